@@ -1,0 +1,1 @@
+"""Built-in model architectures, each module a plugin that registers its classes."""

@@ -1,0 +1,277 @@
+"""BERT-family encoders (BERT, RoBERTa, XLM-RoBERTa) running on packed batches.
+
+The modules keep Hugging Face's parameter names, so checkpoints load by name, except that a
+layer's query, key and value projections are fused into one ``attention.qkv`` matrix at load
+time: one matmul instead of three.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from typing import Any, Callable, ClassVar, Iterable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from poolkit.architecture import Architecture
+from poolkit.batch import PackedBatch
+from poolkit.errors import InvalidRequest, ModelLoadError
+from poolkit.hookspecs import hookimpl
+from poolkit.kernel import select_kernel
+from poolkit.weights import legacy_norm_name, load_into
+
+#: Checkpoint tensors the encoder does not use: task heads and position/type id buffers.
+_UNUSED = re.compile(r"^(pooler|cls|classifier|lm_head|qa_outputs)\.|^embeddings\.(position_ids|token_type_ids)$")
+_QKV = re.compile(r"^(encoder\.layer\.\d+\.attention)\.self\.(query|key|value)\.(weight|bias)$")
+_FUSED_QKV = re.compile(r"^(encoder\.layer\.\d+\.attention)\.qkv\.(weight|bias)$")
+_QKV_PARTS = ("query", "key", "value")
+
+
+#: ``hidden_act`` values computed with torch directly; others come from transformers' ``ACT2FN``.
+_TORCH_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "gelu": F.gelu,
+    "gelu_new": functools.partial(F.gelu, approximate="tanh"),
+    "gelu_pytorch_tanh": functools.partial(F.gelu, approximate="tanh"),
+    "relu": F.relu,
+    "silu": F.silu,
+    "swish": F.silu,
+}
+
+
+def _activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The function of a config's ``hidden_act``, as transformers' ``ACT2FN`` defines it."""
+    if name in _TORCH_ACTIVATIONS:
+        return _TORCH_ACTIVATIONS[name]
+    from transformers.activations import ACT2FN
+
+    try:
+        return ACT2FN[name]
+    except KeyError:
+        raise ModelLoadError(f"unsupported hidden_act '{name}' in the model config") from None
+
+
+class BertEmbeddings(nn.Module):
+    """Word + position + token type embeddings, then LayerNorm."""
+
+    def __init__(self, config: Any, position_offset: int) -> None:
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.position_offset = position_offset
+
+    def forward(self, batch: PackedBatch) -> torch.Tensor:
+        positions = batch.positions
+        if self.position_offset:
+            positions = positions + self.position_offset
+        x = F.embedding(batch.input_ids, self.word_embeddings.weight)
+        x = x + F.embedding(positions, self.position_embeddings.weight)
+        if batch.token_type_ids is None:
+            x = x + self.token_type_embeddings.weight[0]
+        else:
+            x = x + F.embedding(batch.token_type_ids, self.token_type_embeddings.weight)
+        return F.layer_norm(x, x.shape[-1:], self.LayerNorm.weight, self.LayerNorm.bias, self.LayerNorm.eps)
+
+
+class BertResidualOutput(nn.Module):
+    """Dense projection, residual add, LayerNorm (HF's ``BertSelfOutput`` and ``BertOutput``)."""
+
+    def __init__(self, in_features: int, hidden_size: int, eps: float) -> None:
+        super().__init__()
+        self.dense = nn.Linear(in_features, hidden_size)
+        self.LayerNorm = nn.LayerNorm(hidden_size, eps=eps)
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        x = F.linear(x, self.dense.weight, self.dense.bias) + residual
+        return F.layer_norm(x, x.shape[-1:], self.LayerNorm.weight, self.LayerNorm.bias, self.LayerNorm.eps)
+
+
+class BertAttention(nn.Module):
+    """Bidirectional self-attention within each sequence, with fused q/k/v projections."""
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        hidden = config.hidden_size
+        if hidden % config.num_attention_heads:
+            raise ModelLoadError(
+                f"hidden_size {hidden} is not a multiple of num_attention_heads {config.num_attention_heads}"
+            )
+        self.num_heads = config.num_attention_heads
+        self.head_dim = hidden // self.num_heads
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.output = BertResidualOutput(hidden, hidden, config.layer_norm_eps)
+
+    def forward(self, x: torch.Tensor, batch: PackedBatch, attention: Callable) -> torch.Tensor:
+        qkv = F.linear(x, self.qkv.weight, self.qkv.bias).view(-1, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.unbind(1)
+        context = attention(q, k, v, batch)
+        return self.output(context.reshape(x.shape), x)
+
+
+class BertIntermediate(nn.Module):
+    """The feed-forward expansion and its activation."""
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.act = _activation(config.hidden_act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(F.linear(x, self.dense.weight, self.dense.bias))
+
+
+class BertLayer(nn.Module):
+    """One post-LayerNorm transformer encoder layer."""
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        self.attention = BertAttention(config)
+        self.intermediate = BertIntermediate(config)
+        self.output = BertResidualOutput(config.intermediate_size, config.hidden_size, config.layer_norm_eps)
+
+    def forward(self, x: torch.Tensor, batch: PackedBatch, attention: Callable) -> torch.Tensor:
+        x = self.attention(x, batch, attention)
+        return self.output(self.intermediate(x), x)
+
+
+class BertEncoder(nn.Module):
+    """The stack of layers, named as in Hugging Face checkpoints (``encoder.layer.N``)."""
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
+
+
+class BertModel(Architecture):
+    """The BERT encoder: packed token ids in, last-layer hidden states ``[T, H]`` out.
+
+    Loads checkpoints of ``BertModel`` itself and of BERT task models (``BertForMaskedLM``,
+    ``BertForSequenceClassification``, ...), whose encoder tensors carry a ``bert.`` prefix;
+    task heads are left to poolkit's poolers and heads. Old TensorFlow-era ``LayerNorm.gamma``
+    / ``beta`` names are accepted.
+
+    Example:
+        >>> model = BertModel(transformers.BertConfig.from_pretrained(path))
+        >>> model.load_weights(iter_tensors(checkpoint_files(path)))
+        >>> hidden = model(PackedBatch.from_sequences([[101, 7592, 102], [101, 102]]))
+    """
+
+    default_pooling_type: ClassVar[str | None] = "CLS"
+    uses_token_type_ids: ClassVar[bool] = True
+    #: Prefix of the encoder's tensors in task-model checkpoints (HF's ``base_model_prefix``).
+    checkpoint_prefix: ClassVar[str] = "bert."
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self.embeddings = BertEmbeddings(config, self.position_offset)
+        self.encoder = BertEncoder(config)
+        self._attention: dict[torch.device, Callable] = {}
+
+    @property
+    def position_offset(self) -> int:
+        """What is added to a token's position in its sequence to index the position table."""
+        return 0
+
+    @property
+    def max_positions(self) -> int | None:
+        return int(self.config.max_position_embeddings) - self.position_offset
+
+    def forward(self, batch: PackedBatch) -> torch.Tensor:
+        if batch.max_len > self.max_positions:
+            raise InvalidRequest(
+                f"a sequence of {batch.max_len} tokens is longer than the model's {self.max_positions} positions; "
+                "truncate the input"
+            )
+        attention = self._attention_kernel(batch.device)
+        x = self.embeddings(batch)
+        for layer in self.encoder.layer:
+            x = layer(x, batch, attention)
+        return x
+
+    def _attention_kernel(self, device: torch.device) -> Callable:
+        kernel = self._attention.get(device)
+        if kernel is None:
+            kernel = self._attention[device] = select_kernel("varlen_attention", device)
+        return kernel
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        named = ((self.parameter_name(name), tensor) for name, tensor in weights)
+        load_into(self, self._fuse_qkv((n, t) for n, t in named if n is not None), rename=lambda name: name)
+
+    def parameter_name(self, checkpoint_name: str) -> str | None:
+        """The Hugging Face base-model name of a checkpoint tensor, or ``None`` to skip it."""
+        name = legacy_norm_name(checkpoint_name)
+        if name.startswith(self.checkpoint_prefix):
+            name = name[len(self.checkpoint_prefix):]
+        return None if _UNUSED.match(name) else name
+
+    def _fuse_qkv(self, weights: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
+        """Pass tensors through, concatenating each layer's query, key and value into ``qkv``."""
+        pending: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+        fused: set[tuple[str, str]] = set()
+        hidden = self.hidden_size
+        for name, tensor in weights:
+            match = _QKV.match(name)
+            if match is None:
+                already = _FUSED_QKV.match(name)
+                if already is not None:
+                    fused.add(already.groups())
+                yield name, tensor
+                continue
+            prefix, part, kind = match.groups()
+            expected = (hidden, hidden) if kind == "weight" else (hidden,)
+            if tuple(tensor.shape) != expected:
+                raise ModelLoadError(
+                    f"checkpoint tensor '{name}' has shape {tuple(tensor.shape)}, but the model expects {expected}"
+                )
+            parts = pending.setdefault((prefix, kind), {})
+            parts[part] = tensor
+            if len(parts) == len(_QKV_PARTS):
+                del pending[(prefix, kind)]
+                fused.add((prefix, kind))
+                yield f"{prefix}.qkv.{kind}", torch.cat([parts[p] for p in _QKV_PARTS])
+        missing = []
+        for layer in range(len(self.encoder.layer)):
+            prefix = f"encoder.layer.{layer}.attention"
+            for kind in ("weight", "bias"):
+                if (prefix, kind) not in fused:
+                    seen = pending.get((prefix, kind), {})
+                    missing += [f"{prefix}.self.{part}.{kind}" for part in _QKV_PARTS if part not in seen]
+        if missing:
+            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            raise ModelLoadError(f"checkpoint lacks weights for {', '.join(missing[:5])}{more}")
+
+
+class RobertaModel(BertModel):
+    """The RoBERTa encoder: BERT with positions counted from ``pad_token_id + 1``.
+
+    Token type ids are consumed only when the config has more than one type (standard
+    RoBERTa checkpoints have one); loads ``RobertaFor*`` checkpoints (``roberta.`` prefix).
+    """
+
+    uses_token_type_ids: ClassVar[bool] = False
+    checkpoint_prefix: ClassVar[str] = "roberta."
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        if config.type_vocab_size > 1:
+            self.uses_token_type_ids = True
+
+    @property
+    def position_offset(self) -> int:
+        # HF's create_position_ids_from_input_ids on an unpadded sequence: padding_idx + 1 + i.
+        return int(self.config.pad_token_id) + 1
+
+
+class XLMRobertaModel(RobertaModel):
+    """The XLM-RoBERTa encoder, identical in structure to RoBERTa."""
+
+
+@hookimpl
+def poolkit_register_architectures(register):
+    register("BertModel", BertModel)
+    register("RobertaModel", RobertaModel)
+    register("XLMRobertaModel", XLMRobertaModel)

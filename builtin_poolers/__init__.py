@@ -1,0 +1,1 @@
+"""Built-in poolers, activations and tasks, registered through the plugin hooks."""

@@ -1,0 +1,65 @@
+"""poolkit: run pooling models (embeddings, rerankers, classifiers, token models).
+
+``import poolkit`` registers nothing and loads no plugin; the first lookup does. The heavy
+names (``LLM`` and friends) are imported on first access.
+
+Example:
+    >>> from poolkit import LLM
+    >>> llm = LLM(model="sentence-transformers/all-MiniLM-L6-v2")
+    >>> (out,) = llm.embed("Hello, my name is")
+    >>> len(out.outputs.embedding)
+    384
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+from .errors import InvalidRequest, MissingDependency, ModelLoadError, PluginError, PoolkitError, UnknownName
+from .hookspecs import hookimpl
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "LLM": "llm",
+    "PoolingParams": "config",
+    "PoolerConfig": "config",
+    "PoolingModel": "model",
+    "Architecture": "architecture",
+    "PackedBatch": "batch",
+    "Pooler": "pooling",
+    "Task": "tasks",
+    "IOProcessor": "io",
+    "Prompt": "io",
+    "Kernel": "kernel",
+    "register_pooler": "plugins",
+    "register_activation": "plugins",
+    "load_into": "weights",
+    "PoolingOutput": "outputs",
+    "EmbeddingOutput": "outputs",
+    "ScoringOutput": "outputs",
+    "PoolingRequestOutput": "outputs",
+    "EmbeddingRequestOutput": "outputs",
+    "ScoringRequestOutput": "outputs",
+}
+
+__all__ = [
+    "InvalidRequest",
+    "MissingDependency",
+    "ModelLoadError",
+    "PluginError",
+    "PoolkitError",
+    "UnknownName",
+    "hookimpl",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'poolkit' has no attribute {name!r}")
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value

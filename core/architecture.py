@@ -1,0 +1,70 @@
+"""The contract a model architecture fulfils: packed batch in, hidden states out."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Iterable
+
+import torch
+
+from .batch import PackedBatch
+
+
+class Architecture(torch.nn.Module):
+    """Base class of every poolkit model architecture.
+
+    An architecture is built from a Hugging Face config, loads its weights by name, and maps a
+    :class:`PackedBatch` to ``[T, H]`` hidden states (one row per token, no padding). Poolers
+    and task heads take it from there.
+
+    Subclasses set the class attributes that describe them and implement ``load_weights`` and
+    ``forward``.
+
+    Example:
+        >>> class StaticModel(Architecture):
+        ...     def __init__(self, config):
+        ...         super().__init__(config)
+        ...         self.embed = torch.nn.Embedding(config.vocab_size, config.hidden_size)
+        ...     def load_weights(self, weights):
+        ...         load_into(self, weights)
+        ...     def forward(self, batch):
+        ...         return self.embed(batch.input_ids)
+    """
+
+    #: Sequence pooling type this architecture calls for when neither the user nor a
+    #: sentence-transformers config says (BERT: ``"CLS"``); ``None`` leaves it to the task.
+    default_pooling_type: ClassVar[str | None] = None
+    #: Whether the model consumes token type (segment) ids.
+    uses_token_type_ids: ClassVar[bool] = False
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        self.config = config
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.config.hidden_size)
+
+    @property
+    def max_positions(self) -> int | None:
+        """Most tokens one sequence may hold, special tokens included; ``None`` if unbounded."""
+        n = getattr(self.config, "max_position_embeddings", None)
+        return int(n) if n else None
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy checkpoint tensors, given as ``(name, tensor)`` pairs, into the parameters.
+
+        Raises:
+            ModelLoadError: a parameter has no tensor, or a tensor has the wrong shape.
+        """
+        raise NotImplementedError
+
+    def forward(self, batch: PackedBatch) -> torch.Tensor:  # pragma: no cover - abstract
+        """Hidden states ``[batch.num_tokens, hidden_size]`` of the last layer."""
+        raise NotImplementedError
+
+
+def check_architecture(name: str, obj: object) -> type[Architecture]:
+    """Registry check: a subclass of :class:`Architecture`."""
+    if not (isinstance(obj, type) and issubclass(obj, Architecture)):
+        raise TypeError(f"architecture '{name}' must be a subclass of poolkit.Architecture, got {obj!r}")
+    return obj

@@ -1,0 +1,133 @@
+"""Packed batches: every sequence of a batch concatenated, with its offsets, no padding."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Sequence
+
+import torch
+
+
+@dataclass(eq=False)
+class PackedBatch:
+    """Token sequences concatenated into one flat batch.
+
+    Sequence ``i`` owns the tokens ``cu_seqlens[i]:cu_seqlens[i + 1]`` of every ``[T, ...]``
+    tensor. Architectures compute on ``[T, H]`` hidden states; attention is restricted to
+    tokens of the same sequence.
+
+    Attributes:
+        input_ids: ``[T]`` token ids.
+        seq_lens: tokens per sequence.
+        token_type_ids: ``[T]`` segment ids, or ``None`` (all zero).
+        pool_skip: per sequence, how many leading tokens pooling leaves out (a prompt excluded
+            with sentence-transformers' ``include_prompt=false``); positions still count them.
+    """
+
+    input_ids: torch.Tensor
+    seq_lens: list[int]
+    token_type_ids: torch.Tensor | None = None
+    pool_skip: list[int] | None = None
+    #: Free-form per-batch data an architecture or IO processor may need (pixel values, ...).
+    extras: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_sequences(
+        cls,
+        sequences: Sequence[Sequence[int]],
+        token_type_ids: Sequence[Sequence[int]] | None = None,
+        pool_skip: Sequence[int] | None = None,
+        device: torch.device | str | None = None,
+    ) -> "PackedBatch":
+        """Pack lists of token ids (and optional segment ids) into one batch."""
+        lens = [len(s) for s in sequences]
+        flat = [t for s in sequences for t in s]
+        ids = torch.tensor(flat, dtype=torch.long, device=device)
+        types = None
+        if token_type_ids is not None and any(any(t) for t in token_type_ids):
+            types = torch.tensor([t for s in token_type_ids for t in s], dtype=torch.long, device=device)
+        skip = list(pool_skip) if pool_skip is not None and any(pool_skip) else None
+        return cls(ids, lens, types, skip)
+
+    @property
+    def device(self) -> torch.device:
+        return self.input_ids.device
+
+    @property
+    def num_seqs(self) -> int:
+        return len(self.seq_lens)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    @cached_property
+    def max_len(self) -> int:
+        return max(self.seq_lens) if self.seq_lens else 0
+
+    @cached_property
+    def lens(self) -> torch.Tensor:
+        """``[B]`` sequence lengths."""
+        return torch.tensor(self.seq_lens, dtype=torch.long, device=self.device)
+
+    @cached_property
+    def cu_seqlens(self) -> torch.Tensor:
+        """``[B + 1]`` cumulative offsets: sequence ``i`` is ``cu_seqlens[i]:cu_seqlens[i+1]``."""
+        out = torch.zeros(self.num_seqs + 1, dtype=torch.long, device=self.device)
+        torch.cumsum(self.lens, 0, out=out[1:])
+        return out
+
+    @cached_property
+    def seq_ids(self) -> torch.Tensor:
+        """``[T]`` index of the sequence each token belongs to."""
+        return torch.repeat_interleave(torch.arange(self.num_seqs, device=self.device), self.lens)
+
+    @cached_property
+    def positions(self) -> torch.Tensor:
+        """``[T]`` position of each token inside its own sequence, from 0."""
+        starts = torch.repeat_interleave(self.cu_seqlens[:-1], self.lens)
+        return torch.arange(self.num_tokens, device=self.device) - starts
+
+    @cached_property
+    def first_indices(self) -> torch.Tensor:
+        """``[B]`` flat index of each sequence's first token."""
+        return self.cu_seqlens[:-1]
+
+    @cached_property
+    def last_indices(self) -> torch.Tensor:
+        """``[B]`` flat index of each sequence's last token."""
+        return self.cu_seqlens[1:] - 1
+
+    @cached_property
+    def pool_mask(self) -> torch.Tensor | None:
+        """``[T]`` bool, False for the tokens pooling leaves out; ``None`` when it keeps all."""
+        if self.pool_skip is None:
+            return None
+        skip = torch.tensor(self.pool_skip, dtype=torch.long, device=self.device)
+        return self.positions >= torch.repeat_interleave(skip, self.lens)
+
+    @cached_property
+    def length_groups(self) -> list[tuple[int, torch.Tensor]]:
+        """Sequences grouped by length: ``(length, [n, length] flat token indices)`` per group.
+
+        Attention over a group is one dense batched call with no padding at all.
+        """
+        by_len: dict[int, list[int]] = {}
+        for i, n in enumerate(self.seq_lens):
+            by_len.setdefault(n, []).append(i)
+        starts = self.cu_seqlens[:-1]
+        groups = []
+        for n, members in sorted(by_len.items()):
+            idx = torch.tensor(members, dtype=torch.long, device=self.device)
+            tok = starts[idx].unsqueeze(1) + torch.arange(n, device=self.device).unsqueeze(0)
+            groups.append((n, tok))
+        return groups
+
+    def split(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        """Split a ``[T, ...]`` tensor into per-sequence views."""
+        return list(torch.split(tensor, self.seq_lens))
+
+    def to(self, device: torch.device | str) -> "PackedBatch":
+        types = None if self.token_type_ids is None else self.token_type_ids.to(device)
+        return PackedBatch(self.input_ids.to(device), self.seq_lens, types, self.pool_skip, self.extras)

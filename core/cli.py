@@ -1,0 +1,307 @@
+"""The ``poolkit`` command line.
+
+Data goes to stdout (JSON Lines, a JSON array or a table); logs, progress and errors go to
+stderr. A user's mistake prints ``Error: <message>`` and exits 1; ``POOLKIT_DEBUG=1`` shows the
+traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Any, Iterator, List, Optional
+
+import typer
+
+from .errors import InvalidRequest, PoolkitError
+
+app = typer.Typer(
+    name="poolkit",
+    help="Run pooling models: embeddings, token embeddings, and more through plugins.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+class Format(str, Enum):
+    auto = "auto"
+    jsonl = "jsonl"
+    json = "json"
+    table = "table"
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """The CLI's one error boundary."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except Exception as exc:
+        if os.environ.get("POOLKIT_DEBUG", "") not in ("", "0"):
+            raise
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if not isinstance(exc, PoolkitError):
+            message = f"{type(exc).__name__}: {message}"
+        typer.echo(f"Error: {message}", err=True)
+        typer.echo("(set POOLKIT_DEBUG=1 to see the traceback)", err=True)
+        raise typer.Exit(1) from None
+
+
+def _setup_logging(quiet: bool, verbose: bool) -> None:
+    level = logging.ERROR if quiet else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s", force=True)
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def _read_records(texts: list[str], input_file: str | None) -> list[dict[str, Any]]:
+    """Input records ``{"id"?, "text"}`` from arguments, a file, or stdin."""
+    if texts and input_file:
+        raise InvalidRequest("pass TEXT arguments or -i FILE, not both")
+    if texts:
+        return [{"text": t} for t in texts]
+    if input_file is None:
+        if sys.stdin is None or sys.stdin.isatty():
+            raise InvalidRequest("no input: pass TEXT arguments, -i FILE, or pipe lines on stdin (-i -)")
+        input_file = "-"
+    if input_file == "-":
+        lines = sys.stdin.read().splitlines()
+    else:
+        path = Path(input_file)
+        if not path.is_file():
+            raise InvalidRequest(f"input file '{input_file}' does not exist")
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidRequest(f"cannot read input file '{input_file}': {exc}") from None
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        if line.lstrip().startswith("{"):
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InvalidRequest(f"line {number} is not valid JSON: {exc.msg}") from None
+            if not isinstance(obj.get("text"), str):
+                raise InvalidRequest(f"line {number}: a JSON record needs a string 'text' field")
+            record = {"text": obj["text"]}
+            if "id" in obj:
+                record["id"] = obj["id"]
+            records.append(record)
+        else:
+            records.append({"text": line})
+    if not records:
+        raise InvalidRequest("no input: the input is empty")
+    return records
+
+
+def _emit(rows: list[dict[str, Any]], fmt: Format, value_key: str) -> None:
+    if fmt is Format.auto:
+        fmt = Format.table if sys.stdout.isatty() else Format.jsonl
+    if fmt is Format.json:
+        typer.echo(json.dumps(rows))
+    elif fmt is Format.jsonl:
+        for row in rows:
+            typer.echo(json.dumps(row))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table()
+        key = "id" if rows and "id" in rows[0] else "index"
+        for column in (key, "shape", value_key):
+            table.add_column(column)
+        for row in rows:
+            value = row[value_key]
+            shape = _shape(value)
+            flat = value if shape.count("x") == 0 else value[0]
+            preview = ", ".join(f"{v:.4f}" for v in flat[:4]) + (", ..." if len(flat) > 4 else "")
+            table.add_row(str(row[key]), shape, f"[{preview}]")
+        Console(file=sys.stdout).print(table)
+
+
+def _shape(value: Any) -> str:
+    dims = []
+    while isinstance(value, list):
+        dims.append(str(len(value)))
+        value = value[0] if value else None
+    return "x".join(dims)
+
+
+def _json_option(value: Optional[str], name: str) -> Any:
+    if value is None:
+        return None
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(f"{name} is not valid JSON: {exc.msg}") from None
+
+
+# Options shared by the commands that load a model; they mirror the LLM constructor.
+ModelOpt = typer.Option(None, "--model", "-m", help="Model directory, Hugging Face id or packaged model (default: all-MiniLM-L6-v2).")
+PoolerConfigOpt = typer.Option(None, "--pooler-config", help="PoolerConfig as JSON.")
+HfOverridesOpt = typer.Option(None, "--hf-overrides", help="config.json overrides as JSON.")
+RunnerOpt = typer.Option("auto", "--runner", help="auto or pooling.")
+ConvertOpt = typer.Option("auto", "--convert", help="auto, none, embed or classify.")
+DtypeOpt = typer.Option("auto", "--dtype", help="auto, float32, bfloat16, float16.")
+DeviceOpt = typer.Option(None, "--device", help="cpu, cuda, ... (default: GPU if present).")
+AllowPickleOpt = typer.Option(False, "--allow-pickle", help="Load pickle (pytorch_model.bin) weights, with weights_only.")
+InputOpt = typer.Option(None, "--input", "-i", help="Input file (text lines or JSON Lines with id/text); - for stdin.")
+FormatOpt = typer.Option(Format.auto, "--format", "-f", help="auto (table on a terminal, else jsonl), jsonl, json, table.")
+QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bar, errors only.")
+VerboseOpt = typer.Option(False, "--verbose", "-v", help="Log what poolkit decides.")
+
+
+def _load(model, pooler_config, hf_overrides, runner, convert, dtype, device, allow_pickle):
+    from .llm import LLM
+
+    return LLM(
+        model,
+        runner=runner,
+        convert=convert,
+        pooler_config=_json_option(pooler_config, "--pooler-config"),
+        hf_overrides=_json_option(hf_overrides, "--hf-overrides"),
+        dtype=dtype,
+        device=device,
+        allow_pickle=allow_pickle,
+    )
+
+
+def _run_task(task, texts, input_file, model, pooler_config, hf_overrides, runner, convert, dtype, device,
+              allow_pickle, dimensions, truncate_prompt_tokens, truncation_side, prompt_name, fmt, quiet, verbose):
+    from .config import PoolingParams
+
+    _setup_logging(quiet, verbose)
+    records = _read_records(texts, input_file)
+    params = {
+        k: v
+        for k, v in dict(
+            dimensions=dimensions, truncate_prompt_tokens=truncate_prompt_tokens, truncation_side=truncation_side
+        ).items()
+        if v is not None
+    }
+    llm = _load(model, pooler_config, hf_overrides, runner, convert, dtype, device, allow_pickle)
+    outputs = llm.encode(
+        [r["text"] for r in records],
+        PoolingParams(**params),
+        pooling_task=task,
+        use_tqdm=not quiet,
+        prompt_name=prompt_name,
+    )
+    value_key = "embedding" if task == "embed" else "data"
+    rows = []
+    for i, (record, out) in enumerate(zip(records, outputs)):
+        row = {"id": record["id"]} if "id" in record else {"index": i}
+        row[value_key] = out.outputs.data.tolist()
+        rows.append(row)
+    _emit(rows, fmt, value_key)
+
+
+@app.command()
+def embed(
+    texts: List[str] = typer.Argument(None, help="Texts to embed."),
+    input_file: Optional[str] = InputOpt,
+    model: Optional[str] = ModelOpt,
+    fmt: Format = FormatOpt,
+    pooler_config: Optional[str] = PoolerConfigOpt,
+    hf_overrides: Optional[str] = HfOverridesOpt,
+    runner: str = RunnerOpt,
+    convert: str = ConvertOpt,
+    dtype: str = DtypeOpt,
+    device: Optional[str] = DeviceOpt,
+    allow_pickle: bool = AllowPickleOpt,
+    dimensions: Optional[int] = typer.Option(None, "--dimensions", help="Matryoshka output dimensions."),
+    truncate_prompt_tokens: Optional[int] = typer.Option(None, "--truncate-prompt-tokens", help="Keep at most N tokens (-1: the model's limit)."),
+    truncation_side: Optional[str] = typer.Option(None, "--truncation-side", help="left or right."),
+    prompt_name: Optional[str] = typer.Option(None, "--prompt-name", help="A prompt of the model's sentence-transformers config."),
+    quiet: bool = QuietOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Embed texts: one record per input with its index (or id) and embedding."""
+    with _errors():
+        _run_task("embed", texts, input_file, model, pooler_config, hf_overrides, runner, convert, dtype, device,
+                  allow_pickle, dimensions, truncate_prompt_tokens, truncation_side, prompt_name, fmt, quiet, verbose)
+
+
+@app.command()
+def encode(
+    texts: List[str] = typer.Argument(None, help="Texts to encode."),
+    task: str = typer.Option(..., "--task", "-t", help="Pooling task: embed, token_embed, or one a plugin adds."),
+    input_file: Optional[str] = InputOpt,
+    model: Optional[str] = ModelOpt,
+    fmt: Format = FormatOpt,
+    pooler_config: Optional[str] = PoolerConfigOpt,
+    hf_overrides: Optional[str] = HfOverridesOpt,
+    runner: str = RunnerOpt,
+    convert: str = ConvertOpt,
+    dtype: str = DtypeOpt,
+    device: Optional[str] = DeviceOpt,
+    allow_pickle: bool = AllowPickleOpt,
+    dimensions: Optional[int] = typer.Option(None, "--dimensions", help="Matryoshka output dimensions."),
+    truncate_prompt_tokens: Optional[int] = typer.Option(None, "--truncate-prompt-tokens", help="Keep at most N tokens (-1: the model's limit)."),
+    truncation_side: Optional[str] = typer.Option(None, "--truncation-side", help="left or right."),
+    prompt_name: Optional[str] = typer.Option(None, "--prompt-name", help="A prompt of the model's sentence-transformers config."),
+    quiet: bool = QuietOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Run any pooling task: one record per input with its index (or id) and data."""
+    with _errors():
+        _run_task(task, texts, input_file, model, pooler_config, hf_overrides, runner, convert, dtype, device,
+                  allow_pickle, dimensions, truncate_prompt_tokens, truncation_side, prompt_name, fmt, quiet, verbose)
+
+
+@app.command()
+def info(
+    model: Optional[str] = typer.Argument(None, help="Model (default: all-MiniLM-L6-v2)."),
+    pooler_config: Optional[str] = PoolerConfigOpt,
+    hf_overrides: Optional[str] = HfOverridesOpt,
+    runner: str = RunnerOpt,
+    convert: str = ConvertOpt,
+    dtype: str = DtypeOpt,
+    device: Optional[str] = DeviceOpt,
+    allow_pickle: bool = AllowPickleOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Show a model's resolved settings, each with where it came from, and its tasks."""
+    with _errors():
+        _setup_logging(False, verbose)
+        llm = _load(model, pooler_config, hf_overrides, runner, convert, dtype, device, allow_pickle)
+        typer.echo(json.dumps(llm.model.describe(), indent=2))
+
+
+@app.command()
+def plugins(
+    show_all: bool = typer.Option(False, "--all", help="Include the built-in plugins."),
+) -> None:
+    """List the loaded plugins as JSON: distribution, version, what each provides, status."""
+    with _errors():
+        from .plugins import get_manager
+
+        infos = [i.as_dict() for i in get_manager().plugin_infos() if show_all or not i.builtin]
+        typer.echo(json.dumps(infos, indent=2))
+
+
+def main() -> None:
+    """Console-script entry point: plugins may add commands before the CLI runs."""
+    from .plugins import get_manager
+
+    with _errors():
+        get_manager().register_commands(app)
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,170 @@
+"""Pooling configuration (per model) and pooling parameters (per request), with vLLM's names.
+
+Both validate on construction and raise :class:`poolkit.InvalidRequest` with a one-line message.
+The removed vLLM fields ``normalize`` and ``softmax`` are accepted as deprecated aliases of
+``use_activation``.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from typing import Any, ClassVar, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+
+from .errors import InvalidRequest
+
+_ACTIVATION_ALIASES = ("normalize", "softmax")
+
+
+def _one_line(exc: ValidationError, what: str) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or what
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if err["loc"] else msg)
+    return f"invalid {what}: " + "; ".join(parts)
+
+
+def _fold_activation_aliases(data: Any, what: str) -> Any:
+    if not isinstance(data, dict):
+        return data
+    data = dict(data)
+    for alias in _ACTIVATION_ALIASES:
+        if alias not in data:
+            continue
+        value = data.pop(alias)
+        warnings.warn(
+            f"{what} field '{alias}' is deprecated; use 'use_activation' instead",
+            DeprecationWarning,
+            stacklevel=5,
+        )
+        if data.get("use_activation") is not None and value is not None and data["use_activation"] != value:
+            raise ValueError(f"'{alias}' and 'use_activation' disagree; set only 'use_activation'")
+        if value is not None:
+            data["use_activation"] = value
+    return data
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    _what: ClassVar[str] = "configuration"
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise InvalidRequest(_one_line(exc, self._what)) from None
+
+    @classmethod
+    def coerce(cls, value: Any) -> Any:
+        """Accept an instance, a dict, a JSON string or ``None``."""
+        if value is None or isinstance(value, cls):
+            return value
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise InvalidRequest(f"{cls._what} is not valid JSON: {exc.msg} at position {exc.pos}") from None
+        if not isinstance(value, dict):
+            raise InvalidRequest(f"{cls._what} must be a {cls.__name__}, a dict or a JSON object, got {type(value).__name__}")
+        return cls(**value)
+
+
+class PoolerConfig(_Strict):
+    """How a model pools, for every request (``LLM(pooler_config=...)``, ``--pooler-config``).
+
+    Fields left ``None`` are filled, in order, from the model's sentence-transformers files, the
+    architecture's default and the task's default.
+
+    Example:
+        >>> PoolerConfig(pooling_type="MEAN", use_activation=True)
+    """
+
+    _what: ClassVar[str] = "pooler_config"
+
+    task: Optional[str] = None
+    pooling_type: Optional[str] = None
+    seq_pooling_type: Optional[str] = None
+    tok_pooling_type: Optional[str] = None
+    use_activation: Optional[bool] = None
+    #: poolkit extension: the name of a registered activation replacing the task's own
+    #: (``normalize`` for embeddings).
+    activation_fn: Optional[str] = None
+    dimensions: Optional[int] = None
+    enable_chunked_processing: bool = False
+    max_embed_len: Optional[int] = None
+    logit_mean: Optional[float] = None
+    logit_sigma: Optional[float] = None
+    step_tag_id: Optional[int] = None
+    returned_token_ids: Optional[list[int]] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _aliases(cls, data: Any) -> Any:
+        data = _fold_activation_aliases(data, "PoolerConfig")
+        if not isinstance(data, dict):
+            return data
+        if "logit_bias" in data:
+            warnings.warn("PoolerConfig field 'logit_bias' is deprecated; use 'logit_mean'", DeprecationWarning, stacklevel=5)
+            if data.get("logit_mean") is not None:
+                raise ValueError("Cannot set both 'logit_bias' and 'logit_mean'")
+            data["logit_mean"] = data.pop("logit_bias")
+        if "logit_scale" in data:
+            warnings.warn("PoolerConfig field 'logit_scale' is deprecated; use 'logit_sigma'", DeprecationWarning, stacklevel=5)
+            scale = data.pop("logit_scale")
+            if scale == 0:
+                raise ValueError("logit_scale cannot be 0 (division by zero)")
+            if data.get("logit_sigma") is not None:
+                raise ValueError("Cannot set both 'logit_scale' and 'logit_sigma'")
+            data["logit_sigma"] = None if scale is None else 1.0 / scale
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> "PoolerConfig":
+        if self.pooling_type is not None and (self.seq_pooling_type is not None or self.tok_pooling_type is not None):
+            raise ValueError("Cannot set both `pooling_type` and `seq_pooling_type`/`tok_pooling_type`")
+        if self.logit_sigma == 0:
+            raise ValueError("logit_sigma cannot be 0 (division by zero)")
+        if self.dimensions is not None and self.dimensions < 1:
+            raise ValueError("Dimensions must be greater than 0")
+        if self.max_embed_len is not None and self.max_embed_len < 1:
+            raise ValueError("max_embed_len must be greater than 0")
+        return self
+
+
+class PoolingParams(_Strict):
+    """Per-request pooling parameters (``llm.embed(..., pooling_params=PoolingParams(...))``).
+
+    Example:
+        >>> PoolingParams(dimensions=32, truncate_prompt_tokens=128)
+    """
+
+    _what: ClassVar[str] = "pooling_params"
+
+    task: Optional[str] = None
+    dimensions: Optional[int] = None
+    use_activation: Optional[bool] = None
+    truncate_prompt_tokens: Optional[int] = None
+    truncation_side: Optional[Literal["left", "right"]] = None
+    step_tag_id: Optional[int] = None
+    returned_token_ids: Optional[list[int]] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _aliases(cls, data: Any) -> Any:
+        return _fold_activation_aliases(data, "PoolingParams")
+
+    @field_validator("truncate_prompt_tokens")
+    @classmethod
+    def _truncate(cls, value: Optional[int]) -> Optional[int]:
+        if value is not None and value < -1:
+            raise ValueError("truncate_prompt_tokens must be -1 (the model's limit) or a positive number of tokens")
+        if value == 0:
+            raise ValueError("truncate_prompt_tokens must be -1 (the model's limit) or a positive number of tokens")
+        return value
+
+    def set_fields(self) -> set[str]:
+        """Names of the fields the caller set (``task`` excluded)."""
+        return {name for name in self.model_fields_set if name != "task" and getattr(self, name) is not None}

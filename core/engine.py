@@ -1,0 +1,232 @@
+"""The engine: batch tokenization, truncation, length-sorted token-budget batches, pooling.
+
+Inputs are tokenized in batches with the fast tokenizer, truncated (the model's limit by
+default, as sentence-transformers does; ``truncate_prompt_tokens`` and ``truncation_side`` per
+request), sorted by length and packed into batches under a token budget with no padding. Results
+come back in input order.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from .batch import PackedBatch
+from .config import PoolingParams
+from .errors import InvalidRequest
+from .io import Prompt
+from .model import PoolingModel
+from .tasks import Task
+
+logger = logging.getLogger(__name__)
+
+#: Default token budget of one packed batch, by device type.
+MAX_BATCH_TOKENS = {"cpu": 8192, "cuda": 65536}
+#: Texts longer than this many characters per allowed token are cut before tokenizing.
+CHARS_PER_TOKEN = 24
+_CUT_MARGIN = 256
+_WHITESPACE_SEARCH = 1000
+
+
+@dataclass
+class Encoded:
+    """A tokenized prompt."""
+
+    token_ids: list[int]
+    token_type_ids: list[int] | None = None
+    pool_skip: int = 0
+
+
+def _cut_index(text: str, budget: int, side: str) -> int:
+    """Where to cut ``text`` to about ``budget`` characters, at a whitespace when there is one."""
+    if side == "right":
+        for i in range(budget, max(budget - _WHITESPACE_SEARCH, 0), -1):
+            if text[i].isspace():
+                return i
+        return budget
+    start = len(text) - budget
+    for i in range(start, min(start + _WHITESPACE_SEARCH, len(text))):
+        if text[i].isspace():
+            return i
+    return start
+
+
+class Engine:
+    """Runs a :class:`PoolingModel` over prompts for one task at a time.
+
+    Args:
+        model: the loaded model.
+        max_batch_tokens: token budget of one packed batch (default by device type).
+    """
+
+    def __init__(self, model: PoolingModel, max_batch_tokens: int | None = None) -> None:
+        self.model = model
+        self.max_batch_tokens = max_batch_tokens or MAX_BATCH_TOKENS.get(model.device.type, 8192)
+        if self.max_batch_tokens < 1:
+            raise InvalidRequest("max_batch_tokens must be positive")
+        self._tokenizer_lock = threading.Lock()
+        self._prompt_lengths: dict[str, int] = {}
+
+    # -- tokenization --------------------------------------------------------------------------
+
+    def limit(self, params: PoolingParams) -> int | None:
+        """Most tokens (special tokens included) a prompt with ``params`` keeps."""
+        model_max = self.model.max_model_len.value
+        requested = params.truncate_prompt_tokens
+        if requested is None or requested == -1:
+            return model_max
+        if model_max is not None and requested > model_max:
+            raise InvalidRequest(
+                f"truncate_prompt_tokens value ({requested}) is greater than max_model_len ({model_max}). "
+                "Please, select a smaller truncation size."
+            )
+        return requested
+
+    def _prompt_length(self, prefix: str) -> int:
+        """Tokens of an instruction prefix, less a trailing special token (sentence-transformers)."""
+        if prefix not in self._prompt_lengths:
+            tok = self.model.tokenizer
+            ids = tok(prefix, add_special_tokens=True)["input_ids"]
+            n = len(ids) - (1 if ids and ids[-1] in set(tok.all_special_ids) else 0)
+            self._prompt_lengths[prefix] = n
+        return self._prompt_lengths[prefix]
+
+    def _text(self, prompt: Prompt) -> str:
+        text = (prompt.prompt_prefix or "") + (prompt.text or "")
+        return text.lower() if self.model.do_lower_case else text
+
+    def tokenize(self, prompts: Sequence[Prompt], params: Sequence[PoolingParams]) -> list[Encoded]:
+        """Tokenize and truncate every prompt, batching tokenizer calls by truncation settings."""
+        out: list[Encoded | None] = [None] * len(prompts)
+        groups: dict[tuple[int | None, str], list[int]] = {}
+        default_side = getattr(self.model.tokenizer, "truncation_side", "right") or "right"
+        for i, (prompt, p) in enumerate(zip(prompts, params)):
+            limit, side = self.limit(p), p.truncation_side or default_side
+            if prompt.token_ids is not None:
+                ids = prompt.token_ids
+                vocab = getattr(self.model.hf_config, "vocab_size", None)
+                bad = next((t for t in ids if t < 0 or (vocab is not None and t >= vocab)), None)
+                if bad is not None:
+                    raise InvalidRequest(f"prompt {i} has token id {bad}, outside the vocabulary (0..{vocab - 1})")
+                if limit is not None and len(ids) > limit:
+                    ids = ids[:limit] if side == "right" else ids[len(ids) - limit :]
+                out[i] = Encoded(list(ids))
+            else:
+                groups.setdefault((limit, side), []).append(i)
+        for (limit, side), members in groups.items():
+            encoded = self._encode_texts([prompts[i] for i in members], limit, side)
+            for i, enc in zip(members, encoded):
+                out[i] = enc
+        if not self.model.include_prompt:
+            for prompt, enc in zip(prompts, out):
+                if prompt.prompt_prefix and enc is not None:
+                    enc.pool_skip = min(self._prompt_length(prompt.prompt_prefix), len(enc.token_ids) - 1)
+        return out  # type: ignore[return-value]
+
+    def _encode_texts(self, prompts: Sequence[Prompt], limit: int | None, side: str) -> list[Encoded]:
+        texts = [self._text(p) for p in prompts]
+        pairs = [p.text_pair for p in prompts]
+        has_pairs = any(t is not None for t in pairs)
+        cut = list(range(len(texts)))
+        if limit is not None and not has_pairs:
+            budget = limit * CHARS_PER_TOKEN + _CUT_MARGIN
+            cut = [i for i, t in enumerate(texts) if len(t) > budget]
+            for i in cut:
+                at = _cut_index(texts[i], budget, side)
+                texts[i] = texts[i][:at] if side == "right" else texts[i][at:]
+        encoded = self._call_tokenizer(texts, pairs if has_pairs else None, limit, side)
+        if limit is not None and not has_pairs:
+            short = [i for i in cut if len(encoded[i].token_ids) < limit]
+            if short:  # the cut kept fewer tokens than the limit: tokenize the whole text instead
+                full = self._call_tokenizer([self._text(prompts[i]) for i in short], None, limit, side)
+                for i, enc in zip(short, full):
+                    encoded[i] = enc
+        return encoded
+
+    def _call_tokenizer(
+        self, texts: list[str], pairs: list[str | None] | None, limit: int | None, side: str
+    ) -> list[Encoded]:
+        tok = self.model.tokenizer
+        want_types = self.model.architecture.uses_token_type_ids
+        with self._tokenizer_lock:
+            previous = tok.truncation_side
+            tok.truncation_side = side
+            try:
+                result = tok(
+                    texts,
+                    text_pair=pairs,
+                    add_special_tokens=True,
+                    truncation=limit is not None,
+                    max_length=limit,
+                    return_attention_mask=False,
+                    return_token_type_ids=want_types,
+                )
+            finally:
+                tok.truncation_side = previous
+        types = result.get("token_type_ids") if want_types else None
+        return [Encoded(ids, types[i] if types is not None else None) for i, ids in enumerate(result["input_ids"])]
+
+    # -- running -------------------------------------------------------------------------------
+
+    def batches(self, encoded: Sequence[Encoded]) -> list[list[int]]:
+        """Indices of ``encoded``, longest first, packed into batches under the token budget."""
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i].token_ids))
+        batches: list[list[int]] = []
+        current: list[int] = []
+        tokens = 0
+        for i in order:
+            n = len(encoded[i].token_ids)
+            if current and tokens + n > self.max_batch_tokens:
+                batches.append(current)
+                current, tokens = [], 0
+            current.append(i)
+            tokens += n
+        if current:
+            batches.append(current)
+        return batches
+
+    def run(
+        self,
+        task: Task,
+        prompts: Sequence[Prompt],
+        params: Sequence[PoolingParams],
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[tuple[torch.Tensor, list[int]]]:
+        """Pool every prompt for ``task``; returns ``(result, prompt token ids)`` in input order.
+
+        Args:
+            task: a task the model supports.
+            prompts: the inputs.
+            params: one verified :class:`PoolingParams` per prompt.
+            progress: called with ``(items done, tokens done)`` after each batch.
+        """
+        head = self.model.head(task)
+        if head is None:
+            raise InvalidRequest(f"model '{self.model.name}' does not support task '{task.name}'")
+        encoded = self.tokenize(prompts, params)
+        for i, enc in enumerate(encoded):
+            if not enc.token_ids:
+                raise InvalidRequest(f"prompt {i} has no tokens")
+        results: list[torch.Tensor | None] = [None] * len(encoded)
+        arch = self.model.architecture
+        for members in self.batches(encoded):
+            batch = PackedBatch.from_sequences(
+                [encoded[i].token_ids for i in members],
+                token_type_ids=[encoded[i].token_type_ids or [0] * len(encoded[i].token_ids) for i in members]
+                if arch.uses_token_type_ids
+                else None,
+                pool_skip=[encoded[i].pool_skip for i in members],
+                device=self.model.device,
+            )
+            with torch.inference_mode():
+                hidden = arch(batch)
+                outputs = head(hidden, batch, [params[i] for i in members])
+            for i, out in zip(members, outputs):
+                results[i] = out.cpu()
+            if progress is not None:
+                progress(len(members), batch.num_tokens)
+        return [(r, e.token_ids) for r, e in zip(results, encoded)]  # type: ignore[misc]

@@ -1,0 +1,35 @@
+"""The error types poolkit raises for things a user can fix.
+
+Every error is a :class:`PoolkitError` with a one-line message that names the object at fault
+and, where there is one, the way out. The CLI prints it as ``Error: <message>`` and exits 1;
+the server maps it to a 4xx response.
+"""
+
+from __future__ import annotations
+
+
+class PoolkitError(Exception):
+    """Root of every error poolkit raises on purpose."""
+
+
+class PluginError(PoolkitError):
+    """A plugin could not be loaded, or registered something invalid or clashing."""
+
+
+class ModelLoadError(PoolkitError):
+    """A model could not be found, read or built."""
+
+
+class InvalidRequest(PoolkitError, ValueError):
+    """The inputs or parameters of a call are not acceptable."""
+
+
+class MissingDependency(PoolkitError, ImportError):
+    """An optional dependency (an extra) is needed for what was asked."""
+
+
+class UnknownName(PoolkitError, LookupError):
+    """A name that no registry holds (pooler, activation, task, architecture, ...).
+
+    A ``LookupError`` rather than a ``KeyError``, so the message prints without quotes.
+    """

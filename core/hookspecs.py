@@ -1,0 +1,117 @@
+"""The poolkit hook specifications: everything a plugin can provide.
+
+A plugin is a module (or object) with functions marked ``@poolkit.hookimpl`` whose names are
+the hooks below, declared under the entry-point group ``poolkit.plugins``. The built-in models,
+poolers, activations, tasks, IO processors and kernels are plugins of exactly this kind.
+"""
+
+from __future__ import annotations
+
+from pluggy import HookimplMarker, HookspecMarker
+
+hookspec = HookspecMarker("poolkit")
+hookimpl = HookimplMarker("poolkit")
+
+
+@hookspec
+def poolkit_register_architectures(register):
+    """Register model architectures, keyed by Hugging Face architecture name.
+
+    Args:
+        register: ``register(name, cls, override=False)``. ``name`` is the value found in a
+            checkpoint's ``config.json`` ``architectures`` list (``"BertModel"``); ``cls`` is a
+            subclass of :class:`poolkit.Architecture`.
+
+    Called once, the first time poolkit looks anything up in a registry.
+    """
+
+
+@hookspec
+def poolkit_register_poolers(register):
+    """Register pooling methods, keyed by pooling type name.
+
+    Args:
+        register: ``register(name, pooler, override=False)``. ``name`` is what users put in
+            ``PoolerConfig(pooling_type=...)`` (matched case-insensitively); ``pooler`` is a
+            :class:`poolkit.Pooler` instance (or subclass, instantiated with no arguments).
+
+    Called once, the first time poolkit looks anything up in a registry.
+    """
+
+
+@hookspec
+def poolkit_register_activations(register):
+    """Register activation functions, keyed by name.
+
+    Args:
+        register: ``register(name, fn, override=False)``. ``fn`` maps a tensor to a tensor of
+            the same shape (``normalize``, ``softmax``, ...).
+
+    Called once, the first time poolkit looks anything up in a registry.
+    """
+
+
+@hookspec
+def poolkit_register_io_processors(register):
+    """Register IO processors, which turn request data into prompts and outputs back into results.
+
+    Args:
+        register: ``register(name, processor, override=False)``. ``processor`` is a
+            :class:`poolkit.IOProcessor` instance (or subclass, instantiated with no arguments).
+
+    Called once, the first time poolkit looks anything up in a registry.
+    """
+
+
+@hookspec
+def poolkit_register_kernels(register):
+    """Register compute kernels for an op on a device type.
+
+    Args:
+        register: ``register(name, kernel, override=False)``. ``name`` is ``"<op>:<impl>"``
+            (``"varlen_attention:torch"``); ``kernel`` is a :class:`poolkit.Kernel`: the device
+            type it runs on, its priority, whether it is available here, and the pure-torch
+            reference it must match. The engine picks the best available kernel per op and device.
+
+    Called once, the first time poolkit looks anything up in a registry.
+    """
+
+
+@hookspec
+def poolkit_register_tasks(register):
+    """Register pooling tasks (``embed``, ``classify``, ...), keyed by task name.
+
+    Args:
+        register: ``register(name, task, override=False)``. ``task`` is a :class:`poolkit.Task`:
+            which parameters it accepts, how it builds its head for a loaded model, and how it
+            wraps its results.
+
+    Called once, the first time poolkit looks anything up in a registry.
+    """
+
+
+@hookspec(firstresult=True)
+def poolkit_resolve_model(name):
+    """Turn a model name into a local directory holding its files.
+
+    Args:
+        name: what the user passed as ``model`` (a path, a Hugging Face id, an alias).
+
+    Returns:
+        A ``pathlib.Path`` to a directory, or ``None`` to let the next resolver try. The first
+        non-``None`` answer wins; resolvers raise :class:`poolkit.ModelLoadError` to stop the
+        search with a message (a hub download that failed offline, say).
+
+    Called every time a model is loaded.
+    """
+
+
+@hookspec
+def poolkit_register_commands(app):
+    """Add sub-commands to the ``poolkit`` command line.
+
+    Args:
+        app: the ``typer.Typer`` application; add commands with ``@app.command()``.
+
+    Called once when the CLI starts.
+    """

@@ -1,0 +1,66 @@
+"""The IO processor contract: request data in, prompts out; model outputs in, results out."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Sequence
+
+if TYPE_CHECKING:
+    from .config import PoolingParams
+
+
+@dataclass
+class Prompt:
+    """One model input after pre-processing.
+
+    Attributes:
+        text: the text to tokenize, or ``None`` when ``token_ids`` are given.
+        text_pair: the second text of a pair (cross-encoders), or ``None``.
+        token_ids: already tokenized input, special tokens included.
+        params: per-prompt pooling parameters, or ``None`` for the call's defaults.
+        prompt_prefix: an instruction prepended to ``text`` (sentence-transformers prompts);
+            poolers leave its tokens out when the model's pooling excludes the prompt.
+    """
+
+    text: str | None = None
+    text_pair: str | None = None
+    token_ids: list[int] | None = None
+    params: "PoolingParams | None" = None
+    prompt_prefix: str | None = None
+    extras: dict = field(default_factory=dict)
+
+
+class IOProcessor:
+    """Parses request data into prompts and turns pooled outputs into results.
+
+    Stateless per request: everything a request needs travels in its arguments, never in
+    instance attributes, so one processor serves concurrent requests.
+    """
+
+    def parse_data(self, data: Any) -> Any:
+        """Validate raw request data; raise :class:`poolkit.InvalidRequest` on bad input."""
+        return data
+
+    def pre_process(self, data: Any, request_id: str | None = None) -> Sequence[Prompt]:
+        """Turn parsed data into prompts."""
+        raise NotImplementedError
+
+    def merge_pooling_params(self, params: "PoolingParams | None", task: str) -> "PoolingParams":
+        """The pooling parameters to run with, given the caller's (possibly ``None``)."""
+        from .config import PoolingParams
+
+        return params if params is not None else PoolingParams(task=task)
+
+    def post_process(self, outputs: Sequence[Any], request_id: str | None = None) -> Any:
+        """Turn the per-prompt request outputs into the result returned to the caller."""
+        return list(outputs)
+
+
+def check_io_processor(name: str, obj: object) -> IOProcessor:
+    """Registry check: an :class:`IOProcessor` instance or subclass (instantiated)."""
+    if inspect.isclass(obj) and issubclass(obj, IOProcessor):
+        obj = obj()
+    if not isinstance(obj, IOProcessor):
+        raise TypeError(f"IO processor '{name}' must be a poolkit.IOProcessor, got {type(obj).__name__}")
+    return obj

@@ -1,0 +1,297 @@
+"""The vLLM-compatible Python API: ``LLM(model).embed(...)`` and friends.
+
+A vLLM pooling user switches by changing one import: the constructor arguments, the method
+names and the output objects are vLLM's.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from typing import Any, Sequence
+
+import torch
+
+from .config import PoolingParams
+from .engine import Engine
+from .errors import InvalidRequest
+from .io import Prompt
+from .model import PoolingModel, load_model
+from .outputs import (
+    EmbeddingRequestOutput,
+    PoolingOutput,
+    PoolingRequestOutput,
+    ScoringOutput,
+    ScoringRequestOutput,
+)
+from .plugins import registry
+from .progress import progress_bar
+
+logger = logging.getLogger(__name__)
+
+#: The embedded default model, carried by the PyPI package that the ``minilm`` extra installs.
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+#: vLLM engine arguments that mean nothing for poolkit; accepted so vLLM code runs unchanged.
+IGNORED_ENGINE_ARGS = frozenset(
+    {
+        "enforce_eager",
+        "tensor_parallel_size",
+        "pipeline_parallel_size",
+        "gpu_memory_utilization",
+        "max_num_seqs",
+        "max_num_batched_tokens",
+        "enable_prefix_caching",
+        "enable_chunked_prefill",
+        "disable_log_stats",
+        "swap_space",
+        "kv_cache_dtype",
+        "distributed_executor_backend",
+        "tokenizer_mode",
+        "seed",
+        "task",
+        "load_format",
+        "quantization",
+    }
+)
+
+_TOKENIZATION_KWARGS = ("truncate_prompt_tokens", "truncation_side")
+
+
+class LLM:
+    """A pooling model, loaded once, with vLLM's offline API.
+
+    Args:
+        model: a local directory, a Hugging Face id, or an installed model package's name;
+            default: the embedded all-MiniLM-L6-v2.
+        tokenizer: a directory with the tokenizer, if not the model's.
+        runner: ``"auto"`` or ``"pooling"`` (poolkit runs pooling models only).
+        convert: ``"auto"``, ``"none"``, ``"embed"`` or ``"classify"``: how to adapt an
+            architecture that is not a pooling model as such.
+        pooler_config: a :class:`PoolerConfig`, a dict or a JSON string.
+        hf_overrides: keys patched into the model's ``config.json``.
+        dtype: ``"auto"`` (fp32 on CPU, bf16 on GPU), ``"float32"``, ``"bfloat16"``, ...
+        device: ``"cpu"``, ``"cuda"``, ... (default: a GPU if there is one).
+        allow_pickle: load ``pytorch_model.bin`` weights (with ``weights_only=True``) when a
+            model has no safetensors.
+        trust_remote_code: accepted for compatibility; poolkit never runs code from a model.
+        max_model_len: cap the tokens per input below the model's own limit.
+        max_batch_tokens: the token budget of one packed batch.
+
+    Example:
+        >>> llm = LLM(model="sentence-transformers/all-MiniLM-L6-v2", runner="pooling")
+        >>> (output,) = llm.embed("Hello, my name is")
+        >>> len(output.outputs.embedding)
+        384
+    """
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        tokenizer: str | None = None,
+        runner: str = "auto",
+        convert: str = "auto",
+        pooler_config: Any = None,
+        hf_overrides: dict[str, Any] | None = None,
+        dtype: Any = "auto",
+        device: Any = None,
+        allow_pickle: bool = False,
+        trust_remote_code: bool = False,
+        max_model_len: int | None = None,
+        max_batch_tokens: int | None = None,
+        **engine_kwargs: Any,
+    ) -> None:
+        unknown = sorted(set(engine_kwargs) - IGNORED_ENGINE_ARGS)
+        if unknown:
+            raise InvalidRequest(f"unknown LLM argument(s): {', '.join(unknown)}")
+        if engine_kwargs:
+            logger.info("ignoring vLLM engine arguments with no meaning here: %s", ", ".join(sorted(engine_kwargs)))
+        self.model: PoolingModel = load_model(
+            DEFAULT_MODEL if model is None else model,
+            tokenizer=tokenizer,
+            runner=runner,
+            convert=convert,
+            pooler_config=pooler_config,
+            hf_overrides=hf_overrides,
+            dtype=dtype,
+            device=device,
+            allow_pickle=allow_pickle,
+            trust_remote_code=trust_remote_code,
+            max_model_len=max_model_len,
+        )
+        self.engine = Engine(self.model, max_batch_tokens)
+        self._request_ids = itertools.count()
+
+    def get_tokenizer(self) -> Any:
+        return self.model.tokenizer
+
+    @property
+    def supported_tasks(self) -> list[str]:
+        return self.model.supported_tasks()
+
+    # -- inputs --------------------------------------------------------------------------------
+
+    def _prompts(self, prompts: Any, prompt_name: str | None) -> list[Prompt]:
+        parsed = list(registry("io_processor").get("text").pre_process(prompts))
+        prefix = self._prompt_prefix(prompt_name)
+        if prefix:
+            for p in parsed:
+                if p.text is not None:
+                    p.prompt_prefix = prefix
+        return parsed
+
+    def _prompt_prefix(self, prompt_name: str | None) -> str | None:
+        prompts = self.model.prompts
+        if prompt_name is None:
+            name = self.model.default_prompt_name
+            return prompts.get(name) if name else None
+        if prompt_name not in prompts:
+            known = ", ".join(sorted(prompts)) or "none"
+            raise InvalidRequest(f"unknown prompt_name '{prompt_name}'; the model's prompts: {known}")
+        return prompts[prompt_name]
+
+    def _params(
+        self,
+        pooling_params: Any,
+        count: int,
+        task_name: str,
+        tokenization_kwargs: dict[str, Any] | None,
+    ) -> list[PoolingParams]:
+        if pooling_params is None or isinstance(pooling_params, (PoolingParams, dict)):
+            given = [pooling_params] * count
+        elif isinstance(pooling_params, (list, tuple)):
+            if len(pooling_params) != count:
+                raise InvalidRequest(
+                    f"got {len(pooling_params)} pooling_params for {count} prompts; pass one, or one per prompt"
+                )
+            given = list(pooling_params)
+        else:
+            raise InvalidRequest(f"pooling_params must be PoolingParams or a list of them, got {type(pooling_params).__name__}")
+        extra = dict(tokenization_kwargs or {})
+        unknown = set(extra) - set(_TOKENIZATION_KWARGS)
+        if unknown:
+            raise InvalidRequest(f"unsupported tokenization_kwargs: {', '.join(sorted(unknown))}")
+        task = registry("task").get(task_name)
+        out = []
+        for p in given:
+            if p is None:
+                p = PoolingParams()
+            elif isinstance(p, dict):
+                p = PoolingParams(**p)
+            elif not isinstance(p, PoolingParams):
+                raise InvalidRequest(f"pooling_params items must be PoolingParams, got {type(p).__name__}")
+            if p.task is not None and p.task != task_name:
+                raise InvalidRequest(f"You cannot overwrite param.task={p.task!r} with pooling_task={task_name!r}!")
+            update = {k: v for k, v in extra.items() if getattr(p, k) is None}
+            p = p.model_copy(update={"task": task_name, **update})
+            task.verify(p, self.model)
+            out.append(p)
+        return out
+
+    # -- API -----------------------------------------------------------------------------------
+
+    def encode(
+        self,
+        prompts: Any,
+        pooling_params: Any = None,
+        *,
+        pooling_task: str | None = None,
+        use_tqdm: bool = False,
+        tokenization_kwargs: dict[str, Any] | None = None,
+        prompt_name: str | None = None,
+    ) -> list[PoolingRequestOutput[PoolingOutput]]:
+        """Run any pooling task; ``outputs.data`` holds each input's tensor.
+
+        Args:
+            prompts: a string, a list of strings, or ``{"prompt": ...}`` /
+                ``{"prompt_token_ids": [...]}`` dicts.
+            pooling_params: one :class:`PoolingParams` for all prompts, or one per prompt.
+            pooling_task: the task name (``"embed"``, ``"token_embed"``, ...); required.
+            use_tqdm: show a progress bar on stderr.
+            tokenization_kwargs: ``truncate_prompt_tokens`` / ``truncation_side`` defaults.
+            prompt_name: a prompt from the model's sentence-transformers config to prepend.
+        """
+        if pooling_task is None:
+            raise InvalidRequest(
+                "LLM.encode() needs pooling_task (e.g. 'embed' or 'token_embed'); "
+                "or call LLM.embed() for embeddings"
+            )
+        task = self.model.task(pooling_task)
+        parsed = self._prompts(prompts, prompt_name)
+        params = self._params(pooling_params, len(parsed), task.name, tokenization_kwargs)
+        with progress_bar(len(parsed), enabled=use_tqdm) as advance:
+            results = self.engine.run(task, parsed, params, progress=advance)
+        return [
+            PoolingRequestOutput(str(next(self._request_ids)), PoolingOutput(data), ids) for data, ids in results
+        ]
+
+    def embed(
+        self,
+        prompts: Any,
+        pooling_params: Any = None,
+        *,
+        use_tqdm: bool = False,
+        tokenization_kwargs: dict[str, Any] | None = None,
+        prompt_name: str | None = None,
+    ) -> list[EmbeddingRequestOutput]:
+        """One embedding per input; ``outputs.embedding`` is a list of floats."""
+        outputs = self.encode(
+            prompts,
+            pooling_params,
+            pooling_task="embed",
+            use_tqdm=use_tqdm,
+            tokenization_kwargs=tokenization_kwargs,
+            prompt_name=prompt_name,
+        )
+        return [EmbeddingRequestOutput.from_base(o) for o in outputs]
+
+    def score(
+        self,
+        data_1: Any,
+        data_2: Any,
+        pooling_params: Any = None,
+        *,
+        use_tqdm: bool = False,
+        tokenization_kwargs: dict[str, Any] | None = None,
+    ) -> list[ScoringRequestOutput]:
+        """Scores of text pairs: 1:1, one against N (1:N), or pairwise (N:N).
+
+        For an embedding model the score is the cosine similarity of the two embeddings.
+        """
+        first = self._score_side(data_1, "text")
+        second = self._score_side(data_2, "text_pair")
+        if len(first) != 1 and len(first) != len(second):
+            raise InvalidRequest("Input lengths must be either 1:1, 1:N or N:N")
+        if len(first) == 1:
+            first = first * len(second)
+        self.model.task("embed")
+        unique = list(dict.fromkeys(first + second))
+        embedded = self.encode(
+            unique, pooling_params, pooling_task="embed", use_tqdm=use_tqdm, tokenization_kwargs=tokenization_kwargs
+        )
+        vectors = {text: out for text, out in zip(unique, embedded)}
+        results = []
+        for a, b in zip(first, second):
+            va, vb = vectors[a], vectors[b]
+            score = torch.nn.functional.cosine_similarity(va.outputs.data.float(), vb.outputs.data.float(), dim=0)
+            results.append(
+                ScoringRequestOutput(
+                    str(next(self._request_ids)),
+                    ScoringOutput(float(score)),
+                    va.prompt_token_ids + vb.prompt_token_ids,
+                )
+            )
+        return results
+
+    @staticmethod
+    def _score_side(data: Any, what: str) -> list[str]:
+        items = [data] if isinstance(data, str) else data
+        if items is None or not isinstance(items, (list, tuple)):
+            raise InvalidRequest(f"score inputs must be a string or a list of strings, got {type(data).__name__}")
+        if not items:
+            raise InvalidRequest(f"At least one {what} element must be given")
+        for i, item in enumerate(items):
+            if not isinstance(item, str):
+                raise InvalidRequest(f"{what} {i} must be a string, got {type(item).__name__}")
+        return list(items)

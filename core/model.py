@@ -1,0 +1,399 @@
+"""Loading a model directory into a :class:`PoolingModel`, and resolving its pooling settings.
+
+Precedence for every pooling setting: the user's ``pooler_config`` > the sentence-transformers
+files > the architecture's default > the task's default. Each resolved value remembers where it
+came from, which ``poolkit info`` shows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .architecture import Architecture
+from .config import PoolerConfig
+from .errors import InvalidRequest, ModelLoadError, UnknownName
+from .plugins import get_manager, registry
+from .st_config import STConfig, read_st_config
+from .tasks import Head, Task
+from .weights import checkpoint_files, iter_tensors
+
+logger = logging.getLogger(__name__)
+
+#: Architecture-name suffixes a base ``<Prefix>Model`` implementation can serve by conversion.
+CONVERTIBLE_SUFFIXES = (
+    "ForMaskedLM",
+    "ForPreTraining",
+    "ForCausalLM",
+    "ForSequenceClassification",
+    "ForTokenClassification",
+    "ForTextEncoding",
+    "EmbeddingModel",
+)
+RUNNERS = ("auto", "pooling")
+CONVERTS = ("auto", "none", "embed", "classify")
+DTYPES = {
+    "float32": torch.float32,
+    "float": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "half": torch.float16,
+    "fp16": torch.float16,
+}
+_HUGE = 10**6
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A resolved value and where it came from."""
+
+    value: Any
+    source: str
+
+
+def resolve_dtype(dtype: Any, device: torch.device) -> torch.dtype:
+    """``"auto"`` is fp32 on CPU (exact and fast without bf16 hardware), bf16 on GPUs."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    try:
+        return DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise InvalidRequest(f"unknown dtype '{dtype}'; use auto, {', '.join(DTYPES)}") from None
+
+
+def resolve_device(device: Any) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InvalidRequest(f"unknown device '{device}'") from None
+
+
+def _load_hf_config(path: Path, overrides: dict[str, Any]) -> Any:
+    from transformers import AutoConfig, PretrainedConfig
+
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ModelLoadError(f"{path} has no config.json; is it a Hugging Face model directory?")
+    try:
+        raw = json.loads(config_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(f"{config_file} is not valid JSON: {exc.msg}") from None
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(raw.get(key), dict):
+            raw[key] = {**raw[key], **value}
+        else:
+            raw[key] = value
+    model_type = raw.get("model_type")
+    try:
+        return AutoConfig.for_model(model_type, **{k: v for k, v in raw.items() if k != "model_type"})
+    except (ValueError, KeyError):
+        return PretrainedConfig.from_dict(raw)
+
+
+class PoolingModel:
+    """A loaded model: architecture, tokenizer and resolved pooling settings.
+
+    Built by :func:`load_model`; the engine runs it and the tasks build their heads on it.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        path: Path,
+        hf_config: Any,
+        architecture_name: str,
+        architecture: Architecture,
+        tokenizer: Any,
+        st: STConfig | None,
+        pooler_config: PoolerConfig,
+        device: torch.device,
+        dtype: torch.dtype,
+        max_model_len: Setting,
+        allow_pickle: bool = False,
+    ) -> None:
+        self.name = name
+        self.path = path
+        self.hf_config = hf_config
+        self.architecture_name = architecture_name
+        self.architecture = architecture
+        self.tokenizer = tokenizer
+        self.st = st
+        self.pooler_config = pooler_config
+        self.device = device
+        self.dtype = dtype
+        self.max_model_len = max_model_len
+        self.allow_pickle = allow_pickle
+        self._heads: dict[str, Head | None] = {}
+
+    # -- settings ------------------------------------------------------------------------------
+
+    def pooling_type(self, task: Task) -> Setting:
+        """The pooler name(s) ``task`` uses on this model, outputs concatenated when several."""
+        cfg = self.pooler_config
+        explicit = cfg.seq_pooling_type if task.granularity == "sequence" else cfg.tok_pooling_type
+        if explicit is not None:
+            return Setting((explicit.upper(),), "pooler_config")
+        if cfg.pooling_type is not None:
+            pooler = registry("pooler").get(cfg.pooling_type)
+            if pooler.granularity == task.granularity:
+                return Setting((registry("pooler").key(cfg.pooling_type),), "pooler_config")
+        if task.granularity == "sequence":
+            if self.st is not None and self.st.pooling_modes:
+                return Setting(self.st.pooling_modes, f"sentence-transformers {self.st.pooling_path}")
+            default = self.architecture.default_pooling_type
+            if default is not None:
+                return Setting((default,), f"architecture default ({self.architecture_name})")
+        return Setting((task.default_pooling_type,), f"task default ({task.name})")
+
+    @cached_property
+    def use_activation(self) -> Setting:
+        """Whether heads apply their activation unless a request says otherwise."""
+        if self.pooler_config.use_activation is not None:
+            return Setting(self.pooler_config.use_activation, "pooler_config")
+        if self.st is not None:
+            return Setting(self.st.normalize, "sentence-transformers modules.json (Normalize)")
+        return Setting(True, "default")
+
+    @cached_property
+    def dimensions(self) -> Setting:
+        return Setting(self.pooler_config.dimensions, "pooler_config" if self.pooler_config.dimensions else "default")
+
+    @cached_property
+    def projector(self) -> torch.nn.Module | None:
+        """The sentence-transformers Dense stack (fp32), or ``None``."""
+        if self.st is None or not self.st.dense:
+            return None
+        return torch.nn.Sequential(*(d.build() for d in self.st.dense)).to(self.device).eval()
+
+    @property
+    def embedding_size(self) -> int:
+        if self.st is not None and self.st.dense:
+            return int(self.st.dense[-1].weight.shape[0])
+        return self.architecture.hidden_size
+
+    @property
+    def matryoshka_dimensions(self) -> list[int] | None:
+        dims = getattr(self.hf_config, "matryoshka_dimensions", None)
+        return list(dims) if dims else None
+
+    @property
+    def is_matryoshka(self) -> bool:
+        return bool(self.matryoshka_dimensions) or bool(getattr(self.hf_config, "is_matryoshka", False))
+
+    @property
+    def do_lower_case(self) -> bool:
+        return bool(self.st is not None and self.st.do_lower_case)
+
+    @property
+    def prompts(self) -> dict[str, str]:
+        return dict(self.st.prompts) if self.st is not None else {}
+
+    @property
+    def default_prompt_name(self) -> str | None:
+        return self.st.default_prompt_name if self.st is not None else None
+
+    @property
+    def include_prompt(self) -> bool:
+        return self.st is None or self.st.include_prompt
+
+    # -- tasks ---------------------------------------------------------------------------------
+
+    def task(self, name: str) -> Task:
+        """The registered task ``name``, checked against what this model can serve."""
+        task = registry("task").get(name)
+        if self.head(task) is None:
+            raise InvalidRequest(
+                f"model '{self.name}' does not support task '{task.name}'; "
+                f"supported tasks: {', '.join(self.supported_tasks()) or 'none'}"
+            )
+        return task
+
+    def head(self, task: Task) -> Head | None:
+        if task.name not in self._heads:
+            self._heads[task.name] = task.build(self)
+        return self._heads[task.name]
+
+    def supported_tasks(self) -> list[str]:
+        """The registered tasks this model can serve, derived from what their heads need."""
+        supported = []
+        for entry in registry("task").entries():
+            try:
+                if self.head(entry.obj) is not None:
+                    supported.append(entry.name)
+            except (InvalidRequest, UnknownName) as exc:
+                logger.debug("task %s unavailable: %s", entry.name, exc)
+        return supported
+
+    def describe(self) -> dict[str, Any]:
+        """Every resolved setting with its source, for ``poolkit info``."""
+        tasks = {}
+        for name in self.supported_tasks():
+            task = registry("task").get(name)
+            pooling = self.pooling_type(task)
+            tasks[name] = {"pooling_type": {"value": "+".join(pooling.value), "source": pooling.source}}
+        return {
+            "model": self.name,
+            "path": str(self.path),
+            "architecture": self.architecture_name,
+            "architecture_plugin": registry("architecture").entry(self.architecture_name).plugin,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "device": str(self.device),
+            "hidden_size": self.architecture.hidden_size,
+            "embedding_size": self.embedding_size,
+            "max_model_len": {"value": self.max_model_len.value, "source": self.max_model_len.source},
+            "use_activation": {"value": self.use_activation.value, "source": self.use_activation.source},
+            "dimensions": {"value": self.dimensions.value, "source": self.dimensions.source},
+            "projector": [
+                {"path": d.path, "in": int(d.weight.shape[1]), "out": int(d.weight.shape[0]), "activation": d.activation}
+                for d in (self.st.dense if self.st else [])
+            ],
+            "is_matryoshka": self.is_matryoshka,
+            "matryoshka_dimensions": self.matryoshka_dimensions,
+            "do_lower_case": self.do_lower_case,
+            "include_prompt": self.include_prompt,
+            "prompts": self.prompts,
+            "default_prompt_name": self.default_prompt_name,
+            "tasks": tasks,
+        }
+
+
+def _pick_architecture(names: list[str], convert: str) -> tuple[str, type[Architecture]]:
+    archs = registry("architecture")
+    for name in names:
+        if name in archs:
+            return name, archs.get(name)
+    if convert in ("auto", "embed"):
+        for name in names:
+            for suffix in CONVERTIBLE_SUFFIXES:
+                base = name[: -len(suffix)] + "Model" if name.endswith(suffix) else None
+                if base and base in archs:
+                    logger.info("serving %s with the %s architecture (convert=embed)", name, base)
+                    return base, archs.get(base)
+    shown = ", ".join(names) or "none listed in config.json"
+    raise ModelLoadError(
+        f"no poolkit architecture for {shown}; available: {', '.join(archs.names())}. "
+        "Install a plugin that provides it, or set hf_overrides={'architectures': [...]}"
+    )
+
+
+def _max_model_len(architecture: Architecture, tokenizer: Any, st: STConfig | None, requested: int | None) -> Setting:
+    limit = architecture.max_positions
+    tok_max = getattr(tokenizer, "model_max_length", None)
+    if requested is not None:
+        if requested < 1 or (limit is not None and requested > limit):
+            raise InvalidRequest(f"max_model_len={requested} is outside 1..{limit} for this model")
+        return Setting(requested, "max_model_len argument")
+    if st is not None and st.max_seq_length:
+        value = min(st.max_seq_length, limit) if limit else st.max_seq_length
+        return Setting(value, f"sentence-transformers {st.tokenizer_config_file}")
+    candidates = [(limit, "config.json max_position_embeddings")]
+    if tok_max and tok_max < _HUGE:
+        candidates.append((int(tok_max), "tokenizer model_max_length"))
+    candidates = [(v, s) for v, s in candidates if v]
+    if not candidates:
+        return Setting(None, "unbounded")
+    value, source = min(candidates)
+    return Setting(value, source)
+
+
+def load_model(
+    model: str,
+    *,
+    tokenizer: str | None = None,
+    runner: str = "auto",
+    convert: str = "auto",
+    pooler_config: Any = None,
+    hf_overrides: dict[str, Any] | None = None,
+    dtype: Any = "auto",
+    device: Any = None,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+    max_model_len: int | None = None,
+) -> PoolingModel:
+    """Resolve ``model`` to a directory and build a :class:`PoolingModel` from it.
+
+    Raises:
+        ModelLoadError: the model cannot be found, is unsafe to load, or no plugin provides its
+            architecture.
+        InvalidRequest: an argument is invalid.
+    """
+    if runner not in RUNNERS:
+        raise InvalidRequest(f"runner '{runner}' is not supported: poolkit runs pooling models (runner 'auto' or 'pooling')")
+    if convert not in CONVERTS:
+        raise InvalidRequest(f"convert '{convert}' is not one of {', '.join(CONVERTS)}")
+    if not isinstance(model, (str, Path)) or not str(model):
+        raise InvalidRequest(f"model must be a name or a path, got {model!r}")
+    if hf_overrides is not None and not isinstance(hf_overrides, dict):
+        if isinstance(hf_overrides, str):
+            try:
+                hf_overrides = json.loads(hf_overrides)
+            except json.JSONDecodeError as exc:
+                raise InvalidRequest(f"hf_overrides is not valid JSON: {exc.msg}") from None
+        if not isinstance(hf_overrides, dict):
+            raise InvalidRequest(f"hf_overrides must be a dict, got {type(hf_overrides).__name__}")
+    user_config = PoolerConfig.coerce(pooler_config) or PoolerConfig()
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+
+    name = str(model)
+    path = get_manager().resolve_model(name)
+    if path is None:
+        raise ModelLoadError(f"model '{name}' was not found")
+    hf_config = _load_hf_config(path, hf_overrides or {})
+    arch_names = list(getattr(hf_config, "architectures", None) or [])
+    try:
+        arch_name, arch_cls = _pick_architecture(arch_names, convert)
+    except ModelLoadError:
+        if getattr(hf_config, "auto_map", None):
+            raise ModelLoadError(
+                f"model '{name}' needs remote code (auto_map in config.json), which poolkit never runs; "
+                "use a checkpoint whose architecture poolkit or an installed plugin implements"
+            ) from None
+        raise
+    if trust_remote_code:
+        logger.warning("trust_remote_code is ignored: poolkit never runs code shipped with a model")
+    st = read_st_config(path, allow_pickle)
+
+    architecture = arch_cls(hf_config)
+    architecture.load_weights(iter_tensors(checkpoint_files(path, allow_pickle)))
+    architecture.to(device=torch_device, dtype=torch_dtype).eval()
+    tok = _load_tokenizer(Path(tokenizer) if tokenizer else path)
+    return PoolingModel(
+        name=name,
+        path=path,
+        hf_config=hf_config,
+        architecture_name=arch_name,
+        architecture=architecture,
+        tokenizer=tok,
+        st=st,
+        pooler_config=user_config,
+        device=torch_device,
+        dtype=torch_dtype,
+        max_model_len=_max_model_len(architecture, tok, st, max_model_len),
+        allow_pickle=allow_pickle,
+    )
+
+
+def _load_tokenizer(path: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load a tokenizer from {path}: {type(exc).__name__}: {exc}") from None
+    if not getattr(tokenizer, "is_fast", False):
+        raise ModelLoadError(f"the tokenizer in {path} has no fast (tokenizers) implementation; poolkit needs tokenizer.json")
+    return tokenizer

@@ -1,0 +1,382 @@
+"""The plugin manager: discovers entry points once, lazily, and fills the registries.
+
+Every entry point of the group ``poolkit.plugins`` is loaded on its own: a third-party plugin
+that fails to import, declares an unknown hook or registers something invalid or clashing is
+reported once on stderr, listed with ``status: error`` and skipped; a built-in that fails is
+fatal. Environment switches, applied before anything is imported:
+
+- ``POOLKIT_PLUGINS``: comma-separated allow-list of third-party plugin names (empty: none).
+- ``POOLKIT_DISABLE_PLUGINS``: comma-separated block-list.
+- ``POOLKIT_STRICT_PLUGINS=1``: any plugin failure raises instead of being skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pluggy
+
+from . import hookspecs
+from .architecture import check_architecture
+from .errors import PluginError
+from .io import check_io_processor
+from .kernel import check_kernel
+from .pooling import check_activation, check_pooler
+from .registry import RUNTIME_PLUGIN, Registry
+from .tasks import check_task
+
+if sys.version_info >= (3, 10):
+    from importlib.metadata import EntryPoint, entry_points
+else:  # pragma: no cover
+    from importlib_metadata import EntryPoint, entry_points
+
+logger = logging.getLogger(__name__)
+
+GROUP = "poolkit.plugins"
+BUILTIN_DISTRIBUTION = "poolkit"
+
+#: kind -> (hook name, registry check, name normalisation)
+KINDS: dict[str, tuple[str, Callable[[str, Any], Any], Callable[[str], str]]] = {
+    "architecture": ("poolkit_register_architectures", check_architecture, str),
+    "pooler": ("poolkit_register_poolers", check_pooler, str.upper),
+    "activation": ("poolkit_register_activations", check_activation, str.lower),
+    "io_processor": ("poolkit_register_io_processors", check_io_processor, str),
+    "kernel": ("poolkit_register_kernels", check_kernel, str),
+    "task": ("poolkit_register_tasks", check_task, str.lower),
+}
+
+
+@dataclass
+class PluginInfo:
+    """What ``poolkit plugins`` reports about one plugin."""
+
+    name: str
+    distribution: str | None
+    version: str | None
+    entry_point: str | None
+    builtin: bool
+    status: str = "ok"
+    error: str | None = None
+    provides: dict[str, list[str]] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "distribution": self.distribution,
+            "version": self.version,
+            "entry_point": self.entry_point,
+            "builtin": self.builtin,
+            "status": self.status,
+            "error": self.error,
+            "provides": {k: v for k, v in self.provides.items() if v},
+        }
+
+
+def _env_names(var: str) -> set[str] | None:
+    value = os.environ.get(var)
+    if value is None:
+        return None
+    return {n.strip() for n in value.split(",") if n.strip()}
+
+
+class PluginManager:
+    """One pluggy manager plus the typed registries its plugins fill."""
+
+    def __init__(self) -> None:
+        self.pm = pluggy.PluginManager("poolkit")
+        self.pm.add_hookspecs(hookspecs)
+        self.registries: dict[str, Registry] = {}
+        for kind, (_, check, normalize) in KINDS.items():
+            reg = Registry(kind.replace("_", " "), check, normalize)
+            reg.explain_missing = self._explain_missing
+            self.registries[kind] = reg
+        self.infos: dict[str, PluginInfo] = {}
+        self._loaded = False
+        self._loading = False
+        self._fatal: PluginError | None = None
+        self._lock = threading.RLock()
+
+    # -- loading -----------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Discover and load every entry point, once.
+
+        Raises:
+            PluginError: a built-in plugin failed, or any plugin failed in strict mode; raised
+                again by every later call, so nothing runs on a half-loaded toolkit.
+        """
+        if not self._loaded:
+            with self._lock:
+                # _loading: a plugin being imported looked something up (same thread, RLock).
+                if not self._loaded and not self._loading:
+                    self._loading = True
+                    try:
+                        self._load_all()
+                    except PluginError as exc:
+                        self._fatal = exc
+                        raise
+                    finally:
+                        self._loading = False
+                        self._loaded = True
+        if self._fatal is not None:
+            raise PluginError(str(self._fatal))
+
+    def _load_all(self) -> None:
+        allow = _env_names("POOLKIT_PLUGINS")
+        block = _env_names("POOLKIT_DISABLE_PLUGINS") or set()
+        eps = sorted(
+            entry_points(group=GROUP),
+            key=lambda ep: (_dist_name(ep) != BUILTIN_DISTRIBUTION, _dist_name(ep) or "", ep.name),
+        )
+        for ep in eps:
+            self._load_entry_point(ep, allow, block)
+
+    def _load_entry_point(self, ep: EntryPoint, allow: set[str] | None, block: set[str]) -> None:
+        dist = _dist_name(ep)
+        builtin = dist == BUILTIN_DISTRIBUTION
+        info = PluginInfo(ep.name, dist, _dist_version(ep), ep.value, builtin)
+        previous = self.infos.get(ep.name)
+        if previous is not None:
+            info.status = "error"
+            info.error = (
+                f"plugin name '{ep.name}' is already used by distribution "
+                f"'{previous.distribution}'; rename one of the entry points"
+            )
+            self._fail(info, key=f"{ep.name} ({dist})")
+            return
+        self.infos[ep.name] = info
+        if not builtin and (ep.name in block or (allow is not None and ep.name not in allow)):
+            info.status = "disabled"
+            return
+        try:
+            module = ep.load()
+        except Exception as exc:  # a broken plugin must not take poolkit down
+            info.status, info.error = "error", f"import failed: {type(exc).__name__}: {exc}"
+            self._fail(info)
+            return
+        self._register(module, info)
+
+    def _register(self, plugin: object, info: PluginInfo) -> None:
+        """Register a plugin object with pluggy and commit what its hooks register, atomically."""
+        try:
+            self.pm.register(plugin, name=info.name)
+            self.pm.check_pending()
+        except Exception as exc:
+            self._unregister_pm(info.name)
+            info.status, info.error = "error", f"invalid hook implementation: {exc}"
+            self._fail(info)
+            return
+        try:
+            staged = self._collect(info.name)
+            self._commit(staged, info)
+        except Exception as exc:
+            self._unregister_pm(info.name)
+            info.status, info.error = "error", str(exc) if isinstance(exc, PluginError) else f"{type(exc).__name__}: {exc}"
+            self._fail(info)
+
+    def _collect(self, plugin_name: str) -> list[tuple[str, str, Any, bool]]:
+        staged: list[tuple[str, str, Any, bool]] = []
+        for kind, (hook_name, _, _) in KINDS.items():
+            caller = getattr(self.pm.hook, hook_name)
+            for impl in caller.get_hookimpls():
+                if impl.plugin_name != plugin_name:
+                    continue
+
+                def register(name: str, obj: Any, override: bool = False, _kind: str = kind) -> None:
+                    staged.append((_kind, name, self.registries[_kind].validate(name, obj), override))
+
+                impl.function(register=register)
+        return staged
+
+    def _commit(self, staged: list[tuple[str, str, Any, bool]], info: PluginInfo) -> None:
+        seen: dict[tuple[str, str], bool] = {}
+        for kind, name, _, override in staged:
+            reg = self.registries[kind]
+            key = (kind, reg.key(name))
+            if key in seen and not override:
+                raise PluginError(f"plugin '{info.name}' registers {reg.kind} '{reg.key(name)}' twice")
+            if reg.key(name) in reg and not override:
+                owner = reg.entry(name).plugin
+                raise PluginError(
+                    f"{reg.kind} '{reg.key(name)}' from plugin '{info.name}' clashes with the one "
+                    f"registered by plugin '{owner}'; pass override=True to replace it"
+                )
+            seen[key] = True
+        for kind, name, obj, override in staged:
+            self.registries[kind].add(name, obj, info.name, override=override)
+            info.provides.setdefault(kind, []).append(self.registries[kind].key(name))
+
+    def _fail(self, info: PluginInfo, key: str | None = None) -> None:
+        if key is not None:
+            self.infos[key] = info
+        where = f"{info.distribution} {info.version}" if info.distribution else "no distribution"
+        message = f"plugin '{info.name}' ({where}) was skipped: {info.error}"
+        if info.builtin or os.environ.get("POOLKIT_STRICT_PLUGINS", "") not in ("", "0"):
+            raise PluginError(message)
+        logger.warning("%s", message)
+
+    def _unregister_pm(self, name: str) -> None:
+        plugin = self.pm.get_plugin(name)
+        if plugin is not None:
+            self.pm.unregister(plugin)
+
+    def _explain_missing(self, kind: str, name: str) -> str | None:
+        broken = [i for i in self.infos.values() if i.status == "error"]
+        if not broken:
+            return None
+        names = ", ".join(f"'{i.name}' ({i.error})" for i in broken)
+        return f"These plugins failed to load and may have provided it: {names}"
+
+    # -- use ---------------------------------------------------------------------------------
+
+    def registry(self, kind: str) -> Registry:
+        self.load()
+        return self.registries[kind]
+
+    def add_plugin(self, plugin: object, name: str) -> PluginInfo:
+        """Register a plugin object directly (tests, notebooks); errors are raised, not skipped."""
+        self.load()
+        with self._lock:
+            if name in self.infos:
+                raise PluginError(f"a plugin named '{name}' is already registered")
+            info = PluginInfo(name, None, None, None, builtin=False)
+            self.infos[name] = info
+            strict = os.environ.get("POOLKIT_STRICT_PLUGINS")
+            os.environ["POOLKIT_STRICT_PLUGINS"] = "1"
+            try:
+                self._register(plugin, info)
+            except PluginError:
+                del self.infos[name]
+                raise
+            finally:
+                if strict is None:
+                    del os.environ["POOLKIT_STRICT_PLUGINS"]
+                else:
+                    os.environ["POOLKIT_STRICT_PLUGINS"] = strict
+            return info
+
+    def remove_plugin(self, name: str) -> None:
+        """Undo :meth:`add_plugin`: unregister the plugin and drop what it registered."""
+        with self._lock:
+            info = self.infos.pop(name, None)
+            self._unregister_pm(name)
+            if info is not None:
+                for kind, names in info.provides.items():
+                    reg = self.registries[kind]
+                    for n in names:
+                        # a later plugin may have overridden (and then removed) the entry
+                        if n in reg and reg.entry(n).plugin == name:
+                            reg.remove(n)
+
+    def add_runtime(self, kind: str, name: str, obj: Any, override: bool = False) -> Any:
+        """Register one object from user code; listed as the ``<runtime>`` plugin."""
+        self.load()
+        with self._lock:
+            reg = self.registries[kind]
+            reg.add(name, obj, RUNTIME_PLUGIN, override=override)
+            info = self.infos.setdefault(
+                RUNTIME_PLUGIN, PluginInfo(RUNTIME_PLUGIN, None, None, None, builtin=False)
+            )
+            key = reg.key(name)
+            if key not in info.provides.setdefault(kind, []):
+                info.provides[kind].append(key)
+            return reg.get(name)
+
+    def plugin_infos(self) -> list[PluginInfo]:
+        self.load()
+        return list(self.infos.values())
+
+    def resolve_model(self, name: str) -> Path | None:
+        self.load()
+        found = self.pm.hook.poolkit_resolve_model(name=name)
+        return Path(found) if found is not None else None
+
+    def register_commands(self, app: Any) -> None:
+        self.load()
+        for impl in self.pm.hook.poolkit_register_commands.get_hookimpls():
+            try:
+                impl.function(app=app)
+            except Exception as exc:
+                info = self.infos.get(impl.plugin_name)
+                if info is None or info.builtin or os.environ.get("POOLKIT_STRICT_PLUGINS", "") not in ("", "0"):
+                    raise
+                info.status, info.error = "error", f"registering commands failed: {exc}"
+                logger.warning("plugin '%s' was skipped: %s", info.name, info.error)
+
+
+def _dist_name(ep: EntryPoint) -> str | None:
+    dist = getattr(ep, "dist", None)
+    return dist.metadata["Name"] if dist is not None else None
+
+
+def _dist_version(ep: EntryPoint) -> str | None:
+    dist = getattr(ep, "dist", None)
+    return dist.version if dist is not None else None
+
+
+_manager: PluginManager | None = None
+_manager_lock = threading.Lock()
+
+
+def get_manager() -> PluginManager:
+    """The process-wide plugin manager (created on first use; loads plugins on first lookup)."""
+    global _manager
+    if _manager is None:
+        with _manager_lock:
+            if _manager is None:
+                _manager = PluginManager()
+    return _manager
+
+
+def reset_manager() -> None:
+    """Forget the loaded plugins; the next lookup discovers them again (tests, env changes)."""
+    global _manager
+    with _manager_lock:
+        _manager = None
+
+
+def registry(kind: str) -> Registry:
+    """The registry of ``kind`` (``"pooler"``, ``"activation"``, ``"task"``, ...), plugins loaded."""
+    return get_manager().registry(kind)
+
+
+def register_pooler(name: str, *, granularity: str = "sequence", override: bool = False) -> Callable:
+    """Decorator registering a pooler from user code, through the same registry as plugins.
+
+    Example:
+        >>> @poolkit.register_pooler("first_last_avg")
+        ... def first_last_avg(hidden, batch):
+        ...     return (hidden[batch.first_indices] + hidden[batch.last_indices]) / 2
+    """
+    from .pooling import FunctionPooler, Pooler
+
+    def decorator(obj: Any) -> Any:
+        pooler = obj
+        if not isinstance(obj, Pooler) and not (isinstance(obj, type) and issubclass(obj, Pooler)):
+            pooler = FunctionPooler(obj, granularity)
+        get_manager().add_runtime("pooler", name, pooler, override=override)
+        return obj
+
+    return decorator
+
+
+def register_activation(name: str, *, override: bool = False) -> Callable:
+    """Decorator registering an activation (tensor -> tensor) from user code.
+
+    Example:
+        >>> @poolkit.register_activation("tanh")
+        ... def tanh(x):
+        ...     return torch.tanh(x)
+    """
+
+    def decorator(fn: Any) -> Any:
+        get_manager().add_runtime("activation", name, fn, override=override)
+        return fn
+
+    return decorator

@@ -1,0 +1,175 @@
+"""Reading a sentence-transformers model directory faithfully.
+
+``modules.json`` is the spec: every Pooling mode (concatenated when several are on, in
+sentence-transformers' order), ``include_prompt``, Dense layers with their activation,
+Normalize, ``sentence_bert_config.json`` (``max_seq_length``, ``do_lower_case``) and the prompts
+of ``config_sentence_transformers.json``. A module poolkit cannot honour is an error, never
+silently skipped.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import ModelLoadError
+from .weights import checkpoint_files, iter_tensors
+
+#: sentence-transformers pooling mode -> poolkit pooler name, in ST's concatenation order.
+ST_POOLING_MODES = {
+    "cls": "CLS",
+    "max": "MAX",
+    "mean": "MEAN",
+    "mean_sqrt_len_tokens": "MEAN_SQRT_LEN",
+    "weightedmean": "WEIGHTEDMEAN",
+    "lasttoken": "LAST",
+}
+_LEGACY_KEYS = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+    "pooling_mode_weightedmean_tokens": "weightedmean",
+    "pooling_mode_lasttoken": "lasttoken",
+}
+_TOKENIZER_CONFIGS = (
+    "sentence_bert_config.json",
+    "sentence_roberta_config.json",
+    "sentence_distilbert_config.json",
+    "sentence_camembert_config.json",
+    "sentence_albert_config.json",
+    "sentence_xlm-roberta_config.json",
+    "sentence_xlnet_config.json",
+)
+_TRANSFORMER_MODULES = {"Transformer", "MLMTransformer"}
+
+
+@dataclass
+class DenseSpec:
+    """One sentence-transformers Dense module: a linear layer and its activation."""
+
+    path: str
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    activation: str
+
+    def build(self) -> torch.nn.Sequential:
+        linear = torch.nn.Linear(self.weight.shape[1], self.weight.shape[0], bias=self.bias is not None)
+        with torch.no_grad():
+            linear.weight.copy_(self.weight)
+            if self.bias is not None:
+                linear.bias.copy_(self.bias)
+        return torch.nn.Sequential(linear, _torch_activation(self.activation))
+
+
+@dataclass
+class STConfig:
+    """What a sentence-transformers directory says about pooling, length and prompts."""
+
+    pooling_modes: tuple[str, ...] | None = None
+    pooling_path: str | None = None
+    include_prompt: bool = True
+    normalize: bool = False
+    dense: list[DenseSpec] = field(default_factory=list)
+    max_seq_length: int | None = None
+    do_lower_case: bool = False
+    tokenizer_config_file: str | None = None
+    prompts: dict[str, str] = field(default_factory=dict)
+    default_prompt_name: str | None = None
+    similarity_fn_name: str | None = None
+
+
+def _torch_activation(name: str | None) -> torch.nn.Module:
+    """An activation named by its torch.nn class path; only ``torch.nn`` classes, for safety."""
+    if not name:
+        return torch.nn.Identity()
+    prefix = "torch.nn.modules."
+    cls_name = name.rsplit(".", 1)[-1]
+    if not name.startswith(prefix) and name != cls_name:
+        raise ModelLoadError(f"Dense activation '{name}' is not a torch.nn module; only torch.nn activations are loaded")
+    cls = getattr(torch.nn, cls_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
+        raise ModelLoadError(f"unknown Dense activation '{name}'")
+    return cls()
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"cannot read {path}: {exc}") from None
+
+
+def parse_pooling(config: dict[str, Any]) -> tuple[tuple[str, ...], bool]:
+    """Pooling modes (poolkit names) and ``include_prompt`` from a Pooling ``config.json``."""
+    if "pooling_mode" in config:
+        raw = config["pooling_mode"]
+        modes = (raw,) if isinstance(raw, str) else tuple(raw)
+    else:
+        modes = tuple(mode for key, mode in _LEGACY_KEYS.items() if config.get(key)) or ("mean",)
+    unknown = [m for m in modes if m not in ST_POOLING_MODES]
+    if unknown:
+        raise ModelLoadError(
+            f"unknown sentence-transformers pooling mode {unknown[0]!r}; valid modes: {', '.join(ST_POOLING_MODES)}"
+        )
+    return tuple(ST_POOLING_MODES[m] for m in modes), bool(config.get("include_prompt", True))
+
+
+def _read_dense(model_dir: Path, path: str, allow_pickle: bool) -> DenseSpec:
+    folder = model_dir / path
+    config = _read_json(folder / "config.json")
+    tensors = dict(iter_tensors(checkpoint_files(folder, allow_pickle)))
+    weight = next((tensors[k] for k in ("linear.weight", "weight", "dense.weight") if k in tensors), None)
+    bias = next((tensors[k] for k in ("linear.bias", "bias", "dense.bias") if k in tensors), None)
+    if weight is None:
+        raise ModelLoadError(f"Dense module {path} has no linear weight")
+    expected = (config.get("out_features"), config.get("in_features"))
+    if None not in expected and tuple(weight.shape) != expected:
+        raise ModelLoadError(f"Dense module {path} weight has shape {tuple(weight.shape)}, config says {expected}")
+    if not config.get("bias", True):
+        bias = None
+    return DenseSpec(path, weight.float(), None if bias is None else bias.float(), config.get("activation_function", ""))
+
+
+def read_st_config(model_dir: Path, allow_pickle: bool = False) -> STConfig | None:
+    """The sentence-transformers settings of ``model_dir``, or ``None`` if it has no modules.json."""
+    modules_file = model_dir / "modules.json"
+    if not modules_file.is_file():
+        return None
+    st = STConfig()
+    modules = _read_json(modules_file)
+    for module in sorted(modules, key=lambda m: m.get("idx", 0)):
+        kind = str(module.get("type", "")).rsplit(".", 1)[-1]
+        path = module.get("path", "")
+        if kind in _TRANSFORMER_MODULES:
+            continue
+        if kind == "Pooling":
+            st.pooling_modes, st.include_prompt = parse_pooling(_read_json(model_dir / path / "config.json"))
+            st.pooling_path = f"{path}/config.json"
+        elif kind == "Dense":
+            st.dense.append(_read_dense(model_dir, path, allow_pickle))
+        elif kind == "Normalize":
+            st.normalize = True
+        else:
+            raise ModelLoadError(
+                f"sentence-transformers module '{module.get('type')}' in {modules_file.name} is not supported; "
+                "poolkit would give different results, so it refuses the model"
+            )
+    for name in _TOKENIZER_CONFIGS:
+        if (model_dir / name).is_file():
+            cfg = _read_json(model_dir / name)
+            st.max_seq_length = cfg.get("max_seq_length")
+            st.do_lower_case = bool(cfg.get("do_lower_case", False))
+            st.tokenizer_config_file = name
+            break
+    extra = model_dir / "config_sentence_transformers.json"
+    if extra.is_file():
+        cfg = _read_json(extra)
+        st.prompts = {k: v for k, v in (cfg.get("prompts") or {}).items() if isinstance(v, str)}
+        st.default_prompt_name = cfg.get("default_prompt_name")
+        st.similarity_fn_name = cfg.get("similarity_fn_name")
+    return st

@@ -1,0 +1,1 @@
+"""Built-in IO processors: request data in, prompts out, results back."""

@@ -1,0 +1,1 @@
+"""Compute kernels: fast implementations of hot ops, each with a pure-torch reference."""

@@ -1,0 +1,64 @@
+"""Attention over packed sequences: each token sees only the tokens of its own sequence."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from poolkit.batch import PackedBatch
+from poolkit.hookspecs import hookimpl
+from poolkit.kernel import Kernel
+
+
+def varlen_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    batch: PackedBatch,
+    causal: bool = False,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Scaled dot-product attention restricted to the sequences of a packed batch.
+
+    Sequences of equal length are attended together in one dense call, so no padding and no
+    mask is ever computed; the result is the same as attending to each sequence alone.
+
+    Args:
+        q: ``[T, heads, head_dim]`` queries of the packed tokens.
+        k: ``[T, heads, head_dim]`` keys.
+        v: ``[T, heads, head_dim]`` values.
+        batch: the packed batch that says where each sequence starts and ends.
+        causal: each token attends only to itself and earlier tokens of its sequence.
+        scale: factor applied to ``q @ k^T``; ``None`` is ``head_dim ** -0.5``.
+
+    Returns:
+        ``[T, heads, head_dim]`` attention outputs, in token order.
+    """
+    groups = batch.length_groups
+    if len(groups) == 1:
+        # All sequences share one length: the packed tokens already form a dense [n, L] grid.
+        length = groups[0][0]
+        grid = (t.unflatten(0, (-1, length)) for t in (q, k, v))
+        return _dense(*grid, causal, scale).reshape(q.shape)
+    out = q.new_empty(q.shape)
+    for _, tokens in groups:
+        flat = tokens.reshape(-1)
+        o = _dense(q[tokens], k[tokens], v[tokens], causal, scale)
+        out.index_copy_(0, flat, o.reshape(flat.shape[0], *q.shape[1:]))
+    return out
+
+
+def _dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float | None) -> torch.Tensor:
+    """Attention on ``[n, L, heads, d]`` inputs, returning ``[n, L, heads, d]``."""
+    o = F.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=causal, scale=scale
+    )
+    return o.transpose(1, 2)
+
+
+@hookimpl
+def poolkit_register_kernels(register):
+    register(
+        "varlen_attention:torch",
+        Kernel(fn=varlen_attention, reference=varlen_attention, device="any", priority=0),
+    )

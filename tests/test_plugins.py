@@ -1,0 +1,657 @@
+"""Plugin discovery, validation and isolation, through real entry points.
+
+Third-party plugins here are fake distributions written into a temporary ``site-packages``
+(``fresh_plugins.install``): importlib.metadata discovers them exactly as it would a
+``pip install``, so broken imports, duplicate names and the environment switches are exercised
+on the real loading path.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import subprocess
+import sys
+import textwrap
+from importlib.metadata import distribution
+from pathlib import Path
+
+import pytest
+import torch
+
+import poolkit
+from poolkit import hookspecs
+from poolkit.architecture import Architecture
+from poolkit.batch import PackedBatch
+from poolkit.errors import PluginError, UnknownName
+from poolkit.hookspecs import hookimpl
+from poolkit.kernel import select_kernel
+from poolkit.plugins import registry
+from poolkit.pooling import Pooler
+from poolkit.testing import ENV_VARS, PluginSandbox, plugin_registered
+
+HOOKS = {name: fn for name, fn in vars(hookspecs).items() if hasattr(fn, "poolkit_spec")}
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
+
+BUILTIN_POOLERS = {"CLS", "LAST", "MEAN", "MEAN_SQRT_LEN", "WEIGHTEDMEAN", "MAX", "ALL"}
+BUILTIN_ACTIVATIONS = {"normalize", "identity", "softmax", "sigmoid"}
+BUILTIN_ARCHITECTURES = {"BertModel", "RobertaModel", "XLMRobertaModel"}
+
+DOUBLE_CLS = """
+from poolkit import hookimpl
+from poolkit.pooling import Pooler
+
+
+class DoubleCls(Pooler):
+    def __call__(self, hidden, batch):
+        return hidden[batch.first_indices] * 2
+
+
+@hookimpl
+def poolkit_register_poolers(register):
+    register("double_cls", DoubleCls)
+"""
+
+BROKEN = """
+raise RuntimeError("boom: libfoo is missing")
+"""
+
+PLAIN_POOLER = """
+from poolkit import hookimpl
+
+
+@hookimpl
+def poolkit_register_poolers(register):
+    register("{name}", lambda hidden, batch: hidden[batch.last_indices])
+"""
+
+
+def plugin_source(body: str) -> str:
+    return "from poolkit import hookimpl\n\n" + textwrap.dedent(body)
+
+
+def install(sandbox: PluginSandbox, plugin: str, source: str, dist: str | None = None, version: str = "1.0") -> None:
+    """Install plugin ``plugin`` (module ``poolkit_fake_<plugin>``) from ``dist`` (``poolkit-<plugin>``)."""
+    module = f"poolkit_fake_{plugin}"
+    sandbox.install(dist or f"poolkit-{plugin}", version, {plugin: module}, {module: source})
+
+
+def batch_and_hidden() -> tuple[PackedBatch, torch.Tensor]:
+    batch = PackedBatch.from_sequences([[5, 6, 7], [8, 9]])
+    hidden = torch.arange(10, dtype=torch.float32).view(5, 2)
+    return batch, hidden
+
+
+def warnings_about(caplog: pytest.LogCaptureFixture, plugin: str) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING and f"plugin '{plugin}'" in r.getMessage()
+    ]
+
+
+# -- discovery -----------------------------------------------------------------------------------
+
+
+def test_third_party_plugin_is_discovered_through_its_entry_point(fresh_plugins):
+    install(fresh_plugins, "double", DOUBLE_CLS, version="1.2.3")
+
+    info = fresh_plugins.infos()["double"]
+
+    assert info.as_dict() == {
+        "name": "double",
+        "distribution": "poolkit-double",
+        "version": "1.2.3",
+        "entry_point": "poolkit_fake_double",
+        "builtin": False,
+        "status": "ok",
+        "error": None,
+        "provides": {"pooler": ["DOUBLE_CLS"]},
+    }
+    entry = registry("pooler").entry("double_cls")
+    assert entry.plugin == "double"
+    assert type(entry.obj).__module__ == "poolkit_fake_double"
+    assert sys.modules["poolkit_fake_double"].__file__.startswith(str(fresh_plugins.root))
+    batch, hidden = batch_and_hidden()
+    assert entry.obj(hidden, batch).tolist() == [[0.0, 2.0], [12.0, 14.0]]
+
+
+def test_builtins_are_loaded_and_marked_builtin(fresh_plugins):
+    declared = {ep.name for ep in distribution("poolkit").entry_points if ep.group == "poolkit.plugins"}
+    infos = fresh_plugins.infos()
+
+    builtins = {name: info for name, info in infos.items() if info.builtin}
+    assert set(builtins) == declared
+    for info in builtins.values():
+        assert (info.distribution, info.version) == ("poolkit", poolkit.__version__)
+        assert (info.status, info.error) == ("ok", None)
+    assert set(infos["builtin_poolers"].provides["pooler"]) >= BUILTIN_POOLERS
+    assert set(infos["builtin_activations"].provides["activation"]) >= BUILTIN_ACTIVATIONS
+    assert {registry("pooler").entry(n).plugin for n in BUILTIN_POOLERS} == {"builtin_poolers"}
+    assert {registry("activation").entry(n).plugin for n in BUILTIN_ACTIVATIONS} == {"builtin_activations"}
+    if "builtin_bert" in declared:
+        assert {registry("architecture").entry(n).plugin for n in BUILTIN_ARCHITECTURES} == {"builtin_bert"}
+
+
+def test_every_hook_works_from_an_installed_plugin(fresh_plugins, tmp_path):
+    model_dir = tmp_path / "packaged-model"
+    model_dir.mkdir()
+    source = plugin_source(
+        f"""
+        import torch
+        from poolkit.architecture import Architecture
+        from poolkit.io import IOProcessor, Prompt
+        from poolkit.kernel import Kernel
+        from poolkit.pooling import Pooler
+        from poolkit.tasks import Task
+
+
+        class Echo(Architecture):
+            def forward(self, batch):
+                return batch.input_ids.float().unsqueeze(1)
+
+
+        class LastAgain(Pooler):
+            def __call__(self, hidden, batch):
+                return hidden[batch.last_indices]
+
+
+        class Lines(IOProcessor):
+            def pre_process(self, data, request_id=None):
+                return [Prompt(text=line) for line in data.splitlines()]
+
+
+        class Sparse(Task):
+            name = "sparse_embed"
+
+
+        def add(x, y):
+            return x + y
+
+
+        @hookimpl
+        def poolkit_register_architectures(register):
+            register("EchoModel", Echo)
+
+
+        @hookimpl
+        def poolkit_register_poolers(register):
+            register("last_again", LastAgain)
+
+
+        @hookimpl
+        def poolkit_register_activations(register):
+            register("Double", lambda x: x * 2)
+
+
+        @hookimpl
+        def poolkit_register_io_processors(register):
+            register("lines", Lines)
+
+
+        @hookimpl
+        def poolkit_register_kernels(register):
+            register("fake_add:cpu", Kernel(fn=add, reference=torch.add, device="cpu", priority=5))
+
+
+        @hookimpl
+        def poolkit_register_tasks(register):
+            register("sparse_embed", Sparse)
+
+
+        @hookimpl
+        def poolkit_resolve_model(name):
+            return {str(model_dir)!r} if name == "fake-alias" else None
+
+
+        @hookimpl
+        def poolkit_register_commands(app):
+            @app.command("hello-fake")
+            def hello():
+                print("hello")
+        """
+    )
+    fresh_plugins.install(
+        "poolkit-everything", "0.1", {"everything": "poolkit_fake_all.plugin"}, {"poolkit_fake_all.plugin": source}
+    )
+
+    info = fresh_plugins.infos()["everything"]
+
+    assert info.status == "ok", info.error
+    assert set(HOOKS) <= set(vars(sys.modules["poolkit_fake_all.plugin"]))
+    assert info.provides == {
+        "architecture": ["EchoModel"],
+        "pooler": ["LAST_AGAIN"],
+        "activation": ["double"],
+        "io_processor": ["lines"],
+        "kernel": ["fake_add:cpu"],
+        "task": ["sparse_embed"],
+    }
+    assert issubclass(registry("architecture").get("EchoModel"), Architecture)
+    assert registry("activation").get("DOUBLE")(torch.tensor([1.5])).item() == 3.0
+    assert [p.text for p in registry("io_processor").get("lines").pre_process("a\nb")] == ["a", "b"]
+    assert select_kernel("fake_add", "cpu")(2, 3) == 5
+    assert registry("task").get("sparse_embed").name == "sparse_embed"
+    manager = fresh_plugins.manager()
+    assert manager.resolve_model("fake-alias") == model_dir
+
+    import typer
+
+    app = typer.Typer()
+    manager.register_commands(app)
+    assert "hello-fake" in [c.name for c in app.registered_commands]
+
+
+@pytest.mark.parametrize("hook", sorted(HOOKS))
+def test_every_hook_is_documented_under_its_signature(hook):
+    heading = f"### {hook}({', '.join(inspect.signature(HOOKS[hook]).parameters)})"
+    assert heading in DOCS.read_text().splitlines()
+
+
+# -- failures ------------------------------------------------------------------------------------
+
+
+def test_broken_plugin_is_skipped_with_one_warning_and_explained_later(fresh_plugins, caplog):
+    install(fresh_plugins, "broken", BROKEN, dist="poolkit-aaa-broken", version="0.3.1")
+    install(fresh_plugins, "fine", PLAIN_POOLER.format(name="FINE"), dist="poolkit-zzz-fine")
+
+    infos = fresh_plugins.infos()
+
+    assert warnings_about(caplog, "broken") == [
+        "plugin 'broken' (poolkit-aaa-broken 0.3.1) was skipped: "
+        "import failed: RuntimeError: boom: libfoo is missing"
+    ]
+    assert infos["broken"].status == "error"
+    assert infos["broken"].error == "import failed: RuntimeError: boom: libfoo is missing"
+    assert infos["broken"].provides == {}
+    assert infos["fine"].status == "ok"  # loading went on after the failure
+    assert "FINE" in registry("pooler")
+    with pytest.raises(UnknownName) as err:
+        registry("pooler").get("FANCY")
+    assert "unknown pooler 'FANCY'" in str(err.value)
+    assert "failed to load and may have provided it: 'broken' (import failed: RuntimeError" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("body", "cause"),
+    [
+        (
+            "import poolkit_no_such_dependency\n",
+            "import failed: ModuleNotFoundError: No module named 'poolkit_no_such_dependency'",
+        ),
+        ("def oops(:\n", "import failed: SyntaxError"),
+        (
+            "@hookimpl\ndef poolkit_register_poolers(register):\n    raise RuntimeError('hook exploded')\n",
+            "RuntimeError: hook exploded",
+        ),
+        (
+            "@hookimpl\ndef poolkit_register_poolers(registry):\n    pass\n",
+            "invalid hook implementation",
+        ),
+    ],
+    ids=["missing-dependency", "syntax-error", "hook-raises", "bad-signature"],
+)
+def test_each_kind_of_broken_plugin_is_an_error(fresh_plugins, caplog, body, cause):
+    install(fresh_plugins, "bad", plugin_source(body))
+
+    info = fresh_plugins.infos()["bad"]
+
+    assert info.status == "error"
+    assert info.error.startswith(cause), info.error
+    assert info.provides == {}
+    assert len(warnings_about(caplog, "bad")) == 1
+    assert fresh_plugins.manager().pm.get_plugin("bad") is None
+
+
+def test_misspelt_hook_makes_the_whole_plugin_an_error(fresh_plugins):
+    body = """
+    @hookimpl
+    def poolkit_register_poolerz(register):
+        register("TYPO", lambda hidden, batch: hidden)
+
+
+    @hookimpl
+    def poolkit_register_activations(register):
+        register("fine_but_skipped", lambda x: x)
+    """
+    install(fresh_plugins, "typo", plugin_source(body))
+
+    info = fresh_plugins.infos()["typo"]
+
+    assert info.status == "error"
+    assert info.error.startswith("invalid hook implementation: unknown hook 'poolkit_register_poolerz' in plugin")
+    assert "fine_but_skipped" not in registry("activation")
+    assert "TYPO" not in registry("pooler")
+
+
+@pytest.mark.parametrize(
+    ("hook", "call", "message"),
+    [
+        ("poolkit_register_poolers", "register('STRINGY', 'not a pooler')",
+         "TypeError: pooler 'STRINGY' must be a poolkit.Pooler or a function, got str"),
+        ("poolkit_register_activations", "register('answer', 42)",
+         "TypeError: activation 'answer' must be a callable tensor -> tensor, got int"),
+        ("poolkit_register_architectures", "register('DictModel', dict)",
+         "TypeError: architecture 'DictModel' must be a subclass of poolkit.Architecture, got <class 'dict'>"),
+        ("poolkit_register_kernels", "register('op:impl', len)",
+         "TypeError: kernel 'op:impl' must be a poolkit.Kernel, got builtin_function_or_method"),
+        ("poolkit_register_tasks", "register('task', object())",
+         "TypeError: task 'task' must be a poolkit.Task, got object"),
+        ("poolkit_register_io_processors", "register('io', 'text')",
+         "TypeError: IO processor 'io' must be a poolkit.IOProcessor, got str"),
+        ("poolkit_register_poolers", "register(7, lambda h, b: h)",
+         "TypeError: pooler names must be non-empty strings, got 7"),
+    ],
+    ids=["pooler", "activation", "architecture", "kernel", "task", "io-processor", "name"],
+)
+def test_registering_the_wrong_type_is_an_error_naming_the_offender(fresh_plugins, hook, call, message):
+    body = f"@hookimpl\ndef {hook}(register):\n    {call}\n"
+    install(fresh_plugins, "wrong", plugin_source(body))
+
+    info = fresh_plugins.infos()["wrong"]
+
+    assert (info.status, info.error) == ("error", message)
+
+
+@pytest.mark.parametrize(
+    ("second", "message"),
+    [
+        ('register("bad_activation", None)', "TypeError: activation 'bad_activation' must be a callable"),
+        (
+            'register("softmax", lambda x: x)',
+            "activation 'softmax' from plugin 'half' clashes with the one registered by plugin 'builtin_activations'",
+        ),
+        ('register("GOOD_activation", lambda x: x)', "plugin 'half' registers activation 'good_activation' twice"),
+    ],
+    ids=["invalid", "clash", "twice"],
+)
+def test_a_plugin_registers_all_or_nothing(fresh_plugins, second, message):
+    body = f"""
+    @hookimpl
+    def poolkit_register_activations(register):
+        register("good_activation", lambda x: x)
+        {second}
+    """
+    install(fresh_plugins, "half", plugin_source(body))
+
+    info = fresh_plugins.infos()["half"]
+
+    assert info.status == "error"
+    assert info.error.startswith(message), info.error
+    assert "good_activation" not in registry("activation")
+    assert registry("activation").entry("softmax").plugin == "builtin_activations"
+
+
+# -- environment switches ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("allow", "expected"),
+    [
+        ("alpha", {"alpha": "ok", "beta": "disabled"}),
+        (" alpha , beta ", {"alpha": "ok", "beta": "ok"}),
+        ("", {"alpha": "disabled", "beta": "disabled"}),
+    ],
+    ids=["one", "both-with-spaces", "empty-means-none"],
+)
+def test_allow_list_loads_only_listed_third_party_plugins(fresh_plugins, monkeypatch, allow, expected):
+    install(fresh_plugins, "alpha", PLAIN_POOLER.format(name="ALPHA"))
+    install(fresh_plugins, "beta", PLAIN_POOLER.format(name="BETA"))
+    monkeypatch.setenv("POOLKIT_PLUGINS", allow)
+
+    infos = fresh_plugins.infos()
+
+    assert {name: infos[name].status for name in expected} == expected
+    for name, status in expected.items():
+        assert (f"poolkit_fake_{name}" in sys.modules) is (status == "ok")
+        assert (name.upper() in registry("pooler")) is (status == "ok")
+    assert all(info.status == "ok" for info in infos.values() if info.builtin)
+    others = [info for info in infos.values() if not info.builtin and info.name not in expected]
+    assert all(info.status == "disabled" for info in others)
+
+
+def test_block_list_disables_before_import(fresh_plugins, monkeypatch, caplog):
+    install(fresh_plugins, "bomb", BROKEN)
+    install(fresh_plugins, "kept", PLAIN_POOLER.format(name="KEPT"))
+    monkeypatch.setenv("POOLKIT_DISABLE_PLUGINS", "bomb,builtin_poolers")
+
+    infos = fresh_plugins.infos()
+
+    assert (infos["bomb"].status, infos["bomb"].error) == ("disabled", None)
+    assert "poolkit_fake_bomb" not in sys.modules
+    assert warnings_about(caplog, "bomb") == []
+    assert infos["kept"].status == "ok"
+    assert infos["builtin_poolers"].status == "ok"  # built-ins cannot be switched off
+    assert "MEAN" in registry("pooler")
+
+
+def test_strict_mode_raises_on_a_broken_plugin_and_keeps_raising(fresh_plugins, monkeypatch):
+    install(fresh_plugins, "broken", BROKEN, version="0.3.1")
+    monkeypatch.setenv("POOLKIT_STRICT_PLUGINS", "1")
+    manager = fresh_plugins.manager()
+
+    expected = r"plugin 'broken' \(poolkit-broken 0\.3\.1\) was skipped: import failed: RuntimeError: boom"
+    with pytest.raises(PluginError, match=expected):
+        registry("pooler")
+    with pytest.raises(PluginError, match=expected):
+        manager.plugin_infos()
+
+
+def test_strict_mode_off_with_zero(fresh_plugins, monkeypatch):
+    install(fresh_plugins, "broken", BROKEN)
+    monkeypatch.setenv("POOLKIT_STRICT_PLUGINS", "0")
+
+    assert fresh_plugins.infos()["broken"].status == "error"
+
+
+# -- duplicates ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("override", [False, True])
+def test_registering_a_taken_name_needs_override(fresh_plugins, caplog, override):
+    body = f"""
+    from poolkit.pooling import Pooler
+
+
+    class MyMean(Pooler):
+        def __call__(self, hidden, batch):
+            return hidden[batch.first_indices]
+
+
+    @hookimpl
+    def poolkit_register_poolers(register):
+        register("mean", MyMean, override={override})
+    """
+    install(fresh_plugins, "meanie", plugin_source(body))
+    caplog.set_level(logging.INFO, logger="poolkit")
+
+    info = fresh_plugins.infos()["meanie"]
+    entry = registry("pooler").entry("MEAN")
+
+    if override:
+        assert (info.status, info.provides) == ("ok", {"pooler": ["MEAN"]})
+        assert entry.plugin == "meanie"
+        assert type(entry.obj).__name__ == "MyMean"
+        assert "pooler 'MEAN' from plugin 'meanie' overrides plugin 'builtin_poolers'" in caplog.text
+    else:
+        assert info.status == "error"
+        assert info.error == (
+            "pooler 'MEAN' from plugin 'meanie' clashes with the one registered by plugin "
+            "'builtin_poolers'; pass override=True to replace it"
+        )
+        assert entry.plugin == "builtin_poolers"
+
+
+def test_two_third_party_plugins_registering_one_name(fresh_plugins):
+    for plugin in ("pa", "pb"):
+        install(fresh_plugins, plugin, PLAIN_POOLER.format(name="SHARED"))
+
+    infos = fresh_plugins.infos()
+
+    assert infos["pa"].status == "ok"
+    assert infos["pb"].status == "error"
+    assert "clashes with the one registered by plugin 'pa'" in infos["pb"].error
+    assert registry("pooler").entry("SHARED").plugin == "pa"
+
+
+def test_two_distributions_with_one_entry_point_name(fresh_plugins, caplog):
+    first = PLAIN_POOLER.format(name="FIRST")
+    fresh_plugins.install("poolkit-first", "1.0", {"same": "poolkit_fake_first"}, {"poolkit_fake_first": first})
+    fresh_plugins.install("poolkit-second", "2.0", {"same": "poolkit_fake_second"}, {"poolkit_fake_second": BROKEN})
+
+    infos = fresh_plugins.infos()
+
+    assert (infos["same"].distribution, infos["same"].status) == ("poolkit-first", "ok")
+    second = infos["same (poolkit-second)"]
+    assert (second.distribution, second.version, second.status) == ("poolkit-second", "2.0", "error")
+    assert second.error == (
+        "plugin name 'same' is already used by distribution 'poolkit-first'; rename one of the entry points"
+    )
+    assert "poolkit_fake_second" not in sys.modules
+    assert warnings_about(caplog, "same") == [f"plugin 'same' (poolkit-second 2.0) was skipped: {second.error}"]
+
+
+# -- user-code registration ----------------------------------------------------------------------
+
+
+def test_register_pooler_function_goes_to_the_registry_as_runtime(fresh_plugins):
+    @poolkit.register_pooler("first_plus_last")
+    def first_plus_last(hidden, batch):
+        return hidden[batch.first_indices] + hidden[batch.last_indices]
+
+    assert callable(first_plus_last) and first_plus_last.__name__ == "first_plus_last"
+    entry = registry("pooler").entry("FIRST_PLUS_LAST")
+    assert entry.plugin == "<runtime>"
+    batch, hidden = batch_and_hidden()
+    assert entry.obj(hidden, batch).tolist() == [[4.0, 6.0], [14.0, 16.0]]
+    assert fresh_plugins.infos()["<runtime>"].as_dict()["provides"] == {"pooler": ["FIRST_PLUS_LAST"]}
+
+
+def test_register_pooler_class_and_activation(fresh_plugins):
+    @poolkit.register_pooler("min")
+    class MinPooler(Pooler):
+        def __call__(self, hidden, batch):
+            return torch.stack([s.min(0).values for s in batch.split(hidden)])
+
+    @poolkit.register_activation("Cube")
+    def cube(x):
+        return x**3
+
+    assert isinstance(registry("pooler").get("MIN"), MinPooler)
+    assert registry("activation").get("cube") is cube
+    info = fresh_plugins.infos()["<runtime>"]
+    assert (info.builtin, info.distribution, info.status) == (False, None, "ok")
+    assert info.provides == {"pooler": ["MIN"], "activation": ["cube"]}
+
+
+def test_runtime_registration_refuses_a_taken_name(fresh_plugins):
+    clash = "pooler 'MEAN' from plugin '<runtime>' clashes with the one registered by plugin 'builtin_poolers'"
+    with pytest.raises(PluginError, match=clash):
+        poolkit.register_pooler("mean")(lambda hidden, batch: hidden)
+    with pytest.raises(TypeError, match="activation 'nope' must be a callable"):
+        poolkit.register_activation("nope")("not callable")
+
+
+def test_unknown_name_lists_what_is_available_and_suggests(fresh_plugins, monkeypatch):
+    monkeypatch.setenv("POOLKIT_PLUGINS", "")
+    reg = registry("pooler")
+
+    with pytest.raises(UnknownName) as err:
+        reg.get("MAEN")
+
+    message = str(err.value)
+    assert isinstance(err.value, LookupError)
+    assert message.startswith("unknown pooler 'MAEN'")
+    assert "did you mean 'MEAN'?" in message
+    assert message.endswith(f"available: {', '.join(reg.names())}")
+    assert BUILTIN_POOLERS <= set(reg.names())
+    with pytest.raises(UnknownName) as err:
+        registry("activation").get("zzz")
+    assert "did you mean" not in str(err.value)
+    assert str(err.value).startswith("unknown activation 'zzz'")
+
+
+# -- poolkit.testing -----------------------------------------------------------------------------
+
+
+class InlinePlugin:
+    @hookimpl
+    def poolkit_register_activations(self, register):
+        register("halve", lambda x: x / 2)
+
+
+class OverridingPlugin:
+    @hookimpl
+    def poolkit_register_activations(self, register):
+        register("halve", lambda x: x / 4, override=True)
+
+
+def test_plugin_registered_adds_and_removes(fresh_plugins):
+    with plugin_registered(InlinePlugin(), "inline") as info:
+        assert info.provides == {"activation": ["halve"]}
+        assert registry("activation").get("halve")(torch.tensor([3.0])).item() == 1.5
+        assert fresh_plugins.infos()["inline"].status == "ok"
+
+    assert "halve" not in registry("activation")
+    assert "inline" not in fresh_plugins.infos()
+    assert fresh_plugins.manager().pm.get_plugin("inline") is None
+
+
+def test_plugin_registered_raises_and_leaves_nothing_behind(fresh_plugins):
+    class Typo:
+        @hookimpl
+        def poolkit_register_activationz(self, register):
+            pass
+
+    with pytest.raises(PluginError, match="unknown hook 'poolkit_register_activationz'"):
+        with plugin_registered(Typo(), "typo"):
+            pass  # pragma: no cover
+
+    assert "typo" not in fresh_plugins.infos()
+
+
+def test_removing_an_overridden_plugin_after_its_overrider(fresh_plugins):
+    manager = fresh_plugins.manager()
+    with plugin_registered(InlinePlugin(), "inline"):
+        with plugin_registered(OverridingPlugin(), "overriding"):
+            assert registry("activation").entry("halve").plugin == "overriding"
+        assert "halve" not in registry("activation")
+    assert "inline" not in manager.infos
+
+
+def test_sandbox_leaves_no_trace(tmp_path, monkeypatch):
+    for var in ENV_VARS:
+        monkeypatch.delenv(var, raising=False)
+    with PluginSandbox(tmp_path) as sandbox:
+        module = "poolkit_fake_trace.sub"
+        source = PLAIN_POOLER.format(name="TRACE")
+        dist_info = sandbox.install("poolkit-trace", "4.5", {"trace": module}, {module: source})
+        assert dist_info == tmp_path / "poolkit_trace-4.5.dist-info"
+        assert (tmp_path / "poolkit_fake_trace" / "__init__.py").read_text() == ""
+        assert distribution("poolkit-trace").version == "4.5"
+        assert sandbox.infos()["trace"].status == "ok"
+        assert "poolkit_fake_trace.sub" in sys.modules
+
+    assert str(tmp_path) not in sys.path
+    assert not [m for m in sys.modules if m.startswith("poolkit_fake_trace")]
+    assert poolkit.plugins._manager is None
+
+
+# -- import hygiene ------------------------------------------------------------------------------
+
+
+def test_import_poolkit_has_no_side_effects():
+    code = textwrap.dedent(
+        """
+        import sys
+        import poolkit
+        import poolkit.plugins as p
+        from poolkit import register_pooler, hookimpl
+        assert p._manager is None, "a plugin manager was created on import"
+        plugin_packages = ("poolkit.builtin", "poolkit.kernels", "poolkit.io_processors")
+        loaded = sorted(m for m in sys.modules if m.startswith(plugin_packages))
+        assert not loaded, loaded
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
