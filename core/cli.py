@@ -161,6 +161,10 @@ DeviceOpt = typer.Option(None, "--device", help="cpu, cuda, ... (default: GPU if
 AllowPickleOpt = typer.Option(False, "--allow-pickle", help="Load pickle (pytorch_model.bin) weights, with weights_only.")
 InputOpt = typer.Option(None, "--input", "-i", help="Input file (text lines or JSON Lines with id/text); - for stdin.")
 FormatOpt = typer.Option(Format.auto, "--format", "-f", help="auto (table on a terminal, else jsonl), jsonl, json, table.")
+DimensionsOpt = typer.Option(None, "--dimensions", help="Matryoshka output dimensions.")
+TruncateOpt = typer.Option(None, "--truncate-prompt-tokens", help="Keep at most N tokens (-1: the model's limit).")
+TruncationSideOpt = typer.Option(None, "--truncation-side", help="left or right.")
+PromptNameOpt = typer.Option(None, "--prompt-name", help="A prompt of the model's sentence-transformers config.")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bar, errors only.")
 VerboseOpt = typer.Option(False, "--verbose", "-v", help="Log what poolkit decides.")
 
@@ -223,10 +227,10 @@ def embed(
     dtype: str = DtypeOpt,
     device: Optional[str] = DeviceOpt,
     allow_pickle: bool = AllowPickleOpt,
-    dimensions: Optional[int] = typer.Option(None, "--dimensions", help="Matryoshka output dimensions."),
-    truncate_prompt_tokens: Optional[int] = typer.Option(None, "--truncate-prompt-tokens", help="Keep at most N tokens (-1: the model's limit)."),
-    truncation_side: Optional[str] = typer.Option(None, "--truncation-side", help="left or right."),
-    prompt_name: Optional[str] = typer.Option(None, "--prompt-name", help="A prompt of the model's sentence-transformers config."),
+    dimensions: Optional[int] = DimensionsOpt,
+    truncate_prompt_tokens: Optional[int] = TruncateOpt,
+    truncation_side: Optional[str] = TruncationSideOpt,
+    prompt_name: Optional[str] = PromptNameOpt,
     quiet: bool = QuietOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
@@ -250,10 +254,10 @@ def encode(
     dtype: str = DtypeOpt,
     device: Optional[str] = DeviceOpt,
     allow_pickle: bool = AllowPickleOpt,
-    dimensions: Optional[int] = typer.Option(None, "--dimensions", help="Matryoshka output dimensions."),
-    truncate_prompt_tokens: Optional[int] = typer.Option(None, "--truncate-prompt-tokens", help="Keep at most N tokens (-1: the model's limit)."),
-    truncation_side: Optional[str] = typer.Option(None, "--truncation-side", help="left or right."),
-    prompt_name: Optional[str] = typer.Option(None, "--prompt-name", help="A prompt of the model's sentence-transformers config."),
+    dimensions: Optional[int] = DimensionsOpt,
+    truncate_prompt_tokens: Optional[int] = TruncateOpt,
+    truncation_side: Optional[str] = TruncationSideOpt,
+    prompt_name: Optional[str] = PromptNameOpt,
     quiet: bool = QuietOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
@@ -298,8 +302,11 @@ def main() -> None:
     """Console-script entry point: plugins may add commands before the CLI runs."""
     from .plugins import get_manager
 
-    with _errors():
-        get_manager().register_commands(app)
+    try:
+        with _errors():
+            get_manager().register_commands(app)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
     app()
 
 

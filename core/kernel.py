@@ -19,7 +19,8 @@ class Kernel:
         reference: a pure-torch implementation with the same signature; tests compare ``fn``
             with it, and it runs wherever ``fn`` cannot.
         device: device type ``fn`` runs on (``"cpu"``, ``"cuda"``) or ``"any"``.
-        priority: higher wins among available kernels for the same op and device.
+        priority: higher wins among available kernels for the same op and device; on a tie, a
+            kernel for the exact device type beats an ``"any"`` one.
         is_available: whether ``fn`` can run in this process (a library is installed, ...).
     """
 
@@ -51,4 +52,4 @@ def select_kernel(op: str, device: torch.device | str) -> Callable:
     available = [k for k in candidates if k.is_available()]
     if not available:
         raise UnknownName(f"no kernel for op '{op}' on device '{device_type}'")
-    return max(available, key=lambda k: k.priority).fn
+    return max(available, key=lambda k: (k.priority, k.device == device_type)).fn

@@ -370,7 +370,7 @@ def load_model(
     architecture = arch_cls(hf_config)
     architecture.load_weights(iter_tensors(checkpoint_files(path, allow_pickle)))
     architecture.to(device=torch_device, dtype=torch_dtype).eval()
-    tok = _load_tokenizer(Path(tokenizer) if tokenizer else path)
+    tok = _load_tokenizer(Path(tokenizer) if tokenizer else path, hf_config)
     return PoolingModel(
         name=name,
         path=path,
@@ -387,11 +387,11 @@ def load_model(
     )
 
 
-def _load_tokenizer(path: Path) -> Any:
+def _load_tokenizer(path: Path, hf_config: Any) -> Any:
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(str(path), config=hf_config, trust_remote_code=False)
     except Exception as exc:
         raise ModelLoadError(f"cannot load a tokenizer from {path}: {type(exc).__name__}: {exc}") from None
     if not getattr(tokenizer, "is_fast", False):

@@ -151,7 +151,8 @@ class PluginManager:
             self._fail(info, key=f"{ep.name} ({dist})")
             return
         self.infos[ep.name] = info
-        if not builtin and (ep.name in block or (allow is not None and ep.name not in allow)):
+        names = {ep.name, dist}
+        if not builtin and (names & block or (allow is not None and not names & allow)):
             info.status = "disabled"
             return
         try:
@@ -211,6 +212,11 @@ class PluginManager:
         for kind, name, obj, override in staged:
             self.registries[kind].add(name, obj, info.name, override=override)
             info.provides.setdefault(kind, []).append(self.registries[kind].key(name))
+        for hook_name, what in (("poolkit_resolve_model", "model_resolver"), ("poolkit_register_commands", "commands")):
+            impls = getattr(self.pm.hook, hook_name).get_hookimpls()
+            found = [impl.function.__name__ for impl in impls if impl.plugin_name == info.name]
+            if found:
+                info.provides[what] = found
 
     def _fail(self, info: PluginInfo, key: str | None = None) -> None:
         if key is not None:
@@ -227,11 +233,17 @@ class PluginManager:
             self.pm.unregister(plugin)
 
     def _explain_missing(self, kind: str, name: str) -> str | None:
+        notes = []
         broken = [i for i in self.infos.values() if i.status == "error"]
-        if not broken:
-            return None
-        names = ", ".join(f"'{i.name}' ({i.error})" for i in broken)
-        return f"These plugins failed to load and may have provided it: {names}"
+        if broken:
+            names = ", ".join(f"'{i.name}' ({i.error})" for i in broken)
+            notes.append(f"These plugins failed to load and may have provided it: {names}")
+        disabled = [i.name for i in self.infos.values() if i.status == "disabled"]
+        if disabled:
+            notes.append(
+                f"Disabled by POOLKIT_PLUGINS / POOLKIT_DISABLE_PLUGINS: {', '.join(sorted(disabled))}"
+            )
+        return ". ".join(notes) or None
 
     # -- use ---------------------------------------------------------------------------------
 

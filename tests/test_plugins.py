@@ -13,6 +13,8 @@ import logging
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from importlib.metadata import distribution
 from pathlib import Path
 
@@ -226,6 +228,8 @@ def test_every_hook_works_from_an_installed_plugin(fresh_plugins, tmp_path):
         "io_processor": ["lines"],
         "kernel": ["fake_add:cpu"],
         "task": ["sparse_embed"],
+        "model_resolver": ["poolkit_resolve_model"],
+        "commands": ["poolkit_register_commands"],
     }
     assert issubclass(registry("architecture").get("EchoModel"), Architecture)
     assert registry("activation").get("DOUBLE")(torch.tensor([1.5])).item() == 3.0
@@ -246,6 +250,33 @@ def test_every_hook_works_from_an_installed_plugin(fresh_plugins, tmp_path):
 def test_every_hook_is_documented_under_its_signature(hook):
     heading = f"### {hook}({', '.join(inspect.signature(HOOKS[hook]).parameters)})"
     assert heading in DOCS.read_text().splitlines()
+
+
+def test_a_lookup_during_loading_waits_for_all_plugins(fresh_plugins, tmp_path):
+    started = tmp_path / "slow-plugin-started"
+    body = f"""
+    import pathlib
+    import time
+
+    pathlib.Path({str(started)!r}).touch()
+    time.sleep(0.5)
+
+
+    @hookimpl
+    def poolkit_register_poolers(register):
+        register("SLOW", lambda hidden, batch: hidden[batch.first_indices])
+    """
+    install(fresh_plugins, "slow", plugin_source(body))
+    loader = threading.Thread(target=fresh_plugins.manager().load)
+    loader.start()
+    deadline = time.monotonic() + 30
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+    found = "SLOW" in registry("pooler")  # asked while the other thread is still loading
+    loader.join()
+
+    assert found
 
 
 # -- failures ------------------------------------------------------------------------------------
@@ -437,6 +468,26 @@ def test_strict_mode_raises_on_a_broken_plugin_and_keeps_raising(fresh_plugins, 
         manager.plugin_infos()
 
 
+def test_strict_mode_cli_prints_one_error_line(fresh_plugins, monkeypatch, capsys):
+    from poolkit import cli
+
+    install(fresh_plugins, "broken", BROKEN, version="0.3.1")
+    monkeypatch.setenv("POOLKIT_STRICT_PLUGINS", "1")
+    monkeypatch.setattr("sys.argv", ["poolkit", "plugins"])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Error: plugin 'broken' (poolkit-broken 0.3.1) was skipped") and "Traceback" not in err
+
+
+def test_lookup_names_disabled_plugins(fresh_plugins, monkeypatch):
+    install(fresh_plugins, "broken", BROKEN)
+    monkeypatch.setenv("POOLKIT_DISABLE_PLUGINS", "poolkit-broken")
+    with pytest.raises(UnknownName, match="Disabled by POOLKIT_PLUGINS / POOLKIT_DISABLE_PLUGINS: broken"):
+        registry("pooler").get("NOT_A_POOLER")
+
+
 def test_strict_mode_off_with_zero(fresh_plugins, monkeypatch):
     install(fresh_plugins, "broken", BROKEN)
     monkeypatch.setenv("POOLKIT_STRICT_PLUGINS", "0")
@@ -563,7 +614,7 @@ def test_unknown_name_lists_what_is_available_and_suggests(fresh_plugins, monkey
     assert isinstance(err.value, LookupError)
     assert message.startswith("unknown pooler 'MAEN'")
     assert "did you mean 'MEAN'?" in message
-    assert message.endswith(f"available: {', '.join(reg.names())}")
+    assert f"; available: {', '.join(reg.names())}" in message
     assert BUILTIN_POOLERS <= set(reg.names())
     with pytest.raises(UnknownName) as err:
         registry("activation").get("zzz")
