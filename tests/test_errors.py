@@ -50,6 +50,26 @@ def test_unknown_hub_model_offline(monkeypatch):
     one_line(info.value)
 
 
+def test_hub_download_without_network_is_one_line(monkeypatch, tmp_path):
+    import huggingface_hub
+
+    calls = []
+
+    def no_network(repo_id, local_files_only=False, **kwargs):
+        calls.append(local_files_only)
+        if local_files_only:
+            raise FileNotFoundError("not in the cache")
+        raise ConnectionError("Failed to establish a new connection: [Errno 101] Network is unreachable\nmore")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", no_network)
+    with pytest.raises(ModelLoadError, match="could not download model 'some-org/some-model' from the Hugging Face Hub") as info:
+        LLM("some-org/some-model")
+    assert "Network is unreachable" in one_line(info.value)
+    assert calls == [True, False]
+
+
 def test_directory_that_is_not_a_model(tmp_path):
     with pytest.raises(ModelLoadError, match="no config.json"):
         LLM(str(tmp_path))
