@@ -163,6 +163,8 @@ class BertModel(Architecture):
     uses_token_type_ids: ClassVar[bool] = True
     #: Prefix of the encoder's tensors in task-model checkpoints (HF's ``base_model_prefix``).
     checkpoint_prefix: ClassVar[str] = "bert."
+    #: Checkpoint name prefixes of the task head this class loads (none for the bare encoder).
+    head_prefixes: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
@@ -206,6 +208,8 @@ class BertModel(Architecture):
         name = legacy_norm_name(checkpoint_name)
         if name.startswith(self.checkpoint_prefix):
             name = name[len(self.checkpoint_prefix):]
+        if self.head_prefixes and name.startswith(self.head_prefixes):
+            return name
         return None if _UNUSED.match(name) else name
 
     def _fuse_qkv(self, weights: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
@@ -270,8 +274,121 @@ class XLMRobertaModel(RobertaModel):
     """The XLM-RoBERTa encoder, identical in structure to RoBERTa."""
 
 
+class BertPooler(nn.Module):
+    """HF's BERT pooler: dense + tanh over the (already pooled) first-token vector."""
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.dense = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(F.linear(x, self.dense.weight, self.dense.bias))
+
+
+class BertSequenceHead(nn.Module):
+    """Pooled vector -> BERT pooler (dense, tanh) -> classifier."""
+
+    def __init__(self, pooler: BertPooler, classifier: nn.Linear) -> None:
+        super().__init__()
+        self.pooler = pooler
+        self.classifier = classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.pooler(x))
+
+
+class BertForSequenceClassification(BertModel):
+    """A BERT cross-encoder / sequence classifier: CLS -> pooler -> ``classifier``.
+
+    The ``token_classify`` task applies the bare ``classifier`` to every token, as vLLM does.
+    """
+
+    head_prefixes: ClassVar[tuple[str, ...]] = ("pooler.", "classifier.")
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self.pooler = BertPooler(config.hidden_size)
+        self.classifier = nn.Linear(config.hidden_size, self.num_labels)
+
+    def sequence_head(self) -> nn.Module:
+        return BertSequenceHead(self.pooler, self.classifier)
+
+    def token_head(self) -> nn.Module:
+        return self.classifier
+
+
+class BertForTokenClassification(BertModel):
+    """A BERT token classifier (NER): ``classifier`` on every token."""
+
+    default_pooling_type: ClassVar[str | None] = None
+    head_prefixes: ClassVar[tuple[str, ...]] = ("classifier.",)
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self.classifier = nn.Linear(config.hidden_size, self.num_labels)
+
+    def token_head(self) -> nn.Module:
+        return self.classifier
+
+
+class RobertaClassificationHead(nn.Module):
+    """HF's RoBERTa head: dense, tanh, ``out_proj`` (bge-reranker and other XLM-R cross-encoders)."""
+
+    def __init__(self, hidden_size: int, num_labels: int) -> None:
+        super().__init__()
+        self.dense = nn.Linear(hidden_size, hidden_size)
+        self.out_proj = nn.Linear(hidden_size, num_labels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out_proj(torch.tanh(self.dense(x)))
+
+
+class RobertaForSequenceClassification(RobertaModel):
+    """A RoBERTa cross-encoder / sequence classifier: CLS -> ``classifier`` head."""
+
+    head_prefixes: ClassVar[tuple[str, ...]] = ("classifier.",)
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self.classifier = RobertaClassificationHead(config.hidden_size, self.num_labels)
+
+    def sequence_head(self) -> nn.Module:
+        return self.classifier
+
+    def token_head(self) -> nn.Module:
+        return self.classifier
+
+
+class RobertaForTokenClassification(RobertaModel):
+    """A RoBERTa token classifier: ``classifier`` on every token."""
+
+    default_pooling_type: ClassVar[str | None] = None
+    head_prefixes: ClassVar[tuple[str, ...]] = ("classifier.",)
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self.classifier = nn.Linear(config.hidden_size, self.num_labels)
+
+    def token_head(self) -> nn.Module:
+        return self.classifier
+
+
+class XLMRobertaForSequenceClassification(RobertaForSequenceClassification):
+    """XLM-RoBERTa cross-encoder (bge-reranker-v2-m3 style)."""
+
+
+class XLMRobertaForTokenClassification(RobertaForTokenClassification):
+    """XLM-RoBERTa token classifier."""
+
+
 @hookimpl
 def poolkit_register_architectures(register):
     register("BertModel", BertModel)
     register("RobertaModel", RobertaModel)
     register("XLMRobertaModel", XLMRobertaModel)
+    register("BertForSequenceClassification", BertForSequenceClassification)
+    register("BertForTokenClassification", BertForTokenClassification)
+    register("RobertaForSequenceClassification", RobertaForSequenceClassification)
+    register("RobertaForTokenClassification", RobertaForTokenClassification)
+    register("XLMRobertaForSequenceClassification", XLMRobertaForSequenceClassification)
+    register("XLMRobertaForTokenClassification", XLMRobertaForTokenClassification)

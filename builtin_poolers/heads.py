@@ -64,3 +64,74 @@ class VectorHead:
         if self.projector is not None:
             pooled = [self.projector(t) for t in pooled]
         return [self._finish(t, *s) for t, s in zip(pooled, settings)]
+
+
+class ClassifierHead:
+    """Classifier logits, calibrated ``(x - logit_mean) / logit_sigma``, then the activation.
+
+    Sequence heads pool first (``poolers``); token heads classify every token, optionally keeping
+    only the ``STEP`` rows and columns a request asks for.
+
+    Args:
+        classifier: the architecture's head module (``[N, H] -> [N, num_labels]``).
+        activation: the activation, or ``None`` for sigmoid with one output, softmax with several.
+        use_activation: the default when a request leaves ``use_activation`` unset.
+        logit_mean: subtracted from the logits when set.
+        logit_sigma: divides the logits when set.
+        poolers: the sequence poolers (concatenated), or ``None`` for a token head.
+        step: a token head keeps only ``step_tag_id`` rows and ``returned_token_ids`` columns.
+    """
+
+    def __init__(
+        self,
+        classifier: torch.nn.Module,
+        activation: Callable[[torch.Tensor], torch.Tensor] | None,
+        use_activation: bool,
+        logit_mean: float | None = None,
+        logit_sigma: float | None = None,
+        poolers: Sequence[Pooler] | None = None,
+        step: bool = False,
+    ) -> None:
+        self.classifier = classifier
+        self.activation = activation
+        self.use_activation = use_activation
+        self.logit_mean = logit_mean
+        self.logit_sigma = logit_sigma
+        self.poolers = list(poolers) if poolers else None
+        self.step = step
+
+    def _activate(self, logits: torch.Tensor, activate: bool) -> torch.Tensor:
+        if self.logit_mean is not None:
+            logits = logits - self.logit_mean
+        if self.logit_sigma is not None:
+            logits = logits / self.logit_sigma
+        if not activate:
+            return logits
+        if self.activation is not None:
+            return self.activation(logits)
+        return torch.sigmoid(logits) if logits.shape[-1] < 2 else torch.softmax(logits, dim=-1)
+
+    def _classify(self, x: torch.Tensor) -> torch.Tensor:
+        weight = next(self.classifier.parameters())
+        return self.classifier(x.to(weight.dtype)).float()
+
+    def __call__(self, hidden: torch.Tensor, batch: PackedBatch, params: Sequence[PoolingParams]) -> list[torch.Tensor]:
+        flags = [self.use_activation if p.use_activation is None else p.use_activation for p in params]
+        if self.poolers is not None:
+            pooled = [p(hidden, batch) for p in self.poolers]
+            logits = self._classify(pooled[0] if len(pooled) == 1 else torch.cat(pooled, dim=-1))
+            if len(set(flags)) == 1:
+                return list(self._activate(logits, flags[0]).unbind(0))
+            return [self._activate(row, flag) for row, flag in zip(logits.unbind(0), flags)]
+        rows = batch.split(self._classify(hidden))
+        if self.step:
+            rows = [self._step(r, ids, p) for r, ids, p in zip(rows, batch.split(batch.input_ids), params)]
+        return [self._activate(r, flag) for r, flag in zip(rows, flags)]
+
+    @staticmethod
+    def _step(logits: torch.Tensor, token_ids: torch.Tensor, params: PoolingParams) -> torch.Tensor:
+        if params.returned_token_ids:
+            logits = logits[:, params.returned_token_ids]
+        if params.step_tag_id is not None:
+            logits = logits[token_ids == params.step_tag_id]
+        return logits

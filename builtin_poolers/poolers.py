@@ -98,6 +98,14 @@ class AllPooler(Pooler):
         return batch.split(hidden)
 
 
+class StepPooler(AllPooler):
+    """Every token, for process reward models: the token head keeps the step-tag rows.
+
+    Which rows (``step_tag_id``) and columns (``returned_token_ids``) are kept is a per-request
+    parameter, applied by the ``token_classify`` head.
+    """
+
+
 @hookimpl
 def poolkit_register_poolers(register):
     register("CLS", ClsPooler)
@@ -107,3 +115,4 @@ def poolkit_register_poolers(register):
     register("WEIGHTEDMEAN", WeightedMeanPooler)
     register("MAX", MaxPooler)
     register("ALL", AllPooler)
+    register("STEP", StepPooler)

@@ -2,14 +2,73 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
+import torch
+
 from poolkit.config import PoolingParams
-from poolkit.errors import InvalidRequest
+from poolkit.errors import InvalidRequest, ModelLoadError
 from poolkit.hookspecs import hookimpl
-from poolkit.model import PoolingModel
+from poolkit.model import PoolingModel, has_heads
 from poolkit.plugins import registry
+from poolkit.pooling import Pooler
 from poolkit.tasks import Head, Task
 
-from .heads import VectorHead
+from .heads import ClassifierHead, VectorHead
+
+STEP_PARAMS = frozenset({"step_tag_id", "returned_token_ids"})
+
+
+def _poolers(task: Task, model: PoolingModel) -> tuple[tuple[str, ...], list[Pooler]]:
+    """The poolers a task uses on a model, checked against the task's granularity."""
+    names = model.pooling_type(task).value
+    poolers = [registry("pooler").get(name) for name in names]
+    for name, pooler in zip(names, poolers):
+        if pooler.granularity != task.granularity:
+            raise InvalidRequest(
+                f"pooling type '{name}' pools {pooler.granularity}s, but task '{task.name}' "
+                f"needs a {task.granularity} pooler"
+            )
+    return names, poolers
+
+
+def classifier_activation(model: PoolingModel) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The activation of a classifier, chosen as transformers' loss and sentence-transformers do.
+
+    ``problem_type`` first, then a sentence-transformers CrossEncoder's ``activation_fn``; ``None``
+    means the default: sigmoid for one label, softmax for several.
+    """
+    activations = registry("activation")
+    if model.pooler_config.activation_fn:
+        return activations.get(model.pooler_config.activation_fn)
+    problem = getattr(model.hf_config, "problem_type", None)
+    if problem == "regression":
+        return activations.get("identity")
+    if problem == "multi_label_classification":
+        return activations.get("sigmoid")
+    if problem == "single_label_classification":
+        return None
+    st_config = getattr(model.hf_config, "sentence_transformers", None) or {}
+    name = (
+        (model.st.activation_fn if model.st is not None else None)
+        or st_config.get("activation_fn")
+        or getattr(model.hf_config, "sbert_ce_default_activation_function", None)
+    )
+    if not name:
+        return None
+    if not name.startswith("torch.nn.modules."):
+        raise ModelLoadError(
+            f"activation '{name}': loading of activation functions is restricted to torch.nn.modules for security reasons"
+        )
+    cls_name = name.rsplit(".", 1)[-1]
+    if cls_name == "Identity":
+        return activations.get("identity")
+    if cls_name in ("Sigmoid", "Softmax"):
+        return None
+    cls = getattr(torch.nn, cls_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
+        raise ModelLoadError(f"unknown activation '{name}' in the sentence-transformers config")
+    return cls()
 
 
 class _VectorTask(Task):
@@ -18,14 +77,9 @@ class _VectorTask(Task):
     params = frozenset({"dimensions", "use_activation"})
 
     def build(self, model: PoolingModel) -> Head | None:
-        names = model.pooling_type(self).value
-        poolers = [registry("pooler").get(name) for name in names]
-        for name, pooler in zip(names, poolers):
-            if pooler.granularity != self.granularity:
-                raise InvalidRequest(
-                    f"pooling type '{name}' pools {pooler.granularity}s, but task '{self.name}' "
-                    f"needs a {self.granularity} pooler"
-                )
+        if has_heads(type(model.architecture)) and model.convert != "embed":
+            return None  # a classifier's hidden states are no embedding unless asked (convert="embed")
+        names, poolers = _poolers(self, model)
         projector = model.projector
         if projector is not None:
             width = sum(p.output_size(model.architecture.hidden_size) for p in poolers)
@@ -36,7 +90,7 @@ class _VectorTask(Task):
                     f"sentence-transformers Dense layer takes {expected}"
                 )
         activation = registry("activation").get(model.pooler_config.activation_fn or "normalize")
-        return VectorHead(poolers, projector, activation, model.use_activation.value, model.dimensions.value)
+        return VectorHead(poolers, projector, activation, model.use_activation().value, model.dimensions.value)
 
     def verify(self, params: PoolingParams, model: PoolingModel) -> None:
         super().verify(params, model)
@@ -74,7 +128,72 @@ class TokenEmbedTask(_VectorTask):
     default_pooling_type = "ALL"
 
 
+class ClassifyTask(Task):
+    """Class probabilities (or scores) per input (``LLM.classify``, cross-encoder ``LLM.score``)."""
+
+    name = "classify"
+    granularity = "sequence"
+    default_pooling_type = "LAST"
+
+    def build(self, model: PoolingModel) -> Head | None:
+        head = model.architecture.sequence_head()
+        if head is None:
+            return None
+        _, poolers = _poolers(self, model)
+        return ClassifierHead(
+            head,
+            classifier_activation(model),
+            model.use_activation(from_st_normalize=False).value,
+            model.pooler_config.logit_mean,
+            model.pooler_config.logit_sigma,
+            poolers=poolers,
+        )
+
+
+class TokenClassifyTask(Task):
+    """Per-token class probabilities (NER, token and process reward models; ``LLM.reward``).
+
+    With the ``STEP`` pooling type, only the rows of tokens equal to ``step_tag_id`` and the
+    columns ``returned_token_ids`` are returned.
+    """
+
+    name = "token_classify"
+    granularity = "token"
+    default_pooling_type = "ALL"
+    params = frozenset({"use_activation"}) | STEP_PARAMS
+
+    def build(self, model: PoolingModel) -> Head | None:
+        head = model.architecture.token_head()
+        if head is None:
+            return None
+        names, poolers = _poolers(self, model)
+        return ClassifierHead(
+            head,
+            classifier_activation(model),
+            model.use_activation(from_st_normalize=False).value,
+            model.pooler_config.logit_mean,
+            model.pooler_config.logit_sigma,
+            step=names == ("STEP",),
+        )
+
+    def verify(self, params: PoolingParams, model: PoolingModel) -> None:
+        step = model.pooling_type(self).value == ("STEP",)
+        invalid = params.set_fields() & STEP_PARAMS
+        if invalid and not step:
+            valid = sorted(self.params - STEP_PARAMS)
+            raise InvalidRequest(
+                f"Task {self.name!r} only supports {valid} parameters, does not support {sorted(invalid)} parameters"
+            )
+        super().verify(params, model)
+        labels = model.architecture.num_labels
+        bad = [i for i in params.returned_token_ids or [] if not 0 <= i < labels]
+        if bad:
+            raise InvalidRequest(f"returned_token_ids {bad} are outside the model's {labels} outputs")
+
+
 @hookimpl
 def poolkit_register_tasks(register):
     register("embed", EmbedTask)
     register("token_embed", TokenEmbedTask)
+    register("classify", ClassifyTask)
+    register("token_classify", TokenClassifyTask)

@@ -50,6 +50,25 @@ class Architecture(torch.nn.Module):
         n = getattr(self.config, "max_position_embeddings", None)
         return int(n) if n else None
 
+    @property
+    def num_labels(self) -> int:
+        """Outputs of the classification heads (``config.num_labels``)."""
+        return int(getattr(self.config, "num_labels", 0) or 0)
+
+    def sequence_head(self) -> torch.nn.Module | None:
+        """The classifier of pooled vectors, ``[B, H] -> [B, num_labels]``; ``None`` if there is none.
+
+        Its presence makes the ``classify`` task (and cross-encoder scoring) available.
+        """
+        return None
+
+    def token_head(self) -> torch.nn.Module | None:
+        """The classifier of token vectors, ``[T, H] -> [T, num_labels]``; ``None`` if there is none.
+
+        Its presence makes the ``token_classify`` task (and ``LLM.reward``) available.
+        """
+        return None
+
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy checkpoint tensors, given as ``(name, tensor)`` pairs, into the parameters.
 

@@ -205,11 +205,14 @@ def _run_task(task, texts, input_file, model, pooler_config, hf_overrides, runne
         use_tqdm=not quiet,
         prompt_name=prompt_name,
     )
-    value_key = "embedding" if task == "embed" else "data"
+    value_key = {"embed": "embedding", "classify": "probs"}.get(task, "data")
+    labels = llm.model.id2label if task == "classify" else {}
     rows = []
     for i, (record, out) in enumerate(zip(records, outputs)):
         row = {"id": record["id"]} if "id" in record else {"index": i}
         row[value_key] = out.outputs.data.tolist()
+        if labels:
+            row["label"] = labels.get(int(out.outputs.data.argmax()))
         rows.append(row)
     _emit(rows, fmt, value_key)
 
@@ -243,7 +246,7 @@ def embed(
 @app.command()
 def encode(
     texts: List[str] = typer.Argument(None, help="Texts to encode."),
-    task: str = typer.Option(..., "--task", "-t", help="Pooling task: embed, token_embed, or one a plugin adds."),
+    task: str = typer.Option(..., "--task", "-t", help="Pooling task: embed, classify, token_embed, token_classify, or one a plugin adds."),
     input_file: Optional[str] = InputOpt,
     model: Optional[str] = ModelOpt,
     fmt: Format = FormatOpt,
@@ -265,6 +268,112 @@ def encode(
     with _errors():
         _run_task(task, texts, input_file, model, pooler_config, hf_overrides, runner, convert, dtype, device,
                   allow_pickle, dimensions, truncate_prompt_tokens, truncation_side, prompt_name, fmt, quiet, verbose)
+
+
+@app.command()
+def classify(
+    texts: List[str] = typer.Argument(None, help="Texts to classify."),
+    input_file: Optional[str] = InputOpt,
+    model: Optional[str] = ModelOpt,
+    fmt: Format = FormatOpt,
+    pooler_config: Optional[str] = PoolerConfigOpt,
+    hf_overrides: Optional[str] = HfOverridesOpt,
+    runner: str = RunnerOpt,
+    convert: str = ConvertOpt,
+    dtype: str = DtypeOpt,
+    device: Optional[str] = DeviceOpt,
+    allow_pickle: bool = AllowPickleOpt,
+    truncate_prompt_tokens: Optional[int] = TruncateOpt,
+    truncation_side: Optional[str] = TruncationSideOpt,
+    quiet: bool = QuietOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Classify texts: one record per input with its probabilities and top label."""
+    with _errors():
+        _run_task("classify", texts, input_file, model, pooler_config, hf_overrides, runner, convert, dtype, device,
+                  allow_pickle, None, truncate_prompt_tokens, truncation_side, None, fmt, quiet, verbose)
+
+
+@app.command()
+def score(
+    text_1: str = typer.Argument(..., help="The first text (a query)."),
+    texts_2: List[str] = typer.Argument(None, help="Texts to score against it."),
+    input_file: Optional[str] = InputOpt,
+    model: Optional[str] = ModelOpt,
+    fmt: Format = FormatOpt,
+    pooler_config: Optional[str] = PoolerConfigOpt,
+    hf_overrides: Optional[str] = HfOverridesOpt,
+    runner: str = RunnerOpt,
+    convert: str = ConvertOpt,
+    dtype: str = DtypeOpt,
+    device: Optional[str] = DeviceOpt,
+    allow_pickle: bool = AllowPickleOpt,
+    quiet: bool = QuietOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Score TEXT_1 against each text: cross-encoder relevance, or cosine for embedding models."""
+    with _errors():
+        _setup_logging(quiet, verbose)
+        records = _read_records(texts_2, input_file)
+        llm = _load(model, pooler_config, hf_overrides, runner, convert, dtype, device, allow_pickle)
+        scores = llm.score(text_1, [r["text"] for r in records], use_tqdm=not quiet)
+        rows = []
+        for i, (record, out) in enumerate(zip(records, scores)):
+            row = {"id": record["id"]} if "id" in record else {"index": i}
+            row["score"] = out.outputs.score
+            rows.append(row)
+        _emit_scores(rows, fmt)
+
+
+@app.command()
+def rerank(
+    documents: List[str] = typer.Argument(None, help="Documents to rank."),
+    query: str = typer.Option(..., "--query", help="The query."),
+    input_file: Optional[str] = InputOpt,
+    top_n: Optional[int] = typer.Option(None, "--top-n", help="Keep the best N documents."),
+    model: Optional[str] = ModelOpt,
+    fmt: Format = FormatOpt,
+    pooler_config: Optional[str] = PoolerConfigOpt,
+    hf_overrides: Optional[str] = HfOverridesOpt,
+    runner: str = RunnerOpt,
+    convert: str = ConvertOpt,
+    dtype: str = DtypeOpt,
+    device: Optional[str] = DeviceOpt,
+    allow_pickle: bool = AllowPickleOpt,
+    quiet: bool = QuietOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Rank documents by relevance to a query, best first, each with its original index (or id)."""
+    with _errors():
+        _setup_logging(quiet, verbose)
+        records = _read_records(documents, input_file)
+        llm = _load(model, pooler_config, hf_overrides, runner, convert, dtype, device, allow_pickle)
+        ranked = llm.rerank(query, [r["text"] for r in records], top_n=top_n, use_tqdm=not quiet)
+        rows = []
+        for result in ranked:
+            record = records[result.index]
+            row = {"id": record["id"]} if "id" in record else {}
+            row.update(index=result.index, relevance_score=result.relevance_score, document=result.document)
+            rows.append(row)
+        _emit_scores(rows, fmt)
+
+
+def _emit_scores(rows: list[dict[str, Any]], fmt: Format) -> None:
+    if fmt is Format.auto:
+        fmt = Format.table if sys.stdout.isatty() else Format.jsonl
+    if fmt is not Format.table:
+        _emit(rows, fmt, "score")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table()
+    columns = list(rows[0]) if rows else []
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.values()))
+    Console(file=sys.stdout).print(table)
 
 
 @app.command()

@@ -73,6 +73,12 @@ class Engine:
 
     # -- tokenization --------------------------------------------------------------------------
 
+    @property
+    def uses_token_type_ids(self) -> bool:
+        """Segment ids are fed when the model takes them and its tokenizer produces them."""
+        names = getattr(self.model.tokenizer, "model_input_names", None) or []
+        return bool(self.model.architecture.uses_token_type_ids) and "token_type_ids" in names
+
     def limit(self, params: PoolingParams) -> int | None:
         """Most tokens (special tokens included) a prompt with ``params`` keeps."""
         model_max = self.model.max_model_len.value
@@ -151,7 +157,7 @@ class Engine:
         self, texts: list[str], pairs: list[str | None] | None, limit: int | None, side: str
     ) -> list[Encoded]:
         tok = self.model.tokenizer
-        want_types = self.model.architecture.uses_token_type_ids
+        want_types = self.uses_token_type_ids
         with self._tokenizer_lock:
             previous = tok.truncation_side
             tok.truncation_side = side
@@ -217,7 +223,7 @@ class Engine:
             batch = PackedBatch.from_sequences(
                 [encoded[i].token_ids for i in members],
                 token_type_ids=[encoded[i].token_type_ids or [0] * len(encoded[i].token_ids) for i in members]
-                if arch.uses_token_type_ids
+                if self.uses_token_type_ids
                 else None,
                 pool_skip=[encoded[i].pool_skip for i in members],
                 device=self.model.device,

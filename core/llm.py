@@ -18,9 +18,11 @@ from .errors import InvalidRequest
 from .io import Prompt
 from .model import PoolingModel, load_model
 from .outputs import (
+    ClassificationRequestOutput,
     EmbeddingRequestOutput,
     PoolingOutput,
     PoolingRequestOutput,
+    RerankResult,
     ScoringOutput,
     ScoringRequestOutput,
 )
@@ -56,6 +58,8 @@ IGNORED_ENGINE_ARGS = frozenset(
 )
 
 _TOKENIZATION_KWARGS = ("truncate_prompt_tokens", "truncation_side")
+#: PoolerConfig fields that are defaults of the request parameters of the same name.
+_CONFIG_DEFAULTS = ("step_tag_id", "returned_token_ids")
 
 
 class LLM:
@@ -184,6 +188,10 @@ class LLM:
             if p.task is not None and p.task != task_name:
                 raise InvalidRequest(f"You cannot overwrite param.task={p.task!r} with pooling_task={task_name!r}!")
             update = {k: v for k, v in extra.items() if getattr(p, k) is None}
+            for name in _CONFIG_DEFAULTS:
+                default = getattr(self.model.pooler_config, name)
+                if name in task.params and default is not None and getattr(p, name) is None:
+                    update[name] = default
             p = p.model_copy(update={"task": task_name, **update})
             task.verify(p, self.model)
             out.append(p)
@@ -246,6 +254,52 @@ class LLM:
         )
         return [EmbeddingRequestOutput.from_base(o) for o in outputs]
 
+    def classify(
+        self,
+        prompts: Any,
+        pooling_params: Any = None,
+        *,
+        use_tqdm: bool = False,
+        tokenization_kwargs: dict[str, Any] | None = None,
+    ) -> list[ClassificationRequestOutput]:
+        """Class probabilities per input; ``outputs.label`` names the top class (``id2label``)."""
+        outputs = self.encode(
+            prompts, pooling_params, pooling_task="classify", use_tqdm=use_tqdm, tokenization_kwargs=tokenization_kwargs
+        )
+        return [ClassificationRequestOutput.from_base(o, self.model.id2label) for o in outputs]
+
+    def reward(
+        self,
+        prompts: Any,
+        pooling_params: Any = None,
+        *,
+        use_tqdm: bool = False,
+        tokenization_kwargs: dict[str, Any] | None = None,
+    ) -> list[PoolingRequestOutput[PoolingOutput]]:
+        """Token-level rewards (``token_classify``): ``outputs.data`` is ``[n_tokens, num_labels]``."""
+        return self.encode(
+            prompts,
+            pooling_params,
+            pooling_task="token_classify",
+            use_tqdm=use_tqdm,
+            tokenization_kwargs=tokenization_kwargs,
+        )
+
+    @property
+    def score_type(self) -> str:
+        """How :meth:`score` compares texts: ``cross-encoder`` or ``bi-encoder``."""
+        tasks = self.model.supported_tasks()
+        if "classify" in tasks and self.model.architecture.num_labels == 1:
+            return "cross-encoder"
+        if "embed" in tasks:
+            return "bi-encoder"
+        if "classify" in tasks:
+            raise InvalidRequest(
+                f"scoring needs a classifier with one output; model '{self.model.name}' has "
+                f"{self.model.architecture.num_labels} (use LLM.classify)"
+            )
+        raise InvalidRequest(f"model '{self.model.name}' supports no scoring; supported tasks: {', '.join(tasks)}")
+
     def score(
         self,
         data_1: Any,
@@ -257,7 +311,8 @@ class LLM:
     ) -> list[ScoringRequestOutput]:
         """Scores of text pairs: 1:1, one against N (1:N), or pairwise (N:N).
 
-        For an embedding model the score is the cosine similarity of the two embeddings.
+        A cross-encoder (a classifier with one output) reads each pair together; an embedding
+        model scores the cosine similarity of the two embeddings.
         """
         first = self._score_side(data_1, "text")
         second = self._score_side(data_2, "text_pair")
@@ -265,7 +320,8 @@ class LLM:
             raise InvalidRequest("Input lengths must be either 1:1, 1:N or N:N")
         if len(first) == 1:
             first = first * len(second)
-        self.model.task("embed")
+        if self.score_type == "cross-encoder":
+            return self._cross_encode(first, second, pooling_params, use_tqdm, tokenization_kwargs)
         unique = list(dict.fromkeys(first + second))
         embedded = self.encode(
             unique, pooling_params, pooling_task="embed", use_tqdm=use_tqdm, tokenization_kwargs=tokenization_kwargs
@@ -283,6 +339,55 @@ class LLM:
                 )
             )
         return results
+
+    def _cross_encode(
+        self,
+        first: list[str],
+        second: list[str],
+        pooling_params: Any,
+        use_tqdm: bool,
+        tokenization_kwargs: dict[str, Any] | None,
+    ) -> list[ScoringRequestOutput]:
+        task = self.model.task("classify")
+        prompts = [Prompt(text=a, text_pair=b) for a, b in zip(first, second)]
+        params = self._params(pooling_params, len(prompts), task.name, tokenization_kwargs)
+        with progress_bar(len(prompts), enabled=use_tqdm) as advance:
+            results = self.engine.run(task, prompts, params, progress=advance)
+        return [
+            ScoringRequestOutput(str(next(self._request_ids)), ScoringOutput(float(data.reshape(-1)[0])), ids)
+            for data, ids in results
+        ]
+
+    def rerank(
+        self,
+        query: str,
+        documents: Sequence[str],
+        top_n: int | None = None,
+        pooling_params: Any = None,
+        *,
+        use_tqdm: bool = False,
+        tokenization_kwargs: dict[str, Any] | None = None,
+    ) -> list[RerankResult]:
+        """Documents sorted by relevance to ``query``, best first, each with its original index.
+
+        Args:
+            query: the query text.
+            documents: the texts to rank.
+            top_n: keep only the best ``top_n`` (default: all).
+        """
+        if not isinstance(query, str):
+            raise InvalidRequest(f"query must be a string, got {type(query).__name__}")
+        docs = self._score_side(documents, "document")
+        if top_n is not None and (not isinstance(top_n, int) or top_n < 1):
+            raise InvalidRequest(f"top_n must be a positive integer, got {top_n!r}")
+        scores = self.score(
+            query, docs, pooling_params, use_tqdm=use_tqdm, tokenization_kwargs=tokenization_kwargs
+        )
+        ranked = sorted(
+            (RerankResult(i, doc, s.outputs.score) for i, (doc, s) in enumerate(zip(docs, scores))),
+            key=lambda r: -r.relevance_score,
+        )
+        return ranked[:top_n] if top_n else ranked
 
     @staticmethod
     def _score_side(data: Any, what: str) -> list[str]:

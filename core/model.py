@@ -123,6 +123,7 @@ class PoolingModel:
         dtype: torch.dtype,
         max_model_len: Setting,
         allow_pickle: bool = False,
+        convert: str = "auto",
     ) -> None:
         self.name = name
         self.path = path
@@ -136,6 +137,7 @@ class PoolingModel:
         self.dtype = dtype
         self.max_model_len = max_model_len
         self.allow_pickle = allow_pickle
+        self.convert = convert
         self._heads: dict[str, Head | None] = {}
 
     # -- settings ------------------------------------------------------------------------------
@@ -158,12 +160,16 @@ class PoolingModel:
                 return Setting((default,), f"architecture default ({self.architecture_name})")
         return Setting((task.default_pooling_type,), f"task default ({task.name})")
 
-    @cached_property
-    def use_activation(self) -> Setting:
-        """Whether heads apply their activation unless a request says otherwise."""
+    def use_activation(self, from_st_normalize: bool = True) -> Setting:
+        """Whether heads apply their activation unless a request says otherwise.
+
+        Args:
+            from_st_normalize: the task's activation is the L2 normalisation that a
+                sentence-transformers ``Normalize`` module stands for (embedding tasks).
+        """
         if self.pooler_config.use_activation is not None:
             return Setting(self.pooler_config.use_activation, "pooler_config")
-        if self.st is not None:
+        if from_st_normalize and self.st is not None and self.st.model_type in (None, "SentenceTransformer"):
             return Setting(self.st.normalize, "sentence-transformers modules.json (Normalize)")
         return Setting(True, "default")
 
@@ -192,6 +198,14 @@ class PoolingModel:
     @property
     def is_matryoshka(self) -> bool:
         return bool(self.matryoshka_dimensions) or bool(getattr(self.hf_config, "is_matryoshka", False))
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        """Label names of the classification heads, by index."""
+        if not self.architecture.num_labels:
+            return {}
+        raw = getattr(self.hf_config, "id2label", None) or {}
+        return {int(k): str(v) for k, v in raw.items()}
 
     @property
     def do_lower_case(self) -> bool:
@@ -254,12 +268,14 @@ class PoolingModel:
             "hidden_size": self.architecture.hidden_size,
             "embedding_size": self.embedding_size,
             "max_model_len": {"value": self.max_model_len.value, "source": self.max_model_len.source},
-            "use_activation": {"value": self.use_activation.value, "source": self.use_activation.source},
+            "use_activation": {"value": self.use_activation().value, "source": self.use_activation().source},
             "dimensions": {"value": self.dimensions.value, "source": self.dimensions.source},
             "projector": [
                 {"path": d.path, "in": int(d.weight.shape[1]), "out": int(d.weight.shape[0]), "activation": d.activation}
                 for d in (self.st.dense if self.st else [])
             ],
+            "num_labels": self.architecture.num_labels,
+            "id2label": self.id2label,
             "is_matryoshka": self.is_matryoshka,
             "matryoshka_dimensions": self.matryoshka_dimensions,
             "do_lower_case": self.do_lower_case,
@@ -270,18 +286,29 @@ class PoolingModel:
         }
 
 
+def has_heads(cls: type[Architecture]) -> bool:
+    """Whether an architecture class has a classification head of its own."""
+    return cls.sequence_head is not Architecture.sequence_head or cls.token_head is not Architecture.token_head
+
+
+def _base_architecture(name: str) -> str | None:
+    for suffix in CONVERTIBLE_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)] + "Model"
+    return None
+
+
 def _pick_architecture(names: list[str], convert: str) -> tuple[str, type[Architecture]]:
     archs = registry("architecture")
     for name in names:
-        if name in archs:
+        if name in archs and not (convert == "embed" and has_heads(archs.get(name))):
             return name, archs.get(name)
     if convert in ("auto", "embed"):
         for name in names:
-            for suffix in CONVERTIBLE_SUFFIXES:
-                base = name[: -len(suffix)] + "Model" if name.endswith(suffix) else None
-                if base and base in archs:
-                    logger.info("serving %s with the %s architecture (convert=embed)", name, base)
-                    return base, archs.get(base)
+            base = _base_architecture(name)
+            if base and base in archs:
+                logger.info("serving %s with the %s architecture (convert=embed)", name, base)
+                return base, archs.get(base)
     shown = ", ".join(names) or "none listed in config.json"
     raise ModelLoadError(
         f"no poolkit architecture for {shown}; available: {', '.join(archs.names())}. "
@@ -363,6 +390,10 @@ def load_model(
                 "use a checkpoint whose architecture poolkit or an installed plugin implements"
             ) from None
         raise
+    if convert == "classify" and not has_heads(arch_cls):
+        raise ModelLoadError(
+            f"convert='classify' needs a checkpoint with a classification head; {arch_name} has none"
+        )
     if trust_remote_code:
         logger.warning("trust_remote_code is ignored: poolkit never runs code shipped with a model")
     st = read_st_config(path, allow_pickle)
@@ -384,6 +415,7 @@ def load_model(
         dtype=torch_dtype,
         max_model_len=_max_model_len(architecture, tok, st, max_model_len),
         allow_pickle=allow_pickle,
+        convert=convert,
     )
 
 

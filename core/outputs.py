@@ -29,6 +29,18 @@ class EmbeddingOutput:
 
 
 @dataclass
+class ClassificationOutput:
+    """Class probabilities (or raw logits with ``use_activation=False``) and the top label."""
+
+    probs: list[float]
+    label: str | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.probs)
+
+
+@dataclass
 class ScoringOutput:
     """One similarity or relevance score."""
 
@@ -57,5 +69,28 @@ class EmbeddingRequestOutput(PoolingRequestOutput[EmbeddingOutput]):
         return cls(base.request_id, EmbeddingOutput(data.tolist()), base.prompt_token_ids)
 
 
+class ClassificationRequestOutput(PoolingRequestOutput[ClassificationOutput]):
+    """A request output whose ``outputs.probs`` is a list of floats."""
+
+    @classmethod
+    def from_base(
+        cls, base: PoolingRequestOutput[PoolingOutput], id2label: dict[int, str] | None = None
+    ) -> "ClassificationRequestOutput":
+        data = base.outputs.data
+        if data.ndim != 1:
+            raise ValueError(f"class probabilities must be one-dimensional, got shape {tuple(data.shape)}")
+        label = (id2label or {}).get(int(data.argmax())) if data.numel() else None
+        return cls(base.request_id, ClassificationOutput(data.tolist(), label), base.prompt_token_ids)
+
+
 class ScoringRequestOutput(PoolingRequestOutput[ScoringOutput]):
     """A request output whose ``outputs.score`` is a float."""
+
+
+@dataclass
+class RerankResult:
+    """One document of a rerank: its position in the input, its text and its score."""
+
+    index: int
+    document: str
+    relevance_score: float

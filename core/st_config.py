@@ -81,6 +81,10 @@ class STConfig:
     prompts: dict[str, str] = field(default_factory=dict)
     default_prompt_name: str | None = None
     similarity_fn_name: str | None = None
+    #: ``SentenceTransformer``, ``CrossEncoder``, ``SparseEncoder``, ... (None for old models)
+    model_type: str | None = None
+    #: A CrossEncoder's activation, as a ``torch.nn`` class path.
+    activation_fn: str | None = None
 
 
 def _torch_activation(name: str | None) -> torch.nn.Module:
@@ -172,4 +176,6 @@ def read_st_config(model_dir: Path, allow_pickle: bool = False) -> STConfig | No
         st.prompts = {k: v for k, v in (cfg.get("prompts") or {}).items() if isinstance(v, str)}
         st.default_prompt_name = cfg.get("default_prompt_name")
         st.similarity_fn_name = cfg.get("similarity_fn_name")
+        st.model_type = cfg.get("model_type")
+        st.activation_fn = cfg.get("activation_fn")
     return st

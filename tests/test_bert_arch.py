@@ -248,11 +248,9 @@ def test_class_attributes() -> None:
 def test_hooks_register_architectures_and_kernel() -> None:
     registered: dict[str, object] = {}
     bert.poolkit_register_architectures(register=registered.__setitem__)
-    assert registered == {
-        "BertModel": bert.BertModel,
-        "RobertaModel": bert.RobertaModel,
-        "XLMRobertaModel": bert.XLMRobertaModel,
-    }
+    families = ("Bert", "Roberta", "XLMRoberta")
+    heads = ("Model", "ForSequenceClassification", "ForTokenClassification")
+    assert registered == {f + h: getattr(bert, f + h) for f in families for h in heads}
     kernels: dict[str, Kernel] = {}
     attention.poolkit_register_kernels(register=kernels.__setitem__)
     kernel = kernels["varlen_attention:torch"]

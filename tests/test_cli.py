@@ -85,7 +85,9 @@ def test_plugins_lists_builtins_with_all():
     everything = json.loads(runner.invoke(app, ["plugins", "--all"]).stdout)
     bert = next(p for p in everything if p["name"] == "builtin_bert")
     assert bert["builtin"] and bert["status"] == "ok" and bert["distribution"] == "poolkit"
-    assert set(bert["provides"]["architecture"]) == {"BertModel", "RobertaModel", "XLMRobertaModel"}
+    assert {"BertModel", "RobertaModel", "XLMRobertaModel", "BertForSequenceClassification"} <= set(
+        bert["provides"]["architecture"]
+    )
 
 
 def test_console_script_runs():

@@ -76,3 +76,40 @@ def build_encoder(out: Path, kind: str, seed: int = 0, init_range: float = 0.5, 
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+def build_classifier(
+    out: Path,
+    kind: str,
+    num_labels: int,
+    token: bool = False,
+    seed: int = 0,
+    init_range: float = 1.0,
+    **config: object,
+) -> Path:
+    """A tiny sequence (or token) classifier of the BERT family, saved to ``out``.
+
+    A large ``init_range`` keeps scores apart, so rankings and softmaxes are meaningful.
+    """
+    tok = wordpiece_tokenizer()
+    kw = _encoder_kwargs(len(tok), init_range)
+    kw.update(num_labels=num_labels, **config)
+    if num_labels > 1 and "id2label" not in config:
+        kw["id2label"] = {i: f"class_{i}" for i in range(num_labels)}
+        kw["label2id"] = {v: k for k, v in kw["id2label"].items()}
+    task = "TokenClassification" if token else "SequenceClassification"
+    if kind == "bert":
+        cfg = T.BertConfig(**kw, max_position_embeddings=128, pad_token_id=tok.pad_token_id)
+        model = getattr(T, f"BertFor{task}")(cfg)
+    elif kind in ("roberta", "xlm-roberta"):
+        prefix = "Roberta" if kind == "roberta" else "XLMRoberta"
+        cfg = getattr(T, f"{prefix}Config")(**kw, max_position_embeddings=130, pad_token_id=0, type_vocab_size=1)
+        model = getattr(T, f"{prefix}For{task}")(cfg)
+    else:
+        raise ValueError(kind)
+    torch.manual_seed(seed)
+    model.init_weights()
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
