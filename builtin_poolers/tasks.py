@@ -118,6 +118,7 @@ class EmbedTask(_VectorTask):
     name = "embed"
     granularity = "sequence"
     default_pooling_type = "LAST"
+    chunkable = True
 
 
 class TokenEmbedTask(_VectorTask):

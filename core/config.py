@@ -95,6 +95,8 @@ class PoolerConfig(_Strict):
     dimensions: Optional[int] = None
     enable_chunked_processing: bool = False
     max_embed_len: Optional[int] = None
+    #: poolkit extension: L2-normalise the token-weighted mean of chunk embeddings (vLLM does not).
+    renormalize_chunked_mean: bool = False
     logit_mean: Optional[float] = None
     logit_sigma: Optional[float] = None
     step_tag_id: Optional[int] = None

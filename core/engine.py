@@ -79,10 +79,17 @@ class Engine:
         names = getattr(self.model.tokenizer, "model_input_names", None) or []
         return bool(self.model.architecture.uses_token_type_ids) and "token_type_ids" in names
 
-    def limit(self, params: PoolingParams) -> int | None:
-        """Most tokens (special tokens included) a prompt with ``params`` keeps."""
+    def limit(self, params: PoolingParams, chunked: bool = False) -> int | None:
+        """Most tokens (special tokens included) a prompt with ``params`` keeps.
+
+        With chunked processing, an input is not truncated to the model's limit: it is read up to
+        one token past ``max_embed_len`` (so a longer one can be refused), or whole.
+        """
         model_max = self.model.max_model_len.value
         requested = params.truncate_prompt_tokens
+        if chunked and requested is None:
+            max_embed_len = self.model.pooler_config.max_embed_len
+            return max_embed_len + 1 if max_embed_len else None
         if requested is None or requested == -1:
             return model_max
         if model_max is not None and requested > model_max:
@@ -105,13 +112,15 @@ class Engine:
         text = (prompt.prompt_prefix or "") + (prompt.text or "")
         return text.lower() if self.model.do_lower_case else text
 
-    def tokenize(self, prompts: Sequence[Prompt], params: Sequence[PoolingParams]) -> list[Encoded]:
+    def tokenize(
+        self, prompts: Sequence[Prompt], params: Sequence[PoolingParams], chunked: bool = False
+    ) -> list[Encoded]:
         """Tokenize and truncate every prompt, batching tokenizer calls by truncation settings."""
         out: list[Encoded | None] = [None] * len(prompts)
         groups: dict[tuple[int | None, str], list[int]] = {}
         default_side = getattr(self.model.tokenizer, "truncation_side", "right") or "right"
         for i, (prompt, p) in enumerate(zip(prompts, params)):
-            limit, side = self.limit(p), p.truncation_side or default_side
+            limit, side = self.limit(p, chunked), p.truncation_side or default_side
             if prompt.token_ids is not None:
                 ids = prompt.token_ids
                 vocab = getattr(self.model.hf_config, "vocab_size", None)
@@ -213,10 +222,73 @@ class Engine:
         head = self.model.head(task)
         if head is None:
             raise InvalidRequest(f"model '{self.model.name}' does not support task '{task.name}'")
-        encoded = self.tokenize(prompts, params)
+        chunked = task.chunkable and self.model.pooler_config.enable_chunked_processing
+        encoded = self.tokenize(prompts, params, chunked)
         for i, enc in enumerate(encoded):
             if not enc.token_ids:
                 raise InvalidRequest(f"prompt {i} has no tokens")
+        if not chunked:
+            results = self._run(head, encoded, params, progress)
+            return [(r, e.token_ids) for r, e in zip(results, encoded)]
+        max_embed_len = self.model.pooler_config.max_embed_len
+        pieces: list[Encoded] = []
+        owners: list[int] = []
+        weights: list[int] = []
+        for i, enc in enumerate(encoded):
+            if max_embed_len and len(enc.token_ids) > max_embed_len:
+                raise InvalidRequest(
+                    f"prompt {i} is longer than max_embed_len ({max_embed_len} tokens); "
+                    "shorten it, raise max_embed_len, or set truncate_prompt_tokens"
+                )
+            for chunk, weight in self.chunks(enc):
+                pieces.append(chunk)
+                owners.append(i)
+                weights.append(weight)
+        results = self._run(head, pieces, [params[i] for i in owners], progress)
+        renormalize = self.model.pooler_config.renormalize_chunked_mean
+        return [
+            (self._mean([r for r, o in zip(results, owners) if o == i], [w for w, o in zip(weights, owners) if o == i], renormalize), enc.token_ids)
+            for i, enc in enumerate(encoded)
+        ]
+
+    def chunks(self, encoded: Encoded) -> list[tuple[Encoded, int]]:
+        """Split an over-long input into model-sized chunks, each with the input's special tokens.
+
+        Returns ``(chunk, weight)`` pairs; the weight is the chunk's share of the input's tokens.
+        """
+        ids = encoded.token_ids
+        limit = self.model.max_model_len.value
+        if limit is None or len(ids) <= limit:
+            return [(encoded, len(ids))]
+        special = set(self.model.tokenizer.all_special_ids)
+        start, end = 0, len(ids)
+        while start < end and ids[start] in special:
+            start += 1
+        while end > start and ids[end - 1] in special:
+            end -= 1
+        prefix, body, suffix = ids[:start], ids[start:end], ids[end:]
+        size = limit - len(prefix) - len(suffix)
+        if size < 1:
+            raise InvalidRequest(f"the model's limit of {limit} tokens leaves no room for text between special tokens")
+        return [(Encoded(prefix + body[k : k + size] + suffix), len(body[k : k + size])) for k in range(0, len(body), size)]
+
+    @staticmethod
+    def _mean(parts: list[torch.Tensor], weights: list[int], renormalize: bool) -> torch.Tensor:
+        """Token-weighted mean of chunk results (fp32), L2-normalised again if asked."""
+        if len(parts) == 1:
+            return parts[0]
+        stacked = torch.stack([p.float() for p in parts])
+        w = torch.tensor(weights, dtype=torch.float32).unsqueeze(1)
+        mean = (stacked * w).sum(0) / w.sum()
+        return torch.nn.functional.normalize(mean, dim=-1) if renormalize else mean
+
+    def _run(
+        self,
+        head: Callable,
+        encoded: Sequence[Encoded],
+        params: Sequence[PoolingParams],
+        progress: Callable[[int, int], None] | None,
+    ) -> list[torch.Tensor]:
         results: list[torch.Tensor | None] = [None] * len(encoded)
         arch = self.model.architecture
         for members in self.batches(encoded):
@@ -235,4 +307,4 @@ class Engine:
                 results[i] = out.cpu()
             if progress is not None:
                 progress(len(members), batch.num_tokens)
-        return [(r, e.token_ids) for r, e in zip(results, encoded)]  # type: ignore[misc]
+        return results  # type: ignore[return-value]

@@ -46,6 +46,9 @@ class Task:
     granularity: ClassVar[str] = "sequence"
     params: ClassVar[frozenset[str]] = frozenset({"use_activation"})
     default_pooling_type: ClassVar[str | None] = None
+    #: Whether ``enable_chunked_processing`` applies: over-long inputs are split into chunks
+    #: whose results are averaged, weighted by their tokens.
+    chunkable: ClassVar[bool] = False
 
     def build(self, model: "PoolingModel") -> Head | None:
         """The head serving this task on ``model``, or ``None`` if the model cannot serve it."""
