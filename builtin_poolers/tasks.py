@@ -192,9 +192,25 @@ class TokenClassifyTask(Task):
             raise InvalidRequest(f"returned_token_ids {bad} are outside the model's {labels} outputs")
 
 
+class PluginTask(Task):
+    """``pooling_task="plugin"``: an IO processor plugin turns request data into prompts, chooses
+    the task they run with, and turns the outputs into its own result (``LLM.encode({"data": ...})``).
+
+    It has no head of its own: the API hands it to the IO processor named by
+    ``io_processor_plugin``.
+    """
+
+    name = "plugin"
+    granularity = "plugin"
+
+    def build(self, model: PoolingModel) -> Head | None:
+        return None
+
+
 @hookimpl
 def poolkit_register_tasks(register):
     register("embed", EmbedTask)
     register("token_embed", TokenEmbedTask)
     register("classify", ClassifyTask)
     register("token_classify", TokenClassifyTask)
+    register("plugin", PluginTask)

@@ -169,11 +169,12 @@ QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bar, errors on
 VerboseOpt = typer.Option(False, "--verbose", "-v", help="Log what poolkit decides.")
 
 
-def _load(model, pooler_config, hf_overrides, runner, convert, dtype, device, allow_pickle):
+def _load(model, pooler_config, hf_overrides, runner, convert, dtype, device, allow_pickle, io_processor_plugin=None):
     from .llm import LLM
 
     return LLM(
         model,
+        io_processor_plugin=io_processor_plugin,
         runner=runner,
         convert=convert,
         pooler_config=_json_option(pooler_config, "--pooler-config"),
@@ -184,11 +185,53 @@ def _load(model, pooler_config, hf_overrides, runner, convert, dtype, device, al
     )
 
 
+def _plugin_data(texts: list[str], input_file: str | None) -> list[Any]:
+    """``pooling_task="plugin"`` inputs: each argument or line is JSON data (or a plain string)."""
+    if texts and input_file:
+        raise InvalidRequest("pass DATA arguments or -i FILE, not both")
+    if not texts:
+        if input_file in (None, "-"):
+            if input_file is None and (sys.stdin is None or sys.stdin.isatty()):
+                raise InvalidRequest("no input: pass DATA arguments, -i FILE, or pipe JSON lines on stdin (-i -)")
+            texts = sys.stdin.read().splitlines()
+        else:
+            path = Path(input_file)
+            if not path.is_file():
+                raise InvalidRequest(f"input file '{input_file}' does not exist")
+            texts = path.read_text(encoding="utf-8").splitlines()
+    items = []
+    for text in texts:
+        if not text.strip():
+            continue
+        try:
+            items.append(json.loads(text))
+        except json.JSONDecodeError:
+            items.append(text)
+    if not items:
+        raise InvalidRequest("no input: the input is empty")
+    return items
+
+
+def _run_plugin(texts, input_file, llm, fmt, quiet) -> None:
+    rows = []
+    for i, data in enumerate(_plugin_data(texts, input_file)):
+        (out,) = llm.encode({"data": data}, pooling_task="plugin", use_tqdm=not quiet)
+        rows.append({"index": i, "data": out.outputs})
+    if fmt is Format.table:
+        fmt = Format.jsonl
+    _emit(rows, Format.jsonl if fmt is Format.auto else fmt, "data")
+
+
 def _run_task(task, texts, input_file, model, pooler_config, hf_overrides, runner, convert, dtype, device,
-              allow_pickle, dimensions, truncate_prompt_tokens, truncation_side, prompt_name, fmt, quiet, verbose):
+              allow_pickle, dimensions, truncate_prompt_tokens, truncation_side, prompt_name, fmt, quiet, verbose,
+              io_processor_plugin=None):
     from .config import PoolingParams
 
     _setup_logging(quiet, verbose)
+    if task == "plugin":
+        llm = _load(model, pooler_config, hf_overrides, runner, convert, dtype, device, allow_pickle, io_processor_plugin)
+        _run_plugin(texts, input_file, llm, fmt, quiet)
+        return
     records = _read_records(texts, input_file)
     params = {
         k: v
@@ -246,7 +289,7 @@ def embed(
 @app.command()
 def encode(
     texts: List[str] = typer.Argument(None, help="Texts to encode."),
-    task: str = typer.Option(..., "--task", "-t", help="Pooling task: embed, classify, token_embed, token_classify, or one a plugin adds."),
+    task: str = typer.Option(..., "--task", "-t", help="Pooling task: embed, classify, token_embed, token_classify, plugin, or one a plugin adds."),
     input_file: Optional[str] = InputOpt,
     model: Optional[str] = ModelOpt,
     fmt: Format = FormatOpt,
@@ -261,13 +304,18 @@ def encode(
     truncate_prompt_tokens: Optional[int] = TruncateOpt,
     truncation_side: Optional[str] = TruncationSideOpt,
     prompt_name: Optional[str] = PromptNameOpt,
+    io_processor_plugin: Optional[str] = typer.Option(None, "--io-processor-plugin", help="IO processor for --task plugin."),
     quiet: bool = QuietOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
-    """Run any pooling task: one record per input with its index (or id) and data."""
+    """Run any pooling task: one record per input with its index (or id) and data.
+
+    With --task plugin, each argument or input line is JSON data for the IO processor plugin.
+    """
     with _errors():
         _run_task(task, texts, input_file, model, pooler_config, hf_overrides, runner, convert, dtype, device,
-                  allow_pickle, dimensions, truncate_prompt_tokens, truncation_side, prompt_name, fmt, quiet, verbose)
+                  allow_pickle, dimensions, truncate_prompt_tokens, truncation_side, prompt_name, fmt, quiet, verbose,
+                  io_processor_plugin)
 
 
 @app.command()

@@ -47,13 +47,25 @@ class IOProcessor:
         raise NotImplementedError
 
     def merge_pooling_params(self, params: "PoolingParams | None", task: str) -> "PoolingParams":
-        """The pooling parameters to run with, given the caller's (possibly ``None``)."""
+        """The pooling parameters to run the prompts with, given the caller's (possibly ``None``).
+
+        For ``pooling_task="plugin"``, ``task`` is the model's default task, and the returned
+        parameters' ``task`` says which task actually runs (``"embed"``, ``"classify"``, ...).
+        """
         from .config import PoolingParams
 
-        return params if params is not None else PoolingParams(task=task)
+        if params is None:
+            return PoolingParams(task=task)
+        return params if params.task is not None else params.model_copy(update={"task": task})
 
-    def post_process(self, outputs: Sequence[Any], request_id: str | None = None) -> Any:
-        """Turn the per-prompt request outputs into the result returned to the caller."""
+    def post_process(self, outputs: Sequence[Any], request_id: str | None = None, data: Any = None) -> Any:
+        """Turn the per-prompt request outputs into the result returned to the caller.
+
+        Args:
+            outputs: one :class:`PoolingRequestOutput` per prompt of :meth:`pre_process`, in order.
+            request_id: the request's id.
+            data: what :meth:`parse_data` returned, so the processor needs no per-request state.
+        """
         return list(outputs)
 
 

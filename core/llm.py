@@ -14,8 +14,8 @@ import torch
 
 from .config import PoolingParams
 from .engine import Engine
-from .errors import InvalidRequest
 from .io import Prompt
+from .errors import InvalidRequest
 from .model import PoolingModel, load_model
 from .outputs import (
     ClassificationRequestOutput,
@@ -104,6 +104,7 @@ class LLM:
         trust_remote_code: bool = False,
         max_model_len: int | None = None,
         max_batch_tokens: int | None = None,
+        io_processor_plugin: str | None = None,
         **engine_kwargs: Any,
     ) -> None:
         unknown = sorted(set(engine_kwargs) - IGNORED_ENGINE_ARGS)
@@ -126,13 +127,15 @@ class LLM:
         )
         self.engine = Engine(self.model, max_batch_tokens)
         self._request_ids = itertools.count()
+        self.io_processor_plugin = io_processor_plugin or getattr(self.model.hf_config, "io_processor_plugin", None)
 
     def get_tokenizer(self) -> Any:
         return self.model.tokenizer
 
     @property
     def supported_tasks(self) -> list[str]:
-        return self.model.supported_tasks()
+        tasks = self.model.supported_tasks()
+        return tasks + ["plugin"] if self.io_processor_plugin else tasks
 
     # -- inputs --------------------------------------------------------------------------------
 
@@ -225,6 +228,10 @@ class LLM:
                 "LLM.encode() needs pooling_task (e.g. 'embed' or 'token_embed'); "
                 "or call LLM.embed() for embeddings"
             )
+        if pooling_task == "plugin":
+            return self._encode_plugin(prompts, pooling_params, use_tqdm, tokenization_kwargs)
+        if isinstance(prompts, dict) and "data" in prompts:
+            raise InvalidRequest("The 'data' field is only supported for the 'plugin' pooling task.")
         task = self.model.task(pooling_task)
         parsed = self._prompts(prompts, prompt_name)
         params = self._params(pooling_params, len(parsed), task.name, tokenization_kwargs)
@@ -233,6 +240,51 @@ class LLM:
         return [
             PoolingRequestOutput(str(next(self._request_ids)), PoolingOutput(data), ids) for data, ids in results
         ]
+
+    def _io_processor(self) -> Any:
+        processors = registry("io_processor")
+        name = self.io_processor_plugin
+        if name is None:
+            raise InvalidRequest(
+                "No IOProcessor plugin installed. Pass io_processor_plugin='<name>' to LLM (or set "
+                "io_processor_plugin in the model's config.json) and install a plugin that registers it"
+            )
+        if name not in processors:
+            plugins = [n for n in processors.names() if processors.entry(n).plugin != "builtin_text"]
+            if not plugins:
+                raise InvalidRequest(f"No IOProcessor plugins installed but one is required ({name}).")
+            raise InvalidRequest(
+                f"The model requires the '{name}' IO Processor plugin but it is not installed. "
+                f"Available plugins: {plugins}"
+            )
+        return processors.get(name)
+
+    def _encode_plugin(
+        self,
+        prompts: Any,
+        pooling_params: Any,
+        use_tqdm: bool,
+        tokenization_kwargs: dict[str, Any] | None,
+    ) -> list[PoolingRequestOutput[Any]]:
+        """``pooling_task="plugin"``: the IO processor turns ``{"data": ...}`` into prompts and back."""
+        if not (isinstance(prompts, dict) and "data" in prompts):
+            raise InvalidRequest("pooling_task='plugin' takes {'data': ...} as its prompt")
+        processor = self._io_processor()
+        request_id = str(next(self._request_ids))
+        data = processor.parse_data(prompts["data"])
+        parsed = list(processor.pre_process(data, request_id=request_id))
+        supported = self.model.supported_tasks()
+        default = next((t for t in ("embed", "classify", "token_embed", "token_classify") if t in supported), None)
+        params = processor.merge_pooling_params(pooling_params, default)
+        if not isinstance(params, PoolingParams) or params.task in (None, "plugin"):
+            raise InvalidRequest(f"IO processor '{self.io_processor_plugin}' must choose the task to run in merge_pooling_params")
+        task = self.model.task(params.task)
+        per_prompt = [p.params or params for p in parsed]
+        checked = [self._params(p, 1, task.name, tokenization_kwargs)[0] for p in per_prompt]
+        with progress_bar(len(parsed), enabled=use_tqdm) as advance:
+            results = self.engine.run(task, parsed, checked, progress=advance)
+        outputs = [PoolingRequestOutput(f"{request_id}-{i}", PoolingOutput(d), ids) for i, (d, ids) in enumerate(results)]
+        return [PoolingRequestOutput("", processor.post_process(outputs, request_id=request_id, data=data))]
 
     def embed(
         self,
@@ -349,7 +401,7 @@ class LLM:
         tokenization_kwargs: dict[str, Any] | None,
     ) -> list[ScoringRequestOutput]:
         task = self.model.task("classify")
-        prompts = [Prompt(text=a, text_pair=b) for a, b in zip(first, second)]
+        prompts = list(registry("io_processor").get("text_pair").pre_process((first, second)))
         params = self._params(pooling_params, len(prompts), task.name, tokenization_kwargs)
         with progress_bar(len(prompts), enabled=use_tqdm) as advance:
             results = self.engine.run(task, prompts, params, progress=advance)

@@ -54,6 +54,27 @@ class TextProcessor(IOProcessor):
         )
 
 
+class TextPairProcessor(IOProcessor):
+    """Pairs of texts for cross-encoders: ``(firsts, seconds)`` of equal length in, one prompt each."""
+
+    def parse_data(self, data: Any) -> tuple[list[str], list[str]]:
+        if not (isinstance(data, (tuple, list)) and len(data) == 2):
+            raise InvalidRequest("text pairs must be given as (first texts, second texts)")
+        first, second = (list(side) for side in data)
+        if len(first) != len(second):
+            raise InvalidRequest("Input lengths must be either 1:1, 1:N or N:N")
+        for name, side in (("text", first), ("text_pair", second)):
+            for i, item in enumerate(side):
+                if not isinstance(item, str):
+                    raise InvalidRequest(f"{name} {i} must be a string, got {_describe(item)}")
+        return first, second
+
+    def pre_process(self, data: Any, request_id: str | None = None) -> Sequence[Prompt]:
+        first, second = self.parse_data(data)
+        return [Prompt(text=a, text_pair=b) for a, b in zip(first, second)]
+
+
 @hookimpl
 def poolkit_register_io_processors(register):
     register("text", TextProcessor)
+    register("text_pair", TextPairProcessor)

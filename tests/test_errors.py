@@ -90,7 +90,7 @@ def test_token_pooler_for_a_sequence_task(minilm_dir):
 
 
 def test_unknown_task(minilm):
-    with pytest.raises(UnknownName, match="unknown task 'nope'; available: classify, embed, token_classify, token_embed"):
+    with pytest.raises(UnknownName, match="unknown task 'nope'; available: classify, embed, plugin, token_classify, token_embed"):
         minilm.encode("hello", pooling_task="nope")
     with pytest.raises(InvalidRequest, match="needs pooling_task"):
         minilm.encode("hello")
