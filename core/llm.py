@@ -14,6 +14,7 @@ import torch
 
 from .config import PoolingParams
 from .engine import Engine
+from .entities import Entity, group_entities
 from .io import Prompt
 from .errors import InvalidRequest
 from .model import PoolingModel, load_model
@@ -336,6 +337,35 @@ class LLM:
             use_tqdm=use_tqdm,
             tokenization_kwargs=tokenization_kwargs,
         )
+
+    def entities(
+        self,
+        prompts: str | Sequence[str],
+        pooling_params: Any = None,
+        *,
+        use_tqdm: bool = False,
+        tokenization_kwargs: dict[str, Any] | None = None,
+    ) -> list[list[Entity]]:
+        """Entity spans per input from a token classifier (label, character offsets, score).
+
+        Tokens are grouped by the IOB/IOBES labels of ``id2label`` as transformers' NER pipeline
+        does with ``aggregation_strategy="simple"``.
+        """
+        texts = [prompts] if isinstance(prompts, str) else prompts
+        outputs = self.encode(
+            texts, pooling_params, pooling_task="token_classify", use_tqdm=use_tqdm, tokenization_kwargs=tokenization_kwargs
+        )
+        tok = self.model.tokenizer
+        results = []
+        for text, out in zip(texts, outputs):
+            if not isinstance(text, str):
+                raise InvalidRequest("entities() takes strings")
+            ids = out.prompt_token_ids
+            enc = tok(text, truncation=True, max_length=len(ids), return_offsets_mapping=True)
+            if enc["input_ids"] != ids:
+                raise InvalidRequest("entity offsets need the tokens of the text itself (right truncation, no prompt)")
+            results.append(group_entities(text, out.outputs.data, enc["offset_mapping"], self.model.id2label))
+        return results
 
     @property
     def score_type(self) -> str:

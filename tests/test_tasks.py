@@ -215,3 +215,40 @@ def test_cli_classify_score_rerank(classifiers):
     assert scores == pytest.approx([s.outputs.score for s in LLM(ce).score(QUERY, DOCS)], abs=1e-6)
     result = runner.invoke(app, ["rerank", "--model", ce, "--query", QUERY, "-i", "/no/such/file"])
     assert result.exit_code == 1 and result.stderr.startswith("Error: ")
+
+
+def test_entity_spans_from_token_classes(classifiers):
+    from poolkit.entities import group_entities
+
+    id2label = {0: "O", 1: "B-PER", 2: "I-PER", 3: "B-LOC", 4: "I-LOC"}
+    text = "John Smith lives in New York"
+    offsets = [(0, 0), (0, 4), (5, 10), (11, 16), (17, 19), (20, 23), (24, 28), (0, 0)]
+    labels = [0, 1, 2, 0, 0, 3, 4, 0]
+    probs = torch.nn.functional.one_hot(torch.tensor(labels), 5).float() * 0.9 + 0.02
+    spans = group_entities(text, probs, offsets, id2label)
+    assert [(e.label, e.start, e.end, e.text) for e in spans] == [("PER", 0, 10, "John Smith"), ("LOC", 20, 28, "New York")]
+    assert spans[0].score == pytest.approx(0.92)
+    # B- starts a new entity even after one of the same type; a bare label groups runs
+    labels = [0, 1, 1, 0, 0, 3, 0, 0]
+    spans = group_entities(text, torch.nn.functional.one_hot(torch.tensor(labels), 5).float(), offsets, id2label)
+    assert [e.text for e in spans] == ["John", "Smith", "New"]
+    assert [e.text for e in group_entities("a b", torch.eye(2)[[1, 1]], [(0, 1), (2, 3)], {0: "O", 1: "MISC"})] == ["a b"]
+
+    llm = LLM(str(classifiers["bert", "ner"]))
+    (found,) = llm.entities(["paris is the capital of france"])
+    probs = llm.reward("paris is the capital of france")[0].outputs.data
+    assert found == group_entities(
+        "paris is the capital of france",
+        probs,
+        llm.get_tokenizer()("paris is the capital of france", return_offsets_mapping=True)["offset_mapping"],
+        llm.model.id2label,
+    )
+    assert all(text[e.start : e.end] == e.text for e in found for text in ["paris is the capital of france"])
+
+
+def test_hf_overrides_reach_the_heads(classifiers):
+    path = classifiers["bert", 3]
+    raw = LLM(str(path), hf_overrides={"problem_type": "regression"}).classify(TEXTS)
+    assert torch.allclose(torch.tensor([o.outputs.probs for o in raw]), hf_logits(path, TEXTS), atol=ATOL)
+    renamed = LLM(str(path), hf_overrides={"id2label": {"0": "neg", "1": "neu", "2": "pos"}})
+    assert renamed.classify(TEXTS[0])[0].outputs.label in {"neg", "neu", "pos"}
