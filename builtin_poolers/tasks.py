@@ -129,6 +129,18 @@ class TokenEmbedTask(_VectorTask):
     default_pooling_type = "ALL"
 
 
+def _classifier_head(model: PoolingModel, head: torch.nn.Module, **kwargs: object) -> ClassifierHead:
+    """A classifier head with the model's activation, default and calibration."""
+    return ClassifierHead(
+        head,
+        classifier_activation(model),
+        model.use_activation(from_st_normalize=False).value,
+        model.pooler_config.logit_mean,
+        model.pooler_config.logit_sigma,
+        **kwargs,
+    )
+
+
 class ClassifyTask(Task):
     """Class probabilities (or scores) per input (``LLM.classify``, cross-encoder ``LLM.score``)."""
 
@@ -141,14 +153,7 @@ class ClassifyTask(Task):
         if head is None:
             return None
         _, poolers = _poolers(self, model)
-        return ClassifierHead(
-            head,
-            classifier_activation(model),
-            model.use_activation(from_st_normalize=False).value,
-            model.pooler_config.logit_mean,
-            model.pooler_config.logit_sigma,
-            poolers=poolers,
-        )
+        return _classifier_head(model, head, poolers=poolers)
 
 
 class TokenClassifyTask(Task):
@@ -167,15 +172,8 @@ class TokenClassifyTask(Task):
         head = model.architecture.token_head()
         if head is None:
             return None
-        names, poolers = _poolers(self, model)
-        return ClassifierHead(
-            head,
-            classifier_activation(model),
-            model.use_activation(from_st_normalize=False).value,
-            model.pooler_config.logit_mean,
-            model.pooler_config.logit_sigma,
-            step=names == ("STEP",),
-        )
+        names, _ = _poolers(self, model)
+        return _classifier_head(model, head, step=names == ("STEP",))
 
     def verify(self, params: PoolingParams, model: PoolingModel) -> None:
         step = model.pooling_type(self).value == ("STEP",)
