@@ -40,7 +40,7 @@ _TORCH_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
-def _activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+def activation_function(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """The function of a config's ``hidden_act``, as transformers' ``ACT2FN`` defines it."""
     if name in _TORCH_ACTIVATIONS:
         return _TORCH_ACTIVATIONS[name]
@@ -49,7 +49,7 @@ def _activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     try:
         return ACT2FN[name]
     except KeyError:
-        raise ModelLoadError(f"unsupported hidden_act '{name}' in the model config") from None
+        raise ModelLoadError(f"unsupported activation '{name}' in the model config") from None
 
 
 class BertEmbeddings(nn.Module):
@@ -117,7 +117,7 @@ class BertIntermediate(nn.Module):
     def __init__(self, config: Any) -> None:
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
-        self.act = _activation(config.hidden_act)
+        self.act = activation_function(config.hidden_act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(F.linear(x, self.dense.weight, self.dense.bias))

@@ -17,11 +17,13 @@ def varlen_attention(
     batch: PackedBatch,
     causal: bool = False,
     scale: float | None = None,
+    window: int | None = None,
 ) -> torch.Tensor:
     """Scaled dot-product attention restricted to the sequences of a packed batch.
 
-    Sequences of equal length are attended together in one dense call, so no padding and no
-    mask is ever computed; the result is the same as attending to each sequence alone.
+    Sequences of equal length are attended together in one dense call, so no padding is ever
+    computed, and no mask either unless a ``window`` is shorter than the sequences; the result
+    is the same as attending to each sequence alone.
 
     Args:
         q: ``[T, heads, head_dim]`` queries of the packed tokens.
@@ -30,6 +32,9 @@ def varlen_attention(
         batch: the packed batch that says where each sequence starts and ends.
         causal: each token attends only to itself and earlier tokens of its sequence.
         scale: factor applied to ``q @ k^T``; ``None`` is ``head_dim ** -0.5``.
+        window: each token attends only to tokens at most ``window`` positions away from it in
+            its sequence (a sliding window, such as ModernBERT's local attention); ``None`` is
+            no limit.
 
     Returns:
         ``[T, heads, head_dim]`` attention outputs, in token order.
@@ -39,21 +44,35 @@ def varlen_attention(
         # All sequences share one length: the packed tokens already form a dense [n, L] grid.
         length = groups[0][0]
         grid = (t.unflatten(0, (-1, length)) for t in (q, k, v))
-        return _dense(*grid, causal, scale).reshape(q.shape)
+        return _dense(*grid, causal, scale, window).reshape(q.shape)
     out = q.new_empty(q.shape)
     for _, tokens in groups:
         flat = tokens.reshape(-1)
-        o = _dense(q[tokens], k[tokens], v[tokens], causal, scale)
+        o = _dense(q[tokens], k[tokens], v[tokens], causal, scale, window)
         out.index_copy_(0, flat, o.reshape(flat.shape[0], *q.shape[1:]))
     return out
 
 
-def _dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float | None) -> torch.Tensor:
+def _dense(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float | None, window: int | None
+) -> torch.Tensor:
     """Attention on ``[n, L, heads, d]`` inputs, returning ``[n, L, heads, d]``."""
+    length = q.shape[1]
+    mask = None
+    if window is not None and window < length - 1:
+        mask = _band(length, window, causal, q.device)
+        causal = False
     o = F.scaled_dot_product_attention(
-        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=causal, scale=scale
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, is_causal=causal, scale=scale
     )
     return o.transpose(1, 2)
+
+
+def _band(length: int, window: int, causal: bool, device: torch.device) -> torch.Tensor:
+    """``[L, L]`` mask, true where query ``i`` may see key ``j``: ``|i - j| <= window`` (and ``j <= i``)."""
+    position = torch.arange(length, device=device)
+    offset = position.unsqueeze(1) - position.unsqueeze(0)
+    return (offset <= window) & (offset >= (0 if causal else -window))
 
 
 @hookimpl

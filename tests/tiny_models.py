@@ -62,6 +62,7 @@ def build_encoder(out: Path, kind: str, seed: int = 0, init_range: float = 0.5, 
     """A tiny ``BertModel`` / ``RobertaModel`` / ``XLMRobertaModel`` with a tokenizer, saved to ``out``."""
     tok = wordpiece_tokenizer(lowercase=lowercase)
     kw = _encoder_kwargs(len(tok), init_range)
+    torch.manual_seed(seed)  # transformers 5 initialises weights when the model is built
     if kind == "bert":
         model = T.BertModel(T.BertConfig(**kw, max_position_embeddings=128, pad_token_id=tok.pad_token_id), add_pooling_layer=False)
     elif kind == "roberta":
@@ -98,6 +99,7 @@ def build_classifier(
         kw["id2label"] = {i: f"class_{i}" for i in range(num_labels)}
         kw["label2id"] = {v: k for k, v in kw["id2label"].items()}
     task = "TokenClassification" if token else "SequenceClassification"
+    torch.manual_seed(seed)  # transformers 5 initialises weights when the model is built
     if kind == "bert":
         cfg = T.BertConfig(**kw, max_position_embeddings=128, pad_token_id=tok.pad_token_id)
         model = getattr(T, f"BertFor{task}")(cfg)
@@ -109,6 +111,62 @@ def build_classifier(
         raise ValueError(kind)
     torch.manual_seed(seed)
     model.init_weights()
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def build_modernbert(
+    out: Path,
+    task: str,
+    num_labels: int = 3,
+    seed: int = 0,
+    init_range: float = 0.5,
+    **config: object,
+) -> Path:
+    """A tiny ModernBERT for ``task`` (``embed``, ``classify`` or ``token_classify``), saved to ``out``.
+
+    ``embed`` builds a ``ModernBertModel``, the others ``ModernBertFor{Sequence,Token}Classification``
+    with ``num_labels``. Four layers, global attention every second one and an 8-token local
+    window (4 on each side) by default, so inputs longer than 5 tokens see local attention at
+    work. LayerNorm weights and biases are randomised too: at their 1/0 init a dropped one would
+    go unnoticed.
+    """
+    tok = wordpiece_tokenizer()
+    kw = _encoder_kwargs(len(tok), init_range)
+    kw.update(
+        num_hidden_layers=4,
+        max_position_embeddings=128,
+        pad_token_id=tok.pad_token_id,
+        cls_token_id=tok.cls_token_id,
+        sep_token_id=tok.sep_token_id,
+        bos_token_id=tok.cls_token_id,
+        eos_token_id=tok.sep_token_id,
+        global_attn_every_n_layers=2,
+        local_attention=8,
+    )
+    if task != "embed":
+        kw.update(
+            num_labels=num_labels,
+            id2label={i: f"class_{i}" for i in range(num_labels)},
+            label2id={f"class_{i}": i for i in range(num_labels)},
+        )
+    kw.update(config)
+    classes = {
+        "embed": T.ModernBertModel,
+        "classify": T.ModernBertForSequenceClassification,
+        "token_classify": T.ModernBertForTokenClassification,
+    }
+    if task not in classes:
+        raise ValueError(task)
+    # Seeded before construction: transformers 5 initialises there, and init_weights() then keeps it.
+    torch.manual_seed(seed)
+    model = classes[task](T.ModernBertConfig(**kw))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 1:
+                p.normal_(1.0 if name.endswith("norm.weight") else 0.0, 0.5)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tok.save_pretrained(out)

@@ -1,0 +1,291 @@
+"""ModernBERT encoders running on packed batches.
+
+ModernBERT is a pre-LayerNorm encoder with rotary positions, GeGLU feed-forward layers and
+alternating attention: every ``global_attn_every_n_layers``-th layer (from the first) attends to
+the whole sequence, the others only to a sliding window of ``local_attention // 2`` tokens on
+each side, with their own rotary base. The modules keep Hugging Face's parameter names, so
+checkpoints load by name.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, ClassVar, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from poolkit.architecture import Architecture
+from poolkit.batch import PackedBatch
+from poolkit.builtin_models.bert import activation_function
+from poolkit.errors import ModelLoadError
+from poolkit.hookspecs import hookimpl
+from poolkit.kernel import select_kernel
+from poolkit.weights import load_into
+
+#: Checkpoint tensors the encoder does not use: the heads of ModernBERT task models.
+_UNUSED = re.compile(r"^(head|decoder|classifier|qa_outputs)\.")
+#: Layer types, named as transformers 5 names them.
+GLOBAL, LOCAL = "full_attention", "sliding_attention"
+#: Rotary bases of configs that name none (transformers' ``ModernBertConfig.default_theta``).
+_DEFAULT_THETA = {GLOBAL: 160_000.0, LOCAL: 10_000.0}
+_POOLING_TYPES = {"cls": "CLS", "mean": "MEAN"}
+
+Rotary = tuple[torch.Tensor, torch.Tensor]
+
+
+def layer_types(config: Any) -> list[str]:
+    """Each layer's attention, ``"full_attention"`` or ``"sliding_attention"``.
+
+    transformers 5 configs list them in ``layer_types``; older ones give only
+    ``global_attn_every_n_layers``.
+    """
+    types = getattr(config, "layer_types", None)
+    if types:
+        types = list(types)
+        unknown = sorted(set(types) - {GLOBAL, LOCAL})
+        if unknown or len(types) != config.num_hidden_layers:
+            raise ModelLoadError(
+                f"layer_types {types} must name '{GLOBAL}' or '{LOCAL}' once per layer ({config.num_hidden_layers})"
+            )
+        return types
+    every = int(getattr(config, "global_attn_every_n_layers", 3))
+    return [LOCAL if i % every else GLOBAL for i in range(config.num_hidden_layers)]
+
+
+def rope_theta(config: Any, layer_type: str) -> float:
+    """The rotary base of one kind of layer.
+
+    transformers 5 configs keep it in ``rope_parameters[layer_type]["rope_theta"]``; older ones
+    in ``global_rope_theta`` / ``local_rope_theta``. A null local base means the global one, as
+    in transformers 4 and vLLM.
+    """
+    params = (getattr(config, "rope_parameters", None) or {}).get(layer_type) or {}
+    kind = params.get("rope_type", params.get("type", "default"))
+    if kind != "default":
+        raise ModelLoadError(f"unsupported rope_type '{kind}' for {layer_type} layers; poolkit's ModernBERT has plain RoPE")
+    legacy = "global_rope_theta" if layer_type == GLOBAL else "local_rope_theta"
+    theta = params["rope_theta"] if "rope_theta" in params else getattr(config, legacy, _DEFAULT_THETA[layer_type])
+    if theta is None:
+        return rope_theta(config, GLOBAL) if layer_type == LOCAL else _DEFAULT_THETA[GLOBAL]
+    return float(theta)
+
+
+def _layer_norm(x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
+    return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class ModernBertEmbeddings(nn.Module):
+    """Token embeddings, then LayerNorm (no position embeddings: positions are rotary)."""
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        self.tok_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.norm_eps, bias=config.norm_bias)
+
+    def forward(self, batch: PackedBatch) -> torch.Tensor:
+        return _layer_norm(F.embedding(batch.input_ids, self.tok_embeddings.weight), self.norm)
+
+
+class ModernBertAttention(nn.Module):
+    """Self-attention within each sequence (or a window of it), with rotary queries and keys."""
+
+    def __init__(self, config: Any, window: int | None) -> None:
+        super().__init__()
+        hidden = config.hidden_size
+        if hidden % config.num_attention_heads:
+            raise ModelLoadError(
+                f"hidden_size {hidden} is not a multiple of num_attention_heads {config.num_attention_heads}"
+            )
+        self.num_heads = config.num_attention_heads
+        self.head_dim = hidden // self.num_heads
+        self.window = window
+        self.Wqkv = nn.Linear(hidden, 3 * hidden, bias=config.attention_bias)
+        self.Wo = nn.Linear(hidden, hidden, bias=config.attention_bias)
+
+    def forward(self, x: torch.Tensor, rotary: Rotary, batch: PackedBatch, attention: Callable) -> torch.Tensor:
+        qkv = F.linear(x, self.Wqkv.weight, self.Wqkv.bias).view(-1, 3, self.num_heads, self.head_dim)
+        # As in transformers: cos and sin in the model's dtype, q and k rotated in (at least) float32.
+        cos, sin = rotary
+        qk = qkv[:, :2].float()
+        q, k = (qk * cos + _rotate_half(qk) * sin).to(x.dtype).unbind(1)
+        context = attention(q, k, qkv[:, 2], batch, window=self.window)
+        return F.linear(context.reshape(x.shape), self.Wo.weight, self.Wo.bias)
+
+
+class ModernBertMLP(nn.Module):
+    """The GeGLU feed-forward block: ``Wo(act(input) * gate)`` with ``Wi`` giving both halves."""
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        self.Wi = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=config.mlp_bias)
+        self.Wo = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
+        self.act = activation_function(config.hidden_activation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        inputs, gate = F.linear(x, self.Wi.weight, self.Wi.bias).chunk(2, dim=-1)
+        return F.linear(self.act(inputs) * gate, self.Wo.weight, self.Wo.bias)
+
+
+class ModernBertLayer(nn.Module):
+    """One pre-LayerNorm encoder layer; the first layer has no attention norm (the embeddings' norm serves)."""
+
+    def __init__(self, config: Any, index: int, layer_type: str) -> None:
+        super().__init__()
+        self.layer_type = layer_type
+        hidden = config.hidden_size
+        self.attn_norm = nn.LayerNorm(hidden, eps=config.norm_eps, bias=config.norm_bias) if index else None
+        self.attn = ModernBertAttention(config, int(config.local_attention) // 2 if layer_type == LOCAL else None)
+        self.mlp_norm = nn.LayerNorm(hidden, eps=config.norm_eps, bias=config.norm_bias)
+        self.mlp = ModernBertMLP(config)
+
+    def forward(self, x: torch.Tensor, rotary: Rotary, batch: PackedBatch, attention: Callable) -> torch.Tensor:
+        h = x if self.attn_norm is None else _layer_norm(x, self.attn_norm)
+        x = x + self.attn(h, rotary, batch, attention)
+        return x + self.mlp(_layer_norm(x, self.mlp_norm))
+
+
+class ModernBertModel(Architecture):
+    """The ModernBERT encoder: packed token ids in, final-norm hidden states ``[T, H]`` out.
+
+    Loads checkpoints of ``ModernBertModel`` itself and of ModernBERT task models, whose encoder
+    tensors carry a ``model.`` prefix; their heads are left to poolkit's poolers and heads.
+    Positions are rotary, counted from 0 in each sequence; ``max_positions`` is the config's
+    ``max_position_embeddings``, the length the model was trained for.
+
+    Example:
+        >>> model = ModernBertModel(transformers.ModernBertConfig.from_pretrained(path))
+        >>> model.load_weights(iter_tensors(checkpoint_files(path)))
+        >>> hidden = model(PackedBatch.from_sequences([[50281, 7592, 50282], [50281, 50282]]))
+    """
+
+    default_pooling_type: ClassVar[str | None] = "CLS"
+    #: Prefix of the encoder's tensors in task-model checkpoints (HF's ``base_model_prefix``).
+    checkpoint_prefix: ClassVar[str] = "model."
+    #: Checkpoint name prefixes of the task head this class loads (none for the bare encoder).
+    head_prefixes: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        types = layer_types(config)
+        self.embeddings = ModernBertEmbeddings(config)
+        self.layers = nn.ModuleList(ModernBertLayer(config, i, t) for i, t in enumerate(types))
+        self.final_norm = nn.LayerNorm(config.hidden_size, eps=config.norm_eps, bias=config.norm_bias)
+        head_dim = config.hidden_size // config.num_attention_heads
+        exponents = torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim
+        # Plain float32 tensors rather than buffers, so that casting the model leaves them exact.
+        self._inv_freq = {t: 1.0 / (rope_theta(config, t) ** exponents) for t in sorted(set(types))}
+        self._attention: dict[torch.device, Callable] = {}
+
+    def forward(self, batch: PackedBatch) -> torch.Tensor:
+        attention = self._attention_kernel(batch.device)
+        x = self.embeddings(batch)
+        rotary = {t: self._rotary(inv_freq, batch, x.dtype) for t, inv_freq in self._inv_freq.items()}
+        for layer in self.layers:
+            x = layer(x, rotary[layer.layer_type], batch, attention)
+        return _layer_norm(x, self.final_norm)
+
+    @staticmethod
+    def _rotary(inv_freq: torch.Tensor, batch: PackedBatch, dtype: torch.dtype) -> Rotary:
+        """Each token's rotary ``cos`` and ``sin`` as ``dtype``, ``[T, 1, 1, head_dim]`` (angles in float32)."""
+        angles = batch.positions.float().unsqueeze(-1) * inv_freq.to(batch.device)
+        angles = torch.cat((angles, angles), dim=-1)[:, None, None]
+        return angles.cos().to(dtype), angles.sin().to(dtype)
+
+    def _attention_kernel(self, device: torch.device) -> Callable:
+        kernel = self._attention.get(device)
+        if kernel is None:
+            kernel = self._attention[device] = select_kernel("varlen_attention", device)
+        return kernel
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        load_into(self, weights, rename=self.parameter_name)
+
+    def parameter_name(self, checkpoint_name: str) -> str | None:
+        """The Hugging Face base-model name of a checkpoint tensor, or ``None`` to skip it."""
+        name = checkpoint_name
+        if name.startswith(self.checkpoint_prefix):
+            name = name[len(self.checkpoint_prefix):]
+        if self.head_prefixes and name.startswith(self.head_prefixes):
+            return name
+        return None if _UNUSED.match(name) else name
+
+
+class ModernBertPredictionHead(nn.Module):
+    """HF's ModernBERT head: dense, ``classifier_activation``, LayerNorm."""
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        hidden = config.hidden_size
+        self.dense = nn.Linear(hidden, hidden, bias=config.classifier_bias)
+        self.act = activation_function(config.classifier_activation)
+        self.norm = nn.LayerNorm(hidden, eps=config.norm_eps, bias=config.norm_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _layer_norm(self.act(F.linear(x, self.dense.weight, self.dense.bias)), self.norm)
+
+
+class ModernBertClassifierHead(nn.Module):
+    """Pooled or token vectors -> ``head`` -> ``classifier``."""
+
+    def __init__(self, head: ModernBertPredictionHead, classifier: nn.Linear) -> None:
+        super().__init__()
+        self.head = head
+        self.classifier = classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.head(x), self.classifier.weight, self.classifier.bias)
+
+
+class ModernBertForSequenceClassification(ModernBertModel):
+    """A ModernBERT sequence classifier / cross-encoder: pooled -> ``head`` -> ``classifier``.
+
+    The pooling is the config's ``classifier_pooling`` (``"cls"`` or ``"mean"``, over the whole
+    sequence) unless a pooler config says otherwise. The ``token_classify`` task applies
+    ``head`` and ``classifier`` to every token, as vLLM does.
+    """
+
+    head_prefixes: ClassVar[tuple[str, ...]] = ("head.", "classifier.")
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        pooling = getattr(config, "classifier_pooling", "cls")
+        if pooling not in _POOLING_TYPES:
+            raise ModelLoadError(f"unsupported classifier_pooling '{pooling}'; ModernBERT pools with 'cls' or 'mean'")
+        self.default_pooling_type = _POOLING_TYPES[pooling]
+        self.head = ModernBertPredictionHead(config)
+        self.classifier = nn.Linear(config.hidden_size, self.num_labels)
+
+    def sequence_head(self) -> nn.Module:
+        return ModernBertClassifierHead(self.head, self.classifier)
+
+    def token_head(self) -> nn.Module:
+        return ModernBertClassifierHead(self.head, self.classifier)
+
+
+class ModernBertForTokenClassification(ModernBertModel):
+    """A ModernBERT token classifier (NER): ``head`` then ``classifier`` on every token."""
+
+    default_pooling_type: ClassVar[str | None] = None
+    head_prefixes: ClassVar[tuple[str, ...]] = ("head.", "classifier.")
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self.head = ModernBertPredictionHead(config)
+        self.classifier = nn.Linear(config.hidden_size, self.num_labels)
+
+    def token_head(self) -> nn.Module:
+        return ModernBertClassifierHead(self.head, self.classifier)
+
+
+@hookimpl
+def poolkit_register_architectures(register):
+    register("ModernBertModel", ModernBertModel)
+    register("ModernBertForSequenceClassification", ModernBertForSequenceClassification)
+    register("ModernBertForTokenClassification", ModernBertForTokenClassification)
