@@ -35,6 +35,20 @@ class Architecture(torch.nn.Module):
     default_pooling_type: ClassVar[str | None] = None
     #: Whether the model consumes token type (segment) ids.
     uses_token_type_ids: ClassVar[bool] = False
+    #: How the model runs, for ``poolkit info``: ``"native"`` (packed, poolkit's own code) or,
+    #: for instance, ``"fallback (transformers)"``.
+    implementation: ClassVar[str] = "native"
+
+    @classmethod
+    def configure(cls, config: Any, tokenizer: Any) -> None:
+        """Adjust the config before the model is built, with what only the tokenizer knows.
+
+        Called once per load, after ``hf_overrides`` are applied. The default does nothing; a
+        yes/no reranker, say, looks up the token ids of its ``classifier_from_token`` words.
+
+        Raises:
+            ModelLoadError: the config asks for something this architecture cannot do.
+        """
 
     def __init__(self, config: Any) -> None:
         super().__init__()

@@ -91,6 +91,23 @@ def poolkit_register_tasks(register):
 
 
 @hookspec(firstresult=True)
+def poolkit_resolve_architecture(name, config):
+    """Provide an architecture for a name that no plugin registered.
+
+    Args:
+        name: the architecture name from ``config.json`` (``"DistilBertModel"``).
+        config: the loaded Hugging Face config, ``hf_overrides`` applied.
+
+    Returns:
+        A :class:`poolkit.Architecture` subclass, or ``None`` to let the next resolver try (the
+        built-in transformers fallback answers last).
+
+    Called when a model is loaded and neither a registered architecture nor a conversion to a
+    registered base architecture serves it.
+    """
+
+
+@hookspec(firstresult=True)
 def poolkit_resolve_model(name):
     """Turn a model name into a local directory holding its files.
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .architecture import Architecture
+from .architecture import Architecture, check_architecture
 from .config import PoolerConfig
 from .errors import InvalidRequest, ModelLoadError, UnknownName
 from .plugins import get_manager, registry
@@ -251,6 +251,10 @@ class PoolingModel:
                 logger.debug("task %s unavailable: %s", entry.name, exc)
         return supported
 
+    def _architecture_plugin(self) -> str | None:
+        archs = registry("architecture")
+        return archs.entry(self.architecture_name).plugin if self.architecture_name in archs else None
+
     def describe(self) -> dict[str, Any]:
         """Every resolved setting with its source, for ``poolkit info``."""
         tasks = {}
@@ -262,7 +266,8 @@ class PoolingModel:
             "model": self.name,
             "path": str(self.path),
             "architecture": self.architecture_name,
-            "architecture_plugin": registry("architecture").entry(self.architecture_name).plugin,
+            "implementation": self.architecture.implementation,
+            "architecture_plugin": self._architecture_plugin(),
             "dtype": str(self.dtype).removeprefix("torch."),
             "device": str(self.device),
             "hidden_size": self.architecture.hidden_size,
@@ -298,7 +303,7 @@ def _base_architecture(name: str) -> str | None:
     return None
 
 
-def _pick_architecture(names: list[str], convert: str) -> tuple[str, type[Architecture]]:
+def _pick_architecture(names: list[str], convert: str, config: Any) -> tuple[str, type[Architecture]]:
     archs = registry("architecture")
     for name in names:
         if name in archs and not (convert == "embed" and has_heads(archs.get(name))):
@@ -309,6 +314,12 @@ def _pick_architecture(names: list[str], convert: str) -> tuple[str, type[Archit
             if base and base in archs:
                 logger.info("serving %s with the %s architecture (convert=embed)", name, base)
                 return base, archs.get(base)
+    for name in names:
+        cls = get_manager().resolve_architecture(name, config)
+        if cls is not None:
+            check_architecture(name, cls)
+            logger.info("serving %s with %s (%s)", name, cls.__name__, cls.implementation)
+            return name, cls
     shown = ", ".join(names) or "none listed in config.json"
     raise ModelLoadError(
         f"no poolkit architecture for {shown}; available: {', '.join(archs.names())}. "
@@ -382,7 +393,7 @@ def load_model(
     hf_config = _load_hf_config(path, hf_overrides or {})
     arch_names = list(getattr(hf_config, "architectures", None) or [])
     try:
-        arch_name, arch_cls = _pick_architecture(arch_names, convert)
+        arch_name, arch_cls = _pick_architecture(arch_names, convert, hf_config)
     except ModelLoadError:
         if getattr(hf_config, "auto_map", None):
             raise ModelLoadError(
@@ -397,11 +408,12 @@ def load_model(
     if trust_remote_code:
         logger.warning("trust_remote_code is ignored: poolkit never runs code shipped with a model")
     st = read_st_config(path, allow_pickle)
+    tok = _load_tokenizer(Path(tokenizer) if tokenizer else path, hf_config)
+    arch_cls.configure(hf_config, tok)
 
     architecture = arch_cls(hf_config)
     architecture.load_weights(iter_tensors(checkpoint_files(path, allow_pickle)))
     architecture.to(device=torch_device, dtype=torch_dtype).eval()
-    tok = _load_tokenizer(Path(tokenizer) if tokenizer else path, hf_config)
     return PoolingModel(
         name=name,
         path=path,

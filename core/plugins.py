@@ -212,7 +212,11 @@ class PluginManager:
         for kind, name, obj, override in staged:
             self.registries[kind].add(name, obj, info.name, override=override)
             info.provides.setdefault(kind, []).append(self.registries[kind].key(name))
-        for hook_name, what in (("poolkit_resolve_model", "model_resolver"), ("poolkit_register_commands", "commands")):
+        for hook_name, what in (
+            ("poolkit_resolve_model", "model_resolver"),
+            ("poolkit_resolve_architecture", "architecture_resolver"),
+            ("poolkit_register_commands", "commands"),
+        ):
             impls = getattr(self.pm.hook, hook_name).get_hookimpls()
             found = [impl.function.__name__ for impl in impls if impl.plugin_name == info.name]
             if found:
@@ -308,6 +312,10 @@ class PluginManager:
         self.load()
         found = self.pm.hook.poolkit_resolve_model(name=name)
         return Path(found) if found is not None else None
+
+    def resolve_architecture(self, name: str, config: Any) -> Any:
+        self.load()
+        return self.pm.hook.poolkit_resolve_architecture(name=name, config=config)
 
     def register_commands(self, app: Any) -> None:
         self.load()

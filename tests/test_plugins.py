@@ -207,6 +207,11 @@ def test_every_hook_works_from_an_installed_plugin(fresh_plugins, tmp_path):
 
 
         @hookimpl
+        def poolkit_resolve_architecture(name, config):
+            return Echo if name == "EchoForAnything" else None
+
+
+        @hookimpl
         def poolkit_register_commands(app):
             @app.command("hello-fake")
             def hello():
@@ -229,6 +234,7 @@ def test_every_hook_works_from_an_installed_plugin(fresh_plugins, tmp_path):
         "kernel": ["fake_add:cpu"],
         "task": ["sparse_embed"],
         "model_resolver": ["poolkit_resolve_model"],
+        "architecture_resolver": ["poolkit_resolve_architecture"],
         "commands": ["poolkit_register_commands"],
     }
     assert issubclass(registry("architecture").get("EchoModel"), Architecture)
@@ -238,6 +244,7 @@ def test_every_hook_works_from_an_installed_plugin(fresh_plugins, tmp_path):
     assert registry("task").get("sparse_embed").name == "sparse_embed"
     manager = fresh_plugins.manager()
     assert manager.resolve_model("fake-alias") == model_dir
+    assert manager.resolve_architecture("EchoForAnything", None) is registry("architecture").get("EchoModel")
 
     import typer
 
