@@ -9,7 +9,7 @@ import torch
 from poolkit.config import PoolingParams
 from poolkit.errors import InvalidRequest, ModelLoadError
 from poolkit.hookspecs import hookimpl
-from poolkit.model import PoolingModel, has_heads
+from poolkit.model import PoolingModel
 from poolkit.plugins import registry
 from poolkit.pooling import Pooler
 from poolkit.tasks import Head, Task
@@ -77,7 +77,8 @@ class _VectorTask(Task):
     params = frozenset({"dimensions", "use_activation"})
 
     def build(self, model: PoolingModel) -> Head | None:
-        if has_heads(type(model.architecture)) and model.convert != "embed":
+        arch = model.architecture
+        if (arch.sequence_head() is not None or arch.token_head() is not None) and model.convert != "embed":
             return None  # a classifier's hidden states are no embedding unless asked (convert="embed")
         names, poolers = _poolers(self, model)
         projector = model.projector

@@ -165,6 +165,8 @@ DimensionsOpt = typer.Option(None, "--dimensions", help="Matryoshka output dimen
 TruncateOpt = typer.Option(None, "--truncate-prompt-tokens", help="Keep at most N tokens (-1: the model's limit).")
 TruncationSideOpt = typer.Option(None, "--truncation-side", help="left or right.")
 PromptNameOpt = typer.Option(None, "--prompt-name", help="A prompt of the model's sentence-transformers config.")
+ChatTemplateOpt = typer.Option(None, "--chat-template", help="Score template for LLM rerankers: a Jinja file or text.")
+InstructionOpt = typer.Option(None, "--instruction", help="Task instruction shown by a score template.")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bar, errors only.")
 VerboseOpt = typer.Option(False, "--verbose", "-v", help="Log what poolkit decides.")
 
@@ -356,6 +358,8 @@ def score(
     dtype: str = DtypeOpt,
     device: Optional[str] = DeviceOpt,
     allow_pickle: bool = AllowPickleOpt,
+    chat_template: Optional[str] = ChatTemplateOpt,
+    instruction: Optional[str] = InstructionOpt,
     quiet: bool = QuietOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
@@ -364,7 +368,9 @@ def score(
         _setup_logging(quiet, verbose)
         records = _read_records(texts_2, input_file)
         llm = _load(model, pooler_config, hf_overrides, runner, convert, dtype, device, allow_pickle)
-        scores = llm.score(text_1, [r["text"] for r in records], use_tqdm=not quiet)
+        scores = llm.score(
+            text_1, [r["text"] for r in records], use_tqdm=not quiet, chat_template=chat_template, instruction=instruction
+        )
         rows = []
         for i, (record, out) in enumerate(zip(records, scores)):
             row = {"id": record["id"]} if "id" in record else {"index": i}
@@ -388,6 +394,8 @@ def rerank(
     dtype: str = DtypeOpt,
     device: Optional[str] = DeviceOpt,
     allow_pickle: bool = AllowPickleOpt,
+    chat_template: Optional[str] = ChatTemplateOpt,
+    instruction: Optional[str] = InstructionOpt,
     quiet: bool = QuietOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
@@ -396,7 +404,14 @@ def rerank(
         _setup_logging(quiet, verbose)
         records = _read_records(documents, input_file)
         llm = _load(model, pooler_config, hf_overrides, runner, convert, dtype, device, allow_pickle)
-        ranked = llm.rerank(query, [r["text"] for r in records], top_n=top_n, use_tqdm=not quiet)
+        ranked = llm.rerank(
+            query,
+            [r["text"] for r in records],
+            top_n=top_n,
+            use_tqdm=not quiet,
+            chat_template=chat_template,
+            instruction=instruction,
+        )
         rows = []
         for result in ranked:
             record = records[result.index]

@@ -390,11 +390,19 @@ class LLM:
         *,
         use_tqdm: bool = False,
         tokenization_kwargs: dict[str, Any] | None = None,
+        chat_template: str | None = None,
+        instruction: str | None = None,
     ) -> list[ScoringRequestOutput]:
         """Scores of text pairs: 1:1, one against N (1:N), or pairwise (N:N).
 
         A cross-encoder (a classifier with one output) reads each pair together; an embedding
         model scores the cosine similarity of the two embeddings.
+
+        Args:
+            chat_template: a score template (Jinja text or a file) rendering each (query,
+                document) pair into one prompt, for LLM rerankers; a model recognised as one
+                (Qwen3-Reranker) brings its own.
+            instruction: the task instruction a score template shows the model.
         """
         first = self._score_side(data_1, "text")
         second = self._score_side(data_2, "text_pair")
@@ -403,7 +411,10 @@ class LLM:
         if len(first) == 1:
             first = first * len(second)
         if self.score_type == "cross-encoder":
-            return self._cross_encode(first, second, pooling_params, use_tqdm, tokenization_kwargs)
+            prompts = self._pair_prompts(first, second, chat_template, instruction)
+            return self._cross_encode(prompts, pooling_params, use_tqdm, tokenization_kwargs)
+        if chat_template is not None or instruction is not None:
+            raise InvalidRequest("chat_template and instruction apply to cross-encoder scoring only")
         unique = list(dict.fromkeys(first + second))
         embedded = self.encode(
             unique, pooling_params, pooling_task="embed", use_tqdm=use_tqdm, tokenization_kwargs=tokenization_kwargs
@@ -422,16 +433,30 @@ class LLM:
             )
         return results
 
+    def _pair_prompts(
+        self, first: list[str], second: list[str], chat_template: str | None, instruction: str | None
+    ) -> list[Prompt]:
+        """Prompts of (query, document) pairs: through a score template, or as tokenizer pairs."""
+        processors = registry("io_processor")
+        if chat_template is not None:
+            processor = processors.get("score_template").with_template(chat_template)
+        else:
+            name = getattr(self.model.hf_config, "score_template", None)
+            processor = processors.get(name) if name else None
+        if processor is None:
+            if instruction is not None:
+                raise InvalidRequest("instruction needs a score template (chat_template=...)")
+            return list(processors.get("text_pair").pre_process((first, second)))
+        return list(processor.pre_process((first, second, instruction)))
+
     def _cross_encode(
         self,
-        first: list[str],
-        second: list[str],
+        prompts: list[Prompt],
         pooling_params: Any,
         use_tqdm: bool,
         tokenization_kwargs: dict[str, Any] | None,
     ) -> list[ScoringRequestOutput]:
         task = self.model.task("classify")
-        prompts = list(registry("io_processor").get("text_pair").pre_process((first, second)))
         params = self._params(pooling_params, len(prompts), task.name, tokenization_kwargs)
         with progress_bar(len(prompts), enabled=use_tqdm) as advance:
             results = self.engine.run(task, prompts, params, progress=advance)
@@ -449,6 +474,8 @@ class LLM:
         *,
         use_tqdm: bool = False,
         tokenization_kwargs: dict[str, Any] | None = None,
+        chat_template: str | None = None,
+        instruction: str | None = None,
     ) -> list[RerankResult]:
         """Documents sorted by relevance to ``query``, best first, each with its original index.
 
@@ -456,6 +483,8 @@ class LLM:
             query: the query text.
             documents: the texts to rank.
             top_n: keep only the best ``top_n`` (default: all).
+            chat_template: a score template, as for :meth:`score`.
+            instruction: the task instruction a score template shows the model.
         """
         if not isinstance(query, str):
             raise InvalidRequest(f"query must be a string, got {type(query).__name__}")
@@ -463,7 +492,13 @@ class LLM:
         if top_n is not None and (not isinstance(top_n, int) or top_n < 1):
             raise InvalidRequest(f"top_n must be a positive integer, got {top_n!r}")
         scores = self.score(
-            query, docs, pooling_params, use_tqdm=use_tqdm, tokenization_kwargs=tokenization_kwargs
+            query,
+            docs,
+            pooling_params,
+            use_tqdm=use_tqdm,
+            tokenization_kwargs=tokenization_kwargs,
+            chat_template=chat_template,
+            instruction=instruction,
         )
         ranked = sorted(
             (RerankResult(i, doc, s.outputs.score) for i, (doc, s) in enumerate(zip(docs, scores))),

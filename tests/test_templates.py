@@ -1,0 +1,77 @@
+"""Score templates for LLM rerankers: rendering, files, errors, and use by score / rerank / CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from poolkit import LLM, InvalidRequest
+from poolkit.cli import app
+from poolkit.plugins import registry
+
+QUERY = "what is the capital of france"
+DOCS = ["paris is the capital of france", "hello world", "berlin is the capital of germany"]
+
+
+@pytest.fixture(scope="module")
+def cross_encoder(tmp_path_factory):
+    from tiny_models import build_classifier
+
+    return build_classifier(tmp_path_factory.mktemp("ce") / "bert-1", "bert", 1)
+
+
+def test_qwen3_reranker_template_renders_the_model_card_prompt():
+    (prompt,) = registry("io_processor").get("qwen3_reranker").pre_process((["Q?"], ["Doc."]))
+    assert prompt.text_pair is None
+    assert prompt.text == (
+        "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the "
+        'Instruct provided. Note that the answer can only be "yes" or "no".<|im_end|>\n'
+        "<|im_start|>user\n<Instruct>: Given a web search query, retrieve relevant passages that answer the query\n"
+        "<Query>: Q?\n<Document>: Doc.<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    )
+    (custom,) = registry("io_processor").get("qwen3_reranker").pre_process((["Q?"], ["Doc."], "Find code"))
+    assert "<Instruct>: Find code\n" in custom.text
+
+
+def test_vllm_style_messages_and_files(tmp_path):
+    template = tmp_path / "t.jinja"
+    template.write_text(
+        "{% for m in messages %}[{{ m.role }}] {{ m.content }} {% endfor %}", encoding="utf-8"
+    )
+    processor = registry("io_processor").get("score_template").with_template(str(template))
+    (prompt,) = processor.pre_process((["q"], ["d"], "inst"))
+    assert prompt.text == "[system] inst [query] q [document] d "
+
+
+def test_template_errors(cross_encoder, minilm):
+    with pytest.raises(InvalidRequest, match="not valid Jinja"):
+        registry("io_processor").get("score_template").with_template("{{ query ")
+    with pytest.raises(InvalidRequest, match="neither Jinja text nor an existing file"):
+        registry("io_processor").get("score_template").with_template("/no/such/template.jinja")
+    with pytest.raises(InvalidRequest, match="failed to render"):
+        LLM(str(cross_encoder)).score(QUERY, DOCS, chat_template="{{ query.nope() }}")
+    with pytest.raises(InvalidRequest, match="instruction needs a score template"):
+        LLM(str(cross_encoder)).score(QUERY, DOCS, instruction="x")
+    with pytest.raises(InvalidRequest, match="cross-encoder scoring only"):
+        minilm.score(QUERY, DOCS, chat_template="{{ query }}")
+    with pytest.raises(InvalidRequest, match="sandbox|unsafe|access"):
+        LLM(str(cross_encoder)).score(QUERY, DOCS, chat_template="{{ query.__class__.__mro__ }}")
+
+
+def test_template_prompt_is_what_gets_scored(cross_encoder):
+    llm = LLM(str(cross_encoder))
+    template = "{{ query }} {{ document }}"
+    by_template = [s.outputs.score for s in llm.score(QUERY, DOCS, chat_template=template)]
+    concatenated = [o.outputs.probs[0] for o in llm.classify([f"{QUERY} {d}" for d in DOCS])]
+    assert by_template == pytest.approx(concatenated, abs=1e-6)
+    assert by_template != pytest.approx([s.outputs.score for s in llm.score(QUERY, DOCS)], abs=1e-4)
+    ranked = llm.rerank(QUERY, DOCS, chat_template=template)
+    assert [r.relevance_score for r in ranked] == sorted(by_template, reverse=True)
+    result = CliRunner().invoke(app, ["rerank", "--model", str(cross_encoder), "--query", QUERY, "--chat-template", template, *DOCS])
+    assert result.exit_code == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["index"] for r in rows] == [r.index for r in ranked]
+    assert torch.tensor([r["relevance_score"] for r in rows]).allclose(torch.tensor([r.relevance_score for r in ranked]))
