@@ -27,7 +27,7 @@ from .outputs import (
     ScoringOutput,
     ScoringRequestOutput,
 )
-from .plugins import registry
+from .plugins import get_manager, registry
 from .progress import progress_bar
 
 logger = logging.getLogger(__name__)
@@ -251,7 +251,8 @@ class LLM:
                 "io_processor_plugin in the model's config.json) and install a plugin that registers it"
             )
         if name not in processors:
-            plugins = [n for n in processors.names() if processors.entry(n).plugin != "builtin_text"]
+            infos = {i.name: i for i in get_manager().plugin_infos()}
+            plugins = [n for n in processors.names() if not getattr(infos.get(processors.entry(n).plugin), "builtin", False)]
             if not plugins:
                 raise InvalidRequest(f"No IOProcessor plugins installed but one is required ({name}).")
             raise InvalidRequest(
