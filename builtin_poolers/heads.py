@@ -112,8 +112,8 @@ class ClassifierHead:
         return torch.sigmoid(logits) if logits.shape[-1] < 2 else torch.softmax(logits, dim=-1)
 
     def _classify(self, x: torch.Tensor) -> torch.Tensor:
-        weight = next(self.classifier.parameters())
-        return self.classifier(x.to(weight.dtype)).float()
+        weight = next(self.classifier.parameters(), None)
+        return self.classifier(x if weight is None else x.to(weight.dtype)).float()
 
     def __call__(self, hidden: torch.Tensor, batch: PackedBatch, params: Sequence[PoolingParams]) -> list[torch.Tensor]:
         flags = [self.use_activation if p.use_activation is None else p.use_activation for p in params]

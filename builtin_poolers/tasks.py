@@ -176,6 +176,12 @@ class TokenClassifyTask(Task):
         names, _ = _poolers(self, model)
         return _classifier_head(model, head, step=names == ("STEP",))
 
+    def param_defaults(self, model: PoolingModel) -> dict[str, object]:
+        if model.pooling_type(self).value != ("STEP",):
+            return {}
+        values = {name: model.config_value(name).value for name in STEP_PARAMS}
+        return {name: value for name, value in values.items() if value is not None}
+
     def verify(self, params: PoolingParams, model: PoolingModel) -> None:
         step = model.pooling_type(self).value == ("STEP",)
         invalid = params.set_fields() & STEP_PARAMS

@@ -33,6 +33,11 @@ class Architecture(torch.nn.Module):
     #: Sequence pooling type this architecture calls for when neither the user nor a
     #: sentence-transformers config says (BERT: ``"CLS"``); ``None`` leaves it to the task.
     default_pooling_type: ClassVar[str | None] = None
+    #: Token pooling type (``"ALL"``, ``"STEP"``) this architecture calls for, or ``None``.
+    default_token_pooling_type: ClassVar[str | None] = None
+    #: Defaults for :class:`PoolerConfig` fields the user leaves unset (say ``step_tag_id`` of a
+    #: process reward model, or ``use_activation: False`` for raw rewards).
+    default_pooler_config: ClassVar[dict[str, Any]] = {}
     #: Whether the model consumes token type (segment) ids.
     uses_token_type_ids: ClassVar[bool] = False
     #: How the model runs, for ``poolkit info``: ``"native"`` (packed, poolkit's own code) or,

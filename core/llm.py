@@ -59,8 +59,6 @@ IGNORED_ENGINE_ARGS = frozenset(
 )
 
 _TOKENIZATION_KWARGS = ("truncate_prompt_tokens", "truncation_side")
-#: PoolerConfig fields that are defaults of the request parameters of the same name.
-_CONFIG_DEFAULTS = ("step_tag_id", "returned_token_ids")
 
 
 class LLM:
@@ -192,9 +190,8 @@ class LLM:
             if p.task is not None and p.task != task_name:
                 raise InvalidRequest(f"You cannot overwrite param.task={p.task!r} with pooling_task={task_name!r}!")
             update = {k: v for k, v in extra.items() if getattr(p, k) is None}
-            for name in _CONFIG_DEFAULTS:
-                default = getattr(self.model.pooler_config, name)
-                if name in task.params and default is not None and getattr(p, name) is None:
+            for name, default in task.param_defaults(self.model).items():
+                if getattr(p, name) is None:
                     update[name] = default
             p = p.model_copy(update={"task": task_name, **update})
             task.verify(p, self.model)

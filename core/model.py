@@ -156,9 +156,21 @@ class PoolingModel:
             if self.st is not None and self.st.pooling_modes:
                 return Setting(self.st.pooling_modes, f"sentence-transformers {self.st.pooling_path}")
             default = self.architecture.default_pooling_type
-            if default is not None:
-                return Setting((default,), f"architecture default ({self.architecture_name})")
+        else:
+            default = self.architecture.default_token_pooling_type
+        if default is not None:
+            return Setting((default,), f"architecture default ({self.architecture_name})")
         return Setting((task.default_pooling_type,), f"task default ({task.name})")
+
+    def config_value(self, name: str) -> Setting:
+        """A :class:`PoolerConfig` field: the user's value, else the architecture's default."""
+        value = getattr(self.pooler_config, name)
+        if value is not None:
+            return Setting(value, "pooler_config")
+        default = self.architecture.default_pooler_config.get(name)
+        if default is not None:
+            return Setting(default, f"architecture default ({self.architecture_name})")
+        return Setting(None, "default")
 
     def use_activation(self, from_st_normalize: bool = True) -> Setting:
         """Whether heads apply their activation unless a request says otherwise.
@@ -171,7 +183,8 @@ class PoolingModel:
             return Setting(self.pooler_config.use_activation, "pooler_config")
         if from_st_normalize and self.st is not None and self.st.model_type in (None, "SentenceTransformer"):
             return Setting(self.st.normalize, "sentence-transformers modules.json (Normalize)")
-        return Setting(True, "default")
+        default = self.config_value("use_activation")
+        return default if default.value is not None else Setting(True, "default")
 
     @cached_property
     def dimensions(self) -> Setting:
@@ -314,6 +327,13 @@ def _pick_architecture(names: list[str], convert: str, config: Any) -> tuple[str
             if base and base in archs:
                 logger.info("serving %s with the %s architecture (convert=embed)", name, base)
                 return base, archs.get(base)
+    if convert == "embed":
+        for name in names:
+            base = _base_architecture(name)
+            cls = get_manager().resolve_architecture(base, config) if base else None
+            if cls is not None and not has_heads(check_architecture(base, cls)):
+                logger.info("serving %s with %s (%s, convert=embed)", name, cls.__name__, cls.implementation)
+                return base, cls
     for name in names:
         cls = get_manager().resolve_architecture(name, config)
         if cls is not None:
@@ -322,7 +342,8 @@ def _pick_architecture(names: list[str], convert: str, config: Any) -> tuple[str
             return name, cls
     shown = ", ".join(names) or "none listed in config.json"
     raise ModelLoadError(
-        f"no poolkit architecture for {shown}; available: {', '.join(archs.names())}. "
+        f"no poolkit architecture for {shown}, and no architecture resolver (such as the transformers "
+        f"fallback) accepted it; native: {', '.join(archs.names())}. "
         "Install a plugin that provides it, or set hf_overrides={'architectures': [...]}"
     )
 
@@ -391,6 +412,7 @@ def load_model(
     if path is None:
         raise ModelLoadError(f"model '{name}' was not found")
     hf_config = _load_hf_config(path, hf_overrides or {})
+    hf_config.name_or_path = name
     arch_names = list(getattr(hf_config, "architectures", None) or [])
     try:
         arch_name, arch_cls = _pick_architecture(arch_names, convert, hf_config)
@@ -414,6 +436,10 @@ def load_model(
     architecture = arch_cls(hf_config)
     architecture.load_weights(iter_tensors(checkpoint_files(path, allow_pickle)))
     architecture.to(device=torch_device, dtype=torch_dtype).eval()
+    if convert == "classify" and architecture.sequence_head() is None and architecture.token_head() is None:
+        raise ModelLoadError(
+            f"convert='classify' needs a checkpoint with a classification head; this {arch_name} has none"
+        )
     return PoolingModel(
         name=name,
         path=path,

@@ -54,6 +54,10 @@ class Task:
         """The head serving this task on ``model``, or ``None`` if the model cannot serve it."""
         raise NotImplementedError
 
+    def param_defaults(self, model: "PoolingModel") -> dict[str, object]:
+        """Request parameters a model's configuration fills in when a request leaves them unset."""
+        return {}
+
     def verify(self, params: "PoolingParams", model: "PoolingModel") -> None:
         """Reject parameters this task does not take; subclasses add model-specific checks.
 

@@ -75,3 +75,32 @@ def test_template_prompt_is_what_gets_scored(cross_encoder):
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["index"] for r in rows] == [r.index for r in ranked]
     assert torch.tensor([r["relevance_score"] for r in rows]).allclose(torch.tensor([r.relevance_score for r in ranked]))
+
+
+def test_qwen3_reranker_is_recognised_and_uses_its_template(tmp_path):
+    """A Qwen3-Reranker checkpoint, as published: no overrides, no template given."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from poolkit.plugins import registry as plugin_registry
+    from tiny_models import build_qwen
+
+    path = build_qwen(tmp_path / "Qwen3-Reranker-tiny", "qwen3", task="lm", init_range=1.0, max_position_embeddings=1024)
+    llm = LLM(str(path), max_model_len=1024)  # the tiny tokenizer says 128; the prompt is longer
+    assert llm.score_type == "cross-encoder"
+    assert llm.model.hf_config.score_template == "qwen3_reranker"
+    got = [s.outputs.score for s in llm.score(QUERY, DOCS)]
+
+    hf = AutoModelForCausalLM.from_pretrained(str(path)).eval()
+    tok = AutoTokenizer.from_pretrained(str(path))
+    no, yes = tok.convert_tokens_to_ids("no"), tok.convert_tokens_to_ids("yes")
+    prompts = plugin_registry("io_processor").get("qwen3_reranker").pre_process(([QUERY] * len(DOCS), DOCS))
+    expected = []
+    for prompt in prompts:
+        with torch.no_grad():
+            logits = hf(**tok(prompt.text, return_tensors="pt")).logits[0, -1]
+        expected.append(torch.softmax(logits[[no, yes]], dim=-1)[1].item())
+    assert got == pytest.approx(expected, abs=1e-4)
+    assert max(expected) - min(expected) > 1e-3, "scores must differ"
+    ranked = llm.rerank(QUERY, DOCS, instruction="Find the capital")
+    assert sorted(r.index for r in ranked) == [0, 1, 2]
+    assert LLM(str(path), hf_overrides={"is_original_qwen3_reranker": False, "architectures": ["Qwen3Model"]}).score_type == "bi-encoder"

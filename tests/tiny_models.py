@@ -5,11 +5,12 @@ The WordPiece vocabulary is hand-built so token ids are the same on every run.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 import transformers as T
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 CORPUS = [
     "paris is the capital of france",
@@ -19,6 +20,19 @@ CORPUS = [
     "hello world",
     "query passage instruction represent this sentence for searching",
 ]
+
+
+#: What BERT-style tokenizers hand the model; transformers 5 drops ``token_type_ids`` from a
+#: tokenizer built from a ``tokenizers`` object unless it is told.
+BERT_INPUT_NAMES = ["input_ids", "token_type_ids", "attention_mask"]
+
+
+def give_segment_ids(out: Path) -> None:
+    """Make the saved tokenizer hand out ``token_type_ids``, as BertTokenizer does."""
+    tok_config = out / "tokenizer_config.json"
+    saved = json.loads(tok_config.read_text())
+    saved["model_input_names"] = BERT_INPUT_NAMES
+    tok_config.write_text(json.dumps(saved, indent=2))
 
 
 def wordpiece_tokenizer(model_max_length: int = 128, lowercase: bool = True) -> T.PreTrainedTokenizerFast:
@@ -76,6 +90,8 @@ def build_encoder(out: Path, kind: str, seed: int = 0, init_range: float = 0.5, 
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tok.save_pretrained(out)
+    if kind == "bert":
+        give_segment_ids(out)
     return out
 
 
@@ -114,6 +130,8 @@ def build_classifier(
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tok.save_pretrained(out)
+    if kind == "bert":
+        give_segment_ids(out)
     return out
 
 
@@ -170,4 +188,137 @@ def build_modernbert(
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tok.save_pretrained(out)
+    return out
+
+
+#: Texts the byte-level BPE is trained on; "yes" and "no" alone on a line become single tokens.
+QWEN_CORPUS = CORPUS + ["yes", "no", "is paris the capital of france? yes", "is berlin the capital of france? no"]
+
+
+def bytelevel_bpe_tokenizer(eos: str = "<|endoftext|>", vocab_size: int = 400) -> T.PreTrainedTokenizerFast:
+    """A Qwen-style byte-level BPE tokenizer trained on ``QWEN_CORPUS``, padding on the left."""
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[eos, "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tk.train_from_iterator(QWEN_CORPUS * 20, trainer)
+    for word in ("yes", "no"):
+        if tk.token_to_id(word) is None:
+            raise RuntimeError(f"the tiny BPE vocabulary has no single token '{word}'")
+    return T.PreTrainedTokenizerFast(
+        tokenizer_object=tk, eos_token=eos, pad_token=eos, model_max_length=128, padding_side="left"
+    )
+
+
+def build_qwen(
+    out: Path,
+    family: str,
+    task: str = "embed",
+    num_labels: int = 1,
+    seed: int = 0,
+    init_range: float = 0.2,
+    **config: object,
+) -> Path:
+    """A tiny Qwen2 / Qwen3 (``family``) for ``task``, saved to ``out`` with a byte-level BPE tokenizer.
+
+    ``task``: ``embed`` (``*Model``), ``lm`` (``*ForCausalLM``), ``classify``
+    (``*ForSequenceClassification``) or ``token_classify``. Hidden size 32, 4 query heads sharing 2
+    key/value heads, so grouped-query attention is exercised; RMSNorm weights and biases are
+    randomised too, so a dropped one would show.
+    """
+    tok = bytelevel_bpe_tokenizer()
+    kw = dict(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.eos_token_id,
+        tie_word_embeddings=True,
+        initializer_range=init_range,
+    )
+    if family == "qwen3":
+        kw["head_dim"] = 8  # Qwen2 configs must not get one
+    if task in ("classify", "token_classify"):
+        kw.update(num_labels=num_labels)
+        if num_labels > 1:
+            kw.update(id2label={i: f"class_{i}" for i in range(num_labels)}, label2id={f"class_{i}": i for i in range(num_labels)})
+    kw.update(config)
+    prefix = {"qwen2": "Qwen2", "qwen3": "Qwen3"}[family]
+    suffix = {"embed": "Model", "lm": "ForCausalLM", "classify": "ForSequenceClassification", "token_classify": "ForTokenClassification"}[task]
+    # Seeded before construction: transformers 5 initialises there.
+    torch.manual_seed(seed)
+    model = getattr(T, prefix + suffix)(getattr(T, f"{prefix}Config")(**kw))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 1:
+                p.normal_(1.0 if name.endswith("norm.weight") else 0.0, 0.5)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def _transformers_config(family: str, vocab_size: int, pad_token_id: int, init_range: float) -> dict:
+    if family == "DistilBert":
+        return dict(vocab_size=vocab_size, dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=128,
+                    pad_token_id=pad_token_id, initializer_range=init_range)
+    if family == "Electra":
+        # embedding_size != hidden_size: ELECTRA's embeddings_project is exercised too
+        return dict(_encoder_kwargs(vocab_size, init_range), embedding_size=16, max_position_embeddings=128,
+                    pad_token_id=pad_token_id)
+    if family == "Llama":
+        return dict(_encoder_kwargs(vocab_size, init_range), num_attention_heads=4, num_key_value_heads=2,
+                    max_position_embeddings=128, pad_token_id=pad_token_id)
+    if family == "Camembert":  # RoBERTa-style positions, counted from pad_token_id + 1
+        return dict(_encoder_kwargs(vocab_size, init_range), max_position_embeddings=130, pad_token_id=pad_token_id,
+                    type_vocab_size=1)
+    if family == "GPT2":  # no pad token, as GPT-2 ships
+        return dict(vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=2, n_positions=128, initializer_range=init_range)
+    raise ValueError(family)
+
+
+def build_transformers_model(
+    out: Path,
+    class_name: str,
+    num_labels: int | None = None,
+    seed: int = 0,
+    init_range: float = 0.5,
+    **config: object,
+) -> Path:
+    """A tiny model of a family poolkit has no native code for (DistilBERT, ELECTRA, CamemBERT,
+    Llama, GPT-2).
+
+    ``class_name`` is the transformers class (``"ElectraForSequenceClassification"``); its
+    family's config class gets ``num_labels`` (with ``class_<i>`` label names when several).
+    One-dimensional parameters (LayerNorm / RMSNorm weights, biases) are randomised too.
+    """
+    tok = wordpiece_tokenizer()
+    family = next(f for f in ("DistilBert", "Electra", "Camembert", "Llama", "GPT2") if class_name.startswith(f))
+    kw = _transformers_config(family, len(tok), tok.pad_token_id, init_range)
+    if num_labels is not None:
+        kw["num_labels"] = num_labels
+        if num_labels > 1:
+            kw["id2label"] = {i: f"class_{i}" for i in range(num_labels)}
+            kw["label2id"] = {f"class_{i}": i for i in range(num_labels)}
+    kw.update(config)
+    torch.manual_seed(seed)  # transformers 5 initialises weights when the model is built
+    model = getattr(T, class_name)(getattr(T, f"{family}Config")(**kw))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 1:
+                p.normal_(1.0 if "norm" in name.lower() else 0.0, 0.5)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    if family == "Electra":  # its tokenizer gives segment ids, as ElectraTokenizer does
+        give_segment_ids(out)
     return out

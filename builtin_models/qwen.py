@@ -1,0 +1,599 @@
+"""Qwen2 and Qwen3 decoders running on packed batches, with their pooling heads.
+
+Both are pre-RMSNorm decoders with rotary positions, grouped-query attention and SwiGLU
+feed-forward layers; Qwen3 adds a per-head RMSNorm on queries and keys. Attention is causal
+within each sequence, or bidirectional when the config says ``is_causal: false`` (gte-Qwen2
+style embedders). The modules keep Hugging Face's parameter names, so checkpoints load by name,
+except that each layer's q/k/v projections are fused into one ``qkv_proj`` matrix and its gate
+and up projections into one ``gate_up_proj`` at load time: one matmul instead of three or two.
+
+Heads: ``*ForSequenceClassification`` (``score`` on the last token), ``*ForTokenClassification``,
+Qwen2 reward and process reward models (a ``score`` MLP on every token), and LLM-as-reranker
+checkpoints (Qwen3-Reranker) whose ``classifier_from_token`` words turn rows of the LM head into
+a classifier.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, ClassVar, Iterable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from poolkit.architecture import Architecture
+from poolkit.batch import PackedBatch
+from poolkit.builtin_models.bert import activation_function
+from poolkit.errors import ModelLoadError
+from poolkit.hookspecs import hookimpl
+from poolkit.kernel import select_kernel
+from poolkit.weights import load_into
+
+#: Checkpoint tensors the backbone does not use: heads of task models, rotary caches.
+_UNUSED = re.compile(r"^(lm_head|score|classifier|qa_outputs|v_head)\.|\.rotary_emb\.")
+#: Projections fused at load time: checkpoint pattern (prefix, part, kind), fused module, its parts in order.
+_FUSED = (
+    (re.compile(r"^(layers\.\d+\.self_attn)\.(q|k|v)_proj\.(weight|bias)$"), "qkv_proj", ("q", "k", "v")),
+    (re.compile(r"^(layers\.\d+\.mlp)\.(gate|up)_proj\.(weight|bias)$"), "gate_up_proj", ("gate", "up")),
+)
+_FUSED_NAME = re.compile(r"^(.*)\.(qkv_proj|gate_up_proj)\.(weight|bias)$")
+#: Rotary types computed as transformers computes them (``ROPE_INIT_FUNCTIONS``). ``dynamic`` and
+#: ``longrope`` are not: transformers rescales them by the longest sequence of the batch.
+_ROPE_TYPES = ("default", "linear", "yarn", "llama3")
+GLOBAL, SLIDING = "full_attention", "sliding_attention"
+#: LLM-as-reranker conversions (vLLM's ``SEQ_CLS_LOAD_METHODS``).
+FROM_2_WAY_SOFTMAX, NO_POST_PROCESSING = "from_2_way_softmax", "no_post_processing"
+_ORIGINAL_QWEN3_RERANKER_TOKENS = ["no", "yes"]
+#: The token id of ``<extra_0>``, the step tag of Qwen2.5-Math-PRM (vLLM's default ``step_tag_id``).
+PRM_STEP_TAG_ID = 151651
+
+Rotary = tuple[torch.Tensor, torch.Tensor]
+
+
+def rotary_parameters(config: Any, head_dim: int) -> tuple[torch.Tensor, float]:
+    """The rotary inverse frequencies (float32, ``[head_dim // 2]``) and the cos/sin scaling.
+
+    Reads ``rope_parameters`` (transformers 5) or ``rope_theta`` / ``rope_scaling`` (older
+    configs). Scaled types come from transformers' own ``ROPE_INIT_FUNCTIONS``, so they match it.
+
+    Raises:
+        ModelLoadError: a rotary type whose frequencies depend on the batch, or an unknown one.
+    """
+    params = dict(getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {})
+    kind = params.get("rope_type", params.get("type", "default"))
+    if kind not in _ROPE_TYPES:
+        raise ModelLoadError(
+            f"unsupported rope_type '{kind}' for a Qwen model; poolkit supports {', '.join(_ROPE_TYPES)}"
+        )
+    if float(params.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", None) or 1.0)) != 1.0:
+        raise ModelLoadError("partial_rotary_factor is not supported for Qwen models; rotary embeddings span the whole head")
+    if kind == "default":
+        theta = params.get("rope_theta", getattr(config, "rope_theta", None))
+        if theta is None:
+            theta = getattr(config, "default_theta", 10_000.0)
+        exponents = torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim
+        return 1.0 / (float(theta) ** exponents), 1.0
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    try:
+        inv_freq, scaling = ROPE_INIT_FUNCTIONS[kind](config, None)
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise ModelLoadError(f"cannot compute '{kind}' rotary embeddings from the config: {type(exc).__name__}: {exc}") from None
+    if inv_freq.shape[0] * 2 != head_dim:
+        raise ModelLoadError(f"'{kind}' rotary embeddings cover {inv_freq.shape[0] * 2} of the {head_dim} head dimensions")
+    return inv_freq.float(), float(scaling)
+
+
+def layer_types(config: Any) -> list[str]:
+    """Each layer's attention: ``"full_attention"``, or ``"sliding_attention"`` with ``use_sliding_window``."""
+    n = int(config.num_hidden_layers)
+    types = getattr(config, "layer_types", None)
+    if types:
+        types = list(types)
+        if len(types) != n or set(types) - {GLOBAL, SLIDING}:
+            raise ModelLoadError(f"layer_types {types} must name '{GLOBAL}' or '{SLIDING}' once per layer ({n})")
+    else:
+        sliding = getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", False) else None
+        first = int(getattr(config, "max_window_layers", n))
+        types = [SLIDING if sliding is not None and i >= first else GLOBAL for i in range(n)]
+    if SLIDING in types and not getattr(config, "sliding_window", None):
+        raise ModelLoadError("the config has sliding-attention layers but no sliding_window")
+    return types
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm, computed in float32 and scaled in the input's dtype, as transformers does."""
+
+    def __init__(self, size: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class QwenAttention(nn.Module):
+    """Grouped-query self-attention within each sequence (causal unless the config says otherwise).
+
+    ``qkv_proj`` holds the checkpoint's ``q_proj``, ``k_proj`` and ``v_proj`` one after the other.
+    """
+
+    def __init__(self, config: Any, qk_norm: bool, window: int | None, causal: bool) -> None:
+        super().__init__()
+        hidden = config.hidden_size
+        self.num_heads = int(config.num_attention_heads)
+        self.num_kv_heads = int(getattr(config, "num_key_value_heads", None) or self.num_heads)
+        if self.num_heads % self.num_kv_heads:
+            raise ModelLoadError(
+                f"num_attention_heads {self.num_heads} is not a multiple of num_key_value_heads {self.num_kv_heads}"
+            )
+        self.head_dim = int(getattr(config, "head_dim", None) or hidden // self.num_heads)
+        self.scale = self.head_dim**-0.5
+        self.window = window
+        self.causal = causal
+        # Qwen2: biased q/k/v, unbiased output; Qwen3: ``attention_bias`` for all four.
+        qkv_bias = bool(getattr(config, "attention_bias", False)) if qk_norm else True
+        o_bias = bool(getattr(config, "attention_bias", False)) if qk_norm else False
+        self.sizes = {
+            "q": self.num_heads * self.head_dim,
+            "k": self.num_kv_heads * self.head_dim,
+            "v": self.num_kv_heads * self.head_dim,
+        }
+        self.qkv_proj = nn.Linear(hidden, sum(self.sizes.values()), bias=qkv_bias)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden, bias=o_bias)
+        self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if qk_norm else None
+
+    def forward(self, x: torch.Tensor, rotary: Rotary, batch: PackedBatch, attention: Callable) -> torch.Tensor:
+        qkv = F.linear(x, self.qkv_proj.weight, self.qkv_proj.bias)
+        q, k, v = qkv.split(list(self.sizes.values()), dim=-1)
+        q = q.view(-1, self.num_heads, self.head_dim)
+        k = k.view(-1, self.num_kv_heads, self.head_dim)
+        v = v.view(-1, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        cos, sin = rotary
+        q = q * cos + _rotate_half(q) * sin
+        k = k * cos + _rotate_half(k) * sin
+        groups = self.num_heads // self.num_kv_heads
+        if groups > 1:
+            # Query head i reads key/value head i // groups, as transformers' repeat_kv.
+            k = k.unsqueeze(2).expand(-1, -1, groups, -1).reshape(q.shape)
+            v = v.unsqueeze(2).expand(-1, -1, groups, -1).reshape(q.shape)
+        context = attention(q, k, v, batch, causal=self.causal, scale=self.scale, window=self.window)
+        return F.linear(context.reshape(x.shape[0], -1), self.o_proj.weight, self.o_proj.bias)
+
+
+class QwenMLP(nn.Module):
+    """SwiGLU feed-forward: ``down_proj(act(gate) * up)``; ``gate_up_proj`` holds ``gate_proj`` then ``up_proj``."""
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        self.sizes = {"gate": int(config.intermediate_size), "up": int(config.intermediate_size)}
+        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.act = activation_function(config.hidden_act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = F.linear(x, self.gate_up_proj.weight).chunk(2, dim=-1)
+        return F.linear(self.act(gate) * up, self.down_proj.weight)
+
+
+class QwenDecoderLayer(nn.Module):
+    """One pre-RMSNorm decoder layer."""
+
+    def __init__(self, config: Any, qk_norm: bool, window: int | None, causal: bool) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = QwenAttention(config, qk_norm, window, causal)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = QwenMLP(config)
+
+    def forward(self, x: torch.Tensor, rotary: Rotary, batch: PackedBatch, attention: Callable) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), rotary, batch, attention)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Qwen2Model(Architecture):
+    """The Qwen2 decoder: packed token ids in, final-norm hidden states ``[T, H]`` out.
+
+    Loads checkpoints of ``Qwen2Model`` itself and of Qwen2 task models (``Qwen2ForCausalLM``,
+    ``Qwen2ForSequenceClassification``, ...), whose backbone tensors carry a ``model.`` prefix;
+    ``lm_head`` is dropped. Positions are rotary, counted from 0 in each sequence. Each token
+    attends to the earlier tokens of its sequence, or to all of them when the config (or
+    ``hf_overrides``) sets ``is_causal: false``. Embeddings pool the last token by default.
+
+    Example:
+        >>> model = Qwen2Model(transformers.Qwen2Config.from_pretrained(path))
+        >>> model.load_weights(iter_tensors(checkpoint_files(path)))
+        >>> hidden = model(PackedBatch.from_sequences([[9707, 1879], [14990]]))
+    """
+
+    default_pooling_type: ClassVar[str | None] = "LAST"
+    uses_token_type_ids: ClassVar[bool] = False
+    #: Prefix of the backbone's tensors in task-model checkpoints (HF's ``base_model_prefix``).
+    checkpoint_prefix: ClassVar[str] = "model."
+    #: Checkpoint name prefixes of the task head this class loads (none for the bare backbone).
+    head_prefixes: ClassVar[tuple[str, ...]] = ()
+    #: Qwen3's per-head RMSNorm of queries and keys.
+    qk_norm: ClassVar[bool] = False
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self.causal = bool(getattr(config, "is_causal", True))
+        sliding = getattr(config, "sliding_window", None)
+        # transformers: a causal window sees ``sliding_window`` tokens, itself included; a
+        # bidirectional one ``sliding_window`` tokens on each side.
+        windows = {GLOBAL: None, SLIDING: None if sliding is None else int(sliding) - int(self.causal)}
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(
+            QwenDecoderLayer(config, self.qk_norm, windows[t], self.causal) for t in layer_types(config)
+        )
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        head_dim = self.layers[0].self_attn.head_dim if self.layers else config.hidden_size // config.num_attention_heads
+        # A plain float32 tensor rather than a buffer, so that casting the model leaves it exact.
+        self._inv_freq, self._rotary_scaling = rotary_parameters(config, head_dim)
+        self._attention: dict[torch.device, Callable] = {}
+
+    def forward(self, batch: PackedBatch) -> torch.Tensor:
+        attention = self._attention_kernel(batch.device)
+        x = F.embedding(batch.input_ids, self.embed_tokens.weight)
+        rotary = self._rotary(batch, x.dtype)
+        for layer in self.layers:
+            x = layer(x, rotary, batch, attention)
+        return self.norm(x)
+
+    def _rotary(self, batch: PackedBatch, dtype: torch.dtype) -> Rotary:
+        """Each token's rotary ``cos`` and ``sin`` as ``dtype``, ``[T, 1, head_dim]`` (angles in float32)."""
+        angles = batch.positions.float().unsqueeze(-1) * self._inv_freq.to(batch.device)
+        angles = torch.cat((angles, angles), dim=-1).unsqueeze(1)
+        cos, sin = angles.cos(), angles.sin()
+        if self._rotary_scaling != 1.0:
+            cos, sin = cos * self._rotary_scaling, sin * self._rotary_scaling
+        return cos.to(dtype), sin.to(dtype)
+
+    def _attention_kernel(self, device: torch.device) -> Callable:
+        kernel = self._attention.get(device)
+        if kernel is None:
+            kernel = self._attention[device] = select_kernel("varlen_attention", device)
+        return kernel
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        self._load(weights)
+
+    def _load(self, weights: Iterable[tuple[str, torch.Tensor]], optional: Callable[[str], bool] = lambda n: False) -> None:
+        named = ((self.parameter_name(name), tensor) for name, tensor in weights)
+        load_into(self, self._fuse((n, t) for n, t in named if n is not None), rename=lambda name: name, optional=optional)
+
+    def parameter_name(self, checkpoint_name: str) -> str | None:
+        """The Hugging Face base-model name of a checkpoint tensor, or ``None`` to skip it."""
+        name = checkpoint_name
+        if name.startswith(self.checkpoint_prefix):
+            name = name[len(self.checkpoint_prefix):]
+        if self.head_prefixes and name.startswith(self.head_prefixes):
+            return name
+        return None if _UNUSED.search(name) else name
+
+    def _fuse(self, weights: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
+        """Pass tensors through, concatenating q/k/v into ``qkv_proj`` and gate/up into ``gate_up_proj``.
+
+        Raises:
+            ModelLoadError: a part has the wrong shape, or a fused parameter lacks one of its parts
+                (named as in the checkpoint).
+        """
+        params = dict(self.named_parameters())
+        pending: dict[str, dict[str, torch.Tensor]] = {}
+        done: set[str] = set()
+        for name, tensor in weights:
+            for pattern, fused, parts in _FUSED:
+                match = pattern.match(name)
+                if match is not None:
+                    break
+            else:
+                if _FUSED_NAME.match(name):
+                    done.add(name)
+                yield name, tensor
+                continue
+            prefix, part, kind = match.groups()
+            target = f"{prefix}.{fused}.{kind}"
+            if target not in params:
+                yield name, tensor  # a layer or bias this model lacks: reported as unused
+                continue
+            rows = self.get_submodule(f"{prefix}").sizes[part]
+            expected = (rows, *params[target].shape[1:])
+            if tuple(tensor.shape) != expected:
+                raise ModelLoadError(
+                    f"checkpoint tensor '{name}' has shape {tuple(tensor.shape)}, but the model expects {expected}"
+                )
+            got = pending.setdefault(target, {})
+            got[part] = tensor
+            if len(got) == len(parts):
+                del pending[target]
+                done.add(target)
+                yield target, torch.cat([got[p] for p in parts])
+        missing = []
+        for target in params:
+            match = _FUSED_NAME.match(target)
+            if match is None or target in done:
+                continue
+            prefix, fused, kind = match.groups()
+            parts = next(p for _, f, p in _FUSED if f == fused)
+            seen = pending.get(target, {})
+            missing += [f"{prefix}.{p}_proj.{kind}" for p in parts if p not in seen]
+        if missing:
+            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            raise ModelLoadError(f"checkpoint lacks weights for {', '.join(missing[:5])}{more}")
+
+
+class Qwen3Model(Qwen2Model):
+    """The Qwen3 decoder: Qwen2 with per-head ``q_norm`` / ``k_norm`` and ``attention_bias``.
+
+    Qwen3-Embedding checkpoints (``Qwen3ForCausalLM`` with a sentence-transformers last-token
+    pooling) load through ``Qwen3ForCausalLM``, which drops the LM head.
+    """
+
+    qk_norm: ClassVar[bool] = True
+
+
+# -- heads -----------------------------------------------------------------------------------------
+
+
+def is_qwen3_reranker_checkpoint(config: Any) -> bool:
+    """An unmodified Qwen3-Reranker checkpoint: a Qwen3 causal LM whose name says so."""
+    name = str(getattr(config, "name_or_path", "") or "").lower()
+    archs = getattr(config, "architectures", None) or []
+    return "qwen3-reranker" in name and "Qwen3ForCausalLM" in archs
+
+
+def classifier_tokens(config: Any) -> tuple[list[str], str] | None:
+    """The ``classifier_from_token`` words and ``method`` of an LLM-as-reranker config, or ``None``.
+
+    ``is_original_qwen3_reranker: true`` means ``["no", "yes"]`` (unless given) and
+    ``from_2_way_softmax``.
+
+    Raises:
+        ModelLoadError: the words or the method are missing or do not fit together.
+    """
+    tokens = getattr(config, "classifier_from_token", None)
+    method = getattr(config, "method", None)
+    if getattr(config, "is_original_qwen3_reranker", False) or is_qwen3_reranker_checkpoint(config):
+        tokens = list(tokens or _ORIGINAL_QWEN3_RERANKER_TOKENS)
+        method = FROM_2_WAY_SOFTMAX
+    if not tokens:
+        return None
+    if isinstance(tokens, str) or not all(isinstance(t, str) for t in tokens):
+        raise ModelLoadError(f"classifier_from_token must be a list of strings, got {tokens!r}")
+    if method not in (FROM_2_WAY_SOFTMAX, NO_POST_PROCESSING):
+        raise ModelLoadError(
+            f"classifier_from_token needs method '{FROM_2_WAY_SOFTMAX}' or '{NO_POST_PROCESSING}' in the config, got {method!r}"
+        )
+    if method == FROM_2_WAY_SOFTMAX and len(tokens) != 2:
+        raise ModelLoadError(
+            f"method '{FROM_2_WAY_SOFTMAX}' needs exactly two classifier_from_token words [false, true], got {list(tokens)}"
+        )
+    return list(tokens), method
+
+
+def token_id(tokenizer: Any, word: str) -> int:
+    """The id of ``word`` as one token: the vocabulary entry, else its encoding if that is one token.
+
+    Raises:
+        ModelLoadError: the word is not a single token.
+    """
+    found = tokenizer.convert_tokens_to_ids(word)
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if isinstance(found, int) and (found != unk or word == getattr(tokenizer, "unk_token", None)):
+        return found
+    ids = tokenizer.encode(word, add_special_tokens=False)
+    if len(ids) != 1:
+        raise ModelLoadError(
+            f"classifier_from_token word '{word}' is not one token of the tokenizer (it encodes to {len(ids)} tokens)"
+        )
+    return int(ids[0])
+
+
+class _ScoreHead:
+    """Mixin: a ``score`` Linear on the last token (``classify``) and on every token (``token_classify``).
+
+    The weights come from the checkpoint's ``score`` tensors, or, for an LLM used as a reranker
+    (``classifier_from_token`` + ``method`` in the config), from the LM head's rows of those
+    tokens: ``from_2_way_softmax`` gives one output ``W[true] - W[false]`` (its sigmoid is the
+    softmax of the two next-token logits), ``no_post_processing`` one output per token.
+    """
+
+    head_prefixes: ClassVar[tuple[str, ...]] = ("score.",)
+    #: Whether the checkpoint carries ``score`` when the config names no classifier tokens.
+    checkpoint_score: ClassVar[bool] = True
+
+    @classmethod
+    def configure(cls, config: Any, tokenizer: Any) -> None:
+        """Look up the ``classifier_from_token`` ids and set ``num_labels`` to match."""
+        found = classifier_tokens(config)
+        if found is None:
+            return
+        tokens, method = found
+        if getattr(config, "is_original_qwen3_reranker", False) or is_qwen3_reranker_checkpoint(config):
+            config.is_original_qwen3_reranker = True
+            if getattr(config, "score_template", None) is None:
+                config.score_template = "qwen3_reranker"
+        config.classifier_from_token_ids = [token_id(tokenizer, t) for t in tokens]
+        config.method = method
+        config.num_labels = 1 if method == FROM_2_WAY_SOFTMAX else len(tokens)
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        found = classifier_tokens(config)
+        self.method = found[1] if found else None
+        self.classifier_token_ids: list[int] | None = None
+        if found is not None:
+            ids = getattr(config, "classifier_from_token_ids", None)
+            if not ids or len(ids) != len(found[0]):
+                raise ModelLoadError(
+                    "classifier_from_token needs the tokenizer's ids: call configure(config, tokenizer) before building the model"
+                )
+            self.classifier_token_ids = [int(i) for i in ids]
+        if found is None and not self.checkpoint_score:
+            self.score = None
+        else:
+            self.score = nn.Linear(self.hidden_size, self.num_labels, bias=True)
+            nn.init.zeros_(self.score.bias)
+
+    def sequence_head(self) -> nn.Module | None:
+        return self.score
+
+    def token_head(self) -> nn.Module | None:
+        return self.score
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        if self.classifier_token_ids is None:
+            self._load(weights, optional=lambda name: name == "score.bias")
+            return
+        ids = self.classifier_token_ids
+        captured: dict[str, torch.Tensor] = {}
+
+        def lm_head_rows(stream: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
+            for name, tensor in stream:
+                if name == "lm_head.weight":
+                    captured["rows"] = tensor[ids].float()
+                elif not name.startswith("score."):
+                    yield name, tensor
+
+        self._load(lm_head_rows(weights), optional=lambda name: name.startswith("score."))
+        rows = captured.get("rows")
+        if rows is None:
+            if not getattr(self.config, "tie_word_embeddings", False):
+                raise ModelLoadError(
+                    "checkpoint lacks weights for lm_head.weight, which classifier_from_token reads "
+                    "(and tie_word_embeddings is off)"
+                )
+            rows = self.embed_tokens.weight.detach()[ids].float()
+        weight = (rows[1] - rows[0]).unsqueeze(0) if self.method == FROM_2_WAY_SOFTMAX else rows
+        with torch.no_grad():
+            self.score.weight.copy_(weight)
+            self.score.bias.zero_()
+
+
+class Qwen2ForSequenceClassification(_ScoreHead, Qwen2Model):
+    """A Qwen2 sequence classifier / reranker: last token -> ``score`` (no bias).
+
+    The ``token_classify`` task applies ``score`` to every token, as vLLM does.
+    """
+
+
+class Qwen3ForSequenceClassification(_ScoreHead, Qwen3Model):
+    """A Qwen3 sequence classifier / reranker: last token -> ``score``.
+
+    Also the original Qwen3-Reranker with ``hf_overrides={"architectures":
+    ["Qwen3ForSequenceClassification"], "classifier_from_token": ["no", "yes"],
+    "is_original_qwen3_reranker": true}``: the score is read off the LM head.
+    """
+
+
+class Qwen2ForCausalLM(_ScoreHead, Qwen2Model):
+    """A Qwen2 language model served as an embedder (LM head dropped), or, when its config names
+    ``classifier_from_token`` and a ``method``, as a reranker built from the LM head's rows.
+    """
+
+    checkpoint_score: ClassVar[bool] = False
+
+
+class Qwen3ForCausalLM(_ScoreHead, Qwen3Model):
+    """A Qwen3 language model served as an embedder (Qwen3-Embedding; LM head dropped), or, when
+    its config names ``classifier_from_token`` and a ``method`` (Qwen3-Reranker), as a reranker.
+    """
+
+    checkpoint_score: ClassVar[bool] = False
+
+
+class _TokenScoreHead:
+    """Mixin: HF's token classifier, ``score`` (with bias) on every token (dropout is inference-free)."""
+
+    default_pooling_type: ClassVar[str | None] = None
+    head_prefixes: ClassVar[tuple[str, ...]] = ("score.",)
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self.score = nn.Linear(self.hidden_size, self.num_labels)
+
+    def token_head(self) -> nn.Module:
+        return self.score
+
+
+class Qwen2ForTokenClassification(_TokenScoreHead, Qwen2Model):
+    """A Qwen2 token classifier: ``score`` on every token."""
+
+
+class Qwen3ForTokenClassification(_TokenScoreHead, Qwen3Model):
+    """A Qwen3 token classifier: ``score`` on every token."""
+
+
+class Qwen2ForRewardModel(Qwen2Model):
+    """A Qwen2 reward model (Qwen2.5-Math-RM): ``score`` = Linear, ReLU, Linear on every token.
+
+    One output per token through ``token_classify`` / ``LLM.reward`` (ALL pooling). As in vLLM the
+    rewards are raw by default (``use_activation`` defaults to false for this architecture).
+    """
+
+    default_pooling_type: ClassVar[str | None] = None
+    default_pooler_config: ClassVar[dict[str, Any]] = {"use_activation": False}
+    head_prefixes: ClassVar[tuple[str, ...]] = ("score.",)
+    #: Outputs of the score MLP, whatever the checkpoint's config says (vLLM forces it too).
+    reward_labels: ClassVar[int] = 1
+
+    @classmethod
+    def configure(cls, config: Any, tokenizer: Any) -> None:
+        config.num_labels = cls.reward_labels
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        hidden = self.hidden_size
+        self.score = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, self.reward_labels))
+
+    @property
+    def num_labels(self) -> int:
+        return self.reward_labels
+
+    def token_head(self) -> nn.Module:
+        return self.score
+
+
+class Qwen2ForProcessRewardModel(Qwen2ForRewardModel):
+    """A Qwen2 process reward model (Qwen2.5-Math-PRM): the reward MLP with two outputs, softmaxed.
+
+    Read with ``STEP`` pooling by default, keeping the rows of the step tag tokens
+    (``<extra_0>``, id 151651 in Qwen2.5-Math-PRM; ``pooler_config`` may name another).
+    """
+
+    reward_labels: ClassVar[int] = 2
+    default_token_pooling_type: ClassVar[str | None] = "STEP"
+    default_pooler_config: ClassVar[dict[str, Any]] = {"step_tag_id": PRM_STEP_TAG_ID}
+
+    @classmethod
+    def configure(cls, config: Any, tokenizer: Any) -> None:
+        config.num_labels = cls.reward_labels
+
+
+@hookimpl
+def poolkit_register_architectures(register):
+    for cls in (
+        Qwen2Model,
+        Qwen3Model,
+        Qwen2ForCausalLM,
+        Qwen3ForCausalLM,
+        Qwen2ForSequenceClassification,
+        Qwen3ForSequenceClassification,
+        Qwen2ForTokenClassification,
+        Qwen3ForTokenClassification,
+        Qwen2ForRewardModel,
+        Qwen2ForProcessRewardModel,
+    ):
+        register(cls.__name__, cls)

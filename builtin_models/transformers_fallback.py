@@ -1,0 +1,435 @@
+"""The generic transformers fallback: architectures poolkit has no native code for.
+
+Any text model that transformers itself implements (no remote code) runs through its
+transformers class on right-padded batches, and its output is re-packed to poolkit's ``[T, ...]``
+layout, so the same poolers, heads and tasks apply. It answers ``poolkit_resolve_architecture``
+last (``trylast``): registered architectures, conversions to them and other plugins' resolvers
+all come first.
+
+The weights go through transformers' own ``from_pretrained(None, config=..., state_dict=...)``,
+so its key handling applies as it does for a transformers user: the base-model prefix of task
+checkpoints (``distilbert.``), legacy ``gamma``/``beta`` names and per-model renamings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import inspect
+import logging
+from typing import Any, ClassVar, Iterable, Iterator
+
+import torch
+from torch import nn
+
+from poolkit.architecture import Architecture
+from poolkit.batch import PackedBatch
+from poolkit.errors import InvalidRequest, ModelLoadError
+from poolkit.hookspecs import hookimpl
+from poolkit.model import CONVERTIBLE_SUFFIXES
+
+logger = logging.getLogger(__name__)
+
+IMPLEMENTATION = "fallback (transformers)"
+#: Names of task models whose checkpoints the fallback serves with their base model (embeddings).
+_BASE_SUFFIXES = tuple(s for s in CONVERTIBLE_SUFFIXES if not s.endswith("Classification")) + ("LMHeadModel",)
+#: Sub-configs that mark a multimodal model, which the fallback (text in, text out) cannot feed.
+_MULTIMODAL_SUBCONFIGS = ("vision_config", "audio_config")
+
+
+def _text_config(config: Any) -> Any:
+    get = getattr(config, "get_text_config", None)
+    return get() if callable(get) else config
+
+
+def _forward_parameters(module_cls: type) -> frozenset[str]:
+    try:
+        return frozenset(inspect.signature(module_cls.forward).parameters)
+    except (TypeError, ValueError):
+        return frozenset()
+
+
+@contextlib.contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """Silence transformers' load report and progress bar: poolkit reports what matters itself.
+
+    A task checkpoint loaded as its base model always has "unexpected" head tensors, and missing
+    or mis-shaped tensors become a :class:`ModelLoadError` here instead of a warning.
+    """
+    from transformers.utils import logging as hf_logging
+
+    loggers = [logging.getLogger(n) for n in ("transformers.modeling_utils", "transformers.core_model_loading")]
+    levels = [log.level for log in loggers]
+    bars = hf_logging.is_progress_bar_enabled()
+    for log in loggers:
+        log.setLevel(logging.ERROR)
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for log, level in zip(loggers, levels):
+            log.setLevel(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+class _Passthrough(nn.Module):
+    """A head whose input already is the logits (see :class:`TransformersForSequenceClassification`).
+
+    It holds an empty fp32 parameter because poolkit's classifier head casts its input to the
+    dtype of the head's first parameter.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchor = nn.Parameter(torch.empty(0), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+class TransformersModel(Architecture):
+    """A transformers base model (``DistilBertModel``, ``LlamaModel``, ...) as a poolkit architecture.
+
+    ``forward`` pads the packed batch on the right (``input_ids`` with the pad token,
+    ``attention_mask``, ``token_type_ids`` when the model takes them), runs the transformers model
+    under ``torch.no_grad`` and returns the last hidden states of the real tokens, re-packed to
+    ``[T, H]``. Transformers derives position ids from the mask / input ids itself, so right
+    padding leaves every real token at its unpadded position, for causal models too.
+
+    Checkpoints of the family's task models (``*ForMaskedLM``, ``*ForCausalLM``, a classifier
+    loaded with ``hf_overrides={"architectures": ["DistilBertModel"]}``) load into the base model
+    with their ``base_model_prefix`` stripped, as ``from_pretrained`` does.
+
+    Encoders pool ``CLS`` by default, decoders (``config.is_decoder``, or a family with a causal
+    LM and no masked LM) ``LAST``.
+
+    Subclasses are made per transformers class by the resolver; ``hf_class`` is that class.
+    """
+
+    implementation: ClassVar[str] = IMPLEMENTATION
+    default_pooling_type: ClassVar[str | None] = "CLS"
+    #: The transformers class this architecture builds.
+    hf_class: ClassVar[type]
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self.decoder = is_decoder(config)
+        text = _text_config(config)
+        takes = _forward_parameters(self.hf_class)
+        self.uses_token_type_ids = "token_type_ids" in takes and int(getattr(text, "type_vocab_size", 2) or 0) > 1
+        self._takes_use_cache = "use_cache" in takes
+        self._pad_token_id = getattr(text, "pad_token_id", None)
+        if self.decoder and self.default_pooling_type == "CLS":
+            self.default_pooling_type = "LAST"
+        # The module structure only (cheap on the meta device); load_weights builds the real model.
+        try:
+            with torch.device("meta"):
+                self.hf = self.hf_class(copy.deepcopy(config))
+        except (RuntimeError, NotImplementedError):  # a model whose __init__ computes on real tensors
+            self.hf = self.hf_class(copy.deepcopy(config))
+
+    @property
+    def hidden_size(self) -> int:
+        size = getattr(_text_config(self.config), "hidden_size", None)
+        return int(size) if size else int(self.hf.get_input_embeddings().embedding_dim)
+
+    @property
+    def max_positions(self) -> int | None:
+        n = getattr(_text_config(self.config), "max_position_embeddings", None)
+        return int(n) - self._position_offset() if n else None
+
+    def _position_offset(self) -> int:
+        """RoBERTa-style tables count positions from ``padding_idx + 1``; others from 0."""
+        for module in self.hf.modules():
+            table = getattr(module, "position_embeddings", None)
+            if isinstance(table, nn.Embedding) and table.padding_idx is not None:
+                return int(table.padding_idx) + 1
+        return 0
+
+    # -- weights -------------------------------------------------------------------------------
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        state = dict(weights)
+        name = self.hf_class.__name__
+        with _quiet_loading():
+            try:
+                model, info = self.hf_class.from_pretrained(
+                    None,
+                    config=copy.deepcopy(self.config),
+                    state_dict=state,
+                    output_loading_info=True,
+                    ignore_mismatched_sizes=True,
+                    dtype="auto",
+                )
+            except (RuntimeError, ValueError, KeyError, OSError) as exc:
+                raise ModelLoadError(f"transformers could not load the checkpoint into {name}: {exc}") from None
+        del state
+        mismatched = sorted(info.get("mismatched_keys") or [], key=str)
+        if mismatched:
+            shown = "; ".join(_describe_mismatch(m) for m in mismatched[:3])
+            raise ModelLoadError(f"checkpoint tensors have the wrong shape for {name}: {shown}")
+        params = dict(model.named_parameters())
+        # Buffers (position_ids and the like) are rebuilt by the model; only parameters count.
+        missing = sorted(k for k in info.get("missing_keys") or [] if k in params)
+        if missing:
+            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            raise ModelLoadError(f"checkpoint lacks weights for {', '.join(missing[:5])}{more} ({name})")
+        unexpected = sorted(info.get("unexpected_keys") or [])
+        if unexpected:
+            logger.debug("unused checkpoint tensors for %s: %s", name, ", ".join(unexpected[:20]))
+        self.hf = model.eval()
+
+    # -- forward -------------------------------------------------------------------------------
+
+    def forward(self, batch: PackedBatch) -> torch.Tensor:
+        limit = self.max_positions
+        if limit is not None and batch.max_len > limit:
+            raise InvalidRequest(
+                f"a sequence of {batch.max_len} tokens is longer than the model's {limit} positions; truncate the input"
+            )
+        rows, cols = batch.seq_ids, batch.positions
+        with torch.no_grad():
+            out = self._run(self._padded(batch))
+        return out[rows, cols]
+
+    def _run(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``[B, L, H]`` last hidden states of a padded batch."""
+        return self.hf(**inputs)[0]
+
+    def _padded(self, batch: PackedBatch) -> dict[str, Any]:
+        rows, cols = batch.seq_ids, batch.positions
+        shape = (batch.num_seqs, batch.max_len)
+        pad = self._pad_token_id if self._pad_token_id is not None else 0
+        input_ids = batch.input_ids.new_full(shape, pad)
+        input_ids[rows, cols] = batch.input_ids
+        mask = torch.zeros(shape, dtype=torch.long, device=batch.device)
+        mask[rows, cols] = 1
+        inputs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": mask}
+        if self.uses_token_type_ids and batch.token_type_ids is not None:
+            types = torch.zeros(shape, dtype=torch.long, device=batch.device)
+            types[rows, cols] = batch.token_type_ids
+            inputs["token_type_ids"] = types
+        if self._takes_use_cache:
+            inputs["use_cache"] = False
+        return inputs
+
+
+class TransformersForSequenceClassification(TransformersModel):
+    """A transformers ``*ForSequenceClassification`` with its exact head, whatever the family.
+
+    Heads differ per family (DistilBERT: ``pre_classifier`` + ReLU on the first token; ELECTRA:
+    its own ``ClassificationHead``; BERT: the pooler; decoders: the last non-pad token), and they
+    live inline in each model's ``forward``, so the fallback does not take them apart. Instead:
+
+    - ``forward`` runs the whole transformers classifier and gives **every token of a sequence
+      that sequence's logits**: ``[T, num_labels]``, not hidden states;
+    - ``hidden_size`` is therefore ``num_labels``, ``default_pooling_type`` is ``CLS`` (any
+      sequence pooler picks the same row), and ``sequence_head()`` passes the pooled row through.
+
+    The ``classify`` task (and cross-encoder ``score``) then applies poolkit's activation,
+    calibration and labels as for native classifiers. There is no ``token_head`` (the logits are
+    per sequence), and the rows are no embedding: to embed with the encoder of such a checkpoint
+    load it as its base model, ``hf_overrides={"architectures": ["<Family>Model"]}``.
+
+    Without a pad token a transformers classifier can only pool batches of one; the fallback then
+    runs the sequences one by one.
+    """
+
+    default_pooling_type: ClassVar[str | None] = "CLS"
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self.default_pooling_type = "CLS"
+
+    @property
+    def hidden_size(self) -> int:
+        return self.num_labels
+
+    def sequence_head(self) -> nn.Module:
+        return _Passthrough()
+
+    def forward(self, batch: PackedBatch) -> torch.Tensor:
+        limit = self.max_positions
+        if limit is not None and batch.max_len > limit:
+            raise InvalidRequest(
+                f"a sequence of {batch.max_len} tokens is longer than the model's {limit} positions; truncate the input"
+            )
+        with torch.no_grad():
+            if self._pad_token_id is None and batch.num_seqs > 1:
+                logits = torch.cat([self._run(self._padded(one)) for one in _singles(batch)])
+            else:
+                logits = self._run(self._padded(batch))
+        return logits[batch.seq_ids]
+
+    def _run(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.hf(**inputs).logits
+
+
+class TransformersDecoderForSequenceClassification(TransformersModel):
+    """A decoder classifier of transformers' generic kind (Llama, Mistral, Qwen, Gemma, ...).
+
+    transformers computes ``score(hidden_states)`` and keeps the last non-pad token; here
+    ``forward`` returns the base model's hidden states ``[T, H]``, the default pooling is
+    ``LAST`` and ``score`` is both the sequence and the token head, as for native classifiers.
+    Results equal transformers' except where a sequence's real last token is the pad token,
+    which transformers skips.
+    """
+
+    default_pooling_type: ClassVar[str | None] = "LAST"
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self.default_pooling_type = "LAST"
+
+    def _run(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.hf.base_model(**inputs).last_hidden_state
+
+    def sequence_head(self) -> nn.Module:
+        return self.hf.score
+
+    def token_head(self) -> nn.Module:
+        return self.hf.score
+
+
+class TransformersForTokenClassification(TransformersModel):
+    """A transformers ``*ForTokenClassification`` (NER) with its exact head.
+
+    ``forward`` returns the transformers model's per-token logits ``[T, num_labels]``, so
+    ``hidden_size`` is ``num_labels`` and ``token_head()`` passes them through; the
+    ``token_classify`` task applies poolkit's activation and ``STEP`` selection.
+    """
+
+    default_pooling_type: ClassVar[str | None] = None
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self.default_pooling_type = None
+
+    @property
+    def hidden_size(self) -> int:
+        return self.num_labels
+
+    def token_head(self) -> nn.Module:
+        return _Passthrough()
+
+    def _run(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.hf(**inputs).logits
+
+
+def _singles(batch: PackedBatch) -> list[PackedBatch]:
+    starts = batch.cu_seqlens.tolist()
+    return [
+        PackedBatch(
+            batch.input_ids[a:b],
+            [b - a],
+            None if batch.token_type_ids is None else batch.token_type_ids[a:b],
+        )
+        for a, b in zip(starts[:-1], starts[1:])
+    ]
+
+
+def _describe_mismatch(entry: Any) -> str:
+    if isinstance(entry, (tuple, list)) and len(entry) == 3:
+        key, ckpt, model = entry
+        return f"'{key}' is {tuple(ckpt)} in the checkpoint, {tuple(model)} in the model"
+    return str(entry)
+
+
+def is_decoder(config: Any) -> bool:
+    """Whether a config's family is a decoder: ``is_decoder``, or a causal LM and no masked LM."""
+    if getattr(config, "is_decoder", False):
+        return True
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    model_type = getattr(_text_config(config), "model_type", None)
+    return model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
+@functools.lru_cache(maxsize=None)
+def _fallback_class(base: type[TransformersModel], hf_class: type) -> type[TransformersModel]:
+    return type(
+        f"Transformers{hf_class.__name__}",
+        (base,),
+        {"hf_class": hf_class, "__module__": __name__, "__doc__": f"{hf_class.__name__} run by transformers.\n\n{base.__doc__}"},
+    )
+
+
+def _transformers_class(name: str) -> type | None:
+    """The transformers model class called ``name``, or ``None`` if there is none."""
+    if not name.isidentifier() or name.startswith("_"):
+        return None
+    import transformers
+
+    try:
+        cls = getattr(transformers, name)
+    except AttributeError:
+        return None
+    except Exception as exc:  # a class whose optional dependency is missing, say
+        raise ModelLoadError(f"transformers has {name}, but it cannot be imported: {type(exc).__name__}: {exc}") from None
+    return cls if isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel) else None
+
+
+def _base_class(name: str, config: Any) -> type:
+    from transformers import MODEL_MAPPING
+
+    try:
+        return MODEL_MAPPING[type(config)]
+    except (KeyError, ValueError):
+        raise ModelLoadError(f"transformers has no base model for {name} (model_type '{config.model_type}')") from None
+
+
+def _architecture_for(name: str, hf_class: type, config: Any) -> type[TransformersModel]:
+    if name.endswith("ForSequenceClassification"):
+        try:
+            from transformers.modeling_layers import GenericForSequenceClassification as generic
+        except ImportError:  # transformers 4
+            generic = None
+        if generic is not None and issubclass(hf_class, generic):
+            return _fallback_class(TransformersDecoderForSequenceClassification, hf_class)
+        return _fallback_class(TransformersForSequenceClassification, hf_class)
+    if name.endswith("ForTokenClassification"):
+        return _fallback_class(TransformersForTokenClassification, hf_class)
+    if name.endswith(_BASE_SUFFIXES):
+        return _fallback_class(TransformersModel, _base_class(name, config))
+    if "For" not in name and not name.endswith("HeadModel"):  # a base model: DistilBertModel, T5EncoderModel
+        return _fallback_class(TransformersModel, hf_class)
+    raise ModelLoadError(
+        f"{name} is a transformers task model that poolkit cannot pool; the transformers fallback serves "
+        "base models, *ForSequenceClassification, *ForTokenClassification and language-model checkpoints. "
+        f"To embed with its encoder, set hf_overrides={{'architectures': ['{_base_class(name, config).__name__}']}}"
+    )
+
+
+@hookimpl(trylast=True)
+def poolkit_resolve_architecture(name, config):
+    """Serve ``name`` with transformers when transformers itself implements it.
+
+    Returns ``None`` for names transformers does not know and for configs that ask for remote
+    code (``auto_map``), which poolkit never runs; the loader then explains. Raises
+    :class:`ModelLoadError` for classes the fallback cannot feed (encoder-decoder or multimodal
+    models, question answering heads, a config of another family).
+    """
+    if getattr(config, "auto_map", None):
+        return None
+    hf_class = _transformers_class(name)
+    if hf_class is None:
+        return None
+    expected = getattr(hf_class, "config_class", None)
+    if expected is not None and not isinstance(config, expected):
+        raise ModelLoadError(
+            f"{name} is transformers' class for model_type '{getattr(expected, 'model_type', '?')}', "
+            f"but config.json has model_type '{getattr(config, 'model_type', None) or 'none'}'"
+        )
+    if getattr(config, "is_encoder_decoder", False):
+        raise ModelLoadError(f"{name} is an encoder-decoder model; the transformers fallback runs encoders and decoders only")
+    if any(key in (getattr(type(config), "sub_configs", None) or {}) for key in _MULTIMODAL_SUBCONFIGS):
+        raise ModelLoadError(f"{name} is a multimodal model; the transformers fallback runs text models only")
+    arch = _architecture_for(name, hf_class, config)
+    if "input_ids" not in _forward_parameters(arch.hf_class):
+        raise ModelLoadError(f"{arch.hf_class.__name__} takes no input_ids; the transformers fallback runs text models only")
+    return arch
