@@ -104,3 +104,40 @@ def test_qwen3_reranker_is_recognised_and_uses_its_template(tmp_path):
     ranked = llm.rerank(QUERY, DOCS, instruction="Find the capital")
     assert sorted(r.index for r in ranked) == [0, 1, 2]
     assert LLM(str(path), hf_overrides={"is_original_qwen3_reranker": False, "architectures": ["Qwen3Model"]}).score_type == "bi-encoder"
+
+
+def test_qwen3_embedding_sentence_transformers_config_and_prompts(tmp_path):
+    """lasttoken + Normalize and instruction prompts, as Qwen3-Embedding ships them."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.models import Normalize, Pooling, Transformer
+
+    from tiny_models import build_qwen
+
+    backbone = build_qwen(tmp_path / "qwen3", "qwen3", task="embed", init_range=1.0)
+    st = SentenceTransformer(
+        modules=[Transformer(str(backbone)), Pooling(32, pooling_mode="lasttoken"), Normalize()], device="cpu"
+    )
+    st.prompts = {"query": "Instruct: find the capital\nQuery:"}
+    st.save(str(tmp_path / "st"))
+    texts = ["what is the capital of france", "hello", "berlin is the capital of germany " * 3]
+    llm = LLM(str(tmp_path / "st"))
+    assert llm.model.describe()["tasks"]["embed"]["pooling_type"]["value"] == "LAST"
+    for prompt_name in (None, "query"):
+        ref = torch.tensor(st.encode(texts, prompt_name=prompt_name))
+        got = torch.tensor([o.outputs.embedding for o in llm.embed(texts, prompt_name=prompt_name)])
+        assert torch.nn.functional.cosine_similarity(got, ref).min() >= 0.99999
+        assert (got - ref).abs().max() <= 1e-4
+    result = CliRunner().invoke(app, ["embed", "--model", str(tmp_path / "st"), "--prompt-name", "query", texts[0]])
+    assert result.exit_code == 0, result.stderr
+    cli = torch.tensor(json.loads(result.stdout)["embedding"])
+    assert torch.allclose(cli, torch.tensor(llm.embed(texts[0], prompt_name="query")[0].outputs.embedding), atol=1e-6)
+
+
+def test_convert_classify_needs_a_head(tmp_path):
+    from poolkit import ModelLoadError
+    from tiny_models import build_qwen
+
+    lm = build_qwen(tmp_path / "plain-lm", "qwen3", task="lm")
+    with pytest.raises(ModelLoadError, match="convert='classify' needs a checkpoint with a classification head"):
+        LLM(str(lm), convert="classify")
+    assert LLM(str(lm), convert="embed").supported_tasks == ["embed", "token_embed"]
