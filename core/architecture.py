@@ -40,6 +40,12 @@ class Architecture(torch.nn.Module):
     default_pooler_config: ClassVar[dict[str, Any]] = {}
     #: Whether the model consumes token type (segment) ids.
     uses_token_type_ids: ClassVar[bool] = False
+    #: The tasks this architecture may serve, or ``None`` for all whose heads it can feed (a
+    #: late-interaction model offers ``token_embed`` only, say).
+    pooling_tasks: ClassVar[frozenset[str] | None] = None
+    #: How :meth:`LLM.score` compares texts with this model (``"late-interaction"`` for MaxSim),
+    #: or ``None`` to derive it from the tasks (cross-encoder, else bi-encoder).
+    score_type: ClassVar[str | None] = None
     #: How the model runs, for ``poolkit info``: ``"native"`` (packed, poolkit's own code) or,
     #: for instance, ``"fallback (transformers)"``.
     implementation: ClassVar[str] = "native"
@@ -85,6 +91,14 @@ class Architecture(torch.nn.Module):
         """The classifier of token vectors, ``[T, H] -> [T, num_labels]``; ``None`` if there is none.
 
         Its presence makes the ``token_classify`` task (and ``LLM.reward``) available.
+        """
+        return None
+
+    def task_head(self, task: Any, model: Any) -> Any:
+        """A head of this architecture's own for ``task`` (a :class:`poolkit.tasks.Task`), or ``None``.
+
+        ``None`` (the default) lets the task build its head from the poolers and the
+        classifiers above; SPLADE returns its sparse head for ``embed``, for instance.
         """
         return None
 

@@ -222,6 +222,9 @@ class Engine:
         head = self.model.head(task)
         if head is None:
             raise InvalidRequest(f"model '{self.model.name}' does not support task '{task.name}'")
+        media = [i for i, p in enumerate(prompts) if p.text is None and p.token_ids is None]
+        if media:
+            return self._run_mixed(task, prompts, params, media, progress)
         chunked = task.chunkable and self.model.pooler_config.enable_chunked_processing
         encoded = self.tokenize(prompts, params, chunked)
         for i, enc in enumerate(encoded):
@@ -281,6 +284,66 @@ class Engine:
         w = torch.tensor(weights, dtype=torch.float32).unsqueeze(1)
         mean = (stacked * w).sum(0) / w.sum()
         return torch.nn.functional.normalize(mean, dim=-1) if renormalize else mean
+
+    def _run_mixed(
+        self,
+        task: Task,
+        prompts: Sequence[Prompt],
+        params: Sequence[PoolingParams],
+        media: list[int],
+        progress: Callable[[int, int], None] | None,
+    ) -> list[tuple[torch.Tensor, list[int]]]:
+        """Run prompts of text and prompts of tensors (images, ...) apart, results in input order."""
+        results: list[tuple[torch.Tensor, list[int]] | None] = [None] * len(prompts)
+        texts = [i for i in range(len(prompts)) if i not in set(media)]
+        if texts:
+            for i, r in zip(texts, self.run(task, [prompts[i] for i in texts], [params[i] for i in texts], progress)):
+                results[i] = r
+        for i, r in zip(media, self._run_tensors(self.model.head(task), [prompts[i] for i in media], [params[i] for i in media], progress)):
+            results[i] = (r, [])
+        return results  # type: ignore[return-value]
+
+    def _run_tensors(
+        self,
+        head: Callable,
+        prompts: Sequence[Prompt],
+        params: Sequence[PoolingParams],
+        progress: Callable[[int, int], None] | None,
+    ) -> list[torch.Tensor]:
+        """Prompts that carry tensors in ``extras`` instead of text: each is a one-token sequence.
+
+        Prompts with the same tensor keys and shapes are stacked into one batch's ``extras``
+        (``batch.extras["pixel_values"]`` is ``[n, 3, H, W]``, say); the architecture returns one
+        row per prompt, which the head pools like any sequence.
+        """
+        groups: dict[tuple, list[int]] = {}
+        for i, prompt in enumerate(prompts):
+            tensors = {k: v for k, v in prompt.extras.items() if isinstance(v, torch.Tensor)}
+            if not tensors:
+                raise InvalidRequest(f"prompt {i} has neither text, token ids nor data the model can read")
+            key = tuple(sorted((k, tuple(v.shape)) for k, v in tensors.items()))
+            groups.setdefault(key, []).append(i)
+        results: list[torch.Tensor | None] = [None] * len(prompts)
+        step = max(1, self.max_batch_tokens // 128)
+        for members in groups.values():
+            for start in range(0, len(members), step):
+                chunk = members[start : start + step]
+                batch = PackedBatch(
+                    torch.zeros(len(chunk), dtype=torch.long, device=self.model.device),
+                    [1] * len(chunk),
+                    extras={
+                        k: torch.stack([prompts[i].extras[k] for i in chunk]).to(self.model.device)
+                        for k, v in prompts[chunk[0]].extras.items()
+                        if isinstance(v, torch.Tensor)
+                    },
+                )
+                with torch.inference_mode():
+                    outputs = head(self.model.architecture(batch), batch, [params[i] for i in chunk])
+                for i, out in zip(chunk, outputs):
+                    results[i] = out.cpu()
+                if progress is not None:
+                    progress(len(chunk), 0)
+        return results  # type: ignore[return-value]
 
     def _run(
         self,

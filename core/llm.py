@@ -367,7 +367,9 @@ class LLM:
 
     @property
     def score_type(self) -> str:
-        """How :meth:`score` compares texts: ``cross-encoder`` or ``bi-encoder``."""
+        """How :meth:`score` compares texts: ``cross-encoder``, ``late-interaction`` or ``bi-encoder``."""
+        if self.model.architecture.score_type is not None:
+            return self.model.architecture.score_type
         tasks = self.model.supported_tasks()
         if "classify" in tasks and self.model.architecture.num_labels == 1:
             return "cross-encoder"

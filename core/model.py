@@ -249,8 +249,14 @@ class PoolingModel:
         return task
 
     def head(self, task: Task) -> Head | None:
+        """The head serving ``task``: the architecture's own, else the task's; ``None`` if neither."""
         if task.name not in self._heads:
-            self._heads[task.name] = task.build(self)
+            offered = self.architecture.pooling_tasks
+            if offered is not None and task.name not in offered:
+                self._heads[task.name] = None
+            else:
+                own = self.architecture.task_head(task, self)
+                self._heads[task.name] = own if own is not None else task.build(self)
         return self._heads[task.name]
 
     def supported_tasks(self) -> list[str]:
