@@ -27,6 +27,7 @@ from .outputs import (
     ScoringOutput,
     ScoringRequestOutput,
 )
+from .kernel import select_kernel
 from .plugins import get_manager, registry
 from .progress import progress_bar
 
@@ -140,6 +141,8 @@ class LLM:
 
     def _prompts(self, prompts: Any, prompt_name: str | None) -> list[Prompt]:
         parsed = list(registry("io_processor").get("text").pre_process(prompts))
+        if any("image" in p.extras for p in parsed):
+            parsed = list(registry("io_processor").get("image").pre_process({"prompts": parsed, "model": self.model}))
         prefix = self._prompt_prefix(prompt_name)
         if prefix:
             for p in parsed:
@@ -415,6 +418,8 @@ class LLM:
             return self._cross_encode(prompts, pooling_params, use_tqdm, tokenization_kwargs)
         if chat_template is not None or instruction is not None:
             raise InvalidRequest("chat_template and instruction apply to cross-encoder scoring only")
+        if self.score_type == "late-interaction":
+            return self._late_interaction(first, second, pooling_params, use_tqdm)
         unique = list(dict.fromkeys(first + second))
         embedded = self.encode(
             unique, pooling_params, pooling_task="embed", use_tqdm=use_tqdm, tokenization_kwargs=tokenization_kwargs
@@ -432,6 +437,35 @@ class LLM:
                 )
             )
         return results
+
+    def _late_interaction(
+        self, first: list[str], second: list[str], pooling_params: Any, use_tqdm: bool
+    ) -> list[ScoringRequestOutput]:
+        """MaxSim of query and document token vectors, with the model's ColBERT markers."""
+        colbert = registry("io_processor").get("colbert")
+        queries = list(dict.fromkeys(first))
+        docs = list(dict.fromkeys(second))
+        prompts = list(colbert.pre_process({"texts": queries, "kind": "query", "model": self.model}))
+        prompts += colbert.pre_process({"texts": docs, "kind": "document", "model": self.model})
+        task = self.model.task("token_embed")
+        params = self._params(pooling_params, len(prompts), task.name, None)
+        with progress_bar(len(prompts), enabled=use_tqdm) as advance:
+            results = self.engine.run(task, prompts, params, progress=advance)
+        q_vectors = dict(zip(queries, results[: len(queries)]))
+        d_vectors = dict(zip(docs, results[len(queries) :]))
+        maxsim = select_kernel("maxsim", self.model.device)
+        out = []
+        for query in dict.fromkeys(first):
+            members = [i for i, q in enumerate(first) if q == query]
+            doc_rows = [d_vectors[second[i]][0] for i in members]
+            cu = torch.tensor([0] + [len(d) for d in doc_rows]).cumsum(0)
+            scores = maxsim(q_vectors[query][0], torch.cat(doc_rows), cu)
+            for i, score in zip(members, scores.tolist()):
+                out.append((i, score, q_vectors[query][1] + d_vectors[second[i]][1]))
+        return [
+            ScoringRequestOutput(str(next(self._request_ids)), ScoringOutput(score), ids)
+            for _, score, ids in sorted(out, key=lambda r: r[0])
+        ]
 
     def _pair_prompts(
         self, first: list[str], second: list[str], chat_template: str | None, instruction: str | None

@@ -1,0 +1,105 @@
+"""MaxSim, ColBERT's late-interaction score: for each query token, the best document token.
+
+``score = sum over query tokens q of max over document tokens d of q . d`` (fp32). The torch
+reference pads the documents of a call into one ``[N, L, D]`` block; the Triton kernel walks each
+document's packed tokens in tiles and keeps a running maximum per query token.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+from poolkit.hookspecs import hookimpl
+from poolkit.kernel import Kernel
+
+
+def maxsim_reference(query: torch.Tensor, docs: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+    """MaxSim of one query against packed documents.
+
+    Args:
+        query: ``[Lq, D]`` query token vectors.
+        docs: ``[T, D]`` every document's token vectors, concatenated.
+        cu_seqlens: ``[N + 1]`` offsets: document ``i`` is ``docs[cu_seqlens[i]:cu_seqlens[i + 1]]``.
+
+    Returns:
+        ``[N]`` fp32 scores.
+    """
+    lens = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
+    n, width = len(lens), max(lens) if lens else 0
+    padded = docs.new_zeros((n, width, docs.shape[-1]), dtype=torch.float32)
+    mask = torch.zeros((n, width), dtype=torch.bool, device=docs.device)
+    for i, (start, length) in enumerate(zip(cu_seqlens[:-1].tolist(), lens)):
+        padded[i, :length] = docs[start : start + length].float()
+        mask[i, :length] = True
+    sims = torch.einsum("qd,ntd->nqt", query.float(), padded)
+    sims = sims.masked_fill(~mask.unsqueeze(1), float("-inf"))
+    best = sims.max(dim=-1).values
+    return torch.where(torch.isinf(best), torch.zeros_like(best), best).sum(dim=-1)
+
+
+def _triton_available() -> bool:
+    return importlib.util.find_spec("triton") is not None and torch.cuda.is_available()
+
+
+def maxsim_triton(query: torch.Tensor, docs: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+    """The same as :func:`maxsim_reference`, as one Triton program per document."""
+    import triton
+
+    kernel = _maxsim_kernel()
+    n = cu_seqlens.numel() - 1
+    lq, dim = query.shape
+    out = torch.empty(n, dtype=torch.float32, device=docs.device)
+    if n == 0:
+        return out
+    block_q = max(16, triton.next_power_of_2(lq))
+    block_d = max(16, triton.next_power_of_2(dim))
+    kernel[(n,)](
+        query.contiguous(), docs.contiguous(), cu_seqlens.to(torch.int32).contiguous(), out,
+        lq, dim, BLOCK_Q=block_q, BLOCK_D=block_d, BLOCK_T=16,
+    )
+    return out
+
+
+_KERNEL = None
+
+
+def _maxsim_kernel():
+    """Compile the Triton kernel once (importing triton only when it is used)."""
+    global _KERNEL
+    if _KERNEL is not None:
+        return _KERNEL
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def maxsim_kernel(q_ptr, d_ptr, cu_ptr, out_ptr, lq, dim, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr):
+        doc = tl.program_id(0)
+        start = tl.load(cu_ptr + doc)
+        end = tl.load(cu_ptr + doc + 1)
+        rq = tl.arange(0, BLOCK_Q)
+        rd = tl.arange(0, BLOCK_D)
+        q = tl.load(q_ptr + rq[:, None] * dim + rd[None, :], mask=(rq[:, None] < lq) & (rd[None, :] < dim), other=0.0)
+        q = q.to(tl.float32)
+        best = tl.full((BLOCK_Q,), float("-inf"), tl.float32)
+        for t0 in range(start, end, BLOCK_T):
+            rt = t0 + tl.arange(0, BLOCK_T)
+            d = tl.load(d_ptr + rt[:, None] * dim + rd[None, :], mask=(rt[:, None] < end) & (rd[None, :] < dim), other=0.0)
+            sims = tl.dot(q, tl.trans(d.to(tl.float32)))
+            sims = tl.where(rt[None, :] < end, sims, float("-inf"))
+            best = tl.maximum(best, tl.max(sims, axis=1))
+        best = tl.where((rq < lq) & (best > float("-inf")), best, 0.0)
+        tl.store(out_ptr + doc, tl.sum(best, axis=0))
+
+    _KERNEL = maxsim_kernel
+    return _KERNEL
+
+
+@hookimpl
+def poolkit_register_kernels(register):
+    register("maxsim:torch", Kernel(fn=maxsim_reference, reference=maxsim_reference, device="any"))
+    register(
+        "maxsim:triton",
+        Kernel(fn=maxsim_triton, reference=maxsim_reference, device="cuda", priority=10, is_available=_triton_available),
+    )

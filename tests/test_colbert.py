@@ -1,0 +1,135 @@
+"""ColBERT (HF_ColBERT layout): projected token vectors, MaxSim scoring, markers, the MaxSim kernel."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from typer.testing import CliRunner
+
+from poolkit import LLM
+from poolkit.cli import app
+from poolkit.kernel import select_kernel
+
+QUERY = "what is the capital of france"
+DOCS = ["paris is the capital of france", "hello world", "the quick brown fox jumps over the lazy dog", "berlin"]
+
+
+@pytest.fixture(scope="module")
+def colbert_dir(tmp_path_factory):
+    """A tiny BERT + 16-wide linear projection saved as colbert-ai does (``bert.`` + ``linear``)."""
+    from tiny_models import build_encoder
+
+    path = build_encoder(tmp_path_factory.mktemp("colbert") / "tiny-colbert", "bert", init_range=0.5)
+    state = {f"bert.{k}": v for k, v in load_file(str(path / "model.safetensors")).items()}
+    torch.manual_seed(5)
+    state["linear.weight"] = torch.randn(16, 32) * 0.3
+    save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
+    config = json.loads((path / "config.json").read_text())
+    config.update(architectures=["HF_ColBERT"], dim=16)
+    (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
+def reference_vectors(path, ids_list):
+    """transformers BertModel hidden states, projected by ``linear`` and normalised, per sequence."""
+    from transformers import BertModel
+
+    hf = BertModel.from_pretrained(str(path), add_pooling_layer=False).eval()
+    weight = load_file(str(path / "model.safetensors"))["linear.weight"]
+    out = []
+    for ids in ids_list:
+        with torch.no_grad():
+            hidden = hf(input_ids=torch.tensor([ids])).last_hidden_state[0]
+        out.append(torch.nn.functional.normalize(hidden @ weight.T, dim=-1))
+    return out
+
+
+def test_token_vectors_match_transformers_plus_projection(colbert_dir):
+    llm = LLM(str(colbert_dir))
+    assert llm.supported_tasks == ["token_embed"] and llm.score_type == "late-interaction"
+    outs = llm.encode(DOCS, pooling_task="token_embed")
+    refs = reference_vectors(colbert_dir, [o.prompt_token_ids for o in outs])
+    for out, ref in zip(outs, refs):
+        assert out.outputs.data.shape == ref.shape == (len(out.prompt_token_ids), 16)
+        assert torch.allclose(out.outputs.data, ref, atol=1e-4)
+
+
+def test_maxsim_scores_equal_the_reference(colbert_dir):
+    llm = LLM(str(colbert_dir))
+    tok = llm.get_tokenizer()
+    q_ref, *d_refs = reference_vectors(colbert_dir, [tok(t)["input_ids"] for t in [QUERY, *DOCS]])
+    expected = [(q_ref @ d.T).max(dim=1).values.sum().item() for d in d_refs]
+    got = [s.outputs.score for s in llm.score(QUERY, DOCS)]
+    assert got == pytest.approx(expected, abs=1e-4)
+    ranked = llm.rerank(QUERY, DOCS)
+    assert [r.index for r in ranked] == sorted(range(len(DOCS)), key=lambda i: -expected[i])
+    pairwise = [s.outputs.score for s in llm.score([QUERY, DOCS[0]], [DOCS[1], DOCS[2]])]
+    assert pairwise[0] == pytest.approx(expected[1], abs=1e-4)
+
+
+def test_markers_and_query_expansion(colbert_dir, tmp_path):
+    import shutil
+
+    path = tmp_path / "with-markers"
+    shutil.copytree(colbert_dir, path)
+    (path / "artifact.metadata").write_text(
+        json.dumps({"query_token_id": "<s>", "doc_token_id": "</s>", "query_maxlen": 12, "doc_maxlen": 9})
+    )
+    llm = LLM(str(path))
+    tok = llm.get_tokenizer()
+    q_marker, d_marker = tok.convert_tokens_to_ids("<s>"), tok.convert_tokens_to_ids("</s>")
+    plain_q = tok(QUERY, truncation=True, max_length=11)["input_ids"]
+    query_ids = plain_q[:1] + [q_marker] + plain_q[1:]
+    query_ids += [tok.mask_token_id] * (12 - len(query_ids))
+    doc_ids = [tok(d, truncation=True, max_length=8)["input_ids"] for d in DOCS]
+    doc_ids = [ids[:1] + [d_marker] + ids[1:] for ids in doc_ids]
+    q_ref, *d_refs = reference_vectors(path, [query_ids, *doc_ids])
+    expected = [(q_ref @ d.T).max(dim=1).values.sum().item() for d in d_refs]
+    got = [s.outputs.score for s in llm.score(QUERY, DOCS)]
+    assert got == pytest.approx(expected, abs=1e-4)
+    assert got != pytest.approx([s.outputs.score for s in LLM(str(colbert_dir)).score(QUERY, DOCS)], abs=1e-3)
+
+
+def test_maxsim_reference_kernel():
+    torch.manual_seed(0)
+    query = torch.randn(5, 8)
+    docs = [torch.randn(n, 8) for n in (3, 1, 7)]
+    cu = torch.tensor([0, 3, 4, 11])
+    got = select_kernel("maxsim", "cpu")(query, torch.cat(docs), cu)
+    expected = torch.stack([(query @ d.T).max(dim=1).values.sum() for d in docs])
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_maxsim_triton_kernel_interpreted():
+    pytest.importorskip("triton", reason="pip install triton to test the Triton kernels")
+    script = textwrap.dedent(
+        """
+        import torch
+        from poolkit.kernels.maxsim import maxsim_reference, maxsim_triton
+        torch.manual_seed(1)
+        query = torch.randn(7, 24)
+        lens = [5, 1, 33, 16]
+        docs = torch.randn(sum(lens), 24)
+        cu = torch.tensor([0] + lens).cumsum(0)
+        got, ref = maxsim_triton(query, docs, cu), maxsim_reference(query, docs, cu)
+        assert torch.allclose(got, ref, atol=1e-4), (got, ref)
+        print("ok", got.tolist())
+        """
+    )
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0 and result.stdout.startswith("ok"), result.stderr[-2000:]
+
+
+def test_cli_rerank_with_colbert(colbert_dir):
+    result = CliRunner().invoke(app, ["rerank", "--model", str(colbert_dir), "--query", QUERY, *DOCS])
+    assert result.exit_code == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["index"] for r in rows] == [r.index for r in LLM(str(colbert_dir)).rerank(QUERY, DOCS)]
