@@ -1,14 +1,15 @@
-"""ColBERT late-interaction models: a BERT encoder whose token vectors are projected.
+"""ColBERT late-interaction models: an encoder whose token vectors are projected.
 
 The ``HF_ColBERT`` layout (colbert-ai, answerai-colbert-small-v1) keeps the BERT encoder under
-``bert.`` and the projection as ``linear.weight``. Its output width comes from the config
-(``dim``, ``colbert_dim`` or ``projection_dim``) or from the weight itself. The model serves
-``token_embed`` only (projected, then L2-normalised by the task), and scores pairs by MaxSim.
+``bert.`` and the projection as ``linear.weight``; ``ColBERTModernBertModel`` (chosen with
+``hf_overrides={"architectures": [...]}``) does the same on ModernBERT. Without a projection in
+the checkpoint, the sentence-transformers / PyLate Dense module (``1_Dense``) projects instead.
+The models serve ``token_embed`` only (L2-normalised by the task) and score pairs by MaxSim.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Iterable
+from typing import Any, ClassVar, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -16,45 +17,58 @@ from torch import nn
 
 from poolkit.batch import PackedBatch
 from poolkit.builtin_models.bert import BertModel
+from poolkit.builtin_models.modernbert import ModernBertModel
 from poolkit.errors import ModelLoadError
 from poolkit.hookspecs import hookimpl
 
-_DIM_KEYS = ("dim", "colbert_dim", "projection_dim")
+_PROJECTIONS = ("linear.weight", "colbert_linear.weight")
 
 
-class ColBERTModel(BertModel):
-    """``HF_ColBERT``: BERT hidden states through ``linear`` (no bias), one vector per token."""
+class _ColBERT:
+    """Mixin: a bias-free projection of every token vector, read from the checkpoint if present."""
 
     pooling_tasks: ClassVar[frozenset[str] | None] = frozenset({"token_embed"})
     score_type: ClassVar[str | None] = "late-interaction"
-    head_prefixes: ClassVar[tuple[str, ...]] = ("linear.",)
-
-    def __init__(self, config: Any) -> None:
-        super().__init__(config)
-        dim = next((int(getattr(config, k)) for k in _DIM_KEYS if getattr(config, k, None)), config.hidden_size)
-        self.linear = nn.Linear(config.hidden_size, dim, bias=False)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        def resize_linear(stream: Iterable[tuple[str, torch.Tensor]]) -> Iterable[tuple[str, torch.Tensor]]:
-            for name, tensor in stream:
-                if name in ("linear.weight", "colbert_linear.weight"):
-                    if tensor.ndim != 2 or tensor.shape[1] != self.config.hidden_size:
-                        raise ModelLoadError(
-                            f"ColBERT projection '{name}' has shape {tuple(tensor.shape)}; it must take the "
-                            f"encoder's {self.config.hidden_size} features"
-                        )
-                    if tensor.shape[0] != self.linear.out_features:
-                        self.linear = nn.Linear(tensor.shape[1], tensor.shape[0], bias=False)
-                    name = "linear.weight"
-                yield name, tensor
+        found: dict[str, torch.Tensor] = {}
 
-        super().load_weights(resize_linear(weights))
+        def without_projection(stream: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
+            for name, tensor in stream:
+                if name in _PROJECTIONS:
+                    found["weight"] = tensor
+                else:
+                    yield name, tensor
+
+        super().load_weights(without_projection(weights))
+        weight = found.get("weight")
+        self.linear = None
+        if weight is not None:
+            if weight.ndim != 2 or weight.shape[1] != self.config.hidden_size:
+                raise ModelLoadError(
+                    f"the ColBERT projection has shape {tuple(weight.shape)}; it must take the encoder's "
+                    f"{self.config.hidden_size} features"
+                )
+            self.linear = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+            with torch.no_grad():
+                self.linear.weight.copy_(weight)
 
     def forward(self, batch: PackedBatch) -> torch.Tensor:
         hidden = super().forward(batch)
+        if self.linear is None:
+            return hidden
         return F.linear(hidden, self.linear.weight.to(hidden.dtype))
+
+
+class ColBERTModel(_ColBERT, BertModel):
+    """``HF_ColBERT``: BERT hidden states through ``linear``, one vector per token."""
+
+
+class ColBERTModernBertModel(_ColBERT, ModernBertModel):
+    """ModernBERT ColBERT (GTE-ModernColBERT style): hidden states through the projection."""
 
 
 @hookimpl
 def poolkit_register_architectures(register):
     register("HF_ColBERT", ColBERTModel)
+    register("ColBERTModernBertModel", ColBERTModernBertModel)

@@ -374,6 +374,8 @@ class LLM:
         if self.model.architecture.score_type is not None:
             return self.model.architecture.score_type
         tasks = self.model.supported_tasks()
+        if self.model.st is not None and self.model.st.late_interaction and "token_embed" in tasks:
+            return "late-interaction"
         if "classify" in tasks and self.model.architecture.num_labels == 1:
             return "cross-encoder"
         if "embed" in tasks:

@@ -181,7 +181,8 @@ class PoolingModel:
         """
         if self.pooler_config.use_activation is not None:
             return Setting(self.pooler_config.use_activation, "pooler_config")
-        if from_st_normalize and self.st is not None and self.st.model_type in (None, "SentenceTransformer"):
+        st_embedder = self.st is not None and self.st.model_type in (None, "SentenceTransformer")
+        if from_st_normalize and st_embedder and not self.st.late_interaction:  # PyLate normalises in code
             return Setting(self.st.normalize, "sentence-transformers modules.json (Normalize)")
         default = self.config_value("use_activation")
         return default if default.value is not None else Setting(True, "default")

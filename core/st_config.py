@@ -85,6 +85,8 @@ class STConfig:
     model_type: str | None = None
     #: A CrossEncoder's activation, as a ``torch.nn`` class path.
     activation_fn: str | None = None
+    #: A multi-vector (ColBERT / PyLate) model: query and document settings are present.
+    late_interaction: bool = False
 
 
 def _torch_activation(name: str | None) -> torch.nn.Module:
@@ -178,4 +180,5 @@ def read_st_config(model_dir: Path, allow_pickle: bool = False) -> STConfig | No
         st.similarity_fn_name = cfg.get("similarity_fn_name")
         st.model_type = cfg.get("model_type")
         st.activation_fn = cfg.get("activation_fn")
+        st.late_interaction = any(cfg.get(k) for k in ("query_prefix", "query_length", "document_length"))
     return st

@@ -133,3 +133,53 @@ def test_cli_rerank_with_colbert(colbert_dir):
     assert result.exit_code == 0, result.stderr
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["index"] for r in rows] == [r.index for r in LLM(str(colbert_dir)).rerank(QUERY, DOCS)]
+
+
+def test_pylate_layout_with_dense_and_prefixes(tmp_path):
+    """A sentence-transformers / PyLate ColBERT: BertModel + Dense, markers in its config."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.models import Dense, Transformer
+
+    from tiny_models import build_encoder
+
+    backbone = build_encoder(tmp_path / "backbone", "bert", init_range=0.5)
+    torch.manual_seed(2)
+    dense = Dense(32, 16, bias=False, activation_function=torch.nn.Identity())
+    SentenceTransformer(modules=[Transformer(str(backbone)), dense], device="cpu").save(str(tmp_path / "pylate"))
+    path = tmp_path / "pylate"
+    config = json.loads((path / "config_sentence_transformers.json").read_text())
+    config.update(query_prefix="<s> ", document_prefix="</s> ", query_length=12, document_length=9, do_query_expansion=True)
+    (path / "config_sentence_transformers.json").write_text(json.dumps(config))
+    llm = LLM(str(path))
+    assert llm.score_type == "late-interaction"
+    tok = llm.get_tokenizer()
+    marker = tok.convert_tokens_to_ids("<s>")
+    q = tok(QUERY, truncation=True, max_length=11)["input_ids"]
+    q = q[:1] + [marker] + q[1:]
+    q += [tok.mask_token_id] * (12 - len(q))
+    (query,) = llm.encode({"prompt_token_ids": q}, pooling_task="token_embed")
+    from transformers import BertModel
+
+    hf = BertModel.from_pretrained(str(backbone), add_pooling_layer=False).eval()
+    with torch.no_grad():
+        hidden = hf(input_ids=torch.tensor([q])).last_hidden_state[0]
+    expected = torch.nn.functional.normalize(dense.linear(hidden), dim=-1)
+    assert torch.allclose(query.outputs.data, expected, atol=1e-4)
+    assert len(llm.score(QUERY, DOCS)) == len(DOCS)
+
+
+def test_modernbert_colbert_by_override(tmp_path):
+    from tiny_models import build_modernbert
+
+    path = build_modernbert(tmp_path / "mb", "embed")
+    state = load_file(str(path / "model.safetensors"))
+    torch.manual_seed(3)
+    state["linear.weight"] = torch.randn(8, 32)
+    save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
+    llm = LLM(str(path), hf_overrides={"architectures": ["ColBERTModernBertModel"]})
+    plain = LLM(str(path), pooler_config={"use_activation": False})
+    assert llm.score_type == "late-interaction"
+    (vectors,) = llm.encode("hello world", pooling_task="token_embed")
+    (hidden,) = plain.encode("hello world", pooling_task="token_embed")
+    expected = torch.nn.functional.normalize(hidden.outputs.data @ state["linear.weight"].T, dim=-1)
+    assert torch.allclose(vectors.outputs.data, expected, atol=1e-5)
