@@ -262,9 +262,25 @@ def _run_task(task, texts, input_file, model, pooler_config, hf_overrides, runne
     _emit(rows, fmt, value_key)
 
 
+def _embed_images(images, texts, input_file, model, pooler_config, hf_overrides, runner, convert, dtype, device,
+                  allow_pickle, dimensions, fmt, quiet, verbose) -> None:
+    """``poolkit embed --image FILE ...``: one record per image, with its index and embedding."""
+    from .config import PoolingParams
+
+    _setup_logging(quiet, verbose)
+    if texts or input_file:
+        raise InvalidRequest("pass --image files or texts (arguments or -i FILE), not both")
+    llm = _load(model, pooler_config, hf_overrides, runner, convert, dtype, device, allow_pickle)
+    params = PoolingParams(dimensions=dimensions) if dimensions is not None else None
+    prompts = [{"prompt": "", "multi_modal_data": {"image": image}} for image in images]
+    outputs = llm.embed(prompts, params, use_tqdm=not quiet)
+    _emit([{"index": i, "embedding": out.outputs.embedding} for i, out in enumerate(outputs)], fmt, "embedding")
+
+
 @app.command()
 def embed(
     texts: List[str] = typer.Argument(None, help="Texts to embed."),
+    images: List[str] = typer.Option(None, "--image", help="An image file to embed (repeatable; models that read images, such as CLIP)."),
     input_file: Optional[str] = InputOpt,
     model: Optional[str] = ModelOpt,
     fmt: Format = FormatOpt,
@@ -282,8 +298,12 @@ def embed(
     quiet: bool = QuietOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
-    """Embed texts: one record per input with its index (or id) and embedding."""
+    """Embed texts, or images with --image: one record per input with its index (or id) and embedding."""
     with _errors():
+        if images:
+            _embed_images(images, texts, input_file, model, pooler_config, hf_overrides, runner, convert, dtype,
+                          device, allow_pickle, dimensions, fmt, quiet, verbose)
+            return
         _run_task("embed", texts, input_file, model, pooler_config, hf_overrides, runner, convert, dtype, device,
                   allow_pickle, dimensions, truncate_prompt_tokens, truncation_side, prompt_name, fmt, quiet, verbose)
 

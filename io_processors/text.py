@@ -16,8 +16,10 @@ def _describe(value: Any) -> str:
 class TextProcessor(IOProcessor):
     """Accepts what ``LLM.embed`` accepts in vLLM.
 
-    A string, a ``{"prompt": str}`` dict, a ``{"prompt_token_ids": [int, ...]}`` dict, or a
-    list of those. A single input gives a one-element list of prompts.
+    A string, a ``{"prompt": str}`` dict, a ``{"prompt_token_ids": [int, ...]}`` dict, an image
+    prompt ``{"prompt": "", "multi_modal_data": {"image": ...}}`` (its image left in
+    ``extras["image"]`` for the "image" IO processor), or a list of those. A single input gives a
+    one-element list of prompts.
     """
 
     def parse_data(self, data: Any) -> list[Any]:
@@ -39,6 +41,8 @@ class TextProcessor(IOProcessor):
         if isinstance(item, str):
             return Prompt(text=item)
         if isinstance(item, dict):
+            if item.get("multi_modal_data") is not None:
+                return TextProcessor._media_prompt(index, item)
             if isinstance(item.get("prompt"), str):
                 return Prompt(text=item["prompt"])
             ids = item.get("prompt_token_ids")
@@ -52,6 +56,36 @@ class TextProcessor(IOProcessor):
         raise InvalidRequest(
             f"prompt {index} must be a string (or a dict with 'prompt' or 'prompt_token_ids'), got {_describe(item)}"
         )
+
+    @staticmethod
+    def _media_prompt(index: int, item: dict) -> Prompt:
+        """``{"prompt": "", "multi_modal_data": {"image": X}}``: an image-only prompt.
+
+        The image is decoded later, by the "image" IO processor; a prompt carries text or an
+        image, never both (as vLLM's CLIP and SigLIP require).
+        """
+        media = item["multi_modal_data"]
+        if not isinstance(media, dict):
+            raise InvalidRequest(f"prompt {index}: multi_modal_data must be a dict such as {{'image': ...}}")
+        unknown = sorted(str(k) for k in media if k != "image")
+        if unknown:
+            raise InvalidRequest(f"prompt {index}: unsupported multi_modal_data {', '.join(unknown)}; only 'image' is supported")
+        image = media.get("image")
+        if image is None:
+            raise InvalidRequest(f"prompt {index}: multi_modal_data has no image")
+        if isinstance(image, (list, tuple)):
+            if len(image) != 1:
+                raise InvalidRequest(f"prompt {index}: one image per prompt, got {len(image)}")
+            image = image[0]
+        text = item.get("prompt", "")
+        if text is not None and not isinstance(text, str):
+            raise InvalidRequest(f"prompt {index}: 'prompt' must be a string, got {_describe(text)}")
+        if text or item.get("prompt_token_ids"):
+            raise InvalidRequest(
+                f"prompt {index}: CLIP accepts text-only or image-only inputs, not both! "
+                "You must pass an image with an empty text prompt."
+            )
+        return Prompt(text=None, extras={"image": image})
 
 
 class TextPairProcessor(IOProcessor):

@@ -322,3 +322,96 @@ def build_transformers_model(
     if family == "Electra":  # its tokenizer gives segment ids, as ElectraTokenizer does
         give_segment_ids(out)
     return out
+
+
+def build_clip(out: Path, seed: int = 0, gain: float = 2.0, image_size: int = 32, patch_size: int = 8) -> Path:
+    """A tiny ``CLIPModel`` (text and vision towers, 16-wide projections) with a WordPiece
+    tokenizer and a Pillow CLIP image processor, saved to ``out``.
+
+    The text config's ``eos_token_id`` is the tokenizer's ``[SEP]`` (not the legacy 2), so
+    transformers pools the first ``[SEP]`` of each text, which closes it. Every parameter is drawn
+    again: matrices with std ``gain / sqrt(fan_in)``, token and position embeddings with std 1,
+    LayerNorm weights around 1 and biases (and the class embedding) around 0 with std 0.2, so
+    different inputs get clearly different embeddings and a dropped parameter would show.
+    """
+    tok = wordpiece_tokenizer(model_max_length=64)
+    config = T.CLIPConfig(
+        text_config=dict(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=64,
+            pad_token_id=tok.pad_token_id,
+            bos_token_id=tok.cls_token_id,
+            eos_token_id=tok.sep_token_id,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=image_size,
+            patch_size=patch_size,
+        ),
+        projection_dim=16,
+    )
+    torch.manual_seed(seed)  # transformers 5 initialises weights when the model is built
+    model = T.CLIPModel(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 0:  # logit_scale
+                continue
+            if p.ndim == 1:
+                p.normal_(1.0 if "norm" in name and name.endswith("weight") else 0.0, 0.2)
+            elif name.endswith(("token_embedding.weight", "position_embedding.weight")):
+                p.normal_(0.0, 1.0)
+            else:
+                p.normal_(0.0, gain * p[0].numel() ** -0.5)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    T.CLIPImageProcessorPil(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    ).save_pretrained(out)
+    return out
+
+
+def build_masked_lm(
+    out: Path, seed: int = 0, init_range: float = 0.5, tie_word_embeddings: bool = True, legacy_names: bool = False
+) -> Path:
+    """A tiny ``BertForMaskedLM`` (a SPLADE-shaped model) with a WordPiece tokenizer, saved to ``out``.
+
+    One-dimensional parameters (LayerNorm weights, biases, the MLM bias) are randomised too, so a
+    dropped one would show. ``tie_word_embeddings=False`` saves a decoder of its own (weight and
+    bias); ``legacy_names`` rewrites LayerNorm ``weight``/``bias`` as TF-era ``gamma``/``beta``.
+    """
+    from safetensors.torch import load_file, save_file
+
+    tok = wordpiece_tokenizer()
+    kw = _encoder_kwargs(len(tok), init_range)
+    torch.manual_seed(seed)  # transformers 5 initialises weights when the model is built
+    config = T.BertConfig(
+        **kw, max_position_embeddings=128, pad_token_id=tok.pad_token_id, tie_word_embeddings=tie_word_embeddings
+    )
+    model = T.BertForMaskedLM(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 1:
+                p.normal_(1.0 if "LayerNorm.weight" in name else 0.0, 0.5)
+        if not tie_word_embeddings:
+            model.cls.predictions.decoder.weight.normal_(0.0, init_range)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    give_segment_ids(out)
+    if legacy_names:
+        path = out / "model.safetensors"
+        tensors = load_file(str(path))
+        renamed = {
+            k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
+            for k, v in tensors.items()
+        }
+        save_file(renamed, str(path), metadata={"format": "pt"})
+    return out

@@ -1,0 +1,268 @@
+"""CLIP (text and vision towers with their projections) running on packed batches.
+
+A text prompt runs the causal text transformer and comes out projected for every token
+(``[T, projection_dim]``): the projection is linear, so pooling the last token (the EOS token that
+closes each CLIP text) and then projecting is the same as projecting and then pooling. An image
+prompt (``batch.extras["pixel_values"]``, ``[n, 3, H, W]``) runs the vision transformer and comes
+out as one projected CLS row per image, which any sequence pooler picks. Both are in the shared
+embedding space, so text and image embeddings compare by cosine.
+
+The modules keep Hugging Face's parameter names (``text_model.*``, ``vision_model.*``,
+``text_projection``, ``visual_projection``), except that each layer's q/k/v projections are
+fused into one ``self_attn.qkv`` matrix at load time: one matmul instead of three.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, ClassVar, Iterable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from poolkit.architecture import Architecture
+from poolkit.batch import PackedBatch
+from poolkit.builtin_models.bert import activation_function
+from poolkit.errors import InvalidRequest, ModelLoadError
+from poolkit.hookspecs import hookimpl
+from poolkit.kernel import select_kernel
+from poolkit.weights import load_into
+
+#: Checkpoint tensors the model does not use: the contrastive temperature and id buffers.
+_UNUSED = re.compile(r"^logit_scale$|\.position_ids$")
+_QKV = re.compile(r"^(.*\.layers\.\d+\.self_attn)\.(q|k|v)_proj\.(weight|bias)$")
+_QKV_PARTS = ("q", "k", "v")
+
+
+def _sub_config(config: Any, name: str) -> Any:
+    sub = getattr(config, name, None)
+    if sub is None:
+        raise ModelLoadError(f"the CLIP config has no {name}")
+    if isinstance(sub, dict):
+        from transformers import PretrainedConfig
+
+        sub = PretrainedConfig.from_dict(sub)
+    return sub
+
+
+class CLIPAttention(nn.Module):
+    """Multi-head self-attention with fused q/k/v; the caller says over which tokens."""
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        hidden = int(config.hidden_size)
+        self.num_heads = int(config.num_attention_heads)
+        if hidden % self.num_heads:
+            raise ModelLoadError(f"hidden_size {hidden} is not a multiple of num_attention_heads {self.num_heads}")
+        self.head_dim = hidden // self.num_heads
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.out_proj = nn.Linear(hidden, hidden)
+
+    def forward(self, x: torch.Tensor, attend: Callable) -> torch.Tensor:
+        qkv = F.linear(x, self.qkv.weight, self.qkv.bias).unflatten(-1, (3, self.num_heads, self.head_dim))
+        q, k, v = qkv.unbind(-3)
+        context = attend(q, k, v)
+        return F.linear(context.flatten(-2), self.out_proj.weight, self.out_proj.bias)
+
+
+class CLIPMLP(nn.Module):
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.act = activation_function(getattr(config, "hidden_act", "quick_gelu"))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class CLIPEncoderLayer(nn.Module):
+    """One pre-LayerNorm transformer layer (shared by both towers)."""
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        eps = float(config.layer_norm_eps)
+        self.self_attn = CLIPAttention(config)
+        self.layer_norm1 = nn.LayerNorm(config.hidden_size, eps=eps)
+        self.mlp = CLIPMLP(config)
+        self.layer_norm2 = nn.LayerNorm(config.hidden_size, eps=eps)
+
+    def forward(self, x: torch.Tensor, attend: Callable) -> torch.Tensor:
+        x = x + self.self_attn(self.layer_norm1(x), attend)
+        return x + self.mlp(self.layer_norm2(x))
+
+
+class CLIPEncoder(nn.Module):
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(CLIPEncoderLayer(config) for _ in range(int(config.num_hidden_layers)))
+
+    def forward(self, x: torch.Tensor, attend: Callable) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x, attend)
+        return x
+
+
+class CLIPTextEmbeddings(nn.Module):
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        self.token_embedding = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.position_embedding = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+
+
+class CLIPTextTransformer(nn.Module):
+    """Token + position embeddings, the causal encoder, and the final LayerNorm."""
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        self.embeddings = CLIPTextEmbeddings(config)
+        self.encoder = CLIPEncoder(config)
+        self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=float(config.layer_norm_eps))
+
+    def forward(self, batch: PackedBatch, attention: Callable) -> torch.Tensor:
+        x = F.embedding(batch.input_ids, self.embeddings.token_embedding.weight)
+        x = x + F.embedding(batch.positions, self.embeddings.position_embedding.weight)
+        x = self.encoder(x, lambda q, k, v: attention(q, k, v, batch, causal=True))
+        return self.final_layer_norm(x)
+
+
+class CLIPVisionEmbeddings(nn.Module):
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        self.image_size = int(config.image_size)
+        self.patch_size = int(config.patch_size)
+        self.class_embedding = nn.Parameter(torch.zeros(config.hidden_size))
+        self.patch_embedding = nn.Conv2d(
+            int(getattr(config, "num_channels", 3)),
+            config.hidden_size,
+            kernel_size=self.patch_size,
+            stride=self.patch_size,
+            bias=False,
+        )
+        num_positions = (self.image_size // self.patch_size) ** 2 + 1
+        self.position_embedding = nn.Embedding(num_positions, config.hidden_size)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        patches = self.patch_embedding(pixel_values.to(self.patch_embedding.weight.dtype))
+        patches = patches.flatten(2).transpose(1, 2)
+        cls = self.class_embedding.expand(patches.shape[0], 1, -1)
+        return torch.cat([cls, patches], dim=1) + self.position_embedding.weight
+
+
+def _dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Bidirectional attention on ``[n, P, heads, d]``: the patches of each image see each other."""
+    o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    return o.transpose(1, 2)
+
+
+class CLIPVisionTransformer(nn.Module):
+    """Patch and class embeddings, pre-LayerNorm, the encoder, and post-LayerNorm of the CLS token."""
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        eps = float(config.layer_norm_eps)
+        self.embeddings = CLIPVisionEmbeddings(config)
+        self.pre_layrnorm = nn.LayerNorm(config.hidden_size, eps=eps)
+        self.encoder = CLIPEncoder(config)
+        self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=eps)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        size = self.embeddings.image_size
+        if pixel_values.ndim != 4 or tuple(pixel_values.shape[2:]) != (size, size):
+            raise InvalidRequest(
+                f"pixel_values of shape {tuple(pixel_values.shape)} do not fit the model's {size}x{size} images"
+            )
+        x = self.pre_layrnorm(self.embeddings(pixel_values))
+        x = self.encoder(x, _dense_attention)
+        return self.post_layernorm(x[:, 0])
+
+
+class CLIPModel(Architecture):
+    """CLIP: packed token ids in, projected token states out; or images in, projected CLS out.
+
+    Text: causal attention within each packed sequence, positions from ``batch.positions``,
+    ``final_layer_norm`` and ``text_projection`` on every token, so the default ``LAST`` pooling
+    reads the EOS token, as transformers' ``get_text_features`` does (see ``docs/images.md``).
+    Images: ``batch.extras["pixel_values"]`` (``[n, 3, H, W]``, the model's ``image_size``) gives
+    ``[n, projection_dim]``, one row per image, each read as a one-token sequence.
+    """
+
+    default_pooling_type: ClassVar[str | None] = "LAST"
+    #: What a prompt may carry; the image IO processor refuses images for models without "image".
+    input_modalities: ClassVar[tuple[str, ...]] = ("text", "image")
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self.text_config = _sub_config(config, "text_config")
+        self.vision_config = _sub_config(config, "vision_config")
+        self.projection_dim = int(config.projection_dim)
+        self.text_model = CLIPTextTransformer(self.text_config)
+        self.vision_model = CLIPVisionTransformer(self.vision_config)
+        self.text_projection = nn.Linear(self.text_config.hidden_size, self.projection_dim, bias=False)
+        self.visual_projection = nn.Linear(self.vision_config.hidden_size, self.projection_dim, bias=False)
+        self._attention: dict[torch.device, Callable] = {}
+
+    @property
+    def hidden_size(self) -> int:
+        return self.projection_dim
+
+    @property
+    def max_positions(self) -> int | None:
+        return int(self.text_config.max_position_embeddings)
+
+    @property
+    def num_labels(self) -> int:
+        return 0  # CLIPConfig inherits num_labels=2 from PretrainedConfig; CLIP has no classifier
+
+    def forward(self, batch: PackedBatch) -> torch.Tensor:
+        pixel_values = batch.extras.get("pixel_values")
+        if pixel_values is not None:
+            return self.visual_projection(self.vision_model(pixel_values))
+        if batch.max_len > self.max_positions:
+            raise InvalidRequest(
+                f"a sequence of {batch.max_len} tokens is longer than the model's {self.max_positions} positions; "
+                "truncate the input"
+            )
+        return self.text_projection(self.text_model(batch, self._attention_kernel(batch.device)))
+
+    def _attention_kernel(self, device: torch.device) -> Callable:
+        kernel = self._attention.get(device)
+        if kernel is None:
+            kernel = self._attention[device] = select_kernel("varlen_attention", device)
+        return kernel
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        kept = ((n, t) for n, t in weights if not _UNUSED.search(n))
+        load_into(self, self._fuse_qkv(kept), rename=lambda name: name)
+
+    def _fuse_qkv(self, weights: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
+        """Pass tensors through, concatenating each layer's q, k and v projections into ``qkv``."""
+        params = dict(self.named_parameters())
+        pending: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+        for name, tensor in weights:
+            match = _QKV.match(name)
+            if match is None or f"{match.group(1)}.qkv.{match.group(3)}" not in params:
+                yield name, tensor
+                continue
+            prefix, part, kind = match.groups()
+            target = params[f"{prefix}.qkv.{kind}"]
+            expected = (target.shape[0] // 3, *target.shape[1:])
+            if tuple(tensor.shape) != expected:
+                raise ModelLoadError(
+                    f"checkpoint tensor '{name}' has shape {tuple(tensor.shape)}, but the model expects {expected}"
+                )
+            parts = pending.setdefault((prefix, kind), {})
+            parts[part] = tensor
+            if len(parts) == len(_QKV_PARTS):
+                del pending[(prefix, kind)]
+                yield f"{prefix}.qkv.{kind}", torch.cat([parts[p] for p in _QKV_PARTS])
+        missing = [f"{prefix}.{p}_proj.{kind}" for (prefix, kind), got in pending.items() for p in _QKV_PARTS if p not in got]
+        if missing:
+            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            raise ModelLoadError(f"checkpoint lacks weights for {', '.join(sorted(missing)[:5])}{more}")
+
+
+@hookimpl
+def poolkit_register_architectures(register):
+    register("CLIPModel", CLIPModel)

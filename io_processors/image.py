@@ -1,0 +1,244 @@
+"""The image IO processor: images in prompts' ``extras["image"]`` become ``pixel_values``.
+
+An image may be a ``PIL.Image.Image``, a local file path (``str`` or ``pathlib.Path``), raw
+``bytes``, or a ``data:image/...;base64,`` URI. Remote URLs are refused: poolkit fetches nothing
+named by request data. Decoding is guarded: only common raster formats are opened, the pixel
+count is checked from the header before anything is decoded, and bytes and data URIs have a size
+cap. Pre-processing is the model's own (``preprocessor_config.json``, read with transformers'
+``AutoImageProcessor``), so the pixels are exactly what transformers would feed the model.
+
+Needs Pillow: ``pip install 'poolkit[vision]'``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import io
+import os
+import re
+import threading
+from pathlib import Path
+from typing import Any, Sequence
+
+from poolkit.errors import InvalidRequest
+from poolkit.hookspecs import hookimpl
+from poolkit.io import IOProcessor, Prompt
+
+#: Most pixels (width x height) an image may have; ``POOLKIT_MAX_IMAGE_PIXELS`` overrides it.
+MAX_IMAGE_PIXELS = 40_000_000
+#: Most bytes of an image given as bytes or a data URI (decoded); ``POOLKIT_MAX_IMAGE_BYTES`` overrides it.
+MAX_IMAGE_BYTES = 20 * 1024 * 1024
+#: The formats Pillow may open (others, such as EPS which runs Ghostscript, are refused).
+FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
+PREPROCESSOR_CONFIG = "preprocessor_config.json"
+
+_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
+_DATA_URI = re.compile(r"^data:(image/[a-zA-Z0-9.+-]+)?((?:;[^;,]*)*),", re.DOTALL)
+
+
+def _limit(env: str, default: int) -> int:
+    value = os.environ.get(env)
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise InvalidRequest(f"{env} must be an integer, got {value!r}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+def _short(text: str, width: int = 60) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _pil() -> Any:
+    try:
+        from PIL import Image
+    except ImportError:
+        raise InvalidRequest("images need Pillow: install `poolkit[vision]` (pip install pillow)") from None
+    return Image
+
+
+class ImageProcessor(IOProcessor):
+    """Turns each prompt's ``extras["image"]`` into ``extras["pixel_values"]`` (``[3, H, W]`` float32).
+
+    ``pre_process`` takes ``{"prompts": [...], "model": PoolingModel}`` (and optionally
+    ``"allow_local_files": False``, which a server should pass so request data cannot name files
+    on its disk) and returns the prompts, images replaced by pixel values; prompts without an
+    image pass through unchanged.
+
+    Example:
+        >>> prompts = registry("io_processor").get("image").pre_process(
+        ...     {"prompts": [Prompt(extras={"image": "cat.png"})], "model": llm.model})
+        >>> prompts[0].extras["pixel_values"].shape
+        torch.Size([3, 224, 224])
+    """
+
+    def __init__(self) -> None:
+        self._processors: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def parse_data(self, data: Any) -> dict[str, Any]:
+        if not (isinstance(data, dict) and "prompts" in data and "model" in data):
+            raise InvalidRequest("the image IO processor takes {'prompts': [...], 'model': PoolingModel}")
+        return data
+
+    def pre_process(self, data: Any, request_id: str | None = None) -> Sequence[Prompt]:
+        data = self.parse_data(data)
+        prompts: list[Prompt] = list(data["prompts"])
+        if not any("image" in p.extras for p in prompts):
+            return prompts
+        model = data["model"]
+        allow_files = bool(data.get("allow_local_files", True))
+        processor = self._image_processor(model)
+        max_pixels = _limit("POOLKIT_MAX_IMAGE_PIXELS", MAX_IMAGE_PIXELS)
+        max_bytes = _limit("POOLKIT_MAX_IMAGE_BYTES", MAX_IMAGE_BYTES)
+        out = []
+        for i, prompt in enumerate(prompts):
+            if "image" not in prompt.extras:
+                out.append(prompt)
+                continue
+            given = prompt.extras["image"]
+            image = self.load_image(i, given, max_pixels, max_bytes, allow_files)
+            try:
+                pixels = processor(images=[image], return_tensors="pt")["pixel_values"][0]
+            except Exception as exc:  # the model's own pre-processing refused this image
+                raise InvalidRequest(f"prompt {i}: cannot pre-process the image: {_first_line(exc)}") from None
+            finally:
+                if image is not given:  # opened here: release its file (an animation keeps it open)
+                    image.close()
+            extras = {k: v for k, v in prompt.extras.items() if k != "image"}
+            extras["pixel_values"] = pixels.float()
+            out.append(dataclasses.replace(prompt, extras=extras))
+        return out
+
+    # -- the model's pre-processing -----------------------------------------------------------
+
+    def _image_processor(self, model: Any) -> Any:
+        """The model's transformers image processor, loaded once per model directory."""
+        modalities = getattr(model.architecture, "input_modalities", ("text",))
+        path = Path(model.path)
+        if "image" not in modalities or not (path / PREPROCESSOR_CONFIG).is_file():
+            why = "its architecture reads text only" if "image" not in modalities else f"it has no {PREPROCESSOR_CONFIG}"
+            raise InvalidRequest(f"model '{model.name}' takes no images ({why}); pass text prompts")
+        key = str(path.resolve())
+        with self._lock:
+            processor = self._processors.get(key)
+            if processor is None:
+                _pil()
+                from transformers import AutoImageProcessor
+
+                try:
+                    processor = AutoImageProcessor.from_pretrained(key, local_files_only=True)
+                except Exception as exc:
+                    raise InvalidRequest(
+                        f"cannot load the image processor of model '{model.name}': {_first_line(exc)}"
+                    ) from None
+                self._processors[key] = processor
+        return processor
+
+    # -- decoding -------------------------------------------------------------------------------
+
+    @staticmethod
+    def load_image(index: int, value: Any, max_pixels: int, max_bytes: int, allow_files: bool = True) -> Any:
+        """Decode one image safely into a loaded ``PIL.Image.Image``.
+
+        Raises:
+            InvalidRequest: the value is of an unsupported kind, a remote URL, too large (bytes or
+                pixels), not a file, or not a decodable image of a supported format.
+        """
+        Image = _pil()
+        where = f"prompt {index}"
+        if isinstance(value, Image.Image):
+            _check_pixels(where, value.size, max_pixels)
+            return value
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            raw = bytes(value)
+            if len(raw) > max_bytes:
+                raise InvalidRequest(f"{where}: the image is {len(raw)} bytes, more than the limit of {max_bytes}")
+            return _decode(where, io.BytesIO(raw), max_pixels)
+        if isinstance(value, str) and value.startswith("data:"):
+            return _decode(where, io.BytesIO(_data_uri(where, value, max_bytes)), max_pixels)
+        if isinstance(value, str):
+            scheme = _SCHEME.match(value)
+            if scheme:
+                kind = scheme.group(1).lower()
+                if kind in ("http", "https"):
+                    raise InvalidRequest(
+                        f"{where}: remote image URLs are disabled (poolkit fetches nothing named by request data); "
+                        "download the image and pass its bytes, a file path or a data: URI"
+                    )
+                raise InvalidRequest(f"{where}: '{kind}://' image URLs are not supported; pass a file path, bytes or a data: URI")
+        if isinstance(value, (str, Path)):
+            if not allow_files:
+                raise InvalidRequest(f"{where}: local image files are not accepted here; pass bytes or a data: URI")
+            path = Path(value)
+            if not path.is_file():
+                raise InvalidRequest(f"{where}: image file '{_short(str(value))}' does not exist")
+            return _decode(where, path, max_pixels)
+        raise InvalidRequest(
+            f"{where}: an image must be a PIL image, a file path, bytes or a data:image/...;base64 URI, "
+            f"got {type(value).__name__}"
+        )
+
+
+def _data_uri(where: str, uri: str, max_bytes: int) -> bytes:
+    match = _DATA_URI.match(uri[:512])
+    if match is None or match.group(1) is None:
+        raise InvalidRequest(f"{where}: a data URI must look like 'data:image/png;base64,...'")
+    if "base64" not in [p.strip().lower() for p in match.group(2).split(";")]:
+        raise InvalidRequest(f"{where}: the image data URI must be base64-encoded (';base64,')")
+    payload = uri[match.end():]
+    if len(payload) > (max_bytes + 2) // 3 * 4 + 4:
+        raise InvalidRequest(f"{where}: the image data URI is larger than the limit of {max_bytes} bytes")
+    try:
+        raw = base64.b64decode("".join(payload.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidRequest(f"{where}: the image data URI is not valid base64") from None
+    if len(raw) > max_bytes:
+        raise InvalidRequest(f"{where}: the image is {len(raw)} bytes, more than the limit of {max_bytes}")
+    return raw
+
+
+def _check_pixels(where: str, size: tuple[int, int], max_pixels: int) -> None:
+    width, height = size
+    if width * height > max_pixels:
+        raise InvalidRequest(
+            f"{where}: the image is too large ({width}x{height} = {width * height} pixels, limit {max_pixels})"
+        )
+    if width < 1 or height < 1:
+        raise InvalidRequest(f"{where}: the image is empty ({width}x{height})")
+
+
+def _decode(where: str, source: Any, max_pixels: int) -> Any:
+    """Open (header only), check the pixel count, then decode; every failure is an InvalidRequest."""
+    Image = _pil()
+    try:
+        image = Image.open(source, formats=FORMATS)
+    except Image.DecompressionBombError as exc:
+        raise InvalidRequest(f"{where}: the image is too large ({_first_line(exc)})") from None
+    except Image.UnidentifiedImageError:
+        raise InvalidRequest(f"{where}: not a decodable image (supported formats: {', '.join(FORMATS)})") from None
+    except Exception as exc:
+        raise InvalidRequest(f"{where}: cannot read the image ({_first_line(exc)})") from None
+    try:
+        _check_pixels(where, image.size, max_pixels)
+        image.load()
+    except InvalidRequest:
+        image.close()
+        raise
+    except Exception as exc:
+        image.close()
+        raise InvalidRequest(f"{where}: not a decodable image ({_first_line(exc)})") from None
+    return image
+
+
+@hookimpl
+def poolkit_register_io_processors(register):
+    register("image", ImageProcessor)
