@@ -40,6 +40,9 @@ class Architecture(torch.nn.Module):
     default_pooler_config: ClassVar[dict[str, Any]] = {}
     #: Whether the model consumes token type (segment) ids.
     uses_token_type_ids: ClassVar[bool] = False
+    #: What prompts the model reads: ``"text"`` (token ids), and ``"image"`` for models whose
+    #: forward takes ``batch.extras["pixel_values"]`` (CLIP).
+    input_modalities: ClassVar[tuple[str, ...]] = ("text",)
     #: The tasks this architecture may serve, or ``None`` for all whose heads it can feed (a
     #: late-interaction model offers ``token_embed`` only, say).
     pooling_tasks: ClassVar[frozenset[str] | None] = None
