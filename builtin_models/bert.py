@@ -8,6 +8,7 @@ time: one matmul instead of three.
 from __future__ import annotations
 
 import functools
+import logging
 import re
 from typing import Any, Callable, ClassVar, Iterable, Iterator
 
@@ -381,6 +382,170 @@ class XLMRobertaForTokenClassification(RobertaForTokenClassification):
     """XLM-RoBERTa token classifier."""
 
 
+_mlm_logger = logging.getLogger(__name__)
+#: Checkpoint names of the MLM decoder, usually absent: tied to the word embeddings and ``bias``.
+_DECODER_WEIGHT = "cls.predictions.decoder.weight"
+_DECODER_BIAS = "cls.predictions.decoder.bias"
+
+
+class BertPredictionHeadTransform(nn.Module):
+    """HF's MLM transform: dense, ``hidden_act``, LayerNorm."""
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.act = activation_function(config.hidden_act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(F.linear(x, self.dense.weight, self.dense.bias))
+        return F.layer_norm(x, x.shape[-1:], self.LayerNorm.weight, self.LayerNorm.bias, self.LayerNorm.eps)
+
+
+class BertLMPredictionHead(nn.Module):
+    """Transform, then the vocabulary projection: the word embeddings (tied) plus ``bias``.
+
+    ``decoder`` exists only for checkpoints whose decoder weight is not tied to the embeddings.
+    """
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        self.transform = BertPredictionHeadTransform(config)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+        self.decoder: nn.Linear | None = None
+
+
+class BertOnlyMLMHead(nn.Module):
+    """The ``cls`` module of HF's ``BertForMaskedLM``."""
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        self.predictions = BertLMPredictionHead(config)
+
+
+class BertForMaskedLM(BertModel):
+    """BERT with its masked-language-model head, which SPLADE models are.
+
+    ``embed`` and ``token_embed`` pool the encoder's hidden states as for ``BertModel`` (CLS by
+    default), unless the model is a SPLADE model (:class:`BertSpladeSparseEmbeddingModel`, or a
+    sentence-transformers config with ``SpladePooling``): then ``embed`` is the SPLADE vector.
+    ``sparse_embed`` is always the SPLADE vector, ``log(1 + relu(MLM logits))`` pooled over
+    all tokens.
+
+    The head loads from ``cls.predictions.*`` (old ``LayerNorm.gamma``/``beta`` names too); the
+    decoder weight is the word embeddings when the config ties them (the default) or the
+    checkpoint has none; its bias is ``cls.predictions.bias``, or ``decoder.bias`` for an untied
+    decoder (as in transformers, which ties the two only along with the weight). A
+    checkpoint with no MLM head at all (a ``BertModel`` labelled ``BertForMaskedLM``) loads
+    without one and serves the hidden-state tasks only.
+    """
+
+    head_prefixes: ClassVar[tuple[str, ...]] = ("cls.predictions.",)
+    #: Whether ``embed`` is the SPLADE vector whatever the sentence-transformers config says.
+    splade: ClassVar[bool] = False
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self.cls: BertOnlyMLMHead | None = BertOnlyMLMHead(config)
+
+    @property
+    def has_mlm_head(self) -> bool:
+        return self.cls is not None
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        aside: dict[str, torch.Tensor] = {}
+
+        def named() -> Iterator[tuple[str, torch.Tensor]]:
+            for checkpoint_name, tensor in weights:
+                name = self.parameter_name(checkpoint_name)
+                if name in (_DECODER_WEIGHT, _DECODER_BIAS):
+                    aside[name] = tensor
+                elif name is not None:
+                    yield name, tensor
+
+        loaded = load_into(
+            self, self._fuse_qkv(named()), rename=lambda name: name, optional=lambda name: name.startswith("cls.")
+        )
+        head = {name for name, _ in self.named_parameters() if name.startswith("cls.")}
+        tied = bool(getattr(self.config, "tie_word_embeddings", True))
+        # transformers ties decoder.bias to cls.predictions.bias only along with the weight: an
+        # untied decoder adds its own bias.
+        if _DECODER_BIAS in aside and (not tied or "cls.predictions.bias" not in loaded):
+            self._copy("cls.predictions.bias", aside[_DECODER_BIAS])
+            loaded.add("cls.predictions.bias")
+        if not (head & loaded) and not aside:
+            if self.splade:
+                raise ModelLoadError(
+                    f"{type(self).__name__} needs the checkpoint's MLM head (cls.predictions.*), and it has none"
+                )
+            _mlm_logger.info("the checkpoint has no MLM head (cls.predictions.*): sparse_embed is unavailable")
+            self.cls = None
+            return
+        missing = sorted(head - loaded)
+        if missing:
+            raise ModelLoadError(f"checkpoint lacks weights for {', '.join(missing)} (the MLM head)")
+        decoder = aside.get(_DECODER_WEIGHT)
+        if decoder is not None and not tied:
+            expected = (int(self.config.vocab_size), self.hidden_size)
+            if tuple(decoder.shape) != expected:
+                raise ModelLoadError(
+                    f"checkpoint tensor '{_DECODER_WEIGHT}' has shape {tuple(decoder.shape)}, but the model expects {expected}"
+                )
+            linear = nn.Linear(self.hidden_size, expected[0], bias=False)
+            with torch.no_grad():
+                linear.weight.copy_(decoder)
+            self.cls.predictions.decoder = linear
+        elif decoder is None and not tied:
+            _mlm_logger.warning("the checkpoint has no %s; using the word embeddings (tied)", _DECODER_WEIGHT)
+
+    def _copy(self, name: str, tensor: torch.Tensor) -> None:
+        target = self.get_parameter(name)
+        if tuple(target.shape) != tuple(tensor.shape):
+            raise ModelLoadError(
+                f"checkpoint tensor for '{name}' has shape {tuple(tensor.shape)}, but the model expects {tuple(target.shape)}"
+            )
+        with torch.no_grad():
+            target.copy_(tensor.to(target.dtype))
+
+    def mlm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``[n, H]`` hidden rows -> ``[n, vocab]`` MLM logits, in the model's dtype."""
+        if self.cls is None:
+            raise InvalidRequest("this checkpoint has no MLM head (cls.predictions.*), so it has no MLM logits")
+        head = self.cls.predictions
+        weight = head.decoder.weight if head.decoder is not None else self.embeddings.word_embeddings.weight
+        return F.linear(head.transform(hidden), weight, head.bias)
+
+    def is_splade(self, model: Any) -> bool:
+        """Whether ``embed`` on ``model`` (the loaded :class:`PoolingModel`) is the SPLADE vector."""
+        st = getattr(model, "st", None)
+        return self.cls is not None and (self.splade or (st is not None and st.splade is not None))
+
+    def task_head(self, task: Any, model: Any) -> Any:
+        if self.cls is None or not (task.name == "sparse_embed" or (task.name == "embed" and self.is_splade(model))):
+            return None
+        from poolkit.builtin_poolers.sparse import SpladeHead
+
+        settings = model.st.splade if model.st is not None and model.st.splade is not None else {}
+        return SpladeHead(
+            self.mlm_logits,
+            int(self.config.vocab_size),
+            strategy=settings.get("strategy", "max"),
+            activation=settings.get("activation", "relu"),
+            use_activation=model.use_activation(from_st_normalize=False).value,
+        )
+
+
+class BertSpladeSparseEmbeddingModel(BertForMaskedLM):
+    """A SPLADE model (vLLM's architecture name): ``embed`` is the SPLADE vector.
+
+    Select it for an MLM checkpoint with ``hf_overrides={"architectures":
+    ["BertSpladeSparseEmbeddingModel"]}``. Unlike vLLM, the CLS and SEP tokens are pooled too,
+    as sentence-transformers' ``SparseEncoder`` pools them, so the vectors match it.
+    """
+
+    splade: ClassVar[bool] = True
+
+
 @hookimpl
 def poolkit_register_architectures(register):
     register("BertModel", BertModel)
@@ -392,3 +557,5 @@ def poolkit_register_architectures(register):
     register("RobertaForTokenClassification", RobertaForTokenClassification)
     register("XLMRobertaForSequenceClassification", XLMRobertaForSequenceClassification)
     register("XLMRobertaForTokenClassification", XLMRobertaForTokenClassification)
+    register("BertForMaskedLM", BertForMaskedLM)
+    register("BertSpladeSparseEmbeddingModel", BertSpladeSparseEmbeddingModel)

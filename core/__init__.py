@@ -36,6 +36,7 @@ _LAZY = {
     "register_pooler": "plugins",
     "register_activation": "plugins",
     "load_into": "weights",
+    "SparseEmbedding": "sparse",
     "PoolingOutput": "outputs",
     "EmbeddingOutput": "outputs",
     "ScoringOutput": "outputs",

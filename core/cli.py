@@ -226,8 +226,13 @@ def _run_plugin(texts, input_file, llm, fmt, quiet) -> None:
 
 def _run_task(task, texts, input_file, model, pooler_config, hf_overrides, runner, convert, dtype, device,
               allow_pickle, dimensions, truncate_prompt_tokens, truncation_side, prompt_name, fmt, quiet, verbose,
-              io_processor_plugin=None):
+              io_processor_plugin=None, top_k=None, threshold=None):
     from .config import PoolingParams
+    from .sparse import check_pruning
+
+    if task != "sparse_embed" and (top_k is not None or threshold is not None):
+        raise InvalidRequest("--top-k and --threshold apply to --task sparse_embed only")
+    check_pruning(top_k, threshold)
 
     _setup_logging(quiet, verbose)
     if task == "plugin":
@@ -250,6 +255,9 @@ def _run_task(task, texts, input_file, model, pooler_config, hf_overrides, runne
         use_tqdm=not quiet,
         prompt_name=prompt_name,
     )
+    if task == "sparse_embed":
+        _emit_sparse(records, outputs, llm.get_tokenizer(), top_k, threshold, fmt)
+        return
     value_key = {"embed": "embedding", "classify": "probs"}.get(task, "data")
     labels = llm.model.id2label if task == "classify" else {}
     rows = []
@@ -260,6 +268,19 @@ def _run_task(task, texts, input_file, model, pooler_config, hf_overrides, runne
             row["label"] = labels.get(int(out.outputs.data.argmax()))
         rows.append(row)
     _emit(rows, fmt, value_key)
+
+
+def _emit_sparse(records, outputs, tokenizer, top_k, threshold, fmt) -> None:
+    """``--task sparse_embed``: per input its id, then indices, values and tokens, strongest first."""
+    from .sparse import SparseEmbedding
+
+    rows = []
+    for i, (record, out) in enumerate(zip(records, outputs)):
+        row = {"id": record["id"]} if "id" in record else {"index": i}
+        sparse = SparseEmbedding.from_dense(out.outputs.data, top_k=top_k, threshold=threshold, tokenizer=tokenizer)
+        row.update(sparse.to_dict())
+        rows.append(row)
+    _emit(rows, fmt, "values")
 
 
 def _embed_images(images, texts, input_file, model, pooler_config, hf_overrides, runner, convert, dtype, device,
@@ -327,6 +348,8 @@ def encode(
     truncation_side: Optional[str] = TruncationSideOpt,
     prompt_name: Optional[str] = PromptNameOpt,
     io_processor_plugin: Optional[str] = typer.Option(None, "--io-processor-plugin", help="IO processor for --task plugin."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="sparse_embed: keep the K strongest weights per input."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="sparse_embed: drop weights below this."),
     quiet: bool = QuietOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
@@ -337,7 +360,7 @@ def encode(
     with _errors():
         _run_task(task, texts, input_file, model, pooler_config, hf_overrides, runner, convert, dtype, device,
                   allow_pickle, dimensions, truncate_prompt_tokens, truncation_side, prompt_name, fmt, quiet, verbose,
-                  io_processor_plugin)
+                  io_processor_plugin, top_k, threshold)
 
 
 @app.command()

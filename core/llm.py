@@ -30,6 +30,7 @@ from .outputs import (
 from .kernel import select_kernel
 from .plugins import get_manager, registry
 from .progress import progress_bar
+from .sparse import SparseEmbeddingRequestOutput, check_pruning
 
 logger = logging.getLogger(__name__)
 
@@ -307,6 +308,47 @@ class LLM:
             prompt_name=prompt_name,
         )
         return [EmbeddingRequestOutput.from_base(o) for o in outputs]
+
+    def sparse_embed(
+        self,
+        prompts: Any,
+        pooling_params: Any = None,
+        *,
+        top_k: int | None = None,
+        threshold: float | None = None,
+        return_tokens: bool = False,
+        use_tqdm: bool = False,
+        tokenization_kwargs: dict[str, Any] | None = None,
+        prompt_name: str | None = None,
+    ) -> list[SparseEmbeddingRequestOutput]:
+        """Sparse lexical embeddings (SPLADE), strongest weights first.
+
+        ``outputs.indices`` are vocabulary ids, ``outputs.values`` their weights (descending) and,
+        with ``return_tokens``, ``outputs.tokens`` the vocabulary tokens; ``outputs.to_dict()``
+        is JSON-ready. ``encode(..., pooling_task="sparse_embed")`` gives the dense ``[vocab]``
+        vectors instead.
+
+        Args:
+            top_k: keep at most the ``top_k`` strongest weights of each input.
+            threshold: drop weights below this.
+            return_tokens: fill ``outputs.tokens``.
+
+        Example:
+            >>> (out,) = llm.sparse_embed("The capital of France is Paris.", top_k=3, return_tokens=True)
+            >>> out.outputs.tokens
+            ['capital', 'paris', 'france']
+        """
+        check_pruning(top_k, threshold)
+        outputs = self.encode(
+            prompts,
+            pooling_params,
+            pooling_task="sparse_embed",
+            use_tqdm=use_tqdm,
+            tokenization_kwargs=tokenization_kwargs,
+            prompt_name=prompt_name,
+        )
+        tokenizer = self.model.tokenizer if return_tokens else None
+        return [SparseEmbeddingRequestOutput.from_base(o, top_k, threshold, tokenizer) for o in outputs]
 
     def classify(
         self,

@@ -447,7 +447,7 @@ def load_model(
         raise ModelLoadError(
             f"convert='classify' needs a checkpoint with a classification head; this {arch_name} has none"
         )
-    return PoolingModel(
+    pooling_model = PoolingModel(
         name=name,
         path=path,
         hf_config=hf_config,
@@ -462,6 +462,12 @@ def load_model(
         allow_pickle=allow_pickle,
         convert=convert,
     )
+    if st is not None and st.splade is not None and architecture.task_head(registry("task").get("embed"), pooling_model) is None:
+        raise ModelLoadError(
+            f"model '{name}' is a sentence-transformers SparseEncoder (SpladePooling), but {arch_name} has no "
+            "SPLADE head in poolkit (BertForMaskedLM has one); its embeddings would be wrong, so it is refused"
+        )
+    return pooling_model
 
 
 def _load_tokenizer(path: Path, hf_config: Any) -> Any:

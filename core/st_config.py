@@ -3,8 +3,8 @@
 ``modules.json`` is the spec: every Pooling mode (concatenated when several are on, in
 sentence-transformers' order), ``include_prompt``, Dense layers with their activation,
 Normalize, ``sentence_bert_config.json`` (``max_seq_length``, ``do_lower_case``) and the prompts
-of ``config_sentence_transformers.json``. A module poolkit cannot honour is an error, never
-silently skipped.
+of ``config_sentence_transformers.json``, and a SparseEncoder's ``SpladePooling``. A module
+poolkit cannot honour is an error, never silently skipped.
 """
 
 from __future__ import annotations
@@ -46,6 +46,9 @@ _TOKENIZER_CONFIGS = (
     "sentence_xlnet_config.json",
 )
 _TRANSFORMER_MODULES = {"Transformer", "MLMTransformer"}
+#: sentence-transformers ``SpladePooling`` settings poolkit implements.
+SPLADE_STRATEGIES = ("max", "sum")
+SPLADE_ACTIVATIONS = ("relu", "log1p_relu")
 
 
 @dataclass
@@ -85,6 +88,9 @@ class STConfig:
     model_type: str | None = None
     #: A CrossEncoder's activation, as a ``torch.nn`` class path.
     activation_fn: str | None = None
+    #: A SparseEncoder's ``SpladePooling``: ``{"strategy": "max"|"sum", "activation":
+    #: "relu"|"log1p_relu", "path": "<module>/config.json"}``; ``None`` without one.
+    splade: dict[str, str] | None = None
     #: A multi-vector (ColBERT / PyLate) model: query and document settings are present.
     late_interaction: bool = False
 
@@ -125,6 +131,21 @@ def parse_pooling(config: dict[str, Any]) -> tuple[tuple[str, ...], bool]:
     return tuple(ST_POOLING_MODES[m] for m in modes), bool(config.get("include_prompt", True))
 
 
+def parse_splade_pooling(config: dict[str, Any]) -> dict[str, str]:
+    """Strategy and activation of a SpladePooling ``config.json`` (sentence-transformers' defaults)."""
+    strategy = config.get("pooling_strategy", "max")
+    activation = config.get("activation_function", "relu")
+    if strategy not in SPLADE_STRATEGIES:
+        raise ModelLoadError(
+            f"unknown SpladePooling pooling_strategy {strategy!r}; valid: {', '.join(SPLADE_STRATEGIES)}"
+        )
+    if activation not in SPLADE_ACTIVATIONS:
+        raise ModelLoadError(
+            f"unknown SpladePooling activation_function {activation!r}; valid: {', '.join(SPLADE_ACTIVATIONS)}"
+        )
+    return {"strategy": strategy, "activation": activation}
+
+
 def _read_dense(model_dir: Path, path: str, allow_pickle: bool) -> DenseSpec:
     folder = model_dir / path
     config = _read_json(folder / "config.json")
@@ -160,6 +181,11 @@ def read_st_config(model_dir: Path, allow_pickle: bool = False) -> STConfig | No
             st.dense.append(_read_dense(model_dir, path, allow_pickle))
         elif kind == "Normalize":
             st.normalize = True
+        elif kind == "SpladePooling":
+            config_path = model_dir / path / "config.json"
+            has_config = bool(path) and config_path.is_file()  # path "" would be the model's own config.json
+            st.splade = parse_splade_pooling(_read_json(config_path) if has_config else {})
+            st.splade["path"] = f"{path}/config.json" if has_config else "defaults"
         else:
             raise ModelLoadError(
                 f"sentence-transformers module '{module.get('type')}' in {modules_file.name} is not supported; "

@@ -90,7 +90,7 @@ def test_token_pooler_for_a_sequence_task(minilm_dir):
 
 
 def test_unknown_task(minilm):
-    with pytest.raises(UnknownName, match="unknown task 'nope'; available: classify, embed, plugin, token_classify, token_embed"):
+    with pytest.raises(UnknownName, match="unknown task 'nope'; available: classify, embed, plugin, sparse_embed, token_classify, token_embed"):
         minilm.encode("hello", pooling_task="nope")
     with pytest.raises(InvalidRequest, match="needs pooling_task"):
         minilm.encode("hello")
@@ -183,8 +183,11 @@ def test_unknown_architecture(tiny_encoders, tmp_path):
 
 
 def test_converted_architecture(tiny_encoders):
-    llm = LLM(str(tiny_encoders["bert"]), hf_overrides={"architectures": ["BertForMaskedLM"]})
+    llm = LLM(str(tiny_encoders["bert"]), hf_overrides={"architectures": ["BertForPreTraining"]})
     assert llm.model.architecture_name == "BertModel"
+    masked = LLM(str(tiny_encoders["bert"]), hf_overrides={"architectures": ["BertForMaskedLM"]})
+    assert masked.model.architecture_name == "BertForMaskedLM"
+    assert masked.embed("hello world")[0].outputs.embedding == pytest.approx(llm.embed("hello world")[0].outputs.embedding)
 
 
 def test_default_model_missing_names_the_extra(monkeypatch, tmp_path):

@@ -164,7 +164,7 @@ def test_every_hook_works_from_an_installed_plugin(fresh_plugins, tmp_path):
 
 
         class Sparse(Task):
-            name = "sparse_embed"
+            name = "fake_embed"
 
 
         def add(x, y):
@@ -198,7 +198,7 @@ def test_every_hook_works_from_an_installed_plugin(fresh_plugins, tmp_path):
 
         @hookimpl
         def poolkit_register_tasks(register):
-            register("sparse_embed", Sparse)
+            register("fake_embed", Sparse)
 
 
         @hookimpl
@@ -232,7 +232,7 @@ def test_every_hook_works_from_an_installed_plugin(fresh_plugins, tmp_path):
         "activation": ["double"],
         "io_processor": ["lines"],
         "kernel": ["fake_add:cpu"],
-        "task": ["sparse_embed"],
+        "task": ["fake_embed"],
         "model_resolver": ["poolkit_resolve_model"],
         "architecture_resolver": ["poolkit_resolve_architecture"],
         "commands": ["poolkit_register_commands"],
@@ -241,7 +241,7 @@ def test_every_hook_works_from_an_installed_plugin(fresh_plugins, tmp_path):
     assert registry("activation").get("DOUBLE")(torch.tensor([1.5])).item() == 3.0
     assert [p.text for p in registry("io_processor").get("lines").pre_process("a\nb")] == ["a", "b"]
     assert select_kernel("fake_add", "cpu")(2, 3) == 5
-    assert registry("task").get("sparse_embed").name == "sparse_embed"
+    assert registry("task").get("fake_embed").name == "fake_embed"
     manager = fresh_plugins.manager()
     assert manager.resolve_model("fake-alias") == model_dir
     assert manager.resolve_architecture("EchoForAnything", None) is registry("architecture").get("EchoModel")

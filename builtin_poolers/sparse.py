@@ -1,0 +1,131 @@
+"""The ``sparse_embed`` task and the SPLADE head.
+
+SPLADE turns a masked language model into a sparse lexical encoder: each token's MLM logits go
+through ``log(1 + relu(x))`` and are reduced (max, or sum for the original SPLADE) over all of
+the sequence's tokens, special tokens included as sentence-transformers' ``SparseEncoder`` does,
+into one ``[vocab]`` vector with a few dozen non-zero weights.
+
+Architectures that have an MLM head (``BertForMaskedLM``) serve the task through
+``Architecture.task_head``; the task itself builds no head.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+from poolkit.batch import PackedBatch
+from poolkit.config import PoolingParams
+from poolkit.errors import ModelLoadError
+from poolkit.hookspecs import hookimpl
+from poolkit.kernel import select_kernel
+from poolkit.tasks import Head, Task
+
+#: Most MLM logits (rows x vocabulary) the SPLADE head holds at once: 2**24 floats (64 MiB in
+#: fp32) is 549 token rows for BERT's 30522-token vocabulary.
+LOGITS_BUDGET = 1 << 24
+STRATEGIES = ("max", "sum")
+ACTIVATIONS = ("relu", "log1p_relu")
+
+
+class SpladeHead:
+    """MLM logits of bounded chunks of token rows, activated and pooled per sequence (fp32).
+
+    The ``[tokens, vocab]`` logits of a batch never exist at once: rows are taken ``chunk_rows``
+    at a time, their logits computed, and the ``splade_pool`` kernel folds them into the
+    ``[B, vocab]`` result.
+
+    Args:
+        mlm_logits: ``[n, H]`` hidden rows -> ``[n, vocab]`` logits (the architecture's MLM head).
+        vocab_size: width of the logits.
+        strategy: ``"max"`` (SPLADE v2 and later) or ``"sum"`` over a sequence's tokens.
+        activation: ``"relu"`` (``log1p(relu(x))``) or ``"log1p_relu"`` (one more ``log1p``,
+            OpenSearch's models), as sentence-transformers' ``SpladePooling`` names them.
+        use_activation: the default when a request leaves ``use_activation`` unset; without the
+            activation a request gets the raw logits reduced by ``strategy``.
+        chunk_rows: token rows per chunk; ``None`` derives it from :data:`LOGITS_BUDGET`.
+    """
+
+    def __init__(
+        self,
+        mlm_logits: Callable[[torch.Tensor], torch.Tensor],
+        vocab_size: int,
+        strategy: str = "max",
+        activation: str = "relu",
+        use_activation: bool = True,
+        chunk_rows: int | None = None,
+    ) -> None:
+        if strategy not in STRATEGIES:
+            raise ModelLoadError(f"SPLADE pooling strategy {strategy!r} is not one of {', '.join(STRATEGIES)}")
+        if activation not in ACTIVATIONS:
+            raise ModelLoadError(f"SPLADE activation {activation!r} is not one of {', '.join(ACTIVATIONS)}")
+        self.mlm_logits = mlm_logits
+        self.vocab_size = int(vocab_size)
+        self.strategy = strategy
+        self.activation = activation
+        self.use_activation = use_activation
+        self.chunk_rows = chunk_rows
+        self._kernels: dict[torch.device, Callable] = {}
+
+    @property
+    def pooling_name(self) -> str:
+        """What ``poolkit info`` may show as the pooling of this head (``SPLADE_MAX``, ...)."""
+        suffix = "" if self.activation == "relu" else f"_{self.activation.upper()}"
+        return f"SPLADE_{self.strategy.upper()}{suffix}"
+
+    @property
+    def output_size(self) -> int:
+        """Width of a result: the vocabulary."""
+        return self.vocab_size
+
+    @property
+    def rows_per_chunk(self) -> int:
+        return self.chunk_rows or max(1, LOGITS_BUDGET // self.vocab_size)
+
+    def _kernel(self, device: torch.device) -> Callable:
+        if device not in self._kernels:
+            self._kernels[device] = select_kernel("splade_pool", device)
+        return self._kernels[device]
+
+    def __call__(self, hidden: torch.Tensor, batch: PackedBatch, params: Sequence[PoolingParams]) -> list[torch.Tensor]:
+        flags = [self.use_activation if p.use_activation is None else p.use_activation for p in params]
+        start = float("-inf") if self.strategy == "max" else 0.0
+        out = torch.full((batch.num_seqs, self.vocab_size), start, dtype=torch.float32, device=hidden.device)
+        kernel = self._kernel(hidden.device)
+        seq_ids = batch.seq_ids
+        mixed = len(set(flags)) > 1
+        activated = torch.tensor(flags, dtype=torch.bool, device=hidden.device) if mixed else None
+        step = self.rows_per_chunk
+        for begin in range(0, batch.num_tokens, step):
+            logits = self.mlm_logits(hidden[begin : begin + step])
+            segments = seq_ids[begin : begin + step]
+            if not mixed:
+                kernel(logits, segments, out, self.strategy, self.activation if flags[0] else "none")
+                continue
+            rows = activated[segments]
+            kernel(logits[rows], segments[rows], out, self.strategy, self.activation)
+            kernel(logits[~rows], segments[~rows], out, self.strategy, "none")
+        if self.strategy == "max":
+            out.masked_fill_(out == float("-inf"), 0.0)  # a sequence with no tokens
+        return list(out.unbind(0))
+
+
+class SparseEmbedTask(Task):
+    """One sparse lexical vector per input: ``[vocab]`` weights, mostly zero (SPLADE).
+
+    Served by architectures with an MLM head through ``Architecture.task_head``;
+    :class:`poolkit.sparse.SparseEmbedding` turns a result into ``{indices, values, tokens}``.
+    """
+
+    name = "sparse_embed"
+    granularity = "sequence"
+    params = frozenset({"use_activation"})
+
+    def build(self, model) -> Head | None:
+        return None
+
+
+@hookimpl
+def poolkit_register_tasks(register):
+    register("sparse_embed", SparseEmbedTask)
