@@ -234,14 +234,32 @@ class LLM:
             return self._encode_plugin(prompts, pooling_params, use_tqdm, tokenization_kwargs)
         if isinstance(prompts, dict) and "data" in prompts:
             raise InvalidRequest("The 'data' field is only supported for the 'plugin' pooling task.")
-        task = self.model.task(pooling_task)
-        parsed = self._prompts(prompts, prompt_name)
-        params = self._params(pooling_params, len(parsed), task.name, tokenization_kwargs)
+        task, parsed, params = self.prepare(
+            prompts, pooling_params, pooling_task=pooling_task, tokenization_kwargs=tokenization_kwargs, prompt_name=prompt_name
+        )
         with progress_bar(len(parsed), enabled=use_tqdm) as advance:
             results = self.engine.run(task, parsed, params, progress=advance)
         return [
             PoolingRequestOutput(str(next(self._request_ids)), PoolingOutput(data), ids) for data, ids in results
         ]
+
+    def prepare(
+        self,
+        prompts: Any,
+        pooling_params: Any = None,
+        *,
+        pooling_task: str,
+        tokenization_kwargs: dict[str, Any] | None = None,
+        prompt_name: str | None = None,
+    ) -> tuple[Any, list[Prompt], list[PoolingParams]]:
+        """Validate a request without running it: the task, its prompts and verified parameters.
+
+        The server prepares requests on the event loop (cheap checks only, no tokenization) and
+        runs them later, merged with others, through ``engine.run``.
+        """
+        task = self.model.task(pooling_task)
+        parsed = self._prompts(prompts, prompt_name)
+        return task, parsed, self._params(pooling_params, len(parsed), task.name, tokenization_kwargs)
 
     def _io_processor(self) -> Any:
         processors = registry("io_processor")

@@ -1,0 +1,223 @@
+"""Dynamic batching for the server: concurrent requests merged into token-budget batches.
+
+Requests wait in a queue; one worker thread takes, in arrival order, the requests of one task
+that fit the token budget, runs them through the engine as one call (tokenization included, so
+the event loop never tokenizes or computes), and hands each request its own results. A request
+whose client went away is dropped before it runs; a full queue is refused at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+
+from .config import PoolingParams
+from .errors import PoolkitError
+from .io import Prompt
+
+logger = logging.getLogger(__name__)
+
+
+class QueueFull(PoolkitError):
+    """The server has as much pending work as it accepts; retry later (HTTP 429)."""
+
+
+class ShuttingDown(PoolkitError):
+    """The server is draining and takes no new work (HTTP 503)."""
+
+
+@dataclass(eq=False)
+class _Work:
+    task: str | None
+    prompts: list[Prompt]
+    params: list[PoolingParams]
+    cost: int
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+    enqueued: float = field(default_factory=time.monotonic)
+    #: A whole call to run on the worker thread instead of prompts to merge (score, rerank).
+    call: Callable[[], Any] | None = None
+
+
+@dataclass
+class BatcherStats:
+    """Counters for ``/metrics``."""
+
+    requests: int = 0
+    items: int = 0
+    batches: int = 0
+    tokens: int = 0
+    rejected: int = 0
+    cancelled: int = 0
+    batch_sizes: list[int] = field(default_factory=list)
+    queue_seconds: list[float] = field(default_factory=list)
+
+
+def estimate_cost(prompt: Prompt) -> int:
+    """A cheap token estimate used for batching and admission (no tokenization on the loop)."""
+    if prompt.token_ids is not None:
+        return len(prompt.token_ids)
+    text = (prompt.text or "") + (prompt.text_pair or "")
+    return max(1, len(text) // 4 + 2)
+
+
+class Batcher:
+    """Merges concurrent requests into engine calls on one worker thread.
+
+    Args:
+        llm: the loaded :class:`poolkit.LLM`.
+        max_batch_tokens: estimated tokens merged into one engine call.
+        max_queue_tokens: estimated tokens allowed to wait; beyond it :class:`QueueFull`.
+    """
+
+    def __init__(self, llm: Any, max_batch_tokens: int = 16384, max_queue_tokens: int = 1_000_000) -> None:
+        self.llm = llm
+        self.max_batch_tokens = max_batch_tokens
+        self.max_queue_tokens = max_queue_tokens
+        self.stats = BatcherStats()
+        self._queue: deque[_Work] = deque()
+        self._queued_tokens = 0
+        self._cond = threading.Condition()
+        self._closing = False
+        self._busy = False
+        self._thread = threading.Thread(target=self._loop, name="poolkit-batcher", daemon=True)
+        self._thread.start()
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    async def submit(
+        self, task: str, prompts: Sequence[Prompt], params: Sequence[PoolingParams]
+    ) -> list[tuple[torch.Tensor, list[int]]]:
+        """Run ``prompts`` for ``task``; results in order. Cancelling the caller drops the work.
+
+        Raises:
+            QueueFull: too much work is waiting.
+            ShuttingDown: the batcher is draining.
+            PoolkitError: whatever the engine raises for these inputs.
+        """
+        cost = sum(estimate_cost(p) for p in prompts)
+        return await self._enqueue(task, list(prompts), list(params), cost, None)
+
+    async def call(self, fn: Callable[[], Any], cost: int) -> Any:
+        """Run ``fn()`` on the worker thread, in turn with the batches (``LLM.score``, say)."""
+        return await self._enqueue(None, [], [], cost, fn)
+
+    async def _enqueue(
+        self, task: str | None, prompts: list[Prompt], params: list[PoolingParams], cost: int, call: Any
+    ) -> Any:
+        loop = asyncio.get_running_loop()
+        work = _Work(task, prompts, params, cost, loop.create_future(), loop, call=call)
+        with self._cond:
+            if self._closing:
+                raise ShuttingDown("the server is shutting down")
+            if self._queue and self._queued_tokens + cost > self.max_queue_tokens:
+                self.stats.rejected += 1
+                raise QueueFull("the server is busy: too much work is queued; retry later")
+            self._queue.append(work)
+            self._queued_tokens += cost
+            self.stats.requests += 1
+            self._cond.notify()
+        try:
+            return await work.future
+        except asyncio.CancelledError:
+            with self._cond:
+                if work in self._queue:
+                    self._queue.remove(work)
+                    self._queued_tokens -= work.cost
+                    self.stats.cancelled += 1
+            raise
+
+    def _take(self) -> list[_Work]:
+        """The next batch: the oldest request and the later ones of its task that fit the budget."""
+        first = self._queue.popleft()
+        taken, tokens = [first], first.cost
+        if first.call is not None:
+            self._queued_tokens -= tokens
+            return taken
+        for work in list(self._queue):
+            if work.call is None and work.task == first.task and tokens + work.cost <= self.max_batch_tokens:
+                self._queue.remove(work)
+                taken.append(work)
+                tokens += work.cost
+        self._queued_tokens -= tokens
+        return taken
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closing:
+                    self._cond.wait()
+                if not self._queue and self._closing:
+                    return
+                batch = [w for w in self._take() if not w.future.cancelled()]
+                self._busy = True
+            try:
+                if batch:
+                    self._run(batch)
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def _run(self, batch: list[_Work]) -> None:
+        if batch[0].call is not None:
+            try:
+                self._resolve(batch[0], result=batch[0].call())
+            except Exception as exc:
+                self._resolve(batch[0], exception=exc)
+            return
+        prompts = [p for w in batch for p in w.prompts]
+        params = [p for w in batch for p in w.params]
+        now = time.monotonic()
+        try:
+            task = self.llm.model.task(batch[0].task)
+            results = self.llm.engine.run(task, prompts, params)
+        except Exception as exc:  # one bad request must not fail the others: run them alone
+            if len(batch) > 1:
+                for work in batch:
+                    self._run([work])
+                return
+            self._resolve(batch[0], exception=exc)
+            return
+        self.stats.batches += 1
+        self.stats.items += len(prompts)
+        self.stats.tokens += sum(len(ids) for _, ids in results)
+        self.stats.batch_sizes.append(len(prompts))
+        start = 0
+        for work in batch:
+            self.stats.queue_seconds.append(now - work.enqueued)
+            self._resolve(work, result=results[start : start + len(work.prompts)])
+            start += len(work.prompts)
+
+    @staticmethod
+    def _resolve(work: _Work, result: Any = None, exception: BaseException | None = None) -> None:
+        def settle() -> None:
+            if work.future.done():
+                return
+            if exception is not None:
+                work.future.set_exception(exception)
+            else:
+                work.future.set_result(result)
+
+        work.loop.call_soon_threadsafe(settle)
+
+    def drain(self, timeout: float = 30.0) -> bool:
+        """Stop taking work, finish what is queued and running; True if done within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+            while (self._queue or self._busy) and time.monotonic() < deadline:
+                self._cond.wait(timeout=max(0.0, deadline - time.monotonic()))
+            done = not self._queue and not self._busy
+        self._thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        return done

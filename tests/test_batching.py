@@ -1,0 +1,87 @@
+"""The server's dynamic batcher: merging, results per request, cancellation, queue limits, draining."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+
+from poolkit.batching import Batcher, QueueFull, ShuttingDown
+from poolkit.errors import InvalidRequest
+
+TEXTS = ["Hello, my name is", "A man is eating food.", "The new movie is awesome.", "x " * 300]
+
+
+def test_concurrent_requests_are_merged_and_answered_in_order(minilm):
+    batcher = Batcher(minilm, max_batch_tokens=100_000)
+
+    async def main():
+        jobs = []
+        for text in TEXTS:
+            _, prompts, params = minilm.prepare([text, text.upper()], pooling_task="embed")
+            jobs.append(batcher.submit("embed", prompts, params))
+        return await asyncio.gather(*jobs)
+
+    results = asyncio.run(main())
+    assert batcher.stats.requests == 4 and batcher.stats.batches < 4  # merged
+    for text, pair in zip(TEXTS, results):
+        expected = minilm.embed([text, text.upper()])
+        for (vector, ids), out in zip(pair, expected):
+            assert ids == out.prompt_token_ids
+            assert torch.allclose(vector, torch.tensor(out.outputs.embedding), atol=1e-5)
+    assert batcher.drain(5)
+
+
+def test_a_bad_request_does_not_fail_its_batch_mates(minilm):
+    batcher = Batcher(minilm)
+
+    async def main():
+        _, good, good_params = minilm.prepare(["fine"], pooling_task="embed")
+        _, bad, bad_params = minilm.prepare([{"prompt_token_ids": [1, 2]}], pooling_task="embed")
+        bad[0].token_ids = [10**9]  # outside the vocabulary, found only when the engine runs
+        return await asyncio.gather(
+            batcher.submit("embed", good, good_params), batcher.submit("embed", bad, bad_params), return_exceptions=True
+        )
+
+    ok, failed = asyncio.run(main())
+    assert len(ok) == 1 and isinstance(failed, InvalidRequest)
+    batcher.drain(5)
+
+
+def test_cancelled_work_is_dropped_and_full_queues_refuse(minilm):
+    batcher = Batcher(minilm, max_queue_tokens=50)
+
+    async def main():
+        gate = asyncio.Event()
+
+        def slow():
+            import time
+
+            time.sleep(0.3)
+            return "done"
+
+        first = asyncio.ensure_future(batcher.call(slow, cost=1))
+        await asyncio.sleep(0.05)
+        _, prompts, params = minilm.prepare(["queued"], pooling_task="embed")
+        waiting = asyncio.ensure_future(batcher.submit("embed", prompts, params))
+        await asyncio.sleep(0.01)
+        _, big, big_params = minilm.prepare(["y " * 400], pooling_task="embed")
+        with pytest.raises(QueueFull):
+            await batcher.submit("embed", big, big_params)
+        waiting.cancel()
+        gate.set()
+        assert await first == "done"
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+
+    asyncio.run(main())
+    assert batcher.stats.cancelled == 1 and batcher.stats.rejected == 1
+    assert batcher.drain(5)
+
+    async def after():
+        _, prompts, params = minilm.prepare(["late"], pooling_task="embed")
+        await batcher.submit("embed", prompts, params)
+
+    with pytest.raises(ShuttingDown):
+        asyncio.run(after())
