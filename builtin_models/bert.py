@@ -41,6 +41,23 @@ _TORCH_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
+def _wide(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in at least fp32 (fp64 stays fp64)."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def _norm(x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
+    """LayerNorm in at least fp32, whatever the weights' dtype: with bf16 weights the residual
+    stream stays fp32 and only the matmuls run in bf16 (mixed precision)."""
+    x = _wide(x)
+    return F.layer_norm(x, x.shape[-1:], norm.weight.to(x.dtype), norm.bias.to(x.dtype), norm.eps)
+
+
+def _linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
+    """A linear layer in its weights' dtype (bf16 matmuls on a bf16 model), input cast to match."""
+    return F.linear(x.to(layer.weight.dtype), layer.weight, layer.bias)
+
+
 def activation_function(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """The function of a config's ``hidden_act``, as transformers' ``ACT2FN`` defines it."""
     if name in _TORCH_ACTIVATIONS:
@@ -74,7 +91,7 @@ class BertEmbeddings(nn.Module):
             x = x + self.token_type_embeddings.weight[0]
         else:
             x = x + F.embedding(batch.token_type_ids, self.token_type_embeddings.weight)
-        return F.layer_norm(x, x.shape[-1:], self.LayerNorm.weight, self.LayerNorm.bias, self.LayerNorm.eps)
+        return _norm(x, self.LayerNorm)
 
 
 class BertResidualOutput(nn.Module):
@@ -86,8 +103,7 @@ class BertResidualOutput(nn.Module):
         self.LayerNorm = nn.LayerNorm(hidden_size, eps=eps)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        x = F.linear(x, self.dense.weight, self.dense.bias) + residual
-        return F.layer_norm(x, x.shape[-1:], self.LayerNorm.weight, self.LayerNorm.bias, self.LayerNorm.eps)
+        return _norm(_wide(_linear(x, self.dense)) + residual, self.LayerNorm)
 
 
 class BertAttention(nn.Module):
@@ -106,7 +122,7 @@ class BertAttention(nn.Module):
         self.output = BertResidualOutput(hidden, hidden, config.layer_norm_eps)
 
     def forward(self, x: torch.Tensor, batch: PackedBatch, attention: Callable) -> torch.Tensor:
-        qkv = F.linear(x, self.qkv.weight, self.qkv.bias).view(-1, 3, self.num_heads, self.head_dim)
+        qkv = _linear(x, self.qkv).view(-1, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.unbind(1)
         context = attention(q, k, v, batch)
         return self.output(context.reshape(x.shape), x)
@@ -121,7 +137,7 @@ class BertIntermediate(nn.Module):
         self.act = activation_function(config.hidden_act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(F.linear(x, self.dense.weight, self.dense.bias))
+        return self.act(_linear(x, self.dense))
 
 
 class BertLayer(nn.Module):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -59,12 +60,29 @@ class Setting:
     source: str
 
 
+def cpu_multiplies_bf16() -> bool:
+    """Whether this CPU has native bf16 matrix instructions (AVX512-BF16 or AMX)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = set(f.read().split())
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
 def resolve_dtype(dtype: Any, device: torch.device) -> torch.dtype:
-    """``"auto"`` is fp32 on CPU (exact and fast without bf16 hardware), bf16 on GPUs."""
+    """``"auto"``: bf16 where the hardware multiplies bf16 natively (GPUs, CPUs with AVX512-BF16
+    or AMX), fp32 elsewhere. ``POOLKIT_DTYPE`` changes what ``"auto"`` means for the process.
+    """
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype in (None, "auto"):
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        override = os.environ.get("POOLKIT_DTYPE", "auto")
+        if override not in ("", "auto"):
+            return resolve_dtype(override, device)
+        if device.type == "cuda" or (device.type == "cpu" and cpu_multiplies_bf16()):
+            return torch.bfloat16
+        return torch.float32
     try:
         return DTYPES[str(dtype).lower()]
     except KeyError:

@@ -6,6 +6,8 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Parity tests hold fp32 to 1e-4; dtype="auto" (bf16 on bf16 hardware) is tested explicitly.
+os.environ.setdefault("POOLKIT_DTYPE", "float32")
 
 # -- plugins ------------------------------------------------------------------------------------
 # fresh_plugins: a freshly discovered plugin manager, the POOLKIT_*PLUGINS switches unset, and

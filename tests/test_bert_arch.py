@@ -191,9 +191,10 @@ def test_bfloat16_follows_float32(tiny_models: dict[str, TinyModel]) -> None:
     seqs = random_sequences(LENGTHS, seed=5)
     full = run(arch, seqs)
     half = run(arch.to(torch.bfloat16), seqs)
-    assert all(h.dtype == torch.bfloat16 for h in half)
+    assert arch.encoder.layer[0].attention.qkv.weight.dtype == torch.bfloat16
+    assert all(h.dtype == torch.float32 for h in half)  # bf16 matmuls, fp32 residual stream and norms
     _, min_cos = agreement(half, full)
-    assert min_cos >= 0.99
+    assert min_cos >= 0.999
 
 
 @pytest.mark.parametrize(

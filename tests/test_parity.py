@@ -303,3 +303,19 @@ def test_token_id_prompts(minilm):
     a = minilm.embed({"prompt_token_ids": ids})[0].outputs.embedding
     b = minilm.embed("Hello, my name is")[0].outputs.embedding
     assert a == pytest.approx(b, abs=1e-6)
+
+
+def test_auto_dtype_is_bf16_on_bf16_hardware_and_close_to_fp32(minilm_dir, minilm_st, monkeypatch):
+    from poolkit.model import cpu_multiplies_bf16
+
+    monkeypatch.setenv("POOLKIT_DTYPE", "auto")
+    llm = LLM(str(minilm_dir))
+    expected = torch.bfloat16 if cpu_multiplies_bf16() else torch.float32
+    assert llm.model.dtype == expected
+    texts = corpus(120, seed=9)
+    got = torch.tensor([o.outputs.embedding for o in llm.embed(texts)])
+    ref = minilm_st.encode(texts, convert_to_tensor=True)
+    cos = torch.nn.functional.cosine_similarity(got, ref)
+    assert cos.min().item() >= 0.999, cos.min().item()
+    monkeypatch.setenv("POOLKIT_DTYPE", "float32")
+    assert LLM(str(minilm_dir)).model.dtype == torch.float32
