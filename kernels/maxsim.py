@@ -27,12 +27,11 @@ def maxsim_reference(query: torch.Tensor, docs: torch.Tensor, cu_seqlens: torch.
         ``[N]`` fp32 scores.
     """
     lens = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
-    n, width = len(lens), max(lens) if lens else 0
-    padded = docs.new_zeros((n, width, docs.shape[-1]), dtype=torch.float32)
-    mask = torch.zeros((n, width), dtype=torch.bool, device=docs.device)
-    for i, (start, length) in enumerate(zip(cu_seqlens[:-1].tolist(), lens)):
-        padded[i, :length] = docs[start : start + length].float()
-        mask[i, :length] = True
+    if not lens:
+        return torch.zeros(0, dtype=torch.float32, device=docs.device)
+    parts = torch.split(docs[int(cu_seqlens[0]) : int(cu_seqlens[-1])].float(), lens)
+    padded = torch.nn.utils.rnn.pad_sequence(parts, batch_first=True)
+    mask = torch.arange(padded.shape[1], device=docs.device)[None] < torch.tensor(lens, device=docs.device)[:, None]
     sims = torch.einsum("qd,ntd->nqt", query.float(), padded)
     sims = sims.masked_fill(~mask.unsqueeze(1), float("-inf"))
     best = sims.max(dim=-1).values

@@ -1,0 +1,374 @@
+"""``poolkit bench``: poolkit and sentence-transformers on the same weights, corpus and machine.
+
+Each workload runs both libraries in one process, interleaved, for several rounds, and reports
+throughput (tokens/s, items/s), the median ratio, parity against sentence-transformers fp32,
+peak RSS of each library measured in its own child process, and the padding fraction
+sentence-transformers computes. The corpus is made by a seeded generator from the docstrings of
+Python's standard library, so nothing is downloaded. The command is registered through the
+``poolkit_register_commands`` hook, like a third-party command.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from .hookspecs import hookimpl
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+_STDLIB = ("os", "json", "re", "collections", "itertools", "functools", "pathlib", "typing", "random", "statistics",
+           "argparse", "logging", "subprocess", "threading", "unittest", "email", "http.client", "csv", "decimal")
+
+
+def _words() -> list[str]:
+    import importlib
+
+    words: list[str] = []
+    for name in _STDLIB:
+        module = importlib.import_module(name)
+        for obj in [module, *vars(module).values()]:
+            doc = getattr(obj, "__doc__", None)
+            if isinstance(doc, str):
+                words += [w.strip(".,:;()`'\"") for w in doc.split() if w.isascii() and 1 < len(w) < 15]
+    return sorted({w for w in words if w.isalpha()})
+
+
+def make_corpus(n: int, mean_words: float, sigma: float, seed: int, max_words: int = 2000) -> list[str]:
+    """``n`` texts whose lengths in words follow a lognormal around ``mean_words`` (seeded)."""
+    rng = random.Random(seed)
+    words = _words()
+    texts = []
+    for _ in range(n):
+        length = max(1, min(max_words, int(rng.lognormvariate(math.log(mean_words), sigma))))
+        texts.append(" ".join(rng.choice(words) for _ in range(length)).capitalize() + ".")
+    return texts
+
+
+@dataclass
+class Result:
+    """One workload's figures."""
+
+    workload: str
+    description: str
+    items: int
+    tokens: int
+    poolkit_items_per_s: float
+    peer_items_per_s: float | None
+    poolkit_tokens_per_s: float
+    peer_tokens_per_s: float | None
+    ratio: float | None
+    rounds: list[dict[str, float]] = field(default_factory=list)
+    min_cosine: float | None = None
+    max_abs_diff: float | None = None
+    poolkit_peak_rss_mb: float | None = None
+    peer_peak_rss_mb: float | None = None
+    padding_fraction_peer: float | None = None
+    padding_fraction_poolkit: float = 0.0
+    notes: str = ""
+
+
+def _median_ratio(rounds: list[dict[str, float]]) -> float | None:
+    ratios = [r["peer_s"] / r["poolkit_s"] for r in rounds if r.get("peer_s")]
+    return statistics.median(ratios) if ratios else None
+
+
+def _interleave(rounds: int, ours: Callable[[], Any], theirs: Callable[[], Any] | None) -> list[dict[str, float]]:
+    ours()
+    if theirs is not None:
+        theirs()
+    out = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        ours()
+        row = {"poolkit_s": time.perf_counter() - t}
+        if theirs is not None:
+            t = time.perf_counter()
+            theirs()
+            row["peer_s"] = time.perf_counter() - t
+        out.append(row)
+    return out
+
+
+def _padding_fraction(lengths: list[int], batch_size: int = 32) -> float:
+    """Share of padded positions when texts are sorted by length and batched (what ST does)."""
+    ordered = sorted(lengths, reverse=True)
+    padded = sum(max(ordered[i : i + batch_size]) * len(ordered[i : i + batch_size]) for i in range(0, len(ordered), batch_size))
+    return 1.0 - sum(lengths) / padded if padded else 0.0
+
+
+def _rss_child(kind: str, model_dir: str, texts: list[str], dtype: str, queue: Any) -> None:
+    import resource
+
+    if kind == "poolkit":
+        from poolkit import LLM
+
+        LLM(model_dir, dtype=dtype).embed(texts)
+    else:
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        st = SentenceTransformer(model_dir, device="cpu")
+        if dtype == "bfloat16":
+            st = st.to(torch.bfloat16)
+        st.encode(texts, batch_size=32)
+    queue.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def peak_rss_mb(kind: str, model_dir: str, texts: list[str], dtype: str) -> float:
+    """Peak RSS (MiB) of one library embedding ``texts`` in a fresh process."""
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_rss_child, args=(kind, model_dir, texts, dtype, queue))
+    proc.start()
+    proc.join(timeout=600)
+    return float(queue.get(timeout=5)) if proc.exitcode == 0 else float("nan")
+
+
+class Bench:
+    """The workloads, sharing the loaded models."""
+
+    def __init__(self, model: str, dtype: str, rounds: int, scale: float, memory: bool) -> None:
+        from poolkit import LLM
+
+        self.llm = LLM(model, dtype=dtype)
+        self.model_dir = str(self.llm.model.path)
+        self.dtype = str(self.llm.model.dtype).removeprefix("torch.")
+        self.rounds = rounds
+        self.scale = scale
+        self.memory = memory
+        self.st = self._st()
+
+    def _st(self) -> Any:
+        try:
+            import torch
+            from sentence_transformers import SentenceTransformer
+        except ImportError:
+            return None
+        st = SentenceTransformer(self.model_dir, device="cpu")
+        return st.to(torch.bfloat16) if self.dtype == "bfloat16" else st
+
+    def _n(self, n: int) -> int:
+        return max(4, int(n * self.scale))
+
+    def embed_workload(self, name: str, description: str, texts: list[str]) -> Result:
+        import torch
+
+        ours = lambda: self.llm.embed(texts)  # noqa: E731
+        theirs = (lambda: self.st.encode(texts, batch_size=32)) if self.st is not None else None  # noqa: E731
+        rounds = _interleave(self.rounds, ours, theirs)
+        outputs = self.llm.embed(texts)
+        tokens = sum(len(o.prompt_token_ids) for o in outputs)
+        result = self._result(name, description, len(texts), tokens, rounds)
+        result.padding_fraction_peer = _padding_fraction([len(o.prompt_token_ids) for o in outputs])
+        sample = texts[: min(len(texts), 256)]
+        ref = self._reference(sample)
+        if ref is not None:
+            got = torch.tensor([o.outputs.embedding for o in outputs[: len(sample)]])
+            result.min_cosine = float(torch.nn.functional.cosine_similarity(got, ref).min())
+            result.max_abs_diff = float((got - ref).abs().max())
+        if self.memory:
+            result.poolkit_peak_rss_mb = peak_rss_mb("poolkit", self.model_dir, texts, self.dtype)
+            if self.st is not None:
+                result.peer_peak_rss_mb = peak_rss_mb("st", self.model_dir, texts, self.dtype)
+        return result
+
+    def _reference(self, texts: list[str]) -> Any:
+        """sentence-transformers fp32 vectors: the parity reference."""
+        if self.st is None:
+            return None
+        from sentence_transformers import SentenceTransformer
+
+        return SentenceTransformer(self.model_dir, device="cpu").encode(texts, convert_to_tensor=True).float()
+
+    def _result(self, name: str, description: str, items: int, tokens: int, rounds: list[dict[str, float]]) -> Result:
+        ours = statistics.median(r["poolkit_s"] for r in rounds)
+        theirs = statistics.median(r["peer_s"] for r in rounds) if rounds and "peer_s" in rounds[0] else None
+        return Result(
+            name, description, items, tokens, items / ours, items / theirs if theirs else None,
+            tokens / ours, tokens / theirs if theirs else None, _median_ratio(rounds), rounds,
+        )
+
+    def w1(self) -> Result:
+        return self.embed_workload("W1", "short sentences, 16-64 tokens", make_corpus(self._n(2000), 22, 0.35, seed=1))
+
+    def w2(self) -> Result:
+        texts = make_corpus(self._n(200), 600, 0.05, seed=2)
+        return self.embed_workload("W2", "long documents, truncated to the model limit", texts)
+
+    def w3(self) -> Result:
+        texts = make_corpus(self._n(1000), 60, 1.0, seed=3, max_words=600)
+        random.Random(3).shuffle(texts)
+        return self.embed_workload("W3", "mixed lengths 8-512 tokens, random order", texts)
+
+    def w4(self) -> Result:
+        """Rerank 32 queries x 100 documents with a cross-encoder of the model's shape (random head)."""
+        import torch
+        import transformers
+
+        queries = make_corpus(max(1, self._n(32) // 4), 8, 0.3, seed=4)
+        docs = make_corpus(self._n(100), 120, 0.3, seed=5)
+        with tempfile.TemporaryDirectory() as tmp:
+            config = transformers.AutoConfig.from_pretrained(self.model_dir)
+            config.architectures = ["BertForSequenceClassification"]
+            config.num_labels = 1
+            torch.manual_seed(0)
+            model = transformers.BertForSequenceClassification(config)
+            model.bert.load_state_dict(transformers.AutoModel.from_pretrained(self.model_dir).state_dict(), strict=False)
+            model.save_pretrained(tmp)
+            transformers.AutoTokenizer.from_pretrained(self.model_dir).save_pretrained(tmp)
+            from poolkit import LLM
+
+            reranker = LLM(tmp, dtype=self.dtype)
+            pairs = [(q, d) for q in queries for d in docs]
+            ours = lambda: [reranker.score(q, docs) for q in queries]  # noqa: E731
+            ce = None
+            try:
+                from sentence_transformers import CrossEncoder
+
+                ce = CrossEncoder(tmp, device="cpu")
+                if self.dtype == "bfloat16":
+                    ce.model.to(torch.bfloat16)
+            except ImportError:
+                pass
+            theirs = (lambda: ce.predict(pairs, batch_size=32)) if ce is not None else None  # noqa: E731
+            rounds = _interleave(self.rounds, ours, theirs)
+            tokens = sum(len(s.prompt_token_ids) for q in queries for s in reranker.score(q, docs))
+            result = self._result("W4", f"rerank {len(queries)} queries x {len(docs)} documents", len(pairs), tokens, rounds)
+            if ce is not None:
+                ref = torch.tensor(CrossEncoder(tmp, device="cpu").predict(pairs, batch_size=32))
+                got = torch.tensor([s.outputs.score for q in queries for s in reranker.score(q, docs)])
+                result.max_abs_diff = float((got - ref).abs().max())
+            result.notes = "cross-encoder: the model's encoder with a random one-output head"
+        return result
+
+    def w6(self) -> Result:
+        """MaxSim of 1 query (32 x 128) against 1,000 documents (<= 300 x 128): kernel vs einsum."""
+        import torch
+
+        from poolkit.kernel import select_kernel
+
+        gen = torch.Generator().manual_seed(6)
+        lens = torch.randint(50, 300, (self._n(1000),), generator=gen).tolist()
+        query = torch.nn.functional.normalize(torch.randn(32, 128, generator=gen), dim=-1)
+        docs = [torch.nn.functional.normalize(torch.randn(n, 128, generator=gen), dim=-1) for n in lens]
+        flat = torch.cat(docs)
+        cu = torch.tensor([0] + lens).cumsum(0)
+        kernel = select_kernel("maxsim", "cpu")
+
+        def einsum() -> Any:
+            padded = torch.nn.utils.rnn.pad_sequence(docs, batch_first=True)
+            mask = torch.arange(padded.shape[1])[None] < torch.tensor(lens)[:, None]
+            sims = torch.einsum("qd,ntd->nqt", query, padded).masked_fill(~mask[:, None], float("-inf"))
+            return sims.max(-1).values.sum(-1)
+
+        rounds = _interleave(self.rounds, lambda: kernel(query, flat, cu), einsum)
+        result = self._result("W6", f"ColBERT MaxSim, 1 query x {len(lens)} documents", len(lens), sum(lens), rounds)
+        result.max_abs_diff = float((kernel(query, flat, cu) - einsum()).abs().max())
+        result.notes = "peer: padded einsum (the PyLate-style baseline); kernel selected for the CPU"
+        return result
+
+    def w9(self) -> Result:
+        """Cold start: a fresh process from start to its first embedding."""
+        ours = [sys.executable, "-c", f"from poolkit import LLM; LLM({self.model_dir!r}).embed('hello')"]
+        theirs = [sys.executable, "-c", f"from sentence_transformers import SentenceTransformer as S; S({self.model_dir!r}, device='cpu').encode('hello')"]
+        run = lambda cmd: subprocess.run(cmd, check=True, capture_output=True)  # noqa: E731
+        rounds = _interleave(max(1, self.rounds), lambda: run(ours), (lambda: run(theirs)) if self.st is not None else None)
+        result = self._result("W9", "cold start: process start to first embedding", 1, 0, rounds)
+        result.notes = "items/s here is 1 / seconds"
+        return result
+
+    def w10(self) -> Result:
+        texts = [("pathological input " * 30000)[: 100_000 + 20_000 * i] for i in range(self._n(20))]
+        return self.embed_workload("W10", "pathological: 100k-500k character inputs, truncated", texts)
+
+
+WORKLOADS = {"W1": Bench.w1, "W2": Bench.w2, "W3": Bench.w3, "W4": Bench.w4, "W6": Bench.w6, "W9": Bench.w9, "W10": Bench.w10}
+
+
+def run_bench(model: str, workloads: list[str], dtype: str, rounds: int, scale: float, memory: bool) -> dict[str, Any]:
+    """Run the workloads; the JSON-ready report."""
+    import torch
+
+    bench = Bench(model, dtype, rounds, scale, memory)
+    results = [asdict(WORKLOADS[w](bench)) for w in workloads]
+    versions = {"python": platform.python_version(), "torch": torch.__version__}
+    try:
+        import sentence_transformers
+
+        versions["sentence_transformers"] = sentence_transformers.__version__
+    except ImportError:
+        versions["sentence_transformers"] = None
+    from poolkit import __version__
+
+    versions["poolkit"] = __version__
+    return {
+        "model": model,
+        "dtype": bench.dtype,
+        "device": str(bench.llm.model.device),
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "versions": versions,
+        "weights": "real" if model == DEFAULT_MODEL or Path(model).exists() else "as given",
+        "results": results,
+    }
+
+
+def format_table(report: dict[str, Any]) -> str:
+    lines = [
+        f"model {report['model']}  dtype {report['dtype']}  device {report['device']}  threads {report['threads']}",
+        f"{'workload':<5} {'items':>6} {'poolkit tok/s':>14} {'peer tok/s':>11} {'poolkit it/s':>13} {'peer it/s':>10} "
+        f"{'ratio':>6} {'min cos':>9} {'max|diff|':>9} {'RSS MB ours/peer':>17} {'pad% peer':>9}",
+    ]
+    for r in report["results"]:
+        fmt = lambda v, f: "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, f)  # noqa: E731
+        rss = f"{fmt(r['poolkit_peak_rss_mb'], '.0f')}/{fmt(r['peer_peak_rss_mb'], '.0f')}"
+        pad = fmt(None if r["padding_fraction_peer"] is None else 100 * r["padding_fraction_peer"], ".1f")
+        lines.append(
+            f"{r['workload']:<5} {r['items']:>6} {fmt(r['poolkit_tokens_per_s'], ',.0f'):>14} {fmt(r['peer_tokens_per_s'], ',.0f'):>11} "
+            f"{fmt(r['poolkit_items_per_s'], ',.1f'):>13} {fmt(r['peer_items_per_s'], ',.1f'):>10} {fmt(r['ratio'], '.2f'):>6} "
+            f"{fmt(r['min_cosine'], '.6f'):>9} {fmt(r['max_abs_diff'], '.1e'):>9} {rss:>17} {pad:>9}  {r['description']}"
+        )
+    return "\n".join(lines)
+
+
+@hookimpl
+def poolkit_register_commands(app):
+    import typer
+
+    from .cli import _errors, _setup_logging
+
+    @app.command()
+    def bench(
+        workloads: str = typer.Option("W1,W2,W3,W4,W6,W9,W10", "--workloads", "-w", help="Comma-separated workload ids."),
+        model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Model with a sentence-transformers peer."),
+        dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on bf16 hardware) or float32, for both libraries."),
+        rounds: int = typer.Option(3, "--rounds", help="Interleaved rounds per workload."),
+        scale: float = typer.Option(1.0, "--scale", help="Multiply every workload's size."),
+        smoke: bool = typer.Option(False, "--smoke", help="A tiny configuration (CI): small sizes, one round, no RSS."),
+        memory: Optional[bool] = typer.Option(None, "--memory/--no-memory", help="Measure peak RSS in child processes."),
+        as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    ) -> None:
+        """Benchmark poolkit against sentence-transformers on the same weights, interleaved."""
+        with _errors():
+            _setup_logging(True, False)
+            names = [w.strip().upper() for w in workloads.split(",") if w.strip()]
+            unknown = [w for w in names if w not in WORKLOADS]
+            if unknown:
+                from .errors import InvalidRequest
+
+                raise InvalidRequest(f"unknown workload(s) {', '.join(unknown)}; choose from {', '.join(WORKLOADS)}")
+            if smoke:
+                rounds, scale = 1, min(scale, 0.02)
+            report = run_bench(model, names, dtype, rounds, scale, memory if memory is not None else not smoke)
+            typer.echo(json.dumps(report, indent=2) if as_json else format_table(report))
