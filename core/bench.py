@@ -107,9 +107,17 @@ def _padding_fraction(lengths: list[int], batch_size: int = 32) -> float:
     return 1.0 - sum(lengths) / padded if padded else 0.0
 
 
-def _rss_child(kind: str, model_dir: str, texts: list[str], dtype: str, queue: Any) -> None:
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM, which a new program starts afresh)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
     import resource
 
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _rss_child(kind: str, model_dir: str, texts: list[str], dtype: str, queue: Any) -> None:
     if kind == "poolkit":
         from poolkit import LLM
 
@@ -122,7 +130,7 @@ def _rss_child(kind: str, model_dir: str, texts: list[str], dtype: str, queue: A
         if dtype == "bfloat16":
             st = st.to(torch.bfloat16)
         st.encode(texts, batch_size=32)
-    queue.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    queue.put(_peak_rss_mb())
 
 
 def peak_rss_mb(kind: str, model_dir: str, texts: list[str], dtype: str) -> float:

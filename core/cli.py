@@ -171,11 +171,13 @@ QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bar, errors on
 VerboseOpt = typer.Option(False, "--verbose", "-v", help="Log what poolkit decides.")
 
 
-def _load(model, pooler_config, hf_overrides, runner, convert, dtype, device, allow_pickle, io_processor_plugin=None):
+def _load(model, pooler_config, hf_overrides, runner, convert, dtype, device, allow_pickle, io_processor_plugin=None,
+          **extra):
     from .llm import LLM
 
     return LLM(
         model,
+        **extra,
         io_processor_plugin=io_processor_plugin,
         runner=runner,
         convert=convert,
@@ -480,6 +482,76 @@ def _emit_scores(rows: list[dict[str, Any]], fmt: Format) -> None:
     for row in rows:
         table.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.values()))
     Console(file=sys.stdout).print(table)
+
+
+@app.command()
+def serve(
+    model: Optional[str] = typer.Argument(None, help="Model directory, Hugging Face id or packaged model (default: all-MiniLM-L6-v2)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; 0.0.0.0 listens on every interface."),
+    port: int = typer.Option(8000, "--port", help="Port to bind."),
+    served_model_name: Optional[str] = typer.Option(None, "--served-model-name", help="The name requests give in 'model' (default: MODEL as given)."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="POOLKIT_API_KEY", help="Require 'Authorization: Bearer KEY' on every inference route (or set POOLKIT_API_KEY)."),
+    max_batch_tokens: Optional[int] = typer.Option(None, "--max-batch-tokens", help="Token budget of one batch: concurrent requests are merged up to it."),
+    max_queue_tokens: int = typer.Option(1_000_000, "--max-queue-tokens", help="Estimated tokens allowed to wait for the model; beyond it 429."),
+    max_concurrent_requests: int = typer.Option(512, "--max-concurrent-requests", help="Requests handled at once; beyond it 429."),
+    max_inputs_per_request: int = typer.Option(2048, "--max-inputs-per-request", help="Inputs (texts, documents, images) in one request."),
+    max_request_tokens: int = typer.Option(300_000, "--max-request-tokens", help="Tokens in one request (estimated before tokenizing)."),
+    max_body_bytes: int = typer.Option(16 * 1024 * 1024, "--max-body-bytes", help="Largest request body; beyond it 413."),
+    shutdown_timeout: float = typer.Option(30.0, "--shutdown-timeout", help="Seconds to finish in-flight work on SIGTERM."),
+    pooler_config: Optional[str] = PoolerConfigOpt,
+    hf_overrides: Optional[str] = HfOverridesOpt,
+    runner: str = RunnerOpt,
+    convert: str = ConvertOpt,
+    dtype: str = DtypeOpt,
+    device: Optional[str] = DeviceOpt,
+    allow_pickle: bool = AllowPickleOpt,
+    chat_template: Optional[str] = typer.Option(None, "--chat-template", help="Score template for /score and /rerank with LLM rerankers: a Jinja file or text."),
+    io_processor_plugin: Optional[str] = typer.Option(None, "--io-processor-plugin", help="IO processor for /pooling with task 'plugin'."),
+    quiet: bool = QuietOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Serve MODEL over HTTP: OpenAI /v1/embeddings, /pooling, /classify, /score, /rerank, Cohere /v2/embed.
+
+    Every task the model supports is served; each request chooses its own. Binds 127.0.0.1
+    unless --host says otherwise. SIGTERM drains in-flight requests and exits 0.
+    """
+    with _errors():
+        try:
+            import fastapi  # noqa: F401
+            import uvicorn  # noqa: F401
+        except ImportError:
+            from .errors import MissingDependency
+
+            raise MissingDependency("poolkit serve needs FastAPI and uvicorn: pip install 'poolkit[serve]'") from None
+        from .llm import DEFAULT_MODEL
+        from .server import ServerLimits, run
+
+        limits = ServerLimits(
+            max_inputs_per_request=max_inputs_per_request,
+            max_request_tokens=max_request_tokens,
+            max_body_bytes=max_body_bytes,
+            max_concurrent_requests=max_concurrent_requests,
+            max_queue_tokens=max_queue_tokens,
+            shutdown_timeout=shutdown_timeout,
+            **({"max_batch_tokens": max_batch_tokens} if max_batch_tokens is not None else {}),
+        )
+        if chat_template is not None and Path(chat_template).is_file():
+            chat_template = Path(chat_template).read_text(encoding="utf-8")
+        _json_option(pooler_config, "--pooler-config")  # bad JSON fails now, not after the server started
+        _json_option(hf_overrides, "--hf-overrides")
+        name = model or DEFAULT_MODEL
+        _setup_logging(quiet, verbose)
+        if not quiet:
+            for logger_name in ("uvicorn", "uvicorn.error", "poolkit.server"):
+                logging.getLogger(logger_name).setLevel(logging.INFO)
+
+        def load():
+            return _load(name, pooler_config, hf_overrides, runner, convert, dtype, device, allow_pickle,
+                         io_processor_plugin, max_batch_tokens=max_batch_tokens)
+
+        logging.getLogger("poolkit.server").info("serving %s as '%s' on http://%s:%d", name, served_model_name or name, host, port)
+        run(load, host=host, port=port, served_model_name=served_model_name or name, api_key=api_key, limits=limits,
+            chat_template=chat_template, log_level="warning" if quiet else "info", access_log=verbose)
 
 
 @app.command()

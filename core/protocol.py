@@ -1,0 +1,169 @@
+"""Request bodies of the HTTP server (OpenAI, vLLM and Cohere field names).
+
+The models describe the API in ``/openapi.json`` and do the structural checks: strict types (no
+``"256"`` for an integer, no ``1.0`` for a boolean), closed value sets (``encoding_format``,
+``embed_dtype``, ...) and no NaN or Infinity. Unknown fields are ignored, as OpenAI and vLLM
+clients send extras. Checks that need the model (task support, matryoshka dimensions, limits)
+happen in the server.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Dict, List, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, WrapValidator
+from pydantic_core import PydanticCustomError
+
+
+def _is_token_ids(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in value)
+
+
+def _check_prompt_input(value: Any, handler: Any) -> Any:
+    """``str | list[str] | list[int] | list[list[int]]`` with one clear message when it is not."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and (
+        all(isinstance(v, str) for v in value) or _is_token_ids(value) or all(_is_token_ids(v) for v in value)
+    ):
+        return value
+    raise PydanticCustomError(
+        "input_type",
+        "must be a string, a list of strings, a list of token ids or a list of lists of token ids",
+    )
+
+
+def _check_texts(value: Any, handler: Any) -> Any:
+    """``str | list[str]``."""
+    if isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+        return value
+    raise PydanticCustomError("texts_type", "must be a string or a list of strings")
+
+
+PromptInput = Annotated[
+    Union[StrictStr, List[StrictStr], List[StrictInt], List[List[StrictInt]]], WrapValidator(_check_prompt_input)
+]
+TextInput = Annotated[Union[StrictStr, List[StrictStr]], WrapValidator(_check_texts)]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+    model: Optional[StrictStr] = Field(None, description="The served model name; any other value is a 404.")
+    user: Optional[StrictStr] = None
+
+
+class _Tokenization(BaseModel):
+    truncate_prompt_tokens: Optional[StrictInt] = Field(
+        None, description="Keep at most N tokens (-1: the model's limit). Inputs are truncated to the model's limit by default."
+    )
+    truncation_side: Optional[Literal["left", "right"]] = None
+
+
+class _Chat(BaseModel):
+    messages: Optional[List[Dict[str, Any]]] = Field(
+        None, description="Chat-style input rendered with the tokenizer's chat template (one prompt)."
+    )
+    add_generation_prompt: StrictBool = False
+    continue_final_message: StrictBool = False
+    add_special_tokens: Optional[StrictBool] = None
+
+
+class _Encoding(BaseModel):
+    encoding_format: Literal["float", "base64", "bytes", "bytes_only"] = "float"
+    embed_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    endianness: Literal["native", "little", "big"] = "native"
+
+
+class EmbeddingRequest(_Body, _Tokenization, _Chat, _Encoding):
+    """``POST /v1/embeddings`` (OpenAI)."""
+
+    input: Optional[PromptInput] = None
+    dimensions: Optional[StrictInt] = None
+    use_activation: Optional[StrictBool] = None
+
+
+class ClassificationRequest(_Body, _Tokenization, _Chat):
+    """``POST /classify``."""
+
+    input: Optional[PromptInput] = None
+    use_activation: Optional[StrictBool] = None
+
+
+class PoolingRequest(_Body, _Tokenization, _Chat, _Encoding):
+    """``POST /pooling``: any task (``task``), or ``data`` for the IO processor plugin task."""
+
+    input: Optional[PromptInput] = None
+    data: Optional[Any] = Field(None, description="Input of the IO processor plugin (task 'plugin').")
+    task: Optional[StrictStr] = None
+    dimensions: Optional[StrictInt] = None
+    use_activation: Optional[StrictBool] = None
+    step_tag_id: Optional[StrictInt] = Field(None, ge=0, lt=2**31)
+    returned_token_ids: Optional[List[Annotated[StrictInt, Field(ge=0, lt=2**31)]]] = None
+    top_k: Optional[StrictInt] = Field(None, description="sparse_embed: keep the K strongest weights.")
+    threshold: Optional[Union[StrictFloat, StrictInt]] = Field(None, description="sparse_embed: drop weights below this.")
+    return_tokens: StrictBool = False
+
+
+class ScoreRequest(_Body, _Tokenization):
+    """``POST /score``, ``/v1/score``: one pair of sides, 1:1, 1:N or N:N."""
+
+    text_1: Optional[TextInput] = None
+    text_2: Optional[TextInput] = None
+    data_1: Optional[TextInput] = None
+    data_2: Optional[TextInput] = None
+    queries: Optional[TextInput] = None
+    documents: Optional[TextInput] = None
+    items: Optional[TextInput] = None
+    instruction: Optional[StrictStr] = None
+    use_activation: Optional[StrictBool] = None
+
+
+class RerankDocument(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    text: StrictStr
+
+
+class RerankRequest(_Body, _Tokenization):
+    """``POST /rerank``, ``/v1/rerank``, ``/v2/rerank`` (Jina / Cohere)."""
+
+    query: StrictStr
+    documents: List[Union[StrictStr, RerankDocument]]
+    top_n: StrictInt = Field(0, description="Keep the best N (0: all).")
+    return_documents: StrictBool = True
+    instruction: Optional[StrictStr] = None
+    use_activation: Optional[StrictBool] = None
+
+
+class CohereImageUrl(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    url: StrictStr
+
+
+class CohereContent(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["text", "image_url"]
+    text: Optional[StrictStr] = None
+    image_url: Optional[Union[CohereImageUrl, StrictStr]] = None
+
+
+class CohereInput(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    content: List[CohereContent]
+
+
+class CohereEmbedRequest(_Body):
+    """``POST /v2/embed`` (Cohere Embed v2)."""
+
+    texts: Optional[List[StrictStr]] = None
+    images: Optional[List[StrictStr]] = Field(None, description="Images as data:image/...;base64 URIs.")
+    inputs: Optional[List[CohereInput]] = None
+    input_type: Optional[StrictStr] = None
+    embedding_types: List[Literal["float", "binary", "ubinary", "base64"]] = ["float"]
+    output_dimension: Optional[StrictInt] = None
+    truncate: Literal["NONE", "START", "END"] = "END"
+    max_tokens: Optional[StrictInt] = None

@@ -1,0 +1,758 @@
+"""The HTTP server: a real ``poolkit serve`` process driven by the official ``openai`` client and
+httpx, and the in-process app for the wire formats (base64, bytes, Cohere bit packing), rerank
+and score on a tiny cross-encoder, several tasks from one server, metrics, concurrency, client
+disconnects and graceful shutdown. Every result is compared with the offline Python API."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import random
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+httpx = pytest.importorskip("httpx")
+openai = pytest.importorskip("openai")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from poolkit import LLM, PoolingParams  # noqa: E402
+from poolkit.server import create_app  # noqa: E402
+
+ATOL = 1e-5
+TEXTS = ["Hello, my name is", "The capital of France is Paris.", "A man is eating food.", "ünïcödé ✓ text"]
+MATRYOSHKA = {"is_matryoshka": True}
+
+
+# -- a real server process -------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    url: str
+    proc: subprocess.Popen
+    log: Path
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+
+def start_server(model_dir: Path, log: Path, *args: str) -> Server:
+    port = _free_port()
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "poolkit", "serve", str(model_dir), "--port", str(port), "--served-model-name", "minilm", *args]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    server = Server(f"http://127.0.0.1:{port}", proc, log)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with {proc.returncode}:\n{server.logs()}")
+        try:
+            if httpx.get(f"{server.url}/health", timeout=1).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"the server did not become healthy:\n{server.logs()}")
+
+
+def stop_server(server: Server, timeout: float = 30) -> int:
+    if server.proc.poll() is None:
+        server.proc.send_signal(signal.SIGTERM)
+        try:
+            server.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            server.proc.kill()
+            server.proc.wait()
+    return server.proc.returncode
+
+
+@pytest.fixture(scope="session")
+def server(minilm_dir, tmp_path_factory):
+    srv = start_server(minilm_dir, tmp_path_factory.mktemp("server") / "server.log", "--max-batch-tokens", "8192")
+    yield srv
+    code = stop_server(srv)
+    assert code == 0, srv.logs()
+
+
+@pytest.fixture(scope="session")
+def client(server):
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def _close(a, b, atol: float = ATOL) -> float:
+    diff = float((torch.tensor(a, dtype=torch.float32) - torch.tensor(b, dtype=torch.float32)).abs().max())
+    assert diff <= atol, diff
+    return diff
+
+
+# -- the openai client against the real process ----------------------------------------------------
+
+
+def test_openai_client_float_equals_offline(client, minilm):
+    expected = minilm.embed(TEXTS)
+    response = client.embeddings.create(model="minilm", input=TEXTS, encoding_format="float")
+    assert [d.index for d in response.data] == list(range(len(TEXTS)))
+    diffs = [_close(d.embedding, e.outputs.embedding) for d, e in zip(response.data, expected)]
+    assert response.usage.prompt_tokens == sum(len(e.prompt_token_ids) for e in expected)
+    print(f"\nopenai float parity: max |diff| = {max(diffs):.2e}")
+
+
+def test_openai_client_base64_equals_offline(client, minilm):
+    expected = minilm.embed(TEXTS)
+    # The client asks for base64 when no encoding is given and decodes it as float32.
+    decoded = client.embeddings.create(model="minilm", input=TEXTS)
+    raw = client.embeddings.create(model="minilm", input=TEXTS, encoding_format="base64")
+    for d, r, e in zip(decoded.data, raw.data, expected):
+        _close(d.embedding, e.outputs.embedding)
+        assert isinstance(r.embedding, str)
+        vector = np.frombuffer(base64.b64decode(r.embedding), dtype="<f4")
+        assert np.array_equal(vector, np.asarray(d.embedding, dtype=np.float32))
+
+
+def test_openai_client_token_ids_and_single_string(client, minilm):
+    ids = minilm.embed("The capital of France is Paris.")[0].prompt_token_ids
+    expected = minilm.embed({"prompt_token_ids": ids})[0].outputs.embedding
+    for given in (ids, [ids]):
+        response = client.embeddings.create(model="minilm", input=given, encoding_format="float")
+        assert len(response.data) == 1
+        _close(response.data[0].embedding, expected)
+    single = client.embeddings.create(model="minilm", input="Hello, my name is", encoding_format="float")
+    _close(single.data[0].embedding, minilm.embed("Hello, my name is")[0].outputs.embedding)
+
+
+def test_openai_client_dimensions_on_a_non_matryoshka_model(client):
+    with pytest.raises(openai.BadRequestError) as err:
+        client.embeddings.create(model="minilm", input="hi", dimensions=32)
+    assert err.value.status_code == 400
+    body = err.value.body
+    assert "does not support matryoshka representation, changing output dimensions will lead to poor results" in body["message"]
+    assert body["param"] == "dimensions" and body["code"] == 400
+
+
+def test_openai_client_errors_map_to_its_exception_types(client, server):
+    with pytest.raises(openai.NotFoundError) as err:
+        client.embeddings.create(model="gpt-4", input="hi")
+    assert err.value.body["message"] == "The model `gpt-4` does not exist."
+    with pytest.raises(openai.BadRequestError):
+        client.embeddings.create(model="minilm", input="")
+    models = client.models.list()
+    assert [m.id for m in models.data] == ["minilm"]
+    assert httpx.get(f"{server.url}/health").status_code == 200
+
+
+def test_real_server_rejects_bad_requests_at_the_transport(server):
+    url = f"{server.url}/v1/embeddings"
+    big = httpx.post(url, content=b"x" * (17 * 1024 * 1024), headers={"content-type": "application/json"})
+    assert big.status_code == 413 and big.json()["error"]["code"] == 413
+
+    def chunks():
+        for _ in range(20):
+            yield b" " * (1024 * 1024)
+
+    streamed = httpx.post(url, content=chunks(), headers={"content-type": "application/json"})
+    assert streamed.status_code == 413
+    assert httpx.post(url, content=b"{", headers={"content-type": "application/json"}).status_code == 400
+    assert httpx.post(url, content=b"input=hi", headers={"content-type": "application/x-www-form-urlencoded"}).status_code == 415
+    nan = httpx.post(url, content=b'{"input": "hi", "dimensions": NaN}', headers={"content-type": "application/json"})
+    assert nan.status_code == 400 and "NaN" in nan.json()["error"]["message"]
+    assert httpx.get(f"{server.url}/health").status_code == 200
+
+
+# -- in-process apps -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def app_client(minilm):
+    with TestClient(create_app(minilm, served_model_name="minilm")) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def matryoshka(minilm_dir):
+    return LLM(str(minilm_dir), hf_overrides=MATRYOSHKA)
+
+
+@pytest.fixture(scope="module")
+def matryoshka_client(matryoshka):
+    with TestClient(create_app(matryoshka, served_model_name="m")) as c:
+        yield c
+
+
+def test_dimensions_on_a_matryoshka_model(matryoshka_client, matryoshka):
+    expected = matryoshka.embed(TEXTS, PoolingParams(dimensions=64))
+    r = matryoshka_client.post("/v1/embeddings", json={"model": "m", "input": TEXTS, "dimensions": 64})
+    assert r.status_code == 200, r.text
+    for d, e in zip(r.json()["data"], expected):
+        assert len(d["embedding"]) == 64
+        _close(d["embedding"], e.outputs.embedding)
+        assert abs(float(np.linalg.norm(d["embedding"])) - 1) < 1e-5
+
+
+@pytest.mark.parametrize(
+    "dtype, endianness, np_dtype",
+    [
+        ("float32", "little", "<f4"),
+        ("float32", "big", ">f4"),
+        ("float16", "native", "=f2"),
+        ("float16", "big", ">f2"),
+    ],
+)
+def test_base64_embed_dtype_and_endianness(app_client, minilm, dtype, endianness, np_dtype):
+    expected = torch.tensor(minilm.embed(TEXTS[1])[0].outputs.embedding)
+    r = app_client.post(
+        "/v1/embeddings",
+        json={"input": TEXTS[1], "encoding_format": "base64", "embed_dtype": dtype, "endianness": endianness},
+    )
+    assert r.status_code == 200, r.text
+    got = np.frombuffer(base64.b64decode(r.json()["data"][0]["embedding"]), dtype=np_dtype).astype(np.float32)
+    assert np.array_equal(got, expected.to(getattr(torch, dtype)).float().numpy())
+
+
+def test_base64_bfloat16(app_client, minilm):
+    expected = torch.tensor(minilm.embed(TEXTS[0])[0].outputs.embedding).to(torch.bfloat16)
+    r = app_client.post("/v1/embeddings", json={"input": TEXTS[0], "encoding_format": "base64", "embed_dtype": "bfloat16"})
+    words = np.frombuffer(base64.b64decode(r.json()["data"][0]["embedding"]), dtype="=i2").copy()
+    assert torch.equal(torch.from_numpy(words).view(torch.bfloat16), expected)
+
+
+def test_bytes_encoding_with_metadata_header(app_client, minilm):
+    expected = minilm.embed(TEXTS)
+    r = app_client.post("/v1/embeddings", json={"input": TEXTS, "encoding_format": "bytes"})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/octet-stream"
+    meta = json.loads(r.headers["metadata"])
+    assert meta["model"] == "minilm" and meta["usage"]["prompt_tokens"] == sum(len(e.prompt_token_ids) for e in expected)
+    for item, e in zip(meta["data"], expected):
+        vector = np.frombuffer(r.content[item["start"] : item["end"]], dtype=np.float32)
+        assert item["shape"] == [384]
+        assert np.array_equal(vector, np.asarray(e.outputs.embedding, dtype=np.float32))
+    only = app_client.post("/v1/embeddings", json={"input": TEXTS, "encoding_format": "bytes_only"})
+    assert "metadata" not in only.headers and only.content == r.content
+
+
+# -- Cohere /v2/embed ------------------------------------------------------------------------------
+
+
+def _reference_bits(vector: list[float], signed: bool) -> list[int]:
+    """Inventory §6.3: bit = 1 if v >= 0, MSB first (bit << (7 - idx % 8)), 8 dims a byte; binary = byte - 128."""
+    out = []
+    for start in range(0, len(vector), 8):
+        byte = 0
+        for idx in range(start, start + 8):
+            byte |= (1 if vector[idx] >= 0 else 0) << (7 - idx % 8)
+        out.append(byte - 128 if signed else byte)
+    return out
+
+
+def test_cohere_embed_all_types_equal_a_reference(app_client, minilm):
+    expected = [e.outputs.embedding for e in minilm.embed(TEXTS)]
+    r = app_client.post(
+        "/v2/embed",
+        json={"model": "minilm", "texts": TEXTS, "embedding_types": ["float", "binary", "ubinary", "base64"]},
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["response_type"] == "embeddings_by_type" and body["texts"] == TEXTS
+    assert body["meta"]["api_version"] == {"version": "2"}
+    assert body["meta"]["billed_units"]["input_tokens"] == sum(len(e.prompt_token_ids) for e in minilm.embed(TEXTS))
+    emb = body["embeddings"]
+    for i, vector in enumerate(expected):
+        _close(emb["float"][i], vector)
+        assert emb["ubinary"][i] == _reference_bits(vector, signed=False)
+        assert emb["binary"][i] == _reference_bits(vector, signed=True)
+        assert len(emb["binary"][i]) == 384 // 8 and all(-128 <= b <= 127 for b in emb["binary"][i])
+        assert base64.b64decode(emb["base64"][i]) == struct.pack(f"<{len(vector)}f", *vector)
+
+
+def test_cohere_bit_order_on_a_known_vector():
+    from poolkit.encodings import binary, ubinary
+
+    vector = torch.tensor([1.0, -1, -1, -1, -1, -1, -1, 0.0] + [-0.5] * 7 + [2.0])
+    assert ubinary(vector) == [0b10000001, 0b00000001]
+    assert binary(vector) == [0b10000001 - 128, 1 - 128]
+
+
+def test_cohere_truncation_and_input_type(app_client, minilm):
+    long = "word " * 600
+    default = minilm.embed(long)[0].outputs.embedding
+    end = app_client.post("/v2/embed", json={"texts": [long], "truncate": "END"}).json()
+    _close(end["embeddings"]["float"][0], default)
+    start = app_client.post("/v2/embed", json={"texts": [long + "tail"], "truncate": "START"}).json()
+    left = minilm.embed(long + "tail", PoolingParams(truncate_prompt_tokens=-1, truncation_side="left"))[0]
+    _close(start["embeddings"]["float"][0], left.outputs.embedding)
+    none = app_client.post("/v2/embed", json={"texts": [long], "truncate": "NONE"})
+    assert none.status_code == 400 and "maximum context length is 256 tokens" in none.json()["error"]["message"]
+    capped = app_client.post("/v2/embed", json={"texts": ["a b c d e f"], "truncate": "NONE", "max_tokens": 3})
+    assert capped.status_code == 400 and "exceeds max_tokens=3 with truncate=NONE" in capped.json()["error"]["message"]
+    bad = app_client.post("/v2/embed", json={"texts": ["x"], "input_type": "search_query"})
+    assert bad.status_code == 400
+    assert bad.json()["error"]["message"] == (
+        "Unsupported input_type 'search_query'. This model does not define any input_type task instructions."
+    )
+
+
+def test_cohere_input_type_uses_the_models_prompts(minilm_dir, tmp_path):
+    model = tmp_path / "prompted"
+    model.mkdir()
+    for f in minilm_dir.iterdir():
+        (model / f.name).symlink_to(f)
+    (model / "config_sentence_transformers.json").unlink()
+    (model / "config_sentence_transformers.json").write_text(json.dumps({"prompts": {"query": "query: ", "document": ""}}))
+    llm = LLM(str(model))
+    with TestClient(create_app(llm, served_model_name="p")) as c:
+        r = c.post("/v2/embed", json={"texts": TEXTS, "input_type": "query"})
+        assert r.status_code == 200, r.text
+        for got, e in zip(r.json()["embeddings"]["float"], llm.embed(TEXTS, prompt_name="query")):
+            _close(got, e.outputs.embedding)
+        wrong = c.post("/v2/embed", json={"texts": TEXTS, "input_type": "search"})
+        assert wrong.json()["error"]["message"] == "Unsupported input_type 'search'. Supported values: document, query"
+
+
+def test_cohere_binary_needs_a_multiple_of_8(matryoshka_client):
+    r = matryoshka_client.post("/v2/embed", json={"texts": ["x"], "output_dimension": 12, "embedding_types": ["binary"]})
+    assert r.status_code == 400
+    assert r.json()["error"]["message"] == (
+        "Embedding dimension must be a multiple of 8 for binary embedding types, but got 12."
+    )
+    ok = matryoshka_client.post("/v2/embed", json={"texts": ["x"], "output_dimension": 16, "embedding_types": ["ubinary"]})
+    assert ok.status_code == 200 and len(ok.json()["embeddings"]["ubinary"][0]) == 2
+
+
+def test_cohere_images_on_clip(tmp_path):
+    pil = pytest.importorskip("PIL.Image")
+    from tiny_models import build_clip
+
+    llm = LLM(str(build_clip(tmp_path / "clip")))
+    buf = __import__("io").BytesIO()
+    pil.new("RGB", (40, 30), (200, 30, 90)).save(buf, format="PNG")
+    uri = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    expected = llm.embed([{"prompt": "", "multi_modal_data": {"image": buf.getvalue()}}])[0].outputs.embedding
+    with TestClient(create_app(llm, served_model_name="clip")) as c:
+        r = c.post("/v2/embed", json={"images": [uri]})
+        assert r.status_code == 200, r.text
+        _close(r.json()["embeddings"]["float"][0], expected)
+        assert r.json()["meta"]["billed_units"]["image_tokens"] >= 1
+        mixed = c.post(
+            "/v2/embed",
+            json={"inputs": [{"content": [{"type": "image_url", "image_url": {"url": uri}}]}, {"content": [{"type": "text", "text": "a red square"}]}]},
+        )
+        assert mixed.status_code == 200, mixed.text
+        _close(mixed.json()["embeddings"]["float"][0], expected)
+        _close(mixed.json()["embeddings"]["float"][1], llm.embed("a red square")[0].outputs.embedding)
+        for image in ("/etc/passwd", "file:///etc/passwd", "http://169.254.169.254/x.png"):
+            refused = c.post("/v2/embed", json={"images": [image]})
+            assert refused.status_code == 400 and "data:" in refused.json()["error"]["message"]
+        broken = c.post("/v2/embed", json={"images": ["data:image/png;base64,@@@"]})
+        assert broken.status_code == 400 and "base64" in broken.json()["error"]["message"]
+
+
+# -- rerank and score on a tiny cross-encoder ------------------------------------------------------
+
+QUERY = "what is the capital of france"
+DOCS = ["paris is the capital of france", "berlin is in germany", "the sky is blue", "france", "capital city"]
+
+
+@pytest.fixture(scope="module")
+def cross_encoder(tmp_path_factory):
+    from tiny_models import build_classifier
+
+    return LLM(str(build_classifier(tmp_path_factory.mktemp("ce") / "ce", "bert", 1)))
+
+
+@pytest.fixture(scope="module")
+def ce_client(cross_encoder):
+    with TestClient(create_app(cross_encoder, served_model_name="ce")) as c:
+        yield c
+
+
+@pytest.mark.parametrize("route", ["/rerank", "/v1/rerank", "/v2/rerank"])
+def test_rerank_equals_llm_rerank(ce_client, cross_encoder, route):
+    assert cross_encoder.score_type == "cross-encoder"
+    expected = cross_encoder.rerank(QUERY, DOCS)
+    r = ce_client.post(route, json={"model": "ce", "query": QUERY, "documents": DOCS})
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [x["index"] for x in results] == [e.index for e in expected]
+    assert [x["document"]["text"] for x in results] == [e.document for e in expected]
+    for x, e in zip(results, expected):
+        assert abs(x["relevance_score"] - e.relevance_score) <= ATOL
+    scores = [x["relevance_score"] for x in results]
+    assert scores == sorted(scores, reverse=True)
+    assert r.json()["usage"]["prompt_tokens"] > 0
+
+
+def test_rerank_top_n_documents_as_objects_and_no_documents(ce_client, cross_encoder):
+    expected = cross_encoder.rerank(QUERY, DOCS, top_n=2)
+    r = ce_client.post(
+        "/v2/rerank", json={"query": QUERY, "documents": [{"text": d} for d in DOCS], "top_n": 2, "return_documents": False}
+    )
+    results = r.json()["results"]
+    assert [x["index"] for x in results] == [e.index for e in expected] and "document" not in results[0]
+    everything = ce_client.post("/rerank", json={"query": QUERY, "documents": DOCS, "top_n": 50}).json()["results"]
+    assert len(everything) == len(DOCS)
+
+
+@pytest.mark.parametrize("route", ["/score", "/v1/score"])
+def test_score_1_to_n_and_n_to_n_equal_llm_score(ce_client, cross_encoder, route):
+    one_to_n = ce_client.post(route, json={"text_1": QUERY, "text_2": DOCS}).json()
+    for item, e in zip(one_to_n["data"], cross_encoder.score(QUERY, DOCS)):
+        assert item["object"] == "score" and abs(item["score"] - e.outputs.score) <= ATOL
+    firsts = [QUERY, "germany", "colour of the sky"]
+    n_to_n = ce_client.post(route, json={"text_1": firsts, "text_2": DOCS[:3]}).json()
+    expected = cross_encoder.score(firsts, DOCS[:3])
+    assert [d["index"] for d in n_to_n["data"]] == [0, 1, 2]
+    for item, e in zip(n_to_n["data"], expected):
+        assert abs(item["score"] - e.outputs.score) <= ATOL
+    aliases = ce_client.post(route, json={"queries": QUERY, "documents": DOCS[:2]}).json()
+    assert [d["score"] for d in aliases["data"]] == [d["score"] for d in one_to_n["data"][:2]]
+    raw = ce_client.post(route, json={"text_1": QUERY, "text_2": DOCS[0], "use_activation": False}).json()
+    logit = cross_encoder.score(QUERY, DOCS[0], PoolingParams(use_activation=False))[0].outputs.score
+    assert abs(raw["data"][0]["score"] - logit) <= ATOL
+
+
+def test_score_and_rerank_with_an_embedding_model_use_cosine(app_client, minilm):
+    r = app_client.post("/score", json={"text_1": TEXTS[0], "text_2": TEXTS[1:]}).json()
+    for item, e in zip(r["data"], minilm.score(TEXTS[0], TEXTS[1:])):
+        assert abs(item["score"] - e.outputs.score) <= ATOL
+    ranked = app_client.post("/rerank", json={"query": TEXTS[0], "documents": TEXTS[1:]}).json()["results"]
+    assert [x["index"] for x in ranked] == [e.index for e in minilm.rerank(TEXTS[0], TEXTS[1:])]
+
+
+# -- several tasks from one server -----------------------------------------------------------------
+
+
+def test_classify_on_a_three_label_classifier(tmp_path):
+    from tiny_models import build_classifier
+
+    llm = LLM(str(build_classifier(tmp_path / "c3", "bert", 3)))
+    expected = llm.classify(TEXTS)
+    with TestClient(create_app(llm, served_model_name="c3")) as c:
+        r = c.post("/classify", json={"input": TEXTS})
+        assert r.status_code == 200, r.text
+        for item, e in zip(r.json()["data"], expected):
+            _close(item["probs"], e.outputs.probs)
+            assert item["label"] == e.outputs.label and item["num_classes"] == 3
+        pooled = c.post("/pooling", json={"input": TEXTS[0], "task": "classify", "use_activation": False}).json()
+        logits = llm.classify(TEXTS[0], PoolingParams(use_activation=False))[0].outputs.probs
+        _close(pooled["data"][0]["data"], logits)
+
+
+def test_one_server_serves_every_task_of_its_model(app_client, minilm):
+    embed = app_client.post("/pooling", json={"input": TEXTS[:2], "task": "embed"}).json()
+    for item, e in zip(embed["data"], minilm.embed(TEXTS[:2])):
+        _close(item["data"], e.outputs.embedding)
+    tokens = app_client.post("/pooling", json={"input": TEXTS[:2], "task": "token_embed"}).json()
+    expected = minilm.encode(TEXTS[:2], pooling_task="token_embed")
+    for item, e in zip(tokens["data"], expected):
+        assert len(item["data"]) == len(e.prompt_token_ids)
+        _close(item["data"], e.outputs.data.tolist())
+    packed = app_client.post("/pooling", json={"input": TEXTS[0], "task": "token_embed", "encoding_format": "base64"}).json()
+    item = packed["data"][0]
+    matrix = np.frombuffer(base64.b64decode(item["data"]), dtype=np.float32).reshape(item["shape"])
+    single = minilm.encode(TEXTS[0], pooling_task="token_embed")[0].outputs.data.numpy()
+    assert np.array_equal(matrix, single)  # the same batch (one input): bitwise
+    default = app_client.post("/pooling", json={"input": TEXTS[0]}).json()  # the default task is embed
+    _close(default["data"][0]["data"], minilm.embed(TEXTS[0])[0].outputs.embedding)
+    unsupported = app_client.post("/pooling", json={"input": "x", "task": "classify"})
+    assert unsupported.status_code == 400
+    assert unsupported.json()["error"]["message"] == "Unsupported task: 'classify' Supported tasks: ('embed', 'token_embed')"
+
+
+def test_sparse_embed_on_pooling_is_compact(tmp_path):
+    from tiny_models import build_masked_lm
+
+    llm = LLM(str(build_masked_lm(tmp_path / "splade")), hf_overrides={"architectures": ["BertSpladeSparseEmbeddingModel"]})
+    assert "sparse_embed" in llm.supported_tasks
+    expected = llm.sparse_embed(TEXTS[:2], top_k=5, return_tokens=True)
+    with TestClient(create_app(llm, served_model_name="splade")) as c:
+        r = c.post("/pooling", json={"input": TEXTS[:2], "task": "sparse_embed", "top_k": 5, "return_tokens": True})
+        assert r.status_code == 200, r.text
+        for item, e in zip(r.json()["data"], expected):
+            assert item["data"]["indices"] == e.outputs.indices and item["data"]["tokens"] == e.outputs.tokens
+            _close(item["data"]["values"], e.outputs.values)
+        bad = c.post("/pooling", json={"input": "x", "task": "sparse_embed", "top_k": 0})
+        assert bad.status_code == 400 and "top_k" in bad.json()["error"]["message"]
+
+
+def test_pooling_plugin_task_through_an_io_processor_plugin(minilm):
+    pytest.importorskip("poolkit_topk_plugin", reason="pip install ./plugins/poolkit-topk-plugin")
+    data = {"query": "What is the capital of France?", "documents": ["I like pizza.", "Paris is the capital of France."], "k": 1}
+    minilm.io_processor_plugin = "topk_retrieval"
+    try:
+        (expected,) = minilm.encode({"data": data}, pooling_task="plugin")
+        with TestClient(create_app(minilm, served_model_name="topk")) as c:
+            r = c.post("/pooling", json={"data": data})
+            assert r.status_code == 200, r.text
+            assert r.json()["data"] == expected.outputs
+            bad = c.post("/pooling", json={"task": "plugin", "data": {"query": "q", "documents": []}})
+            assert bad.status_code == 400 and "non-empty list of strings" in bad.json()["error"]["message"]
+    finally:
+        minilm.io_processor_plugin = None
+
+
+def test_chat_messages_need_a_chat_template(app_client, minilm):
+    messages = [{"role": "user", "content": "Hello, my name is"}]
+    r = app_client.post("/v1/embeddings", json={"messages": messages})
+    assert r.status_code == 400 and "no chat template" in r.json()["error"]["message"]
+    tok = minilm.get_tokenizer()
+    tok.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    try:
+        r = app_client.post("/v1/embeddings", json={"messages": messages})
+        assert r.status_code == 200, r.text
+        ids = tok("user: Hello, my name is\n", add_special_tokens=False)["input_ids"]
+        _close(r.json()["data"][0]["embedding"], minilm.embed({"prompt_token_ids": ids})[0].outputs.embedding)
+    finally:
+        tok.chat_template = None
+
+
+# -- the command line ------------------------------------------------------------------------------
+
+
+def test_serve_without_the_extra_names_it(monkeypatch):
+    from typer.testing import CliRunner
+
+    from poolkit.cli import app
+
+    monkeypatch.setitem(sys.modules, "uvicorn", None)
+    result = CliRunner().invoke(app, ["serve", "--port", "1"])
+    assert result.exit_code == 1
+    assert "Error: poolkit serve needs FastAPI and uvicorn: pip install 'poolkit[serve]'" in result.output
+
+
+def test_serve_rejects_bad_options_before_loading(minilm_dir):
+    from typer.testing import CliRunner
+
+    from poolkit.cli import app
+
+    bad_json = CliRunner().invoke(app, ["serve", str(minilm_dir), "--pooler-config", "{nope"])
+    assert bad_json.exit_code == 1 and "--pooler-config is not valid JSON" in bad_json.output
+    bad_limit = CliRunner().invoke(app, ["serve", str(minilm_dir), "--max-body-bytes", "0"])
+    assert bad_limit.exit_code == 1 and "max_body_bytes must be positive" in bad_limit.output
+
+
+def test_serve_reports_a_model_that_does_not_load(tmp_path):
+    port = _free_port()
+    result = subprocess.run(
+        [sys.executable, "-m", "poolkit", "serve", str(tmp_path / "missing"), "--port", str(port)],
+        capture_output=True, text=True, timeout=120,
+        env=dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1"),
+    )
+    assert result.returncode == 1, result.stderr
+    assert "Error: " in result.stderr and "Traceback" not in result.stderr
+
+
+# -- operations ------------------------------------------------------------------------------------
+
+
+def test_models_health_and_metrics(server):
+    models = httpx.get(f"{server.url}/v1/models").json()
+    assert models["data"][0]["id"] == "minilm" and models["data"][0]["max_model_len"] == 256
+    assert set(models["data"][0]["tasks"]) >= {"embed", "token_embed"}
+    assert "/work" not in json.dumps(models)  # no file paths
+    httpx.post(f"{server.url}/v1/embeddings", json={"model": "minilm", "input": ["a", "b"]})
+    text = httpx.get(f"{server.url}/metrics").text
+    assert text.endswith("\n")
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    assert samples['poolkit_requests_total{route="/v1/embeddings",status="200"}'] >= 1
+    assert samples["poolkit_prompt_tokens_total"] > 0 and samples["poolkit_batches_total"] >= 1
+    assert samples['poolkit_request_duration_seconds_count{route="/v1/embeddings"}'] >= 1
+    assert samples['poolkit_request_duration_seconds_bucket{route="/v1/embeddings",le="+Inf"}'] >= 1
+    assert samples["poolkit_batch_size_count"] >= 1 and "poolkit_queue_depth" in samples
+    assert samples["poolkit_model_ready"] == 1
+
+
+def _metric(server: Server, name: str) -> float:
+    for line in httpx.get(f"{server.url}/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    raise KeyError(name)
+
+
+@pytest.fixture
+def threaded_server(minilm):
+    """The app on a real uvicorn socket in a thread of this process, so a test can hold its worker."""
+    import uvicorn
+
+    app = create_app(minilm, served_model_name="minilm")
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    yield app, f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(30)
+
+
+def test_a_client_that_goes_away_cancels_its_queued_work(threaded_server, monkeypatch):
+    import asyncio
+
+    app, url = threaded_server
+    state = app.state.poolkit
+    gate = threading.Event()
+    ran = []
+    real_run = state.llm.engine.run
+    monkeypatch.setattr(state.llm.engine, "run", lambda task, prompts, params, **kw: ran.append(len(prompts)) or real_run(task, prompts, params, **kw))
+    holder = threading.Thread(target=lambda: asyncio.run(state.batcher.call(lambda: gate.wait(30), 1)))
+    holder.start()  # the worker thread is now busy until the gate opens
+    try:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{url}/v1/embeddings", json={"input": ["queued", "behind"]}, timeout=0.5)
+        deadline = time.monotonic() + 10
+        while state.batcher.stats.cancelled < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert state.batcher.stats.cancelled == 1 and state.batcher.queue_depth == 0
+    finally:
+        gate.set()
+        holder.join()
+    assert httpx.post(f"{url}/v1/embeddings", json={"input": "after"}).status_code == 200
+    assert ran == [1]  # the abandoned request never reached the model
+    text = httpx.get(f"{url}/metrics").text
+    assert "poolkit_requests_cancelled_total 1" in text and "poolkit_client_disconnects_total 1" in text
+
+
+# -- concurrency and load --------------------------------------------------------------------------
+
+WORDS = "the of and to in is was for on that with as by at from his her it an are were be this which".split()
+
+
+def _corpus(n: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [f"doc {i}: " + " ".join(rng.choice(WORDS) for _ in range(rng.choice([1, 3, 8, 20, 40]))) for i in range(n)]
+
+
+def test_32_concurrent_clients_get_their_own_results(server, minilm):
+    corpus = _corpus(96)
+    expected = {t: np.asarray(e.outputs.embedding) for t, e in zip(corpus, minilm.embed(corpus))}
+    rng = random.Random(1)
+    plans = [[rng.sample(corpus, rng.randint(1, 3)) for _ in range(8)] for _ in range(32)]
+
+    def client_run(plan):
+        diffs = []
+        with httpx.Client(base_url=server.url, timeout=120) as http:
+            for texts in plan:
+                r = http.post("/v1/embeddings", json={"model": "minilm", "input": texts})
+                assert r.status_code == 200, r.text
+                for item, text in zip(r.json()["data"], texts):
+                    diffs.append(float(np.abs(np.asarray(item["embedding"]) - expected[text]).max()))
+        return diffs
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(32) as pool:
+        diffs = [d for result in pool.map(client_run, plans) for d in result]
+    elapsed = time.perf_counter() - start
+    assert len(diffs) == sum(len(t) for plan in plans for t in plan)
+    print(f"\n32 clients x 8 requests: {len(diffs)} inputs in {elapsed:.2f} s; max |diff| vs offline = {max(diffs):.2e}")
+    assert max(diffs) <= ATOL
+
+
+def test_load_run_reports_throughput_and_latency(server):
+    corpus = _corpus(64, seed=2)
+    stop_at = time.perf_counter() + 5.0
+    latencies: list[float] = []
+    statuses: list[int] = []
+    inputs = [0]
+    lock = threading.Lock()
+
+    def worker(seed: int) -> None:
+        rng = random.Random(seed)
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            while time.perf_counter() < stop_at:
+                texts = rng.sample(corpus, rng.randint(1, 4))
+                t0 = time.perf_counter()
+                r = http.post("/v1/embeddings", json={"input": texts})
+                with lock:
+                    latencies.append(time.perf_counter() - t0)
+                    statuses.append(r.status_code)
+                    inputs[0] += len(texts)
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    assert statuses and set(statuses) == {200}
+    q = statistics.quantiles(latencies, n=100)
+    print(
+        f"\nload (16 closed-loop clients, {elapsed:.1f} s): {len(latencies) / elapsed:.1f} req/s, "
+        f"{inputs[0] / elapsed:.1f} inputs/s, p50 {q[49] * 1000:.0f} ms, p99 {q[98] * 1000:.0f} ms"
+    )
+
+
+# -- graceful shutdown -----------------------------------------------------------------------------
+
+
+def test_sigterm_drains_in_flight_requests_and_exits_0(minilm_dir, minilm, tmp_path):
+    srv = start_server(minilm_dir, tmp_path / "drain.log", "--shutdown-timeout", "60")
+    try:
+        batches = [[f"request {r} text {i} " + "lorem ipsum " * 80 for i in range(6)] for r in range(3)] + [["short"]]
+        results: list = [None] * len(batches)
+        sigterm_sent = threading.Event()
+
+        def send(k: int) -> None:
+            # Each body arrives in two parts, the second after SIGTERM: all four requests are in
+            # flight when the server is told to stop, whatever the machine's speed.
+            def body():
+                data = json.dumps({"input": batches[k]}).encode()
+                yield data[:10]
+                sigterm_sent.wait(30)
+                time.sleep(0.3)
+                yield data[10:]
+
+            results[k] = httpx.post(
+                f"{srv.url}/v1/embeddings", content=body(), headers={"content-type": "application/json"}, timeout=120
+            )
+
+        threads = [threading.Thread(target=send, args=(k,)) for k in range(len(batches))]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 10
+        while _metric(srv, "poolkit_requests_in_flight") < len(batches) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _metric(srv, "poolkit_requests_in_flight") == len(batches)
+        srv.proc.send_signal(signal.SIGTERM)
+        sigterm_sent.set()
+        time.sleep(0.1)
+        with pytest.raises(httpx.TransportError):  # no longer accepting connections
+            httpx.post(f"{srv.url}/v1/embeddings", json={"input": "late"}, timeout=5)
+        for t in threads:
+            t.join()
+        assert srv.proc.wait(60) == 0, srv.logs()
+        for response, texts in zip(results, batches):
+            assert response.status_code == 200, response.text
+            for item, e in zip(response.json()["data"], minilm.embed(texts)):
+                _close(item["embedding"], e.outputs.embedding)
+    finally:
+        stop_server(srv)
