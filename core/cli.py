@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 from contextlib import contextmanager
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any, Iterator, List, Optional
@@ -165,6 +166,12 @@ DimensionsOpt = typer.Option(None, "--dimensions", help="Matryoshka output dimen
 TruncateOpt = typer.Option(None, "--truncate-prompt-tokens", help="Keep at most N tokens (-1: the model's limit).")
 TruncationSideOpt = typer.Option(None, "--truncation-side", help="left or right.")
 PromptNameOpt = typer.Option(None, "--prompt-name", help="A prompt of the model's sentence-transformers config.")
+OutputOpt = typer.Option(None, "--output", "-o", help="Write results to a file (JSON Lines, Parquet or .npy): a resumable corpus job.")
+TextFieldOpt = typer.Option("text", "--text-field", help="Corpus jobs: the field (column) holding the text.")
+IdFieldOpt = typer.Option("id", "--id-field", help="Corpus jobs: the field (column) holding the id.")
+SkipBadOpt = typer.Option(False, "--skip-bad-lines", help="Corpus jobs: skip malformed lines (reported) instead of stopping.")
+OverwriteOpt = typer.Option(False, "--overwrite", help="Corpus jobs: replace an existing output or unfinished job.")
+EngineOpt = typer.Option("local", "--engine", help="Corpus jobs: local, or ray (Ray Data, the ray extra).")
 ChatTemplateOpt = typer.Option(None, "--chat-template", help="Score template for LLM rerankers: a Jinja file or text.")
 InstructionOpt = typer.Option(None, "--instruction", help="Task instruction shown by a score template.")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bar, errors only.")
@@ -226,9 +233,56 @@ def _run_plugin(texts, input_file, llm, fmt, quiet) -> None:
     _emit(rows, Format.jsonl if fmt is Format.auto else fmt, "data")
 
 
+@dataclass
+class JobOptions:
+    """What makes a CLI call a file-to-file corpus job."""
+
+    output: Optional[str] = None
+    text_field: str = "text"
+    id_field: str = "id"
+    skip_bad_lines: bool = False
+    overwrite: bool = False
+    engine: str = "local"
+
+
+def _run_job(task, texts, input_file, llm, params, job: JobOptions, quiet: bool, settings: dict) -> None:
+    """``-o OUTPUT``: a resumable corpus job, locally or on Ray Data."""
+    from .config import PoolingParams
+
+    if texts or not input_file or input_file == "-":
+        raise InvalidRequest("a corpus job (-o OUTPUT) reads its input from a file: pass -i INPUT")
+    if job.engine == "ray":
+        from .integrations.ray import run_ray_job
+
+        rows = run_ray_job(llm, input_file, job.output, task=task, text_field=job.text_field, overwrite=job.overwrite)
+        typer.echo(f"{rows} rows -> {job.output} (ray)", err=True)
+        return
+    if job.engine != "local":
+        raise InvalidRequest(f"unknown engine '{job.engine}': use local or ray")
+    from .jobs import run_job
+    from .progress import progress_bar
+
+    with progress_bar(None, enabled=not quiet, label="embedding") as advance:
+        summary = run_job(
+            llm, input_file, job.output, task=task, text_field=job.text_field, id_field=job.id_field,
+            skip_bad_lines=job.skip_bad_lines, overwrite=job.overwrite, settings=settings,
+            pooling_params=PoolingParams(**params), progress=advance,
+        )
+    if summary.already_complete:
+        typer.echo(f"{job.output} is already complete; nothing to do (--overwrite to redo it)", err=True)
+        return
+    extra = [f"{summary.resumed_rows} resumed"] if summary.resumed_rows else []
+    if summary.skipped_lines:
+        extra.append(f"{len(summary.skipped_lines)} bad lines skipped ({', '.join(map(str, summary.skipped_lines[:10]))})")
+    if summary.duplicate_ids:
+        extra.append(f"{summary.duplicate_ids} duplicate ids skipped")
+    note = f" ({'; '.join(extra)})" if extra else ""
+    typer.echo(f"{summary.rows} rows, {summary.written} embedded{note} -> {job.output}", err=True)
+
+
 def _run_task(task, texts, input_file, model, pooler_config, hf_overrides, runner, convert, dtype, device,
               allow_pickle, dimensions, truncate_prompt_tokens, truncation_side, prompt_name, fmt, quiet, verbose,
-              io_processor_plugin=None, top_k=None, threshold=None):
+              io_processor_plugin=None, top_k=None, threshold=None, job: Optional[JobOptions] = None):
     from .config import PoolingParams
     from .sparse import check_pruning
 
@@ -241,7 +295,6 @@ def _run_task(task, texts, input_file, model, pooler_config, hf_overrides, runne
         llm = _load(model, pooler_config, hf_overrides, runner, convert, dtype, device, allow_pickle, io_processor_plugin)
         _run_plugin(texts, input_file, llm, fmt, quiet)
         return
-    records = _read_records(texts, input_file)
     params = {
         k: v
         for k, v in dict(
@@ -249,6 +302,13 @@ def _run_task(task, texts, input_file, model, pooler_config, hf_overrides, runne
         ).items()
         if v is not None
     }
+    if job is not None and job.output:
+        llm = _load(model, pooler_config, hf_overrides, runner, convert, dtype, device, allow_pickle)
+        settings = {"model": llm.model.name, "pooler_config": pooler_config, "hf_overrides": hf_overrides,
+                    "dtype": str(llm.model.dtype), "params": params, "prompt_name": prompt_name}
+        _run_job(task, texts, input_file, llm, params, job, quiet, settings)
+        return
+    records = _read_records(texts, input_file)
     llm = _load(model, pooler_config, hf_overrides, runner, convert, dtype, device, allow_pickle)
     outputs = llm.encode(
         [r["text"] for r in records],
@@ -318,17 +378,29 @@ def embed(
     truncate_prompt_tokens: Optional[int] = TruncateOpt,
     truncation_side: Optional[str] = TruncationSideOpt,
     prompt_name: Optional[str] = PromptNameOpt,
+    output: Optional[str] = OutputOpt,
+    text_field: str = TextFieldOpt,
+    id_field: str = IdFieldOpt,
+    skip_bad_lines: bool = SkipBadOpt,
+    overwrite: bool = OverwriteOpt,
+    engine: str = EngineOpt,
     quiet: bool = QuietOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
-    """Embed texts, or images with --image: one record per input with its index (or id) and embedding."""
+    """Embed texts, or images with --image: one record per input with its index (or id) and embedding.
+
+    With -o OUTPUT, a resumable corpus job: -i INPUT (JSON Lines, text, CSV or Parquet) is embedded
+    into OUTPUT (JSON Lines, Parquet or .npy); run the same command again after a kill to resume.
+    """
     with _errors():
         if images:
             _embed_images(images, texts, input_file, model, pooler_config, hf_overrides, runner, convert, dtype,
                           device, allow_pickle, dimensions, fmt, quiet, verbose)
             return
+        job = JobOptions(output, text_field, id_field, skip_bad_lines, overwrite, engine)
         _run_task("embed", texts, input_file, model, pooler_config, hf_overrides, runner, convert, dtype, device,
-                  allow_pickle, dimensions, truncate_prompt_tokens, truncation_side, prompt_name, fmt, quiet, verbose)
+                  allow_pickle, dimensions, truncate_prompt_tokens, truncation_side, prompt_name, fmt, quiet, verbose,
+                  job=job)
 
 
 @app.command()
@@ -352,17 +424,25 @@ def encode(
     io_processor_plugin: Optional[str] = typer.Option(None, "--io-processor-plugin", help="IO processor for --task plugin."),
     top_k: Optional[int] = typer.Option(None, "--top-k", help="sparse_embed: keep the K strongest weights per input."),
     threshold: Optional[float] = typer.Option(None, "--threshold", help="sparse_embed: drop weights below this."),
+    output: Optional[str] = OutputOpt,
+    text_field: str = TextFieldOpt,
+    id_field: str = IdFieldOpt,
+    skip_bad_lines: bool = SkipBadOpt,
+    overwrite: bool = OverwriteOpt,
+    engine: str = EngineOpt,
     quiet: bool = QuietOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
     """Run any pooling task: one record per input with its index (or id) and data.
 
     With --task plugin, each argument or input line is JSON data for the IO processor plugin.
+    With -o OUTPUT, a resumable corpus job over -i INPUT, as for embed.
     """
     with _errors():
+        job = JobOptions(output, text_field, id_field, skip_bad_lines, overwrite, engine)
         _run_task(task, texts, input_file, model, pooler_config, hf_overrides, runner, convert, dtype, device,
                   allow_pickle, dimensions, truncate_prompt_tokens, truncation_side, prompt_name, fmt, quiet, verbose,
-                  io_processor_plugin, top_k, threshold)
+                  io_processor_plugin, top_k, threshold, job=job)
 
 
 @app.command()

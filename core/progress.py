@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import sys
+import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
 
 @contextmanager
-def progress_bar(total: int, enabled: bool = True, label: str = "pooling") -> Iterator[Callable[[int, int], None]]:
-    """Yield ``advance(items, tokens)``; draws a rich bar on stderr only when it is a terminal."""
+def progress_bar(total: int | None, enabled: bool = True, label: str = "pooling") -> Iterator[Callable[[int, int], None]]:
+    """Yield ``advance(items, tokens)``; draws a rich bar on stderr only when it is a terminal.
+
+    ``total=None`` (a streamed corpus of unknown size) shows counts and rates without an ETA.
+    """
     if not enabled or not sys.stderr.isatty():
         yield lambda items, tokens: None
         return
@@ -21,16 +25,18 @@ def progress_bar(total: int, enabled: bool = True, label: str = "pooling") -> It
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[tokens]} tokens"),
+        TextColumn("{task.fields[rate]} tok/s"),
         TimeRemainingColumn(),
         console=Console(stderr=True),
         transient=True,
     )
     with progress:
-        task = progress.add_task(label, total=total, tokens=0)
-        seen = {"tokens": 0}
+        task = progress.add_task(label, total=total, tokens=0, rate=0)
+        seen = {"tokens": 0, "start": time.monotonic()}
 
         def advance(items: int, tokens: int) -> None:
             seen["tokens"] += tokens
-            progress.update(task, advance=items, tokens=seen["tokens"])
+            rate = int(seen["tokens"] / max(time.monotonic() - seen["start"], 1e-9))
+            progress.update(task, advance=items, tokens=seen["tokens"], rate=rate)
 
         yield advance

@@ -149,3 +149,28 @@ def test_duplicate_ids_are_reported_and_kept_once(model, tmp_path, caplog):
     summary = run_job(LLM(model, dtype="float32"), src, tmp_path / "out.jsonl")
     assert summary.duplicate_ids == 4 and summary.rows == 3
     assert "4 duplicate id(s)" in caplog.text
+
+
+def test_cli_corpus_job_resumes_after_sigkill(model, tmp_path):
+    src = write_input(tmp_path / "in.jsonl", "jsonl")
+    out = tmp_path / "out.parquet"
+    pytest.importorskip("pyarrow")
+    cmd = [sys.executable, "-m", "poolkit", "embed", "--model", model, "--dtype", "float32", "-i", str(src), "-o", str(out), "-q"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    parts = out.with_name(out.name + ".parts")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and len(list(parts.glob("part-*.jsonl"))) < 2:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert f"{N} rows" in result.stderr and "resumed" in result.stderr and str(out) in result.stderr
+    import pyarrow.parquet as pq
+
+    ids = pq.read_table(str(out)).column("id").to_pylist()
+    assert len(ids) == N == len(set(ids))
+    again = subprocess.run(cmd, capture_output=True, text=True)
+    assert again.returncode == 0 and "already complete" in again.stderr
+    bad = subprocess.run(cmd[:-5] + ["-i", str(tmp_path / "nope.jsonl"), "-o", str(tmp_path / "x.jsonl")], capture_output=True, text=True)
+    assert bad.returncode == 1 and bad.stderr.startswith("Error: input file") and "Traceback" not in bad.stderr

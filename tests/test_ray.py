@@ -47,3 +47,26 @@ def test_missing_ray_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_ray)
     with pytest.raises(MissingDependency, match=r"pip install 'poolkit\[ray\]'"):
         integration.embed_dataset(object())
+
+
+def test_cli_engine_ray(local_ray, tiny_encoders, tmp_path):
+    import json
+
+    import pyarrow.parquet as pq
+    from typer.testing import CliRunner
+
+    from poolkit import LLM
+    from poolkit.cli import app
+
+    model = str(tiny_encoders["bert"])
+    src = tmp_path / "in.jsonl"
+    texts = [f"hello world {i}" for i in range(40)]
+    src.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(texts)))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["embed", "--model", model, "--dtype", "float32", "--engine", "ray", "-i", str(src), "-o", str(out), "-q"])
+    assert result.exit_code == 0, result.stderr
+    rows = pq.read_table(str(out)).to_pylist()
+    assert len(rows) == 40
+    expected = LLM(model, dtype="float32").embed(texts)
+    for row in rows[::7]:
+        assert torch.allclose(torch.tensor(row["embedding"]), torch.tensor(expected[row["id"]].outputs.embedding), atol=1e-5)

@@ -96,3 +96,38 @@ def embed_dataset(
         concurrency=concurrency,
         num_gpus=num_gpus,
     )
+
+
+def run_ray_job(llm: Any, input_path: str, output_path: str, *, task: str = "embed", text_field: str = "text",
+                overwrite: bool = False) -> int:
+    """``poolkit embed --engine ray -i INPUT -o OUTPUT``: read with Ray Data, embed, write Parquet.
+
+    The output is a directory of Parquet files (Ray's way of writing in parallel); Ray retries
+    failed tasks, and a finished output is refused unless ``overwrite``.
+    """
+    try:
+        import ray
+    except ImportError:
+        raise MissingDependency("Ray Data is not installed: pip install 'poolkit[ray]'") from None
+    import shutil
+    from pathlib import Path
+
+    from ..errors import InvalidRequest
+
+    source, target = Path(input_path), Path(output_path)
+    if not source.exists():
+        raise InvalidRequest(f"input '{input_path}' does not exist")
+    if target.exists():
+        if not overwrite:
+            raise InvalidRequest(f"output '{output_path}' already exists; pass --overwrite to replace it")
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    readers = {".parquet": ray.data.read_parquet, ".jsonl": ray.data.read_json, ".json": ray.data.read_json,
+               ".csv": ray.data.read_csv}
+    if source.suffix not in readers:
+        raise InvalidRequest("--engine ray reads Parquet, JSON Lines or CSV input")
+    ds = readers[source.suffix](str(source))
+    rows = ds.count()
+    out = embed_dataset(ds, model=str(llm.model.path), text_column=text_field, task=task,
+                        dtype=str(llm.model.dtype).removeprefix("torch."))
+    out.write_parquet(str(target))
+    return rows
