@@ -75,7 +75,8 @@ class LLM:
             architecture that is not a pooling model as such.
         pooler_config: a :class:`PoolerConfig`, a dict or a JSON string.
         hf_overrides: keys patched into the model's ``config.json``.
-        dtype: ``"auto"`` (fp32 on CPU, bf16 on GPU), ``"float32"``, ``"bfloat16"``, ...
+        dtype: ``"auto"`` (bf16 on GPUs and CPUs with native bf16, else fp32; see
+            ``POOLKIT_DTYPE``), ``"float32"`` (strict), ``"bfloat16"``, ...
         device: ``"cpu"``, ``"cuda"``, ... (default: a GPU if there is one).
         allow_pickle: load ``pytorch_model.bin`` weights (with ``weights_only=True``) when a
             model has no safetensors.
