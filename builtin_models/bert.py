@@ -20,8 +20,7 @@ from poolkit.architecture import Architecture
 from poolkit.batch import PackedBatch
 from poolkit.errors import InvalidRequest, ModelLoadError
 from poolkit.hookspecs import hookimpl
-from poolkit.kernel import select_kernel
-from poolkit.weights import legacy_norm_name, load_into
+from poolkit.weights import base_model_name, legacy_norm_name, load_into
 
 #: Checkpoint tensors the encoder does not use: task heads and position/type id buffers.
 _UNUSED = re.compile(r"^(pooler|cls|classifier|lm_head|qa_outputs)\.|^embeddings\.(position_ids|token_type_ids)$")
@@ -187,7 +186,6 @@ class BertModel(Architecture):
         super().__init__(config)
         self.embeddings = BertEmbeddings(config, self.position_offset)
         self.encoder = BertEncoder(config)
-        self._attention: dict[torch.device, Callable] = {}
 
     @property
     def position_offset(self) -> int:
@@ -204,17 +202,11 @@ class BertModel(Architecture):
                 f"a sequence of {batch.max_len} tokens is longer than the model's {self.max_positions} positions; "
                 "truncate the input"
             )
-        attention = self._attention_kernel(batch.device)
+        attention = self.kernel("varlen_attention", batch.device)
         x = self.embeddings(batch)
         for layer in self.encoder.layer:
             x = layer(x, batch, attention)
         return x
-
-    def _attention_kernel(self, device: torch.device) -> Callable:
-        kernel = self._attention.get(device)
-        if kernel is None:
-            kernel = self._attention[device] = select_kernel("varlen_attention", device)
-        return kernel
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         named = ((self.parameter_name(name), tensor) for name, tensor in weights)
@@ -222,12 +214,7 @@ class BertModel(Architecture):
 
     def parameter_name(self, checkpoint_name: str) -> str | None:
         """The Hugging Face base-model name of a checkpoint tensor, or ``None`` to skip it."""
-        name = legacy_norm_name(checkpoint_name)
-        if name.startswith(self.checkpoint_prefix):
-            name = name[len(self.checkpoint_prefix):]
-        if self.head_prefixes and name.startswith(self.head_prefixes):
-            return name
-        return None if _UNUSED.match(name) else name
+        return base_model_name(legacy_norm_name(checkpoint_name), self.checkpoint_prefix, self.head_prefixes, _UNUSED)
 
     def _fuse_qkv(self, weights: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
         """Pass tensors through, concatenating each layer's query, key and value into ``qkv``."""

@@ -26,7 +26,6 @@ from poolkit.batch import PackedBatch
 from poolkit.builtin_models.bert import activation_function
 from poolkit.errors import InvalidRequest, ModelLoadError
 from poolkit.hookspecs import hookimpl
-from poolkit.kernel import select_kernel
 from poolkit.weights import load_into
 
 #: Checkpoint tensors the model does not use: the contrastive temperature and id buffers.
@@ -201,7 +200,6 @@ class CLIPModel(Architecture):
         self.vision_model = CLIPVisionTransformer(self.vision_config)
         self.text_projection = nn.Linear(self.text_config.hidden_size, self.projection_dim, bias=False)
         self.visual_projection = nn.Linear(self.vision_config.hidden_size, self.projection_dim, bias=False)
-        self._attention: dict[torch.device, Callable] = {}
 
     @property
     def hidden_size(self) -> int:
@@ -224,13 +222,7 @@ class CLIPModel(Architecture):
                 f"a sequence of {batch.max_len} tokens is longer than the model's {self.max_positions} positions; "
                 "truncate the input"
             )
-        return self.text_projection(self.text_model(batch, self._attention_kernel(batch.device)))
-
-    def _attention_kernel(self, device: torch.device) -> Callable:
-        kernel = self._attention.get(device)
-        if kernel is None:
-            kernel = self._attention[device] = select_kernel("varlen_attention", device)
-        return kernel
+        return self.text_projection(self.text_model(batch, self.kernel("varlen_attention", batch.device)))
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         kept = ((n, t) for n, t in weights if not _UNUSED.search(n))

@@ -21,8 +21,7 @@ from poolkit.batch import PackedBatch
 from poolkit.builtin_models.bert import activation_function
 from poolkit.errors import ModelLoadError
 from poolkit.hookspecs import hookimpl
-from poolkit.kernel import select_kernel
-from poolkit.weights import load_into
+from poolkit.weights import base_model_name, load_into
 
 #: Checkpoint tensors the encoder does not use: the heads of ModernBERT task models.
 _UNUSED = re.compile(r"^(head|decoder|classifier|qa_outputs)\.")
@@ -181,10 +180,9 @@ class ModernBertModel(Architecture):
         exponents = torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim
         # Plain float32 tensors rather than buffers, so that casting the model leaves them exact.
         self._inv_freq = {t: 1.0 / (rope_theta(config, t) ** exponents) for t in sorted(set(types))}
-        self._attention: dict[torch.device, Callable] = {}
 
     def forward(self, batch: PackedBatch) -> torch.Tensor:
-        attention = self._attention_kernel(batch.device)
+        attention = self.kernel("varlen_attention", batch.device)
         x = self.embeddings(batch)
         rotary = {t: self._rotary(inv_freq, batch, x.dtype) for t, inv_freq in self._inv_freq.items()}
         for layer in self.layers:
@@ -198,23 +196,12 @@ class ModernBertModel(Architecture):
         angles = torch.cat((angles, angles), dim=-1)[:, None, None]
         return angles.cos().to(dtype), angles.sin().to(dtype)
 
-    def _attention_kernel(self, device: torch.device) -> Callable:
-        kernel = self._attention.get(device)
-        if kernel is None:
-            kernel = self._attention[device] = select_kernel("varlen_attention", device)
-        return kernel
-
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         load_into(self, weights, rename=self.parameter_name)
 
     def parameter_name(self, checkpoint_name: str) -> str | None:
         """The Hugging Face base-model name of a checkpoint tensor, or ``None`` to skip it."""
-        name = checkpoint_name
-        if name.startswith(self.checkpoint_prefix):
-            name = name[len(self.checkpoint_prefix):]
-        if self.head_prefixes and name.startswith(self.head_prefixes):
-            return name
-        return None if _UNUSED.match(name) else name
+        return base_model_name(checkpoint_name, self.checkpoint_prefix, self.head_prefixes, _UNUSED)
 
 
 class ModernBertPredictionHead(nn.Module):

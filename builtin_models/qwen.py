@@ -27,8 +27,7 @@ from poolkit.batch import PackedBatch
 from poolkit.builtin_models.bert import activation_function
 from poolkit.errors import ModelLoadError
 from poolkit.hookspecs import hookimpl
-from poolkit.kernel import select_kernel
-from poolkit.weights import load_into
+from poolkit.weights import base_model_name, load_into
 
 #: Checkpoint tensors the backbone does not use: heads of task models, rotary caches.
 _UNUSED = re.compile(r"^(lm_head|score|classifier|qa_outputs|v_head)\.|\.rotary_emb\.")
@@ -242,10 +241,9 @@ class Qwen2Model(Architecture):
         head_dim = self.layers[0].self_attn.head_dim if self.layers else config.hidden_size // config.num_attention_heads
         # A plain float32 tensor rather than a buffer, so that casting the model leaves it exact.
         self._inv_freq, self._rotary_scaling = rotary_parameters(config, head_dim)
-        self._attention: dict[torch.device, Callable] = {}
 
     def forward(self, batch: PackedBatch) -> torch.Tensor:
-        attention = self._attention_kernel(batch.device)
+        attention = self.kernel("varlen_attention", batch.device)
         x = F.embedding(batch.input_ids, self.embed_tokens.weight)
         rotary = self._rotary(batch, x.dtype)
         for layer in self.layers:
@@ -261,12 +259,6 @@ class Qwen2Model(Architecture):
             cos, sin = cos * self._rotary_scaling, sin * self._rotary_scaling
         return cos.to(dtype), sin.to(dtype)
 
-    def _attention_kernel(self, device: torch.device) -> Callable:
-        kernel = self._attention.get(device)
-        if kernel is None:
-            kernel = self._attention[device] = select_kernel("varlen_attention", device)
-        return kernel
-
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         self._load(weights)
 
@@ -276,12 +268,7 @@ class Qwen2Model(Architecture):
 
     def parameter_name(self, checkpoint_name: str) -> str | None:
         """The Hugging Face base-model name of a checkpoint tensor, or ``None`` to skip it."""
-        name = checkpoint_name
-        if name.startswith(self.checkpoint_prefix):
-            name = name[len(self.checkpoint_prefix):]
-        if self.head_prefixes and name.startswith(self.head_prefixes):
-            return name
-        return None if _UNUSED.search(name) else name
+        return base_model_name(checkpoint_name, self.checkpoint_prefix, self.head_prefixes, _UNUSED)
 
     def _fuse(self, weights: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
         """Pass tensors through, concatenating q/k/v into ``qkv_proj`` and gate/up into ``gate_up_proj``.

@@ -67,6 +67,16 @@ class Architecture(torch.nn.Module):
     def __init__(self, config: Any) -> None:
         super().__init__()
         self.config = config
+        self._kernels: dict[tuple[str, torch.device], Any] = {}
+
+    def kernel(self, op: str, device: torch.device) -> Any:
+        """The best available implementation of ``op`` for ``device``, looked up once per device."""
+        from .kernel import select_kernel
+
+        key = (op, torch.device(device))
+        if key not in self._kernels:
+            self._kernels[key] = select_kernel(op, device)
+        return self._kernels[key]
 
     @property
     def hidden_size(self) -> int:

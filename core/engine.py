@@ -237,21 +237,24 @@ class Engine:
         pieces: list[Encoded] = []
         owners: list[int] = []
         weights: list[int] = []
+        spans: list[tuple[int, int]] = []  # each prompt's chunks are consecutive in ``pieces``
         for i, enc in enumerate(encoded):
             if max_embed_len and len(enc.token_ids) > max_embed_len:
                 raise InvalidRequest(
                     f"prompt {i} is longer than max_embed_len ({max_embed_len} tokens); "
                     "shorten it, raise max_embed_len, or set truncate_prompt_tokens"
                 )
+            start = len(pieces)
             for chunk, weight in self.chunks(enc):
                 pieces.append(chunk)
                 owners.append(i)
                 weights.append(weight)
+            spans.append((start, len(pieces)))
         results = self._run(head, pieces, [params[i] for i in owners], progress)
         renormalize = self.model.pooler_config.renormalize_chunked_mean
         return [
-            (self._mean([r for r, o in zip(results, owners) if o == i], [w for w, o in zip(weights, owners) if o == i], renormalize), enc.token_ids)
-            for i, enc in enumerate(encoded)
+            (self._mean(results[a:b], weights[a:b], renormalize), enc.token_ids)
+            for (a, b), enc in zip(spans, encoded)
         ]
 
     def chunks(self, encoded: Encoded) -> list[tuple[Encoded, int]]:
@@ -295,7 +298,8 @@ class Engine:
     ) -> list[tuple[torch.Tensor, list[int]]]:
         """Run prompts of text and prompts of tensors (images, ...) apart, results in input order."""
         results: list[tuple[torch.Tensor, list[int]] | None] = [None] * len(prompts)
-        texts = [i for i in range(len(prompts)) if i not in set(media)]
+        is_media = set(media)
+        texts = [i for i in range(len(prompts)) if i not in is_media]
         if texts:
             for i, r in zip(texts, self.run(task, [prompts[i] for i in texts], [params[i] for i in texts], progress)):
                 results[i] = r

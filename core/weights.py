@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -63,6 +64,22 @@ def legacy_norm_name(name: str) -> str:
     if name.endswith(".beta"):
         return name[: -len("beta")] + "bias"
     return name
+
+
+def base_model_name(
+    name: str, prefix: str, head_prefixes: tuple[str, ...], unused: re.Pattern[str]
+) -> str | None:
+    """A checkpoint tensor's name in a base model, or ``None`` to skip it.
+
+    Task-model checkpoints carry the backbone under ``prefix`` (HF's ``base_model_prefix``,
+    ``"bert."``); names under ``head_prefixes`` are the heads a class loads itself; names that
+    ``unused`` finds are heads and buffers the class does not use.
+    """
+    if name.startswith(prefix):
+        name = name[len(prefix) :]
+    if head_prefixes and name.startswith(head_prefixes):
+        return name
+    return None if unused.search(name) else name
 
 
 def load_into(
