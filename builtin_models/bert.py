@@ -29,6 +29,10 @@ _FUSED_QKV = re.compile(r"^(encoder\.layer\.\d+\.attention)\.qkv\.(weight|bias)$
 _QKV_PARTS = ("query", "key", "value")
 
 
+#: ``hidden_act`` values the ``linear_act`` kernel fuses into the matmul, by its activation names.
+_FUSABLE_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu",
+                        "silu": "silu", "swish": "silu"}
+
 #: ``hidden_act`` values computed with torch directly; others come from transformers' ``ACT2FN``.
 _TORCH_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu": F.gelu,
@@ -102,7 +106,8 @@ class BertResidualOutput(nn.Module):
         self.LayerNorm = nn.LayerNorm(hidden_size, eps=eps)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return _norm(_wide(_linear(x, self.dense)) + residual, self.LayerNorm)
+        # The bf16 output is promoted to fp32 inside the add (the residual stream is fp32): no extra copy.
+        return _norm(_linear(x, self.dense) + residual, self.LayerNorm)
 
 
 class BertAttention(nn.Module):
@@ -128,15 +133,18 @@ class BertAttention(nn.Module):
 
 
 class BertIntermediate(nn.Module):
-    """The feed-forward expansion and its activation."""
+    """The feed-forward expansion and its activation, fused into one kernel where it can be."""
 
     def __init__(self, config: Any) -> None:
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
         self.act = activation_function(config.hidden_act)
+        self.fused_act = _FUSABLE_ACTIVATIONS.get(config.hidden_act) if isinstance(config.hidden_act, str) else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(_linear(x, self.dense))
+    def forward(self, x: torch.Tensor, linear_act: Callable) -> torch.Tensor:
+        if self.fused_act is None:
+            return self.act(_linear(x, self.dense))
+        return linear_act(x.to(self.dense.weight.dtype), self.dense.weight, self.dense.bias, self.fused_act)
 
 
 class BertLayer(nn.Module):
@@ -148,9 +156,9 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(config)
         self.output = BertResidualOutput(config.intermediate_size, config.hidden_size, config.layer_norm_eps)
 
-    def forward(self, x: torch.Tensor, batch: PackedBatch, attention: Callable) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, batch: PackedBatch, attention: Callable, linear_act: Callable) -> torch.Tensor:
         x = self.attention(x, batch, attention)
-        return self.output(self.intermediate(x), x)
+        return self.output(self.intermediate(x, linear_act), x)
 
 
 class BertEncoder(nn.Module):
@@ -203,9 +211,10 @@ class BertModel(Architecture):
                 "truncate the input"
             )
         attention = self.kernel("varlen_attention", batch.device)
+        linear_act = self.kernel("linear_act", batch.device)
         x = self.embeddings(batch)
         for layer in self.encoder.layer:
-            x = layer(x, batch, attention)
+            x = layer(x, batch, attention, linear_act)
         return x
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:

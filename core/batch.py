@@ -108,6 +108,23 @@ class PackedBatch:
         return self.positions >= torch.repeat_interleave(skip, self.lens)
 
     @cached_property
+    def length_runs(self) -> list[tuple[int, int, int]]:
+        """Maximal runs of consecutive sequences of equal length: ``(length, first token, count)``.
+
+        A run's tokens are one contiguous ``[count * length]`` slice, a dense ``[count, length]``
+        grid without any gathering; in length-sorted batches each length is exactly one run.
+        """
+        runs: list[tuple[int, int, int]] = []
+        start = 0
+        for n in self.seq_lens:
+            if runs and runs[-1][0] == n:
+                runs[-1] = (n, runs[-1][1], runs[-1][2] + 1)
+            else:
+                runs.append((n, start, 1))
+            start += n
+        return runs
+
+    @cached_property
     def length_groups(self) -> list[tuple[int, torch.Tensor]]:
         """Sequences grouped by length: ``(length, [n, length] flat token indices)`` per group.
 

@@ -274,7 +274,9 @@ def naive_attention(q, k, v, lengths, causal, scale):
 
 @pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
 @pytest.mark.parametrize(
-    "lengths", [[3, 1, 5, 3, 8, 1, 60, 5], [7, 7, 7], [1], [19]], ids=["mixed", "uniform", "one-token", "one-seq"]
+    "lengths",
+    [[3, 1, 5, 3, 8, 1, 60, 5], [60, 8, 5, 5, 3, 3, 1, 1], [7, 7, 7], [1], [19]],
+    ids=["mixed", "sorted", "uniform", "one-token", "one-seq"],
 )
 @pytest.mark.parametrize("scale", [None, 0.3])
 def test_varlen_attention_matches_naive(lengths: list[int], causal: bool, scale: float | None) -> None:
@@ -287,6 +289,15 @@ def test_varlen_attention_matches_naive(lengths: list[int], causal: bool, scale:
     expected = naive_attention(q, k, v, lengths, causal, 8**-0.5 if scale is None else scale)
     assert out.shape == q.shape
     torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_length_runs() -> None:
+    """Length-sorted batches (the engine's) attend by contiguous runs; others by gathered groups."""
+    batch = PackedBatch.from_sequences([[5] * n for n in [6, 6, 4, 1, 1, 1]])
+    assert batch.length_runs == [(6, 0, 2), (4, 12, 1), (1, 16, 3)]
+    unsorted = PackedBatch.from_sequences([[5] * n for n in [2, 3, 2]])
+    assert unsorted.length_runs == [(2, 0, 1), (3, 2, 1), (2, 5, 1)]
+    assert len(unsorted.length_groups) == 2
 
 
 def test_varlen_attention_on_strided_views() -> None:

@@ -1,0 +1,91 @@
+"""A linear layer with its activation fused in: ``act(x @ W^T + b)`` in one pass.
+
+Unfused, the activation is a second pass over the layer's whole output (for BERT's feed-forward
+expansion, ``[tokens, 4 * hidden]``), which costs as much as a third of the matmul itself on a
+CPU; fused, oneDNN applies bias and activation while the output tile is still in cache. In
+bf16 the fused result is also rounded once instead of twice.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from poolkit.hookspecs import hookimpl
+from poolkit.kernel import Kernel
+
+#: Activations of :func:`linear_act`, by name.
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "none": lambda x: x,
+    "gelu": F.gelu,
+    "gelu_tanh": functools.partial(F.gelu, approximate="tanh"),
+    "relu": F.relu,
+    "silu": F.silu,
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+}
+
+#: oneDNN's post-op (``attr``, ``algorithm``) for each activation name.
+_ONEDNN_POST_OPS = {
+    "none": ("none", ""),
+    "gelu": ("gelu", "none"),
+    "gelu_tanh": ("gelu", "tanh"),
+    "relu": ("relu", ""),
+    "silu": ("swish", ""),
+    "tanh": ("tanh", ""),
+    "sigmoid": ("sigmoid", ""),
+}
+
+
+def linear_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, act: str = "none") -> torch.Tensor:
+    """``act(x @ weight^T + bias)``, the reference: ``F.linear`` then the activation.
+
+    Args:
+        x: ``[..., in_features]`` inputs, in the weight's dtype.
+        weight: ``[out_features, in_features]``.
+        bias: ``[out_features]`` or ``None``.
+        act: a name of :data:`ACTIVATIONS`.
+    """
+    return ACTIVATIONS[act](F.linear(x, weight, bias))
+
+
+def linear_act_onednn(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, act: str = "none"
+) -> torch.Tensor:
+    """:func:`linear_act` as one oneDNN matmul with bias and activation as post-ops.
+
+    Runs fp32 and bf16 inference on the CPU; anything else (fp64, autograd, another device)
+    goes to the reference.
+    """
+    if (
+        x.device.type != "cpu"
+        or x.dtype not in _onednn_dtypes()
+        or weight.dtype != x.dtype
+        or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+    ):
+        return linear_act(x, weight, bias, act)
+    attr, algorithm = _ONEDNN_POST_OPS[act]
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, attr, [], algorithm)
+
+
+@functools.cache
+def _onednn_dtypes() -> tuple[torch.dtype, ...]:
+    """The dtypes oneDNN's fused linear takes on this CPU (bf16 only where oneDNN supports it)."""
+    bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return (torch.float32, torch.bfloat16) if bf16 else (torch.float32,)
+
+
+def _onednn_available() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+@hookimpl
+def poolkit_register_kernels(register):
+    register("linear_act:torch", Kernel(fn=linear_act, reference=linear_act, device="any"))
+    register(
+        "linear_act:onednn",
+        Kernel(fn=linear_act_onednn, reference=linear_act, device="cpu", priority=10, is_available=_onednn_available),
+    )
