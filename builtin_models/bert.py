@@ -410,8 +410,7 @@ class BertPredictionHeadTransform(nn.Module):
         self.act = activation_function(config.hidden_act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act(F.linear(x, self.dense.weight, self.dense.bias))
-        return F.layer_norm(x, x.shape[-1:], self.LayerNorm.weight, self.LayerNorm.bias, self.LayerNorm.eps)
+        return _norm(self.act(_linear(x, self.dense)), self.LayerNorm)
 
 
 class BertLMPredictionHead(nn.Module):
@@ -525,7 +524,7 @@ class BertForMaskedLM(BertModel):
             raise InvalidRequest("this checkpoint has no MLM head (cls.predictions.*), so it has no MLM logits")
         head = self.cls.predictions
         weight = head.decoder.weight if head.decoder is not None else self.embeddings.word_embeddings.weight
-        return F.linear(head.transform(hidden), weight, head.bias)
+        return F.linear(head.transform(hidden).to(weight.dtype), weight, head.bias)
 
     def is_splade(self, model: Any) -> bool:
         """Whether ``embed`` on ``model`` (the loaded :class:`PoolingModel`) is the SPLADE vector."""

@@ -75,6 +75,8 @@ class Result:
     peer_peak_rss_mb: float | None = None
     padding_fraction_peer: float | None = None
     padding_fraction_poolkit: float = 0.0
+    poolkit_gflops: float | None = None
+    peer_gflops: float | None = None
     notes: str = ""
 
 
@@ -107,6 +109,35 @@ def _padding_fraction(lengths: list[int], batch_size: int = 32) -> float:
     return 1.0 - sum(lengths) / padded if padded else 0.0
 
 
+def encoder_flops(config: Any, lengths: list[int]) -> float:
+    """Multiply-add FLOPs of a BERT-style encoder over sequences of ``lengths`` (real tokens only).
+
+    Per token and layer: the q/k/v and output projections (``8 H^2``), the feed-forward
+    (``4 H I``) and attention against the sequence's ``L`` tokens (``4 L H``).
+    """
+    h, i, layers = int(config.hidden_size), int(config.intermediate_size), int(config.num_hidden_layers)
+    return float(layers * sum(n * (8 * h * h + 4 * h * i + 4 * n * h) for n in lengths))
+
+
+def gemm_peak_gflops(config: Any, dtype: Any, tokens: int = 4096, repeats: int = 5) -> float:
+    """What this machine's matmul reaches on the model's feed-forward shape, in GFLOP/s (best of ``repeats``).
+
+    The ceiling for a pooling model's throughput: matmuls are most of its work, and both
+    libraries call the same BLAS.
+    """
+    import torch
+
+    h, i = int(config.hidden_size), int(config.intermediate_size)
+    x, w = torch.randn(tokens, h, dtype=dtype), torch.randn(i, h, dtype=dtype)
+    torch.nn.functional.linear(x, w)
+    best = math.inf
+    for _ in range(repeats):
+        t = time.perf_counter()
+        torch.nn.functional.linear(x, w)
+        best = min(best, time.perf_counter() - t)
+    return 2 * tokens * h * i / best / 1e9
+
+
 def _peak_rss_mb() -> float:
     """This process's peak resident memory (VmHWM, which a new program starts afresh)."""
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -117,27 +148,28 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _rss_child(kind: str, model_dir: str, texts: list[str], dtype: str, queue: Any) -> None:
+def _rss_child(kind: str, task: str, model_dir: str, texts: list[str], dtype: str, queue: Any) -> None:
     if kind == "poolkit":
         from poolkit import LLM
 
-        LLM(model_dir, dtype=dtype).embed(texts)
+        llm = LLM(model_dir, dtype=dtype)
+        llm.sparse_embed(texts) if task == "sparse" else llm.embed(texts)
     else:
         import torch
-        from sentence_transformers import SentenceTransformer
+        from sentence_transformers import SentenceTransformer, SparseEncoder
 
-        st = SentenceTransformer(model_dir, device="cpu")
+        st = (SparseEncoder if task == "sparse" else SentenceTransformer)(model_dir, device="cpu")
         if dtype == "bfloat16":
             st = st.to(torch.bfloat16)
         st.encode(texts, batch_size=32)
     queue.put(_peak_rss_mb())
 
 
-def peak_rss_mb(kind: str, model_dir: str, texts: list[str], dtype: str) -> float:
-    """Peak RSS (MiB) of one library embedding ``texts`` in a fresh process."""
+def peak_rss_mb(kind: str, model_dir: str, texts: list[str], dtype: str, task: str = "embed") -> float:
+    """Peak RSS (MiB) of one library embedding ``texts`` (``task`` "embed" or "sparse") in a fresh process."""
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_rss_child, args=(kind, model_dir, texts, dtype, queue))
+    proc = ctx.Process(target=_rss_child, args=(kind, task, model_dir, texts, dtype, queue))
     proc.start()
     proc.join(timeout=600)
     return float(queue.get(timeout=5)) if proc.exitcode == 0 else float("nan")
@@ -151,7 +183,9 @@ class Bench:
 
         self.llm = LLM(model, dtype=dtype)
         self.model_dir = str(self.llm.model.path)
+        self.config = self.llm.model.hf_config
         self.dtype = str(self.llm.model.dtype).removeprefix("torch.")
+        self.gemm_peak_gflops = gemm_peak_gflops(self.config, self.llm.model.dtype)
         self.rounds = rounds
         self.scale = scale
         self.memory = memory
@@ -177,8 +211,9 @@ class Bench:
         rounds = _interleave(self.rounds, ours, theirs)
         outputs = self.llm.embed(texts)
         tokens = sum(len(o.prompt_token_ids) for o in outputs)
-        result = self._result(name, description, len(texts), tokens, rounds)
-        result.padding_fraction_peer = _padding_fraction([len(o.prompt_token_ids) for o in outputs])
+        lengths = [len(o.prompt_token_ids) for o in outputs]
+        result = self._result(name, description, len(texts), tokens, rounds, encoder_flops(self.config, lengths))
+        result.padding_fraction_peer = _padding_fraction(lengths)
         sample = texts[: min(len(texts), 256)]
         ref = self._reference(sample)
         if ref is not None:
@@ -199,13 +234,47 @@ class Bench:
 
         return SentenceTransformer(self.model_dir, device="cpu").encode(texts, convert_to_tensor=True).float()
 
-    def _result(self, name: str, description: str, items: int, tokens: int, rounds: list[dict[str, float]]) -> Result:
+    def _result(
+        self, name: str, description: str, items: int, tokens: int, rounds: list[dict[str, float]], flops: float = 0.0
+    ) -> Result:
         ours = statistics.median(r["poolkit_s"] for r in rounds)
         theirs = statistics.median(r["peer_s"] for r in rounds) if rounds and "peer_s" in rounds[0] else None
-        return Result(
+        result = Result(
             name, description, items, tokens, items / ours, items / theirs if theirs else None,
             tokens / ours, tokens / theirs if theirs else None, _median_ratio(rounds), rounds,
         )
+        if flops:
+            result.poolkit_gflops = flops / ours / 1e9
+            result.peer_gflops = flops / theirs / 1e9 if theirs else None
+        return result
+
+    def _derived_model(self, path: str, architecture: str) -> None:
+        """Save the model's encoder under a task head of ``architecture`` (the head randomly initialised)."""
+        import torch
+        import transformers
+
+        config = transformers.AutoConfig.from_pretrained(self.model_dir)
+        config.architectures = [architecture]
+        config.num_labels = 1
+        torch.manual_seed(0)
+        model = getattr(transformers, architecture)(config)
+        model.bert.load_state_dict(transformers.AutoModel.from_pretrained(self.model_dir).state_dict(), strict=False)
+        model.tie_weights()
+        if architecture == "BertForMaskedLM":
+            self._calibrate_sparsity(model, config)
+        model.save_pretrained(path)
+        transformers.AutoTokenizer.from_pretrained(self.model_dir).save_pretrained(path)
+
+    @staticmethod
+    def _calibrate_sparsity(model: Any, config: Any, active: float = 0.01) -> None:
+        """Shift the MLM output bias so that about ``active`` of the vocabulary scores above zero, as
+        in trained SPLADE models (a random head would light up half the vocabulary)."""
+        import torch
+
+        with torch.no_grad():
+            ids = torch.randint(1000, int(config.vocab_size), (8, 32), generator=torch.Generator().manual_seed(7))
+            pooled = model(input_ids=ids).logits.float().amax(1)  # SPLADE max-pools each term over the tokens
+            model.cls.predictions.bias -= torch.quantile(pooled.flatten(), 1 - active)
 
     def w1(self) -> Result:
         return self.embed_workload("W1", "short sentences, 16-64 tokens", make_corpus(self._n(2000), 22, 0.35, seed=1))
@@ -222,19 +291,11 @@ class Bench:
     def w4(self) -> Result:
         """Rerank 32 queries x 100 documents with a cross-encoder of the model's shape (random head)."""
         import torch
-        import transformers
 
         queries = make_corpus(max(1, self._n(32) // 4), 8, 0.3, seed=4)
         docs = make_corpus(self._n(100), 120, 0.3, seed=5)
         with tempfile.TemporaryDirectory() as tmp:
-            config = transformers.AutoConfig.from_pretrained(self.model_dir)
-            config.architectures = ["BertForSequenceClassification"]
-            config.num_labels = 1
-            torch.manual_seed(0)
-            model = transformers.BertForSequenceClassification(config)
-            model.bert.load_state_dict(transformers.AutoModel.from_pretrained(self.model_dir).state_dict(), strict=False)
-            model.save_pretrained(tmp)
-            transformers.AutoTokenizer.from_pretrained(self.model_dir).save_pretrained(tmp)
+            self._derived_model(tmp, "BertForSequenceClassification")
             from poolkit import LLM
 
             reranker = LLM(tmp, dtype=self.dtype)
@@ -286,6 +347,51 @@ class Bench:
         result.notes = "peer: padded einsum (the PyLate-style baseline); kernel selected for the CPU"
         return result
 
+    def w7(self) -> Result:
+        """SPLADE on short sentences: sparse vectors of a masked-LM of the model's shape vs ``SparseEncoder``."""
+        import torch
+
+        from poolkit import LLM
+
+        texts = make_corpus(self._n(1000), 22, 0.35, seed=7)
+        with tempfile.TemporaryDirectory() as tmp:
+            self._derived_model(tmp, "BertForMaskedLM")
+            llm = LLM(tmp, dtype=self.dtype)
+            encoder = None
+            try:
+                from sentence_transformers import SparseEncoder
+
+                encoder = SparseEncoder(tmp, device="cpu")
+                if self.dtype == "bfloat16":
+                    encoder = encoder.to(torch.bfloat16)
+            except ImportError:
+                pass
+            ours = lambda: llm.sparse_embed(texts)  # noqa: E731
+            theirs = (lambda: encoder.encode(texts, batch_size=32)) if encoder is not None else None  # noqa: E731
+            rounds = _interleave(self.rounds, ours, theirs)
+            outputs = llm.sparse_embed(texts)
+            lengths = [len(o.prompt_token_ids) for o in outputs]
+            h, vocab = int(self.config.hidden_size), int(self.config.vocab_size)
+            flops = encoder_flops(self.config, lengths) + sum(lengths) * (2 * h * h + 2 * h * vocab)  # + the MLM head
+            result = self._result("W7", "SPLADE sparse vectors, short sentences", len(texts), sum(lengths), rounds, flops)
+            result.padding_fraction_peer = _padding_fraction(lengths)
+            if encoder is not None:
+                sample = texts[: min(len(texts), 64)]
+                got = torch.stack([torch.as_tensor(o.outputs.data).float() for o in llm.encode(sample, pooling_task="sparse_embed")])
+                ref = SparseEncoder(tmp, device="cpu").encode(sample, convert_to_tensor=True).to_dense().float()
+                result.min_cosine = float(torch.nn.functional.cosine_similarity(got, ref).min())
+                result.max_abs_diff = float((got - ref).abs().max())
+            if self.memory:
+                result.poolkit_peak_rss_mb = peak_rss_mb("poolkit", tmp, texts, self.dtype, "sparse")
+                if encoder is not None:
+                    result.peer_peak_rss_mb = peak_rss_mb("st", tmp, texts, self.dtype, "sparse")
+            active = statistics.mean(len(o.outputs.indices) for o in outputs)
+            result.notes = (
+                f"masked-LM of the model's shape (its encoder, a random MLM head biased to ~1% active terms); "
+                f"{active:.0f} non-zero terms per text on average"
+            )
+        return result
+
     def w9(self) -> Result:
         """Cold start: a fresh process from start to its first embedding."""
         ours = [sys.executable, "-c", f"from poolkit import LLM; LLM({self.model_dir!r}).embed('hello')"]
@@ -301,7 +407,10 @@ class Bench:
         return self.embed_workload("W10", "pathological: 100k-500k character inputs, truncated", texts)
 
 
-WORKLOADS = {"W1": Bench.w1, "W2": Bench.w2, "W3": Bench.w3, "W4": Bench.w4, "W6": Bench.w6, "W9": Bench.w9, "W10": Bench.w10}
+WORKLOADS = {
+    "W1": Bench.w1, "W2": Bench.w2, "W3": Bench.w3, "W4": Bench.w4, "W6": Bench.w6, "W7": Bench.w7, "W9": Bench.w9,
+    "W10": Bench.w10,
+}
 
 
 def run_bench(model: str, workloads: list[str], dtype: str, rounds: int, scale: float, memory: bool) -> dict[str, Any]:
@@ -325,6 +434,7 @@ def run_bench(model: str, workloads: list[str], dtype: str, rounds: int, scale: 
         "dtype": bench.dtype,
         "device": str(bench.llm.model.device),
         "threads": torch.get_num_threads(),
+        "gemm_peak_gflops": bench.gemm_peak_gflops,
         "machine": platform.machine(),
         "versions": versions,
         "weights": "real" if model == DEFAULT_MODEL or Path(model).exists() else "as given",
@@ -334,18 +444,22 @@ def run_bench(model: str, workloads: list[str], dtype: str, rounds: int, scale: 
 
 def format_table(report: dict[str, Any]) -> str:
     lines = [
-        f"model {report['model']}  dtype {report['dtype']}  device {report['device']}  threads {report['threads']}",
+        f"model {report['model']}  dtype {report['dtype']}  device {report['device']}  threads {report['threads']}  "
+        f"matmul peak {report['gemm_peak_gflops']:.0f} GFLOP/s",
         f"{'workload':<5} {'items':>6} {'poolkit tok/s':>14} {'peer tok/s':>11} {'poolkit it/s':>13} {'peer it/s':>10} "
-        f"{'ratio':>6} {'min cos':>9} {'max|diff|':>9} {'RSS MB ours/peer':>17} {'pad% peer':>9}",
+        f"{'ratio':>6} {'min cos':>9} {'max|diff|':>9} {'RSS MB ours/peer':>17} {'pad% peer':>9} {'% of peak ours/peer':>19}",
     ]
+    peak = report["gemm_peak_gflops"]
     for r in report["results"]:
         fmt = lambda v, f: "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, f)  # noqa: E731
         rss = f"{fmt(r['poolkit_peak_rss_mb'], '.0f')}/{fmt(r['peer_peak_rss_mb'], '.0f')}"
         pad = fmt(None if r["padding_fraction_peer"] is None else 100 * r["padding_fraction_peer"], ".1f")
+        share = lambda v: None if v is None else 100 * v / peak  # noqa: E731
+        mfu = f"{fmt(share(r['poolkit_gflops']), '.0f')}/{fmt(share(r['peer_gflops']), '.0f')}"
         lines.append(
             f"{r['workload']:<5} {r['items']:>6} {fmt(r['poolkit_tokens_per_s'], ',.0f'):>14} {fmt(r['peer_tokens_per_s'], ',.0f'):>11} "
             f"{fmt(r['poolkit_items_per_s'], ',.1f'):>13} {fmt(r['peer_items_per_s'], ',.1f'):>10} {fmt(r['ratio'], '.2f'):>6} "
-            f"{fmt(r['min_cosine'], '.6f'):>9} {fmt(r['max_abs_diff'], '.1e'):>9} {rss:>17} {pad:>9}  {r['description']}"
+            f"{fmt(r['min_cosine'], '.6f'):>9} {fmt(r['max_abs_diff'], '.1e'):>9} {rss:>17} {pad:>9} {mfu:>19}  {r['description']}"
         )
     return "\n".join(lines)
 
@@ -358,7 +472,7 @@ def poolkit_register_commands(app):
 
     @app.command()
     def bench(
-        workloads: str = typer.Option("W1,W2,W3,W4,W6,W9,W10", "--workloads", "-w", help="Comma-separated workload ids."),
+        workloads: str = typer.Option("W1,W2,W3,W4,W6,W7,W9,W10", "--workloads", "-w", help="Comma-separated workload ids."),
         model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Model with a sentence-transformers peer."),
         dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on bf16 hardware) or float32, for both libraries."),
         rounds: int = typer.Option(3, "--rounds", help="Interleaved rounds per workload."),

@@ -3,8 +3,9 @@
 The op takes a block of MLM logit rows and, for each row, the sequence it belongs to, and folds
 the activated rows into a ``[B, vocab]`` fp32 accumulator in place. The SPLADE head calls it on
 bounded chunks of rows, so the ``[tokens, vocab]`` logits of a long batch never exist at once.
-The torch reference runs everywhere (and is what CPU uses); the Triton kernel fuses activation
-and reduction on CUDA, one program per (run of rows of one sequence, block of vocabulary).
+The torch reference runs everywhere; on the CPU, max pooling reduces the raw logits before
+activating them (the activation is monotonic); the Triton kernel fuses activation and reduction
+on CUDA, one program per (run of rows of one sequence, block of vocabulary).
 """
 
 from __future__ import annotations
@@ -70,6 +71,38 @@ def splade_pool_reference(
         out.scatter_reduce_(0, index.unsqueeze(1).expand_as(x), x, "amax", include_self=True)
     else:
         out.index_add_(0, index, x)
+    return out
+
+
+def splade_pool_reduce_first(
+    logits: torch.Tensor,
+    segment_ids: torch.Tensor,
+    out: torch.Tensor,
+    strategy: str = "max",
+    activation: str = "relu",
+) -> torch.Tensor:
+    """The same as :func:`splade_pool_reference`, with ``max`` taken before the activation.
+
+    Every activation is non-decreasing, so the maximum of the activated rows is the activation
+    of the rows' maximum: the raw logits are max-reduced in their own dtype (exact), and only the
+    ``[segments, V]`` result is widened and activated, instead of all ``[N, V]`` rows. Bit for
+    bit the reference's result; ``sum`` goes to the reference.
+    """
+    if strategy != "max":
+        return splade_pool_reference(logits, segment_ids, out, strategy, activation)
+    _check(logits, segment_ids, out, strategy, activation)
+    if logits.shape[0] == 0:
+        return out
+    index = segment_ids.to(device=out.device, dtype=torch.long)
+    rows, local = torch.unique(index, return_inverse=True)
+    peak = logits.new_full((rows.numel(), logits.shape[1]), float("-inf"))
+    peak.scatter_reduce_(0, local.unsqueeze(1).expand_as(logits), logits, "amax", include_self=True)
+    x = peak.float()
+    if activation != "none":
+        x = torch.relu_(x).log1p_()
+        if activation == "log1p_relu":
+            x.log1p_()
+    out[rows] = torch.maximum(out[rows], x)
     return out
 
 
@@ -172,6 +205,10 @@ def _triton_available() -> bool:
 @hookimpl
 def poolkit_register_kernels(register):
     register("splade_pool:torch", Kernel(fn=splade_pool_reference, reference=splade_pool_reference, device="any"))
+    register(
+        "splade_pool:reduce_first",
+        Kernel(fn=splade_pool_reduce_first, reference=splade_pool_reference, device="cpu", priority=5),
+    )
     register(
         "splade_pool:triton",
         Kernel(

@@ -18,7 +18,7 @@ import torch
 from poolkit import LLM, InvalidRequest, ModelLoadError, PoolingParams
 from poolkit.builtin_poolers import sparse as sparse_head
 from poolkit.kernel import select_kernel
-from poolkit.kernels.splade import splade_pool_reference
+from poolkit.kernels.splade import splade_pool_reduce_first, splade_pool_reference
 from poolkit.plugins import registry
 from poolkit.sparse import SparseEmbedding, SparseEmbeddingRequestOutput
 from poolkit.st_config import read_st_config
@@ -309,16 +309,15 @@ def naive_splade(logits: torch.Tensor, lens: list[int], strategy: str, activatio
     return torch.stack(rows)
 
 
+@pytest.mark.parametrize("kernel", [splade_pool_reference, splade_pool_reduce_first], ids=["reference", "reduce-first"])
 @pytest.mark.parametrize("strategy", ["max", "sum"])
 @pytest.mark.parametrize("activation", ["relu", "log1p_relu", "none"])
-def test_reference_kernel_matches_per_sequence_computation(strategy, activation):
+def test_cpu_kernels_match_per_sequence_computation(kernel, strategy, activation):
     torch.manual_seed(0)
     lens = [3, 1, 7, 2]
     logits = torch.randn(sum(lens), 50) * 3
     segments = torch.repeat_interleave(torch.arange(len(lens)), torch.tensor(lens))
     start = float("-inf") if strategy == "max" else 0.0
-    kernel = select_kernel("splade_pool", "cpu")
-    assert kernel is splade_pool_reference
     expected = naive_splade(logits, lens, strategy, activation)
     before = logits.clone()
     out = kernel(logits, segments, torch.full((len(lens), 50), start), strategy, activation)
@@ -335,6 +334,26 @@ def test_reference_kernel_matches_per_sequence_computation(strategy, activation)
         kernel(logits, segments, out, "mean", activation)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("activation", ["relu", "log1p_relu", "none"])
+def test_reduce_first_is_the_reference_bit_for_bit(dtype, activation):
+    """Including the head's mixed calls: rows a call does not touch keep their values."""
+    assert select_kernel("splade_pool", "cpu") is splade_pool_reduce_first
+    g = torch.Generator().manual_seed(1)
+    lens = [5, 2, 9, 1, 4]
+    logits = (torch.randn(sum(lens), 300, generator=g) * 2).to(dtype)
+    segments = torch.repeat_interleave(torch.arange(len(lens)), torch.tensor(lens))
+    raw = segments % 2 == 1  # sequences 1 and 3 pooled without activation, as use_activation=False asks
+    results = []
+    for kernel in (splade_pool_reference, splade_pool_reduce_first):
+        out = torch.full((len(lens) + 1, 300), float("-inf"))  # the last row has no tokens
+        kernel(logits[~raw], segments[~raw], out, "max", activation)
+        kernel(logits[raw], segments[raw], out, "max", "none")
+        results.append(out)
+    assert torch.equal(results[0], results[1])
+    assert torch.isinf(results[1][-1]).all() and (results[1][1] < 0).any()
+
+
 def test_triton_kernel_is_registered_for_cuda_only():
     entry = registry("kernel").get("splade_pool:triton")
     assert entry.device == "cuda" and entry.reference is splade_pool_reference
@@ -347,7 +366,7 @@ def test_triton_kernel_interpreted_matches_reference():
     script = textwrap.dedent(
         """
         import torch
-        from poolkit.kernels.splade import splade_pool_reference, splade_pool_triton
+        from poolkit.kernels.splade import splade_pool_reduce_first, splade_pool_reference, splade_pool_triton
         torch.manual_seed(1)
         lens = [5, 1, 33, 16, 2]
         logits = torch.randn(sum(lens), 1500) * 3
