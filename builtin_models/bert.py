@@ -20,6 +20,7 @@ from poolkit.architecture import Architecture
 from poolkit.batch import PackedBatch
 from poolkit.errors import InvalidRequest, ModelLoadError
 from poolkit.hookspecs import hookimpl
+from poolkit.kernels.linear import linear_act
 from poolkit.weights import base_model_name, legacy_norm_name, load_into
 
 #: Checkpoint tensors the encoder does not use: task heads and position/type id buffers.
@@ -56,9 +57,10 @@ def _norm(x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
     return F.layer_norm(x, x.shape[-1:], norm.weight.to(x.dtype), norm.bias.to(x.dtype), norm.eps)
 
 
-def _linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
-    """A linear layer in its weights' dtype (bf16 matmuls on a bf16 model), input cast to match."""
-    return F.linear(x.to(layer.weight.dtype), layer.weight, layer.bias)
+def _linear(x: torch.Tensor, layer: nn.Linear, linear_act: Callable = linear_act, act: str = "none") -> torch.Tensor:
+    """A linear layer in its weights' dtype (bf16 matmuls on a bf16 model), input cast to match,
+    through the ``linear_act`` kernel the caller selected (plain ``F.linear`` by default)."""
+    return linear_act(x.to(layer.weight.dtype), layer.weight, layer.bias, act)
 
 
 def activation_function(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -105,9 +107,9 @@ class BertResidualOutput(nn.Module):
         self.dense = nn.Linear(in_features, hidden_size)
         self.LayerNorm = nn.LayerNorm(hidden_size, eps=eps)
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor, linear_act: Callable) -> torch.Tensor:
         # The bf16 output is promoted to fp32 inside the add (the residual stream is fp32): no extra copy.
-        return _norm(_linear(x, self.dense) + residual, self.LayerNorm)
+        return _norm(_linear(x, self.dense, linear_act) + residual, self.LayerNorm)
 
 
 class BertAttention(nn.Module):
@@ -125,11 +127,11 @@ class BertAttention(nn.Module):
         self.qkv = nn.Linear(hidden, 3 * hidden)
         self.output = BertResidualOutput(hidden, hidden, config.layer_norm_eps)
 
-    def forward(self, x: torch.Tensor, batch: PackedBatch, attention: Callable) -> torch.Tensor:
-        qkv = _linear(x, self.qkv).view(-1, 3, self.num_heads, self.head_dim)
+    def forward(self, x: torch.Tensor, batch: PackedBatch, attention: Callable, linear_act: Callable) -> torch.Tensor:
+        qkv = _linear(x, self.qkv, linear_act).view(-1, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.unbind(1)
         context = attention(q, k, v, batch)
-        return self.output(context.reshape(x.shape), x)
+        return self.output(context.reshape(x.shape), x, linear_act)
 
 
 class BertIntermediate(nn.Module):
@@ -143,8 +145,8 @@ class BertIntermediate(nn.Module):
 
     def forward(self, x: torch.Tensor, linear_act: Callable) -> torch.Tensor:
         if self.fused_act is None:
-            return self.act(_linear(x, self.dense))
-        return linear_act(x.to(self.dense.weight.dtype), self.dense.weight, self.dense.bias, self.fused_act)
+            return self.act(_linear(x, self.dense, linear_act))
+        return _linear(x, self.dense, linear_act, self.fused_act)
 
 
 class BertLayer(nn.Module):
@@ -157,8 +159,8 @@ class BertLayer(nn.Module):
         self.output = BertResidualOutput(config.intermediate_size, config.hidden_size, config.layer_norm_eps)
 
     def forward(self, x: torch.Tensor, batch: PackedBatch, attention: Callable, linear_act: Callable) -> torch.Tensor:
-        x = self.attention(x, batch, attention)
-        return self.output(self.intermediate(x, linear_act), x)
+        x = self.attention(x, batch, attention, linear_act)
+        return self.output(self.intermediate(x, linear_act), x, linear_act)
 
 
 class BertEncoder(nn.Module):

@@ -312,8 +312,12 @@ class Bench:
                 pass
             theirs = (lambda: ce.predict(pairs, batch_size=32)) if ce is not None else None  # noqa: E731
             rounds = _interleave(self.rounds, ours, theirs)
-            tokens = sum(len(s.prompt_token_ids) for q in queries for s in reranker.score(q, docs))
-            result = self._result("W4", f"rerank {len(queries)} queries x {len(docs)} documents", len(pairs), tokens, rounds)
+            lengths = [len(s.prompt_token_ids) for q in queries for s in reranker.score(q, docs)]
+            result = self._result(
+                "W4", f"rerank {len(queries)} queries x {len(docs)} documents", len(pairs), sum(lengths), rounds,
+                encoder_flops(self.config, lengths),
+            )
+            result.padding_fraction_peer = _padding_fraction(lengths)
             if ce is not None:
                 ref = torch.tensor(CrossEncoder(tmp, device="cpu").predict(pairs, batch_size=32))
                 got = torch.tensor([s.outputs.score for q in queries for s in reranker.score(q, docs)])
