@@ -7,6 +7,8 @@ from typing import Callable, Sequence
 import torch
 
 from poolkit.batch import PackedBatch
+from poolkit.builtin_poolers.activations import normalize
+from poolkit.builtin_poolers.poolers import SegmentPooler
 from poolkit.config import PoolingParams
 from poolkit.pooling import Pooler
 
@@ -49,12 +51,25 @@ class VectorHead:
             x = x[..., :dims]
         return self.activation(x) if activate else x
 
+    def _fusable(self, batch: PackedBatch, settings: list[tuple[int | None, bool]]) -> bool:
+        """Whether the head is just pooling then L2 normalisation: one ``segment_pool`` call does both."""
+        return (
+            len(self.poolers) == 1
+            and isinstance(self.poolers[0], SegmentPooler)
+            and self.projector is None
+            and self.activation is normalize
+            and batch.pool_mask is None
+            and all(s == (None, True) for s in settings)
+        )
+
     def __call__(self, hidden: torch.Tensor, batch: PackedBatch, params: Sequence[PoolingParams]) -> list[torch.Tensor]:
-        pooled = self._pool(hidden, batch)
         settings = [
             (p.dimensions or self.dimensions, self.use_activation if p.use_activation is None else p.use_activation)
             for p in params
         ]
+        if self._fusable(batch, settings):
+            return list(self.poolers[0].pooled(hidden, batch, normalize=True).unbind(0))
+        pooled = self._pool(hidden, batch)
         if self.granularity == "sequence":
             if self.projector is not None:
                 pooled = self.projector(pooled)

@@ -1,15 +1,19 @@
 """The built-in pooling methods, over packed hidden states.
 
 All sequence poolers honour ``batch.pool_mask`` (tokens a sentence-transformers config with
-``include_prompt=false`` leaves out) and accumulate sums in fp32.
+``include_prompt=false`` leaves out) and accumulate sums in fp32. Mean, max and mean-sqrt-len
+pooling of whole sequences run through the device's ``segment_pool`` kernel.
 """
 
 from __future__ import annotations
+
+from typing import Callable, ClassVar
 
 import torch
 
 from poolkit.batch import PackedBatch
 from poolkit.hookspecs import hookimpl
+from poolkit.kernel import select_kernel
 from poolkit.pooling import Pooler
 
 
@@ -51,18 +55,46 @@ class LastPooler(Pooler):
         return hidden[batch.last_indices]
 
 
-class MeanPooler(Pooler):
-    """The mean of each sequence's token vectors."""
+class SegmentPooler(Pooler):
+    """A reduction over each sequence's tokens (``mode`` of the ``segment_pool`` kernel)."""
+
+    mode: ClassVar[str]
+
+    def __init__(self) -> None:
+        self._kernels: dict[torch.device, Callable] = {}
+
+    def pooled(self, hidden: torch.Tensor, batch: PackedBatch, normalize: bool = False) -> torch.Tensor:
+        """``[B, H]`` fp32 pooled rows of whole sequences (no ``pool_mask``), L2-normalised on request."""
+        if hidden.device not in self._kernels:
+            self._kernels[hidden.device] = select_kernel("segment_pool", hidden.device)
+        return self._kernels[hidden.device](hidden, batch.cu_seqlens, self.mode, normalize)
 
     def __call__(self, hidden: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+        if batch.pool_mask is None:
+            return self.pooled(hidden, batch)
+        return self.masked(hidden, batch)
+
+    def masked(self, hidden: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+        """The pooled rows when ``batch.pool_mask`` leaves some tokens out."""
+        raise NotImplementedError
+
+
+class MeanPooler(SegmentPooler):
+    """The mean of each sequence's token vectors."""
+
+    mode = "mean"
+
+    def masked(self, hidden: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
         values, seq_ids, _ = _kept(hidden, batch)
         return _segment_sum(values, seq_ids, batch.num_seqs) / _counts(batch, seq_ids).unsqueeze(1)
 
 
-class MeanSqrtLenPooler(Pooler):
+class MeanSqrtLenPooler(SegmentPooler):
     """The sum of token vectors divided by the square root of the token count."""
 
-    def __call__(self, hidden: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+    mode = "mean_sqrt_len"
+
+    def masked(self, hidden: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
         values, seq_ids, _ = _kept(hidden, batch)
         return _segment_sum(values, seq_ids, batch.num_seqs) / _counts(batch, seq_ids).sqrt().unsqueeze(1)
 
@@ -79,10 +111,12 @@ class WeightedMeanPooler(Pooler):
         return total / norm.clamp(min=1e-9)
 
 
-class MaxPooler(Pooler):
+class MaxPooler(SegmentPooler):
     """The element-wise maximum over each sequence's token vectors."""
 
-    def __call__(self, hidden: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+    mode = "max"
+
+    def masked(self, hidden: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
         values, seq_ids, _ = _kept(hidden, batch)
         out = torch.full((batch.num_seqs, hidden.shape[-1]), float("-inf"), dtype=hidden.dtype, device=hidden.device)
         index = seq_ids.unsqueeze(1).expand(-1, hidden.shape[-1])

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import torch
 
 from poolkit.kernel import select_kernel
-from poolkit.kernels import linear
+from poolkit.kernels import linear, pooling
 from poolkit.kernels.linear import ACTIVATIONS, linear_act, linear_act_onednn
+from poolkit.kernels.pooling import segment_pool_reference
+from poolkit.plugins import registry
 
 onednn = pytest.mark.skipif(not linear._onednn_available(), reason="torch built without oneDNN")
 
@@ -66,3 +73,83 @@ def test_fused_linear_falls_back_where_onednn_cannot_run() -> None:
 def test_registry_picks_the_fused_kernel_on_cpu() -> None:
     expected = linear_act_onednn if linear._onednn_available() else linear_act
     assert select_kernel("linear_act", "cpu") is expected
+
+
+# -- segment_pool: sequence pooling (+ L2 normalisation) over packed batches -----------------------
+
+
+def naive_pool(hidden: torch.Tensor, lens: list[int], mode: str, normalize: bool) -> torch.Tensor:
+    rows = []
+    for seq in torch.split(hidden.double(), lens):
+        if seq.shape[0] == 0:
+            rows.append(torch.zeros(hidden.shape[1], dtype=torch.float64))
+            continue
+        pooled = {"mean": seq.mean(0), "sum": seq.sum(0), "max": seq.amax(0), "mean_sqrt_len": seq.sum(0) / len(seq) ** 0.5}
+        rows.append(pooled[mode])
+    out = torch.stack(rows)
+    return torch.nn.functional.normalize(out, dim=-1) if normalize else out
+
+
+POOL_LENS = [3, 1, 70, 0, 9]
+
+
+@pytest.mark.parametrize("mode", sorted(pooling.MODES))
+@pytest.mark.parametrize("normalize", [False, True], ids=["raw", "normalized"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_segment_pool_reference_matches_per_sequence_pooling(mode: str, normalize: bool, dtype: torch.dtype) -> None:
+    hidden = (torch.randn(sum(POOL_LENS), 48, generator=torch.Generator().manual_seed(2)) * 3).to(dtype)
+    cu = torch.tensor([0, *POOL_LENS]).cumsum(0)
+    out = segment_pool_reference(hidden, cu, mode, normalize)
+    assert out.dtype == torch.float32 and out.shape == (len(POOL_LENS), 48)
+    torch.testing.assert_close(out.double(), naive_pool(hidden, POOL_LENS, mode, normalize), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="mode 'median'"):
+        segment_pool_reference(hidden, cu, "median")
+
+
+def test_segment_pool_is_the_reference_on_cpu() -> None:
+    assert select_kernel("segment_pool", "cpu") is segment_pool_reference
+    entry = registry("kernel").get("segment_pool:triton")
+    assert entry.device == "cuda" and entry.reference is segment_pool_reference
+    if not torch.cuda.is_available():
+        assert not entry.is_available()
+
+
+def test_segment_pool_triton_interpreted_matches_reference() -> None:
+    pytest.importorskip("triton", reason="pip install triton (the gpu extra) to test the Triton kernels")
+    script = textwrap.dedent(
+        f"""
+        import torch
+        from poolkit.kernels.pooling import MODES, segment_pool_reference, segment_pool_triton
+        lens = {POOL_LENS}
+        cu = torch.tensor([0, *lens]).cumsum(0)
+        for width in (48, 384):
+            hidden = torch.randn(sum(lens), width, generator=torch.Generator().manual_seed(4)) * 3
+            for dtype in (torch.float32, torch.bfloat16):
+                for mode in MODES:
+                    for normalize in (False, True):
+                        got = segment_pool_triton(hidden.to(dtype), cu, mode, normalize)
+                        ref = segment_pool_reference(hidden.to(dtype), cu, mode, normalize)
+                        assert torch.allclose(got, ref, atol=1e-5, rtol=1e-5), (width, dtype, mode, normalize)
+        print("ok")
+        """
+    )
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0 and result.stdout.startswith("ok"), result.stderr[-2000:]
+
+
+def test_embed_head_fuses_pooling_and_normalisation(tiny_encoders, monkeypatch) -> None:
+    """The fused path gives what pooling, then normalising by hand, gives."""
+    from poolkit import LLM, PoolingParams
+    from poolkit.builtin_poolers.poolers import SegmentPooler
+
+    calls = []
+    pooled = SegmentPooler.pooled
+    monkeypatch.setattr(SegmentPooler, "pooled", lambda self, *a, **k: calls.append(k) or pooled(self, *a, **k))
+    llm = LLM(str(tiny_encoders["bert"]), pooler_config={"pooling_type": "MEAN"})
+    texts = ["a short one", "and a somewhat longer sentence to pool"]
+    fused = torch.tensor([o.outputs.embedding for o in llm.embed(texts)])
+    assert calls == [{"normalize": True}]
+    raw = torch.tensor([o.outputs.embedding for o in llm.embed(texts, PoolingParams(use_activation=False))])
+    torch.testing.assert_close(fused, torch.nn.functional.normalize(raw, dim=-1), atol=1e-6, rtol=1e-6)
+    assert not torch.allclose(raw.norm(dim=-1), torch.ones(2))

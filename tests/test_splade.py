@@ -366,7 +366,7 @@ def test_triton_kernel_interpreted_matches_reference():
     script = textwrap.dedent(
         """
         import torch
-        from poolkit.kernels.splade import splade_pool_reduce_first, splade_pool_reference, splade_pool_triton
+        from poolkit.kernels.splade import splade_pool_reference, splade_pool_triton
         torch.manual_seed(1)
         lens = [5, 1, 33, 16, 2]
         logits = torch.randn(sum(lens), 1500) * 3
