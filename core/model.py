@@ -461,6 +461,11 @@ def load_model(
     architecture = arch_cls(hf_config)
     architecture.load_weights(iter_tensors(checkpoint_files(path, allow_pickle)))
     architecture.to(device=torch_device, dtype=torch_dtype).eval()
+    if torch_dtype in (torch.bfloat16, torch.float16):
+        # Classifier heads are a sliver of the work: they stay fp32, like pooling and activations.
+        for head in (architecture.sequence_head(), architecture.token_head()):
+            if head is not None:
+                head.float()
     if convert == "classify" and architecture.sequence_head() is None and architecture.token_head() is None:
         raise ModelLoadError(
             f"convert='classify' needs a checkpoint with a classification head; this {arch_name} has none"

@@ -44,6 +44,12 @@ BUILDERS = {
     "qwen3": lambda root: __import__("tiny_models").build_qwen(root / "qwen", "qwen3", init_range=0.05),
     "clip": lambda root: __import__("tiny_models").build_clip(root / "clip", gain=0.5),
     "colbert": _colbert,
+    "fallback-llama-classifier": lambda root: __import__("tiny_models").build_transformers_model(
+        root / "llama", "LlamaForSequenceClassification", num_labels=2, init_range=0.05
+    ),
+    "fallback-electra-ner": lambda root: __import__("tiny_models").build_transformers_model(
+        root / "electra", "ElectraForTokenClassification", num_labels=3, init_range=0.05
+    ),
 }
 
 
@@ -56,6 +62,8 @@ def test_every_task_runs_in_bfloat16_and_follows_float32(kind: str, tmp_path: Pa
     path = str(BUILDERS[kind](tmp_path))
     full, half = LLM(path, dtype="float32"), LLM(path, dtype="bfloat16")
     assert half.model.dtype == torch.bfloat16
+    for head in (half.model.architecture.sequence_head(), half.model.architecture.token_head()):
+        assert head is None or all(p.dtype == torch.float32 for p in head.parameters())
     tasks = [t for t in TASKS if t in full.supported_tasks]
     assert tasks
     for task in tasks:
