@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import multiprocessing
+import os
 import platform
 import random
 import statistics
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -38,10 +40,84 @@ def _words() -> list[str]:
     for name in _STDLIB:
         module = importlib.import_module(name)
         for obj in [module, *vars(module).values()]:
-            doc = getattr(obj, "__doc__", None)
+            with warnings.catch_warnings():  # typing.re and friends warn when touched
+                warnings.simplefilter("ignore", DeprecationWarning)
+                doc = getattr(obj, "__doc__", None)
             if isinstance(doc, str):
                 words += [w.strip(".,:;()`'\"") for w in doc.split() if w.isascii() and 1 < len(w) < 15]
     return sorted({w for w in words if w.isalpha()})
+
+
+#: The exact configurations of popular embedders, for speed-only runs with random weights: their
+#: sentence-transformers pooling, and ``config.json`` as published.
+_BERT = {"model_type": "bert", "architectures": ["BertModel"], "vocab_size": 30522, "type_vocab_size": 2,
+         "max_position_embeddings": 512, "layer_norm_eps": 1e-12, "hidden_act": "gelu", "pad_token_id": 0}
+PRESETS: dict[str, dict[str, Any]] = {
+    "bge-small": {"pooling": "cls", "config": {**_BERT, "hidden_size": 384, "intermediate_size": 1536,
+                                                 "num_hidden_layers": 12, "num_attention_heads": 12}},
+    "bge-base": {"pooling": "cls", "config": {**_BERT, "hidden_size": 768, "intermediate_size": 3072,
+                                                "num_hidden_layers": 12, "num_attention_heads": 12}},
+    "qwen3-embedding-0.6b": {"pooling": "lasttoken", "config": {
+        "model_type": "qwen3", "architectures": ["Qwen3Model"], "vocab_size": 151669, "hidden_size": 1024,
+        "intermediate_size": 3072, "num_hidden_layers": 28, "num_attention_heads": 16, "num_key_value_heads": 8,
+        "head_dim": 128, "max_position_embeddings": 32768, "rope_theta": 1000000, "rms_norm_eps": 1e-6,
+        "tie_word_embeddings": True, "attention_bias": False, "hidden_act": "silu", "use_sliding_window": False,
+    }},
+}
+
+
+def resolve_bench_model(model: str) -> tuple[str, str]:
+    """The directory of the model to benchmark and what its weights are.
+
+    A preset name (:data:`PRESETS`) builds, once, a model of that exact configuration with seeded
+    random weights under ``$POOLKIT_BENCH_CACHE`` (default ``~/.cache/poolkit/bench``), with
+    all-MiniLM-L6-v2's tokenizer and the preset's sentence-transformers pooling; any other value
+    is a model name or path, as for ``LLM``.
+    """
+    from .plugins import get_manager
+
+    if model not in PRESETS:
+        found = get_manager().resolve_model(model)
+        return str(found if found is not None else model), "real" if found is not None or Path(model).exists() else "as given"
+    root = Path(os.environ.get("POOLKIT_BENCH_CACHE") or Path.home() / ".cache" / "poolkit" / "bench") / model
+    if not (root / "model.safetensors").is_file():
+        _build_preset(model, root)
+    return str(root), f"random, with the exact config of {model} (speed only)"
+
+
+def _build_preset(name: str, root: Path) -> None:
+    import torch
+    import transformers
+
+    from .plugins import get_manager
+
+    preset = PRESETS[name]
+    fields = dict(preset["config"])
+    config = transformers.AutoConfig.for_model(fields.pop("model_type"), **fields)
+    torch.manual_seed(0)
+    model = transformers.AutoModel.from_config(config, torch_dtype=torch.float32)
+    tmp = root.with_name(root.name + ".partial")
+    model.save_pretrained(tmp)
+    transformers.AutoTokenizer.from_pretrained(get_manager().resolve_model(DEFAULT_MODEL)).save_pretrained(tmp)
+    width = int(config.hidden_size)
+    (tmp / "1_Pooling").mkdir(exist_ok=True)
+    (tmp / "1_Pooling" / "config.json").write_text(json.dumps({
+        "word_embedding_dimension": width, **{f"pooling_mode_{m}": False for m in
+                                              ("cls_token", "mean_tokens", "max_tokens", "mean_sqrt_len_tokens",
+                                               "weightedmean_tokens", "lasttoken")},
+        f"pooling_mode_{'cls_token' if preset['pooling'] == 'cls' else 'lasttoken'}": True,
+    }))
+    (tmp / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+    ]))
+    (tmp / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 512, "do_lower_case": False}))
+    if root.exists():
+        import shutil
+
+        shutil.rmtree(root)
+    tmp.rename(root)
 
 
 def make_corpus(n: int, mean_words: float, sigma: float, seed: int, max_words: int = 2000) -> list[str]:
@@ -109,17 +185,28 @@ def _padding_fraction(lengths: list[int], batch_size: int = 32) -> float:
     return 1.0 - sum(lengths) / padded if padded else 0.0
 
 
-def encoder_flops(config: Any, lengths: list[int]) -> float:
-    """Multiply-add FLOPs of a BERT-style encoder over sequences of ``lengths`` (real tokens only).
+def model_flops(model: Any, lengths: list[int], per_token: int = 0) -> float:
+    """Multiply-add FLOPs of a forward pass over sequences of ``lengths`` (real tokens only).
 
-    Per token and layer: the q/k/v and output projections (``8 H^2``), the feed-forward
-    (``4 H I``) and attention against the sequence's ``L`` tokens (``4 L H``).
+    Per token: twice the weights of every linear layer of the architecture (classifier heads
+    excluded) plus ``per_token`` (a head applied outside the linear layers, such as a tied MLM
+    decoder); per token and layer, attention against its sequence's ``L`` tokens: ``4 L d``
+    (``d`` = heads x head size), half that for causal attention.
     """
-    h, i, layers = int(config.hidden_size), int(config.intermediate_size), int(config.num_hidden_layers)
-    return float(layers * sum(n * (8 * h * h + 4 * h * i + 4 * n * h) for n in lengths))
+    import torch
+
+    arch = model.architecture
+    heads = {id(p) for head in (arch.sequence_head(), arch.token_head()) if head is not None for p in head.parameters()}
+    weights = sum(m.weight.numel() for m in arch.modules() if isinstance(m, torch.nn.Linear) and id(m.weight) not in heads)
+    config = model.hf_config
+    width = int(config.num_attention_heads) * int(
+        getattr(config, "head_dim", None) or int(config.hidden_size) // int(config.num_attention_heads)
+    )
+    attention = 4 * int(config.num_hidden_layers) * width * (0.5 if getattr(arch, "causal", False) else 1.0)
+    return float(sum(n * (2 * weights + per_token + attention * n) for n in lengths))
 
 
-def gemm_peak_gflops(config: Any, dtype: Any, tokens: int = 4096, repeats: int = 5) -> float:
+def gemm_peak_gflops(config: Any, dtype: Any, device: Any = "cpu", tokens: int = 4096, repeats: int = 5) -> float:
     """What this machine's matmul reaches on the model's feed-forward shape, in GFLOP/s (best of ``repeats``).
 
     The ceiling for a pooling model's throughput: matmuls are most of its work, and both
@@ -128,12 +215,16 @@ def gemm_peak_gflops(config: Any, dtype: Any, tokens: int = 4096, repeats: int =
     import torch
 
     h, i = int(config.hidden_size), int(config.intermediate_size)
-    x, w = torch.randn(tokens, h, dtype=dtype), torch.randn(i, h, dtype=dtype)
+    x = torch.randn(tokens, h, dtype=dtype, device=device)
+    w = torch.randn(i, h, dtype=dtype, device=device)
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     torch.nn.functional.linear(x, w)
     best = math.inf
     for _ in range(repeats):
+        sync()
         t = time.perf_counter()
         torch.nn.functional.linear(x, w)
+        sync()
         best = min(best, time.perf_counter() - t)
     return 2 * tokens * h * i / best / 1e9
 
@@ -152,21 +243,19 @@ def _rss_child(kind: str, task: str, model_dir: str, texts: list[str], dtype: st
     if kind == "poolkit":
         from poolkit import LLM
 
-        llm = LLM(model_dir, dtype=dtype)
+        llm = LLM(model_dir, dtype=dtype, device="cpu")
         llm.sparse_embed(texts) if task == "sparse" else llm.embed(texts)
     else:
         import torch
         from sentence_transformers import SentenceTransformer, SparseEncoder
 
         st = (SparseEncoder if task == "sparse" else SentenceTransformer)(model_dir, device="cpu")
-        if dtype == "bfloat16":
-            st = st.to(torch.bfloat16)
-        st.encode(texts, batch_size=32)
+        st.to(getattr(torch, dtype)).encode(texts, batch_size=32)
     queue.put(_peak_rss_mb())
 
 
 def peak_rss_mb(kind: str, model_dir: str, texts: list[str], dtype: str, task: str = "embed") -> float:
-    """Peak RSS (MiB) of one library embedding ``texts`` (``task`` "embed" or "sparse") in a fresh process."""
+    """Peak RSS (MiB) of one library embedding ``texts`` on the CPU (``task`` "embed" or "sparse") in a fresh process."""
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=_rss_child, args=(kind, task, model_dir, texts, dtype, queue))
@@ -176,29 +265,43 @@ def peak_rss_mb(kind: str, model_dir: str, texts: list[str], dtype: str, task: s
 
 
 class Bench:
-    """The workloads, sharing the loaded models."""
+    """The workloads, sharing the loaded models.
 
-    def __init__(self, model: str, dtype: str, rounds: int, scale: float, memory: bool) -> None:
+    ``peer_dtype`` is the dtype sentence-transformers runs in: by default poolkit's on the CPU
+    (equal precision) and fp16 on CUDA (its usual GPU setting).
+    """
+
+    def __init__(
+        self, model: str, dtype: str, rounds: int, scale: float, memory: bool,
+        device: str | None = None, peer_dtype: str | None = None,
+    ) -> None:
         from poolkit import LLM
 
-        self.llm = LLM(model, dtype=dtype)
-        self.model_dir = str(self.llm.model.path)
+        self.model_dir, self.weights = resolve_bench_model(model)
+        self.llm = LLM(self.model_dir, dtype=dtype, device=device)
+        self.device = self.llm.model.device
         self.config = self.llm.model.hf_config
         self.dtype = str(self.llm.model.dtype).removeprefix("torch.")
-        self.gemm_peak_gflops = gemm_peak_gflops(self.config, self.llm.model.dtype)
+        self.peer_dtype = peer_dtype or ("float16" if self.device.type == "cuda" else self.dtype)
+        self.gemm_peak_gflops = gemm_peak_gflops(self.config, self.llm.model.dtype, self.device)
         self.rounds = rounds
         self.scale = scale
-        self.memory = memory
-        self.st = self._st()
+        self.memory = memory and self.device.type == "cpu"
+        self.st = self._peer("SentenceTransformer", self.model_dir)
 
-    def _st(self) -> Any:
+    def _peer(self, cls: str, path: str, dtype: str | None = None) -> Any:
+        """A sentence-transformers model (``cls``) on the bench's device, in the peer's dtype; None without the library."""
         try:
             import torch
-            from sentence_transformers import SentenceTransformer
+            import sentence_transformers
         except ImportError:
             return None
-        st = SentenceTransformer(self.model_dir, device="cpu")
-        return st.to(torch.bfloat16) if self.dtype == "bfloat16" else st
+        peer = getattr(sentence_transformers, cls)(path, device=str(self.device))
+        target = getattr(torch, dtype or self.peer_dtype)
+        if cls == "CrossEncoder":
+            peer.model.to(target)
+            return peer
+        return peer.to(target)
 
     def _n(self, n: int) -> int:
         return max(4, int(n * self.scale))
@@ -210,9 +313,8 @@ class Bench:
         theirs = (lambda: self.st.encode(texts, batch_size=32)) if self.st is not None else None  # noqa: E731
         rounds = _interleave(self.rounds, ours, theirs)
         outputs = self.llm.embed(texts)
-        tokens = sum(len(o.prompt_token_ids) for o in outputs)
         lengths = [len(o.prompt_token_ids) for o in outputs]
-        result = self._result(name, description, len(texts), tokens, rounds, encoder_flops(self.config, lengths))
+        result = self._result(name, description, len(texts), sum(lengths), rounds, model_flops(self.llm.model, lengths))
         result.padding_fraction_peer = _padding_fraction(lengths)
         sample = texts[: min(len(texts), 256)]
         ref = self._reference(sample)
@@ -223,16 +325,14 @@ class Bench:
         if self.memory:
             result.poolkit_peak_rss_mb = peak_rss_mb("poolkit", self.model_dir, texts, self.dtype)
             if self.st is not None:
-                result.peer_peak_rss_mb = peak_rss_mb("st", self.model_dir, texts, self.dtype)
+                result.peer_peak_rss_mb = peak_rss_mb("st", self.model_dir, texts, self.peer_dtype)
         return result
 
     def _reference(self, texts: list[str]) -> Any:
         """sentence-transformers fp32 vectors: the parity reference."""
         if self.st is None:
             return None
-        from sentence_transformers import SentenceTransformer
-
-        return SentenceTransformer(self.model_dir, device="cpu").encode(texts, convert_to_tensor=True).float()
+        return self._peer("SentenceTransformer", self.model_dir, "float32").encode(texts, convert_to_tensor=True).float().cpu()
 
     def _result(
         self, name: str, description: str, items: int, tokens: int, rounds: list[dict[str, float]], flops: float = 0.0
@@ -253,7 +353,11 @@ class Bench:
         import torch
         import transformers
 
+        from .errors import InvalidRequest
+
         config = transformers.AutoConfig.from_pretrained(self.model_dir)
+        if config.model_type != "bert":
+            raise InvalidRequest(f"workloads W4 and W7 derive BERT task models; {config.model_type} is not BERT")
         config.architectures = [architecture]
         config.num_labels = 1
         torch.manual_seed(0)
@@ -298,28 +402,20 @@ class Bench:
             self._derived_model(tmp, "BertForSequenceClassification")
             from poolkit import LLM
 
-            reranker = LLM(tmp, dtype=self.dtype)
+            reranker = LLM(tmp, dtype=self.dtype, device=str(self.device))
             pairs = [(q, d) for q in queries for d in docs]
             ours = lambda: [reranker.score(q, docs) for q in queries]  # noqa: E731
-            ce = None
-            try:
-                from sentence_transformers import CrossEncoder
-
-                ce = CrossEncoder(tmp, device="cpu")
-                if self.dtype == "bfloat16":
-                    ce.model.to(torch.bfloat16)
-            except ImportError:
-                pass
+            ce = self._peer("CrossEncoder", tmp)
             theirs = (lambda: ce.predict(pairs, batch_size=32)) if ce is not None else None  # noqa: E731
             rounds = _interleave(self.rounds, ours, theirs)
             lengths = [len(s.prompt_token_ids) for q in queries for s in reranker.score(q, docs)]
             result = self._result(
                 "W4", f"rerank {len(queries)} queries x {len(docs)} documents", len(pairs), sum(lengths), rounds,
-                encoder_flops(self.config, lengths),
+                model_flops(reranker.model, lengths),
             )
             result.padding_fraction_peer = _padding_fraction(lengths)
             if ce is not None:
-                ref = torch.tensor(CrossEncoder(tmp, device="cpu").predict(pairs, batch_size=32))
+                ref = torch.tensor(self._peer("CrossEncoder", tmp, "float32").predict(pairs, batch_size=32))
                 got = torch.tensor([s.outputs.score for q in queries for s in reranker.score(q, docs)])
                 result.max_abs_diff = float((got - ref).abs().max())
             result.notes = "cross-encoder: the model's encoder with a random one-output head"
@@ -360,35 +456,27 @@ class Bench:
         texts = make_corpus(self._n(1000), 22, 0.35, seed=7)
         with tempfile.TemporaryDirectory() as tmp:
             self._derived_model(tmp, "BertForMaskedLM")
-            llm = LLM(tmp, dtype=self.dtype)
-            encoder = None
-            try:
-                from sentence_transformers import SparseEncoder
-
-                encoder = SparseEncoder(tmp, device="cpu")
-                if self.dtype == "bfloat16":
-                    encoder = encoder.to(torch.bfloat16)
-            except ImportError:
-                pass
+            llm = LLM(tmp, dtype=self.dtype, device=str(self.device))
+            encoder = self._peer("SparseEncoder", tmp)
             ours = lambda: llm.sparse_embed(texts)  # noqa: E731
             theirs = (lambda: encoder.encode(texts, batch_size=32)) if encoder is not None else None  # noqa: E731
             rounds = _interleave(self.rounds, ours, theirs)
             outputs = llm.sparse_embed(texts)
             lengths = [len(o.prompt_token_ids) for o in outputs]
-            h, vocab = int(self.config.hidden_size), int(self.config.vocab_size)
-            flops = encoder_flops(self.config, lengths) + sum(lengths) * (2 * h * h + 2 * h * vocab)  # + the MLM head
+            decoder = 2 * int(self.config.hidden_size) * int(self.config.vocab_size)  # the tied MLM decoder
+            flops = model_flops(llm.model, lengths, per_token=decoder)
             result = self._result("W7", "SPLADE sparse vectors, short sentences", len(texts), sum(lengths), rounds, flops)
             result.padding_fraction_peer = _padding_fraction(lengths)
             if encoder is not None:
                 sample = texts[: min(len(texts), 64)]
                 got = torch.stack([torch.as_tensor(o.outputs.data).float() for o in llm.encode(sample, pooling_task="sparse_embed")])
-                ref = SparseEncoder(tmp, device="cpu").encode(sample, convert_to_tensor=True).to_dense().float()
+                ref = self._peer("SparseEncoder", tmp, "float32").encode(sample, convert_to_tensor=True).to_dense().float().cpu()
                 result.min_cosine = float(torch.nn.functional.cosine_similarity(got, ref).min())
                 result.max_abs_diff = float((got - ref).abs().max())
             if self.memory:
                 result.poolkit_peak_rss_mb = peak_rss_mb("poolkit", tmp, texts, self.dtype, "sparse")
                 if encoder is not None:
-                    result.peer_peak_rss_mb = peak_rss_mb("st", tmp, texts, self.dtype, "sparse")
+                    result.peer_peak_rss_mb = peak_rss_mb("st", tmp, texts, self.peer_dtype, "sparse")
             active = statistics.mean(len(o.outputs.indices) for o in outputs)
             result.notes = (
                 f"masked-LM of the model's shape (its encoder, a random MLM head biased to ~1% active terms); "
@@ -398,8 +486,9 @@ class Bench:
 
     def w9(self) -> Result:
         """Cold start: a fresh process from start to its first embedding."""
-        ours = [sys.executable, "-c", f"from poolkit import LLM; LLM({self.model_dir!r}).embed('hello')"]
-        theirs = [sys.executable, "-c", f"from sentence_transformers import SentenceTransformer as S; S({self.model_dir!r}, device='cpu').encode('hello')"]
+        device = str(self.device)
+        ours = [sys.executable, "-c", f"from poolkit import LLM; LLM({self.model_dir!r}, device={device!r}).embed('hello')"]
+        theirs = [sys.executable, "-c", f"from sentence_transformers import SentenceTransformer as S; S({self.model_dir!r}, device={device!r}).encode('hello')"]
         run = lambda cmd: subprocess.run(cmd, check=True, capture_output=True)  # noqa: E731
         rounds = _interleave(max(1, self.rounds), lambda: run(ours), (lambda: run(theirs)) if self.st is not None else None)
         result = self._result("W9", "cold start: process start to first embedding", 1, 0, rounds)
@@ -417,11 +506,14 @@ WORKLOADS = {
 }
 
 
-def run_bench(model: str, workloads: list[str], dtype: str, rounds: int, scale: float, memory: bool) -> dict[str, Any]:
+def run_bench(
+    model: str, workloads: list[str], dtype: str, rounds: int, scale: float, memory: bool,
+    device: str | None = None, peer_dtype: str | None = None,
+) -> dict[str, Any]:
     """Run the workloads; the JSON-ready report."""
     import torch
 
-    bench = Bench(model, dtype, rounds, scale, memory)
+    bench = Bench(model, dtype, rounds, scale, memory, device, peer_dtype)
     results = [asdict(WORKLOADS[w](bench)) for w in workloads]
     versions = {"python": platform.python_version(), "torch": torch.__version__}
     try:
@@ -436,20 +528,22 @@ def run_bench(model: str, workloads: list[str], dtype: str, rounds: int, scale: 
     return {
         "model": model,
         "dtype": bench.dtype,
-        "device": str(bench.llm.model.device),
+        "peer_dtype": bench.peer_dtype,
+        "device": str(bench.device),
         "threads": torch.get_num_threads(),
         "gemm_peak_gflops": bench.gemm_peak_gflops,
         "machine": platform.machine(),
         "versions": versions,
-        "weights": "real" if model == DEFAULT_MODEL or Path(model).exists() else "as given",
+        "weights": bench.weights,
         "results": results,
     }
 
 
 def format_table(report: dict[str, Any]) -> str:
     lines = [
-        f"model {report['model']}  dtype {report['dtype']}  device {report['device']}  threads {report['threads']}  "
-        f"matmul peak {report['gemm_peak_gflops']:.0f} GFLOP/s",
+        f"model {report['model']}  weights: {report['weights']}\n"
+        f"dtype {report['dtype']} (peer {report['peer_dtype']})  "
+        f"device {report['device']}  threads {report['threads']}  matmul peak {report['gemm_peak_gflops']:.0f} GFLOP/s",
         f"{'workload':<5} {'items':>6} {'poolkit tok/s':>14} {'peer tok/s':>11} {'poolkit it/s':>13} {'peer it/s':>10} "
         f"{'ratio':>6} {'min cos':>9} {'max|diff|':>9} {'RSS MB ours/peer':>17} {'pad% peer':>9} {'% of peak ours/peer':>19}",
     ]
@@ -477,8 +571,15 @@ def poolkit_register_commands(app):
     @app.command()
     def bench(
         workloads: str = typer.Option("W1,W2,W3,W4,W6,W7,W9,W10", "--workloads", "-w", help="Comma-separated workload ids."),
-        model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Model with a sentence-transformers peer."),
-        dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on bf16 hardware) or float32, for both libraries."),
+        model: str = typer.Option(
+            DEFAULT_MODEL, "--model", "-m",
+            help=f"Model with a sentence-transformers peer, or a random-weight preset: {', '.join(PRESETS)}.",
+        ),
+        dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on bf16 hardware) or float32."),
+        peer_dtype: Optional[str] = typer.Option(
+            None, "--peer-dtype", help="sentence-transformers' dtype (default: poolkit's on CPU, float16 on CUDA)."
+        ),
+        device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
         rounds: int = typer.Option(3, "--rounds", help="Interleaved rounds per workload."),
         scale: float = typer.Option(1.0, "--scale", help="Multiply every workload's size."),
         smoke: bool = typer.Option(False, "--smoke", help="A tiny configuration (CI): small sizes, one round, no RSS."),
@@ -496,5 +597,7 @@ def poolkit_register_commands(app):
                 raise InvalidRequest(f"unknown workload(s) {', '.join(unknown)}; choose from {', '.join(WORKLOADS)}")
             if smoke:
                 rounds, scale = 1, min(scale, 0.02)
-            report = run_bench(model, names, dtype, rounds, scale, memory if memory is not None else not smoke)
+            report = run_bench(
+                model, names, dtype, rounds, scale, memory if memory is not None else not smoke, device, peer_dtype
+            )
             typer.echo(json.dumps(report, indent=2) if as_json else format_table(report))
