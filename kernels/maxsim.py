@@ -1,8 +1,9 @@
 """MaxSim, ColBERT's late-interaction score: for each query token, the best document token.
 
 ``score = sum over query tokens q of max over document tokens d of q . d`` (fp32). The torch
-reference pads the documents of a call into one ``[N, L, D]`` block; the Triton kernel walks each
-document's packed tokens in tiles and keeps a running maximum per query token.
+reference pads the documents of a call into one ``[N, L, D]`` block; the CPU kernel multiplies the
+query with the packed tokens in one matmul and takes a segmented maximum (no padding); the Triton
+kernel walks each document's packed tokens in tiles and keeps a running maximum per query token.
 """
 
 from __future__ import annotations
@@ -35,6 +36,20 @@ def maxsim_reference(query: torch.Tensor, docs: torch.Tensor, cu_seqlens: torch.
     sims = torch.einsum("qd,ntd->nqt", query.float(), padded)
     sims = sims.masked_fill(~mask.unsqueeze(1), float("-inf"))
     best = sims.max(dim=-1).values
+    return torch.where(torch.isinf(best), torch.zeros_like(best), best).sum(dim=-1)
+
+
+def maxsim_packed(query: torch.Tensor, docs: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+    """The same as :func:`maxsim_reference` without padding: one matmul of the query against every
+    packed document token, then each document's maximum per query token (a segmented max)."""
+    n = cu_seqlens.numel() - 1
+    if n <= 0:
+        return torch.zeros(0, dtype=torch.float32, device=docs.device)
+    cu = cu_seqlens.to(device=docs.device, dtype=torch.long)
+    sims = docs[int(cu[0]) : int(cu[-1])].float() @ query.float().T  # [T, Lq]
+    segments = torch.repeat_interleave(torch.arange(n, device=docs.device), cu.diff())
+    best = torch.full((n, query.shape[0]), float("-inf"), device=docs.device)
+    best.scatter_reduce_(0, segments.unsqueeze(1).expand_as(sims), sims, "amax")
     return torch.where(torch.isinf(best), torch.zeros_like(best), best).sum(dim=-1)
 
 
@@ -98,6 +113,7 @@ def _maxsim_kernel():
 @hookimpl
 def poolkit_register_kernels(register):
     register("maxsim:torch", Kernel(fn=maxsim_reference, reference=maxsim_reference, device="any"))
+    register("maxsim:packed", Kernel(fn=maxsim_packed, reference=maxsim_reference, device="cpu", priority=5))
     register(
         "maxsim:triton",
         Kernel(fn=maxsim_triton, reference=maxsim_reference, device="cuda", priority=10, is_available=_triton_available),

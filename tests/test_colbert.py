@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from poolkit import LLM
 from poolkit.cli import app
 from poolkit.kernel import select_kernel
+from poolkit.kernels.maxsim import maxsim_packed, maxsim_reference
 
 QUERY = "what is the capital of france"
 DOCS = ["paris is the capital of france", "hello world", "the quick brown fox jumps over the lazy dog", "berlin"]
@@ -97,14 +98,25 @@ def test_markers_and_query_expansion(colbert_dir, tmp_path):
     assert got != pytest.approx([s.outputs.score for s in LLM(str(colbert_dir)).score(QUERY, DOCS)], abs=1e-3)
 
 
-def test_maxsim_reference_kernel():
+@pytest.mark.parametrize("kernel", [maxsim_reference, maxsim_packed], ids=["reference", "packed"])
+def test_maxsim_cpu_kernels(kernel):
     torch.manual_seed(0)
     query = torch.randn(5, 8)
-    docs = [torch.randn(n, 8) for n in (3, 1, 7)]
-    cu = torch.tensor([0, 3, 4, 11])
-    got = select_kernel("maxsim", "cpu")(query, torch.cat(docs), cu)
-    expected = torch.stack([(query @ d.T).max(dim=1).values.sum() for d in docs])
-    assert torch.allclose(got, expected, atol=1e-5)
+    docs = [torch.randn(n, 8) for n in (3, 1, 7, 0, 2)]
+    cu = torch.tensor([0, 3, 4, 11, 11, 13])
+    got = kernel(query, torch.cat(docs), cu)
+    expected = torch.stack([(query @ d.T).max(dim=1).values.sum() if len(d) else torch.tensor(0.0) for d in docs])
+    assert got.dtype == torch.float32 and torch.allclose(got, expected, atol=1e-5)
+    # A window of a larger packed tensor (offsets not starting at 0), bf16 inputs, no documents.
+    wide = torch.cat([torch.randn(4, 8), *docs])
+    assert torch.allclose(kernel(query, wide, cu + 4), expected, atol=1e-5)
+    low = kernel(query.bfloat16(), torch.cat(docs).bfloat16(), cu)
+    assert torch.allclose(low, maxsim_reference(query.bfloat16(), torch.cat(docs).bfloat16(), cu), atol=1e-3)
+    assert kernel(query, torch.cat(docs), cu[:1]).shape == (0,)
+
+
+def test_cpu_picks_the_packed_maxsim():
+    assert select_kernel("maxsim", "cpu") is maxsim_packed
 
 
 def test_maxsim_triton_kernel_interpreted():
