@@ -37,6 +37,15 @@ def _check(logits: torch.Tensor, segment_ids: torch.Tensor, out: torch.Tensor, s
         raise ValueError(f"out must be float32, got {out.dtype}")
 
 
+def _activate_(x: torch.Tensor, activation: str) -> torch.Tensor:
+    """``activation`` (see :data:`ACTIVATIONS`) applied to the fp32 tensor ``x``, in place."""
+    if activation != "none":
+        torch.relu_(x).log1p_()
+        if activation == "log1p_relu":
+            x.log1p_()
+    return x
+
+
 def splade_pool_reference(
     logits: torch.Tensor,
     segment_ids: torch.Tensor,
@@ -60,12 +69,7 @@ def splade_pool_reference(
     if logits.shape[0] == 0:
         return out
     x = logits.float()
-    if activation != "none":
-        x = torch.relu(x).log1p_()  # torch.relu allocates, so the caller's logits stay intact
-        if activation == "log1p_relu":
-            x.log1p_()
-    elif x is logits:
-        x = x.clone()
+    x = _activate_(x.clone() if x is logits else x, activation)  # the caller's logits stay intact
     index = segment_ids.to(device=out.device, dtype=torch.long)
     if strategy == "max":
         out.scatter_reduce_(0, index.unsqueeze(1).expand_as(x), x, "amax", include_self=True)
@@ -97,11 +101,7 @@ def splade_pool_reduce_first(
     rows, local = torch.unique(index, return_inverse=True)
     peak = logits.new_full((rows.numel(), logits.shape[1]), float("-inf"))
     peak.scatter_reduce_(0, local.unsqueeze(1).expand_as(logits), logits, "amax", include_self=True)
-    x = peak.float()
-    if activation != "none":
-        x = torch.relu_(x).log1p_()
-        if activation == "log1p_relu":
-            x.log1p_()
+    x = _activate_(peak.float(), activation)
     out[rows] = torch.maximum(out[rows], x)
     return out
 
