@@ -239,26 +239,40 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _rss_child(kind: str, task: str, model_dir: str, texts: list[str], dtype: str, queue: Any) -> None:
+def _rss_child(kind: str, task: str, model_dir: str, payload: Any, dtype: str, queue: Any) -> None:
+    import torch
+
     if kind == "poolkit":
         from poolkit import LLM
 
         llm = LLM(model_dir, dtype=dtype, device="cpu")
-        llm.sparse_embed(texts) if task == "sparse" else llm.embed(texts)
+        if task == "rerank":
+            queries, docs = payload
+            for query in queries:
+                llm.score(query, docs)
+        else:
+            llm.sparse_embed(payload) if task == "sparse" else llm.embed(payload)
+    elif task == "rerank":
+        from sentence_transformers import CrossEncoder
+
+        ce = CrossEncoder(model_dir, device="cpu")
+        ce.model.to(getattr(torch, dtype))
+        queries, docs = payload
+        ce.predict([(q, d) for q in queries for d in docs], batch_size=32)
     else:
-        import torch
         from sentence_transformers import SentenceTransformer, SparseEncoder
 
         st = (SparseEncoder if task == "sparse" else SentenceTransformer)(model_dir, device="cpu")
-        st.to(getattr(torch, dtype)).encode(texts, batch_size=32)
+        st.to(getattr(torch, dtype)).encode(payload, batch_size=32)
     queue.put(_peak_rss_mb())
 
 
-def peak_rss_mb(kind: str, model_dir: str, texts: list[str], dtype: str, task: str = "embed") -> float:
-    """Peak RSS (MiB) of one library embedding ``texts`` on the CPU (``task`` "embed" or "sparse") in a fresh process."""
+def peak_rss_mb(kind: str, model_dir: str, payload: Any, dtype: str, task: str = "embed") -> float:
+    """Peak RSS (MiB) of one library on the CPU in a fresh process: embedding texts (``task``
+    "embed" or "sparse") or reranking (``"rerank"``: ``payload`` is ``(queries, documents)``)."""
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_rss_child, args=(kind, task, model_dir, texts, dtype, queue))
+    proc = ctx.Process(target=_rss_child, args=(kind, task, model_dir, payload, dtype, queue))
     proc.start()
     proc.join(timeout=600)
     return float(queue.get(timeout=5)) if proc.exitcode == 0 else float("nan")
@@ -393,10 +407,11 @@ class Bench:
         return self.embed_workload("W3", "mixed lengths 8-512 tokens, random order", texts)
 
     def w4(self) -> Result:
-        """Rerank 32 queries x 100 documents with a cross-encoder of the model's shape (random head)."""
+        """Rerank 32 queries x 100 documents with a cross-encoder of the model's shape (random head);
+        the notes give the latency of one query x 100 documents."""
         import torch
 
-        queries = make_corpus(max(1, self._n(32) // 4), 8, 0.3, seed=4)
+        queries = make_corpus(max(1, int(32 * self.scale)), 8, 0.3, seed=4)
         docs = make_corpus(self._n(100), 120, 0.3, seed=5)
         with tempfile.TemporaryDirectory() as tmp:
             self._derived_model(tmp, "BertForSequenceClassification")
@@ -418,7 +433,19 @@ class Bench:
                 ref = torch.tensor(self._peer("CrossEncoder", tmp, "float32").predict(pairs, batch_size=32))
                 got = torch.tensor([s.outputs.score for q in queries for s in reranker.score(q, docs)])
                 result.max_abs_diff = float((got - ref).abs().max())
-            result.notes = "cross-encoder: the model's encoder with a random one-output head"
+            single = _interleave(
+                max(3, self.rounds), lambda: reranker.score(queries[0], docs),
+                (lambda: ce.predict(pairs[: len(docs)], batch_size=32)) if ce is not None else None,
+            )
+            latency = {k: 1000 * statistics.median(r[k] for r in single) for k in single[0]}
+            result.notes = (
+                f"cross-encoder: the model's encoder with a random one-output head; 1 query x {len(docs)} documents: "
+                f"{latency['poolkit_s']:.0f} ms" + (f" vs {latency['peer_s']:.0f} ms" if "peer_s" in latency else "")
+            )
+            if self.memory:
+                result.poolkit_peak_rss_mb = peak_rss_mb("poolkit", tmp, (queries, docs), self.dtype, "rerank")
+                if ce is not None:
+                    result.peer_peak_rss_mb = peak_rss_mb("st", tmp, (queries, docs), self.peer_dtype, "rerank")
         return result
 
     def w6(self) -> Result:
