@@ -395,7 +395,27 @@ class Bench:
             model.cls.predictions.bias -= torch.quantile(pooled.flatten(), 1 - active)
 
     def w1(self) -> Result:
-        return self.embed_workload("W1", "short sentences, 16-64 tokens", make_corpus(self._n(2000), 22, 0.35, seed=1))
+        texts = make_corpus(self._n(2000), 22, 0.35, seed=1)
+        result = self.embed_workload("W1", "short sentences, 16-64 tokens", texts)
+        ours, theirs = self._latency(texts[:50])
+        result.notes = f"one sentence per call: p50 {ours:.1f} ms" + (f" vs {theirs:.1f} ms" if theirs else "")
+        return result
+
+    def _latency(self, texts: list[str]) -> tuple[float, float | None]:
+        """Median milliseconds of embedding one text per call (a single-request server's latency), each library."""
+        for text in texts:  # warm-up: kernels are prepared once per input shape
+            self.llm.embed(text)
+            if self.st is not None:
+                self.st.encode(text)
+        timings: dict[str, list[float]] = {"poolkit": [], "peer": []}
+        for text in texts:
+            for name, call in (("poolkit", self.llm.embed), ("peer", self.st.encode if self.st is not None else None)):
+                if call is not None:
+                    start = time.perf_counter()
+                    call(text)
+                    timings[name].append(1000 * (time.perf_counter() - start))
+        peer = statistics.median(timings["peer"]) if timings["peer"] else None
+        return statistics.median(timings["poolkit"]), peer
 
     def w2(self) -> Result:
         texts = make_corpus(self._n(200), 600, 0.05, seed=2)

@@ -59,6 +59,25 @@ def test_fused_linear_shapes_and_layouts() -> None:
     assert linear_act_onednn(x[0, :0], w, b, "gelu").shape == (0, 72)
 
 
+@onednn
+def test_fused_linear_repacks_a_changed_weight() -> None:
+    """The packed copy of a weight follows in-place updates and dtype conversions of the module."""
+    layer = torch.nn.Linear(48, 72)
+    x = torch.randn(5, 48)
+    with torch.no_grad():
+        first = linear_act_onednn(x, layer.weight, layer.bias, "gelu")
+        layer.weight.mul_(2)
+        torch.testing.assert_close(linear_act_onednn(x, layer.weight, layer.bias, "gelu"),
+                                   linear_act(x, layer.weight, layer.bias, "gelu"), atol=2e-5, rtol=1e-5)
+        assert not torch.allclose(first, linear_act(x, layer.weight, layer.bias, "gelu"))
+        layer.to(torch.bfloat16)  # swaps .data under the same Parameter
+        if torch.bfloat16 in linear._onednn_dtypes():
+            got = linear_act_onednn(x.bfloat16(), layer.weight, layer.bias, "gelu")
+            assert got.dtype == torch.bfloat16
+            torch.testing.assert_close(got.float(), linear_act(x, layer.weight.float(), layer.bias.float(), "gelu"),
+                                       atol=0.1, rtol=0.02)
+
+
 def test_fused_linear_falls_back_where_onednn_cannot_run() -> None:
     """fp64 and autograd go to the reference, with the same result exactly."""
     x, w, b = _inputs(torch.float64)
