@@ -9,6 +9,7 @@ bf16 the fused result is also rounded once instead of twice.
 from __future__ import annotations
 
 import functools
+import weakref
 from typing import Callable
 
 import torch
@@ -71,19 +72,25 @@ def linear_act_onednn(
     return torch.ops.mkldnn._linear_pointwise(x, _packed(weight), bias, attr, [], algorithm)
 
 
+#: Packed weights by ``id()`` of the weight they were made from, with that weight's state; an
+#: entry leaves with its weight (kept out of the weight itself, so models still pickle and copy).
+_PACKED: dict[int, tuple[tuple, torch.Tensor]] = {}
+
+
 def _packed(weight: torch.Tensor) -> torch.Tensor:
     """``weight`` reordered once into oneDNN's blocked layout (again if it is changed in place).
 
     Unpacked, oneDNN reorders the weight on every call, which doubles the time of a small
-    batch's matmul (one sentence: 141 -> 66 us for BERT's feed-forward expansion in bf16). The
-    packed copy hangs on the weight tensor itself, so it lives exactly as long as the weight.
+    batch's matmul (one sentence: 141 -> 66 us for BERT's feed-forward expansion in bf16).
     """
     key = (weight._version, weight.data_ptr(), weight.dtype)  # changes with copy_() and with .data swaps
-    entry = getattr(weight, "_poolkit_onednn", None)
+    entry = _PACKED.get(id(weight))
     if entry is not None and entry[0] == key:
         return entry[1]
+    if entry is None:
+        weakref.finalize(weight, _PACKED.pop, id(weight), None)
     packed = torch.ops.mkldnn._reorder_linear_weight(weight)
-    weight._poolkit_onednn = (key, packed)
+    _PACKED[id(weight)] = (key, packed)
     return packed
 
 

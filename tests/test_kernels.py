@@ -78,6 +78,26 @@ def test_fused_linear_repacks_a_changed_weight() -> None:
                                        atol=0.1, rtol=0.02)
 
 
+@onednn
+def test_packed_weights_leave_modules_picklable_and_go_with_their_weight() -> None:
+    import copy
+    import gc
+    import pickle
+
+    layer = torch.nn.Linear(48, 72)
+    x = torch.randn(3, 48)
+    with torch.no_grad():
+        before = linear_act_onednn(x, layer.weight, layer.bias)
+        clone = pickle.loads(pickle.dumps(layer))
+        torch.testing.assert_close(linear_act_onednn(x, clone.weight, clone.bias), before)
+        torch.testing.assert_close(linear_act_onednn(x, copy.deepcopy(layer).weight, layer.bias), before)
+    key = id(layer.weight)
+    assert key in linear._PACKED
+    del layer
+    gc.collect()
+    assert key not in linear._PACKED
+
+
 def test_fused_linear_falls_back_where_onednn_cannot_run() -> None:
     """fp64 and autograd go to the reference, with the same result exactly."""
     x, w, b = _inputs(torch.float64)
