@@ -476,22 +476,26 @@ class Bench:
 
         gen = torch.Generator().manual_seed(6)
         lens = torch.randint(50, 300, (self._n(1000),), generator=gen).tolist()
-        query = torch.nn.functional.normalize(torch.randn(32, 128, generator=gen), dim=-1)
-        docs = [torch.nn.functional.normalize(torch.randn(n, 128, generator=gen), dim=-1) for n in lens]
+        query = torch.nn.functional.normalize(torch.randn(32, 128, generator=gen), dim=-1).to(self.device)
+        docs = [torch.nn.functional.normalize(torch.randn(n, 128, generator=gen), dim=-1).to(self.device) for n in lens]
         flat = torch.cat(docs)
-        cu = torch.tensor([0] + lens).cumsum(0)
-        kernel = select_kernel("maxsim", "cpu")
+        cu = torch.tensor([0] + lens, device=self.device).cumsum(0)
+        kernel = select_kernel("maxsim", self.device)
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
 
         def einsum() -> Any:
             padded = torch.nn.utils.rnn.pad_sequence(docs, batch_first=True)
-            mask = torch.arange(padded.shape[1])[None] < torch.tensor(lens)[:, None]
+            mask = torch.arange(padded.shape[1], device=self.device)[None] < torch.tensor(lens, device=self.device)[:, None]
             sims = torch.einsum("qd,ntd->nqt", query, padded).masked_fill(~mask[:, None], float("-inf"))
             return sims.max(-1).values.sum(-1)
 
-        rounds = _interleave(self.rounds, lambda: kernel(query, flat, cu), einsum)
+        def synced(fn: Callable[[], Any]) -> Callable[[], Any]:
+            return lambda: (fn(), sync())
+
+        rounds = _interleave(self.rounds, synced(lambda: kernel(query, flat, cu)), synced(einsum))
         result = self._result("W6", f"ColBERT MaxSim, 1 query x {len(lens)} documents", len(lens), sum(lens), rounds)
         result.max_abs_diff = float((kernel(query, flat, cu) - einsum()).abs().max())
-        result.notes = "peer: padded einsum (the PyLate-style baseline); kernel selected for the CPU"
+        result.notes = f"peer: padded einsum (the PyLate-style baseline); kernel selected for {self.device.type}"
         return result
 
     def w7(self) -> Result:
