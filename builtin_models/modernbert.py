@@ -108,14 +108,16 @@ class ModernBertAttention(nn.Module):
         self.Wqkv = nn.Linear(hidden, 3 * hidden, bias=config.attention_bias)
         self.Wo = nn.Linear(hidden, hidden, bias=config.attention_bias)
 
-    def forward(self, x: torch.Tensor, rotary: Rotary, batch: PackedBatch, attention: Callable) -> torch.Tensor:
-        qkv = F.linear(x, self.Wqkv.weight, self.Wqkv.bias).view(-1, 3, self.num_heads, self.head_dim)
+    def forward(
+        self, x: torch.Tensor, rotary: Rotary, batch: PackedBatch, attention: Callable, linear: Callable
+    ) -> torch.Tensor:
+        qkv = linear(x, self.Wqkv.weight, self.Wqkv.bias).view(-1, 3, self.num_heads, self.head_dim)
         # As in transformers: cos and sin in the model's dtype, q and k rotated in (at least) float32.
         cos, sin = rotary
         qk = qkv[:, :2].float()
         q, k = (qk * cos + _rotate_half(qk) * sin).to(x.dtype).unbind(1)
         context = attention(q, k, qkv[:, 2], batch, window=self.window)
-        return F.linear(context.reshape(x.shape), self.Wo.weight, self.Wo.bias)
+        return linear(context.reshape(x.shape), self.Wo.weight, self.Wo.bias)
 
 
 class ModernBertMLP(nn.Module):
@@ -127,9 +129,9 @@ class ModernBertMLP(nn.Module):
         self.Wo = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
         self.act = activation_function(config.hidden_activation)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        inputs, gate = F.linear(x, self.Wi.weight, self.Wi.bias).chunk(2, dim=-1)
-        return F.linear(self.act(inputs) * gate, self.Wo.weight, self.Wo.bias)
+    def forward(self, x: torch.Tensor, linear: Callable) -> torch.Tensor:
+        inputs, gate = linear(x, self.Wi.weight, self.Wi.bias).chunk(2, dim=-1)
+        return linear(self.act(inputs) * gate, self.Wo.weight, self.Wo.bias)
 
 
 class ModernBertLayer(nn.Module):
@@ -144,10 +146,12 @@ class ModernBertLayer(nn.Module):
         self.mlp_norm = nn.LayerNorm(hidden, eps=config.norm_eps, bias=config.norm_bias)
         self.mlp = ModernBertMLP(config)
 
-    def forward(self, x: torch.Tensor, rotary: Rotary, batch: PackedBatch, attention: Callable) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, rotary: Rotary, batch: PackedBatch, attention: Callable, linear: Callable
+    ) -> torch.Tensor:
         h = x if self.attn_norm is None else _layer_norm(x, self.attn_norm)
-        x = x + self.attn(h, rotary, batch, attention)
-        return x + self.mlp(_layer_norm(x, self.mlp_norm))
+        x = x + self.attn(h, rotary, batch, attention, linear)
+        return x + self.mlp(_layer_norm(x, self.mlp_norm), linear)
 
 
 class ModernBertModel(Architecture):
@@ -183,10 +187,11 @@ class ModernBertModel(Architecture):
 
     def forward(self, batch: PackedBatch) -> torch.Tensor:
         attention = self.kernel("varlen_attention", batch.device)
+        linear = self.kernel("linear_act", batch.device)
         x = self.embeddings(batch)
         rotary = {t: self._rotary(inv_freq, batch, x.dtype) for t, inv_freq in self._inv_freq.items()}
         for layer in self.layers:
-            x = layer(x, rotary[layer.layer_type], batch, attention)
+            x = layer(x, rotary[layer.layer_type], batch, attention, linear)
         return _layer_norm(x, self.final_norm)
 
     @staticmethod

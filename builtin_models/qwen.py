@@ -152,8 +152,10 @@ class QwenAttention(nn.Module):
         self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if qk_norm else None
         self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if qk_norm else None
 
-    def forward(self, x: torch.Tensor, rotary: Rotary, batch: PackedBatch, attention: Callable) -> torch.Tensor:
-        qkv = F.linear(x, self.qkv_proj.weight, self.qkv_proj.bias)
+    def forward(
+        self, x: torch.Tensor, rotary: Rotary, batch: PackedBatch, attention: Callable, linear: Callable
+    ) -> torch.Tensor:
+        qkv = linear(x, self.qkv_proj.weight, self.qkv_proj.bias)
         q, k, v = qkv.split(list(self.sizes.values()), dim=-1)
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
@@ -169,7 +171,7 @@ class QwenAttention(nn.Module):
             k = k.unsqueeze(2).expand(-1, -1, groups, -1).reshape(q.shape)
             v = v.unsqueeze(2).expand(-1, -1, groups, -1).reshape(q.shape)
         context = attention(q, k, v, batch, causal=self.causal, scale=self.scale, window=self.window)
-        return F.linear(context.reshape(x.shape[0], -1), self.o_proj.weight, self.o_proj.bias)
+        return linear(context.reshape(x.shape[0], -1), self.o_proj.weight, self.o_proj.bias)
 
 
 class QwenMLP(nn.Module):
@@ -182,9 +184,9 @@ class QwenMLP(nn.Module):
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
         self.act = activation_function(config.hidden_act)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = F.linear(x, self.gate_up_proj.weight).chunk(2, dim=-1)
-        return F.linear(self.act(gate) * up, self.down_proj.weight)
+    def forward(self, x: torch.Tensor, linear: Callable) -> torch.Tensor:
+        gate, up = linear(x, self.gate_up_proj.weight, None).chunk(2, dim=-1)
+        return linear(self.act(gate) * up, self.down_proj.weight, None)
 
 
 class QwenDecoderLayer(nn.Module):
@@ -197,9 +199,11 @@ class QwenDecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = QwenMLP(config)
 
-    def forward(self, x: torch.Tensor, rotary: Rotary, batch: PackedBatch, attention: Callable) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), rotary, batch, attention)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(
+        self, x: torch.Tensor, rotary: Rotary, batch: PackedBatch, attention: Callable, linear: Callable
+    ) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), rotary, batch, attention, linear)
+        return x + self.mlp(self.post_attention_layernorm(x), linear)
 
 
 class Qwen2Model(Architecture):
@@ -244,10 +248,11 @@ class Qwen2Model(Architecture):
 
     def forward(self, batch: PackedBatch) -> torch.Tensor:
         attention = self.kernel("varlen_attention", batch.device)
+        linear = self.kernel("linear_act", batch.device)
         x = F.embedding(batch.input_ids, self.embed_tokens.weight)
         rotary = self._rotary(batch, x.dtype)
         for layer in self.layers:
-            x = layer(x, rotary, batch, attention)
+            x = layer(x, rotary, batch, attention, linear)
         return self.norm(x)
 
     def _rotary(self, batch: PackedBatch, dtype: torch.dtype) -> Rotary:

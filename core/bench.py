@@ -206,26 +206,31 @@ def model_flops(model: Any, lengths: list[int], per_token: int = 0) -> float:
     return float(sum(n * (2 * weights + per_token + attention * n) for n in lengths))
 
 
-def gemm_peak_gflops(config: Any, dtype: Any, device: Any = "cpu", tokens: int = 4096, repeats: int = 5) -> float:
-    """What this machine's matmul reaches on the model's feed-forward shape, in GFLOP/s (best of ``repeats``).
+def gemm_peak_gflops(config: Any, dtype: Any, device: Any = "cpu", tokens: int = 4096, repeats: int = 10) -> float:
+    """What this machine's matmul reaches on the model's feed-forward shape, in GFLOP/s.
 
-    The ceiling for a pooling model's throughput: matmuls are most of its work, and both
-    libraries call the same BLAS.
+    The best of ``repeats`` calls of both ``F.linear`` and the device's ``linear_act`` kernel
+    (oneDNN with packed weights on the CPU): the ceiling for a pooling model's throughput, since
+    matmuls are most of its work.
     """
     import torch
+
+    from .kernel import select_kernel
 
     h, i = int(config.hidden_size), int(config.intermediate_size)
     x = torch.randn(tokens, h, dtype=dtype, device=device)
     w = torch.randn(i, h, dtype=dtype, device=device)
     sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
-    torch.nn.functional.linear(x, w)
     best = math.inf
-    for _ in range(repeats):
-        sync()
-        t = time.perf_counter()
-        torch.nn.functional.linear(x, w)
-        sync()
-        best = min(best, time.perf_counter() - t)
+    with torch.inference_mode():
+        for linear in (torch.nn.functional.linear, select_kernel("linear_act", device)):
+            linear(x, w, None)
+            for _ in range(repeats):
+                sync()
+                t = time.perf_counter()
+                linear(x, w, None)
+                sync()
+                best = min(best, time.perf_counter() - t)
     return 2 * tokens * h * i / best / 1e9
 
 
