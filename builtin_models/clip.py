@@ -58,11 +58,11 @@ class CLIPAttention(nn.Module):
         self.qkv = nn.Linear(hidden, 3 * hidden)
         self.out_proj = nn.Linear(hidden, hidden)
 
-    def forward(self, x: torch.Tensor, attend: Callable) -> torch.Tensor:
-        qkv = F.linear(x, self.qkv.weight, self.qkv.bias).unflatten(-1, (3, self.num_heads, self.head_dim))
+    def forward(self, x: torch.Tensor, attend: Callable, linear: Callable) -> torch.Tensor:
+        qkv = linear(x, self.qkv.weight, self.qkv.bias).unflatten(-1, (3, self.num_heads, self.head_dim))
         q, k, v = qkv.unbind(-3)
         context = attend(q, k, v)
-        return F.linear(context.flatten(-2), self.out_proj.weight, self.out_proj.bias)
+        return linear(context.flatten(-2), self.out_proj.weight, self.out_proj.bias)
 
 
 class CLIPMLP(nn.Module):
@@ -72,8 +72,8 @@ class CLIPMLP(nn.Module):
         self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
         self.act = activation_function(getattr(config, "hidden_act", "quick_gelu"))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+    def forward(self, x: torch.Tensor, linear: Callable) -> torch.Tensor:
+        return linear(self.act(linear(x, self.fc1.weight, self.fc1.bias)), self.fc2.weight, self.fc2.bias)
 
 
 class CLIPEncoderLayer(nn.Module):
@@ -87,9 +87,9 @@ class CLIPEncoderLayer(nn.Module):
         self.mlp = CLIPMLP(config)
         self.layer_norm2 = nn.LayerNorm(config.hidden_size, eps=eps)
 
-    def forward(self, x: torch.Tensor, attend: Callable) -> torch.Tensor:
-        x = x + self.self_attn(self.layer_norm1(x), attend)
-        return x + self.mlp(self.layer_norm2(x))
+    def forward(self, x: torch.Tensor, attend: Callable, linear: Callable) -> torch.Tensor:
+        x = x + self.self_attn(self.layer_norm1(x), attend, linear)
+        return x + self.mlp(self.layer_norm2(x), linear)
 
 
 class CLIPEncoder(nn.Module):
@@ -97,9 +97,9 @@ class CLIPEncoder(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(CLIPEncoderLayer(config) for _ in range(int(config.num_hidden_layers)))
 
-    def forward(self, x: torch.Tensor, attend: Callable) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attend: Callable, linear: Callable) -> torch.Tensor:
         for layer in self.layers:
-            x = layer(x, attend)
+            x = layer(x, attend, linear)
         return x
 
 
@@ -119,10 +119,10 @@ class CLIPTextTransformer(nn.Module):
         self.encoder = CLIPEncoder(config)
         self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=float(config.layer_norm_eps))
 
-    def forward(self, batch: PackedBatch, attention: Callable) -> torch.Tensor:
+    def forward(self, batch: PackedBatch, attention: Callable, linear: Callable) -> torch.Tensor:
         x = F.embedding(batch.input_ids, self.embeddings.token_embedding.weight)
         x = x + F.embedding(batch.positions, self.embeddings.position_embedding.weight)
-        x = self.encoder(x, lambda q, k, v: attention(q, k, v, batch, causal=True))
+        x = self.encoder(x, lambda q, k, v: attention(q, k, v, batch, causal=True), linear)
         return self.final_layer_norm(x)
 
 
@@ -166,14 +166,14 @@ class CLIPVisionTransformer(nn.Module):
         self.encoder = CLIPEncoder(config)
         self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=eps)
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def forward(self, pixel_values: torch.Tensor, linear: Callable) -> torch.Tensor:
         size = self.embeddings.image_size
         if pixel_values.ndim != 4 or tuple(pixel_values.shape[2:]) != (size, size):
             raise InvalidRequest(
                 f"pixel_values of shape {tuple(pixel_values.shape)} do not fit the model's {size}x{size} images"
             )
         x = self.pre_layrnorm(self.embeddings(pixel_values))
-        x = self.encoder(x, _dense_attention)
+        x = self.encoder(x, _dense_attention, linear)
         return self.post_layernorm(x[:, 0])
 
 
@@ -215,14 +215,15 @@ class CLIPModel(Architecture):
 
     def forward(self, batch: PackedBatch) -> torch.Tensor:
         pixel_values = batch.extras.get("pixel_values")
+        linear = self.kernel("linear_act", batch.device)
         if pixel_values is not None:
-            return self.visual_projection(self.vision_model(pixel_values))
+            return self.visual_projection(self.vision_model(pixel_values, linear))
         if batch.max_len > self.max_positions:
             raise InvalidRequest(
                 f"a sequence of {batch.max_len} tokens is longer than the model's {self.max_positions} positions; "
                 "truncate the input"
             )
-        return self.text_projection(self.text_model(batch, self.kernel("varlen_attention", batch.device)))
+        return self.text_projection(self.text_model(batch, self.kernel("varlen_attention", batch.device), linear))
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         kept = ((n, t) for n, t in weights if not _UNUSED.search(n))
