@@ -7,7 +7,6 @@ time: one matmul instead of three.
 
 from __future__ import annotations
 
-import functools
 import logging
 import re
 from typing import Any, Callable, ClassVar, Iterable, Iterator
@@ -20,6 +19,7 @@ from poolkit.architecture import Architecture
 from poolkit.batch import PackedBatch
 from poolkit.errors import InvalidRequest, ModelLoadError
 from poolkit.hookspecs import hookimpl
+from poolkit.kernels.linear import ACTIVATIONS as LINEAR_ACTIVATIONS
 from poolkit.kernels.linear import linear_act
 from poolkit.weights import base_model_name, legacy_norm_name, load_into
 
@@ -30,18 +30,12 @@ _FUSED_QKV = re.compile(r"^(encoder\.layer\.\d+\.attention)\.qkv\.(weight|bias)$
 _QKV_PARTS = ("query", "key", "value")
 
 
-#: ``hidden_act`` values the ``linear_act`` kernel fuses into the matmul, by its activation names.
+#: ``hidden_act`` values computed with torch directly, by their ``linear_act`` kernel names (so
+#: the kernel can fuse them into the matmul); others come from transformers' ``ACT2FN``.
 _FUSABLE_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu",
                         "silu": "silu", "swish": "silu"}
-
-#: ``hidden_act`` values computed with torch directly; others come from transformers' ``ACT2FN``.
 _TORCH_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "gelu": F.gelu,
-    "gelu_new": functools.partial(F.gelu, approximate="tanh"),
-    "gelu_pytorch_tanh": functools.partial(F.gelu, approximate="tanh"),
-    "relu": F.relu,
-    "silu": F.silu,
-    "swish": F.silu,
+    name: LINEAR_ACTIVATIONS[act] for name, act in _FUSABLE_ACTIVATIONS.items()
 }
 
 

@@ -244,9 +244,21 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _rss_child(kind: str, task: str, model_dir: str, payload: Any, dtype: str, queue: Any) -> None:
+def peer_model(cls: str, path: str, device: str, dtype: str) -> Any:
+    """A sentence-transformers model (``cls``: ``SentenceTransformer``, ``CrossEncoder``, ``SparseEncoder``)
+    on ``device`` in ``dtype``."""
+    import sentence_transformers
     import torch
 
+    peer = getattr(sentence_transformers, cls)(path, device=device)
+    target = getattr(torch, dtype)
+    if cls == "CrossEncoder":
+        peer.model.to(target)
+        return peer
+    return peer.to(target)
+
+
+def _rss_child(kind: str, task: str, model_dir: str, payload: Any, dtype: str, queue: Any) -> None:
     if kind == "poolkit":
         from poolkit import LLM
 
@@ -258,17 +270,11 @@ def _rss_child(kind: str, task: str, model_dir: str, payload: Any, dtype: str, q
         else:
             llm.sparse_embed(payload) if task == "sparse" else llm.embed(payload)
     elif task == "rerank":
-        from sentence_transformers import CrossEncoder
-
-        ce = CrossEncoder(model_dir, device="cpu")
-        ce.model.to(getattr(torch, dtype))
         queries, docs = payload
-        ce.predict([(q, d) for q in queries for d in docs], batch_size=32)
+        peer_model("CrossEncoder", model_dir, "cpu", dtype).predict([(q, d) for q in queries for d in docs], batch_size=32)
     else:
-        from sentence_transformers import SentenceTransformer, SparseEncoder
-
-        st = (SparseEncoder if task == "sparse" else SentenceTransformer)(model_dir, device="cpu")
-        st.to(getattr(torch, dtype)).encode(payload, batch_size=32)
+        cls = "SparseEncoder" if task == "sparse" else "SentenceTransformer"
+        peer_model(cls, model_dir, "cpu", dtype).encode(payload, batch_size=32)
     queue.put(_peak_rss_mb())
 
 
@@ -309,18 +315,12 @@ class Bench:
         self.st = self._peer("SentenceTransformer", self.model_dir)
 
     def _peer(self, cls: str, path: str, dtype: str | None = None) -> Any:
-        """A sentence-transformers model (``cls``) on the bench's device, in the peer's dtype; None without the library."""
+        """:func:`peer_model` on the bench's device, in the peer's dtype; None without the library."""
         try:
-            import torch
-            import sentence_transformers
+            import sentence_transformers  # noqa: F401
         except ImportError:
             return None
-        peer = getattr(sentence_transformers, cls)(path, device=str(self.device))
-        target = getattr(torch, dtype or self.peer_dtype)
-        if cls == "CrossEncoder":
-            peer.model.to(target)
-            return peer
-        return peer.to(target)
+        return peer_model(cls, path, str(self.device), dtype or self.peer_dtype)
 
     def _n(self, n: int) -> int:
         return max(4, int(n * self.scale))
@@ -412,15 +412,15 @@ class Bench:
             self.llm.embed(text)
             if self.st is not None:
                 self.st.encode(text)
-        timings: dict[str, list[float]] = {"poolkit": [], "peer": []}
+        calls = [self.llm.embed] + ([self.st.encode] if self.st is not None else [])
+        timings: list[list[float]] = [[] for _ in calls]
         for text in texts:
-            for name, call in (("poolkit", self.llm.embed), ("peer", self.st.encode if self.st is not None else None)):
-                if call is not None:
-                    start = time.perf_counter()
-                    call(text)
-                    timings[name].append(1000 * (time.perf_counter() - start))
-        peer = statistics.median(timings["peer"]) if timings["peer"] else None
-        return statistics.median(timings["poolkit"]), peer
+            for call, samples in zip(calls, timings):
+                start = time.perf_counter()
+                call(text)
+                samples.append(1000 * (time.perf_counter() - start))
+        medians = [statistics.median(samples) for samples in timings]
+        return medians[0], medians[1] if len(medians) > 1 else None
 
     def w2(self) -> Result:
         texts = make_corpus(self._n(200), 600, 0.05, seed=2)
@@ -448,7 +448,8 @@ class Bench:
             ce = self._peer("CrossEncoder", tmp)
             theirs = (lambda: ce.predict(pairs, batch_size=32)) if ce is not None else None  # noqa: E731
             rounds = _interleave(self.rounds, ours, theirs)
-            lengths = [len(s.prompt_token_ids) for q in queries for s in reranker.score(q, docs)]
+            scored = [s for q in queries for s in reranker.score(q, docs)]
+            lengths = [len(s.prompt_token_ids) for s in scored]
             result = self._result(
                 "W4", f"rerank {len(queries)} queries x {len(docs)} documents", len(pairs), sum(lengths), rounds,
                 model_flops(reranker.model, lengths),
@@ -456,7 +457,7 @@ class Bench:
             result.padding_fraction_peer = _padding_fraction(lengths)
             if ce is not None:
                 ref = torch.tensor(self._peer("CrossEncoder", tmp, "float32").predict(pairs, batch_size=32))
-                got = torch.tensor([s.outputs.score for q in queries for s in reranker.score(q, docs)])
+                got = torch.tensor([s.outputs.score for s in scored])
                 result.max_abs_diff = float((got - ref).abs().max())
             single = _interleave(
                 max(3, self.rounds), lambda: reranker.score(queries[0], docs),
