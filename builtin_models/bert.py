@@ -17,56 +17,25 @@ from torch import nn
 
 from poolkit.architecture import Architecture
 from poolkit.batch import PackedBatch
+from poolkit.builtin_models.layers import (
+    FusedLinear,
+    TokenClassifier,
+    activation_function,
+    attention_head_dim,
+    fp32_layer_norm,
+    fuse_projections,
+    fused_activation,
+    kernel,
+    linear,
+)
 from poolkit.errors import InvalidRequest, ModelLoadError
 from poolkit.hookspecs import hookimpl
-from poolkit.kernels.linear import ACTIVATIONS as LINEAR_ACTIVATIONS
-from poolkit.kernels.linear import linear_act
+from poolkit.plugins import registry
 from poolkit.weights import base_model_name, legacy_norm_name, load_into
 
 #: Checkpoint tensors the encoder does not use: task heads and position/type id buffers.
 _UNUSED = re.compile(r"^(pooler|cls|classifier|lm_head|qa_outputs)\.|^embeddings\.(position_ids|token_type_ids)$")
-_QKV = re.compile(r"^(encoder\.layer\.\d+\.attention)\.self\.(query|key|value)\.(weight|bias)$")
-_FUSED_QKV = re.compile(r"^(encoder\.layer\.\d+\.attention)\.qkv\.(weight|bias)$")
 _QKV_PARTS = ("query", "key", "value")
-
-
-#: ``hidden_act`` values computed with torch directly, by their ``linear_act`` kernel names (so
-#: the kernel can fuse them into the matmul); others come from transformers' ``ACT2FN``.
-_FUSABLE_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu",
-                        "silu": "silu", "swish": "silu"}
-_TORCH_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    name: LINEAR_ACTIVATIONS[act] for name, act in _FUSABLE_ACTIVATIONS.items()
-}
-
-
-def _wide(x: torch.Tensor) -> torch.Tensor:
-    """``x`` in at least fp32 (fp64 stays fp64)."""
-    return x if x.dtype in (torch.float32, torch.float64) else x.float()
-
-
-def _norm(x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
-    """LayerNorm in at least fp32, whatever the weights' dtype: with bf16 weights the residual
-    stream stays fp32 and only the matmuls run in bf16 (mixed precision)."""
-    x = _wide(x)
-    return F.layer_norm(x, x.shape[-1:], norm.weight.to(x.dtype), norm.bias.to(x.dtype), norm.eps)
-
-
-def _linear(x: torch.Tensor, layer: nn.Linear, linear_act: Callable = linear_act, act: str = "none") -> torch.Tensor:
-    """A linear layer in its weights' dtype (bf16 matmuls on a bf16 model), input cast to match,
-    through the ``linear_act`` kernel the caller selected (plain ``F.linear`` by default)."""
-    return linear_act(x.to(layer.weight.dtype), layer.weight, layer.bias, act)
-
-
-def activation_function(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The function of a config's ``hidden_act``, as transformers' ``ACT2FN`` defines it."""
-    if name in _TORCH_ACTIVATIONS:
-        return _TORCH_ACTIVATIONS[name]
-    from transformers.activations import ACT2FN
-
-    try:
-        return ACT2FN[name]
-    except KeyError:
-        raise ModelLoadError(f"unsupported activation '{name}' in the model config") from None
 
 
 class BertEmbeddings(nn.Module):
@@ -90,7 +59,7 @@ class BertEmbeddings(nn.Module):
             x = x + self.token_type_embeddings.weight[0]
         else:
             x = x + F.embedding(batch.token_type_ids, self.token_type_embeddings.weight)
-        return _norm(x, self.LayerNorm)
+        return fp32_layer_norm(x, self.LayerNorm)
 
 
 class BertResidualOutput(nn.Module):
@@ -103,7 +72,7 @@ class BertResidualOutput(nn.Module):
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor, linear_act: Callable) -> torch.Tensor:
         # The bf16 output is promoted to fp32 inside the add (the residual stream is fp32): no extra copy.
-        return _norm(_linear(x, self.dense, linear_act) + residual, self.LayerNorm)
+        return fp32_layer_norm(linear(x, self.dense, linear_act) + residual, self.LayerNorm)
 
 
 class BertAttention(nn.Module):
@@ -112,17 +81,13 @@ class BertAttention(nn.Module):
     def __init__(self, config: Any) -> None:
         super().__init__()
         hidden = config.hidden_size
-        if hidden % config.num_attention_heads:
-            raise ModelLoadError(
-                f"hidden_size {hidden} is not a multiple of num_attention_heads {config.num_attention_heads}"
-            )
         self.num_heads = config.num_attention_heads
-        self.head_dim = hidden // self.num_heads
-        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.head_dim = attention_head_dim(hidden, self.num_heads)
+        self.qkv = FusedLinear(hidden, {f"self.{part}": hidden for part in _QKV_PARTS})
         self.output = BertResidualOutput(hidden, hidden, config.layer_norm_eps)
 
     def forward(self, x: torch.Tensor, batch: PackedBatch, attention: Callable, linear_act: Callable) -> torch.Tensor:
-        qkv = _linear(x, self.qkv, linear_act).view(-1, 3, self.num_heads, self.head_dim)
+        qkv = linear(x, self.qkv, linear_act).view(-1, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.unbind(1)
         context = attention(q, k, v, batch)
         return self.output(context.reshape(x.shape), x, linear_act)
@@ -135,12 +100,12 @@ class BertIntermediate(nn.Module):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
         self.act = activation_function(config.hidden_act)
-        self.fused_act = _FUSABLE_ACTIVATIONS.get(config.hidden_act) if isinstance(config.hidden_act, str) else None
+        self.fused_act = fused_activation(config.hidden_act)
 
     def forward(self, x: torch.Tensor, linear_act: Callable) -> torch.Tensor:
         if self.fused_act is None:
-            return self.act(_linear(x, self.dense, linear_act))
-        return _linear(x, self.dense, linear_act, self.fused_act)
+            return self.act(linear(x, self.dense, linear_act))
+        return linear(x, self.dense, linear_act, self.fused_act)
 
 
 class BertLayer(nn.Module):
@@ -206,8 +171,8 @@ class BertModel(Architecture):
                 f"a sequence of {batch.max_len} tokens is longer than the model's {self.max_positions} positions; "
                 "truncate the input"
             )
-        attention = self.kernel("varlen_attention", batch.device)
-        linear_act = self.kernel("linear_act", batch.device)
+        attention = kernel(self, "varlen_attention", batch.device)
+        linear_act = kernel(self, "linear_act", batch.device)
         x = self.embeddings(batch)
         for layer in self.encoder.layer:
             x = layer(x, batch, attention, linear_act)
@@ -215,47 +180,12 @@ class BertModel(Architecture):
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         named = ((self.parameter_name(name), tensor) for name, tensor in weights)
-        load_into(self, self._fuse_qkv((n, t) for n, t in named if n is not None), rename=lambda name: name)
+        fused = fuse_projections(self, ((n, t) for n, t in named if n is not None))
+        load_into(self, fused, rename=lambda name: name)
 
     def parameter_name(self, checkpoint_name: str) -> str | None:
         """The Hugging Face base-model name of a checkpoint tensor, or ``None`` to skip it."""
         return base_model_name(legacy_norm_name(checkpoint_name), self.checkpoint_prefix, self.head_prefixes, _UNUSED)
-
-    def _fuse_qkv(self, weights: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
-        """Pass tensors through, concatenating each layer's query, key and value into ``qkv``."""
-        pending: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
-        fused: set[tuple[str, str]] = set()
-        hidden = self.hidden_size
-        for name, tensor in weights:
-            match = _QKV.match(name)
-            if match is None:
-                already = _FUSED_QKV.match(name)
-                if already is not None:
-                    fused.add(already.groups())
-                yield name, tensor
-                continue
-            prefix, part, kind = match.groups()
-            expected = (hidden, hidden) if kind == "weight" else (hidden,)
-            if tuple(tensor.shape) != expected:
-                raise ModelLoadError(
-                    f"checkpoint tensor '{name}' has shape {tuple(tensor.shape)}, but the model expects {expected}"
-                )
-            parts = pending.setdefault((prefix, kind), {})
-            parts[part] = tensor
-            if len(parts) == len(_QKV_PARTS):
-                del pending[(prefix, kind)]
-                fused.add((prefix, kind))
-                yield f"{prefix}.qkv.{kind}", torch.cat([parts[p] for p in _QKV_PARTS])
-        missing = []
-        for layer in range(len(self.encoder.layer)):
-            prefix = f"encoder.layer.{layer}.attention"
-            for kind in ("weight", "bias"):
-                if (prefix, kind) not in fused:
-                    seen = pending.get((prefix, kind), {})
-                    missing += [f"{prefix}.self.{part}.{kind}" for part in _QKV_PARTS if part not in seen]
-        if missing:
-            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-            raise ModelLoadError(f"checkpoint lacks weights for {', '.join(missing[:5])}{more}")
 
 
 class RobertaModel(BertModel):
@@ -294,18 +224,6 @@ class BertPooler(nn.Module):
         return torch.tanh(F.linear(x, self.dense.weight, self.dense.bias))
 
 
-class BertSequenceHead(nn.Module):
-    """Pooled vector -> BERT pooler (dense, tanh) -> classifier."""
-
-    def __init__(self, pooler: BertPooler, classifier: nn.Linear) -> None:
-        super().__init__()
-        self.pooler = pooler
-        self.classifier = classifier
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.pooler(x))
-
-
 class BertForSequenceClassification(BertModel):
     """A BERT cross-encoder / sequence classifier: CLS -> pooler -> ``classifier``.
 
@@ -320,24 +238,15 @@ class BertForSequenceClassification(BertModel):
         self.classifier = nn.Linear(config.hidden_size, self.num_labels)
 
     def sequence_head(self) -> nn.Module:
-        return BertSequenceHead(self.pooler, self.classifier)
+        """Pooled vector -> BERT pooler (dense, tanh) -> classifier."""
+        return nn.Sequential(self.pooler, self.classifier)
 
     def token_head(self) -> nn.Module:
         return self.classifier
 
 
-class BertForTokenClassification(BertModel):
+class BertForTokenClassification(TokenClassifier, BertModel):
     """A BERT token classifier (NER): ``classifier`` on every token."""
-
-    default_pooling_type: ClassVar[str | None] = None
-    head_prefixes: ClassVar[tuple[str, ...]] = ("classifier.",)
-
-    def __init__(self, config: Any) -> None:
-        super().__init__(config)
-        self.classifier = nn.Linear(config.hidden_size, self.num_labels)
-
-    def token_head(self) -> nn.Module:
-        return self.classifier
 
 
 class RobertaClassificationHead(nn.Module):
@@ -368,18 +277,8 @@ class RobertaForSequenceClassification(RobertaModel):
         return self.classifier
 
 
-class RobertaForTokenClassification(RobertaModel):
+class RobertaForTokenClassification(TokenClassifier, RobertaModel):
     """A RoBERTa token classifier: ``classifier`` on every token."""
-
-    default_pooling_type: ClassVar[str | None] = None
-    head_prefixes: ClassVar[tuple[str, ...]] = ("classifier.",)
-
-    def __init__(self, config: Any) -> None:
-        super().__init__(config)
-        self.classifier = nn.Linear(config.hidden_size, self.num_labels)
-
-    def token_head(self) -> nn.Module:
-        return self.classifier
 
 
 class XLMRobertaForSequenceClassification(RobertaForSequenceClassification):
@@ -406,7 +305,8 @@ class BertPredictionHeadTransform(nn.Module):
         self.act = activation_function(config.hidden_act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _norm(self.act(_linear(x, self.dense)), self.LayerNorm)
+        hidden = F.linear(x.to(self.dense.weight.dtype), self.dense.weight, self.dense.bias)
+        return fp32_layer_norm(self.act(hidden), self.LayerNorm)
 
 
 class BertLMPredictionHead(nn.Module):
@@ -437,7 +337,7 @@ class BertForMaskedLM(BertModel):
     default), unless the model is a SPLADE model (:class:`BertSpladeSparseEmbeddingModel`, or a
     sentence-transformers config with ``SpladePooling``): then ``embed`` is the SPLADE vector.
     ``sparse_embed`` is always the SPLADE vector, ``log(1 + relu(MLM logits))`` pooled over
-    all tokens.
+    all tokens: the task builds it from :meth:`lm_head`.
 
     The head loads from ``cls.predictions.*`` (old ``LayerNorm.gamma``/``beta`` names too); the
     decoder weight is the word embeddings when the config ties them (the default) or the
@@ -471,7 +371,7 @@ class BertForMaskedLM(BertModel):
                     yield name, tensor
 
         loaded = load_into(
-            self, self._fuse_qkv(named()), rename=lambda name: name, optional=lambda name: name.startswith("cls.")
+            self, fuse_projections(self, named()), rename=lambda name: name, optional=lambda n: n.startswith("cls.")
         )
         head = {name for name, _ in self.named_parameters() if name.startswith("cls.")}
         tied = bool(getattr(self.config, "tie_word_embeddings", True))
@@ -522,24 +422,19 @@ class BertForMaskedLM(BertModel):
         weight = head.decoder.weight if head.decoder is not None else self.embeddings.word_embeddings.weight
         return F.linear(head.transform(hidden).to(weight.dtype), weight, head.bias)
 
+    def lm_head(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        return self.mlm_logits if self.cls is not None else None
+
     def is_splade(self, model: Any) -> bool:
         """Whether ``embed`` on ``model`` (the loaded :class:`PoolingModel`) is the SPLADE vector."""
         st = getattr(model, "st", None)
         return self.cls is not None and (self.splade or (st is not None and st.splade is not None))
 
     def task_head(self, task: Any, model: Any) -> Any:
-        if self.cls is None or not (task.name == "sparse_embed" or (task.name == "embed" and self.is_splade(model))):
+        """For ``embed`` on a SPLADE model, the ``sparse_embed`` task's head (found by its registry key)."""
+        if task.name != "embed" or not self.is_splade(model):
             return None
-        from poolkit.builtin_poolers.sparse import SpladeHead
-
-        settings = model.st.splade if model.st is not None and model.st.splade is not None else {}
-        return SpladeHead(
-            self.mlm_logits,
-            int(self.config.vocab_size),
-            strategy=settings.get("strategy", "max"),
-            activation=settings.get("activation", "relu"),
-            use_activation=model.use_activation(from_st_normalize=False).value,
-        )
+        return registry("task").get("sparse_embed").build(model)
 
 
 class BertSpladeSparseEmbeddingModel(BertForMaskedLM):

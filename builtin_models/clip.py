@@ -15,7 +15,7 @@ fused into one ``self_attn.qkv`` matrix at load time: one matmul instead of thre
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, ClassVar, Iterable, Iterator
+from typing import Any, Callable, ClassVar, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -23,15 +23,13 @@ from torch import nn
 
 from poolkit.architecture import Architecture
 from poolkit.batch import PackedBatch
-from poolkit.builtin_models.bert import activation_function
+from poolkit.builtin_models.layers import FusedLinear, activation_function, attention_head_dim, fuse_projections, kernel
 from poolkit.errors import InvalidRequest, ModelLoadError
 from poolkit.hookspecs import hookimpl
 from poolkit.weights import load_into
 
 #: Checkpoint tensors the model does not use: the contrastive temperature and id buffers.
 _UNUSED = re.compile(r"^logit_scale$|\.position_ids$")
-_QKV = re.compile(r"^(.*\.layers\.\d+\.self_attn)\.(q|k|v)_proj\.(weight|bias)$")
-_QKV_PARTS = ("q", "k", "v")
 
 
 def _sub_config(config: Any, name: str) -> Any:
@@ -52,10 +50,8 @@ class CLIPAttention(nn.Module):
         super().__init__()
         hidden = int(config.hidden_size)
         self.num_heads = int(config.num_attention_heads)
-        if hidden % self.num_heads:
-            raise ModelLoadError(f"hidden_size {hidden} is not a multiple of num_attention_heads {self.num_heads}")
-        self.head_dim = hidden // self.num_heads
-        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.head_dim = attention_head_dim(hidden, self.num_heads)
+        self.qkv = FusedLinear(hidden, {"q_proj": hidden, "k_proj": hidden, "v_proj": hidden})
         self.out_proj = nn.Linear(hidden, hidden)
 
     def forward(self, x: torch.Tensor, attend: Callable, linear: Callable) -> torch.Tensor:
@@ -215,7 +211,7 @@ class CLIPModel(Architecture):
 
     def forward(self, batch: PackedBatch) -> torch.Tensor:
         pixel_values = batch.extras.get("pixel_values")
-        linear = self.kernel("linear_act", batch.device)
+        linear = kernel(self, "linear_act", batch.device)
         if pixel_values is not None:
             return self.visual_projection(self.vision_model(pixel_values, linear))
         if batch.max_len > self.max_positions:
@@ -223,37 +219,11 @@ class CLIPModel(Architecture):
                 f"a sequence of {batch.max_len} tokens is longer than the model's {self.max_positions} positions; "
                 "truncate the input"
             )
-        return self.text_projection(self.text_model(batch, self.kernel("varlen_attention", batch.device), linear))
+        return self.text_projection(self.text_model(batch, kernel(self, "varlen_attention", batch.device), linear))
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         kept = ((n, t) for n, t in weights if not _UNUSED.search(n))
-        load_into(self, self._fuse_qkv(kept), rename=lambda name: name)
-
-    def _fuse_qkv(self, weights: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
-        """Pass tensors through, concatenating each layer's q, k and v projections into ``qkv``."""
-        params = dict(self.named_parameters())
-        pending: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
-        for name, tensor in weights:
-            match = _QKV.match(name)
-            if match is None or f"{match.group(1)}.qkv.{match.group(3)}" not in params:
-                yield name, tensor
-                continue
-            prefix, part, kind = match.groups()
-            target = params[f"{prefix}.qkv.{kind}"]
-            expected = (target.shape[0] // 3, *target.shape[1:])
-            if tuple(tensor.shape) != expected:
-                raise ModelLoadError(
-                    f"checkpoint tensor '{name}' has shape {tuple(tensor.shape)}, but the model expects {expected}"
-                )
-            parts = pending.setdefault((prefix, kind), {})
-            parts[part] = tensor
-            if len(parts) == len(_QKV_PARTS):
-                del pending[(prefix, kind)]
-                yield f"{prefix}.qkv.{kind}", torch.cat([parts[p] for p in _QKV_PARTS])
-        missing = [f"{prefix}.{p}_proj.{kind}" for (prefix, kind), got in pending.items() for p in _QKV_PARTS if p not in got]
-        if missing:
-            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-            raise ModelLoadError(f"checkpoint lacks weights for {', '.join(sorted(missing)[:5])}{more}")
+        load_into(self, fuse_projections(self, kept), rename=lambda name: name)
 
 
 @hookimpl

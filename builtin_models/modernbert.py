@@ -18,7 +18,15 @@ from torch import nn
 
 from poolkit.architecture import Architecture
 from poolkit.batch import PackedBatch
-from poolkit.builtin_models.bert import activation_function
+from poolkit.builtin_models.layers import (
+    Rotary,
+    activation_function,
+    apply_rotary,
+    attention_head_dim,
+    kernel,
+    rotary_cos_sin,
+    rotary_inv_freq,
+)
 from poolkit.errors import ModelLoadError
 from poolkit.hookspecs import hookimpl
 from poolkit.weights import base_model_name, load_into
@@ -30,8 +38,6 @@ GLOBAL, LOCAL = "full_attention", "sliding_attention"
 #: Rotary bases of configs that name none (transformers' ``ModernBertConfig.default_theta``).
 _DEFAULT_THETA = {GLOBAL: 160_000.0, LOCAL: 10_000.0}
 _POOLING_TYPES = {"cls": "CLS", "mean": "MEAN"}
-
-Rotary = tuple[torch.Tensor, torch.Tensor]
 
 
 def layer_types(config: Any) -> list[str]:
@@ -75,11 +81,6 @@ def _layer_norm(x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
     return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
 class ModernBertEmbeddings(nn.Module):
     """Token embeddings, then LayerNorm (no position embeddings: positions are rotary)."""
 
@@ -98,12 +99,8 @@ class ModernBertAttention(nn.Module):
     def __init__(self, config: Any, window: int | None) -> None:
         super().__init__()
         hidden = config.hidden_size
-        if hidden % config.num_attention_heads:
-            raise ModelLoadError(
-                f"hidden_size {hidden} is not a multiple of num_attention_heads {config.num_attention_heads}"
-            )
         self.num_heads = config.num_attention_heads
-        self.head_dim = hidden // self.num_heads
+        self.head_dim = attention_head_dim(hidden, self.num_heads)
         self.window = window
         self.Wqkv = nn.Linear(hidden, 3 * hidden, bias=config.attention_bias)
         self.Wo = nn.Linear(hidden, hidden, bias=config.attention_bias)
@@ -115,7 +112,7 @@ class ModernBertAttention(nn.Module):
         # As in transformers: cos and sin in the model's dtype, q and k rotated in (at least) float32.
         cos, sin = rotary
         qk = qkv[:, :2].float()
-        q, k = (qk * cos + _rotate_half(qk) * sin).to(x.dtype).unbind(1)
+        q, k = apply_rotary(qk, cos, sin).to(x.dtype).unbind(1)
         context = attention(q, k, qkv[:, 2], batch, window=self.window)
         return linear(context.reshape(x.shape), self.Wo.weight, self.Wo.bias)
 
@@ -181,13 +178,12 @@ class ModernBertModel(Architecture):
         self.layers = nn.ModuleList(ModernBertLayer(config, i, t) for i, t in enumerate(types))
         self.final_norm = nn.LayerNorm(config.hidden_size, eps=config.norm_eps, bias=config.norm_bias)
         head_dim = config.hidden_size // config.num_attention_heads
-        exponents = torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim
         # Plain float32 tensors rather than buffers, so that casting the model leaves them exact.
-        self._inv_freq = {t: 1.0 / (rope_theta(config, t) ** exponents) for t in sorted(set(types))}
+        self._inv_freq = {t: rotary_inv_freq(rope_theta(config, t), head_dim) for t in sorted(set(types))}
 
     def forward(self, batch: PackedBatch) -> torch.Tensor:
-        attention = self.kernel("varlen_attention", batch.device)
-        linear = self.kernel("linear_act", batch.device)
+        attention = kernel(self, "varlen_attention", batch.device)
+        linear = kernel(self, "linear_act", batch.device)
         x = self.embeddings(batch)
         rotary = {t: self._rotary(inv_freq, batch, x.dtype) for t, inv_freq in self._inv_freq.items()}
         for layer in self.layers:
@@ -197,9 +193,8 @@ class ModernBertModel(Architecture):
     @staticmethod
     def _rotary(inv_freq: torch.Tensor, batch: PackedBatch, dtype: torch.dtype) -> Rotary:
         """Each token's rotary ``cos`` and ``sin`` as ``dtype``, ``[T, 1, 1, head_dim]`` (angles in float32)."""
-        angles = batch.positions.float().unsqueeze(-1) * inv_freq.to(batch.device)
-        angles = torch.cat((angles, angles), dim=-1)[:, None, None]
-        return angles.cos().to(dtype), angles.sin().to(dtype)
+        cos, sin = rotary_cos_sin(inv_freq, batch.positions, dtype)
+        return cos[:, None, None], sin[:, None, None]
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         load_into(self, weights, rename=self.parameter_name)
@@ -223,18 +218,6 @@ class ModernBertPredictionHead(nn.Module):
         return _layer_norm(self.act(F.linear(x, self.dense.weight, self.dense.bias)), self.norm)
 
 
-class ModernBertClassifierHead(nn.Module):
-    """Pooled or token vectors -> ``head`` -> ``classifier``."""
-
-    def __init__(self, head: ModernBertPredictionHead, classifier: nn.Linear) -> None:
-        super().__init__()
-        self.head = head
-        self.classifier = classifier
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.head(x), self.classifier.weight, self.classifier.bias)
-
-
 class ModernBertForSequenceClassification(ModernBertModel):
     """A ModernBERT sequence classifier / cross-encoder: pooled -> ``head`` -> ``classifier``.
 
@@ -255,10 +238,10 @@ class ModernBertForSequenceClassification(ModernBertModel):
         self.classifier = nn.Linear(config.hidden_size, self.num_labels)
 
     def sequence_head(self) -> nn.Module:
-        return ModernBertClassifierHead(self.head, self.classifier)
+        return nn.Sequential(self.head, self.classifier)
 
     def token_head(self) -> nn.Module:
-        return ModernBertClassifierHead(self.head, self.classifier)
+        return nn.Sequential(self.head, self.classifier)
 
 
 class ModernBertForTokenClassification(ModernBertModel):
@@ -273,7 +256,7 @@ class ModernBertForTokenClassification(ModernBertModel):
         self.classifier = nn.Linear(config.hidden_size, self.num_labels)
 
     def token_head(self) -> nn.Module:
-        return ModernBertClassifierHead(self.head, self.classifier)
+        return nn.Sequential(self.head, self.classifier)
 
 
 @hookimpl

@@ -24,19 +24,24 @@ from torch import nn
 
 from poolkit.architecture import Architecture
 from poolkit.batch import PackedBatch
-from poolkit.builtin_models.bert import activation_function
+from poolkit.builtin_models.layers import (
+    FusedLinear,
+    RMSNorm,
+    Rotary,
+    TokenClassifier,
+    activation_function,
+    apply_rotary,
+    fuse_projections,
+    kernel,
+    rotary_cos_sin,
+    rotary_inv_freq,
+)
 from poolkit.errors import ModelLoadError
 from poolkit.hookspecs import hookimpl
 from poolkit.weights import base_model_name, load_into
 
 #: Checkpoint tensors the backbone does not use: heads of task models, rotary caches.
 _UNUSED = re.compile(r"^(lm_head|score|classifier|qa_outputs|v_head)\.|\.rotary_emb\.")
-#: Projections fused at load time: checkpoint pattern (prefix, part, kind), fused module, its parts in order.
-_FUSED = (
-    (re.compile(r"^(layers\.\d+\.self_attn)\.(q|k|v)_proj\.(weight|bias)$"), "qkv_proj", ("q", "k", "v")),
-    (re.compile(r"^(layers\.\d+\.mlp)\.(gate|up)_proj\.(weight|bias)$"), "gate_up_proj", ("gate", "up")),
-)
-_FUSED_NAME = re.compile(r"^(.*)\.(qkv_proj|gate_up_proj)\.(weight|bias)$")
 #: Rotary types computed as transformers computes them (``ROPE_INIT_FUNCTIONS``). ``dynamic`` and
 #: ``longrope`` are not: transformers rescales them by the longest sequence of the batch.
 _ROPE_TYPES = ("default", "linear", "yarn", "llama3")
@@ -46,8 +51,6 @@ FROM_2_WAY_SOFTMAX, NO_POST_PROCESSING = "from_2_way_softmax", "no_post_processi
 _ORIGINAL_QWEN3_RERANKER_TOKENS = ["no", "yes"]
 #: The token id of ``<extra_0>``, the step tag of Qwen2.5-Math-PRM (vLLM's default ``step_tag_id``).
 PRM_STEP_TAG_ID = 151651
-
-Rotary = tuple[torch.Tensor, torch.Tensor]
 
 
 def rotary_parameters(config: Any, head_dim: int) -> tuple[torch.Tensor, float]:
@@ -71,8 +74,7 @@ def rotary_parameters(config: Any, head_dim: int) -> tuple[torch.Tensor, float]:
         theta = params.get("rope_theta", getattr(config, "rope_theta", None))
         if theta is None:
             theta = getattr(config, "default_theta", 10_000.0)
-        exponents = torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim
-        return 1.0 / (float(theta) ** exponents), 1.0
+        return rotary_inv_freq(theta, head_dim), 1.0
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
     try:
@@ -101,25 +103,6 @@ def layer_types(config: Any) -> list[str]:
     return types
 
 
-class RMSNorm(nn.Module):
-    """Root-mean-square norm, computed in float32 and scaled in the input's dtype, as transformers does."""
-
-    def __init__(self, size: int, eps: float) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(size))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(x.dtype)
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
 class QwenAttention(nn.Module):
     """Grouped-query self-attention within each sequence (causal unless the config says otherwise).
 
@@ -142,12 +125,12 @@ class QwenAttention(nn.Module):
         # Qwen2: biased q/k/v, unbiased output; Qwen3: ``attention_bias`` for all four.
         qkv_bias = bool(getattr(config, "attention_bias", False)) if qk_norm else True
         o_bias = bool(getattr(config, "attention_bias", False)) if qk_norm else False
-        self.sizes = {
-            "q": self.num_heads * self.head_dim,
-            "k": self.num_kv_heads * self.head_dim,
-            "v": self.num_kv_heads * self.head_dim,
+        parts = {
+            "q_proj": self.num_heads * self.head_dim,
+            "k_proj": self.num_kv_heads * self.head_dim,
+            "v_proj": self.num_kv_heads * self.head_dim,
         }
-        self.qkv_proj = nn.Linear(hidden, sum(self.sizes.values()), bias=qkv_bias)
+        self.qkv_proj = FusedLinear(hidden, parts, bias=qkv_bias)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden, bias=o_bias)
         self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if qk_norm else None
         self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if qk_norm else None
@@ -156,15 +139,14 @@ class QwenAttention(nn.Module):
         self, x: torch.Tensor, rotary: Rotary, batch: PackedBatch, attention: Callable, linear: Callable
     ) -> torch.Tensor:
         qkv = linear(x, self.qkv_proj.weight, self.qkv_proj.bias)
-        q, k, v = qkv.split(list(self.sizes.values()), dim=-1)
+        q, k, v = qkv.split(list(self.qkv_proj.parts.values()), dim=-1)
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         cos, sin = rotary
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         groups = self.num_heads // self.num_kv_heads
         if groups > 1:
             # Query head i reads key/value head i // groups, as transformers' repeat_kv.
@@ -179,8 +161,8 @@ class QwenMLP(nn.Module):
 
     def __init__(self, config: Any) -> None:
         super().__init__()
-        self.sizes = {"gate": int(config.intermediate_size), "up": int(config.intermediate_size)}
-        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
+        parts = {"gate_proj": int(config.intermediate_size), "up_proj": int(config.intermediate_size)}
+        self.gate_up_proj = FusedLinear(config.hidden_size, parts, bias=False)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
         self.act = activation_function(config.hidden_act)
 
@@ -247,8 +229,8 @@ class Qwen2Model(Architecture):
         self._inv_freq, self._rotary_scaling = rotary_parameters(config, head_dim)
 
     def forward(self, batch: PackedBatch) -> torch.Tensor:
-        attention = self.kernel("varlen_attention", batch.device)
-        linear = self.kernel("linear_act", batch.device)
+        attention = kernel(self, "varlen_attention", batch.device)
+        linear = kernel(self, "linear_act", batch.device)
         x = F.embedding(batch.input_ids, self.embed_tokens.weight)
         rotary = self._rotary(batch, x.dtype)
         for layer in self.layers:
@@ -257,73 +239,20 @@ class Qwen2Model(Architecture):
 
     def _rotary(self, batch: PackedBatch, dtype: torch.dtype) -> Rotary:
         """Each token's rotary ``cos`` and ``sin`` as ``dtype``, ``[T, 1, head_dim]`` (angles in float32)."""
-        angles = batch.positions.float().unsqueeze(-1) * self._inv_freq.to(batch.device)
-        angles = torch.cat((angles, angles), dim=-1).unsqueeze(1)
-        cos, sin = angles.cos(), angles.sin()
-        if self._rotary_scaling != 1.0:
-            cos, sin = cos * self._rotary_scaling, sin * self._rotary_scaling
-        return cos.to(dtype), sin.to(dtype)
+        cos, sin = rotary_cos_sin(self._inv_freq, batch.positions, dtype, self._rotary_scaling)
+        return cos.unsqueeze(1), sin.unsqueeze(1)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         self._load(weights)
 
     def _load(self, weights: Iterable[tuple[str, torch.Tensor]], optional: Callable[[str], bool] = lambda n: False) -> None:
         named = ((self.parameter_name(name), tensor) for name, tensor in weights)
-        load_into(self, self._fuse((n, t) for n, t in named if n is not None), rename=lambda name: name, optional=optional)
+        fused = fuse_projections(self, ((n, t) for n, t in named if n is not None))
+        load_into(self, fused, rename=lambda name: name, optional=optional)
 
     def parameter_name(self, checkpoint_name: str) -> str | None:
         """The Hugging Face base-model name of a checkpoint tensor, or ``None`` to skip it."""
         return base_model_name(checkpoint_name, self.checkpoint_prefix, self.head_prefixes, _UNUSED)
-
-    def _fuse(self, weights: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
-        """Pass tensors through, concatenating q/k/v into ``qkv_proj`` and gate/up into ``gate_up_proj``.
-
-        Raises:
-            ModelLoadError: a part has the wrong shape, or a fused parameter lacks one of its parts
-                (named as in the checkpoint).
-        """
-        params = dict(self.named_parameters())
-        pending: dict[str, dict[str, torch.Tensor]] = {}
-        done: set[str] = set()
-        for name, tensor in weights:
-            for pattern, fused, parts in _FUSED:
-                match = pattern.match(name)
-                if match is not None:
-                    break
-            else:
-                if _FUSED_NAME.match(name):
-                    done.add(name)
-                yield name, tensor
-                continue
-            prefix, part, kind = match.groups()
-            target = f"{prefix}.{fused}.{kind}"
-            if target not in params:
-                yield name, tensor  # a layer or bias this model lacks: reported as unused
-                continue
-            rows = self.get_submodule(f"{prefix}").sizes[part]
-            expected = (rows, *params[target].shape[1:])
-            if tuple(tensor.shape) != expected:
-                raise ModelLoadError(
-                    f"checkpoint tensor '{name}' has shape {tuple(tensor.shape)}, but the model expects {expected}"
-                )
-            got = pending.setdefault(target, {})
-            got[part] = tensor
-            if len(got) == len(parts):
-                del pending[target]
-                done.add(target)
-                yield target, torch.cat([got[p] for p in parts])
-        missing = []
-        for target in params:
-            match = _FUSED_NAME.match(target)
-            if match is None or target in done:
-                continue
-            prefix, fused, kind = match.groups()
-            parts = next(p for _, f, p in _FUSED if f == fused)
-            seen = pending.get(target, {})
-            missing += [f"{prefix}.{p}_proj.{kind}" for p in parts if p not in seen]
-        if missing:
-            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-            raise ModelLoadError(f"checkpoint lacks weights for {', '.join(missing[:5])}{more}")
 
 
 class Qwen3Model(Qwen2Model):
@@ -506,18 +435,11 @@ class Qwen3ForCausalLM(_ScoreHead, Qwen3Model):
     checkpoint_score: ClassVar[bool] = False
 
 
-class _TokenScoreHead:
-    """Mixin: HF's token classifier, ``score`` (with bias) on every token (dropout is inference-free)."""
+class _TokenScoreHead(TokenClassifier):
+    """Mixin: HF's token classifier, ``score`` (with bias) on every token."""
 
-    default_pooling_type: ClassVar[str | None] = None
+    head_name: ClassVar[str] = "score"
     head_prefixes: ClassVar[tuple[str, ...]] = ("score.",)
-
-    def __init__(self, config: Any) -> None:
-        super().__init__(config)
-        self.score = nn.Linear(self.hidden_size, self.num_labels)
-
-    def token_head(self) -> nn.Module:
-        return self.score
 
 
 class Qwen2ForTokenClassification(_TokenScoreHead, Qwen2Model):

@@ -5,13 +5,14 @@ through ``log(1 + relu(x))`` and are reduced (max, or sum for the original SPLAD
 the sequence's tokens, special tokens included as sentence-transformers' ``SparseEncoder`` does,
 into one ``[vocab]`` vector with a few dozen non-zero weights.
 
-Architectures that have an MLM head (``BertForMaskedLM``) serve the task through
-``Architecture.task_head``; the task itself builds no head.
+The task builds the head from the architecture's masked-LM logits (``Architecture.lm_head``),
+so any architecture with an MLM head (``BertForMaskedLM``) serves it; a SPLADE model's
+architecture hands ``embed`` this task's head too.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -20,6 +21,8 @@ from poolkit.config import PoolingParams
 from poolkit.errors import ModelLoadError
 from poolkit.hookspecs import hookimpl
 from poolkit.kernel import select_kernel
+from poolkit.plugins import registry
+from poolkit.sparse import SparseEmbedding, check_pruning
 from poolkit.tasks import Head, Task
 
 #: Most MLM logits (rows x vocabulary) the SPLADE head holds at once: 2**24 floats (64 MiB in
@@ -114,16 +117,60 @@ class SpladeHead:
 class SparseEmbedTask(Task):
     """One sparse lexical vector per input: ``[vocab]`` weights, mostly zero (SPLADE).
 
-    Served by architectures with an MLM head through ``Architecture.task_head``;
+    Served by architectures with an MLM head (``Architecture.lm_head``), pooled as the model's
+    sentence-transformers ``SpladePooling`` says (max and ``relu`` by default);
     :class:`poolkit.sparse.SparseEmbedding` turns a result into ``{indices, values, tokens}``.
     """
 
     name = "sparse_embed"
     granularity = "sequence"
     params = frozenset({"use_activation"})
+    output_field = "values"
+    default_rank = 4
+    output_options = frozenset({"top_k", "threshold", "return_tokens"})
+    tensor_output = False
+
+    def check_options(self, options: dict[str, Any]) -> None:
+        check_pruning(options.get("top_k"), options.get("threshold"))
+
+    def render(self, data: torch.Tensor, model: Any, options: dict[str, Any]) -> dict[str, Any]:
+        """``{indices, values}`` strongest first, ``tokens`` too when ``return_tokens``."""
+        tokenizer = model.tokenizer if options.get("return_tokens") else None
+        top_k, threshold = options.get("top_k"), options.get("threshold")
+        return SparseEmbedding.from_dense(data, top_k=top_k, threshold=threshold, tokenizer=tokenizer).to_dict()
+
+    def record(self, data: torch.Tensor, model: Any, options: dict[str, Any]) -> dict[str, Any]:
+        """Records (CLI, corpus jobs) carry the tokens unless ``return_tokens`` is false."""
+        return self.render(data, model, {"return_tokens": True, **{k: v for k, v in options.items() if v is not None}})
 
     def build(self, model) -> Head | None:
-        return None
+        mlm_logits = model.architecture.lm_head()
+        if mlm_logits is None:
+            return None
+        settings = model.st.splade if model.st is not None and model.st.splade is not None else {}
+        return SpladeHead(
+            mlm_logits,
+            int(model.architecture.config.vocab_size),
+            strategy=settings.get("strategy", "max"),
+            activation=settings.get("activation", "relu"),
+            use_activation=model.use_activation(from_st_normalize=False).value,
+        )
+
+    def check_model(self, model) -> None:
+        """Refuse a sentence-transformers ``SparseEncoder`` whose architecture does not make ``embed``
+        the SPLADE vector: its embeddings would be wrong.
+
+        Raises:
+            ModelLoadError: the model is such a checkpoint.
+        """
+        if model.st is None or model.st.splade is None:
+            return
+        if model.architecture.task_head(registry("task").get("embed"), model) is None:
+            raise ModelLoadError(
+                f"model '{model.name}' is a sentence-transformers SparseEncoder (SpladePooling), but "
+                f"{model.architecture_name} has no SPLADE head in poolkit (BertForMaskedLM has one); its embeddings "
+                "would be wrong, so it is refused"
+            )
 
 
 @hookimpl

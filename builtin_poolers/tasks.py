@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -78,7 +78,7 @@ class _VectorTask(Task):
 
     def build(self, model: PoolingModel) -> Head | None:
         arch = model.architecture
-        if (arch.sequence_head() is not None or arch.token_head() is not None) and model.convert != "embed":
+        if (arch.sequence_head() is not None or arch.token_head() is not None) and not model.conversion.hidden_states:
             return None  # a classifier's hidden states are no embedding unless asked (convert="embed")
         names, poolers = _poolers(self, model)
         projector = model.projector
@@ -120,6 +120,8 @@ class EmbedTask(_VectorTask):
     granularity = "sequence"
     default_pooling_type = "LAST"
     chunkable = True
+    output_field = "embedding"
+    default_rank = 0
 
 
 class TokenEmbedTask(_VectorTask):
@@ -128,6 +130,7 @@ class TokenEmbedTask(_VectorTask):
     name = "token_embed"
     granularity = "token"
     default_pooling_type = "ALL"
+    default_rank = 2
 
 
 def _classifier_head(model: PoolingModel, head: torch.nn.Module, **kwargs: object) -> ClassifierHead:
@@ -148,6 +151,15 @@ class ClassifyTask(Task):
     name = "classify"
     granularity = "sequence"
     default_pooling_type = "LAST"
+    output_field = "probs"
+    default_rank = 1
+
+    def record(self, data: torch.Tensor, model: PoolingModel, options: dict[str, Any]) -> dict[str, Any]:
+        """The probabilities and the top class's name (``id2label``)."""
+        row: dict[str, Any] = {"probs": data.tolist()}
+        if model.id2label and data.numel():
+            row["label"] = model.id2label.get(int(data.argmax()))
+        return row
 
     def build(self, model: PoolingModel) -> Head | None:
         head = model.architecture.sequence_head()
@@ -167,6 +179,7 @@ class TokenClassifyTask(Task):
     name = "token_classify"
     granularity = "token"
     default_pooling_type = "ALL"
+    default_rank = 3
     params = frozenset({"use_activation"}) | STEP_PARAMS
 
     def build(self, model: PoolingModel) -> Head | None:

@@ -33,6 +33,8 @@ _LAZY = {
     "IOProcessor": "io",
     "Prompt": "io",
     "Kernel": "kernel",
+    "Scorer": "scoring",
+    "EngineArgs": "settings",
     "register_pooler": "plugins",
     "register_activation": "plugins",
     "load_into": "weights",

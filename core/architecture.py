@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Iterable
+from typing import Any, Callable, ClassVar, Iterable
 
 import torch
 
@@ -67,16 +67,6 @@ class Architecture(torch.nn.Module):
     def __init__(self, config: Any) -> None:
         super().__init__()
         self.config = config
-        self._kernels: dict[tuple[str, torch.device], Any] = {}
-
-    def kernel(self, op: str, device: torch.device) -> Any:
-        """The best available implementation of ``op`` for ``device``, looked up once per device."""
-        from .kernel import select_kernel
-
-        key = (op, torch.device(device))
-        if key not in self._kernels:
-            self._kernels[key] = select_kernel(op, device)
-        return self._kernels[key]
 
     @property
     def hidden_size(self) -> int:
@@ -107,11 +97,21 @@ class Architecture(torch.nn.Module):
         """
         return None
 
+    def lm_head(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The masked-LM / LM head: ``[n, H]`` hidden rows -> ``[n, vocab]`` logits; ``None`` when
+        the checkpoint has none (the default).
+
+        The logits are ``config.vocab_size`` wide. Their presence makes the ``sparse_embed`` task
+        (SPLADE) available: the task builds its head from them.
+        """
+        return None
+
     def task_head(self, task: Any, model: Any) -> Any:
         """A head of this architecture's own for ``task`` (a :class:`poolkit.tasks.Task`), or ``None``.
 
         ``None`` (the default) lets the task build its head from the poolers and the
-        classifiers above; SPLADE returns its sparse head for ``embed``, for instance.
+        classifiers above; a SPLADE model returns the ``sparse_embed`` task's head for ``embed``,
+        for instance.
         """
         return None
 

@@ -90,6 +90,19 @@ def poolkit_register_tasks(register):
     """
 
 
+@hookspec
+def poolkit_register_scorers(register):
+    """Register scorers: the ways ``LLM.score``, ``LLM.rerank`` and ``/score`` compare texts.
+
+    Args:
+        register: ``register(name, scorer, override=False)``. ``scorer`` is a
+            :class:`poolkit.Scorer`: which models it supports, its priority among the scorers
+            that support a model, and how it scores (query, document) pairs.
+
+    Called once, the first time poolkit looks anything up in a registry.
+    """
+
+
 @hookspec(firstresult=True)
 def poolkit_resolve_architecture(name, config):
     """Provide an architecture for a name that no plugin registered.

@@ -209,22 +209,30 @@ def run_job(
     chunk_rows: int = CHUNK_ROWS,
     settings: dict[str, Any] | None = None,
     pooling_params: Any = None,
+    prompt_name: str | None = None,
+    options: dict[str, Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> JobSummary:
     """Embed (or encode for ``task``) every row of ``input_path`` into ``output_path``, resumably.
 
     Args:
-        llm: the loaded :class:`poolkit.LLM`.
-        settings: what makes two runs the same job (model, task, parameters); recorded in the
-            manifest and compared on resume.
+        llm: the loaded :class:`poolkit.LLM`; its load settings (``llm.args``), the task, the
+            pooling parameters, the prompt and the output options make the job's identity,
+            recorded in the manifest and compared on resume.
+        settings: more of what makes two runs the same job, if any.
+        options: the task's output options (``top_k`` of sparse vectors, say).
 
     Raises:
         InvalidRequest: bad input, an unwritable output, or an existing job with other settings.
     """
     source, output = Path(input_path), Path(output_path)
     out_fmt = _format(output, output_format, OUTPUT_FORMATS, "output")
-    if out_fmt == "npy" and task not in ("embed",):
-        raise InvalidRequest(".npy output holds one vector per row: use it with the embed task")
+    task_obj = llm.task(task)
+    options = {k: v for k, v in (options or {}).items() if v is not None}
+    task_obj.check_options(options)
+    if out_fmt == "npy" and (task_obj.granularity != "sequence" or not task_obj.tensor_output):
+        raise InvalidRequest(".npy output holds one vector per row: use it with a task that gives one, such as embed")
+    params = llm.check_params(pooling_params, 1, task_obj.name)[0]
     parts_dir = output.with_name(output.name + ".parts")
     manifest_path = parts_dir / _MANIFEST
     job = {
@@ -236,6 +244,10 @@ def run_job(
         "output_format": out_fmt,
         "chunk_rows": chunk_rows,
         "skip_bad_lines": skip_bad_lines,
+        "model": llm.args.identity(),
+        "params": params.model_dump(mode="json", exclude_none=True),
+        "prompt_name": prompt_name,
+        "options": options,
         "settings": settings or {},
     }
     job_id = _fingerprint(job)
@@ -267,7 +279,7 @@ def run_job(
     except OSError as exc:
         raise InvalidRequest(f"cannot write to '{parts_dir.parent}': {exc.strerror}") from None
 
-    value_key = "embedding" if task == "embed" else "data"
+    value_key = task_obj.output_field
     seen: set[str] = set()
     chunk: list[tuple[Any, str]] = []
     chunk_no = 0
@@ -278,8 +290,11 @@ def run_job(
         if part.is_file():
             summary.resumed_rows += len(chunk)
         elif chunk:
-            outputs = llm.encode([text for _, text in chunk], pooling_params, pooling_task=task)
-            rows = [{"id": row_id, value_key: out.outputs.data.tolist()} for (row_id, _), out in zip(chunk, outputs)]
+            outputs = llm.encode([text for _, text in chunk], params, pooling_task=task, prompt_name=prompt_name)
+            rows = [
+                {"id": row_id, **task_obj.record(out.outputs.data, llm.model, options)}
+                for (row_id, _), out in zip(chunk, outputs)
+            ]
             _write_chunk(part, rows)
             summary.written += len(rows)
             if progress is not None:

@@ -13,7 +13,10 @@ from typing import Any, Sequence
 import torch
 
 from .config import PoolingParams
+from .batching import estimate_cost
 from .engine import Engine
+from .settings import DEFAULT_MODEL, EngineArgs  # noqa: F401 - DEFAULT_MODEL is part of this module's API
+from .tasks import PLUGIN, Task
 from .entities import Entity, group_entities
 from .io import Prompt
 from .errors import InvalidRequest
@@ -27,38 +30,13 @@ from .outputs import (
     ScoringOutput,
     ScoringRequestOutput,
 )
-from .kernel import select_kernel
 from .plugins import get_manager, registry
+from .lookup import select_scorer
+from .scoring import Scorer
 from .progress import progress_bar
 from .sparse import SparseEmbeddingRequestOutput, check_pruning
 
 logger = logging.getLogger(__name__)
-
-#: The embedded default model, carried by the PyPI package that the ``minilm`` extra installs.
-DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-
-#: vLLM engine arguments that mean nothing for poolkit; accepted so vLLM code runs unchanged.
-IGNORED_ENGINE_ARGS = frozenset(
-    {
-        "enforce_eager",
-        "tensor_parallel_size",
-        "pipeline_parallel_size",
-        "gpu_memory_utilization",
-        "max_num_seqs",
-        "max_num_batched_tokens",
-        "enable_prefix_caching",
-        "enable_chunked_prefill",
-        "disable_log_stats",
-        "swap_space",
-        "kv_cache_dtype",
-        "distributed_executor_backend",
-        "tokenizer_mode",
-        "seed",
-        "task",
-        "load_format",
-        "quantization",
-    }
-)
 
 _TOKENIZATION_KWARGS = ("truncate_prompt_tokens", "truncation_side")
 
@@ -109,13 +87,9 @@ class LLM:
         io_processor_plugin: str | None = None,
         **engine_kwargs: Any,
     ) -> None:
-        unknown = sorted(set(engine_kwargs) - IGNORED_ENGINE_ARGS)
-        if unknown:
-            raise InvalidRequest(f"unknown LLM argument(s): {', '.join(unknown)}")
-        if engine_kwargs:
-            logger.info("ignoring vLLM engine arguments with no meaning here: %s", ", ".join(sorted(engine_kwargs)))
-        self.model: PoolingModel = load_model(
-            DEFAULT_MODEL if model is None else model,
+        args = EngineArgs.build(
+            engine_kwargs,
+            model=model,
             tokenizer=tokenizer,
             runner=runner,
             convert=convert,
@@ -126,10 +100,22 @@ class LLM:
             allow_pickle=allow_pickle,
             trust_remote_code=trust_remote_code,
             max_model_len=max_model_len,
+            max_batch_tokens=max_batch_tokens,
+            io_processor_plugin=io_processor_plugin,
         )
-        self.engine = Engine(self.model, max_batch_tokens)
+        if engine_kwargs:
+            logger.info("ignoring vLLM engine arguments with no meaning here: %s", ", ".join(sorted(engine_kwargs)))
+        #: The resolved load settings (:class:`EngineArgs`); pass them on to load the same model elsewhere.
+        self.args = args
+        self.model: PoolingModel = load_model(args)
+        self.engine = Engine(self.model, args.max_batch_tokens)
         self._request_ids = itertools.count()
-        self.io_processor_plugin = io_processor_plugin or getattr(self.model.hf_config, "io_processor_plugin", None)
+        self.io_processor_plugin = args.io_processor_plugin or getattr(self.model.hf_config, "io_processor_plugin", None)
+
+    @classmethod
+    def from_args(cls, args: EngineArgs) -> "LLM":
+        """Load the model that ``args`` describes (what the CLI, the server, jobs and Ray do)."""
+        return cls(**{name: getattr(args, name) for name in EngineArgs.model_fields})
 
     def get_tokenizer(self) -> Any:
         return self.model.tokenizer
@@ -137,7 +123,27 @@ class LLM:
     @property
     def supported_tasks(self) -> list[str]:
         tasks = self.model.supported_tasks()
-        return tasks + ["plugin"] if self.io_processor_plugin else tasks
+        plugin = self.plugin_task
+        return tasks + [plugin] if plugin and self.io_processor_plugin else tasks
+
+    @property
+    def default_task(self) -> str | None:
+        """The task a request that names none runs: the supported task of lowest ``default_rank``."""
+        tasks = registry("task")
+        ranked = [(tasks.get(n).default_rank, n) for n in self.model.supported_tasks()]
+        ranked = sorted((rank, n) for rank, n in ranked if rank is not None)
+        if ranked:
+            return ranked[0][1]
+        return next(iter(self.model.supported_tasks()), None)
+
+    @property
+    def plugin_task(self) -> str | None:
+        """The registered task whose requests an IO processor plugin handles (``{"data": ...}``)."""
+        return next((e.name for e in registry("task").entries() if e.obj.granularity == PLUGIN), None)
+
+    def task(self, name: str) -> Task:
+        """The registered task ``name``, checked against what the model supports."""
+        return self.model.task(name)
 
     # -- inputs --------------------------------------------------------------------------------
 
@@ -162,13 +168,47 @@ class LLM:
             raise InvalidRequest(f"unknown prompt_name '{prompt_name}'; the model's prompts: {known}")
         return prompts[prompt_name]
 
-    def _params(
+    def check_truncation(self, truncate_prompt_tokens: int | None) -> None:
+        """Refuse a truncation longer than the model's limit (vLLM's wording).
+
+        Raises:
+            InvalidRequest: ``truncate_prompt_tokens`` exceeds ``max_model_len``.
+        """
+        limit = self.model.max_model_len.value
+        if truncate_prompt_tokens is not None and limit is not None and truncate_prompt_tokens > limit:
+            raise InvalidRequest(
+                f"truncate_prompt_tokens value ({truncate_prompt_tokens}) is greater than max_model_len ({limit}). "
+                "Please, select a smaller truncation size."
+            )
+
+    def estimate_tokens(self, prompts: Sequence[Prompt], params: Sequence[PoolingParams]) -> int:
+        """Tokens of prepared prompts, estimated before tokenizing, each capped at its truncation limit."""
+        total = 0
+        for prompt, p in zip(prompts, params):
+            n = estimate_cost(prompt)
+            limit = p.truncate_prompt_tokens if p.truncate_prompt_tokens and p.truncate_prompt_tokens > 0 else None
+            limit = limit or self.model.max_model_len.value
+            total += min(n, limit) if limit else n
+        return total
+
+    def check_params(
         self,
         pooling_params: Any,
         count: int,
         task_name: str,
-        tokenization_kwargs: dict[str, Any] | None,
+        tokenization_kwargs: dict[str, Any] | None = None,
     ) -> list[PoolingParams]:
+        """One verified :class:`PoolingParams` per prompt, the task's defaults filled in.
+
+        Args:
+            pooling_params: ``None``, one :class:`PoolingParams` (or dict) for all prompts, or one per prompt.
+            count: how many prompts.
+            task_name: the task they run.
+            tokenization_kwargs: ``truncate_prompt_tokens`` / ``truncation_side`` defaults.
+
+        Raises:
+            InvalidRequest: a parameter the task does not take, or a value it cannot honour.
+        """
         if pooling_params is None or isinstance(pooling_params, (PoolingParams, dict)):
             given = [pooling_params] * count
         elif isinstance(pooling_params, (list, tuple)):
@@ -200,8 +240,16 @@ class LLM:
                     update[name] = default
             p = p.model_copy(update={"task": task_name, **update})
             task.verify(p, self.model)
+            self.check_truncation(p.truncate_prompt_tokens)
             out.append(p)
         return out
+
+    def run(
+        self, task: Task, prompts: list[Prompt], params: list[PoolingParams], *, use_tqdm: bool = False
+    ) -> list[tuple[torch.Tensor, list[int]]]:
+        """Run prepared prompts through the engine: one ``(result, prompt token ids)`` per prompt."""
+        with progress_bar(len(prompts), enabled=use_tqdm) as advance:
+            return self.engine.run(task, prompts, params, progress=advance)
 
     # -- API -----------------------------------------------------------------------------------
 
@@ -231,15 +279,14 @@ class LLM:
                 "LLM.encode() needs pooling_task (e.g. 'embed' or 'token_embed'); "
                 "or call LLM.embed() for embeddings"
             )
-        if pooling_task == "plugin":
+        if pooling_task == self.plugin_task:
             return self._encode_plugin(prompts, pooling_params, use_tqdm, tokenization_kwargs)
         if isinstance(prompts, dict) and "data" in prompts:
-            raise InvalidRequest("The 'data' field is only supported for the 'plugin' pooling task.")
+            raise InvalidRequest(f"The 'data' field is only supported for the '{self.plugin_task}' pooling task.")
         task, parsed, params = self.prepare(
             prompts, pooling_params, pooling_task=pooling_task, tokenization_kwargs=tokenization_kwargs, prompt_name=prompt_name
         )
-        with progress_bar(len(parsed), enabled=use_tqdm) as advance:
-            results = self.engine.run(task, parsed, params, progress=advance)
+        results = self.run(task, parsed, params, use_tqdm=use_tqdm)
         return [
             PoolingRequestOutput(str(next(self._request_ids)), PoolingOutput(data), ids) for data, ids in results
         ]
@@ -260,7 +307,7 @@ class LLM:
         """
         task = self.model.task(pooling_task)
         parsed = self._prompts(prompts, prompt_name)
-        return task, parsed, self._params(pooling_params, len(parsed), task.name, tokenization_kwargs)
+        return task, parsed, self.check_params(pooling_params, len(parsed), task.name, tokenization_kwargs)
 
     def _io_processor(self) -> Any:
         processors = registry("io_processor")
@@ -290,21 +337,18 @@ class LLM:
     ) -> list[PoolingRequestOutput[Any]]:
         """``pooling_task="plugin"``: the IO processor turns ``{"data": ...}`` into prompts and back."""
         if not (isinstance(prompts, dict) and "data" in prompts):
-            raise InvalidRequest("pooling_task='plugin' takes {'data': ...} as its prompt")
+            raise InvalidRequest(f"pooling_task='{self.plugin_task}' takes {{'data': ...}} as its prompt")
         processor = self._io_processor()
         request_id = str(next(self._request_ids))
         data = processor.parse_data(prompts["data"])
         parsed = list(processor.pre_process(data, request_id=request_id))
-        supported = self.model.supported_tasks()
-        default = next((t for t in ("embed", "classify", "token_embed", "token_classify") if t in supported), None)
-        params = processor.merge_pooling_params(pooling_params, default)
-        if not isinstance(params, PoolingParams) or params.task in (None, "plugin"):
+        params = processor.merge_pooling_params(pooling_params, self.default_task)
+        if not isinstance(params, PoolingParams) or params.task in (None, self.plugin_task):
             raise InvalidRequest(f"IO processor '{self.io_processor_plugin}' must choose the task to run in merge_pooling_params")
         task = self.model.task(params.task)
         per_prompt = [p.params or params for p in parsed]
-        checked = [self._params(p, 1, task.name, tokenization_kwargs)[0] for p in per_prompt]
-        with progress_bar(len(parsed), enabled=use_tqdm) as advance:
-            results = self.engine.run(task, parsed, checked, progress=advance)
+        checked = [self.check_params(p, 1, task.name, tokenization_kwargs)[0] for p in per_prompt]
+        results = self.run(task, parsed, checked, use_tqdm=use_tqdm)
         outputs = [PoolingRequestOutput(f"{request_id}-{i}", PoolingOutput(d), ids) for i, (d, ids) in enumerate(results)]
         return [PoolingRequestOutput("", processor.post_process(outputs, request_id=request_id, data=data))]
 
@@ -430,23 +474,41 @@ class LLM:
         return results
 
     @property
+    def scorer(self) -> Scorer:
+        """The registered scorer :meth:`score` and :meth:`rerank` use with this model.
+
+        Raises:
+            InvalidRequest: the model cannot score; the message says why.
+        """
+        return select_scorer(self.model)
+
+    @property
     def score_type(self) -> str:
-        """How :meth:`score` compares texts: ``cross-encoder``, ``late-interaction`` or ``bi-encoder``."""
-        if self.model.architecture.score_type is not None:
-            return self.model.architecture.score_type
-        tasks = self.model.supported_tasks()
-        if self.model.st is not None and self.model.st.late_interaction and "token_embed" in tasks:
-            return "late-interaction"
-        if "classify" in tasks and self.model.architecture.num_labels == 1:
-            return "cross-encoder"
-        if "embed" in tasks:
-            return "bi-encoder"
-        if "classify" in tasks:
-            raise InvalidRequest(
-                f"scoring needs a classifier with one output; model '{self.model.name}' has "
-                f"{self.model.architecture.num_labels} (use LLM.classify)"
-            )
-        raise InvalidRequest(f"model '{self.model.name}' supports no scoring; supported tasks: {', '.join(tasks)}")
+        """How :meth:`score` compares texts: ``cross-encoder``, ``late-interaction``, ``bi-encoder``, or a plugin's."""
+        return self.scorer.name
+
+    def pair(self, first: Any, second: Any) -> tuple[list[str], list[str]]:
+        """Both sides of a score request as equal-length lists: 1:1, one against N (1:N), or N:N.
+
+        Raises:
+            InvalidRequest: with vLLM's wording, for an empty side or lengths that do not pair.
+        """
+        first = self._score_side(first, "text")
+        second = self._score_side(second, "text_pair")
+        if len(first) != 1 and len(first) != len(second):
+            raise InvalidRequest("Input lengths must be either 1:1, 1:N or N:N")
+        return (first * len(second) if len(first) == 1 else first), second
+
+    def estimate_pair_tokens(self, first: Sequence[str], second: Sequence[str]) -> int:
+        """Tokens of scoring ``first`` against ``second``, estimated before tokenizing (the server's limits)."""
+        limit = self.model.max_model_len.value
+        if len(first) == 1:
+            first = list(first) * len(second)
+        total = 0
+        for a, b in zip(first, second):
+            n = len(a) // 4 + len(b) // 4 + 3
+            total += min(n, limit) if limit else n
+        return total
 
     def score(
         self,
@@ -461,8 +523,9 @@ class LLM:
     ) -> list[ScoringRequestOutput]:
         """Scores of text pairs: 1:1, one against N (1:N), or pairwise (N:N).
 
-        A cross-encoder (a classifier with one output) reads each pair together; an embedding
-        model scores the cosine similarity of the two embeddings.
+        The model's :attr:`scorer` decides how: a cross-encoder (a classifier with one output)
+        reads each pair together; an embedding model scores the cosine similarity of the two
+        embeddings; a late-interaction model (ColBERT) the MaxSim of their token vectors.
 
         Args:
             chat_template: a score template (Jinja text or a file) rendering each (query,
@@ -470,97 +533,22 @@ class LLM:
                 (Qwen3-Reranker) brings its own.
             instruction: the task instruction a score template shows the model.
         """
-        first = self._score_side(data_1, "text")
-        second = self._score_side(data_2, "text_pair")
-        if len(first) != 1 and len(first) != len(second):
-            raise InvalidRequest("Input lengths must be either 1:1, 1:N or N:N")
-        if len(first) == 1:
-            first = first * len(second)
-        if self.score_type == "cross-encoder":
-            prompts = self._pair_prompts(first, second, chat_template, instruction)
-            return self._cross_encode(prompts, pooling_params, use_tqdm, tokenization_kwargs)
-        if chat_template is not None or instruction is not None:
-            raise InvalidRequest("chat_template and instruction apply to cross-encoder scoring only")
-        if self.score_type == "late-interaction":
-            return self._late_interaction(first, second, pooling_params, use_tqdm)
-        unique = list(dict.fromkeys(first + second))
-        embedded = self.encode(
-            unique, pooling_params, pooling_task="embed", use_tqdm=use_tqdm, tokenization_kwargs=tokenization_kwargs
+        first, second = self.pair(data_1, data_2)
+        scorer = self.scorer
+        if not scorer.takes_template and (chat_template is not None or instruction is not None):
+            takers = [e.name for e in registry("scorer").entries() if e.obj.takes_template]
+            raise InvalidRequest(f"chat_template and instruction apply to {' or '.join(takers)} scoring only")
+        scored = scorer.score(
+            self,
+            first,
+            second,
+            pooling_params,
+            use_tqdm=use_tqdm,
+            tokenization_kwargs=tokenization_kwargs,
+            chat_template=chat_template,
+            instruction=instruction,
         )
-        vectors = {text: out for text, out in zip(unique, embedded)}
-        results = []
-        for a, b in zip(first, second):
-            va, vb = vectors[a], vectors[b]
-            score = torch.nn.functional.cosine_similarity(va.outputs.data.float(), vb.outputs.data.float(), dim=0)
-            results.append(
-                ScoringRequestOutput(
-                    str(next(self._request_ids)),
-                    ScoringOutput(float(score)),
-                    va.prompt_token_ids + vb.prompt_token_ids,
-                )
-            )
-        return results
-
-    def _late_interaction(
-        self, first: list[str], second: list[str], pooling_params: Any, use_tqdm: bool
-    ) -> list[ScoringRequestOutput]:
-        """MaxSim of query and document token vectors, with the model's ColBERT markers."""
-        colbert = registry("io_processor").get("colbert")
-        queries = list(dict.fromkeys(first))
-        docs = list(dict.fromkeys(second))
-        prompts = list(colbert.pre_process({"texts": queries, "kind": "query", "model": self.model}))
-        prompts += colbert.pre_process({"texts": docs, "kind": "document", "model": self.model})
-        task = self.model.task("token_embed")
-        params = self._params(pooling_params, len(prompts), task.name, None)
-        with progress_bar(len(prompts), enabled=use_tqdm) as advance:
-            results = self.engine.run(task, prompts, params, progress=advance)
-        q_vectors = dict(zip(queries, results[: len(queries)]))
-        d_vectors = dict(zip(docs, results[len(queries) :]))
-        maxsim = select_kernel("maxsim", self.model.device)
-        out = []
-        for query in dict.fromkeys(first):
-            members = [i for i, q in enumerate(first) if q == query]
-            doc_rows = [d_vectors[second[i]][0] for i in members]
-            cu = torch.tensor([0] + [len(d) for d in doc_rows]).cumsum(0)
-            scores = maxsim(q_vectors[query][0], torch.cat(doc_rows), cu)
-            for i, score in zip(members, scores.tolist()):
-                out.append((i, score, q_vectors[query][1] + d_vectors[second[i]][1]))
-        return [
-            ScoringRequestOutput(str(next(self._request_ids)), ScoringOutput(score), ids)
-            for _, score, ids in sorted(out, key=lambda r: r[0])
-        ]
-
-    def _pair_prompts(
-        self, first: list[str], second: list[str], chat_template: str | None, instruction: str | None
-    ) -> list[Prompt]:
-        """Prompts of (query, document) pairs: through a score template, or as tokenizer pairs."""
-        processors = registry("io_processor")
-        if chat_template is not None:
-            processor = processors.get("score_template").with_template(chat_template)
-        else:
-            name = getattr(self.model.hf_config, "score_template", None)
-            processor = processors.get(name) if name else None
-        if processor is None:
-            if instruction is not None:
-                raise InvalidRequest("instruction needs a score template (chat_template=...)")
-            return list(processors.get("text_pair").pre_process((first, second)))
-        return list(processor.pre_process((first, second, instruction)))
-
-    def _cross_encode(
-        self,
-        prompts: list[Prompt],
-        pooling_params: Any,
-        use_tqdm: bool,
-        tokenization_kwargs: dict[str, Any] | None,
-    ) -> list[ScoringRequestOutput]:
-        task = self.model.task("classify")
-        params = self._params(pooling_params, len(prompts), task.name, tokenization_kwargs)
-        with progress_bar(len(prompts), enabled=use_tqdm) as advance:
-            results = self.engine.run(task, prompts, params, progress=advance)
-        return [
-            ScoringRequestOutput(str(next(self._request_ids)), ScoringOutput(float(data.reshape(-1)[0])), ids)
-            for data, ids in results
-        ]
+        return [ScoringRequestOutput(str(next(self._request_ids)), ScoringOutput(score), ids) for score, ids in scored]
 
     def rerank(
         self,

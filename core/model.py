@@ -37,8 +37,6 @@ CONVERTIBLE_SUFFIXES = (
     "ForTextEncoding",
     "EmbeddingModel",
 )
-RUNNERS = ("auto", "pooling")
-CONVERTS = ("auto", "none", "embed", "classify")
 DTYPES = {
     "float32": torch.float32,
     "float": torch.float32,
@@ -50,6 +48,33 @@ DTYPES = {
     "fp16": torch.float16,
 }
 _HUGE = 10**6
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """What a ``convert`` setting does to a checkpoint's architecture.
+
+    Attributes:
+        to_base: a ``<Prefix>For...`` checkpoint may be served by the registered ``<Prefix>Model``.
+        resolve_base: ask the architecture resolvers for that base architecture too.
+        hidden_states: serve the hidden states of a checkpoint that has a classifier (its
+            embeddings), rather than the classifier.
+        needs_head: refuse a checkpoint without a classification head.
+    """
+
+    to_base: bool = False
+    resolve_base: bool = False
+    hidden_states: bool = False
+    needs_head: bool = False
+
+
+#: The ``convert`` settings (vLLM's ``--convert``).
+CONVERSIONS = {
+    "auto": Conversion(to_base=True),
+    "none": Conversion(),
+    "embed": Conversion(to_base=True, resolve_base=True, hidden_states=True),
+    "classify": Conversion(needs_head=True),
+}
 
 
 @dataclass(frozen=True)
@@ -142,6 +167,7 @@ class PoolingModel:
         max_model_len: Setting,
         allow_pickle: bool = False,
         convert: str = "auto",
+        args: Any = None,
     ) -> None:
         self.name = name
         self.path = path
@@ -156,6 +182,8 @@ class PoolingModel:
         self.max_model_len = max_model_len
         self.allow_pickle = allow_pickle
         self.convert = convert
+        #: The :class:`EngineArgs` the model was loaded with.
+        self.args = args
         self._heads: dict[str, Head | None] = {}
 
     # -- settings ------------------------------------------------------------------------------
@@ -278,6 +306,10 @@ class PoolingModel:
                 self._heads[task.name] = own if own is not None else task.build(self)
         return self._heads[task.name]
 
+    @property
+    def conversion(self) -> Conversion:
+        return CONVERSIONS[self.convert]
+
     def supported_tasks(self) -> list[str]:
         """The registered tasks this model can serve, derived from what their heads need."""
         supported = []
@@ -341,18 +373,18 @@ def _base_architecture(name: str) -> str | None:
     return None
 
 
-def _pick_architecture(names: list[str], convert: str, config: Any) -> tuple[str, type[Architecture]]:
+def _pick_architecture(names: list[str], conversion: Conversion, config: Any) -> tuple[str, type[Architecture]]:
     archs = registry("architecture")
     for name in names:
-        if name in archs and not (convert == "embed" and has_heads(archs.get(name))):
+        if name in archs and not (conversion.hidden_states and has_heads(archs.get(name))):
             return name, archs.get(name)
-    if convert in ("auto", "embed"):
+    if conversion.to_base:
         for name in names:
             base = _base_architecture(name)
             if base and base in archs:
                 logger.info("serving %s with the %s architecture (convert=embed)", name, base)
                 return base, archs.get(base)
-    if convert == "embed":
+    if conversion.resolve_base:
         for name in names:
             base = _base_architecture(name)
             cls = get_manager().resolve_architecture(base, config) if base else None
@@ -393,54 +425,30 @@ def _max_model_len(architecture: Architecture, tokenizer: Any, st: STConfig | No
     return Setting(value, source)
 
 
-def load_model(
-    model: str,
-    *,
-    tokenizer: str | None = None,
-    runner: str = "auto",
-    convert: str = "auto",
-    pooler_config: Any = None,
-    hf_overrides: dict[str, Any] | None = None,
-    dtype: Any = "auto",
-    device: Any = None,
-    allow_pickle: bool = False,
-    trust_remote_code: bool = False,
-    max_model_len: int | None = None,
-) -> PoolingModel:
-    """Resolve ``model`` to a directory and build a :class:`PoolingModel` from it.
+def load_model(args: Any) -> PoolingModel:
+    """Resolve ``args.model`` to a directory and build a :class:`PoolingModel` from it.
+
+    Args:
+        args: the :class:`poolkit.settings.EngineArgs` to load with.
 
     Raises:
         ModelLoadError: the model cannot be found, is unsafe to load, or no plugin provides its
             architecture.
-        InvalidRequest: an argument is invalid.
+        InvalidRequest: a setting is invalid for this model.
     """
-    if runner not in RUNNERS:
-        raise InvalidRequest(f"runner '{runner}' is not supported: poolkit runs pooling models (runner 'auto' or 'pooling')")
-    if convert not in CONVERTS:
-        raise InvalidRequest(f"convert '{convert}' is not one of {', '.join(CONVERTS)}")
-    if not isinstance(model, (str, Path)) or not str(model):
-        raise InvalidRequest(f"model must be a name or a path, got {model!r}")
-    if hf_overrides is not None and not isinstance(hf_overrides, dict):
-        if isinstance(hf_overrides, str):
-            try:
-                hf_overrides = json.loads(hf_overrides)
-            except json.JSONDecodeError as exc:
-                raise InvalidRequest(f"hf_overrides is not valid JSON: {exc.msg}") from None
-        if not isinstance(hf_overrides, dict):
-            raise InvalidRequest(f"hf_overrides must be a dict, got {type(hf_overrides).__name__}")
-    user_config = PoolerConfig.coerce(pooler_config) or PoolerConfig()
-    torch_device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, torch_device)
+    conversion = CONVERSIONS[args.convert]
+    torch_device = resolve_device(args.device)
+    torch_dtype = resolve_dtype(args.dtype, torch_device)
 
-    name = str(model)
+    name = args.model
     path = get_manager().resolve_model(name)
     if path is None:
         raise ModelLoadError(f"model '{name}' was not found")
-    hf_config = _load_hf_config(path, hf_overrides or {})
+    hf_config = _load_hf_config(path, args.hf_overrides or {})
     hf_config.name_or_path = name
     arch_names = list(getattr(hf_config, "architectures", None) or [])
     try:
-        arch_name, arch_cls = _pick_architecture(arch_names, convert, hf_config)
+        arch_name, arch_cls = _pick_architecture(arch_names, conversion, hf_config)
     except ModelLoadError:
         if getattr(hf_config, "auto_map", None):
             raise ModelLoadError(
@@ -448,27 +456,27 @@ def load_model(
                 "use a checkpoint whose architecture poolkit or an installed plugin implements"
             ) from None
         raise
-    if convert == "classify" and not has_heads(arch_cls):
+    if conversion.needs_head and not has_heads(arch_cls):
         raise ModelLoadError(
-            f"convert='classify' needs a checkpoint with a classification head; {arch_name} has none"
+            f"convert='{args.convert}' needs a checkpoint with a classification head; {arch_name} has none"
         )
-    if trust_remote_code:
+    if args.trust_remote_code:
         logger.warning("trust_remote_code is ignored: poolkit never runs code shipped with a model")
-    st = read_st_config(path, allow_pickle)
-    tok = _load_tokenizer(Path(tokenizer) if tokenizer else path, hf_config)
+    st = read_st_config(path, args.allow_pickle)
+    tok = _load_tokenizer(Path(args.tokenizer) if args.tokenizer else path, hf_config)
     arch_cls.configure(hf_config, tok)
 
     architecture = arch_cls(hf_config)
-    architecture.load_weights(iter_tensors(checkpoint_files(path, allow_pickle)))
+    architecture.load_weights(iter_tensors(checkpoint_files(path, args.allow_pickle)))
     architecture.to(device=torch_device, dtype=torch_dtype).eval()
     if torch_dtype in (torch.bfloat16, torch.float16):
         # Classifier heads are a sliver of the work: they stay fp32, like pooling and activations.
         for head in (architecture.sequence_head(), architecture.token_head()):
             if head is not None:
                 head.float()
-    if convert == "classify" and architecture.sequence_head() is None and architecture.token_head() is None:
+    if conversion.needs_head and architecture.sequence_head() is None and architecture.token_head() is None:
         raise ModelLoadError(
-            f"convert='classify' needs a checkpoint with a classification head; this {arch_name} has none"
+            f"convert='{args.convert}' needs a checkpoint with a classification head; this {arch_name} has none"
         )
     pooling_model = PoolingModel(
         name=name,
@@ -478,18 +486,16 @@ def load_model(
         architecture=architecture,
         tokenizer=tok,
         st=st,
-        pooler_config=user_config,
+        pooler_config=args.pooler_config or PoolerConfig(),
         device=torch_device,
         dtype=torch_dtype,
-        max_model_len=_max_model_len(architecture, tok, st, max_model_len),
-        allow_pickle=allow_pickle,
-        convert=convert,
+        max_model_len=_max_model_len(architecture, tok, st, args.max_model_len),
+        allow_pickle=args.allow_pickle,
+        convert=args.convert,
+        args=args,
     )
-    if st is not None and st.splade is not None and architecture.task_head(registry("task").get("embed"), pooling_model) is None:
-        raise ModelLoadError(
-            f"model '{name}' is a sentence-transformers SparseEncoder (SpladePooling), but {arch_name} has no "
-            "SPLADE head in poolkit (BertForMaskedLM has one); its embeddings would be wrong, so it is refused"
-        )
+    for entry in registry("task").entries():
+        entry.obj.check_model(pooling_model)
     return pooling_model
 
 

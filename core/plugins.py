@@ -26,9 +26,10 @@ from . import hookspecs
 from .architecture import check_architecture
 from .errors import PluginError
 from .io import check_io_processor
-from .kernel import check_kernel
+from .kernel_spec import check_kernel
 from .pooling import check_activation, check_pooler
 from .registry import RUNTIME_PLUGIN, Registry
+from .scoring import check_scorer
 from .tasks import check_task
 
 if sys.version_info >= (3, 10):
@@ -49,6 +50,7 @@ KINDS: dict[str, tuple[str, Callable[[str, Any], Any], Callable[[str], str]]] = 
     "io_processor": ("poolkit_register_io_processors", check_io_processor, str),
     "kernel": ("poolkit_register_kernels", check_kernel, str),
     "task": ("poolkit_register_tasks", check_task, str.lower),
+    "scorer": ("poolkit_register_scorers", check_scorer, str.lower),
 }
 
 
@@ -88,7 +90,13 @@ def _env_names(var: str) -> set[str] | None:
 class PluginManager:
     """One pluggy manager plus the typed registries its plugins fill."""
 
-    def __init__(self) -> None:
+    def __init__(self, strict: bool | None = None) -> None:
+        """
+        Args:
+            strict: fail fast on any plugin failure instead of skipping the plugin (default: the
+                ``POOLKIT_STRICT_PLUGINS`` environment switch).
+        """
+        self._strict = strict
         self.pm = pluggy.PluginManager("poolkit")
         self.pm.add_hookspecs(hookspecs)
         self.registries: dict[str, Registry] = {}
@@ -101,6 +109,13 @@ class PluginManager:
         self._loading = False
         self._fatal: PluginError | None = None
         self._lock = threading.RLock()
+
+    @property
+    def strict(self) -> bool:
+        """Whether a failing plugin raises instead of being skipped."""
+        if self._strict is not None:
+            return self._strict
+        return os.environ.get("POOLKIT_STRICT_PLUGINS", "") not in ("", "0")
 
     # -- loading -----------------------------------------------------------------------------
 
@@ -163,15 +178,19 @@ class PluginManager:
             return
         self._register(module, info)
 
-    def _register(self, plugin: object, info: PluginInfo) -> None:
-        """Register a plugin object with pluggy and commit what its hooks register, atomically."""
+    def _register(self, plugin: object, info: PluginInfo, strict: bool | None = None) -> None:
+        """Register a plugin object with pluggy and commit what its hooks register, atomically.
+
+        Args:
+            strict: raise instead of skipping a failing plugin (``None``: the manager's mode).
+        """
         try:
             self.pm.register(plugin, name=info.name)
             self.pm.check_pending()
         except Exception as exc:
             self._unregister_pm(info.name)
             info.status, info.error = "error", f"invalid hook implementation: {exc}"
-            self._fail(info)
+            self._fail(info, strict=strict)
             return
         try:
             staged = self._collect(info.name)
@@ -179,7 +198,7 @@ class PluginManager:
         except Exception as exc:
             self._unregister_pm(info.name)
             info.status, info.error = "error", str(exc) if isinstance(exc, PluginError) else f"{type(exc).__name__}: {exc}"
-            self._fail(info)
+            self._fail(info, strict=strict)
 
     def _collect(self, plugin_name: str) -> list[tuple[str, str, Any, bool]]:
         staged: list[tuple[str, str, Any, bool]] = []
@@ -222,12 +241,12 @@ class PluginManager:
             if found:
                 info.provides[what] = found
 
-    def _fail(self, info: PluginInfo, key: str | None = None) -> None:
+    def _fail(self, info: PluginInfo, key: str | None = None, strict: bool | None = None) -> None:
         if key is not None:
             self.infos[key] = info
         where = f"{info.distribution} {info.version}" if info.distribution else "no distribution"
         message = f"plugin '{info.name}' ({where}) was skipped: {info.error}"
-        if info.builtin or os.environ.get("POOLKIT_STRICT_PLUGINS", "") not in ("", "0"):
+        if info.builtin or (self.strict if strict is None else strict):
             raise PluginError(message)
         logger.warning("%s", message)
 
@@ -263,18 +282,11 @@ class PluginManager:
                 raise PluginError(f"a plugin named '{name}' is already registered")
             info = PluginInfo(name, None, None, None, builtin=False)
             self.infos[name] = info
-            strict = os.environ.get("POOLKIT_STRICT_PLUGINS")
-            os.environ["POOLKIT_STRICT_PLUGINS"] = "1"
             try:
-                self._register(plugin, info)
+                self._register(plugin, info, strict=True)
             except PluginError:
                 del self.infos[name]
                 raise
-            finally:
-                if strict is None:
-                    del os.environ["POOLKIT_STRICT_PLUGINS"]
-                else:
-                    os.environ["POOLKIT_STRICT_PLUGINS"] = strict
             return info
 
     def remove_plugin(self, name: str) -> None:
@@ -324,7 +336,7 @@ class PluginManager:
                 impl.function(app=app)
             except Exception as exc:
                 info = self.infos.get(impl.plugin_name)
-                if info is None or info.builtin or os.environ.get("POOLKIT_STRICT_PLUGINS", "") not in ("", "0"):
+                if info is None or info.builtin or self.strict:
                     raise
                 info.status, info.error = "error", f"registering commands failed: {exc}"
                 logger.warning("plugin '%s' was skipped: %s", info.name, info.error)

@@ -3,8 +3,8 @@
 The models describe the API in ``/openapi.json`` and do the structural checks: strict types (no
 ``"256"`` for an integer, no ``1.0`` for a boolean), closed value sets (``encoding_format``,
 ``embed_dtype``, ...) and no NaN or Infinity. Unknown fields are ignored, as OpenAI and vLLM
-clients send extras. Checks that need the model (task support, matryoshka dimensions, limits)
-happen in the server.
+clients send extras. Checks that need the model (task support, matryoshka dimensions) are the
+``LLM``'s, and the server's limits its routes'.
 """
 
 from __future__ import annotations

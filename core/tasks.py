@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from typing import TYPE_CHECKING, ClassVar, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Sequence
 
 import torch
 
@@ -12,9 +12,11 @@ from .errors import InvalidRequest
 
 if TYPE_CHECKING:
     from .config import PoolingParams
-    from .model import PoolingModel
 
 TASK_GRANULARITIES = ("sequence", "token", "plugin")
+#: The granularities by name: one result per input, one row per token, or whatever an IO
+#: processor plugin makes of request data.
+SEQUENCE, TOKEN, PLUGIN = TASK_GRANULARITIES
 #: Parameters every task accepts: they shape tokenization, not pooling.
 TOKENIZATION_PARAMS = frozenset({"truncate_prompt_tokens", "truncation_side"})
 
@@ -31,7 +33,8 @@ class Task:
     """A pooling task such as ``embed``, ``classify`` or ``token_embed``.
 
     Tasks are registered through ``poolkit_register_tasks``; the Python API, the CLI and the
-    server look them up by name, so a plugin adds a task without touching the core.
+    server look them up by name, so a plugin adds a task without touching the core. ``model``
+    below is the loaded :class:`poolkit.model.PoolingModel`.
 
     Attributes:
         name: the task name users pass (``pooling_task="embed"``).
@@ -49,16 +52,59 @@ class Task:
     #: Whether ``enable_chunked_processing`` applies: over-long inputs are split into chunks
     #: whose results are averaged, weighted by their tokens.
     chunkable: ClassVar[bool] = False
+    #: The field holding a result in records of the CLI, corpus jobs and Ray datasets.
+    output_field: ClassVar[str] = "data"
+    #: Where this task stands when a surface picks a model's default task (the server's
+    #: ``/pooling`` without ``task``, an IO processor plugin): the supported task with the lowest
+    #: rank wins; ``None``: never picked by default.
+    default_rank: ClassVar[int | None] = None
+    #: Options that shape how results are written (``top_k`` of sparse vectors, say), as opposed
+    #: to :attr:`params`, which shape the pooling; see :meth:`render`.
+    output_options: ClassVar[frozenset[str]] = frozenset()
+    #: Whether results can be sent as raw tensors (base64 / bytes encodings).
+    tensor_output: ClassVar[bool] = True
 
-    def build(self, model: "PoolingModel") -> Head | None:
+    def build(self, model: Any) -> Head | None:
         """The head serving this task on ``model``, or ``None`` if the model cannot serve it."""
         raise NotImplementedError
 
-    def param_defaults(self, model: "PoolingModel") -> dict[str, object]:
+    def check_model(self, model: Any) -> None:
+        """Refuse a model this task would serve wrongly; called once per task right after loading.
+
+        Raises:
+            ModelLoadError: the model must not be served at all.
+        """
+
+    def render(self, data: torch.Tensor, model: Any, options: dict[str, Any]) -> Any:
+        """One result as JSON-ready data (the ``data`` of vLLM's ``/pooling``).
+
+        Args:
+            data: the result tensor of one input.
+            model: the model that produced it.
+            options: values of :attr:`output_options` the request set (others are refused by
+                :meth:`check_options` first).
+        """
+        return data.tolist()
+
+    def record(self, data: torch.Tensor, model: Any, options: dict[str, Any]) -> dict[str, Any]:
+        """The fields one result adds to a record of the CLI, a corpus job or a dataset."""
+        return {self.output_field: self.render(data, model, options)}
+
+    def check_options(self, options: dict[str, Any]) -> None:
+        """Refuse values of :attr:`output_options` this task cannot honour (a negative ``top_k``).
+
+        Surfaces refuse options outside :attr:`output_options` before, naming
+        :func:`poolkit.lookup.option_owners`.
+
+        Raises:
+            InvalidRequest: with a one-line reason.
+        """
+
+    def param_defaults(self, model: Any) -> dict[str, object]:
         """Request parameters a model's configuration fills in when a request leaves them unset."""
         return {}
 
-    def verify(self, params: "PoolingParams", model: "PoolingModel") -> None:
+    def verify(self, params: "PoolingParams", model: Any) -> None:
         """Reject parameters this task does not take; subclasses add model-specific checks.
 
         Raises:
@@ -73,6 +119,11 @@ class Task:
 
     def __repr__(self) -> str:
         return f"<Task {self.name}>"
+
+
+def stray_options(task: Task, options: dict[str, Any]) -> set[str]:
+    """The output options set in ``options`` (``None`` and ``False`` count as unset) that ``task`` does not take."""
+    return {k for k, v in options.items() if v is not None and v is not False} - task.output_options
 
 
 def check_task(name: str, obj: object) -> Task:

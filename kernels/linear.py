@@ -4,6 +4,11 @@ Unfused, the activation is a second pass over the layer's whole output (for BERT
 expansion, ``[tokens, 4 * hidden]``), which costs as much as a third of the matmul itself on a
 CPU; fused, oneDNN applies bias and activation while the output tile is still in cache. In
 bf16 the fused result is also rounded once instead of twice.
+
+The op's contract, which every ``linear_act`` kernel keeps and models rely on without importing
+this module: ``fn(x, weight, bias, act="none")`` with ``act`` one of the names of
+:data:`ACTIVATIONS` (``none``, ``gelu``, ``gelu_tanh``, ``relu``, ``silu``, ``tanh``,
+``sigmoid``).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import torch.nn.functional as F
 from poolkit.hookspecs import hookimpl
 from poolkit.kernel import Kernel
 
-#: Activations of :func:`linear_act`, by name.
+#: Activations of :func:`linear_act`, by name: the ``act`` names every ``linear_act`` kernel takes.
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "none": lambda x: x,
     "gelu": F.gelu,
@@ -29,6 +34,8 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "sigmoid": torch.sigmoid,
 }
 
+#: The private ``torch.ops.mkldnn`` ops the oneDNN kernel calls; without all of them it is unavailable.
+ONEDNN_OPS = ("_linear_pointwise", "_reorder_linear_weight", "_is_mkldnn_bf16_supported")
 #: oneDNN's post-op (``attr``, ``algorithm``) for each activation name.
 _ONEDNN_POST_OPS = {
     "none": ("none", ""),
@@ -102,7 +109,7 @@ def _onednn_dtypes() -> tuple[torch.dtype, ...]:
 
 
 def _onednn_available() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    return torch.backends.mkldnn.is_available() and all(hasattr(torch.ops.mkldnn, op) for op in ONEDNN_OPS)
 
 
 @hookimpl

@@ -8,12 +8,14 @@ kernel walks each document's packed tokens in tiles and keeps a running maximum 
 
 from __future__ import annotations
 
-import importlib.util
+import functools
 
 import torch
 
 from poolkit.hookspecs import hookimpl
 from poolkit.kernel import Kernel
+
+from poolkit.kernels.triton_support import triton_kernel
 
 
 def maxsim_reference(query: torch.Tensor, docs: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
@@ -53,10 +55,6 @@ def maxsim_packed(query: torch.Tensor, docs: torch.Tensor, cu_seqlens: torch.Ten
     return torch.where(torch.isinf(best), torch.zeros_like(best), best).sum(dim=-1)
 
 
-def _triton_available() -> bool:
-    return importlib.util.find_spec("triton") is not None and torch.cuda.is_available()
-
-
 def maxsim_triton(query: torch.Tensor, docs: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
     """The same as :func:`maxsim_reference`, as one Triton program per document."""
     import triton
@@ -76,14 +74,9 @@ def maxsim_triton(query: torch.Tensor, docs: torch.Tensor, cu_seqlens: torch.Ten
     return out
 
 
-_KERNEL = None
-
-
+@functools.cache
 def _maxsim_kernel():
     """Compile the Triton kernel once (importing triton only when it is used)."""
-    global _KERNEL
-    if _KERNEL is not None:
-        return _KERNEL
     import triton
     import triton.language as tl
 
@@ -106,15 +99,11 @@ def _maxsim_kernel():
         best = tl.where((rq < lq) & (best > float("-inf")), best, 0.0)
         tl.store(out_ptr + doc, tl.sum(best, axis=0))
 
-    _KERNEL = maxsim_kernel
-    return _KERNEL
+    return maxsim_kernel
 
 
 @hookimpl
 def poolkit_register_kernels(register):
     register("maxsim:torch", Kernel(fn=maxsim_reference, reference=maxsim_reference, device="any"))
     register("maxsim:packed", Kernel(fn=maxsim_packed, reference=maxsim_reference, device="cpu", priority=5))
-    register(
-        "maxsim:triton",
-        Kernel(fn=maxsim_triton, reference=maxsim_reference, device="cuda", priority=10, is_available=_triton_available),
-    )
+    register("maxsim:triton", triton_kernel(maxsim_triton, maxsim_reference))

@@ -9,13 +9,15 @@ per sequence, instead of a cast, a scatter, a division and a norm over the whole
 
 from __future__ import annotations
 
-import importlib.util
+import functools
 
 import torch
 import torch.nn.functional as F
 
 from poolkit.hookspecs import hookimpl
 from poolkit.kernel import Kernel
+
+from poolkit.kernels.triton_support import triton_kernel
 
 #: Reductions of :func:`segment_pool_reference`, with the Triton kernel's codes.
 MODES = {"mean": 0, "mean_sqrt_len": 1, "max": 2, "sum": 3}
@@ -81,14 +83,9 @@ def segment_pool_triton(
     return out
 
 
-_KERNEL = None
-
-
+@functools.cache
 def _pool_kernel():
     """Compile the Triton kernel once (importing triton only when it is used)."""
-    global _KERNEL
-    if _KERNEL is not None:
-        return _KERNEL
     import triton
     import triton.language as tl
 
@@ -127,24 +124,10 @@ def _pool_kernel():
             acc = acc / tl.maximum(tl.sqrt(tl.sum(acc * acc, axis=0)), 1e-12)
         tl.store(out_ptr + seq * stride_out + cols, acc, mask=in_row)
 
-    _KERNEL = segment_pool_kernel
-    return _KERNEL
-
-
-def _triton_available() -> bool:
-    return importlib.util.find_spec("triton") is not None and torch.cuda.is_available()
+    return segment_pool_kernel
 
 
 @hookimpl
 def poolkit_register_kernels(register):
     register("segment_pool:torch", Kernel(fn=segment_pool_reference, reference=segment_pool_reference, device="any"))
-    register(
-        "segment_pool:triton",
-        Kernel(
-            fn=segment_pool_triton,
-            reference=segment_pool_reference,
-            device="cuda",
-            priority=10,
-            is_available=_triton_available,
-        ),
-    )
+    register("segment_pool:triton", triton_kernel(segment_pool_triton, segment_pool_reference))

@@ -10,12 +10,14 @@ on CUDA, one program per (run of rows of one sequence, block of vocabulary).
 
 from __future__ import annotations
 
-import importlib.util
+import functools
 
 import torch
 
 from poolkit.hookspecs import hookimpl
 from poolkit.kernel import Kernel
+
+from poolkit.kernels.triton_support import triton_kernel
 
 STRATEGIES = ("max", "sum")
 #: ``relu``: ``log1p(relu(x))`` (SPLADE); ``log1p_relu``: ``log1p(log1p(relu(x)))`` (OpenSearch
@@ -47,11 +49,7 @@ def _activate_(x: torch.Tensor, activation: str) -> torch.Tensor:
 
 
 def splade_pool_reference(
-    logits: torch.Tensor,
-    segment_ids: torch.Tensor,
-    out: torch.Tensor,
-    strategy: str = "max",
-    activation: str = "relu",
+    logits: torch.Tensor, segment_ids: torch.Tensor, out: torch.Tensor, strategy: str = "max", activation: str = "relu"
 ) -> torch.Tensor:
     """Fold activated logit rows into ``out[segment_ids]``, in place (pure torch).
 
@@ -79,11 +77,7 @@ def splade_pool_reference(
 
 
 def splade_pool_reduce_first(
-    logits: torch.Tensor,
-    segment_ids: torch.Tensor,
-    out: torch.Tensor,
-    strategy: str = "max",
-    activation: str = "relu",
+    logits: torch.Tensor, segment_ids: torch.Tensor, out: torch.Tensor, strategy: str = "max", activation: str = "relu"
 ) -> torch.Tensor:
     """The same as :func:`splade_pool_reference`, with ``max`` taken before the activation.
 
@@ -107,11 +101,7 @@ def splade_pool_reduce_first(
 
 
 def splade_pool_triton(
-    logits: torch.Tensor,
-    segment_ids: torch.Tensor,
-    out: torch.Tensor,
-    strategy: str = "max",
-    activation: str = "relu",
+    logits: torch.Tensor, segment_ids: torch.Tensor, out: torch.Tensor, strategy: str = "max", activation: str = "relu"
 ) -> torch.Tensor:
     """The same as :func:`splade_pool_reference`, fused in one Triton kernel.
 
@@ -145,14 +135,9 @@ def splade_pool_triton(
     return out
 
 
-_KERNEL = None
-
-
+@functools.cache
 def _splade_kernel():
     """Compile the Triton kernel once (importing triton only when it is used)."""
-    global _KERNEL
-    if _KERNEL is not None:
-        return _KERNEL
     import triton
     import triton.language as tl
 
@@ -194,12 +179,7 @@ def _splade_kernel():
             acc = tl.maximum(previous, acc)
         tl.store(target, acc, mask=mask)
 
-    _KERNEL = splade_kernel
-    return _KERNEL
-
-
-def _triton_available() -> bool:
-    return importlib.util.find_spec("triton") is not None and torch.cuda.is_available()
+    return splade_kernel
 
 
 @hookimpl
@@ -209,13 +189,4 @@ def poolkit_register_kernels(register):
         "splade_pool:reduce_first",
         Kernel(fn=splade_pool_reduce_first, reference=splade_pool_reference, device="cpu", priority=5),
     )
-    register(
-        "splade_pool:triton",
-        Kernel(
-            fn=splade_pool_triton,
-            reference=splade_pool_reference,
-            device="cuda",
-            priority=10,
-            is_available=_triton_available,
-        ),
-    )
+    register("splade_pool:triton", triton_kernel(splade_pool_triton, splade_pool_reference))

@@ -145,6 +145,7 @@ def test_every_hook_works_from_an_installed_plugin(fresh_plugins, tmp_path):
         from poolkit.io import IOProcessor, Prompt
         from poolkit.kernel import Kernel
         from poolkit.pooling import Pooler
+        from poolkit.scoring import Scorer
         from poolkit.tasks import Task
 
 
@@ -165,6 +166,13 @@ def test_every_hook_works_from_an_installed_plugin(fresh_plugins, tmp_path):
 
         class Sparse(Task):
             name = "fake_embed"
+
+
+        class Overlap(Scorer):
+            name = "overlap"
+
+            def supports(self, model):
+                return False
 
 
         def add(x, y):
@@ -202,6 +210,11 @@ def test_every_hook_works_from_an_installed_plugin(fresh_plugins, tmp_path):
 
 
         @hookimpl
+        def poolkit_register_scorers(register):
+            register("overlap", Overlap)
+
+
+        @hookimpl
         def poolkit_resolve_model(name):
             return {str(model_dir)!r} if name == "fake-alias" else None
 
@@ -233,6 +246,7 @@ def test_every_hook_works_from_an_installed_plugin(fresh_plugins, tmp_path):
         "io_processor": ["lines"],
         "kernel": ["fake_add:cpu"],
         "task": ["fake_embed"],
+        "scorer": ["overlap"],
         "model_resolver": ["poolkit_resolve_model"],
         "architecture_resolver": ["poolkit_resolve_architecture"],
         "commands": ["poolkit_register_commands"],
@@ -242,6 +256,7 @@ def test_every_hook_works_from_an_installed_plugin(fresh_plugins, tmp_path):
     assert [p.text for p in registry("io_processor").get("lines").pre_process("a\nb")] == ["a", "b"]
     assert select_kernel("fake_add", "cpu")(2, 3) == 5
     assert registry("task").get("fake_embed").name == "fake_embed"
+    assert registry("scorer").get("overlap").name == "overlap"
     manager = fresh_plugins.manager()
     assert manager.resolve_model("fake-alias") == model_dir
     assert manager.resolve_architecture("EchoForAnything", None) is registry("architecture").get("EchoModel")

@@ -70,3 +70,104 @@ def test_cli_engine_ray(local_ray, tiny_encoders, tmp_path):
     expected = LLM(model, dtype="float32").embed(texts)
     for row in rows[::7]:
         assert torch.allclose(torch.tensor(row["embedding"]), torch.tensor(expected[row["id"]].outputs.embedding), atol=1e-5)
+
+
+# -- every load setting reaches the actors -----------------------------------------------------------
+
+
+def _setting_cases(root):
+    """One case per EngineArgs field: (model dir, the setting, the task, whether it changes the output)."""
+    from tiny_models import build_classifier, build_encoder, wordpiece_tokenizer
+
+    bert = build_encoder(root / "bert", "bert")
+    pickled = root / "pickled"
+    import transformers
+
+    transformers.BertModel.from_pretrained(bert).save_pretrained(pickled, safe_serialization=False)
+    wordpiece_tokenizer().save_pretrained(pickled)
+    cased = root / "cased-tokenizer"
+    wordpiece_tokenizer(lowercase=False).save_pretrained(cased)
+    classifier = build_classifier(root / "classifier", "bert", num_labels=3)
+    return {
+        "model": (bert, {}, "embed", False),
+        "tokenizer": (bert, {"tokenizer": str(cased)}, "embed", True),
+        "runner": (bert, {"runner": "pooling"}, "embed", False),
+        "convert": (classifier, {"convert": "embed"}, "embed", None),
+        "pooler_config": (bert, {"pooler_config": {"pooling_type": "MEAN"}}, "embed", True),
+        "hf_overrides": (bert, {"hf_overrides": {"layer_norm_eps": 0.5}}, "embed", True),
+        "dtype": (bert, {"dtype": "bfloat16"}, "embed", True),
+        "device": (bert, {"device": "cpu"}, "embed", False),
+        "allow_pickle": (pickled, {"allow_pickle": True}, "embed", None),
+        "trust_remote_code": (bert, {"trust_remote_code": True}, "embed", False),
+        "max_model_len": (bert, {"max_model_len": 6}, "token_embed", True),
+        "max_batch_tokens": (bert, {"max_batch_tokens": 64}, "embed", False),
+        "io_processor_plugin": (bert, {"io_processor_plugin": "top_k"}, "embed", False),
+    }
+
+
+SETTING_TEXTS = [f"Hello World, paris is the capital of France {i} " * (1 + i % 4) for i in range(24)]
+
+
+@pytest.fixture(scope="module")
+def setting_cases(tmp_path_factory):
+    return _setting_cases(tmp_path_factory.mktemp("settings"))
+
+
+def test_every_load_setting_has_a_ray_case(setting_cases):
+    from poolkit.settings import EngineArgs
+
+    assert set(setting_cases) == set(EngineArgs.model_fields)
+
+
+@pytest.mark.parametrize("setting", ["model", "tokenizer", "runner", "convert", "pooler_config", "hf_overrides", "dtype",
+                                     "device", "allow_pickle", "trust_remote_code", "max_model_len", "max_batch_tokens",
+                                     "io_processor_plugin"])
+def test_ray_honours_each_load_setting(local_ray, setting_cases, setting):
+    """The Ray engine loads with llm.args, so every setting gives the local engine's output."""
+    from poolkit import LLM
+    from poolkit.integrations.ray import embed_dataset
+
+    model, values, task, changes = setting_cases[setting]
+    values = {"dtype": "float32", **values}
+    llm = LLM(str(model), **values)
+    assert all(getattr(llm.args, k) is not None for k in values)
+    expected = [o.outputs.data.float() for o in llm.encode(SETTING_TEXTS, pooling_task=task)]
+    ds = ray.data.from_items([{"id": i, "text": t} for i, t in enumerate(SETTING_TEXTS)])
+    rows = embed_dataset(ds, task=task, args=llm.args, batch_size=8).take_all()
+    column = llm.task(task).output_field
+    assert sorted(r["id"] for r in rows) == list(range(len(SETTING_TEXTS)))
+    for row in rows:
+        got = torch.as_tensor(row[column]).float()
+        assert got.shape == expected[row["id"]].shape
+        assert torch.allclose(got, expected[row["id"]], atol=1e-5), setting
+    if changes:  # the setting matters here, so a Ray engine that dropped it would have been caught
+        plain = LLM(str(model), dtype="float32").encode(SETTING_TEXTS, pooling_task=task)
+        assert any(p.outputs.data.shape != e.shape or not torch.allclose(p.outputs.data.float(), e, atol=1e-5)
+                   for p, e in zip(plain, expected))
+
+
+def test_cli_engine_ray_honours_load_and_request_options(local_ray, minilm_dir, tmp_path):
+    """The bug of issue 12: --engine ray dropped --pooler-config, --hf-overrides, --dimensions, --truncate-prompt-tokens."""
+    import json
+
+    import pyarrow.parquet as pq
+    from typer.testing import CliRunner
+
+    from poolkit import LLM, PoolingParams
+    from poolkit.cli import app
+
+    texts = [f"hello world number {i}, a sentence of some length" for i in range(20)]
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(texts)))
+    options = ["--pooler-config", '{"pooling_type": "CLS"}', "--hf-overrides", '{"is_matryoshka": true}',
+               "--dimensions", "16", "--truncate-prompt-tokens", "5", "--dtype", "float32"]
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["embed", "--model", str(minilm_dir), *options, "--engine", "ray", "-i", str(src), "-o", str(out), "-q"])
+    assert result.exit_code == 0, result.stderr
+    rows = pq.read_table(str(out)).to_pylist()
+    llm = LLM(str(minilm_dir), pooler_config={"pooling_type": "CLS"}, hf_overrides={"is_matryoshka": True}, dtype="float32")
+    expected = llm.embed(texts, PoolingParams(dimensions=16, truncate_prompt_tokens=5))
+    assert len(rows) == 20
+    for row in rows:
+        assert len(row["embedding"]) == 16
+        assert torch.allclose(torch.tensor(row["embedding"]), torch.tensor(expected[row["id"]].outputs.embedding), atol=1e-5)

@@ -15,33 +15,48 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import MissingDependency
+from ..config import PoolingParams
+from ..errors import InvalidRequest, MissingDependency
+from ..settings import EngineArgs
 
 
 class PoolkitBatchEncoder:
     """The callable class each Ray actor holds: loads the model once, encodes every batch it gets.
 
     Args:
-        model: what ``poolkit.LLM`` loads.
+        args: the :class:`poolkit.settings.EngineArgs` every actor loads with, as a dict (what
+            ``EngineArgs.model_dump()`` gives; Ray ships it to the actors).
         task: the pooling task (``embed``, ``classify``, ``token_embed``, ...).
         text_column: the column holding the texts.
-        output_column: where results go (default ``embedding`` for ``embed``, else the task name).
-        llm_kwargs: passed to ``poolkit.LLM``.
+        output_column: where results go (default: the task's output field, ``embedding`` for ``embed``).
+        pooling_params: the request's :class:`poolkit.PoolingParams` fields, as a dict.
+        prompt_name: a prompt of the model's sentence-transformers config to prepend.
     """
 
-    def __init__(self, model: str | None, task: str, text_column: str, output_column: str, llm_kwargs: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        args: dict[str, Any],
+        task: str,
+        text_column: str,
+        output_column: str | None,
+        pooling_params: dict[str, Any] | None = None,
+        prompt_name: str | None = None,
+    ) -> None:
         from poolkit import LLM
+        from poolkit.settings import EngineArgs
 
-        self.llm = LLM(model, **llm_kwargs)
+        self.llm = LLM.from_args(EngineArgs(**args))
         self.task = task
         self.text_column = text_column
-        self.output_column = output_column
+        self.output_column = output_column or self.llm.task(task).output_field
+        self.pooling_params = pooling_params
+        self.prompt_name = prompt_name
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         import numpy as np
 
         texts = [str(t) for t in batch[self.text_column]]
-        outputs = self.llm.encode(texts, pooling_task=self.task)
+        outputs = self.llm.encode(texts, self.pooling_params, pooling_task=self.task, prompt_name=self.prompt_name)
         values = [o.outputs.data.float().numpy() for o in outputs]
         if values and all(v.shape == values[0].shape for v in values):
             batch[self.output_column] = np.stack(values)
@@ -62,9 +77,12 @@ def embed_dataset(
     batch_size: int = 256,
     concurrency: int = 1,
     num_gpus: float = 0,
+    args: EngineArgs | None = None,
+    pooling_params: PoolingParams | dict[str, Any] | None = None,
+    prompt_name: str | None = None,
     **llm_kwargs: Any,
 ) -> Any:
-    """The dataset with a column of results (``embedding`` for ``task="embed"``).
+    """The dataset with a column of results (the task's output field: ``embedding`` for ``embed``).
 
     Args:
         ds: a ``ray.data.Dataset``.
@@ -75,21 +93,31 @@ def embed_dataset(
         batch_size: rows per ``map_batches`` call.
         concurrency: how many actors (model copies) run.
         num_gpus: GPUs per actor, passed to Ray.
-        **llm_kwargs: passed to ``poolkit.LLM`` in every actor (``dtype``, ``pooler_config``, ...).
+        args: the load settings (``llm.args`` of a loaded model); instead of ``model`` and
+            ``**llm_kwargs``.
+        pooling_params: per-request parameters (``dimensions``, ``truncate_prompt_tokens``, ...).
+        prompt_name: a prompt of the model's sentence-transformers config to prepend.
+        **llm_kwargs: settings for ``poolkit.LLM`` in every actor (``dtype``, ``pooler_config``, ...).
     """
     try:
         import ray  # noqa: F401
     except ImportError:
         raise MissingDependency("Ray Data is not installed: pip install 'poolkit[ray]'") from None
-    column = output_column or ("embedding" if task == "embed" else task)
+    if args is None:
+        args = EngineArgs(model=model, **llm_kwargs)
+    elif model is not None or llm_kwargs:
+        raise InvalidRequest("pass the load settings either as args or as model and keyword arguments, not both")
+    if isinstance(pooling_params, PoolingParams):
+        pooling_params = pooling_params.model_dump(exclude_unset=True)
     return ds.map_batches(
         PoolkitBatchEncoder,
         fn_constructor_kwargs={
-            "model": model,
+            "args": args.model_dump(exclude_defaults=True),
             "task": task,
             "text_column": text_column,
-            "output_column": column,
-            "llm_kwargs": llm_kwargs,
+            "output_column": output_column,
+            "pooling_params": pooling_params,
+            "prompt_name": prompt_name,
         },
         batch_size=batch_size,
         batch_format="numpy",
@@ -98,12 +126,23 @@ def embed_dataset(
     )
 
 
-def run_ray_job(llm: Any, input_path: str, output_path: str, *, task: str = "embed", text_field: str = "text",
-                overwrite: bool = False) -> int:
+def run_ray_job(
+    llm: Any,
+    input_path: str,
+    output_path: str,
+    *,
+    task: str = "embed",
+    text_field: str = "text",
+    overwrite: bool = False,
+    pooling_params: PoolingParams | None = None,
+    prompt_name: str | None = None,
+) -> int:
     """``poolkit embed --engine ray -i INPUT -o OUTPUT``: read with Ray Data, embed, write Parquet.
 
-    The output is a directory of Parquet files (Ray's way of writing in parallel); Ray retries
-    failed tasks, and a finished output is refused unless ``overwrite``.
+    Every actor loads the model with the settings ``llm`` was loaded with (``llm.args``) and runs
+    the request's parameters, so the output equals a local job's. The output is a directory of
+    Parquet files (Ray's way of writing in parallel); Ray retries failed tasks, and a finished
+    output is refused unless ``overwrite``.
     """
     try:
         import ray
@@ -111,8 +150,6 @@ def run_ray_job(llm: Any, input_path: str, output_path: str, *, task: str = "emb
         raise MissingDependency("Ray Data is not installed: pip install 'poolkit[ray]'") from None
     import shutil
     from pathlib import Path
-
-    from ..errors import InvalidRequest
 
     source, target = Path(input_path), Path(output_path)
     if not source.exists():
@@ -125,9 +162,10 @@ def run_ray_job(llm: Any, input_path: str, output_path: str, *, task: str = "emb
                ".csv": ray.data.read_csv}
     if source.suffix not in readers:
         raise InvalidRequest("--engine ray reads Parquet, JSON Lines or CSV input")
+    llm.check_params(pooling_params, 1, llm.task(task).name)  # refuse bad parameters before Ray starts
     ds = readers[source.suffix](str(source))
     rows = ds.count()
-    out = embed_dataset(ds, model=str(llm.model.path), text_column=text_field, task=task,
-                        dtype=str(llm.model.dtype).removeprefix("torch."))
+    out = embed_dataset(ds, text_column=text_field, task=task, args=llm.args, pooling_params=pooling_params,
+                        prompt_name=prompt_name)
     out.write_parquet(str(target))
     return rows

@@ -1,0 +1,225 @@
+"""Layer code the built-in model families share: activations, norms, linears through a kernel,
+rotary positions, projections fused at load time, and the token classifier head.
+
+Every family imports these from here, never from another family's module. Compute kernels are
+reached only through the kernel registry (:func:`kernel`): the helpers take the kernel
+the architecture selected as an argument, so they stay free of any kernel module.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, ClassVar, Iterable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from poolkit.errors import ModelLoadError
+from poolkit.kernel import select_kernel
+
+#: ``hidden_act`` values that the ``linear_act`` op fuses into its matmul, by the op's names for
+#: them: every ``linear_act`` kernel takes ``act`` in ``none, gelu, gelu_tanh, relu, silu, tanh,
+#: sigmoid`` (the op's documented contract, see ``docs/plugins.md``).
+_FUSABLE_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu",
+                        "silu": "silu", "swish": "silu"}
+#: The same activations computed with torch directly, by the op's names.
+_TORCH_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "gelu": F.gelu,
+    "gelu_tanh": functools.partial(F.gelu, approximate="tanh"),
+    "relu": F.relu,
+    "silu": F.silu,
+}
+
+Rotary = tuple[torch.Tensor, torch.Tensor]
+
+
+def activation_function(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The function of a config's ``hidden_act``, as transformers' ``ACT2FN`` defines it."""
+    if name in _FUSABLE_ACTIVATIONS:
+        return _TORCH_ACTIVATIONS[_FUSABLE_ACTIVATIONS[name]]
+    from transformers.activations import ACT2FN
+
+    try:
+        return ACT2FN[name]
+    except KeyError:
+        raise ModelLoadError(f"unsupported activation '{name}' in the model config") from None
+
+
+def fused_activation(name: Any) -> str | None:
+    """The ``linear_act`` op's name of ``hidden_act`` ``name``, or ``None`` if the op cannot fuse it."""
+    return _FUSABLE_ACTIVATIONS.get(name) if isinstance(name, str) else None
+
+
+def attention_head_dim(hidden_size: int, num_heads: int) -> int:
+    """Width of one attention head, ``hidden_size // num_heads``.
+
+    Raises:
+        ModelLoadError: the hidden size does not split evenly into the heads.
+    """
+    if hidden_size % num_heads:
+        raise ModelLoadError(f"hidden_size {hidden_size} is not a multiple of num_attention_heads {num_heads}")
+    return hidden_size // num_heads
+
+
+def kernel(module: nn.Module, op: str, device: torch.device | str) -> Callable:
+    """The best available implementation of ``op`` for ``device`` from the kernel registry,
+    looked up once per module and device (a forward pass asks for it on every call)."""
+    cache = module.__dict__.setdefault("_kernels", {})
+    key = (op, torch.device(device))
+    if key not in cache:
+        cache[key] = select_kernel(op, device)
+    return cache[key]
+
+
+def linear(x: torch.Tensor, layer: nn.Linear, kernel: Callable, act: str = "none") -> torch.Tensor:
+    """A linear layer in its weights' dtype (bf16 matmuls on a bf16 model), input cast to match.
+
+    Args:
+        x: ``[..., in_features]`` inputs.
+        layer: the layer whose weight and bias to apply.
+        kernel: the ``linear_act`` kernel the architecture selected (:func:`kernel`).
+        act: an activation of the ``linear_act`` op, fused into the matmul.
+    """
+    return kernel(x.to(layer.weight.dtype), layer.weight, layer.bias, act)
+
+
+def _wide(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in at least fp32 (fp64 stays fp64)."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def fp32_layer_norm(x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
+    """LayerNorm in at least fp32, whatever the weights' dtype: with bf16 weights the residual
+    stream stays fp32 and only the matmuls run in bf16 (mixed precision)."""
+    x = _wide(x)
+    return F.layer_norm(x, x.shape[-1:], norm.weight.to(x.dtype), norm.bias.to(x.dtype), norm.eps)
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm, computed in float32 and scaled in the input's dtype, as transformers does."""
+
+    def __init__(self, size: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+def rotary_inv_freq(theta: float, head_dim: int) -> torch.Tensor:
+    """Plain RoPE's inverse frequencies ``theta ** (-2i / head_dim)``, float32, ``[head_dim // 2]``."""
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim
+    return 1.0 / (float(theta) ** exponents)
+
+
+def rotary_cos_sin(inv_freq: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype, scaling: float = 1.0) -> Rotary:
+    """Each token's rotary ``cos`` and ``sin`` (times ``scaling``) as ``dtype``, ``[T, head_dim]``.
+
+    The angles are computed in float32 whatever ``dtype`` is, as transformers does.
+    """
+    angles = positions.float().unsqueeze(-1) * inv_freq.to(positions.device)
+    angles = torch.cat((angles, angles), dim=-1)
+    cos, sin = angles.cos(), angles.sin()
+    if scaling != 1.0:
+        cos, sin = cos * scaling, sin * scaling
+    return cos.to(dtype), sin.to(dtype)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """``x`` rotated by the angles of ``cos`` and ``sin`` (transformers' ``apply_rotary_pos_emb``)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+class FusedLinear(nn.Linear):
+    """A linear layer whose checkpoint stores it as separate projections, stacked by output rows.
+
+    Args:
+        in_features: input width.
+        parts: each projection's name in the checkpoint, relative to the module holding this
+            layer (``"self.query"``, ``"q_proj"``), and its output rows, in stacking order.
+        bias: whether the layer (and so each projection) has a bias.
+    """
+
+    def __init__(self, in_features: int, parts: dict[str, int], bias: bool = True) -> None:
+        super().__init__(in_features, sum(parts.values()), bias=bias)
+        self.parts = dict(parts)
+
+
+def fuse_projections(
+    model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]]
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Pass checkpoint tensors through, stacking the parts of each :class:`FusedLinear` of ``model``.
+
+    ``weights`` carry ``model``'s own parameter names. Tensors already fused (a checkpoint saved
+    by poolkit) pass through; parts of a layer the model lacks pass through unchanged, to be
+    reported as unused.
+
+    Raises:
+        ModelLoadError: a part has the wrong shape, or a fused parameter lacks one of its parts
+            (named as in the checkpoint).
+    """
+    sources: dict[str, tuple[str, str]] = {}
+    targets: dict[str, tuple[str, FusedLinear, torch.Tensor]] = {}
+    for path, module in model.named_modules():
+        if isinstance(module, FusedLinear):
+            parent = path.rpartition(".")[0]
+            for kind, param in module.named_parameters(recurse=False):
+                target = f"{path}.{kind}"
+                targets[target] = (parent, module, param)
+                sources.update({_join(parent, part, kind): (target, part) for part in module.parts})
+    pending: dict[str, dict[str, torch.Tensor]] = {}
+    done: set[str] = set()
+    for name, tensor in weights:
+        source = sources.get(name)
+        if source is None:
+            if name in targets:
+                done.add(name)
+            yield name, tensor
+            continue
+        target, part = source
+        _, module, param = targets[target]
+        expected = (module.parts[part], *param.shape[1:])
+        if tuple(tensor.shape) != expected:
+            raise ModelLoadError(
+                f"checkpoint tensor '{name}' has shape {tuple(tensor.shape)}, but the model expects {expected}"
+            )
+        got = pending.setdefault(target, {})
+        got[part] = tensor
+        if len(got) == len(module.parts):
+            del pending[target]
+            done.add(target)
+            yield target, torch.cat([got[p] for p in module.parts])
+    missing = []
+    for target, (parent, module, _) in targets.items():
+        if target not in done:
+            kind = target.rpartition(".")[2]
+            missing += [_join(parent, part, kind) for part in module.parts if part not in pending.get(target, {})]
+    if missing:
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise ModelLoadError(f"checkpoint lacks weights for {', '.join(missing[:5])}{more}")
+
+
+def _join(*names: str) -> str:
+    return ".".join(name for name in names if name)
+
+
+class TokenClassifier:
+    """Mixin: Hugging Face's ``*ForTokenClassification`` head, one Linear on every token (dropout is
+    inference-free), named ``head_name`` in checkpoints."""
+
+    default_pooling_type: ClassVar[str | None] = None
+    #: The head's name in checkpoints, ``classifier`` (BERT) or ``score`` (Qwen); ``head_prefixes`` match it.
+    head_name: ClassVar[str] = "classifier"
+    head_prefixes: ClassVar[tuple[str, ...]] = ("classifier.",)
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        setattr(self, self.head_name, nn.Linear(self.hidden_size, self.num_labels))
+
+    def token_head(self) -> nn.Module:
+        return getattr(self, self.head_name)

@@ -1,0 +1,81 @@
+"""``poolkit bench``: poolkit and sentence-transformers on the same weights, corpus and machine.
+
+Each workload runs both libraries in one process, interleaved, for several rounds, and reports
+throughput (tokens/s, items/s), the median ratio, parity against sentence-transformers fp32,
+peak RSS of each library measured in its own child process, and the padding fraction
+sentence-transformers computes. The corpus is made by a seeded generator from the docstrings of
+Python's standard library, so nothing is downloaded. The command is registered through the
+``poolkit_register_commands`` hook, like a third-party command, and takes the load options of
+every command (:class:`poolkit.settings.EngineArgs`): they reach every poolkit model it runs.
+
+The modules: :mod:`.corpus` (the texts), :mod:`.presets` (random-weight models),
+:mod:`.measure` (timings, FLOPs, peak RSS), :mod:`.workloads` (W1..W10) and :mod:`.report`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+from ..hookspecs import hookimpl
+from ..settings import EngineArgs
+from .corpus import make_corpus
+from .measure import Result, gemm_peak_gflops, model_flops, peak_rss_mb, peer_model
+from .presets import _BERT, DEFAULT_MODEL, PRESETS, resolve_bench_model
+from .report import format_table, run_bench
+from .workloads import WORKLOADS, Bench
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "PRESETS",
+    "WORKLOADS",
+    "Bench",
+    "Result",
+    "_BERT",
+    "format_table",
+    "gemm_peak_gflops",
+    "make_corpus",
+    "model_flops",
+    "peak_rss_mb",
+    "peer_model",
+    "poolkit_register_commands",
+    "resolve_bench_model",
+    "run_bench",
+]
+
+
+@hookimpl
+def poolkit_register_commands(app):
+    import typer
+
+    from ..cli.options import engine_options, errors, setup_logging
+
+    @app.command()
+    @engine_options(
+        help_overrides={"model": f"Model with a sentence-transformers peer, or a random-weight preset: {', '.join(PRESETS)}."}
+    )
+    def bench(
+        args: EngineArgs,
+        workloads: str = typer.Option("W1,W2,W3,W4,W6,W7,W9,W10", "--workloads", "-w", help="Comma-separated workload ids."),
+        peer_dtype: Optional[str] = typer.Option(
+            None, "--peer-dtype", help="sentence-transformers' dtype (default: poolkit's on CPU, float16 on CUDA)."
+        ),
+        rounds: int = typer.Option(3, "--rounds", help="Interleaved rounds per workload."),
+        scale: float = typer.Option(1.0, "--scale", help="Multiply every workload's size."),
+        smoke: bool = typer.Option(False, "--smoke", help="A tiny configuration (CI): small sizes, one round, no RSS."),
+        memory: Optional[bool] = typer.Option(None, "--memory/--no-memory", help="Measure peak RSS in child processes."),
+        as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    ) -> None:
+        """Benchmark poolkit against sentence-transformers on the same weights, interleaved."""
+        with errors():
+            setup_logging(True, False)
+            names = [w.strip().upper() for w in workloads.split(",") if w.strip()]
+            unknown = [w for w in names if w not in WORKLOADS]
+            if unknown:
+                from ..errors import InvalidRequest
+
+                raise InvalidRequest(f"unknown workload(s) {', '.join(unknown)}; choose from {', '.join(WORKLOADS)}")
+            if smoke:
+                rounds, scale = 1, min(scale, 0.02)
+            report = run_bench(args, names, rounds, scale, memory if memory is not None else not smoke, peer_dtype)
+            typer.echo(json.dumps(report, indent=2) if as_json else format_table(report))

@@ -1,0 +1,76 @@
+"""The bench's report: each workload's :class:`~poolkit.bench.measure.Result`, the settings, the versions.
+
+:func:`run_bench` gives the JSON-ready report (``poolkit bench --json``); :func:`format_table`
+prints it as a table.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+from dataclasses import asdict
+from typing import Any
+
+from ..settings import EngineArgs
+from .workloads import WORKLOADS, Bench
+
+
+def run_bench(
+    args: EngineArgs, workloads: list[str], rounds: int, scale: float, memory: bool, peer_dtype: str | None = None,
+) -> dict[str, Any]:
+    """Run the workloads on the model ``args`` load; the JSON-ready report.
+
+    The report's ``model`` is ``args.model`` as given (a preset keeps its name); ``dtype`` and
+    ``device`` are what the model loaded in.
+    """
+    import torch
+
+    bench = Bench(args, rounds, scale, memory, peer_dtype)
+    results = [asdict(WORKLOADS[w](bench)) for w in workloads]
+    versions = {"python": platform.python_version(), "torch": torch.__version__}
+    try:
+        import sentence_transformers
+
+        versions["sentence_transformers"] = sentence_transformers.__version__
+    except ImportError:
+        versions["sentence_transformers"] = None
+    from poolkit import __version__
+
+    versions["poolkit"] = __version__
+    return {
+        "model": args.model,
+        "dtype": bench.dtype,
+        "peer_dtype": bench.peer_dtype,
+        "device": str(bench.device),
+        "threads": torch.get_num_threads(),
+        "gemm_peak_gflops": bench.gemm_peak_gflops,
+        "machine": platform.machine(),
+        "versions": versions,
+        "weights": bench.weights,
+        "results": results,
+    }
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The report as a header and one row per workload, for a terminal."""
+    lines = [
+        f"model {report['model']}  weights: {report['weights']}\n"
+        f"dtype {report['dtype']} (peer {report['peer_dtype']})  "
+        f"device {report['device']}  threads {report['threads']}  matmul peak {report['gemm_peak_gflops']:.0f} GFLOP/s",
+        f"{'workload':<5} {'items':>6} {'poolkit tok/s':>14} {'peer tok/s':>11} {'poolkit it/s':>13} {'peer it/s':>10} "
+        f"{'ratio':>6} {'min cos':>9} {'max|diff|':>9} {'RSS MB ours/peer':>17} {'pad% peer':>9} {'% of peak ours/peer':>19}",
+    ]
+    peak = report["gemm_peak_gflops"]
+    for r in report["results"]:
+        fmt = lambda v, f: "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, f)  # noqa: E731
+        rss = f"{fmt(r['poolkit_peak_rss_mb'], '.0f')}/{fmt(r['peer_peak_rss_mb'], '.0f')}"
+        pad = fmt(None if r["padding_fraction_peer"] is None else 100 * r["padding_fraction_peer"], ".1f")
+        share = lambda v: None if v is None else 100 * v / peak  # noqa: E731
+        mfu = f"{fmt(share(r['poolkit_gflops']), '.0f')}/{fmt(share(r['peer_gflops']), '.0f')}"
+        lines.append(
+            f"{r['workload']:<5} {r['items']:>6} {fmt(r['poolkit_tokens_per_s'], ',.0f'):>14} {fmt(r['peer_tokens_per_s'], ',.0f'):>11} "
+            f"{fmt(r['poolkit_items_per_s'], ',.1f'):>13} {fmt(r['peer_items_per_s'], ',.1f'):>10} {fmt(r['ratio'], '.2f'):>6} "
+            f"{fmt(r['min_cosine'], '.6f'):>9} {fmt(r['max_abs_diff'], '.1e'):>9} {rss:>17} {pad:>9} {mfu:>19}  {r['description']}"
+        )
+    return "\n".join(lines)
+

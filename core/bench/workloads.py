@@ -1,0 +1,320 @@
+"""The workloads: :class:`Bench` loads the model once and runs W1..W10 on it, each library in turn.
+
+Each workload method returns a :class:`~poolkit.bench.measure.Result`; :data:`WORKLOADS` maps the
+ids the command line takes to them.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Callable
+
+from ..settings import EngineArgs
+from .corpus import make_corpus
+from .measure import (
+    Result,
+    _interleave,
+    _median_ratio,
+    _padding_fraction,
+    gemm_peak_gflops,
+    model_flops,
+    peak_rss_mb,
+    peer_model,
+)
+from .presets import resolve_bench_model
+
+
+#: The transformers auto classes W4 (a cross-encoder) and W7 (SPLADE) derive their models with.
+SEQUENCE_CLASSIFIER = "AutoModelForSequenceClassification"
+MASKED_LM = "AutoModelForMaskedLM"
+
+
+class Bench:
+    """The workloads, sharing the loaded models.
+
+    ``args`` are the load settings of every poolkit model the bench runs (``args.model`` may be a
+    preset); ``peer_dtype`` is the dtype sentence-transformers runs in: by default poolkit's on the
+    CPU (equal precision) and fp16 on CUDA (its usual GPU setting).
+    """
+
+    def __init__(
+        self, args: EngineArgs, rounds: int, scale: float, memory: bool, peer_dtype: str | None = None,
+    ) -> None:
+        from poolkit import LLM
+
+        self.model_dir, self.weights = resolve_bench_model(args.model)
+        self.llm = LLM.from_args(args.model_copy(update={"model": self.model_dir}))
+        self.device = self.llm.model.device
+        self.config = self.llm.model.hf_config
+        self.dtype = str(self.llm.model.dtype).removeprefix("torch.")
+        # the other models (derived, child processes) load like this one, on its dtype and device
+        self.args = self.llm.args.model_copy(update={"dtype": self.dtype, "device": str(self.device)})
+        self.peer_dtype = peer_dtype or ("float16" if self.device.type == "cuda" else self.dtype)
+        self.gemm_peak_gflops = gemm_peak_gflops(self.config, self.llm.model.dtype, self.device)
+        self.rounds = rounds
+        self.scale = scale
+        self.memory = memory and self.device.type == "cpu"
+        self.st = self._peer("SentenceTransformer", self.model_dir)
+
+    def _peer(self, cls: str, path: str, dtype: str | None = None) -> Any:
+        """:func:`peer_model` on the bench's device, in the peer's dtype; None without the library."""
+        try:
+            import sentence_transformers  # noqa: F401
+        except ImportError:
+            return None
+        return peer_model(cls, path, str(self.device), dtype or self.peer_dtype)
+
+    def _settings(self, model: str) -> EngineArgs:
+        """The bench's load settings for another model directory (a derived task model)."""
+        return self.args.model_copy(update={"model": model})
+
+    def _n(self, n: int) -> int:
+        return max(4, int(n * self.scale))
+
+    def embed_workload(self, name: str, description: str, texts: list[str]) -> Result:
+        import torch
+
+        ours = lambda: self.llm.embed(texts)  # noqa: E731
+        theirs = (lambda: self.st.encode(texts, batch_size=32)) if self.st is not None else None  # noqa: E731
+        rounds = _interleave(self.rounds, ours, theirs)
+        outputs = self.llm.embed(texts)
+        lengths = [len(o.prompt_token_ids) for o in outputs]
+        result = self._result(name, description, len(texts), sum(lengths), rounds, model_flops(self.llm.model, lengths))
+        result.padding_fraction_peer = _padding_fraction(lengths)
+        sample = texts[: min(len(texts), 256)]
+        ref = self._reference(sample)
+        if ref is not None:
+            got = torch.tensor([o.outputs.embedding for o in outputs[: len(sample)]])
+            result.min_cosine = float(torch.nn.functional.cosine_similarity(got, ref).min())
+            result.max_abs_diff = float((got - ref).abs().max())
+        if self.memory:
+            result.poolkit_peak_rss_mb = peak_rss_mb("poolkit", self.args, texts, self.dtype)
+            if self.st is not None:
+                result.peer_peak_rss_mb = peak_rss_mb("st", self.args, texts, self.peer_dtype)
+        return result
+
+    def _reference(self, texts: list[str]) -> Any:
+        """sentence-transformers fp32 vectors: the parity reference."""
+        if self.st is None:
+            return None
+        return self._peer("SentenceTransformer", self.model_dir, "float32").encode(texts, convert_to_tensor=True).float().cpu()
+
+    def _result(
+        self, name: str, description: str, items: int, tokens: int, rounds: list[dict[str, float]], flops: float = 0.0
+    ) -> Result:
+        ours = statistics.median(r["poolkit_s"] for r in rounds)
+        theirs = statistics.median(r["peer_s"] for r in rounds) if rounds and "peer_s" in rounds[0] else None
+        result = Result(
+            name, description, items, tokens, items / ours, items / theirs if theirs else None,
+            tokens / ours, tokens / theirs if theirs else None, _median_ratio(rounds), rounds,
+        )
+        if flops:
+            result.poolkit_gflops = flops / ours / 1e9
+            result.peer_gflops = flops / theirs / 1e9 if theirs else None
+        return result
+
+    def _derived_model(self, path: str, auto_class: str) -> None:
+        """Save the model's encoder under a task head of its own family (``auto_class``, a transformers
+        ``AutoModelFor...`` name; the head randomly initialised)."""
+        import torch
+        import transformers
+
+        from ..errors import InvalidRequest
+
+        config = transformers.AutoConfig.from_pretrained(self.model_dir)
+        config.num_labels = 1
+        torch.manual_seed(0)
+        try:
+            model = getattr(transformers, auto_class).from_config(config)
+        except ValueError:
+            raise InvalidRequest(f"workloads W4 and W7 need a {auto_class} of the model's family; {config.model_type} has none") from None
+        model.config.architectures = [type(model).__name__]
+        model.base_model.load_state_dict(transformers.AutoModel.from_pretrained(self.model_dir).state_dict(), strict=False)
+        model.tie_weights()
+        if auto_class == MASKED_LM:
+            self._calibrate_sparsity(model, config)
+        model.save_pretrained(path)
+        transformers.AutoTokenizer.from_pretrained(self.model_dir).save_pretrained(path)
+
+    @staticmethod
+    def _calibrate_sparsity(model: Any, config: Any, active: float = 0.01) -> None:
+        """Shift the MLM output bias so that about ``active`` of the vocabulary scores above zero, as
+        in trained SPLADE models (a random head would light up half the vocabulary)."""
+        import torch
+
+        with torch.no_grad():
+            ids = torch.randint(1000, int(config.vocab_size), (8, 32), generator=torch.Generator().manual_seed(7))
+            pooled = model(input_ids=ids).logits.float().amax(1)  # SPLADE max-pools each term over the tokens
+            model.cls.predictions.bias -= torch.quantile(pooled.flatten(), 1 - active)
+
+    def w1(self) -> Result:
+        texts = make_corpus(self._n(2000), 22, 0.35, seed=1)
+        result = self.embed_workload("W1", "short sentences, 16-64 tokens", texts)
+        ours, theirs = self._latency(texts[:50])
+        result.notes = f"one sentence per call: p50 {ours:.1f} ms" + (f" vs {theirs:.1f} ms" if theirs else "")
+        return result
+
+    def _latency(self, texts: list[str]) -> tuple[float, float | None]:
+        """Median milliseconds of embedding one text per call (a single-request server's latency), each library."""
+        for text in texts:  # warm-up: kernels are prepared once per input shape
+            self.llm.embed(text)
+            if self.st is not None:
+                self.st.encode(text)
+        calls = [self.llm.embed] + ([self.st.encode] if self.st is not None else [])
+        timings: list[list[float]] = [[] for _ in calls]
+        for text in texts:
+            for call, samples in zip(calls, timings):
+                start = time.perf_counter()
+                call(text)
+                samples.append(1000 * (time.perf_counter() - start))
+        medians = [statistics.median(samples) for samples in timings]
+        return medians[0], medians[1] if len(medians) > 1 else None
+
+    def w2(self) -> Result:
+        texts = make_corpus(self._n(200), 600, 0.05, seed=2)
+        return self.embed_workload("W2", "long documents, truncated to the model limit", texts)
+
+    def w3(self) -> Result:
+        texts = make_corpus(self._n(1000), 60, 1.0, seed=3, max_words=600)
+        random.Random(3).shuffle(texts)
+        return self.embed_workload("W3", "mixed lengths 8-512 tokens, random order", texts)
+
+    def w4(self) -> Result:
+        """Rerank 32 queries x 100 documents with a cross-encoder of the model's shape (random head);
+        the notes give the latency of one query x 100 documents."""
+        import torch
+
+        queries = make_corpus(max(1, int(32 * self.scale)), 8, 0.3, seed=4)
+        docs = make_corpus(self._n(100), 120, 0.3, seed=5)
+        with tempfile.TemporaryDirectory() as tmp:
+            self._derived_model(tmp, SEQUENCE_CLASSIFIER)
+            from poolkit import LLM
+
+            reranker = LLM.from_args(self._settings(tmp))
+            pairs = [(q, d) for q in queries for d in docs]
+            ours = lambda: [reranker.score(q, docs) for q in queries]  # noqa: E731
+            ce = self._peer("CrossEncoder", tmp)
+            theirs = (lambda: ce.predict(pairs, batch_size=32)) if ce is not None else None  # noqa: E731
+            rounds = _interleave(self.rounds, ours, theirs)
+            scored = [s for q in queries for s in reranker.score(q, docs)]
+            lengths = [len(s.prompt_token_ids) for s in scored]
+            result = self._result(
+                "W4", f"rerank {len(queries)} queries x {len(docs)} documents", len(pairs), sum(lengths), rounds,
+                model_flops(reranker.model, lengths),
+            )
+            result.padding_fraction_peer = _padding_fraction(lengths)
+            if ce is not None:
+                ref = torch.tensor(self._peer("CrossEncoder", tmp, "float32").predict(pairs, batch_size=32))
+                got = torch.tensor([s.outputs.score for s in scored])
+                result.max_abs_diff = float((got - ref).abs().max())
+            single = _interleave(
+                max(3, self.rounds), lambda: reranker.score(queries[0], docs),
+                (lambda: ce.predict(pairs[: len(docs)], batch_size=32)) if ce is not None else None,
+            )
+            latency = {k: 1000 * statistics.median(r[k] for r in single) for k in single[0]}
+            result.notes = (
+                f"cross-encoder: the model's encoder with a random one-output head; 1 query x {len(docs)} documents: "
+                f"{latency['poolkit_s']:.0f} ms" + (f" vs {latency['peer_s']:.0f} ms" if "peer_s" in latency else "")
+            )
+            if self.memory:
+                result.poolkit_peak_rss_mb = peak_rss_mb("poolkit", self._settings(tmp), (queries, docs), self.dtype, "rerank")
+                if ce is not None:
+                    result.peer_peak_rss_mb = peak_rss_mb("st", self._settings(tmp), (queries, docs), self.peer_dtype, "rerank")
+        return result
+
+    def w6(self) -> Result:
+        """MaxSim of 1 query (32 x 128) against 1,000 documents (<= 300 x 128): kernel vs einsum."""
+        import torch
+
+        from poolkit.kernel import select_kernel
+
+        gen = torch.Generator().manual_seed(6)
+        lens = torch.randint(50, 300, (self._n(1000),), generator=gen).tolist()
+        query = torch.nn.functional.normalize(torch.randn(32, 128, generator=gen), dim=-1).to(self.device)
+        docs = [torch.nn.functional.normalize(torch.randn(n, 128, generator=gen), dim=-1).to(self.device) for n in lens]
+        flat = torch.cat(docs)
+        cu = torch.tensor([0] + lens, device=self.device).cumsum(0)
+        kernel = select_kernel("maxsim", self.device)
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+
+        def einsum() -> Any:
+            padded = torch.nn.utils.rnn.pad_sequence(docs, batch_first=True)
+            mask = torch.arange(padded.shape[1], device=self.device)[None] < torch.tensor(lens, device=self.device)[:, None]
+            sims = torch.einsum("qd,ntd->nqt", query, padded).masked_fill(~mask[:, None], float("-inf"))
+            return sims.max(-1).values.sum(-1)
+
+        def synced(fn: Callable[[], Any]) -> Callable[[], Any]:
+            return lambda: (fn(), sync())
+
+        rounds = _interleave(self.rounds, synced(lambda: kernel(query, flat, cu)), synced(einsum))
+        result = self._result("W6", f"ColBERT MaxSim, 1 query x {len(lens)} documents", len(lens), sum(lens), rounds)
+        result.max_abs_diff = float((kernel(query, flat, cu) - einsum()).abs().max())
+        result.notes = f"peer: padded einsum (the PyLate-style baseline); kernel selected for {self.device.type}"
+        return result
+
+    def w7(self) -> Result:
+        """SPLADE on short sentences: sparse vectors of a masked-LM of the model's shape vs ``SparseEncoder``."""
+        import torch
+
+        from poolkit import LLM
+
+        texts = make_corpus(self._n(1000), 22, 0.35, seed=7)
+        with tempfile.TemporaryDirectory() as tmp:
+            self._derived_model(tmp, MASKED_LM)
+            llm = LLM.from_args(self._settings(tmp))
+            encoder = self._peer("SparseEncoder", tmp)
+            ours = lambda: llm.sparse_embed(texts)  # noqa: E731
+            theirs = (lambda: encoder.encode(texts, batch_size=32)) if encoder is not None else None  # noqa: E731
+            rounds = _interleave(self.rounds, ours, theirs)
+            outputs = llm.sparse_embed(texts)
+            lengths = [len(o.prompt_token_ids) for o in outputs]
+            decoder = 2 * int(self.config.hidden_size) * int(self.config.vocab_size)  # the tied MLM decoder
+            flops = model_flops(llm.model, lengths, per_token=decoder)
+            result = self._result("W7", "SPLADE sparse vectors, short sentences", len(texts), sum(lengths), rounds, flops)
+            result.padding_fraction_peer = _padding_fraction(lengths)
+            if encoder is not None:
+                sample = texts[: min(len(texts), 64)]
+                got = torch.stack([torch.as_tensor(o.outputs.data).float() for o in llm.encode(sample, pooling_task="sparse_embed")])
+                ref = self._peer("SparseEncoder", tmp, "float32").encode(sample, convert_to_tensor=True).to_dense().float().cpu()
+                result.min_cosine = float(torch.nn.functional.cosine_similarity(got, ref).min())
+                result.max_abs_diff = float((got - ref).abs().max())
+            if self.memory:
+                result.poolkit_peak_rss_mb = peak_rss_mb("poolkit", self._settings(tmp), texts, self.dtype, "sparse")
+                if encoder is not None:
+                    result.peer_peak_rss_mb = peak_rss_mb("st", self._settings(tmp), texts, self.peer_dtype, "sparse")
+            active = statistics.mean(len(o.outputs.indices) for o in outputs)
+            result.notes = (
+                f"masked-LM of the model's shape (its encoder, a random MLM head biased to ~1% active terms); "
+                f"{active:.0f} non-zero terms per text on average"
+            )
+        return result
+
+    def w9(self) -> Result:
+        """Cold start: a fresh process from start to its first embedding."""
+        device = str(self.device)
+        settings = json.dumps(self.args.model_dump(mode="json"))
+        ours = [sys.executable, "-c", "import json; from poolkit import LLM; from poolkit.settings import EngineArgs; "
+                f"LLM.from_args(EngineArgs(**json.loads({settings!r}))).embed('hello')"]
+        theirs = [sys.executable, "-c", f"from sentence_transformers import SentenceTransformer as S; S({self.model_dir!r}, device={device!r}).encode('hello')"]
+        run = lambda cmd: subprocess.run(cmd, check=True, capture_output=True)  # noqa: E731
+        rounds = _interleave(max(1, self.rounds), lambda: run(ours), (lambda: run(theirs)) if self.st is not None else None)
+        result = self._result("W9", "cold start: process start to first embedding", 1, 0, rounds)
+        result.notes = "items/s here is 1 / seconds"
+        return result
+
+    def w10(self) -> Result:
+        texts = [("pathological input " * 30000)[: 100_000 + 20_000 * i] for i in range(self._n(20))]
+        return self.embed_workload("W10", "pathological: 100k-500k character inputs, truncated", texts)
+
+
+WORKLOADS = {
+    "W1": Bench.w1, "W2": Bench.w2, "W3": Bench.w3, "W4": Bench.w4, "W6": Bench.w6, "W7": Bench.w7, "W9": Bench.w9,
+    "W10": Bench.w10,
+}
+

@@ -1,0 +1,360 @@
+"""The commands that run a model over inputs: embed, encode, classify, score, rerank, info, plugins.
+
+Each takes the load options of :func:`engine_options` and decides nothing the ``LLM`` decides:
+the task says which field holds its results and which output options it takes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, List, Optional
+
+import typer
+
+from ..errors import InvalidRequest
+from ..settings import EngineArgs
+from .app import app
+from .options import (
+    ChatTemplateOpt,
+    DimensionsOpt,
+    EngineOpt,
+    Format,
+    FormatOpt,
+    IdFieldOpt,
+    InputOpt,
+    InstructionOpt,
+    OutputOpt,
+    OverwriteOpt,
+    PromptNameOpt,
+    QuietOpt,
+    SkipBadOpt,
+    TextFieldOpt,
+    TruncateOpt,
+    TruncationSideOpt,
+    VerboseOpt,
+    engine_options,
+    errors,
+    setup_logging,
+)
+from .records import emit, emit_scores, plugin_data, read_records
+
+#: The CLI's output options, by the task option they set (``--top-k`` sets ``top_k``).
+OUTPUT_FLAGS = {"top_k": "--top-k", "threshold": "--threshold"}
+
+
+def load(args: EngineArgs) -> Any:
+    from ..llm import LLM
+
+    return LLM.from_args(args)
+
+
+@dataclass
+class Request:
+    """What one CLI call asks of the model besides loading it."""
+
+    task: str
+    params: dict[str, Any]
+    prompt_name: Optional[str] = None
+    options: Optional[dict[str, Any]] = None
+
+
+@dataclass
+class JobOptions:
+    """What makes a CLI call a file-to-file corpus job."""
+
+    output: Optional[str] = None
+    text_field: str = "text"
+    id_field: str = "id"
+    skip_bad_lines: bool = False
+    overwrite: bool = False
+    engine: str = "local"
+
+
+def _check_output_options(task_name: str, options: dict[str, Any]) -> None:
+    from ..lookup import option_owners
+    from ..plugins import registry
+    from ..tasks import stray_options
+
+    task = registry("task").get(task_name)
+    if stray_options(task, options):
+        owners = " or ".join(option_owners(OUTPUT_FLAGS)) or "no task"
+        raise InvalidRequest(f"{' and '.join(OUTPUT_FLAGS.values())} apply to --task {owners} only")
+    task.check_options(options)
+
+
+def _run_plugin(texts: list[str], input_file: Optional[str], llm: Any, fmt: Format, quiet: bool) -> None:
+    rows = []
+    for i, data in enumerate(plugin_data(texts, input_file)):
+        (out,) = llm.encode({"data": data}, pooling_task=llm.plugin_task, use_tqdm=not quiet)
+        rows.append({"index": i, "data": out.outputs})
+    if fmt is Format.table:
+        fmt = Format.jsonl
+    emit(rows, Format.jsonl if fmt is Format.auto else fmt, "data")
+
+
+def _run_job(texts: list[str], input_file: Optional[str], llm: Any, request: Request, job: JobOptions, quiet: bool) -> None:
+    """``-o OUTPUT``: a resumable corpus job, locally or on Ray Data."""
+    from ..config import PoolingParams
+
+    if texts or not input_file or input_file == "-":
+        raise InvalidRequest("a corpus job (-o OUTPUT) reads its input from a file: pass -i INPUT")
+    params = PoolingParams(**request.params)
+    if job.engine == "ray":
+        from ..integrations.ray import run_ray_job
+
+        rows = run_ray_job(
+            llm, input_file, job.output, task=request.task, text_field=job.text_field, overwrite=job.overwrite,
+            pooling_params=params, prompt_name=request.prompt_name,
+        )
+        typer.echo(f"{rows} rows -> {job.output} (ray)", err=True)
+        return
+    if job.engine != "local":
+        raise InvalidRequest(f"unknown engine '{job.engine}': use local or ray")
+    from ..jobs import run_job
+    from ..progress import progress_bar
+
+    with progress_bar(None, enabled=not quiet, label="embedding") as advance:
+        summary = run_job(
+            llm, input_file, job.output, task=request.task, text_field=job.text_field, id_field=job.id_field,
+            skip_bad_lines=job.skip_bad_lines, overwrite=job.overwrite, pooling_params=params,
+            prompt_name=request.prompt_name, options=request.options, progress=advance,
+        )
+    if summary.already_complete:
+        typer.echo(f"{job.output} is already complete; nothing to do (--overwrite to redo it)", err=True)
+        return
+    extra = [f"{summary.resumed_rows} resumed"] if summary.resumed_rows else []
+    if summary.skipped_lines:
+        extra.append(f"{len(summary.skipped_lines)} bad lines skipped ({', '.join(map(str, summary.skipped_lines[:10]))})")
+    if summary.duplicate_ids:
+        extra.append(f"{summary.duplicate_ids} duplicate ids skipped")
+    note = f" ({'; '.join(extra)})" if extra else ""
+    typer.echo(f"{summary.rows} rows, {summary.written} embedded{note} -> {job.output}", err=True)
+
+
+def _run_task(
+    args: EngineArgs, request: Request, texts: list[str], input_file: Optional[str], fmt: Format, quiet: bool,
+    verbose: bool, job: Optional[JobOptions] = None,
+) -> None:
+    from ..config import PoolingParams
+    from ..plugins import registry
+    from ..tasks import PLUGIN
+
+    options = request.options or {}
+    _check_output_options(request.task, options)
+    setup_logging(quiet, verbose)
+    if registry("task").get(request.task).granularity == PLUGIN:
+        _run_plugin(texts, input_file, load(args), fmt, quiet)
+        return
+    if job is not None and job.output:
+        _run_job(texts, input_file, load(args), request, job, quiet)
+        return
+    records = read_records(texts, input_file)
+    llm = load(args)
+    outputs = llm.encode(
+        [r["text"] for r in records],
+        PoolingParams(**request.params),
+        pooling_task=request.task,
+        use_tqdm=not quiet,
+        prompt_name=request.prompt_name,
+    )
+    task = llm.task(request.task)
+    rows = []
+    for i, (record, out) in enumerate(zip(records, outputs)):
+        row = {"id": record["id"]} if "id" in record else {"index": i}
+        row.update(task.record(out.outputs.data, llm.model, options))
+        rows.append(row)
+    emit(rows, fmt, task.output_field)
+
+
+def _params(**values: Any) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _embed_images(args: EngineArgs, images: list[str], texts: list[str], input_file: Optional[str],
+                  dimensions: Optional[int], fmt: Format, quiet: bool, verbose: bool) -> None:
+    """``poolkit embed --image FILE ...``: one record per image, with its index and embedding."""
+    from ..config import PoolingParams
+
+    setup_logging(quiet, verbose)
+    if texts or input_file:
+        raise InvalidRequest("pass --image files or texts (arguments or -i FILE), not both")
+    llm = load(args)
+    params = PoolingParams(dimensions=dimensions) if dimensions is not None else None
+    prompts = [{"prompt": "", "multi_modal_data": {"image": image}} for image in images]
+    outputs = llm.embed(prompts, params, use_tqdm=not quiet)
+    emit([{"index": i, "embedding": out.outputs.embedding} for i, out in enumerate(outputs)], fmt, "embedding")
+
+
+@app.command()
+@engine_options()
+def embed(
+    args: EngineArgs,
+    texts: List[str] = typer.Argument(None, help="Texts to embed."),
+    images: List[str] = typer.Option(None, "--image", help="An image file to embed (repeatable; models that read images, such as CLIP)."),
+    input_file: Optional[str] = InputOpt,
+    fmt: Format = FormatOpt,
+    dimensions: Optional[int] = DimensionsOpt,
+    truncate_prompt_tokens: Optional[int] = TruncateOpt,
+    truncation_side: Optional[str] = TruncationSideOpt,
+    prompt_name: Optional[str] = PromptNameOpt,
+    output: Optional[str] = OutputOpt,
+    text_field: str = TextFieldOpt,
+    id_field: str = IdFieldOpt,
+    skip_bad_lines: bool = SkipBadOpt,
+    overwrite: bool = OverwriteOpt,
+    engine: str = EngineOpt,
+    quiet: bool = QuietOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Embed texts, or images with --image: one record per input with its index (or id) and embedding.
+
+    With -o OUTPUT, a resumable corpus job: -i INPUT (JSON Lines, text, CSV or Parquet) is embedded
+    into OUTPUT (JSON Lines, Parquet or .npy); run the same command again after a kill to resume.
+    """
+    with errors():
+        if images:
+            _embed_images(args, images, texts, input_file, dimensions, fmt, quiet, verbose)
+            return
+        params = _params(dimensions=dimensions, truncate_prompt_tokens=truncate_prompt_tokens, truncation_side=truncation_side)
+        job = JobOptions(output, text_field, id_field, skip_bad_lines, overwrite, engine)
+        _run_task(args, Request("embed", params, prompt_name), texts, input_file, fmt, quiet, verbose, job)
+
+
+@app.command()
+@engine_options()
+def encode(
+    args: EngineArgs,
+    texts: List[str] = typer.Argument(None, help="Texts to encode."),
+    task: str = typer.Option(..., "--task", "-t", help="Pooling task: embed, classify, token_embed, token_classify, plugin, or one a plugin adds."),
+    input_file: Optional[str] = InputOpt,
+    fmt: Format = FormatOpt,
+    dimensions: Optional[int] = DimensionsOpt,
+    truncate_prompt_tokens: Optional[int] = TruncateOpt,
+    truncation_side: Optional[str] = TruncationSideOpt,
+    prompt_name: Optional[str] = PromptNameOpt,
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="sparse_embed: keep the K strongest weights per input."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="sparse_embed: drop weights below this."),
+    output: Optional[str] = OutputOpt,
+    text_field: str = TextFieldOpt,
+    id_field: str = IdFieldOpt,
+    skip_bad_lines: bool = SkipBadOpt,
+    overwrite: bool = OverwriteOpt,
+    engine: str = EngineOpt,
+    quiet: bool = QuietOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Run any pooling task: one record per input with its index (or id) and data.
+
+    With --task plugin, each argument or input line is JSON data for the IO processor plugin.
+    With -o OUTPUT, a resumable corpus job over -i INPUT, as for embed.
+    """
+    with errors():
+        params = _params(dimensions=dimensions, truncate_prompt_tokens=truncate_prompt_tokens, truncation_side=truncation_side)
+        request = Request(task, params, prompt_name, {"top_k": top_k, "threshold": threshold})
+        job = JobOptions(output, text_field, id_field, skip_bad_lines, overwrite, engine)
+        _run_task(args, request, texts, input_file, fmt, quiet, verbose, job)
+
+
+@app.command()
+@engine_options()
+def classify(
+    args: EngineArgs,
+    texts: List[str] = typer.Argument(None, help="Texts to classify."),
+    input_file: Optional[str] = InputOpt,
+    fmt: Format = FormatOpt,
+    truncate_prompt_tokens: Optional[int] = TruncateOpt,
+    truncation_side: Optional[str] = TruncationSideOpt,
+    quiet: bool = QuietOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Classify texts: one record per input with its probabilities and top label."""
+    with errors():
+        params = _params(truncate_prompt_tokens=truncate_prompt_tokens, truncation_side=truncation_side)
+        _run_task(args, Request("classify", params), texts, input_file, fmt, quiet, verbose)
+
+
+@app.command()
+@engine_options()
+def score(
+    args: EngineArgs,
+    text_1: str = typer.Argument(..., help="The first text (a query)."),
+    texts_2: List[str] = typer.Argument(None, help="Texts to score against it."),
+    input_file: Optional[str] = InputOpt,
+    fmt: Format = FormatOpt,
+    chat_template: Optional[str] = ChatTemplateOpt,
+    instruction: Optional[str] = InstructionOpt,
+    quiet: bool = QuietOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Score TEXT_1 against each text: cross-encoder relevance, or cosine for embedding models."""
+    with errors():
+        setup_logging(quiet, verbose)
+        records = read_records(texts_2, input_file)
+        llm = load(args)
+        scores = llm.score(
+            text_1, [r["text"] for r in records], use_tqdm=not quiet, chat_template=chat_template, instruction=instruction
+        )
+        rows = []
+        for i, (record, out) in enumerate(zip(records, scores)):
+            row = {"id": record["id"]} if "id" in record else {"index": i}
+            row["score"] = out.outputs.score
+            rows.append(row)
+        emit_scores(rows, fmt)
+
+
+@app.command()
+@engine_options()
+def rerank(
+    args: EngineArgs,
+    documents: List[str] = typer.Argument(None, help="Documents to rank."),
+    query: str = typer.Option(..., "--query", help="The query."),
+    input_file: Optional[str] = InputOpt,
+    top_n: Optional[int] = typer.Option(None, "--top-n", help="Keep the best N documents."),
+    fmt: Format = FormatOpt,
+    chat_template: Optional[str] = ChatTemplateOpt,
+    instruction: Optional[str] = InstructionOpt,
+    quiet: bool = QuietOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Rank documents by relevance to a query, best first, each with its original index (or id)."""
+    with errors():
+        setup_logging(quiet, verbose)
+        records = read_records(documents, input_file)
+        llm = load(args)
+        ranked = llm.rerank(
+            query,
+            [r["text"] for r in records],
+            top_n=top_n,
+            use_tqdm=not quiet,
+            chat_template=chat_template,
+            instruction=instruction,
+        )
+        rows = []
+        for result in ranked:
+            record = records[result.index]
+            row = {"id": record["id"]} if "id" in record else {}
+            row.update(index=result.index, relevance_score=result.relevance_score, document=result.document)
+            rows.append(row)
+        emit_scores(rows, fmt)
+
+
+@app.command()
+@engine_options(model_argument=True)
+def info(args: EngineArgs, verbose: bool = VerboseOpt) -> None:
+    """Show a model's resolved settings, each with where it came from, and its tasks."""
+    with errors():
+        setup_logging(False, verbose)
+        typer.echo(json.dumps(load(args).model.describe(), indent=2))
+
+
+@app.command()
+def plugins(
+    show_all: bool = typer.Option(False, "--all", help="Include the built-in plugins."),
+) -> None:
+    """List the loaded plugins as JSON: distribution, version, what each provides, status."""
+    with errors():
+        from ..plugins import get_manager
+
+        infos = [i.as_dict() for i in get_manager().plugin_infos() if show_all or not i.builtin]
+        typer.echo(json.dumps(infos, indent=2))

@@ -1,0 +1,69 @@
+"""``poolkit serve``: the HTTP server over one model, loaded in the background."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..settings import EngineArgs
+from .app import app
+from .options import QuietOpt, VerboseOpt, engine_options, errors, setup_logging
+
+
+@app.command()
+@engine_options(model_argument=True)
+def serve(
+    args: EngineArgs,
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; 0.0.0.0 listens on every interface."),
+    port: int = typer.Option(8000, "--port", help="Port to bind."),
+    served_model_name: Optional[str] = typer.Option(None, "--served-model-name", help="The name requests give in 'model' (default: MODEL as given)."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="POOLKIT_API_KEY", help="Require 'Authorization: Bearer KEY' on every inference route (or set POOLKIT_API_KEY)."),
+    max_queue_tokens: int = typer.Option(1_000_000, "--max-queue-tokens", help="Estimated tokens allowed to wait for the model; beyond it 429."),
+    max_concurrent_requests: int = typer.Option(512, "--max-concurrent-requests", help="Requests handled at once; beyond it 429."),
+    max_inputs_per_request: int = typer.Option(2048, "--max-inputs-per-request", help="Inputs (texts, documents, images) in one request."),
+    max_request_tokens: int = typer.Option(300_000, "--max-request-tokens", help="Tokens in one request (estimated before tokenizing)."),
+    max_body_bytes: int = typer.Option(16 * 1024 * 1024, "--max-body-bytes", help="Largest request body; beyond it 413."),
+    shutdown_timeout: float = typer.Option(30.0, "--shutdown-timeout", help="Seconds to finish in-flight work on SIGTERM."),
+    chat_template: Optional[str] = typer.Option(None, "--chat-template", help="Score template for /score and /rerank with LLM rerankers: a Jinja file or text."),
+    quiet: bool = QuietOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Serve MODEL over HTTP: OpenAI /v1/embeddings, /pooling, /classify, /score, /rerank, Cohere /v2/embed.
+
+    Every task the model supports is served; each request chooses its own. Binds 127.0.0.1
+    unless --host says otherwise. SIGTERM drains in-flight requests and exits 0. --max-batch-tokens
+    is also the token budget the server merges concurrent requests up to.
+    """
+    with errors():
+        try:
+            import fastapi  # noqa: F401
+            import uvicorn  # noqa: F401
+        except ImportError:
+            from ..errors import MissingDependency
+
+            raise MissingDependency("poolkit serve needs FastAPI and uvicorn: pip install 'poolkit[serve]'") from None
+        from ..llm import LLM
+        from ..server import ServerLimits, run
+
+        limits = ServerLimits(
+            max_inputs_per_request=max_inputs_per_request,
+            max_request_tokens=max_request_tokens,
+            max_body_bytes=max_body_bytes,
+            max_concurrent_requests=max_concurrent_requests,
+            max_queue_tokens=max_queue_tokens,
+            shutdown_timeout=shutdown_timeout,
+            **({"max_batch_tokens": args.max_batch_tokens} if args.max_batch_tokens is not None else {}),
+        )
+        if chat_template is not None and Path(chat_template).is_file():
+            chat_template = Path(chat_template).read_text(encoding="utf-8")
+        setup_logging(quiet, verbose)
+        if not quiet:
+            for logger_name in ("uvicorn", "uvicorn.error", "poolkit.server"):
+                logging.getLogger(logger_name).setLevel(logging.INFO)
+        name = served_model_name or args.model
+        logging.getLogger("poolkit.server").info("serving %s as '%s' on http://%s:%d", args.model, name, host, port)
+        run(lambda: LLM.from_args(args), host=host, port=port, served_model_name=name, api_key=api_key, limits=limits,
+            chat_template=chat_template, log_level="warning" if quiet else "info", access_log=verbose)

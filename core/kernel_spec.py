@@ -1,0 +1,40 @@
+"""The kernel contract: an implementation of an op for a device type, with the torch reference it must match.
+
+Kept apart from the lookup (:mod:`poolkit.kernel`) so the plugin manager can check kernels without
+importing what queries its registries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """One implementation of an op.
+
+    Attributes:
+        fn: the implementation.
+        reference: a pure-torch implementation with the same signature; tests compare ``fn``
+            with it, and it runs wherever ``fn`` cannot.
+        device: device type ``fn`` runs on (``"cpu"``, ``"cuda"``) or ``"any"``.
+        priority: higher wins among available kernels for the same op and device; on a tie, a
+            kernel for the exact device type beats an ``"any"`` one.
+        is_available: whether ``fn`` can run in this process (a library is installed, ...).
+    """
+
+    fn: Callable
+    reference: Callable
+    device: str = "any"
+    priority: int = 0
+    is_available: Callable[[], bool] = lambda: True
+
+
+def check_kernel(name: str, obj: object) -> Kernel:
+    if not isinstance(obj, Kernel):
+        raise TypeError(f"kernel '{name}' must be a poolkit.Kernel, got {type(obj).__name__}")
+    if ":" not in name:
+        raise TypeError(f"kernel names are '<op>:<impl>', got '{name}'")
+    return obj

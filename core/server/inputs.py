@@ -1,0 +1,147 @@
+"""Shape checks of request inputs, shared by the routes of every protocol.
+
+They refuse what is wrong with a request as such (an empty string, too many inputs, a token id
+outside the vocabulary, another model's name) with the field at fault as ``param``; what the
+model makes of a valid request is the :class:`poolkit.LLM`'s decision.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import Request
+
+from ..config import PoolingParams
+from ..errors import InvalidRequest
+from .errors import ApiError, short
+from .state import ServerState
+from .work import until_done
+
+
+def check_model(st: ServerState, name: str | None) -> None:
+    """A 404 when a request names another model than the served one."""
+    if name is not None and name != st.served:
+        raise ApiError(404, f"The model `{short(name)}` does not exist.", param="model")
+
+
+def check_text(text: str, where: str) -> None:
+    """Refuse empty strings and lone surrogates."""
+    if not text:
+        raise ApiError(400, f"{where} must not be an empty string", param=where)
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ApiError(400, f"{where} contains invalid Unicode (a lone surrogate)", param=where) from None
+
+
+def check_count(st: ServerState, n: int, where: str) -> None:
+    """Refuse no inputs, and more than ``--max-inputs-per-request``."""
+    if n == 0:
+        raise ApiError(400, f"{where} must not be empty", param=where)
+    if n > st.limits.max_inputs_per_request:
+        raise ApiError(
+            400, f"too many inputs: {n} > {st.limits.max_inputs_per_request} per request (--max-inputs-per-request)", param=where
+        )
+
+
+def check_dimensions(st: ServerState, dimensions: int | None, where: str) -> None:
+    """Refuse ``dimensions`` below 1, or above a matryoshka model's embedding size."""
+    if dimensions is None:
+        return
+    if dimensions < 1:
+        raise ApiError(400, "Dimensions must be greater than 0", param=where)
+    if st.embedding_size and dimensions > st.embedding_size and st.llm is not None and st.llm.model.is_matryoshka:
+        raise ApiError(
+            400, f"{where} ({dimensions}) is larger than the model's embedding size ({st.embedding_size})", param=where
+        )
+
+
+def prompt_items(st: ServerState, value: Any, where: str = "input") -> list[Any]:
+    """The prompts of an ``input`` field, checked: strings or ``{"prompt_token_ids": [...]}``."""
+    if value is None:
+        raise ApiError(400, f"{where} is required", param=where)
+    if isinstance(value, str):
+        items: list[Any] = [value]
+    elif value and all(isinstance(v, int) for v in value):
+        items = [value]
+    else:
+        items = list(value)
+    check_count(st, len(items), where)
+    prompts = []
+    for i, item in enumerate(items):
+        name = f"{where}[{i}]" if len(items) > 1 or not isinstance(value, str) else where
+        if isinstance(item, str):
+            check_text(item, name)
+            prompts.append(item)
+            continue
+        if not item:
+            raise ApiError(400, f"{name} is an empty list of token ids", param=name)
+        bad = next((t for t in item if t < 0 or (st.vocab is not None and t >= st.vocab)), None)
+        if bad is not None:
+            vocab = f" (0..{st.vocab - 1})" if st.vocab is not None else ""
+            raise ApiError(400, f"{name}: token id {short(bad, 24)} is out of vocabulary{vocab}", param=name)
+        prompts.append({"prompt_token_ids": item})
+    return prompts
+
+
+def pooling_params(**fields: Any) -> PoolingParams:
+    """:class:`PoolingParams` of the fields a request set (``None``: unset)."""
+    return PoolingParams(**{k: v for k, v in fields.items() if v is not None})
+
+
+async def prompts_of(request: Request, st: ServerState, llm: Any, body: Any) -> list[Any]:
+    """The prompts of a request with ``input`` or chat ``messages`` (``/v1/embeddings``, ``/classify``, ``/pooling``)."""
+    if body.messages is not None:
+        if body.input is not None:
+            raise ApiError(400, "send either 'input' or 'messages', not both", param="messages")
+        return await _chat_prompt(request, st, llm, body)
+    if body.add_special_tokens is False:
+        raise ApiError(400, "add_special_tokens=false is supported with 'messages' only", param="add_special_tokens")
+    return prompt_items(st, body.input)
+
+
+async def _chat_prompt(request: Request, st: ServerState, llm: Any, body: Any) -> list[Any]:
+    """Chat ``messages`` rendered with the tokenizer's chat template, as one token-id prompt.
+
+    The messages are checked here; the template is rendered and tokenized on the worker thread.
+    """
+    tok = llm.get_tokenizer()
+    if not getattr(tok, "chat_template", None):
+        raise ApiError(400, f"model '{st.served}' has no chat template: send 'input' instead of 'messages'", param="messages")
+    if body.add_generation_prompt and body.continue_final_message:
+        raise ApiError(
+            400, "Cannot set both `continue_final_message` and `add_generation_prompt` to True.", param="messages"
+        )
+    messages = body.messages
+    check_count(st, len(messages), "messages")
+    for i, message in enumerate(messages):
+        if not isinstance(message.get("role"), str):
+            raise ApiError(400, f"messages[{i}] needs a string 'role'", param=f"messages[{i}].role")
+        content = message.get("content")
+        if isinstance(content, str):
+            if content:
+                check_text(content, f"messages[{i}].content")
+        elif not isinstance(content, list):
+            raise ApiError(400, f"messages[{i}].content must be a string or a list of parts", param=f"messages[{i}].content")
+    add_special = bool(body.add_special_tokens)
+    size = sum(len(json.dumps(m)) for m in messages)
+
+    def render() -> list[int]:
+        try:
+            text = tok.apply_chat_template(
+                messages,
+                tokenize=False,
+                add_generation_prompt=body.add_generation_prompt,
+                continue_final_message=body.continue_final_message,
+            )
+        except Exception as exc:  # jinja2 errors, bad message shapes
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise InvalidRequest(f"cannot apply the chat template: {short(reason, 200)}") from None
+        return tok(text, add_special_tokens=add_special)["input_ids"]
+
+    ids = await until_done(request, st, st.batcher.call(render, max(1, size // 4)))
+    if not ids:
+        raise ApiError(400, "the rendered chat has no tokens", param="messages")
+    return [{"prompt_token_ids": ids}]

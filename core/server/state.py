@@ -1,0 +1,106 @@
+"""What the routes of one application share: the limits, the model, its batcher and counters.
+
+One :class:`ServerState` per application, at ``app.state.poolkit``; routes reach it through the
+:func:`~poolkit.server.deps.server_state` dependency, the middleware through its constructor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import Any, Callable
+
+from ..batching import Batcher
+from ..errors import InvalidRequest
+from .metrics import ServerMetrics
+
+MiB = 1024 * 1024
+
+
+@dataclasses.dataclass
+class ServerLimits:
+    """The server's limits; each has a CLI option (``poolkit serve --help``).
+
+    Attributes:
+        max_inputs_per_request: inputs (texts, token-id lists, images, documents) in one request.
+        max_request_tokens: tokens in one request, estimated before tokenizing (about four
+            characters a token, each input capped at its truncation limit).
+        max_body_bytes: bytes of a request body.
+        max_concurrent_requests: requests being handled at once; more get 429.
+        max_batch_tokens: estimated tokens the batcher merges into one engine call.
+        max_queue_tokens: estimated tokens allowed to wait; more get 429.
+        shutdown_timeout: seconds to finish in-flight requests and queued work on SIGTERM.
+    """
+
+    max_inputs_per_request: int = 2048
+    max_request_tokens: int = 300_000
+    max_body_bytes: int = 16 * MiB
+    max_concurrent_requests: int = 512
+    max_batch_tokens: int = 16384
+    max_queue_tokens: int = 1_000_000
+    shutdown_timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            if getattr(self, field.name) <= 0:
+                raise InvalidRequest(f"server limit {field.name} must be positive, got {getattr(self, field.name)!r}")
+
+
+class ServerState:
+    """The model, the batcher, the limits and the counters of one application.
+
+    Attributes:
+        served: the name requests give in ``model`` (the model's name until one is loaded).
+        llm: the loaded :class:`poolkit.LLM`, ``None`` while loading.
+        batcher: the dynamic batcher running ``llm``'s work, ``None`` while loading.
+        ready: a model is attached; ``draining``: the server is shutting down.
+        load_error: why the background load failed, if it did.
+        in_flight: inference requests being handled (admitted by the middleware).
+        scrub: ``(text, replacement)`` pairs applied to error messages, so that they name the
+            served model and never the directory it was read from.
+    """
+
+    def __init__(self, served_model_name: str | None, api_key: str | None, limits: ServerLimits, chat_template: str | None) -> None:
+        self.served = served_model_name
+        self.key_digest = hashlib.sha256(api_key.encode()).digest() if api_key else None
+        self.limits = limits
+        self.chat_template = chat_template
+        self.metrics = ServerMetrics(self)
+        self.llm: Any = None
+        self.batcher: Batcher | None = None
+        self.ready = False
+        self.draining = False
+        self.load_error: BaseException | None = None
+        self.loading = False
+        self.drained = False
+        self.in_flight = 0
+        self.request_exit: Callable[[], None] = lambda: None
+        self.scrub: list[tuple[str, str]] = []
+        self.max_len: int | None = None
+        self.vocab: int | None = None
+        self.embedding_size: int | None = None
+
+    @property
+    def accepting(self) -> bool:
+        """Whether inference requests are taken: loaded and not draining."""
+        return self.ready and not self.draining
+
+    def attach(self, llm: Any) -> None:
+        """Take a loaded model: note the sizes the routes check requests against, start the batcher."""
+        model = llm.model
+        self.max_len = model.max_model_len.value
+        self.vocab = getattr(model.hf_config, "vocab_size", None)
+        try:
+            self.embedding_size = int(model.embedding_size)
+        except Exception:  # noqa: BLE001 - a model without a vector size
+            self.embedding_size = None
+        if self.served is None:
+            self.served = model.name
+        self.scrub = sorted({(str(model.name), self.served), (str(model.path), self.served)}, key=lambda p: -len(p[0]))
+        self.llm = llm
+        self.batcher = self.new_batcher()
+        self.ready = True
+
+    def new_batcher(self) -> Batcher:
+        """A batcher for the attached model with this server's token budgets."""
+        return Batcher(self.llm, self.limits.max_batch_tokens, self.limits.max_queue_tokens)

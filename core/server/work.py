@@ -1,0 +1,92 @@
+"""Admitting and running a request's work: the token limit, the batcher, client disconnects.
+
+The event loop only validates; tokenizing and running the model happen on the batcher's worker
+thread. A client that goes away while its work waits cancels it before it runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Awaitable
+
+import torch
+from fastapi import Request
+
+from ..config import PoolingParams
+from ..errors import InvalidRequest
+from .errors import ApiError, ClientGone
+from .state import ServerState
+
+
+async def _until_disconnect(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+        await asyncio.sleep(0.01)
+
+
+async def until_done(request: Request, st: ServerState, awaitable: Awaitable[Any]) -> Any:
+    """Await work for a request; if the client disconnects first, cancel it (dropping queued work).
+
+    Raises:
+        ClientGone: the client went away (counted in ``poolkit_client_disconnects_total``).
+    """
+    work = asyncio.ensure_future(awaitable)
+    watcher = asyncio.ensure_future(_until_disconnect(request))
+    try:
+        await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        work.cancel()
+        watcher.cancel()
+        raise
+    if work.done():
+        watcher.cancel()
+        return work.result()
+    work.cancel()
+    st.metrics.disconnects.inc()
+    raise ClientGone()
+
+
+def check_tokens(st: ServerState, tokens: int, where: str = "input") -> None:
+    """Refuse a request estimated at more than ``--max-request-tokens`` before any tokenizing."""
+    if tokens > st.limits.max_request_tokens:
+        raise ApiError(
+            400,
+            f"the request has about {tokens} tokens (estimated), more than the limit of "
+            f"{st.limits.max_request_tokens} per request (--max-request-tokens); send fewer or shorter inputs",
+            param=where,
+        )
+
+
+def check_truncation(llm: Any, truncate: int | None, param: str = "truncate_prompt_tokens") -> None:
+    """The LLM's truncation check, run before its other checks, with the request field at fault."""
+    try:
+        llm.check_truncation(truncate)
+    except InvalidRequest as exc:
+        raise ApiError(400, str(exc), param=param) from None
+
+
+async def run_task(
+    request: Request,
+    st: ServerState,
+    llm: Any,
+    task_name: str,
+    raw: list[Any],
+    params: PoolingParams,
+    prompt_name: str | None = None,
+) -> tuple[Any, list[tuple[torch.Tensor, list[int]]]]:
+    """Prepare ``raw`` prompts for ``task_name`` with the LLM's checks, then run them on the batcher.
+
+    The LLM decides everything about the request (the task's support and parameters, the
+    truncation, the token estimate); this only bounds the estimate by the server's limit.
+
+    Returns:
+        The task and, per input, its result tensor and prompt token ids.
+    """
+    check_truncation(llm, params.truncate_prompt_tokens)
+    task, prompts, checked = llm.prepare(raw, params, pooling_task=task_name, prompt_name=prompt_name)
+    check_tokens(st, llm.estimate_tokens(prompts, checked))
+    results = await until_done(request, st, st.batcher.submit(task.name, prompts, checked))
+    st.metrics.answered(len(results), sum(len(ids) for _, ids in results))
+    return task, results

@@ -1,0 +1,20 @@
+"""What the Triton kernels share: where they can run, and how they are registered."""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Callable
+
+import torch
+
+from poolkit.kernel import Kernel
+
+
+def triton_available() -> bool:
+    """Whether Triton kernels can run in this process: Triton is installed and CUDA is up."""
+    return importlib.util.find_spec("triton") is not None and torch.cuda.is_available()
+
+
+def triton_kernel(fn: Callable, reference: Callable) -> Kernel:
+    """A CUDA kernel written in Triton, preferred over the torch ones wherever Triton runs."""
+    return Kernel(fn=fn, reference=reference, device="cuda", priority=10, is_available=triton_available)

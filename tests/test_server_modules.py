@@ -1,0 +1,99 @@
+"""The server package's shape: one router per protocol, all mounted, and Prometheus metrics on
+``prometheus_client`` with a registry per application."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+prometheus_client = pytest.importorskip("prometheus_client")
+
+from fastapi.testclient import TestClient  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+
+from poolkit.server import INFERENCE_ROUTES, create_app  # noqa: E402
+from poolkit.server import app as app_module  # noqa: E402
+from poolkit.server import routes_cohere, routes_openai, routes_ops, routes_vllm  # noqa: E402
+
+#: Every family /metrics exposes, by the name the parser gives it (counters without ``_total``).
+FAMILIES = {
+    "poolkit_requests": "counter",
+    "poolkit_request_duration_seconds": "histogram",
+    "poolkit_prompt_tokens": "counter",
+    "poolkit_inputs": "counter",
+    "poolkit_requests_rejected": "counter",
+    "poolkit_client_disconnects": "counter",
+    "poolkit_requests_cancelled": "counter",
+    "poolkit_batches": "counter",
+    "poolkit_batch_tokens": "counter",
+    "poolkit_requests_in_flight": "gauge",
+    "poolkit_queue_depth": "gauge",
+    "poolkit_model_ready": "gauge",
+    "poolkit_batch_size": "histogram",
+    "poolkit_queue_wait_seconds": "histogram",
+}
+
+
+def _families(client: TestClient) -> dict:
+    response = client.get("/metrics")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    return {f.name: f for f in text_string_to_metric_families(response.text)}
+
+
+def _value(family, sample: str, **labels: str) -> float:
+    return sum(s.value for s in family.samples if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+@pytest.fixture(scope="module")
+def two_apps(minilm):
+    with TestClient(create_app(minilm, served_model_name="a")) as a, TestClient(create_app(minilm, served_model_name="b")) as b:
+        yield a, b
+
+
+def test_metrics_are_valid_prometheus_exposition(two_apps):
+    client, _ = two_apps
+    assert client.post("/v1/embeddings", json={"input": ["one", "two"]}).status_code == 200
+    families = _families(client)
+    assert {name: f.type for name, f in families.items()} == FAMILIES
+    requests = families["poolkit_requests"]
+    assert _value(requests, "poolkit_requests_total", route="/v1/embeddings", status="200") >= 1
+    duration = families["poolkit_request_duration_seconds"]
+    assert _value(duration, "poolkit_request_duration_seconds_bucket", route="/v1/embeddings", le="+Inf") >= 1
+    assert _value(families["poolkit_inputs"], "poolkit_inputs_total") >= 2
+    assert _value(families["poolkit_batch_size"], "poolkit_batch_size_count") >= 1
+    assert _value(families["poolkit_model_ready"], "poolkit_model_ready") == 1
+    samples = [s.name for f in families.values() for s in f.samples]
+    assert not [name for name in samples if name.endswith("_created")]
+
+
+def test_two_apps_in_one_process_keep_separate_metrics(two_apps):
+    a, b = two_apps
+    before = _value(_families(b)["poolkit_requests"], "poolkit_requests_total", route="/score")
+    for _ in range(3):
+        assert a.post("/score", json={"text_1": "a", "text_2": "b"}).status_code == 200
+    assert _value(_families(a)["poolkit_requests"], "poolkit_requests_total", route="/score") >= 3
+    assert _value(_families(b)["poolkit_requests"], "poolkit_requests_total", route="/score") == before
+    # Nothing lands in prometheus_client's process-wide default registry.
+    assert not [m.name for m in prometheus_client.REGISTRY.collect() if m.name.startswith("poolkit_")]
+
+
+def test_every_protocol_router_is_mounted(two_apps):
+    client, _ = two_apps
+    modules = (routes_ops, routes_openai, routes_vllm, routes_cohere)
+    assert [id(router) for router in app_module.ROUTERS] == [id(module.router) for module in modules]
+    mounted = {(r.path, frozenset(r.methods)): r.endpoint for r in client.app.routes if hasattr(r, "endpoint")}
+    for module in modules:
+        assert module.router.routes, module.__name__
+        for route in module.router.routes:
+            assert mounted.get((route.path, frozenset(route.methods))) is route.endpoint, (module.__name__, route.path)
+            assert route.endpoint.__module__ == module.__name__
+    paths = {route.path for module in modules for route in module.router.routes}
+    assert paths == set(INFERENCE_ROUTES) | {"/v1/models", "/health", "/metrics"}
+
+
+def test_routes_read_the_state_of_their_own_app(two_apps):
+    a, b = two_apps
+    assert a.get("/v1/models").json()["data"][0]["id"] == "a"
+    assert b.get("/v1/models").json()["data"][0]["id"] == "b"
+    assert a.post("/v1/embeddings", json={"model": "b", "input": "x"}).status_code == 404
