@@ -1,5 +1,6 @@
 """Layer code the built-in model families share: activations, norms, linears through a kernel,
-rotary positions, projections fused at load time, and the token classifier head.
+rotary positions, projections fused at load time, the token classifier head and a causal LM's
+next-token head.
 
 Every family imports these from here, never from another family's module. Compute kernels are
 reached only through the kernel registry (:func:`kernel`): the helpers take the kernel
@@ -17,6 +18,7 @@ from torch import nn
 
 from poolkit.errors import ModelLoadError
 from poolkit.kernel import select_kernel
+from poolkit.plugins import registry
 
 #: ``hidden_act`` values that the ``linear_act`` op fuses into its matmul, by the op's names for
 #: them: every ``linear_act`` kernel takes ``act`` in ``none, gelu, gelu_tanh, relu, silu, tanh,
@@ -223,3 +225,88 @@ class TokenClassifier:
 
     def token_head(self) -> nn.Module:
         return getattr(self, self.head_name)
+
+
+class CausalLMHead:
+    """Mixin: the next-token head of a ``*ForCausalLM`` checkpoint as :meth:`lm_head`.
+
+    Process reward models such as math-shepherd are causal LMs read through their LM head: with
+    ``STEP`` pooling the ``token_classify`` task takes the logits of the step-tag tokens (the
+    ``returned_token_ids`` columns) from :meth:`lm_head`. Its weight is the input embeddings when
+    the model ties them; otherwise the checkpoint's tensors, kept as loaded and copied to the
+    model's device and dtype the first time the head runs. A safetensors tensor maps its file, so
+    an embedding model served from a causal-LM checkpoint (Qwen3-Embedding) keeps no copy of a
+    head it never reads.
+
+    A next-token head is no masked-LM head: the model offers every task but ``sparse_embed``
+    (SPLADE), which would read it as one.
+
+    Subclasses say where the input embeddings are (:meth:`input_embedding_weight`) and whether
+    they are tied (:meth:`ties_lm_head`); ``load_weights`` keeps the tensors named in
+    :attr:`lm_head_tensors` on their way to the subclass's own loading.
+    """
+
+    #: Checkpoint names of the head's tensors, by the head's parameter name.
+    lm_head_tensors: ClassVar[dict[str, str]] = {"weight": "lm_head.weight"}
+    #: Tasks a next-token head must not serve.
+    not_lm_head_tasks: ClassVar[frozenset[str]] = frozenset({"sparse_embed"})
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self._lm_tensors: dict[str, torch.Tensor] = {}
+        self._lm_copies: dict[tuple[torch.device, torch.dtype], dict[str, torch.Tensor]] = {}
+
+    @property
+    def pooling_tasks(self) -> frozenset[str]:
+        return frozenset(registry("task").names()) - self.not_lm_head_tasks
+
+    def input_embedding_weight(self) -> torch.Tensor:
+        """The ``[vocab, H]`` input embeddings (the head's weight when tied)."""
+        raise NotImplementedError
+
+    def ties_lm_head(self) -> bool:
+        """Whether the head's weight is the input embeddings."""
+        return bool(getattr(self.config, "tie_word_embeddings", False))
+
+    def has_lm_head(self) -> bool:
+        """Whether the head's weight is known: tied, or kept from the checkpoint."""
+        return self.ties_lm_head() or "weight" in self._lm_tensors
+
+    def keep_lm_head(self, weights: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
+        """Pass every checkpoint tensor on, keeping a reference to the head's."""
+        names = {name: param for param, name in self.lm_head_tensors.items()}
+        self._lm_tensors.clear()
+        self._lm_copies.clear()
+        for name, tensor in weights:
+            if name in names:
+                self._lm_tensors[names[name]] = tensor
+            yield name, tensor
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        super().load_weights(self.keep_lm_head(weights))
+
+    def lm_head(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        return self.lm_logits if self.has_lm_head() else None
+
+    def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``[n, H]`` hidden rows -> ``[n, vocab]`` next-token logits, in the model's dtype."""
+        weights = self._lm_weights(hidden.device)
+        weight = weights["weight"]
+        return self.transform_logits(F.linear(hidden.to(weight.dtype), weight, weights.get("bias")))
+
+    def transform_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """What the model does to the head's output before it is a logit (nothing by default)."""
+        return logits
+
+    def _lm_weights(self, device: torch.device) -> dict[str, torch.Tensor]:
+        embeddings = self.input_embedding_weight()
+        dtype = embeddings.dtype
+        key = (torch.device(device), dtype)
+        found = self._lm_copies.get(key)
+        if found is None:
+            found = {name: t.detach().to(device=device, dtype=dtype) for name, t in self._lm_tensors.items()}
+            if self.ties_lm_head():
+                found["weight"] = embeddings
+            self._lm_copies.clear()  # one copy: the model's device and dtype
+            self._lm_copies[key] = found
+        return found

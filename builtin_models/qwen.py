@@ -8,9 +8,10 @@ except that each layer's q/k/v projections are fused into one ``qkv_proj`` matri
 and up projections into one ``gate_up_proj`` at load time: one matmul instead of three or two.
 
 Heads: ``*ForSequenceClassification`` (``score`` on the last token), ``*ForTokenClassification``,
-Qwen2 reward and process reward models (a ``score`` MLP on every token), and LLM-as-reranker
+Qwen2 reward and process reward models (a ``score`` MLP on every token), LLM-as-reranker
 checkpoints (Qwen3-Reranker) whose ``classifier_from_token`` words turn rows of the LM head into
-a classifier.
+a classifier, and the LM head of ``*ForCausalLM`` itself (``lm_head()``), which ``STEP`` process
+rewards read.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from torch import nn
 from poolkit.architecture import Architecture
 from poolkit.batch import PackedBatch
 from poolkit.builtin_models.layers import (
+    CausalLMHead,
     FusedLinear,
     RMSNorm,
     Rotary,
@@ -193,9 +195,10 @@ class Qwen2Model(Architecture):
 
     Loads checkpoints of ``Qwen2Model`` itself and of Qwen2 task models (``Qwen2ForCausalLM``,
     ``Qwen2ForSequenceClassification``, ...), whose backbone tensors carry a ``model.`` prefix;
-    ``lm_head`` is dropped. Positions are rotary, counted from 0 in each sequence. Each token
-    attends to the earlier tokens of its sequence, or to all of them when the config (or
-    ``hf_overrides``) sets ``is_causal: false``. Embeddings pool the last token by default.
+    ``lm_head`` is dropped (``*ForCausalLM`` keeps it for ``lm_head()``). Positions are rotary,
+    counted from 0 in each sequence. Each token attends to the earlier tokens of its sequence, or
+    to all of them when the config (or ``hf_overrides``) sets ``is_causal: false``. Embeddings
+    pool the last token by default.
 
     Example:
         >>> model = Qwen2Model(transformers.Qwen2Config.from_pretrained(path))
@@ -259,7 +262,7 @@ class Qwen3Model(Qwen2Model):
     """The Qwen3 decoder: Qwen2 with per-head ``q_norm`` / ``k_norm`` and ``attention_bias``.
 
     Qwen3-Embedding checkpoints (``Qwen3ForCausalLM`` with a sentence-transformers last-token
-    pooling) load through ``Qwen3ForCausalLM``, which drops the LM head.
+    pooling) load through ``Qwen3ForCausalLM``, which only reads its LM head for ``STEP`` rewards.
     """
 
     qk_norm: ClassVar[bool] = True
@@ -419,17 +422,29 @@ class Qwen3ForSequenceClassification(_ScoreHead, Qwen3Model):
     """
 
 
-class Qwen2ForCausalLM(_ScoreHead, Qwen2Model):
-    """A Qwen2 language model served as an embedder (LM head dropped), or, when its config names
+class _LMHead(CausalLMHead):
+    """Mixin: the LM head of a Qwen causal LM, ``lm_head.weight`` or the tied ``embed_tokens``."""
+
+    def input_embedding_weight(self) -> torch.Tensor:
+        return self.embed_tokens.weight
+
+
+class Qwen2ForCausalLM(_LMHead, _ScoreHead, Qwen2Model):
+    """A Qwen2 language model served as an embedder, or, when its config names
     ``classifier_from_token`` and a ``method``, as a reranker built from the LM head's rows.
+
+    Its LM head is :meth:`lm_head` (kept as loaded until read): with ``pooler_config``
+    ``{"pooling_type": "STEP", "step_tag_id": ..., "returned_token_ids": [...]}`` the
+    ``token_classify`` task (``LLM.reward``) returns the softmax of those logits at the step tags.
     """
 
     checkpoint_score: ClassVar[bool] = False
 
 
-class Qwen3ForCausalLM(_ScoreHead, Qwen3Model):
-    """A Qwen3 language model served as an embedder (Qwen3-Embedding; LM head dropped), or, when
-    its config names ``classifier_from_token`` and a ``method`` (Qwen3-Reranker), as a reranker.
+class Qwen3ForCausalLM(_LMHead, _ScoreHead, Qwen3Model):
+    """A Qwen3 language model served as an embedder (Qwen3-Embedding), or, when its config names
+    ``classifier_from_token`` and a ``method`` (Qwen3-Reranker), as a reranker; its LM head serves
+    ``STEP`` process rewards as :class:`Qwen2ForCausalLM`'s does.
     """
 
     checkpoint_score: ClassVar[bool] = False

@@ -18,6 +18,7 @@ import copy
 import functools
 import inspect
 import logging
+import re
 from typing import Any, ClassVar, Iterable, Iterator
 
 import torch
@@ -25,6 +26,7 @@ from torch import nn
 
 from poolkit.architecture import Architecture
 from poolkit.batch import PackedBatch
+from poolkit.builtin_models.layers import CausalLMHead
 from poolkit.errors import InvalidRequest, ModelLoadError
 from poolkit.hookspecs import hookimpl
 from poolkit.model import CONVERTIBLE_SUFFIXES
@@ -36,6 +38,12 @@ IMPLEMENTATION = "fallback (transformers)"
 _BASE_SUFFIXES = tuple(s for s in CONVERTIBLE_SUFFIXES if not s.endswith("Classification")) + ("LMHeadModel",)
 #: Sub-configs that mark a multimodal model, which the fallback (text in, text out) cannot feed.
 _MULTIMODAL_SUBCONFIGS = ("vision_config", "audio_config")
+#: Names of causal language models, whose LM head the fallback exposes as ``lm_head()``.
+_CAUSAL_LM_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+#: What causal LMs of transformers do to their LM head's output, by the config attribute they read
+#: (Cohere scales, Granite divides, Gemma 2/3 soft-cap); the fallback does the same (see
+#: :func:`_logit_transforms`).
+_LOGIT_TRANSFORMS = ("logit_scale", "logits_scaling", "final_logit_softcapping")
 
 
 def _text_config(config: Any) -> Any:
@@ -318,6 +326,130 @@ class TransformersForTokenClassification(TransformersModel):
         return self.hf(**inputs).logits
 
 
+class TransformersForCausalLM(CausalLMHead, TransformersModel):
+    """A transformers causal LM (``LlamaForCausalLM``, ``MistralForCausalLM``, ``GPT2LMHeadModel``, ...).
+
+    ``forward`` runs the base model (``hf_class``) as :class:`TransformersModel` does, so the
+    model embeds as before; its LM head, that of ``lm_class`` (the checkpoint's class), is
+    :meth:`lm_head`: the tied input embeddings, or the checkpoint's head tensors kept as loaded
+    until a head reads them (``STEP`` process rewards, as math-shepherd-mistral-7b-prm's). The
+    logits are transformed as the class's ``forward`` transforms them (``logit_scale``,
+    ``logits_scaling``, ``final_logit_softcapping``); a class whose ``forward`` does anything
+    else to them has no ``lm_head()`` here.
+    """
+
+    #: The transformers causal LM class whose head this architecture exposes.
+    lm_class: ClassVar[type]
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self.lm_head_tensors: dict[str, str] = {}
+        self._tied = False
+        self._transforms: tuple[str, ...] = ()
+        #: Why the model has no ``lm_head()``, or ``None``.
+        self.no_lm_head_reason: str | None = None
+        try:
+            with torch.device("meta"):
+                lm = self.lm_class(copy.deepcopy(config))
+        except (RuntimeError, NotImplementedError, TypeError, ValueError) as exc:
+            self.no_lm_head_reason = f"{self.lm_class.__name__} cannot be inspected: {type(exc).__name__}: {exc}"
+            return
+        head = lm.get_output_embeddings()
+        path = next((name for name, module in lm.named_modules() if module is head), None)
+        if head is None or path is None or getattr(head, "weight", None) is None:
+            self.no_lm_head_reason = f"{self.lm_class.__name__} has no output embeddings"
+            return
+        self._tied = head.weight is lm.get_input_embeddings().weight
+        names = ["weight"] + (["bias"] if getattr(head, "bias", None) is not None else [])
+        self.lm_head_tensors = {kind: f"{path}.{kind}" for kind in names}
+        self._transforms, unknown = _logit_transforms(self.lm_class, path.rpartition(".")[2])
+        if unknown is not None:
+            self.no_lm_head_reason = (
+                f"{self.lm_class.__name__} computes its logits in a way poolkit does not follow: {unknown[:200]}"
+            )
+
+    def input_embedding_weight(self) -> torch.Tensor:
+        return self.hf.get_input_embeddings().weight
+
+    def ties_lm_head(self) -> bool:
+        return self._tied
+
+    def has_lm_head(self) -> bool:
+        return (
+            self.no_lm_head_reason is None
+            and super().has_lm_head()
+            and all(kind in self._lm_tensors for kind in self.lm_head_tensors if kind != "weight")
+        )
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        super().load_weights(weights)
+        if self.no_lm_head_reason is None and not self.has_lm_head():
+            self.no_lm_head_reason = f"the checkpoint has no {' / '.join(self.lm_head_tensors.values())}"
+        if self.no_lm_head_reason is not None:
+            logger.debug("%s: no lm_head(): %s", self.lm_class.__name__, self.no_lm_head_reason)
+
+    def transform_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        text = _text_config(self.config)
+        if "logit_scale" in self._transforms:
+            logits = logits * getattr(text, "logit_scale")
+        if "logits_scaling" in self._transforms:
+            logits = logits / getattr(text, "logits_scaling")
+        cap = getattr(text, "final_logit_softcapping", None) if "final_logit_softcapping" in self._transforms else None
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+
+def _logit_transforms(lm_class: type, head_name: str) -> tuple[tuple[str, ...], str | None]:
+    """What ``lm_class.forward`` does to its head's output before it is returned as logits.
+
+    Returns the transforms of :data:`_LOGIT_TRANSFORMS` it applies, and ``None``; or, when the
+    forward computes the logits otherwise (the head reads something other than the base model's
+    last hidden states, its call is not a plain assignment, or a later statement changes the
+    logits in another way), the statement poolkit does not follow.
+    """
+    try:
+        lines = [line.split("#", 1)[0].strip() for line in inspect.getsource(lm_class.forward).splitlines()]
+    except (OSError, TypeError):
+        return (), "its forward's source cannot be read"
+    start = next((i for i, line in enumerate(lines) if f"self.{head_name}(" in line), None)
+    if start is None:
+        return (), f"its forward does not call self.{head_name}"
+    call = re.fullmatch(rf"(\w+) = self\.{head_name}\(((\w+)(\[[^()]*\])?(\.to\((dtype=)?[\w.]+\))?)\)({_CASTS})?", lines[start])
+    if call is None:
+        return (), lines[start]
+    var, hidden = call.group(1), call.group(3)
+    output = rf"(\w+(\.last_hidden_state|\[0\])|{hidden})"
+    for code in lines[:start]:  # the head must read the base model's output as it is
+        if re.match(rf"{hidden}\b[^=]*=(?!=)", code) and not re.fullmatch(
+            rf"{hidden} = ({output}|slice_logits_to_keep\({output}, \w+\))", code
+        ):
+            return (), code
+    found: list[str] = []
+    for code in lines[start + 1 :]:
+        if code.startswith(("loss", "if labels", "return")):
+            break
+        if not re.match(rf"{var}\b[^=]*=(?!=)", code):
+            continue
+        kind = next((k for pattern, k in _KNOWN_EDITS if re.fullmatch(pattern.format(v=var), code)), None)
+        if kind is None:
+            return (), code
+        found.append(kind)
+    return tuple(t for t in _LOGIT_TRANSFORMS if t in found), None
+
+
+#: What may follow the head call: casts, which change no value poolkit returns (fp32).
+_CASTS = r"\.float\(\)|\.to\(torch\.float32\)|\.contiguous\(\)"
+#: Statements of transformers' causal LMs that transform the logits (``{v}``) as poolkit does.
+_KNOWN_EDITS = (
+    (r"{v} = {v} \* self\.logit_scale", "logit_scale"),
+    (r"{v} = {v} / self\.config\.(text_config\.)?logits_scaling", "logits_scaling"),
+    (r"{v} = {v}(\.float\(\))? / self\.config\.(text_config\.)?final_logit_softcapping", "final_logit_softcapping"),
+    (r"{v} = torch\.tanh\({v}\)", "final_logit_softcapping"),
+    (r"{v} = {v} \* self\.config\.(text_config\.)?final_logit_softcapping", "final_logit_softcapping"),
+)
+
+
 def _singles(batch: PackedBatch) -> list[PackedBatch]:
     starts = batch.cu_seqlens.tolist()
     return [
@@ -359,6 +491,20 @@ def _fallback_class(base: type[TransformersModel], hf_class: type) -> type[Trans
     )
 
 
+@functools.lru_cache(maxsize=None)
+def _causal_lm_class(hf_class: type, lm_class: type) -> type[TransformersModel]:
+    return type(
+        f"Transformers{lm_class.__name__}",
+        (TransformersForCausalLM,),
+        {
+            "hf_class": hf_class,
+            "lm_class": lm_class,
+            "__module__": __name__,
+            "__doc__": f"{lm_class.__name__} run by transformers.\n\n{TransformersForCausalLM.__doc__}",
+        },
+    )
+
+
 def _transformers_class(name: str) -> type | None:
     """The transformers model class called ``name``, or ``None`` if there is none."""
     if not name.isidentifier() or name.startswith("_"):
@@ -394,6 +540,8 @@ def _architecture_for(name: str, hf_class: type, config: Any) -> type[Transforme
         return _fallback_class(TransformersForSequenceClassification, hf_class)
     if name.endswith("ForTokenClassification"):
         return _fallback_class(TransformersForTokenClassification, hf_class)
+    if name.endswith(_CAUSAL_LM_SUFFIXES) and callable(getattr(hf_class, "get_output_embeddings", None)):
+        return _causal_lm_class(_base_class(name, config), hf_class)
     if name.endswith(_BASE_SUFFIXES):
         return _fallback_class(TransformersModel, _base_class(name, config))
     if "For" not in name and not name.endswith("HeadModel"):  # a base model: DistilBertModel, T5EncoderModel

@@ -150,3 +150,64 @@ class ClassifierHead:
         if params.step_tag_id is not None:
             logits = logits[token_ids == params.step_tag_id]
         return logits
+
+
+#: Most LM-head logits (rows x vocabulary) :class:`LMHeadStepHead` holds at once: 2**24 floats,
+#: 110 token rows of Qwen's 151k-token vocabulary.
+LOGITS_BUDGET = 1 << 24
+
+
+class LMHeadStepHead(ClassifierHead):
+    """``STEP`` rewards read off a causal LM's next-token head (math-shepherd's process rewards).
+
+    Each sequence keeps the rows of its ``step_tag_id`` tokens (all rows without one); only those
+    rows go through the LM head, a bounded chunk at a time so that ``[rows, vocab]`` logits never
+    exist for a whole batch, and each chunk keeps only the ``returned_token_ids`` columns. Then
+    the classifier activation applies: softmax over the columns (sigmoid for one), as vLLM's
+    ``StepPool`` with its classifier head.
+
+    Args:
+        lm_head: ``[n, H]`` hidden rows -> ``[n, vocab]`` logits (``Architecture.lm_head()``).
+        vocab_size: width of the logits.
+        activation, use_activation, logit_mean, logit_sigma: as for :class:`ClassifierHead`.
+        chunk_rows: rows per LM-head call; ``None`` derives it from :data:`LOGITS_BUDGET`.
+    """
+
+    def __init__(
+        self,
+        lm_head: Callable[[torch.Tensor], torch.Tensor],
+        vocab_size: int,
+        activation: Callable[[torch.Tensor], torch.Tensor] | None,
+        use_activation: bool,
+        logit_mean: float | None = None,
+        logit_sigma: float | None = None,
+        chunk_rows: int | None = None,
+    ) -> None:
+        classifier: torch.nn.Module = lm_head  # type: ignore[assignment]  # called, never inspected
+        super().__init__(classifier, activation, use_activation, logit_mean, logit_sigma, step=True)
+        self.vocab_size = int(vocab_size)
+        self.chunk_rows = chunk_rows or max(1, LOGITS_BUDGET // max(1, self.vocab_size))
+
+    def __call__(self, hidden: torch.Tensor, batch: PackedBatch, params: Sequence[PoolingParams]) -> list[torch.Tensor]:
+        flags = [self.use_activation if p.use_activation is None else p.use_activation for p in params]
+        rows = batch.split(hidden)
+        if any(p.step_tag_id is not None for p in params):
+            ids = batch.split(batch.input_ids)
+            rows = [r if p.step_tag_id is None else r[t == p.step_tag_id] for r, t, p in zip(rows, ids, params)]
+        logits: list[torch.Tensor | None] = [None] * len(rows)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, p in enumerate(params):
+            groups.setdefault(tuple(p.returned_token_ids or ()), []).append(i)
+        for columns, members in groups.items():  # one pass over the head per set of columns
+            picked = self._logits(torch.cat([rows[i] for i in members]), list(columns))
+            for i, part in zip(members, picked.split([rows[i].shape[0] for i in members])):
+                logits[i] = part
+        return [self._activate(x, flag) for x, flag in zip(logits, flags)]
+
+    def _logits(self, rows: torch.Tensor, columns: list[int]) -> torch.Tensor:
+        width = len(columns) if columns else self.vocab_size
+        parts = []
+        for chunk in rows.split(self.chunk_rows):
+            out = self.classifier(chunk)
+            parts.append((out[:, columns] if columns else out).float())
+        return torch.cat(parts) if parts else rows.new_zeros((0, width), dtype=torch.float32)

@@ -34,9 +34,10 @@ class CrossEncoderScorer(Scorer):
     def refusal(self, model: Any) -> str | None:
         if "classify" not in model.supported_tasks():
             return None
+        # vLLM's words first (its LLM.score, and its server, which then mounts no /score or /rerank).
         return (
-            f"scoring needs a classifier with one output; model '{model.name}' has "
-            f"{model.architecture.num_labels} (use LLM.classify)"
+            f"Scoring API is only enabled for num_labels == 1. Model '{model.name}' has "
+            f"{model.architecture.num_labels} labels: scoring needs a classifier with one output (use LLM.classify)"
         )
 
     def score(self, llm, first, second, pooling_params, *, use_tqdm, tokenization_kwargs, chat_template, instruction):

@@ -14,7 +14,7 @@ from poolkit.plugins import registry
 from poolkit.pooling import Pooler
 from poolkit.tasks import Head, Task
 
-from .heads import ClassifierHead, VectorHead
+from .heads import ClassifierHead, LMHeadStepHead, VectorHead
 
 STEP_PARAMS = frozenset({"step_tag_id", "returned_token_ids"})
 
@@ -173,21 +173,35 @@ class TokenClassifyTask(Task):
     """Per-token class probabilities (NER, token and process reward models; ``LLM.reward``).
 
     With the ``STEP`` pooling type, only the rows of tokens equal to ``step_tag_id`` and the
-    columns ``returned_token_ids`` are returned.
+    columns ``returned_token_ids`` are returned. A ``STEP`` model with no token classifier but an
+    LM head (a causal LM such as math-shepherd-mistral-7b-prm) is classified by its LM head: the
+    columns are token ids, and ``returned_token_ids`` are checked against the vocabulary.
     """
 
     name = "token_classify"
     granularity = "token"
     default_pooling_type = "ALL"
     default_rank = 3
+    #: ``entities``: the CLI prints entity spans (``LLM.entities``) instead of per-token probabilities.
+    output_options = frozenset({"entities"})
     params = frozenset({"use_activation"}) | STEP_PARAMS
 
     def build(self, model: PoolingModel) -> Head | None:
         head = model.architecture.token_head()
-        if head is None:
+        if head is not None:
+            names, _ = _poolers(self, model)
+            return _classifier_head(model, head, step=names == ("STEP",))
+        lm_head = _step_lm_head(self, model)
+        if lm_head is None:
             return None
-        names, _ = _poolers(self, model)
-        return _classifier_head(model, head, step=names == ("STEP",))
+        return LMHeadStepHead(
+            lm_head,
+            _vocab_size(model),
+            classifier_activation(model),
+            model.use_activation(from_st_normalize=False).value,
+            model.pooler_config.logit_mean,
+            model.pooler_config.logit_sigma,
+        )
 
     def param_defaults(self, model: PoolingModel) -> dict[str, object]:
         if model.pooling_type(self).value != ("STEP",):
@@ -204,10 +218,27 @@ class TokenClassifyTask(Task):
                 f"Task {self.name!r} only supports {valid} parameters, does not support {sorted(invalid)} parameters"
             )
         super().verify(params, model)
-        labels = model.architecture.num_labels
+        if model.architecture.token_head() is None and _step_lm_head(self, model) is not None:
+            labels, what = _vocab_size(model), "vocabulary's"
+        else:
+            labels, what = model.architecture.num_labels, "model's"
         bad = [i for i in params.returned_token_ids or [] if not 0 <= i < labels]
         if bad:
-            raise InvalidRequest(f"returned_token_ids {bad} are outside the model's {labels} outputs")
+            raise InvalidRequest(f"returned_token_ids {bad} are outside the {what} {labels} outputs")
+
+
+def _step_lm_head(task: Task, model: PoolingModel) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The LM head that classifies tokens for ``task`` on ``model``: only with ``STEP`` pooling."""
+    if model.pooling_type(task).value != ("STEP",):
+        return None
+    return model.architecture.lm_head()
+
+
+def _vocab_size(model: PoolingModel) -> int:
+    """Width of the LM head's logits: the (text) config's ``vocab_size``."""
+    config = model.architecture.config
+    text = config.get_text_config() if callable(getattr(config, "get_text_config", None)) else config
+    return int(getattr(text, "vocab_size", None) or getattr(config, "vocab_size"))
 
 
 class PluginTask(Task):
@@ -225,6 +256,18 @@ class PluginTask(Task):
         return None
 
 
+class RewardAlias(Task):
+    """vLLM 0.10's ``reward`` task (``pooling_task="reward"``, ``/pooling`` ``"task": "reward"``): a
+    deprecated name of ``token_classify``."""
+
+    name = "reward"
+    granularity = "token"
+    alias_of = "token_classify"
+
+    def build(self, model: PoolingModel) -> Head | None:
+        return None
+
+
 @hookimpl
 def poolkit_register_tasks(register):
     register("embed", EmbedTask)
@@ -232,3 +275,4 @@ def poolkit_register_tasks(register):
     register("classify", ClassifyTask)
     register("token_classify", TokenClassifyTask)
     register("plugin", PluginTask)
+    register("reward", RewardAlias)

@@ -41,10 +41,15 @@ _LAZY = {
     "SparseEmbedding": "sparse",
     "PoolingOutput": "outputs",
     "EmbeddingOutput": "outputs",
+    "ClassificationOutput": "outputs",
     "ScoringOutput": "outputs",
     "PoolingRequestOutput": "outputs",
     "EmbeddingRequestOutput": "outputs",
+    "ClassificationRequestOutput": "outputs",
     "ScoringRequestOutput": "outputs",
+    "RerankResult": "outputs",
+    "SparseEmbeddingRequestOutput": "sparse",
+    "ModelConfig": "model",
 }
 
 __all__ = [

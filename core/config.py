@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 
 from .errors import InvalidRequest
 
-_ACTIVATION_ALIASES = ("normalize", "softmax")
+_ACTIVATION_ALIASES = ("normalize", "softmax", "activation")
 
 
 def _one_line(exc: ValidationError, what: str) -> str:
@@ -44,6 +44,19 @@ def _fold_activation_aliases(data: Any, what: str) -> Any:
             raise ValueError(f"'{alias}' and 'use_activation' disagree; set only 'use_activation'")
         if value is not None:
             data["use_activation"] = value
+    return data
+
+
+def _fold_task_alias(data: dict[str, Any]) -> dict[str, Any]:
+    """vLLM spells the task ``pooling_task`` in some places and ``task`` in others: accept both."""
+    if "pooling_task" not in data:
+        return data
+    data = dict(data)
+    value = data.pop("pooling_task")
+    if data.get("task") is not None and value is not None and data["task"] != value:
+        raise ValueError("'pooling_task' and 'task' disagree; set only one")
+    if value is not None:
+        data["task"] = value
     return data
 
 
@@ -108,6 +121,7 @@ class PoolerConfig(_Strict):
         data = _fold_activation_aliases(data, "PoolerConfig")
         if not isinstance(data, dict):
             return data
+        data = _fold_task_alias(data)
         if "logit_bias" in data:
             warnings.warn("PoolerConfig field 'logit_bias' is deprecated; use 'logit_mean'", DeprecationWarning, stacklevel=5)
             if data.get("logit_mean") is not None:
@@ -156,7 +170,8 @@ class PoolingParams(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _aliases(cls, data: Any) -> Any:
-        return _fold_activation_aliases(data, "PoolingParams")
+        data = _fold_activation_aliases(data, "PoolingParams")
+        return _fold_task_alias(data) if isinstance(data, dict) else data
 
     @field_validator("truncate_prompt_tokens")
     @classmethod

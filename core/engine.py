@@ -39,6 +39,8 @@ class Encoded:
     token_ids: list[int]
     token_type_ids: list[int] | None = None
     pool_skip: int = 0
+    #: Whether tokens were cut off to honour a truncation limit.
+    truncated: bool = False
 
 
 def _cut_index(text: str, budget: int, side: str) -> int:
@@ -69,7 +71,9 @@ class Engine:
         if self.max_batch_tokens < 1:
             raise InvalidRequest("max_batch_tokens must be positive")
         self._tokenizer_lock = threading.Lock()
-        self._prompt_lengths: dict[str, int] = {}
+        self._prompt_lengths: dict[tuple[str, bool], int] = {}
+        #: Inputs cut to a truncation limit so far (the CLI and corpus jobs report it).
+        self.truncated_inputs = 0
 
     # -- tokenization --------------------------------------------------------------------------
 
@@ -82,14 +86,19 @@ class Engine:
     def limit(self, params: PoolingParams, chunked: bool = False) -> int | None:
         """Most tokens (special tokens included) a prompt with ``params`` keeps.
 
-        With chunked processing, an input is not truncated to the model's limit: it is read up to
-        one token past ``max_embed_len`` (so a longer one can be refused), or whole.
+        Unless truncation is asked for (``truncate_prompt_tokens``, or a ``truncation_side``), an
+        input longer than the model's limit is an error, as in vLLM: it is read up to one token past
+        the limit, so :meth:`tokenize` can refuse it. ``-1`` truncates to the model's limit. With chunked processing, an input is not truncated to
+        the model's limit: it is read up to one token past ``max_embed_len`` (so a longer one can be
+        refused), or whole.
         """
         model_max = self.model.max_model_len.value
         requested = params.truncate_prompt_tokens
         if chunked and requested is None:
             max_embed_len = self.model.pooler_config.max_embed_len
             return max_embed_len + 1 if max_embed_len else None
+        if requested is None and params.truncation_side is None:
+            return model_max + 1 if model_max is not None else None
         if requested is None or requested == -1:
             return model_max
         if model_max is not None and requested > model_max:
@@ -99,14 +108,18 @@ class Engine:
             )
         return requested
 
-    def _prompt_length(self, prefix: str) -> int:
-        """Tokens of an instruction prefix, less a trailing special token (sentence-transformers)."""
-        if prefix not in self._prompt_lengths:
+    def _prompt_length(self, prefix: str, special: bool = True) -> int:
+        """Tokens of an instruction prefix, less a trailing special token (sentence-transformers).
+
+        ``special=False``: the prefix of a prompt tokenized without special tokens.
+        """
+        key = (prefix, special)
+        if key not in self._prompt_lengths:
             tok = self.model.tokenizer
-            ids = tok(prefix, add_special_tokens=True)["input_ids"]
-            n = len(ids) - (1 if ids and ids[-1] in set(tok.all_special_ids) else 0)
-            self._prompt_lengths[prefix] = n
-        return self._prompt_lengths[prefix]
+            ids = tok(prefix, add_special_tokens=special)["input_ids"]
+            n = len(ids) - (1 if special and ids and ids[-1] in set(tok.all_special_ids) else 0)
+            self._prompt_lengths[key] = n
+        return self._prompt_lengths[key]
 
     def _text(self, prompt: Prompt) -> str:
         text = (prompt.prompt_prefix or "") + (prompt.text or "")
@@ -115,9 +128,12 @@ class Engine:
     def tokenize(
         self, prompts: Sequence[Prompt], params: Sequence[PoolingParams], chunked: bool = False
     ) -> list[Encoded]:
-        """Tokenize and truncate every prompt, batching tokenizer calls by truncation settings."""
+        """Tokenize and truncate every prompt, batching tokenizer calls by truncation settings.
+
+        A prompt with ``add_special_tokens=False`` is tokenized without the tokenizer's special tokens.
+        """
         out: list[Encoded | None] = [None] * len(prompts)
-        groups: dict[tuple[int | None, str], list[int]] = {}
+        groups: dict[tuple[int | None, str, bool], list[int]] = {}
         default_side = getattr(self.model.tokenizer, "truncation_side", "right") or "right"
         for i, (prompt, p) in enumerate(zip(prompts, params)):
             limit, side = self.limit(p, chunked), p.truncation_side or default_side
@@ -127,22 +143,34 @@ class Engine:
                 bad = next((t for t in ids if t < 0 or (vocab is not None and t >= vocab)), None)
                 if bad is not None:
                     raise InvalidRequest(f"prompt {i} has token id {bad}, outside the vocabulary (0..{vocab - 1})")
-                if limit is not None and len(ids) > limit:
+                cut = limit is not None and len(ids) > limit
+                if cut:
                     ids = ids[:limit] if side == "right" else ids[len(ids) - limit :]
-                out[i] = Encoded(list(ids))
+                out[i] = Encoded(list(ids), truncated=cut)
             else:
-                groups.setdefault((limit, side), []).append(i)
-        for (limit, side), members in groups.items():
-            encoded = self._encode_texts([prompts[i] for i in members], limit, side)
+                groups.setdefault((limit, side, prompt.add_special_tokens), []).append(i)
+        for (limit, side, special), members in groups.items():
+            encoded = self._encode_texts([prompts[i] for i in members], limit, side, special)
             for i, enc in zip(members, encoded):
                 out[i] = enc
+        model_max = self.model.max_model_len.value
+        for i, (enc, p) in enumerate(zip(out, params)):
+            asked = p.truncate_prompt_tokens is not None or p.truncation_side is not None
+            if not asked and not chunked and model_max is not None and len(enc.token_ids) > model_max:
+                raise InvalidRequest(
+                    f"This model's maximum context length is {model_max} tokens. However, input {i} has more "
+                    f"tokens than that. Please reduce the length of the input. "
+                    "(truncate_prompt_tokens truncates it; -1 keeps the model's limit.)"
+                )
+        self.truncated_inputs += sum(1 for enc in out if enc.truncated)
         if not self.model.include_prompt:
             for prompt, enc in zip(prompts, out):
                 if prompt.prompt_prefix and enc is not None:
-                    enc.pool_skip = min(self._prompt_length(prompt.prompt_prefix), len(enc.token_ids) - 1)
+                    skip = self._prompt_length(prompt.prompt_prefix, prompt.add_special_tokens)
+                    enc.pool_skip = min(skip, len(enc.token_ids) - 1)
         return out  # type: ignore[return-value]
 
-    def _encode_texts(self, prompts: Sequence[Prompt], limit: int | None, side: str) -> list[Encoded]:
+    def _encode_texts(self, prompts: Sequence[Prompt], limit: int | None, side: str, special: bool = True) -> list[Encoded]:
         texts = [self._text(p) for p in prompts]
         pairs = [p.text_pair for p in prompts]
         has_pairs = any(t is not None for t in pairs)
@@ -153,17 +181,28 @@ class Engine:
             for i in cut:
                 at = _cut_index(texts[i], budget, side)
                 texts[i] = texts[i][:at] if side == "right" else texts[i][at:]
-        encoded = self._call_tokenizer(texts, pairs if has_pairs else None, limit, side)
+        encoded = self._call_tokenizer(texts, pairs if has_pairs else None, limit, side, special)
         if limit is not None and not has_pairs:
             short = [i for i in cut if len(encoded[i].token_ids) < limit]
             if short:  # the cut kept fewer tokens than the limit: tokenize the whole text instead
-                full = self._call_tokenizer([self._text(prompts[i]) for i in short], None, limit, side)
+                full = self._call_tokenizer([self._text(prompts[i]) for i in short], None, limit, side, special)
                 for i, enc in zip(short, full):
                     encoded[i] = enc
+                    texts[i] = self._text(prompts[i])
+        if limit is not None:
+            # An input exactly at the limit may have lost tokens: one token more tells.
+            full_length = [i for i, enc in enumerate(encoded) if len(enc.token_ids) == limit]
+            if full_length:
+                longer = self._call_tokenizer(
+                    [texts[i] for i in full_length], [pairs[i] for i in full_length] if has_pairs else None, limit + 1, side,
+                    special,
+                )
+                for i, enc in zip(full_length, longer):
+                    encoded[i].truncated = len(enc.token_ids) > limit
         return encoded
 
     def _call_tokenizer(
-        self, texts: list[str], pairs: list[str | None] | None, limit: int | None, side: str
+        self, texts: list[str], pairs: list[str | None] | None, limit: int | None, side: str, special: bool = True
     ) -> list[Encoded]:
         tok = self.model.tokenizer
         want_types = self.uses_token_type_ids
@@ -174,7 +213,7 @@ class Engine:
                 result = tok(
                     texts,
                     text_pair=pairs,
-                    add_special_tokens=True,
+                    add_special_tokens=special,
                     truncation=limit is not None,
                     max_length=limit,
                     return_attention_mask=False,

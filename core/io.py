@@ -21,6 +21,9 @@ class Prompt:
         params: per-prompt pooling parameters, or ``None`` for the call's defaults.
         prompt_prefix: an instruction prepended to ``text`` (sentence-transformers prompts);
             poolers leave its tokens out when the model's pooling excludes the prompt.
+        add_special_tokens: whether tokenizing ``text`` adds the tokenizer's special tokens
+            (``[CLS]``/``[SEP]``, BOS, ...); ``False`` for text that already carries them, such
+            as a rendered chat (vLLM's ``add_special_tokens``). Ignored for ``token_ids``.
     """
 
     text: str | None = None
@@ -29,6 +32,7 @@ class Prompt:
     params: "PoolingParams | None" = None
     prompt_prefix: str | None = None
     extras: dict = field(default_factory=dict)
+    add_special_tokens: bool = True
 
 
 class IOProcessor:

@@ -39,6 +39,8 @@ class JobSummary:
     resumed_rows: int = 0
     skipped_lines: list[int] = field(default_factory=list)
     duplicate_ids: int = 0
+    #: Rows cut to the truncation limit (jobs truncate to the model's limit unless told otherwise).
+    truncated: int = 0
     already_complete: bool = False
     output: str = ""
 
@@ -233,6 +235,9 @@ def run_job(
     if out_fmt == "npy" and (task_obj.granularity != "sequence" or not task_obj.tensor_output):
         raise InvalidRequest(".npy output holds one vector per row: use it with a task that gives one, such as embed")
     params = llm.check_params(pooling_params, 1, task_obj.name)[0]
+    if params.truncate_prompt_tokens is None and params.truncation_side is None:
+        # A week-long job does not stop at one long row: it is truncated, and counted.
+        params = params.model_copy(update={"truncate_prompt_tokens": -1})
     parts_dir = output.with_name(output.name + ".parts")
     manifest_path = parts_dir / _MANIFEST
     job = {
@@ -290,7 +295,9 @@ def run_job(
         if part.is_file():
             summary.resumed_rows += len(chunk)
         elif chunk:
+            before = llm.engine.truncated_inputs
             outputs = llm.encode([text for _, text in chunk], params, pooling_task=task, prompt_name=prompt_name)
+            summary.truncated += llm.engine.truncated_inputs - before
             rows = [
                 {"id": row_id, **task_obj.record(out.outputs.data, llm.model, options)}
                 for (row_id, _), out in zip(chunk, outputs)

@@ -121,6 +121,12 @@ class LLM:
         return self.model.tokenizer
 
     @property
+    def model_config(self) -> Any:
+        """The loaded model as vLLM describes it: ``max_model_len``, ``embedding_size``,
+        ``pooler_config``, ``hf_config``, ``is_matryoshka``, ... (:class:`poolkit.ModelConfig`)."""
+        return self.model.model_config
+
+    @property
     def supported_tasks(self) -> list[str]:
         tasks = self.model.supported_tasks()
         plugin = self.plugin_task
@@ -130,6 +136,10 @@ class LLM:
     def default_task(self) -> str | None:
         """The task a request that names none runs: the supported task of lowest ``default_rank``."""
         tasks = registry("task")
+        configured = self.model.pooler_config.task
+        if configured is not None:  # vLLM: the pooler config's task comes first
+            task = tasks.get(configured)
+            return task.alias_of or task.name
         ranked = [(tasks.get(n).default_rank, n) for n in self.model.supported_tasks()]
         ranked = sorted((rank, n) for rank, n in ranked if rank is not None)
         if ranked:
@@ -269,15 +279,20 @@ class LLM:
             prompts: a string, a list of strings, or ``{"prompt": ...}`` /
                 ``{"prompt_token_ids": [...]}`` dicts.
             pooling_params: one :class:`PoolingParams` for all prompts, or one per prompt.
-            pooling_task: the task name (``"embed"``, ``"token_embed"``, ...); required.
+            pooling_task: the task name (``"embed"``, ``"token_embed"``, ...); by default the
+                model's default task (:attr:`default_task`), with a warning, as vLLM does.
             use_tqdm: show a progress bar on stderr.
-            tokenization_kwargs: ``truncate_prompt_tokens`` / ``truncation_side`` defaults.
+            tokenization_kwargs: ``truncate_prompt_tokens`` / ``truncation_side`` defaults, and
+                ``add_special_tokens`` (``False``: tokenize without the tokenizer's special tokens).
             prompt_name: a prompt from the model's sentence-transformers config to prepend.
         """
         if pooling_task is None:
-            raise InvalidRequest(
-                "LLM.encode() needs pooling_task (e.g. 'embed' or 'token_embed'); "
-                "or call LLM.embed() for embeddings"
+            pooling_task = self.default_task
+            if pooling_task is None:
+                raise InvalidRequest(f"model '{self.model.name}' supports no pooling task; pass pooling_task")
+            logger.warning(
+                "LLM.encode() without pooling_task runs the model's default task '%s'; set pooling_task "
+                "(or call the task's own method) to choose", pooling_task,
             )
         if pooling_task == self.plugin_task:
             return self._encode_plugin(prompts, pooling_params, use_tqdm, tokenization_kwargs)
@@ -307,7 +322,14 @@ class LLM:
         """
         task = self.model.task(pooling_task)
         parsed = self._prompts(prompts, prompt_name)
-        return task, parsed, self.check_params(pooling_params, len(parsed), task.name, tokenization_kwargs)
+        kwargs = dict(tokenization_kwargs or {})
+        special = kwargs.pop("add_special_tokens", None)
+        if special is not None:
+            if not isinstance(special, bool):
+                raise InvalidRequest(f"add_special_tokens must be true or false, got {special!r}")
+            for prompt in parsed:
+                prompt.add_special_tokens = special
+        return task, parsed, self.check_params(pooling_params, len(parsed), task.name, kwargs)
 
     def _io_processor(self) -> Any:
         processors = registry("io_processor")

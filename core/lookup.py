@@ -40,7 +40,11 @@ def select_scorer(model: Any) -> Any:
     priority.
 
     Raises:
-        InvalidRequest: no registered scorer supports the model; the message says why.
+        InvalidRequest: no registered scorer supports the model; the message says why, in vLLM's
+            words first (``Scoring API is only enabled for num_labels == 1`` from the
+            cross-encoder scorer for a classifier with several labels, else ``This model does
+            not support the Scoring API``). The server answers ``/score`` and ``/rerank`` with a
+            404 then, as vLLM mounts no such routes for the model.
     """
     scorers = registry("scorer")
     named = model.architecture.score_type
@@ -52,7 +56,9 @@ def select_scorer(model: Any) -> Any:
             return scorer
     reason = next((r for r in (s.refusal(model) for s in ranked) if r), None)
     raise InvalidRequest(
-        reason or f"model '{model.name}' supports no scoring; supported tasks: {', '.join(model.supported_tasks())}"
+        reason
+        or "This model does not support the Scoring API. "
+        f"Model '{model.name}' supports no scoring; supported tasks: {', '.join(model.supported_tasks())}"
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -143,6 +144,35 @@ def _load_hf_config(path: Path, overrides: dict[str, Any]) -> Any:
         return AutoConfig.for_model(model_type, **{k: v for k, v in raw.items() if k != "model_type"})
     except (ValueError, KeyError):
         return PretrainedConfig.from_dict(raw)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What vLLM's ``llm.model_config`` tells about a loaded model (the fields its tests read)."""
+
+    model: str
+    served_model_name: str
+    tokenizer: str
+    architecture: str
+    architectures: list[str]
+    hf_config: Any
+    dtype: torch.dtype
+    max_model_len: int | None
+    embedding_size: int
+    hidden_size: int
+    vocab_size: int | None
+    pooler_config: PoolerConfig
+    is_matryoshka: bool
+    matryoshka_dimensions: list[int] | None
+    convert_type: str
+    trust_remote_code: bool
+    runner_type: str = "pooling"
+
+    def get_hidden_size(self) -> int:
+        return self.hidden_size
+
+    def get_vocab_size(self) -> int | None:
+        return self.vocab_size
 
 
 class PoolingModel:
@@ -286,8 +316,13 @@ class PoolingModel:
     # -- tasks ---------------------------------------------------------------------------------
 
     def task(self, name: str) -> Task:
-        """The registered task ``name``, checked against what this model can serve."""
+        """The registered task ``name`` (a deprecated alias resolved), checked against what this model can serve."""
         task = registry("task").get(name)
+        if task.alias_of is not None:
+            warnings.warn(
+                f"task '{task.name}' is deprecated; use '{task.alias_of}'", DeprecationWarning, stacklevel=3
+            )
+            task = registry("task").get(task.alias_of)
         if self.head(task) is None:
             raise InvalidRequest(
                 f"model '{self.name}' does not support task '{task.name}'; "
@@ -305,6 +340,30 @@ class PoolingModel:
                 own = self.architecture.task_head(task, self)
                 self._heads[task.name] = own if own is not None else task.build(self)
         return self._heads[task.name]
+
+    @cached_property
+    def model_config(self) -> ModelConfig:
+        """The vLLM-shaped summary of this model (``llm.model_config``)."""
+        args = self.args
+        vocab = getattr(self.hf_config, "vocab_size", None)
+        return ModelConfig(
+            model=self.name,
+            served_model_name=self.name,
+            tokenizer=(args.tokenizer if args is not None and args.tokenizer else self.name),
+            architecture=self.architecture_name,
+            architectures=list(getattr(self.hf_config, "architectures", None) or [self.architecture_name]),
+            hf_config=self.hf_config,
+            dtype=self.dtype,
+            max_model_len=self.max_model_len.value,
+            embedding_size=self.embedding_size,
+            hidden_size=self.architecture.hidden_size,
+            vocab_size=int(vocab) if vocab else None,
+            pooler_config=self.pooler_config,
+            is_matryoshka=self.is_matryoshka,
+            matryoshka_dimensions=self.matryoshka_dimensions,
+            convert_type=self.convert,
+            trust_remote_code=bool(args is not None and args.trust_remote_code),
+        )
 
     @property
     def conversion(self) -> Conversion:

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Dict, List, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, WrapValidator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, WrapValidator, model_validator
 from pydantic_core import PydanticCustomError
+
+#: Older spellings of ``use_activation`` that vLLM clients still send (deprecated in vLLM).
+ACTIVATION_ALIASES = ("normalize", "softmax", "activation")
 
 
 def _is_token_ids(value: Any) -> bool:
@@ -62,11 +65,42 @@ class _Tokenization(BaseModel):
 
 class _Chat(BaseModel):
     messages: Optional[List[Dict[str, Any]]] = Field(
-        None, description="Chat-style input rendered with the tokenizer's chat template (one prompt)."
+        None,
+        description="Chat-style input rendered with the chat template (--chat-template, else the tokenizer's), one prompt.",
     )
     add_generation_prompt: StrictBool = False
     continue_final_message: StrictBool = False
-    add_special_tokens: Optional[StrictBool] = None
+    add_special_tokens: Optional[StrictBool] = Field(
+        None,
+        description="Add the tokenizer's special tokens: default true for 'input', false for 'messages' (vLLM).",
+    )
+
+
+class _Activation(BaseModel):
+    """``use_activation``, also read from vLLM's deprecated ``normalize`` / ``softmax`` / ``activation``."""
+
+    use_activation: Optional[StrictBool] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fold_activation_aliases(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not any(k in data for k in ACTIVATION_ALIASES):
+            return data
+        data = dict(data)
+        given = {k: data.pop(k) for k in ACTIVATION_ALIASES if k in data}
+        given = {k: v for k, v in given.items() if v is not None}
+        if data.get("use_activation") is not None:
+            given["use_activation"] = data["use_activation"]
+        values = set(map(repr, given.values()))
+        if len(values) > 1:
+            raise PydanticCustomError(
+                "activation_conflict",
+                "{names} disagree; send only use_activation",
+                {"names": " and ".join(sorted(given)), "param": "use_activation"},
+            )
+        if given:
+            data["use_activation"] = next(iter(given.values()))
+        return data
 
 
 class _Encoding(BaseModel):
@@ -75,29 +109,26 @@ class _Encoding(BaseModel):
     endianness: Literal["native", "little", "big"] = "native"
 
 
-class EmbeddingRequest(_Body, _Tokenization, _Chat, _Encoding):
+class EmbeddingRequest(_Body, _Tokenization, _Chat, _Encoding, _Activation):
     """``POST /v1/embeddings`` (OpenAI)."""
 
     input: Optional[PromptInput] = None
     dimensions: Optional[StrictInt] = None
-    use_activation: Optional[StrictBool] = None
 
 
-class ClassificationRequest(_Body, _Tokenization, _Chat):
+class ClassificationRequest(_Body, _Tokenization, _Chat, _Activation):
     """``POST /classify``."""
 
     input: Optional[PromptInput] = None
-    use_activation: Optional[StrictBool] = None
 
 
-class PoolingRequest(_Body, _Tokenization, _Chat, _Encoding):
+class PoolingRequest(_Body, _Tokenization, _Chat, _Encoding, _Activation):
     """``POST /pooling``: any task (``task``), or ``data`` for the IO processor plugin task."""
 
     input: Optional[PromptInput] = None
     data: Optional[Any] = Field(None, description="Input of the IO processor plugin (task 'plugin').")
     task: Optional[StrictStr] = None
     dimensions: Optional[StrictInt] = None
-    use_activation: Optional[StrictBool] = None
     step_tag_id: Optional[StrictInt] = Field(None, ge=0, lt=2**31)
     returned_token_ids: Optional[List[Annotated[StrictInt, Field(ge=0, lt=2**31)]]] = None
     top_k: Optional[StrictInt] = Field(None, description="sparse_embed: keep the K strongest weights.")
@@ -105,7 +136,7 @@ class PoolingRequest(_Body, _Tokenization, _Chat, _Encoding):
     return_tokens: StrictBool = False
 
 
-class ScoreRequest(_Body, _Tokenization):
+class ScoreRequest(_Body, _Tokenization, _Activation):
     """``POST /score``, ``/v1/score``: one pair of sides, 1:1, 1:N or N:N."""
 
     text_1: Optional[TextInput] = None
@@ -116,7 +147,6 @@ class ScoreRequest(_Body, _Tokenization):
     documents: Optional[TextInput] = None
     items: Optional[TextInput] = None
     instruction: Optional[StrictStr] = None
-    use_activation: Optional[StrictBool] = None
 
 
 class RerankDocument(BaseModel):
@@ -125,7 +155,7 @@ class RerankDocument(BaseModel):
     text: StrictStr
 
 
-class RerankRequest(_Body, _Tokenization):
+class RerankRequest(_Body, _Tokenization, _Activation):
     """``POST /rerank``, ``/v1/rerank``, ``/v2/rerank`` (Jina / Cohere)."""
 
     query: StrictStr
@@ -133,7 +163,6 @@ class RerankRequest(_Body, _Tokenization):
     top_n: StrictInt = Field(0, description="Keep the best N (0: all).")
     return_documents: StrictBool = True
     instruction: Optional[StrictStr] = None
-    use_activation: Optional[StrictBool] = None
 
 
 class CohereImageUrl(BaseModel):
@@ -167,3 +196,24 @@ class CohereEmbedRequest(_Body):
     output_dimension: Optional[StrictInt] = None
     truncate: Literal["NONE", "START", "END"] = "END"
     max_tokens: Optional[StrictInt] = None
+
+
+class TokenizeRequest(_Body):
+    """``POST /tokenize`` (vLLM): ``prompt``, or chat ``messages`` rendered with the chat template."""
+
+    prompt: Optional[StrictStr] = None
+    messages: Optional[List[Dict[str, Any]]] = None
+    add_special_tokens: Optional[StrictBool] = Field(
+        None, description="Add the tokenizer's special tokens: default true for 'prompt', false for 'messages'."
+    )
+    add_generation_prompt: Optional[StrictBool] = Field(
+        None, description="messages: add the generation prompt (default true, false with continue_final_message)."
+    )
+    continue_final_message: StrictBool = False
+    return_token_strs: Optional[StrictBool] = Field(False, description="Also return the token strings.")
+
+
+class DetokenizeRequest(_Body):
+    """``POST /detokenize`` (vLLM): token ids back to text."""
+
+    tokens: List[Annotated[StrictInt, Field(ge=0, le=2**63 - 1)]]

@@ -63,6 +63,10 @@ class Task:
     output_options: ClassVar[frozenset[str]] = frozenset()
     #: Whether results can be sent as raw tensors (base64 / bytes encodings).
     tensor_output: ClassVar[bool] = True
+    #: For a deprecated name of another task (vLLM's ``reward`` for ``token_classify``): the task
+    #: it stands for. Requests naming it run that task, with a deprecation warning; it is never
+    #: listed among a model's supported tasks.
+    alias_of: ClassVar[str | None] = None
 
     def build(self, model: Any) -> Head | None:
         """The head serving this task on ``model``, or ``None`` if the model cannot serve it."""

@@ -9,6 +9,10 @@ from poolkit.hookspecs import hookimpl
 from poolkit.io import IOProcessor, Prompt
 
 
+def _is_token(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _describe(value: Any) -> str:
     return "None" if value is None else type(value).__name__
 
@@ -16,14 +20,15 @@ def _describe(value: Any) -> str:
 class TextProcessor(IOProcessor):
     """Accepts what ``LLM.embed`` accepts in vLLM.
 
-    A string, a ``{"prompt": str}`` dict, a ``{"prompt_token_ids": [int, ...]}`` dict, an image
-    prompt ``{"prompt": "", "multi_modal_data": {"image": ...}}`` (its image left in
-    ``extras["image"]`` for the "image" IO processor), or a list of those. A single input gives a
+    A string, a list of token ids, a ``{"prompt": str}`` dict, a ``{"prompt_token_ids": [int, ...]}``
+    dict, an image prompt ``{"prompt": "", "multi_modal_data": {"image": ...}}`` (its image left in
+    ``extras["image"]`` for the "image" IO processor), or a list of those. A single input (a
+    string, a dict, or one flat list of token ids, as vLLM reads ``[101, 7592, 102]``) gives a
     one-element list of prompts.
     """
 
     def parse_data(self, data: Any) -> list[Any]:
-        if isinstance(data, (str, dict)):
+        if isinstance(data, (str, dict)) or (isinstance(data, (list, tuple)) and data and all(_is_token(t) for t in data)):
             return [data]
         if data is None:
             raise InvalidRequest("prompts must be a string or a list of strings, got None")
@@ -40,13 +45,19 @@ class TextProcessor(IOProcessor):
     def _prompt(index: int, item: Any) -> Prompt:
         if isinstance(item, str):
             return Prompt(text=item)
+        if isinstance(item, (list, tuple)):
+            if not item:
+                raise InvalidRequest(f"prompt {index} is an empty list of token ids")
+            if not all(_is_token(t) for t in item):
+                raise InvalidRequest(f"prompt {index} must be a list of integer token ids")
+            return Prompt(token_ids=list(item))
         if isinstance(item, dict):
             if item.get("multi_modal_data") is not None:
                 return TextProcessor._media_prompt(index, item)
             if isinstance(item.get("prompt"), str):
                 return Prompt(text=item["prompt"])
             ids = item.get("prompt_token_ids")
-            if isinstance(ids, (list, tuple)) and all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
+            if isinstance(ids, (list, tuple)) and all(_is_token(t) for t in ids):
                 if not ids:
                     raise InvalidRequest(f"prompt {index} has an empty prompt_token_ids list")
                 return Prompt(token_ids=list(ids))

@@ -89,8 +89,17 @@ def _packed(weight: torch.Tensor) -> torch.Tensor:
 
     Unpacked, oneDNN reorders the weight on every call, which doubles the time of a small
     batch's matmul (one sentence: 141 -> 66 us for BERT's feed-forward expansion in bf16).
+
+    A weight is packed again when its version counter moves (``copy_()`` or any other in-place
+    op, in or out of inference mode) or its storage or dtype changes (``.data`` swaps,
+    ``module.to(dtype)``); writes through ``.data``, which has a counter of its own, are not seen.
+    An *inference tensor* (the weights of a model built inside ``torch.inference_mode()``, even
+    once cast outside it) has no version counter: it is packed again only when its storage or
+    dtype changes. Torch refuses
+    in-place ops on it outside inference mode, so what goes unseen is an in-place rewrite of
+    such a weight inside inference mode (:func:`forget_packed` drops the packed copies then).
     """
-    key = (weight._version, weight.data_ptr(), weight.dtype)  # changes with copy_() and with .data swaps
+    key = (_version(weight), weight.data_ptr(), weight.dtype)
     entry = _PACKED.get(id(weight))
     if entry is not None and entry[0] == key:
         return entry[1]
@@ -99,6 +108,27 @@ def _packed(weight: torch.Tensor) -> torch.Tensor:
     packed = torch.ops.mkldnn._reorder_linear_weight(weight)
     _PACKED[id(weight)] = (key, packed)
     return packed
+
+
+def forget_packed() -> None:
+    """Drop every packed weight: the next call packs again.
+
+    Needed only after rewriting, in place and inside ``torch.inference_mode()``, weights that
+    were themselves made in inference mode (they keep no version counter to tell).
+    """
+    _PACKED.clear()
+
+
+def _version(weight: torch.Tensor) -> int | None:
+    """``weight``'s version counter, or ``None`` for a tensor that keeps none: an inference tensor,
+    or a parameter made in inference mode whose data was swapped outside it (``module.to(dtype)``),
+    which no longer says ``is_inference()`` but still has no counter."""
+    if weight.is_inference():
+        return None
+    try:
+        return weight._version
+    except RuntimeError:
+        return None
 
 
 @functools.cache

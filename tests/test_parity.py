@@ -63,6 +63,11 @@ def corpus(n: int = 220, seed: int = 7) -> list[str]:
     return texts
 
 
+#: sentence-transformers truncates over-long inputs silently; poolkit's LLM, like vLLM's, refuses them
+#: unless truncation is asked for, so the parity tests ask (-1: the model's limit, as ST does).
+TRUNCATE = {"truncate_prompt_tokens": -1}
+
+
 def assert_close(ours: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
     ours, ref = ours.float(), ref.float()
     assert ours.shape == ref.shape
@@ -76,7 +81,7 @@ def assert_close(ours: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
 def test_minilm_matches_sentence_transformers(minilm, minilm_st):
     texts = corpus()
     assert len(texts) >= 200
-    ours = minilm.embed(texts)
+    ours = minilm.embed(texts, tokenization_kwargs=TRUNCATE)
     ref = minilm_st.encode(texts, convert_to_tensor=True, batch_size=32)
     got = torch.tensor([o.outputs.embedding for o in ours])
     min_cos, max_diff = assert_close(got, ref)
@@ -85,7 +90,7 @@ def test_minilm_matches_sentence_transformers(minilm, minilm_st):
 
 def test_minilm_truncates_exactly_like_sentence_transformers(minilm, minilm_st):
     texts = corpus()
-    ours = minilm.embed(texts)
+    ours = minilm.embed(texts, tokenization_kwargs=TRUNCATE)
     long_inputs = 0
     for text, out in zip(texts, ours):
         ref_ids = minilm_st.tokenizer(text, truncation=True, max_length=minilm_st.max_seq_length)["input_ids"]
@@ -96,8 +101,8 @@ def test_minilm_truncates_exactly_like_sentence_transformers(minilm, minilm_st):
 
 def test_batch_invariance(minilm):
     texts = corpus(64, seed=11)
-    alone = minilm.embed(texts[5]).pop().outputs.embedding
-    in_batch = minilm.embed(texts)[5].outputs.embedding
+    alone = minilm.embed(texts[5], tokenization_kwargs=TRUNCATE).pop().outputs.embedding
+    in_batch = minilm.embed(texts, tokenization_kwargs=TRUNCATE)[5].outputs.embedding
     cos = torch.nn.functional.cosine_similarity(torch.tensor(alone), torch.tensor(in_batch), dim=0)
     assert cos.item() >= MIN_COSINE
 
@@ -105,8 +110,8 @@ def test_batch_invariance(minilm):
 def test_small_token_budget_changes_nothing(minilm_dir, minilm):
     texts = corpus(40, seed=3)
     tight = LLM(str(minilm_dir), max_batch_tokens=300)
-    a = torch.tensor([o.outputs.embedding for o in tight.embed(texts)])
-    b = torch.tensor([o.outputs.embedding for o in minilm.embed(texts)])
+    a = torch.tensor([o.outputs.embedding for o in tight.embed(texts, tokenization_kwargs=TRUNCATE)])
+    b = torch.tensor([o.outputs.embedding for o in minilm.embed(texts, tokenization_kwargs=TRUNCATE)])
     assert_close(a, b)
 
 
@@ -217,11 +222,11 @@ def test_sentence_transformers_files_read_faithfully(st_full_dir):
     assert [d["out"] for d in info["projector"]] == [24, 16]
     for prompt_name in ("query", "passage"):
         ref = st.encode(texts, prompt_name=prompt_name, convert_to_tensor=True)
-        got = torch.tensor([o.outputs.embedding for o in llm.embed(texts, prompt_name=prompt_name)])
+        got = torch.tensor([o.outputs.embedding for o in llm.embed(texts, prompt_name=prompt_name, tokenization_kwargs=TRUNCATE)])
         assert got.shape == (3, 16)
         assert_close(got, ref)
     default_ref = st.encode(texts, convert_to_tensor=True)  # default_prompt_name applies
-    assert_close(torch.tensor([o.outputs.embedding for o in llm.embed(texts)]), default_ref)
+    assert_close(torch.tensor([o.outputs.embedding for o in llm.embed(texts, tokenization_kwargs=TRUNCATE)]), default_ref)
 
 
 def test_user_pooler_config_beats_st_config(st_full_dir, tiny_encoders):
@@ -313,7 +318,7 @@ def test_auto_dtype_is_bf16_on_bf16_hardware_and_close_to_fp32(minilm_dir, minil
     expected = torch.bfloat16 if cpu_multiplies_bf16() else torch.float32
     assert llm.model.dtype == expected
     texts = corpus(120, seed=9)
-    got = torch.tensor([o.outputs.embedding for o in llm.embed(texts)])
+    got = torch.tensor([o.outputs.embedding for o in llm.embed(texts, tokenization_kwargs=TRUNCATE)])
     ref = minilm_st.encode(texts, convert_to_tensor=True)
     cos = torch.nn.functional.cosine_similarity(got, ref)
     assert cos.min().item() >= 0.999, cos.min().item()

@@ -131,9 +131,10 @@ def test_ray_honours_each_load_setting(local_ray, setting_cases, setting):
     values = {"dtype": "float32", **values}
     llm = LLM(str(model), **values)
     assert all(getattr(llm.args, k) is not None for k in values)
-    expected = [o.outputs.data.float() for o in llm.encode(SETTING_TEXTS, pooling_task=task)]
+    truncate = {"truncate_prompt_tokens": -1}  # max_model_len's case has inputs longer than the limit
+    expected = [o.outputs.data.float() for o in llm.encode(SETTING_TEXTS, truncate, pooling_task=task)]
     ds = ray.data.from_items([{"id": i, "text": t} for i, t in enumerate(SETTING_TEXTS)])
-    rows = embed_dataset(ds, task=task, args=llm.args, batch_size=8).take_all()
+    rows = embed_dataset(ds, task=task, args=llm.args, batch_size=8, pooling_params=truncate).take_all()
     column = llm.task(task).output_field
     assert sorted(r["id"] for r in rows) == list(range(len(SETTING_TEXTS)))
     for row in rows:
@@ -141,7 +142,7 @@ def test_ray_honours_each_load_setting(local_ray, setting_cases, setting):
         assert got.shape == expected[row["id"]].shape
         assert torch.allclose(got, expected[row["id"]], atol=1e-5), setting
     if changes:  # the setting matters here, so a Ray engine that dropped it would have been caught
-        plain = LLM(str(model), dtype="float32").encode(SETTING_TEXTS, pooling_task=task)
+        plain = LLM(str(model), dtype="float32").encode(SETTING_TEXTS, truncate, pooling_task=task)
         assert any(p.outputs.data.shape != e.shape or not torch.allclose(p.outputs.data.float(), e, atol=1e-5)
                    for p, e in zip(plain, expected))
 

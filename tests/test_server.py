@@ -298,7 +298,7 @@ def test_cohere_bit_order_on_a_known_vector():
 
 def test_cohere_truncation_and_input_type(app_client, minilm):
     long = "word " * 600
-    default = minilm.embed(long)[0].outputs.embedding
+    default = minilm.embed(long, PoolingParams(truncate_prompt_tokens=-1))[0].outputs.embedding
     end = app_client.post("/v2/embed", json={"texts": [long], "truncate": "END"}).json()
     _close(end["embeddings"]["float"][0], default)
     start = app_client.post("/v2/embed", json={"texts": [long + "tail"], "truncate": "START"}).json()
@@ -725,7 +725,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(minilm_dir, minilm, tmp_p
             # Each body arrives in two parts, the second after SIGTERM: all four requests are in
             # flight when the server is told to stop, whatever the machine's speed.
             def body():
-                data = json.dumps({"input": batches[k]}).encode()
+                data = json.dumps({"input": batches[k], "truncate_prompt_tokens": -1}).encode()
                 yield data[:10]
                 sigterm_sent.wait(30)
                 time.sleep(0.3)
@@ -752,7 +752,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(minilm_dir, minilm, tmp_p
         assert srv.proc.wait(60) == 0, srv.logs()
         for response, texts in zip(results, batches):
             assert response.status_code == 200, response.text
-            for item, e in zip(response.json()["data"], minilm.embed(texts)):
+            for item, e in zip(response.json()["data"], minilm.embed(texts, tokenization_kwargs={"truncate_prompt_tokens": -1})):
                 _close(item["embedding"], e.outputs.embedding)
     finally:
         stop_server(srv)

@@ -19,6 +19,11 @@ if TYPE_CHECKING:
     from ..settings import EngineArgs
 
 
+#: Every poolkit call of the bench truncates over-long inputs to the model's limit, as
+#: sentence-transformers does (poolkit's Python API refuses them unless asked, as vLLM does).
+TRUNCATE = {"truncate_prompt_tokens": -1}
+
+
 @dataclass
 class Result:
     """One workload's figures."""
@@ -156,9 +161,9 @@ def _rss_child(kind: str, task: str, settings: dict[str, Any], payload: Any, dty
         if task == "rerank":
             queries, docs = payload
             for query in queries:
-                llm.score(query, docs)
+                llm.score(query, docs, tokenization_kwargs=TRUNCATE)
         else:
-            llm.sparse_embed(payload) if task == "sparse" else llm.embed(payload)
+            llm.sparse_embed(payload, tokenization_kwargs=TRUNCATE) if task == "sparse" else llm.embed(payload, tokenization_kwargs=TRUNCATE)
     elif task == "rerank":
         queries, docs = payload
         peer_model("CrossEncoder", model_dir, "cpu", dtype).predict([(q, d) for q in queries for d in docs], batch_size=32)

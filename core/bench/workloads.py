@@ -18,6 +18,7 @@ from typing import Any, Callable
 from ..settings import EngineArgs
 from .corpus import make_corpus
 from .measure import (
+    TRUNCATE,
     Result,
     _interleave,
     _median_ratio,
@@ -80,10 +81,10 @@ class Bench:
     def embed_workload(self, name: str, description: str, texts: list[str]) -> Result:
         import torch
 
-        ours = lambda: self.llm.embed(texts)  # noqa: E731
+        ours = lambda: self.llm.embed(texts, tokenization_kwargs=TRUNCATE)  # noqa: E731
         theirs = (lambda: self.st.encode(texts, batch_size=32)) if self.st is not None else None  # noqa: E731
         rounds = _interleave(self.rounds, ours, theirs)
-        outputs = self.llm.embed(texts)
+        outputs = self.llm.embed(texts, tokenization_kwargs=TRUNCATE)
         lengths = [len(o.prompt_token_ids) for o in outputs]
         result = self._result(name, description, len(texts), sum(lengths), rounds, model_flops(self.llm.model, lengths))
         result.padding_fraction_peer = _padding_fraction(lengths)
@@ -163,7 +164,7 @@ class Bench:
     def _latency(self, texts: list[str]) -> tuple[float, float | None]:
         """Median milliseconds of embedding one text per call (a single-request server's latency), each library."""
         for text in texts:  # warm-up: kernels are prepared once per input shape
-            self.llm.embed(text)
+            self.llm.embed(text, tokenization_kwargs=TRUNCATE)
             if self.st is not None:
                 self.st.encode(text)
         calls = [self.llm.embed] + ([self.st.encode] if self.st is not None else [])
@@ -198,11 +199,11 @@ class Bench:
 
             reranker = LLM.from_args(self._settings(tmp))
             pairs = [(q, d) for q in queries for d in docs]
-            ours = lambda: [reranker.score(q, docs) for q in queries]  # noqa: E731
+            ours = lambda: [reranker.score(q, docs, tokenization_kwargs=TRUNCATE) for q in queries]  # noqa: E731
             ce = self._peer("CrossEncoder", tmp)
             theirs = (lambda: ce.predict(pairs, batch_size=32)) if ce is not None else None  # noqa: E731
             rounds = _interleave(self.rounds, ours, theirs)
-            scored = [s for q in queries for s in reranker.score(q, docs)]
+            scored = [s for q in queries for s in reranker.score(q, docs, tokenization_kwargs=TRUNCATE)]
             lengths = [len(s.prompt_token_ids) for s in scored]
             result = self._result(
                 "W4", f"rerank {len(queries)} queries x {len(docs)} documents", len(pairs), sum(lengths), rounds,
@@ -214,7 +215,7 @@ class Bench:
                 got = torch.tensor([s.outputs.score for s in scored])
                 result.max_abs_diff = float((got - ref).abs().max())
             single = _interleave(
-                max(3, self.rounds), lambda: reranker.score(queries[0], docs),
+                max(3, self.rounds), lambda: reranker.score(queries[0], docs, tokenization_kwargs=TRUNCATE),
                 (lambda: ce.predict(pairs[: len(docs)], batch_size=32)) if ce is not None else None,
             )
             latency = {k: 1000 * statistics.median(r[k] for r in single) for k in single[0]}
@@ -269,10 +270,10 @@ class Bench:
             self._derived_model(tmp, MASKED_LM)
             llm = LLM.from_args(self._settings(tmp))
             encoder = self._peer("SparseEncoder", tmp)
-            ours = lambda: llm.sparse_embed(texts)  # noqa: E731
+            ours = lambda: llm.sparse_embed(texts, tokenization_kwargs=TRUNCATE)  # noqa: E731
             theirs = (lambda: encoder.encode(texts, batch_size=32)) if encoder is not None else None  # noqa: E731
             rounds = _interleave(self.rounds, ours, theirs)
-            outputs = llm.sparse_embed(texts)
+            outputs = llm.sparse_embed(texts, tokenization_kwargs=TRUNCATE)
             lengths = [len(o.prompt_token_ids) for o in outputs]
             decoder = 2 * int(self.config.hidden_size) * int(self.config.vocab_size)  # the tied MLM decoder
             flops = model_flops(llm.model, lengths, per_token=decoder)
@@ -280,7 +281,7 @@ class Bench:
             result.padding_fraction_peer = _padding_fraction(lengths)
             if encoder is not None:
                 sample = texts[: min(len(texts), 64)]
-                got = torch.stack([torch.as_tensor(o.outputs.data).float() for o in llm.encode(sample, pooling_task="sparse_embed")])
+                got = torch.stack([torch.as_tensor(o.outputs.data).float() for o in llm.encode(sample, pooling_task="sparse_embed", tokenization_kwargs=TRUNCATE)])
                 ref = self._peer("SparseEncoder", tmp, "float32").encode(sample, convert_to_tensor=True).to_dense().float().cpu()
                 result.min_cosine = float(torch.nn.functional.cosine_similarity(got, ref).min())
                 result.max_abs_diff = float((got - ref).abs().max())

@@ -6,6 +6,7 @@ the task says which field holds its results and which output options it takes.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Any, List, Optional
@@ -40,13 +41,34 @@ from .options import (
 from .records import emit, emit_scores, plugin_data, read_records
 
 #: The CLI's output options, by the task option they set (``--top-k`` sets ``top_k``).
-OUTPUT_FLAGS = {"top_k": "--top-k", "threshold": "--threshold"}
+OUTPUT_FLAGS = {"top_k": "--top-k", "threshold": "--threshold", "entities": "--entities"}
 
 
 def load(args: EngineArgs) -> Any:
     from ..llm import LLM
 
     return LLM.from_args(args)
+
+
+#: The CLI truncates over-long inputs to the model's limit unless told otherwise (the Python API
+#: and the server refuse them, as vLLM does), and says how many it truncated.
+TRUNCATE = {"truncate_prompt_tokens": -1}
+
+
+def _truncating(params: dict[str, Any]) -> dict[str, Any]:
+    asked = params.get("truncate_prompt_tokens") is not None or params.get("truncation_side") is not None
+    return params if asked else {**params, **TRUNCATE}
+
+
+def report_truncated(llm: Any, before: int, total: int) -> None:
+    """Say on stderr how many of ``total`` inputs were cut to a truncation limit since ``before``."""
+    n = llm.engine.truncated_inputs - before
+    if n:
+        typer.echo(
+            f"{n} of {total} inputs were longer than the model's limit of {llm.model.max_model_len.value} tokens "
+            "and were truncated (--truncate-prompt-tokens N chooses the length)",
+            err=True,
+        )
 
 
 @dataclass
@@ -77,9 +99,12 @@ def _check_output_options(task_name: str, options: dict[str, Any]) -> None:
     from ..tasks import stray_options
 
     task = registry("task").get(task_name)
-    if stray_options(task, options):
-        owners = " or ".join(option_owners(OUTPUT_FLAGS)) or "no task"
-        raise InvalidRequest(f"{' and '.join(OUTPUT_FLAGS.values())} apply to --task {owners} only")
+    stray = stray_options(task, options)
+    if stray:
+        owners = option_owners(stray)
+        flags = [flag for key, flag in OUTPUT_FLAGS.items() if option_owners([key]) == owners]
+        verb = "apply" if len(flags) > 1 else "applies"
+        raise InvalidRequest(f"{' and '.join(flags)} {verb} to --task {' or '.join(owners) or 'no task'} only")
     task.check_options(options)
 
 
@@ -99,7 +124,7 @@ def _run_job(texts: list[str], input_file: Optional[str], llm: Any, request: Req
 
     if texts or not input_file or input_file == "-":
         raise InvalidRequest("a corpus job (-o OUTPUT) reads its input from a file: pass -i INPUT")
-    params = PoolingParams(**request.params)
+    params = PoolingParams(**_truncating(request.params))
     if job.engine == "ray":
         from ..integrations.ray import run_ray_job
 
@@ -128,6 +153,8 @@ def _run_job(texts: list[str], input_file: Optional[str], llm: Any, request: Req
         extra.append(f"{len(summary.skipped_lines)} bad lines skipped ({', '.join(map(str, summary.skipped_lines[:10]))})")
     if summary.duplicate_ids:
         extra.append(f"{summary.duplicate_ids} duplicate ids skipped")
+    if summary.truncated:
+        extra.append(f"{summary.truncated} truncated to the model's limit")
     note = f" ({'; '.join(extra)})" if extra else ""
     typer.echo(f"{summary.rows} rows, {summary.written} embedded{note} -> {job.output}", err=True)
 
@@ -151,13 +178,24 @@ def _run_task(
         return
     records = read_records(texts, input_file)
     llm = load(args)
+    before = llm.engine.truncated_inputs
+    if options.get("entities"):
+        found = llm.entities([r["text"] for r in records], PoolingParams(**_truncating(request.params)), use_tqdm=not quiet)
+        rows = [
+            {**({"id": r["id"]} if "id" in r else {"index": i}), "entities": [dataclasses.asdict(e) for e in spans]}
+            for i, (r, spans) in enumerate(zip(records, found))
+        ]
+        report_truncated(llm, before, len(records))
+        emit(rows, Format.jsonl if fmt is Format.table else fmt, "entities")
+        return
     outputs = llm.encode(
         [r["text"] for r in records],
-        PoolingParams(**request.params),
+        PoolingParams(**_truncating(request.params)),
         pooling_task=request.task,
         use_tqdm=not quiet,
         prompt_name=request.prompt_name,
     )
+    report_truncated(llm, before, len(records))
     task = llm.task(request.task)
     rows = []
     for i, (record, out) in enumerate(zip(records, outputs)):
@@ -235,6 +273,7 @@ def encode(
     prompt_name: Optional[str] = PromptNameOpt,
     top_k: Optional[int] = typer.Option(None, "--top-k", help="sparse_embed: keep the K strongest weights per input."),
     threshold: Optional[float] = typer.Option(None, "--threshold", help="sparse_embed: drop weights below this."),
+    entities: bool = typer.Option(False, "--entities", help="token_classify on a NER model: entity spans (label, start, end, text, score) per input."),
     output: Optional[str] = OutputOpt,
     text_field: str = TextFieldOpt,
     id_field: str = IdFieldOpt,
@@ -251,7 +290,7 @@ def encode(
     """
     with errors():
         params = _params(dimensions=dimensions, truncate_prompt_tokens=truncate_prompt_tokens, truncation_side=truncation_side)
-        request = Request(task, params, prompt_name, {"top_k": top_k, "threshold": threshold})
+        request = Request(task, params, prompt_name, {"top_k": top_k, "threshold": threshold, "entities": entities})
         job = JobOptions(output, text_field, id_field, skip_bad_lines, overwrite, engine)
         _run_task(args, request, texts, input_file, fmt, quiet, verbose, job)
 
@@ -292,9 +331,12 @@ def score(
         setup_logging(quiet, verbose)
         records = read_records(texts_2, input_file)
         llm = load(args)
+        before = llm.engine.truncated_inputs
         scores = llm.score(
-            text_1, [r["text"] for r in records], use_tqdm=not quiet, chat_template=chat_template, instruction=instruction
+            text_1, [r["text"] for r in records], use_tqdm=not quiet, tokenization_kwargs=TRUNCATE,
+            chat_template=chat_template, instruction=instruction,
         )
+        report_truncated(llm, before, len(records))
         rows = []
         for i, (record, out) in enumerate(zip(records, scores)):
             row = {"id": record["id"]} if "id" in record else {"index": i}
@@ -322,14 +364,17 @@ def rerank(
         setup_logging(quiet, verbose)
         records = read_records(documents, input_file)
         llm = load(args)
+        before = llm.engine.truncated_inputs
         ranked = llm.rerank(
             query,
             [r["text"] for r in records],
             top_n=top_n,
             use_tqdm=not quiet,
+            tokenization_kwargs=TRUNCATE,
             chat_template=chat_template,
             instruction=instruction,
         )
+        report_truncated(llm, before, len(records))
         rows = []
         for result in ranked:
             record = records[result.index]

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator, Optional
 import typer
 
 from ..errors import PoolkitError
-from ..settings import EngineArgs
+from ..settings import IGNORED_ENGINE_ARGS, EngineArgs
 
 
 class Format(str, Enum):
@@ -83,6 +83,82 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+#: vLLM's ``--task`` values (``TaskOption``; deprecated there) and what poolkit makes of them: the
+#: ``--convert`` they ask for, ``None`` for nothing (every supported task is served anyway), or
+#: ``False`` for a generative task poolkit does not run. The names are vLLM's spellings, data
+#: (like the values of ``--convert``), not a branch on poolkit's tasks.
+VLLM_TASKS: tuple[tuple[str, str | None | bool], ...] = (
+    ("auto", None),
+    ("embed", "embed"),
+    ("embedding", "embed"),
+    ("classify", "classify"),
+    ("score", None),
+    ("reward", None),
+    ("generate", False),
+    ("transcription", False),
+    ("draft", False),
+)
+#: vLLM's deprecated spellings of load settings: the flag's setting -> the setting it stands for.
+DEPRECATED_SETTINGS = {"override_pooler_config": "pooler_config"}
+#: Which of vLLM's engine options that mean nothing here (``settings.IGNORED_ENGINE_ARGS``) are
+#: on/off flags (``--enforce-eager``, ``--no-enable-prefix-caching``); the others take a value.
+VLLM_IGNORED_FLAGS = frozenset({"enforce_eager", "enable_prefix_caching", "enable_chunked_prefill", "disable_log_stats"})
+
+
+def warn(message: str) -> None:
+    """A one-line ``Warning: ...`` on stderr (before a command sets up logging)."""
+    typer.echo(f"Warning: {message}", err=True)
+
+
+def _long_flags(param: inspect.Parameter) -> list[str]:
+    """The long flags of a command's option (``--top-k``), the name-derived one when none is declared."""
+    info = param.default
+    if not isinstance(info, typer.models.OptionInfo):
+        return []
+    decls = [d for decl in (info.param_decls or ()) for d in decl.split("/") if d.startswith("--")]
+    decls = [d for d in decls if not d.startswith("--no-")] if decls else [flag(param.name)]
+    return decls
+
+
+def _underscored(flags: list[str]) -> list[str]:
+    """vLLM's underscore spellings of dashed flags (``--max-model-len`` -> ``--max_model_len``)."""
+    return ["--" + f[2:].replace("-", "_") for f in flags if "-" in f[2:]]
+
+
+def _optional(annotation: Any) -> Any:
+    return annotation if type(None) in typing.get_args(annotation) else Optional[annotation]
+
+
+def task_to_convert(task: str, convert: str | None) -> str | None:
+    """The ``--convert`` a vLLM ``--task`` stands for (``None``: keep ``convert``), with a warning.
+
+    vLLM deprecated ``--task`` (its server then served one task); poolkit serves every task the
+    model supports, so the option only matters where it asks for a conversion: ``embed`` /
+    ``embedding`` -> ``--convert embed`` (a no-op for an embedding model; a classifier or a causal
+    LM is then served as an embedding model), ``classify`` -> ``--convert classify``. Other
+    pooling values are ignored. An explicit ``--convert`` wins.
+
+    Raises:
+        InvalidRequest: an unknown value, or a generative task.
+    """
+    from ..errors import InvalidRequest
+
+    mapping = dict(VLLM_TASKS)
+    if task not in mapping:
+        raise InvalidRequest(f"--task '{task}' is not one of {', '.join(mapping)} (vLLM's deprecated option)")
+    mapped = mapping[task]
+    if mapped is False:
+        raise InvalidRequest(f"--task {task}: poolkit runs pooling models only")
+    if mapped is None:
+        warn(f"--task is deprecated (vLLM) and ignored here: poolkit serves every task the model supports; remove --task {task}")
+        return convert
+    if convert is not None:
+        warn(f"--task is deprecated (vLLM) and ignored here: --convert {convert} decides; remove --task {task}")
+        return convert
+    warn(f"--task is deprecated (vLLM); poolkit serves every task the model supports: use --convert {mapped} instead of --task {task}")
+    return mapped
+
+
 def _cli_type(annotation: Any) -> Any:
     """The type Typer parses a setting as: structured settings arrive as JSON text."""
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
@@ -102,6 +178,12 @@ def engine_options(*, model_argument: bool = False, help_overrides: dict[str, st
 
     The command's own parameters come first; unset options leave the setting's default, and a bad
     value is the usual ``Error: ...`` naming the flag.
+
+    vLLM's spellings are accepted too, for every command at once (hidden from ``--help``): the
+    underscore form of every dashed option (``--max_model_len``, ``--hf_overrides``,
+    ``--served_model_name``, ...), ``--override-pooler-config`` (deprecated in vLLM: a warning,
+    then ``--pooler-config``) and, where the command has no ``--task`` of its own, vLLM's
+    deprecated ``--task`` (:func:`task_to_convert`).
     """
 
     def decorate(command: Callable) -> Callable:
@@ -120,20 +202,96 @@ def engine_options(*, model_argument: bool = False, help_overrides: dict[str, st
                 short = EngineArgs.short_flags.get(name)
                 info = typer.Option(default, flag(name), *([short] if short else []), help=help_text, show_default=False)
             added.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=annotation))
+        taken = {f for p in own + added for f in _long_flags(p)} | {
+            d for p in own + added if isinstance(p.default, typer.models.OptionInfo) for d in (p.default.param_decls or ())
+        }
+        hidden: list[inspect.Parameter] = []
+        aliases: dict[str, tuple[str, str, str, Any]] = {}  # hidden parameter -> (target, its flag, alias flag, default)
+
+        def hide(name: str, flags: list[str], annotation: Any, help_text: str) -> None:
+            hidden.append(
+                inspect.Parameter(
+                    name,
+                    inspect.Parameter.KEYWORD_ONLY,
+                    default=typer.Option(None, *flags, hidden=True, help=help_text, show_default=False),
+                    annotation=_optional(annotation),
+                )
+            )
+            taken.update(flags)
+
+        for p in own + added:
+            flags = _long_flags(p)
+            for alias in _underscored(flags):
+                if alias not in taken:
+                    key = f"vllm_alias__{p.name}"
+                    hide(key, [alias], p.annotation, f"vLLM's spelling of {flags[0]}.")
+                    default = p.default.default if isinstance(p.default, typer.models.OptionInfo) else None
+                    aliases[key] = (p.name, flags[0], alias, default)
+        for old_name, new_name in DEPRECATED_SETTINGS.items():
+            flags = [f for f in (flag(old_name), "--" + old_name) if f not in taken]
+            if flags and any(p.name == new_name for p in added):
+                hide(f"vllm_deprecated__{old_name}", flags, Optional[str], f"Deprecated (vLLM): use {flag(new_name)}.")
+        vllm_task = "--task" not in taken
+        if vllm_task:
+            hide("vllm_deprecated__task", ["--task"], Optional[str], "Deprecated (vLLM): every supported task is served.")
+        ignored: dict[str, str] = {}  # hidden parameter -> the flag vLLM users give
+        for name in sorted(IGNORED_ENGINE_ARGS - {"task"}):
+            flags = list(dict.fromkeys(f for f in (flag(name), "--" + name) if f not in taken))
+            if not flags:
+                continue
+            key = f"vllm_ignored__{name}"
+            if name in VLLM_IGNORED_FLAGS:
+                decls = [f"{flags[0]}/--no-{flags[0][2:]}"] + flags[1:]
+                hide(key, decls, bool, "vLLM engine option with no meaning here (ignored).")
+            else:
+                hide(key, flags, str, "vLLM engine option with no meaning here (ignored).")
+            ignored[key] = flags[0]
+        engine_names = {p.name for p in added}
 
         @functools.wraps(command)
         def wrapper(**kwargs: Any) -> Any:
-            given = {p.name: kwargs.pop(p.name) for p in added}
             with errors():
+                _apply_aliases(kwargs, aliases)
+                for old_name, new_name in DEPRECATED_SETTINGS.items():
+                    value = kwargs.pop(f"vllm_deprecated__{old_name}", None)
+                    if value is None:
+                        continue
+                    if kwargs.get(new_name) is not None:
+                        from ..errors import InvalidRequest
+
+                        raise InvalidRequest(f"{flag(old_name)} and {flag(new_name)} are the same setting; give only {flag(new_name)}")
+                    warn(f"{flag(old_name)} is deprecated (vLLM); use {flag(new_name)}")
+                    kwargs[new_name] = value
+                dropped = [ignored[key] for key in ignored if kwargs.pop(key, None) is not None]
+                if dropped:
+                    warn(f"{', '.join(dropped)}: vLLM engine option(s) with no meaning for poolkit, ignored")
+                task = kwargs.pop("vllm_deprecated__task", None) if vllm_task else None
+                if task is not None:
+                    kwargs["convert"] = task_to_convert(task, kwargs.get("convert"))
+                given = {name: kwargs.pop(name) for name in engine_names}
                 args = settings_from_cli(given)
             return command(args=args, **kwargs)
 
-        wrapper.__signature__ = signature.replace(parameters=own + added)  # type: ignore[attr-defined]
-        wrapper.__annotations__ = {p.name: p.annotation for p in own + added}
+        parameters = own + added + hidden
+        wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
         del wrapper.__wrapped__  # Typer must read the new signature, not the command's
         return wrapper
 
     return decorate
+
+
+def _apply_aliases(kwargs: dict[str, Any], aliases: dict[str, tuple[str, str, str, Any]]) -> None:
+    """Move the values given under vLLM's underscore spellings to their options."""
+    from ..errors import InvalidRequest
+
+    for key, (target, target_flag, alias_flag, default) in aliases.items():
+        value = kwargs.pop(key, None)
+        if value is None or value == [] or value == ():
+            continue
+        if kwargs.get(target) not in (default, value, None, [], ()):
+            raise InvalidRequest(f"{target_flag} and {alias_flag} are the same option with two values; give it once")
+        kwargs[target] = value
 
 
 def settings_from_cli(given: dict[str, Any]) -> EngineArgs:

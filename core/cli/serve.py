@@ -27,7 +27,8 @@ def serve(
     max_request_tokens: int = typer.Option(300_000, "--max-request-tokens", help="Tokens in one request (estimated before tokenizing)."),
     max_body_bytes: int = typer.Option(16 * 1024 * 1024, "--max-body-bytes", help="Largest request body; beyond it 413."),
     shutdown_timeout: float = typer.Option(30.0, "--shutdown-timeout", help="Seconds to finish in-flight work on SIGTERM."),
-    chat_template: Optional[str] = typer.Option(None, "--chat-template", help="Score template for /score and /rerank with LLM rerankers: a Jinja file or text."),
+    chat_template: Optional[str] = typer.Option(None, "--chat-template", help="Chat template for 'messages' requests instead of the tokenizer's (a Jinja file or text); a cross-encoder also scores with it unless --score-template is given, as in vLLM."),
+    score_template: Optional[str] = typer.Option(None, "--score-template", help="Score template for /score and /rerank with LLM rerankers: a Jinja file or text."),
     quiet: bool = QuietOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
@@ -35,7 +36,8 @@ def serve(
 
     Every task the model supports is served; each request chooses its own. Binds 127.0.0.1
     unless --host says otherwise. SIGTERM drains in-flight requests and exits 0. --max-batch-tokens
-    is also the token budget the server merges concurrent requests up to.
+    is also the token budget the server merges concurrent requests up to. vLLM's spellings of the
+    options work too (--max_model_len, --override-pooler-config, --task, ...).
     """
     with errors():
         try:
@@ -57,8 +59,8 @@ def serve(
             shutdown_timeout=shutdown_timeout,
             **({"max_batch_tokens": args.max_batch_tokens} if args.max_batch_tokens is not None else {}),
         )
-        if chat_template is not None and Path(chat_template).is_file():
-            chat_template = Path(chat_template).read_text(encoding="utf-8")
+        chat_template = _template(chat_template, "--chat-template")
+        score_template = _template(score_template, "--score-template")
         setup_logging(quiet, verbose)
         if not quiet:
             for logger_name in ("uvicorn", "uvicorn.error", "poolkit.server"):
@@ -66,4 +68,20 @@ def serve(
         name = served_model_name or args.model
         logging.getLogger("poolkit.server").info("serving %s as '%s' on http://%s:%d", args.model, name, host, port)
         run(lambda: LLM.from_args(args), host=host, port=port, served_model_name=name, api_key=api_key, limits=limits,
-            chat_template=chat_template, log_level="warning" if quiet else "info", access_log=verbose)
+            chat_template=chat_template, score_template=score_template, log_level="warning" if quiet else "info",
+            access_log=verbose)
+
+
+def _template(value: Optional[str], option: str) -> Optional[str]:
+    """Template text from ``value``: the file it names, or the text itself (vLLM's rule: text with
+    braces or line breaks is a template, anything else must be a file)."""
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    if not any(c in value for c in "{}\n") and len(value) < 4096:
+        if not path.is_file():
+            from ..errors import InvalidRequest
+
+            raise InvalidRequest(f"{option} '{value}' is neither a Jinja template nor an existing file")
+        return path.read_text(encoding="utf-8")
+    return value

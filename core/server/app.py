@@ -30,6 +30,7 @@ def create_app(
     api_key: str | None = None,
     limits: ServerLimits | None = None,
     chat_template: str | None = None,
+    score_template: str | None = None,
 ) -> FastAPI:
     """The FastAPI application serving ``llm``.
 
@@ -40,8 +41,12 @@ def create_app(
         api_key: when set, every inference route and ``/v1/models`` need
             ``Authorization: Bearer <api_key>``; ``/health``, ``/metrics`` and the docs stay open.
         limits: the server's limits (:class:`ServerLimits`).
-        chat_template: a score template for ``/score`` and ``/rerank`` with a model whose scorer
-            takes one (``LLM.scorer.takes_template``).
+        chat_template: the chat template (Jinja text) that ``messages`` requests are rendered
+            with, instead of the tokenizer's (vLLM's ``--chat-template``). Like vLLM, a model whose
+            scorer takes a score template (``LLM.scorer.takes_template``, cross-encoders) also
+            scores with it, unless ``score_template`` is given.
+        score_template: the score template (Jinja text) of ``/score`` and ``/rerank`` for a model
+            whose scorer takes one.
 
     Example:
         >>> from fastapi.testclient import TestClient
@@ -49,7 +54,7 @@ def create_app(
         ...     client.post("/v1/embeddings", json={"model": "minilm", "input": "hi"}).json()["data"][0]["index"]
         0
     """
-    st = ServerState(served_model_name, api_key, limits or ServerLimits(), chat_template)
+    st = ServerState(served_model_name, api_key, limits or ServerLimits(), chat_template, score_template)
     loader = llm if callable(llm) and not hasattr(llm, "model") else None
     if loader is None:
         st.attach(llm)
@@ -99,6 +104,7 @@ def _mount(app: FastAPI, router: APIRouter) -> None:
             methods=sorted(route.methods),
             name=route.name,
             summary=route.summary,
+            openapi_extra=route.openapi_extra,
             route_class_override=type(route),
         )
 
@@ -128,6 +134,7 @@ def run(
     api_key: str | None = None,
     limits: ServerLimits | None = None,
     chat_template: str | None = None,
+    score_template: str | None = None,
     log_level: str = "info",
     access_log: bool = False,
 ) -> None:
@@ -146,7 +153,14 @@ def run(
     except ImportError:
         raise MissingDependency("the HTTP server needs FastAPI and uvicorn: pip install 'poolkit[serve]'") from None
     limits = limits or ServerLimits()
-    app = create_app(llm, served_model_name=served_model_name, api_key=api_key, limits=limits, chat_template=chat_template)
+    app = create_app(
+        llm,
+        served_model_name=served_model_name,
+        api_key=api_key,
+        limits=limits,
+        chat_template=chat_template,
+        score_template=score_template,
+    )
     st: ServerState = app.state.poolkit
     config = uvicorn.Config(
         app,

@@ -154,7 +154,7 @@ def validation_message(errors: Sequence[dict]) -> tuple[str, str | None]:
         if kind in ("model_attributes_type", "dict_type", "model_type") and not loc:
             return "the request body must be a JSON object", None
         where = _loc(loc)
-        param = param or where or None
+        param = param or where or (err.get("ctx") or {}).get("param") or None
         msg = short(err.get("msg", "invalid value"), 200)
         parts.append(f"{where}: {msg}" if where else msg)
     extra = len(errors) - 10

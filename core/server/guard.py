@@ -38,6 +38,9 @@ INFERENCE_ROUTES = frozenset(
         "/v1/rerank",
         "/v2/rerank",
         "/v2/embed",
+        "/tokenize",
+        "/detokenize",
+        "/invocations",
     }
 )
 #: Routes that need the API key when the server has one.

@@ -92,56 +92,87 @@ def pooling_params(**fields: Any) -> PoolingParams:
 
 
 async def prompts_of(request: Request, st: ServerState, llm: Any, body: Any) -> list[Any]:
-    """The prompts of a request with ``input`` or chat ``messages`` (``/v1/embeddings``, ``/classify``, ``/pooling``)."""
+    """The prompts of a request with ``input`` or chat ``messages`` (``/v1/embeddings``, ``/classify``, ``/pooling``).
+
+    ``add_special_tokens`` is vLLM's: with ``input`` it defaults to true, and ``false`` tokenizes
+    the texts without the tokenizer's special tokens (see :func:`special_tokens`); with
+    ``messages`` it defaults to false, as the chat template writes them.
+    """
     if body.messages is not None:
         if body.input is not None:
             raise ApiError(400, "send either 'input' or 'messages', not both", param="messages")
-        return await _chat_prompt(request, st, llm, body)
-    if body.add_special_tokens is False:
-        raise ApiError(400, "add_special_tokens=false is supported with 'messages' only", param="add_special_tokens")
+        ids = await chat_token_ids(
+            request, st, llm, body.messages,
+            add_generation_prompt=body.add_generation_prompt,
+            continue_final_message=body.continue_final_message,
+            add_special_tokens=bool(body.add_special_tokens),
+        )
+        return [{"prompt_token_ids": ids}]
     return prompt_items(st, body.input)
 
 
-async def _chat_prompt(request: Request, st: ServerState, llm: Any, body: Any) -> list[Any]:
-    """Chat ``messages`` rendered with the tokenizer's chat template, as one token-id prompt.
+def special_tokens(body: Any) -> bool:
+    """Whether the texts of an ``input`` request are tokenized with special tokens (vLLM's default: yes)."""
+    return body.messages is not None or body.add_special_tokens is not False
+
+
+def chat_template(st: ServerState, llm: Any) -> str | None:
+    """The chat template ``messages`` are rendered with: ``--chat-template``, else the tokenizer's."""
+    return st.chat_template or getattr(llm.get_tokenizer(), "chat_template", None) or None
+
+
+async def chat_token_ids(
+    request: Request,
+    st: ServerState,
+    llm: Any,
+    messages: list[dict[str, Any]],
+    *,
+    add_generation_prompt: bool,
+    continue_final_message: bool,
+    add_special_tokens: bool,
+    where: str = "messages",
+    instead: str = "input",
+) -> list[int]:
+    """Chat ``messages`` rendered with the chat template and tokenized, as one prompt's token ids.
 
     The messages are checked here; the template is rendered and tokenized on the worker thread.
     """
     tok = llm.get_tokenizer()
-    if not getattr(tok, "chat_template", None):
-        raise ApiError(400, f"model '{st.served}' has no chat template: send 'input' instead of 'messages'", param="messages")
-    if body.add_generation_prompt and body.continue_final_message:
+    template = chat_template(st, llm)
+    if not template:
         raise ApiError(
-            400, "Cannot set both `continue_final_message` and `add_generation_prompt` to True.", param="messages"
+            400, f"model '{st.served}' has no chat template: send '{instead}' instead of '{where}', or serve it with --chat-template",
+            param=where,
         )
-    messages = body.messages
-    check_count(st, len(messages), "messages")
+    if add_generation_prompt and continue_final_message:
+        raise ApiError(400, "Cannot set both `continue_final_message` and `add_generation_prompt` to True.", param=where)
+    check_count(st, len(messages), where)
     for i, message in enumerate(messages):
         if not isinstance(message.get("role"), str):
-            raise ApiError(400, f"messages[{i}] needs a string 'role'", param=f"messages[{i}].role")
+            raise ApiError(400, f"{where}[{i}] needs a string 'role'", param=f"{where}[{i}].role")
         content = message.get("content")
         if isinstance(content, str):
             if content:
-                check_text(content, f"messages[{i}].content")
+                check_text(content, f"{where}[{i}].content")
         elif not isinstance(content, list):
-            raise ApiError(400, f"messages[{i}].content must be a string or a list of parts", param=f"messages[{i}].content")
-    add_special = bool(body.add_special_tokens)
+            raise ApiError(400, f"{where}[{i}].content must be a string or a list of parts", param=f"{where}[{i}].content")
     size = sum(len(json.dumps(m)) for m in messages)
 
     def render() -> list[int]:
         try:
             text = tok.apply_chat_template(
                 messages,
+                chat_template=template,
                 tokenize=False,
-                add_generation_prompt=body.add_generation_prompt,
-                continue_final_message=body.continue_final_message,
+                add_generation_prompt=add_generation_prompt,
+                continue_final_message=continue_final_message,
             )
         except Exception as exc:  # jinja2 errors, bad message shapes
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise InvalidRequest(f"cannot apply the chat template: {short(reason, 200)}") from None
-        return tok(text, add_special_tokens=add_special)["input_ids"]
+        return tok(text, add_special_tokens=add_special_tokens)["input_ids"]
 
     ids = await until_done(request, st, st.batcher.call(render, max(1, size // 4)))
     if not ids:
-        raise ApiError(400, "the rendered chat has no tokens", param="messages")
-    return [{"prompt_token_ids": ids}]
+        raise ApiError(400, "the rendered chat has no tokens", param=where)
+    return ids

@@ -86,7 +86,7 @@ async def cohere_embed(body: CohereEmbedRequest, request: Request, st: State, ll
         out: dict[str, Any] = {"id": rid, "embeddings": embeddings}
         if body.texts is not None:
             out["texts"] = body.texts
-        out["meta"] = {"api_version": {"version": "2"}, "billed_units": billed}
+        out["meta"] = {"api_version": {"version": "2"}, "billed_units": billed, "tokens": {"input_tokens": input_tokens}}
         out["response_type"] = "embeddings_by_type"
         return out
 

@@ -11,7 +11,7 @@ from ..errors import PoolkitError
 from ..protocol import EmbeddingRequest
 from .deps import Model, State
 from .guard import StrictRoute
-from .inputs import check_dimensions, check_model, pooling_params, prompts_of
+from .inputs import check_dimensions, check_model, pooling_params, prompts_of, special_tokens
 from .wire import encode_tensor, json_response, list_response
 from .work import run_task
 
@@ -49,7 +49,7 @@ async def embeddings(body: EmbeddingRequest, request: Request, st: State, llm: M
         truncation_side=body.truncation_side,
     )
     raw = await prompts_of(request, st, llm, body)
-    _, results = await run_task(request, st, llm, "embed", raw, params)
+    _, results = await run_task(request, st, llm, "embed", raw, params, add_special_tokens=special_tokens(body))
     return await list_response(
         request, body, "embd", st.served, results,
         lambda i, t: {"index": i, "object": "embedding", "embedding": encode_tensor(t, body)},

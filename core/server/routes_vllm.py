@@ -1,24 +1,45 @@
-"""vLLM routes: ``/pooling`` (any task), ``/classify``, ``/score`` and ``/rerank`` (Jina / Cohere)."""
+"""vLLM routes: ``/pooling`` (any task), ``/classify``, ``/score`` and ``/rerank`` (Jina / Cohere),
+``/tokenize`` and ``/detokenize``, and SageMaker's ``/invocations``."""
 
 from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import torch
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from pydantic import BaseModel, ValidationError
 
 from ..config import PoolingParams
-from ..errors import InvalidRequest
-from ..protocol import ClassificationRequest, PoolingRequest, RerankDocument, RerankRequest, ScoreRequest
+from ..errors import InvalidRequest, UnknownName
+from ..protocol import (
+    ClassificationRequest,
+    DetokenizeRequest,
+    EmbeddingRequest,
+    PoolingRequest,
+    RerankDocument,
+    RerankRequest,
+    ScoreRequest,
+    TokenizeRequest,
+)
 from ..lookup import option_owners
 from ..tasks import stray_options
 from .deps import Model, State
-from .errors import ApiError, short
+from .errors import ApiError, short, validation_message
 from .guard import StrictRoute
-from .inputs import check_count, check_dimensions, check_model, check_text, pooling_params, prompts_of
+from .routes_openai import embeddings
+from .inputs import (
+    chat_token_ids,
+    check_count,
+    check_dimensions,
+    check_model,
+    check_text,
+    pooling_params,
+    prompts_of,
+    special_tokens,
+)
 from .state import ServerState
 from .wire import check_finite, encode_tensor, jsonable, list_response, request_id, respond, usage
 from .work import check_tokens, check_truncation, run_task, until_done
@@ -38,7 +59,7 @@ async def classify(body: ClassificationRequest, request: Request, st: State, llm
         truncation_side=body.truncation_side,
     )
     raw = await prompts_of(request, st, llm, body)
-    _, results = await run_task(request, st, llm, "classify", raw, params)
+    _, results = await run_task(request, st, llm, "classify", raw, params, add_special_tokens=special_tokens(body))
     rid, created = request_id(request, "classify"), int(time.time())
     tokens = sum(len(ids) for _, ids in results)
     id2label = llm.model.id2label
@@ -62,10 +83,13 @@ async def pooling(body: PoolingRequest, request: Request, st: State, llm: Model)
     name = body.task or (plugin_task if body.data is not None else llm.default_task)
     if body.data is not None or (name is not None and name == plugin_task):
         return await _plugin(request, st, llm, body, name)
-    tasks = llm.supported_tasks
-    if name not in tasks:
-        raise ApiError(400, f"Unsupported task: {short(name, 40)!r} Supported tasks: {tuple(tasks)}", param="task")
-    task = llm.task(name)
+    try:
+        task = llm.task(name) if name is not None else None
+    except (InvalidRequest, UnknownName):
+        task = None
+    if task is None:  # vLLM's words
+        tasks = tuple(llm.supported_tasks)
+        raise ApiError(400, f"Unsupported task: {short(name, 40)!r} Supported tasks: {tasks}", param="task")
     options = {"top_k": body.top_k, "threshold": body.threshold, "return_tokens": body.return_tokens}
     if stray_options(task, options):
         owners = option_owners(options)
@@ -87,7 +111,7 @@ async def pooling(body: PoolingRequest, request: Request, st: State, llm: Model)
         returned_token_ids=body.returned_token_ids,
     )
     raw = await prompts_of(request, st, llm, body)
-    _, results = await run_task(request, st, llm, task.name, raw, params)
+    _, results = await run_task(request, st, llm, task.name, raw, params, add_special_tokens=special_tokens(body))
 
     def item(i: int, t: torch.Tensor) -> dict:
         if body.encoding_format == "float":
@@ -142,19 +166,41 @@ def _score_params(llm: Any, body: Any) -> PoolingParams:
     )
 
 
+def scorer_of(llm: Any) -> Any:
+    """The model's scorer (``LLM.scorer``); a 404 with the LLM's reason when the model cannot score.
+
+    vLLM mounts ``/score`` and ``/rerank`` only for a model with a Scoring API (an embedding
+    model, late interaction, or a classifier with one label): for any other model they are not
+    found. The ``LLM`` says why (``Scoring API is only enabled for num_labels == 1.``).
+    """
+    try:
+        return llm.scorer
+    except (InvalidRequest, UnknownName) as exc:
+        raise ApiError(404, str(exc)) from None
+
+
+def has_scorer(llm: Any) -> bool:
+    """Whether the model has a Scoring API (``/score``, ``/rerank``)."""
+    try:
+        llm.scorer
+    except (InvalidRequest, UnknownName):
+        return False
+    return True
+
+
 async def _score(
     request: Request, st: ServerState, llm: Any, pairs: tuple[list[str], list[str]], params: PoolingParams, instruction: str | None
 ) -> list[Any]:
     """Score the sides ``LLM.pair`` made of a request with ``LLM.score``, on the worker thread.
 
-    The model's scorer decides whether the server's score template (``--chat-template``) applies;
-    a model that cannot score answers with its reason.
+    The model's scorer decides whether a score template applies (``--score-template``, else
+    ``--chat-template``, as in vLLM).
     """
     first, second = pairs
-    scorer = llm.scorer
+    scorer = scorer_of(llm)
     tokens = llm.estimate_pair_tokens(first, second)
     check_tokens(st, tokens)
-    template = st.chat_template if scorer.takes_template else None
+    template = st.score_template_for(scorer)
     outputs = await until_done(
         request, st, st.batcher.call(lambda: llm.score(first, second, params, chat_template=template, instruction=instruction), tokens)
     )
@@ -164,6 +210,7 @@ async def _score(
 
 async def score(body: ScoreRequest, request: Request, st: State, llm: Model) -> Response:
     check_model(st, body.model)
+    scorer_of(llm)
     firsts = [(n, v) for n, v in (("text_1", body.text_1), ("data_1", body.data_1), ("queries", body.queries)) if v is not None]
     seconds = [
         (n, v)
@@ -192,6 +239,7 @@ async def score(body: ScoreRequest, request: Request, st: State, llm: Model) -> 
 
 async def rerank(body: RerankRequest, request: Request, st: State, llm: Model) -> Response:
     check_model(st, body.model)
+    scorer_of(llm)
     check_text(body.query, "query")
     if body.top_n < 0:
         raise ApiError(400, f"top_n must be 0 (all) or a positive number, got {body.top_n}", param="top_n")
@@ -223,3 +271,157 @@ for _path in ("/score", "/v1/score"):
     router.post(_path, summary="Scores of text pairs, 1:1, 1:N or N:N (vLLM).")(score)
 for _path in ("/rerank", "/v1/rerank", "/v2/rerank"):
     router.post(_path, summary="Documents ranked by relevance to a query (Jina / Cohere).")(rerank)
+
+
+# -- tokenization ----------------------------------------------------------------------------------
+
+
+@router.post("/tokenize", summary="Token ids of a prompt or of chat messages (vLLM).")
+async def tokenize(body: TokenizeRequest, request: Request, st: State, llm: Model) -> Response:
+    """vLLM's ``/tokenize``: the ids the model's tokenizer makes of ``prompt`` (special tokens by
+    default), or of ``messages`` rendered with the chat template (none added by default)."""
+    check_model(st, body.model)
+    if (body.prompt is None) == (body.messages is None):
+        raise ApiError(400, "send either 'prompt' or 'messages'", param="prompt")
+    tok = llm.get_tokenizer()
+    if body.messages is not None:
+        continuing = body.continue_final_message
+        ids = await chat_token_ids(
+            request, st, llm, body.messages,
+            add_generation_prompt=(not continuing) if body.add_generation_prompt is None else body.add_generation_prompt,
+            continue_final_message=continuing,
+            add_special_tokens=bool(body.add_special_tokens),
+            instead="prompt",
+        )
+    else:
+        prompt = body.prompt
+        check_text(prompt, "prompt")
+        check_tokens(st, len(prompt) // 4, "prompt")
+        add_special = body.add_special_tokens is not False
+        text = prompt.lower() if llm.model.do_lower_case else prompt
+        ids = await until_done(
+            request, st, st.batcher.call(lambda: tok(text, add_special_tokens=add_special)["input_ids"], max(1, len(prompt) // 4))
+        )
+    strs = tok.convert_ids_to_tokens(ids) if body.return_token_strs else None
+    return await respond(
+        lambda: {"count": len(ids), "max_model_len": st.max_len, "tokens": ids, "token_strs": strs}, len(ids)
+    )
+
+
+@router.post("/detokenize", summary="The text of token ids (vLLM).")
+async def detokenize(body: DetokenizeRequest, request: Request, st: State, llm: Model) -> Response:
+    """vLLM's ``/detokenize``: ``tokens`` decoded by the model's tokenizer into ``prompt``."""
+    check_model(st, body.model)
+    ids = list(body.tokens)
+    bad = next((t for t in ids if st.vocab is not None and t >= st.vocab), None)
+    if bad is not None:
+        raise ApiError(400, f"tokens: token id {short(bad, 24)} is out of vocabulary (0..{st.vocab - 1})", param="tokens")
+    check_tokens(st, len(ids), "tokens")
+    tok = llm.get_tokenizer()
+
+    def decode() -> str:
+        try:
+            return tok.decode(ids)
+        except (OverflowError, ValueError, TypeError) as exc:  # ids the tokenizer cannot map
+            raise InvalidRequest(f"cannot decode the tokens: {short(exc, 200)}") from None
+
+    text = await until_done(request, st, st.batcher.call(decode, max(1, len(ids))))
+    return await respond(lambda: {"prompt": text}, 1)
+
+
+# -- SageMaker -------------------------------------------------------------------------------------
+
+#: The pairs of fields a score request may carry (vLLM's ``ScoreRequest`` union).
+SCORE_PAIRS = (("queries", "documents"), ("queries", "items"), ("data_1", "data_2"), ("text_1", "text_2"))
+
+Endpoint = Callable[[Any, Request, Any, Any], Awaitable[Response]]
+InvocationType = tuple[str, type[BaseModel], Endpoint, Callable[[dict], bool]]
+
+
+def _given(body: dict, *names: str) -> bool:
+    return all(body.get(name) is not None for name in names)
+
+
+def _prompted(body: dict) -> bool:
+    return _given(body, "input") or _given(body, "messages")
+
+
+def invocation_types(llm: Any) -> list[InvocationType]:
+    """The request types ``/invocations`` accepts for ``llm``, in vLLM's order of priority.
+
+    As vLLM's SageMaker router (``vllm/entrypoints/sagemaker/api_router.py``, with the pooling
+    types of ``vllm/entrypoints/pooling/factories.py``): ``/v1/embeddings`` (``input`` or
+    ``messages``) when the model has ``embed``; ``/classify`` (the same shape) when it has
+    ``classify``; ``/rerank`` (``query`` and ``documents``), then ``/score`` (a pair of sides)
+    when it has a Scoring API; ``/pooling`` (``input``, ``messages`` or ``data``) when it has any
+    pooling task. Each entry is ``(name, request model, endpoint, shape test)``; which endpoints
+    exist is the model's decision (its supported tasks and its scorer).
+    """
+    tasks = set(llm.supported_tasks)
+    types: list[InvocationType] = []
+    # The task each of the first two endpoints runs (as the routes pass it to run_task).
+    for name, model, endpoint, task in (
+        ("EmbeddingRequest", EmbeddingRequest, embeddings, "embed"),
+        ("ClassificationRequest", ClassificationRequest, classify, "classify"),
+    ):
+        if task in tasks:
+            types.append((name, model, endpoint, _prompted))
+    if has_scorer(llm):
+        types.append(("RerankRequest", RerankRequest, rerank, lambda b: _given(b, "query", "documents")))
+        types.append(("ScoreRequest", ScoreRequest, score, lambda b: any(_given(b, *pair) for pair in SCORE_PAIRS)))
+    if tasks:
+        types.append(("PoolingRequest", PoolingRequest, pooling, lambda b: _prompted(b) or _given(b, "data")))
+    return types
+
+
+_INVOCATION_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "anyOf": [
+                        {"$ref": f"#/components/schemas/{name}"}
+                        for name in ("EmbeddingRequest", "ClassificationRequest", "RerankRequest", "ScoreRequest", "PoolingRequest")
+                    ]
+                }
+            }
+        },
+    }
+}
+
+
+@router.post(
+    "/invocations",
+    summary="SageMaker: the request's shape picks the endpoint (vLLM's dispatch).",
+    openapi_extra=_INVOCATION_BODY,
+)
+async def invocations(request: Request, st: State, llm: Model) -> Response:
+    """The body goes to the first endpoint of :func:`invocation_types` whose shape it has and whose
+    request model it validates as; that endpoint answers as on its own path (same checks, limits
+    and errors). A body whose shape matches but whose fields do not validate gets the first such
+    endpoint's validation message; a body no endpoint takes, vLLM's ``Cannot find suitable
+    handler for request. Expected one of: [...]``.
+    """
+    try:
+        payload = await request.json()
+    except json.JSONDecodeError as exc:
+        raise ApiError(400, f"invalid JSON: {exc.msg}") from None
+    if not isinstance(payload, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    types = invocation_types(llm)
+    first_error: ValidationError | None = None
+    for _, model, endpoint, shape in types:
+        if not shape(payload):
+            continue
+        try:
+            body = model.model_validate(payload)
+        except ValidationError as exc:
+            first_error = first_error or exc
+            continue
+        return await endpoint(body, request, st, llm)
+    if first_error is not None:
+        message, param = validation_message(first_error.errors())
+        raise ApiError(400, message, param)
+    names = [name for name, *_ in types]
+    raise ApiError(400, f"Cannot find suitable handler for request. Expected one of: {names}")

@@ -58,13 +58,24 @@ class ServerState:
         in_flight: inference requests being handled (admitted by the middleware).
         scrub: ``(text, replacement)`` pairs applied to error messages, so that they name the
             served model and never the directory it was read from.
+        chat_template: the chat template ``messages`` are rendered with (``--chat-template``),
+            instead of the tokenizer's.
+        score_template: the score template of ``/score`` and ``/rerank`` (``--score-template``).
     """
 
-    def __init__(self, served_model_name: str | None, api_key: str | None, limits: ServerLimits, chat_template: str | None) -> None:
+    def __init__(
+        self,
+        served_model_name: str | None,
+        api_key: str | None,
+        limits: ServerLimits,
+        chat_template: str | None = None,
+        score_template: str | None = None,
+    ) -> None:
         self.served = served_model_name
         self.key_digest = hashlib.sha256(api_key.encode()).digest() if api_key else None
         self.limits = limits
         self.chat_template = chat_template
+        self.score_template = score_template
         self.metrics = ServerMetrics(self)
         self.llm: Any = None
         self.batcher: Batcher | None = None
@@ -104,3 +115,14 @@ class ServerState:
     def new_batcher(self) -> Batcher:
         """A batcher for the attached model with this server's token budgets."""
         return Batcher(self.llm, self.limits.max_batch_tokens, self.limits.max_queue_tokens)
+
+    def score_template_for(self, scorer: Any) -> str | None:
+        """The template ``/score`` and ``/rerank`` give a scorer that takes one, else ``None``.
+
+        ``--score-template``; failing that ``--chat-template``, which vLLM also applies to
+        cross-encoder scoring (a vLLM command line with ``--chat-template reranker.jinja`` works
+        unchanged). A scorer that takes no template gets none.
+        """
+        if not getattr(scorer, "takes_template", False):
+            return None
+        return self.score_template or self.chat_template

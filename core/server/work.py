@@ -75,17 +75,23 @@ async def run_task(
     raw: list[Any],
     params: PoolingParams,
     prompt_name: str | None = None,
+    add_special_tokens: bool = True,
 ) -> tuple[Any, list[tuple[torch.Tensor, list[int]]]]:
     """Prepare ``raw`` prompts for ``task_name`` with the LLM's checks, then run them on the batcher.
 
     The LLM decides everything about the request (the task's support and parameters, the
     truncation, the token estimate); this only bounds the estimate by the server's limit.
+    ``add_special_tokens=False`` marks the text prompts to be tokenized without special tokens
+    (:attr:`poolkit.io.Prompt.add_special_tokens`).
 
     Returns:
         The task and, per input, its result tensor and prompt token ids.
     """
     check_truncation(llm, params.truncate_prompt_tokens)
     task, prompts, checked = llm.prepare(raw, params, pooling_task=task_name, prompt_name=prompt_name)
+    if not add_special_tokens:
+        for prompt in prompts:
+            prompt.add_special_tokens = False
     check_tokens(st, llm.estimate_tokens(prompts, checked))
     results = await until_done(request, st, st.batcher.submit(task.name, prompts, checked))
     st.metrics.answered(len(results), sum(len(ids) for _, ids in results))
