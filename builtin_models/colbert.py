@@ -1,6 +1,6 @@
 """ColBERT late-interaction models: an encoder whose token vectors are projected.
 
-The ``HF_ColBERT`` layout (colbert-ai, answerai-colbert-small-v1) keeps the BERT encoder under
+The ``HF_ColBERT`` layout (colbert-ai, answerai-colbert-small-v1; vLLM calls it ``ColBERTModel``) keeps the BERT encoder under
 ``bert.`` and the projection as ``linear.weight``; ``ColBERTModernBertModel`` (chosen with
 ``hf_overrides={"architectures": [...]}``) does the same on ModernBERT. Without a projection in
 the checkpoint, the sentence-transformers / PyLate Dense module (``1_Dense``) projects instead.
@@ -9,7 +9,7 @@ The models serve ``token_embed`` only (L2-normalised by the task) and score pair
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Iterable, Iterator
+from typing import ClassVar, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -71,4 +71,5 @@ class ColBERTModernBertModel(_ColBERT, ModernBertModel):
 @hookimpl
 def poolkit_register_architectures(register):
     register("HF_ColBERT", ColBERTModel)
+    register("ColBERTModel", ColBERTModel)  # vLLM's name for the same layout
     register("ColBERTModernBertModel", ColBERTModernBertModel)

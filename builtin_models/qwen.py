@@ -289,7 +289,9 @@ def classifier_tokens(config: Any) -> tuple[list[str], str] | None:
     """
     tokens = getattr(config, "classifier_from_token", None)
     method = getattr(config, "method", None)
-    if getattr(config, "is_original_qwen3_reranker", False) or is_qwen3_reranker_checkpoint(config):
+    # ``is_qwen3_reranker`` is vLLM's earlier name of ``is_original_qwen3_reranker``.
+    original = getattr(config, "is_original_qwen3_reranker", False) or getattr(config, "is_qwen3_reranker", False)
+    if original or is_qwen3_reranker_checkpoint(config):
         tokens = list(tokens or _ORIGINAL_QWEN3_RERANKER_TOKENS)
         method = FROM_2_WAY_SOFTMAX
     if not tokens:
@@ -345,7 +347,8 @@ class _ScoreHead:
         if found is None:
             return
         tokens, method = found
-        if getattr(config, "is_original_qwen3_reranker", False) or is_qwen3_reranker_checkpoint(config):
+        original = getattr(config, "is_original_qwen3_reranker", False) or getattr(config, "is_qwen3_reranker", False)
+        if original or is_qwen3_reranker_checkpoint(config):
             config.is_original_qwen3_reranker = True
             if getattr(config, "score_template", None) is None:
                 config.score_template = "qwen3_reranker"

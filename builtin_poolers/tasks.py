@@ -75,6 +75,7 @@ class _VectorTask(Task):
     """Embedding-style tasks: pooled hidden states, projected, truncated, normalised."""
 
     params = frozenset({"dimensions", "use_activation"})
+    api_name = "Embedding"
 
     def build(self, model: PoolingModel) -> Head | None:
         arch = model.architecture
@@ -150,6 +151,7 @@ class ClassifyTask(Task):
 
     name = "classify"
     granularity = "sequence"
+    api_name = "Classification"
     default_pooling_type = "LAST"
     output_field = "probs"
     default_rank = 1
@@ -180,6 +182,7 @@ class TokenClassifyTask(Task):
 
     name = "token_classify"
     granularity = "token"
+    api_name = "Classification"
     default_pooling_type = "ALL"
     default_rank = 3
     #: ``entities``: the CLI prints entity spans (``LLM.entities``) instead of per-token probabilities.

@@ -103,8 +103,8 @@ class Engine:
             return model_max
         if model_max is not None and requested > model_max:
             raise InvalidRequest(
-                f"truncate_prompt_tokens value ({requested}) is greater than max_model_len ({model_max}). "
-                "Please, select a smaller truncation size."
+                "truncate_prompt_tokens value is greater than max_model_len. "
+                "Please request a smaller truncation size."
             )
         return requested
 
@@ -159,8 +159,8 @@ class Engine:
             if not asked and not chunked and model_max is not None and len(enc.token_ids) > model_max:
                 raise InvalidRequest(
                     f"This model's maximum context length is {model_max} tokens. However, input {i} has more "
-                    f"tokens than that. Please reduce the length of the input. "
-                    "(truncate_prompt_tokens truncates it; -1 keeps the model's limit.)"
+                    "tokens than that. Please reduce the length of the input prompt "
+                    "(or set truncate_prompt_tokens: -1 truncates it to the model's limit)."
                 )
         self.truncated_inputs += sum(1 for enc in out if enc.truncated)
         if not self.model.include_prompt:

@@ -15,7 +15,7 @@ import torch
 from .config import PoolingParams
 from .batching import estimate_cost
 from .engine import Engine
-from .settings import DEFAULT_MODEL, EngineArgs  # noqa: F401 - DEFAULT_MODEL is part of this module's API
+from .settings import DEFAULT_MODEL, IGNORED_ENGINE_ARGS, EngineArgs  # noqa: F401 - DEFAULT_MODEL is part of this module's API
 from .tasks import PLUGIN, Task
 from .entities import Entity, group_entities
 from .io import Prompt
@@ -103,8 +103,9 @@ class LLM:
             max_batch_tokens=max_batch_tokens,
             io_processor_plugin=io_processor_plugin,
         )
-        if engine_kwargs:
-            logger.info("ignoring vLLM engine arguments with no meaning here: %s", ", ".join(sorted(engine_kwargs)))
+        ignored = sorted(set(engine_kwargs) & IGNORED_ENGINE_ARGS)
+        if ignored:
+            logger.info("ignoring vLLM engine arguments with no meaning here: %s", ", ".join(ignored))
         #: The resolved load settings (:class:`EngineArgs`); pass them on to load the same model elsewhere.
         self.args = args
         self.model: PoolingModel = load_model(args)
@@ -187,8 +188,8 @@ class LLM:
         limit = self.model.max_model_len.value
         if truncate_prompt_tokens is not None and limit is not None and truncate_prompt_tokens > limit:
             raise InvalidRequest(
-                f"truncate_prompt_tokens value ({truncate_prompt_tokens}) is greater than max_model_len ({limit}). "
-                "Please, select a smaller truncation size."
+                "truncate_prompt_tokens value is greater than max_model_len. "
+                "Please request a smaller truncation size."
             )
 
     def estimate_tokens(self, prompts: Sequence[Prompt], params: Sequence[PoolingParams]) -> int:
@@ -223,9 +224,7 @@ class LLM:
             given = [pooling_params] * count
         elif isinstance(pooling_params, (list, tuple)):
             if len(pooling_params) != count:
-                raise InvalidRequest(
-                    f"got {len(pooling_params)} pooling_params for {count} prompts; pass one, or one per prompt"
-                )
+                raise InvalidRequest(f"The lengths of prompts ({count}) and params ({len(pooling_params)}) must be the same.")
             given = list(pooling_params)
         else:
             raise InvalidRequest(f"pooling_params must be PoolingParams or a list of them, got {type(pooling_params).__name__}")
@@ -358,9 +357,9 @@ class LLM:
         tokenization_kwargs: dict[str, Any] | None,
     ) -> list[PoolingRequestOutput[Any]]:
         """``pooling_task="plugin"``: the IO processor turns ``{"data": ...}`` into prompts and back."""
+        processor = self._io_processor()
         if not (isinstance(prompts, dict) and "data" in prompts):
             raise InvalidRequest(f"pooling_task='{self.plugin_task}' takes {{'data': ...}} as its prompt")
-        processor = self._io_processor()
         request_id = str(next(self._request_ids))
         data = processor.parse_data(prompts["data"])
         parsed = list(processor.pre_process(data, request_id=request_id))

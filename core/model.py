@@ -157,6 +157,7 @@ class ModelConfig:
     architectures: list[str]
     hf_config: Any
     dtype: torch.dtype
+    head_dtype: torch.dtype
     max_model_len: int | None
     embedding_size: int
     hidden_size: int
@@ -324,9 +325,10 @@ class PoolingModel:
             )
             task = registry("task").get(task.alias_of)
         if self.head(task) is None:
+            api = task.api_name or f"The {task.name}"
             raise InvalidRequest(
-                f"model '{self.name}' does not support task '{task.name}'; "
-                f"supported tasks: {', '.join(self.supported_tasks()) or 'none'}"
+                f"{api} API is not supported by this model: model '{self.name}' does not support task "
+                f"'{task.name}'; supported tasks: {', '.join(self.supported_tasks()) or 'none'}"
             )
         return task
 
@@ -354,6 +356,7 @@ class PoolingModel:
             architectures=list(getattr(self.hf_config, "architectures", None) or [self.architecture_name]),
             hf_config=self.hf_config,
             dtype=self.dtype,
+            head_dtype=_head_dtype(self.hf_config, self.dtype),
             max_model_len=self.max_model_len.value,
             embedding_size=self.embedding_size,
             hidden_size=self.architecture.hidden_size,
@@ -528,11 +531,12 @@ def load_model(args: Any) -> PoolingModel:
     architecture = arch_cls(hf_config)
     architecture.load_weights(iter_tensors(checkpoint_files(path, args.allow_pickle)))
     architecture.to(device=torch_device, dtype=torch_dtype).eval()
-    if torch_dtype in (torch.bfloat16, torch.float16):
+    head_dtype = _head_dtype(hf_config, torch_dtype)
+    if head_dtype != torch_dtype:
         # Classifier heads are a sliver of the work: they stay fp32, like pooling and activations.
         for head in (architecture.sequence_head(), architecture.token_head()):
             if head is not None:
-                head.float()
+                head.to(head_dtype)
     if conversion.needs_head and architecture.sequence_head() is None and architecture.token_head() is None:
         raise ModelLoadError(
             f"convert='{args.convert}' needs a checkpoint with a classification head; this {arch_name} has none"
@@ -556,6 +560,20 @@ def load_model(args: Any) -> PoolingModel:
     for entry in registry("task").entries():
         entry.obj.check_model(pooling_model)
     return pooling_model
+
+
+def _head_dtype(hf_config: Any, dtype: torch.dtype) -> torch.dtype:
+    """The classifier heads' dtype: fp32 unless ``config.json`` (or ``hf_overrides``) says
+    ``head_dtype`` (vLLM's key): ``"model"`` for the model's dtype, or a dtype name."""
+    wanted = getattr(hf_config, "head_dtype", None)
+    if wanted in (None, "float32", "fp32", "float"):
+        return torch.float32
+    if wanted == "model":
+        return dtype
+    try:
+        return DTYPES[str(wanted).lower()]
+    except KeyError:
+        raise InvalidRequest(f"unknown head_dtype '{wanted}'; use model or one of {', '.join(DTYPES)}") from None
 
 
 def _load_tokenizer(path: Path, hf_config: Any) -> Any:

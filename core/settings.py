@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any, ClassVar, Optional
 
@@ -180,6 +181,13 @@ class EngineArgs(BaseModel):
             InvalidRequest: an argument that is neither a setting nor a known vLLM engine argument.
         """
         extra = dict(engine_kwargs or {})
+        if "override_pooler_config" in extra:  # vLLM's former name of pooler_config
+            override = extra.pop("override_pooler_config")
+            warnings.warn("override_pooler_config is deprecated; use pooler_config", DeprecationWarning, stacklevel=3)
+            if settings.get("pooler_config") is not None and override is not None:
+                raise InvalidRequest("pass pooler_config or override_pooler_config, not both")
+            if override is not None:
+                settings["pooler_config"] = override
         unknown = sorted(set(extra) - IGNORED_ENGINE_ARGS)
         if unknown:
             raise InvalidRequest(f"unknown LLM argument(s): {', '.join(unknown)}")

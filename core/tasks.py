@@ -63,6 +63,9 @@ class Task:
     output_options: ClassVar[frozenset[str]] = frozenset()
     #: Whether results can be sent as raw tensors (base64 / bytes encodings).
     tensor_output: ClassVar[bool] = True
+    #: The API a model without this task lacks, in vLLM's words ("Embedding API is not supported
+    #: by this model."); ``None``: the task's name.
+    api_name: ClassVar[str | None] = None
     #: For a deprecated name of another task (vLLM's ``reward`` for ``token_classify``): the task
     #: it stands for. Requests naming it run that task, with a deprecation warning; it is never
     #: listed among a model's supported tasks.

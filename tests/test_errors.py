@@ -120,12 +120,12 @@ def test_params_a_task_does_not_take(minilm):
         minilm.embed("hi", PoolingParams(step_tag_id=3))
     with pytest.raises(InvalidRequest, match="cannot overwrite"):
         minilm.encode("hi", PoolingParams(task="token_embed"), pooling_task="embed")
-    with pytest.raises(InvalidRequest, match="2 pooling_params for 1 prompts"):
+    with pytest.raises(InvalidRequest, match=r"The lengths of prompts \(1\) and params \(2\) must be the same\."):  # vLLM's words
         minilm.embed(["hi"], [PoolingParams(), PoolingParams()])
 
 
 def test_truncation_beyond_the_model_limit(minilm):
-    with pytest.raises(InvalidRequest, match=r"truncate_prompt_tokens value \(300\) is greater than max_model_len \(256\)"):
+    with pytest.raises(InvalidRequest, match=r"^truncate_prompt_tokens value is greater than max_model_len\. Please request a smaller truncation size\.$"):
         minilm.embed("hi", PoolingParams(truncate_prompt_tokens=300))
     with pytest.raises(InvalidRequest, match="truncate_prompt_tokens must be -1"):
         PoolingParams(truncate_prompt_tokens=-2)
@@ -212,7 +212,7 @@ CLI_BAD_INPUTS = [
     (["embed", "--dimensions", "8", "x"], "does not support matryoshka representation"),
     (["embed", "--pooler-config", '{"pooling_type": "FOO"}', "x"], "unknown pooler 'FOO'"),
     (["embed", "--pooler-config", "{nope", "x"], "--pooler-config is not valid JSON"),
-    (["embed", "--truncate-prompt-tokens", "1000", "x"], "is greater than max_model_len (256)"),
+    (["embed", "--truncate-prompt-tokens", "1000", "x"], "truncate_prompt_tokens value is greater than max_model_len."),
     (["embed", "-i", "/no/such/file.txt"], "input file '/no/such/file.txt' does not exist"),
     (["embed", "--dtype", "float8", "x"], "unknown dtype 'float8'"),
 ]

@@ -96,5 +96,5 @@ def test_pairing_and_estimates_are_the_llms(minilm):
     with pytest.raises(InvalidRequest, match="At least one text_pair element must be given"):
         minilm.pair("q", [])
     assert minilm.estimate_pair_tokens(["q" * 40], ["d" * 400]) == 10 + 100 + 3
-    with pytest.raises(InvalidRequest, match=r"truncate_prompt_tokens value \(9999\) is greater than max_model_len \(256\)"):
+    with pytest.raises(InvalidRequest, match=r"truncate_prompt_tokens value is greater than max_model_len\. Please request a smaller truncation size\."):
         minilm.prepare("x", {"truncate_prompt_tokens": 9999}, pooling_task="embed")

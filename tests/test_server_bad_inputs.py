@@ -119,13 +119,13 @@ def test_08_token_ids_outside_the_vocabulary(client, ids):
 def test_09_over_long_text_is_refused_unless_truncation_is_asked(client):
     text = "hello world " * 50_000  # 100k tokens
     # vLLM refuses an input over max_model_len (issue 13); it used to be truncated silently
-    error_of(post(client, "/v1/embeddings", {"input": text}), 400, contains="Please reduce the length of the input.")
+    error_of(post(client, "/v1/embeddings", {"input": text}), 400, contains="Please reduce the length of the input prompt")
     r = post(client, "/v1/embeddings", {"input": text, "truncate_prompt_tokens": -1})
     assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] == 256
     error_of(
         post(client, "/v1/embeddings", {"input": "hi", "truncate_prompt_tokens": 1000}),
         400,
-        contains="truncate_prompt_tokens value (1000) is greater than max_model_len (256)",
+        contains="truncate_prompt_tokens value is greater than max_model_len. Please request a smaller truncation size.",  # vLLM's words (issue 13)
         param="truncate_prompt_tokens",
     )
     error_of(post(client, "/v1/embeddings", {"input": "hi", "truncate_prompt_tokens": -2}), 400, param="truncate_prompt_tokens")

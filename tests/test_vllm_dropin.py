@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import warnings
 
 import pytest
 import torch
@@ -79,10 +78,10 @@ def test_encode_without_a_task_runs_the_models_default(ner, minilm, caplog):
 
 
 def test_over_length_input_is_refused_unless_truncation_is_asked(minilm):
-    with pytest.raises(InvalidRequest, match=r"maximum context length is 256 tokens\. .* Please reduce the length of the input\."):
+    with pytest.raises(InvalidRequest, match=r"maximum context length is 256 tokens\. .* Please reduce the length of the input prompt"):
         minilm.embed(["short", LONG])
     ids = minilm.get_tokenizer()(LONG)["input_ids"]
-    with pytest.raises(InvalidRequest, match="Please reduce the length of the input."):
+    with pytest.raises(InvalidRequest, match="Please reduce the length of the input prompt"):
         minilm.embed([ids])
     kept = minilm.embed(LONG, tokenization_kwargs={"truncate_prompt_tokens": -1})[0]
     assert len(kept.prompt_token_ids) == 256

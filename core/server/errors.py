@@ -138,7 +138,8 @@ def _loc(parts: Sequence[Any]) -> str:
 
 
 def validation_message(errors: Sequence[dict]) -> tuple[str, str | None]:
-    """A schema failure as (message, param): at most 10 errors, each short, never the input itself."""
+    """A schema failure as (message, param): at most 10 errors, each short; the input itself only as
+    the short bad value of a choice (``literal_error``), as pydantic and vLLM show it."""
     parts: list[str] = []
     param = None
     for err in list(errors)[:10]:
@@ -156,6 +157,8 @@ def validation_message(errors: Sequence[dict]) -> tuple[str, str | None]:
         where = _loc(loc)
         param = param or where or (err.get("ctx") or {}).get("param") or None
         msg = short(err.get("msg", "invalid value"), 200)
+        if kind == "literal_error":  # vLLM's clients read pydantic's type and the (short) bad value
+            msg += f" [type=literal_error, input_value={short(repr(err.get('input')), 40)}]"
         parts.append(f"{where}: {msg}" if where else msg)
     extra = len(errors) - 10
     message = "; ".join(dict.fromkeys(parts)) + (f"; and {extra} more errors" if extra > 0 else "")

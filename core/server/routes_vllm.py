@@ -81,7 +81,8 @@ async def pooling(body: PoolingRequest, request: Request, st: State, llm: Model)
     check_model(st, body.model)
     plugin_task = llm.plugin_task
     name = body.task or (plugin_task if body.data is not None else llm.default_task)
-    if body.data is not None or (name is not None and name == plugin_task):
+    # Without an IO processor plugin the plugin task is just unsupported, as vLLM answers it.
+    if body.data is not None or (name is not None and name == plugin_task and plugin_task in llm.supported_tasks):
         return await _plugin(request, st, llm, body, name)
     try:
         task = llm.task(name) if name is not None else None

@@ -1,0 +1,452 @@
+"""Helpers shared by the ports of vLLM's pooling tests (tests/vllm/).
+
+vLLM's own helpers, reproduced so the ported tests read like the originals:
+``check_embeddings_close`` and ``matryoshka_fy`` (vllm tests/models/utils.py), ``softmax``
+(the same file: sigmoid for one output, softmax otherwise), ``run_embedding_correctness_test``
+(tests/models/language/pooling/embed_utils.py) and the ``example_prompts`` fixture's texts
+(tests/prompts/example.txt). The model builders make the offline stand-ins for vLLM's hub models.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+# vllm tests/prompts/example.txt, read by vLLM's ``example_prompts`` fixture.
+EXAMPLE_PROMPTS = [
+    "vLLM is a high-throughput and memory-efficient inference and serving engine for LLMs.\n",
+    "Briefly describe the major milestones in the development of artificial intelligence from 1950 to 2020.\n",
+    "Compare and contrast artificial intelligence with human intelligence in terms of processing information.\n",
+    "Describe the basic components of a neural network and how it can be trained.\n",
+    "Write a short story about a robot that dreams for the first time.\n",
+    "Analyze the impact of the COVID-19 pandemic on global economic structures and future business models.\n",
+    "Explain the cultural significance of the Mona Lisa painting, and how its perception might vary in Western versus Eastern societies.\n",
+    "Translate the following English sentence into Japanese, French, and Swahili: 'The early bird catches the worm.'\n",
+]
+
+# The chat template vLLM's server tests pass with --chat-template.
+DUMMY_CHAT_TEMPLATE = (
+    """{% for message in messages %}{{message['role'] + ': ' + message['content'] + '\\n'}}{% endfor %}"""
+)
+
+
+# A ChatML template (the layout of Qwen2.5's), for the Qwen stand-ins whose hub models ship one.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def check_embeddings_close(
+    *,
+    embeddings_0_lst: Sequence[Sequence[float]],
+    embeddings_1_lst: Sequence[Sequence[float]],
+    name_0: str,
+    name_1: str,
+    tol: float = 1e-3,
+) -> None:
+    assert len(embeddings_0_lst) == len(embeddings_1_lst)
+    for prompt_idx, (embeddings_0, embeddings_1) in enumerate(zip(embeddings_0_lst, embeddings_1_lst)):
+        assert len(embeddings_0) == len(embeddings_1), f"Length mismatch: {len(embeddings_0)} vs. {len(embeddings_1)}"
+        sim = F.cosine_similarity(torch.as_tensor(embeddings_0).float(), torch.as_tensor(embeddings_1).float(), dim=0)
+        fail_msg = (
+            f"Test{prompt_idx}:\nCosine similarity: \t{sim:.4f}"
+            f"\n{name_0}:\t{list(embeddings_0)[:16]!r}\n{name_1}:\t{list(embeddings_1)[:16]!r}"
+        )
+        assert sim >= 1 - tol, fail_msg
+
+
+def matryoshka_fy(tensor: Any, dimensions: int) -> torch.Tensor:
+    tensor = torch.as_tensor(tensor)
+    tensor = tensor[..., :dimensions]
+    return F.normalize(tensor, p=2, dim=1)
+
+
+def softmax(data: torch.Tensor) -> torch.Tensor:
+    if data.shape[-1] == 1:
+        return F.sigmoid(data)
+    return F.softmax(data, dim=-1)
+
+
+def run_embedding_correctness_test(hf_model: Any, inputs: list[str], vllm_outputs: Sequence[Sequence[float]], dimensions: int | None = None) -> None:
+    """vLLM's embed_utils helper; ``hf_model`` is a sentence-transformers model on the same weights."""
+    hf_outputs = hf_model.encode(inputs)
+    if dimensions:
+        hf_outputs = matryoshka_fy(hf_outputs, dimensions)
+    check_embeddings_close(embeddings_0_lst=hf_outputs, embeddings_1_lst=vllm_outputs, name_0="hf", name_1="vllm", tol=1e-2)
+
+
+class EncoderScoringHfRunner:
+    """vllm tests/entrypoints/pooling/scoring/util.py: cosine of sentence-transformers embeddings."""
+
+    def __init__(self, st_model: Any):
+        self.model = st_model
+
+    @torch.inference_mode()
+    def predict(self, prompts: list[list[str]], *args: Any, **kwargs: Any) -> torch.Tensor:
+        hf_embeddings = [self.model.encode(prompt) for prompt in prompts]
+        return torch.as_tensor([F.cosine_similarity(*map(torch.tensor, pair), dim=0) for pair in hf_embeddings])
+
+
+# -- offline stand-ins for vLLM's hub models ------------------------------------------------------
+
+
+def set_chat_template(model_dir: Path, template: str) -> Path:
+    """Write ``template`` as the tokenizer's chat template (vLLM's ``--chat-template`` equivalent)."""
+    cfg = model_dir / "tokenizer_config.json"
+    data = json.loads(cfg.read_text())
+    data["chat_template"] = template
+    cfg.write_text(json.dumps(data, indent=2))
+    return model_dir
+
+
+def set_model_max_length(model_dir: Path, n: int) -> Path:
+    cfg = model_dir / "tokenizer_config.json"
+    data = json.loads(cfg.read_text())
+    data["model_max_length"] = n
+    cfg.write_text(json.dumps(data, indent=2))
+    return model_dir
+
+
+def build_apeach(out: Path) -> Path:
+    """Stand-in for jason9693/Qwen2.5-1.5B-apeach: a Qwen2ForSequenceClassification with two
+    labels named as apeach's config names them ("Default", "Spoiled")."""
+    from tiny_models import build_qwen
+
+    labels = {0: "Default", 1: "Spoiled"}
+    build_qwen(out, "qwen2", "classify", num_labels=2, init_range=0.5, id2label=labels,
+               label2id={v: k for k, v in labels.items()})
+    return set_chat_template(out, CHATML_TEMPLATE)
+
+
+def build_internlm_reward(out: Path) -> Path:
+    """Stand-in for internlm/internlm2-1_8b-reward (a decoder with a one-output ``v_head`` on every
+    token): a Qwen2ForTokenClassification with one label and a ChatML chat template of its own (the
+    server tests override it with --chat-template, as vLLM's do)."""
+    from tiny_models import build_qwen
+
+    build_qwen(out, "qwen2", "token_classify", num_labels=1, init_range=0.5)
+    return set_chat_template(out, CHATML_TEMPLATE)
+
+
+def build_bge_reranker(out: Path) -> Path:
+    """Stand-in for BAAI/bge-reranker-base: an XLMRobertaForSequenceClassification with one label."""
+    from tiny_models import build_classifier
+
+    return build_classifier(out, "xlm-roberta", num_labels=1)
+
+
+def build_qwen3_seq_cls(out: Path) -> Path:
+    """Stand-in for tomaarsen/Qwen3-Reranker-0.6B-seq-cls: a Qwen3ForSequenceClassification with one
+    label and a 512-token context (the tiny default, 128, is shorter than vLLM's long documents)."""
+    from tiny_models import build_qwen
+
+    build_qwen(out, "qwen3", "classify", num_labels=1, init_range=0.5, max_position_embeddings=512)
+    return set_model_max_length(out, 512)
+
+
+def build_colbert(out: Path) -> Path:
+    """Stand-in for answerdotai/answerai-colbert-small-v1 (HF_ColBERT): a tiny BERT under ``bert.``
+    plus a 16-wide ``linear`` projection, as tests/test_colbert.py builds it."""
+    from safetensors.torch import load_file, save_file
+    from tiny_models import build_encoder
+
+    path = build_encoder(out, "bert", init_range=0.5)
+    state = {f"bert.{k}": v for k, v in load_file(str(path / "model.safetensors")).items()}
+    torch.manual_seed(5)
+    state["linear.weight"] = torch.randn(16, 32) * 0.3
+    save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
+    config = json.loads((path / "config.json").read_text())
+    config.update(architectures=["HF_ColBERT"], dim=16)
+    (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
+def openai_client(test_client: Any) -> Any:
+    """The official ``openai`` client, talking to a FastAPI TestClient (an httpx.Client)."""
+    import openai
+
+    return openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=test_client, max_retries=0)
+
+
+# -- vllm/utils/serial_utils.py: embed_dtype / endianness decoding -------------------------------
+
+EMBED_DTYPE_TO_TORCH_DTYPE = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "fp8_e4m3": torch.float8_e4m3fn,
+    "fp8_e5m2": torch.float8_e5m2,
+}
+EMBED_DTYPES = list(EMBED_DTYPE_TO_TORCH_DTYPE)
+ENDIANNESS = ["native", "little", "big"]
+#: poolkit does not produce fp8 embed_dtypes (docs/server.md, "Differences from vLLM").
+FP8_XFAIL = "poolkit has no fp8 embed_dtype (fp8_e4m3 / fp8_e5m2); docs/server.md lists it as unsupported"
+
+
+def binary2tensor(binary: bytes, shape: tuple, embed_dtype: str, endianness: str) -> torch.Tensor:
+    import sys
+
+    import numpy as np
+
+    itemsize = torch.empty((), dtype=EMBED_DTYPE_TO_TORCH_DTYPE[embed_dtype]).element_size()
+    view = {1: np.uint8, 2: np.uint16, 4: np.uint32}[itemsize]
+    array = np.frombuffer(binary, dtype=view).copy()
+    if endianness != "native" and endianness != sys.byteorder:
+        array = array.byteswap()
+    raw = torch.from_numpy(array.view({1: np.int8, 2: np.int16, 4: np.int32}[itemsize]))
+    return raw.view(EMBED_DTYPE_TO_TORCH_DTYPE[embed_dtype]).reshape(shape)
+
+
+def build_metadata_items(embed_dtype: str, endianness: str, shape: tuple, n_request: int) -> list[dict]:
+    size = torch.empty((), dtype=EMBED_DTYPE_TO_TORCH_DTYPE[embed_dtype]).element_size()
+    n = 1
+    for s in shape:
+        n *= s
+    return [
+        {"index": i, "embed_dtype": embed_dtype, "endianness": endianness, "start": i * n * size,
+         "end": (i + 1) * n * size, "shape": list(shape)}
+        for i in range(n_request)
+    ]
+
+
+def decode_pooling_output(items: list[dict], body: bytes) -> list[torch.Tensor]:
+    items = sorted(items, key=lambda x: x["index"])
+    return [binary2tensor(body[x["start"]:x["end"]], tuple(x["shape"]), x["embed_dtype"], x["endianness"]) for x in items]
+
+
+def issue13(what: str) -> Any:
+    """A strict xfail for a behaviour issue 13 lists as missing; it fails loudly once it lands."""
+    import pytest
+
+    return pytest.mark.xfail(strict=True, reason=f"issue 13: {what}")
+
+
+def case(value: Any, what: str) -> Any:
+    """A parametrize case marked with :func:`issue13`."""
+    import pytest
+
+    return pytest.param(value, marks=issue13(what))
+
+
+SMALLER_TRUNCATION_TEXT = (
+    "vLLM's versions disagree on the over-length text: this test wants '...Please reduce the length of the "
+    "input.' where the newer scoring tests want '...the input prompt'; poolkit follows the newer"
+)
+
+
+def compute_maxsim_score(q_emb: torch.Tensor, d_emb: torch.Tensor) -> torch.Tensor:
+    """vllm entrypoints/pooling/scoring/utils.py: for each query token, the best dot product with
+    any document token, summed."""
+    return (q_emb.float() @ d_emb.float().T).max(dim=-1).values.sum()
+
+
+class ColBERTScoringHfRunner:
+    """vllm tests/entrypoints/pooling/scoring/util.py: transformers' encoder, the checkpoint's
+    ``linear`` projection, L2 normalisation, MaxSim."""
+
+    def __init__(self, model_name: str, linear_weights_key: str):
+        from safetensors.torch import load_file
+        from transformers import AutoModel, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(model_name)
+        self.model = AutoModel.from_pretrained(model_name, attn_implementation="eager").eval()
+        weights = load_file(str(Path(model_name) / "model.safetensors"))
+        self.linear_weight = weights[linear_weights_key].float()
+
+    @torch.inference_mode()
+    def __call__(self, texts: list[str]) -> list[torch.Tensor]:
+        embeddings = []
+        for text in texts:
+            inputs = self.tokenizer(text, return_tensors="pt")
+            hidden = self.model(**inputs).last_hidden_state.float()
+            projected = F.linear(hidden, self.linear_weight)
+            embeddings.append(F.normalize(projected, p=2, dim=-1).squeeze(0))
+        return embeddings
+
+    @torch.inference_mode()
+    def predict(self, prompts: list[list[str]], *args: Any, **kwargs: Any) -> torch.Tensor:
+        hf_embeddings = [self(prompt) for prompt in prompts]
+        return torch.as_tensor([compute_maxsim_score(*pair).item() for pair in hf_embeddings])
+
+
+# vllm examples/pooling/score/template/qwen3_reranker.jinja
+QWEN3_RERANKER_TEMPLATE = (
+    "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the Instruct "
+    "provided. Note that the answer can only be \"yes\" or \"no\".<|im_end|>\n<|im_start|>user\n<Instruct>: "
+    "{{ instruction | default(instruct | default(messages | selectattr(\"role\", \"eq\", \"system\") | "
+    "map(attribute=\"content\") | first | default(\"Given a web search query, retrieve relevant passages that "
+    "answer the query\", true), true), true) }}\n<Query>: {{ messages | selectattr(\"role\", \"eq\", \"query\") | "
+    "map(attribute=\"content\") | first }}\n<Document>: {{ messages | selectattr(\"role\", \"eq\", \"document\") | "
+    "map(attribute=\"content\") | first }}<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+)
+
+# vllm examples/pooling/score/template/bge-reranker-v2-gemma.jinja
+BGE_GEMMA_TEMPLATE = (
+    "A: {{ (messages | selectattr(\"role\", \"eq\", \"query\") | first).content }}\n"
+    "B: {{ (messages | selectattr(\"role\", \"eq\", \"document\") | first).content }}\n"
+    "Given a query A and a passage B, determine whether the passage contains an answer to the query by "
+    "providing a prediction of either 'Yes' or 'No'."
+)
+
+
+def build_qwen3_lm(out: Path) -> Path:
+    """Stand-in for Qwen/Qwen3-Reranker-0.6B (a Qwen3ForCausalLM answering "yes"/"no")."""
+    from tiny_models import build_qwen
+
+    build_qwen(out, "qwen3", "lm", init_range=0.5, max_position_embeddings=512)
+    return set_model_max_length(out, 512)
+
+
+def build_deberta_nli(out: Path) -> Path:
+    """Stand-in for cross-encoder/nli-deberta-v3-small: a tiny DebertaV2ForSequenceClassification
+    with three labels (contradiction, neutral, entailment), WordPiece tokenizer; poolkit serves it
+    through its transformers fallback."""
+    import transformers as T
+    from tiny_models import wordpiece_tokenizer
+
+    tok = wordpiece_tokenizer()
+    labels = {0: "contradiction", 1: "entailment", 2: "neutral"}
+    config = T.DebertaV2Config(
+        vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=128, pad_token_id=tok.pad_token_id, num_labels=3, id2label=labels,
+        label2id={v: k for k, v in labels.items()}, initializer_range=0.5,
+    )
+    torch.manual_seed(0)
+    model = T.DebertaV2ForSequenceClassification(config)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+class HfClassifier:
+    """vLLM's ``hf_runner(..., auto_cls=AutoModelForSequenceClassification).classify`` on the same
+    directory, with transformers."""
+
+    def __init__(self, model_dir: Path, auto_cls: Any = None, dtype: str = "float"):
+        import transformers as T
+
+        self.tokenizer = T.AutoTokenizer.from_pretrained(str(model_dir))
+        torch_dtype = {"float": torch.float32, "float32": torch.float32, "half": torch.float16, "float16": torch.float16}[dtype]
+        model = (auto_cls or T.AutoModelForSequenceClassification).from_pretrained(str(model_dir), dtype=torch_dtype)
+        self.model = model.eval()
+
+    @torch.inference_mode()
+    def classify(self, prompts: list[str]) -> list[list[float]]:
+        # vllm tests/conftest.py HfRunner.classify: raw for regression, sigmoid for multi-label,
+        # else models.utils.softmax (sigmoid for one label).
+        problem_type = getattr(self.model.config, "problem_type", "")
+        outputs = []
+        for prompt in prompts:
+            inputs = self.tokenizer([prompt], return_tensors="pt")
+            logits = self.model(**inputs).logits.float()
+            if problem_type == "regression":
+                outputs.append(logits[0].tolist())
+            elif problem_type == "multi_label_classification":
+                outputs.append(logits.sigmoid()[0].tolist())
+            else:
+                outputs.append(softmax(logits)[0].tolist())
+        return outputs
+
+
+def build_ernie(out: Path, token: bool = False, num_labels: int = 3) -> Path:
+    """Stand-in for the Ernie-3.0 checkpoints vLLM tests (Forrest20231206/ernie-3.0-base-zh-cls,
+    gyr66/Ernie-3.0-base-chinese-finetuned-ner): a tiny Ernie{Sequence,Token}Classification,
+    WordPiece tokenizer; poolkit serves it through its transformers fallback."""
+    import transformers as T
+    from tiny_models import give_segment_ids, wordpiece_tokenizer
+
+    tok = wordpiece_tokenizer()
+    labels = {i: f"class_{i}" for i in range(num_labels)}
+    config = T.ErnieConfig(
+        vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=128, pad_token_id=tok.pad_token_id, num_labels=num_labels, id2label=labels,
+        label2id={v: k for k, v in labels.items()}, initializer_range=0.5,
+    )
+    torch.manual_seed(0)
+    model = (T.ErnieForTokenClassification if token else T.ErnieForSequenceClassification)(config)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    give_segment_ids(out)
+    return out
+
+
+STEP_TAG = "<extra_0>"
+
+
+def build_math_prm(out: Path, arch: str = "Qwen2ForProcessRewardModel", labels: int = 2) -> Path:
+    """Stand-in for Qwen/Qwen2.5-Math-PRM-7B (Qwen2ForProcessRewardModel: a two-output ``score`` MLP
+    on every token, read at the ``<extra_0>`` step tags): the tiny Qwen2 backbone with ``score.0`` /
+    ``score.2`` weights, its byte-level BPE given ``<extra_0>`` as a special token, a 2048-token context.
+    ``arch="Qwen2ForRewardModel", labels=1`` gives a Qwen2.5-Math-RM-72B stand-in instead."""
+    import transformers as T
+    from safetensors.torch import save_file
+    from tiny_models import bytelevel_bpe_tokenizer
+
+    tok = bytelevel_bpe_tokenizer()
+    tok.add_special_tokens({"additional_special_tokens": [STEP_TAG]})
+    tok.model_max_length = 2048
+    config = T.Qwen2Config(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=2048, pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id, tie_word_embeddings=True, initializer_range=0.2,
+    )
+    torch.manual_seed(0)
+    backbone = T.Qwen2Model(config)
+    with torch.no_grad():
+        for name, p in backbone.named_parameters():
+            if p.ndim == 1:
+                p.normal_(1.0 if name.endswith("norm.weight") else 0.0, 0.5)
+    tensors = {f"model.{k}": v.contiguous() for k, v in backbone.state_dict().items()}
+    g = torch.Generator().manual_seed(2)
+    tensors.update({
+        "score.0.weight": torch.randn(32, 32, generator=g) * 0.3,
+        "score.0.bias": torch.randn(32, generator=g) * 0.3,
+        "score.2.weight": torch.randn(labels, 32, generator=g) * 0.3,
+        "score.2.bias": torch.randn(labels, generator=g) * 0.3,
+    })
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    config.architectures = [arch]
+    config.num_labels = labels
+    config.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def math_prm_reference_logits(model_dir: Path, input_ids: torch.Tensor) -> torch.Tensor:
+    """What Qwen2.5-Math-PRM's remote code returns as ``outputs[0]``: the score MLP on transformers'
+    Qwen2Model hidden states, every token."""
+    import transformers as T
+    from safetensors.torch import load_file
+
+    backbone = T.Qwen2Model.from_pretrained(str(model_dir)).eval()
+    w = load_file(str(model_dir / "model.safetensors"))
+    with torch.inference_mode():
+        hidden = backbone(input_ids=input_ids).last_hidden_state
+        h = torch.relu(hidden @ w["score.0.weight"].T + w["score.0.bias"])
+        return h @ w["score.2.weight"].T + w["score.2.bias"]
+
+
+def math_step_prompts() -> list[str]:
+    """vllm tests/models/language/pooling/test_reward.py ``math_step_prompts``."""
+    data = {
+        "system": "Please reason step by step, and put your final answer within \\boxed{}. ",
+        "query": "Sue lives in a fun neighborhood.  One weekend, the neighbors decided to play a prank on Sue.  On Friday morning, the neighbors placed 18 pink plastic flamingos out on Sue's front yard.  On Saturday morning, the neighbors took back one third of the flamingos, painted them white, and put these newly painted white flamingos back out on Sue's front yard.  Then, on Sunday morning, they added another 18 pink plastic flamingos to the collection. At noon on Sunday, how many more pink plastic flamingos were out than white plastic flamingos?",  # noqa: E501
+        "response": [
+            "To find out how many more pink plastic flamingos were out than white plastic flamingos at noon on Sunday, we can break down the problem into steps. First, on Friday, the neighbors start with 18 pink plastic flamingos.",  # noqa: E501
+            "On Saturday, they take back one third of the flamingos. Since there were 18 flamingos, (1/3 \\times 18 = 6) flamingos are taken back. So, they have (18 - 6 = 12) flamingos left in their possession. Then, they paint these 6 flamingos white and put them back out on Sue's front yard. Now, Sue has the original 12 pink flamingos plus the 6 new white ones. Thus, by the end of Saturday, Sue has (12 + 6 = 18) pink flamingos and 6 white flamingos.",  # noqa: E501
+            "On Sunday, the neighbors add another 18 pink plastic flamingos to Sue's front yard. By the end of Sunday morning, Sue has (18 + 18 = 36) pink flamingos and still 6 white flamingos.",  # noqa: E501
+            "To find the difference, subtract the number of white flamingos from the number of pink flamingos: (36 - 6 = 30). Therefore, at noon on Sunday, there were 30 more pink plastic flamingos out than white plastic flamingos. The answer is (\\boxed{30}).",  # noqa: E501
+        ],
+    }
+    answer = "<extra_0>".join(data["response"]) + "<extra_0>"
+    prompt = f"<im_start>system\n{data['system']}<im_end>\n<im_start>user\n{data['query']}<im_end>\n<im_start>assistant\n{answer}<im_end><|endoftext|>"  # noqa: E501
+    return [prompt]
