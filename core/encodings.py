@@ -17,8 +17,14 @@ import torch
 
 from .errors import InvalidRequest
 
-#: ``embed_dtype`` values and the torch dtypes they cast to.
-EMBED_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+#: ``embed_dtype`` values and the torch dtypes they cast to (vLLM's set: fp8 as one byte a value).
+EMBED_DTYPES = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "fp8_e4m3": torch.float8_e4m3fn,
+    "fp8_e5m2": torch.float8_e5m2,
+}
 ENDIANNESS = ("native", "little", "big")
 
 
@@ -31,6 +37,8 @@ def tensor_bytes(tensor: torch.Tensor, embed_dtype: str = "float32", endianness:
     t = tensor.detach().to("cpu", EMBED_DTYPES[embed_dtype]).contiguous()
     if t.dtype == torch.bfloat16:
         array = t.view(torch.int16).numpy()  # numpy has no bfloat16: reinterpret the 2-byte words
+    elif t.element_size() == 1:
+        array = t.view(torch.uint8).numpy()  # nor fp8: one byte a value, no byte order
     else:
         array = t.numpy()
     if endianness != "native" and endianness != sys.byteorder:

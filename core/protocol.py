@@ -105,7 +105,7 @@ class _Activation(BaseModel):
 
 class _Encoding(BaseModel):
     encoding_format: Literal["float", "base64", "bytes", "bytes_only"] = "float"
-    embed_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    embed_dtype: Literal["float32", "float16", "bfloat16", "fp8_e4m3", "fp8_e5m2"] = "float32"
     endianness: Literal["native", "little", "big"] = "native"
 
 
@@ -159,7 +159,9 @@ class RerankRequest(_Body, _Tokenization, _Activation):
     """``POST /rerank``, ``/v1/rerank``, ``/v2/rerank`` (Jina / Cohere)."""
 
     query: StrictStr
-    documents: List[Union[StrictStr, RerankDocument]]
+    documents: Union[StrictStr, List[Union[StrictStr, RerankDocument]]] = Field(
+        description="The documents, or one document as a string (vLLM)."
+    )
     top_n: StrictInt = Field(0, description="Keep the best N (0: all).")
     return_documents: StrictBool = True
     instruction: Optional[StrictStr] = None

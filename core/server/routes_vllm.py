@@ -244,7 +244,8 @@ async def rerank(body: RerankRequest, request: Request, st: State, llm: Model) -
     check_text(body.query, "query")
     if body.top_n < 0:
         raise ApiError(400, f"top_n must be 0 (all) or a positive number, got {body.top_n}", param="top_n")
-    docs = [d.text if isinstance(d, RerankDocument) else d for d in body.documents]
+    given = [body.documents] if isinstance(body.documents, str) else body.documents
+    docs = [d.text if isinstance(d, RerankDocument) else d for d in given]
     if not docs:
         raise ApiError(400, "At least one document element must be given", param="documents")
     check_count(st, len(docs), "documents")

@@ -186,7 +186,6 @@ EMBED_DTYPE_TO_TORCH_DTYPE = {
 EMBED_DTYPES = list(EMBED_DTYPE_TO_TORCH_DTYPE)
 ENDIANNESS = ["native", "little", "big"]
 #: poolkit does not produce fp8 embed_dtypes (docs/server.md, "Differences from vLLM").
-FP8_XFAIL = "poolkit has no fp8 embed_dtype (fp8_e4m3 / fp8_e5m2); docs/server.md lists it as unsupported"
 
 
 def binary2tensor(binary: bytes, shape: tuple, embed_dtype: str, endianness: str) -> torch.Tensor:

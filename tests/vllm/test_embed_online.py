@@ -20,7 +20,6 @@ from port_utils import (
     DUMMY_CHAT_TEMPLATE,
     EMBED_DTYPES,
     ENDIANNESS,
-    FP8_XFAIL,
     binary2tensor,
     build_metadata_items,
     check_embeddings_close,
@@ -38,10 +37,7 @@ MESSAGES = [
     {"role": "user", "content": "Stars twinkle brightly in the night sky."},
 ]
 
-DTYPE_PARAMS = [
-    pytest.param(d, marks=pytest.mark.xfail(strict=True, reason=FP8_XFAIL)) if d.startswith("fp8") else d
-    for d in EMBED_DTYPES
-]
+DTYPE_PARAMS = list(EMBED_DTYPES)
 
 
 @pytest.fixture(scope="module")

@@ -57,11 +57,6 @@ class TestScoringPromptLimit:
         assert response.status_code == 200, response.text
         assert len(response.json()["results"]) == 5
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="/rerank refuses documents given as one string ('documents: Input should be a valid list'); "
-        "vLLM's RerankRequest takes a single document string; not on issue 13's list",
-    )
     def test_scalar_input_unaffected(self, embed_server):
         response = embed_server.post("/rerank", json={"model": "m", "query": "q", "documents": "single doc"})
         assert response.status_code == 200, response.text
