@@ -57,6 +57,16 @@ def _cut_index(text: str, budget: int, side: str) -> int:
     return start
 
 
+def _text_beyond(text: str, spans: Sequence[tuple[int, int]], side: str) -> bool:
+    """Whether ``text`` goes on past its tokens' character ``spans`` on the truncated ``side``."""
+    covered = [(a, b) for a, b in spans if b > a]  # special tokens span nothing
+    if not covered:
+        return bool(text.strip())
+    if side == "right":
+        return bool(text[max(b for _, b in covered) :].strip())
+    return bool(text[: min(a for a, _ in covered)].strip())
+
+
 class Engine:
     """Runs a :class:`PoolingModel` over prompts for one task at a time.
 
@@ -101,12 +111,21 @@ class Engine:
             return model_max + 1 if model_max is not None else None
         if requested is None or requested == -1:
             return model_max
-        if model_max is not None and requested > model_max:
+        self.check_truncation(requested)
+        return requested
+
+    def check_truncation(self, truncate_prompt_tokens: int | None) -> None:
+        """Refuse a truncation longer than the model's limit (vLLM's wording).
+
+        Raises:
+            InvalidRequest: ``truncate_prompt_tokens`` exceeds ``max_model_len``.
+        """
+        model_max = self.model.max_model_len.value
+        if truncate_prompt_tokens is not None and model_max is not None and truncate_prompt_tokens > model_max:
             raise InvalidRequest(
                 "truncate_prompt_tokens value is greater than max_model_len. "
                 "Please request a smaller truncation size."
             )
-        return requested
 
     def _prompt_length(self, prefix: str, special: bool = True) -> int:
         """Tokens of an instruction prefix, less a trailing special token (sentence-transformers).
@@ -174,36 +193,48 @@ class Engine:
         texts = [self._text(p) for p in prompts]
         pairs = [p.text_pair for p in prompts]
         has_pairs = any(t is not None for t in pairs)
-        cut = list(range(len(texts)))
-        if limit is not None and not has_pairs:
+        # Character spans of the kept tokens tell whether text was cut off (single texts only).
+        spans_wanted = limit is not None and not has_pairs
+        cut: list[int] = []
+        if spans_wanted:
             budget = limit * CHARS_PER_TOKEN + _CUT_MARGIN
             cut = [i for i, t in enumerate(texts) if len(t) > budget]
             for i in cut:
                 at = _cut_index(texts[i], budget, side)
                 texts[i] = texts[i][:at] if side == "right" else texts[i][at:]
-        encoded = self._call_tokenizer(texts, pairs if has_pairs else None, limit, side, special)
-        if limit is not None and not has_pairs:
+        encoded, spans = self._call_tokenizer(texts, pairs if has_pairs else None, limit, side, special, spans_wanted)
+        cut_off = set(cut)
+        if spans_wanted:
             short = [i for i in cut if len(encoded[i].token_ids) < limit]
             if short:  # the cut kept fewer tokens than the limit: tokenize the whole text instead
-                full = self._call_tokenizer([self._text(prompts[i]) for i in short], None, limit, side, special)
-                for i, enc in zip(short, full):
-                    encoded[i] = enc
-                    texts[i] = self._text(prompts[i])
+                full, full_spans = self._call_tokenizer([self._text(prompts[i]) for i in short], None, limit, side, special, True)
+                for i, enc, span in zip(short, full, full_spans):
+                    encoded[i], spans[i], texts[i] = enc, span, self._text(prompts[i])
+                    cut_off.discard(i)
         if limit is not None:
-            # An input exactly at the limit may have lost tokens: one token more tells.
-            full_length = [i for i, enc in enumerate(encoded) if len(enc.token_ids) == limit]
-            if full_length:
-                longer = self._call_tokenizer(
-                    [texts[i] for i in full_length], [pairs[i] for i in full_length] if has_pairs else None, limit + 1, side,
-                    special,
+            at_limit = [i for i, enc in enumerate(encoded) if len(enc.token_ids) == limit]
+            if spans_wanted:
+                for i in at_limit:
+                    encoded[i].truncated = i in cut_off or _text_beyond(texts[i], spans[i], side)
+            elif at_limit:  # a pair at the limit: one token more tells (rare: cross-encoder inputs)
+                longer, _ = self._call_tokenizer(
+                    [texts[i] for i in at_limit], [pairs[i] for i in at_limit], limit + 1, side, special
                 )
-                for i, enc in zip(full_length, longer):
+                for i, enc in zip(at_limit, longer):
                     encoded[i].truncated = len(enc.token_ids) > limit
         return encoded
 
     def _call_tokenizer(
-        self, texts: list[str], pairs: list[str | None] | None, limit: int | None, side: str, special: bool = True
-    ) -> list[Encoded]:
+        self,
+        texts: list[str],
+        pairs: list[str | None] | None,
+        limit: int | None,
+        side: str,
+        special: bool = True,
+        spans: bool = False,
+    ) -> tuple[list[Encoded], list[list[tuple[int, int]]] | None]:
+        """The encodings, and with ``spans`` each token's character span (the fast tokenizer
+        computes them anyway)."""
         tok = self.model.tokenizer
         want_types = self.uses_token_type_ids
         with self._tokenizer_lock:
@@ -218,11 +249,13 @@ class Engine:
                     max_length=limit,
                     return_attention_mask=False,
                     return_token_type_ids=want_types,
+                    return_offsets_mapping=spans,
                 )
             finally:
                 tok.truncation_side = previous
         types = result.get("token_type_ids") if want_types else None
-        return [Encoded(ids, types[i] if types is not None else None) for i, ids in enumerate(result["input_ids"])]
+        encoded = [Encoded(ids, types[i] if types is not None else None) for i, ids in enumerate(result["input_ids"])]
+        return encoded, (result["offset_mapping"] if spans else None)
 
     # -- running -------------------------------------------------------------------------------
 

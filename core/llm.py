@@ -185,12 +185,7 @@ class LLM:
         Raises:
             InvalidRequest: ``truncate_prompt_tokens`` exceeds ``max_model_len``.
         """
-        limit = self.model.max_model_len.value
-        if truncate_prompt_tokens is not None and limit is not None and truncate_prompt_tokens > limit:
-            raise InvalidRequest(
-                "truncate_prompt_tokens value is greater than max_model_len. "
-                "Please request a smaller truncation size."
-            )
+        self.engine.check_truncation(truncate_prompt_tokens)
 
     def estimate_tokens(self, prompts: Sequence[Prompt], params: Sequence[PoolingParams]) -> int:
         """Tokens of prepared prompts, estimated before tokenizing, each capped at its truncation limit."""
