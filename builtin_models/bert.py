@@ -337,7 +337,9 @@ class BertForMaskedLM(BertModel):
     default), unless the model is a SPLADE model (:class:`BertSpladeSparseEmbeddingModel`, or a
     sentence-transformers config with ``SpladePooling``): then ``embed`` is the SPLADE vector.
     ``sparse_embed`` is always the SPLADE vector, ``log(1 + relu(MLM logits))`` pooled over
-    all tokens: the task builds it from :meth:`lm_head`.
+    all tokens: the task builds it from :meth:`lm_head`. ``token_classify`` is the MLM head's
+    softmax over the vocabulary at every token (``[n_tokens, vocab_size]``), as vLLM serves a
+    masked LM.
 
     The head loads from ``cls.predictions.*`` (old ``LayerNorm.gamma``/``beta`` names too); the
     decoder weight is the word embeddings when the config ties them (the default) or the
@@ -348,6 +350,7 @@ class BertForMaskedLM(BertModel):
     """
 
     head_prefixes: ClassVar[tuple[str, ...]] = ("cls.predictions.",)
+    masked_lm_head: ClassVar[bool] = True
     #: Whether ``embed`` is the SPLADE vector whatever the sentence-transformers config says.
     splade: ClassVar[bool] = False
 

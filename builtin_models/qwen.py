@@ -342,15 +342,22 @@ class _ScoreHead:
 
     @classmethod
     def configure(cls, config: Any, tokenizer: Any) -> None:
-        """Look up the ``classifier_from_token`` ids and set ``num_labels`` to match."""
+        """Look up the ``classifier_from_token`` ids and set ``num_labels`` to match.
+
+        A Qwen3-Reranker declared the vLLM way (``is_original_qwen3_reranker``, or
+        ``classifier_from_token``) scores the plain pair, as vLLM does: its prompt comes with a
+        score template (``chat_template=``). One recognised by its name alone gets the model
+        card's prompt (the ``qwen3_reranker`` template), which vLLM would not know to apply.
+        """
         found = classifier_tokens(config)
         if found is None:
             return
         tokens, method = found
         original = getattr(config, "is_original_qwen3_reranker", False) or getattr(config, "is_qwen3_reranker", False)
+        declared = original or getattr(config, "classifier_from_token", None)
         if original or is_qwen3_reranker_checkpoint(config):
             config.is_original_qwen3_reranker = True
-            if getattr(config, "score_template", None) is None:
+            if not declared and getattr(config, "score_template", None) is None:
                 config.score_template = "qwen3_reranker"
         config.classifier_from_token_ids = [token_id(tokenizer, t) for t in tokens]
         config.method = method

@@ -78,7 +78,17 @@ class VectorHead:
             return [self._finish(row, *s) for row, s in zip(pooled.unbind(0), settings)]
         if self.projector is not None:
             pooled = [self.projector(t) for t in pooled]
+        pooled = [late_chunks(t, p) for t, p in zip(pooled, params)]
         return [self._finish(t, *s) for t, s in zip(pooled, settings)]
+
+
+def late_chunks(tokens: torch.Tensor, params: PoolingParams) -> torch.Tensor:
+    """Token vectors ``[n, H]`` averaged over consecutive chunks of the request's late-chunking
+    size (``[ceil(n / size), H]``), or unchanged when the request asks for no late chunking."""
+    if params.late_chunking_params is None:
+        return tokens
+    size = params.late_chunking_params.chunk_size
+    return torch.stack([part.float().mean(0) for part in tokens.split(size)])
 
 
 class ClassifierHead:
@@ -157,14 +167,8 @@ class ClassifierHead:
 LOGITS_BUDGET = 1 << 24
 
 
-class LMHeadStepHead(ClassifierHead):
-    """``STEP`` rewards read off a causal LM's next-token head (math-shepherd's process rewards).
-
-    Each sequence keeps the rows of its ``step_tag_id`` tokens (all rows without one); only those
-    rows go through the LM head, a bounded chunk at a time so that ``[rows, vocab]`` logits never
-    exist for a whole batch, and each chunk keeps only the ``returned_token_ids`` columns. Then
-    the classifier activation applies: softmax over the columns (sigmoid for one), as vLLM's
-    ``StepPool`` with its classifier head.
+class _LMHeadClassifier(ClassifierHead):
+    """A classifier head whose classifier is an LM head, run over a bounded chunk of rows at a time.
 
     Args:
         lm_head: ``[n, H]`` hidden rows -> ``[n, vocab]`` logits (``Architecture.lm_head()``).
@@ -172,6 +176,8 @@ class LMHeadStepHead(ClassifierHead):
         activation, use_activation, logit_mean, logit_sigma: as for :class:`ClassifierHead`.
         chunk_rows: rows per LM-head call; ``None`` derives it from :data:`LOGITS_BUDGET`.
     """
+
+    step: bool = False
 
     def __init__(
         self,
@@ -184,9 +190,22 @@ class LMHeadStepHead(ClassifierHead):
         chunk_rows: int | None = None,
     ) -> None:
         classifier: torch.nn.Module = lm_head  # type: ignore[assignment]  # called, never inspected
-        super().__init__(classifier, activation, use_activation, logit_mean, logit_sigma, step=True)
+        super().__init__(classifier, activation, use_activation, logit_mean, logit_sigma, step=self.step)
         self.vocab_size = int(vocab_size)
         self.chunk_rows = chunk_rows or max(1, LOGITS_BUDGET // max(1, self.vocab_size))
+
+
+class LMHeadStepHead(_LMHeadClassifier):
+    """``STEP`` rewards read off a causal LM's next-token head (math-shepherd's process rewards).
+
+    Each sequence keeps the rows of its ``step_tag_id`` tokens (all rows without one); only those
+    rows go through the LM head, a bounded chunk at a time so that ``[rows, vocab]`` logits never
+    exist for a whole batch, and each chunk keeps only the ``returned_token_ids`` columns. Then
+    the classifier activation applies: softmax over the columns (sigmoid for one), as vLLM's
+    ``StepPool`` with its classifier head. Arguments as for the base class.
+    """
+
+    step = True
 
     def __call__(self, hidden: torch.Tensor, batch: PackedBatch, params: Sequence[PoolingParams]) -> list[torch.Tensor]:
         flags = [self.use_activation if p.use_activation is None else p.use_activation for p in params]
@@ -211,3 +230,64 @@ class LMHeadStepHead(ClassifierHead):
             out = self.classifier(chunk)
             parts.append((out[:, columns] if columns else out).float())
         return torch.cat(parts) if parts else rows.new_zeros((0, width), dtype=torch.float32)
+
+
+class LMHeadTokenHead(_LMHeadClassifier):
+    """Every token classified by a masked-LM head: its distribution over the vocabulary.
+
+    vLLM serves a masked LM's ``token_classify`` this way (``[n_tokens, vocab_size]`` per input).
+    The head runs over a bounded chunk of rows at a time (:data:`LOGITS_BUDGET`), each chunk is
+    activated as it comes, and the results go straight into one ``[T, vocab]`` fp32 tensor, so
+    besides the outputs themselves only one chunk's logits exist at once. The activation is the
+    classifier's (softmax over the vocabulary unless the model says otherwise); a request's
+    ``use_activation=False`` gives the raw, calibrated logits.
+    """
+
+    def __call__(self, hidden: torch.Tensor, batch: PackedBatch, params: Sequence[PoolingParams]) -> list[torch.Tensor]:
+        flags = [self.use_activation if p.use_activation is None else p.use_activation for p in params]
+        out = torch.empty((hidden.shape[0], self.vocab_size), dtype=torch.float32, device=hidden.device)
+        runs: list[tuple[int, int, bool]] = []  # (first row, end row, flag) of sequences in a row sharing a flag
+        start = 0
+        for length, flag in zip(batch.seq_lens, flags):
+            if runs and runs[-1][2] == flag:
+                runs[-1] = (runs[-1][0], start + length, flag)
+            else:
+                runs.append((start, start + length, flag))
+            start += length
+        for first, end, flag in runs:
+            for begin in range(first, end, self.chunk_rows):
+                stop = min(end, begin + self.chunk_rows)
+                out[begin:stop] = self._activate(self.classifier(hidden[begin:stop]).float(), flag)
+        return batch.split(out)
+
+
+class LogitScore(torch.nn.Module):
+    """sentence-transformers' CrossEncoder ``LogitScore`` as the classifier of pooled (last-token)
+    rows: the LM head's logit of ``true_token_id``, minus ``false_token_id``'s when given.
+
+    ``[n, H] -> [n, 1]`` in fp32. The LM head (``Architecture.lm_head()``, tied or not) runs over
+    a bounded chunk of rows at a time (:data:`LOGITS_BUDGET`).
+    """
+
+    def __init__(
+        self,
+        lm_head: Callable[[torch.Tensor], torch.Tensor],
+        true_token_id: int,
+        false_token_id: int | None,
+        vocab_size: int,
+    ) -> None:
+        super().__init__()
+        self.lm_head = lm_head
+        self.true_token_id = int(true_token_id)
+        self.false_token_id = None if false_token_id is None else int(false_token_id)
+        self.chunk_rows = max(1, LOGITS_BUDGET // max(1, int(vocab_size)))
+
+    def forward(self, rows: torch.Tensor) -> torch.Tensor:
+        scores = []
+        for chunk in rows.split(self.chunk_rows):
+            logits = self.lm_head(chunk).float()
+            score = logits[:, self.true_token_id]
+            if self.false_token_id is not None:
+                score = score - logits[:, self.false_token_id]
+            scores.append(score)
+        return torch.cat(scores).unsqueeze(1)

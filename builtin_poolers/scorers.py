@@ -1,7 +1,9 @@
 """The built-in scorers, registered through ``poolkit_register_scorers``.
 
 - ``cross-encoder``: a classifier with one output reads each (query, document) pair together,
-  as sentence-transformers' ``CrossEncoder`` does; score templates apply (LLM rerankers).
+  as sentence-transformers' ``CrossEncoder`` does; score templates apply (LLM rerankers). A
+  CrossEncoder export scores as sentence-transformers does: its default prompt, its saved chat
+  template when its Transformer declares the "message" modality, and over-long pairs truncated.
 - ``bi-encoder``: the cosine similarity of the two embeddings.
 - ``late-interaction``: MaxSim of query and document token vectors (ColBERT), through the
   ``maxsim`` kernel.
@@ -13,6 +15,7 @@ from typing import Any
 
 import torch
 
+from poolkit.config import PoolingParams
 from poolkit.errors import InvalidRequest
 from poolkit.hookspecs import hookimpl
 from poolkit.io import Prompt
@@ -44,6 +47,7 @@ class CrossEncoderScorer(Scorer):
         prompts = self._pair_prompts(llm.model, first, second, chat_template, instruction)
         task = llm.task("classify")
         params = llm.check_params(pooling_params, len(prompts), task.name, tokenization_kwargs)
+        params = self._default_truncation(llm.model, params)
         results = llm.run(task, prompts, params, use_tqdm=use_tqdm)
         return [(float(data.reshape(-1)[0]), ids) for data, ids in results]
 
@@ -51,18 +55,47 @@ class CrossEncoderScorer(Scorer):
     def _pair_prompts(
         model: Any, first: list[str], second: list[str], chat_template: str | None, instruction: str | None
     ) -> list[Prompt]:
-        """Prompts of (query, document) pairs: through a score template, or as tokenizer pairs."""
+        """Prompts of (query, document) pairs: through the given score template, a CrossEncoder
+        export's own chat template, the model's score template, or as tokenizer pairs."""
         processors = registry("io_processor")
         if chat_template is not None:
             processor = processors.get("score_template").with_template(chat_template)
-        else:
-            name = getattr(model.hf_config, "score_template", None)
-            processor = processors.get(name) if name else None
-        if processor is None:
-            if instruction is not None:
-                raise InvalidRequest("instruction needs a score template (chat_template=...)")
-            return list(processors.get("text_pair").pre_process((first, second)))
-        return list(processor.pre_process((first, second, instruction)))
+            return list(processor.pre_process((first, second, instruction)))
+        prompt = instruction if instruction is not None else _default_prompt(model)
+        if model.st is not None and model.st.renders_pairs:
+            data = {"queries": first, "documents": second, "model": model, "prompt": prompt}
+            return list(processors.get("chat_template_pair").pre_process(data))
+        name = getattr(model.hf_config, "score_template", None)
+        if name:
+            return list(processors.get(name).pre_process((first, second, instruction)))
+        if instruction is not None:
+            raise InvalidRequest("instruction needs a score template (chat_template=...)")
+        prompts = list(processors.get("text_pair").pre_process((first, second)))
+        for p in prompts:
+            p.prompt_prefix = prompt  # sentence-transformers puts a pair's prompt before its query
+        return prompts
+
+    @staticmethod
+    def _default_truncation(model: Any, params: list[PoolingParams]) -> list[PoolingParams]:
+        """A CrossEncoder export cuts over-long pairs (``longest_first``) as sentence-transformers
+        does, rather than refusing them, unless a request says how to truncate."""
+        limit = model.st.pair_truncation if model.st is not None else None
+        if limit is None:
+            return params
+        model_max = model.max_model_len.value
+        if model_max is not None and limit >= model_max:
+            limit = -1
+        return [
+            p if p.truncate_prompt_tokens is not None or p.truncation_side is not None
+            else p.model_copy(update={"truncate_prompt_tokens": limit})
+            for p in params
+        ]
+
+
+def _default_prompt(model: Any) -> str | None:
+    """The prompt a sentence-transformers config names as its default, or ``None``."""
+    name = model.default_prompt_name
+    return model.prompts.get(name) if name else None
 
 
 class BiEncoderScorer(Scorer):

@@ -14,7 +14,7 @@ from poolkit.plugins import registry
 from poolkit.pooling import Pooler
 from poolkit.tasks import Head, Task
 
-from .heads import ClassifierHead, LMHeadStepHead, VectorHead
+from .heads import ClassifierHead, LMHeadStepHead, LMHeadTokenHead, LogitScore, VectorHead
 
 STEP_PARAMS = frozenset({"step_tag_id", "returned_token_ids"})
 
@@ -79,7 +79,8 @@ class _VectorTask(Task):
 
     def build(self, model: PoolingModel) -> Head | None:
         arch = model.architecture
-        if (arch.sequence_head() is not None or arch.token_head() is not None) and not model.conversion.hidden_states:
+        scores = model.st is not None and model.st.score_outputs is not None  # a CrossEncoder export's score modules
+        if (arch.sequence_head() is not None or arch.token_head() is not None or scores) and not model.conversion.hidden_states:
             return None  # a classifier's hidden states are no embedding unless asked (convert="embed")
         names, poolers = _poolers(self, model)
         projector = model.projector
@@ -132,6 +133,12 @@ class TokenEmbedTask(_VectorTask):
     granularity = "token"
     default_pooling_type = "ALL"
     default_rank = 2
+    params = _VectorTask.params | {"late_chunking_params"}
+
+    def verify(self, params: PoolingParams, model: PoolingModel) -> None:
+        super().verify(params, model)
+        if params.late_chunking_params is not None and model.pooling_type(self).value != ("ALL",):
+            raise InvalidRequest("late chunking averages every token's vector: it needs the ALL token pooling type")
 
 
 def _classifier_head(model: PoolingModel, head: torch.nn.Module, **kwargs: object) -> ClassifierHead:
@@ -147,7 +154,12 @@ def _classifier_head(model: PoolingModel, head: torch.nn.Module, **kwargs: objec
 
 
 class ClassifyTask(Task):
-    """Class probabilities (or scores) per input (``LLM.classify``, cross-encoder ``LLM.score``)."""
+    """Class probabilities (or scores) per input (``LLM.classify``, cross-encoder ``LLM.score``).
+
+    The classifier is the architecture's, or a sentence-transformers CrossEncoder export's own
+    score modules, which win where both exist: Pooling then Dense layers (the pooled vector
+    through the Dense stack), or ``LogitScore`` (the LM head's logits at the last token).
+    """
 
     name = "classify"
     granularity = "sequence"
@@ -164,11 +176,46 @@ class ClassifyTask(Task):
         return row
 
     def build(self, model: PoolingModel) -> Head | None:
-        head = model.architecture.sequence_head()
+        head = cross_encoder_classifier(model)
+        if head is None:
+            head = model.architecture.sequence_head()
         if head is None:
             return None
-        _, poolers = _poolers(self, model)
+        if isinstance(head, LogitScore) and model.pooling_type(self).source != "pooler_config":
+            poolers = [registry("pooler").get("LAST")]  # LogitScore reads the last position
+        else:
+            _, poolers = _poolers(self, model)
         return _classifier_head(model, head, poolers=poolers)
+
+    def check_model(self, model: PoolingModel) -> None:
+        """Refuse a ``LogitScore`` export whose LM head is missing or lacks its token ids."""
+        logit_score = model.st.logit_score if model.st is not None else None
+        if logit_score is None:
+            return
+        if model.architecture.lm_head() is None:
+            raise ModelLoadError(
+                f"the CrossEncoder's LogitScore reads the LM head's logits, but this {model.architecture_name} "
+                "has no LM head"
+            )
+        vocab = _vocab_size(model)
+        for name in ("true_token_id", "false_token_id"):
+            token = logit_score[name]
+            if token is not None and token >= vocab:
+                raise ModelLoadError(f"LogitScore {name} {token} is outside the vocabulary (0..{vocab - 1})")
+
+
+def cross_encoder_classifier(model: PoolingModel) -> torch.nn.Module | None:
+    """A sentence-transformers CrossEncoder export's own score modules as a classifier of pooled
+    vectors (the Dense stack, or ``LogitScore``), or ``None`` when it has none."""
+    st = model.st
+    if st is None or st.score_outputs is None:
+        return None
+    if st.logit_score is None:
+        return model.projector
+    lm_head = model.architecture.lm_head()
+    if lm_head is None:
+        return None
+    return LogitScore(lm_head, st.logit_score["true_token_id"], st.logit_score["false_token_id"], _vocab_size(model))
 
 
 class TokenClassifyTask(Task):
@@ -178,6 +225,10 @@ class TokenClassifyTask(Task):
     columns ``returned_token_ids`` are returned. A ``STEP`` model with no token classifier but an
     LM head (a causal LM such as math-shepherd-mistral-7b-prm) is classified by its LM head: the
     columns are token ids, and ``returned_token_ids`` are checked against the vocabulary.
+
+    A masked LM with no token classifier (``BertForMaskedLM``: ``Architecture.masked_lm_head``)
+    classifies every token by its MLM head, as vLLM does: ``[n_tokens, vocab_size]`` rows, the
+    softmax over the vocabulary unless ``use_activation`` is false.
     """
 
     name = "token_classify"
@@ -195,9 +246,14 @@ class TokenClassifyTask(Task):
             names, _ = _poolers(self, model)
             return _classifier_head(model, head, step=names == ("STEP",))
         lm_head = _step_lm_head(self, model)
+        head_class: type[LMHeadStepHead | LMHeadTokenHead] = LMHeadStepHead
         if lm_head is None:
-            return None
-        return LMHeadStepHead(
+            lm_head = _masked_lm_head(model)
+            if lm_head is None:
+                return None
+            _poolers(self, model)
+            head_class = LMHeadTokenHead
+        return head_class(
             lm_head,
             _vocab_size(model),
             classifier_activation(model),
@@ -235,6 +291,12 @@ def _step_lm_head(task: Task, model: PoolingModel) -> Callable[[torch.Tensor], t
     if model.pooling_type(task).value != ("STEP",):
         return None
     return model.architecture.lm_head()
+
+
+def _masked_lm_head(model: PoolingModel) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The masked-LM head that classifies every token of a model without a token classifier, or ``None``."""
+    arch = model.architecture
+    return arch.lm_head() if arch.masked_lm_head else None
 
 
 def _vocab_size(model: PoolingModel) -> int:

@@ -25,6 +25,7 @@ _LAZY = {
     "LLM": "llm",
     "PoolingParams": "config",
     "PoolerConfig": "config",
+    "LateChunkingParams": "config",
     "PoolingModel": "model",
     "Architecture": "architecture",
     "PackedBatch": "batch",
@@ -48,6 +49,8 @@ _LAZY = {
     "ClassificationRequestOutput": "outputs",
     "ScoringRequestOutput": "outputs",
     "RerankResult": "outputs",
+    "LateChunk": "outputs",
+    "LateChunkingOutput": "outputs",
     "SparseEmbeddingRequestOutput": "sparse",
     "ModelConfig": "model",
 }

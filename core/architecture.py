@@ -49,6 +49,12 @@ class Architecture(torch.nn.Module):
     #: How :meth:`LLM.score` compares texts with this model (``"late-interaction"`` for MaxSim),
     #: or ``None`` to derive it from the tasks (cross-encoder, else bi-encoder).
     score_type: ClassVar[str | None] = None
+    #: Whether :meth:`lm_head` is a masked-LM head, whose logits at a token are a distribution
+    #: over what that token itself is (``BertForMaskedLM``). Such a head is the token classifier
+    #: of a model with no :meth:`token_head`: every token's softmax over the vocabulary, as vLLM
+    #: serves a masked LM's token task. A causal LM's next-token head is none (``False``, the
+    #: default): only ``STEP`` process rewards read it.
+    masked_lm_head: ClassVar[bool] = False
     #: How the model runs, for ``poolkit info``: ``"native"`` (packed, poolkit's own code) or,
     #: for instance, ``"fallback (transformers)"``.
     implementation: ClassVar[str] = "native"
@@ -102,7 +108,8 @@ class Architecture(torch.nn.Module):
         the checkpoint has none (the default).
 
         The logits are ``config.vocab_size`` wide. Their presence makes the ``sparse_embed`` task
-        (SPLADE) available: the task builds its head from them.
+        (SPLADE) available: the task builds its head from them. With :attr:`masked_lm_head` they
+        also classify tokens when the model has no :meth:`token_head`.
         """
         return None
 

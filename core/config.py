@@ -150,13 +150,56 @@ class PoolerConfig(_Strict):
         return self
 
 
+class LateChunkingParams:
+    """Late chunking of a ``token_embed`` request (vLLM's ``LateChunkingParams``).
+
+    The whole input runs through the model once; its token vectors are then averaged over
+    consecutive chunks of ``chunk_size`` tokens (the last may be shorter), and each chunk mean is
+    normalised like a token vector. The output has one row per chunk, and the request output's
+    ``late_chunking`` says which tokens and characters each chunk covers.
+
+    Example:
+        >>> PoolingParams(late_chunking_params=LateChunkingParams(chunk_size=64))
+    """
+
+    def __init__(self, chunk_size: int) -> None:
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            raise InvalidRequest(f"late chunking chunk_size must be a positive integer, got {chunk_size!r}")
+        self.chunk_size = chunk_size
+
+    @classmethod
+    def coerce(cls, value: Any) -> "LateChunkingParams | None":
+        """Accept an instance, ``{"chunk_size": N}`` or ``None``."""
+        if value is None or isinstance(value, cls):
+            return value
+        if isinstance(value, dict) and set(value) == {"chunk_size"}:
+            return cls(value["chunk_size"])
+        raise InvalidRequest('late_chunking_params must be {"chunk_size": N}')
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LateChunkingParams) and other.chunk_size == self.chunk_size
+
+    def __repr__(self) -> str:
+        return f"LateChunkingParams(chunk_size={self.chunk_size})"
+
+
+#: PoolingParams fields that are no task parameter: ``extra_kwargs`` is read by the API that
+#: knows its keys, ``skip_reading_prefix_cache`` is vLLM's (poolkit has no prefix cache).
+_NOT_TASK_PARAMS = frozenset({"task", "extra_kwargs", "skip_reading_prefix_cache"})
+
+
 class PoolingParams(_Strict):
     """Per-request pooling parameters (``llm.embed(..., pooling_params=PoolingParams(...))``).
+
+    ``extra_kwargs`` carries options for the API that reads them, as in vLLM:
+    ``{"max_tokens_per_query": N, "max_tokens_per_doc": N}`` for :meth:`poolkit.LLM.score`.
+    ``skip_reading_prefix_cache`` is accepted for vLLM code and has no effect (no prefix cache).
 
     Example:
         >>> PoolingParams(dimensions=32, truncate_prompt_tokens=128)
     """
 
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, arbitrary_types_allowed=True)
     _what: ClassVar[str] = "pooling_params"
 
     task: Optional[str] = None
@@ -166,12 +209,23 @@ class PoolingParams(_Strict):
     truncation_side: Optional[Literal["left", "right"]] = None
     step_tag_id: Optional[int] = None
     returned_token_ids: Optional[list[int]] = None
+    late_chunking_params: Optional[LateChunkingParams] = None
+    extra_kwargs: Optional[dict[str, Any]] = None
+    skip_reading_prefix_cache: Optional[bool] = None
 
     @model_validator(mode="before")
     @classmethod
     def _aliases(cls, data: Any) -> Any:
         data = _fold_activation_aliases(data, "PoolingParams")
         return _fold_task_alias(data) if isinstance(data, dict) else data
+
+    @field_validator("late_chunking_params", mode="before")
+    @classmethod
+    def _late_chunking(cls, value: Any) -> Optional[LateChunkingParams]:
+        try:
+            return LateChunkingParams.coerce(value)
+        except InvalidRequest as exc:
+            raise ValueError(str(exc)) from None
 
     @field_validator("truncate_prompt_tokens")
     @classmethod
@@ -183,5 +237,5 @@ class PoolingParams(_Strict):
         return value
 
     def set_fields(self) -> set[str]:
-        """Names of the fields the caller set (``task`` excluded)."""
-        return {name for name in self.model_fields_set if name != "task" and getattr(self, name) is not None}
+        """Names of the task parameters the caller set (``task``, ``extra_kwargs`` excluded)."""
+        return {name for name in self.model_fields_set if name not in _NOT_TASK_PARAMS and getattr(self, name) is not None}

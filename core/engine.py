@@ -150,6 +150,7 @@ class Engine:
         """Tokenize and truncate every prompt, batching tokenizer calls by truncation settings.
 
         A prompt with ``add_special_tokens=False`` is tokenized without the tokenizer's special tokens.
+        A truncated prompt with ``keep_suffix`` ends with those tokens, written over its last ones.
         """
         out: list[Encoded | None] = [None] * len(prompts)
         groups: dict[tuple[int | None, str, bool], list[int]] = {}
@@ -181,6 +182,10 @@ class Engine:
                     "tokens than that. Please reduce the length of the input prompt "
                     "(or set truncate_prompt_tokens: -1 truncates it to the model's limit)."
                 )
+        for prompt, enc in zip(prompts, out):
+            if prompt.keep_suffix and enc.truncated:  # a chat template's closing tokens, cut off
+                keep = min(len(prompt.keep_suffix), len(enc.token_ids))
+                enc.token_ids[len(enc.token_ids) - keep :] = prompt.keep_suffix[-keep:]
         self.truncated_inputs += sum(1 for enc in out if enc.truncated)
         if not self.model.include_prompt:
             for prompt, enc in zip(prompts, out):
@@ -256,6 +261,35 @@ class Engine:
         types = result.get("token_type_ids") if want_types else None
         encoded = [Encoded(ids, types[i] if types is not None else None) for i, ids in enumerate(result["input_ids"])]
         return encoded, (result["offset_mapping"] if spans else None)
+
+    def cut_text(self, text: str, max_tokens: int) -> str:
+        """``text`` cut after its first ``max_tokens`` tokens (special tokens not counted), at the
+        exact character where the last kept token ends: no decode round trip changes the text."""
+        with self._tokenizer_lock:
+            enc = self.model.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        if len(enc["input_ids"]) <= max_tokens:
+            return text
+        return text[: enc["offset_mapping"][max_tokens - 1][1]]
+
+    def char_spans(self, prompt: Prompt, token_ids: Sequence[int]) -> list[tuple[int, int] | None] | None:
+        """Each token's character span in the prompt's text (``None`` for a token that covers no
+        text: special tokens, the instruction prefix), or ``None`` when that cannot be told (a
+        token-id prompt, a pair, tokens that are not the text's own)."""
+        if prompt.text is None or prompt.text_pair is not None:
+            return None
+        prefix = len(prompt.prompt_prefix or "")
+        with self._tokenizer_lock:
+            enc = self.model.tokenizer(
+                self._text(prompt), add_special_tokens=prompt.add_special_tokens, return_offsets_mapping=True
+            )
+        ids, offsets, n = enc["input_ids"], enc["offset_mapping"], len(token_ids)
+        if list(ids[:n]) == list(token_ids):
+            offsets = offsets[:n]
+        elif list(ids[len(ids) - n :]) == list(token_ids):
+            offsets = offsets[len(ids) - n :]
+        else:
+            return None
+        return [(a - prefix, b - prefix) if a < b and a >= prefix else None for a, b in offsets]
 
     # -- running -------------------------------------------------------------------------------
 

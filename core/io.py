@@ -24,6 +24,9 @@ class Prompt:
         add_special_tokens: whether tokenizing ``text`` adds the tokenizer's special tokens
             (``[CLS]``/``[SEP]``, BOS, ...); ``False`` for text that already carries them, such
             as a rendered chat (vLLM's ``add_special_tokens``). Ignored for ``token_ids``.
+        keep_suffix: token ids the prompt must end with even when truncation cuts its tail (the
+            closing tokens of a chat template, which sentence-transformers writes back over the
+            last kept tokens), or ``None``.
     """
 
     text: str | None = None
@@ -33,6 +36,7 @@ class Prompt:
     prompt_prefix: str | None = None
     extras: dict = field(default_factory=dict)
     add_special_tokens: bool = True
+    keep_suffix: list[int] | None = None
 
 
 class IOProcessor:

@@ -29,6 +29,7 @@ from .outputs import (
     RerankResult,
     ScoringOutput,
     ScoringRequestOutput,
+    late_chunking_output,
 )
 from .plugins import get_manager, registry
 from .lookup import select_scorer
@@ -296,9 +297,12 @@ class LLM:
             prompts, pooling_params, pooling_task=pooling_task, tokenization_kwargs=tokenization_kwargs, prompt_name=prompt_name
         )
         results = self.run(task, parsed, params, use_tqdm=use_tqdm)
-        return [
-            PoolingRequestOutput(str(next(self._request_ids)), PoolingOutput(data), ids) for data, ids in results
-        ]
+        outputs = [PoolingRequestOutput(str(next(self._request_ids)), PoolingOutput(data), ids) for data, ids in results]
+        for prompt, p, out in zip(parsed, params, outputs):
+            if p.late_chunking_params is not None:
+                spans = self.engine.char_spans(prompt, out.prompt_token_ids)
+                out.late_chunking = late_chunking_output(len(out.prompt_token_ids), p.late_chunking_params.chunk_size, spans)
+        return outputs
 
     def prepare(
         self,
@@ -473,6 +477,10 @@ class LLM:
         Tokens are grouped by the IOB/IOBES labels of ``id2label`` as transformers' NER pipeline
         does with ``aggregation_strategy="simple"``.
         """
+        if self.model.architecture.token_head() is None:
+            raise InvalidRequest(
+                f"entities need a token classifier with labels (id2label); model '{self.model.name}' has none"
+            )
         texts = [prompts] if isinstance(prompts, str) else prompts
         outputs = self.encode(
             texts, pooling_params, pooling_task="token_classify", use_tqdm=use_tqdm, tokenization_kwargs=tokenization_kwargs
@@ -550,6 +558,7 @@ class LLM:
             instruction: the task instruction a score template shows the model.
         """
         first, second = self.pair(data_1, data_2)
+        first, second = self._cut_score_sides(first, second, pooling_params)
         scorer = self.scorer
         if not scorer.takes_template and (chat_template is not None or instruction is not None):
             takers = [e.name for e in registry("scorer").entries() if e.obj.takes_template]
@@ -606,6 +615,40 @@ class LLM:
             key=lambda r: -r.relevance_score,
         )
         return ranked[:top_n] if top_n else ranked
+
+    def _cut_score_sides(self, first: list[str], second: list[str], pooling_params: Any) -> tuple[list[str], list[str]]:
+        """Queries and documents cut to ``max_tokens_per_query`` / ``max_tokens_per_doc`` tokens of
+        their own (``PoolingParams.extra_kwargs``, as in vLLM), before any template or pairing.
+
+        Raises:
+            InvalidRequest: a limit that is not a positive integer below ``max_model_len``.
+        """
+        extra = pooling_params.extra_kwargs if isinstance(pooling_params, PoolingParams) else None
+        if isinstance(pooling_params, dict):
+            extra = pooling_params.get("extra_kwargs")
+        extra = extra or {}
+        sides = {"max_tokens_per_query": first, "max_tokens_per_doc": second}
+        out = []
+        for name, texts in sides.items():
+            limit = extra.get(name)
+            if limit is None:
+                out.append(texts)
+                continue
+            self.check_score_limit(name, limit)
+            out.append([self.engine.cut_text(text, limit) for text in texts])
+        return out[0], out[1]
+
+    def check_score_limit(self, name: str, limit: Any) -> None:
+        """Check a ``max_tokens_per_query`` / ``max_tokens_per_doc`` value (vLLM's wording).
+
+        Raises:
+            InvalidRequest: not a positive integer, or not below the model's ``max_model_len``.
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise InvalidRequest(f"{name} must be a positive integer, got {limit!r}")
+        model_max = self.model.max_model_len.value
+        if model_max is not None and limit >= model_max:
+            raise InvalidRequest(f"{name} ({limit}) must be less than max_model_len ({model_max})")
 
     @staticmethod
     def _score_side(data: Any, what: str) -> list[str]:

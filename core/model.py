@@ -327,8 +327,8 @@ class PoolingModel:
         if self.head(task) is None:
             api = task.api_name or f"The {task.name}"
             raise InvalidRequest(
-                f"{api} API is not supported by this model: model '{self.name}' does not support task "
-                f"'{task.name}'; supported tasks: {', '.join(self.supported_tasks()) or 'none'}"
+                f"{api} API is not supported by this model. Task {task.name} is not supported by model "
+                f"'{self.name}'; supported tasks: {', '.join(self.supported_tasks()) or 'none'}"
             )
         return task
 
@@ -525,6 +525,8 @@ def load_model(args: Any) -> PoolingModel:
     if args.trust_remote_code:
         logger.warning("trust_remote_code is ignored: poolkit never runs code shipped with a model")
     st = read_st_config(path, args.allow_pickle)
+    if st is not None and st.score_outputs is not None:
+        hf_config.num_labels = st.score_outputs  # a CrossEncoder's own score modules are its classifier
     tok = _load_tokenizer(Path(args.tokenizer) if args.tokenizer else path, hf_config)
     arch_cls.configure(hf_config, tok)
 

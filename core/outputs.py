@@ -48,14 +48,50 @@ class ScoringOutput:
 
 
 @dataclass
+class LateChunk:
+    """What one late chunk covers: ``token_range`` (start, end) of the prompt's tokens, and
+    ``char_range`` (start, end) of its text, ``None`` when the tokens cover no text (special
+    tokens, token-id prompts)."""
+
+    token_range: tuple[int, int]
+    char_range: tuple[int, int] | None = None
+
+
+@dataclass
+class LateChunkingOutput:
+    """The chunks of a late-chunked ``token_embed`` output, one per output row."""
+
+    input_tokens: int
+    chunks: list[LateChunk] = field(default_factory=list)
+
+
+def late_chunking_output(
+    input_tokens: int, chunk_size: int, spans: list[tuple[int, int] | None] | None
+) -> LateChunkingOutput:
+    """The chunks of ``input_tokens`` tokens cut every ``chunk_size``, with the character range
+    each covers when the tokens' character ``spans`` are known."""
+    chunks = []
+    for start in range(0, input_tokens, chunk_size):
+        end = min(start + chunk_size, input_tokens)
+        covered = [s for s in (spans[start:end] if spans is not None else []) if s is not None]
+        char_range = (min(a for a, _ in covered), max(b for _, b in covered)) if covered else None
+        chunks.append(LateChunk((start, end), char_range))
+    return LateChunkingOutput(input_tokens, chunks)
+
+
+@dataclass
 class PoolingRequestOutput(Generic[T]):
-    """The result for one input: its id, its output object and its token ids."""
+    """The result for one input: its id, its output object and its token ids.
+
+    ``late_chunking`` describes the chunks of a late-chunked request (``None`` otherwise).
+    """
 
     request_id: str
     outputs: T
     prompt_token_ids: list[int] = field(default_factory=list)
     num_cached_tokens: int = 0
     finished: bool = True
+    late_chunking: LateChunkingOutput | None = None
 
 
 class EmbeddingRequestOutput(PoolingRequestOutput[EmbeddingOutput]):

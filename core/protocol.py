@@ -136,7 +136,16 @@ class PoolingRequest(_Body, _Tokenization, _Chat, _Encoding, _Activation):
     return_tokens: StrictBool = False
 
 
-class ScoreRequest(_Body, _Tokenization, _Activation):
+class _ScoreLimits(BaseModel):
+    max_tokens_per_query: Optional[StrictInt] = Field(
+        None, description="Cut each query to its first N tokens before scoring (vLLM)."
+    )
+    max_tokens_per_doc: Optional[StrictInt] = Field(
+        None, description="Cut each document to its first N tokens before scoring (vLLM, Cohere)."
+    )
+
+
+class ScoreRequest(_Body, _Tokenization, _Activation, _ScoreLimits):
     """``POST /score``, ``/v1/score``: one pair of sides, 1:1, 1:N or N:N."""
 
     text_1: Optional[TextInput] = None
@@ -155,7 +164,7 @@ class RerankDocument(BaseModel):
     text: StrictStr
 
 
-class RerankRequest(_Body, _Tokenization, _Activation):
+class RerankRequest(_Body, _Tokenization, _Activation, _ScoreLimits):
     """``POST /rerank``, ``/v1/rerank``, ``/v2/rerank`` (Jina / Cohere)."""
 
     query: StrictStr

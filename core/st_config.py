@@ -2,9 +2,10 @@
 
 ``modules.json`` is the spec: every Pooling mode (concatenated when several are on, in
 sentence-transformers' order), ``include_prompt``, Dense layers with their activation,
-Normalize, ``sentence_bert_config.json`` (``max_seq_length``, ``do_lower_case``) and the prompts
-of ``config_sentence_transformers.json``, and a SparseEncoder's ``SpladePooling``. A module
-poolkit cannot honour is an error, never silently skipped.
+Normalize, ``sentence_bert_config.json`` (``max_seq_length``, ``do_lower_case``, the Transformer module's
+"message" modality and ``processing_kwargs``) and the prompts of ``config_sentence_transformers.json``,
+a SparseEncoder's ``SpladePooling`` and a CrossEncoder's ``LogitScore``. A module poolkit cannot
+honour is an error, never silently skipped.
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ _TOKENIZER_CONFIGS = (
     "sentence_xlnet_config.json",
 )
 _TRANSFORMER_MODULES = {"Transformer", "MLMTransformer"}
+#: ``processing_kwargs`` keys that size the tokenization (sentence-transformers hoists them out of
+#: the chat-template kwargs) and its own flag for writing a truncated template's tail back.
+_SIZE_KWARGS = frozenset({"padding", "truncation", "max_length", "return_tensors"})
+_RESTORE_SUFFIX = "restore_suffix"
 #: sentence-transformers ``SpladePooling`` settings poolkit implements.
 SPLADE_STRATEGIES = ("max", "sum")
 SPLADE_ACTIVATIONS = ("relu", "log1p_relu")
@@ -93,6 +98,66 @@ class STConfig:
     splade: dict[str, str] | None = None
     #: A multi-vector (ColBERT / PyLate) model: query and document settings are present.
     late_interaction: bool = False
+    #: The Transformer module's "message" modality ``format`` (``"flat"``, ``"structured"`` or
+    #: ``"auto"``); ``None`` when it declares no "message" modality.
+    message_format: str | None = None
+    #: The Transformer module's ``processing_kwargs`` (``chat_template``, ``text``, ``common``).
+    processing_kwargs: dict[str, Any] = field(default_factory=dict)
+    #: A CrossEncoder's ``LogitScore``: ``{"true_token_id": int, "false_token_id": int | None,
+    #: "path": "<module>/config.json"}``; ``None`` without one.
+    logit_score: dict[str, Any] | None = None
+
+    @property
+    def is_cross_encoder(self) -> bool:
+        """A sentence-transformers ``CrossEncoder`` export."""
+        return self.model_type == "CrossEncoder"
+
+    @property
+    def score_outputs(self) -> int | None:
+        """Outputs of a CrossEncoder's own score modules (``LogitScore``: one; Pooling then Dense:
+        the last Dense's), or ``None`` when the export scores with its transformer's classifier."""
+        if not self.is_cross_encoder:
+            return None
+        if self.logit_score is not None:
+            return 1
+        if self.pooling_modes and self.dense:
+            return int(self.dense[-1].weight.shape[0])
+        return None
+
+    @property
+    def renders_pairs(self) -> bool:
+        """A CrossEncoder whose Transformer declares the "message" modality: sentence-transformers
+        renders each (query, document) pair through the saved chat template."""
+        return self.is_cross_encoder and self.message_format is not None
+
+    @property
+    def chat_template_kwargs(self) -> dict[str, Any]:
+        """The ``apply_chat_template`` arguments of ``processing_kwargs["chat_template"]`` (size
+        settings and sentence-transformers' ``restore_suffix`` flag left out)."""
+        kwargs = self.processing_kwargs.get("chat_template") or {}
+        return {k: v for k, v in kwargs.items() if k not in _SIZE_KWARGS and k != _RESTORE_SUFFIX}
+
+    @property
+    def restore_suffix(self) -> bool:
+        """Whether a truncated chat render gets the template's closing tokens back (default on)."""
+        return bool((self.processing_kwargs.get("chat_template") or {}).get(_RESTORE_SUFFIX, True))
+
+    @property
+    def pair_truncation(self) -> int | None:
+        """How a CrossEncoder export truncates the pairs it scores, as sentence-transformers does.
+
+        ``-1``: to the model's limit (its default, ``truncation="longest_first"``); a number of
+        tokens when ``processing_kwargs`` set ``max_length``; ``None`` for other models, or when
+        ``processing_kwargs`` turn truncation off.
+        """
+        if not self.is_cross_encoder:
+            return None
+        buckets = [self.processing_kwargs.get(k) or {} for k in ("chat_template", "text", "common")]
+        truncation = next((b["truncation"] for b in buckets if "truncation" in b), True)
+        max_length = next((b["max_length"] for b in buckets if b.get("max_length") is not None), None)
+        if truncation is False or truncation == "do_not_truncate":
+            return None
+        return int(max_length) if max_length else -1
 
 
 def _torch_activation(name: str | None) -> torch.nn.Module:
@@ -146,6 +211,34 @@ def parse_splade_pooling(config: dict[str, Any]) -> dict[str, str]:
     return {"strategy": strategy, "activation": activation}
 
 
+def parse_logit_score(config: dict[str, Any]) -> dict[str, Any]:
+    """``true_token_id`` and ``false_token_id`` of a CrossEncoder ``LogitScore`` ``config.json``."""
+    true_id, false_id = config.get("true_token_id"), config.get("false_token_id")
+    for name, value in (("true_token_id", true_id), ("false_token_id", false_id)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise ModelLoadError(f"LogitScore {name} must be a token id, got {value!r}")
+    if true_id is None:
+        raise ModelLoadError("LogitScore has no true_token_id")
+    if config.get("module_input_name", "causal_logits") != "causal_logits":
+        raise ModelLoadError(
+            f"LogitScore reads '{config['module_input_name']}'; poolkit reads the LM head's logits (causal_logits) only"
+        )
+    return {"true_token_id": true_id, "false_token_id": false_id}
+
+
+def _read_transformer(config: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """The "message" modality ``format`` and the ``processing_kwargs`` of a Transformer module's config."""
+    modalities = config.get("modality_config") or {}
+    message = modalities.get("message")
+    message_format = None if message is None else str((message or {}).get("format") or "auto")
+    if message_format not in (None, "flat", "structured", "auto"):
+        raise ModelLoadError(f"unknown 'message' modality format {message_format!r}; valid: flat, structured, auto")
+    kwargs = config.get("processing_kwargs") or {}
+    if not isinstance(kwargs, dict) or not all(isinstance(v, dict) for v in kwargs.values()):
+        raise ModelLoadError(f"processing_kwargs must map names to dicts of settings, got {kwargs!r}")
+    return message_format, kwargs
+
+
 def _read_dense(model_dir: Path, path: str, allow_pickle: bool) -> DenseSpec:
     folder = model_dir / path
     config = _read_json(folder / "config.json")
@@ -181,6 +274,9 @@ def read_st_config(model_dir: Path, allow_pickle: bool = False) -> STConfig | No
             st.dense.append(_read_dense(model_dir, path, allow_pickle))
         elif kind == "Normalize":
             st.normalize = True
+        elif kind == "LogitScore":
+            st.logit_score = parse_logit_score(_read_json(model_dir / path / "config.json"))
+            st.logit_score["path"] = f"{path}/config.json"
         elif kind == "SpladePooling":
             config_path = model_dir / path / "config.json"
             has_config = bool(path) and config_path.is_file()  # path "" would be the model's own config.json
@@ -197,6 +293,7 @@ def read_st_config(model_dir: Path, allow_pickle: bool = False) -> STConfig | No
             st.max_seq_length = cfg.get("max_seq_length")
             st.do_lower_case = bool(cfg.get("do_lower_case", False))
             st.tokenizer_config_file = name
+            st.message_format, st.processing_kwargs = _read_transformer(cfg)
             break
     extra = model_dir / "config_sentence_transformers.json"
     if extra.is_file():
@@ -207,4 +304,8 @@ def read_st_config(model_dir: Path, allow_pickle: bool = False) -> STConfig | No
         st.model_type = cfg.get("model_type")
         st.activation_fn = cfg.get("activation_fn")
         st.late_interaction = any(cfg.get(k) for k in ("query_prefix", "query_length", "document_length"))
+    if st.logit_score is not None and not st.is_cross_encoder:
+        raise ModelLoadError(
+            f"a LogitScore module belongs to a CrossEncoder; {extra.name} says model_type {st.model_type!r}"
+        )
     return st

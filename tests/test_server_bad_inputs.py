@@ -281,7 +281,7 @@ def test_26_unknown_model(client, route, body):
 
 
 def test_27_unsupported_task(client):
-    error_of(post(client, "/classify", {"input": "a"}), 400, contains="does not support task 'classify'")
+    error_of(post(client, "/classify", {"input": "a"}), 400, contains="Task classify is not supported by model")
     error_of(post(client, "/pooling", {"input": "a", "task": "foo"}), 400, contains="Unsupported task: 'foo'", param="task")
     error_of(post(client, "/pooling", {"input": "a", "task": "token_classify"}), 400, param="task")
     error_of(post(client, "/pooling", {"data": {"x": 1}}), 400, contains="IOProcessor")

@@ -311,7 +311,7 @@ def test_cohere_meta_has_tokens_and_billed_units(client, minilm):
     meta = r.json()["meta"]
     n = sum(len(e.prompt_token_ids) for e in minilm.embed(["test", "hello world"]))
     assert meta["api_version"] == {"version": "2"}
-    assert meta["tokens"] == {"input_tokens": n} and meta["billed_units"] == {"input_tokens": n}
+    assert meta["tokens"] == {"input_tokens": n} and meta["billed_units"] == {"input_tokens": n, "image_tokens": 0}
 
 
 # -- 4. /pooling without task, scoring on classifiers, use_activation ------------------------------

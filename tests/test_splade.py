@@ -239,7 +239,7 @@ def test_use_activation_false_gives_raw_pooled_logits_per_request(tiny_mlms):
 def test_task_availability_and_errors(tiny_encoders, tiny_mlms):
     bare = LLM(str(tiny_encoders["bert"]))
     assert "sparse_embed" not in bare.supported_tasks
-    with pytest.raises(InvalidRequest, match="does not support task 'sparse_embed'"):
+    with pytest.raises(InvalidRequest, match="Task sparse_embed is not supported by model"):
         bare.encode("hello", pooling_task="sparse_embed")
     # A BertModel checkpoint labelled BertForMaskedLM has no MLM head: hidden-state tasks only.
     headless = LLM(str(tiny_encoders["bert"]), hf_overrides={"architectures": ["BertForMaskedLM"]})

@@ -200,9 +200,9 @@ def test_causal_lms_claim_token_classify_only_with_step(models: dict[str, Path],
     for config in (None, {"pooling_type": "ALL"}, {"pooling_type": "LAST"}):
         llm = LLM(path, pooler_config=config)
         assert llm.supported_tasks == ["embed", "token_embed"], (config, llm.supported_tasks)
-        with pytest.raises(InvalidRequest, match="does not support task 'token_classify'"):
+        with pytest.raises(InvalidRequest, match="Task token_classify is not supported by model"):
             llm.reward(TEXTS[0])
-    with pytest.raises(InvalidRequest, match="does not support task 'sparse_embed'"):
+    with pytest.raises(InvalidRequest, match="Task sparse_embed is not supported by model"):
         LLM(path, pooler_config=step_config(1)).encode(TEXTS[0], pooling_task="sparse_embed")
 
 

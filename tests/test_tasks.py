@@ -179,9 +179,9 @@ def test_bad_task_inputs(classifiers, minilm):
         ce.rerank(QUERY, DOCS, top_n=0)
     with pytest.raises(InvalidRequest, match=r"Task 'token_classify' only supports \['use_activation'\] parameters, does not support \['step_tag_id'\]"):
         ce.reward("hello", PoolingParams(step_tag_id=3))
-    with pytest.raises(InvalidRequest, match="does not support task 'embed'; supported tasks: classify, token_classify"):
+    with pytest.raises(InvalidRequest, match="Task embed is not supported by model '.*'; supported tasks: classify, token_classify"):
         ce.embed("hello")
-    with pytest.raises(InvalidRequest, match="does not support task 'classify'; supported tasks: embed, token_embed"):
+    with pytest.raises(InvalidRequest, match="Task classify is not supported by model '.*'; supported tasks: embed, token_embed"):
         minilm.classify("hello")
     with pytest.raises(InvalidRequest, match="scoring needs a classifier with one output"):
         LLM(str(classifiers["bert", 3])).score(QUERY, DOCS)

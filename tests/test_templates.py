@@ -141,3 +141,55 @@ def test_convert_classify_needs_a_head(tmp_path):
     with pytest.raises(ModelLoadError, match="convert='classify' needs a checkpoint with a classification head"):
         LLM(str(lm), convert="classify")
     assert LLM(str(lm), convert="embed").supported_tasks == ["embed", "token_embed"]
+
+
+def test_score_templates_render_as_transformers_chat_templates_do():
+    """trim_blocks, lstrip_blocks and no final newline, as transformers' (and so vLLM's) renderer."""
+    from tiny_models import wordpiece_tokenizer
+
+    template = "{% for m in messages %}\n    {% if m.role == 'query' %}\nQ: {{ m.content }}\n{% endif %}\n{% endfor %}end\n"
+    processor = registry("io_processor").get("score_template").with_template(template)
+    (prompt,) = processor.pre_process((["q"], ["d"]))
+    messages = [{"role": "query", "content": "q"}, {"role": "document", "content": "d"}]
+    rendered = wordpiece_tokenizer().apply_chat_template(messages, chat_template=template, tokenize=False)
+    assert prompt.text == rendered == "Q: q\nend"
+
+
+def _st_cross_encoder(src, out, chat_template, **processing):
+    """A copy of the tiny classifier ``src`` as a CrossEncoder export declaring the "message" modality."""
+    import shutil
+
+    shutil.copytree(src, out)
+    (out / "chat_template.jinja").write_text(chat_template, encoding="utf-8")
+    files = {
+        "modules.json": [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.base.modules.transformer.Transformer"}],
+        "config_sentence_transformers.json": {"model_type": "CrossEncoder", "activation_fn": "torch.nn.modules.activation.Sigmoid"},
+        "sentence_bert_config.json": {
+            "transformer_task": "sequence-classification",
+            "modality_config": {"message": {"method": "forward", "method_output_name": "logits", "format": "flat"}},
+            "module_output_name": "scores",
+            "processing_kwargs": processing,
+        },
+    }
+    for name, content in files.items():
+        (out / name).write_text(json.dumps(content), encoding="utf-8")
+    return str(out)
+
+
+def test_cross_encoder_chat_template_must_render_both_roles(cross_encoder, tmp_path):
+    query_only = "{% for m in messages %}{% if m.role == 'query' %}{{ m.content }}{% endif %}{% endfor %}"
+    llm = LLM(_st_cross_encoder(cross_encoder, tmp_path / "ce", query_only))
+    with pytest.raises(InvalidRequest, match="does not render the document message"):
+        llm.score(QUERY, DOCS)
+
+
+def test_cross_encoder_export_truncation_follows_its_processing_kwargs(cross_encoder, tmp_path):
+    template = "{% for m in messages %}{{ m.role }} {{ m.content }} {% endfor %}[SEP]"
+    long_doc = "paris is the capital of france " * 40
+    truncating = LLM(_st_cross_encoder(cross_encoder, tmp_path / "on", template))
+    (out,) = truncating.score(QUERY, long_doc)
+    sep = truncating.get_tokenizer().sep_token_id
+    assert len(out.prompt_token_ids) == truncating.model_config.max_model_len and out.prompt_token_ids[-1] == sep
+    refusing = LLM(_st_cross_encoder(cross_encoder, tmp_path / "off", template, text={"truncation": False}))
+    with pytest.raises(InvalidRequest, match="maximum context length"):
+        refusing.score(QUERY, long_doc)

@@ -131,3 +131,39 @@ def test_cli_entities(ner):
         assert got["score"] == pytest.approx(want["score"], abs=1e-5)
     wrong = CliRunner().invoke(app, ["encode", "--task", "embed", "--entities", "--model", path, "-q", "x"])
     assert wrong.exit_code == 1 and "--entities applies to --task token_classify only" in wrong.stderr
+
+
+@pytest.mark.parametrize("value", [0, -1, True, False, 1.5, "2"])
+def test_late_chunk_size_must_be_a_positive_integer(value):
+    # vllm tests/test_pooling_params.py::test_late_chunk_size_rejects_non_positive_integers
+    with pytest.raises(InvalidRequest, match="positive integer"):
+        PoolingParams(late_chunking_params=poolkit.LateChunkingParams(chunk_size=value))
+
+
+def test_late_chunking_is_a_token_embed_parameter(minilm):
+    chunked = PoolingParams(late_chunking_params={"chunk_size": 2})  # the JSON form
+    assert chunked.late_chunking_params == poolkit.LateChunkingParams(2)
+    with pytest.raises(InvalidRequest, match="Task 'embed' only supports"):
+        minilm.embed("a b c", pooling_params=chunked)
+    (out,) = minilm.encode("a b c", pooling_task="token_embed", pooling_params=chunked)
+    assert out.outputs.data.shape == (3, 384)  # [CLS] a | b c | [SEP]
+    assert [c.token_range for c in out.late_chunking.chunks] == [(0, 2), (2, 4), (4, 5)]
+    assert [c.char_range for c in out.late_chunking.chunks] == [(0, 1), (2, 5), None]
+    # vLLM's prefix-cache switch is accepted and changes nothing (poolkit has no prefix cache).
+    (plain,) = minilm.encode("a b c", pooling_task="token_embed", pooling_params=PoolingParams(skip_reading_prefix_cache=False))
+    assert plain.late_chunking is None and plain.outputs.data.shape == (5, 384)
+
+
+def test_score_limits_cut_queries_and_documents_to_their_first_tokens(minilm):
+    query, doc = "what is the capital of france", "paris is the capital and largest city of france"
+    (whole,) = minilm.score(query, doc)
+    (cut,) = minilm.score(query, doc, PoolingParams(extra_kwargs={"max_tokens_per_query": 2, "max_tokens_per_doc": 3}))
+    (reference,) = minilm.score("what is", "paris is the")
+    assert cut.outputs.score == pytest.approx(reference.outputs.score, abs=1e-6)
+    assert cut.outputs.score != pytest.approx(whole.outputs.score, abs=1e-3)
+    assert len(cut.prompt_token_ids) == (2 + 2) + (3 + 2)
+    for bad in (0, -5, True, 2.5):
+        with pytest.raises(InvalidRequest, match="max_tokens_per_doc must be a positive integer"):
+            minilm.score(query, doc, PoolingParams(extra_kwargs={"max_tokens_per_doc": bad}))
+    with pytest.raises(InvalidRequest, match=r"max_tokens_per_query \(256\) must be less than max_model_len \(256\)"):
+        minilm.score(query, doc, {"extra_kwargs": {"max_tokens_per_query": 256}})

@@ -108,7 +108,7 @@ _PARAM_HINTS = (
     ("imensions", "dimensions"),
     ("truncate_prompt_tokens", "truncate_prompt_tokens"),
     ("prompt_name", "input_type"),
-    ("does not support task", "task"),
+    ("is not supported by model", "task"),
     ("only supports", "task"),
     ("token id", "input"),
     ("image", "images"),

@@ -80,9 +80,8 @@ async def cohere_embed(body: CohereEmbedRequest, request: Request, st: State, ll
     def build() -> dict:
         check_finite(results)
         embeddings = {kind: [_ENCODERS[kind](t) for t, _ in results] for kind in types}
-        billed: dict[str, int] = {"input_tokens": input_tokens}
-        if images:
-            billed["image_tokens"] = sum(counts[i] for i in images)
+        # vLLM's rule: a request with an image bills every token as an image token.
+        billed = {"input_tokens": 0, "image_tokens": input_tokens} if images else {"input_tokens": input_tokens, "image_tokens": 0}
         out: dict[str, Any] = {"id": rid, "embeddings": embeddings}
         if body.texts is not None:
             out["texts"] = body.texts
@@ -109,7 +108,12 @@ def _items(st: ServerState, body: CohereEmbedRequest) -> list[tuple[str, str]]:
     else:
         for i, entry in enumerate(body.inputs):
             if len(entry.content) != 1:
-                raise ApiError(400, f"inputs[{i}] must have exactly one content part (text or image_url)", param=f"inputs[{i}].content")
+                raise ApiError(
+                    400,
+                    f"inputs[{i}] must have exactly one content part: a text or an image_url (a model embeds "
+                    "text-only or image-only inputs, not both)",
+                    param=f"inputs[{i}].content",
+                )
             part = entry.content[0]
             if part.type == "text":
                 if part.text is None:

@@ -160,10 +160,17 @@ def _texts(value: Any, what: str, where: str) -> list[str]:
 
 def _score_params(llm: Any, body: Any) -> PoolingParams:
     check_truncation(llm, body.truncate_prompt_tokens)
+    limits = {k: v for k in ("max_tokens_per_query", "max_tokens_per_doc") if (v := getattr(body, k)) is not None}
+    for name, limit in limits.items():
+        try:
+            llm.check_score_limit(name, limit)
+        except InvalidRequest as exc:
+            raise ApiError(400, str(exc), param=name) from None
     return pooling_params(
         use_activation=body.use_activation,
         truncate_prompt_tokens=body.truncate_prompt_tokens,
         truncation_side=body.truncation_side,
+        extra_kwargs=limits or None,
     )
 
 

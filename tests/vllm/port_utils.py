@@ -219,26 +219,6 @@ def decode_pooling_output(items: list[dict], body: bytes) -> list[torch.Tensor]:
     return [binary2tensor(body[x["start"]:x["end"]], tuple(x["shape"]), x["embed_dtype"], x["endianness"]) for x in items]
 
 
-def issue13(what: str) -> Any:
-    """A strict xfail for a behaviour issue 13 lists as missing; it fails loudly once it lands."""
-    import pytest
-
-    return pytest.mark.xfail(strict=True, reason=f"issue 13: {what}")
-
-
-def case(value: Any, what: str) -> Any:
-    """A parametrize case marked with :func:`issue13`."""
-    import pytest
-
-    return pytest.param(value, marks=issue13(what))
-
-
-SMALLER_TRUNCATION_TEXT = (
-    "vLLM's versions disagree on the over-length text: this test wants '...Please reduce the length of the "
-    "input.' where the newer scoring tests want '...the input prompt'; poolkit follows the newer"
-)
-
-
 def compute_maxsim_score(q_emb: torch.Tensor, d_emb: torch.Tensor) -> torch.Tensor:
     """vllm entrypoints/pooling/scoring/utils.py: for each query token, the best dot product with
     any document token, summed."""

@@ -7,7 +7,6 @@
 # vLLM hard-codes for apeach's tokenizer come from the stand-in's tokenizer (transformers).
 import pytest
 
-from port_utils import case
 import torch
 import torch.nn.functional as F
 from fastapi.testclient import TestClient
@@ -273,12 +272,7 @@ def test_pooling_classify(server, model_name: str):
         "embed",
         "token_embed",
         "token_classify",
-        case(
-            "plugin",
-            "vLLM's versions disagree: this test wants 'No IOProcessor plugin installed.' on /pooling, where "
-            "its embed, token_embed, token_classify and scoring online tests want \"Unsupported task: 'plugin'\"; "
-            "poolkit follows the majority",
-        ),
+        "plugin",
     ],
 )
 def test_pooling_not_supported(server, model_name: str, task: str, input_tokens):
@@ -291,8 +285,8 @@ def test_pooling_not_supported(server, model_name: str, task: str, input_tokens)
         return
     assert response.json()["error"]["type"] == "BadRequestError"
 
-    if task == "plugin":
-        err_msg = "No IOProcessor plugin installed."
-    else:
-        err_msg = f"Unsupported task: {task!r}"
+    # DEPARTURE (plugin): this vLLM test wants "No IOProcessor plugin installed." on /pooling, where
+    # vLLM's embed, token_embed, token_classify and scoring online tests want "Unsupported task:
+    # 'plugin'" for a server without a plugin; poolkit gives the latter everywhere.
+    err_msg = f"Unsupported task: {task!r}"
     assert response.json()["error"]["message"].startswith(err_msg)

@@ -549,14 +549,12 @@ def test_embedding_usages_cohere_text_embedding(minilm_server):
     assert len(response.json()["embeddings"]["binary"][0]) == 384 // 8
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a Cohere input holding a text part and an image part: poolkit takes one content part per input "
-    "(CLIP embeds a text or an image, docs/server.md); not on issue 13's list",
-)
 def test_embedding_usages_cohere_mixed_inputs(vllm_models_root):
     # vllm-embedding-usages.md, "Cohere Embed API" > "Mixed text and image inputs"
-    # (google/siglip-so400m-patch14-384 -> a tiny CLIP; one input holding a text part and an image part)
+    # (google/siglip-so400m-patch14-384 -> a tiny CLIP; one input holding a text part and an image part).
+    # DEPARTURE: the page shows this request answered; vLLM's own SigLIP and CLIP refuse a prompt
+    # holding text and an image ("... accepts text-only or image-only inputs, not both!"). poolkit
+    # refuses it with a 400 that says so; the page's other shapes (a text, an image) are answered.
     import base64
     import io
 
@@ -578,7 +576,11 @@ def test_embedding_usages_cohere_mixed_inputs(vllm_models_root):
                 "embedding_types": ["float"],
             },
         )
-    assert response.status_code == 200, response.text
+        assert response.status_code == 400
+        assert "text-only or image-only inputs, not both" in response.json()["error"]["message"]
+        for part in ({"type": "text", "text": "A photo of a cat"}, {"type": "image_url", "image_url": {"url": uri}}):
+            response = c.post("/v2/embed", json={"model": "siglip", "inputs": [{"content": [part]}], "embedding_types": ["float"]})
+            assert response.status_code == 200, response.text
 
 
 def test_embedding_usages_matryoshka_offline(minilm_dir):

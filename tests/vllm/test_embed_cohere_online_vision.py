@@ -55,11 +55,6 @@ def _cohere_embed(server, texts=None, images=None, embedding_types=None) -> dict
     return resp.json()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Cohere billed_units: poolkit bills an image in input_tokens as well as image_tokens; vLLM bills "
-    "images only as image_tokens (input_tokens == 0); not on issue 13's list",
-)
 def test_image_embed(server):
     img_uri = _make_tiny_png(255, 0, 0)
     r = _cohere_embed(server, images=[img_uri], embedding_types=["float"])

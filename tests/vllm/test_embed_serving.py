@@ -41,29 +41,20 @@ def _image_uri() -> str:
 
 IMAGE = "image-uri"  # replaced by a real data URI (vLLM's fake output never decodes it)
 
-BILLING_XFAIL = pytest.mark.xfail(
-    strict=True,
-    reason="Cohere billed_units: poolkit counts images in input_tokens too (vLLM: image_tokens only, "
-    "input_tokens 0) and omits image_tokens for text-only requests (vLLM: image_tokens 0); not on issue 13's list",
-)
+# DEPARTURE (the fourth shape, one input holding a text part and an image part): vLLM's unit test
+# bills it as an image with a fake model output; a real CLIP or SigLIP in vLLM refuses such a prompt
+# ("CLIP accepts text-only or image-only inputs, not both!"). poolkit refuses it before running,
+# with a 400 that says so, and bills nothing.
+MIXED = {"inputs": [{"content": [{"type": "text", "text": "hello"}, {"type": "image_url", "image_url": {"url": IMAGE}}]}]}
 
 
 @pytest.mark.parametrize(
     ("cohere_request", "text_billed", "image_billed"),
     [
-        pytest.param({"texts": ["hello"]}, True, False, marks=BILLING_XFAIL),
-        pytest.param({"images": [IMAGE]}, False, True, marks=BILLING_XFAIL),
-        pytest.param({"inputs": [{"content": [{"type": "text", "text": "hello"}]}]}, True, False, marks=BILLING_XFAIL),
-        pytest.param(
-            {"inputs": [{"content": [{"type": "text", "text": "hello"}, {"type": "image_url", "image_url": {"url": IMAGE}}]}]},
-            False,
-            True,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="a Cohere input holding text and an image together: poolkit takes one content part per "
-                "input (CLIP embeds text or an image, docs/server.md); not on issue 13's list",
-            ),
-        ),
+        ({"texts": ["hello"]}, True, False),
+        ({"images": [IMAGE]}, False, True),
+        ({"inputs": [{"content": [{"type": "text", "text": "hello"}]}]}, True, False),
+        (MIXED, False, True),
     ],
 )
 def test_cohere_billed_units_account_for_image_input_shapes(server, clip_dir, cohere_request, text_billed, image_billed):
@@ -75,6 +66,10 @@ def test_cohere_billed_units_account_for_image_input_shapes(server, clip_dir, co
             if part["type"] == "image_url":
                 part["image_url"]["url"] = _image_uri()
     response = server.post("/v2/embed", json=body)
+    if cohere_request is MIXED:
+        assert response.status_code == 400
+        assert "text-only or image-only inputs, not both" in response.json()["error"]["message"]
+        return
     assert response.status_code == 200, response.text
     billed = response.json()["meta"]["billed_units"]
 

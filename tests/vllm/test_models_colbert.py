@@ -100,11 +100,6 @@ def test_colbert_relevance_ordering(colbert_dir):
     assert (got[2] > got[1]) == (ref[2] > ref[1])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 13: vLLM's error text 'Task embed is not supported' (poolkit: 'The embed API is not "
-    "supported by this model: ...')",
-)
 def test_colbert_embed_not_supported(colbert_dir):
     """Test that ColBERT model does not support 'embed' task."""
     with pytest.raises(ValueError, match="Task embed is not supported"):

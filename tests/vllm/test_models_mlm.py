@@ -24,11 +24,6 @@ def mlm_dir(vllm_models_root):
     return build_masked_lm(vllm_models_root / "bert-base-uncased-mlm", legacy_names=True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a BertForMaskedLM checkpoint does not serve token_classify (vLLM: the MLM head's softmax over the "
-    "vocabulary per token); poolkit offers embed / token_embed / sparse_embed for it; not on issue 13's list",
-)
 @pytest.mark.parametrize("model", ["bert-base-uncased-stand-in"])
 @pytest.mark.parametrize("dtype", ["float"])
 @torch.inference_mode

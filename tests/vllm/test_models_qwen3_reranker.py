@@ -3,7 +3,8 @@
 # hf_overrides {"architectures": ["Qwen3ForSequenceClassification"], "classifier_from_token":
 # ["no", "yes"], "is_qwen3_reranker": True} -> the tiny Qwen3ForCausalLM (conftest ``qwen3_lm_dir``),
 # same overrides. The HF reference is vLLM's: the causal LM's last-position log-softmax over
-# (no, yes), on the tokenizer's (query, document) pairs.
+# (no, yes), on the tokenizer's (query, document) pairs. Declared through these overrides, the
+# model scores the plain pair as in vLLM (no score template unless one is given).
 import pytest
 
 text_1 = "What is the capital of France?"
@@ -59,12 +60,6 @@ def hf_reranker(model_dir):
     return compute_logits(process_inputs(pairs))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="is_qwen3_reranker is accepted now, but the scores differ from the transformers reference "
-    "(0.78 vs 0.065 on the stand-in: poolkit applies its Qwen3-Reranker score template to the pair, the "
-    "reference formats it another way); not investigated this stop",
-)
 @pytest.mark.parametrize("model_name", ["Qwen3-Reranker-4B-stand-in"])
 def test_model(qwen3_lm_dir, model_name):
     hf_outputs = hf_reranker(qwen3_lm_dir)

@@ -82,12 +82,6 @@ def _create_modular_bert_cross_encoder(path: Path, *, structured: bool = False, 
     return str(export_path), pairs, reference_scores
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an over-length pair of a sentence-transformers CrossEncoder export (max_seq_length 16) is refused "
-    "('maximum context length is 16 tokens'); vLLM and sentence-transformers truncate it (longest_first) to 16 "
-    "tokens; not on issue 13's list",
-)
 @pytest.mark.parametrize(("model_impl", "enforce_eager"), [("vllm", True), ("transformers", True), ("transformers", False)])
 def test_modular_bert_cross_encoder_score_parity(tmp_path: Path, model_impl: str, enforce_eager: bool) -> None:
     """A current modular BERT export must preserve pair and truncation semantics."""
@@ -110,14 +104,11 @@ def test_modular_bert_cross_encoder_score_parity(tmp_path: Path, model_impl: str
         output = llm.score(*pair)[0]
         assert len(output.prompt_token_ids) == expected_length
         assert output.outputs.score == pytest.approx(reference_score, abs=1e-4, rel=1e-4)
+    # POOLKIT (beyond vLLM's test): the export's pooled vector runs through its score modules, a
+    # score rather than an embedding, so it serves classify and no embedding task.
+    assert llm.supported_tasks == ["classify"] and llm.default_task == "classify"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an over-length pair of a structured ('message' modality) sentence-transformers CrossEncoder export is "
-    "refused ('maximum context length is 16 tokens'); vLLM renders the saved chat template and truncates as "
-    "sentence-transformers does; not on issue 13's list",
-)
 @pytest.mark.parametrize("pooling_mode", ["cls", "mean", "lasttoken"])
 def test_structured_cross_encoder_export_preserves_truncated_scores(tmp_path: Path, pooling_mode: str) -> None:
     """Saved structured exports retain the template tail used by the trained head."""
@@ -254,11 +245,6 @@ def _create_logit_score_cross_encoder(path: Path, false_id, tied: bool, *, multi
     return str(export_path), score_pairs, scores, raw_scores, token_ids
 
 
-LOGIT_SCORE_XFAIL = pytest.mark.xfail(
-    strict=True,
-    reason="sentence-transformers' LogitScore module (cross_encoder.modules.LogitScore) is refused: 'not supported; "
-    "poolkit would give different results'; not on issue 13's list",
-)
 NEEDS_TORCHVISION = pytest.mark.skipif(
     importlib.util.find_spec("torchvision") is None,
     reason="building the Qwen3-VL export needs torchvision (Qwen3VLVideoProcessor), which is not installed here",
@@ -273,10 +259,10 @@ MULTIMODAL_XFAIL = pytest.mark.xfail(
 @pytest.mark.parametrize(
     "false_id,tied,multimodal",
     [
-        pytest.param(None, False, False, marks=LOGIT_SCORE_XFAIL),
-        pytest.param(5, False, False, marks=LOGIT_SCORE_XFAIL),
-        pytest.param(None, True, False, marks=LOGIT_SCORE_XFAIL),
-        pytest.param(5, True, False, marks=LOGIT_SCORE_XFAIL),
+        (None, False, False),
+        (5, False, False),
+        (None, True, False),
+        (5, True, False),
         pytest.param(5, False, True, marks=[NEEDS_TORCHVISION, MULTIMODAL_XFAIL]),
         pytest.param(5, True, True, marks=[NEEDS_TORCHVISION, MULTIMODAL_XFAIL]),
     ],

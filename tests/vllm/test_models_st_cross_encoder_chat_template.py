@@ -85,12 +85,6 @@ def _build(path, kind: str) -> str:
     return str(path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a sentence-transformers CrossEncoder declaring the 'message' modality (processing_kwargs.chat_template) "
-    "is scored on the plain (query, document) pair: poolkit does not render the saved chat template as its score "
-    "template; not on issue 13's list",
-)
 def test_st_cross_encoder_chat_template(st_cross_encoder):
     from sentence_transformers import CrossEncoder
 

@@ -72,7 +72,6 @@ def test_classify(llm):
     assert len(outputs[0].outputs.data) == 1
 
 
-@pytest.mark.xfail(strict=True, reason="PoolingParams(extra_kwargs={'max_tokens_per_doc': ...}) is refused: poolkit has no extra_kwargs / max_tokens_per_doc; not on issue 13's list")
 def test_max_tokens_per_doc(llm: LLM):
     """Test max_tokens_per_doc via PoolingParams.extra_kwargs (offline)."""
     long_doc = "The capital of France is Paris. " * 20

@@ -19,11 +19,6 @@ input_text = "This product was excellent and exceeded my expectations"
 TEXTS_1 = ["What is the capital of France?", "What is the capital of Germany?"]
 TEXTS_2 = ["The capital of France is Paris.", "The capital of Germany is Berlin."]
 
-MAX_TOKENS_PER_DOC = pytest.mark.xfail(
-    strict=True, reason="rerank's max_tokens_per_doc is not implemented in poolkit; not on issue 13's list"
-)
-
-
 @pytest.fixture(scope="module")
 def input_tokens(bge_reranker_dir):
     return AutoTokenizer.from_pretrained(str(bge_reranker_dir))(input_text)["input_ids"]
@@ -219,7 +214,6 @@ def test_pooling_token_classify(server, input_tokens):
     assert len(poolings["data"][0]["data"][0]) == 1
 
 
-@MAX_TOKENS_PER_DOC
 def test_rerank_max_tokens_per_doc(server):
     """Test that max_tokens_per_doc truncates documents correctly."""
     query = "What is the capital of France?"
@@ -237,7 +231,6 @@ def test_rerank_max_tokens_per_doc(server):
     assert rerank["usage"]["prompt_tokens"] > 0
 
 
-@MAX_TOKENS_PER_DOC
 def test_rerank_max_tokens_per_doc_reduces_tokens(server):
     """Test that max_tokens_per_doc actually reduces the token count."""
     query = "What is the capital of France?"
@@ -260,7 +253,6 @@ def test_rerank_max_tokens_per_doc_reduces_tokens(server):
     assert rerank_with_limit["usage"]["prompt_tokens"] < rerank_no_limit["usage"]["prompt_tokens"]
 
 
-@MAX_TOKENS_PER_DOC
 def test_rerank_max_tokens_per_doc_validation(server):
     """Test that max_tokens_per_doc validation works correctly."""
     query = "What is the capital of France?"
@@ -275,7 +267,6 @@ def test_rerank_max_tokens_per_doc_validation(server):
     assert "max_tokens_per_doc must be a positive integer" in response.text
 
 
-@MAX_TOKENS_PER_DOC
 def test_score_max_tokens_per_doc_with_score_template(server):
     """Test max_tokens_per_doc compatibility with the rerank API's cross-encoder path."""
     query = "What is the capital of France?"

@@ -17,10 +17,6 @@ from poolkit import LLM
 from poolkit.server import create_app
 from port_utils import BGE_GEMMA_TEMPLATE, QWEN3_RERANKER_TEMPLATE
 
-pytestmark = pytest.mark.xfail(
-    strict=True, reason="rerank's max_tokens_per_doc is not implemented in poolkit; not on issue 13's list"
-)
-
 JINA_MODEL = "jina-reranker-v2-stand-in"
 GEMMA_MODEL = "bge-reranker-v2-gemma-stand-in"
 GEMMA_HF_OVERRIDES = {

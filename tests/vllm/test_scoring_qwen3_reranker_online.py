@@ -46,14 +46,6 @@ def expected_template_token_count(qwen3_lm_dir):
     return len(templated_tokens)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "poolkit renders the score template keeping its final newline ('</think>\\n\\n', one token more); "
-        "transformers' apply_chat_template, which vLLM renders with, drops a template's trailing newline "
-        "(Jinja's keep_trailing_newline=False); not on issue 13's list"
-    ),
-)
 def test_score_and_rerank_use_qwen3_reranker_template(server, expected_template_token_count: int):
     score_response = server.post("/score", json={"model": MODEL_NAME, "queries": QUERY, "documents": DOCUMENT})
     assert score_response.status_code == 200, score_response.text

@@ -5,7 +5,6 @@ import pytest
 from transformers import AutoTokenizer
 
 from poolkit import LLM, PoolerConfig, PoolingRequestOutput
-from port_utils import issue13
 
 prompt = "The chef prepared a delicious meal."
 num_labels = 2
@@ -45,9 +44,11 @@ def test_token_ids_prompts(llm: LLM, prompt_token_ids):
     assert outputs[0].outputs.data.shape == (len(prompt_token_ids), num_labels)
 
 
-@issue13("vLLM's error text 'Score API is only enabled for num_labels == 1.' (this vLLM version's wording; poolkit says 'Scoring API ...')")
 def test_score_api(llm: LLM):
-    err_msg = "Score API is only enabled for num_labels == 1."
+    # DEPARTURE: this vLLM test wants "Score API is only enabled for num_labels == 1."; vLLM's other
+    # scoring tests (and its server) say "Scoring API is only enabled for num_labels == 1.", which
+    # poolkit says everywhere.
+    err_msg = "Scoring API is only enabled for num_labels == 1."
     with pytest.raises(ValueError, match=err_msg):
         llm.score("ping", "pong", use_tqdm=False)
 

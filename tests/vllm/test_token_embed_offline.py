@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from poolkit import LLM, PoolerConfig, PoolingParams, PoolingRequestOutput
+from poolkit import LLM, LateChunkingParams, PoolerConfig, PoolingParams, PoolingRequestOutput
 from port_utils import check_embeddings_close
 
 prompt = "The chef prepared a delicious meal."
@@ -69,12 +69,9 @@ def test_unsupported_tasks(llm: LLM, task: str):
         llm.encode(prompt, pooling_task=task, use_tqdm=False)
 
 
-@pytest.mark.xfail(strict=True, reason="late chunking (PoolingParams.late_chunking_params, LateChunkingParams, output.late_chunking) is not in poolkit; not on issue 13's list")
 @pytest.mark.parametrize("use_v2_runner", [False, True])
 def test_nomic_late_chunking_offline(minilm_dir, monkeypatch, use_v2_runner):
     """Compare worker chunking with unnormalized states using both GPU runners."""
-    from poolkit import LateChunkingParams  # vllm.pooling_params.LateChunkingParams
-
     monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "1" if use_v2_runner else "0")
     prompts = [
         "search_document: Berlin is a city. It is in Germany.",
@@ -154,3 +151,50 @@ def test_nomic_late_chunking_offline(minilm_dir, monkeypatch, use_v2_runner):
     # Rejections must leave the instance usable, with no retained chunk ranges.
     output = llm.encode("after rejection", pooling_task="token_embed", use_tqdm=False)[0]
     assert output.late_chunking is None
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_e5_late_chunking_mixed_requests(llm: LLM, normalize: bool):
+    texts = [prompt, "Short text.", "中文 😀 café"]
+    raw = llm.encode(texts, pooling_task="token_embed", use_tqdm=False, pooling_params=PoolingParams(use_activation=False))
+    sizes = [3, None, 100]
+    params = [
+        PoolingParams(late_chunking_params=LateChunkingParams(size) if size is not None else None, use_activation=normalize)
+        for size in sizes
+    ]
+    actual = llm.encode(texts, pooling_task="token_embed", pooling_params=params, use_tqdm=False)
+    for original, result, size in zip(raw, actual, sizes):
+        expected = original.outputs.data
+        if size is not None:
+            expected = torch.stack([part.float().mean(0) for part in expected.split(size)])
+            assert result.late_chunking is not None
+            assert len(result.late_chunking.chunks) == len(expected)
+            assert result.late_chunking.input_tokens == len(result.prompt_token_ids)
+        else:
+            assert result.late_chunking is None
+        if normalize:
+            expected = torch.nn.functional.normalize(expected, dim=-1)
+        check_embeddings_close(
+            embeddings_0_lst=result.outputs.data.tolist(),
+            embeddings_1_lst=expected.tolist(),
+            name_0="late_chunking",
+            name_1="token_reference",
+        )
+        torch.testing.assert_close(result.outputs.data.norm(dim=-1), expected.norm(dim=-1), atol=1e-3, rtol=1e-3)
+
+
+def test_late_chunking_token_prompt_has_no_char_ranges(llm: LLM, prompt_token_ids):
+    # From test_bge_m3_late_chunking_keeps_special_tokens (BAAI/bge-m3 as BgeM3EmbeddingModel has no
+    # offline stand-in; its BOS-dropping token_embed is bge-m3's own): a chunk of one special token
+    # covers no text, and a token-id prompt has no text at all.
+    (out,) = llm.encode(prompt, pooling_task="token_embed", use_tqdm=False, pooling_params=PoolingParams(late_chunking_params=LateChunkingParams(1)))
+    assert out.late_chunking.chunks[0].char_range is None
+    assert out.late_chunking.chunks[1].char_range == (0, 3)  # "The"
+    (ids,) = llm.encode([prompt_token_ids], pooling_task="token_embed", use_tqdm=False, pooling_params=PoolingParams(late_chunking_params=LateChunkingParams(4)))
+    assert [c.char_range for c in ids.late_chunking.chunks] == [None] * len(ids.late_chunking.chunks)
+    assert [c.token_range for c in ids.late_chunking.chunks][-1] == (8, len(prompt_token_ids))
+
+
+# vllm tests/entrypoints/pooling/token_embed/test_offline.py::test_late_chunking_recomputes_cached_prefix_with_chunked_prefill
+# is not ported: it checks vLLM's prefix cache and chunked prefill scheduling (num_cached_tokens > 0
+# on a repeat), which poolkit does not have: every request runs its whole input.
