@@ -7,6 +7,9 @@
 - ``bi-encoder``: the cosine similarity of the two embeddings.
 - ``late-interaction``: MaxSim of query and document token vectors (ColBERT), through the
   ``maxsim`` kernel.
+
+The two scorers that encode a pair's sides apart report the pair's prompt tokens as vLLM does:
+the query's, the pad token, then the document's.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from poolkit.hookspecs import hookimpl
 from poolkit.io import Prompt
 from poolkit.kernel import select_kernel
 from poolkit.plugins import registry
-from poolkit.scoring import Scorer
+from poolkit.scoring import CROSS_ENCODER_KEYS, Scorer, template_kwargs
 
 
 class CrossEncoderScorer(Scorer):
@@ -44,7 +47,8 @@ class CrossEncoderScorer(Scorer):
         )
 
     def score(self, llm, first, second, pooling_params, *, use_tqdm, tokenization_kwargs, chat_template, instruction):
-        prompts = self._pair_prompts(llm.model, first, second, chat_template, instruction)
+        kwargs = template_kwargs(pooling_params)
+        prompts = self._pair_prompts(llm.model, first, second, chat_template, instruction, kwargs)
         task = llm.task("classify")
         params = llm.check_params(pooling_params, len(prompts), task.name, tokenization_kwargs)
         params = self._default_truncation(llm.model, params)
@@ -53,23 +57,51 @@ class CrossEncoderScorer(Scorer):
 
     @staticmethod
     def _pair_prompts(
-        model: Any, first: list[str], second: list[str], chat_template: str | None, instruction: str | None
+        model: Any,
+        first: list[str],
+        second: list[str],
+        chat_template: str | None,
+        instruction: str | None,
+        kwargs: dict[str, Any] | None = None,
     ) -> list[Prompt]:
         """Prompts of (query, document) pairs: through the given score template, a CrossEncoder
-        export's own chat template, the model's score template, or as tokenizer pairs."""
+        export's own chat template, the model's score template, or as tokenizer pairs.
+
+        ``kwargs`` are the request's ``chat_template_kwargs``: variables of the template, and the
+        CrossEncoder keys (``prompt``, ``prompt_name``, ``restore_suffix``) where a pair gets the
+        model's sentence-transformers prompt.
+        """
         processors = registry("io_processor")
-        if chat_template is not None:
-            processor = processors.get("score_template").with_template(chat_template)
-            return list(processor.pre_process((first, second, instruction)))
-        prompt = instruction if instruction is not None else _default_prompt(model)
-        if model.st is not None and model.st.renders_pairs:
-            data = {"queries": first, "documents": second, "model": model, "prompt": prompt}
-            return list(processors.get("chat_template_pair").pre_process(data))
+        kwargs = dict(kwargs or {})
+        chosen = {key: kwargs.pop(key) for key in CROSS_ENCODER_KEYS if key in kwargs}
+        restore = chosen.pop("restore_suffix", None)
+        asks_prompt = any(v is not None for v in chosen.values())
         name = getattr(model.hf_config, "score_template", None)
-        if name:
-            return list(processors.get(name).pre_process((first, second, instruction)))
+        if chat_template is not None or (name and not (model.st is not None and model.st.renders_pairs)):
+            if asks_prompt:
+                raise InvalidRequest(
+                    "chat_template_kwargs prompt and prompt_name choose a sentence-transformers CrossEncoder's "
+                    "prompt; a score template takes instruction"
+                )
+            instruction = instruction if instruction is not None else kwargs.pop("instruction", None)
+            data = (first, second, instruction, kwargs)
+            if chat_template is not None:
+                return list(processors.get("score_template").with_template(chat_template).pre_process(data))
+            return list(processors.get(name).pre_process(data))
+        if asks_prompt and instruction is not None:
+            raise InvalidRequest("send either instruction or chat_template_kwargs prompt / prompt_name, not both")
+        prompt = instruction if instruction is not None else _request_prompt(model, chosen)
+        if model.st is not None and model.st.renders_pairs:
+            data = {"queries": first, "documents": second, "model": model, "prompt": prompt,
+                    "template_kwargs": kwargs, "restore_suffix": restore}
+            return list(processors.get("chat_template_pair").pre_process(data))
         if instruction is not None:
             raise InvalidRequest("instruction needs a score template (chat_template=...)")
+        if kwargs:
+            raise InvalidRequest(
+                f"chat_template_kwargs {', '.join(sorted(kwargs))} need a chat template: model '{model.name}' "
+                "scores plain text pairs (pass chat_template=...)"
+            )
         prompts = list(processors.get("text_pair").pre_process((first, second)))
         for p in prompts:
             p.prompt_prefix = prompt  # sentence-transformers puts a pair's prompt before its query
@@ -78,7 +110,9 @@ class CrossEncoderScorer(Scorer):
     @staticmethod
     def _default_truncation(model: Any, params: list[PoolingParams]) -> list[PoolingParams]:
         """A CrossEncoder export cuts over-long pairs (``longest_first``) as sentence-transformers
-        does, rather than refusing them, unless a request says how to truncate."""
+        does, rather than refusing them, unless a request says how to truncate: a truncation side,
+        a number of tokens, or ``truncate_prompt_tokens`` set to ``None`` explicitly (vLLM's opt-out:
+        an over-long pair is then an error)."""
         limit = model.st.pair_truncation if model.st is not None else None
         if limit is None:
             return params
@@ -86,16 +120,35 @@ class CrossEncoderScorer(Scorer):
         if model_max is not None and limit >= model_max:
             limit = -1
         return [
-            p if p.truncate_prompt_tokens is not None or p.truncation_side is not None
+            p if "truncate_prompt_tokens" in p.model_fields_set or p.truncation_side is not None
             else p.model_copy(update={"truncate_prompt_tokens": limit})
             for p in params
         ]
 
 
-def _default_prompt(model: Any) -> str | None:
-    """The prompt a sentence-transformers config names as its default, or ``None``."""
-    name = model.default_prompt_name
-    return model.prompts.get(name) if name else None
+def _request_prompt(model: Any, chosen: dict[str, Any]) -> str | None:
+    """A pair's sentence-transformers prompt: the request's ``prompt`` (``""``: none), else its
+    ``prompt_name`` among the model's saved prompts, else the saved default, as
+    sentence-transformers resolves them."""
+    if chosen.get("prompt") is not None:
+        return chosen["prompt"]
+    name = chosen.get("prompt_name")
+    if name is None:
+        name = model.default_prompt_name
+        return model.prompts.get(name) if name else None
+    if name not in model.prompts:
+        known = ", ".join(sorted(model.prompts)) or "none"
+        raise InvalidRequest(
+            f"Unknown saved CrossEncoder prompt '{name}' (chat_template_kwargs prompt_name); the model's prompts: {known}"
+        )
+    return model.prompts[name]
+
+
+def _separator(model: Any) -> list[int]:
+    """What joins a pair's query and document tokens when they are encoded apart: the pad token,
+    as vLLM's scoring output (and so its usage) counts it; nothing for a tokenizer without one."""
+    pad = getattr(model.tokenizer, "pad_token_id", None)
+    return [] if pad is None else [pad]
 
 
 class BiEncoderScorer(Scorer):
@@ -113,11 +166,12 @@ class BiEncoderScorer(Scorer):
             unique, pooling_params, pooling_task="embed", use_tqdm=use_tqdm, tokenization_kwargs=tokenization_kwargs
         )
         vectors = dict(zip(unique, embedded))
+        pad = _separator(llm.model)
         out = []
         for a, b in zip(first, second):
             va, vb = vectors[a], vectors[b]
             score = torch.nn.functional.cosine_similarity(va.outputs.data.float(), vb.outputs.data.float(), dim=0)
-            out.append((float(score), va.prompt_token_ids + vb.prompt_token_ids))
+            out.append((float(score), va.prompt_token_ids + pad + vb.prompt_token_ids))
         return out
 
 
@@ -142,6 +196,7 @@ class LateInteractionScorer(Scorer):
         q_vectors = dict(zip(queries, results[: len(queries)]))
         d_vectors = dict(zip(docs, results[len(queries) :]))
         maxsim = select_kernel("maxsim", llm.model.device)
+        pad = _separator(llm.model)
         out: list[tuple[float, list[int]] | None] = [None] * len(first)
         for query in queries:
             members = [i for i, q in enumerate(first) if q == query]
@@ -149,7 +204,7 @@ class LateInteractionScorer(Scorer):
             cu = torch.tensor([0] + [len(d) for d in doc_rows]).cumsum(0)
             scores = maxsim(q_vectors[query][0], torch.cat(doc_rows), cu)
             for i, score in zip(members, scores.tolist()):
-                out[i] = (score, q_vectors[query][1] + d_vectors[second[i]][1])
+                out[i] = (score, q_vectors[query][1] + pad + d_vectors[second[i]][1])
         return out
 
 

@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 import torch
 
-from poolkit.config import PoolingParams
+from poolkit.config import LateChunkingParams, PoolingParams
 from poolkit.errors import InvalidRequest, ModelLoadError
 from poolkit.hookspecs import hookimpl
 from poolkit.model import PoolingModel
@@ -134,11 +134,23 @@ class TokenEmbedTask(_VectorTask):
     default_pooling_type = "ALL"
     default_rank = 2
     params = _VectorTask.params | {"late_chunking_params"}
+    takes_input_type = True
+
+    def role_prompts(self, model: PoolingModel, texts: list[str], input_type: Any) -> list[Any]:
+        """A late-interaction (ColBERT) model's queries or documents: its markers, lengths and
+        query expansion, as its scorer encodes them (vLLM's ``input_type``)."""
+        if not registry("scorer").get("late-interaction").supports(model) and model.architecture.score_type != "late-interaction":
+            raise InvalidRequest("input_type is only supported for ColBERT models.")
+        return list(registry("io_processor").get("colbert").pre_process({"texts": texts, "kind": input_type, "model": model}))
 
     def verify(self, params: PoolingParams, model: PoolingModel) -> None:
         super().verify(params, model)
-        if params.late_chunking_params is not None and model.pooling_type(self).value != ("ALL",):
+        if params.late_chunking_params is None:
+            return
+        if model.pooling_type(self).value != ("ALL",):
             raise InvalidRequest("late chunking averages every token's vector: it needs the ALL token pooling type")
+        if params.truncate_prompt_tokens is not None:  # the chunk ranges would describe a cut text
+            raise InvalidRequest(LateChunkingParams.TEXT_CHANGES)
 
 
 def _classifier_head(model: PoolingModel, head: torch.nn.Module, **kwargs: object) -> ClassifierHead:

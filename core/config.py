@@ -158,9 +158,22 @@ class LateChunkingParams:
     normalised like a token vector. The output has one row per chunk, and the request output's
     ``late_chunking`` says which tokens and characters each chunk covers.
 
+    The chunks must cover the input as given, so, as in vLLM, late chunking refuses truncation,
+    padding and lower-casing (``TEXT_CHANGES``), and empty or image prompts (``NEEDS_TEXT``).
+    Token-id prompts are accepted: their chunks have no ``char_range``.
+
     Example:
         >>> PoolingParams(late_chunking_params=LateChunkingParams(chunk_size=64))
     """
+
+    #: vLLM's refusal of options that would make the chunks describe another text than the input.
+    TEXT_CHANGES: ClassVar[str] = "Late chunking does not support input padding, truncation or text normalization"
+    #: Options (``truncate_prompt_tokens`` and vLLM's tokenization kwargs) that ``TEXT_CHANGES`` refuses.
+    TEXT_CHANGING_KWARGS: ClassVar[frozenset[str]] = frozenset(
+        {"truncate_prompt_tokens", "truncation", "pad_prompt_tokens", "padding", "do_lower_case"}
+    )
+    #: vLLM's refusal of prompts with no text to chunk (poolkit also takes token ids).
+    NEEDS_TEXT: ClassVar[str] = "late chunking requires nonempty plain-text input or token ids"
 
     def __init__(self, chunk_size: int) -> None:
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:

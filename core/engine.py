@@ -93,8 +93,11 @@ class Engine:
         names = getattr(self.model.tokenizer, "model_input_names", None) or []
         return bool(self.model.architecture.uses_token_type_ids) and "token_type_ids" in names
 
-    def limit(self, params: PoolingParams, chunked: bool = False) -> int | None:
+    def limit(self, params: PoolingParams, chunked: bool = False, cap: int | None = None) -> int | None:
         """Most tokens (special tokens included) a prompt with ``params`` keeps.
+
+        ``cap`` lowers the model's limit for the task (``max_embed_len`` of an embedding task
+        without chunked processing, as in vLLM).
 
         Unless truncation is asked for (``truncate_prompt_tokens``, or a ``truncation_side``), an
         input longer than the model's limit is an error, as in vLLM: it is read up to one token past
@@ -102,7 +105,7 @@ class Engine:
         the model's limit: it is read up to one token past ``max_embed_len`` (so a longer one can be
         refused), or whole.
         """
-        model_max = self.model.max_model_len.value
+        model_max = self._input_max(cap)
         requested = params.truncate_prompt_tokens
         if chunked and requested is None:
             max_embed_len = self.model.pooler_config.max_embed_len
@@ -113,6 +116,21 @@ class Engine:
             return model_max
         self.check_truncation(requested)
         return requested
+
+    def _input_max(self, cap: int | None) -> int | None:
+        """The model's limit, lowered to ``cap`` when one is given."""
+        model_max = self.model.max_model_len.value
+        if cap is None:
+            return model_max
+        return cap if model_max is None else min(cap, model_max)
+
+    def input_cap(self, task: Task) -> int | None:
+        """``max_embed_len`` for a chunkable (embedding) task run without chunked processing: vLLM
+        caps such inputs at it, below the model's limit; ``None`` otherwise."""
+        config = self.model.pooler_config
+        if task.chunkable and not config.enable_chunked_processing:
+            return config.max_embed_len
+        return None
 
     def check_truncation(self, truncate_prompt_tokens: int | None) -> None:
         """Refuse a truncation longer than the model's limit (vLLM's wording).
@@ -145,7 +163,7 @@ class Engine:
         return text.lower() if self.model.do_lower_case else text
 
     def tokenize(
-        self, prompts: Sequence[Prompt], params: Sequence[PoolingParams], chunked: bool = False
+        self, prompts: Sequence[Prompt], params: Sequence[PoolingParams], chunked: bool = False, cap: int | None = None
     ) -> list[Encoded]:
         """Tokenize and truncate every prompt, batching tokenizer calls by truncation settings.
 
@@ -156,7 +174,7 @@ class Engine:
         groups: dict[tuple[int | None, str, bool], list[int]] = {}
         default_side = getattr(self.model.tokenizer, "truncation_side", "right") or "right"
         for i, (prompt, p) in enumerate(zip(prompts, params)):
-            limit, side = self.limit(p, chunked), p.truncation_side or default_side
+            limit, side = self.limit(p, chunked, cap), p.truncation_side or default_side
             if prompt.token_ids is not None:
                 ids = prompt.token_ids
                 vocab = getattr(self.model.hf_config, "vocab_size", None)
@@ -173,7 +191,7 @@ class Engine:
             encoded = self._encode_texts([prompts[i] for i in members], limit, side, special)
             for i, enc in zip(members, encoded):
                 out[i] = enc
-        model_max = self.model.max_model_len.value
+        model_max = self._input_max(cap)
         for i, (enc, p) in enumerate(zip(out, params)):
             asked = p.truncate_prompt_tokens is not None or p.truncation_side is not None
             if not asked and not chunked and model_max is not None and len(enc.token_ids) > model_max:
@@ -332,7 +350,7 @@ class Engine:
         if media:
             return self._run_mixed(task, prompts, params, media, progress)
         chunked = task.chunkable and self.model.pooler_config.enable_chunked_processing
-        encoded = self.tokenize(prompts, params, chunked)
+        encoded = self.tokenize(prompts, params, chunked, self.input_cap(task))
         for i, enc in enumerate(encoded):
             if not enc.token_ids:
                 raise InvalidRequest(f"prompt {i} has no tokens")

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .config import PoolingParams
+from .config import LateChunkingParams, PoolingParams
 from .batching import estimate_cost
 from .engine import Engine
 from .settings import DEFAULT_MODEL, IGNORED_ENGINE_ARGS, EngineArgs  # noqa: F401 - DEFAULT_MODEL is part of this module's API
@@ -33,13 +33,44 @@ from .outputs import (
 )
 from .plugins import get_manager, registry
 from .lookup import select_scorer
-from .scoring import Scorer
+from .scoring import Scorer, score_extra
 from .progress import progress_bar
 from .sparse import SparseEmbeddingRequestOutput, check_pruning
 
 logger = logging.getLogger(__name__)
 
 _TOKENIZATION_KWARGS = ("truncate_prompt_tokens", "truncation_side")
+
+
+def _late_chunked(params: Any) -> bool:
+    """Whether one caller-given pooling parameter (object, dict or ``None``) asks for late chunking."""
+    if isinstance(params, dict):
+        return params.get("late_chunking_params") is not None
+    return getattr(params, "late_chunking_params", None) is not None
+
+
+def _truncation_switch(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``tokenization_kwargs`` with vLLM's ``truncation`` read into ``truncate_prompt_tokens``:
+    ``True`` / ``"longest_first"`` truncates to the model's limit (unless a number is given),
+    ``False`` / ``"do_not_truncate"`` sets it to ``None`` explicitly (a model that truncates by
+    default, a CrossEncoder export, then refuses over-long inputs).
+
+    Raises:
+        InvalidRequest: another value, or truncation off with a number of tokens to keep.
+    """
+    out = dict(kwargs)
+    switch = out.pop("truncation")
+    if switch is True or switch == "longest_first":
+        out.setdefault("truncate_prompt_tokens", -1)
+    elif switch is False or switch == "do_not_truncate":
+        if out.get("truncate_prompt_tokens") is not None:
+            raise InvalidRequest("tokenization_kwargs truncation turns truncation off; drop truncate_prompt_tokens or the switch")
+        out["truncate_prompt_tokens"] = None
+    else:
+        raise InvalidRequest(
+            f"tokenization_kwargs truncation must be true, false, 'longest_first' or 'do_not_truncate', got {switch!r}"
+        )
+    return out
 
 
 class LLM:
@@ -211,7 +242,8 @@ class LLM:
             pooling_params: ``None``, one :class:`PoolingParams` (or dict) for all prompts, or one per prompt.
             count: how many prompts.
             task_name: the task they run.
-            tokenization_kwargs: ``truncate_prompt_tokens`` / ``truncation_side`` defaults.
+            tokenization_kwargs: ``truncate_prompt_tokens`` / ``truncation_side`` defaults, and vLLM's
+                ``truncation`` switch (``True``: to the model's limit; ``False``: no truncation).
 
         Raises:
             InvalidRequest: a parameter the task does not take, or a value it cannot honour.
@@ -226,6 +258,11 @@ class LLM:
             raise InvalidRequest(f"pooling_params must be PoolingParams or a list of them, got {type(pooling_params).__name__}")
         extra = dict(tokenization_kwargs or {})
         unknown = set(extra) - set(_TOKENIZATION_KWARGS)
+        if unknown & LateChunkingParams.TEXT_CHANGING_KWARGS and any(map(_late_chunked, given)):
+            raise InvalidRequest(LateChunkingParams.TEXT_CHANGES)
+        if "truncation" in extra:  # vLLM's switch: on (to the model's limit) or off (over-long is an error)
+            extra = _truncation_switch(extra)
+            unknown.discard("truncation")
         if unknown:
             raise InvalidRequest(f"unsupported tokenization_kwargs: {', '.join(sorted(unknown))}")
         task = registry("task").get(task_name)
@@ -321,13 +358,33 @@ class LLM:
         task = self.model.task(pooling_task)
         parsed = self._prompts(prompts, prompt_name)
         kwargs = dict(tokenization_kwargs or {})
+        input_type = kwargs.pop("input_type", None)
+        if input_type is not None:
+            parsed = self._role_prompts(task, parsed, input_type)
         special = kwargs.pop("add_special_tokens", None)
         if special is not None:
             if not isinstance(special, bool):
                 raise InvalidRequest(f"add_special_tokens must be true or false, got {special!r}")
             for prompt in parsed:
                 prompt.add_special_tokens = special
-        return task, parsed, self.check_params(pooling_params, len(parsed), task.name, kwargs)
+        params = self.check_params(pooling_params, len(parsed), task.name, kwargs)
+        for index, (prompt, p) in enumerate(zip(parsed, params)):
+            if p.late_chunking_params is not None and prompt.token_ids is None and not prompt.text:
+                raise InvalidRequest(f"prompt {index}: {LateChunkingParams.NEEDS_TEXT}")
+        return task, parsed, params
+
+    def _role_prompts(self, task: Task, prompts: list[Prompt], input_type: Any) -> list[Prompt]:
+        """Text prompts in a retrieval role (vLLM's ``input_type``), encoded by the task.
+
+        Raises:
+            InvalidRequest: with vLLM's wording, a task that takes no ``input_type``.
+        """
+        if not task.takes_input_type:
+            takers = [e.name for e in registry("task").entries() if e.obj.takes_input_type]
+            raise InvalidRequest(f"input_type is only supported with task {' or '.join(map(repr, takers))}.")
+        if any(p.text is None or p.prompt_prefix for p in prompts):
+            raise InvalidRequest("input_type takes text prompts (no token ids, images or prompt_name)")
+        return list(task.role_prompts(self.model, [p.text for p in prompts], input_type))
 
     def _io_processor(self) -> Any:
         processors = registry("io_processor")
@@ -560,9 +617,11 @@ class LLM:
         first, second = self.pair(data_1, data_2)
         first, second = self._cut_score_sides(first, second, pooling_params)
         scorer = self.scorer
-        if not scorer.takes_template and (chat_template is not None or instruction is not None):
+        templated = chat_template is not None or instruction is not None
+        if not scorer.takes_template and (templated or score_extra(pooling_params).get("chat_template_kwargs") is not None):
             takers = [e.name for e in registry("scorer").entries() if e.obj.takes_template]
-            raise InvalidRequest(f"chat_template and instruction apply to {' or '.join(takers)} scoring only")
+            what = "chat_template and instruction" if templated else "chat_template_kwargs"
+            raise InvalidRequest(f"{what} apply to {' or '.join(takers)} scoring only")
         scored = scorer.score(
             self,
             first,
@@ -623,10 +682,7 @@ class LLM:
         Raises:
             InvalidRequest: a limit that is not a positive integer below ``max_model_len``.
         """
-        extra = pooling_params.extra_kwargs if isinstance(pooling_params, PoolingParams) else None
-        if isinstance(pooling_params, dict):
-            extra = pooling_params.get("extra_kwargs")
-        extra = extra or {}
+        extra = score_extra(pooling_params)
         sides = {"max_tokens_per_query": first, "max_tokens_per_doc": second}
         out = []
         for name, texts in sides.items():

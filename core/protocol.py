@@ -54,6 +54,12 @@ class _Body(BaseModel):
 
     model: Optional[StrictStr] = Field(None, description="The served model name; any other value is a 404.")
     user: Optional[StrictStr] = None
+    cache_salt: Optional[StrictStr] = Field(
+        None,
+        min_length=1,
+        description="vLLM's prefix-cache key: accepted and checked as vLLM does (not empty); no effect, "
+        "as poolkit keeps no prefix cache.",
+    )
 
 
 class _Tokenization(BaseModel):
@@ -63,13 +69,35 @@ class _Tokenization(BaseModel):
     truncation_side: Optional[Literal["left", "right"]] = None
 
 
+def _is_messages(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(m, dict) for m in value)
+
+
 class _Chat(BaseModel):
-    messages: Optional[List[Dict[str, Any]]] = Field(
+    messages: Optional[Union[List[Dict[str, Any]], List[List[Dict[str, Any]]]]] = Field(
         None,
-        description="Chat-style input rendered with the chat template (--chat-template, else the tokenizer's), one prompt.",
+        description="Chat-style input rendered with the chat template (--chat-template, else the tokenizer's): "
+        "one conversation (one prompt) or a list of them (one prompt each).",
+    )
+    chat_template_kwargs: Optional[Dict[str, Any]] = Field(
+        None, description="Extra variables for the chat template (vLLM), e.g. an instruction."
     )
     add_generation_prompt: StrictBool = False
     continue_final_message: StrictBool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _input_messages(cls, data: Any) -> Any:
+        """vLLM reads chat messages given as ``input`` (one conversation, or a list of them) as ``messages``."""
+        if not isinstance(data, dict):
+            return data
+        value = data.get("input")
+        if _is_messages(value) or (isinstance(value, list) and value and all(_is_messages(v) for v in value)):
+            if data.get("messages") is not None:
+                raise PydanticCustomError("input_and_messages", "send either 'input' or 'messages', not both")
+            data = {**data, "messages": value}
+            data.pop("input")
+        return data
     add_special_tokens: Optional[StrictBool] = Field(
         None,
         description="Add the tokenizer's special tokens: default true for 'input', false for 'messages' (vLLM).",
@@ -145,7 +173,16 @@ class _ScoreLimits(BaseModel):
     )
 
 
-class ScoreRequest(_Body, _Tokenization, _Activation, _ScoreLimits):
+class _ScoreTemplate(BaseModel):
+    chat_template_kwargs: Optional[Dict[str, Any]] = Field(
+        None,
+        description="Variables for the score template (vLLM); for a sentence-transformers CrossEncoder export also "
+        "'prompt' (its prompt text, '' for none), 'prompt_name' (one of its saved prompts) and 'restore_suffix' "
+        "(false: a truncated render keeps its cut instead of getting the template's closing tokens back).",
+    )
+
+
+class ScoreRequest(_Body, _Tokenization, _Activation, _ScoreLimits, _ScoreTemplate):
     """``POST /score``, ``/v1/score``: one pair of sides, 1:1, 1:N or N:N."""
 
     text_1: Optional[TextInput] = None
@@ -164,7 +201,7 @@ class RerankDocument(BaseModel):
     text: StrictStr
 
 
-class RerankRequest(_Body, _Tokenization, _Activation, _ScoreLimits):
+class RerankRequest(_Body, _Tokenization, _Activation, _ScoreLimits, _ScoreTemplate):
     """``POST /rerank``, ``/v1/rerank``, ``/v2/rerank`` (Jina / Cohere)."""
 
     query: StrictStr

@@ -11,6 +11,19 @@ from __future__ import annotations
 import inspect
 from typing import Any, ClassVar
 
+from .errors import InvalidRequest
+
+#: ``chat_template_kwargs`` keys that are no template variables: a sentence-transformers
+#: CrossEncoder export reads them when it renders a pair (its prompt, by text or saved name, and
+#: whether a truncated render gets the template's closing tokens back), as in vLLM.
+CROSS_ENCODER_KEYS = ("prompt", "prompt_name", "restore_suffix")
+#: ``apply_chat_template`` arguments a request may not set: the call's own (vLLM refuses
+#: ``chat_template``, ``tools``, ``tokenize``), and the sizes, which truncation settings own.
+RESERVED_TEMPLATE_KWARGS = frozenset(
+    {"chat_template", "tools", "tokenize", "conversation", "messages", "documents", "return_dict",
+     "return_tensors", "padding", "truncation", "max_length"}
+)
+
 
 class Scorer:
     """One way of scoring (query, document) pairs with a loaded model.
@@ -66,3 +79,46 @@ def check_scorer(name: str, obj: object) -> Scorer:
     if not isinstance(obj, Scorer):
         raise TypeError(f"scorer '{name}' must be a poolkit.Scorer, got {type(obj).__name__}")
     return obj
+
+
+def score_extra(pooling_params: Any) -> dict[str, Any]:
+    """The ``extra_kwargs`` of a score call's pooling parameters (one object or dict), or ``{}``."""
+    if isinstance(pooling_params, dict):
+        extra = pooling_params.get("extra_kwargs")
+    else:
+        extra = getattr(pooling_params, "extra_kwargs", None)
+    return extra if isinstance(extra, dict) else {}
+
+
+def template_kwargs(pooling_params: Any) -> dict[str, Any] | None:
+    """The ``chat_template_kwargs`` of a score call (``PoolingParams.extra_kwargs``, as in vLLM),
+    checked; ``None`` when none are given.
+
+    Raises:
+        InvalidRequest: not an object with string keys, a reserved key, or a CrossEncoder key
+            (:data:`CROSS_ENCODER_KEYS`) of the wrong type.
+    """
+    kwargs = score_extra(pooling_params).get("chat_template_kwargs")
+    if kwargs is None:
+        return None
+    check_template_kwargs(kwargs)
+    return dict(kwargs)
+
+
+def check_template_kwargs(kwargs: Any) -> None:
+    """Check a score request's ``chat_template_kwargs`` before any model reads them.
+
+    Raises:
+        InvalidRequest: as :func:`template_kwargs`.
+    """
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        raise InvalidRequest(f"chat_template_kwargs must be an object with string keys, got {type(kwargs).__name__}")
+    reserved = sorted(set(kwargs) & RESERVED_TEMPLATE_KWARGS)
+    if reserved:
+        raise InvalidRequest(f"chat_template_kwargs may not set {', '.join(reserved)}")
+    prompt, name, restore = (kwargs.get(key) for key in CROSS_ENCODER_KEYS)
+    for key, value in (("prompt", prompt), ("prompt_name", name)):
+        if value is not None and not isinstance(value, str):
+            raise InvalidRequest(f"CrossEncoder {key} must be a string, got {type(value).__name__} (chat_template_kwargs {key})")
+    if restore is not None and not isinstance(restore, bool):
+        raise InvalidRequest(f"restore_suffix must be true or false, got {restore!r} (chat_template_kwargs restore_suffix)")

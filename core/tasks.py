@@ -70,6 +70,18 @@ class Task:
     #: it stands for. Requests naming it run that task, with a deprecation warning; it is never
     #: listed among a model's supported tasks.
     alias_of: ClassVar[str | None] = None
+    #: Whether :meth:`role_prompts` encodes texts in a retrieval role (vLLM's ``input_type``:
+    #: ``"query"`` / ``"document"``).
+    takes_input_type: ClassVar[bool] = False
+
+    def role_prompts(self, model: Any, texts: list[str], input_type: Any) -> list[Any]:
+        """Prompts encoding ``texts`` as ``model``'s queries or documents (``input_type``), as its
+        scorer encodes them; only where :attr:`takes_input_type`.
+
+        Raises:
+            InvalidRequest: the model has no such roles, or ``input_type`` is not one of them.
+        """
+        raise NotImplementedError
 
     def build(self, model: Any) -> Head | None:
         """The head serving this task on ``model``, or ``None`` if the model cannot serve it."""

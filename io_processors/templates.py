@@ -75,7 +75,9 @@ def load_template(template: str) -> str:
 class ScoreTemplateProcessor(IOProcessor):
     """(query, document) pairs rendered through a Jinja template, one prompt per pair.
 
-    Data is ``(queries, documents)`` or ``(queries, documents, instruction)``.
+    Data is ``(queries, documents)``, ``(queries, documents, instruction)`` or ``(queries,
+    documents, instruction, variables)``: ``variables`` are further template variables (a score
+    request's ``chat_template_kwargs``, as in vLLM).
 
     Args:
         template: Jinja text, or a file holding it.
@@ -93,7 +95,9 @@ class ScoreTemplateProcessor(IOProcessor):
         return ScoreTemplateProcessor(template)
 
     def pre_process(self, data: Any, request_id: str | None = None) -> Sequence[Prompt]:
-        instruction = data[2] if isinstance(data, (tuple, list)) and len(data) == 3 else None
+        extra = tuple(data[2:]) if isinstance(data, (tuple, list)) else ()
+        instruction = extra[0] if extra else None
+        variables = dict(extra[1] or {}) if len(extra) > 1 else {}
         queries, documents = TextPairProcessor().parse_data(tuple(data[:2]))
         template = _compile(self.template, self.keep_trailing_newline)
         prompts = []
@@ -103,7 +107,8 @@ class ScoreTemplateProcessor(IOProcessor):
                 {"role": "document", "content": document},
             ]
             try:
-                text = template.render(query=query, document=document, instruction=instruction, messages=messages)
+                context = {**variables, "query": query, "document": document, "instruction": instruction}
+                text = template.render(context, messages=messages)
             except Exception as exc:  # a user's template may fail in any way while rendering
                 raise InvalidRequest(f"score template failed to render: {type(exc).__name__}: {exc}") from None
             prompts.append(Prompt(text=text))
@@ -138,12 +143,15 @@ class ChatTemplatePairProcessor(IOProcessor):
     """(query, document) pairs rendered through a model's own chat template, as sentence-transformers
     renders them for a CrossEncoder whose Transformer declares the "message" modality.
 
-    Data: ``{"queries": [...], "documents": [...], "model": PoolingModel, "prompt": str | None}``.
-    Each pair becomes :func:`pair_messages`, rendered by the tokenizer's ``apply_chat_template``
-    with the saved ``processing_kwargs["chat_template"]`` (``add_generation_prompt``, a named
-    template, ...) and tokenized without special tokens (the template writes its own). When
-    truncation cuts a render, the template's closing tokens are written back over its last tokens
-    (``Prompt.keep_suffix``), as sentence-transformers' ``restore_suffix`` does.
+    Data: ``{"queries": [...], "documents": [...], "model": PoolingModel, "prompt": str | None}``,
+    optionally with ``"template_kwargs"`` (a request's ``chat_template_kwargs``) and
+    ``"restore_suffix"`` (a request's choice, ``None``: the saved one). Each pair becomes
+    :func:`pair_messages`, rendered by the tokenizer's ``apply_chat_template`` with the saved
+    ``processing_kwargs["chat_template"]`` (``add_generation_prompt``, a named template, ...), the
+    request's kwargs over them, and tokenized without special tokens (the template writes its own).
+    When truncation cuts a render, the template's closing tokens are written back over its last
+    tokens (``Prompt.keep_suffix``), as sentence-transformers' ``restore_suffix`` does; a template
+    whose closing tokens cannot be told (no fixed tail, or a probe render fails) keeps its cut.
     """
 
     def pre_process(self, data: Any, request_id: str | None = None) -> Sequence[Prompt]:
@@ -151,9 +159,10 @@ class ChatTemplatePairProcessor(IOProcessor):
         queries, documents = TextPairProcessor().parse_data((data["queries"], data["documents"]))
         st, tok = model.st, model.tokenizer
         fmt = message_format(st.message_format, tok, getattr(model.hf_config, "model_type", None))
-        kwargs = st.chat_template_kwargs
+        kwargs = {**st.chat_template_kwargs, **(data.get("template_kwargs") or {})}
+        restore = st.restore_suffix if data.get("restore_suffix") is None else data["restore_suffix"]
         self._check_pair_roles(model, fmt, kwargs)
-        tail = self._template_tail(tok, pair_messages("", "", prompt, fmt), kwargs) if st.restore_suffix else []
+        tail = self._template_tail(tok, pair_messages("", "", prompt, fmt), kwargs) if restore else []
         prompts = []
         for query, document in zip(queries, documents):
             text = _render_chat(tok, pair_messages(query, document, prompt, fmt), kwargs)
@@ -174,11 +183,15 @@ class ChatTemplatePairProcessor(IOProcessor):
     @staticmethod
     def _template_tail(tokenizer: Any, conversation: list[dict[str, Any]], kwargs: dict[str, Any]) -> list[int]:
         """The template's closing tokens: the common token tail of two renders whose non-system
-        content differs (none when the renders never differ)."""
+        content differs (none when the renders never differ, or one fails, as sentence-transformers
+        gives up then)."""
         renders = []
         for filler in _TAIL_FILLERS:
             skeleton = [m if m["role"] == "system" else _filled(m, filler) for m in conversation]
-            text = _render_chat(tokenizer, skeleton, kwargs)
+            try:
+                text = _render_chat(tokenizer, skeleton, kwargs)
+            except InvalidRequest:
+                return []
             renders.append(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
         first, second = renders
         count = 0

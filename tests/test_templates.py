@@ -193,3 +193,86 @@ def test_cross_encoder_export_truncation_follows_its_processing_kwargs(cross_enc
     refusing = LLM(_st_cross_encoder(cross_encoder, tmp_path / "off", template, text={"truncation": False}))
     with pytest.raises(InvalidRequest, match="maximum context length"):
         refusing.score(QUERY, long_doc)
+
+
+def test_score_chat_template_kwargs(cross_encoder, minilm, tmp_path):
+    """A score call's ``chat_template_kwargs`` (vLLM's; ``PoolingParams.extra_kwargs`` offline, a
+    field of /score and /rerank): score-template variables, a CrossEncoder export's prompt keys,
+    and their errors."""
+    from fastapi.testclient import TestClient
+
+    from poolkit import PoolingParams
+    from poolkit.server import create_app
+
+    def kw(kwargs):
+        return PoolingParams(extra_kwargs={"chat_template_kwargs": kwargs})
+
+    plain = LLM(str(cross_encoder))
+    by_variable = plain.score(QUERY, DOCS, kw({"task": "judge"}), chat_template="{{ task }}: {{ query }} {{ document }}")
+    concatenated = plain.classify([f"judge: {QUERY} {d}" for d in DOCS])
+    assert [s.outputs.score for s in by_variable] == pytest.approx([o.outputs.probs[0] for o in concatenated], abs=1e-6)
+    template = "{{ instruction }} {{ query }} {{ document }}"
+    by_key = plain.score(QUERY, DOCS, kw({"instruction": "judge"}), chat_template=template)
+    assert [s.prompt_token_ids for s in by_key] == [s.prompt_token_ids for s in plain.score(QUERY, DOCS, chat_template=template, instruction="judge")]
+
+    chat = "{% for m in messages %}{{ m.role }} {{ m.content }} {% endfor %}[SEP]"
+    export = _st_cross_encoder(cross_encoder, tmp_path / "ce", chat)
+    config = tmp_path / "ce" / "config_sentence_transformers.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "prompts": {"query": "query", "hello": "hello world"},
+                                  "default_prompt_name": "query"}))
+    llm = LLM(export)
+    tok = llm.get_tokenizer()
+
+    def expected_ids(prompt):
+        messages = [{"role": "system", "content": prompt}] if prompt else []
+        messages += [{"role": "query", "content": QUERY}, {"role": "document", "content": DOCS[0]}]
+        return tok(tok.apply_chat_template(messages, tokenize=False), add_special_tokens=False)["input_ids"]
+
+    for kwargs, prompt in [({}, "query"), ({"prompt_name": "hello"}, "hello world"), ({"prompt": "hello"}, "hello"), ({"prompt": ""}, None)]:
+        assert llm.score(QUERY, DOCS[0], kw(kwargs))[0].prompt_token_ids == expected_ids(prompt), kwargs
+
+    errors = [
+        (plain, kw({"task": "judge"}), {}, "chat_template_kwargs task need a chat template"),
+        (plain, kw({"prompt": "x"}), {"chat_template": template}, "a score template takes instruction"),
+        (llm, kw({"prompt_name": "nope"}), {}, "Unknown saved CrossEncoder prompt 'nope'.*prompts: hello, query"),
+        (llm, kw({"prompt": "x"}), {"instruction": "y"}, "either instruction or chat_template_kwargs prompt"),
+        (llm, kw({"prompt": 1}), {}, "CrossEncoder prompt must be a string, got int"),
+        (llm, kw({"prompt_name": 1}), {}, "CrossEncoder prompt_name must be a string, got int"),
+        (llm, kw({"restore_suffix": "no"}), {}, "restore_suffix must be true or false, got 'no'"),
+        (llm, kw({"tokenize": True, "max_length": 3}), {}, "chat_template_kwargs may not set max_length, tokenize"),
+        (llm, kw(["prompt"]), {}, "chat_template_kwargs must be an object with string keys, got list"),
+        (minilm, kw({}), {}, "chat_template_kwargs apply to cross-encoder scoring only"),
+    ]
+    for model, params, extra, match in errors:
+        with pytest.raises(InvalidRequest, match=match):
+            model.score(QUERY, DOCS, params, **extra)
+
+    with TestClient(create_app(llm, served_model_name="ce")) as client:
+        response = client.post("/score", json={"queries": QUERY, "documents": DOCS, "chat_template_kwargs": {"prompt_name": "hello"}})
+        assert response.status_code == 200, response.text
+        offline = [s.outputs.score for s in llm.score(QUERY, DOCS, kw({"prompt_name": "hello"}))]
+        assert [d["score"] for d in response.json()["data"]] == pytest.approx(offline, abs=1e-6)
+        response = client.post("/rerank", json={"query": QUERY, "documents": DOCS, "chat_template_kwargs": {"prompt": ""}})
+        assert response.status_code == 200, response.text
+        ranked = llm.rerank(QUERY, DOCS, pooling_params=kw({"prompt": ""}))
+        assert [r["index"] for r in response.json()["results"]] == [r.index for r in ranked]
+        for bad in ({"prompt": 1}, {"restore_suffix": "no"}, {"tokenize": True}):
+            response = client.post("/score", json={"queries": QUERY, "documents": DOCS, "chat_template_kwargs": bad})
+            assert response.status_code == 400 and response.json()["error"]["param"] == "chat_template_kwargs", response.text
+        response = client.post("/rerank", json={"query": QUERY, "documents": DOCS, "chat_template_kwargs": {"prompt_name": "nope"}})
+        assert response.status_code == 400 and "Unknown saved CrossEncoder prompt 'nope'" in response.json()["error"]["message"]
+        assert client.post("/score", json={"queries": QUERY, "documents": DOCS, "chat_template_kwargs": "x"}).status_code == 400
+
+
+def test_truncation_switch_in_tokenization_kwargs(cross_encoder):
+    """vLLM's ``truncation`` tokenization kwarg: on (the model's limit) or off."""
+    llm = LLM(str(cross_encoder))
+    long_doc = "paris is the capital of france " * 40
+    (cut,) = llm.score(QUERY, long_doc, tokenization_kwargs={"truncation": True})
+    assert len(cut.prompt_token_ids) == llm.model_config.max_model_len
+    with pytest.raises(InvalidRequest, match="maximum context length"):
+        llm.score(QUERY, long_doc, tokenization_kwargs={"truncation": "do_not_truncate"})
+    with pytest.raises(InvalidRequest, match="truncation must be true, false, 'longest_first' or 'do_not_truncate', got 'only_first'"):
+        llm.score(QUERY, long_doc, tokenization_kwargs={"truncation": "only_first"})
+    with pytest.raises(InvalidRequest, match="turns truncation off"):
+        llm.score(QUERY, long_doc, tokenization_kwargs={"truncation": False, "truncate_prompt_tokens": 5})

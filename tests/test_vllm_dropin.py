@@ -161,7 +161,7 @@ def test_score_limits_cut_queries_and_documents_to_their_first_tokens(minilm):
     (reference,) = minilm.score("what is", "paris is the")
     assert cut.outputs.score == pytest.approx(reference.outputs.score, abs=1e-6)
     assert cut.outputs.score != pytest.approx(whole.outputs.score, abs=1e-3)
-    assert len(cut.prompt_token_ids) == (2 + 2) + (3 + 2)
+    assert len(cut.prompt_token_ids) == (2 + 2) + 1 + (3 + 2)  # query, vLLM's pad token, document
     for bad in (0, -5, True, 2.5):
         with pytest.raises(InvalidRequest, match="max_tokens_per_doc must be a positive integer"):
             minilm.score(query, doc, PoolingParams(extra_kwargs={"max_tokens_per_doc": bad}))

@@ -72,17 +72,20 @@ def _encoder_kwargs(vocab_size: int, init_range: float) -> dict:
     )
 
 
-def build_encoder(out: Path, kind: str, seed: int = 0, init_range: float = 0.5, lowercase: bool = True) -> Path:
-    """A tiny ``BertModel`` / ``RobertaModel`` / ``XLMRobertaModel`` with a tokenizer, saved to ``out``."""
-    tok = wordpiece_tokenizer(lowercase=lowercase)
+def build_encoder(
+    out: Path, kind: str, seed: int = 0, init_range: float = 0.5, lowercase: bool = True, max_len: int = 128
+) -> Path:
+    """A tiny ``BertModel`` / ``RobertaModel`` / ``XLMRobertaModel`` with a tokenizer, saved to ``out``;
+    ``max_len`` tokens of context (position embeddings and the tokenizer's ``model_max_length``)."""
+    tok = wordpiece_tokenizer(model_max_length=max_len, lowercase=lowercase)
     kw = _encoder_kwargs(len(tok), init_range)
     torch.manual_seed(seed)  # transformers 5 initialises weights when the model is built
     if kind == "bert":
-        model = T.BertModel(T.BertConfig(**kw, max_position_embeddings=128, pad_token_id=tok.pad_token_id), add_pooling_layer=False)
+        model = T.BertModel(T.BertConfig(**kw, max_position_embeddings=max_len, pad_token_id=tok.pad_token_id), add_pooling_layer=False)
     elif kind == "roberta":
-        model = T.RobertaModel(T.RobertaConfig(**kw, max_position_embeddings=130, pad_token_id=0, type_vocab_size=1), add_pooling_layer=False)
+        model = T.RobertaModel(T.RobertaConfig(**kw, max_position_embeddings=max_len + 2, pad_token_id=0, type_vocab_size=1), add_pooling_layer=False)
     elif kind == "xlm-roberta":
-        model = T.XLMRobertaModel(T.XLMRobertaConfig(**kw, max_position_embeddings=130, pad_token_id=0, type_vocab_size=1), add_pooling_layer=False)
+        model = T.XLMRobertaModel(T.XLMRobertaConfig(**kw, max_position_embeddings=max_len + 2, pad_token_id=0, type_vocab_size=1), add_pooling_layer=False)
     else:
         raise ValueError(kind)
     torch.manual_seed(seed)
@@ -102,13 +105,15 @@ def build_classifier(
     token: bool = False,
     seed: int = 0,
     init_range: float = 1.0,
+    max_len: int = 128,
     **config: object,
 ) -> Path:
-    """A tiny sequence (or token) classifier of the BERT family, saved to ``out``.
+    """A tiny sequence (or token) classifier of the BERT family, saved to ``out``; ``max_len``
+    tokens of context.
 
     A large ``init_range`` keeps scores apart, so rankings and softmaxes are meaningful.
     """
-    tok = wordpiece_tokenizer()
+    tok = wordpiece_tokenizer(model_max_length=max_len)
     kw = _encoder_kwargs(len(tok), init_range)
     kw.update(num_labels=num_labels, **config)
     if num_labels > 1 and "id2label" not in config:
@@ -117,11 +122,11 @@ def build_classifier(
     task = "TokenClassification" if token else "SequenceClassification"
     torch.manual_seed(seed)  # transformers 5 initialises weights when the model is built
     if kind == "bert":
-        cfg = T.BertConfig(**kw, max_position_embeddings=128, pad_token_id=tok.pad_token_id)
+        cfg = T.BertConfig(**kw, max_position_embeddings=max_len, pad_token_id=tok.pad_token_id)
         model = getattr(T, f"BertFor{task}")(cfg)
     elif kind in ("roberta", "xlm-roberta"):
         prefix = "Roberta" if kind == "roberta" else "XLMRoberta"
-        cfg = getattr(T, f"{prefix}Config")(**kw, max_position_embeddings=130, pad_token_id=0, type_vocab_size=1)
+        cfg = getattr(T, f"{prefix}Config")(**kw, max_position_embeddings=max_len + 2, pad_token_id=0, type_vocab_size=1)
         model = getattr(T, f"{prefix}For{task}")(cfg)
     else:
         raise ValueError(kind)

@@ -101,13 +101,21 @@ async def prompts_of(request: Request, st: ServerState, llm: Any, body: Any) -> 
     if body.messages is not None:
         if body.input is not None:
             raise ApiError(400, "send either 'input' or 'messages', not both", param="messages")
-        ids = await chat_token_ids(
-            request, st, llm, body.messages,
-            add_generation_prompt=body.add_generation_prompt,
-            continue_final_message=body.continue_final_message,
-            add_special_tokens=bool(body.add_special_tokens),
-        )
-        return [{"prompt_token_ids": ids}]
+        batched = bool(body.messages) and all(isinstance(m, list) for m in body.messages)
+        conversations = body.messages if batched else [body.messages]
+        check_count(st, len(conversations), "messages")
+        prompts = []
+        for i, messages in enumerate(conversations):
+            ids = await chat_token_ids(
+                request, st, llm, messages,
+                add_generation_prompt=body.add_generation_prompt,
+                continue_final_message=body.continue_final_message,
+                add_special_tokens=bool(body.add_special_tokens),
+                where=f"messages[{i}]" if batched else "messages",
+                template_kwargs=body.chat_template_kwargs,
+            )
+            prompts.append({"prompt_token_ids": ids})
+        return prompts
     return prompt_items(st, body.input)
 
 
@@ -121,6 +129,13 @@ def chat_template(st: ServerState, llm: Any) -> str | None:
     return st.chat_template or getattr(llm.get_tokenizer(), "chat_template", None) or None
 
 
+#: apply_chat_template arguments the request sets by other fields (or never): not template variables.
+_RESERVED_TEMPLATE_KWARGS = frozenset(
+    {"conversation", "messages", "chat_template", "tools", "documents", "tokenize", "add_generation_prompt",
+     "continue_final_message", "return_dict", "return_tensors", "padding", "truncation", "max_length"}
+)
+
+
 async def chat_token_ids(
     request: Request,
     st: ServerState,
@@ -132,10 +147,12 @@ async def chat_token_ids(
     add_special_tokens: bool,
     where: str = "messages",
     instead: str = "input",
+    template_kwargs: dict[str, Any] | None = None,
 ) -> list[int]:
     """Chat ``messages`` rendered with the chat template and tokenized, as one prompt's token ids.
 
-    The messages are checked here; the template is rendered and tokenized on the worker thread.
+    The messages are checked here; the template is rendered (with ``template_kwargs``, vLLM's
+    ``chat_template_kwargs``) and tokenized on the worker thread.
     """
     tok = llm.get_tokenizer()
     template = chat_template(st, llm)
@@ -144,6 +161,9 @@ async def chat_token_ids(
             400, f"model '{st.served}' has no chat template: send '{instead}' instead of '{where}', or serve it with --chat-template",
             param=where,
         )
+    reserved = sorted(set(template_kwargs or {}) & _RESERVED_TEMPLATE_KWARGS)
+    if reserved:
+        raise ApiError(400, f"chat_template_kwargs may not set {', '.join(reserved)}", param="chat_template_kwargs")
     if add_generation_prompt and continue_final_message:
         raise ApiError(400, "Cannot set both `continue_final_message` and `add_generation_prompt` to True.", param=where)
     check_count(st, len(messages), where)
@@ -166,6 +186,7 @@ async def chat_token_ids(
                 tokenize=False,
                 add_generation_prompt=add_generation_prompt,
                 continue_final_message=continue_final_message,
+                **(template_kwargs or {}),
             )
         except Exception as exc:  # jinja2 errors, bad message shapes
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

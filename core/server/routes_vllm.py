@@ -25,6 +25,7 @@ from ..protocol import (
     TokenizeRequest,
 )
 from ..lookup import option_owners
+from ..scoring import check_template_kwargs
 from ..tasks import stray_options
 from .deps import Model, State
 from .errors import ApiError, short, validation_message
@@ -159,19 +160,31 @@ def _texts(value: Any, what: str, where: str) -> list[str]:
 
 
 def _score_params(llm: Any, body: Any) -> PoolingParams:
+    """The pooling parameters of a score or rerank request; its score options ride in
+    ``extra_kwargs``, as in vLLM. ``truncate_prompt_tokens: null`` sent explicitly stays set: it
+    turns off the truncation a CrossEncoder export applies by default (vLLM)."""
     check_truncation(llm, body.truncate_prompt_tokens)
-    limits = {k: v for k in ("max_tokens_per_query", "max_tokens_per_doc") if (v := getattr(body, k)) is not None}
-    for name, limit in limits.items():
+    extra: dict[str, Any] = {k: v for k in ("max_tokens_per_query", "max_tokens_per_doc") if (v := getattr(body, k)) is not None}
+    for name, limit in extra.items():
         try:
             llm.check_score_limit(name, limit)
         except InvalidRequest as exc:
             raise ApiError(400, str(exc), param=name) from None
-    return pooling_params(
+    if body.chat_template_kwargs is not None:
+        try:
+            check_template_kwargs(body.chat_template_kwargs)
+        except InvalidRequest as exc:
+            raise ApiError(400, str(exc), param="chat_template_kwargs") from None
+        extra["chat_template_kwargs"] = body.chat_template_kwargs
+    params = pooling_params(
         use_activation=body.use_activation,
         truncate_prompt_tokens=body.truncate_prompt_tokens,
         truncation_side=body.truncation_side,
-        extra_kwargs=limits or None,
+        extra_kwargs=extra or None,
     )
+    if body.truncate_prompt_tokens is None and "truncate_prompt_tokens" in body.model_fields_set:
+        params = params.model_copy(update={"truncate_prompt_tokens": None})
+    return params
 
 
 def scorer_of(llm: Any) -> Any:

@@ -134,11 +134,12 @@ def build_internlm_reward(out: Path) -> Path:
     return set_chat_template(out, CHATML_TEMPLATE)
 
 
-def build_bge_reranker(out: Path) -> Path:
-    """Stand-in for BAAI/bge-reranker-base: an XLMRobertaForSequenceClassification with one label."""
+def build_bge_reranker(out: Path, max_len: int = 128) -> Path:
+    """Stand-in for BAAI/bge-reranker-base: an XLMRobertaForSequenceClassification with one label
+    and ``max_len`` tokens of context."""
     from tiny_models import build_classifier
 
-    return build_classifier(out, "xlm-roberta", num_labels=1)
+    return build_classifier(out, "xlm-roberta", num_labels=1, max_len=max_len)
 
 
 def build_qwen3_seq_cls(out: Path) -> Path:
@@ -150,13 +151,14 @@ def build_qwen3_seq_cls(out: Path) -> Path:
     return set_model_max_length(out, 512)
 
 
-def build_colbert(out: Path) -> Path:
+def build_colbert(out: Path, max_len: int = 128) -> Path:
     """Stand-in for answerdotai/answerai-colbert-small-v1 (HF_ColBERT): a tiny BERT under ``bert.``
-    plus a 16-wide ``linear`` projection, as tests/test_colbert.py builds it."""
+    plus a 16-wide ``linear`` projection, as tests/test_colbert.py builds it; ``max_len`` tokens of
+    context."""
     from safetensors.torch import load_file, save_file
     from tiny_models import build_encoder
 
-    path = build_encoder(out, "bert", init_range=0.5)
+    path = build_encoder(out, "bert", init_range=0.5, max_len=max_len)
     state = {f"bert.{k}": v for k, v in load_file(str(path / "model.safetensors")).items()}
     torch.manual_seed(5)
     state["linear.weight"] = torch.randn(16, 32) * 0.3
@@ -165,6 +167,220 @@ def build_colbert(out: Path) -> Path:
     config.update(architectures=["HF_ColBERT"], dim=16)
     (path / "config.json").write_text(json.dumps(config))
     return path
+
+
+# -- sentence-transformers CrossEncoder exports -------------------------------------------------
+
+
+def build_modular_bert_cross_encoder(
+    path: Path, *, structured: bool = False, pooling_mode: str = "mean", chat_template: str | None = None
+) -> tuple[str, list[tuple[str, str]], list[float]]:
+    """vLLM's tiny modular BERT CrossEncoder (tests/models/language/pooling/
+    test_sentence_transformers_cross_encoder.py): Transformer, Pooling (``pooling_mode``) and a
+    one-output Dense, 16 tokens of context. ``structured``: its Transformer declares the "message"
+    modality and the tokenizer has a chat template (``chat_template``, or vLLM's ``role:text;`` one
+    ending in ``[SEP]``). Returns the export's directory, three pairs and sentence-transformers'
+    scores of them."""
+    from sentence_transformers import CrossEncoder
+    from transformers import BertConfig, BertModel, BertTokenizer
+    from sentence_transformers.sentence_transformer.modules import Dense, Pooling, Transformer
+
+    base_path = path / "base"
+    vocab = {
+        token: index
+        for index, token in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "query", "document", ":", ";", "0", "1", "2", "3", "4"])
+    }
+    config = BertConfig(
+        architectures=["BertModel"],
+        attention_probs_dropout_prob=0.0,
+        hidden_dropout_prob=0.0,
+        hidden_size=128,
+        intermediate_size=256,
+        max_position_embeddings=32,
+        num_attention_heads=4,
+        num_hidden_layers=1,
+        vocab_size=len(vocab),
+    )
+    torch.manual_seed(0)
+    bert = BertModel(config)
+    with torch.no_grad():
+        token_types = bert.embeddings.token_type_embeddings.weight
+        token_types[0].zero_()
+        token_types[1].copy_(torch.linspace(-1.0, 1.0, config.hidden_size))
+    bert.save_pretrained(base_path)
+
+    tokenizer = BertTokenizer(vocab=vocab, do_lower_case=False, model_max_length=16)
+    if structured:
+        tokenizer.chat_template = chat_template or (
+            "{% for message in messages %}{{ message['role'] }}:"
+            "{% for item in message['content'] %}{{ item['text'] }}{% endfor %};"
+            "{% endfor %}[SEP]"
+        )
+    tokenizer.save_pretrained(base_path)
+
+    transformer = Transformer(
+        str(base_path),
+        max_seq_length=16,
+        module_output_name="token_embeddings",
+        modality_config={
+            "text": {"method": "forward", "method_output_name": "last_hidden_state"},
+            "message": {"method": "forward", "method_output_name": "last_hidden_state", "format": "structured"},
+        }
+        if structured
+        else None,
+    )
+    pooling = Pooling(config.hidden_size, pooling_mode=pooling_mode, include_prompt=True)
+    dense = Dense(
+        config.hidden_size,
+        1,
+        activation_function=torch.nn.Identity(),
+        init_weight=torch.linspace(-0.5, 0.5, config.hidden_size).unsqueeze(0),
+        init_bias=torch.tensor([0.1]),
+        module_output_name="scores",
+    )
+    cross_encoder = CrossEncoder(modules=[transformer, pooling, dense], activation_fn=torch.nn.Identity(), device="cpu")
+    export_path = path / "export"
+    cross_encoder.save_pretrained(export_path)
+
+    document = " ".join(["document"] * 21)
+    pairs = [("query", document), ("query query query", document), ("query", "document")]
+    reference_scores = cross_encoder.predict(pairs).tolist()
+    return str(export_path), pairs, reference_scores
+
+
+def build_logit_score_cross_encoder(
+    path: Path,
+    false_id: int | None,
+    tied: bool,
+    *,
+    multimodal: bool = False,
+    prompts: dict[str, str] | None = None,
+    default_prompt_name: str = "match",
+    words: Sequence[str] = (),
+) -> tuple[str, list[Any], list[float], list[float], list[list[int]]]:
+    """vLLM's tiny LogitScore CrossEncoder (tests/models/language/pooling/
+    test_sentence_transformers_cross_encoder.py): a Qwen3 causal LM (Qwen3-VL with ``multimodal``)
+    read through "yes" (and "no" as ``false_id``), a word-level vocabulary, a structured chat template
+    with a generation prompt, saved ``prompts`` (default ``{"match": "match"}``) and
+    ``default_prompt_name``. ``words`` extend the vocabulary. Returns the export's directory, the
+    score pairs, sentence-transformers' scores and raw scores, and its token ids of the pairs."""
+    from sentence_transformers import CrossEncoder
+    from sentence_transformers.cross_encoder.modules import LogitScore, Transformer
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+    from transformers import Qwen3Config, Qwen3ForCausalLM, TokenizersBackend
+
+    base_path = path / "base"
+    vocab = {
+        token: index
+        for index, token in enumerate(
+            ["[PAD]", "[UNK]", "[EOS]", "query", "document", "no", "yes", "system", "assistant", ":", ";", "match", "extra",
+             "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>", *words]
+        )
+    }
+    tokenizer_backend = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer_backend.pre_tokenizer = Whitespace()
+    tokenizer = TokenizersBackend(
+        tokenizer_object=tokenizer_backend,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        eos_token="[EOS]",
+        model_max_length=64,
+        model_input_names=["input_ids", "attention_mask"],
+        additional_special_tokens=["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"],
+        chat_template=(
+            "{% for message in messages %}{{ message['role'] }}:"
+            "{% for item in message['content'] %}"
+            "{% if item['type'] == 'image' %}"
+            "<|vision_start|><|image_pad|><|vision_end|>"
+            "{% else %}{{ item['text'] }}{% endif %}{% endfor %};"
+            "{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}"
+        ),
+    )
+    config = Qwen3Config(
+        hidden_size=128, intermediate_size=256, head_dim=32, num_attention_heads=4, num_key_value_heads=2,
+        num_hidden_layers=1, vocab_size=len(vocab), max_position_embeddings=128, tie_word_embeddings=tied,
+        pad_token_id=0, eos_token_id=2,
+    )
+    torch.manual_seed(123)
+    if multimodal:
+        from transformers import (
+            Qwen2VLImageProcessor,
+            Qwen3VLConfig,
+            Qwen3VLForConditionalGeneration,
+            Qwen3VLProcessor,
+            Qwen3VLTextConfig,
+            Qwen3VLVideoProcessor,
+            Qwen3VLVisionConfig,
+        )
+
+        text_config = Qwen3VLTextConfig(
+            hidden_size=128, intermediate_size=256, head_dim=32, num_attention_heads=4, num_key_value_heads=2,
+            num_hidden_layers=1, vocab_size=len(vocab), max_position_embeddings=128,
+            rope_parameters={"rope_type": "default", "mrope_section": [6, 5, 5], "mrope_interleaved": True},
+        )
+        vision_config = Qwen3VLVisionConfig(
+            depth=1, hidden_size=128, intermediate_size=256, num_heads=4, out_hidden_size=128,
+            num_position_embeddings=64, deepstack_visual_indexes=[],
+        )
+        vl_config = Qwen3VLConfig(
+            text_config=text_config, vision_config=vision_config, image_token_id=vocab["<|image_pad|>"],
+            video_token_id=vocab["<|video_pad|>"], vision_start_token_id=vocab["<|vision_start|>"],
+            vision_end_token_id=vocab["<|vision_end|>"], tie_word_embeddings=tied,
+        )
+        Qwen3VLForConditionalGeneration(vl_config).save_pretrained(base_path)
+        processor = Qwen3VLProcessor(
+            tokenizer=tokenizer,
+            chat_template=tokenizer.chat_template,
+            image_processor=Qwen2VLImageProcessor(patch_size=16, size={"shortest_edge": 32 * 32, "longest_edge": 64 * 64}),
+            video_processor=Qwen3VLVideoProcessor(),
+        )
+        processor.save_pretrained(base_path)
+    else:
+        Qwen3ForCausalLM(config).save_pretrained(base_path)
+        tokenizer.save_pretrained(base_path)
+    transformer = Transformer(
+        str(base_path),
+        transformer_task="any-to-any" if multimodal else "text-generation",
+        module_output_name="causal_logits",
+        modality_config={
+            "text": {"method": "forward", "method_output_name": "logits"},
+            **({"image": {"method": "forward", "method_output_name": "logits"}} if multimodal else {}),
+            "message": {"method": "forward", "method_output_name": "logits", "format": "structured"},
+        },
+        processing_kwargs={"chat_template": {"add_generation_prompt": True}},
+    )
+    cross_encoder = CrossEncoder(
+        modules=[transformer, LogitScore(true_token_id=6, false_token_id=false_id)],
+        num_labels=1,
+        device="cpu",
+        prompts=prompts or {"match": "match"},
+        default_prompt_name=default_prompt_name,
+    )
+    export_path = path / "export"
+    cross_encoder.save_pretrained(export_path)
+    pairs = [("query", "document"), ("query extra", "document extra extra"), ("query", " ".join(["document"] * 70))]
+    if multimodal:
+        from PIL import Image
+
+        image = Image.new("RGB", (64, 64), color=(35, 100, 180))
+        pairs = [("query", image), (image, "document")]
+    scores = cross_encoder.predict(pairs).tolist()
+    raw_scores = cross_encoder.predict(pairs, activation_fn=torch.nn.Identity()).tolist()
+    features = cross_encoder.preprocess(pairs, prompt="match")
+    token_ids = [ids[mask.bool()].tolist() for ids, mask in zip(features["input_ids"], features["attention_mask"])]
+    if multimodal:
+        import base64
+        import io
+
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        image_input = {"content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()}}]}
+        score_pairs = [("query", image_input), (image_input, "document")]
+    else:
+        score_pairs = [(query, document) for query, document in pairs]
+    return str(export_path), score_pairs, scores, raw_scores, token_ids
 
 
 def openai_client(test_client: Any) -> Any:
@@ -274,12 +490,12 @@ BGE_GEMMA_TEMPLATE = (
 )
 
 
-def build_qwen3_lm(out: Path) -> Path:
+def build_qwen3_lm(out: Path, max_len: int = 512) -> Path:
     """Stand-in for Qwen/Qwen3-Reranker-0.6B (a Qwen3ForCausalLM answering "yes"/"no")."""
     from tiny_models import build_qwen
 
-    build_qwen(out, "qwen3", "lm", init_range=0.5, max_position_embeddings=512)
-    return set_model_max_length(out, 512)
+    build_qwen(out, "qwen3", "lm", init_range=0.5, max_position_embeddings=max_len)
+    return set_model_max_length(out, max_len)
 
 
 def build_deberta_nli(out: Path) -> Path:
