@@ -17,6 +17,7 @@ from torch import nn
 
 from poolkit.architecture import Architecture
 from poolkit.batch import PackedBatch
+from poolkit.config_checks import ConfigChecks
 from poolkit.builtin_models.layers import (
     FusedLinear,
     TokenClassifier,
@@ -146,6 +147,21 @@ class BertModel(Architecture):
 
     default_pooling_type: ClassVar[str | None] = "CLS"
     uses_token_type_ids: ClassVar[bool] = True
+    config_checks: ClassVar[ConfigChecks] = ConfigChecks(
+        sizes=(
+            "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size",
+            "max_position_embeddings", "type_vocab_size",
+        ),
+        multiples=(("hidden_size", "num_attention_heads"),),
+        layers={"num_hidden_layers": r"(?:^|\.)encoder\.layer\.(\d+)\."},
+        shapes={
+            "embeddings.word_embeddings.weight": ("vocab_size", "hidden_size"),
+            "embeddings.position_embeddings.weight": ("max_position_embeddings", "hidden_size"),
+            "embeddings.token_type_embeddings.weight": ("type_vocab_size", "hidden_size"),
+            "encoder.layer.0.attention.self.query.weight": ("hidden_size", "hidden_size"),
+            "encoder.layer.0.intermediate.dense.weight": ("intermediate_size", "hidden_size"),
+        },
+    )
     #: Prefix of the encoder's tensors in task-model checkpoints (HF's ``base_model_prefix``).
     checkpoint_prefix: ClassVar[str] = "bert."
     #: Checkpoint name prefixes of the task head this class loads (none for the bare encoder).

@@ -15,7 +15,7 @@ fused into one ``self_attn.qkv`` matrix at load time: one matmul instead of thre
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, ClassVar, Iterable
+from typing import Any, Callable, ClassVar, Collection, Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -24,12 +24,15 @@ from torch import nn
 from poolkit.architecture import Architecture
 from poolkit.batch import PackedBatch
 from poolkit.builtin_models.layers import FusedLinear, activation_function, attention_head_dim, fuse_projections, kernel
+from poolkit.config_checks import ConfigChecks, config_value, source
 from poolkit.errors import InvalidRequest, ModelLoadError
 from poolkit.hookspecs import hookimpl
 from poolkit.weights import load_into
 
 #: Checkpoint tensors the model does not use: the contrastive temperature and id buffers.
 _UNUSED = re.compile(r"^logit_scale$|\.position_ids$")
+_VISION_POSITIONS = "vision_model.embeddings.position_embedding.weight"
+_TEXT, _VISION = "text_config.", "vision_config."
 
 
 def _sub_config(config: Any, name: str) -> Any:
@@ -186,6 +189,49 @@ class CLIPModel(Architecture):
     default_pooling_type: ClassVar[str | None] = "LAST"
     #: What a prompt may carry; the image IO processor refuses images for models without "image".
     input_modalities: ClassVar[tuple[str, ...]] = ("text", "image")
+    config_checks: ClassVar[ConfigChecks] = ConfigChecks(
+        sizes=("projection_dim",)
+        + tuple(_TEXT + f for f in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                                     "vocab_size", "max_position_embeddings"))
+        + tuple(_VISION + f for f in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                                       "image_size", "patch_size", "num_channels")),
+        multiples=(
+            (_TEXT + "hidden_size", _TEXT + "num_attention_heads"),
+            (_VISION + "hidden_size", _VISION + "num_attention_heads"),
+        ),
+        layers={
+            _TEXT + "num_hidden_layers": r"^text_model\.encoder\.layers\.(\d+)\.",
+            _VISION + "num_hidden_layers": r"^vision_model\.encoder\.layers\.(\d+)\.",
+        },
+        shapes={
+            "text_model.embeddings.token_embedding.weight": (_TEXT + "vocab_size", _TEXT + "hidden_size"),
+            "text_model.embeddings.position_embedding.weight": (_TEXT + "max_position_embeddings", _TEXT + "hidden_size"),
+            "text_model.encoder.layers.0.mlp.fc1.weight": (_TEXT + "intermediate_size", _TEXT + "hidden_size"),
+            "vision_model.embeddings.patch_embedding.weight": (
+                _VISION + "hidden_size", _VISION + "num_channels", _VISION + "patch_size", _VISION + "patch_size",
+            ),
+            "vision_model.encoder.layers.0.mlp.fc1.weight": (_VISION + "intermediate_size", _VISION + "hidden_size"),
+            "text_projection.weight": ("projection_dim", _TEXT + "hidden_size"),
+            "visual_projection.weight": ("projection_dim", _VISION + "hidden_size"),
+        },
+    )
+
+    @classmethod
+    def check_config(
+        cls, config: Any, shapes: Mapping[str, tuple[int, ...]] | None, overridden: Collection[str] = ()
+    ) -> None:
+        """The declared checks, and that the image and patch sizes give the checkpoint's positions."""
+        super().check_config(config, shapes, overridden)
+        held = (shapes or {}).get(_VISION_POSITIONS)
+        image, patch = config_value(config, _VISION + "image_size"), config_value(config, _VISION + "patch_size")
+        if held and isinstance(image, int) and isinstance(patch, int):
+            positions = (image // patch) ** 2 + 1
+            if positions != held[0]:
+                raise ModelLoadError(
+                    f"{source(_VISION + 'image_size', overridden)} vision_config.image_size {image} and patch_size "
+                    f"{patch} make {positions} positions, but the weights hold {held[0]} "
+                    f"('{_VISION_POSITIONS}' has shape {tuple(held)})"
+                )
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)

@@ -27,6 +27,7 @@ from poolkit.builtin_models.layers import (
     rotary_cos_sin,
     rotary_inv_freq,
 )
+from poolkit.config_checks import ConfigChecks
 from poolkit.errors import ModelLoadError
 from poolkit.hookspecs import hookimpl
 from poolkit.weights import base_model_name, load_into
@@ -166,6 +167,19 @@ class ModernBertModel(Architecture):
     """
 
     default_pooling_type: ClassVar[str | None] = "CLS"
+    config_checks: ClassVar[ConfigChecks] = ConfigChecks(
+        sizes=(
+            "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size",
+            "max_position_embeddings", "local_attention", "global_attn_every_n_layers",
+        ),
+        multiples=(("hidden_size", "num_attention_heads"),),
+        layers={"num_hidden_layers": r"(?:^|\.)layers\.(\d+)\."},
+        shapes={
+            "embeddings.tok_embeddings.weight": ("vocab_size", "hidden_size"),
+            "layers.0.attn.Wqkv.weight": ((3, "hidden_size"), "hidden_size"),
+            "layers.0.mlp.Wi.weight": ((2, "intermediate_size"), "hidden_size"),
+        },
+    )
     #: Prefix of the encoder's tensors in task-model checkpoints (HF's ``base_model_prefix``).
     checkpoint_prefix: ClassVar[str] = "model."
     #: Checkpoint name prefixes of the task head this class loads (none for the bare encoder).

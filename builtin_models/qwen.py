@@ -17,7 +17,7 @@ rewards read.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, ClassVar, Iterable, Iterator
+from typing import Any, Callable, ClassVar, Collection, Iterable, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +38,7 @@ from poolkit.builtin_models.layers import (
     rotary_cos_sin,
     rotary_inv_freq,
 )
+from poolkit.config_checks import ConfigChecks
 from poolkit.errors import ModelLoadError
 from poolkit.hookspecs import hookimpl
 from poolkit.weights import base_model_name, load_into
@@ -208,6 +209,20 @@ class Qwen2Model(Architecture):
 
     default_pooling_type: ClassVar[str | None] = "LAST"
     uses_token_type_ids: ClassVar[bool] = False
+    config_checks: ClassVar[ConfigChecks] = ConfigChecks(
+        sizes=(
+            "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
+            "intermediate_size", "vocab_size", "max_position_embeddings",
+        ),
+        multiples=(("num_attention_heads", "num_key_value_heads"),),
+        layers={"num_hidden_layers": r"(?:^|\.)layers\.(\d+)\."},
+        shapes={
+            "embed_tokens.weight": ("vocab_size", "hidden_size"),
+            "layers.0.self_attn.q_proj.weight": (("num_attention_heads", "head_dim"), "hidden_size"),
+            "layers.0.self_attn.k_proj.weight": (("num_key_value_heads", "head_dim"), "hidden_size"),
+            "layers.0.mlp.gate_proj.weight": ("intermediate_size", "hidden_size"),
+        },
+    )
     #: Prefix of the backbone's tensors in task-model checkpoints (HF's ``base_model_prefix``).
     checkpoint_prefix: ClassVar[str] = "model."
     #: Checkpoint name prefixes of the task head this class loads (none for the bare backbone).
@@ -230,6 +245,14 @@ class Qwen2Model(Architecture):
         head_dim = self.layers[0].self_attn.head_dim if self.layers else config.hidden_size // config.num_attention_heads
         # A plain float32 tensor rather than a buffer, so that casting the model leaves it exact.
         self._inv_freq, self._rotary_scaling = rotary_parameters(config, head_dim)
+
+    @classmethod
+    def check_config(
+        cls, config: Any, shapes: Mapping[str, tuple[int, ...]] | None, overridden: Collection[str] = ()
+    ) -> None:
+        super().check_config(config, shapes, overridden)
+        if not getattr(config, "head_dim", None):  # the heads split hidden_size between them
+            ConfigChecks(multiples=(("hidden_size", "num_attention_heads"),)).check(config, shapes, overridden)
 
     def forward(self, batch: PackedBatch) -> torch.Tensor:
         attention = kernel(self, "varlen_attention", batch.device)

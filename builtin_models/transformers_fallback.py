@@ -19,7 +19,7 @@ import functools
 import inspect
 import logging
 import re
-from typing import Any, ClassVar, Iterable, Iterator
+from typing import Any, ClassVar, Collection, Iterable, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -27,6 +27,7 @@ from torch import nn
 from poolkit.architecture import Architecture
 from poolkit.batch import PackedBatch
 from poolkit.builtin_models.layers import CausalLMHead
+from poolkit.config_checks import ConfigChecks, layers_held, source
 from poolkit.errors import InvalidRequest, ModelLoadError
 from poolkit.hookspecs import hookimpl
 from poolkit.model import CONVERTIBLE_SUFFIXES
@@ -44,6 +45,12 @@ _CAUSAL_LM_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 #: (Cohere scales, Granite divides, Gemma 2/3 soft-cap); the fallback does the same (see
 #: :func:`_logit_transforms`).
 _LOGIT_TRANSFORMS = ("logit_scale", "logits_scaling", "final_logit_softcapping")
+#: The tensors of one layer in transformers checkpoints (``encoder.layer.3.``, ``layers.3.``,
+#: ``h.3.``, ``block.3.``), the layer index the first group.
+_LAYER = r"(?:^|\.)(?:layer|layers|h|block|blocks)\.(\d+)\."
+#: Size fields a mismatched dimension is blamed on first, when several have its value.
+_NAMED_SIZES = ("hidden_size", "intermediate_size", "vocab_size", "max_position_embeddings", "num_attention_heads",
+                "num_key_value_heads", "head_dim", "embedding_size", "type_vocab_size")
 
 
 def _text_config(config: Any) -> Any:
@@ -120,6 +127,55 @@ class TransformersModel(Architecture):
     default_pooling_type: ClassVar[str | None] = "CLS"
     #: The transformers class this architecture builds.
     hf_class: ClassVar[type]
+
+    config_checks: ClassVar[ConfigChecks] = ConfigChecks(
+        sizes=("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size"),
+    )
+
+    @classmethod
+    def check_config(
+        cls, config: Any, shapes: Mapping[str, tuple[int, ...]] | None, overridden: Collection[str] = ()
+    ) -> None:
+        """The sizes, the layer count, then every parameter's shape against the checkpoint's.
+
+        The model is built on the meta device (no memory) once the layer count is known to fit,
+        and a parameter whose shape differs from the checkpoint tensor of its name is blamed on
+        the config field that gave the differing dimension. A mismatch no field explains is
+        left to transformers' loading, which reports it.
+        """
+        text = _text_config(config)
+        cls.config_checks.check(text, shapes, overridden)
+        if not shapes:
+            return
+        aliases = dict(getattr(text, "attribute_map", None) or {})
+        layers, held = getattr(text, "num_hidden_layers", None), layers_held(shapes, _LAYER)
+        if isinstance(layers, int) and held and layers > held:
+            name = aliases.get("num_hidden_layers", "num_hidden_layers")
+            raise ModelLoadError(f"{source(name, overridden)} {name} is {layers}, but the weights hold {held} layers")
+        try:
+            with torch.device("meta"):
+                model = cls.hf_class(copy.deepcopy(config))
+        except (RuntimeError, NotImplementedError):  # built on real tensors by __init__: shapes unchecked
+            return
+        except Exception as exc:
+            raise ModelLoadError(
+                f"transformers cannot build {cls.hf_class.__name__} from this config: {type(exc).__name__}: {exc}"
+            ) from None
+        prefix = getattr(model, "base_model_prefix", "") or ""
+        fields = {k: v for k, v in text.to_dict().items() if isinstance(v, int) and not isinstance(v, bool)}
+        ranked = [aliases.get(n, n) for n in _NAMED_SIZES] + sorted(fields)
+        for name, param in model.named_parameters():
+            candidates = (name, f"{prefix}.{name}", name.removeprefix(f"{prefix}."))
+            tensor = next((c for c in candidates if c in shapes), None)
+            if tensor is None or len(shapes[tensor]) != param.ndim:
+                continue
+            for wanted, held_dim in zip(param.shape, shapes[tensor]):
+                blamed = next((f for f in ranked if fields.get(f) == wanted), None) if wanted != held_dim else None
+                if blamed is not None:
+                    raise ModelLoadError(
+                        f"{source(blamed, overridden)} {blamed} is {wanted}, but the weights hold {held_dim} "
+                        f"('{tensor}' has shape {tuple(shapes[tensor])})"
+                    )
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)

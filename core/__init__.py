@@ -28,6 +28,7 @@ _LAZY = {
     "LateChunkingParams": "config",
     "PoolingModel": "model",
     "Architecture": "architecture",
+    "ConfigChecks": "config_checks",
     "PackedBatch": "batch",
     "Pooler": "pooling",
     "Task": "tasks",

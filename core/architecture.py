@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, Iterable
+from typing import Any, Callable, ClassVar, Collection, Iterable, Mapping
 
 import torch
 
 from .batch import PackedBatch
+from .config_checks import ConfigChecks
 
 
 class Architecture(torch.nn.Module):
@@ -58,6 +59,31 @@ class Architecture(torch.nn.Module):
     #: How the model runs, for ``poolkit info``: ``"native"`` (packed, poolkit's own code) or,
     #: for instance, ``"fallback (transformers)"``.
     implementation: ClassVar[str] = "native"
+    #: What :meth:`check_config` compares between the config and the checkpoint before the model
+    #: is built: positive sizes, multiples, the layer count and key tensor shapes.
+    config_checks: ClassVar[ConfigChecks] = ConfigChecks()
+
+    @classmethod
+    def check_config(
+        cls, config: Any, shapes: Mapping[str, tuple[int, ...]] | None, overridden: Collection[str] = ()
+    ) -> None:
+        """Refuse a config that does not fit the checkpoint, before anything is allocated.
+
+        Called once per load, after :meth:`configure` and before the model is built, so that an
+        absurd config (a million layers, a hidden size of ten million, zero attention heads) is
+        a one-line error instead of gigabytes allocated. The default applies
+        :attr:`config_checks`; override to check more, calling ``super().check_config(...)``.
+
+        Args:
+            config: the Hugging Face config, ``hf_overrides`` applied.
+            shapes: checkpoint tensor name -> shape, read without loading a tensor; ``None``
+                when unknown.
+            overridden: the config fields ``hf_overrides`` set (dotted for sub-configs).
+
+        Raises:
+            ModelLoadError: naming the field that does not fit.
+        """
+        cls.config_checks.check(config, shapes, overridden)
 
     @classmethod
     def configure(cls, config: Any, tokenizer: Any) -> None:

@@ -211,7 +211,12 @@ class Batcher:
         work.loop.call_soon_threadsafe(settle)
 
     def drain(self, timeout: float = 30.0) -> bool:
-        """Stop taking work, finish what is queued and running; True if done within ``timeout``."""
+        """Stop taking work, finish what is queued and running; True if done within ``timeout``.
+
+        Past ``timeout`` the work still queued fails with :class:`ShuttingDown` and the batch
+        running finishes (a batch is bounded by ``max_batch_tokens``): the worker thread never
+        outlives the drain, so the process exits cleanly.
+        """
         deadline = time.monotonic() + timeout
         with self._cond:
             self._closing = True
@@ -219,5 +224,9 @@ class Batcher:
             while (self._queue or self._busy) and time.monotonic() < deadline:
                 self._cond.wait(timeout=max(0.0, deadline - time.monotonic()))
             done = not self._queue and not self._busy
-        self._thread.join(timeout=max(0.0, deadline - time.monotonic()))
+            for work in self._queue:
+                self._resolve(work, exception=ShuttingDown("the server is shutting down: the request did not run in time"))
+            self._queue.clear()
+            self._queued_tokens = 0
+        self._thread.join()
         return done

@@ -1,10 +1,14 @@
-"""Wire encodings of pooled tensors for the HTTP server.
+"""Encodings of pooled tensors: the HTTP server's wire formats, and how corpus jobs store them.
 
 OpenAI / vLLM: ``float`` (JSON numbers), ``base64`` (the raw bytes of the tensor cast to
 ``embed_dtype``, in ``endianness`` byte order) and ``bytes`` (the same raw bytes as the whole
 response body). Cohere ``/v2/embed``: ``float``, ``base64`` (little-endian float32) and the
 bit-packed ``binary`` / ``ubinary`` types (one bit per dimension, ``1`` where the value is
 ``>= 0``, most significant bit first, 8 dimensions per byte; ``binary`` is the byte minus 128).
+
+Corpus jobs store a vector as one of :data:`STORED_DTYPES` (:func:`stored_values`), with the
+same encoders: ``bfloat16`` as the bit patterns of :func:`tensor_bytes` (uint16), ``binary`` /
+``ubinary`` as above, and Cohere's ``int8`` / ``uint8`` (:func:`int8`, :func:`uint8`).
 """
 
 from __future__ import annotations
@@ -73,3 +77,69 @@ def binary(vector: torch.Tensor) -> list[int]:
 def cohere_base64(vector: torch.Tensor) -> str:
     """Cohere ``base64``: little-endian float32 bytes."""
     return tensor_base64(vector, "float32", "little")
+
+
+def int8(vector: torch.Tensor) -> list[int]:
+    """Cohere ``int8``: one signed byte per dimension, the vector scaled so that its largest
+    magnitude is 127, then rounded (-127..127).
+
+    Cohere does not publish its calibration ranges; scaling each vector by its own largest
+    value needs none and keeps the vector's direction, so cosine similarity is preserved (its
+    length is not: compare int8 vectors by cosine).
+    """
+    values = vector.detach().to("cpu", torch.float32).numpy().reshape(-1)
+    peak = float(np.abs(values).max()) if values.size else 0.0
+    if peak == 0.0 or not np.isfinite(peak):
+        return np.zeros(values.size, dtype=np.int64).tolist()
+    return np.clip(np.rint(values * (127.0 / peak)), -127, 127).astype(np.int64).tolist()
+
+
+def uint8(vector: torch.Tensor) -> list[int]:
+    """Cohere ``uint8``: the :func:`int8` bytes plus 128 (1..255), as ``ubinary`` is ``binary`` plus 128."""
+    return [v + 128 for v in int8(vector)]
+
+
+#: How a corpus job stores a vector (``embed_dtype``), and the numpy type of the stored values:
+#: ``bfloat16`` as its bit patterns, ``binary`` / ``ubinary`` as 8 dimensions per byte.
+STORED_DTYPES = {
+    "float32": np.float32,
+    "float16": np.float16,
+    "bfloat16": np.uint16,
+    "int8": np.int8,
+    "uint8": np.uint8,
+    "binary": np.int8,
+    "ubinary": np.uint8,
+}
+
+#: The stored types that keep one value per dimension of a float (others quantise a vector).
+FLOAT_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def check_stored_dtype(embed_dtype: str) -> str:
+    """``embed_dtype`` itself if it is one of :data:`STORED_DTYPES`.
+
+    Raises:
+        InvalidRequest: naming the types there are.
+    """
+    if embed_dtype not in STORED_DTYPES:
+        raise InvalidRequest(f"embed_dtype must be one of {', '.join(STORED_DTYPES)}, got {embed_dtype!r}")
+    return embed_dtype
+
+
+def stored_values(tensor: torch.Tensor, embed_dtype: str) -> list:
+    """``tensor`` as the JSON-ready values a corpus job stores for ``embed_dtype``.
+
+    Float types keep the tensor's shape (nested lists of the values rounded to that type;
+    ``bfloat16`` as the little-endian uint16 bit patterns :func:`tensor_bytes` sends); the
+    quantised types (:func:`int8`, :func:`uint8`, :func:`binary`, :func:`ubinary`) take one
+    vector.
+    """
+    check_stored_dtype(embed_dtype)
+    if embed_dtype == "float32":
+        return tensor.detach().to("cpu", torch.float32).tolist()
+    if embed_dtype == "float16":
+        return tensor.detach().to("cpu", torch.float16).tolist()
+    if embed_dtype == "bfloat16":
+        bits = np.frombuffer(tensor_bytes(tensor, "bfloat16", "little"), dtype="<u2")
+        return bits.reshape(tuple(tensor.shape)).tolist()
+    return {"int8": int8, "uint8": uint8, "binary": binary, "ubinary": ubinary}[embed_dtype](tensor)

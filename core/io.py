@@ -84,3 +84,20 @@ def check_io_processor(name: str, obj: object) -> IOProcessor:
     if not isinstance(obj, IOProcessor):
         raise TypeError(f"IO processor '{name}' must be a poolkit.IOProcessor, got {type(obj).__name__}")
     return obj
+
+
+def text_problem(text: Any) -> str | None:
+    """Why ``text`` cannot be an input, or ``None``: one rule for the server (a 400) and corpus
+    jobs (a bad line): no text, not a string, an empty string, invalid Unicode (a lone surrogate)."""
+    if text is None:
+        return "no text"
+    if not isinstance(text, str):
+        return "not a string"
+    if not text:
+        return "an empty string"
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return "invalid Unicode (a lone surrogate)"
+    return None

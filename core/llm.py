@@ -90,6 +90,9 @@ class LLM:
         device: ``"cpu"``, ``"cuda"``, ... (default: a GPU if there is one).
         allow_pickle: load ``pytorch_model.bin`` weights (with ``weights_only=True``) when a
             model has no safetensors.
+        allow_external_symlinks: follow symlinks in the model (or tokenizer) directory that point
+            outside it, which are refused by default; a Hugging Face cache snapshot's links into
+            its own ``blobs/`` count as inside.
         trust_remote_code: accepted for compatibility; poolkit never runs code from a model.
         max_model_len: cap the tokens per input below the model's own limit.
         max_batch_tokens: the token budget of one packed batch.
@@ -113,6 +116,7 @@ class LLM:
         dtype: Any = "auto",
         device: Any = None,
         allow_pickle: bool = False,
+        allow_external_symlinks: bool = False,
         trust_remote_code: bool = False,
         max_model_len: int | None = None,
         max_batch_tokens: int | None = None,
@@ -130,6 +134,7 @@ class LLM:
             dtype=dtype,
             device=device,
             allow_pickle=allow_pickle,
+            allow_external_symlinks=allow_external_symlinks,
             trust_remote_code=trust_remote_code,
             max_model_len=max_model_len,
             max_batch_tokens=max_batch_tokens,

@@ -20,11 +20,13 @@ import torch
 
 from .architecture import Architecture, check_architecture
 from .config import PoolerConfig
+from .config_checks import check_common_sizes, overridden_fields
 from .errors import InvalidRequest, ModelLoadError, UnknownName
+from .model_dir import check_symlinks
 from .plugins import get_manager, registry
 from .st_config import STConfig, read_st_config
 from .tasks import Head, Task
-from .weights import checkpoint_files, iter_tensors
+from .weights import checkpoint_files, checkpoint_shapes, iter_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -140,10 +142,32 @@ def _load_hf_config(path: Path, overrides: dict[str, Any]) -> Any:
         else:
             raw[key] = value
     model_type = raw.get("model_type")
+    check_common_sizes(raw, _attribute_map(model_type), overridden_fields(overrides))
     try:
         return AutoConfig.for_model(model_type, **{k: v for k, v in raw.items() if k != "model_type"})
     except (ValueError, KeyError):
+        pass
+    except Exception as exc:  # a config class that validates, or computes with a value it cannot use
+        raise ModelLoadError(f"{config_file} does not make a valid '{model_type}' config: {_one_line(exc)}") from None
+    try:
         return PretrainedConfig.from_dict(raw)
+    except Exception as exc:
+        raise ModelLoadError(f"{config_file} is not a valid config: {_one_line(exc)}") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _attribute_map(model_type: Any) -> dict[str, str]:
+    """The config class's aliases of standard fields (GPT-2: ``n_layer`` for ``num_hidden_layers``)."""
+    from transformers import CONFIG_MAPPING
+
+    try:
+        return dict(getattr(CONFIG_MAPPING[model_type], "attribute_map", None) or {})
+    except (KeyError, TypeError, ValueError):
+        return {}
 
 
 @dataclass(frozen=True)
@@ -506,6 +530,10 @@ def load_model(args: Any) -> PoolingModel:
     path = get_manager().resolve_model(name)
     if path is None:
         raise ModelLoadError(f"model '{name}' was not found")
+    if not args.allow_external_symlinks:
+        check_symlinks(path)
+        if args.tokenizer and Path(args.tokenizer).is_dir():
+            check_symlinks(Path(args.tokenizer), "tokenizer")
     hf_config = _load_hf_config(path, args.hf_overrides or {})
     hf_config.name_or_path = name
     arch_names = list(getattr(hf_config, "architectures", None) or [])
@@ -530,8 +558,11 @@ def load_model(args: Any) -> PoolingModel:
     tok = _load_tokenizer(Path(args.tokenizer) if args.tokenizer else path, hf_config)
     arch_cls.configure(hf_config, tok)
 
+    files = checkpoint_files(path, args.allow_pickle)
+    # Before the model is built: an absurd config must not allocate gigabytes first.
+    arch_cls.check_config(hf_config, checkpoint_shapes(files), overridden_fields(args.hf_overrides))
     architecture = arch_cls(hf_config)
-    architecture.load_weights(iter_tensors(checkpoint_files(path, args.allow_pickle)))
+    architecture.load_weights(iter_tensors(files))
     architecture.to(device=torch_device, dtype=torch_dtype).eval()
     head_dtype = _head_dtype(hf_config, torch_dtype)
     if head_dtype != torch_dtype:

@@ -3,7 +3,9 @@
 Every entry point of the group ``poolkit.plugins`` is loaded on its own: a third-party plugin
 that fails to import, declares an unknown hook or registers something invalid or clashing is
 reported once on stderr, listed with ``status: error`` and skipped; a built-in that fails is
-fatal. Environment switches, applied before anything is imported:
+fatal. A failure is anything a plugin raises, ``SystemExit`` or any other ``BaseException``
+included; only the user's Ctrl-C (``KeyboardInterrupt``) stops the program. Environment switches,
+applied before anything is imported:
 
 - ``POOLKIT_PLUGINS``: comma-separated allow-list of third-party plugin names (empty: none).
 - ``POOLKIT_DISABLE_PLUGINS``: comma-separated block-list.
@@ -12,6 +14,7 @@ fatal. Environment switches, applied before anything is imported:
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import sys
@@ -80,6 +83,21 @@ class PluginInfo:
         }
 
 
+def _cause(exc: BaseException) -> str:
+    """``"RuntimeError: boom"``; ``"SystemExit"`` for an exception with no message."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _plugin_failure(exc: BaseException) -> bool:
+    """Whether a plugin's ``exc`` is its failure to report: anything but the user's Ctrl-C.
+
+    A plugin that calls ``sys.exit()`` or raises another ``BaseException`` on import or in a
+    hook must not end the program silently with its own exit code.
+    """
+    return not isinstance(exc, KeyboardInterrupt)
+
+
 def _env_names(var: str) -> set[str] | None:
     value = os.environ.get(var)
     if value is None:
@@ -136,6 +154,12 @@ class PluginManager:
                     except PluginError as exc:
                         self._fatal = exc
                         raise
+                    except BaseException as exc:  # Ctrl-C mid-way: never run on half-loaded registries
+                        self._fatal = PluginError(
+                            f"loading plugins was interrupted ({_cause(exc)}); "
+                            "restart, or call poolkit.plugins.reset_manager() to load them again"
+                        )
+                        raise
                     finally:
                         self._loading = False
                         self._loaded = True
@@ -172,8 +196,10 @@ class PluginManager:
             return
         try:
             module = ep.load()
-        except Exception as exc:  # a broken plugin must not take poolkit down
-            info.status, info.error = "error", f"import failed: {type(exc).__name__}: {exc}"
+        except BaseException as exc:  # a broken plugin must not take poolkit down, whatever it raises
+            if not _plugin_failure(exc):
+                raise
+            info.status, info.error = "error", f"import failed: {_cause(exc)}"
             self._fail(info)
             return
         self._register(module, info)
@@ -187,7 +213,9 @@ class PluginManager:
         try:
             self.pm.register(plugin, name=info.name)
             self.pm.check_pending()
-        except Exception as exc:
+        except BaseException as exc:
+            if not _plugin_failure(exc):
+                raise
             self._unregister_pm(info.name)
             info.status, info.error = "error", f"invalid hook implementation: {exc}"
             self._fail(info, strict=strict)
@@ -195,9 +223,11 @@ class PluginManager:
         try:
             staged = self._collect(info.name)
             self._commit(staged, info)
-        except Exception as exc:
+        except BaseException as exc:  # a hook that raises, even SystemExit, fails its plugin only
             self._unregister_pm(info.name)
-            info.status, info.error = "error", str(exc) if isinstance(exc, PluginError) else f"{type(exc).__name__}: {exc}"
+            if not _plugin_failure(exc):
+                raise
+            info.status, info.error = "error", str(exc) if isinstance(exc, PluginError) else _cause(exc)
             self._fail(info, strict=strict)
 
     def _collect(self, plugin_name: str) -> list[tuple[str, str, Any, bool]]:
@@ -322,23 +352,56 @@ class PluginManager:
 
     def resolve_model(self, name: str) -> Path | None:
         self.load()
-        found = self.pm.hook.poolkit_resolve_model(name=name)
+        found = self._resolve("poolkit_resolve_model", name=name)
         return Path(found) if found is not None else None
 
     def resolve_architecture(self, name: str, config: Any) -> Any:
         self.load()
-        return self.pm.hook.poolkit_resolve_architecture(name=name, config=config)
+        return self._resolve("poolkit_resolve_architecture", name=name, config=config)
+
+    def _resolve(self, hook_name: str, **kwargs: Any) -> Any:
+        """Call a resolve hook; a resolver's ``SystemExit`` (or other non-``Exception``) is a
+        :class:`PluginError` naming its plugin, not a silent exit."""
+        try:
+            return getattr(self.pm.hook, hook_name)(**kwargs)
+        except Exception:
+            raise
+        except BaseException as exc:
+            if not _plugin_failure(exc):
+                raise
+            plugin = self._plugin_in_traceback(exc)
+            who = f"plugin '{plugin}'" if plugin else "a plugin"
+            raise PluginError(f"{who} raised {_cause(exc)} in {hook_name}") from None
+
+    def _plugin_in_traceback(self, exc: BaseException) -> str | None:
+        """The registered plugin whose module the innermost matching frame of ``exc`` ran in."""
+        modules = {}
+        for name, plugin in self.pm.list_name_plugin():
+            module = getattr(plugin, "__name__", None) if inspect.ismodule(plugin) else type(plugin).__module__
+            modules[module] = name
+        found = None
+        tb = exc.__traceback__
+        while tb is not None:
+            found = modules.get(tb.tb_frame.f_globals.get("__name__"), found)
+            tb = tb.tb_next
+        return found
 
     def register_commands(self, app: Any) -> None:
         self.load()
         for impl in self.pm.hook.poolkit_register_commands.get_hookimpls():
             try:
                 impl.function(app=app)
-            except Exception as exc:
+            except BaseException as exc:
                 info = self.infos.get(impl.plugin_name)
-                if info is None or info.builtin or self.strict:
+                if not _plugin_failure(exc):
                     raise
-                info.status, info.error = "error", f"registering commands failed: {exc}"
+                if info is None or info.builtin or self.strict:
+                    if isinstance(exc, Exception):
+                        raise
+                    raise PluginError(
+                        f"plugin '{impl.plugin_name}' failed registering commands: {_cause(exc)}"
+                    ) from None
+                info.status, info.error = "error", f"registering commands failed: {_cause(exc)}"
                 logger.warning("plugin '%s' was skipped: %s", info.name, info.error)
 
 

@@ -70,7 +70,11 @@ class Registry(Generic[T]):
                 f"plugin '{previous.plugin}'; pass override=True to replace it"
             )
         if previous is not None:
-            logger.info("%s '%s' from plugin '%s' overrides plugin '%s'", self.kind, key, plugin, previous.plugin)
+            # Replacing another plugin's entry (a built-in, say) changes results: say so by default.
+            level = logging.INFO if previous.plugin == plugin else logging.WARNING
+            logger.log(
+                level, "%s '%s' from plugin '%s' overrides plugin '%s'", self.kind, key, plugin, previous.plugin
+            )
         self._entries[key] = Entry(key, stored, plugin)
 
     def remove(self, name: str) -> None:

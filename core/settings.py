@@ -78,6 +78,11 @@ class EngineArgs(BaseModel):
     dtype: str = Field("auto", description="auto (bf16 on bf16 hardware), float32, bfloat16, float16.")
     device: Optional[str] = Field(None, description="cpu, cuda, ... (default: GPU if present).")
     allow_pickle: bool = Field(False, description="Load pickle (pytorch_model.bin) weights, with weights_only.")
+    allow_external_symlinks: bool = Field(
+        False,
+        description="Follow symlinks in the model (or tokenizer) directory that point outside it; "
+        "refused by default (a Hugging Face cache snapshot's links into its blobs/ are inside).",
+    )
     trust_remote_code: bool = Field(
         False, description="Accepted for compatibility; poolkit never runs code shipped with a model."
     )

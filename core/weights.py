@@ -43,6 +43,37 @@ def checkpoint_files(model_dir: Path, allow_pickle: bool = False) -> list[Path]:
     raise ModelLoadError(f"no model weights (model.safetensors or pytorch_model.bin) in {model_dir}")
 
 
+def checkpoint_shapes(files: Iterable[Path]) -> dict[str, tuple[int, ...]] | None:
+    """Every checkpoint tensor's shape, without loading a tensor.
+
+    safetensors files give them in their header; pickle files (``allow_pickle``) are memory-mapped,
+    which reads no tensor data either. ``None`` when a pickle file cannot be mapped (an old,
+    non-zip ``torch.save``): the shapes are then unknown.
+
+    Raises:
+        ModelLoadError: a safetensors file whose header cannot be read.
+    """
+    shapes: dict[str, tuple[int, ...]] = {}
+    for path in files:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            try:
+                with safe_open(str(path), framework="pt") as f:
+                    for name in f.keys():
+                        shapes[name] = tuple(int(d) for d in f.get_slice(name).get_shape())
+            except Exception as exc:  # OSError, or safetensors' own SafetensorError for a bad header
+                raise ModelLoadError(f"cannot read the safetensors file {path}: {type(exc).__name__}: {exc}") from None
+        else:
+            try:
+                state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+            except Exception as exc:
+                logger.debug("cannot map %s (%s): its tensor shapes are not checked before loading", path, exc)
+                return None
+            shapes.update((name, tuple(t.shape)) for name, t in state.items() if isinstance(t, torch.Tensor))
+    return shapes
+
+
 def iter_tensors(files: Iterable[Path]) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield ``(name, tensor)`` from safetensors files, or pickle files with ``weights_only``."""
     for path in files:

@@ -54,3 +54,16 @@ def tiny_encoders(tmp_path_factory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("tiny")
     return {kind: build_encoder(root / kind, kind) for kind in ("bert", "roberta", "xlm-roberta")}
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored():
+    """The CLI configures the root logger (``-q`` sets it to ERROR); a test that runs it in-process
+    must not change what later tests' ``caplog`` sees."""
+    import logging
+
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    yield
+    root.setLevel(level)
+    root.handlers[:] = handlers

@@ -9,7 +9,9 @@ on the real loading path.
 from __future__ import annotations
 
 import inspect
+import json
 import logging
+import os
 import subprocess
 import sys
 import textwrap
@@ -377,6 +379,126 @@ def test_misspelt_hook_makes_the_whole_plugin_an_error(fresh_plugins):
     assert "TYPO" not in registry("pooler")
 
 
+class Unwinding(BaseException):
+    """Stands for any ``BaseException`` a plugin may raise that is not an ``Exception``."""
+
+
+#: Plugin bodies that raise a BaseException that is no Exception, and the cause each is reported with.
+NOT_AN_EXCEPTION = {
+    "sys-exit-code": ("import sys\nsys.exit(3)\n", "import failed: SystemExit: 3"),
+    "sys-exit-message": ("raise SystemExit('plugin gave up')\n", "import failed: SystemExit: plugin gave up"),
+    "bare-system-exit": ("raise SystemExit\n", "import failed: SystemExit"),
+    "base-exception": (
+        f"from {__name__} import Unwinding\nraise Unwinding('deep')\n",
+        "import failed: Unwinding: deep",
+    ),
+    "generator-exit": ("raise GeneratorExit\n", "import failed: GeneratorExit"),
+    "hook-exits": (
+        "@hookimpl\ndef poolkit_register_poolers(register):\n    register('EXITING', lambda h, b: h)\n    raise SystemExit(4)\n",
+        "SystemExit: 4",
+    ),
+}
+
+
+@pytest.mark.parametrize(("body", "cause"), NOT_AN_EXCEPTION.values(), ids=NOT_AN_EXCEPTION.keys())
+def test_a_plugin_raising_system_exit_is_skipped_like_any_broken_plugin(fresh_plugins, caplog, body, cause):
+    install(fresh_plugins, "exiting", plugin_source(body), version="0.9")
+    install(fresh_plugins, "zfine", PLAIN_POOLER.format(name="ZFINE"))
+
+    infos = fresh_plugins.infos()
+
+    assert (infos["exiting"].status, infos["exiting"].error) == ("error", cause)
+    assert warnings_about(caplog, "exiting") == [f"plugin 'exiting' (poolkit-exiting 0.9) was skipped: {cause}"]
+    assert infos["exiting"].provides == {} and "EXITING" not in registry("pooler")
+    assert fresh_plugins.manager().pm.get_plugin("exiting") is None
+    assert infos["zfine"].status == "ok" and "ZFINE" in registry("pooler")  # loading went on
+
+
+def test_a_system_exit_plugin_is_a_plugin_error_in_strict_mode(fresh_plugins, monkeypatch):
+    install(fresh_plugins, "exiting", "raise SystemExit(3)\n", version="0.9")
+    monkeypatch.setenv("POOLKIT_STRICT_PLUGINS", "1")
+
+    expected = r"plugin 'exiting' \(poolkit-exiting 0\.9\) was skipped: import failed: SystemExit: 3"
+    with pytest.raises(PluginError, match=expected):
+        registry("pooler")
+    with pytest.raises(PluginError, match=expected):
+        registry("pooler")
+
+
+def test_ctrl_c_while_a_plugin_imports_still_stops_and_leaves_no_half_loaded_toolkit(fresh_plugins):
+    install(fresh_plugins, "interrupted", "raise KeyboardInterrupt\n")
+
+    with pytest.raises(KeyboardInterrupt):
+        registry("pooler")
+    with pytest.raises(PluginError, match=r"loading plugins was interrupted \(KeyboardInterrupt\)"):
+        registry("pooler")
+
+
+@pytest.mark.parametrize("command", [["plugins"], ["embed", "--model", "{model}", "--dtype", "float32", "hello world"]])
+def test_every_cli_command_survives_a_plugin_that_exits(fresh_plugins, monkeypatch, capsys, caplog, tiny_encoders, command):
+    from poolkit import cli
+
+    install(fresh_plugins, "exiting", "import sys\nsys.exit(3)\n", version="0.9")
+    argv = [arg.format(model=tiny_encoders["bert"]) for arg in command]
+    monkeypatch.setattr("sys.argv", ["poolkit", *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code in (0, None)
+    out, err = capsys.readouterr()
+    assert warnings_about(caplog, "exiting") == [
+        "plugin 'exiting' (poolkit-exiting 0.9) was skipped: import failed: SystemExit: 3"
+    ]
+    assert "Traceback" not in err
+    if argv[0] == "plugins":
+        listed = {p["name"]: p for p in json.loads(out)}
+        assert (listed["exiting"]["status"], listed["exiting"]["error"]) == ("error", "import failed: SystemExit: 3")
+    else:
+        assert len(json.loads(out)["embedding"]) == 32
+
+
+def test_a_fresh_process_reports_a_plugin_that_exits_on_stderr(fresh_plugins):
+    install(fresh_plugins, "exiting", "import sys\nsys.exit(3)\n", version="0.9")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fresh_plugins.root), os.environ.get("PYTHONPATH", "")])}
+
+    result = subprocess.run(
+        [sys.executable, "-m", "poolkit", "plugins"], capture_output=True, text=True, timeout=120, env=env
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "plugin 'exiting' (poolkit-exiting 0.9) was skipped: import failed: SystemExit: 3" in result.stderr
+    assert any(p["name"] == "exiting" and p["status"] == "error" for p in json.loads(result.stdout))
+
+
+def test_the_python_api_survives_a_plugin_that_exits(fresh_plugins, tiny_encoders, caplog):
+    install(fresh_plugins, "exiting", "raise SystemExit(3)\n")
+
+    llm = poolkit.LLM(str(tiny_encoders["bert"]), dtype="float32")
+
+    assert len(llm.embed("hello world")[0].outputs.embedding) == 32
+    assert len(warnings_about(caplog, "exiting")) == 1
+
+
+def test_a_command_hook_that_exits_skips_its_plugin(fresh_plugins, caplog):
+    import typer
+
+    body = "@hookimpl\ndef poolkit_register_commands(app):\n    raise SystemExit(5)\n"
+    install(fresh_plugins, "cmds", plugin_source(body))
+
+    fresh_plugins.manager().register_commands(typer.Typer())
+
+    info = fresh_plugins.infos()["cmds"]
+    assert (info.status, info.error) == ("error", "registering commands failed: SystemExit: 5")
+    assert warnings_about(caplog, "cmds") == ["plugin 'cmds' was skipped: registering commands failed: SystemExit: 5"]
+
+
+def test_a_resolver_that_exits_is_a_plugin_error_naming_it(fresh_plugins):
+    body = "@hookimpl\ndef poolkit_resolve_model(name):\n    raise SystemExit(6)\n"
+    install(fresh_plugins, "resolver", plugin_source(body))
+
+    with pytest.raises(PluginError, match=r"^plugin 'resolver' raised SystemExit: 6 in poolkit_resolve_model$"):
+        poolkit.LLM("some-org/some-model")
+
+
 @pytest.mark.parametrize(
     ("hook", "call", "message"),
     [
@@ -553,6 +675,29 @@ def test_registering_a_taken_name_needs_override(fresh_plugins, caplog, override
             "'builtin_poolers'; pass override=True to replace it"
         )
         assert entry.plugin == "builtin_poolers"
+
+
+def test_overriding_a_builtin_is_one_warning_at_the_default_level(fresh_plugins, caplog):
+    body = """
+    @hookimpl
+    def poolkit_register_activations(register):
+        register("softmax", lambda x: x, override=True)
+    """
+    install(fresh_plugins, "softer", plugin_source(body))
+
+    assert fresh_plugins.infos()["softer"].status == "ok"
+
+    assert warnings_about(caplog, "softer") == [
+        "activation 'softmax' from plugin 'softer' overrides plugin 'builtin_activations'"
+    ]
+    assert registry("activation").entry("softmax").plugin == "softer"
+
+
+def test_user_code_redefining_its_own_registration_is_not_a_warning(fresh_plugins, caplog):
+    for _ in range(2):  # a notebook cell run twice
+        poolkit.register_activation("twice", override=True)(lambda x: x)
+
+    assert warnings_about(caplog, "<runtime>") == []
 
 
 def test_two_third_party_plugins_registering_one_name(fresh_plugins):

@@ -88,6 +88,10 @@ def _setting_cases(root):
     cased = root / "cased-tokenizer"
     wordpiece_tokenizer(lowercase=False).save_pretrained(cased)
     classifier = build_classifier(root / "classifier", "bert", num_labels=3)
+    linked = root / "linked"  # every file a symlink out of the directory
+    linked.mkdir()
+    for file in bert.iterdir():
+        (linked / file.name).symlink_to(file.resolve())
     return {
         "model": (bert, {}, "embed", False),
         "tokenizer": (bert, {"tokenizer": str(cased)}, "embed", True),
@@ -98,6 +102,7 @@ def _setting_cases(root):
         "dtype": (bert, {"dtype": "bfloat16"}, "embed", True),
         "device": (bert, {"device": "cpu"}, "embed", False),
         "allow_pickle": (pickled, {"allow_pickle": True}, "embed", None),
+        "allow_external_symlinks": (linked, {"allow_external_symlinks": True}, "embed", None),
         "trust_remote_code": (bert, {"trust_remote_code": True}, "embed", False),
         "max_model_len": (bert, {"max_model_len": 6}, "token_embed", True),
         "max_batch_tokens": (bert, {"max_batch_tokens": 64}, "embed", False),
@@ -120,8 +125,8 @@ def test_every_load_setting_has_a_ray_case(setting_cases):
 
 
 @pytest.mark.parametrize("setting", ["model", "tokenizer", "runner", "convert", "pooler_config", "hf_overrides", "dtype",
-                                     "device", "allow_pickle", "trust_remote_code", "max_model_len", "max_batch_tokens",
-                                     "io_processor_plugin"])
+                                     "device", "allow_pickle", "allow_external_symlinks", "trust_remote_code",
+                                     "max_model_len", "max_batch_tokens", "io_processor_plugin"])
 def test_ray_honours_each_load_setting(local_ray, setting_cases, setting):
     """The Ray engine loads with llm.args, so every setting gives the local engine's output."""
     from poolkit import LLM

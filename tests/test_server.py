@@ -322,7 +322,7 @@ def test_cohere_input_type_uses_the_models_prompts(minilm_dir, tmp_path):
         (model / f.name).symlink_to(f)
     (model / "config_sentence_transformers.json").unlink()
     (model / "config_sentence_transformers.json").write_text(json.dumps({"prompts": {"query": "query: ", "document": ""}}))
-    llm = LLM(str(model))
+    llm = LLM(str(model), allow_external_symlinks=True)  # the packaged model's files, linked
     with TestClient(create_app(llm, served_model_name="p")) as c:
         r = c.post("/v2/embed", json={"texts": TEXTS, "input_type": "query"})
         assert r.status_code == 200, r.text
@@ -756,3 +756,68 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(minilm_dir, minilm, tmp_p
                 _close(item["embedding"], e.outputs.embedding)
     finally:
         stop_server(srv)
+
+
+def test_work_left_at_the_shutdown_timeout_gets_a_503_with_retry_after(minilm_dir, tmp_path):
+    # Issue 14: requests still queued when --shutdown-timeout ran out got uvicorn's plain-text 500
+    # and a CancelledError traceback in the log. They get a JSON 503 with Retry-After instead.
+    srv = start_server(minilm_dir, tmp_path / "timeout.log", "--shutdown-timeout", "2", "--max-batch-tokens", "2048")
+    try:
+        texts = ["lorem ipsum dolor sit amet " * 40] * 48  # ~10k tokens a request: seconds of work each
+        results: list = [None] * 6
+
+        def send(k: int) -> None:
+            results[k] = httpx.post(f"{srv.url}/v1/embeddings", json={"input": texts, "truncate_prompt_tokens": -1}, timeout=120)
+
+        threads = [threading.Thread(target=send, args=(k,)) for k in range(len(results))]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 10
+        while _metric(srv, "poolkit_requests_in_flight") < len(results) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        srv.proc.send_signal(signal.SIGTERM)
+        for t in threads:
+            t.join()
+        assert srv.proc.wait(60) == 0, srv.logs()
+        statuses = [r.status_code for r in results]
+        assert 503 in statuses and set(statuses) <= {200, 503}, statuses
+        for r in results:
+            if r.status_code == 503:
+                assert r.headers["retry-after"] and r.json()["error"]["type"] == "ServiceUnavailableError", r.text
+        assert "CancelledError" not in srv.logs() and "Traceback" not in srv.logs(), srv.logs()
+    finally:
+        stop_server(srv)
+
+
+def test_a_request_uvicorn_cannot_parse_gets_the_json_error_body(server):
+    # Issue 14: "Content-Length: abc" got uvicorn's plain-text 400.
+    host, port = server.url.removeprefix("http://").split(":")
+    for head in (b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", b"NOT A REQUEST\r\n\r\n"):
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(head)
+            raw = b""
+            while chunk := sock.recv(65536):
+                raw += chunk
+        status_line, _, rest = raw.partition(b"\r\n")
+        headers, _, body = rest.partition(b"\r\n\r\n")
+        assert status_line.startswith(b"HTTP/1.1 400"), raw
+        assert b"content-type: application/json" in headers.lower(), raw
+        error = json.loads(body)["error"]
+        assert error["code"] == 400 and error["type"] == "BadRequestError" and "not valid HTTP" in error["message"]
+    assert httpx.get(f"{server.url}/health").status_code == 200  # and the server goes on
+
+
+def test_bench_serve_loads_a_server_and_reads_its_memory(server):
+    from poolkit.bench.load import LoadReport, format_load, run_load
+
+    report = run_load(server.url, clients=2, seconds=2, inputs_per_request=2, sample_every=0.5).as_dict()
+    assert report["requests"] > 0 and set(report["status_codes"]) == {"200"}
+    assert report["p50_ms"] <= report["p99_ms"]
+    assert report["rss_mb"]["start"] > 50 and report["rss_mb"]["end"] > 50  # process_resident_memory_bytes on /metrics
+    assert report["soak_ok"] is None  # shorter than the first minute: no verdict
+    assert "status codes: 200:" in format_load(report)
+
+    soak = LoadReport("u", 1, 600.0, 1, latencies=[0.1, 0.2], rss=[(0.0, 300.0), (61.0, 400.0), (600.0, 430.0)])
+    assert soak.as_dict()["rss_growth_after_first_minute"] == 0.075 and soak.as_dict()["soak_ok"] is True
+    soak.rss.append((601.0, 450.0))
+    assert soak.as_dict()["soak_ok"] is False

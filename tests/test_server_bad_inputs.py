@@ -75,7 +75,7 @@ def raw(client, path: str, content: bytes, content_type: str = "application/json
 
 
 def test_01_empty_string(client):
-    error_of(post(client, "/v1/embeddings", {"input": ""}), 400, contains="must not be an empty string", param="input")
+    error_of(post(client, "/v1/embeddings", {"input": ""}), 400, contains="is not a valid text: an empty string", param="input")
 
 
 def test_02_whitespace_only_is_valid_text(client):

@@ -32,6 +32,13 @@ FAMILIES = {
     "poolkit_model_ready": "gauge",
     "poolkit_batch_size": "histogram",
     "poolkit_queue_wait_seconds": "histogram",
+    # prometheus_client's process collector (Linux): poolkit bench-serve reads the resident memory.
+    "process_virtual_memory_bytes": "gauge",
+    "process_resident_memory_bytes": "gauge",
+    "process_start_time_seconds": "gauge",
+    "process_cpu_seconds": "counter",
+    "process_open_fds": "gauge",
+    "process_max_fds": "gauge",
 }
 
 

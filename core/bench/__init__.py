@@ -9,7 +9,8 @@ Python's standard library, so nothing is downloaded. The command is registered t
 every command (:class:`poolkit.settings.EngineArgs`): they reach every poolkit model it runs.
 
 The modules: :mod:`.corpus` (the texts), :mod:`.presets` (random-weight models),
-:mod:`.measure` (timings, FLOPs, peak RSS), :mod:`.workloads` (W1..W10) and :mod:`.report`.
+:mod:`.measure` (timings, FLOPs, peak RSS), :mod:`.workloads` (W1..W10) and :mod:`.report`;
+:mod:`.load` is ``poolkit bench-serve``, the load and soak test of a server.
 """
 
 from __future__ import annotations
@@ -79,3 +80,36 @@ def poolkit_register_commands(app):
                 rounds, scale = 1, min(scale, 0.02)
             report = run_bench(args, names, rounds, scale, memory if memory is not None else not smoke, peer_dtype)
             typer.echo(json.dumps(report, indent=2) if as_json else format_table(report))
+
+    @app.command("bench-serve")
+    @engine_options(help_overrides={"model": "Model the started server loads (without --url)."})
+    def bench_serve(
+        args: EngineArgs,
+        url: Optional[str] = typer.Option(None, "--url", help="A running server; default: start `poolkit serve` on the model."),
+        clients: int = typer.Option(16, "--clients", "-c", help="Concurrent closed-loop clients."),
+        duration: float = typer.Option(60.0, "--duration", "-d", help="Seconds of load."),
+        inputs: int = typer.Option(8, "--inputs", help="Texts per request."),
+        endpoint: str = typer.Option("/v1/embeddings", "--endpoint", help="The route to load (OpenAI embeddings shape)."),
+        api_key: Optional[str] = typer.Option(None, "--api-key", envvar="POOLKIT_API_KEY", help="The server's API key."),
+        server_log: Optional[str] = typer.Option(None, "--server-log", help="Where the started server writes its log."),
+        as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    ) -> None:
+        """Load a server with concurrent clients: throughput, p50/p99, status codes, server RSS over time.
+
+        A soak (--duration 600 or more) passes when the server's RSS at the end is within 10% of
+        its RSS after the first minute.
+        """
+        from .load import StartedServer, format_load, run_load
+
+        with errors():
+            setup_logging(True, False)
+            started = StartedServer(args, server_log) if url is None else None
+            try:
+                report = run_load(
+                    url or started.url, clients=clients, seconds=duration, inputs_per_request=inputs,
+                    endpoint=endpoint, api_key=api_key,
+                ).as_dict()
+            finally:
+                if started is not None:
+                    started.stop()
+            typer.echo(json.dumps(report, indent=2) if as_json else format_load(report))

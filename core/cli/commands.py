@@ -19,6 +19,7 @@ from .app import app
 from .options import (
     ChatTemplateOpt,
     DimensionsOpt,
+    EmbedDtypeOpt,
     EngineOpt,
     Format,
     FormatOpt,
@@ -91,6 +92,7 @@ class JobOptions:
     skip_bad_lines: bool = False
     overwrite: bool = False
     engine: str = "local"
+    embed_dtype: Optional[str] = None
 
 
 def _check_output_options(task_name: str, options: dict[str, Any]) -> None:
@@ -126,6 +128,8 @@ def _run_job(texts: list[str], input_file: Optional[str], llm: Any, request: Req
         raise InvalidRequest("a corpus job (-o OUTPUT) reads its input from a file: pass -i INPUT")
     params = PoolingParams(**_truncating(request.params))
     if job.engine == "ray":
+        if job.embed_dtype is not None:
+            raise InvalidRequest("--embed-dtype applies to the local engine only, not to --engine ray")
         from ..integrations.ray import run_ray_job
 
         rows = run_ray_job(
@@ -137,18 +141,24 @@ def _run_job(texts: list[str], input_file: Optional[str], llm: Any, request: Req
     if job.engine != "local":
         raise InvalidRequest(f"unknown engine '{job.engine}': use local or ray")
     from ..jobs import run_job
-    from ..progress import progress_bar
+    from ..progress import LOG_EVERY, progress_bar
 
-    with progress_bar(None, enabled=not quiet, label="embedding") as advance:
+    with progress_bar(None, enabled=not quiet, label=request.task, every=LOG_EVERY) as advance:
         summary = run_job(
             llm, input_file, job.output, task=request.task, text_field=job.text_field, id_field=job.id_field,
             skip_bad_lines=job.skip_bad_lines, overwrite=job.overwrite, pooling_params=params,
-            prompt_name=request.prompt_name, options=request.options, progress=advance,
+            prompt_name=request.prompt_name, options=request.options, embed_dtype=job.embed_dtype, progress=advance,
         )
     if summary.already_complete:
         typer.echo(f"{job.output} is already complete; nothing to do (--overwrite to redo it)", err=True)
         return
     extra = [f"{summary.resumed_rows} resumed"] if summary.resumed_rows else []
+    if summary.recomputed_chunks:
+        extra.append(f"{summary.recomputed_chunks} chunks embedded again: their input changed")
+    if summary.repaired_chunks:
+        extra.append(f"{summary.repaired_chunks} damaged chunk files embedded again")
+    if summary.ids_as_strings:
+        extra.append("ids written as strings: they mix strings and integers")
     if summary.skipped_lines:
         extra.append(f"{len(summary.skipped_lines)} bad lines skipped ({', '.join(map(str, summary.skipped_lines[:10]))})")
     if summary.duplicate_ids:
@@ -156,7 +166,8 @@ def _run_job(texts: list[str], input_file: Optional[str], llm: Any, request: Req
     if summary.truncated:
         extra.append(f"{summary.truncated} truncated to the model's limit")
     note = f" ({'; '.join(extra)})" if extra else ""
-    typer.echo(f"{summary.rows} rows, {summary.written} embedded{note} -> {job.output}", err=True)
+    stored = f" as {summary.embed_dtype}" if summary.embed_dtype else ""
+    typer.echo(f"{summary.rows} rows, {summary.written} embedded{note} -> {job.output}{stored}", err=True)
 
 
 def _run_task(
@@ -169,6 +180,8 @@ def _run_task(
 
     options = request.options or {}
     _check_output_options(request.task, options)
+    if job is not None and job.embed_dtype is not None and not job.output:
+        raise InvalidRequest("--embed-dtype applies to corpus jobs (-o OUTPUT) only")
     setup_logging(quiet, verbose)
     if registry("task").get(request.task).granularity == PLUGIN:
         _run_plugin(texts, input_file, load(args), fmt, quiet)
@@ -241,6 +254,7 @@ def embed(
     id_field: str = IdFieldOpt,
     skip_bad_lines: bool = SkipBadOpt,
     overwrite: bool = OverwriteOpt,
+    embed_dtype: Optional[str] = EmbedDtypeOpt,
     engine: str = EngineOpt,
     quiet: bool = QuietOpt,
     verbose: bool = VerboseOpt,
@@ -252,10 +266,12 @@ def embed(
     """
     with errors():
         if images:
+            if embed_dtype is not None:
+                raise InvalidRequest("--embed-dtype applies to corpus jobs (-o OUTPUT) only")
             _embed_images(args, images, texts, input_file, dimensions, fmt, quiet, verbose)
             return
         params = _params(dimensions=dimensions, truncate_prompt_tokens=truncate_prompt_tokens, truncation_side=truncation_side)
-        job = JobOptions(output, text_field, id_field, skip_bad_lines, overwrite, engine)
+        job = JobOptions(output, text_field, id_field, skip_bad_lines, overwrite, engine, embed_dtype)
         _run_task(args, Request("embed", params, prompt_name), texts, input_file, fmt, quiet, verbose, job)
 
 
@@ -279,6 +295,7 @@ def encode(
     id_field: str = IdFieldOpt,
     skip_bad_lines: bool = SkipBadOpt,
     overwrite: bool = OverwriteOpt,
+    embed_dtype: Optional[str] = EmbedDtypeOpt,
     engine: str = EngineOpt,
     quiet: bool = QuietOpt,
     verbose: bool = VerboseOpt,
@@ -291,7 +308,7 @@ def encode(
     with errors():
         params = _params(dimensions=dimensions, truncate_prompt_tokens=truncate_prompt_tokens, truncation_side=truncation_side)
         request = Request(task, params, prompt_name, {"top_k": top_k, "threshold": threshold, "entities": entities})
-        job = JobOptions(output, text_field, id_field, skip_bad_lines, overwrite, engine)
+        job = JobOptions(output, text_field, id_field, skip_bad_lines, overwrite, engine, embed_dtype)
         _run_task(args, request, texts, input_file, fmt, quiet, verbose, job)
 
 

@@ -71,6 +71,11 @@ TextFieldOpt = typer.Option("text", "--text-field", help="Corpus jobs: the field
 IdFieldOpt = typer.Option("id", "--id-field", help="Corpus jobs: the field (column) holding the id.")
 SkipBadOpt = typer.Option(False, "--skip-bad-lines", help="Corpus jobs: skip malformed lines (reported) instead of stopping.")
 OverwriteOpt = typer.Option(False, "--overwrite", help="Corpus jobs: replace an existing output or unfinished job.")
+EmbedDtypeOpt = typer.Option(
+    None, "--embed-dtype",
+    help="Corpus jobs: how vectors are stored: float32 (default), float16, bfloat16 (uint16 bit patterns), "
+    "or Cohere's int8, uint8, binary, ubinary.",
+)
 EngineOpt = typer.Option("local", "--engine", help="Corpus jobs: local, or ray (Ray Data, the ray extra).")
 ChatTemplateOpt = typer.Option(None, "--chat-template", help="Score template for LLM rerankers: a Jinja file or text.")
 InstructionOpt = typer.Option(None, "--instruction", help="Task instruction shown by a score template.")

@@ -13,7 +13,7 @@ from fastapi import APIRouter, FastAPI
 
 from ..errors import MissingDependency
 from . import routes_cohere, routes_openai, routes_ops, routes_vllm
-from .errors import install_error_handlers
+from .errors import error_body, install_error_handlers
 from .guard import Guard, StrictRoute
 from .state import ServerLimits, ServerState
 
@@ -67,6 +67,7 @@ def create_app(
         if st.drained:  # started again after a shutdown (tests, embedding servers): a fresh batcher
             st.batcher = st.new_batcher()
             st.drained = st.draining = False
+        st.started()
         yield
         st.draining = True
         if st.batcher is not None:
@@ -125,6 +126,28 @@ def _load(st: ServerState, loader: Callable[[], Any]) -> None:
         st.request_exit()
 
 
+def json_400_protocol() -> type:
+    """uvicorn's HTTP protocol (httptools when installed, else h11, as its ``auto`` picks), answering
+    a request it cannot parse (``Content-Length: abc``, a bad request line) with the JSON error
+    body every other error has, instead of plain text."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as base
+    except ImportError:
+        from uvicorn.protocols.http.h11_impl import H11Protocol as base
+
+    class JSON400Protocol(base):  # type: ignore[valid-type, misc]
+        def send_400_response(self, msg: str) -> None:
+            body = error_body(400, f"{msg.rstrip('.')}: the request is not valid HTTP")
+            head = (
+                b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
+                b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n"
+            )
+            self.transport.write(head + body)
+            self.transport.close()
+
+    return JSON400Protocol
+
+
 def run(
     llm: Any,
     *,
@@ -164,6 +187,7 @@ def run(
     st: ServerState = app.state.poolkit
     config = uvicorn.Config(
         app,
+        http=json_400_protocol(),
         host=host,
         port=port,
         log_config=None,
@@ -177,6 +201,8 @@ def run(
     class _Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:
             # Drain instead of re-raising the signal once stopped (uvicorn's default), so SIGTERM exits 0.
+            if not st.draining:  # answer what is still waiting just before uvicorn closes its connections
+                st.shutdown_deadline(limits.shutdown_timeout - min(1.0, 0.2 * limits.shutdown_timeout))
             st.draining = True
             if self.should_exit and sig == signal.SIGINT:  # a second Ctrl-C forces the exit
                 self.force_exit = True

@@ -14,6 +14,7 @@ from fastapi import Request
 
 from ..config import PoolingParams
 from ..errors import InvalidRequest
+from ..io import text_problem
 from .errors import ApiError, short
 from .state import ServerState
 from .work import until_done
@@ -26,14 +27,10 @@ def check_model(st: ServerState, name: str | None) -> None:
 
 
 def check_text(text: str, where: str) -> None:
-    """Refuse empty strings and lone surrogates."""
-    if not text:
-        raise ApiError(400, f"{where} must not be an empty string", param=where)
-    if not text.isascii():
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ApiError(400, f"{where} contains invalid Unicode (a lone surrogate)", param=where) from None
+    """Refuse empty strings and lone surrogates (:func:`poolkit.io.text_problem`, the corpus jobs' rule too)."""
+    problem = text_problem(text)
+    if problem:
+        raise ApiError(400, f"{where} is not a valid text: {problem}", param=where)
 
 
 def check_count(st: ServerState, n: int, where: str) -> None:

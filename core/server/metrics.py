@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from ..batching import Batcher
@@ -93,6 +93,7 @@ class ServerMetrics:
         self.rejected = Counter("poolkit_requests_rejected_total", "Requests refused with 429 (overload).", registry=r)
         self.disconnects = Counter("poolkit_client_disconnects_total", "Requests whose client went away first.", registry=r)
         r.register(_StateCollector(state))
+        ProcessCollector(registry=r)  # process_resident_memory_bytes and friends (poolkit bench-serve reads it)
         self.batch_size = Histogram("poolkit_batch_size", "Inputs per engine call.", buckets=_BATCH_BUCKETS, registry=r)
         self.queue_wait = Histogram(
             "poolkit_queue_wait_seconds", "Time requests waited for the model.", buckets=_LATENCY_BUCKETS, registry=r

@@ -6,6 +6,8 @@ One :class:`ServerState` per application, at ``app.state.poolkit``; routes reach
 
 from __future__ import annotations
 
+import asyncio
+
 import dataclasses
 import hashlib
 from typing import Any, Callable
@@ -86,10 +88,25 @@ class ServerState:
         self.drained = False
         self.in_flight = 0
         self.request_exit: Callable[[], None] = lambda: None
+        #: Set when the shutdown timeout is about to run out: requests still waiting answer 503.
+        self.give_up: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.scrub: list[tuple[str, str]] = []
         self.max_len: int | None = None
         self.vocab: int | None = None
         self.embedding_size: int | None = None
+
+    def started(self) -> None:
+        """Called on the event loop when the app starts: the shutdown deadline is an event on it."""
+        self._loop = asyncio.get_running_loop()
+        self.give_up = asyncio.Event()
+
+    def shutdown_deadline(self, seconds: float) -> None:
+        """From any thread: in ``seconds``, requests still waiting for their work give up with a
+        503, answered before the server closes their connections."""
+        loop, event = self._loop, self.give_up
+        if loop is not None and event is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(loop.call_later, max(0.0, seconds), event.set)
 
     @property
     def accepting(self) -> bool:

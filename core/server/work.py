@@ -34,18 +34,29 @@ async def until_done(request: Request, st: ServerState, awaitable: Awaitable[Any
     """
     work = asyncio.ensure_future(awaitable)
     watcher = asyncio.ensure_future(_until_disconnect(request))
+    waiters = {work, watcher}
+    deadline = asyncio.ensure_future(st.give_up.wait()) if st.give_up is not None else None
+    if deadline is not None:
+        waiters.add(deadline)
     try:
-        await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
     except asyncio.CancelledError:
-        work.cancel()
-        watcher.cancel()
+        for waiter in waiters:
+            waiter.cancel()
         raise
+    if deadline is not None:
+        deadline.cancel()
     if work.done():
         watcher.cancel()
         return work.result()
     work.cancel()
-    st.metrics.disconnects.inc()
-    raise ClientGone()
+    watcher.cancel()
+    if watcher.done() and not watcher.cancelled():
+        st.metrics.disconnects.inc()
+        raise ClientGone()
+    raise ApiError(
+        503, "the server is shutting down: the request did not finish within --shutdown-timeout", headers={"Retry-After": "5"}
+    )
 
 
 def check_tokens(st: ServerState, tokens: int, where: str = "input") -> None:
