@@ -110,11 +110,15 @@ class BertIntermediate(nn.Module):
 
 
 class BertLayer(nn.Module):
-    """One post-LayerNorm transformer encoder layer."""
+    """One post-LayerNorm transformer encoder layer.
 
-    def __init__(self, config: Any) -> None:
+    ``attention`` replaces :class:`BertAttention` in a family whose attention block is named or
+    built otherwise (MPNet's); it takes the same ``(x, batch, attention, linear_act)``.
+    """
+
+    def __init__(self, config: Any, attention: nn.Module | None = None) -> None:
         super().__init__()
-        self.attention = BertAttention(config)
+        self.attention = BertAttention(config) if attention is None else attention
         self.intermediate = BertIntermediate(config)
         self.output = BertResidualOutput(config.intermediate_size, config.hidden_size, config.layer_norm_eps)
 

@@ -112,6 +112,20 @@ class RMSNorm(nn.Module):
         return self.weight * h.to(x.dtype)
 
 
+class OffsetRMSNorm(RMSNorm):
+    """Gemma's RMSNorm: scaled by ``1 + weight`` (weights stored centred on 0), computed and scaled
+    in float32 and only then cast to the input's dtype, as transformers' ``GemmaRMSNorm`` does."""
+
+    def __init__(self, size: int, eps: float) -> None:
+        super().__init__(size, eps)
+        nn.init.zeros_(self.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (h * (1.0 + self.weight.float())).to(x.dtype)
+
+
 def rotary_inv_freq(theta: float, head_dim: int) -> torch.Tensor:
     """Plain RoPE's inverse frequencies ``theta ** (-2i / head_dim)``, float32, ``[head_dim // 2]``."""
     exponents = torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim

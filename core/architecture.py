@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable, ClassVar, Collection, Iterable, Mapping
 
 import torch
@@ -62,6 +63,10 @@ class Architecture(torch.nn.Module):
     #: What :meth:`check_config` compares between the config and the checkpoint before the model
     #: is built: positive sizes, multiples, the layer count and key tensor shapes.
     config_checks: ClassVar[ConfigChecks] = ConfigChecks()
+    #: The transformers ``model_type`` whose config class reads this architecture's ``config.json``
+    #: when the file names a ``model_type`` transformers does not know (a checkpoint written for
+    #: remote code, such as ``llama_bidirec`` read as ``llama``); ``None`` reads it as a plain config.
+    config_model_type: ClassVar[str | None] = None
 
     @classmethod
     def check_config(
@@ -155,6 +160,22 @@ class Architecture(torch.nn.Module):
             ModelLoadError: a parameter has no tensor, or a tensor has the wrong shape.
         """
         raise NotImplementedError
+
+    def load_companion_files(self, model_dir: Path, allow_pickle: bool) -> None:
+        """Load weights a checkpoint keeps in files of its own beside the main weights
+        (BGE-M3's ``sparse_linear.pt`` and ``colbert_linear.pt``).
+
+        Called once per load, right after :meth:`load_weights` and before the model is moved
+        to its device and dtype. The default does nothing.
+
+        Args:
+            model_dir: the checkpoint directory.
+            allow_pickle: whether the user opted in to pickle files (load them with
+                ``torch.load(weights_only=True)`` only then).
+
+        Raises:
+            ModelLoadError: a file is missing, malformed, or a pickle without the opt-in.
+        """
 
     def forward(self, batch: PackedBatch) -> torch.Tensor:  # pragma: no cover - abstract
         """Hidden states ``[batch.num_tokens, hidden_size]`` of the last layer."""

@@ -149,10 +149,25 @@ def _load_hf_config(path: Path, overrides: dict[str, Any]) -> Any:
         pass
     except Exception as exc:  # a config class that validates, or computes with a value it cannot use
         raise ModelLoadError(f"{config_file} does not make a valid '{model_type}' config: {_one_line(exc)}") from None
+    substitute = _config_model_type(raw)
+    if substitute is not None:
+        try:
+            return AutoConfig.for_model(substitute, **{k: v for k, v in raw.items() if k != "model_type"})
+        except Exception as exc:
+            raise ModelLoadError(f"{config_file} does not make a valid '{substitute}' config: {_one_line(exc)}") from None
     try:
         return PretrainedConfig.from_dict(raw)
     except Exception as exc:
         raise ModelLoadError(f"{config_file} is not a valid config: {_one_line(exc)}") from None
+
+
+def _config_model_type(raw: dict[str, Any]) -> str | None:
+    """The ``config_model_type`` of the first registered architecture ``raw`` names, if any."""
+    archs = registry("architecture")
+    for name in raw.get("architectures") or []:
+        if isinstance(name, str) and name in archs:
+            return getattr(archs.get(name), "config_model_type", None)
+    return None
 
 
 def _one_line(exc: BaseException) -> str:
@@ -563,6 +578,7 @@ def load_model(args: Any) -> PoolingModel:
     arch_cls.check_config(hf_config, checkpoint_shapes(files), overridden_fields(args.hf_overrides))
     architecture = arch_cls(hf_config)
     architecture.load_weights(iter_tensors(files))
+    architecture.load_companion_files(path, args.allow_pickle)
     architecture.to(device=torch_device, dtype=torch_dtype).eval()
     head_dtype = _head_dtype(hf_config, torch_dtype)
     if head_dtype != torch_dtype:

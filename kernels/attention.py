@@ -18,6 +18,7 @@ def varlen_attention(
     causal: bool = False,
     scale: float | None = None,
     window: int | None = None,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Scaled dot-product attention restricted to the sequences of a packed batch.
 
@@ -35,6 +36,10 @@ def varlen_attention(
         window: each token attends only to tokens at most ``window`` positions away from it in
             its sequence (a sliding window, such as ModernBERT's local attention); ``None`` is
             no limit.
+        bias: ``[heads, N, N]`` additive bias by position pair, ``N`` at least the longest
+            sequence: the scaled score of the query at position ``i`` and the key at position
+            ``j`` of a sequence gets ``bias[h, i, j]`` added, in every sequence alike (a
+            relative position bias such as MPNet's or T5's, or ALiBi); ``None`` is none.
 
     Returns:
         ``[T, heads, head_dim]`` attention outputs, in token order.
@@ -46,19 +51,25 @@ def varlen_attention(
         outs = []
         for length, start, count in runs:
             grid = (t[start : start + count * length].unflatten(0, (count, length)) for t in (q, k, v))
-            outs.append(_dense(*grid, causal, scale, window).flatten(0, 1))
+            outs.append(_dense(*grid, causal, scale, window, bias).flatten(0, 1))
         return outs[0] if len(outs) == 1 else torch.cat(outs)
     groups = batch.length_groups
     out = q.new_empty(q.shape)
     for _, tokens in groups:
         flat = tokens.reshape(-1)
-        o = _dense(q[tokens], k[tokens], v[tokens], causal, scale, window)
+        o = _dense(q[tokens], k[tokens], v[tokens], causal, scale, window, bias)
         out.index_copy_(0, flat, o.reshape(flat.shape[0], *q.shape[1:]))
     return out
 
 
 def _dense(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float | None, window: int | None
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    causal: bool,
+    scale: float | None,
+    window: int | None,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Attention on ``[n, L, heads, d]`` inputs, returning ``[n, L, heads, d]``."""
     length = q.shape[1]
@@ -66,6 +77,14 @@ def _dense(
     if window is not None and window < length - 1:
         mask = _band(length, window, causal, q.device)
         causal = False
+    if bias is not None:
+        # One [heads, L, L] float mask for every sequence of the group: the bias, -inf where hidden.
+        if causal:
+            mask, causal = _band(length, length, True, q.device), False
+        added = bias[:, :length, :length].to(q.dtype)
+        if mask is not None:
+            added = added.masked_fill(~mask, float("-inf"))
+        mask = added.unsqueeze(0)  # 4-D: a 3-D float mask keeps CPU attention off its fused path
     o = F.scaled_dot_product_attention(
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, is_causal=causal, scale=scale
     )
@@ -79,9 +98,64 @@ def _band(length: int, window: int, causal: bool, device: torch.device) -> torch
     return (offset <= window) & (offset >= (0 if causal else -window))
 
 
+def softcap_varlen_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    batch: PackedBatch,
+    causal: bool = False,
+    scale: float | None = None,
+    window: int | None = None,
+    softcap: float | None = None,
+) -> torch.Tensor:
+    """:func:`varlen_attention` whose scores are soft-capped before the softmax (Gemma 2).
+
+    Each score ``s = scale * q . k`` becomes ``softcap * tanh(s / softcap)``, as transformers'
+    eager attention does; the softmax runs in float32 (or float64). ``softcap=None`` is plain attention.
+
+    Args:
+        q, k, v, batch, causal, scale, window: as :func:`varlen_attention`.
+        softcap: the cap of the attention scores.
+
+    Returns:
+        ``[T, heads, head_dim]`` attention outputs, in token order.
+    """
+    if softcap is None:
+        return varlen_attention(q, k, v, batch, causal=causal, scale=scale, window=window)
+    out = q.new_empty(q.shape)
+    for length, start, count in batch.length_runs:
+        tokens = slice(start, start + count * length)
+        grid = [t[tokens].unflatten(0, (count, length)).transpose(1, 2) for t in (q, k, v)]
+        out[tokens] = _softcapped(*grid, causal, scale, window, softcap).transpose(1, 2).flatten(0, 1)
+    return out
+
+
+def _softcapped(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float | None, window: int | None, cap: float
+) -> torch.Tensor:
+    """Soft-capped attention on ``[n, heads, L, d]`` inputs."""
+    length = q.shape[2]
+    scores = torch.matmul(q, k.transpose(-1, -2)) * (q.shape[-1] ** -0.5 if scale is None else scale)
+    scores = torch.tanh(scores / cap) * cap
+    position = torch.arange(length, device=q.device)
+    offset = position.unsqueeze(1) - position.unsqueeze(0)
+    keep = torch.ones(length, length, dtype=torch.bool, device=q.device)
+    if causal:
+        keep &= offset >= 0
+    if window is not None:
+        keep &= offset.abs() <= window
+    scores = scores.masked_fill(~keep, float("-inf"))
+    weights = torch.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(v.dtype)
+    return torch.matmul(weights, v)
+
+
 @hookimpl
 def poolkit_register_kernels(register):
     register(
         "varlen_attention:torch",
         Kernel(fn=varlen_attention, reference=varlen_attention, device="any", priority=0),
+    )
+    register(
+        "varlen_attention_softcap:torch",
+        Kernel(fn=softcap_varlen_attention, reference=softcap_varlen_attention, device="any", priority=0),
     )

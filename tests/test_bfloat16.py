@@ -41,11 +41,18 @@ BUILDERS = {
     ),
     "splade": lambda root: __import__("tiny_models").build_masked_lm(root / "mlm", init_range=0.1),
     "modernbert": lambda root: __import__("tiny_models").build_modernbert(root / "mb", "classify", init_range=0.05),
+    "nomic": lambda root: __import__("tiny_rotary_encoders").build_nomic(root / "nomic", gain=0.5),
+    "gte-reranker": lambda root: __import__("tiny_rotary_encoders").build_gte(root / "gte", gain=0.5, num_labels=3),
+    "mpnet": lambda root: __import__("tiny_models").build_mpnet(root / "mpnet", "classify", 3, init_range=0.05),
     "qwen3": lambda root: __import__("tiny_models").build_qwen(root / "qwen", "qwen3", init_range=0.05),
     "clip": lambda root: __import__("tiny_models").build_clip(root / "clip", gain=0.5),
     "colbert": _colbert,
-    "fallback-llama-classifier": lambda root: __import__("tiny_models").build_transformers_model(
-        root / "llama", "LlamaForSequenceClassification", num_labels=2, init_range=0.05
+    "llama-classifier": lambda root: __import__("tiny_models").build_decoder(
+        root / "llama", "llama", "classify", num_labels=2, init_range=0.05
+    ),
+    "gemma3": lambda root: __import__("tiny_models").build_decoder(root / "gemma3", "gemma3", init_range=0.05),
+    "fallback-phi3-classifier": lambda root: __import__("tiny_models").build_transformers_model(
+        root / "phi3", "Phi3ForSequenceClassification", num_labels=2, init_range=0.05
     ),
     "fallback-electra-ner": lambda root: __import__("tiny_models").build_transformers_model(
         root / "electra", "ElectraForTokenClassification", num_labels=3, init_range=0.05

@@ -36,7 +36,8 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
         "modernbert": build_modernbert(root / "modernbert", "embed"),
         "clip": build_clip(root / "clip"),
         "distilbert": build_transformers_model(root / "distilbert", "DistilBertModel"),
-        "llama": build_transformers_model(root / "llama", "LlamaModel"),
+        "llama": build_transformers_model(root / "llama", "LlamaModel"),  # native (the decoder family)
+        "phi3": build_transformers_model(root / "phi3", "Phi3Model"),
     }
 
 
@@ -90,6 +91,11 @@ CASES = {
                        "config.json num_attention_heads 4 is not a multiple of num_key_value_heads 3"),
     "qwen2-heads-do-not-divide": ("qwen2", {"num_attention_heads": 5, "num_key_value_heads": 5},
                                   "config.json hidden_size 32 is not a multiple of num_attention_heads 5"),
+    "llama-no-heads": ("llama", {"num_attention_heads": 0},
+                       "config.json num_attention_heads is 0; it must be a positive integer"),
+    "llama-huge-vocab": ("llama", {"vocab_size": 10**9},
+                         "config.json vocab_size is 1000000000, but the weights hold 112 "
+                         "('embed_tokens.weight' has shape (112, 32))"),
     "qwen2-huge-intermediate": ("qwen2", {"intermediate_size": 10**8},
                                 "config.json intermediate_size is 100000000, but the weights hold 64 "
                                 "('layers.0.mlp.gate_proj.weight' has shape (64, 32))"),
@@ -120,9 +126,9 @@ CASES = {
                           "config.json hidden_dim is 100000000, but the weights hold 64 "
                           "('transformer.layer.0.ffn.lin1.weight' has shape (64, 32))"),
     "fallback-no-heads": ("distilbert", {"n_heads": 0}, "config.json n_heads is 0; it must be a positive integer"),
-    "fallback-config-divides-by-heads": ("llama", {"num_attention_heads": 0},
+    "fallback-config-divides-by-heads": ("phi3", {"num_attention_heads": 0},
                                          "config.json num_attention_heads is 0; it must be a positive integer"),
-    "fallback-negative-size": ("llama", {"hidden_size": -32},
+    "fallback-negative-size": ("phi3", {"hidden_size": -32},
                                "config.json hidden_size is -32; it must be a positive integer"),
 }
 
@@ -164,7 +170,7 @@ def test_fewer_layers_on_purpose_through_hf_overrides(tiny, model):
     assert a.shape == b.shape and not torch.allclose(a, b)
 
 
-@pytest.mark.parametrize("model", sorted({"bert", "qwen3", "qwen2", "modernbert", "clip", "distilbert", "llama"}))
+@pytest.mark.parametrize("model", sorted({"bert", "qwen3", "qwen2", "modernbert", "clip", "distilbert", "llama", "phi3"}))
 def test_the_unedited_models_load(tiny, model):
     assert LLM(str(tiny[model]), dtype="float32").embed("hello world")[0].outputs.embedding
 

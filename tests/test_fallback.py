@@ -1,6 +1,7 @@
 """The transformers fallback: families with no native code run through transformers, same tasks.
 
-Tiny random DistilBERT, ELECTRA and Llama models (no native poolkit code) are compared with
+Tiny random DistilBERT, ELECTRA, CamemBERT, Phi-3 and GPT-2 models (no native poolkit code; Llama,
+Mistral and Gemma are native since the decoder family) are compared with
 transformers (and sentence-transformers' CrossEncoder) on one batch of mixed lengths.
 """
 
@@ -32,10 +33,10 @@ MODELS = {
     "distilbert": ("DistilBertModel", None, {}),
     "electra": ("ElectraModel", None, {}),
     "camembert": ("CamembertModel", None, {}),
-    "llama": ("LlamaModel", None, {}),
+    "phi3": ("Phi3Model", None, {}),
     "gpt2": ("GPT2Model", None, {}),
     "distilbert-3": ("DistilBertForSequenceClassification", 3, {}),
-    "llama-3": ("LlamaForSequenceClassification", 3, {}),
+    "phi3-3": ("Phi3ForSequenceClassification", 3, {}),
     "gpt2-3": ("GPT2ForSequenceClassification", 3, {}),  # no pad token
     "gpt2-pad-3": ("GPT2ForSequenceClassification", 3, {"pad_token_id": 0}),
     "electra-1": ("ElectraForSequenceClassification", 1, {}),
@@ -92,7 +93,23 @@ def test_implementation_is_reported(llms, tiny_encoders):
     assert LLM(str(tiny_encoders["bert"])).model.describe()["implementation"] == "native"
 
 
-@pytest.mark.parametrize("key, default", [("distilbert", "CLS"), ("electra", "CLS"), ("camembert", "CLS"), ("llama", "LAST"), ("gpt2", "LAST")])
+@pytest.mark.parametrize("name", ["LlamaModel", "LlamaForSequenceClassification"])
+def test_native_families_are_not_taken_by_the_fallback(name, tmp_path):
+    """Llama-style decoders (Llama, Mistral, Gemma 1/2/3) have native code: the registry picks it
+    before the fallback's resolver is asked."""
+    from tiny_models import build_transformers_model
+
+    from poolkit.plugins import registry
+
+    path = build_transformers_model(tmp_path / "llama", "LlamaForSequenceClassification", num_labels=3)
+    info = LLM(str(path), hf_overrides={"architectures": [name]}).model.describe()
+    assert info["implementation"] == "native" and info["architecture"] == name
+    assert info["architecture_plugin"] == "builtin_decoders"
+    for family in ("Mistral", "Gemma", "Gemma2"):
+        assert registry("architecture").entry(f"{family}ForCausalLM").plugin == "builtin_decoders"
+
+
+@pytest.mark.parametrize("key, default", [("distilbert", "CLS"), ("electra", "CLS"), ("camembert", "CLS"), ("phi3", "LAST"), ("gpt2", "LAST")])
 @pytest.mark.parametrize("pooling", [None, "MEAN"])
 def test_embed_matches_transformers(dirs, llms, key, default, pooling):
     out, mask = hf_run(dirs[key], "AutoModel", TEXTS)
@@ -113,14 +130,14 @@ def test_embed_matches_transformers(dirs, llms, key, default, pooling):
     assert F.cosine_similarity(alone, got[2], dim=0) >= 0.99999  # batch invariance
 
 
-@pytest.mark.parametrize("key", ["electra", "llama"])
+@pytest.mark.parametrize("key", ["electra", "phi3"])
 def test_token_embed_matches_transformers(dirs, llms, key):
     out, mask = hf_run(dirs[key], "AutoModel", TEXTS)
     for got, hidden, m in zip(llms[key].encode(TEXTS, pooling_task="token_embed"), out.last_hidden_state, mask):
         assert_same_vectors(got.outputs.data, F.normalize(hidden[m], dim=-1))
 
 
-@pytest.mark.parametrize("key", ["distilbert-3", "llama-3", "gpt2-pad-3"])
+@pytest.mark.parametrize("key", ["distilbert-3", "phi3-3", "gpt2-pad-3"])
 def test_classify_matches_transformers(dirs, llms, key):
     out, _ = hf_run(dirs[key], "AutoModelForSequenceClassification", TEXTS)
     ref = torch.softmax(out.logits, dim=-1)
@@ -172,12 +189,12 @@ def test_decoder_classifier_token_head_is_score(dirs, llms):
     """Generic decoder classifiers keep hidden states: token_classify applies ``score`` per token."""
     import transformers
 
-    model = transformers.AutoModelForSequenceClassification.from_pretrained(str(dirs["llama-3"])).eval()
-    tok = transformers.AutoTokenizer.from_pretrained(str(dirs["llama-3"]))
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(str(dirs["phi3-3"])).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(str(dirs["phi3-3"]))
     ids = tok(TEXTS[0], return_tensors="pt")["input_ids"]
     with torch.no_grad():
         ref = torch.softmax(model.score(model.model(input_ids=ids).last_hidden_state[0]), dim=-1)
-    (got,) = llms["llama-3"].encode(TEXTS[0], pooling_task="token_classify")
+    (got,) = llms["phi3-3"].encode(TEXTS[0], pooling_task="token_classify")
     assert torch.allclose(got.outputs.data, ref, atol=ATOL)
 
 

@@ -250,9 +250,12 @@ def test_missing_tensor_is_named(models: dict[str, Path], name: str, dropped: st
 def test_unsupported_configs_are_refused(models: dict[str, Path]) -> None:
     raw = json.loads((models["qwen3"] / "config.json").read_text())
     raw.pop("model_type")
-    dynamic = T.Qwen3Config(**{**raw, "rope_parameters": {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 100.0}})
-    with pytest.raises(ModelLoadError, match="unsupported rope_type 'dynamic'"):
-        qwen.Qwen3Model(dynamic)
+    # longrope switches frequencies by the batch's longest sequence (dynamic is plain RoPE within
+    # max_position_embeddings, which poolkit never exceeds: tests/test_decoders.py).
+    longrope = T.Qwen3Config(**{**raw, "rope_parameters": {
+        "rope_type": "longrope", "short_factor": [1.0] * 4, "long_factor": [2.0] * 4, "rope_theta": 100.0, "factor": 4.0}})
+    with pytest.raises(ModelLoadError, match="unsupported rope_type 'longrope'"):
+        qwen.Qwen3Model(longrope)
     with pytest.raises(ModelLoadError, match="num_attention_heads 4 is not a multiple of num_key_value_heads 3"):
         qwen.Qwen3Model(T.Qwen3Config(**{**raw, "num_key_value_heads": 3}))
     # A reranker config built without its tokenizer's ids.

@@ -3,9 +3,9 @@
 ``pooler_config={"pooling_type": "STEP", "step_tag_id": ..., "returned_token_ids": [...]}`` on a
 ``*ForCausalLM`` checkpoint: ``token_classify`` (``LLM.reward``) gives, at each step-tag token,
 the softmax of the LM head's logits over the ``returned_token_ids`` columns. Tiny random
-Qwen2 / Qwen3 (native) and Llama / Mistral / GPT-2 / Gemma 2 / Cohere / Granite (transformers
-fallback; the last three transform their logits) causal LMs are compared with transformers' own
-logits in fp32.
+Qwen2 / Qwen3 / Llama / Mistral / Gemma 2 (native; Gemma 2 soft-caps its logits) and GPT-2 /
+Cohere / Granite (transformers fallback; the last two transform their logits) causal LMs are
+compared with transformers' own logits in fp32.
 """
 
 from __future__ import annotations
@@ -86,8 +86,8 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
-NATIVE = ("qwen2", "qwen3", "qwen3-untied")
-FALLBACK = ("llama", "mistral", "gpt2", "gemma2", "cohere", "granite")
+NATIVE = ("qwen2", "qwen3", "qwen3-untied", "llama", "mistral", "gemma2")
+FALLBACK = ("gpt2", "cohere", "granite")
 
 
 def step_tag(path: Path) -> int:
@@ -158,7 +158,7 @@ def test_gemma2_logits_are_soft_capped_as_transformers_does(models: dict[str, Pa
     assert_rows([o.outputs.data for o in raw.reward(TEXTS)], expected(path, tag, columns=None, activate=False))
 
 
-@pytest.mark.parametrize("name", ["qwen2", "llama"])
+@pytest.mark.parametrize("name", ["qwen2", "llama", "granite"])
 def test_request_parameters_and_raw_logits(models: dict[str, Path], name: str) -> None:
     path = models[name]
     tag = step_tag(path)
@@ -221,10 +221,10 @@ def test_embeddings_are_unchanged_and_the_head_is_read_only_when_used(models: di
     llm.reward(TEXTS)
     assert len(arch._lm_copies) == 1
     # The fallback's causal LMs embed as their base model did.
-    path = models["llama"]
+    path = models["granite"]
     as_lm = LLM(str(path), pooler_config=step_config(step_tag(path)))
-    as_base = LLM(str(path), hf_overrides={"architectures": ["LlamaModel"]})
-    assert type(as_lm.model.architecture).__name__ == "TransformersLlamaForCausalLM"
+    as_base = LLM(str(path), hf_overrides={"architectures": ["GraniteModel"]})
+    assert type(as_lm.model.architecture).__name__ == "TransformersGraniteForCausalLM"
     assert [o.outputs.embedding for o in as_lm.embed(TEXTS)] == [o.outputs.embedding for o in as_base.embed(TEXTS)]
     assert as_lm.model.architecture._lm_copies == {}
 
@@ -242,7 +242,7 @@ def test_the_head_runs_in_chunks(models: dict[str, Path], monkeypatch: pytest.Mo
     assert calls and max(calls) == 1 and sum(calls) == sum(w.shape[0] for w in whole)
 
 
-@pytest.mark.parametrize("name", ["qwen2", "llama"])
+@pytest.mark.parametrize("name", ["qwen2", "llama", "gemma2", "granite"])
 def test_bfloat16_follows_float32(models: dict[str, Path], name: str) -> None:
     path = models[name]
     tag = step_tag(path)

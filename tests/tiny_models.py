@@ -200,8 +200,11 @@ def build_modernbert(
 QWEN_CORPUS = CORPUS + ["yes", "no", "is paris the capital of france? yes", "is berlin the capital of france? no"]
 
 
-def bytelevel_bpe_tokenizer(eos: str = "<|endoftext|>", vocab_size: int = 400) -> T.PreTrainedTokenizerFast:
-    """A Qwen-style byte-level BPE tokenizer trained on ``QWEN_CORPUS``, padding on the left."""
+def bytelevel_bpe_tokenizer(
+    eos: str = "<|endoftext|>", vocab_size: int = 400, padding_side: str = "left"
+) -> T.PreTrainedTokenizerFast:
+    """A Qwen-style byte-level BPE tokenizer trained on ``QWEN_CORPUS``, padding on the left
+    (or on ``padding_side``)."""
     tk = Tokenizer(models.BPE())
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
@@ -215,7 +218,7 @@ def bytelevel_bpe_tokenizer(eos: str = "<|endoftext|>", vocab_size: int = 400) -
         if tk.token_to_id(word) is None:
             raise RuntimeError(f"the tiny BPE vocabulary has no single token '{word}'")
     return T.PreTrainedTokenizerFast(
-        tokenizer_object=tk, eos_token=eos, pad_token=eos, model_max_length=128, padding_side="left"
+        tokenizer_object=tk, eos_token=eos, pad_token=eos, model_max_length=128, padding_side=padding_side
     )
 
 
@@ -272,6 +275,92 @@ def build_qwen(
     return out
 
 
+#: transformers' config and model class prefixes of the Llama-style decoder families.
+DECODER_FAMILIES = {
+    "llama": ("Llama", "Llama"),
+    "mistral": ("Mistral", "Mistral"),
+    "gemma": ("Gemma", "Gemma"),
+    "gemma2": ("Gemma2", "Gemma2"),
+    "gemma3": ("Gemma3Text", "Gemma3"),
+}
+
+
+def build_decoder(
+    out: Path,
+    family: str,
+    task: str = "embed",
+    num_labels: int = 1,
+    seed: int = 0,
+    init_range: float = 0.2,
+    padding_side: str = "left",
+    **config: object,
+) -> Path:
+    """A tiny Llama / Mistral / Gemma / Gemma 2 / Gemma 3 text decoder (``family``) for ``task``,
+    saved to ``out`` with the byte-level BPE tokenizer of :func:`build_qwen`.
+
+    ``task``: ``embed`` (``*Model``, ``Gemma3TextModel``), ``lm`` (``*ForCausalLM``), ``classify``
+    (``*ForSequenceClassification``, ``Gemma3TextForSequenceClassification``) or
+    ``token_classify``. Hidden size 32, 4 query heads of width 8 sharing 2 key/value heads. Norm
+    weights (around 1, or around 0 for Gemma's ``1 + weight`` norms) and biases are randomised too,
+    so a dropped one would show. The family's defaults (sliding windows, soft-capping, Gemma 3's
+    local/global layers) are small enough for test inputs to feel them; ``config`` overrides them.
+    """
+    tok = bytelevel_bpe_tokenizer(padding_side=padding_side)
+    config_prefix, model_prefix = DECODER_FAMILIES[family]
+    kw = dict(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=128,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.eos_token_id,
+        tie_word_embeddings=True,
+        initializer_range=init_range,
+    )
+    if family == "mistral":
+        kw.update(sliding_window=6)
+    elif family == "gemma2":
+        # layer_types alternate sliding / full by default
+        kw.update(num_hidden_layers=3, sliding_window=6, query_pre_attn_scalar=16, attn_logit_softcapping=1.0,
+                  final_logit_softcapping=2.0)
+    elif family == "gemma3":
+        kw.update(
+            num_hidden_layers=4,
+            layer_types=["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"],
+            sliding_window=6,
+            query_pre_attn_scalar=16,
+            rope_parameters={
+                "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1000.0},
+                "sliding_attention": {"rope_type": "default", "rope_theta": 100.0},
+            },
+        )
+    if task in ("classify", "token_classify"):
+        kw.update(num_labels=num_labels)
+        if num_labels > 1:
+            kw.update(id2label={i: f"class_{i}" for i in range(num_labels)}, label2id={f"class_{i}": i for i in range(num_labels)})
+    kw.update(config)
+    suffix = {"lm": "ForCausalLM", "classify": "ForSequenceClassification", "token_classify": "ForTokenClassification"}
+    name = ("Gemma3TextModel" if family == "gemma3" else f"{model_prefix}Model") if task == "embed" else (
+        f"Gemma3Text{suffix[task]}" if family == "gemma3" and task == "classify" else f"{model_prefix}{suffix[task]}"
+    )
+    offset = family.startswith("gemma")
+    torch.manual_seed(seed)  # transformers 5 initialises weights when the model is built
+    model = getattr(T, name)(getattr(T, f"{config_prefix}Config")(**kw))
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if p.ndim == 1:
+                p.normal_(1.0 if pname.endswith("norm.weight") and not offset else 0.0, 0.5)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
 def _transformers_config(family: str, vocab_size: int, pad_token_id: int, init_range: float) -> dict:
     if family == "DistilBert":
         return dict(vocab_size=vocab_size, dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=128,
@@ -280,7 +369,7 @@ def _transformers_config(family: str, vocab_size: int, pad_token_id: int, init_r
         # embedding_size != hidden_size: ELECTRA's embeddings_project is exercised too
         return dict(_encoder_kwargs(vocab_size, init_range), embedding_size=16, max_position_embeddings=128,
                     pad_token_id=pad_token_id)
-    if family == "Llama":
+    if family in ("Llama", "Phi3"):
         return dict(_encoder_kwargs(vocab_size, init_range), num_attention_heads=4, num_key_value_heads=2,
                     max_position_embeddings=128, pad_token_id=pad_token_id)
     if family == "Camembert":  # RoBERTa-style positions, counted from pad_token_id + 1
@@ -299,15 +388,15 @@ def build_transformers_model(
     init_range: float = 0.5,
     **config: object,
 ) -> Path:
-    """A tiny model of a family poolkit has no native code for (DistilBERT, ELECTRA, CamemBERT,
-    Llama, GPT-2).
+    """A tiny model built with transformers' own classes: families poolkit has no native code for
+    (DistilBERT, ELECTRA, CamemBERT, Phi-3, GPT-2), and Llama (native since the decoder family).
 
     ``class_name`` is the transformers class (``"ElectraForSequenceClassification"``); its
     family's config class gets ``num_labels`` (with ``class_<i>`` label names when several).
     One-dimensional parameters (LayerNorm / RMSNorm weights, biases) are randomised too.
     """
     tok = wordpiece_tokenizer()
-    family = next(f for f in ("DistilBert", "Electra", "Camembert", "Llama", "GPT2") if class_name.startswith(f))
+    family = next(f for f in ("DistilBert", "Electra", "Camembert", "Llama", "Phi3", "GPT2") if class_name.startswith(f))
     kw = _transformers_config(family, len(tok), tok.pad_token_id, init_range)
     if num_labels is not None:
         kw["num_labels"] = num_labels
@@ -419,4 +508,149 @@ def build_masked_lm(
             for k, v in tensors.items()
         }
         save_file(renamed, str(path), metadata={"format": "pt"})
+    return out
+
+
+def siglip_tokenizer(model_max_length: int = 64) -> T.PreTrainedTokenizerFast:
+    """The WordPiece vocabulary shaped like SigLIP's tokenizer: no leading special token, ``</s>``
+    appended to every text, and ``</s>`` also the padding token (SigLIP's own is a SentencePiece
+    model, which needs the ``sentencepiece`` package and has no fast version)."""
+    tok = wordpiece_tokenizer(model_max_length=model_max_length)
+    eos = tok.convert_tokens_to_ids("</s>")
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B:1 </s>:1", special_tokens=[("</s>", eos)]
+    )
+    tok.add_special_tokens({"eos_token": "</s>", "pad_token": "</s>"})
+    return tok
+
+
+def build_siglip(
+    out: Path, seed: int = 0, gain: float = 2.0, image_size: int = 32, patch_size: int = 8, max_len: int = 64
+) -> Path:
+    """A tiny ``SiglipModel`` (text and vision towers, 32 wide, the text head to 32) with a
+    SigLIP-shaped WordPiece tokenizer (:func:`siglip_tokenizer`) and a Pillow SigLIP image
+    processor (resize to ``image_size`` square, bicubic, rescale, normalise with mean and std 0.5),
+    saved to ``out``.
+
+    Every parameter is drawn again as :func:`build_clip` does (matrices with std
+    ``gain / sqrt(fan_in)``, embeddings and the probe with std 1, LayerNorm weights around 1 and
+    biases around 0 with std 0.2), so different inputs get clearly different embeddings and a
+    dropped parameter would show.
+    """
+    tok = siglip_tokenizer(model_max_length=max_len)
+    config = T.SiglipConfig(
+        text_config=dict(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=max_len,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+            bos_token_id=None,
+            projection_size=32,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=image_size,
+            patch_size=patch_size,
+        ),
+    )
+    torch.manual_seed(seed)  # transformers 5 initialises weights when the model is built
+    model = T.SiglipModel(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.startswith("logit_"):
+                continue
+            if p.ndim == 1:
+                p.normal_(1.0 if "norm" in name and name.endswith("weight") else 0.0, 0.2)
+            elif name.endswith(("token_embedding.weight", "position_embedding.weight", "head.probe")):
+                p.normal_(0.0, 1.0)
+            else:
+                p.normal_(0.0, gain * p[0].numel() ** -0.5)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    T.SiglipImageProcessorPil(size={"height": image_size, "width": image_size}).save_pretrained(out)
+    return out
+
+
+def mpnet_tokenizer(model_max_length: int = 128) -> T.PreTrainedTokenizerFast:
+    """An MPNet-style WordPiece tokenizer over ``CORPUS``: ``<s>`` 0, ``<pad>`` 1, ``</s>`` 2,
+    ``<unk>`` 3 as in all-mpnet-base-v2 (transformers' MPNet counts positions from id 1 + 1),
+    ``<s> A </s>`` and ``<s> A </s></s> B </s>`` templates, no segment ids."""
+    chars = "abcdefghijklmnopqrstuvwxyz0123456789"
+    words = sorted({w for line in CORPUS for w in line.split()})
+    vocab = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"] + list(chars + ".,!?'-:") + ["##" + c for c in chars] + words
+    tk = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="<unk>"))
+    tk.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tk.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tk.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)]
+    )
+    tk.decoder = decoders.WordPiece()
+    return T.PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        cls_token="<s>",
+        sep_token="</s>",
+        mask_token="<mask>",
+        model_max_length=model_max_length,
+    )
+
+
+def build_mpnet(
+    out: Path,
+    task: str = "embed",
+    num_labels: int = 3,
+    seed: int = 0,
+    init_range: float = 0.5,
+    max_len: int = 128,
+    **config: object,
+) -> Path:
+    """A tiny MPNet for ``task``, saved to ``out`` with :func:`mpnet_tokenizer`; ``max_len`` tokens
+    of context (the position table has 2 more rows, as MPNet's counts from ``padding_idx + 1``).
+
+    ``task``: ``embed`` (``MPNetModel``), ``masked_lm`` (``MPNetForMaskedLM``, the class
+    all-mpnet-base-v2's config names), ``classify`` / ``token_classify``
+    (``MPNetFor{Sequence,Token}Classification`` with ``num_labels``). Four heads, so the relative
+    position bias differs per head; one-dimensional parameters are randomised too.
+    """
+    tok = mpnet_tokenizer(model_max_length=max_len)
+    kw = _encoder_kwargs(len(tok), init_range)
+    kw.update(
+        num_attention_heads=4,
+        max_position_embeddings=max_len + 2,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    if task in ("classify", "token_classify"):
+        kw["num_labels"] = num_labels
+        if num_labels > 1:
+            kw["id2label"] = {i: f"class_{i}" for i in range(num_labels)}
+            kw["label2id"] = {f"class_{i}": i for i in range(num_labels)}
+    kw.update(config)
+    classes = {
+        "embed": T.MPNetModel,
+        "masked_lm": T.MPNetForMaskedLM,
+        "classify": T.MPNetForSequenceClassification,
+        "token_classify": T.MPNetForTokenClassification,
+    }
+    torch.manual_seed(seed)  # transformers 5 initialises weights when the model is built
+    model = classes[task](T.MPNetConfig(**kw))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 1:
+                p.normal_(1.0 if "norm" in name.lower() and name.endswith("weight") else 0.0, 0.5)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
     return out

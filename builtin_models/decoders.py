@@ -1,0 +1,599 @@
+"""Llama-style decoders on packed batches: one configurable family for Llama, Mistral, Gemma 1/2/3
+(and Qwen2/3, configured in :mod:`poolkit.builtin_models.qwen`).
+
+Every member is a stack of pre-norm layers — grouped-query self-attention with rotary positions,
+then a gated feed-forward layer ``down(act(gate) * up)`` — between token embeddings and a final
+norm. What varies is a handful of switches, set per family as class attributes and read off the
+config by class methods:
+
+- norms: RMSNorm, or Gemma's ``(1 + weight)`` variant computed in float32 (``norm_offset``);
+  per-head q/k norms (``qk_norm``: Qwen3, Gemma 3); Gemma 2/3's sandwich norms around attention
+  and feed-forward (``sandwich_norms``);
+- biases of the attention and feed-forward projections (:meth:`DecoderModel.attention_biases`,
+  :meth:`DecoderModel.mlp_bias`: Qwen2's biased q/k/v, Llama's ``attention_bias`` / ``mlp_bias``);
+- rotary positions: ``rope_theta`` and ``rope_scaling`` / ``rope_parameters`` (``linear``,
+  ``dynamic``, ``yarn``, ``llama3``), per layer type where the config says so (Gemma 3's local
+  and global bases);
+- sliding windows on some layers (:meth:`DecoderModel.layer_types`: Mistral's on every layer,
+  Gemma 2/3's on their local layers, Qwen2's above ``max_window_layers``);
+- attention scale (Gemma 2/3: ``query_pre_attn_scalar``) and score soft-capping (Gemma 2);
+- embeddings scaled by ``sqrt(hidden_size)`` (``scale_embeddings``: Gemma);
+- causal attention within each sequence, or bidirectional (``is_causal: false`` in the config or
+  ``hf_overrides``; Gemma 3's ``use_bidirectional_attention``; ``LlamaBidirectionalModel``).
+
+Modules keep Hugging Face's parameter names, so checkpoints load by name, except that each
+layer's q/k/v projections are fused into one ``qkv_proj`` and its gate and up projections into
+one ``gate_up_proj`` at load time: one matmul instead of three or two. Heads are in
+:mod:`poolkit.builtin_models.decoder_heads`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, Callable, ClassVar, Collection, Iterable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from poolkit.architecture import Architecture
+from poolkit.batch import PackedBatch
+from poolkit.builtin_models.decoder_heads import DecoderLMHead, ScoreHead, TokenScoreHead
+from poolkit.builtin_models.layers import (
+    FusedLinear,
+    OffsetRMSNorm,
+    RMSNorm,
+    Rotary,
+    activation_function,
+    apply_rotary,
+    fuse_projections,
+    kernel,
+    rotary_cos_sin,
+    rotary_inv_freq,
+)
+from poolkit.config_checks import ConfigChecks
+from poolkit.errors import ModelLoadError
+from poolkit.hookspecs import hookimpl
+from poolkit.weights import base_model_name, load_into
+
+#: Checkpoint tensors the backbone does not use: heads of task models, rotary caches.
+_UNUSED = re.compile(r"^(lm_head|score|classifier|qa_outputs|v_head)\.|\.rotary_emb\.")
+#: Rotary types computed as transformers computes them. ``dynamic`` is plain RoPE up to
+#: ``max_position_embeddings``, and poolkit never runs a longer sequence; ``longrope`` switches
+#: frequencies by the length of the batch and is refused.
+ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3")
+GLOBAL, SLIDING = "full_attention", "sliding_attention"
+#: vLLM's ``LlamaBidirectionalConfig``: the config's ``pooling`` -> poolkit's pooling type.
+_BIDIRECTIONAL_POOLING = {"avg": "MEAN", "mean": "MEAN", "cls": "CLS", "last": "LAST"}
+
+
+def rope_parameters(config: Any, layer_type: str | None = None) -> dict[str, Any]:
+    """The rotary parameters of a layer type: ``rope_parameters`` (transformers 5, per layer type
+    for Gemma 3) or ``rope_theta`` / ``rope_scaling`` (older configs), as one dict."""
+    params = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    if layer_type is not None and isinstance(params.get(layer_type), dict):
+        params = params[layer_type]
+    return dict(params)
+
+
+def rotary_parameters(config: Any, head_dim: int, layer_type: str | None = None) -> tuple[torch.Tensor, float]:
+    """The rotary inverse frequencies (float32, ``[head_dim // 2]``) and the cos/sin scaling of a
+    layer type. Scaled types come from transformers' own ``ROPE_INIT_FUNCTIONS``, so they match it.
+
+    Raises:
+        ModelLoadError: a rotary type whose frequencies depend on the batch, or an unknown one.
+    """
+    params = rope_parameters(config, layer_type)
+    kind = params.get("rope_type", params.get("type", "default"))
+    if kind not in ROPE_TYPES:
+        raise ModelLoadError(f"unsupported rope_type '{kind}'; poolkit's decoders support {', '.join(ROPE_TYPES)}")
+    if float(params.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", None) or 1.0)) != 1.0:
+        raise ModelLoadError("partial_rotary_factor is not supported; rotary embeddings span the whole head")
+    if kind in ("default", "dynamic"):
+        theta = params.get("rope_theta", getattr(config, "rope_theta", None))
+        if theta is None:
+            theta = getattr(config, "default_theta", 10_000.0)
+        return rotary_inv_freq(theta, head_dim), 1.0
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    layered = layer_type is not None and isinstance((getattr(config, "rope_parameters", None) or {}).get(layer_type), dict)
+    try:
+        if layered:
+            inv_freq, scaling = ROPE_INIT_FUNCTIONS[kind](config, None, layer_type=layer_type)
+        else:
+            inv_freq, scaling = ROPE_INIT_FUNCTIONS[kind](config, None)
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise ModelLoadError(f"cannot compute '{kind}' rotary embeddings from the config: {type(exc).__name__}: {exc}") from None
+    if inv_freq.shape[0] * 2 != head_dim:
+        raise ModelLoadError(f"'{kind}' rotary embeddings cover {inv_freq.shape[0] * 2} of the {head_dim} head dimensions")
+    return inv_freq.float(), float(scaling)
+
+
+def extend_checks(checks: ConfigChecks, sizes: tuple[str, ...] = (), shapes: Mapping[str, tuple] | None = None) -> ConfigChecks:
+    """``checks`` with more positive sizes and tensor shapes (a family's own fields and tensors)."""
+    return dataclasses.replace(checks, sizes=checks.sizes + sizes, shapes={**checks.shapes, **(shapes or {})})
+
+
+def check_layer_types(config: Any, types: list[str]) -> list[str]:
+    """``types``, checked: one known attention type per layer, and a window for sliding ones.
+
+    Raises:
+        ModelLoadError: naming what does not fit.
+    """
+    n = int(config.num_hidden_layers)
+    if len(types) != n or set(types) - {GLOBAL, SLIDING}:
+        raise ModelLoadError(f"layer_types {types} must name '{GLOBAL}' or '{SLIDING}' once per layer ({n})")
+    if SLIDING in types and not getattr(config, "sliding_window", None):
+        raise ModelLoadError("the config has sliding-attention layers but no sliding_window")
+    return types
+
+
+class DecoderAttention(nn.Module):
+    """Grouped-query self-attention within each sequence; ``qkv_proj`` holds the checkpoint's
+    ``q_proj``, ``k_proj`` and ``v_proj`` one after the other."""
+
+    def __init__(self, model: type[DecoderModel], config: Any, layer_type: str, causal: bool) -> None:
+        super().__init__()
+        hidden = config.hidden_size
+        self.num_heads = int(config.num_attention_heads)
+        self.num_kv_heads = int(getattr(config, "num_key_value_heads", None) or self.num_heads)
+        if self.num_heads % self.num_kv_heads:
+            raise ModelLoadError(
+                f"num_attention_heads {self.num_heads} is not a multiple of num_key_value_heads {self.num_kv_heads}"
+            )
+        self.head_dim = model.head_dim(config)
+        self.scale = model.attention_scale(config, self.head_dim)
+        self.softcap = model.attention_softcap(config)
+        self.layer_type = layer_type
+        self.window = model.window(config, causal) if layer_type == SLIDING else None
+        self.causal = causal
+        qkv_bias, o_bias = model.attention_biases(config)
+        parts = {
+            "q_proj": self.num_heads * self.head_dim,
+            "k_proj": self.num_kv_heads * self.head_dim,
+            "v_proj": self.num_kv_heads * self.head_dim,
+        }
+        self.qkv_proj = FusedLinear(hidden, parts, bias=qkv_bias)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden, bias=o_bias)
+        norm = model.norm_class()
+        self.q_norm = norm(self.head_dim, config.rms_norm_eps) if model.qk_norm else None
+        self.k_norm = norm(self.head_dim, config.rms_norm_eps) if model.qk_norm else None
+
+    def forward(
+        self, x: torch.Tensor, rotary: Rotary, batch: PackedBatch, attention: Callable, linear: Callable
+    ) -> torch.Tensor:
+        qkv = linear(x, self.qkv_proj.weight, self.qkv_proj.bias)
+        q, k, v = qkv.split(list(self.qkv_proj.parts.values()), dim=-1)
+        q = q.view(-1, self.num_heads, self.head_dim)
+        k = k.view(-1, self.num_kv_heads, self.head_dim)
+        v = v.view(-1, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        cos, sin = rotary
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        groups = self.num_heads // self.num_kv_heads
+        if groups > 1:
+            # Query head i reads key/value head i // groups, as transformers' repeat_kv.
+            k = k.unsqueeze(2).expand(-1, -1, groups, -1).reshape(q.shape)
+            v = v.unsqueeze(2).expand(-1, -1, groups, -1).reshape(q.shape)
+        if self.softcap is not None:
+            context = attention(q, k, v, batch, causal=self.causal, scale=self.scale, window=self.window, softcap=self.softcap)
+        else:
+            context = attention(q, k, v, batch, causal=self.causal, scale=self.scale, window=self.window)
+        return linear(context.reshape(x.shape[0], -1), self.o_proj.weight, self.o_proj.bias)
+
+
+class DecoderMLP(nn.Module):
+    """Gated feed-forward: ``down_proj(act(gate) * up)``; ``gate_up_proj`` holds ``gate_proj`` then ``up_proj``."""
+
+    def __init__(self, model: type[DecoderModel], config: Any) -> None:
+        super().__init__()
+        bias = model.mlp_bias(config)
+        parts = {"gate_proj": int(config.intermediate_size), "up_proj": int(config.intermediate_size)}
+        self.gate_up_proj = FusedLinear(config.hidden_size, parts, bias=bias)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=bias)
+        self.act = activation_function(model.activation(config))
+
+    def forward(self, x: torch.Tensor, linear: Callable) -> torch.Tensor:
+        gate, up = linear(x, self.gate_up_proj.weight, self.gate_up_proj.bias).chunk(2, dim=-1)
+        return linear(self.act(gate) * up, self.down_proj.weight, self.down_proj.bias)
+
+
+class DecoderLayer(nn.Module):
+    """One pre-norm decoder layer; with sandwich norms (Gemma 2/3) the attention and feed-forward
+    outputs are normed too before they join the residual stream."""
+
+    def __init__(self, model: type[DecoderModel], config: Any, layer_type: str, causal: bool) -> None:
+        super().__init__()
+        norm, size, eps = model.norm_class(), config.hidden_size, config.rms_norm_eps
+        self.input_layernorm = norm(size, eps)
+        self.self_attn = DecoderAttention(model, config, layer_type, causal)
+        self.post_attention_layernorm = norm(size, eps)
+        self.sandwich = model.sandwich_norms
+        if self.sandwich:
+            self.pre_feedforward_layernorm = norm(size, eps)
+            self.post_feedforward_layernorm = norm(size, eps)
+        self.mlp = DecoderMLP(model, config)
+
+    def forward(
+        self, x: torch.Tensor, rotary: Rotary, batch: PackedBatch, attention: Callable, linear: Callable
+    ) -> torch.Tensor:
+        if not self.sandwich:
+            x = x + self.self_attn(self.input_layernorm(x), rotary, batch, attention, linear)
+            return x + self.mlp(self.post_attention_layernorm(x), linear)
+        x = x + self.post_attention_layernorm(self.self_attn(self.input_layernorm(x), rotary, batch, attention, linear))
+        return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x), linear))
+
+
+class DecoderModel(Architecture):
+    """A Llama-style decoder: packed token ids in, final-norm hidden states ``[T, H]`` out.
+
+    Loads checkpoints of the base model and of its task models (``*ForCausalLM``,
+    ``*ForSequenceClassification``, ...), whose backbone tensors carry a ``model.`` prefix;
+    ``lm_head`` is dropped (``*ForCausalLM`` keeps it for ``lm_head()``). Positions are rotary,
+    counted from 0 in each sequence. Each token attends to the earlier tokens of its sequence, or
+    to all of them when the config (or ``hf_overrides``) sets ``is_causal: false``. Embeddings
+    pool the last token by default.
+
+    Subclasses configure a family with the class attributes and class methods below.
+    """
+
+    default_pooling_type: ClassVar[str | None] = "LAST"
+    uses_token_type_ids: ClassVar[bool] = False
+    config_checks: ClassVar[ConfigChecks] = ConfigChecks(
+        sizes=(
+            "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
+            "intermediate_size", "vocab_size", "max_position_embeddings",
+        ),
+        multiples=(("num_attention_heads", "num_key_value_heads"),),
+        layers={"num_hidden_layers": r"(?:^|\.)layers\.(\d+)\."},
+        shapes={
+            "embed_tokens.weight": ("vocab_size", "hidden_size"),
+            "layers.0.self_attn.q_proj.weight": (("num_attention_heads", "head_dim"), "hidden_size"),
+            "layers.0.self_attn.k_proj.weight": (("num_key_value_heads", "head_dim"), "hidden_size"),
+            "layers.0.mlp.gate_proj.weight": ("intermediate_size", "hidden_size"),
+        },
+    )
+    #: Prefix of the backbone's tensors in task-model checkpoints (HF's ``base_model_prefix``).
+    checkpoint_prefix: ClassVar[str] = "model."
+    #: Checkpoint name prefixes of the task head this class loads (none for the bare backbone).
+    head_prefixes: ClassVar[tuple[str, ...]] = ()
+    #: Per-head norms of queries and keys before the rotation (Qwen3, Gemma 3).
+    qk_norm: ClassVar[bool] = False
+    #: Gemma's RMSNorm, scaled by ``1 + weight`` in float32.
+    norm_offset: ClassVar[bool] = False
+    #: Gemma 2/3: norms after attention and around the feed-forward layer.
+    sandwich_norms: ClassVar[bool] = False
+    #: Gemma: embeddings times ``sqrt(hidden_size)`` (rounded to the model's dtype, as transformers).
+    scale_embeddings: ClassVar[bool] = False
+
+    # -- what the config says, per family --------------------------------------------------------
+
+    @classmethod
+    def norm_class(cls) -> type[RMSNorm]:
+        return OffsetRMSNorm if cls.norm_offset else RMSNorm
+
+    @classmethod
+    def head_dim(cls, config: Any) -> int:
+        return int(getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
+
+    @classmethod
+    def activation(cls, config: Any) -> str:
+        """The feed-forward activation's name (``hidden_act``; Gemma 2/3 ``hidden_activation``)."""
+        return getattr(config, "hidden_act", None) or "silu"
+
+    @classmethod
+    def attention_biases(cls, config: Any) -> tuple[bool, bool]:
+        """Whether the q/k/v projections and the output projection have biases."""
+        bias = bool(getattr(config, "attention_bias", False))
+        return bias, bias
+
+    @classmethod
+    def mlp_bias(cls, config: Any) -> bool:
+        return bool(getattr(config, "mlp_bias", False))
+
+    @classmethod
+    def attention_scale(cls, config: Any, head_dim: int) -> float:
+        return head_dim**-0.5
+
+    @classmethod
+    def attention_softcap(cls, config: Any) -> float | None:
+        """The cap of the attention scores (Gemma 2's ``attn_logit_softcapping``), or ``None``."""
+        return None
+
+    @classmethod
+    def is_causal(cls, config: Any) -> bool:
+        return bool(getattr(config, "is_causal", True))
+
+    @classmethod
+    def layer_types(cls, config: Any) -> list[str]:
+        """Each layer's attention, ``"full_attention"`` or ``"sliding_attention"``: the config's
+        ``layer_types``, else full attention everywhere."""
+        types = getattr(config, "layer_types", None)
+        return check_layer_types(config, list(types) if types else [GLOBAL] * int(config.num_hidden_layers))
+
+    @classmethod
+    def window(cls, config: Any, causal: bool) -> int | None:
+        """How far a sliding layer sees, in tokens either side (``varlen_attention``'s ``window``).
+
+        transformers: a causal window holds ``sliding_window`` tokens, itself included; a
+        bidirectional one (``is_causal: false``) ``sliding_window`` tokens on each side.
+        """
+        return int(config.sliding_window) - int(causal)
+
+    # -- the model -------------------------------------------------------------------------------
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        cls = type(self)
+        self.causal = cls.is_causal(config)
+        types = cls.layer_types(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cls, config, t, self.causal) for t in types)
+        self.norm = cls.norm_class()(config.hidden_size, config.rms_norm_eps)
+        head_dim = cls.head_dim(config)
+        keyed = isinstance(getattr(config, "rope_parameters", None), dict) and all(
+            isinstance(config.rope_parameters.get(t), dict) for t in set(types)
+        )
+        # Plain float32 tensors rather than buffers, so that casting the model leaves them exact.
+        self._rotary_parameters = {t: rotary_parameters(config, head_dim, t if keyed else None) for t in set(types) or {GLOBAL}}
+        softcap = cls.attention_softcap(config)
+        self._attention_op = "varlen_attention" if softcap is None else "varlen_attention_softcap"
+
+    @classmethod
+    def check_config(
+        cls, config: Any, shapes: Mapping[str, tuple[int, ...]] | None, overridden: Collection[str] = ()
+    ) -> None:
+        super().check_config(config, shapes, overridden)
+        if not getattr(config, "head_dim", None):  # the heads split hidden_size between them
+            ConfigChecks(multiples=(("hidden_size", "num_attention_heads"),)).check(config, shapes, overridden)
+
+    def forward(self, batch: PackedBatch) -> torch.Tensor:
+        attention = kernel(self, self._attention_op, batch.device)
+        linear = kernel(self, "linear_act", batch.device)
+        x = F.embedding(batch.input_ids, self.embed_tokens.weight)
+        if self.scale_embeddings:
+            x = x * torch.tensor(self.hidden_size**0.5).to(x.dtype)
+        rotary = {t: self._rotary(t, batch, x.dtype) for t in self._rotary_parameters}
+        for layer in self.layers:
+            x = layer(x, rotary[layer.self_attn.layer_type], batch, attention, linear)
+        return self.norm(x)
+
+    def _rotary(self, layer_type: str, batch: PackedBatch, dtype: torch.dtype) -> Rotary:
+        """Each token's rotary ``cos`` and ``sin`` as ``dtype``, ``[T, 1, head_dim]`` (angles in float32)."""
+        inv_freq, scaling = self._rotary_parameters[layer_type]
+        cos, sin = rotary_cos_sin(inv_freq, batch.positions, dtype, scaling)
+        return cos.unsqueeze(1), sin.unsqueeze(1)
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        self._load(weights)
+
+    def _load(self, weights: Iterable[tuple[str, torch.Tensor]], optional: Callable[[str], bool] = lambda n: False) -> None:
+        named = ((self.parameter_name(name), tensor) for name, tensor in weights)
+        fused = fuse_projections(self, ((n, t) for n, t in named if n is not None))
+        load_into(self, fused, rename=lambda name: name, optional=optional)
+
+    def parameter_name(self, checkpoint_name: str) -> str | None:
+        """The Hugging Face base-model name of a checkpoint tensor, or ``None`` to skip it."""
+        return base_model_name(checkpoint_name, self.checkpoint_prefix, self.head_prefixes, _UNUSED)
+
+
+# -- families --------------------------------------------------------------------------------------
+
+
+class LlamaModel(DecoderModel):
+    """The Llama decoder: RMSNorm, SwiGLU, rotary positions (``llama3``, ``linear``, ``dynamic``,
+    ``yarn`` scaling), optional ``attention_bias`` / ``mlp_bias``.
+
+    Example:
+        >>> model = LlamaModel(transformers.LlamaConfig.from_pretrained(path))
+        >>> model.load_weights(iter_tensors(checkpoint_files(path)))
+        >>> hidden = model(PackedBatch.from_sequences([[1, 15043], [1]]))
+    """
+
+
+class LlamaBidirectionalModel(LlamaModel):
+    """Llama with bidirectional attention (NVIDIA's llama-nemotron embed / rerank checkpoints).
+
+    As vLLM's ``LlamaBidirectionalConfig``: attention is never causal, and the config's
+    ``pooling`` (``avg``, ``cls``, ``last``) is the default pooling type. The checkpoints'
+    ``config.json`` (``model_type: llama_bidirec``, written for remote code) is read as a Llama
+    config, and no remote code runs. A plain Llama checkpoint becomes one with
+    ``hf_overrides={"architectures": ["LlamaBidirectionalModel"]}`` (MEAN pooling unless
+    ``pooling`` says otherwise).
+    """
+
+    default_pooling_type: ClassVar[str | None] = "MEAN"
+    config_model_type: ClassVar[str | None] = "llama"
+
+    @classmethod
+    def is_causal(cls, config: Any) -> bool:
+        return False
+
+    def __init__(self, config: Any) -> None:
+        pooling = getattr(config, "pooling", None)
+        if pooling is not None and str(pooling).lower() not in _BIDIRECTIONAL_POOLING:
+            raise ModelLoadError(
+                f"pooling '{pooling}' of a {type(self).__name__} config is not supported; use one of {', '.join(_BIDIRECTIONAL_POOLING)}"
+            )
+        super().__init__(config)
+        if pooling is not None:
+            self.default_pooling_type = _BIDIRECTIONAL_POOLING[str(pooling).lower()]
+
+
+class MistralModel(LlamaModel):
+    """The Mistral decoder: Llama with a sliding window (``sliding_window``) on every layer."""
+
+    config_checks: ClassVar[ConfigChecks] = extend_checks(DecoderModel.config_checks, sizes=("sliding_window",))
+
+    @classmethod
+    def layer_types(cls, config: Any) -> list[str]:
+        kind = SLIDING if getattr(config, "sliding_window", None) else GLOBAL
+        return check_layer_types(config, [kind] * int(config.num_hidden_layers))
+
+
+class GemmaModel(DecoderModel):
+    """The Gemma decoder: ``(1 + weight)`` RMSNorms, GELU-tanh gated feed-forward, embeddings
+    scaled by ``sqrt(hidden_size)``."""
+
+    norm_offset: ClassVar[bool] = True
+    scale_embeddings: ClassVar[bool] = True
+
+    @classmethod
+    def activation(cls, config: Any) -> str:
+        return getattr(config, "hidden_activation", None) or getattr(config, "hidden_act", None) or "gelu_pytorch_tanh"
+
+
+class Gemma2Model(GemmaModel):
+    """The Gemma 2 decoder: Gemma with sandwich norms, scores scaled by ``query_pre_attn_scalar``
+    and soft-capped (``attn_logit_softcapping``), and sliding windows on the local layers
+    (``layer_types``). ``Gemma2ForCausalLM`` soft-caps its logits (``final_logit_softcapping``)."""
+
+    sandwich_norms: ClassVar[bool] = True
+    config_checks: ClassVar[ConfigChecks] = extend_checks(
+        DecoderModel.config_checks,
+        sizes=("sliding_window", "query_pre_attn_scalar"),
+        shapes={"layers.0.pre_feedforward_layernorm.weight": ("hidden_size",)},
+    )
+
+    @classmethod
+    def attention_scale(cls, config: Any, head_dim: int) -> float:
+        return float(getattr(config, "query_pre_attn_scalar", None) or head_dim) ** -0.5
+
+    @classmethod
+    def attention_softcap(cls, config: Any) -> float | None:
+        cap = getattr(config, "attn_logit_softcapping", None)
+        return float(cap) if cap else None
+
+
+class Gemma3TextModel(Gemma2Model):
+    """The Gemma 3 text decoder: Gemma 2 with q/k norms, scores soft-capped only if the config says
+    so, and its own rotary base on local layers (``rope_parameters`` per layer type; ``rope_local_base_freq``).
+
+    ``use_bidirectional_attention: true`` (EmbeddingGemma) makes attention bidirectional, each
+    local token seeing ``sliding_window // 2`` tokens either side, as transformers does.
+    """
+
+    qk_norm: ClassVar[bool] = True
+    config_checks: ClassVar[ConfigChecks] = extend_checks(
+        Gemma2Model.config_checks, shapes={"layers.0.self_attn.q_norm.weight": ("head_dim",)}
+    )
+
+    @classmethod
+    def is_causal(cls, config: Any) -> bool:
+        return super().is_causal(config) and not getattr(config, "use_bidirectional_attention", False)
+
+    @classmethod
+    def window(cls, config: Any, causal: bool) -> int | None:
+        if getattr(config, "use_bidirectional_attention", False):
+            # Gemma3TextConfig has halved the window to ``sliding_window // 2 + 1``, an exclusive bound.
+            return int(config.sliding_window) - 1
+        return super().window(config, causal)
+
+
+# -- task models -----------------------------------------------------------------------------------
+# ``*ForCausalLM``: an embedder (last token) whose LM head ``STEP`` process rewards read, or, when
+# the config names ``classifier_from_token`` and a ``method``, a reranker built from the LM head's
+# rows. ``*ForSequenceClassification``: last token -> ``score``. ``*ForTokenClassification``:
+# ``score`` on every token.
+
+
+class LlamaForCausalLM(DecoderLMHead, ScoreHead, LlamaModel):
+    """A Llama causal LM (e5-mistral-style embedders, math-shepherd-style process reward models)."""
+
+    checkpoint_score: ClassVar[bool] = False
+
+
+class LlamaForSequenceClassification(ScoreHead, LlamaModel):
+    """A Llama sequence classifier / reranker: last token -> ``score``."""
+
+
+class LlamaForTokenClassification(TokenScoreHead, LlamaModel):
+    """A Llama token classifier: ``score`` on every token."""
+
+
+class LlamaBidirectionalForSequenceClassification(ScoreHead, LlamaBidirectionalModel):
+    """A bidirectional Llama reranker (llama-nemotron-rerank): the pooled vector (the config's
+    ``pooling``) -> ``score``."""
+
+
+class MistralForCausalLM(DecoderLMHead, ScoreHead, MistralModel):
+    """A Mistral causal LM (e5-mistral-7b-instruct, math-shepherd-mistral-7b-prm)."""
+
+    checkpoint_score: ClassVar[bool] = False
+
+
+class MistralForSequenceClassification(ScoreHead, MistralModel):
+    """A Mistral sequence classifier / reranker: last token -> ``score``."""
+
+
+class MistralForTokenClassification(TokenScoreHead, MistralModel):
+    """A Mistral token classifier: ``score`` on every token."""
+
+
+class GemmaForCausalLM(DecoderLMHead, ScoreHead, GemmaModel):
+    """A Gemma causal LM; bge-reranker-v2-gemma is one read as a reranker
+    (``classifier_from_token: ["Yes"]``, ``method: "no_post_processing"``)."""
+
+    checkpoint_score: ClassVar[bool] = False
+
+
+class GemmaForSequenceClassification(ScoreHead, GemmaModel):
+    """A Gemma sequence classifier / reranker: last token -> ``score``."""
+
+
+class GemmaForTokenClassification(TokenScoreHead, GemmaModel):
+    """A Gemma token classifier: ``score`` on every token."""
+
+
+class Gemma2ForCausalLM(DecoderLMHead, ScoreHead, Gemma2Model):
+    """A Gemma 2 causal LM (bge-multilingual-gemma2); its logits are soft-capped."""
+
+    checkpoint_score: ClassVar[bool] = False
+
+
+class Gemma2ForSequenceClassification(ScoreHead, Gemma2Model):
+    """A Gemma 2 sequence classifier / reranker: last token -> ``score`` (not soft-capped)."""
+
+
+class Gemma2ForTokenClassification(TokenScoreHead, Gemma2Model):
+    """A Gemma 2 token classifier: ``score`` on every token."""
+
+
+class Gemma3ForCausalLM(DecoderLMHead, ScoreHead, Gemma3TextModel):
+    """A Gemma 3 text causal LM; its logits are soft-capped when the config says so."""
+
+    checkpoint_score: ClassVar[bool] = False
+
+
+class Gemma3TextForSequenceClassification(ScoreHead, Gemma3TextModel):
+    """A Gemma 3 text sequence classifier / reranker: last token -> ``score``."""
+
+
+@hookimpl
+def poolkit_register_architectures(register):
+    for cls in (
+        LlamaModel,
+        LlamaForCausalLM,
+        LlamaForSequenceClassification,
+        LlamaForTokenClassification,
+        LlamaBidirectionalModel,
+        LlamaBidirectionalForSequenceClassification,
+        MistralModel,
+        MistralForCausalLM,
+        MistralForSequenceClassification,
+        MistralForTokenClassification,
+        GemmaModel,
+        GemmaForCausalLM,
+        GemmaForSequenceClassification,
+        GemmaForTokenClassification,
+        Gemma2Model,
+        Gemma2ForCausalLM,
+        Gemma2ForSequenceClassification,
+        Gemma2ForTokenClassification,
+        Gemma3TextModel,
+        Gemma3ForCausalLM,
+        Gemma3TextForSequenceClassification,
+    ):
+        register(cls.__name__, cls)

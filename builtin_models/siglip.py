@@ -1,0 +1,181 @@
+"""SigLIP (``SiglipModel``: google/siglip-*, and siglip2-* checkpoints of that architecture)
+running on packed batches.
+
+SigLIP is a CLIP-style dual encoder (:mod:`poolkit.builtin_models.dual_encoder`) that differs in
+what matters for pooling:
+
+- the text tower is **bidirectional**, and transformers' ``get_text_features`` pools the **last
+  token** (``last_hidden_state[:, -1]``) through ``text_model.head`` (a linear layer with bias).
+  poolkit applies the head to every token and the default ``LAST`` pooling reads the last one of
+  each packed sequence, which is ``get_text_features`` on the same token ids. How that relates to
+  the padding to 64 tokens SigLIP was trained with is in ``docs/images.md``;
+- the vision tower has **no class token** and no LayerNorm before its encoder; after the
+  post-LayerNorm of every patch, a **multi-head attention pooling head** (MAP: a learned probe
+  attends to the patches, then LayerNorm, MLP and a residual) gives one row per image, which is
+  ``get_image_features``. There are no separate projections: the text head's
+  ``projection_size`` is the vision width.
+
+The modules keep Hugging Face's parameter names (``text_model.head``, ``vision_model.head.probe``,
+``vision_model.head.attention.in_proj_weight``, ...), except the fused ``self_attn.qkv``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, ClassVar, Collection, Mapping
+
+import torch
+from torch import nn
+
+from poolkit.batch import PackedBatch
+from poolkit.builtin_models.dual_encoder import (
+    TEXT,
+    VISION,
+    DualEncoder,
+    Encoder,
+    EncoderMLP,
+    TextTransformer,
+    VisionEmbeddings,
+    dense_attention,
+    tower_checks,
+)
+from poolkit.builtin_models.layers import attention_head_dim, fp32_layer_norm, linear
+from poolkit.config_checks import ConfigChecks, config_value, source
+from poolkit.errors import ModelLoadError
+from poolkit.hookspecs import hookimpl
+
+
+def _projection_size(text_config: Any) -> int:
+    """The text head's width: ``projection_size``, which older configs leave to ``hidden_size``."""
+    return int(getattr(text_config, "projection_size", None) or text_config.hidden_size)
+
+
+class MultiheadAttentionProbe(nn.Module):
+    """``torch.nn.MultiheadAttention`` of one query over the patches, with its parameter names
+    (``in_proj_weight``, ``in_proj_bias``, ``out_proj``) and its arithmetic."""
+
+    def __init__(self, hidden: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = attention_head_dim(hidden, num_heads)
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * hidden, hidden))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * hidden))
+        self.out_proj = nn.Linear(hidden, hidden)
+
+    def forward(self, probe: torch.Tensor, x: torch.Tensor, linear_act: Callable) -> torch.Tensor:
+        """A ``[1, 1, H]`` probe attends to the ``[n, P, H]`` patches of each image: ``[n, 1, H]``."""
+        weight, bias = self.in_proj_weight, self.in_proj_bias
+        hidden = weight.shape[1]
+        # The stored [3H, H] matrix whole: its q rows are wasted on the patches, but a kernel that
+        # keeps packed weights sees one weight, not new slices on every call.
+        q = linear_act(probe.to(weight.dtype), weight, bias)[..., :hidden]
+        kv = linear_act(x.to(weight.dtype), weight, bias)[..., hidden:]
+        k, v = kv.unflatten(-1, (2, self.num_heads, self.head_dim)).unbind(-3)
+        q = q.unflatten(-1, (self.num_heads, self.head_dim)).expand(x.shape[0], -1, -1, -1)
+        return linear(dense_attention(q, k, v).flatten(-2), self.out_proj, linear_act)
+
+
+class SiglipMultiheadAttentionPoolingHead(nn.Module):
+    """MAP: a learned probe attends to the patches; LayerNorm, MLP and a residual; one row per image."""
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        hidden = int(config.hidden_size)
+        self.probe = nn.Parameter(torch.zeros(1, 1, hidden))
+        self.attention = MultiheadAttentionProbe(hidden, int(config.num_attention_heads))
+        self.layernorm = nn.LayerNorm(hidden, eps=float(config.layer_norm_eps))
+        self.mlp = EncoderMLP(config)
+
+    def forward(self, x: torch.Tensor, linear_act: Callable) -> torch.Tensor:
+        pooled = self.attention(self.probe, x, linear_act).float()
+        pooled = pooled + self.mlp(fp32_layer_norm(pooled, self.layernorm), linear_act)
+        return pooled[:, 0]
+
+
+class SiglipVisionTransformer(nn.Module):
+    """Patch embeddings (no class token), the encoder, post-LayerNorm of every patch, the MAP head."""
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        self.embeddings = VisionEmbeddings(config, class_token=False, patch_bias=True)
+        self.encoder = Encoder(config)
+        self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=float(config.layer_norm_eps))
+        self.head = SiglipMultiheadAttentionPoolingHead(config)
+
+    def forward(self, pixel_values: torch.Tensor, linear_act: Callable) -> torch.Tensor:
+        x = self.encoder(self.embeddings(pixel_values), dense_attention, linear_act)
+        return self.head(fp32_layer_norm(x, self.post_layernorm), linear_act)
+
+
+class SiglipTextTransformer(TextTransformer):
+    """The bidirectional text tower and its ``head`` (linear, with bias) to ``projection_size``."""
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config, causal=False)
+        self.head = nn.Linear(config.hidden_size, _projection_size(config))
+
+
+class SiglipModel(DualEncoder):
+    """SigLIP: packed token ids in, every token through the text head out; or images in, the
+    attention-pooled row of each out.
+
+    Text: bidirectional attention within each packed sequence, positions from
+    ``batch.positions``, ``final_layer_norm`` and ``text_model.head`` on every token (linear, so
+    it commutes with pooling); the default ``LAST`` pooling reads the last token, as
+    transformers' ``get_text_features`` does. Images: ``batch.extras["pixel_values"]``
+    (``[n, 3, H, W]``, the model's ``image_size``) gives ``[n, vision hidden_size]``.
+    """
+
+    default_pooling_type: ClassVar[str | None] = "LAST"
+    family: ClassVar[str] = "SigLIP"
+    class_token: ClassVar[bool] = False
+    default_hidden_act: ClassVar[str] = "gelu_pytorch_tanh"
+    config_checks: ClassVar[ConfigChecks] = tower_checks(
+        sizes=(TEXT + "projection_size",),
+        shapes={
+            "text_model.head.weight": (TEXT + "projection_size", TEXT + "hidden_size"),
+            "vision_model.head.probe": (1, 1, VISION + "hidden_size"),
+            "vision_model.head.attention.in_proj_weight": ((3, VISION + "hidden_size"), VISION + "hidden_size"),
+            "vision_model.head.mlp.fc1.weight": (VISION + "intermediate_size", VISION + "hidden_size"),
+        },
+    )
+
+    @classmethod
+    def check_config(
+        cls, config: Any, shapes: Mapping[str, tuple[int, ...]] | None, overridden: Collection[str] = ()
+    ) -> None:
+        """The declared checks, the positions, that the vision tower has its pooling head, and
+        that text and image embeddings are of one width."""
+        super().check_config(config, shapes, overridden)
+        if config_value(config, VISION + "vision_use_head") is False:
+            raise ModelLoadError(
+                f"{source(VISION + 'vision_use_head', overridden)} vision_config.vision_use_head is false: this "
+                "SigLIP has no attention pooling head, so it gives no image embeddings"
+            )
+        text = config_value(config, TEXT + "projection_size") or config_value(config, TEXT + "hidden_size")
+        vision = config_value(config, VISION + "hidden_size")
+        if isinstance(text, int) and isinstance(vision, int) and text != vision:
+            name = TEXT + ("projection_size" if config_value(config, TEXT + "projection_size") else "hidden_size")
+            raise ModelLoadError(
+                f"{source(name, overridden)} {name} {text} differs from vision_config.hidden_size {vision}: "
+                "text and image embeddings must be of one width"
+            )
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self.text_model = SiglipTextTransformer(self.text_config)
+        self.vision_model = SiglipVisionTransformer(self.vision_config)
+
+    @property
+    def hidden_size(self) -> int:
+        return _projection_size(self.text_config)
+
+    def text_features(self, batch: PackedBatch, attention: Callable, linear_act: Callable) -> torch.Tensor:
+        return linear(self.text_model(batch, attention, linear_act), self.text_model.head, linear_act)
+
+    def image_features(self, pixel_values: torch.Tensor, linear_act: Callable) -> torch.Tensor:
+        return self.vision_model(pixel_values, linear_act)
+
+
+@hookimpl
+def poolkit_register_architectures(register):
+    register("SiglipModel", SiglipModel)
