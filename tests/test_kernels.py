@@ -192,3 +192,19 @@ def test_embed_head_fuses_pooling_and_normalisation(tiny_encoders, monkeypatch) 
     raw = torch.tensor([o.outputs.embedding for o in llm.embed(texts, PoolingParams(use_activation=False))])
     torch.testing.assert_close(fused, torch.nn.functional.normalize(raw, dim=-1), atol=1e-6, rtol=1e-6)
     assert not torch.allclose(raw.norm(dim=-1), torch.ones(2))
+
+
+def test_onednn_linear_pads_rows_to_a_few_shapes():
+    # Issue 14's soak: oneDNN caches a primitive per input shape, so packed batches (a new token
+    # count almost every time) grew a server's memory without bound. Rows go in bucketed.
+    from poolkit.kernels.linear import linear_act, linear_act_onednn, row_bucket
+
+    assert [row_bucket(n) for n in (1, 16, 17, 1000, 1024, 1025, 8192)] == [16, 16, 32, 1024, 1024, 1280, 8192]
+    assert len({row_bucket(n) for n in range(1, 8193)}) <= 40
+    w, b = torch.randn(48, 32), torch.randn(48)
+    with torch.inference_mode():
+        for shape in ((1, 32), (37, 32), (3, 5, 32), (1030, 32)):
+            x = torch.randn(*shape)
+            got = linear_act_onednn(x, w, b, "gelu")
+            assert got.shape == (*shape[:-1], 48)
+            torch.testing.assert_close(got, linear_act(x, w, b, "gelu"), atol=1e-4, rtol=1e-4)
