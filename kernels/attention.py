@@ -137,13 +137,7 @@ def _softcapped(
     length = q.shape[2]
     scores = torch.matmul(q, k.transpose(-1, -2)) * (q.shape[-1] ** -0.5 if scale is None else scale)
     scores = torch.tanh(scores / cap) * cap
-    position = torch.arange(length, device=q.device)
-    offset = position.unsqueeze(1) - position.unsqueeze(0)
-    keep = torch.ones(length, length, dtype=torch.bool, device=q.device)
-    if causal:
-        keep &= offset >= 0
-    if window is not None:
-        keep &= offset.abs() <= window
+    keep = _band(length, length if window is None else window, causal, q.device)
     scores = scores.masked_fill(~keep, float("-inf"))
     weights = torch.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(v.dtype)
     return torch.matmul(weights, v)
