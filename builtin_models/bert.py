@@ -293,9 +293,6 @@ class RobertaForSequenceClassification(RobertaModel):
     def sequence_head(self) -> nn.Module:
         return self.classifier
 
-    def token_head(self) -> nn.Module:
-        return self.classifier
-
 
 class RobertaForTokenClassification(TokenClassifier, RobertaModel):
     """A RoBERTa token classifier: ``classifier`` on every token."""

@@ -119,9 +119,6 @@ class ScoreHead:
     def sequence_head(self) -> nn.Module | None:
         return self.score
 
-    def token_head(self) -> nn.Module | None:
-        return self.score
-
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         if self.classifier_token_ids is None:
             self._load(weights, optional=lambda name: name == "score.bias")

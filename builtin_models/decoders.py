@@ -451,6 +451,9 @@ class Gemma2Model(GemmaModel):
     (``layer_types``). ``Gemma2ForCausalLM`` soft-caps its logits (``final_logit_softcapping``)."""
 
     sandwich_norms: ClassVar[bool] = True
+    unsupported_dtypes: ClassVar[Mapping[str, str]] = {
+        "float16": "Numerical instability. Please use bfloat16 or float32 instead."
+    }
     config_checks: ClassVar[ConfigChecks] = extend_checks(
         DecoderModel.config_checks,
         sizes=("sliding_window", "query_pre_attn_scalar"),

@@ -254,9 +254,6 @@ class ModernBertForSequenceClassification(ModernBertModel):
     def sequence_head(self) -> nn.Module:
         return nn.Sequential(self.head, self.classifier)
 
-    def token_head(self) -> nn.Module:
-        return nn.Sequential(self.head, self.classifier)
-
 
 class ModernBertForTokenClassification(ModernBertModel):
     """A ModernBERT token classifier (NER): ``head`` then ``classifier`` on every token."""

@@ -215,7 +215,8 @@ class MPNetModel(Architecture):
 class MPNetForSequenceClassification(MPNetModel):
     """An MPNet cross-encoder / sequence classifier: CLS -> ``classifier`` (dense, tanh, ``out_proj``).
 
-    The ``token_classify`` task applies the same head to every token, as for RoBERTa.
+    The ``token_classify`` task applies the same head to every token (``Architecture.token_head``'s
+    default), as for RoBERTa.
     """
 
     head_prefixes: ClassVar[tuple[str, ...]] = ("classifier.",)
@@ -225,9 +226,6 @@ class MPNetForSequenceClassification(MPNetModel):
         self.classifier = RobertaClassificationHead(config.hidden_size, self.num_labels)
 
     def sequence_head(self) -> nn.Module:
-        return self.classifier
-
-    def token_head(self) -> nn.Module:
         return self.classifier
 
 

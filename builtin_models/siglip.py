@@ -21,6 +21,10 @@ The modules keep Hugging Face's parameter names (``text_model.head``, ``vision_m
 
 from __future__ import annotations
 
+import json
+import re
+import string
+from pathlib import Path
 from typing import Any, Callable, ClassVar, Collection, Mapping
 
 import torch
@@ -39,6 +43,7 @@ from poolkit.builtin_models.dual_encoder import (
     tower_checks,
 )
 from poolkit.builtin_models.layers import attention_head_dim, fp32_layer_norm, linear
+from poolkit.builtin_models.spm_tokenizer import read_model, unigram_tokenizer
 from poolkit.config_checks import ConfigChecks, config_value, source
 from poolkit.errors import ModelLoadError
 from poolkit.hookspecs import hookimpl
@@ -160,6 +165,14 @@ class SiglipModel(DualEncoder):
                 "text and image embeddings must be of one width"
             )
 
+    @classmethod
+    def load_tokenizer(cls, path: Path, config: Any) -> Any | None:
+        """``spiece.model`` as a fast tokenizer, for the checkpoints that ship no ``tokenizer.json``
+        (google/siglip-*); ``None`` (transformers loads it) for those that do (SigLIP2)."""
+        if (path / "tokenizer.json").is_file() or not (path / "spiece.model").is_file():
+            return None
+        return siglip_tokenizer(path)
+
     def __init__(self, config: Any) -> None:
         super().__init__(config)
         self.text_model = SiglipTextTransformer(self.text_config)
@@ -174,6 +187,50 @@ class SiglipModel(DualEncoder):
 
     def image_features(self, pixel_values: torch.Tensor, linear_act: Callable) -> torch.Tensor:
         return self.vision_model(pixel_values, linear_act)
+
+
+def siglip_tokenizer(path: Path) -> Any:
+    """transformers' ``SiglipTokenizer`` as a fast tokenizer, from ``path``'s ``spiece.model`` and
+    ``tokenizer_config.json``.
+
+    ``SiglipTokenizer`` puts ``▁`` before the text, then canonicalises it: lower-cased (unless
+    ``do_lower_case`` is false), ASCII punctuation removed, each run of whitespace made one space,
+    stripped; SentencePiece reads the result without a dummy prefix of its own, and ``</s>`` is
+    appended. Its special tokens swallow the whitespace around them. The same steps run here as
+    ``tokenizers`` normalisers, pre-tokeniser and post-processor, so the token ids are
+    ``SiglipTokenizer``'s.
+
+    Raises:
+        ModelLoadError: ``spiece.model`` is unreadable, or lacks the end-of-sequence token.
+    """
+    from tokenizers import AddedToken, Regex, normalizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    settings_file = path / "tokenizer_config.json"
+    settings = json.loads(settings_file.read_text(encoding="utf-8")) if settings_file.is_file() else {}
+    special = {}
+    for key, default in (("eos_token", "</s>"), ("pad_token", "</s>"), ("unk_token", "<unk>")):
+        text = settings.get(key, default)
+        text = text if isinstance(text, str) else default
+        special[key] = AddedToken(text, lstrip=True, rstrip=True, normalized=False, special=True)
+    model = read_model(path / "spiece.model")
+    canonical = [normalizers.Lowercase()] if settings.get("do_lower_case", True) else []
+    canonical += [
+        normalizers.Replace(Regex("[" + re.escape(string.punctuation) + "]"), ""),
+        normalizers.Replace(Regex(r"\s+"), " "),
+        normalizers.Strip(left=False),  # a leading space is where the leading ▁ goes
+    ]
+    tokenizer = unigram_tokenizer(model, canonical, prepend_scheme="first")
+    eos = special["eos_token"].content
+    eos_id = tokenizer.token_to_id(eos)
+    if eos_id is None:
+        raise ModelLoadError(f"{path / 'spiece.model'} has no end-of-sequence token '{eos}'")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"$A {eos}", pair=f"$A {eos} $B {eos}", special_tokens=[(eos, eos_id)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, model_max_length=settings.get("model_max_length", 64), **special
+    )
 
 
 @hookimpl

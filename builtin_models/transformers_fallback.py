@@ -31,10 +31,12 @@ from poolkit.config_checks import ConfigChecks, layers_held, source
 from poolkit.errors import InvalidRequest, ModelLoadError
 from poolkit.hookspecs import hookimpl
 from poolkit.model import CONVERTIBLE_SUFFIXES
+from poolkit.model_impl import TRANSFORMERS_IMPLEMENTATION
 
 logger = logging.getLogger(__name__)
 
-IMPLEMENTATION = "fallback (transformers)"
+#: What ``poolkit info`` says of these architectures, and what ``model_impl="transformers"`` asks for.
+IMPLEMENTATION = TRANSFORMERS_IMPLEMENTATION
 #: Names of task models whose checkpoints the fallback serves with their base model (embeddings).
 _BASE_SUFFIXES = tuple(s for s in CONVERTIBLE_SUFFIXES if not s.endswith("Classification")) + ("LMHeadModel",)
 #: Sub-configs that mark a multimodal model, which the fallback (text in, text out) cannot feed.
@@ -70,11 +72,14 @@ def _quiet_loading() -> Iterator[None]:
     """Silence transformers' load report and progress bar: poolkit reports what matters itself.
 
     A task checkpoint loaded as its base model always has "unexpected" head tensors, and missing
-    or mis-shaped tensors become a :class:`ModelLoadError` here instead of a warning.
+    or mis-shaped tensors become a :class:`ModelLoadError` here instead of a warning; with its
+    loader quiet, transformers checks a model's tensor-parallel plan and lists every layer "not
+    sharded", which means nothing on one device.
     """
     from transformers.utils import logging as hf_logging
 
-    loggers = [logging.getLogger(n) for n in ("transformers.modeling_utils", "transformers.core_model_loading")]
+    names = ("transformers.modeling_utils", "transformers.core_model_loading", "transformers.distributed.tensor_parallel")
+    loggers = [logging.getLogger(n) for n in names]
     levels = [log.level for log in loggers]
     bars = hf_logging.is_progress_bar_enabled()
     for log in loggers:
@@ -235,8 +240,12 @@ class TransformersModel(Architecture):
             shown = "; ".join(_describe_mismatch(m) for m in mismatched[:3])
             raise ModelLoadError(f"checkpoint tensors have the wrong shape for {name}: {shown}")
         params = dict(model.named_parameters())
-        # Buffers (position_ids and the like) are rebuilt by the model; only parameters count.
-        missing = sorted(k for k in info.get("missing_keys") or [] if k in params)
+        # Buffers (position_ids and the like) are rebuilt by the model; only parameters count. A base
+        # model's own pooler (BERT's) may be missing, as sentence-transformers saves many: only the
+        # last hidden states are read from it.
+        missing = sorted(
+            k for k in info.get("missing_keys") or [] if k in params and not (k.startswith("pooler.") and model is model.base_model)
+        )
         if missing:
             more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
             raise ModelLoadError(f"checkpoint lacks weights for {', '.join(missing[:5])}{more} ({name})")
@@ -314,6 +323,10 @@ class TransformersForSequenceClassification(TransformersModel):
     def sequence_head(self) -> nn.Module:
         return _Passthrough()
 
+    def token_head(self) -> None:
+        """None: every row of a sequence holds that sequence's logits, so no token is classified."""
+        return None
+
     def forward(self, batch: PackedBatch) -> torch.Tensor:
         limit = self.max_positions
         if limit is not None and batch.max_len > limit:
@@ -351,9 +364,6 @@ class TransformersDecoderForSequenceClassification(TransformersModel):
         return self.hf.base_model(**inputs).last_hidden_state
 
     def sequence_head(self) -> nn.Module:
-        return self.hf.score
-
-    def token_head(self) -> nn.Module:
         return self.hf.score
 
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from poolkit.batch import PackedBatch
-from poolkit.config import PoolingParams
+from poolkit.config import PoolingParams, Setting
 from poolkit.errors import ModelLoadError
 from poolkit.hookspecs import hookimpl
 from poolkit.kernel import select_kernel
@@ -147,14 +147,30 @@ class SparseEmbedTask(Task):
         mlm_logits = model.architecture.lm_head()
         if mlm_logits is None:
             return None
-        settings = model.st.splade if model.st is not None and model.st.splade is not None else {}
+        settings = self.settings(model)
         return SpladeHead(
             mlm_logits,
             int(model.architecture.config.vocab_size),
-            strategy=settings.get("strategy", "max"),
-            activation=settings.get("activation", "relu"),
-            use_activation=model.use_activation(from_st_normalize=False).value,
+            strategy=settings["splade_pooling"].value,
+            activation=settings["activation_fn"].value,
+            use_activation=settings["use_activation"].value,
         )
+
+    def settings(self, model) -> dict[str, Setting]:
+        """The SPLADE reduction and activation (the sentence-transformers ``SpladePooling``'s, else
+        max and ``relu``); the task pools with no registered pooler."""
+        splade = model.st.splade if model.st is not None and model.st.splade is not None else {}
+        source = f"sentence-transformers SpladePooling ({splade.get('path')})"
+
+        def setting(key: str, default: str) -> Setting:
+            return Setting(splade[key], source) if key in splade else Setting(default, f"task default ({self.name})")
+
+        return {
+            **super().settings(model),
+            "splade_pooling": setting("strategy", "max"),
+            "activation_fn": setting("activation", "relu"),
+            "use_activation": model.use_activation(from_st_normalize=False),
+        }
 
     def check_model(self, model) -> None:
         """Refuse a sentence-transformers ``SparseEncoder`` whose architecture does not make ``embed``

@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 import torch
 
-from poolkit.config import LateChunkingParams, PoolingParams
+from poolkit.config import LateChunkingParams, PoolingParams, Setting
 from poolkit.errors import InvalidRequest, ModelLoadError
 from poolkit.hookspecs import hookimpl
 from poolkit.model import PoolingModel
@@ -20,55 +20,79 @@ STEP_PARAMS = frozenset({"step_tag_id", "returned_token_ids"})
 
 
 def _poolers(task: Task, model: PoolingModel) -> tuple[tuple[str, ...], list[Pooler]]:
-    """The poolers a task uses on a model, checked against the task's granularity."""
-    names = model.pooling_type(task).value
-    poolers = [registry("pooler").get(name) for name in names]
-    for name, pooler in zip(names, poolers):
-        if pooler.granularity != task.granularity:
-            raise InvalidRequest(
-                f"pooling type '{name}' pools {pooler.granularity}s, but task '{task.name}' "
-                f"needs a {task.granularity} pooler"
-            )
-    return names, poolers
+    """The names and the poolers a task uses on a model, checked against the task's granularity."""
+    return model.pooling_type(task).value, model.poolers(task)
 
 
-def classifier_activation(model: PoolingModel) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """The activation of a classifier, chosen as transformers' loss and sentence-transformers do.
+#: The source of the classifier activation when nothing names one.
+DEFAULT_CLASSIFIER_ACTIVATION = "default: sigmoid for one output, softmax for several"
 
-    ``problem_type`` first, then a sentence-transformers CrossEncoder's ``activation_fn``; ``None``
-    means the default: sigmoid for one label, softmax for several.
+
+def classifier_activation_setting(model: PoolingModel) -> Setting:
+    """The classifier's activation and its source, chosen as transformers' loss and
+    sentence-transformers do: the user's ``activation_fn``, ``problem_type``, then a
+    sentence-transformers CrossEncoder's ``activation_fn``.
+
+    ``value`` is a registered activation's name, a ``torch.nn.modules`` class path, or ``None``
+    for the default: sigmoid for one output, softmax for several.
+
+    Raises:
+        ModelLoadError: the sentence-transformers config names an activation outside ``torch.nn``.
     """
-    activations = registry("activation")
     if model.pooler_config.activation_fn:
-        return activations.get(model.pooler_config.activation_fn)
+        return Setting(model.pooler_config.activation_fn, "pooler_config")
     problem = getattr(model.hf_config, "problem_type", None)
     if problem == "regression":
-        return activations.get("identity")
+        return Setting("identity", "config.json problem_type (regression)")
     if problem == "multi_label_classification":
-        return activations.get("sigmoid")
+        return Setting("sigmoid", "config.json problem_type (multi_label_classification)")
     if problem == "single_label_classification":
-        return None
+        return Setting(None, DEFAULT_CLASSIFIER_ACTIVATION)
     st_config = getattr(model.hf_config, "sentence_transformers", None) or {}
-    name = (
-        (model.st.activation_fn if model.st is not None else None)
-        or st_config.get("activation_fn")
-        or getattr(model.hf_config, "sbert_ce_default_activation_function", None)
-    )
+    found = [
+        (model.st.activation_fn if model.st is not None else None, "sentence-transformers CrossEncoder activation_fn"),
+        (st_config.get("activation_fn"), "config.json sentence_transformers.activation_fn"),
+        (
+            getattr(model.hf_config, "sbert_ce_default_activation_function", None),
+            "config.json sbert_ce_default_activation_function",
+        ),
+    ]
+    name, source = next(((n, s) for n, s in found if n), (None, DEFAULT_CLASSIFIER_ACTIVATION))
     if not name:
-        return None
+        return Setting(None, source)
     if not name.startswith("torch.nn.modules."):
         raise ModelLoadError(
             f"activation '{name}': loading of activation functions is restricted to torch.nn.modules for security reasons"
         )
     cls_name = name.rsplit(".", 1)[-1]
     if cls_name == "Identity":
-        return activations.get("identity")
+        return Setting("identity", source)
     if cls_name in ("Sigmoid", "Softmax"):
-        return None
+        return Setting(None, f"{DEFAULT_CLASSIFIER_ACTIVATION} ({source} {cls_name})")
     cls = getattr(torch.nn, cls_name, None)
     if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
         raise ModelLoadError(f"unknown activation '{name}' in the sentence-transformers config")
-    return cls()
+    return Setting(name, source)
+
+
+def classifier_activation(model: PoolingModel) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The activation of a classifier (:func:`classifier_activation_setting`); ``None`` means the
+    default: sigmoid for one output, softmax for several."""
+    setting = classifier_activation_setting(model)
+    if setting.value is None:
+        return None
+    if setting.source != "pooler_config" and setting.value.startswith("torch.nn.modules."):
+        return getattr(torch.nn, setting.value.rsplit(".", 1)[-1])()
+    return registry("activation").get(setting.value)
+
+
+def _classifier_settings(model: PoolingModel, outputs: int) -> dict[str, Setting]:
+    """A classifier's activation settings for ``poolkit info``, the default shown as the one
+    ``outputs`` columns get."""
+    activation = classifier_activation_setting(model)
+    if activation.value is None:
+        activation = Setting("sigmoid" if outputs == 1 else "softmax", activation.source)
+    return {"activation_fn": activation, "use_activation": model.use_activation(from_st_normalize=False)}
 
 
 class _VectorTask(Task):
@@ -92,8 +116,18 @@ class _VectorTask(Task):
                     f"pooling type {'+'.join(names)} gives {width}-wide vectors, but the model's first "
                     f"sentence-transformers Dense layer takes {expected}"
                 )
-        activation = registry("activation").get(model.pooler_config.activation_fn or "normalize")
+        activation = registry("activation").get(self.activation_setting(model).value)
         return VectorHead(poolers, projector, activation, model.use_activation().value, model.dimensions.value)
+
+    def activation_setting(self, model: PoolingModel) -> Setting:
+        """The activation applied to the vectors: the user's ``activation_fn``, else L2 normalisation."""
+        if model.pooler_config.activation_fn:
+            return Setting(model.pooler_config.activation_fn, "pooler_config")
+        return Setting("normalize", f"task default ({self.name})")
+
+    def settings(self, model: PoolingModel) -> dict[str, Setting]:
+        activation = {"activation_fn": self.activation_setting(model), "use_activation": model.use_activation()}
+        return {**super().settings(model), **activation}
 
     def verify(self, params: PoolingParams, model: PoolingModel) -> None:
         super().verify(params, model)
@@ -187,6 +221,9 @@ class ClassifyTask(Task):
             row["label"] = model.id2label.get(int(data.argmax()))
         return row
 
+    def settings(self, model: PoolingModel) -> dict[str, Setting]:
+        return {**super().settings(model), **_classifier_settings(model, model.architecture.num_labels)}
+
     def build(self, model: PoolingModel) -> Head | None:
         head = cross_encoder_classifier(model)
         if head is None:
@@ -273,6 +310,11 @@ class TokenClassifyTask(Task):
             model.pooler_config.logit_mean,
             model.pooler_config.logit_sigma,
         )
+
+    def settings(self, model: PoolingModel) -> dict[str, Setting]:
+        arch = model.architecture
+        outputs = arch.num_labels if arch.token_head() is not None else _vocab_size(model)
+        return {**super().settings(model), **_classifier_settings(model, outputs)}
 
     def param_defaults(self, model: PoolingModel) -> dict[str, object]:
         if model.pooling_type(self).value != ("STEP",):

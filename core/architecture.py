@@ -63,10 +63,20 @@ class Architecture(torch.nn.Module):
     #: What :meth:`check_config` compares between the config and the checkpoint before the model
     #: is built: positive sizes, multiples, the layer count and key tensor shapes.
     config_checks: ClassVar[ConfigChecks] = ConfigChecks()
+    #: The registered name of the architecture whose hidden states serve this one's checkpoints
+    #: without its classification head (``convert="embed"`` on a ``TinyConvForSequenceClassification``
+    #: checkpoint, say, or ``convert="auto"`` when this name is not registered itself). ``None`` (the
+    #: default) follows the name rule: ``<Prefix>Model`` serves ``<Prefix>ForSequenceClassification``,
+    #: ``<Prefix>ForMaskedLM``, ``<Prefix>ForCausalLM`` and the other suffixes of
+    #: :data:`poolkit.conversion.CONVERTIBLE_SUFFIXES`.
+    base_architecture: ClassVar[str | None] = None
     #: The transformers ``model_type`` whose config class reads this architecture's ``config.json``
     #: when the file names a ``model_type`` transformers does not know (a checkpoint written for
     #: remote code, such as ``llama_bidirec`` read as ``llama``); ``None`` reads it as a plain config.
     config_model_type: ClassVar[str | None] = None
+    #: Dtypes this architecture refuses to run in, by name (``"float16"``), with the reason the
+    #: error gives (Gemma 2 and 3 overflow in fp16, as vLLM says).
+    unsupported_dtypes: ClassVar[Mapping[str, str]] = {}
 
     @classmethod
     def check_config(
@@ -101,12 +111,35 @@ class Architecture(torch.nn.Module):
             ModelLoadError: the config asks for something this architecture cannot do.
         """
 
+    @classmethod
+    def load_tokenizer(cls, path: Path, config: Any) -> Any | None:
+        """A fast tokenizer for a checkpoint that transformers gives none for, or ``None``.
+
+        Called once per load, before :meth:`configure`, with the tokenizer's directory (the
+        model's, or the ``tokenizer`` setting). The default returns ``None``: transformers
+        loads ``tokenizer.json``. SigLIP, whose first checkpoints ship only a SentencePiece
+        model, builds one from ``spiece.model``.
+
+        Returns:
+            A transformers ``PreTrainedTokenizerFast``, or ``None``.
+
+        Raises:
+            ModelLoadError: the tokenizer files are unreadable.
+        """
+        return None
+
     def __init__(self, config: Any) -> None:
+        """Build the modules for ``config`` (kept as ``self.config``); called once per load.
+
+        Subclasses call ``super().__init__(config)`` first. ``config`` is the Hugging Face config,
+        ``hf_overrides`` applied and :meth:`configure` run.
+        """
         super().__init__()
         self.config = config
 
     @property
     def hidden_size(self) -> int:
+        """Width of the hidden states :meth:`forward` returns (``config.hidden_size``)."""
         return int(self.config.hidden_size)
 
     @property
@@ -130,9 +163,13 @@ class Architecture(torch.nn.Module):
     def token_head(self) -> torch.nn.Module | None:
         """The classifier of token vectors, ``[T, H] -> [T, num_labels]``; ``None`` if there is none.
 
-        Its presence makes the ``token_classify`` task (and ``LLM.reward``) available.
+        Its presence makes the ``token_classify`` task (and ``LLM.reward``) available. The default
+        is :meth:`sequence_head`: a sequence classifier also classifies every token, as vLLM serves
+        ``token_classify`` with a sequence classifier's head. Override it when the per-token
+        classifier differs (BERT's is the bare ``classifier``, without the pooler its sequence head
+        starts with), or return ``None`` when the sequence head cannot read token vectors.
         """
-        return None
+        return self.sequence_head()
 
     def lm_head(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """The masked-LM / LM head: ``[n, H]`` hidden rows -> ``[n, vocab]`` logits; ``None`` when
@@ -178,7 +215,11 @@ class Architecture(torch.nn.Module):
         """
 
     def forward(self, batch: PackedBatch) -> torch.Tensor:  # pragma: no cover - abstract
-        """Hidden states ``[batch.num_tokens, hidden_size]`` of the last layer."""
+        """Hidden states ``[batch.num_tokens, hidden_size]`` of the last layer.
+
+        Called once per batch under ``torch.inference_mode()``, ``batch`` on the model's device;
+        attention must stay within each sequence (the ``varlen_attention`` kernel).
+        """
         raise NotImplementedError
 
 

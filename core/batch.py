@@ -52,18 +52,22 @@ class PackedBatch:
 
     @property
     def device(self) -> torch.device:
+        """The device of ``input_ids`` (the model's, for the batches poolkit builds)."""
         return self.input_ids.device
 
     @property
     def num_seqs(self) -> int:
+        """``B``: how many sequences."""
         return len(self.seq_lens)
 
     @property
     def num_tokens(self) -> int:
+        """``T``: how many tokens, all sequences together."""
         return int(self.input_ids.shape[0])
 
     @cached_property
     def max_len(self) -> int:
+        """The longest sequence's length (``0`` for an empty batch)."""
         return max(self.seq_lens) if self.seq_lens else 0
 
     @cached_property
@@ -146,5 +150,6 @@ class PackedBatch:
         return list(torch.split(tensor, self.seq_lens))
 
     def to(self, device: torch.device | str) -> "PackedBatch":
+        """The same batch with its tensors on ``device`` (``extras`` are shared, not moved)."""
         types = None if self.token_type_ids is None else self.token_type_ids.to(device)
         return PackedBatch(self.input_ids.to(device), self.seq_lens, types, self.pool_skip, self.extras)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
@@ -16,6 +17,15 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 from .errors import InvalidRequest
 
 _ACTIVATION_ALIASES = ("normalize", "softmax", "activation")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A resolved value and where it came from (``"pooler_config"``, ``"sentence-transformers
+    modules.json (Normalize)"``, ``"task default (embed)"``, ...), as ``poolkit info`` shows it."""
+
+    value: Any
+    source: str
 
 
 def _one_line(exc: ValidationError, what: str) -> str:

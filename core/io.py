@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
+
+from .errors import PluginError
 
 if TYPE_CHECKING:
     from .config import PoolingParams
@@ -39,12 +42,73 @@ class Prompt:
     keep_suffix: list[int] | None = None
 
 
+@dataclass(frozen=True)
+class IOContext:
+    """What an IO processor may know about the model it serves: built once per loaded model.
+
+    The tokenizer and the config are deep copies made for the context, so nothing a processor
+    does to them (a truncation side, added tokens, a config attribute) reaches the model or
+    another model's processors. They are shared by that model's requests: treat them as
+    read-only. The fields themselves cannot be reassigned.
+
+    Attributes:
+        model_name: the model as it was loaded (``LLM(model=...)``).
+        tokenizer: a copy of the model's fast Hugging Face tokenizer, for the text behind an
+            output's ``prompt_token_ids`` (``convert_ids_to_tokens``, ``decode``).
+        config: a copy of the model's Hugging Face config (``transformers.PretrainedConfig``,
+            ``hf_overrides`` applied).
+        max_model_len: the longest input the model takes, in tokens, or ``None`` for no limit.
+        supported_tasks: the tasks the model runs, which :meth:`IOProcessor.merge_pooling_params`
+            may choose (the plugin task itself is not among them).
+
+    Example:
+        >>> class Tokens(IOProcessor):
+        ...     def post_process(self, outputs, request_id=None, data=None):
+        ...         return [self.context.tokenizer.convert_ids_to_tokens(o.prompt_token_ids) for o in outputs]
+    """
+
+    model_name: str
+    tokenizer: Any
+    config: Any
+    max_model_len: int | None
+    supported_tasks: tuple[str, ...]
+
+    @classmethod
+    def of(cls, model: Any) -> "IOContext":
+        """The context of a loaded :class:`poolkit.PoolingModel`, with its own copies."""
+        return cls(
+            model_name=model.name,
+            tokenizer=copy.deepcopy(model.tokenizer),
+            config=copy.deepcopy(model.hf_config),
+            max_model_len=model.max_model_len.value,
+            supported_tasks=tuple(model.supported_tasks()),
+        )
+
+
 class IOProcessor:
     """Parses request data into prompts and turns pooled outputs into results.
 
     Stateless per request: everything a request needs travels in its arguments, never in
     instance attributes, so one processor serves concurrent requests.
+
+    The registered instance is shared by every model and has no :attr:`context`; a model runs
+    the processor that :meth:`bind` returns for it, whose :attr:`context` describes that model.
     """
+
+    #: The model this processor serves (an :class:`IOContext`); ``None`` until :meth:`bind`.
+    context: IOContext | None = None
+
+    def bind(self, context: IOContext) -> "IOProcessor":
+        """The processor to run for the model that ``context`` describes.
+
+        Called once per model and processor, before the model's first request through it. The
+        default returns a shallow copy of this processor with :attr:`context` set, leaving the
+        registered instance untouched; override it to prepare per-model state (a lookup table
+        built from the tokenizer's vocabulary, ...) and return a new processor.
+        """
+        bound = copy.copy(self)
+        bound.context = context
+        return bound
 
     def parse_data(self, data: Any) -> Any:
         """Validate raw request data; raise :class:`poolkit.InvalidRequest` on bad input."""
@@ -84,6 +148,14 @@ def check_io_processor(name: str, obj: object) -> IOProcessor:
     if not isinstance(obj, IOProcessor):
         raise TypeError(f"IO processor '{name}' must be a poolkit.IOProcessor, got {type(obj).__name__}")
     return obj
+
+
+def bind_io_processor(name: str, processor: IOProcessor, context: IOContext) -> IOProcessor:
+    """``processor.bind(context)``, checked: a plugin's ``bind`` must return an IO processor."""
+    bound = processor.bind(context)
+    if not isinstance(bound, IOProcessor):
+        raise PluginError(f"IO processor '{name}': bind() must return a poolkit.IOProcessor, got {type(bound).__name__}")
+    return bound
 
 
 def text_problem(text: Any) -> str | None:

@@ -17,8 +17,10 @@ class Kernel:
 
     Attributes:
         fn: the implementation.
-        reference: a pure-torch implementation with the same signature; tests compare ``fn``
-            with it, and it runs wherever ``fn`` cannot.
+        reference: a pure-torch implementation with the same signature and defaults; tests
+            compare ``fn`` with it. It is not run in ``fn``'s place: an op that must run
+            everywhere has a kernel of its own for ``"any"`` device (``poolkit.kernel_reference``
+            returns a built-in op's reference).
         device: device type ``fn`` runs on (``"cpu"``, ``"cuda"``) or ``"any"``.
         priority: higher wins among available kernels for the same op and device; on a tie, a
             kernel for the exact device type beats an ``"any"`` one.

@@ -18,7 +18,7 @@ from .engine import Engine
 from .settings import DEFAULT_MODEL, IGNORED_ENGINE_ARGS, EngineArgs  # noqa: F401 - DEFAULT_MODEL is part of this module's API
 from .tasks import PLUGIN, Task
 from .entities import Entity, group_entities
-from .io import Prompt
+from .io import IOContext, IOProcessor, Prompt, bind_io_processor
 from .errors import InvalidRequest
 from .model import PoolingModel, load_model
 from .outputs import (
@@ -83,6 +83,10 @@ class LLM:
         runner: ``"auto"`` or ``"pooling"`` (poolkit runs pooling models only).
         convert: ``"auto"``, ``"none"``, ``"embed"`` or ``"classify"``: how to adapt an
             architecture that is not a pooling model as such.
+        model_impl: ``"auto"`` (poolkit's native code where it has some, else the transformers
+            fallback), ``"poolkit"`` (native only; vLLM's ``"vllm"`` means the same) or
+            ``"transformers"`` (the transformers fallback even for a native family, say to
+            measure what the native code gains: ``poolkit bench --vs fallback``).
         pooler_config: a :class:`PoolerConfig`, a dict or a JSON string.
         hf_overrides: keys patched into the model's ``config.json``.
         dtype: ``"auto"`` (bf16 on GPUs and CPUs with native bf16, else fp32; see
@@ -111,6 +115,7 @@ class LLM:
         tokenizer: str | None = None,
         runner: str = "auto",
         convert: str = "auto",
+        model_impl: str = "auto",
         pooler_config: Any = None,
         hf_overrides: dict[str, Any] | None = None,
         dtype: Any = "auto",
@@ -129,6 +134,7 @@ class LLM:
             tokenizer=tokenizer,
             runner=runner,
             convert=convert,
+            model_impl=model_impl,
             pooler_config=pooler_config,
             hf_overrides=hf_overrides,
             dtype=dtype,
@@ -149,6 +155,9 @@ class LLM:
         self.engine = Engine(self.model, args.max_batch_tokens)
         self._request_ids = itertools.count()
         self.io_processor_plugin = args.io_processor_plugin or getattr(self.model.hf_config, "io_processor_plugin", None)
+        self._io_context: IOContext | None = None
+        #: IO processor name -> (the registered processor, the one bound to this model).
+        self._bound_io_processors: dict[str, tuple[IOProcessor, IOProcessor]] = {}
 
     @classmethod
     def from_args(cls, args: EngineArgs) -> "LLM":
@@ -391,7 +400,8 @@ class LLM:
             raise InvalidRequest("input_type takes text prompts (no token ids, images or prompt_name)")
         return list(task.role_prompts(self.model, [p.text for p in prompts], input_type))
 
-    def _io_processor(self) -> Any:
+    def _io_processor(self) -> IOProcessor:
+        """The plugin task's IO processor, bound to this model on first use (its :class:`IOContext`)."""
         processors = registry("io_processor")
         name = self.io_processor_plugin
         if name is None:
@@ -408,7 +418,14 @@ class LLM:
                 f"The model requires the '{name}' IO Processor plugin but it is not installed. "
                 f"Available plugins: {plugins}"
             )
-        return processors.get(name)
+        registered = processors.get(name)
+        cached = self._bound_io_processors.get(name)
+        if cached is None or cached[0] is not registered:
+            if self._io_context is None:
+                self._io_context = IOContext.of(self.model)
+            cached = (registered, bind_io_processor(name, registered, self._io_context))
+            self._bound_io_processors[name] = cached
+        return cached[1]
 
     def _encode_plugin(
         self,

@@ -19,27 +19,21 @@ from typing import Any
 import torch
 
 from .architecture import Architecture, check_architecture
-from .config import PoolerConfig
+from .config import PoolerConfig, Setting
 from .config_checks import check_common_sizes, overridden_fields
+from .conversion import CONVERTIBLE_SUFFIXES, base_architecture, has_heads, missing_base  # noqa: F401 (re-exported)
 from .errors import InvalidRequest, ModelLoadError, UnknownName
+from .lookup import kernel_table
 from .model_dir import check_symlinks
+from .model_impl import MODEL_IMPLS
 from .plugins import get_manager, registry
+from .pooling import Pooler
 from .st_config import STConfig, read_st_config
-from .tasks import Head, Task
+from .tasks import SEQUENCE, TOKEN, Head, Task
 from .weights import checkpoint_files, checkpoint_shapes, iter_tensors
 
 logger = logging.getLogger(__name__)
 
-#: Architecture-name suffixes a base ``<Prefix>Model`` implementation can serve by conversion.
-CONVERTIBLE_SUFFIXES = (
-    "ForMaskedLM",
-    "ForPreTraining",
-    "ForCausalLM",
-    "ForSequenceClassification",
-    "ForTokenClassification",
-    "ForTextEncoding",
-    "EmbeddingModel",
-)
 DTYPES = {
     "float32": torch.float32,
     "float": torch.float32,
@@ -58,7 +52,8 @@ class Conversion:
     """What a ``convert`` setting does to a checkpoint's architecture.
 
     Attributes:
-        to_base: a ``<Prefix>For...`` checkpoint may be served by the registered ``<Prefix>Model``.
+        to_base: a ``<Prefix>For...`` checkpoint may be served by its registered base architecture
+            (:func:`poolkit.conversion.base_architecture`: declared, else ``<Prefix>Model``).
         resolve_base: ask the architecture resolvers for that base architecture too.
         hidden_states: serve the hidden states of a checkpoint that has a classifier (its
             embeddings), rather than the classifier.
@@ -78,14 +73,6 @@ CONVERSIONS = {
     "embed": Conversion(to_base=True, resolve_base=True, hidden_states=True),
     "classify": Conversion(needs_head=True),
 }
-
-
-@dataclass(frozen=True)
-class Setting:
-    """A resolved value and where it came from."""
-
-    value: Any
-    source: str
 
 
 def cpu_multiplies_bf16() -> bool:
@@ -218,7 +205,8 @@ class ModelConfig:
 class PoolingModel:
     """A loaded model: architecture, tokenizer and resolved pooling settings.
 
-    Built by :func:`load_model`; the engine runs it and the tasks build their heads on it.
+    Built by :func:`load_model`; the engine runs it and the tasks build their heads on it. Tasks
+    and scorers read it and never change it: it is shared by every request.
     """
 
     def __init__(
@@ -255,11 +243,21 @@ class PoolingModel:
         #: The :class:`EngineArgs` the model was loaded with.
         self.args = args
         self._heads: dict[str, Head | None] = {}
+        #: Tasks served by the architecture's own head (:meth:`Architecture.task_head`).
+        self._own_heads: set[str] = set()
+        #: Tasks whose run has logged :meth:`ignored_pooling_type`.
+        self._warned_pooling: set[str] = set()
 
     # -- settings ------------------------------------------------------------------------------
 
     def pooling_type(self, task: Task) -> Setting:
-        """The pooler name(s) ``task`` uses on this model, outputs concatenated when several."""
+        """The upper-case names of the poolers ``task`` pools with here (several, outputs concatenated,
+        for a sentence-transformers config's modes), and their source; :meth:`poolers` looks them up.
+
+        First wins: the user's ``seq_pooling_type`` / ``tok_pooling_type``, ``pooling_type`` when its
+        pooler has the task's granularity (as in vLLM; :meth:`ignored_pooling_type` says why not),
+        the sentence-transformers config, the architecture's default, the task's.
+        """
         cfg = self.pooler_config
         explicit = cfg.seq_pooling_type if task.granularity == "sequence" else cfg.tok_pooling_type
         if explicit is not None:
@@ -268,6 +266,42 @@ class PoolingModel:
             pooler = registry("pooler").get(cfg.pooling_type)
             if pooler.granularity == task.granularity:
                 return Setting((registry("pooler").key(cfg.pooling_type),), "pooler_config")
+        setting = self._default_pooling_type(task)
+        note = self.ignored_pooling_type(task)
+        return Setting(setting.value, f"{setting.source}; {note}") if note else setting
+
+    def ignored_pooling_type(self, task: Task) -> str | None:
+        """Why the user's ``pooling_type`` does not apply to ``task``, or ``None`` when it does or is unset."""
+        name = self.pooler_config.pooling_type
+        if name is None or task.granularity not in (SEQUENCE, TOKEN):
+            return None
+        pooler = registry("pooler").get(name)
+        if pooler.granularity == task.granularity:
+            return None
+        return (
+            f"pooling_type '{registry('pooler').key(name)}' pools {pooler.granularity}s, so it applies to "
+            f"{pooler.granularity} tasks only; set seq_pooling_type or tok_pooling_type to choose each"
+        )
+
+    def poolers(self, task: Task) -> list[Pooler]:
+        """The registered poolers :meth:`pooling_type` names for ``task``, in order.
+
+        Raises:
+            UnknownName: no plugin registered one of the names.
+            InvalidRequest: a pooler pools another granularity than the task's.
+        """
+        names = self.pooling_type(task).value
+        poolers = [registry("pooler").get(name) for name in names]
+        for name, pooler in zip(names, poolers):
+            if pooler.granularity != task.granularity:
+                raise InvalidRequest(
+                    f"pooling type '{name}' pools {pooler.granularity}s, but task '{task.name}' "
+                    f"needs a {task.granularity} pooler"
+                )
+        return poolers
+
+    def _default_pooling_type(self, task: Task) -> Setting:
+        """:meth:`pooling_type` when the user's ``pooler_config`` names no pooler for ``task``."""
         if task.granularity == "sequence":
             if self.st is not None and self.st.pooling_modes:
                 return Setting(self.st.pooling_modes, f"sentence-transformers {self.st.pooling_path}")
@@ -305,6 +339,7 @@ class PoolingModel:
 
     @cached_property
     def dimensions(self) -> Setting:
+        """The default matryoshka width (``pooler_config.dimensions``); ``None``: full width."""
         return Setting(self.pooler_config.dimensions, "pooler_config" if self.pooler_config.dimensions else "default")
 
     @cached_property
@@ -316,41 +351,65 @@ class PoolingModel:
 
     @property
     def embedding_size(self) -> int:
+        """Width of an embedding: the last sentence-transformers Dense output, else ``hidden_size``."""
         if self.st is not None and self.st.dense:
             return int(self.st.dense[-1].weight.shape[0])
         return self.architecture.hidden_size
 
     @property
     def matryoshka_dimensions(self) -> list[int] | None:
+        """The widths ``config.json`` (or ``hf_overrides``) declares, or ``None``."""
         dims = getattr(self.hf_config, "matryoshka_dimensions", None)
         return list(dims) if dims else None
 
     @property
     def is_matryoshka(self) -> bool:
+        """Whether requests may ask for a smaller ``dimensions``."""
         return bool(self.matryoshka_dimensions) or bool(getattr(self.hf_config, "is_matryoshka", False))
 
     @property
+    def has_classifier(self) -> bool:
+        """Whether the model has a classification head (the architecture's, or a sentence-transformers
+        CrossEncoder export's score modules): only then do ``num_labels`` and ``id2label`` apply."""
+        arch = self.architecture
+        scores = self.st is not None and self.st.score_outputs is not None
+        return scores or arch.sequence_head() is not None or arch.token_head() is not None
+
+    @property
+    def num_labels(self) -> Setting:
+        """Outputs of the classification heads, and where the number comes from."""
+        overrides = set((self.args.hf_overrides or {}) if self.args is not None else ())
+        source = "hf_overrides" if {"num_labels", "id2label"} & overrides else "config.json"
+        if self.st is not None and self.st.score_outputs is not None:
+            source = "sentence-transformers CrossEncoder score modules"
+        return Setting(self.architecture.num_labels, source)
+
+    @property
     def id2label(self) -> dict[int, str]:
-        """Label names of the classification heads, by index."""
-        if not self.architecture.num_labels:
+        """Label names of the classification heads, by index; empty for a model without one."""
+        if not self.architecture.num_labels or not self.has_classifier:
             return {}
         raw = getattr(self.hf_config, "id2label", None) or {}
         return {int(k): str(v) for k, v in raw.items()}
 
     @property
     def do_lower_case(self) -> bool:
+        """Whether inputs are lower-cased first (sentence-transformers ``do_lower_case``)."""
         return bool(self.st is not None and self.st.do_lower_case)
 
     @property
     def prompts(self) -> dict[str, str]:
+        """The sentence-transformers prompts by name."""
         return dict(self.st.prompts) if self.st is not None else {}
 
     @property
     def default_prompt_name(self) -> str | None:
+        """The prompt used when a call names none, or ``None``."""
         return self.st.default_prompt_name if self.st is not None else None
 
     @property
     def include_prompt(self) -> bool:
+        """Whether pooling includes a prompt's tokens (sentence-transformers ``include_prompt``)."""
         return self.st is None or self.st.include_prompt
 
     # -- tasks ---------------------------------------------------------------------------------
@@ -369,6 +428,11 @@ class PoolingModel:
                 f"{api} API is not supported by this model. Task {task.name} is not supported by model "
                 f"'{self.name}'; supported tasks: {', '.join(self.supported_tasks()) or 'none'}"
             )
+        pools = task.default_pooling_type is not None and task.name not in self._own_heads
+        if pools and task.name not in self._warned_pooling and self.ignored_pooling_type(task):
+            self._warned_pooling.add(task.name)  # once per model and task, not per request
+            pooling = self.pooling_type(task)
+            logger.warning("task %s pools with %s: %s", task.name, "+".join(pooling.value), pooling.source)
         return task
 
     def head(self, task: Task) -> Head | None:
@@ -379,6 +443,8 @@ class PoolingModel:
                 self._heads[task.name] = None
             else:
                 own = self.architecture.task_head(task, self)
+                if own is not None:
+                    self._own_heads.add(task.name)
                 self._heads[task.name] = own if own is not None else task.build(self)
         return self._heads[task.name]
 
@@ -409,6 +475,7 @@ class PoolingModel:
 
     @property
     def conversion(self) -> Conversion:
+        """What the ``convert`` setting does to this model's checkpoint."""
         return CONVERSIONS[self.convert]
 
     def supported_tasks(self) -> list[str]:
@@ -423,16 +490,25 @@ class PoolingModel:
         return supported
 
     def _architecture_plugin(self) -> str | None:
+        """The plugin that registered the architecture serving the model (``None`` for a resolver's)."""
         archs = registry("architecture")
-        return archs.entry(self.architecture_name).plugin if self.architecture_name in archs else None
+        if self.architecture_name not in archs or not isinstance(self.architecture, archs.get(self.architecture_name)):
+            return None
+        return archs.entry(self.architecture_name).plugin
 
     def describe(self) -> dict[str, Any]:
         """Every resolved setting with its source, for ``poolkit info``."""
         tasks = {}
         for name in self.supported_tasks():
             task = registry("task").get(name)
-            pooling = self.pooling_type(task)
-            tasks[name] = {"pooling_type": {"value": "+".join(pooling.value), "source": pooling.source}}
+            if name in self._own_heads:  # the task's settings do not shape the architecture's own head
+                head = {"value": type(self.head(task)).__name__, "source": f"architecture ({self.architecture_name})"}
+                tasks[name] = {"head": head}
+            else:
+                tasks[name] = {key: _shown(setting) for key, setting in task.settings(self).items()}
+        labels = {}
+        if self.has_classifier:
+            labels = {"num_labels": _shown(self.num_labels), "id2label": self.id2label}
         return {
             "model": self.name,
             "path": str(self.path),
@@ -450,8 +526,7 @@ class PoolingModel:
                 {"path": d.path, "in": int(d.weight.shape[1]), "out": int(d.weight.shape[0]), "activation": d.activation}
                 for d in (self.st.dense if self.st else [])
             ],
-            "num_labels": self.architecture.num_labels,
-            "id2label": self.id2label,
+            **labels,
             "is_matryoshka": self.is_matryoshka,
             "matryoshka_dimensions": self.matryoshka_dimensions,
             "do_lower_case": self.do_lower_case,
@@ -459,50 +534,63 @@ class PoolingModel:
             "prompts": self.prompts,
             "default_prompt_name": self.default_prompt_name,
             "tasks": tasks,
+            "kernels": kernel_table([self.device]),
         }
 
 
-def has_heads(cls: type[Architecture]) -> bool:
-    """Whether an architecture class has a classification head of its own."""
-    return cls.sequence_head is not Architecture.sequence_head or cls.token_head is not Architecture.token_head
+def _shown(setting: Setting) -> dict[str, Any]:
+    """A setting as ``poolkit info`` prints it; several pooler names joined with ``+``."""
+    value = "+".join(setting.value) if isinstance(setting.value, tuple) else setting.value
+    return {"value": value, "source": setting.source}
 
 
-def _base_architecture(name: str) -> str | None:
-    for suffix in CONVERTIBLE_SUFFIXES:
-        if name.endswith(suffix):
-            return name[: -len(suffix)] + "Model"
-    return None
-
-
-def _pick_architecture(names: list[str], conversion: Conversion, config: Any) -> tuple[str, type[Architecture]]:
+def _pick_architecture(
+    names: list[str], conversion: Conversion, config: Any, model_impl: str = "auto"
+) -> tuple[str, type[Architecture]]:
     archs = registry("architecture")
+    impl = MODEL_IMPLS[model_impl]
     for name in names:
-        if name in archs and not (conversion.hidden_states and has_heads(archs.get(name))):
-            return name, archs.get(name)
+        cls = archs.get(name) if name in archs else None
+        if cls is not None and impl.allows(cls) and not (conversion.hidden_states and has_heads(cls)):
+            return name, cls
     if conversion.to_base:
         for name in names:
-            base = _base_architecture(name)
-            if base and base in archs:
+            base = base_architecture(name)
+            if base and base in archs and impl.allows(archs.get(base)):
                 logger.info("serving %s with the %s architecture (convert=embed)", name, base)
                 return base, archs.get(base)
     if conversion.resolve_base:
         for name in names:
-            base = _base_architecture(name)
+            base = base_architecture(name)
             cls = get_manager().resolve_architecture(base, config) if base else None
-            if cls is not None and not has_heads(check_architecture(base, cls)):
+            if cls is not None and impl.allows(cls) and not has_heads(check_architecture(base, cls)):
                 logger.info("serving %s with %s (%s, convert=embed)", name, cls.__name__, cls.implementation)
                 return base, cls
+    refused: list[str] = []
     for name in names:
         cls = get_manager().resolve_architecture(name, config)
         if cls is not None:
             check_architecture(name, cls)
+            if not impl.allows(cls):
+                refused.append(cls.implementation)
+                continue
             logger.info("serving %s with %s (%s)", name, cls.__name__, cls.implementation)
             return name, cls
     shown = ", ".join(names) or "none listed in config.json"
+    if refused:
+        raise ModelLoadError(f"model_impl='{model_impl}': only the {refused[0]} implementation runs {shown}; use model_impl='auto'")
+    if impl.only is not None:
+        raise ModelLoadError(
+            f"model_impl='{model_impl}': nothing runs {shown} with the {impl.only} implementation; use model_impl='auto'"
+        )
+    why_no_base = missing_base(names) if conversion.hidden_states else None
+    if why_no_base:
+        raise ModelLoadError(why_no_base)
+    why = archs.explain_missing(archs.kind, shown)
     raise ModelLoadError(
         f"no poolkit architecture for {shown}, and no architecture resolver (such as the transformers "
         f"fallback) accepted it; native: {', '.join(archs.names())}. "
-        "Install a plugin that provides it, or set hf_overrides={'architectures': [...]}"
+        "Install a plugin that provides it, or set hf_overrides={'architectures': [...]}" + (f". {why}" if why else "")
     )
 
 
@@ -553,7 +641,7 @@ def load_model(args: Any) -> PoolingModel:
     hf_config.name_or_path = name
     arch_names = list(getattr(hf_config, "architectures", None) or [])
     try:
-        arch_name, arch_cls = _pick_architecture(arch_names, conversion, hf_config)
+        arch_name, arch_cls = _pick_architecture(arch_names, conversion, hf_config, args.model_impl)
     except ModelLoadError:
         if getattr(hf_config, "auto_map", None):
             raise ModelLoadError(
@@ -561,6 +649,12 @@ def load_model(args: Any) -> PoolingModel:
                 "use a checkpoint whose architecture poolkit or an installed plugin implements"
             ) from None
         raise
+    refused = arch_cls.unsupported_dtypes.get(str(torch_dtype).removeprefix("torch."))
+    if refused:
+        raise ModelLoadError(
+            f"The model type '{getattr(hf_config, 'model_type', arch_name)}' does not support "
+            f"{str(torch_dtype).removeprefix('torch.')}. Reason: {refused}"
+        )
     if conversion.needs_head and not has_heads(arch_cls):
         raise ModelLoadError(
             f"convert='{args.convert}' needs a checkpoint with a classification head; {arch_name} has none"
@@ -570,7 +664,8 @@ def load_model(args: Any) -> PoolingModel:
     st = read_st_config(path, args.allow_pickle)
     if st is not None and st.score_outputs is not None:
         hf_config.num_labels = st.score_outputs  # a CrossEncoder's own score modules are its classifier
-    tok = _load_tokenizer(Path(args.tokenizer) if args.tokenizer else path, hf_config)
+    tokenizer_dir = Path(args.tokenizer) if args.tokenizer else path
+    tok = arch_cls.load_tokenizer(tokenizer_dir, hf_config) or _load_tokenizer(tokenizer_dir, hf_config)
     arch_cls.configure(hf_config, tok)
 
     files = checkpoint_files(path, args.allow_pickle)

@@ -30,7 +30,14 @@ class EmbeddingOutput:
 
 @dataclass
 class ClassificationOutput:
-    """Class probabilities (or raw logits with ``use_activation=False``) and the top label."""
+    """The classifier's outputs, one per class, and the top label.
+
+    ``probs`` keeps vLLM's name (its ``ClassificationOutput.probs``, the server's ``probs``) for
+    compatibility, and holds the logits after the activation in force: probabilities with the
+    default (softmax, or sigmoid for one output), raw logits with ``use_activation=False``, the
+    identity of a regression model, and whatever a custom ``activation_fn`` returns, which need
+    not lie in 0..1 nor sum to 1. ``poolkit info`` shows the activation of each task.
+    """
 
     probs: list[float]
     label: str | None = None

@@ -14,6 +14,7 @@ applied before anything is imported:
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import logging
 import os
@@ -216,8 +217,9 @@ class PluginManager:
         except BaseException as exc:
             if not _plugin_failure(exc):
                 raise
+            hint = self._hook_hint(plugin)
             self._unregister_pm(info.name)
-            info.status, info.error = "error", f"invalid hook implementation: {exc}"
+            info.status, info.error = "error", f"invalid hook implementation: {exc}{hint}"
             self._fail(info, strict=strict)
             return
         try:
@@ -279,6 +281,16 @@ class PluginManager:
         if info.builtin or (self.strict if strict is None else strict):
             raise PluginError(message)
         logger.warning("%s", message)
+
+    def _hook_hint(self, plugin: object) -> str:
+        """`` (did you mean '...'?)`` for the first hook ``plugin`` implements that no hookspec
+        declares (a misspelt ``poolkit_register_pooler``), or ``""``."""
+        known = [name for name in vars(hookspecs) if name.startswith("poolkit_")]
+        for caller in self.pm.get_hookcallers(plugin) or []:
+            if not caller.has_spec():
+                close = difflib.get_close_matches(caller.name, known, n=1)
+                return f" (did you mean '{close[0]}'?)" if close else ""
+        return ""
 
     def _unregister_pm(self, name: str) -> None:
         plugin = self.pm.get_plugin(name)

@@ -25,9 +25,15 @@ class Pooler:
         ...         return (hidden[batch.first_indices] + hidden[batch.last_indices]) / 2
     """
 
+    #: ``"sequence"`` (one row per sequence) or ``"token"`` (one tensor of rows per sequence).
     granularity: ClassVar[str] = "sequence"
 
     def __call__(self, hidden: torch.Tensor, batch: PackedBatch) -> torch.Tensor | list[torch.Tensor]:
+        """Pool ``hidden`` (``[T, H]``, the model's dtype) for the packed ``batch``.
+
+        Called once per batch by a task's head, under ``torch.inference_mode()``; one instance
+        serves every model and thread, so keep no state between calls.
+        """
         raise NotImplementedError
 
     def output_size(self, hidden_size: int) -> int:

@@ -73,6 +73,11 @@ class EngineArgs(BaseModel):
     tokenizer: Optional[str] = Field(None, description="Directory of the tokenizer, if not the model's.")
     runner: str = Field("auto", description="auto or pooling (poolkit runs pooling models).")
     convert: str = Field("auto", description="auto, none, embed or classify: how to adapt a checkpoint.")
+    model_impl: str = Field(
+        "auto",
+        description="auto (poolkit's native code, else the transformers fallback), poolkit (native only; "
+        "vLLM's 'vllm' too) or transformers (the transformers fallback, also for native families).",
+    )
     pooler_config: Optional[PoolerConfig] = Field(None, description="PoolerConfig as JSON.")
     hf_overrides: Optional[dict[str, Any]] = Field(None, description="config.json overrides as JSON.")
     dtype: str = Field("auto", description="auto (bf16 on bf16 hardware), float32, bfloat16, float16.")
@@ -126,6 +131,15 @@ class EngineArgs(BaseModel):
 
         if value not in CONVERSIONS:
             raise ValueError(f"convert '{value}' is not one of {', '.join(CONVERSIONS)}")
+        return value
+
+    @field_validator("model_impl")
+    @classmethod
+    def _model_impl(cls, value: str) -> str:
+        from .model_impl import MODEL_IMPLS
+
+        if value not in MODEL_IMPLS:
+            raise ValueError(f"model_impl '{value}' is not one of {', '.join(MODEL_IMPLS)}")
         return value
 
     @field_validator("pooler_config", mode="before")

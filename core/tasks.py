@@ -11,7 +11,7 @@ from .batch import PackedBatch
 from .errors import InvalidRequest
 
 if TYPE_CHECKING:
-    from .config import PoolingParams
+    from .config import PoolingParams, Setting
 
 TASK_GRANULARITIES = ("sequence", "token", "plugin")
 #: The granularities by name: one result per input, one row per token, or whatever an IO
@@ -40,9 +40,17 @@ class Task:
         name: the task name users pass (``pooling_task="embed"``).
         granularity: ``"sequence"`` (one vector per input), ``"token"`` (one row per token)
             or ``"plugin"`` (whatever an IO processor makes of it).
-        params: the :class:`PoolingParams` fields a request of this task may set.
+        params: the names of the :class:`PoolingParams` fields a request of this task may set, a
+            ``frozenset`` of strings (default ``{"use_activation"}``). :meth:`verify` enforces it
+            for every request, after the model's :meth:`param_defaults` are filled in: a field
+            counts as set when its value is not ``None`` (``task``, ``extra_kwargs`` and
+            ``skip_reading_prefix_cache`` never count), every task also takes
+            :data:`TOKENIZATION_PARAMS`, and any other set field is an ``InvalidRequest`` naming
+            it. Fields the task takes reach its head in the ``params`` list, one per sequence.
         default_pooling_type: the pooling type used when neither the user, a
-            sentence-transformers config nor the architecture names one.
+            sentence-transformers config nor the architecture names one; ``None`` for a task
+            whose head does not pool with :meth:`PoolingModel.poolers` (``sparse_embed`` reads the
+            LM head), which ``poolkit info`` then shows without a ``pooling_type``.
     """
 
     name: ClassVar[str] = ""
@@ -119,12 +127,23 @@ class Task:
             InvalidRequest: with a one-line reason.
         """
 
+    def settings(self, model: Any) -> dict[str, "Setting"]:
+        """The settings this task applies on ``model``, each resolved with its source, for
+        ``poolkit info`` (``model.describe()["tasks"][name]``).
+
+        The default is the pooling type (:meth:`PoolingModel.pooling_type`) of a task that pools
+        (one with a :attr:`default_pooling_type`); override it, extending ``super().settings``,
+        to add what the head applies (its ``activation_fn``, say).
+        """
+        return {"pooling_type": model.pooling_type(self)} if self.default_pooling_type is not None else {}
+
     def param_defaults(self, model: Any) -> dict[str, object]:
         """Request parameters a model's configuration fills in when a request leaves them unset."""
         return {}
 
     def verify(self, params: "PoolingParams", model: Any) -> None:
-        """Reject parameters this task does not take; subclasses add model-specific checks.
+        """Reject parameters this task does not take (see :attr:`params`); subclasses add
+        model-specific checks and call ``super().verify(params, model)`` to keep this one.
 
         Raises:
             InvalidRequest: with vLLM's wording.

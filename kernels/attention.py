@@ -1,4 +1,28 @@
-"""Attention over packed sequences: each token sees only the tokens of its own sequence."""
+"""Attention over packed sequences: each token sees only the tokens of its own sequence.
+
+The contracts of the two ops registered here, which every kernel of the op keeps (same
+arguments and defaults as the reference, which is what ``poolkit.kernel_reference(op)`` returns)
+and models rely on without importing this module:
+
+``varlen_attention``: ``fn(q, k, v, batch, causal=False, scale=None, window=None, bias=None) -> out``
+
+- ``q``, ``k``, ``v``: ``[T, heads, head_dim]`` tensors of one float dtype on one device, the
+  ``T`` packed tokens of ``batch`` in order (as many key/value heads as query heads).
+- ``batch``: the :class:`poolkit.PackedBatch` whose ``seq_lens`` (``cu_seqlens``) say which
+  consecutive tokens form a sequence; no token attends outside its sequence.
+- ``causal``: attend only to the token itself and earlier tokens of its sequence.
+- ``scale``: factor on ``q @ k^T``; ``None`` is ``head_dim ** -0.5``.
+- ``window``: attend only to tokens at most ``window`` positions away (``None``: no limit).
+- ``bias``: ``[heads, N, N]`` additive bias by (query, key) position inside a sequence, ``N`` at
+  least the longest sequence, in any float dtype (cast to ``q``'s); ``None`` is none.
+- returns ``[T, heads, head_dim]`` in ``q``'s dtype and device. A kernel without a fast path for
+  ``window`` or ``bias`` hands such calls to the reference.
+
+``varlen_attention_softcap``: ``fn(q, k, v, batch, causal=False, scale=None, window=None,
+softcap=None) -> out``, as ``varlen_attention`` without ``bias``, each scaled score ``s``
+replaced by ``softcap * tanh(s / softcap)`` before a float32 softmax (Gemma 2); ``softcap=None``
+is plain ``varlen_attention``.
+"""
 
 from __future__ import annotations
 

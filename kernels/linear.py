@@ -5,10 +5,16 @@ expansion, ``[tokens, 4 * hidden]``), which costs as much as a third of the matm
 CPU; fused, oneDNN applies bias and activation while the output tile is still in cache. In
 bf16 the fused result is also rounded once instead of twice.
 
-The op's contract, which every ``linear_act`` kernel keeps and models rely on without importing
-this module: ``fn(x, weight, bias, act="none")`` with ``act`` one of the names of
-:data:`ACTIVATIONS` (``none``, ``gelu``, ``gelu_tanh``, ``relu``, ``silu``, ``tanh``,
-``sigmoid``).
+The op's contract, which every ``linear_act`` kernel keeps (same arguments and defaults as the
+reference, which is what ``poolkit.kernel_reference("linear_act")`` returns) and models rely on
+without importing this module: ``fn(x, weight, bias, act="none") -> out``
+
+- ``x``: ``[..., in_features]``, in ``weight``'s dtype and on its device;
+- ``weight``: ``[out_features, in_features]``; ``bias``: ``[out_features]`` or ``None``;
+- ``act``: one of the names of :data:`ACTIVATIONS` (``none``, ``gelu``, ``gelu_tanh``, ``relu``,
+  ``silu``, ``tanh``, ``sigmoid``), every one of them taken by every kernel;
+- returns ``act(x @ weight^T + bias)``, ``[..., out_features]`` in ``x``'s dtype; autograd
+  works through it (a kernel without a backward hands such calls to the reference).
 """
 
 from __future__ import annotations

@@ -4,6 +4,16 @@
 reference pads the documents of a call into one ``[N, L, D]`` block; the CPU kernel multiplies the
 query with the packed tokens in one matmul and takes a segmented maximum (no padding); the Triton
 kernel walks each document's packed tokens in tiles and keeps a running maximum per query token.
+
+The op's contract, which every ``maxsim`` kernel keeps (same arguments as the reference, which is
+what ``poolkit.kernel_reference("maxsim")`` returns): ``fn(query, docs, cu_seqlens) -> scores``
+
+- ``query``: ``[Lq, D]`` token vectors of one query, any float dtype;
+- ``docs``: ``[T, D]`` every document's token vectors, concatenated, on ``query``'s device;
+- ``cu_seqlens``: ``[N + 1]`` integer offsets into ``docs``: document ``i`` is
+  ``docs[cu_seqlens[i]:cu_seqlens[i + 1]]``;
+- returns ``[N]`` float32 scores on ``docs``' device, computed in fp32; a document with no
+  tokens scores 0.
 """
 
 from __future__ import annotations

@@ -5,6 +5,18 @@ sequence's rows (``cu_seqlens[i]:cu_seqlens[i + 1]``) in fp32. The torch referen
 everywhere (and is the CPU path, where pooling is a negligible share of the work); on CUDA, the
 Triton kernel does the reduction, the division and the normalisation in one launch, one program
 per sequence, instead of a cast, a scatter, a division and a norm over the whole batch.
+
+The op's contract, which every ``segment_pool`` kernel keeps (same arguments and defaults as the
+reference, which is what ``poolkit.kernel_reference("segment_pool")`` returns) and poolers rely
+on without importing this module: ``fn(hidden, cu_seqlens, mode="mean", normalize=False) -> pooled``
+
+- ``hidden``: ``[T, H]`` packed hidden states, any float dtype;
+- ``cu_seqlens``: ``[B + 1]`` integer offsets from ``0`` to ``T`` (any device): sequence ``i``
+  owns rows ``cu_seqlens[i]:cu_seqlens[i + 1]``;
+- ``mode``: one of :data:`MODES`, ``"mean"``, ``"mean_sqrt_len"`` (sum / sqrt(n)), ``"max"`` or
+  ``"sum"``; another is a ``ValueError``;
+- ``normalize``: L2-normalise each pooled row (``F.normalize``, ``eps=1e-12``);
+- returns ``[B, H]`` float32 on ``hidden``'s device; a sequence with no rows pools to zeros.
 """
 
 from __future__ import annotations

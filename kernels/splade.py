@@ -6,6 +6,19 @@ bounded chunks of rows, so the ``[tokens, vocab]`` logits of a long batch never 
 The torch reference runs everywhere; on the CPU, max pooling reduces the raw logits before
 activating them (the activation is monotonic); the Triton kernel fuses activation and reduction
 on CUDA, one program per (run of rows of one sequence, block of vocabulary).
+
+The op's contract, which every ``splade_pool`` kernel keeps (same arguments and defaults as the
+reference, which is what ``poolkit.kernel_reference("splade_pool")`` returns):
+``fn(logits, segment_ids, out, strategy="max", activation="relu") -> out``
+
+- ``logits``: ``[N, V]`` MLM logit rows, any float dtype, never modified;
+- ``segment_ids``: ``[N]`` integer row of ``out`` each logit row belongs to, in any order;
+- ``out``: ``[B, V]`` float32 accumulator on ``logits``' device, filled with ``-inf`` (max) or
+  ``0`` (sum) before the first call and updated in place, so that calls on chunks of rows add up;
+- ``strategy``: ``"max"`` or ``"sum"`` (:data:`STRATEGIES`); ``activation``: ``"relu"``,
+  ``"log1p_relu"`` or ``"none"`` (:data:`ACTIVATIONS`); anything else, or mismatched shapes, is a
+  ``ValueError``;
+- returns ``out``.
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
-"""poolkit bench: a smoke configuration runs and its JSON has every field."""
+"""poolkit bench: a smoke configuration runs and its JSON has every field; ``--vs fallback`` and the
+``model_impl`` setting it relies on."""
 
 from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from poolkit.cli import app, main  # noqa: F401 - main registers plugin commands
@@ -71,3 +73,95 @@ def test_random_weight_presets_build_once_and_match_sentence_transformers(tmp_pa
         ref = SentenceTransformer(path, device="cpu").encode(texts, convert_to_tensor=True)
         assert torch.nn.functional.cosine_similarity(ours, ref).min() > 0.99999
     assert bench.resolve_bench_model("sentence-transformers/all-MiniLM-L6-v2")[1] == "real"
+
+
+def test_bench_vs_fallback_smoke_json():
+    """``--vs fallback``: the peer is poolkit itself on the transformers fallback, same weights and dtype;
+    parity is against the fallback in fp32 (transformers' own output), and workloads with no fallback
+    side are listed as skipped."""
+    result = CliRunner().invoke(_app(), ["bench", "--vs", "fallback", "--smoke", "--json", "--workloads", "W1,W3,W6"])
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["vs"] == "fallback" and report["peer"] == "poolkit on the transformers fallback"
+    assert report["implementation"] == {"poolkit": "native", "peer": "fallback (transformers)"}
+    assert report["peer_dtype"] == report["dtype"] and report["versions"]["transformers"]
+    assert [r["workload"] for r in report["results"]] == ["W1", "W3"]
+    assert set(report["skipped"]) == {"W6"} and "no fallback to compare" in report["skipped"]["W6"]
+    for row in report["results"]:
+        assert set(row) == FIELDS
+        assert row["poolkit_tokens_per_s"] > 0 and row["peer_tokens_per_s"] > 0 and row["ratio"] > 0
+        assert row["min_cosine"] > 0.999 and row["max_abs_diff"] < 1e-2
+        assert 0 < row["padding_fraction_peer"] < 1 and row["padding_fraction_poolkit"] == 0.0
+
+
+def test_bench_vs_fallback_refuses_a_model_without_native_code(tmp_path):
+    from tiny_models import build_transformers_model
+
+    path = build_transformers_model(tmp_path / "distilbert", "DistilBertModel")
+    result = CliRunner().invoke(_app(), ["bench", "--vs", "fallback", "--smoke", "-w", "W1", "-m", str(path)])
+    assert result.exit_code == 1
+    assert result.stderr.startswith(
+        "Error: --vs fallback: poolkit has no native code for DistilBertModel: it runs on the transformers fallback too"
+    )
+    result = CliRunner().invoke(_app(), ["bench", "--vs", "transformers", "--smoke"])
+    assert result.exit_code == 1 and "Error: --vs 'transformers' is not one of sentence-transformers, fallback" in result.stderr
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta", "xlm-roberta"])
+def test_model_impl_transformers_runs_the_fallback_and_matches_native(tiny_encoders, kind):
+    """``model_impl="transformers"`` serves a native family with the fallback (``describe()`` says
+    so), within DESIGN.md §7's fp32 tolerances of the native code; ``poolkit``/``vllm`` keep it native."""
+    import torch
+
+    from poolkit import LLM
+
+    path = str(tiny_encoders[kind])
+    texts = ["hello", "a somewhat longer sentence, to pad the short one in the fallback's batch", ""]
+    runs = {}
+    for impl in ("auto", "poolkit", "vllm", "transformers"):
+        llm = LLM(path, dtype="float32", model_impl=impl)
+        info = llm.model.describe()
+        want = "fallback (transformers)" if impl == "transformers" else "native"
+        assert info["implementation"] == want, impl
+        assert (info["architecture_plugin"] is None) == (impl == "transformers")
+        assert llm.args.model_impl == impl
+        runs[impl] = torch.tensor([o.outputs.embedding for o in llm.embed(texts)])
+    for impl in ("poolkit", "vllm"):
+        assert torch.equal(runs[impl], runs["auto"])
+    cos = torch.nn.functional.cosine_similarity(runs["transformers"], runs["auto"])
+    assert cos.min() >= 0.99999 and (runs["transformers"] - runs["auto"]).abs().max() <= 1e-4
+
+
+def test_model_impl_errors_are_one_line(tiny_encoders, tmp_path):
+    from tiny_models import build_transformers_model
+
+    from poolkit import LLM, InvalidRequest, ModelLoadError
+
+    with pytest.raises(InvalidRequest, match=r"^model_impl 'terratorch' is not one of auto, poolkit, vllm, transformers$"):
+        LLM(str(tiny_encoders["bert"]), model_impl="terratorch")
+    # an architecture only poolkit has: transformers cannot run it
+    with pytest.raises(ModelLoadError) as info:
+        LLM(str(tiny_encoders["xlm-roberta"]), model_impl="transformers",
+            hf_overrides={"architectures": ["BgeM3EmbeddingModel"]})
+    assert str(info.value) == (
+        "model_impl='transformers': nothing runs BgeM3EmbeddingModel with the fallback (transformers) "
+        "implementation; use model_impl='auto'"
+    )
+    # a family with no native code, native only
+    distilbert = build_transformers_model(tmp_path / "distilbert", "DistilBertModel")
+    with pytest.raises(ModelLoadError) as info:
+        LLM(str(distilbert), model_impl="poolkit")
+    assert str(info.value) == (
+        "model_impl='poolkit': only the fallback (transformers) implementation runs DistilBertModel; use model_impl='auto'"
+    )
+    result = CliRunner().invoke(_app(), ["embed", "--model-impl", "terratorch", "hello"])
+    assert result.exit_code == 1
+    assert result.stderr.splitlines()[0] == (
+        "Error: --model-impl 'terratorch' is not one of auto, poolkit, vllm, transformers"
+    )
+
+
+def test_info_says_fallback_with_model_impl_transformers(tiny_encoders):
+    result = CliRunner().invoke(_app(), ["info", str(tiny_encoders["bert"]), "--model-impl", "transformers"])
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["implementation"] == "fallback (transformers)"

@@ -100,3 +100,32 @@ def test_console_script_runs():
     assert result.returncode == 0, result.stderr
     (row,) = records(result.stdout)
     assert row["index"] == 0 and len(row["embedding"]) == 384
+
+
+def test_info_shows_what_applies_with_its_source(minilm_dir, tmp_path):
+    """Issue 17: the activation of each task with its source; no transformers-default labels on a
+    model without a classifier; no pooling type for a task that does not pool (sparse_embed)."""
+    from tiny_models import build_classifier, build_masked_lm
+
+    def info(*args: str) -> dict:
+        result = runner.invoke(app, ["info", *args])
+        assert result.exit_code == 0, result.stderr
+        return json.loads(result.stdout)
+
+    embedder = info(str(minilm_dir), "--pooler-config", '{"activation_fn": "identity"}')
+    assert "num_labels" not in embedder and "id2label" not in embedder
+    assert embedder["tasks"]["embed"]["activation_fn"] == {"value": "identity", "source": "pooler_config"}
+    assert info(str(minilm_dir))["tasks"]["embed"]["activation_fn"] == {"value": "normalize", "source": "task default (embed)"}
+
+    classifier = info(str(build_classifier(tmp_path / "clf", "bert", 1)))
+    assert classifier["num_labels"] == {"value": 1, "source": "config.json"}
+    assert classifier["tasks"]["classify"]["activation_fn"] == {
+        "value": "sigmoid", "source": "default: sigmoid for one output, softmax for several"
+    }
+    regression = info(str(build_classifier(tmp_path / "reg", "bert", 1, problem_type="regression")))
+    assert regression["tasks"]["classify"]["activation_fn"] == {"value": "identity", "source": "config.json problem_type (regression)"}
+
+    sparse = info(str(build_masked_lm(tmp_path / "mlm")))["tasks"]["sparse_embed"]
+    assert "pooling_type" not in sparse
+    assert sparse["splade_pooling"] == {"value": "max", "source": "task default (sparse_embed)"}
+    assert sparse["activation_fn"] == {"value": "relu", "source": "task default (sparse_embed)"}

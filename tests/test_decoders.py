@@ -523,3 +523,19 @@ def test_softcap_attention_kernel() -> None:
                 want = torch.einsum("hij,jhd->ihd", scores.masked_fill(~keep, float("-inf")).softmax(-1), vs)
                 assert torch.allclose(got, want, atol=1e-10)
             assert not torch.allclose(near, far)
+
+
+@pytest.mark.parametrize("name, model_type", [("gemma2", "gemma2"), ("gemma3", "gemma3_text"), ("gemma3-cls3", "gemma3_text")])
+def test_float16_is_refused_for_gemma2_and_gemma3(models: dict[str, Path], name: str, model_type: str) -> None:
+    """vLLM refuses fp16 for Gemma 2 and 3 (their activations overflow it), in these words."""
+    with pytest.raises(ModelLoadError) as info:
+        LLM(str(models[name]), dtype="float16")
+    assert str(info.value) == (
+        f"The model type '{model_type}' does not support float16. "
+        "Reason: Numerical instability. Please use bfloat16 or float32 instead."
+    )
+
+
+def test_float16_is_allowed_for_gemma1_and_llama(models: dict[str, Path]) -> None:
+    for name in ("gemma", "llama"):
+        assert LLM(str(models[name]), dtype="float16").model.dtype == torch.float16

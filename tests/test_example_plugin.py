@@ -59,6 +59,7 @@ def test_discovered_through_its_entry_point(fresh_plugins):
             "architecture": ["StaticEmbeddingModel"],
             "pooler": ["FIRST_LAST_AVG"],
             "activation": ["tanh"],
+            "io_processor": ["token_weights"],
         },
     }
     assert registry("pooler").entry("first_last_avg").plugin == "example"
@@ -126,3 +127,61 @@ def test_cli_lists_the_plugin(fresh_plugins):
     assert listed["example"]["distribution"] == "poolkit-example-plugin"
     assert listed["example"]["status"] == "ok"
     assert listed["example"]["provides"]["pooler"] == ["FIRST_LAST_AVG"]
+
+
+TOKEN_TEXT = "Hello unseen bar"
+
+
+def check_token_weights(model_dir, got) -> None:
+    """``token_weights``' answer for ``TOKEN_TEXT``: the tokenizer's ids and token text, and each
+    token's weight, the norm of its row of the saved matrix."""
+    from tokenizers import Tokenizer
+
+    table = load_file(str(model_dir / "model.safetensors"))["embeddings"]
+    encoding = Tokenizer.from_file(str(model_dir / "tokenizer.json")).encode(TOKEN_TEXT)
+    assert encoding.tokens == ["hello", "[UNK]", "bar"]
+    ((text, tokens),) = [(r["text"], r["tokens"]) for r in got]
+    assert text == TOKEN_TEXT
+    assert [(t["position"], t["id"], t["token"]) for t in tokens] == [(i, *t) for i, t in enumerate(zip(encoding.ids, encoding.tokens))]
+    assert [t["weight"] for t in tokens] == pytest.approx(table[encoding.ids].norm(dim=-1).tolist(), rel=1e-2)
+
+
+@pytest.fixture
+def token_weights(fresh_plugins, static_model):
+    return poolkit.LLM(model=str(static_model), io_processor_plugin="token_weights")
+
+
+def test_token_weights_reads_the_tokenizer_from_its_context(token_weights, static_model):
+    (out,) = token_weights.encode({"data": TOKEN_TEXT}, pooling_task="plugin")
+
+    check_token_weights(static_model, out.outputs)
+    assert registry("io_processor").get("token_weights").context is None
+    with pytest.raises(poolkit.InvalidRequest, match="token_weights data must be a non-empty string"):
+        token_weights.encode({"data": [""]}, pooling_task="plugin")
+
+
+def test_token_weights_through_the_server(token_weights, static_model):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from poolkit.server import create_app
+
+    with TestClient(create_app(token_weights)) as client:
+        response = client.post("/pooling", json={"data": [TOKEN_TEXT]})
+
+    assert response.status_code == 200, response.text
+    check_token_weights(static_model, response.json()["data"])
+
+
+def test_token_weights_through_the_cli(fresh_plugins, static_model):
+    from typer.testing import CliRunner
+
+    from poolkit.cli import app
+
+    args = ["encode", "--task", "plugin", "--model", str(static_model), "--io-processor-plugin", "token_weights", TOKEN_TEXT]
+    result = CliRunner().invoke(app, args)
+
+    assert result.exit_code == 0, result.output
+    (row,) = [json.loads(line) for line in result.stdout.splitlines()]
+    assert row["index"] == 0
+    check_token_weights(static_model, row["data"])

@@ -29,7 +29,7 @@ def topk(minilm_dir):
 def test_discovered_through_its_entry_point():
     info = {i.name: i for i in get_manager().plugin_infos()}["topk"]
     assert info.distribution == "poolkit-topk-plugin" and info.status == "ok" and not info.builtin
-    assert info.provides == {"io_processor": ["topk_retrieval"]}
+    assert info.provides == {"io_processor": ["topk_retrieval"], "kernel": ["segment_pool:topk_cumsum"]}
 
 
 def test_plugin_task_end_to_end(topk, minilm):
@@ -54,7 +54,7 @@ def test_plugin_is_stateless_across_requests(topk):
 def test_plugin_errors(minilm, topk):
     with pytest.raises(InvalidRequest, match="No IOProcessor plugin installed"):
         minilm.encode({"data": DATA}, pooling_task="plugin")
-    with pytest.raises(InvalidRequest, match=r"The model requires the 'nope' IO Processor plugin but it is not installed\. Available plugins: \['topk_retrieval'\]"):
+    with pytest.raises(InvalidRequest, match=r"The model requires the 'nope' IO Processor plugin but it is not installed\. Available plugins: \[.*'topk_retrieval'.*\]"):
         LLM(minilm.model.name, io_processor_plugin="nope").encode({"data": DATA}, pooling_task="plugin")
     with pytest.raises(InvalidRequest, match="The 'data' field is only supported for the 'plugin' pooling task."):
         topk.encode({"data": DATA}, pooling_task="embed")

@@ -208,3 +208,217 @@ def test_onednn_linear_pads_rows_to_a_few_shapes():
             got = linear_act_onednn(x, w, b, "gelu")
             assert got.shape == (*shape[:-1], 48)
             torch.testing.assert_close(got, linear_act(x, w, b, "gelu"), atol=1e-4, rtol=1e-4)
+
+
+# -- kernel contracts, references and the kernel table (issue 17) ----------------------------------
+
+
+def _builtin_references() -> dict:
+    from poolkit.kernels import attention, maxsim, splade
+
+    return {
+        "linear_act": linear_act,
+        "maxsim": maxsim.maxsim_reference,
+        "segment_pool": segment_pool_reference,
+        "splade_pool": splade.splade_pool_reference,
+        "varlen_attention": attention.varlen_attention,
+        "varlen_attention_softcap": attention.softcap_varlen_attention,
+    }
+
+
+def _builtin_ops() -> set[str]:
+    """The ops that built-in plugins register kernels for (installed plugins may add others)."""
+    from poolkit.plugins import get_manager
+
+    infos = get_manager().plugin_infos()
+    return {name.split(":", 1)[0] for i in infos if i.builtin for name in i.provides.get("kernel", [])}
+
+
+def _documented_signature(fn) -> str:
+    """``fn(a, b, mode="mean", flag=False)``: how docs/plugins.md writes an op's signature."""
+    import inspect
+    import json
+
+    params = inspect.signature(fn).parameters.values()
+    shown = [
+        p.name if p.default is p.empty else f"{p.name}={json.dumps(p.default) if isinstance(p.default, str) else p.default}"
+        for p in params
+    ]
+    return f"fn({', '.join(shown)})"
+
+
+def test_kernel_reference_gives_each_builtin_ops_reference() -> None:
+    import poolkit
+    import poolkit.kernel
+    from poolkit.errors import UnknownName
+    from poolkit.plugins import get_manager
+
+    references = _builtin_references()
+    assert set(references) == _builtin_ops() and set(references) <= set(poolkit.kernel.kernel_ops())
+    assert {op: poolkit.kernel_reference(op) for op in references} == references
+    builtin = {i.name for i in get_manager().plugin_infos() if i.builtin}
+    for entry in registry("kernel").entries():  # every built-in kernel declares its op's reference
+        if entry.plugin in builtin:
+            assert entry.obj.reference is references[entry.name.split(":", 1)[0]], entry.name
+    assert poolkit.kernel_reference is poolkit.kernel.kernel_reference
+    assert poolkit.select_kernel is select_kernel and poolkit.kernel_table is poolkit.kernel.kernel_table
+    with pytest.raises(UnknownName, match=r"^unknown kernel op 'segment_pol'; available: linear_act, maxsim, segment_pool"):
+        poolkit.kernel_reference("segment_pol")
+
+
+def test_every_builtin_kernel_op_has_its_contract_documented() -> None:
+    """docs/plugins.md has a row per op with the reference's exact signature; the module says the same."""
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "plugins.md").read_text()
+    for op, reference in _builtin_references().items():
+        signature = _documented_signature(reference)
+        assert f"| `{op}` | `{signature}` |" in docs, (op, signature)
+        module_doc = sys.modules[reference.__module__].__doc__
+        assert "contract" in module_doc and f"``{op}``" in module_doc, reference.__module__
+        assert f"``{signature}" in module_doc.replace("\n", " "), (reference.__module__, signature)
+    section = docs.split("### poolkit_register_kernels(register)", 1)[1].split("\n### ", 1)[0]
+    assert "kernel_reference(" in section and "poolkit.kernels" not in section  # no implementation module imported
+
+
+def test_kernel_reference_works_inside_a_plugins_hook(fresh_plugins) -> None:
+    source = textwrap.dedent(
+        """
+        from poolkit import Kernel, hookimpl, kernel_reference
+
+
+        @hookimpl
+        def poolkit_register_kernels(register):
+            reference = kernel_reference("segment_pool")
+            register("segment_pool:fastpool", Kernel(fn=reference, reference=reference, device="cpu", priority=-1))
+        """
+    )
+    fresh_plugins.install("poolkit-fastpool", "1.0", {"fastpool": "poolkit_fake_fastpool"}, {"poolkit_fake_fastpool": source})
+    info = fresh_plugins.infos()["fastpool"]
+    assert info.status == "ok", info.error
+    assert registry("kernel").get("segment_pool:fastpool").reference is segment_pool_reference
+
+
+def test_select_kernel_takes_a_device_or_its_name_and_asks_is_available_every_call(fresh_plugins) -> None:
+    import poolkit
+    from poolkit import Kernel
+    from poolkit.errors import UnknownName
+    from poolkit.hookspecs import hookimpl
+    from poolkit.testing import plugin_registered
+
+    switch = {"on": False}
+
+    def slow(x):
+        return x + 1
+
+    def fast(x):
+        return x + 1
+
+    class Flip:
+        @hookimpl
+        def poolkit_register_kernels(self, register):
+            register("fake_flip:slow", Kernel(fn=slow, reference=slow))
+            register(
+                "fake_flip:fast",
+                Kernel(fn=fast, reference=slow, device="cpu", priority=1, is_available=lambda: switch["on"]),
+            )
+            # first by name, with another reference: kernel_reference keeps the built-in one
+            register("segment_pool:a_flip", Kernel(fn=fast, reference=slow, priority=-1))
+
+    def table() -> list[tuple]:
+        rows = poolkit.kernel_table(["cpu", torch.device("cuda"), "cpu:0"])
+        return [(r["for_device"], r["kernel"], r["registered_by"], r["available"], r["selected"]) for r in rows if r["op"] == "fake_flip"]
+
+    with plugin_registered(Flip(), "flip"):
+        assert all(select_kernel("fake_flip", d) is slow for d in ("cpu", torch.device("cpu"), "cpu:0"))
+        assert table() == [
+            ("cpu", "fake_flip:fast", "flip", False, False),
+            ("cpu", "fake_flip:slow", "flip", True, True),
+            ("cuda", "fake_flip:slow", "flip", True, True),
+        ]
+        switch["on"] = True  # no reload: the next lookup asks again
+        assert all(select_kernel("fake_flip", d) is fast for d in ("cpu", torch.device("cpu")))
+        assert select_kernel("fake_flip", "cuda") is slow
+        assert table()[:2] == [("cpu", "fake_flip:fast", "flip", True, True), ("cpu", "fake_flip:slow", "flip", True, False)]
+        switch["on"] = False
+        assert select_kernel("fake_flip", torch.device("cpu")) is slow
+        assert poolkit.kernel_reference("fake_flip") is slow
+        assert poolkit.kernel_reference("segment_pool") is segment_pool_reference
+    with pytest.raises(UnknownName, match="no kernel for op 'fake_flip' on device 'cpu'"):
+        select_kernel("fake_flip", "cpu")
+
+
+def test_kernel_table_ranks_like_select_kernel() -> None:
+    from poolkit.kernel import kernel_table
+
+    rows = kernel_table()
+    assert {r["for_device"] for r in rows} == {"cpu", "cuda"}
+    assert {(op, device) for op in _builtin_ops() for device in ("cpu", "cuda")} <= {(r["op"], r["for_device"]) for r in rows}
+    for op, device in {(op, device) for op in _builtin_ops() for device in ("cpu", "cuda")}:
+        group = [r for r in rows if (r["op"], r["for_device"]) == (op, device)]
+        assert [r["priority"] for r in group] == sorted((r["priority"] for r in group), reverse=True)
+        (chosen,) = [r for r in group if r["selected"]]  # every built-in op has a torch kernel for "any"
+        assert registry("kernel").get(chosen["kernel"]).fn is select_kernel(op, device)
+        assert chosen["available"] and all(r["device"] in (device, "any") for r in group)
+        entry = registry("kernel").entry(chosen["kernel"])
+        assert (chosen["registered_by"], chosen["device"], chosen["priority"]) == (entry.plugin, entry.obj.device, entry.obj.priority)
+
+
+def test_info_shows_the_kernel_table_for_the_models_device(tiny_encoders) -> None:
+    import json
+
+    from poolkit import LLM
+    from poolkit.kernel import kernel_table
+
+    described = LLM(str(tiny_encoders["bert"])).model.describe()
+    assert described["kernels"] == kernel_table(["cpu"])
+    selected = {r["op"]: r["kernel"] for r in described["kernels"] if r["selected"]}
+    assert registry("kernel").get(selected["segment_pool"]).fn is select_kernel("segment_pool", "cpu")
+    json.dumps(described)
+
+
+def test_the_topk_plugin_overrides_segment_pool_when_switched_on(monkeypatch, tiny_encoders) -> None:
+    """plugins/poolkit-topk-plugin registers segment_pool:topk_cumsum above the built-ins, opt-in."""
+    pytest.importorskip("poolkit_topk_plugin", reason="pip install ./plugins/poolkit-topk-plugin")
+    import json
+
+    from typer.testing import CliRunner
+
+    from poolkit import LLM
+    from poolkit.cli import app
+    from poolkit.kernel import kernel_table
+    from poolkit.plugins import get_manager
+    from poolkit_topk_plugin.kernels import SWITCH, segment_pool_cumsum
+
+    entry = registry("kernel").entry("segment_pool:topk_cumsum")
+    builtin = {i.name for i in get_manager().plugin_infos() if i.builtin}
+    priorities = [e.obj.priority for e in registry("kernel").entries() if e.name.startswith("segment_pool:") and e.plugin in builtin]
+    assert entry.plugin == "topk" and entry.obj.fn is segment_pool_cumsum and entry.obj.priority > max(priorities)
+    assert entry.obj.reference is segment_pool_reference and entry.obj.device == "cpu"
+
+    monkeypatch.delenv(SWITCH, raising=False)
+    assert select_kernel("segment_pool", "cpu") is not segment_pool_cumsum
+    texts = ["a short one", "and a somewhat longer sentence to pool"]
+    plain = [o.outputs.embedding for o in LLM(str(tiny_encoders["bert"]), pooler_config={"pooling_type": "MEAN"}).embed(texts)]
+
+    monkeypatch.setenv(SWITCH, "1")
+    assert select_kernel("segment_pool", "cpu") is segment_pool_cumsum
+    assert select_kernel("segment_pool", "cuda") is not segment_pool_cumsum
+    first = next(r for r in kernel_table(["cpu"]) if r["op"] == "segment_pool")
+    assert (first["kernel"], first["registered_by"], first["available"], first["selected"]) == ("segment_pool:topk_cumsum", "topk", True, True)
+    listed = {p["name"]: p for p in json.loads(CliRunner().invoke(app, ["plugins"]).stdout)}
+    assert listed["topk"]["kernels"] == [
+        {"kernel": "segment_pool:topk_cumsum", "device": "cpu", "priority": 20, "available": True, "selected_for": ["cpu"]}
+    ]
+
+    hidden = (torch.randn(sum(POOL_LENS), 48, generator=torch.Generator().manual_seed(5)) * 3).to(torch.bfloat16)
+    cu = torch.tensor([0, *POOL_LENS]).cumsum(0)
+    for mode in pooling.MODES:
+        for normalize in (False, True):
+            got = segment_pool_cumsum(hidden, cu, mode, normalize)
+            assert got.dtype == torch.float32 and got.shape == (len(POOL_LENS), 48)
+            torch.testing.assert_close(got, entry.obj.reference(hidden, cu, mode, normalize), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="mode 'median'"):
+        segment_pool_cumsum(hidden, cu, "median")
+    overridden = [o.outputs.embedding for o in LLM(str(tiny_encoders["bert"]), pooler_config={"pooling_type": "MEAN"}).embed(texts)]
+    torch.testing.assert_close(torch.tensor(overridden), torch.tensor(plain), atol=1e-6, rtol=1e-5)

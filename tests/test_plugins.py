@@ -873,3 +873,170 @@ def test_import_poolkit_has_no_side_effects():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+# -- kernels in `poolkit plugins` ----------------------------------------------------------------
+
+
+def test_plugins_lists_each_kernel_with_where_it_is_selected(fresh_plugins):
+    """Each plugin that registered kernels gets ``kernels``; the output stays a JSON list of plugins."""
+    from typer.testing import CliRunner
+
+    from poolkit.cli import app
+
+    install(
+        fresh_plugins,
+        "twokernels",
+        plugin_source(
+            """
+            from poolkit import Kernel, kernel_reference
+
+
+            @hookimpl
+            def poolkit_register_kernels(register):
+                reference = kernel_reference("maxsim")
+                register("fake_maxsim:never", Kernel(fn=reference, reference=reference, is_available=lambda: False))
+                register("fake_maxsim:cuda", Kernel(fn=reference, reference=reference, device="cuda", priority=3))
+            """
+        ),
+    )
+    plain = json.loads(CliRunner().invoke(app, ["plugins"]).stdout)
+    listed = json.loads(CliRunner().invoke(app, ["plugins", "--all"]).stdout)
+    assert isinstance(listed, list) and [p["name"] for p in plain] == [p["name"] for p in listed if not p["builtin"]]
+    mine = next(p for p in plain if p["name"] == "twokernels")
+    assert mine["provides"] == {"kernel": ["fake_maxsim:never", "fake_maxsim:cuda"]}
+    assert mine["kernels"] == [
+        {"kernel": "fake_maxsim:cuda", "device": "cuda", "priority": 3, "available": True, "selected_for": ["cuda"]},
+        {"kernel": "fake_maxsim:never", "device": "any", "priority": 0, "available": False, "selected_for": []},
+    ]
+    for plugin in listed:
+        kernels = plugin.get("kernels")
+        assert (kernels is not None) == ("kernel" in plugin["provides"]), plugin["name"]
+        for kernel in kernels or []:
+            op = kernel["kernel"].split(":", 1)[0]
+            entry = registry("kernel").get(kernel["kernel"])
+            assert (kernel["device"], kernel["priority"], kernel["available"]) == (entry.device, entry.priority, entry.is_available())
+            if op != "fake_maxsim":  # checked above: its two kernels share one fn, and none runs on the CPU
+                expected = [d for d in ("cpu", "cuda") if entry.device in (d, "any") and select_kernel(op, d) is entry.fn]
+                assert kernel["selected_for"] == expected, kernel
+    pooling = next(p for p in listed if p["name"] == "builtin_pooling_kernel")
+    assert {k["kernel"] for k in pooling["kernels"]} == set(pooling["provides"]["kernel"])
+
+
+# -- issue 17: conversion to a declared base, the token_classify rule, hook typos, disabled plugins --
+
+
+def _tiny_classifier(path: Path) -> Path:
+    from tiny_models import build_classifier
+
+    return build_classifier(path, "bert", 3)
+
+
+def test_convert_embed_serves_a_plugin_classifier_with_the_base_it_declares(fresh_plugins, tmp_path):
+    """A plugin's ``XForSequenceClassification`` names its headless architecture in ``base_architecture``;
+    no ``XModel`` naming rule is needed."""
+    from poolkit.builtin_models.bert import BertForSequenceClassification, BertModel
+
+    class Encoder(BertModel):
+        pass
+
+    class Classifier(BertForSequenceClassification):
+        base_architecture = "TinyConvEncoder"
+
+    class Plugin:
+        @hookimpl
+        def poolkit_register_architectures(self, register):
+            register("TinyConvEncoder", Encoder)
+            register("TinyConvForSequenceClassification", Classifier)
+
+    path = _tiny_classifier(tmp_path / "clf")
+    overrides = {"architectures": ["TinyConvForSequenceClassification"]}
+    with plugin_registered(Plugin(), "tinyconv"):
+        llm = poolkit.LLM(str(path), convert="embed", hf_overrides=overrides, dtype="float32")
+        assert llm.model.architecture_name == "TinyConvEncoder" and type(llm.model.architecture) is Encoder
+        assert "classify" not in llm.supported_tasks and "embed" in llm.supported_tasks
+        named = poolkit.LLM(str(path), convert="embed", dtype="float32")  # BertForSequenceClassification -> BertModel
+        got, want = llm.embed("hello there")[0].outputs.embedding, named.embed("hello there")[0].outputs.embedding
+        assert got == pytest.approx(want, abs=1e-6)
+        assert poolkit.LLM(str(path), hf_overrides=overrides).model.architecture_name == "TinyConvForSequenceClassification"
+
+
+def test_convert_embed_without_a_base_says_what_is_missing(fresh_plugins, tmp_path):
+    from poolkit import ModelLoadError
+    from poolkit.builtin_models.bert import BertForSequenceClassification
+
+    class Classifier(BertForSequenceClassification):
+        pass
+
+    class Plugin:
+        @hookimpl
+        def poolkit_register_architectures(self, register):
+            register("TinyConvForSequenceClassification", Classifier)
+
+    path = _tiny_classifier(tmp_path / "clf")
+    with plugin_registered(Plugin(), "tinyconv"), pytest.raises(ModelLoadError) as err:
+        poolkit.LLM(str(path), convert="embed", hf_overrides={"architectures": ["TinyConvForSequenceClassification"]})
+    message = str(err.value)
+    assert message == (
+        "convert='embed' serves hidden states without the classification head, but "
+        "TinyConvForSequenceClassification is registered with one and its base architecture 'TinyConvModel' "
+        "(by the name rule <Prefix>Model) is not registered; register the headless architecture as "
+        "'TinyConvModel', or set base_architecture on Classifier to the registered name of its headless architecture"
+    )
+    assert "no poolkit architecture" not in message and "native" not in message
+
+
+def test_a_plugin_sequence_head_serves_token_classify_as_built_ins_do(fresh_plugins, tmp_path):
+    """The rule is ``Architecture.token_head``'s default: a plugin that writes only ``sequence_head``
+    serves ``token_classify`` with it on every token, as vLLM serves a sequence classifier."""
+    from poolkit.builtin_models.bert import BertForSequenceClassification
+
+    class SequenceHeadOnly(BertForSequenceClassification):
+        token_head = Architecture.token_head  # as written by a plugin that never defines it
+
+    class Plugin:
+        @hookimpl
+        def poolkit_register_architectures(self, register):
+            register("SeqOnlyForSequenceClassification", SequenceHeadOnly)
+
+    path = _tiny_classifier(tmp_path / "clf")
+    overrides = {"architectures": ["SeqOnlyForSequenceClassification"]}
+    with plugin_registered(Plugin(), "seqonly"):
+        llm = poolkit.LLM(str(path), hf_overrides=overrides, dtype="float32")
+        assert {"classify", "token_classify"} <= set(llm.supported_tasks)
+        (out,) = llm.encode("hello there", pooling_task="token_classify")
+        arch = llm.model.architecture
+        with torch.inference_mode():
+            hidden = arch(PackedBatch.from_sequences([out.prompt_token_ids]))
+            want = torch.softmax(arch.sequence_head()(hidden).float(), dim=-1)
+        assert torch.allclose(out.outputs.data, want, atol=1e-5)
+
+
+def test_a_misspelt_hook_name_suggests_the_hook(fresh_plugins):
+    install(
+        fresh_plugins,
+        "typo",
+        plugin_source(
+            """
+            @hookimpl
+            def poolkit_register_pooler(register):
+                register("TYPO", lambda hidden, batch: hidden[batch.first_indices])
+            """
+        ),
+    )
+    info = fresh_plugins.infos()["typo"]
+    assert info.status == "error"
+    assert "unknown hook 'poolkit_register_pooler'" in info.error
+    assert info.error.endswith("(did you mean 'poolkit_register_poolers'?)")
+
+
+def test_an_unknown_architecture_names_disabled_plugins(fresh_plugins, monkeypatch, tiny_encoders):
+    from poolkit import ModelLoadError
+
+    install(fresh_plugins, "broken", BROKEN)
+    monkeypatch.setenv("POOLKIT_DISABLE_PLUGINS", "poolkit-broken")
+    with pytest.raises(ModelLoadError) as err:
+        poolkit.LLM(str(tiny_encoders["bert"]), hf_overrides={"architectures": ["NoSuchModel"]})
+    message = str(err.value)
+    assert message.startswith("no poolkit architecture for NoSuchModel")
+    assert message.endswith("Disabled by POOLKIT_PLUGINS / POOLKIT_DISABLE_PLUGINS: broken") and "\n" not in message

@@ -107,6 +107,8 @@ def _setting_cases(root):
         "max_model_len": (bert, {"max_model_len": 6}, "token_embed", True),
         "max_batch_tokens": (bert, {"max_batch_tokens": 64}, "embed", False),
         "io_processor_plugin": (bert, {"io_processor_plugin": "top_k"}, "embed", False),
+        # the transformers fallback gives the native output (within 1e-5) on the same weights
+        "model_impl": (bert, {"model_impl": "transformers"}, "embed", False),
     }
 
 
@@ -126,7 +128,7 @@ def test_every_load_setting_has_a_ray_case(setting_cases):
 
 @pytest.mark.parametrize("setting", ["model", "tokenizer", "runner", "convert", "pooler_config", "hf_overrides", "dtype",
                                      "device", "allow_pickle", "allow_external_symlinks", "trust_remote_code",
-                                     "max_model_len", "max_batch_tokens", "io_processor_plugin"])
+                                     "max_model_len", "max_batch_tokens", "io_processor_plugin", "model_impl"])
 def test_ray_honours_each_load_setting(local_ray, setting_cases, setting):
     """The Ray engine loads with llm.args, so every setting gives the local engine's output."""
     from poolkit import LLM

@@ -332,3 +332,88 @@ def test_cohere_embed_images_and_texts(client, llm, hf, images):
         json={"inputs": [{"content": [{"type": "text", "text": "a photo"}, {"type": "image_url", "image_url": {"url": uri}}]}]},
     )
     assert both.status_code == 400 and "text-only or image-only" in both.json()["error"]["message"]
+
+
+@pytest.fixture(scope="module")
+def spiece_dir(siglip_dir, tmp_path_factory):
+    """The tiny model with a SentencePiece tokenizer only (``spiece.model`` and
+    ``tokenizer_config.json``, no ``tokenizer.json``), as google/siglip-* checkpoints ship it:
+    a unigram model trained here with SentencePiece's NFKC normaliser, saved by transformers'
+    ``SiglipTokenizer``."""
+    import shutil
+
+    spm = pytest.importorskip("sentencepiece")
+    import transformers as T
+
+    from poolkit.bench.corpus import make_corpus
+
+    root = tmp_path_factory.mktemp("siglip-spiece")
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n".join(text.lower() for text in make_corpus(400, 30, 0.8, 0)), encoding="utf-8")
+    spm.SentencePieceTrainer.train(
+        input=str(corpus), model_prefix=str(root / "sp"), vocab_size=100, model_type="unigram",
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, pad_piece="<pad>", eos_piece="</s>", unk_piece="<unk>",
+        normalization_rule_name="nmt_nfkc", minloglevel=2,
+    )  # fmt: skip
+    out = root / "model"
+    shutil.copytree(siglip_dir, out)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        (out / name).unlink(missing_ok=True)
+    T.SiglipTokenizer(str(root / "sp.model")).save_pretrained(str(out))
+    assert (out / "spiece.model").is_file() and not (out / "tokenizer.json").exists()
+    return out
+
+
+SPIECE_TEXTS = [
+    "Hello, World!  Again",
+    " a leading space, and a trailing one ",
+    "ÉCOLE naïve café: ½ ﬁsh — “quoted”",
+    "tabs\tand\nnewlines",
+    "!!!",
+    "UPPER lower MiXeD 123",
+    "emoji 🙂 and <unk> in the text, </s> too",
+]
+
+
+def test_sentencepiece_only_checkpoint_tokenizes_as_siglip_tokenizer(spiece_dir):
+    """google/siglip-* ship only spiece.model, which transformers reads with a slow tokenizer:
+    poolkit builds a fast one from it, token for token SiglipTokenizer's (lower-cased,
+    punctuation removed, whitespace collapsed, NFKC, </s> appended), and the embeddings are
+    transformers' on those ids."""
+    import transformers as T
+
+    from poolkit.bench.corpus import make_corpus
+
+    slow = T.SiglipTokenizer.from_pretrained(str(spiece_dir))
+    llm = LLM(str(spiece_dir), dtype="float32")
+    fast = llm.get_tokenizer()
+    assert fast.is_fast and llm.model.describe()["implementation"] == "native"
+    texts = SPIECE_TEXTS + make_corpus(100, 20, 0.8, 7)
+    for text in texts:
+        assert fast(text)["input_ids"] == slow(text)["input_ids"], text
+    assert fast(*SPIECE_TEXTS[:2])["input_ids"] == slow(*SPIECE_TEXTS[:2])["input_ids"]
+    assert (fast.eos_token, fast.pad_token, fast.unk_token) == ("</s>", "</s>", "<unk>")
+    padded = fast(SPIECE_TEXTS[:2], padding="max_length", max_length=64)["input_ids"]
+    assert padded == slow(SPIECE_TEXTS[:2], padding="max_length", max_length=64)["input_ids"]
+    model = T.SiglipModel.from_pretrained(str(spiece_dir), dtype=torch.float32).eval()
+    got = vectors(llm.embed(SPIECE_TEXTS))
+    with torch.no_grad():
+        ref = torch.cat(
+            [
+                F.normalize(model.get_text_features(input_ids=torch.tensor([ids])).pooler_output, dim=-1)
+                for ids in slow(SPIECE_TEXTS)["input_ids"]
+            ]
+        )
+    assert_parity(got, ref)
+
+
+def test_unreadable_spiece_model_is_one_line_error(spiece_dir, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(spiece_dir, broken)
+    (broken / "spiece.model").write_bytes(b"\x0a\xff\xff\xff\xff\x0f not a model")
+    with pytest.raises(ModelLoadError) as info:
+        LLM(str(broken))
+    message = str(info.value)
+    assert "spiece.model is not a readable SentencePiece model" in message and "\n" not in message

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import torch
@@ -252,3 +253,65 @@ def test_hf_overrides_reach_the_heads(classifiers):
     assert torch.allclose(torch.tensor([o.outputs.probs for o in raw]), hf_logits(path, TEXTS), atol=ATOL)
     renamed = LLM(str(path), hf_overrides={"id2label": {"0": "neg", "1": "neu", "2": "pos"}})
     assert renamed.classify(TEXTS[0])[0].outputs.label in {"neg", "neu", "pos"}
+
+
+# -- issue 17: the Task contract as documented (pooling through the model, params), per-token pooling_type --
+
+
+def test_a_plugin_task_pools_through_the_documented_model_api(fresh_plugins, tiny_encoders):
+    """``model.poolers(task)`` gives the poolers ``model.pooling_type(task)`` names; ``params`` is
+    enforced by ``Task.verify``; a task with no ``default_pooling_type`` shows no pooling in ``info``."""
+    from poolkit import Task, hookimpl
+    from poolkit.testing import plugin_registered
+
+    class MaxEmbed(Task):
+        name = "max_embed"
+        default_pooling_type = "MAX"
+
+        def build(self, model):
+            poolers = model.poolers(self)
+
+            def head(hidden, batch, params):
+                return list(torch.cat([p(hidden, batch) for p in poolers], dim=-1).float().unbind(0))
+
+            return head
+
+    class TokenCount(Task):
+        name = "token_count"
+
+        def build(self, model):
+            return lambda hidden, batch, params: [torch.tensor(float(n)) for n in batch.seq_lens]
+
+    class Plugin:
+        @hookimpl
+        def poolkit_register_tasks(self, register):
+            register("max_embed", MaxEmbed)
+            register("token_count", TokenCount)
+
+    with plugin_registered(Plugin(), "tasks17"):
+        llm = LLM(str(tiny_encoders["bert"]), pooler_config={"seq_pooling_type": "MAX"}, dtype="float32")
+        (out,) = llm.encode("hello there", pooling_task="max_embed")
+        rows = llm.encode("hello there", PoolingParams(use_activation=False), pooling_task="token_embed")[0].outputs.data
+        assert torch.allclose(out.outputs.data, rows.max(0).values, atol=1e-5)
+        with pytest.raises(InvalidRequest, match=r"only supports \['use_activation'\] parameters, does not support \['dimensions'\]"):
+            llm.encode("hello", PoolingParams(dimensions=4), pooling_task="max_embed")
+        llm.encode("hello", PoolingParams(truncate_prompt_tokens=2), pooling_task="max_embed")  # tokenization params: every task
+        tasks = llm.model.describe()["tasks"]
+        assert tasks["max_embed"] == {"pooling_type": {"value": "MAX", "source": "pooler_config"}}
+        assert tasks["token_count"] == {}
+
+
+def test_a_per_token_pooling_type_is_explained_where_it_does_not_apply(minilm_dir, caplog):
+    """vLLM's rule: a per-token ``pooling_type`` (ALL, STEP) is for token tasks; ``embed`` keeps its
+    own pooler, and says so once, in the log and in ``poolkit info``, instead of silently."""
+    llm = LLM(str(minilm_dir), pooler_config={"pooling_type": "ALL"})
+    note = "pooling_type 'ALL' pools tokens, so it applies to token tasks only; set seq_pooling_type or tok_pooling_type to choose each"
+    with caplog.at_level(logging.WARNING, logger="poolkit.model"):
+        llm.embed("hello")
+        llm.embed(["again", "and again"])
+        llm.encode("hello", pooling_task="token_embed")
+    said = [r.getMessage() for r in caplog.records if r.name == "poolkit.model"]
+    assert said == [f"task embed pools with MEAN: sentence-transformers 1_Pooling/config.json; {note}"]
+    tasks = llm.model.describe()["tasks"]
+    assert tasks["embed"]["pooling_type"] == {"value": "MEAN", "source": f"sentence-transformers 1_Pooling/config.json; {note}"}
+    assert tasks["token_embed"]["pooling_type"] == {"value": "ALL", "source": "pooler_config"}

@@ -8,8 +8,12 @@ Python's standard library, so nothing is downloaded. The command is registered t
 ``poolkit_register_commands`` hook, like a third-party command, and takes the load options of
 every command (:class:`poolkit.settings.EngineArgs`): they reach every poolkit model it runs.
 
+``--vs fallback`` compares with poolkit itself on the same weights through the transformers
+fallback (``model_impl="transformers"``) instead: the gain of a native family.
+
 The modules: :mod:`.corpus` (the texts), :mod:`.presets` (random-weight models),
-:mod:`.measure` (timings, FLOPs, peak RSS), :mod:`.workloads` (W1..W10) and :mod:`.report`;
+:mod:`.measure` (timings, FLOPs, peak RSS), :mod:`.peers` (what poolkit is compared with),
+:mod:`.workloads` (W1..W10) and :mod:`.report`;
 :mod:`.load` is ``poolkit bench-serve``, the load and soak test of a server.
 """
 
@@ -22,12 +26,14 @@ from ..hookspecs import hookimpl
 from ..settings import EngineArgs
 from .corpus import make_corpus
 from .measure import Result, gemm_peak_gflops, model_flops, peak_rss_mb, peer_model
+from .peers import PEERS, check_peer
 from .presets import _BERT, DEFAULT_MODEL, PRESETS, resolve_bench_model
 from .report import format_table, run_bench
 from .workloads import WORKLOADS, Bench
 
 __all__ = [
     "DEFAULT_MODEL",
+    "PEERS",
     "PRESETS",
     "WORKLOADS",
     "Bench",
@@ -65,9 +71,13 @@ def poolkit_register_commands(app):
         scale: float = typer.Option(1.0, "--scale", help="Multiply every workload's size."),
         smoke: bool = typer.Option(False, "--smoke", help="A tiny configuration (CI): small sizes, one round, no RSS."),
         memory: Optional[bool] = typer.Option(None, "--memory/--no-memory", help="Measure peak RSS in child processes."),
+        vs: str = typer.Option(
+            "sentence-transformers", "--vs",
+            help="The peer: sentence-transformers, or fallback (poolkit on the transformers fallback, the same weights).",
+        ),
         as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     ) -> None:
-        """Benchmark poolkit against sentence-transformers on the same weights, interleaved."""
+        """Benchmark poolkit against sentence-transformers (or its own transformers fallback) on the same weights, interleaved."""
         with errors():
             setup_logging(True, False)
             names = [w.strip().upper() for w in workloads.split(",") if w.strip()]
@@ -78,7 +88,9 @@ def poolkit_register_commands(app):
                 raise InvalidRequest(f"unknown workload(s) {', '.join(unknown)}; choose from {', '.join(WORKLOADS)}")
             if smoke:
                 rounds, scale = 1, min(scale, 0.02)
-            report = run_bench(args, names, rounds, scale, memory if memory is not None else not smoke, peer_dtype)
+            report = run_bench(
+                args, names, rounds, scale, memory if memory is not None else not smoke, peer_dtype, check_peer(vs)
+            )
             typer.echo(json.dumps(report, indent=2) if as_json else format_table(report))
 
     @app.command("bench-serve")

@@ -15,21 +15,72 @@ from typing import Any
 from ..settings import DEFAULT_MODEL
 
 #: The exact configurations of popular embedders, for speed-only runs with random weights: their
-#: sentence-transformers pooling, and ``config.json`` as published.
+#: sentence-transformers pooling (``cls``, ``mean`` or ``lasttoken``), ``config.json`` as published
+#: (in transformers' own terms where the hub's file is written for remote code), and, where the
+#: configuration is not the named model's alone, what it is (``about``).
 _BERT = {"model_type": "bert", "architectures": ["BertModel"], "vocab_size": 30522, "type_vocab_size": 2,
          "max_position_embeddings": 512, "layer_norm_eps": 1e-12, "hidden_act": "gelu", "pad_token_id": 0}
+#: Qwen3-Embedding-0.6B's sizes, which the decoder presets of other families take.
+_QWEN3_SIZES = {"hidden_size": 1024, "intermediate_size": 3072, "num_hidden_layers": 28, "num_attention_heads": 16,
+                "num_key_value_heads": 8, "head_dim": 128}
 PRESETS: dict[str, dict[str, Any]] = {
     "bge-small": {"pooling": "cls", "config": {**_BERT, "hidden_size": 384, "intermediate_size": 1536,
                                                  "num_hidden_layers": 12, "num_attention_heads": 12}},
     "bge-base": {"pooling": "cls", "config": {**_BERT, "hidden_size": 768, "intermediate_size": 3072,
                                                 "num_hidden_layers": 12, "num_attention_heads": 12}},
     "qwen3-embedding-0.6b": {"pooling": "lasttoken", "config": {
-        "model_type": "qwen3", "architectures": ["Qwen3Model"], "vocab_size": 151669, "hidden_size": 1024,
-        "intermediate_size": 3072, "num_hidden_layers": 28, "num_attention_heads": 16, "num_key_value_heads": 8,
-        "head_dim": 128, "max_position_embeddings": 32768, "rope_theta": 1000000, "rms_norm_eps": 1e-6,
+        "model_type": "qwen3", "architectures": ["Qwen3Model"], "vocab_size": 151669, **_QWEN3_SIZES,
+        "max_position_embeddings": 32768, "rope_theta": 1000000, "rms_norm_eps": 1e-6,
         "tie_word_embeddings": True, "attention_bias": False, "hidden_act": "silu", "use_sliding_window": False,
     }},
+    "modernbert-embed-base": {"pooling": "mean", "config": {
+        "model_type": "modernbert", "architectures": ["ModernBertModel"], "vocab_size": 50368, "hidden_size": 768,
+        "intermediate_size": 1152, "num_hidden_layers": 22, "num_attention_heads": 12, "hidden_activation": "gelu",
+        "max_position_embeddings": 8192, "norm_eps": 1e-5, "norm_bias": False, "attention_bias": False,
+        "mlp_bias": False, "local_attention": 128, "global_attn_every_n_layers": 3, "global_rope_theta": 160000.0,
+        "local_rope_theta": 10000.0, "pad_token_id": 50283, "bos_token_id": 50281, "eos_token_id": 50282,
+        "cls_token_id": 50281, "sep_token_id": 50282,
+    }},
+    "nomic-embed-text-v1.5": {"pooling": "mean", "config": {
+        "model_type": "nomic_bert", "architectures": ["NomicBertModel"], "vocab_size": 30528, "hidden_size": 768,
+        "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12, "hidden_act": "silu",
+        "max_position_embeddings": 8192, "type_vocab_size": 2, "layer_norm_eps": 1e-12, "rope_theta": 1000.0,
+    }},
+    "gte-base-en-v1.5": {"pooling": "cls", "about": "with gte-base-en-v1.5's config, its rotary base not NTK-scaled "
+                         "(the same work; poolkit reads that scaling in the hub's own config format only)", "config": {
+        "model_type": "gte", "architectures": ["GteModel"], "vocab_size": 30528, "hidden_size": 768,
+        "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12, "hidden_act": "gelu",
+        "max_position_embeddings": 8192, "type_vocab_size": 0, "layer_norm_eps": 1e-12, "pad_token_id": 0,
+        "rope_theta": 500000.0,
+    }},
+    "all-mpnet-base-v2": {"pooling": "mean", "config": {
+        "model_type": "mpnet", "architectures": ["MPNetModel"], "vocab_size": 30527, "hidden_size": 768,
+        "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12, "hidden_act": "gelu",
+        "max_position_embeddings": 514, "relative_attention_num_buckets": 32, "layer_norm_eps": 1e-5,
+        "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2,
+    }},
+    "embeddinggemma-300m": {"pooling": "mean", "about": "with the config of embeddinggemma-300m (its Dense layers left out)", "config": {
+        "model_type": "gemma3_text", "architectures": ["Gemma3TextModel"], "vocab_size": 262144, "hidden_size": 768,
+        "intermediate_size": 1152, "num_hidden_layers": 24, "num_attention_heads": 3, "num_key_value_heads": 1,
+        "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh", "max_position_embeddings": 2048,
+        "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "rope_local_base_freq": 10000.0, "sliding_window": 512,
+        "query_pre_attn_scalar": 256, "use_bidirectional_attention": True, "pad_token_id": 0, "eos_token_id": 1,
+        "bos_token_id": 2, "layer_types": (["sliding_attention"] * 5 + ["full_attention"]) * 4,
+    }},
+    "mistral-0.6b": {"pooling": "lasttoken", "about": "with e5-mistral-7b-instruct's config at Qwen3-Embedding-0.6B's sizes", "config": {
+        "model_type": "mistral", "architectures": ["MistralModel"], "vocab_size": 32000, **_QWEN3_SIZES,
+        "hidden_act": "silu", "max_position_embeddings": 32768, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+        "sliding_window": 4096, "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2,
+    }},
+    "gemma2-0.6b": {"pooling": "lasttoken", "about": "with bge-multilingual-gemma2's config at Qwen3-Embedding-0.6B's sizes", "config": {
+        "model_type": "gemma2", "architectures": ["Gemma2Model"], "vocab_size": 256000, **_QWEN3_SIZES,
+        "query_pre_attn_scalar": 128, "hidden_activation": "gelu_pytorch_tanh", "max_position_embeddings": 8192,
+        "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "sliding_window": 4096, "attn_logit_softcapping": 50.0,
+        "final_logit_softcapping": 30.0, "pad_token_id": 0, "eos_token_id": 1, "bos_token_id": 2,
+    }},
 }
+#: sentence-transformers' Pooling mode of each preset ``pooling``.
+_POOLING_MODES = {"cls": "cls_token", "mean": "mean_tokens", "lasttoken": "lasttoken"}
 
 
 def resolve_bench_model(model: str) -> tuple[str, str]:
@@ -48,7 +99,8 @@ def resolve_bench_model(model: str) -> tuple[str, str]:
     root = Path(os.environ.get("POOLKIT_BENCH_CACHE") or Path.home() / ".cache" / "poolkit" / "bench") / model
     if not (root / "model.safetensors").is_file():
         _build_preset(model, root)
-    return str(root), f"random, with the exact config of {model} (speed only)"
+    about = PRESETS[model].get("about", f"with the exact config of {model}")
+    return str(root), f"random, {about} (speed only)"
 
 
 def _build_preset(name: str, root: Path) -> None:
@@ -71,7 +123,7 @@ def _build_preset(name: str, root: Path) -> None:
         "word_embedding_dimension": width, **{f"pooling_mode_{m}": False for m in
                                               ("cls_token", "mean_tokens", "max_tokens", "mean_sqrt_len_tokens",
                                                "weightedmean_tokens", "lasttoken")},
-        f"pooling_mode_{'cls_token' if preset['pooling'] == 'cls' else 'lasttoken'}": True,
+        f"pooling_mode_{_POOLING_MODES[preset['pooling']]}": True,
     }))
     (tmp / "modules.json").write_text(json.dumps([
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},

@@ -12,22 +12,33 @@ from dataclasses import asdict
 from typing import Any
 
 from ..settings import EngineArgs
+from .peers import SkipWorkload
 from .workloads import WORKLOADS, Bench
 
 
 def run_bench(
     args: EngineArgs, workloads: list[str], rounds: int, scale: float, memory: bool, peer_dtype: str | None = None,
+    vs: str = "sentence-transformers",
 ) -> dict[str, Any]:
-    """Run the workloads on the model ``args`` load; the JSON-ready report.
+    """Run the workloads on the model ``args`` load, against the peer ``vs``; the JSON-ready report.
 
     The report's ``model`` is ``args.model`` as given (a preset keeps its name); ``dtype`` and
-    ``device`` are what the model loaded in.
+    ``device`` are what the model loaded in; ``skipped`` maps the workloads that cannot compare
+    poolkit with this peer to why.
     """
     import torch
+    import transformers
 
-    bench = Bench(args, rounds, scale, memory, peer_dtype)
-    results = [asdict(WORKLOADS[w](bench)) for w in workloads]
-    versions = {"python": platform.python_version(), "torch": torch.__version__}
+    bench = Bench(args, rounds, scale, memory, peer_dtype, vs)
+    results, skipped = [], {}
+    for w in workloads:
+        try:
+            if w in bench.peer.skipped:
+                raise SkipWorkload(bench.peer.skipped[w])
+            results.append(asdict(WORKLOADS[w](bench)))
+        except SkipWorkload as exc:
+            skipped[w] = str(exc)
+    versions = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__}
     try:
         import sentence_transformers
 
@@ -39,6 +50,12 @@ def run_bench(
     versions["poolkit"] = __version__
     return {
         "model": args.model,
+        "vs": vs,
+        "peer": bench.peer.name,
+        "implementation": {
+            "poolkit": bench.llm.model.architecture.implementation,
+            "peer": None if bench.encoder is None else bench.peer.implementation(bench.encoder),
+        },
         "dtype": bench.dtype,
         "peer_dtype": bench.peer_dtype,
         "device": str(bench.device),
@@ -48,6 +65,7 @@ def run_bench(
         "versions": versions,
         "weights": bench.weights,
         "results": results,
+        "skipped": skipped,
     }
 
 
@@ -55,7 +73,7 @@ def format_table(report: dict[str, Any]) -> str:
     """The report as a header and one row per workload, for a terminal."""
     lines = [
         f"model {report['model']}  weights: {report['weights']}\n"
-        f"dtype {report['dtype']} (peer {report['peer_dtype']})  "
+        f"dtype {report['dtype']}, peer: {report['peer']} in {report['peer_dtype']}  "
         f"device {report['device']}  threads {report['threads']}  matmul peak {report['gemm_peak_gflops']:.0f} GFLOP/s",
         f"{'workload':<5} {'items':>6} {'poolkit tok/s':>14} {'peer tok/s':>11} {'poolkit it/s':>13} {'peer it/s':>10} "
         f"{'ratio':>6} {'min cos':>9} {'max|diff|':>9} {'RSS MB ours/peer':>17} {'pad% peer':>9} {'% of peak ours/peer':>19}",
@@ -72,5 +90,6 @@ def format_table(report: dict[str, Any]) -> str:
             f"{fmt(r['poolkit_items_per_s'], ',.1f'):>13} {fmt(r['peer_items_per_s'], ',.1f'):>10} {fmt(r['ratio'], '.2f'):>6} "
             f"{fmt(r['min_cosine'], '.6f'):>9} {fmt(r['max_abs_diff'], '.1e'):>9} {rss:>17} {pad:>9} {mfu:>19}  {r['description']}"
         )
+    lines += [f"{w:<5} skipped: {why}" for w, why in report["skipped"].items()]
     return "\n".join(lines)
 

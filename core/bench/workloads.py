@@ -6,28 +6,17 @@ ids the command line takes to them.
 
 from __future__ import annotations
 
-import json
 import random
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from typing import Any, Callable
 
 from ..settings import EngineArgs
 from .corpus import make_corpus
-from .measure import (
-    TRUNCATE,
-    Result,
-    _interleave,
-    _median_ratio,
-    _padding_fraction,
-    gemm_peak_gflops,
-    model_flops,
-    peak_rss_mb,
-    peer_model,
-)
+from .measure import TRUNCATE, Result, _interleave, _median_ratio, gemm_peak_gflops, model_flops, peak_rss_mb
+from .peers import PEERS, SkipWorkload, check_peer, poolkit_cold_start
 from .presets import resolve_bench_model
 
 
@@ -40,14 +29,23 @@ class Bench:
     """The workloads, sharing the loaded models.
 
     ``args`` are the load settings of every poolkit model the bench runs (``args.model`` may be a
-    preset); ``peer_dtype`` is the dtype sentence-transformers runs in: by default poolkit's on the
-    CPU (equal precision) and fp16 on CUDA (its usual GPU setting).
+    preset); ``vs`` names the peer (:data:`~poolkit.bench.peers.PEERS`): sentence-transformers, or
+    ``"fallback"``, poolkit itself on the transformers fallback. ``peer_dtype`` is the dtype the peer
+    runs in: by default poolkit's (equal precision), except sentence-transformers on CUDA, fp16
+    (its usual GPU setting).
+
+    Raises:
+        InvalidRequest: an unknown peer, or a model that poolkit cannot compare with it (``--vs
+            fallback`` on a model with no native code).
     """
 
     def __init__(
         self, args: EngineArgs, rounds: int, scale: float, memory: bool, peer_dtype: str | None = None,
+        vs: str = "sentence-transformers",
     ) -> None:
         from poolkit import LLM
+
+        from ..errors import InvalidRequest
 
         self.model_dir, self.weights = resolve_bench_model(args.model)
         self.llm = LLM.from_args(args.model_copy(update={"model": self.model_dir}))
@@ -56,20 +54,22 @@ class Bench:
         self.dtype = str(self.llm.model.dtype).removeprefix("torch.")
         # the other models (derived, child processes) load like this one, on its dtype and device
         self.args = self.llm.args.model_copy(update={"dtype": self.dtype, "device": str(self.device)})
-        self.peer_dtype = peer_dtype or ("float16" if self.device.type == "cuda" else self.dtype)
+        self.peer = PEERS[check_peer(vs)](self.args, self.llm.engine)
+        reason = self.peer.check_ours(self.llm.model)
+        if reason is not None:
+            raise InvalidRequest(f"--vs {vs}: {reason}; nothing to compare")
+        self.peer_dtype = peer_dtype or self.peer.default_dtype(self.dtype, self.device.type)
         self.gemm_peak_gflops = gemm_peak_gflops(self.config, self.llm.model.dtype, self.device)
         self.rounds = rounds
         self.scale = scale
         self.memory = memory and self.device.type == "cpu"
-        self.st = self._peer("SentenceTransformer", self.model_dir)
+        #: The peer's embedding model (``None`` when its library is not installed).
+        self.encoder = self._peer("SentenceTransformer", self.model_dir)
 
     def _peer(self, cls: str, path: str, dtype: str | None = None) -> Any:
-        """:func:`peer_model` on the bench's device, in the peer's dtype; None without the library."""
-        try:
-            import sentence_transformers  # noqa: F401
-        except ImportError:
-            return None
-        return peer_model(cls, path, str(self.device), dtype or self.peer_dtype)
+        """The peer's model of kind ``cls`` (a sentence-transformers class name) on the bench's
+        device, in the peer's dtype; ``None`` without the peer's library."""
+        return self.peer.model(cls, path, str(self.device), dtype or self.peer_dtype)
 
     def _settings(self, model: str) -> EngineArgs:
         """The bench's load settings for another model directory (a derived task model)."""
@@ -82,29 +82,34 @@ class Bench:
         import torch
 
         ours = lambda: self.llm.embed(texts, tokenization_kwargs=TRUNCATE)  # noqa: E731
-        theirs = (lambda: self.st.encode(texts, batch_size=32)) if self.st is not None else None  # noqa: E731
+        theirs = (lambda: self.encoder.encode(texts, batch_size=32)) if self.encoder is not None else None  # noqa: E731
         rounds = _interleave(self.rounds, ours, theirs)
         outputs = self.llm.embed(texts, tokenization_kwargs=TRUNCATE)
         lengths = [len(o.prompt_token_ids) for o in outputs]
         result = self._result(name, description, len(texts), sum(lengths), rounds, model_flops(self.llm.model, lengths))
-        result.padding_fraction_peer = _padding_fraction(lengths)
+        result.padding_fraction_peer = self.peer.padding_fraction(lengths)
         sample = texts[: min(len(texts), 256)]
         ref = self._reference(sample)
         if ref is not None:
             got = torch.tensor([o.outputs.embedding for o in outputs[: len(sample)]])
             result.min_cosine = float(torch.nn.functional.cosine_similarity(got, ref).min())
             result.max_abs_diff = float((got - ref).abs().max())
+            if self.peer_dtype != "float32":  # what its own dtype costs the peer, for comparison
+                theirs = self.encoder.encode(sample, convert_to_tensor=True).float().cpu()
+                cos = float(torch.nn.functional.cosine_similarity(theirs, ref).min())
+                result.notes = f"peer {self.peer_dtype} vs the reference: min cos {cos:.6f}, max |diff| {float((theirs - ref).abs().max()):.1e}"
         if self.memory:
             result.poolkit_peak_rss_mb = peak_rss_mb("poolkit", self.args, texts, self.dtype)
-            if self.st is not None:
-                result.peer_peak_rss_mb = peak_rss_mb("st", self.args, texts, self.peer_dtype)
+            if self.encoder is not None:
+                result.peer_peak_rss_mb = self.peer.peak_rss_mb(self.args, texts, self.peer_dtype)
         return result
 
     def _reference(self, texts: list[str]) -> Any:
-        """sentence-transformers fp32 vectors: the parity reference."""
-        if self.st is None:
+        """The peer's fp32 vectors (sentence-transformers', or transformers' own): the parity reference."""
+        if self.encoder is None:
             return None
-        return self._peer("SentenceTransformer", self.model_dir, "float32").encode(texts, convert_to_tensor=True).float().cpu()
+        fp32 = self.encoder if self.peer_dtype == "float32" else self._peer("SentenceTransformer", self.model_dir, "float32")
+        return fp32.encode(texts, convert_to_tensor=True).float().cpu()
 
     def _result(
         self, name: str, description: str, items: int, tokens: int, rounds: list[dict[str, float]], flops: float = 0.0
@@ -158,16 +163,17 @@ class Bench:
         texts = make_corpus(self._n(2000), 22, 0.35, seed=1)
         result = self.embed_workload("W1", "short sentences, 16-64 tokens", texts)
         ours, theirs = self._latency(texts[:50])
-        result.notes = f"one sentence per call: p50 {ours:.1f} ms" + (f" vs {theirs:.1f} ms" if theirs else "")
+        latency = f"one sentence per call: p50 {ours:.1f} ms" + (f" vs {theirs:.1f} ms" if theirs else "")
+        result.notes = "; ".join(n for n in (latency, result.notes) if n)
         return result
 
     def _latency(self, texts: list[str]) -> tuple[float, float | None]:
         """Median milliseconds of embedding one text per call (a single-request server's latency), each library."""
         for text in texts:  # warm-up: kernels are prepared once per input shape
             self.llm.embed(text, tokenization_kwargs=TRUNCATE)
-            if self.st is not None:
-                self.st.encode(text)
-        calls = [self.llm.embed] + ([self.st.encode] if self.st is not None else [])
+            if self.encoder is not None:
+                self.encoder.encode(text)
+        calls = [self.llm.embed] + ([self.encoder.encode] if self.encoder is not None else [])
         timings: list[list[float]] = [[] for _ in calls]
         for text in texts:
             for call, samples in zip(calls, timings):
@@ -198,6 +204,9 @@ class Bench:
             from poolkit import LLM
 
             reranker = LLM.from_args(self._settings(tmp))
+            reason = self.peer.check_ours(reranker.model)
+            if reason is not None:
+                raise SkipWorkload(f"its cross-encoder: {reason}")
             pairs = [(q, d) for q in queries for d in docs]
             ours = lambda: [reranker.score(q, docs, tokenization_kwargs=TRUNCATE) for q in queries]  # noqa: E731
             ce = self._peer("CrossEncoder", tmp)
@@ -209,7 +218,7 @@ class Bench:
                 "W4", f"rerank {len(queries)} queries x {len(docs)} documents", len(pairs), sum(lengths), rounds,
                 model_flops(reranker.model, lengths),
             )
-            result.padding_fraction_peer = _padding_fraction(lengths)
+            result.padding_fraction_peer = self.peer.padding_fraction(lengths)
             if ce is not None:
                 ref = torch.tensor(self._peer("CrossEncoder", tmp, "float32").predict(pairs, batch_size=32))
                 got = torch.tensor([s.outputs.score for s in scored])
@@ -226,7 +235,7 @@ class Bench:
             if self.memory:
                 result.poolkit_peak_rss_mb = peak_rss_mb("poolkit", self._settings(tmp), (queries, docs), self.dtype, "rerank")
                 if ce is not None:
-                    result.peer_peak_rss_mb = peak_rss_mb("st", self._settings(tmp), (queries, docs), self.peer_dtype, "rerank")
+                    result.peer_peak_rss_mb = self.peer.peak_rss_mb(self._settings(tmp), (queries, docs), self.peer_dtype, "rerank")
         return result
 
     def w6(self) -> Result:
@@ -278,7 +287,7 @@ class Bench:
             decoder = 2 * int(self.config.hidden_size) * int(self.config.vocab_size)  # the tied MLM decoder
             flops = model_flops(llm.model, lengths, per_token=decoder)
             result = self._result("W7", "SPLADE sparse vectors, short sentences", len(texts), sum(lengths), rounds, flops)
-            result.padding_fraction_peer = _padding_fraction(lengths)
+            result.padding_fraction_peer = self.peer.padding_fraction(lengths)
             if encoder is not None:
                 sample = texts[: min(len(texts), 64)]
                 got = torch.stack([torch.as_tensor(o.outputs.data).float() for o in llm.encode(sample, pooling_task="sparse_embed", tokenization_kwargs=TRUNCATE)])
@@ -288,7 +297,7 @@ class Bench:
             if self.memory:
                 result.poolkit_peak_rss_mb = peak_rss_mb("poolkit", self._settings(tmp), texts, self.dtype, "sparse")
                 if encoder is not None:
-                    result.peer_peak_rss_mb = peak_rss_mb("st", self._settings(tmp), texts, self.peer_dtype, "sparse")
+                    result.peer_peak_rss_mb = self.peer.peak_rss_mb(self._settings(tmp), texts, self.peer_dtype, "sparse")
             active = statistics.mean(len(o.outputs.indices) for o in outputs)
             result.notes = (
                 f"masked-LM of the model's shape (its encoder, a random MLM head biased to ~1% active terms); "
@@ -298,13 +307,10 @@ class Bench:
 
     def w9(self) -> Result:
         """Cold start: a fresh process from start to its first embedding."""
-        device = str(self.device)
-        settings = json.dumps(self.args.model_dump(mode="json"))
-        ours = [sys.executable, "-c", "import json; from poolkit import LLM; from poolkit.settings import EngineArgs; "
-                f"LLM.from_args(EngineArgs(**json.loads({settings!r}))).embed('hello')"]
-        theirs = [sys.executable, "-c", f"from sentence_transformers import SentenceTransformer as S; S({self.model_dir!r}, device={device!r}).encode('hello')"]
+        ours = poolkit_cold_start(self.args)
+        theirs = self.peer.cold_start(self.args, self.model_dir, str(self.device))
         run = lambda cmd: subprocess.run(cmd, check=True, capture_output=True)  # noqa: E731
-        rounds = _interleave(max(1, self.rounds), lambda: run(ours), (lambda: run(theirs)) if self.st is not None else None)
+        rounds = _interleave(max(1, self.rounds), lambda: run(ours), (lambda: run(theirs)) if self.encoder is not None else None)
         result = self._result("W9", "cold start: process start to first embedding", 1, 0, rounds)
         result.notes = "items/s here is 1 / seconds"
         return result

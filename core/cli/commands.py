@@ -410,13 +410,62 @@ def info(args: EngineArgs, verbose: bool = VerboseOpt) -> None:
         typer.echo(json.dumps(load(args).model.describe(), indent=2))
 
 
-@app.command()
+#: ``poolkit plugins`` lists the plugins; its sub-command ``new`` starts one.
+plugins_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+app.add_typer(plugins_app, name="plugins")
+
+
+@plugins_app.callback(invoke_without_command=True)
 def plugins(
+    ctx: typer.Context,
     show_all: bool = typer.Option(False, "--all", help="Include the built-in plugins."),
 ) -> None:
-    """List the loaded plugins as JSON: distribution, version, what each provides, status."""
+    """List the loaded plugins as JSON: distribution, version, what each provides, status.
+
+    A plugin that registered kernels also gets ``kernels``: for each, its device, priority,
+    availability and the device types (``cpu``, ``cuda``) it is the selected kernel for.
+    ``poolkit plugins new NAME`` writes a new plugin project instead.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
     with errors():
+        from ..lookup import kernel_table
         from ..plugins import get_manager
 
         infos = [i.as_dict() for i in get_manager().plugin_infos() if show_all or not i.builtin]
+        kernels = _kernels_by_plugin(kernel_table(("cpu", "cuda")))
+        for info in infos:
+            if info["name"] in kernels:
+                info["kernels"] = kernels[info["name"]]
         typer.echo(json.dumps(infos, indent=2))
+
+
+@plugins_app.command("new")
+def plugins_new(
+    name: str = typer.Argument(
+        ..., metavar="NAME", help="The plugin's name: my-pooler makes the distribution poolkit-my-pooler."
+    ),
+    directory: Optional[str] = typer.Option(
+        None, "--dir", help="The project folder to write, new or empty (default: poolkit-NAME here)."
+    ),
+) -> None:
+    """Write a pip-installable plugin project: one example of each hook, its entry point, its tests."""
+    with errors():
+        from .plugin_project import new_plugin
+
+        root = new_plugin(name, directory)
+        typer.echo(str(root))
+        typer.echo(f'next: cd {root} && pip install -e ".[test]" && pytest', err=True)
+
+
+def _kernels_by_plugin(table: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The rows of :func:`poolkit.kernel.kernel_table`, one per kernel, grouped by plugin."""
+    kernels: dict[str, dict[str, dict[str, Any]]] = {}
+    for row in table:
+        kernel = kernels.setdefault(row["registered_by"], {}).setdefault(
+            row["kernel"],
+            {k: row[k] for k in ("kernel", "device", "priority", "available")} | {"selected_for": []},
+        )
+        if row["selected"]:
+            kernel["selected_for"].append(row["for_device"])
+    return {plugin: sorted(by_name.values(), key=lambda k: k["kernel"]) for plugin, by_name in kernels.items()}

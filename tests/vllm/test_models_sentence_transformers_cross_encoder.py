@@ -2,10 +2,10 @@
 # vLLM builds its models itself (tiny random modular sentence-transformers CrossEncoders, saved to
 # tmp_path); so does the port, with the same code (port_utils.build_modular_bert_cross_encoder and
 # build_logit_score_cross_encoder, shared with test_scoring_sentence_transformers_io_processor.py).
-# vLLM's engine-implementation arguments that poolkit refuses as unknown LLM arguments (model_impl,
-# compilation_config, limit_mm_per_prompt; reported, not on issue 13's list) are left out; the
-# model_impl / enforce_eager parameters stay as test parameters. vLLM reads max_model_len from
-# llm.llm_engine.model_config; poolkit from llm.model_config.
+# vLLM's engine-implementation arguments that poolkit refuses as unknown LLM arguments
+# (compilation_config, limit_mm_per_prompt; reported, not on issue 13's list) are left out;
+# model_impl is passed as in vLLM ("vllm": poolkit's native code, "transformers": its transformers
+# fallback). vLLM reads max_model_len from llm.llm_engine.model_config; poolkit from llm.model_config.
 import importlib.util
 from pathlib import Path
 
@@ -27,6 +27,7 @@ def test_modular_bert_cross_encoder_score_parity(tmp_path: Path, model_impl: str
         trust_remote_code=False,
         max_model_len=None,
         dtype="float32",
+        model_impl=model_impl,
         enforce_eager=enforce_eager,
         gpu_memory_utilization=0.1,
         max_num_batched_tokens=32,
@@ -38,8 +39,11 @@ def test_modular_bert_cross_encoder_score_parity(tmp_path: Path, model_impl: str
         assert len(output.prompt_token_ids) == expected_length
         assert output.outputs.score == pytest.approx(reference_score, abs=1e-4, rel=1e-4)
     # POOLKIT (beyond vLLM's test): the export's pooled vector runs through its score modules, a
-    # score rather than an embedding, so it serves classify and no embedding task.
+    # score rather than an embedding, so it serves classify and no embedding task; model_impl chose
+    # the implementation.
     assert llm.supported_tasks == ["classify"] and llm.default_task == "classify"
+    implementation = "native" if model_impl == "vllm" else "fallback (transformers)"
+    assert llm.model.describe()["implementation"] == implementation
 
 
 @pytest.mark.parametrize("pooling_mode", ["cls", "mean", "lasttoken"])

@@ -2,7 +2,8 @@
 
 poolkit loads it through the ``topk`` entry point of the ``poolkit.plugins`` group; the
 processor is selected with ``LLM(..., io_processor_plugin="topk_retrieval")`` and used by
-``LLM.encode({"data": ...}, pooling_task="plugin")``.
+``LLM.encode({"data": ...}, pooling_task="plugin")``. It also overrides a built-in kernel
+(:mod:`poolkit_topk_plugin.kernels`, opt-in).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from typing import Any, Sequence
 import torch
 
 from poolkit import InvalidRequest, IOProcessor, PoolingParams, Prompt, hookimpl
+
+from .kernels import poolkit_register_kernels  # noqa: F401  (the kernel override's hook)
 
 __all__ = ["TopKRetrieval"]
 

@@ -1,0 +1,189 @@
+"""What the bench measures poolkit against (``poolkit bench --vs``): sentence-transformers, or the fallback.
+
+A peer gives the other side of every workload: its model of each kind (``SentenceTransformer``,
+``CrossEncoder``, ``SparseEncoder``, or an object with the same methods), the padding it computes,
+its cold start and its peak RSS. ``--vs fallback`` runs poolkit itself on the same weights with
+``model_impl="transformers"``, so the gain of a native family over transformers is measured with
+everything else (tokenization, batching, pooling, the API) the same.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+from ..errors import InvalidRequest, PoolkitError
+from ..model_impl import TRANSFORMERS_IMPLEMENTATION
+from .measure import TRUNCATE, _padding_fraction, peak_rss_mb, peer_model
+
+if TYPE_CHECKING:
+    from ..settings import EngineArgs
+
+#: The ``model_impl`` the fallback peer loads with.
+FALLBACK_IMPL = "transformers"
+
+
+class SkipWorkload(PoolkitError):
+    """A workload that cannot compare poolkit with the peer; the message says why (the report lists it)."""
+
+
+class Peer:
+    """The other side of every workload.
+
+    Args:
+        args: the bench's load settings (every poolkit model it runs loads with them).
+        engine: the engine of the bench's poolkit model (its token budget).
+    """
+
+    #: How the report names the peer.
+    name: str
+    #: Workloads this peer has no side of, and why.
+    skipped: dict[str, str] = {}
+
+    def __init__(self, args: EngineArgs, engine: Any) -> None:
+        self.args = args
+        self.engine = engine
+
+    def default_dtype(self, dtype: str, device_type: str) -> str:
+        """The peer's dtype unless ``--peer-dtype`` says, given poolkit's: the same by default."""
+        return dtype
+
+    def model(self, cls: str, path: str, device: str, dtype: str) -> Any:
+        """The peer's model of kind ``cls`` (a sentence-transformers class name) for the model
+        directory ``path``; ``None`` when the peer's library is not installed."""
+        raise NotImplementedError
+
+    def padding_fraction(self, lengths: list[int]) -> float:
+        """The share of padded positions the peer computes for sequences of ``lengths`` tokens."""
+        raise NotImplementedError
+
+    def cold_start(self, args: EngineArgs, model_dir: str, device: str) -> list[str]:
+        """The command of a fresh process that loads the model and embeds one word."""
+        raise NotImplementedError
+
+    def peak_rss_mb(self, args: EngineArgs, payload: Any, dtype: str, task: str = "embed") -> float:
+        """The peer's peak RSS in a child process (see :func:`~poolkit.bench.measure.peak_rss_mb`)."""
+        raise NotImplementedError
+
+    def check_ours(self, model: Any) -> str | None:
+        """Why poolkit's side (``model``, a loaded :class:`~poolkit.model.PoolingModel`) cannot be
+        compared with this peer, or ``None``."""
+        return None
+
+    def implementation(self, encoder: Any) -> str:
+        """How the peer's embedding model ``encoder`` runs, for the report."""
+        return self.name
+
+
+class SentenceTransformersPeer(Peer):
+    """sentence-transformers on the same model directory (the default peer)."""
+
+    name = "sentence-transformers"
+
+    def default_dtype(self, dtype: str, device_type: str) -> str:
+        """poolkit's on the CPU (equal precision), fp16 (its usual setting) on CUDA."""
+        return "float16" if device_type == "cuda" else dtype
+
+    def model(self, cls: str, path: str, device: str, dtype: str) -> Any:
+        try:
+            import sentence_transformers  # noqa: F401
+        except ImportError:
+            return None
+        return peer_model(cls, path, device, dtype)
+
+    def padding_fraction(self, lengths: list[int]) -> float:
+        return _padding_fraction(lengths)
+
+    def cold_start(self, args: EngineArgs, model_dir: str, device: str) -> list[str]:
+        code = f"from sentence_transformers import SentenceTransformer as S; S({model_dir!r}, device={device!r}).encode('hello')"
+        return [sys.executable, "-c", code]
+
+    def peak_rss_mb(self, args: EngineArgs, payload: Any, dtype: str, task: str = "embed") -> float:
+        return peak_rss_mb("st", args, payload, dtype, task)
+
+
+class FallbackPeer(Peer):
+    """poolkit with ``model_impl="transformers"``: the same weights, settings and device, through
+    the transformers fallback, which pads each of the engine's batches to its longest sequence."""
+
+    name = "poolkit on the transformers fallback"
+    skipped = {
+        "W6": "no model runs in it (the MaxSim kernel against a padded einsum), so there is no fallback to compare; "
+        "run it without --vs fallback",
+        "W7": "the transformers fallback serves a *ForMaskedLM checkpoint as its base model, without the masked-LM "
+        "head SPLADE needs",
+    }
+
+    def settings(self, args: EngineArgs) -> EngineArgs:
+        """``args`` with the fallback forced."""
+        return args.model_copy(update={"model_impl": FALLBACK_IMPL})
+
+    def model(self, cls: str, path: str, device: str, dtype: str) -> Any:
+        from poolkit import LLM
+
+        update = {"model": path, "device": device, "dtype": dtype}
+        return FallbackModel(LLM.from_args(self.settings(self.args.model_copy(update=update))))
+
+    def padding_fraction(self, lengths: list[int]) -> float:
+        batches = self.engine.batches([SimpleNamespace(token_ids=range(n)) for n in lengths])
+        padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+        return 1.0 - sum(lengths) / padded if padded else 0.0
+
+    def cold_start(self, args: EngineArgs, model_dir: str, device: str) -> list[str]:
+        return poolkit_cold_start(self.settings(args))
+
+    def peak_rss_mb(self, args: EngineArgs, payload: Any, dtype: str, task: str = "embed") -> float:
+        return peak_rss_mb("poolkit", self.settings(args), payload, dtype, task)
+
+    def check_ours(self, model: Any) -> str | None:
+        if model.architecture.implementation == TRANSFORMERS_IMPLEMENTATION:
+            return f"poolkit has no native code for {model.architecture_name}: it runs on the transformers fallback too"
+        return None
+
+    def implementation(self, encoder: Any) -> str:
+        return encoder.llm.model.architecture.implementation
+
+
+class FallbackModel:
+    """A poolkit ``LLM`` on the fallback, with the sentence-transformers methods the workloads call."""
+
+    def __init__(self, llm: Any) -> None:
+        self.llm = llm
+
+    def encode(self, texts: str | list[str], batch_size: int = 32, convert_to_tensor: bool = False) -> Any:
+        """Embeddings of ``texts`` (one vector for one string), truncated to the model's limit."""
+        import torch
+
+        outputs = self.llm.embed(texts, tokenization_kwargs=TRUNCATE)
+        vectors = torch.tensor([o.outputs.embedding for o in outputs])
+        vectors = vectors[0] if isinstance(texts, str) else vectors
+        return vectors if convert_to_tensor else vectors.numpy()
+
+    def predict(self, pairs: list[tuple[str, str]], batch_size: int = 32) -> list[float]:
+        """Cross-encoder scores of (query, document) pairs."""
+        scored = self.llm.score([q for q, _ in pairs], [d for _, d in pairs], tokenization_kwargs=TRUNCATE)
+        return [s.outputs.score for s in scored]
+
+
+def poolkit_cold_start(args: EngineArgs) -> list[str]:
+    """The command of a fresh process that loads the model ``args`` describe and embeds one word."""
+    settings = json.dumps(args.model_dump(mode="json"))
+    return [sys.executable, "-c", "import json; from poolkit import LLM; from poolkit.settings import EngineArgs; "
+            f"LLM.from_args(EngineArgs(**json.loads({settings!r}))).embed('hello')"]
+
+
+#: The peers ``--vs`` chooses from.
+PEERS: dict[str, type[Peer]] = {"sentence-transformers": SentenceTransformersPeer, "fallback": FallbackPeer}
+
+
+def check_peer(vs: str) -> str:
+    """``vs`` if it names a peer.
+
+    Raises:
+        InvalidRequest: naming the choices.
+    """
+    if vs not in PEERS:
+        raise InvalidRequest(f"--vs '{vs}' is not one of {', '.join(PEERS)}")
+    return vs
