@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import math
 import re
-from typing import Any, Callable, ClassVar, Iterable
+from typing import Any, Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -25,20 +25,19 @@ from torch import nn
 
 from poolkit.architecture import Architecture
 from poolkit.batch import PackedBatch
-from poolkit.builtin_models.bert import BertLayer, RobertaClassificationHead
+from poolkit.builtin_models.bert import BertLayer, BertModel, RobertaClassificationHead
 from poolkit.builtin_models.layers import (
     FusedLinear,
     TokenClassifier,
     attention_head_dim,
     fp32_layer_norm,
-    fuse_projections,
     kernel,
     linear,
 )
 from poolkit.config_checks import ConfigChecks
 from poolkit.errors import InvalidRequest, ModelLoadError
 from poolkit.hookspecs import hookimpl
-from poolkit.weights import base_model_name, legacy_norm_name, load_into
+from poolkit.weights import base_model_name, legacy_norm_name
 
 #: Checkpoint tensors the encoder does not use: task heads and the position id buffer.
 _UNUSED = re.compile(r"^(pooler|lm_head|classifier|qa_outputs)\.|^embeddings\.position_ids$")
@@ -202,10 +201,8 @@ class MPNetModel(Architecture):
             x = layer(x, batch, attention, linear_act)
         return x
 
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        named = ((self.parameter_name(name), tensor) for name, tensor in weights)
-        fused = fuse_projections(self, ((n, t) for n, t in named if n is not None))
-        load_into(self, fused, rename=lambda name: name)
+    #: BERT's loading: checkpoint names through :meth:`parameter_name`, q/k/v fused, loaded strictly.
+    load_weights = BertModel.load_weights
 
     def parameter_name(self, checkpoint_name: str) -> str | None:
         """The Hugging Face base-model name of a checkpoint tensor, or ``None`` to skip it."""
