@@ -48,6 +48,8 @@ from poolkit.builtin_models.layers import (
     activation_function,
     apply_rotary,
     fuse_projections,
+    fused_activation,
+    gated_linear,
     kernel,
     rotary_cos_sin,
     rotary_inv_freq,
@@ -194,10 +196,12 @@ class DecoderMLP(nn.Module):
         self.gate_up_proj = FusedLinear(config.hidden_size, parts, bias=bias)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=bias)
         self.act = activation_function(model.activation(config))
+        self.fused_act = fused_activation(model.activation(config))
 
     def forward(self, x: torch.Tensor, linear: Callable) -> torch.Tensor:
-        gate, up = linear(x, self.gate_up_proj.weight, self.gate_up_proj.bias).chunk(2, dim=-1)
-        return linear(self.act(gate) * up, self.down_proj.weight, self.down_proj.bias)
+        gated = kernel(self, "gated_linear", x.device)
+        h = gated_linear(x, self.gate_up_proj, (gated, linear), self.fused_act, self.act)
+        return linear(h, self.down_proj.weight, self.down_proj.bias)
 
 
 class DecoderLayer(nn.Module):

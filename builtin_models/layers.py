@@ -86,6 +86,35 @@ def linear(x: torch.Tensor, layer: nn.Linear, kernel: Callable, act: str = "none
     return kernel(x.to(layer.weight.dtype), layer.weight, layer.bias, act)
 
 
+def gated_linear(
+    x: torch.Tensor,
+    layer: nn.Linear,
+    kernels: tuple[Callable, Callable],
+    act: str | None,
+    act_fn: Callable[[torch.Tensor], torch.Tensor],
+    gate_first: bool = True,
+) -> torch.Tensor:
+    """``act(gate) * up`` of the two halves of ``layer``'s output (a SwiGLU / GeGLU feed-forward
+    input), in the layer's dtype.
+
+    Args:
+        x: ``[..., in_features]`` inputs.
+        layer: the fused gate and up projection, ``2 * inner`` output features.
+        kernels: the ``gated_linear`` and ``linear_act`` kernels the architecture selected.
+        act: the ``gated_linear`` op's name of the activation (:func:`fused_activation`), or
+            ``None`` when the op has none: then the matmul runs alone and ``act_fn`` after it.
+        act_fn: the activation itself (:func:`activation_function`).
+        gate_first: the activated half is the first ``inner`` features (else the second).
+    """
+    gated, plain = kernels
+    x = x.to(layer.weight.dtype)
+    if act is not None:
+        return gated(x, layer.weight, layer.bias, act, gate_first)
+    first, second = plain(x, layer.weight, layer.bias).chunk(2, dim=-1)
+    gate, up = (first, second) if gate_first else (second, first)
+    return act_fn(gate) * up
+
+
 def _wide(x: torch.Tensor) -> torch.Tensor:
     """``x`` in at least fp32 (fp64 stays fp64)."""
     return x if x.dtype in (torch.float32, torch.float64) else x.float()

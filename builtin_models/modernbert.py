@@ -23,6 +23,8 @@ from poolkit.builtin_models.layers import (
     activation_function,
     apply_rotary,
     attention_head_dim,
+    fused_activation,
+    gated_linear,
     kernel,
     rotary_cos_sin,
     rotary_inv_freq,
@@ -126,10 +128,12 @@ class ModernBertMLP(nn.Module):
         self.Wi = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=config.mlp_bias)
         self.Wo = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
         self.act = activation_function(config.hidden_activation)
+        self.fused_act = fused_activation(config.hidden_activation)
 
     def forward(self, x: torch.Tensor, linear: Callable) -> torch.Tensor:
-        inputs, gate = linear(x, self.Wi.weight, self.Wi.bias).chunk(2, dim=-1)
-        return linear(self.act(inputs) * gate, self.Wo.weight, self.Wo.bias)
+        # Wi's first half is activated ("input"), its second is the gate it is multiplied by.
+        h = gated_linear(x, self.Wi, (kernel(self, "gated_linear", x.device), linear), self.fused_act, self.act)
+        return linear(h, self.Wo.weight, self.Wo.bias)
 
 
 class ModernBertLayer(nn.Module):

@@ -129,6 +129,7 @@ class TransformersModel(Architecture):
     """
 
     implementation: ClassVar[str] = IMPLEMENTATION
+    accepts_filler: ClassVar[bool] = False  # its batches are padded to its own shapes; filler would only cost
     default_pooling_type: ClassVar[str | None] = "CLS"
     #: The transformers class this architecture builds.
     hf_class: ClassVar[type]

@@ -39,6 +39,7 @@ _LAZY = {
     "select_kernel": "kernel",
     "kernel_reference": "kernel",
     "kernel_table": "kernel",
+    "kernel_rows": "kernel",
     "Scorer": "scoring",
     "EngineArgs": "settings",
     "register_pooler": "plugins",

@@ -77,6 +77,13 @@ class Architecture(torch.nn.Module):
     #: Dtypes this architecture refuses to run in, by name (``"float16"``), with the reason the
     #: error gives (Gemma 2 and 3 overflow in fp16, as vLLM says).
     unsupported_dtypes: ClassVar[Mapping[str, str]] = {}
+    #: Whether the engine may pad a packed batch with one-token filler sequences
+    #: (:meth:`PackedBatch.with_filler`) to the row count the kernels ask for
+    #: (:func:`poolkit.kernel_rows`), taking back only the first ``num_tokens`` rows of the
+    #: forward pass. True for any architecture that keeps the sequences of a batch apart, as the
+    #: forward contract asks; ``False`` for one that does not use poolkit's kernels (the
+    #: transformers fallback pads to shapes of its own).
+    accepts_filler: ClassVar[bool] = True
 
     @classmethod
     def check_config(

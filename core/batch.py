@@ -145,6 +145,23 @@ class PackedBatch:
             groups.append((n, tok))
         return groups
 
+    def with_filler(self, rows: int) -> "PackedBatch":
+        """This batch followed by one-token filler sequences (token id 0, segment 0) up to ``rows``
+        tokens; the batch itself when it has that many already.
+
+        Each filler token is a sequence of its own, so it attends to nothing else and nothing
+        attends to it: the first :attr:`num_tokens` rows of any forward pass over the padded
+        batch are those of this batch alone. The engine pads to :func:`poolkit.kernel_rows`
+        and drops the filler rows before pooling.
+        """
+        extra = rows - self.num_tokens
+        if extra <= 0:
+            return self
+        pad = lambda t: torch.cat([t, t.new_zeros(extra)])  # noqa: E731
+        types = None if self.token_type_ids is None else pad(self.token_type_ids)
+        skip = None if self.pool_skip is None else [*self.pool_skip, *[0] * extra]
+        return PackedBatch(pad(self.input_ids), [*self.seq_lens, *[1] * extra], types, skip, self.extras)
+
     def split(self, tensor: torch.Tensor) -> list[torch.Tensor]:
         """Split a ``[T, ...]`` tensor into per-sequence views."""
         return list(torch.split(tensor, self.seq_lens))

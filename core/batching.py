@@ -9,7 +9,6 @@ whose client went away is dropped before it runs; a full queue is refused at onc
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
 import threading
 import time
@@ -19,6 +18,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from .allocator import release_freed_memory
 from .config import PoolingParams
 from .errors import PoolkitError
 from .io import Prompt
@@ -36,30 +36,6 @@ class ShuttingDown(PoolkitError):
 
 #: Least seconds between two returns of freed memory to the system (:func:`release_freed_memory`).
 TRIM_INTERVAL = 1.0
-
-
-def _load_malloc_trim() -> Callable[[int], int] | None:
-    try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc
-        return None
-
-
-_MALLOC_TRIM = _load_malloc_trim()
-
-
-def release_freed_memory() -> None:
-    """Hand the memory the C heap holds free back to the system (glibc's ``malloc_trim``; a no-op
-    elsewhere).
-
-    A batch allocates and frees tensors of a different size almost every time, and glibc keeps
-    freed blocks for reuse, fragmented across its per-thread arenas. Under ``poolkit bench-serve``
-    (16 clients, five minutes, two servers side by side) a server's resident memory grew 23%
-    after its first minute without this and shrank 7% with it, at the same throughput; one call
-    takes about 0.1 ms.
-    """
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
 
 
 @dataclass(eq=False)

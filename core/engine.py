@@ -15,10 +15,12 @@ from typing import Callable, Sequence
 
 import torch
 
+from .allocator import tune_allocator
 from .batch import PackedBatch
 from .config import PoolingParams
 from .errors import InvalidRequest
 from .io import Prompt
+from .lookup import kernel_rows
 from .model import PoolingModel
 from .tasks import Task
 
@@ -80,6 +82,8 @@ class Engine:
         self.max_batch_tokens = max_batch_tokens or MAX_BATCH_TOKENS.get(model.device.type, 8192)
         if self.max_batch_tokens < 1:
             raise InvalidRequest("max_batch_tokens must be positive")
+        if model.device.type == "cpu":
+            tune_allocator()
         self._tokenizer_lock = threading.Lock()
         self._prompt_lengths: dict[tuple[str, bool], int] = {}
         #: Inputs cut to a truncation limit so far (the CLI and corpus jobs report it).
@@ -491,8 +495,9 @@ class Engine:
                 pool_skip=[encoded[i].pool_skip for i in members],
                 device=self.model.device,
             )
+            rows = kernel_rows(batch.num_tokens, batch.device) if arch.accepts_filler else batch.num_tokens
             with torch.inference_mode():
-                hidden = arch(batch)
+                hidden = arch(batch.with_filler(rows))[: batch.num_tokens]
                 outputs = head(hidden, batch, [params[i] for i in members])
             for i, out in zip(members, outputs):
                 results[i] = out.cpu()

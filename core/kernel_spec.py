@@ -25,6 +25,13 @@ class Kernel:
         priority: higher wins among available kernels for the same op and device; on a tie, a
             kernel for the exact device type beats an ``"any"`` one.
         is_available: whether ``fn`` can run in this process (a library is installed, ...).
+        row_bucket: the row count (first dimension) this kernel would rather see than ``n``,
+            at least ``n``; ``None`` takes any count. A kernel that compiles or caches per input
+            shape (oneDNN keeps a primitive per shape; CUDA graphs are captured per size) declares
+            its buckets here, and the engine pads each packed batch with filler sequences to
+            :func:`poolkit.kernel_rows` tokens, so every ``[T, ...]`` tensor of the forward pass
+            already has a bucketed count and nothing is copied to pad it. Other callers may
+            still pass any count.
     """
 
     fn: Callable
@@ -32,6 +39,7 @@ class Kernel:
     device: str = "any"
     priority: int = 0
     is_available: Callable[[], bool] = lambda: True
+    row_bucket: Callable[[int], int] | None = None
 
 
 def check_kernel(name: str, obj: object) -> Kernel:

@@ -47,6 +47,25 @@ def select_kernel(op: str, device: torch.device | str) -> Callable:
     raise UnknownName(f"no kernel for op '{op}' on device '{device_type}'")
 
 
+def kernel_rows(n: int, device: torch.device | str) -> int:
+    """How many rows a packed batch of ``n`` tokens should have on ``device``: the largest
+    ``row_bucket(n)`` of the kernels :func:`select_kernel` picks for the device now, ``n`` when
+    none declares buckets. The engine pads its batches to it with filler sequences
+    (:meth:`PackedBatch.with_filler`).
+
+    Example:
+        >>> kernel_rows(1000, "cpu")  # the oneDNN linear kernel's bucket
+        1024
+    """
+    device_type = torch.device(device).type
+    rows = n
+    for op in kernel_ops():
+        entry = next((e for e in _ranked(op, device_type) if e.obj.is_available()), None)
+        if entry is not None and entry.obj.row_bucket is not None:
+            rows = max(rows, int(entry.obj.row_bucket(n)))
+    return rows
+
+
 def kernel_reference(op: str) -> Callable:
     """The pure-torch reference of ``op``, to pass as ``Kernel(reference=...)`` of a plugin kernel.
 

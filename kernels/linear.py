@@ -1,4 +1,5 @@
-"""A linear layer with its activation fused in: ``act(x @ W^T + b)`` in one pass.
+"""A linear layer with its activation fused in: ``act(x @ W^T + b)`` in one pass; and the gated
+feed-forward input ``act(gate) * up`` of SwiGLU / GeGLU layers in two.
 
 Unfused, the activation is a second pass over the layer's whole output (for BERT's feed-forward
 expansion, ``[tokens, 4 * hidden]``), which costs as much as a third of the matmul itself on a
@@ -15,6 +16,19 @@ without importing this module: ``fn(x, weight, bias, act="none") -> out``
   ``silu``, ``tanh``, ``sigmoid``), every one of them taken by every kernel;
 - returns ``act(x @ weight^T + bias)``, ``[..., out_features]`` in ``x``'s dtype; autograd
   works through it (a kernel without a backward hands such calls to the reference).
+
+The ``gated_linear`` op (Llama's ``act(gate_proj(x)) * up_proj(x)``, ModernBERT's GeGLU,
+NomicBERT's SwiGLU): ``fn(x, weight, bias, act="silu", gate_first=True) -> out``
+
+- ``x``: ``[..., in_features]``, in ``weight``'s dtype and on its device;
+- ``weight``: ``[2 * inner, in_features]``, the two projections stacked by output rows (as a
+  checkpoint's fused ``gate_up_proj`` or ``Wi`` is); ``bias``: ``[2 * inner]`` or ``None``;
+- ``act``: a name of :data:`ACTIVATIONS`, applied to the gate half: the first ``inner`` output
+  features when ``gate_first``, else the second;
+- returns ``act(gate) * up``, ``[..., inner]`` in ``x``'s dtype; autograd works through it.
+  Unfused that is a ``[..., 2 * inner]`` matmul output, then two more passes over it (the
+  activation and the product); the oneDNN kernel applies the activation to one matmul's tile and
+  the product to the other's, so the wide output is never written.
 """
 
 from __future__ import annotations
@@ -74,20 +88,67 @@ def linear_act_onednn(
     Runs fp32 and bf16 inference on the CPU; anything else (fp64, autograd, another device)
     goes to the reference.
     """
-    if (
-        x.device.type != "cpu"
-        or x.dtype not in _onednn_dtypes()
-        or weight.dtype != x.dtype
-        or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
-    ):
+    if not _onednn_runs(x, weight):
         return linear_act(x, weight, bias, act)
     attr, algorithm = _ONEDNN_POST_OPS[act]
+    rows, n = _bucketed_rows(x)
+    out = torch.ops.mkldnn._linear_pointwise(rows, _packed(weight), bias, attr, [], algorithm)
+    return out[:n].reshape(*x.shape[:-1], out.shape[-1])
+
+
+def gated_linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, act: str = "silu", gate_first: bool = True
+) -> torch.Tensor:
+    """``act(gate) * up`` of the two halves of ``x @ weight^T + bias``, the reference.
+
+    Args:
+        x: ``[..., in_features]`` inputs, in the weight's dtype.
+        weight: ``[2 * inner, in_features]``: the gate and up projections stacked.
+        bias: ``[2 * inner]`` or ``None``.
+        act: a name of :data:`ACTIVATIONS`, for the gate half.
+        gate_first: the gate is the first half of the output features (else the second).
+    """
+    first, second = F.linear(x, weight, bias).chunk(2, dim=-1)
+    gate, up = (first, second) if gate_first else (second, first)
+    return ACTIVATIONS[act](gate) * up
+
+
+def gated_linear_onednn(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, act: str = "silu", gate_first: bool = True
+) -> torch.Tensor:
+    """:func:`gated_linear` as two oneDNN matmuls: the gate's with the activation as its post-op,
+    the up projection's with the product by the gate as its post-op. Where oneDNN cannot run
+    (see :func:`linear_act_onednn`), the reference."""
+    if not _onednn_runs(x, weight):
+        return gated_linear(x, weight, bias, act, gate_first)
+    attr, algorithm = _ONEDNN_POST_OPS[act]
+    g, u = (0, 1) if gate_first else (1, 0)
+    biases = (None, None) if bias is None else bias.chunk(2)
+    rows, n = _bucketed_rows(x)
+    gate = torch.ops.mkldnn._linear_pointwise(rows, _packed(weight, g), biases[g], attr, [], algorithm)
+    out = torch.ops.mkldnn._linear_pointwise.binary(rows, gate, _packed(weight, u), biases[u], "mul")
+    return out[:n].reshape(*x.shape[:-1], out.shape[-1])
+
+
+def _onednn_runs(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether oneDNN runs this call: fp32 or bf16 inference on the CPU, input and weight alike."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype in _onednn_dtypes()
+        and weight.dtype == x.dtype
+        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+    )
+
+
+def _bucketed_rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``x`` as ``[m, in_features]`` rows, ``m`` its row count's :func:`row_bucket` (zero rows
+    appended), and the row count ``n`` it had."""
     rows = x.reshape(-1, x.shape[-1])
     n, m = rows.shape[0], row_bucket(rows.shape[0])
     if m != n:  # oneDNN keeps a primitive per input shape: bounded shapes keep its memory bounded
+        # (the engine's batches come padded to these buckets already, so this copy is for other callers)
         rows = torch.cat([rows, rows.new_zeros(m - n, rows.shape[1])])
-    out = torch.ops.mkldnn._linear_pointwise(rows, _packed(weight), bias, attr, [], algorithm)
-    return out[:n].reshape(*x.shape[:-1], out.shape[-1])
+    return rows, n
 
 
 def row_bucket(n: int) -> int:
@@ -102,13 +163,15 @@ def row_bucket(n: int) -> int:
     return -(-n // 256) * 256
 
 
-#: Packed weights by ``id()`` of the weight they were made from, with that weight's state; an
-#: entry leaves with its weight (kept out of the weight itself, so models still pickle and copy).
-_PACKED: dict[int, tuple[tuple, torch.Tensor]] = {}
+#: Packed weights by ``id()`` of the weight they were made from and the half of its rows packed
+#: (``None``: all of them), with that weight's state; an entry leaves with its weight (kept out of
+#: the weight itself, so models still pickle and copy).
+_PACKED: dict[tuple[int, int | None], tuple[tuple, torch.Tensor]] = {}
 
 
-def _packed(weight: torch.Tensor) -> torch.Tensor:
-    """``weight`` reordered once into oneDNN's blocked layout (again if it is changed in place).
+def _packed(weight: torch.Tensor, half: int | None = None) -> torch.Tensor:
+    """``weight`` (or the first or second ``half`` of its rows) reordered once into oneDNN's
+    blocked layout (again if it is changed in place).
 
     Unpacked, oneDNN reorders the weight on every call, which doubles the time of a small
     batch's matmul (one sentence: 141 -> 66 us for BERT's feed-forward expansion in bf16).
@@ -123,13 +186,14 @@ def _packed(weight: torch.Tensor) -> torch.Tensor:
     such a weight inside inference mode (:func:`forget_packed` drops the packed copies then).
     """
     key = (_version(weight), weight.data_ptr(), weight.dtype)
-    entry = _PACKED.get(id(weight))
+    slot = (id(weight), half)
+    entry = _PACKED.get(slot)
     if entry is not None and entry[0] == key:
         return entry[1]
     if entry is None:
-        weakref.finalize(weight, _PACKED.pop, id(weight), None)
-    packed = torch.ops.mkldnn._reorder_linear_weight(weight)
-    _PACKED[id(weight)] = (key, packed)
+        weakref.finalize(weight, _PACKED.pop, slot, None)
+    packed = torch.ops.mkldnn._reorder_linear_weight(weight if half is None else weight.chunk(2)[half])
+    _PACKED[slot] = (key, packed)
     return packed
 
 
@@ -170,5 +234,24 @@ def poolkit_register_kernels(register):
     register("linear_act:torch", Kernel(fn=linear_act, reference=linear_act, device="any"))
     register(
         "linear_act:onednn",
-        Kernel(fn=linear_act_onednn, reference=linear_act, device="cpu", priority=10, is_available=_onednn_available),
+        Kernel(
+            fn=linear_act_onednn,
+            reference=linear_act,
+            device="cpu",
+            priority=10,
+            is_available=_onednn_available,
+            row_bucket=row_bucket,
+        ),
+    )
+    register("gated_linear:torch", Kernel(fn=gated_linear, reference=gated_linear, device="any"))
+    register(
+        "gated_linear:onednn",
+        Kernel(
+            fn=gated_linear_onednn,
+            reference=gated_linear,
+            device="cpu",
+            priority=10,
+            is_available=_onednn_available,
+            row_bucket=row_bucket,
+        ),
     )

@@ -91,7 +91,7 @@ def test_packed_weights_leave_modules_picklable_and_go_with_their_weight() -> No
         clone = pickle.loads(pickle.dumps(layer))
         torch.testing.assert_close(linear_act_onednn(x, clone.weight, clone.bias), before)
         torch.testing.assert_close(linear_act_onednn(x, copy.deepcopy(layer).weight, layer.bias), before)
-    key = id(layer.weight)
+    key = (id(layer.weight), None)
     assert key in linear._PACKED
     del layer
     gc.collect()
@@ -112,6 +112,71 @@ def test_fused_linear_falls_back_where_onednn_cannot_run() -> None:
 def test_registry_picks_the_fused_kernel_on_cpu() -> None:
     expected = linear_act_onednn if linear._onednn_available() else linear_act
     assert select_kernel("linear_act", "cpu") is expected
+    gated = linear.gated_linear_onednn if linear._onednn_available() else linear.gated_linear
+    assert select_kernel("gated_linear", "cpu") is gated and select_kernel("gated_linear", "cuda") is linear.gated_linear
+
+
+# -- gated_linear: act(gate) * up of a fused gate/up projection (SwiGLU, GeGLU) --------------------
+
+
+def test_gated_linear_reference_is_the_activated_half_times_the_other() -> None:
+    x, w, b = _inputs(torch.float64, out_features=64)
+    h = torch.nn.functional.linear(x, w, b)
+    for act in ACTIVATIONS:
+        torch.testing.assert_close(linear.gated_linear(x, w, b, act), ACTIVATIONS[act](h[:, :32]) * h[:, 32:])
+        torch.testing.assert_close(linear.gated_linear(x, w, b, act, gate_first=False), ACTIVATIONS[act](h[:, 32:]) * h[:, :32])
+
+
+@onednn
+@pytest.mark.parametrize("act", sorted(ACTIVATIONS))
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("gate_first", [True, False], ids=["gate-first", "up-first"])
+def test_gated_linear_onednn_equals_reference_in_float32(act: str, bias: bool, gate_first: bool) -> None:
+    x, w, b = _inputs(torch.float32, out_features=96, bias=bias)
+    with torch.inference_mode():
+        got = linear.gated_linear_onednn(x, w, b, act, gate_first)
+    assert got.shape == (37, 48)
+    torch.testing.assert_close(got, linear.gated_linear(x, w, b, act, gate_first), atol=2e-5, rtol=1e-5)
+
+
+@onednn
+@pytest.mark.parametrize("act", ["silu", "gelu", "gelu_tanh"])
+def test_gated_linear_onednn_in_bfloat16_is_as_close_to_exact_as_the_reference(act: str) -> None:
+    """bf16: the fused kernel rounds the gate once and the product once; the reference rounds the
+    matmul's output, the activation and the product."""
+    if torch.bfloat16 not in linear._onednn_dtypes():
+        pytest.skip("oneDNN has no bf16 on this CPU")
+    x, w, b = _inputs(torch.bfloat16, shape=(64, 384), out_features=512)
+    exact = linear.gated_linear(x.double(), w.double(), b.double(), act)
+    with torch.inference_mode():
+        fused = linear.gated_linear_onednn(x, w, b, act)
+    reference = linear.gated_linear(x, w, b, act)
+    assert fused.dtype == torch.bfloat16
+    fused_error = (fused.double() - exact).abs().max().item()
+    reference_error = (reference.double() - exact).abs().max().item()
+    assert fused_error <= reference_error * 1.01 + 1e-6
+
+
+@onednn
+def test_gated_linear_onednn_shapes_repacking_and_fallbacks() -> None:
+    x, w, b = _inputs(torch.float32, shape=(2, 5, 48), out_features=64)
+    layer = torch.nn.Linear(48, 64)
+    with torch.inference_mode():
+        torch.testing.assert_close(linear.gated_linear_onednn(x, w, b), linear.gated_linear(x, w, b), atol=2e-5, rtol=1e-5)
+        assert linear.gated_linear_onednn(x[0, :0], w, b).shape == (0, 32)
+    with torch.no_grad():
+        first = linear.gated_linear_onednn(x, layer.weight, layer.bias)
+        layer.weight.mul_(2)  # the packed halves follow an in-place change of the weight
+        again = linear.gated_linear_onednn(x, layer.weight, layer.bias)
+        torch.testing.assert_close(again, linear.gated_linear(x, layer.weight, layer.bias), atol=2e-5, rtol=1e-5)
+        assert not torch.allclose(first, again)
+    assert (id(layer.weight), 0) in linear._PACKED and (id(layer.weight), 1) in linear._PACKED
+    x64, w64, b64 = _inputs(torch.float64, out_features=64)  # fp64 and autograd: the reference, exactly
+    assert torch.equal(linear.gated_linear_onednn(x64, w64, b64, "gelu"), linear.gated_linear(x64, w64, b64, "gelu"))
+    w32 = w.clone().requires_grad_(True)
+    out = linear.gated_linear_onednn(x, w32, b)
+    out.sum().backward()
+    assert w32.grad is not None
 
 
 # -- segment_pool: sequence pooling (+ L2 normalisation) over packed batches -----------------------
@@ -210,6 +275,94 @@ def test_onednn_linear_pads_rows_to_a_few_shapes():
             torch.testing.assert_close(got, linear_act(x, w, b, "gelu"), atol=1e-4, rtol=1e-4)
 
 
+def test_filler_sequences_leave_the_batch_and_its_rows_unchanged() -> None:
+    from poolkit import PackedBatch
+
+    batch = PackedBatch.from_sequences([[5, 6, 7], [8, 9]], token_type_ids=[[0, 1, 1], [0, 1]], pool_skip=[1, 0])
+    padded = batch.with_filler(8)
+    assert padded.seq_lens == [3, 2, 1, 1, 1] and padded.input_ids.tolist() == [5, 6, 7, 8, 9, 0, 0, 0]
+    assert padded.token_type_ids.tolist() == [0, 1, 1, 0, 1, 0, 0, 0] and padded.pool_skip == [1, 0, 0, 0, 0]
+    assert batch.with_filler(5) is batch and batch.with_filler(3) is batch
+    assert PackedBatch.from_sequences([[1, 2]]).with_filler(4).token_type_ids is None
+
+
+def _spy_forward(monkeypatch, arch) -> list:
+    """Record the batches ``arch`` runs on, as (token count, sequence lengths)."""
+    seen, forward = [], arch.forward
+
+    def spy(batch):
+        seen.append((batch.num_tokens, list(batch.seq_lens)))
+        return forward(batch)
+
+    monkeypatch.setattr(arch, "forward", spy)
+    return seen
+
+
+@onednn
+def test_the_engine_pads_batches_to_the_kernels_row_buckets(monkeypatch, tiny_encoders) -> None:
+    # The oneDNN linear kernel asks for bucketed row counts (the soak's bounded memory); the
+    # engine appends filler sequences once per batch, so no layer copies its input to pad it.
+    import poolkit
+    from poolkit import LLM
+    from poolkit.kernels.linear import row_bucket
+
+    assert poolkit.kernel_rows(1000, "cpu") == row_bucket(1000) == 1024 and poolkit.kernel_rows(1000, "meta") == 1000
+    llm = LLM(str(tiny_encoders["bert"]), pooler_config={"pooling_type": "MEAN"})
+    texts = ["a short one", "and a somewhat longer sentence to pool", "three"]
+    seen = _spy_forward(monkeypatch, llm.model.architecture)
+    padded = llm.embed(texts)
+    ((rows, lens),) = seen
+    real = sum(len(o.prompt_token_ids) for o in padded)
+    assert rows == row_bucket(real) > real and lens[len(texts):] == [1] * (rows - real)
+    assert sorted(lens[: len(texts)]) == sorted(len(o.prompt_token_ids) for o in padded)
+
+    monkeypatch.setattr(llm.model.architecture, "accepts_filler", False)
+    plain = llm.embed(texts)
+    assert seen[1][0] == real
+    for a, b in zip(padded, plain):
+        torch.testing.assert_close(torch.tensor(a.outputs.embedding), torch.tensor(b.outputs.embedding), atol=1e-6, rtol=1e-5)
+
+
+def test_a_kernels_row_bucket_decides_the_rows_a_model_sees(monkeypatch, tiny_encoders) -> None:
+    from poolkit import LLM, Kernel, kernel_rows
+    from poolkit.hookspecs import hookimpl
+    from poolkit.testing import plugin_registered
+
+    calls = []
+
+    def by_hundreds(x, weight, bias, act="none"):
+        calls.append(x.reshape(-1, x.shape[-1]).shape[0])
+        return linear_act(x, weight, bias, act)
+
+    class Hundreds:
+        @hookimpl
+        def poolkit_register_kernels(self, register):
+            register(
+                "linear_act:by_hundreds",
+                Kernel(fn=by_hundreds, reference=linear_act, priority=100, row_bucket=lambda n: -(-n // 100) * 100),
+            )
+
+    texts = ["a short one", "and a somewhat longer sentence to pool"]
+    with plugin_registered(Hundreds(), "hundreds"):
+        assert kernel_rows(1, "cpu") == 100 and kernel_rows(101, "cuda") == 200
+        llm = LLM(str(tiny_encoders["bert"]), pooler_config={"pooling_type": "MEAN"})
+        got = llm.embed(texts)
+    assert calls and all(n == 100 for n in calls)  # every token-level linear saw the padded batch
+    want = LLM(str(tiny_encoders["bert"]), pooler_config={"pooling_type": "MEAN"}).embed(texts)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(torch.tensor(a.outputs.embedding), torch.tensor(b.outputs.embedding), atol=1e-5, rtol=1e-4)
+
+
+def test_the_transformers_fallback_gets_no_filler(monkeypatch, tiny_encoders) -> None:
+    from poolkit import LLM
+
+    llm = LLM(str(tiny_encoders["bert"]), model_impl="transformers", pooler_config={"pooling_type": "MEAN"})
+    assert llm.model.architecture.accepts_filler is False
+    seen = _spy_forward(monkeypatch, llm.model.architecture)
+    out = llm.embed(["a short one", "three"])
+    assert seen == [(sum(len(o.prompt_token_ids) for o in out), sorted((len(o.prompt_token_ids) for o in out), reverse=True))]
+
+
 # -- kernel contracts, references and the kernel table (issue 17) ----------------------------------
 
 
@@ -217,6 +370,7 @@ def _builtin_references() -> dict:
     from poolkit.kernels import attention, maxsim, splade
 
     return {
+        "gated_linear": linear.gated_linear,
         "linear_act": linear_act,
         "maxsim": maxsim.maxsim_reference,
         "segment_pool": segment_pool_reference,
@@ -262,7 +416,7 @@ def test_kernel_reference_gives_each_builtin_ops_reference() -> None:
             assert entry.obj.reference is references[entry.name.split(":", 1)[0]], entry.name
     assert poolkit.kernel_reference is poolkit.kernel.kernel_reference
     assert poolkit.select_kernel is select_kernel and poolkit.kernel_table is poolkit.kernel.kernel_table
-    with pytest.raises(UnknownName, match=r"^unknown kernel op 'segment_pol'; available: linear_act, maxsim, segment_pool"):
+    with pytest.raises(UnknownName, match=r"^unknown kernel op 'segment_pol'; available: gated_linear, linear_act, maxsim, segment_pool"):
         poolkit.kernel_reference("segment_pol")
 
 

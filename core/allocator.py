@@ -1,0 +1,67 @@
+"""The C heap under CPU inference: how glibc's allocator is set for it, and handing freed memory back.
+
+A forward pass allocates and frees tensors of megabytes, of a different size almost every batch.
+With glibc's defaults each of them is a fresh ``mmap`` (its dynamic threshold never settles on
+such sizes) or a heap top given back after every free, so every allocation page-faults its
+memory in again: on nomic-embed-text-v1.5's shape in bf16 (W3, one thread) a third of the time
+went to that. poolkit raises glibc's mmap and trim thresholds once, when a model is loaded onto
+the CPU (:func:`tune_allocator`), so freed blocks are reused; the server's batcher still hands
+free memory back between batches (:func:`release_freed_memory`). Nothing changes without glibc,
+or when the environment sets glibc's own malloc settings (``MALLOC_MMAP_THRESHOLD_``,
+``MALLOC_TRIM_THRESHOLD_``, ``GLIBC_TUNABLES``): those are the user's choice.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from typing import Any
+
+#: glibc's ``mallopt`` parameters (malloc.h).
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+#: Blocks up to this size come from the heap and are reused, not mapped afresh.
+MMAP_THRESHOLD = 64 << 20
+#: Free memory the heap keeps at its top before giving it back by itself.
+TRIM_THRESHOLD = 512 << 20
+#: Environment variables that set glibc's malloc: when one is set, poolkit leaves malloc alone.
+GLIBC_MALLOC_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "GLIBC_TUNABLES")
+
+
+def _load_libc() -> Any:
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim, libc.mallopt  # noqa: B018 - both exist in glibc only
+        return libc
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_LIBC = _load_libc()
+_TUNED = False
+
+
+def tune_allocator() -> bool:
+    """Set glibc's mmap and trim thresholds for inference (:data:`MMAP_THRESHOLD`,
+    :data:`TRIM_THRESHOLD`), once per process. Returns whether they are poolkit's now: false
+    without glibc or when the environment sets malloc itself (:data:`GLIBC_MALLOC_VARIABLES`)."""
+    global _TUNED
+    if _TUNED:
+        return True
+    if _LIBC is None or any(os.environ.get(name) for name in GLIBC_MALLOC_VARIABLES):
+        return False
+    _TUNED = bool(_LIBC.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(_LIBC.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    return _TUNED
+
+
+def release_freed_memory() -> None:
+    """Hand the memory the C heap holds free back to the system (glibc's ``malloc_trim``; a no-op
+    elsewhere).
+
+    A batch allocates and frees tensors of a different size almost every time, and glibc keeps
+    freed blocks for reuse, fragmented across its per-thread arenas. Under ``poolkit bench-serve``
+    (16 clients, five minutes, two servers side by side) a server's resident memory grew 23%
+    after its first minute without this and shrank 7% with it, at the same throughput; one call
+    takes about 0.1 ms.
+    """
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
