@@ -41,10 +41,10 @@ def select_kernel(op: str, device: torch.device | str) -> Callable:
         torch.Size([2, 2])
     """
     device_type = torch.device(device).type
-    for entry in _ranked(op, device_type):
-        if entry.obj.is_available():
-            return entry.obj.fn
-    raise UnknownName(f"no kernel for op '{op}' on device '{device_type}'")
+    entry = _selected(op, device_type)
+    if entry is None:
+        raise UnknownName(f"no kernel for op '{op}' on device '{device_type}'")
+    return entry.obj.fn
 
 
 def kernel_rows(n: int, device: torch.device | str) -> int:
@@ -60,7 +60,7 @@ def kernel_rows(n: int, device: torch.device | str) -> int:
     device_type = torch.device(device).type
     rows = n
     for op in kernel_ops():
-        entry = next((e for e in _ranked(op, device_type) if e.obj.is_available()), None)
+        entry = _selected(op, device_type)
         if entry is not None and entry.obj.row_bucket is not None:
             rows = max(rows, int(entry.obj.row_bucket(n)))
     return rows
@@ -137,6 +137,11 @@ def _ranked(op: str, device_type: str) -> list[Entry]:
     """``op``'s kernels for ``device_type`` or ``"any"``, in the order :func:`select_kernel` prefers them."""
     candidates = [e for e in _op_entries(op) if e.obj.device in (device_type, "any")]
     return sorted(candidates, key=lambda e: (e.obj.priority, e.obj.device == device_type), reverse=True)
+
+
+def _selected(op: str, device_type: str) -> Entry | None:
+    """The registry entry of the kernel :func:`select_kernel` picks now, ``None`` if none is available."""
+    return next((e for e in _ranked(op, device_type) if e.obj.is_available()), None)
 
 
 def select_scorer(model: Any) -> Any:

@@ -231,27 +231,19 @@ def _onednn_available() -> bool:
 
 @hookimpl
 def poolkit_register_kernels(register):
-    register("linear_act:torch", Kernel(fn=linear_act, reference=linear_act, device="any"))
-    register(
-        "linear_act:onednn",
-        Kernel(
-            fn=linear_act_onednn,
-            reference=linear_act,
-            device="cpu",
-            priority=10,
-            is_available=_onednn_available,
-            row_bucket=row_bucket,
-        ),
-    )
-    register("gated_linear:torch", Kernel(fn=gated_linear, reference=gated_linear, device="any"))
-    register(
-        "gated_linear:onednn",
-        Kernel(
-            fn=gated_linear_onednn,
-            reference=gated_linear,
-            device="cpu",
-            priority=10,
-            is_available=_onednn_available,
-            row_bucket=row_bucket,
-        ),
-    )
+    for op, reference, onednn in (
+        ("linear_act", linear_act, linear_act_onednn),
+        ("gated_linear", gated_linear, gated_linear_onednn),
+    ):
+        register(f"{op}:torch", Kernel(fn=reference, reference=reference, device="any"))
+        register(
+            f"{op}:onednn",
+            Kernel(
+                fn=onednn,
+                reference=reference,
+                device="cpu",
+                priority=10,
+                is_available=_onednn_available,
+                row_bucket=row_bucket,
+            ),
+        )
