@@ -28,6 +28,7 @@ from poolkit.builtin_models.layers import (
     fused_activation,
     kernel,
     linear,
+    post_norm,
 )
 from poolkit.errors import InvalidRequest, ModelLoadError
 from poolkit.hookspecs import hookimpl
@@ -50,7 +51,8 @@ class BertEmbeddings(nn.Module):
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.position_offset = position_offset
 
-    def forward(self, batch: PackedBatch) -> torch.Tensor:
+    def forward(self, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The normed embeddings, fp32 and in the weights' dtype (:func:`post_norm`)."""
         positions = batch.positions
         if self.position_offset:
             positions = positions + self.position_offset
@@ -60,7 +62,7 @@ class BertEmbeddings(nn.Module):
             x = x + self.token_type_embeddings.weight[0]
         else:
             x = x + F.embedding(batch.token_type_ids, self.token_type_embeddings.weight)
-        return fp32_layer_norm(x, self.LayerNorm)
+        return post_norm(self, x, None, self.LayerNorm)
 
 
 class BertResidualOutput(nn.Module):
@@ -71,9 +73,11 @@ class BertResidualOutput(nn.Module):
         self.dense = nn.Linear(in_features, hidden_size)
         self.LayerNorm = nn.LayerNorm(hidden_size, eps=eps)
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor, linear_act: Callable) -> torch.Tensor:
-        # The bf16 output is promoted to fp32 inside the add (the residual stream is fp32): no extra copy.
-        return fp32_layer_norm(linear(x, self.dense, linear_act) + residual, self.LayerNorm)
+    def forward(
+        self, x: torch.Tensor, residual: torch.Tensor, linear_act: Callable
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The new residual stream, fp32 and in the weights' dtype (:func:`post_norm`)."""
+        return post_norm(self, linear(x, self.dense, linear_act), residual, self.LayerNorm)
 
 
 class BertAttention(nn.Module):
@@ -87,8 +91,10 @@ class BertAttention(nn.Module):
         self.qkv = FusedLinear(hidden, {f"self.{part}": hidden for part in _QKV_PARTS})
         self.output = BertResidualOutput(hidden, hidden, config.layer_norm_eps)
 
-    def forward(self, x: torch.Tensor, batch: PackedBatch, attention: Callable, linear_act: Callable) -> torch.Tensor:
-        qkv = linear(x, self.qkv, linear_act).view(-1, 3, self.num_heads, self.head_dim)
+    def forward(
+        self, x: torch.Tensor, low: torch.Tensor, batch: PackedBatch, attention: Callable, linear_act: Callable
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        qkv = linear(low, self.qkv, linear_act).view(-1, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.unbind(1)
         context = attention(q, k, v, batch)
         return self.output(context.reshape(x.shape), x, linear_act)
@@ -113,7 +119,9 @@ class BertLayer(nn.Module):
     """One post-LayerNorm transformer encoder layer.
 
     ``attention`` replaces :class:`BertAttention` in a family whose attention block is named or
-    built otherwise (MPNet's); it takes the same ``(x, batch, attention, linear_act)``.
+    built otherwise (MPNet's); it takes the same ``(x, low, batch, attention, linear_act)`` and
+    returns the same pair. The residual stream ``x`` is fp32 (at least) and ``low`` is the same in
+    the weights' dtype, the matmuls' input: both come out of each norm at once.
     """
 
     def __init__(self, config: Any, attention: nn.Module | None = None) -> None:
@@ -122,9 +130,11 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(config)
         self.output = BertResidualOutput(config.intermediate_size, config.hidden_size, config.layer_norm_eps)
 
-    def forward(self, x: torch.Tensor, batch: PackedBatch, attention: Callable, linear_act: Callable) -> torch.Tensor:
-        x = self.attention(x, batch, attention, linear_act)
-        return self.output(self.intermediate(x, linear_act), x, linear_act)
+    def forward(
+        self, x: torch.Tensor, low: torch.Tensor, batch: PackedBatch, attention: Callable, linear_act: Callable
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        x, low = self.attention(x, low, batch, attention, linear_act)
+        return self.output(self.intermediate(low, linear_act), x, linear_act)
 
 
 class BertEncoder(nn.Module):
@@ -193,9 +203,9 @@ class BertModel(Architecture):
             )
         attention = kernel(self, "varlen_attention", batch.device)
         linear_act = kernel(self, "linear_act", batch.device)
-        x = self.embeddings(batch)
+        x, low = self.embeddings(batch)
         for layer in self.encoder.layer:
-            x = layer(x, batch, attention, linear_act)
+            x, low = layer(x, low, batch, attention, linear_act)
         return x
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:

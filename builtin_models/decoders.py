@@ -46,7 +46,6 @@ from poolkit.builtin_models.layers import (
     RMSNorm,
     Rotary,
     activation_function,
-    apply_rotary,
     fuse_projections,
     fused_activation,
     gated_linear,
@@ -173,12 +172,9 @@ class DecoderAttention(nn.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         cos, sin = rotary
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        groups = self.num_heads // self.num_kv_heads
-        if groups > 1:
-            # Query head i reads key/value head i // groups, as transformers' repeat_kv.
-            k = k.unsqueeze(2).expand(-1, -1, groups, -1).reshape(q.shape)
-            v = v.unsqueeze(2).expand(-1, -1, groups, -1).reshape(q.shape)
+        rotate = kernel(self, "rotary", x.device)
+        q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+        # Fewer key/value heads than query heads (grouped-query attention) go to the op as they are.
         if self.softcap is not None:
             context = attention(q, k, v, batch, causal=self.causal, scale=self.scale, window=self.window, softcap=self.softcap)
         else:
@@ -221,13 +217,24 @@ class DecoderLayer(nn.Module):
         self.mlp = DecoderMLP(model, config)
 
     def forward(
-        self, x: torch.Tensor, rotary: Rotary, batch: PackedBatch, attention: Callable, linear: Callable
-    ) -> torch.Tensor:
+        self,
+        x: torch.Tensor,
+        delta: torch.Tensor | None,
+        rotary: Rotary,
+        batch: PackedBatch,
+        attention: Callable,
+        linear: Callable,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The residual stream ``x`` plus the previous layer's output ``delta`` (``None`` for the
+        first layer) in, this layer's ``(residual stream, output)`` out: each residual add is done
+        by the norm that reads its sum (one pass of the ``rms_norm`` op)."""
+        x, h = (x, self.input_layernorm(x)) if delta is None else self.input_layernorm.add(delta, x)
+        attended = self.self_attn(h, rotary, batch, attention, linear)
         if not self.sandwich:
-            x = x + self.self_attn(self.input_layernorm(x), rotary, batch, attention, linear)
-            return x + self.mlp(self.post_attention_layernorm(x), linear)
-        x = x + self.post_attention_layernorm(self.self_attn(self.input_layernorm(x), rotary, batch, attention, linear))
-        return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x), linear))
+            x, h = self.post_attention_layernorm.add(attended, x)
+            return x, self.mlp(h, linear)
+        x, h = self.pre_feedforward_layernorm.add(self.post_attention_layernorm(attended), x)
+        return x, self.post_feedforward_layernorm(self.mlp(h, linear))
 
 
 class DecoderModel(Architecture):
@@ -360,15 +367,15 @@ class DecoderModel(Architecture):
         if self.scale_embeddings:
             x = x * torch.tensor(self.hidden_size**0.5).to(x.dtype)
         rotary = {t: self._rotary(t, batch, x.dtype) for t in self._rotary_parameters}
+        delta = None
         for layer in self.layers:
-            x = layer(x, rotary[layer.self_attn.layer_type], batch, attention, linear)
-        return self.norm(x)
+            x, delta = layer(x, delta, rotary[layer.self_attn.layer_type], batch, attention, linear)
+        return self.norm(x) if delta is None else self.norm.add(delta, x)[1]
 
     def _rotary(self, layer_type: str, batch: PackedBatch, dtype: torch.dtype) -> Rotary:
-        """Each token's rotary ``cos`` and ``sin`` as ``dtype``, ``[T, 1, head_dim]`` (angles in float32)."""
+        """Each token's rotary ``cos`` and ``sin`` as ``dtype``, ``[T, head_dim]`` (angles in float32)."""
         inv_freq, scaling = self._rotary_parameters[layer_type]
-        cos, sin = rotary_cos_sin(inv_freq, batch.positions, dtype, scaling)
-        return cos.unsqueeze(1), sin.unsqueeze(1)
+        return rotary_cos_sin(inv_freq, batch.positions, dtype, scaling)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         self._load(weights)

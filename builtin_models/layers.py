@@ -127,8 +127,28 @@ def fp32_layer_norm(x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
     return F.layer_norm(x, x.shape[-1:], norm.weight.to(x.dtype), norm.bias.to(x.dtype), norm.eps)
 
 
+def post_norm(
+    module: nn.Module, x: torch.Tensor, residual: torch.Tensor | None, norm: nn.Module
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``norm(x + residual)`` of a post-norm layer through the ``residual_norm`` kernel op: the
+    residual stream in at least fp32 and the same in the weights' dtype, the next matmul's input.
+
+    Args:
+        module: the module asking (its kernels are looked up once, :func:`kernel`).
+        x: a sublayer's output; residual: the residual stream, or ``None`` (an embeddings' norm).
+        norm: an ``nn.LayerNorm`` or an :class:`RMSNorm`.
+    """
+    op = kernel(module, "residual_norm", x.device)
+    return op(x, residual, norm.weight, getattr(norm, "bias", None), norm.eps, not isinstance(norm, nn.LayerNorm))
+
+
 class RMSNorm(nn.Module):
-    """Root-mean-square norm, computed in float32 and scaled in the input's dtype, as transformers does."""
+    """Root-mean-square norm, computed in float32 and scaled in the input's dtype, as transformers
+    does; through the ``rms_norm`` kernel op, which also adds a pre-norm layer's residual
+    (:meth:`add`) in the same pass."""
+
+    #: Scale by ``1 + weight`` in float32 (Gemma's norms) instead of ``weight``.
+    offset = False
 
     def __init__(self, size: int, eps: float) -> None:
         super().__init__()
@@ -136,23 +156,22 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(x.dtype)
+        return kernel(self, "rms_norm", x.device)(x, self.weight, self.eps, self.offset)[1]
+
+    def add(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x + residual, norm(x + residual))``: a pre-norm layer's residual add and its next norm."""
+        return kernel(self, "rms_norm", x.device)(x, self.weight, self.eps, self.offset, residual)
 
 
 class OffsetRMSNorm(RMSNorm):
     """Gemma's RMSNorm: scaled by ``1 + weight`` (weights stored centred on 0), computed and scaled
     in float32 and only then cast to the input's dtype, as transformers' ``GemmaRMSNorm`` does."""
 
+    offset = True
+
     def __init__(self, size: int, eps: float) -> None:
         super().__init__(size, eps)
         nn.init.zeros_(self.weight)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (h * (1.0 + self.weight.float())).to(x.dtype)
 
 
 def rotary_inv_freq(theta: float, head_dim: int) -> torch.Tensor:
@@ -172,12 +191,6 @@ def rotary_cos_sin(inv_freq: torch.Tensor, positions: torch.Tensor, dtype: torch
     if scaling != 1.0:
         cos, sin = cos * scaling, sin * scaling
     return cos.to(dtype), sin.to(dtype)
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """``x`` rotated by the angles of ``cos`` and ``sin`` (transformers' ``apply_rotary_pos_emb``)."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
 class FusedLinear(nn.Linear):

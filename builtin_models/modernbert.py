@@ -21,7 +21,6 @@ from poolkit.batch import PackedBatch
 from poolkit.builtin_models.layers import (
     Rotary,
     activation_function,
-    apply_rotary,
     attention_head_dim,
     fused_activation,
     gated_linear,
@@ -112,10 +111,12 @@ class ModernBertAttention(nn.Module):
         self, x: torch.Tensor, rotary: Rotary, batch: PackedBatch, attention: Callable, linear: Callable
     ) -> torch.Tensor:
         qkv = linear(x, self.Wqkv.weight, self.Wqkv.bias).view(-1, 3, self.num_heads, self.head_dim)
-        # As in transformers: cos and sin in the model's dtype, q and k rotated in (at least) float32.
-        cos, sin = rotary
-        qk = qkv[:, :2].float()
-        q, k = apply_rotary(qk, cos, sin).to(x.dtype).unbind(1)
+        # As in transformers: cos and sin rounded to the model's dtype, q and k rotated in (at least)
+        # float32: the rotary op computes in the promoted dtype of q/k and the float32 cos and sin.
+        qk = qkv[:, :2]
+        if qk.dtype == torch.float64:
+            qk = qk.float().double()  # transformers rounds q and k to float32 even in a float64 model
+        q, k = kernel(self, "rotary", x.device)(qk, *rotary).unbind(1)
         context = attention(q, k, qkv[:, 2], batch, window=self.window)
         return linear(context.reshape(x.shape), self.Wo.weight, self.Wo.bias)
 
@@ -210,9 +211,11 @@ class ModernBertModel(Architecture):
 
     @staticmethod
     def _rotary(inv_freq: torch.Tensor, batch: PackedBatch, dtype: torch.dtype) -> Rotary:
-        """Each token's rotary ``cos`` and ``sin`` as ``dtype``, ``[T, 1, 1, head_dim]`` (angles in float32)."""
+        """Each token's rotary ``cos`` and ``sin``, ``[T, head_dim]``: rounded to ``dtype``, held in
+        at least float32 (angles in float32)."""
         cos, sin = rotary_cos_sin(inv_freq, batch.positions, dtype)
-        return cos[:, None, None], sin[:, None, None]
+        wide = torch.promote_types(dtype, torch.float32)
+        return cos.to(wide), sin.to(wide)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         load_into(self, weights, rename=self.parameter_name)

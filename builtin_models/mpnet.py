@@ -30,9 +30,9 @@ from poolkit.builtin_models.layers import (
     FusedLinear,
     TokenClassifier,
     attention_head_dim,
-    fp32_layer_norm,
     kernel,
     linear,
+    post_norm,
 )
 from poolkit.config_checks import ConfigChecks
 from poolkit.errors import InvalidRequest, ModelLoadError
@@ -79,10 +79,11 @@ class MPNetEmbeddings(nn.Module):
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
-    def forward(self, batch: PackedBatch, position_offset: int) -> torch.Tensor:
+    def forward(self, batch: PackedBatch, position_offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The normed embeddings, fp32 and in the weights' dtype (:func:`post_norm`)."""
         x = F.embedding(batch.input_ids, self.word_embeddings.weight)
         x = x + F.embedding(batch.positions + position_offset, self.position_embeddings.weight)
-        return fp32_layer_norm(x, self.LayerNorm)
+        return post_norm(self, x, None, self.LayerNorm)
 
 
 class MPNetSelfAttention(nn.Module):
@@ -109,11 +110,13 @@ class MPNetAttention(nn.Module):
         self.attn = MPNetSelfAttention(config)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
-    def forward(self, x: torch.Tensor, batch: PackedBatch, attention: Callable, linear_act: Callable) -> torch.Tensor:
-        qkv = linear(x, self.attn.qkv, linear_act).view(-1, 3, self.num_heads, self.head_dim)
+    def forward(
+        self, x: torch.Tensor, low: torch.Tensor, batch: PackedBatch, attention: Callable, linear_act: Callable
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        qkv = linear(low, self.attn.qkv, linear_act).view(-1, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.unbind(1)
         context = attention(q, k, v, batch).reshape(x.shape)
-        return fp32_layer_norm(linear(context, self.attn.o, linear_act) + x, self.LayerNorm)
+        return post_norm(self, linear(context, self.attn.o, linear_act), x, self.LayerNorm)
 
 
 class MPNetEncoder(nn.Module):
@@ -196,9 +199,9 @@ class MPNetModel(Architecture):
         bias = self.encoder.position_bias(batch.max_len, batch.device)
         attention = functools.partial(kernel(self, "varlen_attention", batch.device), bias=bias)
         linear_act = kernel(self, "linear_act", batch.device)
-        x = self.embeddings(batch, self.position_offset)
+        x, low = self.embeddings(batch, self.position_offset)
         for layer in self.encoder.layer:
-            x = layer(x, batch, attention, linear_act)
+            x, low = layer(x, low, batch, attention, linear_act)
         return x
 
     #: BERT's loading: checkpoint names through :meth:`parameter_name`, q/k/v fused, loaded strictly.

@@ -28,8 +28,8 @@ from torch import nn
 from poolkit.architecture import Architecture
 from poolkit.batch import PackedBatch
 from poolkit.builtin_models.layers import (
-    RMSNorm, Rotary, TokenClassifier, activation_function, apply_rotary, attention_head_dim, fp32_layer_norm,
-    fused_activation, gated_linear, kernel, linear, rotary_cos_sin, rotary_inv_freq,
+    RMSNorm, Rotary, TokenClassifier, activation_function, attention_head_dim,
+    fused_activation, gated_linear, kernel, linear, post_norm, rotary_cos_sin, rotary_inv_freq,
 )
 from poolkit.config_checks import ConfigChecks
 from poolkit.errors import ModelLoadError
@@ -200,17 +200,16 @@ NEW_LAYOUT = Layout(
 # -- the encoder ------------------------------------------------------------------------------------
 
 
-def rotate(x: torch.Tensor, rotary: Rotary, interleaved: bool) -> torch.Tensor:
-    """``x`` with its first ``cos.shape[-1]`` dimensions rotated, the rest as they are."""
+def rotate_interleaved(x: torch.Tensor, rotary: Rotary) -> torch.Tensor:
+    """``x`` with its first ``cos.shape[-1]`` dimensions rotated in adjacent pairs (GPT-J style),
+    the rest as they are; ``cos`` and ``sin`` are ``[T, rotary dim]``."""
     cos, sin = rotary
     dim = cos.shape[-1]
     head, tail = x[..., :dim], x[..., dim:]
-    if interleaved:
-        c, s = cos[..., : dim // 2], sin[..., : dim // 2]
-        even, odd = head[..., 0::2], head[..., 1::2]
-        head = torch.stack((even * c - odd * s, odd * c + even * s), dim=-1).flatten(-2)
-    else:
-        head = apply_rotary(head, cos, sin)
+    shape = (cos.shape[0],) + (1,) * (x.dim() - 2) + (dim // 2,)
+    c, s = cos[..., : dim // 2].reshape(shape), sin[..., : dim // 2].reshape(shape)
+    even, odd = head[..., 0::2], head[..., 1::2]
+    head = torch.stack((even * c - odd * s, odd * c + even * s), dim=-1).flatten(-2)
     return head if tail.shape[-1] == 0 else torch.cat((head, tail), dim=-1)
 
 
@@ -218,19 +217,6 @@ def _norm(spec: RotaryEncoderSpec) -> nn.Module:
     if spec.rms_norm:
         return RMSNorm(spec.hidden_size, spec.norm_eps)
     return nn.LayerNorm(spec.hidden_size, eps=spec.norm_eps)
-
-
-def _wide(x: torch.Tensor) -> torch.Tensor:
-    """``x`` in at least float32 (float64 stays float64)."""
-    return x if x.dtype in (torch.float32, torch.float64) else x.float()
-
-
-def _normalize(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
-    """``norm`` in at least float32: the residual stream stays wide."""
-    if isinstance(norm, nn.LayerNorm):
-        return fp32_layer_norm(x, norm)
-    h = _wide(x)
-    return norm.weight.to(h.dtype) * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + norm.eps))
 
 
 class RotaryEmbeddings(nn.Module):
@@ -244,14 +230,15 @@ class RotaryEmbeddings(nn.Module):
         )
         self.norm = nn.LayerNorm(spec.hidden_size, eps=spec.norm_eps)
 
-    def forward(self, batch: PackedBatch) -> torch.Tensor:
+    def forward(self, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The normed embeddings, float32 and in the weights' dtype (:func:`post_norm`)."""
         x = F.embedding(batch.input_ids, self.word_embeddings.weight)
         if self.token_type_embeddings is not None:
             if batch.token_type_ids is None:
                 x = x + self.token_type_embeddings.weight[0]
             else:
                 x = x + F.embedding(batch.token_type_ids, self.token_type_embeddings.weight)
-        return fp32_layer_norm(x, self.norm)
+        return post_norm(self, x, None, self.norm)
 
 
 class RotaryAttention(nn.Module):
@@ -278,7 +265,10 @@ class RotaryAttention(nn.Module):
         qkv = linear(x, self.qkv, linear_act).view(-1, 3, self.num_heads, self.head_dim)
         # Rotated in the model's dtype with cos and sin in it too (their angles in float32), as
         # transformers' NomicBERT and GTE do: in bf16 a float32 rotation cost a tenth of the forward pass.
-        qk = rotate(qkv[:, :2], rotary, self.interleaved)
+        if self.interleaved:
+            qk = rotate_interleaved(qkv[:, :2], rotary)
+        else:
+            qk = kernel(self, "rotary", x.device)(qkv[:, :2], *rotary)
         if query_scale is not None:
             qk[:, 0] *= query_scale
         q, k = qk.unbind(1)
@@ -332,15 +322,16 @@ class RotaryEncoderLayer(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
+        low: torch.Tensor,
         rotary: Rotary,
         query_scale: torch.Tensor | None,
         batch: PackedBatch,
         attention: Callable,
         linear_act: Callable,
-    ) -> torch.Tensor:
-        # The bf16 outputs are promoted to float32 by the residual adds: the residual stream stays float32.
-        x = _normalize(x + self.attn(x, rotary, query_scale, batch, attention, linear_act), self.attn_norm)
-        return _normalize(x + self.mlp(x, linear_act), self.mlp_norm)
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # The residual stream ``x`` stays float32; ``low`` is the same in the weights' dtype, the matmuls' input.
+        x, low = post_norm(self, self.attn(low, rotary, query_scale, batch, attention, linear_act), x, self.attn_norm)
+        return post_norm(self, self.mlp(low, linear_act), x, self.mlp_norm)
 
 
 class RotaryEncoder(Architecture):
@@ -383,15 +374,15 @@ class RotaryEncoder(Architecture):
     def forward(self, batch: PackedBatch) -> torch.Tensor:
         attention = kernel(self, "varlen_attention", batch.device)
         linear_act = kernel(self, "linear_act", batch.device)
-        x = self.embeddings(batch)
+        x, low = self.embeddings(batch)
         rotary = self.rotary(batch)
         query_scale = self.query_scale(batch)
         for layer in self.layers:
-            x = layer(x, rotary, query_scale, batch, attention, linear_act)
+            x, low = layer(x, low, rotary, query_scale, batch, attention, linear_act)
         return x
 
     def rotary(self, batch: PackedBatch) -> Rotary:
-        """Each token's ``cos`` and ``sin`` in the model's dtype, ``[T, 1, 1, rotary dim]`` (their angles in float32)."""
+        """Each token's ``cos`` and ``sin`` in the model's dtype, ``[T, rotary dim]`` (their angles in float32)."""
         dtype = self.embeddings.word_embeddings.weight.dtype
         inv_freq = self._inv_freq
         spec = self._spec.rotary
@@ -399,8 +390,7 @@ class RotaryEncoder(Architecture):
             # Each sequence with its own base, as the published model computes it alone.
             rows = [self._inv_freq if n <= spec.trained_positions else spec.inv_freq(n) for n in batch.seq_lens]
             inv_freq = torch.stack(rows).to(batch.device)[batch.seq_ids]
-        cos, sin = rotary_cos_sin(inv_freq, batch.positions, dtype)
-        return cos[:, None, None], sin[:, None, None]
+        return rotary_cos_sin(inv_freq, batch.positions, dtype)
 
     def query_scale(self, batch: PackedBatch) -> torch.Tensor | None:
         """GTE's log-n scale of each token's query, ``[T, 1, 1]``; ``None`` when the model has none."""

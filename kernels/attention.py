@@ -6,8 +6,10 @@ and models rely on without importing this module:
 
 ``varlen_attention``: ``fn(q, k, v, batch, causal=False, scale=None, window=None, bias=None) -> out``
 
-- ``q``, ``k``, ``v``: ``[T, heads, head_dim]`` tensors of one float dtype on one device, the
-  ``T`` packed tokens of ``batch`` in order (as many key/value heads as query heads).
+- ``q``: ``[T, heads, head_dim]``, ``k``, ``v``: ``[T, kv_heads, head_dim]``, of one float dtype
+  on one device, the ``T`` packed tokens of ``batch`` in order; ``kv_heads`` divides ``heads``
+  (grouped-query attention: query head ``i`` reads key/value head ``i // (heads // kv_heads)``,
+  as transformers' ``repeat_kv``).
 - ``batch``: the :class:`poolkit.PackedBatch` whose ``seq_lens`` (``cu_seqlens``) say which
   consecutive tokens form a sequence; no token attends outside its sequence.
 - ``causal``: attend only to the token itself and earlier tokens of its sequence.
@@ -52,8 +54,9 @@ def varlen_attention(
 
     Args:
         q: ``[T, heads, head_dim]`` queries of the packed tokens.
-        k: ``[T, heads, head_dim]`` keys.
-        v: ``[T, heads, head_dim]`` values.
+        k: ``[T, kv_heads, head_dim]`` keys, ``kv_heads`` a divisor of ``heads`` (grouped-query
+            attention: query head ``i`` reads key/value head ``i // (heads // kv_heads)``).
+        v: ``[T, kv_heads, head_dim]`` values.
         batch: the packed batch that says where each sequence starts and ends.
         causal: each token attends only to itself and earlier tokens of its sequence.
         scale: factor applied to ``q @ k^T``; ``None`` is ``head_dim ** -0.5``.
@@ -110,7 +113,13 @@ def _dense(
             added = added.masked_fill(~mask, float("-inf"))
         mask = added.unsqueeze(0)  # 4-D: a 3-D float mask keeps CPU attention off its fused path
     o = F.scaled_dot_product_attention(
-        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, is_causal=causal, scale=scale
+        q.transpose(1, 2),
+        k.transpose(1, 2),
+        v.transpose(1, 2),
+        attn_mask=mask,
+        is_causal=causal,
+        scale=scale,
+        enable_gqa=k.shape[2] != q.shape[2],  # the CPU flash kernel reads shared key/value heads in place
     )
     return o.transpose(1, 2)
 
@@ -157,8 +166,10 @@ def softcap_varlen_attention(
 def _softcapped(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float | None, window: int | None, cap: float
 ) -> torch.Tensor:
-    """Soft-capped attention on ``[n, heads, L, d]`` inputs."""
+    """Soft-capped attention on ``[n, heads, L, d]`` inputs (``[n, kv_heads, L, d]`` keys and values)."""
     length = q.shape[2]
+    if k.shape[1] != q.shape[1]:
+        k, v = (t.repeat_interleave(q.shape[1] // k.shape[1], dim=1) for t in (k, v))
     scores = torch.matmul(q, k.transpose(-1, -2)) * (q.shape[-1] ** -0.5 if scale is None else scale)
     scores = torch.tanh(scores / cap) * cap
     keep = _band(length, length if window is None else window, causal, q.device)

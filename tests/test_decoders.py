@@ -525,6 +525,27 @@ def test_softcap_attention_kernel() -> None:
             assert not torch.allclose(near, far)
 
 
+def test_attention_ops_take_fewer_key_value_heads() -> None:
+    """Grouped-query attention: k and v with a divisor of the query heads give what the same keys
+    and values repeated per query head (transformers' repeat_kv) give, in both attention ops,
+    on length runs and on unsorted batches, with windows, bias and soft-capping."""
+    from poolkit.kernel import select_kernel
+
+    plain, softcapped = select_kernel("varlen_attention", "cpu"), select_kernel("varlen_attention_softcap", "cpu")
+    g = torch.Generator().manual_seed(11)
+    for lengths in ([5, 5, 9, 9, 2], [9, 2, 5, 9, 5]):
+        batch = PackedBatch.from_sequences(random_sequences(lengths, seed=12))
+        T = sum(lengths)
+        q = torch.randn(T, 6, 8, generator=g, dtype=torch.float64)
+        k, v = (torch.randn(T, 2, 8, generator=g, dtype=torch.float64) for _ in range(2))
+        repeated = [t.repeat_interleave(3, dim=1) for t in (k, v)]
+        bias = torch.randn(6, 9, 9, generator=g, dtype=torch.float64)
+        for kwargs in (dict(causal=True), dict(window=2), dict(bias=bias)):
+            assert torch.allclose(plain(q, k, v, batch, **kwargs), plain(q, *repeated, batch, **kwargs), atol=1e-12)
+        got = softcapped(q, k, v, batch, causal=True, softcap=0.5)
+        assert torch.allclose(got, softcapped(q, *repeated, batch, causal=True, softcap=0.5), atol=1e-12)
+
+
 @pytest.mark.parametrize("name, model_type", [("gemma2", "gemma2"), ("gemma3", "gemma3_text"), ("gemma3-cls3", "gemma3_text")])
 def test_float16_is_refused_for_gemma2_and_gemma3(models: dict[str, Path], name: str, model_type: str) -> None:
     """vLLM refuses fp16 for Gemma 2 and 3 (their activations overflow it), in these words."""

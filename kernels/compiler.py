@@ -1,0 +1,127 @@
+"""C kernels compiled on the machine that runs them: a C source shipped with a package, built once
+with the system's C compiler for this CPU (``-O3 -march=native``) and loaded with ctypes.
+
+No build step at install time and no torch headers: the source is plain C working on data
+pointers, so it compiles in well under a second, and a machine without a compiler simply does
+not have the kernels (their ``is_available()`` says so and the registry selects the torch
+reference instead). The shared library is cached, keyed by the source, the compiler and the
+CPU's flags, in ``$POOLKIT_KERNEL_CACHE``, else ``$XDG_CACHE_HOME/poolkit/kernels``, else
+``~/.cache/poolkit/kernels``; ``POOLKIT_C_KERNELS=0`` turns compiled kernels off, ``CC`` picks
+the compiler. Only poolkit's own sources (or a plugin's, through :func:`load_c_library`) are
+compiled: nothing from the network or from requests.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+#: Flags of every build; ``-march=native`` is dropped if the compiler refuses it.
+CFLAGS = ("-O3", "-fPIC", "-shared", "-fopenmp-simd", "-std=c99")
+NATIVE_FLAGS = ("-march=native",)
+
+
+def compiled_kernels_enabled() -> bool:
+    """False when ``POOLKIT_C_KERNELS`` is ``0``, ``false``, ``no`` or ``off``."""
+    return os.environ.get("POOLKIT_C_KERNELS", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def cache_dir() -> Path:
+    """Where compiled libraries are kept (see the module's docstring)."""
+    if os.environ.get("POOLKIT_KERNEL_CACHE"):
+        return Path(os.environ["POOLKIT_KERNEL_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "poolkit" / "kernels"
+
+
+def find_compiler() -> str | None:
+    """``$CC``, else the first of ``cc``, ``gcc``, ``clang`` on the PATH; ``None`` without one."""
+    for name in filter(None, (os.environ.get("CC"), "cc", "gcc", "clang")):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+@functools.cache
+def _cpu_signature() -> str:
+    """What ``-march=native`` depends on: the machine and, on Linux, the CPU's model and flags."""
+    parts = [platform.machine(), platform.system()]
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+            for line in info:
+                if line.startswith(("model name", "flags", "Features", "CPU part")):
+                    parts.append(line.strip())
+                if line.strip() == "":
+                    break  # the first processor describes them all
+    except OSError:
+        pass
+    return "\n".join(parts)
+
+
+def _compiler_version(compiler: str) -> str:
+    try:
+        done = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return done.stdout
+
+
+def _build(compiler: str, source: Path, target: Path) -> None:
+    """Compile ``source`` into ``target`` (atomically: concurrent builders each write their own file)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, scratch = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        for flags in (CFLAGS + NATIVE_FLAGS, CFLAGS):
+            done = subprocess.run(
+                [compiler, *flags, "-o", scratch, str(source), "-lm"], capture_output=True, text=True, timeout=120, check=False
+            )
+            if done.returncode == 0:
+                os.replace(scratch, target)
+                return
+        raise OSError(f"{compiler} failed on {source.name}: {done.stderr.strip().splitlines()[-1:] or done.returncode}")
+    finally:
+        if os.path.exists(scratch):
+            os.unlink(scratch)
+
+
+@functools.cache
+def load_c_library(source: str | os.PathLike) -> ctypes.CDLL | None:
+    """The shared library built from the C file ``source`` for this machine, compiled on first use
+    and cached (see the module's docstring); ``None`` when compiled kernels are off, no compiler
+    is found or the build fails (logged once at INFO: the torch references then run).
+
+    Args:
+        source: path of a C file; its functions are then attributes of the returned library.
+    """
+    if not compiled_kernels_enabled():
+        return None
+    compiler = find_compiler()
+    if compiler is None:
+        logger.info("no C compiler found: poolkit's compiled CPU kernels are off (the torch references run)")
+        return None
+    path = Path(source)
+    key = hashlib.sha256()
+    for part in (path.read_bytes(), compiler.encode(), _compiler_version(compiler).encode(), _cpu_signature().encode(),
+                 " ".join(CFLAGS + NATIVE_FLAGS).encode()):
+        key.update(part)
+        key.update(b"\0")
+    target = cache_dir() / f"{path.stem}-{key.hexdigest()[:20]}.so"
+    try:
+        if not target.exists():
+            _build(compiler, path, target)
+        return ctypes.CDLL(str(target))
+    except (OSError, subprocess.SubprocessError) as exc:
+        logger.info("poolkit's compiled CPU kernels are off: %s", exc)
+        return None

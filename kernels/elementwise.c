@@ -1,0 +1,197 @@
+/* poolkit's fused elementwise CPU kernels (see elementwise.py for the contracts).
+ *
+ * Plain C, compiled once per machine by poolkit.kernels.compiler with the system's C compiler
+ * (-O3 -march=native) and called through ctypes on tensors' data pointers. Each row is widened
+ * into a float32 scratch row, computed in float32 and rounded once into its output dtype, so
+ * one read and one write replace the several passes (and roundings) of the unfused ops.
+ *
+ * dtype codes: 0 float32, 1 bfloat16. Rows of an input are addressed as
+ * base + (i / inner) * outer_stride + (i % inner) * inner_stride (in elements), so strided views
+ * (the query heads of a fused qkv output) are read in place; outputs are contiguous.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef union {
+    uint32_t u;
+    float f;
+} bits;
+
+static inline float bf16_to_float(uint16_t h) {
+    bits v;
+    v.u = (uint32_t)h << 16;
+    return v.f;
+}
+
+/* Round to nearest even, as torch's float -> bfloat16 cast; NaN stays NaN. */
+static inline uint16_t float_to_bf16(float f) {
+    bits v;
+    v.f = f;
+    uint32_t rounded = (v.u + 0x7fffu + ((v.u >> 16) & 1u)) >> 16;
+    return (f != f) ? (uint16_t)((v.u >> 16) | 0x40u) : (uint16_t)rounded;
+}
+
+static inline const void *row_at(const void *base, int dtype, int64_t i, int64_t inner, int64_t outer_stride,
+                                 int64_t inner_stride) {
+    int64_t offset = (i / inner) * outer_stride + (i % inner) * inner_stride;
+    return dtype ? (const void *)((const uint16_t *)base + offset) : (const void *)((const float *)base + offset);
+}
+
+static void load(const void *src, int dtype, float *restrict dst, int64_t n) {
+    if (dtype == 0) {
+        memcpy(dst, src, (size_t)n * sizeof(float));
+        return;
+    }
+    const uint16_t *s = (const uint16_t *)src;
+#pragma omp simd
+    for (int64_t j = 0; j < n; j++) dst[j] = bf16_to_float(s[j]);
+}
+
+static void load_add(const void *src, int dtype, float *restrict dst, int64_t n) {
+    if (dtype == 0) {
+        const float *s = (const float *)src;
+#pragma omp simd
+        for (int64_t j = 0; j < n; j++) dst[j] += s[j];
+        return;
+    }
+    const uint16_t *s = (const uint16_t *)src;
+#pragma omp simd
+    for (int64_t j = 0; j < n; j++) dst[j] += bf16_to_float(s[j]);
+}
+
+static void store(const float *restrict src, void *dst, int dtype, int64_t n) {
+    if (dtype == 0) {
+        memcpy(dst, src, (size_t)n * sizeof(float));
+        return;
+    }
+    uint16_t *d = (uint16_t *)dst;
+#pragma omp simd
+    for (int64_t j = 0; j < n; j++) d[j] = float_to_bf16(src[j]);
+}
+
+static void round_to(float *restrict x, int dtype, int64_t n) {
+    if (dtype == 0) return;
+#pragma omp simd
+    for (int64_t j = 0; j < n; j++) x[j] = bf16_to_float(float_to_bf16(x[j]));
+}
+
+static inline void *row_out(void *base, int dtype, int64_t i, int64_t n) {
+    return dtype ? (void *)((uint16_t *)base + i * n) : (void *)((float *)base + i * n);
+}
+
+/* total = x (+ residual), rounded to total's dtype; out = RMSNorm(total):
+ * weight * total * rsqrt(mean(total^2) + eps), or total * rsqrt(...) * (1 + weight) with offset. */
+int poolkit_rms_norm(const void *x, int x_dtype, int64_t inner, int64_t outer_stride, int64_t inner_stride,
+                     const void *residual, int residual_dtype, void *total, int total_dtype, const void *weight,
+                     int weight_dtype, void *out, int out_dtype, int64_t row_begin, int64_t row_end, int64_t n,
+                     float eps, int offset) {
+    float *buf = (float *)malloc((size_t)n * 2 * sizeof(float));
+    if (!buf) return 1;
+    float *w = buf + n;
+    load(weight, weight_dtype, w, n);
+    if (offset) {
+#pragma omp simd
+        for (int64_t j = 0; j < n; j++) w[j] += 1.0f;
+    }
+    for (int64_t i = row_begin; i < row_end; i++) {
+        load(row_at(x, x_dtype, i, inner, outer_stride, inner_stride), x_dtype, buf, n);
+        if (residual) {
+            load_add(row_out((void *)residual, residual_dtype, i, n), residual_dtype, buf, n);
+            round_to(buf, total_dtype, n);
+            store(buf, row_out(total, total_dtype, i, n), total_dtype, n);
+        }
+        double squares = 0.0;
+#pragma omp simd reduction(+ : squares)
+        for (int64_t j = 0; j < n; j++) squares += (double)buf[j] * buf[j];
+        float scale = 1.0f / sqrtf((float)(squares / (double)n) + eps);
+#pragma omp simd
+        for (int64_t j = 0; j < n; j++) buf[j] = buf[j] * scale * w[j];
+        store(buf, row_out(out, out_dtype, i, n), out_dtype, n);
+    }
+    free(buf);
+    return 0;
+}
+
+/* wide = norm(x + residual) in float32 (LayerNorm, or RMSNorm with rms); low = wide in low's dtype. */
+int poolkit_residual_norm(const void *x, int x_dtype, const void *residual, int residual_dtype,
+                          const void *weight, const void *bias, int weight_dtype, float *wide, void *low,
+                          int low_dtype, int64_t row_begin, int64_t row_end, int64_t n, float eps, int rms) {
+    float *buf = (float *)malloc((size_t)n * 3 * sizeof(float));
+    if (!buf) return 1;
+    float *w = buf + n, *b = buf + 2 * n;
+    load(weight, weight_dtype, w, n);
+    if (bias)
+        load(bias, weight_dtype, b, n);
+    else
+        memset(b, 0, (size_t)n * sizeof(float));
+    for (int64_t i = row_begin; i < row_end; i++) {
+        load(row_out((void *)x, x_dtype, i, n), x_dtype, buf, n);
+        if (residual) load_add(row_out((void *)residual, residual_dtype, i, n), residual_dtype, buf, n);
+        float *o = wide + i * n;
+        if (rms) {
+            double squares = 0.0;
+#pragma omp simd reduction(+ : squares)
+            for (int64_t j = 0; j < n; j++) squares += (double)buf[j] * buf[j];
+            float scale = 1.0f / sqrtf((float)(squares / (double)n) + eps);
+#pragma omp simd
+            for (int64_t j = 0; j < n; j++) o[j] = w[j] * (buf[j] * scale);
+        } else {
+            double sum = 0.0, var = 0.0;
+#pragma omp simd reduction(+ : sum)
+            for (int64_t j = 0; j < n; j++) sum += buf[j];
+            float mean = (float)(sum / (double)n);
+#pragma omp simd reduction(+ : var)
+            for (int64_t j = 0; j < n; j++) var += (double)(buf[j] - mean) * (buf[j] - mean);
+            float rstd = 1.0f / sqrtf((float)(var / (double)n) + eps);
+#pragma omp simd
+            for (int64_t j = 0; j < n; j++) o[j] = (buf[j] - mean) * rstd * w[j] + b[j];
+        }
+        if (low) store(o, row_out(low, low_dtype, i, n), low_dtype, n);
+    }
+    free(buf);
+    return 0;
+}
+
+/* out = x with its first `rotated` dimensions rotated half against half (transformers'
+ * rotate_half): out[j] = a cos[j] - b sin[j], out[j + h] = b cos[j + h] + a sin[j + h] with
+ * a = x[j], b = x[j + h], h = rotated / 2; the other dimensions copied. Row i of x is token
+ * i / inner, whose cos and sin rows (`rotated` wide, contiguous) it reads. */
+int poolkit_rotary(const void *x, int x_dtype, int64_t inner, int64_t outer_stride, int64_t inner_stride,
+                   const void *cos, const void *sin, int cs_dtype, void *out, int64_t row_begin, int64_t row_end,
+                   int64_t n, int64_t rotated) {
+    float *buf = (float *)malloc((size_t)(n + 2 * rotated) * sizeof(float));
+    if (!buf) return 1;
+    float *c = buf + n, *s = c + rotated;
+    int64_t half = rotated / 2, token = -1;
+    for (int64_t i = row_begin; i < row_end; i++) {
+        if (i / inner != token) {
+            token = i / inner;
+            load(row_out((void *)cos, cs_dtype, token, rotated), cs_dtype, c, rotated);
+            load(row_out((void *)sin, cs_dtype, token, rotated), cs_dtype, s, rotated);
+        }
+        const void *src = row_at(x, x_dtype, i, inner, outer_stride, inner_stride);
+        load(src, x_dtype, buf, n);
+        void *dst = row_out(out, x_dtype, i, n);
+        if (x_dtype) {
+            uint16_t *d = (uint16_t *)dst;
+#pragma omp simd
+            for (int64_t j = 0; j < half; j++) {
+                d[j] = float_to_bf16(buf[j] * c[j] - buf[j + half] * s[j]);
+                d[j + half] = float_to_bf16(buf[j + half] * c[j + half] + buf[j] * s[j + half]);
+            }
+            if (n > rotated) memcpy(d + rotated, (const uint16_t *)src + rotated, (size_t)(n - rotated) * 2);
+        } else {
+            float *d = (float *)dst;
+#pragma omp simd
+            for (int64_t j = 0; j < half; j++) {
+                d[j] = buf[j] * c[j] - buf[j + half] * s[j];
+                d[j + half] = buf[j + half] * c[j + half] + buf[j] * s[j + half];
+            }
+            if (n > rotated) memcpy(d + rotated, buf + rotated, (size_t)(n - rotated) * sizeof(float));
+        }
+    }
+    free(buf);
+    return 0;
+}

@@ -1,0 +1,339 @@
+"""Norms and rotary positions, each in one pass: the elementwise work around the matmuls.
+
+Unfused, an RMSNorm in bf16 is six passes over its input (the float32 copy, the square, the
+mean, the scaling, the cast back, the weight), a rotation five (two halves, a negation, a
+concatenation, two products and a sum), and a post-norm layer's ``LayerNorm(x + residual)`` three
+more with the cast of its result for the next matmul: on a CPU, after the matmuls and attention,
+the largest cost of a forward pass (a third of Qwen3-0.6B's in bf16). The compiled kernels read
+each input once and write each output once, computing in float32 and rounding once.
+
+The contracts of the three ops registered here, which every kernel of the op keeps (same
+arguments and defaults as the reference, which is what ``poolkit.kernel_reference(op)`` returns)
+and models rely on without importing this module:
+
+``rms_norm``: ``fn(x, weight, eps, offset=False, residual=None) -> (total, out)``
+
+- ``x``: ``[..., n]`` float tensor; ``residual``: ``None`` or a tensor of ``x``'s shape and dtype;
+- ``weight``: ``[n]``; ``eps``: float; ``offset``: scale by ``1 + weight`` (Gemma) instead of ``weight``;
+- returns ``total``, ``x + residual`` (``x`` itself without a residual), and ``out``, the
+  RMSNorm of ``total`` as transformers computes it: ``total * rsqrt(mean(total ** 2) + eps)`` in
+  float32, then times ``weight`` in the result dtype of ``weight`` and ``total`` (``offset``:
+  times ``1 + weight`` in float32, then in ``total``'s dtype). A kernel may round once where the
+  reference rounds twice (bf16: the normed value, then the product).
+
+``residual_norm``: ``fn(x, residual, weight, bias, eps, rms=False) -> (wide, low)``
+
+- ``x``: ``[..., n]`` float tensor (a sublayer's output); ``residual``: ``None`` or a tensor of
+  ``x``'s shape, any float dtype;
+- ``weight``: ``[n]``; ``bias``: ``[n]`` or ``None``; ``eps``: float; ``rms``: RMSNorm
+  (``weight * total * rsqrt(mean(total ** 2) + eps)``) instead of LayerNorm;
+- returns ``wide``, the norm of ``x + residual`` computed and returned in at least float32 (the
+  residual stream of a post-norm encoder in mixed precision), and ``low``, ``wide`` in
+  ``weight``'s dtype (the next matmul's input; ``wide`` itself when the dtypes agree).
+
+``rotary``: ``fn(x, cos, sin) -> out``
+
+- ``x``: ``[T, ..., d]`` float tensor, the heads of ``T`` tokens;
+- ``cos``, ``sin``: ``[T, r]``, each token's angles' cosines and sines, ``r <= d`` even;
+- returns ``x`` with the first ``r`` dimensions of every head rotated half against half
+  (transformers' ``rotate_half``: ``x * cos + cat(-x2, x1) * sin`` with ``x1, x2`` the two halves)
+  and the others unchanged, ``x``'s shape and dtype. The reference computes in the promoted
+  dtype of ``x`` and ``cos`` (bf16 with bf16 angles, as transformers' Llama; float32 with float32
+  ones, as its ModernBERT), a kernel may compute in float32 and round once.
+
+The compiled implementations (``:c``) are C (``elementwise.c``) built for this CPU on first use
+(:mod:`poolkit.kernels.compiler`); they take bf16 CPU tensors (with float32 ones beside them)
+outside autograd and hand any other call (all-float32, fp16, fp64, strides they cannot read,
+gradients) to the reference. Large
+calls are split by rows over ``torch.get_num_threads()`` threads.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from poolkit.hookspecs import hookimpl
+from poolkit.kernel import Kernel
+from poolkit.kernels.compiler import load_c_library
+
+SOURCE = Path(__file__).with_name("elementwise.c")
+#: The dtype codes of elementwise.c.
+_DTYPES = {torch.float32: 0, torch.bfloat16: 1}
+#: Below this many elements a call runs on the calling thread alone.
+_PARALLEL_ELEMENTS = 1 << 18
+
+
+# -- the references ----------------------------------------------------------------------------
+
+
+def _wide(x: torch.Tensor) -> torch.Tensor:
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def rms_norm(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, offset: bool = False, residual: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x + residual, RMSNorm(x + residual))``, the reference: transformers' ``LlamaRMSNorm``
+    (``offset``: ``GemmaRMSNorm``) after the residual add.
+
+    Args:
+        x: ``[..., n]`` inputs.
+        weight: ``[n]`` scale.
+        eps: added to the mean square.
+        offset: scale by ``1 + weight`` in float32 (Gemma's norms, weights stored centred on 0).
+        residual: added to ``x`` first (a pre-norm layer's residual stream), or ``None``.
+    """
+    total = x if residual is None else x + residual
+    h = total.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    if offset:
+        return total, (h * (1.0 + weight.float())).to(total.dtype)
+    return total, weight * h.to(total.dtype)
+
+
+def residual_norm(
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    eps: float,
+    rms: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``norm(x + residual)`` in at least float32, and the same in ``weight``'s dtype, the reference.
+
+    Args:
+        x: ``[..., n]`` a sublayer's output.
+        residual: the residual stream, or ``None``.
+        weight: ``[n]``; bias: ``[n]`` or ``None``.
+        eps: added to the variance (mean square).
+        rms: RMSNorm instead of LayerNorm.
+    """
+    h = _wide(x if residual is None else x + residual)
+    if rms:
+        wide = weight.to(h.dtype) * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps))
+    else:
+        wide = F.layer_norm(h, h.shape[-1:], weight.to(h.dtype), None if bias is None else bias.to(h.dtype), eps)
+    return wide, wide.to(weight.dtype)
+
+
+def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """``x``'s heads with their first ``cos.shape[-1]`` dimensions rotated (transformers'
+    ``apply_rotary_pos_emb``), computed in the promoted dtype of ``x`` and ``cos``, the reference.
+
+    Args:
+        x: ``[T, ..., d]`` the heads of ``T`` tokens.
+        cos: ``[T, r]`` cosines of each token's angles (``r <= d``, even).
+        sin: ``[T, r]`` sines.
+    """
+    r = cos.shape[-1]
+    dtype = torch.promote_types(x.dtype, cos.dtype)
+    shape = (cos.shape[0],) + (1,) * (x.dim() - 2) + (r,)
+    cos, sin = cos.to(dtype).view(shape), sin.to(dtype).view(shape)
+    head, tail = x[..., :r].to(dtype), x[..., r:]
+    x1, x2 = head.chunk(2, dim=-1)
+    head = (head * cos + torch.cat((-x2, x1), dim=-1) * sin).to(x.dtype)
+    return head if tail.shape[-1] == 0 else torch.cat((head, tail), dim=-1)
+
+
+# -- the compiled kernels ----------------------------------------------------------------------
+
+_P, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
+_SIGNATURES = {
+    "poolkit_rms_norm": (_P, ctypes.c_int, _I, _I, _I, _P, ctypes.c_int, _P, ctypes.c_int, _P, ctypes.c_int,
+                         _P, ctypes.c_int, _I, _I, _I, _F, ctypes.c_int),
+    "poolkit_residual_norm": (_P, ctypes.c_int, _P, ctypes.c_int, _P, _P, ctypes.c_int, _P, _P, ctypes.c_int,
+                              _I, _I, _I, _F, ctypes.c_int),
+    "poolkit_rotary": (_P, ctypes.c_int, _I, _I, _I, _P, _P, ctypes.c_int, _P, _I, _I, _I, _I),
+}
+
+
+@functools.cache
+def _library() -> ctypes.CDLL | None:
+    lib = load_c_library(SOURCE)
+    if lib is None:
+        return None
+    for name, argtypes in _SIGNATURES.items():
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = argtypes, ctypes.c_int
+    return lib
+
+
+def _compiled_available() -> bool:
+    return _library() is not None
+
+
+@functools.cache
+def _pool(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="poolkit-elementwise")
+
+
+# A forked child has none of its parent's threads: it starts pools of its own.
+os.register_at_fork(after_in_child=_pool.cache_clear)
+
+
+def _run_rows(fn, rows: int, elements: int, *args_before, args_after=()) -> None:
+    """``fn(*args_before, begin, end, *args_after)`` over ``rows``, split by rows over torch's
+    intra-op thread count when the call is large (ctypes releases the GIL while C runs)."""
+    workers = min(torch.get_num_threads(), rows)
+    if workers <= 1 or elements < _PARALLEL_ELEMENTS:
+        if fn(*args_before, 0, rows, *args_after):
+            raise MemoryError("poolkit elementwise kernel: out of memory for its scratch row")
+        return
+    step = -(-rows // workers)
+    spans = [(b, min(b + step, rows)) for b in range(step, rows, step)]
+    futures = [_pool(workers - 1).submit(fn, *args_before, b, e, *args_after) for b, e in spans]
+    codes = [fn(*args_before, 0, step, *args_after)] + [f.result() for f in futures]
+    if any(codes):
+        raise MemoryError("poolkit elementwise kernel: out of memory for its scratch row")
+
+
+def _compiled_runs(*tensors: torch.Tensor | None) -> bool:
+    """Whether the C kernels take these tensors: on the CPU, bf16 among them and the rest float32,
+    no gradient wanted. All-float32 calls keep torch's arithmetic, which is transformers' own to
+    the last bit (a different reduction order would be as accurate, but tiny random models with
+    large weights amplify a last-bit difference a hundredfold, and fp32 parity is checked there)."""
+    present = [t for t in tensors if t is not None]
+    return (
+        all(t.device.type == "cpu" and t.dtype in _DTYPES for t in present)
+        and any(t.dtype == torch.bfloat16 for t in present)
+        and not (torch.is_grad_enabled() and any(t.requires_grad for t in present))
+    )
+
+
+def _row_layout(x: torch.Tensor) -> tuple[int, int, int] | None:
+    """``(inner, outer_stride, inner_stride)`` addressing the rows of ``x`` (``[..., n]``, last
+    dimension contiguous) as ``i // inner`` and ``i % inner``; ``None`` when they need more."""
+    if x.stride(-1) != 1 and x.shape[-1] > 1:
+        return None
+    if x.dim() == 1:
+        return 1, 0, 0
+    lead = [(size, stride) for size, stride in zip(x.shape[:-1], x.stride()[:-1]) if size != 1] or [(1, 0)]
+    # Merge the inner dimensions into one run of equally spaced rows; the first stays the outer one.
+    inner_size, inner_stride = lead[-1]
+    for size, stride in reversed(lead[1:-1]):
+        if stride != inner_size * inner_stride:
+            return None
+        inner_size *= size
+    if len(lead) == 1:
+        return 1, lead[0][1], 0
+    return inner_size, lead[0][1], inner_stride
+
+
+def rms_norm_c(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, offset: bool = False, residual: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`rms_norm` in one pass (C): the residual add, the norm and the scale, rounded once."""
+    layout = _row_layout(x)
+    lib = _library()
+    if (
+        lib is None
+        or layout is None
+        or not _compiled_runs(x, weight, residual)
+        or (residual is not None and (residual.dtype != x.dtype or residual.shape != x.shape or not residual.is_contiguous()))
+        or weight.shape != x.shape[-1:]
+        or not weight.is_contiguous()
+    ):
+        return rms_norm(x, weight, eps, offset, residual)
+    n = x.shape[-1]
+    rows = x.numel() // n if n else 0
+    total = x if residual is None else torch.empty(x.shape, dtype=x.dtype)
+    out_dtype = x.dtype if offset else torch.promote_types(weight.dtype, x.dtype)
+    out = torch.empty(x.shape, dtype=out_dtype)
+    if rows:
+        _run_rows(
+            lib.poolkit_rms_norm, rows, x.numel(),
+            x.data_ptr(), _DTYPES[x.dtype], *layout,
+            None if residual is None else residual.data_ptr(), _DTYPES[x.dtype],
+            None if residual is None else total.data_ptr(), _DTYPES[x.dtype],
+            weight.data_ptr(), _DTYPES[weight.dtype], out.data_ptr(), _DTYPES[out_dtype],
+            args_after=(n, eps, int(offset)),
+        )
+    return total, out
+
+
+def residual_norm_c(
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    eps: float,
+    rms: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`residual_norm` in one pass (C): the add, the norm and both outputs."""
+    lib = _library()
+    if (
+        lib is None
+        or not _compiled_runs(x, residual, weight, bias)
+        or not x.is_contiguous()
+        or (residual is not None and (residual.shape != x.shape or not residual.is_contiguous()))
+        or weight.shape != x.shape[-1:]
+        or (bias is not None and (bias.dtype != weight.dtype or bias.shape != weight.shape))
+        or not weight.is_contiguous()
+        or (bias is not None and not bias.is_contiguous())
+    ):
+        return residual_norm(x, residual, weight, bias, eps, rms)
+    n = x.shape[-1]
+    rows = x.numel() // n if n else 0
+    wide = torch.empty(x.shape, dtype=torch.float32)
+    low = wide if weight.dtype == torch.float32 else torch.empty(x.shape, dtype=weight.dtype)
+    if rows:
+        _run_rows(
+            lib.poolkit_residual_norm, rows, x.numel(),
+            x.data_ptr(), _DTYPES[x.dtype],
+            None if residual is None else residual.data_ptr(), 0 if residual is None else _DTYPES[residual.dtype],
+            weight.data_ptr(), None if bias is None else bias.data_ptr(), _DTYPES[weight.dtype],
+            wide.data_ptr(), None if low is wide else low.data_ptr(), _DTYPES[low.dtype],
+            args_after=(n, eps, int(rms)),
+        )
+    return wide, low
+
+
+def rotary_c(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """:func:`rotary` in one pass (C), computed in float32 and rounded once."""
+    lib = _library()
+    layout = _row_layout(x) if x.dim() >= 2 else None
+    r = cos.shape[-1]
+    if (
+        lib is None
+        or layout is None
+        or not _compiled_runs(x, cos, sin)
+        or cos.dim() != 2
+        or cos.shape != sin.shape
+        or cos.dtype != sin.dtype
+        or cos.shape[0] != x.shape[0]
+        or r % 2
+        or r > x.shape[-1]
+        or not (cos.is_contiguous() and sin.is_contiguous())
+    ):
+        return rotary(x, cos, sin)
+    n = x.shape[-1]
+    rows = x.numel() // n if n else 0
+    inner = rows // x.shape[0] if x.shape[0] else 1
+    if layout[0] != inner and rows:
+        # Rows of one token must be one run (a middle dimension of size 1 is fine, a split one is not).
+        return rotary(x, cos, sin)
+    out = torch.empty(x.shape, dtype=x.dtype)
+    if rows:
+        _run_rows(
+            lib.poolkit_rotary, rows, x.numel(),
+            x.data_ptr(), _DTYPES[x.dtype], *layout, cos.data_ptr(), sin.data_ptr(), _DTYPES[cos.dtype], out.data_ptr(),
+            args_after=(n, r),
+        )
+    return out
+
+
+@hookimpl
+def poolkit_register_kernels(register):
+    for op, reference, compiled in (
+        ("rms_norm", rms_norm, rms_norm_c),
+        ("residual_norm", residual_norm, residual_norm_c),
+        ("rotary", rotary, rotary_c),
+    ):
+        register(f"{op}:torch", Kernel(fn=reference, reference=reference, device="any"))
+        register(f"{op}:c", Kernel(fn=compiled, reference=reference, device="cpu", priority=10, is_available=_compiled_available))

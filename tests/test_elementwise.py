@@ -1,0 +1,273 @@
+"""The elementwise kernel ops (rms_norm, residual_norm, rotary): the references against
+transformers' own code, the compiled C kernels against the references and the float64 result,
+and the compiler's cache and refusals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from poolkit.kernels import compiler, elementwise
+from poolkit.kernels.elementwise import residual_norm, residual_norm_c, rms_norm, rms_norm_c, rotary, rotary_c
+
+needs_c = pytest.mark.skipif(elementwise._library() is None, reason="no C compiler: the compiled kernels are off")
+BF16_ULP = 2.0**-7  # relative spacing of bf16 values
+
+
+def _rand(*shape: int, seed: int = 0, scale: float = 1.0, shift: float = 0.0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g) * scale + shift
+
+
+def _within_rounding(ours: torch.Tensor, reference: torch.Tensor, exact: torch.Tensor) -> None:
+    """``ours`` is at least as close to ``exact`` as the reference, up to one bf16 rounding of each value."""
+    ours, reference, exact = ours.double(), reference.double(), exact.double()
+    slack = exact.abs() * BF16_ULP + 1e-6
+    assert ((ours - exact).abs() <= (reference - exact).abs() + slack).all()
+    assert (ours - reference).abs().max() <= (2 * slack).max()
+
+
+# -- the references are transformers' arithmetic -----------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("offset", [False, True])
+def test_rms_norm_reference_is_transformers_rmsnorm(dtype: torch.dtype, offset: bool) -> None:
+    from transformers.models.gemma.modeling_gemma import GemmaRMSNorm
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    theirs = (GemmaRMSNorm(64, eps=1e-6) if offset else LlamaRMSNorm(64, eps=1e-6)).to(dtype)
+    with torch.no_grad():
+        theirs.weight.copy_(_rand(64, seed=1) * 0.3)
+    x, residual = _rand(5, 64).to(dtype), _rand(5, 64, seed=2).to(dtype)
+    with torch.no_grad():
+        total, out = rms_norm(x, theirs.weight, 1e-6, offset, residual)
+        assert torch.equal(total, x + residual)
+        assert torch.equal(out, theirs(x + residual))
+        assert rms_norm(x, theirs.weight, 1e-6, offset)[0] is x
+
+
+def test_residual_norm_reference_is_a_wide_layer_norm() -> None:
+    x, residual = _rand(6, 48).bfloat16(), _rand(6, 48, seed=1)
+    norm = torch.nn.LayerNorm(48).bfloat16()
+    wide, low = residual_norm(x, residual, norm.weight, norm.bias, 1e-5)
+    expected = F.layer_norm(x.float() + residual, (48,), norm.weight.float(), norm.bias.float(), 1e-5)
+    assert wide.dtype == torch.float32 and torch.equal(wide, expected) and torch.equal(low, expected.bfloat16())
+    w32 = torch.ones(48)
+    wide, low = residual_norm(x.float(), None, w32, None, 1e-5, rms=True)
+    assert low is wide and torch.allclose(wide, x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + 1e-5))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rotary_reference_is_transformers_apply_rotary_pos_emb(dtype: torch.dtype) -> None:
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    T, H, D = 7, 3, 16
+    q, k = _rand(T, H, D).to(dtype), _rand(T, H, D, seed=1).to(dtype)
+    angles = torch.arange(T).float()[:, None] * 1e-2 ** (torch.arange(0, D, 2).float() / D)
+    angles = torch.cat((angles, angles), -1)
+    cos, sin = angles.cos().to(dtype), angles.sin().to(dtype)
+    # transformers takes [batch, heads, T, D] with cos [batch, T, D]
+    tq, tk = apply_rotary_pos_emb(q.transpose(0, 1)[None], k.transpose(0, 1)[None], cos[None], sin[None])
+    assert torch.equal(rotary(q, cos, sin), tq[0].transpose(0, 1))
+    assert torch.equal(rotary(k, cos, sin), tk[0].transpose(0, 1))
+    # a partial rotation leaves the other dimensions alone
+    part = rotary(q, cos[:, :8].contiguous(), sin[:, :8].contiguous())
+    assert torch.equal(part[..., 8:], q[..., 8:])
+
+
+# -- the compiled kernels ----------------------------------------------------------------------
+
+
+@needs_c
+@pytest.mark.parametrize("offset", [False, True])
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_rms_norm_c_is_as_close_to_exact_as_the_reference(offset: bool, with_residual: bool) -> None:
+    x = _rand(37, 96, scale=3.0, shift=0.5).bfloat16()
+    residual = _rand(37, 96, seed=1).bfloat16() if with_residual else None
+    weight = (_rand(96, seed=2) * 0.2 + (0.0 if offset else 1.0)).bfloat16()
+    total, out = rms_norm_c(x, weight, 1e-6, offset, residual)
+    ref_total, ref_out = rms_norm(x, weight, 1e-6, offset, residual)
+    assert torch.equal(total, ref_total) and out.dtype == ref_out.dtype == torch.bfloat16
+    _, exact = rms_norm(ref_total.double(), weight.double(), 1e-6, offset)
+    _within_rounding(out, ref_out, exact)
+
+
+@needs_c
+def test_rms_norm_c_reads_query_heads_in_place() -> None:
+    """Qwen3's q/k norm: per-head norms of a strided view into the fused qkv output."""
+    qkv = _rand(11, 4 * 32 + 2 * 2 * 32).bfloat16()
+    q = qkv[:, : 4 * 32].view(11, 4, 32)
+    k = qkv[:, 4 * 32 : 6 * 32].view(11, 2, 32)
+    weight = (_rand(32, seed=3) * 0.1 + 1).bfloat16()
+    for heads in (q, k):
+        assert not heads.is_contiguous()
+        _within_rounding(rms_norm_c(heads, weight, 1e-6)[1], rms_norm(heads, weight, 1e-6)[1],
+                         rms_norm(heads.double(), weight.double(), 1e-6)[1])
+
+
+@needs_c
+@pytest.mark.parametrize("rms", [False, True])
+@pytest.mark.parametrize("bias", [False, True])
+def test_residual_norm_c_is_as_close_to_exact_as_the_reference(rms: bool, bias: bool) -> None:
+    x, residual = _rand(29, 80, scale=2.0).bfloat16(), _rand(29, 80, seed=1, shift=3.0)
+    weight, b = (_rand(80, seed=2) * 0.1 + 1).bfloat16(), (_rand(80, seed=3) * 0.1).bfloat16()
+    b = b if bias else None
+    for res in (residual, None):
+        wide, low = residual_norm_c(x, res, weight, b, 1e-5, rms)
+        ref_wide, ref_low = residual_norm(x, res, weight, b, 1e-5, rms)
+        exact, _ = residual_norm(x.double(), None if res is None else res.double(), weight.double(),
+                                 None if b is None else b.double(), 1e-5, rms)
+        assert wide.dtype == torch.float32 and low.dtype == torch.bfloat16
+        assert (wide.double() - exact).abs().max() <= (ref_wide.double() - exact).abs().max() + 1e-5
+        assert torch.equal(low, wide.bfloat16())
+        _within_rounding(low, ref_low, exact)
+
+
+@needs_c
+def test_rotary_c_rotates_strided_heads_and_partial_dimensions() -> None:
+    """GTE / NomicBERT rotate q and k as one [T, 2, heads, d] view of the fused qkv output."""
+    T, H, D = 13, 3, 32
+    qkv = _rand(T, 3, H, D, scale=2.0).bfloat16()
+    angles = _rand(T, D // 2, seed=5) * 10
+    for r in (D, D // 2):
+        a = torch.cat((angles[:, : r // 2], angles[:, : r // 2]), -1)
+        cos, sin = a.cos().bfloat16(), a.sin().bfloat16()
+        qk = qkv[:, :2]
+        out = rotary_c(qk, cos, sin)
+        assert out.shape == qk.shape and out.is_contiguous()
+        exact = rotary(qk.double(), cos.double(), sin.double())
+        _within_rounding(out, rotary(qk, cos, sin), exact)
+        assert torch.equal(out[..., r:], qk[..., r:])
+
+
+@needs_c
+def test_split_over_threads_gives_the_same_bits(monkeypatch: pytest.MonkeyPatch) -> None:
+    x, residual = _rand(300, 1024).bfloat16(), _rand(300, 1024, seed=1).bfloat16()
+    weight = (_rand(1024, seed=2) * 0.1 + 1).bfloat16()
+    cos, sin = _rand(300, 64, seed=3).bfloat16(), _rand(300, 64, seed=4).bfloat16()
+    heads = x.view(300, 16, 64)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = (rms_norm_c(x, weight, 1e-6, False, residual), residual_norm_c(x, residual.float(), weight, None, 1e-5),
+               rotary_c(heads, cos, sin))
+        torch.set_num_threads(3)
+        monkeypatch.setattr(elementwise, "_PARALLEL_ELEMENTS", 1)
+        many = (rms_norm_c(x, weight, 1e-6, False, residual), residual_norm_c(x, residual.float(), weight, None, 1e-5),
+                rotary_c(heads, cos, sin))
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(torch.utils._pytree.tree_leaves(one), torch.utils._pytree.tree_leaves(many)):
+        assert torch.equal(a, b)
+
+
+@needs_c
+def test_a_forked_child_splits_over_threads_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    x = _rand(64, 512).bfloat16()
+    weight = torch.ones(512).bfloat16()
+    monkeypatch.setattr(elementwise, "_PARALLEL_ELEMENTS", 1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        expected = rms_norm_c(x, weight, 1e-6)[1]  # the parent's pool now has a thread
+        pid = os.fork()
+        if pid == 0:  # the child would wait forever on the parent's pool: an alarm ends it
+            signal.alarm(30)
+            os._exit(0 if torch.equal(rms_norm_c(x, weight, 1e-6)[1], expected) else 1)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        torch.set_num_threads(threads)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+@needs_c
+def test_calls_the_c_kernels_do_not_take_go_to_the_reference() -> None:
+    x32 = _rand(4, 16)
+    w32 = torch.ones(16)
+    cos, sin = torch.ones(4, 16), torch.zeros(4, 16)
+    # all float32: torch's own arithmetic, to the last bit
+    assert torch.equal(rms_norm_c(x32, w32, 1e-6)[1], rms_norm(x32, w32, 1e-6)[1])
+    assert torch.equal(residual_norm_c(x32, x32, w32, None, 1e-5)[0], residual_norm(x32, x32, w32, None, 1e-5)[0])
+    # fp16, fp64, a transposed last dimension, a 3-D cos, gradients
+    for x in (x32.half(), x32.double()):
+        assert torch.equal(rms_norm_c(x, w32.to(x.dtype), 1e-6)[1], rms_norm(x, w32.to(x.dtype), 1e-6)[1])
+    xt = _rand(16, 4).bfloat16().t()
+    assert torch.equal(rms_norm_c(xt, w32.bfloat16(), 1e-6)[1], rms_norm(xt, w32.bfloat16(), 1e-6)[1])
+    heads = _rand(4, 2, 16).bfloat16()
+    assert torch.equal(rotary_c(heads, cos[:, None].bfloat16(), sin[:, None].bfloat16()),
+                       rotary(heads, cos[:, None].bfloat16(), sin[:, None].bfloat16()))
+    leaf = _rand(4, 16).bfloat16().requires_grad_()
+    rms_norm_c(leaf, w32.bfloat16(), 1e-6)[1].float().sum().backward()
+    assert leaf.grad is not None and leaf.grad.abs().sum() > 0
+
+
+def test_the_c_kernels_are_selected_on_the_cpu_when_they_build() -> None:
+    import poolkit
+
+    rows = {(r["op"], r["for_device"]): r for r in poolkit.kernel_table() if r["selected"]}
+    for op in ("rms_norm", "residual_norm", "rotary"):
+        assert rows[(op, "cuda")]["kernel"] == f"{op}:torch"
+        assert rows[(op, "cpu")]["kernel"] == (f"{op}:c" if elementwise._library() is not None else f"{op}:torch")
+
+
+# -- the compiler ------------------------------------------------------------------------------
+
+_ADD = "int add(int a, int b) { return a + b; }\n"
+
+
+def test_load_c_library_builds_once_and_caches_by_content(tmp_path, monkeypatch) -> None:
+    if compiler.find_compiler() is None:
+        pytest.skip("no C compiler")
+    monkeypatch.setenv("POOLKIT_KERNEL_CACHE", str(tmp_path / "cache"))
+    source = tmp_path / "adder.c"
+    source.write_text(_ADD)
+    lib = compiler.load_c_library.__wrapped__(source)
+    assert lib is not None and lib.add(2, 3) == 5
+    built = list((tmp_path / "cache").glob("adder-*.so"))
+    assert len(built) == 1
+    stamp = built[0].stat().st_mtime_ns
+    assert compiler.load_c_library.__wrapped__(source).add(1, 1) == 2
+    assert built[0].stat().st_mtime_ns == stamp  # not rebuilt
+    source.write_text(_ADD.replace("a + b", "a - b"))
+    assert compiler.load_c_library.__wrapped__(source).add(5, 3) == 2
+    assert len(list((tmp_path / "cache").glob("adder-*.so"))) == 2
+    assert not list((tmp_path / "cache").glob("*.so.tmp*")) and len(list((tmp_path / "cache").iterdir())) == 2
+
+
+def test_a_source_that_does_not_compile_turns_the_kernels_off(tmp_path, monkeypatch, caplog) -> None:
+    if compiler.find_compiler() is None:
+        pytest.skip("no C compiler")
+    monkeypatch.setenv("POOLKIT_KERNEL_CACHE", str(tmp_path / "cache"))
+    source = tmp_path / "broken.c"
+    source.write_text("int add(int a, int b) { return a + ; }\n")
+    with caplog.at_level("INFO", logger="poolkit.kernels.compiler"):
+        assert compiler.load_c_library.__wrapped__(source) is None
+    assert "compiled CPU kernels are off" in caplog.text
+    assert list((tmp_path / "cache").iterdir()) == []  # no half-written library left behind
+
+
+def test_switched_off_or_without_a_compiler_the_references_run(tmp_path) -> None:
+    script = textwrap.dedent(
+        """
+        import poolkit
+        from poolkit.kernels import elementwise
+        rows = [r for r in poolkit.kernel_table(["cpu"]) if r["op"] == "rms_norm"]
+        print(elementwise._library() is None, [r["kernel"] for r in rows if r["selected"]])
+        """
+    )
+    base = {k: v for k, v in os.environ.items() if k not in ("CC", "POOLKIT_C_KERNELS")}
+    base["POOLKIT_KERNEL_CACHE"] = str(tmp_path / "cache")
+    for extra in ({"POOLKIT_C_KERNELS": "0"}, {"CC": "/nonexistent/cc", "PATH": str(tmp_path)}):
+        done = subprocess.run([sys.executable, "-c", script], env={**base, **extra}, capture_output=True, text=True,
+                              timeout=300, check=False)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "True ['rms_norm:torch']", (extra, done.stdout, done.stderr)
+    assert not (tmp_path / "cache").exists()
