@@ -72,10 +72,6 @@ _PARALLEL_ELEMENTS = 1 << 18
 # -- the references ----------------------------------------------------------------------------
 
 
-def _wide(x: torch.Tensor) -> torch.Tensor:
-    return x if x.dtype in (torch.float32, torch.float64) else x.float()
-
-
 def rms_norm(
     x: torch.Tensor, weight: torch.Tensor, eps: float, offset: bool = False, residual: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,7 +110,8 @@ def residual_norm(
         eps: added to the variance (mean square).
         rms: RMSNorm instead of LayerNorm.
     """
-    h = _wide(x if residual is None else x + residual)
+    total = x if residual is None else x + residual
+    h = total.to(torch.promote_types(total.dtype, torch.float32))
     if rms:
         wide = weight.to(h.dtype) * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps))
     else:

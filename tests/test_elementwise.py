@@ -86,13 +86,18 @@ def test_rotary_reference_is_transformers_apply_rotary_pos_emb(dtype: torch.dtyp
 # -- the compiled kernels ----------------------------------------------------------------------
 
 
+#: Row widths: a multiple of 16 (the AVX512-BF16 fast paths, where the CPU has them) and not.
+WIDTHS = [96, 100]
+
+
 @needs_c
+@pytest.mark.parametrize("n", WIDTHS)
 @pytest.mark.parametrize("offset", [False, True])
 @pytest.mark.parametrize("with_residual", [False, True])
-def test_rms_norm_c_is_as_close_to_exact_as_the_reference(offset: bool, with_residual: bool) -> None:
-    x = _rand(37, 96, scale=3.0, shift=0.5).bfloat16()
-    residual = _rand(37, 96, seed=1).bfloat16() if with_residual else None
-    weight = (_rand(96, seed=2) * 0.2 + (0.0 if offset else 1.0)).bfloat16()
+def test_rms_norm_c_is_as_close_to_exact_as_the_reference(offset: bool, with_residual: bool, n: int) -> None:
+    x = _rand(37, n, scale=3.0, shift=0.5).bfloat16()
+    residual = _rand(37, n, seed=1).bfloat16() if with_residual else None
+    weight = (_rand(n, seed=2) * 0.2 + (0.0 if offset else 1.0)).bfloat16()
     total, out = rms_norm_c(x, weight, 1e-6, offset, residual)
     ref_total, ref_out = rms_norm(x, weight, 1e-6, offset, residual)
     assert torch.equal(total, ref_total) and out.dtype == ref_out.dtype == torch.bfloat16
@@ -114,11 +119,12 @@ def test_rms_norm_c_reads_query_heads_in_place() -> None:
 
 
 @needs_c
+@pytest.mark.parametrize("n", WIDTHS)
 @pytest.mark.parametrize("rms", [False, True])
 @pytest.mark.parametrize("bias", [False, True])
-def test_residual_norm_c_is_as_close_to_exact_as_the_reference(rms: bool, bias: bool) -> None:
-    x, residual = _rand(29, 80, scale=2.0).bfloat16(), _rand(29, 80, seed=1, shift=3.0)
-    weight, b = (_rand(80, seed=2) * 0.1 + 1).bfloat16(), (_rand(80, seed=3) * 0.1).bfloat16()
+def test_residual_norm_c_is_as_close_to_exact_as_the_reference(rms: bool, bias: bool, n: int) -> None:
+    x, residual = _rand(29, n, scale=2.0).bfloat16(), _rand(29, n, seed=1, shift=3.0)
+    weight, b = (_rand(n, seed=2) * 0.1 + 1).bfloat16(), (_rand(n, seed=3) * 0.1).bfloat16()
     b = b if bias else None
     for res in (residual, None):
         wide, low = residual_norm_c(x, res, weight, b, 1e-5, rms)
@@ -134,10 +140,10 @@ def test_residual_norm_c_is_as_close_to_exact_as_the_reference(rms: bool, bias: 
 @needs_c
 def test_rotary_c_rotates_strided_heads_and_partial_dimensions() -> None:
     """GTE / NomicBERT rotate q and k as one [T, 2, heads, d] view of the fused qkv output."""
-    T, H, D = 13, 3, 32
+    T, H, D = 13, 3, 64
     qkv = _rand(T, 3, H, D, scale=2.0).bfloat16()
     angles = _rand(T, D // 2, seed=5) * 10
-    for r in (D, D // 2):
+    for r in (D, D // 2, 20):  # halves of 32, 16 (the fast path's multiples of 16) and 10
         a = torch.cat((angles[:, : r // 2], angles[:, : r // 2]), -1)
         cos, sin = a.cos().bfloat16(), a.sin().bfloat16()
         qk = qkv[:, :2]
