@@ -112,13 +112,13 @@ def load_c_library(source: str | os.PathLike) -> ctypes.CDLL | None:
         logger.info("no C compiler found: poolkit's compiled CPU kernels are off (the torch references run)")
         return None
     path = Path(source)
-    key = hashlib.sha256()
-    for part in (path.read_bytes(), compiler.encode(), _compiler_version(compiler).encode(), _cpu_signature().encode(),
-                 " ".join(CFLAGS + NATIVE_FLAGS).encode()):
-        key.update(part)
-        key.update(b"\0")
-    target = cache_dir() / f"{path.stem}-{key.hexdigest()[:20]}.so"
     try:
+        key = hashlib.sha256()
+        for part in (path.read_bytes(), compiler.encode(), _compiler_version(compiler).encode(),
+                     _cpu_signature().encode(), " ".join(CFLAGS + NATIVE_FLAGS).encode()):
+            key.update(part)
+            key.update(b"\0")
+        target = cache_dir() / f"{path.stem}-{key.hexdigest()[:20]}.so"
         if not target.exists():
             _build(compiler, path, target)
         return ctypes.CDLL(str(target))

@@ -258,6 +258,12 @@ def test_a_source_that_does_not_compile_turns_the_kernels_off(tmp_path, monkeypa
         assert compiler.load_c_library.__wrapped__(source) is None
     assert "compiled CPU kernels are off" in caplog.text
     assert list((tmp_path / "cache").iterdir()) == []  # no half-written library left behind
+    # a missing source (a broken install) or a cache that cannot be written: off as well
+    assert compiler.load_c_library.__wrapped__(tmp_path / "missing.c") is None
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("POOLKIT_KERNEL_CACHE", str(tmp_path / "file" / "cache"))
+    source.write_text(_ADD)
+    assert compiler.load_c_library.__wrapped__(source) is None
 
 
 def test_switched_off_or_without_a_compiler_the_references_run(tmp_path) -> None:
