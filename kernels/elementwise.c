@@ -276,10 +276,22 @@ int poolkit_residual_norm(const void *x, int x_dtype, const void *residual, int 
 int poolkit_rotary(const void *x, int x_dtype, int64_t inner, int64_t outer_stride, int64_t inner_stride,
                    const void *cos, const void *sin, int cs_dtype, void *out, int64_t row_begin, int64_t row_end,
                    int64_t n, int64_t rotated) {
+    int64_t half = rotated / 2, token = -1;
+#ifdef POOLKIT_AVX512BF16
+    if (x_dtype == 1 && cs_dtype == 1 && half % 16 == 0) {
+        for (int64_t i = row_begin; i < row_end; i++) {
+            const uint16_t *src = (const uint16_t *)row_at(x, 1, i, inner, outer_stride, inner_stride);
+            uint16_t *d = (uint16_t *)out + i * n;
+            token = i / inner;
+            rotary_row_bf16(src, (const uint16_t *)cos + token * rotated, (const uint16_t *)sin + token * rotated, d, half);
+            if (n > rotated) memcpy(d + rotated, src + rotated, (size_t)(n - rotated) * 2);
+        }
+        return 0;
+    }
+#endif
     float *buf = (float *)malloc((size_t)(n + 2 * rotated) * sizeof(float));
     if (!buf) return 1;
     float *c = buf + n, *s = c + rotated;
-    int64_t half = rotated / 2, token = -1;
     for (int64_t i = row_begin; i < row_end; i++) {
         if (i / inner != token) {
             token = i / inner;
@@ -287,15 +299,6 @@ int poolkit_rotary(const void *x, int x_dtype, int64_t inner, int64_t outer_stri
             load(row_out((void *)sin, cs_dtype, token, rotated), cs_dtype, s, rotated);
         }
         const void *src = row_at(x, x_dtype, i, inner, outer_stride, inner_stride);
-#ifdef POOLKIT_AVX512BF16
-        if (x_dtype == 1 && cs_dtype == 1 && half % 16 == 0) {
-            uint16_t *d = (uint16_t *)out + i * n;
-            rotary_row_bf16((const uint16_t *)src, (const uint16_t *)cos + token * rotated,
-                            (const uint16_t *)sin + token * rotated, d, half);
-            if (n > rotated) memcpy(d + rotated, (const uint16_t *)src + rotated, (size_t)(n - rotated) * 2);
-            continue;
-        }
-#endif
         load(src, x_dtype, buf, n);
         void *dst = row_out(out, x_dtype, i, n);
         if (x_dtype) {

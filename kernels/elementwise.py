@@ -179,13 +179,12 @@ def _run_rows(fn, rows: int, elements: int, *args_before, args_after=()) -> None
     intra-op thread count when the call is large (ctypes releases the GIL while C runs)."""
     workers = min(torch.get_num_threads(), rows)
     if workers <= 1 or elements < _PARALLEL_ELEMENTS:
-        if fn(*args_before, 0, rows, *args_after):
-            raise MemoryError("poolkit elementwise kernel: out of memory for its scratch row")
-        return
-    step = -(-rows // workers)
-    spans = [(b, min(b + step, rows)) for b in range(step, rows, step)]
-    futures = [_pool(workers - 1).submit(fn, *args_before, b, e, *args_after) for b, e in spans]
-    codes = [fn(*args_before, 0, step, *args_after)] + [f.result() for f in futures]
+        codes = [fn(*args_before, 0, rows, *args_after)]
+    else:
+        step = -(-rows // workers)
+        spans = [(b, min(b + step, rows)) for b in range(step, rows, step)]
+        futures = [_pool(workers - 1).submit(fn, *args_before, b, e, *args_after) for b, e in spans]
+        codes = [fn(*args_before, 0, step, *args_after)] + [f.result() for f in futures]
     if any(codes):
         raise MemoryError("poolkit elementwise kernel: out of memory for its scratch row")
 
