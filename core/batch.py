@@ -9,6 +9,21 @@ from typing import Sequence
 import torch
 
 
+def device_tensor(data: Sequence, dtype: torch.dtype, device: torch.device | str | None) -> torch.Tensor:
+    """A tensor of host data on ``device``, without making the host wait for the device.
+
+    ``torch.tensor(data, device="cuda")`` copies from pageable memory and then waits for
+    everything queued on the device; the copy from pinned memory here is queued behind that work
+    instead, so the host can prepare the next batch while the device computes this one.
+    """
+    host = torch.tensor(data, dtype=dtype)
+    if device is None or torch.device(device).type == "cpu":
+        return host
+    if torch.device(device).type == "cuda":
+        host = host.pin_memory()
+    return host.to(device, non_blocking=True)
+
+
 @dataclass(eq=False)
 class PackedBatch:
     """Token sequences concatenated into one flat batch.
@@ -43,10 +58,10 @@ class PackedBatch:
         """Pack lists of token ids (and optional segment ids) into one batch."""
         lens = [len(s) for s in sequences]
         flat = [t for s in sequences for t in s]
-        ids = torch.tensor(flat, dtype=torch.long, device=device)
+        ids = device_tensor(flat, torch.long, device)
         types = None
         if token_type_ids is not None and any(any(t) for t in token_type_ids):
-            types = torch.tensor([t for s in token_type_ids for t in s], dtype=torch.long, device=device)
+            types = device_tensor([t for s in token_type_ids for t in s], torch.long, device)
         skip = list(pool_skip) if pool_skip is not None and any(pool_skip) else None
         return cls(ids, lens, types, skip)
 
@@ -73,7 +88,7 @@ class PackedBatch:
     @cached_property
     def lens(self) -> torch.Tensor:
         """``[B]`` sequence lengths."""
-        return torch.tensor(self.seq_lens, dtype=torch.long, device=self.device)
+        return device_tensor(self.seq_lens, torch.long, self.device)
 
     @cached_property
     def cu_seqlens(self) -> torch.Tensor:
@@ -83,14 +98,20 @@ class PackedBatch:
         return out
 
     @cached_property
+    def cu_seqlens_int32(self) -> torch.Tensor:
+        """:attr:`cu_seqlens` as int32, the offsets' type FlashAttention kernels take."""
+        return self.cu_seqlens.to(torch.int32)
+
+    @cached_property
     def seq_ids(self) -> torch.Tensor:
         """``[T]`` index of the sequence each token belongs to."""
-        return torch.repeat_interleave(torch.arange(self.num_seqs, device=self.device), self.lens)
+        sequences = torch.arange(self.num_seqs, device=self.device)
+        return torch.repeat_interleave(sequences, self.lens, output_size=self.num_tokens)
 
     @cached_property
     def positions(self) -> torch.Tensor:
         """``[T]`` position of each token inside its own sequence, from 0."""
-        starts = torch.repeat_interleave(self.cu_seqlens[:-1], self.lens)
+        starts = torch.repeat_interleave(self.cu_seqlens[:-1], self.lens, output_size=self.num_tokens)
         return torch.arange(self.num_tokens, device=self.device) - starts
 
     @cached_property
@@ -108,8 +129,8 @@ class PackedBatch:
         """``[T]`` bool, False for the tokens pooling leaves out; ``None`` when it keeps all."""
         if self.pool_skip is None:
             return None
-        skip = torch.tensor(self.pool_skip, dtype=torch.long, device=self.device)
-        return self.positions >= torch.repeat_interleave(skip, self.lens)
+        skip = device_tensor(self.pool_skip, torch.long, self.device)
+        return self.positions >= torch.repeat_interleave(skip, self.lens, output_size=self.num_tokens)
 
     @cached_property
     def length_runs(self) -> list[tuple[int, int, int]]:
@@ -140,7 +161,7 @@ class PackedBatch:
         starts = self.cu_seqlens[:-1]
         groups = []
         for n, members in sorted(by_len.items()):
-            idx = torch.tensor(members, dtype=torch.long, device=self.device)
+            idx = device_tensor(members, torch.long, self.device)
             tok = starts[idx].unsqueeze(1) + torch.arange(n, device=self.device).unsqueeze(0)
             groups.append((n, tok))
         return groups

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -30,6 +31,11 @@ logger = logging.getLogger(__name__)
 MAX_BATCH_TOKENS = {"cpu": 8192, "cuda": 65536}
 #: Texts longer than this many characters per allowed token are cut before tokenizing.
 CHARS_PER_TOKEN = 24
+#: On an accelerator, prompts are tokenized in slices of about this many token budgets of text,
+#: each while the device runs the one before (:meth:`Engine.slices`).
+OVERLAP_BATCHES = 8
+#: Characters per token assumed when sizing those slices (English text through WordPiece/BPE).
+CHARS_PER_TOKEN_GUESS = 4
 _CUT_MARGIN = 256
 _WHITESPACE_SEARCH = 1000
 
@@ -167,12 +173,18 @@ class Engine:
         return text.lower() if self.model.do_lower_case else text
 
     def tokenize(
-        self, prompts: Sequence[Prompt], params: Sequence[PoolingParams], chunked: bool = False, cap: int | None = None
+        self,
+        prompts: Sequence[Prompt],
+        params: Sequence[PoolingParams],
+        chunked: bool = False,
+        cap: int | None = None,
+        first: int = 0,
     ) -> list[Encoded]:
         """Tokenize and truncate every prompt, batching tokenizer calls by truncation settings.
 
         A prompt with ``add_special_tokens=False`` is tokenized without the tokenizer's special tokens.
         A truncated prompt with ``keep_suffix`` ends with those tokens, written over its last ones.
+        ``first``: the number of ``prompts[0]`` in the request, for error messages.
         """
         out: list[Encoded | None] = [None] * len(prompts)
         groups: dict[tuple[int | None, str, bool], list[int]] = {}
@@ -184,7 +196,7 @@ class Engine:
                 vocab = getattr(self.model.hf_config, "vocab_size", None)
                 bad = next((t for t in ids if t < 0 or (vocab is not None and t >= vocab)), None)
                 if bad is not None:
-                    raise InvalidRequest(f"prompt {i} has token id {bad}, outside the vocabulary (0..{vocab - 1})")
+                    raise InvalidRequest(f"prompt {first + i} has token id {bad}, outside the vocabulary (0..{vocab - 1})")
                 cut = limit is not None and len(ids) > limit
                 if cut:
                     ids = ids[:limit] if side == "right" else ids[len(ids) - limit :]
@@ -200,7 +212,7 @@ class Engine:
             asked = p.truncate_prompt_tokens is not None or p.truncation_side is not None
             if not asked and not chunked and model_max is not None and len(enc.token_ids) > model_max:
                 raise InvalidRequest(
-                    f"This model's maximum context length is {model_max} tokens. However, input {i} has more "
+                    f"This model's maximum context length is {model_max} tokens. However, input {first + i} has more "
                     "tokens than that. Please reduce the length of the input prompt "
                     "(or set truncate_prompt_tokens: -1 truncates it to the model's limit)."
                 )
@@ -354,13 +366,9 @@ class Engine:
         if media:
             return self._run_mixed(task, prompts, params, media, progress)
         chunked = task.chunkable and self.model.pooler_config.enable_chunked_processing
-        encoded = self.tokenize(prompts, params, chunked, self.input_cap(task))
-        for i, enc in enumerate(encoded):
-            if not enc.token_ids:
-                raise InvalidRequest(f"prompt {i} has no tokens")
         if not chunked:
-            results = self._run(head, encoded, params, progress)
-            return [(r, e.token_ids) for r, e in zip(results, encoded)]
+            return self._run_overlapped(head, prompts, params, self.input_cap(task), progress)
+        encoded = self._tokenized(prompts, params, chunked, self.input_cap(task))
         max_embed_len = self.model.pooler_config.max_embed_len
         pieces: list[Encoded] = []
         owners: list[int] = []
@@ -384,6 +392,61 @@ class Engine:
             (self._mean(results[a:b], weights[a:b], renormalize), enc.token_ids)
             for (a, b), enc in zip(spans, encoded)
         ]
+
+    def _tokenized(
+        self, prompts: Sequence[Prompt], params: Sequence[PoolingParams], chunked: bool, cap: int | None, first: int = 0
+    ) -> list[Encoded]:
+        encoded = self.tokenize(prompts, params, chunked, cap, first)
+        for i, enc in enumerate(encoded):
+            if not enc.token_ids:
+                raise InvalidRequest(f"prompt {first + i} has no tokens")
+        return encoded
+
+    def slices(self, prompts: Sequence[Prompt]) -> list[tuple[int, int]]:
+        """``(start, stop)`` ranges of ``prompts`` tokenized one after another while the device
+        computes the previous one: about :data:`OVERLAP_BATCHES` token budgets of text each, by
+        character count. One range on the CPU, where both would share the same cores."""
+        if self.model.device.type == "cpu" or len(prompts) < 2:
+            return [(0, len(prompts))]
+        budget = OVERLAP_BATCHES * self.max_batch_tokens * CHARS_PER_TOKEN_GUESS
+        ranges, start, chars = [], 0, 0
+        for i, prompt in enumerate(prompts):
+            chars += len(prompt.text or "") + len(prompt.text_pair or "") + len(prompt.token_ids or ()) * CHARS_PER_TOKEN_GUESS
+            if chars >= budget:
+                ranges.append((start, i + 1))
+                start, chars = i + 1, 0
+        if start < len(prompts):
+            ranges.append((start, len(prompts)))
+        return ranges
+
+    def _run_overlapped(
+        self,
+        head: Callable,
+        prompts: Sequence[Prompt],
+        params: Sequence[PoolingParams],
+        cap: int | None,
+        progress: Callable[[int, int], None] | None,
+    ) -> list[tuple[torch.Tensor, list[int]]]:
+        """Tokenize each slice of the prompts on a worker thread while the previous slice runs.
+
+        A bad prompt in a later slice is found once the earlier slices have run; its error ends
+        the call all the same, and nothing is returned.
+        """
+        ranges = self.slices(prompts)
+        if len(ranges) == 1:
+            encoded = self._tokenized(prompts, params, False, cap)
+            return [(r, e.token_ids) for r, e in zip(self._run(head, encoded, params, progress), encoded)]
+        out: list[tuple[torch.Tensor, list[int]]] = []
+        with ThreadPoolExecutor(1, thread_name_prefix="poolkit-tokenize") as pool:
+            submit = lambda a, b: pool.submit(self._tokenized, prompts[a:b], params[a:b], False, cap, a)  # noqa: E731
+            future = submit(*ranges[0])
+            for k, (a, b) in enumerate(ranges):
+                encoded = future.result()
+                if k + 1 < len(ranges):
+                    future = submit(*ranges[k + 1])
+                results = self._run(head, encoded, params[a:b], progress)
+                out.extend((r, e.token_ids) for r, e in zip(results, encoded))
+        return out
 
     def chunks(self, encoded: Encoded) -> list[tuple[Encoded, int]]:
         """Split an over-long input into model-sized chunks, each with the input's special tokens.
@@ -471,8 +534,8 @@ class Engine:
                 )
                 with torch.inference_mode():
                     outputs = head(self.model.architecture(batch), batch, [params[i] for i in chunk])
-                for i, out in zip(chunk, outputs):
-                    results[i] = out.cpu()
+                for i, out in zip(chunk, to_host(outputs)()):
+                    results[i] = out
                 if progress is not None:
                     progress(len(chunk), 0)
         return results  # type: ignore[return-value]
@@ -484,8 +547,12 @@ class Engine:
         params: Sequence[PoolingParams],
         progress: Callable[[int, int], None] | None,
     ) -> list[torch.Tensor]:
+        """Run the batches, each one queued on the device before the previous one's results are
+        read back: on a GPU the host packs batch ``k + 1`` while the device computes batch ``k``,
+        and each batch costs one device-to-host copy and one wait."""
         results: list[torch.Tensor | None] = [None] * len(encoded)
         arch = self.model.architecture
+        pending: tuple[list[int], Callable[[], list[torch.Tensor]], int] | None = None
         for members in self.batches(encoded):
             batch = PackedBatch.from_sequences(
                 [encoded[i].token_ids for i in members],
@@ -499,8 +566,52 @@ class Engine:
             with torch.inference_mode():
                 hidden = arch(batch.with_filler(rows))[: batch.num_tokens]
                 outputs = head(hidden, batch, [params[i] for i in members])
-            for i, out in zip(members, outputs):
-                results[i] = out.cpu()
-            if progress is not None:
-                progress(len(members), batch.num_tokens)
+                fetch = to_host(outputs)
+            if pending is not None:
+                self._collect(results, *pending, progress)
+            pending = (members, fetch, batch.num_tokens)
+        if pending is not None:
+            self._collect(results, *pending, progress)
         return results  # type: ignore[return-value]
+
+    @staticmethod
+    def _collect(
+        results: list,
+        members: list[int],
+        fetch: Callable[[], list[torch.Tensor]],
+        tokens: int,
+        progress: Callable[[int, int], None] | None,
+    ) -> None:
+        for i, out in zip(members, fetch()):
+            results[i] = out
+        if progress is not None:
+            progress(len(members), tokens)
+
+
+def to_host(outputs: Sequence[torch.Tensor]) -> Callable[[], list[torch.Tensor]]:
+    """Start copying a batch's outputs to the host; the returned call waits for them.
+
+    On CPU the outputs are returned as they are. On a GPU, outputs of one dtype are copied in a
+    single transfer into pinned memory that the host waits for only when it calls; the results
+    are views of that host buffer.
+    """
+    outputs = list(outputs)
+    if not outputs or all(o.device.type == "cpu" for o in outputs):
+        return lambda: outputs
+    device = outputs[0].device
+    if device.type != "cuda" or any(o.dtype != outputs[0].dtype or o.device != device for o in outputs):
+        copies = [o.cpu() for o in outputs]
+        return lambda: copies
+    flat = torch.cat([o.reshape(-1) for o in outputs])
+    host = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
+    host.copy_(flat, non_blocking=True)
+    done = torch.cuda.Event()
+    done.record()
+    shapes = [o.shape for o in outputs]
+
+    def wait() -> list[torch.Tensor]:
+        done.synchronize()
+        pieces = host.split([shape.numel() for shape in shapes])
+        return [piece.view(shape) for piece, shape in zip(pieces, shapes)]
+
+    return wait

@@ -105,8 +105,9 @@ def resolve_dtype(dtype: Any, device: torch.device) -> torch.dtype:
 
 
 def resolve_device(device: Any) -> torch.device:
+    """``None``/``"auto"``: ``POOLKIT_DEVICE`` when set, else a GPU if there is one, else the CPU."""
     if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = os.environ.get("POOLKIT_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         return torch.device(device)
     except (RuntimeError, TypeError):

@@ -24,6 +24,11 @@ and models rely on without importing this module:
 softcap=None) -> out``, as ``varlen_attention`` without ``bias``, each scaled score ``s``
 replaced by ``softcap * tanh(s / softcap)`` before a float32 softmax (Gemma 2); ``softcap=None``
 is plain ``varlen_attention``.
+
+On CUDA, ``varlen_attention:flash`` runs the whole packed batch in one FlashAttention varlen call
+(``cu_seqlens``, no padding, no per-length grouping, shared key/value heads read in place); calls it
+has no fast path for (float32, a ``bias``, head sizes FlashAttention does not take) go to the
+reference, which attends each group of equal-length sequences with SDPA.
 """
 
 from __future__ import annotations
@@ -178,11 +183,65 @@ def _softcapped(
     return torch.matmul(weights, v)
 
 
+_FLASH_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def flash_varlen_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    batch: PackedBatch,
+    causal: bool = False,
+    scale: float | None = None,
+    window: int | None = None,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """:func:`varlen_attention` as one FlashAttention varlen call over the packed tokens (CUDA).
+
+    The sequences' offsets go to the kernel as ``cu_seqlens``: nothing is padded, grouped or
+    gathered, and no host synchronisation is needed (the longest length is known on the host).
+    fp16/bf16 only, head sizes up to 256 in multiples of 8, no ``bias``: other calls go to
+    :func:`varlen_attention`.
+    """
+    head_dim = q.shape[-1]
+    if (
+        bias is not None
+        or q.dtype not in _FLASH_DTYPES
+        or head_dim % 8
+        or head_dim > 256
+        or q.shape[1] % k.shape[1]
+        or torch.is_grad_enabled()
+    ):
+        return varlen_attention(q, k, v, batch, causal, scale, window, bias)
+    cu = batch.cu_seqlens_int32
+    left = -1 if window is None else window
+    right = 0 if causal else (-1 if window is None else window)
+    out = torch.ops.aten._flash_attention_forward(
+        q, k, v, cu, cu, batch.max_len, batch.max_len, 0.0, causal, False,
+        scale=scale, window_size_left=left, window_size_right=right,
+    )[0]
+    return out
+
+
+def _flash_available() -> bool:
+    return torch.cuda.is_available() and hasattr(torch.ops.aten, "_flash_attention_forward")
+
+
 @hookimpl
 def poolkit_register_kernels(register):
     register(
         "varlen_attention:torch",
         Kernel(fn=varlen_attention, reference=varlen_attention, device="any", priority=0),
+    )
+    register(
+        "varlen_attention:flash",
+        Kernel(
+            fn=flash_varlen_attention,
+            reference=varlen_attention,
+            device="cuda",
+            priority=10,
+            is_available=_flash_available,
+        ),
     )
     register(
         "varlen_attention_softcap:torch",

@@ -6,6 +6,10 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# POOLKIT_TEST_DEVICE=cuda runs every model the tests load without naming a device on the GPU
+# (the references stay where each test puts them: transformers and sentence-transformers on the CPU).
+if os.environ.get("POOLKIT_TEST_DEVICE"):
+    os.environ["POOLKIT_DEVICE"] = os.environ["POOLKIT_TEST_DEVICE"]
 # Parity tests hold fp32 to 1e-4; dtype="auto" (bf16 on bf16 hardware) is tested explicitly.
 os.environ.setdefault("POOLKIT_DTYPE", "float32")
 

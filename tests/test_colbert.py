@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -17,6 +14,7 @@ from poolkit import LLM
 from poolkit.cli import app
 from poolkit.kernel import select_kernel
 from poolkit.kernels.maxsim import maxsim_packed, maxsim_reference
+from suite_device import run_triton_script
 
 QUERY = "what is the capital of france"
 DOCS = ["paris is the capital of france", "hello world", "the quick brown fox jumps over the lazy dog", "berlin"]
@@ -119,7 +117,7 @@ def test_cpu_picks_the_packed_maxsim():
     assert select_kernel("maxsim", "cpu") is maxsim_packed
 
 
-def test_maxsim_triton_kernel_interpreted():
+def test_maxsim_triton_kernel():
     pytest.importorskip("triton", reason="pip install triton to test the Triton kernels")
     script = textwrap.dedent(
         """
@@ -135,8 +133,7 @@ def test_maxsim_triton_kernel_interpreted():
         print("ok", got.tolist())
         """
     )
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    result = run_triton_script(script)
     assert result.returncode == 0 and result.stdout.startswith("ok"), result.stderr[-2000:]
 
 

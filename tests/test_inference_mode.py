@@ -115,9 +115,10 @@ def test_a_model_loaded_in_inference_mode_runs_outside_it(cases, family: str) ->
     outside = LLM(str(path), dtype="float32")
     with torch.inference_mode():
         inside = LLM(str(path), dtype="float32")
-    batch = PackedBatch.from_sequences([[5, 9, 13, 7], [21, 8]])
+    device = outside.model.device
+    batch = PackedBatch.from_sequences([[5, 9, 13, 7], [21, 8]], device=device)
     if outside.model.architecture.uses_token_type_ids:
-        batch = PackedBatch.from_sequences([[5, 9, 13, 7], [21, 8]], token_type_ids=[[0] * 4, [0] * 2])
+        batch = PackedBatch.from_sequences([[5, 9, 13, 7], [21, 8]], token_type_ids=[[0] * 4, [0] * 2], device=device)
     with torch.no_grad():
         want = outside.model.architecture(batch)
         got = inside.model.architecture(batch)

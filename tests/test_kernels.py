@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 import textwrap
 
@@ -15,6 +13,7 @@ from poolkit.kernels import linear, pooling
 from poolkit.kernels.linear import ACTIVATIONS, linear_act, linear_act_onednn
 from poolkit.kernels.pooling import segment_pool_reference
 from poolkit.plugins import registry
+from suite_device import run_triton_script
 
 onednn = pytest.mark.skipif(not linear._onednn_available(), reason="torch built without oneDNN")
 
@@ -218,7 +217,7 @@ def test_segment_pool_is_the_reference_on_cpu() -> None:
         assert not entry.is_available()
 
 
-def test_segment_pool_triton_interpreted_matches_reference() -> None:
+def test_segment_pool_triton_matches_reference() -> None:
     pytest.importorskip("triton", reason="pip install triton (the gpu extra) to test the Triton kernels")
     script = textwrap.dedent(
         f"""
@@ -237,8 +236,7 @@ def test_segment_pool_triton_interpreted_matches_reference() -> None:
         print("ok")
         """
     )
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    result = run_triton_script(script)
     assert result.returncode == 0 and result.stdout.startswith("ok"), result.stderr[-2000:]
 
 
@@ -307,7 +305,7 @@ def test_the_engine_pads_batches_to_the_kernels_row_buckets(monkeypatch, tiny_en
     from poolkit.kernels.linear import row_bucket
 
     assert poolkit.kernel_rows(1000, "cpu") == row_bucket(1000) == 1024 and poolkit.kernel_rows(1000, "meta") == 1000
-    llm = LLM(str(tiny_encoders["bert"]), pooler_config={"pooling_type": "MEAN"})
+    llm = LLM(str(tiny_encoders["bert"]), pooler_config={"pooling_type": "MEAN"}, device="cpu")
     texts = ["a short one", "and a somewhat longer sentence to pool", "three"]
     seen = _spy_forward(monkeypatch, llm.model.architecture)
     padded = llm.embed(texts)
@@ -527,7 +525,7 @@ def test_info_shows_the_kernel_table_for_the_models_device(tiny_encoders) -> Non
     from poolkit import LLM
     from poolkit.kernel import kernel_table
 
-    described = LLM(str(tiny_encoders["bert"])).model.describe()
+    described = LLM(str(tiny_encoders["bert"]), device="cpu").model.describe()
     assert described["kernels"] == kernel_table(["cpu"])
     selected = {r["op"]: r["kernel"] for r in described["kernels"] if r["selected"]}
     assert registry("kernel").get(selected["segment_pool"]).fn is select_kernel("segment_pool", "cpu")

@@ -1007,7 +1007,7 @@ def test_a_plugin_sequence_head_serves_token_classify_as_built_ins_do(fresh_plug
         (out,) = llm.encode("hello there", pooling_task="token_classify")
         arch = llm.model.architecture
         with torch.inference_mode():
-            hidden = arch(PackedBatch.from_sequences([out.prompt_token_ids]))
+            hidden = arch(PackedBatch.from_sequences([out.prompt_token_ids], device=llm.model.device))
             want = torch.softmax(arch.sequence_head()(hidden).float(), dim=-1)
         assert torch.allclose(out.outputs.data, want, atol=1e-5)
 

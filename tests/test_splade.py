@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -22,6 +19,7 @@ from poolkit.kernels.splade import splade_pool_reduce_first, splade_pool_referen
 from poolkit.plugins import registry
 from poolkit.sparse import SparseEmbedding, SparseEmbeddingRequestOutput
 from poolkit.st_config import read_st_config
+from suite_device import run_triton_script
 
 pytestmark = pytest.mark.filterwarnings("ignore:Sparse CSR tensor support:UserWarning")  # SparseEncoder's
 
@@ -147,7 +145,7 @@ def test_long_batch_is_pooled_in_bounded_chunks(splade_dir, sparse_encoder, monk
     small = torch.stack([o.outputs.data for o in outs])
     rows = sum(len(o.prompt_token_ids) for o in outs)
     assert max(seen) == 37 and sum(seen) == rows and len(seen) == -(-rows // 37)
-    assert torch.allclose(small, whole, rtol=0, atol=1e-6) and torch.equal(small != 0, whole != 0)
+    assert torch.allclose(small, whole, rtol=0, atol=1e-5) and torch.equal(small != 0, whole != 0)
     assert torch.allclose(whole, default[:12], rtol=0, atol=1e-5)
 
 
@@ -361,7 +359,7 @@ def test_triton_kernel_is_registered_for_cuda_only():
         assert not entry.is_available()
 
 
-def test_triton_kernel_interpreted_matches_reference():
+def test_triton_kernel_matches_reference():
     pytest.importorskip("triton", reason="pip install triton (the gpu extra) to test the Triton kernels")
     script = textwrap.dedent(
         """
@@ -386,8 +384,7 @@ def test_triton_kernel_interpreted_matches_reference():
         print("ok", worst)
         """
     )
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    result = run_triton_script(script)
     assert result.returncode == 0 and result.stdout.startswith("ok"), result.stderr[-2000:]
 
 

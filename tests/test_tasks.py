@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from poolkit import LLM, InvalidRequest, ModelLoadError, PoolingParams
 from poolkit.cli import app
+from suite_device import suite_device
 
 ATOL = 1e-4
 TEXTS = [
@@ -44,11 +45,13 @@ def hf_logits(path, texts, token=False, pairs=None):
     from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
 
     auto = AutoModelForTokenClassification if token else AutoModelForSequenceClassification
-    model = auto.from_pretrained(str(path)).eval()
+    device = suite_device()  # the reference on the device poolkit runs on
+    model = auto.from_pretrained(str(path)).eval().to(device)
     tok = AutoTokenizer.from_pretrained(str(path))
     enc = tok(texts, pairs, padding=True, return_tensors="pt")
     with torch.no_grad():
-        logits = model(**enc).logits
+        logits = model(**enc.to(device)).logits.cpu()
+    enc = enc.to("cpu")
     if not token:
         return logits
     return [row[mask.bool()] for row, mask in zip(logits, enc["attention_mask"])]
