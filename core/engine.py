@@ -12,7 +12,8 @@ import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from functools import cached_property
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -189,12 +190,17 @@ class Engine:
         out: list[Encoded | None] = [None] * len(prompts)
         groups: dict[tuple[int | None, str, bool], list[int]] = {}
         default_side = getattr(self.model.tokenizer, "truncation_side", "right") or "right"
+        vocab = getattr(self.model.hf_config, "vocab_size", None)
+        limits: dict[int, int | None] = {}  # by params object: most requests share one
         for i, (prompt, p) in enumerate(zip(prompts, params)):
-            limit, side = self.limit(p, chunked, cap), p.truncation_side or default_side
+            if id(p) not in limits:
+                limits[id(p)] = self.limit(p, chunked, cap)
+            limit, side = limits[id(p)], p.truncation_side or default_side
             if prompt.token_ids is not None:
                 ids = prompt.token_ids
-                vocab = getattr(self.model.hf_config, "vocab_size", None)
-                bad = next((t for t in ids if t < 0 or (vocab is not None and t >= vocab)), None)
+                bad = None
+                if ids and (min(ids) < 0 or (vocab is not None and max(ids) >= vocab)):
+                    bad = next(t for t in ids if t < 0 or (vocab is not None and t >= vocab))
                 if bad is not None:
                     raise InvalidRequest(f"prompt {first + i} has token id {bad}, outside the vocabulary (0..{vocab - 1})")
                 cut = limit is not None and len(ids) > limit
@@ -271,12 +277,15 @@ class Engine:
         side: str,
         special: bool = True,
         spans: bool = False,
-    ) -> tuple[list[Encoded], list[list[tuple[int, int]]] | None]:
-        """The encodings, and with ``spans`` each token's character span (the fast tokenizer
-        computes them anyway)."""
+    ) -> tuple[list[Encoded], list[list[tuple[int, int]] | None] | None]:
+        """The encodings, and with ``spans`` the character span of each token of the encodings
+        that reach ``limit`` (the only ones whose truncation is in question; ``None`` for the rest)."""
         tok = self.model.tokenizer
         want_types = self.uses_token_type_ids
+        backend = self._backend
         with self._tokenizer_lock:
+            if backend is not None:
+                return self._call_backend(backend, texts, pairs, limit, side, special, spans, want_types)
             previous = tok.truncation_side
             tok.truncation_side = side
             try:
@@ -295,6 +304,53 @@ class Engine:
         types = result.get("token_type_ids") if want_types else None
         encoded = [Encoded(ids, types[i] if types is not None else None) for i, ids in enumerate(result["input_ids"])]
         return encoded, (result["offset_mapping"] if spans else None)
+
+    @staticmethod
+    def _call_backend(
+        backend: Any,
+        texts: list[str],
+        pairs: list[str | None] | None,
+        limit: int | None,
+        side: str,
+        special: bool,
+        spans: bool,
+        want_types: bool,
+    ) -> tuple[list[Encoded], list[list[tuple[int, int]] | None] | None]:
+        """:meth:`_call_tokenizer` on the Rust tokenizer itself, set as transformers sets it for the
+        same call, without building transformers' per-text dictionaries: token ids are read from
+        each encoding, offsets only where they are needed."""
+        if backend.padding is not None:
+            backend.no_padding()
+        if limit is None:
+            backend.no_truncation()
+        else:
+            backend.enable_truncation(limit, stride=0, strategy="longest_first", direction=side)
+        inputs = texts if pairs is None else [(t, p) if p is not None else t for t, p in zip(texts, pairs)]
+        encodings = backend.encode_batch(inputs, add_special_tokens=special)
+        encoded = [Encoded(e.ids, e.type_ids if want_types else None) for e in encodings]
+        if not spans:
+            return encoded, None
+        return encoded, [e.offsets if len(e) == limit else None for e in encodings]
+
+    @cached_property
+    def _backend(self) -> Any:
+        """The tokenizer's Rust backend when the tokenizer is a transformers fast tokenizer that
+        encodes exactly as its backend does (its class changes none of the encoding methods);
+        ``None`` otherwise (slow tokenizers, classes with their own encoding code)."""
+        tok = self.model.tokenizer
+        backend = getattr(tok, "backend_tokenizer", None)
+        if backend is None or getattr(tok, "split_special_tokens", False) or backend.encode_special_tokens:
+            return None
+        try:
+            from transformers import tokenization_utils_tokenizers as fast
+        except ImportError:  # transformers 4: tokenization_utils_fast
+            from transformers import tokenization_utils_fast as fast
+        bases = [cls for cls in type(tok).__mro__ if cls.__module__ == fast.__name__]
+        if not bases:
+            return None
+        methods = ("__call__", "_call_one", "encode_plus", "batch_encode_plus", "_encode_plus", "_batch_encode_plus")
+        overridden = any(getattr(type(tok), name, None) is not getattr(bases[0], name, None) for name in methods)
+        return None if overridden else backend
 
     def cut_text(self, text: str, max_tokens: int) -> str:
         """``text`` cut after its first ``max_tokens`` tokens (special tokens not counted), at the
@@ -602,15 +658,19 @@ def to_host(outputs: Sequence[torch.Tensor]) -> Callable[[], list[torch.Tensor]]
     if device.type != "cuda" or any(o.dtype != outputs[0].dtype or o.device != device for o in outputs):
         copies = [o.cpu() for o in outputs]
         return lambda: copies
-    flat = torch.cat([o.reshape(-1) for o in outputs])
+    shape = outputs[0].shape
+    same = all(o.shape == shape for o in outputs)  # one row per sequence: a single stack, a single unbind
+    flat = torch.stack(outputs) if same else torch.cat([o.reshape(-1) for o in outputs])
     host = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
     host.copy_(flat, non_blocking=True)
     done = torch.cuda.Event()
     done.record()
-    shapes = [o.shape for o in outputs]
+    shapes = None if same else [o.shape for o in outputs]
 
     def wait() -> list[torch.Tensor]:
         done.synchronize()
+        if shapes is None:
+            return list(host.unbind(0))
         pieces = host.split([shape.numel() for shape in shapes])
         return [piece.view(shape) for piece, shape in zip(pieces, shapes)]
 

@@ -281,7 +281,12 @@ class LLM:
             raise InvalidRequest(f"unsupported tokenization_kwargs: {', '.join(sorted(unknown))}")
         task = registry("task").get(task_name)
         out = []
-        for p in given:
+        verified: dict[int, PoolingParams] = {}  # one object given for many prompts is verified once
+        for given_p in given:
+            p = given_p
+            if id(given_p) in verified:
+                out.append(verified[id(given_p)])
+                continue
             if p is None:
                 p = PoolingParams()
             elif isinstance(p, dict):
@@ -297,6 +302,7 @@ class LLM:
             p = p.model_copy(update={"task": task_name, **update})
             task.verify(p, self.model)
             self.check_truncation(p.truncate_prompt_tokens)
+            verified[id(given_p)] = p
             out.append(p)
         return out
 

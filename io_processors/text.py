@@ -13,6 +13,11 @@ def _is_token(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _all_tokens(values: Sequence[Any]) -> bool:
+    """Whether every value is an integer token id (``bool`` is not); plain ints are checked in C."""
+    return set(map(type, values)) <= {int} or all(_is_token(t) for t in values)
+
+
 def _describe(value: Any) -> str:
     return "None" if value is None else type(value).__name__
 
@@ -28,7 +33,7 @@ class TextProcessor(IOProcessor):
     """
 
     def parse_data(self, data: Any) -> list[Any]:
-        if isinstance(data, (str, dict)) or (isinstance(data, (list, tuple)) and data and all(_is_token(t) for t in data)):
+        if isinstance(data, (str, dict)) or (isinstance(data, (list, tuple)) and data and _all_tokens(data)):
             return [data]
         if data is None:
             raise InvalidRequest("prompts must be a string or a list of strings, got None")
@@ -48,7 +53,7 @@ class TextProcessor(IOProcessor):
         if isinstance(item, (list, tuple)):
             if not item:
                 raise InvalidRequest(f"prompt {index} is an empty list of token ids")
-            if not all(_is_token(t) for t in item):
+            if not _all_tokens(item):
                 raise InvalidRequest(f"prompt {index} must be a list of integer token ids")
             return Prompt(token_ids=list(item))
         if isinstance(item, dict):
@@ -57,7 +62,7 @@ class TextProcessor(IOProcessor):
             if isinstance(item.get("prompt"), str):
                 return Prompt(text=item["prompt"])
             ids = item.get("prompt_token_ids")
-            if isinstance(ids, (list, tuple)) and all(_is_token(t) for t in ids):
+            if isinstance(ids, (list, tuple)) and _all_tokens(ids):
                 if not ids:
                     raise InvalidRequest(f"prompt {index} has an empty prompt_token_ids list")
                 return Prompt(token_ids=list(ids))

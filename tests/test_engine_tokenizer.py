@@ -1,0 +1,66 @@
+"""The engine reads token ids straight from the Rust tokenizer when a transformers fast tokenizer
+would give the same: these tests hold it to transformers' own call, case by case."""
+
+from __future__ import annotations
+
+import pytest
+
+from poolkit import LLM, PoolingParams
+from poolkit.io import Prompt
+
+TEXTS = [
+    "paris is the capital of france",
+    "",
+    "the quick brown fox jumps over the lazy dog " * 30,
+    "Ünïcödé and   spaces\tand\nnewlines",
+    "x" * 3000,
+]
+
+
+def _both(engine, prompts, params):
+    fast = engine.tokenize(prompts, params)
+    backend = engine._backend
+    engine.__dict__["_backend"] = None  # transformers' __call__ instead
+    try:
+        slow = engine.tokenize(prompts, params)
+    finally:
+        engine.__dict__["_backend"] = backend
+    return fast, slow
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("special", [True, False])
+def test_the_backend_path_encodes_as_transformers_does(tiny_encoders, side: str, special: bool) -> None:
+    llm = LLM(str(tiny_encoders["bert"]), device="cpu")
+    assert llm.engine._backend is not None
+    prompts = [Prompt(text=t, add_special_tokens=special) for t in TEXTS]
+    for limit in (-1, 16, 7):
+        params = [PoolingParams(truncate_prompt_tokens=limit, truncation_side=side)] * len(prompts)
+        fast, slow = _both(llm.engine, prompts, params)
+        assert [e.token_ids for e in fast] == [e.token_ids for e in slow]
+        assert [e.truncated for e in fast] == [e.truncated for e in slow]
+        assert [e.token_type_ids for e in fast] == [e.token_type_ids for e in slow]
+
+
+def test_pairs_and_segment_ids_match_transformers(minilm) -> None:
+    engine = minilm.engine
+    prompts = [Prompt(text=a, text_pair=b) for a, b in zip(TEXTS, reversed(TEXTS))]
+    params = [PoolingParams(truncate_prompt_tokens=24)] * len(prompts)
+    fast, slow = _both(engine, prompts, params)
+    assert [(e.token_ids, e.token_type_ids, e.truncated) for e in fast] == [
+        (e.token_ids, e.token_type_ids, e.truncated) for e in slow
+    ]
+    assert any(any(e.token_type_ids or []) for e in fast)
+
+
+def test_a_tokenizer_class_with_its_own_encoding_code_keeps_transformers_call(tiny_encoders) -> None:
+    llm = LLM(str(tiny_encoders["bert"]), device="cpu")
+    tok = llm.model.tokenizer
+    own = type("OwnEncoding", (type(tok),), {"_encode_plus": lambda self, *a, **k: super(type(self), self)._encode_plus(*a, **k)})
+    tok.__class__ = own
+    try:
+        del llm.engine.__dict__["_backend"]
+    except KeyError:
+        pass
+    assert llm.engine._backend is None
+    assert llm.engine.tokenize([Prompt(text="hello there")], [PoolingParams()])[0].token_ids
