@@ -9,11 +9,16 @@ the CPU (:func:`tune_allocator`), so freed blocks are reused; the server's batch
 free memory back between batches (:func:`release_freed_memory`). Nothing changes without glibc,
 or when the environment sets glibc's own malloc settings (``MALLOC_MMAP_THRESHOLD_``,
 ``MALLOC_TRIM_THRESHOLD_``, ``GLIBC_TUNABLES``): those are the user's choice.
+
+Python's own heap: once a model is loaded, :func:`freeze_python_heap` takes every object alive
+then (hundreds of thousands: torch, transformers, the tokenizer's vocabulary) out of the cyclic
+garbage collector's full passes, which otherwise walk all of them a few times per large request.
 """
 
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 from typing import Any
 
@@ -65,3 +70,21 @@ def release_freed_memory() -> None:
     """
     if _LIBC is not None:
         _LIBC.malloc_trim(0)
+
+
+def freeze_python_heap() -> bool:
+    """Collect garbage once, then move every object alive out of the cyclic collector's reach
+    (``gc.freeze``), as vLLM does after loading a model; ``POOLKIT_GC_FREEZE=0`` leaves the
+    collector alone. Returns whether it froze.
+
+    A request of many inputs allocates tens of thousands of objects (prompts, token lists,
+    outputs), which sets off a few full collections, each walking every object the process holds.
+    Frozen objects are still freed when nothing refers to them; they are only never searched for
+    reference cycles. ``embed`` of 20,000 short texts on a 1-layer model (the host's share alone,
+    one thread): the collector's time 0.69 -> 0.18 s, the call 2.66 -> 1.93 s.
+    """
+    if os.environ.get("POOLKIT_GC_FREEZE", "1") == "0":
+        return False
+    gc.collect()
+    gc.freeze()
+    return True

@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 import torch
 
+from .allocator import freeze_python_heap
 from .config import LateChunkingParams, PoolingParams
 from .batching import estimate_cost
 from .engine import Engine
@@ -158,6 +159,7 @@ class LLM:
         self._io_context: IOContext | None = None
         #: IO processor name -> (the registered processor, the one bound to this model).
         self._bound_io_processors: dict[str, tuple[IOProcessor, IOProcessor]] = {}
+        freeze_python_heap()  # the loaded model's objects leave the collector's full passes
 
     @classmethod
     def from_args(cls, args: EngineArgs) -> "LLM":

@@ -10,6 +10,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # (the references stay where each test puts them: transformers and sentence-transformers on the CPU).
 if os.environ.get("POOLKIT_TEST_DEVICE"):
     os.environ["POOLKIT_DEVICE"] = os.environ["POOLKIT_TEST_DEVICE"]
+# The suite loads hundreds of models in one process: each load would collect and freeze the heap
+# (poolkit.allocator.freeze_python_heap), freezing earlier tests' garbage with it. Tested apart.
+os.environ.setdefault("POOLKIT_GC_FREEZE", "0")
 # Parity tests hold fp32 to 1e-4; dtype="auto" (bf16 on bf16 hardware) is tested explicitly.
 os.environ.setdefault("POOLKIT_DTYPE", "float32")
 

@@ -84,3 +84,31 @@ def test_release_freed_memory_calls_malloc_trim(monkeypatch) -> None:
     monkeypatch.setattr(allocator, "_LIBC", FakeLibc())
     allocator.release_freed_memory()
     assert calls == [0]
+
+
+def test_loading_a_model_freezes_the_python_heap(tiny_encoders) -> None:
+    """In a fresh process (freezing is process-wide): a load collects and freezes the heap, after
+    which embedding still works and frees what it allocates; POOLKIT_GC_FREEZE=0 leaves it alone."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        f"""
+        import gc
+        from poolkit import LLM
+        before = gc.get_freeze_count()
+        llm = LLM({str(tiny_encoders["bert"])!r}, device="cpu")
+        frozen = gc.get_freeze_count()
+        out = llm.embed(["a first text", "and a second one"])
+        print(before, frozen, len(out), len(out[0].outputs.embedding))
+        """
+    )
+    for setting, expect_frozen in (("1", True), ("0", False)):
+        env = {**os.environ, "POOLKIT_GC_FREEZE": setting}
+        result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+        assert result.returncode == 0, result.stderr[-2000:]
+        before, frozen, n, width = map(int, result.stdout.split())
+        assert before == 0 and n == 2 and width > 0
+        assert (frozen > 10_000) is expect_frozen, (setting, frozen)
