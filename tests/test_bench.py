@@ -165,3 +165,10 @@ def test_info_says_fallback_with_model_impl_transformers(tiny_encoders):
     result = CliRunner().invoke(_app(), ["info", str(tiny_encoders["bert"]), "--model-impl", "transformers"])
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["implementation"] == "fallback (transformers)"
+
+
+def test_w5_runs_inputs_of_about_fifty_tokens():
+    result = CliRunner().invoke(_app(), ["bench", "--smoke", "--json", "--workloads", "W5"])
+    assert result.exit_code == 0, result.stderr
+    (row,) = json.loads(result.stdout)["results"]
+    assert row["workload"] == "W5" and 40 <= row["tokens"] / row["items"] <= 60
