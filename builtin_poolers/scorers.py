@@ -196,13 +196,14 @@ class LateInteractionScorer(Scorer):
         q_vectors = dict(zip(queries, results[: len(queries)]))
         d_vectors = dict(zip(docs, results[len(queries) :]))
         pad = _separator(llm.model)
+        # Results come back on the host: score them there, whatever device the model runs on.
+        maxsim = select_kernel("maxsim", results[0][0].device if results else "cpu")
         out: list[tuple[float, list[int]] | None] = [None] * len(first)
         for query in queries:
             members = [i for i, q in enumerate(first) if q == query]
             doc_rows = [d_vectors[second[i]][0] for i in members]
             cu = torch.tensor([0] + [len(d) for d in doc_rows]).cumsum(0)
-            vectors = q_vectors[query][0]  # results come back on the host: score them there
-            scores = select_kernel("maxsim", vectors.device)(vectors, torch.cat(doc_rows), cu)
+            scores = maxsim(q_vectors[query][0], torch.cat(doc_rows), cu)
             for i, score in zip(members, scores.tolist()):
                 out[i] = (score, q_vectors[query][1] + pad + d_vectors[second[i]][1])
         return out

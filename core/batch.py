@@ -17,11 +17,10 @@ def device_tensor(data: Sequence, dtype: torch.dtype, device: torch.device | str
     instead, so the host can prepare the next batch while the device computes this one.
     """
     host = torch.tensor(data, dtype=dtype)
-    if device is None or torch.device(device).type == "cpu":
+    kind = "cpu" if device is None else torch.device(device).type
+    if kind == "cpu":
         return host
-    if torch.device(device).type == "cuda":
-        host = host.pin_memory()
-    return host.to(device, non_blocking=True)
+    return (host.pin_memory() if kind == "cuda" else host).to(device, non_blocking=True)
 
 
 @dataclass(eq=False)

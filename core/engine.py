@@ -198,10 +198,8 @@ class Engine:
             limit, side = limits[id(p)], p.truncation_side or default_side
             if prompt.token_ids is not None:
                 ids = prompt.token_ids
-                bad = None
                 if ids and (min(ids) < 0 or (vocab is not None and max(ids) >= vocab)):
                     bad = next(t for t in ids if t < 0 or (vocab is not None and t >= vocab))
-                if bad is not None:
                     raise InvalidRequest(f"prompt {first + i} has token id {bad}, outside the vocabulary (0..{vocab - 1})")
                 cut = limit is not None and len(ids) > limit
                 if cut:

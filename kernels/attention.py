@@ -216,11 +216,10 @@ def flash_varlen_attention(
     cu = batch.cu_seqlens_int32
     left = -1 if window is None else window
     right = 0 if causal else (-1 if window is None else window)
-    out = torch.ops.aten._flash_attention_forward(
+    return torch.ops.aten._flash_attention_forward(
         q, k, v, cu, cu, batch.max_len, batch.max_len, 0.0, causal, False,
         scale=scale, window_size_left=left, window_size_right=right,
     )[0]
-    return out
 
 
 def _flash_available() -> bool:
