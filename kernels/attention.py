@@ -25,6 +25,13 @@ softcap=None) -> out``, as ``varlen_attention`` without ``bias``, each scaled sc
 replaced by ``softcap * tanh(s / softcap)`` before a float32 softmax (Gemma 2); ``softcap=None``
 is plain ``varlen_attention``.
 
+On CPUs with AMX (Intel Sapphire Rapids and later), ``varlen_attention:amx`` and
+``varlen_attention_softcap:amx`` run the whole packed batch in one call of a C kernel
+(``attention.c``, built for the machine on first use by :mod:`poolkit.kernels.compiler`): bf16
+products on the AMX tiles, a float32 softmax per query, no padding, no grouping by length, no
+mask tensors; float32 and other calls it has no fast path for (a ``bias``, head sizes that are not
+a multiple of 32 up to 256, gradients) go to the reference.
+
 On CUDA, ``varlen_attention:flash`` runs the whole packed batch in one FlashAttention varlen call
 (``cu_seqlens``, no padding, no per-length grouping, shared key/value heads read in place); calls it
 has no fast path for (float32, a ``bias``, head sizes FlashAttention does not take) go to the
@@ -33,12 +40,19 @@ reference, which attends each group of equal-length sequences with SDPA.
 
 from __future__ import annotations
 
+import ctypes
+import functools
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 
 from poolkit.batch import PackedBatch
 from poolkit.hookspecs import hookimpl
 from poolkit.kernel import Kernel
+from poolkit.kernels.compiler import load_c_library, run_split
+
+SOURCE = Path(__file__).with_name("attention.c")
 
 
 def varlen_attention(
@@ -222,6 +236,100 @@ def flash_varlen_attention(
     )[0]
 
 
+_P, _I = ctypes.c_void_p, ctypes.c_int64
+_SIGNATURE = (_P, _I, _P, _I, _P, _I, _P, _P, _I, _I, _I, _I, _I, ctypes.c_float, ctypes.c_int, _I, ctypes.c_float, _I, _I)
+
+
+@functools.cache
+def _library() -> ctypes.CDLL | None:
+    """attention.c built for this machine, when it has AMX and the kernel grants its tiles."""
+    lib = load_c_library(SOURCE)
+    if lib is None or not lib.poolkit_attention_available():
+        return None
+    lib.poolkit_varlen_attention.argtypes = _SIGNATURE
+    lib.poolkit_varlen_attention.restype = ctypes.c_int
+    return lib
+
+
+def _amx_available() -> bool:
+    return _library() is not None
+
+
+def _amx_takes(*tensors: torch.Tensor) -> bool:
+    """bf16 CPU ``[T, heads, d]`` tensors with contiguous heads, ``d`` a multiple of 32 up to 256."""
+    d = tensors[0].shape[-1]
+    return (
+        d % 32 == 0
+        and 0 < d <= 256
+        and tensors[0].shape[1] % tensors[1].shape[1] == 0
+        and all(
+            t.dim() == 3
+            and t.dtype == torch.bfloat16
+            and t.device.type == "cpu"
+            and t.shape[-1] == d
+            and t.stride(2) == 1
+            and (t.stride(1) == d or t.shape[1] == 1)
+            and not (torch.is_grad_enabled() and t.requires_grad)
+            for t in tensors
+        )
+    )
+
+
+def _amx(q, k, v, batch, causal, scale, window, softcap) -> torch.Tensor:
+    lib = _library()
+    tokens, heads, d = q.shape
+    out = torch.empty((tokens, heads, d), dtype=q.dtype)
+    cu = batch.cu_seqlens.to(device="cpu", dtype=torch.int64).contiguous()
+    codes = run_split(
+        lib.poolkit_varlen_attention, heads,
+        q.data_ptr(), q.stride(0), k.data_ptr(), k.stride(0), v.data_ptr(), v.stride(0), out.data_ptr(),
+        cu.data_ptr(), cu.numel() - 1, batch.max_len, heads, k.shape[1], d,
+        d**-0.5 if scale is None else scale, int(causal), -1 if window is None else int(window),
+        0.0 if softcap is None else float(softcap),
+        parallel=tokens * batch.max_len >= 1 << 14,
+    )
+    if any(codes):
+        raise MemoryError("poolkit attention kernel: out of memory for its scratch buffers")
+    return out
+
+
+def amx_varlen_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    batch: PackedBatch,
+    causal: bool = False,
+    scale: float | None = None,
+    window: int | None = None,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """:func:`varlen_attention` as one call of the AMX kernel over the packed tokens (CPU, bf16).
+
+    Calls it has no fast path for (a ``bias``, other dtypes or head sizes, gradients) go to
+    :func:`varlen_attention`.
+    """
+    if bias is not None or not _amx_takes(q, k, v) or _library() is None:
+        return varlen_attention(q, k, v, batch, causal, scale, window, bias)
+    return _amx(q, k, v, batch, causal, scale, window, None)
+
+
+def amx_softcap_varlen_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    batch: PackedBatch,
+    causal: bool = False,
+    scale: float | None = None,
+    window: int | None = None,
+    softcap: float | None = None,
+) -> torch.Tensor:
+    """:func:`softcap_varlen_attention` as one call of the AMX kernel (CPU, bf16), the capping
+    computed in float32 on the float32 scores; other calls go to the reference."""
+    if not _amx_takes(q, k, v) or _library() is None:
+        return softcap_varlen_attention(q, k, v, batch, causal, scale, window, softcap)
+    return _amx(q, k, v, batch, causal, scale, window, softcap)
+
+
 def _flash_available() -> bool:
     return torch.cuda.is_available() and hasattr(torch.ops.aten, "_flash_attention_forward")
 
@@ -243,6 +351,22 @@ def poolkit_register_kernels(register):
         ),
     )
     register(
+        "varlen_attention:amx",
+        Kernel(
+            fn=amx_varlen_attention, reference=varlen_attention, device="cpu", priority=10, is_available=_amx_available
+        ),
+    )
+    register(
         "varlen_attention_softcap:torch",
         Kernel(fn=softcap_varlen_attention, reference=softcap_varlen_attention, device="any", priority=0),
+    )
+    register(
+        "varlen_attention_softcap:amx",
+        Kernel(
+            fn=amx_softcap_varlen_attention,
+            reference=softcap_varlen_attention,
+            device="cpu",
+            priority=10,
+            is_available=_amx_available,
+        ),
     )

@@ -22,7 +22,10 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import torch
 
 logger = logging.getLogger(__name__)
 
@@ -125,3 +128,25 @@ def load_c_library(source: str | os.PathLike) -> ctypes.CDLL | None:
     except (OSError, subprocess.SubprocessError) as exc:
         logger.info("poolkit's compiled CPU kernels are off: %s", exc)
         return None
+
+
+@functools.cache
+def _pool(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="poolkit-kernel")
+
+
+# A forked child has none of its parent's threads: it starts pools of its own.
+os.register_at_fork(after_in_child=_pool.cache_clear)
+
+
+def run_split(fn, count: int, *args_before, args_after=(), parallel: bool = True) -> list[int]:
+    """``fn(*args_before, begin, end, *args_after)`` over ``[0, count)``, split into contiguous
+    ranges over torch's intra-op thread count when ``parallel`` (ctypes releases the GIL while C
+    runs, so the ranges run at once); the return codes of the calls, in range order."""
+    workers = min(torch.get_num_threads(), count) if parallel else 1
+    if workers <= 1:
+        return [fn(*args_before, 0, count, *args_after)]
+    step = -(-count // workers)
+    spans = [(b, min(b + step, count)) for b in range(step, count, step)]
+    futures = [_pool(workers - 1).submit(fn, *args_before, b, e, *args_after) for b, e in spans]
+    return [fn(*args_before, 0, step, *args_after)] + [f.result() for f in futures]

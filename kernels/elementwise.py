@@ -52,15 +52,13 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from poolkit.hookspecs import hookimpl
 from poolkit.kernel import Kernel
-from poolkit.kernels.compiler import load_c_library
+from poolkit.kernels.compiler import load_c_library, run_split
 
 SOURCE = Path(__file__).with_name("elementwise.c")
 #: The dtype codes of elementwise.c.
@@ -165,26 +163,10 @@ def _compiled_available() -> bool:
     return _library() is not None
 
 
-@functools.cache
-def _pool(workers: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="poolkit-elementwise")
-
-
-# A forked child has none of its parent's threads: it starts pools of its own.
-os.register_at_fork(after_in_child=_pool.cache_clear)
-
-
 def _run_rows(fn, rows: int, elements: int, *args_before, args_after=()) -> None:
     """``fn(*args_before, begin, end, *args_after)`` over ``rows``, split by rows over torch's
-    intra-op thread count when the call is large (ctypes releases the GIL while C runs)."""
-    workers = min(torch.get_num_threads(), rows)
-    if workers <= 1 or elements < _PARALLEL_ELEMENTS:
-        codes = [fn(*args_before, 0, rows, *args_after)]
-    else:
-        step = -(-rows // workers)
-        spans = [(b, min(b + step, rows)) for b in range(step, rows, step)]
-        futures = [_pool(workers - 1).submit(fn, *args_before, b, e, *args_after) for b, e in spans]
-        codes = [fn(*args_before, 0, step, *args_after)] + [f.result() for f in futures]
+    intra-op thread count when the call is large."""
+    codes = run_split(fn, rows, *args_before, args_after=args_after, parallel=elements >= _PARALLEL_ELEMENTS)
     if any(codes):
         raise MemoryError("poolkit elementwise kernel: out of memory for its scratch row")
 

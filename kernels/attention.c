@@ -1,0 +1,381 @@
+/* poolkit's packed (varlen) attention for CPUs with AMX (see attention.py for the contract).
+ *
+ * One call attends every sequence of a packed batch: no padding, no per-length grouping, no
+ * concatenation. Plain C on data pointers, compiled once per machine by poolkit.kernels.compiler
+ * (-O3 -march=native) and called through ctypes; it exists only where the compiler targets AMX
+ * (AMX-BF16 tiles) and AVX512-BF16, and the Linux kernel grants the tile state
+ * (poolkit_attention_available).
+ *
+ * For each sequence and key/value head, the keys are copied contiguous and the values transposed
+ * into the tiles' layout (both zero-padded to 32 keys). Then for each query head and block of 16
+ * queries, with the queries pair-interleaved as the tiles' second operand:
+ *   1. the transposed scores S^T = K Q^T in float32 (AMX), so that one vector holds one key's
+ *      scores for the 16 queries;
+ *   2. an exact softmax per query, lane-wise: the maximum over the keys it sees, then
+ *      exp((s - max) * scale) and its sum (soft-capping first where asked), the probabilities
+ *      rounded to bfloat16 and pair-interleaved, hidden keys written as zeros;
+ *   3. O^T = V^T P^T in float32 (AMX), divided by each query's sum and rounded once to bfloat16.
+ * This is the arithmetic of torch's CPU flash-attention kernel (bf16 products, float32
+ * accumulation and softmax, bf16 probabilities for the second product), two-pass instead of
+ * online: a block's scores for the longest sequence (L x 16 floats) stay in the cache.
+ *
+ * Masks are ranges, never tensors: query i of a sequence sees keys [lo_i, hi_i) with
+ * lo_i = max(0, i - window) and hi_i = causal ? i + 1 : min(L, i + window + 1) (window < 0: none);
+ * keys outside every row's range are skipped in 32-key steps, keys inside every row's range take
+ * no mask.
+ */
+#define _GNU_SOURCE
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <math.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512F__) && defined(__AVX512BF16__)
+#include <immintrin.h>
+#define POOLKIT_AMX 1
+#endif
+
+#define ARCH_REQ_XCOMP_PERM 0x1023
+#define XFEATURE_XTILEDATA 18
+
+/* 1 when this build has the kernel and the process may use AMX tiles (asked once, Linux >= 5.16). */
+int poolkit_attention_available(void) {
+#ifdef POOLKIT_AMX
+    return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
+#else
+    return 0;
+#endif
+}
+
+#ifdef POOLKIT_AMX
+
+typedef struct {
+    uint8_t palette;
+    uint8_t start_row;
+    uint8_t reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} tile_config;
+
+/* Tiles 0-3: accumulators (scores of 4 key blocks, or 4 x 16 output dims); 4: queries or
+ * probabilities; 5-7: keys or values. Every tile is 16 rows of 64 bytes. */
+static void configure_tiles(void) {
+    tile_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int t = 0; t < 8; t++) {
+        cfg.rows[t] = 16;
+        cfg.colsb[t] = 64;
+    }
+    _tile_loadconfig(&cfg);
+}
+
+static inline __m512 exp16(__m512 x) {
+    /* e^x = 2^n * e^r, n = round(x / ln 2), |r| <= ln(2) / 2: a degree-6 Taylor polynomial
+     * (relative error < 2e-7), scaled with vscalefps; below -100 it is e^-100. */
+    const __m512 log2e = _mm512_set1_ps(1.44269504f);
+    const __m512 ln2_hi = _mm512_set1_ps(0.693145752f);
+    const __m512 ln2_lo = _mm512_set1_ps(1.42860677e-6f);
+    x = _mm512_max_ps(x, _mm512_set1_ps(-100.0f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, ln2_hi, x);
+    r = _mm512_fnmadd_ps(n, ln2_lo, r);
+    __m512 p = _mm512_set1_ps(1.0f / 720.0f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+/* cap * tanh(x / cap) = cap * (1 - 2 / (e^(2x / cap) + 1)), the exponent clamped to +-80. */
+static inline __m512 softcap16(__m512 x, float cap) {
+    __m512 y = _mm512_mul_ps(x, _mm512_set1_ps(2.0f / cap));
+    __m512 e = exp16(_mm512_min_ps(_mm512_max_ps(y, _mm512_set1_ps(-80.0f)), _mm512_set1_ps(80.0f)));
+    __m512 t = _mm512_sub_ps(_mm512_set1_ps(1.0f), _mm512_div_ps(_mm512_set1_ps(2.0f), _mm512_add_ps(e, _mm512_set1_ps(1.0f))));
+    return _mm512_mul_ps(t, _mm512_set1_ps(cap));
+}
+
+static inline __mmask16 lanes(int64_t lo, int64_t hi) {
+    /* The lanes n in [lo, hi) of 16. */
+    if (lo < 0) lo = 0;
+    if (hi > 16) hi = 16;
+    if (hi <= lo) return 0;
+    return (__mmask16)((((uint32_t)1 << (hi - lo)) - 1) << lo);
+}
+
+/* Tile numbers are immediates: tile 4 + c % 4 holds the queries' chunk c. */
+#define LOAD_QUERY(c, ptr)                                                                                        \
+    switch ((c) & 3) {                                                                                            \
+    case 0: _tile_loadd(4, ptr, 64); break;                                                                       \
+    case 1: _tile_loadd(5, ptr, 64); break;                                                                       \
+    case 2: _tile_loadd(6, ptr, 64); break;                                                                       \
+    default: _tile_loadd(7, ptr, 64); break;                                                                      \
+    }
+#define DP_QUERY(acc, a, c)                                                                                       \
+    switch ((c) & 3) {                                                                                            \
+    case 0: _tile_dpbf16ps(acc, a, 4); break;                                                                     \
+    case 1: _tile_dpbf16ps(acc, a, 5); break;                                                                     \
+    case 2: _tile_dpbf16ps(acc, a, 6); break;                                                                     \
+    default: _tile_dpbf16ps(acc, a, 7); break;                                                                    \
+    }
+
+static inline __m512i byte_offsets(int64_t stride) {
+    /* 0, stride, ..., 15 stride elements of 2 bytes, as byte offsets for a gather */
+    return _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                              _mm512_set1_epi32((int)(stride * 2)));
+}
+
+/* Values of one sequence and key/value head, transposed for O^T = V^T P^T: tile (block kb of 32
+ * keys, dims 16 t .. 16 t + 15) holds, in row m, dim 16 t + m of the block's 32 keys (zero past
+ * the sequence). Each gather reads two dims of 16 keys. */
+static void pack_values(const uint16_t *v, int64_t stride, int64_t len, int64_t d, int64_t blocks, uint16_t *out) {
+    int64_t dtiles = d / 16;
+    const __m512i rows = byte_offsets(stride);
+    for (int64_t kb = 0; kb < blocks; kb++) {
+        for (int64_t half = 0; half < 2; half++) {
+            int64_t key = kb * 32 + half * 16;
+            __mmask16 live = lanes(0, len - key);
+            const uint16_t *src = v + key * stride;
+            for (int64_t m = 0; m < d; m += 2) {
+                __m512i pairs = live ? _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live, rows, src + m, 1)
+                                     : _mm512_setzero_si512();
+                uint16_t *tile = out + (kb * dtiles + m / 16) * 512 + (m % 16) * 32 + half * 16;
+                _mm256_storeu_si256((__m256i *)tile, _mm512_cvtepi32_epi16(pairs));
+                _mm256_storeu_si256((__m256i *)(tile + 32), _mm512_cvtepi32_epi16(_mm512_srli_epi32(pairs, 16)));
+            }
+        }
+    }
+}
+
+typedef struct {
+    uint16_t *keys;   /* the sequence's keys of one head, contiguous: keys (zero-padded to 32) x d */
+    uint16_t *values; /* packed values: blocks32 x d/16 tiles */
+    uint32_t *query;  /* the block's queries, packed: chunks tiles (dim pair x query) */
+    float *scores;    /* S^T: keys x 16 queries, float32 */
+    uint16_t *probs;  /* P^T packed: key pairs x 16 queries x 2, bf16 */
+    float *acc;       /* 16 x 16 float32 */
+} workspace;
+
+/* One block of up to 16 queries (positions q0 .. q0 + rows - 1) of one head against its keys. */
+static void attend_block(const workspace *w, int64_t q0, int64_t rows,
+                         int64_t len, int64_t d, float scale, int causal, int64_t window, float softcap,
+                         uint16_t *out, int64_t out_stride) {
+    int64_t chunks = d / 32, dtiles = d / 16;
+    /* The keys any row of the block sees: [first, last); k0 aligned to 32 keys. */
+    int64_t first = window >= 0 ? q0 - window : 0;
+    int64_t last = causal ? q0 + rows : (window >= 0 ? q0 + rows + window : len);
+    if (first < 0) first = 0;
+    if (last > len) last = len;
+    int64_t k0 = first & ~(int64_t)31, k1 = (last + 31) & ~(int64_t)31;
+
+    /* 1. S^T = K Q^T, 32 keys at a time */
+    if (chunks <= 4)
+        for (int64_t c = 0; c < chunks; c++) LOAD_QUERY(c, w->query + c * 256);
+    for (int64_t g = k0; g < k1; g += 32) {
+        const uint16_t *a0 = w->keys + g * d, *a1 = a0 + 16 * d;
+        _tile_zero(0);
+        _tile_zero(1);
+        for (int64_t c = 0; c < chunks; c++) {
+            if (chunks > 4) LOAD_QUERY(c, w->query + c * 256);
+            _tile_loadd(2, a0 + c * 32, d * 2);
+            DP_QUERY(0, 2, c);
+            _tile_loadd(3, a1 + c * 32, d * 2);
+            DP_QUERY(1, 3, c);
+        }
+        float *s = w->scores + (g - k0) * 16;
+        _tile_stored(0, s, 64);
+        _tile_stored(1, s + 256, 64);
+    }
+
+    /* 2. softmax per query (lane) over the keys it sees. Keys in [a, b) are seen by every query
+     * of the block and take no mask (lanes past the sequence hold finite scores, never read). */
+    __mmask16 live = lanes(0, rows);
+    int64_t a = window >= 0 ? q0 + rows - 1 - window : 0;
+    int64_t b = causal ? q0 + 1 : (window >= 0 ? q0 + window + 1 : len);
+    if (a < first) a = first;
+    if (b > last) b = last;
+    if (b < a) b = a;
+#define EDGE_MASK(j)                                                                                              \
+    ((__mmask16)(live & lanes(causal ? (j) - q0 : (window >= 0 ? (j) - q0 - window : 0),                          \
+                              window >= 0 ? (j) - q0 + window + 1 : 16)))
+#define ROW(j) (w->scores + ((j) - k0) * 16)
+    float step = scale;
+    if (softcap > 0.0f) {
+        for (int64_t j = first; j < last; j++)
+            _mm512_storeu_ps(ROW(j), softcap16(_mm512_mul_ps(_mm512_loadu_ps(ROW(j)), _mm512_set1_ps(scale)), softcap));
+        step = 1.0f;
+    }
+    __m512 top0 = _mm512_set1_ps(-INFINITY), top1 = top0, top2 = top0, top3 = top0;
+    int64_t j = a;
+    for (; j + 4 <= b; j += 4) {
+        top0 = _mm512_max_ps(top0, _mm512_loadu_ps(ROW(j)));
+        top1 = _mm512_max_ps(top1, _mm512_loadu_ps(ROW(j + 1)));
+        top2 = _mm512_max_ps(top2, _mm512_loadu_ps(ROW(j + 2)));
+        top3 = _mm512_max_ps(top3, _mm512_loadu_ps(ROW(j + 3)));
+    }
+    for (; j < b; j++) top0 = _mm512_max_ps(top0, _mm512_loadu_ps(ROW(j)));
+    for (j = first; j < last; j = j + 1 == a ? b : j + 1) {
+        if (j >= a && j < b) continue; /* a == b: no unmasked keys */
+        top1 = _mm512_mask_max_ps(top1, EDGE_MASK(j), top1, _mm512_loadu_ps(ROW(j)));
+    }
+    __m512 top = _mm512_max_ps(_mm512_max_ps(top0, top1), _mm512_max_ps(top2, top3));
+    top = _mm512_maskz_mov_ps(live, top); /* rows past the sequence: 0, not -inf */
+    __m512 scl = _mm512_set1_ps(step);
+    __m512 shift = _mm512_mul_ps(top, _mm512_set1_ps(-step));
+    __m512 sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps();
+    const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7,
+                                                22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    for (j = k0; j < k1; j += 2) {
+        __m512 e0, e1;
+        if (j >= a && j + 2 <= b) {
+            e0 = exp16(_mm512_fmadd_ps(_mm512_loadu_ps(ROW(j)), scl, shift));
+            e1 = exp16(_mm512_fmadd_ps(_mm512_loadu_ps(ROW(j + 1)), scl, shift));
+        } else {
+            __mmask16 m0 = j >= first && j < last ? (j >= a && j < b ? live : EDGE_MASK(j)) : 0;
+            __mmask16 m1 = j + 1 >= first && j + 1 < last ? (j + 1 >= a && j + 1 < b ? live : EDGE_MASK(j + 1)) : 0;
+            e0 = m0 ? _mm512_maskz_mov_ps(m0, exp16(_mm512_fmadd_ps(_mm512_loadu_ps(ROW(j)), scl, shift)))
+                    : _mm512_setzero_ps();
+            e1 = m1 ? _mm512_maskz_mov_ps(m1, exp16(_mm512_fmadd_ps(_mm512_loadu_ps(ROW(j + 1)), scl, shift)))
+                    : _mm512_setzero_ps();
+        }
+        sum0 = _mm512_add_ps(sum0, e0);
+        sum1 = _mm512_add_ps(sum1, e1);
+        __m512i pair = (__m512i)_mm512_cvtne2ps_pbh(e1, e0); /* e0's 16 bf16, then e1's */
+        _mm512_storeu_si512((void *)(w->probs + (j - k0) * 16), _mm512_permutexvar_epi16(interleave, pair));
+    }
+#undef EDGE_MASK
+#undef ROW
+    __m512 inv = _mm512_maskz_div_ps(live, _mm512_set1_ps(1.0f), _mm512_add_ps(sum0, sum1));
+
+    /* 3. O^T = V^T P^T, 4 x 16 output dims at a time */
+    for (int64_t t0 = 0; t0 < dtiles; t0 += 4) {
+        int64_t n = dtiles - t0 < 4 ? dtiles - t0 : 4;
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+        for (int64_t g = k0; g < k1; g += 32) {
+            const uint16_t *base = w->values + ((g >> 5) * dtiles + t0) * 512;
+            _tile_loadd(4, w->probs + (g - k0) * 16, 64);
+            _tile_loadd(5, base, 64);
+            _tile_dpbf16ps(0, 5, 4);
+            if (n > 1) {
+                _tile_loadd(6, base + 512, 64);
+                _tile_dpbf16ps(1, 6, 4);
+            }
+            if (n > 2) {
+                _tile_loadd(7, base + 1024, 64);
+                _tile_dpbf16ps(2, 7, 4);
+            }
+            if (n > 3) {
+                _tile_loadd(5, base + 1536, 64);
+                _tile_dpbf16ps(3, 5, 4);
+            }
+        }
+        for (int64_t t = 0; t < n; t++) {
+            switch (t) {
+            case 0: _tile_stored(0, w->acc, 64); break;
+            case 1: _tile_stored(1, w->acc, 64); break;
+            case 2: _tile_stored(2, w->acc, 64); break;
+            default: _tile_stored(3, w->acc, 64); break;
+            }
+            /* acc[m][n]: dim 16 (t0 + t) + m of query q0 + n, gathered by query */
+            float factor[16];
+            _mm512_storeu_ps(factor, inv);
+            const __m512i column = _mm512_set_epi32(240, 224, 208, 192, 176, 160, 144, 128, 112, 96, 80, 64, 48, 32, 16, 0);
+            for (int64_t r = 0; r < rows; r++) {
+                __m512 x = _mm512_mul_ps(_mm512_i32gather_ps(column, w->acc + r, 4), _mm512_set1_ps(factor[r]));
+                _mm256_storeu_si256((__m256i *)(out + (q0 + r) * out_stride + (t0 + t) * 16), (__m256i)_mm512_cvtneps_pbh(x));
+            }
+        }
+    }
+}
+
+#endif
+
+/* Attention of query heads [h_begin, h_end) of a packed batch of bf16 tokens.
+ *
+ * q: [T, heads, d] with token stride q_stride (elements), heads d apart, dims contiguous;
+ * k, v: [T, kv_heads, d] likewise; out: [T, heads, d] contiguous. cu: the nseq + 1 offsets of the
+ * sequences; max_len their longest length. window < 0: none; softcap <= 0: none.
+ * Returns 0, 1 when out of memory, 2 when this build has no kernel. */
+int poolkit_varlen_attention(const uint16_t *q, int64_t q_stride, const uint16_t *k, int64_t k_stride,
+                             const uint16_t *v, int64_t v_stride, uint16_t *out, const int64_t *cu, int64_t nseq,
+                             int64_t max_len, int64_t heads, int64_t kv_heads, int64_t d, float scale, int causal,
+                             int64_t window, float softcap, int64_t h_begin, int64_t h_end) {
+#ifdef POOLKIT_AMX
+    int64_t chunks = d / 32;
+    int64_t padded = (max_len + 31) & ~(int64_t)31;
+    workspace w;
+    size_t sizes[6] = {
+        (size_t)padded * d * sizeof(uint16_t),
+        (size_t)chunks * 256 * sizeof(uint32_t),
+        (size_t)padded * d * sizeof(uint16_t),
+        (size_t)padded * 16 * sizeof(float),
+        (size_t)padded * 16 * sizeof(uint16_t),
+        (size_t)16 * 16 * sizeof(float),
+    };
+    void *parts[6] = {0};
+    for (int i = 0; i < 6; i++) {
+        if (posix_memalign(&parts[i], 64, sizes[i] ? sizes[i] : 64)) {
+            for (int j = 0; j < i; j++) free(parts[j]);
+            return 1;
+        }
+    }
+    w.values = parts[0];
+    w.query = parts[1];
+    w.keys = parts[2];
+    w.scores = parts[3];
+    w.probs = parts[4];
+    w.acc = parts[5];
+
+    /* Keep whatever tile configuration the caller's thread had (oneDNN's, torch's). */
+    tile_config saved;
+    _tile_storeconfig(&saved);
+    configure_tiles();
+
+    int64_t group = heads / kv_heads;
+    const __m512i qrows = byte_offsets(q_stride);
+    for (int64_t s = 0; s < nseq; s++) {
+        int64_t t0 = cu[s], len = cu[s + 1] - cu[s];
+        if (len <= 0) continue;
+        for (int64_t g = h_begin / group; g <= (h_end - 1) / group; g++) {
+            pack_values(v + t0 * v_stride + g * d, v_stride, len, d, (len + 31) / 32, w.values);
+            for (int64_t n = 0; n < len; n++) memcpy(w.keys + n * d, k + (t0 + n) * k_stride + g * d, (size_t)d * 2);
+            memset(w.keys + len * d, 0, (size_t)(((len + 31) & ~(int64_t)31) - len) * d * 2);
+            int64_t h_lo = g * group > h_begin ? g * group : h_begin;
+            int64_t h_hi = (g + 1) * group < h_end ? (g + 1) * group : h_end;
+            for (int64_t h = h_lo; h < h_hi; h++) {
+                for (int64_t q0 = 0; q0 < len; q0 += 16) {
+                    int64_t rows = len - q0 < 16 ? len - q0 : 16;
+                    /* query n's dimension pair (32 c + 2 r, + 1) at chunk c, row r, column n */
+                    const uint16_t *base = q + (t0 + q0) * q_stride + h * d;
+                    __mmask16 live = lanes(0, rows);
+                    for (int64_t p = 0; p < d / 2; p++)
+                        _mm512_storeu_si512((void *)(w.query + (p >> 4) * 256 + (p & 15) * 16),
+                                            _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live, qrows, base + 2 * p, 1));
+                    attend_block(&w, q0, rows, len, d, scale, causal, window, softcap,
+                                 out + t0 * heads * d + h * d, heads * d);
+                }
+            }
+        }
+    }
+
+    if (saved.palette)
+        _tile_loadconfig(&saved);
+    else
+        _tile_release();
+    for (int i = 0; i < 6; i++) free(parts[i]);
+    return 0;
+#else
+    (void)q; (void)q_stride; (void)k; (void)k_stride; (void)v; (void)v_stride; (void)out; (void)cu; (void)nseq;
+    (void)max_len; (void)heads; (void)kv_heads; (void)d; (void)scale; (void)causal; (void)window; (void)softcap;
+    (void)h_begin; (void)h_end;
+    return 2;
+#endif
+}
