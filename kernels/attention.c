@@ -12,7 +12,7 @@
  *   1. the transposed scores S^T = K Q^T in float32 (AMX), so that one vector holds one key's
  *      scores for the 16 queries;
  *   2. an exact softmax per query, lane-wise: the maximum over the keys it sees, then
- *      exp((s - max) * scale) and its sum (soft-capping first where asked), the probabilities
+ *      2^((s - max) * scale * log2(e)) and its sum (soft-capping first where asked), the probabilities
  *      rounded to bfloat16 and pair-interleaved, hidden keys written as zeros;
  *   3. O^T = V^T P^T in float32 (AMX), divided by each query's sum and rounded once to bfloat16.
  * This is the arithmetic of torch's CPU flash-attention kernel (bf16 products, float32
@@ -89,6 +89,22 @@ static inline __m512 exp16(__m512 x) {
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+static inline __m512 exp2_16(__m512 x) {
+    /* 2^x = 2^n * 2^f, n = round(x), |f| <= 1/2: a degree-5 polynomial (relative error < 4e-6,
+     * far below the bf16 rounding of the probabilities), scaled with vscalefps; x is clamped
+     * at -125 (2^-125, not 0: the keys of the softmax are never all that far below its maximum). */
+    x = _mm512_max_ps(x, _mm512_set1_ps(-125.0f));
+    __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 f = _mm512_sub_ps(x, n);
+    __m512 p = _mm512_set1_ps(1.3333558e-3f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504109e-2f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022651e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
     return _mm512_scalef_ps(p, n);
 }
 
@@ -225,22 +241,23 @@ static void attend_block(const workspace *w, int64_t q0, int64_t rows,
     }
     __m512 top = _mm512_max_ps(_mm512_max_ps(top0, top1), _mm512_max_ps(top2, top3));
     top = _mm512_maskz_mov_ps(live, top); /* rows past the sequence: 0, not -inf */
-    __m512 scl = _mm512_set1_ps(step);
-    __m512 shift = _mm512_mul_ps(top, _mm512_set1_ps(-step));
+    /* e^((s - max) * step) = 2^(s * step * log2(e) - max * step * log2(e)) */
+    __m512 scl = _mm512_set1_ps(step * 1.44269504f);
+    __m512 shift = _mm512_mul_ps(top, _mm512_set1_ps(-step * 1.44269504f));
     __m512 sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps();
     const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7,
                                                 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
     for (j = k0; j < k1; j += 2) {
         __m512 e0, e1;
         if (j >= a && j + 2 <= b) {
-            e0 = exp16(_mm512_fmadd_ps(_mm512_loadu_ps(ROW(j)), scl, shift));
-            e1 = exp16(_mm512_fmadd_ps(_mm512_loadu_ps(ROW(j + 1)), scl, shift));
+            e0 = exp2_16(_mm512_fmadd_ps(_mm512_loadu_ps(ROW(j)), scl, shift));
+            e1 = exp2_16(_mm512_fmadd_ps(_mm512_loadu_ps(ROW(j + 1)), scl, shift));
         } else {
             __mmask16 m0 = j >= first && j < last ? (j >= a && j < b ? live : EDGE_MASK(j)) : 0;
             __mmask16 m1 = j + 1 >= first && j + 1 < last ? (j + 1 >= a && j + 1 < b ? live : EDGE_MASK(j + 1)) : 0;
-            e0 = m0 ? _mm512_maskz_mov_ps(m0, exp16(_mm512_fmadd_ps(_mm512_loadu_ps(ROW(j)), scl, shift)))
+            e0 = m0 ? _mm512_maskz_mov_ps(m0, exp2_16(_mm512_fmadd_ps(_mm512_loadu_ps(ROW(j)), scl, shift)))
                     : _mm512_setzero_ps();
-            e1 = m1 ? _mm512_maskz_mov_ps(m1, exp16(_mm512_fmadd_ps(_mm512_loadu_ps(ROW(j + 1)), scl, shift)))
+            e1 = m1 ? _mm512_maskz_mov_ps(m1, exp2_16(_mm512_fmadd_ps(_mm512_loadu_ps(ROW(j + 1)), scl, shift)))
                     : _mm512_setzero_ps();
         }
         sum0 = _mm512_add_ps(sum0, e0);
@@ -344,6 +361,13 @@ int poolkit_varlen_attention(const uint16_t *q, int64_t q_stride, const uint16_t
     for (int64_t s = 0; s < nseq; s++) {
         int64_t t0 = cu[s], len = cu[s + 1] - cu[s];
         if (len <= 0) continue;
+        if (len == 1) {
+            /* One token sees only itself: its output is its value, exactly (the engine's filler
+             * sequences are such tokens). */
+            for (int64_t h = h_begin; h < h_end; h++)
+                memcpy(out + t0 * heads * d + h * d, v + t0 * v_stride + (h / group) * d, (size_t)d * 2);
+            continue;
+        }
         for (int64_t g = h_begin / group; g <= (h_end - 1) / group; g++) {
             pack_values(v + t0 * v_stride + g * d, v_stride, len, d, (len + 31) / 32, w.values);
             for (int64_t n = 0; n < len; n++) memcpy(w.keys + n * d, k + (t0 + n) * k_stride + g * d, (size_t)d * 2);

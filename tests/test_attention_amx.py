@@ -119,3 +119,12 @@ def test_amx_attention_hands_what_it_cannot_run_to_the_reference(monkeypatch) ->
     wants_grad = b.clone().requires_grad_()
     assert amx_varlen_attention(wants_grad, b, b, batch) == "ref"
     assert len(calls) == 5
+
+
+@needs_amx
+def test_amx_attention_gives_single_tokens_their_own_values() -> None:
+    """A one-token sequence (the engine's filler rows) sees only itself: its output is its value."""
+    batch, q, k, v = _inputs([5, 1, 1, 40, 1], 4, 2, 64, seed=3)
+    got = amx_varlen_attention(q, k, v, batch, causal=True)
+    for token in (5, 6, 47):
+        assert torch.equal(got[token], v[token].repeat_interleave(2, dim=0))
