@@ -32,8 +32,8 @@
 #include <unistd.h>
 #include <sys/syscall.h>
 
-#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512F__) && defined(__AVX512BF16__)
-#include <immintrin.h>
+#include "simd.h"
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(POOLKIT_AVX512BF16)
 #define POOLKIT_AMX 1
 #endif
 
@@ -70,42 +70,6 @@ static void configure_tiles(void) {
         cfg.colsb[t] = 64;
     }
     _tile_loadconfig(&cfg);
-}
-
-static inline __m512 exp16(__m512 x) {
-    /* e^x = 2^n * e^r, n = round(x / ln 2), |r| <= ln(2) / 2: a degree-6 Taylor polynomial
-     * (relative error < 2e-7), scaled with vscalefps; below -100 it is e^-100. */
-    const __m512 log2e = _mm512_set1_ps(1.44269504f);
-    const __m512 ln2_hi = _mm512_set1_ps(0.693145752f);
-    const __m512 ln2_lo = _mm512_set1_ps(1.42860677e-6f);
-    x = _mm512_max_ps(x, _mm512_set1_ps(-100.0f));
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, ln2_hi, x);
-    r = _mm512_fnmadd_ps(n, ln2_lo, r);
-    __m512 p = _mm512_set1_ps(1.0f / 720.0f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    return _mm512_scalef_ps(p, n);
-}
-
-static inline __m512 exp2_16(__m512 x) {
-    /* 2^x = 2^n * 2^f, n = round(x), |f| <= 1/2: a degree-5 polynomial (relative error < 4e-6,
-     * far below the bf16 rounding of the probabilities), scaled with vscalefps; x is clamped
-     * at -125 (2^-125, not 0: the keys of the softmax are never all that far below its maximum). */
-    x = _mm512_max_ps(x, _mm512_set1_ps(-125.0f));
-    __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 f = _mm512_sub_ps(x, n);
-    __m512 p = _mm512_set1_ps(1.3333558e-3f);
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291e-3f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504109e-2f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022651e-1f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718e-1f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-    return _mm512_scalef_ps(p, n);
 }
 
 /* cap * tanh(x / cap) = cap * (1 - 2 / (e^(2x / cap) + 1)), the exponent clamped to +-80. */

@@ -4,8 +4,8 @@ with the system's C compiler for this CPU (``-O3 -march=native``) and loaded wit
 No build step at install time and no torch headers: the source is plain C working on data
 pointers, so it compiles in well under a second, and a machine without a compiler simply does
 not have the kernels (their ``is_available()`` says so and the registry selects the torch
-reference instead). The shared library is cached, keyed by the source, the compiler and the
-CPU's flags, in ``$POOLKIT_KERNEL_CACHE``, else ``$XDG_CACHE_HOME/poolkit/kernels``, else
+reference instead). The shared library is cached, keyed by the source (with the headers beside
+it, which it may include), the compiler and the CPU's flags, in ``$POOLKIT_KERNEL_CACHE``, else ``$XDG_CACHE_HOME/poolkit/kernels``, else
 ``~/.cache/poolkit/kernels``; ``POOLKIT_C_KERNELS=0`` turns compiled kernels off, ``CC`` picks
 the compiler. Only poolkit's own sources (or a plugin's, through :func:`load_c_library`) are
 compiled: nothing from the network or from requests.
@@ -106,7 +106,8 @@ def load_c_library(source: str | os.PathLike) -> ctypes.CDLL | None:
     is found or the build fails (logged once at INFO: the torch references then run).
 
     Args:
-        source: path of a C file; its functions are then attributes of the returned library.
+        source: path of a C file; its functions are then attributes of the returned library. It
+            may include headers from its own folder (``#include "name.h"``).
     """
     if not compiled_kernels_enabled():
         return None
@@ -117,7 +118,8 @@ def load_c_library(source: str | os.PathLike) -> ctypes.CDLL | None:
     path = Path(source)
     try:
         key = hashlib.sha256()
-        for part in (path.read_bytes(), compiler.encode(), _compiler_version(compiler).encode(),
+        headers = [h.read_bytes() for h in sorted(path.parent.glob("*.h"))]
+        for part in (path.read_bytes(), *headers, compiler.encode(), _compiler_version(compiler).encode(),
                      _cpu_signature().encode(), " ".join(CFLAGS + NATIVE_FLAGS).encode()):
             key.update(part)
             key.update(b"\0")

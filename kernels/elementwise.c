@@ -10,6 +10,9 @@
  * the CPU's own conversion (subnormal results may flush to zero), float partial sums folded into
  * a double every 256 elements. Other rows, dtypes and CPUs take the generic code.
  *
+ * The activations (poolkit_activation) exist only with AVX512-BF16: elsewhere oneDNN's fused
+ * post-ops apply them.
+ *
  * dtype codes: 0 float32, 1 bfloat16. Rows of an input are addressed as
  * base + (i / inner) * outer_stride + (i % inner) * inner_stride (in elements), so strided views
  * (the query heads of a fused qkv output) are read in place; outputs are contiguous.
@@ -18,10 +21,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#if defined(__AVX512F__) && defined(__AVX512BF16__)
-#include <immintrin.h>
-#define POOLKIT_AVX512BF16 1
-#endif
+#include "simd.h"
 
 typedef union {
     uint32_t u;
@@ -89,17 +89,6 @@ static void round_to(float *restrict x, int dtype, int64_t n) {
 #ifdef POOLKIT_AVX512BF16
 /* bf16 rows whose width is a multiple of 16, with AVX512-BF16 (one instruction rounds 16 floats):
  * the same arithmetic as the generic code in fewer passes. */
-static inline __m512 bf16x16(const uint16_t *p) {
-    __m256i h = _mm256_loadu_si256((const __m256i *)p);
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
-
-static inline void put_bf16x16(uint16_t *p, __m512 v) { _mm256_storeu_si256((__m256i *)p, (__m256i)_mm512_cvtneps_pbh(v)); }
-
-static inline __m512 round_bf16x16(__m512 v) {
-    __m256i h = (__m256i)_mm512_cvtneps_pbh(v);
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
 
 /* The sum of 16-lane float partial sums, folded into a double every 256 elements. */
 #define POOLKIT_FOLD 256
@@ -321,4 +310,68 @@ int poolkit_rotary(const void *x, int x_dtype, int64_t inner, int64_t outer_stri
     }
     free(buf);
     return 0;
+}
+
+#ifdef POOLKIT_AVX512BF16
+/* x * sigmoid(y) = x / (1 + e^-y), as torch computes it (x / infinity below y = -88). */
+static inline __m512 times_sigmoid16(__m512 x, __m512 y) {
+    return _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0f), exp16(_mm512_sub_ps(_mm512_setzero_ps(), y))));
+}
+
+/* One of the activations of poolkit_activation, on 16 lanes; `act` is a constant where it is inlined. */
+static inline __attribute__((always_inline)) __m512 activate16(__m512 x, int act) {
+    if (act == 1) /* silu */
+        return times_sigmoid16(x, x);
+    /* gelu, tanh approximation: 0.5 x (1 + tanh(u)) = x sigmoid(2 u), u = sqrt(2 / pi) (x + 0.044715 x^3) */
+    __m512 u2 = _mm512_mul_ps(x, _mm512_fmadd_ps(_mm512_mul_ps(x, x), _mm512_set1_ps(2.0f * 0.7978845608f * 0.044715f),
+                                                 _mm512_set1_ps(2.0f * 0.7978845608f)));
+    return times_sigmoid16(x, u2);
+}
+
+static inline __attribute__((always_inline)) void activation_rows(const uint16_t *y, int64_t stride, int64_t gate_offset,
+                                                                  int64_t up_offset, uint16_t *out, int64_t out_stride,
+                                                                  int64_t row_begin, int64_t row_end, int64_t n, int act) {
+    for (int64_t i = row_begin; i < row_end; i++) {
+        const uint16_t *gate = y + i * stride + gate_offset, *up = y + i * stride + up_offset;
+        uint16_t *o = out + i * out_stride;
+        for (int64_t j = 0; j < n; j += 16) {
+            __m512 v = activate16(bf16x16(gate + j), act);
+            put_bf16x16(o + j, up_offset >= 0 ? _mm512_mul_ps(v, bf16x16(up + j)) : v);
+        }
+    }
+}
+#endif
+
+/* 1 when this build has poolkit_activation (AVX512-BF16). */
+int poolkit_has_activation(void) {
+#ifdef POOLKIT_AVX512BF16
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+/* The activation of a bf16 matmul's output, or of a gated feed-forward's gate times its up
+ * projection: out[i, j] = act(gate[i, j]) (* up[i, j]) for j < n, computed in float32 from the
+ * bf16 inputs and rounded once. Row i's gate starts at y + i * stride + gate_offset, its up
+ * projection at y + i * stride + up_offset (none when up_offset < 0), its output at
+ * out + i * out_stride (out may be y itself: in place). act: 1 silu, 2 gelu (tanh approximation),
+ * the activations whose oneDNN post-ops cost more than this pass (others stay post-ops). Returns
+ * 2 without AVX512-BF16 or when n is not a multiple of 16, 3 for an unknown act. */
+int poolkit_activation(const void *y, int64_t stride, int64_t gate_offset, int64_t up_offset, void *out,
+                       int64_t out_stride, int64_t row_begin, int64_t row_end, int64_t n, int act) {
+#ifdef POOLKIT_AVX512BF16
+    if (n % 16) return 2;
+    const uint16_t *src = (const uint16_t *)y;
+    uint16_t *dst = (uint16_t *)out;
+    switch (act) {
+    case 1: activation_rows(src, stride, gate_offset, up_offset, dst, out_stride, row_begin, row_end, n, 1); return 0;
+    case 2: activation_rows(src, stride, gate_offset, up_offset, dst, out_stride, row_begin, row_end, n, 2); return 0;
+    default: return 3;
+    }
+#else
+    (void)y, (void)stride, (void)gate_offset, (void)up_offset, (void)out, (void)out_stride;
+    (void)row_begin, (void)row_end, (void)n, (void)act;
+    return 2;
+#endif
 }

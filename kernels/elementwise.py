@@ -1,4 +1,4 @@
-"""Norms and rotary positions, each in one pass: the elementwise work around the matmuls.
+"""Norms, rotary positions and activations, each in one pass: the elementwise work around the matmuls.
 
 Unfused, an RMSNorm in bf16 is six passes over its input (the float32 copy, the square, the
 mean, the scaling, the cast back, the weight), a rotation five (two halves, a negation, a
@@ -40,6 +40,10 @@ and models rely on without importing this module:
   and the others unchanged, ``x``'s shape and dtype. The reference computes in the promoted
   dtype of ``x`` and ``cos`` (bf16 with bf16 angles, as transformers' Llama; float32 with float32
   ones, as its ModernBERT), a kernel may compute in float32 and round once.
+
+The same C library computes, in bf16 on CPUs with AVX512-BF16, the activations of the oneDNN
+linear kernels (:func:`activation_c`, which :mod:`poolkit.kernels.linear` calls after a plain
+matmul): not an op of its own, an implementation detail of those kernels.
 
 The compiled implementations (``:c``) are C (``elementwise.c``) built for this CPU on first use
 (:mod:`poolkit.kernels.compiler`); they take bf16 CPU tensors (with float32 ones beside them)
@@ -140,6 +144,8 @@ def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
 
 _P, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
 _SIGNATURES = {
+    "poolkit_activation": (_P, _I, _I, _I, _P, _I, _I, _I, _I, ctypes.c_int),
+    "poolkit_has_activation": (),
     "poolkit_rms_norm": (_P, ctypes.c_int, _I, _I, _I, _P, ctypes.c_int, _P, ctypes.c_int, _P, ctypes.c_int,
                          _P, ctypes.c_int, _I, _I, _I, _F, ctypes.c_int),
     "poolkit_residual_norm": (_P, ctypes.c_int, _P, ctypes.c_int, _P, _P, ctypes.c_int, _P, _P, ctypes.c_int,
@@ -201,6 +207,47 @@ def _row_layout(x: torch.Tensor) -> tuple[int, int, int] | None:
     if len(lead) == 1:
         return 1, lead[0][1], 0
     return inner_size, lead[0][1], inner_stride
+
+
+#: The activations :func:`activation_c` computes, by name (those of ``linear_act``), with their codes
+#: in elementwise.c: those whose oneDNN post-ops cost more than a compiled pass (measured; oneDNN's
+#: ReLU and erf GELU post-ops cost less).
+C_ACTIVATIONS = {"silu": 1, "gelu_tanh": 2}
+
+
+@functools.cache
+def _has_activation() -> bool:
+    lib = _library()
+    return lib is not None and bool(lib.poolkit_has_activation())
+
+
+def activation_c_runs(dtype: torch.dtype, width: int, act: str) -> bool:
+    """Whether :func:`activation_c` computes ``act`` over ``width`` columns of ``dtype``: bf16, a
+    width that is a multiple of 16, an activation of :data:`C_ACTIVATIONS`, a build with AVX512-BF16."""
+    return dtype == torch.bfloat16 and width % 16 == 0 and act in C_ACTIVATIONS and _has_activation()
+
+
+def activation_c(y: torch.Tensor, act: str, gate_first: bool | None = None) -> torch.Tensor:
+    """``act(y)`` of a contiguous bf16 matmul output ``y`` (``[rows, n]``), in place; or, with
+    ``gate_first`` given, ``act(gate) * up`` of its two halves (``[rows, 2 * inner]``, the gate the
+    first half when ``gate_first``) into a new ``[rows, inner]`` tensor. Computed in float32 from
+    the bf16 values and rounded once, as torch's own bf16 activations are.
+
+    Only for calls :func:`activation_c_runs` accepts (``n``, or ``inner``, the width it checks),
+    outside autograd: callers check first.
+    """
+    rows, width = y.shape
+    inner = width if gate_first is None else width // 2
+    out = y if gate_first is None else torch.empty((rows, inner), dtype=y.dtype)
+    gate, up = (0, -1) if gate_first is None else ((0, inner) if gate_first else (inner, 0))
+    if rows:
+        codes = run_split(
+            _library().poolkit_activation, rows, y.data_ptr(), width, gate, up, out.data_ptr(), inner,
+            args_after=(inner, C_ACTIVATIONS[act]), parallel=y.numel() >= _PARALLEL_ELEMENTS,
+        )
+        if any(codes):
+            raise ValueError(f"poolkit activation kernel: cannot compute {act!r} over {inner} columns (code {max(codes)})")
+    return out
 
 
 def rms_norm_c(

@@ -1,10 +1,15 @@
-"""A linear layer with its activation fused in: ``act(x @ W^T + b)`` in one pass; and the gated
-feed-forward input ``act(gate) * up`` of SwiGLU / GeGLU layers in two.
+"""A linear layer with its activation: ``act(x @ W^T + b)``; and the gated feed-forward input
+``act(gate) * up`` of SwiGLU / GeGLU layers.
 
-Unfused, the activation is a second pass over the layer's whole output (for BERT's feed-forward
-expansion, ``[tokens, 4 * hidden]``), which costs as much as a third of the matmul itself on a
-CPU; fused, oneDNN applies bias and activation while the output tile is still in cache. In
-bf16 the fused result is also rounded once instead of twice.
+The oneDNN kernels run the matmuls on packed weights, with bias and activation as oneDNN
+post-ops applied while each output tile is still in cache. In bf16, on CPUs with AVX512-BF16,
+two activations are the exception: oneDNN's swish and tanh-GELU post-ops cost half a matmul or
+more (one thread, 2048 x 768 -> 2304 to 6144: +50% and +50-95%; a gated layer's product by the up
+projection, a binary post-op, another +30%), so for SiLU and the tanh GELU the kernels run a
+plain matmul (for a gated layer one matmul over both halves) and compute the activation, times
+the up half, in one compiled pass over its output
+(:func:`poolkit.kernels.elementwise.activation_c`, +20-30%), rounding as torch's own bf16
+activation does. ReLU's and the erf GELU's post-ops cost less than such a pass: they stay.
 
 The op's contract, which every ``linear_act`` kernel keeps (same arguments and defaults as the
 reference, which is what ``poolkit.kernel_reference("linear_act")`` returns) and models rely on
@@ -28,7 +33,7 @@ NomicBERT's SwiGLU): ``fn(x, weight, bias, act="silu", gate_first=True) -> out``
 - returns ``act(gate) * up``, ``[..., inner]`` in ``x``'s dtype; autograd works through it.
   Unfused that is a ``[..., 2 * inner]`` matmul output, then two more passes over it (the
   activation and the product); the oneDNN kernel applies the activation to one matmul's tile and
-  the product to the other's, so the wide output is never written.
+  the product to the other's, or (bf16 with AVX512-BF16) both in one pass over the wide output.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ import torch.nn.functional as F
 
 from poolkit.hookspecs import hookimpl
 from poolkit.kernel import Kernel
+from poolkit.kernels.elementwise import activation_c, activation_c_runs
 
 #: Activations of :func:`linear_act`, by name: the ``act`` names every ``linear_act`` kernel takes.
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -83,16 +89,20 @@ def linear_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
 def linear_act_onednn(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, act: str = "none"
 ) -> torch.Tensor:
-    """:func:`linear_act` as one oneDNN matmul with bias and activation as post-ops.
+    """:func:`linear_act` as one oneDNN matmul with bias and activation as post-ops, or (bf16 on
+    CPUs with AVX512-BF16) a plain one and the compiled activation in place.
 
     Runs fp32 and bf16 inference on the CPU; anything else (fp64, autograd, another device)
     goes to the reference.
     """
     if not _onednn_runs(x, weight):
         return linear_act(x, weight, bias, act)
-    attr, algorithm = _ONEDNN_POST_OPS[act]
     rows, n = _bucketed_rows(x)
-    out = torch.ops.mkldnn._linear_pointwise(rows, _packed(weight), bias, attr, [], algorithm)
+    if act != "none" and activation_c_runs(x.dtype, weight.shape[0], act):
+        out = activation_c(torch.ops.mkldnn._linear_pointwise(rows, _packed(weight), bias, "none", [], ""), act)
+    else:
+        attr, algorithm = _ONEDNN_POST_OPS[act]
+        out = torch.ops.mkldnn._linear_pointwise(rows, _packed(weight), bias, attr, [], algorithm)
     return out[:n].reshape(*x.shape[:-1], out.shape[-1])
 
 
@@ -117,16 +127,21 @@ def gated_linear_onednn(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, act: str = "silu", gate_first: bool = True
 ) -> torch.Tensor:
     """:func:`gated_linear` as two oneDNN matmuls: the gate's with the activation as its post-op,
-    the up projection's with the product by the gate as its post-op. Where oneDNN cannot run
-    (see :func:`linear_act_onednn`), the reference."""
+    the up projection's with the product by the gate as its post-op; or (bf16 on CPUs with
+    AVX512-BF16) one matmul over both halves and the compiled ``act(gate) * up``. Where oneDNN
+    cannot run (see :func:`linear_act_onednn`), the reference."""
     if not _onednn_runs(x, weight):
         return gated_linear(x, weight, bias, act, gate_first)
-    attr, algorithm = _ONEDNN_POST_OPS[act]
-    g, u = (0, 1) if gate_first else (1, 0)
-    biases = (None, None) if bias is None else bias.chunk(2)
     rows, n = _bucketed_rows(x)
-    gate = torch.ops.mkldnn._linear_pointwise(rows, _packed(weight, g), biases[g], attr, [], algorithm)
-    out = torch.ops.mkldnn._linear_pointwise.binary(rows, gate, _packed(weight, u), biases[u], "mul")
+    if activation_c_runs(x.dtype, weight.shape[0] // 2, act):
+        both = torch.ops.mkldnn._linear_pointwise(rows, _packed(weight), bias, "none", [], "")
+        out = activation_c(both, act, gate_first)
+    else:
+        attr, algorithm = _ONEDNN_POST_OPS[act]
+        g, u = (0, 1) if gate_first else (1, 0)
+        biases = (None, None) if bias is None else bias.chunk(2)
+        gate = torch.ops.mkldnn._linear_pointwise(rows, _packed(weight, g), biases[g], attr, [], algorithm)
+        out = torch.ops.mkldnn._linear_pointwise.binary(rows, gate, _packed(weight, u), biases[u], "mul")
     return out[:n].reshape(*x.shape[:-1], out.shape[-1])
 
 

@@ -1,6 +1,6 @@
 """The elementwise kernel ops (rms_norm, residual_norm, rotary): the references against
-transformers' own code, the compiled C kernels against the references and the float64 result,
-and the compiler's cache and refusals."""
+transformers' own code, the compiled C kernels against the references and the float64 result;
+the compiled activations of the oneDNN linear kernels; and the compiler's cache and refusals."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from poolkit.kernels import compiler, elementwise
 from poolkit.kernels.elementwise import residual_norm, residual_norm_c, rms_norm, rms_norm_c, rotary, rotary_c
+from poolkit.kernels.linear import ACTIVATIONS
 
 needs_c = pytest.mark.skipif(elementwise._library() is None, reason="no C compiler: the compiled kernels are off")
 BF16_ULP = 2.0**-7  # relative spacing of bf16 values
@@ -215,6 +216,96 @@ def test_calls_the_c_kernels_do_not_take_go_to_the_reference() -> None:
     assert leaf.grad is not None and leaf.grad.abs().sum() > 0
 
 
+# -- activations of the oneDNN linear kernels ---------------------------------------------------
+
+needs_activation = pytest.mark.skipif(not elementwise._has_activation(), reason="no AVX512-BF16 build")
+
+
+def _exact_activation(x: torch.Tensor, act: str) -> torch.Tensor:
+    """``act`` in float64, the tanh GELU written as ``x * sigmoid(2u)`` so that its tail does not cancel."""
+    x = x.double()
+    if act == "gelu_tanh":
+        return x * torch.sigmoid(2 * 0.7978845608028654 * (x + 0.044715 * x**3))
+    return F.silu(x)
+
+
+@needs_activation
+@pytest.mark.parametrize("act", sorted(elementwise.C_ACTIVATIONS))
+def test_activation_c_is_exact_up_to_one_bf16_rounding(act: str) -> None:
+    """Both tails included: torch's own float32 tanh GELU cancels below about -4 (``1 + tanh``), this does not."""
+    x = torch.cat([_rand(60, 16, scale=4.0).flatten(), torch.linspace(-40, 40, 1024)]).bfloat16().reshape(-1, 64)
+    exact = _exact_activation(x, act)
+    got = elementwise.activation_c(x.clone(), act)
+    assert got.dtype == torch.bfloat16 and got.shape == x.shape
+    # half a bf16 ulp of rounding, a little float32 arithmetic; results below float32's normal range may flush to 0
+    assert ((got.double() - exact).abs() <= exact.abs() * (BF16_ULP / 2) * 1.01 + 1e-37).all()
+    if act == "silu":  # torch's float32 arithmetic is accurate here: the same bits
+        assert torch.equal(got, ACTIVATIONS[act](x.float()).bfloat16())
+
+
+@needs_activation
+def test_activation_c_keeps_nan_and_infinities() -> None:
+    special = torch.tensor([float("nan"), float("inf"), float("-inf"), 0.0] * 4).bfloat16().reshape(1, 16)
+    for act in elementwise.C_ACTIVATIONS:
+        got = elementwise.activation_c(special.clone(), act)[0, :4].float().tolist()
+        want = ACTIVATIONS[act](special[0, :4].float()).tolist()  # torch's: nan, inf, nan (-inf * 0), 0
+        assert str(got) == str(want), act
+
+
+@needs_activation
+@pytest.mark.parametrize("gate_first", [True, False])
+def test_activation_c_gates_one_half_by_the_other(gate_first: bool) -> None:
+    both = _rand(37, 96, scale=3.0).bfloat16()
+    gate, up = (both[:, :48], both[:, 48:]) if gate_first else (both[:, 48:], both[:, :48])
+    for act in elementwise.C_ACTIVATIONS:
+        got = elementwise.activation_c(both, act, gate_first)
+        assert got.shape == (37, 48) and got.is_contiguous()
+        exact = _exact_activation(gate, act) * up.double()
+        assert ((got.double() - exact).abs() <= exact.abs() * (BF16_ULP / 2) * 1.01 + 1e-37).all(), act
+    assert torch.equal(both, _rand(37, 96, scale=3.0).bfloat16())  # its input untouched
+
+
+@needs_activation
+def test_activation_c_splits_over_threads_with_the_same_bits(monkeypatch: pytest.MonkeyPatch) -> None:
+    both = _rand(300, 512, scale=3.0).bfloat16()
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = [elementwise.activation_c(both, "gelu_tanh", True), elementwise.activation_c(both.clone(), "silu")]
+        torch.set_num_threads(3)
+        monkeypatch.setattr(elementwise, "_PARALLEL_ELEMENTS", 1)
+        many = [elementwise.activation_c(both, "gelu_tanh", True), elementwise.activation_c(both.clone(), "silu")]
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(one, many))
+
+
+@needs_activation
+def test_the_onednn_linear_kernels_take_the_compiled_activation_in_bf16() -> None:
+    """A plain matmul then the compiled pass, where the width allows it (a multiple of 16); the
+    post-ops elsewhere, at the same accuracy."""
+    from poolkit.kernels import linear
+
+    if torch.bfloat16 not in linear._onednn_dtypes():
+        pytest.skip("oneDNN has no bf16 on this CPU")
+    x = _rand(21, 64).bfloat16()
+    assert elementwise.activation_c_runs(torch.bfloat16, 32, "gelu_tanh")
+    assert not elementwise.activation_c_runs(torch.bfloat16, 40, "silu")
+    assert not elementwise.activation_c_runs(torch.float32, 32, "silu")
+    assert not elementwise.activation_c_runs(torch.bfloat16, 32, "gelu")  # oneDNN's post-op is the faster
+    with torch.inference_mode():
+        for inner in (32, 40):
+            w = (_rand(2 * inner, 64, seed=1) / 8).bfloat16()
+            plain = linear.linear_act_onednn(x, w, None)
+            gated = linear.gated_linear_onednn(x, w, None, "gelu_tanh", gate_first=False)
+            single = linear.linear_act_onednn(x, w, None, "silu")
+            if inner == 32:
+                assert torch.equal(gated, elementwise.activation_c(plain.clone(), "gelu_tanh", gate_first=False))
+                assert torch.equal(single, elementwise.activation_c(plain.clone(), "silu"))
+            exact = linear.gated_linear(x.double(), w.double(), None, "gelu_tanh", gate_first=False)
+            assert ((gated.double() - exact).norm() / exact.norm()) < 0.01
+
+
 def test_the_c_kernels_are_selected_on_the_cpu_when_they_build() -> None:
     import poolkit
 
@@ -246,6 +337,13 @@ def test_load_c_library_builds_once_and_caches_by_content(tmp_path, monkeypatch)
     assert compiler.load_c_library.__wrapped__(source).add(5, 3) == 2
     assert len(list((tmp_path / "cache").glob("adder-*.so"))) == 2
     assert not list((tmp_path / "cache").glob("*.so.tmp*")) and len(list((tmp_path / "cache").iterdir())) == 2
+    # a header beside the source is part of it: changing the header rebuilds
+    (tmp_path / "op.h").write_text("#define OP -\n")
+    source.write_text('#include "op.h"\n' + _ADD.replace("a + b", "a OP b"))
+    assert compiler.load_c_library.__wrapped__(source).add(5, 3) == 2
+    (tmp_path / "op.h").write_text("#define OP *\n")
+    assert compiler.load_c_library.__wrapped__(source).add(5, 3) == 15
+    assert len(list((tmp_path / "cache").glob("adder-*.so"))) == 4
 
 
 def test_a_source_that_does_not_compile_turns_the_kernels_off(tmp_path, monkeypatch, caplog) -> None:

@@ -1,0 +1,65 @@
+/* AVX-512 helpers shared by poolkit's compiled CPU kernels (elementwise.c, attention.c): bf16
+ * loads and stores of 16 lanes and the exponentials. Defined only where the compiler targets
+ * AVX512F and AVX512-BF16 (POOLKIT_AVX512BF16); every function is static inline. A change here
+ * rebuilds every kernel: poolkit.kernels.compiler keys its cache on the headers beside a source. */
+#ifndef POOLKIT_SIMD_H
+#define POOLKIT_SIMD_H
+
+#include <stdint.h>
+#if defined(__AVX512F__) && defined(__AVX512BF16__)
+#include <immintrin.h>
+#define POOLKIT_AVX512BF16 1
+
+/* 16 bf16 values, widened to float32 (exactly). */
+static inline __m512 bf16x16(const uint16_t *p) {
+    __m256i h = _mm256_loadu_si256((const __m256i *)p);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+/* 16 floats rounded to bf16 (to nearest even; subnormal results may flush to zero) and stored. */
+static inline void put_bf16x16(uint16_t *p, __m512 v) { _mm256_storeu_si256((__m256i *)p, (__m256i)_mm512_cvtneps_pbh(v)); }
+
+/* 16 floats rounded to bf16 and widened back: the value a bf16 store then load would give. */
+static inline __m512 round_bf16x16(__m512 v) {
+    __m256i h = (__m256i)_mm512_cvtneps_pbh(v);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+static inline __m512 exp16(__m512 x) {
+    /* e^x = 2^n * e^r, n = round(x / ln 2), |r| <= ln(2) / 2: a degree-6 Taylor polynomial
+     * (relative error < 2e-7), scaled with vscalefps; below -100 it is e^-100, above 88 infinite. */
+    const __m512 log2e = _mm512_set1_ps(1.44269504f);
+    const __m512 ln2_hi = _mm512_set1_ps(0.693145752f);
+    const __m512 ln2_lo = _mm512_set1_ps(1.42860677e-6f);
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-100.0f)), _mm512_set1_ps(100.0f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, ln2_hi, x);
+    r = _mm512_fnmadd_ps(n, ln2_lo, r);
+    __m512 p = _mm512_set1_ps(1.0f / 720.0f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+static inline __m512 exp2_16(__m512 x) {
+    /* 2^x = 2^n * 2^f, n = round(x), |f| <= 1/2: a degree-5 polynomial (relative error < 4e-6,
+     * far below a bf16 rounding), scaled with vscalefps; x is clamped at -125 (2^-125, not 0: the
+     * softmax's keys are never all that far below its maximum). */
+    x = _mm512_max_ps(x, _mm512_set1_ps(-125.0f));
+    __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 f = _mm512_sub_ps(x, n);
+    __m512 p = _mm512_set1_ps(1.3333558e-3f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504109e-2f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022651e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+#endif
+#endif
