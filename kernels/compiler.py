@@ -5,9 +5,9 @@ No build step at install time and no torch headers: the source is plain C workin
 pointers, so it compiles in well under a second, and a machine without a compiler simply does
 not have the kernels (their ``is_available()`` says so and the registry selects the torch
 reference instead). The shared library is cached, keyed by the source (with the headers beside
-it, which it may include), the compiler and the CPU's flags, in ``$POOLKIT_KERNEL_CACHE``, else ``$XDG_CACHE_HOME/poolkit/kernels``, else
-``~/.cache/poolkit/kernels``; ``POOLKIT_C_KERNELS=0`` turns compiled kernels off, ``CC`` picks
-the compiler. Only poolkit's own sources (or a plugin's, through :func:`load_c_library`) are
+it, which it may include), the compiler and the CPU's flags, in ``$POOLKIT_KERNEL_CACHE``, else
+``$XDG_CACHE_HOME/poolkit/kernels``, else ``~/.cache/poolkit/kernels``; ``POOLKIT_C_KERNELS=0``
+turns compiled kernels off, ``CC`` picks the compiler. Only poolkit's own sources (or a plugin's, through :func:`load_c_library`) are
 compiled: nothing from the network or from requests.
 """
 

@@ -332,11 +332,11 @@ static inline __attribute__((always_inline)) void activation_rows(const uint16_t
                                                                   int64_t up_offset, uint16_t *out, int64_t out_stride,
                                                                   int64_t row_begin, int64_t row_end, int64_t n, int act) {
     for (int64_t i = row_begin; i < row_end; i++) {
-        const uint16_t *gate = y + i * stride + gate_offset, *up = y + i * stride + up_offset;
+        const uint16_t *gate = y + i * stride + gate_offset, *up = up_offset >= 0 ? y + i * stride + up_offset : NULL;
         uint16_t *o = out + i * out_stride;
         for (int64_t j = 0; j < n; j += 16) {
             __m512 v = activate16(bf16x16(gate + j), act);
-            put_bf16x16(o + j, up_offset >= 0 ? _mm512_mul_ps(v, bf16x16(up + j)) : v);
+            put_bf16x16(o + j, up ? _mm512_mul_ps(v, bf16x16(up + j)) : v);
         }
     }
 }

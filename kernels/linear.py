@@ -98,7 +98,7 @@ def linear_act_onednn(
     if not _onednn_runs(x, weight):
         return linear_act(x, weight, bias, act)
     rows, n = _bucketed_rows(x)
-    if act != "none" and activation_c_runs(x.dtype, weight.shape[0], act):
+    if activation_c_runs(x.dtype, weight.shape[0], act):
         out = activation_c(torch.ops.mkldnn._linear_pointwise(rows, _packed(weight), bias, "none", [], ""), act)
     else:
         attr, algorithm = _ONEDNN_POST_OPS[act]
