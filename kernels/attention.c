@@ -29,21 +29,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <math.h>
-#include <unistd.h>
-#include <sys/syscall.h>
 
 #include "simd.h"
-#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(POOLKIT_AVX512BF16)
-#define POOLKIT_AMX 1
-#endif
-
-#define ARCH_REQ_XCOMP_PERM 0x1023
-#define XFEATURE_XTILEDATA 18
+#include "amx.h"
 
 /* 1 when this build has the kernel and the process may use AMX tiles (asked once, Linux >= 5.16). */
 int poolkit_attention_available(void) {
 #ifdef POOLKIT_AMX
-    return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
+    return amx_permitted();
 #else
     return 0;
 #endif
@@ -51,26 +44,8 @@ int poolkit_attention_available(void) {
 
 #ifdef POOLKIT_AMX
 
-typedef struct {
-    uint8_t palette;
-    uint8_t start_row;
-    uint8_t reserved[14];
-    uint16_t colsb[16];
-    uint8_t rows[16];
-} tile_config;
-
-/* Tiles 0-3: accumulators (scores of 4 key blocks, or 4 x 16 output dims); 4: queries or
- * probabilities; 5-7: keys or values. Every tile is 16 rows of 64 bytes. */
-static void configure_tiles(void) {
-    tile_config cfg;
-    memset(&cfg, 0, sizeof cfg);
-    cfg.palette = 1;
-    for (int t = 0; t < 8; t++) {
-        cfg.rows[t] = 16;
-        cfg.colsb[t] = 64;
-    }
-    _tile_loadconfig(&cfg);
-}
+/* Tiles (configure_tiles: 16 rows of 64 bytes each) 0-3: accumulators (scores of 4 key blocks, or
+ * 4 x 16 output dims); 4: queries or probabilities; 5-7: keys or values. */
 
 /* cap * tanh(x / cap) = cap * (1 - 2 / (e^(2x / cap) + 1)), the exponent clamped to +-80. */
 static inline __m512 softcap16(__m512 x, float cap) {
@@ -317,8 +292,7 @@ int poolkit_varlen_attention(const uint16_t *q, int64_t q_stride, const uint16_t
 
     /* Keep whatever tile configuration the caller's thread had (oneDNN's, torch's). */
     tile_config saved;
-    _tile_storeconfig(&saved);
-    configure_tiles();
+    configure_tiles(&saved);
 
     int64_t group = heads / kv_heads;
     const __m512i qrows = byte_offsets(q_stride);
@@ -354,10 +328,7 @@ int poolkit_varlen_attention(const uint16_t *q, int64_t q_stride, const uint16_t
         }
     }
 
-    if (saved.palette)
-        _tile_loadconfig(&saved);
-    else
-        _tile_release();
+    restore_tiles(&saved);
     for (int i = 0; i < 6; i++) free(parts[i]);
     return 0;
 #else

@@ -313,21 +313,6 @@ int poolkit_rotary(const void *x, int x_dtype, int64_t inner, int64_t outer_stri
 }
 
 #ifdef POOLKIT_AVX512BF16
-/* x * sigmoid(y) = x / (1 + e^-y), as torch computes it (x / infinity below y = -88). */
-static inline __m512 times_sigmoid16(__m512 x, __m512 y) {
-    return _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0f), exp16(_mm512_sub_ps(_mm512_setzero_ps(), y))));
-}
-
-/* One of the activations of poolkit_activation, on 16 lanes; `act` is a constant where it is inlined. */
-static inline __attribute__((always_inline)) __m512 activate16(__m512 x, int act) {
-    if (act == 1) /* silu */
-        return times_sigmoid16(x, x);
-    /* gelu, tanh approximation: 0.5 x (1 + tanh(u)) = x sigmoid(2 u), u = sqrt(2 / pi) (x + 0.044715 x^3) */
-    __m512 u2 = _mm512_mul_ps(x, _mm512_fmadd_ps(_mm512_mul_ps(x, x), _mm512_set1_ps(2.0f * 0.7978845608f * 0.044715f),
-                                                 _mm512_set1_ps(2.0f * 0.7978845608f)));
-    return times_sigmoid16(x, u2);
-}
-
 static inline __attribute__((always_inline)) void activation_rows(const uint16_t *y, int64_t stride, int64_t gate_offset,
                                                                   int64_t up_offset, uint16_t *out, int64_t out_stride,
                                                                   int64_t row_begin, int64_t row_end, int64_t n, int act) {

@@ -1,5 +1,5 @@
-/* AVX-512 helpers shared by poolkit's compiled CPU kernels (elementwise.c, attention.c): bf16
- * loads and stores of 16 lanes and the exponentials. Defined only where the compiler targets
+/* AVX-512 helpers shared by poolkit's compiled CPU kernels (elementwise.c, attention.c, linear.c):
+ * bf16 loads and stores of 16 lanes, the exponentials and the activations. Defined only where the compiler targets
  * AVX512F and AVX512-BF16 (POOLKIT_AVX512BF16); every function is static inline. A change here
  * rebuilds every kernel: poolkit.kernels.compiler keys its cache on the headers beside a source. */
 #ifndef POOLKIT_SIMD_H
@@ -59,6 +59,30 @@ static inline __m512 exp2_16(__m512 x) {
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718e-1f));
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
     return _mm512_scalef_ps(p, n);
+}
+
+/* x * sigmoid(y) = x / (1 + e^-y), as torch computes it (x / infinity below y = -88). */
+static inline __m512 times_sigmoid16(__m512 x, __m512 y) {
+    return _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0f), exp16(_mm512_sub_ps(_mm512_setzero_ps(), y))));
+}
+
+/* An activation on 16 lanes, by code: 0 none, 1 silu, 2 gelu (tanh approximation), 3 relu;
+ * `act` is a constant where it is inlined. */
+static inline __attribute__((always_inline)) __m512 activate16(__m512 x, int act) {
+    switch (act) {
+    case 1:
+        return times_sigmoid16(x, x);
+    case 2: {
+        /* 0.5 x (1 + tanh(u)) = x sigmoid(2 u), u = sqrt(2 / pi) (x + 0.044715 x^3) */
+        __m512 u2 = _mm512_mul_ps(x, _mm512_fmadd_ps(_mm512_mul_ps(x, x), _mm512_set1_ps(2.0f * 0.7978845608f * 0.044715f),
+                                                     _mm512_set1_ps(2.0f * 0.7978845608f)));
+        return times_sigmoid16(x, u2);
+    }
+    case 3: /* max(x, 0), NaN kept as torch's relu keeps it */
+        return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ), x, _mm512_setzero_ps());
+    default:
+        return x;
+    }
 }
 
 #endif

@@ -149,9 +149,9 @@ def test_inference_tensor_weights_are_packed_once() -> None:
         layer = torch.nn.Linear(48, 72)
         assert layer.weight.is_inference()
         before = _check(layer, x)
-        packed = linear._PACKED[id(layer.weight), None][1]
+        packed = linear._PACKED[id(layer.weight), ("onednn", None)][1]
         _check(layer, x)
-        assert linear._PACKED[id(layer.weight), None][1] is packed  # cached, not repacked
+        assert linear._PACKED[id(layer.weight), ("onednn", None)][1] is packed  # cached, not repacked
         # An in-place rewrite inside inference mode leaves no trace on an inference tensor.
         layer.weight.mul_(2)
         linear.forget_packed()

@@ -94,7 +94,7 @@ def test_packed_weights_leave_modules_picklable_and_go_with_their_weight() -> No
         clone = pickle.loads(pickle.dumps(layer))
         torch.testing.assert_close(linear_act_onednn(x, clone.weight, clone.bias), before)
         torch.testing.assert_close(linear_act_onednn(x, copy.deepcopy(layer).weight, layer.bias), before)
-    key = (id(layer.weight), None)
+    key = (id(layer.weight), ("onednn", None))
     assert key in linear._PACKED
     del layer
     gc.collect()
@@ -113,9 +113,11 @@ def test_fused_linear_falls_back_where_onednn_cannot_run() -> None:
 
 
 def test_registry_picks_the_fused_kernel_on_cpu() -> None:
-    expected = linear_act_onednn if linear._onednn_available() else linear_act
+    """AMX where the CPU has it, else oneDNN, else the reference."""
+    amx, onednn = linear._amx_available(), linear._onednn_available()
+    expected = linear.linear_act_amx if amx else linear_act_onednn if onednn else linear_act
     assert select_kernel("linear_act", "cpu") is expected
-    gated = linear.gated_linear_onednn if linear._onednn_available() else linear.gated_linear
+    gated = linear.gated_linear_amx if amx else linear.gated_linear_onednn if onednn else linear.gated_linear
     assert select_kernel("gated_linear", "cpu") is gated and select_kernel("gated_linear", "cuda") is linear.gated_linear
 
 
@@ -171,13 +173,144 @@ def test_gated_linear_onednn_shapes_repacking_and_fallbacks() -> None:
         again = linear.gated_linear_onednn(x, layer.weight, layer.bias)
         torch.testing.assert_close(again, linear.gated_linear(x, layer.weight, layer.bias), atol=2e-5, rtol=1e-5)
         assert not torch.allclose(first, again)
-    assert (id(layer.weight), 0) in linear._PACKED and (id(layer.weight), 1) in linear._PACKED
+    assert (id(layer.weight), ("onednn", 0)) in linear._PACKED and (id(layer.weight), ("onednn", 1)) in linear._PACKED
     x64, w64, b64 = _inputs(torch.float64, out_features=64)  # fp64 and autograd: the reference, exactly
     assert torch.equal(linear.gated_linear_onednn(x64, w64, b64, "gelu"), linear.gated_linear(x64, w64, b64, "gelu"))
     w32 = w.clone().requires_grad_(True)
     out = linear.gated_linear_onednn(x, w32, b)
     out.sum().backward()
     assert w32.grad is not None
+
+
+# -- the AMX kernels: matmul, bias, activation (and the gate's product) in one pass ----------------
+
+amx = pytest.mark.skipif(not linear._amx_available(), reason="no AMX tiles (or no C compiler) on this machine")
+
+
+@amx
+@pytest.mark.parametrize("act", sorted(linear.AMX_ACTIVATIONS))
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("rows", [1, 31, 33, 100])
+def test_amx_linear_is_closer_to_exact_than_the_reference(act: str, bias: bool, rows: int) -> None:
+    """One rounding (after bias and activation, from the float32 sums) where the reference rounds
+    twice: never further from the float64 result, whatever the rows' count against the tiles' 32."""
+    x, w, b = _inputs(torch.bfloat16, shape=(rows, 384), out_features=256, bias=bias)
+    exact = linear_act(x.double(), w.double(), None if b is None else b.double(), act)
+    with torch.inference_mode():
+        got = linear.linear_act_amx(x, w, b, act)
+    reference = linear_act(x, w, b, act)
+    assert got.dtype == torch.bfloat16 and got.shape == (rows, 256)
+    assert _error(got, exact) <= _error(reference, exact) * 1.01
+    torch.testing.assert_close(got.float(), reference.float(), atol=0.05, rtol=0.02)
+
+
+@amx
+@pytest.mark.parametrize("act", sorted(linear.AMX_ACTIVATIONS))
+@pytest.mark.parametrize("gate_first", [True, False], ids=["gate-first", "up-first"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+def test_amx_gated_linear_is_closer_to_exact_than_the_reference(act: str, gate_first: bool, bias: bool) -> None:
+    x, w, b = _inputs(torch.bfloat16, shape=(70, 256), out_features=192, bias=bias)
+    exact = linear.gated_linear(x.double(), w.double(), None if b is None else b.double(), act, gate_first)
+    with torch.inference_mode():
+        got = linear.gated_linear_amx(x, w, b, act, gate_first)
+    reference = linear.gated_linear(x, w, b, act, gate_first)
+    assert got.dtype == torch.bfloat16 and got.shape == (70, 96)
+    assert _error(got, exact) <= _error(reference, exact) * 1.01
+    torch.testing.assert_close(got.float(), reference.float(), atol=0.05, rtol=0.02)
+
+
+@amx
+@pytest.mark.parametrize("rows", [10, 300], ids=["split-by-columns", "split-by-rows"])
+def test_amx_linear_gives_the_same_bits_on_any_number_of_threads(rows: int) -> None:
+    x, w, b = _inputs(torch.bfloat16, shape=(rows, 512), out_features=2048)
+    threads = torch.get_num_threads()
+    try:
+        with torch.inference_mode():
+            torch.set_num_threads(1)
+            one = linear.linear_act_amx(x, w, b, "silu"), linear.gated_linear_amx(x, w, b, "gelu_tanh")
+            torch.set_num_threads(3)
+            three = linear.linear_act_amx(x, w, b, "silu"), linear.gated_linear_amx(x, w, b, "gelu_tanh")
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, c) for a, c in zip(one, three))
+
+
+@amx
+def test_amx_linear_reads_any_row_layout_and_hands_other_calls_to_onednn() -> None:
+    x, w, b = _inputs(torch.bfloat16, shape=(2, 5, 64), out_features=96)
+    with torch.inference_mode():
+        want = linear.linear_act_amx(x.reshape(10, 64), w, b, "relu")
+        assert torch.equal(linear.linear_act_amx(x, w, b, "relu"), want.reshape(2, 5, 96))
+        wide = torch.cat([x.reshape(10, 64), torch.ones(10, 32, dtype=x.dtype)], dim=1)[:, :64]  # rows 96 apart
+        assert torch.equal(linear.linear_act_amx(wide, w, b, "relu"), want)
+        assert torch.equal(linear.linear_act_amx(x.reshape(10, 64).t().contiguous().t(), w, b, "relu"), want)
+        assert linear.linear_act_amx(x[0, :0], w, b).shape == (0, 96)
+        # What the tiles cannot take goes to the oneDNN kernel: inputs or outputs not multiples of
+        # 32, activations it does not apply, float32, float16, autograd.
+        for args in (_inputs(torch.bfloat16, shape=(7, 48), out_features=96), _inputs(torch.bfloat16, shape=(7, 64), out_features=72)):
+            assert torch.equal(linear.linear_act_amx(*args, "gelu"), linear_act_onednn(*args, "gelu"))
+        for act in ("gelu", "tanh", "sigmoid"):
+            assert torch.equal(linear.linear_act_amx(x, w, b, act), linear_act_onednn(x, w, b, act))
+        x32, w32, b32 = _inputs(torch.float32, shape=(7, 64), out_features=96)
+        assert torch.equal(linear.linear_act_amx(x32, w32, b32, "silu"), linear_act_onednn(x32, w32, b32, "silu"))
+        x16, w16, b16 = (t.half() for t in (x32, w32, b32))
+        assert torch.equal(linear.linear_act_amx(x16, w16, b16), linear_act_onednn(x16, w16, b16))
+        assert torch.equal(linear.gated_linear_amx(x, w[:80], None), linear.gated_linear_onednn(x, w[:80], None))
+    leaf = w.clone().requires_grad_(True)
+    out = linear.linear_act_amx(x, leaf, b, "silu")
+    out.float().sum().backward()
+    assert leaf.grad is not None
+
+
+@onednn
+def test_without_amx_the_linear_kernels_are_oneDNN_s(monkeypatch) -> None:
+    """A CPU without AMX tiles (or a build without them): the AMX kernels are unavailable, the
+    registry picks oneDNN, and a direct call is oneDNN's."""
+    monkeypatch.setattr(linear, "_amx_library", lambda: None)
+    assert select_kernel("linear_act", "cpu") is linear_act_onednn
+    assert select_kernel("gated_linear", "cpu") is linear.gated_linear_onednn
+    x, w, b = _inputs(torch.bfloat16, shape=(40, 64), out_features=96)
+    with torch.inference_mode():
+        assert torch.equal(linear.linear_act_amx(x, w, b, "silu"), linear_act_onednn(x, w, b, "silu"))
+        assert torch.equal(linear.gated_linear_amx(x, w[:64], None), linear.gated_linear_onednn(x, w[:64], None))
+
+
+@amx
+def test_amx_linear_repacks_a_changed_weight_and_drops_the_packing_with_it() -> None:
+    import gc
+
+    layer = torch.nn.Linear(64, 128).bfloat16()
+    x = torch.randn(40, 64).bfloat16()
+    with torch.no_grad():
+        first = linear.linear_act_amx(x, layer.weight, layer.bias)
+        gated_first = linear.gated_linear_amx(x, layer.weight, layer.bias, "silu", False)
+        layer.weight.mul_(2)
+        again = linear.linear_act_amx(x, layer.weight, layer.bias)
+        torch.testing.assert_close(again.float(), linear_act(x, layer.weight, layer.bias).float(), atol=0.05, rtol=0.02)
+        assert not torch.allclose(first, again)
+        gated = linear.gated_linear_amx(x, layer.weight, layer.bias, "silu", False)
+        torch.testing.assert_close(gated.float(), linear.gated_linear(x, layer.weight, layer.bias, "silu", False).float(),
+                                   atol=0.05, rtol=0.02)
+        assert not torch.allclose(gated_first, gated)
+    keys = [(id(layer.weight), ("amx", None)), (id(layer.weight), ("amx", False))]
+    assert all(key in linear._PACKED for key in keys)
+    del layer
+    gc.collect()
+    assert not any(key in linear._PACKED for key in keys)
+
+
+@amx
+def test_amx_linear_refuses_what_it_cannot_compute() -> None:
+    """The C entry point checks its arguments: an unknown activation or a bad input width is refused,
+    not computed wrongly."""
+    lib = linear._amx_library()
+    x, w, _ = _inputs(torch.bfloat16, shape=(4, 64), out_features=32)
+    out = torch.empty(4, 32, dtype=torch.bfloat16)
+    packed = linear._packed(w, ("amx", None))
+    call = (x.data_ptr(), 64, 4, packed.data_ptr())
+    assert lib.poolkit_linear(*call, 64, None, out.data_ptr(), 32, 64, 4, 0, 0, 1, 0, 1) == 3
+    assert lib.poolkit_linear(*call, 48, None, out.data_ptr(), 32, 64, 0, 0, 0, 1, 0, 1) == 3
+    assert lib.poolkit_linear(*call, 64, None, out.data_ptr(), 32, 64, 0, 0, 0, 1, 0, 1) == 0
 
 
 # -- segment_pool: sequence pooling (+ L2 normalisation) over packed batches -----------------------

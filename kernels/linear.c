@@ -1,0 +1,198 @@
+/* poolkit's bf16 linear layers for CPUs with AMX (see linear.py for the ops' contracts).
+ *
+ * out = act(x @ W^T + b), or a gated feed-forward's act(gate) * up, in one pass: the matmul on
+ * AMX tiles with float32 accumulation, and the bias, the activation and the gate's product
+ * applied to each 32 x 32 block of results while it is in the cache, rounded once to bf16. Plain
+ * C on data pointers, compiled once per machine by poolkit.kernels.compiler (-O3 -march=native)
+ * and called through ctypes; it exists only where the compiler targets AMX-BF16 and AVX512-BF16
+ * and the Linux kernel grants the tile state (poolkit_linear_available).
+ *
+ * The weight is packed once (poolkit_linear_pack) into blocks of two 16-column tiles, each the
+ * tiles' pair-interleaved layout for every 32 input features: block j holds output columns
+ * first + j * step .. + 15 and second + j * step .. + 15. A plain layer packs columns 32 j and
+ * 32 j + 16 (first 0, second 16, step 32); a gated one its gate's columns 16 j and its up
+ * projection's (first the gate's offset, second the up's, step 16), so that one block yields 16
+ * finished outputs.
+ *
+ * The loop: rows in chunks that stay in the L2 cache (about 384 KiB of inputs), for each chunk
+ * every column block (its weights, 2 KiB per 32 inputs, stay in the cache over the chunk), for
+ * each block 32 rows at a time: four accumulator tiles (2 x 2 of 16 x 16) over the inputs, two
+ * tile loads of rows and two of weights per four tile products. The previous 32 x 32 block's
+ * bias, activation and rounding run on the vector units interleaved with these tile products
+ * (the tiles compute while the vector units finish the last result), so the epilogue costs
+ * almost nothing. A last chunk of fewer than 32 rows is copied zero-padded once per call.
+ */
+#define _GNU_SOURCE
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "simd.h"
+#include "amx.h"
+
+/* 1 when this build has the kernel and the process may use AMX tiles (asked once, Linux >= 5.16). */
+int poolkit_linear_available(void) {
+#ifdef POOLKIT_AMX
+    return amx_permitted();
+#else
+    return 0;
+#endif
+}
+
+/* Pack the bf16 weight w ([n, k] row-major, k a multiple of 32) into `blocks` blocks (see the top):
+ * packed[((j * k / 32 + c) * 2 + t) * 512 + r * 32 + 2 * col + e] = w[column][32 c + 2 r + e],
+ * column = (t ? second : first) + j * step + col. */
+void poolkit_linear_pack(const uint16_t *w, int64_t k, int64_t blocks, int64_t first, int64_t second, int64_t step,
+                         uint16_t *packed) {
+    int64_t chunks = k / 32;
+    for (int64_t j = 0; j < blocks; j++)
+        for (int t = 0; t < 2; t++)
+            for (int col = 0; col < 16; col++) {
+                const uint16_t *src = w + ((t ? second : first) + j * step + col) * k;
+                for (int64_t c = 0; c < chunks; c++) {
+                    uint16_t *tile = packed + ((j * chunks + c) * 2 + t) * 512 + 2 * col;
+                    for (int r = 0; r < 16; r++) {
+                        tile[r * 32] = src[32 * c + 2 * r];
+                        tile[r * 32 + 1] = src[32 * c + 2 * r + 1];
+                    }
+                }
+            }
+}
+
+#ifdef POOLKIT_AMX
+
+/* Tiles (configure_tiles: 16 rows of 64 bytes each) 0-3: accumulators (rows 0-15 / 16-31 x columns
+ * of tile 6 / 7); 4, 5: 16 rows of inputs each; 6, 7: the block's two weight tiles. */
+
+/* A 32 x 32 block of float32 results waiting for its epilogue. */
+typedef struct {
+    float acc[32 * 32]; /* row r: the first tile's 16 columns, then the second's */
+    uint16_t *out;      /* output row 0, column of the block's first output */
+    int64_t out_stride;
+    const float *bias;  /* the block's 32 biases in packed order, or NULL */
+    int64_t rows;       /* rows to write (0: none pending) */
+} pending;
+
+/* Rows [r0, r1) of a pending block: bias, activation (times the up projection when gated), bf16. */
+static inline __attribute__((always_inline)) void finish_rows(pending *p, int64_t r0, int64_t r1, int act, int gated) {
+    if (r1 > p->rows) r1 = p->rows;
+    for (int64_t r = r0; r < r1; r++) {
+        __m512 a = _mm512_load_ps(p->acc + r * 32), b = _mm512_load_ps(p->acc + r * 32 + 16);
+        if (p->bias) {
+            a = _mm512_add_ps(a, _mm512_loadu_ps(p->bias));
+            b = _mm512_add_ps(b, _mm512_loadu_ps(p->bias + 16));
+        }
+        uint16_t *o = p->out + r * p->out_stride;
+        if (gated) {
+            put_bf16x16(o, _mm512_mul_ps(activate16(a, act), b));
+        } else {
+            put_bf16x16(o, activate16(a, act));
+            put_bf16x16(o + 16, activate16(b, act));
+        }
+    }
+}
+
+static inline __attribute__((always_inline)) void linear_blocks(
+    const uint16_t *x, int64_t x_stride, int64_t row_begin, int64_t row_end, const uint16_t *tail, const uint16_t *packed,
+    int64_t k, int64_t block_begin, int64_t block_end, const float *bias, uint16_t *out, int64_t out_stride,
+    int64_t chunk_rows, int act, int gated) {
+    int64_t chunks = k / 32;
+    int64_t per_step = (32 + chunks - 1) / chunks; /* epilogue rows per tile step */
+    int64_t width = gated ? 16 : 32;               /* outputs per block */
+    pending slot __attribute__((aligned(64)));
+    pending *p = &slot;
+    p->rows = 0;
+    for (int64_t m0 = row_begin; m0 < row_end; m0 += chunk_rows) {
+        int64_t m_end = m0 + chunk_rows < row_end ? m0 + chunk_rows : row_end;
+        for (int64_t j = block_begin; j < block_end; j++) {
+            const uint16_t *w = packed + j * chunks * 1024;
+            for (int64_t m = m0; m < m_end; m += 32) {
+                int64_t rows = m_end - m < 32 ? m_end - m : 32;
+                const uint16_t *a = rows < 32 ? tail : x + m * x_stride;
+                int64_t stride = (rows < 32 ? k : x_stride) * 2;
+                _tile_zero(0);
+                _tile_zero(1);
+                _tile_zero(2);
+                _tile_zero(3);
+                for (int64_t c = 0; c < chunks; c++) {
+                    _tile_loadd(4, a + c * 32, stride);
+                    _tile_loadd(6, w + c * 1024, 64);
+                    _tile_loadd(7, w + c * 1024 + 512, 64);
+                    _tile_loadd(5, a + 16 * (stride / 2) + c * 32, stride);
+                    _tile_dpbf16ps(0, 4, 6);
+                    _tile_dpbf16ps(1, 4, 7);
+                    _tile_dpbf16ps(2, 5, 6);
+                    _tile_dpbf16ps(3, 5, 7);
+                    if (p->rows) finish_rows(p, c * per_step, (c + 1) * per_step, act, gated);
+                }
+                _tile_stored(0, p->acc, 128);
+                _tile_stored(1, p->acc + 16, 128);
+                _tile_stored(2, p->acc + 512, 128);
+                _tile_stored(3, p->acc + 512 + 16, 128);
+                p->out = out + m * out_stride + j * width;
+                p->out_stride = out_stride;
+                p->bias = bias ? bias + j * 32 : NULL;
+                p->rows = rows;
+            }
+        }
+    }
+    if (p->rows) finish_rows(p, 0, 32, act, gated);
+}
+
+#endif
+
+/* out = act(x @ W^T + b) (or act(gate) * up when gated) for the groups of 32 rows [group_begin,
+ * group_end) and the column blocks [block_begin, block_end) of a weight packed by poolkit_linear_pack.
+ * x: bf16 rows of k inputs (k a multiple of 32), row i at x + i * x_stride, `rows` in all (the
+ * last group zero-padded when partial);
+ * bias: NULL or `blocks * 32` float32 in packed order (block j's first tile's 16, then its
+ * second's); out: bf16, row i at out + i * out_stride, block j's outputs at column j * 32 (gated:
+ * j * 16); chunk_rows: rows per cache chunk, a multiple of 32; act: 0 none, 1 silu, 2 gelu (tanh
+ * approximation), 3 relu. Returns 0, 1 when out of memory, 2 without AMX, 3 for an unknown act or
+ * a bad shape. */
+int poolkit_linear(const uint16_t *x, int64_t x_stride, int64_t rows, const uint16_t *packed, int64_t k,
+                   const float *bias, uint16_t *out, int64_t out_stride, int64_t chunk_rows, int act, int gated,
+                   int64_t group_begin, int64_t group_end, int64_t block_begin, int64_t block_end) {
+#ifdef POOLKIT_AMX
+    if (act < 0 || act > 3 || k % 32 || k <= 0 || chunk_rows % 32 || chunk_rows <= 0) return 3;
+    int64_t row_begin = group_begin * 32, row_end = group_end * 32 < rows ? group_end * 32 : rows;
+    if (row_begin >= row_end || block_begin >= block_end) return 0;
+    uint16_t *tail = NULL;
+    int64_t full = rows / 32 * 32;
+    if (row_end > full) {
+        /* The last rows, zero-padded to 32, as one contiguous block of k columns. */
+        if (posix_memalign((void **)&tail, 64, (size_t)32 * k * 2)) return 1;
+        memset(tail, 0, (size_t)32 * k * 2);
+        for (int64_t i = full; i < rows; i++) memcpy(tail + (i - full) * k, x + i * x_stride, (size_t)k * 2);
+    }
+    tile_config saved; /* the caller's thread's configuration (oneDNN's, torch's), given back after */
+    configure_tiles(&saved);
+    /* One instance per activation: the epilogue inlined with its activation a constant. */
+#define LINEAR_CASE(A, G)                                                                                        \
+    linear_blocks(x, x_stride, row_begin, row_end, tail, packed, k, block_begin, block_end, bias, out, out_stride, \
+                  chunk_rows, A, G)
+    if (gated) {
+        switch (act) {
+        case 0: LINEAR_CASE(0, 1); break;
+        case 1: LINEAR_CASE(1, 1); break;
+        case 2: LINEAR_CASE(2, 1); break;
+        default: LINEAR_CASE(3, 1); break;
+        }
+    } else {
+        switch (act) {
+        case 0: LINEAR_CASE(0, 0); break;
+        case 1: LINEAR_CASE(1, 0); break;
+        case 2: LINEAR_CASE(2, 0); break;
+        default: LINEAR_CASE(3, 0); break;
+        }
+    }
+#undef LINEAR_CASE
+    restore_tiles(&saved);
+    free(tail);
+    return 0;
+#else
+    (void)x; (void)x_stride; (void)rows; (void)packed; (void)k; (void)bias; (void)out; (void)out_stride;
+    (void)chunk_rows; (void)act; (void)gated; (void)group_begin; (void)group_end; (void)block_begin; (void)block_end;
+    return 2;
+#endif
+}
