@@ -14,13 +14,14 @@
  * projection's (first the gate's offset, second the up's, step 16), so that one block yields 16
  * finished outputs.
  *
- * The loop: rows in chunks that stay in the L2 cache (about 384 KiB of inputs), for each chunk
- * every column block (its weights, 2 KiB per 32 inputs, stay in the cache over the chunk), for
- * each block 32 rows at a time: four accumulator tiles (2 x 2 of 16 x 16) over the inputs, two
- * tile loads of rows and two of weights per four tile products. The previous 32 x 32 block's
- * bias, activation and rounding run on the vector units interleaved with these tile products
- * (the tiles compute while the vector units finish the last result), so the epilogue costs
- * almost nothing. A last chunk of fewer than 32 rows is copied zero-padded once per call.
+ * The loop: rows in chunks of chunk_rows (the caller's choice: 32 rows that stay in L1 when the
+ * whole weight fits L2, else about 768 KiB of rows that stay in L2 while the weights stream by),
+ * each chunk first copied into the tiles' order (1 KiB per tile load, read in a row; zero-padded
+ * to 32 rows), then for every column block (its weights, 2 KiB per 32 inputs) 32 rows at a time:
+ * four accumulator tiles (2 x 2 of 16 x 16) over the inputs, two tile loads of rows and two of
+ * weights per four tile products. The previous 32 x 32 block's bias, activation and rounding run
+ * on the vector units interleaved with these tile products (the tiles compute while the vector
+ * units finish the last result), so a cheap epilogue costs almost nothing.
  */
 #define _GNU_SOURCE
 #include <stdint.h>
@@ -92,8 +93,26 @@ static inline __attribute__((always_inline)) void finish_rows(pending *p, int64_
     }
 }
 
+/* Rows [m0, m_end) of x in the tiles' order, zero-padded to a multiple of 32 rows: for each group
+ * of 32 rows and each 32 inputs c, the two 16-row tiles of 64 bytes, contiguous
+ * (out[(g * k / 32 + c) * 1024 + h * 512 + r * 32 + e] = x[m0 + 32 g + 16 h + r][32 c + e]), so that
+ * every tile load reads 1 KiB in a row. */
+static void pack_rows(const uint16_t *x, int64_t x_stride, int64_t m0, int64_t m_end, int64_t k, uint16_t *out) {
+    int64_t chunks = k / 32;
+    int64_t padded = (m_end - m0 + 31) / 32 * 32;
+    for (int64_t i = 0; i < padded; i++) {
+        uint16_t *dst = out + (i / 32) * chunks * 1024 + (i % 32) * 32;
+        if (m0 + i < m_end) {
+            const uint16_t *src = x + (m0 + i) * x_stride;
+            for (int64_t c = 0; c < chunks; c++) memcpy(dst + c * 1024, src + c * 32, 64);
+        } else {
+            for (int64_t c = 0; c < chunks; c++) memset(dst + c * 1024, 0, 64);
+        }
+    }
+}
+
 static inline __attribute__((always_inline)) void linear_blocks(
-    const uint16_t *x, int64_t x_stride, int64_t row_begin, int64_t row_end, const uint16_t *tail, const uint16_t *packed,
+    const uint16_t *x, int64_t x_stride, int64_t row_begin, int64_t row_end, uint16_t *rows_packed, const uint16_t *packed,
     int64_t k, int64_t block_begin, int64_t block_end, const float *bias, uint16_t *out, int64_t out_stride,
     int64_t chunk_rows, int act, int gated) {
     int64_t chunks = k / 32;
@@ -104,21 +123,21 @@ static inline __attribute__((always_inline)) void linear_blocks(
     p->rows = 0;
     for (int64_t m0 = row_begin; m0 < row_end; m0 += chunk_rows) {
         int64_t m_end = m0 + chunk_rows < row_end ? m0 + chunk_rows : row_end;
+        pack_rows(x, x_stride, m0, m_end, k, rows_packed);
         for (int64_t j = block_begin; j < block_end; j++) {
             const uint16_t *w = packed + j * chunks * 1024;
             for (int64_t m = m0; m < m_end; m += 32) {
                 int64_t rows = m_end - m < 32 ? m_end - m : 32;
-                const uint16_t *a = rows < 32 ? tail : x + m * x_stride;
-                int64_t stride = (rows < 32 ? k : x_stride) * 2;
+                const uint16_t *a = rows_packed + (m - m0) * k;
                 _tile_zero(0);
                 _tile_zero(1);
                 _tile_zero(2);
                 _tile_zero(3);
                 for (int64_t c = 0; c < chunks; c++) {
-                    _tile_loadd(4, a + c * 32, stride);
+                    _tile_loadd(4, a + c * 1024, 64);
                     _tile_loadd(6, w + c * 1024, 64);
                     _tile_loadd(7, w + c * 1024 + 512, 64);
-                    _tile_loadd(5, a + 16 * (stride / 2) + c * 32, stride);
+                    _tile_loadd(5, a + c * 1024 + 512, 64);
                     _tile_dpbf16ps(0, 4, 6);
                     _tile_dpbf16ps(1, 4, 7);
                     _tile_dpbf16ps(2, 5, 6);
@@ -148,47 +167,44 @@ static inline __attribute__((always_inline)) void linear_blocks(
  * bias: NULL or `blocks * 32` float32 in packed order (block j's first tile's 16, then its
  * second's); out: bf16, row i at out + i * out_stride, block j's outputs at column j * 32 (gated:
  * j * 16); chunk_rows: rows per cache chunk, a multiple of 32; act: 0 none, 1 silu, 2 gelu (tanh
- * approximation), 3 relu. Returns 0, 1 when out of memory, 2 without AMX, 3 for an unknown act or
+ * approximation), 3 relu, 4 gelu (erf). Returns 0, 1 when out of memory, 2 without AMX, 3 for an unknown act or
  * a bad shape. */
 int poolkit_linear(const uint16_t *x, int64_t x_stride, int64_t rows, const uint16_t *packed, int64_t k,
                    const float *bias, uint16_t *out, int64_t out_stride, int64_t chunk_rows, int act, int gated,
                    int64_t group_begin, int64_t group_end, int64_t block_begin, int64_t block_end) {
 #ifdef POOLKIT_AMX
-    if (act < 0 || act > 3 || k % 32 || k <= 0 || chunk_rows % 32 || chunk_rows <= 0) return 3;
+    if (act < 0 || act > 4 || k % 32 || k <= 0 || chunk_rows % 32 || chunk_rows <= 0) return 3;
     int64_t row_begin = group_begin * 32, row_end = group_end * 32 < rows ? group_end * 32 : rows;
     if (row_begin >= row_end || block_begin >= block_end) return 0;
-    uint16_t *tail = NULL;
-    int64_t full = rows / 32 * 32;
-    if (row_end > full) {
-        /* The last rows, zero-padded to 32, as one contiguous block of k columns. */
-        if (posix_memalign((void **)&tail, 64, (size_t)32 * k * 2)) return 1;
-        memset(tail, 0, (size_t)32 * k * 2);
-        for (int64_t i = full; i < rows; i++) memcpy(tail + (i - full) * k, x + i * x_stride, (size_t)k * 2);
-    }
+    uint16_t *rows_packed = NULL;
+    int64_t span = row_end - row_begin < chunk_rows ? row_end - row_begin : chunk_rows;
+    if (posix_memalign((void **)&rows_packed, 64, (size_t)((span + 31) / 32 * 32) * k * 2)) return 1;
     tile_config saved; /* the caller's thread's configuration (oneDNN's, torch's), given back after */
     configure_tiles(&saved);
     /* One instance per activation: the epilogue inlined with its activation a constant. */
 #define LINEAR_CASE(A, G)                                                                                        \
-    linear_blocks(x, x_stride, row_begin, row_end, tail, packed, k, block_begin, block_end, bias, out, out_stride, \
+    linear_blocks(x, x_stride, row_begin, row_end, rows_packed, packed, k, block_begin, block_end, bias, out, out_stride, \
                   chunk_rows, A, G)
     if (gated) {
         switch (act) {
         case 0: LINEAR_CASE(0, 1); break;
         case 1: LINEAR_CASE(1, 1); break;
         case 2: LINEAR_CASE(2, 1); break;
-        default: LINEAR_CASE(3, 1); break;
+        case 3: LINEAR_CASE(3, 1); break;
+        default: LINEAR_CASE(4, 1); break;
         }
     } else {
         switch (act) {
         case 0: LINEAR_CASE(0, 0); break;
         case 1: LINEAR_CASE(1, 0); break;
         case 2: LINEAR_CASE(2, 0); break;
-        default: LINEAR_CASE(3, 0); break;
+        case 3: LINEAR_CASE(3, 0); break;
+        default: LINEAR_CASE(4, 0); break;
         }
     }
 #undef LINEAR_CASE
     restore_tiles(&saved);
-    free(tail);
+    free(rows_packed);
     return 0;
 #else
     (void)x; (void)x_stride; (void)rows; (void)packed; (void)k; (void)bias; (void)out; (void)out_stride;

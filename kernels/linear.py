@@ -13,12 +13,12 @@ activation does. ReLU's and the erf GELU's post-ops cost less than such a pass: 
 
 On CPUs with AMX, the ``:amx`` kernels (``linear.c``, compiled on first use) run bf16 calls
 themselves: the matmul on AMX tiles over weights packed once into the tiles' layout, with the
-bias, the activation (none, SiLU, tanh GELU, ReLU) and a gated layer's product by the up half
-applied to each 32 x 32 block of results while the tiles already compute the next, so that
-nothing but the final bf16 output is written (one thread, 2,048 rows: a SwiGLU layer's
-768 -> 2 x 3,072 with its SiLU x up 24.0 -> 19.7 ms against oneDNN's matmul and pass; plain
-3,072 -> 768 12.5 -> 10.8 ms). Other calls (float32, the erf GELU, widths that are not multiples
-of 32) go on to the oneDNN kernels.
+bias, the activation (none, SiLU, tanh GELU, ReLU; the erf GELU in gated layers) and a gated
+layer's product by the up half applied to each 32 x 32 block of results while the tiles already
+compute the next, so that nothing but the final bf16 output is written (one thread, 2,048 rows,
+fastest of 25 calls: a SwiGLU layer's 768 -> 2 x 3,072 with its SiLU x up 20.3 -> 16.9 ms
+against oneDNN's matmul and pass; plain 3,072 -> 768 9.41 -> 8.29 ms). Other calls (float32, a
+plain layer's erf GELU, widths that are not multiples of 32) go on to the oneDNN kernels.
 
 The op's contract, which every ``linear_act`` kernel keeps (same arguments and defaults as the
 reference, which is what ``poolkit.kernel_reference("linear_act")`` returns) and models rely on
@@ -162,7 +162,12 @@ def gated_linear_onednn(
 
 #: The activations the AMX kernels apply to their results, by name, with their codes in linear.c;
 #: a call with another one goes to the oneDNN kernel.
-AMX_ACTIVATIONS = {"none": 0, "silu": 1, "gelu_tanh": 2, "relu": 3}
+AMX_ACTIVATIONS = {"none": 0, "silu": 1, "gelu_tanh": 2, "relu": 3, "gelu": 4}
+#: Activations the AMX kernel applies to gated layers only: the erf GELU's epilogue outlasts a
+#: plain 384-input layer's tile products (384 -> 1,536: 4.42 ms against oneDNN's 4.05 with its
+#: post-op), not a gated layer's, which needs it for half the columns computed and which oneDNN
+#: runs as two matmuls with two post-ops.
+_AMX_GATED_ONLY = frozenset({"gelu"})
 #: Below this many multiply-adds a call runs on the calling thread alone.
 _PARALLEL_MACS = 1 << 23
 
@@ -172,7 +177,7 @@ def linear_act_amx(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     activation, rounded once to bf16. Takes bf16 inference on the CPU with ``in_features`` and
     ``out_features`` multiples of 32 and an activation of :data:`AMX_ACTIVATIONS`; hands any
     other call to :func:`linear_act_onednn`."""
-    if not _amx_runs(x, weight, bias, act, weight.shape[0], 32):
+    if act in _AMX_GATED_ONLY or not _amx_runs(x, weight, bias, act, weight.shape[0], 32):
         return linear_act_onednn(x, weight, bias, act)
     return _amx_linear(x, weight, bias, act, None)
 
@@ -227,7 +232,7 @@ def _amx_linear(
         b = None if bias is None else _packed_bias(bias, gate_first)
         head = (
             rows.data_ptr(), rows.stride(0), m, packed.data_ptr(), k, None if b is None else b.data_ptr(),
-            out.data_ptr(), width, _chunk_rows(k), AMX_ACTIVATIONS[act], int(gated),
+            out.data_ptr(), width, _chunk_rows(k, n), AMX_ACTIVATIONS[act], int(gated),
         )
         parallel = m * n * k >= _PARALLEL_MACS
         fn = _amx_library().poolkit_linear
@@ -242,9 +247,14 @@ def _amx_linear(
     return out.reshape(*x.shape[:-1], width)
 
 
-def _chunk_rows(k: int) -> int:
-    """Rows per cache chunk of the AMX kernel: about 768 KiB of bf16 inputs, 32 to 512 rows (measured
-    best for 768 and 3072 inputs to 2304-6144 outputs; narrow weights stay in the cache anyway)."""
+def _chunk_rows(k: int, n: int) -> int:
+    """Rows per cache chunk of the AMX kernel (measured, one thread, 2,048 rows): 32 when the whole
+    weight fits the L2 cache (up to 1.5 MiB: the chunk's rows stay in L1 while every block of
+    weights comes from L2; 384 -> 1,152 at 1,190 GFLOP/s against 1,030 with 512 rows), else about
+    768 KiB of inputs, at most 512 rows (the chunk in L2 while each block's weights stream by;
+    768 -> 6,144 at 890 GFLOP/s against 560 with 32 rows, 3,072 -> 768 best at 128)."""
+    if n * k * 2 <= 3 << 19:
+        return 32
     return max(32, min(512, (768 * 1024 // (2 * k)) // 32 * 32))
 
 

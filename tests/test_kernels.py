@@ -205,6 +205,39 @@ def test_amx_linear_is_closer_to_exact_than_the_reference(act: str, bias: bool, 
 
 
 @amx
+@pytest.mark.parametrize("act", sorted(set(linear.AMX_ACTIVATIONS) - {"none"}))
+def test_amx_activations_are_within_half_an_ulp_on_both_tails(act: str) -> None:
+    """Through identity weights the kernels' outputs are the activation of exact bf16 values (a
+    gated layer's up half picks a column of ones): within half a bf16 ulp of the float64
+    activation from -30 to 30 (the GELUs' far negative tails, where 1 + erf and 1 + tanh cancel,
+    included), NaN kept."""
+    values = torch.linspace(-30, 30, 32 * 400, dtype=torch.float64).bfloat16()
+    v = values.double()
+    # float64 forms without the cancellation that torch's own GELUs have far out
+    exact = {
+        "gelu": v * torch.special.erfc(-v / 2**0.5) / 2,
+        "gelu_tanh": v * torch.sigmoid(2 * (2 / torch.pi) ** 0.5 * (v + 0.044715 * v**3)),
+    }.get(act, ACTIVATIONS[act](v))
+    x = torch.cat([values.view(-1, 32), torch.ones(400, 32, dtype=torch.bfloat16)], dim=1)
+    gate_up = torch.zeros(64, 64, dtype=torch.bfloat16)
+    gate_up[:32, :32] = torch.eye(32)
+    gate_up[32:, 32] = 1
+    with torch.inference_mode():
+        results = [linear.gated_linear_amx(x, gate_up, None, act)]
+        if act not in linear._AMX_GATED_ONLY:
+            results.append(linear.linear_act_amx(x, gate_up[:32], None, act))
+    normal = exact.abs() > 2.0**-120  # below that bf16 itself is subnormal
+    ulp = 2.0 ** (torch.frexp(exact[normal]).exponent - 8).double()
+    for result in results:
+        got = result.double().flatten()
+        assert ((got[normal] - exact[normal]).abs() <= ulp / 2).all()
+        assert (got[~normal].abs() <= 2.0**-120).all()
+    x[0, 0] = float("nan")
+    with torch.inference_mode():
+        assert linear.gated_linear_amx(x, gate_up, None, act)[0, 0].isnan()
+
+
+@amx
 @pytest.mark.parametrize("act", sorted(linear.AMX_ACTIVATIONS))
 @pytest.mark.parametrize("gate_first", [True, False], ids=["gate-first", "up-first"])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
@@ -308,7 +341,7 @@ def test_amx_linear_refuses_what_it_cannot_compute() -> None:
     out = torch.empty(4, 32, dtype=torch.bfloat16)
     packed = linear._packed(w, ("amx", None))
     call = (x.data_ptr(), 64, 4, packed.data_ptr())
-    assert lib.poolkit_linear(*call, 64, None, out.data_ptr(), 32, 64, 4, 0, 0, 1, 0, 1) == 3
+    assert lib.poolkit_linear(*call, 64, None, out.data_ptr(), 32, 64, 5, 0, 0, 1, 0, 1) == 3
     assert lib.poolkit_linear(*call, 48, None, out.data_ptr(), 32, 64, 0, 0, 0, 1, 0, 1) == 3
     assert lib.poolkit_linear(*call, 64, None, out.data_ptr(), 32, 64, 0, 0, 0, 1, 0, 1) == 0
 
