@@ -181,27 +181,24 @@ int poolkit_linear(const uint16_t *x, int64_t x_stride, int64_t rows, const uint
     if (posix_memalign((void **)&rows_packed, 64, (size_t)((span + 31) / 32 * 32) * k * 2)) return 1;
     tile_config saved; /* the caller's thread's configuration (oneDNN's, torch's), given back after */
     configure_tiles(&saved);
-    /* One instance per activation: the epilogue inlined with its activation a constant. */
+    /* One instance per activation and layer kind: the epilogue inlined with both constants. */
 #define LINEAR_CASE(A, G)                                                                                        \
     linear_blocks(x, x_stride, row_begin, row_end, rows_packed, packed, k, block_begin, block_end, bias, out, out_stride, \
                   chunk_rows, A, G)
-    if (gated) {
-        switch (act) {
-        case 0: LINEAR_CASE(0, 1); break;
-        case 1: LINEAR_CASE(1, 1); break;
-        case 2: LINEAR_CASE(2, 1); break;
-        case 3: LINEAR_CASE(3, 1); break;
-        default: LINEAR_CASE(4, 1); break;
-        }
-    } else {
-        switch (act) {
-        case 0: LINEAR_CASE(0, 0); break;
-        case 1: LINEAR_CASE(1, 0); break;
-        case 2: LINEAR_CASE(2, 0); break;
-        case 3: LINEAR_CASE(3, 0); break;
-        default: LINEAR_CASE(4, 0); break;
-        }
+#define LINEAR_ACTS(G)                                                                                           \
+    switch (act) {                                                                                               \
+    case 0: LINEAR_CASE(0, G); break;                                                                            \
+    case 1: LINEAR_CASE(1, G); break;                                                                            \
+    case 2: LINEAR_CASE(2, G); break;                                                                            \
+    case 3: LINEAR_CASE(3, G); break;                                                                            \
+    default: LINEAR_CASE(4, G); break;                                                                           \
     }
+    if (gated) {
+        LINEAR_ACTS(1)
+    } else {
+        LINEAR_ACTS(0)
+    }
+#undef LINEAR_ACTS
 #undef LINEAR_CASE
     restore_tiles(&saved);
     free(rows_packed);

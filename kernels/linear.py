@@ -177,7 +177,7 @@ def linear_act_amx(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     activation, rounded once to bf16. Takes bf16 inference on the CPU with ``in_features`` and
     ``out_features`` multiples of 32 and an activation of :data:`AMX_ACTIVATIONS`; hands any
     other call to :func:`linear_act_onednn`."""
-    if act in _AMX_GATED_ONLY or not _amx_runs(x, weight, bias, act, weight.shape[0], 32):
+    if not _amx_runs(x, weight, bias, act, gated=False):
         return linear_act_onednn(x, weight, bias, act)
     return _amx_linear(x, weight, bias, act, None)
 
@@ -189,17 +189,19 @@ def gated_linear_amx(
     gate and the 16 matching up columns, so ``act(gate) * up`` is computed, in float32, before
     anything is written, and rounded once to bf16. Takes what :func:`linear_act_amx` takes with
     ``inner`` a multiple of 16; hands any other call to :func:`gated_linear_onednn`."""
-    if not _amx_runs(x, weight, bias, act, weight.shape[0] // 2, 16):
+    if not _amx_runs(x, weight, bias, act, gated=True):
         return gated_linear_onednn(x, weight, bias, act, gate_first)
     return _amx_linear(x, weight, bias, act, gate_first)
 
 
-def _amx_runs(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, act: str, width: int, multiple: int) -> bool:
+def _amx_runs(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, act: str, gated: bool) -> bool:
     """Whether the AMX kernel takes this call: bf16 inference on the CPU, ``in_features`` a
-    positive multiple of 32, ``width`` (the output features) a positive ``multiple``, an
-    activation it applies, a float bias on the CPU (or none), a build with AMX."""
+    positive multiple of 32, the outputs a positive multiple of 32 (a gated layer's ``inner`` of
+    16), an activation it applies to such a layer, a float bias on the CPU (or none), a build with AMX."""
+    width, multiple = (weight.shape[0] // 2, 16) if gated else (weight.shape[0], 32)
     return (
         act in AMX_ACTIVATIONS
+        and (gated or act not in _AMX_GATED_ONLY)
         and x.dtype == torch.bfloat16
         and weight.dtype == torch.bfloat16
         and x.device.type == "cpu"
