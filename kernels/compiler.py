@@ -7,7 +7,9 @@ not have the kernels (their ``is_available()`` says so and the registry selects 
 reference instead). The shared library is cached, keyed by the source (with the headers beside
 it, which it may include), the compiler and the CPU's flags, in ``$POOLKIT_KERNEL_CACHE``, else
 ``$XDG_CACHE_HOME/poolkit/kernels``, else ``~/.cache/poolkit/kernels``; ``POOLKIT_C_KERNELS=0``
-turns compiled kernels off, ``CC`` picks the compiler. Only poolkit's own sources (or a plugin's, through :func:`load_c_library`) are
+turns compiled kernels off, ``CC`` picks the compiler, and ``POOLKIT_CPU_ARCH`` builds for an older
+CPU than this one (``-march=x86-64-v3``: AVX2 without AVX-512 or AMX, the path such CPUs take), so
+every fast path's fallback can be run and tested on the newest machine. Only poolkit's own sources (or a plugin's, through :func:`load_c_library`) are
 compiled: nothing from the network or from requests.
 """
 
@@ -29,9 +31,15 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-#: Flags of every build; ``-march=native`` is dropped if the compiler refuses it.
+#: Flags of every build; ``-march=...`` is dropped if the compiler refuses it.
 CFLAGS = ("-O3", "-fPIC", "-shared", "-fopenmp-simd", "-std=c99")
-NATIVE_FLAGS = ("-march=native",)
+
+
+def arch_flags() -> tuple[str, ...]:
+    """``-march=$POOLKIT_CPU_ARCH`` (a CPU older than this one: ``x86-64-v3``, ``x86-64``), else
+    ``-march=native``."""
+    arch = os.environ.get("POOLKIT_CPU_ARCH", "").strip() or "native"
+    return (f"-march={arch}",)
 
 
 def compiled_kernels_enabled() -> bool:
@@ -86,7 +94,7 @@ def _build(compiler: str, source: Path, target: Path) -> None:
     fd, scratch = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        for flags in (CFLAGS + NATIVE_FLAGS, CFLAGS):
+        for flags in (CFLAGS + arch_flags(), CFLAGS):
             done = subprocess.run(
                 [compiler, *flags, "-o", scratch, str(source), "-lm"], capture_output=True, text=True, timeout=120, check=False
             )
@@ -120,7 +128,7 @@ def load_c_library(source: str | os.PathLike) -> ctypes.CDLL | None:
         key = hashlib.sha256()
         headers = [h.read_bytes() for h in sorted(path.parent.glob("*.h"))]
         for part in (path.read_bytes(), *headers, compiler.encode(), _compiler_version(compiler).encode(),
-                     _cpu_signature().encode(), " ".join(CFLAGS + NATIVE_FLAGS).encode()):
+                     _cpu_signature().encode(), " ".join(CFLAGS + arch_flags()).encode()):
             key.update(part)
             key.update(b"\0")
         target = cache_dir() / f"{path.stem}-{key.hexdigest()[:20]}.so"

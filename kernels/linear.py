@@ -325,7 +325,7 @@ def row_bucket(n: int) -> int:
 #: Packed weights by ``id()`` of the weight they were made from and their layout (see
 #: :func:`_pack`), with that weight's state; an entry leaves with its weight (kept out of the weight
 #: itself, so models still pickle and copy).
-_PACKED: dict[tuple[int, tuple], tuple[tuple, torch.Tensor]] = {}
+_PACKED: dict[tuple[int, tuple], tuple[tuple, weakref.ref, torch.Tensor]] = {}
 
 
 def _packed(weight: torch.Tensor, layout: tuple) -> torch.Tensor:
@@ -336,22 +336,25 @@ def _packed(weight: torch.Tensor, layout: tuple) -> torch.Tensor:
 
     A weight is packed again when its version counter moves (``copy_()`` or any other in-place
     op, in or out of inference mode) or its storage or dtype changes (``.data`` swaps,
-    ``module.to(dtype)``); writes through ``.data``, which has a counter of its own, are not seen.
+    ``module.to(dtype)``, even when the new storage takes the old one's address); writes through
+    ``.data``, which has a counter of its own, are not seen.
     An *inference tensor* (the weights of a model built inside ``torch.inference_mode()``, even
     once cast outside it) has no version counter: it is packed again only when its storage or
     dtype changes. Torch refuses
     in-place ops on it outside inference mode, so what goes unseen is an in-place rewrite of
     such a weight inside inference mode (:func:`forget_packed` drops the packed copies then).
     """
+    storage = weight.untyped_storage()
     key = (_version(weight), weight.data_ptr(), weight.dtype)
     slot = (id(weight), layout)
     entry = _PACKED.get(slot)
-    if entry is not None and entry[0] == key:
-        return entry[1]
+    # The storage itself, not its address: a freed weight's address is often the next one's.
+    if entry is not None and entry[0] == key and entry[1]() is storage:
+        return entry[2]
     if entry is None:
         weakref.finalize(weight, _PACKED.pop, slot, None)
     packed = _pack(weight.detach(), layout)
-    _PACKED[slot] = (key, packed)
+    _PACKED[slot] = (key, weakref.ref(storage), packed)
     return packed
 
 

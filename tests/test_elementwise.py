@@ -5,6 +5,7 @@ the compiled activations of the oneDNN linear kernels; and the compiler's cache 
 from __future__ import annotations
 
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -323,6 +324,7 @@ _ADD = "int add(int a, int b) { return a + b; }\n"
 def test_load_c_library_builds_once_and_caches_by_content(tmp_path, monkeypatch) -> None:
     if compiler.find_compiler() is None:
         pytest.skip("no C compiler")
+    monkeypatch.delenv("POOLKIT_C_KERNELS", raising=False)  # tests/test_cpu_tiers.py runs this file with them off
     monkeypatch.setenv("POOLKIT_KERNEL_CACHE", str(tmp_path / "cache"))
     source = tmp_path / "adder.c"
     source.write_text(_ADD)
@@ -346,9 +348,29 @@ def test_load_c_library_builds_once_and_caches_by_content(tmp_path, monkeypatch)
     assert len(list((tmp_path / "cache").glob("adder-*.so"))) == 4
 
 
+def test_cpu_arch_builds_for_an_older_cpu(tmp_path, monkeypatch) -> None:
+    """POOLKIT_CPU_ARCH builds for another -march (its own cache entry); one the compiler does not
+    know falls back to the portable build, as a compiler without -march=native does."""
+    if compiler.find_compiler() is None or platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("x86-64 CPU levels, with a C compiler")
+    monkeypatch.delenv("POOLKIT_C_KERNELS", raising=False)
+    monkeypatch.setenv("POOLKIT_KERNEL_CACHE", str(tmp_path / "cache"))
+    source = tmp_path / "arch.c"
+    source.write_text("int avx512(void) {\n#ifdef __AVX512F__\nreturn 1;\n#else\nreturn 0;\n#endif\n}\n")
+    for arch, libraries in (("x86-64-v3", 1), ("x86-64", 2), ("no-such-cpu", 3)):
+        monkeypatch.setenv("POOLKIT_CPU_ARCH", arch)
+        assert compiler.arch_flags() == (f"-march={arch}",)
+        lib = compiler.load_c_library.__wrapped__(source)
+        assert lib is not None and lib.avx512() == 0  # none of these has AVX-512
+        assert len(list((tmp_path / "cache").glob("arch-*.so"))) == libraries
+    monkeypatch.delenv("POOLKIT_CPU_ARCH")
+    assert compiler.arch_flags() == ("-march=native",)
+
+
 def test_a_source_that_does_not_compile_turns_the_kernels_off(tmp_path, monkeypatch, caplog) -> None:
     if compiler.find_compiler() is None:
         pytest.skip("no C compiler")
+    monkeypatch.delenv("POOLKIT_C_KERNELS", raising=False)
     monkeypatch.setenv("POOLKIT_KERNEL_CACHE", str(tmp_path / "cache"))
     source = tmp_path / "broken.c"
     source.write_text("int add(int a, int b) { return a + ; }\n")

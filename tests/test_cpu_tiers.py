@@ -1,0 +1,41 @@
+"""The paths of CPUs unlike this one, tested on this one.
+
+The compiled kernels are built for the CPU that runs them (``-march=native``) and take AMX tiles,
+AVX512-BF16 or neither; oneDNN picks its own code by the instruction set. A user's CPU may have
+less than the machine that runs the suite. So the kernel, bf16 and packing tests run again in a
+child process for each tier below: with the compiled kernels off (the torch references every
+machine can fall back to), and built for an x86-64 CPU with AVX2 but no AVX-512 or AMX
+(``POOLKIT_CPU_ARCH=x86-64-v3``), so a machine with AMX also runs the compiled code an AVX2
+machine runs. (oneDNN's own choice of code by CPU is torch's, tested by torch.)
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).parent
+#: The tests of the code that differs by CPU: kernels, their registry's choices, bf16 paths.
+FILES = ("test_kernels.py", "test_elementwise.py", "test_inference_mode.py", "test_bfloat16.py", "test_masked_lm_token_classify.py")
+TIERS = {
+    "compiled-kernels-off": {"POOLKIT_C_KERNELS": "0"},
+    "avx2-without-avx512": {"POOLKIT_CPU_ARCH": "x86-64-v3"},
+}
+
+
+@pytest.mark.parametrize("tier", sorted(TIERS))
+def test_the_kernel_tests_pass_on_a_lesser_cpu(tier: str, tmp_path: Path) -> None:
+    if tier.startswith("avx2") and platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("x86-64 tiers")
+    env = {**os.environ, **TIERS[tier], "POOLKIT_KERNEL_CACHE": str(tmp_path / "kernels")}
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", *(str(TESTS / f) for f in FILES)],
+        cwd=TESTS.parent, env=env, capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert " passed" in done.stdout.splitlines()[-1]

@@ -1,0 +1,54 @@
+"""Tolerances that follow from the arithmetic, not from one CPU.
+
+BLAS libraries pick their kernels, blocking and summation order by the CPU's instruction set and
+by the shape of each call, so two fp32 results of the same products may differ in their last
+bits. How far is bounded: a recursive sum of K rounded products is within (K + 1)·u·Σ|terms| of
+the exact value in any order, blocked or not (Higham, *Accuracy and Stability of Numerical
+Algorithms*, §3.1), so two orders differ by at most twice that. Tests that compare two fp32
+paths use these bounds instead of a constant that one CPU happened to meet.
+"""
+
+from __future__ import annotations
+
+import torch
+
+#: fp32's unit roundoff.
+U32 = 2.0**-24
+
+
+def order_bound(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """How far two fp32 summation orders of ``x @ w.T (+ bias)`` can be apart, elementwise."""
+    terms = x.double().abs() @ w.double().abs().T
+    if bias is not None:
+        terms = terms + bias.double().abs()
+    return 2 * (x.shape[-1] + 2) * U32 * terms
+
+
+def assert_within_order_bound(got: torch.Tensor, want: torch.Tensor, bound: torch.Tensor) -> None:
+    """``got`` and ``want`` differ by no more than ``bound`` anywhere."""
+    excess = (got.double() - want.double()).abs() - bound
+    worst = int(excess.argmax())
+    assert excess.max() <= 0, f"differs by {excess.flatten()[worst] + bound.flatten()[worst]:.3g} > bound {bound.flatten()[worst]:.3g}"
+
+
+#: The steepest slope of the activations (GELU's, about 1.129): how far an input's move carries.
+ACT_SLOPE = 1.13
+
+
+def linear_act_bound(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """:func:`order_bound` carried through an activation, plus the activation's own rounding: it
+    is computed as ``z·g(z)`` with ``g`` good to a few ulps, so within 16 ulps of ``|z|``."""
+    z = torch.nn.functional.linear(x.double(), w.double(), None if b is None else b.double())
+    return ACT_SLOPE * order_bound(x, w, b) + 16 * U32 * z.abs()
+
+
+def gated_linear_bound(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, act, gate_first: bool = True) -> torch.Tensor:
+    """The bound of ``act(gate) * up`` over the two halves of a linear layer: each factor's move
+    times the other factor, and the product's own rounding."""
+    z = torch.nn.functional.linear(x.double(), w.double(), None if b is None else b.double())
+    moved = order_bound(x, w, b)
+    (gate, up), (gate_moved, up_moved) = z.chunk(2, -1), moved.chunk(2, -1)
+    if not gate_first:
+        gate, up, gate_moved, up_moved = up, gate, up_moved, gate_moved
+    activated = act(gate).abs()
+    return up.abs() * (ACT_SLOPE * gate_moved + 16 * U32 * gate.abs()) + activated * up_moved + 4 * U32 * activated * up.abs()
