@@ -7,7 +7,7 @@ import inspect
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
-from .errors import PluginError
+from .errors import InvalidRequest, PluginError
 
 if TYPE_CHECKING:
     from .config import PoolingParams
@@ -156,6 +156,17 @@ def bind_io_processor(name: str, processor: IOProcessor, context: IOContext) -> 
     if not isinstance(bound, IOProcessor):
         raise PluginError(f"IO processor '{name}': bind() must return a poolkit.IOProcessor, got {type(bound).__name__}")
     return bound
+
+
+def check_text(text: Any, where: str) -> None:
+    """Refuse an input text by :func:`text_problem`'s rule, naming it (``TEXT argument 2``, ``input[3]``).
+
+    Raises:
+        InvalidRequest: ``text`` is missing, not a string, empty, or not valid Unicode.
+    """
+    problem = text_problem(text)
+    if problem:
+        raise InvalidRequest(f"{where} is not a valid text: {problem}")
 
 
 def text_problem(text: Any) -> str | None:

@@ -27,6 +27,7 @@ def serve(
     max_request_tokens: int = typer.Option(300_000, "--max-request-tokens", help="Tokens in one request (estimated before tokenizing)."),
     max_body_bytes: int = typer.Option(16 * 1024 * 1024, "--max-body-bytes", help="Largest request body; beyond it 413."),
     shutdown_timeout: float = typer.Option(30.0, "--shutdown-timeout", help="Seconds to finish in-flight work on SIGTERM."),
+    header_timeout: float = typer.Option(10.0, "--header-timeout", help="Seconds a client has to send a request's headers; beyond it 408 and the connection is closed."),
     chat_template: Optional[str] = typer.Option(None, "--chat-template", help="Chat template for 'messages' requests instead of the tokenizer's (a Jinja file or text); a cross-encoder also scores with it unless --score-template is given, as in vLLM."),
     score_template: Optional[str] = typer.Option(None, "--score-template", help="Score template for /score and /rerank with LLM rerankers: a Jinja file or text."),
     quiet: bool = QuietOpt,
@@ -57,6 +58,7 @@ def serve(
             max_concurrent_requests=max_concurrent_requests,
             max_queue_tokens=max_queue_tokens,
             shutdown_timeout=shutdown_timeout,
+            header_timeout=header_timeout,
             **({"max_batch_tokens": args.max_batch_tokens} if args.max_batch_tokens is not None else {}),
         )
         chat_template = _template(chat_template, "--chat-template")

@@ -15,6 +15,7 @@ from ..errors import MissingDependency
 from . import routes_cohere, routes_openai, routes_ops, routes_vllm
 from .errors import error_body, install_error_handlers
 from .guard import Guard, StrictRoute
+from .openapi import install_openapi
 from .state import ServerLimits, ServerState
 
 logger = logging.getLogger(__name__)
@@ -89,6 +90,7 @@ def create_app(
     install_error_handlers(app)
     for router in ROUTERS:
         _mount(app, router)
+    install_openapi(app, st)
     return app
 
 
@@ -126,26 +128,95 @@ def _load(st: ServerState, loader: Callable[[], Any]) -> None:
         st.request_exit()
 
 
-def json_400_protocol() -> type:
-    """uvicorn's HTTP protocol (httptools when installed, else h11, as its ``auto`` picks), answering
-    a request it cannot parse (``Content-Length: abc``, a bad request line) with the JSON error
-    body every other error has, instead of plain text."""
+def json_protocol(limits: ServerLimits) -> type:
+    """uvicorn's HTTP protocol (httptools when installed, else h11, as its ``auto`` picks), with the
+    server's JSON error body on what uvicorn answers by itself, and a deadline for request headers.
+
+    A request uvicorn cannot parse (``Content-Length: abc``, a bad request line) gets a JSON 400
+    instead of plain text. A client that has not sent a request's complete headers within
+    ``limits.header_timeout`` seconds of connecting, or of the first byte of its next request on a
+    keep-alive connection, gets a JSON 408 and is disconnected: uvicorn has no such deadline, so a
+    client sending a byte now and then (slowloris) would hold its connection for ever. An idle
+    keep-alive connection stays uvicorn's ``timeout_keep_alive`` business; the body has its own limits.
+    """
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as base
-    except ImportError:
-        from uvicorn.protocols.http.h11_impl import H11Protocol as base
 
-    class JSON400Protocol(base):  # type: ignore[valid-type, misc]
+        h11: Any = None
+    except ImportError:
+        import h11
+        from uvicorn.protocols.http.h11_impl import H11Protocol as base
+    timeout = limits.header_timeout
+
+    class JSONProtocol(base):  # type: ignore[valid-type, misc]
+        _header_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._start_header_clock()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._stop_header_clock()
+            super().connection_lost(exc)
+
         def send_400_response(self, msg: str) -> None:
-            body = error_body(400, f"{msg.rstrip('.')}: the request is not valid HTTP")
-            head = (
-                b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
-                b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n"
-            )
-            self.transport.write(head + body)
+            self._close_with(400, b"Bad Request", error_body(400, f"{msg.rstrip('.')}: the request is not valid HTTP"))
+
+        def _start_header_clock(self) -> None:
+            if self._header_timer is None:
+                self._header_timer = self.loop.call_later(timeout, self._headers_too_slow)
+
+        def _stop_header_clock(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _headers_too_slow(self) -> None:
+            self._header_timer = None
+            if self.transport.is_closing():
+                return
+            if self.cycle is not None and not self.cycle.response_complete:  # a pipelined request: answer in order
+                self._start_header_clock()
+                return
+            client = "%s:%d" % self.client if self.client else "a client"
+            logger.info("%s sent no complete request headers within %g s: 408, connection closed", client, timeout)
+            self._close_with(408, b"Request Timeout", error_body(408, f"the request headers did not arrive within {timeout:g} s"))
+
+        def _close_with(self, status: int, reason: bytes, body: bytes) -> None:
+            head = b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
+            self.transport.write(head % (status, reason, len(body)) + body)
             self.transport.close()
 
-    return JSON400Protocol
+    if h11 is None:
+
+        class HttpToolsJSONProtocol(JSONProtocol):
+            def on_message_begin(self) -> None:
+                super().on_message_begin()
+                self._start_header_clock()
+
+            def on_headers_complete(self) -> None:
+                self._stop_header_clock()
+                super().on_headers_complete()
+
+        return HttpToolsJSONProtocol
+
+    class H11JSONProtocol(JSONProtocol):
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            self._time_headers()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._time_headers()
+
+        def _time_headers(self) -> None:
+            """Run the clock while part of a request's head waits in h11's buffer, stop it once h11 has the head."""
+            if self.conn.their_state is not h11.IDLE:
+                self._stop_header_clock()
+            elif self.conn.trailing_data[0] and not self.transport.is_closing():
+                self._start_header_clock()
+
+    return H11JSONProtocol
 
 
 def run(
@@ -187,7 +258,7 @@ def run(
     st: ServerState = app.state.poolkit
     config = uvicorn.Config(
         app,
-        http=json_400_protocol(),
+        http=json_protocol(limits),
         host=host,
         port=port,
         log_config=None,

@@ -12,9 +12,10 @@ from typing import Any
 
 from fastapi import Request
 
+from .. import io
 from ..config import PoolingParams
 from ..errors import InvalidRequest
-from ..io import text_problem
+from ..protocol import RESERVED_TEMPLATE_KWARGS
 from .errors import ApiError, short
 from .state import ServerState
 from .work import until_done
@@ -27,10 +28,12 @@ def check_model(st: ServerState, name: str | None) -> None:
 
 
 def check_text(text: str, where: str) -> None:
-    """Refuse empty strings and lone surrogates (:func:`poolkit.io.text_problem`, the corpus jobs' rule too)."""
-    problem = text_problem(text)
-    if problem:
-        raise ApiError(400, f"{where} is not a valid text: {problem}", param=where)
+    """Refuse empty strings and lone surrogates (:func:`poolkit.io.check_text`, the CLI's and the
+    corpus jobs' rule too), with the field at fault."""
+    try:
+        io.check_text(text, where)
+    except InvalidRequest as exc:
+        raise ApiError(400, str(exc), param=where) from None
 
 
 def check_count(st: ServerState, n: int, where: str) -> None:
@@ -126,13 +129,6 @@ def chat_template(st: ServerState, llm: Any) -> str | None:
     return st.chat_template or getattr(llm.get_tokenizer(), "chat_template", None) or None
 
 
-#: apply_chat_template arguments the request sets by other fields (or never): not template variables.
-_RESERVED_TEMPLATE_KWARGS = frozenset(
-    {"conversation", "messages", "chat_template", "tools", "documents", "tokenize", "add_generation_prompt",
-     "continue_final_message", "return_dict", "return_tensors", "padding", "truncation", "max_length"}
-)
-
-
 async def chat_token_ids(
     request: Request,
     st: ServerState,
@@ -158,7 +154,7 @@ async def chat_token_ids(
             400, f"model '{st.served}' has no chat template: send '{instead}' instead of '{where}', or serve it with --chat-template",
             param=where,
         )
-    reserved = sorted(set(template_kwargs or {}) & _RESERVED_TEMPLATE_KWARGS)
+    reserved = sorted(set(template_kwargs or {}) & set(RESERVED_TEMPLATE_KWARGS))
     if reserved:
         raise ApiError(400, f"chat_template_kwargs may not set {', '.join(reserved)}", param="chat_template_kwargs")
     if add_generation_prompt and continue_final_message:

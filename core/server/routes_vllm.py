@@ -20,6 +20,7 @@ from ..protocol import (
     EmbeddingRequest,
     PoolingRequest,
     RerankDocument,
+    SCORE_PAIRS,
     RerankRequest,
     ScoreRequest,
     TokenizeRequest,
@@ -238,7 +239,7 @@ async def score(body: ScoreRequest, request: Request, st: State, llm: Model) -> 
         for n, v in (("text_2", body.text_2), ("data_2", body.data_2), ("documents", body.documents), ("items", body.items))
         if v is not None
     ]
-    if len(firsts) != 1 or len(seconds) != 1:
+    if len(firsts) != 1 or len(seconds) != 1 or (firsts[0][0], seconds[0][0]) not in SCORE_PAIRS:
         raise ApiError(400, "send one pair of inputs: text_1 and text_2 (or data_1 and data_2, or queries and documents)", param="text_1")
     (name_1, value_1), (name_2, value_2) = firsts[0], seconds[0]
     first = _texts(value_1, "text", name_1)
@@ -353,8 +354,6 @@ async def detokenize(body: DetokenizeRequest, request: Request, st: State, llm: 
 
 # -- SageMaker -------------------------------------------------------------------------------------
 
-#: The pairs of fields a score request may carry (vLLM's ``ScoreRequest`` union).
-SCORE_PAIRS = (("queries", "documents"), ("queries", "items"), ("data_1", "data_2"), ("text_1", "text_2"))
 
 Endpoint = Callable[[Any, Request, Any, Any], Awaitable[Response]]
 InvocationType = tuple[str, type[BaseModel], Endpoint, Callable[[dict], bool]]

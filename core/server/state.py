@@ -32,6 +32,8 @@ class ServerLimits:
         max_batch_tokens: estimated tokens the batcher merges into one engine call.
         max_queue_tokens: estimated tokens allowed to wait; more get 429.
         shutdown_timeout: seconds to finish in-flight requests and queued work on SIGTERM.
+        header_timeout: seconds a client has to send a request's complete headers, from connecting
+            or from the first byte of its next request on a keep-alive connection; then 408.
     """
 
     max_inputs_per_request: int = 2048
@@ -41,6 +43,7 @@ class ServerLimits:
     max_batch_tokens: int = 16384
     max_queue_tokens: int = 1_000_000
     shutdown_timeout: float = 30.0
+    header_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):

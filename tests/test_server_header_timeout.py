@@ -1,0 +1,186 @@
+"""The deadline for request headers (slowloris defence): a client that has not sent a request's
+complete headers within ``--header-timeout`` gets a JSON 408 and is disconnected, while normal,
+keep-alive and slow-but-timely requests are answered as before. The server is ``run()`` itself, on a
+real socket in a thread of this process, driven with raw sockets so the bytes and their timing are
+the test's own."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import socket
+import threading
+import time
+
+import pytest
+
+pytest.importorskip("fastapi")
+uvicorn = pytest.importorskip("uvicorn")
+
+from poolkit.errors import InvalidRequest  # noqa: E402
+from poolkit.server import ServerLimits  # noqa: E402
+from poolkit.server.app import run  # noqa: E402
+from poolkit.server.errors import error_body  # noqa: E402
+
+TIMEOUT = 1.0
+BODY = b'{"model": "minilm", "input": "hi"}'
+HEAD = b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+REQUEST = HEAD + b"content-length: %d\r\n\r\n" % len(BODY) + BODY
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def port(minilm):
+    """``run()`` serving minilm with a 1 s header deadline; uvicorn's server object is caught on its way
+    in so that the fixture can stop it."""
+    servers: list = []
+    real_init = uvicorn.Server.__init__
+    loggers = [logging.getLogger(name) for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi")]
+    levels = [lg.level for lg in loggers]
+    port = _free_port()
+    limits = ServerLimits(header_timeout=TIMEOUT, shutdown_timeout=2.0)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(uvicorn.Server, "__init__", lambda self, config: servers.append(self) or real_init(self, config))
+        kwargs = dict(port=port, served_model_name="minilm", limits=limits, log_level="warning")
+        thread = threading.Thread(target=run, args=(minilm,), kwargs=kwargs, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while not (servers and servers[0].started) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert servers and servers[0].started
+    yield port
+    servers[0].should_exit = True
+    thread.join(30)
+    for lg, level in zip(loggers, levels):
+        lg.setLevel(level)
+
+
+def _connect(port: int) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=5)
+
+
+def _parse(data: bytes) -> tuple[str, dict[str, str], bytes]:
+    """A response's status line, headers (lower-case names) and what follows them."""
+    head, _, body = data.partition(b"\r\n\r\n")
+    status, *lines = head.decode("latin-1").split("\r\n")
+    return status, {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}, body
+
+
+def _read_response(sock: socket.socket) -> tuple[str, dict[str, str], bytes]:
+    """One response: its status line, headers (lower-case names) and body (by ``content-length``)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"the server closed the connection after {data!r}"
+        data += chunk
+    status, headers, body = _parse(data)
+    while len(body) < int(headers["content-length"]):
+        chunk = sock.recv(65536)
+        assert chunk
+        body += chunk
+    return status, headers, body
+
+
+def _trickle(sock: socket.socket, interval: float, limit: float) -> bytes:
+    """Send one more header byte every ``interval`` seconds, never ending the headers, until the
+    server answers (its first bytes are returned) or ``limit`` seconds pass (``b""``)."""
+    end = time.monotonic() + limit
+    sock.sendall(b"X-Slow: ")
+    sock.settimeout(interval)
+    try:
+        while time.monotonic() < end:
+            try:
+                return sock.recv(65536)
+            except socket.timeout:
+                with contextlib.suppress(OSError):  # the server may close it between two reads
+                    sock.sendall(b"a")
+    finally:
+        sock.settimeout(5)
+    return b""
+
+
+def _assert_408(sock: socket.socket, first: bytes) -> None:
+    """``first`` and what follows are a JSON 408 (the server's error body), then the server closes."""
+    data = first
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    status, headers, body = _parse(data)
+    assert status == "HTTP/1.1 408 Request Timeout"
+    assert headers["content-type"] == "application/json" and headers["connection"] == "close"
+    assert int(headers["content-length"]) == len(body)
+    error = json.loads(body)["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["code"] == 408 and error["type"] == "RequestTimeoutError" and error["param"] is None
+    assert body == error_body(408, error["message"])
+
+
+def test_headers_sent_a_byte_at_a_time_get_a_json_408_and_the_connection_closed(port):
+    with _connect(port) as sock:
+        start = time.monotonic()
+        sock.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\n")
+        first = _trickle(sock, 0.3, TIMEOUT + 3)
+        elapsed = time.monotonic() - start
+        assert first.startswith(b"HTTP/1.1 408"), first
+        assert TIMEOUT - 0.1 <= elapsed <= TIMEOUT + 1
+        _assert_408(sock, first)
+
+
+def test_a_connection_that_sends_nothing_gets_a_408(port):
+    with _connect(port) as sock:
+        start = time.monotonic()
+        sock.settimeout(TIMEOUT + 3)
+        first = sock.recv(65536)
+        assert TIMEOUT - 0.1 <= time.monotonic() - start <= TIMEOUT + 1
+        _assert_408(sock, first)
+
+
+def test_normal_keep_alive_and_slow_but_timely_requests_are_answered(port):
+    with _connect(port) as sock:
+        sock.sendall(REQUEST)
+        status, headers, body = _read_response(sock)
+        assert status == "HTTP/1.1 200 OK" and json.loads(body)["data"][0]["index"] == 0
+        time.sleep(0.5 * TIMEOUT)
+        sock.sendall(REQUEST)
+        assert _read_response(sock)[0] == "HTTP/1.1 200 OK"
+        # Idle for longer than the header deadline (but not uvicorn's keep-alive timeout): no 408,
+        # and the next request's clock starts at its first byte, so its slow pieces still make it.
+        sock.settimeout(1.5 * TIMEOUT)
+        with pytest.raises(socket.timeout):
+            sock.recv(65536)
+        sock.settimeout(5)
+        for i in range(0, len(REQUEST), len(REQUEST) // 4):
+            sock.sendall(REQUEST[i : i + len(REQUEST) // 4])
+            time.sleep(0.15 * TIMEOUT)
+        assert _read_response(sock)[0] == "HTTP/1.1 200 OK"
+        # The deadline applies again to the next request on the same connection.
+        sock.sendall(HEAD)
+        _assert_408(sock, _trickle(sock, 0.3, TIMEOUT + 3))
+
+
+def test_the_limit_is_validated_and_on_the_command_line(minilm_dir, monkeypatch):
+    from typer.testing import CliRunner
+
+    import poolkit.server
+    from poolkit.cli import app
+
+    for bad in (0, -1.0):
+        with pytest.raises(InvalidRequest, match="header_timeout must be positive"):
+            ServerLimits(header_timeout=bad)
+    assert ServerLimits().header_timeout == 10.0
+    runner = CliRunner()
+    assert "--header-timeout" in runner.invoke(app, ["serve", "--help"], env={"COLUMNS": "300"}).stdout
+    bad = runner.invoke(app, ["serve", str(minilm_dir), "--header-timeout", "0"])
+    assert bad.exit_code == 1 and "header_timeout must be positive" in bad.output
+    seen = []
+    monkeypatch.setattr(poolkit.server, "run", lambda llm, **kw: seen.append(kw["limits"]))
+    assert runner.invoke(app, ["serve", str(minilm_dir), "-q", "--header-timeout", "2.5"]).exit_code == 0
+    assert seen[0].header_timeout == 2.5
