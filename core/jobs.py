@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+from .config import PoolingParams
 from .encodings import FLOAT_DTYPES, STORED_DTYPES, check_stored_dtype, stored_values
 from .errors import InvalidRequest, MissingDependency
 from .io import text_problem
@@ -65,6 +66,24 @@ class JobSummary:
     ids_as_strings: bool = False
     #: How the task's vectors are stored (``None``: the task's results are not vectors).
     embed_dtype: str | None = None
+
+
+#: Truncation to the model's limit: what the CLI and corpus jobs (local and on Ray Data) ask for
+#: when the caller chose none.
+TRUNCATE_TO_LIMIT: dict[str, Any] = {"truncate_prompt_tokens": -1}
+
+
+def truncating(params: PoolingParams | dict[str, Any] | None) -> PoolingParams:
+    """``params``, truncating over-long inputs to the model's limit unless they choose a truncation.
+
+    The Python API and the server refuse an input longer than the model's limit, as vLLM does; a
+    week-long job (or a CLI call) does not stop at one long row: it truncates it and counts it.
+    The caller's ``truncate_prompt_tokens`` or ``truncation_side`` wins.
+    """
+    params = PoolingParams.coerce(params) or PoolingParams()
+    if params.truncate_prompt_tokens is not None or params.truncation_side is not None:
+        return params
+    return params.model_copy(update=TRUNCATE_TO_LIMIT)
 
 
 _FORMAT_ALIASES = {"json": "jsonl", "ndjson": "jsonl", "text": "txt", "pq": "parquet"}
@@ -539,10 +558,7 @@ def run_job(
     if out_fmt == "npy" and (task_obj.granularity != "sequence" or not task_obj.tensor_output):
         raise InvalidRequest(".npy output holds one vector per row: use it with a task that gives one, such as embed")
     dtype = _job_dtype(task_obj, embed_dtype)
-    params = llm.check_params(pooling_params, 1, task_obj.name)[0]
-    if params.truncate_prompt_tokens is None and params.truncation_side is None:
-        # A week-long job does not stop at one long row: it is truncated, and counted.
-        params = params.model_copy(update={"truncate_prompt_tokens": -1})
+    params = truncating(llm.check_params(pooling_params, 1, task_obj.name)[0])
     if not source.is_file():
         raise InvalidRequest(f"input file '{source}' does not exist or is not a file")
     in_fmt = _format(source, input_format, INPUT_FORMATS, "input")

@@ -129,3 +129,99 @@ def test_info_shows_what_applies_with_its_source(minilm_dir, tmp_path):
     assert "pooling_type" not in sparse
     assert sparse["splade_pooling"] == {"value": "max", "source": "task default (sparse_embed)"}
     assert sparse["activation_fn"] == {"value": "relu", "source": "task default (sparse_embed)"}
+
+
+# -- one rule for texts: the server's (poolkit.io.text_problem) ----------------------------------
+
+
+@pytest.mark.parametrize(
+    "args, stdin, message",
+    [
+        (["embed", ""], None, "Error: TEXT argument 1 is not a valid text: an empty string"),
+        (["embed", "first", ""], None, "Error: TEXT argument 2 is not a valid text: an empty string"),
+        (["embed", "-i", "-"], 'ok\n{"id": 2, "text": ""}\n', "Error: line 2 of stdin is not a valid text: an empty string"),
+        (["score", "", "Paris is."], None, "Error: TEXT_1 is not a valid text: an empty string"),
+        (["score", "query", "Paris is.", ""], None, "Error: TEXT argument 3 is not a valid text: an empty string"),
+        (["rerank", "--query", "", "Paris is."], None, "Error: --query is not a valid text: an empty string"),
+        (["rerank", "--query", "capital", "Paris is.", ""], None, "Error: TEXT argument 2 is not a valid text: an empty string"),
+    ],
+)
+def test_an_empty_text_is_refused_as_the_server_refuses_it(args, stdin, message):
+    result = runner.invoke(app, args, input=stdin)
+    assert result.exit_code == 1, result.output
+    assert result.stdout == ""
+    assert result.stderr.splitlines()[0] == message
+
+
+def test_a_file_names_the_line_of_an_empty_text_and_skips_blank_lines(tmp_path, minilm):
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"id": "a", "text": "first"}\n\n{"id": "b", "text": ""}\n')
+    result = runner.invoke(app, ["embed", "-i", str(src)])
+    assert result.exit_code == 1
+    assert result.stderr.splitlines()[0] == f"Error: line 3 of '{src}' is not a valid text: an empty string"
+    plain = tmp_path / "in.txt"
+    plain.write_text("alpha\n\n   \nbeta\n")  # blank lines separate texts
+    result = runner.invoke(app, ["embed", "-i", str(plain)])
+    assert result.exit_code == 0, result.stderr
+    assert [r["index"] for r in records(result.stdout)] == [0, 1]
+    assert len(minilm.embed("")[0].outputs.embedding) == 384  # the Python API keeps vLLM's behaviour
+
+
+@pytest.mark.parametrize(
+    "args, stdin",
+    [(["embed"], ""), (["embed", "-i", "-"], "\n\n"), (["classify", "-i", "{empty}"], None)],
+)
+def test_no_input_says_what_the_command_takes(args, stdin, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    result = runner.invoke(app, [a.replace("{empty}", str(empty)) for a in args], input=stdin)
+    assert result.exit_code == 1
+    (line, *_) = result.stderr.splitlines()
+    assert line.startswith("Error: no input: ") and line.endswith("; pass TEXT arguments, -i FILE, or pipe lines on stdin (-i -)")
+
+
+def test_no_plugin_data_says_what_the_command_takes():
+    result = runner.invoke(app, ["encode", "--task", "plugin", "-i", "-", "-q"], input="\n")
+    assert result.exit_code == 1
+    assert result.stderr.splitlines()[0] == (
+        "Error: no input: the input is empty; pass DATA arguments, -i FILE, or pipe JSON lines on stdin (-i -)"
+    )
+
+
+# -- the CLI itself ---------------------------------------------------------------------------------
+
+
+def test_version():
+    import poolkit
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"poolkit {poolkit.__version__}\n"
+
+
+def _command_paths(command, path=()):
+    yield path
+    for name, sub in sorted(getattr(command, "commands", {}).items()):
+        yield from _command_paths(sub, (*path, name))
+
+
+def test_every_help_screen_shows_flags_without_a_type():
+    """Typer's Rich panels printed ``--help <bool>``, ``--quiet <bool>``: every flag as if it took a value."""
+    import re
+
+    import typer
+
+    from poolkit.plugins import get_manager
+
+    get_manager().register_commands(app)  # bench and bench-serve come from a plugin
+    paths = list(_command_paths(typer.main.get_command(app)))
+    assert {(), ("embed",), ("plugins",), ("plugins", "new"), ("serve",), ("bench",), ("bench-serve",)} <= set(paths)
+    for path in paths:
+        result = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "200"})
+        assert result.exit_code == 0, (path, result.output)
+        text = result.stdout
+        assert "<bool>" not in text, path
+        assert re.search(r"^\s+--help\s+Show this message and exit\.$", text, re.MULTILINE), path
+        assert not re.search(r"\[default: (None|False|True|Format\.)", text), path
+    embed = runner.invoke(app, ["embed", "--help"], env={"COLUMNS": "200"}).stdout
+    assert re.search(r"^\s+-q, --quiet\s+No progress bar", embed, re.MULTILINE)

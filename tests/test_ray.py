@@ -179,3 +179,68 @@ def test_cli_engine_ray_honours_load_and_request_options(local_ray, minilm_dir, 
     for row in rows:
         assert len(row["embedding"]) == 16
         assert torch.allclose(torch.tensor(row["embedding"]), torch.tensor(expected[row["id"]].outputs.embedding), atol=1e-5)
+
+
+# -- over-long rows: truncated, as a local job truncates them, and flagged --------------------------
+
+LONG = " ".join(["word"] * 2000)  # far over all-MiniLM-L6-v2's 256 tokens
+FITS = " ".join(["word"] * 254)  # exactly 256 tokens with [CLS] and [SEP]: at the limit, not cut
+
+
+def test_a_long_row_is_truncated_and_flagged_not_fatal(local_ray, minilm_dir):
+    """The bug: one text over the limit failed the whole dataset ("maximum context length")."""
+    import numpy as np
+
+    from poolkit import LLM, PoolingParams
+    from poolkit.integrations.ray import PoolkitBatchEncoder, embed_dataset
+
+    llm = LLM(str(minilm_dir))
+    assert len(llm.embed(FITS)[0].prompt_token_ids) == 256
+    texts = ["a short sentence", LONG, FITS, "another one"]
+    ds = ray.data.from_items([{"id": i, "text": t} for i, t in enumerate(texts)])
+    rows = embed_dataset(ds, args=llm.args, batch_size=len(texts)).take_all()
+    assert {r["id"]: bool(r["truncated"]) for r in rows} == {0: False, 1: True, 2: False, 3: False}
+    # one batch for sure: LONG and FITS have the same length, and only the engine tells them apart
+    actor = PoolkitBatchEncoder(llm.args.model_dump(exclude_defaults=True), "embed", "text", None)
+    assert actor({"text": np.array(texts)})["truncated"].tolist() == [False, True, False, False]
+    assert actor.llm.engine.truncated_inputs == 1
+    expected = llm.embed(texts, PoolingParams(truncate_prompt_tokens=-1))
+    for row in rows:
+        assert torch.allclose(torch.tensor(row["embedding"]), torch.tensor(expected[row["id"]].outputs.embedding), atol=1e-5)
+
+    named = embed_dataset(ds, args=llm.args, batch_size=2, truncated_column="cut").take_all()
+    assert {r["id"]: bool(r["cut"]) for r in named} == {0: False, 1: True, 2: False, 3: False}
+    assert all("truncated" not in r for r in named)
+    assert all("truncated" not in r for r in embed_dataset(ds, args=llm.args, truncated_column=None).take_all())
+
+
+def test_a_chosen_truncation_is_honoured(local_ray, minilm_dir):
+    from poolkit import LLM, PoolingParams
+    from poolkit.integrations.ray import embed_dataset
+
+    llm = LLM(str(minilm_dir))
+    texts = ["hi", "one two three four five six seven", LONG]  # 3, 9 and 2002 tokens
+    ds = ray.data.from_items([{"id": i, "text": t} for i, t in enumerate(texts)])
+    rows = embed_dataset(ds, args=llm.args, pooling_params={"truncate_prompt_tokens": 8}).take_all()
+    assert {r["id"]: bool(r["truncated"]) for r in rows} == {0: False, 1: True, 2: True}
+    expected = llm.embed(texts, PoolingParams(truncate_prompt_tokens=8))
+    for row in rows:
+        assert torch.allclose(torch.tensor(row["embedding"]), torch.tensor(expected[row["id"]].outputs.embedding), atol=1e-5)
+
+
+def test_cli_engine_ray_truncates_and_says_how_many(local_ray, minilm_dir, tmp_path):
+    import json
+
+    import pyarrow.parquet as pq
+    from typer.testing import CliRunner
+
+    from poolkit.cli import app
+
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(["short", LONG, "also short"])))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["embed", "--model", str(minilm_dir), "--engine", "ray", "-i", str(src), "-o", str(out), "-q"])
+    assert result.exit_code == 0, result.stderr
+    assert "1 of 3 inputs were longer than the model's limit of 256 tokens and were truncated" in result.stderr
+    rows = pq.read_table(str(out)).to_pylist()
+    assert {r["id"]: r["truncated"] for r in rows} == {0: False, 1: True, 2: False}

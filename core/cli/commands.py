@@ -13,7 +13,10 @@ from typing import Any, List, Optional
 
 import typer
 
+from ..config import PoolingParams
 from ..errors import InvalidRequest
+from ..io import check_text
+from ..jobs import TRUNCATE_TO_LIMIT, truncating
 from ..settings import EngineArgs
 from .app import app
 from .options import (
@@ -51,25 +54,22 @@ def load(args: EngineArgs) -> Any:
     return LLM.from_args(args)
 
 
-#: The CLI truncates over-long inputs to the model's limit unless told otherwise (the Python API
-#: and the server refuse them, as vLLM does), and says how many it truncated.
-TRUNCATE = {"truncate_prompt_tokens": -1}
+def report_truncated(llm: Any, count: int, total: int, params: PoolingParams | None = None) -> None:
+    """Say on stderr that ``count`` of ``total`` inputs were cut to the truncation limit.
 
-
-def _truncating(params: dict[str, Any]) -> dict[str, Any]:
-    asked = params.get("truncate_prompt_tokens") is not None or params.get("truncation_side") is not None
-    return params if asked else {**params, **TRUNCATE}
-
-
-def report_truncated(llm: Any, before: int, total: int) -> None:
-    """Say on stderr how many of ``total`` inputs were cut to a truncation limit since ``before``."""
-    n = llm.engine.truncated_inputs - before
-    if n:
-        typer.echo(
-            f"{n} of {total} inputs were longer than the model's limit of {llm.model.max_model_len.value} tokens "
-            "and were truncated (--truncate-prompt-tokens N chooses the length)",
-            err=True,
-        )
+    The CLI truncates over-long inputs unless told otherwise (:func:`poolkit.jobs.truncating`),
+    so it says how many it cut: to ``params``' ``truncate_prompt_tokens``, or the model's limit.
+    """
+    if not count:
+        return
+    limit = params.truncate_prompt_tokens if params is not None else None
+    longer = f"longer than {limit} tokens" if limit and limit > 0 else (
+        f"longer than the model's limit of {llm.model.max_model_len.value} tokens"
+    )
+    typer.echo(
+        f"{count} of {total} inputs were {longer} and were truncated (--truncate-prompt-tokens N chooses the length)",
+        err=True,
+    )
 
 
 @dataclass
@@ -122,21 +122,20 @@ def _run_plugin(texts: list[str], input_file: Optional[str], llm: Any, fmt: Form
 
 def _run_job(texts: list[str], input_file: Optional[str], llm: Any, request: Request, job: JobOptions, quiet: bool) -> None:
     """``-o OUTPUT``: a resumable corpus job, locally or on Ray Data."""
-    from ..config import PoolingParams
-
     if texts or not input_file or input_file == "-":
         raise InvalidRequest("a corpus job (-o OUTPUT) reads its input from a file: pass -i INPUT")
-    params = PoolingParams(**_truncating(request.params))
+    params = truncating(request.params)
     if job.engine == "ray":
         if job.embed_dtype is not None:
             raise InvalidRequest("--embed-dtype applies to the local engine only, not to --engine ray")
         from ..integrations.ray import run_ray_job
 
-        rows = run_ray_job(
+        ray_summary = run_ray_job(
             llm, input_file, job.output, task=request.task, text_field=job.text_field, overwrite=job.overwrite,
             pooling_params=params, prompt_name=request.prompt_name,
         )
-        typer.echo(f"{rows} rows -> {job.output} (ray)", err=True)
+        report_truncated(llm, ray_summary.truncated, ray_summary.rows, params)
+        typer.echo(f"{ray_summary.rows} rows -> {job.output} (ray)", err=True)
         return
     if job.engine != "local":
         raise InvalidRequest(f"unknown engine '{job.engine}': use local or ray")
@@ -174,7 +173,6 @@ def _run_task(
     args: EngineArgs, request: Request, texts: list[str], input_file: Optional[str], fmt: Format, quiet: bool,
     verbose: bool, job: Optional[JobOptions] = None,
 ) -> None:
-    from ..config import PoolingParams
     from ..plugins import registry
     from ..tasks import PLUGIN
 
@@ -191,24 +189,25 @@ def _run_task(
         return
     records = read_records(texts, input_file)
     llm = load(args)
+    params = truncating(request.params)
     before = llm.engine.truncated_inputs
     if options.get("entities"):
-        found = llm.entities([r["text"] for r in records], PoolingParams(**_truncating(request.params)), use_tqdm=not quiet)
+        found = llm.entities([r["text"] for r in records], params, use_tqdm=not quiet)
         rows = [
             {**({"id": r["id"]} if "id" in r else {"index": i}), "entities": [dataclasses.asdict(e) for e in spans]}
             for i, (r, spans) in enumerate(zip(records, found))
         ]
-        report_truncated(llm, before, len(records))
+        report_truncated(llm, llm.engine.truncated_inputs - before, len(records), params)
         emit(rows, Format.jsonl if fmt is Format.table else fmt, "entities")
         return
     outputs = llm.encode(
         [r["text"] for r in records],
-        PoolingParams(**_truncating(request.params)),
+        params,
         pooling_task=request.task,
         use_tqdm=not quiet,
         prompt_name=request.prompt_name,
     )
-    report_truncated(llm, before, len(records))
+    report_truncated(llm, llm.engine.truncated_inputs - before, len(records), params)
     task = llm.task(request.task)
     rows = []
     for i, (record, out) in enumerate(zip(records, outputs)):
@@ -225,8 +224,6 @@ def _params(**values: Any) -> dict[str, Any]:
 def _embed_images(args: EngineArgs, images: list[str], texts: list[str], input_file: Optional[str],
                   dimensions: Optional[int], fmt: Format, quiet: bool, verbose: bool) -> None:
     """``poolkit embed --image FILE ...``: one record per image, with its index and embedding."""
-    from ..config import PoolingParams
-
     setup_logging(quiet, verbose)
     if texts or input_file:
         raise InvalidRequest("pass --image files or texts (arguments or -i FILE), not both")
@@ -346,14 +343,15 @@ def score(
     """Score TEXT_1 against each text: cross-encoder relevance, or cosine for embedding models."""
     with errors():
         setup_logging(quiet, verbose)
-        records = read_records(texts_2, input_file)
+        check_text(text_1, "TEXT_1")
+        records = read_records(texts_2, input_file, first=2)
         llm = load(args)
         before = llm.engine.truncated_inputs
         scores = llm.score(
-            text_1, [r["text"] for r in records], use_tqdm=not quiet, tokenization_kwargs=TRUNCATE,
+            text_1, [r["text"] for r in records], use_tqdm=not quiet, tokenization_kwargs=TRUNCATE_TO_LIMIT,
             chat_template=chat_template, instruction=instruction,
         )
-        report_truncated(llm, before, len(records))
+        report_truncated(llm, llm.engine.truncated_inputs - before, len(records))
         rows = []
         for i, (record, out) in enumerate(zip(records, scores)):
             row = {"id": record["id"]} if "id" in record else {"index": i}
@@ -379,6 +377,7 @@ def rerank(
     """Rank documents by relevance to a query, best first, each with its original index (or id)."""
     with errors():
         setup_logging(quiet, verbose)
+        check_text(query, "--query")
         records = read_records(documents, input_file)
         llm = load(args)
         before = llm.engine.truncated_inputs
@@ -387,11 +386,11 @@ def rerank(
             [r["text"] for r in records],
             top_n=top_n,
             use_tqdm=not quiet,
-            tokenization_kwargs=TRUNCATE,
+            tokenization_kwargs=TRUNCATE_TO_LIMIT,
             chat_template=chat_template,
             instruction=instruction,
         )
-        report_truncated(llm, before, len(records))
+        report_truncated(llm, llm.engine.truncated_inputs - before, len(records))
         rows = []
         for result in ranked:
             record = records[result.index]

@@ -1,4 +1,10 @@
-"""Reading the CLI's input records and writing its output rows (JSON Lines, JSON or a table)."""
+"""Reading the CLI's input records and writing its output rows (JSON Lines, JSON or a table).
+
+An input text follows the server's and corpus jobs' rule (:func:`poolkit.io.text_problem`): an
+empty TEXT argument or JSON record text, or a lone surrogate, is an error naming the input.
+Blank lines of plain-text input separate texts and are skipped. The Python ``LLM`` API keeps
+vLLM's behaviour instead: an empty string is embedded as its special tokens.
+"""
 
 from __future__ import annotations
 
@@ -10,22 +16,41 @@ from typing import Any
 import typer
 
 from ..errors import InvalidRequest
+from ..io import check_text
 from .options import Format
 
+#: What a command that reads texts takes, for every "no input" error.
+TEXT_INPUTS = "pass TEXT arguments, -i FILE, or pipe lines on stdin (-i -)"
+#: What ``--task plugin`` takes.
+DATA_INPUTS = "pass DATA arguments, -i FILE, or pipe JSON lines on stdin (-i -)"
 
-def read_records(texts: list[str], input_file: str | None) -> list[dict[str, Any]]:
-    """Input records ``{"id"?, "text"}`` from arguments, a file, or stdin."""
+
+def read_records(texts: list[str], input_file: str | None, first: int = 1) -> list[dict[str, Any]]:
+    """Input records ``{"id"?, "text"}`` from arguments, a file, or stdin.
+
+    Args:
+        texts: the command's TEXT arguments.
+        input_file: ``-i FILE``, ``-`` for stdin.
+        first: the number of ``texts[0]`` among the command's TEXT arguments, for errors.
+
+    Raises:
+        InvalidRequest: no input, an unreadable file, a bad JSON line, or an invalid text.
+    """
     if texts and input_file:
         raise InvalidRequest("pass TEXT arguments or -i FILE, not both")
     if texts:
+        for number, text in enumerate(texts, first):
+            check_text(text, f"TEXT argument {number}")
         return [{"text": t} for t in texts]
     if input_file is None:
         if sys.stdin is None or sys.stdin.isatty():
-            raise InvalidRequest("no input: pass TEXT arguments, -i FILE, or pipe lines on stdin (-i -)")
+            raise InvalidRequest(f"no input: {TEXT_INPUTS}")
         input_file = "-"
     if input_file == "-":
+        source = "stdin"
         lines = sys.stdin.read().splitlines()
     else:
+        source = f"'{input_file}'"
         path = Path(input_file)
         if not path.is_file():
             raise InvalidRequest(f"input file '{input_file}' does not exist")
@@ -47,11 +72,12 @@ def read_records(texts: list[str], input_file: str | None) -> list[dict[str, Any
             record = {"text": obj["text"]}
             if "id" in obj:
                 record["id"] = obj["id"]
-            records.append(record)
         else:
-            records.append({"text": line})
+            record = {"text": line}
+        check_text(record["text"], f"line {number} of {source}")
+        records.append(record)
     if not records:
-        raise InvalidRequest("no input: the input is empty")
+        raise InvalidRequest(f"no input: {source} is empty; {TEXT_INPUTS}")
     return records
 
 
@@ -95,7 +121,7 @@ def plugin_data(texts: list[str], input_file: str | None) -> list[Any]:
     if not texts:
         if input_file in (None, "-"):
             if input_file is None and (sys.stdin is None or sys.stdin.isatty()):
-                raise InvalidRequest("no input: pass DATA arguments, -i FILE, or pipe JSON lines on stdin (-i -)")
+                raise InvalidRequest(f"no input: {DATA_INPUTS}")
             texts = sys.stdin.read().splitlines()
         else:
             path = Path(input_file)
@@ -111,7 +137,7 @@ def plugin_data(texts: list[str], input_file: str | None) -> list[Any]:
         except json.JSONDecodeError:
             items.append(text)
     if not items:
-        raise InvalidRequest("no input: the input is empty")
+        raise InvalidRequest(f"no input: the input is empty; {DATA_INPUTS}")
     return items
 
 

@@ -1,7 +1,9 @@
 """Ray Data: embed a dataset on a cluster, one poolkit model per actor.
 
 Built on ``Dataset.map_batches`` with a callable class, so Ray schedules the actors, streams the
-blocks and retries failed tasks; poolkit only embeds each batch.
+blocks and retries failed tasks; poolkit only embeds each batch. As a local corpus job does, it
+truncates an input longer than the model's limit (unless the request chooses a truncation) and
+says which rows it cut, in a ``truncated`` column.
 
 Example:
     >>> import ray
@@ -13,11 +15,15 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 from ..config import PoolingParams
 from ..errors import InvalidRequest, MissingDependency
+from ..jobs import JobSummary, truncating
 from ..settings import EngineArgs
+
+#: The column that says whether a row's input was cut to the truncation limit.
+TRUNCATED_COLUMN = "truncated"
 
 
 class PoolkitBatchEncoder:
@@ -29,8 +35,11 @@ class PoolkitBatchEncoder:
         task: the pooling task (``embed``, ``classify``, ``token_embed``, ...).
         text_column: the column holding the texts.
         output_column: where results go (default: the task's output field, ``embedding`` for ``embed``).
-        pooling_params: the request's :class:`poolkit.PoolingParams` fields, as a dict.
+        pooling_params: the request's :class:`poolkit.PoolingParams` fields, as a dict; inputs are
+            truncated to the model's limit unless they choose a truncation
+            (:func:`poolkit.jobs.truncating`).
         prompt_name: a prompt of the model's sentence-transformers config to prepend.
+        truncated_column: where to say whether each row's input was cut (``None``: nowhere).
     """
 
     def __init__(
@@ -41,6 +50,7 @@ class PoolkitBatchEncoder:
         output_column: str | None,
         pooling_params: dict[str, Any] | None = None,
         prompt_name: str | None = None,
+        truncated_column: str | None = TRUNCATED_COLUMN,
     ) -> None:
         from poolkit import LLM
         from poolkit.settings import EngineArgs
@@ -49,14 +59,17 @@ class PoolkitBatchEncoder:
         self.task = task
         self.text_column = text_column
         self.output_column = output_column or self.llm.task(task).output_field
-        self.pooling_params = pooling_params
+        self.pooling_params = truncating(pooling_params)
         self.prompt_name = prompt_name
+        self.truncated_column = truncated_column
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         import numpy as np
 
         texts = [str(t) for t in batch[self.text_column]]
+        before = self.llm.engine.truncated_inputs
         outputs = self.llm.encode(texts, self.pooling_params, pooling_task=self.task, prompt_name=self.prompt_name)
+        cut = self.llm.engine.truncated_inputs - before
         values = [o.outputs.data.float().numpy() for o in outputs]
         if values and all(v.shape == values[0].shape for v in values):
             batch[self.output_column] = np.stack(values)
@@ -64,7 +77,40 @@ class PoolkitBatchEncoder:
             column = np.empty(len(values), dtype=object)
             column[:] = values
             batch[self.output_column] = column
+        if self.truncated_column is not None:
+            batch[self.truncated_column] = self._truncated(texts, [len(o.prompt_token_ids) for o in outputs], cut)
         return batch
+
+    def _truncated(self, texts: Sequence[str], lengths: Sequence[int], cut: int) -> Any:
+        """Whether the engine cut each input, as a boolean array.
+
+        Every row of a batch has the same limit and a cut input keeps exactly that many tokens, so
+        the ``cut`` inputs the engine counted are among the longest rows: all of them when there
+        are ``cut`` such rows; otherwise the engine tokenizes those rows again to tell which.
+        """
+        import numpy as np
+
+        flags = np.zeros(len(lengths), dtype=bool)
+        if not cut:
+            return flags
+        longest = np.flatnonzero(np.asarray(lengths) == max(lengths))
+        if len(longest) == cut:
+            flags[longest] = True
+        else:  # some inputs fit the limit exactly
+            flags[longest] = self._cut([texts[i] for i in longest])
+        return flags
+
+    def _cut(self, texts: list[str]) -> list[bool]:
+        """Whether the engine cuts each of ``texts``, tokenized as :meth:`poolkit.LLM.encode` does."""
+        llm, engine = self.llm, self.llm.engine
+        task, prompts, params = llm.prepare(
+            texts, self.pooling_params, pooling_task=self.task, prompt_name=self.prompt_name
+        )
+        chunked = task.chunkable and llm.model.pooler_config.enable_chunked_processing
+        counted = engine.truncated_inputs
+        encoded = engine.tokenize(prompts, params, chunked, engine.input_cap(task))
+        engine.truncated_inputs = counted  # a second look at inputs already counted
+        return [enc.truncated for enc in encoded]
 
 
 def embed_dataset(
@@ -80,9 +126,15 @@ def embed_dataset(
     args: EngineArgs | None = None,
     pooling_params: PoolingParams | dict[str, Any] | None = None,
     prompt_name: str | None = None,
+    truncated_column: str | None = TRUNCATED_COLUMN,
     **llm_kwargs: Any,
 ) -> Any:
     """The dataset with a column of results (the task's output field: ``embedding`` for ``embed``).
+
+    A corpus does not fail on one long row: an input longer than the model's limit is truncated
+    to it, as ``poolkit embed -i ... -o ...`` does, unless ``pooling_params`` choose a truncation
+    (``truncate_prompt_tokens``, or a ``truncation_side``). The ``truncated`` column says which
+    rows were cut.
 
     Args:
         ds: a ``ray.data.Dataset``.
@@ -97,6 +149,8 @@ def embed_dataset(
             ``**llm_kwargs``.
         pooling_params: per-request parameters (``dimensions``, ``truncate_prompt_tokens``, ...).
         prompt_name: a prompt of the model's sentence-transformers config to prepend.
+        truncated_column: the boolean column saying whether each row's input was cut to the
+            truncation limit (``None``: no such column).
         **llm_kwargs: settings for ``poolkit.LLM`` in every actor (``dtype``, ``pooler_config``, ...).
     """
     try:
@@ -107,8 +161,7 @@ def embed_dataset(
         args = EngineArgs(model=model, **llm_kwargs)
     elif model is not None or llm_kwargs:
         raise InvalidRequest("pass the load settings either as args or as model and keyword arguments, not both")
-    if isinstance(pooling_params, PoolingParams):
-        pooling_params = pooling_params.model_dump(exclude_unset=True)
+    params = truncating(pooling_params).model_dump(exclude_unset=True)  # refused here if bad, not in every actor
     return ds.map_batches(
         PoolkitBatchEncoder,
         fn_constructor_kwargs={
@@ -116,8 +169,9 @@ def embed_dataset(
             "task": task,
             "text_column": text_column,
             "output_column": output_column,
-            "pooling_params": pooling_params,
+            "pooling_params": params,
             "prompt_name": prompt_name,
+            "truncated_column": truncated_column,
         },
         batch_size=batch_size,
         batch_format="numpy",
@@ -136,13 +190,16 @@ def run_ray_job(
     overwrite: bool = False,
     pooling_params: PoolingParams | None = None,
     prompt_name: str | None = None,
-) -> int:
+) -> JobSummary:
     """``poolkit embed --engine ray -i INPUT -o OUTPUT``: read with Ray Data, embed, write Parquet.
 
     Every actor loads the model with the settings ``llm`` was loaded with (``llm.args``) and runs
     the request's parameters, so the output equals a local job's. The output is a directory of
-    Parquet files (Ray's way of writing in parallel); Ray retries failed tasks, and a finished
-    output is refused unless ``overwrite``.
+    Parquet files (Ray's way of writing in parallel) with a ``truncated`` column; Ray retries
+    failed tasks, and a finished output is refused unless ``overwrite``.
+
+    Returns:
+        The rows and how many of them were truncated (``rows``, ``written``, ``truncated``).
     """
     try:
         import ray
@@ -162,10 +219,19 @@ def run_ray_job(
                ".csv": ray.data.read_csv}
     if source.suffix not in readers:
         raise InvalidRequest("--engine ray reads Parquet, JSON Lines or CSV input")
-    llm.check_params(pooling_params, 1, llm.task(task).name)  # refuse bad parameters before Ray starts
+    params = truncating(pooling_params)
+    llm.check_params(params, 1, llm.task(task).name)  # refuse bad parameters before Ray starts
     ds = readers[source.suffix](str(source))
     rows = ds.count()
-    out = embed_dataset(ds, text_column=text_field, task=task, args=llm.args, pooling_params=pooling_params,
+    out = embed_dataset(ds, text_column=text_field, task=task, args=llm.args, pooling_params=params,
                         prompt_name=prompt_name)
     out.write_parquet(str(target))
-    return rows
+    return JobSummary(output=output_path, rows=rows, written=rows, truncated=_truncated_rows(target) if rows else 0)
+
+
+def _truncated_rows(output: Any) -> int:
+    """The rows of a written output whose input was cut (its ``truncated`` column alone is read)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    return pc.sum(pq.read_table(str(output), columns=[TRUNCATED_COLUMN])[TRUNCATED_COLUMN]).as_py() or 0
