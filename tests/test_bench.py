@@ -13,7 +13,7 @@ from poolkit.cli import app, main  # noqa: F401 - main registers plugin commands
 FIELDS = {
     "workload", "description", "items", "tokens", "poolkit_items_per_s", "peer_items_per_s", "poolkit_tokens_per_s",
     "peer_tokens_per_s", "ratio", "rounds", "min_cosine", "max_abs_diff", "poolkit_peak_rss_mb", "peer_peak_rss_mb",
-    "padding_fraction_peer", "padding_fraction_poolkit", "poolkit_gflops", "peer_gflops", "notes",
+    "padding_fraction_peer", "padding_fraction_poolkit", "poolkit_gflops", "peer_gflops", "notes", "stages",
 }
 
 
@@ -172,3 +172,18 @@ def test_w5_runs_inputs_of_about_fifty_tokens():
     assert result.exit_code == 0, result.stderr
     (row,) = json.loads(result.stdout)["results"]
     assert row["workload"] == "W5" and 40 <= row["tokens"] / row["items"] <= 60
+
+
+def test_host_workload_times_each_stage_against_the_tokenizer():
+    """Workload H: the host's stages per text against tokenizers' encode_batch on the same ~50-token
+    texts (unpadded, as the engine tokenizes), and a server's single-text requests/s."""
+    result = CliRunner().invoke(_app(), ["bench", "--smoke", "--json", "--workloads", "H"])
+    assert result.exit_code == 0, result.stderr
+    (row,) = json.loads(result.stdout)["results"]
+    assert row["workload"] == "H" and set(row) == FIELDS and 40 <= row["tokens"] / row["items"] <= 60
+    stages = row["stages"]
+    for stage in ("encode_batch", "transformers_tokenizer", "engine_tokenize", "embed_texts", "embed_token_ids"):
+        assert stages[f"{stage}_us_per_text"] > 0 and stages[f"{stage}_vs_floor"] > 0
+    assert stages["encode_batch_vs_floor"] == 1.0
+    assert row["peer_items_per_s"] == pytest.approx(1e6 / stages["encode_batch_us_per_text"], rel=0.2)
+    assert stages["serve_single_text_requests_per_s"] > 0

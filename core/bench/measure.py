@@ -47,6 +47,8 @@ class Result:
     poolkit_gflops: float | None = None
     peer_gflops: float | None = None
     notes: str = ""
+    #: Workload H: microseconds of host time per text of each stage (and the server's requests/s).
+    stages: dict[str, float] = field(default_factory=dict)
 
 
 def _median_ratio(rounds: list[dict[str, float]]) -> float | None:

@@ -24,6 +24,9 @@ _BERT = {"model_type": "bert", "architectures": ["BertModel"], "vocab_size": 305
 _QWEN3_SIZES = {"hidden_size": 1024, "intermediate_size": 3072, "num_hidden_layers": 28, "num_attention_heads": 16,
                 "num_key_value_heads": 8, "head_dim": 128}
 PRESETS: dict[str, dict[str, Any]] = {
+    "host-bert": {"pooling": "mean", "about": "one layer 32 wide: compute negligible, the host's work alone (workload H)",
+                  "config": {**_BERT, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                             "num_attention_heads": 2}},
     "bge-small": {"pooling": "cls", "config": {**_BERT, "hidden_size": 384, "intermediate_size": 1536,
                                                  "num_hidden_layers": 12, "num_attention_heads": 12}},
     "bge-base": {"pooling": "cls", "config": {**_BERT, "hidden_size": 768, "intermediate_size": 3072,

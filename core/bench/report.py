@@ -90,6 +90,8 @@ def format_table(report: dict[str, Any]) -> str:
             f"{fmt(r['poolkit_items_per_s'], ',.1f'):>13} {fmt(r['peer_items_per_s'], ',.1f'):>10} {fmt(r['ratio'], '.2f'):>6} "
             f"{fmt(r['min_cosine'], '.6f'):>9} {fmt(r['max_abs_diff'], '.1e'):>9} {rss:>17} {pad:>9} {mfu:>19}  {r['description']}"
         )
+        if r.get("stages"):
+            lines.append(f"{'':<5} {r['notes']}")
     lines += [f"{w:<5} skipped: {why}" for w, why in report["skipped"].items()]
     return "\n".join(lines)
 

@@ -321,6 +321,78 @@ class Bench:
         result.notes = "items/s here is 1 / seconds"
         return result
 
+    def host(self) -> Result:
+        """The host's work per ~50-token text, stage by stage, against the tokenizer's own speed.
+
+        On a model whose compute is negligible (``-m host-bert``) what is left is the host's work:
+        tokenizers' ``encode_batch`` on the same texts and threads (the floor, reported as the
+        peer), transformers' tokenizer call, the engine's text path alone (prompts to token ids,
+        truncation detected and counted), ``LLM.embed`` on the texts and on their token ids, in
+        turn in each round; then single-text requests per second to ``poolkit serve`` from
+        32 clients on this machine (with the server extra).
+        """
+        texts = make_corpus(self._n(20000), 33, 0.1, seed=11)
+        import copy
+
+        tok = self.llm.get_tokenizer()
+        backend = copy.deepcopy(tok.backend_tokenizer)  # as the engine asks: no padding, cut at the model's limit
+        backend.no_padding()
+        limit = self.llm.model.max_model_len.value
+        if limit:
+            backend.enable_truncation(limit)
+        ids = [{"prompt_token_ids": e.ids} for e in backend.encode_batch(texts)]
+        engine = self.llm.engine
+
+        def engine_tokenize() -> Any:  # the text path alone: prompts, special tokens, truncation and its count
+            task, prompts, params = self.llm.prepare(texts, TRUNCATE, pooling_task="embed")
+            return engine.tokenize(prompts, params, False, engine.input_cap(task))
+
+        stages = {
+            "encode_batch": lambda: backend.encode_batch(texts),
+            "transformers_tokenizer": lambda: tok(texts),
+            "engine_tokenize": engine_tokenize,
+            "embed_texts": lambda: self.llm.embed(texts, tokenization_kwargs=TRUNCATE),
+            "embed_token_ids": lambda: self.llm.embed(ids),
+        }
+        for run in stages.values():  # warm-up
+            run()
+        seconds: dict[str, list[float]] = {name: [] for name in stages}
+        for _ in range(self.rounds):
+            for name, run in stages.items():
+                start = time.perf_counter()
+                run()
+                seconds[name].append(time.perf_counter() - start)
+        median = {name: statistics.median(s) for name, s in seconds.items()}
+        rounds = [{"poolkit_s": a, "peer_s": b} for a, b in zip(seconds["embed_texts"], seconds["encode_batch"])]
+        tokens = sum(len(i["prompt_token_ids"]) for i in ids)
+        result = self._result("H", "host work per ~50-token text (floor: tokenizers' encode_batch)", len(texts), tokens, rounds)
+        result.stages = {f"{name}_us_per_text": 1e6 * s / len(texts) for name, s in median.items()}
+        result.stages.update({f"{name}_vs_floor": s / median["encode_batch"] for name, s in median.items()})
+        requests = self._serve_rate()
+        if requests is not None:
+            result.stages["serve_single_text_requests_per_s"] = requests
+        result.notes = ", ".join(
+            f"{name} {result.stages[name + '_us_per_text']:.1f} us ({result.stages[name + '_vs_floor']:.2f}x)" for name in stages
+        ) + (f"; serve: {requests:.0f} single-text requests/s from 32 clients" if requests is not None else "")
+        return result
+
+    def _serve_rate(self, clients: int = 32) -> float | None:
+        """Single-text requests per second to ``poolkit serve`` on the bench's model; ``None`` without the server extra."""
+        try:
+            import fastapi  # noqa: F401
+            import uvicorn  # noqa: F401
+        except ImportError:
+            return None
+        from .load import StartedServer, run_load
+
+        server = StartedServer(self.args.model_copy(update={"model": self.model_dir}))
+        try:
+            run_load(server.url, clients=clients, seconds=2.0, inputs_per_request=1)  # warm-up
+            report = run_load(server.url, clients=clients, seconds=max(5.0, 20.0 * self.scale), inputs_per_request=1)
+        finally:
+            server.stop()
+        return report.as_dict()["requests_per_s"]
+
     def w10(self) -> Result:
         texts = [("pathological input " * 30000)[: 100_000 + 20_000 * i] for i in range(self._n(20))]
         return self.embed_workload("W10", "pathological: 100k-500k character inputs, truncated", texts)
@@ -328,6 +400,6 @@ class Bench:
 
 WORKLOADS = {
     "W1": Bench.w1, "W2": Bench.w2, "W3": Bench.w3, "W4": Bench.w4, "W5": Bench.w5, "W6": Bench.w6, "W7": Bench.w7, "W9": Bench.w9,
-    "W10": Bench.w10,
+    "W10": Bench.w10, "H": Bench.host,
 }
 
