@@ -225,3 +225,14 @@ def test_every_help_screen_shows_flags_without_a_type():
         assert not re.search(r"\[default: (None|False|True|Format\.)", text), path
     embed = runner.invoke(app, ["embed", "--help"], env={"COLUMNS": "200"}).stdout
     assert re.search(r"^\s+-q, --quiet\s+No progress bar", embed, re.MULTILINE)
+
+
+def test_a_local_corpus_job_says_what_it_truncated_to(tmp_path, minilm_dir):
+    """The job's summary names the length its inputs were cut to: the model's limit, or the one asked for."""
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"id": "long", "text": "word " * 2000}) + "\n" + json.dumps({"id": "short", "text": "hi"}) + "\n")
+    for extra, words in (([], "1 truncated to the model's limit"), (["--truncate-prompt-tokens", "8"], "1 truncated to 8 tokens")):
+        out = tmp_path / f"out{len(extra)}.jsonl"
+        result = CliRunner().invoke(app, ["embed", "--model", str(minilm_dir), "-i", str(src), "-o", str(out), "-q", *extra])
+        assert result.exit_code == 0, result.stderr
+        assert words in result.stderr, result.stderr

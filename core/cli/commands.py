@@ -163,7 +163,8 @@ def _run_job(texts: list[str], input_file: Optional[str], llm: Any, request: Req
     if summary.duplicate_ids:
         extra.append(f"{summary.duplicate_ids} duplicate ids skipped")
     if summary.truncated:
-        extra.append(f"{summary.truncated} truncated to the model's limit")
+        limit = params.truncate_prompt_tokens
+        extra.append(f"{summary.truncated} truncated to " + (f"{limit} tokens" if limit and limit > 0 else "the model's limit"))
     note = f" ({'; '.join(extra)})" if extra else ""
     stored = f" as {summary.embed_dtype}" if summary.embed_dtype else ""
     typer.echo(f"{summary.rows} rows, {summary.written} embedded{note} -> {job.output}{stored}", err=True)
