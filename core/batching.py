@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .allocator import release_freed_memory
+from .estimates import estimate_cost
 from .config import PoolingParams
 from .errors import PoolkitError
 from .io import Prompt
@@ -63,14 +64,6 @@ class BatcherStats:
     cancelled: int = 0
     batch_sizes: list[int] = field(default_factory=list)
     queue_seconds: list[float] = field(default_factory=list)
-
-
-def estimate_cost(prompt: Prompt) -> int:
-    """A cheap token estimate used for batching and admission (no tokenization on the loop)."""
-    if prompt.token_ids is not None:
-        return len(prompt.token_ids)
-    text = (prompt.text or "") + (prompt.text_pair or "")
-    return max(1, len(text) // 4 + 2)
 
 
 class Batcher:

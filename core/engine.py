@@ -21,6 +21,7 @@ from .allocator import tune_allocator
 from .batch import PackedBatch
 from .config import PoolingParams
 from .errors import InvalidRequest
+from .estimates import CHARS_PER_TOKEN_GUESS
 from .io import Prompt
 from .lookup import kernel_rows
 from .model import PoolingModel
@@ -35,8 +36,6 @@ CHARS_PER_TOKEN = 24
 #: On an accelerator, prompts are tokenized in slices of about this many token budgets of text,
 #: each while the device runs the one before (:meth:`Engine.slices`).
 OVERLAP_BATCHES = 8
-#: Characters per token assumed when sizing those slices (English text through WordPiece/BPE).
-CHARS_PER_TOKEN_GUESS = 4
 _CUT_MARGIN = 256
 _WHITESPACE_SEARCH = 1000
 

@@ -14,7 +14,7 @@ import torch
 
 from .allocator import freeze_python_heap
 from .config import LateChunkingParams, PoolingParams
-from .batching import estimate_cost
+from .estimates import estimate_cost, estimate_pair_tokens
 from .engine import Engine
 from .settings import DEFAULT_MODEL, IGNORED_ENGINE_ARGS, EngineArgs  # noqa: F401 - DEFAULT_MODEL is part of this module's API
 from .tasks import PLUGIN, Task
@@ -612,14 +612,7 @@ class LLM:
 
     def estimate_pair_tokens(self, first: Sequence[str], second: Sequence[str]) -> int:
         """Tokens of scoring ``first`` against ``second``, estimated before tokenizing (the server's limits)."""
-        limit = self.model.max_model_len.value
-        if len(first) == 1:
-            first = list(first) * len(second)
-        total = 0
-        for a, b in zip(first, second):
-            n = len(a) // 4 + len(b) // 4 + 3
-            total += min(n, limit) if limit else n
-        return total
+        return estimate_pair_tokens(first, second, self.model.max_model_len.value)
 
     def score(
         self,

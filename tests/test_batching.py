@@ -114,3 +114,17 @@ def test_freed_memory_is_handed_back_between_batches(minilm, monkeypatch):
     quiet = Batcher(minilm)
     asyncio.run(_submit_one_by_one(quiet, minilm, TEXTS[:3]))
     assert quiet.drain(5) and calls == []
+
+
+def test_the_token_estimates_share_one_rule():
+    """Admission, batching, score limits and the engine's slices estimate a text's tokens alike."""
+    from poolkit.estimates import CHARS_PER_TOKEN_GUESS, estimate_cost, estimate_pair_tokens, tokens_of_text
+    from poolkit.io import Prompt
+
+    text = "x" * 40
+    assert tokens_of_text(len(text)) == 40 // CHARS_PER_TOKEN_GUESS and tokens_of_text(0) == 1
+    assert estimate_cost(Prompt(text=text)) == tokens_of_text(len(text)) + 2  # and the special tokens
+    assert estimate_cost(Prompt(text=text, text_pair=text)) == tokens_of_text(2 * len(text)) + 2
+    assert estimate_cost(Prompt(token_ids=[1, 2, 3])) == 3
+    assert estimate_pair_tokens([text], [text, text], None) == 2 * (2 * tokens_of_text(len(text)) + 3)
+    assert estimate_pair_tokens([text], [text * 100], 64) == 64  # each pair cut at the limit

@@ -85,7 +85,8 @@ def test_embedding_loop_does_not_wait_for_the_device(tiny_encoders) -> None:
 def test_slices_follow_the_token_budget_on_accelerators_only() -> None:
     from types import SimpleNamespace
 
-    from poolkit.engine import CHARS_PER_TOKEN_GUESS, OVERLAP_BATCHES, Engine
+    from poolkit.engine import OVERLAP_BATCHES, Engine
+    from poolkit.estimates import CHARS_PER_TOKEN_GUESS
     from poolkit.io import Prompt
 
     prompts = [Prompt(text="x" * 100) for _ in range(50)]

@@ -15,6 +15,7 @@ from fastapi import Request
 from .. import io
 from ..config import PoolingParams
 from ..errors import InvalidRequest
+from ..estimates import tokens_of_text
 from ..protocol import RESERVED_TEMPLATE_KWARGS
 from .errors import ApiError, short
 from .state import ServerState
@@ -186,7 +187,7 @@ async def chat_token_ids(
             raise InvalidRequest(f"cannot apply the chat template: {short(reason, 200)}") from None
         return tok(text, add_special_tokens=add_special_tokens)["input_ids"]
 
-    ids = await until_done(request, st, st.batcher.call(render, max(1, size // 4)))
+    ids = await until_done(request, st, st.batcher.call(render, tokens_of_text(size)))
     if not ids:
         raise ApiError(400, "the rendered chat has no tokens", param=where)
     return ids

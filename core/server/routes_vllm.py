@@ -14,18 +14,19 @@ from pydantic import BaseModel, ValidationError
 
 from ..config import PoolingParams
 from ..errors import InvalidRequest, UnknownName
+from ..estimates import tokens_of_text
+from ..lookup import option_owners
 from ..protocol import (
+    SCORE_PAIRS,
     ClassificationRequest,
     DetokenizeRequest,
     EmbeddingRequest,
     PoolingRequest,
     RerankDocument,
-    SCORE_PAIRS,
     RerankRequest,
     ScoreRequest,
     TokenizeRequest,
 )
-from ..lookup import option_owners
 from ..scoring import check_template_kwargs
 from ..tasks import stray_options
 from .deps import Model, State
@@ -137,9 +138,10 @@ async def _plugin(request: Request, st: ServerState, llm: Any, body: PoolingRequ
     if body.data is None:
         raise ApiError(400, f"task '{task}' takes its input in 'data'", param="data")
     size = len(json.dumps(body.data))
-    check_tokens(st, size // 4, "data")
+    tokens = tokens_of_text(size)
+    check_tokens(st, tokens, "data")
     data = body.data
-    outputs = await until_done(request, st, st.batcher.call(lambda: llm.encode({"data": data}, pooling_task=task), max(1, size // 4)))
+    outputs = await until_done(request, st, st.batcher.call(lambda: llm.encode({"data": data}, pooling_task=task), tokens))
     rid, created = request_id(request, "pool"), int(time.time())
     result = outputs[0].outputs if outputs else None
     return await respond(
@@ -319,12 +321,11 @@ async def tokenize(body: TokenizeRequest, request: Request, st: State, llm: Mode
     else:
         prompt = body.prompt
         check_text(prompt, "prompt")
-        check_tokens(st, len(prompt) // 4, "prompt")
+        tokens = tokens_of_text(len(prompt))
+        check_tokens(st, tokens, "prompt")
         add_special = body.add_special_tokens is not False
         text = prompt.lower() if llm.model.do_lower_case else prompt
-        ids = await until_done(
-            request, st, st.batcher.call(lambda: tok(text, add_special_tokens=add_special)["input_ids"], max(1, len(prompt) // 4))
-        )
+        ids = await until_done(request, st, st.batcher.call(lambda: tok(text, add_special_tokens=add_special)["input_ids"], tokens))
     strs = tok.convert_ids_to_tokens(ids) if body.return_token_strs else None
     return await respond(
         lambda: {"count": len(ids), "max_model_len": st.max_len, "tokens": ids, "token_strs": strs}, len(ids)
