@@ -94,6 +94,7 @@ class Engine:
         self._prompt_lengths: dict[tuple[str, bool], int] = {}
         #: Inputs cut to a truncation limit so far (the CLI and corpus jobs report it).
         self.truncated_inputs = 0
+        self._single_types: bool | None = None
 
     # -- tokenization --------------------------------------------------------------------------
 
@@ -282,7 +283,9 @@ class Engine:
         backend = self._backend
         with self._tokenizer_lock:
             if backend is not None:
-                return self._call_backend(backend, texts, pairs, limit, side, special, spans, want_types)
+                # a single text's segment ids are all 0 (BERT's family): not read text by text
+                read_types = want_types and (pairs is not None or self._single_text_types(backend))
+                return self._call_backend(backend, texts, pairs, limit, side, special, spans, read_types)
             previous = tok.truncation_side
             tok.truncation_side = side
             try:
@@ -328,6 +331,12 @@ class Engine:
         if not spans:
             return encoded, None
         return encoded, [e.offsets if len(e) == limit else None for e in encodings]
+
+    def _single_text_types(self, backend: Any) -> bool:
+        """Whether the tokenizer gives a single text segment ids other than 0 (asked once)."""
+        if self._single_types is None:
+            self._single_types = any(backend.encode("a b", add_special_tokens=True).type_ids)
+        return self._single_types
 
     @cached_property
     def _backend(self) -> Any:
@@ -610,7 +619,7 @@ class Engine:
             batch = PackedBatch.from_sequences(
                 [encoded[i].token_ids for i in members],
                 token_type_ids=[encoded[i].token_type_ids or [0] * len(encoded[i].token_ids) for i in members]
-                if self.uses_token_type_ids
+                if self.uses_token_type_ids and any(encoded[i].token_type_ids is not None for i in members)
                 else None,
                 pool_skip=[encoded[i].pool_skip for i in members],
                 device=self.model.device,
