@@ -14,12 +14,16 @@ from .errors import ApiError
 from .state import ServerState
 
 
-def server_state(request: Request) -> ServerState:
-    """The state of the application serving ``request``."""
+async def server_state(request: Request) -> ServerState:
+    """The state of the application serving ``request``.
+
+    The dependencies are coroutines: FastAPI runs a plain function dependency on a worker thread,
+    two thread hand-offs per request for two attribute reads.
+    """
     return request.app.state.poolkit
 
 
-def loaded_llm(st: ServerState = Depends(server_state)) -> Any:
+async def loaded_llm(st: ServerState = Depends(server_state)) -> Any:
     """The loaded :class:`poolkit.LLM`; a 503 while it loads.
 
     The middleware admits inference requests only once the model is loaded; this guards the

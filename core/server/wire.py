@@ -104,7 +104,8 @@ async def list_response(
         return await bytes_response(rid, created, served, body, results, tokens)
 
     def build() -> dict:
-        check_finite(results)
+        if body.encoding_format != "float":  # JSON numbers are refused by dump()
+            check_finite(results)
         return {
             "id": rid,
             "object": "list",
