@@ -168,6 +168,8 @@ _NULL = {"type": "null"}
 
 
 def _bound(doc: dict[str, Any], st: "ServerState") -> None:
+    from .routes_cohere import input_types
+
     llm = st.llm
     tasks = list(llm.supported_tasks)
     served_paths = _served_paths(llm, tasks)
@@ -178,7 +180,7 @@ def _bound(doc: dict[str, Any], st: "ServerState") -> None:
     options, params = _task_fields(llm, tasks)
     templated = _takes_score_template(llm)
     images = "image" in getattr(llm.model.architecture, "input_modalities", ("text",))
-    input_types = sorted(set(llm.model.prompts) | set(getattr(llm.model.hf_config, "task_instructions", None) or {}))
+    known_input_types = input_types(llm)
     for name, schema in doc["components"]["schemas"].items():
         props = schema.get("properties", {})
         for field, sub in props.items():
@@ -209,7 +211,7 @@ def _bound(doc: dict[str, Any], st: "ServerState") -> None:
             elif field in ("instruction", "chat_template_kwargs") and name in ("ScoreRequest", "RerankRequest") and not templated:
                 props[field] = _NULL
             elif field == "input_type":
-                props[field] = {"anyOf": [{"enum": input_types}, _NULL]} if input_types else _NULL
+                props[field] = {"anyOf": [{"enum": known_input_types}, _NULL]} if known_input_types else _NULL
             if field in ("input", "texts", "documents"):
                 limit = st.limits.max_inputs_per_request
                 _each(sub, lambda s: s.get("type") == "array" and s.get("items", {}).get("type") != "integer"
@@ -241,13 +243,13 @@ def _invocation_body(llm: Any) -> dict[str, Any]:
 
 
 def _served_paths(llm: Any, tasks: list[str]) -> Callable[[str], bool]:
-    from .routes_vllm import has_scorer
+    from .routes_vllm import RERANK_PATHS, SCORE_PATHS, has_scorer
 
     scores = has_scorer(llm)
     needs = {"/v1/embeddings": "embed", "/v2/embed": "embed", "/classify": "classify"}
 
     def served(path: str) -> bool:
-        if path in ("/score", "/v1/score", "/rerank", "/v1/rerank", "/v2/rerank"):
+        if path in SCORE_PATHS + RERANK_PATHS:
             return scores
         return path not in needs or needs[path] in tasks
 

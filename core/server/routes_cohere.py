@@ -134,17 +134,26 @@ def _items(st: ServerState, body: CohereEmbedRequest) -> list[tuple[str, str]]:
     return items
 
 
+def _instructions(llm: Any) -> dict[str, Any]:
+    return dict(getattr(llm.model.hf_config, "task_instructions", None) or {})
+
+
+def input_types(llm: Any) -> list[str]:
+    """The ``input_type`` values a model takes: its sentence-transformers prompts and task instructions."""
+    return sorted(set(llm.model.prompts) | set(_instructions(llm)))
+
+
 def _input_type(llm: Any, input_type: str | None) -> tuple[str | None, str | None]:
     """``input_type`` -> (a sentence-transformers prompt name, or a task-instruction prefix)."""
     if input_type is None:
         return None, None
     prompts = llm.model.prompts
-    instructions = dict(getattr(llm.model.hf_config, "task_instructions", None) or {})
+    instructions = _instructions(llm)
     if input_type in prompts:
         return input_type, None
     if input_type in instructions:
         return None, str(instructions[input_type])
-    known = sorted(set(prompts) | set(instructions))
+    known = input_types(llm)
     if not known:
         raise ApiError(
             400,

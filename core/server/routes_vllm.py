@@ -292,9 +292,13 @@ async def rerank(body: RerankRequest, request: Request, st: State, llm: Model) -
     )
 
 
-for _path in ("/score", "/v1/score"):
+#: The paths of the Scoring API, mounted for every model; one without a scorer answers 404.
+SCORE_PATHS = ("/score", "/v1/score")
+RERANK_PATHS = ("/rerank", "/v1/rerank", "/v2/rerank")
+
+for _path in SCORE_PATHS:
     router.post(_path, summary="Scores of text pairs, 1:1, 1:N or N:N (vLLM).")(score)
-for _path in ("/rerank", "/v1/rerank", "/v2/rerank"):
+for _path in RERANK_PATHS:
     router.post(_path, summary="Documents ranked by relevance to a query (Jina / Cohere).")(rerank)
 
 
