@@ -62,19 +62,24 @@ class VectorHead:
             and all(s == (None, True) for s in settings)
         )
 
-    def __call__(self, hidden: torch.Tensor, batch: PackedBatch, params: Sequence[PoolingParams]) -> list[torch.Tensor]:
-        settings = [
-            (p.dimensions or self.dimensions, self.use_activation if p.use_activation is None else p.use_activation)
-            for p in params
-        ]
+    def _setting(self, p: PoolingParams) -> tuple[int | None, bool]:
+        return p.dimensions or self.dimensions, self.use_activation if p.use_activation is None else p.use_activation
+
+    def __call__(
+        self, hidden: torch.Tensor, batch: PackedBatch, params: Sequence[PoolingParams]
+    ) -> torch.Tensor | list[torch.Tensor]:
+        if params and all(p is params[0] for p in params):  # one request's parameters: one setting
+            settings = [self._setting(params[0])] * len(params)
+        else:
+            settings = [self._setting(p) for p in params]
         if self._fusable(batch, settings):
-            return list(self.poolers[0].pooled(hidden, batch, normalize=True).unbind(0))
+            return self.poolers[0].pooled(hidden, batch, normalize=True)
         pooled = self._pool(hidden, batch)
         if self.granularity == "sequence":
             if self.projector is not None:
                 pooled = self.projector(pooled)
             if len(set(settings)) == 1:
-                return list(self._finish(pooled, *settings[0]).unbind(0))
+                return self._finish(pooled, *settings[0])
             return [self._finish(row, *s) for row, s in zip(pooled.unbind(0), settings)]
         if self.projector is not None:
             pooled = [self.projector(t) for t in pooled]
@@ -140,13 +145,15 @@ class ClassifierHead:
         weight = next(self.classifier.parameters(), None)
         return self.classifier(x if weight is None else x.to(weight.dtype)).float()
 
-    def __call__(self, hidden: torch.Tensor, batch: PackedBatch, params: Sequence[PoolingParams]) -> list[torch.Tensor]:
+    def __call__(
+        self, hidden: torch.Tensor, batch: PackedBatch, params: Sequence[PoolingParams]
+    ) -> torch.Tensor | list[torch.Tensor]:
         flags = [self.use_activation if p.use_activation is None else p.use_activation for p in params]
         if self.poolers is not None:
             pooled = [p(hidden, batch) for p in self.poolers]
             logits = self._classify(pooled[0] if len(pooled) == 1 else torch.cat(pooled, dim=-1))
             if len(set(flags)) == 1:
-                return list(self._activate(logits, flags[0]).unbind(0))
+                return self._activate(logits, flags[0])
             return [self._activate(row, flag) for row, flag in zip(logits.unbind(0), flags)]
         rows = batch.split(self._classify(hidden))
         if self.step:

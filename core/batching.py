@@ -16,13 +16,13 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-import torch
-
 from .allocator import release_freed_memory
-from .estimates import estimate_cost
+from .estimates import estimate_costs
 from .config import PoolingParams
 from .errors import PoolkitError
-from .io import Prompt
+from .columns import Results
+from .io import Prompt, PromptBatch
+from .tasks import Task
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +41,8 @@ TRIM_INTERVAL = 1.0
 
 @dataclass(eq=False)
 class _Work:
-    task: str | None
-    prompts: list[Prompt]
+    task: Task | None
+    prompts: PromptBatch
     params: list[PoolingParams]
     cost: int
     future: asyncio.Future
@@ -92,25 +92,24 @@ class Batcher:
     def queue_depth(self) -> int:
         return len(self._queue)
 
-    async def submit(
-        self, task: str, prompts: Sequence[Prompt], params: Sequence[PoolingParams]
-    ) -> list[tuple[torch.Tensor, list[int]]]:
-        """Run ``prompts`` for ``task``; results in order. Cancelling the caller drops the work.
+    async def submit(self, task: Task, prompts: Sequence[Prompt], params: Sequence[PoolingParams]) -> Results:
+        """Run ``prompts`` for ``task`` (as :meth:`poolkit.LLM.prepare` returned them); results in
+        order. Cancelling the caller drops the work.
 
         Raises:
             QueueFull: too much work is waiting.
             ShuttingDown: the batcher is draining.
             PoolkitError: whatever the engine raises for these inputs.
         """
-        cost = sum(estimate_cost(p) for p in prompts)
-        return await self._enqueue(task, list(prompts), list(params), cost, None)
+        prompts = PromptBatch.of(prompts)
+        return await self._enqueue(task, prompts, list(params), sum(estimate_costs(prompts)), None)
 
     async def call(self, fn: Callable[[], Any], cost: int) -> Any:
         """Run ``fn()`` on the worker thread, in turn with the batches (``LLM.score``, say)."""
-        return await self._enqueue(None, [], [], cost, fn)
+        return await self._enqueue(None, PromptBatch(objects=[]), [], cost, fn)
 
     async def _enqueue(
-        self, task: str | None, prompts: list[Prompt], params: list[PoolingParams], cost: int, call: Any
+        self, task: Task | None, prompts: PromptBatch, params: list[PoolingParams], cost: int, call: Any
     ) -> Any:
         loop = asyncio.get_running_loop()
         work = _Work(task, prompts, params, cost, loop.create_future(), loop, call=call)
@@ -142,7 +141,7 @@ class Batcher:
             self._queued_tokens -= tokens
             return taken
         for work in list(self._queue):
-            if work.call is None and work.task == first.task and tokens + work.cost <= self.max_batch_tokens:
+            if work.call is None and work.task is first.task and tokens + work.cost <= self.max_batch_tokens:
                 self._queue.remove(work)
                 taken.append(work)
                 tokens += work.cost
@@ -162,6 +161,10 @@ class Batcher:
             try:
                 if batch:
                     self._run(batch)
+            except Exception as exc:  # the worker thread outlives any failure; its requests get it
+                logger.exception("the batcher failed to answer %d requests", len(batch))
+                for work in batch:
+                    self._resolve(work, exception=exc)
             finally:
                 with self._cond:
                     self._busy = False
@@ -177,12 +180,11 @@ class Batcher:
             except Exception as exc:
                 self._resolve(batch[0], exception=exc)
             return
-        prompts = [p for w in batch for p in w.prompts]
+        prompts = PromptBatch.concat([w.prompts for w in batch])
         params = [p for w in batch for p in w.params]
         now = time.monotonic()
         try:
-            task = self.llm.model.task(batch[0].task)
-            results = self.llm.engine.run(task, prompts, params)
+            results = self.llm.run(batch[0].task, prompts, params)
         except Exception as exc:  # one bad request must not fail the others: run them alone
             if len(batch) > 1:
                 for work in batch:
@@ -192,7 +194,7 @@ class Batcher:
             return
         self.stats.batches += 1
         self.stats.items += len(prompts)
-        self.stats.tokens += sum(len(ids) for _, ids in results)
+        self.stats.tokens += results.num_tokens
         self.stats.batch_sizes.append(len(prompts))
         start = 0
         for work in batch:

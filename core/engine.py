@@ -10,20 +10,22 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 
 from .allocator import tune_allocator
-from .batch import PackedBatch
+from .batch import PackedBatch, _flat, device_tensor
+from .columns import Collector, Encoded, Results, Tokens, gather_index, to_host
 from .config import PoolingParams
 from .errors import InvalidRequest
 from .estimates import CHARS_PER_TOKEN_GUESS
-from .io import Prompt
-from .lookup import kernel_rows
+from .io import Prompt, PromptBatch
+from .lookup import row_planner
 from .model import PoolingModel
 from .tasks import Task
 
@@ -38,17 +40,6 @@ CHARS_PER_TOKEN = 24
 OVERLAP_BATCHES = 8
 _CUT_MARGIN = 256
 _WHITESPACE_SEARCH = 1000
-
-
-@dataclass
-class Encoded:
-    """A tokenized prompt."""
-
-    token_ids: list[int]
-    token_type_ids: list[int] | None = None
-    pool_skip: int = 0
-    #: Whether tokens were cut off to honour a truncation limit.
-    truncated: bool = False
 
 
 def _cut_index(text: str, budget: int, side: str) -> int:
@@ -92,8 +83,11 @@ class Engine:
             tune_allocator()
         self._tokenizer_lock = threading.Lock()
         self._prompt_lengths: dict[tuple[str, bool], int] = {}
-        #: Inputs cut to a truncation limit so far (the CLI and corpus jobs report it).
+        #: Inputs cut to a truncation limit so far.
         self.truncated_inputs = 0
+        #: Seconds spent in the model's forward passes and heads so far (on a GPU, queueing them):
+        #: a run's wall time less this is its host work (``poolkit bench``'s workload H).
+        self.compute_seconds = 0.0
         self._single_types: bool | None = None
 
     # -- tokenization --------------------------------------------------------------------------
@@ -180,62 +174,121 @@ class Engine:
         chunked: bool = False,
         cap: int | None = None,
         first: int = 0,
-    ) -> list[Encoded]:
+    ) -> Tokens:
         """Tokenize and truncate every prompt, batching tokenizer calls by truncation settings.
+
+        A columnar :class:`PromptBatch` with one parameters object for all its prompts (what
+        ``LLM.embed(texts)`` and a server request make) is read as columns: one tokenizer call for
+        its texts, or its token ids checked and cut as one array, with no object per prompt.
 
         A prompt with ``add_special_tokens=False`` is tokenized without the tokenizer's special tokens.
         A truncated prompt with ``keep_suffix`` ends with those tokens, written over its last ones.
         ``first``: the number of ``prompts[0]`` in the request, for error messages.
         """
-        out: list[Encoded | None] = [None] * len(prompts)
-        groups: dict[tuple[int | None, str, bool], list[int]] = {}
+        n = len(prompts)
         default_side = getattr(self.model.tokenizer, "truncation_side", "right") or "right"
-        vocab = getattr(self.model.hf_config, "vocab_size", None)
-        limits: dict[int, int | None] = {}  # by params object: most requests share one
-        for i, (prompt, p) in enumerate(zip(prompts, params)):
-            if id(p) not in limits:
-                limits[id(p)] = self.limit(p, chunked, cap)
-            limit, side = limits[id(p)], p.truncation_side or default_side
-            if prompt.token_ids is not None:
-                ids = prompt.token_ids
-                if ids and (min(ids) < 0 or (vocab is not None and max(ids) >= vocab)):
-                    bad = next(t for t in ids if t < 0 or (vocab is not None and t >= vocab))
-                    raise InvalidRequest(f"prompt {first + i} has token id {bad}, outside the vocabulary (0..{vocab - 1})")
-                cut = limit is not None and len(ids) > limit
-                if cut:
-                    ids = ids[:limit] if side == "right" else ids[len(ids) - limit :]
-                out[i] = Encoded(list(ids), truncated=cut)
+        distinct = [params[0]] if n and all(p is params[0] for p in params) else list({id(p): p for p in params}.values())
+        settings: dict[int, tuple[int | None, str]] = {}  # by params object: most requests share one
+        asked: dict[int, bool] = {}
+        for p in distinct:
+            settings[id(p)] = (self.limit(p, chunked, cap), p.truncation_side or default_side)
+            asked[id(p)] = p.truncate_prompt_tokens is not None or p.truncation_side is not None
+        if isinstance(prompts, PromptBatch) and prompts.columnar and len({*settings.values()}) == 1 and len({*asked.values()}) == 1:
+            (limit, side), special = settings[id(params[0])], prompts.add_special_tokens
+            if prompts.token_ids is not None:
+                tokens = self._take_ids(prompts.token_ids, limit, side, first)
             else:
-                groups.setdefault((limit, side, prompt.add_special_tokens), []).append(i)
-        for (limit, side, special), members in groups.items():
-            encoded = self._encode_texts([prompts[i] for i in members], limit, side, special)
-            for i, enc in zip(members, encoded):
-                out[i] = enc
+                prefix, texts = prompts.prompt_prefix, prompts.texts
+                if prefix:
+                    texts = [prefix + t for t in texts]
+                if self.model.do_lower_case:
+                    texts = [t.lower() for t in texts]
+                tokens = self._encode_texts(texts, None, limit, side, special)
+            if prompts.prompt_prefix and not self.model.include_prompt:
+                skip = self._prompt_length(prompts.prompt_prefix, special)
+                tokens.pool_skip = np.minimum(skip, tokens.lens - 1).tolist()
+            not_asked = None if asked[id(params[0])] else np.ones(n, dtype=bool)
+        else:
+            tokens = self._tokenize_objects(list(prompts), params, settings, first)
+            not_asked = np.fromiter((not asked[id(p)] for p in params), dtype=bool, count=n)
         model_max = self._input_max(cap)
-        for i, (enc, p) in enumerate(zip(out, params)):
-            asked = p.truncate_prompt_tokens is not None or p.truncation_side is not None
-            if not asked and not chunked and model_max is not None and len(enc.token_ids) > model_max:
+        if not_asked is not None and not chunked and model_max is not None:
+            over = np.flatnonzero(not_asked & (tokens.lens > model_max))
+            if over.size:
                 raise InvalidRequest(
-                    f"This model's maximum context length is {model_max} tokens. However, input {first + i} has more "
+                    f"This model's maximum context length is {model_max} tokens. However, input {first + int(over[0])} has more "
                     "tokens than that. Please reduce the length of the input prompt "
                     "(or set truncate_prompt_tokens: -1 truncates it to the model's limit)."
                 )
-        for prompt, enc in zip(prompts, out):
-            if prompt.keep_suffix and enc.truncated:  # a chat template's closing tokens, cut off
-                keep = min(len(prompt.keep_suffix), len(enc.token_ids))
-                enc.token_ids[len(enc.token_ids) - keep :] = prompt.keep_suffix[-keep:]
-        self.truncated_inputs += sum(1 for enc in out if enc.truncated)
-        if not self.model.include_prompt:
-            for prompt, enc in zip(prompts, out):
-                if prompt.prompt_prefix and enc is not None:
-                    skip = self._prompt_length(prompt.prompt_prefix, prompt.add_special_tokens)
-                    enc.pool_skip = min(skip, len(enc.token_ids) - 1)
-        return out  # type: ignore[return-value]
+        self.truncated_inputs += tokens.num_truncated
+        return tokens
 
-    def _encode_texts(self, prompts: Sequence[Prompt], limit: int | None, side: str, special: bool = True) -> list[Encoded]:
-        texts = [self._text(p) for p in prompts]
-        pairs = [p.text_pair for p in prompts]
-        has_pairs = any(t is not None for t in pairs)
+    def _tokenize_objects(
+        self,
+        prompts: list[Prompt],
+        params: Sequence[PoolingParams],
+        settings: dict[int, tuple[int | None, str]],
+        first: int,
+    ) -> Tokens:
+        """:meth:`tokenize` for prompts of mixed kinds or parameters: one tokenizer call per
+        truncation setting, token-id prompts checked one by one."""
+        n = len(prompts)
+        ids: list[list[int] | None] = [None] * n
+        types: list[list[int] | None] = [None] * n
+        truncated = np.zeros(n, dtype=bool)
+        groups: dict[tuple[int | None, str, bool], list[int]] = {}
+        for i, (prompt, p) in enumerate(zip(prompts, params)):
+            limit, side = settings[id(p)]
+            if prompt.token_ids is not None:
+                taken = self._take_ids([prompt.token_ids], limit, side, first + i)
+                ids[i], truncated[i] = list(taken.ids[0]), taken.truncated[0]
+            else:
+                groups.setdefault((limit, side, prompt.add_special_tokens), []).append(i)
+        for (limit, side, special), members in groups.items():
+            group = self._encode_texts(
+                [self._text(prompts[i]) for i in members], [prompts[i].text_pair for i in members], limit, side, special
+            )
+            for k, i in enumerate(members):
+                ids[i] = group.ids[k]
+                truncated[i] = group.truncated[k]
+                if group.type_ids is not None:
+                    types[i] = group.type_ids[k]
+        for prompt, enc_ids, cut in zip(prompts, ids, truncated):
+            if prompt.keep_suffix and cut:  # a chat template's closing tokens, cut off
+                keep = min(len(prompt.keep_suffix), len(enc_ids))
+                enc_ids[len(enc_ids) - keep :] = prompt.keep_suffix[-keep:]
+        skip = None
+        if not self.model.include_prompt and any(p.prompt_prefix for p in prompts):
+            skip = [
+                min(self._prompt_length(p.prompt_prefix, p.add_special_tokens), len(i) - 1) if p.prompt_prefix else 0
+                for p, i in zip(prompts, ids)
+            ]
+        return Tokens(ids, truncated, types if any(t is not None for t in types) else None, skip)  # type: ignore[arg-type]
+
+    def _take_ids(self, token_ids: list[list[int]], limit: int | None, side: str, first: int) -> Tokens:
+        """Token-id prompts checked against the vocabulary and cut to ``limit``, as one array."""
+        lens = np.fromiter(map(len, token_ids), dtype=np.int64, count=len(token_ids))
+        flat = _flat(token_ids, int(lens.sum()))
+        vocab = getattr(self.model.hf_config, "vocab_size", None)
+        if flat.size and (flat.min() < 0 or (vocab is not None and flat.max() >= vocab)):
+            bad = np.flatnonzero((flat < 0) | (flat >= vocab) if vocab is not None else flat < 0)[0]
+            i = int(np.searchsorted(np.cumsum(lens), bad, side="right"))
+            raise InvalidRequest(f"prompt {first + i} has token id {int(flat[bad])}, outside the vocabulary (0..{vocab - 1})")
+        truncated = lens > limit if limit is not None else np.zeros(len(lens), dtype=bool)
+        if not truncated.any():
+            return Tokens(token_ids, truncated, lens=lens, flat=flat)
+        ids = list(token_ids)
+        for i in np.flatnonzero(truncated):
+            ids[i] = ids[i][:limit] if side == "right" else ids[i][len(ids[i]) - limit :]
+        return Tokens(ids, truncated)
+
+    def _encode_texts(
+        self, texts: list[str], pairs: list[str | None] | None, limit: int | None, side: str, special: bool = True
+    ) -> Tokens:
+        """``texts`` (with their ``pairs``) in one tokenizer call, cut to ``limit``, each cut told."""
+        full = texts
+        texts = list(texts)
+        has_pairs = pairs is not None and any(t is not None for t in pairs)
         # Character spans of the kept tokens tell whether text was cut off (single texts only).
         spans_wanted = limit is not None and not has_pairs
         cut: list[int] = []
@@ -245,27 +298,30 @@ class Engine:
             for i in cut:
                 at = _cut_index(texts[i], budget, side)
                 texts[i] = texts[i][:at] if side == "right" else texts[i][at:]
-        encoded, spans = self._call_tokenizer(texts, pairs if has_pairs else None, limit, side, special, spans_wanted)
+        ids, types, spans = self._call_tokenizer(texts, pairs if has_pairs else None, limit, side, special, spans_wanted)
+        truncated = np.zeros(len(texts), dtype=bool)
         cut_off = set(cut)
         if spans_wanted:
-            short = [i for i in cut if len(encoded[i].token_ids) < limit]
+            short = [i for i in cut if len(ids[i]) < limit]
             if short:  # the cut kept fewer tokens than the limit: tokenize the whole text instead
-                full, full_spans = self._call_tokenizer([self._text(prompts[i]) for i in short], None, limit, side, special, True)
-                for i, enc, span in zip(short, full, full_spans):
-                    encoded[i], spans[i], texts[i] = enc, span, self._text(prompts[i])
+                again, again_types, again_spans = self._call_tokenizer([full[i] for i in short], None, limit, side, special, True)
+                for k, i in enumerate(short):
+                    ids[i], spans[i], texts[i] = again[k], again_spans[k], full[i]
+                    if types is not None:
+                        types[i] = again_types[k]
                     cut_off.discard(i)
         if limit is not None:
-            at_limit = [i for i, enc in enumerate(encoded) if len(enc.token_ids) == limit]
+            at_limit = [i for i, n in enumerate(map(len, ids)) if n == limit]
             if spans_wanted:
                 for i in at_limit:
-                    encoded[i].truncated = i in cut_off or _text_beyond(texts[i], spans[i], side)
+                    truncated[i] = i in cut_off or _text_beyond(texts[i], spans[i], side)
             elif at_limit:  # a pair at the limit: one token more tells (rare: cross-encoder inputs)
-                longer, _ = self._call_tokenizer(
+                longer, _, _ = self._call_tokenizer(
                     [texts[i] for i in at_limit], [pairs[i] for i in at_limit], limit + 1, side, special
                 )
-                for i, enc in zip(at_limit, longer):
-                    encoded[i].truncated = len(enc.token_ids) > limit
-        return encoded
+                for i, more in zip(at_limit, longer):
+                    truncated[i] = len(more) > limit
+        return Tokens(ids, truncated, types)
 
     def _call_tokenizer(
         self,
@@ -275,9 +331,10 @@ class Engine:
         side: str,
         special: bool = True,
         spans: bool = False,
-    ) -> tuple[list[Encoded], list[list[tuple[int, int]] | None] | None]:
-        """The encodings, and with ``spans`` the character span of each token of the encodings
-        that reach ``limit`` (the only ones whose truncation is in question; ``None`` for the rest)."""
+    ) -> tuple[list[list[int]], list[list[int]] | None, list[list[tuple[int, int]] | None] | None]:
+        """The token ids, the segment ids (``None`` unless the model reads them) and, with
+        ``spans``, the character span of each token of the texts that reach ``limit`` (the only
+        ones whose truncation is in question; ``None`` for the rest)."""
         tok = self.model.tokenizer
         want_types = self.uses_token_type_ids
         backend = self._backend
@@ -302,8 +359,7 @@ class Engine:
             finally:
                 tok.truncation_side = previous
         types = result.get("token_type_ids") if want_types else None
-        encoded = [Encoded(ids, types[i] if types is not None else None) for i, ids in enumerate(result["input_ids"])]
-        return encoded, (result["offset_mapping"] if spans else None)
+        return result["input_ids"], types, (result["offset_mapping"] if spans else None)
 
     @staticmethod
     def _call_backend(
@@ -315,7 +371,7 @@ class Engine:
         special: bool,
         spans: bool,
         want_types: bool,
-    ) -> tuple[list[Encoded], list[list[tuple[int, int]] | None] | None]:
+    ) -> tuple[list[list[int]], list[list[int]] | None, list[list[tuple[int, int]] | None] | None]:
         """:meth:`_call_tokenizer` on the Rust tokenizer itself, set as transformers sets it for the
         same call, without building transformers' per-text dictionaries: token ids are read from
         each encoding, offsets only where they are needed."""
@@ -327,10 +383,11 @@ class Engine:
             backend.enable_truncation(limit, stride=0, strategy="longest_first", direction=side)
         inputs = texts if pairs is None else [(t, p) if p is not None else t for t, p in zip(texts, pairs)]
         encodings = backend.encode_batch(inputs, add_special_tokens=special)
-        encoded = [Encoded(e.ids, e.type_ids if want_types else None) for e in encodings]
+        ids = [e.ids for e in encodings]
+        types = [e.type_ids for e in encodings] if want_types else None
         if not spans:
-            return encoded, None
-        return encoded, [e.offsets if len(e) == limit else None for e in encodings]
+            return ids, types, None
+        return ids, types, [e.offsets if len(e) == limit else None for e in encodings]
 
     def _single_text_types(self, backend: Any) -> bool:
         """Whether the tokenizer gives a single text segment ids other than 0 (asked once)."""
@@ -389,21 +446,19 @@ class Engine:
 
     # -- running -------------------------------------------------------------------------------
 
-    def batches(self, encoded: Sequence[Encoded]) -> list[list[int]]:
-        """Indices of ``encoded``, longest first, packed into batches under the token budget."""
-        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i].token_ids))
-        batches: list[list[int]] = []
-        current: list[int] = []
-        tokens = 0
-        for i in order:
-            n = len(encoded[i].token_ids)
-            if current and tokens + n > self.max_batch_tokens:
-                batches.append(current)
-                current, tokens = [], 0
-            current.append(i)
-            tokens += n
-        if current:
-            batches.append(current)
+    def batches(self, lengths: Sequence[int] | np.ndarray) -> list[np.ndarray]:
+        """Indices of sequences of these ``lengths``, longest first, packed into batches under the
+        token budget (a sequence over the budget is a batch of its own)."""
+        lens = np.asarray(lengths, dtype=np.int64)
+        order = np.argsort(-lens, kind="stable")
+        ends = np.cumsum(lens[order])
+        batches: list[np.ndarray] = []
+        start, done = 0, 0
+        while start < len(order):
+            stop = max(int(np.searchsorted(ends, done + self.max_batch_tokens, side="right")), start + 1)
+            batches.append(order[start:stop])
+            done = int(ends[stop - 1])
+            start = stop
         return batches
 
     def run(
@@ -412,31 +467,33 @@ class Engine:
         prompts: Sequence[Prompt],
         params: Sequence[PoolingParams],
         progress: Callable[[int, int], None] | None = None,
-    ) -> list[tuple[torch.Tensor, list[int]]]:
-        """Pool every prompt for ``task``; returns ``(result, prompt token ids)`` in input order.
+    ) -> Results:
+        """Pool every prompt for ``task``: the results, their token ids and truncation, in input order.
 
         Args:
             task: a task the model supports.
-            prompts: the inputs.
+            prompts: the inputs (a columnar :class:`PromptBatch` takes the fast path).
             params: one verified :class:`PoolingParams` per prompt.
             progress: called with ``(items done, tokens done)`` after each batch.
         """
         head = self.model.head(task)
         if head is None:
             raise InvalidRequest(f"model '{self.model.name}' does not support task '{task.name}'")
-        media = [i for i, p in enumerate(prompts) if p.text is None and p.token_ids is None]
-        if media:
-            return self._run_mixed(task, prompts, params, media, progress)
+        if not (isinstance(prompts, PromptBatch) and prompts.columnar):
+            media = [i for i, p in enumerate(prompts) if p.text is None and p.token_ids is None]
+            if media:
+                return self._run_mixed(task, prompts, params, media, progress)
         chunked = task.chunkable and self.model.pooler_config.enable_chunked_processing
         if not chunked:
             return self._run_overlapped(head, prompts, params, self.input_cap(task), progress)
-        encoded = self._tokenized(prompts, params, chunked, self.input_cap(task))
+        tokens = self._tokenized(prompts, params, chunked, self.input_cap(task))
         max_embed_len = self.model.pooler_config.max_embed_len
         pieces: list[Encoded] = []
         owners: list[int] = []
         weights: list[int] = []
         spans: list[tuple[int, int]] = []  # each prompt's chunks are consecutive in ``pieces``
-        for i, enc in enumerate(encoded):
+        for i in range(len(tokens)):
+            enc = tokens[i]
             if max_embed_len and len(enc.token_ids) > max_embed_len:
                 raise InvalidRequest(
                     f"prompt {i} is longer than max_embed_len ({max_embed_len} tokens); "
@@ -448,21 +505,19 @@ class Engine:
                 owners.append(i)
                 weights.append(weight)
             spans.append((start, len(pieces)))
-        results = self._run(head, pieces, [params[i] for i in owners], progress)
+        results = Results.rows_of(self._run(head, Tokens.of(pieces), [params[i] for i in owners], progress))
         renormalize = self.model.pooler_config.renormalize_chunked_mean
-        return [
-            (self._mean(results[a:b], weights[a:b], renormalize), enc.token_ids)
-            for (a, b), enc in zip(spans, encoded)
-        ]
+        means = [self._mean(results[a:b], weights[a:b], renormalize) for a, b in spans]
+        return Results(means, tokens.ids, tokens.truncated)
 
     def _tokenized(
         self, prompts: Sequence[Prompt], params: Sequence[PoolingParams], chunked: bool, cap: int | None, first: int = 0
-    ) -> list[Encoded]:
-        encoded = self.tokenize(prompts, params, chunked, cap, first)
-        for i, enc in enumerate(encoded):
-            if not enc.token_ids:
-                raise InvalidRequest(f"prompt {first + i} has no tokens")
-        return encoded
+    ) -> Tokens:
+        tokens = self.tokenize(prompts, params, chunked, cap, first)
+        empty = np.flatnonzero(tokens.lens == 0)
+        if empty.size:
+            raise InvalidRequest(f"prompt {first + int(empty[0])} has no tokens")
+        return tokens
 
     def slices(self, prompts: Sequence[Prompt]) -> list[tuple[int, int]]:
         """``(start, stop)`` ranges of ``prompts`` tokenized one after another while the device
@@ -488,7 +543,7 @@ class Engine:
         params: Sequence[PoolingParams],
         cap: int | None,
         progress: Callable[[int, int], None] | None,
-    ) -> list[tuple[torch.Tensor, list[int]]]:
+    ) -> Results:
         """Tokenize each slice of the prompts on a worker thread while the previous slice runs.
 
         A bad prompt in a later slice is found once the earlier slices have run; its error ends
@@ -496,19 +551,18 @@ class Engine:
         """
         ranges = self.slices(prompts)
         if len(ranges) == 1:
-            encoded = self._tokenized(prompts, params, False, cap)
-            return [(r, e.token_ids) for r, e in zip(self._run(head, encoded, params, progress), encoded)]
-        out: list[tuple[torch.Tensor, list[int]]] = []
+            tokens = self._tokenized(prompts, params, False, cap)
+            return Results(self._run(head, tokens, params, progress), tokens.ids, tokens.truncated)
+        parts: list[Results] = []
         with ThreadPoolExecutor(1, thread_name_prefix="poolkit-tokenize") as pool:
             submit = lambda a, b: pool.submit(self._tokenized, prompts[a:b], params[a:b], False, cap, a)  # noqa: E731
             future = submit(*ranges[0])
             for k, (a, b) in enumerate(ranges):
-                encoded = future.result()
+                tokens = future.result()
                 if k + 1 < len(ranges):
                     future = submit(*ranges[k + 1])
-                results = self._run(head, encoded, params[a:b], progress)
-                out.extend((r, e.token_ids) for r, e in zip(results, encoded))
-        return out
+                parts.append(Results(self._run(head, tokens, params[a:b], progress), tokens.ids, tokens.truncated))
+        return Results.concat(parts)
 
     def chunks(self, encoded: Encoded) -> list[tuple[Encoded, int]]:
         """Split an over-long input into model-sized chunks, each with the input's special tokens.
@@ -548,17 +602,21 @@ class Engine:
         params: Sequence[PoolingParams],
         media: list[int],
         progress: Callable[[int, int], None] | None,
-    ) -> list[tuple[torch.Tensor, list[int]]]:
+    ) -> Results:
         """Run prompts of text and prompts of tensors (images, ...) apart, results in input order."""
-        results: list[tuple[torch.Tensor, list[int]] | None] = [None] * len(prompts)
+        data: list[torch.Tensor | None] = [None] * len(prompts)
+        ids: list[list[int]] = [[] for _ in prompts]
+        truncated = np.zeros(len(prompts), dtype=bool)
         is_media = set(media)
         texts = [i for i in range(len(prompts)) if i not in is_media]
         if texts:
-            for i, r in zip(texts, self.run(task, [prompts[i] for i in texts], [params[i] for i in texts], progress)):
-                results[i] = r
+            done = self.run(task, [prompts[i] for i in texts], [params[i] for i in texts], progress)
+            rows = done.rows()
+            for k, i in enumerate(texts):
+                data[i], ids[i], truncated[i] = rows[k], done.token_ids[k], done.truncated[k]
         for i, r in zip(media, self._run_tensors(self.model.head(task), [prompts[i] for i in media], [params[i] for i in media], progress)):
-            results[i] = (r, [])
-        return results  # type: ignore[return-value]
+            data[i] = r
+        return Results(data, ids, truncated)  # type: ignore[arg-type]
 
     def _run_tensors(
         self,
@@ -605,79 +663,45 @@ class Engine:
     def _run(
         self,
         head: Callable,
-        encoded: Sequence[Encoded],
+        tokens: Tokens,
         params: Sequence[PoolingParams],
         progress: Callable[[int, int], None] | None,
-    ) -> list[torch.Tensor]:
+    ) -> torch.Tensor | list[torch.Tensor]:
         """Run the batches, each one queued on the device before the previous one's results are
         read back: on a GPU the host packs batch ``k + 1`` while the device computes batch ``k``,
-        and each batch costs one device-to-host copy and one wait."""
-        results: list[torch.Tensor | None] = [None] * len(encoded)
+        and each batch costs one device-to-host copy and one wait.
+
+        Each batch is gathered from the prompts' one flat array of token ids; results come back as
+        one ``[N, ...]`` tensor when every batch's head gives one tensor of rows of a shape, else
+        one tensor per prompt.
+        """
         arch = self.model.architecture
-        pending: tuple[list[int], Callable[[], list[torch.Tensor]], int] | None = None
-        for members in self.batches(encoded):
-            batch = PackedBatch.from_sequences(
-                [encoded[i].token_ids for i in members],
-                token_type_ids=[encoded[i].token_type_ids or [0] * len(encoded[i].token_ids) for i in members]
-                if self.uses_token_type_ids and any(encoded[i].token_type_ids is not None for i in members)
-                else None,
-                pool_skip=[encoded[i].pool_skip for i in members],
-                device=self.model.device,
+        shared = params[0] if params and all(p is params[0] for p in params) else None
+        types = tokens.flat_types if self.uses_token_type_ids else None
+        skip = np.asarray(tokens.pool_skip, dtype=np.int64) if tokens.pool_skip is not None else None
+        collected = Collector(len(tokens))
+        rows_for = row_planner(self.model.device) if arch.accepts_filler else None
+        pending: tuple[np.ndarray, Callable[[], Any], int] | None = None
+        for members in self.batches(tokens.lens):
+            seq_lens = tokens.lens[members]
+            index = gather_index(tokens.starts[members], seq_lens)
+            batch_skip = skip[members].tolist() if skip is not None else None
+            batch = PackedBatch(
+                device_tensor(tokens.flat[index], torch.long, self.model.device),
+                seq_lens.tolist(),
+                device_tensor(types[index], torch.long, self.model.device) if types is not None else None,
+                batch_skip if batch_skip is not None and any(batch_skip) else None,
             )
-            rows = kernel_rows(batch.num_tokens, batch.device) if arch.accepts_filler else batch.num_tokens
+            rows = rows_for(batch.num_tokens) if rows_for is not None else batch.num_tokens
+            started = time.perf_counter()
             with torch.inference_mode():
                 hidden = arch(batch.with_filler(rows))[: batch.num_tokens]
-                outputs = head(hidden, batch, [params[i] for i in members])
+                outputs = head(hidden, batch, [shared] * len(members) if shared is not None else [params[i] for i in members])
                 fetch = to_host(outputs)
+            self.compute_seconds += time.perf_counter() - started
             if pending is not None:
-                self._collect(results, *pending, progress)
+                collected.add(*pending, progress)
             pending = (members, fetch, batch.num_tokens)
         if pending is not None:
-            self._collect(results, *pending, progress)
-        return results  # type: ignore[return-value]
-
-    @staticmethod
-    def _collect(
-        results: list,
-        members: list[int],
-        fetch: Callable[[], list[torch.Tensor]],
-        tokens: int,
-        progress: Callable[[int, int], None] | None,
-    ) -> None:
-        for i, out in zip(members, fetch()):
-            results[i] = out
-        if progress is not None:
-            progress(len(members), tokens)
-
-
-def to_host(outputs: Sequence[torch.Tensor]) -> Callable[[], list[torch.Tensor]]:
-    """Start copying a batch's outputs to the host; the returned call waits for them.
-
-    On CPU the outputs are returned as they are. On a GPU, outputs of one dtype are copied in a
-    single transfer into pinned memory that the host waits for only when it calls; the results
-    are views of that host buffer.
-    """
-    outputs = list(outputs)
-    if not outputs or all(o.device.type == "cpu" for o in outputs):
-        return lambda: outputs
-    device = outputs[0].device
-    if device.type != "cuda" or any(o.dtype != outputs[0].dtype or o.device != device for o in outputs):
-        copies = [o.cpu() for o in outputs]
-        return lambda: copies
-    shape = outputs[0].shape
-    same = all(o.shape == shape for o in outputs)  # one row per sequence: a single stack, a single unbind
-    flat = torch.stack(outputs) if same else torch.cat([o.reshape(-1) for o in outputs])
-    host = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
-    host.copy_(flat, non_blocking=True)
-    done = torch.cuda.Event()
-    done.record()
-    shapes = None if same else [o.shape for o in outputs]
-
-    def wait() -> list[torch.Tensor]:
-        done.synchronize()
-        if shapes is None:
-            return list(host.unbind(0))
-        pieces = host.split([shape.numel() for shape in shapes])
-        return [piece.view(shape) for piece, shape in zip(pieces, shapes)]
-
-    return wait
+            collected.add(*pending, progress)
+        return collected.result()

@@ -29,6 +29,18 @@ def estimate_cost(prompt: "Prompt") -> int:
     return (len(prompt.text or "") + len(prompt.text_pair or "")) // CHARS_PER_TOKEN_GUESS + 2
 
 
+def estimate_costs(prompts: Sequence["Prompt"]) -> list[int]:
+    """:func:`estimate_cost` of each prompt, read from the columns of a columnar
+    :class:`~poolkit.io.PromptBatch` without an object per prompt."""
+    from .io import PromptBatch
+
+    if isinstance(prompts, PromptBatch) and prompts.columnar:
+        if prompts.token_ids is not None:
+            return list(map(len, prompts.token_ids))
+        return [len(text) // CHARS_PER_TOKEN_GUESS + 2 for text in prompts.texts]
+    return [estimate_cost(p) for p in prompts]
+
+
 def estimate_pair_tokens(first: Sequence[str], second: Sequence[str], limit: int | None) -> int:
     """Tokens of scoring each text of ``first`` with its text of ``second`` (broadcast when
     ``first`` has one), each pair cut at ``limit``: the texts' estimates plus 3 special tokens."""

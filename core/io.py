@@ -42,6 +42,119 @@ class Prompt:
     keep_suffix: list[int] | None = None
 
 
+class PromptBatch(Sequence[Prompt]):
+    """The prompts of one call, held as columns when they are all of one kind.
+
+    Every prompt a text (``texts``, each with the batch's ``prompt_prefix``) or every prompt token
+    ids (``token_ids``), all with the batch's ``add_special_tokens``: the engine reads the columns
+    without an object per input, which is what keeps its host work per text in microseconds.
+    Any other mix (pairs, images, per-prompt parameters) is a batch of :class:`Prompt` objects.
+
+    Indexing or iterating a columnar batch turns it into objects, made once for the whole batch:
+    from then on those objects are the batch, so a change made to one of them is what the engine
+    sees. Code on the hot path reads the columns (:attr:`columnar`) instead.
+    """
+
+    __slots__ = ("texts", "token_ids", "prompt_prefix", "add_special_tokens", "_objects")
+
+    def __init__(
+        self,
+        texts: list[str] | None = None,
+        token_ids: list[list[int]] | None = None,
+        *,
+        prompt_prefix: str | None = None,
+        add_special_tokens: bool = True,
+        objects: list[Prompt] | None = None,
+    ) -> None:
+        if sum(x is not None for x in (texts, token_ids, objects)) != 1:
+            raise ValueError("a PromptBatch holds texts, token ids or Prompt objects: exactly one of them")
+        self.texts = texts
+        self.token_ids = token_ids
+        self.prompt_prefix = prompt_prefix
+        self.add_special_tokens = add_special_tokens
+        self._objects = objects
+
+    @classmethod
+    def of(cls, prompts: Sequence[Prompt]) -> "PromptBatch":
+        """``prompts`` as a batch: the batch itself, or a batch of these objects."""
+        return prompts if isinstance(prompts, PromptBatch) else cls(objects=list(prompts))
+
+    @classmethod
+    def concat(cls, batches: Sequence["PromptBatch"]) -> "PromptBatch":
+        """The prompts of ``batches`` one after another: columns when they all have columns of one
+        kind and settings, objects otherwise."""
+        first = batches[0]
+        same = all(
+            b.columnar and (b.texts is None) == (first.texts is None) and b.prompt_prefix == first.prompt_prefix
+            and b.add_special_tokens == first.add_special_tokens
+            for b in batches
+        )
+        if len(batches) == 1:
+            return first
+        if not same:
+            return cls(objects=[p for b in batches for p in b])
+        kind = "texts" if first.texts is not None else "token_ids"
+        joined = [x for b in batches for x in getattr(b, kind)]
+        return cls(**{kind: joined}, prompt_prefix=first.prompt_prefix, add_special_tokens=first.add_special_tokens)
+
+    @property
+    def columnar(self) -> bool:
+        """Whether the batch is still its columns (no :class:`Prompt` object made yet)."""
+        return self._objects is None
+
+    def objects(self) -> list[Prompt]:
+        """The batch as :class:`Prompt` objects (made on the first call; then they are the batch)."""
+        if self._objects is None:
+            special = self.add_special_tokens
+            if self.texts is not None:
+                prefix = self.prompt_prefix
+                self._objects = [Prompt(text=t, prompt_prefix=prefix, add_special_tokens=special) for t in self.texts]
+            else:
+                self._objects = [Prompt(token_ids=ids, add_special_tokens=special) for ids in self.token_ids]
+            self.texts = self.token_ids = None
+        return self._objects
+
+    def set_prefix(self, prefix: str | None) -> None:
+        """Prepend ``prefix`` (an instruction prompt) to every text prompt."""
+        if self.columnar:
+            if self.texts is not None:
+                self.prompt_prefix = prefix
+            return
+        for p in self._objects:
+            if p.text is not None:
+                p.prompt_prefix = prefix
+
+    def set_add_special_tokens(self, special: bool) -> None:
+        """Tokenize every prompt with (``True``) or without the tokenizer's special tokens."""
+        if self.columnar:
+            self.add_special_tokens = special
+            return
+        for p in self._objects:
+            p.add_special_tokens = special
+
+    def __len__(self) -> int:
+        column = self.texts if self.texts is not None else self.token_ids
+        return len(column if column is not None else self._objects)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice) and self.columnar:
+            kind = "texts" if self.texts is not None else "token_ids"
+            return PromptBatch(
+                **{kind: getattr(self, kind)[index]}, prompt_prefix=self.prompt_prefix,
+                add_special_tokens=self.add_special_tokens,
+            )
+        if isinstance(index, slice):
+            return PromptBatch(objects=self.objects()[index])
+        return self.objects()[index]
+
+    def __iter__(self) -> Any:
+        return iter(self.objects())
+
+    def __repr__(self) -> str:
+        kind = "objects" if not self.columnar else "texts" if self.texts is not None else "token_ids"
+        return f"<PromptBatch of {len(self)} ({kind})>"
+
+
 @dataclass(frozen=True)
 class IOContext:
     """What an IO processor may know about the model it serves: built once per loaded model.

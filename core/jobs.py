@@ -634,9 +634,8 @@ def run_job(
     chunk_no = 0
 
     def compute(part: Path) -> None:
-        before = llm.engine.truncated_inputs
         outputs = llm.encode([text for _, text in chunk], params, pooling_task=task, prompt_name=prompt_name)
-        summary.truncated += llm.engine.truncated_inputs - before
+        summary.truncated += sum(out.truncated for out in outputs)
         rows = []
         for (row_id, _), out in zip(chunk, outputs):
             record = task_obj.record(out.outputs.data, llm.model, options)

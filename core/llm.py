@@ -14,12 +14,13 @@ import torch
 
 from .allocator import freeze_python_heap
 from .config import LateChunkingParams, PoolingParams
-from .estimates import estimate_cost, estimate_pair_tokens
+from .estimates import estimate_costs, estimate_pair_tokens
+from .columns import Results
 from .engine import Engine
 from .settings import DEFAULT_MODEL, IGNORED_ENGINE_ARGS, EngineArgs  # noqa: F401 - DEFAULT_MODEL is part of this module's API
 from .tasks import PLUGIN, Task
 from .entities import Entity, group_entities
-from .io import IOContext, IOProcessor, Prompt, bind_io_processor
+from .io import IOContext, IOProcessor, Prompt, PromptBatch, bind_io_processor
 from .errors import InvalidRequest
 from .model import PoolingModel, load_model
 from .outputs import (
@@ -206,15 +207,13 @@ class LLM:
 
     # -- inputs --------------------------------------------------------------------------------
 
-    def _prompts(self, prompts: Any, prompt_name: str | None) -> list[Prompt]:
-        parsed = list(registry("io_processor").get("text").pre_process(prompts))
-        if any("image" in p.extras for p in parsed):
-            parsed = list(registry("io_processor").get("image").pre_process({"prompts": parsed, "model": self.model}))
+    def _prompts(self, prompts: Any, prompt_name: str | None) -> PromptBatch:
+        parsed = PromptBatch.of(registry("io_processor").get("text").pre_process(prompts))
+        if not parsed.columnar and any("image" in p.extras for p in parsed):
+            parsed = PromptBatch.of(registry("io_processor").get("image").pre_process({"prompts": list(parsed), "model": self.model}))
         prefix = self._prompt_prefix(prompt_name)
         if prefix:
-            for p in parsed:
-                if p.text is not None:
-                    p.prompt_prefix = prefix
+            parsed.set_prefix(prefix)
         return parsed
 
     def _prompt_prefix(self, prompt_name: str | None) -> str | None:
@@ -238,8 +237,7 @@ class LLM:
     def estimate_tokens(self, prompts: Sequence[Prompt], params: Sequence[PoolingParams]) -> int:
         """Tokens of prepared prompts, estimated before tokenizing, each capped at its truncation limit."""
         total = 0
-        for prompt, p in zip(prompts, params):
-            n = estimate_cost(prompt)
+        for n, p in zip(estimate_costs(prompts), params):
             limit = p.truncate_prompt_tokens if p.truncate_prompt_tokens and p.truncate_prompt_tokens > 0 else None
             limit = limit or self.model.max_model_len.value
             total += min(n, limit) if limit else n
@@ -282,6 +280,8 @@ class LLM:
         if unknown:
             raise InvalidRequest(f"unsupported tokenization_kwargs: {', '.join(sorted(unknown))}")
         task = registry("task").get(task_name)
+        if count > 1 and all(g is given[0] for g in given):  # one object for every prompt: verified once
+            return self.check_params(given[0], 1, task_name, tokenization_kwargs) * count
         out = []
         verified: dict[int, PoolingParams] = {}  # one object given for many prompts is verified once
         for given_p in given:
@@ -352,16 +352,36 @@ class LLM:
             return self._encode_plugin(prompts, pooling_params, use_tqdm, tokenization_kwargs)
         if isinstance(prompts, dict) and "data" in prompts:
             raise InvalidRequest(f"The 'data' field is only supported for the '{self.plugin_task}' pooling task.")
+        results, parsed, params = self._results(prompts, pooling_params, pooling_task, use_tqdm, tokenization_kwargs, prompt_name)
+        outputs = [
+            PoolingRequestOutput(rid, PoolingOutput(data), ids, truncated=cut)
+            for rid, data, ids, cut in zip(self._new_request_ids(len(results)), results.rows(), results.token_ids, results.truncated.tolist())
+        ]
+        if any(p.late_chunking_params is not None for p in params):
+            for prompt, p, out in zip(parsed, params, outputs):
+                if p.late_chunking_params is not None:
+                    spans = self.engine.char_spans(prompt, out.prompt_token_ids)
+                    out.late_chunking = late_chunking_output(len(out.prompt_token_ids), p.late_chunking_params.chunk_size, spans)
+        return outputs
+
+    def _results(
+        self,
+        prompts: Any,
+        pooling_params: Any,
+        pooling_task: str,
+        use_tqdm: bool,
+        tokenization_kwargs: dict[str, Any] | None,
+        prompt_name: str | None,
+    ) -> tuple[Results, PromptBatch, list[PoolingParams]]:
+        """A task's run over ``prompts``: its results, the prompts and their parameters."""
         task, parsed, params = self.prepare(
             prompts, pooling_params, pooling_task=pooling_task, tokenization_kwargs=tokenization_kwargs, prompt_name=prompt_name
         )
-        results = self.run(task, parsed, params, use_tqdm=use_tqdm)
-        outputs = [PoolingRequestOutput(str(next(self._request_ids)), PoolingOutput(data), ids) for data, ids in results]
-        for prompt, p, out in zip(parsed, params, outputs):
-            if p.late_chunking_params is not None:
-                spans = self.engine.char_spans(prompt, out.prompt_token_ids)
-                out.late_chunking = late_chunking_output(len(out.prompt_token_ids), p.late_chunking_params.chunk_size, spans)
-        return outputs
+        return self.run(task, parsed, params, use_tqdm=use_tqdm), parsed, params
+
+    def _new_request_ids(self, n: int) -> list[str]:
+        """The next ``n`` request ids."""
+        return list(map(str, itertools.islice(self._request_ids, n)))
 
     def prepare(
         self,
@@ -387,12 +407,12 @@ class LLM:
         if special is not None:
             if not isinstance(special, bool):
                 raise InvalidRequest(f"add_special_tokens must be true or false, got {special!r}")
-            for prompt in parsed:
-                prompt.add_special_tokens = special
+            parsed.set_add_special_tokens(special)
         params = self.check_params(pooling_params, len(parsed), task.name, kwargs)
-        for index, (prompt, p) in enumerate(zip(parsed, params)):
-            if p.late_chunking_params is not None and prompt.token_ids is None and not prompt.text:
-                raise InvalidRequest(f"prompt {index}: {LateChunkingParams.NEEDS_TEXT}")
+        if any(p.late_chunking_params is not None for p in params):
+            for index, (prompt, p) in enumerate(zip(parsed, params)):
+                if p.late_chunking_params is not None and prompt.token_ids is None and not prompt.text:
+                    raise InvalidRequest(f"prompt {index}: {LateChunkingParams.NEEDS_TEXT}")
         return task, parsed, params
 
     def _role_prompts(self, task: Task, prompts: list[Prompt], input_type: Any) -> list[Prompt]:
@@ -469,15 +489,14 @@ class LLM:
         prompt_name: str | None = None,
     ) -> list[EmbeddingRequestOutput]:
         """One embedding per input; ``outputs.embedding`` is a list of floats."""
-        outputs = self.encode(
-            prompts,
-            pooling_params,
-            pooling_task="embed",
-            use_tqdm=use_tqdm,
-            tokenization_kwargs=tokenization_kwargs,
-            prompt_name=prompt_name,
-        )
-        return [EmbeddingRequestOutput.from_base(o) for o in outputs]
+        results, _, _ = self._results(prompts, pooling_params, "embed", use_tqdm, tokenization_kwargs, prompt_name)
+        request_ids = self._new_request_ids(len(results))
+        if isinstance(results.data, torch.Tensor):  # one tensor of rows: the floats read in one call
+            return EmbeddingRequestOutput.from_rows(request_ids, results.data, results.token_ids, results.truncated.tolist())
+        return [
+            EmbeddingRequestOutput.from_base(PoolingRequestOutput(rid, PoolingOutput(data), ids, truncated=cut))
+            for rid, data, ids, cut in zip(request_ids, results.data, results.token_ids, results.truncated.tolist())
+        ]
 
     def sparse_embed(
         self,

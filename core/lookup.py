@@ -57,13 +57,21 @@ def kernel_rows(n: int, device: torch.device | str) -> int:
         >>> kernel_rows(1000, "cpu")  # the oneDNN linear kernel's bucket
         1024
     """
+    return row_planner(device)(n)
+
+
+def row_planner(device: torch.device | str) -> Callable[[int], int]:
+    """:func:`kernel_rows` for ``device`` with the kernels picked once, now: a run of many
+    batches asks the registries (and each kernel's ``is_available()``) once, not per batch."""
     device_type = torch.device(device).type
-    rows = n
+    buckets = []
     for op in kernel_ops():
         entry = _selected(op, device_type)
         if entry is not None and entry.obj.row_bucket is not None:
-            rows = max(rows, int(entry.obj.row_bucket(n)))
-    return rows
+            buckets.append(entry.obj.row_bucket)
+    if not buckets:
+        return lambda n: n
+    return lambda n: max(n, *(int(bucket(n)) for bucket in buckets))
 
 
 def kernel_reference(op: str) -> Callable:

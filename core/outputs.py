@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+import itertools
+from typing import Any, Generic, Sequence, TypeVar
 
 import torch
 
@@ -17,15 +18,62 @@ class PoolingOutput:
     data: torch.Tensor
 
 
-@dataclass
 class EmbeddingOutput:
-    """One embedding vector."""
+    """One embedding vector: ``embedding``, a list of floats.
 
-    embedding: list[float]
+    The outputs of ``LLM.embed`` are made from the run's one ``[N, H]`` result and read their
+    floats from its row on first access, so the call hands back ``N`` outputs without making ``N``
+    lists of floats first; ``embedding`` reads, compares, prints and pickles as a plain list.
+    """
+
+    __slots__ = ("_embedding", "_rows", "_index")
+
+    def __init__(self, embedding: list[float]) -> None:
+        self._embedding: list[float] | None = embedding
+        self._rows: Any = None
+        self._index = 0
+
+    @classmethod
+    def of_rows(cls, rows: Any) -> list["EmbeddingOutput"]:
+        """One output per row of ``rows`` (a 2-D NumPy array or tensor), each read when first asked."""
+        return list(map(_RowEmbedding, itertools.repeat(rows, len(rows)), range(len(rows))))
+
+    @property
+    def embedding(self) -> list[float]:
+        if self._embedding is None:
+            self._embedding = self._rows[self._index].tolist()
+            self._rows = None
+        return self._embedding
+
+    @embedding.setter
+    def embedding(self, value: list[float]) -> None:
+        self._embedding, self._rows = value, None
 
     @property
     def hidden_size(self) -> int:
         return len(self.embedding)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, EmbeddingOutput) and self.embedding == other.embedding
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as the dataclass it stands for
+
+    def __repr__(self) -> str:
+        return f"EmbeddingOutput(embedding={self.embedding!r})"
+
+    def __reduce__(self) -> tuple:
+        return EmbeddingOutput, (self.embedding,)
+
+
+class _RowEmbedding(EmbeddingOutput):
+    """An :class:`EmbeddingOutput` that reads row ``index`` of ``rows`` when first asked."""
+
+    __slots__ = ()
+
+    def __init__(self, rows: Any, index: int) -> None:
+        self._embedding = None
+        self._rows = rows
+        self._index = index
 
 
 @dataclass
@@ -91,6 +139,8 @@ class PoolingRequestOutput(Generic[T]):
     """The result for one input: its id, its output object and its token ids.
 
     ``late_chunking`` describes the chunks of a late-chunked request (``None`` otherwise).
+    ``truncated`` (poolkit's, not vLLM's) says whether the input was cut to a truncation limit,
+    so a caller counts cut inputs from the results themselves.
     """
 
     request_id: str
@@ -99,6 +149,7 @@ class PoolingRequestOutput(Generic[T]):
     num_cached_tokens: int = 0
     finished: bool = True
     late_chunking: LateChunkingOutput | None = None
+    truncated: bool = False
 
 
 class EmbeddingRequestOutput(PoolingRequestOutput[EmbeddingOutput]):
@@ -109,7 +160,21 @@ class EmbeddingRequestOutput(PoolingRequestOutput[EmbeddingOutput]):
         data = base.outputs.data
         if data.ndim != 1:
             raise ValueError(f"an embedding must be one-dimensional, got shape {tuple(data.shape)}")
-        return cls(base.request_id, EmbeddingOutput(data.tolist()), base.prompt_token_ids)
+        return cls(base.request_id, EmbeddingOutput(data.tolist()), base.prompt_token_ids, truncated=base.truncated)
+
+    @classmethod
+    def from_rows(
+        cls, request_ids: Sequence[str], data: torch.Tensor, token_ids: Sequence[list[int]], truncated: Sequence[bool]
+    ) -> list["EmbeddingRequestOutput"]:
+        """One output per row of a ``[N, H]`` tensor of embeddings, each reading its floats from
+        its row when first asked (:class:`EmbeddingOutput`)."""
+        if data.ndim != 2:
+            raise ValueError(f"an embedding must be one-dimensional, got shape {tuple(data.shape[1:])}")
+        rows = data.numpy() if data.dtype in (torch.float32, torch.float64, torch.float16) else data
+        return [
+            cls(rid, vector, ids, truncated=cut)
+            for rid, vector, ids, cut in zip(request_ids, EmbeddingOutput.of_rows(rows), token_ids, truncated)
+        ]
 
 
 class ClassificationRequestOutput(PoolingRequestOutput[ClassificationOutput]):
@@ -123,7 +188,7 @@ class ClassificationRequestOutput(PoolingRequestOutput[ClassificationOutput]):
         if data.ndim != 1:
             raise ValueError(f"class probabilities must be one-dimensional, got shape {tuple(data.shape)}")
         label = (id2label or {}).get(int(data.argmax())) if data.numel() else None
-        return cls(base.request_id, ClassificationOutput(data.tolist(), label), base.prompt_token_ids)
+        return cls(base.request_id, ClassificationOutput(data.tolist(), label), base.prompt_token_ids, truncated=base.truncated)
 
 
 class ScoringRequestOutput(PoolingRequestOutput[ScoringOutput]):

@@ -22,11 +22,14 @@ TOKENIZATION_PARAMS = frozenset({"truncate_prompt_tokens", "truncation_side"})
 
 
 class Head(Protocol):
-    """Turns the hidden states of one packed batch into one result tensor per sequence."""
+    """Turns the hidden states of one packed batch into one result per sequence: a list of
+    tensors, or one ``[B, ...]`` tensor whose row ``i`` is sequence ``i``'s result (what a head
+    whose results all have one shape returns: the engine then keeps a run's results as one tensor,
+    with no object per input)."""
 
     def __call__(
         self, hidden: torch.Tensor, batch: PackedBatch, params: Sequence["PoolingParams"]
-    ) -> list[torch.Tensor]: ...
+    ) -> torch.Tensor | list[torch.Tensor]: ...
 
 
 class Task:

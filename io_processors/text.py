@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, Sequence
 
 from poolkit.errors import InvalidRequest
 from poolkit.hookspecs import hookimpl
-from poolkit.io import IOProcessor, Prompt
+from poolkit.io import IOProcessor, Prompt, PromptBatch
 
 
 def _is_token(value: Any) -> bool:
@@ -16,6 +17,26 @@ def _is_token(value: Any) -> bool:
 def _all_tokens(values: Sequence[Any]) -> bool:
     """Whether every value is an integer token id (``bool`` is not); plain ints are checked in C."""
     return set(map(type, values)) <= {int} or all(_is_token(t) for t in values)
+
+
+def _columns(items: list[Any]) -> PromptBatch | None:
+    """``items`` as columns when they are all texts or all token-id lists (bare, or alone in a
+    ``{"prompt": ...}`` / ``{"prompt_token_ids": ...}`` dict), checked in bulk; ``None`` for any
+    other mix, and for anything wrong, which the per-item path then names."""
+    kinds = set(map(type, items))
+    if kinds == {str}:
+        return PromptBatch(texts=items)
+    if kinds == {dict}:
+        if any(len(item) != 1 for item in items):
+            return None
+        texts = [item.get("prompt") for item in items]
+        if set(map(type, texts)) == {str}:
+            return PromptBatch(texts=texts)
+        items = [item.get("prompt_token_ids") for item in items]
+        kinds = set(map(type, items))
+    if kinds == {list} and all(items) and set(map(type, itertools.chain.from_iterable(items))) == {int}:
+        return PromptBatch(token_ids=items)
+    return None
 
 
 def _describe(value: Any) -> str:
@@ -43,8 +64,14 @@ class TextProcessor(IOProcessor):
             raise InvalidRequest("no prompts given: the list of prompts is empty")
         return list(data)
 
-    def pre_process(self, data: Any, request_id: str | None = None) -> Sequence[Prompt]:
-        return [self._prompt(i, item) for i, item in enumerate(self.parse_data(data))]
+    def pre_process(self, data: Any, request_id: str | None = None) -> PromptBatch:
+        """The prompts, as columns when the inputs are all texts or all token ids (the engine's
+        fast path, with the user's token-id lists shared, not copied), else as objects."""
+        items = self.parse_data(data)
+        columns = _columns(items)
+        if columns is not None:
+            return columns
+        return PromptBatch(objects=[self._prompt(i, item) for i, item in enumerate(items)])
 
     @staticmethod
     def _prompt(index: int, item: Any) -> Prompt:

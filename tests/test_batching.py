@@ -20,8 +20,8 @@ def test_concurrent_requests_are_merged_and_answered_in_order(minilm):
         jobs = []
         for text in TEXTS:
             # the last text is longer than the model's limit: truncated on request, as vLLM wants
-            _, prompts, params = minilm.prepare([text, text.upper()], {"truncate_prompt_tokens": -1}, pooling_task="embed")
-            jobs.append(batcher.submit("embed", prompts, params))
+            task, prompts, params = minilm.prepare([text, text.upper()], {"truncate_prompt_tokens": -1}, pooling_task="embed")
+            jobs.append(batcher.submit(task, prompts, params))
         return await asyncio.gather(*jobs)
 
     results = asyncio.run(main())
@@ -38,11 +38,11 @@ def test_a_bad_request_does_not_fail_its_batch_mates(minilm):
     batcher = Batcher(minilm)
 
     async def main():
-        _, good, good_params = minilm.prepare(["fine"], pooling_task="embed")
+        task, good, good_params = minilm.prepare(["fine"], pooling_task="embed")
         _, bad, bad_params = minilm.prepare([{"prompt_token_ids": [1, 2]}], pooling_task="embed")
         bad[0].token_ids = [10**9]  # outside the vocabulary, found only when the engine runs
         return await asyncio.gather(
-            batcher.submit("embed", good, good_params), batcher.submit("embed", bad, bad_params), return_exceptions=True
+            batcher.submit(task, good, good_params), batcher.submit(task, bad, bad_params), return_exceptions=True
         )
 
     ok, failed = asyncio.run(main())
@@ -64,12 +64,12 @@ def test_cancelled_work_is_dropped_and_full_queues_refuse(minilm):
 
         first = asyncio.ensure_future(batcher.call(slow, cost=1))
         await asyncio.sleep(0.05)
-        _, prompts, params = minilm.prepare(["queued"], pooling_task="embed")
-        waiting = asyncio.ensure_future(batcher.submit("embed", prompts, params))
+        task, prompts, params = minilm.prepare(["queued"], pooling_task="embed")
+        waiting = asyncio.ensure_future(batcher.submit(task, prompts, params))
         await asyncio.sleep(0.01)
         _, big, big_params = minilm.prepare(["y " * 400], pooling_task="embed")
         with pytest.raises(QueueFull):
-            await batcher.submit("embed", big, big_params)
+            await batcher.submit(task, big, big_params)
         waiting.cancel()
         gate.set()
         assert await first == "done"
@@ -81,8 +81,8 @@ def test_cancelled_work_is_dropped_and_full_queues_refuse(minilm):
     assert batcher.drain(5)
 
     async def after():
-        _, prompts, params = minilm.prepare(["late"], pooling_task="embed")
-        await batcher.submit("embed", prompts, params)
+        task, prompts, params = minilm.prepare(["late"], pooling_task="embed")
+        await batcher.submit(task, prompts, params)
 
     with pytest.raises(ShuttingDown):
         asyncio.run(after())
@@ -91,8 +91,8 @@ def test_cancelled_work_is_dropped_and_full_queues_refuse(minilm):
 
 async def _submit_one_by_one(batcher, llm, texts):
     for text in texts:
-        _, prompts, params = llm.prepare([text], pooling_task="embed")
-        await batcher.submit("embed", prompts, params)
+        task, prompts, params = llm.prepare([text], pooling_task="embed")
+        await batcher.submit(task, prompts, params)
 
 
 def test_freed_memory_is_handed_back_between_batches(minilm, monkeypatch):
@@ -128,3 +128,20 @@ def test_the_token_estimates_share_one_rule():
     assert estimate_cost(Prompt(token_ids=[1, 2, 3])) == 3
     assert estimate_pair_tokens([text], [text, text], None) == 2 * (2 * tokens_of_text(len(text)) + 3)
     assert estimate_pair_tokens([text], [text * 100], 64) == 64  # each pair cut at the limit
+
+
+def test_a_failure_after_the_run_is_answered_and_the_worker_lives_on(minilm, monkeypatch):
+    """Anything that goes wrong on the worker thread reaches the requests it took; the thread
+    itself never dies and leaves later requests waiting forever."""
+    batcher = Batcher(minilm)
+    monkeypatch.setattr(minilm, "run", lambda *args, **kwargs: object())  # no results object at all
+
+    async def one():
+        task, prompts, params = minilm.prepare(["fine"], pooling_task="embed")
+        return await asyncio.wait_for(batcher.submit(task, prompts, params), 10)
+
+    with pytest.raises(AttributeError):
+        asyncio.run(one())
+    monkeypatch.undo()
+    assert len(asyncio.run(one())) == 1
+    assert batcher.drain(5)

@@ -20,6 +20,7 @@ pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from poolkit import LLM  # noqa: E402
+from poolkit.columns import Results  # noqa: E402
 from poolkit.server import INFERENCE_ROUTES, ServerLimits, create_app, strict_json  # noqa: E402
 
 KEY = "s3cret-key"
@@ -488,7 +489,8 @@ def test_44_non_finite_model_output_is_a_500_never_nan_json(app, client, monkeyp
     real_run = engine.run
 
     def nan_run(task, prompts, params, **kw):
-        return [(torch.full_like(t, float("nan")), ids) for t, ids in real_run(task, prompts, params, **kw)]
+        done = real_run(task, prompts, params, **kw)
+        return Results([torch.full_like(t, float("nan")) for t in done.rows()], done.token_ids, done.truncated)
 
     monkeypatch.setattr(engine, "run", nan_run)
     for fmt in ("float", "base64", "bytes"):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import sys
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidRequest, PoolkitError
@@ -127,7 +126,7 @@ class FallbackPeer(Peer):
         return FallbackModel(LLM.from_args(self.settings(self.args.model_copy(update=update))))
 
     def padding_fraction(self, lengths: list[int]) -> float:
-        batches = self.engine.batches([SimpleNamespace(token_ids=range(n)) for n in lengths])
+        batches = self.engine.batches(lengths)
         padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
         return 1.0 - sum(lengths) / padded if padded else 0.0
 

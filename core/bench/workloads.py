@@ -328,8 +328,10 @@ class Bench:
         tokenizers' ``encode_batch`` on the same texts and threads (the floor, reported as the
         peer), transformers' tokenizer call, the engine's text path alone (prompts to token ids,
         truncation detected and counted), ``LLM.embed`` on the texts and on their token ids, in
-        turn in each round; then single-text requests per second to ``poolkit serve`` from
-        32 clients on this machine (with the server extra).
+        turn in each round, each embed also less the time inside the model's forward passes and
+        heads (``Engine.compute_seconds``: what is left is the host's own work); then single-text
+        requests per second to ``poolkit serve`` from 32 clients on this machine (with the server
+        extra).
         """
         texts = make_corpus(self._n(20000), 33, 0.1, seed=11)
         import copy
@@ -357,22 +359,29 @@ class Bench:
         for run in stages.values():  # warm-up
             run()
         seconds: dict[str, list[float]] = {name: [] for name in stages}
+        host: dict[str, list[float]] = {"embed_texts": [], "embed_token_ids": []}  # wall time less the model's
         for _ in range(self.rounds):
             for name, run in stages.items():
+                computed = engine.compute_seconds
                 start = time.perf_counter()
                 run()
                 seconds[name].append(time.perf_counter() - start)
+                if name in host:
+                    host[name].append(seconds[name][-1] - (engine.compute_seconds - computed))
         median = {name: statistics.median(s) for name, s in seconds.items()}
         rounds = [{"poolkit_s": a, "peer_s": b} for a, b in zip(seconds["embed_texts"], seconds["encode_batch"])]
         tokens = sum(len(i["prompt_token_ids"]) for i in ids)
         result = self._result("H", "host work per ~50-token text (floor: tokenizers' encode_batch)", len(texts), tokens, rounds)
         result.stages = {f"{name}_us_per_text": 1e6 * s / len(texts) for name, s in median.items()}
         result.stages.update({f"{name}_vs_floor": s / median["encode_batch"] for name, s in median.items()})
+        result.stages.update({f"{name}_host_us_per_text": 1e6 * statistics.median(s) / len(texts) for name, s in host.items()})
         requests = self._serve_rate()
         if requests is not None:
             result.stages["serve_single_text_requests_per_s"] = requests
         result.notes = ", ".join(
             f"{name} {result.stages[name + '_us_per_text']:.1f} us ({result.stages[name + '_vs_floor']:.2f}x)" for name in stages
+        ) + "; host work alone (less the model's forward passes and heads): " + ", ".join(
+            f"{name} {result.stages[name + '_host_us_per_text']:.1f} us" for name in host
         ) + (f"; serve: {requests:.0f} single-text requests/s from 32 clients" if requests is not None else "")
         return result
 

@@ -208,7 +208,7 @@ def _run_task(
         use_tqdm=not quiet,
         prompt_name=request.prompt_name,
     )
-    report_truncated(llm, llm.engine.truncated_inputs - before, len(records), params)
+    report_truncated(llm, sum(out.truncated for out in outputs), len(records), params)
     task = llm.task(request.task)
     rows = []
     for i, (record, out) in enumerate(zip(records, outputs)):

@@ -15,7 +15,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 from ..config import PoolingParams
 from ..errors import InvalidRequest, MissingDependency
@@ -67,9 +67,7 @@ class PoolkitBatchEncoder:
         import numpy as np
 
         texts = [str(t) for t in batch[self.text_column]]
-        before = self.llm.engine.truncated_inputs
         outputs = self.llm.encode(texts, self.pooling_params, pooling_task=self.task, prompt_name=self.prompt_name)
-        cut = self.llm.engine.truncated_inputs - before
         values = [o.outputs.data.float().numpy() for o in outputs]
         if values and all(v.shape == values[0].shape for v in values):
             batch[self.output_column] = np.stack(values)
@@ -78,39 +76,8 @@ class PoolkitBatchEncoder:
             column[:] = values
             batch[self.output_column] = column
         if self.truncated_column is not None:
-            batch[self.truncated_column] = self._truncated(texts, [len(o.prompt_token_ids) for o in outputs], cut)
+            batch[self.truncated_column] = np.array([o.truncated for o in outputs], dtype=bool)
         return batch
-
-    def _truncated(self, texts: Sequence[str], lengths: Sequence[int], cut: int) -> Any:
-        """Whether the engine cut each input, as a boolean array.
-
-        Every row of a batch has the same limit and a cut input keeps exactly that many tokens, so
-        the ``cut`` inputs the engine counted are among the longest rows: all of them when there
-        are ``cut`` such rows; otherwise the engine tokenizes those rows again to tell which.
-        """
-        import numpy as np
-
-        flags = np.zeros(len(lengths), dtype=bool)
-        if not cut:
-            return flags
-        longest = np.flatnonzero(np.asarray(lengths) == max(lengths))
-        if len(longest) == cut:
-            flags[longest] = True
-        else:  # some inputs fit the limit exactly
-            flags[longest] = self._cut([texts[i] for i in longest])
-        return flags
-
-    def _cut(self, texts: list[str]) -> list[bool]:
-        """Whether the engine cuts each of ``texts``, tokenized as :meth:`poolkit.LLM.encode` does."""
-        llm, engine = self.llm, self.llm.engine
-        task, prompts, params = llm.prepare(
-            texts, self.pooling_params, pooling_task=self.task, prompt_name=self.prompt_name
-        )
-        chunked = task.chunkable and llm.model.pooler_config.enable_chunked_processing
-        counted = engine.truncated_inputs
-        encoded = engine.tokenize(prompts, params, chunked, engine.input_cap(task))
-        engine.truncated_inputs = counted  # a second look at inputs already counted
-        return [enc.truncated for enc in encoded]
 
 
 def embed_dataset(

@@ -69,7 +69,7 @@ async def cohere_embed(body: CohereEmbedRequest, request: Request, st: State, ll
         )
         results = await until_done(request, st, st.batcher.call(work, tokens + 256 * len(images)))
     else:
-        results = await until_done(request, st, st.batcher.submit(task.name, prompts, checked))
+        results = await until_done(request, st, st.batcher.submit(task, prompts, checked))
     image_set = set(images)
     # An image runs as one sequence without text tokens: it is billed as one token.
     counts = [max(1, len(ids)) if i in image_set else len(ids) for i, (_, ids) in enumerate(results)]
@@ -168,7 +168,7 @@ def _input_type(llm: Any, input_type: str | None) -> tuple[str | None, str | Non
 def _work(
     st: ServerState,
     task: Any,
-    prompts: list[Prompt],
+    prompts: Sequence[Prompt],
     params: list[PoolingParams],
     images: list[tuple[int, str]],
     untruncated: bool,
@@ -178,6 +178,7 @@ def _work(
     llm = st.llm
 
     def work() -> Any:
+        batch = list(prompts)
         if images:
             from ..plugins import registry
 
@@ -186,10 +187,10 @@ def _work(
                 {"prompts": [Prompt(extras={"image": uri}) for _, uri in images], "model": llm.model, "allow_local_files": False}
             )
             for (i, _), prompt in zip(images, decoded):
-                prompts[i] = prompt
+                batch[i] = prompt
         if untruncated:
-            _check_untruncated(st, prompts, max_tokens)
-        return llm.run(task, prompts, params)
+            _check_untruncated(st, batch, max_tokens)
+        return llm.run(task, batch, params)
 
     return work
 

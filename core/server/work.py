@@ -101,9 +101,8 @@ async def run_task(
     check_truncation(llm, params.truncate_prompt_tokens)
     task, prompts, checked = llm.prepare(raw, params, pooling_task=task_name, prompt_name=prompt_name)
     if not add_special_tokens:
-        for prompt in prompts:
-            prompt.add_special_tokens = False
+        prompts.set_add_special_tokens(False)
     check_tokens(st, llm.estimate_tokens(prompts, checked))
-    results = await until_done(request, st, st.batcher.submit(task.name, prompts, checked))
-    st.metrics.answered(len(results), sum(len(ids) for _, ids in results))
+    results = await until_done(request, st, st.batcher.submit(task, prompts, checked))
+    st.metrics.answered(len(results), results.num_tokens)
     return task, results
