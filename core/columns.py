@@ -193,6 +193,10 @@ class Results(Sequence):
             return Results(self.data[index], self.token_ids[index], self.truncated[index])
         return self.data[index], self.token_ids[index]
 
+    def __iter__(self) -> Any:
+        # not Sequence's index-until-IndexError walk: a tensor's IndexError costs more than its rows
+        return zip(self.rows(), self.token_ids)
+
 
 def to_host(outputs: torch.Tensor | Sequence[torch.Tensor]) -> Callable[[], Any]:
     """Start copying a batch's outputs to the host; the returned call waits for them.

@@ -29,10 +29,11 @@ from ..errors import MissingDependency
 
 try:
     import fastapi  # noqa: F401
+    import orjson  # noqa: F401
     import prometheus_client  # noqa: F401
 except ImportError as exc:  # pragma: no cover - exercised by the CLI test with the extra missing
     raise MissingDependency(
-        "the HTTP server needs FastAPI, uvicorn and prometheus-client: pip install 'poolkit[serve]'"
+        "the HTTP server needs FastAPI, uvicorn, orjson and prometheus-client: pip install 'poolkit[serve]'"
     ) from exc
 
 from .app import create_app, run  # noqa: E402

@@ -14,7 +14,8 @@ from fastapi import APIRouter, FastAPI
 from ..errors import MissingDependency
 from . import routes_cohere, routes_openai, routes_ops, routes_vllm
 from .errors import error_body, install_error_handlers
-from .guard import Guard, StrictRoute
+from .guard import INFERENCE_ROUTES, Guard, StrictRoute
+from .lane import Lane
 from .openapi import install_openapi
 from .state import ServerLimits, ServerState
 
@@ -90,6 +91,7 @@ def create_app(
     install_error_handlers(app)
     for router in ROUTERS:
         _mount(app, router)
+    st.lane = Lane(app.routes, INFERENCE_ROUTES)
     install_openapi(app, st)
     return app
 
@@ -128,6 +130,57 @@ def _load(st: ServerState, loader: Callable[[], Any]) -> None:
         st.request_exit()
 
 
+class OneSendPerTurn:
+    """A transport whose writes of one event-loop turn leave in one ``send``.
+
+    uvicorn writes a response's head and its body separately: two system calls, and two TCP
+    segments the client reads one after the other, for every small response. Writes made in the
+    same turn of the loop (a route's ``send`` of the start and of the body) are joined here and
+    handed to the real transport at the end of the turn; closing hands over what is pending first.
+    Everything else is the real transport's.
+    """
+
+    __slots__ = ("_transport", "_loop", "_pending")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not data:
+            return
+        if not self._pending:
+            self._loop.call_soon(self.flush)
+        self._pending.append(bytes(data))
+
+    def writelines(self, chunks: Any) -> None:
+        for chunk in chunks:
+            self.write(chunk)
+
+    def flush(self) -> None:
+        """Hand the pending writes to the real transport, as one."""
+        if self._pending:
+            data = b"".join(self._pending)
+            self._pending.clear()
+            if not self._transport.is_closing():
+                self._transport.write(data)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def write_eof(self) -> None:
+        self.flush()
+        self._transport.write_eof()
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + sum(map(len, self._pending))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 def json_protocol(limits: ServerLimits) -> type:
     """uvicorn's HTTP protocol (httptools when installed, else h11, as its ``auto`` picks), with the
     server's JSON error body on what uvicorn answers by itself, and a deadline for request headers.
@@ -152,7 +205,7 @@ def json_protocol(limits: ServerLimits) -> type:
         _header_timer: asyncio.TimerHandle | None = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
+            super().connection_made(OneSendPerTurn(transport, self.loop))  # type: ignore[arg-type]
             self._start_header_clock()
 
         def connection_lost(self, exc: Exception | None) -> None:

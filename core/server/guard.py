@@ -234,6 +234,8 @@ class Guard:
                     status[0] = 499
                     return
                 if error is None:
+                    if st.lane is not None and await st.lane.answer(st, scope, receive, send_wrapper, body):
+                        return
                     receive = _replay(body, receive)
             if error is not None:
                 await send_error(send_wrapper, error)

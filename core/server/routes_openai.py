@@ -52,5 +52,5 @@ async def embeddings(body: EmbeddingRequest, request: Request, st: State, llm: M
     _, results = await run_task(request, st, llm, "embed", raw, params, add_special_tokens=special_tokens(body))
     return await list_response(
         request, body, "embd", st.served, results,
-        lambda i, t: {"index": i, "object": "embedding", "embedding": encode_tensor(t, body)},
+        lambda i, t: {"index": i, "object": "embedding", "embedding": encode_tensor(t, body)}, arrays=True,
     )

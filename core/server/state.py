@@ -95,6 +95,9 @@ class ServerState:
         self.give_up: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.scrub: list[tuple[str, str]] = []
+        #: The inference routes the guard answers itself (:class:`~poolkit.server.lane.Lane`), set
+        #: once the application's routes are mounted.
+        self.lane: Any = None
         self.max_len: int | None = None
         self.vocab: int | None = None
         self.embedding_size: int | None = None

@@ -4,6 +4,11 @@
 ``embed_dtype`` in ``endianness`` order; ``bytes`` / ``bytes_only`` the concatenated raw bytes as
 the body, with a ``metadata`` header for ``bytes``. Large bodies are built and serialised off the
 event loop. NaN and Infinity are never written: they are a 500.
+
+Routes whose items are rows of one result tensor (``list_response(..., arrays=True)``) are
+written by orjson from NumPy rows, checked for NaN once for the whole tensor: no Python float is
+made per number. The rows are float64 views of the results, so the numbers read back exactly as
+the Python API's lists of floats.
 """
 
 from __future__ import annotations
@@ -11,11 +16,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import random
 import time
-import uuid
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import orjson
 import torch
 from fastapi import Request
 from fastapi.responses import Response
@@ -28,15 +34,18 @@ Results = Sequence[tuple[torch.Tensor, list[int]]]
 
 # Bodies built from more numbers than this are built on a worker thread.
 _OFF_LOOP = 32768
+#: Tensor dtypes NumPy reads as they are.
+_NUMPY_FLOATS = (torch.float16, torch.float32, torch.float64)
 _NON_FINITE = "the model produced a non-finite value (NaN or Infinity); no result was returned"
 
 
 def request_id(request: Request, prefix: str) -> str:
-    """``prefix-<X-Request-Id>`` when the client sent a short printable one, else ``prefix-<uuid>``."""
+    """``prefix-<X-Request-Id>`` when the client sent a short printable one, else ``prefix-`` and
+    128 random bits in hex (as a uuid4's hex)."""
     given = request.headers.get("x-request-id")
     if given and len(given) <= 128 and given.isascii() and given.isprintable():
         return f"{prefix}-{given}"
-    return f"{prefix}-{uuid.uuid4().hex}"
+    return f"{prefix}-{random.getrandbits(128):032x}"  # an id, not a secret: no system call for it
 
 
 def usage(tokens: int) -> dict[str, Any]:
@@ -52,16 +61,24 @@ def dump(payload: Any) -> bytes:
         raise ApiError(500, _NON_FINITE) from None
 
 
+def dump_arrays(payload: Any) -> bytes:
+    """Compact UTF-8 JSON of a payload holding NumPy arrays, by orjson; the caller has refused
+    NaN and Infinity first (orjson would write them as ``null``)."""
+    return orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
 def json_response(payload: Any) -> Response:
     """A small JSON response, built on the loop."""
     return Response(dump(payload), media_type="application/json")
 
 
-async def respond(build: Callable[[], Any], size: int, headers: dict[str, str] | None = None) -> Response:
+async def respond(
+    build: Callable[[], Any], size: int, headers: dict[str, str] | None = None, serialise: Callable[[Any], bytes] = dump
+) -> Response:
     """Build and serialise a JSON response; off the event loop when ``size`` (numbers) is large."""
 
     def render() -> bytes:
-        return dump(build())
+        return serialise(build())
 
     body = await asyncio.to_thread(render) if size > _OFF_LOOP else render()
     return Response(body, media_type="application/json", headers=headers)
@@ -69,15 +86,18 @@ async def respond(build: Callable[[], Any], size: int, headers: dict[str, str] |
 
 def check_finite(results: Results) -> None:
     """Refuse to send results holding NaN or Infinity (a 500: the model, not the client, is at fault)."""
-    for tensor, _ in results:
+    data = getattr(results, "data", None)
+    tensors = [data] if isinstance(data, torch.Tensor) else [tensor for tensor, _ in results]
+    for tensor in tensors:
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise ApiError(500, _NON_FINITE)
 
 
-def encode_tensor(tensor: torch.Tensor, body: Any) -> Any:
-    """One result in the request's ``encoding_format``: nested lists, or a base64 string."""
+def encode_tensor(tensor: torch.Tensor | np.ndarray, body: Any) -> Any:
+    """One result in the request's ``encoding_format``: nested lists (a NumPy row as it is, for
+    :func:`dump_arrays`), or a base64 string."""
     if body.encoding_format == "float":
-        return tensor.tolist()
+        return tensor if isinstance(tensor, np.ndarray) else tensor.tolist()
     return tensor_base64(tensor, body.embed_dtype, body.endianness)
 
 
@@ -87,7 +107,9 @@ async def list_response(
     prefix: str,
     served: str,
     results: Results,
-    item: Callable[[int, torch.Tensor], dict],
+    item: Callable[[int, Any], dict],
+    *,
+    arrays: bool = False,
 ) -> Response:
     """The OpenAI list response (``{"id", "object": "list", "data", "usage"}``) of per-input results.
 
@@ -96,26 +118,37 @@ async def list_response(
         prefix: the response id's prefix (``embd``, ``pool``).
         item: one entry of ``data`` from an input's index and tensor (float or base64 formats);
             ``bytes`` formats send the tensors themselves.
+        arrays: ``item`` takes a float64 NumPy row in the ``float`` format (written by orjson,
+            checked for NaN once), when the results are one tensor of rows.
     """
     rid = request_id(request, prefix)
     created = int(time.time())
-    tokens = sum(len(ids) for _, ids in results)
+    tokens = results.num_tokens if hasattr(results, "num_tokens") else sum(len(ids) for _, ids in results)
     if body.encoding_format in ("bytes", "bytes_only"):
         return await bytes_response(rid, created, served, body, results, tokens)
+    data = getattr(results, "data", None)
+    rows_of_one_tensor = arrays and body.encoding_format == "float" and isinstance(data, torch.Tensor)
 
     def build() -> dict:
-        if body.encoding_format != "float":  # JSON numbers are refused by dump()
-            check_finite(results)
+        if rows_of_one_tensor:
+            rows: Any = (data.numpy() if data.dtype in _NUMPY_FLOATS else data.to(torch.float32).numpy()).astype(np.float64)
+            if not np.isfinite(rows).all():
+                raise ApiError(500, _NON_FINITE)
+        else:
+            if body.encoding_format != "float":  # JSON numbers are refused by dump()
+                check_finite(results)
+            rows = [t for t, _ in results]
         return {
             "id": rid,
             "object": "list",
             "created": created,
             "model": served,
-            "data": [item(i, t) for i, (t, _) in enumerate(results)],
+            "data": [item(i, t) for i, t in enumerate(rows)],
             "usage": usage(tokens),
         }
 
-    return await respond(build, sum(t.numel() for t, _ in results))
+    size = data.numel() if isinstance(data, torch.Tensor) else sum(t.numel() for t, _ in results)
+    return await respond(build, size, serialise=dump_arrays if rows_of_one_tensor else dump)
 
 
 async def bytes_response(request_id: str, created: int, served: str, body: Any, results: Results, tokens: int) -> Response:
