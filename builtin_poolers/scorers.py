@@ -53,7 +53,7 @@ class CrossEncoderScorer(Scorer):
         params = llm.check_params(pooling_params, len(prompts), task.name, tokenization_kwargs)
         params = self._default_truncation(llm.model, params)
         results = llm.run(task, prompts, params, use_tqdm=use_tqdm)
-        return [(float(data.reshape(-1)[0]), ids) for data, ids in results]
+        return [(float(data.reshape(-1)[0]), ids, bool(cut)) for (data, ids), cut in zip(results, results.truncated)]
 
     @staticmethod
     def _pair_prompts(
@@ -171,7 +171,7 @@ class BiEncoderScorer(Scorer):
         for a, b in zip(first, second):
             va, vb = vectors[a], vectors[b]
             score = torch.nn.functional.cosine_similarity(va.outputs.data.float(), vb.outputs.data.float(), dim=0)
-            out.append((float(score), va.prompt_token_ids + pad + vb.prompt_token_ids))
+            out.append((float(score), va.prompt_token_ids + pad + vb.prompt_token_ids, va.truncated or vb.truncated))
         return out
 
 
@@ -195,17 +195,18 @@ class LateInteractionScorer(Scorer):
         results = llm.run(task, prompts, params, use_tqdm=use_tqdm)
         q_vectors = dict(zip(queries, results[: len(queries)]))
         d_vectors = dict(zip(docs, results[len(queries) :]))
+        cut = dict(zip([("q", q) for q in queries] + [("d", d) for d in docs], results.truncated.tolist()))
         pad = _separator(llm.model)
         # Results come back on the host: score them there, whatever device the model runs on.
         maxsim = select_kernel("maxsim", results[0][0].device if results else "cpu")
-        out: list[tuple[float, list[int]] | None] = [None] * len(first)
+        out: list[tuple[float, list[int], bool] | None] = [None] * len(first)
         for query in queries:
             members = [i for i, q in enumerate(first) if q == query]
             doc_rows = [d_vectors[second[i]][0] for i in members]
             cu = torch.tensor([0] + [len(d) for d in doc_rows]).cumsum(0)
             scores = maxsim(q_vectors[query][0], torch.cat(doc_rows), cu)
             for i, score in zip(members, scores.tolist()):
-                out[i] = (score, q_vectors[query][1] + pad + d_vectors[second[i]][1])
+                out[i] = (score, q_vectors[query][1] + pad + d_vectors[second[i]][1], cut["q", query] or cut["d", second[i]])
         return out
 
 

@@ -26,7 +26,7 @@ def device_tensor(data: Sequence | np.ndarray, dtype: torch.dtype, device: torch
     return (host.pin_memory() if kind == "cuda" else host).to(device, non_blocking=True)
 
 
-def _flat(sequences: Sequence[Sequence[int]], total: int) -> np.ndarray:
+def flatten_ids(sequences: Sequence[Sequence[int]], total: int) -> np.ndarray:
     """The sequences' integers one after another, as int64: read in C, four times faster than
     a flattened Python list handed to ``torch.tensor``."""
     return np.fromiter(itertools.chain.from_iterable(sequences), dtype=np.int64, count=total)
@@ -65,10 +65,10 @@ class PackedBatch:
     ) -> "PackedBatch":
         """Pack lists of token ids (and optional segment ids) into one batch."""
         lens = [len(s) for s in sequences]
-        ids = device_tensor(_flat(sequences, sum(lens)), torch.long, device)
+        ids = device_tensor(flatten_ids(sequences, sum(lens)), torch.long, device)
         types = None
         if token_type_ids is not None and any(any(t) for t in token_type_ids):
-            types = device_tensor(_flat(token_type_ids, sum(lens)), torch.long, device)
+            types = device_tensor(flatten_ids(token_type_ids, sum(lens)), torch.long, device)
         skip = list(pool_skip) if pool_skip is not None and any(pool_skip) else None
         return cls(ids, lens, types, skip)
 

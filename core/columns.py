@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from .batch import _flat
+from .batch import flatten_ids
 
 
 @dataclass
@@ -132,14 +132,14 @@ class Tokens:
     @cached_property
     def flat(self) -> np.ndarray:
         """Every prompt's token ids one after another, int64."""
-        return self._flat if self._flat is not None else _flat(self.ids, int(self.lens.sum()))
+        return self._flat if self._flat is not None else flatten_ids(self.ids, int(self.lens.sum()))
 
     @cached_property
     def flat_types(self) -> np.ndarray | None:
         """The segment ids laid out as :attr:`flat` (0 for prompts without), or ``None`` when all are 0."""
         if self.type_ids is None or not any(any(t) for t in self.type_ids if t is not None):
             return None
-        return _flat([t if t is not None else [0] * n for t, n in zip(self.type_ids, self.lens.tolist())], int(self.lens.sum()))
+        return flatten_ids([t if t is not None else [0] * n for t, n in zip(self.type_ids, self.lens.tolist())], int(self.lens.sum()))
 
 
 class Results(Sequence):

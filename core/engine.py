@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .allocator import tune_allocator
-from .batch import PackedBatch, _flat, device_tensor
+from .batch import PackedBatch, device_tensor, flatten_ids
 from .columns import Collector, Encoded, Results, Tokens, gather_index, to_host
 from .config import PoolingParams
 from .errors import InvalidRequest
@@ -268,7 +268,7 @@ class Engine:
     def _take_ids(self, token_ids: list[list[int]], limit: int | None, side: str, first: int) -> Tokens:
         """Token-id prompts checked against the vocabulary and cut to ``limit``, as one array."""
         lens = np.fromiter(map(len, token_ids), dtype=np.int64, count=len(token_ids))
-        flat = _flat(token_ids, int(lens.sum()))
+        flat = flatten_ids(token_ids, int(lens.sum()))
         vocab = getattr(self.model.hf_config, "vocab_size", None)
         if flat.size and (flat.min() < 0 or (vocab is not None and flat.max() >= vocab)):
             bad = np.flatnonzero((flat < 0) | (flat >= vocab) if vocab is not None else flat < 0)[0]

@@ -27,6 +27,13 @@ class Entity:
     score: float
 
 
+class Entities(list):
+    """The entities of one input, a list of :class:`Entity`; ``truncated`` says whether the
+    input was cut to a truncation limit (its entities then end where the kept tokens end)."""
+
+    truncated: bool = False
+
+
 def _split(tag: str) -> tuple[str | None, str | None]:
     """``"B-PER"`` -> ``("B", "PER")``; ``"O"`` -> ``(None, None)``; ``"PER"`` -> ``(None, "PER")``."""
     if tag in ("O", ""):

@@ -19,7 +19,7 @@ from .columns import Results
 from .engine import Engine
 from .settings import DEFAULT_MODEL, IGNORED_ENGINE_ARGS, EngineArgs  # noqa: F401 - DEFAULT_MODEL is part of this module's API
 from .tasks import PLUGIN, Task
-from .entities import Entity, group_entities
+from .entities import Entities, group_entities
 from .io import IOContext, IOProcessor, Prompt, PromptBatch, bind_io_processor
 from .errors import InvalidRequest
 from .model import PoolingModel, load_model
@@ -237,9 +237,11 @@ class LLM:
     def estimate_tokens(self, prompts: Sequence[Prompt], params: Sequence[PoolingParams]) -> int:
         """Tokens of prepared prompts, estimated before tokenizing, each capped at its truncation limit."""
         total = 0
+        limits: dict[int, int | None] = {}  # by params object: the engine's rule (Engine.limit)
         for n, p in zip(estimate_costs(prompts), params):
-            limit = p.truncate_prompt_tokens if p.truncate_prompt_tokens and p.truncate_prompt_tokens > 0 else None
-            limit = limit or self.model.max_model_len.value
+            if id(p) not in limits:
+                limits[id(p)] = self.engine.limit(p)
+            limit = limits[id(p)]
             total += min(n, limit) if limit else n
         return total
 
@@ -577,7 +579,7 @@ class LLM:
         *,
         use_tqdm: bool = False,
         tokenization_kwargs: dict[str, Any] | None = None,
-    ) -> list[list[Entity]]:
+    ) -> list[Entities]:
         """Entity spans per input from a token classifier (label, character offsets, score).
 
         Tokens are grouped by the IOB/IOBES labels of ``id2label`` as transformers' NER pipeline
@@ -600,7 +602,9 @@ class LLM:
             enc = tok(text, truncation=True, max_length=len(ids), return_offsets_mapping=True)
             if enc["input_ids"] != ids:
                 raise InvalidRequest("entity offsets need the tokens of the text itself (right truncation, no prompt)")
-            results.append(group_entities(text, out.outputs.data, enc["offset_mapping"], self.model.id2label))
+            found = Entities(group_entities(text, out.outputs.data, enc["offset_mapping"], self.model.id2label))
+            found.truncated = out.truncated
+            results.append(found)
         return results
 
     @property
@@ -674,7 +678,10 @@ class LLM:
             chat_template=chat_template,
             instruction=instruction,
         )
-        return [ScoringRequestOutput(str(next(self._request_ids)), ScoringOutput(score), ids) for score, ids in scored]
+        return [
+            ScoringRequestOutput(str(next(self._request_ids)), ScoringOutput(score), ids, truncated=bool(cut and cut[0]))
+            for score, ids, *cut in scored
+        ]
 
     def rerank(
         self,
@@ -712,7 +719,7 @@ class LLM:
             instruction=instruction,
         )
         ranked = sorted(
-            (RerankResult(i, doc, s.outputs.score) for i, (doc, s) in enumerate(zip(docs, scores))),
+            (RerankResult(i, doc, s.outputs.score, s.truncated) for i, (doc, s) in enumerate(zip(docs, scores))),
             key=lambda r: -r.relevance_score,
         )
         return ranked[:top_n] if top_n else ranked

@@ -202,3 +202,5 @@ class RerankResult:
     index: int
     document: str
     relevance_score: float
+    #: Whether the (query, document) input was cut to a truncation limit (poolkit's, not vLLM's).
+    truncated: bool = False

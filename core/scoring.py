@@ -61,8 +61,10 @@ class Scorer:
         tokenization_kwargs: dict[str, Any] | None,
         chat_template: str | None,
         instruction: str | None,
-    ) -> list[tuple[float, list[int]]]:
-        """One ``(score, prompt token ids)`` per pair ``(first[i], second[i])``, in order.
+    ) -> list[tuple[float, list[int]]] | list[tuple[float, list[int], bool]]:
+        """One ``(score, prompt token ids)`` per pair ``(first[i], second[i])``, in order, or
+        ``(score, prompt token ids, truncated)``: whether the pair's inputs were cut to a limit
+        (``Results.truncated`` of the runs; ``ScoringRequestOutput.truncated`` reports it).
 
         ``first`` and ``second`` have the same length (the API has paired them already).
         """

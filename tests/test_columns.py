@@ -161,3 +161,24 @@ def test_one_parameters_object_for_many_prompts_is_checked_once(minilm, monkeypa
     monkeypatch.setattr(type(task), "verify", counting)
     params = minilm.check_params(PoolingParams(), 500, "embed")
     assert len(params) == 500 and all(p is params[0] for p in params) and len(calls) == 1
+
+
+def test_truncation_comes_back_with_every_kind_of_result(minilm):
+    """Callers count cut inputs from the results (issue 29, item 6): encode, embed, score, rerank."""
+    long, cut = "word " * 600, {"truncate_prompt_tokens": -1}
+    assert [o.truncated for o in minilm.encode(["short", long], pooling_task="embed", tokenization_kwargs=cut)] == [False, True]
+    scores = minilm.score("short", ["fine", long], tokenization_kwargs=cut)
+    assert [s.truncated for s in scores] == [False, True]
+    ranked = minilm.rerank("short", ["fine", long], tokenization_kwargs=cut)
+    assert {r.index: r.truncated for r in ranked} == {0: False, 1: True}
+
+
+def test_entities_say_whether_their_input_was_cut(tmp_path):
+    from poolkit import LLM
+    from tiny_models import build_modernbert
+
+    llm = LLM(str(build_modernbert(tmp_path / "ner", "token_classify")))
+    short, long = "paris is the capital of france", "paris is the capital of france " * 40
+    found = llm.entities([short, long], tokenization_kwargs={"truncate_prompt_tokens": -1})
+    assert [spans.truncated for spans in found] == [False, True]
+    assert all(isinstance(e.label, str) for spans in found for e in spans)

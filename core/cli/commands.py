@@ -64,7 +64,7 @@ def report_truncated(llm: Any, count: int, total: int, params: PoolingParams | N
         return
     limit = params.truncate_prompt_tokens if params is not None else None
     longer = f"longer than {limit} tokens" if limit and limit > 0 else (
-        f"longer than the model's limit of {llm.model.max_model_len.value} tokens"
+        f"longer than the model's limit of {llm.model_config.max_model_len} tokens"
     )
     typer.echo(
         f"{count} of {total} inputs were {longer} and were truncated (--truncate-prompt-tokens N chooses the length)",
@@ -191,14 +191,13 @@ def _run_task(
     records = read_records(texts, input_file)
     llm = load(args)
     params = truncating(request.params)
-    before = llm.engine.truncated_inputs
     if options.get("entities"):
         found = llm.entities([r["text"] for r in records], params, use_tqdm=not quiet)
         rows = [
             {**({"id": r["id"]} if "id" in r else {"index": i}), "entities": [dataclasses.asdict(e) for e in spans]}
             for i, (r, spans) in enumerate(zip(records, found))
         ]
-        report_truncated(llm, llm.engine.truncated_inputs - before, len(records), params)
+        report_truncated(llm, sum(spans.truncated for spans in found), len(records), params)
         emit(rows, Format.jsonl if fmt is Format.table else fmt, "entities")
         return
     outputs = llm.encode(
@@ -347,12 +346,11 @@ def score(
         check_text(text_1, "TEXT_1")
         records = read_records(texts_2, input_file, first=2)
         llm = load(args)
-        before = llm.engine.truncated_inputs
         scores = llm.score(
             text_1, [r["text"] for r in records], use_tqdm=not quiet, tokenization_kwargs=TRUNCATE_TO_LIMIT,
             chat_template=chat_template, instruction=instruction,
         )
-        report_truncated(llm, llm.engine.truncated_inputs - before, len(records))
+        report_truncated(llm, sum(out.truncated for out in scores), len(records))
         rows = []
         for i, (record, out) in enumerate(zip(records, scores)):
             row = {"id": record["id"]} if "id" in record else {"index": i}
@@ -381,7 +379,6 @@ def rerank(
         check_text(query, "--query")
         records = read_records(documents, input_file)
         llm = load(args)
-        before = llm.engine.truncated_inputs
         ranked = llm.rerank(
             query,
             [r["text"] for r in records],
@@ -391,7 +388,7 @@ def rerank(
             chat_template=chat_template,
             instruction=instruction,
         )
-        report_truncated(llm, llm.engine.truncated_inputs - before, len(records))
+        report_truncated(llm, sum(result.truncated for result in ranked), len(records))
         rows = []
         for result in ranked:
             record = records[result.index]
