@@ -163,9 +163,14 @@ class Engine:
             self._prompt_lengths[key] = n
         return self._prompt_lengths[key]
 
+    def _texts(self, texts: list[str], prefix: str | None) -> list[str]:
+        """What the tokenizer reads of ``texts``: the instruction prefix, then lower case if the model wants it."""
+        if prefix:
+            texts = [prefix + t for t in texts]
+        return [t.lower() for t in texts] if self.model.do_lower_case else texts
+
     def _text(self, prompt: Prompt) -> str:
-        text = (prompt.prompt_prefix or "") + (prompt.text or "")
-        return text.lower() if self.model.do_lower_case else text
+        return self._texts([prompt.text or ""], prompt.prompt_prefix)[0]
 
     def tokenize(
         self,
@@ -198,12 +203,7 @@ class Engine:
             if prompts.token_ids is not None:
                 tokens = self._take_ids(prompts.token_ids, limit, side, first)
             else:
-                prefix, texts = prompts.prompt_prefix, prompts.texts
-                if prefix:
-                    texts = [prefix + t for t in texts]
-                if self.model.do_lower_case:
-                    texts = [t.lower() for t in texts]
-                tokens = self._encode_texts(texts, None, limit, side, special)
+                tokens = self._encode_texts(self._texts(prompts.texts, prompts.prompt_prefix), None, limit, side, special)
             if prompts.prompt_prefix and not self.model.include_prompt:
                 skip = self._prompt_length(prompts.prompt_prefix, special)
                 tokens.pool_skip = np.minimum(skip, tokens.lens - 1).tolist()

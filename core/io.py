@@ -84,18 +84,21 @@ class PromptBatch(Sequence[Prompt]):
         """The prompts of ``batches`` one after another: columns when they all have columns of one
         kind and settings, objects otherwise."""
         first = batches[0]
-        same = all(
-            b.columnar and (b.texts is None) == (first.texts is None) and b.prompt_prefix == first.prompt_prefix
-            and b.add_special_tokens == first.add_special_tokens
-            for b in batches
-        )
         if len(batches) == 1:
             return first
-        if not same:
+        kind = first._kind
+        if kind == "objects" or any(
+            (b._kind, b.prompt_prefix, b.add_special_tokens) != (kind, first.prompt_prefix, first.add_special_tokens)
+            for b in batches
+        ):
             return cls(objects=[p for b in batches for p in b])
-        kind = "texts" if first.texts is not None else "token_ids"
         joined = [x for b in batches for x in getattr(b, kind)]
         return cls(**{kind: joined}, prompt_prefix=first.prompt_prefix, add_special_tokens=first.add_special_tokens)
+
+    @property
+    def _kind(self) -> str:
+        """Which column holds the prompts: ``"texts"``, ``"token_ids"`` or ``"objects"``."""
+        return "objects" if self._objects is not None else "texts" if self.texts is not None else "token_ids"
 
     @property
     def columnar(self) -> bool:
@@ -133,14 +136,12 @@ class PromptBatch(Sequence[Prompt]):
             p.add_special_tokens = special
 
     def __len__(self) -> int:
-        column = self.texts if self.texts is not None else self.token_ids
-        return len(column if column is not None else self._objects)
+        return len(self._objects if self._objects is not None else getattr(self, self._kind))
 
     def __getitem__(self, index: Any) -> Any:
         if isinstance(index, slice) and self.columnar:
-            kind = "texts" if self.texts is not None else "token_ids"
             return PromptBatch(
-                **{kind: getattr(self, kind)[index]}, prompt_prefix=self.prompt_prefix,
+                **{self._kind: getattr(self, self._kind)[index]}, prompt_prefix=self.prompt_prefix,
                 add_special_tokens=self.add_special_tokens,
             )
         if isinstance(index, slice):
@@ -151,8 +152,7 @@ class PromptBatch(Sequence[Prompt]):
         return iter(self.objects())
 
     def __repr__(self) -> str:
-        kind = "objects" if not self.columnar else "texts" if self.texts is not None else "token_ids"
-        return f"<PromptBatch of {len(self)} ({kind})>"
+        return f"<PromptBatch of {len(self)} ({self._kind})>"
 
 
 @dataclass(frozen=True)

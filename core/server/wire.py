@@ -18,7 +18,7 @@ import dataclasses
 import json
 import random
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import orjson
@@ -26,11 +26,10 @@ import torch
 from fastapi import Request
 from fastapi.responses import Response
 
+from ..columns import Results
 from ..encodings import tensor_base64, tensor_bytes
 from .errors import ApiError
 
-#: Results as the batcher returns them: one tensor and its prompt's token ids per input.
-Results = Sequence[tuple[torch.Tensor, list[int]]]
 
 # Bodies built from more numbers than this are built on a worker thread.
 _OFF_LOOP = 32768
@@ -86,8 +85,7 @@ async def respond(
 
 def check_finite(results: Results) -> None:
     """Refuse to send results holding NaN or Infinity (a 500: the model, not the client, is at fault)."""
-    data = getattr(results, "data", None)
-    tensors = [data] if isinstance(data, torch.Tensor) else [tensor for tensor, _ in results]
+    tensors = [results.data] if isinstance(results.data, torch.Tensor) else results.data
     for tensor in tensors:
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise ApiError(500, _NON_FINITE)
@@ -123,10 +121,10 @@ async def list_response(
     """
     rid = request_id(request, prefix)
     created = int(time.time())
-    tokens = results.num_tokens if hasattr(results, "num_tokens") else sum(len(ids) for _, ids in results)
+    tokens = results.num_tokens
     if body.encoding_format in ("bytes", "bytes_only"):
         return await bytes_response(rid, created, served, body, results, tokens)
-    data = getattr(results, "data", None)
+    data = results.data
     rows_of_one_tensor = arrays and body.encoding_format == "float" and isinstance(data, torch.Tensor)
 
     def build() -> dict:
@@ -137,7 +135,7 @@ async def list_response(
         else:
             if body.encoding_format != "float":  # JSON numbers are refused by dump()
                 check_finite(results)
-            rows = [t for t, _ in results]
+            rows = results.rows()
         return {
             "id": rid,
             "object": "list",
@@ -147,7 +145,7 @@ async def list_response(
             "usage": usage(tokens),
         }
 
-    size = data.numel() if isinstance(data, torch.Tensor) else sum(t.numel() for t, _ in results)
+    size = data.numel() if isinstance(data, torch.Tensor) else sum(t.numel() for t in data)
     return await respond(build, size, serialise=dump_arrays if rows_of_one_tensor else dump)
 
 
