@@ -92,9 +92,12 @@ class Batcher:
     def queue_depth(self) -> int:
         return len(self._queue)
 
-    async def submit(self, task: Task, prompts: Sequence[Prompt], params: Sequence[PoolingParams]) -> Results:
+    async def submit(
+        self, task: Task, prompts: Sequence[Prompt], params: Sequence[PoolingParams], cost: int | None = None
+    ) -> Results:
         """Run ``prompts`` for ``task`` (as :meth:`poolkit.LLM.prepare` returned them); results in
-        order. Cancelling the caller drops the work.
+        order. Cancelling the caller drops the work. ``cost``: the prompts' tokens as the caller
+        estimated them already (:meth:`poolkit.LLM.estimate_tokens`), else estimated here.
 
         Raises:
             QueueFull: too much work is waiting.
@@ -102,7 +105,8 @@ class Batcher:
             PoolkitError: whatever the engine raises for these inputs.
         """
         prompts = PromptBatch.of(prompts)
-        return await self._enqueue(task, prompts, list(params), sum(estimate_costs(prompts)), None)
+        cost = sum(estimate_costs(prompts)) if cost is None else cost
+        return await self._enqueue(task, prompts, list(params), cost, None)
 
     async def call(self, fn: Callable[[], Any], cost: int) -> Any:
         """Run ``fn()`` on the worker thread, in turn with the batches (``LLM.score``, say)."""
@@ -196,11 +200,12 @@ class Batcher:
         self.stats.items += len(prompts)
         self.stats.tokens += results.num_tokens
         self.stats.batch_sizes.append(len(prompts))
-        start = 0
+        start, answers = 0, []
         for work in batch:
             self.stats.queue_seconds.append(now - work.enqueued)
-            self._resolve(work, result=results[start : start + len(work.prompts)])
+            answers.append((work, results[start : start + len(work.prompts)]))
             start += len(work.prompts)
+        self._settle(answers)
 
     @staticmethod
     def _resolve(work: _Work, result: Any = None, exception: BaseException | None = None) -> None:
@@ -213,6 +218,21 @@ class Batcher:
                 work.future.set_result(result)
 
         work.loop.call_soon_threadsafe(settle)
+
+    @staticmethod
+    def _settle(answers: list[tuple[_Work, Any]]) -> None:
+        """Give a batch's requests their results: one wake-up of each event loop, not one a request."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Work, Any]]] = {}
+        for work, result in answers:
+            by_loop.setdefault(work.loop, []).append((work, result))
+
+        def settle(pairs: list[tuple[_Work, Any]]) -> None:
+            for work, result in pairs:
+                if not work.future.done():
+                    work.future.set_result(result)
+
+        for loop, pairs in by_loop.items():
+            loop.call_soon_threadsafe(settle, pairs)
 
     def drain(self, timeout: float = 30.0) -> bool:
         """Stop taking work, finish what is queued and running; True if done within ``timeout``.

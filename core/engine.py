@@ -8,6 +8,7 @@ come back in input order.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -38,6 +39,11 @@ CHARS_PER_TOKEN = 24
 #: On an accelerator, prompts are tokenized in slices of about this many token budgets of text,
 #: each while the device runs the one before (:meth:`Engine.slices`).
 OVERLAP_BATCHES = 8
+#: A CPU batch whose tokens × hidden size² (its linear layers' work, up to a constant) is below
+#: this runs on one thread: the other threads' start and finish around each operation cost more
+#: than they save there, and a server of single-text requests, whose batches are that small,
+#: keeps the cores for its event loop and tokenizer instead (issue 29, docs/performance.md).
+ONE_THREAD_WORK = 1 << 22
 _CUT_MARGIN = 256
 _WHITESPACE_SEARCH = 1000
 
@@ -660,6 +666,14 @@ class Engine:
                     progress(len(chunk), 0)
         return results  # type: ignore[return-value]
 
+    def _threads_for(self, num_tokens: int) -> Any:
+        """The intra-op threads of a batch of ``num_tokens`` on this thread: one for a small CPU
+        batch (:data:`ONE_THREAD_WORK`), else as they are."""
+        hidden = getattr(self.model.architecture, "hidden_size", None)
+        if self.model.device.type != "cpu" or not hidden or num_tokens * hidden**2 >= ONE_THREAD_WORK:
+            return contextlib.nullcontext()
+        return one_thread()
+
     def _run(
         self,
         head: Callable,
@@ -694,7 +708,7 @@ class Engine:
             )
             rows = rows_for(batch.num_tokens) if rows_for is not None else batch.num_tokens
             started = time.perf_counter()
-            with torch.inference_mode():
+            with torch.inference_mode(), self._threads_for(batch.num_tokens):
                 hidden = arch(batch.with_filler(rows))[: batch.num_tokens]
                 outputs = head(hidden, batch, [shared] * len(members) if shared is not None else [params[i] for i in members])
                 fetch = to_host(outputs)
@@ -705,3 +719,18 @@ class Engine:
         if pending is not None:
             collected.add(*pending, progress)
         return collected.result()
+
+
+@contextlib.contextmanager
+def one_thread() -> Any:
+    """Run the block's torch operations on the calling thread alone. The count is the calling
+    thread's own (OpenMP's per-thread setting): other threads keep theirs."""
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -182,3 +182,37 @@ def test_entities_say_whether_their_input_was_cut(tmp_path):
     found = llm.entities([short, long], tokenization_kwargs={"truncate_prompt_tokens": -1})
     assert [spans.truncated for spans in found] == [False, True]
     assert all(isinstance(e.label, str) for spans in found for e in spans)
+
+
+def test_small_cpu_batches_run_on_one_thread_and_give_the_same_numbers(minilm, monkeypatch):
+    """A batch below ONE_THREAD_WORK (tokens x hidden size squared) runs on the calling thread alone,
+    a larger one on the threads configured; the count is restored after either, and the numbers
+    do not depend on it beyond float rounding."""
+    import poolkit.engine as engine_module
+
+    arch = minilm.engine.model.architecture
+    seen: list[tuple[int, int]] = []
+    forward = arch.forward
+
+    def spy(batch):
+        seen.append((batch.num_tokens, torch.get_num_threads()))
+        return forward(batch)
+
+    before = torch.get_num_threads()
+    if before < 2:
+        torch.set_num_threads(2)
+    try:
+        threads = torch.get_num_threads()
+        monkeypatch.setattr(arch, "forward", spy)
+        small = minilm.embed(TEXTS[:2])
+        assert len(seen) == 1 and seen[0][0] * arch.hidden_size**2 < engine_module.ONE_THREAD_WORK and seen[0][1] == 1
+        assert torch.get_num_threads() == threads
+        monkeypatch.setattr(engine_module, "ONE_THREAD_WORK", 1)  # every batch is large now
+        large = minilm.embed(TEXTS[:2])
+        assert seen[1][1] == threads and torch.get_num_threads() == threads
+        for a, b in zip(small, large):
+            assert torch.nn.functional.cosine_similarity(
+                torch.tensor(a.outputs.embedding), torch.tensor(b.outputs.embedding), dim=0
+            ) > 0.99999
+    finally:
+        torch.set_num_threads(before)

@@ -8,20 +8,18 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import socket
-import threading
 import time
 
 import pytest
 
 pytest.importorskip("fastapi")
-uvicorn = pytest.importorskip("uvicorn")
+pytest.importorskip("uvicorn")
 
 from poolkit.errors import InvalidRequest  # noqa: E402
 from poolkit.server import ServerLimits  # noqa: E402
-from poolkit.server.app import run  # noqa: E402
 from poolkit.server.errors import error_body  # noqa: E402
+from served import connect, parse, read_response, served  # noqa: E402
 
 TIMEOUT = 1.0
 BODY = b'{"model": "minilm", "input": "hi"}'
@@ -29,61 +27,17 @@ HEAD = b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\ncontent-type: application/js
 REQUEST = HEAD + b"content-length: %d\r\n\r\n" % len(BODY) + BODY
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def port(minilm):
-    """``run()`` serving minilm with a 1 s header deadline; uvicorn's server object is caught on its way
-    in so that the fixture can stop it."""
-    servers: list = []
-    real_init = uvicorn.Server.__init__
-    loggers = [logging.getLogger(name) for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi")]
-    levels = [lg.level for lg in loggers]
-    port = _free_port()
+    """``run()`` serving minilm with a 1 s header deadline."""
     limits = ServerLimits(header_timeout=TIMEOUT, shutdown_timeout=2.0)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(uvicorn.Server, "__init__", lambda self, config: servers.append(self) or real_init(self, config))
-        kwargs = dict(port=port, served_model_name="minilm", limits=limits, log_level="warning")
-        thread = threading.Thread(target=run, args=(minilm,), kwargs=kwargs, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 30
-        while not (servers and servers[0].started) and time.monotonic() < deadline:
-            time.sleep(0.02)
-    assert servers and servers[0].started
-    yield port
-    servers[0].should_exit = True
-    thread.join(30)
-    for lg, level in zip(loggers, levels):
-        lg.setLevel(level)
-
-
-def _connect(port: int) -> socket.socket:
-    return socket.create_connection(("127.0.0.1", port), timeout=5)
-
-
-def _parse(data: bytes) -> tuple[str, dict[str, str], bytes]:
-    """A response's status line, headers (lower-case names) and what follows them."""
-    head, _, body = data.partition(b"\r\n\r\n")
-    status, *lines = head.decode("latin-1").split("\r\n")
-    return status, {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}, body
+    with served(minilm, served_model_name="minilm", limits=limits, log_level="warning") as port:
+        yield port
 
 
 def _read_response(sock: socket.socket) -> tuple[str, dict[str, str], bytes]:
-    """One response: its status line, headers (lower-case names) and body (by ``content-length``)."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, f"the server closed the connection after {data!r}"
-        data += chunk
-    status, headers, body = _parse(data)
-    while len(body) < int(headers["content-length"]):
-        chunk = sock.recv(65536)
-        assert chunk
-        body += chunk
+    status, headers, body, rest = read_response(sock)
+    assert not rest
     return status, headers, body
 
 
@@ -113,7 +67,7 @@ def _assert_408(sock: socket.socket, first: bytes) -> None:
         if not chunk:
             break
         data += chunk
-    status, headers, body = _parse(data)
+    status, headers, body = parse(data)
     assert status == "HTTP/1.1 408 Request Timeout"
     assert headers["content-type"] == "application/json" and headers["connection"] == "close"
     assert int(headers["content-length"]) == len(body)
@@ -124,7 +78,7 @@ def _assert_408(sock: socket.socket, first: bytes) -> None:
 
 
 def test_headers_sent_a_byte_at_a_time_get_a_json_408_and_the_connection_closed(port):
-    with _connect(port) as sock:
+    with connect(port) as sock:
         start = time.monotonic()
         sock.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\n")
         first = _trickle(sock, 0.3, TIMEOUT + 3)
@@ -135,7 +89,7 @@ def test_headers_sent_a_byte_at_a_time_get_a_json_408_and_the_connection_closed(
 
 
 def test_a_connection_that_sends_nothing_gets_a_408(port):
-    with _connect(port) as sock:
+    with connect(port) as sock:
         start = time.monotonic()
         sock.settimeout(TIMEOUT + 3)
         first = sock.recv(65536)
@@ -144,7 +98,7 @@ def test_a_connection_that_sends_nothing_gets_a_408(port):
 
 
 def test_normal_keep_alive_and_slow_but_timely_requests_are_answered(port):
-    with _connect(port) as sock:
+    with connect(port) as sock:
         sock.sendall(REQUEST)
         status, headers, body = _read_response(sock)
         assert status == "HTTP/1.1 200 OK" and json.loads(body)["data"][0]["index"] == 0

@@ -12,7 +12,7 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from poolkit.server import INFERENCE_ROUTES, create_app  # noqa: E402
-from poolkit.server.app import OneSendPerTurn  # noqa: E402
+from poolkit.server.front import OneSendPerTurn  # noqa: E402
 
 
 @pytest.fixture(scope="module")

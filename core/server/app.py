@@ -13,8 +13,9 @@ from fastapi import APIRouter, FastAPI
 
 from ..errors import MissingDependency
 from . import routes_cohere, routes_openai, routes_ops, routes_vllm
-from .errors import error_body, install_error_handlers
+from .errors import install_error_handlers
 from .guard import INFERENCE_ROUTES, Guard, StrictRoute
+from .front import front_protocol
 from .lane import Lane
 from .openapi import install_openapi
 from .state import ServerLimits, ServerState
@@ -130,148 +131,6 @@ def _load(st: ServerState, loader: Callable[[], Any]) -> None:
         st.request_exit()
 
 
-class OneSendPerTurn:
-    """A transport whose writes of one event-loop turn leave in one ``send``.
-
-    uvicorn writes a response's head and its body separately: two system calls, and two TCP
-    segments the client reads one after the other, for every small response. Writes made in the
-    same turn of the loop (a route's ``send`` of the start and of the body) are joined here and
-    handed to the real transport at the end of the turn; closing hands over what is pending first.
-    Everything else is the real transport's.
-    """
-
-    __slots__ = ("_transport", "_loop", "_pending")
-
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
-        self._transport = transport
-        self._loop = loop
-        self._pending: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        if not data:
-            return
-        if not self._pending:
-            self._loop.call_soon(self.flush)
-        self._pending.append(bytes(data))
-
-    def writelines(self, chunks: Any) -> None:
-        for chunk in chunks:
-            self.write(chunk)
-
-    def flush(self) -> None:
-        """Hand the pending writes to the real transport, as one."""
-        if self._pending:
-            data = b"".join(self._pending)
-            self._pending.clear()
-            if not self._transport.is_closing():
-                self._transport.write(data)
-
-    def close(self) -> None:
-        self.flush()
-        self._transport.close()
-
-    def write_eof(self) -> None:
-        self.flush()
-        self._transport.write_eof()
-
-    def get_write_buffer_size(self) -> int:
-        return self._transport.get_write_buffer_size() + sum(map(len, self._pending))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
-
-
-def json_protocol(limits: ServerLimits) -> type:
-    """uvicorn's HTTP protocol (httptools when installed, else h11, as its ``auto`` picks), with the
-    server's JSON error body on what uvicorn answers by itself, and a deadline for request headers.
-
-    A request uvicorn cannot parse (``Content-Length: abc``, a bad request line) gets a JSON 400
-    instead of plain text. A client that has not sent a request's complete headers within
-    ``limits.header_timeout`` seconds of connecting, or of the first byte of its next request on a
-    keep-alive connection, gets a JSON 408 and is disconnected: uvicorn has no such deadline, so a
-    client sending a byte now and then (slowloris) would hold its connection for ever. An idle
-    keep-alive connection stays uvicorn's ``timeout_keep_alive`` business; the body has its own limits.
-    """
-    try:
-        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as base
-
-        h11: Any = None
-    except ImportError:
-        import h11
-        from uvicorn.protocols.http.h11_impl import H11Protocol as base
-    timeout = limits.header_timeout
-
-    class JSONProtocol(base):  # type: ignore[valid-type, misc]
-        _header_timer: asyncio.TimerHandle | None = None
-
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(OneSendPerTurn(transport, self.loop))  # type: ignore[arg-type]
-            self._start_header_clock()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._stop_header_clock()
-            super().connection_lost(exc)
-
-        def send_400_response(self, msg: str) -> None:
-            self._close_with(400, b"Bad Request", error_body(400, f"{msg.rstrip('.')}: the request is not valid HTTP"))
-
-        def _start_header_clock(self) -> None:
-            if self._header_timer is None:
-                self._header_timer = self.loop.call_later(timeout, self._headers_too_slow)
-
-        def _stop_header_clock(self) -> None:
-            if self._header_timer is not None:
-                self._header_timer.cancel()
-                self._header_timer = None
-
-        def _headers_too_slow(self) -> None:
-            self._header_timer = None
-            if self.transport.is_closing():
-                return
-            if self.cycle is not None and not self.cycle.response_complete:  # a pipelined request: answer in order
-                self._start_header_clock()
-                return
-            client = "%s:%d" % self.client if self.client else "a client"
-            logger.info("%s sent no complete request headers within %g s: 408, connection closed", client, timeout)
-            self._close_with(408, b"Request Timeout", error_body(408, f"the request headers did not arrive within {timeout:g} s"))
-
-        def _close_with(self, status: int, reason: bytes, body: bytes) -> None:
-            head = b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
-            self.transport.write(head % (status, reason, len(body)) + body)
-            self.transport.close()
-
-    if h11 is None:
-
-        class HttpToolsJSONProtocol(JSONProtocol):
-            def on_message_begin(self) -> None:
-                super().on_message_begin()
-                self._start_header_clock()
-
-            def on_headers_complete(self) -> None:
-                self._stop_header_clock()
-                super().on_headers_complete()
-
-        return HttpToolsJSONProtocol
-
-    class H11JSONProtocol(JSONProtocol):
-        def data_received(self, data: bytes) -> None:
-            super().data_received(data)
-            self._time_headers()
-
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            self._time_headers()
-
-        def _time_headers(self) -> None:
-            """Run the clock while part of a request's head waits in h11's buffer, stop it once h11 has the head."""
-            if self.conn.their_state is not h11.IDLE:
-                self._stop_header_clock()
-            elif self.conn.trailing_data[0] and not self.transport.is_closing():
-                self._start_header_clock()
-
-    return H11JSONProtocol
-
-
 def run(
     llm: Any,
     *,
@@ -311,7 +170,7 @@ def run(
     st: ServerState = app.state.poolkit
     config = uvicorn.Config(
         app,
-        http=json_protocol(limits),
+        http=front_protocol(app),
         host=host,
         port=port,
         log_config=None,

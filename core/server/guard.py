@@ -151,6 +151,7 @@ class Guard:
     def __init__(self, app: Any, state: "ServerState") -> None:
         self.app = app
         self.state = state
+        state.guard = self
 
     def _authorized(self, scope: dict) -> bool:
         given = _header(scope, b"authorization") or ""

@@ -92,27 +92,36 @@ class ServerState:
         self.in_flight = 0
         self.request_exit: Callable[[], None] = lambda: None
         #: Set when the shutdown timeout is about to run out: requests still waiting answer 503.
-        self.give_up: asyncio.Event | None = None
+        self.give_up: asyncio.Future | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.scrub: list[tuple[str, str]] = []
         #: The inference routes the guard answers itself (:class:`~poolkit.server.lane.Lane`), set
         #: once the application's routes are mounted.
         self.lane: Any = None
+        #: The application's :class:`~poolkit.server.guard.Guard`, once the application has built its
+        #: middleware: the HTTP front (:mod:`poolkit.server.front`) hands it the requests it reads.
+        self.guard: Any = None
         self.max_len: int | None = None
         self.vocab: int | None = None
         self.embedding_size: int | None = None
 
     def started(self) -> None:
-        """Called on the event loop when the app starts: the shutdown deadline is an event on it."""
+        """Called on the event loop when the app starts: the shutdown deadline is a future on it,
+        which every waiting request awaits beside its work."""
         self._loop = asyncio.get_running_loop()
-        self.give_up = asyncio.Event()
+        self.give_up = self._loop.create_future()
 
     def shutdown_deadline(self, seconds: float) -> None:
         """From any thread: in ``seconds``, requests still waiting for their work give up with a
         503, answered before the server closes their connections."""
-        loop, event = self._loop, self.give_up
-        if loop is not None and event is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(loop.call_later, max(0.0, seconds), event.set)
+        loop, deadline = self._loop, self.give_up
+        if loop is not None and deadline is not None and not loop.is_closed():
+
+            def give_up() -> None:
+                if not deadline.done():
+                    deadline.set_result(None)
+
+            loop.call_soon_threadsafe(loop.call_later, max(0.0, seconds), give_up)
 
     @property
     def accepting(self) -> bool:

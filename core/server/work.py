@@ -18,6 +18,11 @@ from .errors import ApiError, ClientGone
 from .state import ServerState
 
 
+#: The ASGI scope key of a future the server's HTTP front sets when the client goes away
+#: (:mod:`poolkit.server.front`): awaited instead of watching ``receive`` for a disconnect.
+DISCONNECTED = "poolkit.disconnected"
+
+
 async def _until_disconnect(request: Request) -> None:
     while True:
         message = await request.receive()
@@ -33,25 +38,24 @@ async def until_done(request: Request, st: ServerState, awaitable: Awaitable[Any
         ClientGone: the client went away (counted in ``poolkit_client_disconnects_total``).
     """
     work = asyncio.ensure_future(awaitable)
-    watcher = asyncio.ensure_future(_until_disconnect(request))
-    waiters = {work, watcher}
-    deadline = asyncio.ensure_future(st.give_up.wait()) if st.give_up is not None else None
-    if deadline is not None:
-        waiters.add(deadline)
+    gone = request.scope.get(DISCONNECTED)
+    watcher = asyncio.ensure_future(_until_disconnect(request)) if gone is None else None
+    left = gone if watcher is None else watcher
+    waiters = {work, left} if st.give_up is None else {work, left, st.give_up}
     try:
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
     except asyncio.CancelledError:
-        for waiter in waiters:
-            waiter.cancel()
+        work.cancel()
+        if watcher is not None:
+            watcher.cancel()
         raise
-    if deadline is not None:
-        deadline.cancel()
-    if work.done():
+    client_gone = left.done() and not left.cancelled()
+    if watcher is not None:
         watcher.cancel()
+    if work.done():
         return work.result()
     work.cancel()
-    watcher.cancel()
-    if watcher.done() and not watcher.cancelled():
+    if client_gone:
         st.metrics.disconnects.inc()
         raise ClientGone()
     raise ApiError(
@@ -102,7 +106,8 @@ async def run_task(
     task, prompts, checked = llm.prepare(raw, params, pooling_task=task_name, prompt_name=prompt_name)
     if not add_special_tokens:
         prompts.set_add_special_tokens(False)
-    check_tokens(st, llm.estimate_tokens(prompts, checked))
-    results = await until_done(request, st, st.batcher.submit(task, prompts, checked))
+    tokens = llm.estimate_tokens(prompts, checked)
+    check_tokens(st, tokens)
+    results = await until_done(request, st, st.batcher.submit(task, prompts, checked, tokens))
     st.metrics.answered(len(results), results.num_tokens)
     return task, results
