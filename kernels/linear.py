@@ -410,6 +410,15 @@ def _onednn_available() -> bool:
     return torch.backends.mkldnn.is_available() and all(hasattr(torch.ops.mkldnn, op) for op in ONEDNN_OPS)
 
 
+def _onednn_priority() -> int:
+    """The oneDNN kernels' rank: above the torch reference on CPUs with AVX-512, below it on the
+    others (AVX2), where their only dtype is fp32 and MKL's sgemm with torch's activation after it
+    was faster end to end: 1.14x on all-MiniLM-L6-v2 and 1.20-1.25x on a bge-base-shaped encoder,
+    alternating in one process on an AMD EPYC with AVX2 (docs/performance.md, issue 30). They still
+    run when asked for by name, and their tests still run there."""
+    return 10 if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else -10
+
+
 @hookimpl
 def poolkit_register_kernels(register):
     for op, reference, onednn, amx in (
@@ -417,7 +426,10 @@ def poolkit_register_kernels(register):
         ("gated_linear", gated_linear, gated_linear_onednn, gated_linear_amx),
     ):
         register(f"{op}:torch", Kernel(fn=reference, reference=reference, device="any"))
-        for impl, fn, priority, available in (("onednn", onednn, 10, _onednn_available), ("amx", amx, 20, _amx_available)):
+        for impl, fn, priority, available in (
+            ("onednn", onednn, _onednn_priority(), _onednn_available),
+            ("amx", amx, 20, _amx_available),
+        ):
             register(
                 f"{op}:{impl}",
                 Kernel(

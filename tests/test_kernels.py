@@ -8,6 +8,8 @@ import textwrap
 import pytest
 import torch
 
+from poolkit import Kernel
+from poolkit.hookspecs import hookimpl
 from poolkit.kernel import select_kernel
 from poolkit.kernels import linear, pooling
 from poolkit.kernels.linear import ACTIVATIONS, linear_act, linear_act_onednn
@@ -131,13 +133,19 @@ def test_fused_linear_falls_back_where_onednn_cannot_run() -> None:
     assert w32.grad is not None and torch.equal(out.detach(), linear_act(x32, w32.detach(), b32, "tanh"))
 
 
-def test_registry_picks_the_fused_kernel_on_cpu() -> None:
-    """AMX where the CPU has it, else oneDNN, else the reference."""
-    amx, onednn = linear._amx_available(), linear._onednn_available()
+def test_registry_picks_the_fused_kernel_on_cpu(monkeypatch) -> None:
+    """AMX where the CPU has it, else oneDNN on CPUs with AVX-512, else the reference (MKL's sgemm
+    beat oneDNN in fp32 on AVX2)."""
+    amx = linear._amx_available()
+    onednn = linear._onednn_available() and torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    assert linear._onednn_priority() == (10 if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else -10)
     expected = linear.linear_act_amx if amx else linear_act_onednn if onednn else linear_act
     assert select_kernel("linear_act", "cpu") is expected
     gated = linear.gated_linear_amx if amx else linear.gated_linear_onednn if onednn else linear.gated_linear
     assert select_kernel("gated_linear", "cpu") is gated and select_kernel("gated_linear", "cuda") is linear.gated_linear
+    for capability, priority in (("AVX512", 10), ("AVX2", -10), ("DEFAULT", -10)):
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda c=capability: c)
+        assert linear._onednn_priority() == priority
 
 
 # -- gated_linear: act(gate) * up of a fused gate/up projection (SwiGLU, GeGLU) --------------------
@@ -320,10 +328,11 @@ def test_amx_linear_reads_any_row_layout_and_hands_other_calls_to_onednn() -> No
 @onednn
 def test_without_amx_the_linear_kernels_are_oneDNN_s(monkeypatch) -> None:
     """A CPU without AMX tiles (or a build without them): the AMX kernels are unavailable, the
-    registry picks oneDNN, and a direct call is oneDNN's."""
+    registry picks oneDNN on AVX-512 (the torch reference on AVX2), and a direct call is oneDNN's."""
     monkeypatch.setattr(linear, "_amx_library", lambda: None)
-    assert select_kernel("linear_act", "cpu") is linear_act_onednn
-    assert select_kernel("gated_linear", "cpu") is linear.gated_linear_onednn
+    avx512 = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    assert select_kernel("linear_act", "cpu") is (linear_act_onednn if avx512 else linear_act)
+    assert select_kernel("gated_linear", "cpu") is (linear.gated_linear_onednn if avx512 else linear.gated_linear)
     x, w, b = _inputs(torch.bfloat16, shape=(40, 64), out_features=96)
     with torch.inference_mode():
         assert torch.equal(linear.linear_act_amx(x, w, b, "silu"), linear_act_onednn(x, w, b, "silu"))
@@ -486,6 +495,17 @@ def _spy_forward(monkeypatch, arch) -> list:
     return seen
 
 
+class _OneDNNFirst:
+    """The oneDNN linear kernel ranked first on any CPU (on AVX2 it ranks below the reference)."""
+
+    @hookimpl
+    def poolkit_register_kernels(self, register):
+        from poolkit.kernels.linear import row_bucket
+
+        register("linear_act:onednn_first", Kernel(fn=linear_act_onednn, reference=linear_act, device="cpu",
+                                                   priority=100, row_bucket=row_bucket))
+
+
 @onednn
 def test_the_engine_pads_batches_to_the_kernels_row_buckets(monkeypatch, tiny_encoders) -> None:
     # The oneDNN linear kernel asks for bucketed row counts (the soak's bounded memory); the
@@ -493,20 +513,22 @@ def test_the_engine_pads_batches_to_the_kernels_row_buckets(monkeypatch, tiny_en
     import poolkit
     from poolkit import LLM
     from poolkit.kernels.linear import row_bucket
+    from poolkit.testing import plugin_registered
 
-    assert poolkit.kernel_rows(1000, "cpu") == row_bucket(1000) == 1024 and poolkit.kernel_rows(1000, "meta") == 1000
-    llm = LLM(str(tiny_encoders["bert"]), pooler_config={"pooling_type": "MEAN"}, device="cpu")
-    texts = ["a short one", "and a somewhat longer sentence to pool", "three"]
-    seen = _spy_forward(monkeypatch, llm.model.architecture)
-    padded = llm.embed(texts)
-    ((rows, lens),) = seen
-    real = sum(len(o.prompt_token_ids) for o in padded)
-    assert rows == row_bucket(real) > real and lens[len(texts):] == [1] * (rows - real)
-    assert sorted(lens[: len(texts)]) == sorted(len(o.prompt_token_ids) for o in padded)
+    with plugin_registered(_OneDNNFirst(), "onednn-first"):
+        assert poolkit.kernel_rows(1000, "cpu") == row_bucket(1000) == 1024 and poolkit.kernel_rows(1000, "meta") == 1000
+        llm = LLM(str(tiny_encoders["bert"]), pooler_config={"pooling_type": "MEAN"}, device="cpu")
+        texts = ["a short one", "and a somewhat longer sentence to pool", "three"]
+        seen = _spy_forward(monkeypatch, llm.model.architecture)
+        padded = llm.embed(texts)
+        ((rows, lens),) = seen
+        real = sum(len(o.prompt_token_ids) for o in padded)
+        assert rows == row_bucket(real) > real and lens[len(texts):] == [1] * (rows - real)
+        assert sorted(lens[: len(texts)]) == sorted(len(o.prompt_token_ids) for o in padded)
 
-    monkeypatch.setattr(llm.model.architecture, "accepts_filler", False)
-    plain = llm.embed(texts)
-    assert seen[1][0] == real
+        monkeypatch.setattr(llm.model.architecture, "accepts_filler", False)
+        plain = llm.embed(texts)
+        assert seen[1][0] == real
     for a, b in zip(padded, plain):
         torch.testing.assert_close(torch.tensor(a.outputs.embedding), torch.tensor(b.outputs.embedding), atol=1e-6, rtol=1e-5)
 
