@@ -266,14 +266,14 @@ class VllmModel:
         import numpy as np
         import torch
 
-        answer = self._ask({"op": "embed", "texts": [texts] if isinstance(texts, str) else list(texts)})
+        answer = self._ask({"op": "vectors", "texts": [texts] if isinstance(texts, str) else list(texts)})
         vectors = np.frombuffer(base64.b64decode(answer["data"]), dtype=np.float32).reshape(answer["shape"])
         vectors = vectors[0] if isinstance(texts, str) else vectors
         return torch.from_numpy(vectors.copy()) if convert_to_tensor else vectors
 
     def predict(self, pairs: list[tuple[str, str]], batch_size: int = 32) -> list[float]:
         """Cross-encoder scores of (query, document) pairs."""
-        return self._ask({"op": "score", "queries": [q for q, _ in pairs], "documents": [d for _, d in pairs]})["scores"]
+        return self._ask({"op": "pair_scores", "queries": [q for q, _ in pairs], "documents": [d for _, d in pairs]})["scores"]
 
     def __del__(self) -> None:
         process = getattr(self, "process", None)

@@ -5,8 +5,8 @@ on stdin and each answer is one JSON line on the process's original stdout; ever
 prints or logs goes to stderr. Requests:
 
 - ``{"op": "load", "model": PATH, "dtype": "float32", "runner": "pooling"}``
-- ``{"op": "embed", "texts": [...]}``: float32 vectors, ``{"shape": [n, d], "data": base64}``
-- ``{"op": "score", "queries": [...], "documents": [...]}``: one score a pair, ``{"scores": [...]}``
+- ``{"op": "vectors", "texts": [...]}``: float32 vectors, ``{"shape": [n, d], "data": base64}``
+- ``{"op": "pair_scores", "queries": [...], "documents": [...]}``: one score a pair, ``{"scores": [...]}``
 
 Every input is cut to the model's limit (``truncate_prompt_tokens: -1``), as the bench asks of
 poolkit. An error is answered ``{"error": "..."}``.
@@ -34,13 +34,13 @@ def _serve(out: Any) -> None:
 
                 llm = LLM(model=request["model"], runner=request.get("runner", "pooling"), dtype=request["dtype"], seed=0)
                 answer: dict = {"ok": True}
-            elif request["op"] == "embed":
+            elif request["op"] == "vectors":
                 import numpy as np
 
                 outputs = llm.embed(request["texts"], tokenization_kwargs=_CUT, use_tqdm=False)
                 vectors = np.asarray([o.outputs.embedding for o in outputs], dtype=np.float32)
                 answer = {"shape": list(vectors.shape), "data": base64.b64encode(vectors.tobytes()).decode()}
-            elif request["op"] == "score":
+            elif request["op"] == "pair_scores":
                 outputs = llm.score(request["queries"], request["documents"], tokenization_kwargs=_CUT, use_tqdm=False)
                 answer = {"scores": [o.outputs.score for o in outputs]}
             else:
