@@ -30,6 +30,7 @@ from poolkit.builtin_models.layers import (
     linear,
     post_norm,
 )
+from poolkit.builtin_models.quantize import Quantizable
 from poolkit.errors import InvalidRequest, ModelLoadError
 from poolkit.hookspecs import hookimpl
 from poolkit.plugins import registry
@@ -145,7 +146,7 @@ class BertEncoder(nn.Module):
         self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
 
 
-class BertModel(Architecture):
+class BertModel(Quantizable, Architecture):
     """The BERT encoder: packed token ids in, last-layer hidden states ``[T, H]`` out.
 
     Loads checkpoints of ``BertModel`` itself and of BERT task models (``BertForMaskedLM``,

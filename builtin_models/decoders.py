@@ -53,6 +53,7 @@ from poolkit.builtin_models.layers import (
     rotary_cos_sin,
     rotary_inv_freq,
 )
+from poolkit.builtin_models.quantize import Quantizable
 from poolkit.config_checks import ConfigChecks
 from poolkit.errors import ModelLoadError
 from poolkit.hookspecs import hookimpl
@@ -237,7 +238,7 @@ class DecoderLayer(nn.Module):
         return x, self.post_feedforward_layernorm(self.mlp(h, linear))
 
 
-class DecoderModel(Architecture):
+class DecoderModel(Quantizable, Architecture):
     """A Llama-style decoder: packed token ids in, final-norm hidden states ``[T, H]`` out.
 
     Loads checkpoints of the base model and of its task models (``*ForCausalLM``,

@@ -38,6 +38,7 @@ from poolkit.builtin_models.layers import (
     kernel,
     linear,
 )
+from poolkit.builtin_models.quantize import Quantizable
 from poolkit.config_checks import ConfigChecks, Dim, config_value, source
 from poolkit.errors import InvalidRequest, ModelLoadError
 from poolkit.weights import load_into
@@ -239,7 +240,7 @@ def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.
     return o.transpose(1, 2)
 
 
-class DualEncoder(Architecture):
+class DualEncoder(Quantizable, Architecture):
     """Base of text-and-image dual encoders: packed token ids in, one row per token out; or
     images in, one row per image out.
 

@@ -35,6 +35,39 @@ _TORCH_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 
 Rotary = tuple[torch.Tensor, torch.Tensor]
 
+#: Called with every layer and input :func:`linear` and :func:`gated_linear` see, while a model is
+#: calibrated for quantization (:mod:`poolkit.builtin_models.quantize`); ``None`` otherwise.
+observer: Callable[[nn.Module, torch.Tensor], None] | None = None
+
+
+class Int8Linear(nn.Module):
+    """A linear layer quantized to int8 (``quantization="int8"``): its weight rounded per output
+    channel, its inputs per token at run time by the ``linear_int8`` kernel
+    (:mod:`poolkit.builtin_models.quantize` builds it; the op's contract is in docs/plugins.md).
+
+    Attributes:
+        qweight: ``[out_features, in_features]`` int8; ``scale``: ``[out_features]`` float32,
+            the weight is ``qweight * scale[:, None]`` (times the smoothing's factors, which the
+            inputs lose: ``inv_smooth``, ``[in_features]`` float32 or ``None``);
+        bias: ``[out_features]`` float32 or ``None``.
+    """
+
+    def __init__(
+        self, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, inv_smooth: torch.Tensor | None
+    ) -> None:
+        super().__init__()
+        self.out_features, self.in_features = qweight.shape
+        self.register_buffer("qweight", qweight)
+        self.register_buffer("scale", scale)
+        self.register_buffer("bias", bias)
+        self.register_buffer("inv_smooth", inv_smooth)
+
+    def forward(self, x: torch.Tensor, act: str = "none") -> torch.Tensor:
+        return kernel(self, "linear_int8", x.device)(x, self.qweight, self.scale, self.bias, act, self.inv_smooth)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, smoothed={self.inv_smooth is not None}"
+
 
 def activation_function(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """The function of a config's ``hidden_act``, as transformers' ``ACT2FN`` defines it."""
@@ -83,6 +116,10 @@ def linear(x: torch.Tensor, layer: nn.Linear, kernel: Callable, act: str = "none
         kernel: the ``linear_act`` kernel the architecture selected (:func:`kernel`).
         act: an activation of the ``linear_act`` op, fused into the matmul.
     """
+    if observer is not None:
+        observer(layer, x)
+    if isinstance(layer, Int8Linear):
+        return layer(x, act)
     return kernel(x.to(layer.weight.dtype), layer.weight, layer.bias, act)
 
 
@@ -107,6 +144,12 @@ def gated_linear(
         gate_first: the activated half is the first ``inner`` features (else the second).
     """
     gated, plain = kernels
+    if observer is not None:
+        observer(layer, x)
+    if isinstance(layer, Int8Linear):
+        first, second = layer(x).chunk(2, dim=-1)
+        gate, up = (first, second) if gate_first else (second, first)
+        return act_fn(gate) * up
     x = x.to(layer.weight.dtype)
     if act is not None:
         return gated(x, layer.weight, layer.bias, act, gate_first)

@@ -28,6 +28,7 @@ from poolkit.builtin_models.layers import (
     rotary_cos_sin,
     rotary_inv_freq,
 )
+from poolkit.builtin_models.quantize import Quantizable
 from poolkit.config_checks import ConfigChecks
 from poolkit.errors import ModelLoadError
 from poolkit.hookspecs import hookimpl
@@ -157,7 +158,7 @@ class ModernBertLayer(nn.Module):
         return x + self.mlp(_layer_norm(x, self.mlp_norm), linear)
 
 
-class ModernBertModel(Architecture):
+class ModernBertModel(Quantizable, Architecture):
     """The ModernBERT encoder: packed token ids in, final-norm hidden states ``[T, H]`` out.
 
     Loads checkpoints of ``ModernBertModel`` itself and of ModernBERT task models, whose encoder

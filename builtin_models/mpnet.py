@@ -34,6 +34,7 @@ from poolkit.builtin_models.layers import (
     linear,
     post_norm,
 )
+from poolkit.builtin_models.quantize import Quantizable
 from poolkit.config_checks import ConfigChecks
 from poolkit.errors import InvalidRequest, ModelLoadError
 from poolkit.hookspecs import hookimpl
@@ -140,7 +141,7 @@ class MPNetEncoder(nn.Module):
         return by_distance.unfold(1, length, 1).flip(1).contiguous()
 
 
-class MPNetModel(Architecture):
+class MPNetModel(Quantizable, Architecture):
     """The MPNet encoder: packed token ids in, last-layer hidden states ``[T, H]`` out.
 
     Loads checkpoints of ``MPNetModel`` and of MPNet task models (``MPNetForMaskedLM``, as

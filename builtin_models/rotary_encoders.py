@@ -31,6 +31,7 @@ from poolkit.builtin_models.layers import (
     RMSNorm, Rotary, TokenClassifier, activation_function, attention_head_dim,
     fused_activation, gated_linear, kernel, linear, post_norm, rotary_cos_sin, rotary_inv_freq,
 )
+from poolkit.builtin_models.quantize import Quantizable
 from poolkit.config_checks import ConfigChecks
 from poolkit.errors import ModelLoadError
 from poolkit.hookspecs import hookimpl
@@ -334,7 +335,7 @@ class RotaryEncoderLayer(nn.Module):
         return post_norm(self, self.mlp(low, linear_act), x, self.mlp_norm)
 
 
-class RotaryEncoder(Architecture):
+class RotaryEncoder(Quantizable, Architecture):
     """A rotary, gated, post-norm encoder: packed token ids in, last-layer hidden states ``[T, H]`` out.
 
     Subclasses read a :class:`RotaryEncoderSpec` off their config (:meth:`spec`) and say where

@@ -9,6 +9,7 @@ import torch
 
 from .batch import PackedBatch
 from .config_checks import ConfigChecks
+from .errors import ModelLoadError
 
 
 class Architecture(torch.nn.Module):
@@ -220,6 +221,23 @@ class Architecture(torch.nn.Module):
         Raises:
             ModelLoadError: a file is missing, malformed, or a pickle without the opt-in.
         """
+
+    def quantize(self, method: str, batches: Callable[[], Iterable[PackedBatch]]) -> dict[str, Any]:
+        """Run the model quantized (the ``quantization`` setting, vLLM's name: ``"int8"``).
+
+        Called once per load, after the model is on its device and in its dtype, when the user
+        asks for it. ``batches()`` gives calibration batches (the built-in calibration texts or
+        ``--calibration FILE``), on the model's device, to measure activations and the error.
+        Returns what ``poolkit info`` shows of it. The native families implement it
+        (:mod:`poolkit.builtin_models.quantize`); the default refuses.
+
+        Raises:
+            ModelLoadError: the architecture cannot run ``method``.
+        """
+        raise ModelLoadError(
+            f"quantization '{method}' is not supported by {type(self).__name__} "
+            f"(the {self.implementation} implementation); poolkit quantizes the models it implements natively"
+        )
 
     def forward(self, batch: PackedBatch) -> torch.Tensor:  # pragma: no cover - abstract
         """Hidden states ``[batch.num_tokens, hidden_size]`` of the last layer.

@@ -102,6 +102,11 @@ class LLM:
         trust_remote_code: accepted for compatibility; poolkit never runs code from a model.
         max_model_len: cap the tokens per input below the model's own limit.
         max_batch_tokens: the token budget of one packed batch.
+        quantization: ``"int8"`` runs the linear layers in int8 (weights per output channel,
+            activations per token), calibrated as the model loads so that its outputs keep a
+            cosine similarity of at least 0.9995 to the float model's on the calibration texts
+            (docs/performance.md); native families only.
+        calibration: a text file (one text a line) to calibrate on instead of the built-in texts.
 
     Example:
         >>> llm = LLM(model="sentence-transformers/all-MiniLM-L6-v2", runner="pooling")
@@ -128,6 +133,8 @@ class LLM:
         max_model_len: int | None = None,
         max_batch_tokens: int | None = None,
         io_processor_plugin: str | None = None,
+        quantization: str | None = None,
+        calibration: str | None = None,
         **engine_kwargs: Any,
     ) -> None:
         args = EngineArgs.build(
@@ -147,6 +154,8 @@ class LLM:
             max_model_len=max_model_len,
             max_batch_tokens=max_batch_tokens,
             io_processor_plugin=io_processor_plugin,
+            quantization=quantization,
+            calibration=calibration,
         )
         ignored = sorted(set(engine_kwargs) & IGNORED_ENGINE_ARGS)
         if ignored:

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from .architecture import Architecture, check_architecture
+from .batch import PackedBatch
 from .config import PoolerConfig, Setting
 from .config_checks import check_common_sizes, overridden_fields
 from .conversion import CONVERTIBLE_SUFFIXES, base_architecture, has_heads, missing_base  # noqa: F401 (re-exported)
@@ -227,6 +228,7 @@ class PoolingModel:
         allow_pickle: bool = False,
         convert: str = "auto",
         args: Any = None,
+        quantization: dict[str, Any] | None = None,
     ) -> None:
         self.name = name
         self.path = path
@@ -243,6 +245,9 @@ class PoolingModel:
         self.convert = convert
         #: The :class:`EngineArgs` the model was loaded with.
         self.args = args
+        #: What :meth:`Architecture.quantize` reported (layers in int8 and in float, the measured
+        #: cosine), or ``None`` for a model that runs unquantized.
+        self.quantization = quantization
         self._heads: dict[str, Head | None] = {}
         #: Tasks served by the architecture's own head (:meth:`Architecture.task_head`).
         self._own_heads: set[str] = set()
@@ -535,6 +540,7 @@ class PoolingModel:
             "prompts": self.prompts,
             "default_prompt_name": self.default_prompt_name,
             "tasks": tasks,
+            "quantization": self.quantization,
             "kernels": kernel_table([self.device]),
         }
 
@@ -686,6 +692,13 @@ def load_model(args: Any) -> PoolingModel:
         raise ModelLoadError(
             f"convert='{args.convert}' needs a checkpoint with a classification head; this {arch_name} has none"
         )
+    quantization = None
+    if args.quantization is not None:
+        texts = calibration_texts(args.calibration)
+        limit = min(CALIBRATION_TOKENS, architecture.max_positions or CALIBRATION_TOKENS)
+        quantization = architecture.quantize(
+            args.quantization, lambda: _calibration_batches(tok, texts, limit, torch_device)
+        )
     pooling_model = PoolingModel(
         name=name,
         path=path,
@@ -701,10 +714,39 @@ def load_model(args: Any) -> PoolingModel:
         allow_pickle=args.allow_pickle,
         convert=args.convert,
         args=args,
+        quantization=quantization,
     )
     for entry in registry("task").entries():
         entry.obj.check_model(pooling_model)
     return pooling_model
+
+
+#: Calibration texts are cut to this many tokens (quantization).
+CALIBRATION_TOKENS = 128
+#: The built-in calibration texts: a hundred sentences and paragraphs of assorted kinds.
+CALIBRATION_FILE = Path(__file__).with_name("calibration.txt")
+
+
+def calibration_texts(path: str | None) -> list[str]:
+    """The non-empty lines of ``path``, or of the built-in calibration texts.
+
+    Raises:
+        InvalidRequest: the file cannot be read or has no text.
+    """
+    try:
+        lines = Path(path or CALIBRATION_FILE).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"cannot read the calibration file {path}: {_one_line(exc)}") from None
+    texts = [line.strip() for line in lines if line.strip()]
+    if not texts:
+        raise InvalidRequest(f"the calibration file {path} has no text (one text a line)")
+    return texts
+
+
+def _calibration_batches(tokenizer: Any, texts: list[str], limit: int, device: torch.device) -> list[PackedBatch]:
+    """``texts`` tokenized (cut to ``limit`` tokens) and packed into batches of up to 64 texts."""
+    ids = tokenizer(texts, truncation=True, max_length=limit)["input_ids"]
+    return [PackedBatch.from_sequences(ids[i : i + 64], device=device) for i in range(0, len(ids), 64)]
 
 
 def _head_dtype(hf_config: Any, dtype: torch.dtype) -> torch.dtype:

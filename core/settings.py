@@ -29,6 +29,8 @@ from .errors import InvalidRequest
 #: The embedded default model, carried by the PyPI package that the ``minilm`` extra installs.
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 RUNNERS = ("auto", "pooling")
+#: Values of the ``quantization`` setting (vLLM's name for it).
+QUANTIZATIONS = ("int8",)
 
 #: vLLM engine arguments that mean nothing for poolkit; accepted so vLLM code runs unchanged.
 IGNORED_ENGINE_ARGS = frozenset(
@@ -49,7 +51,6 @@ IGNORED_ENGINE_ARGS = frozenset(
         "seed",
         "task",
         "load_format",
-        "quantization",
     }
 )
 
@@ -94,6 +95,14 @@ class EngineArgs(BaseModel):
     max_model_len: Optional[int] = Field(None, description="Cap the tokens per input below the model's own limit.")
     max_batch_tokens: Optional[int] = Field(None, description="Token budget of one packed batch.")
     io_processor_plugin: Optional[str] = Field(None, description="IO processor for the plugin task.")
+    quantization: Optional[str] = Field(
+        None,
+        description="int8: linear layers in int8 (weights per channel, activations per token), "
+        "calibrated as the model loads to stay within an error budget (native families).",
+    )
+    calibration: Optional[str] = Field(
+        None, description="Text file (one text a line) to calibrate quantization on, instead of the built-in texts."
+    )
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -184,6 +193,20 @@ class EngineArgs(BaseModel):
             return str(torch.device(value))
         except (RuntimeError, TypeError):
             raise ValueError(f"unknown device '{value}'") from None
+
+    @field_validator("quantization", mode="before")
+    @classmethod
+    def _quantization(cls, value: Any) -> Any:
+        if value is None or value == "none":
+            return None
+        if not isinstance(value, str) or value.lower() not in QUANTIZATIONS:
+            raise ValueError(f"quantization '{value}' is not supported; poolkit supports {', '.join(QUANTIZATIONS)}")
+        return value.lower()
+
+    @field_validator("calibration", mode="before")
+    @classmethod
+    def _calibration(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, Path) else value
 
     @field_validator("max_model_len", "max_batch_tokens")
     @classmethod

@@ -361,8 +361,12 @@ def _packed(weight: torch.Tensor, layout: tuple) -> torch.Tensor:
 def _pack(weight: torch.Tensor, layout: tuple) -> torch.Tensor:
     """``weight`` in a kernel's layout: ``("onednn", half)``, oneDNN's blocked layout of the whole
     weight (``half`` ``None``) or of the first or second half of its rows; ``("amx", gate_first)``,
-    the AMX kernel's tiles (linear.c) of a plain (``gate_first`` ``None``) or gated layer."""
+    the AMX kernel's tiles (linear.c) of a plain (``gate_first`` ``None``) or gated layer;
+    ``("int8", None)``, oneDNN's packed int8 weight, ``("int8", "sums")`` its rows' sums
+    (:mod:`poolkit.kernels.int8`)."""
     kind, how = layout
+    if kind == "int8":  # an int8 weight for poolkit.kernels.int8: packed, or its rows' sums
+        return torch.ops.onednn.qlinear_prepack(weight.contiguous(), None) if how is None else weight.sum(1, dtype=torch.int32).float()
     if kind == "onednn":
         return torch.ops.mkldnn._reorder_linear_weight(weight if how is None else weight.chunk(2)[how])
     weight = weight.contiguous()

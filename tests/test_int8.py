@@ -1,0 +1,174 @@
+"""quantization="int8": the linear_int8 kernels against their reference, the calibration against the
+float model and sentence-transformers on the same weights, every native family, and the refusals."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from tiny_models import CORPUS, build_clip, build_decoder, build_encoder, build_modernbert, build_mpnet, build_qwen
+from tolerances import U32
+from typer.testing import CliRunner
+
+from poolkit import LLM, InvalidRequest, ModelLoadError
+from poolkit.kernel import kernel_reference, select_kernel
+from poolkit.kernels import int8
+
+ONEDNN = pytest.mark.skipif(not int8._onednn_int8_available(), reason="torch without oneDNN's int8 linear")
+
+
+def _weights(n: int, k: int, levels: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randint(-levels, levels + 1, (n, k), generator=g, dtype=torch.int8)
+    q[:, 0], q[:, 1] = levels, -levels  # the extremes, where a saturating int16 sum would overflow
+    return q, torch.rand(n, generator=g) / 100 + 1e-3, torch.randn(n, generator=g)
+
+
+def _bound(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, inv_smooth) -> torch.Tensor:
+    """How far two float32 evaluations of the same integer products, rescaled, can be apart: the
+    products are exact, their sums and the rescale round within (k + 4) u of the absolute terms."""
+    levels, step, zero = int8.quantize_rows(x.reshape(-1, x.shape[-1]), inv_smooth)
+    terms = ((levels + zero).double() @ q.double().abs().t()) * step.double() * scale.double()
+    if bias is not None:
+        terms = terms + bias.double().abs()
+    return (2 * (x.shape[-1] + 4) * U32 * terms + 1e-30).reshape(*x.shape[:-1], q.shape[0])
+
+
+@ONEDNN
+@pytest.mark.parametrize("rows,k,n", [(1, 32, 16), (37, 384, 1152), (300, 1536, 384)])
+@pytest.mark.parametrize("act", ["none", "gelu"])
+def test_the_onednn_kernel_sums_the_same_integers_as_the_reference(rows, k, n, act):
+    q, scale, bias = _weights(n, k, int8.linear_int8_onednn.weight_levels, seed=k)
+    x = torch.randn(rows, k) * torch.linspace(0.1, 30, k)  # channels of very different ranges
+    x[:, 3] = x[:, 3].abs() + 5  # a one-sided channel
+    inv_smooth = torch.rand(k) + 0.5
+    want = int8.linear_int8(x, q, scale, bias, "none", inv_smooth)
+    got = int8.linear_int8_onednn(x, q, scale, bias, "none", inv_smooth)
+    bound = _bound(x, q, scale, bias, inv_smooth)
+    assert ((got.double() - want.double()).abs() <= bound).all(), (got - want).abs().max()
+    if act != "none":  # the activation comes after the same values
+        torch.testing.assert_close(
+            int8.linear_int8_onednn(x, q, scale, bias, act, inv_smooth), torch.nn.functional.gelu(got), atol=1e-5, rtol=1e-5
+        )
+
+
+@ONEDNN
+def test_the_onednn_kernel_keeps_the_input_shape_and_dtype():
+    q, scale, bias = _weights(24, 64, int8.linear_int8_onednn.weight_levels, seed=1)
+    x = torch.randn(2, 5, 64, dtype=torch.bfloat16)
+    got = int8.linear_int8_onednn(x, q, scale, bias)
+    assert got.shape == (2, 5, 24) and got.dtype == torch.bfloat16
+    torch.testing.assert_close(got, int8.linear_int8(x, q, scale, bias))
+
+
+def test_rows_round_to_256_levels_of_their_own_range():
+    x = torch.tensor([[-1.0, 0.0, 3.0, 0.5], [0.0, 0.0, 0.0, 0.0], [2.0, 4.0, 1.0, 8.0]])
+    levels, step, zero = int8.quantize_rows(x)
+    assert levels.min() >= 0 and levels.max() <= 255 and torch.equal(levels, levels.round())
+    assert ((levels - zero) * step - x).abs().max() <= step.max() / 2 + 1e-6
+    assert torch.equal(((levels - zero) * step)[1], x[1])  # zeros stay zeros
+    assert zero[2].item() == 0 and levels[2].max().item() == 255  # a positive row spends every level above 0
+
+
+def test_the_reference_is_the_kernel_any_device_gets():
+    assert kernel_reference("linear_int8") is int8.linear_int8
+    assert select_kernel("linear_int8", "meta") is int8.linear_int8
+
+
+@ONEDNN
+def test_weight_levels_follow_the_cpu():
+    assert int8.linear_int8_onednn.weight_levels == (127 if int8.has_int8_dot() else 63)
+
+
+# -- a model ------------------------------------------------------------------------------------
+
+HELD_OUT = [
+    "A quiet street lined with old oak trees.",
+    "How do vaccines train the immune system?",
+    "The quarterly report shows a small loss.",
+    "Which programming language should a beginner learn first?",
+    "She painted the fence bright yellow last summer.",
+    "Rain is expected in the north by the weekend.",
+    "The function raises KeyError when the name is missing.",
+    "Two cats sleep on a sunny windowsill.",
+] + CORPUS
+
+
+@pytest.fixture(scope="module")
+def minilm_int8(minilm_dir):
+    return LLM(str(minilm_dir), dtype="float32", quantization="int8")
+
+
+def test_minilm_int8_stays_within_its_budget_of_sentence_transformers(minilm_int8, minilm_st):
+    want = torch.from_numpy(minilm_st.encode(HELD_OUT, convert_to_numpy=True))
+    got = torch.tensor([o.outputs.embedding for o in minilm_int8.embed(HELD_OUT)])
+    report = minilm_int8.model.quantization
+    assert report["int8_layers"], report
+    assert report["min_cosine"] >= report["budget"] == 0.9995
+    assert torch.nn.functional.cosine_similarity(got, want).min() >= 0.999
+    names = {name for name, module in minilm_int8.model.architecture.named_modules() if type(module).__name__ == "Int8Linear"}
+    assert names == set(report["int8_layers"])
+
+
+def test_a_calibration_file_is_read_and_a_bad_one_refused(minilm_dir, tmp_path):
+    texts = tmp_path / "calibration.txt"
+    texts.write_text("\n".join(HELD_OUT) + "\n\n")
+    llm = LLM(str(minilm_dir), dtype="float32", quantization="int8", calibration=str(texts))
+    assert llm.model.quantization["min_cosine"] >= 0.9995
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n")
+    with pytest.raises(InvalidRequest, match="has no text"):
+        LLM(str(minilm_dir), quantization="int8", calibration=str(empty))
+    with pytest.raises(InvalidRequest, match="cannot read the calibration file"):
+        LLM(str(minilm_dir), quantization="int8", calibration=str(tmp_path / "missing.txt"))
+
+
+@pytest.mark.parametrize("value", ["fp8", "awq", 8])
+def test_other_quantizations_are_refused(value):
+    with pytest.raises(InvalidRequest, match=f"quantization '{value}' is not supported; poolkit supports int8"):
+        LLM("unused", quantization=value)
+
+
+def test_the_transformers_fallback_refuses_int8(tiny_encoders):
+    with pytest.raises(ModelLoadError, match="quantization 'int8' is not supported by .*natively"):
+        LLM(str(tiny_encoders["bert"]), model_impl="transformers", quantization="int8")
+
+
+def _family(kind: str, root):
+    if kind in ("bert", "roberta", "xlm-roberta"):
+        return build_encoder(root, kind)
+    return {
+        "modernbert": lambda: build_modernbert(root, "embed"),
+        "qwen3": lambda: build_qwen(root, "qwen3"),
+        "llama": lambda: build_decoder(root, "llama"),
+        "mpnet": lambda: build_mpnet(root),
+        "clip": lambda: build_clip(root),
+    }[kind]()
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta", "modernbert", "qwen3", "llama", "mpnet", "clip"])
+def test_every_native_family_runs_int8_within_the_budget(kind, tmp_path):
+    path = _family(kind, tmp_path / kind)
+    calibration = tmp_path / "calibration.txt"
+    calibration.write_text("\n".join(CORPUS))
+    full = LLM(str(path), dtype="float32")
+    quantized = LLM(str(path), dtype="float32", quantization="int8", calibration=str(calibration))
+    report = quantized.model.quantization
+    assert report["int8_layers"] or report["float_layers"]
+    assert report["min_cosine"] >= report["budget"]
+    want = torch.tensor([o.outputs.embedding for o in full.embed(CORPUS)])
+    got = torch.tensor([o.outputs.embedding for o in quantized.embed(CORPUS)])
+    assert torch.nn.functional.cosine_similarity(got, want).min() >= 0.999
+
+
+def test_the_cli_takes_quantization_and_info_shows_it(minilm_dir, tmp_path):
+    from poolkit.cli import app
+
+    runner = CliRunner()
+    shown = runner.invoke(app, ["info", str(minilm_dir), "--quantization", "int8"])
+    assert shown.exit_code == 0, shown.output
+    report = json.loads(shown.output)["quantization"]
+    assert report["method"] == "int8" and report["int8_layers"]
+    bad = runner.invoke(app, ["embed", "hello", "-m", str(minilm_dir), "--quantization", "fp8"])
+    assert bad.exit_code == 1 and "Error: --quantization 'fp8' is not supported; poolkit supports int8" in bad.output
