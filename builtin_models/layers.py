@@ -33,6 +33,11 @@ _TORCH_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "silu": F.silu,
 }
 
+#: Every activation of the ``linear_act`` op, by its names, computed with torch.
+_OP_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    **_TORCH_ACTIVATIONS, "none": lambda x: x, "tanh": torch.tanh, "sigmoid": torch.sigmoid
+}
+
 Rotary = tuple[torch.Tensor, torch.Tensor]
 
 #: Called with every layer and input :func:`linear` and :func:`gated_linear` see, while a model is
@@ -44,16 +49,27 @@ class Int8Linear(nn.Module):
     """A linear layer quantized to int8 (``quantization="int8"``): its weight rounded per output
     channel, its inputs per token at run time by the ``linear_int8`` kernel
     (:mod:`poolkit.builtin_models.quantize` builds it; the op's contract is in docs/plugins.md).
+    A few outlier input channels may stay in float (LLM.int8()'s decomposition): the kernel sees
+    them as zeros (their ``inv_smooth`` and weight columns are 0), so they widen no token's range,
+    and their products are added in float32.
 
     Attributes:
         qweight: ``[out_features, in_features]`` int8; ``scale``: ``[out_features]`` float32,
             the weight is ``qweight * scale[:, None]`` (times the smoothing's factors, which the
             inputs lose: ``inv_smooth``, ``[in_features]`` float32 or ``None``);
-        bias: ``[out_features]`` float32 or ``None``.
+        bias: ``[out_features]`` float32 or ``None``;
+        outliers: ``[c]`` the input channels kept in float, or ``None``; ``outlier_weight``:
+            ``[c, out_features]`` float32, their weight columns, transposed.
     """
 
     def __init__(
-        self, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, inv_smooth: torch.Tensor | None
+        self,
+        qweight: torch.Tensor,
+        scale: torch.Tensor,
+        bias: torch.Tensor | None,
+        inv_smooth: torch.Tensor | None,
+        outliers: torch.Tensor | None = None,
+        outlier_weight: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         self.out_features, self.in_features = qweight.shape
@@ -61,12 +77,22 @@ class Int8Linear(nn.Module):
         self.register_buffer("scale", scale)
         self.register_buffer("bias", bias)
         self.register_buffer("inv_smooth", inv_smooth)
+        self.register_buffer("outliers", outliers)
+        self.register_buffer("outlier_weight", outlier_weight)
 
     def forward(self, x: torch.Tensor, act: str = "none") -> torch.Tensor:
-        return kernel(self, "linear_int8", x.device)(x, self.qweight, self.scale, self.bias, act, self.inv_smooth)
+        fn = kernel(self, "linear_int8", x.device)
+        if self.outliers is None:
+            return fn(x, self.qweight, self.scale, self.bias, act, self.inv_smooth)
+        rows = x.reshape(-1, self.in_features)
+        y = fn(rows, self.qweight, self.scale, self.bias, "none", self.inv_smooth).float()
+        y.addmm_(rows[:, self.outliers].float(), self.outlier_weight)
+        return _OP_ACTIVATIONS[act](y).reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, smoothed={self.inv_smooth is not None}"
+        outliers = 0 if self.outliers is None else len(self.outliers)
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"smoothed={self.inv_smooth is not None}, float_channels={outliers}")
 
 
 def activation_function(name: str) -> Callable[[torch.Tensor], torch.Tensor]:

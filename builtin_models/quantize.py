@@ -12,8 +12,9 @@ amax(|x_j|) ** alpha / amax(|W[:, j]|) ** (1 - alpha)`` and the weight's column 
 the product unchanged, both now easy to round (``alpha`` 0.5; the activations' maxima are measured
 on calibration texts as the model loads).
 
-Some layers still lose too much (on all-MiniLM-L6-v2, the attention output and the feed-forward
-down projection, whose inputs no norm precedes). Calibration measures each layer's own cost, the
+The largest input channels can instead stay in float (:data:`FLOAT_CHANNELS`, LLM.int8()'s
+decomposition): the kernel sees them as zeros, so they widen no token's range, and their products
+are added in float32. Some layers may still lose too much. Calibration measures each layer's own cost, the
 drop in cosine similarity of the model's output when that layer alone is int8, and keeps the
 costliest layers in float until the whole model, measured again, meets the error budget:
 :data:`BUDGET`, the least cosine similarity between the int8 and float outputs over the
@@ -42,6 +43,11 @@ logger = logging.getLogger(__name__)
 BUDGET = 0.9995
 #: SmoothQuant's migration strengths tried for each layer (0: none).
 ALPHAS = (0.0, 0.25, 0.4, 0.5, 0.6, 0.75)
+#: How many input channels (those of the largest calibrated inputs) each layer may keep in float;
+#: the count whose output is closest to the float layer's is chosen with the strength. On
+#: all-MiniLM-L6-v2 two lift the least cosine with every layer int8 from 0.99816 to 0.99915 over 600
+#: held-out texts (eight: 0.99921) at no measurable cost in speed.
+FLOAT_CHANNELS = (2,)
 #: Input rows of each layer kept to choose its strength.
 SAMPLE_ROWS = 512
 
@@ -140,26 +146,40 @@ def _input_maxima(model: nn.Module, batches: list[PackedBatch]) -> dict[nn.Modul
 
 def _int8_linear(layer: nn.Linear, input_max: torch.Tensor, sample: torch.Tensor, quantized: Callable) -> Int8Linear:
     """``layer`` smoothed by its calibrated input maxima and rounded to the kernel's levels per row,
-    with the smoothing strength of :data:`ALPHAS` whose output on ``sample`` is closest to the float layer's."""
+    with the smoothing strength of :data:`ALPHAS` and the number of float channels of
+    :data:`FLOAT_CHANNELS` whose output on ``sample`` is closest to the float layer's."""
     weight = layer.weight.detach().float()
     bias = None if layer.bias is None else layer.bias.detach().float()
     exact = torch.nn.functional.linear(sample, weight, bias)
     best, best_error = None, float("inf")
-    for alpha in ALPHAS:
-        candidate = _rounded(weight, bias, input_max, alpha, quantized.weight_levels)
-        error = (quantized(sample, candidate.qweight, candidate.scale, bias, "none", candidate.inv_smooth) - exact).norm().item()
-        if error < best_error:
-            best, best_error = candidate, error
+    for count in FLOAT_CHANNELS:
+        count = min(count, input_max.numel() - 1)
+        outliers = input_max.topk(count).indices.sort().values if count > 0 else None
+        for alpha in ALPHAS:
+            candidate = _rounded(weight, bias, input_max, alpha, quantized.weight_levels, outliers)
+            error = (candidate(sample) - exact).norm().item()
+            if error < best_error:
+                best, best_error = candidate, error
     return best
 
 
-def _rounded(weight: torch.Tensor, bias: torch.Tensor | None, input_max: torch.Tensor, alpha: float, levels: int) -> Int8Linear:
+def _rounded(
+    weight: torch.Tensor, bias: torch.Tensor | None, input_max: torch.Tensor, alpha: float, levels: int,
+    outliers: torch.Tensor | None = None,
+) -> Int8Linear:
     column_max = weight.abs().amax(0).clamp_min(1e-5)
     smooth = (input_max.clamp_min(1e-5) ** alpha / column_max ** (1 - alpha)).clamp(1e-3, 1e3)
+    inv_smooth = 1.0 / smooth
+    outlier_weight = None
+    if outliers is not None:  # computed in float: zeros to the kernel, in its inputs and its weight
+        outlier_weight = weight[:, outliers].t().contiguous()
+        weight = weight.clone()
+        weight[:, outliers] = 0
+        inv_smooth[outliers] = 0
     weight = weight * smooth
     scale = weight.abs().amax(1).clamp_min(1e-12) / levels
     qweight = torch.round(weight / scale[:, None]).clamp_(-levels, levels).to(torch.int8)
-    return Int8Linear(qweight, scale, bias, (1.0 / smooth).contiguous())
+    return Int8Linear(qweight, scale, bias, inv_smooth.contiguous(), outliers, outlier_weight)
 
 
 def _swap(model: nn.Module, replacements: dict[str, nn.Module]) -> None:

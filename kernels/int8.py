@@ -24,7 +24,11 @@ without importing this module: ``fn(x, weight, scale, bias=None, act="none", inv
 - returns ``[..., out_features]`` in ``x``'s dtype, no autograd.
 
 The ``:onednn`` kernel runs the integer matmul with oneDNN (``torch.ops.onednn.qlinear_pointwise``
-on weights packed once), the tokens as uint8. On CPUs without VNNI (AVX2,
+on weights packed once), the tokens as uint8. The passes around it, rounding the rows to uint8
+and rescaling the output, are compiled C (``int8.c``, built for this CPU on first use by
+:mod:`poolkit.kernels.compiler`): each reads its rows once while they are in cache, where torch
+takes five passes over the input and a uint8 copy; without a compiler torch's passes run, with
+the same arithmetic. On CPUs without VNNI (AVX2,
 AVX-512 before Cascade Lake) oneDNN multiplies with ``vpmaddubsw``, which adds two uint8 x int8
 products into a saturating int16: full-range weights overflow it (255 x 127 x 2 > 32767), so there
 the kernel asks for weights within ``[-63, 63]`` (``weight_levels`` 63) and its sums are exact
@@ -33,19 +37,27 @@ again. With VNNI (``vpdpbusd`` adds into int32) and AMX it takes ``[-127, 127]``
 
 from __future__ import annotations
 
+import ctypes
 import functools
+from pathlib import Path
 
 import torch
 
 from poolkit.hookspecs import hookimpl
 from poolkit.kernel import Kernel
-from poolkit.kernels.linear import ACTIVATIONS, _bucketed_rows, _packed, row_bucket
+from poolkit.kernels.compiler import load_c_library, run_split
+from poolkit.kernels.linear import ACTIVATIONS, _packed, row_bucket
 
 #: The largest magnitude of a quantized weight, where the kernel's arithmetic takes full-range weights.
 LEVELS = 127
 INPUT_LEVELS = 255
 #: The oneDNN ops the ``:onednn`` kernel calls; without both it is unavailable.
 ONEDNN_INT8_OPS = ("qlinear_prepack", "qlinear_pointwise")
+SOURCE = Path(__file__).with_name("int8.c")
+#: The dtype codes of int8.c's inputs.
+_DTYPES = {torch.float32: 0, torch.bfloat16: 1}
+#: Below this many elements a compiled pass runs on the calling thread alone.
+_PARALLEL_ELEMENTS = 1 << 16
 
 
 def quantize_rows(
@@ -60,9 +72,11 @@ def quantize_rows(
     """
     x = x.float() * inv_smooth if inv_smooth is not None else x.float()
     low, high = torch.aminmax(x, dim=-1, keepdim=True)
-    step = (high.clamp_min(0) - low.clamp_max(0)).clamp_min_(torch.finfo(torch.float32).tiny) / levels
+    # at least the smallest normal float, whose reciprocal is finite: a row of zeros stays zeros
+    step = ((high.clamp_min(0) - low.clamp_max(0)) / levels).clamp_min_(torch.finfo(torch.float32).tiny)
     zero = torch.round(-low.clamp_max(0) / step)
-    return torch.clamp_(torch.round(x / step) + zero, 0, levels), step, zero
+    # times the step's reciprocal, as the compiled pass computes it: the same levels to the last tie
+    return torch.clamp_(torch.round(x * step.reciprocal()) + zero, 0, levels), step, zero
 
 
 def linear_int8(
@@ -99,15 +113,73 @@ def linear_int8_onednn(
     row's own comes off afterwards: ``sum_k (q - zero) w = sum_k q w - zero * sum_k w``."""
     if x.device.type != "cpu":
         return linear_int8(x, weight, scale, bias, act, inv_smooth)
-    rows, n = _bucketed_rows(x.reshape(-1, x.shape[-1]))
-    q, step, zero = quantize_rows(rows, inv_smooth, INPUT_LEVELS)
+    rows = x.reshape(-1, x.shape[-1])
+    q, step, zero = round_rows(rows, inv_smooth, row_bucket(rows.shape[0]))
     y = torch.ops.onednn.qlinear_pointwise(
-        q.to(torch.uint8), 1.0, 0, _packed(weight, ("int8", None)), scale, _zero_points(weight.shape[0]),
+        q, 1.0, 0, _packed(weight, ("int8", None)), scale, _zero_points(weight.shape[0]),
         None, 1.0, 0, torch.float32, "none", [], "",
+    )[: rows.shape[0]]
+    y = rescale(y, step, zero, _packed(weight, ("int8", "sums")) * scale, bias)
+    return ACTIVATIONS[act](y).reshape(*x.shape[:-1], weight.shape[0]).to(x.dtype)
+
+
+def round_rows(
+    rows: torch.Tensor, inv_smooth: torch.Tensor | None, padded: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`quantize_rows` of ``rows`` (``[n, k]``) as uint8 levels, ``[padded, k]`` (rows past
+    ``n`` zero: oneDNN keeps a primitive per shape, so calls come in :func:`row_bucket` sizes), with
+    ``step`` and ``zero`` (``[n, 1]``). One compiled pass where int8.c builds, torch's otherwise."""
+    n, k = rows.shape
+    lib = _library()
+    if lib is None or rows.dtype not in _DTYPES or rows.stride(-1) != 1:
+        levels, step, zero = quantize_rows(rows, inv_smooth, INPUT_LEVELS)
+        q = levels.to(torch.uint8)
+        return (torch.cat([q, q.new_zeros(padded - n, k)]) if padded != n else q), step, zero
+    q = torch.empty((padded, k), dtype=torch.uint8)
+    q[n:].zero_()
+    step, zero = torch.empty((n, 1)), torch.empty((n, 1))
+    smooth = None if inv_smooth is None else inv_smooth.float().contiguous()
+    run_split(
+        lib.poolkit_quantize_rows, n, rows.data_ptr(), _DTYPES[rows.dtype], rows.stride(0),
+        None if smooth is None else smooth.data_ptr(), k, INPUT_LEVELS, q.data_ptr(), step.data_ptr(), zero.data_ptr(),
+        parallel=rows.numel() >= _PARALLEL_ELEMENTS,
     )
-    y = torch.addcmul(bias, y, step) if bias is not None else y.mul_(step)
-    y.addr_((step * zero).squeeze(1), _packed(weight, ("int8", "sums")) * scale, alpha=-1)
-    return ACTIVATIONS[act](y[:n]).reshape(*x.shape[:-1], weight.shape[0]).to(x.dtype)
+    return q, step, zero
+
+
+def rescale(
+    y: torch.Tensor, step: torch.Tensor, zero: torch.Tensor, scaled_sums: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """``step * (y - zero * scaled_sums) + bias`` of the matmul's float32 output ``y`` (``[n, out]``,
+    each row's integer sums times the weight rows' scales; ``scaled_sums``: the weight rows' sums
+    times their scales), in place: one compiled pass where int8.c builds, torch's otherwise."""
+    lib = _library()
+    if lib is None or not y.is_contiguous():
+        y = torch.addcmul(bias, y, step) if bias is not None else y.mul_(step)
+        return y.addr_((step * zero).squeeze(1), scaled_sums, alpha=-1)
+    run_split(
+        lib.poolkit_rescale_rows, y.shape[0], y.data_ptr(), y.shape[1], step.data_ptr(), zero.data_ptr(),
+        scaled_sums.data_ptr(), None if bias is None else bias.data_ptr(), parallel=y.numel() >= _PARALLEL_ELEMENTS,
+    )
+    return y
+
+
+_P, _I = ctypes.c_void_p, ctypes.c_int64
+_SIGNATURES = {
+    "poolkit_quantize_rows": (_P, ctypes.c_int, _I, _P, _I, ctypes.c_int, _P, _P, _P, _I, _I),
+    "poolkit_rescale_rows": (_P, _I, _P, _P, _P, _P, _I, _I),
+}
+
+
+@functools.cache
+def _library() -> ctypes.CDLL | None:
+    lib = load_c_library(SOURCE)
+    if lib is None:
+        return None
+    for name, argtypes in _SIGNATURES.items():
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = argtypes, ctypes.c_int
+    return lib
 
 
 @functools.cache

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from poolkit import LLM, InvalidRequest, ModelLoadError
 from poolkit.kernel import kernel_reference, select_kernel
 from poolkit.kernels import int8
+from poolkit.kernels.linear import ACTIVATIONS
 
 ONEDNN = pytest.mark.skipif(not int8._onednn_int8_available(), reason="torch without oneDNN's int8 linear")
 
@@ -38,7 +39,12 @@ def _bound(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: torch.Te
 @ONEDNN
 @pytest.mark.parametrize("rows,k,n", [(1, 32, 16), (37, 384, 1152), (300, 1536, 384)])
 @pytest.mark.parametrize("act", ["none", "gelu"])
-def test_the_onednn_kernel_sums_the_same_integers_as_the_reference(rows, k, n, act):
+@pytest.mark.parametrize("compiled", [True, False], ids=["c-passes", "torch-passes"])
+def test_the_onednn_kernel_sums_the_same_integers_as_the_reference(rows, k, n, act, compiled, monkeypatch):
+    if compiled and int8._library() is None:
+        pytest.skip("no C compiler: int8.c is not built")
+    if not compiled:  # a machine without a compiler: torch's passes around the same matmul
+        monkeypatch.setattr(int8, "_library", lambda: None)
     q, scale, bias = _weights(n, k, int8.linear_int8_onednn.weight_levels, seed=k)
     x = torch.randn(rows, k) * torch.linspace(0.1, 30, k)  # channels of very different ranges
     x[:, 3] = x[:, 3].abs() + 5  # a one-sided channel
@@ -49,7 +55,7 @@ def test_the_onednn_kernel_sums_the_same_integers_as_the_reference(rows, k, n, a
     assert ((got.double() - want.double()).abs() <= bound).all(), (got - want).abs().max()
     if act != "none":  # the activation comes after the same values
         torch.testing.assert_close(
-            int8.linear_int8_onednn(x, q, scale, bias, act, inv_smooth), torch.nn.functional.gelu(got), atol=1e-5, rtol=1e-5
+            int8.linear_int8_onednn(x, q, scale, bias, act, inv_smooth), ACTIVATIONS[act](got), atol=1e-5, rtol=1e-5
         )
 
 
@@ -69,6 +75,46 @@ def test_rows_round_to_256_levels_of_their_own_range():
     assert ((levels - zero) * step - x).abs().max() <= step.max() / 2 + 1e-6
     assert torch.equal(((levels - zero) * step)[1], x[1])  # zeros stay zeros
     assert zero[2].item() == 0 and levels[2].max().item() == 255  # a positive row spends every level above 0
+
+
+@pytest.mark.skipif(int8._library() is None, reason="no C compiler: int8.c is not built")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("smoothed", [False, True])
+def test_the_compiled_rounding_gives_the_references_levels(dtype, smoothed):
+    g = torch.Generator().manual_seed(3)
+    wide = (torch.randn(70, 400, generator=g) * torch.linspace(0.01, 40, 400)).to(dtype)
+    wide[5] = 0  # a row of zeros
+    wide[6] = wide[6].abs() + 1  # one-sided rows, both ways
+    wide[7] = -wide[7].abs() - 1
+    wide[8, 9] = float(2**-126) / 4  # a subnormal alone in its row
+    wide[8, :9], wide[8, 10:] = 0, 0
+    rows = wide[:, :384]  # rows apart by more than their width, as a strided view
+    inv_smooth = torch.rand(384, generator=g) + 0.5 if smoothed else None
+    want, step, zero = int8.quantize_rows(rows, inv_smooth)
+    q, got_step, got_zero = int8.round_rows(rows, inv_smooth, 80)
+    assert q.shape == (80, 384) and q.dtype == torch.uint8 and not q[70:].any()  # the padding rows are zeros
+    assert torch.equal(q[:70].float(), want) and torch.equal(got_step, step) and torch.equal(got_zero, zero)
+
+
+def test_float_channels_widen_no_tokens_range():
+    """A layer's largest input channels stay in float: a huge value there leaves the others' levels as
+    they were, and the layer's output is the int8 part plus those channels' exact products."""
+    from poolkit.builtin_models.quantize import _rounded
+
+    g = torch.Generator().manual_seed(5)
+    weight, bias = torch.randn(48, 64, generator=g), torch.randn(48, generator=g)
+    x = torch.randn(9, 64, generator=g)
+    x[:, 7] *= 1000  # an outlier channel
+    input_max = x.abs().amax(0)
+    layer = _rounded(weight, bias, input_max, 0.5, 127, outliers=torch.tensor([7]))
+    assert layer.inv_smooth[7] == 0 and not layer.qweight[:, 7].any()
+    int8_part = int8.linear_int8(x, layer.qweight, layer.scale, bias, "none", layer.inv_smooth)
+    calm = x.clone()
+    calm[:, 7] = 0
+    torch.testing.assert_close(int8_part, int8.linear_int8(calm, layer.qweight, layer.scale, bias, "none", layer.inv_smooth))
+    torch.testing.assert_close(layer(x), int8_part + x[:, 7:8] @ weight[:, 7:8].t())
+    torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, weight, bias), rtol=0.02, atol=0.05)
+    assert "float_channels=1" in repr(layer)
 
 
 def test_the_reference_is_the_kernel_any_device_gets():

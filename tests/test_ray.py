@@ -92,6 +92,8 @@ def _setting_cases(root):
     linked.mkdir()
     for file in bert.iterdir():
         (linked / file.name).symlink_to(file.resolve())
+    calibration = root / "calibration.txt"
+    calibration.write_text("".join(f"A calibration sentence about topic {i}, with some words.\n" for i in range(40)))
     return {
         "model": (bert, {}, "embed", False),
         "tokenizer": (bert, {"tokenizer": str(cased)}, "embed", True),
@@ -109,6 +111,8 @@ def _setting_cases(root):
         "io_processor_plugin": (bert, {"io_processor_plugin": "top_k"}, "embed", False),
         # the transformers fallback gives the native output (within 1e-5) on the same weights
         "model_impl": (bert, {"model_impl": "transformers"}, "embed", False),
+        "quantization": (bert, {"quantization": "int8"}, "embed", True),
+        "calibration": (bert, {"quantization": "int8", "calibration": str(calibration)}, "embed", True),
     }
 
 
@@ -128,7 +132,8 @@ def test_every_load_setting_has_a_ray_case(setting_cases):
 
 @pytest.mark.parametrize("setting", ["model", "tokenizer", "runner", "convert", "pooler_config", "hf_overrides", "dtype",
                                      "device", "allow_pickle", "allow_external_symlinks", "trust_remote_code",
-                                     "max_model_len", "max_batch_tokens", "io_processor_plugin", "model_impl"])
+                                     "max_model_len", "max_batch_tokens", "io_processor_plugin", "model_impl",
+                                     "quantization", "calibration"])
 def test_ray_honours_each_load_setting(local_ray, setting_cases, setting):
     """The Ray engine loads with llm.args, so every setting gives the local engine's output."""
     from poolkit import LLM

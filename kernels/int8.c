@@ -1,0 +1,104 @@
+/* The passes around oneDNN's integer matmul in poolkit's int8 linear layer (see int8.py): rounding
+ * each row of the input to uint8 levels, and the rescale of the matmul's output.
+ *
+ * Plain C, compiled once per machine by poolkit.kernels.compiler (-O3 -march=native) and called
+ * through ctypes on tensors' data pointers, rows [begin, end) per call so that int8.py can split a
+ * call over threads. Each row is read twice (its range, then its levels) while it is in cache and
+ * written once, where torch took five passes over the whole input and a uint8 copy.
+ *
+ * dtype codes: 0 float32, 1 bfloat16 (inputs only). Returns 0, or 3 for an unknown dtype.
+ */
+#include <float.h>
+#include <math.h>
+#include <stdint.h>
+
+static inline float bf16_value(const uint16_t *p, int64_t i) {
+    union {
+        uint32_t u;
+        float f;
+    } v;
+    v.u = (uint32_t)p[i] << 16;
+    return v.f;
+}
+
+/* One row's levels: the range of x * inv_smooth (zero included), `levels` steps across it, the level
+ * of 0.0 rounded to a whole number, each value rounded to nearest even and clamped to [0, levels]. */
+#define QUANTIZE_ROW(LOAD)                                                                         \
+    do {                                                                                           \
+        float low = 0.0f, high = 0.0f;                                                             \
+        if (inv_smooth) {                                                                          \
+            _Pragma("omp simd reduction(min : low) reduction(max : high)")                        \
+            for (int64_t i = 0; i < k; i++) {                                                      \
+                float v = LOAD * inv_smooth[i];                                                    \
+                low = v < low ? v : low;                                                           \
+                high = v > high ? v : high;                                                        \
+            }                                                                                      \
+        } else {                                                                                   \
+            _Pragma("omp simd reduction(min : low) reduction(max : high)")                        \
+            for (int64_t i = 0; i < k; i++) {                                                      \
+                float v = LOAD;                                                                    \
+                low = v < low ? v : low;                                                           \
+                high = v > high ? v : high;                                                        \
+            }                                                                                      \
+        }                                                                                          \
+        float s = (high - low) / (float)levels;                                                    \
+        s = s > FLT_MIN ? s : FLT_MIN; /* a normal float, whose reciprocal is finite */            \
+        float z = rintf(-low / s), inv = 1.0f / s, top = (float)levels;                            \
+        step[r] = s;                                                                               \
+        zero[r] = z;                                                                               \
+        if (inv_smooth) {                                                                          \
+            _Pragma("omp simd")                                                                    \
+            for (int64_t i = 0; i < k; i++) {                                                      \
+                float v = rintf(LOAD * inv_smooth[i] * inv) + z;                                   \
+                out[i] = (uint8_t)(v < 0.0f ? 0.0f : (v > top ? top : v));                        \
+            }                                                                                      \
+        } else {                                                                                   \
+            _Pragma("omp simd")                                                                    \
+            for (int64_t i = 0; i < k; i++) {                                                      \
+                float v = rintf(LOAD * inv) + z;                                                   \
+                out[i] = (uint8_t)(v < 0.0f ? 0.0f : (v > top ? top : v));                         \
+            }                                                                                      \
+        }                                                                                          \
+    } while (0)
+
+/* Rows [begin, end) of x ([m, k], row stride x_stride elements, dtype x_dtype) rounded into q
+ * ([m, k] uint8, contiguous), with each row's level width in step[m] and level of zero in zero[m];
+ * inv_smooth ([k] float32) or NULL multiplies the inputs first. */
+int poolkit_quantize_rows(const void *x, int x_dtype, int64_t x_stride, const float *inv_smooth, int64_t k, int levels,
+                          uint8_t *q, float *step, float *zero, int64_t begin, int64_t end) {
+    if (x_dtype != 0 && x_dtype != 1)
+        return 3;
+    for (int64_t r = begin; r < end; r++) {
+        uint8_t *out = q + r * k;
+        if (x_dtype == 0) {
+            const float *row = (const float *)x + r * x_stride;
+            QUANTIZE_ROW(row[i]);
+        } else {
+            const uint16_t *row = (const uint16_t *)x + r * x_stride;
+            QUANTIZE_ROW(bf16_value(row, i));
+        }
+    }
+    return 0;
+}
+
+/* Rows [begin, end) of y ([m, n] float32, contiguous; the matmul's sum_k q w times the weight row's
+ * scale) rescaled in place to step[r] * (y - zero[r] * wsum[j]) + bias[j]: wsum ([n]) is each weight
+ * row's sum times its scale, bias ([n]) or NULL. (The activation after it stays torch's: an erf GELU
+ * computed here with simd.h's AVX-512 code made all-MiniLM-L6-v2 slower, not faster.) */
+int poolkit_rescale_rows(float *y, int64_t n, const float *step, const float *zero, const float *wsum, const float *bias,
+                         int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; r++) {
+        float *row = y + r * n;
+        const float s = step[r], shift = zero[r];
+        if (bias) {
+#pragma omp simd
+            for (int64_t j = 0; j < n; j++)
+                row[j] = s * (row[j] - shift * wsum[j]) + bias[j];
+        } else {
+#pragma omp simd
+            for (int64_t j = 0; j < n; j++)
+                row[j] = s * (row[j] - shift * wsum[j]);
+        }
+    }
+    return 0;
+}
