@@ -140,6 +140,18 @@ def load_c_library(source: str | os.PathLike) -> ctypes.CDLL | None:
         return None
 
 
+def load_typed_library(source: str | os.PathLike, signatures: dict[str, tuple]) -> ctypes.CDLL | None:
+    """:func:`load_c_library` of ``source`` with each function of ``signatures`` given its
+    ``argtypes`` (the tuple) and an ``int`` result; ``None`` where that gives ``None``."""
+    lib = load_c_library(source)
+    if lib is None:
+        return None
+    for name, argtypes in signatures.items():
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = argtypes, ctypes.c_int
+    return lib
+
+
 @functools.cache
 def _pool(workers: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="poolkit-kernel")

@@ -62,7 +62,7 @@ import torch
 import torch.nn.functional as F
 from poolkit.hookspecs import hookimpl
 from poolkit.kernel import Kernel
-from poolkit.kernels.compiler import load_c_library, run_split
+from poolkit.kernels.compiler import load_typed_library, run_split
 
 SOURCE = Path(__file__).with_name("elementwise.c")
 #: The dtype codes of elementwise.c.
@@ -156,13 +156,7 @@ _SIGNATURES = {
 
 @functools.cache
 def _library() -> ctypes.CDLL | None:
-    lib = load_c_library(SOURCE)
-    if lib is None:
-        return None
-    for name, argtypes in _SIGNATURES.items():
-        fn = getattr(lib, name)
-        fn.argtypes, fn.restype = argtypes, ctypes.c_int
-    return lib
+    return load_typed_library(SOURCE, _SIGNATURES)
 
 
 def _compiled_available() -> bool:

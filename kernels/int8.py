@@ -45,7 +45,7 @@ import torch
 
 from poolkit.hookspecs import hookimpl
 from poolkit.kernel import Kernel
-from poolkit.kernels.compiler import load_c_library, run_split
+from poolkit.kernels.compiler import load_typed_library, run_split
 from poolkit.kernels.linear import ACTIVATIONS, _packed, row_bucket
 
 #: The largest magnitude of a quantized weight, where the kernel's arithmetic takes full-range weights.
@@ -173,13 +173,7 @@ _SIGNATURES = {
 
 @functools.cache
 def _library() -> ctypes.CDLL | None:
-    lib = load_c_library(SOURCE)
-    if lib is None:
-        return None
-    for name, argtypes in _SIGNATURES.items():
-        fn = getattr(lib, name)
-        fn.argtypes, fn.restype = argtypes, ctypes.c_int
-    return lib
+    return load_typed_library(SOURCE, _SIGNATURES)
 
 
 @functools.cache
