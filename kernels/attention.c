@@ -1,28 +1,34 @@
-/* poolkit's packed (varlen) attention for CPUs with AMX (see attention.py for the contract).
+/* poolkit's packed (varlen) attention for CPUs with AVX512-BF16, on AMX tiles where the CPU has
+ * them (see attention.py for the contract).
  *
  * One call attends every sequence of a packed batch: no padding, no per-length grouping, no
  * concatenation. Plain C on data pointers, compiled once per machine by poolkit.kernels.compiler
- * (-O3 -march=native) and called through ctypes; it exists only where the compiler targets AMX
- * (AMX-BF16 tiles) and AVX512-BF16, and the Linux kernel grants the tile state
- * (poolkit_attention_available).
+ * (-O3 -march=native) and called through ctypes. Two builds of the products share everything else:
+ * poolkit_varlen_attention multiplies on AMX tiles (AMX-BF16, where the Linux kernel grants the tile
+ * state: poolkit_attention_available) and poolkit_varlen_attention_avx512 with AVX512-BF16's
+ * vdpbf16ps (Zen 4, Cooper Lake and later: poolkit_attention_avx512_available).
  *
- * For each sequence and key/value head, the keys are copied contiguous and the values transposed
- * into the tiles' layout (both zero-padded to 32 keys). Then for each query head and block of 16
- * queries, with the queries pair-interleaved as the tiles' second operand:
- *   1. the transposed scores S^T = K Q^T in float32 (AMX), so that one vector holds one key's
- *      scores for the 16 queries;
+ * For each sequence and key/value head the values are packed once (AMX: transposed into the
+ * tiles' layout, the keys copied contiguous; AVX-512: each pair of keys' values interleaved, dim by
+ * dim). Then for each query head and block of 16 queries, the queries pair-interleaved (dim pair x
+ * query, 32 bits each):
+ *   1. the transposed scores S^T = K Q^T in float32, so that one vector holds one key's scores for
+ *      the 16 queries (AMX: 32 keys per tile product; AVX-512: one key's dim pair broadcast against
+ *      the 16 queries' pairs, 8 keys at a time);
  *   2. an exact softmax per query, lane-wise: the maximum over the keys it sees, then
  *      2^((s - max) * scale * log2(e)) and its sum (soft-capping first where asked), the probabilities
  *      rounded to bfloat16 and pair-interleaved, hidden keys written as zeros;
- *   3. O^T = V^T P^T in float32 (AMX), divided by each query's sum and rounded once to bfloat16.
+ *   3. the outputs in float32 (AMX: O^T = V^T P^T on the tiles; AVX-512: O = P V, a query's
+ *      probability pair broadcast against 16 dims of a key pair's values), divided by each query's
+ *      sum and rounded once to bfloat16.
  * This is the arithmetic of torch's CPU flash-attention kernel (bf16 products, float32
  * accumulation and softmax, bf16 probabilities for the second product), two-pass instead of
  * online: a block's scores for the longest sequence (L x 16 floats) stay in the cache.
  *
  * Masks are ranges, never tensors: query i of a sequence sees keys [lo_i, hi_i) with
  * lo_i = max(0, i - window) and hi_i = causal ? i + 1 : min(L, i + window + 1) (window < 0: none);
- * keys outside every row's range are skipped in 32-key steps, keys inside every row's range take
- * no mask.
+ * keys outside every row's range are skipped (AMX: in 32-key steps, AVX-512: in pairs), keys inside
+ * every row's range take no mask.
  */
 #define _GNU_SOURCE
 #include <stdint.h>
@@ -32,8 +38,9 @@
 
 #include "simd.h"
 #include "amx.h"
+#include "parallel.h"
 
-/* 1 when this build has the kernel and the process may use AMX tiles (asked once, Linux >= 5.16). */
+/* 1 when this build has the AMX kernel and the process may use AMX tiles (asked once, Linux >= 5.16). */
 int poolkit_attention_available(void) {
 #ifdef POOLKIT_AMX
     return amx_permitted();
@@ -42,10 +49,16 @@ int poolkit_attention_available(void) {
 #endif
 }
 
-#ifdef POOLKIT_AMX
+/* 1 when this build has the AVX512-BF16 kernel. */
+int poolkit_attention_avx512_available(void) {
+#ifdef POOLKIT_AVX512BF16
+    return 1;
+#else
+    return 0;
+#endif
+}
 
-/* Tiles (configure_tiles: 16 rows of 64 bytes each) 0-3: accumulators (scores of 4 key blocks, or
- * 4 x 16 output dims); 4: queries or probabilities; 5-7: keys or values. */
+#ifdef POOLKIT_AVX512BF16
 
 /* cap * tanh(x / cap) = cap * (1 - 2 / (e^(2x / cap) + 1)), the exponent clamped to +-80. */
 static inline __m512 softcap16(__m512 x, float cap) {
@@ -63,92 +76,41 @@ static inline __mmask16 lanes(int64_t lo, int64_t hi) {
     return (__mmask16)((((uint32_t)1 << (hi - lo)) - 1) << lo);
 }
 
-/* Tile numbers are immediates: tile 4 + c % 4 holds the queries' chunk c. */
-#define LOAD_QUERY(c, ptr)                                                                                        \
-    switch ((c) & 3) {                                                                                            \
-    case 0: _tile_loadd(4, ptr, 64); break;                                                                       \
-    case 1: _tile_loadd(5, ptr, 64); break;                                                                       \
-    case 2: _tile_loadd(6, ptr, 64); break;                                                                       \
-    default: _tile_loadd(7, ptr, 64); break;                                                                      \
-    }
-#define DP_QUERY(acc, a, c)                                                                                       \
-    switch ((c) & 3) {                                                                                            \
-    case 0: _tile_dpbf16ps(acc, a, 4); break;                                                                     \
-    case 1: _tile_dpbf16ps(acc, a, 5); break;                                                                     \
-    case 2: _tile_dpbf16ps(acc, a, 6); break;                                                                     \
-    default: _tile_dpbf16ps(acc, a, 7); break;                                                                    \
-    }
-
 static inline __m512i byte_offsets(int64_t stride) {
     /* 0, stride, ..., 15 stride elements of 2 bytes, as byte offsets for a gather */
     return _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
                               _mm512_set1_epi32((int)(stride * 2)));
 }
 
-/* Values of one sequence and key/value head, transposed for O^T = V^T P^T: tile (block kb of 32
- * keys, dims 16 t .. 16 t + 15) holds, in row m, dim 16 t + m of the block's 32 keys (zero past
- * the sequence). Each gather reads two dims of 16 keys. */
-static void pack_values(const uint16_t *v, int64_t stride, int64_t len, int64_t d, int64_t blocks, uint16_t *out) {
-    int64_t dtiles = d / 16;
-    const __m512i rows = byte_offsets(stride);
-    for (int64_t kb = 0; kb < blocks; kb++) {
-        for (int64_t half = 0; half < 2; half++) {
-            int64_t key = kb * 32 + half * 16;
-            __mmask16 live = lanes(0, len - key);
-            const uint16_t *src = v + key * stride;
-            for (int64_t m = 0; m < d; m += 2) {
-                __m512i pairs = live ? _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live, rows, src + m, 1)
-                                     : _mm512_setzero_si512();
-                uint16_t *tile = out + (kb * dtiles + m / 16) * 512 + (m % 16) * 32 + half * 16;
-                _mm256_storeu_si256((__m256i *)tile, _mm512_cvtepi32_epi16(pairs));
-                _mm256_storeu_si256((__m256i *)(tile + 32), _mm512_cvtepi32_epi16(_mm512_srli_epi32(pairs, 16)));
-            }
-        }
-    }
+/* 16-bit lanes 0..15 and 16..31 of a vector interleaved: (0, 16, 1, 17, ...). */
+static inline __m512i interleave_halves(__m512i x) {
+    const __m512i order = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7,
+                                           22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    return _mm512_permutexvar_epi16(order, x);
+}
+
+static inline int32_t load32(const void *p) {
+    int32_t x;
+    memcpy(&x, p, sizeof x);
+    return x;
 }
 
 typedef struct {
-    uint16_t *keys;   /* the sequence's keys of one head, contiguous: keys (zero-padded to 32) x d */
-    uint16_t *values; /* packed values: blocks32 x d/16 tiles */
-    uint32_t *query;  /* the block's queries, packed: chunks tiles (dim pair x query) */
+    uint16_t *keys;   /* AMX: the sequence's keys of one head, contiguous: keys (zero-padded to 32) x d */
+    uint16_t *values; /* packed values (AMX: blocks32 x d/16 tiles; AVX-512: key pairs x d pairs) */
+    uint32_t *query;  /* the block's queries, packed: dim pair x 16 queries */
     float *scores;    /* S^T: keys x 16 queries, float32 */
     uint16_t *probs;  /* P^T packed: key pairs x 16 queries x 2, bf16 */
-    float *acc;       /* 16 x 16 float32 */
+    float *acc;       /* AMX: 16 x 16 float32 */
 } workspace;
 
-/* One block of up to 16 queries (positions q0 .. q0 + rows - 1) of one head against its keys. */
-static void attend_block(const workspace *w, int64_t q0, int64_t rows,
-                         int64_t len, int64_t d, float scale, int causal, int64_t window, float softcap,
-                         uint16_t *out, int64_t out_stride) {
-    int64_t chunks = d / 32, dtiles = d / 16;
-    /* The keys any row of the block sees: [first, last); k0 aligned to 32 keys. */
-    int64_t first = window >= 0 ? q0 - window : 0;
-    int64_t last = causal ? q0 + rows : (window >= 0 ? q0 + rows + window : len);
-    if (first < 0) first = 0;
-    if (last > len) last = len;
-    int64_t k0 = first & ~(int64_t)31, k1 = (last + 31) & ~(int64_t)31;
-
-    /* 1. S^T = K Q^T, 32 keys at a time */
-    if (chunks <= 4)
-        for (int64_t c = 0; c < chunks; c++) LOAD_QUERY(c, w->query + c * 256);
-    for (int64_t g = k0; g < k1; g += 32) {
-        const uint16_t *a0 = w->keys + g * d, *a1 = a0 + 16 * d;
-        _tile_zero(0);
-        _tile_zero(1);
-        for (int64_t c = 0; c < chunks; c++) {
-            if (chunks > 4) LOAD_QUERY(c, w->query + c * 256);
-            _tile_loadd(2, a0 + c * 32, d * 2);
-            DP_QUERY(0, 2, c);
-            _tile_loadd(3, a1 + c * 32, d * 2);
-            DP_QUERY(1, 3, c);
-        }
-        float *s = w->scores + (g - k0) * 16;
-        _tile_stored(0, s, 64);
-        _tile_stored(1, s + 256, 64);
-    }
-
-    /* 2. softmax per query (lane) over the keys it sees. Keys in [a, b) are seen by every query
-     * of the block and take no mask (lanes past the sequence hold finite scores, never read). */
+/* Step 2 for a block of queries q0 .. q0 + rows - 1 whose scores S^T for the keys [first, last) are
+ * in w->scores (row j - k0, k0 even and at most first): the probabilities of the keys [k0, k1) (k1
+ * even, at least last) into w->probs, the keys no query sees as zeros. Returns each query's
+ * 1 / (sum of its exponentials), 0 in lanes past the block. Keys in [a, b) are seen by every query
+ * of the block and take no mask (lanes past the sequence hold finite scores, never read). */
+static __m512 softmax_block(const workspace *w, int64_t q0, int64_t rows, int64_t len, float scale, int causal,
+                            int64_t window, float softcap, int64_t first, int64_t last, int64_t k0, int64_t k1) {
     __mmask16 live = lanes(0, rows);
     int64_t a = window >= 0 ? q0 + rows - 1 - window : 0;
     int64_t b = causal ? q0 + 1 : (window >= 0 ? q0 + window + 1 : len);
@@ -184,8 +146,6 @@ static void attend_block(const workspace *w, int64_t q0, int64_t rows,
     __m512 scl = _mm512_set1_ps(step * 1.44269504f);
     __m512 shift = _mm512_mul_ps(top, _mm512_set1_ps(-step * 1.44269504f));
     __m512 sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps();
-    const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7,
-                                                22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
     for (j = k0; j < k1; j += 2) {
         __m512 e0, e1;
         if (j >= a && j + 2 <= b) {
@@ -202,11 +162,206 @@ static void attend_block(const workspace *w, int64_t q0, int64_t rows,
         sum0 = _mm512_add_ps(sum0, e0);
         sum1 = _mm512_add_ps(sum1, e1);
         __m512i pair = (__m512i)_mm512_cvtne2ps_pbh(e1, e0); /* e0's 16 bf16, then e1's */
-        _mm512_storeu_si512((void *)(w->probs + (j - k0) * 16), _mm512_permutexvar_epi16(interleave, pair));
+        _mm512_storeu_si512((void *)(w->probs + (j - k0) * 16), interleave_halves(pair));
     }
 #undef EDGE_MASK
 #undef ROW
-    __m512 inv = _mm512_maskz_div_ps(live, _mm512_set1_ps(1.0f), _mm512_add_ps(sum0, sum1));
+    return _mm512_maskz_div_ps(live, _mm512_set1_ps(1.0f), _mm512_add_ps(sum0, sum1));
+}
+
+/* The keys any query of the block q0 .. q0 + rows - 1 sees: [*first, *last). */
+static inline void seen_keys(int64_t q0, int64_t rows, int64_t len, int causal, int64_t window, int64_t *first,
+                             int64_t *last) {
+    int64_t f = window >= 0 ? q0 - window : 0;
+    int64_t l = causal ? q0 + rows : (window >= 0 ? q0 + rows + window : len);
+    *first = f < 0 ? 0 : f;
+    *last = l > len ? len : l;
+}
+
+/* --- AVX512-BF16 products --- */
+
+/* Values of one sequence and key/value head, each pair of keys interleaved dim by dim: 32 bits
+ * (value of key 2p, value of key 2p + 1) for pair p and dim m at out[p * d + m], zero past the
+ * sequence. d is a multiple of 16. */
+static void pack_value_pairs(const uint16_t *v, int64_t stride, int64_t len, int64_t d, uint32_t *out) {
+    for (int64_t key = 0; key < len; key += 2) {
+        const uint16_t *even = v + key * stride, *odd = even + stride;
+        for (int64_t m = 0; m < d; m += 16) {
+            __m256i lo = _mm256_loadu_si256((const __m256i *)(even + m));
+            __m256i hi = key + 1 < len ? _mm256_loadu_si256((const __m256i *)(odd + m)) : _mm256_setzero_si256();
+            __m512i both = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+            _mm512_storeu_si512((void *)(out + (key / 2) * d + m), interleave_halves(both));
+        }
+    }
+}
+
+/* Step 1: S^T rows of the keys [first, last) for the block's packed queries, row j - k0 of scores. */
+static void scores_avx512(const workspace *w, const uint16_t *k, int64_t k_stride, int64_t d, int64_t first,
+                          int64_t last, int64_t k0) {
+    const int64_t pairs = d / 2;
+    const __m512bh *query = (const __m512bh *)w->query;
+    int64_t j = first;
+    for (; j + 8 <= last; j += 8) {
+        __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0, s4 = s0, s5 = s0, s6 = s0, s7 = s0;
+        const uint16_t *r = k + j * k_stride;
+        for (int64_t p = 0; p < pairs; p++) {
+            __m512bh qp = (__m512bh)_mm512_loadu_si512((const void *)(query + p));
+            const uint16_t *c = r + 2 * p;
+#define DOT(s, n) s = _mm512_dpbf16_ps(s, qp, (__m512bh)_mm512_set1_epi32(load32(c + (n) * k_stride)))
+            DOT(s0, 0); DOT(s1, 1); DOT(s2, 2); DOT(s3, 3); DOT(s4, 4); DOT(s5, 5); DOT(s6, 6); DOT(s7, 7);
+#undef DOT
+        }
+        float *out = w->scores + (j - k0) * 16;
+        _mm512_storeu_ps(out, s0);
+        _mm512_storeu_ps(out + 16, s1);
+        _mm512_storeu_ps(out + 32, s2);
+        _mm512_storeu_ps(out + 48, s3);
+        _mm512_storeu_ps(out + 64, s4);
+        _mm512_storeu_ps(out + 80, s5);
+        _mm512_storeu_ps(out + 96, s6);
+        _mm512_storeu_ps(out + 112, s7);
+    }
+    for (; j < last; j++) {
+        __m512 s0 = _mm512_setzero_ps(), s1 = s0;
+        const uint16_t *r = k + j * k_stride;
+        for (int64_t p = 0; p + 1 < pairs; p += 2) {
+            s0 = _mm512_dpbf16_ps(s0, (__m512bh)_mm512_loadu_si512((const void *)(query + p)),
+                                  (__m512bh)_mm512_set1_epi32(load32(r + 2 * p)));
+            s1 = _mm512_dpbf16_ps(s1, (__m512bh)_mm512_loadu_si512((const void *)(query + p + 1)),
+                                  (__m512bh)_mm512_set1_epi32(load32(r + 2 * p + 2)));
+        }
+        if (pairs & 1)
+            s0 = _mm512_dpbf16_ps(s0, (__m512bh)_mm512_loadu_si512((const void *)(query + pairs - 1)),
+                                  (__m512bh)_mm512_set1_epi32(load32(r + 2 * (pairs - 1))));
+        _mm512_storeu_ps(w->scores + (j - k0) * 16, _mm512_add_ps(s0, s1));
+    }
+}
+
+/* Step 3 for `nq` queries (block rows r0 .. r0 + nq - 1) and `nv` x 16 dims from dim m0: each query's
+ * probability pair broadcast against a key pair's values; nq * nv <= 16 accumulators. */
+static inline __attribute__((always_inline)) void outputs_avx512(const workspace *w, int64_t d, int64_t m0, int nv,
+                                                                 int nq, int64_t r0, int64_t rows, int64_t k0,
+                                                                 int64_t k1, const float *inv, uint16_t *out,
+                                                                 int64_t out_stride) {
+    __m512 acc[16];
+    for (int i = 0; i < nq * nv; i++) acc[i] = _mm512_setzero_ps();
+    const uint32_t *probs = (const uint32_t *)w->probs + r0;
+    const uint32_t *values = (const uint32_t *)w->values + (k0 / 2) * d + m0;
+    for (int64_t pair = 0; pair < (k1 - k0) / 2; pair++) {
+        __m512bh v[4];
+        for (int t = 0; t < nv; t++) v[t] = (__m512bh)_mm512_loadu_si512((const void *)(values + pair * d + 16 * t));
+        for (int r = 0; r < nq; r++) {
+            __m512bh p = (__m512bh)_mm512_set1_epi32((int32_t)probs[pair * 16 + r]);
+            for (int t = 0; t < nv; t++) acc[r * nv + t] = _mm512_dpbf16_ps(acc[r * nv + t], v[t], p);
+        }
+    }
+    for (int r = 0; r < nq && r0 + r < rows; r++) {
+        __m512 factor = _mm512_set1_ps(inv[r0 + r]);
+        for (int t = 0; t < nv; t++) put_bf16x16(out + (r0 + r) * out_stride + m0 + 16 * t, _mm512_mul_ps(acc[r * nv + t], factor));
+    }
+}
+
+/* One block of up to 16 queries (positions q0 .. q0 + rows - 1) of one head against its keys,
+ * the keys read in place (k: the sequence's first key of this head) and the values packed by
+ * pack_value_pairs. */
+static void attend_block_avx512(const workspace *w, const uint16_t *k, int64_t k_stride, int64_t q0, int64_t rows,
+                                int64_t len, int64_t d, float scale, int causal, int64_t window, float softcap,
+                                uint16_t *out, int64_t out_stride) {
+    int64_t first, last;
+    seen_keys(q0, rows, len, causal, window, &first, &last);
+    int64_t k0 = first & ~(int64_t)1, k1 = (last + 1) & ~(int64_t)1;
+    scores_avx512(w, k, k_stride, d, first, last, k0);
+    float inv[16];
+    _mm512_storeu_ps(inv, softmax_block(w, q0, rows, len, scale, causal, window, softcap, first, last, k0, k1));
+    out += q0 * out_stride;
+    for (int64_t m0 = 0; m0 < d; m0 += 64) {
+        int64_t nv = (d - m0) / 16 < 4 ? (d - m0) / 16 : 4;
+        for (int64_t r0 = 0; r0 < rows;) {
+            switch (nv) { /* constant widths, so that the accumulators live in registers */
+            case 1: outputs_avx512(w, d, m0, 1, 16, r0, rows, k0, k1, inv, out, out_stride); r0 += 16; break;
+            case 2: outputs_avx512(w, d, m0, 2, 8, r0, rows, k0, k1, inv, out, out_stride); r0 += 8; break;
+            case 3: outputs_avx512(w, d, m0, 3, 4, r0, rows, k0, k1, inv, out, out_stride); r0 += 4; break;
+            default: outputs_avx512(w, d, m0, 4, 4, r0, rows, k0, k1, inv, out, out_stride); r0 += 4; break;
+            }
+        }
+    }
+}
+
+#endif /* POOLKIT_AVX512BF16 */
+
+#ifdef POOLKIT_AMX
+
+/* Tiles (configure_tiles: 16 rows of 64 bytes each) 0-3: accumulators (scores of 4 key blocks, or
+ * 4 x 16 output dims); 4: queries or probabilities; 5-7: keys or values. */
+
+/* Tile numbers are immediates: tile 4 + c % 4 holds the queries' chunk c. */
+#define LOAD_QUERY(c, ptr)                                                                                        \
+    switch ((c) & 3) {                                                                                            \
+    case 0: _tile_loadd(4, ptr, 64); break;                                                                       \
+    case 1: _tile_loadd(5, ptr, 64); break;                                                                       \
+    case 2: _tile_loadd(6, ptr, 64); break;                                                                       \
+    default: _tile_loadd(7, ptr, 64); break;                                                                      \
+    }
+#define DP_QUERY(acc, a, c)                                                                                       \
+    switch ((c) & 3) {                                                                                            \
+    case 0: _tile_dpbf16ps(acc, a, 4); break;                                                                     \
+    case 1: _tile_dpbf16ps(acc, a, 5); break;                                                                     \
+    case 2: _tile_dpbf16ps(acc, a, 6); break;                                                                     \
+    default: _tile_dpbf16ps(acc, a, 7); break;                                                                    \
+    }
+
+/* Values of one sequence and key/value head, transposed for O^T = V^T P^T: tile (block kb of 32
+ * keys, dims 16 t .. 16 t + 15) holds, in row m, dim 16 t + m of the block's 32 keys (zero past
+ * the sequence). Each gather reads two dims of 16 keys. */
+static void pack_values(const uint16_t *v, int64_t stride, int64_t len, int64_t d, int64_t blocks, uint16_t *out) {
+    int64_t dtiles = d / 16;
+    const __m512i rows = byte_offsets(stride);
+    for (int64_t kb = 0; kb < blocks; kb++) {
+        for (int64_t half = 0; half < 2; half++) {
+            int64_t key = kb * 32 + half * 16;
+            __mmask16 live = lanes(0, len - key);
+            const uint16_t *src = v + key * stride;
+            for (int64_t m = 0; m < d; m += 2) {
+                __m512i pairs = live ? _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live, rows, src + m, 1)
+                                     : _mm512_setzero_si512();
+                uint16_t *tile = out + (kb * dtiles + m / 16) * 512 + (m % 16) * 32 + half * 16;
+                _mm256_storeu_si256((__m256i *)tile, _mm512_cvtepi32_epi16(pairs));
+                _mm256_storeu_si256((__m256i *)(tile + 32), _mm512_cvtepi32_epi16(_mm512_srli_epi32(pairs, 16)));
+            }
+        }
+    }
+}
+
+/* One block of up to 16 queries (positions q0 .. q0 + rows - 1) of one head against its keys. */
+static void attend_block(const workspace *w, int64_t q0, int64_t rows,
+                         int64_t len, int64_t d, float scale, int causal, int64_t window, float softcap,
+                         uint16_t *out, int64_t out_stride) {
+    int64_t chunks = d / 32, dtiles = d / 16;
+    int64_t first, last;
+    seen_keys(q0, rows, len, causal, window, &first, &last);
+    int64_t k0 = first & ~(int64_t)31, k1 = (last + 31) & ~(int64_t)31; /* aligned to 32 keys */
+
+    /* 1. S^T = K Q^T, 32 keys at a time */
+    if (chunks <= 4)
+        for (int64_t c = 0; c < chunks; c++) LOAD_QUERY(c, w->query + c * 256);
+    for (int64_t g = k0; g < k1; g += 32) {
+        const uint16_t *a0 = w->keys + g * d, *a1 = a0 + 16 * d;
+        _tile_zero(0);
+        _tile_zero(1);
+        for (int64_t c = 0; c < chunks; c++) {
+            if (chunks > 4) LOAD_QUERY(c, w->query + c * 256);
+            _tile_loadd(2, a0 + c * 32, d * 2);
+            DP_QUERY(0, 2, c);
+            _tile_loadd(3, a1 + c * 32, d * 2);
+            DP_QUERY(1, 3, c);
+        }
+        float *s = w->scores + (g - k0) * 16;
+        _tile_stored(0, s, 64);
+        _tile_stored(1, s + 256, 64);
+    }
+
+    /* 2. softmax per query */
+    __m512 inv = softmax_block(w, q0, rows, len, scale, causal, window, softcap, first, last, k0, k1);
 
     /* 3. O^T = V^T P^T, 4 x 16 output dims at a time */
     for (int64_t t0 = 0; t0 < dtiles; t0 += 4) {
@@ -252,26 +407,21 @@ static void attend_block(const workspace *w, int64_t q0, int64_t rows,
     }
 }
 
-#endif
+#endif /* POOLKIT_AMX */
 
-/* Attention of query heads [h_begin, h_end) of a packed batch of bf16 tokens.
- *
- * q: [T, heads, d] with token stride q_stride (elements), heads d apart, dims contiguous;
- * k, v: [T, kv_heads, d] likewise; out: [T, heads, d] contiguous. cu: the nseq + 1 offsets of the
- * sequences; max_len their longest length. window < 0: none; softcap <= 0: none.
- * Returns 0, 1 when out of memory, 2 when this build has no kernel. */
-int poolkit_varlen_attention(const uint16_t *q, int64_t q_stride, const uint16_t *k, int64_t k_stride,
-                             const uint16_t *v, int64_t v_stride, uint16_t *out, const int64_t *cu, int64_t nseq,
-                             int64_t max_len, int64_t heads, int64_t kv_heads, int64_t d, float scale, int causal,
-                             int64_t window, float softcap, int64_t h_begin, int64_t h_end) {
-#ifdef POOLKIT_AMX
-    int64_t chunks = d / 32;
+#ifdef POOLKIT_AVX512BF16
+
+/* Attention of query heads [h_begin, h_end) of a packed batch, on AMX tiles or with AVX512-BF16. */
+static int attend(int amx, const uint16_t *q, int64_t q_stride, const uint16_t *k, int64_t k_stride,
+                  const uint16_t *v, int64_t v_stride, uint16_t *out, const int64_t *cu, int64_t nseq, int64_t max_len,
+                  int64_t heads, int64_t kv_heads, int64_t d, float scale, int causal, int64_t window, float softcap,
+                  int64_t h_begin, int64_t h_end) {
     int64_t padded = (max_len + 31) & ~(int64_t)31;
     workspace w;
     size_t sizes[6] = {
         (size_t)padded * d * sizeof(uint16_t),
-        (size_t)chunks * 256 * sizeof(uint32_t),
-        (size_t)padded * d * sizeof(uint16_t),
+        (size_t)(d / 2) * 16 * sizeof(uint32_t),
+        amx ? (size_t)padded * d * sizeof(uint16_t) : 64,
         (size_t)padded * 16 * sizeof(float),
         (size_t)padded * 16 * sizeof(uint16_t),
         (size_t)16 * 16 * sizeof(float),
@@ -290,9 +440,11 @@ int poolkit_varlen_attention(const uint16_t *q, int64_t q_stride, const uint16_t
     w.probs = parts[4];
     w.acc = parts[5];
 
+#ifdef POOLKIT_AMX
     /* Keep whatever tile configuration the caller's thread had (oneDNN's, torch's). */
     tile_config saved;
-    configure_tiles(&saved);
+    if (amx) configure_tiles(&saved);
+#endif
 
     int64_t group = heads / kv_heads;
     const __m512i qrows = byte_offsets(q_stride);
@@ -307,34 +459,84 @@ int poolkit_varlen_attention(const uint16_t *q, int64_t q_stride, const uint16_t
             continue;
         }
         for (int64_t g = h_begin / group; g <= (h_end - 1) / group; g++) {
-            pack_values(v + t0 * v_stride + g * d, v_stride, len, d, (len + 31) / 32, w.values);
-            for (int64_t n = 0; n < len; n++) memcpy(w.keys + n * d, k + (t0 + n) * k_stride + g * d, (size_t)d * 2);
-            memset(w.keys + len * d, 0, (size_t)(((len + 31) & ~(int64_t)31) - len) * d * 2);
+            const uint16_t *keys = k + t0 * k_stride + g * d;
+#ifdef POOLKIT_AMX
+            if (amx) {
+                pack_values(v + t0 * v_stride + g * d, v_stride, len, d, (len + 31) / 32, w.values);
+                for (int64_t n = 0; n < len; n++) memcpy(w.keys + n * d, keys + n * k_stride, (size_t)d * 2);
+                memset(w.keys + len * d, 0, (size_t)(((len + 31) & ~(int64_t)31) - len) * d * 2);
+            } else
+#endif
+                pack_value_pairs(v + t0 * v_stride + g * d, v_stride, len, d, (uint32_t *)w.values);
             int64_t h_lo = g * group > h_begin ? g * group : h_begin;
             int64_t h_hi = (g + 1) * group < h_end ? (g + 1) * group : h_end;
             for (int64_t h = h_lo; h < h_hi; h++) {
                 for (int64_t q0 = 0; q0 < len; q0 += 16) {
                     int64_t rows = len - q0 < 16 ? len - q0 : 16;
-                    /* query n's dimension pair (32 c + 2 r, + 1) at chunk c, row r, column n */
+                    /* query n's dimension pair (2 p, 2 p + 1) at 16 p + n */
                     const uint16_t *base = q + (t0 + q0) * q_stride + h * d;
                     __mmask16 live = lanes(0, rows);
                     for (int64_t p = 0; p < d / 2; p++)
-                        _mm512_storeu_si512((void *)(w.query + (p >> 4) * 256 + (p & 15) * 16),
+                        _mm512_storeu_si512((void *)(w.query + p * 16),
                                             _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live, qrows, base + 2 * p, 1));
-                    attend_block(&w, q0, rows, len, d, scale, causal, window, softcap,
-                                 out + t0 * heads * d + h * d, heads * d);
+                    uint16_t *o = out + t0 * heads * d + h * d;
+#ifdef POOLKIT_AMX
+                    if (amx)
+                        attend_block(&w, q0, rows, len, d, scale, causal, window, softcap, o, heads * d);
+                    else
+#endif
+                        attend_block_avx512(&w, keys, k_stride, q0, rows, len, d, scale, causal, window, softcap,
+                                            o, heads * d);
                 }
             }
         }
     }
 
-    restore_tiles(&saved);
+#ifdef POOLKIT_AMX
+    if (amx) restore_tiles(&saved);
+#endif
     for (int i = 0; i < 6; i++) free(parts[i]);
     return 0;
+}
+
+#endif /* POOLKIT_AVX512BF16 */
+
+/* Attention of every head of a packed batch of bf16 tokens, the heads split over `workers` threads.
+ *
+ * q: [T, heads, d] with token stride q_stride (elements), heads d apart, dims contiguous;
+ * k, v: [T, kv_heads, d] likewise; out: [T, heads, d] contiguous. cu: the nseq + 1 offsets of the
+ * sequences; max_len their longest length. window < 0: none; softcap <= 0: none. d: a multiple of
+ * 32 up to 256 (AMX), of 16 up to 256 (AVX-512).
+ * Returns 0, 1 when out of memory, 2 when this build has no such kernel. */
+#define ATTENTION_ARGS                                                                                            \
+    const uint16_t *q, int64_t q_stride, const uint16_t *k, int64_t k_stride, const uint16_t *v, int64_t v_stride, \
+        uint16_t *out, const int64_t *cu, int64_t nseq, int64_t max_len, int64_t heads, int64_t kv_heads, int64_t d, \
+        float scale, int causal, int64_t window, float softcap, int64_t workers
+#define ATTENTION_SPLIT(amx)                                                                                      \
+    int code;                                                                                                     \
+    PARALLEL_RANGES(heads, workers, code, begin, end,                                                             \
+                    attend(amx, q, q_stride, k, k_stride, v, v_stride, out, cu, nseq, max_len, heads, kv_heads, d, \
+                           scale, causal, window, softcap, begin, end));                                          \
+    return code
+#define ATTENTION_UNUSED                                                                                          \
+    (void)q; (void)q_stride; (void)k; (void)k_stride; (void)v; (void)v_stride; (void)out; (void)cu; (void)nseq;     \
+    (void)max_len; (void)heads; (void)kv_heads; (void)d; (void)scale; (void)causal; (void)window; (void)softcap;   \
+    (void)workers
+
+int poolkit_varlen_attention(ATTENTION_ARGS) {
+#ifdef POOLKIT_AMX
+    ATTENTION_SPLIT(1);
 #else
-    (void)q; (void)q_stride; (void)k; (void)k_stride; (void)v; (void)v_stride; (void)out; (void)cu; (void)nseq;
-    (void)max_len; (void)heads; (void)kv_heads; (void)d; (void)scale; (void)causal; (void)window; (void)softcap;
-    (void)h_begin; (void)h_end;
+    ATTENTION_UNUSED;
+    return 2;
+#endif
+}
+
+int poolkit_varlen_attention_avx512(ATTENTION_ARGS) {
+#ifdef POOLKIT_AVX512BF16
+    ATTENTION_SPLIT(0);
+#else
+    ATTENTION_UNUSED;
     return 2;
 #endif
 }

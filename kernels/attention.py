@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from poolkit.batch import PackedBatch
 from poolkit.hookspecs import hookimpl
 from poolkit.kernel import Kernel
-from poolkit.kernels.compiler import load_c_library, run_split
+from poolkit.kernels.compiler import load_c_library
 
 SOURCE = Path(__file__).with_name("attention.c")
 
@@ -237,29 +237,40 @@ def flash_varlen_attention(
 
 
 _P, _I = ctypes.c_void_p, ctypes.c_int64
-_SIGNATURE = (_P, _I, _P, _I, _P, _I, _P, _P, _I, _I, _I, _I, _I, ctypes.c_float, ctypes.c_int, _I, ctypes.c_float, _I, _I)
+_SIGNATURE = (_P, _I, _P, _I, _P, _I, _P, _P, _I, _I, _I, _I, _I, ctypes.c_float, ctypes.c_int, _I, ctypes.c_float, _I)
 
 
 @functools.cache
 def _library() -> ctypes.CDLL | None:
-    """attention.c built for this machine, when it has AMX and the kernel grants its tiles."""
+    """attention.c built for this machine (``None`` without a compiler or with compiled kernels off)."""
     lib = load_c_library(SOURCE)
-    if lib is None or not lib.poolkit_attention_available():
+    if lib is None:
         return None
-    lib.poolkit_varlen_attention.argtypes = _SIGNATURE
-    lib.poolkit_varlen_attention.restype = ctypes.c_int
+    for name in ("poolkit_varlen_attention", "poolkit_varlen_attention_avx512"):
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = _SIGNATURE, ctypes.c_int
     return lib
 
 
+@functools.cache
 def _amx_available() -> bool:
-    return _library() is not None
+    """The build has the AMX kernel and the Linux kernel grants this process the tiles."""
+    lib = _library()
+    return lib is not None and bool(lib.poolkit_attention_available())
 
 
-def _amx_takes(*tensors: torch.Tensor) -> bool:
-    """bf16 CPU ``[T, heads, d]`` tensors with contiguous heads, ``d`` a multiple of 32 up to 256."""
+@functools.cache
+def _avx512_available() -> bool:
+    """The build targets AVX512-BF16 (the compiler's ``-march`` has it)."""
+    lib = _library()
+    return lib is not None and bool(lib.poolkit_attention_avx512_available())
+
+
+def _c_takes(multiple: int, *tensors: torch.Tensor) -> bool:
+    """bf16 CPU ``[T, heads, d]`` tensors with contiguous heads, ``d`` a multiple of ``multiple`` up to 256."""
     d = tensors[0].shape[-1]
     return (
-        d % 32 == 0
+        d % multiple == 0
         and 0 < d <= 256
         and tensors[0].shape[1] % tensors[1].shape[1] == 0
         and all(
@@ -275,20 +286,20 @@ def _amx_takes(*tensors: torch.Tensor) -> bool:
     )
 
 
-def _amx(q, k, v, batch, causal, scale, window, softcap) -> torch.Tensor:
-    lib = _library()
+def _compiled(fn, q, k, v, batch, causal, scale, window, softcap) -> torch.Tensor:
+    """One call of a build of attention.c (``fn``) over the packed batch, its heads split over
+    torch's threads (OpenMP's, in the C code) when the batch is large enough to pay for it."""
     tokens, heads, d = q.shape
     out = torch.empty((tokens, heads, d), dtype=q.dtype)
     cu = batch.cu_seqlens.to(device="cpu", dtype=torch.int64).contiguous()
-    codes = run_split(
-        lib.poolkit_varlen_attention, heads,
+    code = fn(
         q.data_ptr(), q.stride(0), k.data_ptr(), k.stride(0), v.data_ptr(), v.stride(0), out.data_ptr(),
         cu.data_ptr(), cu.numel() - 1, batch.max_len, heads, k.shape[1], d,
         d**-0.5 if scale is None else scale, int(causal), -1 if window is None else int(window),
         0.0 if softcap is None else float(softcap),
-        parallel=tokens * batch.max_len >= 1 << 14,
+        torch.get_num_threads() if tokens * batch.max_len >= 1 << 14 else 1,
     )
-    if any(codes):
+    if code:
         raise MemoryError("poolkit attention kernel: out of memory for its scratch buffers")
     return out
 
@@ -305,12 +316,12 @@ def amx_varlen_attention(
 ) -> torch.Tensor:
     """:func:`varlen_attention` as one call of the AMX kernel over the packed tokens (CPU, bf16).
 
-    Calls it has no fast path for (a ``bias``, other dtypes or head sizes, gradients) go to
-    :func:`varlen_attention`.
+    Calls it has no fast path for (a ``bias``, other dtypes, head sizes off the 32 grid, gradients)
+    go to :func:`varlen_attention`.
     """
-    if bias is not None or not _amx_takes(q, k, v) or _library() is None:
+    if bias is not None or not _c_takes(32, q, k, v) or not _amx_available():
         return varlen_attention(q, k, v, batch, causal, scale, window, bias)
-    return _amx(q, k, v, batch, causal, scale, window, None)
+    return _compiled(_library().poolkit_varlen_attention, q, k, v, batch, causal, scale, window, None)
 
 
 def amx_softcap_varlen_attention(
@@ -325,9 +336,47 @@ def amx_softcap_varlen_attention(
 ) -> torch.Tensor:
     """:func:`softcap_varlen_attention` as one call of the AMX kernel (CPU, bf16), the capping
     computed in float32 on the float32 scores; other calls go to the reference."""
-    if not _amx_takes(q, k, v) or _library() is None:
+    if not _c_takes(32, q, k, v) or not _amx_available():
         return softcap_varlen_attention(q, k, v, batch, causal, scale, window, softcap)
-    return _amx(q, k, v, batch, causal, scale, window, softcap)
+    return _compiled(_library().poolkit_varlen_attention, q, k, v, batch, causal, scale, window, softcap)
+
+
+def avx512_varlen_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    batch: PackedBatch,
+    causal: bool = False,
+    scale: float | None = None,
+    window: int | None = None,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """:func:`varlen_attention` as one call of the AVX512-BF16 kernel over the packed tokens (CPU,
+    bf16): the AMX kernel's arithmetic with ``vdpbf16ps`` products, for CPUs without AMX.
+
+    Calls it has no fast path for (a ``bias``, other dtypes, head sizes off the 16 grid, gradients)
+    go to :func:`varlen_attention`.
+    """
+    if bias is not None or not _c_takes(16, q, k, v) or not _avx512_available():
+        return varlen_attention(q, k, v, batch, causal, scale, window, bias)
+    return _compiled(_library().poolkit_varlen_attention_avx512, q, k, v, batch, causal, scale, window, None)
+
+
+def avx512_softcap_varlen_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    batch: PackedBatch,
+    causal: bool = False,
+    scale: float | None = None,
+    window: int | None = None,
+    softcap: float | None = None,
+) -> torch.Tensor:
+    """:func:`softcap_varlen_attention` as one call of the AVX512-BF16 kernel (CPU, bf16); other
+    calls go to the reference."""
+    if not _c_takes(16, q, k, v) or not _avx512_available():
+        return softcap_varlen_attention(q, k, v, batch, causal, scale, window, softcap)
+    return _compiled(_library().poolkit_varlen_attention_avx512, q, k, v, batch, causal, scale, window, softcap)
 
 
 def _flash_available() -> bool:
@@ -357,6 +406,16 @@ def poolkit_register_kernels(register):
         ),
     )
     register(
+        "varlen_attention:avx512",
+        Kernel(
+            fn=avx512_varlen_attention,
+            reference=varlen_attention,
+            device="cpu",
+            priority=5,
+            is_available=_avx512_available,
+        ),
+    )
+    register(
         "varlen_attention_softcap:torch",
         Kernel(fn=softcap_varlen_attention, reference=softcap_varlen_attention, device="any", priority=0),
     )
@@ -368,5 +427,15 @@ def poolkit_register_kernels(register):
             device="cpu",
             priority=10,
             is_available=_amx_available,
+        ),
+    )
+    register(
+        "varlen_attention_softcap:avx512",
+        Kernel(
+            fn=avx512_softcap_varlen_attention,
+            reference=softcap_varlen_attention,
+            device="cpu",
+            priority=5,
+            is_available=_avx512_available,
         ),
     )

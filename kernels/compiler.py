@@ -31,8 +31,11 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-#: Flags of every build; ``-march=...`` is dropped if the compiler refuses it.
+#: Flags of every build; ``-march=...``, then ``-fopenmp``, are dropped if the compiler refuses them.
 CFLAGS = ("-O3", "-fPIC", "-shared", "-fopenmp-simd", "-std=c99")
+#: OpenMP for the kernels' own thread splits (parallel.h): linked to ``libgomp.so.1``, which resolves
+#: to the copy torch loaded, so a kernel's threads are torch's.
+OPENMP = ("-fopenmp",)
 
 
 def arch_flags() -> tuple[str, ...]:
@@ -94,7 +97,7 @@ def _build(compiler: str, source: Path, target: Path) -> None:
     fd, scratch = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        for flags in (CFLAGS + arch_flags(), CFLAGS):
+        for flags in (CFLAGS + OPENMP + arch_flags(), CFLAGS + OPENMP, CFLAGS + arch_flags(), CFLAGS):
             done = subprocess.run(
                 [compiler, *flags, "-o", scratch, str(source), "-lm"], capture_output=True, text=True, timeout=120, check=False
             )
@@ -128,7 +131,7 @@ def load_c_library(source: str | os.PathLike) -> ctypes.CDLL | None:
         key = hashlib.sha256()
         headers = [h.read_bytes() for h in sorted(path.parent.glob("*.h"))]
         for part in (path.read_bytes(), *headers, compiler.encode(), _compiler_version(compiler).encode(),
-                     _cpu_signature().encode(), " ".join(CFLAGS + arch_flags()).encode()):
+                     _cpu_signature().encode(), " ".join(CFLAGS + OPENMP + arch_flags()).encode()):
             key.update(part)
             key.update(b"\0")
         target = cache_dir() / f"{path.stem}-{key.hexdigest()[:20]}.so"

@@ -1,0 +1,157 @@
+"""The compiled attention kernels (kernels/attention.c: AMX tiles, and AVX512-BF16 for CPUs
+without AMX) against the torch reference: every mask they draw from ranges (causal, sliding
+windows, ragged tails), grouped-query heads, soft-capping, strided views of a fused projection,
+the calls they hand back, and their split over threads. Each kernel's numerical tests skip on CPUs
+without its instructions or without a C compiler; test_cpu_tiers runs them built for an AVX2 CPU,
+where both hand every call to the reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from poolkit import PackedBatch
+from poolkit.kernel import select_kernel
+from poolkit.kernels import attention
+from poolkit.kernels.attention import (
+    amx_softcap_varlen_attention,
+    amx_varlen_attention,
+    avx512_softcap_varlen_attention,
+    avx512_varlen_attention,
+    softcap_varlen_attention,
+    varlen_attention,
+)
+from poolkit.plugins import registry
+
+#: Each compiled kernel: (plain, soft-capped, available, the head sizes it takes).
+KERNELS = {
+    "amx": (amx_varlen_attention, amx_softcap_varlen_attention, attention._amx_available, 32),
+    "avx512": (avx512_varlen_attention, avx512_softcap_varlen_attention, attention._avx512_available, 16),
+}
+
+
+def _kernel(name: str):
+    plain, capped, available, _ = KERNELS[name]
+    if not available():
+        pytest.skip(f"no {name} kernel on this CPU, or no C compiler")
+    return plain, capped
+
+
+each_kernel = pytest.mark.parametrize("name", list(KERNELS))
+
+# Unsorted; single tokens; lengths off and on the 16- and 32-key blocks; one past 512.
+LENGTHS = [17, 1, 64, 5, 33, 2, 513, 16, 100]
+
+
+def _inputs(lens, heads, kv_heads, d, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    t = sum(lens)
+    q = torch.randn(t, heads, d, generator=g).bfloat16()
+    k, v = (torch.randn(t, kv_heads, d, generator=g).bfloat16() for _ in range(2))
+    return PackedBatch.from_sequences([[0] * n for n in lens]), q, k, v
+
+
+def test_the_compiled_kernels_are_registered_for_the_cpu() -> None:
+    """AMX above AVX512-BF16 above the reference: the CPU's best kernel runs."""
+    for op, reference in (("varlen_attention", varlen_attention), ("varlen_attention_softcap", softcap_varlen_attention)):
+        amx, avx512 = (registry("kernel").get(f"{op}:{name}") for name in KERNELS)
+        for entry in (amx, avx512):
+            assert entry.device == "cpu" and entry.reference is reference
+        assert amx.priority > avx512.priority > registry("kernel").get(f"{op}:torch").priority
+        expected = amx.fn if amx.is_available() else avx512.fn if avx512.is_available() else reference
+        assert select_kernel(op, "cpu") is expected
+
+
+@each_kernel
+@pytest.mark.parametrize("d", [16, 32, 48, 64, 128, 256])
+@pytest.mark.parametrize(
+    "causal, window", [(False, None), (True, None), (False, 7), (True, 40)], ids=["full", "causal", "window", "causal-window"]
+)
+def test_compiled_attention_matches_the_float32_reference(name: str, d: int, causal: bool, window: int | None) -> None:
+    if d % KERNELS[name][3]:
+        pytest.skip(f"the {name} kernel hands d={d} to the reference")
+    plain, _ = _kernel(name)
+    heads, kv_heads = (4, 2) if d < 256 else (2, 1)
+    batch, q, k, v = _inputs(LENGTHS, heads, kv_heads, d)
+    with torch.inference_mode():
+        got = plain(q, k, v, batch, causal=causal, window=window, scale=0.2)
+        exact = varlen_attention(q.float(), k.float(), v.float(), batch, causal=causal, window=window, scale=0.2)
+        low = varlen_attention(q, k, v, batch, causal=causal, window=window, scale=0.2)  # torch's own bf16 kernel
+    assert got.dtype == torch.bfloat16 and got.shape == q.shape
+    torch.testing.assert_close(got.float(), exact, atol=2e-2, rtol=2e-2)
+    # As close to the float32 result as torch's bf16 attention (a per-token cosine).
+    cos = torch.nn.functional.cosine_similarity
+    assert cos(got.float().flatten(1), exact.flatten(1)).min() >= cos(low.float().flatten(1), exact.flatten(1)).min() - 1e-4
+
+
+@each_kernel
+@pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
+def test_compiled_softcapped_attention_matches_the_reference(name: str, causal: bool) -> None:
+    plain, capped = _kernel(name)
+    batch, q, k, v = _inputs(LENGTHS, 4, 2, 128, seed=1)
+    q = q * 4  # scores large enough for the cap to bite
+    with torch.inference_mode():
+        got = capped(q, k, v, batch, causal=causal, scale=0.3, softcap=5.0)
+        exact = softcap_varlen_attention(q.float(), k.float(), v.float(), batch, causal=causal, scale=0.3, softcap=5.0)
+        uncapped = varlen_attention(q.float(), k.float(), v.float(), batch, causal=causal, scale=0.3)
+    torch.testing.assert_close(got.float(), exact, atol=2e-2, rtol=2e-2)
+    assert (exact - uncapped).abs().max() > 0.1  # the cap changed the result
+    assert torch.equal(capped(q, k, v, batch, causal=causal, scale=0.3), plain(q, k, v, batch, causal=causal, scale=0.3))
+
+
+@each_kernel
+def test_compiled_attention_reads_strided_views_of_a_fused_projection(name: str) -> None:
+    plain, _ = _kernel(name)
+    lens = [40, 3, 77]
+    batch = PackedBatch.from_sequences([[0] * n for n in lens])
+    qkv = torch.randn(sum(lens), 3, 4, 64).bfloat16()  # BERT's fused q/k/v output, viewed per head
+    q, k, v = qkv.unbind(1)
+    assert not q.is_contiguous()
+    got = plain(q, k, v, batch)
+    assert torch.equal(got, plain(q.contiguous(), k.contiguous(), v.contiguous(), batch))
+
+
+@each_kernel
+def test_compiled_attention_is_the_same_on_one_thread_and_two(name: str) -> None:
+    plain, _ = _kernel(name)
+    batch, q, k, v = _inputs(LENGTHS, 6, 3, 64, seed=2)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = plain(q, k, v, batch, causal=True)
+        torch.set_num_threads(2)
+        two = plain(q, k, v, batch, causal=True)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)
+
+
+@each_kernel
+def test_compiled_attention_hands_what_it_cannot_run_to_the_reference(name: str, monkeypatch) -> None:
+    """float32, a bias, head sizes off the kernel's grid (or past 256), and gradients go to the reference."""
+    plain, capped, _, multiple = KERNELS[name]
+    calls = []
+    monkeypatch.setattr(attention, "varlen_attention", lambda *a: calls.append(a) or "ref")
+    monkeypatch.setattr(attention, "softcap_varlen_attention", lambda *a: calls.append(a) or "ref")
+    batch = PackedBatch.from_sequences([[1, 2, 3], [4, 5]])
+    q = torch.randn(5, 2, 64)
+    assert plain(q, q, q, batch) == "ref"
+    assert capped(q, q, q, batch, softcap=3.0) == "ref"
+    b = q.bfloat16()
+    assert plain(b, b, b, batch, bias=torch.zeros(2, 3, 3)) == "ref"
+    for d in (multiple + 8, 512):
+        odd = torch.randn(5, 2, d).bfloat16()
+        assert plain(odd, odd, odd, batch) == "ref"
+    wants_grad = b.clone().requires_grad_()
+    assert plain(wants_grad, b, b, batch) == "ref"
+    assert len(calls) == 6
+
+
+@each_kernel
+def test_compiled_attention_gives_single_tokens_their_own_values(name: str) -> None:
+    """A one-token sequence (the engine's filler rows) sees only itself: its output is its value."""
+    plain, _ = _kernel(name)
+    batch, q, k, v = _inputs([5, 1, 1, 40, 1], 4, 2, 64, seed=3)
+    got = plain(q, k, v, batch, causal=True)
+    for token in (5, 6, 47):
+        assert torch.equal(got[token], v[token].repeat_interleave(2, dim=0))
