@@ -95,22 +95,29 @@ static inline int32_t load32(const void *p) {
     return x;
 }
 
+/* The three builds of the products: bf16 on AMX tiles, bf16 with AVX512-BF16, float32 with FMAs. */
+enum { AVX512_BF16 = 0, AMX_BF16 = 1, AVX512_F32 = 2 };
+
 typedef struct {
     uint16_t *keys;   /* AMX: the sequence's keys of one head, contiguous: keys (zero-padded to 32) x d */
-    uint16_t *values; /* packed values (AMX: blocks32 x d/16 tiles; AVX-512: key pairs x d pairs) */
-    uint32_t *query;  /* the block's queries, packed: dim pair x 16 queries */
+    uint16_t *values; /* packed values (AMX: blocks32 x d/16 tiles; AVX-512 bf16: key pairs x d pairs) */
+    uint32_t *query;  /* the block's queries, packed: dim pair x 16 queries (float32: dim x 16 queries) */
     float *scores;    /* S^T: keys x 16 queries, float32 */
-    uint16_t *probs;  /* P^T packed: key pairs x 16 queries x 2, bf16 */
+    uint16_t *probs;  /* P^T packed: key pairs x 16 queries x 2, bf16 (float32: keys x 16 queries) */
     float *acc;       /* AMX: 16 x 16 float32 */
 } workspace;
 
 /* Step 2 for a block of queries q0 .. q0 + rows - 1 whose scores S^T for the keys [first, last) are
  * in w->scores (row j - k0, k0 even and at most first): the probabilities of the keys [k0, k1) (k1
- * even, at least last) into w->probs, the keys no query sees as zeros. Returns each query's
- * 1 / (sum of its exponentials), 0 in lanes past the block. Keys in [a, b) are seen by every query
- * of the block and take no mask (lanes past the sequence hold finite scores, never read). */
-static __m512 softmax_block(const workspace *w, int64_t q0, int64_t rows, int64_t len, float scale, int causal,
-                            int64_t window, float softcap, int64_t first, int64_t last, int64_t k0, int64_t k1) {
+ * even, at least last) into w->probs (bf16 pair-interleaved; float32 with `wide`, where the
+ * exponential is e^x's degree-6 polynomial instead of 2^x's degree-5 one), the keys no query sees
+ * as zeros. Returns each query's 1 / (sum of its exponentials), 0 in lanes past the block. Keys in
+ * [a, b) are seen by every query of the block and take no mask (lanes past the sequence hold finite
+ * scores, never read). */
+static inline __attribute__((always_inline)) __m512 softmax_block(const workspace *w, int64_t q0, int64_t rows,
+                                                                  int64_t len, float scale, int causal, int64_t window,
+                                                                  float softcap, int64_t first, int64_t last,
+                                                                  int64_t k0, int64_t k1, int wide) {
     __mmask16 live = lanes(0, rows);
     int64_t a = window >= 0 ? q0 + rows - 1 - window : 0;
     int64_t b = causal ? q0 + 1 : (window >= 0 ? q0 + window + 1 : len);
@@ -143,29 +150,37 @@ static __m512 softmax_block(const workspace *w, int64_t q0, int64_t rows, int64_
     __m512 top = _mm512_max_ps(_mm512_max_ps(top0, top1), _mm512_max_ps(top2, top3));
     top = _mm512_maskz_mov_ps(live, top); /* rows past the sequence: 0, not -inf */
     /* e^((s - max) * step) = 2^(s * step * log2(e) - max * step * log2(e)) */
-    __m512 scl = _mm512_set1_ps(step * 1.44269504f);
-    __m512 shift = _mm512_mul_ps(top, _mm512_set1_ps(-step * 1.44269504f));
+    float base = wide ? 1.0f : 1.44269504f;
+    __m512 scl = _mm512_set1_ps(step * base);
+    __m512 shift = _mm512_mul_ps(top, _mm512_set1_ps(-step * base));
+#define EXP(x) (wide ? exp16(x) : exp2_16(x))
     __m512 sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps();
     for (j = k0; j < k1; j += 2) {
         __m512 e0, e1;
         if (j >= a && j + 2 <= b) {
-            e0 = exp2_16(_mm512_fmadd_ps(_mm512_loadu_ps(ROW(j)), scl, shift));
-            e1 = exp2_16(_mm512_fmadd_ps(_mm512_loadu_ps(ROW(j + 1)), scl, shift));
+            e0 = EXP(_mm512_fmadd_ps(_mm512_loadu_ps(ROW(j)), scl, shift));
+            e1 = EXP(_mm512_fmadd_ps(_mm512_loadu_ps(ROW(j + 1)), scl, shift));
         } else {
             __mmask16 m0 = j >= first && j < last ? (j >= a && j < b ? live : EDGE_MASK(j)) : 0;
             __mmask16 m1 = j + 1 >= first && j + 1 < last ? (j + 1 >= a && j + 1 < b ? live : EDGE_MASK(j + 1)) : 0;
-            e0 = m0 ? _mm512_maskz_mov_ps(m0, exp2_16(_mm512_fmadd_ps(_mm512_loadu_ps(ROW(j)), scl, shift)))
+            e0 = m0 ? _mm512_maskz_mov_ps(m0, EXP(_mm512_fmadd_ps(_mm512_loadu_ps(ROW(j)), scl, shift)))
                     : _mm512_setzero_ps();
-            e1 = m1 ? _mm512_maskz_mov_ps(m1, exp2_16(_mm512_fmadd_ps(_mm512_loadu_ps(ROW(j + 1)), scl, shift)))
+            e1 = m1 ? _mm512_maskz_mov_ps(m1, EXP(_mm512_fmadd_ps(_mm512_loadu_ps(ROW(j + 1)), scl, shift)))
                     : _mm512_setzero_ps();
         }
         sum0 = _mm512_add_ps(sum0, e0);
         sum1 = _mm512_add_ps(sum1, e1);
-        __m512i pair = (__m512i)_mm512_cvtne2ps_pbh(e1, e0); /* e0's 16 bf16, then e1's */
-        _mm512_storeu_si512((void *)(w->probs + (j - k0) * 16), interleave_halves(pair));
+        if (wide) {
+            _mm512_storeu_ps((float *)w->probs + (j - k0) * 16, e0);
+            _mm512_storeu_ps((float *)w->probs + (j + 1 - k0) * 16, e1);
+        } else {
+            __m512i pair = (__m512i)_mm512_cvtne2ps_pbh(e1, e0); /* e0's 16 bf16, then e1's */
+            _mm512_storeu_si512((void *)(w->probs + (j - k0) * 16), interleave_halves(pair));
+        }
     }
 #undef EDGE_MASK
 #undef ROW
+#undef EXP
     return _mm512_maskz_div_ps(live, _mm512_set1_ps(1.0f), _mm512_add_ps(sum0, sum1));
 }
 
@@ -195,6 +210,19 @@ static void pack_value_pairs(const uint16_t *v, int64_t stride, int64_t len, int
     }
 }
 
+/* Eight consecutive S^T rows. */
+static inline void store_rows8(float *out, __m512 s0, __m512 s1, __m512 s2, __m512 s3, __m512 s4, __m512 s5, __m512 s6,
+                               __m512 s7) {
+    _mm512_storeu_ps(out, s0);
+    _mm512_storeu_ps(out + 16, s1);
+    _mm512_storeu_ps(out + 32, s2);
+    _mm512_storeu_ps(out + 48, s3);
+    _mm512_storeu_ps(out + 64, s4);
+    _mm512_storeu_ps(out + 80, s5);
+    _mm512_storeu_ps(out + 96, s6);
+    _mm512_storeu_ps(out + 112, s7);
+}
+
 /* Step 1: S^T rows of the keys [first, last) for the block's packed queries, row j - k0 of scores. */
 static void scores_avx512(const workspace *w, const uint16_t *k, int64_t k_stride, int64_t d, int64_t first,
                           int64_t last, int64_t k0) {
@@ -211,15 +239,7 @@ static void scores_avx512(const workspace *w, const uint16_t *k, int64_t k_strid
             DOT(s0, 0); DOT(s1, 1); DOT(s2, 2); DOT(s3, 3); DOT(s4, 4); DOT(s5, 5); DOT(s6, 6); DOT(s7, 7);
 #undef DOT
         }
-        float *out = w->scores + (j - k0) * 16;
-        _mm512_storeu_ps(out, s0);
-        _mm512_storeu_ps(out + 16, s1);
-        _mm512_storeu_ps(out + 32, s2);
-        _mm512_storeu_ps(out + 48, s3);
-        _mm512_storeu_ps(out + 64, s4);
-        _mm512_storeu_ps(out + 80, s5);
-        _mm512_storeu_ps(out + 96, s6);
-        _mm512_storeu_ps(out + 112, s7);
+        store_rows8(w->scores + (j - k0) * 16, s0, s1, s2, s3, s4, s5, s6, s7);
     }
     for (; j < last; j++) {
         __m512 s0 = _mm512_setzero_ps(), s1 = s0;
@@ -272,7 +292,7 @@ static void attend_block_avx512(const workspace *w, const uint16_t *k, int64_t k
     int64_t k0 = first & ~(int64_t)1, k1 = (last + 1) & ~(int64_t)1;
     scores_avx512(w, k, k_stride, d, first, last, k0);
     float inv[16];
-    _mm512_storeu_ps(inv, softmax_block(w, q0, rows, len, scale, causal, window, softcap, first, last, k0, k1));
+    _mm512_storeu_ps(inv, softmax_block(w, q0, rows, len, scale, causal, window, softcap, first, last, k0, k1, 0));
     out += q0 * out_stride;
     for (int64_t m0 = 0; m0 < d; m0 += 64) {
         int64_t nv = (d - m0) / 16 < 4 ? (d - m0) / 16 : 4;
@@ -282,6 +302,87 @@ static void attend_block_avx512(const workspace *w, const uint16_t *k, int64_t k
             case 2: outputs_avx512(w, d, m0, 2, 8, r0, rows, k0, k1, inv, out, out_stride); r0 += 8; break;
             case 3: outputs_avx512(w, d, m0, 3, 4, r0, rows, k0, k1, inv, out, out_stride); r0 += 4; break;
             default: outputs_avx512(w, d, m0, 4, 4, r0, rows, k0, k1, inv, out, out_stride); r0 += 4; break;
+            }
+        }
+    }
+}
+
+/* --- float32 products (FMAs) --- */
+
+/* Step 1 in float32: S^T rows of the keys [first, last), each key's dims broadcast against the
+ * block's 16 queries (w->query: dim x 16 queries). */
+static void scores_f32(const workspace *w, const float *k, int64_t k_stride, int64_t d, int64_t first, int64_t last,
+                       int64_t k0) {
+    const float *query = (const float *)w->query;
+    int64_t j = first;
+    for (; j + 8 <= last; j += 8) {
+        __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0, s4 = s0, s5 = s0, s6 = s0, s7 = s0;
+        const float *r = k + j * k_stride;
+        for (int64_t i = 0; i < d; i++) {
+            __m512 qi = _mm512_loadu_ps(query + 16 * i);
+            const float *c = r + i;
+#define FMA(s, n) s = _mm512_fmadd_ps(qi, _mm512_set1_ps(c[(n) * k_stride]), s)
+            FMA(s0, 0); FMA(s1, 1); FMA(s2, 2); FMA(s3, 3); FMA(s4, 4); FMA(s5, 5); FMA(s6, 6); FMA(s7, 7);
+#undef FMA
+        }
+        store_rows8(w->scores + (j - k0) * 16, s0, s1, s2, s3, s4, s5, s6, s7);
+    }
+    for (; j < last; j++) {
+        __m512 s0 = _mm512_setzero_ps(), s1 = s0;
+        const float *r = k + j * k_stride;
+        int64_t i = 0;
+        for (; i + 1 < d; i += 2) {
+            s0 = _mm512_fmadd_ps(_mm512_loadu_ps(query + 16 * i), _mm512_set1_ps(r[i]), s0);
+            s1 = _mm512_fmadd_ps(_mm512_loadu_ps(query + 16 * i + 16), _mm512_set1_ps(r[i + 1]), s1);
+        }
+        if (i < d) s0 = _mm512_fmadd_ps(_mm512_loadu_ps(query + 16 * i), _mm512_set1_ps(r[i]), s0);
+        _mm512_storeu_ps(w->scores + (j - k0) * 16, _mm512_add_ps(s0, s1));
+    }
+}
+
+/* Step 3 in float32 for `nq` queries (block rows r0 ..) and `nv` x 16 dims from dim m0: each
+ * query's probability broadcast against a key's values, read in place (v: the sequence's first
+ * value of this head). */
+static inline __attribute__((always_inline)) void outputs_f32(const workspace *w, const float *v, int64_t v_stride,
+                                                              int64_t m0, int nv, int nq, int64_t r0, int64_t rows,
+                                                              int64_t first, int64_t last, int64_t k0, const float *inv,
+                                                              float *out, int64_t out_stride) {
+    __m512 acc[16];
+    for (int i = 0; i < nq * nv; i++) acc[i] = _mm512_setzero_ps();
+    const float *probs = (const float *)w->probs + r0;
+    for (int64_t j = first; j < last; j++) {
+        __m512 x[4];
+        for (int t = 0; t < nv; t++) x[t] = _mm512_loadu_ps(v + j * v_stride + m0 + 16 * t);
+        for (int r = 0; r < nq; r++) {
+            __m512 p = _mm512_set1_ps(probs[(j - k0) * 16 + r]);
+            for (int t = 0; t < nv; t++) acc[r * nv + t] = _mm512_fmadd_ps(p, x[t], acc[r * nv + t]);
+        }
+    }
+    for (int r = 0; r < nq && r0 + r < rows; r++) {
+        __m512 factor = _mm512_set1_ps(inv[r0 + r]);
+        for (int t = 0; t < nv; t++) _mm512_storeu_ps(out + (r0 + r) * out_stride + m0 + 16 * t, _mm512_mul_ps(acc[r * nv + t], factor));
+    }
+}
+
+/* attend_block_avx512 in float32: keys and values read in place. */
+static void attend_block_f32(const workspace *w, const float *k, int64_t k_stride, const float *v, int64_t v_stride,
+                             int64_t q0, int64_t rows, int64_t len, int64_t d, float scale, int causal, int64_t window,
+                             float softcap, float *out, int64_t out_stride) {
+    int64_t first, last;
+    seen_keys(q0, rows, len, causal, window, &first, &last);
+    int64_t k0 = first & ~(int64_t)1, k1 = (last + 1) & ~(int64_t)1;
+    scores_f32(w, k, k_stride, d, first, last, k0);
+    float inv[16];
+    _mm512_storeu_ps(inv, softmax_block(w, q0, rows, len, scale, causal, window, softcap, first, last, k0, k1, 1));
+    out += q0 * out_stride;
+    for (int64_t m0 = 0; m0 < d; m0 += 64) {
+        int64_t nv = (d - m0) / 16 < 4 ? (d - m0) / 16 : 4;
+        for (int64_t r0 = 0; r0 < rows;) {
+            switch (nv) {
+            case 1: outputs_f32(w, v, v_stride, m0, 1, 16, r0, rows, first, last, k0, inv, out, out_stride); r0 += 16; break;
+            case 2: outputs_f32(w, v, v_stride, m0, 2, 8, r0, rows, first, last, k0, inv, out, out_stride); r0 += 8; break;
+            case 3: outputs_f32(w, v, v_stride, m0, 3, 4, r0, rows, first, last, k0, inv, out, out_stride); r0 += 4; break;
+            default: outputs_f32(w, v, v_stride, m0, 4, 4, r0, rows, first, last, k0, inv, out, out_stride); r0 += 4; break;
             }
         }
     }
@@ -361,7 +462,7 @@ static void attend_block(const workspace *w, int64_t q0, int64_t rows,
     }
 
     /* 2. softmax per query */
-    __m512 inv = softmax_block(w, q0, rows, len, scale, causal, window, softcap, first, last, k0, k1);
+    __m512 inv = softmax_block(w, q0, rows, len, scale, causal, window, softcap, first, last, k0, k1, 0);
 
     /* 3. O^T = V^T P^T, 4 x 16 output dims at a time */
     for (int64_t t0 = 0; t0 < dtiles; t0 += 4) {
@@ -411,24 +512,27 @@ static void attend_block(const workspace *w, int64_t q0, int64_t rows,
 
 #ifdef POOLKIT_AVX512BF16
 
-/* Attention of query heads [h_begin, h_end) of a packed batch, on AMX tiles or with AVX512-BF16. */
-static int attend(int amx, const uint16_t *q, int64_t q_stride, const uint16_t *k, int64_t k_stride,
-                  const uint16_t *v, int64_t v_stride, uint16_t *out, const int64_t *cu, int64_t nseq, int64_t max_len,
-                  int64_t heads, int64_t kv_heads, int64_t d, float scale, int causal, int64_t window, float softcap,
-                  int64_t h_begin, int64_t h_end) {
+/* Attention of query heads [h_begin, h_end) of a packed batch in one of the three builds (`mode`);
+ * q, k, v, out: bf16, or float32 for AVX512_F32, strides in elements. */
+static int attend(int mode, const void *q, int64_t q_stride, const void *k, int64_t k_stride, const void *v,
+                  int64_t v_stride, void *out, const int64_t *cu, int64_t nseq, int64_t max_len, int64_t heads,
+                  int64_t kv_heads, int64_t d, float scale, int causal, int64_t window, float softcap, int64_t h_begin,
+                  int64_t h_end) {
+    const int64_t size = mode == AVX512_F32 ? 4 : 2; /* bytes an element */
+#define AT(p, i) ((const char *)(p) + (i) * size)
     int64_t padded = (max_len + 31) & ~(int64_t)31;
     workspace w;
     size_t sizes[6] = {
-        (size_t)padded * d * sizeof(uint16_t),
-        (size_t)(d / 2) * 16 * sizeof(uint32_t),
-        amx ? (size_t)padded * d * sizeof(uint16_t) : 64,
+        mode == AVX512_F32 ? 64 : (size_t)padded * d * sizeof(uint16_t),
+        (size_t)d * 16 * sizeof(float),
+        mode == AMX_BF16 ? (size_t)padded * d * sizeof(uint16_t) : 64,
         (size_t)padded * 16 * sizeof(float),
-        (size_t)padded * 16 * sizeof(uint16_t),
+        (size_t)padded * 16 * sizeof(float),
         (size_t)16 * 16 * sizeof(float),
     };
     void *parts[6] = {0};
     for (int i = 0; i < 6; i++) {
-        if (posix_memalign(&parts[i], 64, sizes[i] ? sizes[i] : 64)) {
+        if (posix_memalign(&parts[i], 64, sizes[i])) {
             for (int j = 0; j < i; j++) free(parts[j]);
             return 1;
         }
@@ -443,11 +547,12 @@ static int attend(int amx, const uint16_t *q, int64_t q_stride, const uint16_t *
 #ifdef POOLKIT_AMX
     /* Keep whatever tile configuration the caller's thread had (oneDNN's, torch's). */
     tile_config saved;
-    if (amx) configure_tiles(&saved);
+    if (mode == AMX_BF16) configure_tiles(&saved);
 #endif
 
     int64_t group = heads / kv_heads;
-    const __m512i qrows = byte_offsets(q_stride);
+    /* the block's queries: 32 bits at a time (a bf16 dim pair, or a float32 dim) from 16 rows */
+    const __m512i qrows = byte_offsets(q_stride * size / 2);
     for (int64_t s = 0; s < nseq; s++) {
         int64_t t0 = cu[s], len = cu[s + 1] - cu[s];
         if (len <= 0) continue;
@@ -455,45 +560,53 @@ static int attend(int amx, const uint16_t *q, int64_t q_stride, const uint16_t *
             /* One token sees only itself: its output is its value, exactly (the engine's filler
              * sequences are such tokens). */
             for (int64_t h = h_begin; h < h_end; h++)
-                memcpy(out + t0 * heads * d + h * d, v + t0 * v_stride + (h / group) * d, (size_t)d * 2);
+                memcpy((char *)out + (t0 * heads * d + h * d) * size, AT(v, t0 * v_stride + (h / group) * d), (size_t)(d * size));
             continue;
         }
         for (int64_t g = h_begin / group; g <= (h_end - 1) / group; g++) {
-            const uint16_t *keys = k + t0 * k_stride + g * d;
+            const void *keys = AT(k, t0 * k_stride + g * d), *values = AT(v, t0 * v_stride + g * d);
 #ifdef POOLKIT_AMX
-            if (amx) {
-                pack_values(v + t0 * v_stride + g * d, v_stride, len, d, (len + 31) / 32, w.values);
-                for (int64_t n = 0; n < len; n++) memcpy(w.keys + n * d, keys + n * k_stride, (size_t)d * 2);
+            if (mode == AMX_BF16) {
+                pack_values(values, v_stride, len, d, (len + 31) / 32, w.values);
+                for (int64_t n = 0; n < len; n++) memcpy(w.keys + n * d, AT(keys, n * k_stride), (size_t)d * 2);
                 memset(w.keys + len * d, 0, (size_t)(((len + 31) & ~(int64_t)31) - len) * d * 2);
-            } else
+            }
 #endif
-                pack_value_pairs(v + t0 * v_stride + g * d, v_stride, len, d, (uint32_t *)w.values);
+            if (mode == AVX512_BF16) pack_value_pairs(values, v_stride, len, d, (uint32_t *)w.values);
             int64_t h_lo = g * group > h_begin ? g * group : h_begin;
             int64_t h_hi = (g + 1) * group < h_end ? (g + 1) * group : h_end;
             for (int64_t h = h_lo; h < h_hi; h++) {
                 for (int64_t q0 = 0; q0 < len; q0 += 16) {
                     int64_t rows = len - q0 < 16 ? len - q0 : 16;
-                    /* query n's dimension pair (2 p, 2 p + 1) at 16 p + n */
-                    const uint16_t *base = q + (t0 + q0) * q_stride + h * d;
+                    /* bf16: query n's dimension pair (2 p, 2 p + 1) at 16 p + n; float32: its dim p */
+                    const char *base = AT(q, (t0 + q0) * q_stride + h * d);
                     __mmask16 live = lanes(0, rows);
-                    for (int64_t p = 0; p < d / 2; p++)
+                    for (int64_t p = 0; p < (mode == AVX512_F32 ? d : d / 2); p++)
                         _mm512_storeu_si512((void *)(w.query + p * 16),
-                                            _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live, qrows, base + 2 * p, 1));
-                    uint16_t *o = out + t0 * heads * d + h * d;
+                                            _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live, qrows, base + 4 * p, 1));
+                    char *o = (char *)out + (t0 * heads * d + h * d) * size;
+                    switch (mode) {
 #ifdef POOLKIT_AMX
-                    if (amx)
-                        attend_block(&w, q0, rows, len, d, scale, causal, window, softcap, o, heads * d);
-                    else
+                    case AMX_BF16:
+                        attend_block(&w, q0, rows, len, d, scale, causal, window, softcap, (uint16_t *)o, heads * d);
+                        break;
 #endif
+                    case AVX512_F32:
+                        attend_block_f32(&w, keys, k_stride, values, v_stride, q0, rows, len, d, scale, causal, window,
+                                         softcap, (float *)o, heads * d);
+                        break;
+                    default:
                         attend_block_avx512(&w, keys, k_stride, q0, rows, len, d, scale, causal, window, softcap,
-                                            o, heads * d);
+                                            (uint16_t *)o, heads * d);
+                    }
                 }
             }
         }
     }
+#undef AT
 
 #ifdef POOLKIT_AMX
-    if (amx) restore_tiles(&saved);
+    if (mode == AMX_BF16) restore_tiles(&saved);
 #endif
     for (int i = 0; i < 6; i++) free(parts[i]);
     return 0;
@@ -509,13 +622,13 @@ static int attend(int amx, const uint16_t *q, int64_t q_stride, const uint16_t *
  * 32 up to 256 (AMX), of 16 up to 256 (AVX-512).
  * Returns 0, 1 when out of memory, 2 when this build has no such kernel. */
 #define ATTENTION_ARGS                                                                                            \
-    const uint16_t *q, int64_t q_stride, const uint16_t *k, int64_t k_stride, const uint16_t *v, int64_t v_stride, \
-        uint16_t *out, const int64_t *cu, int64_t nseq, int64_t max_len, int64_t heads, int64_t kv_heads, int64_t d, \
+    const void *q, int64_t q_stride, const void *k, int64_t k_stride, const void *v, int64_t v_stride, void *out,    \
+        const int64_t *cu, int64_t nseq, int64_t max_len, int64_t heads, int64_t kv_heads, int64_t d, \
         float scale, int causal, int64_t window, float softcap, int64_t workers
-#define ATTENTION_SPLIT(amx)                                                                                      \
+#define ATTENTION_SPLIT(mode)                                                                                     \
     int code;                                                                                                     \
     PARALLEL_RANGES(heads, workers, code, begin, end,                                                             \
-                    attend(amx, q, q_stride, k, k_stride, v, v_stride, out, cu, nseq, max_len, heads, kv_heads, d, \
+                    attend(mode, q, q_stride, k, k_stride, v, v_stride, out, cu, nseq, max_len, heads, kv_heads, d, \
                            scale, causal, window, softcap, begin, end));                                          \
     return code
 #define ATTENTION_UNUSED                                                                                          \
@@ -525,7 +638,7 @@ static int attend(int amx, const uint16_t *q, int64_t q_stride, const uint16_t *
 
 int poolkit_varlen_attention(ATTENTION_ARGS) {
 #ifdef POOLKIT_AMX
-    ATTENTION_SPLIT(1);
+    ATTENTION_SPLIT(AMX_BF16);
 #else
     ATTENTION_UNUSED;
     return 2;
@@ -534,7 +647,17 @@ int poolkit_varlen_attention(ATTENTION_ARGS) {
 
 int poolkit_varlen_attention_avx512(ATTENTION_ARGS) {
 #ifdef POOLKIT_AVX512BF16
-    ATTENTION_SPLIT(0);
+    ATTENTION_SPLIT(AVX512_BF16);
+#else
+    ATTENTION_UNUSED;
+    return 2;
+#endif
+}
+
+/* The same in float32 (q, k, v, out float32; FMA products, float32 probabilities). */
+int poolkit_varlen_attention_f32(ATTENTION_ARGS) {
+#ifdef POOLKIT_AVX512BF16
+    ATTENTION_SPLIT(AVX512_F32);
 #else
     ATTENTION_UNUSED;
     return 2;

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from poolkit.batch import PackedBatch
 from poolkit.hookspecs import hookimpl
 from poolkit.kernel import Kernel
-from poolkit.kernels.compiler import load_c_library
+from poolkit.kernels.compiler import load_c_library, workers
 
 SOURCE = Path(__file__).with_name("attention.c")
 
@@ -246,7 +246,7 @@ def _library() -> ctypes.CDLL | None:
     lib = load_c_library(SOURCE)
     if lib is None:
         return None
-    for name in ("poolkit_varlen_attention", "poolkit_varlen_attention_avx512"):
+    for name in ("poolkit_varlen_attention", "poolkit_varlen_attention_avx512", "poolkit_varlen_attention_f32"):
         fn = getattr(lib, name)
         fn.argtypes, fn.restype = _SIGNATURE, ctypes.c_int
     return lib
@@ -266,16 +266,18 @@ def _avx512_available() -> bool:
     return lib is not None and bool(lib.poolkit_attention_avx512_available())
 
 
-def _c_takes(multiple: int, *tensors: torch.Tensor) -> bool:
-    """bf16 CPU ``[T, heads, d]`` tensors with contiguous heads, ``d`` a multiple of ``multiple`` up to 256."""
+def _c_takes(multiple: int, *tensors: torch.Tensor, dtypes: tuple[torch.dtype, ...] = (torch.bfloat16,)) -> bool:
+    """CPU ``[T, heads, d]`` tensors of one of ``dtypes`` with contiguous heads, ``d`` a multiple of
+    ``multiple`` up to 256."""
     d = tensors[0].shape[-1]
     return (
-        d % multiple == 0
+        tensors[0].dtype in dtypes
+        and d % multiple == 0
         and 0 < d <= 256
         and tensors[0].shape[1] % tensors[1].shape[1] == 0
         and all(
             t.dim() == 3
-            and t.dtype == torch.bfloat16
+            and t.dtype == tensors[0].dtype
             and t.device.type == "cpu"
             and t.shape[-1] == d
             and t.stride(2) == 1
@@ -297,7 +299,7 @@ def _compiled(fn, q, k, v, batch, causal, scale, window, softcap) -> torch.Tenso
         cu.data_ptr(), cu.numel() - 1, batch.max_len, heads, k.shape[1], d,
         d**-0.5 if scale is None else scale, int(causal), -1 if window is None else int(window),
         0.0 if softcap is None else float(softcap),
-        torch.get_num_threads() if tokens * batch.max_len >= 1 << 14 else 1,
+        workers(tokens * batch.max_len >= 1 << 14),
     )
     if code:
         raise MemoryError("poolkit attention kernel: out of memory for its scratch buffers")
@@ -341,6 +343,15 @@ def amx_softcap_varlen_attention(
     return _compiled(_library().poolkit_varlen_attention, q, k, v, batch, causal, scale, window, softcap)
 
 
+#: What the AVX-512 kernel computes in: bf16 (``vdpbf16ps`` products) and float32 (FMAs).
+_AVX512_DTYPES = (torch.bfloat16, torch.float32)
+
+
+def _avx512_fn(q: torch.Tensor):
+    lib = _library()
+    return lib.poolkit_varlen_attention_avx512 if q.dtype == torch.bfloat16 else lib.poolkit_varlen_attention_f32
+
+
 def avx512_varlen_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -351,15 +362,17 @@ def avx512_varlen_attention(
     window: int | None = None,
     bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """:func:`varlen_attention` as one call of the AVX512-BF16 kernel over the packed tokens (CPU,
-    bf16): the AMX kernel's arithmetic with ``vdpbf16ps`` products, for CPUs without AMX.
+    """:func:`varlen_attention` as one call of the AVX-512 kernel over the packed tokens (CPUs with
+    AVX512-BF16): in bf16, the AMX kernel's arithmetic with ``vdpbf16ps`` products, for CPUs
+    without AMX; in float32, FMA products and a float32 softmax and probabilities (torch's float32
+    arithmetic, another summation order).
 
     Calls it has no fast path for (a ``bias``, other dtypes, head sizes off the 16 grid, gradients)
     go to :func:`varlen_attention`.
     """
-    if bias is not None or not _c_takes(16, q, k, v) or not _avx512_available():
+    if bias is not None or not _c_takes(16, q, k, v, dtypes=_AVX512_DTYPES) or not _avx512_available():
         return varlen_attention(q, k, v, batch, causal, scale, window, bias)
-    return _compiled(_library().poolkit_varlen_attention_avx512, q, k, v, batch, causal, scale, window, None)
+    return _compiled(_avx512_fn(q), q, k, v, batch, causal, scale, window, None)
 
 
 def avx512_softcap_varlen_attention(
@@ -372,11 +385,11 @@ def avx512_softcap_varlen_attention(
     window: int | None = None,
     softcap: float | None = None,
 ) -> torch.Tensor:
-    """:func:`softcap_varlen_attention` as one call of the AVX512-BF16 kernel (CPU, bf16); other
-    calls go to the reference."""
-    if not _c_takes(16, q, k, v) or not _avx512_available():
+    """:func:`softcap_varlen_attention` as one call of the AVX-512 kernel (CPU, bf16 or float32);
+    other calls go to the reference."""
+    if not _c_takes(16, q, k, v, dtypes=_AVX512_DTYPES) or not _avx512_available():
         return softcap_varlen_attention(q, k, v, batch, causal, scale, window, softcap)
-    return _compiled(_library().poolkit_varlen_attention_avx512, q, k, v, batch, causal, scale, window, softcap)
+    return _compiled(_avx512_fn(q), q, k, v, batch, causal, scale, window, softcap)
 
 
 def _flash_available() -> bool:

@@ -24,7 +24,6 @@ import platform
 import shutil
 import subprocess
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -155,23 +154,21 @@ def load_typed_library(source: str | os.PathLike, signatures: dict[str, tuple]) 
     return lib
 
 
-@functools.cache
-def _pool(workers: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="poolkit-kernel")
+_forked = False
 
 
-# A forked child has none of its parent's threads: it starts pools of its own.
-os.register_at_fork(after_in_child=_pool.cache_clear)
+def _after_fork_in_child() -> None:
+    global _forked
+    _forked = True
 
 
-def run_split(fn, count: int, *args_before, args_after=(), parallel: bool = True) -> list[int]:
-    """``fn(*args_before, begin, end, *args_after)`` over ``[0, count)``, split into contiguous
-    ranges over torch's intra-op thread count when ``parallel`` (ctypes releases the GIL while C
-    runs, so the ranges run at once); the return codes of the calls, in range order."""
-    workers = min(torch.get_num_threads(), count) if parallel else 1
-    if workers <= 1:
-        return [fn(*args_before, 0, count, *args_after)]
-    step = -(-count // workers)
-    spans = [(b, min(b + step, count)) for b in range(step, count, step)]
-    futures = [_pool(workers - 1).submit(fn, *args_before, b, e, *args_after) for b, e in spans]
-    return [fn(*args_before, 0, step, *args_after)] + [f.result() for f in futures]
+# A forked child's copy of OpenMP still counts its parent's threads, which the fork did not copy:
+# a parallel region there waits for them forever. Its kernels run on its own thread.
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def workers(parallel: bool = True) -> int:
+    """The threads a compiled kernel may split one call over (its ``workers`` argument; the kernel
+    splits its rows or heads itself, on OpenMP's threads: ``parallel.h``): torch's intra-op thread
+    count when ``parallel`` (a call large enough to pay for waking them), else 1; 1 in a forked child."""
+    return torch.get_num_threads() if parallel and not _forked else 1

@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "simd.h"
+#include "parallel.h"
 
 typedef union {
     uint32_t u;
@@ -168,10 +169,10 @@ static inline void *row_out(void *base, int dtype, int64_t i, int64_t n) {
 
 /* total = x (+ residual), rounded to total's dtype; out = RMSNorm(total):
  * weight * total * rsqrt(mean(total^2) + eps), or total * rsqrt(...) * (1 + weight) with offset. */
-int poolkit_rms_norm(const void *x, int x_dtype, int64_t inner, int64_t outer_stride, int64_t inner_stride,
-                     const void *residual, int residual_dtype, void *total, int total_dtype, const void *weight,
-                     int weight_dtype, void *out, int out_dtype, int64_t row_begin, int64_t row_end, int64_t n,
-                     float eps, int offset) {
+static int rms_norm_rows(const void *x, int x_dtype, int64_t inner, int64_t outer_stride, int64_t inner_stride,
+                         const void *residual, int residual_dtype, void *total, int total_dtype, const void *weight,
+                         int weight_dtype, void *out, int out_dtype, int64_t row_begin, int64_t row_end, int64_t n,
+                         float eps, int offset) {
     float *buf = (float *)malloc((size_t)n * 2 * sizeof(float));
     if (!buf) return 1;
     float *w = buf + n;
@@ -210,9 +211,9 @@ int poolkit_rms_norm(const void *x, int x_dtype, int64_t inner, int64_t outer_st
 }
 
 /* wide = norm(x + residual) in float32 (LayerNorm, or RMSNorm with rms); low = wide in low's dtype. */
-int poolkit_residual_norm(const void *x, int x_dtype, const void *residual, int residual_dtype,
-                          const void *weight, const void *bias, int weight_dtype, float *wide, void *low,
-                          int low_dtype, int64_t row_begin, int64_t row_end, int64_t n, float eps, int rms) {
+static int residual_norm_rows(const void *x, int x_dtype, const void *residual, int residual_dtype,
+                              const void *weight, const void *bias, int weight_dtype, float *wide, void *low,
+                              int low_dtype, int64_t row_begin, int64_t row_end, int64_t n, float eps, int rms) {
     float *buf = (float *)malloc((size_t)n * 3 * sizeof(float));
     if (!buf) return 1;
     float *w = buf + n, *b = buf + 2 * n;
@@ -262,9 +263,9 @@ int poolkit_residual_norm(const void *x, int x_dtype, const void *residual, int 
  * rotate_half): out[j] = a cos[j] - b sin[j], out[j + h] = b cos[j + h] + a sin[j + h] with
  * a = x[j], b = x[j + h], h = rotated / 2; the other dimensions copied. Row i of x is token
  * i / inner, whose cos and sin rows (`rotated` wide, contiguous) it reads. */
-int poolkit_rotary(const void *x, int x_dtype, int64_t inner, int64_t outer_stride, int64_t inner_stride,
-                   const void *cos, const void *sin, int cs_dtype, void *out, int64_t row_begin, int64_t row_end,
-                   int64_t n, int64_t rotated) {
+static int rotary_rows(const void *x, int x_dtype, int64_t inner, int64_t outer_stride, int64_t inner_stride,
+                       const void *cos, const void *sin, int cs_dtype, void *out, int64_t row_begin, int64_t row_end,
+                       int64_t n, int64_t rotated) {
     int64_t half = rotated / 2, token = -1;
 #ifdef POOLKIT_AVX512BF16
     if (x_dtype == 1 && cs_dtype == 1 && half % 16 == 0) {
@@ -312,6 +313,39 @@ int poolkit_rotary(const void *x, int x_dtype, int64_t inner, int64_t outer_stri
     return 0;
 }
 
+/* The exported kernels: each of the functions above over rows [0, rows), split over `workers` threads
+ * (parallel.h), in place of its row range. */
+int poolkit_rms_norm(const void *x, int x_dtype, int64_t inner, int64_t outer_stride, int64_t inner_stride,
+                     const void *residual, int residual_dtype, void *total, int total_dtype, const void *weight,
+                     int weight_dtype, void *out, int out_dtype, int64_t rows, int64_t workers, int64_t n,
+                     float eps, int offset) {
+    int code;
+    PARALLEL_RANGES(rows, workers, code, begin, end,
+                    rms_norm_rows(x, x_dtype, inner, outer_stride, inner_stride, residual, residual_dtype, total,
+                                  total_dtype, weight, weight_dtype, out, out_dtype, begin, end, n, eps, offset));
+    return code;
+}
+
+int poolkit_residual_norm(const void *x, int x_dtype, const void *residual, int residual_dtype,
+                          const void *weight, const void *bias, int weight_dtype, float *wide, void *low,
+                          int low_dtype, int64_t rows, int64_t workers, int64_t n, float eps, int rms) {
+    int code;
+    PARALLEL_RANGES(rows, workers, code, begin, end,
+                    residual_norm_rows(x, x_dtype, residual, residual_dtype, weight, bias, weight_dtype, wide, low,
+                                       low_dtype, begin, end, n, eps, rms));
+    return code;
+}
+
+int poolkit_rotary(const void *x, int x_dtype, int64_t inner, int64_t outer_stride, int64_t inner_stride,
+                   const void *cos, const void *sin, int cs_dtype, void *out, int64_t rows, int64_t workers,
+                   int64_t n, int64_t rotated) {
+    int code;
+    PARALLEL_RANGES(rows, workers, code, begin, end,
+                    rotary_rows(x, x_dtype, inner, outer_stride, inner_stride, cos, sin, cs_dtype, out, begin, end, n,
+                                rotated));
+    return code;
+}
+
 #ifdef POOLKIT_AVX512BF16
 static inline __attribute__((always_inline)) void activation_rows(const uint16_t *y, int64_t stride, int64_t gate_offset,
                                                                   int64_t up_offset, uint16_t *out, int64_t out_stride,
@@ -344,19 +378,21 @@ int poolkit_has_activation(void) {
  * the activations whose oneDNN post-ops cost more than this pass (others stay post-ops). Returns
  * 2 without AVX512-BF16 or when n is not a multiple of 16, 3 for an unknown act. */
 int poolkit_activation(const void *y, int64_t stride, int64_t gate_offset, int64_t up_offset, void *out,
-                       int64_t out_stride, int64_t row_begin, int64_t row_end, int64_t n, int act) {
+                       int64_t out_stride, int64_t rows, int64_t workers, int64_t n, int act) {
 #ifdef POOLKIT_AVX512BF16
     if (n % 16) return 2;
+    if (act != 1 && act != 2) return 3;
     const uint16_t *src = (const uint16_t *)y;
     uint16_t *dst = (uint16_t *)out;
-    switch (act) {
-    case 1: activation_rows(src, stride, gate_offset, up_offset, dst, out_stride, row_begin, row_end, n, 1); return 0;
-    case 2: activation_rows(src, stride, gate_offset, up_offset, dst, out_stride, row_begin, row_end, n, 2); return 0;
-    default: return 3;
-    }
+    int code;
+    PARALLEL_RANGES(rows, workers, code, begin, end,
+                    ((act == 1 ? activation_rows(src, stride, gate_offset, up_offset, dst, out_stride, begin, end, n, 1)
+                               : activation_rows(src, stride, gate_offset, up_offset, dst, out_stride, begin, end, n, 2)),
+                     0));
+    return code;
 #else
     (void)y, (void)stride, (void)gate_offset, (void)up_offset, (void)out, (void)out_stride;
-    (void)row_begin, (void)row_end, (void)n, (void)act;
+    (void)rows, (void)workers, (void)n, (void)act;
     return 2;
 #endif
 }

@@ -62,7 +62,7 @@ import torch
 import torch.nn.functional as F
 from poolkit.hookspecs import hookimpl
 from poolkit.kernel import Kernel
-from poolkit.kernels.compiler import load_typed_library, run_split
+from poolkit.kernels.compiler import load_typed_library, workers
 
 SOURCE = Path(__file__).with_name("elementwise.c")
 #: The dtype codes of elementwise.c.
@@ -164,10 +164,9 @@ def _compiled_available() -> bool:
 
 
 def _run_rows(fn, rows: int, elements: int, *args_before, args_after=()) -> None:
-    """``fn(*args_before, begin, end, *args_after)`` over ``rows``, split by rows over torch's
-    intra-op thread count when the call is large."""
-    codes = run_split(fn, rows, *args_before, args_after=args_after, parallel=elements >= _PARALLEL_ELEMENTS)
-    if any(codes):
+    """``fn(*args_before, rows, workers, *args_after)``: the kernel over ``rows``, split by rows over
+    torch's intra-op thread count when the call is large."""
+    if fn(*args_before, rows, workers(elements >= _PARALLEL_ELEMENTS), *args_after):
         raise MemoryError("poolkit elementwise kernel: out of memory for its scratch row")
 
 
@@ -235,12 +234,12 @@ def activation_c(y: torch.Tensor, act: str, gate_first: bool | None = None) -> t
     out = y if gate_first is None else torch.empty((rows, inner), dtype=y.dtype)
     gate, up = (0, -1) if gate_first is None else ((0, inner) if gate_first else (inner, 0))
     if rows:
-        codes = run_split(
-            _library().poolkit_activation, rows, y.data_ptr(), width, gate, up, out.data_ptr(), inner,
-            args_after=(inner, C_ACTIVATIONS[act]), parallel=y.numel() >= _PARALLEL_ELEMENTS,
+        code = _library().poolkit_activation(
+            y.data_ptr(), width, gate, up, out.data_ptr(), inner, rows, workers(y.numel() >= _PARALLEL_ELEMENTS),
+            inner, C_ACTIVATIONS[act],
         )
-        if any(codes):
-            raise ValueError(f"poolkit activation kernel: cannot compute {act!r} over {inner} columns (code {max(codes)})")
+        if code:
+            raise ValueError(f"poolkit activation kernel: cannot compute {act!r} over {inner} columns (code {code})")
     return out
 
 

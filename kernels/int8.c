@@ -12,6 +12,8 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "parallel.h"
+
 static inline float bf16_value(const uint16_t *p, int64_t i) {
     union {
         uint32_t u;
@@ -64,8 +66,8 @@ static inline float bf16_value(const uint16_t *p, int64_t i) {
 /* Rows [begin, end) of x ([m, k], row stride x_stride elements, dtype x_dtype) rounded into q
  * ([m, k] uint8, contiguous), with each row's level width in step[m] and level of zero in zero[m];
  * inv_smooth ([k] float32) or NULL multiplies the inputs first. */
-int poolkit_quantize_rows(const void *x, int x_dtype, int64_t x_stride, const float *inv_smooth, int64_t k, int levels,
-                          uint8_t *q, float *step, float *zero, int64_t begin, int64_t end) {
+static int quantize_rows(const void *x, int x_dtype, int64_t x_stride, const float *inv_smooth, int64_t k, int levels,
+                         uint8_t *q, float *step, float *zero, int64_t begin, int64_t end) {
     if (x_dtype != 0 && x_dtype != 1)
         return 3;
     for (int64_t r = begin; r < end; r++) {
@@ -85,8 +87,8 @@ int poolkit_quantize_rows(const void *x, int x_dtype, int64_t x_stride, const fl
  * scale) rescaled in place to step[r] * (y - zero[r] * wsum[j]) + bias[j]: wsum ([n]) is each weight
  * row's sum times its scale, bias ([n]) or NULL. (The activation after it stays torch's: an erf GELU
  * computed here with simd.h's AVX-512 code made all-MiniLM-L6-v2 slower, not faster.) */
-int poolkit_rescale_rows(float *y, int64_t n, const float *step, const float *zero, const float *wsum, const float *bias,
-                         int64_t begin, int64_t end) {
+static int rescale_rows(float *y, int64_t n, const float *step, const float *zero, const float *wsum, const float *bias,
+                        int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; r++) {
         float *row = y + r * n;
         const float s = step[r], shift = zero[r];
@@ -101,4 +103,21 @@ int poolkit_rescale_rows(float *y, int64_t n, const float *step, const float *ze
         }
     }
     return 0;
+}
+
+/* The exported kernels: each of the functions above over rows [0, rows), split over `workers` threads
+ * (parallel.h), in place of its row range. */
+int poolkit_quantize_rows(const void *x, int x_dtype, int64_t x_stride, const float *inv_smooth, int64_t k, int levels,
+                          uint8_t *q, float *step, float *zero, int64_t rows, int64_t workers) {
+    int code;
+    PARALLEL_RANGES(rows, workers, code, begin, end,
+                    quantize_rows(x, x_dtype, x_stride, inv_smooth, k, levels, q, step, zero, begin, end));
+    return code;
+}
+
+int poolkit_rescale_rows(float *y, int64_t n, const float *step, const float *zero, const float *wsum, const float *bias,
+                         int64_t rows, int64_t workers) {
+    int code;
+    PARALLEL_RANGES(rows, workers, code, begin, end, rescale_rows(y, n, step, zero, wsum, bias, begin, end));
+    return code;
 }

@@ -45,7 +45,7 @@ import torch
 
 from poolkit.hookspecs import hookimpl
 from poolkit.kernel import Kernel
-from poolkit.kernels.compiler import load_typed_library, run_split
+from poolkit.kernels.compiler import load_typed_library, workers
 from poolkit.kernels.linear import ACTIVATIONS, _packed, row_bucket
 
 #: The largest magnitude of a quantized weight, where the kernel's arithmetic takes full-range weights.
@@ -139,10 +139,9 @@ def round_rows(
     q[n:].zero_()
     step, zero = torch.empty((n, 1)), torch.empty((n, 1))
     smooth = None if inv_smooth is None else inv_smooth.float().contiguous()
-    run_split(
-        lib.poolkit_quantize_rows, n, rows.data_ptr(), _DTYPES[rows.dtype], rows.stride(0),
-        None if smooth is None else smooth.data_ptr(), k, INPUT_LEVELS, q.data_ptr(), step.data_ptr(), zero.data_ptr(),
-        parallel=rows.numel() >= _PARALLEL_ELEMENTS,
+    lib.poolkit_quantize_rows(
+        rows.data_ptr(), _DTYPES[rows.dtype], rows.stride(0), None if smooth is None else smooth.data_ptr(), k,
+        INPUT_LEVELS, q.data_ptr(), step.data_ptr(), zero.data_ptr(), n, workers(rows.numel() >= _PARALLEL_ELEMENTS),
     )
     return q, step, zero
 
@@ -157,9 +156,9 @@ def rescale(
     if lib is None or not y.is_contiguous():
         y = torch.addcmul(bias, y, step) if bias is not None else y.mul_(step)
         return y.addr_((step * zero).squeeze(1), scaled_sums, alpha=-1)
-    run_split(
-        lib.poolkit_rescale_rows, y.shape[0], y.data_ptr(), y.shape[1], step.data_ptr(), zero.data_ptr(),
-        scaled_sums.data_ptr(), None if bias is None else bias.data_ptr(), parallel=y.numel() >= _PARALLEL_ELEMENTS,
+    lib.poolkit_rescale_rows(
+        y.data_ptr(), y.shape[1], step.data_ptr(), zero.data_ptr(), scaled_sums.data_ptr(),
+        None if bias is None else bias.data_ptr(), y.shape[0], workers(y.numel() >= _PARALLEL_ELEMENTS),
     )
     return y
 

@@ -30,6 +30,7 @@
 
 #include "simd.h"
 #include "amx.h"
+#include "parallel.h"
 
 /* 1 when this build has the kernel and the process may use AMX tiles (asked once, Linux >= 5.16). */
 int poolkit_linear_available(void) {
@@ -169,9 +170,9 @@ static inline __attribute__((always_inline)) void linear_blocks(
  * j * 16); chunk_rows: rows per cache chunk, a multiple of 32; act: 0 none, 1 silu, 2 gelu (tanh
  * approximation), 3 relu, 4 gelu (erf). Returns 0, 1 when out of memory, 2 without AMX, 3 for an unknown act or
  * a bad shape. */
-int poolkit_linear(const uint16_t *x, int64_t x_stride, int64_t rows, const uint16_t *packed, int64_t k,
-                   const float *bias, uint16_t *out, int64_t out_stride, int64_t chunk_rows, int act, int gated,
-                   int64_t group_begin, int64_t group_end, int64_t block_begin, int64_t block_end) {
+static int linear_range(const uint16_t *x, int64_t x_stride, int64_t rows, const uint16_t *packed, int64_t k,
+                        const float *bias, uint16_t *out, int64_t out_stride, int64_t chunk_rows, int act, int gated,
+                        int64_t group_begin, int64_t group_end, int64_t block_begin, int64_t block_end) {
 #ifdef POOLKIT_AMX
     if (act < 0 || act > 4 || k % 32 || k <= 0 || chunk_rows % 32 || chunk_rows <= 0) return 3;
     int64_t row_begin = group_begin * 32, row_end = group_end * 32 < rows ? group_end * 32 : rows;
@@ -208,4 +209,21 @@ int poolkit_linear(const uint16_t *x, int64_t x_stride, int64_t rows, const uint
     (void)chunk_rows; (void)act; (void)gated; (void)group_begin; (void)group_end; (void)block_begin; (void)block_end;
     return 2;
 #endif
+}
+
+/* The exported kernel: linear_range over the `groups` groups of 32 rows and `blocks` blocks of 32
+ * outputs, split over `workers` threads (parallel.h) by row groups (by_rows) or by output blocks. */
+int poolkit_linear(const uint16_t *x, int64_t x_stride, int64_t rows, const uint16_t *packed, int64_t k,
+                   const float *bias, uint16_t *out, int64_t out_stride, int64_t chunk_rows, int act, int gated,
+                   int64_t groups, int64_t blocks, int by_rows, int64_t workers) {
+    int code;
+    if (by_rows)
+        PARALLEL_RANGES(groups, workers, code, begin, end,
+                        linear_range(x, x_stride, rows, packed, k, bias, out, out_stride, chunk_rows, act, gated, begin,
+                                     end, 0, blocks));
+    else
+        PARALLEL_RANGES(blocks, workers, code, begin, end,
+                        linear_range(x, x_stride, rows, packed, k, bias, out, out_stride, chunk_rows, act, gated, 0,
+                                     groups, begin, end));
+    return code;
 }

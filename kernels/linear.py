@@ -59,7 +59,7 @@ import torch.nn.functional as F
 
 from poolkit.hookspecs import hookimpl
 from poolkit.kernel import Kernel
-from poolkit.kernels.compiler import load_c_library, run_split
+from poolkit.kernels.compiler import load_c_library, workers
 from poolkit.kernels.elementwise import activation_c, activation_c_runs
 
 SOURCE = Path(__file__).with_name("linear.c")
@@ -236,16 +236,12 @@ def _amx_linear(
             rows.data_ptr(), rows.stride(0), m, packed.data_ptr(), k, None if b is None else b.data_ptr(),
             out.data_ptr(), width, _chunk_rows(k, n), AMX_ACTIVATIONS[act], int(gated),
         )
-        parallel = m * n * k >= _PARALLEL_MACS
-        fn = _amx_library().poolkit_linear
-        if groups >= 2 * torch.get_num_threads():  # split by rows, else by column blocks
-            codes = run_split(fn, groups, *head, args_after=(0, blocks), parallel=parallel)
-        else:
-            codes = run_split(fn, blocks, *head, 0, groups, parallel=parallel)
-        if any(codes):
-            if max(codes) == 1:
+        by_rows = groups >= 2 * torch.get_num_threads()  # split by rows, else by column blocks
+        code = _amx_library().poolkit_linear(*head, groups, blocks, int(by_rows), workers(m * n * k >= _PARALLEL_MACS))
+        if code:
+            if code == 1:
                 raise MemoryError("poolkit linear kernel: out of memory for its scratch rows")
-            raise ValueError(f"poolkit linear kernel: cannot compute {list(weight.shape)} with {act!r} (code {max(codes)})")
+            raise ValueError(f"poolkit linear kernel: cannot compute {list(weight.shape)} with {act!r} (code {code})")
     return out.reshape(*x.shape[:-1], width)
 
 
@@ -280,7 +276,7 @@ def _amx_library() -> ctypes.CDLL | None:
     p, i = ctypes.c_void_p, ctypes.c_int64
     lib.poolkit_linear_pack.argtypes = (p, i, i, i, i, i, p)
     lib.poolkit_linear_pack.restype = None
-    lib.poolkit_linear.argtypes = (p, i, i, p, i, p, p, i, i, ctypes.c_int, ctypes.c_int, i, i, i, i)
+    lib.poolkit_linear.argtypes = (p, i, i, p, i, p, p, i, i, ctypes.c_int, ctypes.c_int, i, i, ctypes.c_int, i)
     lib.poolkit_linear.restype = ctypes.c_int
     return lib
 

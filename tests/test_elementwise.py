@@ -178,16 +178,18 @@ def test_split_over_threads_gives_the_same_bits(monkeypatch: pytest.MonkeyPatch)
 
 
 @needs_c
-def test_a_forked_child_splits_over_threads_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_forked_child_runs_the_kernels_without_its_parents_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernels split calls over OpenMP's threads; a forked child's copy of OpenMP still counts
+    the parent's, which it does not have, so there they run on the child's own thread."""
     x = _rand(64, 512).bfloat16()
     weight = torch.ones(512).bfloat16()
     monkeypatch.setattr(elementwise, "_PARALLEL_ELEMENTS", 1)
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        expected = rms_norm_c(x, weight, 1e-6)[1]  # the parent's pool now has a thread
+        expected = rms_norm_c(x, weight, 1e-6)[1]  # the parent's OpenMP pool now has a thread
         pid = os.fork()
-        if pid == 0:  # the child would wait forever on the parent's pool: an alarm ends it
+        if pid == 0:  # the child would wait forever on the parent's threads: an alarm ends it
             signal.alarm(30)
             os._exit(0 if torch.equal(rms_norm_c(x, weight, 1e-6)[1], expected) else 1)
         _, status = os.waitpid(pid, 0)

@@ -372,9 +372,9 @@ def test_amx_linear_refuses_what_it_cannot_compute() -> None:
     out = torch.empty(4, 32, dtype=torch.bfloat16)
     packed = linear._packed(w, ("amx", None))
     call = (x.data_ptr(), 64, 4, packed.data_ptr())
-    assert lib.poolkit_linear(*call, 64, None, out.data_ptr(), 32, 64, 5, 0, 0, 1, 0, 1) == 3
-    assert lib.poolkit_linear(*call, 48, None, out.data_ptr(), 32, 64, 0, 0, 0, 1, 0, 1) == 3
-    assert lib.poolkit_linear(*call, 64, None, out.data_ptr(), 32, 64, 0, 0, 0, 1, 0, 1) == 0
+    assert lib.poolkit_linear(*call, 64, None, out.data_ptr(), 32, 64, 5, 0, 1, 1, 1, 1) == 3
+    assert lib.poolkit_linear(*call, 48, None, out.data_ptr(), 32, 64, 0, 0, 1, 1, 1, 1) == 3
+    assert lib.poolkit_linear(*call, 64, None, out.data_ptr(), 32, 64, 0, 0, 1, 1, 1, 1) == 0
 
 
 # -- segment_pool: sequence pooling (+ L2 normalisation) over packed batches -----------------------

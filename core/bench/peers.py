@@ -11,6 +11,9 @@ everything else (tokenization, batching, pooling, the API) the same.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -232,15 +235,19 @@ class VllmCpuPeer(Peer):
 
 
 class VllmModel:
-    """A model in a vLLM worker process, with the sentence-transformers methods the workloads call."""
+    """A model in a vLLM worker process, with the sentence-transformers methods the workloads call.
+
+    The worker starts a session of its own: vLLM runs its engine in processes it spawns, which a
+    killed worker would leave behind, spinning on every core through the rounds that follow
+    (:meth:`close` ends the whole session)."""
 
     def __init__(self, python: str, env: dict[str, str], path: str, dtype: str) -> None:
-        import subprocess
         from pathlib import Path
 
         worker = str(Path(__file__).with_name("vllm_worker.py"))
         self.process = subprocess.Popen(
-            [python, worker], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True
+            [python, worker], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True,
+            start_new_session=True,
         )
         self._ask({"op": "load", "model": path, "dtype": dtype})
 
@@ -275,11 +282,26 @@ class VllmModel:
         """Cross-encoder scores of (query, document) pairs."""
         return self._ask({"op": "pair_scores", "queries": [q for q, _ in pairs], "documents": [d for _, d in pairs]})["scores"]
 
-    def __del__(self) -> None:
+    def close(self, grace: float = 20.0) -> None:
+        """End the worker and every process of its session: its stdin closed (the worker returns and
+        vLLM shuts its engine down), then, after ``grace`` seconds at most, whatever is left killed."""
         process = getattr(self, "process", None)
-        if process is not None and process.poll() is None:
-            process.kill()
-            process.wait()
+        if process is None:
+            return
+        self.process = None
+        try:
+            process.stdin.close()
+            process.wait(grace)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except OSError:
+            pass  # the session is gone already
+        process.wait()
+
+    def __del__(self) -> None:
+        self.close()
 
 
 def poolkit_cold_start(args: EngineArgs) -> list[str]:
