@@ -1,7 +1,8 @@
 """What the bench measures: timings, model FLOPs, the machine's matmul peak, peak RSS, padding.
 
 Every workload times both libraries with :func:`_interleave`, so that drifts of the machine
-(thermal, other processes) hit both alike, and turns the timings into a :class:`Result`. Peak RSS
+(thermal, other processes) hit both alike, each timed pass starting on a quiet machine
+(:func:`settle`), and turns the timings into a :class:`Result`. Peak RSS
 is measured in a fresh child process per library, where the high-water mark is that library's own.
 """
 
@@ -56,16 +57,50 @@ def _median_ratio(rounds: list[dict[str, float]]) -> float | None:
     return statistics.median(ratios) if ratios else None
 
 
+def _cpu_times() -> tuple[int, int] | None:
+    """The machine's (total, idle) CPU time in clock ticks since boot, from ``/proc/stat``; ``None``
+    where there is none."""
+    try:
+        with open("/proc/stat", encoding="ascii") as stat:
+            ticks = [int(v) for v in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return sum(ticks), ticks[3] + ticks[4]  # idle and iowait
+
+
+def settle(window: float = 0.05, quiet: float = 0.25, limit: float = 5.0) -> float:
+    """Wait until the machine is quiet: a ``window`` in which its cores were busy less than
+    ``quiet`` of the time (a quarter: less than half a core of two), for ``limit`` seconds at most.
+    A library's pass may leave work running after it returns (vLLM's engine process keeps a core
+    busy for about a second): timed at once, the next pass would pay for it. Returns the seconds
+    waited.
+    """
+    start = time.perf_counter()
+    before = _cpu_times()
+    while before is not None and time.perf_counter() - start < limit:
+        time.sleep(window)
+        after = _cpu_times()
+        total = after[0] - before[0]
+        if total > 0 and 1 - (after[1] - before[1]) / total < quiet:
+            break
+        before = after
+    return time.perf_counter() - start
+
+
 def _interleave(rounds: int, ours: Callable[[], Any], theirs: Callable[[], Any] | None) -> list[dict[str, float]]:
+    """Both libraries' passes alternated ``rounds`` times after one untimed pass each, every timed
+    pass started on a quiet machine (:func:`settle`)."""
     ours()
     if theirs is not None:
         theirs()
     out = []
     for _ in range(rounds):
+        settle()
         t = time.perf_counter()
         ours()
         row = {"poolkit_s": time.perf_counter() - t}
         if theirs is not None:
+            settle()
             t = time.perf_counter()
             theirs()
             row["peer_s"] = time.perf_counter() - t
