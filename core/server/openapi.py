@@ -44,6 +44,8 @@ UNSTATED_RULES = {
     "a chat template can refuse the messages it renders": "cannot apply the chat template",
     "the rendered chat has tokens": "the rendered chat has no tokens",
     "a text is not only characters the tokenizer drops": "has no tokens",
+    "score template variables (chat_template_kwargs besides prompt, prompt_name and restore_suffix) need a template "
+    "to fill, which a model scoring plain text pairs has not": "need a chat template",
 }
 
 _ERROR = {
