@@ -3,10 +3,12 @@
  *
  * One call attends every sequence of a packed batch: no padding, no per-length grouping, no
  * concatenation. Plain C on data pointers, compiled once per machine by poolkit.kernels.compiler
- * (-O3 -march=native) and called through ctypes. Two builds of the products share everything else:
+ * (-O3 -march=native) and called through ctypes. Three builds of the products share everything else:
  * poolkit_varlen_attention multiplies on AMX tiles (AMX-BF16, where the Linux kernel grants the tile
- * state: poolkit_attention_available) and poolkit_varlen_attention_avx512 with AVX512-BF16's
- * vdpbf16ps (Zen 4, Cooper Lake and later: poolkit_attention_avx512_available).
+ * state: poolkit_attention_available), poolkit_varlen_attention_avx512 with AVX512-BF16's
+ * vdpbf16ps (Zen 4, Cooper Lake and later: poolkit_attention_avx512_available) and
+ * poolkit_varlen_attention_f32, on the same CPUs, float32 inputs with FMAs, a float32 softmax and
+ * float32 probabilities.
  *
  * For each sequence and key/value head the values are packed once (AMX: transposed into the
  * tiles' layout, the keys copied contiguous; AVX-512: each pair of keys' values interleaved, dim by
@@ -281,32 +283,6 @@ static inline __attribute__((always_inline)) void outputs_avx512(const workspace
     }
 }
 
-/* One block of up to 16 queries (positions q0 .. q0 + rows - 1) of one head against its keys,
- * the keys read in place (k: the sequence's first key of this head) and the values packed by
- * pack_value_pairs. */
-static void attend_block_avx512(const workspace *w, const uint16_t *k, int64_t k_stride, int64_t q0, int64_t rows,
-                                int64_t len, int64_t d, float scale, int causal, int64_t window, float softcap,
-                                uint16_t *out, int64_t out_stride) {
-    int64_t first, last;
-    seen_keys(q0, rows, len, causal, window, &first, &last);
-    int64_t k0 = first & ~(int64_t)1, k1 = (last + 1) & ~(int64_t)1;
-    scores_avx512(w, k, k_stride, d, first, last, k0);
-    float inv[16];
-    _mm512_storeu_ps(inv, softmax_block(w, q0, rows, len, scale, causal, window, softcap, first, last, k0, k1, 0));
-    out += q0 * out_stride;
-    for (int64_t m0 = 0; m0 < d; m0 += 64) {
-        int64_t nv = (d - m0) / 16 < 4 ? (d - m0) / 16 : 4;
-        for (int64_t r0 = 0; r0 < rows;) {
-            switch (nv) { /* constant widths, so that the accumulators live in registers */
-            case 1: outputs_avx512(w, d, m0, 1, 16, r0, rows, k0, k1, inv, out, out_stride); r0 += 16; break;
-            case 2: outputs_avx512(w, d, m0, 2, 8, r0, rows, k0, k1, inv, out, out_stride); r0 += 8; break;
-            case 3: outputs_avx512(w, d, m0, 3, 4, r0, rows, k0, k1, inv, out, out_stride); r0 += 4; break;
-            default: outputs_avx512(w, d, m0, 4, 4, r0, rows, k0, k1, inv, out, out_stride); r0 += 4; break;
-            }
-        }
-    }
-}
-
 /* --- float32 products (FMAs) --- */
 
 /* Step 1 in float32: S^T rows of the keys [first, last), each key's dims broadcast against the
@@ -364,28 +340,41 @@ static inline __attribute__((always_inline)) void outputs_f32(const workspace *w
     }
 }
 
-/* attend_block_avx512 in float32: keys and values read in place. */
-static void attend_block_f32(const workspace *w, const float *k, int64_t k_stride, const float *v, int64_t v_stride,
+/* One block of up to 16 queries (positions q0 .. q0 + rows - 1) of one head against its keys, with
+ * AVX-512: bf16 (`wide` 0; values packed by pack_value_pairs) or float32 (`wide` 1; values read in
+ * place, v: the sequence's first value of this head). Keys are read in place (k: the sequence's
+ * first key of this head); out: the head's output of the sequence's first token. */
+static void attend_block_vec(const workspace *w, const void *k, int64_t k_stride, const float *v, int64_t v_stride,
                              int64_t q0, int64_t rows, int64_t len, int64_t d, float scale, int causal, int64_t window,
-                             float softcap, float *out, int64_t out_stride) {
+                             float softcap, int wide, void *out, int64_t out_stride) {
     int64_t first, last;
     seen_keys(q0, rows, len, causal, window, &first, &last);
     int64_t k0 = first & ~(int64_t)1, k1 = (last + 1) & ~(int64_t)1;
-    scores_f32(w, k, k_stride, d, first, last, k0);
+    if (wide)
+        scores_f32(w, k, k_stride, d, first, last, k0);
+    else
+        scores_avx512(w, k, k_stride, d, first, last, k0);
     float inv[16];
-    _mm512_storeu_ps(inv, softmax_block(w, q0, rows, len, scale, causal, window, softcap, first, last, k0, k1, 1));
-    out += q0 * out_stride;
+    _mm512_storeu_ps(inv, softmax_block(w, q0, rows, len, scale, causal, window, softcap, first, last, k0, k1, wide));
+    float *out32 = (float *)out + q0 * out_stride;
+    uint16_t *out16 = (uint16_t *)out + q0 * out_stride;
+    /* constant widths (nv x 16 dims for nq queries), so that the accumulators live in registers */
+#define OUTPUTS(nv, nq)                                                                                           \
+    (wide ? outputs_f32(w, v, v_stride, m0, nv, nq, r0, rows, first, last, k0, inv, out32, out_stride)             \
+          : outputs_avx512(w, d, m0, nv, nq, r0, rows, k0, k1, inv, out16, out_stride))
     for (int64_t m0 = 0; m0 < d; m0 += 64) {
         int64_t nv = (d - m0) / 16 < 4 ? (d - m0) / 16 : 4;
-        for (int64_t r0 = 0; r0 < rows;) {
+        int64_t nq = nv == 1 ? 16 : nv == 2 ? 8 : 4;
+        for (int64_t r0 = 0; r0 < rows; r0 += nq) {
             switch (nv) {
-            case 1: outputs_f32(w, v, v_stride, m0, 1, 16, r0, rows, first, last, k0, inv, out, out_stride); r0 += 16; break;
-            case 2: outputs_f32(w, v, v_stride, m0, 2, 8, r0, rows, first, last, k0, inv, out, out_stride); r0 += 8; break;
-            case 3: outputs_f32(w, v, v_stride, m0, 3, 4, r0, rows, first, last, k0, inv, out, out_stride); r0 += 4; break;
-            default: outputs_f32(w, v, v_stride, m0, 4, 4, r0, rows, first, last, k0, inv, out, out_stride); r0 += 4; break;
+            case 1: OUTPUTS(1, 16); break;
+            case 2: OUTPUTS(2, 8); break;
+            case 3: OUTPUTS(3, 4); break;
+            default: OUTPUTS(4, 4); break;
             }
         }
     }
+#undef OUTPUTS
 }
 
 #endif /* POOLKIT_AVX512BF16 */
@@ -591,13 +580,9 @@ static int attend(int mode, const void *q, int64_t q_stride, const void *k, int6
                         attend_block(&w, q0, rows, len, d, scale, causal, window, softcap, (uint16_t *)o, heads * d);
                         break;
 #endif
-                    case AVX512_F32:
-                        attend_block_f32(&w, keys, k_stride, values, v_stride, q0, rows, len, d, scale, causal, window,
-                                         softcap, (float *)o, heads * d);
-                        break;
                     default:
-                        attend_block_avx512(&w, keys, k_stride, q0, rows, len, d, scale, causal, window, softcap,
-                                            (uint16_t *)o, heads * d);
+                        attend_block_vec(&w, keys, k_stride, values, v_stride, q0, rows, len, d, scale, causal, window,
+                                         softcap, mode == AVX512_F32, o, heads * d);
                     }
                 }
             }

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from poolkit.batch import PackedBatch
 from poolkit.hookspecs import hookimpl
 from poolkit.kernel import Kernel
-from poolkit.kernels.compiler import load_c_library, workers
+from poolkit.kernels.compiler import load_typed_library, workers
 
 SOURCE = Path(__file__).with_name("attention.c")
 
@@ -237,19 +237,20 @@ def flash_varlen_attention(
 
 
 _P, _I = ctypes.c_void_p, ctypes.c_int64
-_SIGNATURE = (_P, _I, _P, _I, _P, _I, _P, _P, _I, _I, _I, _I, _I, ctypes.c_float, ctypes.c_int, _I, ctypes.c_float, _I)
+_ATTENTION = (_P, _I, _P, _I, _P, _I, _P, _P, _I, _I, _I, _I, _I, ctypes.c_float, ctypes.c_int, _I, ctypes.c_float, _I)
+_SIGNATURES = {
+    "poolkit_attention_available": (),
+    "poolkit_attention_avx512_available": (),
+    "poolkit_varlen_attention": _ATTENTION,
+    "poolkit_varlen_attention_avx512": _ATTENTION,
+    "poolkit_varlen_attention_f32": _ATTENTION,
+}
 
 
 @functools.cache
 def _library() -> ctypes.CDLL | None:
     """attention.c built for this machine (``None`` without a compiler or with compiled kernels off)."""
-    lib = load_c_library(SOURCE)
-    if lib is None:
-        return None
-    for name in ("poolkit_varlen_attention", "poolkit_varlen_attention_avx512", "poolkit_varlen_attention_f32"):
-        fn = getattr(lib, name)
-        fn.argtypes, fn.restype = _SIGNATURE, ctypes.c_int
-    return lib
+    return load_typed_library(SOURCE, _SIGNATURES)
 
 
 @functools.cache
@@ -266,7 +267,7 @@ def _avx512_available() -> bool:
     return lib is not None and bool(lib.poolkit_attention_avx512_available())
 
 
-def _c_takes(multiple: int, *tensors: torch.Tensor, dtypes: tuple[torch.dtype, ...] = (torch.bfloat16,)) -> bool:
+def _c_takes(multiple: int, dtypes: tuple[torch.dtype, ...], *tensors: torch.Tensor) -> bool:
     """CPU ``[T, heads, d]`` tensors of one of ``dtypes`` with contiguous heads, ``d`` a multiple of
     ``multiple`` up to 256."""
     d = tensors[0].shape[-1]
@@ -286,6 +287,19 @@ def _c_takes(multiple: int, *tensors: torch.Tensor, dtypes: tuple[torch.dtype, .
             for t in tensors
         )
     )
+
+
+def _c_build(kind: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+    """The build of attention.c that runs these tensors for the ``"amx"`` or ``"avx512"`` kernel,
+    ``None`` when they are not its calls or this machine has no such build. AMX: bf16, head sizes in
+    steps of 32; AVX-512: bf16 (``vdpbf16ps``) and float32 (FMAs), head sizes in steps of 16."""
+    if kind == "amx":
+        if _c_takes(32, (torch.bfloat16,), q, k, v) and _amx_available():
+            return _library().poolkit_varlen_attention
+    elif _c_takes(16, (torch.bfloat16, torch.float32), q, k, v) and _avx512_available():
+        lib = _library()
+        return lib.poolkit_varlen_attention_avx512 if q.dtype == torch.bfloat16 else lib.poolkit_varlen_attention_f32
+    return None
 
 
 def _compiled(fn, q, k, v, batch, causal, scale, window, softcap) -> torch.Tensor:
@@ -321,9 +335,10 @@ def amx_varlen_attention(
     Calls it has no fast path for (a ``bias``, other dtypes, head sizes off the 32 grid, gradients)
     go to :func:`varlen_attention`.
     """
-    if bias is not None or not _c_takes(32, q, k, v) or not _amx_available():
+    fn = _c_build("amx", q, k, v)
+    if bias is not None or fn is None:
         return varlen_attention(q, k, v, batch, causal, scale, window, bias)
-    return _compiled(_library().poolkit_varlen_attention, q, k, v, batch, causal, scale, window, None)
+    return _compiled(fn, q, k, v, batch, causal, scale, window, None)
 
 
 def amx_softcap_varlen_attention(
@@ -338,18 +353,10 @@ def amx_softcap_varlen_attention(
 ) -> torch.Tensor:
     """:func:`softcap_varlen_attention` as one call of the AMX kernel (CPU, bf16), the capping
     computed in float32 on the float32 scores; other calls go to the reference."""
-    if not _c_takes(32, q, k, v) or not _amx_available():
+    fn = _c_build("amx", q, k, v)
+    if fn is None:
         return softcap_varlen_attention(q, k, v, batch, causal, scale, window, softcap)
-    return _compiled(_library().poolkit_varlen_attention, q, k, v, batch, causal, scale, window, softcap)
-
-
-#: What the AVX-512 kernel computes in: bf16 (``vdpbf16ps`` products) and float32 (FMAs).
-_AVX512_DTYPES = (torch.bfloat16, torch.float32)
-
-
-def _avx512_fn(q: torch.Tensor):
-    lib = _library()
-    return lib.poolkit_varlen_attention_avx512 if q.dtype == torch.bfloat16 else lib.poolkit_varlen_attention_f32
+    return _compiled(fn, q, k, v, batch, causal, scale, window, softcap)
 
 
 def avx512_varlen_attention(
@@ -370,9 +377,10 @@ def avx512_varlen_attention(
     Calls it has no fast path for (a ``bias``, other dtypes, head sizes off the 16 grid, gradients)
     go to :func:`varlen_attention`.
     """
-    if bias is not None or not _c_takes(16, q, k, v, dtypes=_AVX512_DTYPES) or not _avx512_available():
+    fn = _c_build("avx512", q, k, v)
+    if bias is not None or fn is None:
         return varlen_attention(q, k, v, batch, causal, scale, window, bias)
-    return _compiled(_avx512_fn(q), q, k, v, batch, causal, scale, window, None)
+    return _compiled(fn, q, k, v, batch, causal, scale, window, None)
 
 
 def avx512_softcap_varlen_attention(
@@ -387,9 +395,10 @@ def avx512_softcap_varlen_attention(
 ) -> torch.Tensor:
     """:func:`softcap_varlen_attention` as one call of the AVX-512 kernel (CPU, bf16 or float32);
     other calls go to the reference."""
-    if not _c_takes(16, q, k, v, dtypes=_AVX512_DTYPES) or not _avx512_available():
+    fn = _c_build("avx512", q, k, v)
+    if fn is None:
         return softcap_varlen_attention(q, k, v, batch, causal, scale, window, softcap)
-    return _compiled(_avx512_fn(q), q, k, v, batch, causal, scale, window, softcap)
+    return _compiled(fn, q, k, v, batch, causal, scale, window, softcap)
 
 
 def _flash_available() -> bool:
