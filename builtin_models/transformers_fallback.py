@@ -279,7 +279,7 @@ class TransformersModel(Architecture):
         input_ids = batch.input_ids.new_full(shape, pad)
         input_ids[rows, cols] = batch.input_ids
         mask = torch.zeros(shape, dtype=torch.long, device=batch.device)
-        mask[rows, cols] = 1
+        mask[rows, cols] = 1 if batch.key_mask is None else batch.key_mask.long()
         inputs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": mask}
         if self.uses_token_type_ids and batch.token_type_ids is not None:
             types = torch.zeros(shape, dtype=torch.long, device=batch.device)

@@ -175,8 +175,15 @@ class BiEncoderScorer(Scorer):
         return out
 
 
+def _scored(row: tuple[torch.Tensor, list[int]], skip: torch.Tensor | None) -> torch.Tensor:
+    """The token vectors of a result row that MaxSim reads: those whose tokens are not in ``skip``."""
+    vectors, ids = row
+    return vectors if skip is None else vectors[~torch.isin(torch.tensor(ids), skip)]
+
+
 class LateInteractionScorer(Scorer):
-    """MaxSim of query and document token vectors, with the model's ColBERT query/document markers."""
+    """MaxSim of query and document token vectors, with the model's ColBERT query/document markers,
+    query expansion and skiplist."""
 
     name = "late-interaction"
     priority = 30
@@ -193,8 +200,9 @@ class LateInteractionScorer(Scorer):
         task = llm.task("token_embed")
         params = llm.check_params(pooling_params, len(prompts), task.name, None)
         results = llm.run(task, prompts, params, use_tqdm=use_tqdm)
-        q_vectors = dict(zip(queries, results[: len(queries)]))
-        d_vectors = dict(zip(docs, results[len(queries) :]))
+        q_skip, d_skip = (colbert.skipped(llm.model, kind) for kind in ("query", "document"))
+        q_vectors = {q: (_scored(row, q_skip), row[1]) for q, row in zip(queries, results[: len(queries)])}
+        d_vectors = {d: (_scored(row, d_skip), row[1]) for d, row in zip(docs, results[len(queries) :])}
         cut = dict(zip([("q", q) for q in queries] + [("d", d) for d in docs], results.truncated.tolist()))
         pad = _separator(llm.model)
         # Results come back on the host: score them there, whatever device the model runs on.

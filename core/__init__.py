@@ -26,6 +26,7 @@ _LAZY = {
     "SentenceTransformer": "st_compat",
     "CrossEncoder": "st_compat",
     "SparseEncoder": "st_compat",
+    "MultiVectorEncoder": "st_multivector",
     "PoolingParams": "config",
     "PoolerConfig": "config",
     "LateChunkingParams": "config",

@@ -243,7 +243,8 @@ class Architecture(torch.nn.Module):
         """Hidden states ``[batch.num_tokens, hidden_size]`` of the last layer.
 
         Called once per batch under ``torch.inference_mode()``, ``batch`` on the model's device;
-        attention must stay within each sequence (the ``varlen_attention`` kernel).
+        attention must stay within each sequence, and away from the tokens past a sequence's
+        ``batch.key_lens`` when it has them (the ``varlen_attention`` kernel does both).
         """
         raise NotImplementedError
 

@@ -46,6 +46,10 @@ class PackedBatch:
         token_type_ids: ``[T]`` segment ids, or ``None`` (all zero).
         pool_skip: per sequence, how many leading tokens pooling leaves out (a prompt excluded
             with sentence-transformers' ``include_prompt=false``); positions still count them.
+        key_lens: per sequence, how many leading tokens the sequence's tokens attend to; the
+            tokens after them attend and have outputs, but nothing attends to them (ColBERT's
+            query expansion, which colbert-ai and PyLate leave out of attention). ``None``: every
+            token is attended to.
     """
 
     input_ids: torch.Tensor
@@ -54,6 +58,7 @@ class PackedBatch:
     pool_skip: list[int] | None = None
     #: Free-form per-batch data an architecture or IO processor may need (pixel values, ...).
     extras: dict = field(default_factory=dict)
+    key_lens: list[int] | None = None
 
     @classmethod
     def from_sequences(
@@ -143,6 +148,15 @@ class PackedBatch:
         return self.positions >= torch.repeat_interleave(skip, self.lens, output_size=self.num_tokens)
 
     @cached_property
+    def key_mask(self) -> torch.Tensor | None:
+        """``[T]`` bool, False for the tokens nothing attends to (see :attr:`key_lens`); ``None``
+        when every token is attended to."""
+        if self.key_lens is None:
+            return None
+        keys = device_tensor(self.key_lens, torch.long, self.device)
+        return self.positions < torch.repeat_interleave(keys, self.lens, output_size=self.num_tokens)
+
+    @cached_property
     def length_runs(self) -> list[tuple[int, int, int]]:
         """Maximal runs of consecutive sequences of equal length: ``(length, first token, count)``.
 
@@ -191,7 +205,8 @@ class PackedBatch:
         pad = lambda t: torch.cat([t, t.new_zeros(extra)])  # noqa: E731
         types = None if self.token_type_ids is None else pad(self.token_type_ids)
         skip = None if self.pool_skip is None else [*self.pool_skip, *[0] * extra]
-        return PackedBatch(pad(self.input_ids), [*self.seq_lens, *[1] * extra], types, skip, self.extras)
+        keys = None if self.key_lens is None else [*self.key_lens, *[1] * extra]
+        return PackedBatch(pad(self.input_ids), [*self.seq_lens, *[1] * extra], types, skip, self.extras, keys)
 
     def split(self, tensor: torch.Tensor) -> list[torch.Tensor]:
         """Split a ``[T, ...]`` tensor into per-sequence views."""
@@ -200,4 +215,4 @@ class PackedBatch:
     def to(self, device: torch.device | str) -> "PackedBatch":
         """The same batch with its tensors on ``device`` (``extras`` are shared, not moved)."""
         types = None if self.token_type_ids is None else self.token_type_ids.to(device)
-        return PackedBatch(self.input_ids.to(device), self.seq_lens, types, self.pool_skip, self.extras)
+        return PackedBatch(self.input_ids.to(device), self.seq_lens, types, self.pool_skip, self.extras, self.key_lens)

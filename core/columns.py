@@ -76,6 +76,8 @@ class Tokens:
         type_ids: each prompt's segment ids (``None`` for a prompt without), or ``None`` when no
             prompt has any.
         pool_skip: per prompt, the leading tokens pooling leaves out, or ``None`` when it keeps all.
+        key_lens: per prompt, the leading tokens attention sees (:attr:`poolkit.Prompt.attended`),
+            or ``None`` when it sees all.
     """
 
     def __init__(
@@ -85,6 +87,7 @@ class Tokens:
         type_ids: list[list[int] | None] | None = None,
         pool_skip: list[int] | None = None,
         *,
+        key_lens: list[int] | None = None,
         lens: np.ndarray | None = None,
         flat: np.ndarray | None = None,
     ) -> None:
@@ -92,6 +95,7 @@ class Tokens:
         self.truncated = np.asarray(truncated, dtype=bool)
         self.type_ids = type_ids
         self.pool_skip = pool_skip
+        self.key_lens = key_lens
         self._lens = lens
         self._flat = flat
 

@@ -269,7 +269,10 @@ class Engine:
                 min(self._prompt_length(p.prompt_prefix, p.add_special_tokens), len(i) - 1) if p.prompt_prefix else 0
                 for p, i in zip(prompts, ids)
             ]
-        return Tokens(ids, truncated, types if any(t is not None for t in types) else None, skip)  # type: ignore[arg-type]
+        keys = None
+        if any(p.attended is not None for p in prompts):
+            keys = [len(i) if p.attended is None else max(1, min(p.attended, len(i))) for p, i in zip(prompts, ids)]
+        return Tokens(ids, truncated, types if any(t is not None for t in types) else None, skip, key_lens=keys)  # type: ignore[arg-type]
 
     def _take_ids(self, token_ids: list[list[int]], limit: int | None, side: str, first: int) -> Tokens:
         """Token-id prompts checked against the vocabulary and cut to ``limit``, as one array."""
@@ -693,6 +696,7 @@ class Engine:
         shared = params[0] if params and all(p is params[0] for p in params) else None
         types = tokens.flat_types if self.uses_token_type_ids else None
         skip = np.asarray(tokens.pool_skip, dtype=np.int64) if tokens.pool_skip is not None else None
+        keys = np.asarray(tokens.key_lens, dtype=np.int64) if tokens.key_lens is not None else None
         collected = Collector(len(tokens))
         rows_for = row_planner(self.model.device) if arch.accepts_filler else None
         pending: tuple[np.ndarray, Callable[[], Any], int] | None = None
@@ -705,6 +709,7 @@ class Engine:
                 seq_lens.tolist(),
                 device_tensor(types[index], torch.long, self.model.device) if types is not None else None,
                 batch_skip if batch_skip is not None and any(batch_skip) else None,
+                key_lens=keys[members].tolist() if keys is not None and (keys[members] < seq_lens).any() else None,
             )
             rows = rows_for(batch.num_tokens) if rows_for is not None else batch.num_tokens
             started = time.perf_counter()

@@ -30,6 +30,9 @@ class Prompt:
         keep_suffix: token ids the prompt must end with even when truncation cuts its tail (the
             closing tokens of a chat template, which sentence-transformers writes back over the
             last kept tokens), or ``None``.
+        attended: how many leading tokens the prompt's tokens attend to; the tokens after them
+            attend and have outputs but are not attended to (a ColBERT query's ``[MASK]``
+            expansion, as colbert-ai and PyLate run it). ``None``: every token is attended to.
     """
 
     text: str | None = None
@@ -40,6 +43,7 @@ class Prompt:
     extras: dict = field(default_factory=dict)
     add_special_tokens: bool = True
     keep_suffix: list[int] | None = None
+    attended: int | None = None
 
 
 class PromptBatch(Sequence[Prompt]):

@@ -337,9 +337,13 @@ class PoolingModel:
         """
         if self.pooler_config.use_activation is not None:
             return Setting(self.pooler_config.use_activation, "pooler_config")
-        st_embedder = self.st is not None and self.st.model_type in (None, "SentenceTransformer")
-        if from_st_normalize and st_embedder and not self.st.late_interaction:  # PyLate normalises in code
-            return Setting(self.st.normalize, "sentence-transformers modules.json (Normalize)")
+        st = self.st
+        # PyLate normalises in code; sentence-transformers' own multi-vector saves have the module
+        st_normalize = st is not None and (
+            st.model_type == "MultiVectorEncoder" or (st.model_type in (None, "SentenceTransformer") and not st.late_interaction)
+        )
+        if from_st_normalize and st_normalize:
+            return Setting(st.normalize, "sentence-transformers modules.json (Normalize)")
         default = self.config_value("use_activation")
         return default if default.value is not None else Setting(True, "default")
 

@@ -114,7 +114,7 @@ class _Model:
         st = llm.model.st
         # sentence-transformers' order: the class's empty prompts, the user's, then the saved ones where still unset
         merged: dict[str, str | None] = {**dict.fromkeys(self._default_prompts), **(prompts or {})}
-        for name, text in (st.prompts if st else {}).items():
+        for name, text in self._saved_prompts(llm).items():
             if merged.get(name) is None:
                 merged[name] = text
         self.prompts: dict[str, str] = {name: text or "" for name, text in merged.items()}
@@ -125,6 +125,10 @@ class _Model:
             )
         self._max_seq_length: int | None = limit
         self.model_name_or_path = llm.args.model
+
+    def _saved_prompts(self, llm: Any) -> dict[str, str]:
+        """The prompts saved with the model (``config_sentence_transformers.json``)."""
+        return dict(llm.model.st.prompts) if llm.model.st else {}
 
     def _configure(self) -> None:
         """The class's own constructor arguments (a subclass names them as its parameters)."""

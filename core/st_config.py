@@ -47,6 +47,8 @@ _TOKENIZER_CONFIGS = (
     "sentence_xlnet_config.json",
 )
 _TRANSFORMER_MODULES = {"Transformer", "MLMTransformer"}
+#: ``model_type`` of multi-vector saves: sentence-transformers' own, and PyLate 3's.
+_MULTI_VECTOR_TYPES = frozenset({"MultiVectorEncoder", "ColBERT"})
 #: ``processing_kwargs`` keys that size the tokenization (sentence-transformers hoists them out of
 #: the chat-template kwargs) and its own flag for writing a truncated template's tail back.
 _SIZE_KWARGS = frozenset({"padding", "truncation", "max_length", "return_tensors"})
@@ -277,6 +279,11 @@ def read_st_config(model_dir: Path, allow_pickle: bool = False) -> STConfig | No
         elif kind == "LogitScore":
             st.logit_score = parse_logit_score(_read_json(model_dir / path / "config.json"))
             st.logit_score["path"] = f"{path}/config.json"
+        elif kind == "MultiVectorMask":  # its skiplist is read with the other ColBERT settings (io_processors/colbert.py)
+            if _read_json(model_dir / path / "config.json").get("keep_only_token_ids"):
+                raise ModelLoadError(
+                    f"MultiVectorMask module {path} keeps only some token ids (image patches); poolkit does not"
+                )
         elif kind == "SpladePooling":
             config_path = model_dir / path / "config.json"
             has_config = bool(path) and config_path.is_file()  # path "" would be the model's own config.json
@@ -303,7 +310,9 @@ def read_st_config(model_dir: Path, allow_pickle: bool = False) -> STConfig | No
         st.similarity_fn_name = cfg.get("similarity_fn_name")
         st.model_type = cfg.get("model_type")
         st.activation_fn = cfg.get("activation_fn")
-        st.late_interaction = any(cfg.get(k) for k in ("query_prefix", "query_length", "document_length"))
+        st.late_interaction = st.model_type in _MULTI_VECTOR_TYPES or any(
+            cfg.get(k) for k in ("query_prefix", "query_length", "document_length")
+        )
     if st.logit_score is not None and not st.is_cross_encoder:
         raise ModelLoadError(
             f"a LogitScore module belongs to a CrossEncoder; {extra.name} says model_type {st.model_type!r}"

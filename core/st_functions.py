@@ -117,3 +117,78 @@ def quantize_embeddings(
         return levels.astype(np.uint8) if precision == "uint8" else (levels - 128).astype(np.int8)
     packed = np.packbits(array > 0, axis=-1)
     return packed if precision == "ubinary" else (packed.astype(np.int16) - 128).astype(np.int8)
+
+
+#: sentence-transformers' score of a document with no token to match (below every real one).
+EMPTY_DOCUMENT_SCORE = -1e9
+#: The similarity functions of multi-vector (late-interaction) embeddings.
+MULTI_VECTOR_FUNCTIONS = ("maxsim", "meanmaxsim")
+
+
+def _token_matrices(x: Any, mask: Any = None) -> list[torch.Tensor]:
+    """One side of a MaxSim call as one ``[tokens, dim]`` float tensor per item: a list of
+    matrices, a padded ``[n, tokens, dim]`` tensor or array (all-zero rows are padding unless
+    ``mask`` says which rows count), or one ``[tokens, dim]`` matrix (an item)."""
+    if isinstance(x, (list, tuple)):
+        items = [_as_tensor(m) for m in x]
+    else:
+        t = _as_tensor(x)
+        items = [t] if t.dim() == 2 else list(t.unbind(0))
+        if mask is None and t.dim() == 3:
+            mask = [m.any(dim=-1) for m in items]
+    items = [m.float() for m in items]
+    if mask is None:
+        return items
+    if isinstance(mask, (list, tuple)):
+        masks = [_as_tensor(np.asarray(m)) if not isinstance(m, torch.Tensor) else m for m in mask]
+    else:
+        whole = _as_tensor(mask if isinstance(mask, torch.Tensor) else np.asarray(mask))
+        masks = [whole] if whole.dim() == 1 else list(whole.unbind(0))
+    if len(masks) != len(items):
+        raise InvalidRequest(f"the mask has {len(masks)} rows for {len(items)} embeddings")
+    return [m[k.bool()[: len(m)]] for m, k in zip(items, masks)]
+
+
+def maxsim(a: Any, b: Any, a_mask: Any = None, b_mask: Any = None, length_normalize: bool = False, **_: Any) -> torch.Tensor:
+    """MaxSim of every query in ``a`` with every document in ``b`` (``[len(a), len(b)]``, float32):
+    per query token its best dot product with a document token, summed (divided by the query's
+    tokens when ``length_normalize``). A document without tokens scores :data:`EMPTY_DOCUMENT_SCORE`.
+    ``chunk_elements`` and ``device`` are accepted as sentence-transformers takes them."""
+    from .kernel import select_kernel
+
+    queries, docs = _token_matrices(a, a_mask), _token_matrices(b, b_mask)
+    scores = torch.zeros(len(queries), len(docs), dtype=torch.float32)
+    if not queries or not docs:
+        return scores
+    kernel = select_kernel("maxsim", "cpu")
+    packed = torch.cat([d.cpu() for d in docs])
+    cu = torch.tensor([0] + [len(d) for d in docs]).cumsum(0)
+    for i, q in enumerate(queries):
+        scores[i] = kernel(q.cpu(), packed, cu).float()
+        if length_normalize:
+            scores[i] /= max(len(q), 1)
+    empty = torch.tensor([len(d) == 0 for d in docs])
+    return scores.masked_fill(empty.unsqueeze(0), EMPTY_DOCUMENT_SCORE)
+
+
+def maxsim_pairwise(a: Any, b: Any, a_mask: Any = None, b_mask: Any = None, length_normalize: bool = False, **_: Any) -> torch.Tensor:
+    """MaxSim of each pair ``(a[i], b[i])`` (``[len(a)]``, float32)."""
+    queries, docs = _token_matrices(a, a_mask), _token_matrices(b, b_mask)
+    if len(queries) != len(docs):
+        raise InvalidRequest(
+            f"`a` and `b` must hold the same number of items to score as pairs, got {len(queries)} and {len(docs)}."
+        )
+    return torch.tensor(
+        [maxsim([q], [d], length_normalize=length_normalize)[0, 0].item() for q, d in zip(queries, docs)], dtype=torch.float32
+    )
+
+
+def multi_vector_similarity_name(value: Any) -> str:
+    """A multi-vector similarity function's name: ``maxsim`` or ``meanmaxsim``."""
+    name = getattr(value, "value", value)
+    if name not in MULTI_VECTOR_FUNCTIONS:
+        raise InvalidRequest(
+            f"MultiVectorEncoder only supports {MULTI_VECTOR_FUNCTIONS}, got {name!r}. Cosine / dot / euclidean / "
+            "manhattan are defined on single vectors and don't compose with ragged per-token embeddings."
+        )
+    return name

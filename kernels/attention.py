@@ -11,14 +11,16 @@ and models rely on without importing this module:
   (grouped-query attention: query head ``i`` reads key/value head ``i // (heads // kv_heads)``,
   as transformers' ``repeat_kv``).
 - ``batch``: the :class:`poolkit.PackedBatch` whose ``seq_lens`` (``cu_seqlens``) say which
-  consecutive tokens form a sequence; no token attends outside its sequence.
+  consecutive tokens form a sequence; no token attends outside its sequence. When its
+  ``key_lens`` is set, no token attends to the tokens of its sequence past the first
+  ``key_lens[i]`` (they still attend, and have outputs).
 - ``causal``: attend only to the token itself and earlier tokens of its sequence.
 - ``scale``: factor on ``q @ k^T``; ``None`` is ``head_dim ** -0.5``.
 - ``window``: attend only to tokens at most ``window`` positions away (``None``: no limit).
 - ``bias``: ``[heads, N, N]`` additive bias by (query, key) position inside a sequence, ``N`` at
   least the longest sequence, in any float dtype (cast to ``q``'s); ``None`` is none.
 - returns ``[T, heads, head_dim]`` in ``q``'s dtype and device. A kernel without a fast path for
-  ``window`` or ``bias`` hands such calls to the reference.
+  ``window``, ``bias`` or ``key_lens`` hands such calls to the reference.
 
 ``varlen_attention_softcap``: ``fn(q, k, v, batch, causal=False, scale=None, window=None,
 softcap=None) -> out``, as ``varlen_attention`` without ``bias``, each scaled score ``s``
@@ -91,19 +93,22 @@ def varlen_attention(
         ``[T, heads, head_dim]`` attention outputs, in token order.
     """
     runs = batch.length_runs
+    keys = batch.key_mask
     if len(runs) == len(set(batch.seq_lens)):
         # Each length is one run of consecutive sequences (length-sorted batches): every run is
         # a contiguous slice that already forms a dense [count, length] grid, so nothing is gathered.
         outs = []
         for length, start, count in runs:
-            grid = (t[start : start + count * length].unflatten(0, (count, length)) for t in (q, k, v))
-            outs.append(_dense(*grid, causal, scale, window, bias).flatten(0, 1))
+            span = slice(start, start + count * length)
+            grid = (t[span].unflatten(0, (count, length)) for t in (q, k, v))
+            seen = None if keys is None else keys[span].view(count, length)
+            outs.append(_dense(*grid, causal, scale, window, bias, seen).flatten(0, 1))
         return outs[0] if len(outs) == 1 else torch.cat(outs)
     groups = batch.length_groups
     out = q.new_empty(q.shape)
     for _, tokens in groups:
         flat = tokens.reshape(-1)
-        o = _dense(q[tokens], k[tokens], v[tokens], causal, scale, window, bias)
+        o = _dense(q[tokens], k[tokens], v[tokens], causal, scale, window, bias, None if keys is None else keys[tokens])
         out.index_copy_(0, flat, o.reshape(flat.shape[0], *q.shape[1:]))
     return out
 
@@ -116,21 +121,26 @@ def _dense(
     scale: float | None,
     window: int | None,
     bias: torch.Tensor | None = None,
+    seen: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Attention on ``[n, L, heads, d]`` inputs, returning ``[n, L, heads, d]``."""
+    """Attention on ``[n, L, heads, d]`` inputs, returning ``[n, L, heads, d]``; ``seen``:
+    ``[n, L]`` bool, False for keys no query may see."""
     length = q.shape[1]
     mask = None
     if window is not None and window < length - 1:
         mask = _band(length, window, causal, q.device)
         causal = False
+    if seen is not None:
+        if causal:
+            mask, causal = _band(length, length, True, q.device), False
+        hidden = seen[:, None, None, :]  # [n, 1, 1, L]: the same keys hidden from every query and head
+        mask = hidden if mask is None else mask & hidden
     if bias is not None:
         # One [heads, L, L] float mask for every sequence of the group: the bias, -inf where hidden.
         if causal:
             mask, causal = _band(length, length, True, q.device), False
-        added = bias[:, :length, :length].to(q.dtype)
-        if mask is not None:
-            added = added.masked_fill(~mask, float("-inf"))
-        mask = added.unsqueeze(0)  # 4-D: a 3-D float mask keeps CPU attention off its fused path
+        added = bias[:, :length, :length].to(q.dtype).unsqueeze(0)  # 4-D: a 3-D float mask keeps CPU attention off its fused path
+        mask = added if mask is None else added.masked_fill(~mask, float("-inf"))
     o = F.scaled_dot_product_attention(
         q.transpose(1, 2),
         k.transpose(1, 2),
@@ -175,23 +185,35 @@ def softcap_varlen_attention(
     if softcap is None:
         return varlen_attention(q, k, v, batch, causal=causal, scale=scale, window=window)
     out = q.new_empty(q.shape)
+    keys = batch.key_mask
     for length, start, count in batch.length_runs:
         tokens = slice(start, start + count * length)
         grid = [t[tokens].unflatten(0, (count, length)).transpose(1, 2) for t in (q, k, v)]
-        out[tokens] = _softcapped(*grid, causal, scale, window, softcap).transpose(1, 2).flatten(0, 1)
+        seen = None if keys is None else keys[tokens].view(count, length)
+        out[tokens] = _softcapped(*grid, causal, scale, window, softcap, seen).transpose(1, 2).flatten(0, 1)
     return out
 
 
 def _softcapped(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float | None, window: int | None, cap: float
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    causal: bool,
+    scale: float | None,
+    window: int | None,
+    cap: float,
+    seen: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Soft-capped attention on ``[n, heads, L, d]`` inputs (``[n, kv_heads, L, d]`` keys and values)."""
+    """Soft-capped attention on ``[n, heads, L, d]`` inputs (``[n, kv_heads, L, d]`` keys and values);
+    ``seen`` as :func:`_dense`'s."""
     length = q.shape[2]
     if k.shape[1] != q.shape[1]:
         k, v = (t.repeat_interleave(q.shape[1] // k.shape[1], dim=1) for t in (k, v))
     scores = torch.matmul(q, k.transpose(-1, -2)) * (q.shape[-1] ** -0.5 if scale is None else scale)
     scores = torch.tanh(scores / cap) * cap
     keep = _band(length, length if window is None else window, causal, q.device)
+    if seen is not None:
+        keep = keep & seen[:, None, None, :]
     scores = scores.masked_fill(~keep, float("-inf"))
     weights = torch.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(v.dtype)
     return torch.matmul(weights, v)
@@ -220,6 +242,7 @@ def flash_varlen_attention(
     head_dim = q.shape[-1]
     if (
         bias is not None
+        or batch.key_lens is not None
         or q.dtype not in _FLASH_DTYPES
         or head_dim % 8
         or head_dim > 256
@@ -336,7 +359,7 @@ def amx_varlen_attention(
     go to :func:`varlen_attention`.
     """
     fn = _c_build("amx", q, k, v)
-    if bias is not None or fn is None:
+    if bias is not None or batch.key_lens is not None or fn is None:
         return varlen_attention(q, k, v, batch, causal, scale, window, bias)
     return _compiled(fn, q, k, v, batch, causal, scale, window, None)
 
@@ -354,7 +377,7 @@ def amx_softcap_varlen_attention(
     """:func:`softcap_varlen_attention` as one call of the AMX kernel (CPU, bf16), the capping
     computed in float32 on the float32 scores; other calls go to the reference."""
     fn = _c_build("amx", q, k, v)
-    if fn is None:
+    if fn is None or batch.key_lens is not None:
         return softcap_varlen_attention(q, k, v, batch, causal, scale, window, softcap)
     return _compiled(fn, q, k, v, batch, causal, scale, window, softcap)
 
@@ -378,7 +401,7 @@ def avx512_varlen_attention(
     go to :func:`varlen_attention`.
     """
     fn = _c_build("avx512", q, k, v)
-    if bias is not None or fn is None:
+    if bias is not None or batch.key_lens is not None or fn is None:
         return varlen_attention(q, k, v, batch, causal, scale, window, bias)
     return _compiled(fn, q, k, v, batch, causal, scale, window, None)
 
@@ -396,7 +419,7 @@ def avx512_softcap_varlen_attention(
     """:func:`softcap_varlen_attention` as one call of the AVX-512 kernel (CPU, bf16 or float32);
     other calls go to the reference."""
     fn = _c_build("avx512", q, k, v)
-    if fn is None:
+    if fn is None or batch.key_lens is not None:
         return softcap_varlen_attention(q, k, v, batch, causal, scale, window, softcap)
     return _compiled(fn, q, k, v, batch, causal, scale, window, softcap)
 

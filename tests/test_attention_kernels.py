@@ -181,3 +181,49 @@ def test_compiled_attention_gives_single_tokens_their_own_values(name: str) -> N
     got = plain(q, k, v, batch, causal=True)
     for token in (5, 6, 47):
         assert torch.equal(got[token], v[token].repeat_interleave(2, dim=0))
+
+
+def _hidden_keys_reference(q, k, v, lens, keys, causal, scale=None, softcap=None):
+    """Each sequence alone, in float64, its keys past ``keys[i]`` masked out."""
+    out, start = [], 0
+    for n, kept in zip(lens, keys):
+        qs, ks, vs = (t[start : start + n].double().transpose(0, 1) for t in (q, k, v))
+        ks, vs = (t.repeat_interleave(qs.shape[0] // t.shape[0], dim=0) for t in (ks, vs))
+        scores = qs @ ks.transpose(1, 2) * (scale or qs.shape[-1] ** -0.5)
+        if softcap is not None:
+            scores = torch.tanh(scores / softcap) * softcap
+        allowed = torch.arange(n) < kept
+        if causal:
+            allowed = allowed & torch.ones(n, n, dtype=torch.bool).tril()
+        scores = scores.masked_fill(~allowed, float("-inf"))
+        out.append((torch.softmax(scores, -1) @ vs).transpose(0, 1))
+        start += n
+    return torch.cat(out)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
+@pytest.mark.parametrize("op", ["varlen_attention", "varlen_attention_softcap"])
+@pytest.mark.parametrize(
+    "lens, keys",
+    [([12, 12, 5, 12, 1, 30], [9, 12, 3, 4, 1, 30]), ([30, 12, 12, 12, 5, 1], [30, 9, 12, 4, 3, 1])],
+    ids=["length-groups", "length-runs"],
+)
+def test_every_cpu_kernel_hides_the_keys_past_key_lens(op: str, causal: bool, lens, keys) -> None:
+    """A batch with ``key_lens`` (a ColBERT query's unattended [MASK] expansion): no token sees
+    the hidden ones, which still attend, in every registered CPU kernel (the compiled ones hand the
+    call to the reference), through both paths of the reference (runs of equal lengths, gathered
+    groups)."""
+    g = torch.Generator().manual_seed(7)
+    q = torch.randn(sum(lens), 4, 32, generator=g)
+    k, v = (torch.randn(sum(lens), 2, 32, generator=g) for _ in range(2))
+    batch = PackedBatch(torch.zeros(sum(lens), dtype=torch.long), lens, key_lens=keys)
+    kwargs = {"softcap": 5.0} if op.endswith("softcap") else {}
+    expected = _hidden_keys_reference(q, k, v, lens, keys, causal, **kwargs)
+    assert not torch.allclose(expected, _hidden_keys_reference(q, k, v, lens, lens, causal, **kwargs), atol=1e-2)
+    kernels = {n: registry("kernel").get(n) for n in registry("kernel").names() if n.startswith(op + ":")}
+    kernels = {n: entry.fn for n, entry in kernels.items() if entry.device != "cuda"}
+    assert len(kernels) >= 1 + len(KERNELS)
+    for name, fn in kernels.items():
+        for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 3e-2)):
+            got = fn(q.to(dtype), k.to(dtype), v.to(dtype), batch, causal, **kwargs)
+            assert torch.allclose(got.double(), expected, atol=tol), (name, dtype)

@@ -73,27 +73,47 @@ def test_maxsim_scores_equal_the_reference(colbert_dir):
     assert pairwise[0] == pytest.approx(expected[1], abs=1e-4)
 
 
-def test_markers_and_query_expansion(colbert_dir, tmp_path):
+def st_maxsim(path, query, docs):
+    """sentence-transformers' MultiVectorEncoder (the colbert-ai / PyLate reference) scores."""
+    from sentence_transformers import MultiVectorEncoder
+
+    model = MultiVectorEncoder(str(path), device="cpu")
+    return model.similarity(model.encode_query([query]), model.encode_document(docs))[0].tolist()
+
+
+PUNCTUATED = [*DOCS, "paris, the capital; of france!", "(berlin) - germany's capital."]
+
+
+@pytest.mark.parametrize("attend", [None, False, True], ids=["default", "unattended", "attended"])
+def test_markers_query_expansion_and_skiplist(colbert_dir, tmp_path, attend):
+    """colbert-ai's artifact.metadata: markers, [MASK] expansion (not attended to unless
+    attend_to_mask_tokens), punctuation left out of documents; sentence-transformers is the reference."""
     import shutil
 
     path = tmp_path / "with-markers"
     shutil.copytree(colbert_dir, path)
-    (path / "artifact.metadata").write_text(
-        json.dumps({"query_token_id": "<s>", "doc_token_id": "</s>", "query_maxlen": 12, "doc_maxlen": 9})
-    )
+    meta = {"query_token_id": "<s>", "doc_token_id": "</s>", "query_maxlen": 12, "doc_maxlen": 9}
+    if attend is not None:
+        meta["attend_to_mask_tokens"] = attend
+    (path / "artifact.metadata").write_text(json.dumps(meta))
     llm = LLM(str(path))
-    tok = llm.get_tokenizer()
-    q_marker, d_marker = tok.convert_tokens_to_ids("<s>"), tok.convert_tokens_to_ids("</s>")
-    plain_q = tok(QUERY, truncation=True, max_length=11)["input_ids"]
-    query_ids = plain_q[:1] + [q_marker] + plain_q[1:]
-    query_ids += [tok.mask_token_id] * (12 - len(query_ids))
-    doc_ids = [tok(d, truncation=True, max_length=8)["input_ids"] for d in DOCS]
-    doc_ids = [ids[:1] + [d_marker] + ids[1:] for ids in doc_ids]
-    q_ref, *d_refs = reference_vectors(path, [query_ids, *doc_ids])
-    expected = [(q_ref @ d.T).max(dim=1).values.sum().item() for d in d_refs]
-    got = [s.outputs.score for s in llm.score(QUERY, DOCS)]
-    assert got == pytest.approx(expected, abs=1e-4)
-    assert got != pytest.approx([s.outputs.score for s in LLM(str(colbert_dir)).score(QUERY, DOCS)], abs=1e-3)
+    got = [s.outputs.score for s in llm.score(QUERY, PUNCTUATED)]
+    assert got == pytest.approx(st_maxsim(path, QUERY, PUNCTUATED), abs=1e-4)
+    assert got != pytest.approx([s.outputs.score for s in LLM(str(colbert_dir)).score(QUERY, PUNCTUATED)], abs=1e-3)
+    (query,) = llm.encode({"prompt_token_ids": llm.get_tokenizer()(QUERY)["input_ids"]}, pooling_task="token_embed")
+    assert torch.allclose(query.outputs.data, reference_vectors(path, [query.prompt_token_ids])[0], atol=1e-4)
+
+
+def test_unattended_expansion_in_bfloat16(colbert_dir, tmp_path):
+    """The [MASK] tokens nobody attends to: the same hiding in bf16 (the reference attention path)."""
+    import shutil
+
+    path = tmp_path / "with-markers"
+    shutil.copytree(colbert_dir, path)
+    (path / "artifact.metadata").write_text(json.dumps({"query_token_id": "<s>", "doc_token_id": "</s>", "query_maxlen": 16}))
+    full = [s.outputs.score for s in LLM(str(path), dtype="float32").score(QUERY, DOCS)]
+    low = [s.outputs.score for s in LLM(str(path), dtype="bfloat16").score(QUERY, DOCS)]
+    assert low == pytest.approx(full, rel=0.02)
 
 
 @pytest.mark.parametrize("kernel", [maxsim_reference, maxsim_packed], ids=["reference", "packed"])
@@ -174,7 +194,8 @@ def test_pylate_layout_with_dense_and_prefixes(tmp_path):
         hidden = hf(input_ids=torch.tensor([q])).last_hidden_state[0]
     expected = torch.nn.functional.normalize(dense.linear(hidden), dim=-1)
     assert torch.allclose(query.outputs.data, expected, atol=1e-4)
-    assert len(llm.score(QUERY, DOCS)) == len(DOCS)
+    got = [s.outputs.score for s in llm.score(QUERY, PUNCTUATED)]
+    assert got == pytest.approx(st_maxsim(path, QUERY, PUNCTUATED), abs=1e-4)
 
 
 def test_modernbert_colbert_by_override(tmp_path):

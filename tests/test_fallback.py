@@ -137,6 +137,21 @@ def test_token_embed_matches_transformers(dirs, llms, key):
         assert_same_vectors(got.outputs.data, F.normalize(hidden[m], dim=-1))
 
 
+def test_tokens_nobody_attends_to(dirs, llms):
+    """A prompt's ``attended``: the fallback hides the tokens past it from attention, as
+    transformers does with a 0 in the attention mask (they still get vectors)."""
+    import transformers
+
+    from poolkit.io import Prompt
+
+    ids = transformers.AutoTokenizer.from_pretrained(str(dirs["electra"]))(TEXTS[0])["input_ids"] + [4, 4, 4]
+    (got,) = llms["electra"].encode([Prompt(token_ids=ids, attended=len(ids) - 3)], pooling_task="token_embed")
+    model = transformers.AutoModel.from_pretrained(str(dirs["electra"])).eval()
+    with torch.no_grad():
+        hidden = model(input_ids=torch.tensor([ids]), attention_mask=torch.tensor([[1] * (len(ids) - 3) + [0] * 3]))
+    assert_same_vectors(got.outputs.data, F.normalize(hidden.last_hidden_state[0], dim=-1))
+
+
 @pytest.mark.parametrize("key", ["distilbert-3", "phi3-3", "gpt2-pad-3"])
 def test_classify_matches_transformers(dirs, llms, key):
     out, _ = hf_run(dirs[key], "AutoModelForSequenceClassification", TEXTS)
