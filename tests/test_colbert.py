@@ -23,17 +23,9 @@ DOCS = ["paris is the capital of france", "hello world", "the quick brown fox ju
 @pytest.fixture(scope="module")
 def colbert_dir(tmp_path_factory):
     """A tiny BERT + 16-wide linear projection saved as colbert-ai does (``bert.`` + ``linear``)."""
-    from tiny_models import build_encoder
+    from tiny_models import build_stanford_colbert
 
-    path = build_encoder(tmp_path_factory.mktemp("colbert") / "tiny-colbert", "bert", init_range=0.5)
-    state = {f"bert.{k}": v for k, v in load_file(str(path / "model.safetensors")).items()}
-    torch.manual_seed(5)
-    state["linear.weight"] = torch.randn(16, 32) * 0.3
-    save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
-    config = json.loads((path / "config.json").read_text())
-    config.update(architectures=["HF_ColBERT"], dim=16)
-    (path / "config.json").write_text(json.dumps(config))
-    return path
+    return build_stanford_colbert(tmp_path_factory.mktemp("colbert") / "tiny-colbert")
 
 
 def reference_vectors(path, ids_list):
@@ -166,19 +158,12 @@ def test_cli_rerank_with_colbert(colbert_dir):
 
 def test_pylate_layout_with_dense_and_prefixes(tmp_path):
     """A sentence-transformers / PyLate ColBERT: BertModel + Dense, markers in its config."""
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.models import Dense, Transformer
-
-    from tiny_models import build_encoder
+    from tiny_models import build_encoder, build_pylate_colbert
 
     backbone = build_encoder(tmp_path / "backbone", "bert", init_range=0.5)
-    torch.manual_seed(2)
-    dense = Dense(32, 16, bias=False, activation_function=torch.nn.Identity())
-    SentenceTransformer(modules=[Transformer(str(backbone)), dense], device="cpu").save(str(tmp_path / "pylate"))
-    path = tmp_path / "pylate"
-    config = json.loads((path / "config_sentence_transformers.json").read_text())
-    config.update(query_prefix="<s> ", document_prefix="</s> ", query_length=12, document_length=9, do_query_expansion=True)
-    (path / "config_sentence_transformers.json").write_text(json.dumps(config))
+    config = dict(query_prefix="<s> ", document_prefix="</s> ", query_length=12, document_length=9, do_query_expansion=True)
+    path = build_pylate_colbert(tmp_path / "pylate", backbone, **config)
+    dense = load_file(str(path / "1_Dense" / "model.safetensors"))
     llm = LLM(str(path))
     assert llm.score_type == "late-interaction"
     tok = llm.get_tokenizer()
@@ -192,7 +177,7 @@ def test_pylate_layout_with_dense_and_prefixes(tmp_path):
     hf = BertModel.from_pretrained(str(backbone), add_pooling_layer=False).eval()
     with torch.no_grad():
         hidden = hf(input_ids=torch.tensor([q])).last_hidden_state[0]
-    expected = torch.nn.functional.normalize(dense.linear(hidden), dim=-1)
+    expected = torch.nn.functional.normalize(hidden @ dense["linear.weight"].T, dim=-1)
     assert torch.allclose(query.outputs.data, expected, atol=1e-4)
     got = [s.outputs.score for s in llm.score(QUERY, PUNCTUATED)]
     assert got == pytest.approx(st_maxsim(path, QUERY, PUNCTUATED), abs=1e-4)

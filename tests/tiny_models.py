@@ -654,3 +654,42 @@ def build_mpnet(
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+def build_pylate_colbert(out: Path, backbone: Path, dim: int = 16, seed: int = 2, **config) -> Path:
+    """A PyLate-style ColBERT saved by sentence-transformers: ``backbone``'s Transformer and a
+    bias-free ``Dense`` to ``dim`` features (no Pooling), with PyLate's keys (``query_prefix``,
+    ``document_prefix``, ``query_length``, ``document_length``, ``do_query_expansion``, ...) from
+    ``config`` in ``config_sentence_transformers.json``."""
+    import json
+
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Dense, Transformer
+
+    transformer = Transformer(str(backbone))
+    torch.manual_seed(seed)
+    dense = Dense(transformer.get_embedding_dimension(), dim, bias=False, activation_function=torch.nn.Identity())
+    SentenceTransformer(modules=[transformer, dense], device="cpu").save(str(out))
+    path = out / "config_sentence_transformers.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **config}))
+    return out
+
+
+def build_stanford_colbert(out: Path, metadata: dict | None = None, dim: int = 16, max_len: int = 128) -> Path:
+    """A colbert-ai ``HF_ColBERT`` checkpoint: a tiny BERT under ``bert.`` plus a ``dim``-wide
+    ``linear`` projection, with ``metadata`` as its ``artifact.metadata`` (none when ``None``)."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    path = build_encoder(out, "bert", init_range=0.5, max_len=max_len)
+    state = {f"bert.{k}": v for k, v in load_file(str(path / "model.safetensors")).items()}
+    torch.manual_seed(5)
+    state["linear.weight"] = torch.randn(dim, 32) * 0.3
+    save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
+    config = json.loads((path / "config.json").read_text())
+    config.update(architectures=["HF_ColBERT"], dim=dim)
+    (path / "config.json").write_text(json.dumps(config))
+    if metadata is not None:
+        (path / "artifact.metadata").write_text(json.dumps(metadata))
+    return path

@@ -153,20 +153,11 @@ def build_qwen3_seq_cls(out: Path) -> Path:
 
 def build_colbert(out: Path, max_len: int = 128) -> Path:
     """Stand-in for answerdotai/answerai-colbert-small-v1 (HF_ColBERT): a tiny BERT under ``bert.``
-    plus a 16-wide ``linear`` projection, as tests/test_colbert.py builds it; ``max_len`` tokens of
-    context."""
-    from safetensors.torch import load_file, save_file
-    from tiny_models import build_encoder
+    plus a 16-wide ``linear`` projection (``tiny_models.build_stanford_colbert``, no
+    artifact.metadata); ``max_len`` tokens of context."""
+    from tiny_models import build_stanford_colbert
 
-    path = build_encoder(out, "bert", init_range=0.5, max_len=max_len)
-    state = {f"bert.{k}": v for k, v in load_file(str(path / "model.safetensors")).items()}
-    torch.manual_seed(5)
-    state["linear.weight"] = torch.randn(16, 32) * 0.3
-    save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
-    config = json.loads((path / "config.json").read_text())
-    config.update(architectures=["HF_ColBERT"], dim=16)
-    (path / "config.json").write_text(json.dumps(config))
-    return path
+    return build_stanford_colbert(out, max_len=max_len)
 
 
 # -- sentence-transformers CrossEncoder exports -------------------------------------------------
