@@ -149,7 +149,10 @@ def _token_matrices(x: Any, mask: Any = None) -> list[torch.Tensor]:
     return [m[k.bool()[: len(m)]] for m, k in zip(items, masks)]
 
 
-def maxsim(a: Any, b: Any, a_mask: Any = None, b_mask: Any = None, length_normalize: bool = False, **_: Any) -> torch.Tensor:
+def maxsim(
+    a: Any, b: Any, a_mask: Any = None, b_mask: Any = None, chunk_elements: int | None = None,
+    length_normalize: bool = False, device: Any = None,
+) -> torch.Tensor:
     """MaxSim of every query in ``a`` with every document in ``b`` (``[len(a), len(b)]``, float32):
     per query token its best dot product with a document token, summed (divided by the query's
     tokens when ``length_normalize``). A document without tokens scores :data:`EMPTY_DOCUMENT_SCORE`.
@@ -171,7 +174,10 @@ def maxsim(a: Any, b: Any, a_mask: Any = None, b_mask: Any = None, length_normal
     return scores.masked_fill(empty.unsqueeze(0), EMPTY_DOCUMENT_SCORE)
 
 
-def maxsim_pairwise(a: Any, b: Any, a_mask: Any = None, b_mask: Any = None, length_normalize: bool = False, **_: Any) -> torch.Tensor:
+def maxsim_pairwise(
+    a: Any, b: Any, a_mask: Any = None, b_mask: Any = None, chunk_elements: int | None = None,
+    length_normalize: bool = False, device: Any = None,
+) -> torch.Tensor:
     """MaxSim of each pair ``(a[i], b[i])`` (``[len(a)]``, float32)."""
     queries, docs = _token_matrices(a, a_mask), _token_matrices(b, b_mask)
     if len(queries) != len(docs):

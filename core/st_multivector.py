@@ -24,6 +24,9 @@ from .plugins import registry
 from .st_compat import _Embedder
 from .st_functions import maxsim, maxsim_pairwise, multi_vector_similarity_name
 
+#: The checkpoints whose saved prompts sentence-transformers keeps when it loads them as a
+#: MultiVectorEncoder (``model_type``; PyLate 3 saves say ``ColBERT``); it drops other kinds' prompts.
+_KEEPS_PROMPTS = frozenset({None, "SentenceTransformer", "MultiVectorEncoder", "ColBERT"})
 _NO_TENSOR = (
     "MultiVectorEncoder.encode() has no `convert_to_tensor`: it stacks embeddings into one tensor on the other "
     "model types, and multi-vector embeddings are variable-length, so there is nothing to stack. Encoding "
@@ -47,11 +50,23 @@ class MultiVectorEncoder(_Embedder):
     def _attach(self, llm: Any, prompts: dict[str, str] | None, default_prompt_name: str | None, limit: int | None) -> None:
         self._colbert = registry("io_processor").get("colbert")
         self._settings = self._colbert.settings(llm.model, colbert_ai_defaults=True)
+        self._foreign = False
         super()._attach(llm, prompts, default_prompt_name, limit)
+        if self._foreign and default_prompt_name is None:
+            self.default_prompt_name = None
+        st = llm.model.st
+        # sentence-transformers puts a token-level Normalize after every checkpoint it converts;
+        # its own multi-vector saves say whether they have one.
+        self._normalize = st is None or st.model_type != "MultiVectorEncoder" or st.normalize
 
     def _saved_prompts(self, llm: Any) -> dict[str, str]:
         """The saved prompts, a colbert-ai or PyLate marker put before the query and document ones
-        (sentence-transformers turns those markers into the prompts)."""
+        (sentence-transformers turns those markers into the prompts); none of another kind of
+        model's (a SparseEncoder's, say), as sentence-transformers converts it."""
+        st = llm.model.st
+        if st is not None and st.model_type not in _KEEPS_PROMPTS:
+            self._foreign = True
+            return {}
         saved = super()._saved_prompts(llm)
         if not self._settings.markers:
             return saved
@@ -152,9 +167,11 @@ class MultiVectorEncoder(_Embedder):
         out: list[Any] = []
         for vectors, ids in results:
             vectors = vectors.float()
+            if self._normalize:
+                vectors = torch.nn.functional.normalize(vectors, dim=-1)
             scored = torch.ones(len(ids), dtype=torch.bool) if skip is None else ~torch.isin(torch.tensor(ids), skip)
             if output_value is None:
-                out.append({"input_ids": torch.tensor(ids), "token_embeddings": vectors, "attention_mask": scored})
+                out.append({"input_ids": torch.tensor(ids), "token_embeddings": vectors, "attention_mask": scored, "modality": "text"})
                 continue
             vectors = vectors[scored]
             out.append(torch.nn.functional.normalize(vectors, dim=-1) if normalize_embeddings else vectors)

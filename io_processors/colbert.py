@@ -21,6 +21,7 @@ default) take no part in MaxSim. vLLM applies none of this.
 from __future__ import annotations
 
 import json
+import logging
 import string
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ from poolkit.errors import InvalidRequest, ModelLoadError
 from poolkit.hookspecs import hookimpl
 from poolkit.io import IOProcessor, Prompt
 
+logger = logging.getLogger(__name__)
 PUNCTUATION = tuple(string.punctuation)
 
 
@@ -89,18 +91,33 @@ def _colbert_ai(meta: dict[str, Any]) -> ColbertSettings:
     )
 
 
+def _expansion(cfg: dict[str, Any]) -> dict[str, Any] | None:
+    """A query expansion: sentence-transformers' ``query_expansion`` (``None``: off), else PyLate's
+    flat keys (on unless ``do_query_expansion`` is false, to ``query_length`` or 32 tokens)."""
+    if "query_expansion" in cfg:
+        return cfg["query_expansion"]
+    if cfg.get("do_query_expansion") is False:
+        return None
+    attend = cfg.get("attend_to_expansion_tokens", cfg.get("attend_to_mask_tokens", False))
+    return {"strategy": "fixed", "attend": bool(attend), "length": cfg.get("query_length") or 32}
+
+
 def _pylate(cfg: dict[str, Any]) -> ColbertSettings:
-    """PyLate's keys in ``config_sentence_transformers.json``, with PyLate's defaults."""
-    expand = cfg.get("do_query_expansion", True) is not False
+    """PyLate's keys in ``config_sentence_transformers.json``, with PyLate's defaults (the
+    punctuation skiplist when it names a prefix)."""
+    expansion = _expansion(cfg) or {}
     words = cfg.get("skiplist_words")
+    has_prefix = "query_prefix" in cfg or "document_prefix" in cfg
     return ColbertSettings(
         cfg.get("query_prefix") or None,
         cfg.get("document_prefix") or None,
-        None if expand else cfg.get("query_length"),
+        cfg.get("query_length") if "query_expansion" in cfg or not expansion else None,
         cfg.get("document_length"),
-        expansion=(cfg.get("query_length") or 32) if expand else None,
-        attend_expansion=bool(cfg.get("attend_to_expansion_tokens", cfg.get("attend_to_mask_tokens", False))),
-        skiplist=PUNCTUATION if words is None else tuple(words),
+        expansion=expansion.get("length"),
+        expansion_strategy=expansion.get("strategy") or "fixed",
+        expansion_token=expansion.get("token"),
+        attend_expansion=bool(expansion.get("attend", False)),
+        skiplist=tuple(words) if words is not None else PUNCTUATION if has_prefix else (),
     )
 
 
@@ -117,7 +134,11 @@ def _multi_vector_encoder(model_dir: Path, cfg: dict[str, Any]) -> ColbertSettin
             transformer = _json(folder / "sentence_bert_config.json")
         elif kind == "MultiVectorMask":
             mask = _json(folder / "config.json")
-    expansion = transformer.get("query_expansion") or {}
+    legacy = ("query_length", "do_query_expansion", "attend_to_expansion_tokens", "query_prefix", "document_prefix")
+    if "query_expansion" in transformer or not any(key in cfg for key in legacy):
+        expansion = transformer.get("query_expansion") or {}
+    else:  # PyLate's flat keys saved beside a sentence-transformers save, as it translates them
+        expansion = _expansion(cfg) or {}
     tasks = mask.get("skiplist_tasks") or ["document"]
     return ColbertSettings(
         prompts.get("query") or None,
@@ -134,6 +155,12 @@ def _multi_vector_encoder(model_dir: Path, cfg: dict[str, Any]) -> ColbertSettin
     )
 
 
+_PYLATE_KEYS = (
+    "query_prefix", "document_prefix", "query_length", "document_length", "do_query_expansion", "query_expansion",
+    "attend_to_expansion_tokens", "skiplist_words",
+)
+
+
 def colbert_settings(model_dir: Path, colbert_ai_defaults: bool = False) -> ColbertSettings | None:
     """The query/document settings a late-interaction checkpoint declares, or ``None``.
 
@@ -148,9 +175,10 @@ def colbert_settings(model_dir: Path, colbert_ai_defaults: bool = False) -> Colb
     st = _json(model_dir / "config_sentence_transformers.json")
     if st.get("model_type") == "MultiVectorEncoder":
         return _multi_vector_encoder(model_dir, st)
-    if any(key in st for key in ("query_prefix", "query_length", "document_length", "do_query_expansion")):
+    if any(key in st for key in _PYLATE_KEYS):
         return _pylate(st)
     if colbert_ai_defaults and "HF_ColBERT" in (_json(model_dir / "config.json").get("architectures") or []):
+        logger.warning("%s has no artifact.metadata: colbert-ai's defaults apply ([unused0]/[unused1] markers, 32-token queries)", model_dir.name)
         return _colbert_ai(meta)
     return None
 

@@ -131,7 +131,7 @@ def test_return_types(layouts):
     arrays = model.encode_document(DOCUMENTS, convert_to_numpy=True)
     assert all(isinstance(a, np.ndarray) and a.dtype == np.float32 for a in arrays)
     (raw,) = model.encode_document(DOCUMENTS[2:3], output_value=None)
-    assert set(raw) == {"input_ids", "token_embeddings", "attention_mask"}
+    assert set(raw) == {"input_ids", "token_embeddings", "attention_mask", "modality"}
     assert raw["attention_mask"].sum() < len(raw["input_ids"])  # the punctuation is not scored
     assert torch.equal(raw["token_embeddings"][raw["attention_mask"]], model.encode_document(DOCUMENTS[2]))
     plain = model.encode_document(DOCUMENTS, normalize_embeddings=True)
