@@ -582,11 +582,11 @@ def test_models_health_and_metrics(server):
             name, value = line.rsplit(" ", 1)
             samples[name] = float(value)
     assert samples['poolkit_requests_total{route="/v1/embeddings",status="200"}'] >= 1
-    assert samples["poolkit_prompt_tokens_total"] > 0 and samples["poolkit_batches_total"] >= 1
+    assert samples['poolkit_prompt_tokens_total{model="minilm"}'] > 0 and samples['poolkit_batches_total{model="minilm"}'] >= 1
     assert samples['poolkit_request_duration_seconds_count{route="/v1/embeddings"}'] >= 1
     assert samples['poolkit_request_duration_seconds_bucket{route="/v1/embeddings",le="+Inf"}'] >= 1
-    assert samples["poolkit_batch_size_count"] >= 1 and "poolkit_queue_depth" in samples
-    assert samples["poolkit_model_ready"] == 1
+    assert samples['poolkit_batch_size_count{model="minilm"}'] >= 1 and 'poolkit_queue_depth{model="minilm"}' in samples
+    assert samples['poolkit_model_ready{model="minilm"}'] == 1
 
 
 def _metric(server: Server, name: str) -> float:
@@ -638,7 +638,8 @@ def test_a_client_that_goes_away_cancels_its_queued_work(threaded_server, monkey
     assert httpx.post(f"{url}/v1/embeddings", json={"input": "after"}).status_code == 200
     assert ran == [1]  # the abandoned request never reached the model
     text = httpx.get(f"{url}/metrics").text
-    assert "poolkit_requests_cancelled_total 1" in text and "poolkit_client_disconnects_total 1" in text
+    assert 'poolkit_requests_cancelled_total{model="' in text and "poolkit_client_disconnects_total 1" in text
+    assert [line for line in text.splitlines() if line.startswith("poolkit_requests_cancelled_total")][0].endswith(" 1.0")
 
 
 # -- concurrency and load --------------------------------------------------------------------------

@@ -14,7 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 
 from poolkit.server import INFERENCE_ROUTES, create_app  # noqa: E402
 from poolkit.server import app as app_module  # noqa: E402
-from poolkit.server import routes_cohere, routes_openai, routes_ops, routes_vllm  # noqa: E402
+from poolkit.server import routes_cohere, routes_openai, routes_ops, routes_tei, routes_vllm  # noqa: E402
+from poolkit.server.guard import TEI_ALIASES  # noqa: E402
 
 #: Every family /metrics exposes, by the name the parser gives it (counters without ``_total``).
 FAMILIES = {
@@ -32,6 +33,8 @@ FAMILIES = {
     "poolkit_model_ready": "gauge",
     "poolkit_batch_size": "histogram",
     "poolkit_queue_wait_seconds": "histogram",
+    "poolkit_cache_hits": "counter",
+    "poolkit_cache_misses": "counter",
     # prometheus_client's process collector (Linux): poolkit bench-serve reads the resident memory.
     "process_virtual_memory_bytes": "gauge",
     "process_resident_memory_bytes": "gauge",
@@ -67,9 +70,9 @@ def test_metrics_are_valid_prometheus_exposition(two_apps):
     assert _value(requests, "poolkit_requests_total", route="/v1/embeddings", status="200") >= 1
     duration = families["poolkit_request_duration_seconds"]
     assert _value(duration, "poolkit_request_duration_seconds_bucket", route="/v1/embeddings", le="+Inf") >= 1
-    assert _value(families["poolkit_inputs"], "poolkit_inputs_total") >= 2
-    assert _value(families["poolkit_batch_size"], "poolkit_batch_size_count") >= 1
-    assert _value(families["poolkit_model_ready"], "poolkit_model_ready") == 1
+    assert _value(families["poolkit_inputs"], "poolkit_inputs_total", model="a") >= 2
+    assert _value(families["poolkit_batch_size"], "poolkit_batch_size_count", model="a") >= 1
+    assert _value(families["poolkit_model_ready"], "poolkit_model_ready", model="a") == 1
     samples = [s.name for f in families.values() for s in f.samples]
     assert not [name for name in samples if name.endswith("_created")]
 
@@ -87,7 +90,7 @@ def test_two_apps_in_one_process_keep_separate_metrics(two_apps):
 
 def test_every_protocol_router_is_mounted(two_apps):
     client, _ = two_apps
-    modules = (routes_ops, routes_openai, routes_vllm, routes_cohere)
+    modules = (routes_ops, routes_openai, routes_vllm, routes_cohere, routes_tei)
     assert [id(router) for router in app_module.ROUTERS] == [id(module.router) for module in modules]
     mounted = {(r.path, frozenset(r.methods)): r.endpoint for r in client.app.routes if hasattr(r, "endpoint")}
     for module in modules:
@@ -96,7 +99,7 @@ def test_every_protocol_router_is_mounted(two_apps):
             assert mounted.get((route.path, frozenset(route.methods))) is route.endpoint, (module.__name__, route.path)
             assert route.endpoint.__module__ == module.__name__
     paths = {route.path for module in modules for route in module.router.routes}
-    assert paths == set(INFERENCE_ROUTES) | {"/v1/models", "/health", "/metrics"}
+    assert paths == set(INFERENCE_ROUTES) | TEI_ALIASES | {"/v1/models", "/info", "/health", "/metrics"}
 
 
 def test_routes_read_the_state_of_their_own_app(two_apps):

@@ -228,7 +228,7 @@ def engine_options(*, model_argument: bool = False, help_overrides: dict[str, st
             flags = _long_flags(p)
             for alias in _underscored(flags):
                 if alias not in taken:
-                    key = f"vllm_alias__{p.name}"
+                    key = f"vllm_alias__{alias[2:]}"
                     hide(key, [alias], p.annotation, f"vLLM's spelling of {flags[0]}.")
                     default = p.default.default if isinstance(p.default, typer.models.OptionInfo) else None
                     aliases[key] = (p.name, flags[0], alias, default)

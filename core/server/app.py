@@ -7,49 +7,60 @@ import logging
 import signal
 import threading
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable, Sequence
 
 from fastapi import APIRouter, FastAPI
 
-from ..errors import MissingDependency
-from . import routes_cohere, routes_openai, routes_ops, routes_vllm
+from ..errors import InvalidRequest, MissingDependency
+from . import routes_cohere, routes_openai, routes_ops, routes_tei, routes_vllm
 from .errors import install_error_handlers
-from .guard import INFERENCE_ROUTES, Guard, StrictRoute
+from .guard import INFERENCE_ROUTES, TEI_ALIASES, Guard, StrictRoute
 from .front import front_protocol
 from .lane import Lane
 from .openapi import install_openapi
-from .state import ServerLimits, ServerState
+from .state import ModelState, ServerLimits, ServerState
 
 logger = logging.getLogger(__name__)
 
 #: The routers every application mounts, one module per protocol.
-ROUTERS = (routes_ops.router, routes_openai.router, routes_vllm.router, routes_cohere.router)
+ROUTERS = (routes_ops.router, routes_openai.router, routes_vllm.router, routes_cohere.router, routes_tei.router)
 
 
 def create_app(
     llm: Any,
     *,
-    served_model_name: str | None = None,
+    served_model_name: str | Sequence[str | None] | None = None,
     api_key: str | None = None,
     limits: ServerLimits | None = None,
     chat_template: str | None = None,
     score_template: str | None = None,
+    cache_size: int = 0,
+    auto_truncate: bool = False,
+    default_prompt_name: str | None = None,
 ) -> FastAPI:
-    """The FastAPI application serving ``llm``.
+    """The FastAPI application serving ``llm``, or several models.
 
     Args:
         llm: a loaded :class:`poolkit.LLM`, or a callable returning one: it is then loaded in a
-            background thread at startup, and the server answers 503 until it is ready.
-        served_model_name: the name requests must use in ``model`` (default: the model's name).
+            background thread at startup, and the server answers 503 until it is ready. A list of
+            them serves several models, loaded one after another; requests choose one by name.
+        served_model_name: the name requests must use in ``model`` (default: the model's name);
+            a list of names, one per model, for several.
         api_key: when set, every inference route and ``/v1/models`` need
             ``Authorization: Bearer <api_key>``; ``/health``, ``/metrics`` and the docs stay open.
-        limits: the server's limits (:class:`ServerLimits`).
+        limits: the server's limits (:class:`ServerLimits`); each model keeps its own batch and
+            queue budgets of these sizes.
         chat_template: the chat template (Jinja text) that ``messages`` requests are rendered
             with, instead of the tokenizer's (vLLM's ``--chat-template``). Like vLLM, a model whose
             scorer takes a score template (``LLM.scorer.takes_template``, cross-encoders) also
             scores with it, unless ``score_template`` is given.
         score_template: the score template (Jinja text) of ``/score`` and ``/rerank`` for a model
             whose scorer takes one.
+        cache_size: entries of each model's embedding cache (:mod:`poolkit.server.cache`); 0: none.
+        auto_truncate: TEI's routes truncate inputs that are too long unless a request says
+            ``truncate: false`` (TEI's ``--auto-truncate``); otherwise they refuse them.
+        default_prompt_name: the prompt of the model's sentence-transformers config that TEI's
+            routes use when a request names none (TEI's ``--default-prompt-name``).
 
     Example:
         >>> from fastapi.testclient import TestClient
@@ -57,32 +68,54 @@ def create_app(
         ...     client.post("/v1/embeddings", json={"model": "minilm", "input": "hi"}).json()["data"][0]["index"]
         0
     """
-    st = ServerState(served_model_name, api_key, limits or ServerLimits(), chat_template, score_template)
-    loader = llm if callable(llm) and not hasattr(llm, "model") else None
-    if loader is None:
-        st.attach(llm)
+    llms = list(llm) if isinstance(llm, (list, tuple)) else [llm]
+    names = list(served_model_name) if isinstance(served_model_name, (list, tuple)) else [served_model_name] * len(llms)
+    if not llms or len(names) != len(llms):
+        raise InvalidRequest(f"{len(names)} served model names for {len(llms)} models: give one name per model")
+    given = [n for n in names if n is not None]
+    if len(set(given)) != len(given):
+        raise InvalidRequest(f"served model names must differ: {', '.join(given)}")
+    if cache_size < 0:
+        raise InvalidRequest(f"the cache size must be 0 (no cache) or more, got {cache_size}")
+    st = ServerState(api_key, limits or ServerLimits())
+    loaders: list[tuple[ModelState, Callable[[], Any]]] = []
+    for one, name in zip(llms, names):
+        model = st.add_model(
+            name, chat_template=chat_template, score_template=score_template, cache_size=cache_size,
+            auto_truncate=auto_truncate, default_prompt_name=default_prompt_name,
+        )
+        if callable(one) and not hasattr(one, "model"):
+            loaders.append((model, one))
+        else:
+            model.attach(one)
+    _check_names(st)
+    loading = [False]
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if loader is not None and not st.loading:
-            st.loading = True
-            threading.Thread(target=_load, args=(st, loader), name="poolkit-load", daemon=True).start()
-        if st.drained:  # started again after a shutdown (tests, embedding servers): a fresh batcher
-            st.batcher = st.new_batcher()
+        if loaders and not loading[0]:
+            loading[0] = True
+            threading.Thread(target=_load, args=(st, loaders), name="poolkit-load", daemon=True).start()
+        if st.drained:  # started again after a shutdown (tests, embedding servers): fresh batchers
+            for model in st.models:
+                if model.llm is not None:
+                    model.batcher = model.new_batcher()
             st.drained = st.draining = False
         st.started()
         yield
         st.draining = True
-        if st.batcher is not None:
+        batchers = [m.batcher for m in st.models if m.batcher is not None]
+        if batchers:
             st.drained = True
-            done = await asyncio.to_thread(st.batcher.drain, st.limits.shutdown_timeout)
-            if not done:
-                logger.warning("shutdown: queued work did not finish within %.0f s", st.limits.shutdown_timeout)
+            for batcher in batchers:
+                done = await asyncio.to_thread(batcher.drain, st.limits.shutdown_timeout)
+                if not done:
+                    logger.warning("shutdown: queued work did not finish within %.0f s", st.limits.shutdown_timeout)
 
     app = FastAPI(
         title="poolkit",
         description="Pooling models (embeddings, rerankers, classifiers, token models) over HTTP: "
-        "OpenAI, vLLM and Cohere endpoints.",
+        "OpenAI, vLLM, Cohere and Text Embeddings Inference endpoints.",
         version=_version(),
         lifespan=lifespan,
     )
@@ -92,9 +125,17 @@ def create_app(
     install_error_handlers(app)
     for router in ROUTERS:
         _mount(app, router)
-    st.lane = Lane(app.routes, INFERENCE_ROUTES)
+    st.lane = Lane(app.routes, INFERENCE_ROUTES | TEI_ALIASES)
     install_openapi(app, st)
     return app
+
+
+def _check_names(st: ServerState) -> None:
+    """Refuse two loaded models served under one name (names come from the models themselves)."""
+    names = [m.served for m in st.models if m.served is not None]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise InvalidRequest(f"two models would be served as '{twice[0]}': give each a --served-model-name")
 
 
 def _mount(app: FastAPI, router: APIRouter) -> None:
@@ -111,6 +152,7 @@ def _mount(app: FastAPI, router: APIRouter) -> None:
             name=route.name,
             summary=route.summary,
             openapi_extra=route.openapi_extra,
+            include_in_schema=route.include_in_schema,
             route_class_override=type(route),
         )
 
@@ -121,14 +163,18 @@ def _version() -> str:
     return __version__
 
 
-def _load(st: ServerState, loader: Callable[[], Any]) -> None:
-    try:
-        st.attach(loader())
-        logger.info("model loaded; serving it as '%s'", st.served)
-    except BaseException as exc:  # noqa: BLE001 - reported by run() once the server stops
-        logger.error("the model failed to load: %s", exc)
-        st.load_error = exc
-        st.request_exit()
+def _load(st: ServerState, loaders: list[tuple[ModelState, Callable[[], Any]]]) -> None:
+    """Load the models one after another; the first that fails stops the server."""
+    for model, loader in loaders:
+        try:
+            model.attach(loader())
+            _check_names(st)
+            logger.info("model loaded; serving it as '%s'", model.served)
+        except BaseException as exc:  # noqa: BLE001 - reported by run() once the server stops
+            logger.error("the model failed to load: %s", exc)
+            model.load_error = exc
+            st.request_exit()
+            return
 
 
 def run(
@@ -136,37 +182,27 @@ def run(
     *,
     host: str = "127.0.0.1",
     port: int = 8000,
-    served_model_name: str | None = None,
-    api_key: str | None = None,
-    limits: ServerLimits | None = None,
-    chat_template: str | None = None,
-    score_template: str | None = None,
     log_level: str = "info",
     access_log: bool = False,
+    **options: Any,
 ) -> None:
-    """Serve ``llm`` (an :class:`LLM` or a callable loading one) with uvicorn until SIGTERM/SIGINT.
+    """Serve ``llm`` (an :class:`LLM` or a callable loading one, or a list of them) with uvicorn
+    until SIGTERM/SIGINT; ``options`` are :func:`create_app`'s.
 
     On SIGTERM the server stops accepting connections, answers 503 to new requests on open ones,
-    lets in-flight requests finish and drains the batcher (each bounded by
+    lets in-flight requests finish and drains the batchers (each bounded by
     ``limits.shutdown_timeout``), then returns, so the process exits 0.
 
     Raises:
         MissingDependency: uvicorn is not installed.
-        PoolkitError: the model failed to load (re-raised once the server has stopped).
+        PoolkitError: a model failed to load (re-raised once the server has stopped).
     """
     try:
         import uvicorn
     except ImportError:
         raise MissingDependency("the HTTP server needs FastAPI and uvicorn: pip install 'poolkit[serve]'") from None
-    limits = limits or ServerLimits()
-    app = create_app(
-        llm,
-        served_model_name=served_model_name,
-        api_key=api_key,
-        limits=limits,
-        chat_template=chat_template,
-        score_template=score_template,
-    )
+    limits = options.pop("limits", None) or ServerLimits()
+    app = create_app(llm, limits=limits, **options)
     st: ServerState = app.state.poolkit
     config = uvicorn.Config(
         app,

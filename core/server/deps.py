@@ -1,7 +1,8 @@
-"""FastAPI dependencies of the routes: the application's state and its loaded model.
+"""FastAPI dependencies of the routes: the served model a request chose, and its loaded LLM.
 
-Routes take the application's :class:`~poolkit.server.state.ServerState` (``State``) and the
-loaded :class:`poolkit.LLM` (``Model``) as dependencies, read from ``request.app.state.poolkit``.
+The middleware (:class:`~poolkit.server.guard.Guard`) picks the model a request names and leaves
+its :class:`~poolkit.server.state.ModelState` in the request's scope; routes take it (``State``)
+and its loaded :class:`poolkit.LLM` (``Model``) as dependencies.
 """
 
 from __future__ import annotations
@@ -11,28 +12,32 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 
 from .errors import ApiError
-from .state import ServerState
+from .state import ModelState
+
+#: The ASGI scope key of the :class:`~poolkit.server.state.ModelState` the guard chose.
+CHOSEN_MODEL = "poolkit.model"
 
 
-async def server_state(request: Request) -> ServerState:
-    """The state of the application serving ``request``.
+async def server_state(request: Request) -> ModelState:
+    """The served model a request chose (the first when it names none).
 
     The dependencies are coroutines: FastAPI runs a plain function dependency on a worker thread,
     two thread hand-offs per request for two attribute reads.
     """
-    return request.app.state.poolkit
+    chosen = request.scope.get(CHOSEN_MODEL)
+    return chosen if chosen is not None else request.app.state.poolkit.first
 
 
-async def loaded_llm(st: ServerState = Depends(server_state)) -> Any:
+async def loaded_llm(st: ModelState = Depends(server_state)) -> Any:
     """The loaded :class:`poolkit.LLM`; a 503 while it loads.
 
     The middleware admits inference requests only once the model is loaded; this guards the
-    other routes (``/v1/models``).
+    other routes.
     """
     if st.llm is None:
         raise ApiError(503, "the model is loading; retry shortly", headers={"Retry-After": "5"})
     return st.llm
 
 
-State = Annotated[ServerState, Depends(server_state)]
+State = Annotated[ModelState, Depends(server_state)]
 Model = Annotated[Any, Depends(loaded_llm)]

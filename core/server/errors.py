@@ -2,7 +2,8 @@
 
 Every error the server sends has one shape, ``{"error": {"message", "type", "param", "code"}}``,
 with a one-line message of at most 500 characters that names the served model, never a
-directory, and never echoes large inputs.
+directory, and never echoes large inputs. Requests TEI's routes answer get TEI's shape instead,
+``{"error": "...", "error_type": "..."}``, with TEI's status codes (:func:`tei_status`).
 """
 
 from __future__ import annotations
@@ -36,7 +37,14 @@ _ERROR_TYPES = {
     501: "NotImplementedError",
     503: "ServiceUnavailableError",
 }
+#: TEI's ``error_type`` of each status it sends (``router/src/lib.rs``: ``ErrorType``).
+_TEI_TYPES = {400: "Empty", 413: "Validation", 422: "Tokenizer", 424: "Backend", 429: "Overloaded", 503: "Unhealthy"}
+#: The status TEI gives the errors poolkit words with another one: a request TEI's rules refuse is
+#: a validation error (413) there, a body that does not deserialise a 422.
+_TEI_STATUS = {400: 413}
 _MAX_MESSAGE = 500
+#: The ASGI scope key saying which API answers a request (``"tei"``: TEI's error shape).
+API = "poolkit.api"
 _PATH = re.compile(r"(?<![\w:/.])(?:/[\w.@+-]+){3,}/?")
 
 
@@ -48,16 +56,24 @@ class ApiError(Exception):
         message: one line for the client.
         param: the request field at fault, if one is.
         headers: extra response headers (``Retry-After``, ``WWW-Authenticate``).
+        tei: the status and ``error_type`` TEI's routes answer with instead, when they differ from
+            :func:`tei_status`'s (``(400, "empty")`` for TEI's empty batch).
     """
 
     def __init__(
-        self, status: int, message: str, param: str | None = None, headers: dict[str, str] | None = None
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+        tei: tuple[int, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.param = param
         self.headers = headers or {}
+        self.tei = tei
 
 
 class ClientGone(Exception):
@@ -70,24 +86,48 @@ def short(value: Any, width: int = 80) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
-def error_body(status: int, message: str, param: str | None = None, scrub: Sequence[tuple[str, str]] = ()) -> bytes:
-    """The JSON error body: paths replaced, whitespace collapsed, the message bounded."""
+def tei_status(status: int) -> tuple[int, str]:
+    """The status and ``error_type`` TEI answers an error of ``status`` with."""
+    status = _TEI_STATUS.get(status, status)
+    return status, _TEI_TYPES.get(status, "Validation" if 400 <= status < 500 else "Backend")
+
+
+def _clean(message: str, scrub: Sequence[tuple[str, str]]) -> str:
+    """Paths replaced, whitespace collapsed, the message bounded."""
     for old, new in scrub:
         if old:
             message = message.replace(old, new)
     message = " ".join(_PATH.sub("<path>", message).split())
     if len(message) > _MAX_MESSAGE:
         message = message[: _MAX_MESSAGE - 3] + "..."
-    error = {"message": message, "type": _ERROR_TYPES.get(status, "Error"), "param": param, "code": status}
+    return message
+
+
+def error_body(status: int, message: str, param: str | None = None, scrub: Sequence[tuple[str, str]] = ()) -> bytes:
+    """The JSON error body: paths replaced, whitespace collapsed, the message bounded."""
+    error = {"message": _clean(message, scrub), "type": _ERROR_TYPES.get(status, "Error"), "param": param, "code": status}
     return json.dumps({"error": error}, ensure_ascii=True).encode()
 
 
-async def send_error(send: Any, error: ApiError, scrub: Sequence[tuple[str, str]] = ()) -> None:
+def tei_error_body(error_type: str, message: str, scrub: Sequence[tuple[str, str]] = ()) -> bytes:
+    """TEI's JSON error body, ``{"error", "error_type"}``."""
+    return json.dumps({"error": _clean(message, scrub), "error_type": error_type}, ensure_ascii=True).encode()
+
+
+def _rendered(error: ApiError, tei: bool, scrub: Sequence[tuple[str, str]] = ()) -> tuple[int, bytes]:
+    """The status and body of ``error`` in the shape of the API answering it."""
+    if not tei:
+        return error.status, error_body(error.status, error.message, error.param, scrub)
+    status, error_type = error.tei or tei_status(error.status)
+    return status, tei_error_body(error_type, error.message, scrub)
+
+
+async def send_error(send: Any, error: ApiError, scrub: Sequence[tuple[str, str]] = (), tei: bool = False) -> None:
     """Answer with ``error`` at the ASGI level (for the middleware, before any route runs)."""
-    body = error_body(error.status, error.message, error.param, scrub)
+    status, body = _rendered(error, tei, scrub)
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
-    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -166,13 +206,16 @@ def validation_message(errors: Sequence[dict]) -> tuple[str, str | None]:
     return message or "invalid request", param
 
 
-def _response(request: Request, status: int, message: str, param: str | None = None, headers: dict | None = None) -> Response:
+def _response(request: Request, status: int, message: str, param: str | None = None, headers: dict | None = None,
+              tei: tuple[int, str] | None = None) -> Response:
     scrub = request.app.state.poolkit.scrub
-    return Response(error_body(status, message, param, scrub), status_code=status, media_type="application/json", headers=headers)
+    error = ApiError(status, message, param, headers, tei)
+    status, body = _rendered(error, request.scope.get(API) == "tei", scrub)
+    return Response(body, status_code=status, media_type="application/json", headers=headers)
 
 
 async def _api_error(request: Request, exc: ApiError) -> Response:
-    return _response(request, exc.status, exc.message, exc.param, exc.headers)
+    return _response(request, exc.status, exc.message, exc.param, exc.headers, exc.tei)
 
 
 async def _client_gone(request: Request, exc: ClientGone) -> Response:
@@ -192,7 +235,7 @@ async def _poolkit_error(request: Request, exc: PoolkitError) -> Response:
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
     message, param = validation_message(exc.errors())
-    return _response(request, 400, message, param)
+    return _response(request, 400, message, param, tei=(422, "Validation"))
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:

@@ -19,10 +19,11 @@ from fastapi import Request
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
 
-from .errors import ApiError, send_error, short
+from .deps import CHOSEN_MODEL
+from .errors import API, ApiError, send_error, short
 
 if TYPE_CHECKING:
-    from .state import ServerState
+    from .state import ModelState, ServerState
 
 logger = logging.getLogger(__name__)
 
@@ -41,12 +42,32 @@ INFERENCE_ROUTES = frozenset(
         "/tokenize",
         "/detokenize",
         "/invocations",
+        "/",
+        "/embed",
+        "/embed_all",
+        "/embed_sparse",
+        "/predict",
+        "/similarity",
+        "/decode",
     }
 )
+#: Text Embeddings Inference's paths: errors on them have TEI's shape (``{"error", "error_type"}``).
+TEI_ROUTES = frozenset({"/", "/embed", "/embed_all", "/embed_sparse", "/predict", "/similarity", "/decode", "/info"})
+#: Paths TEI shares with vLLM, and the paths of TEI's routes for them: the body's fields decide.
+#: A body with one of TEI's fields and none of vLLM's goes to TEI's route (``path -> (alias, TEI's
+#: fields, vLLM's fields)``); anything else, a body that does not parse included, stays vLLM's.
+SHARED_ROUTES = {
+    "/rerank": ("/tei/rerank", ("texts",), ("documents",)),
+    "/tokenize": ("/tei/tokenize", ("inputs",), ("prompt", "messages")),
+}
+#: The paths of TEI's routes on shared paths: reached only through the path they share.
+TEI_ALIASES = frozenset(alias for alias, _, _ in SHARED_ROUTES.values())
 #: Routes that need the API key when the server has one.
-PROTECTED_ROUTES = INFERENCE_ROUTES | {"/v1/models"}
+PROTECTED_ROUTES = INFERENCE_ROUTES | {"/v1/models", "/info"}
 #: The ``route`` label values of the request metrics; any other path counts as ``other``.
 ROUTE_LABELS = PROTECTED_ROUTES | {"/health", "/metrics"}
+#: The ASGI scope key of a body the guard parsed already (:meth:`StrictJSONRequest.json` reuses it).
+PARSED = "poolkit.json"
 
 
 # -- strict JSON -----------------------------------------------------------------------------------
@@ -90,7 +111,8 @@ class StrictJSONRequest(Request):
 
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
-            self._json = strict_json(await self.body())
+            parsed = self.scope.get(PARSED)
+            self._json = parsed[0] if parsed is not None else strict_json(await self.body())
         return self._json
 
 
@@ -137,6 +159,23 @@ def _replay(body: bytes, receive: Any) -> Any:
     return replay
 
 
+def _parsed(body: bytes) -> tuple[Any] | None:
+    """``(the body's JSON,)``, or ``None`` when it does not parse (the route then says why)."""
+    try:
+        return (strict_json(body),)
+    except json.JSONDecodeError:
+        return None
+
+
+def _unready(model: "ModelState") -> ApiError | None:
+    """The 503 of a model that is not taking requests (still loading, or failed to load)."""
+    if model.load_error is not None:
+        return ApiError(503, "the model failed to load")
+    if not model.ready:
+        return ApiError(503, "the model is loading; retry shortly", headers={"Retry-After": "5"})
+    return None
+
+
 class Guard:
     """ASGI middleware: key, admission, content type and body size before anything is parsed.
 
@@ -159,7 +198,7 @@ class Guard:
         digest = hashlib.sha256(token.strip().encode("utf-8", "surrogateescape")).digest()
         return scheme.lower() == "bearer" and secrets.compare_digest(digest, self.state.key_digest)
 
-    def _check(self, scope: dict, path: str, method: str) -> ApiError | None:
+    def _check(self, scope: dict, path: str, method: str, model: "ModelState | None") -> ApiError | None:
         st = self.state
         if path in PROTECTED_ROUTES and st.key_digest is not None and not self._authorized(scope):
             return ApiError(
@@ -169,10 +208,8 @@ class Guard:
             )
         if path not in INFERENCE_ROUTES or method != "POST":
             return None
-        if st.load_error is not None:
-            return ApiError(503, "the model failed to load")
-        if not st.ready:
-            return ApiError(503, "the model is loading; retry shortly", headers={"Retry-After": "5"})
+        if model is not None and (error := _unready(model)) is not None:
+            return error
         if st.draining:
             return ApiError(503, "the server is shutting down", headers={"Retry-After": "5"})
         if st.in_flight >= st.limits.max_concurrent_requests:
@@ -191,6 +228,38 @@ class Guard:
             if int(length) > st.limits.max_body_bytes:
                 return self._too_large()
         return None
+
+    def _named(self, scope: dict) -> tuple[bool, "ModelState | ApiError | None"]:
+        """The model a request names in its ``X-Model`` header: ``(True, model or 404)``; with
+        one model and no header, ``(True, that model)``; ``(False, None)`` when the body decides."""
+        st = self.state
+        header = _header(scope, b"x-model")
+        if header is not None:
+            return True, self._model(header)
+        if len(st.models) == 1:
+            return True, st.first
+        return False, None
+
+    def _model(self, name: Any) -> "ModelState | ApiError":
+        """The served model called ``name`` (the first for ``None``), or the 404 listing them.
+
+        With one model a ``model`` field naming another is left to the routes (vLLM's 404)."""
+        st = self.state
+        if len(st.models) == 1 and not isinstance(name, str):
+            return st.first
+        model = st.model(name if isinstance(name, str) else None)
+        if model is not None:
+            return model
+        served = ", ".join(st.served_names)
+        return ApiError(404, f"The model `{short(name)}` does not exist. Served models: {served}", param="model")
+
+    def _fork(self, scope: dict, path: str, payload: Any) -> str:
+        """The path a request on a path two APIs share goes to (:data:`SHARED_ROUTES`)."""
+        alias, tei_fields, own_fields = SHARED_ROUTES[path]
+        if isinstance(payload, dict) and any(f in payload for f in tei_fields) and not any(f in payload for f in own_fields):
+            scope[API] = "tei"
+            return alias
+        return path
 
     def _too_large(self) -> ApiError:
         return ApiError(413, f"the request body is larger than the limit of {self.state.limits.max_body_bytes} bytes")
@@ -225,8 +294,13 @@ class Guard:
             await send(message)
 
         admitted = False
+        if path in TEI_ALIASES:  # only through the path TEI shares
+            path = scope["path"] = "/tei-unknown"
+        if path in TEI_ROUTES:
+            scope[API] = "tei"
         try:
-            error = self._check(scope, path, method)
+            named, model = self._named(scope) if path in INFERENCE_ROUTES and method == "POST" else (True, None)
+            error = model if isinstance(model, ApiError) else self._check(scope, path, method, model)
             if error is None and path in INFERENCE_ROUTES and method == "POST":
                 st.in_flight += 1
                 admitted = True
@@ -234,12 +308,24 @@ class Guard:
                 if body is None and error is None:
                     status[0] = 499
                     return
+                if error is None and (not named or path in SHARED_ROUTES):
+                    payload = _parsed(body)
+                    if payload is not None:
+                        scope[PARSED] = payload
+                    value = payload[0] if payload is not None else None
+                    if path in SHARED_ROUTES:
+                        path = scope["path"] = self._fork(scope, path, value)
+                    if not named:
+                        chosen = self._model(value.get("model") if isinstance(value, dict) else None)
+                        error = chosen if isinstance(chosen, ApiError) else _unready(chosen)
+                        model = None if isinstance(chosen, ApiError) else chosen
                 if error is None:
-                    if st.lane is not None and await st.lane.answer(st, scope, receive, send_wrapper, body):
+                    scope[CHOSEN_MODEL] = model
+                    if st.lane is not None and await st.lane.answer(model, scope, receive, send_wrapper, body):
                         return
                     receive = _replay(body, receive)
             if error is not None:
-                await send_error(send_wrapper, error)
+                await send_error(send_wrapper, error, tei=scope.get(API) == "tei")
             else:
                 await self.app(scope, receive, send_wrapper)
         except Exception:  # a bug: log it, answer a sanitised 500
@@ -249,5 +335,5 @@ class Guard:
         finally:
             if admitted:
                 st.in_flight -= 1
-                st.metrics.fold(st.batcher)
+                st.metrics.fold()
             st.metrics.observe(route, status[0] or 500, time.perf_counter() - start)

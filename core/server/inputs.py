@@ -18,11 +18,11 @@ from ..errors import InvalidRequest
 from ..estimates import tokens_of_text
 from ..protocol import RESERVED_TEMPLATE_KWARGS
 from .errors import ApiError, short
-from .state import ServerState
+from .state import ModelState
 from .work import until_done
 
 
-def check_model(st: ServerState, name: str | None) -> None:
+def check_model(st: ModelState, name: str | None) -> None:
     """A 404 when a request names another model than the served one."""
     if name is not None and name != st.served:
         raise ApiError(404, f"The model `{short(name)}` does not exist.", param="model")
@@ -37,7 +37,7 @@ def check_text(text: str, where: str) -> None:
         raise ApiError(400, str(exc), param=where) from None
 
 
-def check_count(st: ServerState, n: int, where: str) -> None:
+def check_count(st: ModelState, n: int, where: str) -> None:
     """Refuse no inputs, and more than ``--max-inputs-per-request``."""
     if n == 0:
         raise ApiError(400, f"{where} must not be empty", param=where)
@@ -47,7 +47,7 @@ def check_count(st: ServerState, n: int, where: str) -> None:
         )
 
 
-def check_dimensions(st: ServerState, dimensions: int | None, where: str) -> None:
+def check_dimensions(st: ModelState, dimensions: int | None, where: str) -> None:
     """Refuse ``dimensions`` below 1, or above a matryoshka model's embedding size."""
     if dimensions is None:
         return
@@ -59,7 +59,7 @@ def check_dimensions(st: ServerState, dimensions: int | None, where: str) -> Non
         )
 
 
-def prompt_items(st: ServerState, value: Any, where: str = "input") -> list[Any]:
+def prompt_items(st: ModelState, value: Any, where: str = "input") -> list[Any]:
     """The prompts of an ``input`` field, checked: strings or ``{"prompt_token_ids": [...]}``."""
     if value is None:
         raise ApiError(400, f"{where} is required", param=where)
@@ -92,7 +92,7 @@ def pooling_params(**fields: Any) -> PoolingParams:
     return PoolingParams(**{k: v for k, v in fields.items() if v is not None})
 
 
-async def prompts_of(request: Request, st: ServerState, llm: Any, body: Any) -> list[Any]:
+async def prompts_of(request: Request, st: ModelState, llm: Any, body: Any) -> list[Any]:
     """The prompts of a request with ``input`` or chat ``messages`` (``/v1/embeddings``, ``/classify``, ``/pooling``).
 
     ``add_special_tokens`` is vLLM's: with ``input`` it defaults to true, and ``false`` tokenizes
@@ -125,14 +125,14 @@ def special_tokens(body: Any) -> bool:
     return body.messages is not None or body.add_special_tokens is not False
 
 
-def chat_template(st: ServerState, llm: Any) -> str | None:
+def chat_template(st: ModelState, llm: Any) -> str | None:
     """The chat template ``messages`` are rendered with: ``--chat-template``, else the tokenizer's."""
     return st.chat_template or getattr(llm.get_tokenizer(), "chat_template", None) or None
 
 
 async def chat_token_ids(
     request: Request,
-    st: ServerState,
+    st: ModelState,
     llm: Any,
     messages: list[dict[str, Any]],
     *,

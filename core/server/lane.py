@@ -21,7 +21,7 @@ import pydantic
 from fastapi.routing import APIRoute
 
 from .errors import error_response
-from .guard import StrictJSONRequest, strict_json
+from .guard import PARSED, StrictJSONRequest, strict_json
 
 #: The parameters of a route the lane can call: its request model, the request, the state, the model.
 _LANE_PARAMETERS = ("body", "request", "st", "llm")
@@ -48,14 +48,16 @@ class Lane:
     async def answer(self, st: Any, scope: dict, receive: Any, send: Any, body: bytes) -> bool:
         """Answer the request if it is the lane's (``True``); ``False`` leaves it to the application.
 
-        ``receive`` is the client's, past the body the guard read.
+        ``st`` is the :class:`~poolkit.server.state.ModelState` the request chose; ``receive`` is
+        the client's, past the body the guard read.
         """
         taken = self.routes.get(scope["path"])
         if taken is None or st.llm is None:
             return False
         model, endpoint = taken
         try:
-            parsed = model.model_validate(strict_json(body))
+            given = scope.get(PARSED)
+            parsed = model.model_validate(given[0] if given is not None else strict_json(body))
         except (json.JSONDecodeError, pydantic.ValidationError):
             return False  # FastAPI words the error
         request = StrictJSONRequest(scope, receive)

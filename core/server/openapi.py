@@ -28,7 +28,7 @@ from ..protocol import SCORE_PAIRS, given
 from .guard import INFERENCE_ROUTES, PROTECTED_ROUTES
 
 if TYPE_CHECKING:
-    from .state import ServerState
+    from .state import ModelState, ServerState
 
 #: Rules across fields or over the tokens of an input, which a request schema cannot state, and
 #: the words of the 400 that each one gets; the rest of a request's rules are in its schema.
@@ -89,7 +89,7 @@ def install_openapi(app: FastAPI, st: "ServerState") -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             document = openapi_document(app, st)
-            if st.llm is None:  # the model's bounds are still to come
+            if not st.ready:  # the models' bounds are still to come
                 return document
             app.openapi_schema = document
         return app.openapi_schema
@@ -98,7 +98,7 @@ def install_openapi(app: FastAPI, st: "ServerState") -> None:
 
 
 def openapi_document(app: FastAPI, st: "ServerState") -> dict[str, Any]:
-    """The OpenAPI document of ``app``, with the loaded model's bounds when it is loaded."""
+    """The OpenAPI document of ``app``, with the loaded model's bounds when it serves one model."""
     doc = get_openapi(
         title=app.title,
         version=app.version,
@@ -115,8 +115,8 @@ def openapi_document(app: FastAPI, st: "ServerState") -> dict[str, Any]:
     for path, methods in doc["paths"].items():
         for method, operation in methods.items():
             _answers(path, method, operation, st)
-    if st.llm is not None:
-        _bound(doc, st)
+    if len(st.models) == 1 and st.ready:  # several models: each request's model decides
+        _bound(doc, st.first)
     return doc
 
 
@@ -169,7 +169,7 @@ def _answers(path: str, method: str, operation: dict[str, Any], st: "ServerState
 _NULL = {"type": "null"}
 
 
-def _bound(doc: dict[str, Any], st: "ServerState") -> None:
+def _bound(doc: dict[str, Any], st: "ModelState") -> None:
     from .routes_cohere import input_types
 
     llm = st.llm
@@ -265,7 +265,7 @@ def _takes_score_template(llm: Any) -> bool:
         return False
 
 
-def _has_chat_template(st: "ServerState", llm: Any) -> bool:
+def _has_chat_template(st: "ModelState", llm: Any) -> bool:
     from .inputs import chat_template
 
     return bool(chat_template(st, llm))

@@ -16,7 +16,7 @@ from .deps import Model, State
 from .errors import ApiError, short
 from .guard import StrictRoute
 from .inputs import check_count, check_dimensions, check_model, check_text, pooling_params
-from .state import ServerState
+from .state import ModelState
 from .wire import check_finite, request_id, respond
 from .work import check_tokens, check_truncation, until_done
 
@@ -92,7 +92,7 @@ async def cohere_embed(body: CohereEmbedRequest, request: Request, st: State, ll
     return await respond(build, sum(t.numel() for t, _ in results) * len(types))
 
 
-def _items(st: ServerState, body: CohereEmbedRequest) -> list[tuple[str, str]]:
+def _items(st: ModelState, body: CohereEmbedRequest) -> list[tuple[str, str]]:
     """The request's inputs as ``("text", text)`` / ``("image", data URI)``, checked."""
     given = [name for name in ("texts", "images", "inputs") if getattr(body, name) is not None]
     if not given:
@@ -166,7 +166,7 @@ def _input_type(llm: Any, input_type: str | None) -> tuple[str | None, str | Non
 
 
 def _work(
-    st: ServerState,
+    st: ModelState,
     task: Any,
     prompts: Sequence[Prompt],
     params: list[PoolingParams],
@@ -195,7 +195,7 @@ def _work(
     return work
 
 
-def _check_untruncated(st: ServerState, prompts: Sequence[Prompt], max_tokens: int | None) -> None:
+def _check_untruncated(st: ModelState, prompts: Sequence[Prompt], max_tokens: int | None) -> None:
     """``truncate=NONE``: an input longer than the model's limit (or ``max_tokens``) is an error."""
     model = st.llm.model
     tok = model.tokenizer

@@ -12,14 +12,22 @@ from ..protocol import EmbeddingRequest
 from .deps import Model, State
 from .guard import StrictRoute
 from .inputs import check_dimensions, check_model, pooling_params, prompts_of, special_tokens
+from .state import ModelState
 from .wire import encode_tensor, json_response, list_response
 from .work import run_task
 
 router = APIRouter(route_class=StrictRoute)
 
 
-@router.get("/v1/models", summary="The served model (OpenAI).")
-async def models(st: State, llm: Model) -> Response:
+@router.get("/v1/models", summary="The served models (OpenAI).")
+async def models(request: Request, llm: Model) -> Response:
+    created = int(time.time())
+    entries = [_model_entry(m, created) for m in request.app.state.poolkit.models if m.llm is not None]
+    return json_response({"object": "list", "data": entries})
+
+
+def _model_entry(st: ModelState, created: int) -> dict:
+    llm = st.llm
     try:
         score_type = llm.scorer.name
     except PoolkitError:
@@ -27,7 +35,7 @@ async def models(st: State, llm: Model) -> Response:
     entry = {
         "id": st.served,
         "object": "model",
-        "created": int(time.time()),
+        "created": created,
         "owned_by": "poolkit",
         "max_model_len": st.max_len,
         "tasks": list(llm.supported_tasks),
@@ -35,7 +43,7 @@ async def models(st: State, llm: Model) -> Response:
     }
     if st.embedding_size:
         entry["embedding_size"] = st.embedding_size
-    return json_response({"object": "list", "data": [entry]})
+    return entry
 
 
 @router.post("/v1/embeddings", summary="Embeddings (OpenAI).")

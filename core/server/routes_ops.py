@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from .deps import State
 from .errors import ApiError
 from .guard import StrictRoute
 from .metrics import CONTENT_TYPE
@@ -14,8 +13,9 @@ from .wire import json_response
 router = APIRouter(route_class=StrictRoute)
 
 
-@router.get("/health", summary="200 when the model is loaded and the server takes requests; 503 otherwise.")
-async def health(st: State) -> Response:
+@router.get("/health", summary="200 when every model is loaded and the server takes requests; 503 otherwise.")
+async def health(request: Request) -> Response:
+    st = request.app.state.poolkit
     if st.load_error is not None:
         raise ApiError(503, "the model failed to load")
     if not st.ready:
@@ -26,5 +26,5 @@ async def health(st: State) -> Response:
 
 
 @router.get("/metrics", summary="Prometheus metrics (text exposition format).")
-async def metrics(st: State) -> Response:
-    return Response(st.metrics.exposition(st.batcher), media_type=CONTENT_TYPE)
+async def metrics(request: Request) -> Response:
+    return Response(request.app.state.poolkit.metrics.exposition(), media_type=CONTENT_TYPE)

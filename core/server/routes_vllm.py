@@ -43,7 +43,7 @@ from .inputs import (
     prompts_of,
     special_tokens,
 )
-from .state import ServerState
+from .state import ModelState
 from .wire import check_finite, encode_tensor, jsonable, list_response, request_id, respond, usage
 from .work import check_tokens, check_truncation, run_task, until_done
 
@@ -130,7 +130,7 @@ def _listed(names: list[str]) -> str:
     return f"{', '.join(names[:-1])} and {names[-1]}" if len(names) > 1 else names[0]
 
 
-async def _plugin(request: Request, st: ServerState, llm: Any, body: PoolingRequest, task: str | None) -> Response:
+async def _plugin(request: Request, st: ModelState, llm: Any, body: PoolingRequest, task: str | None) -> Response:
     """``/pooling`` with ``data``: the model's IO processor plugin makes prompts and its own result."""
     plugin_task = llm.plugin_task
     if task is None or task != plugin_task:
@@ -212,8 +212,8 @@ def has_scorer(llm: Any) -> bool:
     return True
 
 
-async def _score(
-    request: Request, st: ServerState, llm: Any, pairs: tuple[list[str], list[str]], params: PoolingParams, instruction: str | None
+async def score_pairs(
+    request: Request, st: ModelState, llm: Any, pairs: tuple[list[str], list[str]], params: PoolingParams, instruction: str | None
 ) -> list[Any]:
     """Score the sides ``LLM.pair`` made of a request with ``LLM.score``, on the worker thread.
 
@@ -251,7 +251,7 @@ async def score(body: ScoreRequest, request: Request, st: State, llm: Model) -> 
     except InvalidRequest as exc:
         raise ApiError(400, str(exc), param=name_2) from None
     check_count(st, len(first) + len(second) if len(first) > 1 else len(second), name_2)
-    outputs = await _score(request, st, llm, pairs, _score_params(llm, body), body.instruction)
+    outputs = await score_pairs(request, st, llm, pairs, _score_params(llm, body), body.instruction)
     rid, created = request_id(request, "score"), int(time.time())
     tokens = sum(len(o.prompt_token_ids) for o in outputs)
     data = [{"index": i, "object": "score", "score": o.outputs.score} for i, o in enumerate(outputs)]
@@ -274,7 +274,7 @@ async def rerank(body: RerankRequest, request: Request, st: State, llm: Model) -
     check_count(st, len(docs), "documents")
     for i, doc in enumerate(docs):
         check_text(doc, f"documents[{i}]")
-    outputs = await _score(request, st, llm, llm.pair(body.query, docs), _score_params(llm, body), body.instruction)
+    outputs = await score_pairs(request, st, llm, llm.pair(body.query, docs), _score_params(llm, body), body.instruction)
     order = sorted(range(len(docs)), key=lambda i: -outputs[i].outputs.score)
     if 0 < body.top_n < len(order):
         order = order[: body.top_n]

@@ -9,13 +9,15 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Awaitable
 
+import numpy as np
 import torch
 from fastapi import Request
 
+from ..columns import Results
 from ..config import PoolingParams
 from ..errors import InvalidRequest
 from .errors import ApiError, ClientGone
-from .state import ServerState
+from .state import ModelState
 
 
 #: The ASGI scope key of a future the server's HTTP front sets when the client goes away
@@ -31,7 +33,7 @@ async def _until_disconnect(request: Request) -> None:
         await asyncio.sleep(0.01)
 
 
-async def until_done(request: Request, st: ServerState, awaitable: Awaitable[Any]) -> Any:
+async def until_done(request: Request, st: ModelState, awaitable: Awaitable[Any]) -> Any:
     """Await work for a request; if the client disconnects first, cancel it (dropping queued work).
 
     Raises:
@@ -63,7 +65,7 @@ async def until_done(request: Request, st: ServerState, awaitable: Awaitable[Any
     )
 
 
-def check_tokens(st: ServerState, tokens: int, where: str = "input") -> None:
+def check_tokens(st: ModelState, tokens: int, where: str = "input") -> None:
     """Refuse a request estimated at more than ``--max-request-tokens`` before any tokenizing."""
     if tokens > st.limits.max_request_tokens:
         raise ApiError(
@@ -84,18 +86,19 @@ def check_truncation(llm: Any, truncate: int | None, param: str = "truncate_prom
 
 async def run_task(
     request: Request,
-    st: ServerState,
+    st: ModelState,
     llm: Any,
     task_name: str,
     raw: list[Any],
     params: PoolingParams,
     prompt_name: str | None = None,
     add_special_tokens: bool = True,
-) -> tuple[Any, list[tuple[torch.Tensor, list[int]]]]:
+) -> tuple[Any, Results]:
     """Prepare ``raw`` prompts for ``task_name`` with the LLM's checks, then run them on the batcher.
 
     The LLM decides everything about the request (the task's support and parameters, the
-    truncation, the token estimate); this only bounds the estimate by the server's limit.
+    truncation, the token estimate); this only bounds the estimate by the server's limit. With
+    an embedding cache (``--cache-size``), inputs it holds are not run again.
     ``add_special_tokens=False`` marks the text prompts to be tokenized without special tokens
     (:attr:`poolkit.io.Prompt.add_special_tokens`).
 
@@ -104,10 +107,34 @@ async def run_task(
     """
     check_truncation(llm, params.truncate_prompt_tokens)
     task, prompts, checked = llm.prepare(raw, params, pooling_task=task_name, prompt_name=prompt_name)
+    cache = st.cache
+    keys = [cache.key(task.name, params, prompt_name, add_special_tokens, p) for p in raw] if cache is not None else []
+    if cache is None or None in keys:
+        return task, await _run(request, st, llm, task, prompts, checked, add_special_tokens)
+    entries: list[Any] = [cache.get(key) for key in keys]
+    missing = [i for i, entry in enumerate(entries) if entry is None]
+    st.metrics.cached(len(raw) - len(missing), len(missing))
+    if missing:
+        if len(missing) < len(raw):
+            _, prompts, checked = llm.prepare([raw[i] for i in missing], params, pooling_task=task_name, prompt_name=prompt_name)
+        ran = await _run(request, st, llm, task, prompts, checked, add_special_tokens)
+        for i, (tensor, ids), cut in zip(missing, ran, ran.truncated.tolist()):
+            entries[i] = (tensor.clone(), ids, cut)
+            cache.put(keys[i], entries[i])
+    tensors = [tensor for tensor, _, _ in entries]
+    same = all(t.shape == tensors[0].shape and t.dtype == tensors[0].dtype for t in tensors)
+    data = torch.stack(tensors) if same else tensors
+    return task, Results(data, [ids for _, ids, _ in entries], np.array([cut for _, _, cut in entries], dtype=bool))
+
+
+async def _run(
+    request: Request, st: ModelState, llm: Any, task: Any, prompts: Any, checked: PoolingParams, add_special_tokens: bool
+) -> Results:
+    """Run prepared prompts on the batcher, within the server's token limit."""
     if not add_special_tokens:
         prompts.set_add_special_tokens(False)
     tokens = llm.estimate_tokens(prompts, checked)
     check_tokens(st, tokens)
     results = await until_done(request, st, st.batcher.submit(task, prompts, checked, tokens))
     st.metrics.answered(len(results), results.num_tokens)
-    return task, results
+    return results
