@@ -35,17 +35,19 @@ class EmbeddingCache:
         return len(self._entries)
 
     @staticmethod
-    def key(task: str, params: PoolingParams, prompt_name: str | None, special_tokens: bool, prompt: Any) -> Hashable | None:
-        """The key of one input's result, or ``None`` for an input the cache does not hold (an
-        image, a multimodal prompt: anything but a text or a list of token ids)."""
-        if isinstance(prompt, str):
-            what: Hashable = ("text", prompt)
-        elif isinstance(prompt, dict) and set(prompt) == {"prompt_token_ids"}:
-            what = ("ids", tuple(prompt["prompt_token_ids"]))
-        else:
-            return None
-        settings = json.dumps(params.model_dump(mode="json"), sort_keys=True, default=str)
-        return (task, settings, prompt_name, special_tokens, what)
+    def keys(task: str, params: PoolingParams, prompt_name: str | None, special_tokens: bool, prompts: list[Any]) -> list[Hashable] | None:
+        """The key of each input's result, or ``None`` when an input is one the cache does not hold
+        (an image, a multimodal prompt: anything but a text or a list of token ids)."""
+        settings = (task, json.dumps(params.model_dump(mode="json"), sort_keys=True, default=str), prompt_name, special_tokens)
+        keys: list[Hashable] = []
+        for prompt in prompts:
+            if isinstance(prompt, str):
+                keys.append((settings, "text", prompt))
+            elif isinstance(prompt, dict) and set(prompt) == {"prompt_token_ids"}:
+                keys.append((settings, "ids", tuple(prompt["prompt_token_ids"])))
+            else:
+                return None
+        return keys
 
     def get(self, key: Hashable) -> Entry | None:
         entry = self._entries.get(key)

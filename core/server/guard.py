@@ -21,6 +21,7 @@ from fastapi.routing import APIRoute
 
 from .deps import CHOSEN_MODEL
 from .errors import API, ApiError, send_error, short
+from .inputs import served_model
 
 if TYPE_CHECKING:
     from .state import ModelState, ServerState
@@ -241,17 +242,13 @@ class Guard:
         return False, None
 
     def _model(self, name: Any) -> "ModelState | ApiError":
-        """The served model called ``name`` (the first for ``None``), or the 404 listing them.
-
-        With one model a ``model`` field naming another is left to the routes (vLLM's 404)."""
-        st = self.state
-        if len(st.models) == 1 and not isinstance(name, str):
-            return st.first
-        model = st.model(name if isinstance(name, str) else None)
-        if model is not None:
-            return model
-        served = ", ".join(st.served_names)
-        return ApiError(404, f"The model `{short(name)}` does not exist. Served models: {served}", param="model")
+        """The served model called ``name`` (the first when no name is given), or the 404 listing them."""
+        if not isinstance(name, str):
+            return self.state.first
+        try:
+            return served_model(self.state, name)
+        except ApiError as error:
+            return error
 
     def _fork(self, scope: dict, path: str, payload: Any) -> str:
         """The path a request on a path two APIs share goes to (:data:`SHARED_ROUTES`)."""

@@ -37,6 +37,23 @@ def check_text(text: str, where: str) -> None:
         raise ApiError(400, str(exc), param=where) from None
 
 
+def check_token_ids(st: ServerState, ids: list[int], where: str) -> None:
+    """Refuse a token id outside the model's vocabulary, with the field at fault."""
+    bad = next((t for t in ids if t < 0 or (st.vocab is not None and t >= st.vocab)), None)
+    if bad is not None:
+        vocab = f" (0..{st.vocab - 1})" if st.vocab is not None else ""
+        raise ApiError(400, f"{where}: token id {short(bad, 24)} is out of vocabulary{vocab}", param=where)
+
+
+def served_model(server: Any, name: str) -> Any:
+    """The served model called ``name`` (a :class:`~poolkit.server.state.ModelState`); a 404 that
+    lists the served models for any other name."""
+    model = server.model(name)
+    if model is None:
+        raise ApiError(404, f"The model `{short(name)}` does not exist. Served models: {', '.join(server.served_names)}", param="model")
+    return model
+
+
 def check_count(st: ModelState, n: int, where: str) -> None:
     """Refuse no inputs, and more than ``--max-inputs-per-request``."""
     if n == 0:
@@ -79,10 +96,7 @@ def prompt_items(st: ModelState, value: Any, where: str = "input") -> list[Any]:
             continue
         if not item:
             raise ApiError(400, f"{name} is an empty list of token ids", param=name)
-        bad = next((t for t in item if t < 0 or (st.vocab is not None and t >= st.vocab)), None)
-        if bad is not None:
-            vocab = f" (0..{st.vocab - 1})" if st.vocab is not None else ""
-            raise ApiError(400, f"{name}: token id {short(bad, 24)} is out of vocabulary{vocab}", param=name)
+        check_token_ids(st, item, name)
         prompts.append({"prompt_token_ids": item})
     return prompts
 

@@ -141,14 +141,6 @@ class ServerMetrics:
             "poolkit_queue_wait_seconds", "Time requests waited for the model.", ["model"], buckets=_LATENCY_BUCKETS, registry=r
         )
         self._exposed = _WithoutCreated(r)
-        self._models: dict[int, ModelMetrics] = {}
-
-    def of(self, model: Any) -> ModelMetrics:
-        """The series of one served model."""
-        view = self._models.get(id(model))
-        if view is None:
-            view = self._models[id(model)] = ModelMetrics(self, model)
-        return view
 
     def observe(self, route: str, status: int, seconds: float) -> None:
         """Count a finished request and its latency."""

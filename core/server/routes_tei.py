@@ -26,11 +26,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .. import __version__
 from ..config import PoolingParams
+from ..estimates import tokens_of_text
 from ..io import Prompt
-from .deps import Model, State
+from .deps import Model, State, loaded_llm
 from .errors import ApiError, validation_message
 from .guard import StrictRoute
-from .inputs import check_dimensions, check_text, pooling_params
+from .inputs import check_dimensions, check_text, check_token_ids, pooling_params, served_model
 from .routes_vllm import has_scorer, score_pairs
 from .state import ModelState
 from .wire import dump, dump_arrays, respond
@@ -157,9 +158,7 @@ def _items(st: ModelState, inputs: Any) -> tuple[list[Any], bool]:
             check_text(item, "inputs")
             prompts.append(item)
         else:
-            bad = next((t for t in item if t < 0 or (st.vocab is not None and t >= st.vocab)), None)
-            if bad is not None:
-                raise ApiError(413, f"Input validation error: token id {bad} is out of vocabulary", param="inputs", tei=VALIDATION)
+            check_token_ids(st, item, "inputs")
             prompts.append({"prompt_token_ids": list(item)})
     return prompts, batched
 
@@ -361,8 +360,8 @@ async def tokenize(body: TeiTokenizeRequest, request: Request, st: State, llm: M
     prefix = prompts[name] if name is not None else ""
     lower = llm.model.do_lower_case
     tok = llm.get_tokenizer()
-    size = sum(len(t) for t in texts)
-    check_tokens(st, size // 4 + len(texts), "inputs")
+    tokens = sum(tokens_of_text(len(t)) for t in texts)
+    check_tokens(st, tokens, "inputs")
 
     def run() -> list:
         out = []
@@ -380,7 +379,7 @@ async def tokenize(body: TeiTokenizeRequest, request: Request, st: State, llm: M
             out.append(tokens)
         return out
 
-    result = await until_done(request, st, st.batcher.call(run, size // 4 + len(texts)))
+    result = await until_done(request, st, st.batcher.call(run, tokens))
     return await respond(lambda: result, sum(map(len, result)))
 
 
@@ -393,9 +392,7 @@ async def decode(body: DecodeRequest, request: Request, st: State, llm: Model) -
     if any(not item for item in items):
         raise _empty("input_ids")
     for item in items:
-        bad = next((t for t in item if t < 0 or (st.vocab is not None and t >= st.vocab)), None)
-        if bad is not None:
-            raise ApiError(413, f"Input validation error: token id {bad} is out of vocabulary", param="ids", tei=VALIDATION)
+        check_token_ids(st, item, "ids")
     tok = llm.get_tokenizer()
     count = sum(map(len, items))
     check_tokens(st, count, "ids")
@@ -412,11 +409,8 @@ async def decode(body: DecodeRequest, request: Request, st: State, llm: Model) -
 async def info(request: Request, st: State, llm: Model) -> Response:
     name = request.headers.get("x-model")
     if name is not None:
-        chosen = request.app.state.poolkit.model(name)
-        if chosen is None or chosen.llm is None:
-            served = ", ".join(request.app.state.poolkit.served_names)
-            raise ApiError(404, f"The model `{name}` does not exist. Served models: {served}", param="model")
-        st, llm = chosen, chosen.llm
+        st = served_model(request.app.state.poolkit, name)
+        llm = await loaded_llm(st)
     model = llm.model
     tasks = llm.supported_tasks
     labels = {str(i): label for i, label in sorted(model.id2label.items())} if CLASSIFY in tasks else {}

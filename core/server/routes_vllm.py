@@ -39,6 +39,7 @@ from .inputs import (
     check_dimensions,
     check_model,
     check_text,
+    check_token_ids,
     pooling_params,
     prompts_of,
     special_tokens,
@@ -341,9 +342,7 @@ async def detokenize(body: DetokenizeRequest, request: Request, st: State, llm: 
     """vLLM's ``/detokenize``: ``tokens`` decoded by the model's tokenizer into ``prompt``."""
     check_model(st, body.model)
     ids = list(body.tokens)
-    bad = next((t for t in ids if st.vocab is not None and t >= st.vocab), None)
-    if bad is not None:
-        raise ApiError(400, f"tokens: token id {short(bad, 24)} is out of vocabulary (0..{st.vocab - 1})", param="tokens")
+    check_token_ids(st, ids, "tokens")
     check_tokens(st, len(ids), "tokens")
     tok = llm.get_tokenizer()
 

@@ -97,6 +97,7 @@ class ModelState:
         self.chat_template = chat_template
         self.score_template = score_template
         self.cache = EmbeddingCache(cache_size) if cache_size > 0 else None
+        self.metrics = ModelMetrics(server.metrics, self)
         self.llm: Any = None
         self.batcher: Batcher | None = None
         self.ready = False
@@ -105,10 +106,6 @@ class ModelState:
         self.max_len: int | None = None
         self.vocab: int | None = None
         self.embedding_size: int | None = None
-
-    @property
-    def metrics(self) -> ModelMetrics:
-        return self.server.metrics.of(self)
 
     @property
     def give_up(self) -> asyncio.Future | None:

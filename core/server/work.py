@@ -108,8 +108,8 @@ async def run_task(
     check_truncation(llm, params.truncate_prompt_tokens)
     task, prompts, checked = llm.prepare(raw, params, pooling_task=task_name, prompt_name=prompt_name)
     cache = st.cache
-    keys = [cache.key(task.name, params, prompt_name, add_special_tokens, p) for p in raw] if cache is not None else []
-    if cache is None or None in keys:
+    keys = cache.keys(task.name, params, prompt_name, add_special_tokens, raw) if cache is not None else None
+    if keys is None:
         return task, await _run(request, st, llm, task, prompts, checked, add_special_tokens)
     entries: list[Any] = [cache.get(key) for key in keys]
     missing = [i for i, entry in enumerate(entries) if entry is None]
