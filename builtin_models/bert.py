@@ -15,9 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from poolkit.architecture import Architecture
-from poolkit.batch import PackedBatch
-from poolkit.config_checks import ConfigChecks
 from poolkit.builtin_models.layers import (
     FusedLinear,
     TokenClassifier,
@@ -31,10 +28,13 @@ from poolkit.builtin_models.layers import (
     post_norm,
 )
 from poolkit.builtin_models.quantize import Quantizable
-from poolkit.errors import InvalidRequest, ModelLoadError
-from poolkit.hookspecs import hookimpl
-from poolkit.plugins import registry
-from poolkit.weights import base_model_name, legacy_norm_name, load_into
+from poolkit.contracts.architecture import Architecture
+from poolkit.contracts.batch import PackedBatch
+from poolkit.contracts.config_checks import ConfigChecks
+from poolkit.contracts.errors import InvalidRequest, ModelLoadError
+from poolkit.contracts.hookspecs import hookimpl
+from poolkit.loading.weights import base_model_name, legacy_norm_name, load_into
+from poolkit.plugins.manager import registry
 
 #: Checkpoint tensors the encoder does not use: task heads and position/type id buffers.
 _UNUSED = re.compile(r"^(pooler|cls|classifier|lm_head|qa_outputs)\.|^embeddings\.(position_ids|token_type_ids)$")

@@ -24,11 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from poolkit.batch import PackedBatch
 from poolkit.builtin_models.bert import XLMRobertaModel
-from poolkit.config import PoolingParams
-from poolkit.errors import ModelLoadError
-from poolkit.hookspecs import hookimpl
+from poolkit.contracts.batch import PackedBatch
+from poolkit.contracts.errors import ModelLoadError
+from poolkit.contracts.hookspecs import hookimpl
+from poolkit.contracts.params import PoolingParams
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,6 @@ from typing import Any, Callable, ClassVar
 import torch
 from torch import nn
 
-from poolkit.batch import PackedBatch
 from poolkit.builtin_models.dual_encoder import (
     TEXT,
     VISION,
@@ -32,8 +31,9 @@ from poolkit.builtin_models.dual_encoder import (
     tower_checks,
 )
 from poolkit.builtin_models.layers import fp32_layer_norm, linear
-from poolkit.config_checks import ConfigChecks
-from poolkit.hookspecs import hookimpl
+from poolkit.contracts.batch import PackedBatch
+from poolkit.contracts.config_checks import ConfigChecks
+from poolkit.contracts.hookspecs import hookimpl
 
 
 class CLIPVisionTransformer(nn.Module):

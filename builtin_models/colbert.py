@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from poolkit.batch import PackedBatch
 from poolkit.builtin_models.bert import BertModel
 from poolkit.builtin_models.modernbert import ModernBertModel
-from poolkit.errors import ModelLoadError
-from poolkit.hookspecs import hookimpl
+from poolkit.contracts.batch import PackedBatch
+from poolkit.contracts.errors import ModelLoadError
+from poolkit.contracts.hookspecs import hookimpl
 
 _PROJECTIONS = ("linear.weight", "colbert_linear.weight")
 

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from poolkit.builtin_models.layers import CausalLMHead, TokenClassifier
-from poolkit.errors import ModelLoadError
+from poolkit.contracts.errors import ModelLoadError
 
 #: LLM-as-reranker conversions (vLLM's ``SEQ_CLS_LOAD_METHODS``).
 FROM_2_WAY_SOFTMAX, NO_POST_PROCESSING = "from_2_way_softmax", "no_post_processing"

@@ -26,8 +26,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from poolkit.architecture import Architecture
-from poolkit.batch import PackedBatch
 from poolkit.builtin_models.layers import (
     FusedLinear,
     activation_function,
@@ -39,9 +37,11 @@ from poolkit.builtin_models.layers import (
     linear,
 )
 from poolkit.builtin_models.quantize import Quantizable
-from poolkit.config_checks import ConfigChecks, Dim, config_value, source
-from poolkit.errors import InvalidRequest, ModelLoadError
-from poolkit.weights import load_into
+from poolkit.contracts.architecture import Architecture
+from poolkit.contracts.batch import PackedBatch
+from poolkit.contracts.config_checks import ConfigChecks, Dim, config_value, source
+from poolkit.contracts.errors import InvalidRequest, ModelLoadError
+from poolkit.loading.weights import load_into
 
 TEXT, VISION = "text_config.", "vision_config."
 VISION_POSITIONS = "vision_model.embeddings.position_embedding.weight"

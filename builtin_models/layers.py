@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from poolkit.errors import ModelLoadError
-from poolkit.kernel import select_kernel
-from poolkit.plugins import registry
+from poolkit.contracts.errors import ModelLoadError
+from poolkit.plugins.lookup import select_kernel
+from poolkit.plugins.manager import registry
 
 #: ``hidden_act`` values that the ``linear_act`` op fuses into its matmul, by the op's names for
 #: them: every ``linear_act`` kernel takes ``act`` in ``none, gelu, gelu_tanh, relu, silu, tanh,

@@ -16,8 +16,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from poolkit.architecture import Architecture
-from poolkit.batch import PackedBatch
 from poolkit.builtin_models.layers import (
     Rotary,
     activation_function,
@@ -29,10 +27,12 @@ from poolkit.builtin_models.layers import (
     rotary_inv_freq,
 )
 from poolkit.builtin_models.quantize import Quantizable
-from poolkit.config_checks import ConfigChecks
-from poolkit.errors import ModelLoadError
-from poolkit.hookspecs import hookimpl
-from poolkit.weights import base_model_name, load_into
+from poolkit.contracts.architecture import Architecture
+from poolkit.contracts.batch import PackedBatch
+from poolkit.contracts.config_checks import ConfigChecks
+from poolkit.contracts.errors import ModelLoadError
+from poolkit.contracts.hookspecs import hookimpl
+from poolkit.loading.weights import base_model_name, load_into
 
 #: Checkpoint tensors the encoder does not use: the heads of ModernBERT task models.
 _UNUSED = re.compile(r"^(head|decoder|classifier|qa_outputs)\.")

@@ -23,8 +23,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from poolkit.architecture import Architecture
-from poolkit.batch import PackedBatch
 from poolkit.builtin_models.bert import BertLayer, BertModel, RobertaClassificationHead
 from poolkit.builtin_models.layers import (
     FusedLinear,
@@ -35,10 +33,12 @@ from poolkit.builtin_models.layers import (
     post_norm,
 )
 from poolkit.builtin_models.quantize import Quantizable
-from poolkit.config_checks import ConfigChecks
-from poolkit.errors import InvalidRequest, ModelLoadError
-from poolkit.hookspecs import hookimpl
-from poolkit.weights import base_model_name, legacy_norm_name
+from poolkit.contracts.architecture import Architecture
+from poolkit.contracts.batch import PackedBatch
+from poolkit.contracts.config_checks import ConfigChecks
+from poolkit.contracts.errors import InvalidRequest, ModelLoadError
+from poolkit.contracts.hookspecs import hookimpl
+from poolkit.loading.weights import base_model_name, legacy_norm_name
 
 #: Checkpoint tensors the encoder does not use: task heads and the position id buffer.
 _UNUSED = re.compile(r"^(pooler|lm_head|classifier|qa_outputs)\.|^embeddings\.position_ids$")

@@ -29,12 +29,11 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from poolkit.architecture import Architecture
-from poolkit.batch import PackedBatch
-from poolkit.errors import ModelLoadError
-
-from . import layers
-from .layers import Int8Linear, kernel
+from poolkit.builtin_models import layers
+from poolkit.builtin_models.layers import Int8Linear, kernel
+from poolkit.contracts.architecture import Architecture
+from poolkit.contracts.batch import PackedBatch
+from poolkit.contracts.errors import ModelLoadError
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +55,7 @@ class Quantizable:
     """Mixed into a native architecture: :meth:`quantize` replaces its linear layers by int8 ones."""
 
     def quantize(self, method: str, batches: Callable[[], Iterable[PackedBatch]]) -> dict:
-        """See :meth:`poolkit.architecture.Architecture.quantize`."""
+        """See :meth:`poolkit.contracts.architecture.Architecture.quantize`."""
         if method != "int8":
             raise ModelLoadError(f"quantization '{method}' is not supported by {type(self).__name__}; it runs int8")
         return quantize_int8(self, list(batches()))

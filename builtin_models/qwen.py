@@ -27,8 +27,8 @@ from poolkit.builtin_models.decoder_heads import (
     check_classifier_tokens,
 )
 from poolkit.builtin_models.decoders import GLOBAL, SLIDING, DecoderModel, check_layer_types, extend_checks
-from poolkit.config_checks import ConfigChecks
-from poolkit.hookspecs import hookimpl
+from poolkit.contracts.config_checks import ConfigChecks
+from poolkit.contracts.hookspecs import hookimpl
 
 _ORIGINAL_QWEN3_RERANKER_TOKENS = ["no", "yes"]
 #: The token id of ``<extra_0>``, the step tag of Qwen2.5-Math-PRM (vLLM's default ``step_tag_id``).

@@ -25,17 +25,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from poolkit.architecture import Architecture
-from poolkit.batch import PackedBatch
 from poolkit.builtin_models.layers import (
-    RMSNorm, Rotary, TokenClassifier, activation_function, attention_head_dim,
-    fused_activation, gated_linear, kernel, linear, post_norm, rotary_cos_sin, rotary_inv_freq,
+    RMSNorm,
+    Rotary,
+    TokenClassifier,
+    activation_function,
+    attention_head_dim,
+    fused_activation,
+    gated_linear,
+    kernel,
+    linear,
+    post_norm,
+    rotary_cos_sin,
+    rotary_inv_freq,
 )
 from poolkit.builtin_models.quantize import Quantizable
-from poolkit.config_checks import ConfigChecks
-from poolkit.errors import ModelLoadError
-from poolkit.hookspecs import hookimpl
-from poolkit.weights import base_model_name, load_into
+from poolkit.contracts.architecture import Architecture
+from poolkit.contracts.batch import PackedBatch
+from poolkit.contracts.config_checks import ConfigChecks
+from poolkit.contracts.errors import ModelLoadError
+from poolkit.contracts.hookspecs import hookimpl
+from poolkit.loading.weights import base_model_name, load_into
 
 #: Checkpoint tensors the encoder does not use: heads of task models and position buffers.
 _UNUSED = re.compile(r"^(pooler|cls|lm_head|classifier)\.|^embeddings\.(position_ids|rotary_emb\.)")

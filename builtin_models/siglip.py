@@ -30,7 +30,6 @@ from typing import Any, Callable, ClassVar, Collection, Mapping
 import torch
 from torch import nn
 
-from poolkit.batch import PackedBatch
 from poolkit.builtin_models.dual_encoder import (
     TEXT,
     VISION,
@@ -44,9 +43,10 @@ from poolkit.builtin_models.dual_encoder import (
 )
 from poolkit.builtin_models.layers import attention_head_dim, fp32_layer_norm, linear
 from poolkit.builtin_models.spm_tokenizer import read_model, unigram_tokenizer
-from poolkit.config_checks import ConfigChecks, config_value, source
-from poolkit.errors import ModelLoadError
-from poolkit.hookspecs import hookimpl
+from poolkit.contracts.batch import PackedBatch
+from poolkit.contracts.config_checks import ConfigChecks, config_value, source
+from poolkit.contracts.errors import ModelLoadError
+from poolkit.contracts.hookspecs import hookimpl
 
 
 def _projection_size(text_config: Any) -> int:

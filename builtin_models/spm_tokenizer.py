@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from poolkit.errors import ModelLoadError
+from poolkit.contracts.errors import ModelLoadError
 
 #: SentencePiece's word-boundary marker.
 SPACE = "\u2581"

@@ -24,14 +24,14 @@ from typing import Any, ClassVar, Collection, Iterable, Iterator, Mapping
 import torch
 from torch import nn
 
-from poolkit.architecture import Architecture
-from poolkit.batch import PackedBatch
 from poolkit.builtin_models.layers import CausalLMHead
-from poolkit.config_checks import ConfigChecks, layers_held, source
-from poolkit.errors import InvalidRequest, ModelLoadError
-from poolkit.hookspecs import hookimpl
-from poolkit.model import CONVERTIBLE_SUFFIXES
-from poolkit.model_impl import TRANSFORMERS_IMPLEMENTATION
+from poolkit.config.conversion import CONVERTIBLE_SUFFIXES
+from poolkit.config.model_impl import TRANSFORMERS_IMPLEMENTATION
+from poolkit.contracts.architecture import Architecture
+from poolkit.contracts.batch import PackedBatch
+from poolkit.contracts.config_checks import ConfigChecks, layers_held, source
+from poolkit.contracts.errors import InvalidRequest, ModelLoadError
+from poolkit.contracts.hookspecs import hookimpl
 
 logger = logging.getLogger(__name__)
 

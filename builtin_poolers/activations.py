@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from poolkit.hookspecs import hookimpl
+from poolkit.contracts.hookspecs import hookimpl
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:

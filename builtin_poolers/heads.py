@@ -6,11 +6,11 @@ from typing import Callable, Sequence
 
 import torch
 
-from poolkit.batch import PackedBatch
 from poolkit.builtin_poolers.activations import normalize
 from poolkit.builtin_poolers.poolers import SegmentPooler
-from poolkit.config import PoolingParams
-from poolkit.pooling import Pooler
+from poolkit.contracts.batch import PackedBatch
+from poolkit.contracts.params import PoolingParams
+from poolkit.contracts.pooling import Pooler
 
 
 class VectorHead:

@@ -11,10 +11,10 @@ from typing import Callable, ClassVar
 
 import torch
 
-from poolkit.batch import PackedBatch
-from poolkit.hookspecs import hookimpl
-from poolkit.kernel import select_kernel
-from poolkit.pooling import Pooler
+from poolkit.contracts.batch import PackedBatch
+from poolkit.contracts.hookspecs import hookimpl
+from poolkit.contracts.pooling import Pooler
+from poolkit.plugins.lookup import select_kernel
 
 
 def _kept(hidden: torch.Tensor, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:

@@ -18,13 +18,13 @@ from typing import Any
 
 import torch
 
-from poolkit.config import PoolingParams
-from poolkit.errors import InvalidRequest
-from poolkit.hookspecs import hookimpl
-from poolkit.io import Prompt
-from poolkit.kernel import select_kernel
-from poolkit.plugins import registry
-from poolkit.scoring import CROSS_ENCODER_KEYS, Scorer, template_kwargs
+from poolkit.contracts.errors import InvalidRequest
+from poolkit.contracts.hookspecs import hookimpl
+from poolkit.contracts.io import Prompt
+from poolkit.contracts.params import PoolingParams
+from poolkit.contracts.scoring import CROSS_ENCODER_KEYS, Scorer, template_kwargs
+from poolkit.plugins.lookup import select_kernel
+from poolkit.plugins.manager import registry
 
 
 class CrossEncoderScorer(Scorer):

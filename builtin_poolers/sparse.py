@@ -16,14 +16,14 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from poolkit.batch import PackedBatch
-from poolkit.config import PoolingParams, Setting
-from poolkit.errors import ModelLoadError
-from poolkit.hookspecs import hookimpl
-from poolkit.kernel import select_kernel
-from poolkit.plugins import registry
-from poolkit.sparse import SparseEmbedding, check_pruning
-from poolkit.tasks import Head, Task
+from poolkit.contracts.batch import PackedBatch
+from poolkit.contracts.errors import ModelLoadError
+from poolkit.contracts.hookspecs import hookimpl
+from poolkit.contracts.params import PoolingParams, Setting
+from poolkit.contracts.sparse import SparseEmbedding, check_pruning
+from poolkit.contracts.tasks import Head, Task
+from poolkit.plugins.lookup import select_kernel
+from poolkit.plugins.manager import registry
 
 #: Most MLM logits (rows x vocabulary) the SPLADE head holds at once: 2**24 floats (64 MiB in
 #: fp32) is 549 token rows for BERT's 30522-token vocabulary.
@@ -119,7 +119,7 @@ class SparseEmbedTask(Task):
 
     Served by architectures with an MLM head (``Architecture.lm_head``), pooled as the model's
     sentence-transformers ``SpladePooling`` says (max and ``relu`` by default);
-    :class:`poolkit.sparse.SparseEmbedding` turns a result into ``{indices, values, tokens}``.
+    :class:`poolkit.contracts.sparse.SparseEmbedding` turns a result into ``{indices, values, tokens}``.
     """
 
     name = "sparse_embed"

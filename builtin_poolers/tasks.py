@@ -6,15 +6,14 @@ from typing import Any, Callable
 
 import torch
 
-from poolkit.config import LateChunkingParams, PoolingParams, Setting
-from poolkit.errors import InvalidRequest, ModelLoadError
-from poolkit.hookspecs import hookimpl
-from poolkit.model import PoolingModel
-from poolkit.plugins import registry
-from poolkit.pooling import Pooler
-from poolkit.tasks import Head, Task
-
-from .heads import ClassifierHead, LMHeadStepHead, LMHeadTokenHead, LogitScore, VectorHead
+from poolkit.builtin_poolers.heads import ClassifierHead, LMHeadStepHead, LMHeadTokenHead, LogitScore, VectorHead
+from poolkit.contracts.errors import InvalidRequest, ModelLoadError
+from poolkit.contracts.hookspecs import hookimpl
+from poolkit.contracts.params import LateChunkingParams, PoolingParams, Setting
+from poolkit.contracts.pooling import Pooler
+from poolkit.contracts.tasks import Head, Task
+from poolkit.loading.model import PoolingModel
+from poolkit.plugins.manager import registry
 
 STEP_PARAMS = frozenset({"step_tag_id", "returned_token_ids"})
 

@@ -13,56 +13,60 @@ Example:
 
 from __future__ import annotations
 
+import sys
 from importlib import import_module
-from typing import Any
+from importlib.abc import Loader, MetaPathFinder
+from importlib.util import spec_from_loader
+from types import ModuleType
+from typing import Any, Sequence
 
-from .errors import InvalidRequest, MissingDependency, ModelLoadError, PluginError, PoolkitError, UnknownName
-from .hookspecs import hookimpl
+from .contracts.errors import InvalidRequest, MissingDependency, ModelLoadError, PluginError, PoolkitError, UnknownName
+from .contracts.hookspecs import hookimpl
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "LLM": "llm",
-    "SentenceTransformer": "st_compat",
-    "CrossEncoder": "st_compat",
-    "SparseEncoder": "st_compat",
-    "MultiVectorEncoder": "st_multivector",
-    "PoolingParams": "config",
-    "PoolerConfig": "config",
-    "LateChunkingParams": "config",
-    "PoolingModel": "model",
-    "Architecture": "architecture",
-    "ConfigChecks": "config_checks",
-    "PackedBatch": "batch",
-    "Pooler": "pooling",
-    "Task": "tasks",
-    "IOProcessor": "io",
-    "IOContext": "io",
-    "Prompt": "io",
-    "Kernel": "kernel",
-    "select_kernel": "kernel",
-    "kernel_reference": "kernel",
-    "kernel_table": "kernel",
-    "kernel_rows": "kernel",
-    "Scorer": "scoring",
-    "EngineArgs": "settings",
-    "register_pooler": "plugins",
-    "register_activation": "plugins",
-    "load_into": "weights",
-    "SparseEmbedding": "sparse",
-    "PoolingOutput": "outputs",
-    "EmbeddingOutput": "outputs",
-    "ClassificationOutput": "outputs",
-    "ScoringOutput": "outputs",
-    "PoolingRequestOutput": "outputs",
-    "EmbeddingRequestOutput": "outputs",
-    "ClassificationRequestOutput": "outputs",
-    "ScoringRequestOutput": "outputs",
-    "RerankResult": "outputs",
-    "LateChunk": "outputs",
-    "LateChunkingOutput": "outputs",
-    "SparseEmbeddingRequestOutput": "sparse",
-    "ModelConfig": "model",
+    "LLM": "api.llm",
+    "SentenceTransformer": "api.st_compat",
+    "CrossEncoder": "api.st_compat",
+    "SparseEncoder": "api.st_compat",
+    "MultiVectorEncoder": "api.st_multivector",
+    "PoolingParams": "contracts.params",
+    "PoolerConfig": "contracts.params",
+    "LateChunkingParams": "contracts.params",
+    "PoolingModel": "loading.model",
+    "Architecture": "contracts.architecture",
+    "ConfigChecks": "contracts.config_checks",
+    "PackedBatch": "contracts.batch",
+    "Pooler": "contracts.pooling",
+    "Task": "contracts.tasks",
+    "IOProcessor": "contracts.io",
+    "IOContext": "contracts.io",
+    "Prompt": "contracts.io",
+    "Kernel": "contracts.kernel",
+    "select_kernel": "plugins.lookup",
+    "kernel_reference": "plugins.lookup",
+    "kernel_table": "plugins.lookup",
+    "kernel_rows": "plugins.lookup",
+    "Scorer": "contracts.scoring",
+    "EngineArgs": "config.settings",
+    "register_pooler": "plugins.manager",
+    "register_activation": "plugins.manager",
+    "load_into": "loading.weights",
+    "SparseEmbedding": "contracts.sparse",
+    "PoolingOutput": "contracts.outputs",
+    "EmbeddingOutput": "contracts.outputs",
+    "ClassificationOutput": "contracts.outputs",
+    "ScoringOutput": "contracts.outputs",
+    "PoolingRequestOutput": "contracts.outputs",
+    "EmbeddingRequestOutput": "contracts.outputs",
+    "ClassificationRequestOutput": "contracts.outputs",
+    "ScoringRequestOutput": "contracts.outputs",
+    "RerankResult": "contracts.outputs",
+    "LateChunk": "contracts.outputs",
+    "LateChunkingOutput": "contracts.outputs",
+    "SparseEmbeddingRequestOutput": "contracts.sparse",
+    "ModelConfig": "api.model_config",
 }
 
 __all__ = [
@@ -75,6 +79,87 @@ __all__ = [
     "hookimpl",
     *_LAZY,
 ]
+
+
+#: The import paths of the modules that lived directly in ``poolkit`` before the core was grouped
+#: into its layers, and where each lives now. ``import poolkit.contracts.batch`` (the path docs/plugins.md
+#: and third-party plugins use) gives the very module ``poolkit.contracts.batch``, the same object
+#: under both names, so ``isinstance`` checks and monkeypatching see one module.
+MOVED = {
+    "poolkit.errors": "poolkit.contracts.errors",
+    "poolkit.hookspecs": "poolkit.contracts.hookspecs",
+    "poolkit.batch": "poolkit.contracts.batch",
+    "poolkit.outputs": "poolkit.contracts.outputs",
+    "poolkit.sparse": "poolkit.contracts.sparse",
+    "poolkit.architecture": "poolkit.contracts.architecture",
+    "poolkit.config_checks": "poolkit.contracts.config_checks",
+    "poolkit.pooling": "poolkit.contracts.pooling",
+    "poolkit.tasks": "poolkit.contracts.tasks",
+    "poolkit.scoring": "poolkit.contracts.scoring",
+    "poolkit.io": "poolkit.contracts.io",
+    "poolkit.kernel_spec": "poolkit.contracts.kernel",
+    "poolkit.registry": "poolkit.plugins.registries",
+    "poolkit.lookup": "poolkit.plugins.lookup",
+    "poolkit.kernel": "poolkit.plugins.lookup",
+    "poolkit.testing": "poolkit.plugins.testing",
+    "poolkit.settings": "poolkit.config.settings",
+    "poolkit.conversion": "poolkit.config.conversion",
+    "poolkit.model_impl": "poolkit.config.model_impl",
+    "poolkit.model": "poolkit.loading.model",
+    "poolkit.model_dir": "poolkit.loading.model_dir",
+    "poolkit.weights": "poolkit.loading.weights",
+    "poolkit.st_config": "poolkit.loading.st_config",
+    "poolkit.engine": "poolkit.runtime.engine",
+    "poolkit.batching": "poolkit.runtime.batching",
+    "poolkit.allocator": "poolkit.runtime.allocator",
+    "poolkit.estimates": "poolkit.runtime.estimates",
+    "poolkit.columns": "poolkit.runtime.columns",
+    "poolkit.progress": "poolkit.runtime.progress",
+    "poolkit.llm": "poolkit.api.llm",
+    "poolkit.entities": "poolkit.api.entities",
+    "poolkit.st_compat": "poolkit.api.st_compat",
+    "poolkit.st_functions": "poolkit.api.st_functions",
+    "poolkit.st_multivector": "poolkit.api.st_multivector",
+    "poolkit.jobs": "poolkit.entrypoints.jobs",
+    "poolkit.protocol": "poolkit.entrypoints.protocol",
+    "poolkit.encodings": "poolkit.entrypoints.encodings",
+    "poolkit.server": "poolkit.entrypoints.server",
+    "poolkit.cli": "poolkit.entrypoints.cli",
+    "poolkit.bench": "poolkit.entrypoints.bench",
+    "poolkit.integrations": "poolkit.entrypoints.integrations",
+}
+
+
+class _MovedFinder(MetaPathFinder, Loader):
+    """Imports a :data:`MOVED` path (or a module inside a moved package) as the module it names."""
+
+    @staticmethod
+    def _target(fullname: str) -> str | None:
+        head, _, rest = fullname.partition(".")
+        if head != "poolkit":
+            return None
+        parts = fullname.split(".")
+        for cut in range(len(parts), 1, -1):
+            new = MOVED.get(".".join(parts[:cut]))
+            if new is not None:
+                return ".".join([new, *parts[cut:]])
+        return None
+
+    def find_spec(self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None) -> Any:
+        return spec_from_loader(fullname, self) if self._target(fullname) else None
+
+    def create_module(self, spec: Any) -> ModuleType:
+        module = import_module(self._target(spec.name))
+        spec.loader_state = module.__spec__
+        return module
+
+    def exec_module(self, module: ModuleType) -> None:
+        # the import system gave the module the old name's spec: give it its own back
+        module.__spec__ = module.__spec__.loader_state
+
+
+if not any(isinstance(finder, _MovedFinder) for finder in sys.meta_path):
+    sys.meta_path.insert(0, _MovedFinder())
 
 
 def __getattr__(name: str) -> Any:

@@ -1,3 +1,3 @@
-from poolkit.cli import main
+from .entrypoints.cli import main
 
 main()

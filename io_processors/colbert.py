@@ -29,9 +29,9 @@ from typing import Any, Sequence
 
 import torch
 
-from poolkit.errors import InvalidRequest, ModelLoadError
-from poolkit.hookspecs import hookimpl
-from poolkit.io import IOProcessor, Prompt
+from poolkit.contracts.errors import InvalidRequest, ModelLoadError
+from poolkit.contracts.hookspecs import hookimpl
+from poolkit.contracts.io import IOProcessor, Prompt
 
 logger = logging.getLogger(__name__)
 PUNCTUATION = tuple(string.punctuation)

@@ -22,9 +22,9 @@ import threading
 from pathlib import Path
 from typing import Any, Sequence
 
-from poolkit.errors import InvalidRequest
-from poolkit.hookspecs import hookimpl
-from poolkit.io import IOProcessor, Prompt
+from poolkit.contracts.errors import InvalidRequest
+from poolkit.contracts.hookspecs import hookimpl
+from poolkit.contracts.io import IOProcessor, Prompt
 
 #: Most pixels (width x height) an image may have; ``POOLKIT_MAX_IMAGE_PIXELS`` overrides it.
 MAX_IMAGE_PIXELS = 40_000_000

@@ -17,11 +17,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
 
-from poolkit.errors import InvalidRequest
-from poolkit.hookspecs import hookimpl
-from poolkit.io import IOProcessor, Prompt
-
-from .text import TextPairProcessor
+from poolkit.contracts.errors import InvalidRequest
+from poolkit.contracts.hookspecs import hookimpl
+from poolkit.contracts.io import IOProcessor, Prompt
+from poolkit.io_processors.text import TextPairProcessor
 
 #: The prompt of Qwen3-Reranker's model card: the model answers "yes" or "no" after it.
 QWEN3_RERANKER_TEMPLATE = (

@@ -5,9 +5,9 @@ from __future__ import annotations
 import itertools
 from typing import Any, Sequence
 
-from poolkit.errors import InvalidRequest
-from poolkit.hookspecs import hookimpl
-from poolkit.io import IOProcessor, Prompt, PromptBatch
+from poolkit.contracts.errors import InvalidRequest
+from poolkit.contracts.hookspecs import hookimpl
+from poolkit.contracts.io import IOProcessor, Prompt, PromptBatch
 
 
 def _is_token(value: Any) -> bool:
@@ -48,7 +48,7 @@ class TextProcessor(IOProcessor):
 
     A string, a list of token ids, a ``{"prompt": str}`` dict, a ``{"prompt_token_ids": [int, ...]}``
     dict, an image prompt ``{"prompt": "", "multi_modal_data": {"image": ...}}`` (its image left in
-    ``extras["image"]`` for the "image" IO processor), a :class:`~poolkit.io.Prompt` (taken as it
+    ``extras["image"]`` for the "image" IO processor), a :class:`~poolkit.contracts.io.Prompt` (taken as it
     is: a text pair, for one), or a list of those. A single input (a
     string, a dict, or one flat list of token ids, as vLLM reads ``[101, 7592, 102]``) gives a
     one-element list of prompts.

@@ -60,8 +60,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from poolkit.hookspecs import hookimpl
-from poolkit.kernel import Kernel
+
+from poolkit.contracts.hookspecs import hookimpl
+from poolkit.contracts.kernel import Kernel
 from poolkit.kernels.compiler import load_typed_library, workers
 
 SOURCE = Path(__file__).with_name("elementwise.c")

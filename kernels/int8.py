@@ -47,8 +47,8 @@ from pathlib import Path
 
 import torch
 
-from poolkit.hookspecs import hookimpl
-from poolkit.kernel import Kernel
+from poolkit.contracts.hookspecs import hookimpl
+from poolkit.contracts.kernel import Kernel
 from poolkit.kernels.compiler import load_typed_library, workers
 from poolkit.kernels.linear import ACTIVATIONS, _packed, row_bucket
 

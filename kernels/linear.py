@@ -57,8 +57,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from poolkit.hookspecs import hookimpl
-from poolkit.kernel import Kernel
+from poolkit.contracts.hookspecs import hookimpl
+from poolkit.contracts.kernel import Kernel
 from poolkit.kernels.compiler import load_c_library, workers
 from poolkit.kernels.elementwise import activation_c, activation_c_runs
 

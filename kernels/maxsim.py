@@ -22,9 +22,8 @@ import functools
 
 import torch
 
-from poolkit.hookspecs import hookimpl
-from poolkit.kernel import Kernel
-
+from poolkit.contracts.hookspecs import hookimpl
+from poolkit.contracts.kernel import Kernel
 from poolkit.kernels.triton_support import triton_kernel
 
 

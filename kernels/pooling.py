@@ -26,9 +26,8 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from poolkit.hookspecs import hookimpl
-from poolkit.kernel import Kernel
-
+from poolkit.contracts.hookspecs import hookimpl
+from poolkit.contracts.kernel import Kernel
 from poolkit.kernels.triton_support import triton_kernel
 
 #: Reductions of :func:`segment_pool_reference`, with the Triton kernel's codes.

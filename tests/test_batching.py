@@ -7,8 +7,8 @@ import asyncio
 import pytest
 import torch
 
-from poolkit.batching import Batcher, QueueFull, ShuttingDown
-from poolkit.errors import InvalidRequest
+from poolkit.contracts.errors import InvalidRequest
+from poolkit.runtime.batching import Batcher, QueueFull, ShuttingDown
 
 TEXTS = ["Hello, my name is", "A man is eating food.", "The new movie is awesome.", "x " * 300]
 
@@ -99,7 +99,7 @@ def test_freed_memory_is_handed_back_between_batches(minilm, monkeypatch):
     """glibc keeps freed blocks, fragmented across threads' arenas, and does not return them: a
     server's memory crept up under a steady load (poolkit bench-serve: +23% in five minutes). The
     worker hands freed memory back (malloc_trim) after a batch, at most once per TRIM_INTERVAL."""
-    import poolkit.batching as batching
+    import poolkit.runtime.batching as batching
 
     calls = []
     monkeypatch.setattr(batching, "release_freed_memory", lambda: calls.append(0))
@@ -118,8 +118,8 @@ def test_freed_memory_is_handed_back_between_batches(minilm, monkeypatch):
 
 def test_the_token_estimates_share_one_rule():
     """Admission, batching, score limits and the engine's slices estimate a text's tokens alike."""
-    from poolkit.estimates import CHARS_PER_TOKEN_GUESS, estimate_cost, estimate_pair_tokens, tokens_of_text
-    from poolkit.io import Prompt
+    from poolkit.contracts.io import Prompt
+    from poolkit.runtime.estimates import CHARS_PER_TOKEN_GUESS, estimate_cost, estimate_pair_tokens, tokens_of_text
 
     text = "x" * 40
     assert tokens_of_text(len(text)) == 40 // CHARS_PER_TOKEN_GUESS and tokens_of_text(0) == 1

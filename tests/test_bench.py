@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from poolkit.bench import format_table
-from poolkit.cli import app, main  # noqa: F401 - main registers plugin commands
+from poolkit.entrypoints.bench import format_table
+from poolkit.entrypoints.cli import app, main  # noqa: F401 - main registers plugin commands
 
 FIELDS = {
     "workload", "description", "items", "tokens", "poolkit_items_per_s", "peer_items_per_s", "poolkit_tokens_per_s",
@@ -57,7 +57,7 @@ def test_random_weight_presets_build_once_and_match_sentence_transformers(tmp_pa
     from sentence_transformers import SentenceTransformer
 
     from poolkit import LLM
-    from poolkit import bench
+    from poolkit.entrypoints import bench
 
     tiny = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
     monkeypatch.setitem(bench.PRESETS, "tiny-bert", {"pooling": "cls", "config": {**bench._BERT, **tiny}})
@@ -236,8 +236,8 @@ def test_an_unquantized_export_matches_sentence_transformers(vs, tiny_encoders, 
     import torch
     from sentence_transformers import CrossEncoder, SentenceTransformer
 
-    from poolkit.bench.peers import PEERS
-    from poolkit.settings import EngineArgs
+    from poolkit.config.settings import EngineArgs
+    from poolkit.entrypoints.bench.peers import PEERS
 
     for module in EXPORTS[vs]:
         pytest.importorskip(module)
@@ -357,7 +357,7 @@ def test_each_timed_pass_starts_on_a_quiet_machine(monkeypatch):
     """vLLM's engine keeps a core busy for about a second after a pass returns: the bench waits for
     the machine to be quiet before timing the next pass (poolkit measured 0.68x of itself right
     after a vLLM pass), for a few seconds at most on a machine that stays busy."""
-    from poolkit.bench import measure
+    from poolkit.entrypoints.bench import measure
 
     ticks = {"total": 0, "idle": 0}
     busy_windows = iter([1.0, 0.5, 0.5, 0.1])  # one library left a core of two busy, then stopped

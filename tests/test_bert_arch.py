@@ -17,13 +17,13 @@ import torch
 import transformers as T
 from safetensors.torch import load_file, save_file
 
-from poolkit.batch import PackedBatch
 from poolkit.builtin_models import bert
-from poolkit.errors import InvalidRequest, ModelLoadError
-from poolkit.kernel import Kernel
+from poolkit.contracts.batch import PackedBatch
+from poolkit.contracts.errors import InvalidRequest, ModelLoadError
 from poolkit.kernels import attention
 from poolkit.kernels.attention import varlen_attention
-from poolkit.weights import checkpoint_files, iter_tensors
+from poolkit.loading.weights import checkpoint_files, iter_tensors
+from poolkit.plugins.lookup import Kernel
 
 VOCAB = 100
 LENGTHS = [1, 7, 60, 13, 7, 33, 2, 60]

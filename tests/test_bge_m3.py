@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from poolkit import LLM
-from poolkit.errors import ModelLoadError
+from poolkit.contracts.errors import ModelLoadError
 
 BGE_M3 = {"architectures": ["BgeM3EmbeddingModel"]}
 TEXTS = [

@@ -9,7 +9,7 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from poolkit.cli import app
+from poolkit.entrypoints.cli import app
 
 runner = CliRunner()
 
@@ -131,7 +131,7 @@ def test_info_shows_what_applies_with_its_source(minilm_dir, tmp_path):
     assert sparse["activation_fn"] == {"value": "relu", "source": "task default (sparse_embed)"}
 
 
-# -- one rule for texts: the server's (poolkit.io.text_problem) ----------------------------------
+# -- one rule for texts: the server's (poolkit.contracts.io.text_problem) ----------------------------------
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from poolkit import LLM, InvalidRequest
-from poolkit.cli import app
+from poolkit.entrypoints.cli import app
 
 PIL = pytest.importorskip("PIL")
 from PIL import Image  # noqa: E402

@@ -8,13 +8,13 @@ import textwrap
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from suite_device import run_triton_script
 from typer.testing import CliRunner
 
 from poolkit import LLM
-from poolkit.cli import app
-from poolkit.kernel import select_kernel
+from poolkit.entrypoints.cli import app
 from poolkit.kernels.maxsim import maxsim_packed, maxsim_reference
-from suite_device import run_triton_script
+from poolkit.plugins.lookup import select_kernel
 
 QUERY = "what is the capital of france"
 DOCS = ["paris is the capital of france", "hello world", "the quick brown fox jumps over the lazy dog", "berlin"]

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-import poolkit.columns as columns
+import poolkit.runtime.columns as columns
 from poolkit import PoolingParams
-from poolkit.batching import Batcher
-from poolkit.errors import InvalidRequest
-from poolkit.io import Prompt, PromptBatch
-from poolkit.outputs import EmbeddingOutput
+from poolkit.contracts.errors import InvalidRequest
+from poolkit.contracts.io import Prompt, PromptBatch
+from poolkit.contracts.outputs import EmbeddingOutput
+from poolkit.runtime.batching import Batcher
 
 TEXTS = ["Hello, my name is", "A man is eating food.", "The new movie is awesome.", "word " * 300, "x"]
 
@@ -144,7 +144,7 @@ def test_results_keep_input_order_across_batches(minilm):
 
 
 def _budget(llm, tokens):
-    from poolkit.engine import Engine
+    from poolkit.runtime.engine import Engine
 
     return Engine(llm.model, max_batch_tokens=tokens)
 
@@ -174,8 +174,9 @@ def test_truncation_comes_back_with_every_kind_of_result(minilm):
 
 
 def test_entities_say_whether_their_input_was_cut(tmp_path):
-    from poolkit import LLM
     from tiny_models import build_modernbert
+
+    from poolkit import LLM
 
     llm = LLM(str(build_modernbert(tmp_path / "ner", "token_classify")))
     short, long = "paris is the capital of france", "paris is the capital of france " * 40
@@ -188,7 +189,7 @@ def test_small_cpu_batches_run_on_one_thread_and_give_the_same_numbers(minilm, m
     """A batch below ONE_THREAD_WORK (tokens x hidden size squared) runs on the calling thread alone,
     a larger one on the threads configured; the count is restored after either, and the numbers
     do not depend on it beyond float rounding."""
-    import poolkit.engine as engine_module
+    import poolkit.runtime.engine as engine_module
 
     arch = minilm.engine.model.architecture
     seen: list[tuple[int, int]] = []

@@ -18,10 +18,10 @@ import torch
 from typer.testing import CliRunner
 
 from poolkit import LLM, ModelLoadError
-from poolkit.architecture import Architecture
-from poolkit.cli import app
-from poolkit.config_checks import ConfigChecks
-from poolkit.weights import checkpoint_shapes
+from poolkit.contracts.architecture import Architecture
+from poolkit.contracts.config_checks import ConfigChecks
+from poolkit.entrypoints.cli import app
+from poolkit.loading.weights import checkpoint_shapes
 
 
 @pytest.fixture(scope="module")

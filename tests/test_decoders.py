@@ -22,11 +22,11 @@ import torch.nn.functional as F
 import transformers as T
 
 from poolkit import LLM
-from poolkit.batch import PackedBatch
 from poolkit.builtin_models import decoders
-from poolkit.errors import ModelLoadError
+from poolkit.contracts.batch import PackedBatch
+from poolkit.contracts.errors import ModelLoadError
+from poolkit.loading.weights import checkpoint_files, iter_tensors
 from poolkit.plugins import registry
-from poolkit.weights import checkpoint_files, iter_tensors
 
 ATOL = 1e-4
 MIN_COS = 0.99999
@@ -501,7 +501,7 @@ def test_absurd_configs_are_refused_before_building(models: dict[str, Path], tmp
 def test_softcap_attention_kernel() -> None:
     """The ``varlen_attention_softcap`` op: plain attention when the cap is far away, and
     ``cap * tanh(s / cap)`` scores, per sequence, when it is near."""
-    from poolkit.kernel import select_kernel
+    from poolkit.plugins.lookup import select_kernel
 
     softcapped, plain = select_kernel("varlen_attention_softcap", "cpu"), select_kernel("varlen_attention", "cpu")
     lengths = [7, 3, 7, 12, 1]
@@ -529,7 +529,7 @@ def test_attention_ops_take_fewer_key_value_heads() -> None:
     """Grouped-query attention: k and v with a divisor of the query heads give what the same keys
     and values repeated per query head (transformers' repeat_kv) give, in both attention ops,
     on length runs and on unsorted batches, with windows, bias and soft-capping."""
-    from poolkit.kernel import select_kernel
+    from poolkit.plugins.lookup import select_kernel
 
     plain, softcapped = select_kernel("varlen_attention", "cpu"), select_kernel("varlen_attention_softcap", "cpu")
     g = torch.Generator().manual_seed(11)

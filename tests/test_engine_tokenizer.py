@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from poolkit import LLM, PoolingParams
-from poolkit.io import Prompt
+from poolkit.contracts.io import Prompt
 
 TEXTS = [
     "paris is the capital of france",

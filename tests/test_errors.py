@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from poolkit import LLM, InvalidRequest, MissingDependency, ModelLoadError, PoolerConfig, PoolingParams, PoolkitError, UnknownName
-from poolkit.cli import app
+from poolkit.entrypoints.cli import app
 
 
 def one_line(exc: BaseException) -> str:

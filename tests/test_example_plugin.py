@@ -21,7 +21,7 @@ except PackageNotFoundError:
 example = pytest.importorskip("poolkit_example_plugin")
 
 import poolkit  # noqa: E402
-from poolkit.batch import PackedBatch  # noqa: E402
+from poolkit.contracts.batch import PackedBatch  # noqa: E402
 from poolkit.plugins import registry  # noqa: E402
 
 WORDS = ["hello", "world", "foo", "bar", "baz"]
@@ -118,7 +118,7 @@ def test_llm_embeds_with_the_plugin(fresh_plugins, static_model, pooler_config, 
 def test_cli_lists_the_plugin(fresh_plugins):
     from typer.testing import CliRunner
 
-    from poolkit.cli import app
+    from poolkit.entrypoints.cli import app
 
     result = CliRunner().invoke(app, ["plugins"])
 
@@ -164,7 +164,7 @@ def test_token_weights_through_the_server(token_weights, static_model):
     pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient
 
-    from poolkit.server import create_app
+    from poolkit.entrypoints.server import create_app
 
     with TestClient(create_app(token_weights)) as client:
         response = client.post("/pooling", json={"data": [TOKEN_TEXT]})
@@ -176,7 +176,7 @@ def test_token_weights_through_the_server(token_weights, static_model):
 def test_token_weights_through_the_cli(fresh_plugins, static_model):
     from typer.testing import CliRunner
 
-    from poolkit.cli import app
+    from poolkit.entrypoints.cli import app
 
     args = ["encode", "--task", "plugin", "--model", str(static_model), "--io-processor-plugin", "token_weights", TOKEN_TEXT]
     result = CliRunner().invoke(app, args)

@@ -142,7 +142,7 @@ def test_tokens_nobody_attends_to(dirs, llms):
     transformers does with a 0 in the attention mask (they still get vectors)."""
     import transformers
 
-    from poolkit.io import Prompt
+    from poolkit.contracts.io import Prompt
 
     ids = transformers.AutoTokenizer.from_pretrained(str(dirs["electra"]))(TEXTS[0])["input_ids"] + [4, 4, 4]
     (got,) = llms["electra"].encode([Prompt(token_ids=ids, attended=len(ids) - 3)], pooling_task="token_embed")

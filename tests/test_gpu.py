@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from poolkit import LLM, PackedBatch
-from poolkit.kernel import select_kernel
 from poolkit.kernels.attention import flash_varlen_attention, varlen_attention
 from poolkit.plugins import registry
+from poolkit.plugins.lookup import select_kernel
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -85,9 +85,9 @@ def test_embedding_loop_does_not_wait_for_the_device(tiny_encoders) -> None:
 def test_slices_follow_the_token_budget_on_accelerators_only() -> None:
     from types import SimpleNamespace
 
-    from poolkit.engine import OVERLAP_BATCHES, Engine
-    from poolkit.estimates import CHARS_PER_TOKEN_GUESS
-    from poolkit.io import Prompt
+    from poolkit.contracts.io import Prompt
+    from poolkit.runtime.engine import OVERLAP_BATCHES, Engine
+    from poolkit.runtime.estimates import CHARS_PER_TOKEN_GUESS
 
     prompts = [Prompt(text="x" * 100) for _ in range(50)]
     on = lambda device: SimpleNamespace(model=SimpleNamespace(device=torch.device(device)), max_batch_tokens=25)  # noqa: E731
@@ -103,7 +103,7 @@ def test_prompts_tokenized_slice_by_slice_give_the_same_results(tiny_encoders, m
     """The overlapped path (several slices, tokenized on a worker thread) against one slice; an
     error in a later slice names the prompt by its place in the whole request."""
     from poolkit import InvalidRequest
-    from poolkit.engine import Engine
+    from poolkit.runtime.engine import Engine
 
     llm = LLM(str(tiny_encoders["bert"]), device="cpu", max_batch_tokens=40)
     texts = [f"sentence number {i} " * (1 + i % 5) for i in range(30)]
@@ -118,7 +118,7 @@ def test_prompts_tokenized_slice_by_slice_give_the_same_results(tiny_encoders, m
 
 
 def test_outputs_on_the_cpu_are_handed_back_as_they_are() -> None:
-    from poolkit.engine import to_host
+    from poolkit.runtime.engine import to_host
 
     outputs = [torch.randn(3), torch.randn(2, 4)]
     assert all(a is b for a, b in zip(to_host(outputs)(), outputs))
@@ -127,7 +127,7 @@ def test_outputs_on_the_cpu_are_handed_back_as_they_are() -> None:
 
 @cuda
 def test_outputs_on_the_gpu_come_back_in_one_copy() -> None:
-    from poolkit.engine import to_host
+    from poolkit.runtime.engine import to_host
 
     outputs = [torch.randn(3, device="cuda"), torch.randn(2, 4, device="cuda"), torch.randn((), device="cuda")]
     got = to_host(outputs)()

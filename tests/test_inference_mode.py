@@ -16,12 +16,12 @@ import pytest
 import torch
 import transformers as T
 from PIL import Image
+from tolerances import assert_within_order_bound, linear_act_bound
 
 from poolkit import LLM
-from poolkit.batch import PackedBatch
+from poolkit.contracts.batch import PackedBatch
 from poolkit.kernels import linear
 from poolkit.kernels.linear import linear_act, linear_act_onednn
-from tolerances import assert_within_order_bound, linear_act_bound
 
 onednn = pytest.mark.skipif(not linear._onednn_available(), reason="torch built without oneDNN")
 TEXTS = [

@@ -12,9 +12,9 @@ from tolerances import U32
 from typer.testing import CliRunner
 
 from poolkit import LLM, InvalidRequest, ModelLoadError
-from poolkit.kernel import kernel_reference, select_kernel
 from poolkit.kernels import int8
 from poolkit.kernels.linear import ACTIVATIONS
+from poolkit.plugins.lookup import kernel_reference, select_kernel
 
 ONEDNN = pytest.mark.skipif(not int8._onednn_int8_available(), reason="torch without oneDNN's int8 linear")
 
@@ -187,7 +187,7 @@ def test_minilm_int8_stays_within_its_budget_of_sentence_transformers(minilm_int
 
 def test_the_bench_counts_the_int8_layers_flops(minilm_int8, minilm):
     """``poolkit bench``'s "% of peak" counts an int8 layer's multiply-adds as a float one's."""
-    from poolkit.bench import model_flops
+    from poolkit.entrypoints.bench import model_flops
 
     assert model_flops(minilm_int8.model, [10, 30]) == model_flops(minilm.model, [10, 30])
 
@@ -244,7 +244,7 @@ def test_every_native_family_runs_int8_within_the_budget(kind, tmp_path):
 
 
 def test_the_cli_takes_quantization_and_info_shows_it(minilm_dir, tmp_path):
-    from poolkit.cli import app
+    from poolkit.entrypoints.cli import app
 
     runner = CliRunner()
     shown = runner.invoke(app, ["info", str(minilm_dir), "--quantization", "int8"])

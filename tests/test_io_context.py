@@ -1,6 +1,6 @@
 """IO processors get the loaded model's context: ``bind(context)``, once per model, read-only.
 
-Processors are registered through a real plugin object (:func:`poolkit.testing.plugin_registered`)
+Processors are registered through a real plugin object (:func:`poolkit.plugins.testing.plugin_registered`)
 and run through ``LLM.encode({"data": ...}, pooling_task="plugin")``, the way users run them.
 """
 
@@ -13,7 +13,7 @@ import pytest
 
 from poolkit import LLM, IOContext, IOProcessor, PluginError, PoolingParams, Prompt, hookimpl
 from poolkit.plugins import registry
-from poolkit.testing import plugin_registered
+from poolkit.plugins.testing import plugin_registered
 
 
 class Probe(IOProcessor):

@@ -9,7 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 from poolkit import LLM, InvalidRequest
-from poolkit.cli import app
+from poolkit.entrypoints.cli import app
 from poolkit.plugins import get_manager
 
 pytest.importorskip("poolkit_topk_plugin", reason="pip install ./plugins/poolkit-topk-plugin")

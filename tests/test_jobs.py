@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from poolkit import LLM, InvalidRequest
-from poolkit.jobs import read_rows, run_job
+from poolkit.entrypoints.jobs import read_rows, run_job
 
 N = 5000
 

@@ -12,11 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from poolkit import LLM, InvalidRequest, jobs
-from poolkit.cli import app
-from poolkit.encodings import binary, ubinary
-from poolkit.jobs import run_job
 from typer.testing import CliRunner
+
+from poolkit import LLM, InvalidRequest, jobs
+from poolkit.entrypoints.cli import app
+from poolkit.entrypoints.encodings import binary, ubinary
+from poolkit.entrypoints.jobs import run_job
 
 runner = CliRunner()
 ROWS = 600
@@ -313,7 +314,7 @@ def test_damaged_finished_output_is_not_complete(llm, tmp_path, fmt):
 
 
 def test_job_tells_the_progress_its_total(llm, tmp_path):
-    from poolkit.progress import Meter
+    from poolkit.runtime.progress import Meter
 
     src = write_corpus(tmp_path / "in.jsonl", n=250)
     meter = Meter()
@@ -323,7 +324,7 @@ def test_job_tells_the_progress_its_total(llm, tmp_path):
 
 
 def test_meter_rates_and_eta_leave_resumed_rows_out():
-    from poolkit.progress import Meter
+    from poolkit.runtime.progress import Meter
 
     now = {"t": 0.0}
     meter = Meter(total=1000, clock=lambda: now["t"])
@@ -335,7 +336,7 @@ def test_meter_rates_and_eta_leave_resumed_rows_out():
 
 
 def test_non_terminal_prints_periodic_lines(monkeypatch):
-    from poolkit.progress import progress_bar
+    from poolkit.runtime.progress import progress_bar
 
     stream = io.StringIO()
     with progress_bar(None, label="embedding", every=0.0, stream=stream) as advance:
@@ -351,7 +352,7 @@ def test_non_terminal_prints_periodic_lines(monkeypatch):
 
 
 def test_cli_job_prints_progress_lines_when_stderr_is_not_a_terminal(model, tmp_path, monkeypatch):
-    from poolkit import progress
+    from poolkit.runtime import progress
 
     monkeypatch.setattr(progress, "LOG_EVERY", 0.0)
     src = write_corpus(tmp_path / "in.jsonl", n=250)

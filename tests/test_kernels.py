@@ -7,16 +7,16 @@ import textwrap
 
 import pytest
 import torch
+from suite_device import run_triton_script
+from tolerances import assert_within_order_bound, gated_linear_bound, linear_act_bound, order_bound
 
 from poolkit import Kernel
-from poolkit.hookspecs import hookimpl
-from poolkit.kernel import select_kernel
+from poolkit.contracts.hookspecs import hookimpl
 from poolkit.kernels import linear, pooling
 from poolkit.kernels.linear import ACTIVATIONS, linear_act, linear_act_onednn
 from poolkit.kernels.pooling import segment_pool_reference
 from poolkit.plugins import registry
-from tolerances import assert_within_order_bound, gated_linear_bound, linear_act_bound, order_bound
-from suite_device import run_triton_script
+from poolkit.plugins.lookup import select_kernel
 
 onednn = pytest.mark.skipif(not linear._onednn_available(), reason="torch built without oneDNN")
 
@@ -513,7 +513,7 @@ def test_the_engine_pads_batches_to_the_kernels_row_buckets(monkeypatch, tiny_en
     import poolkit
     from poolkit import LLM
     from poolkit.kernels.linear import row_bucket
-    from poolkit.testing import plugin_registered
+    from poolkit.plugins.testing import plugin_registered
 
     with plugin_registered(_OneDNNFirst(), "onednn-first"):
         assert poolkit.kernel_rows(1000, "cpu") == row_bucket(1000) == 1024 and poolkit.kernel_rows(1000, "meta") == 1000
@@ -535,8 +535,8 @@ def test_the_engine_pads_batches_to_the_kernels_row_buckets(monkeypatch, tiny_en
 
 def test_a_kernels_row_bucket_decides_the_rows_a_model_sees(monkeypatch, tiny_encoders) -> None:
     from poolkit import LLM, Kernel, kernel_rows
-    from poolkit.hookspecs import hookimpl
-    from poolkit.testing import plugin_registered
+    from poolkit.contracts.hookspecs import hookimpl
+    from poolkit.plugins.testing import plugin_registered
 
     calls = []
 
@@ -617,19 +617,19 @@ def _documented_signature(fn) -> str:
 
 def test_kernel_reference_gives_each_builtin_ops_reference() -> None:
     import poolkit
-    import poolkit.kernel
-    from poolkit.errors import UnknownName
+    import poolkit.plugins.lookup
+    from poolkit.contracts.errors import UnknownName
     from poolkit.plugins import get_manager
 
     references = _builtin_references()
-    assert set(references) == _builtin_ops() and set(references) <= set(poolkit.kernel.kernel_ops())
+    assert set(references) == _builtin_ops() and set(references) <= set(poolkit.plugins.lookup.kernel_ops())
     assert {op: poolkit.kernel_reference(op) for op in references} == references
     builtin = {i.name for i in get_manager().plugin_infos() if i.builtin}
     for entry in registry("kernel").entries():  # every built-in kernel declares its op's reference
         if entry.plugin in builtin:
             assert entry.obj.reference is references[entry.name.split(":", 1)[0]], entry.name
-    assert poolkit.kernel_reference is poolkit.kernel.kernel_reference
-    assert poolkit.select_kernel is select_kernel and poolkit.kernel_table is poolkit.kernel.kernel_table
+    assert poolkit.kernel_reference is poolkit.plugins.lookup.kernel_reference
+    assert poolkit.select_kernel is select_kernel and poolkit.kernel_table is poolkit.plugins.lookup.kernel_table
     with pytest.raises(UnknownName, match=r"^unknown kernel op 'segment_pol'; available: gated_linear, linear_act, linear_int8, maxsim, residual_norm, rms_norm, rotary, segment_pool"):
         poolkit.kernel_reference("segment_pol")
 
@@ -670,9 +670,9 @@ def test_kernel_reference_works_inside_a_plugins_hook(fresh_plugins) -> None:
 def test_select_kernel_takes_a_device_or_its_name_and_asks_is_available_every_call(fresh_plugins) -> None:
     import poolkit
     from poolkit import Kernel
-    from poolkit.errors import UnknownName
-    from poolkit.hookspecs import hookimpl
-    from poolkit.testing import plugin_registered
+    from poolkit.contracts.errors import UnknownName
+    from poolkit.contracts.hookspecs import hookimpl
+    from poolkit.plugins.testing import plugin_registered
 
     switch = {"on": False}
 
@@ -717,7 +717,7 @@ def test_select_kernel_takes_a_device_or_its_name_and_asks_is_available_every_ca
 
 
 def test_kernel_table_ranks_like_select_kernel() -> None:
-    from poolkit.kernel import kernel_table
+    from poolkit.plugins.lookup import kernel_table
 
     rows = kernel_table()
     assert {r["for_device"] for r in rows} == {"cpu", "cuda"}
@@ -736,7 +736,7 @@ def test_info_shows_the_kernel_table_for_the_models_device(tiny_encoders) -> Non
     import json
 
     from poolkit import LLM
-    from poolkit.kernel import kernel_table
+    from poolkit.plugins.lookup import kernel_table
 
     described = LLM(str(tiny_encoders["bert"]), device="cpu").model.describe()
     assert described["kernels"] == kernel_table(["cpu"])
@@ -750,13 +750,13 @@ def test_the_topk_plugin_overrides_segment_pool_when_switched_on(monkeypatch, ti
     pytest.importorskip("poolkit_topk_plugin", reason="pip install ./plugins/poolkit-topk-plugin")
     import json
 
+    from poolkit_topk_plugin.kernels import SWITCH, segment_pool_cumsum
     from typer.testing import CliRunner
 
     from poolkit import LLM
-    from poolkit.cli import app
-    from poolkit.kernel import kernel_table
+    from poolkit.entrypoints.cli import app
     from poolkit.plugins import get_manager
-    from poolkit_topk_plugin.kernels import SWITCH, segment_pool_cumsum
+    from poolkit.plugins.lookup import kernel_table
 
     entry = registry("kernel").entry("segment_pool:topk_cumsum")
     builtin = {i.name for i in get_manager().plugin_infos() if i.builtin}

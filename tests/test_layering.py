@@ -20,9 +20,9 @@ import torch
 
 from poolkit import LLM, ModelLoadError
 from poolkit.builtin_models import layers
-from poolkit.kernel import select_kernel
 from poolkit.kernels import linear
 from poolkit.plugins import registry
+from poolkit.plugins.lookup import select_kernel
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Folders that hold no poolkit module, or whose modules may use private torch names.
@@ -98,7 +98,7 @@ def test_models_import_neither_kernel_modules_nor_builtin_poolers() -> None:
         if any(name == prefix or name.startswith(prefix + ".") for prefix in forbidden)
     ]
     assert not bad, (
-        "models reach kernels through the kernel registry (layers.kernel, poolkit.kernel.select_kernel) and heads through the task "
+        "models reach kernels through the kernel registry (layers.kernel, poolkit.plugins.lookup.select_kernel) and heads through the task "
         "registry (registry('task').get(name).build(model)), never by import:\n" + "\n".join(bad)
     )
 

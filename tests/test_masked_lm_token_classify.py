@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tolerances import order_bound
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 from poolkit import LLM, InvalidRequest, PoolingParams
-from tolerances import order_bound
 
 TEXTS = ["The capital of France is Paris.", "hello", "what is the capital of germany?"]
 

@@ -18,12 +18,12 @@ import torch
 import transformers as T
 
 from poolkit import LLM
-from poolkit.batch import PackedBatch
 from poolkit.builtin_models import modernbert
-from poolkit.errors import ModelLoadError
+from poolkit.contracts.batch import PackedBatch
+from poolkit.contracts.errors import ModelLoadError
 from poolkit.kernels.attention import varlen_attention
+from poolkit.loading.weights import checkpoint_files, iter_tensors
 from poolkit.plugins import registry
-from poolkit.weights import checkpoint_files, iter_tensors
 
 ATOL = 1e-4
 MIN_COS = 0.99999

@@ -20,12 +20,12 @@ import transformers as T
 from typer.testing import CliRunner
 
 from poolkit import LLM
-from poolkit.batch import PackedBatch
 from poolkit.builtin_models import mpnet
-from poolkit.errors import InvalidRequest, ModelLoadError
+from poolkit.contracts.batch import PackedBatch
+from poolkit.contracts.errors import InvalidRequest, ModelLoadError
 from poolkit.kernels.attention import varlen_attention
+from poolkit.loading.weights import checkpoint_files, iter_tensors
 from poolkit.plugins import registry
-from poolkit.weights import checkpoint_files, iter_tensors
 
 ATOL = 1e-4
 MIN_COS = 0.99999
@@ -283,7 +283,7 @@ def test_served_natively_not_by_the_fallback(models: dict[str, Path], name: str,
 
 
 def test_cli_info_says_native(models: dict[str, Path]) -> None:
-    from poolkit.cli import app
+    from poolkit.entrypoints.cli import app
 
     result = CliRunner().invoke(app, ["info", str(models["ner"])])
     assert result.exit_code == 0, result.stderr

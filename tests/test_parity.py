@@ -311,7 +311,7 @@ def test_token_id_prompts(minilm):
 
 
 def test_auto_dtype_is_bf16_on_bf16_hardware_and_close_to_fp32(minilm_dir, minilm_st, monkeypatch):
-    from poolkit.model import cpu_multiplies_bf16
+    from poolkit.config.devices import cpu_multiplies_bf16
 
     monkeypatch.setenv("POOLKIT_DTYPE", "auto")
     llm = LLM(str(minilm_dir))

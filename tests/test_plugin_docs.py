@@ -17,17 +17,17 @@ from pathlib import Path
 import pytest
 
 from poolkit import hookspecs, testing
-from poolkit.architecture import Architecture
-from poolkit.batch import PackedBatch
-from poolkit.config import Setting
-from poolkit.config_checks import ConfigChecks
-from poolkit.io import IOContext, IOProcessor, Prompt
-from poolkit.kernel_spec import Kernel
-from poolkit.model import PoolingModel
+from poolkit.contracts.architecture import Architecture
+from poolkit.contracts.batch import PackedBatch
+from poolkit.contracts.config_checks import ConfigChecks
+from poolkit.contracts.io import IOContext, IOProcessor, Prompt
+from poolkit.contracts.kernel import Kernel
+from poolkit.contracts.params import Setting
+from poolkit.contracts.pooling import Pooler
+from poolkit.contracts.scoring import Scorer
+from poolkit.contracts.tasks import Task
+from poolkit.loading.model import PoolingModel
 from poolkit.plugins import PluginInfo
-from poolkit.pooling import Pooler
-from poolkit.scoring import Scorer
-from poolkit.tasks import Task
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 PAGE = DOCS / "plugins.md"
@@ -101,7 +101,7 @@ def _own_members(cls: type) -> set[str]:
 
 def _module_members(module) -> set[str]:
     """Public functions, classes and constants a module defines at top level (or under a
-    top-level ``if``/``try``, where ``poolkit.testing`` defines its pytest fixture)."""
+    top-level ``if``/``try``, where ``poolkit.plugins.testing`` defines its pytest fixture)."""
     names: set[str] = set()
     body = list(ast.parse(inspect.getsource(module)).body)
     for node in list(body):
@@ -161,7 +161,7 @@ def test_every_public_member_of_a_contract_is_documented_in_its_section(page: st
 def test_every_helper_of_poolkit_testing_is_documented(page: str) -> None:
     spans = _code_spans(_section(page, "## Testing plugins"))
     missing = sorted(n for n in _module_members(testing) if not any(re.search(rf"(?<!\w){n}(?!\w)", s) for s in spans))
-    assert not missing, f"'Testing plugins' in docs/plugins.md does not name poolkit.testing.{missing}"
+    assert not missing, f"'Testing plugins' in docs/plugins.md does not name poolkit.plugins.testing.{missing}"
 
 
 def test_the_member_scan_sees_what_a_plugin_author_uses() -> None:

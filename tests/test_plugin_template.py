@@ -2,7 +2,7 @@
 
 The generated project's tests run in a subprocess, on the project as pip would install it: its
 ``src`` on ``PYTHONPATH`` and, for entry-point discovery, a fake ``*.dist-info`` written by
-``poolkit.testing.fake_distribution`` with the entry points its ``pyproject.toml`` declares.
+``poolkit.plugins.testing.fake_distribution`` with the entry points its ``pyproject.toml`` declares.
 Nothing is installed into the environment.
 """
 
@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from poolkit.cli import app
-from poolkit.cli.plugin_project import TEMPLATE, PluginNames
-from poolkit.testing import fake_distribution
+from poolkit.entrypoints.cli import app
+from poolkit.entrypoints.cli.plugin_project import TEMPLATE, PluginNames
+from poolkit.plugins.testing import fake_distribution
 
 try:
     import tomllib
@@ -136,9 +136,9 @@ def test_the_default_folder_is_the_distribution_name(tmp_path, monkeypatch):
 def test_the_template_ships_as_package_data():
     """A non-editable install carries every template file: pyproject's package-data globs match them all."""
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    cli = ROOT / pyproject["tool"]["setuptools"]["package-dir"]["poolkit.cli"]
+    cli = ROOT / pyproject["tool"]["setuptools"]["package-dir"]["poolkit"] / "entrypoints" / "cli"
     shipped = {
-        Path(found) for pattern in pyproject["tool"]["setuptools"]["package-data"]["poolkit.cli"]
+        Path(found) for pattern in pyproject["tool"]["setuptools"]["package-data"]["poolkit.entrypoints.cli"]
         for found in glob.glob(str(cli / pattern), recursive=True)
     }
     templates = {p for p in (cli / TEMPLATE).rglob("*") if p.is_file() and "__pycache__" not in p.parts}

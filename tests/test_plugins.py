@@ -24,15 +24,15 @@ import pytest
 import torch
 
 import poolkit
-from poolkit import hookspecs
-from poolkit.architecture import Architecture
-from poolkit.batch import PackedBatch
-from poolkit.errors import PluginError, UnknownName
-from poolkit.hookspecs import hookimpl
-from poolkit.kernel import select_kernel
+from poolkit.contracts import hookspecs
+from poolkit.contracts.architecture import Architecture
+from poolkit.contracts.batch import PackedBatch
+from poolkit.contracts.errors import PluginError, UnknownName
+from poolkit.contracts.hookspecs import hookimpl
+from poolkit.contracts.pooling import Pooler
 from poolkit.plugins import registry
-from poolkit.pooling import Pooler
-from poolkit.testing import ENV_VARS, PluginSandbox, plugin_registered
+from poolkit.plugins.lookup import select_kernel
+from poolkit.plugins.testing import ENV_VARS, PluginSandbox, plugin_registered
 
 HOOKS = {name: fn for name, fn in vars(hookspecs).items() if hasattr(fn, "poolkit_spec")}
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
@@ -436,7 +436,7 @@ def test_ctrl_c_while_a_plugin_imports_still_stops_and_leaves_no_half_loaded_too
 
 @pytest.mark.parametrize("command", [["plugins"], ["embed", "--model", "{model}", "--dtype", "float32", "hello world"]])
 def test_every_cli_command_survives_a_plugin_that_exits(fresh_plugins, monkeypatch, capsys, caplog, tiny_encoders, command):
-    from poolkit import cli
+    from poolkit.entrypoints import cli
 
     install(fresh_plugins, "exiting", "import sys\nsys.exit(3)\n", version="0.9")
     argv = [arg.format(model=tiny_encoders["bert"]) for arg in command]
@@ -613,7 +613,7 @@ def test_strict_mode_raises_on_a_broken_plugin_and_keeps_raising(fresh_plugins, 
 
 
 def test_strict_mode_cli_prints_one_error_line(fresh_plugins, monkeypatch, capsys):
-    from poolkit import cli
+    from poolkit.entrypoints import cli
 
     install(fresh_plugins, "broken", BROKEN, version="0.3.1")
     monkeypatch.setenv("POOLKIT_STRICT_PLUGINS", "1")
@@ -789,7 +789,7 @@ def test_unknown_name_lists_what_is_available_and_suggests(fresh_plugins, monkey
     assert str(err.value).startswith("unknown activation 'zzz'")
 
 
-# -- poolkit.testing -----------------------------------------------------------------------------
+# -- poolkit.plugins.testing -----------------------------------------------------------------------------
 
 
 class InlinePlugin:
@@ -852,7 +852,7 @@ def test_sandbox_leaves_no_trace(tmp_path, monkeypatch):
 
     assert str(tmp_path) not in sys.path
     assert not [m for m in sys.modules if m.startswith("poolkit_fake_trace")]
-    assert poolkit.plugins._manager is None
+    assert poolkit.plugins.manager._manager is None
 
 
 # -- import hygiene ------------------------------------------------------------------------------
@@ -863,7 +863,7 @@ def test_import_poolkit_has_no_side_effects():
         """
         import sys
         import poolkit
-        import poolkit.plugins as p
+        import poolkit.plugins.manager as p
         from poolkit import register_pooler, hookimpl
         assert p._manager is None, "a plugin manager was created on import"
         plugin_packages = ("poolkit.builtin", "poolkit.kernels", "poolkit.io_processors")
@@ -882,7 +882,7 @@ def test_plugins_lists_each_kernel_with_where_it_is_selected(fresh_plugins):
     """Each plugin that registered kernels gets ``kernels``; the output stays a JSON list of plugins."""
     from typer.testing import CliRunner
 
-    from poolkit.cli import app
+    from poolkit.entrypoints.cli import app
 
     install(
         fresh_plugins,

@@ -18,11 +18,11 @@ import transformers as T
 from safetensors.torch import save_file
 
 from poolkit import LLM, PoolingParams
-from poolkit.batch import PackedBatch
 from poolkit.builtin_models import qwen
-from poolkit.errors import ModelLoadError
+from poolkit.contracts.batch import PackedBatch
+from poolkit.contracts.errors import ModelLoadError
+from poolkit.loading.weights import checkpoint_files, iter_tensors
 from poolkit.plugins import registry
-from poolkit.weights import checkpoint_files, iter_tensors
 
 ATOL = 1e-4
 MIN_COS = 0.99999

@@ -19,7 +19,7 @@ def local_ray():
 
 def test_embed_dataset_equals_the_python_api(local_ray, tiny_encoders):
     from poolkit import LLM
-    from poolkit.integrations.ray import embed_dataset
+    from poolkit.entrypoints.integrations.ray import embed_dataset
 
     model = str(tiny_encoders["bert"])
     texts = [f"paris is the capital of france {i % 17} " * (1 + i % 5) for i in range(500)]
@@ -35,7 +35,7 @@ def test_missing_ray_is_a_clear_error(monkeypatch):
     import builtins
 
     from poolkit import MissingDependency
-    from poolkit.integrations import ray as integration
+    from poolkit.entrypoints.integrations import ray as integration
 
     real_import = builtins.__import__
 
@@ -56,7 +56,7 @@ def test_cli_engine_ray(local_ray, tiny_encoders, tmp_path):
     from typer.testing import CliRunner
 
     from poolkit import LLM
-    from poolkit.cli import app
+    from poolkit.entrypoints.cli import app
 
     model = str(tiny_encoders["bert"])
     src = tmp_path / "in.jsonl"
@@ -125,7 +125,7 @@ def setting_cases(tmp_path_factory):
 
 
 def test_every_load_setting_has_a_ray_case(setting_cases):
-    from poolkit.settings import EngineArgs
+    from poolkit.config.settings import EngineArgs
 
     assert set(setting_cases) == set(EngineArgs.model_fields)
 
@@ -137,7 +137,7 @@ def test_every_load_setting_has_a_ray_case(setting_cases):
 def test_ray_honours_each_load_setting(local_ray, setting_cases, setting):
     """The Ray engine loads with llm.args, so every setting gives the local engine's output."""
     from poolkit import LLM
-    from poolkit.integrations.ray import embed_dataset
+    from poolkit.entrypoints.integrations.ray import embed_dataset
 
     model, values, task, changes = setting_cases[setting]
     values = {"dtype": "float32", **values}
@@ -167,7 +167,7 @@ def test_cli_engine_ray_honours_load_and_request_options(local_ray, minilm_dir, 
     from typer.testing import CliRunner
 
     from poolkit import LLM, PoolingParams
-    from poolkit.cli import app
+    from poolkit.entrypoints.cli import app
 
     texts = [f"hello world number {i}, a sentence of some length" for i in range(20)]
     src = tmp_path / "in.jsonl"
@@ -197,7 +197,7 @@ def test_a_long_row_is_truncated_and_flagged_not_fatal(local_ray, minilm_dir):
     import numpy as np
 
     from poolkit import LLM, PoolingParams
-    from poolkit.integrations.ray import PoolkitBatchEncoder, embed_dataset
+    from poolkit.entrypoints.integrations.ray import PoolkitBatchEncoder, embed_dataset
 
     llm = LLM(str(minilm_dir))
     assert len(llm.embed(FITS)[0].prompt_token_ids) == 256
@@ -221,7 +221,7 @@ def test_a_long_row_is_truncated_and_flagged_not_fatal(local_ray, minilm_dir):
 
 def test_a_chosen_truncation_is_honoured(local_ray, minilm_dir):
     from poolkit import LLM, PoolingParams
-    from poolkit.integrations.ray import embed_dataset
+    from poolkit.entrypoints.integrations.ray import embed_dataset
 
     llm = LLM(str(minilm_dir))
     texts = ["hi", "one two three four five six seven", LONG]  # 3, 9 and 2002 tokens
@@ -239,7 +239,7 @@ def test_cli_engine_ray_truncates_and_says_how_many(local_ray, minilm_dir, tmp_p
     import pyarrow.parquet as pq
     from typer.testing import CliRunner
 
-    from poolkit.cli import app
+    from poolkit.entrypoints.cli import app
 
     src = tmp_path / "in.jsonl"
     src.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(["short", LONG, "also short"])))

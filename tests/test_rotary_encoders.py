@@ -27,11 +27,11 @@ from tiny_rotary_encoders import build_gte, build_nomic, nomic_sizes
 from transformers.activations import ACT2FN
 
 from poolkit import LLM
-from poolkit.batch import PackedBatch
 from poolkit.builtin_models import rotary_encoders as rot
-from poolkit.errors import ModelLoadError
+from poolkit.contracts.batch import PackedBatch
+from poolkit.contracts.errors import ModelLoadError
+from poolkit.loading.weights import checkpoint_files, iter_tensors
 from poolkit.plugins import registry
-from poolkit.weights import checkpoint_files, iter_tensors
 
 ATOL = 1e-4
 MIN_COS = 0.99999
@@ -390,7 +390,7 @@ def test_bfloat16_follows_float32(family: str, tmp_path: Path) -> None:
 def test_long_inputs_are_never_padded(models: dict[str, Path]) -> None:
     """A long input next to short ones: attention sees one sequence at a time, no padded square."""
     arch = load(models["nomic"])
-    from poolkit.kernel import select_kernel
+    from poolkit.plugins.lookup import select_kernel
 
     attend = select_kernel("varlen_attention", "cpu")
     shapes = []

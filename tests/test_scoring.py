@@ -9,7 +9,7 @@ import torch
 
 from poolkit import InvalidRequest, Scorer, hookimpl
 from poolkit.plugins import registry
-from poolkit.testing import plugin_registered
+from poolkit.plugins.testing import plugin_registered
 
 
 class DotScorer(Scorer):

@@ -33,7 +33,7 @@ openai = pytest.importorskip("openai")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from poolkit import LLM, PoolingParams  # noqa: E402
-from poolkit.server import create_app  # noqa: E402
+from poolkit.entrypoints.server import create_app  # noqa: E402
 
 ATOL = 1e-5
 TEXTS = ["Hello, my name is", "The capital of France is Paris.", "A man is eating food.", "ünïcödé ✓ text"]
@@ -289,7 +289,7 @@ def test_cohere_embed_all_types_equal_a_reference(app_client, minilm):
 
 
 def test_cohere_bit_order_on_a_known_vector():
-    from poolkit.encodings import binary, ubinary
+    from poolkit.entrypoints.encodings import binary, ubinary
 
     vector = torch.tensor([1.0, -1, -1, -1, -1, -1, -1, 0.0] + [-0.5] * 7 + [2.0])
     assert ubinary(vector) == [0b10000001, 0b00000001]
@@ -535,7 +535,7 @@ def test_chat_messages_need_a_chat_template(app_client, minilm):
 def test_serve_without_the_extra_names_it(monkeypatch):
     from typer.testing import CliRunner
 
-    from poolkit.cli import app
+    from poolkit.entrypoints.cli import app
 
     monkeypatch.setitem(sys.modules, "uvicorn", None)
     result = CliRunner().invoke(app, ["serve", "--port", "1"])
@@ -546,7 +546,7 @@ def test_serve_without_the_extra_names_it(monkeypatch):
 def test_serve_rejects_bad_options_before_loading(minilm_dir):
     from typer.testing import CliRunner
 
-    from poolkit.cli import app
+    from poolkit.entrypoints.cli import app
 
     bad_json = CliRunner().invoke(app, ["serve", str(minilm_dir), "--pooler-config", "{nope"])
     assert bad_json.exit_code == 1 and "--pooler-config is not valid JSON" in bad_json.output
@@ -809,7 +809,7 @@ def test_a_request_uvicorn_cannot_parse_gets_the_json_error_body(server):
 
 
 def test_bench_serve_loads_a_server_and_reads_its_memory(server):
-    from poolkit.bench.load import LoadReport, format_load, run_load
+    from poolkit.entrypoints.bench.load import LoadReport, format_load, run_load
 
     report = run_load(server.url, clients=2, seconds=2, inputs_per_request=2, sample_every=0.5).as_dict()
     assert report["requests"] > 0 and set(report["status_codes"]) == {"200"}

@@ -20,9 +20,9 @@ pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from poolkit import LLM  # noqa: E402
-from poolkit.columns import Results  # noqa: E402
-from poolkit.server import INFERENCE_ROUTES, ServerLimits, create_app, strict_json  # noqa: E402
-from poolkit.server.guard import TEI_ALIASES  # noqa: E402
+from poolkit.entrypoints.server import INFERENCE_ROUTES, ServerLimits, create_app, strict_json  # noqa: E402
+from poolkit.entrypoints.server.guard import TEI_ALIASES  # noqa: E402
+from poolkit.runtime.columns import Results  # noqa: E402
 
 KEY = "s3cret-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -555,7 +555,7 @@ from hypothesis.errors import Unsatisfiable  # noqa: E402
 from schemathesis.generation import GenerationMode  # noqa: E402
 from schemathesis.specs.openapi.checks import positive_data_acceptance  # noqa: E402
 
-from poolkit.server.openapi import UNSTATED_RULES  # noqa: E402
+from poolkit.entrypoints.server.openapi import UNSTATED_RULES  # noqa: E402
 
 FUZZ_EXAMPLES = 25
 
@@ -571,7 +571,7 @@ def _whole_floats(value) -> bool:
 
 def valid_data_accepted_but_for_unstated_rules(ctx, response, case):
     """schemathesis' positive_data_acceptance, except for a 400 that names one of the rules the
-    document lists as beyond JSON Schema (:data:`poolkit.server.openapi.UNSTATED_RULES`), or for
+    document lists as beyond JSON Schema (:data:`poolkit.entrypoints.server.openapi.UNSTATED_RULES`), or for
     a body with a number like ``256.0`` (the first of them, whatever field the 400 names: on
     /invocations it is the message of the first request type of the body's shape)."""
     try:

@@ -13,9 +13,12 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from poolkit.server import ServerLimits  # noqa: E402
-from poolkit.server import front  # noqa: E402
 from served import connect, read_response, served  # noqa: E402
+
+from poolkit.entrypoints.server import (
+    ServerLimits,  # noqa: E402
+    front,  # noqa: E402
+)
 
 
 def request(body: bytes, path: bytes = b"/v1/embeddings", extra: bytes = b"", rid: bytes = b"same") -> bytes:

@@ -16,10 +16,11 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from poolkit.errors import InvalidRequest  # noqa: E402
-from poolkit.server import ServerLimits  # noqa: E402
-from poolkit.server.errors import error_body  # noqa: E402
 from served import connect, parse, read_response, served  # noqa: E402
+
+from poolkit.contracts.errors import InvalidRequest  # noqa: E402
+from poolkit.entrypoints.server import ServerLimits  # noqa: E402
+from poolkit.entrypoints.server.errors import error_body  # noqa: E402
 
 TIMEOUT = 1.0
 BODY = b'{"model": "minilm", "input": "hi"}'
@@ -123,8 +124,8 @@ def test_normal_keep_alive_and_slow_but_timely_requests_are_answered(port):
 def test_the_limit_is_validated_and_on_the_command_line(minilm_dir, monkeypatch):
     from typer.testing import CliRunner
 
-    import poolkit.server
-    from poolkit.cli import app
+    import poolkit.entrypoints.server
+    from poolkit.entrypoints.cli import app
 
     for bad in (0, -1.0):
         with pytest.raises(InvalidRequest, match="header_timeout must be positive"):
@@ -135,6 +136,6 @@ def test_the_limit_is_validated_and_on_the_command_line(minilm_dir, monkeypatch)
     bad = runner.invoke(app, ["serve", str(minilm_dir), "--header-timeout", "0"])
     assert bad.exit_code == 1 and "header_timeout must be positive" in bad.output
     seen = []
-    monkeypatch.setattr(poolkit.server, "run", lambda llm, **kw: seen.append(kw["limits"]))
+    monkeypatch.setattr(poolkit.entrypoints.server, "run", lambda llm, **kw: seen.append(kw["limits"]))
     assert runner.invoke(app, ["serve", str(minilm_dir), "-q", "--header-timeout", "2.5"]).exit_code == 0
     assert seen[0].header_timeout == 2.5

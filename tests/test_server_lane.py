@@ -11,9 +11,9 @@ import pytest
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from poolkit.server import INFERENCE_ROUTES, create_app  # noqa: E402
-from poolkit.server.guard import TEI_ALIASES  # noqa: E402
-from poolkit.server.front import OneSendPerTurn  # noqa: E402
+from poolkit.entrypoints.server import INFERENCE_ROUTES, create_app  # noqa: E402
+from poolkit.entrypoints.server.front import OneSendPerTurn  # noqa: E402
+from poolkit.entrypoints.server.guard import TEI_ALIASES  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +112,7 @@ def test_a_responses_writes_of_one_turn_leave_as_one():
 def test_a_nan_result_is_still_a_500(app, client, monkeypatch):
     import torch
 
-    from poolkit.columns import Results
+    from poolkit.runtime.columns import Results
 
     engine = app.state.poolkit.llm.engine
     real_run = engine.run

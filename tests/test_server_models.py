@@ -23,12 +23,12 @@ from test_server import start_server, stop_server  # noqa: E402
 from tiny_models import build_classifier  # noqa: E402
 
 from poolkit import LLM, PoolingParams  # noqa: E402
-from poolkit.errors import InvalidRequest  # noqa: E402
+from poolkit.contracts.errors import InvalidRequest  # noqa: E402
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from poolkit.server import create_app  # noqa: E402
+from poolkit.entrypoints.server import create_app  # noqa: E402
 
 QUERY = "what is the capital of france"
 DOCS = ["paris is the capital of france", "berlin is in germany", "the sky is blue"]

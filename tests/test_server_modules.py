@@ -12,10 +12,9 @@ prometheus_client = pytest.importorskip("prometheus_client")
 from fastapi.testclient import TestClient  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-from poolkit.server import INFERENCE_ROUTES, create_app  # noqa: E402
-from poolkit.server import app as app_module  # noqa: E402
-from poolkit.server import routes_cohere, routes_openai, routes_ops, routes_tei, routes_vllm  # noqa: E402
-from poolkit.server.guard import TEI_ALIASES  # noqa: E402
+from poolkit.entrypoints.server import INFERENCE_ROUTES, create_app, routes_cohere, routes_openai, routes_ops, routes_tei, routes_vllm  # noqa: E402  # noqa: E402
+from poolkit.entrypoints.server import app as app_module  # noqa: E402
+from poolkit.entrypoints.server.guard import TEI_ALIASES  # noqa: E402
 
 #: Every family /metrics exposes, by the name the parser gives it (counters without ``_total``).
 FAMILIES = {

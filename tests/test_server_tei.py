@@ -24,8 +24,8 @@ from huggingface_hub.errors import HfHubHTTPError  # noqa: E402
 from test_server import start_server, stop_server  # noqa: E402
 
 from poolkit import LLM, InvalidRequest, PoolingParams  # noqa: E402
-from poolkit.io import Prompt  # noqa: E402
-from poolkit.server import ServerLimits, create_app  # noqa: E402
+from poolkit.contracts.io import Prompt  # noqa: E402
+from poolkit.entrypoints.server import ServerLimits, create_app  # noqa: E402
 
 ATOL = 1e-6
 TEXTS = ["Hello, my name is", "The capital of France is Paris.", "A man is eating food.", "ünïcödé ✓ text"]

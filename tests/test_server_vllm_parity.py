@@ -40,9 +40,9 @@ from fastapi.testclient import TestClient  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from poolkit import LLM, PoolingParams  # noqa: E402
-from poolkit.errors import InvalidRequest  # noqa: E402
-from poolkit.io import Prompt  # noqa: E402
-from poolkit.server import create_app  # noqa: E402
+from poolkit.contracts.errors import InvalidRequest  # noqa: E402
+from poolkit.contracts.io import Prompt  # noqa: E402
+from poolkit.entrypoints.server import create_app  # noqa: E402
 
 ATOL = 1e-5
 TEXT = "The best thing about vLLM is that it supports many different models"
@@ -435,11 +435,11 @@ def test_chat_template_does_not_touch_bi_encoder_scores(client, minilm):
 
 @pytest.fixture
 def captured_serve(monkeypatch):
-    """``poolkit serve`` with ``poolkit.server.run`` replaced: what it would serve, nothing started.
+    """``poolkit serve`` with ``poolkit.entrypoints.server.run`` replaced: what it would serve, nothing started.
 
     Each call records run()'s keyword arguments and, as ``args``, the settings its loader loads.
     """
-    import poolkit.server
+    import poolkit.entrypoints.server
 
     calls: list[dict] = []
 
@@ -448,12 +448,12 @@ def captured_serve(monkeypatch):
             m.setattr(LLM, "from_args", classmethod(lambda cls, args: args))
             calls.append({"args": loader(), **kwargs})
 
-    monkeypatch.setattr(poolkit.server, "run", fake_run)
+    monkeypatch.setattr(poolkit.entrypoints.server, "run", fake_run)
     return calls
 
 
 def _serve(*argv: str):
-    from poolkit.cli import app
+    from poolkit.entrypoints.cli import app
 
     return CliRunner().invoke(app, ["serve", *argv])
 
@@ -504,7 +504,7 @@ def test_vllm_serve_deprecated_options(captured_serve):
 
 
 def test_underscore_spellings_reach_every_command(minilm_dir):
-    from poolkit.cli import app
+    from poolkit.entrypoints.cli import app
 
     result = CliRunner().invoke(app, ["info", str(minilm_dir), "--max_model_len", "100", "--pooler_config", '{"use_activation": false}'])
     assert result.exit_code == 0, result.output

@@ -6,8 +6,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from poolkit import EngineArgs, InvalidRequest, LLM
-from poolkit.cli import app
+from poolkit import LLM, EngineArgs, InvalidRequest
+from poolkit.entrypoints.cli import app
 
 runner = CliRunner()
 

@@ -276,7 +276,7 @@ def client(llm):
     pytest.importorskip("httpx")
     from fastapi.testclient import TestClient
 
-    from poolkit.server import create_app
+    from poolkit.entrypoints.server import create_app
 
     with TestClient(create_app(llm, served_model_name="siglip")) as c:
         yield c
@@ -345,7 +345,7 @@ def spiece_dir(siglip_dir, tmp_path_factory):
     spm = pytest.importorskip("sentencepiece")
     import transformers as T
 
-    from poolkit.bench.corpus import make_corpus
+    from poolkit.entrypoints.bench.corpus import make_corpus
 
     root = tmp_path_factory.mktemp("siglip-spiece")
     corpus = root / "corpus.txt"
@@ -382,7 +382,7 @@ def test_sentencepiece_only_checkpoint_tokenizes_as_siglip_tokenizer(spiece_dir)
     transformers' on those ids."""
     import transformers as T
 
-    from poolkit.bench.corpus import make_corpus
+    from poolkit.entrypoints.bench.corpus import make_corpus
 
     slow = T.SiglipTokenizer.from_pretrained(str(spiece_dir))
     llm = LLM(str(spiece_dir), dtype="float32")

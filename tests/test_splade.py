@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from suite_device import run_triton_script
 
 from poolkit import LLM, InvalidRequest, ModelLoadError, PoolingParams
 from poolkit.builtin_poolers import sparse as sparse_head
-from poolkit.kernel import select_kernel
+from poolkit.contracts.sparse import SparseEmbedding, SparseEmbeddingRequestOutput
 from poolkit.kernels.splade import splade_pool_reduce_first, splade_pool_reference
+from poolkit.loading.st_config import read_st_config
 from poolkit.plugins import registry
-from poolkit.sparse import SparseEmbedding, SparseEmbeddingRequestOutput
-from poolkit.st_config import read_st_config
-from suite_device import run_triton_script
+from poolkit.plugins.lookup import select_kernel
 
 pytestmark = pytest.mark.filterwarnings("ignore:Sparse CSR tensor support:UserWarning")  # SparseEncoder's
 
@@ -171,8 +171,8 @@ def hf_splade(path: Path, texts: list[str], strategy: str = "max", activation: b
 @pytest.mark.parametrize("strategy,module", [("max", "MLMTransformer"), ("sum", "Transformer")])
 def test_sparse_encoder_config_is_detected_without_overrides(tiny_mlms, tmp_path, strategy, module):
     from sentence_transformers import SparseEncoder
-    from sentence_transformers.sparse_encoder.modules import MLMTransformer, SpladePooling
     from sentence_transformers.base.modules import Transformer
+    from sentence_transformers.sparse_encoder.modules import MLMTransformer, SpladePooling
 
     first = MLMTransformer(str(tiny_mlms["tied"])) if module == "MLMTransformer" else Transformer(
         str(tiny_mlms["tied"]), transformer_task="fill-mask"
@@ -383,7 +383,7 @@ def test_triton_kernel_matches_reference():
 def _cli_has_sparse_options() -> bool:
     import inspect
 
-    from poolkit import cli
+    from poolkit.entrypoints import cli
 
     return "top_k" in inspect.signature(cli.encode).parameters
 
@@ -407,7 +407,7 @@ def test_llm_sparse_embed(splade_llm):
 def test_cli_encode_sparse_embed(splade_dir, splade_llm):
     from typer.testing import CliRunner
 
-    from poolkit.cli import app
+    from poolkit.entrypoints.cli import app
 
     runner = CliRunner()
     result = runner.invoke(app, ["encode", "--task", "sparse_embed", "--model", str(splade_dir), "--top-k", "5", "-q", *TEXTS[:2]])

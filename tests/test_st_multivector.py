@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import poolkit
-from poolkit.errors import InvalidRequest
+from poolkit.contracts.errors import InvalidRequest
 
 FP32 = {"dtype": torch.float32}
 QUERIES = ["what is the capital of france?", "who wrote the iliad"]
@@ -29,7 +29,6 @@ DOCUMENTS = [
 @pytest.fixture(scope="module")
 def layouts(minilm_dir, tmp_path_factory):
     from sentence_transformers import MultiVectorEncoder
-
     from tiny_models import build_encoder, build_pylate_colbert, build_stanford_colbert
 
     root = tmp_path_factory.mktemp("multi-vector")

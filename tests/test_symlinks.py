@@ -16,8 +16,8 @@ import pytest
 from typer.testing import CliRunner
 
 from poolkit import LLM, ModelLoadError
-from poolkit.cli import app
-from poolkit.settings import EngineArgs
+from poolkit.config.settings import EngineArgs
+from poolkit.entrypoints.cli import app
 
 
 def linked_copy(source: Path, target: Path, only: tuple[str, ...] | None = None) -> Path:

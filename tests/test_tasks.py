@@ -7,11 +7,11 @@ import logging
 
 import pytest
 import torch
+from suite_device import suite_device
 from typer.testing import CliRunner
 
 from poolkit import LLM, InvalidRequest, ModelLoadError, PoolingParams
-from poolkit.cli import app
-from suite_device import suite_device
+from poolkit.entrypoints.cli import app
 
 ATOL = 1e-4
 TEXTS = [
@@ -222,7 +222,7 @@ def test_cli_classify_score_rerank(classifiers):
 
 
 def test_entity_spans_from_token_classes(classifiers):
-    from poolkit.entities import group_entities
+    from poolkit.api.entities import group_entities
 
     id2label = {0: "O", 1: "B-PER", 2: "I-PER", 3: "B-LOC", 4: "I-LOC"}
     text = "John Smith lives in New York"
@@ -265,7 +265,7 @@ def test_a_plugin_task_pools_through_the_documented_model_api(fresh_plugins, tin
     """``model.poolers(task)`` gives the poolers ``model.pooling_type(task)`` names; ``params`` is
     enforced by ``Task.verify``; a task with no ``default_pooling_type`` shows no pooling in ``info``."""
     from poolkit import Task, hookimpl
-    from poolkit.testing import plugin_registered
+    from poolkit.plugins.testing import plugin_registered
 
     class MaxEmbed(Task):
         name = "max_embed"
@@ -309,11 +309,11 @@ def test_a_per_token_pooling_type_is_explained_where_it_does_not_apply(minilm_di
     own pooler, and says so once, in the log and in ``poolkit info``, instead of silently."""
     llm = LLM(str(minilm_dir), pooler_config={"pooling_type": "ALL"})
     note = "pooling_type 'ALL' pools tokens, so it applies to token tasks only; set seq_pooling_type or tok_pooling_type to choose each"
-    with caplog.at_level(logging.WARNING, logger="poolkit.model"):
+    with caplog.at_level(logging.WARNING, logger="poolkit.loading.model"):
         llm.embed("hello")
         llm.embed(["again", "and again"])
         llm.encode("hello", pooling_task="token_embed")
-    said = [r.getMessage() for r in caplog.records if r.name == "poolkit.model"]
+    said = [r.getMessage() for r in caplog.records if r.name == "poolkit.loading.model"]
     assert said == [f"task embed pools with MEAN: sentence-transformers 1_Pooling/config.json; {note}"]
     tasks = llm.model.describe()["tasks"]
     assert tasks["embed"]["pooling_type"] == {"value": "MEAN", "source": f"sentence-transformers 1_Pooling/config.json; {note}"}

@@ -9,7 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 from poolkit import LLM, InvalidRequest
-from poolkit.cli import app
+from poolkit.entrypoints.cli import app
 from poolkit.plugins import registry
 
 QUERY = "what is the capital of france"
@@ -79,10 +79,10 @@ def test_template_prompt_is_what_gets_scored(cross_encoder):
 
 def test_qwen3_reranker_is_recognised_and_uses_its_template(tmp_path):
     """A Qwen3-Reranker checkpoint, as published: no overrides, no template given."""
+    from tiny_models import build_qwen
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from poolkit.plugins import registry as plugin_registry
-    from tiny_models import build_qwen
 
     path = build_qwen(tmp_path / "Qwen3-Reranker-tiny", "qwen3", task="lm", init_range=1.0, max_position_embeddings=1024)
     llm = LLM(str(path), max_model_len=1024)  # the tiny tokenizer says 128; the prompt is longer
@@ -110,7 +110,6 @@ def test_qwen3_embedding_sentence_transformers_config_and_prompts(tmp_path):
     """lasttoken + Normalize and instruction prompts, as Qwen3-Embedding ships them."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.models import Normalize, Pooling, Transformer
-
     from tiny_models import build_qwen
 
     backbone = build_qwen(tmp_path / "qwen3", "qwen3", task="embed", init_range=1.0)
@@ -134,8 +133,9 @@ def test_qwen3_embedding_sentence_transformers_config_and_prompts(tmp_path):
 
 
 def test_convert_classify_needs_a_head(tmp_path):
-    from poolkit import ModelLoadError
     from tiny_models import build_qwen
+
+    from poolkit import ModelLoadError
 
     lm = build_qwen(tmp_path / "plain-lm", "qwen3", task="lm")
     with pytest.raises(ModelLoadError, match="convert='classify' needs a checkpoint with a classification head"):
@@ -202,7 +202,7 @@ def test_score_chat_template_kwargs(cross_encoder, minilm, tmp_path):
     from fastapi.testclient import TestClient
 
     from poolkit import PoolingParams
-    from poolkit.server import create_app
+    from poolkit.entrypoints.server import create_app
 
     def kw(kwargs):
         return PoolingParams(extra_kwargs={"chat_template_kwargs": kwargs})

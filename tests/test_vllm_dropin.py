@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 import poolkit
 from poolkit import LLM, InvalidRequest, PoolerConfig, PoolingParams
-from poolkit.cli import app
+from poolkit.entrypoints.cli import app
 
 LONG = "the quick brown fox jumps over the lazy dog " * 60  # ~540 tokens, over MiniLM's 256
 
@@ -70,7 +70,7 @@ def test_reward_is_a_deprecated_name_of_token_classify(ner):
 
 
 def test_encode_without_a_task_runs_the_models_default(ner, minilm, caplog):
-    with caplog.at_level(logging.WARNING, logger="poolkit.llm"):
+    with caplog.at_level(logging.WARNING, logger="poolkit.api.llm"):
         rewards = ner.encode("John Smith")
     assert "default task 'token_classify'" in caplog.text
     assert torch.equal(rewards[0].outputs.data, ner.encode("John Smith", pooling_task="token_classify")[0].outputs.data)
@@ -110,7 +110,7 @@ def test_the_cli_truncates_and_says_how_many(minilm_dir):
 
 
 def test_corpus_jobs_truncate_and_count(minilm, tmp_path):
-    from poolkit.jobs import run_job
+    from poolkit.entrypoints.jobs import run_job
 
     src = tmp_path / "in.jsonl"
     src.write_text("".join(json.dumps({"id": i, "text": LONG if i % 2 else "short"}) + "\n" for i in range(6)))

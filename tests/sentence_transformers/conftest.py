@@ -55,7 +55,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from st_port_utils import restored
 
 FP32 = {"dtype": torch.float32}

@@ -11,7 +11,6 @@ from typing import Literal
 
 import numpy as np
 import pytest
-
 from st_port_utils import assert_close, assert_same_quantized, encode_reference_or_error
 
 SENTENCES = ["Hello Word, a test sentence", "Here comes another sentence", "My final sentence"]

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from st_port_utils import SequenceColumn, assert_close
 
 FP32 = {"dtype": torch.float32}
@@ -291,8 +290,9 @@ def test_load_activation_fn_from_config(reranker_dir, tmp_path, tanh_model_name:
     # config_sentence_transformers.json); the port writes the first into a copy of the tiny reranker and
     # has sentence-transformers save the second (CrossEncoder(..., activation_fn=Tanh()).save_pretrained).
     # The save/reload half is out of scope.
-    from poolkit import CrossEncoder
     from sentence_transformers import CrossEncoder as RefCrossEncoder
+
+    from poolkit import CrossEncoder
 
     path = _tanh_copy(reranker_dir, tmp_path / f"reranker-tanh-{tanh_model_name}", tanh_model_name)
     assert isinstance(RefCrossEncoder(str(path), device="cpu").activation_fn, torch.nn.Tanh)  # the stand-in holds

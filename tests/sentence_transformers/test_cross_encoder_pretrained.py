@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from st_port_utils import assert_close
 
 QUERY = "is toprol xl the same as metoprolol?"

@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from st_port_utils import ATOL, assert_close, dense
 
 FP32 = {"dtype": torch.float32}
@@ -194,8 +193,9 @@ def test_mask_keep_only_token_ids_restricts_document_mask(saves, tiny_bert_dir, 
     # loaded model's MultiVectorMask; the port saves it with the checkpoint (the mask's config keeps
     # it). poolkit does not run such an allowlist and refuses the checkpoint instead of scoring every
     # token; sentence-transformers keeps the five periods only.
-    from poolkit import PoolkitError
     from tiny_models import wordpiece_tokenizer
+
+    from poolkit import PoolkitError
 
     period_id = wordpiece_tokenizer().convert_tokens_to_ids(".")
     path = saves("keep-only-period", lambda out: save_native_mve_fn(out, tiny_bert_dir, keep_only_token_ids=[period_id]))
@@ -229,7 +229,7 @@ def test_stanford_metadata_seeds_skiplist_from_mask_punctuation(saves, load_mve,
 _NOT_NORMALIZED = (
     "a SentenceTransformer-format save (model_type 'SentenceTransformer') whose config_sentence_transformers.json "
     "has no truthy query_prefix / query_length / document_length is not read as late-interaction: poolkit's token "
-    "vectors are the Dense output, not L2-normalized (core/model.py use_activation follows modules.json, which has "
+    "vectors are the Dense output, not L2-normalized (core/loading/model.py use_activation follows modules.json, which has "
     "no Normalize); sentence-transformers' conversion always appends Normalize(module_input_name='token_embeddings') "
     "(multi_vector_encoder/model.py, MultiVectorEncoder._load_converted_modules)"
 )
@@ -385,7 +385,6 @@ def test_loads_stanford_colbert_archetype(saves, load_mve, load_mve_reference) -
     # Stand-in: upstream's _write_stanford_checkpoint (its tiny backbone re-saved as HF_ColBERT with a
     # root linear.weight) -> build_stanford_colbert, same layout, same metadata.
     from safetensors.torch import load_file
-
     from tiny_models import build_stanford_colbert
 
     metadata = {"query_maxlen": 8, "doc_maxlen": 96, "mask_punctuation": True, "attend_to_mask_tokens": False}
@@ -666,8 +665,9 @@ def test_hierarchical_pooling_module_in_pipeline(saves, tiny_bert_dir, save_nati
     # DEPARTURE: upstream appends a HierarchicalTokenPooling module to the loaded model; the port saves
     # it in the pipeline. poolkit does not run a saved token pooling and refuses the checkpoint (naming
     # the module) instead of returning unpooled vectors; sentence-transformers pools the document.
-    from poolkit import PoolkitError
     from sentence_transformers.multi_vector_encoder.modules import HierarchicalTokenPooling
+
+    from poolkit import PoolkitError
 
     text = "a fairly long document with plenty of distinct tokens to cluster together here"
     plain = saves("pipeline-plain", lambda out: save_native_mve_fn(out, tiny_bert_dir))
@@ -685,7 +685,7 @@ def test_hierarchical_pooling_module_in_pipeline(saves, tiny_bert_dir, save_nati
 
 _RAW_NOT_POOLED = (
     "poolkit's encode applies a per-call token_pooling only when output_value is not None: the output_value=None "
-    "dicts come back unpooled (core/st_multivector.py encode); sentence-transformers pools the raw features too, "
+    "dicts come back unpooled (core/api/st_multivector.py encode); sentence-transformers pools the raw features too, "
     "rewriting token_embeddings and attention_mask (MultiVectorEncoder._inference, output_value is None branch)"
 )
 

@@ -24,7 +24,6 @@ import string
 from pathlib import Path
 
 import pytest
-
 from st_port_utils import ATOL, assert_close, dense
 
 QUERY = "Which planet is known as the Red Planet?"

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import Tensor
-
 from st_port_utils import ATOL, assert_close
+from torch import Tensor
 
 
 @pytest.fixture(autouse=True)

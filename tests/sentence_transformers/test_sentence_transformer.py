@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 import torch
 from sentence_transformers import util as st_util
-
 from st_port_utils import ATOL, SequenceColumn, assert_close, assert_same_quantized, dense, restored
 
 TEXTS = ["How to bake a chocolate cake", "Symptoms of the flu"]

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 from sentence_transformers.util.similarity import SimilarityFunction
-
 from st_port_utils import SequenceColumn, assert_close, dense, sparse_rows_equal_support
 
 FP32 = {"dtype": torch.float32}

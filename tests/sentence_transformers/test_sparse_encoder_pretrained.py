@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import Tensor
-
 from st_port_utils import sparse_rows_equal_support
+from torch import Tensor
 
 
 @pytest.mark.parametrize("model_name", ["splade-tiny"])

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 import sklearn.metrics
-
 from st_port_utils import dense
 
 

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import sklearn.metrics
 import torch
-
 from st_port_utils import dense
 
 

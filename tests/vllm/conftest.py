@@ -21,9 +21,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-import pytest
-
 import port_utils
+import pytest
 
 
 @pytest.fixture(scope="session")

@@ -173,8 +173,8 @@ def build_modular_bert_cross_encoder(
     ending in ``[SEP]``). Returns the export's directory, three pairs and sentence-transformers'
     scores of them."""
     from sentence_transformers import CrossEncoder
-    from transformers import BertConfig, BertModel, BertTokenizer
     from sentence_transformers.sentence_transformer.modules import Dense, Pooling, Transformer
+    from transformers import BertConfig, BertModel, BertTokenizer
 
     base_path = path / "base"
     vocab = {

@@ -3,10 +3,10 @@
 # (conftest ``apeach_dir``); the expected token ids come from its tokenizer (transformers).
 import pytest
 import torch
+from port_utils import softmax
 from transformers import AutoTokenizer
 
 from poolkit import LLM, ClassificationRequestOutput, PoolingParams
-from port_utils import softmax
 
 prompt = "The chef prepared a delicious meal."
 num_labels = 2

@@ -6,13 +6,12 @@
 # PoolingResponse pydantic classes; here the same fields are checked on the JSON. Token counts
 # vLLM hard-codes for apeach's tokenizer come from the stand-in's tokenizer (transformers).
 import pytest
-
 import torch
 import torch.nn.functional as F
 from fastapi.testclient import TestClient
 from transformers import AutoTokenizer
 
-from poolkit.server import create_app
+from poolkit.entrypoints.server import create_app
 
 MODEL_NAME = "apeach-stand-in"
 input_text = "This product was excellent and exceeded my expectations"

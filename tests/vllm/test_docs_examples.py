@@ -19,13 +19,13 @@ import json
 
 import pytest
 from fastapi.testclient import TestClient
+from port_utils import DUMMY_CHAT_TEMPLATE, build_math_prm
 from typer.testing import CliRunner
 
-import poolkit.llm
-import poolkit.server
-from poolkit.cli import app as cli_app
-from poolkit.server import create_app
-from port_utils import DUMMY_CHAT_TEMPLATE, build_math_prm
+import poolkit.api.llm
+import poolkit.entrypoints.server
+from poolkit.entrypoints.cli import app as cli_app
+from poolkit.entrypoints.server import create_app
 
 MATRYOSHKA = {"is_matryoshka": True}
 
@@ -42,8 +42,8 @@ def poolkit_serve(monkeypatch, *argv: str):
         calls["run"] = kwargs
         loader()
 
-    monkeypatch.setattr(poolkit.server, "run", fake_run)
-    monkeypatch.setattr(poolkit.llm.LLM, "from_args", classmethod(lambda cls, args: calls.setdefault("args", args)))
+    monkeypatch.setattr(poolkit.entrypoints.server, "run", fake_run)
+    monkeypatch.setattr(poolkit.api.llm.LLM, "from_args", classmethod(lambda cls, args: calls.setdefault("args", args)))
     result = CliRunner().invoke(cli_app, ["serve", *argv])
     assert result.exit_code == 0, result.output
     return calls["args"], calls["run"]

@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from poolkit import LLM
-from poolkit.server import create_app
+from poolkit.entrypoints.server import create_app
 
 MODELS = [
     ("minilm-as-e5-small", {}),

@@ -5,7 +5,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from poolkit import LLM
-from poolkit.server import create_app
+from poolkit.entrypoints.server import create_app
 
 MODEL_NAME = "all-MiniLM-L6-v2"
 

@@ -11,7 +11,7 @@
 import pytest
 from fastapi.testclient import TestClient
 
-from poolkit.server import create_app
+from poolkit.entrypoints.server import create_app
 
 MODEL = "test"
 TEMPLATE = (

@@ -7,7 +7,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from poolkit import LLM, PoolerConfig
-from poolkit.server import create_app
+from poolkit.entrypoints.server import create_app
 
 MODEL = "m"
 

@@ -12,10 +12,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from fastapi.testclient import TestClient
-from transformers import AutoTokenizer
-
-from poolkit import LLM
-from poolkit.server import create_app
 from port_utils import (
     DUMMY_CHAT_TEMPLATE,
     EMBED_DTYPES,
@@ -27,6 +23,10 @@ from port_utils import (
     openai_client,
     run_embedding_correctness_test,
 )
+from transformers import AutoTokenizer
+
+from poolkit import LLM
+from poolkit.entrypoints.server import create_app
 
 MODEL_NAME = "all-MiniLM-L6-v2"
 input_text = "The best thing about vLLM is that it supports many different models"

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 import openai
 import pytest
 from fastapi.testclient import TestClient
+from port_utils import openai_client, run_embedding_correctness_test
 
 from poolkit import LLM
-from poolkit.server import create_app
-from port_utils import openai_client, run_embedding_correctness_test
+from poolkit.entrypoints.server import create_app
 
 
 @dataclass

@@ -7,10 +7,10 @@ import random
 
 import pytest
 from fastapi.testclient import TestClient
+from port_utils import openai_client
 
 from poolkit import LLM
-from poolkit.server import create_app
-from port_utils import openai_client
+from poolkit.entrypoints.server import create_app
 
 
 def _generate_random_text(word_count: int) -> str:

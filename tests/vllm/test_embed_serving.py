@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from transformers import AutoTokenizer
 
 from poolkit import LLM
-from poolkit.server import create_app
+from poolkit.entrypoints.server import create_app
 
 pytest.importorskip("PIL")
 

@@ -3,10 +3,10 @@
 import openai
 import pytest
 from fastapi.testclient import TestClient
+from port_utils import openai_client
 
 from poolkit import LLM
-from poolkit.server import create_app
-from port_utils import openai_client
+from poolkit.entrypoints.server import create_app
 
 MODEL_NAME = "all-MiniLM-L6-v2"
 

@@ -10,7 +10,7 @@
 import pytest
 from fastapi.testclient import TestClient
 
-from poolkit.server import ServerLimits, create_app
+from poolkit.entrypoints.server import ServerLimits, create_app
 
 LIMITS = ServerLimits(max_inputs_per_request=5)
 

@@ -6,10 +6,10 @@
 # accepted and mean nothing), so the check is the same per-token comparison with transformers.
 import pytest
 import torch
+from port_utils import check_embeddings_close
 from transformers import AutoModel
 
 from poolkit import LLM, PoolerConfig
-from port_utils import check_embeddings_close
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,9 @@
 # same directory. dtype: float (vLLM's CPU/CUDA choice; half only on ROCm).
 import pytest
 import torch
+from port_utils import HfClassifier, build_ernie
 
 from poolkit import LLM
-from port_utils import HfClassifier, build_ernie
 
 
 @pytest.fixture(scope="module")

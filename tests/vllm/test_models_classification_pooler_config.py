@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from poolkit import LLM, PoolerConfig
 
+
 @pytest.mark.parametrize("model", ["apeach", "xlm-roberta-base-language-detection"])
 @pytest.mark.parametrize("dtype", ["half"])
 def test_models(apeach_dir, xlmr_langdetect_dir, example_prompts, model: str, dtype: str) -> None:

@@ -9,10 +9,10 @@
 # poolkit's own tests/test_clip.py checks the same things more widely under its own names.
 import pytest
 import torch
+from port_utils import check_embeddings_close
 from transformers import CLIPModel
 
 from poolkit import LLM
-from port_utils import check_embeddings_close
 
 pytest.importorskip("PIL")
 from PIL import Image, ImageDraw  # noqa: E402

@@ -3,9 +3,9 @@
 # hf_runner(auto_cls=AutoModelForSequenceClassification).classify -> HfClassifier.
 import pytest
 import torch
+from port_utils import HfClassifier
 
 from poolkit import LLM
-from port_utils import HfClassifier
 
 
 @pytest.mark.parametrize("model", ["apeach"])

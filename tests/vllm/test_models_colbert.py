@@ -6,9 +6,9 @@
 # for the HF comparison as in vLLM.
 import pytest
 import torch
+from port_utils import ColBERTScoringHfRunner, compute_maxsim_score
 
 from poolkit import LLM
-from port_utils import ColBERTScoringHfRunner, compute_maxsim_score
 
 COLBERT_DIM = 16
 

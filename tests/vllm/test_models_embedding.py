@@ -10,9 +10,9 @@
 # Alibaba-NLP/gte-Qwen2-1.5B-instruct (remote code), sentence-transformers/stsb-roberta-base-v2:
 # hub-only checkpoints whose architectures the two stand-ins above already cover.
 import pytest
+from port_utils import check_embeddings_close
 
 from poolkit import LLM, PoolerConfig
-from port_utils import check_embeddings_close
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,9 @@
 # the resolved dtypes from llm.llm_engine.model_config; poolkit keeps them on llm.model_config.
 import pytest
 import torch
+from port_utils import HfClassifier
 
 from poolkit import LLM
-from port_utils import HfClassifier
 
 
 @pytest.fixture(scope="module")

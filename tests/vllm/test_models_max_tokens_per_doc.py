@@ -22,12 +22,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import port_utils
 import pytest
 from fastapi.testclient import TestClient
 
 from poolkit import LLM
-from poolkit.server import create_app
-import port_utils
+from poolkit.entrypoints.server import create_app
 
 long_query = "What is the capital of France?" * 20
 long_doc = "The capital of France is Paris. " * 20

@@ -5,10 +5,10 @@
 # AutoModelForMaskedLM with vLLM's softmax over the vocabulary.
 import pytest
 import torch
+from port_utils import softmax
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 from poolkit import LLM
-from port_utils import softmax
 
 
 @pytest.fixture(autouse=True)

@@ -7,9 +7,9 @@
 # directories, in half as vLLM's dtype.
 import pytest
 import torch
+from port_utils import HfClassifier
 
 from poolkit import LLM
-from port_utils import HfClassifier
 
 
 @pytest.fixture(scope="module")

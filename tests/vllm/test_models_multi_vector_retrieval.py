@@ -3,10 +3,10 @@
 # hf_runner(auto_cls=AutoModel) -> transformers' AutoModel on the same weights.
 import pytest
 import torch
+from port_utils import check_embeddings_close
 from transformers import AutoModel, AutoTokenizer
 
 from poolkit import LLM, PoolerConfig
-from port_utils import check_embeddings_close
 
 
 @pytest.mark.parametrize("model", ["bge-m3-stand-in"])

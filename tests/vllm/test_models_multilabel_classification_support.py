@@ -6,9 +6,9 @@
 # where half precision's rounding fits vLLM's rtol.
 import pytest
 import torch
+from port_utils import HfClassifier
 
 from poolkit import LLM
-from port_utils import HfClassifier
 
 
 @pytest.fixture(scope="module")

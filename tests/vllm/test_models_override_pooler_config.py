@@ -9,11 +9,12 @@
 import pytest
 import torch
 import torch.nn.functional as F
-
-from poolkit import LLM, PoolerConfig
+from port_utils import STEP_TAG
+from port_utils import math_step_prompts as _math_step_prompts
 from transformers import AutoTokenizer
 
-from port_utils import STEP_TAG, math_step_prompts as _math_step_prompts
+from poolkit import LLM, PoolerConfig
+
 
 @pytest.fixture
 def math_step_prompts():

@@ -7,9 +7,9 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from port_utils import softmax
 
 from poolkit import LLM, PoolerConfig
-from port_utils import softmax
 
 
 @pytest.fixture(scope="module")

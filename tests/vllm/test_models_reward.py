@@ -10,10 +10,11 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from port_utils import STEP_TAG, math_prm_reference_logits
+from port_utils import math_step_prompts as _math_step_prompts
 from transformers import AutoTokenizer
 
 from poolkit import LLM, PoolerConfig
-from port_utils import STEP_TAG, math_prm_reference_logits, math_step_prompts as _math_step_prompts
 
 
 @pytest.fixture

@@ -10,9 +10,9 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+from port_utils import build_logit_score_cross_encoder, build_modular_bert_cross_encoder
 
 from poolkit import LLM, PoolingParams
-from port_utils import build_logit_score_cross_encoder, build_modular_bert_cross_encoder
 
 
 @pytest.mark.parametrize(("model_impl", "enforce_eager"), [("vllm", True), ("transformers", True), ("transformers", False)])

@@ -10,10 +10,10 @@ import random
 import numpy as np
 import pytest
 import torch
+from port_utils import build_ernie, softmax
 from transformers import AutoModelForTokenClassification, AutoTokenizer
 
 from poolkit import LLM
-from port_utils import build_ernie, softmax
 
 
 @pytest.fixture(autouse=True)

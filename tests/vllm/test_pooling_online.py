@@ -13,9 +13,6 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from transformers import AutoTokenizer
-
-from poolkit.server import create_app
 from port_utils import (
     DUMMY_CHAT_TEMPLATE,
     EMBED_DTYPES,
@@ -25,6 +22,9 @@ from port_utils import (
     check_embeddings_close,
     decode_pooling_output,
 )
+from transformers import AutoTokenizer
+
+from poolkit.entrypoints.server import create_app
 
 MODEL_NAME = "internlm2-reward-stand-in"
 input_text = "The chef prepared a delicious meal."

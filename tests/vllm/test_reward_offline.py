@@ -5,9 +5,9 @@
 # scheduler_config: prefix caching and chunked prefill, which poolkit's engine does not have).
 import pytest
 import torch
+from port_utils import softmax
 
 from poolkit import LLM, PoolingParams
-from port_utils import softmax
 
 prompts = ["The chef prepared a delicious meal."]
 

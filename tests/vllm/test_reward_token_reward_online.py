@@ -4,7 +4,6 @@
 # test_chat_request. The shared tests are imported from that port (test_pooling_online.py), so
 # pytest runs them here too, under vLLM's names, on this module's own server.
 import pytest
-
 from port_utils import DUMMY_CHAT_TEMPLATE
 from test_pooling_online import (  # noqa: F401 - fixtures and tests pytest collects here
     MESSAGES,

@@ -2,9 +2,9 @@
 # intfloat/multilingual-e5-small -> all-MiniLM-L6-v2; EncoderScoringHfRunner -> the cosine of
 # sentence-transformers embeddings on the same weights. dtype: fp32 (vLLM: half).
 import pytest
+from port_utils import EncoderScoringHfRunner
 
 from poolkit import LLM
-from port_utils import EncoderScoringHfRunner
 
 PROMPT = "The chef prepared a delicious meal."
 EMBEDDING_SIZE = 384

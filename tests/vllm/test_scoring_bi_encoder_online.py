@@ -3,10 +3,10 @@
 # max_model_len=100; EncoderScoringHfRunner -> the cosine of sentence-transformers embeddings.
 import pytest
 from fastapi.testclient import TestClient
+from port_utils import EncoderScoringHfRunner
 
 from poolkit import LLM
-from poolkit.server import create_app
-from port_utils import EncoderScoringHfRunner
+from poolkit.entrypoints.server import create_app
 
 MODEL_NAME = "all-MiniLM-L6-v2"
 input_text = "This product was excellent and exceeded my expectations"

@@ -5,9 +5,9 @@
 # logits on the same directory (port_utils.HfClassifier).
 import pytest
 import torch
+from port_utils import HfClassifier, build_deberta_nli
 
 from poolkit import LLM, PoolingParams
-from port_utils import HfClassifier, build_deberta_nli
 
 NUM_LABELS = 3  # contradiction, neutral, entailment
 

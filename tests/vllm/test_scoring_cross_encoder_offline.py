@@ -4,9 +4,9 @@
 # CrossEncoder on the same directory.
 import pytest
 import torch
+from port_utils import softmax
 
 from poolkit import LLM, PoolingParams
-from port_utils import softmax
 
 PROMPT = "The chef prepared a delicious meal."
 TEXTS_1 = ["What is the capital of France?", "What is the capital of Germany?"]

@@ -3,10 +3,10 @@
 # 16-wide ``linear`` projection (conftest ``colbert_dir``); ColBERTScoringHfRunner reads the same
 # directory with transformers. vLLM's (9, 96) is colbert-small's token count: here the tokenizer's.
 import pytest
+from port_utils import ColBERTScoringHfRunner
 from transformers import AutoTokenizer
 
 from poolkit import LLM
-from port_utils import ColBERTScoringHfRunner
 
 COLBERT_DIM = 16
 LINEAR_WEIGHTS_KEY = "linear.weight"

@@ -10,10 +10,10 @@
 # ColBERTScoringHfRunner's MaxSim scores on the same weights instead.
 import pytest
 from fastapi.testclient import TestClient
+from port_utils import ColBERTScoringHfRunner
 
 from poolkit import LLM
-from poolkit.server import create_app
-from port_utils import ColBERTScoringHfRunner
+from poolkit.entrypoints.server import create_app
 
 MODEL_NAME = "answerai-colbert-stand-in"
 COLBERT_DIM = 16

@@ -12,10 +12,10 @@
 # template and the documents into more tokens than Qwen's tokenizer does.
 import pytest
 from fastapi.testclient import TestClient
+from port_utils import BGE_GEMMA_TEMPLATE, QWEN3_RERANKER_TEMPLATE
 
 from poolkit import LLM
-from poolkit.server import create_app
-from port_utils import BGE_GEMMA_TEMPLATE, QWEN3_RERANKER_TEMPLATE
+from poolkit.entrypoints.server import create_app
 
 JINA_MODEL = "jina-reranker-v2-stand-in"
 GEMMA_MODEL = "bge-reranker-v2-gemma-stand-in"

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from torch import tensor
 
 from poolkit import LLM
-from poolkit.server import create_app
+from poolkit.entrypoints.server import create_app
 
 MODELS = [
     {"name": "bge-reranker-v2-m3-stand-in", "is_cross_encoder": True},

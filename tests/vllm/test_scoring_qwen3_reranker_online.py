@@ -5,11 +5,11 @@
 # template's text (port_utils.QWEN3_RERANKER_TEMPLATE).
 import pytest
 from fastapi.testclient import TestClient
+from port_utils import QWEN3_RERANKER_TEMPLATE
 from transformers import AutoTokenizer
 
 from poolkit import LLM
-from poolkit.server import create_app
-from port_utils import QWEN3_RERANKER_TEMPLATE
+from poolkit.entrypoints.server import create_app
 
 MODEL_NAME = "qwen3-reranker-stand-in"
 HF_OVERRIDES = {

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from port_utils import build_logit_score_cross_encoder, build_modular_bert_cross_encoder
 
 from poolkit import LLM, PoolingParams
-from poolkit.server import create_app
-from port_utils import build_logit_score_cross_encoder, build_modular_bert_cross_encoder
+from poolkit.entrypoints.server import create_app
 
 _CHAT_TEMPLATE = (
     "{% for message in messages %}{{ message['role'] }}:"

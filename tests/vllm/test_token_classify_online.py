@@ -6,7 +6,7 @@ from fastapi.testclient import TestClient
 from transformers import AutoTokenizer
 
 from poolkit import LLM
-from poolkit.server import create_app
+from poolkit.entrypoints.server import create_app
 
 MODEL_NAME = "apeach-stand-in"
 input_text = "This product was excellent and exceeded my expectations"

@@ -4,10 +4,10 @@
 # nomic-ai/nomic-embed-text-v1 (remote code) in test_nomic_late_chunking_offline -> all-MiniLM-L6-v2.
 import pytest
 import torch
+from port_utils import check_embeddings_close
 from transformers import AutoTokenizer
 
 from poolkit import LLM, LateChunkingParams, PoolerConfig, PoolingParams, PoolingRequestOutput
-from port_utils import check_embeddings_close
 
 prompt = "The chef prepared a delicious meal."
 embedding_size = 384

@@ -6,7 +6,7 @@ from fastapi.testclient import TestClient
 from transformers import AutoTokenizer
 
 from poolkit import LLM
-from poolkit.server import create_app
+from poolkit.entrypoints.server import create_app
 
 MODEL_NAME = "all-MiniLM-L6-v2"
 input_text = "The best thing about vLLM is that it supports many different models"

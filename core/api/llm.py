@@ -1,0 +1,780 @@
+"""The vLLM-compatible Python API: ``LLM(model).embed(...)`` and friends.
+
+A vLLM pooling user switches by changing one import: the constructor arguments, the method
+names and the output objects are vLLM's.
+"""
+
+from __future__ import annotations
+
+import itertools
+from functools import cached_property
+import logging
+from typing import Any, Sequence
+
+import torch
+
+from ..config.settings import DEFAULT_MODEL, IGNORED_ENGINE_ARGS, EngineArgs  # noqa: F401 - DEFAULT_MODEL is part of this module's API
+from ..contracts.errors import InvalidRequest
+from ..contracts.io import IOContext, IOProcessor, Prompt, PromptBatch, bind_io_processor
+from ..contracts.outputs import (
+    ClassificationRequestOutput,
+    EmbeddingRequestOutput,
+    PoolingOutput,
+    PoolingRequestOutput,
+    RerankResult,
+    ScoringOutput,
+    ScoringRequestOutput,
+    late_chunking_output,
+)
+from ..contracts.params import LateChunkingParams, PoolingParams
+from ..contracts.scoring import Scorer, score_extra
+from ..contracts.sparse import SparseEmbeddingRequestOutput, check_pruning
+from ..contracts.tasks import PLUGIN, Task
+from ..loading.load import load_model
+from ..loading.model import PoolingModel
+from ..plugins.lookup import select_scorer
+from ..plugins.manager import get_manager, registry
+from ..runtime.allocator import freeze_python_heap
+from ..runtime.columns import Results
+from ..runtime.engine import Engine
+from ..runtime.estimates import estimate_costs, estimate_pair_tokens
+from ..runtime.progress import progress_bar
+from .entities import Entities, group_entities
+from .model_config import ModelConfig, model_config
+
+logger = logging.getLogger(__name__)
+
+_TOKENIZATION_KWARGS = ("truncate_prompt_tokens", "truncation_side")
+
+
+def _late_chunked(params: Any) -> bool:
+    """Whether one caller-given pooling parameter (object, dict or ``None``) asks for late chunking."""
+    if isinstance(params, dict):
+        return params.get("late_chunking_params") is not None
+    return getattr(params, "late_chunking_params", None) is not None
+
+
+def _truncation_switch(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``tokenization_kwargs`` with vLLM's ``truncation`` read into ``truncate_prompt_tokens``:
+    ``True`` / ``"longest_first"`` truncates to the model's limit (unless a number is given),
+    ``False`` / ``"do_not_truncate"`` sets it to ``None`` explicitly (a model that truncates by
+    default, a CrossEncoder export, then refuses over-long inputs).
+
+    Raises:
+        InvalidRequest: another value, or truncation off with a number of tokens to keep.
+    """
+    out = dict(kwargs)
+    switch = out.pop("truncation")
+    if switch is True or switch == "longest_first":
+        out.setdefault("truncate_prompt_tokens", -1)
+    elif switch is False or switch == "do_not_truncate":
+        if out.get("truncate_prompt_tokens") is not None:
+            raise InvalidRequest("tokenization_kwargs truncation turns truncation off; drop truncate_prompt_tokens or the switch")
+        out["truncate_prompt_tokens"] = None
+    else:
+        raise InvalidRequest(
+            f"tokenization_kwargs truncation must be true, false, 'longest_first' or 'do_not_truncate', got {switch!r}"
+        )
+    return out
+
+
+class LLM:
+    """A pooling model, loaded once, with vLLM's offline API.
+
+    Args:
+        model: a local directory, a Hugging Face id, or an installed model package's name;
+            default: the embedded all-MiniLM-L6-v2.
+        tokenizer: a directory with the tokenizer, if not the model's.
+        runner: ``"auto"`` or ``"pooling"`` (poolkit runs pooling models only).
+        convert: ``"auto"``, ``"none"``, ``"embed"`` or ``"classify"``: how to adapt an
+            architecture that is not a pooling model as such.
+        model_impl: ``"auto"`` (poolkit's native code where it has some, else the transformers
+            fallback), ``"poolkit"`` (native only; vLLM's ``"vllm"`` means the same) or
+            ``"transformers"`` (the transformers fallback even for a native family, say to
+            measure what the native code gains: ``poolkit bench --vs fallback``).
+        pooler_config: a :class:`PoolerConfig`, a dict or a JSON string.
+        hf_overrides: keys patched into the model's ``config.json``.
+        dtype: ``"auto"`` (bf16 on GPUs and CPUs with native bf16, else fp32; see
+            ``POOLKIT_DTYPE``), ``"float32"`` (strict), ``"bfloat16"``, ...
+        device: ``"cpu"``, ``"cuda"``, ... (default: a GPU if there is one).
+        allow_pickle: load ``pytorch_model.bin`` weights (with ``weights_only=True``) when a
+            model has no safetensors.
+        allow_external_symlinks: follow symlinks in the model (or tokenizer) directory that point
+            outside it, which are refused by default; a Hugging Face cache snapshot's links into
+            its own ``blobs/`` count as inside.
+        trust_remote_code: accepted for compatibility; poolkit never runs code from a model.
+        max_model_len: cap the tokens per input below the model's own limit.
+        max_batch_tokens: the token budget of one packed batch.
+        quantization: ``"int8"`` runs the linear layers in int8 (weights per output channel,
+            activations per token), calibrated as the model loads so that its outputs keep a
+            cosine similarity of at least 0.9995 to the float model's on the calibration texts
+            (docs/performance.md); native families only.
+        calibration: a text file (one text a line) to calibrate on instead of the built-in texts.
+
+    Example:
+        >>> llm = LLM(model="sentence-transformers/all-MiniLM-L6-v2", runner="pooling")
+        >>> (output,) = llm.embed("Hello, my name is")
+        >>> len(output.outputs.embedding)
+        384
+    """
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        tokenizer: str | None = None,
+        runner: str = "auto",
+        convert: str = "auto",
+        model_impl: str = "auto",
+        pooler_config: Any = None,
+        hf_overrides: dict[str, Any] | None = None,
+        dtype: Any = "auto",
+        device: Any = None,
+        allow_pickle: bool = False,
+        allow_external_symlinks: bool = False,
+        trust_remote_code: bool = False,
+        max_model_len: int | None = None,
+        max_batch_tokens: int | None = None,
+        io_processor_plugin: str | None = None,
+        quantization: str | None = None,
+        calibration: str | None = None,
+        **engine_kwargs: Any,
+    ) -> None:
+        args = EngineArgs.build(
+            engine_kwargs,
+            model=model,
+            tokenizer=tokenizer,
+            runner=runner,
+            convert=convert,
+            model_impl=model_impl,
+            pooler_config=pooler_config,
+            hf_overrides=hf_overrides,
+            dtype=dtype,
+            device=device,
+            allow_pickle=allow_pickle,
+            allow_external_symlinks=allow_external_symlinks,
+            trust_remote_code=trust_remote_code,
+            max_model_len=max_model_len,
+            max_batch_tokens=max_batch_tokens,
+            io_processor_plugin=io_processor_plugin,
+            quantization=quantization,
+            calibration=calibration,
+        )
+        ignored = sorted(set(engine_kwargs) & IGNORED_ENGINE_ARGS)
+        if ignored:
+            logger.info("ignoring vLLM engine arguments with no meaning here: %s", ", ".join(ignored))
+        #: The resolved load settings (:class:`EngineArgs`); pass them on to load the same model elsewhere.
+        self.args = args
+        self.model: PoolingModel = load_model(args)
+        self.engine = Engine(self.model, args.max_batch_tokens)
+        self._request_ids = itertools.count()
+        self.io_processor_plugin = args.io_processor_plugin or getattr(self.model.hf_config, "io_processor_plugin", None)
+        self._io_context: IOContext | None = None
+        #: IO processor name -> (the registered processor, the one bound to this model).
+        self._bound_io_processors: dict[str, tuple[IOProcessor, IOProcessor]] = {}
+        freeze_python_heap()  # the loaded model's objects leave the collector's full passes
+
+    @classmethod
+    def from_args(cls, args: EngineArgs) -> "LLM":
+        """Load the model that ``args`` describes (what the CLI, the server, jobs and Ray do)."""
+        return cls(**{name: getattr(args, name) for name in EngineArgs.model_fields})
+
+    def get_tokenizer(self) -> Any:
+        return self.model.tokenizer
+
+    @cached_property
+    def model_config(self) -> ModelConfig:
+        """The loaded model as vLLM describes it: ``max_model_len``, ``embedding_size``,
+        ``pooler_config``, ``hf_config``, ``is_matryoshka``, ... (:class:`poolkit.ModelConfig`)."""
+        return model_config(self.model)
+
+    @property
+    def supported_tasks(self) -> list[str]:
+        tasks = self.model.supported_tasks()
+        plugin = self.plugin_task
+        return tasks + [plugin] if plugin and self.io_processor_plugin else tasks
+
+    @property
+    def default_task(self) -> str | None:
+        """The task a request that names none runs: the supported task of lowest ``default_rank``."""
+        tasks = registry("task")
+        configured = self.model.pooler_config.task
+        if configured is not None:  # vLLM: the pooler config's task comes first
+            task = tasks.get(configured)
+            return task.alias_of or task.name
+        ranked = [(tasks.get(n).default_rank, n) for n in self.model.supported_tasks()]
+        ranked = sorted((rank, n) for rank, n in ranked if rank is not None)
+        if ranked:
+            return ranked[0][1]
+        return next(iter(self.model.supported_tasks()), None)
+
+    @property
+    def plugin_task(self) -> str | None:
+        """The registered task whose requests an IO processor plugin handles (``{"data": ...}``)."""
+        return next((e.name for e in registry("task").entries() if e.obj.granularity == PLUGIN), None)
+
+    def task(self, name: str) -> Task:
+        """The registered task ``name``, checked against what the model supports."""
+        return self.model.task(name)
+
+    # -- inputs --------------------------------------------------------------------------------
+
+    def _prompts(self, prompts: Any, prompt_name: str | None) -> PromptBatch:
+        parsed = PromptBatch.of(registry("io_processor").get("text").pre_process(prompts))
+        if not parsed.columnar and any("image" in p.extras for p in parsed):
+            parsed = PromptBatch.of(registry("io_processor").get("image").pre_process({"prompts": list(parsed), "model": self.model}))
+        prefix = self._prompt_prefix(prompt_name)
+        if prefix:
+            parsed.set_prefix(prefix)
+        return parsed
+
+    def _prompt_prefix(self, prompt_name: str | None) -> str | None:
+        prompts = self.model.prompts
+        if prompt_name is None:
+            name = self.model.default_prompt_name
+            return prompts.get(name) if name else None
+        if prompt_name not in prompts:
+            known = ", ".join(sorted(prompts)) or "none"
+            raise InvalidRequest(f"unknown prompt_name '{prompt_name}'; the model's prompts: {known}")
+        return prompts[prompt_name]
+
+    def check_truncation(self, truncate_prompt_tokens: int | None) -> None:
+        """Refuse a truncation longer than the model's limit (vLLM's wording).
+
+        Raises:
+            InvalidRequest: ``truncate_prompt_tokens`` exceeds ``max_model_len``.
+        """
+        self.engine.check_truncation(truncate_prompt_tokens)
+
+    def estimate_tokens(self, prompts: Sequence[Prompt], params: Sequence[PoolingParams]) -> int:
+        """Tokens of prepared prompts, estimated before tokenizing, each capped at its truncation limit."""
+        total = 0
+        limits: dict[int, int | None] = {}  # by params object: the engine's rule (Engine.limit)
+        for n, p in zip(estimate_costs(prompts), params):
+            if id(p) not in limits:
+                limits[id(p)] = self.engine.limit(p)
+            limit = limits[id(p)]
+            total += min(n, limit) if limit else n
+        return total
+
+    def check_params(
+        self,
+        pooling_params: Any,
+        count: int,
+        task_name: str,
+        tokenization_kwargs: dict[str, Any] | None = None,
+    ) -> list[PoolingParams]:
+        """One verified :class:`PoolingParams` per prompt, the task's defaults filled in.
+
+        Args:
+            pooling_params: ``None``, one :class:`PoolingParams` (or dict) for all prompts, or one per prompt.
+            count: how many prompts.
+            task_name: the task they run.
+            tokenization_kwargs: ``truncate_prompt_tokens`` / ``truncation_side`` defaults, and vLLM's
+                ``truncation`` switch (``True``: to the model's limit; ``False``: no truncation).
+
+        Raises:
+            InvalidRequest: a parameter the task does not take, or a value it cannot honour.
+        """
+        if pooling_params is None or isinstance(pooling_params, (PoolingParams, dict)):
+            given = [pooling_params] * count
+        elif isinstance(pooling_params, (list, tuple)):
+            if len(pooling_params) != count:
+                raise InvalidRequest(f"The lengths of prompts ({count}) and params ({len(pooling_params)}) must be the same.")
+            given = list(pooling_params)
+        else:
+            raise InvalidRequest(f"pooling_params must be PoolingParams or a list of them, got {type(pooling_params).__name__}")
+        extra = dict(tokenization_kwargs or {})
+        unknown = set(extra) - set(_TOKENIZATION_KWARGS)
+        if unknown & LateChunkingParams.TEXT_CHANGING_KWARGS and any(map(_late_chunked, given)):
+            raise InvalidRequest(LateChunkingParams.TEXT_CHANGES)
+        if "truncation" in extra:  # vLLM's switch: on (to the model's limit) or off (over-long is an error)
+            extra = _truncation_switch(extra)
+            unknown.discard("truncation")
+        if unknown:
+            raise InvalidRequest(f"unsupported tokenization_kwargs: {', '.join(sorted(unknown))}")
+        task = registry("task").get(task_name)
+        if count > 1 and all(g is given[0] for g in given):  # one object for every prompt: verified once
+            return self.check_params(given[0], 1, task_name, tokenization_kwargs) * count
+        out = []
+        verified: dict[int, PoolingParams] = {}  # one object given for many prompts is verified once
+        for given_p in given:
+            p = given_p
+            if id(given_p) in verified:
+                out.append(verified[id(given_p)])
+                continue
+            if p is None:
+                p = PoolingParams()
+            elif isinstance(p, dict):
+                p = PoolingParams(**p)
+            elif not isinstance(p, PoolingParams):
+                raise InvalidRequest(f"pooling_params items must be PoolingParams, got {type(p).__name__}")
+            if p.task is not None and p.task != task_name:
+                raise InvalidRequest(f"You cannot overwrite param.task={p.task!r} with pooling_task={task_name!r}!")
+            update = {k: v for k, v in extra.items() if getattr(p, k) is None}
+            for name, default in task.param_defaults(self.model).items():
+                if getattr(p, name) is None:
+                    update[name] = default
+            p = p.model_copy(update={"task": task_name, **update})
+            task.verify(p, self.model)
+            self.check_truncation(p.truncate_prompt_tokens)
+            verified[id(given_p)] = p
+            out.append(p)
+        return out
+
+    def run(
+        self, task: Task, prompts: list[Prompt], params: list[PoolingParams], *, use_tqdm: bool = False
+    ) -> list[tuple[torch.Tensor, list[int]]]:
+        """Run prepared prompts through the engine: one ``(result, prompt token ids)`` per prompt."""
+        with progress_bar(len(prompts), enabled=use_tqdm) as advance:
+            return self.engine.run(task, prompts, params, progress=advance)
+
+    # -- API -----------------------------------------------------------------------------------
+
+    def encode(
+        self,
+        prompts: Any,
+        pooling_params: Any = None,
+        *,
+        pooling_task: str | None = None,
+        use_tqdm: bool = False,
+        tokenization_kwargs: dict[str, Any] | None = None,
+        prompt_name: str | None = None,
+    ) -> list[PoolingRequestOutput[PoolingOutput]]:
+        """Run any pooling task; ``outputs.data`` holds each input's tensor.
+
+        Args:
+            prompts: a string, a list of strings, or ``{"prompt": ...}`` /
+                ``{"prompt_token_ids": [...]}`` dicts.
+            pooling_params: one :class:`PoolingParams` for all prompts, or one per prompt.
+            pooling_task: the task name (``"embed"``, ``"token_embed"``, ...); by default the
+                model's default task (:attr:`default_task`), with a warning, as vLLM does.
+            use_tqdm: show a progress bar on stderr.
+            tokenization_kwargs: ``truncate_prompt_tokens`` / ``truncation_side`` defaults, and
+                ``add_special_tokens`` (``False``: tokenize without the tokenizer's special tokens).
+            prompt_name: a prompt from the model's sentence-transformers config to prepend.
+        """
+        if pooling_task is None:
+            pooling_task = self.default_task
+            if pooling_task is None:
+                raise InvalidRequest(f"model '{self.model.name}' supports no pooling task; pass pooling_task")
+            logger.warning(
+                "LLM.encode() without pooling_task runs the model's default task '%s'; set pooling_task "
+                "(or call the task's own method) to choose", pooling_task,
+            )
+        if pooling_task == self.plugin_task:
+            return self._encode_plugin(prompts, pooling_params, use_tqdm, tokenization_kwargs)
+        if isinstance(prompts, dict) and "data" in prompts:
+            raise InvalidRequest(f"The 'data' field is only supported for the '{self.plugin_task}' pooling task.")
+        results, parsed, params = self._results(prompts, pooling_params, pooling_task, use_tqdm, tokenization_kwargs, prompt_name)
+        outputs = [
+            PoolingRequestOutput(rid, PoolingOutput(data), ids, truncated=cut)
+            for rid, data, ids, cut in zip(self._new_request_ids(len(results)), results.rows(), results.token_ids, results.truncated.tolist())
+        ]
+        if any(p.late_chunking_params is not None for p in params):
+            for prompt, p, out in zip(parsed, params, outputs):
+                if p.late_chunking_params is not None:
+                    spans = self.engine.char_spans(prompt, out.prompt_token_ids)
+                    out.late_chunking = late_chunking_output(len(out.prompt_token_ids), p.late_chunking_params.chunk_size, spans)
+        return outputs
+
+    def _results(
+        self,
+        prompts: Any,
+        pooling_params: Any,
+        pooling_task: str,
+        use_tqdm: bool,
+        tokenization_kwargs: dict[str, Any] | None,
+        prompt_name: str | None,
+    ) -> tuple[Results, PromptBatch, list[PoolingParams]]:
+        """A task's run over ``prompts``: its results, the prompts and their parameters."""
+        task, parsed, params = self.prepare(
+            prompts, pooling_params, pooling_task=pooling_task, tokenization_kwargs=tokenization_kwargs, prompt_name=prompt_name
+        )
+        return self.run(task, parsed, params, use_tqdm=use_tqdm), parsed, params
+
+    def _new_request_ids(self, n: int) -> list[str]:
+        """The next ``n`` request ids."""
+        return list(map(str, itertools.islice(self._request_ids, n)))
+
+    def prepare(
+        self,
+        prompts: Any,
+        pooling_params: Any = None,
+        *,
+        pooling_task: str,
+        tokenization_kwargs: dict[str, Any] | None = None,
+        prompt_name: str | None = None,
+    ) -> tuple[Any, list[Prompt], list[PoolingParams]]:
+        """Validate a request without running it: the task, its prompts and verified parameters.
+
+        The server prepares requests on the event loop (cheap checks only, no tokenization) and
+        runs them later, merged with others, through ``engine.run``.
+        """
+        task = self.model.task(pooling_task)
+        parsed = self._prompts(prompts, prompt_name)
+        kwargs = dict(tokenization_kwargs or {})
+        input_type = kwargs.pop("input_type", None)
+        if input_type is not None:
+            parsed = self._role_prompts(task, parsed, input_type)
+        special = kwargs.pop("add_special_tokens", None)
+        if special is not None:
+            if not isinstance(special, bool):
+                raise InvalidRequest(f"add_special_tokens must be true or false, got {special!r}")
+            parsed.set_add_special_tokens(special)
+        params = self.check_params(pooling_params, len(parsed), task.name, kwargs)
+        if any(p.late_chunking_params is not None for p in params):
+            for index, (prompt, p) in enumerate(zip(parsed, params)):
+                if p.late_chunking_params is not None and prompt.token_ids is None and not prompt.text:
+                    raise InvalidRequest(f"prompt {index}: {LateChunkingParams.NEEDS_TEXT}")
+        return task, parsed, params
+
+    def _role_prompts(self, task: Task, prompts: list[Prompt], input_type: Any) -> list[Prompt]:
+        """Text prompts in a retrieval role (vLLM's ``input_type``), encoded by the task.
+
+        Raises:
+            InvalidRequest: with vLLM's wording, a task that takes no ``input_type``.
+        """
+        if not task.takes_input_type:
+            takers = [e.name for e in registry("task").entries() if e.obj.takes_input_type]
+            raise InvalidRequest(f"input_type is only supported with task {' or '.join(map(repr, takers))}.")
+        if any(p.text is None or p.prompt_prefix for p in prompts):
+            raise InvalidRequest("input_type takes text prompts (no token ids, images or prompt_name)")
+        return list(task.role_prompts(self.model, [p.text for p in prompts], input_type))
+
+    def _io_processor(self) -> IOProcessor:
+        """The plugin task's IO processor, bound to this model on first use (its :class:`IOContext`)."""
+        processors = registry("io_processor")
+        name = self.io_processor_plugin
+        if name is None:
+            raise InvalidRequest(
+                "No IOProcessor plugin installed. Pass io_processor_plugin='<name>' to LLM (or set "
+                "io_processor_plugin in the model's config.json) and install a plugin that registers it"
+            )
+        if name not in processors:
+            infos = {i.name: i for i in get_manager().plugin_infos()}
+            plugins = [n for n in processors.names() if not getattr(infos.get(processors.entry(n).plugin), "builtin", False)]
+            if not plugins:
+                raise InvalidRequest(f"No IOProcessor plugins installed but one is required ({name}).")
+            raise InvalidRequest(
+                f"The model requires the '{name}' IO Processor plugin but it is not installed. "
+                f"Available plugins: {plugins}"
+            )
+        registered = processors.get(name)
+        cached = self._bound_io_processors.get(name)
+        if cached is None or cached[0] is not registered:
+            if self._io_context is None:
+                self._io_context = IOContext.of(self.model)
+            cached = (registered, bind_io_processor(name, registered, self._io_context))
+            self._bound_io_processors[name] = cached
+        return cached[1]
+
+    def _encode_plugin(
+        self,
+        prompts: Any,
+        pooling_params: Any,
+        use_tqdm: bool,
+        tokenization_kwargs: dict[str, Any] | None,
+    ) -> list[PoolingRequestOutput[Any]]:
+        """``pooling_task="plugin"``: the IO processor turns ``{"data": ...}`` into prompts and back."""
+        processor = self._io_processor()
+        if not (isinstance(prompts, dict) and "data" in prompts):
+            raise InvalidRequest(f"pooling_task='{self.plugin_task}' takes {{'data': ...}} as its prompt")
+        request_id = str(next(self._request_ids))
+        data = processor.parse_data(prompts["data"])
+        parsed = list(processor.pre_process(data, request_id=request_id))
+        params = processor.merge_pooling_params(pooling_params, self.default_task)
+        if not isinstance(params, PoolingParams) or params.task in (None, self.plugin_task):
+            raise InvalidRequest(f"IO processor '{self.io_processor_plugin}' must choose the task to run in merge_pooling_params")
+        task = self.model.task(params.task)
+        per_prompt = [p.params or params for p in parsed]
+        checked = [self.check_params(p, 1, task.name, tokenization_kwargs)[0] for p in per_prompt]
+        results = self.run(task, parsed, checked, use_tqdm=use_tqdm)
+        outputs = [PoolingRequestOutput(f"{request_id}-{i}", PoolingOutput(d), ids) for i, (d, ids) in enumerate(results)]
+        return [PoolingRequestOutput("", processor.post_process(outputs, request_id=request_id, data=data))]
+
+    def embed(
+        self,
+        prompts: Any,
+        pooling_params: Any = None,
+        *,
+        use_tqdm: bool = False,
+        tokenization_kwargs: dict[str, Any] | None = None,
+        prompt_name: str | None = None,
+    ) -> list[EmbeddingRequestOutput]:
+        """One embedding per input; ``outputs.embedding`` is a list of floats."""
+        results, _, _ = self._results(prompts, pooling_params, "embed", use_tqdm, tokenization_kwargs, prompt_name)
+        request_ids = self._new_request_ids(len(results))
+        if isinstance(results.data, torch.Tensor):  # one tensor of rows: the floats read in one call
+            return EmbeddingRequestOutput.from_rows(request_ids, results.data, results.token_ids, results.truncated.tolist())
+        return [
+            EmbeddingRequestOutput.from_base(PoolingRequestOutput(rid, PoolingOutput(data), ids, truncated=cut))
+            for rid, data, ids, cut in zip(request_ids, results.data, results.token_ids, results.truncated.tolist())
+        ]
+
+    def sparse_embed(
+        self,
+        prompts: Any,
+        pooling_params: Any = None,
+        *,
+        top_k: int | None = None,
+        threshold: float | None = None,
+        return_tokens: bool = False,
+        use_tqdm: bool = False,
+        tokenization_kwargs: dict[str, Any] | None = None,
+        prompt_name: str | None = None,
+    ) -> list[SparseEmbeddingRequestOutput]:
+        """Sparse lexical embeddings (SPLADE), strongest weights first.
+
+        ``outputs.indices`` are vocabulary ids, ``outputs.values`` their weights (descending) and,
+        with ``return_tokens``, ``outputs.tokens`` the vocabulary tokens; ``outputs.to_dict()``
+        is JSON-ready. ``encode(..., pooling_task="sparse_embed")`` gives the dense ``[vocab]``
+        vectors instead.
+
+        Args:
+            top_k: keep at most the ``top_k`` strongest weights of each input.
+            threshold: drop weights below this.
+            return_tokens: fill ``outputs.tokens``.
+
+        Example:
+            >>> (out,) = llm.sparse_embed("The capital of France is Paris.", top_k=3, return_tokens=True)
+            >>> out.outputs.tokens
+            ['capital', 'paris', 'france']
+        """
+        check_pruning(top_k, threshold)
+        outputs = self.encode(
+            prompts,
+            pooling_params,
+            pooling_task="sparse_embed",
+            use_tqdm=use_tqdm,
+            tokenization_kwargs=tokenization_kwargs,
+            prompt_name=prompt_name,
+        )
+        tokenizer = self.model.tokenizer if return_tokens else None
+        return [SparseEmbeddingRequestOutput.from_base(o, top_k, threshold, tokenizer) for o in outputs]
+
+    def classify(
+        self,
+        prompts: Any,
+        pooling_params: Any = None,
+        *,
+        use_tqdm: bool = False,
+        tokenization_kwargs: dict[str, Any] | None = None,
+    ) -> list[ClassificationRequestOutput]:
+        """Class probabilities per input; ``outputs.label`` names the top class (``id2label``)."""
+        outputs = self.encode(
+            prompts, pooling_params, pooling_task="classify", use_tqdm=use_tqdm, tokenization_kwargs=tokenization_kwargs
+        )
+        return [ClassificationRequestOutput.from_base(o, self.model.id2label) for o in outputs]
+
+    def reward(
+        self,
+        prompts: Any,
+        pooling_params: Any = None,
+        *,
+        use_tqdm: bool = False,
+        tokenization_kwargs: dict[str, Any] | None = None,
+    ) -> list[PoolingRequestOutput[PoolingOutput]]:
+        """Token-level rewards (``token_classify``): ``outputs.data`` is ``[n_tokens, num_labels]``."""
+        return self.encode(
+            prompts,
+            pooling_params,
+            pooling_task="token_classify",
+            use_tqdm=use_tqdm,
+            tokenization_kwargs=tokenization_kwargs,
+        )
+
+    def entities(
+        self,
+        prompts: str | Sequence[str],
+        pooling_params: Any = None,
+        *,
+        use_tqdm: bool = False,
+        tokenization_kwargs: dict[str, Any] | None = None,
+    ) -> list[Entities]:
+        """Entity spans per input from a token classifier (label, character offsets, score).
+
+        Tokens are grouped by the IOB/IOBES labels of ``id2label`` as transformers' NER pipeline
+        does with ``aggregation_strategy="simple"``.
+        """
+        if self.model.architecture.token_head() is None:
+            raise InvalidRequest(
+                f"entities need a token classifier with labels (id2label); model '{self.model.name}' has none"
+            )
+        texts = [prompts] if isinstance(prompts, str) else prompts
+        outputs = self.encode(
+            texts, pooling_params, pooling_task="token_classify", use_tqdm=use_tqdm, tokenization_kwargs=tokenization_kwargs
+        )
+        tok = self.model.tokenizer
+        results = []
+        for text, out in zip(texts, outputs):
+            if not isinstance(text, str):
+                raise InvalidRequest("entities() takes strings")
+            ids = out.prompt_token_ids
+            enc = tok(text, truncation=True, max_length=len(ids), return_offsets_mapping=True)
+            if enc["input_ids"] != ids:
+                raise InvalidRequest("entity offsets need the tokens of the text itself (right truncation, no prompt)")
+            found = Entities(group_entities(text, out.outputs.data, enc["offset_mapping"], self.model.id2label))
+            found.truncated = out.truncated
+            results.append(found)
+        return results
+
+    @property
+    def scorer(self) -> Scorer:
+        """The registered scorer :meth:`score` and :meth:`rerank` use with this model.
+
+        Raises:
+            InvalidRequest: the model cannot score; the message says why.
+        """
+        return select_scorer(self.model)
+
+    @property
+    def score_type(self) -> str:
+        """How :meth:`score` compares texts: ``cross-encoder``, ``late-interaction``, ``bi-encoder``, or a plugin's."""
+        return self.scorer.name
+
+    def pair(self, first: Any, second: Any) -> tuple[list[str], list[str]]:
+        """Both sides of a score request as equal-length lists: 1:1, one against N (1:N), or N:N.
+
+        Raises:
+            InvalidRequest: with vLLM's wording, for an empty side or lengths that do not pair.
+        """
+        first = self._score_side(first, "text")
+        second = self._score_side(second, "text_pair")
+        if len(first) != 1 and len(first) != len(second):
+            raise InvalidRequest("Input lengths must be either 1:1, 1:N or N:N")
+        return (first * len(second) if len(first) == 1 else first), second
+
+    def estimate_pair_tokens(self, first: Sequence[str], second: Sequence[str]) -> int:
+        """Tokens of scoring ``first`` against ``second``, estimated before tokenizing (the server's limits)."""
+        return estimate_pair_tokens(first, second, self.model.max_model_len.value)
+
+    def score(
+        self,
+        data_1: Any,
+        data_2: Any,
+        pooling_params: Any = None,
+        *,
+        use_tqdm: bool = False,
+        tokenization_kwargs: dict[str, Any] | None = None,
+        chat_template: str | None = None,
+        instruction: str | None = None,
+    ) -> list[ScoringRequestOutput]:
+        """Scores of text pairs: 1:1, one against N (1:N), or pairwise (N:N).
+
+        The model's :attr:`scorer` decides how: a cross-encoder (a classifier with one output)
+        reads each pair together; an embedding model scores the cosine similarity of the two
+        embeddings; a late-interaction model (ColBERT) the MaxSim of their token vectors.
+
+        Args:
+            chat_template: a score template (Jinja text or a file) rendering each (query,
+                document) pair into one prompt, for LLM rerankers; a model recognised as one
+                (Qwen3-Reranker) brings its own.
+            instruction: the task instruction a score template shows the model.
+        """
+        first, second = self.pair(data_1, data_2)
+        first, second = self._cut_score_sides(first, second, pooling_params)
+        scorer = self.scorer
+        templated = chat_template is not None or instruction is not None
+        if not scorer.takes_template and (templated or score_extra(pooling_params).get("chat_template_kwargs") is not None):
+            takers = [e.name for e in registry("scorer").entries() if e.obj.takes_template]
+            what = "chat_template and instruction" if templated else "chat_template_kwargs"
+            raise InvalidRequest(f"{what} apply to {' or '.join(takers)} scoring only")
+        scored = scorer.score(
+            self,
+            first,
+            second,
+            pooling_params,
+            use_tqdm=use_tqdm,
+            tokenization_kwargs=tokenization_kwargs,
+            chat_template=chat_template,
+            instruction=instruction,
+        )
+        return [
+            ScoringRequestOutput(str(next(self._request_ids)), ScoringOutput(score), ids, truncated=bool(cut and cut[0]))
+            for score, ids, *cut in scored
+        ]
+
+    def rerank(
+        self,
+        query: str,
+        documents: Sequence[str],
+        top_n: int | None = None,
+        pooling_params: Any = None,
+        *,
+        use_tqdm: bool = False,
+        tokenization_kwargs: dict[str, Any] | None = None,
+        chat_template: str | None = None,
+        instruction: str | None = None,
+    ) -> list[RerankResult]:
+        """Documents sorted by relevance to ``query``, best first, each with its original index.
+
+        Args:
+            query: the query text.
+            documents: the texts to rank.
+            top_n: keep only the best ``top_n`` (default: all).
+            chat_template: a score template, as for :meth:`score`.
+            instruction: the task instruction a score template shows the model.
+        """
+        if not isinstance(query, str):
+            raise InvalidRequest(f"query must be a string, got {type(query).__name__}")
+        docs = self._score_side(documents, "document")
+        if top_n is not None and (not isinstance(top_n, int) or top_n < 1):
+            raise InvalidRequest(f"top_n must be a positive integer, got {top_n!r}")
+        scores = self.score(
+            query,
+            docs,
+            pooling_params,
+            use_tqdm=use_tqdm,
+            tokenization_kwargs=tokenization_kwargs,
+            chat_template=chat_template,
+            instruction=instruction,
+        )
+        ranked = sorted(
+            (RerankResult(i, doc, s.outputs.score, s.truncated) for i, (doc, s) in enumerate(zip(docs, scores))),
+            key=lambda r: -r.relevance_score,
+        )
+        return ranked[:top_n] if top_n else ranked
+
+    def _cut_score_sides(self, first: list[str], second: list[str], pooling_params: Any) -> tuple[list[str], list[str]]:
+        """Queries and documents cut to ``max_tokens_per_query`` / ``max_tokens_per_doc`` tokens of
+        their own (``PoolingParams.extra_kwargs``, as in vLLM), before any template or pairing.
+
+        Raises:
+            InvalidRequest: a limit that is not a positive integer below ``max_model_len``.
+        """
+        extra = score_extra(pooling_params)
+        sides = {"max_tokens_per_query": first, "max_tokens_per_doc": second}
+        out = []
+        for name, texts in sides.items():
+            limit = extra.get(name)
+            if limit is None:
+                out.append(texts)
+                continue
+            self.check_score_limit(name, limit)
+            out.append([self.engine.cut_text(text, limit) for text in texts])
+        return out[0], out[1]
+
+    def check_score_limit(self, name: str, limit: Any) -> None:
+        """Check a ``max_tokens_per_query`` / ``max_tokens_per_doc`` value (vLLM's wording).
+
+        Raises:
+            InvalidRequest: not a positive integer, or not below the model's ``max_model_len``.
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise InvalidRequest(f"{name} must be a positive integer, got {limit!r}")
+        model_max = self.model.max_model_len.value
+        if model_max is not None and limit >= model_max:
+            raise InvalidRequest(f"{name} ({limit}) must be less than max_model_len ({model_max})")
+
+    @staticmethod
+    def _score_side(data: Any, what: str) -> list[str]:
+        items = [data] if isinstance(data, str) else data
+        if items is None or not isinstance(items, (list, tuple)):
+            raise InvalidRequest(f"score inputs must be a string or a list of strings, got {type(data).__name__}")
+        if not items:
+            raise InvalidRequest(f"At least one {what} element must be given")
+        for i, item in enumerate(items):
+            if not isinstance(item, str):
+                raise InvalidRequest(f"{what} {i} must be a string, got {type(item).__name__}")
+        return list(items)

@@ -1,0 +1,200 @@
+"""sentence-transformers' functions on embeddings, for the drop-in classes (:mod:`poolkit.api.st_compat`):
+the similarity functions a model names (``cosine``, ``dot``, ``euclidean``, ``manhattan``), all
+pairs and pairwise, and ``quantize_embeddings`` (``precision``), by sentence-transformers' rules."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..contracts.errors import InvalidRequest
+
+#: ``precision`` values of :meth:`SentenceTransformer.encode`.
+PRECISIONS = ("float32", "int8", "uint8", "binary", "ubinary")
+#: The similarity functions sentence-transformers names.
+SIMILARITY_FUNCTIONS = ("cosine", "dot", "euclidean", "manhattan")
+
+
+def _as_tensor(x: Any) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x
+    if isinstance(x, list) and x and isinstance(x[0], torch.Tensor):
+        return torch.stack(x)
+    return torch.as_tensor(np.asarray(x))
+
+
+def _matrix(x: Any) -> torch.Tensor:
+    t = _as_tensor(x)
+    if t.is_sparse:
+        t = t.to_dense()
+    return (t.unsqueeze(0) if t.dim() == 1 else t).float()
+
+
+def cos_sim(a: Any, b: Any) -> torch.Tensor:
+    """Cosine similarity of every row of ``a`` with every row of ``b``: ``[len(a), len(b)]``."""
+    a, b = _matrix(a), _matrix(b)
+    return torch.nn.functional.normalize(a, dim=1) @ torch.nn.functional.normalize(b, dim=1).T
+
+
+def dot_score(a: Any, b: Any) -> torch.Tensor:
+    """Dot products of every row of ``a`` with every row of ``b``."""
+    return _matrix(a) @ _matrix(b).T
+
+
+def euclidean_sim(a: Any, b: Any) -> torch.Tensor:
+    """Negative euclidean distances (higher is more similar)."""
+    return -torch.cdist(_matrix(a), _matrix(b), p=2.0)
+
+
+def manhattan_sim(a: Any, b: Any) -> torch.Tensor:
+    """Negative manhattan distances (higher is more similar)."""
+    return -torch.cdist(_matrix(a), _matrix(b), p=1.0)
+
+
+def pairwise_similarity(fn_name: str, a: Any, b: Any) -> torch.Tensor:
+    """The similarity ``fn_name`` of each pair of rows ``(a[i], b[i])``."""
+    a, b = _matrix(a), _matrix(b)
+    if fn_name == "cosine":
+        return (torch.nn.functional.normalize(a, dim=1) * torch.nn.functional.normalize(b, dim=1)).sum(-1)
+    if fn_name == "dot":
+        return (a * b).sum(-1)
+    if fn_name == "euclidean":
+        return -torch.sqrt(((a - b) ** 2).sum(-1))
+    return -(a - b).abs().sum(-1)
+
+
+#: The all-pairs similarity functions by name.
+SIMILARITY: dict[str, Callable[[Any, Any], torch.Tensor]] = {
+    "cosine": cos_sim, "dot": dot_score, "euclidean": euclidean_sim, "manhattan": manhattan_sim,
+}
+
+
+def similarity_name(value: Any) -> str:
+    """A similarity function's name (or sentence-transformers' ``SimilarityFunction``) as one of :data:`SIMILARITY_FUNCTIONS`."""
+    name = getattr(value, "value", value)  # sentence-transformers' SimilarityFunction enum, or its name
+    name = {"cos_sim": "cosine", "dot_product": "dot", "dot_score": "dot"}.get(name, name)
+    if name not in SIMILARITY_FUNCTIONS:
+        raise InvalidRequest(f"similarity_fn_name '{name}' is not one of {', '.join(SIMILARITY_FUNCTIONS)}")
+    return name
+
+
+def quantize_embeddings(
+    embeddings: Any, precision: str, ranges: np.ndarray | None = None, calibration_embeddings: np.ndarray | None = None
+) -> Any:
+    """Float embeddings in a lower ``precision``, by sentence-transformers' rules: ``int8`` / ``uint8``
+    split each dimension's range (over ``ranges``, the calibration embeddings, or the embeddings
+    themselves) into 256 buckets; ``binary`` / ``ubinary`` pack the signs into bits (``binary``
+    shifted into int8)."""
+    if precision not in PRECISIONS:
+        raise InvalidRequest(f"Precision {precision!r} is not supported, must be one of {PRECISIONS}")
+    if isinstance(embeddings, list) and embeddings and getattr(embeddings[0], "ndim", 0) == 2:
+        matrices = [m.float().cpu().numpy() if isinstance(m, torch.Tensor) else np.asarray(m) for m in embeddings]
+        if precision.endswith("int8") and ranges is None:  # one set of buckets for every matrix
+            source = np.concatenate(matrices) if calibration_embeddings is None else np.asarray(calibration_embeddings)
+            ranges = np.vstack((source.min(axis=0), source.max(axis=0)))
+        return [quantize_embeddings(m, precision, ranges) for m in matrices]
+    array = embeddings.float().cpu().numpy() if isinstance(embeddings, torch.Tensor) else np.asarray(embeddings)
+    if array.dtype in (np.int8, np.uint8):
+        raise InvalidRequest("Embeddings to quantize must be float rather than int8 or uint8.")
+    if precision == "float32":
+        return array.astype(np.float32)
+    if precision.endswith("int8"):
+        if ranges is None:
+            source = array if calibration_embeddings is None else np.asarray(calibration_embeddings)
+            if calibration_embeddings is None and (source.ndim == 1 or source.shape[0] == 1):
+                raise InvalidRequest(
+                    f"Cannot compute {precision} quantization ranges from a single embedding. Call "
+                    "`quantize_embeddings` with `ranges` or `calibration_embeddings` from a representative set of embeddings instead."
+                )
+            ranges = np.vstack((source.min(axis=0), source.max(axis=0)))
+        ranges = np.asarray(ranges, dtype=np.float32)
+        starts = ranges[0]
+        steps = (ranges[1] - starts) / 255
+        steps = np.where(steps == 0, 1, steps)
+        levels = np.clip(np.floor((array - starts) / steps), 0, 255)
+        return levels.astype(np.uint8) if precision == "uint8" else (levels - 128).astype(np.int8)
+    packed = np.packbits(array > 0, axis=-1)
+    return packed if precision == "ubinary" else (packed.astype(np.int16) - 128).astype(np.int8)
+
+
+#: sentence-transformers' score of a document with no token to match (below every real one).
+EMPTY_DOCUMENT_SCORE = -1e9
+#: The similarity functions of multi-vector (late-interaction) embeddings.
+MULTI_VECTOR_FUNCTIONS = ("maxsim", "meanmaxsim")
+
+
+def _token_matrices(x: Any, mask: Any = None) -> list[torch.Tensor]:
+    """One side of a MaxSim call as one ``[tokens, dim]`` float tensor per item: a list of
+    matrices, a padded ``[n, tokens, dim]`` tensor or array (all-zero rows are padding unless
+    ``mask`` says which rows count), or one ``[tokens, dim]`` matrix (an item)."""
+    if isinstance(x, (list, tuple)):
+        items = [_as_tensor(m) for m in x]
+    else:
+        t = _as_tensor(x)
+        items = [t] if t.dim() == 2 else list(t.unbind(0))
+        if mask is None and t.dim() == 3:
+            mask = [m.any(dim=-1) for m in items]
+    items = [m.float() for m in items]
+    if mask is None:
+        return items
+    if isinstance(mask, (list, tuple)):
+        masks = [_as_tensor(np.asarray(m)) if not isinstance(m, torch.Tensor) else m for m in mask]
+    else:
+        whole = _as_tensor(mask if isinstance(mask, torch.Tensor) else np.asarray(mask))
+        masks = [whole] if whole.dim() == 1 else list(whole.unbind(0))
+    if len(masks) != len(items):
+        raise InvalidRequest(f"the mask has {len(masks)} rows for {len(items)} embeddings")
+    return [m[k.bool()[: len(m)]] for m, k in zip(items, masks)]
+
+
+def maxsim(
+    a: Any, b: Any, a_mask: Any = None, b_mask: Any = None, chunk_elements: int | None = None,
+    length_normalize: bool = False, device: Any = None,
+) -> torch.Tensor:
+    """MaxSim of every query in ``a`` with every document in ``b`` (``[len(a), len(b)]``, float32):
+    per query token its best dot product with a document token, summed (divided by the query's
+    tokens when ``length_normalize``). A document without tokens scores :data:`EMPTY_DOCUMENT_SCORE`.
+    ``chunk_elements`` and ``device`` are accepted as sentence-transformers takes them."""
+    from ..plugins.lookup import select_kernel
+
+    queries, docs = _token_matrices(a, a_mask), _token_matrices(b, b_mask)
+    scores = torch.zeros(len(queries), len(docs), dtype=torch.float32)
+    if not queries or not docs:
+        return scores
+    kernel = select_kernel("maxsim", "cpu")
+    packed = torch.cat([d.cpu() for d in docs])
+    cu = torch.tensor([0] + [len(d) for d in docs]).cumsum(0)
+    for i, q in enumerate(queries):
+        scores[i] = kernel(q.cpu(), packed, cu).float()
+        if length_normalize:
+            scores[i] /= max(len(q), 1)
+    empty = torch.tensor([len(d) == 0 for d in docs])
+    return scores.masked_fill(empty.unsqueeze(0), EMPTY_DOCUMENT_SCORE)
+
+
+def maxsim_pairwise(
+    a: Any, b: Any, a_mask: Any = None, b_mask: Any = None, chunk_elements: int | None = None,
+    length_normalize: bool = False, device: Any = None,
+) -> torch.Tensor:
+    """MaxSim of each pair ``(a[i], b[i])`` (``[len(a)]``, float32)."""
+    queries, docs = _token_matrices(a, a_mask), _token_matrices(b, b_mask)
+    if len(queries) != len(docs):
+        raise InvalidRequest(
+            f"`a` and `b` must hold the same number of items to score as pairs, got {len(queries)} and {len(docs)}."
+        )
+    return torch.tensor(
+        [maxsim([q], [d], length_normalize=length_normalize)[0, 0].item() for q, d in zip(queries, docs)], dtype=torch.float32
+    )
+
+
+def multi_vector_similarity_name(value: Any) -> str:
+    """A multi-vector similarity function's name: ``maxsim`` or ``meanmaxsim``."""
+    name = getattr(value, "value", value)
+    if name not in MULTI_VECTOR_FUNCTIONS:
+        raise InvalidRequest(
+            f"MultiVectorEncoder only supports {MULTI_VECTOR_FUNCTIONS}, got {name!r}. Cosine / dot / euclidean / "
+            "manhattan are defined on single vectors and don't compose with ragged per-token embeddings."
+        )
+    return name

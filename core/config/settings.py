@@ -1,0 +1,246 @@
+"""The load settings: one typed object that every surface builds and every engine honours.
+
+:class:`EngineArgs` declares each setting that decides how a model is loaded and run — once,
+with its type, default, validation and help text (the way vLLM has ``EngineArgs``). ``LLM(...)``
+builds one from its keyword arguments and keeps it as ``llm.args``; the CLI derives its load
+options from the fields; the server, corpus jobs, the Ray integration and the bench pass the
+same object on, so a setting given on any surface reaches the model on every engine.
+
+Example:
+    >>> args = EngineArgs(model="./my-model", pooler_config='{"pooling_type": "CLS"}', dtype="float32")
+    >>> llm = LLM.from_args(args)
+    >>> llm.args.pooler_config.pooling_type
+    'CLS'
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any, ClassVar, Optional
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ..contracts.errors import InvalidRequest
+from ..contracts.params import PoolerConfig
+from .conversion import CONVERSIONS
+from .devices import DTYPES
+from .model_impl import MODEL_IMPLS
+
+#: The embedded default model, carried by the PyPI package that the ``minilm`` extra installs.
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+RUNNERS = ("auto", "pooling")
+#: Values of the ``quantization`` setting (vLLM's name for it).
+QUANTIZATIONS = ("int8",)
+
+#: vLLM engine arguments that mean nothing for poolkit; accepted so vLLM code runs unchanged.
+IGNORED_ENGINE_ARGS = frozenset(
+    {
+        "enforce_eager",
+        "tensor_parallel_size",
+        "pipeline_parallel_size",
+        "gpu_memory_utilization",
+        "max_num_seqs",
+        "max_num_batched_tokens",
+        "enable_prefix_caching",
+        "enable_chunked_prefill",
+        "disable_log_stats",
+        "swap_space",
+        "kv_cache_dtype",
+        "distributed_executor_backend",
+        "tokenizer_mode",
+        "seed",
+        "task",
+        "load_format",
+    }
+)
+
+
+class EngineArgs(BaseModel):
+    """Every setting that decides how a model loads and runs.
+
+    Values arrive as Python objects or as the strings a command line gives (JSON for
+    ``pooler_config`` and ``hf_overrides``) and are validated on construction: a bad value
+    raises :class:`poolkit.InvalidRequest` with a one-line message naming the setting.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=True, arbitrary_types_allowed=True)
+    #: Settings the CLI shows with a short flag as well.
+    short_flags: ClassVar[dict[str, str]] = {"model": "-m"}
+
+    model: str = Field(
+        DEFAULT_MODEL,
+        description="Model directory, Hugging Face id or packaged model (default: all-MiniLM-L6-v2).",
+    )
+    tokenizer: Optional[str] = Field(None, description="Directory of the tokenizer, if not the model's.")
+    runner: str = Field("auto", description="auto or pooling (poolkit runs pooling models).")
+    convert: str = Field("auto", description="auto, none, embed or classify: how to adapt a checkpoint.")
+    model_impl: str = Field(
+        "auto",
+        description="auto (poolkit's native code, else the transformers fallback), poolkit (native only; "
+        "vLLM's 'vllm' too) or transformers (the transformers fallback, also for native families).",
+    )
+    pooler_config: Optional[PoolerConfig] = Field(None, description="PoolerConfig as JSON.")
+    hf_overrides: Optional[dict[str, Any]] = Field(None, description="config.json overrides as JSON.")
+    dtype: str = Field("auto", description="auto (bf16 on bf16 hardware), float32, bfloat16, float16.")
+    device: Optional[str] = Field(None, description="cpu, cuda, ... (default: GPU if present).")
+    allow_pickle: bool = Field(False, description="Load pickle (pytorch_model.bin) weights, with weights_only.")
+    allow_external_symlinks: bool = Field(
+        False,
+        description="Follow symlinks in the model (or tokenizer) directory that point outside it; "
+        "refused by default (a Hugging Face cache snapshot's links into its blobs/ are inside).",
+    )
+    trust_remote_code: bool = Field(
+        False, description="Accepted for compatibility; poolkit never runs code shipped with a model."
+    )
+    max_model_len: Optional[int] = Field(None, description="Cap the tokens per input below the model's own limit.")
+    max_batch_tokens: Optional[int] = Field(None, description="Token budget of one packed batch.")
+    io_processor_plugin: Optional[str] = Field(None, description="IO processor for the plugin task.")
+    quantization: Optional[str] = Field(
+        None,
+        description="int8: linear layers in int8 (weights per channel, activations per token), "
+        "calibrated as the model loads to stay within an error budget (native families).",
+    )
+    calibration: Optional[str] = Field(
+        None, description="Text file (one text a line) to calibrate quantization on, instead of the built-in texts."
+    )
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise InvalidRequest(_one_line(exc)) from None
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model(cls, value: Any) -> Any:
+        if value is None:
+            return DEFAULT_MODEL
+        if isinstance(value, Path):
+            value = str(value)
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"model must be a name or a path, got {value!r}")
+        return value
+
+    @field_validator("tokenizer", mode="before")
+    @classmethod
+    def _path(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, Path) else value
+
+    @field_validator("runner")
+    @classmethod
+    def _runner(cls, value: str) -> str:
+        if value not in RUNNERS:
+            raise ValueError(f"runner '{value}' is not supported: poolkit runs pooling models (runner 'auto' or 'pooling')")
+        return value
+
+    @field_validator("convert")
+    @classmethod
+    def _convert(cls, value: str) -> str:
+        if value not in CONVERSIONS:
+            raise ValueError(f"convert '{value}' is not one of {', '.join(CONVERSIONS)}")
+        return value
+
+    @field_validator("model_impl")
+    @classmethod
+    def _model_impl(cls, value: str) -> str:
+        if value not in MODEL_IMPLS:
+            raise ValueError(f"model_impl '{value}' is not one of {', '.join(MODEL_IMPLS)}")
+        return value
+
+    @field_validator("pooler_config", mode="before")
+    @classmethod
+    def _pooler_config(cls, value: Any) -> Any:
+        try:
+            return PoolerConfig.coerce(value)
+        except InvalidRequest as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("hf_overrides", mode="before")
+    @classmethod
+    def _hf_overrides(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"hf_overrides is not valid JSON: {exc.msg}") from None
+        if value is not None and not isinstance(value, dict):
+            raise ValueError(f"hf_overrides must be a dict, got {type(value).__name__}")
+        return value
+
+    @field_validator("dtype", mode="before")
+    @classmethod
+    def _dtype(cls, value: Any) -> Any:
+        if value is None:
+            return "auto"
+        if isinstance(value, torch.dtype):
+            return str(value).removeprefix("torch.")
+        if not isinstance(value, str) or (value != "auto" and value.lower() not in DTYPES):
+            raise ValueError(f"unknown dtype '{value}'; use auto, {', '.join(DTYPES)}")
+        return value
+
+    @field_validator("device", mode="before")
+    @classmethod
+    def _device(cls, value: Any) -> Any:
+        if value is None or value == "auto":
+            return None
+        try:
+            return str(torch.device(value))
+        except (RuntimeError, TypeError):
+            raise ValueError(f"unknown device '{value}'") from None
+
+    @field_validator("quantization", mode="before")
+    @classmethod
+    def _quantization(cls, value: Any) -> Any:
+        if value is None or value == "none":
+            return None
+        if not isinstance(value, str) or value.lower() not in QUANTIZATIONS:
+            raise ValueError(f"quantization '{value}' is not supported; poolkit supports {', '.join(QUANTIZATIONS)}")
+        return value.lower()
+
+    @field_validator("calibration", mode="before")
+    @classmethod
+    def _calibration(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, Path) else value
+
+    @field_validator("max_model_len", "max_batch_tokens")
+    @classmethod
+    def _positive(cls, value: Optional[int], info: Any) -> Optional[int]:
+        if value is not None and value < 1:
+            raise ValueError(f"{info.field_name} must be positive, got {value}")
+        return value
+
+    @classmethod
+    def build(cls, engine_kwargs: dict[str, Any] | None = None, /, **settings: Any) -> "EngineArgs":
+        """Settings from keyword arguments, accepting vLLM's engine arguments that mean nothing here.
+
+        Raises:
+            InvalidRequest: an argument that is neither a setting nor a known vLLM engine argument.
+        """
+        extra = dict(engine_kwargs or {})
+        if "override_pooler_config" in extra:  # vLLM's former name of pooler_config
+            override = extra.pop("override_pooler_config")
+            warnings.warn("override_pooler_config is deprecated; use pooler_config", DeprecationWarning, stacklevel=3)
+            if settings.get("pooler_config") is not None and override is not None:
+                raise InvalidRequest("pass pooler_config or override_pooler_config, not both")
+            if override is not None:
+                settings["pooler_config"] = override
+        unknown = sorted(set(extra) - IGNORED_ENGINE_ARGS)
+        if unknown:
+            raise InvalidRequest(f"unknown LLM argument(s): {', '.join(unknown)}")
+        return cls(**settings)
+
+    def identity(self) -> dict[str, Any]:
+        """What makes two loads the same model, as JSON-ready data (corpus jobs' manifests)."""
+        return self.model_dump(mode="json", exclude_defaults=True)
+
+
+def _one_line(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        msg = err["msg"].removeprefix("Value error, ")
+        field = ".".join(str(p) for p in err["loc"])
+        parts.append(msg if err["type"] == "value_error" or not field else f"{field}: {msg}")
+    return "; ".join(parts)

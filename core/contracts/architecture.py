@@ -1,0 +1,256 @@
+"""The contract a model architecture fulfils: packed batch in, hidden states out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Collection, Iterable, Mapping
+
+import torch
+
+from .batch import PackedBatch
+from .config_checks import ConfigChecks
+from .errors import ModelLoadError
+
+
+class Architecture(torch.nn.Module):
+    """Base class of every poolkit model architecture.
+
+    An architecture is built from a Hugging Face config, loads its weights by name, and maps a
+    :class:`PackedBatch` to ``[T, H]`` hidden states (one row per token, no padding). Poolers
+    and task heads take it from there.
+
+    Subclasses set the class attributes that describe them and implement ``load_weights`` and
+    ``forward``.
+
+    Example:
+        >>> class StaticModel(Architecture):
+        ...     def __init__(self, config):
+        ...         super().__init__(config)
+        ...         self.embed = torch.nn.Embedding(config.vocab_size, config.hidden_size)
+        ...     def load_weights(self, weights):
+        ...         load_into(self, weights)
+        ...     def forward(self, batch):
+        ...         return self.embed(batch.input_ids)
+    """
+
+    #: Sequence pooling type this architecture calls for when neither the user nor a
+    #: sentence-transformers config says (BERT: ``"CLS"``); ``None`` leaves it to the task.
+    default_pooling_type: ClassVar[str | None] = None
+    #: Token pooling type (``"ALL"``, ``"STEP"``) this architecture calls for, or ``None``.
+    default_token_pooling_type: ClassVar[str | None] = None
+    #: Defaults for :class:`PoolerConfig` fields the user leaves unset (say ``step_tag_id`` of a
+    #: process reward model, or ``use_activation: False`` for raw rewards).
+    default_pooler_config: ClassVar[dict[str, Any]] = {}
+    #: Whether the model consumes token type (segment) ids.
+    uses_token_type_ids: ClassVar[bool] = False
+    #: What prompts the model reads: ``"text"`` (token ids), and ``"image"`` for models whose
+    #: forward takes ``batch.extras["pixel_values"]`` (CLIP).
+    input_modalities: ClassVar[tuple[str, ...]] = ("text",)
+    #: The tasks this architecture may serve, or ``None`` for all whose heads it can feed (a
+    #: late-interaction model offers ``token_embed`` only, say).
+    pooling_tasks: ClassVar[frozenset[str] | None] = None
+    #: How :meth:`LLM.score` compares texts with this model (``"late-interaction"`` for MaxSim),
+    #: or ``None`` to derive it from the tasks (cross-encoder, else bi-encoder).
+    score_type: ClassVar[str | None] = None
+    #: Whether :meth:`lm_head` is a masked-LM head, whose logits at a token are a distribution
+    #: over what that token itself is (``BertForMaskedLM``). Such a head is the token classifier
+    #: of a model with no :meth:`token_head`: every token's softmax over the vocabulary, as vLLM
+    #: serves a masked LM's token task. A causal LM's next-token head is none (``False``, the
+    #: default): only ``STEP`` process rewards read it.
+    masked_lm_head: ClassVar[bool] = False
+    #: How the model runs, for ``poolkit info``: ``"native"`` (packed, poolkit's own code) or,
+    #: for instance, ``"fallback (transformers)"``.
+    implementation: ClassVar[str] = "native"
+    #: What :meth:`check_config` compares between the config and the checkpoint before the model
+    #: is built: positive sizes, multiples, the layer count and key tensor shapes.
+    config_checks: ClassVar[ConfigChecks] = ConfigChecks()
+    #: The registered name of the architecture whose hidden states serve this one's checkpoints
+    #: without its classification head (``convert="embed"`` on a ``TinyConvForSequenceClassification``
+    #: checkpoint, say, or ``convert="auto"`` when this name is not registered itself). ``None`` (the
+    #: default) follows the name rule: ``<Prefix>Model`` serves ``<Prefix>ForSequenceClassification``,
+    #: ``<Prefix>ForMaskedLM``, ``<Prefix>ForCausalLM`` and the other suffixes of
+    #: :data:`poolkit.config.conversion.CONVERTIBLE_SUFFIXES`.
+    base_architecture: ClassVar[str | None] = None
+    #: The transformers ``model_type`` whose config class reads this architecture's ``config.json``
+    #: when the file names a ``model_type`` transformers does not know (a checkpoint written for
+    #: remote code, such as ``llama_bidirec`` read as ``llama``); ``None`` reads it as a plain config.
+    config_model_type: ClassVar[str | None] = None
+    #: Dtypes this architecture refuses to run in, by name (``"float16"``), with the reason the
+    #: error gives (Gemma 2 and 3 overflow in fp16, as vLLM says).
+    unsupported_dtypes: ClassVar[Mapping[str, str]] = {}
+    #: Whether the engine may pad a packed batch with one-token filler sequences
+    #: (:meth:`PackedBatch.with_filler`) to the row count the kernels ask for
+    #: (:func:`poolkit.kernel_rows`), taking back only the first ``num_tokens`` rows of the
+    #: forward pass. True for any architecture that keeps the sequences of a batch apart, as the
+    #: forward contract asks; ``False`` for one that does not use poolkit's kernels (the
+    #: transformers fallback pads to shapes of its own).
+    accepts_filler: ClassVar[bool] = True
+
+    @classmethod
+    def check_config(
+        cls, config: Any, shapes: Mapping[str, tuple[int, ...]] | None, overridden: Collection[str] = ()
+    ) -> None:
+        """Refuse a config that does not fit the checkpoint, before anything is allocated.
+
+        Called once per load, after :meth:`configure` and before the model is built, so that an
+        absurd config (a million layers, a hidden size of ten million, zero attention heads) is
+        a one-line error instead of gigabytes allocated. The default applies
+        :attr:`config_checks`; override to check more, calling ``super().check_config(...)``.
+
+        Args:
+            config: the Hugging Face config, ``hf_overrides`` applied.
+            shapes: checkpoint tensor name -> shape, read without loading a tensor; ``None``
+                when unknown.
+            overridden: the config fields ``hf_overrides`` set (dotted for sub-configs).
+
+        Raises:
+            ModelLoadError: naming the field that does not fit.
+        """
+        cls.config_checks.check(config, shapes, overridden)
+
+    @classmethod
+    def configure(cls, config: Any, tokenizer: Any) -> None:
+        """Adjust the config before the model is built, with what only the tokenizer knows.
+
+        Called once per load, after ``hf_overrides`` are applied. The default does nothing; a
+        yes/no reranker, say, looks up the token ids of its ``classifier_from_token`` words.
+
+        Raises:
+            ModelLoadError: the config asks for something this architecture cannot do.
+        """
+
+    @classmethod
+    def load_tokenizer(cls, path: Path, config: Any) -> Any | None:
+        """A fast tokenizer for a checkpoint that transformers gives none for, or ``None``.
+
+        Called once per load, before :meth:`configure`, with the tokenizer's directory (the
+        model's, or the ``tokenizer`` setting). The default returns ``None``: transformers
+        loads ``tokenizer.json``. SigLIP, whose first checkpoints ship only a SentencePiece
+        model, builds one from ``spiece.model``.
+
+        Returns:
+            A transformers ``PreTrainedTokenizerFast``, or ``None``.
+
+        Raises:
+            ModelLoadError: the tokenizer files are unreadable.
+        """
+        return None
+
+    def __init__(self, config: Any) -> None:
+        """Build the modules for ``config`` (kept as ``self.config``); called once per load.
+
+        Subclasses call ``super().__init__(config)`` first. ``config`` is the Hugging Face config,
+        ``hf_overrides`` applied and :meth:`configure` run.
+        """
+        super().__init__()
+        self.config = config
+
+    @property
+    def hidden_size(self) -> int:
+        """Width of the hidden states :meth:`forward` returns (``config.hidden_size``)."""
+        return int(self.config.hidden_size)
+
+    @property
+    def max_positions(self) -> int | None:
+        """Most tokens one sequence may hold, special tokens included; ``None`` if unbounded."""
+        n = getattr(self.config, "max_position_embeddings", None)
+        return int(n) if n else None
+
+    @property
+    def num_labels(self) -> int:
+        """Outputs of the classification heads (``config.num_labels``)."""
+        return int(getattr(self.config, "num_labels", 0) or 0)
+
+    def sequence_head(self) -> torch.nn.Module | None:
+        """The classifier of pooled vectors, ``[B, H] -> [B, num_labels]``; ``None`` if there is none.
+
+        Its presence makes the ``classify`` task (and cross-encoder scoring) available.
+        """
+        return None
+
+    def token_head(self) -> torch.nn.Module | None:
+        """The classifier of token vectors, ``[T, H] -> [T, num_labels]``; ``None`` if there is none.
+
+        Its presence makes the ``token_classify`` task (and ``LLM.reward``) available. The default
+        is :meth:`sequence_head`: a sequence classifier also classifies every token, as vLLM serves
+        ``token_classify`` with a sequence classifier's head. Override it when the per-token
+        classifier differs (BERT's is the bare ``classifier``, without the pooler its sequence head
+        starts with), or return ``None`` when the sequence head cannot read token vectors.
+        """
+        return self.sequence_head()
+
+    def lm_head(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The masked-LM / LM head: ``[n, H]`` hidden rows -> ``[n, vocab]`` logits; ``None`` when
+        the checkpoint has none (the default).
+
+        The logits are ``config.vocab_size`` wide. Their presence makes the ``sparse_embed`` task
+        (SPLADE) available: the task builds its head from them. With :attr:`masked_lm_head` they
+        also classify tokens when the model has no :meth:`token_head`.
+        """
+        return None
+
+    def task_head(self, task: Any, model: Any) -> Any:
+        """A head of this architecture's own for ``task`` (a :class:`poolkit.contracts.tasks.Task`), or ``None``.
+
+        ``None`` (the default) lets the task build its head from the poolers and the
+        classifiers above; a SPLADE model returns the ``sparse_embed`` task's head for ``embed``,
+        for instance.
+        """
+        return None
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy checkpoint tensors, given as ``(name, tensor)`` pairs, into the parameters.
+
+        Raises:
+            ModelLoadError: a parameter has no tensor, or a tensor has the wrong shape.
+        """
+        raise NotImplementedError
+
+    def load_companion_files(self, model_dir: Path, allow_pickle: bool) -> None:
+        """Load weights a checkpoint keeps in files of its own beside the main weights
+        (BGE-M3's ``sparse_linear.pt`` and ``colbert_linear.pt``).
+
+        Called once per load, right after :meth:`load_weights` and before the model is moved
+        to its device and dtype. The default does nothing.
+
+        Args:
+            model_dir: the checkpoint directory.
+            allow_pickle: whether the user opted in to pickle files (load them with
+                ``torch.load(weights_only=True)`` only then).
+
+        Raises:
+            ModelLoadError: a file is missing, malformed, or a pickle without the opt-in.
+        """
+
+    def quantize(self, method: str, batches: Callable[[], Iterable[PackedBatch]]) -> dict[str, Any]:
+        """Run the model quantized (the ``quantization`` setting, vLLM's name: ``"int8"``).
+
+        Called once per load, after the model is on its device and in its dtype, when the user
+        asks for it. ``batches()`` gives calibration batches (the built-in calibration texts or
+        ``--calibration FILE``), on the model's device, to measure activations and the error.
+        Returns what ``poolkit info`` shows of it. The native families implement it
+        (:mod:`poolkit.builtin_models.quantize`); the default refuses.
+
+        Raises:
+            ModelLoadError: the architecture cannot run ``method``.
+        """
+        raise ModelLoadError(
+            f"quantization '{method}' is not supported by {type(self).__name__} "
+            f"(the {self.implementation} implementation); poolkit quantizes the models it implements natively"
+        )
+
+    def forward(self, batch: PackedBatch) -> torch.Tensor:  # pragma: no cover - abstract
+        """Hidden states ``[batch.num_tokens, hidden_size]`` of the last layer.
+
+        Called once per batch under ``torch.inference_mode()``, ``batch`` on the model's device;
+        attention must stay within each sequence, and away from the tokens past a sequence's
+        ``batch.key_lens`` when it has them (the ``varlen_attention`` kernel does both).
+        """
+        raise NotImplementedError
+
+
+def check_architecture(name: str, obj: object) -> type[Architecture]:
+    """Registry check: a subclass of :class:`Architecture`."""
+    if not (isinstance(obj, type) and issubclass(obj, Architecture)):
+        raise TypeError(f"architecture '{name}' must be a subclass of poolkit.Architecture, got {obj!r}")
+    return obj

@@ -1,0 +1,49 @@
+"""The kernel contract: an implementation of an op for a device type, with the torch reference it must match.
+
+Kept apart from the lookup (:mod:`poolkit.plugins.lookup`) so the plugin manager can check kernels without
+importing what queries its registries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """One implementation of an op.
+
+    Attributes:
+        fn: the implementation.
+        reference: a pure-torch implementation with the same signature and defaults; tests
+            compare ``fn`` with it. It is not run in ``fn``'s place: an op that must run
+            everywhere has a kernel of its own for ``"any"`` device (``poolkit.kernel_reference``
+            returns a built-in op's reference).
+        device: device type ``fn`` runs on (``"cpu"``, ``"cuda"``) or ``"any"``.
+        priority: higher wins among available kernels for the same op and device; on a tie, a
+            kernel for the exact device type beats an ``"any"`` one.
+        is_available: whether ``fn`` can run in this process (a library is installed, ...).
+        row_bucket: the row count (first dimension) this kernel would rather see than ``n``,
+            at least ``n``; ``None`` takes any count. A kernel that compiles or caches per input
+            shape (oneDNN keeps a primitive per shape; CUDA graphs are captured per size) declares
+            its buckets here, and the engine pads each packed batch with filler sequences to
+            :func:`poolkit.kernel_rows` tokens, so every ``[T, ...]`` tensor of the forward pass
+            already has a bucketed count and nothing is copied to pad it. Other callers may
+            still pass any count.
+    """
+
+    fn: Callable
+    reference: Callable
+    device: str = "any"
+    priority: int = 0
+    is_available: Callable[[], bool] = lambda: True
+    row_bucket: Callable[[int], int] | None = None
+
+
+def check_kernel(name: str, obj: object) -> Kernel:
+    if not isinstance(obj, Kernel):
+        raise TypeError(f"kernel '{name}' must be a poolkit.Kernel, got {type(obj).__name__}")
+    if ":" not in name:
+        raise TypeError(f"kernel names are '<op>:<impl>', got '{name}'")
+    return obj

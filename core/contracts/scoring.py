@@ -1,0 +1,126 @@
+"""The scorer contract: how ``LLM.score`` and ``LLM.rerank`` compare a query with documents.
+
+A scorer is registered through ``poolkit_register_scorers`` like any other plugin object. The
+built-ins are a cross-encoder (a one-output classifier reads each pair together), a bi-encoder
+(cosine of two embeddings) and late interaction (MaxSim of token vectors, ColBERT); a plugin adds
+another kind the same way, and the API, the CLI and the server use it without edits.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, ClassVar
+
+from .errors import InvalidRequest
+
+#: ``chat_template_kwargs`` keys that are no template variables: a sentence-transformers
+#: CrossEncoder export reads them when it renders a pair (its prompt, by text or saved name, and
+#: whether a truncated render gets the template's closing tokens back), as in vLLM.
+CROSS_ENCODER_KEYS = ("prompt", "prompt_name", "restore_suffix")
+#: ``apply_chat_template`` arguments a request may not set: the call's own (vLLM refuses
+#: ``chat_template``, ``tools``, ``tokenize``), and the sizes, which truncation settings own.
+RESERVED_TEMPLATE_KWARGS = frozenset(
+    {"chat_template", "tools", "tokenize", "conversation", "messages", "documents", "return_dict",
+     "return_tensors", "padding", "truncation", "max_length"}
+)
+
+
+class Scorer:
+    """One way of scoring (query, document) pairs with a loaded model.
+
+    The model's scorer is the one its architecture names in ``score_type``, else the supporting
+    scorer with the highest :attr:`priority` (:func:`poolkit.plugins.lookup.select_scorer`). ``model``
+    below is the loaded :class:`poolkit.loading.model.PoolingModel`, ``llm`` the :class:`poolkit.LLM`.
+
+    Attributes:
+        name: the key users see (``llm.score_type``, the server's ``/v1/models``).
+        priority: which scorer wins when several support a model; higher first.
+        takes_template: whether score templates (``chat_template``, ``instruction``) apply.
+    """
+
+    name: ClassVar[str] = ""
+    priority: ClassVar[int] = 0
+    takes_template: ClassVar[bool] = False
+
+    def supports(self, model: Any) -> bool:
+        """Whether this scorer can score with ``model``."""
+        raise NotImplementedError
+
+    def refusal(self, model: Any) -> str | None:
+        """Why ``model`` cannot score, when this scorer knows better than the generic message."""
+        return None
+
+    def score(
+        self,
+        llm: Any,
+        first: list[str],
+        second: list[str],
+        pooling_params: Any,
+        *,
+        use_tqdm: bool,
+        tokenization_kwargs: dict[str, Any] | None,
+        chat_template: str | None,
+        instruction: str | None,
+    ) -> list[tuple[float, list[int]]] | list[tuple[float, list[int], bool]]:
+        """One ``(score, prompt token ids)`` per pair ``(first[i], second[i])``, in order, or
+        ``(score, prompt token ids, truncated)``: whether the pair's inputs were cut to a limit
+        (``Results.truncated`` of the runs; ``ScoringRequestOutput.truncated`` reports it).
+
+        ``first`` and ``second`` have the same length (the API has paired them already).
+        """
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<Scorer {self.name}>"
+
+
+def check_scorer(name: str, obj: object) -> Scorer:
+    """Registry check: a :class:`Scorer` instance or subclass (instantiated)."""
+    if inspect.isclass(obj) and issubclass(obj, Scorer):
+        obj = obj()
+    if not isinstance(obj, Scorer):
+        raise TypeError(f"scorer '{name}' must be a poolkit.Scorer, got {type(obj).__name__}")
+    return obj
+
+
+def score_extra(pooling_params: Any) -> dict[str, Any]:
+    """The ``extra_kwargs`` of a score call's pooling parameters (one object or dict), or ``{}``."""
+    if isinstance(pooling_params, dict):
+        extra = pooling_params.get("extra_kwargs")
+    else:
+        extra = getattr(pooling_params, "extra_kwargs", None)
+    return extra if isinstance(extra, dict) else {}
+
+
+def template_kwargs(pooling_params: Any) -> dict[str, Any] | None:
+    """The ``chat_template_kwargs`` of a score call (``PoolingParams.extra_kwargs``, as in vLLM),
+    checked; ``None`` when none are given.
+
+    Raises:
+        InvalidRequest: not an object with string keys, a reserved key, or a CrossEncoder key
+            (:data:`CROSS_ENCODER_KEYS`) of the wrong type.
+    """
+    kwargs = score_extra(pooling_params).get("chat_template_kwargs")
+    if kwargs is None:
+        return None
+    check_template_kwargs(kwargs)
+    return dict(kwargs)
+
+
+def check_template_kwargs(kwargs: Any) -> None:
+    """Check a score request's ``chat_template_kwargs`` before any model reads them.
+
+    Raises:
+        InvalidRequest: as :func:`template_kwargs`.
+    """
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        raise InvalidRequest(f"chat_template_kwargs must be an object with string keys, got {type(kwargs).__name__}")
+    reserved = sorted(set(kwargs) & RESERVED_TEMPLATE_KWARGS)
+    if reserved:
+        raise InvalidRequest(f"chat_template_kwargs may not set {', '.join(reserved)}")
+    prompt, name, restore = (kwargs.get(key) for key in CROSS_ENCODER_KEYS)
+    for key, value in (("prompt", prompt), ("prompt_name", name)):
+        if value is not None and not isinstance(value, str):
+            raise InvalidRequest(f"CrossEncoder {key} must be a string, got {type(value).__name__} (chat_template_kwargs {key})")
+    if restore is not None and not isinstance(restore, bool):
+        raise InvalidRequest(f"restore_suffix must be true or false, got {restore!r} (chat_template_kwargs restore_suffix)")

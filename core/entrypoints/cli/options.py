@@ -1,0 +1,315 @@
+"""What every command shares: the error boundary, logging, output formats, and the load options.
+
+The load options are not declared per command: :func:`engine_options` derives one option per
+:class:`poolkit.config.settings.EngineArgs` field (its type, default and help text) and hands the command
+the validated settings object.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import os
+import sys
+import typing
+from contextlib import contextmanager
+from enum import Enum
+from typing import Any, Callable, Iterator, Optional
+
+import typer
+
+from ...config.settings import IGNORED_ENGINE_ARGS, EngineArgs
+from ...contracts.errors import PoolkitError
+
+
+class Format(str, Enum):
+    auto = "auto"
+    jsonl = "jsonl"
+    json = "json"
+    table = "table"
+
+
+@contextmanager
+def errors() -> Iterator[None]:
+    """The CLI's one error boundary: ``Error: <message>`` on stderr and exit code 1."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except Exception as exc:
+        if os.environ.get("POOLKIT_DEBUG", "") not in ("", "0"):
+            raise
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if not isinstance(exc, PoolkitError):
+            message = f"{type(exc).__name__}: {message}"
+        typer.echo(f"Error: {message}", err=True)
+        typer.echo("(set POOLKIT_DEBUG=1 to see the traceback)", err=True)
+        raise typer.Exit(1) from None
+
+
+def setup_logging(quiet: bool, verbose: bool) -> None:
+    level = logging.ERROR if quiet else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s", force=True)
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+InputOpt = typer.Option(None, "--input", "-i", help="Input file (text lines or JSON Lines with id/text); - for stdin.")
+FormatOpt = typer.Option(Format.auto, "--format", "-f", help="auto (table on a terminal, else jsonl), jsonl, json, table.")
+DimensionsOpt = typer.Option(None, "--dimensions", help="Matryoshka output dimensions.")
+TruncateOpt = typer.Option(None, "--truncate-prompt-tokens", help="Keep at most N tokens (-1: the model's limit).")
+TruncationSideOpt = typer.Option(None, "--truncation-side", help="left or right.")
+PromptNameOpt = typer.Option(None, "--prompt-name", help="A prompt of the model's sentence-transformers config.")
+OutputOpt = typer.Option(None, "--output", "-o", help="Write results to a file (JSON Lines, Parquet or .npy): a resumable corpus job.")
+TextFieldOpt = typer.Option("text", "--text-field", help="Corpus jobs: the field (column) holding the text.")
+IdFieldOpt = typer.Option("id", "--id-field", help="Corpus jobs: the field (column) holding the id.")
+SkipBadOpt = typer.Option(False, "--skip-bad-lines", help="Corpus jobs: skip malformed lines (reported) instead of stopping.")
+OverwriteOpt = typer.Option(False, "--overwrite", help="Corpus jobs: replace an existing output or unfinished job.")
+EmbedDtypeOpt = typer.Option(
+    None, "--embed-dtype",
+    help="Corpus jobs: how vectors are stored: float32 (default), float16, bfloat16 (uint16 bit patterns), "
+    "or Cohere's int8, uint8, binary, ubinary.",
+)
+EngineOpt = typer.Option("local", "--engine", help="Corpus jobs: local, or ray (Ray Data, the ray extra).")
+ChatTemplateOpt = typer.Option(None, "--chat-template", help="Score template for LLM rerankers: a Jinja file or text.")
+InstructionOpt = typer.Option(None, "--instruction", help="Task instruction shown by a score template.")
+QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bar, errors only.")
+VerboseOpt = typer.Option(False, "--verbose", "-v", help="Log what poolkit decides.")
+
+
+def flag(name: str) -> str:
+    """The command-line flag of an :class:`EngineArgs` field."""
+    return "--" + name.replace("_", "-")
+
+
+#: vLLM's ``--task`` values (``TaskOption``; deprecated there) and what poolkit makes of them: the
+#: ``--convert`` they ask for, ``None`` for nothing (every supported task is served anyway), or
+#: ``False`` for a generative task poolkit does not run. The names are vLLM's spellings, data
+#: (like the values of ``--convert``), not a branch on poolkit's tasks.
+VLLM_TASKS: tuple[tuple[str, str | None | bool], ...] = (
+    ("auto", None),
+    ("embed", "embed"),
+    ("embedding", "embed"),
+    ("classify", "classify"),
+    ("score", None),
+    ("reward", None),
+    ("generate", False),
+    ("transcription", False),
+    ("draft", False),
+)
+#: vLLM's deprecated spellings of load settings: the flag's setting -> the setting it stands for.
+DEPRECATED_SETTINGS = {"override_pooler_config": "pooler_config"}
+#: Which of vLLM's engine options that mean nothing here (``settings.IGNORED_ENGINE_ARGS``) are
+#: on/off flags (``--enforce-eager``, ``--no-enable-prefix-caching``); the others take a value.
+VLLM_IGNORED_FLAGS = frozenset({"enforce_eager", "enable_prefix_caching", "enable_chunked_prefill", "disable_log_stats"})
+
+
+def warn(message: str) -> None:
+    """A one-line ``Warning: ...`` on stderr (before a command sets up logging)."""
+    typer.echo(f"Warning: {message}", err=True)
+
+
+def _long_flags(param: inspect.Parameter) -> list[str]:
+    """The long flags of a command's option (``--top-k``), the name-derived one when none is declared."""
+    info = param.default
+    if not isinstance(info, typer.models.OptionInfo):
+        return []
+    decls = [d for decl in (info.param_decls or ()) for d in decl.split("/") if d.startswith("--")]
+    decls = [d for d in decls if not d.startswith("--no-")] if decls else [flag(param.name)]
+    return decls
+
+
+def _underscored(flags: list[str]) -> list[str]:
+    """vLLM's underscore spellings of dashed flags (``--max-model-len`` -> ``--max_model_len``)."""
+    return ["--" + f[2:].replace("-", "_") for f in flags if "-" in f[2:]]
+
+
+def _optional(annotation: Any) -> Any:
+    return annotation if type(None) in typing.get_args(annotation) else Optional[annotation]
+
+
+def task_to_convert(task: str, convert: str | None) -> str | None:
+    """The ``--convert`` a vLLM ``--task`` stands for (``None``: keep ``convert``), with a warning.
+
+    vLLM deprecated ``--task`` (its server then served one task); poolkit serves every task the
+    model supports, so the option only matters where it asks for a conversion: ``embed`` /
+    ``embedding`` -> ``--convert embed`` (a no-op for an embedding model; a classifier or a causal
+    LM is then served as an embedding model), ``classify`` -> ``--convert classify``. Other
+    pooling values are ignored. An explicit ``--convert`` wins.
+
+    Raises:
+        InvalidRequest: an unknown value, or a generative task.
+    """
+    from ...contracts.errors import InvalidRequest
+
+    mapping = dict(VLLM_TASKS)
+    if task not in mapping:
+        raise InvalidRequest(f"--task '{task}' is not one of {', '.join(mapping)} (vLLM's deprecated option)")
+    mapped = mapping[task]
+    if mapped is False:
+        raise InvalidRequest(f"--task {task}: poolkit runs pooling models only")
+    if mapped is None:
+        warn(f"--task is deprecated (vLLM) and ignored here: poolkit serves every task the model supports; remove --task {task}")
+        return convert
+    if convert is not None:
+        warn(f"--task is deprecated (vLLM) and ignored here: --convert {convert} decides; remove --task {task}")
+        return convert
+    warn(f"--task is deprecated (vLLM); poolkit serves every task the model supports: use --convert {mapped} instead of --task {task}")
+    return mapped
+
+
+def _cli_type(annotation: Any) -> Any:
+    """The type Typer parses a setting as: structured settings arrive as JSON text."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    base = args[0] if len(args) == 1 else annotation
+    if base is bool:
+        return bool
+    return Optional[base] if base in (int, float) else Optional[str]
+
+
+def engine_options(*, model_argument: bool = False, help_overrides: dict[str, str] | None = None) -> Callable:
+    """Give a command one option per load setting; the command receives ``args: EngineArgs``.
+
+    Args:
+        model_argument: take the model as the command's positional argument (``serve``, ``info``)
+            rather than ``--model``.
+        help_overrides: help texts that differ for this command (the bench's presets).
+
+    The command's own parameters come first; unset options leave the setting's default, and a bad
+    value is the usual ``Error: ...`` naming the flag.
+
+    vLLM's spellings are accepted too, for every command at once (hidden from ``--help``): the
+    underscore form of every dashed option (``--max_model_len``, ``--hf_overrides``,
+    ``--served_model_name``, ...), ``--override-pooler-config`` (deprecated in vLLM: a warning,
+    then ``--pooler-config``) and, where the command has no ``--task`` of its own, vLLM's
+    deprecated ``--task`` (:func:`task_to_convert`).
+    """
+
+    def decorate(command: Callable) -> Callable:
+        signature = inspect.signature(command)
+        hints = typing.get_type_hints(command)  # the command module's names, before they travel here
+        own = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in signature.parameters.values() if p.name != "args"]
+        added: list[inspect.Parameter] = []
+        for name, field in EngineArgs.model_fields.items():
+            annotation = _cli_type(field.annotation)
+            help_text = (help_overrides or {}).get(name, field.description)
+            if name == "model" and model_argument:
+                info = typer.Argument(None, help=help_text, show_default=False)
+                annotation = Optional[str]
+            else:
+                default = field.default if annotation is bool or field.default is None else None
+                short = EngineArgs.short_flags.get(name)
+                info = typer.Option(default, flag(name), *([short] if short else []), help=help_text, show_default=False)
+            added.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=annotation))
+        taken = {f for p in own + added for f in _long_flags(p)} | {
+            d for p in own + added if isinstance(p.default, typer.models.OptionInfo) for d in (p.default.param_decls or ())
+        }
+        hidden: list[inspect.Parameter] = []
+        aliases: dict[str, tuple[str, str, str, Any]] = {}  # hidden parameter -> (target, its flag, alias flag, default)
+
+        def hide(name: str, flags: list[str], annotation: Any, help_text: str) -> None:
+            hidden.append(
+                inspect.Parameter(
+                    name,
+                    inspect.Parameter.KEYWORD_ONLY,
+                    default=typer.Option(None, *flags, hidden=True, help=help_text, show_default=False),
+                    annotation=_optional(annotation),
+                )
+            )
+            taken.update(flags)
+
+        for p in own + added:
+            flags = _long_flags(p)
+            for alias in _underscored(flags):
+                if alias not in taken:
+                    key = f"vllm_alias__{alias[2:]}"
+                    hide(key, [alias], p.annotation, f"vLLM's spelling of {flags[0]}.")
+                    default = p.default.default if isinstance(p.default, typer.models.OptionInfo) else None
+                    aliases[key] = (p.name, flags[0], alias, default)
+        for old_name, new_name in DEPRECATED_SETTINGS.items():
+            flags = [f for f in (flag(old_name), "--" + old_name) if f not in taken]
+            if flags and any(p.name == new_name for p in added):
+                hide(f"vllm_deprecated__{old_name}", flags, Optional[str], f"Deprecated (vLLM): use {flag(new_name)}.")
+        vllm_task = "--task" not in taken
+        if vllm_task:
+            hide("vllm_deprecated__task", ["--task"], Optional[str], "Deprecated (vLLM): every supported task is served.")
+        ignored: dict[str, str] = {}  # hidden parameter -> the flag vLLM users give
+        for name in sorted(IGNORED_ENGINE_ARGS - {"task"}):
+            flags = list(dict.fromkeys(f for f in (flag(name), "--" + name) if f not in taken))
+            if not flags:
+                continue
+            key = f"vllm_ignored__{name}"
+            if name in VLLM_IGNORED_FLAGS:
+                decls = [f"{flags[0]}/--no-{flags[0][2:]}"] + flags[1:]
+                hide(key, decls, bool, "vLLM engine option with no meaning here (ignored).")
+            else:
+                hide(key, flags, str, "vLLM engine option with no meaning here (ignored).")
+            ignored[key] = flags[0]
+        engine_names = {p.name for p in added}
+
+        @functools.wraps(command)
+        def wrapper(**kwargs: Any) -> Any:
+            with errors():
+                _apply_aliases(kwargs, aliases)
+                for old_name, new_name in DEPRECATED_SETTINGS.items():
+                    value = kwargs.pop(f"vllm_deprecated__{old_name}", None)
+                    if value is None:
+                        continue
+                    if kwargs.get(new_name) is not None:
+                        from ...contracts.errors import InvalidRequest
+
+                        raise InvalidRequest(f"{flag(old_name)} and {flag(new_name)} are the same setting; give only {flag(new_name)}")
+                    warn(f"{flag(old_name)} is deprecated (vLLM); use {flag(new_name)}")
+                    kwargs[new_name] = value
+                dropped = [ignored[key] for key in ignored if kwargs.pop(key, None) is not None]
+                if dropped:
+                    warn(f"{', '.join(dropped)}: vLLM engine option(s) with no meaning for poolkit, ignored")
+                task = kwargs.pop("vllm_deprecated__task", None) if vllm_task else None
+                if task is not None:
+                    kwargs["convert"] = task_to_convert(task, kwargs.get("convert"))
+                given = {name: kwargs.pop(name) for name in engine_names}
+                args = settings_from_cli(given)
+            return command(args=args, **kwargs)
+
+        parameters = own + added + hidden
+        wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
+        del wrapper.__wrapped__  # Typer must read the new signature, not the command's
+        return wrapper
+
+    return decorate
+
+
+def _apply_aliases(kwargs: dict[str, Any], aliases: dict[str, tuple[str, str, str, Any]]) -> None:
+    """Move the values given under vLLM's underscore spellings to their options."""
+    from ...contracts.errors import InvalidRequest
+
+    for key, (target, target_flag, alias_flag, default) in aliases.items():
+        value = kwargs.pop(key, None)
+        if value is None or value == [] or value == ():
+            continue
+        if kwargs.get(target) not in (default, value, None, [], ()):
+            raise InvalidRequest(f"{target_flag} and {alias_flag} are the same option with two values; give it once")
+        kwargs[target] = value
+
+
+def settings_from_cli(given: dict[str, Any]) -> EngineArgs:
+    """:class:`EngineArgs` from option values; errors name the flag (``--pooler-config is not valid JSON``)."""
+    from ...contracts.errors import InvalidRequest
+
+    values = {k: v for k, v in given.items() if v is not None}
+    try:
+        return EngineArgs(**values)
+    except InvalidRequest as exc:
+        message = str(exc)
+        for name in values:
+            if message.startswith(name):
+                message = flag(name) + message[len(name) :]
+                break
+        raise InvalidRequest(message) from None

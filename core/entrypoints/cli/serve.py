@@ -1,0 +1,115 @@
+"""``poolkit serve``: the HTTP server over one model, loaded in the background."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+
+from ...config.settings import EngineArgs
+from .app import app
+from .options import QuietOpt, VerboseOpt, engine_options, errors, setup_logging
+
+
+@app.command()
+@engine_options(model_argument=True)
+def serve(
+    args: EngineArgs,
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; 0.0.0.0 listens on every interface."),
+    port: int = typer.Option(8000, "--port", help="Port to bind."),
+    models: Optional[list[str]] = typer.Option(None, "--model", help="Serve this model too (repeatable, after MODEL if one is given): several models in one server, chosen by each request's 'model' (or X-Model header)."),
+    served_model_name: Optional[list[str]] = typer.Option(None, "--served-model-name", help="The name requests give in 'model' (default: the model as given); once per model, in the same order."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="POOLKIT_API_KEY", help="Require 'Authorization: Bearer KEY' on every inference route (or set POOLKIT_API_KEY)."),
+    max_queue_tokens: int = typer.Option(1_000_000, "--max-queue-tokens", help="Estimated tokens allowed to wait for the model; beyond it 429."),
+    max_concurrent_requests: int = typer.Option(512, "--max-concurrent-requests", help="Requests handled at once; beyond it 429."),
+    max_inputs_per_request: int = typer.Option(2048, "--max-inputs-per-request", "--max-client-batch-size", help="Inputs (texts, documents, images) in one request (TEI: --max-client-batch-size)."),
+    max_request_tokens: int = typer.Option(300_000, "--max-request-tokens", help="Tokens in one request (estimated before tokenizing)."),
+    max_body_bytes: int = typer.Option(16 * 1024 * 1024, "--max-body-bytes", "--payload-limit", help="Largest request body; beyond it 413 (TEI: --payload-limit)."),
+    shutdown_timeout: float = typer.Option(30.0, "--shutdown-timeout", help="Seconds to finish in-flight work on SIGTERM."),
+    header_timeout: float = typer.Option(10.0, "--header-timeout", help="Seconds a client has to send a request's headers; beyond it 408 and the connection is closed."),
+    chat_template: Optional[str] = typer.Option(None, "--chat-template", help="Chat template for 'messages' requests instead of the tokenizer's (a Jinja file or text); a cross-encoder also scores with it unless --score-template is given, as in vLLM."),
+    score_template: Optional[str] = typer.Option(None, "--score-template", help="Score template for /score and /rerank with LLM rerankers: a Jinja file or text."),
+    cache_size: int = typer.Option(0, "--cache-size", help="Keep the results of up to N embedded inputs per model and answer repeats from them (LRU; 0: no cache)."),
+    auto_truncate: bool = typer.Option(False, "--auto-truncate", help="TEI's routes: truncate inputs longer than the model's limit unless a request says truncate: false."),
+    default_prompt_name: Optional[str] = typer.Option(None, "--default-prompt-name", help="TEI's routes: the prompt of the model's sentence-transformers config used when a request names none."),
+    quiet: bool = QuietOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Serve MODEL over HTTP: OpenAI /v1/embeddings, /pooling, /classify, /score, /rerank, Cohere /v2/embed, TEI /embed.
+
+    Every task the model supports is served; each request chooses its own. --model serves
+    several models in one process (each request names one; the first answers requests that
+    name none). Binds 127.0.0.1
+    unless --host says otherwise. SIGTERM drains in-flight requests and exits 0. --max-batch-tokens
+    is also the token budget the server merges concurrent requests up to. vLLM's spellings of the
+    options work too (--max_model_len, --override-pooler-config, --task, ...).
+    """
+    with errors():
+        try:
+            import fastapi  # noqa: F401
+            import uvicorn  # noqa: F401
+        except ImportError:
+            from ...contracts.errors import MissingDependency
+
+            raise MissingDependency("poolkit serve needs FastAPI and uvicorn: pip install 'poolkit[serve]'") from None
+        from ..server import ServerLimits, run
+
+        limits = ServerLimits(
+            max_inputs_per_request=max_inputs_per_request,
+            max_request_tokens=max_request_tokens,
+            max_body_bytes=max_body_bytes,
+            max_concurrent_requests=max_concurrent_requests,
+            max_queue_tokens=max_queue_tokens,
+            shutdown_timeout=shutdown_timeout,
+            header_timeout=header_timeout,
+            **({"max_batch_tokens": args.max_batch_tokens} if args.max_batch_tokens is not None else {}),
+        )
+        chat_template = _template(chat_template, "--chat-template")
+        score_template = _template(score_template, "--score-template")
+        setup_logging(quiet, verbose)
+        if not quiet:
+            for logger_name in ("uvicorn", "uvicorn.error", "poolkit.entrypoints.server"):
+                logging.getLogger(logger_name).setLevel(logging.INFO)
+        paths = ([args.model] if "model" in args.model_fields_set or not models else []) + list(models or [])
+        names = list(served_model_name or [])
+        if len(names) > len(paths):
+            from ...contracts.errors import InvalidRequest
+
+            raise InvalidRequest(f"{len(names)} --served-model-name for {len(paths)} models: give at most one per model, in order")
+        names += paths[len(names):]
+        log = logging.getLogger("poolkit.entrypoints.server")
+        for path, name in zip(paths, names):
+            log.info("serving %s as '%s' on http://%s:%d", path, name, host, port)
+        loaders = [_loader(args.model_copy(update={"model": path})) for path in paths]
+        run(loaders if len(loaders) > 1 else loaders[0], host=host, port=port, served_model_name=names if len(names) > 1 else names[0],
+            api_key=api_key, limits=limits, chat_template=chat_template, score_template=score_template, cache_size=cache_size,
+            auto_truncate=auto_truncate, default_prompt_name=default_prompt_name,
+            log_level="warning" if quiet else "info", access_log=verbose)
+
+
+def _loader(args: EngineArgs) -> Callable[[], Any]:
+    """Loading one model in the server's background thread."""
+
+    def load() -> Any:
+        from ...api.llm import LLM
+
+        return LLM.from_args(args)
+
+    return load
+
+
+def _template(value: Optional[str], option: str) -> Optional[str]:
+    """Template text from ``value``: the file it names, or the text itself (vLLM's rule: text with
+    braces or line breaks is a template, anything else must be a file)."""
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    if not any(c in value for c in "{}\n") and len(value) < 4096:
+        if not path.is_file():
+            from ...contracts.errors import InvalidRequest
+
+            raise InvalidRequest(f"{option} '{value}' is neither a Jinja template nor an existing file")
+        return path.read_text(encoding="utf-8")
+    return value

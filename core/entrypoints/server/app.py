@@ -1,0 +1,234 @@
+"""The application factory, background model loading, and running it with uvicorn."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Callable, Sequence
+
+from fastapi import APIRouter, FastAPI
+
+from ...contracts.errors import InvalidRequest, MissingDependency
+from . import routes_cohere, routes_openai, routes_ops, routes_tei, routes_vllm
+from .errors import install_error_handlers
+from .front import front_protocol
+from .guard import INFERENCE_ROUTES, TEI_ALIASES, Guard, StrictRoute
+from .lane import Lane
+from .openapi import install_openapi
+from .state import ModelState, ServerLimits, ServerState
+
+logger = logging.getLogger(__name__)
+
+#: The routers every application mounts, one module per protocol.
+ROUTERS = (routes_ops.router, routes_openai.router, routes_vllm.router, routes_cohere.router, routes_tei.router)
+
+
+def create_app(
+    llm: Any,
+    *,
+    served_model_name: str | Sequence[str | None] | None = None,
+    api_key: str | None = None,
+    limits: ServerLimits | None = None,
+    chat_template: str | None = None,
+    score_template: str | None = None,
+    cache_size: int = 0,
+    auto_truncate: bool = False,
+    default_prompt_name: str | None = None,
+) -> FastAPI:
+    """The FastAPI application serving ``llm``, or several models.
+
+    Args:
+        llm: a loaded :class:`poolkit.LLM`, or a callable returning one: it is then loaded in a
+            background thread at startup, and the server answers 503 until it is ready. A list of
+            them serves several models, loaded one after another; requests choose one by name.
+        served_model_name: the name requests must use in ``model`` (default: the model's name);
+            a list of names, one per model, for several.
+        api_key: when set, every inference route and ``/v1/models`` need
+            ``Authorization: Bearer <api_key>``; ``/health``, ``/metrics`` and the docs stay open.
+        limits: the server's limits (:class:`ServerLimits`); each model keeps its own batch and
+            queue budgets of these sizes.
+        chat_template: the chat template (Jinja text) that ``messages`` requests are rendered
+            with, instead of the tokenizer's (vLLM's ``--chat-template``). Like vLLM, a model whose
+            scorer takes a score template (``LLM.scorer.takes_template``, cross-encoders) also
+            scores with it, unless ``score_template`` is given.
+        score_template: the score template (Jinja text) of ``/score`` and ``/rerank`` for a model
+            whose scorer takes one.
+        cache_size: entries of each model's embedding cache (:mod:`poolkit.entrypoints.server.cache`); 0: none.
+        auto_truncate: TEI's routes truncate inputs that are too long unless a request says
+            ``truncate: false`` (TEI's ``--auto-truncate``); otherwise they refuse them.
+        default_prompt_name: the prompt of the model's sentence-transformers config that TEI's
+            routes use when a request names none (TEI's ``--default-prompt-name``).
+
+    Example:
+        >>> from fastapi.testclient import TestClient
+        >>> with TestClient(create_app(LLM(), served_model_name="minilm")) as client:
+        ...     client.post("/v1/embeddings", json={"model": "minilm", "input": "hi"}).json()["data"][0]["index"]
+        0
+    """
+    llms = list(llm) if isinstance(llm, (list, tuple)) else [llm]
+    names = list(served_model_name) if isinstance(served_model_name, (list, tuple)) else [served_model_name] * len(llms)
+    if not llms or len(names) != len(llms):
+        raise InvalidRequest(f"{len(names)} served model names for {len(llms)} models: give one name per model")
+    given = [n for n in names if n is not None]
+    if len(set(given)) != len(given):
+        raise InvalidRequest(f"served model names must differ: {', '.join(given)}")
+    if cache_size < 0:
+        raise InvalidRequest(f"the cache size must be 0 (no cache) or more, got {cache_size}")
+    st = ServerState(api_key, limits or ServerLimits())
+    loaders: list[tuple[ModelState, Callable[[], Any]]] = []
+    for one, name in zip(llms, names):
+        model = st.add_model(
+            name, chat_template=chat_template, score_template=score_template, cache_size=cache_size,
+            auto_truncate=auto_truncate, default_prompt_name=default_prompt_name,
+        )
+        if callable(one) and not hasattr(one, "model"):
+            loaders.append((model, one))
+        else:
+            model.attach(one)
+    _check_names(st)
+    loading = [False]
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if loaders and not loading[0]:
+            loading[0] = True
+            threading.Thread(target=_load, args=(st, loaders), name="poolkit-load", daemon=True).start()
+        if st.drained:  # started again after a shutdown (tests, embedding servers): fresh batchers
+            for model in st.models:
+                if model.llm is not None:
+                    model.batcher = model.new_batcher()
+            st.drained = st.draining = False
+        st.started()
+        yield
+        st.draining = True
+        batchers = [m.batcher for m in st.models if m.batcher is not None]
+        if batchers:
+            st.drained = True
+            for batcher in batchers:
+                done = await asyncio.to_thread(batcher.drain, st.limits.shutdown_timeout)
+                if not done:
+                    logger.warning("shutdown: queued work did not finish within %.0f s", st.limits.shutdown_timeout)
+
+    app = FastAPI(
+        title="poolkit",
+        description="Pooling models (embeddings, rerankers, classifiers, token models) over HTTP: "
+        "OpenAI, vLLM, Cohere and Text Embeddings Inference endpoints.",
+        version=_version(),
+        lifespan=lifespan,
+    )
+    app.router.route_class = StrictRoute
+    app.state.poolkit = st
+    app.add_middleware(Guard, state=st)
+    install_error_handlers(app)
+    for router in ROUTERS:
+        _mount(app, router)
+    st.lane = Lane(app.routes, INFERENCE_ROUTES | TEI_ALIASES)
+    install_openapi(app, st)
+    return app
+
+
+def _check_names(st: ServerState) -> None:
+    """Refuse two loaded models served under one name (names come from the models themselves)."""
+    names = [m.served for m in st.models if m.served is not None]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise InvalidRequest(f"two models would be served as '{twice[0]}': give each a --served-model-name")
+
+
+def _mount(app: FastAPI, router: APIRouter) -> None:
+    """Add the path operations of ``router`` to ``app`` itself.
+
+    Unlike ``include_router``, which recent FastAPI versions keep as one nested entry, this
+    leaves every path operation in ``app.routes``, where tools and tests list them.
+    """
+    for route in router.routes:
+        app.router.add_api_route(
+            route.path,
+            route.endpoint,
+            methods=sorted(route.methods),
+            name=route.name,
+            summary=route.summary,
+            openapi_extra=route.openapi_extra,
+            include_in_schema=route.include_in_schema,
+            route_class_override=type(route),
+        )
+
+
+def _version() -> str:
+    from ... import __version__
+
+    return __version__
+
+
+def _load(st: ServerState, loaders: list[tuple[ModelState, Callable[[], Any]]]) -> None:
+    """Load the models one after another; the first that fails stops the server."""
+    for model, loader in loaders:
+        try:
+            model.attach(loader())
+            _check_names(st)
+            logger.info("model loaded; serving it as '%s'", model.served)
+        except BaseException as exc:  # noqa: BLE001 - reported by run() once the server stops
+            logger.error("the model failed to load: %s", exc)
+            model.load_error = exc
+            st.request_exit()
+            return
+
+
+def run(
+    llm: Any,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    log_level: str = "info",
+    access_log: bool = False,
+    **options: Any,
+) -> None:
+    """Serve ``llm`` (an :class:`LLM` or a callable loading one, or a list of them) with uvicorn
+    until SIGTERM/SIGINT; ``options`` are :func:`create_app`'s.
+
+    On SIGTERM the server stops accepting connections, answers 503 to new requests on open ones,
+    lets in-flight requests finish and drains the batchers (each bounded by
+    ``limits.shutdown_timeout``), then returns, so the process exits 0.
+
+    Raises:
+        MissingDependency: uvicorn is not installed.
+        PoolkitError: a model failed to load (re-raised once the server has stopped).
+    """
+    try:
+        import uvicorn
+    except ImportError:
+        raise MissingDependency("the HTTP server needs FastAPI and uvicorn: pip install 'poolkit[serve]'") from None
+    limits = options.pop("limits", None) or ServerLimits()
+    app = create_app(llm, limits=limits, **options)
+    st: ServerState = app.state.poolkit
+    config = uvicorn.Config(
+        app,
+        http=front_protocol(app),
+        host=host,
+        port=port,
+        log_config=None,
+        log_level=log_level,
+        access_log=access_log,
+        timeout_graceful_shutdown=max(1, int(round(limits.shutdown_timeout))),
+        server_header=False,
+        lifespan="on",
+    )
+
+    class _Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            # Drain instead of re-raising the signal once stopped (uvicorn's default), so SIGTERM exits 0.
+            if not st.draining:  # answer what is still waiting just before uvicorn closes its connections
+                st.shutdown_deadline(limits.shutdown_timeout - min(1.0, 0.2 * limits.shutdown_timeout))
+            st.draining = True
+            if self.should_exit and sig == signal.SIGINT:  # a second Ctrl-C forces the exit
+                self.force_exit = True
+            self.should_exit = True
+
+    server = _Server(config)
+    st.request_exit = lambda: setattr(server, "should_exit", True)
+    server.run()
+    if st.load_error is not None:
+        raise st.load_error

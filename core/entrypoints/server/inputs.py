@@ -1,0 +1,207 @@
+"""Shape checks of request inputs, shared by the routes of every protocol.
+
+They refuse what is wrong with a request as such (an empty string, too many inputs, a token id
+outside the vocabulary, another model's name) with the field at fault as ``param``; what the
+model makes of a valid request is the :class:`poolkit.LLM`'s decision.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import Request
+
+from ...contracts import io
+from ...contracts.errors import InvalidRequest
+from ...contracts.params import PoolingParams
+from ...runtime.estimates import tokens_of_text
+from ..protocol import RESERVED_TEMPLATE_KWARGS
+from .errors import ApiError, short
+from .state import ModelState
+from .work import until_done
+
+
+def check_model(st: ModelState, name: str | None) -> None:
+    """A 404 when a request names another model than the served one."""
+    if name is not None and name != st.served:
+        raise ApiError(404, f"The model `{short(name)}` does not exist.", param="model")
+
+
+def check_text(text: str, where: str) -> None:
+    """Refuse empty strings and lone surrogates (:func:`poolkit.contracts.io.check_text`, the CLI's and the
+    corpus jobs' rule too), with the field at fault."""
+    try:
+        io.check_text(text, where)
+    except InvalidRequest as exc:
+        raise ApiError(400, str(exc), param=where) from None
+
+
+def check_token_ids(st: ServerState, ids: list[int], where: str) -> None:
+    """Refuse a token id outside the model's vocabulary, with the field at fault."""
+    bad = next((t for t in ids if t < 0 or (st.vocab is not None and t >= st.vocab)), None)
+    if bad is not None:
+        vocab = f" (0..{st.vocab - 1})" if st.vocab is not None else ""
+        raise ApiError(400, f"{where}: token id {short(bad, 24)} is out of vocabulary{vocab}", param=where)
+
+
+def served_model(server: Any, name: str) -> Any:
+    """The served model called ``name`` (a :class:`~poolkit.entrypoints.server.state.ModelState`); a 404 that
+    lists the served models for any other name."""
+    model = server.model(name)
+    if model is None:
+        raise ApiError(404, f"The model `{short(name)}` does not exist. Served models: {', '.join(server.served_names)}", param="model")
+    return model
+
+
+def check_count(st: ModelState, n: int, where: str) -> None:
+    """Refuse no inputs, and more than ``--max-inputs-per-request``."""
+    if n == 0:
+        raise ApiError(400, f"{where} must not be empty", param=where)
+    if n > st.limits.max_inputs_per_request:
+        raise ApiError(
+            400, f"too many inputs: {n} > {st.limits.max_inputs_per_request} per request (--max-inputs-per-request)", param=where
+        )
+
+
+def check_dimensions(st: ModelState, dimensions: int | None, where: str) -> None:
+    """Refuse ``dimensions`` below 1, or above a matryoshka model's embedding size."""
+    if dimensions is None:
+        return
+    if dimensions < 1:
+        raise ApiError(400, "Dimensions must be greater than 0", param=where)
+    if st.embedding_size and dimensions > st.embedding_size and st.llm is not None and st.llm.model.is_matryoshka:
+        raise ApiError(
+            400, f"{where} ({dimensions}) is larger than the model's embedding size ({st.embedding_size})", param=where
+        )
+
+
+def prompt_items(st: ModelState, value: Any, where: str = "input") -> list[Any]:
+    """The prompts of an ``input`` field, checked: strings or ``{"prompt_token_ids": [...]}``."""
+    if value is None:
+        raise ApiError(400, f"{where} is required", param=where)
+    if isinstance(value, str):
+        items: list[Any] = [value]
+    elif value and all(isinstance(v, int) for v in value):
+        items = [value]
+    else:
+        items = list(value)
+    check_count(st, len(items), where)
+    prompts = []
+    for i, item in enumerate(items):
+        name = f"{where}[{i}]" if len(items) > 1 or not isinstance(value, str) else where
+        if isinstance(item, str):
+            check_text(item, name)
+            prompts.append(item)
+            continue
+        if not item:
+            raise ApiError(400, f"{name} is an empty list of token ids", param=name)
+        check_token_ids(st, item, name)
+        prompts.append({"prompt_token_ids": item})
+    return prompts
+
+
+def pooling_params(**fields: Any) -> PoolingParams:
+    """:class:`PoolingParams` of the fields a request set (``None``: unset)."""
+    return PoolingParams(**{k: v for k, v in fields.items() if v is not None})
+
+
+async def prompts_of(request: Request, st: ModelState, llm: Any, body: Any) -> list[Any]:
+    """The prompts of a request with ``input`` or chat ``messages`` (``/v1/embeddings``, ``/classify``, ``/pooling``).
+
+    ``add_special_tokens`` is vLLM's: with ``input`` it defaults to true, and ``false`` tokenizes
+    the texts without the tokenizer's special tokens (see :func:`special_tokens`); with
+    ``messages`` it defaults to false, as the chat template writes them.
+    """
+    if body.messages is not None:
+        if body.input is not None:
+            raise ApiError(400, "send either 'input' or 'messages', not both", param="messages")
+        batched = bool(body.messages) and all(isinstance(m, list) for m in body.messages)
+        conversations = body.messages if batched else [body.messages]
+        check_count(st, len(conversations), "messages")
+        prompts = []
+        for i, messages in enumerate(conversations):
+            ids = await chat_token_ids(
+                request, st, llm, messages,
+                add_generation_prompt=body.add_generation_prompt,
+                continue_final_message=body.continue_final_message,
+                add_special_tokens=bool(body.add_special_tokens),
+                where=f"messages[{i}]" if batched else "messages",
+                template_kwargs=body.chat_template_kwargs,
+            )
+            prompts.append({"prompt_token_ids": ids})
+        return prompts
+    return prompt_items(st, body.input)
+
+
+def special_tokens(body: Any) -> bool:
+    """Whether the texts of an ``input`` request are tokenized with special tokens (vLLM's default: yes)."""
+    return body.messages is not None or body.add_special_tokens is not False
+
+
+def chat_template(st: ModelState, llm: Any) -> str | None:
+    """The chat template ``messages`` are rendered with: ``--chat-template``, else the tokenizer's."""
+    return st.chat_template or getattr(llm.get_tokenizer(), "chat_template", None) or None
+
+
+async def chat_token_ids(
+    request: Request,
+    st: ModelState,
+    llm: Any,
+    messages: list[dict[str, Any]],
+    *,
+    add_generation_prompt: bool,
+    continue_final_message: bool,
+    add_special_tokens: bool,
+    where: str = "messages",
+    instead: str = "input",
+    template_kwargs: dict[str, Any] | None = None,
+) -> list[int]:
+    """Chat ``messages`` rendered with the chat template and tokenized, as one prompt's token ids.
+
+    The messages are checked here; the template is rendered (with ``template_kwargs``, vLLM's
+    ``chat_template_kwargs``) and tokenized on the worker thread.
+    """
+    tok = llm.get_tokenizer()
+    template = chat_template(st, llm)
+    if not template:
+        raise ApiError(
+            400, f"model '{st.served}' has no chat template: send '{instead}' instead of '{where}', or serve it with --chat-template",
+            param=where,
+        )
+    reserved = sorted(set(template_kwargs or {}) & set(RESERVED_TEMPLATE_KWARGS))
+    if reserved:
+        raise ApiError(400, f"chat_template_kwargs may not set {', '.join(reserved)}", param="chat_template_kwargs")
+    if add_generation_prompt and continue_final_message:
+        raise ApiError(400, "Cannot set both `continue_final_message` and `add_generation_prompt` to True.", param=where)
+    check_count(st, len(messages), where)
+    for i, message in enumerate(messages):
+        if not isinstance(message.get("role"), str):
+            raise ApiError(400, f"{where}[{i}] needs a string 'role'", param=f"{where}[{i}].role")
+        content = message.get("content")
+        if isinstance(content, str):
+            if content:
+                check_text(content, f"{where}[{i}].content")
+        elif not isinstance(content, list):
+            raise ApiError(400, f"{where}[{i}].content must be a string or a list of parts", param=f"{where}[{i}].content")
+    size = sum(len(json.dumps(m)) for m in messages)
+
+    def render() -> list[int]:
+        try:
+            text = tok.apply_chat_template(
+                messages,
+                chat_template=template,
+                tokenize=False,
+                add_generation_prompt=add_generation_prompt,
+                continue_final_message=continue_final_message,
+                **(template_kwargs or {}),
+            )
+        except Exception as exc:  # jinja2 errors, bad message shapes
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise InvalidRequest(f"cannot apply the chat template: {short(reason, 200)}") from None
+        return tok(text, add_special_tokens=add_special_tokens)["input_ids"]
+
+    ids = await until_done(request, st, st.batcher.call(render, tokens_of_text(size)))
+    if not ids:
+        raise ApiError(400, "the rendered chat has no tokens", param=where)
+    return ids

@@ -1,0 +1,301 @@
+"""``/openapi.json``: every operation with what it takes and every answer it can give.
+
+FastAPI derives the request schemas from :mod:`poolkit.entrypoints.protocol`, which states the rules of each
+field. This adds what FastAPI cannot know:
+
+- the answers: the error body ``{"error": {...}}`` with the statuses each operation sends (never
+  FastAPI's 422: validation failures are 400s), ``Retry-After`` and ``WWW-Authenticate`` where
+  they come, ``/metrics`` as ``text/plain`` and raw tensors as ``application/octet-stream``;
+- the API key, as a bearer security scheme on the routes that need it;
+- the loaded model's own bounds: its served name, its tasks, its vocabulary, its context length,
+  whether it takes ``dimensions``, chat ``messages`` or plugin ``data``, and the request limits.
+  Operations it cannot run are left out (their routes answer 400 or 404 and say why).
+
+What JSON Schema cannot state is in :data:`UNSTATED_RULES`, each with the words of the error the
+server sends for it, and in the document's description.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from ...contracts.errors import PoolkitError
+from ..protocol import SCORE_PAIRS, given
+from .guard import INFERENCE_ROUTES, PROTECTED_ROUTES
+
+if TYPE_CHECKING:
+    from .state import ModelState, ServerState
+
+#: Rules across fields or over the tokens of an input, which a request schema cannot state, and
+#: the words of the 400 that each one gets; the rest of a request's rules are in its schema.
+UNSTATED_RULES = {
+    "an integer is written without a fraction (256, not 256.0), which JSON Schema's 'integer' allows":
+        "Input should be a valid integer",
+    "an input longer than the model's limit is refused unless truncation is asked for": "Please reduce the length of the input",
+    "a request's estimated tokens are at most --max-request-tokens": "per request (--max-request-tokens)",
+    "the two sides of a score request are 1:1, 1:N or N:N": "Input lengths must be either 1:1, 1:N or N:N",
+    "a /pooling parameter (step_tag_id, returned_token_ids, ...) applies to the tasks that take it": "parameters, does not support",
+    "a /pooling output option (top_k, threshold, return_tokens) applies to the tasks that take it": " apply to task ",
+    "the inputs of a score request (both sides when the first has several) are at most --max-inputs-per-request": "too many inputs",
+    "a chat template can refuse the messages it renders": "cannot apply the chat template",
+    "the rendered chat has tokens": "the rendered chat has no tokens",
+    "a text is not only characters the tokenizer drops": "has no tokens",
+    "score template variables (chat_template_kwargs besides prompt, prompt_name and restore_suffix) need a template "
+    "to fill, which a model scoring plain text pairs has not": "need a chat template",
+}
+
+_ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "param", "code"],
+            "properties": {
+                "message": {"type": "string", "description": "One line, at most 500 characters."},
+                "type": {"type": "string", "examples": ["BadRequestError"]},
+                "param": {"type": ["string", "null"], "description": "The request field at fault, if one is."},
+                "code": {"type": "integer", "description": "The HTTP status."},
+            },
+        }
+    },
+}
+_RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "string"}}}
+_ANSWERS = {
+    400: ("The request is not valid: a malformed body, a value out of range, or what the model cannot do.", None),
+    401: ("No valid API key: send 'Authorization: Bearer <key>'.", {"WWW-Authenticate": {"schema": {"type": "string"}}}),
+    404: ("The request names another model than the served one.", None),
+    413: ("The body is larger than --max-body-bytes.", None),
+    415: ("The body is not JSON (Content-Type must be application/json).", None),
+    429: ("Too many requests in flight (--max-concurrent-requests): retry after Retry-After.", _RETRY_AFTER),
+    500: ("The model produced a non-finite value, or the server failed.", None),
+    501: ("The request needs a package that is not installed.", None),
+    503: ("The model is loading or failed to load, or the server is shutting down.", None),
+}
+_INFERENCE = (400, 401, 404, 413, 415, 429, 500, 501, 503)
+#: The statuses of the other operations (without the API key's 401, added where it applies).
+_OTHERS = {"/v1/models": (401, 500, 503), "/health": (503,), "/metrics": ()}
+#: Operations whose 200 may carry raw tensors (``encoding_format`` ``bytes`` / ``bytes_only``).
+_BYTES = ("/v1/embeddings", "/pooling", "/invocations")
+
+
+def install_openapi(app: FastAPI, st: "ServerState") -> None:
+    """Make ``app.openapi`` give :func:`openapi_document`, kept once the model is loaded."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = openapi_document(app, st)
+            if not st.ready:  # the models' bounds are still to come
+                return document
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def openapi_document(app: FastAPI, st: "ServerState") -> dict[str, Any]:
+    """The OpenAPI document of ``app``, with the loaded model's bounds when it serves one model."""
+    doc = get_openapi(
+        title=app.title,
+        version=app.version,
+        openapi_version=app.openapi_version,
+        description=_description(app.description),
+        routes=app.routes,
+    )
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
+    schemas["ErrorResponse"] = copy.deepcopy(_ERROR)
+    if st.key_digest is not None:
+        doc["components"]["securitySchemes"] = {"apiKey": {"type": "http", "scheme": "bearer"}}
+    for path, methods in doc["paths"].items():
+        for method, operation in methods.items():
+            _answers(path, method, operation, st)
+    if len(st.models) == 1 and st.ready:  # several models: each request's model decides
+        _bound(doc, st.first)
+    return doc
+
+
+def _description(text: str) -> str:
+    rules = "".join(f"\n- {rule}" for rule in UNSTATED_RULES)
+    return (
+        f"{text}\n\nEvery error is `{{\"error\": {{\"message\", \"type\", \"param\", \"code\"}}}}` with a 4xx or 5xx "
+        "status; a method a path does not take is a 405, an unknown path a 404, headers not complete within "
+        "--header-timeout a 408. Besides each request's schema, these rules apply:" + rules
+    )
+
+
+def _answers(path: str, method: str, operation: dict[str, Any], st: "ServerState") -> None:
+    responses = operation.setdefault("responses", {})
+    responses.pop("422", None)
+    if path == "/metrics":
+        responses["200"] = {
+            "description": "Prometheus metrics, text exposition format 0.0.4.",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        }
+    elif path == "/health":
+        responses["200"]["content"]["application/json"]["schema"] = {
+            "type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}
+        }
+    if path in _BYTES:
+        responses["200"]["content"]["application/octet-stream"] = {
+            "schema": {"type": "string", "format": "binary"},
+        }
+    statuses = _INFERENCE if path in INFERENCE_ROUTES and method == "post" else _OTHERS.get(path, ())
+    protected = path in PROTECTED_ROUTES and st.key_digest is not None
+    for status in statuses:
+        if status == 401 and not protected:
+            continue
+        text, headers = _ANSWERS[status]
+        if status == 503 and path in INFERENCE_ROUTES:
+            headers = _RETRY_AFTER
+        answer: dict[str, Any] = {
+            "description": text,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
+        }
+        if headers:
+            answer["headers"] = copy.deepcopy(headers)
+        responses[str(status)] = answer
+    if protected:
+        operation["security"] = [{"apiKey": []}]
+
+
+# -- the loaded model's bounds ---------------------------------------------------------------------
+
+_NULL = {"type": "null"}
+
+
+def _bound(doc: dict[str, Any], st: "ModelState") -> None:
+    from .routes_cohere import input_types
+
+    llm = st.llm
+    tasks = list(llm.supported_tasks)
+    served_paths = _served_paths(llm, tasks)
+    doc["paths"] = {path: ops for path, ops in doc["paths"].items() if served_paths(path)}
+    template = _has_chat_template(st, llm)
+    plugin = llm.plugin_task if llm.plugin_task in tasks else None
+    matryoshka = bool(st.embedding_size) and llm.model.is_matryoshka
+    options, params = _task_fields(llm, tasks)
+    templated = _takes_score_template(llm)
+    images = "image" in getattr(llm.model.architecture, "input_modalities", ("text",))
+    known_input_types = input_types(llm)
+    for name, schema in doc["components"]["schemas"].items():
+        props = schema.get("properties", {})
+        for field, sub in props.items():
+            if field == "model":
+                props[field] = {"anyOf": [{"const": st.served}, _NULL], "description": sub.get("description", "")}
+            elif field == "truncate_prompt_tokens" and st.max_len:
+                _each(sub, lambda s: s.get("minimum") == 1 and s.setdefault("maximum", st.max_len))
+            elif field in ("dimensions", "output_dimension"):
+                props[field] = {"anyOf": [{"type": "integer", "minimum": 1, "maximum": st.embedding_size}, _NULL]} if matryoshka else _NULL
+            elif field == "messages" and not template:
+                props[field] = _NULL
+            elif field == "data" and name == "PoolingRequest" and plugin is None:
+                props[field] = _NULL
+            elif field == "task":
+                props[field] = {"anyOf": [{"enum": tasks}, _NULL]}
+            elif field in ("top_k", "threshold", "return_tokens") and field not in options:
+                props[field] = {"const": False} if field == "return_tokens" else _NULL
+            elif field in ("step_tag_id", "returned_token_ids") and field not in params:
+                props[field] = _NULL
+            elif field in ("max_tokens_per_query", "max_tokens_per_doc") and st.max_len:
+                _each(sub, lambda s: s.get("minimum") == 1 and s.update(maximum=st.max_len - 1))
+            elif field in ("input", "tokens") and st.vocab:
+                _each(sub, lambda s: s.get("type") == "integer" and s.update(maximum=min(s.get("maximum", st.vocab), st.vocab - 1)))
+            elif field in ("images", "image_url") and not images:
+                props[field] = _NULL
+            elif field == "type" and name == "CohereContent" and not images:
+                props[field] = {"const": "text"}
+            elif field in ("instruction", "chat_template_kwargs") and name in ("ScoreRequest", "RerankRequest") and not templated:
+                props[field] = _NULL
+            elif field == "input_type":
+                props[field] = {"anyOf": [{"enum": known_input_types}, _NULL]} if known_input_types else _NULL
+            if field in ("input", "texts", "documents"):
+                limit = st.limits.max_inputs_per_request
+                _each(sub, lambda s: s.get("type") == "array" and s.get("items", {}).get("type") != "integer"
+                      and s.setdefault("maxItems", limit), depth=1)
+    invocations = doc["paths"].get("/invocations", {}).get("post")
+    if invocations is not None:
+        invocations["requestBody"]["content"]["application/json"]["schema"] = _invocation_body(llm)
+
+
+def _invocation_body(llm: Any) -> dict[str, Any]:
+    """``/invocations``: each request type the model takes, for bodies of its shape that no earlier
+    type takes (the first type whose shape a body has and whose schema it meets answers it)."""
+    from .routes_vllm import invocation_types
+
+    prompted = {"anyOf": [given("input"), given("messages")]}
+    shapes = {
+        "EmbeddingRequest": prompted,
+        "ClassificationRequest": prompted,
+        "RerankRequest": given("query", "documents"),
+        "ScoreRequest": {"anyOf": [given(*pair) for pair in SCORE_PAIRS]},
+        "PoolingRequest": {"anyOf": [given("input"), given("messages"), given("data")]},
+    }
+    branches, earlier = [], []
+    for name, *_ in invocation_types(llm):
+        taken = {"allOf": [{"$ref": f"#/components/schemas/{name}"}, shapes[name]]}
+        branches.append({"allOf": [taken, {"not": {"anyOf": list(earlier)}}]} if earlier else taken)
+        earlier.append(taken)
+    return {"anyOf": branches}
+
+
+def _served_paths(llm: Any, tasks: list[str]) -> Callable[[str], bool]:
+    from .routes_vllm import RERANK_PATHS, SCORE_PATHS, has_scorer
+
+    scores = has_scorer(llm)
+    needs = {"/v1/embeddings": "embed", "/v2/embed": "embed", "/classify": "classify"}
+
+    def served(path: str) -> bool:
+        if path in SCORE_PATHS + RERANK_PATHS:
+            return scores
+        return path not in needs or needs[path] in tasks
+
+    return served
+
+
+def _takes_score_template(llm: Any) -> bool:
+    try:
+        return bool(llm.scorer.takes_template)
+    except (LookupError, PoolkitError):
+        return False
+
+
+def _has_chat_template(st: "ModelState", llm: Any) -> bool:
+    from .inputs import chat_template
+
+    return bool(chat_template(st, llm))
+
+
+def _task_fields(llm: Any, tasks: list[str]) -> tuple[set[str], set[str]]:
+    """The output options (``top_k``, ...) and the pooling parameters that some task of the model takes."""
+    options: set[str] = set()
+    params: set[str] = set()
+    for name in tasks:
+        try:
+            task = llm.task(name)
+        except (LookupError, PoolkitError):  # the plugin task: its fields are its IO processor's
+            continue
+        options |= set(task.output_options)
+        params |= set(task.params)
+    return options, params
+
+
+def _each(schema: Any, visit: Callable[[dict], Any], depth: int = 8) -> None:
+    """``visit`` every sub-schema of ``schema`` (through ``anyOf`` and ``items``), to ``depth`` levels."""
+    for sub in _walk(schema, depth):
+        visit(sub)
+
+
+def _walk(schema: Any, depth: int) -> Iterator[dict]:
+    if not isinstance(schema, dict) or depth < 0:
+        return
+    yield schema
+    for branch in schema.get("anyOf", ()):
+        yield from _walk(branch, depth)
+    if "items" in schema:
+        yield from _walk(schema["items"], depth - 1)

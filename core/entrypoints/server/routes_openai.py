@@ -1,0 +1,64 @@
+"""OpenAI routes: ``POST /v1/embeddings`` and ``GET /v1/models``."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from ...contracts.errors import PoolkitError
+from ..protocol import EmbeddingRequest
+from .deps import Model, State
+from .guard import StrictRoute
+from .inputs import check_dimensions, check_model, pooling_params, prompts_of, special_tokens
+from .state import ModelState
+from .wire import encode_tensor, json_response, list_response
+from .work import run_task
+
+router = APIRouter(route_class=StrictRoute)
+
+
+@router.get("/v1/models", summary="The served models (OpenAI).")
+async def models(request: Request, llm: Model) -> Response:
+    created = int(time.time())
+    entries = [_model_entry(m, created) for m in request.app.state.poolkit.models if m.llm is not None]
+    return json_response({"object": "list", "data": entries})
+
+
+def _model_entry(st: ModelState, created: int) -> dict:
+    llm = st.llm
+    try:
+        score_type = llm.scorer.name
+    except PoolkitError:
+        score_type = None
+    entry = {
+        "id": st.served,
+        "object": "model",
+        "created": created,
+        "owned_by": "poolkit",
+        "max_model_len": st.max_len,
+        "tasks": list(llm.supported_tasks),
+        "score_type": score_type,
+    }
+    if st.embedding_size:
+        entry["embedding_size"] = st.embedding_size
+    return entry
+
+
+@router.post("/v1/embeddings", summary="Embeddings (OpenAI).")
+async def embeddings(body: EmbeddingRequest, request: Request, st: State, llm: Model) -> Response:
+    check_model(st, body.model)
+    check_dimensions(st, body.dimensions, "dimensions")
+    params = pooling_params(
+        dimensions=body.dimensions,
+        use_activation=body.use_activation,
+        truncate_prompt_tokens=body.truncate_prompt_tokens,
+        truncation_side=body.truncation_side,
+    )
+    raw = await prompts_of(request, st, llm, body)
+    _, results = await run_task(request, st, llm, "embed", raw, params, add_special_tokens=special_tokens(body))
+    return await list_response(
+        request, body, "embd", st.served, results,
+        lambda i, t: {"index": i, "object": "embedding", "embedding": encode_tensor(t, body)}, arrays=True,
+    )

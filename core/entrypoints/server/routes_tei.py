@@ -1,0 +1,484 @@
+"""Text Embeddings Inference routes: ``/embed``, ``/embed_all``, ``/embed_sparse``, ``/predict``,
+``/rerank``, ``/similarity``, ``/tokenize``, ``/decode``, ``/info`` and the root ``POST /``.
+
+Hugging Face's TEI clients (``huggingface_hub.InferenceClient``, the RAG frameworks' TEI
+integrations) work unchanged: TEI's request fields, response shapes, status codes and error body
+``{"error": "...", "error_type": "..."}`` (:mod:`poolkit.entrypoints.server.errors`). ``/rerank`` and
+``/tokenize`` are vLLM's paths too: the guard sends a body with TEI's fields (``texts``,
+``inputs``) here, anything else to vLLM's routes (:data:`~poolkit.entrypoints.server.guard.SHARED_ROUTES`).
+
+Where TEI refuses what poolkit can do, poolkit does it: ``/rerank`` ranks with any model that
+can score (an embedding model by cosine similarity, as vLLM's ``/rerank``), and the root route
+takes a ``sentence_similarity`` body on an embedding model. Errors for too-long inputs carry
+poolkit's message with TEI's status and type.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal, Union
+
+import numpy as np
+import torch
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ...contracts.io import Prompt
+from ...contracts.params import PoolingParams
+from ...runtime.estimates import tokens_of_text
+from ... import __version__
+from .deps import Model, State, loaded_llm
+from .errors import ApiError, validation_message
+from .guard import StrictRoute
+from .inputs import check_dimensions, check_text, check_token_ids, pooling_params, served_model
+from .routes_vllm import has_scorer, score_pairs
+from .state import ModelState
+from .wire import dump, dump_arrays, respond
+from .work import check_tokens, run_task, until_done
+
+#: TEI's own OpenAPI document describes these routes; poolkit's ``/openapi.json`` leaves them out.
+router = APIRouter(route_class=StrictRoute)
+
+#: The task each route runs (TEI's model types in poolkit's task names).
+EMBED, TOKEN_EMBED, SPARSE_EMBED, CLASSIFY = "embed", "token_embed", "sparse_embed", "classify"
+#: TEI's error types for what its routes refuse before running anything.
+EMPTY, VALIDATION, BACKEND = (400, "Empty"), (413, "Validation"), (424, "Backend")
+
+
+# -- requests --------------------------------------------------------------------------------------
+
+
+class _Tei(BaseModel):
+    """TEI's request bodies ignore unknown fields; ``model`` names a served model (poolkit's)."""
+
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+    model: str | None = Field(None, description="poolkit: the served model to use (default: the first).")
+
+
+Direction = Literal["Left", "Right", "left", "right"]
+Inputs = Union[str, list[int], list[Union[str, list[int]]]]
+
+
+class _Truncation(_Tei):
+    truncate: bool | None = Field(None, description="Truncate inputs longer than the model's limit (default: --auto-truncate).")
+    truncation_direction: Direction = "Right"
+
+
+class EmbedRequest(_Truncation):
+    inputs: Inputs
+    normalize: bool = True
+    prompt_name: str | None = None
+    dimensions: int | None = None
+
+
+class EmbedAllRequest(_Truncation):
+    inputs: Inputs
+    prompt_name: str | None = None
+
+
+class EmbedSparseRequest(EmbedAllRequest):
+    pass
+
+
+class PredictRequest(_Truncation):
+    inputs: Union[str, list[str], list[list[str]]]
+    raw_scores: bool = False
+
+
+class TeiRerankRequest(_Truncation):
+    query: str
+    texts: list[str]
+    raw_scores: bool = False
+    return_text: bool = False
+
+
+class SimilarityInput(BaseModel):
+    source_sentence: str
+    sentences: list[str]
+
+
+class SimilarityParameters(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    truncate: bool | None = None
+    truncation_direction: Direction = "Right"
+    prompt_name: str | None = None
+
+
+class SimilarityRequest(_Tei):
+    inputs: SimilarityInput
+    parameters: SimilarityParameters | None = None
+
+
+class TeiTokenizeRequest(_Tei):
+    inputs: Union[str, list[str]]
+    add_special_tokens: bool = True
+    prompt_name: str | None = None
+
+
+class DecodeRequest(_Tei):
+    ids: Union[list[int], list[list[int]]]
+    skip_special_tokens: bool = True
+
+
+# -- shared checks ---------------------------------------------------------------------------------
+
+
+def _needs(llm: Any, task: str, message: str) -> None:
+    """TEI's 424 for a model of the wrong type for the route."""
+    if task not in llm.supported_tasks:
+        raise ApiError(424, message, tei=BACKEND)
+
+
+def _batch(st: ModelState, n: int, batched: bool) -> None:
+    """TEI's batch-size rule (``--max-client-batch-size``, poolkit's ``--max-inputs-per-request``)."""
+    limit = st.limits.max_inputs_per_request
+    if batched and n > limit:
+        raise ApiError(413, f"batch size {n} > maximum allowed batch size {limit}", param="inputs", tei=VALIDATION)
+
+
+def _empty(what: str = "inputs") -> ApiError:
+    return ApiError(400, f"Input validation error: `{what}` cannot be empty", param=what, tei=EMPTY)
+
+
+def _items(st: ModelState, inputs: Any) -> tuple[list[Any], bool]:
+    """The prompts of an ``inputs`` field (a text, token ids, or a batch of them) and whether it was a batch."""
+    if isinstance(inputs, str) or (isinstance(inputs, list) and inputs and all(isinstance(i, int) for i in inputs)):
+        items, batched = [inputs], False
+    else:
+        items, batched = list(inputs), True
+        if not items:
+            raise _empty()
+    _batch(st, len(items), batched)
+    prompts: list[Any] = []
+    for item in items:
+        if not item:
+            raise _empty()
+        if isinstance(item, str):
+            check_text(item, "inputs")
+            prompts.append(item)
+        else:
+            check_token_ids(st, item, "inputs")
+            prompts.append({"prompt_token_ids": list(item)})
+    return prompts, batched
+
+
+def _truncation(st: ModelState, truncate: bool | None, direction: str) -> dict[str, Any]:
+    """TEI's ``truncate`` (default ``--auto-truncate``) as pooling parameters: to the model's limit."""
+    if truncate if truncate is not None else st.auto_truncate:
+        return {"truncate_prompt_tokens": -1, "truncation_side": direction.lower()}
+    return {}
+
+
+def _activation(llm: Any, task: str, wanted: bool) -> bool | None:
+    """``use_activation`` for what a TEI request asks (``normalize``, ``raw_scores``): ``None`` when
+    that is the model's default, so that equal requests of every route share cache entries."""
+    default = llm.task(task).settings(llm.model).get("use_activation")
+    return None if default is not None and default.value == wanted else wanted
+
+
+def _prompt_name(st: ModelState, name: str | None) -> str | None:
+    return name if name is not None else st.default_prompt_name
+
+
+async def _rows(request: Request, st: ModelState, llm: Any, task: str, prompts: list[Any], params: PoolingParams,
+                prompt_name: str | None = None) -> list[torch.Tensor]:
+    _, results = await run_task(request, st, llm, task, prompts, params, prompt_name=prompt_name)
+    rows = results.rows()
+    if not all(bool(torch.isfinite(r).all()) for r in rows if r.is_floating_point()):
+        raise ApiError(424, "the model produced a non-finite value (NaN or Infinity)", tei=BACKEND)
+    return rows
+
+
+def _floats(rows: list[torch.Tensor]) -> list[np.ndarray]:
+    """Result rows as float64 arrays, the numbers the Python API's lists of floats hold."""
+    return [r.float().numpy().astype(np.float64) for r in rows]
+
+
+async def _arrays(payload: Any, size: int) -> Response:
+    return await respond(lambda: payload, size, serialise=dump_arrays)
+
+
+# -- embeddings ------------------------------------------------------------------------------------
+
+
+@router.post("/embed", summary="Embeddings (TEI).")
+async def embed(body: EmbedRequest, request: Request, st: State, llm: Model) -> Response:
+    _needs(llm, EMBED, "Model is not an embedding model")
+    prompts, _ = _items(st, body.inputs)
+    if body.dimensions is not None:
+        if body.dimensions < 1:
+            raise ApiError(413, "Input validation error: `dimensions` should be positive", param="dimensions", tei=VALIDATION)
+        check_dimensions(st, body.dimensions, "dimensions")
+    params = pooling_params(
+        dimensions=body.dimensions, use_activation=_activation(llm, EMBED, body.normalize),
+        **_truncation(st, body.truncate, body.truncation_direction),
+    )
+    rows = await _rows(request, st, llm, EMBED, prompts, params, _prompt_name(st, body.prompt_name))
+    return await _arrays(_floats(rows), sum(r.numel() for r in rows))
+
+
+@router.post("/embed_all", summary="Every token's vector (TEI).")
+async def embed_all(body: EmbedAllRequest, request: Request, st: State, llm: Model) -> Response:
+    _needs(llm, TOKEN_EMBED, "Model is not an embedding model")
+    prompts, _ = _items(st, body.inputs)
+    params = pooling_params(use_activation=False, **_truncation(st, body.truncate, body.truncation_direction))
+    rows = await _rows(request, st, llm, TOKEN_EMBED, prompts, params, _prompt_name(st, body.prompt_name))
+    return await _arrays(_floats(rows), sum(r.numel() for r in rows))
+
+
+@router.post("/embed_sparse", summary="Sparse (SPLADE) vectors as index/value pairs (TEI).")
+async def embed_sparse(body: EmbedSparseRequest, request: Request, st: State, llm: Model) -> Response:
+    _needs(llm, SPARSE_EMBED, "Model is not an embedding model with SPLADE pooling")
+    prompts, _ = _items(st, body.inputs)
+    params = pooling_params(**_truncation(st, body.truncate, body.truncation_direction))
+    rows = await _rows(request, st, llm, SPARSE_EMBED, prompts, params, _prompt_name(st, body.prompt_name))
+
+    def build() -> list:
+        out = []
+        for row in rows:
+            index = torch.nonzero(row, as_tuple=True)[0]
+            values = row[index].float().numpy().astype(np.float64).tolist()
+            out.append([{"index": i, "value": v} for i, v in zip(index.tolist(), values)])
+        return out
+
+    return await respond(build, sum(r.numel() for r in rows))
+
+
+@router.post("/similarity", summary="Cosine similarity of sentences to a source sentence (TEI).")
+async def similarity(body: SimilarityRequest, request: Request, st: State, llm: Model) -> Response:
+    _needs(llm, EMBED, "Model is not an embedding model")
+    given = body.parameters or SimilarityParameters()
+    sentences = body.inputs.sentences
+    if not sentences:
+        raise ApiError(400, "`inputs.sentences` cannot be empty", param="inputs.sentences", tei=EMPTY)
+    _batch(st, len(sentences) + 1, True)
+    texts = [body.inputs.source_sentence, *sentences]
+    for text in texts:
+        if not text:
+            raise _empty()
+        check_text(text, "inputs")
+    params = pooling_params(use_activation=False, **_truncation(st, given.truncate, given.truncation_direction))
+    rows = await _rows(request, st, llm, EMBED, texts, params, _prompt_name(st, given.prompt_name))
+    vectors = torch.stack([r.float() for r in rows])
+    scores = torch.nn.functional.cosine_similarity(vectors[:1], vectors[1:], dim=-1)
+    return await respond(lambda: scores.double().tolist(), len(sentences))
+
+
+# -- classification and reranking ------------------------------------------------------------------
+
+
+def _predict_items(inputs: Any) -> tuple[list[Any], bool]:
+    """TEI's ``/predict`` inputs: a text, ``[text]``, ``[text, pair]``, or a batch of those."""
+    if isinstance(inputs, str):
+        return [[inputs]], False
+    if not inputs:
+        inputs = [inputs]  # TEI reads [] as an input of length 0
+    if all(isinstance(i, str) for i in inputs):
+        items, batched = [inputs], False
+    else:
+        items, batched = list(inputs), True
+    for item in items:
+        if not 1 <= len(item) <= 2:
+            raise ApiError(
+                422,
+                f"inputs: invalid length {len(item)}, expected a string, a pair of strings [string, string] or a batch "
+                "of mixed strings and pairs [[string], [string, string], ...]",
+                param="inputs", tei=(422, "Validation"),
+            )
+    return items, batched
+
+
+@router.post("/predict", summary="Class scores of texts or text pairs (TEI).")
+async def predict(body: PredictRequest, request: Request, st: State, llm: Model) -> Response:
+    _needs(llm, CLASSIFY, "Model is not a classifier model")
+    items, batched = _predict_items(body.inputs)
+    _batch(st, len(items), batched)
+    prompts: list[Any] = []
+    for item in items:
+        if not any(item):
+            raise _empty()
+        for text in item:
+            if text:
+                check_text(text, "inputs")
+        prompts.append(item[0] if len(item) == 1 else Prompt(text=item[0], text_pair=item[1]))
+    params = pooling_params(
+        use_activation=_activation(llm, CLASSIFY, not body.raw_scores), **_truncation(st, body.truncate, body.truncation_direction)
+    )
+    rows = await _rows(request, st, llm, CLASSIFY, prompts, params)
+    id2label = llm.model.id2label
+
+    def build() -> list:
+        out = []
+        for row in rows:
+            scores = row.reshape(-1).double().tolist()
+            ranked = sorted(range(len(scores)), key=lambda i: -scores[i])
+            out.append([{"score": scores[i], "label": id2label.get(i, f"LABEL_{i}")} for i in ranked])
+        return out if batched else out[0]
+
+    return await respond(build, sum(r.numel() for r in rows))
+
+
+@router.post("/tei/rerank", summary="Texts ranked by relevance to a query (TEI; reached as /rerank).")
+async def rerank(body: TeiRerankRequest, request: Request, st: State, llm: Model) -> Response:
+    if not body.texts:
+        raise ApiError(400, "`texts` cannot be empty", param="texts", tei=EMPTY)
+    if not has_scorer(llm):
+        raise ApiError(424, "model is not a re-ranker model", tei=BACKEND)
+    _batch(st, len(body.texts), True)
+    check_text(body.query, "query")
+    for text in body.texts:
+        check_text(text, "texts")
+    params = pooling_params(use_activation=False if body.raw_scores else None, **_truncation(st, body.truncate, body.truncation_direction))
+    outputs = await score_pairs(request, st, llm, llm.pair(body.query, body.texts), params, None)
+    scores = [float(o.outputs.score) for o in outputs]
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])
+    ranks = [{"index": i, **({"text": body.texts[i]} if body.return_text else {}), "score": scores[i]} for i in order]
+    return await respond(lambda: ranks, len(ranks))
+
+
+# -- tokenizer -------------------------------------------------------------------------------------
+
+
+@router.post("/tei/tokenize", summary="Tokens with their text and offsets (TEI; reached as /tokenize).")
+async def tokenize(body: TeiTokenizeRequest, request: Request, st: State, llm: Model) -> Response:
+    texts = [body.inputs] if isinstance(body.inputs, str) else list(body.inputs)
+    if not texts:
+        raise ApiError(400, "`inputs` cannot be empty", param="inputs", tei=EMPTY)
+    _batch(st, len(texts), not isinstance(body.inputs, str))
+    for text in texts:
+        if not text:
+            raise _empty()
+        check_text(text, "inputs")
+    name = _prompt_name(st, body.prompt_name) or llm.model.default_prompt_name  # what /embed prepends
+    prompts = llm.model.prompts
+    if name is not None and name not in prompts:
+        raise ApiError(
+            413, f"Input validation error: unknown prompt_name '{name}'; the model's prompts: {', '.join(prompts) or 'none'}",
+            param="prompt_name", tei=VALIDATION,
+        )
+    prefix = prompts[name] if name is not None else ""
+    lower = llm.model.do_lower_case
+    tok = llm.get_tokenizer()
+    tokens = sum(tokens_of_text(len(t)) for t in texts)
+    check_tokens(st, tokens, "inputs")
+
+    def run() -> list:
+        out = []
+        for text in texts:
+            full = prefix + text
+            enc = tok(full.lower() if lower else full, add_special_tokens=body.add_special_tokens,
+                      return_offsets_mapping=True, return_special_tokens_mask=True)
+            tokens = []
+            for token_id, special, (start, stop) in zip(enc["input_ids"], enc["special_tokens_mask"], enc["offset_mapping"]):
+                if special:
+                    tokens.append({"id": token_id, "text": tok.convert_ids_to_tokens(token_id), "special": True, "start": None, "stop": None})
+                else:  # TEI's offsets count UTF-8 bytes
+                    begin, end = len(full[:start].encode()), len(full[:stop].encode())
+                    tokens.append({"id": token_id, "text": full[start:stop], "special": False, "start": begin, "stop": end})
+            out.append(tokens)
+        return out
+
+    result = await until_done(request, st, st.batcher.call(run, tokens))
+    return await respond(lambda: result, sum(map(len, result)))
+
+
+@router.post("/decode", summary="The text of token ids (TEI).")
+async def decode(body: DecodeRequest, request: Request, st: State, llm: Model) -> Response:
+    ids = body.ids
+    batched = bool(ids) and not all(isinstance(i, int) for i in ids)
+    items = list(ids) if batched else [ids]
+    _batch(st, len(items), batched)
+    if any(not item for item in items):
+        raise _empty("input_ids")
+    for item in items:
+        check_token_ids(st, item, "ids")
+    tok = llm.get_tokenizer()
+    count = sum(map(len, items))
+    check_tokens(st, count, "ids")
+    texts = await until_done(
+        request, st, st.batcher.call(lambda: [tok.decode(item, skip_special_tokens=body.skip_special_tokens) for item in items], count)
+    )
+    return await respond(lambda: texts, len(texts))
+
+
+# -- the model and the root route ------------------------------------------------------------------
+
+
+@router.get("/info", summary="The served model and the server's limits (TEI).")
+async def info(request: Request, st: State, llm: Model) -> Response:
+    name = request.headers.get("x-model")
+    if name is not None:
+        st = served_model(request.app.state.poolkit, name)
+        llm = await loaded_llm(st)
+    model = llm.model
+    tasks = llm.supported_tasks
+    labels = {str(i): label for i, label in sorted(model.id2label.items())} if CLASSIFY in tasks else {}
+    if labels:
+        kind = "reranker" if len(labels) == 1 else "classifier"
+        model_type: dict = {kind: {"id2label": labels, "label2id": {label: int(i) for i, label in labels.items()}}}
+    else:
+        pooling = model.pooling_type(llm.task(EMBED)).value if EMBED in tasks and SPARSE_EMBED not in tasks else "splade"
+        pooling = pooling[0] if isinstance(pooling, (tuple, list)) and pooling else pooling
+        model_type = {"embedding": {"pooling": str(pooling).lower()}}
+    limits = st.limits
+    payload = {
+        "model_id": st.served,
+        "model_sha": None,
+        "model_dtype": str(model.dtype).removeprefix("torch."),
+        "served_model_name": st.served,
+        "model_type": model_type,
+        "max_concurrent_requests": limits.max_concurrent_requests,
+        "max_input_length": st.max_len,
+        "max_batch_tokens": limits.max_batch_tokens,
+        "max_batch_requests": None,
+        "max_client_batch_size": limits.max_inputs_per_request,
+        "auto_truncate": st.auto_truncate,
+        "tokenization_workers": 1,
+        "version": __version__,
+        "sha": None,
+        "docker_label": None,
+    }
+    return Response(dump(payload), media_type="application/json")
+
+
+def _root_route(llm: Any) -> tuple[Any, type[BaseModel]]:
+    """The route and request model TEI's root route takes for ``llm``: TEI's choice by model type."""
+    tasks = llm.supported_tasks
+    if CLASSIFY in tasks and (EMBED not in tasks or len(llm.model.id2label) > 1):
+        return predict, PredictRequest
+    if SPARSE_EMBED in tasks:  # TEI: an embedding model with SPLADE pooling
+        return embed_sparse, EmbedSparseRequest
+    return embed, EmbedRequest
+
+
+@router.post(
+    "/",
+    summary="TEI's root route (huggingface_hub.InferenceClient): the model's type picks /embed, /embed_sparse or "
+    "/predict; a sentence_similarity body goes to /similarity.",
+)
+async def root(request: Request, st: State, llm: Model) -> Response:
+    """As TEI, the model decides: a classifier predicts, a SPLADE model embeds sparsely, any other
+    embeds. poolkit also answers ``InferenceClient.sentence_similarity`` here (TEI does only when
+    started with ``TASK=sentence-similarity``): a body whose ``inputs`` is an object with a
+    ``source_sentence``."""
+    try:
+        payload = await request.json()
+    except json.JSONDecodeError as exc:
+        raise ApiError(400, f"invalid JSON: {exc.msg}", tei=(400, "Validation")) from None
+    inputs = payload.get("inputs") if isinstance(payload, dict) else None
+    endpoint, model = (
+        (similarity, SimilarityRequest) if isinstance(inputs, dict) and "source_sentence" in inputs else _root_route(llm)
+    )
+    try:
+        body = model.model_validate(payload)
+    except ValidationError as exc:
+        message, param = validation_message(exc.errors())
+        raise ApiError(422, message, param, tei=(422, "Validation")) from None
+    return await endpoint(body, request, st, llm)
+
+
+# TEI's own OpenAPI document describes these routes (and their errors, which are not poolkit's
+# ErrorResponse): poolkit's ``/openapi.json`` leaves them out.
+for _route in router.routes:
+    _route.include_in_schema = False

@@ -1,0 +1,452 @@
+"""vLLM routes: ``/pooling`` (any task), ``/classify``, ``/score`` and ``/rerank`` (Jina / Cohere),
+``/tokenize`` and ``/detokenize``, and SageMaker's ``/invocations``."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Awaitable, Callable
+
+import torch
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, ValidationError
+
+from ...contracts.errors import InvalidRequest, UnknownName
+from ...contracts.params import PoolingParams
+from ...contracts.scoring import check_template_kwargs
+from ...contracts.tasks import stray_options
+from ...plugins.lookup import option_owners
+from ...runtime.estimates import tokens_of_text
+from ..protocol import (
+    SCORE_PAIRS,
+    ClassificationRequest,
+    DetokenizeRequest,
+    EmbeddingRequest,
+    PoolingRequest,
+    RerankDocument,
+    RerankRequest,
+    ScoreRequest,
+    TokenizeRequest,
+)
+from .deps import Model, State
+from .errors import ApiError, short, validation_message
+from .guard import StrictRoute
+from .inputs import (
+    chat_token_ids,
+    check_count,
+    check_dimensions,
+    check_model,
+    check_text,
+    check_token_ids,
+    pooling_params,
+    prompts_of,
+    special_tokens,
+)
+from .routes_openai import embeddings
+from .state import ModelState
+from .wire import check_finite, encode_tensor, jsonable, list_response, request_id, respond, usage
+from .work import check_tokens, check_truncation, run_task, until_done
+
+router = APIRouter(route_class=StrictRoute)
+
+
+# -- pooling and classification --------------------------------------------------------------------
+
+
+@router.post("/classify", summary="Class probabilities (vLLM).")
+async def classify(body: ClassificationRequest, request: Request, st: State, llm: Model) -> Response:
+    check_model(st, body.model)
+    params = pooling_params(
+        use_activation=body.use_activation,
+        truncate_prompt_tokens=body.truncate_prompt_tokens,
+        truncation_side=body.truncation_side,
+    )
+    raw = await prompts_of(request, st, llm, body)
+    _, results = await run_task(request, st, llm, "classify", raw, params, add_special_tokens=special_tokens(body))
+    rid, created = request_id(request, "classify"), int(time.time())
+    tokens = sum(len(ids) for _, ids in results)
+    id2label = llm.model.id2label
+
+    def build() -> dict:
+        check_finite(results)
+        data = []
+        for i, (t, _) in enumerate(results):
+            probs = t.reshape(-1).tolist()
+            label = id2label.get(int(t.reshape(-1).argmax())) if probs else None
+            data.append({"index": i, "object": "classification", "label": label, "probs": probs, "num_classes": len(probs)})
+        return {"id": rid, "object": "list", "created": created, "model": st.served, "data": data, "usage": usage(tokens)}
+
+    return await respond(build, sum(t.numel() for t, _ in results))
+
+
+@router.post("/pooling", summary="Any pooling task (vLLM): 'task' chooses it per request; 'data' for the plugin task.")
+async def pooling(body: PoolingRequest, request: Request, st: State, llm: Model) -> Response:
+    check_model(st, body.model)
+    plugin_task = llm.plugin_task
+    name = body.task or (plugin_task if body.data is not None else llm.default_task)
+    # Without an IO processor plugin the plugin task is just unsupported, as vLLM answers it.
+    if body.data is not None or (name is not None and name == plugin_task and plugin_task in llm.supported_tasks):
+        return await _plugin(request, st, llm, body, name)
+    try:
+        task = llm.task(name) if name is not None else None
+    except (InvalidRequest, UnknownName):
+        task = None
+    if task is None:  # vLLM's words
+        tasks = tuple(llm.supported_tasks)
+        raise ApiError(400, f"Unsupported task: {short(name, 40)!r} Supported tasks: {tasks}", param="task")
+    options = {"top_k": body.top_k, "threshold": body.threshold, "return_tokens": body.return_tokens}
+    if stray_options(task, options):
+        owners = option_owners(options)
+        where = f"task {' or '.join(repr(owner) for owner in owners)} only" if owners else "no task"
+        raise ApiError(400, f"{_listed(list(options))} apply to {where}", param="task")
+    options = {k: v for k, v in options.items() if v is not None}
+    task.check_options(options)
+    if not task.tensor_output and body.encoding_format != "float":
+        raise ApiError(
+            400, f"task '{task.name}' returns structured data, not tensors: use encoding_format 'float'", param="encoding_format"
+        )
+    check_dimensions(st, body.dimensions, "dimensions")
+    params = pooling_params(
+        dimensions=body.dimensions,
+        use_activation=body.use_activation,
+        truncate_prompt_tokens=body.truncate_prompt_tokens,
+        truncation_side=body.truncation_side,
+        step_tag_id=body.step_tag_id,
+        returned_token_ids=body.returned_token_ids,
+    )
+    raw = await prompts_of(request, st, llm, body)
+    _, results = await run_task(request, st, llm, task.name, raw, params, add_special_tokens=special_tokens(body))
+
+    def item(i: int, t: torch.Tensor) -> dict:
+        if body.encoding_format == "float":
+            return {"index": i, "object": "pooling", "data": task.render(t, llm.model, options)}
+        return {"index": i, "object": "pooling", "data": encode_tensor(t, body), "shape": list(t.shape)}
+
+    return await list_response(request, body, "pool", st.served, results, item)
+
+
+def _listed(names: list[str]) -> str:
+    """``a, b and c``."""
+    return f"{', '.join(names[:-1])} and {names[-1]}" if len(names) > 1 else names[0]
+
+
+async def _plugin(request: Request, st: ModelState, llm: Any, body: PoolingRequest, task: str | None) -> Response:
+    """``/pooling`` with ``data``: the model's IO processor plugin makes prompts and its own result."""
+    plugin_task = llm.plugin_task
+    if task is None or task != plugin_task:
+        raise ApiError(400, f"The 'data' field is only supported for the '{plugin_task}' pooling task.", param="data")
+    if body.data is None:
+        raise ApiError(400, f"task '{task}' takes its input in 'data'", param="data")
+    size = len(json.dumps(body.data))
+    tokens = tokens_of_text(size)
+    check_tokens(st, tokens, "data")
+    data = body.data
+    outputs = await until_done(request, st, st.batcher.call(lambda: llm.encode({"data": data}, pooling_task=task), tokens))
+    rid, created = request_id(request, "pool"), int(time.time())
+    result = outputs[0].outputs if outputs else None
+    return await respond(
+        lambda: {"id": rid, "object": "list", "created": created, "model": st.served, "data": jsonable(result)},
+        size,
+    )
+
+
+# -- scoring ---------------------------------------------------------------------------------------
+
+
+def _texts(value: Any, what: str, where: str) -> list[str]:
+    items = [value] if isinstance(value, str) else list(value)
+    if not items:
+        raise ApiError(400, f"At least one {what} element must be given", param=where)
+    for i, text in enumerate(items):
+        check_text(text, f"{where}[{i}]" if not isinstance(value, str) else where)
+    return items
+
+
+def _score_params(llm: Any, body: Any) -> PoolingParams:
+    """The pooling parameters of a score or rerank request; its score options ride in
+    ``extra_kwargs``, as in vLLM. ``truncate_prompt_tokens: null`` sent explicitly stays set: it
+    turns off the truncation a CrossEncoder export applies by default (vLLM)."""
+    check_truncation(llm, body.truncate_prompt_tokens)
+    extra: dict[str, Any] = {k: v for k in ("max_tokens_per_query", "max_tokens_per_doc") if (v := getattr(body, k)) is not None}
+    for name, limit in extra.items():
+        try:
+            llm.check_score_limit(name, limit)
+        except InvalidRequest as exc:
+            raise ApiError(400, str(exc), param=name) from None
+    if body.chat_template_kwargs is not None:
+        try:
+            check_template_kwargs(body.chat_template_kwargs)
+        except InvalidRequest as exc:
+            raise ApiError(400, str(exc), param="chat_template_kwargs") from None
+        extra["chat_template_kwargs"] = body.chat_template_kwargs
+    params = pooling_params(
+        use_activation=body.use_activation,
+        truncate_prompt_tokens=body.truncate_prompt_tokens,
+        truncation_side=body.truncation_side,
+        extra_kwargs=extra or None,
+    )
+    if body.truncate_prompt_tokens is None and "truncate_prompt_tokens" in body.model_fields_set:
+        params = params.model_copy(update={"truncate_prompt_tokens": None})
+    return params
+
+
+def scorer_of(llm: Any) -> Any:
+    """The model's scorer (``LLM.scorer``); a 404 with the LLM's reason when the model cannot score.
+
+    vLLM mounts ``/score`` and ``/rerank`` only for a model with a Scoring API (an embedding
+    model, late interaction, or a classifier with one label): for any other model they are not
+    found. The ``LLM`` says why (``Scoring API is only enabled for num_labels == 1.``).
+    """
+    try:
+        return llm.scorer
+    except (InvalidRequest, UnknownName) as exc:
+        raise ApiError(404, str(exc)) from None
+
+
+def has_scorer(llm: Any) -> bool:
+    """Whether the model has a Scoring API (``/score``, ``/rerank``)."""
+    try:
+        llm.scorer
+    except (InvalidRequest, UnknownName):
+        return False
+    return True
+
+
+async def score_pairs(
+    request: Request, st: ModelState, llm: Any, pairs: tuple[list[str], list[str]], params: PoolingParams, instruction: str | None
+) -> list[Any]:
+    """Score the sides ``LLM.pair`` made of a request with ``LLM.score``, on the worker thread.
+
+    The model's scorer decides whether a score template applies (``--score-template``, else
+    ``--chat-template``, as in vLLM).
+    """
+    first, second = pairs
+    scorer = scorer_of(llm)
+    tokens = llm.estimate_pair_tokens(first, second)
+    check_tokens(st, tokens)
+    template = st.score_template_for(scorer)
+    outputs = await until_done(
+        request, st, st.batcher.call(lambda: llm.score(first, second, params, chat_template=template, instruction=instruction), tokens)
+    )
+    st.metrics.answered(len(outputs), sum(len(o.prompt_token_ids) for o in outputs))
+    return outputs
+
+
+async def score(body: ScoreRequest, request: Request, st: State, llm: Model) -> Response:
+    check_model(st, body.model)
+    scorer_of(llm)
+    firsts = [(n, v) for n, v in (("text_1", body.text_1), ("data_1", body.data_1), ("queries", body.queries)) if v is not None]
+    seconds = [
+        (n, v)
+        for n, v in (("text_2", body.text_2), ("data_2", body.data_2), ("documents", body.documents), ("items", body.items))
+        if v is not None
+    ]
+    if len(firsts) != 1 or len(seconds) != 1 or (firsts[0][0], seconds[0][0]) not in SCORE_PAIRS:
+        raise ApiError(400, "send one pair of inputs: text_1 and text_2 (or data_1 and data_2, or queries and documents)", param="text_1")
+    (name_1, value_1), (name_2, value_2) = firsts[0], seconds[0]
+    first = _texts(value_1, "text", name_1)
+    second = _texts(value_2, "text_pair", name_2)
+    try:
+        pairs = llm.pair(first, second)
+    except InvalidRequest as exc:
+        raise ApiError(400, str(exc), param=name_2) from None
+    check_count(st, len(first) + len(second) if len(first) > 1 else len(second), name_2)
+    outputs = await score_pairs(request, st, llm, pairs, _score_params(llm, body), body.instruction)
+    rid, created = request_id(request, "score"), int(time.time())
+    tokens = sum(len(o.prompt_token_ids) for o in outputs)
+    data = [{"index": i, "object": "score", "score": o.outputs.score} for i, o in enumerate(outputs)]
+    return await respond(
+        lambda: {"id": rid, "object": "list", "created": created, "model": st.served, "data": data, "usage": usage(tokens)},
+        len(data),
+    )
+
+
+async def rerank(body: RerankRequest, request: Request, st: State, llm: Model) -> Response:
+    check_model(st, body.model)
+    scorer_of(llm)
+    check_text(body.query, "query")
+    if body.top_n < 0:
+        raise ApiError(400, f"top_n must be 0 (all) or a positive number, got {body.top_n}", param="top_n")
+    given = [body.documents] if isinstance(body.documents, str) else body.documents
+    docs = [d.text if isinstance(d, RerankDocument) else d for d in given]
+    if not docs:
+        raise ApiError(400, "At least one document element must be given", param="documents")
+    check_count(st, len(docs), "documents")
+    for i, doc in enumerate(docs):
+        check_text(doc, f"documents[{i}]")
+    outputs = await score_pairs(request, st, llm, llm.pair(body.query, docs), _score_params(llm, body), body.instruction)
+    order = sorted(range(len(docs)), key=lambda i: -outputs[i].outputs.score)
+    if 0 < body.top_n < len(order):
+        order = order[: body.top_n]
+    results = []
+    for i in order:
+        result: dict[str, Any] = {"index": i, "relevance_score": outputs[i].outputs.score}
+        if body.return_documents:
+            result["document"] = {"text": docs[i]}
+        results.append(result)
+    tokens = sum(len(o.prompt_token_ids) for o in outputs)
+    rid = request_id(request, "rerank")
+    return await respond(
+        lambda: {"id": rid, "model": st.served, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}, "results": results},
+        len(results),
+    )
+
+
+#: The paths of the Scoring API, mounted for every model; one without a scorer answers 404.
+SCORE_PATHS = ("/score", "/v1/score")
+RERANK_PATHS = ("/rerank", "/v1/rerank", "/v2/rerank")
+
+for _path in SCORE_PATHS:
+    router.post(_path, summary="Scores of text pairs, 1:1, 1:N or N:N (vLLM).")(score)
+for _path in RERANK_PATHS:
+    router.post(_path, summary="Documents ranked by relevance to a query (Jina / Cohere).")(rerank)
+
+
+# -- tokenization ----------------------------------------------------------------------------------
+
+
+@router.post("/tokenize", summary="Token ids of a prompt or of chat messages (vLLM).")
+async def tokenize(body: TokenizeRequest, request: Request, st: State, llm: Model) -> Response:
+    """vLLM's ``/tokenize``: the ids the model's tokenizer makes of ``prompt`` (special tokens by
+    default), or of ``messages`` rendered with the chat template (none added by default)."""
+    check_model(st, body.model)
+    if (body.prompt is None) == (body.messages is None):
+        raise ApiError(400, "send either 'prompt' or 'messages'", param="prompt")
+    tok = llm.get_tokenizer()
+    if body.messages is not None:
+        continuing = body.continue_final_message
+        ids = await chat_token_ids(
+            request, st, llm, body.messages,
+            add_generation_prompt=(not continuing) if body.add_generation_prompt is None else body.add_generation_prompt,
+            continue_final_message=continuing,
+            add_special_tokens=bool(body.add_special_tokens),
+            instead="prompt",
+        )
+    else:
+        prompt = body.prompt
+        check_text(prompt, "prompt")
+        tokens = tokens_of_text(len(prompt))
+        check_tokens(st, tokens, "prompt")
+        add_special = body.add_special_tokens is not False
+        text = prompt.lower() if llm.model.do_lower_case else prompt
+        ids = await until_done(request, st, st.batcher.call(lambda: tok(text, add_special_tokens=add_special)["input_ids"], tokens))
+    strs = tok.convert_ids_to_tokens(ids) if body.return_token_strs else None
+    return await respond(
+        lambda: {"count": len(ids), "max_model_len": st.max_len, "tokens": ids, "token_strs": strs}, len(ids)
+    )
+
+
+@router.post("/detokenize", summary="The text of token ids (vLLM).")
+async def detokenize(body: DetokenizeRequest, request: Request, st: State, llm: Model) -> Response:
+    """vLLM's ``/detokenize``: ``tokens`` decoded by the model's tokenizer into ``prompt``."""
+    check_model(st, body.model)
+    ids = list(body.tokens)
+    check_token_ids(st, ids, "tokens")
+    check_tokens(st, len(ids), "tokens")
+    tok = llm.get_tokenizer()
+
+    def decode() -> str:
+        try:
+            return tok.decode(ids)
+        except (OverflowError, ValueError, TypeError) as exc:  # ids the tokenizer cannot map
+            raise InvalidRequest(f"cannot decode the tokens: {short(exc, 200)}") from None
+
+    text = await until_done(request, st, st.batcher.call(decode, max(1, len(ids))))
+    return await respond(lambda: {"prompt": text}, 1)
+
+
+# -- SageMaker -------------------------------------------------------------------------------------
+
+
+Endpoint = Callable[[Any, Request, Any, Any], Awaitable[Response]]
+InvocationType = tuple[str, type[BaseModel], Endpoint, Callable[[dict], bool]]
+
+
+def _given(body: dict, *names: str) -> bool:
+    return all(body.get(name) is not None for name in names)
+
+
+def _prompted(body: dict) -> bool:
+    return _given(body, "input") or _given(body, "messages")
+
+
+def invocation_types(llm: Any) -> list[InvocationType]:
+    """The request types ``/invocations`` accepts for ``llm``, in vLLM's order of priority.
+
+    As vLLM's SageMaker router (``vllm/entrypoints/sagemaker/api_router.py``, with the pooling
+    types of ``vllm/entrypoints/pooling/factories.py``): ``/v1/embeddings`` (``input`` or
+    ``messages``) when the model has ``embed``; ``/classify`` (the same shape) when it has
+    ``classify``; ``/rerank`` (``query`` and ``documents``), then ``/score`` (a pair of sides)
+    when it has a Scoring API; ``/pooling`` (``input``, ``messages`` or ``data``) when it has any
+    pooling task. Each entry is ``(name, request model, endpoint, shape test)``; which endpoints
+    exist is the model's decision (its supported tasks and its scorer).
+    """
+    tasks = set(llm.supported_tasks)
+    types: list[InvocationType] = []
+    # The task each of the first two endpoints runs (as the routes pass it to run_task).
+    for name, model, endpoint, task in (
+        ("EmbeddingRequest", EmbeddingRequest, embeddings, "embed"),
+        ("ClassificationRequest", ClassificationRequest, classify, "classify"),
+    ):
+        if task in tasks:
+            types.append((name, model, endpoint, _prompted))
+    if has_scorer(llm):
+        types.append(("RerankRequest", RerankRequest, rerank, lambda b: _given(b, "query", "documents")))
+        types.append(("ScoreRequest", ScoreRequest, score, lambda b: any(_given(b, *pair) for pair in SCORE_PAIRS)))
+    if tasks:
+        types.append(("PoolingRequest", PoolingRequest, pooling, lambda b: _prompted(b) or _given(b, "data")))
+    return types
+
+
+_INVOCATION_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "anyOf": [
+                        {"$ref": f"#/components/schemas/{name}"}
+                        for name in ("EmbeddingRequest", "ClassificationRequest", "RerankRequest", "ScoreRequest", "PoolingRequest")
+                    ]
+                }
+            }
+        },
+    }
+}
+
+
+@router.post(
+    "/invocations",
+    summary="SageMaker: the request's shape picks the endpoint (vLLM's dispatch).",
+    openapi_extra=_INVOCATION_BODY,
+)
+async def invocations(request: Request, st: State, llm: Model) -> Response:
+    """The body goes to the first endpoint of :func:`invocation_types` whose shape it has and whose
+    request model it validates as; that endpoint answers as on its own path (same checks, limits
+    and errors). A body whose shape matches but whose fields do not validate gets the first such
+    endpoint's validation message; a body no endpoint takes, vLLM's ``Cannot find suitable
+    handler for request. Expected one of: [...]``.
+    """
+    try:
+        payload = await request.json()
+    except json.JSONDecodeError as exc:
+        raise ApiError(400, f"invalid JSON: {exc.msg}") from None
+    if not isinstance(payload, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    types = invocation_types(llm)
+    first_error: ValidationError | None = None
+    for _, model, endpoint, shape in types:
+        if not shape(payload):
+            continue
+        try:
+            body = model.model_validate(payload)
+        except ValidationError as exc:
+            first_error = first_error or exc
+            continue
+        return await endpoint(body, request, st, llm)
+    if first_error is not None:
+        message, param = validation_message(first_error.errors())
+        raise ApiError(400, message, param)
+    names = [name for name, *_ in types]
+    raise ApiError(400, f"Cannot find suitable handler for request. Expected one of: {names}")

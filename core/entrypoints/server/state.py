@@ -1,0 +1,259 @@
+"""What the routes of one application share: the limits, the models, their batchers and counters.
+
+One :class:`ServerState` per application, at ``app.state.poolkit``, holding one :class:`ModelState`
+per served model. The middleware picks the model a request names; routes reach that model's state
+through the :func:`~poolkit.entrypoints.server.deps.server_state` dependency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+from typing import Any, Callable
+
+from ...contracts.errors import InvalidRequest
+from ...runtime.batching import Batcher
+from .cache import EmbeddingCache
+from .metrics import ModelMetrics, ServerMetrics
+
+MiB = 1024 * 1024
+
+
+@dataclasses.dataclass
+class ServerLimits:
+    """The server's limits; each has a CLI option (``poolkit serve --help``).
+
+    Attributes:
+        max_inputs_per_request: inputs (texts, token-id lists, images, documents) in one request.
+        max_request_tokens: tokens in one request, estimated before tokenizing (about four
+            characters a token, each input capped at its truncation limit).
+        max_body_bytes: bytes of a request body.
+        max_concurrent_requests: requests being handled at once; more get 429.
+        max_batch_tokens: estimated tokens the batcher merges into one engine call.
+        max_queue_tokens: estimated tokens allowed to wait; more get 429.
+        shutdown_timeout: seconds to finish in-flight requests and queued work on SIGTERM.
+        header_timeout: seconds a client has to send a request's complete headers, from connecting
+            or from the first byte of its next request on a keep-alive connection; then 408.
+    """
+
+    max_inputs_per_request: int = 2048
+    max_request_tokens: int = 300_000
+    max_body_bytes: int = 16 * MiB
+    max_concurrent_requests: int = 512
+    max_batch_tokens: int = 16384
+    max_queue_tokens: int = 1_000_000
+    shutdown_timeout: float = 30.0
+    header_timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            if getattr(self, field.name) <= 0:
+                raise InvalidRequest(f"server limit {field.name} must be positive, got {getattr(self, field.name)!r}")
+
+
+class ModelState:
+    """One served model: its name, the loaded :class:`poolkit.LLM`, its batcher, limits and counters.
+
+    The routes receive the model state a request chose (``st``); what the whole server shares (the
+    shutdown deadline, the metrics registry) they reach through :attr:`server`.
+
+    Attributes:
+        served: the name requests give in ``model`` (the model's name until one is loaded).
+        llm: the loaded :class:`poolkit.LLM`, ``None`` while loading.
+        batcher: the dynamic batcher running ``llm``'s work, ``None`` while loading.
+        limits: this model's limits (its own batch and queue budgets).
+        ready: a model is attached; ``load_error``: why its background load failed, if it did.
+        scrub: ``(text, replacement)`` pairs applied to error messages, so that they name the
+            served model and never the directory it was read from.
+        chat_template: the chat template ``messages`` are rendered with (``--chat-template``),
+            instead of the tokenizer's.
+        score_template: the score template of ``/score`` and ``/rerank`` (``--score-template``).
+        cache: the model's :class:`~poolkit.entrypoints.server.cache.EmbeddingCache`, ``None`` without one.
+        auto_truncate: TEI's routes truncate inputs to the model's length unless a request says
+            ``truncate: false`` (TEI's ``--auto-truncate``).
+        default_prompt_name: the prompt TEI's routes use when a request names none
+            (``--default-prompt-name``).
+        metrics: the model's series of the server's metrics (the ``model`` label).
+    """
+
+    def __init__(
+        self,
+        server: "ServerState",
+        served_model_name: str | None,
+        limits: ServerLimits,
+        chat_template: str | None = None,
+        score_template: str | None = None,
+        cache_size: int = 0,
+        auto_truncate: bool = False,
+        default_prompt_name: str | None = None,
+    ) -> None:
+        self.server = server
+        self.auto_truncate = auto_truncate
+        self.default_prompt_name = default_prompt_name
+        self.served = served_model_name
+        self.limits = limits
+        self.chat_template = chat_template
+        self.score_template = score_template
+        self.cache = EmbeddingCache(cache_size) if cache_size > 0 else None
+        self.metrics = ModelMetrics(server.metrics, self)
+        self.llm: Any = None
+        self.batcher: Batcher | None = None
+        self.ready = False
+        self.load_error: BaseException | None = None
+        self.scrub: list[tuple[str, str]] = []
+        self.max_len: int | None = None
+        self.vocab: int | None = None
+        self.embedding_size: int | None = None
+
+    @property
+    def give_up(self) -> asyncio.Future | None:
+        """The server's shutdown deadline (:meth:`ServerState.shutdown_deadline`)."""
+        return self.server.give_up
+
+    @property
+    def draining(self) -> bool:
+        return self.server.draining
+
+    @property
+    def accepting(self) -> bool:
+        """Whether inference requests are taken: loaded and the server not draining."""
+        return self.ready and not self.server.draining
+
+    def attach(self, llm: Any) -> None:
+        """Take a loaded model: note the sizes the routes check requests against, start the batcher."""
+        model = llm.model
+        self.max_len = model.max_model_len.value
+        self.vocab = getattr(model.hf_config, "vocab_size", None)
+        try:
+            self.embedding_size = int(model.embedding_size)
+        except Exception:  # noqa: BLE001 - a model without a vector size
+            self.embedding_size = None
+        if self.default_prompt_name is not None and self.default_prompt_name not in (model.prompts or {}):
+            raise InvalidRequest(
+                f"--default-prompt-name '{self.default_prompt_name}' is not a prompt of model '{self.served or model.name}'; "
+                f"its prompts: {', '.join(model.prompts or {}) or 'none'}"
+            )
+        if self.served is None:
+            self.served = model.name
+        self.scrub = sorted({(str(model.name), self.served), (str(model.path), self.served)}, key=lambda p: -len(p[0]))
+        self.llm = llm
+        self.batcher = self.new_batcher()
+        self.ready = True
+
+    def new_batcher(self) -> Batcher:
+        """A batcher for the attached model with this model's token budgets."""
+        return Batcher(self.llm, self.limits.max_batch_tokens, self.limits.max_queue_tokens)
+
+    def score_template_for(self, scorer: Any) -> str | None:
+        """The template ``/score`` and ``/rerank`` give a scorer that takes one, else ``None``.
+
+        ``--score-template``; failing that ``--chat-template``, which vLLM also applies to
+        cross-encoder scoring (a vLLM command line with ``--chat-template reranker.jinja`` works
+        unchanged). A scorer that takes no template gets none.
+        """
+        if not getattr(scorer, "takes_template", False):
+            return None
+        return self.score_template or self.chat_template
+
+
+class ServerState:
+    """What the whole application shares: its models, the key, admission and shutdown.
+
+    Attributes:
+        models: the served models, in the order given (the first answers requests that name none).
+        limits: the server's limits (the body size and concurrency are the server's; each model
+            keeps its own batch and queue budgets).
+        draining: the server is shutting down; ``drained``: its batchers were drained.
+        in_flight: inference requests being handled (admitted by the middleware).
+    """
+
+    def __init__(self, api_key: str | None, limits: ServerLimits) -> None:
+        self.key_digest = hashlib.sha256(api_key.encode()).digest() if api_key else None
+        self.limits = limits
+        self.models: list[ModelState] = []
+        self.metrics = ServerMetrics(self)
+        self.draining = False
+        self.drained = False
+        self.in_flight = 0
+        self.request_exit: Callable[[], None] = lambda: None
+        #: Set when the shutdown timeout is about to run out: requests still waiting answer 503.
+        self.give_up: asyncio.Future | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        #: The inference routes the guard answers itself (:class:`~poolkit.entrypoints.server.lane.Lane`), set
+        #: once the application's routes are mounted.
+        self.lane: Any = None
+        #: The application's :class:`~poolkit.entrypoints.server.guard.Guard`, once the application has built its
+        #: middleware: the HTTP front (:mod:`poolkit.entrypoints.server.front`) hands it the requests it reads.
+        self.guard: Any = None
+
+    def add_model(self, served_model_name: str | None, **options: Any) -> ModelState:
+        """A new served model with this server's limits (``options``: :class:`ModelState`'s)."""
+        model = ModelState(self, served_model_name, dataclasses.replace(self.limits), **options)
+        self.models.append(model)
+        return model
+
+    @property
+    def first(self) -> ModelState:
+        """The model that answers requests naming none."""
+        return self.models[0]
+
+    def model(self, name: str | None) -> ModelState | None:
+        """The served model called ``name`` (the first for ``None``); ``None`` for an unknown name."""
+        if name is None:
+            return self.first
+        return next((m for m in self.models if m.served == name), None)
+
+    @property
+    def served_names(self) -> list[str]:
+        return [str(m.served) for m in self.models]
+
+    # The first model's, for the single-model code paths (the OpenAPI document, tests).
+    @property
+    def llm(self) -> Any:
+        return self.first.llm
+
+    @property
+    def batcher(self) -> Batcher | None:
+        return self.first.batcher
+
+    @property
+    def served(self) -> str | None:
+        return self.first.served
+
+    @property
+    def ready(self) -> bool:
+        """Every model is loaded."""
+        return all(m.ready for m in self.models)
+
+    @property
+    def load_error(self) -> BaseException | None:
+        """Why a model failed to load, if one did."""
+        return next((m.load_error for m in self.models if m.load_error is not None), None)
+
+    @property
+    def accepting(self) -> bool:
+        return self.ready and not self.draining
+
+    @property
+    def scrub(self) -> list[tuple[str, str]]:
+        """Every model's :attr:`ModelState.scrub` pairs, longest text first."""
+        return sorted((p for m in self.models for p in m.scrub), key=lambda p: -len(p[0]))
+
+    def started(self) -> None:
+        """Called on the event loop when the app starts: the shutdown deadline is a future on it,
+        which every waiting request awaits beside its work."""
+        self._loop = asyncio.get_running_loop()
+        self.give_up = self._loop.create_future()
+
+    def shutdown_deadline(self, seconds: float) -> None:
+        """From any thread: in ``seconds``, requests still waiting for their work give up with a
+        503, answered before the server closes their connections."""
+        loop, deadline = self._loop, self.give_up
+        if loop is not None and deadline is not None and not loop.is_closed():
+
+            def give_up() -> None:
+                if not deadline.done():
+                    deadline.set_result(None)
+
+            loop.call_soon_threadsafe(loop.call_later, max(0.0, seconds), give_up)

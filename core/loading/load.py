@@ -1,0 +1,245 @@
+"""The load pipeline: :func:`load_model` turns :class:`~poolkit.config.settings.EngineArgs` into a
+:class:`~poolkit.loading.model.PoolingModel`.
+
+Resolve the directory (``poolkit_resolve_model``), refuse symlinks out of it, read ``config.json``
+and the sentence-transformers files, pick the architecture (the registry, ``convert``,
+``model_impl``, the resolvers), check the config against the safetensors header, build, load the
+weights and the tokenizer, quantize when asked, then let each task check the model.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config.conversion import CONVERSIONS, Conversion, base_architecture, has_heads, missing_base
+from ..config.devices import head_dtype, resolve_device, resolve_dtype
+from ..config.model_impl import MODEL_IMPLS
+from ..contracts.architecture import Architecture, check_architecture
+from ..contracts.batch import PackedBatch
+from ..contracts.config_checks import overridden_fields
+from ..contracts.errors import InvalidRequest, ModelLoadError
+from ..contracts.params import PoolerConfig, Setting
+from ..plugins.manager import get_manager, registry
+from .hf_config import load_hf_config, one_line
+from .model import PoolingModel
+from .model_dir import check_symlinks
+from .st_config import STConfig, read_st_config
+from .weights import checkpoint_files, checkpoint_shapes, iter_tensors
+
+logger = logging.getLogger(__name__)
+
+_HUGE = 10**6
+
+
+def _pick_architecture(
+    names: list[str], conversion: Conversion, config: Any, model_impl: str = "auto"
+) -> tuple[str, type[Architecture]]:
+    archs = registry("architecture")
+    impl = MODEL_IMPLS[model_impl]
+    for name in names:
+        cls = archs.get(name) if name in archs else None
+        if cls is not None and impl.allows(cls) and not (conversion.hidden_states and has_heads(cls)):
+            return name, cls
+    if conversion.to_base:
+        for name in names:
+            base = base_architecture(name)
+            if base and base in archs and impl.allows(archs.get(base)):
+                logger.info("serving %s with the %s architecture (convert=embed)", name, base)
+                return base, archs.get(base)
+    if conversion.resolve_base:
+        for name in names:
+            base = base_architecture(name)
+            cls = get_manager().resolve_architecture(base, config) if base else None
+            if cls is not None and impl.allows(cls) and not has_heads(check_architecture(base, cls)):
+                logger.info("serving %s with %s (%s, convert=embed)", name, cls.__name__, cls.implementation)
+                return base, cls
+    refused: list[str] = []
+    for name in names:
+        cls = get_manager().resolve_architecture(name, config)
+        if cls is not None:
+            check_architecture(name, cls)
+            if not impl.allows(cls):
+                refused.append(cls.implementation)
+                continue
+            logger.info("serving %s with %s (%s)", name, cls.__name__, cls.implementation)
+            return name, cls
+    shown = ", ".join(names) or "none listed in config.json"
+    if refused:
+        raise ModelLoadError(f"model_impl='{model_impl}': only the {refused[0]} implementation runs {shown}; use model_impl='auto'")
+    if impl.only is not None:
+        raise ModelLoadError(
+            f"model_impl='{model_impl}': nothing runs {shown} with the {impl.only} implementation; use model_impl='auto'"
+        )
+    why_no_base = missing_base(names) if conversion.hidden_states else None
+    if why_no_base:
+        raise ModelLoadError(why_no_base)
+    why = archs.explain_missing(archs.kind, shown)
+    raise ModelLoadError(
+        f"no poolkit architecture for {shown}, and no architecture resolver (such as the transformers "
+        f"fallback) accepted it; native: {', '.join(archs.names())}. "
+        "Install a plugin that provides it, or set hf_overrides={'architectures': [...]}" + (f". {why}" if why else "")
+    )
+
+
+def _max_model_len(architecture: Architecture, tokenizer: Any, st: STConfig | None, requested: int | None) -> Setting:
+    limit = architecture.max_positions
+    tok_max = getattr(tokenizer, "model_max_length", None)
+    if requested is not None:
+        if requested < 1 or (limit is not None and requested > limit):
+            raise InvalidRequest(f"max_model_len={requested} is outside 1..{limit} for this model")
+        return Setting(requested, "max_model_len argument")
+    if st is not None and st.max_seq_length:
+        value = min(st.max_seq_length, limit) if limit else st.max_seq_length
+        return Setting(value, f"sentence-transformers {st.tokenizer_config_file}")
+    candidates = [(limit, "config.json max_position_embeddings")]
+    if tok_max and tok_max < _HUGE:
+        candidates.append((int(tok_max), "tokenizer model_max_length"))
+    candidates = [(v, s) for v, s in candidates if v]
+    if not candidates:
+        return Setting(None, "unbounded")
+    value, source = min(candidates)
+    return Setting(value, source)
+
+
+def load_model(args: Any) -> PoolingModel:
+    """Resolve ``args.model`` to a directory and build a :class:`PoolingModel` from it.
+
+    Args:
+        args: the :class:`poolkit.config.settings.EngineArgs` to load with.
+
+    Raises:
+        ModelLoadError: the model cannot be found, is unsafe to load, or no plugin provides its
+            architecture.
+        InvalidRequest: a setting is invalid for this model.
+    """
+    conversion = CONVERSIONS[args.convert]
+    torch_device = resolve_device(args.device)
+    torch_dtype = resolve_dtype(args.dtype, torch_device)
+
+    name = args.model
+    path = get_manager().resolve_model(name)
+    if path is None:
+        raise ModelLoadError(f"model '{name}' was not found")
+    if not args.allow_external_symlinks:
+        check_symlinks(path)
+        if args.tokenizer and Path(args.tokenizer).is_dir():
+            check_symlinks(Path(args.tokenizer), "tokenizer")
+    hf_config = load_hf_config(path, args.hf_overrides or {})
+    hf_config.name_or_path = name
+    arch_names = list(getattr(hf_config, "architectures", None) or [])
+    try:
+        arch_name, arch_cls = _pick_architecture(arch_names, conversion, hf_config, args.model_impl)
+    except ModelLoadError:
+        if getattr(hf_config, "auto_map", None):
+            raise ModelLoadError(
+                f"model '{name}' needs remote code (auto_map in config.json), which poolkit never runs; "
+                "use a checkpoint whose architecture poolkit or an installed plugin implements"
+            ) from None
+        raise
+    refused = arch_cls.unsupported_dtypes.get(str(torch_dtype).removeprefix("torch."))
+    if refused:
+        raise ModelLoadError(
+            f"The model type '{getattr(hf_config, 'model_type', arch_name)}' does not support "
+            f"{str(torch_dtype).removeprefix('torch.')}. Reason: {refused}"
+        )
+    if conversion.needs_head and not has_heads(arch_cls):
+        raise ModelLoadError(
+            f"convert='{args.convert}' needs a checkpoint with a classification head; {arch_name} has none"
+        )
+    if args.trust_remote_code:
+        logger.warning("trust_remote_code is ignored: poolkit never runs code shipped with a model")
+    st = read_st_config(path, args.allow_pickle)
+    if st is not None and st.score_outputs is not None:
+        hf_config.num_labels = st.score_outputs  # a CrossEncoder's own score modules are its classifier
+    tokenizer_dir = Path(args.tokenizer) if args.tokenizer else path
+    tok = arch_cls.load_tokenizer(tokenizer_dir, hf_config) or _load_tokenizer(tokenizer_dir, hf_config)
+    arch_cls.configure(hf_config, tok)
+
+    files = checkpoint_files(path, args.allow_pickle)
+    # Before the model is built: an absurd config must not allocate gigabytes first.
+    arch_cls.check_config(hf_config, checkpoint_shapes(files), overridden_fields(args.hf_overrides))
+    architecture = arch_cls(hf_config)
+    architecture.load_weights(iter_tensors(files))
+    architecture.load_companion_files(path, args.allow_pickle)
+    architecture.to(device=torch_device, dtype=torch_dtype).eval()
+    heads_dtype = head_dtype(hf_config, torch_dtype)
+    if heads_dtype != torch_dtype:
+        # Classifier heads are a sliver of the work: they stay fp32, like pooling and activations.
+        for head in (architecture.sequence_head(), architecture.token_head()):
+            if head is not None:
+                head.to(heads_dtype)
+    if conversion.needs_head and architecture.sequence_head() is None and architecture.token_head() is None:
+        raise ModelLoadError(
+            f"convert='{args.convert}' needs a checkpoint with a classification head; this {arch_name} has none"
+        )
+    quantization = None
+    if args.quantization is not None:
+        texts = calibration_texts(args.calibration)
+        limit = min(CALIBRATION_TOKENS, architecture.max_positions or CALIBRATION_TOKENS)
+        quantization = architecture.quantize(
+            args.quantization, lambda: _calibration_batches(tok, texts, limit, torch_device)
+        )
+    pooling_model = PoolingModel(
+        name=name,
+        path=path,
+        hf_config=hf_config,
+        architecture_name=arch_name,
+        architecture=architecture,
+        tokenizer=tok,
+        st=st,
+        pooler_config=args.pooler_config or PoolerConfig(),
+        device=torch_device,
+        dtype=torch_dtype,
+        max_model_len=_max_model_len(architecture, tok, st, args.max_model_len),
+        allow_pickle=args.allow_pickle,
+        convert=args.convert,
+        args=args,
+        quantization=quantization,
+    )
+    for entry in registry("task").entries():
+        entry.obj.check_model(pooling_model)
+    return pooling_model
+
+
+#: Calibration texts are cut to this many tokens (quantization).
+CALIBRATION_TOKENS = 128
+#: The built-in calibration texts: a hundred sentences and paragraphs of assorted kinds.
+CALIBRATION_FILE = Path(__file__).with_name("calibration.txt")
+
+
+def calibration_texts(path: str | None) -> list[str]:
+    """The non-empty lines of ``path``, or of the built-in calibration texts.
+
+    Raises:
+        InvalidRequest: the file cannot be read or has no text.
+    """
+    try:
+        lines = Path(path or CALIBRATION_FILE).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"cannot read the calibration file {path}: {one_line(exc)}") from None
+    texts = [line.strip() for line in lines if line.strip()]
+    if not texts:
+        raise InvalidRequest(f"the calibration file {path} has no text (one text a line)")
+    return texts
+
+
+def _calibration_batches(tokenizer: Any, texts: list[str], limit: int, device: torch.device) -> list[PackedBatch]:
+    """``texts`` tokenized (cut to ``limit`` tokens) and packed into batches of up to 64 texts."""
+    ids = tokenizer(texts, truncation=True, max_length=limit)["input_ids"]
+    return [PackedBatch.from_sequences(ids[i : i + 64], device=device) for i in range(0, len(ids), 64)]
+
+
+def _load_tokenizer(path: Path, hf_config: Any) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), config=hf_config, trust_remote_code=False)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load a tokenizer from {path}: {type(exc).__name__}: {exc}") from None
+    if not getattr(tokenizer, "is_fast", False):
+        raise ModelLoadError(f"the tokenizer in {path} has no fast (tokenizers) implementation; poolkit needs tokenizer.json")
+    return tokenizer

@@ -1,0 +1,354 @@
+"""A loaded model (:class:`PoolingModel`): its network, its tokenizer, and its pooling settings resolved.
+
+Precedence for every pooling setting: the user's ``pooler_config`` > the sentence-transformers
+files > the architecture's default > the task's default. Each resolved value remembers where it
+came from, which ``poolkit info`` shows.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config.conversion import CONVERSIONS, Conversion
+from ..contracts.architecture import Architecture
+from ..contracts.errors import InvalidRequest, UnknownName
+from ..contracts.params import PoolerConfig, Setting
+from ..contracts.pooling import Pooler
+from ..contracts.tasks import SEQUENCE, TOKEN, Head, Task
+from ..plugins.lookup import kernel_table
+from ..plugins.manager import registry
+from .st_config import STConfig
+
+logger = logging.getLogger(__name__)
+
+
+class PoolingModel:
+    """A loaded model: architecture, tokenizer and resolved pooling settings.
+
+    Built by :func:`load_model`; the engine runs it and the tasks build their heads on it. Tasks
+    and scorers read it and never change it: it is shared by every request.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        path: Path,
+        hf_config: Any,
+        architecture_name: str,
+        architecture: Architecture,
+        tokenizer: Any,
+        st: STConfig | None,
+        pooler_config: PoolerConfig,
+        device: torch.device,
+        dtype: torch.dtype,
+        max_model_len: Setting,
+        allow_pickle: bool = False,
+        convert: str = "auto",
+        args: Any = None,
+        quantization: dict[str, Any] | None = None,
+    ) -> None:
+        self.name = name
+        self.path = path
+        self.hf_config = hf_config
+        self.architecture_name = architecture_name
+        self.architecture = architecture
+        self.tokenizer = tokenizer
+        self.st = st
+        self.pooler_config = pooler_config
+        self.device = device
+        self.dtype = dtype
+        self.max_model_len = max_model_len
+        self.allow_pickle = allow_pickle
+        self.convert = convert
+        #: The :class:`EngineArgs` the model was loaded with.
+        self.args = args
+        #: What :meth:`Architecture.quantize` reported (layers in int8 and in float, the measured
+        #: cosine), or ``None`` for a model that runs unquantized.
+        self.quantization = quantization
+        self._heads: dict[str, Head | None] = {}
+        #: Tasks served by the architecture's own head (:meth:`Architecture.task_head`).
+        self._own_heads: set[str] = set()
+        #: Tasks whose run has logged :meth:`ignored_pooling_type`.
+        self._warned_pooling: set[str] = set()
+
+    # -- settings ------------------------------------------------------------------------------
+
+    def pooling_type(self, task: Task) -> Setting:
+        """The upper-case names of the poolers ``task`` pools with here (several, outputs concatenated,
+        for a sentence-transformers config's modes), and their source; :meth:`poolers` looks them up.
+
+        First wins: the user's ``seq_pooling_type`` / ``tok_pooling_type``, ``pooling_type`` when its
+        pooler has the task's granularity (as in vLLM; :meth:`ignored_pooling_type` says why not),
+        the sentence-transformers config, the architecture's default, the task's.
+        """
+        cfg = self.pooler_config
+        explicit = cfg.seq_pooling_type if task.granularity == "sequence" else cfg.tok_pooling_type
+        if explicit is not None:
+            return Setting((explicit.upper(),), "pooler_config")
+        if cfg.pooling_type is not None:
+            pooler = registry("pooler").get(cfg.pooling_type)
+            if pooler.granularity == task.granularity:
+                return Setting((registry("pooler").key(cfg.pooling_type),), "pooler_config")
+        setting = self._default_pooling_type(task)
+        note = self.ignored_pooling_type(task)
+        return Setting(setting.value, f"{setting.source}; {note}") if note else setting
+
+    def ignored_pooling_type(self, task: Task) -> str | None:
+        """Why the user's ``pooling_type`` does not apply to ``task``, or ``None`` when it does or is unset."""
+        name = self.pooler_config.pooling_type
+        if name is None or task.granularity not in (SEQUENCE, TOKEN):
+            return None
+        pooler = registry("pooler").get(name)
+        if pooler.granularity == task.granularity:
+            return None
+        return (
+            f"pooling_type '{registry('pooler').key(name)}' pools {pooler.granularity}s, so it applies to "
+            f"{pooler.granularity} tasks only; set seq_pooling_type or tok_pooling_type to choose each"
+        )
+
+    def poolers(self, task: Task) -> list[Pooler]:
+        """The registered poolers :meth:`pooling_type` names for ``task``, in order.
+
+        Raises:
+            UnknownName: no plugin registered one of the names.
+            InvalidRequest: a pooler pools another granularity than the task's.
+        """
+        names = self.pooling_type(task).value
+        poolers = [registry("pooler").get(name) for name in names]
+        for name, pooler in zip(names, poolers):
+            if pooler.granularity != task.granularity:
+                raise InvalidRequest(
+                    f"pooling type '{name}' pools {pooler.granularity}s, but task '{task.name}' "
+                    f"needs a {task.granularity} pooler"
+                )
+        return poolers
+
+    def _default_pooling_type(self, task: Task) -> Setting:
+        """:meth:`pooling_type` when the user's ``pooler_config`` names no pooler for ``task``."""
+        if task.granularity == "sequence":
+            if self.st is not None and self.st.pooling_modes:
+                return Setting(self.st.pooling_modes, f"sentence-transformers {self.st.pooling_path}")
+            default = self.architecture.default_pooling_type
+        else:
+            default = self.architecture.default_token_pooling_type
+        if default is not None:
+            return Setting((default,), f"architecture default ({self.architecture_name})")
+        return Setting((task.default_pooling_type,), f"task default ({task.name})")
+
+    def config_value(self, name: str) -> Setting:
+        """A :class:`PoolerConfig` field: the user's value, else the architecture's default."""
+        value = getattr(self.pooler_config, name)
+        if value is not None:
+            return Setting(value, "pooler_config")
+        default = self.architecture.default_pooler_config.get(name)
+        if default is not None:
+            return Setting(default, f"architecture default ({self.architecture_name})")
+        return Setting(None, "default")
+
+    def use_activation(self, from_st_normalize: bool = True) -> Setting:
+        """Whether heads apply their activation unless a request says otherwise.
+
+        Args:
+            from_st_normalize: the task's activation is the L2 normalisation that a
+                sentence-transformers ``Normalize`` module stands for (embedding tasks).
+        """
+        if self.pooler_config.use_activation is not None:
+            return Setting(self.pooler_config.use_activation, "pooler_config")
+        st = self.st
+        # PyLate normalises in code; sentence-transformers' own multi-vector saves have the module
+        st_normalize = st is not None and (
+            st.model_type == "MultiVectorEncoder" or (st.model_type in (None, "SentenceTransformer") and not st.late_interaction)
+        )
+        if from_st_normalize and st_normalize:
+            return Setting(st.normalize, "sentence-transformers modules.json (Normalize)")
+        default = self.config_value("use_activation")
+        return default if default.value is not None else Setting(True, "default")
+
+    @cached_property
+    def dimensions(self) -> Setting:
+        """The default matryoshka width (``pooler_config.dimensions``); ``None``: full width."""
+        return Setting(self.pooler_config.dimensions, "pooler_config" if self.pooler_config.dimensions else "default")
+
+    @cached_property
+    def projector(self) -> torch.nn.Module | None:
+        """The sentence-transformers Dense stack (fp32), or ``None``."""
+        if self.st is None or not self.st.dense:
+            return None
+        return torch.nn.Sequential(*(d.build() for d in self.st.dense)).to(self.device).eval()
+
+    @property
+    def embedding_size(self) -> int:
+        """Width of an embedding: the last sentence-transformers Dense output, else ``hidden_size``."""
+        if self.st is not None and self.st.dense:
+            return int(self.st.dense[-1].weight.shape[0])
+        return self.architecture.hidden_size
+
+    @property
+    def matryoshka_dimensions(self) -> list[int] | None:
+        """The widths ``config.json`` (or ``hf_overrides``) declares, or ``None``."""
+        dims = getattr(self.hf_config, "matryoshka_dimensions", None)
+        return list(dims) if dims else None
+
+    @property
+    def is_matryoshka(self) -> bool:
+        """Whether requests may ask for a smaller ``dimensions``."""
+        return bool(self.matryoshka_dimensions) or bool(getattr(self.hf_config, "is_matryoshka", False))
+
+    @property
+    def has_classifier(self) -> bool:
+        """Whether the model has a classification head (the architecture's, or a sentence-transformers
+        CrossEncoder export's score modules): only then do ``num_labels`` and ``id2label`` apply."""
+        arch = self.architecture
+        scores = self.st is not None and self.st.score_outputs is not None
+        return scores or arch.sequence_head() is not None or arch.token_head() is not None
+
+    @property
+    def num_labels(self) -> Setting:
+        """Outputs of the classification heads, and where the number comes from."""
+        overrides = set((self.args.hf_overrides or {}) if self.args is not None else ())
+        source = "hf_overrides" if {"num_labels", "id2label"} & overrides else "config.json"
+        if self.st is not None and self.st.score_outputs is not None:
+            source = "sentence-transformers CrossEncoder score modules"
+        return Setting(self.architecture.num_labels, source)
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        """Label names of the classification heads, by index; empty for a model without one."""
+        if not self.architecture.num_labels or not self.has_classifier:
+            return {}
+        raw = getattr(self.hf_config, "id2label", None) or {}
+        return {int(k): str(v) for k, v in raw.items()}
+
+    @property
+    def do_lower_case(self) -> bool:
+        """Whether inputs are lower-cased first (sentence-transformers ``do_lower_case``)."""
+        return bool(self.st is not None and self.st.do_lower_case)
+
+    @property
+    def prompts(self) -> dict[str, str]:
+        """The sentence-transformers prompts by name."""
+        return dict(self.st.prompts) if self.st is not None else {}
+
+    @property
+    def default_prompt_name(self) -> str | None:
+        """The prompt used when a call names none, or ``None``."""
+        return self.st.default_prompt_name if self.st is not None else None
+
+    @property
+    def include_prompt(self) -> bool:
+        """Whether pooling includes a prompt's tokens (sentence-transformers ``include_prompt``)."""
+        return self.st is None or self.st.include_prompt
+
+    # -- tasks ---------------------------------------------------------------------------------
+
+    def task(self, name: str) -> Task:
+        """The registered task ``name`` (a deprecated alias resolved), checked against what this model can serve."""
+        task = registry("task").get(name)
+        if task.alias_of is not None:
+            warnings.warn(
+                f"task '{task.name}' is deprecated; use '{task.alias_of}'", DeprecationWarning, stacklevel=3
+            )
+            task = registry("task").get(task.alias_of)
+        if self.head(task) is None:
+            api = task.api_name or f"The {task.name}"
+            raise InvalidRequest(
+                f"{api} API is not supported by this model. Task {task.name} is not supported by model "
+                f"'{self.name}'; supported tasks: {', '.join(self.supported_tasks()) or 'none'}"
+            )
+        pools = task.default_pooling_type is not None and task.name not in self._own_heads
+        if pools and task.name not in self._warned_pooling and self.ignored_pooling_type(task):
+            self._warned_pooling.add(task.name)  # once per model and task, not per request
+            pooling = self.pooling_type(task)
+            logger.warning("task %s pools with %s: %s", task.name, "+".join(pooling.value), pooling.source)
+        return task
+
+    def head(self, task: Task) -> Head | None:
+        """The head serving ``task``: the architecture's own, else the task's; ``None`` if neither."""
+        if task.name not in self._heads:
+            offered = self.architecture.pooling_tasks
+            if offered is not None and task.name not in offered:
+                self._heads[task.name] = None
+            else:
+                own = self.architecture.task_head(task, self)
+                if own is not None:
+                    self._own_heads.add(task.name)
+                self._heads[task.name] = own if own is not None else task.build(self)
+        return self._heads[task.name]
+
+    @property
+    def conversion(self) -> Conversion:
+        """What the ``convert`` setting does to this model's checkpoint."""
+        return CONVERSIONS[self.convert]
+
+    def supported_tasks(self) -> list[str]:
+        """The registered tasks this model can serve, derived from what their heads need."""
+        supported = []
+        for entry in registry("task").entries():
+            try:
+                if self.head(entry.obj) is not None:
+                    supported.append(entry.name)
+            except (InvalidRequest, UnknownName) as exc:
+                logger.debug("task %s unavailable: %s", entry.name, exc)
+        return supported
+
+    def _architecture_plugin(self) -> str | None:
+        """The plugin that registered the architecture serving the model (``None`` for a resolver's)."""
+        archs = registry("architecture")
+        if self.architecture_name not in archs or not isinstance(self.architecture, archs.get(self.architecture_name)):
+            return None
+        return archs.entry(self.architecture_name).plugin
+
+    def describe(self) -> dict[str, Any]:
+        """Every resolved setting with its source, for ``poolkit info``."""
+        tasks = {}
+        for name in self.supported_tasks():
+            task = registry("task").get(name)
+            if name in self._own_heads:  # the task's settings do not shape the architecture's own head
+                head = {"value": type(self.head(task)).__name__, "source": f"architecture ({self.architecture_name})"}
+                tasks[name] = {"head": head}
+            else:
+                tasks[name] = {key: _shown(setting) for key, setting in task.settings(self).items()}
+        labels = {}
+        if self.has_classifier:
+            labels = {"num_labels": _shown(self.num_labels), "id2label": self.id2label}
+        return {
+            "model": self.name,
+            "path": str(self.path),
+            "architecture": self.architecture_name,
+            "implementation": self.architecture.implementation,
+            "architecture_plugin": self._architecture_plugin(),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "device": str(self.device),
+            "hidden_size": self.architecture.hidden_size,
+            "embedding_size": self.embedding_size,
+            "max_model_len": {"value": self.max_model_len.value, "source": self.max_model_len.source},
+            "use_activation": {"value": self.use_activation().value, "source": self.use_activation().source},
+            "dimensions": {"value": self.dimensions.value, "source": self.dimensions.source},
+            "projector": [
+                {"path": d.path, "in": int(d.weight.shape[1]), "out": int(d.weight.shape[0]), "activation": d.activation}
+                for d in (self.st.dense if self.st else [])
+            ],
+            **labels,
+            "is_matryoshka": self.is_matryoshka,
+            "matryoshka_dimensions": self.matryoshka_dimensions,
+            "do_lower_case": self.do_lower_case,
+            "include_prompt": self.include_prompt,
+            "prompts": self.prompts,
+            "default_prompt_name": self.default_prompt_name,
+            "tasks": tasks,
+            "quantization": self.quantization,
+            "kernels": kernel_table([self.device]),
+        }
+
+
+def _shown(setting: Setting) -> dict[str, Any]:
+    """A setting as ``poolkit info`` prints it; several pooler names joined with ``+``."""
+    value = "+".join(setting.value) if isinstance(setting.value, tuple) else setting.value
+    return {"value": value, "source": setting.source}

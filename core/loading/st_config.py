@@ -1,0 +1,320 @@
+"""Reading a sentence-transformers model directory faithfully.
+
+``modules.json`` is the spec: every Pooling mode (concatenated when several are on, in
+sentence-transformers' order), ``include_prompt``, Dense layers with their activation,
+Normalize, ``sentence_bert_config.json`` (``max_seq_length``, ``do_lower_case``, the Transformer module's
+"message" modality and ``processing_kwargs``) and the prompts of ``config_sentence_transformers.json``,
+a SparseEncoder's ``SpladePooling`` and a CrossEncoder's ``LogitScore``. A module poolkit cannot
+honour is an error, never silently skipped.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..contracts.errors import ModelLoadError
+from .weights import checkpoint_files, iter_tensors
+
+#: sentence-transformers pooling mode -> poolkit pooler name, in ST's concatenation order.
+ST_POOLING_MODES = {
+    "cls": "CLS",
+    "max": "MAX",
+    "mean": "MEAN",
+    "mean_sqrt_len_tokens": "MEAN_SQRT_LEN",
+    "weightedmean": "WEIGHTEDMEAN",
+    "lasttoken": "LAST",
+}
+_LEGACY_KEYS = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+    "pooling_mode_weightedmean_tokens": "weightedmean",
+    "pooling_mode_lasttoken": "lasttoken",
+}
+_TOKENIZER_CONFIGS = (
+    "sentence_bert_config.json",
+    "sentence_roberta_config.json",
+    "sentence_distilbert_config.json",
+    "sentence_camembert_config.json",
+    "sentence_albert_config.json",
+    "sentence_xlm-roberta_config.json",
+    "sentence_xlnet_config.json",
+)
+_TRANSFORMER_MODULES = {"Transformer", "MLMTransformer"}
+#: ``model_type`` of multi-vector saves: sentence-transformers' own, and PyLate 3's.
+_MULTI_VECTOR_TYPES = frozenset({"MultiVectorEncoder", "ColBERT"})
+#: ``processing_kwargs`` keys that size the tokenization (sentence-transformers hoists them out of
+#: the chat-template kwargs) and its own flag for writing a truncated template's tail back.
+_SIZE_KWARGS = frozenset({"padding", "truncation", "max_length", "return_tensors"})
+_RESTORE_SUFFIX = "restore_suffix"
+#: sentence-transformers ``SpladePooling`` settings poolkit implements.
+SPLADE_STRATEGIES = ("max", "sum")
+SPLADE_ACTIVATIONS = ("relu", "log1p_relu")
+
+
+@dataclass
+class DenseSpec:
+    """One sentence-transformers Dense module: a linear layer and its activation."""
+
+    path: str
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    activation: str
+
+    def build(self) -> torch.nn.Sequential:
+        linear = torch.nn.Linear(self.weight.shape[1], self.weight.shape[0], bias=self.bias is not None)
+        with torch.no_grad():
+            linear.weight.copy_(self.weight)
+            if self.bias is not None:
+                linear.bias.copy_(self.bias)
+        return torch.nn.Sequential(linear, _torch_activation(self.activation))
+
+
+@dataclass
+class STConfig:
+    """What a sentence-transformers directory says about pooling, length and prompts."""
+
+    pooling_modes: tuple[str, ...] | None = None
+    pooling_path: str | None = None
+    include_prompt: bool = True
+    normalize: bool = False
+    dense: list[DenseSpec] = field(default_factory=list)
+    max_seq_length: int | None = None
+    do_lower_case: bool = False
+    tokenizer_config_file: str | None = None
+    prompts: dict[str, str] = field(default_factory=dict)
+    default_prompt_name: str | None = None
+    similarity_fn_name: str | None = None
+    #: ``SentenceTransformer``, ``CrossEncoder``, ``SparseEncoder``, ... (None for old models)
+    model_type: str | None = None
+    #: A CrossEncoder's activation, as a ``torch.nn`` class path.
+    activation_fn: str | None = None
+    #: A SparseEncoder's ``SpladePooling``: ``{"strategy": "max"|"sum", "activation":
+    #: "relu"|"log1p_relu", "path": "<module>/config.json"}``; ``None`` without one.
+    splade: dict[str, str] | None = None
+    #: A multi-vector (ColBERT / PyLate) model: query and document settings are present.
+    late_interaction: bool = False
+    #: The Transformer module's "message" modality ``format`` (``"flat"``, ``"structured"`` or
+    #: ``"auto"``); ``None`` when it declares no "message" modality.
+    message_format: str | None = None
+    #: The Transformer module's ``processing_kwargs`` (``chat_template``, ``text``, ``common``).
+    processing_kwargs: dict[str, Any] = field(default_factory=dict)
+    #: A CrossEncoder's ``LogitScore``: ``{"true_token_id": int, "false_token_id": int | None,
+    #: "path": "<module>/config.json"}``; ``None`` without one.
+    logit_score: dict[str, Any] | None = None
+
+    @property
+    def is_cross_encoder(self) -> bool:
+        """A sentence-transformers ``CrossEncoder`` export."""
+        return self.model_type == "CrossEncoder"
+
+    @property
+    def score_outputs(self) -> int | None:
+        """Outputs of a CrossEncoder's own score modules (``LogitScore``: one; Pooling then Dense:
+        the last Dense's), or ``None`` when the export scores with its transformer's classifier."""
+        if not self.is_cross_encoder:
+            return None
+        if self.logit_score is not None:
+            return 1
+        if self.pooling_modes and self.dense:
+            return int(self.dense[-1].weight.shape[0])
+        return None
+
+    @property
+    def renders_pairs(self) -> bool:
+        """A CrossEncoder whose Transformer declares the "message" modality: sentence-transformers
+        renders each (query, document) pair through the saved chat template."""
+        return self.is_cross_encoder and self.message_format is not None
+
+    @property
+    def chat_template_kwargs(self) -> dict[str, Any]:
+        """The ``apply_chat_template`` arguments of ``processing_kwargs["chat_template"]`` (size
+        settings and sentence-transformers' ``restore_suffix`` flag left out)."""
+        kwargs = self.processing_kwargs.get("chat_template") or {}
+        return {k: v for k, v in kwargs.items() if k not in _SIZE_KWARGS and k != _RESTORE_SUFFIX}
+
+    @property
+    def restore_suffix(self) -> bool:
+        """Whether a truncated chat render gets the template's closing tokens back (default on)."""
+        return bool((self.processing_kwargs.get("chat_template") or {}).get(_RESTORE_SUFFIX, True))
+
+    @property
+    def pair_truncation(self) -> int | None:
+        """How a CrossEncoder export truncates the pairs it scores, as sentence-transformers does.
+
+        ``-1``: to the model's limit (its default, ``truncation="longest_first"``); a number of
+        tokens when ``processing_kwargs`` set ``max_length``; ``None`` for other models, or when
+        ``processing_kwargs`` turn truncation off.
+        """
+        if not self.is_cross_encoder:
+            return None
+        buckets = [self.processing_kwargs.get(k) or {} for k in ("chat_template", "text", "common")]
+        truncation = next((b["truncation"] for b in buckets if "truncation" in b), True)
+        max_length = next((b["max_length"] for b in buckets if b.get("max_length") is not None), None)
+        if truncation is False or truncation == "do_not_truncate":
+            return None
+        return int(max_length) if max_length else -1
+
+
+def _torch_activation(name: str | None) -> torch.nn.Module:
+    """An activation named by its torch.nn class path; only ``torch.nn`` classes, for safety."""
+    if not name:
+        return torch.nn.Identity()
+    prefix = "torch.nn.modules."
+    cls_name = name.rsplit(".", 1)[-1]
+    if not name.startswith(prefix) and name != cls_name:
+        raise ModelLoadError(f"Dense activation '{name}' is not a torch.nn module; only torch.nn activations are loaded")
+    cls = getattr(torch.nn, cls_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
+        raise ModelLoadError(f"unknown Dense activation '{name}'")
+    return cls()
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"cannot read {path}: {exc}") from None
+
+
+def parse_pooling(config: dict[str, Any]) -> tuple[tuple[str, ...], bool]:
+    """Pooling modes (poolkit names) and ``include_prompt`` from a Pooling ``config.json``."""
+    if "pooling_mode" in config:
+        raw = config["pooling_mode"]
+        modes = (raw,) if isinstance(raw, str) else tuple(raw)
+    else:
+        modes = tuple(mode for key, mode in _LEGACY_KEYS.items() if config.get(key)) or ("mean",)
+    unknown = [m for m in modes if m not in ST_POOLING_MODES]
+    if unknown:
+        raise ModelLoadError(
+            f"unknown sentence-transformers pooling mode {unknown[0]!r}; valid modes: {', '.join(ST_POOLING_MODES)}"
+        )
+    return tuple(ST_POOLING_MODES[m] for m in modes), bool(config.get("include_prompt", True))
+
+
+def parse_splade_pooling(config: dict[str, Any]) -> dict[str, str]:
+    """Strategy and activation of a SpladePooling ``config.json`` (sentence-transformers' defaults)."""
+    strategy = config.get("pooling_strategy", "max")
+    activation = config.get("activation_function", "relu")
+    if strategy not in SPLADE_STRATEGIES:
+        raise ModelLoadError(
+            f"unknown SpladePooling pooling_strategy {strategy!r}; valid: {', '.join(SPLADE_STRATEGIES)}"
+        )
+    if activation not in SPLADE_ACTIVATIONS:
+        raise ModelLoadError(
+            f"unknown SpladePooling activation_function {activation!r}; valid: {', '.join(SPLADE_ACTIVATIONS)}"
+        )
+    return {"strategy": strategy, "activation": activation}
+
+
+def parse_logit_score(config: dict[str, Any]) -> dict[str, Any]:
+    """``true_token_id`` and ``false_token_id`` of a CrossEncoder ``LogitScore`` ``config.json``."""
+    true_id, false_id = config.get("true_token_id"), config.get("false_token_id")
+    for name, value in (("true_token_id", true_id), ("false_token_id", false_id)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise ModelLoadError(f"LogitScore {name} must be a token id, got {value!r}")
+    if true_id is None:
+        raise ModelLoadError("LogitScore has no true_token_id")
+    if config.get("module_input_name", "causal_logits") != "causal_logits":
+        raise ModelLoadError(
+            f"LogitScore reads '{config['module_input_name']}'; poolkit reads the LM head's logits (causal_logits) only"
+        )
+    return {"true_token_id": true_id, "false_token_id": false_id}
+
+
+def _read_transformer(config: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """The "message" modality ``format`` and the ``processing_kwargs`` of a Transformer module's config."""
+    modalities = config.get("modality_config") or {}
+    message = modalities.get("message")
+    message_format = None if message is None else str((message or {}).get("format") or "auto")
+    if message_format not in (None, "flat", "structured", "auto"):
+        raise ModelLoadError(f"unknown 'message' modality format {message_format!r}; valid: flat, structured, auto")
+    kwargs = config.get("processing_kwargs") or {}
+    if not isinstance(kwargs, dict) or not all(isinstance(v, dict) for v in kwargs.values()):
+        raise ModelLoadError(f"processing_kwargs must map names to dicts of settings, got {kwargs!r}")
+    return message_format, kwargs
+
+
+def _read_dense(model_dir: Path, path: str, allow_pickle: bool) -> DenseSpec:
+    folder = model_dir / path
+    config = _read_json(folder / "config.json")
+    tensors = dict(iter_tensors(checkpoint_files(folder, allow_pickle)))
+    weight = next((tensors[k] for k in ("linear.weight", "weight", "dense.weight") if k in tensors), None)
+    bias = next((tensors[k] for k in ("linear.bias", "bias", "dense.bias") if k in tensors), None)
+    if weight is None:
+        raise ModelLoadError(f"Dense module {path} has no linear weight")
+    expected = (config.get("out_features"), config.get("in_features"))
+    if None not in expected and tuple(weight.shape) != expected:
+        raise ModelLoadError(f"Dense module {path} weight has shape {tuple(weight.shape)}, config says {expected}")
+    if not config.get("bias", True):
+        bias = None
+    return DenseSpec(path, weight.float(), None if bias is None else bias.float(), config.get("activation_function", ""))
+
+
+def read_st_config(model_dir: Path, allow_pickle: bool = False) -> STConfig | None:
+    """The sentence-transformers settings of ``model_dir``, or ``None`` if it has no modules.json."""
+    modules_file = model_dir / "modules.json"
+    if not modules_file.is_file():
+        return None
+    st = STConfig()
+    modules = _read_json(modules_file)
+    for module in sorted(modules, key=lambda m: m.get("idx", 0)):
+        kind = str(module.get("type", "")).rsplit(".", 1)[-1]
+        path = module.get("path", "")
+        if kind in _TRANSFORMER_MODULES:
+            continue
+        if kind == "Pooling":
+            st.pooling_modes, st.include_prompt = parse_pooling(_read_json(model_dir / path / "config.json"))
+            st.pooling_path = f"{path}/config.json"
+        elif kind == "Dense":
+            st.dense.append(_read_dense(model_dir, path, allow_pickle))
+        elif kind == "Normalize":
+            st.normalize = True
+        elif kind == "LogitScore":
+            st.logit_score = parse_logit_score(_read_json(model_dir / path / "config.json"))
+            st.logit_score["path"] = f"{path}/config.json"
+        elif kind == "MultiVectorMask":  # its skiplist is read with the other ColBERT settings (io_processors/colbert.py)
+            if _read_json(model_dir / path / "config.json").get("keep_only_token_ids"):
+                raise ModelLoadError(
+                    f"MultiVectorMask module {path} keeps only some token ids (image patches); poolkit does not"
+                )
+        elif kind == "SpladePooling":
+            config_path = model_dir / path / "config.json"
+            has_config = bool(path) and config_path.is_file()  # path "" would be the model's own config.json
+            st.splade = parse_splade_pooling(_read_json(config_path) if has_config else {})
+            st.splade["path"] = f"{path}/config.json" if has_config else "defaults"
+        else:
+            raise ModelLoadError(
+                f"sentence-transformers module '{module.get('type')}' in {modules_file.name} is not supported; "
+                "poolkit would give different results, so it refuses the model"
+            )
+    for name in _TOKENIZER_CONFIGS:
+        if (model_dir / name).is_file():
+            cfg = _read_json(model_dir / name)
+            st.max_seq_length = cfg.get("max_seq_length")
+            st.do_lower_case = bool(cfg.get("do_lower_case", False))
+            st.tokenizer_config_file = name
+            st.message_format, st.processing_kwargs = _read_transformer(cfg)
+            break
+    extra = model_dir / "config_sentence_transformers.json"
+    if extra.is_file():
+        cfg = _read_json(extra)
+        st.prompts = {k: v for k, v in (cfg.get("prompts") or {}).items() if isinstance(v, str)}
+        st.default_prompt_name = cfg.get("default_prompt_name")
+        st.similarity_fn_name = cfg.get("similarity_fn_name")
+        st.model_type = cfg.get("model_type")
+        st.activation_fn = cfg.get("activation_fn")
+        st.late_interaction = st.model_type in _MULTI_VECTOR_TYPES or any(
+            cfg.get(k) for k in ("query_prefix", "query_length", "document_length")
+        )
+    if st.logit_score is not None and not st.is_cross_encoder:
+        raise ModelLoadError(
+            f"a LogitScore module belongs to a CrossEncoder; {extra.name} says model_type {st.model_type!r}"
+        )
+    return st

@@ -1,0 +1,256 @@
+"""Dynamic batching for the server: concurrent requests merged into token-budget batches.
+
+Requests wait in a queue; one worker thread takes, in arrival order, the requests of one task
+that fit the token budget, runs them through the engine as one call (tokenization included, so
+the event loop never tokenizes or computes), and hands each request its own results. A request
+whose client went away is dropped before it runs; a full queue is refused at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from ..contracts.errors import PoolkitError
+from ..contracts.io import Prompt, PromptBatch
+from ..contracts.params import PoolingParams
+from ..contracts.tasks import Task
+from .allocator import release_freed_memory
+from .columns import Results
+from .estimates import estimate_costs
+
+logger = logging.getLogger(__name__)
+
+
+class QueueFull(PoolkitError):
+    """The server has as much pending work as it accepts; retry later (HTTP 429)."""
+
+
+class ShuttingDown(PoolkitError):
+    """The server is draining and takes no new work (HTTP 503)."""
+
+
+#: Least seconds between two returns of freed memory to the system (:func:`release_freed_memory`).
+TRIM_INTERVAL = 1.0
+
+
+@dataclass(eq=False)
+class _Work:
+    task: Task | None
+    prompts: PromptBatch
+    params: list[PoolingParams]
+    cost: int
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+    enqueued: float = field(default_factory=time.monotonic)
+    #: A whole call to run on the worker thread instead of prompts to merge (score, rerank).
+    call: Callable[[], Any] | None = None
+
+
+@dataclass
+class BatcherStats:
+    """Counters for ``/metrics``."""
+
+    requests: int = 0
+    items: int = 0
+    batches: int = 0
+    tokens: int = 0
+    rejected: int = 0
+    cancelled: int = 0
+    batch_sizes: list[int] = field(default_factory=list)
+    queue_seconds: list[float] = field(default_factory=list)
+
+
+class Batcher:
+    """Merges concurrent requests into engine calls on one worker thread.
+
+    Args:
+        llm: the loaded :class:`poolkit.LLM`.
+        max_batch_tokens: estimated tokens merged into one engine call.
+        max_queue_tokens: estimated tokens allowed to wait; beyond it :class:`QueueFull`.
+    """
+
+    def __init__(self, llm: Any, max_batch_tokens: int = 16384, max_queue_tokens: int = 1_000_000) -> None:
+        self.llm = llm
+        self.max_batch_tokens = max_batch_tokens
+        self.max_queue_tokens = max_queue_tokens
+        self.stats = BatcherStats()
+        self._queue: deque[_Work] = deque()
+        self._queued_tokens = 0
+        self._cond = threading.Condition()
+        self._closing = False
+        self._busy = False
+        self._thread = threading.Thread(target=self._loop, name="poolkit-batcher", daemon=True)
+        self._thread.start()
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    async def submit(
+        self, task: Task, prompts: Sequence[Prompt], params: Sequence[PoolingParams], cost: int | None = None
+    ) -> Results:
+        """Run ``prompts`` for ``task`` (as :meth:`poolkit.LLM.prepare` returned them); results in
+        order. Cancelling the caller drops the work. ``cost``: the prompts' tokens as the caller
+        estimated them already (:meth:`poolkit.LLM.estimate_tokens`), else estimated here.
+
+        Raises:
+            QueueFull: too much work is waiting.
+            ShuttingDown: the batcher is draining.
+            PoolkitError: whatever the engine raises for these inputs.
+        """
+        prompts = PromptBatch.of(prompts)
+        cost = sum(estimate_costs(prompts)) if cost is None else cost
+        return await self._enqueue(task, prompts, list(params), cost, None)
+
+    async def call(self, fn: Callable[[], Any], cost: int) -> Any:
+        """Run ``fn()`` on the worker thread, in turn with the batches (``LLM.score``, say)."""
+        return await self._enqueue(None, PromptBatch(objects=[]), [], cost, fn)
+
+    async def _enqueue(
+        self, task: Task | None, prompts: PromptBatch, params: list[PoolingParams], cost: int, call: Any
+    ) -> Any:
+        loop = asyncio.get_running_loop()
+        work = _Work(task, prompts, params, cost, loop.create_future(), loop, call=call)
+        with self._cond:
+            if self._closing:
+                raise ShuttingDown("the server is shutting down")
+            if self._queue and self._queued_tokens + cost > self.max_queue_tokens:
+                self.stats.rejected += 1
+                raise QueueFull("the server is busy: too much work is queued; retry later")
+            self._queue.append(work)
+            self._queued_tokens += cost
+            self.stats.requests += 1
+            self._cond.notify()
+        try:
+            return await work.future
+        except asyncio.CancelledError:
+            with self._cond:
+                if work in self._queue:
+                    self._queue.remove(work)
+                    self._queued_tokens -= work.cost
+                    self.stats.cancelled += 1
+            raise
+
+    def _take(self) -> list[_Work]:
+        """The next batch: the oldest request and the later ones of its task that fit the budget."""
+        first = self._queue.popleft()
+        taken, tokens = [first], first.cost
+        if first.call is not None:
+            self._queued_tokens -= tokens
+            return taken
+        for work in list(self._queue):
+            if work.call is None and work.task is first.task and tokens + work.cost <= self.max_batch_tokens:
+                self._queue.remove(work)
+                taken.append(work)
+                tokens += work.cost
+        self._queued_tokens -= tokens
+        return taken
+
+    def _loop(self) -> None:
+        trimmed = time.monotonic()
+        while True:
+            with self._cond:
+                while not self._queue and not self._closing:
+                    self._cond.wait()
+                if not self._queue and self._closing:
+                    return
+                batch = [w for w in self._take() if not w.future.cancelled()]
+                self._busy = True
+            try:
+                if batch:
+                    self._run(batch)
+            except Exception as exc:  # the worker thread outlives any failure; its requests get it
+                logger.exception("the batcher failed to answer %d requests", len(batch))
+                for work in batch:
+                    self._resolve(work, exception=exc)
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+            if time.monotonic() - trimmed >= TRIM_INTERVAL:
+                release_freed_memory()
+                trimmed = time.monotonic()
+
+    def _run(self, batch: list[_Work]) -> None:
+        if batch[0].call is not None:
+            try:
+                self._resolve(batch[0], result=batch[0].call())
+            except Exception as exc:
+                self._resolve(batch[0], exception=exc)
+            return
+        prompts = PromptBatch.concat([w.prompts for w in batch])
+        params = [p for w in batch for p in w.params]
+        now = time.monotonic()
+        try:
+            results = self.llm.run(batch[0].task, prompts, params)
+        except Exception as exc:  # one bad request must not fail the others: run them alone
+            if len(batch) > 1:
+                for work in batch:
+                    self._run([work])
+                return
+            self._resolve(batch[0], exception=exc)
+            return
+        self.stats.batches += 1
+        self.stats.items += len(prompts)
+        self.stats.tokens += results.num_tokens
+        self.stats.batch_sizes.append(len(prompts))
+        start, answers = 0, []
+        for work in batch:
+            self.stats.queue_seconds.append(now - work.enqueued)
+            answers.append((work, results[start : start + len(work.prompts)]))
+            start += len(work.prompts)
+        self._settle(answers)
+
+    @staticmethod
+    def _resolve(work: _Work, result: Any = None, exception: BaseException | None = None) -> None:
+        def settle() -> None:
+            if work.future.done():
+                return
+            if exception is not None:
+                work.future.set_exception(exception)
+            else:
+                work.future.set_result(result)
+
+        work.loop.call_soon_threadsafe(settle)
+
+    @staticmethod
+    def _settle(answers: list[tuple[_Work, Any]]) -> None:
+        """Give a batch's requests their results: one wake-up of each event loop, not one a request."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Work, Any]]] = {}
+        for work, result in answers:
+            by_loop.setdefault(work.loop, []).append((work, result))
+
+        def settle(pairs: list[tuple[_Work, Any]]) -> None:
+            for work, result in pairs:
+                if not work.future.done():
+                    work.future.set_result(result)
+
+        for loop, pairs in by_loop.items():
+            loop.call_soon_threadsafe(settle, pairs)
+
+    def drain(self, timeout: float = 30.0) -> bool:
+        """Stop taking work, finish what is queued and running; True if done within ``timeout``.
+
+        Past ``timeout`` the work still queued fails with :class:`ShuttingDown` and the batch
+        running finishes (a batch is bounded by ``max_batch_tokens``): the worker thread never
+        outlives the drain, so the process exits cleanly.
+        """
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+            while (self._queue or self._busy) and time.monotonic() < deadline:
+                self._cond.wait(timeout=max(0.0, deadline - time.monotonic()))
+            done = not self._queue and not self._busy
+            for work in self._queue:
+                self._resolve(work, exception=ShuttingDown("the server is shutting down: the request did not run in time"))
+            self._queue.clear()
+            self._queued_tokens = 0
+        self._thread.join()
+        return done
