@@ -23,7 +23,6 @@ from poolkit.builtin_models.layers import (
     fp32_layer_norm,
     fuse_projections,
     fused_activation,
-    kernel,
     linear,
     post_norm,
 )
@@ -34,6 +33,7 @@ from poolkit.contracts.config_checks import ConfigChecks
 from poolkit.contracts.errors import InvalidRequest, ModelLoadError
 from poolkit.contracts.hookspecs import hookimpl
 from poolkit.loading.weights import base_model_name, legacy_norm_name, load_into
+from poolkit.plugins.lookup import kernel_for
 from poolkit.plugins.manager import registry
 
 #: Checkpoint tensors the encoder does not use: task heads and position/type id buffers.
@@ -202,8 +202,8 @@ class BertModel(Quantizable, Architecture):
                 f"a sequence of {batch.max_len} tokens is longer than the model's {self.max_positions} positions; "
                 "truncate the input"
             )
-        attention = kernel(self, "varlen_attention", batch.device)
-        linear_act = kernel(self, "linear_act", batch.device)
+        attention = kernel_for(self, "varlen_attention", batch.device)
+        linear_act = kernel_for(self, "linear_act", batch.device)
         x, low = self.embeddings(batch)
         for layer in self.encoder.layer:
             x, low = layer(x, low, batch, attention, linear_act)

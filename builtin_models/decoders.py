@@ -13,7 +13,7 @@ config by class methods:
   :meth:`DecoderModel.mlp_bias`: Qwen2's biased q/k/v, Llama's ``attention_bias`` / ``mlp_bias``);
 - rotary positions: ``rope_theta`` and ``rope_scaling`` / ``rope_parameters`` (``linear``,
   ``dynamic``, ``yarn``, ``llama3``), per layer type where the config says so (Gemma 3's local
-  and global bases);
+  and global bases), read by :func:`poolkit.builtin_models.layers.rotary_parameters`;
 - sliding windows on some layers (:meth:`DecoderModel.layer_types`: Mistral's on every layer,
   Gemma 2/3's on their local layers, Qwen2's above ``max_window_layers``);
 - attention scale (Gemma 2/3: ``query_pre_attn_scalar``) and score soft-capping (Gemma 2);
@@ -47,9 +47,8 @@ from poolkit.builtin_models.layers import (
     fuse_projections,
     fused_activation,
     gated_linear,
-    kernel,
     rotary_cos_sin,
-    rotary_inv_freq,
+    rotary_parameters,
 )
 from poolkit.builtin_models.quantize import Quantizable
 from poolkit.contracts.architecture import Architecture
@@ -58,58 +57,13 @@ from poolkit.contracts.config_checks import ConfigChecks
 from poolkit.contracts.errors import ModelLoadError
 from poolkit.contracts.hookspecs import hookimpl
 from poolkit.loading.weights import base_model_name, load_into
+from poolkit.plugins.lookup import kernel_for
 
 #: Checkpoint tensors the backbone does not use: heads of task models, rotary caches.
 _UNUSED = re.compile(r"^(lm_head|score|classifier|qa_outputs|v_head)\.|\.rotary_emb\.")
-#: Rotary types computed as transformers computes them. ``dynamic`` is plain RoPE up to
-#: ``max_position_embeddings``, and poolkit never runs a longer sequence; ``longrope`` switches
-#: frequencies by the length of the batch and is refused.
-ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3")
 GLOBAL, SLIDING = "full_attention", "sliding_attention"
 #: vLLM's ``LlamaBidirectionalConfig``: the config's ``pooling`` -> poolkit's pooling type.
 _BIDIRECTIONAL_POOLING = {"avg": "MEAN", "mean": "MEAN", "cls": "CLS", "last": "LAST"}
-
-
-def rope_parameters(config: Any, layer_type: str | None = None) -> dict[str, Any]:
-    """The rotary parameters of a layer type: ``rope_parameters`` (transformers 5, per layer type
-    for Gemma 3) or ``rope_theta`` / ``rope_scaling`` (older configs), as one dict."""
-    params = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
-    if layer_type is not None and isinstance(params.get(layer_type), dict):
-        params = params[layer_type]
-    return dict(params)
-
-
-def rotary_parameters(config: Any, head_dim: int, layer_type: str | None = None) -> tuple[torch.Tensor, float]:
-    """The rotary inverse frequencies (float32, ``[head_dim // 2]``) and the cos/sin scaling of a
-    layer type. Scaled types come from transformers' own ``ROPE_INIT_FUNCTIONS``, so they match it.
-
-    Raises:
-        ModelLoadError: a rotary type whose frequencies depend on the batch, or an unknown one.
-    """
-    params = rope_parameters(config, layer_type)
-    kind = params.get("rope_type", params.get("type", "default"))
-    if kind not in ROPE_TYPES:
-        raise ModelLoadError(f"unsupported rope_type '{kind}'; poolkit's decoders support {', '.join(ROPE_TYPES)}")
-    if float(params.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", None) or 1.0)) != 1.0:
-        raise ModelLoadError("partial_rotary_factor is not supported; rotary embeddings span the whole head")
-    if kind in ("default", "dynamic"):
-        theta = params.get("rope_theta", getattr(config, "rope_theta", None))
-        if theta is None:
-            theta = getattr(config, "default_theta", 10_000.0)
-        return rotary_inv_freq(theta, head_dim), 1.0
-    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
-
-    layered = layer_type is not None and isinstance((getattr(config, "rope_parameters", None) or {}).get(layer_type), dict)
-    try:
-        if layered:
-            inv_freq, scaling = ROPE_INIT_FUNCTIONS[kind](config, None, layer_type=layer_type)
-        else:
-            inv_freq, scaling = ROPE_INIT_FUNCTIONS[kind](config, None)
-    except (AttributeError, KeyError, TypeError, ValueError) as exc:
-        raise ModelLoadError(f"cannot compute '{kind}' rotary embeddings from the config: {type(exc).__name__}: {exc}") from None
-    if inv_freq.shape[0] * 2 != head_dim:
-        raise ModelLoadError(f"'{kind}' rotary embeddings cover {inv_freq.shape[0] * 2} of the {head_dim} head dimensions")
-    return inv_freq.float(), float(scaling)
 
 
 def extend_checks(checks: ConfigChecks, sizes: tuple[str, ...] = (), shapes: Mapping[str, tuple] | None = None) -> ConfigChecks:
@@ -173,7 +127,7 @@ class DecoderAttention(nn.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         cos, sin = rotary
-        rotate = kernel(self, "rotary", x.device)
+        rotate = kernel_for(self, "rotary", x.device)
         q, k = rotate(q, cos, sin), rotate(k, cos, sin)
         # Fewer key/value heads than query heads (grouped-query attention) go to the op as they are.
         if self.softcap is not None:
@@ -196,7 +150,7 @@ class DecoderMLP(nn.Module):
         self.fused_act = fused_activation(model.activation(config))
 
     def forward(self, x: torch.Tensor, linear: Callable) -> torch.Tensor:
-        gated = kernel(self, "gated_linear", x.device)
+        gated = kernel_for(self, "gated_linear", x.device)
         h = gated_linear(x, self.gate_up_proj, (gated, linear), self.fused_act, self.act)
         return linear(h, self.down_proj.weight, self.down_proj.bias)
 
@@ -362,21 +316,18 @@ class DecoderModel(Quantizable, Architecture):
             ConfigChecks(multiples=(("hidden_size", "num_attention_heads"),)).check(config, shapes, overridden)
 
     def forward(self, batch: PackedBatch) -> torch.Tensor:
-        attention = kernel(self, self._attention_op, batch.device)
-        linear = kernel(self, "linear_act", batch.device)
+        attention = kernel_for(self, self._attention_op, batch.device)
+        linear = kernel_for(self, "linear_act", batch.device)
         x = F.embedding(batch.input_ids, self.embed_tokens.weight)
         if self.scale_embeddings:
             x = x * torch.tensor(self.hidden_size**0.5).to(x.dtype)
-        rotary = {t: self._rotary(t, batch, x.dtype) for t in self._rotary_parameters}
+        # each token's cos and sin per layer type, as the model's dtype (angles in float32)
+        params = self._rotary_parameters
+        rotary = {t: rotary_cos_sin(inv_freq, batch.positions, x.dtype, scaling) for t, (inv_freq, scaling) in params.items()}
         delta = None
         for layer in self.layers:
             x, delta = layer(x, delta, rotary[layer.self_attn.layer_type], batch, attention, linear)
         return self.norm(x) if delta is None else self.norm.add(delta, x)[1]
-
-    def _rotary(self, layer_type: str, batch: PackedBatch, dtype: torch.dtype) -> Rotary:
-        """Each token's rotary ``cos`` and ``sin`` as ``dtype``, ``[T, head_dim]`` (angles in float32)."""
-        inv_freq, scaling = self._rotary_parameters[layer_type]
-        return rotary_cos_sin(inv_freq, batch.positions, dtype, scaling)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         self._load(weights)

@@ -33,7 +33,6 @@ from poolkit.builtin_models.layers import (
     fp32_layer_norm,
     fuse_projections,
     fused_activation,
-    kernel,
     linear,
 )
 from poolkit.builtin_models.quantize import Quantizable
@@ -42,6 +41,7 @@ from poolkit.contracts.batch import PackedBatch
 from poolkit.contracts.config_checks import ConfigChecks, Dim, config_value, source
 from poolkit.contracts.errors import InvalidRequest, ModelLoadError
 from poolkit.loading.weights import load_into
+from poolkit.plugins.lookup import kernel_for
 
 TEXT, VISION = "text_config.", "vision_config."
 VISION_POSITIONS = "vision_model.embeddings.position_embedding.weight"
@@ -299,7 +299,7 @@ class DualEncoder(Quantizable, Architecture):
         raise NotImplementedError
 
     def forward(self, batch: PackedBatch) -> torch.Tensor:
-        linear_act = kernel(self, "linear_act", batch.device)
+        linear_act = kernel_for(self, "linear_act", batch.device)
         pixel_values = batch.extras.get("pixel_values")
         if pixel_values is not None:
             return self.image_features(pixel_values, linear_act)
@@ -308,7 +308,7 @@ class DualEncoder(Quantizable, Architecture):
                 f"a sequence of {batch.max_len} tokens is longer than the model's {self.max_positions} positions; "
                 "truncate the input"
             )
-        return self.text_features(batch, kernel(self, "varlen_attention", batch.device), linear_act)
+        return self.text_features(batch, kernel_for(self, "varlen_attention", batch.device), linear_act)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         kept = ((n, t) for n, t in weights if not self.unused_tensors.search(n))

@@ -3,35 +3,44 @@ rotary positions, projections fused at load time, the token classifier head and 
 next-token head.
 
 Every family imports these from here, never from another family's module. Compute kernels are
-reached only through the kernel registry (:func:`kernel`): the helpers take the kernel
-the architecture selected as an argument, so they stay free of any kernel module.
+reached only through the kernel registry (:func:`poolkit.plugins.lookup.kernel_for`): the helpers
+take the kernel the architecture selected as an argument, so they stay free of any kernel module.
+This module is the one home of rotary positions: reading them off a config (:func:`rotary_parameters`,
+:class:`RotarySpec`), their frequencies, each token's ``cos`` and ``sin``, and the interleaved rotation.
 """
 
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from poolkit.contracts.batch import PackedBatch
 from poolkit.contracts.errors import ModelLoadError
-from poolkit.plugins.lookup import select_kernel
+from poolkit.contracts.kernel import LINEAR_ACTIVATIONS
+from poolkit.plugins.lookup import kernel_for
 from poolkit.plugins.manager import registry
 
-#: ``hidden_act`` values that the ``linear_act`` op fuses into its matmul, by the op's names for
-#: them: every ``linear_act`` kernel takes ``act`` in ``none, gelu, gelu_tanh, relu, silu, tanh,
-#: sigmoid`` (the op's documented contract, see ``docs/plugins.md``).
-_FUSABLE_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu",
-                        "silu": "silu", "swish": "silu"}
-#: The same activations computed with torch directly, by the op's names.
-_TORCH_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "gelu": F.gelu,
-    "gelu_tanh": functools.partial(F.gelu, approximate="tanh"),
-    "relu": F.relu,
-    "silu": F.silu,
+_GELU_TANH = functools.partial(F.gelu, approximate="tanh")
+#: transformers' ``hidden_act`` names of the activations that the ``linear_act`` op fuses into its
+#: matmul: the op's name for each (a name of the op's contract, :data:`LINEAR_ACTIVATIONS`, which
+#: every kernel takes; checked on import) and the same activation computed with torch directly, for
+#: where the op does not run it. Other names (the op's ``tanh`` and ``sigmoid`` too) stay unfused,
+#: computed by transformers' ``ACT2FN``.
+_FUSABLE_ACTIVATIONS: dict[str, tuple[str, Callable[[torch.Tensor], torch.Tensor]]] = {
+    "gelu": ("gelu", F.gelu),
+    "gelu_new": ("gelu_tanh", _GELU_TANH),
+    "gelu_pytorch_tanh": ("gelu_tanh", _GELU_TANH),
+    "relu": ("relu", F.relu),
+    "silu": ("silu", F.silu),
+    "swish": ("silu", F.silu),
 }
+if not {op for op, _ in _FUSABLE_ACTIVATIONS.values()} <= set(LINEAR_ACTIVATIONS):
+    raise ImportError(f"builtin_models/layers.py fuses an activation the linear_act op does not name: {_FUSABLE_ACTIVATIONS}")
 
 Rotary = tuple[torch.Tensor, torch.Tensor]
 
@@ -76,7 +85,7 @@ class Int8Linear(nn.Module):
         self.register_buffer("outlier_weight", outlier_weight)
 
     def forward(self, x: torch.Tensor, act: str = "none") -> torch.Tensor:
-        fn = kernel(self, "linear_int8", x.device)
+        fn = kernel_for(self, "linear_int8", x.device)
         return fn(x, self.qweight, self.scale, self.bias, act, self.inv_smooth, self.outliers, self.outlier_weight)
 
     def extra_repr(self) -> str:
@@ -88,7 +97,7 @@ class Int8Linear(nn.Module):
 def activation_function(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """The function of a config's ``hidden_act``, as transformers' ``ACT2FN`` defines it."""
     if name in _FUSABLE_ACTIVATIONS:
-        return _TORCH_ACTIVATIONS[_FUSABLE_ACTIVATIONS[name]]
+        return _FUSABLE_ACTIVATIONS[name][1]
     from transformers.activations import ACT2FN
 
     try:
@@ -99,7 +108,8 @@ def activation_function(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
 
 def fused_activation(name: Any) -> str | None:
     """The ``linear_act`` op's name of ``hidden_act`` ``name``, or ``None`` if the op cannot fuse it."""
-    return _FUSABLE_ACTIVATIONS.get(name) if isinstance(name, str) else None
+    fusable = _FUSABLE_ACTIVATIONS.get(name) if isinstance(name, str) else None
+    return None if fusable is None else fusable[0]
 
 
 def attention_head_dim(hidden_size: int, num_heads: int) -> int:
@@ -113,23 +123,13 @@ def attention_head_dim(hidden_size: int, num_heads: int) -> int:
     return hidden_size // num_heads
 
 
-def kernel(module: nn.Module, op: str, device: torch.device | str) -> Callable:
-    """The best available implementation of ``op`` for ``device`` from the kernel registry,
-    looked up once per module and device (a forward pass asks for it on every call)."""
-    cache = module.__dict__.setdefault("_kernels", {})
-    key = (op, torch.device(device))
-    if key not in cache:
-        cache[key] = select_kernel(op, device)
-    return cache[key]
-
-
 def linear(x: torch.Tensor, layer: nn.Linear, kernel: Callable, act: str = "none") -> torch.Tensor:
     """A linear layer in its weights' dtype (bf16 matmuls on a bf16 model), input cast to match.
 
     Args:
         x: ``[..., in_features]`` inputs.
         layer: the layer whose weight and bias to apply.
-        kernel: the ``linear_act`` kernel the architecture selected (:func:`kernel`).
+        kernel: the ``linear_act`` kernel the architecture selected (:func:`~poolkit.plugins.lookup.kernel_for`).
         act: an activation of the ``linear_act`` op, fused into the matmul.
     """
     if observer is not None:
@@ -193,11 +193,11 @@ def post_norm(
     residual stream in at least fp32 and the same in the weights' dtype, the next matmul's input.
 
     Args:
-        module: the module asking (its kernels are looked up once, :func:`kernel`).
+        module: the module asking (its kernels are looked up once, :func:`~poolkit.plugins.lookup.kernel_for`).
         x: a sublayer's output; residual: the residual stream, or ``None`` (an embeddings' norm).
         norm: an ``nn.LayerNorm`` or an :class:`RMSNorm`.
     """
-    op = kernel(module, "residual_norm", x.device)
+    op = kernel_for(module, "residual_norm", x.device)
     return op(x, residual, norm.weight, getattr(norm, "bias", None), norm.eps, not isinstance(norm, nn.LayerNorm))
 
 
@@ -215,11 +215,11 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return kernel(self, "rms_norm", x.device)(x, self.weight, self.eps, self.offset)[1]
+        return kernel_for(self, "rms_norm", x.device)(x, self.weight, self.eps, self.offset)[1]
 
     def add(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x + residual, norm(x + residual))``: a pre-norm layer's residual add and its next norm."""
-        return kernel(self, "rms_norm", x.device)(x, self.weight, self.eps, self.offset, residual)
+        return kernel_for(self, "rms_norm", x.device)(x, self.weight, self.eps, self.offset, residual)
 
 
 class OffsetRMSNorm(RMSNorm):
@@ -233,23 +233,156 @@ class OffsetRMSNorm(RMSNorm):
         nn.init.zeros_(self.weight)
 
 
+# -- rotary positions ------------------------------------------------------------------------------
+
+#: Rotary types :func:`rotary_parameters` computes as transformers computes them. ``dynamic`` is plain
+#: RoPE up to ``max_position_embeddings``, and poolkit never runs a longer sequence; ``longrope``
+#: switches frequencies by the length of the batch and is refused.
+ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3")
+
+
+def rope_parameters(config: Any, layer_type: str | None = None) -> dict[str, Any]:
+    """The rotary parameters of a layer type: ``rope_parameters`` (transformers 5, per layer type
+    for Gemma 3) or ``rope_theta`` / ``rope_scaling`` (older configs), as one dict."""
+    params = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    if layer_type is not None and isinstance(params.get(layer_type), dict):
+        params = params[layer_type]
+    return dict(params)
+
+
+def rotary_parameters(config: Any, head_dim: int, layer_type: str | None = None) -> tuple[torch.Tensor, float]:
+    """The rotary inverse frequencies (float32, ``[head_dim // 2]``) and the cos/sin scaling of a
+    layer type. Scaled types come from transformers' own ``ROPE_INIT_FUNCTIONS``, so they match it.
+
+    Raises:
+        ModelLoadError: a rotary type whose frequencies depend on the batch, or an unknown one.
+    """
+    params = rope_parameters(config, layer_type)
+    kind = params.get("rope_type", params.get("type", "default"))
+    if kind not in ROPE_TYPES:
+        raise ModelLoadError(f"unsupported rope_type '{kind}'; poolkit's decoders support {', '.join(ROPE_TYPES)}")
+    if float(params.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", None) or 1.0)) != 1.0:
+        raise ModelLoadError("partial_rotary_factor is not supported; rotary embeddings span the whole head")
+    if kind in ("default", "dynamic"):
+        theta = params.get("rope_theta", getattr(config, "rope_theta", None))
+        if theta is None:
+            theta = getattr(config, "default_theta", 10_000.0)
+        return rotary_inv_freq(theta, head_dim), 1.0
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    layered = layer_type is not None and isinstance((getattr(config, "rope_parameters", None) or {}).get(layer_type), dict)
+    try:
+        if layered:
+            inv_freq, scaling = ROPE_INIT_FUNCTIONS[kind](config, None, layer_type=layer_type)
+        else:
+            inv_freq, scaling = ROPE_INIT_FUNCTIONS[kind](config, None)
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise ModelLoadError(f"cannot compute '{kind}' rotary embeddings from the config: {type(exc).__name__}: {exc}") from None
+    if inv_freq.shape[0] * 2 != head_dim:
+        raise ModelLoadError(f"'{kind}' rotary embeddings cover {inv_freq.shape[0] * 2} of the {head_dim} head dimensions")
+    return inv_freq.float(), float(scaling)
+
+
 def rotary_inv_freq(theta: float, head_dim: int) -> torch.Tensor:
     """Plain RoPE's inverse frequencies ``theta ** (-2i / head_dim)``, float32, ``[head_dim // 2]``."""
     exponents = torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim
     return 1.0 / (float(theta) ** exponents)
 
 
-def rotary_cos_sin(inv_freq: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype, scaling: float = 1.0) -> Rotary:
+@dataclass(frozen=True)
+class RotarySpec:
+    """Rotary positions as an encoder family configures them (NomicBERT, GTE; the families read it
+    off their configs), with their NTK scalings.
+
+    Attributes:
+        dim: how many leading dimensions of each head are rotated (all, or NomicBERT's
+            ``rotary_emb_fraction`` of them).
+        theta: the rotary base.
+        interleaved: rotate pairs of even and odd dimensions (GPT-J, :func:`rotate_interleaved`)
+            instead of the first and second halves (GPT-NeoX, the ``rotary`` kernel op).
+        ntk_factor: GTE's fixed NTK scaling (``rope_scaling: {"type": "ntk"}``): the base times
+            ``factor`` and every frequency divided by ``factor ** (2 / dim)``, or with ``mixed_b``
+            each frequency ``m`` divided by ``exp(a * m ** mixed_b)``.
+        ntk_mixed_b: the exponent of mixed NTK scaling; ``None`` for fixed.
+        dynamic_factor: NomicBERT's dynamic NTK scaling (``rotary_scaling_factor``): a sequence
+            longer than ``trained_positions`` gets the base
+            ``theta * (factor * n / trained - (factor - 1)) ** (dim / (dim - 2))``.
+        trained_positions: NomicBERT's ``max_trained_positions``.
+    """
+
+    dim: int
+    theta: float
+    interleaved: bool = False
+    ntk_factor: float | None = None
+    ntk_mixed_b: float | None = None
+    dynamic_factor: float | None = None
+    trained_positions: int = 2048
+
+    @functools.lru_cache(maxsize=256)
+    def inv_freq(self, length: int = 0) -> torch.Tensor:
+        """The float32 inverse frequencies ``[dim // 2]`` of a sequence of ``length`` tokens."""
+        if self.dynamic_factor and length > self.trained_positions:
+            factor, dim = self.dynamic_factor, self.dim
+            base = self.theta * ((factor * length / self.trained_positions) - (factor - 1)) ** (dim / (dim - 2))
+            return rotary_inv_freq(base, self.dim)
+        if self.ntk_factor is not None and self.ntk_factor > 1:
+            factor = self.ntk_factor
+            if self.ntk_mixed_b is None:
+                return rotary_inv_freq(self.theta * factor, self.dim) / factor ** (2 / self.dim)
+            a = torch.tensor(factor).log() / (self.dim / 2) ** self.ntk_mixed_b
+            lambdas = (a * torch.arange(1, self.dim // 2 + 1).float() ** self.ntk_mixed_b).exp()
+            return rotary_inv_freq(self.theta, self.dim) / lambdas
+        return rotary_inv_freq(self.theta, self.dim)
+
+    def cos_sin(self, batch: PackedBatch, dtype: torch.dtype) -> Rotary:
+        """Each token's ``cos`` and ``sin`` as ``dtype``, ``[T, dim]`` (their angles in float32).
+
+        With dynamic scaling, a sequence longer than ``trained_positions`` gets its own base, as
+        the published model computes it alone, so results never depend on the rest of the batch.
+        """
+        inv_freq = self.inv_freq()
+        if self.dynamic_factor and batch.max_len > self.trained_positions:
+            rows = [inv_freq if n <= self.trained_positions else self.inv_freq(n) for n in batch.seq_lens]
+            inv_freq = torch.stack(rows).to(batch.device)[batch.seq_ids]
+        return rotary_cos_sin(inv_freq, batch.positions, dtype)
+
+
+def rotary_cos_sin(
+    inv_freq: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype, scaling: float = 1.0, wide: bool = False
+) -> Rotary:
     """Each token's rotary ``cos`` and ``sin`` (times ``scaling``) as ``dtype``, ``[T, head_dim]``.
 
-    The angles are computed in float32 whatever ``dtype`` is, as transformers does.
+    The angles are computed in float32 whatever ``dtype`` is, as transformers does. ``inv_freq`` is
+    ``[head_dim // 2]``, or ``[T, head_dim // 2]`` for frequencies of each token's own. ``wide``:
+    rounded to ``dtype``, then held in at least float32 (ModernBERT's: the ``rotary`` op then
+    computes in float32, as transformers' ModernBERT does).
     """
     angles = positions.float().unsqueeze(-1) * inv_freq.to(positions.device)
     angles = torch.cat((angles, angles), dim=-1)
     cos, sin = angles.cos(), angles.sin()
     if scaling != 1.0:
         cos, sin = cos * scaling, sin * scaling
-    return cos.to(dtype), sin.to(dtype)
+    cos, sin = cos.to(dtype), sin.to(dtype)
+    if wide:
+        held = torch.promote_types(dtype, torch.float32)
+        cos, sin = cos.to(held), sin.to(held)
+    return cos, sin
+
+
+def rotate_interleaved(x: torch.Tensor, rotary: Rotary) -> torch.Tensor:
+    """``x`` with its first ``cos.shape[-1]`` dimensions rotated in adjacent pairs (GPT-J style),
+    the rest as they are; ``cos`` and ``sin`` are ``[T, rotary dim]``."""
+    cos, sin = rotary
+    dim = cos.shape[-1]
+    head, tail = x[..., :dim], x[..., dim:]
+    shape = (cos.shape[0],) + (1,) * (x.dim() - 2) + (dim // 2,)
+    c, s = cos[..., : dim // 2].reshape(shape), sin[..., : dim // 2].reshape(shape)
+    even, odd = head[..., 0::2], head[..., 1::2]
+    head = torch.stack((even * c - odd * s, odd * c + even * s), dim=-1).flatten(-2)
+    return head if tail.shape[-1] == 0 else torch.cat((head, tail), dim=-1)
+
+
+# -- projections fused at load time ----------------------------------------------------------------
 
 
 class FusedLinear(nn.Linear):

@@ -22,7 +22,6 @@ from poolkit.builtin_models.layers import (
     attention_head_dim,
     fused_activation,
     gated_linear,
-    kernel,
     rotary_cos_sin,
     rotary_inv_freq,
 )
@@ -33,6 +32,7 @@ from poolkit.contracts.config_checks import ConfigChecks
 from poolkit.contracts.errors import ModelLoadError
 from poolkit.contracts.hookspecs import hookimpl
 from poolkit.loading.weights import base_model_name, load_into
+from poolkit.plugins.lookup import kernel_for
 
 #: Checkpoint tensors the encoder does not use: the heads of ModernBERT task models.
 _UNUSED = re.compile(r"^(head|decoder|classifier|qa_outputs)\.")
@@ -117,7 +117,7 @@ class ModernBertAttention(nn.Module):
         qk = qkv[:, :2]
         if qk.dtype == torch.float64:
             qk = qk.float().double()  # transformers rounds q and k to float32 even in a float64 model
-        q, k = kernel(self, "rotary", x.device)(qk, *rotary).unbind(1)
+        q, k = kernel_for(self, "rotary", x.device)(qk, *rotary).unbind(1)
         context = attention(q, k, qkv[:, 2], batch, window=self.window)
         return linear(context.reshape(x.shape), self.Wo.weight, self.Wo.bias)
 
@@ -134,7 +134,7 @@ class ModernBertMLP(nn.Module):
 
     def forward(self, x: torch.Tensor, linear: Callable) -> torch.Tensor:
         # Wi's first half is activated ("input"), its second is the gate it is multiplied by.
-        h = gated_linear(x, self.Wi, (kernel(self, "gated_linear", x.device), linear), self.fused_act, self.act)
+        h = gated_linear(x, self.Wi, (kernel_for(self, "gated_linear", x.device), linear), self.fused_act, self.act)
         return linear(h, self.Wo.weight, self.Wo.bias)
 
 
@@ -202,21 +202,14 @@ class ModernBertModel(Quantizable, Architecture):
         self._inv_freq = {t: rotary_inv_freq(rope_theta(config, t), head_dim) for t in sorted(set(types))}
 
     def forward(self, batch: PackedBatch) -> torch.Tensor:
-        attention = kernel(self, "varlen_attention", batch.device)
-        linear = kernel(self, "linear_act", batch.device)
+        attention = kernel_for(self, "varlen_attention", batch.device)
+        linear = kernel_for(self, "linear_act", batch.device)
         x = self.embeddings(batch)
-        rotary = {t: self._rotary(inv_freq, batch, x.dtype) for t, inv_freq in self._inv_freq.items()}
+        # cos and sin rounded to the model's dtype, held in at least float32 (angles in float32)
+        rotary = {t: rotary_cos_sin(inv_freq, batch.positions, x.dtype, wide=True) for t, inv_freq in self._inv_freq.items()}
         for layer in self.layers:
             x = layer(x, rotary[layer.layer_type], batch, attention, linear)
         return _layer_norm(x, self.final_norm)
-
-    @staticmethod
-    def _rotary(inv_freq: torch.Tensor, batch: PackedBatch, dtype: torch.dtype) -> Rotary:
-        """Each token's rotary ``cos`` and ``sin``, ``[T, head_dim]``: rounded to ``dtype``, held in
-        at least float32 (angles in float32)."""
-        cos, sin = rotary_cos_sin(inv_freq, batch.positions, dtype)
-        wide = torch.promote_types(dtype, torch.float32)
-        return cos.to(wide), sin.to(wide)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         load_into(self, weights, rename=self.parameter_name)

@@ -28,7 +28,6 @@ from poolkit.builtin_models.layers import (
     FusedLinear,
     TokenClassifier,
     attention_head_dim,
-    kernel,
     linear,
     post_norm,
 )
@@ -39,6 +38,7 @@ from poolkit.contracts.config_checks import ConfigChecks
 from poolkit.contracts.errors import InvalidRequest, ModelLoadError
 from poolkit.contracts.hookspecs import hookimpl
 from poolkit.loading.weights import base_model_name, legacy_norm_name
+from poolkit.plugins.lookup import kernel_for
 
 #: Checkpoint tensors the encoder does not use: task heads and the position id buffer.
 _UNUSED = re.compile(r"^(pooler|lm_head|classifier|qa_outputs)\.|^embeddings\.position_ids$")
@@ -198,8 +198,8 @@ class MPNetModel(Quantizable, Architecture):
                 "truncate the input"
             )
         bias = self.encoder.position_bias(batch.max_len, batch.device)
-        attention = functools.partial(kernel(self, "varlen_attention", batch.device), bias=bias)
-        linear_act = kernel(self, "linear_act", batch.device)
+        attention = functools.partial(kernel_for(self, "varlen_attention", batch.device), bias=bias)
+        linear_act = kernel_for(self, "linear_act", batch.device)
         x, low = self.embeddings(batch, self.position_offset)
         for layer in self.encoder.layer:
             x, low = layer(x, low, batch, attention, linear_act)

@@ -30,10 +30,11 @@ import torch
 from torch import nn
 
 from poolkit.builtin_models import layers
-from poolkit.builtin_models.layers import Int8Linear, kernel
+from poolkit.builtin_models.layers import Int8Linear
 from poolkit.contracts.architecture import Architecture
 from poolkit.contracts.batch import PackedBatch
 from poolkit.contracts.errors import ModelLoadError
+from poolkit.plugins.lookup import kernel_for
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ def quantize_int8(model: Architecture, batches: list[PackedBatch], budget: float
             raise ModelLoadError(f"{type(model).__name__} has no linear layers poolkit can run in int8")
         names = {module: name for name, module in model.named_modules()}
         float_layers = {name: module for module, name in names.items() if module in seen}
-        quantized = kernel(model, "linear_int8", _device(model))
+        quantized = kernel_for(model, "linear_int8", _device(model))
         int8 = {name: _int8_linear(module, *seen[module], quantized) for name, module in float_layers.items()}
         levels = quantized.weight_levels
         reference = [_summary(model(batch), batch) for batch in batches]

@@ -28,16 +28,15 @@ from torch import nn
 from poolkit.builtin_models.layers import (
     RMSNorm,
     Rotary,
+    RotarySpec,
     TokenClassifier,
     activation_function,
     attention_head_dim,
     fused_activation,
     gated_linear,
-    kernel,
     linear,
     post_norm,
-    rotary_cos_sin,
-    rotary_inv_freq,
+    rotate_interleaved,
 )
 from poolkit.builtin_models.quantize import Quantizable
 from poolkit.contracts.architecture import Architecture
@@ -46,54 +45,10 @@ from poolkit.contracts.config_checks import ConfigChecks
 from poolkit.contracts.errors import ModelLoadError
 from poolkit.contracts.hookspecs import hookimpl
 from poolkit.loading.weights import base_model_name, load_into
+from poolkit.plugins.lookup import kernel_for
 
 #: Checkpoint tensors the encoder does not use: heads of task models and position buffers.
 _UNUSED = re.compile(r"^(pooler|cls|lm_head|classifier)\.|^embeddings\.(position_ids|rotary_emb\.)")
-
-
-@dataclass(frozen=True)
-class RotarySpec:
-    """Rotary positions as a family configures them.
-
-    Attributes:
-        dim: how many leading dimensions of each head are rotated (all, or NomicBERT's
-            ``rotary_emb_fraction`` of them).
-        theta: the rotary base.
-        interleaved: rotate pairs of even and odd dimensions (GPT-J) instead of the first and
-            second halves (GPT-NeoX).
-        ntk_factor: GTE's fixed NTK scaling (``rope_scaling: {"type": "ntk"}``): the base times
-            ``factor`` and every frequency divided by ``factor ** (2 / dim)``, or with ``mixed_b``
-            each frequency ``m`` divided by ``exp(a * m ** mixed_b)``.
-        ntk_mixed_b: the exponent of mixed NTK scaling; ``None`` for fixed.
-        dynamic_factor: NomicBERT's dynamic NTK scaling (``rotary_scaling_factor``): a sequence
-            longer than ``trained_positions`` gets the base
-            ``theta * (factor * n / trained - (factor - 1)) ** (dim / (dim - 2))``.
-        trained_positions: NomicBERT's ``max_trained_positions``.
-    """
-
-    dim: int
-    theta: float
-    interleaved: bool = False
-    ntk_factor: float | None = None
-    ntk_mixed_b: float | None = None
-    dynamic_factor: float | None = None
-    trained_positions: int = 2048
-
-    @functools.lru_cache(maxsize=256)
-    def inv_freq(self, length: int = 0) -> torch.Tensor:
-        """The float32 inverse frequencies ``[dim // 2]`` of a sequence of ``length`` tokens."""
-        if self.dynamic_factor and length > self.trained_positions:
-            factor, dim = self.dynamic_factor, self.dim
-            base = self.theta * ((factor * length / self.trained_positions) - (factor - 1)) ** (dim / (dim - 2))
-            return rotary_inv_freq(base, self.dim)
-        if self.ntk_factor is not None and self.ntk_factor > 1:
-            factor = self.ntk_factor
-            if self.ntk_mixed_b is None:
-                return rotary_inv_freq(self.theta * factor, self.dim) / factor ** (2 / self.dim)
-            a = torch.tensor(factor).log() / (self.dim / 2) ** self.ntk_mixed_b
-            lambdas = (a * torch.arange(1, self.dim // 2 + 1).float() ** self.ntk_mixed_b).exp()
-            return rotary_inv_freq(self.theta, self.dim) / lambdas
-        return rotary_inv_freq(self.theta, self.dim)
 
 
 @dataclass(frozen=True)
@@ -211,19 +166,6 @@ NEW_LAYOUT = Layout(
 # -- the encoder ------------------------------------------------------------------------------------
 
 
-def rotate_interleaved(x: torch.Tensor, rotary: Rotary) -> torch.Tensor:
-    """``x`` with its first ``cos.shape[-1]`` dimensions rotated in adjacent pairs (GPT-J style),
-    the rest as they are; ``cos`` and ``sin`` are ``[T, rotary dim]``."""
-    cos, sin = rotary
-    dim = cos.shape[-1]
-    head, tail = x[..., :dim], x[..., dim:]
-    shape = (cos.shape[0],) + (1,) * (x.dim() - 2) + (dim // 2,)
-    c, s = cos[..., : dim // 2].reshape(shape), sin[..., : dim // 2].reshape(shape)
-    even, odd = head[..., 0::2], head[..., 1::2]
-    head = torch.stack((even * c - odd * s, odd * c + even * s), dim=-1).flatten(-2)
-    return head if tail.shape[-1] == 0 else torch.cat((head, tail), dim=-1)
-
-
 def _norm(spec: RotaryEncoderSpec) -> nn.Module:
     if spec.rms_norm:
         return RMSNorm(spec.hidden_size, spec.norm_eps)
@@ -279,7 +221,7 @@ class RotaryAttention(nn.Module):
         if self.interleaved:
             qk = rotate_interleaved(qkv[:, :2], rotary)
         else:
-            qk = kernel(self, "rotary", x.device)(qkv[:, :2], *rotary)
+            qk = kernel_for(self, "rotary", x.device)(qkv[:, :2], *rotary)
         if query_scale is not None:
             qk[:, 0] *= query_scale
         q, k = qk.unbind(1)
@@ -298,7 +240,7 @@ class GatedMLP(nn.Module):
         self.fused_act = fused_activation(spec.activation)
 
     def forward(self, x: torch.Tensor, linear_act: Callable) -> torch.Tensor:
-        kernels = (kernel(self, "gated_linear", x.device), linear_act)
+        kernels = (kernel_for(self, "gated_linear", x.device), linear_act)
         return linear(gated_linear(x, self.up_gate, kernels, self.fused_act, self.act, gate_first=False), self.down, linear_act)
 
 
@@ -371,8 +313,6 @@ class RotaryEncoder(Quantizable, Architecture):
         self.uses_token_type_ids = spec.type_vocab_size > 1
         self.embeddings = RotaryEmbeddings(spec)
         self.layers = nn.ModuleList(RotaryEncoderLayer(spec) for _ in range(spec.num_layers))
-        # Plain float32 tensors rather than buffers, so that casting the model leaves them exact.
-        self._inv_freq = spec.rotary.inv_freq()
 
     @property
     def hidden_size(self) -> int:
@@ -383,8 +323,8 @@ class RotaryEncoder(Quantizable, Architecture):
         return self._spec.max_positions
 
     def forward(self, batch: PackedBatch) -> torch.Tensor:
-        attention = kernel(self, "varlen_attention", batch.device)
-        linear_act = kernel(self, "linear_act", batch.device)
+        attention = kernel_for(self, "varlen_attention", batch.device)
+        linear_act = kernel_for(self, "linear_act", batch.device)
         x, low = self.embeddings(batch)
         rotary = self.rotary(batch)
         query_scale = self.query_scale(batch)
@@ -394,14 +334,7 @@ class RotaryEncoder(Quantizable, Architecture):
 
     def rotary(self, batch: PackedBatch) -> Rotary:
         """Each token's ``cos`` and ``sin`` in the model's dtype, ``[T, rotary dim]`` (their angles in float32)."""
-        dtype = self.embeddings.word_embeddings.weight.dtype
-        inv_freq = self._inv_freq
-        spec = self._spec.rotary
-        if spec.dynamic_factor and batch.max_len > spec.trained_positions:
-            # Each sequence with its own base, as the published model computes it alone.
-            rows = [self._inv_freq if n <= spec.trained_positions else spec.inv_freq(n) for n in batch.seq_lens]
-            inv_freq = torch.stack(rows).to(batch.device)[batch.seq_ids]
-        return rotary_cos_sin(inv_freq, batch.positions, dtype)
+        return self._spec.rotary.cos_sin(batch, self.embeddings.word_embeddings.weight.dtype)
 
     def query_scale(self, batch: PackedBatch) -> torch.Tensor | None:
         """GTE's log-n scale of each token's query, ``[T, 1, 1]``; ``None`` when the model has none."""

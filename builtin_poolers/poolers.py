@@ -7,14 +7,14 @@ pooling of whole sequences run through the device's ``segment_pool`` kernel.
 
 from __future__ import annotations
 
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import torch
 
 from poolkit.contracts.batch import PackedBatch
 from poolkit.contracts.hookspecs import hookimpl
 from poolkit.contracts.pooling import Pooler
-from poolkit.plugins.lookup import select_kernel
+from poolkit.plugins.lookup import kernel_for
 
 
 def _kept(hidden: torch.Tensor, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -56,18 +56,14 @@ class LastPooler(Pooler):
 
 
 class SegmentPooler(Pooler):
-    """A reduction over each sequence's tokens (``mode`` of the ``segment_pool`` kernel)."""
+    """A reduction over each sequence's tokens (``mode`` of the ``segment_pool`` kernel, looked up
+    once per pooler and device)."""
 
     mode: ClassVar[str]
 
-    def __init__(self) -> None:
-        self._kernels: dict[torch.device, Callable] = {}
-
     def pooled(self, hidden: torch.Tensor, batch: PackedBatch, normalize: bool = False) -> torch.Tensor:
         """``[B, H]`` fp32 pooled rows of whole sequences (no ``pool_mask``), L2-normalised on request."""
-        if hidden.device not in self._kernels:
-            self._kernels[hidden.device] = select_kernel("segment_pool", hidden.device)
-        return self._kernels[hidden.device](hidden, batch.cu_seqlens, self.mode, normalize)
+        return kernel_for(self, "segment_pool", hidden.device)(hidden, batch.cu_seqlens, self.mode, normalize)
 
     def __call__(self, hidden: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
         if batch.pool_mask is None:

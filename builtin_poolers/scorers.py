@@ -46,13 +46,13 @@ class CrossEncoderScorer(Scorer):
             f"{model.architecture.num_labels} labels: scoring needs a classifier with one output (use LLM.classify)"
         )
 
-    def score(self, llm, first, second, pooling_params, *, use_tqdm, tokenization_kwargs, chat_template, instruction):
+    def score(self, runner, first, second, pooling_params, *, use_tqdm, tokenization_kwargs, chat_template, instruction):
         kwargs = template_kwargs(pooling_params)
-        prompts = self._pair_prompts(llm.model, first, second, chat_template, instruction, kwargs)
-        task = llm.task("classify")
-        params = llm.check_params(pooling_params, len(prompts), task.name, tokenization_kwargs)
-        params = self._default_truncation(llm.model, params)
-        results = llm.run(task, prompts, params, use_tqdm=use_tqdm)
+        prompts = self._pair_prompts(runner.model, first, second, chat_template, instruction, kwargs)
+        task = runner.task("classify")
+        params = runner.check_params(pooling_params, len(prompts), task.name, tokenization_kwargs)
+        params = self._default_truncation(runner.model, params)
+        results = runner.run(task, prompts, params, use_tqdm=use_tqdm)
         return [(float(data.reshape(-1)[0]), ids, bool(cut)) for (data, ids), cut in zip(results, results.truncated)]
 
     @staticmethod
@@ -160,18 +160,17 @@ class BiEncoderScorer(Scorer):
     def supports(self, model: Any) -> bool:
         return "embed" in model.supported_tasks()
 
-    def score(self, llm, first, second, pooling_params, *, use_tqdm, tokenization_kwargs, chat_template, instruction):
+    def score(self, runner, first, second, pooling_params, *, use_tqdm, tokenization_kwargs, chat_template, instruction):
         unique = list(dict.fromkeys(first + second))
-        embedded = llm.encode(
-            unique, pooling_params, pooling_task="embed", use_tqdm=use_tqdm, tokenization_kwargs=tokenization_kwargs
-        )
-        vectors = dict(zip(unique, embedded))
-        pad = _separator(llm.model)
+        task, prompts, params = runner.prepare(unique, pooling_params, "embed", tokenization_kwargs)
+        results = runner.run(task, prompts, params, use_tqdm=use_tqdm)
+        vectors = dict(zip(unique, zip(results, results.truncated.tolist())))
+        pad = _separator(runner.model)
         out = []
         for a, b in zip(first, second):
-            va, vb = vectors[a], vectors[b]
-            score = torch.nn.functional.cosine_similarity(va.outputs.data.float(), vb.outputs.data.float(), dim=0)
-            out.append((float(score), va.prompt_token_ids + pad + vb.prompt_token_ids, va.truncated or vb.truncated))
+            ((da, ia), ca), ((db, ib), cb) = vectors[a], vectors[b]
+            score = torch.nn.functional.cosine_similarity(da.float(), db.float(), dim=0)
+            out.append((float(score), ia + pad + ib, ca or cb))
         return out
 
 
@@ -191,20 +190,20 @@ class LateInteractionScorer(Scorer):
     def supports(self, model: Any) -> bool:
         return model.st is not None and model.st.late_interaction and "token_embed" in model.supported_tasks()
 
-    def score(self, llm, first, second, pooling_params, *, use_tqdm, tokenization_kwargs, chat_template, instruction):
+    def score(self, runner, first, second, pooling_params, *, use_tqdm, tokenization_kwargs, chat_template, instruction):
         colbert = registry("io_processor").get("colbert")
         queries = list(dict.fromkeys(first))
         docs = list(dict.fromkeys(second))
-        prompts = list(colbert.pre_process({"texts": queries, "kind": "query", "model": llm.model}))
-        prompts += colbert.pre_process({"texts": docs, "kind": "document", "model": llm.model})
-        task = llm.task("token_embed")
-        params = llm.check_params(pooling_params, len(prompts), task.name, None)
-        results = llm.run(task, prompts, params, use_tqdm=use_tqdm)
-        q_skip, d_skip = (colbert.skipped(llm.model, kind) for kind in ("query", "document"))
+        prompts = list(colbert.pre_process({"texts": queries, "kind": "query", "model": runner.model}))
+        prompts += colbert.pre_process({"texts": docs, "kind": "document", "model": runner.model})
+        task = runner.task("token_embed")
+        params = runner.check_params(pooling_params, len(prompts), task.name, None)
+        results = runner.run(task, prompts, params, use_tqdm=use_tqdm)
+        q_skip, d_skip = (colbert.skipped(runner.model, kind) for kind in ("query", "document"))
         q_vectors = {q: (_scored(row, q_skip), row[1]) for q, row in zip(queries, results[: len(queries)])}
         d_vectors = {d: (_scored(row, d_skip), row[1]) for d, row in zip(docs, results[len(queries) :])}
         cut = dict(zip([("q", q) for q in queries] + [("d", d) for d in docs], results.truncated.tolist()))
-        pad = _separator(llm.model)
+        pad = _separator(runner.model)
         # Results come back on the host: score them there, whatever device the model runs on.
         maxsim = select_kernel("maxsim", results[0][0].device if results else "cpu")
         out: list[tuple[float, list[int], bool] | None] = [None] * len(first)

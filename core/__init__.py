@@ -45,6 +45,7 @@ _LAZY = {
     "Prompt": "contracts.io",
     "Kernel": "contracts.kernel",
     "select_kernel": "plugins.lookup",
+    "kernel_for": "plugins.lookup",
     "kernel_reference": "plugins.lookup",
     "kernel_table": "plugins.lookup",
     "kernel_rows": "plugins.lookup",

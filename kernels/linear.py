@@ -26,8 +26,8 @@ without importing this module: ``fn(x, weight, bias, act="none") -> out``
 
 - ``x``: ``[..., in_features]``, in ``weight``'s dtype and on its device;
 - ``weight``: ``[out_features, in_features]``; ``bias``: ``[out_features]`` or ``None``;
-- ``act``: one of the names of :data:`ACTIVATIONS` (``none``, ``gelu``, ``gelu_tanh``, ``relu``,
-  ``silu``, ``tanh``, ``sigmoid``), every one of them taken by every kernel;
+- ``act``: one of the names of :data:`ACTIVATIONS`, which are those of the contract's
+  :data:`poolkit.contracts.kernel.LINEAR_ACTIVATIONS`, every one of them taken by every kernel;
 - returns ``act(x @ weight^T + bias)``, ``[..., out_features]`` in ``x``'s dtype; autograd
   works through it (a kernel without a backward hands such calls to the reference).
 
@@ -58,13 +58,14 @@ import torch
 import torch.nn.functional as F
 
 from poolkit.contracts.hookspecs import hookimpl
-from poolkit.contracts.kernel import Kernel
+from poolkit.contracts.kernel import LINEAR_ACTIVATIONS, Kernel
 from poolkit.kernels.compiler import load_c_library, workers
 from poolkit.kernels.elementwise import activation_c, activation_c_runs
 
 SOURCE = Path(__file__).with_name("linear.c")
 
-#: Activations of :func:`linear_act`, by name: the ``act`` names every ``linear_act`` kernel takes.
+#: Activations of :func:`linear_act`, by name: exactly the names of the op's contract,
+#: :data:`poolkit.contracts.kernel.LINEAR_ACTIVATIONS`, in its order (checked on import).
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "none": lambda x: x,
     "gelu": F.gelu,
@@ -74,6 +75,11 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "tanh": torch.tanh,
     "sigmoid": torch.sigmoid,
 }
+if tuple(ACTIVATIONS) != LINEAR_ACTIVATIONS:
+    raise ImportError(
+        f"kernels/linear.py implements the activations {', '.join(ACTIVATIONS)}, but the linear_act op's contract "
+        f"(poolkit.contracts.kernel.LINEAR_ACTIVATIONS) names {', '.join(LINEAR_ACTIVATIONS)}"
+    )
 
 #: The private ``torch.ops.mkldnn`` ops the oneDNN kernel calls; without all of them it is unavailable.
 ONEDNN_OPS = ("_linear_pointwise", "_reorder_linear_weight", "_is_mkldnn_bf16_supported")

@@ -716,6 +716,39 @@ def test_select_kernel_takes_a_device_or_its_name_and_asks_is_available_every_ca
         select_kernel("fake_flip", "cpu")
 
 
+def test_kernel_for_looks_a_kernel_up_once_per_owner_and_device(fresh_plugins) -> None:
+    import types
+
+    import poolkit
+    from poolkit import Kernel
+    from poolkit.contracts.hookspecs import hookimpl
+    from poolkit.plugins.lookup import kernel_for
+    from poolkit.plugins.testing import plugin_registered
+
+    switch = {"on": False}
+
+    def slow(x):
+        return x + 1
+
+    def fast(x):
+        return x + 1
+
+    class Flip:
+        @hookimpl
+        def poolkit_register_kernels(self, register):
+            register("fake_once:slow", Kernel(fn=slow, reference=slow))
+            register("fake_once:fast", Kernel(fn=fast, reference=slow, priority=1, is_available=lambda: switch["on"]))
+
+    assert poolkit.kernel_for is kernel_for
+    with plugin_registered(Flip(), "flip"):
+        owner = types.SimpleNamespace()
+        assert kernel_for(owner, "fake_once", "cpu") is slow
+        switch["on"] = True
+        assert kernel_for(owner, "fake_once", torch.device("cpu")) is slow  # kept: asked once per owner and device
+        assert kernel_for(types.SimpleNamespace(), "fake_once", "cpu") is fast  # another owner asks again
+        assert owner._kernels == {("fake_once", torch.device("cpu")): slow}
+
+
 def test_kernel_table_ranks_like_select_kernel() -> None:
     from poolkit.plugins.lookup import kernel_table
 

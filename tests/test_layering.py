@@ -20,6 +20,7 @@ import torch
 
 from poolkit import LLM, ModelLoadError
 from poolkit.builtin_models import layers
+from poolkit.contracts.kernel import LINEAR_ACTIVATIONS
 from poolkit.kernels import linear
 from poolkit.plugins import registry
 from poolkit.plugins.lookup import select_kernel
@@ -98,7 +99,7 @@ def test_models_import_neither_kernel_modules_nor_builtin_poolers() -> None:
         if any(name == prefix or name.startswith(prefix + ".") for prefix in forbidden)
     ]
     assert not bad, (
-        "models reach kernels through the kernel registry (layers.kernel, poolkit.plugins.lookup.select_kernel) and heads through the task "
+        "models reach kernels through the kernel registry (poolkit.kernel_for, poolkit.select_kernel) and heads through the task "
         "registry (registry('task').get(name).build(model)), never by import:\n" + "\n".join(bad)
     )
 
@@ -166,14 +167,24 @@ def test_installed_torch_has_the_private_ops_the_cpu_kernels_use() -> None:
 # -- the linear_act contract the models rely on -------------------------------------------------
 
 
-def test_every_linear_act_kernel_takes_the_activations_models_fuse() -> None:
-    fused = set(layers._FUSABLE_ACTIVATIONS.values())
-    assert fused <= set(linear.ACTIVATIONS)
+def test_the_linear_kernels_implement_exactly_the_contracts_activations() -> None:
+    """The activation names have one home, the op's contract; kernels/linear.py implements those and no others."""
+    assert tuple(linear.ACTIVATIONS) == LINEAR_ACTIVATIONS
+    assert set(linear._ONEDNN_POST_OPS) == set(LINEAR_ACTIVATIONS)
+    assert set(linear.AMX_ACTIVATIONS) <= set(LINEAR_ACTIVATIONS)
+
+
+def test_models_fuse_only_activations_the_contract_names() -> None:
+    fused = {layers.fused_activation(name) for name in layers._FUSABLE_ACTIVATIONS}
+    assert fused and fused <= set(LINEAR_ACTIVATIONS)
+
+
+def test_every_linear_act_kernel_takes_every_activation_of_the_contract() -> None:
     x, w, b = torch.randn(4, 8), torch.randn(6, 8), torch.randn(6)
     kernels = [e for e in registry("kernel").entries() if e.name.startswith("linear_act:") and e.obj.is_available()]
     assert kernels
     for entry in kernels:
-        for act in sorted(linear.ACTIVATIONS):
+        for act in LINEAR_ACTIVATIONS:
             want = entry.obj.reference(x, w, b, act)
             got = entry.obj.fn(x, w, b, act)
             torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5, msg=f"{entry.name} with act={act!r}")

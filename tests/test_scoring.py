@@ -21,14 +21,11 @@ class DotScorer(Scorer):
     def supports(self, model):
         return "embed" in model.supported_tasks()
 
-    def score(self, llm, first, second, pooling_params, **kwargs):
-        params = {"use_activation": False}
-        a = llm.encode(first, params, pooling_task="embed")
-        b = llm.encode(second, params, pooling_task="embed")
-        return [
-            (float(torch.dot(x.outputs.data, y.outputs.data)), x.prompt_token_ids + y.prompt_token_ids)
-            for x, y in zip(a, b)
-        ]
+    def score(self, runner, first, second, pooling_params, **kwargs):
+        task, prompts, params = runner.prepare(first + second, {"use_activation": False}, "embed")
+        results = runner.run(task, prompts, params)
+        a, b = results[: len(first)], results[len(first) :]
+        return [(float(torch.dot(x, y)), x_ids + y_ids) for (x, x_ids), (y, y_ids) in zip(a, b)]
 
 
 def _plugin(**hooks):

@@ -7,8 +7,8 @@ names and the output objects are vLLM's.
 from __future__ import annotations
 
 import itertools
-from functools import cached_property
 import logging
+from functools import cached_property
 from typing import Any, Sequence
 
 import torch
@@ -41,42 +41,9 @@ from ..runtime.estimates import estimate_costs, estimate_pair_tokens
 from ..runtime.progress import progress_bar
 from .entities import Entities, group_entities
 from .model_config import ModelConfig, model_config
+from .params import check_params
 
 logger = logging.getLogger(__name__)
-
-_TOKENIZATION_KWARGS = ("truncate_prompt_tokens", "truncation_side")
-
-
-def _late_chunked(params: Any) -> bool:
-    """Whether one caller-given pooling parameter (object, dict or ``None``) asks for late chunking."""
-    if isinstance(params, dict):
-        return params.get("late_chunking_params") is not None
-    return getattr(params, "late_chunking_params", None) is not None
-
-
-def _truncation_switch(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """``tokenization_kwargs`` with vLLM's ``truncation`` read into ``truncate_prompt_tokens``:
-    ``True`` / ``"longest_first"`` truncates to the model's limit (unless a number is given),
-    ``False`` / ``"do_not_truncate"`` sets it to ``None`` explicitly (a model that truncates by
-    default, a CrossEncoder export, then refuses over-long inputs).
-
-    Raises:
-        InvalidRequest: another value, or truncation off with a number of tokens to keep.
-    """
-    out = dict(kwargs)
-    switch = out.pop("truncation")
-    if switch is True or switch == "longest_first":
-        out.setdefault("truncate_prompt_tokens", -1)
-    elif switch is False or switch == "do_not_truncate":
-        if out.get("truncate_prompt_tokens") is not None:
-            raise InvalidRequest("tokenization_kwargs truncation turns truncation off; drop truncate_prompt_tokens or the switch")
-        out["truncate_prompt_tokens"] = None
-    else:
-        raise InvalidRequest(
-            f"tokenization_kwargs truncation must be true, false, 'longest_first' or 'do_not_truncate', got {switch!r}"
-        )
-    return out
-
 
 class LLM:
     """A pooling model, loaded once, with vLLM's offline API.
@@ -276,51 +243,7 @@ class LLM:
         Raises:
             InvalidRequest: a parameter the task does not take, or a value it cannot honour.
         """
-        if pooling_params is None or isinstance(pooling_params, (PoolingParams, dict)):
-            given = [pooling_params] * count
-        elif isinstance(pooling_params, (list, tuple)):
-            if len(pooling_params) != count:
-                raise InvalidRequest(f"The lengths of prompts ({count}) and params ({len(pooling_params)}) must be the same.")
-            given = list(pooling_params)
-        else:
-            raise InvalidRequest(f"pooling_params must be PoolingParams or a list of them, got {type(pooling_params).__name__}")
-        extra = dict(tokenization_kwargs or {})
-        unknown = set(extra) - set(_TOKENIZATION_KWARGS)
-        if unknown & LateChunkingParams.TEXT_CHANGING_KWARGS and any(map(_late_chunked, given)):
-            raise InvalidRequest(LateChunkingParams.TEXT_CHANGES)
-        if "truncation" in extra:  # vLLM's switch: on (to the model's limit) or off (over-long is an error)
-            extra = _truncation_switch(extra)
-            unknown.discard("truncation")
-        if unknown:
-            raise InvalidRequest(f"unsupported tokenization_kwargs: {', '.join(sorted(unknown))}")
-        task = registry("task").get(task_name)
-        if count > 1 and all(g is given[0] for g in given):  # one object for every prompt: verified once
-            return self.check_params(given[0], 1, task_name, tokenization_kwargs) * count
-        out = []
-        verified: dict[int, PoolingParams] = {}  # one object given for many prompts is verified once
-        for given_p in given:
-            p = given_p
-            if id(given_p) in verified:
-                out.append(verified[id(given_p)])
-                continue
-            if p is None:
-                p = PoolingParams()
-            elif isinstance(p, dict):
-                p = PoolingParams(**p)
-            elif not isinstance(p, PoolingParams):
-                raise InvalidRequest(f"pooling_params items must be PoolingParams, got {type(p).__name__}")
-            if p.task is not None and p.task != task_name:
-                raise InvalidRequest(f"You cannot overwrite param.task={p.task!r} with pooling_task={task_name!r}!")
-            update = {k: v for k, v in extra.items() if getattr(p, k) is None}
-            for name, default in task.param_defaults(self.model).items():
-                if getattr(p, name) is None:
-                    update[name] = default
-            p = p.model_copy(update={"task": task_name, **update})
-            task.verify(p, self.model)
-            self.check_truncation(p.truncate_prompt_tokens)
-            verified[id(given_p)] = p
-            out.append(p)
-        return out
+        return check_params(self.model, self.engine, pooling_params, count, task_name, tokenization_kwargs)
 
     def run(
         self, task: Task, prompts: list[Prompt], params: list[PoolingParams], *, use_tqdm: bool = False
@@ -681,7 +604,7 @@ class LLM:
             what = "chat_template and instruction" if templated else "chat_template_kwargs"
             raise InvalidRequest(f"{what} apply to {' or '.join(takers)} scoring only")
         scored = scorer.score(
-            self,
+            _ScoreRunner(self),
             first,
             second,
             pooling_params,
@@ -778,3 +701,47 @@ class LLM:
             if not isinstance(item, str):
                 raise InvalidRequest(f"{what} {i} must be a string, got {type(item).__name__}")
         return list(items)
+
+
+class _ScoreRunner:
+    """The :class:`~poolkit.contracts.scoring.ScoreRunner` :meth:`LLM.score` hands its scorer: the
+    LLM's model, task lookup, parameter checks, prompt preparation and engine run, and nothing else
+    of the LLM (a scorer calls no API method back)."""
+
+    __slots__ = ("_llm",)
+
+    def __init__(self, llm: LLM) -> None:
+        self._llm = llm
+
+    @property
+    def model(self) -> PoolingModel:
+        """The loaded model."""
+        return self._llm.model
+
+    def task(self, name: str) -> Task:
+        """The registered task ``name``, checked against what the model supports (:meth:`LLM.task`)."""
+        return self._llm.task(name)
+
+    def check_params(
+        self,
+        pooling_params: Any,
+        count: int,
+        task_name: str,
+        tokenization_kwargs: dict[str, Any] | None = None,
+    ) -> list[PoolingParams]:
+        """One verified :class:`PoolingParams` per prompt (:meth:`LLM.check_params`)."""
+        return self._llm.check_params(pooling_params, count, task_name, tokenization_kwargs)
+
+    def prepare(
+        self,
+        texts: Sequence[str],
+        pooling_params: Any,
+        task_name: str,
+        tokenization_kwargs: dict[str, Any] | None = None,
+    ) -> tuple[Task, Sequence[Prompt], list[PoolingParams]]:
+        """Texts as :meth:`LLM.encode` prepares them, with the task and verified parameters (:meth:`LLM.prepare`)."""
+        return self._llm.prepare(list(texts), pooling_params, pooling_task=task_name, tokenization_kwargs=tokenization_kwargs)
+
+    def run(self, task: Task, prompts: Sequence[Prompt], params: list[PoolingParams], *, use_tqdm: bool = False) -> Results:
+        """Run prepared prompts through the engine (:meth:`LLM.run`)."""
+        return self._llm.run(task, prompts, params, use_tqdm=use_tqdm)

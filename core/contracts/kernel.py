@@ -9,6 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+#: The activations of the ``linear_act`` op, by the names its ``act`` argument takes (``gated_linear`` and
+#: ``linear_int8`` take the same): every kernel of the op takes every one of them, so a model fuses any without
+#: knowing which kernel runs. ``none`` is no activation; the others are torch's ``gelu``, ``gelu`` with
+#: ``approximate="tanh"``, ``relu``, ``silu``, ``tanh`` and ``sigmoid``, as the op's reference computes them
+#: (:data:`poolkit.kernels.linear.ACTIVATIONS`, which implements exactly these names).
+LINEAR_ACTIVATIONS = ("none", "gelu", "gelu_tanh", "relu", "silu", "tanh", "sigmoid")
+
 
 @dataclass(frozen=True)
 class Kernel:

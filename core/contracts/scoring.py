@@ -9,9 +9,14 @@ another kind the same way, and the API, the CLI and the server use it without ed
 from __future__ import annotations
 
 import inspect
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Sequence
 
 from .errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from .io import Prompt
+    from .params import PoolingParams
+    from .tasks import Task
 
 #: ``chat_template_kwargs`` keys that are no template variables: a sentence-transformers
 #: CrossEncoder export reads them when it renders a pair (its prompt, by text or saved name, and
@@ -25,12 +30,66 @@ RESERVED_TEMPLATE_KWARGS = frozenset(
 )
 
 
+class ScoreRunner(Protocol):
+    """What a scorer runs its work with: the loaded model, its tasks, parameter checks, prompt
+    preparation and the engine; not the :class:`poolkit.LLM` (``LLM.score`` builds one per call).
+    """
+
+    @property
+    def model(self) -> Any:
+        """The loaded :class:`poolkit.loading.model.PoolingModel` (read it, don't change it)."""
+        ...
+
+    def task(self, name: str) -> Task:
+        """The registered task ``name``, checked against what the model supports."""
+        ...
+
+    def check_params(
+        self,
+        pooling_params: Any,
+        count: int,
+        task_name: str,
+        tokenization_kwargs: dict[str, Any] | None = None,
+    ) -> list[PoolingParams]:
+        """One verified :class:`PoolingParams` per prompt, the task's defaults filled in
+        (``pooling_params``: ``None``, one object or dict for all, or one per prompt;
+        ``tokenization_kwargs``: ``truncate_prompt_tokens`` / ``truncation_side`` defaults and vLLM's
+        ``truncation`` switch).
+
+        Raises:
+            InvalidRequest: a parameter the task does not take, or a value it cannot honour.
+        """
+        ...
+
+    def prepare(
+        self,
+        texts: Sequence[str],
+        pooling_params: Any,
+        task_name: str,
+        tokenization_kwargs: dict[str, Any] | None = None,
+    ) -> tuple[Task, Sequence[Prompt], list[PoolingParams]]:
+        """Texts made into prompts as ``LLM.encode`` makes them (the model's default
+        sentence-transformers prompt; ``tokenization_kwargs`` may also set ``input_type`` and
+        ``add_special_tokens``), with the checked task and one verified parameter set per prompt.
+
+        Raises:
+            InvalidRequest: as :meth:`check_params`, or a task the model does not support.
+        """
+        ...
+
+    def run(self, task: Task, prompts: Sequence[Prompt], params: list[PoolingParams], *, use_tqdm: bool = False) -> Any:
+        """Run prepared prompts through the engine: a ``Results``, whose item ``i`` is prompt ``i``'s
+        ``(result, prompt token ids)``; ``results.truncated`` says which prompts were cut."""
+        ...
+
+
 class Scorer:
     """One way of scoring (query, document) pairs with a loaded model.
 
     The model's scorer is the one its architecture names in ``score_type``, else the supporting
     scorer with the highest :attr:`priority` (:func:`poolkit.plugins.lookup.select_scorer`). ``model``
-    below is the loaded :class:`poolkit.loading.model.PoolingModel`, ``llm`` the :class:`poolkit.LLM`.
+    below is the loaded :class:`poolkit.loading.model.PoolingModel`, ``runner`` the
+    :class:`ScoreRunner` that runs a score call's work on it.
 
     Attributes:
         name: the key users see (``llm.score_type``, the server's ``/v1/models``).
@@ -52,7 +111,7 @@ class Scorer:
 
     def score(
         self,
-        llm: Any,
+        runner: ScoreRunner,
         first: list[str],
         second: list[str],
         pooling_params: Any,
@@ -66,7 +125,9 @@ class Scorer:
         ``(score, prompt token ids, truncated)``: whether the pair's inputs were cut to a limit
         (``Results.truncated`` of the runs; ``ScoringRequestOutput.truncated`` reports it).
 
-        ``first`` and ``second`` have the same length (the API has paired them already).
+        ``first`` and ``second`` have the same length (the API has paired them already). The work
+        runs through ``runner`` (:class:`ScoreRunner`): ``runner.task``, ``runner.check_params`` or
+        ``runner.prepare``, then ``runner.run``.
         """
         raise NotImplementedError
 

@@ -18,8 +18,8 @@ from .registries import Entry
 #: ``Kernel`` and ``check_kernel`` are the contract (:mod:`poolkit.contracts.kernel`), named here
 #: too so that ``poolkit.kernel``, the documented path of the kernel names, offers all of them.
 __all__ = [
-    "Kernel", "check_kernel", "kernel_ops", "kernel_reference", "kernel_rows", "kernel_table", "option_owners",
-    "row_planner", "select_kernel", "select_scorer",
+    "Kernel", "check_kernel", "kernel_for", "kernel_ops", "kernel_reference", "kernel_rows", "kernel_table",
+    "option_owners", "row_planner", "select_kernel", "select_scorer",
 ]
 
 
@@ -53,6 +53,26 @@ def select_kernel(op: str, device: torch.device | str) -> Callable:
     if entry is None:
         raise UnknownName(f"no kernel for op '{op}' on device '{device_type}'")
     return entry.obj.fn
+
+
+def kernel_for(owner: Any, op: str, device: torch.device | str) -> Callable:
+    """:func:`select_kernel`'s choice of ``op`` for ``device``, looked up once per owner object and
+    device: what a model's layers and the poolers call on every forward pass or batch.
+
+    The memo is a dict kept on the owner, ``owner.__dict__["_kernels"]``, keyed by
+    ``(op, torch.device(device))``; a kernel that becomes available later shows in owners made
+    after it. The owner needs a ``__dict__`` (any ``nn.Module``, any plain object).
+
+    Example:
+        >>> class MeanPool:
+        ...     def __call__(self, hidden, cu_seqlens):
+        ...         return kernel_for(self, "segment_pool", hidden.device)(hidden, cu_seqlens, "mean")
+    """
+    cache = owner.__dict__.setdefault("_kernels", {})
+    key = (op, torch.device(device))
+    if key not in cache:
+        cache[key] = select_kernel(op, device)
+    return cache[key]
 
 
 def kernel_rows(n: int, device: torch.device | str) -> int:
