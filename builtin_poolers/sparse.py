@@ -22,7 +22,7 @@ from poolkit.contracts.hookspecs import hookimpl
 from poolkit.contracts.params import PoolingParams, Setting
 from poolkit.contracts.sparse import SparseEmbedding, check_pruning
 from poolkit.contracts.tasks import Head, Task
-from poolkit.plugins.lookup import select_kernel
+from poolkit.plugins.lookup import kernel_for
 from poolkit.plugins.manager import registry
 
 #: Most MLM logits (rows x vocabulary) the SPLADE head holds at once: 2**24 floats (64 MiB in
@@ -69,7 +69,6 @@ class SpladeHead:
         self.activation = activation
         self.use_activation = use_activation
         self.chunk_rows = chunk_rows
-        self._kernels: dict[torch.device, Callable] = {}
 
     @property
     def pooling_name(self) -> str:
@@ -86,16 +85,11 @@ class SpladeHead:
     def rows_per_chunk(self) -> int:
         return self.chunk_rows or max(1, LOGITS_BUDGET // self.vocab_size)
 
-    def _kernel(self, device: torch.device) -> Callable:
-        if device not in self._kernels:
-            self._kernels[device] = select_kernel("splade_pool", device)
-        return self._kernels[device]
-
     def __call__(self, hidden: torch.Tensor, batch: PackedBatch, params: Sequence[PoolingParams]) -> list[torch.Tensor]:
         flags = [self.use_activation if p.use_activation is None else p.use_activation for p in params]
         start = float("-inf") if self.strategy == "max" else 0.0
         out = torch.full((batch.num_seqs, self.vocab_size), start, dtype=torch.float32, device=hidden.device)
-        kernel = self._kernel(hidden.device)
+        kernel = kernel_for(self, "splade_pool", hidden.device)
         seq_ids = batch.seq_ids
         mixed = len(set(flags)) > 1
         activated = torch.tensor(flags, dtype=torch.bool, device=hidden.device) if mixed else None

@@ -18,7 +18,7 @@ from poolkit.builtin_poolers import sparse as sparse_head
 from poolkit.contracts.sparse import SparseEmbedding, SparseEmbeddingRequestOutput
 from poolkit.kernels.splade import splade_pool_reduce_first, splade_pool_reference
 from poolkit.loading.st_config import read_st_config
-from poolkit.plugins import registry
+from poolkit.plugins import lookup, registry
 from poolkit.plugins.lookup import select_kernel
 
 pytestmark = pytest.mark.filterwarnings("ignore:Sparse CSR tensor support:UserWarning")  # SparseEncoder's
@@ -113,7 +113,8 @@ def test_long_batch_is_pooled_in_bounded_chunks(splade_dir, sparse_encoder, monk
         seen.append(logits.shape[0])
         return splade_pool_reference(logits, segments, out, strategy, activation)
 
-    monkeypatch.setattr(sparse_head, "select_kernel", lambda op, device: spy)
+    chosen = lookup.select_kernel
+    monkeypatch.setattr(lookup, "select_kernel", lambda op, device: spy if op == "splade_pool" else chosen(op, device))
     llm = LLM(str(splade_dir), hf_overrides=SPLADE)
     vocab = llm.model.hf_config.vocab_size
     default_rows = sparse_head.LOGITS_BUDGET // vocab
