@@ -180,7 +180,7 @@ class BertModel(Quantizable, Architecture):
     #: Prefix of the encoder's tensors in task-model checkpoints (HF's ``base_model_prefix``).
     checkpoint_prefix: ClassVar[str] = "bert."
     #: Checkpoint name prefixes of the task head this class loads (none for the bare encoder).
-    head_prefixes: ClassVar[tuple[str, ...]] = ()
+    classifier_prefixes: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
@@ -216,7 +216,7 @@ class BertModel(Quantizable, Architecture):
 
     def parameter_name(self, checkpoint_name: str) -> str | None:
         """The Hugging Face base-model name of a checkpoint tensor, or ``None`` to skip it."""
-        return base_model_name(legacy_norm_name(checkpoint_name), self.checkpoint_prefix, self.head_prefixes, _UNUSED)
+        return base_model_name(legacy_norm_name(checkpoint_name), self.checkpoint_prefix, self.classifier_prefixes, _UNUSED)
 
 
 class RobertaModel(BertModel):
@@ -261,18 +261,18 @@ class BertForSequenceClassification(BertModel):
     The ``token_classify`` task applies the bare ``classifier`` to every token, as vLLM does.
     """
 
-    head_prefixes: ClassVar[tuple[str, ...]] = ("pooler.", "classifier.")
+    classifier_prefixes: ClassVar[tuple[str, ...]] = ("pooler.", "classifier.")
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
         self.pooler = BertPooler(config.hidden_size)
         self.classifier = nn.Linear(config.hidden_size, self.num_labels)
 
-    def sequence_head(self) -> nn.Module:
+    def sequence_classifier(self) -> nn.Module:
         """Pooled vector -> BERT pooler (dense, tanh) -> classifier."""
         return nn.Sequential(self.pooler, self.classifier)
 
-    def token_head(self) -> nn.Module:
+    def token_classifier(self) -> nn.Module:
         return self.classifier
 
 
@@ -295,13 +295,13 @@ class RobertaClassificationHead(nn.Module):
 class RobertaForSequenceClassification(RobertaModel):
     """A RoBERTa cross-encoder / sequence classifier: CLS -> ``classifier`` head."""
 
-    head_prefixes: ClassVar[tuple[str, ...]] = ("classifier.",)
+    classifier_prefixes: ClassVar[tuple[str, ...]] = ("classifier.",)
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
         self.classifier = RobertaClassificationHead(config.hidden_size, self.num_labels)
 
-    def sequence_head(self) -> nn.Module:
+    def sequence_classifier(self) -> nn.Module:
         return self.classifier
 
 
@@ -377,7 +377,7 @@ class BertForMaskedLM(BertModel):
     without one and serves the hidden-state tasks only.
     """
 
-    head_prefixes: ClassVar[tuple[str, ...]] = ("cls.predictions.",)
+    classifier_prefixes: ClassVar[tuple[str, ...]] = ("cls.predictions.",)
     masked_lm_head: ClassVar[bool] = True
     #: Whether ``embed`` is the SPLADE vector whatever the sentence-transformers config says.
     splade: ClassVar[bool] = False

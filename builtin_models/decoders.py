@@ -24,7 +24,7 @@ config by class methods:
 Modules keep Hugging Face's parameter names, so checkpoints load by name, except that each
 layer's q/k/v projections are fused into one ``qkv_proj`` and its gate and up projections into
 one ``gate_up_proj`` at load time: one matmul instead of three or two. Heads are in
-:mod:`poolkit.builtin_models.decoder_heads`.
+:mod:`poolkit.builtin_models.decoder_classifiers`.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from poolkit.builtin_models.decoder_heads import DecoderLMHead, ScoreHead, TokenScoreHead
+from poolkit.builtin_models.decoder_classifiers import DecoderLMHead, ScoreClassifier, TokenScoreClassifier
 from poolkit.builtin_models.layers import (
     FusedLinear,
     OffsetRMSNorm,
@@ -224,7 +224,7 @@ class DecoderModel(Quantizable, Architecture):
     #: Prefix of the backbone's tensors in task-model checkpoints (HF's ``base_model_prefix``).
     checkpoint_prefix: ClassVar[str] = "model."
     #: Checkpoint name prefixes of the task head this class loads (none for the bare backbone).
-    head_prefixes: ClassVar[tuple[str, ...]] = ()
+    classifier_prefixes: ClassVar[tuple[str, ...]] = ()
     #: Per-head norms of queries and keys before the rotation (Qwen3, Gemma 3).
     qk_norm: ClassVar[bool] = False
     #: Gemma's RMSNorm, scaled by ``1 + weight`` in float32.
@@ -339,7 +339,7 @@ class DecoderModel(Quantizable, Architecture):
 
     def parameter_name(self, checkpoint_name: str) -> str | None:
         """The Hugging Face base-model name of a checkpoint tensor, or ``None`` to skip it."""
-        return base_model_name(checkpoint_name, self.checkpoint_prefix, self.head_prefixes, _UNUSED)
+        return base_model_name(checkpoint_name, self.checkpoint_prefix, self.classifier_prefixes, _UNUSED)
 
 
 # -- families --------------------------------------------------------------------------------------
@@ -465,75 +465,75 @@ class Gemma3TextModel(Gemma2Model):
 # ``score`` on every token.
 
 
-class LlamaForCausalLM(DecoderLMHead, ScoreHead, LlamaModel):
+class LlamaForCausalLM(DecoderLMHead, ScoreClassifier, LlamaModel):
     """A Llama causal LM (e5-mistral-style embedders, math-shepherd-style process reward models)."""
 
     checkpoint_score: ClassVar[bool] = False
 
 
-class LlamaForSequenceClassification(ScoreHead, LlamaModel):
+class LlamaForSequenceClassification(ScoreClassifier, LlamaModel):
     """A Llama sequence classifier / reranker: last token -> ``score``."""
 
 
-class LlamaForTokenClassification(TokenScoreHead, LlamaModel):
+class LlamaForTokenClassification(TokenScoreClassifier, LlamaModel):
     """A Llama token classifier: ``score`` on every token."""
 
 
-class LlamaBidirectionalForSequenceClassification(ScoreHead, LlamaBidirectionalModel):
+class LlamaBidirectionalForSequenceClassification(ScoreClassifier, LlamaBidirectionalModel):
     """A bidirectional Llama reranker (llama-nemotron-rerank): the pooled vector (the config's
     ``pooling``) -> ``score``."""
 
 
-class MistralForCausalLM(DecoderLMHead, ScoreHead, MistralModel):
+class MistralForCausalLM(DecoderLMHead, ScoreClassifier, MistralModel):
     """A Mistral causal LM (e5-mistral-7b-instruct, math-shepherd-mistral-7b-prm)."""
 
     checkpoint_score: ClassVar[bool] = False
 
 
-class MistralForSequenceClassification(ScoreHead, MistralModel):
+class MistralForSequenceClassification(ScoreClassifier, MistralModel):
     """A Mistral sequence classifier / reranker: last token -> ``score``."""
 
 
-class MistralForTokenClassification(TokenScoreHead, MistralModel):
+class MistralForTokenClassification(TokenScoreClassifier, MistralModel):
     """A Mistral token classifier: ``score`` on every token."""
 
 
-class GemmaForCausalLM(DecoderLMHead, ScoreHead, GemmaModel):
+class GemmaForCausalLM(DecoderLMHead, ScoreClassifier, GemmaModel):
     """A Gemma causal LM; bge-reranker-v2-gemma is one read as a reranker
     (``classifier_from_token: ["Yes"]``, ``method: "no_post_processing"``)."""
 
     checkpoint_score: ClassVar[bool] = False
 
 
-class GemmaForSequenceClassification(ScoreHead, GemmaModel):
+class GemmaForSequenceClassification(ScoreClassifier, GemmaModel):
     """A Gemma sequence classifier / reranker: last token -> ``score``."""
 
 
-class GemmaForTokenClassification(TokenScoreHead, GemmaModel):
+class GemmaForTokenClassification(TokenScoreClassifier, GemmaModel):
     """A Gemma token classifier: ``score`` on every token."""
 
 
-class Gemma2ForCausalLM(DecoderLMHead, ScoreHead, Gemma2Model):
+class Gemma2ForCausalLM(DecoderLMHead, ScoreClassifier, Gemma2Model):
     """A Gemma 2 causal LM (bge-multilingual-gemma2); its logits are soft-capped."""
 
     checkpoint_score: ClassVar[bool] = False
 
 
-class Gemma2ForSequenceClassification(ScoreHead, Gemma2Model):
+class Gemma2ForSequenceClassification(ScoreClassifier, Gemma2Model):
     """A Gemma 2 sequence classifier / reranker: last token -> ``score`` (not soft-capped)."""
 
 
-class Gemma2ForTokenClassification(TokenScoreHead, Gemma2Model):
+class Gemma2ForTokenClassification(TokenScoreClassifier, Gemma2Model):
     """A Gemma 2 token classifier: ``score`` on every token."""
 
 
-class Gemma3ForCausalLM(DecoderLMHead, ScoreHead, Gemma3TextModel):
+class Gemma3ForCausalLM(DecoderLMHead, ScoreClassifier, Gemma3TextModel):
     """A Gemma 3 text causal LM; its logits are soft-capped when the config says so."""
 
     checkpoint_score: ClassVar[bool] = False
 
 
-class Gemma3TextForSequenceClassification(ScoreHead, Gemma3TextModel):
+class Gemma3TextForSequenceClassification(ScoreClassifier, Gemma3TextModel):
     """A Gemma 3 text sequence classifier / reranker: last token -> ``score``."""
 
 

@@ -1,6 +1,6 @@
 """Layer code the built-in model families share: activations, norms, linears through a kernel,
-rotary positions, projections fused at load time, the token classifier head and a causal LM's
-next-token head.
+rotary positions, projections fused at load time, the token classifier and a causal LM's
+next-token head (``lm_head``).
 
 Every family imports these from here, never from another family's module. Compute kernels are
 reached only through the kernel registry (:func:`poolkit.plugins.lookup.kernel_for`): the helpers
@@ -459,20 +459,20 @@ def _join(*names: str) -> str:
 
 
 class TokenClassifier:
-    """Mixin: Hugging Face's ``*ForTokenClassification`` head, one Linear on every token (dropout is
-    inference-free), named ``head_name`` in checkpoints."""
+    """Mixin: Hugging Face's ``*ForTokenClassification`` classifier, one Linear on every token (dropout is
+    inference-free), named ``classifier_name`` in checkpoints."""
 
     default_pooling_type: ClassVar[str | None] = None
-    #: The head's name in checkpoints, ``classifier`` (BERT) or ``score`` (Qwen); ``head_prefixes`` match it.
-    head_name: ClassVar[str] = "classifier"
-    head_prefixes: ClassVar[tuple[str, ...]] = ("classifier.",)
+    #: The classifier's name in checkpoints, ``classifier`` (BERT) or ``score`` (Qwen); ``classifier_prefixes`` match it.
+    classifier_name: ClassVar[str] = "classifier"
+    classifier_prefixes: ClassVar[tuple[str, ...]] = ("classifier.",)
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
-        setattr(self, self.head_name, nn.Linear(self.hidden_size, self.num_labels))
+        setattr(self, self.classifier_name, nn.Linear(self.hidden_size, self.num_labels))
 
-    def token_head(self) -> nn.Module:
-        return getattr(self, self.head_name)
+    def token_classifier(self) -> nn.Module:
+        return getattr(self, self.classifier_name)
 
 
 class CausalLMHead:

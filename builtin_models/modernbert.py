@@ -189,7 +189,7 @@ class ModernBertModel(Quantizable, Architecture):
     #: Prefix of the encoder's tensors in task-model checkpoints (HF's ``base_model_prefix``).
     checkpoint_prefix: ClassVar[str] = "model."
     #: Checkpoint name prefixes of the task head this class loads (none for the bare encoder).
-    head_prefixes: ClassVar[tuple[str, ...]] = ()
+    classifier_prefixes: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
@@ -216,7 +216,7 @@ class ModernBertModel(Quantizable, Architecture):
 
     def parameter_name(self, checkpoint_name: str) -> str | None:
         """The Hugging Face base-model name of a checkpoint tensor, or ``None`` to skip it."""
-        return base_model_name(checkpoint_name, self.checkpoint_prefix, self.head_prefixes, _UNUSED)
+        return base_model_name(checkpoint_name, self.checkpoint_prefix, self.classifier_prefixes, _UNUSED)
 
 
 class ModernBertPredictionHead(nn.Module):
@@ -241,7 +241,7 @@ class ModernBertForSequenceClassification(ModernBertModel):
     ``head`` and ``classifier`` to every token, as vLLM does.
     """
 
-    head_prefixes: ClassVar[tuple[str, ...]] = ("head.", "classifier.")
+    classifier_prefixes: ClassVar[tuple[str, ...]] = ("head.", "classifier.")
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
@@ -252,7 +252,7 @@ class ModernBertForSequenceClassification(ModernBertModel):
         self.head = ModernBertPredictionHead(config)
         self.classifier = nn.Linear(config.hidden_size, self.num_labels)
 
-    def sequence_head(self) -> nn.Module:
+    def sequence_classifier(self) -> nn.Module:
         return nn.Sequential(self.head, self.classifier)
 
 
@@ -260,14 +260,14 @@ class ModernBertForTokenClassification(ModernBertModel):
     """A ModernBERT token classifier (NER): ``head`` then ``classifier`` on every token."""
 
     default_pooling_type: ClassVar[str | None] = None
-    head_prefixes: ClassVar[tuple[str, ...]] = ("head.", "classifier.")
+    classifier_prefixes: ClassVar[tuple[str, ...]] = ("head.", "classifier.")
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
         self.head = ModernBertPredictionHead(config)
         self.classifier = nn.Linear(config.hidden_size, self.num_labels)
 
-    def token_head(self) -> nn.Module:
+    def token_classifier(self) -> nn.Module:
         return nn.Sequential(self.head, self.classifier)
 
 

@@ -173,7 +173,7 @@ class MPNetModel(Quantizable, Architecture):
     #: Prefix of the encoder's tensors in task-model checkpoints (HF's ``base_model_prefix``).
     checkpoint_prefix: ClassVar[str] = "mpnet."
     #: Checkpoint name prefixes of the task head this class loads (none for the bare encoder).
-    head_prefixes: ClassVar[tuple[str, ...]] = ()
+    classifier_prefixes: ClassVar[tuple[str, ...]] = ()
     #: What is added to a token's position in its sequence to index the position table.
     position_offset: ClassVar[int] = _PADDING_IDX + 1
 
@@ -210,23 +210,23 @@ class MPNetModel(Quantizable, Architecture):
 
     def parameter_name(self, checkpoint_name: str) -> str | None:
         """The Hugging Face base-model name of a checkpoint tensor, or ``None`` to skip it."""
-        return base_model_name(legacy_norm_name(checkpoint_name), self.checkpoint_prefix, self.head_prefixes, _UNUSED)
+        return base_model_name(legacy_norm_name(checkpoint_name), self.checkpoint_prefix, self.classifier_prefixes, _UNUSED)
 
 
 class MPNetForSequenceClassification(MPNetModel):
     """An MPNet cross-encoder / sequence classifier: CLS -> ``classifier`` (dense, tanh, ``out_proj``).
 
-    The ``token_classify`` task applies the same head to every token (``Architecture.token_head``'s
+    The ``token_classify`` task applies the same head to every token (``Architecture.token_classifier``'s
     default), as for RoBERTa.
     """
 
-    head_prefixes: ClassVar[tuple[str, ...]] = ("classifier.",)
+    classifier_prefixes: ClassVar[tuple[str, ...]] = ("classifier.",)
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
         self.classifier = RobertaClassificationHead(config.hidden_size, self.num_labels)
 
-    def sequence_head(self) -> nn.Module:
+    def sequence_classifier(self) -> nn.Module:
         return self.classifier
 
 

@@ -19,11 +19,11 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from poolkit.builtin_models.decoder_heads import (
+from poolkit.builtin_models.decoder_classifiers import (
     FROM_2_WAY_SOFTMAX,
     DecoderLMHead,
-    ScoreHead,
-    TokenScoreHead,
+    ScoreClassifier,
+    TokenScoreClassifier,
     check_classifier_tokens,
 )
 from poolkit.builtin_models.decoders import GLOBAL, SLIDING, DecoderModel, check_layer_types, extend_checks
@@ -126,7 +126,7 @@ def _declared_original(config: Any) -> bool:
     return bool(getattr(config, "is_original_qwen3_reranker", False) or getattr(config, "is_qwen3_reranker", False))
 
 
-class _QwenScoreHead(ScoreHead):
+class _QwenScoreClassifier(ScoreClassifier):
     """Mixin: the family's ``score`` head, knowing the original Qwen3-Reranker layout too."""
 
     @classmethod
@@ -152,14 +152,14 @@ class _QwenScoreHead(ScoreHead):
         super().configure(config, tokenizer)
 
 
-class Qwen2ForSequenceClassification(_QwenScoreHead, Qwen2Model):
+class Qwen2ForSequenceClassification(_QwenScoreClassifier, Qwen2Model):
     """A Qwen2 sequence classifier / reranker: last token -> ``score`` (no bias).
 
     The ``token_classify`` task applies ``score`` to every token, as vLLM does.
     """
 
 
-class Qwen3ForSequenceClassification(_QwenScoreHead, Qwen3Model):
+class Qwen3ForSequenceClassification(_QwenScoreClassifier, Qwen3Model):
     """A Qwen3 sequence classifier / reranker: last token -> ``score``.
 
     Also the original Qwen3-Reranker with ``hf_overrides={"architectures":
@@ -168,7 +168,7 @@ class Qwen3ForSequenceClassification(_QwenScoreHead, Qwen3Model):
     """
 
 
-class Qwen2ForCausalLM(DecoderLMHead, _QwenScoreHead, Qwen2Model):
+class Qwen2ForCausalLM(DecoderLMHead, _QwenScoreClassifier, Qwen2Model):
     """A Qwen2 language model served as an embedder, or, when its config names
     ``classifier_from_token`` and a ``method``, as a reranker built from the LM head's rows.
 
@@ -180,7 +180,7 @@ class Qwen2ForCausalLM(DecoderLMHead, _QwenScoreHead, Qwen2Model):
     checkpoint_score: ClassVar[bool] = False
 
 
-class Qwen3ForCausalLM(DecoderLMHead, _QwenScoreHead, Qwen3Model):
+class Qwen3ForCausalLM(DecoderLMHead, _QwenScoreClassifier, Qwen3Model):
     """A Qwen3 language model served as an embedder (Qwen3-Embedding), or, when its config names
     ``classifier_from_token`` and a ``method`` (Qwen3-Reranker), as a reranker; its LM head serves
     ``STEP`` process rewards as :class:`Qwen2ForCausalLM`'s does.
@@ -189,11 +189,11 @@ class Qwen3ForCausalLM(DecoderLMHead, _QwenScoreHead, Qwen3Model):
     checkpoint_score: ClassVar[bool] = False
 
 
-class Qwen2ForTokenClassification(TokenScoreHead, Qwen2Model):
+class Qwen2ForTokenClassification(TokenScoreClassifier, Qwen2Model):
     """A Qwen2 token classifier: ``score`` on every token."""
 
 
-class Qwen3ForTokenClassification(TokenScoreHead, Qwen3Model):
+class Qwen3ForTokenClassification(TokenScoreClassifier, Qwen3Model):
     """A Qwen3 token classifier: ``score`` on every token."""
 
 
@@ -206,7 +206,7 @@ class Qwen2ForRewardModel(Qwen2Model):
 
     default_pooling_type: ClassVar[str | None] = None
     default_pooler_config: ClassVar[dict[str, Any]] = {"use_activation": False}
-    head_prefixes: ClassVar[tuple[str, ...]] = ("score.",)
+    classifier_prefixes: ClassVar[tuple[str, ...]] = ("score.",)
     #: Outputs of the score MLP, whatever the checkpoint's config says (vLLM forces it too).
     reward_labels: ClassVar[int] = 1
 
@@ -223,7 +223,7 @@ class Qwen2ForRewardModel(Qwen2Model):
     def num_labels(self) -> int:
         return self.reward_labels
 
-    def token_head(self) -> nn.Module:
+    def token_classifier(self) -> nn.Module:
         return self.score
 
 

@@ -299,7 +299,7 @@ class RotaryEncoder(Quantizable, Architecture):
     default_pooling_type: ClassVar[str | None] = "CLS"
     layout: ClassVar[Layout]
     #: Checkpoint name prefixes of the task head this class loads (none for the bare encoder).
-    head_prefixes: ClassVar[tuple[str, ...]] = ()
+    classifier_prefixes: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def spec(cls, config: Any) -> RotaryEncoderSpec:
@@ -367,7 +367,7 @@ class RotaryEncoder(Quantizable, Architecture):
         """Checkpoint tensors under this model's names, the parts of stacked projections stacked."""
         pending: dict[str, dict[int, torch.Tensor]] = {}
         for checkpoint_name, tensor in weights:
-            name = base_model_name(checkpoint_name, self.layout.prefix, self.head_prefixes, _UNUSED)
+            name = base_model_name(checkpoint_name, self.layout.prefix, self.classifier_prefixes, _UNUSED)
             if name is None:
                 continue
             received.add(name)
@@ -686,17 +686,17 @@ class NewForSequenceClassification(NewModel):
     The ``token_classify`` task applies the bare ``classifier`` to every token, as vLLM does.
     """
 
-    head_prefixes: ClassVar[tuple[str, ...]] = ("pooler.", "classifier.")
+    classifier_prefixes: ClassVar[tuple[str, ...]] = ("pooler.", "classifier.")
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
         self.pooler = NewPooler(self.hidden_size)
         self.classifier = nn.Linear(self.hidden_size, self.num_labels)
 
-    def sequence_head(self) -> nn.Module:
+    def sequence_classifier(self) -> nn.Module:
         return nn.Sequential(self.pooler, self.classifier)
 
-    def token_head(self) -> nn.Module:
+    def token_classifier(self) -> nn.Module:
         return self.classifier
 
 

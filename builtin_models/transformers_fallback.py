@@ -300,10 +300,10 @@ class TransformersForSequenceClassification(TransformersModel):
     - ``forward`` runs the whole transformers classifier and gives **every token of a sequence
       that sequence's logits**: ``[T, num_labels]``, not hidden states;
     - ``hidden_size`` is therefore ``num_labels``, ``default_pooling_type`` is ``CLS`` (any
-      sequence pooler picks the same row), and ``sequence_head()`` passes the pooled row through.
+      sequence pooler picks the same row), and ``sequence_classifier()`` passes the pooled row through.
 
     The ``classify`` task (and cross-encoder ``score``) then applies poolkit's activation,
-    calibration and labels as for native classifiers. There is no ``token_head`` (the logits are
+    calibration and labels as for native classifiers. There is no ``token_classifier`` (the logits are
     per sequence), and the rows are no embedding: to embed with the encoder of such a checkpoint
     load it as its base model, ``hf_overrides={"architectures": ["<Family>Model"]}``.
 
@@ -321,10 +321,10 @@ class TransformersForSequenceClassification(TransformersModel):
     def hidden_size(self) -> int:
         return self.num_labels
 
-    def sequence_head(self) -> nn.Module:
+    def sequence_classifier(self) -> nn.Module:
         return _Passthrough()
 
-    def token_head(self) -> None:
+    def token_classifier(self) -> None:
         """None: every row of a sequence holds that sequence's logits, so no token is classified."""
         return None
 
@@ -350,7 +350,7 @@ class TransformersDecoderForSequenceClassification(TransformersModel):
 
     transformers computes ``score(hidden_states)`` and keeps the last non-pad token; here
     ``forward`` returns the base model's hidden states ``[T, H]``, the default pooling is
-    ``LAST`` and ``score`` is both the sequence and the token head, as for native classifiers.
+    ``LAST`` and ``score`` is both the sequence and the token classifier, as for native classifiers.
     Results equal transformers' except where a sequence's real last token is the pad token,
     which transformers skips.
     """
@@ -364,7 +364,7 @@ class TransformersDecoderForSequenceClassification(TransformersModel):
     def _run(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.hf.base_model(**inputs).last_hidden_state
 
-    def sequence_head(self) -> nn.Module:
+    def sequence_classifier(self) -> nn.Module:
         return self.hf.score
 
 
@@ -372,7 +372,7 @@ class TransformersForTokenClassification(TransformersModel):
     """A transformers ``*ForTokenClassification`` (NER) with its exact head.
 
     ``forward`` returns the transformers model's per-token logits ``[T, num_labels]``, so
-    ``hidden_size`` is ``num_labels`` and ``token_head()`` passes them through; the
+    ``hidden_size`` is ``num_labels`` and ``token_classifier()`` passes them through; the
     ``token_classify`` task applies poolkit's activation and ``STEP`` selection.
     """
 
@@ -386,7 +386,7 @@ class TransformersForTokenClassification(TransformersModel):
     def hidden_size(self) -> int:
         return self.num_labels
 
-    def token_head(self) -> nn.Module:
+    def token_classifier(self) -> nn.Module:
         return _Passthrough()
 
     def _run(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -103,7 +103,7 @@ class ClassifierHead:
     only the ``STEP`` rows and columns a request asks for.
 
     Args:
-        classifier: the architecture's head module (``[N, H] -> [N, num_labels]``).
+        classifier: the architecture's classifier (``[N, H] -> [N, num_labels]``).
         activation: the activation, or ``None`` for sigmoid with one output, softmax with several.
         use_activation: the default when a request leaves ``use_activation`` unset.
         logit_mean: subtracted from the logits when set.

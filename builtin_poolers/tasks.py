@@ -103,7 +103,7 @@ class _VectorTask(Task):
     def build(self, model: PoolingModel) -> Head | None:
         arch = model.architecture
         scores = model.st is not None and model.st.score_outputs is not None  # a CrossEncoder export's score modules
-        if (arch.sequence_head() is not None or arch.token_head() is not None or scores) and not model.conversion.hidden_states:
+        if (arch.sequence_classifier() is not None or arch.token_classifier() is not None or scores) and not model.conversion.hidden_states:
             return None  # a classifier's hidden states are no embedding unless asked (convert="embed")
         names, poolers = _poolers(self, model)
         projector = model.projector
@@ -226,7 +226,7 @@ class ClassifyTask(Task):
     def build(self, model: PoolingModel) -> Head | None:
         head = cross_encoder_classifier(model)
         if head is None:
-            head = model.architecture.sequence_head()
+            head = model.architecture.sequence_classifier()
         if head is None:
             return None
         if isinstance(head, LogitScore) and model.pooling_type(self).source != "pooler_config":
@@ -289,7 +289,7 @@ class TokenClassifyTask(Task):
     params = frozenset({"use_activation"}) | STEP_PARAMS
 
     def build(self, model: PoolingModel) -> Head | None:
-        head = model.architecture.token_head()
+        head = model.architecture.token_classifier()
         if head is not None:
             names, _ = _poolers(self, model)
             return _classifier_head(model, head, step=names == ("STEP",))
@@ -312,7 +312,7 @@ class TokenClassifyTask(Task):
 
     def settings(self, model: PoolingModel) -> dict[str, Setting]:
         arch = model.architecture
-        outputs = arch.num_labels if arch.token_head() is not None else _vocab_size(model)
+        outputs = arch.num_labels if arch.token_classifier() is not None else _vocab_size(model)
         return {**super().settings(model), **_classifier_settings(model, outputs)}
 
     def param_defaults(self, model: PoolingModel) -> dict[str, object]:
@@ -330,7 +330,7 @@ class TokenClassifyTask(Task):
                 f"Task {self.name!r} only supports {valid} parameters, does not support {sorted(invalid)} parameters"
             )
         super().verify(params, model)
-        if model.architecture.token_head() is None and _step_lm_head(self, model) is not None:
+        if model.architecture.token_classifier() is None and _step_lm_head(self, model) is not None:
             labels, what = _vocab_size(model), "vocabulary's"
         else:
             labels, what = model.architecture.num_labels, "model's"

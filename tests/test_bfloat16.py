@@ -69,7 +69,7 @@ def test_every_task_runs_in_bfloat16_and_follows_float32(kind: str, tmp_path: Pa
     path = str(BUILDERS[kind](tmp_path))
     full, half = LLM(path, dtype="float32"), LLM(path, dtype="bfloat16")
     assert half.model.dtype == torch.bfloat16
-    for head in (half.model.architecture.sequence_head(), half.model.architecture.token_head()):
+    for head in (half.model.architecture.sequence_classifier(), half.model.architecture.token_classifier()):
         assert head is None or all(p.dtype == torch.float32 for p in head.parameters())
     tasks = [t for t in TASKS if t in full.supported_tasks]
     assert tasks

@@ -200,7 +200,7 @@ def test_token_classify_matches_transformers(dirs, llms, key):
         assert torch.allclose(got.outputs.data, ref, atol=ATOL)
 
 
-def test_decoder_classifier_token_head_is_score(dirs, llms):
+def test_decoder_token_classifier_is_score(dirs, llms):
     """Generic decoder classifiers keep hidden states: token_classify applies ``score`` per token."""
     import transformers
 

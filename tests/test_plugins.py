@@ -986,13 +986,13 @@ def test_convert_embed_without_a_base_says_what_is_missing(fresh_plugins, tmp_pa
     assert "no poolkit architecture" not in message and "native" not in message
 
 
-def test_a_plugin_sequence_head_serves_token_classify_as_built_ins_do(fresh_plugins, tmp_path):
-    """The rule is ``Architecture.token_head``'s default: a plugin that writes only ``sequence_head``
+def test_a_plugin_sequence_classifier_serves_token_classify_as_built_ins_do(fresh_plugins, tmp_path):
+    """The rule is ``Architecture.token_classifier``'s default: a plugin that writes only ``sequence_classifier``
     serves ``token_classify`` with it on every token, as vLLM serves a sequence classifier."""
     from poolkit.builtin_models.bert import BertForSequenceClassification
 
     class SequenceHeadOnly(BertForSequenceClassification):
-        token_head = Architecture.token_head  # as written by a plugin that never defines it
+        token_classifier = Architecture.token_classifier  # as written by a plugin that never defines it
 
     class Plugin:
         @hookimpl
@@ -1008,8 +1008,51 @@ def test_a_plugin_sequence_head_serves_token_classify_as_built_ins_do(fresh_plug
         arch = llm.model.architecture
         with torch.inference_mode():
             hidden = arch(PackedBatch.from_sequences([out.prompt_token_ids], device=llm.model.device))
-            want = torch.softmax(arch.sequence_head()(hidden).float(), dim=-1)
+            want = torch.softmax(arch.sequence_classifier()(hidden).float(), dim=-1)
         assert torch.allclose(out.outputs.data, want, atol=1e-5)
+
+
+def test_an_architecture_written_against_the_old_classifier_names_still_serves(fresh_plugins, tmp_path):
+    """``sequence_head`` / ``token_head`` were renamed ``sequence_classifier`` / ``token_classifier``
+    (a head is a task's): a plugin that overrides the old names is served by them, with a
+    DeprecationWarning naming the new one, and the old names still answer."""
+    from poolkit.builtin_models.bert import BertForSequenceClassification
+
+    with pytest.warns(DeprecationWarning) as caught:
+
+        class OldNames(BertForSequenceClassification):
+            def sequence_head(self):
+                return self.classifier  # without BERT's pooler: not what the built-in would run
+
+            def token_head(self):
+                return None
+
+    messages = sorted(str(w.message).split(" (")[0] for w in caught)
+    assert messages == [
+        "test_an_architecture_written_against_the_old_classifier_names_still_serves.<locals>.OldNames.sequence_head() "
+        "has been renamed Architecture.sequence_classifier()",
+        "test_an_architecture_written_against_the_old_classifier_names_still_serves.<locals>.OldNames.token_head() "
+        "has been renamed Architecture.token_classifier()",
+    ]
+    assert OldNames.sequence_classifier is OldNames.sequence_head
+
+    class Plugin:
+        @hookimpl
+        def poolkit_register_architectures(self, register):
+            register("OldNamesForSequenceClassification", OldNames)
+
+    path = _tiny_classifier(tmp_path / "clf")
+    with plugin_registered(Plugin(), "oldnames"):
+        llm = poolkit.LLM(str(path), hf_overrides={"architectures": ["OldNamesForSequenceClassification"]}, dtype="float32")
+        assert "classify" in llm.supported_tasks and "token_classify" not in llm.supported_tasks
+        (out,) = llm.classify("hello there")
+        arch = llm.model.architecture
+        assert arch.sequence_head() is arch.sequence_classifier() is arch.classifier
+        assert arch.token_head() is None
+        with torch.inference_mode():
+            hidden = arch(PackedBatch.from_sequences([out.prompt_token_ids], device=llm.model.device))
+            want = torch.softmax(arch.classifier(hidden[:1]).float(), dim=-1)[0]
+        assert torch.allclose(torch.tensor(out.outputs.probs), want, atol=1e-5)
 
 
 def test_a_misspelt_hook_name_suggests_the_hook(fresh_plugins):

@@ -15,7 +15,7 @@ import torch
 
 from ..config.settings import DEFAULT_MODEL, IGNORED_ENGINE_ARGS, EngineArgs  # noqa: F401 - DEFAULT_MODEL is part of this module's API
 from ..contracts.errors import InvalidRequest
-from ..contracts.io import IOContext, IOProcessor, Prompt, PromptBatch, bind_io_processor
+from ..contracts.io import Prompt, PromptBatch
 from ..contracts.outputs import (
     ClassificationRequestOutput,
     EmbeddingRequestOutput,
@@ -33,7 +33,7 @@ from ..contracts.tasks import PLUGIN, Task
 from ..loading.load import load_model
 from ..loading.model import PoolingModel
 from ..plugins.lookup import select_scorer
-from ..plugins.manager import get_manager, registry
+from ..plugins.manager import registry
 from ..runtime.allocator import freeze_python_heap
 from ..runtime.columns import Results
 from ..runtime.engine import Engine
@@ -41,7 +41,9 @@ from ..runtime.estimates import estimate_costs, estimate_pair_tokens
 from ..runtime.progress import progress_bar
 from .entities import Entities, group_entities
 from .model_config import ModelConfig, model_config
+from .pairs import check_side_limit, cut_sides, pair, score_side
 from .params import check_params
+from .plugin_io import PluginIO
 
 logger = logging.getLogger(__name__)
 
@@ -136,9 +138,7 @@ class LLM:
         self.engine = Engine(self.model, args.max_batch_tokens)
         self._request_ids = itertools.count()
         self.io_processor_plugin = args.io_processor_plugin or getattr(self.model.hf_config, "io_processor_plugin", None)
-        self._io_context: IOContext | None = None
-        #: IO processor name -> (the registered processor, the one bound to this model).
-        self._bound_io_processors: dict[str, tuple[IOProcessor, IOProcessor]] = {}
+        self._plugin_io = PluginIO(self.model)
         freeze_python_heap()  # the loaded model's objects leave the collector's full passes
 
     @classmethod
@@ -365,33 +365,6 @@ class LLM:
             raise InvalidRequest("input_type takes text prompts (no token ids, images or prompt_name)")
         return list(task.role_prompts(self.model, [p.text for p in prompts], input_type))
 
-    def _io_processor(self) -> IOProcessor:
-        """The plugin task's IO processor, bound to this model on first use (its :class:`IOContext`)."""
-        processors = registry("io_processor")
-        name = self.io_processor_plugin
-        if name is None:
-            raise InvalidRequest(
-                "No IOProcessor plugin installed. Pass io_processor_plugin='<name>' to LLM (or set "
-                "io_processor_plugin in the model's config.json) and install a plugin that registers it"
-            )
-        if name not in processors:
-            infos = {i.name: i for i in get_manager().plugin_infos()}
-            plugins = [n for n in processors.names() if not getattr(infos.get(processors.entry(n).plugin), "builtin", False)]
-            if not plugins:
-                raise InvalidRequest(f"No IOProcessor plugins installed but one is required ({name}).")
-            raise InvalidRequest(
-                f"The model requires the '{name}' IO Processor plugin but it is not installed. "
-                f"Available plugins: {plugins}"
-            )
-        registered = processors.get(name)
-        cached = self._bound_io_processors.get(name)
-        if cached is None or cached[0] is not registered:
-            if self._io_context is None:
-                self._io_context = IOContext.of(self.model)
-            cached = (registered, bind_io_processor(name, registered, self._io_context))
-            self._bound_io_processors[name] = cached
-        return cached[1]
-
     def _encode_plugin(
         self,
         prompts: Any,
@@ -400,7 +373,7 @@ class LLM:
         tokenization_kwargs: dict[str, Any] | None,
     ) -> list[PoolingRequestOutput[Any]]:
         """``pooling_task="plugin"``: the IO processor turns ``{"data": ...}`` into prompts and back."""
-        processor = self._io_processor()
+        processor = self._plugin_io.processor(self.io_processor_plugin)
         if not (isinstance(prompts, dict) and "data" in prompts):
             raise InvalidRequest(f"pooling_task='{self.plugin_task}' takes {{'data': ...}} as its prompt")
         request_id = str(next(self._request_ids))
@@ -520,7 +493,7 @@ class LLM:
         Tokens are grouped by the IOB/IOBES labels of ``id2label`` as transformers' NER pipeline
         does with ``aggregation_strategy="simple"``.
         """
-        if self.model.architecture.token_head() is None:
+        if self.model.architecture.token_classifier() is None:
             raise InvalidRequest(
                 f"entities need a token classifier with labels (id2label); model '{self.model.name}' has none"
             )
@@ -557,16 +530,13 @@ class LLM:
         return self.scorer.name
 
     def pair(self, first: Any, second: Any) -> tuple[list[str], list[str]]:
-        """Both sides of a score request as equal-length lists: 1:1, one against N (1:N), or N:N.
+        """Both sides of a score request as equal-length lists: 1:1, one against N (1:N), or N:N
+        (:func:`poolkit.api.pairs.pair`).
 
         Raises:
             InvalidRequest: with vLLM's wording, for an empty side or lengths that do not pair.
         """
-        first = self._score_side(first, "text")
-        second = self._score_side(second, "text_pair")
-        if len(first) != 1 and len(first) != len(second):
-            raise InvalidRequest("Input lengths must be either 1:1, 1:N or N:N")
-        return (first * len(second) if len(first) == 1 else first), second
+        return pair(first, second)
 
     def estimate_pair_tokens(self, first: Sequence[str], second: Sequence[str]) -> int:
         """Tokens of scoring ``first`` against ``second``, estimated before tokenizing (the server's limits)."""
@@ -595,8 +565,7 @@ class LLM:
                 (Qwen3-Reranker) brings its own.
             instruction: the task instruction a score template shows the model.
         """
-        first, second = self.pair(data_1, data_2)
-        first, second = self._cut_score_sides(first, second, pooling_params)
+        first, second = cut_sides(self.engine, *pair(data_1, data_2), pooling_params)
         scorer = self.scorer
         templated = chat_template is not None or instruction is not None
         if not scorer.takes_template and (templated or score_extra(pooling_params).get("chat_template_kwargs") is not None):
@@ -641,7 +610,7 @@ class LLM:
         """
         if not isinstance(query, str):
             raise InvalidRequest(f"query must be a string, got {type(query).__name__}")
-        docs = self._score_side(documents, "document")
+        docs = score_side(documents, "document")
         if top_n is not None and (not isinstance(top_n, int) or top_n < 1):
             raise InvalidRequest(f"top_n must be a positive integer, got {top_n!r}")
         scores = self.score(
@@ -659,48 +628,14 @@ class LLM:
         )
         return ranked[:top_n] if top_n else ranked
 
-    def _cut_score_sides(self, first: list[str], second: list[str], pooling_params: Any) -> tuple[list[str], list[str]]:
-        """Queries and documents cut to ``max_tokens_per_query`` / ``max_tokens_per_doc`` tokens of
-        their own (``PoolingParams.extra_kwargs``, as in vLLM), before any template or pairing.
-
-        Raises:
-            InvalidRequest: a limit that is not a positive integer below ``max_model_len``.
-        """
-        extra = score_extra(pooling_params)
-        sides = {"max_tokens_per_query": first, "max_tokens_per_doc": second}
-        out = []
-        for name, texts in sides.items():
-            limit = extra.get(name)
-            if limit is None:
-                out.append(texts)
-                continue
-            self.check_score_limit(name, limit)
-            out.append([self.engine.cut_text(text, limit) for text in texts])
-        return out[0], out[1]
-
     def check_score_limit(self, name: str, limit: Any) -> None:
-        """Check a ``max_tokens_per_query`` / ``max_tokens_per_doc`` value (vLLM's wording).
+        """Check a ``max_tokens_per_query`` / ``max_tokens_per_doc`` value (vLLM's wording;
+        :func:`poolkit.api.pairs.check_side_limit`).
 
         Raises:
             InvalidRequest: not a positive integer, or not below the model's ``max_model_len``.
         """
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise InvalidRequest(f"{name} must be a positive integer, got {limit!r}")
-        model_max = self.model.max_model_len.value
-        if model_max is not None and limit >= model_max:
-            raise InvalidRequest(f"{name} ({limit}) must be less than max_model_len ({model_max})")
-
-    @staticmethod
-    def _score_side(data: Any, what: str) -> list[str]:
-        items = [data] if isinstance(data, str) else data
-        if items is None or not isinstance(items, (list, tuple)):
-            raise InvalidRequest(f"score inputs must be a string or a list of strings, got {type(data).__name__}")
-        if not items:
-            raise InvalidRequest(f"At least one {what} element must be given")
-        for i, item in enumerate(items):
-            if not isinstance(item, str):
-                raise InvalidRequest(f"{what} {i} must be a string, got {type(item).__name__}")
-        return list(items)
+        check_side_limit(name, limit, self.model.max_model_len.value)
 
 
 class _ScoreRunner:

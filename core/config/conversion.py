@@ -23,13 +23,18 @@ class Conversion:
         resolve_base: ask the architecture resolvers for that base architecture too.
         hidden_states: serve the hidden states of a checkpoint that has a classifier (its
             embeddings), rather than the classifier.
-        needs_head: refuse a checkpoint without a classification head.
+        needs_classifier: refuse a checkpoint without a classifier.
     """
 
     to_base: bool = False
     resolve_base: bool = False
     hidden_states: bool = False
-    needs_head: bool = False
+    needs_classifier: bool = False
+
+    @property
+    def needs_head(self) -> bool:
+        """The deprecated old name of :attr:`needs_classifier`."""
+        return self.needs_classifier
 
 
 #: The ``convert`` settings (vLLM's ``--convert``).
@@ -37,7 +42,7 @@ CONVERSIONS = {
     "auto": Conversion(to_base=True),
     "none": Conversion(),
     "embed": Conversion(to_base=True, resolve_base=True, hidden_states=True),
-    "classify": Conversion(needs_head=True),
+    "classify": Conversion(needs_classifier=True),
 }
 
 
@@ -53,9 +58,9 @@ CONVERTIBLE_SUFFIXES = (
 )
 
 
-def has_heads(cls: type[Architecture]) -> bool:
-    """Whether an architecture class has a classification head of its own."""
-    return cls.sequence_head is not Architecture.sequence_head or cls.token_head is not Architecture.token_head
+def has_classifier(cls: type[Architecture]) -> bool:
+    """Whether an architecture class has a classifier of its own (overrides ``sequence_classifier`` or ``token_classifier``)."""
+    return cls.sequence_classifier is not Architecture.sequence_classifier or cls.token_classifier is not Architecture.token_classifier
 
 
 def base_architecture(name: str) -> str | None:
@@ -76,7 +81,7 @@ def missing_base(names: list[str]) -> str | None:
     """Why ``convert="embed"`` found no headless architecture for ``names`` that are registered only
     with a classification head, or ``None`` when none is."""
     archs = registry("architecture")
-    name = next((name for name in names if name in archs and has_heads(archs.get(name))), None)
+    name = next((name for name in names if name in archs and has_classifier(archs.get(name))), None)
     if name is None:
         return None
     cls, base = archs.get(name), base_architecture(name)

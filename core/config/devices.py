@@ -61,7 +61,7 @@ def resolve_device(device: Any) -> torch.device:
 
 
 def head_dtype(hf_config: Any, dtype: torch.dtype) -> torch.dtype:
-    """The classifier heads' dtype: fp32 unless ``config.json`` (or ``hf_overrides``) says
+    """The classifiers' dtype: fp32 unless ``config.json`` (or ``hf_overrides``) says
     ``head_dtype`` (vLLM's key): ``"model"`` for the model's dtype, or a dtype name."""
     wanted = getattr(hf_config, "head_dtype", None)
     if wanted in (None, "float32", "fp32", "float"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Collection, Iterable, Mapping
 
@@ -54,7 +55,7 @@ class Architecture(torch.nn.Module):
     score_type: ClassVar[str | None] = None
     #: Whether :meth:`lm_head` is a masked-LM head, whose logits at a token are a distribution
     #: over what that token itself is (``BertForMaskedLM``). Such a head is the token classifier
-    #: of a model with no :meth:`token_head`: every token's softmax over the vocabulary, as vLLM
+    #: of a model with no :meth:`token_classifier`: every token's softmax over the vocabulary, as vLLM
     #: serves a masked LM's token task. A causal LM's next-token head is none (``False``, the
     #: default): only ``STEP`` process rewards read it.
     masked_lm_head: ClassVar[bool] = False
@@ -158,26 +159,51 @@ class Architecture(torch.nn.Module):
 
     @property
     def num_labels(self) -> int:
-        """Outputs of the classification heads (``config.num_labels``)."""
+        """Outputs of the classifiers (``config.num_labels``)."""
         return int(getattr(self.config, "num_labels", 0) or 0)
 
-    def sequence_head(self) -> torch.nn.Module | None:
+    def sequence_classifier(self) -> torch.nn.Module | None:
         """The classifier of pooled vectors, ``[B, H] -> [B, num_labels]``; ``None`` if there is none.
 
-        Its presence makes the ``classify`` task (and cross-encoder scoring) available.
+        Its presence makes the ``classify`` task (and cross-encoder scoring) available: the task's
+        head pools, then runs it.
         """
         return None
 
-    def token_head(self) -> torch.nn.Module | None:
+    def token_classifier(self) -> torch.nn.Module | None:
         """The classifier of token vectors, ``[T, H] -> [T, num_labels]``; ``None`` if there is none.
 
         Its presence makes the ``token_classify`` task (and ``LLM.reward``) available. The default
-        is :meth:`sequence_head`: a sequence classifier also classifies every token, as vLLM serves
-        ``token_classify`` with a sequence classifier's head. Override it when the per-token
-        classifier differs (BERT's is the bare ``classifier``, without the pooler its sequence head
-        starts with), or return ``None`` when the sequence head cannot read token vectors.
+        is :meth:`sequence_classifier`: a sequence classifier also classifies every token, as vLLM
+        serves ``token_classify`` with a sequence classifier. Override it when the per-token
+        classifier differs (BERT's is the bare ``classifier``, without the pooler its sequence
+        classifier starts with), or return ``None`` when the sequence classifier cannot read token
+        vectors.
         """
-        return self.sequence_head()
+        return self.sequence_classifier()
+
+    def sequence_head(self) -> torch.nn.Module | None:
+        """The deprecated old name of :meth:`sequence_classifier` (in poolkit's words, a head is a task's)."""
+        return self.sequence_classifier()
+
+    def token_head(self) -> torch.nn.Module | None:
+        """The deprecated old name of :meth:`token_classifier` (in poolkit's words, a head is a task's)."""
+        return self.token_classifier()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """An architecture written against the old names still serves: a subclass that overrides
+        ``sequence_head`` / ``token_head`` (and not the new name) has that method as its classifier,
+        with a :class:`DeprecationWarning` naming the new one."""
+        super().__init_subclass__(**kwargs)
+        for old, new in _RENAMED_METHODS.items():
+            if old in cls.__dict__ and new not in cls.__dict__:
+                warnings.warn(
+                    f"{cls.__qualname__}.{old}() has been renamed Architecture.{new}() (a head is "
+                    f"what a task runs; the layers that score a vector are its classifier); the old name still works for now",
+                    DeprecationWarning,
+                    stacklevel=2,
+                )
+                setattr(cls, new, cls.__dict__[old])
 
     def lm_head(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """The masked-LM / LM head: ``[n, H]`` hidden rows -> ``[n, vocab]`` logits; ``None`` when
@@ -185,7 +211,7 @@ class Architecture(torch.nn.Module):
 
         The logits are ``config.vocab_size`` wide. Their presence makes the ``sparse_embed`` task
         (SPLADE) available: the task builds its head from them. With :attr:`masked_lm_head` they
-        also classify tokens when the model has no :meth:`token_head`.
+        also classify tokens when the model has no :meth:`token_classifier`.
         """
         return None
 
@@ -247,6 +273,10 @@ class Architecture(torch.nn.Module):
         ``batch.key_lens`` when it has them (the ``varlen_attention`` kernel does both).
         """
         raise NotImplementedError
+
+
+#: Architecture methods renamed when "head" came to mean a task's head only: old name -> new name (``Architecture.__init_subclass__``).
+_RENAMED_METHODS = {"sequence_head": "sequence_classifier", "token_head": "token_classifier"}
 
 
 def check_architecture(name: str, obj: object) -> type[Architecture]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ..config.conversion import CONVERSIONS, Conversion, base_architecture, has_heads, missing_base
+from ..config.conversion import CONVERSIONS, Conversion, base_architecture, has_classifier, missing_base
 from ..config.devices import head_dtype, resolve_device, resolve_dtype
 from ..config.model_impl import MODEL_IMPLS
 from ..contracts.architecture import Architecture, check_architecture
@@ -42,7 +42,7 @@ def _pick_architecture(
     impl = MODEL_IMPLS[model_impl]
     for name in names:
         cls = archs.get(name) if name in archs else None
-        if cls is not None and impl.allows(cls) and not (conversion.hidden_states and has_heads(cls)):
+        if cls is not None and impl.allows(cls) and not (conversion.hidden_states and has_classifier(cls)):
             return name, cls
     if conversion.to_base:
         for name in names:
@@ -54,7 +54,7 @@ def _pick_architecture(
         for name in names:
             base = base_architecture(name)
             cls = get_manager().resolve_architecture(base, config) if base else None
-            if cls is not None and impl.allows(cls) and not has_heads(check_architecture(base, cls)):
+            if cls is not None and impl.allows(cls) and not has_classifier(check_architecture(base, cls)):
                 logger.info("serving %s with %s (%s, convert=embed)", name, cls.__name__, cls.implementation)
                 return base, cls
     refused: list[str] = []
@@ -146,7 +146,7 @@ def load_model(args: Any) -> PoolingModel:
             f"The model type '{getattr(hf_config, 'model_type', arch_name)}' does not support "
             f"{str(torch_dtype).removeprefix('torch.')}. Reason: {refused}"
         )
-    if conversion.needs_head and not has_heads(arch_cls):
+    if conversion.needs_classifier and not has_classifier(arch_cls):
         raise ModelLoadError(
             f"convert='{args.convert}' needs a checkpoint with a classification head; {arch_name} has none"
         )
@@ -166,13 +166,13 @@ def load_model(args: Any) -> PoolingModel:
     architecture.load_weights(iter_tensors(files))
     architecture.load_companion_files(path, args.allow_pickle)
     architecture.to(device=torch_device, dtype=torch_dtype).eval()
-    heads_dtype = head_dtype(hf_config, torch_dtype)
-    if heads_dtype != torch_dtype:
-        # Classifier heads are a sliver of the work: they stay fp32, like pooling and activations.
-        for head in (architecture.sequence_head(), architecture.token_head()):
-            if head is not None:
-                head.to(heads_dtype)
-    if conversion.needs_head and architecture.sequence_head() is None and architecture.token_head() is None:
+    classifiers_dtype = head_dtype(hf_config, torch_dtype)
+    if classifiers_dtype != torch_dtype:
+        # Classifiers are a sliver of the work: they stay fp32, like pooling and activations.
+        for classifier in (architecture.sequence_classifier(), architecture.token_classifier()):
+            if classifier is not None:
+                classifier.to(classifiers_dtype)
+    if conversion.needs_classifier and architecture.sequence_classifier() is None and architecture.token_classifier() is None:
         raise ModelLoadError(
             f"convert='{args.convert}' needs a checkpoint with a classification head; this {arch_name} has none"
         )

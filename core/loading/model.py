@@ -203,15 +203,15 @@ class PoolingModel:
 
     @property
     def has_classifier(self) -> bool:
-        """Whether the model has a classification head (the architecture's, or a sentence-transformers
+        """Whether the model has a classifier (the architecture's, or a sentence-transformers
         CrossEncoder export's score modules): only then do ``num_labels`` and ``id2label`` apply."""
         arch = self.architecture
         scores = self.st is not None and self.st.score_outputs is not None
-        return scores or arch.sequence_head() is not None or arch.token_head() is not None
+        return scores or arch.sequence_classifier() is not None or arch.token_classifier() is not None
 
     @property
     def num_labels(self) -> Setting:
-        """Outputs of the classification heads, and where the number comes from."""
+        """Outputs of the classifiers, and where the number comes from."""
         overrides = set((self.args.hf_overrides or {}) if self.args is not None else ())
         source = "hf_overrides" if {"num_labels", "id2label"} & overrides else "config.json"
         if self.st is not None and self.st.score_outputs is not None:
@@ -220,7 +220,7 @@ class PoolingModel:
 
     @property
     def id2label(self) -> dict[int, str]:
-        """Label names of the classification heads, by index; empty for a model without one."""
+        """Label names of the classifiers' outputs, by index; empty for a model without a classifier."""
         if not self.architecture.num_labels or not self.has_classifier:
             return {}
         raw = getattr(self.hf_config, "id2label", None) or {}

@@ -98,17 +98,17 @@ def legacy_norm_name(name: str) -> str:
 
 
 def base_model_name(
-    name: str, prefix: str, head_prefixes: tuple[str, ...], unused: re.Pattern[str]
+    name: str, prefix: str, classifier_prefixes: tuple[str, ...], unused: re.Pattern[str]
 ) -> str | None:
     """A checkpoint tensor's name in a base model, or ``None`` to skip it.
 
     Task-model checkpoints carry the backbone under ``prefix`` (HF's ``base_model_prefix``,
-    ``"bert."``); names under ``head_prefixes`` are the heads a class loads itself; names that
-    ``unused`` finds are heads and buffers the class does not use.
+    ``"bert."``); names under ``classifier_prefixes`` are the classifiers a class loads itself; names that
+    ``unused`` finds are classifiers and buffers the class does not use.
     """
     if name.startswith(prefix):
         name = name[len(prefix) :]
-    if head_prefixes and name.startswith(head_prefixes):
+    if classifier_prefixes and name.startswith(classifier_prefixes):
         return name
     return None if unused.search(name) else name
 

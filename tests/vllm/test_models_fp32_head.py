@@ -38,6 +38,6 @@ def test_model_config(request, model_id, runner_type):
     llm = LLM(str(model_dir), dtype="bfloat16")
     assert llm.model_config.dtype == torch.bfloat16
     assert llm.model_config.head_dtype == torch.float32
-    head = llm.model.architecture.sequence_head()
+    head = llm.model.architecture.sequence_classifier()
     if head is not None:
         assert {p.dtype for p in head.parameters()} == {torch.float32}

@@ -122,15 +122,16 @@ def model_flops(model: Any, lengths: list[int], per_token: int = 0) -> float:
     """Multiply-add FLOPs of a forward pass over sequences of ``lengths`` (real tokens only).
 
     Per token: twice the weights of every linear layer of the architecture, int8 ones
-    (``quantization="int8"``) included, classifier heads excluded, plus ``per_token`` (a head applied outside the linear layers, such as a tied MLM
+    (``quantization="int8"``) included, classifiers excluded, plus ``per_token`` (a head applied outside the linear layers, such as a tied MLM
     decoder); per token and layer, attention against its sequence's ``L`` tokens: ``4 L d``
     (``d`` = heads x head size), half that for causal attention.
     """
     import torch
 
     arch = model.architecture
-    heads = {id(p) for head in (arch.sequence_head(), arch.token_head()) if head is not None for p in head.parameters()}
-    weights = sum(m.weight.numel() for m in arch.modules() if isinstance(m, torch.nn.Linear) and id(m.weight) not in heads)
+    classifiers = (arch.sequence_classifier(), arch.token_classifier())
+    excluded = {id(p) for c in classifiers if c is not None for p in c.parameters()}
+    weights = sum(m.weight.numel() for m in arch.modules() if isinstance(m, torch.nn.Linear) and id(m.weight) not in excluded)
     weights += sum(m.qweight.numel() for m in arch.modules() if isinstance(getattr(m, "qweight", None), torch.Tensor))
     config = model.hf_config
     width = int(config.num_attention_heads) * int(

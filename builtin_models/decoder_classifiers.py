@@ -1,14 +1,14 @@
-"""Heads of the Llama-style decoder family (:mod:`poolkit.builtin_models.decoders`).
+"""The classifiers of the Llama-style decoder family (:mod:`poolkit.builtin_models.decoders`) and its LM head.
 
-- :class:`ScoreHead`: ``*ForSequenceClassification`` (``score`` on the last token), and any LLM
+- :class:`ScoreClassifier`: ``*ForSequenceClassification`` (``score`` on the last token), and any LLM
   used as a reranker: ``classifier_from_token`` words plus a ``method`` in the config (or
   ``hf_overrides``) turn rows of the LM head into the classifier, as vLLM's
   ``SEQ_CLS_LOAD_METHODS`` do (Qwen3-Reranker, mxbai-rerank-v2, bge-reranker-v2-gemma).
 - :class:`DecoderLMHead`: the next-token head of ``*ForCausalLM`` (``lm_head()``), which ``STEP``
   process rewards read; Gemma 2/3 soft-cap its logits (``final_logit_softcapping``).
-- :class:`TokenScoreHead`: ``*ForTokenClassification``, ``score`` on every token.
+- :class:`TokenScoreClassifier`: ``*ForTokenClassification``, ``score`` on every token.
 
-The mixins go before the decoder class in the bases (``class X(ScoreHead, LlamaModel)``).
+The mixins go before the decoder class in the bases (``class X(ScoreClassifier, LlamaModel)``).
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def token_id(tokenizer: Any, word: str) -> int:
     return int(ids[0])
 
 
-class ScoreHead:
+class ScoreClassifier:
     """Mixin: a ``score`` Linear on the last token (``classify``) and on every token (``token_classify``).
 
     The weights come from the checkpoint's ``score`` tensors (``score.bias`` optional: HF's
@@ -74,7 +74,7 @@ class ScoreHead:
     logits), ``no_post_processing`` one output per token.
     """
 
-    head_prefixes: ClassVar[tuple[str, ...]] = ("score.",)
+    classifier_prefixes: ClassVar[tuple[str, ...]] = ("score.",)
     #: Whether the checkpoint carries ``score`` when the config names no classifier tokens.
     checkpoint_score: ClassVar[bool] = True
 
@@ -116,7 +116,7 @@ class ScoreHead:
             self.score = nn.Linear(self.hidden_size, self.num_labels, bias=True)
             nn.init.zeros_(self.score.bias)
 
-    def sequence_head(self) -> nn.Module | None:
+    def sequence_classifier(self) -> nn.Module | None:
         return self.score
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
@@ -163,8 +163,8 @@ class DecoderLMHead(CausalLMHead):
         return torch.tanh(logits / cap) * cap if cap else logits
 
 
-class TokenScoreHead(TokenClassifier):
+class TokenScoreClassifier(TokenClassifier):
     """Mixin: HF's decoder token classifier, ``score`` (with bias) on every token."""
 
-    head_name: ClassVar[str] = "score"
-    head_prefixes: ClassVar[tuple[str, ...]] = ("score.",)
+    classifier_name: ClassVar[str] = "score"
+    classifier_prefixes: ClassVar[tuple[str, ...]] = ("score.",)
