@@ -640,43 +640,21 @@ class LLM:
 
 class _ScoreRunner:
     """The :class:`~poolkit.contracts.scoring.ScoreRunner` :meth:`LLM.score` hands its scorer: the
-    LLM's model, task lookup, parameter checks, prompt preparation and engine run, and nothing else
+    LLM's model, task lookup (:meth:`LLM.task`), parameter checks (:meth:`LLM.check_params`),
+    prompt preparation (:meth:`LLM.prepare`) and engine run (:meth:`LLM.run`), and nothing else
     of the LLM (a scorer calls no API method back)."""
 
-    __slots__ = ("_llm",)
+    __slots__ = ("model", "task", "check_params", "run", "_prepare")
 
     def __init__(self, llm: LLM) -> None:
-        self._llm = llm
-
-    @property
-    def model(self) -> PoolingModel:
-        """The loaded model."""
-        return self._llm.model
-
-    def task(self, name: str) -> Task:
-        """The registered task ``name``, checked against what the model supports (:meth:`LLM.task`)."""
-        return self._llm.task(name)
-
-    def check_params(
-        self,
-        pooling_params: Any,
-        count: int,
-        task_name: str,
-        tokenization_kwargs: dict[str, Any] | None = None,
-    ) -> list[PoolingParams]:
-        """One verified :class:`PoolingParams` per prompt (:meth:`LLM.check_params`)."""
-        return self._llm.check_params(pooling_params, count, task_name, tokenization_kwargs)
+        self.model = llm.model
+        self.task = llm.task
+        self.check_params = llm.check_params
+        self.run = llm.run
+        self._prepare = llm.prepare
 
     def prepare(
-        self,
-        texts: Sequence[str],
-        pooling_params: Any,
-        task_name: str,
-        tokenization_kwargs: dict[str, Any] | None = None,
+        self, texts: Sequence[str], pooling_params: Any, task_name: str, tokenization_kwargs: dict[str, Any] | None = None
     ) -> tuple[Task, Sequence[Prompt], list[PoolingParams]]:
-        """Texts as :meth:`LLM.encode` prepares them, with the task and verified parameters (:meth:`LLM.prepare`)."""
-        return self._llm.prepare(list(texts), pooling_params, pooling_task=task_name, tokenization_kwargs=tokenization_kwargs)
-
-    def run(self, task: Task, prompts: Sequence[Prompt], params: list[PoolingParams], *, use_tqdm: bool = False) -> Results:
-        """Run prepared prompts through the engine (:meth:`LLM.run`)."""
-        return self._llm.run(task, prompts, params, use_tqdm=use_tqdm)
+        """Texts as :meth:`LLM.encode` prepares them, with the task and verified parameters."""
+        return self._prepare(list(texts), pooling_params, pooling_task=task_name, tokenization_kwargs=tokenization_kwargs)
