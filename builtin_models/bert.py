@@ -36,7 +36,7 @@ from poolkit.loading.weights import base_model_name, legacy_norm_name, load_into
 from poolkit.plugins.lookup import kernel_for
 from poolkit.plugins.manager import registry
 
-#: Checkpoint tensors the encoder does not use: task heads and position/type id buffers.
+#: Checkpoint tensors the encoder does not use: the classifiers and LM heads of transformers' task models, position/type id buffers.
 _UNUSED = re.compile(r"^(pooler|cls|classifier|lm_head|qa_outputs)\.|^embeddings\.(position_ids|token_type_ids)$")
 _QKV_PARTS = ("query", "key", "value")
 

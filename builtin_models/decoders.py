@@ -59,7 +59,7 @@ from poolkit.contracts.hookspecs import hookimpl
 from poolkit.loading.weights import base_model_name, load_into
 from poolkit.plugins.lookup import kernel_for
 
-#: Checkpoint tensors the backbone does not use: heads of task models, rotary caches.
+#: Checkpoint tensors the backbone does not use: the classifiers and LM heads of transformers' task models, rotary caches.
 _UNUSED = re.compile(r"^(lm_head|score|classifier|qa_outputs|v_head)\.|\.rotary_emb\.")
 GLOBAL, SLIDING = "full_attention", "sliding_attention"
 #: vLLM's ``LlamaBidirectionalConfig``: the config's ``pooling`` -> poolkit's pooling type.

@@ -34,7 +34,7 @@ from poolkit.contracts.hookspecs import hookimpl
 from poolkit.loading.weights import base_model_name, load_into
 from poolkit.plugins.lookup import kernel_for
 
-#: Checkpoint tensors the encoder does not use: the heads of ModernBERT task models.
+#: Checkpoint tensors the encoder does not use: the classifiers and prediction heads (``head.``) of ModernBERT task models.
 _UNUSED = re.compile(r"^(head|decoder|classifier|qa_outputs)\.")
 #: Layer types, named as transformers 5 names them.
 GLOBAL, LOCAL = "full_attention", "sliding_attention"

@@ -40,7 +40,7 @@ from poolkit.contracts.hookspecs import hookimpl
 from poolkit.loading.weights import base_model_name, legacy_norm_name
 from poolkit.plugins.lookup import kernel_for
 
-#: Checkpoint tensors the encoder does not use: task heads and the position id buffer.
+#: Checkpoint tensors the encoder does not use: the classifiers and LM heads of transformers' task models, the position id buffer.
 _UNUSED = re.compile(r"^(pooler|lm_head|classifier|qa_outputs)\.|^embeddings\.position_ids$")
 #: transformers' MPNet counts positions from this token id + 1, whatever ``pad_token_id`` says.
 _PADDING_IDX = 1

@@ -47,7 +47,7 @@ from poolkit.contracts.hookspecs import hookimpl
 from poolkit.loading.weights import base_model_name, load_into
 from poolkit.plugins.lookup import kernel_for
 
-#: Checkpoint tensors the encoder does not use: heads of task models and position buffers.
+#: Checkpoint tensors the encoder does not use: the classifiers and LM heads of transformers' task models, position buffers.
 _UNUSED = re.compile(r"^(pooler|cls|lm_head|classifier)\.|^embeddings\.(position_ids|rotary_emb\.)")
 
 
