@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import textwrap
+from typing import Any
 
 import pytest
 import torch
@@ -667,37 +668,42 @@ def test_kernel_reference_works_inside_a_plugins_hook(fresh_plugins) -> None:
     assert registry("kernel").get("segment_pool:fastpool").reference is segment_pool_reference
 
 
-def test_select_kernel_takes_a_device_or_its_name_and_asks_is_available_every_call(fresh_plugins) -> None:
-    import poolkit
-    from poolkit import Kernel
-    from poolkit.contracts.errors import UnknownName
-    from poolkit.contracts.hookspecs import hookimpl
-    from poolkit.plugins.testing import plugin_registered
-
-    switch = {"on": False}
+def _switched_kernels(op: str, switch: dict, *, segment_pool_too: bool = False, **fast: Any) -> tuple[Any, Any, Any]:
+    """A plugin registering ``op:slow`` (always available) and ``op:fast`` (priority 1, available
+    while ``switch["on"]``; ``fast`` adds Kernel arguments), and the two functions. With
+    ``segment_pool_too`` it registers ``segment_pool:a_flip`` too, first by name and with another
+    reference (``kernel_reference`` keeps the built-in one)."""
 
     def slow(x):
         return x + 1
 
-    def fast(x):
+    def quick(x):
         return x + 1
 
-    class Flip:
+    class Switched:
         @hookimpl
         def poolkit_register_kernels(self, register):
-            register("fake_flip:slow", Kernel(fn=slow, reference=slow))
-            register(
-                "fake_flip:fast",
-                Kernel(fn=fast, reference=slow, device="cpu", priority=1, is_available=lambda: switch["on"]),
-            )
-            # first by name, with another reference: kernel_reference keeps the built-in one
-            register("segment_pool:a_flip", Kernel(fn=fast, reference=slow, priority=-1))
+            register(f"{op}:slow", Kernel(fn=slow, reference=slow))
+            register(f"{op}:fast", Kernel(fn=quick, reference=slow, priority=1, is_available=lambda: switch["on"], **fast))
+            if segment_pool_too:
+                register("segment_pool:a_flip", Kernel(fn=quick, reference=slow, priority=-1))
+
+    return Switched(), slow, quick
+
+
+def test_select_kernel_takes_a_device_or_its_name_and_asks_is_available_every_call(fresh_plugins) -> None:
+    import poolkit
+    from poolkit.contracts.errors import UnknownName
+    from poolkit.plugins.testing import plugin_registered
+
+    switch = {"on": False}
+    plugin, slow, fast = _switched_kernels("fake_flip", switch, segment_pool_too=True, device="cpu")
 
     def table() -> list[tuple]:
         rows = poolkit.kernel_table(["cpu", torch.device("cuda"), "cpu:0"])
         return [(r["for_device"], r["kernel"], r["registered_by"], r["available"], r["selected"]) for r in rows if r["op"] == "fake_flip"]
 
-    with plugin_registered(Flip(), "flip"):
+    with plugin_registered(plugin, "flip"):
         assert all(select_kernel("fake_flip", d) is slow for d in ("cpu", torch.device("cpu"), "cpu:0"))
         assert table() == [
             ("cpu", "fake_flip:fast", "flip", False, False),
@@ -720,27 +726,14 @@ def test_kernel_for_looks_a_kernel_up_once_per_owner_and_device(fresh_plugins) -
     import types
 
     import poolkit
-    from poolkit import Kernel
-    from poolkit.contracts.hookspecs import hookimpl
     from poolkit.plugins.lookup import kernel_for
     from poolkit.plugins.testing import plugin_registered
 
     switch = {"on": False}
-
-    def slow(x):
-        return x + 1
-
-    def fast(x):
-        return x + 1
-
-    class Flip:
-        @hookimpl
-        def poolkit_register_kernels(self, register):
-            register("fake_once:slow", Kernel(fn=slow, reference=slow))
-            register("fake_once:fast", Kernel(fn=fast, reference=slow, priority=1, is_available=lambda: switch["on"]))
+    plugin, slow, fast = _switched_kernels("fake_once", switch)
 
     assert poolkit.kernel_for is kernel_for
-    with plugin_registered(Flip(), "flip"):
+    with plugin_registered(plugin, "flip"):
         owner = types.SimpleNamespace()
         assert kernel_for(owner, "fake_once", "cpu") is slow
         switch["on"] = True
