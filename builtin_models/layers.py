@@ -363,10 +363,7 @@ def rotary_cos_sin(
     if scaling != 1.0:
         cos, sin = cos * scaling, sin * scaling
     cos, sin = cos.to(dtype), sin.to(dtype)
-    if wide:
-        held = torch.promote_types(dtype, torch.float32)
-        cos, sin = cos.to(held), sin.to(held)
-    return cos, sin
+    return (_wide(cos), _wide(sin)) if wide else (cos, sin)
 
 
 def rotate_interleaved(x: torch.Tensor, rotary: Rotary) -> torch.Tensor:

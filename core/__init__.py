@@ -136,8 +136,7 @@ class _MovedFinder(MetaPathFinder, Loader):
 
     @staticmethod
     def _target(fullname: str) -> str | None:
-        head, _, rest = fullname.partition(".")
-        if head != "poolkit":
+        if not fullname.startswith("poolkit."):
             return None
         parts = fullname.split(".")
         for cut in range(len(parts), 1, -1):

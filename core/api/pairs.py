@@ -7,11 +7,13 @@ functions, so pairing (1:1, 1:N, N:N) and the per-side token limits (``max_token
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..contracts.errors import InvalidRequest
 from ..contracts.scoring import score_extra
-from ..runtime.engine import Engine
+
+if TYPE_CHECKING:
+    from ..runtime.engine import Engine
 
 #: The per-side limits a score request may set in ``PoolingParams.extra_kwargs`` (vLLM's names).
 SIDE_LIMITS = ("max_tokens_per_query", "max_tokens_per_doc")

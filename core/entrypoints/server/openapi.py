@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from ...api.pairs import SIDE_LIMITS
 from ...contracts.errors import PoolkitError
 from ..protocol import SCORE_PAIRS, given
 from .guard import INFERENCE_ROUTES, PROTECTED_ROUTES
@@ -202,7 +203,7 @@ def _bound(doc: dict[str, Any], st: "ModelState") -> None:
                 props[field] = {"const": False} if field == "return_tokens" else _NULL
             elif field in ("step_tag_id", "returned_token_ids") and field not in params:
                 props[field] = _NULL
-            elif field in ("max_tokens_per_query", "max_tokens_per_doc") and st.max_len:
+            elif field in SIDE_LIMITS and st.max_len:
                 _each(sub, lambda s: s.get("minimum") == 1 and s.update(maximum=st.max_len - 1))
             elif field in ("input", "tokens") and st.vocab:
                 _each(sub, lambda s: s.get("type") == "integer" and s.update(maximum=min(s.get("maximum", st.vocab), st.vocab - 1)))

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 
+from ...api.pairs import SIDE_LIMITS
 from ...contracts.errors import InvalidRequest, UnknownName
 from ...contracts.params import PoolingParams
 from ...contracts.scoring import check_template_kwargs
@@ -168,7 +169,7 @@ def _score_params(llm: Any, body: Any) -> PoolingParams:
     ``extra_kwargs``, as in vLLM. ``truncate_prompt_tokens: null`` sent explicitly stays set: it
     turns off the truncation a CrossEncoder export applies by default (vLLM)."""
     check_truncation(llm, body.truncate_prompt_tokens)
-    extra: dict[str, Any] = {k: v for k in ("max_tokens_per_query", "max_tokens_per_doc") if (v := getattr(body, k)) is not None}
+    extra: dict[str, Any] = {k: v for k in SIDE_LIMITS if (v := getattr(body, k)) is not None}
     for name, limit in extra.items():
         try:
             llm.check_score_limit(name, limit)
