@@ -83,9 +83,9 @@ __all__ = [
 
 
 #: The import paths of the modules that lived directly in ``poolkit`` before the core was grouped
-#: into its layers, and where each lives now. ``import poolkit.contracts.batch`` (the path docs/plugins.md
-#: and third-party plugins use) gives the very module ``poolkit.contracts.batch``, the same object
-#: under both names, so ``isinstance`` checks and monkeypatching see one module.
+#: into its layers, and where each lives now. ``import poolkit.batch`` (the path earlier releases'
+#: docs/plugins.md and third-party plugins use) gives the very module ``poolkit.contracts.batch``, the
+#: same object under both names, so ``isinstance`` checks and monkeypatching see one module.
 MOVED = {
     "poolkit.errors": "poolkit.contracts.errors",
     "poolkit.hookspecs": "poolkit.contracts.hookspecs",
@@ -130,6 +130,37 @@ MOVED = {
     "poolkit.integrations": "poolkit.entrypoints.integrations",
 }
 
+#: The names a module of :data:`MOVED` held that live in another module now (``poolkit.model`` was
+#: split into the loading pipeline, the loaded model, the device settings and vLLM's view):
+#: old path -> name -> (its module now, its name there). ``from poolkit.model import load_model``
+#: keeps working (the module, imported by its old path, answers them by a module ``__getattr__``).
+MOVED_NAMES = {
+    "poolkit.model": {
+        "load_model": ("poolkit.loading.load", "load_model"),
+        "calibration_texts": ("poolkit.loading.load", "calibration_texts"),
+        "CALIBRATION_FILE": ("poolkit.loading.load", "CALIBRATION_FILE"),
+        "CALIBRATION_TOKENS": ("poolkit.loading.load", "CALIBRATION_TOKENS"),
+        "DTYPES": ("poolkit.config.devices", "DTYPES"),
+        "resolve_dtype": ("poolkit.config.devices", "resolve_dtype"),
+        "resolve_device": ("poolkit.config.devices", "resolve_device"),
+        "cpu_multiplies_bf16": ("poolkit.config.devices", "cpu_multiplies_bf16"),
+        "ModelConfig": ("poolkit.api.model_config", "ModelConfig"),
+    },
+    "poolkit.conversion": {"has_heads": ("poolkit.config.conversion", "has_classifier")},
+}
+
+
+def _former_names(module: str, former: dict[str, tuple[str, str]]) -> Any:
+    """A module ``__getattr__`` (PEP 562) answering the names ``former`` says moved elsewhere."""
+
+    def __getattr__(name: str) -> Any:
+        if name not in former:
+            raise AttributeError(f"module {module!r} has no attribute {name!r}")
+        home, new_name = former[name]
+        return getattr(import_module(home), new_name)
+
+    return __getattr__
+
 
 class _MovedFinder(MetaPathFinder, Loader):
     """Imports a :data:`MOVED` path (or a module inside a moved package) as the module it names."""
@@ -155,7 +186,10 @@ class _MovedFinder(MetaPathFinder, Loader):
 
     def exec_module(self, module: ModuleType) -> None:
         # the import system gave the module the old name's spec: give it its own back
-        module.__spec__ = module.__spec__.loader_state
+        old, module.__spec__ = module.__spec__.name, module.__spec__.loader_state
+        former = MOVED_NAMES.get(old)
+        if former and "__getattr__" not in vars(module):
+            module.__getattr__ = _former_names(module.__name__, former)
 
 
 if not any(isinstance(finder, _MovedFinder) for finder in sys.meta_path):

@@ -254,3 +254,27 @@ def test_the_paths_of_earlier_releases_name_the_same_modules():
     # first imported by its old path, in a fresh interpreter
     code = "import poolkit.batch as b, poolkit.contracts.batch as c; assert b is c; from poolkit.pooling import Pooler"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_names_a_split_module_held_still_import_from_its_old_path():
+    """``poolkit.model`` was split across the layers: ``from poolkit.model import load_model`` and the
+    other names it held give the objects their new homes hold (poolkit.MOVED_NAMES)."""
+    import importlib
+    import subprocess
+    import sys
+
+    import poolkit
+
+    for old, names in poolkit.MOVED_NAMES.items():
+        module = importlib.import_module(old)
+        for name, (home, new_name) in names.items():
+            assert getattr(module, name) is getattr(importlib.import_module(home), new_name), f"{old}.{name}"
+        with pytest.raises(AttributeError, match="no attribute 'nothing_of_the_kind'"):
+            module.nothing_of_the_kind
+    code = (
+        "from poolkit.model import load_model, PoolingModel, resolve_dtype, ModelConfig; "
+        "from poolkit.loading.load import load_model as new; assert load_model is new; "
+        "from poolkit.conversion import has_heads; from poolkit.config.conversion import has_classifier; "
+        "assert has_heads is has_classifier"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
