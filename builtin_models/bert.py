@@ -179,7 +179,7 @@ class BertModel(Quantizable, Architecture):
     )
     #: Prefix of the encoder's tensors in task-model checkpoints (HF's ``base_model_prefix``).
     checkpoint_prefix: ClassVar[str] = "bert."
-    #: Checkpoint name prefixes of the task head this class loads (none for the bare encoder).
+    #: Checkpoint name prefixes of the classifiers this class loads itself (none for the bare encoder).
     classifier_prefixes: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: Any) -> None:

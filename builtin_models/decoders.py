@@ -223,7 +223,7 @@ class DecoderModel(Quantizable, Architecture):
     )
     #: Prefix of the backbone's tensors in task-model checkpoints (HF's ``base_model_prefix``).
     checkpoint_prefix: ClassVar[str] = "model."
-    #: Checkpoint name prefixes of the task head this class loads (none for the bare backbone).
+    #: Checkpoint name prefixes of the classifiers this class loads itself (none for the bare backbone).
     classifier_prefixes: ClassVar[tuple[str, ...]] = ()
     #: Per-head norms of queries and keys before the rotation (Qwen3, Gemma 3).
     qk_norm: ClassVar[bool] = False

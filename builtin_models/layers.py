@@ -21,16 +21,15 @@ from torch import nn
 
 from poolkit.contracts.batch import PackedBatch
 from poolkit.contracts.errors import ModelLoadError
-from poolkit.contracts.kernel import LINEAR_ACTIVATIONS
 from poolkit.plugins.lookup import kernel_for
 from poolkit.plugins.manager import registry
 
 _GELU_TANH = functools.partial(F.gelu, approximate="tanh")
 #: transformers' ``hidden_act`` names of the activations that the ``linear_act`` op fuses into its
-#: matmul: the op's name for each (a name of the op's contract, :data:`LINEAR_ACTIVATIONS`, which
-#: every kernel takes; checked on import) and the same activation computed with torch directly, for
-#: where the op does not run it. Other names (the op's ``tanh`` and ``sigmoid`` too) stay unfused,
-#: computed by transformers' ``ACT2FN``.
+#: matmul: the op's name for each (a name of the op's contract,
+#: :data:`poolkit.contracts.kernel.LINEAR_ACTIVATIONS`, which every kernel takes; tests/test_layering.py
+#: checks it) and the same activation computed with torch directly, for where the op does not run it.
+#: Other names (the op's ``tanh`` and ``sigmoid`` too) stay unfused, computed by transformers' ``ACT2FN``.
 _FUSABLE_ACTIVATIONS: dict[str, tuple[str, Callable[[torch.Tensor], torch.Tensor]]] = {
     "gelu": ("gelu", F.gelu),
     "gelu_new": ("gelu_tanh", _GELU_TANH),
@@ -39,8 +38,6 @@ _FUSABLE_ACTIVATIONS: dict[str, tuple[str, Callable[[torch.Tensor], torch.Tensor
     "silu": ("silu", F.silu),
     "swish": ("silu", F.silu),
 }
-if not {op for op, _ in _FUSABLE_ACTIVATIONS.values()} <= set(LINEAR_ACTIVATIONS):
-    raise ImportError(f"builtin_models/layers.py fuses an activation the linear_act op does not name: {_FUSABLE_ACTIVATIONS}")
 
 Rotary = tuple[torch.Tensor, torch.Tensor]
 

@@ -188,7 +188,7 @@ class ModernBertModel(Quantizable, Architecture):
     )
     #: Prefix of the encoder's tensors in task-model checkpoints (HF's ``base_model_prefix``).
     checkpoint_prefix: ClassVar[str] = "model."
-    #: Checkpoint name prefixes of the task head this class loads (none for the bare encoder).
+    #: Checkpoint name prefixes of the classifiers this class loads itself (none for the bare encoder).
     classifier_prefixes: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: Any) -> None:

@@ -172,7 +172,7 @@ class MPNetModel(Quantizable, Architecture):
     )
     #: Prefix of the encoder's tensors in task-model checkpoints (HF's ``base_model_prefix``).
     checkpoint_prefix: ClassVar[str] = "mpnet."
-    #: Checkpoint name prefixes of the task head this class loads (none for the bare encoder).
+    #: Checkpoint name prefixes of the classifiers this class loads itself (none for the bare encoder).
     classifier_prefixes: ClassVar[tuple[str, ...]] = ()
     #: What is added to a token's position in its sequence to index the position table.
     position_offset: ClassVar[int] = _PADDING_IDX + 1

@@ -298,7 +298,7 @@ class RotaryEncoder(Quantizable, Architecture):
 
     default_pooling_type: ClassVar[str | None] = "CLS"
     layout: ClassVar[Layout]
-    #: Checkpoint name prefixes of the task head this class loads (none for the bare encoder).
+    #: Checkpoint name prefixes of the classifiers this class loads itself (none for the bare encoder).
     classifier_prefixes: ClassVar[tuple[str, ...]] = ()
 
     @classmethod

@@ -47,6 +47,7 @@ from .plugin_io import PluginIO
 
 logger = logging.getLogger(__name__)
 
+
 class LLM:
     """A pooling model, loaded once, with vLLM's offline API.
 
