@@ -118,6 +118,9 @@ class _VectorTask(Task):
         activation = registry("activation").get(self.activation_setting(model).value)
         return VectorHead(poolers, projector, activation, model.use_activation().value, model.dimensions.value)
 
+    def result_width(self, model: PoolingModel) -> int | None:
+        return int(model.embedding_size)
+
     def activation_setting(self, model: PoolingModel) -> Setting:
         """The activation applied to the vectors: the user's ``activation_fn``, else L2 normalisation."""
         if model.pooler_config.activation_fn:
@@ -223,6 +226,9 @@ class ClassifyTask(Task):
     def settings(self, model: PoolingModel) -> dict[str, Setting]:
         return {**super().settings(model), **_classifier_settings(model, model.architecture.num_labels)}
 
+    def result_width(self, model: PoolingModel) -> int | None:
+        return max(1, int(model.architecture.num_labels or 1))
+
     def build(self, model: PoolingModel) -> Head | None:
         head = cross_encoder_classifier(model)
         if head is None:
@@ -311,9 +317,12 @@ class TokenClassifyTask(Task):
         )
 
     def settings(self, model: PoolingModel) -> dict[str, Setting]:
+        return {**super().settings(model), **_classifier_settings(model, self.result_width(model))}
+
+    def result_width(self, model: PoolingModel) -> int | None:
+        """The token classifier's labels, else the LM head's vocabulary (STEP rows keep fewer)."""
         arch = model.architecture
-        outputs = arch.num_labels if arch.token_classifier() is not None else _vocab_size(model)
-        return {**super().settings(model), **_classifier_settings(model, outputs)}
+        return arch.num_labels if arch.token_classifier() is not None else _vocab_size(model)
 
     def param_defaults(self, model: PoolingModel) -> dict[str, object]:
         if model.pooling_type(self).value != ("STEP",):

@@ -98,6 +98,13 @@ class Task:
         """The head serving this task on ``model``, or ``None`` if the model cannot serve it."""
         raise NotImplementedError
 
+    def result_width(self, model: Any) -> int | None:
+        """Numbers in one result (a ``sequence`` task) or in one token's row (a ``token`` task) on
+        ``model``, at most: what a surface sizes a response by before running it (the server's
+        ``--max-response-bytes``). ``None`` (the default): not known ahead, as for sparse results;
+        the server then counts the numbers once the results are in."""
+        return None
+
     def check_model(self, model: Any) -> None:
         """Refuse a model this task would serve wrongly; called once per task right after loading.
 

@@ -29,9 +29,12 @@ def serve(
     max_body_bytes: int = typer.Option(16 * 1024 * 1024, "--max-body-bytes", "--payload-limit", help="Largest request body; beyond it 413 (TEI: --payload-limit)."),
     shutdown_timeout: float = typer.Option(30.0, "--shutdown-timeout", help="Seconds to finish in-flight work on SIGTERM."),
     header_timeout: float = typer.Option(10.0, "--header-timeout", help="Seconds a client has to send a request's headers; beyond it 408 and the connection is closed."),
+    body_timeout: float = typer.Option(30.0, "--body-timeout", help="Seconds a request has to send its whole body once its headers are in; beyond it 408 and the connection is closed."),
+    max_response_bytes: int = typer.Option(64 * 1024 * 1024, "--max-response-bytes", help="Largest response, estimated before the work (inputs or tokens times the result's width) and checked before it is written; beyond it 413."),
     chat_template: Optional[str] = typer.Option(None, "--chat-template", help="Chat template for 'messages' requests instead of the tokenizer's (a Jinja file or text); a cross-encoder also scores with it unless --score-template is given, as in vLLM."),
     score_template: Optional[str] = typer.Option(None, "--score-template", help="Score template for /score and /rerank with LLM rerankers: a Jinja file or text."),
     cache_size: int = typer.Option(0, "--cache-size", help="Keep the results of up to N embedded inputs per model and answer repeats from them (LRU; 0: no cache)."),
+    cache_max_bytes: int = typer.Option(256 * 1024 * 1024, "--cache-max-bytes", help="Bytes the cache of each model may hold (its results, token ids and inputs); the least recently used entries go first."),
     auto_truncate: bool = typer.Option(False, "--auto-truncate", help="TEI's routes: truncate inputs longer than the model's limit unless a request says truncate: false."),
     default_prompt_name: Optional[str] = typer.Option(None, "--default-prompt-name", help="TEI's routes: the prompt of the model's sentence-transformers config used when a request names none."),
     quiet: bool = QuietOpt,
@@ -64,6 +67,8 @@ def serve(
             max_queue_tokens=max_queue_tokens,
             shutdown_timeout=shutdown_timeout,
             header_timeout=header_timeout,
+            body_timeout=body_timeout,
+            max_response_bytes=max_response_bytes,
             **({"max_batch_tokens": args.max_batch_tokens} if args.max_batch_tokens is not None else {}),
         )
         chat_template = _template(chat_template, "--chat-template")
@@ -85,7 +90,7 @@ def serve(
         loaders = [_loader(args.model_copy(update={"model": path})) for path in paths]
         run(loaders if len(loaders) > 1 else loaders[0], host=host, port=port, served_model_name=names if len(names) > 1 else names[0],
             api_key=api_key, limits=limits, chat_template=chat_template, score_template=score_template, cache_size=cache_size,
-            auto_truncate=auto_truncate, default_prompt_name=default_prompt_name,
+            cache_max_bytes=cache_max_bytes, auto_truncate=auto_truncate, default_prompt_name=default_prompt_name,
             log_level="warning" if quiet else "info", access_log=verbose)
 
 

@@ -18,7 +18,7 @@ from .front import front_protocol
 from .guard import INFERENCE_ROUTES, TEI_ALIASES, Guard, StrictRoute
 from .lane import Lane
 from .openapi import install_openapi
-from .state import ModelState, ServerLimits, ServerState
+from .state import MiB, ModelState, ServerLimits, ServerState
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +35,7 @@ def create_app(
     chat_template: str | None = None,
     score_template: str | None = None,
     cache_size: int = 0,
+    cache_max_bytes: int = 256 * MiB,
     auto_truncate: bool = False,
     default_prompt_name: str | None = None,
 ) -> FastAPI:
@@ -57,6 +58,7 @@ def create_app(
         score_template: the score template (Jinja text) of ``/score`` and ``/rerank`` for a model
             whose scorer takes one.
         cache_size: entries of each model's embedding cache (:mod:`poolkit.entrypoints.server.cache`); 0: none.
+        cache_max_bytes: bytes each model's cache may hold (results, token ids and inputs).
         auto_truncate: TEI's routes truncate inputs that are too long unless a request says
             ``truncate: false`` (TEI's ``--auto-truncate``); otherwise they refuse them.
         default_prompt_name: the prompt of the model's sentence-transformers config that TEI's
@@ -77,12 +79,14 @@ def create_app(
         raise InvalidRequest(f"served model names must differ: {', '.join(given)}")
     if cache_size < 0:
         raise InvalidRequest(f"the cache size must be 0 (no cache) or more, got {cache_size}")
+    if cache_max_bytes <= 0:
+        raise InvalidRequest(f"the cache's byte limit must be positive, got {cache_max_bytes}")
     st = ServerState(api_key, limits or ServerLimits())
     loaders: list[tuple[ModelState, Callable[[], Any]]] = []
     for one, name in zip(llms, names):
         model = st.add_model(
             name, chat_template=chat_template, score_template=score_template, cache_size=cache_size,
-            auto_truncate=auto_truncate, default_prompt_name=default_prompt_name,
+            cache_max_bytes=cache_max_bytes, auto_truncate=auto_truncate, default_prompt_name=default_prompt_name,
         )
         if callable(one) and not hasattr(one, "model"):
             loaders.append((model, one))

@@ -8,6 +8,7 @@ built with :class:`StrictRoute` then parse the body with :func:`strict_json`.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -22,6 +23,7 @@ from fastapi.routing import APIRoute
 from .deps import CHOSEN_MODEL
 from .errors import API, ApiError, send_error, short
 from .inputs import served_model
+from .work import DISCONNECTED
 
 if TYPE_CHECKING:
     from .state import ModelState, ServerState
@@ -199,14 +201,19 @@ class Guard:
         digest = hashlib.sha256(token.strip().encode("utf-8", "surrogateescape")).digest()
         return scheme.lower() == "bearer" and secrets.compare_digest(digest, self.state.key_digest)
 
-    def _check(self, scope: dict, path: str, method: str, model: "ModelState | None") -> ApiError | None:
-        st = self.state
-        if path in PROTECTED_ROUTES and st.key_digest is not None and not self._authorized(scope):
+    def _unauthorized(self, scope: dict, path: str) -> ApiError | None:
+        """The 401 of a protected route without the key: checked before anything else, the model
+        a request names included, so that nothing about the server answers a client without it."""
+        if path in PROTECTED_ROUTES and self.state.key_digest is not None and not self._authorized(scope):
             return ApiError(
                 401,
                 "Unauthorized: send the API key as 'Authorization: Bearer <key>'",
                 headers={"WWW-Authenticate": "Bearer"},
             )
+        return None
+
+    def _check(self, scope: dict, path: str, method: str, model: "ModelState | None") -> ApiError | None:
+        st = self.state
         if path not in INFERENCE_ROUTES or method != "POST":
             return None
         if model is not None and (error := _unready(model)) is not None:
@@ -261,10 +268,25 @@ class Guard:
     def _too_large(self) -> ApiError:
         return ApiError(413, f"the request body is larger than the limit of {self.state.limits.max_body_bytes} bytes")
 
-    async def _read_body(self, receive: Any) -> tuple[bytes | None, ApiError | None]:
+    async def _read_body(self, scope: dict, receive: Any) -> tuple[bytes | None, ApiError | None]:
+        """The whole body, within ``--max-body-bytes`` and ``--body-timeout``: ``(None, None)`` when
+        the client went away, ``(None, error)`` for a body too large or too slow (the 408 closes
+        the connection: the rest of its body is never read)."""
         chunks, size = [], 0
+        limits = self.state.limits
+        # The HTTP front hands over whole bodies only (DISCONNECTED in the scope): no clock for those.
+        deadline = None if DISCONNECTED in scope else asyncio.get_running_loop().time() + limits.body_timeout
         while True:
-            message = await receive()
+            if deadline is None:
+                message = await receive()
+            else:
+                try:
+                    message = await asyncio.wait_for(receive(), max(0.0, deadline - asyncio.get_running_loop().time()))
+                except asyncio.TimeoutError:
+                    return None, ApiError(
+                        408, f"the request body did not arrive within {limits.body_timeout:g} s (--body-timeout)",
+                        headers={"Connection": "close"},
+                    )
             if message["type"] == "http.disconnect":
                 return None, None
             chunk = message.get("body", b"")
@@ -296,12 +318,16 @@ class Guard:
         if path in TEI_ROUTES:
             scope[API] = "tei"
         try:
-            named, model = self._named(scope) if path in INFERENCE_ROUTES and method == "POST" else (True, None)
-            error = model if isinstance(model, ApiError) else self._check(scope, path, method, model)
+            named, model = True, None
+            error = self._unauthorized(scope, path)
+            if error is None and path in INFERENCE_ROUTES and method == "POST":
+                named, model = self._named(scope)
+            if error is None:
+                error = model if isinstance(model, ApiError) else self._check(scope, path, method, model)
             if error is None and path in INFERENCE_ROUTES and method == "POST":
                 st.in_flight += 1
                 admitted = True
-                body, error = await self._read_body(receive)
+                body, error = await self._read_body(scope, receive)
                 if body is None and error is None:
                     status[0] = 499
                     return

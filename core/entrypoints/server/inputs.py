@@ -23,9 +23,22 @@ from .work import until_done
 
 
 def check_model(st: ModelState, name: str | None) -> None:
-    """A 404 when a request names another model than the served one."""
-    if name is not None and name != st.served:
-        raise ApiError(404, f"The model `{short(name)}` does not exist.", param="model")
+    """Refuse a body whose ``model`` is not the model the request was routed to: a 400 when it names
+    another served model (the ``X-Model`` header chose this one), else the 404 of an unknown model
+    (vLLM's words with one model, the served names listed with several)."""
+    if name is None or name == st.served:
+        return
+    server = st.server
+    if server.model(name) is not None:
+        raise ApiError(
+            400,
+            f"The X-Model header names the model `{short(st.served)}` and the body's model is `{short(name)}`: "
+            "name one model, or the same in both",
+            param="model",
+        )
+    if len(server.models) > 1:
+        served_model(server, name)
+    raise ApiError(404, f"The model `{short(name)}` does not exist.", param="model")
 
 
 def check_text(text: str, where: str) -> None:

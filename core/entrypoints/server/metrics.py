@@ -59,8 +59,8 @@ class _StateCollector:
 
 
 def _label(model: Any) -> str:
-    """A model's ``model`` label: its served name."""
-    return str(model.served or "")
+    """A model's ``model`` label: its served name, never its directory (``ModelState.label``)."""
+    return model.label
 
 
 class _WithoutCreated:

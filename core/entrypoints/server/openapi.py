@@ -188,7 +188,8 @@ def _bound(doc: dict[str, Any], st: "ModelState") -> None:
         props = schema.get("properties", {})
         for field, sub in props.items():
             if field == "model":
-                props[field] = {"anyOf": [{"const": st.served}, _NULL], "description": sub.get("description", "")}
+                served = {"const": st.served} if st.label == st.served else {"type": "string"}  # no directory on an open route
+                props[field] = {"anyOf": [served, _NULL], "description": sub.get("description", "")}
             elif field == "truncate_prompt_tokens" and st.max_len:
                 _each(sub, lambda s: s.get("minimum") == 1 and s.setdefault("maximum", st.max_len))
             elif field in ("dimensions", "output_dimension"):

@@ -17,8 +17,8 @@ from .errors import ApiError, short
 from .guard import StrictRoute
 from .inputs import check_count, check_dimensions, check_model, check_text, pooling_params
 from .state import ModelState
-from .wire import check_finite, request_id, respond
-from .work import check_tokens, check_truncation, until_done
+from .wire import JSON_NUMBER_BYTES, check_finite, request_id, respond
+from .work import check_response, check_tokens, check_truncation, until_done
 
 router = APIRouter(route_class=StrictRoute)
 
@@ -28,6 +28,10 @@ _ENCODERS: dict[str, Callable[[Any], Any]] = {
     "ubinary": ubinary,
     "base64": cohere_base64,
 }
+
+#: Bytes a dimension takes in the response in each type, about (``binary``: a number of up to four
+#: characters per eight dimensions).
+_TYPE_BYTES = {"float": JSON_NUMBER_BYTES, "base64": 16 / 3, "binary": 0.5, "ubinary": 0.5}
 
 
 @router.post("/v2/embed", summary="Embeddings (Cohere Embed v2): float, binary, ubinary, base64.")
@@ -62,6 +66,7 @@ async def cohere_embed(body: CohereEmbedRequest, request: Request, st: State, ll
     images = [i for i, (kind, _) in enumerate(items) if kind == "image"]
     tokens = llm.estimate_tokens(prompts, checked)
     check_tokens(st, tokens)
+    check_response(st, len(items) * (width or 0), sum(_TYPE_BYTES[kind] for kind in types), estimated=True)
     if images or body.truncate == "NONE":
         untruncated = body.truncate == "NONE"
         work = _work(

@@ -13,7 +13,7 @@ from .deps import Model, State
 from .guard import StrictRoute
 from .inputs import check_dimensions, check_model, pooling_params, prompts_of, special_tokens
 from .state import ModelState
-from .wire import encode_tensor, json_response, list_response
+from .wire import encode_tensor, json_response, list_response, number_bytes
 from .work import run_task
 
 router = APIRouter(route_class=StrictRoute)
@@ -57,7 +57,9 @@ async def embeddings(body: EmbeddingRequest, request: Request, st: State, llm: M
         truncation_side=body.truncation_side,
     )
     raw = await prompts_of(request, st, llm, body)
-    _, results = await run_task(request, st, llm, "embed", raw, params, add_special_tokens=special_tokens(body))
+    _, results = await run_task(
+        request, st, llm, "embed", raw, params, add_special_tokens=special_tokens(body), number_bytes=number_bytes(body)
+    )
     return await list_response(
         request, body, "embd", st.served, results,
         lambda i, t: {"index": i, "object": "embedding", "embedding": encode_tensor(t, body)}, arrays=True,

@@ -16,13 +16,13 @@ poolkit's message with TEI's status and type.
 from __future__ import annotations
 
 import json
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import numpy as np
 import torch
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema
 
 from ...contracts.io import Prompt
 from ...contracts.params import PoolingParams
@@ -31,7 +31,7 @@ from ... import __version__
 from .deps import Model, State, loaded_llm
 from .errors import ApiError, validation_message
 from .guard import StrictRoute
-from .inputs import check_dimensions, check_text, check_token_ids, pooling_params, served_model
+from .inputs import check_dimensions, check_model, check_text, check_token_ids, pooling_params, served_model
 from .routes_vllm import has_scorer, score_pairs
 from .state import ModelState
 from .wire import dump, dump_arrays, respond
@@ -50,19 +50,29 @@ EMPTY, VALIDATION, BACKEND = (400, "Empty"), (413, "Validation"), (424, "Backend
 
 
 class _Tei(BaseModel):
-    """TEI's request bodies ignore unknown fields; ``model`` names a served model (poolkit's)."""
+    """TEI's request bodies ignore unknown fields and take each field's own type only (TEI's
+    serde does not read ``"yes"`` as a boolean nor ``true`` or ``101.0`` as a token id); ``model``
+    names a served model (poolkit's)."""
 
-    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False, strict=True)
     model: str | None = Field(None, description="poolkit: the served model to use (default: the first).")
 
 
-Direction = Literal["Left", "Right", "left", "right"]
+def _lower(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value
+
+
+#: ``Left`` or ``Right`` in any case (TEI's clients send ``Left``/``Right``, others ``left``).
+Direction = Annotated[
+    Literal["left", "right"], BeforeValidator(_lower),
+    WithJsonSchema({"type": "string", "pattern": "^([Ll][Ee][Ff][Tt]|[Rr][Ii][Gg][Hh][Tt])$"}),
+]
 Inputs = Union[str, list[int], list[Union[str, list[int]]]]
 
 
 class _Truncation(_Tei):
     truncate: bool | None = Field(None, description="Truncate inputs longer than the model's limit (default: --auto-truncate).")
-    truncation_direction: Direction = "Right"
+    truncation_direction: Direction = "right"
 
 
 class EmbedRequest(_Truncation):
@@ -94,14 +104,15 @@ class TeiRerankRequest(_Truncation):
 
 
 class SimilarityInput(BaseModel):
+    model_config = ConfigDict(strict=True)
     source_sentence: str
     sentences: list[str]
 
 
 class SimilarityParameters(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
     truncate: bool | None = None
-    truncation_direction: Direction = "Right"
+    truncation_direction: Direction = "right"
     prompt_name: str | None = None
 
 
@@ -166,7 +177,7 @@ def _items(st: ModelState, inputs: Any) -> tuple[list[Any], bool]:
 def _truncation(st: ModelState, truncate: bool | None, direction: str) -> dict[str, Any]:
     """TEI's ``truncate`` (default ``--auto-truncate``) as pooling parameters: to the model's limit."""
     if truncate if truncate is not None else st.auto_truncate:
-        return {"truncate_prompt_tokens": -1, "truncation_side": direction.lower()}
+        return {"truncate_prompt_tokens": -1, "truncation_side": direction}
     return {}
 
 
@@ -204,6 +215,7 @@ async def _arrays(payload: Any, size: int) -> Response:
 
 @router.post("/embed", summary="Embeddings (TEI).")
 async def embed(body: EmbedRequest, request: Request, st: State, llm: Model) -> Response:
+    check_model(st, body.model)
     _needs(llm, EMBED, "Model is not an embedding model")
     prompts, _ = _items(st, body.inputs)
     if body.dimensions is not None:
@@ -220,6 +232,7 @@ async def embed(body: EmbedRequest, request: Request, st: State, llm: Model) -> 
 
 @router.post("/embed_all", summary="Every token's vector (TEI).")
 async def embed_all(body: EmbedAllRequest, request: Request, st: State, llm: Model) -> Response:
+    check_model(st, body.model)
     _needs(llm, TOKEN_EMBED, "Model is not an embedding model")
     prompts, _ = _items(st, body.inputs)
     params = pooling_params(use_activation=False, **_truncation(st, body.truncate, body.truncation_direction))
@@ -229,6 +242,7 @@ async def embed_all(body: EmbedAllRequest, request: Request, st: State, llm: Mod
 
 @router.post("/embed_sparse", summary="Sparse (SPLADE) vectors as index/value pairs (TEI).")
 async def embed_sparse(body: EmbedSparseRequest, request: Request, st: State, llm: Model) -> Response:
+    check_model(st, body.model)
     _needs(llm, SPARSE_EMBED, "Model is not an embedding model with SPLADE pooling")
     prompts, _ = _items(st, body.inputs)
     params = pooling_params(**_truncation(st, body.truncate, body.truncation_direction))
@@ -247,6 +261,7 @@ async def embed_sparse(body: EmbedSparseRequest, request: Request, st: State, ll
 
 @router.post("/similarity", summary="Cosine similarity of sentences to a source sentence (TEI).")
 async def similarity(body: SimilarityRequest, request: Request, st: State, llm: Model) -> Response:
+    check_model(st, body.model)
     _needs(llm, EMBED, "Model is not an embedding model")
     given = body.parameters or SimilarityParameters()
     sentences = body.inputs.sentences
@@ -291,6 +306,7 @@ def _predict_items(inputs: Any) -> tuple[list[Any], bool]:
 
 @router.post("/predict", summary="Class scores of texts or text pairs (TEI).")
 async def predict(body: PredictRequest, request: Request, st: State, llm: Model) -> Response:
+    check_model(st, body.model)
     _needs(llm, CLASSIFY, "Model is not a classifier model")
     items, batched = _predict_items(body.inputs)
     _batch(st, len(items), batched)
@@ -321,6 +337,7 @@ async def predict(body: PredictRequest, request: Request, st: State, llm: Model)
 
 @router.post("/tei/rerank", summary="Texts ranked by relevance to a query (TEI; reached as /rerank).")
 async def rerank(body: TeiRerankRequest, request: Request, st: State, llm: Model) -> Response:
+    check_model(st, body.model)
     if not body.texts:
         raise ApiError(400, "`texts` cannot be empty", param="texts", tei=EMPTY)
     if not has_scorer(llm):
@@ -340,8 +357,21 @@ async def rerank(body: TeiRerankRequest, request: Request, st: State, llm: Model
 # -- tokenizer -------------------------------------------------------------------------------------
 
 
+def utf8_offsets(text: str) -> np.ndarray | None:
+    """The UTF-8 byte offset of each character offset of ``text`` (``len(text) + 1`` of them), in
+    one pass; ``None`` for ASCII text, whose offsets are the same. (Encoding each token's prefix
+    instead made a long text's offsets quadratic in its length.)"""
+    if text.isascii():
+        return None
+    points = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    widths = 1 + (points >= 0x80).astype(np.int64) + (points >= 0x800) + (points >= 0x10000)
+    return np.concatenate(([0], np.cumsum(widths)))
+
+
+
 @router.post("/tei/tokenize", summary="Tokens with their text and offsets (TEI; reached as /tokenize).")
 async def tokenize(body: TeiTokenizeRequest, request: Request, st: State, llm: Model) -> Response:
+    check_model(st, body.model)
     texts = [body.inputs] if isinstance(body.inputs, str) else list(body.inputs)
     if not texts:
         raise ApiError(400, "`inputs` cannot be empty", param="inputs", tei=EMPTY)
@@ -369,12 +399,13 @@ async def tokenize(body: TeiTokenizeRequest, request: Request, st: State, llm: M
             full = prefix + text
             enc = tok(full.lower() if lower else full, add_special_tokens=body.add_special_tokens,
                       return_offsets_mapping=True, return_special_tokens_mask=True)
+            offsets = utf8_offsets(full)
             tokens = []
             for token_id, special, (start, stop) in zip(enc["input_ids"], enc["special_tokens_mask"], enc["offset_mapping"]):
                 if special:
                     tokens.append({"id": token_id, "text": tok.convert_ids_to_tokens(token_id), "special": True, "start": None, "stop": None})
                 else:  # TEI's offsets count UTF-8 bytes
-                    begin, end = len(full[:start].encode()), len(full[:stop].encode())
+                    begin, end = (start, stop) if offsets is None else (int(offsets[start]), int(offsets[stop]))
                     tokens.append({"id": token_id, "text": full[start:stop], "special": False, "start": begin, "stop": end})
             out.append(tokens)
         return out
@@ -385,6 +416,7 @@ async def tokenize(body: TeiTokenizeRequest, request: Request, st: State, llm: M
 
 @router.post("/decode", summary="The text of token ids (TEI).")
 async def decode(body: DecodeRequest, request: Request, st: State, llm: Model) -> Response:
+    check_model(st, body.model)
     ids = body.ids
     batched = bool(ids) and not all(isinstance(i, int) for i in ids)
     items = list(ids) if batched else [ids]

@@ -46,7 +46,7 @@ from .inputs import (
 )
 from .routes_openai import embeddings
 from .state import ModelState
-from .wire import check_finite, encode_tensor, jsonable, list_response, request_id, respond, usage
+from .wire import JSON_NUMBER_BYTES, check_finite, encode_tensor, jsonable, list_response, number_bytes, request_id, respond, usage
 from .work import check_tokens, check_truncation, run_task, until_done
 
 router = APIRouter(route_class=StrictRoute)
@@ -117,7 +117,10 @@ async def pooling(body: PoolingRequest, request: Request, st: State, llm: Model)
         returned_token_ids=body.returned_token_ids,
     )
     raw = await prompts_of(request, st, llm, body)
-    _, results = await run_task(request, st, llm, task.name, raw, params, add_special_tokens=special_tokens(body))
+    _, results = await run_task(
+        request, st, llm, task.name, raw, params, add_special_tokens=special_tokens(body),
+        number_bytes=number_bytes(body) if task.tensor_output else JSON_NUMBER_BYTES,
+    )
 
     def item(i: int, t: torch.Tensor) -> dict:
         if body.encoding_format == "float":

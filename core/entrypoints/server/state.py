@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import os
+from pathlib import Path
 from typing import Any, Callable
 
 from ...contracts.errors import InvalidRequest
@@ -35,6 +37,11 @@ class ServerLimits:
         shutdown_timeout: seconds to finish in-flight requests and queued work on SIGTERM.
         header_timeout: seconds a client has to send a request's complete headers, from connecting
             or from the first byte of its next request on a keep-alive connection; then 408.
+        body_timeout: seconds an admitted request has to send its whole body once its headers are
+            in; then 408 and the connection is closed, so a stalled body cannot hold a slot.
+        max_response_bytes: bytes of one response, estimated before the work (the inputs or their
+            tokens times the width of a task's results) and counted again before the body is built;
+            beyond it 413.
     """
 
     max_inputs_per_request: int = 2048
@@ -45,6 +52,8 @@ class ServerLimits:
     max_queue_tokens: int = 1_000_000
     shutdown_timeout: float = 30.0
     header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    max_response_bytes: int = 64 * MiB
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -85,6 +94,7 @@ class ModelState:
         chat_template: str | None = None,
         score_template: str | None = None,
         cache_size: int = 0,
+        cache_max_bytes: int = 256 * MiB,
         auto_truncate: bool = False,
         default_prompt_name: str | None = None,
     ) -> None:
@@ -95,7 +105,7 @@ class ModelState:
         self.limits = limits
         self.chat_template = chat_template
         self.score_template = score_template
-        self.cache = EmbeddingCache(cache_size) if cache_size > 0 else None
+        self.cache = EmbeddingCache(cache_size, cache_max_bytes) if cache_size > 0 else None
         self.metrics = ModelMetrics(server.metrics, self)
         self.llm: Any = None
         self.batcher: Batcher | None = None
@@ -105,6 +115,24 @@ class ModelState:
         self.max_len: int | None = None
         self.vocab: int | None = None
         self.embedding_size: int | None = None
+
+    @property
+    def label(self) -> str:
+        """The model's name on the routes open without the key (``/metrics``, ``/openapi.json``):
+        the served name, except that a model served under the path of its local directory (no
+        ``--served-model-name``) shows the directory's last part (numbered when two models share
+        it), so that no open route shows where the model lies."""
+        def public(model: ModelState) -> str:
+            name = str(model.served or "")
+            if name and (os.path.isabs(name) or os.path.exists(name)):
+                return Path(name).name or "model"
+            return name
+
+        mine = public(self)
+        if mine == self.served:
+            return mine
+        twins = [m for m in self.server.models if public(m) == mine]
+        return mine if len(twins) < 2 else f"{mine}-{twins.index(self) + 1}"
 
     @property
     def give_up(self) -> asyncio.Future | None:

@@ -27,7 +27,7 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from ...runtime.columns import Results
-from ..encodings import tensor_base64, tensor_bytes
+from ..encodings import EMBED_DTYPES, tensor_base64, tensor_bytes
 from .errors import ApiError
 
 # Bodies built from more numbers than this are built on a worker thread.
@@ -35,6 +35,20 @@ _OFF_LOOP = 32768
 #: Tensor dtypes NumPy reads as they are.
 _NUMPY_FLOATS = (torch.float16, torch.float32, torch.float64)
 _NON_FINITE = "the model produced a non-finite value (NaN or Infinity); no result was returned"
+
+
+#: Bytes of one number in a JSON response, at most about: a float32 result written as the
+#: shortest float64 that reads back the same (``-0.012345678901234567``) and its comma.
+JSON_NUMBER_BYTES = 24
+
+
+def number_bytes(body: Any) -> float:
+    """Bytes of one result number in the response to ``body``: a JSON number, or its
+    ``embed_dtype``'s bytes, base64-encoded or raw (the ``bytes`` encodings)."""
+    if body.encoding_format == "float":
+        return JSON_NUMBER_BYTES
+    size = EMBED_DTYPES[body.embed_dtype].itemsize
+    return size * 4 / 3 if body.encoding_format == "base64" else size
 
 
 def request_id(request: Request, prefix: str) -> str:

@@ -16,8 +16,10 @@ from fastapi import Request
 from ...contracts.errors import InvalidRequest
 from ...contracts.params import PoolingParams
 from ...runtime.columns import Results
+from .cache import packed, unpacked
 from .errors import ApiError, ClientGone
 from .state import ModelState
+from .wire import JSON_NUMBER_BYTES
 
 #: The ASGI scope key of a future the server's HTTP front sets when the client goes away
 #: (:mod:`poolkit.entrypoints.server.front`): awaited instead of watching ``receive`` for a disconnect.
@@ -75,6 +77,40 @@ def check_tokens(st: ModelState, tokens: int, where: str = "input") -> None:
         )
 
 
+def check_response(st: ModelState, numbers: int, per_number: float, estimated: bool) -> None:
+    """Refuse a response of more than ``--max-response-bytes``: ``numbers`` numbers of
+    ``per_number`` bytes each, estimated before the work or counted once its results are in."""
+    size = int(numbers * per_number)
+    limit = st.limits.max_response_bytes
+    if size > limit:
+        when = "would be about" if estimated else "is about"
+        raise ApiError(
+            413,
+            f"the response {when} {size} bytes, more than the limit of {limit} (--max-response-bytes); "
+            "send fewer or shorter inputs" + (", or ask for base64" if per_number >= JSON_NUMBER_BYTES else ""),
+            param="input",
+        )
+
+
+def expected_numbers(task: Any, model: Any, inputs: int, tokens: int) -> int | None:
+    """The numbers the results of ``inputs`` inputs of about ``tokens`` tokens hold, from the task's
+    :meth:`~poolkit.contracts.tasks.Task.result_width`; ``None`` when the task cannot say."""
+    width = task.result_width(model)
+    if width is None:
+        return None
+    return width * (tokens if task.granularity == "token" else inputs)
+
+
+def result_numbers(task: Any, model: Any, results: Results) -> int:
+    """The numbers the results hold as a response writes them: every number of dense results, an
+    index and a value per non-zero weight of results whose width the task does not declare
+    (sparse vectors)."""
+    tensors = [results.data] if isinstance(results.data, torch.Tensor) else list(results.data)
+    if task.result_width(model) is not None:
+        return sum(t.numel() for t in tensors)
+    return 2 * sum(int(torch.count_nonzero(t)) for t in tensors)
+
+
 def check_truncation(llm: Any, truncate: int | None, param: str = "truncate_prompt_tokens") -> None:
     """The LLM's truncation check, run before its other checks, with the request field at fault."""
     try:
@@ -92,48 +128,65 @@ async def run_task(
     params: PoolingParams,
     prompt_name: str | None = None,
     add_special_tokens: bool = True,
+    number_bytes: float = JSON_NUMBER_BYTES,
 ) -> tuple[Any, Results]:
     """Prepare ``raw`` prompts for ``task_name`` with the LLM's checks, then run them on the batcher.
 
     The LLM decides everything about the request (the task's support and parameters, the
-    truncation, the token estimate); this only bounds the estimate by the server's limit. With
-    an embedding cache (``--cache-size``), inputs it holds are not run again.
-    ``add_special_tokens=False`` marks the text prompts to be tokenized without special tokens
-    (:attr:`poolkit.contracts.io.Prompt.add_special_tokens`).
+    truncation, the token estimate); this only bounds the estimate by the server's limits: the
+    tokens (``--max-request-tokens``) and the response (``--max-response-bytes``, with
+    ``number_bytes`` bytes per number of the route's encoding), estimated before the work and
+    counted again after it. With an embedding cache (``--cache-size``), inputs it holds are not
+    run again. ``add_special_tokens=False`` marks the text prompts to be tokenized without special
+    tokens (:attr:`poolkit.contracts.io.Prompt.add_special_tokens`).
 
     Returns:
         The task and, per input, its result tensor and prompt token ids.
     """
     check_truncation(llm, params.truncate_prompt_tokens)
     task, prompts, checked = llm.prepare(raw, params, pooling_task=task_name, prompt_name=prompt_name)
+    if not add_special_tokens:
+        prompts.set_add_special_tokens(False)
+    tokens = llm.estimate_tokens(prompts, checked)
+    check_tokens(st, tokens)
+    expected = expected_numbers(task, llm.model, len(raw), tokens)
+    if expected is not None:
+        check_response(st, expected, number_bytes, estimated=True)
+    results = await _cached(request, st, llm, task, raw, prompts, checked, tokens, params, prompt_name, add_special_tokens)
+    check_response(st, result_numbers(task, llm.model, results), number_bytes, estimated=False)
+    return task, results
+
+
+async def _cached(
+    request: Request, st: ModelState, llm: Any, task: Any, raw: list[Any], prompts: Any, checked: Any, tokens: int,
+    params: PoolingParams, prompt_name: str | None, add_special_tokens: bool,
+) -> Results:
+    """The results of prepared prompts: from the embedding cache where it holds them, the rest run."""
     cache = st.cache
     keys = cache.keys(task.name, params, prompt_name, add_special_tokens, raw) if cache is not None else None
     if keys is None:
-        return task, await _run(request, st, llm, task, prompts, checked, add_special_tokens)
+        return await _run(request, st, task, prompts, checked, tokens)
     entries: list[Any] = [cache.get(key) for key in keys]
     missing = [i for i, entry in enumerate(entries) if entry is None]
     st.metrics.cached(len(raw) - len(missing), len(missing))
     if missing:
         if len(missing) < len(raw):
-            _, prompts, checked = llm.prepare([raw[i] for i in missing], params, pooling_task=task_name, prompt_name=prompt_name)
-        ran = await _run(request, st, llm, task, prompts, checked, add_special_tokens)
+            _, prompts, checked = llm.prepare([raw[i] for i in missing], params, pooling_task=task.name, prompt_name=prompt_name)
+            if not add_special_tokens:
+                prompts.set_add_special_tokens(False)
+            tokens = llm.estimate_tokens(prompts, checked)
+        ran = await _run(request, st, task, prompts, checked, tokens)
         for i, (tensor, ids), cut in zip(missing, ran, ran.truncated.tolist()):
-            entries[i] = (tensor.clone(), ids, cut)
+            entries[i] = (packed(tensor), ids, cut)
             cache.put(keys[i], entries[i])
-    tensors = [tensor for tensor, _, _ in entries]
+    tensors = [unpacked(tensor) for tensor, _, _ in entries]
     same = all(t.shape == tensors[0].shape and t.dtype == tensors[0].dtype for t in tensors)
     data = torch.stack(tensors) if same else tensors
-    return task, Results(data, [ids for _, ids, _ in entries], np.array([cut for _, _, cut in entries], dtype=bool))
+    return Results(data, [ids for _, ids, _ in entries], np.array([cut for _, _, cut in entries], dtype=bool))
 
 
-async def _run(
-    request: Request, st: ModelState, llm: Any, task: Any, prompts: Any, checked: PoolingParams, add_special_tokens: bool
-) -> Results:
-    """Run prepared prompts on the batcher, within the server's token limit."""
-    if not add_special_tokens:
-        prompts.set_add_special_tokens(False)
-    tokens = llm.estimate_tokens(prompts, checked)
-    check_tokens(st, tokens)
+async def _run(request: Request, st: ModelState, task: Any, prompts: Any, checked: Any, tokens: int) -> Results:
+    """Run prepared prompts of about ``tokens`` tokens on the batcher."""
     results = await until_done(request, st, st.batcher.submit(task, prompts, checked, tokens))
     st.metrics.answered(len(results), results.num_tokens)
     return results
