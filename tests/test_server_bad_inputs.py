@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from poolkit import LLM  # noqa: E402
 from poolkit.entrypoints.server import INFERENCE_ROUTES, ServerLimits, create_app, strict_json  # noqa: E402
-from poolkit.entrypoints.server.guard import TEI_ALIASES  # noqa: E402
+from poolkit.entrypoints.server.guard import SHARED_ROUTES, TEI_ALIASES, TEI_ROUTES  # noqa: E402
 from poolkit.runtime.columns import Results  # noqa: E402
 
 KEY = "s3cret-key"
@@ -553,7 +553,7 @@ schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis.errors import Unsatisfiable  # noqa: E402
 from schemathesis.generation import GenerationMode  # noqa: E402
-from schemathesis.specs.openapi.checks import positive_data_acceptance  # noqa: E402
+from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance  # noqa: E402
 
 from poolkit.entrypoints.server.openapi import UNSTATED_RULES  # noqa: E402
 
@@ -569,25 +569,58 @@ def _whole_floats(value) -> bool:
     return isinstance(value, list) and any(_whole_floats(v) for v in value)
 
 
+def _json(response):
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def _refusal(response) -> str:
+    """The message of a refusal of a request's values: a 400, or TEI's 413 or 422 ``Validation``
+    (TEI's statuses for what poolkit's other routes answer with 400); ``""`` for anything else."""
+    body = _json(response)
+    if response.status_code == 400 and isinstance(body, dict) and isinstance(body.get("error"), dict):
+        return body["error"]["message"]
+    if response.status_code in (400, 413, 422) and isinstance(body, dict) and body.get("error_type") in ("Empty", "Validation"):
+        return body["error"]
+    return ""
+
+
 def valid_data_accepted_but_for_unstated_rules(ctx, response, case):
-    """schemathesis' positive_data_acceptance, except for a 400 that names one of the rules the
-    document lists as beyond JSON Schema (:data:`poolkit.entrypoints.server.openapi.UNSTATED_RULES`), or for
-    a body with a number like ``256.0`` (the first of them, whatever field the 400 names: on
-    /invocations it is the message of the first request type of the body's shape)."""
+    """schemathesis' positive_data_acceptance, except for a refusal (:func:`_refusal`) that names one
+    of the rules the document lists as beyond JSON Schema
+    (:data:`poolkit.entrypoints.server.openapi.UNSTATED_RULES`), or for a body with a number like
+    ``256.0`` (the first of them, whatever field the 400 names: on /invocations it is the message
+    of the first request type of the body's shape)."""
     try:
         return positive_data_acceptance(ctx, response, case)
     except Exception:
-        message = response.json()["error"]["message"] if response.status_code == 400 else ""
+        message = _refusal(response)
         if not (any(words in message for words in UNSTATED_RULES.values()) or (message and _whole_floats(case.body))):
             raise
         return None
 
 
-def fuzz(app, headers: dict | None = None, examples: int = FUZZ_EXAMPLES) -> tuple[dict, int]:
-    """Every operation of ``app``'s document, positive and negative cases, all checks; the statuses
-    seen and the number of operations."""
+def invalid_data_refused_in_the_api_s_own_terms(ctx, response, case):
+    """schemathesis' negative_data_rejection, with TEI's statuses for a refusal on TEI's routes:
+    413 ``Validation`` (what is 400 elsewhere) and 424 ``Backend`` (a model of the wrong type)."""
+    try:
+        return negative_data_rejection(ctx, response, case)
+    except Exception:
+        body = _json(response)
+        tei = isinstance(body, dict) and (response.status_code, body.get("error_type")) in ((413, "Validation"), (424, "Backend"))
+        if not tei:
+            raise
+        return None
+
+
+def fuzz(app, headers: dict | None = None, examples: int = FUZZ_EXAMPLES, paths: tuple[str, ...] = ()) -> tuple[dict, int]:
+    """Every operation of ``app``'s document (or those of ``paths``), positive and negative cases,
+    all checks; the statuses seen and the number of operations."""
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     operations = [result.ok() for result in schema.get_all_operations()]
+    operations = [op for op in operations if not paths or op.path in paths]
     seen: dict[int, int] = {}
     for operation in operations:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
@@ -597,8 +630,8 @@ def fuzz(app, headers: dict | None = None, examples: int = FUZZ_EXAMPLES) -> tup
             def check(case):
                 response = case.call_and_validate(
                     headers=headers,
-                    excluded_checks=[positive_data_acceptance],
-                    additional_checks=[valid_data_accepted_but_for_unstated_rules],
+                    excluded_checks=[positive_data_acceptance, negative_data_rejection],
+                    additional_checks=[valid_data_accepted_but_for_unstated_rules, invalid_data_refused_in_the_api_s_own_terms],
                 )
                 seen[response.status_code] = seen.get(response.status_code, 0) + 1
 
@@ -613,8 +646,10 @@ def test_schema_fuzzing_with_every_check_finds_nothing(minilm):
     app = create_app(minilm, served_model_name="minilm", api_key=KEY, limits=ServerLimits(max_request_tokens=20_000))
     seen, operations = fuzz(app, headers=AUTH)
     print(f"\nschemathesis: {sum(seen.values())} requests over {operations} operations, statuses {dict(sorted(seen.items()))}")
-    assert operations == 14  # /classify is left out: all-MiniLM-L6-v2 does not classify
-    assert seen.get(200, 0) > 0 and seen.get(400, 0) > 0 and seen.get(401, 0) > 0
+    # /classify, TEI's /predict and /embed_sparse are left out: all-MiniLM-L6-v2 neither classifies nor
+    # embeds sparsely; /rerank and /tokenize are vLLM's and TEI's at once
+    assert operations == 20
+    assert seen.get(200, 0) > 0 and seen.get(400, 0) > 0 and seen.get(401, 0) > 0 and seen.get(422, 0) > 0
 
 
 @pytest.fixture(scope="module")
@@ -628,8 +663,16 @@ def test_schema_fuzzing_of_a_cross_encoder_finds_nothing(cross_encoder):
     """A one-label classifier: /classify, and scoring that takes score templates and instructions."""
     app = create_app(cross_encoder, served_model_name="ce", limits=ServerLimits(max_request_tokens=20_000))
     seen, operations = fuzz(app, examples=10)
-    assert operations == 13  # no /v1/embeddings, no /v2/embed: a cross-encoder does not embed
+    assert operations == 17  # no /v1/embeddings, /v2/embed, /embed, /embed_all, /similarity: a cross-encoder does not embed
     assert seen.get(200, 0) > 0 and seen.get(400, 0) > 0
+
+
+def test_schema_fuzzing_of_tei_s_sparse_routes_finds_nothing(splade_dir):
+    """SPLADE: TEI's /embed_sparse, and the root route answering as it."""
+    splade = LLM(str(splade_dir), hf_overrides={"architectures": ["BertSpladeSparseEmbeddingModel"]})
+    app = create_app(splade, served_model_name="splade", limits=ServerLimits(max_request_tokens=20_000))
+    seen, operations = fuzz(app, examples=15, paths=("/embed_sparse", "/"))
+    assert operations == 2 and seen.get(200, 0) > 0 and seen.get(422, 0) > 0
 
 
 def _openapi(app) -> dict:
@@ -648,14 +691,25 @@ def _valid(doc: dict, name: str, body) -> bool:
 
 def test_the_openapi_document_describes_what_the_server_answers(app, minilm):
     doc = _openapi(app)
-    assert '"422"' not in json.dumps(doc) and "HTTPValidationError" not in doc["components"]["schemas"]
-    error = {"$ref": "#/components/schemas/ErrorResponse"}
+    assert "HTTPValidationError" not in doc["components"]["schemas"]
+    error, tei_error = {"$ref": "#/components/schemas/ErrorResponse"}, {"$ref": "#/components/schemas/TeiErrorResponse"}
+    assert not {alias for alias in TEI_ALIASES} & set(doc["paths"])  # described under the paths they share
     for path in INFERENCE_ROUTES & set(doc["paths"]):
         answers = doc["paths"][path]["post"]["responses"]
         assert {"200", "400", "401", "404", "413", "415", "429", "500", "503"} <= set(answers), path
-        assert all(answers[s]["content"]["application/json"]["schema"] == error for s in answers if s != "200")
+        errors = [answers[s]["content"]["application/json"]["schema"] for s in answers if s != "200"]
+        if path in TEI_ROUTES:  # TEI's error body and statuses; never FastAPI's 422 body
+            assert {"422", "424"} <= set(answers) and all(e == tei_error for e in errors), path
+        elif path in SHARED_ROUTES:  # vLLM's and TEI's
+            assert {"422", "424"} <= set(answers)
+            assert all(e in (error, tei_error, {"anyOf": [error, tei_error]}) for e in errors), path
+            assert answers["400"]["content"]["application/json"]["schema"] == {"anyOf": [error, tei_error]}
+        else:
+            assert "422" not in answers and all(e == error for e in errors), path
         assert "Retry-After" in answers["429"]["headers"] and "WWW-Authenticate" in answers["401"]["headers"]
         assert doc["paths"][path]["post"]["security"] == [{"apiKey": []}]
+    assert doc["paths"]["/info"]["get"]["security"] == [{"apiKey": []}]
+    assert doc["paths"]["/embed_all"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]["type"] == "array"
     assert doc["components"]["securitySchemes"]["apiKey"] == {"type": "http", "scheme": "bearer"}
     assert set(doc["paths"]["/metrics"]["get"]["responses"]["200"]["content"]) == {"text/plain"}
     assert "application/octet-stream" in doc["paths"]["/v1/embeddings"]["post"]["responses"]["200"]["content"]
@@ -677,14 +731,25 @@ def test_the_openapi_document_describes_what_the_server_answers(app, minilm):
         ("ScoreRequest", {"text_1": "a"}),
         ("CohereEmbedRequest", {"texts": ["a"], "images": ["data:image/png;base64,AA=="]}),
         ("TokenizeRequest", {}),
+        ("EmbedRequest", {"inputs": [True, False]}),  # TEI's
+        ("EmbedRequest", {"inputs": ""}),
+        ("EmbedRequest", {"inputs": [[]]}),
+        ("EmbedRequest", {"inputs": [minilm.model.hf_config.vocab_size]}),
+        ("EmbedRequest", {"inputs": "a", "normalize": "yes"}),
+        ("EmbedRequest", {"inputs": "a", "truncation_direction": "up"}),
+        ("EmbedRequest", {"inputs": "a", "prompt_name": "query"}),  # the model has no prompts
+        ("DecodeRequest", {"ids": ["7592"]}),
+        ("TeiRerankRequest", {"query": "q", "texts": []}),
     ):
         assert not _valid(doc, name, body), (name, body)
         path = {"RerankRequest": "/v2/rerank", "EmbeddingRequest": "/v1/embeddings", "ScoreRequest": "/score",
-                "CohereEmbedRequest": "/v2/embed", "TokenizeRequest": "/tokenize"}[name]
+                "CohereEmbedRequest": "/v2/embed", "TokenizeRequest": "/tokenize", "EmbedRequest": "/embed",
+                "DecodeRequest": "/decode", "TeiRerankRequest": "/rerank"}[name]
         with TestClient(app, headers=AUTH) as c:
             answer = c.post(path, json=body)
-        assert answer.status_code in (400, 404), (name, body, answer.text)  # and the server refuses it
+        assert answer.status_code in (400, 404, 413, 422), (name, body, answer.text)  # and the server refuses it
     for name, body in (
+        ("EmbedRequest", {"inputs": ["a", [101, 102]], "truncation_direction": "LEFT", "model": "minilm"}),
         ("RerankRequest", {"documents": ["b", {"text": "c"}], "query": "q", "top_n": 0}),
         ("EmbeddingRequest", {"input": [[101, 102]], "model": "minilm", "encoding_format": None}),
         ("ScoreRequest", {"queries": "a", "documents": ["b", "c"]}),

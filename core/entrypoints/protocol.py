@@ -60,7 +60,7 @@ RESERVED_TEMPLATE_KWARGS = (
 )
 
 
-def _list_of(item: dict) -> dict:
+def list_of(item: dict) -> dict:
     return {"type": "array", "minItems": 1, "items": item}
 
 
@@ -117,10 +117,10 @@ def _check_texts(value: Any, handler: Any) -> Any:
 PromptInput = Annotated[
     Union[StrictStr, List[StrictStr], List[StrictInt], List[List[StrictInt]]],
     WrapValidator(_check_prompt_input),
-    schema({"anyOf": [TEXT, _list_of(TEXT), TOKEN_IDS, _list_of(TOKEN_IDS)]}),
+    schema({"anyOf": [TEXT, list_of(TEXT), TOKEN_IDS, list_of(TOKEN_IDS)]}),
 ]
 TextInput = Annotated[
-    Union[StrictStr, List[StrictStr]], WrapValidator(_check_texts), schema({"anyOf": [TEXT, _list_of(TEXT)]})
+    Union[StrictStr, List[StrictStr]], WrapValidator(_check_texts), schema({"anyOf": [TEXT, list_of(TEXT)]})
 ]
 Text = Annotated[StrictStr, schema(TEXT)]
 Positive = Annotated[StrictInt, schema(POSITIVE)]
@@ -155,7 +155,7 @@ def _is_messages(value: Any) -> bool:
 class _Chat(BaseModel):
     messages: Annotated[
         Optional[Union[List[Dict[str, Any]], List[List[Dict[str, Any]]]]],
-        schema({"anyOf": [CONVERSATION, _list_of(CONVERSATION), {"type": "null"}]}),
+        schema({"anyOf": [CONVERSATION, list_of(CONVERSATION), {"type": "null"}]}),
     ] = Field(
         None,
         description="Chat-style input rendered with the chat template (--chat-template, else the tokenizer's): "
@@ -313,7 +313,7 @@ class RerankRequest(_Body, _Tokenization, _Activation, _ScoreLimits, _ScoreTempl
     query: Text
     documents: Annotated[
         Union[StrictStr, List[Union[StrictStr, RerankDocument]]],
-        schema({"anyOf": [TEXT, _list_of({"anyOf": [TEXT, {"type": "object", "required": ["text"], "properties": {"text": TEXT}}]})]}),
+        schema({"anyOf": [TEXT, list_of({"anyOf": [TEXT, {"type": "object", "required": ["text"], "properties": {"text": TEXT}}]})]}),
     ] = Field(
         description="The documents, or one document as a string (vLLM)."
     )
@@ -357,15 +357,15 @@ class CohereEmbedRequest(_Body):
 
     model_config = ConfigDict(json_schema_extra=one_of("texts", "images", "inputs"))
 
-    texts: Optional[Annotated[List[StrictStr], schema(_list_of(TEXT))]] = None
-    images: Optional[Annotated[List[StrictStr], schema(_list_of({"type": "string", "pattern": "^data:"}))]] = Field(
+    texts: Optional[Annotated[List[StrictStr], schema(list_of(TEXT))]] = None
+    images: Optional[Annotated[List[StrictStr], schema(list_of({"type": "string", "pattern": "^data:"}))]] = Field(
         None, description="Images as data:image/...;base64 URIs."
     )
     inputs: Optional[Annotated[List[CohereInput], Field(json_schema_extra={"minItems": 1})]] = None
     input_type: Optional[StrictStr] = None
     embedding_types: Annotated[
         List[Literal["float", "binary", "ubinary", "base64"]],
-        schema(_list_of({"enum": ["float", "binary", "ubinary", "base64"]})),
+        schema(list_of({"enum": ["float", "binary", "ubinary", "base64"]})),
     ] = ["float"]
     output_dimension: Optional[Positive] = None
     truncate: Literal["NONE", "START", "END"] = "END"

@@ -354,7 +354,7 @@ class Guard:
         except Exception:  # a bug: log it, answer a sanitised 500
             logger.exception("unhandled error on %s %s", method, route)
             if not status[0]:
-                await send_error(send_wrapper, ApiError(500, "internal server error"))
+                await send_error(send_wrapper, ApiError(500, "internal server error"), tei=scope.get(API) == "tei")
         finally:
             if admitted:
                 st.in_flight -= 1

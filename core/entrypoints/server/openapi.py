@@ -26,7 +26,7 @@ from fastapi.openapi.utils import get_openapi
 from ...api.pairs import SIDE_LIMITS
 from ...contracts.errors import PoolkitError
 from ..protocol import SCORE_PAIRS, given
-from .guard import INFERENCE_ROUTES, PROTECTED_ROUTES
+from .guard import INFERENCE_ROUTES, PROTECTED_ROUTES, SHARED_ROUTES, TEI_ALIASES, TEI_ROUTES
 
 if TYPE_CHECKING:
     from .state import ModelState, ServerState
@@ -45,6 +45,9 @@ UNSTATED_RULES = {
     "a chat template can refuse the messages it renders": "cannot apply the chat template",
     "the rendered chat has tokens": "the rendered chat has no tokens",
     "a text is not only characters the tokenizer drops": "has no tokens",
+    "an instruction needs a score template to go into, which a model scoring plain text pairs has not":
+        "instruction needs a score template",
+    "a response is at most --max-response-bytes (the results' numbers in the request's encoding)": "(--max-response-bytes)",
     "score template variables (chat_template_kwargs besides prompt, prompt_name and restore_suffix) need a template "
     "to fill, which a model scoring plain text pairs has not": "need a chat template",
 }
@@ -65,6 +68,14 @@ _ERROR = {
         }
     },
 }
+_TEI_ERROR = {
+    "type": "object",
+    "required": ["error", "error_type"],
+    "properties": {
+        "error": {"type": "string", "description": "One line, at most 500 characters."},
+        "error_type": {"enum": ["Empty", "Validation", "Tokenizer", "Backend", "Overloaded", "Unhealthy"]},
+    },
+}
 _RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "string"}}}
 _ANSWERS = {
     400: ("The request is not valid: a malformed body, a value out of range, or what the model cannot do.", None),
@@ -78,6 +89,22 @@ _ANSWERS = {
     503: ("The model is loading or failed to load, or the server is shutting down.", None),
 }
 _INFERENCE = (400, 401, 404, 413, 415, 429, 500, 501, 503)
+#: TEI's routes: their statuses and what each means there (TEI's ``ErrorType``s), answered with
+#: TEI's error body ``{"error", "error_type"}``.
+_TEI_ANSWERS = {
+    400: "Empty: an empty input, batch or list of texts.",
+    401: "No valid API key: send 'Authorization: Bearer <key>'.",
+    404: "The request names a model the server does not serve.",
+    413: "Validation: a batch over --max-client-batch-size, an input over the model's limit without truncation, an "
+    "unknown prompt, too many tokens, a body over --payload-limit or a response over --max-response-bytes.",
+    415: "Validation: the body is not JSON (Content-Type must be application/json).",
+    422: "Validation: the body is not of the route's shape or types.",
+    424: "Backend: the model is not of the route's type, or it produced a non-finite value.",
+    429: "Overloaded: too many requests in flight or queued: retry after Retry-After.",
+    500: "Backend: the server failed.",
+    503: "Unhealthy: the model is loading or failed to load, or the server is shutting down.",
+}
+_TEI_OTHERS = {"/info": (401, 404, 503)}
 #: The statuses of the other operations (without the API key's 401, added where it applies).
 _OTHERS = {"/v1/models": (401, 500, 503), "/health": (503,), "/metrics": ()}
 #: Operations whose 200 may carry raw tensors (``encoding_format`` ``bytes`` / ``bytes_only``).
@@ -111,6 +138,7 @@ def openapi_document(app: FastAPI, st: "ServerState") -> dict[str, Any]:
     for name in ("HTTPValidationError", "ValidationError"):
         schemas.pop(name, None)
     schemas["ErrorResponse"] = copy.deepcopy(_ERROR)
+    schemas["TeiErrorResponse"] = copy.deepcopy(_TEI_ERROR)
     if st.key_digest is not None:
         doc["components"]["securitySchemes"] = {"apiKey": {"type": "http", "scheme": "bearer"}}
     for path, methods in doc["paths"].items():
@@ -118,15 +146,54 @@ def openapi_document(app: FastAPI, st: "ServerState") -> dict[str, Any]:
             _answers(path, method, operation, st)
     if len(st.models) == 1 and st.ready:  # several models: each request's model decides
         _bound(doc, st.first)
+    _merge_shared(doc)
     return doc
+
+
+def _merge_shared(doc: dict[str, Any]) -> None:
+    """Describe each path TEI shares with vLLM (:data:`~poolkit.entrypoints.server.guard.SHARED_ROUTES`) as
+    one operation: vLLM's body, or TEI's without any of vLLM's fields, and either API's answers."""
+    paths = doc["paths"]
+    for path, (alias, _, own_fields) in SHARED_ROUTES.items():
+        tei = paths.pop(alias, {}).get("post")
+        own = paths.get(path, {}).get("post")
+        if tei is None or own is None:
+            continue
+        body = ("requestBody", "content", "application/json", "schema")
+        own_body, tei_body = _at(own, body), _at(tei, body)
+        not_own = {"not": {"anyOf": [{"required": [field]} for field in own_fields]}}
+        own["requestBody"]["content"]["application/json"]["schema"] = {"anyOf": [own_body, {"allOf": [tei_body, not_own]}]}
+        own["summary"] = f"{own.get('summary', '')} With TEI's fields instead: {tei.get('summary', '')}"
+        for status, answer in tei["responses"].items():
+            mine = own["responses"].setdefault(status, answer)
+            if mine is answer:
+                continue
+            for media, content in answer.get("content", {}).items():
+                held = mine.setdefault("content", {}).setdefault(media, content)
+                if held is not content:
+                    held["schema"] = {"anyOf": [held.get("schema", {}), content.get("schema", {})]}
+            mine.setdefault("headers", {}).update(answer.get("headers", {}))
+            if not mine["headers"]:
+                del mine["headers"]
+            if answer["description"] != mine["description"]:
+                mine["description"] = f"{mine['description']} TEI: {answer['description']}"
+
+
+def _at(tree: dict[str, Any], keys: tuple[str, ...]) -> Any:
+    for key in keys:
+        tree = tree[key]
+    return tree
 
 
 def _description(text: str) -> str:
     rules = "".join(f"\n- {rule}" for rule in UNSTATED_RULES)
     return (
         f"{text}\n\nEvery error is `{{\"error\": {{\"message\", \"type\", \"param\", \"code\"}}}}` with a 4xx or 5xx "
-        "status; a method a path does not take is a 405, an unknown path a 404, headers not complete within "
-        "--header-timeout a 408. Besides each request's schema, these rules apply:" + rules
+        "status, and on Text Embeddings Inference's routes TEI's `{\"error\", \"error_type\"}` with TEI's statuses; a "
+        "method a path does not take is a 405, an unknown path a 404, headers not complete within --header-timeout or "
+        "a body not complete within --body-timeout a 408 (and the connection is closed). /rerank and /tokenize take "
+        "TEI's bodies too: one with TEI's fields (texts; inputs) and none of vLLM's goes to TEI's route. Besides each "
+        "request's schema, these rules apply:" + rules
     )
 
 
@@ -146,17 +213,23 @@ def _answers(path: str, method: str, operation: dict[str, Any], st: "ServerState
         responses["200"]["content"]["application/octet-stream"] = {
             "schema": {"type": "string", "format": "binary"},
         }
-    statuses = _INFERENCE if path in INFERENCE_ROUTES and method == "post" else _OTHERS.get(path, ())
-    protected = path in PROTECTED_ROUTES and st.key_digest is not None
+    tei = path in TEI_ROUTES or path in TEI_ALIASES
+    inference = (path in INFERENCE_ROUTES or path in TEI_ALIASES) and method == "post"
+    if tei:
+        statuses = tuple(_TEI_ANSWERS) if inference else _TEI_OTHERS.get(path, ())
+    else:
+        statuses = _INFERENCE if inference else _OTHERS.get(path, ())
+    protected = (path in PROTECTED_ROUTES or path in TEI_ALIASES) and st.key_digest is not None
     for status in statuses:
         if status == 401 and not protected:
             continue
-        text, headers = _ANSWERS[status]
-        if status == 503 and path in INFERENCE_ROUTES:
+        text, headers = (_TEI_ANSWERS[status], _ANSWERS.get(status, ("", None))[1]) if tei else _ANSWERS[status]
+        if status == 503 and inference:
             headers = _RETRY_AFTER
+        error = "TeiErrorResponse" if tei else "ErrorResponse"
         answer: dict[str, Any] = {
             "description": text,
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{error}"}}},
         }
         if headers:
             answer["headers"] = copy.deepcopy(headers)
@@ -168,6 +241,12 @@ def _answers(path: str, method: str, operation: dict[str, Any], st: "ServerState
 # -- the loaded model's bounds ---------------------------------------------------------------------
 
 _NULL = {"type": "null"}
+#: The request schemas of TEI's routes, whose fields (``inputs``, ``ids``, ``prompt_name``,
+#: ``sentences``) get the model's bounds.
+TEI_SCHEMAS = frozenset(
+    {"EmbedRequest", "EmbedAllRequest", "EmbedSparseRequest", "PredictRequest", "TeiRerankRequest", "SimilarityInput",
+     "SimilarityParameters", "TeiTokenizeRequest", "DecodeRequest"}
+)
 
 
 def _bound(doc: dict[str, Any], st: "ModelState") -> None:
@@ -184,6 +263,7 @@ def _bound(doc: dict[str, Any], st: "ModelState") -> None:
     templated = _takes_score_template(llm)
     images = "image" in getattr(llm.model.architecture, "input_modalities", ("text",))
     known_input_types = input_types(llm)
+    prompts = sorted(llm.model.prompts or {})
     for name, schema in doc["components"]["schemas"].items():
         props = schema.get("properties", {})
         for field, sub in props.items():
@@ -216,13 +296,28 @@ def _bound(doc: dict[str, Any], st: "ModelState") -> None:
                 props[field] = _NULL
             elif field == "input_type":
                 props[field] = {"anyOf": [{"enum": known_input_types}, _NULL]} if known_input_types else _NULL
-            if field in ("input", "texts", "documents"):
-                limit = st.limits.max_inputs_per_request
+            elif field == "prompt_name" and name in TEI_SCHEMAS:
+                props[field] = {"anyOf": [{"enum": prompts}, _NULL]} if prompts else _NULL
+            elif field in ("inputs", "ids") and name in TEI_SCHEMAS and st.vocab:
+                _each(sub, lambda s: s.get("type") == "integer" and s.update(maximum=st.vocab - 1))
+            limit = st.limits.max_inputs_per_request
+            if field in ("input", "texts", "documents") or (field == "inputs" and name in TEI_SCHEMAS):
                 _each(sub, lambda s: s.get("type") == "array" and s.get("items", {}).get("type") != "integer"
                       and s.setdefault("maxItems", limit), depth=1)
+            elif field == "sentences" and name in TEI_SCHEMAS:  # with the source sentence, a batch
+                _each(sub, lambda s: s.get("type") == "array" and s.setdefault("maxItems", limit - 1), depth=0)
     invocations = doc["paths"].get("/invocations", {}).get("post")
     if invocations is not None:
         invocations["requestBody"]["content"]["application/json"]["schema"] = _invocation_body(llm)
+    root = doc["paths"].get("/", {}).get("post")
+    if root is not None:  # the routes TEI's root answers as for this model
+        from .routes_tei import ANSWERS, ROOT_BODIES, root_paths
+
+        chosen = root_paths(llm)
+        root["requestBody"]["content"]["application/json"]["schema"] = {
+            "anyOf": [{"$ref": f"#/components/schemas/{ROOT_BODIES[path]}"} for path in chosen]
+        }
+        root["responses"]["200"]["content"]["application/json"]["schema"] = {"anyOf": [ANSWERS[path] for path in chosen]}
 
 
 def _invocation_body(llm: Any) -> dict[str, Any]:
@@ -250,10 +345,14 @@ def _served_paths(llm: Any, tasks: list[str]) -> Callable[[str], bool]:
     from .routes_vllm import RERANK_PATHS, SCORE_PATHS, has_scorer
 
     scores = has_scorer(llm)
-    needs = {"/v1/embeddings": "embed", "/v2/embed": "embed", "/classify": "classify"}
+    needs = {
+        "/v1/embeddings": "embed", "/v2/embed": "embed", "/classify": "classify",
+        "/embed": "embed", "/similarity": "embed", "/embed_all": "token_embed", "/embed_sparse": "sparse_embed",
+        "/predict": "classify",
+    }
 
     def served(path: str) -> bool:
-        if path in SCORE_PATHS + RERANK_PATHS:
+        if path in (*SCORE_PATHS, *RERANK_PATHS, SHARED_ROUTES["/rerank"][0]):
             return scores
         return path not in needs or needs[path] in tasks
 

@@ -16,18 +16,19 @@ poolkit's message with TEI's status and type.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import numpy as np
 import torch
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from ...contracts.io import Prompt
+from ... import __version__
 from ...contracts.params import PoolingParams
 from ...runtime.estimates import tokens_of_text
-from ... import __version__
+from ..protocol import POSITIVE, TEXT, TOKEN_IDS, list_of, schema
 from .deps import Model, State, loaded_llm
 from .errors import ApiError, validation_message
 from .guard import StrictRoute
@@ -37,7 +38,8 @@ from .state import ModelState
 from .wire import dump, dump_arrays, respond
 from .work import check_tokens, run_task, until_done
 
-#: TEI's own OpenAPI document describes these routes; poolkit's ``/openapi.json`` leaves them out.
+#: In ``/openapi.json`` with TEI's error body (:mod:`poolkit.entrypoints.server.openapi`); the paths
+#: TEI shares with vLLM there describe both APIs' bodies.
 router = APIRouter(route_class=StrictRoute)
 
 #: The task each route runs (TEI's model types in poolkit's task names).
@@ -65,9 +67,19 @@ def _lower(value: Any) -> Any:
 #: ``Left`` or ``Right`` in any case (TEI's clients send ``Left``/``Right``, others ``left``).
 Direction = Annotated[
     Literal["left", "right"], BeforeValidator(_lower),
-    WithJsonSchema({"type": "string", "pattern": "^([Ll][Ee][Ff][Tt]|[Rr][Ii][Gg][Hh][Tt])$"}),
+    schema({"type": "string", "pattern": "^([Ll][Ee][Ff][Tt]|[Rr][Ii][Gg][Hh][Tt])$"}),
 ]
-Inputs = Union[str, list[int], list[Union[str, list[int]]]]
+#: A text, token ids, or a batch of them.
+Inputs = Annotated[
+    Union[str, list[int], list[Union[str, list[int]]]],
+    schema({"anyOf": [TEXT, TOKEN_IDS, list_of({"anyOf": [TEXT, TOKEN_IDS]})]}),
+]
+Text = Annotated[str, schema(TEXT)]
+Texts = Annotated[list[str], schema(list_of(TEXT))]
+#: TEI's ``/predict`` inputs: a text, ``[text]`` or a pair ``[text, text]``, or a batch of those.
+_ONE_OR_TWO = {"type": "array", "minItems": 1, "maxItems": 2, "items": TEXT}
+PredictInputs = Annotated[Union[str, list[str], list[list[str]]], schema({"anyOf": [TEXT, _ONE_OR_TWO, list_of(_ONE_OR_TWO)]})]
+PromptName = Annotated[Optional[str], Field(None, description="A prompt of the model's sentence-transformers config.")]
 
 
 class _Truncation(_Tei):
@@ -78,13 +90,13 @@ class _Truncation(_Tei):
 class EmbedRequest(_Truncation):
     inputs: Inputs
     normalize: bool = True
-    prompt_name: str | None = None
-    dimensions: int | None = None
+    prompt_name: PromptName = None
+    dimensions: Optional[Annotated[int, schema(POSITIVE)]] = None
 
 
 class EmbedAllRequest(_Truncation):
     inputs: Inputs
-    prompt_name: str | None = None
+    prompt_name: PromptName = None
 
 
 class EmbedSparseRequest(EmbedAllRequest):
@@ -92,28 +104,28 @@ class EmbedSparseRequest(EmbedAllRequest):
 
 
 class PredictRequest(_Truncation):
-    inputs: Union[str, list[str], list[list[str]]]
+    inputs: PredictInputs
     raw_scores: bool = False
 
 
 class TeiRerankRequest(_Truncation):
-    query: str
-    texts: list[str]
+    query: Text
+    texts: Texts
     raw_scores: bool = False
     return_text: bool = False
 
 
 class SimilarityInput(BaseModel):
     model_config = ConfigDict(strict=True)
-    source_sentence: str
-    sentences: list[str]
+    source_sentence: Text
+    sentences: Texts
 
 
 class SimilarityParameters(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
     truncate: bool | None = None
     truncation_direction: Direction = "right"
-    prompt_name: str | None = None
+    prompt_name: PromptName = None
 
 
 class SimilarityRequest(_Tei):
@@ -122,14 +134,65 @@ class SimilarityRequest(_Tei):
 
 
 class TeiTokenizeRequest(_Tei):
-    inputs: Union[str, list[str]]
+    inputs: Annotated[Union[str, list[str]], schema({"anyOf": [TEXT, list_of(TEXT)]})]
     add_special_tokens: bool = True
-    prompt_name: str | None = None
+    prompt_name: PromptName = None
 
 
 class DecodeRequest(_Tei):
-    ids: Union[list[int], list[list[int]]]
+    ids: Annotated[Union[list[int], list[list[int]]], schema({"anyOf": [TOKEN_IDS, list_of(TOKEN_IDS)]})]
     skip_special_tokens: bool = True
+
+
+# -- answers, for /openapi.json --------------------------------------------------------------------
+
+_NUMBERS = {"type": "array", "items": {"type": "number"}}
+_SPARSE = {
+    "type": "array",
+    "items": {"type": "object", "required": ["index", "value"],
+              "properties": {"index": {"type": "integer", "minimum": 0}, "value": {"type": "number"}}},
+}
+_PREDICTIONS = {
+    "type": "array",
+    "items": {"type": "object", "required": ["score", "label"], "properties": {"score": {"type": "number"}, "label": {"type": "string"}}},
+}
+_TOKEN = {
+    "type": "object",
+    "required": ["id", "text", "special", "start", "stop"],
+    "properties": {
+        "id": {"type": "integer"}, "text": {"type": "string"}, "special": {"type": "boolean"},
+        "start": {"type": ["integer", "null"]}, "stop": {"type": ["integer", "null"]},
+    },
+}
+_RANKS = {
+    "type": "array",
+    "items": {"type": "object", "required": ["index", "score"],
+              "properties": {"index": {"type": "integer", "minimum": 0}, "text": {"type": "string"}, "score": {"type": "number"}}},
+}
+_INFO = {
+    "type": "object",
+    "required": ["model_id", "model_dtype", "model_type", "max_input_length", "max_client_batch_size", "auto_truncate", "version"],
+    "properties": {"model_type": {"type": "object"}, "max_input_length": {"type": ["integer", "null"]}},
+}
+#: What each TEI operation answers with 200 (TEI's ``router/src/http/types.rs``).
+ANSWERS = {
+    "/embed": {"type": "array", "items": _NUMBERS},
+    "/embed_all": {"type": "array", "items": {"type": "array", "items": _NUMBERS}},
+    "/embed_sparse": {"type": "array", "items": _SPARSE},
+    "/predict": {"anyOf": [_PREDICTIONS, {"type": "array", "items": _PREDICTIONS}]},
+    "/tei/rerank": _RANKS,
+    "/similarity": _NUMBERS,
+    "/tei/tokenize": {"type": "array", "items": {"type": "array", "items": _TOKEN}},
+    "/decode": {"type": "array", "items": {"type": "string"}},
+    "/info": _INFO,
+}
+#: The request bodies of TEI's root route, by the route it answers as (see :func:`root_paths`).
+ROOT_BODIES = {"/embed": "EmbedRequest", "/embed_sparse": "EmbedSparseRequest", "/predict": "PredictRequest", "/similarity": "SimilarityRequest"}
+
+
+def _answer(path: str) -> dict[str, Any]:
+    """The operation's ``openapi_extra``: its 200's schema."""
+    return {"responses": {"200": {"description": "Successful Response", "content": {"application/json": {"schema": ANSWERS[path]}}}}}
 
 
 # -- shared checks ---------------------------------------------------------------------------------
@@ -213,7 +276,7 @@ async def _arrays(payload: Any, size: int) -> Response:
 # -- embeddings ------------------------------------------------------------------------------------
 
 
-@router.post("/embed", summary="Embeddings (TEI).")
+@router.post("/embed", summary="Embeddings (TEI).", openapi_extra=_answer("/embed"))
 async def embed(body: EmbedRequest, request: Request, st: State, llm: Model) -> Response:
     check_model(st, body.model)
     _needs(llm, EMBED, "Model is not an embedding model")
@@ -230,7 +293,7 @@ async def embed(body: EmbedRequest, request: Request, st: State, llm: Model) -> 
     return await _arrays(_floats(rows), sum(r.numel() for r in rows))
 
 
-@router.post("/embed_all", summary="Every token's vector (TEI).")
+@router.post("/embed_all", summary="Every token's vector (TEI).", openapi_extra=_answer("/embed_all"))
 async def embed_all(body: EmbedAllRequest, request: Request, st: State, llm: Model) -> Response:
     check_model(st, body.model)
     _needs(llm, TOKEN_EMBED, "Model is not an embedding model")
@@ -240,7 +303,7 @@ async def embed_all(body: EmbedAllRequest, request: Request, st: State, llm: Mod
     return await _arrays(_floats(rows), sum(r.numel() for r in rows))
 
 
-@router.post("/embed_sparse", summary="Sparse (SPLADE) vectors as index/value pairs (TEI).")
+@router.post("/embed_sparse", summary="Sparse (SPLADE) vectors as index/value pairs (TEI).", openapi_extra=_answer("/embed_sparse"))
 async def embed_sparse(body: EmbedSparseRequest, request: Request, st: State, llm: Model) -> Response:
     check_model(st, body.model)
     _needs(llm, SPARSE_EMBED, "Model is not an embedding model with SPLADE pooling")
@@ -259,7 +322,7 @@ async def embed_sparse(body: EmbedSparseRequest, request: Request, st: State, ll
     return await respond(build, sum(r.numel() for r in rows))
 
 
-@router.post("/similarity", summary="Cosine similarity of sentences to a source sentence (TEI).")
+@router.post("/similarity", summary="Cosine similarity of sentences to a source sentence (TEI).", openapi_extra=_answer("/similarity"))
 async def similarity(body: SimilarityRequest, request: Request, st: State, llm: Model) -> Response:
     check_model(st, body.model)
     _needs(llm, EMBED, "Model is not an embedding model")
@@ -304,7 +367,7 @@ def _predict_items(inputs: Any) -> tuple[list[Any], bool]:
     return items, batched
 
 
-@router.post("/predict", summary="Class scores of texts or text pairs (TEI).")
+@router.post("/predict", summary="Class scores of texts or text pairs (TEI).", openapi_extra=_answer("/predict"))
 async def predict(body: PredictRequest, request: Request, st: State, llm: Model) -> Response:
     check_model(st, body.model)
     _needs(llm, CLASSIFY, "Model is not a classifier model")
@@ -312,11 +375,10 @@ async def predict(body: PredictRequest, request: Request, st: State, llm: Model)
     _batch(st, len(items), batched)
     prompts: list[Any] = []
     for item in items:
-        if not any(item):
+        if not all(item):  # no empty text, in a pair either (as on every route)
             raise _empty()
         for text in item:
-            if text:
-                check_text(text, "inputs")
+            check_text(text, "inputs")
         prompts.append(item[0] if len(item) == 1 else Prompt(text=item[0], text_pair=item[1]))
     params = pooling_params(
         use_activation=_activation(llm, CLASSIFY, not body.raw_scores), **_truncation(st, body.truncate, body.truncation_direction)
@@ -335,7 +397,7 @@ async def predict(body: PredictRequest, request: Request, st: State, llm: Model)
     return await respond(build, sum(r.numel() for r in rows))
 
 
-@router.post("/tei/rerank", summary="Texts ranked by relevance to a query (TEI; reached as /rerank).")
+@router.post("/tei/rerank", summary="Texts ranked by relevance to a query (TEI; reached as /rerank).", openapi_extra=_answer("/tei/rerank"))
 async def rerank(body: TeiRerankRequest, request: Request, st: State, llm: Model) -> Response:
     check_model(st, body.model)
     if not body.texts:
@@ -369,7 +431,7 @@ def utf8_offsets(text: str) -> np.ndarray | None:
 
 
 
-@router.post("/tei/tokenize", summary="Tokens with their text and offsets (TEI; reached as /tokenize).")
+@router.post("/tei/tokenize", summary="Tokens with their text and offsets (TEI; reached as /tokenize).", openapi_extra=_answer("/tei/tokenize"))
 async def tokenize(body: TeiTokenizeRequest, request: Request, st: State, llm: Model) -> Response:
     check_model(st, body.model)
     texts = [body.inputs] if isinstance(body.inputs, str) else list(body.inputs)
@@ -414,7 +476,7 @@ async def tokenize(body: TeiTokenizeRequest, request: Request, st: State, llm: M
     return await respond(lambda: result, sum(map(len, result)))
 
 
-@router.post("/decode", summary="The text of token ids (TEI).")
+@router.post("/decode", summary="The text of token ids (TEI).", openapi_extra=_answer("/decode"))
 async def decode(body: DecodeRequest, request: Request, st: State, llm: Model) -> Response:
     check_model(st, body.model)
     ids = body.ids
@@ -437,7 +499,7 @@ async def decode(body: DecodeRequest, request: Request, st: State, llm: Model) -
 # -- the model and the root route ------------------------------------------------------------------
 
 
-@router.get("/info", summary="The served model and the server's limits (TEI).")
+@router.get("/info", summary="The served model and the server's limits (TEI).", openapi_extra=_answer("/info"))
 async def info(request: Request, st: State, llm: Model) -> Response:
     name = request.headers.get("x-model")
     if name is not None:
@@ -474,20 +536,38 @@ async def info(request: Request, st: State, llm: Model) -> Response:
     return Response(dump(payload), media_type="application/json")
 
 
-def _root_route(llm: Any) -> tuple[Any, type[BaseModel]]:
-    """The route and request model TEI's root route takes for ``llm``: TEI's choice by model type."""
+def root_paths(llm: Any) -> list[str]:
+    """The routes TEI's root route answers as for ``llm``: TEI's choice by model type, and
+    ``/similarity`` for a body of its shape on a model that embeds."""
     tasks = llm.supported_tasks
     if CLASSIFY in tasks and (EMBED not in tasks or len(llm.model.id2label) > 1):
-        return predict, PredictRequest
-    if SPARSE_EMBED in tasks:  # TEI: an embedding model with SPLADE pooling
-        return embed_sparse, EmbedSparseRequest
-    return embed, EmbedRequest
+        chosen = "/predict"
+    elif SPARSE_EMBED in tasks:  # TEI: an embedding model with SPLADE pooling
+        chosen = "/embed_sparse"
+    else:
+        chosen = "/embed"
+    return [chosen, "/similarity"] if EMBED in tasks else [chosen]
+
+
+#: The function and request model of each route the root route can answer as.
+_ROOT_ROUTES = {
+    "/embed": (embed, EmbedRequest), "/embed_sparse": (embed_sparse, EmbedSparseRequest),
+    "/predict": (predict, PredictRequest), "/similarity": (similarity, SimilarityRequest),
+}
 
 
 @router.post(
     "/",
     summary="TEI's root route (huggingface_hub.InferenceClient): the model's type picks /embed, /embed_sparse or "
     "/predict; a sentence_similarity body goes to /similarity.",
+    openapi_extra={
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {
+            "anyOf": [{"$ref": f"#/components/schemas/{name}"} for name in ROOT_BODIES.values()]
+        }}}},
+        "responses": {"200": {"description": "Successful Response", "content": {"application/json": {"schema": {
+            "anyOf": [ANSWERS[path] for path in ROOT_BODIES]
+        }}}}},
+    },
 )
 async def root(request: Request, st: State, llm: Model) -> Response:
     """As TEI, the model decides: a classifier predicts, a SPLADE model embeds sparsely, any other
@@ -499,9 +579,7 @@ async def root(request: Request, st: State, llm: Model) -> Response:
     except json.JSONDecodeError as exc:
         raise ApiError(400, f"invalid JSON: {exc.msg}", tei=(400, "Validation")) from None
     inputs = payload.get("inputs") if isinstance(payload, dict) else None
-    endpoint, model = (
-        (similarity, SimilarityRequest) if isinstance(inputs, dict) and "source_sentence" in inputs else _root_route(llm)
-    )
+    endpoint, model = _ROOT_ROUTES["/similarity" if isinstance(inputs, dict) and "source_sentence" in inputs else root_paths(llm)[0]]
     try:
         body = model.model_validate(payload)
     except ValidationError as exc:
@@ -509,8 +587,3 @@ async def root(request: Request, st: State, llm: Model) -> Response:
         raise ApiError(422, message, param, tei=(422, "Validation")) from None
     return await endpoint(body, request, st, llm)
 
-
-# TEI's own OpenAPI document describes these routes (and their errors, which are not poolkit's
-# ErrorResponse): poolkit's ``/openapi.json`` leaves them out.
-for _route in router.routes:
-    _route.include_in_schema = False
