@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -112,3 +113,47 @@ def test_loading_a_model_freezes_the_python_heap(tiny_encoders) -> None:
         before, frozen, n, width = map(int, result.stdout.split())
         assert before == 0 and n == 2 and width > 0
         assert (frozen > 10_000) is expect_frozen, (setting, frozen)
+
+
+CACHES = textwrap.dedent(
+    """
+    import json, os, sys, torch
+    from poolkit import LLM
+    from poolkit.runtime.allocator import ONEDNN_CACHE_VARIABLES, release_freed_memory
+
+    LLM(sys.argv[1])
+    def rss():
+        return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") >> 20
+    w = torch.randn(1536, 384, dtype=torch.bfloat16)
+    for m in range(1, 65):  # the caches filled to their bound
+        torch.nn.functional.linear(torch.randn(m, 384, dtype=torch.bfloat16), w)
+    release_freed_memory()
+    start = rss()
+    for m in range(65, 1265):  # a new row count each time, as a server's batches have
+        torch.nn.functional.linear(torch.randn(m, 384, dtype=torch.bfloat16), w)
+    release_freed_memory()
+    print(json.dumps({"grew_mib": rss() - start, "caches": [os.environ.get(n) for n in ONEDNN_CACHE_VARIABLES]}))
+    """
+)
+
+
+@glibc
+def test_onednn_caches_are_bounded_once_a_model_is_loaded(minilm_dir) -> None:
+    """oneDNN and ideep keep a bf16 matmul primitive per shape, about half a MiB each, 1,024 of each
+    by default: 1,200 new row counts grew a process by about 1 GiB (the soak of four models grew
+    50 MiB a minute). Loaded through poolkit, both caches hold ONEDNN_CACHE_CAPACITY entries."""
+    clean = {k: v for k, v in os.environ.items() if k not in allocator.ONEDNN_CACHE_VARIABLES}
+    run = subprocess.run([sys.executable, "-c", CACHES, str(minilm_dir)], env=clean, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["caches"] == [str(allocator.ONEDNN_CACHE_CAPACITY)] * 2
+    assert result["grew_mib"] < 150, result  # unbounded: 600 MiB and more
+
+
+def test_onednn_cache_settings_in_the_environment_are_left_alone(monkeypatch) -> None:
+    monkeypatch.setenv("LRU_CACHE_CAPACITY", "1024")
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    monkeypatch.setattr(allocator, "_TUNED", False)
+    allocator.tune_allocator()
+    assert os.environ["LRU_CACHE_CAPACITY"] == "1024"
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == str(allocator.ONEDNN_CACHE_CAPACITY)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 import torch
@@ -144,4 +145,22 @@ def test_a_failure_after_the_run_is_answered_and_the_worker_lives_on(minilm, mon
         asyncio.run(one())
     monkeypatch.undo()
     assert len(asyncio.run(one())) == 1
+    assert batcher.drain(5)
+
+
+def test_an_idle_batcher_hands_freed_memory_back_once(minilm, monkeypatch):
+    """What the last answers freed (serialised after their batch) goes back once the worker has
+    been idle TRIM_INTERVAL, not at the next batch: an idle server does not keep its busiest second
+    (the soak's memory "before" and "end" are idle samples). Nothing ran since: no more trims."""
+    import poolkit.runtime.batching as batching
+
+    calls = []
+    monkeypatch.setattr(batching, "release_freed_memory", lambda: calls.append(time.monotonic()))
+    monkeypatch.setattr(batching, "TRIM_INTERVAL", 0.5)
+    batcher = Batcher(minilm)
+    asyncio.run(_submit_one_by_one(batcher, minilm, TEXTS[:1]))  # one short text: well within 0.5 s
+    time.sleep(1.5)
+    assert len(calls) == 1  # the idle trim after the answer (the batch itself came too soon for one)
+    time.sleep(1.0)
+    assert len(calls) == 1  # idle with nothing run since: the worker just waits
     assert batcher.drain(5)

@@ -819,6 +819,32 @@ def test_bench_serve_loads_a_server_and_reads_its_memory(server):
     assert "status codes: 200:" in format_load(report)
 
     soak = LoadReport("u", 1, 600.0, 1, latencies=[0.1, 0.2], rss=[(0.0, 300.0), (61.0, 400.0), (600.0, 430.0)])
+    assert soak.as_dict()["rss_mb"]["before"] == 400.0  # without a warm-up: the first minute
     assert soak.as_dict()["rss_growth_after_first_minute"] == 0.075 and soak.as_dict()["soak_ok"] is True
     soak.rss.append((601.0, 450.0))
     assert soak.as_dict()["soak_ok"] is False
+
+    warmed = LoadReport("u", 1, 60.0, 1, latencies=[0.1], warmup=60.0, rss_before=500.0, rss=[(0.0, 300.0), (125.0, 540.0)])
+    assert warmed.as_dict()["rss_growth"] == 0.08 and warmed.as_dict()["soak_ok"] is True
+    warmed.warmup_routes["POST /embed [m]"][502] += 1  # a 5xx fails the soak, in the warm-up too
+    assert warmed.as_dict()["server_errors"] == 1 and warmed.as_dict()["soak_ok"] is False
+    warmed.warmup_routes["POST /embed [m]"]["ConnectionResetError"] += 1
+    assert warmed.as_dict()["connection_errors"] == 1
+
+
+def test_bench_serve_every_route_of_a_served_model(server):
+    """``--routes every`` on one embedder: each route it can run answers 200, the rest are listed
+    as skipped with the reason, and TEI's routes name the model in X-Model."""
+    from poolkit.entrypoints.bench.load import format_load, run_load
+
+    report = run_load(server.url, clients=4, seconds=3, inputs_per_request=2, routes="every").as_dict()
+    routes = report["routes"]
+    assert report["server_errors"] == 0 and report["connection_errors"] == 0, report["failures"]
+    assert {"POST /v1/embeddings [minilm]", "POST /embed [minilm]", "POST /tokenize (TEI) [minilm]", "GET /metrics"} <= set(routes)
+    answered = {label for label, route in routes.items() if route["requests"]}
+    assert answered == set(routes)  # 4 clients start at different entries: 3 s reach every one
+    assert {label for label, route in routes.items() if set(route["status_codes"]) != {"200"}} == set(), report["refusals"]
+    assert report["skipped_routes"]["POST /classify"] == "no served model has task 'classify'"
+    assert report["skipped_routes"]["POST /embed_sparse"] == "no served model has task 'sparse_embed'"
+    assert {"POST /score [minilm]", "POST /pooling embed [minilm]"} <= set(routes)  # an embedder scores by cosine
+    assert "skipped POST /classify" in format_load(report)

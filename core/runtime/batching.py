@@ -35,7 +35,8 @@ class ShuttingDown(PoolkitError):
     """The server is draining and takes no new work (HTTP 503)."""
 
 
-#: Least seconds between two returns of freed memory to the system (:func:`release_freed_memory`).
+#: Least seconds between two returns of freed memory to the system (:func:`release_freed_memory`)
+#: under load; an idle batcher returns it this long after its last batch.
 TRIM_INTERVAL = 1.0
 
 
@@ -154,10 +155,17 @@ class Batcher:
 
     def _loop(self) -> None:
         trimmed = time.monotonic()
+        ran = False  # batches ran since the last trim
         while True:
             with self._cond:
                 while not self._queue and not self._closing:
-                    self._cond.wait()
+                    # Idle: once the last answers are out (serialised and sent after the batch),
+                    # what they freed goes back too, else an idle server keeps its busiest second.
+                    if ran and not self._cond.wait(TRIM_INTERVAL) and not self._queue:
+                        release_freed_memory()
+                        trimmed, ran = time.monotonic(), False
+                    elif not ran:
+                        self._cond.wait()
                 if not self._queue and self._closing:
                     return
                 batch = [w for w in self._take() if not w.future.cancelled()]
@@ -173,9 +181,10 @@ class Batcher:
                 with self._cond:
                     self._busy = False
                     self._cond.notify_all()
+            ran = True
             if time.monotonic() - trimmed >= TRIM_INTERVAL:
                 release_freed_memory()
-                trimmed = time.monotonic()
+                trimmed, ran = time.monotonic(), False
 
     def _run(self, batch: list[_Work]) -> None:
         if batch[0].call is not None:

@@ -102,32 +102,62 @@ def poolkit_register_commands(app):
             typer.echo(json.dumps(report, indent=2) if as_json else format_table(report))
 
     @app.command("bench-serve")
-    @engine_options(help_overrides={"model": "Model the started server loads (without --url)."})
+    @engine_options(model_argument=True, help_overrides={"model": "Model the started server loads (without --url)."})
     def bench_serve(
         args: EngineArgs,
-        url: Optional[str] = typer.Option(None, "--url", help="A running server; default: start `poolkit serve` on the model."),
+        url: Optional[str] = typer.Option(None, "--url", help="A running server; default: start `poolkit serve` on the model(s)."),
+        models: Optional[list[str]] = typer.Option(
+            None, "--model", "-m",
+            help="A model the started server serves too (repeatable, after MODEL if one is given), as `poolkit serve --model`.",
+        ),
+        served_model_name: Optional[list[str]] = typer.Option(
+            None, "--served-model-name",
+            help="The started server's name for each model, in the same order, as `poolkit serve --served-model-name`.",
+        ),
+        cache_size: int = typer.Option(0, "--cache-size", help="The started server's --cache-size (0: no cache)."),
         clients: int = typer.Option(16, "--clients", "-c", help="Concurrent closed-loop clients."),
-        duration: float = typer.Option(60.0, "--duration", "-d", help="Seconds of load."),
-        inputs: int = typer.Option(8, "--inputs", help="Texts per request."),
-        endpoint: str = typer.Option("/v1/embeddings", "--endpoint", help="The route to load (OpenAI embeddings shape)."),
+        duration: float = typer.Option(60.0, "--duration", "-d", help="Seconds of load measured, after the warm-up."),
+        warmup: float = typer.Option(
+            60.0, "--warmup",
+            help="Seconds of the same load first, not counted; the server's RSS at its end is the soak's baseline "
+            "(0: no warm-up, the baseline is the RSS after the first minute).",
+        ),
+        inputs: int = typer.Option(8, "--inputs", help="Texts per request (on the routes that take a list)."),
+        routes: str = typer.Option(
+            "endpoint", "--routes",
+            help="endpoint: every request to --endpoint; every: each client's requests go in turn to every route of the "
+            "server (OpenAI, vLLM, Cohere, TEI, /v1/models, /health, /metrics), once per served model that can run it.",
+        ),
+        endpoint: str = typer.Option("/v1/embeddings", "--endpoint", help="The route to load with --routes endpoint (OpenAI embeddings shape)."),
         api_key: Optional[str] = typer.Option(None, "--api-key", envvar="POOLKIT_API_KEY", help="The server's API key."),
         server_log: Optional[str] = typer.Option(None, "--server-log", help="Where the started server writes its log."),
         as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     ) -> None:
-        """Load a server with concurrent clients: throughput, p50/p99, status codes, server RSS over time.
+        """Load a server with concurrent clients: throughput, p50/p99, status codes per route, server RSS over time.
 
-        A soak (--duration 600 or more) passes when the server's RSS at the end is within 10% of
-        its RSS after the first minute.
+        A warm-up (--warmup) runs first under the same load. A soak (--duration 600 or more;
+        --routes every for every route of several models) passes when no answer is a 5xx or a
+        connection error and the server's RSS at the end is within 10% of its RSS after the warm-up.
         """
         from .load import StartedServer, format_load, run_load
+        from .mix import ROUTE_MODES
 
         with errors():
             setup_logging(True, False)
-            started = StartedServer(args, server_log) if url is None else None
+            if routes not in ROUTE_MODES:  # before a server is started for nothing
+                from ...contracts.errors import InvalidRequest
+
+                raise InvalidRequest(f"unknown --routes '{routes}'; choose from {', '.join(ROUTE_MODES)}")
+            started = None
+            if url is None:
+                serve_flags = ["--cache-size", str(cache_size)] if cache_size else []
+                started = StartedServer(
+                    args, server_log, models=models or (), served_model_names=served_model_name or (), serve_flags=serve_flags
+                )
             try:
                 report = run_load(
                     url or started.url, clients=clients, seconds=duration, inputs_per_request=inputs,
-                    endpoint=endpoint, api_key=api_key,
+                    endpoint=endpoint, routes=routes, warmup=warmup, api_key=api_key,
                 ).as_dict()
             finally:
                 if started is not None:
