@@ -21,8 +21,10 @@ from ...contracts.errors import InvalidRequest
 #: What ``--routes`` takes.
 ROUTE_MODES = ("endpoint", "every")
 
-#: The ``/pooling`` tasks the mix sends, each where a model has it. ``token_classify`` is left out:
-#: on a masked-LM model (SPLADE) it answers a vocabulary-sized row per token, megabytes of JSON.
+#: The ``/pooling`` tasks the mix sends, each where a model has it, with one text a request (a
+#: token-level task answers a vector per token: more texts are megabytes of JSON).
+#: ``token_classify`` is left out: on a masked-LM model (SPLADE) it answers a vocabulary-sized
+#: row per token.
 POOLING_TASKS = ("embed", "token_embed", "classify", "sparse_embed")
 
 Body = Callable[[list[str]], dict[str, Any]]
@@ -100,14 +102,14 @@ def _vllm(m: ServedModel, body: dict[str, Any]) -> dict[str, Any]:
 def _pooling(task: str) -> Route:
     return Route(
         f"POST /pooling {task}", "POST", "/pooling", _has(task), f"task '{task}'",
-        lambda m, t: _vllm(m, {"task": task, "input": t}),
-        texts=1 if task == "token_embed" else None,  # a vector per token: one text is plenty of JSON
+        lambda m, t: _vllm(m, {"task": task, "input": t}), texts=1,
     )
 
 
 def _predict(m: ServedModel, t: list[str]) -> dict[str, Any]:
-    """TEI's ``/predict`` batch: pairs for a cross-encoder (what it scores), single texts otherwise."""
-    items = [[t[0], text] for text in t] if m.score_type == "cross-encoder" else [[text] for text in t]
+    """TEI's ``/predict`` batch: pairs for a classifier that scores (a cross-encoder: what it
+    scores are pairs), single texts otherwise."""
+    items = [[t[0], text] for text in t] if m.score_type is not None else [[text] for text in t]
     return {"inputs": items, "truncate": True}
 
 
