@@ -14,17 +14,17 @@ import sys
 
 _ON_DEVICE = """
 import torch
-import poolkit.kernels.maxsim, poolkit.kernels.pooling, poolkit.kernels.splade
+import poolkit.kernels.fused, poolkit.kernels.maxsim, poolkit.kernels.pooling, poolkit.kernels.splade
 
 def _on_device(fn):
     def run(*args, **kwargs):
         move = lambda a: a.to({device!r}) if isinstance(a, torch.Tensor) else a
         out = fn(*map(move, args), **{{k: move(v) for k, v in kwargs.items()}})
         torch.cuda.synchronize()
-        return out.cpu()
+        return tuple(o.cpu() for o in out) if isinstance(out, tuple) else out.cpu()
     return run
 
-for _module in (poolkit.kernels.maxsim, poolkit.kernels.pooling, poolkit.kernels.splade):
+for _module in (poolkit.kernels.fused, poolkit.kernels.maxsim, poolkit.kernels.pooling, poolkit.kernels.splade):
     for _name in dir(_module):
         if _name.endswith("_triton"):
             setattr(_module, _name, _on_device(getattr(_module, _name)))
