@@ -29,6 +29,7 @@ from ..plugins.lookup import row_planner
 from .allocator import tune_allocator
 from .columns import Collector, Encoded, Results, Tokens, gather_index, to_host
 from .estimates import CHARS_PER_TOKEN_GUESS
+from .standin import StandInDevice, from_environment
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +88,8 @@ class Engine:
             raise InvalidRequest("max_batch_tokens must be positive")
         if model.device.type == "cpu":
             tune_allocator()
+        #: A CPU stand-in for an accelerator (:mod:`poolkit.runtime.standin`), or ``None``.
+        self.standin: StandInDevice | None = from_environment()
         self._tokenizer_lock = threading.Lock()
         self._prompt_lengths: dict[tuple[str, bool], int] = {}
         #: Inputs cut to a truncation limit so far.
@@ -528,11 +531,17 @@ class Engine:
             raise InvalidRequest(f"prompt {first + int(empty[0])} has no tokens")
         return tokens
 
+    @property
+    def asynchronous(self) -> bool:
+        """Whether the device runs batches while the host goes on: an accelerator, or the CPU
+        with a stand-in device (:mod:`poolkit.runtime.standin`)."""
+        return self.model.device.type != "cpu" or self.standin is not None
+
     def slices(self, prompts: Sequence[Prompt]) -> list[tuple[int, int]]:
         """``(start, stop)`` ranges of ``prompts`` tokenized one after another while the device
         computes the previous one: about :data:`OVERLAP_BATCHES` token budgets of text each, by
         character count. One range on the CPU, where both would share the same cores."""
-        if self.model.device.type == "cpu" or len(prompts) < 2:
+        if not self.asynchronous or len(prompts) < 2:
             return [(0, len(prompts))]
         budget = OVERLAP_BATCHES * self.max_batch_tokens * CHARS_PER_TOKEN_GUESS
         ranges, start, chars = [], 0, 0
@@ -717,6 +726,8 @@ class Engine:
                 hidden = arch(batch.with_filler(rows))[: batch.num_tokens]
                 outputs = head(hidden, batch, [shared] * len(members) if shared is not None else [params[i] for i in members])
                 fetch = to_host(outputs)
+            if self.standin is not None:
+                fetch = self.standin.delayed(fetch, self.standin.launch(batch.num_tokens, started))
             self.compute_seconds += time.perf_counter() - started
             if pending is not None:
                 collected.add(*pending, progress)

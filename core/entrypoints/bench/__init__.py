@@ -16,7 +16,8 @@ same weights (:mod:`.exports`).
 The modules: :mod:`.corpus` (the texts), :mod:`.presets` (random-weight models),
 :mod:`.measure` (timings, FLOPs, peak RSS), :mod:`.base`, :mod:`.peers` and :mod:`.exports` (what poolkit is compared with),
 :mod:`.workloads` (W1..W10) and :mod:`.report`;
-:mod:`.load` is ``poolkit bench-serve``, the load and soak test of a server.
+:mod:`.load` is ``poolkit bench-serve``, the load and soak test of a server; :mod:`.standin`
+is ``poolkit bench-standin``, the host/device overlap on the CPU stand-in for an accelerator.
 """
 
 from __future__ import annotations
@@ -163,3 +164,28 @@ def poolkit_register_commands(app):
                 if started is not None:
                     started.stop()
             typer.echo(json.dumps(report, indent=2) if as_json else format_load(report))
+
+    @app.command("bench-standin")
+    def bench_standin(
+        model: str = typer.Argument(DEFAULT_MODEL, help="The model (a directory, or a preset of `poolkit bench`)."),
+        rate: float = typer.Option(200_000.0, "--rate", help="The stand-in device's tokens per second."),
+        texts: int = typer.Option(4000, "--texts", help="Texts of the corpus."),
+        words: float = typer.Option(40.0, "--words", help="Mean words per text."),
+        server: bool = typer.Option(True, "--server/--no-server", help="Also measure `poolkit serve` on the stand-in."),
+        clients: int = typer.Option(32, "--clients", "-c", help="The server's closed-loop clients."),
+        inputs: int = typer.Option(8, "--inputs", help="Texts per request to the server."),
+        duration: float = typer.Option(20.0, "--duration", "-d", help="Seconds of load on the server."),
+        as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    ) -> None:
+        """The host/device overlap on a CPU stand-in for an accelerator (a device clock of --rate
+        tokens/s that the host does not wait for): from token ids, tokenization alone, from text,
+        and served, each in tokens/s, with their ratios."""
+        from .standin import format_standin, measure
+
+        with errors():
+            setup_logging(True, False)
+            path, _ = resolve_bench_model(model)
+            report = measure(
+                path, rate, texts=texts, words=words, server=server, clients=clients, inputs=inputs, seconds=duration
+            )
+            typer.echo(json.dumps(report, indent=2) if as_json else format_standin(report))

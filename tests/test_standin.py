@@ -1,0 +1,106 @@
+"""The CPU stand-in for an accelerator (``poolkit.runtime.standin``): a device clock the host does
+not wait for, on which the engine overlaps tokenization with the device's work as on a GPU.
+
+Ordering, not speed, is tested here: results equal the CPU's, each slice of prompts after the
+first is tokenized while the device is busy with an earlier one, and bad settings are refused.
+The throughput against the stand-in's own rate is ``poolkit bench-standin``'s (docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+
+from poolkit import LLM
+from poolkit.contracts.errors import InvalidRequest
+from poolkit.entrypoints.bench.corpus import make_corpus
+from poolkit.runtime import standin
+from poolkit.runtime.standin import ENV, StandInDevice, attach
+
+TEXTS = make_corpus(300, 30, 0.6, seed=7)
+
+
+def _embed(llm: LLM) -> torch.Tensor:
+    return torch.tensor([o.outputs.embedding for o in llm.embed(TEXTS, tokenization_kwargs={"truncate_prompt_tokens": -1})])
+
+
+def test_the_stand_in_gives_the_cpu_s_results(tiny_encoders) -> None:
+    llm = LLM(str(tiny_encoders["bert"]), max_batch_tokens=512)
+    expected = _embed(llm)
+    assert not llm.engine.asynchronous and len(llm.engine.slices([None] * 300)) == 1
+    device = attach(llm, 1e7, keep_log=True)
+    assert llm.engine.asynchronous
+    assert torch.equal(_embed(llm), expected)
+    assert len(device.log) > 1 and device.busy_seconds > 0
+
+
+def test_each_slice_is_tokenized_while_the_device_runs_the_one_before(tiny_encoders, monkeypatch) -> None:
+    """As on a GPU: the first slice is tokenized before any device work; each later one, on the
+    worker thread, is done before the device has finished the slice before it, so the device
+    never waits for the tokenizer (its clock at 10,000 tokens/s: a slice of 8 budgets of 128
+    tokens is about 0.1 s of device time, its tokenization a few ms)."""
+    llm = LLM(str(tiny_encoders["bert"]), max_batch_tokens=128)
+    device = attach(llm, 10_000, keep_log=True)
+    tokenized: list[tuple[float, str]] = []  # when each slice's tokens were ready, and where
+    ran: list[float] = []  # when each slice's batches were all back from the device
+    engine = llm.engine
+    tokenize, run = engine._tokenized, engine._run
+
+    def recorded_tokenize(*args, **kwargs):
+        try:
+            return tokenize(*args, **kwargs)
+        finally:
+            tokenized.append((time.perf_counter(), threading.current_thread().name))
+
+    def recorded_run(*args, **kwargs):
+        try:
+            return run(*args, **kwargs)
+        finally:
+            ran.append(time.perf_counter())
+
+    monkeypatch.setattr(engine, "_tokenized", recorded_tokenize)
+    monkeypatch.setattr(engine, "_run", recorded_run)
+    _embed(llm)
+    assert len(tokenized) == len(ran) >= 3, (tokenized, ran)
+    assert all(name.startswith("poolkit-tokenize") for _, name in tokenized)
+    assert tokenized[0][0] <= device.log[0][0]  # nothing to run before the first slice
+    for k in range(1, len(ran)):
+        assert tokenized[k][0] < ran[k - 1], f"slice {k} was tokenized after the device finished slice {k - 1}"
+
+
+def test_the_environment_gives_every_engine_a_stand_in(tiny_encoders, monkeypatch) -> None:
+    monkeypatch.setenv(ENV, "250000")
+    llm = LLM(str(tiny_encoders["bert"]))
+    assert llm.engine.standin is not None and llm.engine.standin.rate == 250_000 and llm.engine.asynchronous
+    monkeypatch.setenv(ENV, "fast")
+    with pytest.raises(InvalidRequest, match=f"^{ENV} must be a number of tokens per second, got 'fast'$"):
+        standin.from_environment()
+    with pytest.raises(InvalidRequest, match="positive rate"):
+        StandInDevice(0)
+    monkeypatch.setenv(ENV, "")
+    assert standin.from_environment() is None
+
+
+def test_batches_queue_behind_each_other_on_the_device_clock() -> None:
+    device = StandInDevice(1000.0, keep_log=True)
+    first = device.launch(100)  # 0.1 s
+    second = device.launch(50)  # queued behind it
+    assert second == pytest.approx(first + 0.05)
+    started = time.perf_counter()
+    assert device.delayed(lambda: "rows", second)() == "rows"
+    assert time.perf_counter() - started >= second - started - 1e-3
+    assert device.busy_seconds == pytest.approx(0.15)
+
+
+def test_bench_standin_reports_every_stage(tiny_encoders) -> None:
+    from poolkit.entrypoints.bench.standin import format_standin, measure
+
+    report = measure(str(tiny_encoders["bert"]), 2e6, texts=200, reps=1, clients=4, inputs=4, seconds=2.0)
+    for key in ("from_ids", "tokenize", "from_text", "served"):
+        assert report[key] > 0, report
+    assert set(report["served_status_codes"]) == {"200"}
+    assert 0 < report["from_ids_vs_rate"] <= 1.05  # the device clock bounds it
+    assert "x the slower stage" in format_standin(report)
