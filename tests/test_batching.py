@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import pytest
@@ -163,4 +164,84 @@ def test_an_idle_batcher_hands_freed_memory_back_once(minilm, monkeypatch):
     assert len(calls) == 1  # the idle trim after the answer (the batch itself came too soon for one)
     time.sleep(1.0)
     assert len(calls) == 1  # idle with nothing run since: the worker just waits
+    assert batcher.drain(5)
+
+
+# -- the pipeline on an accelerator (here the CPU stand-in for one) -------------------------------
+
+
+@pytest.fixture
+def on_device(minilm):
+    """``minilm`` with a stand-in device fast enough not to slow the tests: its batcher pipelines."""
+    from poolkit.runtime.standin import attach
+
+    attach(minilm, 1e8)
+    yield minilm
+    minilm.engine.standin = None
+
+
+def test_on_a_device_the_next_batch_is_tokenized_while_the_last_runs(on_device, monkeypatch):
+    """Two threads: the worker tokenizes a merged batch (Engine.staged) and hands it on; the
+    device thread runs it and answers. Results are the one-thread batcher's."""
+    cpu = Batcher(on_device, max_batch_tokens=100_000)
+    assert cpu.pipelined
+    threads = {}
+    staged = on_device.engine.staged
+
+    def recorded(*args):
+        threads.setdefault("tokenized", set()).add(threading.current_thread().name)
+        run = staged(*args)
+
+        def running():
+            threads.setdefault("ran", set()).add(threading.current_thread().name)
+            return run()
+
+        return running
+
+    monkeypatch.setattr(on_device.engine, "staged", recorded)
+
+    async def main():
+        jobs = []
+        for text in TEXTS:
+            task, prompts, params = on_device.prepare([text, text.upper()], {"truncate_prompt_tokens": -1}, pooling_task="embed")
+            jobs.append(cpu.submit(task, prompts, params))
+        return await asyncio.gather(*jobs)
+
+    results = asyncio.run(main())
+    assert threads == {"tokenized": {"poolkit-batcher"}, "ran": {"poolkit-device"}}
+    for text, pair in zip(TEXTS, results):
+        expected = on_device.embed([text, text.upper()], tokenization_kwargs={"truncate_prompt_tokens": -1})
+        for (vector, ids), out in zip(pair, expected):
+            assert ids == out.prompt_token_ids and torch.allclose(vector, torch.tensor(out.outputs.embedding), atol=1e-5)
+    assert cpu.drain(5)
+    assert not cpu._thread.is_alive() and not cpu._device.is_alive()
+
+
+def test_on_a_device_bad_requests_fail_alone_and_failures_reach_their_requests(on_device, monkeypatch):
+    batcher = Batcher(on_device)
+
+    async def mixed():
+        task, good, good_params = on_device.prepare(["fine"], pooling_task="embed")
+        _, bad, bad_params = on_device.prepare([{"prompt_token_ids": [1, 2]}], pooling_task="embed")
+        bad[0].token_ids = [10**9]  # outside the vocabulary, found only when the engine runs
+        _, long, long_params = on_device.prepare(["y " * 400], pooling_task="embed")  # refused by the tokenizing step
+        return await asyncio.gather(
+            batcher.submit(task, good, good_params), batcher.submit(task, bad, bad_params),
+            batcher.submit(task, long, long_params), return_exceptions=True,
+        )
+
+    ok, failed, refused = asyncio.run(mixed())
+    assert len(ok) == 1 and isinstance(failed, InvalidRequest) and isinstance(refused, InvalidRequest)
+    assert "maximum context length" in str(refused)
+
+    monkeypatch.setattr(on_device.engine, "staged", lambda *args: (lambda: object()))  # no results object at all
+
+    async def one():
+        task, prompts, params = on_device.prepare(["fine"], pooling_task="embed")
+        return await asyncio.wait_for(batcher.submit(task, prompts, params), 10)
+
+    with pytest.raises(AttributeError):
+        asyncio.run(one())
+    monkeypatch.undo()
+    assert len(asyncio.run(one())) == 1  # both threads live on
     assert batcher.drain(5)

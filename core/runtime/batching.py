@@ -4,12 +4,19 @@ Requests wait in a queue; one worker thread takes, in arrival order, the request
 that fit the token budget, runs them through the engine as one call (tokenization included, so
 the event loop never tokenizes or computes), and hands each request its own results. A request
 whose client went away is dropped before it runs; a full queue is refused at once.
+
+On an accelerator (or the CPU stand-in for one, :mod:`poolkit.runtime.standin`) the work is a
+pipeline of two threads: the worker takes and tokenizes the next merged batch while a device
+thread runs the one before and answers its requests (:meth:`poolkit.runtime.engine.Engine.staged`),
+one batch waiting between them at most; otherwise the device would wait for every batch's
+tokenization. On the CPU both would share the same cores, and one thread does both.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import queue
 import threading
 import time
 from collections import deque
@@ -85,9 +92,18 @@ class Batcher:
         self._queued_tokens = 0
         self._cond = threading.Condition()
         self._closing = False
-        self._busy = False
+        self._active = 0  # batches taken and not yet answered
+        engine = getattr(llm, "engine", None)
+        #: Tokenize the next batch while the device runs the last (an accelerator's engine).
+        self.pipelined = bool(getattr(engine, "asynchronous", False)) and hasattr(engine, "staged")
+        self._handoff: queue.Queue = queue.Queue(maxsize=1)
+        self._device = (
+            threading.Thread(target=self._device_loop, name="poolkit-device", daemon=True) if self.pipelined else None
+        )
         self._thread = threading.Thread(target=self._loop, name="poolkit-batcher", daemon=True)
         self._thread.start()
+        if self._device is not None:
+            self._device.start()
 
     @property
     def queue_depth(self) -> int:
@@ -167,24 +183,62 @@ class Batcher:
                     elif not ran:
                         self._cond.wait()
                 if not self._queue and self._closing:
+                    if self._device is not None:
+                        self._handoff.put(None)  # the device thread ends after what it holds
                     return
                 batch = [w for w in self._take() if not w.future.cancelled()]
-                self._busy = True
+                self._active += 1
+            handed = False
             try:
-                if batch:
+                if batch and self.pipelined:
+                    self._handoff.put((batch, self._stage(batch)))  # waits while one batch is waiting already
+                    handed = True
+                elif batch:
                     self._run(batch)
             except Exception as exc:  # the worker thread outlives any failure; its requests get it
                 logger.exception("the batcher failed to answer %d requests", len(batch))
                 for work in batch:
                     self._resolve(work, exception=exc)
             finally:
-                with self._cond:
-                    self._busy = False
-                    self._cond.notify_all()
+                if not handed:
+                    self._finished()
             ran = True
             if time.monotonic() - trimmed >= TRIM_INTERVAL:
                 release_freed_memory()
                 trimmed, ran = time.monotonic(), False
+
+    def _finished(self) -> None:
+        with self._cond:
+            self._active -= 1
+            self._cond.notify_all()
+
+    def _stage(self, batch: list[_Work]) -> Callable[[], None]:
+        """Tokenize a merged batch now (the pipeline's first step); the call runs it and answers
+        its requests. A batch the tokenizer refuses is run request by request instead, in that
+        call, so that one bad request does not fail the others."""
+        if batch[0].call is not None:
+            return lambda: self._run(batch)
+        prompts = PromptBatch.concat([w.prompts for w in batch])
+        params = [p for w in batch for p in w.params]
+        now = time.monotonic()
+        try:
+            run = self.llm.engine.staged(batch[0].task, prompts, params)
+        except Exception:
+            return lambda: [self._run([work]) for work in batch]
+        return lambda: self._answer(batch, prompts, now, run)
+
+    def _device_loop(self) -> None:
+        """The pipeline's second step: run each staged batch and answer its requests, in turn."""
+        while (item := self._handoff.get()) is not None:
+            batch, run = item
+            try:
+                run()
+            except Exception as exc:  # the thread outlives any failure; its requests get it
+                logger.exception("the batcher failed to answer %d requests", len(batch))
+                for work in batch:
+                    self._resolve(work, exception=exc)
+            finally:
+                self._finished()
 
     def _run(self, batch: list[_Work]) -> None:
         if batch[0].call is not None:
@@ -195,9 +249,12 @@ class Batcher:
             return
         prompts = PromptBatch.concat([w.prompts for w in batch])
         params = [p for w in batch for p in w.params]
-        now = time.monotonic()
+        self._answer(batch, prompts, time.monotonic(), lambda: self.llm.run(batch[0].task, prompts, params))
+
+    def _answer(self, batch: list[_Work], prompts: PromptBatch, now: float, run: Callable[[], Results]) -> None:
+        """Run a merged batch (``run``) and give each request its share of the results."""
         try:
-            results = self.llm.run(batch[0].task, prompts, params)
+            results = run()
         except Exception as exc:  # one bad request must not fail the others: run them alone
             if len(batch) > 1:
                 for work in batch:
@@ -254,12 +311,14 @@ class Batcher:
         with self._cond:
             self._closing = True
             self._cond.notify_all()
-            while (self._queue or self._busy) and time.monotonic() < deadline:
+            while (self._queue or self._active) and time.monotonic() < deadline:
                 self._cond.wait(timeout=max(0.0, deadline - time.monotonic()))
-            done = not self._queue and not self._busy
+            done = not self._queue and not self._active
             for work in self._queue:
                 self._resolve(work, exception=ShuttingDown("the server is shutting down: the request did not run in time"))
             self._queue.clear()
             self._queued_tokens = 0
         self._thread.join()
+        if self._device is not None:
+            self._device.join()
         return done

@@ -522,6 +522,25 @@ class Engine:
         means = [self._mean(results[a:b], weights[a:b], renormalize) for a, b in spans]
         return Results(means, tokens.ids, tokens.truncated)
 
+    def staged(self, task: Task, prompts: Sequence[Prompt], params: Sequence[PoolingParams]) -> Callable[[], Results]:
+        """:meth:`run` in two steps: tokenize the prompts now, on the calling thread, and return
+        the call that runs their batches. A server on an accelerator tokenizes its next merged
+        batch this way while the device runs the one before (:class:`poolkit.runtime.batching.Batcher`).
+        Inputs that are not plain text or token ids, and chunked processing, are tokenized in the
+        returned call, as :meth:`run` does them.
+
+        Raises:
+            PoolkitError: a prompt the tokenizer or the model's limits refuse (here, not later).
+        """
+        head = self.model.head(task)
+        plain = isinstance(prompts, PromptBatch) and prompts.columnar or all(
+            p.text is not None or p.token_ids is not None for p in prompts
+        )
+        if head is None or not plain or (task.chunkable and self.model.pooler_config.enable_chunked_processing):
+            return lambda: self.run(task, prompts, params)
+        tokens = self._tokenized(prompts, params, False, self.input_cap(task))
+        return lambda: Results(self._run(head, tokens, params, None), tokens.ids, tokens.truncated)
+
     def _tokenized(
         self, prompts: Sequence[Prompt], params: Sequence[PoolingParams], chunked: bool, cap: int | None, first: int = 0
     ) -> Tokens:
