@@ -90,8 +90,13 @@ def test_slices_follow_the_token_budget_on_accelerators_only() -> None:
     from poolkit.runtime.estimates import CHARS_PER_TOKEN_GUESS
 
     prompts = [Prompt(text="x" * 100) for _ in range(50)]
-    on = lambda device: SimpleNamespace(model=SimpleNamespace(device=torch.device(device)), max_batch_tokens=25)  # noqa: E731
+    def on(device: str, standin: object = None) -> SimpleNamespace:
+        engine = SimpleNamespace(model=SimpleNamespace(device=torch.device(device)), max_batch_tokens=25, standin=standin)
+        engine.asynchronous = Engine.asynchronous.fget(engine)
+        return engine
+
     assert Engine.slices(on("cpu"), prompts) == [(0, 50)]
+    assert Engine.slices(on("cpu", standin=object()), prompts) == Engine.slices(on("cuda"), prompts)  # the CPU stand-in
     ranges = Engine.slices(on("cuda"), prompts)
     per_slice = OVERLAP_BATCHES * 25 * CHARS_PER_TOKEN_GUESS // 100  # prompts of 100 characters
     assert ranges[0] == (0, per_slice) and ranges[-1][1] == 50

@@ -394,7 +394,25 @@ class Engine:
         else:
             backend.enable_truncation(limit, stride=0, strategy="longest_first", direction=side)
         inputs = texts if pairs is None else [(t, p) if p is not None else t for t, p in zip(texts, pairs)]
-        encodings = backend.encode_batch(inputs, add_special_tokens=special)
+        fast = getattr(backend, "encode_batch_fast", None)  # tokenizers >= 0.20: no character offsets
+        if fast is None or pairs is not None:
+            encodings = backend.encode_batch(inputs, add_special_tokens=special)
+        elif not spans:
+            encodings = fast(inputs, add_special_tokens=special)
+        else:
+            # Offsets only for the texts that may reach the limit (a text of fewer characters than
+            # half the limit rarely does; one that does anyway is encoded again with them).
+            encodings = [None] * len(texts)
+            long = [i for i, t in enumerate(texts) if len(t) * 2 >= limit]
+            short = [i for i, t in enumerate(texts) if len(t) * 2 < limit]
+            for which, encode in ((long, backend.encode_batch), (short, fast)):
+                if which:
+                    for i, e in zip(which, encode([texts[i] for i in which], add_special_tokens=special)):
+                        encodings[i] = e
+            again = [i for i in short if len(encodings[i]) == limit]
+            if again:
+                for i, e in zip(again, backend.encode_batch([texts[i] for i in again], add_special_tokens=special)):
+                    encodings[i] = e
         ids = [e.ids for e in encodings]
         types = [e.type_ids for e in encodings] if want_types else None
         if not spans:
