@@ -47,6 +47,7 @@ from poolkit.builtin_models.layers import (
     fuse_projections,
     fused_activation,
     gated_linear,
+    residual_stream,
     rotary_cos_sin,
     rotary_parameters,
 )
@@ -181,9 +182,10 @@ class DecoderLayer(nn.Module):
         linear: Callable,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The residual stream ``x`` plus the previous layer's output ``delta`` (``None`` for the
-        first layer) in, this layer's ``(residual stream, output)`` out: each residual add is done
-        by the norm that reads its sum (one pass of the ``rms_norm`` op)."""
-        x, h = (x, self.input_layernorm(x)) if delta is None else self.input_layernorm.add(delta, x)
+        first layer: ``x`` is then the embeddings) in, this layer's ``(residual stream, output)``
+        out: each residual add is done by the norm that reads its sum (one pass of the ``rms_norm``
+        op). The stream is float32 in a bf16 or fp16 model (:func:`residual_stream`)."""
+        x, h = (residual_stream(x), self.input_layernorm(x)) if delta is None else self.input_layernorm.add(delta, x)
         attended = self.self_attn(h, rotary, batch, attention, linear)
         if not self.sandwich:
             x, h = self.post_attention_layernorm.add(attended, x)

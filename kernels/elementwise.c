@@ -154,6 +154,24 @@ static void rms_row_bf16(const uint16_t *x, const uint16_t *residual, uint16_t *
         put_bf16x16(out + j, _mm512_mul_ps(_mm512_mul_ps(bf16x16(src + j), scale), _mm512_loadu_ps(w + j)));
 }
 
+/* A bf16 sublayer output joining a float32 residual stream: the sum stays float32 (not rounded), the norm is bf16. */
+static void rms_row_bf16_wide(const uint16_t *x, const float *residual, float *total, const float *w, uint16_t *out,
+                              int64_t n, float eps) {
+    double squares = 0.0;
+    for (int64_t k = 0; k < n; k += POOLKIT_FOLD) {
+        __m512 part = _mm512_setzero_ps();
+        for (int64_t j = k; j < n && j < k + POOLKIT_FOLD; j += 16) {
+            __m512 v = _mm512_add_ps(bf16x16(x + j), _mm512_loadu_ps(residual + j));
+            _mm512_storeu_ps(total + j, v);
+            part = _mm512_fmadd_ps(v, v, part);
+        }
+        squares += _mm512_reduce_add_ps(part);
+    }
+    __m512 scale = _mm512_set1_ps(1.0f / sqrtf((float)(squares / (double)n) + eps));
+    for (int64_t j = 0; j < n; j += 16)
+        put_bf16x16(out + j, _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(total + j), scale), _mm512_loadu_ps(w + j)));
+}
+
 static void rotary_row_bf16(const uint16_t *x, const uint16_t *c, const uint16_t *s, uint16_t *o, int64_t half) {
     for (int64_t j = 0; j < half; j += 16) {
         __m512 a = bf16x16(x + j), b = bf16x16(x + j + half);
@@ -187,6 +205,13 @@ static int rms_norm_rows(const void *x, int x_dtype, int64_t inner, int64_t oute
             rms_row_bf16((const uint16_t *)row_at(x, 1, i, inner, outer_stride, inner_stride),
                          residual ? (const uint16_t *)residual + i * n : NULL, residual ? (uint16_t *)total + i * n : NULL, w,
                          (uint16_t *)out + i * n, n, eps);
+        free(buf);
+        return 0;
+    }
+    if (x_dtype == 1 && out_dtype == 1 && residual && residual_dtype == 0 && total_dtype == 0 && n % 16 == 0) {
+        for (int64_t i = row_begin; i < row_end; i++)
+            rms_row_bf16_wide((const uint16_t *)row_at(x, 1, i, inner, outer_stride, inner_stride),
+                              (const float *)residual + i * n, (float *)total + i * n, w, (uint16_t *)out + i * n, n, eps);
         free(buf);
         return 0;
     }

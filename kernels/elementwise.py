@@ -81,8 +81,12 @@ def rms_norm(
     """``(x + residual, RMSNorm(x + residual))``, the reference: transformers' ``LlamaRMSNorm``
     (``offset``: ``GemmaRMSNorm``) after the residual add.
 
+    The sum is in the promoted dtype of ``x`` and ``residual``: a float32 residual stream stays
+    float32 when a bf16 sublayer's output joins it. The norm is in ``x``'s dtype (with ``weight``'s
+    promotion, as transformers), the dtype of the matmul that reads it.
+
     Args:
-        x: ``[..., n]`` inputs.
+        x: ``[..., n]`` inputs (a sublayer's output).
         weight: ``[n]`` scale.
         eps: added to the mean square.
         offset: scale by ``1 + weight`` in float32 (Gemma's norms, weights stored centred on 0).
@@ -92,8 +96,8 @@ def rms_norm(
     h = total.float()
     h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
     if offset:
-        return total, (h * (1.0 + weight.float())).to(total.dtype)
-    return total, weight * h.to(total.dtype)
+        return total, (h * (1.0 + weight.float())).to(x.dtype)
+    return total, weight * h.to(x.dtype)
 
 
 def residual_norm(
@@ -254,22 +258,22 @@ def rms_norm_c(
         lib is None
         or layout is None
         or not _compiled_runs(x, weight, residual)
-        or (residual is not None and (residual.dtype != x.dtype or residual.shape != x.shape or not residual.is_contiguous()))
+        or (residual is not None and (residual.shape != x.shape or not residual.is_contiguous()))
         or weight.shape != x.shape[-1:]
         or not weight.is_contiguous()
     ):
         return rms_norm(x, weight, eps, offset, residual)
     n = x.shape[-1]
     rows = x.numel() // n if n else 0
-    total = x if residual is None else torch.empty(x.shape, dtype=x.dtype)
+    total = x if residual is None else torch.empty(x.shape, dtype=torch.promote_types(x.dtype, residual.dtype))
     out_dtype = x.dtype if offset else torch.promote_types(weight.dtype, x.dtype)
     out = torch.empty(x.shape, dtype=out_dtype)
     if rows:
         _run_rows(
             lib.poolkit_rms_norm, rows, x.numel(),
             x.data_ptr(), _DTYPES[x.dtype], *layout,
-            None if residual is None else residual.data_ptr(), _DTYPES[x.dtype],
-            None if residual is None else total.data_ptr(), _DTYPES[x.dtype],
+            None if residual is None else residual.data_ptr(), _DTYPES[(residual if residual is not None else x).dtype],
+            None if residual is None else total.data_ptr(), _DTYPES[total.dtype],
             weight.data_ptr(), _DTYPES[weight.dtype], out.data_ptr(), _DTYPES[out_dtype],
             args_after=(n, eps, int(offset)),
         )

@@ -93,14 +93,15 @@ def _block(n: int) -> int:
 def rms_norm_triton(
     x: torch.Tensor, weight: torch.Tensor, eps: float, offset: bool = False, residual: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`poolkit.kernels.elementwise.rms_norm` in one pass: ``total`` (in ``x``'s dtype) and
-    its RMSNorm, computed in float32 and rounded once."""
+    """:func:`poolkit.kernels.elementwise.rms_norm` in one pass: ``total`` (in the promoted dtype
+    of ``x`` and ``residual``: a float32 residual stream stays float32) and its RMSNorm in ``x``'s
+    dtype, computed in float32 and rounded once."""
     layout = _rows(x)
     res_layout = None if residual is None else _same_rows(x, residual)
     if (
         not _runs(x, weight, residual)
         or layout is None
-        or (residual is not None and (res_layout is None or residual.dtype != x.dtype))
+        or (residual is not None and (res_layout is None or residual.dtype not in (x.dtype, torch.float32)))
         or weight.shape != x.shape[-1:]
         or not weight.is_contiguous()
     ):
@@ -109,14 +110,15 @@ def rms_norm_triton(
     rows, inner, s_outer, s_inner = layout
     out_dtype = x.dtype if offset else torch.promote_types(weight.dtype, x.dtype)
     out = torch.empty(x.shape, dtype=out_dtype, device=x.device)
-    total = x if residual is None else torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    summed = x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
+    total = x if residual is None else torch.empty(x.shape, dtype=summed, device=x.device)
     if rows:
         r = res_layout or layout
         _norm_kernel()[(rows,)](
             x, residual if residual is not None else x, weight, weight, total, out, out,
             n, inner, s_outer, s_inner, r[2], r[3], eps,
             HAS_RES=residual is not None, RMS=True, OFFSET=offset, HAS_BIAS=False,
-            ROUND_SUM=x.dtype != torch.float32, ROUND_NORMED=not offset and x.dtype != torch.float32,
+            ROUND_SUM=summed != torch.float32, ROUND_NORMED=not offset and x.dtype != torch.float32,
             WRITE_SUM=residual is not None, WRITE_LOW=False, BLOCK=_block(n),
         )
     return total, out

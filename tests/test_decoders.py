@@ -247,6 +247,32 @@ def test_bfloat16_follows_float32(family: str, tmp_path: Path) -> None:
     assert all(h.dtype == torch.bfloat16 for h in half_tokens)
 
 
+def test_bfloat16_keeps_a_float32_residual_stream(tmp_path: Path) -> None:
+    """poolkit deliberately does more than transformers here: in a bf16 (or fp16) decoder the
+    residual stream stays float32 (each layer's add would otherwise round it to bf16), so a deep
+    model's bf16 embeddings lose less than half of what transformers' own bf16 run loses against
+    float32 (Qwen3-Embedding-0.6B's preset at 512 tokens: least cosine 0.99987 -> 0.99992)."""
+    from tiny_models import build_qwen
+
+    path = build_qwen(tmp_path / "qwen3", "qwen3", init_range=0.05, num_hidden_layers=28, hidden_size=64, intermediate_size=192)
+    texts = [" ".join(f"word{i * 7 % 50}" for i in range(k)) for k in (4, 8, 12, 16)]
+    full = embeddings(LLM(str(path), dtype="float32"), texts)
+    half_llm = LLM(str(path), dtype="bfloat16")
+    ours = F.cosine_similarity(full, embeddings(half_llm, texts)).min().item()
+    theirs = F.cosine_similarity(full, _hf_embeddings(path, torch.bfloat16, texts)).min().item()
+    assert 1 - ours <= 0.6 * (1 - theirs), f"bf16 least cosine {ours:.6f}, transformers' {theirs:.6f}"
+    # The stream between the layers is float32; what each sublayer reads is bf16.
+    arch = half_llm.model.architecture
+    seen: list[torch.dtype] = []
+    hook = arch.layers[1].register_forward_pre_hook(lambda module, args: seen.extend((args[0].dtype, args[1].dtype)))
+    try:
+        run(arch, random_sequences([5, 9], seed=1))
+    finally:
+        hook.remove()
+    assert seen == [torch.float32, torch.bfloat16]
+    assert all(h.dtype == torch.bfloat16 for h in run(arch, random_sequences([5, 9], seed=1)))
+
+
 def test_bidirectional_when_not_causal(models: dict[str, Path]) -> None:
     """``is_causal: false`` (hf_overrides) makes any member bidirectional, sliding windows
     spanning ``sliding_window`` tokens either side, as transformers' bidirectional masks do."""

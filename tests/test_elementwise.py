@@ -95,13 +95,15 @@ WIDTHS = [96, 100]
 @needs_c
 @pytest.mark.parametrize("n", WIDTHS)
 @pytest.mark.parametrize("offset", [False, True])
-@pytest.mark.parametrize("with_residual", [False, True])
-def test_rms_norm_c_is_as_close_to_exact_as_the_reference(offset: bool, with_residual: bool, n: int) -> None:
+@pytest.mark.parametrize("residual_dtype", [None, torch.bfloat16, torch.float32])
+def test_rms_norm_c_is_as_close_to_exact_as_the_reference(offset: bool, residual_dtype: torch.dtype | None, n: int) -> None:
+    """A float32 ``residual`` is a decoder's float32 residual stream: the sum stays float32, the norm is bf16."""
     x = _rand(37, n, scale=3.0, shift=0.5).bfloat16()
-    residual = _rand(37, n, seed=1).bfloat16() if with_residual else None
+    residual = None if residual_dtype is None else _rand(37, n, seed=1).to(residual_dtype)
     weight = (_rand(n, seed=2) * 0.2 + (0.0 if offset else 1.0)).bfloat16()
     total, out = rms_norm_c(x, weight, 1e-6, offset, residual)
     ref_total, ref_out = rms_norm(x, weight, 1e-6, offset, residual)
+    assert total.dtype == ref_total.dtype == (residual_dtype or torch.bfloat16)
     assert torch.equal(total, ref_total) and out.dtype == ref_out.dtype == torch.bfloat16
     _, exact = rms_norm(ref_total.double(), weight.double(), 1e-6, offset)
     _within_rounding(out, ref_out, exact)

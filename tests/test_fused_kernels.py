@@ -68,13 +68,19 @@ def test_rms_norm_triton_with_and_without_residual_on_strided_heads() -> None:
                 n = x.shape[-1]
                 for offset in (False, True):
                     weight = (rand(n, seed=2) * 0.2 + (0.0 if offset else 1.0)).to(dtype)
-                    for residual in (None, rand(*x.shape, seed=1).to(dtype)):
-                        what = f"{dtype} {tuple(x.shape)} offset={offset} residual={residual is not None}"
+                    # a float32 residual stream beside a bf16 sublayer's output: the sum stays float32
+                    for residual in (None, rand(*x.shape, seed=1).to(dtype), rand(*x.shape, seed=1)):
+                        what = f"{dtype} {tuple(x.shape)} offset={offset} residual={None if residual is None else residual.dtype}"
                         total, out = fused.rms_norm_triton(x, weight, 1e-6, offset, residual)
                         ref_total, ref_out = rms_norm(x, weight, 1e-6, offset, residual)
-                        assert out.dtype == ref_out.dtype and out.shape == x.shape, what
+                        assert out.dtype == ref_out.dtype == x.dtype and out.shape == x.shape, what
+                        assert total.dtype == ref_total.dtype, what
                         if residual is None:
                             assert total is x, what
+                        if residual is not None and residual.dtype != dtype:
+                            close32(total, ref_total, what)
+                            within_rounding(out, ref_out, rms_norm(ref_total.double(), weight.double(), 1e-6, offset)[1], what)
+                            continue
                         if dtype == torch.float32:
                             close32(total, ref_total, what)
                             close32(out, ref_out, what)
