@@ -349,6 +349,10 @@ def test_host_workload_times_each_stage_against_the_tokenizer():
     for stage in ("encode_batch", "transformers_tokenizer", "engine_tokenize", "embed_texts", "embed_token_ids"):
         assert stages[f"{stage}_us_per_text"] > 0 and stages[f"{stage}_vs_floor"] > 0
     assert stages["encode_batch_vs_floor"] == 1.0
+    # the long case: texts cut at the model's limit, against encode_batch on the same texts
+    assert stages["engine_tokenize_long_vs_floor"] > 0 and stages["encode_batch_long_vs_floor"] == 1.0
+    assert stages["long_tokens_per_text"] == 256  # all-MiniLM-L6-v2's limit
+    assert stages["engine_tokenize_long_us_per_text"] > stages["engine_tokenize_us_per_text"]
     assert row["peer_items_per_s"] == pytest.approx(1e6 / stages["encode_batch_us_per_text"], rel=0.2)
     assert stages["serve_single_text_requests_per_s"] > 0
 

@@ -72,22 +72,23 @@ def test_a_tokenizer_class_with_its_own_encoding_code_keeps_transformers_call(ti
     assert llm.engine.tokenize([Prompt(text="hello there")], [PoolingParams()])[0].token_ids
 
 
-def test_texts_short_in_characters_but_at_the_limit_in_tokens(tmp_path) -> None:
-    """Character offsets are read only for texts that may reach the limit (``encode_batch_fast``
-    for the rest): a byte-level BPE text of a few emoji has more tokens than characters, reaches
-    the limit anyway, and is encoded again with its offsets, so its truncation is still told
-    (``encode_batch_fast`` gives every offset as ``(0, 0)``)."""
+def test_a_text_at_the_limit_is_told_cut_by_its_tokens(tmp_path) -> None:
+    """Whether a text at the limit was cut is what a count of all its tokens says, on either side,
+    without character offsets: a byte-level BPE text of a few emoji has more tokens than
+    characters, and a token cut from the middle of an emoji drops no whole character (character
+    spans said "not cut" for ``"😀😀 a"`` cut on the left; one of its 9 tokens was)."""
     from tiny_models import build_qwen
 
     llm = LLM(str(build_qwen(tmp_path / "qwen3", "qwen3")), device="cpu")
     assert llm.engine._backend is not None
     texts = ["😀😀😀", "😀😀", "ok", "😀😀 a", "a longer text of many more characters than the limit has tokens"]
+    counts = [len(llm.model.tokenizer(t)["input_ids"]) for t in texts]
     prompts = [Prompt(text=t) for t in texts]
     for side in ("right", "left"):
         params = [PoolingParams(truncate_prompt_tokens=8, truncation_side=side)] * len(prompts)
         fast, slow = _both(llm.engine, prompts, params)
         assert [e.token_ids for e in fast] == [e.token_ids for e in slow]
-        assert [e.truncated for e in fast] == [e.truncated for e in slow]
+        assert [e.truncated for e in fast] == [e.truncated for e in slow] == [n > 8 for n in counts], side
         assert len(fast[0].token_ids) == 8 and fast[0].truncated  # 3 characters, 12 bytes: at the limit
-        # exactly the limit, nothing cut (without offsets, nothing would tell it from a cut text)
+        # exactly the limit, nothing cut
         assert len(fast[1].token_ids) == 8 and not fast[1].truncated

@@ -63,16 +63,6 @@ def _cut_index(text: str, budget: int, side: str) -> int:
     return start
 
 
-def _text_beyond(text: str, spans: Sequence[tuple[int, int]], side: str) -> bool:
-    """Whether ``text`` goes on past its tokens' character ``spans`` on the truncated ``side``."""
-    covered = [(a, b) for a, b in spans if b > a]  # special tokens span nothing
-    if not covered:
-        return bool(text.strip())
-    if side == "right":
-        return bool(text[max(b for _, b in covered) :].strip())
-    return bool(text[: min(a for a, _ in covered)].strip())
-
-
 class Engine:
     """Runs a :class:`PoolingModel` over prompts for one task at a time.
 
@@ -301,32 +291,32 @@ class Engine:
         full = texts
         texts = list(texts)
         has_pairs = pairs is not None and any(t is not None for t in pairs)
-        # Character spans of the kept tokens tell whether text was cut off (single texts only).
-        spans_wanted = limit is not None and not has_pairs
+        # Whether a text at the limit was cut is told by the tokenizer (single texts only).
+        told = limit is not None and not has_pairs
         cut: list[int] = []
-        if spans_wanted:
+        if told:
             budget = limit * CHARS_PER_TOKEN + _CUT_MARGIN
             cut = [i for i, t in enumerate(texts) if len(t) > budget]
             for i in cut:
                 at = _cut_index(texts[i], budget, side)
                 texts[i] = texts[i][:at] if side == "right" else texts[i][at:]
-        ids, types, spans = self._call_tokenizer(texts, pairs if has_pairs else None, limit, side, special, spans_wanted)
+        ids, types, beyond = self._call_tokenizer(texts, pairs if has_pairs else None, limit, side, special, told)
         truncated = np.zeros(len(texts), dtype=bool)
         cut_off = set(cut)
-        if spans_wanted:
+        if told:
             short = [i for i in cut if len(ids[i]) < limit]
             if short:  # the cut kept fewer tokens than the limit: tokenize the whole text instead
-                again, again_types, again_spans = self._call_tokenizer([full[i] for i in short], None, limit, side, special, True)
+                again, again_types, again_beyond = self._call_tokenizer([full[i] for i in short], None, limit, side, special, True)
                 for k, i in enumerate(short):
-                    ids[i], spans[i], texts[i] = again[k], again_spans[k], full[i]
+                    ids[i], beyond[i], texts[i] = again[k], again_beyond[k], full[i]
                     if types is not None:
                         types[i] = again_types[k]
                     cut_off.discard(i)
         if limit is not None:
             at_limit = [i for i, n in enumerate(map(len, ids)) if n == limit]
-            if spans_wanted:
+            if told:
                 for i in at_limit:
-                    truncated[i] = i in cut_off or _text_beyond(texts[i], spans[i], side)
+                    truncated[i] = i in cut_off or beyond[i]
             elif at_limit:  # a pair at the limit: one token more tells (rare: cross-encoder inputs)
                 longer, _, _ = self._call_tokenizer(
                     [texts[i] for i in at_limit], [pairs[i] for i in at_limit], limit + 1, side, special
@@ -342,11 +332,10 @@ class Engine:
         limit: int | None,
         side: str,
         special: bool = True,
-        spans: bool = False,
-    ) -> tuple[list[list[int]], list[list[int]] | None, list[list[tuple[int, int]] | None] | None]:
+        tell: bool = False,
+    ) -> tuple[list[list[int]], list[list[int]] | None, list[bool] | None]:
         """The token ids, the segment ids (``None`` unless the model reads them) and, with
-        ``spans``, the character span of each token of the texts that reach ``limit`` (the only
-        ones whose truncation is in question; ``None`` for the rest)."""
+        ``tell``, whether each single text at ``limit`` had tokens cut off (``False`` for the rest)."""
         tok = self.model.tokenizer
         want_types = self.uses_token_type_ids
         backend = self._backend
@@ -354,7 +343,7 @@ class Engine:
             if backend is not None:
                 # a single text's segment ids are all 0 (BERT's family): not read text by text
                 read_types = want_types and (pairs is not None or self._single_text_types(backend))
-                return self._call_backend(backend, texts, pairs, limit, side, special, spans, read_types)
+                return self._call_backend(backend, texts, pairs, limit, side, special, tell, read_types)
             previous = tok.truncation_side
             tok.truncation_side = side
             try:
@@ -366,12 +355,21 @@ class Engine:
                     max_length=limit,
                     return_attention_mask=False,
                     return_token_type_ids=want_types,
-                    return_offsets_mapping=spans,
                 )
             finally:
                 tok.truncation_side = previous
         types = result.get("token_type_ids") if want_types else None
-        return result["input_ids"], types, (result["offset_mapping"] if spans else None)
+        ids = result["input_ids"]
+        if not tell:
+            return ids, types, None
+        # a tokenizer without a Rust backend tells by one token more
+        at_limit = [i for i, one in enumerate(ids) if len(one) == limit]
+        beyond = [False] * len(ids)
+        if at_limit:
+            longer, _, _ = self._call_tokenizer([texts[i] for i in at_limit], None, limit + 1, side, special)
+            for i, more in zip(at_limit, longer):
+                beyond[i] = len(more) > limit
+        return ids, types, beyond
 
     @staticmethod
     def _call_backend(
@@ -381,12 +379,13 @@ class Engine:
         limit: int | None,
         side: str,
         special: bool,
-        spans: bool,
+        tell: bool,
         want_types: bool,
-    ) -> tuple[list[list[int]], list[list[int]] | None, list[list[tuple[int, int]] | None] | None]:
+    ) -> tuple[list[list[int]], list[list[int]] | None, list[bool] | None]:
         """:meth:`_call_tokenizer` on the Rust tokenizer itself, set as transformers sets it for the
-        same call, without building transformers' per-text dictionaries: token ids are read from
-        each encoding, offsets only where they are needed."""
+        same call, without building transformers' per-text dictionaries or character offsets: a
+        text at the limit was cut when the tokenizer kept tokens past it (its ``overflowing``
+        encodings), which is what a count of the whole text's tokens would say."""
         if backend.padding is not None:
             backend.no_padding()
         if limit is None:
@@ -394,30 +393,13 @@ class Engine:
         else:
             backend.enable_truncation(limit, stride=0, strategy="longest_first", direction=side)
         inputs = texts if pairs is None else [(t, p) if p is not None else t for t, p in zip(texts, pairs)]
-        fast = getattr(backend, "encode_batch_fast", None)  # tokenizers >= 0.20: no character offsets
-        if fast is None or pairs is not None:
-            encodings = backend.encode_batch(inputs, add_special_tokens=special)
-        elif not spans:
-            encodings = fast(inputs, add_special_tokens=special)
-        else:
-            # Offsets only for the texts that may reach the limit (a text of fewer characters than
-            # half the limit rarely does; one that does anyway is encoded again with them).
-            encodings = [None] * len(texts)
-            long = [i for i, t in enumerate(texts) if len(t) * 2 >= limit]
-            short = [i for i, t in enumerate(texts) if len(t) * 2 < limit]
-            for which, encode in ((long, backend.encode_batch), (short, fast)):
-                if which:
-                    for i, e in zip(which, encode([texts[i] for i in which], add_special_tokens=special)):
-                        encodings[i] = e
-            again = [i for i in short if len(encodings[i]) == limit]
-            if again:
-                for i, e in zip(again, backend.encode_batch([texts[i] for i in again], add_special_tokens=special)):
-                    encodings[i] = e
+        encode = getattr(backend, "encode_batch_fast", None) or backend.encode_batch  # tokenizers >= 0.20: no offsets
+        encodings = encode(inputs, add_special_tokens=special)
         ids = [e.ids for e in encodings]
         types = [e.type_ids for e in encodings] if want_types else None
-        if not spans:
+        if not tell:
             return ids, types, None
-        return ids, types, [e.offsets if len(e) == limit else None for e in encodings]
+        return ids, types, [len(i) == limit and bool(e.overflowing) for i, e in zip(ids, encodings)]
 
     def _single_text_types(self, backend: Any) -> bool:
         """Whether the tokenizer gives a single text segment ids other than 0 (asked once)."""

@@ -377,9 +377,11 @@ class Bench:
         peer), transformers' tokenizer call, the engine's text path alone (prompts to token ids,
         truncation detected and counted), ``LLM.embed`` on the texts and on their token ids, in
         turn in each round, each embed also less the time inside the model's forward passes and
-        heads (``Engine.compute_seconds``: what is left is the host's own work); then single-text
-        requests per second to ``poolkit serve`` from 32 clients on this machine (with the server
-        extra).
+        heads (``Engine.compute_seconds``: what is left is the host's own work); the engine's
+        text path and ``encode_batch`` again on 600-word texts cut at the model's limit (512
+        tokens on the BERT presets: the ``_long`` stages, against their own floor); then
+        single-text requests per second to ``poolkit serve`` from 32 clients on this machine
+        (with the server extra).
         """
         texts = make_corpus(self._n(20000), 33, 0.1, seed=11)
         import copy
@@ -393,16 +395,21 @@ class Bench:
         ids = [{"prompt_token_ids": e.ids} for e in backend.encode_batch(texts)]
         engine = self.llm.engine
 
-        def engine_tokenize() -> Any:  # the text path alone: prompts, special tokens, truncation and its count
+        def engine_tokenize(texts: list[str]) -> Any:  # the text path alone: prompts, special tokens, truncation and its count
             task, prompts, params = self.llm.prepare(texts, TRUNCATE, pooling_task="embed")
             return engine.tokenize(prompts, params, False, engine.input_cap(task))
 
+        # The long case: 600-word texts cut at the model's limit (512 tokens on the BERT presets),
+        # where every text needs the offsets that tell a cut text from one that fits.
+        long_texts = make_corpus(max(2, self._n(2000)), 600, 0.1, seed=12)
         stages = {
             "encode_batch": lambda: backend.encode_batch(texts),
             "transformers_tokenizer": lambda: tok(texts),
-            "engine_tokenize": engine_tokenize,
+            "engine_tokenize": lambda: engine_tokenize(texts),
             "embed_texts": lambda: self.llm.embed(texts, tokenization_kwargs=TRUNCATE),
             "embed_token_ids": lambda: self.llm.embed(ids),
+            "encode_batch_long": lambda: backend.encode_batch(long_texts),
+            "engine_tokenize_long": lambda: engine_tokenize(long_texts),
         }
         for run in stages.values():  # warm-up
             run()
@@ -420,14 +427,21 @@ class Bench:
         rounds = [{"poolkit_s": a, "peer_s": b} for a, b in zip(seconds["embed_texts"], seconds["encode_batch"])]
         tokens = sum(len(i["prompt_token_ids"]) for i in ids)
         result = self._result("H", "host work per ~50-token text (floor: tokenizers' encode_batch)", len(texts), tokens, rounds)
-        result.stages = {f"{name}_us_per_text": 1e6 * s / len(texts) for name, s in median.items()}
-        result.stages.update({f"{name}_vs_floor": s / median["encode_batch"] for name, s in median.items()})
+        long = {name for name in stages if name.endswith("_long")}
+        result.stages = {f"{name}_us_per_text": 1e6 * s / len(long_texts if name in long else texts) for name, s in median.items()}
+        result.stages.update({
+            f"{name}_vs_floor": s / median["encode_batch_long" if name in long else "encode_batch"] for name, s in median.items()
+        })
+        result.stages["long_tokens_per_text"] = sum(len(e.ids) for e in backend.encode_batch(long_texts)) / len(long_texts)
         result.stages.update({f"{name}_host_us_per_text": 1e6 * statistics.median(s) / len(texts) for name, s in host.items()})
         requests = self._serve_rate()
         if requests is not None:
             result.stages["serve_single_text_requests_per_s"] = requests
         result.notes = ", ".join(
-            f"{name} {result.stages[name + '_us_per_text']:.1f} us ({result.stages[name + '_vs_floor']:.2f}x)" for name in stages
+            f"{name} {result.stages[name + '_us_per_text']:.1f} us ({result.stages[name + '_vs_floor']:.2f}x)"
+            for name in stages if name not in long
+        ) + f"; {len(long_texts)} texts cut at {result.stages['long_tokens_per_text']:.0f} tokens: " + ", ".join(
+            f"{name} {result.stages[name + '_us_per_text']:.1f} us ({result.stages[name + '_vs_floor']:.2f}x)" for name in sorted(long)
         ) + "; host work alone (less the model's forward passes and heads): " + ", ".join(
             f"{name} {result.stages[name + '_host_us_per_text']:.1f} us" for name in host
         ) + (f"; serve: {requests:.0f} single-text requests/s from 32 clients" if requests is not None else "")
