@@ -217,6 +217,42 @@ def test_on_a_device_the_next_batch_is_tokenized_while_the_last_runs(on_device, 
     assert not cpu._thread.is_alive() and not cpu._device.is_alive()
 
 
+def test_on_a_device_the_next_batch_is_queued_before_the_last_is_answered(minilm):
+    """The device thread queues a waiting merged batch on the device behind the one in flight,
+    and only then reads that one back and answers it: the device never drains between merged
+    batches under load. A lone request, with nothing behind it, is answered at once."""
+    from poolkit.runtime.standin import attach
+
+    texts = [TEXTS[k % 3] for k in range(24)]  # the short ones
+    expected = minilm.embed(texts, tokenization_kwargs={"truncate_prompt_tokens": -1})
+    device = attach(minilm, 500, keep_log=True)  # 10-20 ms of device time a text, more than the CPU's own forward pass
+    try:
+        batcher = Batcher(minilm, max_batch_tokens=1)  # one request a merged batch
+
+        async def load():
+            jobs = []
+            for text in texts:
+                task, prompts, params = minilm.prepare([text], {"truncate_prompt_tokens": -1}, pooling_task="embed")
+                jobs.append(batcher.submit(task, prompts, params))
+            return await asyncio.gather(*jobs)
+
+        results = asyncio.run(load())
+        for ((vector, ids),), out in zip(results, expected):
+            assert ids == out.prompt_token_ids and torch.allclose(vector, torch.tensor(out.outputs.embedding), atol=1e-5)
+        log = device.log[: batcher.stats.batches]
+        behind = sum(later[0] < earlier[1] for earlier, later in zip(log, log[1:]))
+        assert batcher.stats.batches == 24 and behind >= len(log) // 2, log  # most were queued while one ran
+
+        async def alone():
+            task, prompts, params = minilm.prepare(["just one"], pooling_task="embed")
+            return await asyncio.wait_for(batcher.submit(task, prompts, params), 5)
+
+        assert len(asyncio.run(alone())) == 1
+        assert batcher.drain(5)
+    finally:
+        minilm.engine.standin = None
+
+
 def test_on_a_device_bad_requests_fail_alone_and_failures_reach_their_requests(on_device, monkeypatch):
     batcher = Batcher(on_device)
 

@@ -98,8 +98,9 @@ def test_slices_follow_the_token_budget_on_accelerators_only() -> None:
     assert Engine.slices(on("cpu"), prompts) == [(0, 50)]
     assert Engine.slices(on("cpu", standin=object()), prompts) == Engine.slices(on("cuda"), prompts)  # the CPU stand-in
     ranges = Engine.slices(on("cuda"), prompts)
-    per_slice = OVERLAP_BATCHES * 25 * CHARS_PER_TOKEN_GUESS // 100  # prompts of 100 characters
-    assert ranges[0] == (0, per_slice) and ranges[-1][1] == 50
+    first = 25 * CHARS_PER_TOKEN_GUESS // 100  # prompts of 100 characters: one budget, so the device starts early
+    per_slice = OVERLAP_BATCHES * 25 * CHARS_PER_TOKEN_GUESS // 100  # then OVERLAP_BATCHES budgets a slice
+    assert ranges[0] == (0, first) and ranges[1] == (first, first + per_slice) and ranges[-1][1] == 50
     assert all(a == b for (_, a), (b, _) in zip(ranges, ranges[1:]))  # consecutive, nothing left out
     assert Engine.slices(on("cuda"), prompts[:1]) == [(0, 1)]
 

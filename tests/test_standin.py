@@ -8,6 +8,7 @@ The throughput against the stand-in's own rate is ``poolkit bench-standin``'s (d
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 
@@ -38,16 +39,17 @@ def test_the_stand_in_gives_the_cpu_s_results(tiny_encoders) -> None:
 
 
 def test_each_slice_is_tokenized_while_the_device_runs_the_one_before(tiny_encoders, monkeypatch) -> None:
-    """As on a GPU: the first slice is tokenized before any device work; each later one, on the
-    worker thread, is done before the device has finished the slice before it, so the device
-    never waits for the tokenizer (its clock at 10,000 tokens/s: a slice of 8 budgets of 128
-    tokens is about 0.1 s of device time, its tokenization a few ms)."""
+    """As on a GPU: the first slice (one token budget) is tokenized before any device work; each
+    later one, on the worker thread, is done before the device has finished the slice before it,
+    and its first batch is queued before that slice's last batch is back, so the device never
+    waits for the tokenizer nor drains between slices (its clock at 10,000 tokens/s: a slice of 8
+    budgets of 128 tokens is about 0.1 s of device time, its tokenization a few ms)."""
     llm = LLM(str(tiny_encoders["bert"]), max_batch_tokens=128)
     device = attach(llm, 10_000, keep_log=True)
     tokenized: list[tuple[float, str]] = []  # when each slice's tokens were ready, and where
-    ran: list[float] = []  # when each slice's batches were all back from the device
+    batches: list[int] = []  # each slice's number of batches, in order
     engine = llm.engine
-    tokenize, run = engine._tokenized, engine._run
+    tokenize, plan = engine._tokenized, engine.batches
 
     def recorded_tokenize(*args, **kwargs):
         try:
@@ -55,20 +57,22 @@ def test_each_slice_is_tokenized_while_the_device_runs_the_one_before(tiny_encod
         finally:
             tokenized.append((time.perf_counter(), threading.current_thread().name))
 
-    def recorded_run(*args, **kwargs):
-        try:
-            return run(*args, **kwargs)
-        finally:
-            ran.append(time.perf_counter())
+    def recorded_batches(*args, **kwargs):
+        planned = plan(*args, **kwargs)
+        batches.append(len(planned))
+        return planned
 
     monkeypatch.setattr(engine, "_tokenized", recorded_tokenize)
-    monkeypatch.setattr(engine, "_run", recorded_run)
+    monkeypatch.setattr(engine, "batches", recorded_batches)
     _embed(llm)
-    assert len(tokenized) == len(ran) >= 3, (tokenized, ran)
+    assert len(tokenized) == len(batches) >= 3 and sum(batches) == len(device.log), (tokenized, batches)
     assert all(name.startswith("poolkit-tokenize") for _, name in tokenized)
     assert tokenized[0][0] <= device.log[0][0]  # nothing to run before the first slice
-    for k in range(1, len(ran)):
-        assert tokenized[k][0] < ran[k - 1], f"slice {k} was tokenized after the device finished slice {k - 1}"
+    last = [n - 1 for n in itertools.accumulate(batches)]  # each slice's last batch in the device's log
+    for k in range(1, len(batches)):
+        finished = device.log[last[k - 1]][1]
+        assert tokenized[k][0] < finished, f"slice {k} was tokenized after the device finished slice {k - 1}"
+        assert device.log[last[k - 1] + 1][0] < finished, f"slice {k}'s first batch waited for slice {k - 1} to drain"
 
 
 def test_the_environment_gives_every_engine_a_stand_in(tiny_encoders, monkeypatch) -> None:

@@ -74,6 +74,18 @@ class BatcherStats:
     queue_seconds: list[float] = field(default_factory=list)
 
 
+@dataclass(eq=False)
+class _Staged:
+    """A merged batch tokenized for the device thread: ``run`` runs and answers it; where its
+    device work can be queued alone (``staged``, :class:`poolkit.runtime.engine.Staged`),
+    ``staged.launch(behind)`` queues it and ``finish`` answers it."""
+
+    batch: list[_Work]
+    run: Callable[[], Any]
+    staged: Any = None
+    finish: Callable[[], Any] | None = None
+
+
 class Batcher:
     """Merges concurrent requests into engine calls on one worker thread.
 
@@ -191,7 +203,7 @@ class Batcher:
             handed = False
             try:
                 if batch and self.pipelined:
-                    self._handoff.put((batch, self._stage(batch)))  # waits while one batch is waiting already
+                    self._handoff.put(self._stage(batch))  # waits while one batch is waiting already
                     handed = True
                 elif batch:
                     self._run(batch)
@@ -212,33 +224,65 @@ class Batcher:
             self._active -= 1
             self._cond.notify_all()
 
-    def _stage(self, batch: list[_Work]) -> Callable[[], None]:
-        """Tokenize a merged batch now (the pipeline's first step); the call runs it and answers
-        its requests. A batch the tokenizer refuses is run request by request instead, in that
-        call, so that one bad request does not fail the others."""
+    def _stage(self, batch: list[_Work]) -> _Staged:
+        """Tokenize a merged batch now (the pipeline's first step). A batch the tokenizer refuses
+        is run request by request instead, on the device thread, so that one bad request does not
+        fail the others."""
         if batch[0].call is not None:
-            return lambda: self._run(batch)
+            return _Staged(batch, lambda: self._run(batch))
         prompts = PromptBatch.concat([w.prompts for w in batch])
         params = [p for w in batch for p in w.params]
         now = time.monotonic()
         try:
             run = self.llm.engine.staged(batch[0].task, prompts, params)
         except Exception:
-            return lambda: [self._run([work]) for work in batch]
-        return lambda: self._answer(batch, prompts, now, run)
+            return _Staged(batch, lambda: [self._run([work]) for work in batch])
+        return _Staged(
+            batch, lambda: self._answer(batch, prompts, now, run),
+            run if hasattr(run, "launch") else None, lambda: self._answer(batch, prompts, now, run.finish),
+        )
 
     def _device_loop(self) -> None:
-        """The pipeline's second step: run each staged batch and answer its requests, in turn."""
-        while (item := self._handoff.get()) is not None:
-            batch, run = item
+        """The pipeline's second step: run each staged batch and answer its requests, in turn.
+
+        A batch whose device work can be launched alone (plain texts or token ids) is queued on
+        the device behind the one before, whose requests are answered only then: the device
+        runs the next merged batch while this thread reads the last one's results back and
+        answers them. With nothing waiting, the batch in flight is answered at once."""
+        held: _Staged | None = None  # launched, not yet answered
+        while True:
             try:
-                run()
-            except Exception as exc:  # the thread outlives any failure; its requests get it
-                logger.exception("the batcher failed to answer %d requests", len(batch))
-                for work in batch:
-                    self._resolve(work, exception=exc)
-            finally:
-                self._finished()
+                item = self._handoff.get_nowait() if held is not None else self._handoff.get()
+            except queue.Empty:
+                self._settle_staged(held, held.finish)
+                held = None
+                continue
+            if item is None:
+                break
+            if item.staged is not None:
+                try:
+                    item.staged.launch(held.staged if held is not None else None)
+                except Exception:  # run and answered on its own below, request by request where it fails
+                    item.staged = None
+            if held is not None:
+                self._settle_staged(held, held.finish)
+                held = None
+            if item.staged is not None:
+                held = item
+            else:
+                self._settle_staged(item, item.run)
+        if held is not None:
+            self._settle_staged(held, held.finish)
+
+    def _settle_staged(self, item: _Staged, step: Callable[[], Any]) -> None:
+        try:
+            step()
+        except Exception as exc:  # the thread outlives any failure; its requests get it
+            logger.exception("the batcher failed to answer %d requests", len(item.batch))
+            for work in item.batch:
+                self._resolve(work, exception=exc)
+        finally:
+            self._finished()
 
     def _run(self, batch: list[_Work]) -> None:
         if batch[0].call is not None:

@@ -14,7 +14,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -524,7 +524,8 @@ class Engine:
 
     def staged(self, task: Task, prompts: Sequence[Prompt], params: Sequence[PoolingParams]) -> Callable[[], Results]:
         """:meth:`run` in two steps: tokenize the prompts now, on the calling thread, and return
-        the call that runs their batches. A server on an accelerator tokenizes its next merged
+        the call that runs their batches (a :class:`Staged`, whose device work can also be
+        launched behind another's, when the prompts are plain texts or token ids). A server on an accelerator tokenizes its next merged
         batch this way while the device runs the one before (:class:`poolkit.runtime.batching.Batcher`).
         Inputs that are not plain text or token ids, and chunked processing, are tokenized in the
         returned call, as :meth:`run` does them.
@@ -538,8 +539,7 @@ class Engine:
         )
         if head is None or not plain or (task.chunkable and self.model.pooler_config.enable_chunked_processing):
             return lambda: self.run(task, prompts, params)
-        tokens = self._tokenized(prompts, params, False, self.input_cap(task))
-        return lambda: Results(self._run(head, tokens, params, None), tokens.ids, tokens.truncated)
+        return Staged(self, head, self._tokenized(prompts, params, False, self.input_cap(task)), params)
 
     def _tokenized(
         self, prompts: Sequence[Prompt], params: Sequence[PoolingParams], chunked: bool, cap: int | None, first: int = 0
@@ -558,17 +558,19 @@ class Engine:
 
     def slices(self, prompts: Sequence[Prompt]) -> list[tuple[int, int]]:
         """``(start, stop)`` ranges of ``prompts`` tokenized one after another while the device
-        computes the previous one: about :data:`OVERLAP_BATCHES` token budgets of text each, by
-        character count. One range on the CPU, where both would share the same cores."""
+        computes the previous one: the first about one token budget of text, so that the device
+        starts early, the rest about :data:`OVERLAP_BATCHES` budgets each, by character count.
+        One range on the CPU, where both would share the same cores."""
         if not self.asynchronous or len(prompts) < 2:
             return [(0, len(prompts))]
-        budget = OVERLAP_BATCHES * self.max_batch_tokens * CHARS_PER_TOKEN_GUESS
+        budget = self.max_batch_tokens * CHARS_PER_TOKEN_GUESS
         ranges, start, chars = [], 0, 0
         for i, prompt in enumerate(prompts):
             chars += len(prompt.text or "") + len(prompt.text_pair or "") + len(prompt.token_ids or ()) * CHARS_PER_TOKEN_GUESS
             if chars >= budget:
                 ranges.append((start, i + 1))
                 start, chars = i + 1, 0
+                budget = OVERLAP_BATCHES * self.max_batch_tokens * CHARS_PER_TOKEN_GUESS
         if start < len(prompts):
             ranges.append((start, len(prompts)))
         return ranges
@@ -590,16 +592,22 @@ class Engine:
         if len(ranges) == 1:
             tokens = self._tokenized(prompts, params, False, cap)
             return Results(self._run(head, tokens, params, progress), tokens.ids, tokens.truncated)
-        parts: list[Results] = []
+        tokenized: list[Tokens] = []
         with ThreadPoolExecutor(1, thread_name_prefix="poolkit-tokenize") as pool:
             submit = lambda a, b: pool.submit(self._tokenized, prompts[a:b], params[a:b], False, cap, a)  # noqa: E731
-            future = submit(*ranges[0])
-            for k, (a, b) in enumerate(ranges):
-                tokens = future.result()
-                if k + 1 < len(ranges):
-                    future = submit(*ranges[k + 1])
-                parts.append(Results(self._run(head, tokens, params[a:b], progress), tokens.ids, tokens.truncated))
-        return Results.concat(parts)
+
+            def parts() -> Iterator[tuple[Tokens, Sequence[PoolingParams]]]:
+                # the next slice's tokens are awaited while the device runs this one's last batch
+                future = submit(*ranges[0])
+                for k, (a, b) in enumerate(ranges):
+                    tokens = future.result()
+                    if k + 1 < len(ranges):
+                        future = submit(*ranges[k + 1])
+                    tokenized.append(tokens)
+                    yield tokens, params[a:b]
+
+            results = self._run_parts(head, parts(), progress)
+        return Results.concat([Results(r, t.ids, t.truncated) for r, t in zip(results, tokenized)])
 
     def chunks(self, encoded: Encoded) -> list[tuple[Encoded, int]]:
         """Split an over-long input into model-sized chunks, each with the input's special tokens.
@@ -712,22 +720,53 @@ class Engine:
         params: Sequence[PoolingParams],
         progress: Callable[[int, int], None] | None,
     ) -> torch.Tensor | list[torch.Tensor]:
-        """Run the batches, each one queued on the device before the previous one's results are
-        read back: on a GPU the host packs batch ``k + 1`` while the device computes batch ``k``,
-        and each batch costs one device-to-host copy and one wait.
+        """Run the batches of ``tokens``: :meth:`_run_parts` of one part."""
+        (result,) = self._run_parts(head, [(tokens, params)], progress)
+        return result
 
-        Each batch is gathered from the prompts' one flat array of token ids; results come back as
+    def _run_parts(
+        self,
+        head: Callable,
+        parts: Iterable[tuple[Tokens, Sequence[PoolingParams]]],
+        progress: Callable[[int, int], None] | None,
+    ) -> list[torch.Tensor | list[torch.Tensor]]:
+        """Run the batches of each part in turn (:meth:`_launch`), the last batch of a part still
+        on the device while the next part's first one is queued; each part's results come back as
         one ``[N, ...]`` tensor when every batch's head gives one tensor of rows of a shape, else
-        one tensor per prompt.
+        one tensor per prompt."""
+        collectors: list[Collector] = []
+        last: InFlight | None = None
+        for tokens, params in parts:
+            collected, last = self._launch(head, tokens, params, progress, last)
+            collectors.append(collected)
+        if last is not None:
+            last.read()
+        return [c.result() for c in collectors]
+
+    def _launch(
+        self,
+        head: Callable,
+        tokens: Tokens,
+        params: Sequence[PoolingParams],
+        progress: Callable[[int, int], None] | None,
+        behind: InFlight | None = None,
+    ) -> tuple[Collector, InFlight | None]:
+        """Queue the batches of ``tokens`` on the device, each one before the previous one's
+        results are read back (``behind``: a batch of an earlier part still in flight, read once
+        this part's first batch is queued): on a GPU the host packs batch ``k + 1`` (or waits for
+        the next part's tokens) while the device computes batch ``k``, and each batch costs one
+        device-to-host copy and one wait. Returns the part's collector, whose results are complete
+        once the returned last batch in flight is read.
+
+        Each batch is gathered from the part's one flat array of token ids.
         """
         arch = self.model.architecture
+        rows_for = row_planner(self.model.device) if arch.accepts_filler else None
         shared = params[0] if params and all(p is params[0] for p in params) else None
         types = tokens.flat_types if self.uses_token_type_ids else None
         skip = np.asarray(tokens.pool_skip, dtype=np.int64) if tokens.pool_skip is not None else None
         keys = np.asarray(tokens.key_lens, dtype=np.int64) if tokens.key_lens is not None else None
         collected = Collector(len(tokens))
-        rows_for = row_planner(self.model.device) if arch.accepts_filler else None
-        pending: tuple[np.ndarray, Callable[[], Any], int] | None = None
         for members in self.batches(tokens.lens):
             seq_lens = tokens.lens[members]
             index = gather_index(tokens.starts[members], seq_lens)
@@ -743,17 +782,63 @@ class Engine:
             started = time.perf_counter()
             with torch.inference_mode(), self._threads_for(batch.num_tokens):
                 hidden = arch(batch.with_filler(rows))[: batch.num_tokens]
-                outputs = head(hidden, batch, [shared] * len(members) if shared is not None else [params[i] for i in members])
-                fetch = to_host(outputs)
+                members_params = [shared] * len(members) if shared is not None else [params[i] for i in members]
+                fetch = to_host(head(hidden, batch, members_params))
             if self.standin is not None:
                 fetch = self.standin.delayed(fetch, self.standin.launch(batch.num_tokens, started))
             self.compute_seconds += time.perf_counter() - started
-            if pending is not None:
-                collected.add(*pending, progress)
-            pending = (members, fetch, batch.num_tokens)
-        if pending is not None:
-            collected.add(*pending, progress)
-        return collected.result()
+            if behind is not None:
+                behind.read()
+            behind = InFlight(collected, members, fetch, batch.num_tokens, progress)
+        return collected, behind
+
+
+class InFlight:
+    """A batch queued on the device whose results are not read back yet; :meth:`read` waits for
+    them and puts them in their part's collector, once."""
+
+    __slots__ = ("collector", "members", "fetch", "tokens", "progress")
+
+    def __init__(
+        self, collector: Collector, members: np.ndarray, fetch: Callable[[], Any], tokens: int,
+        progress: Callable[[int, int], None] | None,
+    ) -> None:
+        self.collector, self.members, self.fetch, self.tokens, self.progress = collector, members, fetch, tokens, progress
+
+    def read(self) -> None:
+        if self.collector is not None:
+            collector, self.collector = self.collector, None
+            collector.add(self.members, self.fetch, self.tokens, self.progress)
+
+
+class Staged:
+    """Prompts tokenized by :meth:`Engine.staged`: calling it runs their batches and gives their
+    :class:`Results`; :meth:`launch` only queues the batches, behind another staged call's last
+    batch still in flight, so that a server's device thread can answer one merged batch while
+    the device runs the next."""
+
+    def __init__(self, engine: Engine, head: Callable, tokens: Tokens, params: Sequence[PoolingParams]) -> None:
+        self.engine, self.head, self.tokens, self.params = engine, head, tokens, params
+        self._collected: Collector | None = None
+        self._last: InFlight | None = None
+
+    def __call__(self) -> Results:
+        return self.launch().finish()
+
+    def launch(self, behind: Staged | None = None) -> Staged:
+        """Queue the batches on the device (``behind``'s last one read once the first is queued)."""
+        self._collected, self._last = self.engine._launch(
+            self.head, self.tokens, self.params, None, behind._last if behind is not None else None
+        )
+        return self
+
+    def finish(self) -> Results:
+        """Wait for the launched batches and give their results."""
+        if self._collected is None:
+            raise RuntimeError("finish() before launch()")
+        if self._last is not None:
+            self._last.read()
+        return Results(self._collected.result(), self.tokens.ids, self.tokens.truncated)
 
 
 @contextlib.contextmanager
