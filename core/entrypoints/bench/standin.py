@@ -95,15 +95,30 @@ def _served(model: str, rate: float, clients: int, inputs: int, seconds: float, 
     env = dict(os.environ, **{ENV: str(rate)})
     started = StartedServer(EngineArgs(model=model), env=env)
     try:
+        cpu, wall = _cpu_seconds(started.proc.pid), time.perf_counter()
         load = run_load(started.url, clients=clients, seconds=seconds, inputs_per_request=inputs).as_dict()
+        cpu_after, wall_after = _cpu_seconds(started.proc.pid), time.perf_counter()
     finally:
         started.stop()
-    return {
+    report = {
         "served": load["inputs_per_s"] * tokens_per_text,
         "served_requests_per_s": load["requests_per_s"],
         "served_p99_ms": load["p99_ms"],
         "served_status_codes": load["status_codes"],
     }
+    if cpu is not None and cpu_after is not None:
+        report["served_server_cores"] = round((cpu_after - cpu) / (wall_after - wall), 2)
+    return report
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """The CPU seconds a process has used, all its threads together (Linux's ``/proc``), or ``None``."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def format_standin(report: dict[str, Any]) -> str:
@@ -119,6 +134,7 @@ def format_standin(report: dict[str, Any]) -> str:
     if "served" in report:
         lines.append(
             f"  served          {report['served']:>12,.0f} tok/s  ({report['served_vs_from_text']:.2f} x from text; "
-            f"{report['served_requests_per_s']} req/s, p99 {report['served_p99_ms']} ms, {report['served_status_codes']})"
+            f"{report['served_requests_per_s']} req/s, p99 {report['served_p99_ms']} ms, {report['served_status_codes']}"
+            + (f"; the server busy on {report['served_server_cores']} cores" if "served_server_cores" in report else "") + ")"
         )
     return "\n".join(lines)
