@@ -28,15 +28,14 @@ from ..loading.model import PoolingModel
 from ..plugins.lookup import row_planner
 from .allocator import tune_allocator
 from .columns import Collector, Encoded, Results, Tokens, gather_index, to_host
-from .estimates import CHARS_PER_TOKEN_GUESS
+from .inflight import InFlight, Staged
+from .estimates import CHARS_PER_TOKEN_GUESS, char_budget, cut_index
 from .standin import StandInDevice, from_environment
 
 logger = logging.getLogger(__name__)
 
 #: Default token budget of one packed batch, by device type.
 MAX_BATCH_TOKENS = {"cpu": 8192, "cuda": 65536}
-#: Texts longer than this many characters per allowed token are cut before tokenizing.
-CHARS_PER_TOKEN = 24
 #: On an accelerator, prompts are tokenized in slices of about this many token budgets of text,
 #: each while the device runs the one before (:meth:`Engine.slices`).
 OVERLAP_BATCHES = 8
@@ -45,24 +44,6 @@ OVERLAP_BATCHES = 8
 #: than they save there, and a server of single-text requests, whose batches are that small,
 #: keeps the cores for its event loop and tokenizer instead (issue 29, docs/performance.md).
 ONE_THREAD_WORK = 1 << 22
-_CUT_MARGIN = 256
-_WHITESPACE_SEARCH = 1000
-
-
-def _cut_index(text: str, budget: int, side: str) -> int:
-    """Where to cut ``text`` to about ``budget`` characters, at a whitespace when there is one."""
-    if side == "right":
-        for i in range(budget, max(budget - _WHITESPACE_SEARCH, 0), -1):
-            if text[i].isspace():
-                return i
-        return budget
-    start = len(text) - budget
-    for i in range(start, min(start + _WHITESPACE_SEARCH, len(text))):
-        if text[i].isspace():
-            return i
-    return start
-
-
 class Engine:
     """Runs a :class:`PoolingModel` over prompts for one task at a time.
 
@@ -295,10 +276,10 @@ class Engine:
         told = limit is not None and not has_pairs
         cut: list[int] = []
         if told:
-            budget = limit * CHARS_PER_TOKEN + _CUT_MARGIN
+            budget = char_budget(limit)
             cut = [i for i, t in enumerate(texts) if len(t) > budget]
             for i in cut:
-                at = _cut_index(texts[i], budget, side)
+                at = cut_index(texts[i], budget, side)
                 texts[i] = texts[i][:at] if side == "right" else texts[i][at:]
         ids, types, beyond = self._call_tokenizer(texts, pairs if has_pairs else None, limit, side, special, told)
         truncated = np.zeros(len(texts), dtype=bool)
@@ -791,54 +772,6 @@ class Engine:
                 behind.read()
             behind = InFlight(collected, members, fetch, batch.num_tokens, progress)
         return collected, behind
-
-
-class InFlight:
-    """A batch queued on the device whose results are not read back yet; :meth:`read` waits for
-    them and puts them in their part's collector, once."""
-
-    __slots__ = ("collector", "members", "fetch", "tokens", "progress")
-
-    def __init__(
-        self, collector: Collector, members: np.ndarray, fetch: Callable[[], Any], tokens: int,
-        progress: Callable[[int, int], None] | None,
-    ) -> None:
-        self.collector, self.members, self.fetch, self.tokens, self.progress = collector, members, fetch, tokens, progress
-
-    def read(self) -> None:
-        if self.collector is not None:
-            collector, self.collector = self.collector, None
-            collector.add(self.members, self.fetch, self.tokens, self.progress)
-
-
-class Staged:
-    """Prompts tokenized by :meth:`Engine.staged`: calling it runs their batches and gives their
-    :class:`Results`; :meth:`launch` only queues the batches, behind another staged call's last
-    batch still in flight, so that a server's device thread can answer one merged batch while
-    the device runs the next."""
-
-    def __init__(self, engine: Engine, head: Callable, tokens: Tokens, params: Sequence[PoolingParams]) -> None:
-        self.engine, self.head, self.tokens, self.params = engine, head, tokens, params
-        self._collected: Collector | None = None
-        self._last: InFlight | None = None
-
-    def __call__(self) -> Results:
-        return self.launch().finish()
-
-    def launch(self, behind: Staged | None = None) -> Staged:
-        """Queue the batches on the device (``behind``'s last one read once the first is queued)."""
-        self._collected, self._last = self.engine._launch(
-            self.head, self.tokens, self.params, None, behind._last if behind is not None else None
-        )
-        return self
-
-    def finish(self) -> Results:
-        """Wait for the launched batches and give their results."""
-        if self._collected is None:
-            raise RuntimeError("finish() before launch()")
-        if self._last is not None:
-            self._last.read()
-        return Results(self._collected.result(), self.tokens.ids, self.tokens.truncated)
 
 
 @contextlib.contextmanager

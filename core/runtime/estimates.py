@@ -51,3 +51,29 @@ def estimate_pair_tokens(first: Sequence[str], second: Sequence[str], limit: int
         n = len(a) // CHARS_PER_TOKEN_GUESS + len(b) // CHARS_PER_TOKEN_GUESS + 3
         total += min(n, limit) if limit else n
     return total
+
+
+#: Texts longer than this many characters per allowed token are cut before tokenizing.
+CHARS_PER_TOKEN = 24
+_CUT_MARGIN = 256
+_WHITESPACE_SEARCH = 1000
+
+
+def char_budget(tokens: int) -> int:
+    """The characters a text may have before it is cut ahead of tokenizing to ``tokens`` tokens:
+    far more than those tokens can hold, so a cut text still fills them."""
+    return tokens * CHARS_PER_TOKEN + _CUT_MARGIN
+
+
+def cut_index(text: str, budget: int, side: str) -> int:
+    """Where to cut ``text`` to about ``budget`` characters, at a whitespace when there is one."""
+    if side == "right":
+        for i in range(budget, max(budget - _WHITESPACE_SEARCH, 0), -1):
+            if text[i].isspace():
+                return i
+        return budget
+    start = len(text) - budget
+    for i in range(start, min(start + _WHITESPACE_SEARCH, len(text))):
+        if text[i].isspace():
+            return i
+    return start
