@@ -1,7 +1,7 @@
 """The GPU table of issue 44 in one run per model: poolkit against the floor and the peers.
 
     python .ci/gpu/table.py [--device cuda] [--presets bge-small,bge-base,qwen3-embedding-0.6b]
-                            [--short N] [--long N] [--seconds S] [--no-server]
+                            [--short N] [--long N] [--seconds S] [--no-server] [--api-server-counts 1,8]
 
 For each preset and for ~50-token and 512-token texts, tokens/s of:
 
@@ -15,7 +15,8 @@ For each preset and for ~50-token and 512-token texts, tokens/s of:
 
 then ``poolkit serve`` on the preset under two loads, each from several client processes so the
 client is not the bottleneck: 64 connections x 32 texts (against offline from text: >= 0.8x) and
-256 connections x 1 text (requests/s and p99). ``--device cpu`` with small counts is the smoke test
+256 connections x 1 text (requests/s and p99), with one API process and with eight
+(``--api-server-count``; ``--api-server-counts`` chooses). ``--device cpu`` with small counts is the smoke test
 this machine runs (``--presets host-bert --short 200 --long 20 --seconds 3``).
 """
 
@@ -128,13 +129,14 @@ def _client(args: tuple) -> dict:
     return run_load(url, clients=clients, seconds=seconds, inputs_per_request=inputs, seed=seed).as_dict()
 
 
-def served(preset: str, device: str, dtype: str, seconds: float, processes: int = 4) -> list[str]:
-    """``poolkit serve`` under the issue's two loads, each from ``processes`` client processes."""
+def served(preset: str, device: str, dtype: str, seconds: float, api_servers: int = 1, processes: int = 4) -> list[str]:
+    """``poolkit serve`` (``--api-server-count api_servers``) under the issue's two loads, each from
+    ``processes`` client processes."""
     from poolkit.bench.load import StartedServer
     from poolkit.config.settings import EngineArgs
 
     path, _ = resolve_bench_model(preset)
-    server = StartedServer(EngineArgs(model=path, device=device, dtype=dtype))
+    server = StartedServer(EngineArgs(model=path, device=device, dtype=dtype), serve_flags=["--api-server-count", str(api_servers)])
     lines = []
     try:
         for connections, inputs in ((64, 32), (256, 1)):
@@ -149,7 +151,8 @@ def served(preset: str, device: str, dtype: str, seconds: float, processes: int 
                 for code, n in r["status_codes"].items():
                     codes[code] = codes.get(code, 0) + n
             lines.append(
-                f"  serve {connections} connections x {inputs} texts: {requests / seconds:,.0f} req/s, "
+                f"  serve ({api_servers} API process{'es' if api_servers > 1 else ''}) {connections} connections x {inputs} texts: "
+                f"{requests / seconds:,.0f} req/s, "
                 f"{texts_per_s:,.0f} texts/s, p99 (worst process) {p99} ms, {codes}"
             )
     finally:
@@ -166,6 +169,7 @@ def main() -> None:
     parser.add_argument("--long", type=int, default=4000)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--no-server", action="store_true")
+    parser.add_argument("--api-server-counts", default="1,8", help="the server's --api-server-count, one run of each")
     args = parser.parse_args()
     print(torch.__version__, torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu", flush=True)
     corpora = {"~50": make_corpus(args.short, 33, 0.1, seed=1), "512": make_corpus(args.long, 600, 0.05, seed=2)}
@@ -183,8 +187,9 @@ def main() -> None:
                 flush=True,
             )
         if not args.no_server:
-            for line in served(preset, args.device, args.dtype, args.seconds):
-                print(line, flush=True)
+            for count in [int(c) for c in args.api_server_counts.split(",") if c]:
+                for line in served(preset, args.device, args.dtype, args.seconds, count):
+                    print(line, flush=True)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ def serve(
     cache_max_bytes: int = typer.Option(256 * 1024 * 1024, "--cache-max-bytes", help="Bytes the cache of each model may hold (its results, token ids and inputs); the least recently used entries go first."),
     auto_truncate: bool = typer.Option(False, "--auto-truncate", help="TEI's routes: truncate inputs longer than the model's limit unless a request says truncate: false."),
     default_prompt_name: Optional[str] = typer.Option(None, "--default-prompt-name", help="TEI's routes: the prompt of the model's sentence-transformers config used when a request names none."),
+    api_server_count: int = typer.Option(1, "--api-server-count", help="API server processes (vLLM's option): above 1, the models load first and that many processes parse, validate and answer requests, one of them running the models; for many small requests on a host with cores to spare."),
     quiet: bool = QuietOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
@@ -71,6 +72,10 @@ def serve(
             max_response_bytes=max_response_bytes,
             **({"max_batch_tokens": args.max_batch_tokens} if args.max_batch_tokens is not None else {}),
         )
+        if api_server_count < 1:
+            from ...contracts.errors import InvalidRequest
+
+            raise InvalidRequest(f"--api-server-count must be at least 1, got {api_server_count}")
         chat_template = _template(chat_template, "--chat-template")
         score_template = _template(score_template, "--score-template")
         setup_logging(quiet, verbose)
@@ -91,7 +96,7 @@ def serve(
         run(loaders if len(loaders) > 1 else loaders[0], host=host, port=port, served_model_name=names if len(names) > 1 else names[0],
             api_key=api_key, limits=limits, chat_template=chat_template, score_template=score_template, cache_size=cache_size,
             cache_max_bytes=cache_max_bytes, auto_truncate=auto_truncate, default_prompt_name=default_prompt_name,
-            log_level="warning" if quiet else "info", access_log=verbose)
+            log_level="warning" if quiet else "info", access_log=verbose, api_server_count=api_server_count)
 
 
 def _loader(args: EngineArgs) -> Callable[[], Any]:

@@ -108,6 +108,8 @@ def create_app(
         st.started()
         yield
         st.draining = True
+        if st.before_drain is not None:  # the API processes in front of this one end first
+            await asyncio.to_thread(st.before_drain)
         batchers = [m.batcher for m in st.models if m.batcher is not None]
         if batchers:
             st.drained = True
@@ -188,6 +190,7 @@ def run(
     port: int = 8000,
     log_level: str = "info",
     access_log: bool = False,
+    api_server_count: int = 1,
     **options: Any,
 ) -> None:
     """Serve ``llm`` (an :class:`LLM` or a callable loading one, or a list of them) with uvicorn
@@ -195,30 +198,50 @@ def run(
 
     On SIGTERM the server stops accepting connections, answers 503 to new requests on open ones,
     lets in-flight requests finish and drains the batchers (each bounded by
-    ``limits.shutdown_timeout``), then returns, so the process exits 0.
+    ``limits.shutdown_timeout``), then returns, so the process exits 0. ``api_server_count``
+    above 1 loads the models first and serves them from that many processes, one of them running
+    the models (:mod:`poolkit.entrypoints.server.processes`).
 
     Raises:
         MissingDependency: uvicorn is not installed.
         PoolkitError: a model failed to load (re-raised once the server has stopped).
     """
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401
     except ImportError:
         raise MissingDependency("the HTTP server needs FastAPI and uvicorn: pip install 'poolkit[serve]'") from None
     limits = options.pop("limits", None) or ServerLimits()
-    app = create_app(llm, limits=limits, **options)
+    serving = dict(log_level=log_level, access_log=access_log)
+    if api_server_count != 1:
+        from .processes import serve_processes
+
+        many = isinstance(llm, (list, tuple))
+        loaders = [m if callable(m) and not hasattr(m, "model") else (lambda m=m: m) for m in (llm if many else [llm])]
+        serve_processes(
+            loaders, api_server_count,
+            lambda llms: create_app(llms if many else llms[0], limits=limits, **options),
+            lambda app, sock: _serve(app, limits, sockets=[sock], **serving),
+            host=host, port=port,
+        )
+        return
+    _serve(create_app(llm, limits=limits, **options), limits, host=host, port=port, **serving)
+
+
+def _serve(app: FastAPI, limits: ServerLimits, *, sockets: list[Any] | None = None, **config: Any) -> None:
+    """Run ``app`` with uvicorn until SIGTERM/SIGINT, on ``sockets`` or ``host`` and ``port``."""
+    import uvicorn
+
     st: ServerState = app.state.poolkit
-    config = uvicorn.Config(
+    access_log = config.pop("access_log")
+    uvicorn_config = uvicorn.Config(
         app,
         http=front_protocol(app),
-        host=host,
-        port=port,
         log_config=None,
-        log_level=log_level,
         access_log=access_log,
         timeout_graceful_shutdown=max(1, int(round(limits.shutdown_timeout))),
         server_header=False,
         lifespan="on",
+        **config,
     )
 
     class _Server(uvicorn.Server):
@@ -226,13 +249,15 @@ def run(
             # Drain instead of re-raising the signal once stopped (uvicorn's default), so SIGTERM exits 0.
             if not st.draining:  # answer what is still waiting just before uvicorn closes its connections
                 st.shutdown_deadline(limits.shutdown_timeout - min(1.0, 0.2 * limits.shutdown_timeout))
+                if st.on_exit_signal is not None:
+                    st.on_exit_signal()
             st.draining = True
             if self.should_exit and sig == signal.SIGINT:  # a second Ctrl-C forces the exit
                 self.force_exit = True
             self.should_exit = True
 
-    server = _Server(config)
+    server = _Server(uvicorn_config)
     st.request_exit = lambda: setattr(server, "should_exit", True)
-    server.run()
+    server.run(sockets=sockets)
     if st.load_error is not None:
         raise st.load_error

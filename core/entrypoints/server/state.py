@@ -205,6 +205,10 @@ class ServerState:
         self.drained = False
         self.in_flight = 0
         self.request_exit: Callable[[], None] = lambda: None
+        #: With several API processes (:mod:`~poolkit.entrypoints.server.processes`), the engine
+        #: process's: stop the fronts when SIGTERM arrives, and wait for them before draining.
+        self.on_exit_signal: Callable[[], None] | None = None
+        self.before_drain: Callable[[], None] | None = None
         #: Set when the shutdown timeout is about to run out: requests still waiting answer 503.
         self.give_up: asyncio.Future | None = None
         self._loop: asyncio.AbstractEventLoop | None = None

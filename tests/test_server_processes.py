@@ -1,0 +1,146 @@
+"""``poolkit serve --api-server-count N``: API processes in front of one engine process.
+
+A real server with an embedder and a cross-encoder in two processes: connections from many
+clients reach both, every answer is the single-process server's (the front's batches run in the
+engine process), the front does its share of the work, bad requests get the same errors, and
+SIGTERM ends both processes with exit code 0.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlparse
+
+import pytest
+import torch
+from tiny_models import build_classifier
+from typer.testing import CliRunner
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+from poolkit import LLM  # noqa: E402
+from poolkit.config.settings import EngineArgs  # noqa: E402
+from poolkit.entrypoints.bench.load import StartedServer  # noqa: E402
+from poolkit.entrypoints.bench.standin import _cpu_seconds  # noqa: E402
+
+TEXTS = [f"text number {i} about {'cats' if i % 2 else 'the weather'}" for i in range(48)]
+
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def _post(conn: http.client.HTTPConnection, path: str, body: dict) -> tuple[int, dict]:
+    conn.request("POST", path, body=json.dumps(body), headers={"Content-Type": "application/json"})
+    response = conn.getresponse()
+    return response.status, json.loads(response.read())
+
+
+def test_two_api_processes_answer_as_one(minilm, minilm_dir, tmp_path):
+    ce_dir = build_classifier(tmp_path / "ce", "bert", 1)
+    server = StartedServer(
+        EngineArgs(), str(tmp_path / "server.log"), models=[str(minilm_dir), str(ce_dir)],
+        served_model_names=["minilm", "ce"], serve_flags=["--api-server-count", "2"],
+    )
+    try:
+        (front,) = _children(server.proc.pid)
+        before = _cpu_seconds(front)
+        address = urlparse(server.url)
+        local = threading.local()
+
+        def embed(i: int) -> tuple[int, dict]:
+            if not hasattr(local, "conn"):
+                local.conn = http.client.HTTPConnection(address.hostname, address.port, timeout=60)
+            return _post(local.conn, "/v1/embeddings", {"model": "minilm", "input": [TEXTS[i]]})
+
+        with ThreadPoolExecutor(32) as pool:  # 32 connections: the kernel spreads them over both processes
+            answers = list(pool.map(embed, list(range(len(TEXTS))) * 30))
+        assert all(status == 200 for status, _ in answers), [a for a in answers if a[0] != 200][:2]
+        expected = torch.tensor([o.outputs.embedding for o in minilm.embed(TEXTS)])
+        for k, (_, body) in enumerate(answers):
+            got = torch.tensor(body["data"][0]["embedding"])
+            assert torch.allclose(got, expected[k % len(TEXTS)], atol=1e-5), k
+        assert _cpu_seconds(front) - before > 0.1  # the front answered its share of the connections (~0.2 ms a request)
+
+        ce = LLM(str(ce_dir))
+        query, docs = "what about cats", TEXTS[:5]
+        scores = [o.outputs.score for o in ce.score(query, docs)]
+        with ThreadPoolExecutor(8) as pool:
+            scored = list(pool.map(
+                lambda _: _post(http.client.HTTPConnection(address.hostname, address.port, timeout=60), "/score",
+                                {"model": "ce", "text_1": query, "text_2": docs}),
+                range(8),
+            ))
+        for status, body in scored:
+            assert status == 200, body
+            assert [d["score"] for d in body["data"]] == pytest.approx(scores, abs=1e-5)
+
+        with ThreadPoolExecutor(8) as pool:  # a bad request is refused as by one process, by either
+            refused = list(pool.map(
+                lambda _: _post(http.client.HTTPConnection(address.hostname, address.port, timeout=60), "/v1/embeddings",
+                                {"model": "minilm", "input": [[10**9]]}),
+                range(8),
+            ))
+        assert {status for status, _ in refused} == {400} and len({body["error"]["message"] for _, body in refused}) == 1
+    finally:
+        code = server.stop()
+    assert code == 0
+    assert not os.path.exists(f"/proc/{front}")  # ended and reaped by the engine process
+
+
+def test_sigterm_drains_every_process_and_a_front_ends_with_its_engine(minilm_dir, tmp_path):
+    """SIGTERM while requests are in flight in both processes (a slow stand-in device holds them
+    there): each is answered, both processes end, exit code 0. A front whose engine process is
+    killed outright ends too (it drains: its requests get 503, not a hang)."""
+    env = dict(os.environ, POOLKIT_STANDIN_TOKENS_PER_S="100")  # ~0.1 s of device time a text: 1.6 s for the 16
+    server = StartedServer(EngineArgs(), str(tmp_path / "server.log"), models=[str(minilm_dir)],
+                           serve_flags=["--api-server-count", "2"], env=env)
+    (front,) = _children(server.proc.pid)
+    address = urlparse(server.url)
+
+    def embed(i: int) -> int:
+        conn = http.client.HTTPConnection(address.hostname, address.port, timeout=60)
+        return _post(conn, "/v1/embeddings", {"input": [TEXTS[i]]})[0]
+
+    with ThreadPoolExecutor(16) as pool:
+        pending = [pool.submit(embed, i) for i in range(16)]
+        time.sleep(0.4)  # connected, and waiting for the device
+        assert sum(f.done() for f in pending) < 16  # still in flight
+        server.proc.send_signal(signal.SIGTERM)
+        statuses = [f.result() for f in pending]
+    assert server.proc.wait(60) == 0 and statuses == [200] * 16
+    assert not os.path.exists(f"/proc/{front}")
+
+    server = StartedServer(EngineArgs(), str(tmp_path / "server2.log"), models=[str(minilm_dir)],
+                           serve_flags=["--api-server-count", "2"])
+    (front,) = _children(server.proc.pid)
+    server.proc.kill()
+    server.proc.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _running(front):
+        time.sleep(0.1)
+    assert not _running(front)
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False
+
+
+def test_the_count_is_checked(minilm_dir):
+    from poolkit.entrypoints.cli import app
+
+    result = CliRunner().invoke(app, ["serve", str(minilm_dir), "--api-server-count", "0"])
+    assert result.exit_code == 1, result.output
+    assert result.stderr.splitlines()[0] == "Error: --api-server-count must be at least 1, got 0"
