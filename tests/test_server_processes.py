@@ -138,6 +138,54 @@ def _running(pid: int) -> bool:
         return False
 
 
+def test_the_engine_link_pipelines_and_carries_errors(tmp_path):
+    """The protocol alone, in one process: a front thread launches two batches before reading
+    either back; the engine side answers the second first (it finishes first) and each call gets
+    its own answer; a library error keeps its class, any other failure becomes a 500's, a model
+    the engine process lacks and a lost engine process are 503s."""
+    import asyncio
+    from multiprocessing.connection import Listener
+    from types import SimpleNamespace
+
+    from poolkit.contracts.errors import InvalidRequest
+    from poolkit.entrypoints.server.errors import status_of
+    from poolkit.entrypoints.server.processes import EngineService, EngineUnavailable, RemoteEngine
+
+    class SlowThenFast:
+        async def submit(self, task, prompts, params):
+            if prompts == ["boom"]:
+                raise ValueError("the model broke")
+            if prompts == ["bad"]:
+                raise InvalidRequest("prompt 0 is bad")
+            await asyncio.sleep(0.3 if prompts == ["slow"] else 0.0)
+            return [p.upper() for p in prompts]
+
+    address, key = str(tmp_path / "engine.sock"), b"k" * 32
+    service = EngineService(Listener(address, family="AF_UNIX", authkey=key), lambda i: [SlowThenFast()][i])
+    service.start()
+    try:
+        task = SimpleNamespace(name="embed")
+        engine = RemoteEngine(SimpleNamespace(), 0, address, key)
+        assert engine.asynchronous
+        slow, fast = engine.staged(task, ["slow"], [None]).launch(), engine.staged(task, ["fast"], [None]).launch()
+        assert fast.finish() == ["FAST"] and slow.finish() == ["SLOW"]
+        with pytest.raises(InvalidRequest, match="^prompt 0 is bad$") as bad:
+            engine.run(task, ["bad"], [None])
+        assert status_of(bad.value) == 400
+        with pytest.raises(RuntimeError, match="^ValueError: the model broke$"):
+            engine.run(task, ["boom"], [None])
+        with pytest.raises(EngineUnavailable) as missing:
+            RemoteEngine(SimpleNamespace(), 1, address, key).run(task, ["x"], [None])
+        assert status_of(missing.value) == 503
+    finally:
+        service.close()
+    pending = engine.staged(task, ["slow"], [None]).launch()
+    service._loop.call_soon_threadsafe(service._loop.stop)
+    engine._local.link.conn.close()  # the engine process's end goes away
+    with pytest.raises(EngineUnavailable):
+        pending.finish()
+
+
 def test_the_count_is_checked(minilm_dir):
     from poolkit.entrypoints.cli import app
 

@@ -46,22 +46,28 @@ class EngineUnavailable(ShuttingDown):
 
 class RemoteEngine:
     """A front process's engine: everything of the model's own engine (its tokenizer, limits and
-    checks) except running batches, which :meth:`run` hands to the engine process."""
+    checks) except running batches, which go to the engine process.
+
+    The front's batcher pipelines as on an accelerator: :meth:`staged` returns a
+    :class:`RemoteCall` whose ``launch`` sends the merged batch and whose ``finish`` waits for its
+    results, so the next batch is on its way to the engine process while the last one's answers
+    are read back and sent. Each thread has a connection of its own.
+    """
 
     def __init__(self, engine: Any, model: int, address: str, authkey: bytes) -> None:
         self._engine, self._model, self._address, self._authkey = engine, model, address, authkey
-        self._local = threading.local()  # one connection per thread: a batcher's worker makes one call at a time
+        self._local = threading.local()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._engine, name)
 
     @property
     def asynchronous(self) -> bool:
-        return False  # the front's batcher runs one thread; the pipeline is the engine process's
+        return True  # batches run in the engine process while this one goes on
 
-    @property
-    def staged(self) -> Any:
-        raise AttributeError("staged")  # batches run whole in the engine process
+    def staged(self, task: Any, prompts: Sequence[Any], params: Sequence[Any]) -> RemoteCall:
+        """A merged batch to run in the engine process (which tokenizes it)."""
+        return RemoteCall(self, task, prompts, params)
 
     def run(self, task: Any, prompts: Sequence[Any], params: Sequence[Any], progress: Callable | None = None) -> Any:
         """:meth:`poolkit.runtime.engine.Engine.run` in the engine process, through its batcher.
@@ -70,23 +76,85 @@ class RemoteEngine:
             PoolkitError: what the engine process raised for these prompts.
             EngineUnavailable: the engine process did not answer.
         """
-        conn: Connection | None = getattr(self._local, "conn", None)
-        try:
-            if conn is None:
-                conn = self._local.conn = Client(self._address, authkey=self._authkey)
-            conn.send_bytes(pickle.dumps((self._model, task.name, prompts, list(params)), protocol=5))
-            ok, value = pickle.loads(conn.recv_bytes())
-        except (OSError, EOFError) as exc:
-            self._local.conn = None
-            raise EngineUnavailable(f"the engine process did not answer: {exc}") from None
+        return RemoteCall(self, task, prompts, params)()
+
+    def _link(self) -> _Link:
+        link = getattr(self._local, "link", None)
+        if link is None or link.broken:
+            try:
+                link = self._local.link = _Link(Client(self._address, authkey=self._authkey))
+            except (OSError, EOFError) as exc:
+                raise EngineUnavailable(f"the engine process did not answer: {exc}") from None
+        return link
+
+
+class RemoteCall:
+    """One merged batch of a front, run in the engine process: call it, or ``launch`` it and
+    ``finish`` it later (as :class:`poolkit.runtime.inflight.Staged`)."""
+
+    def __init__(self, engine: RemoteEngine, task: Any, prompts: Sequence[Any], params: Sequence[Any]) -> None:
+        self._engine, self._message = engine, (engine._model, task.name, prompts, list(params))
+        self._sent: tuple[_Link, int] | None = None
+
+    def __call__(self) -> Any:
+        return self.launch().finish()
+
+    def launch(self, behind: Any = None) -> RemoteCall:
+        link = self._engine._link()
+        self._sent = (link, link.send(self._message))
+        return self
+
+    def finish(self) -> Any:
+        if self._sent is None:
+            raise RuntimeError("finish() before launch()")
+        link, number = self._sent
+        ok, value = link.receive(number)
         if not ok:
             raise value
         return value
 
 
+class _Link:
+    """A front thread's connection to the engine process: numbered messages out, their answers
+    back in any order (kept until asked for)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn, self.broken = conn, False
+        self._next, self._answers = 0, {}
+
+    def send(self, message: tuple) -> int:
+        self._next += 1
+        try:
+            self.conn.send_bytes(pickle.dumps((self._next, *message), protocol=5))
+        except (OSError, EOFError) as exc:
+            self._break()
+            raise EngineUnavailable(f"the engine process did not answer: {exc}") from None
+        return self._next
+
+    def receive(self, number: int) -> tuple[bool, Any]:
+        while number not in self._answers:
+            if self.broken:
+                raise EngineUnavailable("the engine process did not answer: its connection was lost")
+            try:
+                got, ok, value = pickle.loads(self.conn.recv_bytes())
+            except (OSError, EOFError) as exc:
+                self._break()
+                raise EngineUnavailable(f"the engine process did not answer: {exc or 'it closed the connection'}") from None
+            self._answers[got] = (ok, value)
+        return self._answers.pop(number)
+
+    def _break(self) -> None:
+        self.broken = True
+        try:
+            self.conn.close()
+        except OSError:
+            pass
+
+
 class EngineService:
     """The engine process's side: a connection per front thread, each batch run through the
-    batcher of the model it names, on an event loop of the service's own."""
+    batcher of the model it names, on an event loop of the service's own; a connection's batches
+    are all submitted as they come, and each answered when its results are in."""
 
     def __init__(self, listener: Listener, batchers: Callable[[int], Any]) -> None:
         self._listener, self._batchers = listener, batchers
@@ -115,28 +183,45 @@ class EngineService:
             threading.Thread(target=self._serve, args=(conn,), name="poolkit-service-conn", daemon=True).start()
 
     def _serve(self, conn: Connection) -> None:
+        sending = threading.Lock()
+
+        def answer(number: int, ok: bool, value: Any) -> None:
+            if not ok and not isinstance(value, PoolkitError):  # a library error keeps its status; the rest is a 500
+                value = RuntimeError(f"{type(value).__name__}: {value}")
+            try:
+                data = pickle.dumps((number, ok, value), protocol=5)
+            except Exception:  # noqa: BLE001 - an error that does not pickle goes as its message
+                data = pickle.dumps((number, False, RuntimeError(str(value))), protocol=5)
+            with sending:
+                try:
+                    conn.send_bytes(data)
+                except (OSError, EOFError):
+                    pass  # the front is gone; so are its requests
+
+        def done(number: int, submitted: Any) -> None:
+            exc = submitted.exception()
+            answer(number, exc is None, submitted.result() if exc is None else exc)
+
         with conn:
             while True:
                 try:
-                    model, task_name, prompts, params = pickle.loads(conn.recv_bytes())
+                    number, model, task_name, prompts, params = pickle.loads(conn.recv_bytes())
                 except (OSError, EOFError):
                     return
                 try:
                     batcher = self._batchers(model)
+                except (IndexError, KeyError):
+                    batcher = None
+                if batcher is None:  # not loaded, or gone with a shutdown
+                    answer(number, False, EngineUnavailable(f"the engine process is not running model {model}"))
+                    continue
+                try:
                     task = registry("task").get(task_name)  # the registry's own: batches merge by task
                     submitted = asyncio.run_coroutine_threadsafe(batcher.submit(task, prompts, params), self._loop)
-                    reply: tuple[bool, Any] = (True, submitted.result())
                 except Exception as exc:  # noqa: BLE001 - the front re-raises it for its requests
-                    # a library error as it is (its status follows it), anything else as an internal error (500)
-                    reply = (False, exc if isinstance(exc, PoolkitError) else RuntimeError(f"{type(exc).__name__}: {exc}"))
-                try:
-                    data = pickle.dumps(reply, protocol=5)
-                except Exception:  # noqa: BLE001 - an error that does not pickle goes as its message
-                    data = pickle.dumps((False, RuntimeError(str(reply[1]))), protocol=5)
-                try:
-                    conn.send_bytes(data)
-                except (OSError, EOFError):
-                    return
+                    answer(number, False, exc)
+                    continue
+                submitted.add_done_callback(lambda f, n=number: done(n, f))
 
 
 def listening_sockets(host: str, port: int, count: int) -> list[socket.socket]:
@@ -269,4 +354,4 @@ def _wait(pid: int, timeout: float | None = None) -> int | None:
         time.sleep(0.05)
 
 
-__all__ = ["EngineService", "EngineUnavailable", "RemoteEngine", "listening_sockets", "serve_processes"]
+__all__ = ["EngineService", "EngineUnavailable", "RemoteCall", "RemoteEngine", "listening_sockets", "serve_processes"]
