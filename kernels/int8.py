@@ -32,7 +32,8 @@ on weights packed once), the tokens as uint8. The passes around it, rounding the
 and rescaling the output, are compiled C (``int8.c``, built for this CPU on first use by
 :mod:`poolkit.kernels.compiler`): each reads its rows once while they are in cache, where torch
 takes five passes over the input and a uint8 copy; without a compiler torch's passes run, with
-the same arithmetic. On CPUs without VNNI (AVX2,
+the same arithmetic. In a bf16 model the rescale also applies the activation and writes bf16
+(:func:`rescale_bf16`, with AVX512-BF16): one pass over the output instead of three. On CPUs without VNNI (AVX2,
 AVX-512 before Cascade Lake) oneDNN multiplies with ``vpmaddubsw``, which adds two uint8 x int8
 products into a saturating int16: full-range weights overflow it (255 x 127 x 2 > 32767), so there
 the kernel asks for weights within ``[-63, 63]`` (``weight_levels`` 63) and its sums are exact
@@ -50,7 +51,7 @@ import torch
 from poolkit.contracts.hookspecs import hookimpl
 from poolkit.contracts.kernel import Kernel
 from poolkit.kernels.compiler import load_typed_library, workers
-from poolkit.kernels.linear import ACTIVATIONS, _packed, row_bucket
+from poolkit.kernels.linear import ACTIVATIONS, AMX_ACTIVATIONS, _packed, row_bucket
 
 #: The largest magnitude of a quantized weight, where the kernel's arithmetic takes full-range weights.
 LEVELS = 127
@@ -132,7 +133,12 @@ def linear_int8_onednn(
         None, 1.0, 0, torch.float32, "none", [], "",
     )[: rows.shape[0]]
     extra = None if outliers is None else (rows[:, outliers].float(), outlier_weight)
-    y = rescale(y, step, zero, _packed(weight, ("int8", "sums")) * scale, bias, extra)
+    sums = _packed(weight, ("int8", "sums")) * scale
+    if x.dtype == torch.bfloat16:
+        low = rescale_bf16(y, step, zero, sums, bias, extra, act)
+        if low is not None:
+            return low.reshape(*x.shape[:-1], weight.shape[0])
+    y = rescale(y, step, zero, sums, bias, extra)
     return ACTIVATIONS[act](y).reshape(*x.shape[:-1], weight.shape[0]).to(x.dtype)
 
 
@@ -183,10 +189,33 @@ def rescale(
     return y
 
 
+def rescale_bf16(
+    y: torch.Tensor, step: torch.Tensor, zero: torch.Tensor, scaled_sums: torch.Tensor, bias: torch.Tensor | None,
+    extra: tuple[torch.Tensor, torch.Tensor] | None, act: str,
+) -> torch.Tensor | None:
+    """:func:`rescale`, then the activation, written as bf16 in the same compiled pass (a bf16
+    model's layer: one pass over the output instead of three); ``None`` where that pass does not
+    run (no compiler, no AVX512-BF16, an activation it lacks, a width not a multiple of 16)."""
+    lib = _library()
+    code = AMX_ACTIVATIONS.get(act)
+    if lib is None or code is None or not y.is_contiguous() or y.shape[1] % 16:
+        return None
+    out = torch.empty(y.shape, dtype=torch.bfloat16)
+    e, w = (None, None) if extra is None else (extra[0].contiguous(), extra[1].float().contiguous())
+    failed = lib.poolkit_rescale_rows_bf16(
+        y.data_ptr(), y.shape[1], step.data_ptr(), zero.data_ptr(), scaled_sums.data_ptr(),
+        None if bias is None else bias.data_ptr(), None if e is None else e.data_ptr(),
+        None if w is None else w.data_ptr(), 0 if e is None else e.shape[1], code, out.data_ptr(), y.shape[0],
+        workers(y.numel() >= _PARALLEL_ELEMENTS),
+    )
+    return None if failed else out
+
+
 _P, _I = ctypes.c_void_p, ctypes.c_int64
 _SIGNATURES = {
     "poolkit_quantize_rows": (_P, ctypes.c_int, _I, _P, _I, ctypes.c_int, _P, _P, _P, _I, _I),
     "poolkit_rescale_rows": (_P, _I, _P, _P, _P, _P, _P, _P, _I, _I, _I),
+    "poolkit_rescale_rows_bf16": (_P, _I, _P, _P, _P, _P, _P, _P, _I, ctypes.c_int, _P, _I, _I),
 }
 
 

@@ -88,6 +88,33 @@ def test_the_float_channels_are_added_in_the_rescale(compiled, dtype, monkeypatc
 
 
 @ONEDNN
+@pytest.mark.parametrize("act", ["none", "gelu", "gelu_tanh", "relu", "silu"])
+def test_a_bf16_layer_is_rescaled_activated_and_narrowed_in_one_pass(act, monkeypatch):
+    """A bf16 model's int8 layer: the rescale, the float channels, the activation and the bf16
+    narrowing in one compiled pass (int8.c's rescale_rows_bf16), within one bf16 rounding of the
+    three passes it replaces (float32 rescale, torch's activation, the cast)."""
+    q, scale, bias = _weights(96, 256, int8.linear_int8_onednn.weight_levels, seed=5)
+    g = torch.Generator().manual_seed(5)
+    x = (torch.randn(40, 256, generator=g) * 3).bfloat16()
+    outliers = torch.tensor([7, 100])
+    inv_smooth = torch.rand(256, generator=g) + 0.5
+    inv_smooth[outliers] = 0
+    outlier_weight = torch.randn(2, 96, generator=g)
+    args = (x, q, scale, bias, act, inv_smooth, outliers, outlier_weight)
+    passes = []
+    one_pass = int8.rescale_bf16
+    monkeypatch.setattr(int8, "rescale_bf16", lambda *a: passes.append(one_pass(*a)) or passes[-1])
+    one = int8.linear_int8_onednn(*args)
+    if passes[-1] is None:
+        pytest.skip("no AVX512-BF16 build of int8.c here: the three passes run")
+    monkeypatch.setattr(int8, "rescale_bf16", lambda *a: None)
+    three = int8.linear_int8_onednn(*args)
+    assert one.dtype == three.dtype == torch.bfloat16
+    bound = three.float().abs() * 2.0**-7 + 1e-6  # one bf16 step (the two round values near a tie apart)
+    assert ((one.float() - three.float()).abs() <= bound).all(), (one.float() - three.float()).abs().max()
+
+
+@ONEDNN
 def test_the_onednn_kernel_keeps_the_input_shape_and_dtype():
     q, scale, bias = _weights(24, 64, int8.linear_int8_onednn.weight_levels, seed=1)
     x = torch.randn(2, 5, 64, dtype=torch.bfloat16)
