@@ -84,15 +84,22 @@ static int quantize_rows(const void *x, int x_dtype, int64_t x_stride, const flo
     return 0;
 }
 
+/* Input x[row][col] of the layer (dtype x_dtype, row stride x_stride elements) as float32. */
+static inline float input_at(const void *x, int x_dtype, int64_t x_stride, int64_t row, int64_t col) {
+    return x_dtype == 0 ? ((const float *)x)[row * x_stride + col] : bf16_value((const uint16_t *)x + row * x_stride, col);
+}
+
 /* Rows [begin, end) of y ([m, n] float32, contiguous; the matmul's sum_k q w times the weight row's
- * scale) rescaled in place to step[r] * (y - zero[r] * wsum[j]) + bias[j] + sum_c extra[r, c] * eweight[c, j]:
- * wsum ([n]) is each weight row's sum times its scale, bias ([n]) or NULL; extra ([m, c] float32) and
- * eweight ([c, n]) are the input channels kept in float and their weight columns (c may be 0), added
- * while the row is in cache instead of in a pass of their own. (A float32 layer's activation stays
- * torch's: an erf GELU computed here with simd.h's AVX-512 code made all-MiniLM-L6-v2 slower, not
- * faster. A bf16 layer's comes in rescale_rows_bf16, where it saves the narrowing pass too.) */
+ * scale) rescaled in place to step[r] * (y - zero[r] * wsum[j]) + bias[j] + sum_i x[r, cols[i]] * eweight[i, j]:
+ * wsum ([n]) is each weight row's sum times its scale, bias ([n]) or NULL; cols ([c] int64) are the
+ * input channels kept in float, read from the layer's input x (dtype x_dtype, row stride x_stride),
+ * and eweight ([c, n]) their weight columns (c may be 0), added while the row is in cache instead of
+ * in a pass (and a gather) of their own. (A float32 layer's activation stays torch's: an erf GELU
+ * computed here with simd.h's AVX-512 code made all-MiniLM-L6-v2 slower, not faster. A bf16
+ * layer's comes in rescale_rows_bf16, where it saves the narrowing pass too.) */
 static int rescale_rows(float *y, int64_t n, const float *step, const float *zero, const float *wsum, const float *bias,
-                        const float *extra, const float *eweight, int64_t c, int64_t begin, int64_t end) {
+                        const void *x, int x_dtype, int64_t x_stride, const int64_t *cols, const float *eweight, int64_t c,
+                        int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; r++) {
         float *row = y + r * n;
         const float s = step[r], shift = zero[r];
@@ -106,7 +113,7 @@ static int rescale_rows(float *y, int64_t n, const float *step, const float *zer
                 row[j] = s * (row[j] - shift * wsum[j]);
         }
         for (int64_t i = 0; i < c; i++) {
-            const float e = extra[r * c + i];
+            const float e = input_at(x, x_dtype, x_stride, r, cols[i]);
             const float *w = eweight + i * n;
 #pragma omp simd
             for (int64_t j = 0; j < n; j++)
@@ -121,8 +128,8 @@ static int rescale_rows(float *y, int64_t n, const float *step, const float *zer
  * over its output, where the float32 rescale, the activation's pass and the narrowing took three.
  * n a multiple of 16; returns 2 where this build has no AVX512-BF16. */
 static int rescale_rows_bf16(const float *y, int64_t n, const float *step, const float *zero, const float *wsum,
-                             const float *bias, const float *extra, const float *eweight, int64_t c, int act,
-                             uint16_t *out, int64_t begin, int64_t end) {
+                             const float *bias, const void *x, int x_dtype, int64_t x_stride, const int64_t *cols,
+                             const float *eweight, int64_t c, int act, uint16_t *out, int64_t begin, int64_t end) {
 #ifdef POOLKIT_AVX512BF16
     for (int64_t r = begin; r < end; r++) {
         const float *row = y + r * n;
@@ -132,7 +139,7 @@ static int rescale_rows_bf16(const float *y, int64_t n, const float *step, const
             __m512 v = _mm512_mul_ps(s, _mm512_fnmadd_ps(shift, _mm512_loadu_ps(wsum + j), _mm512_loadu_ps(row + j)));
             if (bias) v = _mm512_add_ps(v, _mm512_loadu_ps(bias + j));
             for (int64_t i = 0; i < c; i++)
-                v = _mm512_fmadd_ps(_mm512_set1_ps(extra[r * c + i]), _mm512_loadu_ps(eweight + i * n + j), v);
+                v = _mm512_fmadd_ps(_mm512_set1_ps(input_at(x, x_dtype, x_stride, r, cols[i])), _mm512_loadu_ps(eweight + i * n + j), v);
             switch (act) { /* a constant per call: one branch the predictor learns */
             case 0: put_bf16x16(o + j, v); break;
             case 1: put_bf16x16(o + j, activate16(v, 1)); break;
@@ -144,8 +151,8 @@ static int rescale_rows_bf16(const float *y, int64_t n, const float *step, const
     }
     return 0;
 #else
-    (void)y; (void)n; (void)step; (void)zero; (void)wsum; (void)bias; (void)extra; (void)eweight; (void)c; (void)act;
-    (void)out; (void)begin; (void)end;
+    (void)y; (void)n; (void)step; (void)zero; (void)wsum; (void)bias; (void)x; (void)x_dtype; (void)x_stride; (void)cols;
+    (void)eweight; (void)c; (void)act; (void)out; (void)begin; (void)end;
     return 2;
 #endif
 }
@@ -161,17 +168,19 @@ int poolkit_quantize_rows(const void *x, int x_dtype, int64_t x_stride, const fl
 }
 
 int poolkit_rescale_rows(float *y, int64_t n, const float *step, const float *zero, const float *wsum, const float *bias,
-                         const float *extra, const float *eweight, int64_t c, int64_t rows, int64_t workers) {
+                         const void *x, int x_dtype, int64_t x_stride, const int64_t *cols, const float *eweight, int64_t c,
+                         int64_t rows, int64_t workers) {
     int code;
-    PARALLEL_RANGES(rows, workers, code, begin, end, rescale_rows(y, n, step, zero, wsum, bias, extra, eweight, c, begin, end));
+    PARALLEL_RANGES(rows, workers, code, begin, end,
+                    rescale_rows(y, n, step, zero, wsum, bias, x, x_dtype, x_stride, cols, eweight, c, begin, end));
     return code;
 }
 
 int poolkit_rescale_rows_bf16(const float *y, int64_t n, const float *step, const float *zero, const float *wsum,
-                              const float *bias, const float *extra, const float *eweight, int64_t c, int act,
-                              uint16_t *out, int64_t rows, int64_t workers) {
+                              const float *bias, const void *x, int x_dtype, int64_t x_stride, const int64_t *cols,
+                              const float *eweight, int64_t c, int act, uint16_t *out, int64_t rows, int64_t workers) {
     int code;
     PARALLEL_RANGES(rows, workers, code, begin, end,
-                    rescale_rows_bf16(y, n, step, zero, wsum, bias, extra, eweight, c, act, out, begin, end));
+                    rescale_rows_bf16(y, n, step, zero, wsum, bias, x, x_dtype, x_stride, cols, eweight, c, act, out, begin, end));
     return code;
 }

@@ -132,7 +132,7 @@ def linear_int8_onednn(
         q, 1.0, 0, _packed(weight, ("int8", None)), scale, _zero_points(weight.shape[0]),
         None, 1.0, 0, torch.float32, "none", [], "",
     )[: rows.shape[0]]
-    extra = None if outliers is None else (rows[:, outliers].float(), outlier_weight)
+    extra = None if outliers is None else (rows, outliers, outlier_weight)
     sums = _packed(weight, ("int8", "sums")) * scale
     if x.dtype == torch.bfloat16:
         low = rescale_bf16(y, step, zero, sums, bias, extra, act)
@@ -167,55 +167,68 @@ def round_rows(
 
 def rescale(
     y: torch.Tensor, step: torch.Tensor, zero: torch.Tensor, scaled_sums: torch.Tensor, bias: torch.Tensor | None,
-    extra: tuple[torch.Tensor, torch.Tensor] | None = None,
+    extra: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """``step * (y - zero * scaled_sums) + bias + e @ w`` of the matmul's float32 output ``y``
-    (``[n, out]``, each row's integer sums times the weight rows' scales; ``scaled_sums``: the weight
-    rows' sums times their scales; ``extra``: ``(e, w)``, the float channels' inputs ``[n, c]`` and
-    weights ``[c, out]``, float32, or ``None``), in place: one compiled pass where int8.c builds,
-    torch's otherwise."""
+    """``step * (y - zero * scaled_sums) + bias + x[:, cols] @ w`` of the matmul's float32 output
+    ``y`` (``[n, out]``, each row's integer sums times the weight rows' scales; ``scaled_sums``: the
+    weight rows' sums times their scales; ``extra``: ``(x, cols, w)``, the layer's input rows ``[n, k]``,
+    the float channels ``[c]`` and their weights ``[c, out]``, or ``None``), in place: one compiled
+    pass where int8.c builds (the channels read from ``x`` there, not gathered first), torch's
+    otherwise."""
     lib = _library()
-    if lib is None or not y.is_contiguous():
+    channels = _channels(extra)
+    if lib is None or not y.is_contiguous() or channels is None:
         y = torch.addcmul(bias, y, step) if bias is not None else y.mul_(step)
         y = y.addr_((step * zero).squeeze(1), scaled_sums, alpha=-1)
-        return y if extra is None else y.addmm_(*extra)
-    e, w = (None, None) if extra is None else (extra[0].contiguous(), extra[1].float().contiguous())
+        return y if extra is None else y.addmm_(extra[0][:, extra[1]].float(), extra[2])
+    arguments, _held = channels  # noqa: F841 - the tensors the pointers point into, alive through the call
     lib.poolkit_rescale_rows(
         y.data_ptr(), y.shape[1], step.data_ptr(), zero.data_ptr(), scaled_sums.data_ptr(),
-        None if bias is None else bias.data_ptr(), None if e is None else e.data_ptr(),
-        None if w is None else w.data_ptr(), 0 if e is None else e.shape[1], y.shape[0],
-        workers(y.numel() >= _PARALLEL_ELEMENTS),
+        None if bias is None else bias.data_ptr(), *arguments, y.shape[0], workers(y.numel() >= _PARALLEL_ELEMENTS),
     )
     return y
 
 
 def rescale_bf16(
     y: torch.Tensor, step: torch.Tensor, zero: torch.Tensor, scaled_sums: torch.Tensor, bias: torch.Tensor | None,
-    extra: tuple[torch.Tensor, torch.Tensor] | None, act: str,
+    extra: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None, act: str,
 ) -> torch.Tensor | None:
     """:func:`rescale`, then the activation, written as bf16 in the same compiled pass (a bf16
     model's layer: one pass over the output instead of three); ``None`` where that pass does not
     run (no compiler, no AVX512-BF16, an activation it lacks, a width not a multiple of 16)."""
     lib = _library()
     code = AMX_ACTIVATIONS.get(act)
-    if lib is None or code is None or not y.is_contiguous() or y.shape[1] % 16:
+    channels = _channels(extra)
+    if lib is None or code is None or not y.is_contiguous() or y.shape[1] % 16 or channels is None:
         return None
+    arguments, _held = channels  # noqa: F841 - the tensors the pointers point into, alive through the call
     out = torch.empty(y.shape, dtype=torch.bfloat16)
-    e, w = (None, None) if extra is None else (extra[0].contiguous(), extra[1].float().contiguous())
     failed = lib.poolkit_rescale_rows_bf16(
         y.data_ptr(), y.shape[1], step.data_ptr(), zero.data_ptr(), scaled_sums.data_ptr(),
-        None if bias is None else bias.data_ptr(), None if e is None else e.data_ptr(),
-        None if w is None else w.data_ptr(), 0 if e is None else e.shape[1], code, out.data_ptr(), y.shape[0],
+        None if bias is None else bias.data_ptr(), *arguments, code, out.data_ptr(), y.shape[0],
         workers(y.numel() >= _PARALLEL_ELEMENTS),
     )
     return None if failed else out
 
 
+def _channels(extra: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None) -> tuple[tuple, tuple] | None:
+    """The compiled rescale's arguments for the float channels (``x``, its dtype code and row stride,
+    the channels, their weights, their count; no channels: nulls and 0) and the tensors they point
+    into, which the caller holds through the call; ``None`` where it cannot read ``x`` in place."""
+    if extra is None:
+        return (None, 0, 0, None, None, 0), ()
+    x, cols, w = extra
+    if x.dtype not in _DTYPES or x.stride(-1) != 1:
+        return None
+    cols, w = cols.to(torch.int64).contiguous(), w.float().contiguous()
+    return (x.data_ptr(), _DTYPES[x.dtype], x.stride(0), cols.data_ptr(), w.data_ptr(), cols.numel()), (x, cols, w)
+
+
 _P, _I = ctypes.c_void_p, ctypes.c_int64
 _SIGNATURES = {
     "poolkit_quantize_rows": (_P, ctypes.c_int, _I, _P, _I, ctypes.c_int, _P, _P, _P, _I, _I),
-    "poolkit_rescale_rows": (_P, _I, _P, _P, _P, _P, _P, _P, _I, _I, _I),
-    "poolkit_rescale_rows_bf16": (_P, _I, _P, _P, _P, _P, _P, _P, _I, ctypes.c_int, _P, _I, _I),
+    "poolkit_rescale_rows": (_P, _I, _P, _P, _P, _P, _P, ctypes.c_int, _I, _P, _P, _I, _I, _I),
+    "poolkit_rescale_rows_bf16": (_P, _I, _P, _P, _P, _P, _P, ctypes.c_int, _I, _P, _P, _I, ctypes.c_int, _P, _I, _I),
 }
 
 
