@@ -272,7 +272,7 @@ def rms_norm_c(
         _run_rows(
             lib.poolkit_rms_norm, rows, x.numel(),
             x.data_ptr(), _DTYPES[x.dtype], *layout,
-            None if residual is None else residual.data_ptr(), _DTYPES[(residual if residual is not None else x).dtype],
+            None if residual is None else residual.data_ptr(), 0 if residual is None else _DTYPES[residual.dtype],
             None if residual is None else total.data_ptr(), _DTYPES[total.dtype],
             weight.data_ptr(), _DTYPES[weight.dtype], out.data_ptr(), _DTYPES[out_dtype],
             args_after=(n, eps, int(offset)),

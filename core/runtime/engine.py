@@ -272,38 +272,25 @@ class Engine:
         full = texts
         texts = list(texts)
         has_pairs = pairs is not None and any(t is not None for t in pairs)
-        # Whether a text at the limit was cut is told by the tokenizer (single texts only).
-        told = limit is not None and not has_pairs
         cut: list[int] = []
-        if told:
+        if limit is not None and not has_pairs:  # a long single text is cut to a budget of characters first
             budget = char_budget(limit)
             cut = [i for i, t in enumerate(texts) if len(t) > budget]
             for i in cut:
                 at = cut_index(texts[i], budget, side)
                 texts[i] = texts[i][:at] if side == "right" else texts[i][at:]
-        ids, types, beyond = self._call_tokenizer(texts, pairs if has_pairs else None, limit, side, special, told)
-        truncated = np.zeros(len(texts), dtype=bool)
+        ids, types, beyond = self._call_tokenizer(texts, pairs if has_pairs else None, limit, side, special, limit is not None)
         cut_off = set(cut)
-        if told:
-            short = [i for i in cut if len(ids[i]) < limit]
-            if short:  # the cut kept fewer tokens than the limit: tokenize the whole text instead
-                again, again_types, again_beyond = self._call_tokenizer([full[i] for i in short], None, limit, side, special, True)
-                for k, i in enumerate(short):
-                    ids[i], beyond[i], texts[i] = again[k], again_beyond[k], full[i]
-                    if types is not None:
-                        types[i] = again_types[k]
-                    cut_off.discard(i)
-        if limit is not None:
-            at_limit = [i for i, n in enumerate(map(len, ids)) if n == limit]
-            if told:
-                for i in at_limit:
-                    truncated[i] = i in cut_off or beyond[i]
-            elif at_limit:  # a pair at the limit: one token more tells (rare: cross-encoder inputs)
-                longer, _, _ = self._call_tokenizer(
-                    [texts[i] for i in at_limit], [pairs[i] for i in at_limit], limit + 1, side, special
-                )
-                for i, more in zip(at_limit, longer):
-                    truncated[i] = len(more) > limit
+        short = [i for i in cut if len(ids[i]) < limit]
+        if short:  # the cut kept fewer tokens than the limit: tokenize the whole text instead
+            again, again_types, again_beyond = self._call_tokenizer([full[i] for i in short], None, limit, side, special, True)
+            for k, i in enumerate(short):
+                ids[i], beyond[i], texts[i] = again[k], again_beyond[k], full[i]
+                if types is not None:
+                    types[i] = again_types[k]
+                cut_off.discard(i)
+        truncated = np.array(beyond, dtype=bool) if beyond is not None else np.zeros(len(texts), dtype=bool)
+        truncated[sorted(cut_off)] = True  # a text cut to the budget and still at the limit
         return Tokens(ids, truncated, types)
 
     def _call_tokenizer(
@@ -316,38 +303,42 @@ class Engine:
         tell: bool = False,
     ) -> tuple[list[list[int]], list[list[int]] | None, list[bool] | None]:
         """The token ids, the segment ids (``None`` unless the model reads them) and, with
-        ``tell``, whether each single text at ``limit`` had tokens cut off (``False`` for the rest)."""
+        ``tell``, whether each input at ``limit`` had tokens cut off (``False`` for the rest)."""
         tok = self.model.tokenizer
         want_types = self.uses_token_type_ids
         backend = self._backend
+        beyond: list[bool] | None = None
         with self._tokenizer_lock:
             if backend is not None:
                 # a single text's segment ids are all 0 (BERT's family): not read text by text
                 read_types = want_types and (pairs is not None or self._single_text_types(backend))
-                return self._call_backend(backend, texts, pairs, limit, side, special, tell, read_types)
-            previous = tok.truncation_side
-            tok.truncation_side = side
-            try:
-                result = tok(
-                    texts,
-                    text_pair=pairs,
-                    add_special_tokens=special,
-                    truncation=limit is not None,
-                    max_length=limit,
-                    return_attention_mask=False,
-                    return_token_type_ids=want_types,
-                )
-            finally:
-                tok.truncation_side = previous
-        types = result.get("token_type_ids") if want_types else None
-        ids = result["input_ids"]
-        if not tell:
-            return ids, types, None
-        # a tokenizer without a Rust backend tells by one token more
+                ids, types, beyond = self._call_backend(backend, texts, pairs, limit, side, special, tell and pairs is None, read_types)
+            else:
+                previous = tok.truncation_side
+                tok.truncation_side = side
+                try:
+                    result = tok(
+                        texts,
+                        text_pair=pairs,
+                        add_special_tokens=special,
+                        truncation=limit is not None,
+                        max_length=limit,
+                        return_attention_mask=False,
+                        return_token_type_ids=want_types,
+                    )
+                finally:
+                    tok.truncation_side = previous
+                types = result.get("token_type_ids") if want_types else None
+                ids = result["input_ids"]
+        if not tell or beyond is not None:
+            return ids, types, beyond
+        # pairs, and tokenizers without a Rust backend, tell by one token more (rare: cross-encoder inputs)
         at_limit = [i for i, one in enumerate(ids) if len(one) == limit]
         beyond = [False] * len(ids)
         if at_limit:
-            longer, _, _ = self._call_tokenizer([texts[i] for i in at_limit], None, limit + 1, side, special)
+            longer, _, _ = self._call_tokenizer(
+                [texts[i] for i in at_limit], None if pairs is None else [pairs[i] for i in at_limit], limit + 1, side, special
+            )
             for i, more in zip(at_limit, longer):
                 beyond[i] = len(more) > limit
         return ids, types, beyond

@@ -400,7 +400,7 @@ class Bench:
             return engine.tokenize(prompts, params, False, engine.input_cap(task))
 
         # The long case: 600-word texts cut at the model's limit (512 tokens on the BERT presets),
-        # where every text needs the offsets that tell a cut text from one that fits.
+        # where every text is at the limit and must be told cut or not.
         long_texts = make_corpus(max(2, self._n(2000)), 600, 0.1, seed=12)
         stages = {
             "encode_batch": lambda: backend.encode_batch(texts),

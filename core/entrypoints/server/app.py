@@ -232,12 +232,10 @@ def _serve(app: FastAPI, limits: ServerLimits, *, sockets: list[Any] | None = No
     import uvicorn
 
     st: ServerState = app.state.poolkit
-    access_log = config.pop("access_log")
     uvicorn_config = uvicorn.Config(
         app,
         http=front_protocol(app),
         log_config=None,
-        access_log=access_log,
         timeout_graceful_shutdown=max(1, int(round(limits.shutdown_timeout))),
         server_header=False,
         lifespan="on",

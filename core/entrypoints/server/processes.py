@@ -236,8 +236,9 @@ def listening_sockets(host: str, port: int, count: int) -> list[socket.socket]:
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind((host, port if not sockets[:-1] else sockets[0].getsockname()[1]))
+            sock.bind((host, port))
             sock.listen(2048)
+            port = sock.getsockname()[1]  # port 0: the others join the one the first was given
     except OSError as exc:
         for sock in sockets:
             sock.close()
