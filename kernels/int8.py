@@ -38,6 +38,13 @@ AVX-512 before Cascade Lake) oneDNN multiplies with ``vpmaddubsw``, which adds t
 products into a saturating int16: full-range weights overflow it (255 x 127 x 2 > 32767), so there
 the kernel asks for weights within ``[-63, 63]`` (``weight_levels`` 63) and its sums are exact
 again. With VNNI (``vpdpbusd`` adds into int32) and AMX it takes ``[-127, 127]``.
+
+On CPUs with AMX-INT8 the ``:amx`` kernel runs the whole layer in one compiled call
+(``poolkit_int8_amx``): each chunk of rows rounded as above into a scratch buffer, the integer
+matmul on AMX tiles (``TDPBUSD``: uint8 x int8 into int32) over weights packed once into the tiles'
+layout, and the rescale, bias, float channels and activation applied to each 32 x 32 block of
+results while the tiles compute the next, rounded once to the input's dtype; each row's zero point
+comes off in integers, so its sums are exact where the reference's float32 sums round.
 """
 
 from __future__ import annotations
@@ -51,7 +58,7 @@ import torch
 from poolkit.contracts.hookspecs import hookimpl
 from poolkit.contracts.kernel import Kernel
 from poolkit.kernels.compiler import load_typed_library, workers
-from poolkit.kernels.linear import ACTIVATIONS, AMX_ACTIVATIONS, _packed, row_bucket
+from poolkit.kernels.linear import _PARALLEL_MACS, ACTIVATIONS, AMX_ACTIVATIONS, _packed, row_bucket
 
 #: The largest magnitude of a quantized weight, where the kernel's arithmetic takes full-range weights.
 LEVELS = 127
@@ -142,6 +149,77 @@ def linear_int8_onednn(
     return ACTIVATIONS[act](y).reshape(*x.shape[:-1], weight.shape[0]).to(x.dtype)
 
 
+def linear_int8_amx(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    act: str = "none",
+    inv_smooth: torch.Tensor | None = None,
+    outliers: torch.Tensor | None = None,
+    outlier_weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """:func:`linear_int8` in one pass on AMX-INT8 tiles (``int8.c``, ``poolkit_int8_amx``): each
+    chunk of rows rounded to uint8 levels into a scratch buffer, the integer matmul on the tiles,
+    and each row's zero point (taken off in integers, exactly), the scales, the bias, the float
+    channels' products and the activation applied to each 32 x 32 block of results while the tiles
+    compute the next, rounded once to ``x``'s dtype. Takes float32 or bf16 inference on the CPU with
+    ``in_features`` a multiple of 64, ``out_features`` of 32 and an activation of
+    :data:`~poolkit.kernels.linear.AMX_ACTIVATIONS`; hands any other call to :func:`linear_int8_onednn`."""
+    if not _amx_runs(x, weight, act):
+        return linear_int8_onednn(x, weight, scale, bias, act, inv_smooth, outliers, outlier_weight)
+    rows = x.reshape(-1, x.shape[-1])
+    if rows.stride(-1) != 1:
+        rows = rows.contiguous()
+    (m, k), n = rows.shape, weight.shape[0]
+    out = torch.empty((m, n), dtype=x.dtype)
+    if m:
+        extra = None if outliers is None else (rows, outliers, outlier_weight)
+        channels, _held = _channels(extra)  # noqa: F841 - the tensors the pointers point into, alive through the call
+        smooth, scale32, bias32 = (t if t is None else t.float().contiguous() for t in (inv_smooth, scale, bias))
+        groups = -(-m // 32)
+        code = _amx_library().poolkit_int8_amx(
+            rows.data_ptr(), _DTYPES[rows.dtype], rows.stride(0), m, None if smooth is None else smooth.data_ptr(),
+            _packed(weight, ("int8", "amx")).data_ptr(), k, n, scale32.data_ptr(),
+            _packed(weight, ("int8", "int_sums")).data_ptr(), None if bias32 is None else bias32.data_ptr(),
+            *channels[3:], AMX_ACTIVATIONS[act], out.data_ptr(), _DTYPES[x.dtype], _chunk_rows(k, n),
+            int(groups >= 2 * torch.get_num_threads()), workers(m * n * k >= _PARALLEL_MACS),
+        )
+        if code:
+            if code == 1:
+                raise MemoryError("poolkit int8 kernel: out of memory for its scratch rows")
+            raise ValueError(f"poolkit int8 kernel: cannot compute {list(weight.shape)} with {act!r} (code {code})")
+    return out.reshape(*x.shape[:-1], n)
+
+
+def _amx_runs(x: torch.Tensor, weight: torch.Tensor, act: str) -> bool:
+    """Whether the AMX-INT8 kernel takes this call: a float32 or bf16 input on the CPU, an int8
+    weight whose ``in_features`` is a multiple of 64 and ``out_features`` of 32, an activation it
+    applies, a build with AMX-INT8."""
+    n, k = weight.shape
+    return (
+        act in AMX_ACTIVATIONS
+        and x.dtype in _DTYPES
+        and x.device.type == "cpu"
+        and weight.dtype == torch.int8
+        and x.shape[-1] == k
+        and k > 0
+        and k % 64 == 0
+        and n > 0
+        and n % 32 == 0
+        and _amx_library() is not None
+    )
+
+
+def _chunk_rows(k: int, n: int) -> int:
+    """Rows per cache chunk of the AMX-INT8 kernel, as :func:`poolkit.kernels.linear._chunk_rows`
+    chooses them for bf16 by bytes: 32 when the int8 weight fits the L2 cache (1.5 MiB), else about
+    768 KiB of uint8 rows, at most 512."""
+    if n * k <= 3 << 19:
+        return 32
+    return max(32, min(512, (768 * 1024 // k) // 32 * 32))
+
+
 def round_rows(
     rows: torch.Tensor, inv_smooth: torch.Tensor | None, padded: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -226,6 +304,11 @@ def _channels(extra: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None) -> 
 
 _P, _I = ctypes.c_void_p, ctypes.c_int64
 _SIGNATURES = {
+    "poolkit_int8_amx": (
+        _P, ctypes.c_int, _I, _I, _P, _P, _I, _I, _P, _P, _P, _P, _P, _I, ctypes.c_int, _P, ctypes.c_int, _I,
+        ctypes.c_int, _I,
+    ),
+    "poolkit_int8_amx_available": (),
     "poolkit_quantize_rows": (_P, ctypes.c_int, _I, _P, _I, ctypes.c_int, _P, _P, _P, _I, _I),
     "poolkit_rescale_rows": (_P, _I, _P, _P, _P, _P, _P, ctypes.c_int, _I, _P, _P, _I, _I, _I),
     "poolkit_rescale_rows_bf16": (_P, _I, _P, _P, _P, _P, _P, ctypes.c_int, _I, _P, _P, _I, ctypes.c_int, _P, _I, _I),
@@ -235,6 +318,25 @@ _SIGNATURES = {
 @functools.cache
 def _library() -> ctypes.CDLL | None:
     return load_typed_library(SOURCE, _SIGNATURES)
+
+
+@functools.cache
+def _amx_library() -> ctypes.CDLL | None:
+    """int8.c built for this machine, when it has AMX-INT8 and the kernel grants its tiles."""
+    lib = _library()
+    if lib is None or not lib.poolkit_int8_amx_available():
+        return None
+    lib.poolkit_int8_pack.argtypes = (_P, _I, _I, _P)
+    lib.poolkit_int8_pack.restype = None
+    return lib
+
+
+def pack_amx(weight: torch.Tensor) -> torch.Tensor:
+    """An int8 weight ``[n, k]`` in the AMX-INT8 kernel's tile layout (``poolkit_int8_pack``)."""
+    weight = weight.contiguous()
+    packed = torch.empty(weight.numel(), dtype=torch.int8)
+    _amx_library().poolkit_int8_pack(weight.data_ptr(), weight.shape[1], weight.shape[0], packed.data_ptr())
+    return packed
 
 
 @functools.cache
@@ -258,6 +360,7 @@ def _onednn_int8_available() -> bool:
 
 
 linear_int8_onednn.weight_levels = LEVELS if has_int8_dot() else 63
+linear_int8_amx.weight_levels = LEVELS
 
 
 @hookimpl
@@ -271,6 +374,17 @@ def poolkit_register_kernels(register):
             device="cpu",
             priority=10,
             is_available=_onednn_int8_available,
+            row_bucket=row_bucket,
+        ),
+    )
+    register(
+        "linear_int8:amx",
+        Kernel(
+            fn=linear_int8_amx,
+            reference=linear_int8,
+            device="cpu",
+            priority=20,
+            is_available=lambda: _onednn_int8_available() and _amx_library() is not None,
             row_bucket=row_bucket,
         ),
     )

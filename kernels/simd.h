@@ -69,10 +69,15 @@ static inline __m512 times_sigmoid16(__m512 x, __m512 y) {
 /* x * Phi(x), Phi the standard normal distribution (the erf GELU): with z = |x| / sqrt 2,
  * erfc(z) = t exp(-z^2 + P(t)), t = 1 / (1 + z / 2), P the Chebyshev fit of Numerical Recipes'
  * erfcc (relative error < 1.2e-7 for every z >= 0); Phi(x) = 1 - erfc(z) / 2 for x >= 0 and
- * erfc(z) / 2 below, so the result is accurate relative to itself on both tails. */
+ * erfc(z) / 2 below, so the result is accurate relative to itself on both tails. Beyond
+ * z = 9.2 (x < -13) the tail is taken as 0 (|x Phi(x)| < 1e-37 there) and not computed: further
+ * out e^(-z^2) is a subnormal float, whose every product costs the CPU a microcode assist (a large
+ * layer of such inputs ran ten times slower). */
 static inline __m512 gelu_erf16(__m512 x) {
     const __m512 one = _mm512_set1_ps(1.0f), half = _mm512_set1_ps(0.5f);
-    __m512 z = _mm512_min_ps(_mm512_mul_ps(_mm512_abs_ps(x), _mm512_set1_ps(0.70710678f)), _mm512_set1_ps(1e4f));
+    __m512 z = _mm512_mul_ps(_mm512_abs_ps(x), _mm512_set1_ps(0.70710678f));
+    const __mmask16 far = _mm512_cmp_ps_mask(z, _mm512_set1_ps(9.2f), _CMP_GT_OQ);
+    z = _mm512_min_ps(z, _mm512_set1_ps(9.2f)); /* NaN: 9.2, and x carries the NaN through */
     __m512 t = _mm512_div_ps(one, _mm512_fmadd_ps(half, z, one));
     __m512 p = _mm512_set1_ps(0.17087277f);
     p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-0.82215223f));
@@ -85,6 +90,7 @@ static inline __m512 gelu_erf16(__m512 x) {
     p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(1.00002368f));
     p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-1.26551223f));
     __m512 tail = _mm512_mul_ps(_mm512_mul_ps(t, half), exp16(_mm512_fnmadd_ps(z, z, p))); /* erfc(z) / 2 */
+    tail = _mm512_mask_blend_ps(far, tail, _mm512_setzero_ps());
     __mmask16 negative = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ);
     return _mm512_mul_ps(x, _mm512_mask_blend_ps(negative, _mm512_sub_ps(one, tail), tail));
 }

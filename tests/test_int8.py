@@ -114,6 +114,81 @@ def test_a_bf16_layer_is_rescaled_activated_and_narrowed_in_one_pass(act, monkey
     assert ((one.float() - three.float()).abs() <= bound).all(), (one.float() - three.float()).abs().max()
 
 
+AMX = pytest.mark.skipif(int8._amx_library() is None, reason="no AMX-INT8 here (or no compiler): int8.c's tile kernel does not run")
+
+
+@AMX
+@pytest.mark.parametrize("rows,k,n", [(1, 64, 32), (37, 384, 1152), (300, 1536, 384), (600, 1536, 1152)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels", [0, 3])
+def test_the_amx_kernel_sums_the_same_integers_as_the_reference(rows, k, n, dtype, channels, monkeypatch):
+    """The whole layer on AMX-INT8 tiles: the same levels (the rounding is the compiled pass's), the
+    same integer sums (its zero points come off in integers, exactly, where the reference's float32
+    sums round), the float channels' products in float32; the 1,536 x 1,152 weight (over 1.5 MiB)
+    goes in chunks of 512 rows, and the rows split over two threads both ways (by rows, by columns)."""
+    q, scale, bias = _weights(n, k, int8.linear_int8_amx.weight_levels, seed=k + n)
+    g = torch.Generator().manual_seed(rows)
+    x = (torch.randn(rows, k, generator=g) * torch.linspace(0.1, 30, k)).to(dtype)
+    inv_smooth = torch.rand(k, generator=g) + 0.5
+    outliers = torch.tensor([3, 40, 63][:channels]) if channels else None
+    outlier_weight = torch.randn(channels, n, generator=g) if channels else None
+    if channels:
+        inv_smooth[outliers] = 0
+    want = int8.linear_int8(x.float(), q, scale, bias, "none", inv_smooth, outliers, outlier_weight)
+    bound = _bound(x.float(), q, scale, bias, inv_smooth)
+    if channels:
+        bound = bound + 2 * (channels + 2) * U32 * (x[:, outliers].float().abs() @ outlier_weight.abs())
+    if dtype == torch.bfloat16:  # then one rounding to bf16
+        bound = bound + want.abs() * 2.0**-8
+    for threads in (1, 2):
+        monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+        got = int8.linear_int8_amx(x, q, scale, bias, "none", inv_smooth, outliers, outlier_weight)
+        assert got.dtype == dtype and got.shape == (rows, n)
+        assert ((got.double() - want.double()).abs() <= bound).all(), (got.double() - want.double()).abs().max()
+
+
+@AMX
+@pytest.mark.parametrize("act", ["gelu", "gelu_tanh", "relu", "silu"])
+def test_the_amx_kernel_applies_the_activation_in_its_epilogue(act):
+    """The activation comes after the same values, in float32, then one rounding to the output's dtype."""
+    q, scale, bias = _weights(64, 128, int8.linear_int8_amx.weight_levels, seed=9)
+    x = torch.randn(50, 128, generator=torch.Generator().manual_seed(9)) * 8
+    plain = int8.linear_int8_amx(x, q, scale, bias, "none")
+    torch.testing.assert_close(int8.linear_int8_amx(x, q, scale, bias, act), ACTIVATIONS[act](plain), atol=1e-5, rtol=1e-5)
+    low = int8.linear_int8_amx(x.bfloat16(), q, scale, bias, act).float()
+    want = ACTIVATIONS[act](int8.linear_int8_amx(x.bfloat16(), q, scale, bias, "none", ).float())
+    assert ((low - want).abs() <= want.abs() * 2.0**-7 + 1e-2).all()  # within the plain layer's bf16 step
+
+
+@AMX
+def test_the_amx_kernel_hands_other_shapes_to_onednn():
+    """Widths that are not multiples of 64 inputs or 32 outputs, an activation its epilogue lacks:
+    the oneDNN kernel's answer; and it is the kernel a CPU with AMX-INT8 selects."""
+    q, scale, bias = _weights(48, 96, int8.linear_int8_amx.weight_levels, seed=2)
+    x = torch.randn(3, 96)
+    torch.testing.assert_close(int8.linear_int8_amx(x, q, scale, bias), int8.linear_int8_onednn(x, q, scale, bias))
+    q, scale, bias = _weights(64, 64, 127, seed=2)
+    x = torch.randn(3, 64)
+    torch.testing.assert_close(int8.linear_int8_amx(x, q, scale, bias, "tanh"), int8.linear_int8_onednn(x, q, scale, bias, "tanh"))
+    assert select_kernel("linear_int8", "cpu") is int8.linear_int8_amx
+
+
+@pytest.mark.skipif(int8._library() is None, reason="no C compiler: int8.c is not built")
+def test_the_compiled_erf_gelu_is_exact_on_both_tails():
+    """simd.h's erf GELU (the int8 and AMX epilogues') within one bf16 rounding of float64's, from
+    -40 to 40: past x = -13 it is 0 (the true value is below 1e-37 there), computed without the
+    subnormal products that made such inputs ten times slower."""
+    y = torch.cat([torch.linspace(-40, 40, 4096), torch.tensor([float("inf")] * 16)]).reshape(-1, 16)
+    ones = torch.ones(y.shape[0], 1)
+    got = int8.rescale_bf16(y.clone(), ones, torch.zeros_like(ones), torch.zeros(16), None, None, "gelu")
+    if got is None:
+        pytest.skip("no AVX512-BF16 build of int8.c here")
+    x = y[:-1].double()
+    exact = x * torch.special.erfc(-x / 2**0.5) / 2  # not 1 + erf, which cancels on the left tail
+    assert ((got[:-1].double() - exact).abs() <= exact.abs() * 2.0**-8 * 1.01 + 1e-37).all()
+    assert (got[-1] == float("inf")).all()
+
+
 @ONEDNN
 def test_the_onednn_kernel_keeps_the_input_shape_and_dtype():
     q, scale, bias = _weights(24, 64, int8.linear_int8_onednn.weight_levels, seed=1)
