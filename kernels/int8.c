@@ -265,6 +265,7 @@ typedef struct {
     int64_t row, col;     /* the block's first row (in x and out) and first column */
     const float *step;    /* its rows' level widths and levels of zero */
     const float *zero;
+    const float *kept;    /* its rows' float channels, c a row */
     int64_t rows; /* rows to write (0: none pending) */
 } int8_pending;
 
@@ -285,7 +286,7 @@ static inline __attribute__((always_inline)) void int8_finish(const int8_layer *
             v[h] = bias ? _mm512_fmadd_ps(s, a, _mm512_loadu_ps(bias + 16 * h)) : _mm512_mul_ps(s, a);
         }
         for (int64_t i = 0; i < L->c; i++) {
-            const __m512 e = _mm512_set1_ps(input_at(L->x, L->x_dtype, L->x_stride, p->row + r, L->cols[i]));
+            const __m512 e = _mm512_set1_ps(p->kept[r * L->c + i]);
             const float *w = L->eweight + i * L->n + p->col;
             v[0] = _mm512_fmadd_ps(e, _mm512_loadu_ps(w), v[0]);
             v[1] = _mm512_fmadd_ps(e, _mm512_loadu_ps(w + 16), v[1]);
@@ -300,11 +301,12 @@ static inline __attribute__((always_inline)) void int8_finish(const int8_layer *
     }
 }
 
-/* Rows [row_begin, row_end) x column blocks [block_begin, block_end); q, step, zero: scratch for
- * one chunk of rows (chunk_rows rounded up to 32). */
+/* Rows [row_begin, row_end) x column blocks [block_begin, block_end); q, step, zero, kept (the rows'
+ * float channels, gathered with their rounding): scratch for one chunk of rows (chunk_rows rounded up
+ * to 32). */
 static inline __attribute__((always_inline)) void int8_blocks(const int8_layer *L, int64_t row_begin, int64_t row_end,
                                                               int64_t block_begin, int64_t block_end, uint8_t *q,
-                                                              float *step, float *zero, int act, int bf16) {
+                                                              float *step, float *zero, float *kept, int act, int bf16) {
     const int64_t k = L->k, chunks = k / 64;
     const int64_t per_step = (32 + chunks - 1) / chunks; /* epilogue rows per tile step */
     int8_pending slot __attribute__((aligned(64)));
@@ -319,6 +321,8 @@ static inline __attribute__((always_inline)) void int8_blocks(const int8_layer *
         for (int64_t i = 0; i < (m_end - m0 + 31) / 32 * 32; i++) {
             if (m0 + i < m_end) {
                 quantize_row(L->x, L->x_dtype, L->x_stride, m0 + i, L->inv_smooth, k, 255, q + i * k, step + i, zero + i);
+                for (int64_t ch = 0; ch < L->c; ch++)
+                    kept[i * L->c + ch] = input_at(L->x, L->x_dtype, L->x_stride, m0 + i, L->cols[ch]);
             } else {
                 memset(q + i * k, 0, (size_t)k);
                 step[i] = zero[i] = 0.0f;
@@ -351,6 +355,7 @@ static inline __attribute__((always_inline)) void int8_blocks(const int8_layer *
                 p->col = j * 32;
                 p->step = step + (m - m0);
                 p->zero = zero + (m - m0);
+                p->kept = kept + (m - m0) * L->c;
                 p->rows = m_end - m < 32 ? m_end - m : 32;
             }
         }
@@ -368,7 +373,7 @@ static int int8_range(const void *layer, int act, int bf16, int64_t group_begin,
     int64_t span = row_end - row_begin < L->chunk_rows ? row_end - row_begin : L->chunk_rows;
     span = (span + 31) / 32 * 32;
     uint8_t *q = NULL;
-    float *scales = malloc((size_t)span * 2 * sizeof(float));
+    float *scales = malloc((size_t)span * (2 + L->c) * sizeof(float));
     if (!scales || posix_memalign((void **)&q, 64, (size_t)(span * L->k))) {
         free(scales);
         return 1;
@@ -376,7 +381,7 @@ static int int8_range(const void *layer, int act, int bf16, int64_t group_begin,
     tile_config saved; /* the caller's thread's configuration (oneDNN's, torch's), given back after */
     configure_tiles(&saved);
     /* One instance per activation and output dtype: the epilogue inlined with both constants. */
-#define INT8_CASE(A, B) int8_blocks(L, row_begin, row_end, block_begin, block_end, q, scales, scales + span, A, B)
+#define INT8_CASE(A, B) int8_blocks(L, row_begin, row_end, block_begin, block_end, q, scales, scales + span, scales + 2 * span, A, B)
 #define INT8_ACTS(B)                                                                                             \
     switch (act) {                                                                                               \
     case 0: INT8_CASE(0, B); break;                                                                              \
