@@ -67,7 +67,9 @@ def quantize_int8(model: Architecture, batches: list[PackedBatch], budget: float
 
     Returns:
         what ``poolkit info`` shows: ``method``, ``int8_layers`` and ``float_layers`` (module
-        names), ``min_cosine`` (measured on the calibration texts with those layers), ``budget``.
+        names), ``min_cosine`` (measured on the calibration texts with those layers), ``budget``;
+        where the selected ``linear_int8`` kernel declines this CPU (its ``declines()`` gives a
+        reason: slower than float here), ``declined`` with that reason and every layer in float.
     """
     with torch.inference_mode():
         seen = _input_maxima(model, batches)
@@ -76,6 +78,10 @@ def quantize_int8(model: Architecture, batches: list[PackedBatch], budget: float
         names = {module: name for name, module in model.named_modules()}
         float_layers = {name: module for module, name in names.items() if module in seen}
         quantized = kernel_for(model, "linear_int8", _device(model))
+        reason = quantized.declines() if hasattr(quantized, "declines") else None
+        if reason is not None:  # a kernel that measured itself slower than float on this CPU
+            logger.warning("quantization 'int8' declined: %s", reason)
+            return {"method": "int8", "declined": reason, "int8_layers": [], "float_layers": list(float_layers)}
         int8 = {name: _int8_linear(module, *seen[module], quantized) for name, module in float_layers.items()}
         levels = quantized.weight_levels
         reference = [_summary(model(batch), batch) for batch in batches]

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import os
 from pathlib import Path
 
 import torch
@@ -344,9 +345,17 @@ def _zero_points(n: int) -> torch.Tensor:
     return torch.zeros(n, dtype=torch.long)
 
 
+#: oneDNN's instruction-set caps (``ONEDNN_MAX_CPU_ISA``) below which it multiplies int8 without VNNI.
+_ISAS_WITHOUT_VNNI = frozenset({"SSE41", "AVX", "AVX2", "AVX512_CORE"})
+
+
 @functools.cache
 def has_int8_dot() -> bool:
-    """Whether this CPU adds uint8 x int8 products into int32 directly (VNNI, AMX-INT8)."""
+    """Whether this CPU adds uint8 x int8 products into int32 directly (VNNI, AMX-INT8), and oneDNN
+    may use it (``ONEDNN_MAX_CPU_ISA`` / ``DNNL_MAX_CPU_ISA`` can cap it below VNNI)."""
+    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").strip().upper()
+    if cap in _ISAS_WITHOUT_VNNI:
+        return False
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
             flags = next((line for line in info if line.startswith("flags")), "").split()
@@ -355,11 +364,22 @@ def has_int8_dot() -> bool:
     return any(flag in flags for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
 
 
+def declines() -> str | None:
+    """Why int8 does not pay on this CPU, or ``None``: without an int8 dot product (VNNI, AMX-INT8)
+    oneDNN's int8 matmul sums in saturating int16 steps and the rounding passes cost more than it
+    saves (all-MiniLM-L6-v2: 0.88-0.93x float32, docs/performance.md); ``quantization="int8"``
+    then keeps the model in float and says so (``poolkit info``)."""
+    if has_int8_dot():
+        return None
+    return "this CPU has no int8 dot product (VNNI or AMX-INT8), where int8 is slower than float32; the model stays in float"
+
+
 def _onednn_int8_available() -> bool:
     return torch.backends.mkldnn.is_available() and all(hasattr(torch.ops.onednn, op) for op in ONEDNN_INT8_OPS)
 
 
 linear_int8_onednn.weight_levels = LEVELS if has_int8_dot() else 63
+linear_int8_onednn.declines = lambda: declines()  # noqa: PLW0108 - looked up when called (tests patch it)
 linear_int8_amx.weight_levels = LEVELS
 
 

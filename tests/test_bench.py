@@ -97,6 +97,21 @@ def test_bench_vs_fallback_smoke_json():
         assert 0 < row["padding_fraction_peer"] < 1 and row["padding_fraction_poolkit"] == 0.0
 
 
+def test_bench_vs_poolkit_compares_int8_with_poolkit_unquantized():
+    """``--vs poolkit --quantization int8``: the peer is poolkit on the same weights without
+    quantization, at its own dtype (``--peer-dtype``); parity is against poolkit fp32 unquantized."""
+    args = ["bench", "--vs", "poolkit", "--quantization", "int8", "--smoke", "--json", "-w", "W1,W6", "--dtype", "float32"]
+    result = CliRunner().invoke(_app(), [*args, "--peer-dtype", "bfloat16"])
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["vs"] == "poolkit" and report["peer"] == "poolkit unquantized" and report["quantization"] == "int8"
+    assert report["peer_dtype"] == "bfloat16" and report["implementation"]["peer"] == "poolkit bfloat16"
+    assert [r["workload"] for r in report["results"]] == ["W1"] and set(report["skipped"]) == {"W6"}
+    (w1,) = report["results"]
+    assert w1["poolkit_tokens_per_s"] > 0 and w1["peer_tokens_per_s"] > 0
+    assert 0.999 <= w1["min_cosine"] < 1.0  # int8 against poolkit fp32: close, not equal
+
+
 def test_bench_vs_fallback_refuses_a_model_without_native_code(tmp_path):
     from tiny_models import build_transformers_model
 

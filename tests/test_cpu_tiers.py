@@ -21,7 +21,10 @@ import pytest
 
 TESTS = Path(__file__).parent
 #: The tests of the code that differs by CPU: kernels, their registry's choices, bf16 paths.
-FILES = ("test_kernels.py", "test_attention_kernels.py", "test_elementwise.py", "test_inference_mode.py", "test_bfloat16.py", "test_masked_lm_token_classify.py")
+FILES = (
+    "test_kernels.py", "test_attention_kernels.py", "test_elementwise.py", "test_inference_mode.py", "test_bfloat16.py",
+    "test_masked_lm_token_classify.py", "test_int8.py",
+)
 TIERS = {
     "compiled-kernels-off": {"POOLKIT_C_KERNELS": "0"},
     "avx2-without-avx512": {"POOLKIT_CPU_ARCH": "x86-64-v3"},

@@ -19,6 +19,16 @@ from poolkit.plugins.lookup import kernel_reference, select_kernel
 ONEDNN = pytest.mark.skipif(not int8._onednn_int8_available(), reason="torch without oneDNN's int8 linear")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _int8_on_every_cpu():
+    """These tests quantize on any CPU: where the kernel would decline it (no VNNI: slower than
+    float), its arithmetic is still what they test. test_int8_declines_a_cpu_without_an_int8_dot
+    tests the declining."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(int8.linear_int8_onednn, "declines", lambda: None)
+        yield
+
+
 def _weights(n: int, k: int, levels: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     q = torch.randint(-levels, levels + 1, (n, k), generator=g, dtype=torch.int8)
@@ -305,6 +315,34 @@ def test_a_calibration_file_is_read_and_a_bad_one_refused(minilm_dir, tmp_path):
         LLM(str(minilm_dir), quantization="int8", calibration=str(empty))
     with pytest.raises(InvalidRequest, match="cannot read the calibration file"):
         LLM(str(minilm_dir), quantization="int8", calibration=str(tmp_path / "missing.txt"))
+
+
+def test_int8_declines_a_cpu_without_an_int8_dot(minilm_dir, monkeypatch, caplog):
+    """Without VNNI or AMX-INT8 (or with oneDNN capped below VNNI) int8 is slower than float32:
+    the model stays in float, a warning and ``poolkit info`` say why."""
+    monkeypatch.setattr(int8.linear_int8_onednn, "declines", int8.declines)
+    monkeypatch.setattr(int8, "has_int8_dot", lambda: False)
+    monkeypatch.setattr(int8, "_amx_library", lambda: None)  # AMX-INT8 comes with VNNI: a CPU without has neither
+    assert select_kernel("linear_int8", "cpu") is int8.linear_int8_onednn
+    with caplog.at_level("WARNING"):
+        llm = LLM(str(minilm_dir), dtype="float32", quantization="int8")
+    report = llm.model.quantization
+    assert report["declined"] == int8.declines() and "no int8 dot product" in report["declined"]
+    assert not report["int8_layers"] and report["float_layers"]
+    assert "quantization 'int8' declined: this CPU has no int8 dot product" in caplog.text
+    assert not any(type(m).__name__ == "Int8Linear" for m in llm.model.architecture.modules())
+    assert llm.model.describe()["quantization"]["declined"] == report["declined"]
+    monkeypatch.setattr(int8, "has_int8_dot", lambda: True)
+    assert int8.declines() is None
+
+
+def test_a_onednn_isa_cap_below_vnni_means_no_int8_dot(monkeypatch):
+    int8.has_int8_dot.cache_clear()
+    try:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")
+        assert not int8.has_int8_dot()
+    finally:
+        int8.has_int8_dot.cache_clear()
 
 
 @pytest.mark.parametrize("value", ["fp8", "awq", 8])

