@@ -210,8 +210,11 @@ static int rescale_rows_bf16(const float *y, int64_t n, const float *step, const
  * (TDPBUSD), two tile loads of rows and two of weights per four tile products. The previous 32 x 32
  * block's epilogue runs on the vector units between these tile products: each row's zero point taken
  * off in integers (acc - zero * sum_k w, exact), then times the row's and the column's scales, the
- * bias, the float channels' products (read from the layer's input in place), the activation, and one
- * rounding to the output's dtype. Nothing but the output is written; the input is read once to round
+ * bias, the float channels' products, the activation, and one rounding to the output's dtype. The
+ * float channels (a few input channels too large to round with the rest) go on bf16 tiles after the
+ * integer ones, each value and weight as two bf16 halves (within 2^-16 of the float32 product):
+ * adding their products in the epilogue instead, eight FMAs a vector, made it the layer's
+ * bottleneck. Nothing but the output is written; the input is read once to round
  * it (twice where the layer is split by columns over threads: each thread rounds the rows itself).
  *
  * Tiles (configure_tiles: 16 rows of 64 bytes each) 0-3: accumulators (rows 0-15 / 16-31 x columns
@@ -249,25 +252,48 @@ typedef struct {
     int64_t x_stride, rows, k, n;
     const float *inv_smooth;
     const int8_t *packed;
-    const float *scale;   /* [n]: the weight rows' scales */
-    const int32_t *sums;  /* [n]: the weight rows' sums */
-    const float *bias;    /* [n] or NULL */
-    const int64_t *cols;  /* [c]: the input channels kept in float */
-    const float *eweight; /* [c, n]: their weights */
-    int64_t c;
-    void *out; /* [rows, n], contiguous, float32 or bf16 */
+    const float *scale;       /* [n]: the weight rows' scales */
+    const int32_t *sums;      /* [n]: the weight rows' sums */
+    const float *bias;        /* [n] or NULL */
+    const int64_t *cols;      /* [c]: the input channels kept in float */
+    int64_t c, kk;            /* kk: their tile width, 3 c rounded up to 32 (0 without channels) */
+    const uint16_t *cpacked;  /* their weights' bf16 halves in tiles (poolkit_int8_channels in int8.py) */
+    void *out;                /* [rows, n], contiguous, float32 or bf16 */
     int64_t chunk_rows;
 } int8_layer;
 
-/* A 32 x 32 block of int32 sums waiting for its epilogue. */
+/* A 32 x 32 block of int32 sums (and of float channel products) waiting for its epilogue. */
 typedef struct {
     int32_t acc[32 * 32]; /* row r: the first tile's 16 columns, then the second's */
+    float facc[32 * 32];  /* the same for the float channels' products */
     int64_t row, col;     /* the block's first row (in x and out) and first column */
     const float *step;    /* its rows' level widths and levels of zero */
     const float *zero;
-    const float *kept;    /* its rows' float channels, c a row */
     int64_t rows; /* rows to write (0: none pending) */
 } int8_pending;
+
+/* v rounded to the nearest bf16, ties to even (v finite). */
+static inline uint16_t bf16_bits(float v) {
+    union {
+        float f;
+        uint32_t u;
+    } b = {v};
+    return (uint16_t)((b.u + 0x7FFFu + ((b.u >> 16) & 1u)) >> 16);
+}
+
+/* Row r's float channels as the channel tiles' row: the bf16 nearest each value (h) twice, then
+ * the bf16 nearest its remainder (l), zero-padded to kk; against the weights' rows (w's nearest bf16
+ * wh, its remainder's wl, wh again) the products h wh + h wl + l wh give x w within 2^-16 of it. */
+static inline void channel_row(const int8_layer *L, int64_t r, uint16_t *out) {
+    for (int64_t ch = 0; ch < L->c; ch++) {
+        float v = input_at(L->x, L->x_dtype, L->x_stride, r, L->cols[ch]);
+        uint16_t h = bf16_bits(v);
+        float rest = isfinite(v) ? v - bf16_value(&h, 0) : 0.0f;
+        out[ch] = out[L->c + ch] = h;
+        out[2 * L->c + ch] = bf16_bits(rest);
+    }
+    for (int64_t i = 3 * L->c; i < L->kk; i++) out[i] = 0;
+}
 
 /* Rows [r0, r1) of a pending block: zero point, scales, bias, float channels, activation, rounding. */
 static inline __attribute__((always_inline)) void int8_finish(const int8_layer *L, int8_pending *p, int64_t r0,
@@ -278,36 +304,28 @@ static inline __attribute__((always_inline)) void int8_finish(const int8_layer *
     for (int64_t r = r0; r < r1; r++) {
         const __m512 s = _mm512_set1_ps(p->step[r]);
         const __m512i z = _mm512_set1_epi32((int32_t)p->zero[r]);
-        __m512 v[2];
+        const int64_t at = (p->row + r) * L->n + p->col;
         for (int h = 0; h < 2; h++) {
             __m512i exact = _mm512_sub_epi32(_mm512_load_si512(p->acc + r * 32 + 16 * h),
                                              _mm512_mullo_epi32(z, _mm512_loadu_si512(sums + 16 * h)));
             __m512 a = _mm512_mul_ps(_mm512_cvtepi32_ps(exact), _mm512_loadu_ps(scale + 16 * h));
-            v[h] = bias ? _mm512_fmadd_ps(s, a, _mm512_loadu_ps(bias + 16 * h)) : _mm512_mul_ps(s, a);
-        }
-        for (int64_t i = 0; i < L->c; i++) {
-            const __m512 e = _mm512_set1_ps(p->kept[r * L->c + i]);
-            const float *w = L->eweight + i * L->n + p->col;
-            v[0] = _mm512_fmadd_ps(e, _mm512_loadu_ps(w), v[0]);
-            v[1] = _mm512_fmadd_ps(e, _mm512_loadu_ps(w + 16), v[1]);
-        }
-        const int64_t at = (p->row + r) * L->n + p->col;
-        for (int h = 0; h < 2; h++) {
+            __m512 v = bias ? _mm512_fmadd_ps(s, a, _mm512_loadu_ps(bias + 16 * h)) : _mm512_mul_ps(s, a);
+            if (L->kk) v = _mm512_add_ps(v, _mm512_load_ps(p->facc + r * 32 + 16 * h));
             if (bf16)
-                put_bf16x16((uint16_t *)L->out + at + 16 * h, activate16(v[h], act));
+                put_bf16x16((uint16_t *)L->out + at + 16 * h, activate16(v, act));
             else
-                _mm512_storeu_ps((float *)L->out + at + 16 * h, activate16(v[h], act));
+                _mm512_storeu_ps((float *)L->out + at + 16 * h, activate16(v, act));
         }
     }
 }
 
-/* Rows [row_begin, row_end) x column blocks [block_begin, block_end); q, step, zero, kept (the rows'
- * float channels, gathered with their rounding): scratch for one chunk of rows (chunk_rows rounded up
- * to 32). */
+/* Rows [row_begin, row_end) x column blocks [block_begin, block_end); q, step, zero, crows (the rows'
+ * channel tiles' rows, kk bf16 each): scratch for one chunk of rows (chunk_rows rounded up to 32). */
 static inline __attribute__((always_inline)) void int8_blocks(const int8_layer *L, int64_t row_begin, int64_t row_end,
                                                               int64_t block_begin, int64_t block_end, uint8_t *q,
-                                                              float *step, float *zero, float *kept, int act, int bf16) {
-    const int64_t k = L->k, chunks = k / 64;
+                                                              float *step, float *zero, uint16_t *crows, int act,
+                                                              int bf16) {
+    const int64_t k = L->k, chunks = k / 64, kk = L->kk;
     const int64_t per_step = (32 + chunks - 1) / chunks; /* epilogue rows per tile step */
     int8_pending slot __attribute__((aligned(64)));
     int8_pending *p = &slot;
@@ -321,10 +339,10 @@ static inline __attribute__((always_inline)) void int8_blocks(const int8_layer *
         for (int64_t i = 0; i < (m_end - m0 + 31) / 32 * 32; i++) {
             if (m0 + i < m_end) {
                 quantize_row(L->x, L->x_dtype, L->x_stride, m0 + i, L->inv_smooth, k, 255, q + i * k, step + i, zero + i);
-                for (int64_t ch = 0; ch < L->c; ch++)
-                    kept[i * L->c + ch] = input_at(L->x, L->x_dtype, L->x_stride, m0 + i, L->cols[ch]);
+                if (kk) channel_row(L, m0 + i, crows + i * kk);
             } else {
                 memset(q + i * k, 0, (size_t)k);
+                if (kk) memset(crows + i * kk, 0, (size_t)kk * 2);
                 step[i] = zero[i] = 0.0f;
             }
         }
@@ -351,11 +369,31 @@ static inline __attribute__((always_inline)) void int8_blocks(const int8_layer *
                 _tile_stored(1, p->acc + 16, 128);
                 _tile_stored(2, p->acc + 512, 128);
                 _tile_stored(3, p->acc + 512 + 16, 128);
+                if (kk) { /* the float channels' products on bf16 tiles, into the same four */
+                    const uint16_t *a2 = crows + (m - m0) * kk, *w2 = L->cpacked + j * (kk / 32) * 1024;
+                    _tile_zero(0);
+                    _tile_zero(1);
+                    _tile_zero(2);
+                    _tile_zero(3);
+                    for (int64_t c = 0; c < kk / 32; c++) {
+                        _tile_loadd(4, a2 + c * 32, kk * 2);
+                        _tile_loadd(6, w2 + c * 1024, 64);
+                        _tile_loadd(7, w2 + c * 1024 + 512, 64);
+                        _tile_loadd(5, a2 + 16 * kk + c * 32, kk * 2);
+                        _tile_dpbf16ps(0, 4, 6);
+                        _tile_dpbf16ps(1, 4, 7);
+                        _tile_dpbf16ps(2, 5, 6);
+                        _tile_dpbf16ps(3, 5, 7);
+                    }
+                    _tile_stored(0, p->facc, 128);
+                    _tile_stored(1, p->facc + 16, 128);
+                    _tile_stored(2, p->facc + 512, 128);
+                    _tile_stored(3, p->facc + 512 + 16, 128);
+                }
                 p->row = m;
                 p->col = j * 32;
                 p->step = step + (m - m0);
                 p->zero = zero + (m - m0);
-                p->kept = kept + (m - m0) * L->c;
                 p->rows = m_end - m < 32 ? m_end - m : 32;
             }
         }
@@ -373,15 +411,18 @@ static int int8_range(const void *layer, int act, int bf16, int64_t group_begin,
     int64_t span = row_end - row_begin < L->chunk_rows ? row_end - row_begin : L->chunk_rows;
     span = (span + 31) / 32 * 32;
     uint8_t *q = NULL;
-    float *scales = malloc((size_t)span * (2 + L->c) * sizeof(float));
-    if (!scales || posix_memalign((void **)&q, 64, (size_t)(span * L->k))) {
+    uint16_t *crows = NULL;
+    float *scales = malloc((size_t)span * 2 * sizeof(float));
+    if (!scales || posix_memalign((void **)&q, 64, (size_t)(span * L->k)) ||
+        posix_memalign((void **)&crows, 64, (size_t)(span * (L->kk ? L->kk : 32) * 2))) {
         free(scales);
+        free(q);
         return 1;
     }
     tile_config saved; /* the caller's thread's configuration (oneDNN's, torch's), given back after */
     configure_tiles(&saved);
     /* One instance per activation and output dtype: the epilogue inlined with both constants. */
-#define INT8_CASE(A, B) int8_blocks(L, row_begin, row_end, block_begin, block_end, q, scales, scales + span, scales + 2 * span, A, B)
+#define INT8_CASE(A, B) int8_blocks(L, row_begin, row_end, block_begin, block_end, q, scales, scales + span, crows, A, B)
 #define INT8_ACTS(B)                                                                                             \
     switch (act) {                                                                                               \
     case 0: INT8_CASE(0, B); break;                                                                              \
@@ -399,6 +440,7 @@ static int int8_range(const void *layer, int act, int bf16, int64_t group_begin,
 #undef INT8_CASE
     restore_tiles(&saved);
     free(q);
+    free(crows);
     free(scales);
     return 0;
 }
@@ -434,24 +476,26 @@ int poolkit_rescale_rows_bf16(const float *y, int64_t n, const float *step, cons
 }
 
 /* The int8 layer on AMX tiles: out[r, j] = act(step[r] * scale[j] * sum_i (q[r, i] - zero[r]) w[j, i] + bias[j]
- * + sum_i x[r, cols[i]] * eweight[i, j]), q, step and zero row r of x (times inv_smooth) rounded as
+ * + sum_i x[r, cols[i]] * e[i, j]), q, step and zero row r of x (times inv_smooth) rounded as
  * poolkit_quantize_rows rounds it. x: [rows, k] (dtype x_dtype, row stride x_stride elements);
  * packed: the weight by poolkit_int8_pack (k a multiple of 64, n of 32); scale ([n] float32) and
  * sums ([n] int32): the weight rows' scales and sums of levels; bias ([n] float32) or NULL; cols ([c]
- * int64) and eweight ([c, n] float32): the float channels (c may be 0); act: simd.h's codes (0 none,
- * 1 silu, 2 gelu tanh, 3 relu, 4 gelu erf); out: [rows, n] contiguous, out_dtype 0 float32 or 1
- * bf16; chunk_rows: rows per cache chunk, a multiple of 32. Split over `workers` threads by groups of
- * 32 rows (by_rows) or by blocks of 32 columns. Returns 0, 1 when out of memory, 2 without AMX-INT8,
- * 3 for a bad argument. */
+ * int64): the float channels (c may be 0), whose weights e ([c, n]) come as cpacked, kk = 3 c rounded
+ * up to 32 rows of bf16 halves in tiles (int8.py's _channel_tiles; 0 without channels); act: simd.h's
+ * codes (0 none, 1 silu, 2 gelu tanh, 3 relu, 4 gelu erf); out: [rows, n] contiguous, out_dtype 0
+ * float32 or 1 bf16; chunk_rows: rows per cache chunk, a multiple of 32. Split over `workers`
+ * threads by groups of 32 rows (by_rows) or by blocks of 32 columns. Returns 0, 1 when out of memory,
+ * 2 without AMX-INT8, 3 for a bad argument. */
 int poolkit_int8_amx(const void *x, int x_dtype, int64_t x_stride, int64_t rows, const float *inv_smooth,
                      const int8_t *packed, int64_t k, int64_t n, const float *scale, const int32_t *sums, const float *bias,
-                     const int64_t *cols, const float *eweight, int64_t c, int act, void *out, int out_dtype,
+                     const int64_t *cols, int64_t c, const uint16_t *cpacked, int64_t kk, int act, void *out, int out_dtype,
                      int64_t chunk_rows, int by_rows, int64_t workers) {
 #ifdef POOLKIT_AMX_INT8
     if ((x_dtype != 0 && x_dtype != 1) || (out_dtype != 0 && out_dtype != 1) || act < 0 || act > 4 || k <= 0 || k % 64 ||
-        n <= 0 || n % 32 || chunk_rows <= 0 || chunk_rows % 32 || c < 0)
+        n <= 0 || n % 32 || chunk_rows <= 0 || chunk_rows % 32 || c < 0 || kk % 32 || kk < 3 * c || (c && !cpacked))
         return 3;
-    int8_layer L = {x, x_dtype, x_stride, rows, k, n, inv_smooth, packed, scale, sums, bias, cols, eweight, c, out, chunk_rows};
+    int8_layer L = {x, x_dtype, x_stride, rows, k, n, inv_smooth, packed, scale, sums, bias, cols, c, c ? kk : 0, cpacked,
+                    out, chunk_rows};
     int64_t groups = (rows + 31) / 32, blocks = n / 32;
     int code;
     if (by_rows)
@@ -461,8 +505,8 @@ int poolkit_int8_amx(const void *x, int x_dtype, int64_t x_stride, int64_t rows,
     return code;
 #else
     (void)x; (void)x_dtype; (void)x_stride; (void)rows; (void)inv_smooth; (void)packed; (void)k; (void)n; (void)scale;
-    (void)sums; (void)bias; (void)cols; (void)eweight; (void)c; (void)act; (void)out; (void)out_dtype; (void)chunk_rows;
-    (void)by_rows; (void)workers;
+    (void)sums; (void)bias; (void)cols; (void)c; (void)cpacked; (void)kk; (void)act; (void)out; (void)out_dtype;
+    (void)chunk_rows; (void)by_rows; (void)workers;
     return 2;
 #endif
 }

@@ -359,17 +359,18 @@ def _pack(weight: torch.Tensor, layout: tuple) -> torch.Tensor:
     """``weight`` in a kernel's layout: ``("onednn", half)``, oneDNN's blocked layout of the whole
     weight (``half`` ``None``) or of the first or second half of its rows; ``("amx", gate_first)``,
     the AMX kernel's tiles (linear.c) of a plain (``gate_first`` ``None``) or gated layer;
-    ``("int8", None)``, oneDNN's packed int8 weight, ``("int8", "amx")`` the AMX-INT8 kernel's tiles,
+    ``("int8", None)``, oneDNN's packed int8 weight, ``("int8", "amx")`` the AMX-INT8 kernel's tiles
+    (``("int8", "channels")``: of a float channels' weight),
     ``("int8", "sums")`` / ``("int8", "int_sums")`` its rows' sums in float32 / int32
     (:mod:`poolkit.kernels.int8`)."""
     kind, how = layout
     if kind == "int8":  # an int8 weight for poolkit.kernels.int8: packed for oneDNN or AMX, or its rows' sums
         if how is None:
             return torch.ops.onednn.qlinear_prepack(weight.contiguous(), None)
-        if how == "amx":
-            from poolkit.kernels.int8 import pack_amx  # noqa: PLC0415 - int8 imports this module
+        if how in ("amx", "channels"):
+            from poolkit.kernels.int8 import pack_amx, pack_channels  # noqa: PLC0415 - int8 imports this module
 
-            return pack_amx(weight)
+            return pack_amx(weight) if how == "amx" else pack_channels(weight)
         sums = weight.sum(1, dtype=torch.int32)
         return sums if how == "int_sums" else sums.float()
     if kind == "onednn":
