@@ -109,6 +109,7 @@ def test_bench_vs_poolkit_compares_int8_with_poolkit_unquantized():
     assert [r["workload"] for r in report["results"]] == ["W1"] and set(report["skipped"]) == {"W6"}
     (w1,) = report["results"]
     assert w1["poolkit_tokens_per_s"] > 0 and w1["peer_tokens_per_s"] > 0
+    assert w1["padding_fraction_peer"] == w1["padding_fraction_poolkit"] == 0.0
     assert 0.999 <= w1["min_cosine"] < 1.0  # int8 against poolkit fp32: close, not equal
 
 

@@ -116,6 +116,9 @@ class PoolkitPeer(FallbackPeer):
         """``args`` without quantization."""
         return args.model_copy(update={"quantization": None, "calibration": None})
 
+    def padding_fraction(self, lengths: list[int]) -> float:
+        return 0.0  # the same packed batches as poolkit's
+
     def check_ours(self, model: Any) -> str | None:
         return None
 
