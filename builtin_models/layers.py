@@ -52,7 +52,8 @@ class Int8Linear(nn.Module):
     (:mod:`poolkit.builtin_models.quantize` builds it; the op's contract is in docs/plugins.md).
     A few outlier input channels may stay in float (LLM.int8()'s decomposition): the kernel sees
     them as zeros (their ``inv_smooth`` and weight columns are 0), so they widen no token's range,
-    and their products are added in float32.
+    and their products are added in float32. With a ``rotation`` (a Hadamard block size) the
+    weight rows were multiplied by the rotation and the kernel rotates the smoothed inputs alike.
 
     Attributes:
         qweight: ``[out_features, in_features]`` int8; ``scale``: ``[out_features]`` float32,
@@ -71,9 +72,11 @@ class Int8Linear(nn.Module):
         inv_smooth: torch.Tensor | None,
         outliers: torch.Tensor | None = None,
         outlier_weight: torch.Tensor | None = None,
+        rotation: int = 0,
     ) -> None:
         super().__init__()
         self.out_features, self.in_features = qweight.shape
+        self.rotation = rotation
         self.register_buffer("qweight", qweight)
         self.register_buffer("scale", scale)
         self.register_buffer("bias", bias)
@@ -83,12 +86,13 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor, act: str = "none") -> torch.Tensor:
         fn = kernel_for(self, "linear_int8", x.device)
-        return fn(x, self.qweight, self.scale, self.bias, act, self.inv_smooth, self.outliers, self.outlier_weight)
+        args = (x, self.qweight, self.scale, self.bias, act, self.inv_smooth, self.outliers, self.outlier_weight)
+        return fn(*args, rotation=self.rotation) if self.rotation else fn(*args)
 
     def extra_repr(self) -> str:
         outliers = 0 if self.outliers is None else len(self.outliers)
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"smoothed={self.inv_smooth is not None}, float_channels={outliers}")
+                f"smoothed={self.inv_smooth is not None}, float_channels={outliers}, rotation={self.rotation}")
 
 
 def activation_function(name: str) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -35,6 +35,11 @@ static inline float bf16_value(const uint16_t *p, int64_t i) {
     return v.f;
 }
 
+/* Input x[row][col] of the layer (dtype x_dtype, row stride x_stride elements) as float32. */
+static inline float input_at(const void *x, int x_dtype, int64_t x_stride, int64_t row, int64_t col) {
+    return x_dtype == 0 ? ((const float *)x)[row * x_stride + col] : bf16_value((const uint16_t *)x + row * x_stride, col);
+}
+
 /* One row's levels: the range of x * inv_smooth (zero included), `levels` steps across it, the level
  * of 0.0 rounded to a whole number, each value rounded to nearest even and clamped to [0, levels]. */
 #define QUANTIZE_ROW(LOAD)                                                                         \
@@ -75,11 +80,21 @@ static inline float bf16_value(const uint16_t *p, int64_t i) {
         }                                                                                          \
     } while (0)
 
+#ifdef POOLKIT_AVX512BF16
+/* 16 values' levels: v * inv rounded to the nearest whole number (ties to even: the conversion's
+ * default rounding, as rintf's), plus the level of zero, clamped to [0, top], stored as uint8. */
+static inline void put_levels16(uint8_t *out, __m512 v, __m512 inv, __m512i zero, __m512i top) {
+    __m512i q = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v, inv)), zero);
+    q = _mm512_min_epi32(_mm512_max_epi32(q, _mm512_setzero_si512()), top);
+    _mm_storeu_si128((__m128i *)out, _mm512_cvtepi32_epi8(q));
+}
+#endif
+
 /* Row r of x ([m, k], row stride x_stride elements, dtype x_dtype: 0 or 1) rounded into out (k uint8),
  * its level width into *step and its level of zero into *zero; inv_smooth ([k] float32) or NULL
  * multiplies the inputs first. */
-static inline void quantize_row(const void *x, int x_dtype, int64_t x_stride, int64_t r, const float *inv_smooth,
-                                int64_t k, int levels, uint8_t *out, float *step, float *zero) {
+static inline void round_row(const void *x, int x_dtype, int64_t x_stride, int64_t r, const float *inv_smooth,
+                             int64_t k, int levels, uint8_t *out, float *step, float *zero) {
 #ifdef POOLKIT_AVX512BF16
     if (k % 16 == 0) { /* the same arithmetic in AVX-512, 16 values at a time: 3-4x the compiler's own */
         const char *row = (const char *)x + r * x_stride * (x_dtype ? 2 : 4);
@@ -96,12 +111,11 @@ static inline void quantize_row(const void *x, int x_dtype, int64_t x_stride, in
         float z = rintf(-low / s);
         *step = s;
         *zero = z;
-        const __m512 inv = _mm512_set1_ps(1.0f / s), z16 = _mm512_set1_ps(z), top = _mm512_set1_ps((float)levels);
+        const __m512 inv = _mm512_set1_ps(1.0f / s);
+        const __m512i z16 = _mm512_set1_epi32((int32_t)z), top = _mm512_set1_epi32(levels);
         for (int64_t i = 0; i < k; i += 16) {
             __m512 v = inv_smooth ? _mm512_mul_ps(LOAD16(i), _mm512_loadu_ps(inv_smooth + i)) : LOAD16(i);
-            v = _mm512_add_ps(_mm512_roundscale_ps(_mm512_mul_ps(v, inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), z16);
-            v = _mm512_min_ps(_mm512_max_ps(v, _mm512_setzero_ps()), top);
-            _mm_storeu_si128((__m128i *)(out + i), _mm512_cvtusepi32_epi8(_mm512_cvtps_epi32(v)));
+            put_levels16(out + i, v, inv, z16, top);
         }
 #undef LOAD16
         return;
@@ -116,21 +130,136 @@ static inline void quantize_row(const void *x, int x_dtype, int64_t x_stride, in
     }
 }
 
+#ifdef POOLKIT_AVX512BF16
+/* The normalized-free Hadamard transform of 16 values in one vector (Sylvester's order: lane i gets
+ * sum_j (-1)^popcount(i & j) x_j): four butterfly stages, each a swap of lanes 1, 2, 4, 8 apart and
+ * an add or subtract by lane. */
+static inline __m512 hadamard16(__m512 x) {
+    const __m512 s1 = _mm512_setr_ps(1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1);
+    const __m512 s2 = _mm512_setr_ps(1, 1, -1, -1, 1, 1, -1, -1, 1, 1, -1, -1, 1, 1, -1, -1);
+    const __m512 s4 = _mm512_setr_ps(1, 1, 1, 1, -1, -1, -1, -1, 1, 1, 1, 1, -1, -1, -1, -1);
+    const __m512 s8 = _mm512_setr_ps(1, 1, 1, 1, 1, 1, 1, 1, -1, -1, -1, -1, -1, -1, -1, -1);
+    x = _mm512_fmadd_ps(x, s1, _mm512_permute_ps(x, 0xB1));
+    x = _mm512_fmadd_ps(x, s2, _mm512_permute_ps(x, 0x4E));
+    x = _mm512_fmadd_ps(x, s4, _mm512_shuffle_f32x4(x, x, 0xB1));
+    return _mm512_fmadd_ps(x, s8, _mm512_shuffle_f32x4(x, x, 0x4E));
+}
+#endif
+
+/* Row r of x times inv_smooth (or not), then times the block-diagonal normalized Hadamard matrix of
+ * blocks of `block` (a power of two dividing k), into out (k float32): int8.py's hadamard_rows, by
+ * butterflies (the reference's matmul sums in another order: the two agree to float32's rounding). */
+static void rotate_row(const void *x, int x_dtype, int64_t x_stride, int64_t r, const float *inv_smooth, int64_t block,
+                       int64_t k, float *out) {
+    const float norm = 1.0f / sqrtf((float)block);
+#ifdef POOLKIT_AVX512BF16
+    if (k % 16 == 0 && block >= 16) {
+        const char *row = (const char *)x + r * x_stride * (x_dtype ? 2 : 4);
+        const __m512 scale = _mm512_set1_ps(norm);
+        for (int64_t i = 0; i < k; i += 16) {
+            __m512 v = x_dtype ? bf16x16((const uint16_t *)row + i) : _mm512_loadu_ps((const float *)row + i);
+            if (inv_smooth) v = _mm512_mul_ps(v, _mm512_loadu_ps(inv_smooth + i));
+            _mm512_storeu_ps(out + i, hadamard16(_mm512_mul_ps(v, scale)));
+        }
+        for (int64_t d = 16; d < block; d *= 2)
+            for (int64_t i = 0; i < k; i += 2 * d)
+                for (int64_t j = i; j < i + d; j += 16) {
+                    __m512 a = _mm512_loadu_ps(out + j), b = _mm512_loadu_ps(out + j + d);
+                    _mm512_storeu_ps(out + j, _mm512_add_ps(a, b));
+                    _mm512_storeu_ps(out + j + d, _mm512_sub_ps(a, b));
+                }
+        return;
+    }
+#endif
+    for (int64_t i = 0; i < k; i++)
+        out[i] = input_at(x, x_dtype, x_stride, r, i) * (inv_smooth ? inv_smooth[i] : 1.0f) * norm;
+    for (int64_t d = 1; d < block; d *= 2)
+        for (int64_t i = 0; i < k; i += 2 * d)
+            for (int64_t j = i; j < i + d; j++) {
+                float a = out[j], b = out[j + d];
+                out[j] = a + b;
+                out[j + d] = a - b;
+            }
+}
+
+#ifdef POOLKIT_AVX512BF16
+/* rotate_row then round_row for blocks of 64 (k a multiple of 64), in two passes instead of four:
+ * each block's four vectors transformed in registers (hadamard16, then the two stages across them)
+ * while its range is taken, kept unnormalized in scratch; the normalization (1/8, exact) goes into
+ * the range and the levels' factor, so the levels are those of the normalized values. */
+static inline void rotate_round_row64(const void *x, int x_dtype, int64_t x_stride, int64_t r, const float *inv_smooth,
+                                      int64_t k, int levels, float *scratch, uint8_t *out, float *step, float *zero) {
+    const char *row = (const char *)x + r * x_stride * (x_dtype ? 2 : 4);
+    __m512 low16 = _mm512_setzero_ps(), high16 = _mm512_setzero_ps();
+    for (int64_t i = 0; i < k; i += 64) {
+        __m512 v[4];
+        for (int t = 0; t < 4; t++) {
+            int64_t at = i + 16 * t;
+            v[t] = x_dtype ? bf16x16((const uint16_t *)row + at) : _mm512_loadu_ps((const float *)row + at);
+            if (inv_smooth) v[t] = _mm512_mul_ps(v[t], _mm512_loadu_ps(inv_smooth + at));
+            v[t] = hadamard16(v[t]);
+        }
+        __m512 a0 = _mm512_add_ps(v[0], v[1]), a1 = _mm512_sub_ps(v[0], v[1]);
+        __m512 a2 = _mm512_add_ps(v[2], v[3]), a3 = _mm512_sub_ps(v[2], v[3]);
+        v[0] = _mm512_add_ps(a0, a2);
+        v[2] = _mm512_sub_ps(a0, a2);
+        v[1] = _mm512_add_ps(a1, a3);
+        v[3] = _mm512_sub_ps(a1, a3);
+        for (int t = 0; t < 4; t++) {
+            low16 = _mm512_min_ps(low16, v[t]);
+            high16 = _mm512_max_ps(high16, v[t]);
+            _mm512_storeu_ps(scratch + i + 16 * t, v[t]);
+        }
+    }
+    float low = _mm512_reduce_min_ps(low16) * 0.125f, high = _mm512_reduce_max_ps(high16) * 0.125f;
+    float s = (high - low) / (float)levels;
+    s = s > FLT_MIN ? s : FLT_MIN;
+    float z = rintf(-low / s);
+    *step = s;
+    *zero = z;
+    const __m512 inv = _mm512_set1_ps(0.125f / s);
+    const __m512i z16 = _mm512_set1_epi32((int32_t)z), top = _mm512_set1_epi32(levels);
+    for (int64_t i = 0; i < k; i += 16) put_levels16(out + i, _mm512_loadu_ps(scratch + i), inv, z16, top);
+}
+#endif
+
+/* round_row of row r after rotate_row when `rotation` (a block size; 0: none), scratch: k floats. */
+static inline void quantize_row(const void *x, int x_dtype, int64_t x_stride, int64_t r, const float *inv_smooth,
+                                int64_t rotation, float *scratch, int64_t k, int levels, uint8_t *out, float *step,
+                                float *zero) {
+    if (!rotation) {
+        round_row(x, x_dtype, x_stride, r, inv_smooth, k, levels, out, step, zero);
+        return;
+    }
+#ifdef POOLKIT_AVX512BF16
+    if (rotation == 64) {
+        rotate_round_row64(x, x_dtype, x_stride, r, inv_smooth, k, levels, scratch, out, step, zero);
+        return;
+    }
+#endif
+    rotate_row(x, x_dtype, x_stride, r, inv_smooth, rotation, k, scratch);
+    round_row(scratch, 0, 0, 0, NULL, k, levels, out, step, zero);
+}
+
+/* Whether `rotation` is a block size quantize_row takes for rows of k: 0, or a power of two dividing k. */
+static inline int rotation_ok(int64_t rotation, int64_t k) {
+    return rotation == 0 || (rotation > 1 && (rotation & (rotation - 1)) == 0 && k % rotation == 0);
+}
+
 /* Rows [begin, end) of x rounded into q ([m, k] uint8, contiguous), with each row's level width in
- * step[m] and level of zero in zero[m] (quantize_row). */
-static int quantize_rows(const void *x, int x_dtype, int64_t x_stride, const float *inv_smooth, int64_t k, int levels,
-                         uint8_t *q, float *step, float *zero, int64_t begin, int64_t end) {
-    if (x_dtype != 0 && x_dtype != 1)
+ * step[m] and level of zero in zero[m] (quantize_row; 1 when out of memory, 3 for a bad argument). */
+static int quantize_rows(const void *x, int x_dtype, int64_t x_stride, const float *inv_smooth, int64_t rotation,
+                         int64_t k, int levels, uint8_t *q, float *step, float *zero, int64_t begin, int64_t end) {
+    if ((x_dtype != 0 && x_dtype != 1) || !rotation_ok(rotation, k))
         return 3;
+    float *scratch = rotation ? malloc((size_t)k * sizeof(float)) : NULL;
+    if (rotation && !scratch) return 1;
     for (int64_t r = begin; r < end; r++)
-        quantize_row(x, x_dtype, x_stride, r, inv_smooth, k, levels, q + r * k, step + r, zero + r);
+        quantize_row(x, x_dtype, x_stride, r, inv_smooth, rotation, scratch, k, levels, q + r * k, step + r, zero + r);
+    free(scratch);
     return 0;
 }
 
-/* Input x[row][col] of the layer (dtype x_dtype, row stride x_stride elements) as float32. */
-static inline float input_at(const void *x, int x_dtype, int64_t x_stride, int64_t row, int64_t col) {
-    return x_dtype == 0 ? ((const float *)x)[row * x_stride + col] : bf16_value((const uint16_t *)x + row * x_stride, col);
-}
 
 /* Rows [begin, end) of y ([m, n] float32, contiguous; the matmul's sum_k q w times the weight row's
  * scale) rescaled in place to step[r] * (y - zero[r] * wsum[j]) + bias[j] + sum_i x[r, cols[i]] * eweight[i, j]:
@@ -251,6 +380,7 @@ typedef struct {
     int x_dtype;
     int64_t x_stride, rows, k, n;
     const float *inv_smooth;
+    int64_t rotation;         /* the rows' Hadamard block (0: none) */
     const int8_t *packed;
     const float *scale;       /* [n]: the weight rows' scales */
     const int32_t *sums;      /* [n]: the weight rows' sums */
@@ -320,11 +450,12 @@ static inline __attribute__((always_inline)) void int8_finish(const int8_layer *
 }
 
 /* Rows [row_begin, row_end) x column blocks [block_begin, block_end); q, step, zero, crows (the rows'
- * channel tiles' rows, kk bf16 each): scratch for one chunk of rows (chunk_rows rounded up to 32). */
+ * channel tiles' rows, kk bf16 each): scratch for one chunk of rows (chunk_rows rounded up to 32);
+ * scratch: k floats for a rotated row. */
 static inline __attribute__((always_inline)) void int8_blocks(const int8_layer *L, int64_t row_begin, int64_t row_end,
                                                               int64_t block_begin, int64_t block_end, uint8_t *q,
-                                                              float *step, float *zero, uint16_t *crows, int act,
-                                                              int bf16) {
+                                                              float *step, float *zero, uint16_t *crows, float *scratch,
+                                                              int act, int bf16) {
     const int64_t k = L->k, chunks = k / 64, kk = L->kk;
     const int64_t per_step = (32 + chunks - 1) / chunks; /* epilogue rows per tile step */
     int8_pending slot __attribute__((aligned(64)));
@@ -338,7 +469,8 @@ static inline __attribute__((always_inline)) void int8_blocks(const int8_layer *
         }
         for (int64_t i = 0; i < (m_end - m0 + 31) / 32 * 32; i++) {
             if (m0 + i < m_end) {
-                quantize_row(L->x, L->x_dtype, L->x_stride, m0 + i, L->inv_smooth, k, 255, q + i * k, step + i, zero + i);
+                quantize_row(L->x, L->x_dtype, L->x_stride, m0 + i, L->inv_smooth, L->rotation, scratch, k, 255, q + i * k,
+                             step + i, zero + i);
                 if (kk) channel_row(L, m0 + i, crows + i * kk);
             } else {
                 memset(q + i * k, 0, (size_t)k);
@@ -412,7 +544,7 @@ static int int8_range(const void *layer, int act, int bf16, int64_t group_begin,
     span = (span + 31) / 32 * 32;
     uint8_t *q = NULL;
     uint16_t *crows = NULL;
-    float *scales = malloc((size_t)span * 2 * sizeof(float));
+    float *scales = malloc((size_t)(span * 2 + L->k) * sizeof(float)); /* steps, zeros, a rotated row */
     if (!scales || posix_memalign((void **)&q, 64, (size_t)(span * L->k)) ||
         posix_memalign((void **)&crows, 64, (size_t)(span * (L->kk ? L->kk : 32) * 2))) {
         free(scales);
@@ -422,7 +554,8 @@ static int int8_range(const void *layer, int act, int bf16, int64_t group_begin,
     tile_config saved; /* the caller's thread's configuration (oneDNN's, torch's), given back after */
     configure_tiles(&saved);
     /* One instance per activation and output dtype: the epilogue inlined with both constants. */
-#define INT8_CASE(A, B) int8_blocks(L, row_begin, row_end, block_begin, block_end, q, scales, scales + span, crows, A, B)
+#define INT8_CASE(A, B)                                                                                          \
+    int8_blocks(L, row_begin, row_end, block_begin, block_end, q, scales, scales + span, crows, scales + 2 * span, A, B)
 #define INT8_ACTS(B)                                                                                             \
     switch (act) {                                                                                               \
     case 0: INT8_CASE(0, B); break;                                                                              \
@@ -449,11 +582,11 @@ static int int8_range(const void *layer, int act, int bf16, int64_t group_begin,
 
 /* The exported kernels: each of the functions above over rows [0, rows), split over `workers` threads
  * (parallel.h), in place of its row range. */
-int poolkit_quantize_rows(const void *x, int x_dtype, int64_t x_stride, const float *inv_smooth, int64_t k, int levels,
-                          uint8_t *q, float *step, float *zero, int64_t rows, int64_t workers) {
+int poolkit_quantize_rows(const void *x, int x_dtype, int64_t x_stride, const float *inv_smooth, int64_t rotation,
+                          int64_t k, int levels, uint8_t *q, float *step, float *zero, int64_t rows, int64_t workers) {
     int code;
     PARALLEL_RANGES(rows, workers, code, begin, end,
-                    quantize_rows(x, x_dtype, x_stride, inv_smooth, k, levels, q, step, zero, begin, end));
+                    quantize_rows(x, x_dtype, x_stride, inv_smooth, rotation, k, levels, q, step, zero, begin, end));
     return code;
 }
 
@@ -477,7 +610,8 @@ int poolkit_rescale_rows_bf16(const float *y, int64_t n, const float *step, cons
 
 /* The int8 layer on AMX tiles: out[r, j] = act(step[r] * scale[j] * sum_i (q[r, i] - zero[r]) w[j, i] + bias[j]
  * + sum_i x[r, cols[i]] * e[i, j]), q, step and zero row r of x (times inv_smooth) rounded as
- * poolkit_quantize_rows rounds it. x: [rows, k] (dtype x_dtype, row stride x_stride elements);
+ * poolkit_quantize_rows rounds it (rotation: its Hadamard block, 0 none). x: [rows, k] (dtype x_dtype,
+ * row stride x_stride elements);
  * packed: the weight by poolkit_int8_pack (k a multiple of 64, n of 32); scale ([n] float32) and
  * sums ([n] int32): the weight rows' scales and sums of levels; bias ([n] float32) or NULL; cols ([c]
  * int64): the float channels (c may be 0), whose weights e ([c, n]) come as cpacked, kk = 3 c rounded
@@ -487,14 +621,15 @@ int poolkit_rescale_rows_bf16(const float *y, int64_t n, const float *step, cons
  * threads by groups of 32 rows (by_rows) or by blocks of 32 columns. Returns 0, 1 when out of memory,
  * 2 without AMX-INT8, 3 for a bad argument. */
 int poolkit_int8_amx(const void *x, int x_dtype, int64_t x_stride, int64_t rows, const float *inv_smooth,
-                     const int8_t *packed, int64_t k, int64_t n, const float *scale, const int32_t *sums, const float *bias,
+                     int64_t rotation, const int8_t *packed, int64_t k, int64_t n, const float *scale, const int32_t *sums, const float *bias,
                      const int64_t *cols, int64_t c, const uint16_t *cpacked, int64_t kk, int act, void *out, int out_dtype,
                      int64_t chunk_rows, int by_rows, int64_t workers) {
 #ifdef POOLKIT_AMX_INT8
     if ((x_dtype != 0 && x_dtype != 1) || (out_dtype != 0 && out_dtype != 1) || act < 0 || act > 4 || k <= 0 || k % 64 ||
-        n <= 0 || n % 32 || chunk_rows <= 0 || chunk_rows % 32 || c < 0 || kk % 32 || kk < 3 * c || (c && !cpacked))
+        n <= 0 || n % 32 || chunk_rows <= 0 || chunk_rows % 32 || c < 0 || kk % 32 || kk < 3 * c || (c && !cpacked) ||
+        !rotation_ok(rotation, k))
         return 3;
-    int8_layer L = {x, x_dtype, x_stride, rows, k, n, inv_smooth, packed, scale, sums, bias, cols, c, c ? kk : 0, cpacked,
+    int8_layer L = {x, x_dtype, x_stride, rows, k, n, inv_smooth, rotation, packed, scale, sums, bias, cols, c, c ? kk : 0, cpacked,
                     out, chunk_rows};
     int64_t groups = (rows + 31) / 32, blocks = n / 32;
     int code;
@@ -504,7 +639,7 @@ int poolkit_int8_amx(const void *x, int x_dtype, int64_t x_stride, int64_t rows,
         PARALLEL_RANGES(blocks, workers, code, begin, end, int8_range(&L, act, out_dtype, 0, groups, begin, end));
     return code;
 #else
-    (void)x; (void)x_dtype; (void)x_stride; (void)rows; (void)inv_smooth; (void)packed; (void)k; (void)n; (void)scale;
+    (void)x; (void)x_dtype; (void)x_stride; (void)rows; (void)inv_smooth; (void)rotation; (void)packed; (void)k; (void)n; (void)scale;
     (void)sums; (void)bias; (void)cols; (void)c; (void)cpacked; (void)kk; (void)act; (void)out; (void)out_dtype;
     (void)chunk_rows; (void)by_rows; (void)workers;
     return 2;

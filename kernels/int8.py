@@ -11,7 +11,7 @@ is rescaled by the token's and the channel's scale, then the bias and the activa
 The op's contract, which every ``linear_int8`` kernel keeps (same arguments and defaults as the
 reference, which is what ``poolkit.kernel_reference("linear_int8")`` returns) and models rely on
 without importing this module: ``fn(x, weight, scale, bias=None, act="none", inv_smooth=None,
-outliers=None, outlier_weight=None) -> out``
+outliers=None, outlier_weight=None, rotation=0) -> out``
 
 - ``x``: ``[..., in_features]`` float inputs, any float dtype;
 - ``weight``: ``[out_features, in_features]`` int8, within ``[-levels, levels]`` where ``levels``
@@ -25,6 +25,11 @@ outliers=None, outlier_weight=None) -> out``
 - ``outliers``: ``[c]`` int64 input channels or ``None``, with ``outlier_weight``: ``[c, out_features]``
   float32: those channels of ``x`` times it, in float32, are added before the activation (LLM.int8()'s
   decomposition: the channels kept in float, which ``inv_smooth`` zeroes for the integer part);
+- ``rotation``: ``0`` or a block size ``b`` (a power of two from 16 dividing ``in_features``; a kernel
+  lists those it takes in its ``rotations`` attribute): the smoothed rows are multiplied by the
+  block-diagonal normalized Hadamard matrix of blocks of ``b`` (:func:`~poolkit.contracts.kernel.hadamard_rows`) before they
+  are rounded, the weight having been multiplied by it when the model loaded (``W x = (W H)(H x)``):
+  an outlier spread over its block costs the row's other values less resolution (QuaRot's rotation);
 - returns ``[..., out_features]`` in ``x``'s dtype, no autograd.
 
 The ``:onednn`` kernel runs the integer matmul with oneDNN (``torch.ops.onednn.qlinear_pointwise``
@@ -59,12 +64,14 @@ from pathlib import Path
 import torch
 
 from poolkit.contracts.hookspecs import hookimpl
-from poolkit.contracts.kernel import Kernel
+from poolkit.contracts.kernel import Kernel, hadamard_rows
 from poolkit.kernels.compiler import load_typed_library, workers
 from poolkit.kernels.linear import _PARALLEL_MACS, ACTIVATIONS, AMX_ACTIVATIONS, _packed, row_bucket
 
 #: The largest magnitude of a quantized weight, where the kernel's arithmetic takes full-range weights.
 LEVELS = 127
+#: The Hadamard block sizes (``rotation``) every built-in kernel takes.
+ROTATIONS = (16, 32, 64, 128, 256, 512)
 INPUT_LEVELS = 255
 #: The oneDNN ops the ``:onednn`` kernel calls; without both it is unavailable.
 ONEDNN_INT8_OPS = ("qlinear_prepack", "qlinear_pointwise")
@@ -76,9 +83,10 @@ _PARALLEL_ELEMENTS = 1 << 16
 
 
 def quantize_rows(
-    x: torch.Tensor, inv_smooth: torch.Tensor | None = None, levels: int = 255
+    x: torch.Tensor, inv_smooth: torch.Tensor | None = None, levels: int = 255, rotation: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Each row of ``x`` (``[m, k]``) rounded to 256 levels spanning its own range (and zero).
+    """Each row of ``x`` (``[m, k]``) rounded to 256 levels spanning its own range (and zero), after
+    ``inv_smooth`` and the ``rotation`` (:func:`~poolkit.contracts.kernel.hadamard_rows`, 0: none).
 
     Returns:
         ``q``, the levels ``0..255`` as float32 values, ``[m, k]``; ``step``, each row's level
@@ -86,6 +94,8 @@ def quantize_rows(
         ``(q - zero) * step``. A row of zeros keeps zeros.
     """
     x = x.float() * inv_smooth if inv_smooth is not None else x.float()
+    if rotation:
+        x = hadamard_rows(x, rotation)
     low, high = torch.aminmax(x, dim=-1, keepdim=True)
     # at least the smallest normal float, whose reciprocal is finite: a row of zeros stays zeros
     step = ((high.clamp_min(0) - low.clamp_max(0)) / levels).clamp_min_(torch.finfo(torch.float32).tiny)
@@ -103,12 +113,13 @@ def linear_int8(
     inv_smooth: torch.Tensor | None = None,
     outliers: torch.Tensor | None = None,
     outlier_weight: torch.Tensor | None = None,
+    rotation: int = 0,
 ) -> torch.Tensor:
     """The reference: the integer products summed in float32 (exact while ``in_features * 255 *
     127 < 2**24``, ``in_features`` up to 518; within float32's rounding beyond), then the rescale,
     the bias, the float channels' products and the activation."""
     rows = x.reshape(-1, x.shape[-1])
-    q, step, zero = quantize_rows(rows, inv_smooth, INPUT_LEVELS)
+    q, step, zero = quantize_rows(rows, inv_smooth, INPUT_LEVELS, rotation)
     y = ((q - zero) @ weight.float().t()) * step * scale
     if bias is not None:
         y = y + bias
@@ -118,6 +129,7 @@ def linear_int8(
 
 
 linear_int8.weight_levels = LEVELS
+linear_int8.rotations = ROTATIONS
 
 
 def linear_int8_onednn(
@@ -129,15 +141,16 @@ def linear_int8_onednn(
     inv_smooth: torch.Tensor | None = None,
     outliers: torch.Tensor | None = None,
     outlier_weight: torch.Tensor | None = None,
+    rotation: int = 0,
 ) -> torch.Tensor:
     """:func:`linear_int8` with oneDNN's integer matmul (CPU only; another device goes to the
     reference). oneDNN takes one zero point for all rows, so the matmul runs with none and each
     row's own comes off afterwards: ``sum_k (q - zero) w = sum_k q w - zero * sum_k w``; the float
     channels' products are added in the same pass."""
     if x.device.type != "cpu":
-        return linear_int8(x, weight, scale, bias, act, inv_smooth, outliers, outlier_weight)
+        return linear_int8(x, weight, scale, bias, act, inv_smooth, outliers, outlier_weight, rotation)
     rows = x.reshape(-1, x.shape[-1])
-    q, step, zero = round_rows(rows, inv_smooth, row_bucket(rows.shape[0]))
+    q, step, zero = round_rows(rows, inv_smooth, row_bucket(rows.shape[0]), rotation)
     y = torch.ops.onednn.qlinear_pointwise(
         q, 1.0, 0, _packed(weight, ("int8", None)), scale, _zero_points(weight.shape[0]),
         None, 1.0, 0, torch.float32, "none", [], "",
@@ -161,6 +174,7 @@ def linear_int8_amx(
     inv_smooth: torch.Tensor | None = None,
     outliers: torch.Tensor | None = None,
     outlier_weight: torch.Tensor | None = None,
+    rotation: int = 0,
 ) -> torch.Tensor:
     """:func:`linear_int8` in one pass on AMX-INT8 tiles (``int8.c``, ``poolkit_int8_amx``): each
     chunk of rows rounded to uint8 levels into a scratch buffer, the integer matmul on the tiles,
@@ -170,7 +184,7 @@ def linear_int8_amx(
     ``in_features`` a multiple of 64, ``out_features`` of 32 and an activation of
     :data:`~poolkit.kernels.linear.AMX_ACTIVATIONS`; hands any other call to :func:`linear_int8_onednn`."""
     if not _amx_runs(x, weight, act):
-        return linear_int8_onednn(x, weight, scale, bias, act, inv_smooth, outliers, outlier_weight)
+        return linear_int8_onednn(x, weight, scale, bias, act, inv_smooth, outliers, outlier_weight, rotation)
     rows = x.reshape(-1, x.shape[-1])
     if rows.stride(-1) != 1:
         rows = rows.contiguous()
@@ -183,7 +197,7 @@ def linear_int8_amx(
         c = 0 if cols is None else cols.numel()
         code = _amx_library().poolkit_int8_amx(
             rows.data_ptr(), _DTYPES[rows.dtype], rows.stride(0), m, None if smooth is None else smooth.data_ptr(),
-            _packed(weight, ("int8", "amx")).data_ptr(), k, n, scale32.data_ptr(),
+            rotation, _packed(weight, ("int8", "amx")).data_ptr(), k, n, scale32.data_ptr(),
             _packed(weight, ("int8", "int_sums")).data_ptr(), None if bias32 is None else bias32.data_ptr(),
             None if cols is None else cols.data_ptr(), c, None if tiles is None else tiles.data_ptr(), _channel_width(c),
             AMX_ACTIVATIONS[act], out.data_ptr(), _DTYPES[x.dtype], _chunk_rows(k, n),
@@ -225,7 +239,7 @@ def _chunk_rows(k: int, n: int) -> int:
 
 
 def round_rows(
-    rows: torch.Tensor, inv_smooth: torch.Tensor | None, padded: int
+    rows: torch.Tensor, inv_smooth: torch.Tensor | None, padded: int, rotation: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`quantize_rows` of ``rows`` (``[n, k]``) as uint8 levels, ``[padded, k]`` (rows past
     ``n`` zero: oneDNN keeps a primitive per shape, so calls come in :func:`row_bucket` sizes), with
@@ -233,17 +247,21 @@ def round_rows(
     n, k = rows.shape
     lib = _library()
     if lib is None or rows.dtype not in _DTYPES or rows.stride(-1) != 1:
-        levels, step, zero = quantize_rows(rows, inv_smooth, INPUT_LEVELS)
+        levels, step, zero = quantize_rows(rows, inv_smooth, INPUT_LEVELS, rotation)
         q = levels.to(torch.uint8)
         return (torch.cat([q, q.new_zeros(padded - n, k)]) if padded != n else q), step, zero
     q = torch.empty((padded, k), dtype=torch.uint8)
     q[n:].zero_()
     step, zero = torch.empty((n, 1)), torch.empty((n, 1))
     smooth = None if inv_smooth is None else inv_smooth.float().contiguous()
-    lib.poolkit_quantize_rows(
-        rows.data_ptr(), _DTYPES[rows.dtype], rows.stride(0), None if smooth is None else smooth.data_ptr(), k,
-        INPUT_LEVELS, q.data_ptr(), step.data_ptr(), zero.data_ptr(), n, workers(rows.numel() >= _PARALLEL_ELEMENTS),
+    code = lib.poolkit_quantize_rows(
+        rows.data_ptr(), _DTYPES[rows.dtype], rows.stride(0), None if smooth is None else smooth.data_ptr(), rotation,
+        k, INPUT_LEVELS, q.data_ptr(), step.data_ptr(), zero.data_ptr(), n, workers(rows.numel() >= _PARALLEL_ELEMENTS),
     )
+    if code:
+        if code == 1:
+            raise MemoryError("poolkit int8 kernel: out of memory for a rotated row")
+        raise ValueError(f"poolkit int8 kernel: cannot round rows of {k} with rotation {rotation} (code {code})")
     return q, step, zero
 
 
@@ -309,11 +327,11 @@ def _channels(extra: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None) -> 
 _P, _I = ctypes.c_void_p, ctypes.c_int64
 _SIGNATURES = {
     "poolkit_int8_amx": (
-        _P, ctypes.c_int, _I, _I, _P, _P, _I, _I, _P, _P, _P, _P, _I, _P, _I, ctypes.c_int, _P, ctypes.c_int, _I,
+        _P, ctypes.c_int, _I, _I, _P, _I, _P, _I, _I, _P, _P, _P, _P, _I, _P, _I, ctypes.c_int, _P, ctypes.c_int, _I,
         ctypes.c_int, _I,
     ),
     "poolkit_int8_amx_available": (),
-    "poolkit_quantize_rows": (_P, ctypes.c_int, _I, _P, _I, ctypes.c_int, _P, _P, _P, _I, _I),
+    "poolkit_quantize_rows": (_P, ctypes.c_int, _I, _P, _I, _I, ctypes.c_int, _P, _P, _P, _I, _I),
     "poolkit_rescale_rows": (_P, _I, _P, _P, _P, _P, _P, ctypes.c_int, _I, _P, _P, _I, _I, _I),
     "poolkit_rescale_rows_bf16": (_P, _I, _P, _P, _P, _P, _P, ctypes.c_int, _I, _P, _P, _I, ctypes.c_int, _P, _I, _I),
 }
@@ -406,6 +424,7 @@ def _onednn_int8_available() -> bool:
 linear_int8_onednn.weight_levels = LEVELS if has_int8_dot() else 63
 linear_int8_onednn.declines = lambda: declines()  # noqa: PLW0108 - looked up when called (tests patch it)
 linear_int8_amx.weight_levels = LEVELS
+linear_int8_onednn.rotations = linear_int8_amx.rotations = ROTATIONS
 
 
 @hookimpl

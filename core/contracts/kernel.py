@@ -6,8 +6,11 @@ importing what queries its registries.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable
+
+import torch
 
 #: The activations of the ``linear_act`` op, by the names its ``act`` argument takes (``gated_linear`` and
 #: ``linear_int8`` take the same): every kernel of the op takes every one of them, so a model fuses any without
@@ -15,6 +18,26 @@ from typing import Callable
 #: ``approximate="tanh"``, ``relu``, ``silu``, ``tanh`` and ``sigmoid``, as the op's reference computes them
 #: (:data:`poolkit.kernels.linear.ACTIVATIONS`, which implements exactly these names).
 LINEAR_ACTIVATIONS = ("none", "gelu", "gelu_tanh", "relu", "silu", "tanh", "sigmoid")
+
+
+def hadamard_rows(x: torch.Tensor, block: int) -> torch.Tensor:
+    """Each row of ``x`` (``[..., k]``, float32, ``k`` a multiple of ``block``) times the block-diagonal
+    normalized Hadamard matrix of blocks of ``block`` (Sylvester's order: ``H[i, j] = (-1)^popcount(i & j)
+    / sqrt(block)``, symmetric and its own inverse): the ``rotation`` of the ``linear_int8`` op, which a
+    model applies to an int8 layer's weight rows once (``W x = (W H)(H x)``) and the kernel to its inputs."""
+    blocks = x.reshape(*x.shape[:-1], x.shape[-1] // block, block)
+    return (blocks @ _hadamard(block, x.device)).reshape(x.shape)
+
+
+@functools.cache
+def _hadamard(block: int, device: torch.device) -> torch.Tensor:
+    index = torch.arange(block)
+    bits = torch.bitwise_and(index[:, None], index[None, :])
+    parity = torch.zeros_like(bits)
+    while bits.any():
+        parity ^= bits & 1
+        bits = bits >> 1
+    return ((1 - 2 * parity).float() / block**0.5).to(device)
 
 
 @dataclass(frozen=True)
