@@ -80,9 +80,10 @@ def quantize_int8(model: Architecture, batches: list[PackedBatch], budget: float
 
     Returns:
         what ``poolkit info`` shows: ``method``, ``int8_layers``, ``rotated_layers`` (those of them
-        whose inputs are rotated) and ``float_layers`` (module names), ``min_cosine`` (measured on the calibration texts with those layers), ``budget``;
-        where the selected ``linear_int8`` kernel declines this CPU (its ``declines()`` gives a
-        reason: slower than float here), ``declined`` with that reason and every layer in float.
+        whose inputs are rotated) and ``float_layers`` (module names), ``min_cosine`` (measured on
+        the calibration texts with those layers), ``budget``; where the selected ``linear_int8``
+        kernel declines this CPU (its ``declines()`` gives a reason: slower than float here),
+        ``declined`` with that reason and every layer in float.
     """
     with torch.inference_mode():
         seen = _input_maxima(model, batches)
@@ -172,7 +173,9 @@ def _int8_linear(layer: nn.Linear, input_max: torch.Tensor, sample: torch.Tensor
     weight = layer.weight.detach().float()
     bias = None if layer.bias is None else layer.bias.detach().float()
     exact = torch.nn.functional.linear(sample, weight, bias)
-    rotations = [0] + [ROTATION] * (ROTATION in getattr(quantized, "rotations", ()) and weight.shape[1] % ROTATION == 0)
+    rotations = [0]
+    if ROTATION in getattr(quantized, "rotations", ()) and weight.shape[1] % ROTATION == 0:
+        rotations.append(ROTATION)
     best, best_error = None, float("inf")
     for count in FLOAT_CHANNELS:
         count = min(count, input_max.numel() - 1)
@@ -180,7 +183,7 @@ def _int8_linear(layer: nn.Linear, input_max: torch.Tensor, sample: torch.Tensor
         for rotation in rotations:
             for alpha in ALPHAS:
                 candidate = _rounded(weight, bias, input_max, alpha, quantized.weight_levels, outliers, rotation)
-                error = (candidate(sample) - exact).norm().item() / (ROTATION_GAIN if rotation else 1.0)
+                error = (candidate(sample) - exact).norm().item() / (ROTATION_GAIN if rotation else 1.0)  # a handicap
                 if error < best_error:
                     best, best_error = candidate, error
     return best

@@ -27,9 +27,10 @@ outliers=None, outlier_weight=None, rotation=0) -> out``
   decomposition: the channels kept in float, which ``inv_smooth`` zeroes for the integer part);
 - ``rotation``: ``0`` or a block size ``b`` (a power of two from 16 dividing ``in_features``; a kernel
   lists those it takes in its ``rotations`` attribute): the smoothed rows are multiplied by the
-  block-diagonal normalized Hadamard matrix of blocks of ``b`` (:func:`~poolkit.contracts.kernel.hadamard_rows`) before they
-  are rounded, the weight having been multiplied by it when the model loaded (``W x = (W H)(H x)``):
-  an outlier spread over its block costs the row's other values less resolution (QuaRot's rotation);
+  block-diagonal normalized Hadamard matrix of blocks of ``b``
+  (:func:`~poolkit.contracts.kernel.hadamard_rows`) before they are rounded, the weight having been
+  multiplied by it when the model loaded (``W x = (W H)(H x)``): an outlier spread over its block
+  costs the row's other values less resolution (QuaRot's rotation);
 - returns ``[..., out_features]`` in ``x``'s dtype, no autograd.
 
 The ``:onednn`` kernel runs the integer matmul with oneDNN (``torch.ops.onednn.qlinear_pointwise``
