@@ -9,7 +9,8 @@
  * twice (its range, then its levels) while it is in cache and written once, where torch took five
  * passes over the whole input and a uint8 copy.
  *
- * dtype codes: 0 float32, 1 bfloat16. Returns 0, or 3 for an unknown dtype.
+ * dtype codes: 0 float32, 1 bfloat16. The exported functions return 0, 1 when out of memory, 2 where
+ * this build lacks what they need (AVX512-BF16, AMX-INT8), 3 for a bad argument.
  */
 #define _GNU_SOURCE
 #include <float.h>
@@ -535,9 +536,8 @@ static inline __attribute__((always_inline)) void int8_blocks(const int8_layer *
 
 /* int8_blocks over the groups of 32 rows [group_begin, group_end) and the column blocks
  * [block_begin, block_end). Returns 0, or 1 when out of memory. */
-static int int8_range(const void *layer, int act, int bf16, int64_t group_begin, int64_t group_end, int64_t block_begin,
+static int int8_range(const int8_layer *L, int act, int bf16, int64_t group_begin, int64_t group_end, int64_t block_begin,
                       int64_t block_end) {
-    const int8_layer *L = (const int8_layer *)layer;
     int64_t row_begin = group_begin * 32, row_end = group_end * 32 < L->rows ? group_end * 32 : L->rows;
     if (row_begin >= row_end || block_begin >= block_end) return 0;
     int64_t span = row_end - row_begin < L->chunk_rows ? row_end - row_begin : L->chunk_rows;

@@ -423,7 +423,7 @@ def _onednn_int8_available() -> bool:
 
 
 linear_int8_onednn.weight_levels = LEVELS if has_int8_dot() else 63
-linear_int8_onednn.declines = lambda: declines()  # noqa: PLW0108 - looked up when called (tests patch it)
+linear_int8_onednn.declines = declines
 linear_int8_amx.weight_levels = LEVELS
 linear_int8_onednn.rotations = linear_int8_amx.rotations = ROTATIONS
 
