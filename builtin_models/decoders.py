@@ -318,14 +318,26 @@ class DecoderModel(Quantizable, Architecture):
             ConfigChecks(multiples=(("hidden_size", "num_attention_heads"),)).check(config, shapes, overridden)
 
     def forward(self, batch: PackedBatch) -> torch.Tensor:
-        attention = kernel_for(self, self._attention_op, batch.device)
-        linear = kernel_for(self, "linear_act", batch.device)
-        x = F.embedding(batch.input_ids, self.embed_tokens.weight)
+        x = self.embed(batch.input_ids)
+        return self.decode(x, batch, self.rotary(batch.positions, x.dtype))
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The token embeddings ``[T, H]`` the layers start from (scaled, for Gemma)."""
+        x = F.embedding(input_ids, self.embed_tokens.weight)
         if self.scale_embeddings:
             x = x * torch.tensor(self.hidden_size**0.5).to(x.dtype)
-        # each token's cos and sin per layer type, as the model's dtype (angles in float32)
-        params = self._rotary_parameters
-        rotary = {t: rotary_cos_sin(inv_freq, batch.positions, x.dtype, scaling) for t, (inv_freq, scaling) in params.items()}
+        return x
+
+    def rotary(self, positions: torch.Tensor, dtype: torch.dtype) -> dict[str, Rotary]:
+        """Each token's cos and sin per layer type, as ``dtype`` (angles in float32), for ``[T]``
+        positions; a multimodal model passes its own ``(cos, sin)`` to :meth:`decode` instead."""
+        return {t: rotary_cos_sin(inv_freq, positions, dtype, scaling) for t, (inv_freq, scaling) in self._rotary_parameters.items()}
+
+    def decode(self, x: torch.Tensor, batch: PackedBatch, rotary: dict[str, Rotary]) -> torch.Tensor:
+        """The layers and the final norm over input embeddings ``x`` (``[T, H]``: :meth:`embed`'s,
+        or a vision-language model's with image features in place) and ``rotary`` (per layer type)."""
+        attention = kernel_for(self, self._attention_op, batch.device)
+        linear = kernel_for(self, "linear_act", batch.device)
         delta = None
         for layer in self.layers:
             x, delta = layer(x, delta, rotary[layer.self_attn.layer_type], batch, attention, linear)

@@ -92,11 +92,18 @@ class ImageProcessor(IOProcessor):
     def pre_process(self, data: Any, request_id: str | None = None) -> Sequence[Prompt]:
         data = self.parse_data(data)
         prompts: list[Prompt] = list(data["prompts"])
-        if not any("image" in p.extras for p in prompts):
+        if not any("image" in p.extras or "video" in p.extras for p in prompts):
             return prompts
         model = data["model"]
+        media_processor = getattr(model.architecture, "media_processor", None)
+        if media_processor is not None:  # a vision-language model: its own processor reads text and media
+            from poolkit.plugins.manager import registry
+
+            return registry("io_processor").get(media_processor).pre_process(data, request_id)
         allow_files = bool(data.get("allow_local_files", True))
         processor = self._image_processor(model)
+        for i, prompt in enumerate(prompts):
+            self._check_dual_encoder_prompt(i, prompt, model)
         max_pixels = _limit("POOLKIT_MAX_IMAGE_PIXELS", MAX_IMAGE_PIXELS)
         max_bytes = _limit("POOLKIT_MAX_IMAGE_BYTES", MAX_IMAGE_BYTES)
         out = []
@@ -117,6 +124,24 @@ class ImageProcessor(IOProcessor):
             extras["pixel_values"] = pixels.float()
             out.append(dataclasses.replace(prompt, extras=extras))
         return out
+
+    @staticmethod
+    def _check_dual_encoder_prompt(index: int, prompt: Prompt, model: Any) -> None:
+        """A dual encoder's (CLIP's, SigLIP's) image prompt: one image, no text, no video (vLLM's rule)."""
+        if not ("image" in prompt.extras or "video" in prompt.extras):
+            return
+        if "video" in prompt.extras:
+            raise InvalidRequest(f"prompt {index}: model '{model.name}' takes no videos; pass images")
+        if prompt.text or prompt.token_ids:
+            raise InvalidRequest(
+                f"prompt {index}: CLIP accepts text-only or image-only inputs, not both! "
+                "You must pass an image with an empty text prompt."
+            )
+        image = prompt.extras["image"]
+        if isinstance(image, (list, tuple)):
+            if len(image) != 1:
+                raise InvalidRequest(f"prompt {index}: one image per prompt, got {len(image)}")
+            prompt.extras["image"] = image[0]
 
     # -- the model's pre-processing -----------------------------------------------------------
 

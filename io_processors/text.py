@@ -9,6 +9,9 @@ from poolkit.contracts.errors import InvalidRequest
 from poolkit.contracts.hookspecs import hookimpl
 from poolkit.contracts.io import IOProcessor, Prompt, PromptBatch
 
+#: The ``multi_modal_data`` keys a prompt may have (vLLM's names).
+MEDIA_KINDS = ("image", "video")
+
 
 def _is_token(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
@@ -47,8 +50,8 @@ class TextProcessor(IOProcessor):
     """Accepts what ``LLM.embed`` accepts in vLLM.
 
     A string, a list of token ids, a ``{"prompt": str}`` dict, a ``{"prompt_token_ids": [int, ...]}``
-    dict, an image prompt ``{"prompt": "", "multi_modal_data": {"image": ...}}`` (its image left in
-    ``extras["image"]`` for the "image" IO processor), a :class:`~poolkit.contracts.io.Prompt` (taken as it
+    dict, a prompt with media ``{"prompt": ..., "multi_modal_data": {"image": ..., "video": ...}}`` (its
+    images and videos left in ``extras`` for the "image" IO processor), a :class:`~poolkit.contracts.io.Prompt` (taken as it
     is: a text pair, for one), or a list of those. A single input (a
     string, a dict, or one flat list of token ids, as vLLM reads ``[101, 7592, 102]``) gives a
     one-element list of prompts.
@@ -105,33 +108,33 @@ class TextProcessor(IOProcessor):
 
     @staticmethod
     def _media_prompt(index: int, item: dict) -> Prompt:
-        """``{"prompt": "", "multi_modal_data": {"image": X}}``: an image-only prompt.
+        """``{"prompt": ..., "multi_modal_data": {"image": X, "video": V}}``: a prompt with media.
 
-        The image is decoded later, by the "image" IO processor; a prompt carries text or an
-        image, never both (as vLLM's CLIP and SigLIP require).
+        ``X`` is one image or a list of them (``V`` likewise, each video a list of frames); they
+        are decoded later, with the model known, by the "image" IO processor, which also says
+        what the model accepts: a dual encoder (CLIP, SigLIP) takes one image and no text, a
+        vision-language model text with images where its prompt has their placeholders.
         """
         media = item["multi_modal_data"]
         if not isinstance(media, dict):
             raise InvalidRequest(f"prompt {index}: multi_modal_data must be a dict such as {{'image': ...}}")
-        unknown = sorted(str(k) for k in media if k != "image")
+        unknown = sorted(str(k) for k in media if k not in MEDIA_KINDS)
         if unknown:
-            raise InvalidRequest(f"prompt {index}: unsupported multi_modal_data {', '.join(unknown)}; only 'image' is supported")
-        image = media.get("image")
-        if image is None:
+            raise InvalidRequest(
+                f"prompt {index}: unsupported multi_modal_data {', '.join(unknown)}; only {' and '.join(map(repr, MEDIA_KINDS))} are supported"
+            )
+        extras = {kind: media[kind] for kind in MEDIA_KINDS if media.get(kind) is not None}
+        if not extras:
             raise InvalidRequest(f"prompt {index}: multi_modal_data has no image")
-        if isinstance(image, (list, tuple)):
-            if len(image) != 1:
-                raise InvalidRequest(f"prompt {index}: one image per prompt, got {len(image)}")
-            image = image[0]
+        for kind, value in extras.items():
+            if isinstance(value, (list, tuple)) and not value:
+                raise InvalidRequest(f"prompt {index}: multi_modal_data has an empty list of {kind}s")
         text = item.get("prompt", "")
         if text is not None and not isinstance(text, str):
             raise InvalidRequest(f"prompt {index}: 'prompt' must be a string, got {_describe(text)}")
-        if text or item.get("prompt_token_ids"):
-            raise InvalidRequest(
-                f"prompt {index}: CLIP accepts text-only or image-only inputs, not both! "
-                "You must pass an image with an empty text prompt."
-            )
-        return Prompt(text=None, extras={"image": image})
+        if item.get("prompt_token_ids"):
+            raise InvalidRequest(f"prompt {index}: a prompt with multi_modal_data takes a text 'prompt', not prompt_token_ids")
+        return Prompt(text=text or None, extras=extras)
 
 
 class TextPairProcessor(IOProcessor):

@@ -693,3 +693,64 @@ def build_stanford_colbert(out: Path, metadata: dict | None = None, dim: int = 1
     if metadata is not None:
         (path / "artifact.metadata").write_text(json.dumps(metadata))
     return path
+
+
+#: The special tokens of Qwen2-VL's tokenizer that its prompts use (image and video placeholders).
+QWEN_VL_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+
+
+def qwen_vl_tokenizer() -> T.PreTrainedTokenizerFast:
+    """The tiny byte-level BPE tokenizer with Qwen2-VL's vision tokens added as special tokens."""
+    tok = bytelevel_bpe_tokenizer(eos="<|endoftext|>")
+    tok.add_special_tokens({"additional_special_tokens": QWEN_VL_TOKENS})
+    return tok
+
+
+def build_qwen2_vl(out: Path, seed: int = 0, patch_size: int = 4, min_pixels: int = 8 * 8, max_pixels: int = 48 * 48) -> Path:
+    """A tiny ``Qwen2VLForConditionalGeneration`` (vision tower of 2 blocks, 2x2 patch merging, a
+    2-layer Qwen2 decoder with M-RoPE sections [2, 3, 3]), its tokenizer and a Pillow image
+    processor with ``patch_size`` 4 (merged patches of 8x8 pixels), saved to ``out``.
+
+    Every parameter is drawn again (matrices with std ``1.5 / sqrt(fan_in)``, norms around 1, biases
+    around 0), so a dropped one or a misplaced image feature shows in the embeddings.
+    """
+    tok = qwen_vl_tokenizer()
+    ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_VL_TOKENS}
+    config = T.Qwen2VLConfig(
+        text_config=dict(
+            vocab_size=len(tok),
+            hidden_size=64,
+            intermediate_size=96,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+            bos_token_id=tok.eos_token_id,
+        ),
+        vision_config=dict(
+            depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=patch_size,
+            spatial_merge_size=2, temporal_patch_size=2, in_channels=3,
+        ),
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+    torch.manual_seed(seed)
+    model = T.Qwen2VLForConditionalGeneration(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 1:
+                p.normal_(1.0 if "norm" in name and name.endswith("weight") else 0.0, 0.2)
+            else:
+                p.normal_(0.0, 1.5 * p[0].numel() ** -0.5)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    T.Qwen2VLImageProcessorPil(
+        patch_size=patch_size, merge_size=2, temporal_patch_size=2, min_pixels=min_pixels, max_pixels=max_pixels
+    ).save_pretrained(out)
+    return out

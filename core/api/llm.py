@@ -189,7 +189,7 @@ class LLM:
 
     def _prompts(self, prompts: Any, prompt_name: str | None) -> PromptBatch:
         parsed = PromptBatch.of(registry("io_processor").get("text").pre_process(prompts))
-        if not parsed.columnar and any("image" in p.extras for p in parsed):
+        if not parsed.columnar and any("image" in p.extras or "video" in p.extras for p in parsed):
             parsed = PromptBatch.of(registry("io_processor").get("image").pre_process({"prompts": list(parsed), "model": self.model}))
         prefix = self._prompt_prefix(prompt_name)
         if prefix:

@@ -44,9 +44,17 @@ class Architecture(torch.nn.Module):
     default_pooler_config: ClassVar[dict[str, Any]] = {}
     #: Whether the model consumes token type (segment) ids.
     uses_token_type_ids: ClassVar[bool] = False
-    #: What prompts the model reads: ``"text"`` (token ids), and ``"image"`` for models whose
-    #: forward takes ``batch.extras["pixel_values"]`` (CLIP).
+    #: What prompts the model reads: ``"text"`` (token ids), and ``"image"`` (or ``"video"``) for
+    #: models that read pixels: a dual encoder's image-only prompts (``batch.extras["pixel_values"]``,
+    #: CLIP), or a vision-language model's prompts of text and images (see :attr:`media_processor`).
     input_modalities: ClassVar[tuple[str, ...]] = ("text",)
+    #: The registered IO processor that turns this model's prompts with images or videos
+    #: (``extras["image"]`` / ``extras["video"]``) into token ids with their :attr:`Prompt.media`
+    #: tensors: a vision-language model's placeholders expanded, pixels cut into patches. The forward
+    #: pass then finds each sequence's tensors in ``batch.extras["media"]`` (one dict or ``None`` per
+    #: sequence, in batch order). ``None`` (the default): image prompts are image-only and run as
+    #: one-token sequences (CLIP, SigLIP).
+    media_processor: ClassVar[str | None] = None
     #: The tasks this architecture may serve, or ``None`` for all whose heads it can feed (a
     #: late-interaction model offers ``token_embed`` only, say).
     pooling_tasks: ClassVar[frozenset[str] | None] = None

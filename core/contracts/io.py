@@ -33,6 +33,11 @@ class Prompt:
         attended: how many leading tokens the prompt's tokens attend to; the tokens after them
             attend and have outputs but are not attended to (a ColBERT query's ``[MASK]``
             expansion, as colbert-ai and PyLate run it). ``None``: every token is attended to.
+        media: tensors the architecture reads beside ``token_ids`` (a vision-language model's
+            image patches, their grid sizes, its multimodal positions), made by the model's media
+            IO processor (:attr:`poolkit.Architecture.media_processor`); the engine hands them to
+            the forward pass with the sequence (``batch.extras["media"]``) and never truncates
+            such a prompt. ``None`` for a prompt of tokens alone.
     """
 
     text: str | None = None
@@ -44,6 +49,7 @@ class Prompt:
     add_special_tokens: bool = True
     keep_suffix: list[int] | None = None
     attended: int | None = None
+    media: dict | None = None
 
 
 class PromptBatch(Sequence[Prompt]):

@@ -78,6 +78,9 @@ class Tokens:
         pool_skip: per prompt, the leading tokens pooling leaves out, or ``None`` when it keeps all.
         key_lens: per prompt, the leading tokens attention sees (:attr:`poolkit.Prompt.attended`),
             or ``None`` when it sees all.
+        media: per prompt, the tensors its sequence carries to the forward pass
+            (:attr:`poolkit.Prompt.media`, ``None`` for a prompt without), or ``None`` when no
+            prompt has any.
     """
 
     def __init__(
@@ -90,12 +93,14 @@ class Tokens:
         key_lens: list[int] | None = None,
         lens: np.ndarray | None = None,
         flat: np.ndarray | None = None,
+        media: list[dict | None] | None = None,
     ) -> None:
         self.ids = ids
         self.truncated = np.asarray(truncated, dtype=bool)
         self.type_ids = type_ids
         self.pool_skip = pool_skip
         self.key_lens = key_lens
+        self.media = media
         self._lens = lens
         self._flat = flat
 

@@ -221,6 +221,12 @@ class Engine:
             limit, side = settings[id(p)]
             if prompt.token_ids is not None:
                 taken = self._take_ids([prompt.token_ids], limit, side, first + i)
+                asked = p.truncate_prompt_tokens is not None or p.truncation_side is not None
+                if prompt.media is not None and asked and taken.truncated[0]:  # unasked: the context-length error below
+                    raise InvalidRequest(
+                        f"prompt {first + i} has {len(prompt.token_ids)} tokens with its images, more than the truncation limit of {limit}; "
+                        "a prompt with images is not truncated (its image tokens would be cut): use fewer or smaller images, or less text"
+                    )
                 ids[i], truncated[i] = list(taken.ids[0]), taken.truncated[0]
             else:
                 groups.setdefault((limit, side, prompt.add_special_tokens), []).append(i)
@@ -246,7 +252,8 @@ class Engine:
         keys = None
         if any(p.attended is not None for p in prompts):
             keys = [len(i) if p.attended is None else max(1, min(p.attended, len(i))) for p, i in zip(prompts, ids)]
-        return Tokens(ids, truncated, types if any(t is not None for t in types) else None, skip, key_lens=keys)  # type: ignore[arg-type]
+        media = [p.media for p in prompts] if any(p.media is not None for p in prompts) else None
+        return Tokens(ids, truncated, types if any(t is not None for t in types) else None, skip, key_lens=keys, media=media)  # type: ignore[arg-type]
 
     def _take_ids(self, token_ids: list[list[int]], limit: int | None, side: str, first: int) -> Tokens:
         """Token-id prompts checked against the vocabulary and cut to ``limit``, as one array."""
@@ -750,6 +757,8 @@ class Engine:
                 batch_skip if batch_skip is not None and any(batch_skip) else None,
                 key_lens=keys[members].tolist() if keys is not None and (keys[members] < seq_lens).any() else None,
             )
+            if tokens.media is not None:
+                batch.extras["media"] = [_on_device(tokens.media[i], self.model.device) for i in members.tolist()]
             rows = rows_for(batch.num_tokens) if rows_for is not None else batch.num_tokens
             started = time.perf_counter()
             with torch.inference_mode(), self._threads_for(batch.num_tokens):
@@ -763,6 +772,13 @@ class Engine:
                 behind.read()
             behind = InFlight(collected, members, fetch, batch.num_tokens, progress)
         return collected, behind
+
+
+def _on_device(media: dict | None, device: torch.device) -> dict | None:
+    """A sequence's media tensors on ``device`` (other values as they are)."""
+    if media is None:
+        return None
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in media.items()}
 
 
 @contextlib.contextmanager
