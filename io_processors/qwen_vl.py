@@ -131,7 +131,7 @@ class QwenVLProcessor(IOProcessor):
         allow_files = bool(data.get("allow_local_files", True))
         settings = self.settings(model)
         limits = (_limit("POOLKIT_MAX_IMAGE_PIXELS", MAX_IMAGE_PIXELS), _limit("POOLKIT_MAX_IMAGE_BYTES", MAX_IMAGE_BYTES))
-        per_prompt = _limit("POOLKIT_MAX_IMAGES_PER_PROMPT", MAX_MEDIA_PER_PROMPT)
+        per_prompt = media_per_prompt(model, "image")
         out = []
         for i, prompt in enumerate(data["prompts"]):
             if "image" not in prompt.extras and "video" not in prompt.extras:
@@ -189,13 +189,25 @@ class QwenVLProcessor(IOProcessor):
         return dataclasses.replace(prompt, text=None, token_ids=expanded, media=media, extras={})
 
     def settings(self, model: Any) -> VisionSettings:
-        """The model's pixel settings, read once per model directory."""
+        """The model's pixel settings, read once per model directory, with the load setting
+        ``mm_processor_kwargs`` (``min_pixels``, ``max_pixels``) over the checkpoint's."""
         key = str(Path(model.path).resolve())
         with self._lock:
             found = self._settings.get(key)
             if found is None:
                 found = self._settings[key] = read_settings(Path(model.path), model.hf_config)
-        return found
+        kwargs = getattr(model, "mm_processor_kwargs", None) or {}
+        budget = {k: int(kwargs[k]) for k in ("min_pixels", "max_pixels") if kwargs.get(k) is not None}
+        return dataclasses.replace(found, **budget) if budget else found
+
+
+def media_per_prompt(model: Any, kind: str) -> int:
+    """Most images (``kind="image"``) or videos one prompt may carry: the load setting
+    ``limit_mm_per_prompt`` (vLLM's), else ``POOLKIT_MAX_IMAGES_PER_PROMPT``, else 16."""
+    limits = getattr(model, "limit_mm_per_prompt", None) or {}
+    if limits.get(kind) is not None:
+        return int(limits[kind])
+    return _limit("POOLKIT_MAX_IMAGES_PER_PROMPT", MAX_MEDIA_PER_PROMPT)
 
 
 def read_settings(path: Path, config: Any) -> VisionSettings:
