@@ -1,8 +1,319 @@
-"""(being written for issue 46)."""
+"""LLaVA-NeXT: a CLIP vision tower feeding a Llama, Mistral or Qwen2 decoder, on packed batches.
 
+A prompt of text and images reaches the model as token ids in which each image is a run of
+``<image>`` placeholders, one per image feature, with the image's tiles in
+``batch.extras["media"]`` (made by the ``llava_next`` IO processor,
+:mod:`poolkit.io_processors.llava_next`). Any-resolution tiling, as transformers runs it: each image
+is resized into the best of the config's ``image_grid_pinpoints`` and cut into tiles of the vision
+tower's ``image_size``, after a base tile of the whole image. The forward pass runs every tile of the
+batch through the CLIP vision tower at once, up to ``vision_feature_layer`` (the second-to-last
+layer's output, usually; a list of layers is concatenated), drops each tile's CLS token
+(``vision_feature_select_strategy: "default"``) and projects the patches to the decoder's width
+(linear, GELU, linear). Per image, the base tile's features come first; then the other tiles'
+features are laid out as one grid, the rows or columns that only cover padding are cut off (the
+image's own aspect ratio), and ``image_newline`` ends each row. These rows replace the
+placeholders, and the decoder runs over the whole prompt with its plain rotary positions, so
+text-only prompts run exactly as the Llama model would.
+
+The vision layers are CLIP's (:mod:`poolkit.builtin_models.dual_encoder`); the layers past the
+feature layer and the post-LayerNorm are never built. Checkpoints load in both layouts:
+transformers 5's (``model.vision_tower.``, ``model.multi_modal_projector.``,
+``model.language_model.``, ``model.image_newline``) and the published one (``vision_tower.`` with or
+without ``vision_model.``, ``multi_modal_projector.``, ``language_model.model.``,
+``image_newline``); ``lm_head`` is not read. Embeddings pool the last token, as vLLM's E5-V does.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any, Callable, ClassVar, Collection, Iterable, Mapping
+
+import torch
+from torch import nn
+
+from poolkit.builtin_models.decoders import DecoderModel, LlamaModel, MistralModel
+from poolkit.builtin_models.dual_encoder import EncoderLayer, VisionEmbeddings, dense_attention
+from poolkit.builtin_models.layers import activation_function, fp32_layer_norm, fuse_projections, fused_activation, linear
+from poolkit.builtin_models.qwen import Qwen2Model
+from poolkit.contracts.architecture import Architecture
+from poolkit.contracts.batch import PackedBatch
+from poolkit.contracts.config_checks import ConfigChecks
+from poolkit.contracts.errors import ModelLoadError
 from poolkit.contracts.hookspecs import hookimpl
+from poolkit.loading.weights import load_into
+from poolkit.plugins.lookup import kernel_for
+
+logger = logging.getLogger(__name__)
+
+#: The decoder families a LLaVA-NeXT text config may name (``text_config.model_type``).
+LANGUAGE_MODELS: dict[str, type[DecoderModel]] = {"llama": LlamaModel, "mistral": MistralModel, "qwen2": Qwen2Model}
+
+
+def feature_layers(config: Any) -> list[int]:
+    """The vision tower's hidden states the image features are made of, as indices into
+    ``[embeddings, layer 1, ..., layer N]`` (``vision_feature_layer``: one index or a list, negative
+    ones counted from the end, as transformers reads ``hidden_states``).
+
+    Raises:
+        ModelLoadError: an index is out of range.
+    """
+    wanted = config.vision_feature_layer
+    wanted = [wanted] if isinstance(wanted, int) else list(wanted)
+    count = int(config.vision_config.num_hidden_layers) + 1
+    out = []
+    for index in wanted:
+        if not isinstance(index, int) or not -count <= index < count:
+            raise ModelLoadError(
+                f"vision_feature_layer {config.vision_feature_layer} is out of range for a vision tower of {count - 1} layers"
+            )
+        out.append(index % count)
+    return out
+
+
+def unpad_box(height: int, width: int, rows: int, cols: int) -> tuple[int, int, int, int]:
+    """Which part of a ``rows × cols`` feature grid covers an image of ``height × width`` pixels
+    resized into it and centred, the rest being padding: ``(top, bottom, left, right)``, as
+    transformers' ``unpad_image`` cuts it."""
+    if width / height > cols / rows:
+        new_rows = int(round(height * (cols / width), 7))
+        pad = (rows - new_rows) // 2
+        return pad, rows - pad, 0, cols
+    new_cols = int(round(width * (rows / height), 7))
+    pad = (cols - new_cols) // 2
+    return 0, rows, pad, cols - pad
+
+
+class LlavaVisionTower(nn.Module):
+    """CLIP's vision transformer up to the feature layers: patch and class embeddings,
+    pre-LayerNorm, and the encoder layers the features need (``[tiles, 3, S, S]`` pixels in,
+    ``[tiles, 1 + patches, width × len(layers)]`` out, fp32 at least)."""
+
+    def __init__(self, config: Any, layers: list[int]) -> None:
+        super().__init__()
+        eps = float(config.layer_norm_eps)
+        self.layers_out = layers
+        self.embeddings = VisionEmbeddings(config, class_token=True, patch_bias=False)
+        self.pre_layrnorm = nn.LayerNorm(config.hidden_size, eps=eps)
+        self.encoder = nn.Module()
+        self.encoder.layers = nn.ModuleList(EncoderLayer(config) for _ in range(max(layers)))
+
+    def forward(self, pixel_values: torch.Tensor, linear_act: Callable) -> torch.Tensor:
+        x = fp32_layer_norm(self.embeddings(pixel_values), self.pre_layrnorm)
+        states = {0: x}
+        for depth, layer in enumerate(self.encoder.layers, start=1):
+            x = layer(x, dense_attention, linear_act)
+            states[depth] = x
+        return torch.cat([states[i] for i in self.layers_out], dim=-1)
+
+
+class MultiModalProjector(nn.Module):
+    """``linear_2(act(linear_1(x)))``: vision features to the decoder's width."""
+
+    def __init__(self, config: Any, in_features: int) -> None:
+        super().__init__()
+        hidden, bias = int(config.text_config.hidden_size), bool(getattr(config, "multimodal_projector_bias", True))
+        act = getattr(config, "projector_hidden_act", None) or "gelu"
+        self.linear_1 = nn.Linear(in_features, hidden, bias=bias)
+        self.linear_2 = nn.Linear(hidden, hidden, bias=bias)
+        self.act = activation_function(act)
+        self.fused_act = fused_activation(act)
+
+    def forward(self, x: torch.Tensor, linear_act: Callable) -> torch.Tensor:
+        if self.fused_act is None:
+            return linear(self.act(linear(x, self.linear_1, linear_act)), self.linear_2, linear_act)
+        return linear(linear(x, self.linear_1, linear_act, self.fused_act), self.linear_2, linear_act)
+
+
+class LlavaNextForConditionalGeneration(Architecture):
+    """LLaVA-NeXT as an embedder (E5-V): tiled CLIP features in the placeholders' rows, the
+    Llama / Mistral / Qwen2 decoder over the whole prompt, the last token pooled.
+
+    Example:
+        >>> llm = LLM("royokong/e5-v")
+        >>> llm.embed({"prompt": "<|start_header_id|>user<|end_header_id|>\\n\\n<image>\\nSummary above image in one word: "
+        ...            "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\\n\\n",
+        ...            "multi_modal_data": {"image": "cat.png"}})
+    """
+
+    default_pooling_type: ClassVar[str | None] = "LAST"
+    input_modalities: ClassVar[tuple[str, ...]] = ("text", "image")
+    media_processor: ClassVar[str | None] = "llava_next"
+    config_checks: ClassVar[ConfigChecks] = ConfigChecks(
+        sizes=(
+            "text_config.hidden_size", "text_config.num_hidden_layers", "text_config.num_attention_heads",
+            "text_config.vocab_size", "vision_config.hidden_size", "vision_config.num_hidden_layers",
+            "vision_config.num_attention_heads", "vision_config.intermediate_size", "vision_config.image_size",
+            "vision_config.patch_size",
+        ),
+        multiples=(
+            ("vision_config.hidden_size", "vision_config.num_attention_heads"),
+            ("vision_config.image_size", "vision_config.patch_size"),
+        ),
+    )
+
+    @classmethod
+    def check_config(
+        cls, config: Any, shapes: Mapping[str, tuple[int, ...]] | None, overridden: Collection[str] = ()
+    ) -> None:
+        """The declared checks, the text model's own, and what the tiling needs: the ``default``
+        feature strategy, feature layers in range, pinpoints that are whole tiles."""
+        for name in ("text_config", "vision_config"):
+            if getattr(config, name, None) is None:
+                raise ModelLoadError(f"the {cls.__name__} config has no {name}")
+        super().check_config(config, None, overridden)
+        cls.language_model_class(config).check_config(config.text_config, None, ())
+        strategy = getattr(config, "vision_feature_select_strategy", "default")
+        if strategy != "default":
+            raise ModelLoadError(
+                f"vision_feature_select_strategy '{strategy}' is not supported: LLaVA-NeXT's tiles keep no CLS token "
+                "(transformers fails on it too); use 'default'"
+            )
+        feature_layers(config)
+        tile = int(config.vision_config.image_size)
+        pinpoints = getattr(config, "image_grid_pinpoints", None) or []
+        if not pinpoints or any(len(p) != 2 or int(p[0]) % tile or int(p[1]) % tile or min(p) <= 0 for p in pinpoints):
+            raise ModelLoadError(
+                f"image_grid_pinpoints {pinpoints} must be (height, width) pairs in whole tiles of {tile} pixels"
+            )
+
+    @classmethod
+    def language_model_class(cls, config: Any) -> type[DecoderModel]:
+        """The decoder family of ``text_config.model_type``.
+
+        Raises:
+            ModelLoadError: a family poolkit does not run under LLaVA-NeXT.
+        """
+        kind = getattr(config.text_config, "model_type", None) or "llama"
+        found = LANGUAGE_MODELS.get(kind)
+        if found is None:
+            raise ModelLoadError(
+                f"LLaVA-NeXT with a '{kind}' text model is not supported; supported: {', '.join(LANGUAGE_MODELS)}"
+            )
+        return found
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        vision = config.vision_config
+        layers = feature_layers(config)
+        self.language_model = self.language_model_class(config)(config.text_config)
+        self.vision_tower = LlavaVisionTower(vision, layers)
+        self.multi_modal_projector = MultiModalProjector(config, int(vision.hidden_size) * len(layers))
+        self.image_newline = nn.Parameter(torch.zeros(int(config.text_config.hidden_size)))
+        self.image_token = int(config.image_token_id)
+        self.grid = int(vision.image_size) // int(vision.patch_size)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.config.text_config.hidden_size)
+
+    @property
+    def max_positions(self) -> int | None:
+        n = getattr(self.config.text_config, "max_position_embeddings", None)
+        return int(n) if n else None
+
+    # -- the forward pass ----------------------------------------------------------------------
+
+    def forward(self, batch: PackedBatch) -> torch.Tensor:
+        lm = self.language_model
+        x = lm.embed(batch.input_ids)
+        media = batch.extras.get("media")
+        if media is not None and any(m is not None for m in media):
+            x = self._merge_images(x, batch, media)
+        return lm.decode(x, batch, lm.rotary(batch.positions, x.dtype))
+
+    def _merge_images(self, x: torch.Tensor, batch: PackedBatch, media: list[dict | None]) -> torch.Tensor:
+        """The embeddings with each ``<image>`` row replaced by its image feature, in order."""
+        starts = batch.cu_seqlens.tolist()
+        pixels: list[torch.Tensor] = []
+        layouts: list[tuple[int, int, int, int]] = []
+        rows: list[torch.Tensor] = []
+        for i, m in enumerate(media):
+            if m is None or "image_pixels" not in m:
+                continue
+            a, b = starts[i], starts[i + 1]
+            pixels.append(m["image_pixels"])
+            layouts.extend(tuple(r) for r in torch.cat((m["image_grid"], m["image_sizes"]), dim=1).tolist())
+            rows.append(a + torch.nonzero(batch.input_ids[a:b] == self.image_token).flatten())
+        if not pixels:
+            return x
+        features = self.image_features(torch.cat(pixels), layouts)
+        index = torch.cat(rows)
+        if index.numel() != features.shape[0]:
+            raise ModelLoadError(f"{index.numel()} image placeholder tokens for {features.shape[0]} image features")
+        return x.index_copy(0, index, features.to(x.dtype))
+
+    def image_features(self, pixels: torch.Tensor, layouts: list[tuple[int, int, int, int]]) -> torch.Tensor:
+        """``[features, hidden]`` of all images, one after another: each image's base tile, then its
+        other tiles as one unpadded grid with ``image_newline`` after each row.
+
+        Args:
+            pixels: ``[tiles, 3, S, S]``, each image's base tile and then its ``rows × cols`` tiles.
+            layouts: per image, its tile grid and pixel size ``(rows, cols, height, width)``.
+        """
+        linear_act = kernel_for(self, "linear_act", pixels.device)
+        states = self.vision_tower(pixels, linear_act)[:, 1:]  # the CLS token dropped ("default")
+        projected = self.multi_modal_projector(states, linear_act)
+        g, hidden = self.grid, projected.shape[-1]
+        out: list[torch.Tensor] = []
+        at = 0
+        for tile_rows, tile_cols, height, width in layouts:
+            base = projected[at]
+            tiles = projected[at + 1 : at + 1 + tile_rows * tile_cols]
+            at += 1 + tile_rows * tile_cols
+            grid = tiles.reshape(tile_rows, tile_cols, g, g, hidden).permute(0, 2, 1, 3, 4)
+            grid = grid.reshape(tile_rows * g, tile_cols * g, hidden)
+            top, bottom, left, right = unpad_box(height, width, tile_rows * g, tile_cols * g)
+            grid = grid[top:bottom, left:right]
+            newline = self.image_newline.to(grid.dtype).expand(grid.shape[0], 1, hidden)
+            out.extend((base, torch.cat((grid, newline), dim=1).reshape(-1, hidden)))
+        if at != pixels.shape[0]:
+            raise ModelLoadError(f"{pixels.shape[0]} image tiles for a tiling of {at}")
+        return torch.cat(out)
+
+    # -- weights -------------------------------------------------------------------------------
+
+    #: Checkpoint names, in transformers 5's layout and the published one; ``lm_head`` is skipped.
+    _VISION = re.compile(r"^(?:model\.)?vision_tower\.(?:vision_model\.)?")
+    _LANGUAGE = re.compile(r"^(?:model\.)?language_model\.(?:model\.)?")
+    _PROJECTOR = re.compile(r"^(?:model\.)?multi_modal_projector\.")
+    _NEWLINE = re.compile(r"^(?:model\.)?image_newline$")
+    _SKIPPED = re.compile(r"(?:^|\.)lm_head\.|\.position_ids$")
+    #: Vision tensors past the feature layers: the post-LayerNorm and the layers never built.
+    _VISION_LAYER = re.compile(r"^encoder\.layers\.(\d+)\.")
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        vision: list[tuple[str, torch.Tensor]] = []
+        language: list[tuple[str, torch.Tensor]] = []
+        projector: list[tuple[str, torch.Tensor]] = []
+        newline: torch.Tensor | None = None
+        built = len(self.vision_tower.encoder.layers)
+        for name, tensor in weights:
+            if self._SKIPPED.search(name):
+                continue
+            if seen := self._VISION.match(name):
+                inner = name[seen.end():]
+                layer = self._VISION_LAYER.match(inner)
+                if not inner.startswith("post_layernorm.") and not (layer and int(layer.group(1)) >= built):
+                    vision.append((inner, tensor))
+            elif seen := self._LANGUAGE.match(name):
+                language.append((name[seen.end():], tensor))
+            elif seen := self._PROJECTOR.match(name):
+                projector.append((name[seen.end():], tensor))
+            elif self._NEWLINE.match(name):
+                newline = tensor
+            else:
+                logger.debug("unused checkpoint tensor: %s", name)
+        load_into(self.vision_tower, fuse_projections(self.vision_tower, vision), rename=lambda n: n)
+        self.language_model.load_weights(language)
+        load_into(self.multi_modal_projector, projector, rename=lambda n: n)
+        if newline is None or tuple(newline.shape) != tuple(self.image_newline.shape):
+            got = "lacks it" if newline is None else f"has shape {tuple(newline.shape)}"
+            raise ModelLoadError(f"image_newline of shape {tuple(self.image_newline.shape)} is needed; the checkpoint {got}")
+        with torch.no_grad():
+            self.image_newline.copy_(newline.to(self.image_newline.dtype))
 
 
 @hookimpl
 def poolkit_register_architectures(register):
-    pass
+    register("LlavaNextForConditionalGeneration", LlavaNextForConditionalGeneration)
