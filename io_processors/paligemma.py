@@ -1,8 +1,296 @@
-"""(being written for issue 46)."""
+"""Prompts of PaliGemma and the ColVision retrievers: ``paligemma``, ``colpali`` and ``colqwen2``.
 
+``paligemma``: each image is decoded under the image IO processor's limits and pre-processed as
+transformers' SigLIP image processor does it (converted to RGB, resized to the model's square with
+Pillow's bicubic filter, rescaled, normalised), natively in NumPy. A prompt becomes PaliGemma's
+layout: the ``<image>`` tokens first (``image_seq_length`` per image), then ``<bos>``, the text and
+``"\\n"``; a text that already has ``<image>`` placeholders keeps them, ``<bos>`` going after the
+last one, as PaliGemma's processor writes it.
+
+``colpali`` (``ColPaliForRetrieval``) and ``colqwen2`` (``ColQwen2ForRetrieval``) build what their
+transformers processors build for retrieval: a page (an image with no text) gets the visual prompt
+(``process_images``); a text without an image is a query (``process_queries``): the query prefix,
+the text, ten padding tokens (the "query augmentation" buffer whose vectors are scored) and
+``"\\n"``. Prompts given as token ids pass through as they are. ColQwen2's images are Qwen2-VL's
+(:mod:`poolkit.io_processors.qwen_vl`), with transformers' plain positions: its
+``ColQwen2ForRetrieval`` runs the decoder without multimodal rotary positions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from poolkit.contracts.errors import InvalidRequest
 from poolkit.contracts.hookspecs import hookimpl
+from poolkit.contracts.io import IOProcessor, Prompt
+from poolkit.io_processors.image import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, PREPROCESSOR_CONFIG, ImageProcessor, _limit
+from poolkit.io_processors.qwen_vl import QwenVLProcessor, media_per_prompt, to_rgb
+
+IMAGE_TOKEN = "<image>"
+#: How many padding tokens end a ColVision query (the processors' ``query_augmentation_token * 10``).
+QUERY_AUGMENTATION = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class SiglipSettings:
+    """What a PaliGemma ``preprocessor_config.json`` says about its pixels (SigLIP's defaults)."""
+
+    height: int = 224
+    width: int = 224
+    image_seq_length: int = 256
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    std: tuple[float, ...] = (0.5, 0.5, 0.5)
+    rescale: float = 1 / 255
+    resample: int = 3  # bicubic
+    do_resize: bool = True
+    do_rescale: bool = True
+    do_normalize: bool = True
+
+
+def read_siglip_settings(path: Path, vlm_config: Any) -> SiglipSettings:
+    """:class:`SiglipSettings` from ``preprocessor_config.json`` (when there is one), the image
+    size and token count otherwise from the vision config (``image_size``, ``num_image_tokens``)."""
+    raw: dict[str, Any] = {}
+    file = path / PREPROCESSOR_CONFIG
+    if file.is_file():
+        try:
+            raw = json.loads(file.read_text())
+        except (OSError, ValueError) as exc:
+            raise InvalidRequest(f"cannot read {file.name}: {exc}") from None
+    vision = vlm_config.vision_config
+    side = int(vision.image_size)
+    size = raw.get("size") or {}
+    tokens = raw.get("image_seq_length") or getattr(vlm_config.text_config, "num_image_tokens", None)
+    defaults = SiglipSettings()
+    return SiglipSettings(
+        height=int(size.get("height") or side),
+        width=int(size.get("width") or side),
+        image_seq_length=int(tokens or (side // int(vision.patch_size)) ** 2),
+        mean=tuple(raw.get("image_mean") or defaults.mean),
+        std=tuple(raw.get("image_std") or defaults.std),
+        rescale=float(raw.get("rescale_factor") or defaults.rescale),
+        resample=int(raw.get("resample", defaults.resample)),
+        do_resize=bool(raw.get("do_resize", True)),
+        do_rescale=bool(raw.get("do_rescale", True)),
+        do_normalize=bool(raw.get("do_normalize", True)),
+    )
+
+
+def siglip_pixels(image: Any, settings: SiglipSettings) -> np.ndarray:
+    """One image as ``[3, height, width]`` float32 pixels, as SigLIP's Pillow image processor makes them."""
+    rgb = to_rgb(image)
+    if settings.do_resize and rgb.size != (settings.width, settings.height):
+        rgb = rgb.resize((settings.width, settings.height), resample=settings.resample)
+    pixels = np.asarray(rgb, dtype=np.float64)
+    if settings.do_rescale:
+        pixels = pixels * settings.rescale
+    pixels = pixels.astype(np.float32)
+    if settings.do_normalize:
+        pixels = (pixels - np.asarray(settings.mean, dtype=np.float32)) / np.asarray(settings.std, dtype=np.float32)
+    return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+
+
+def vlm_config(config: Any) -> Any:
+    """The vision-language config: a retriever's ``vlm_config``, else the config itself (PaliGemma's)."""
+    return getattr(config, "vlm_config", None) or config
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}{'s' if n != 1 else ''}"
+
+
+class PaliGemmaProcessor(IOProcessor):
+    """Prompts with images for PaliGemma-style architectures: ``<image>`` tokens, ``<bos>``, the text.
+
+    ``pre_process`` takes what the image IO processor takes (``{"prompts", "model",
+    "allow_local_files"}``) and returns the prompts; a prompt with images becomes token ids with
+    :attr:`Prompt.media` ``image_pixels`` (``[images, 3, H, W]``). Text prompts go through
+    :meth:`text_prompt` (unchanged here).
+    """
+
+    #: Whether text prompts without images take this processor's own form (a retriever's queries):
+    #: a front end routes a model's text prompts here when its media processor says so.
+    reads_text: bool = False
+    #: The text of a prompt with images and no text of its own (``None``: none).
+    visual_prompt: str | None = None
+
+    def __init__(self) -> None:
+        self._settings: dict[str, SiglipSettings] = {}
+        self._lock = threading.Lock()
+
+    def parse_data(self, data: Any) -> dict[str, Any]:
+        return ImageProcessor().parse_data(data)
+
+    def pre_process(self, data: Any, request_id: str | None = None) -> Sequence[Prompt]:
+        data = self.parse_data(data)
+        model = data["model"]
+        allow_files = bool(data.get("allow_local_files", True))
+        limits = (_limit("POOLKIT_MAX_IMAGE_PIXELS", MAX_IMAGE_PIXELS), _limit("POOLKIT_MAX_IMAGE_BYTES", MAX_IMAGE_BYTES))
+        per_prompt = media_per_prompt(model, "image")
+        out = []
+        for i, prompt in enumerate(data["prompts"]):
+            if "video" in prompt.extras:
+                raise InvalidRequest(f"prompt {i}: model '{model.name}' takes no videos; pass images")
+            if "image" not in prompt.extras:
+                out.append(self.text_prompt(i, prompt, model))
+                continue
+            images = prompt.extras["image"]
+            images = list(images) if isinstance(images, (list, tuple)) else [images]
+            if len(images) > per_prompt:
+                raise InvalidRequest(f"prompt {i}: {len(images)} images, more than the limit of {per_prompt} per prompt")
+            out.append(self._image_prompt(i, prompt, images, model, limits, allow_files))
+        return out
+
+    def text_prompt(self, index: int, prompt: Prompt, model: Any) -> Prompt:
+        """A prompt without images, as the model reads it (here: as given)."""
+        return prompt
+
+    def _image_prompt(
+        self, index: int, prompt: Prompt, images: list[Any], model: Any, limits: tuple[int, int], allow_files: bool
+    ) -> Prompt:
+        settings = self.settings(model)
+        pixels = []
+        for image in images:
+            decoded = ImageProcessor.load_image(index, image, *limits, allow_files)
+            try:
+                pixels.append(siglip_pixels(decoded, settings))
+            finally:
+                if decoded is not image:
+                    decoded.close()
+        ids = self.image_prompt_ids(index, prompt.text or self.visual_prompt or "", len(images), model, settings)
+        media = {"image_pixels": torch.from_numpy(np.stack(pixels))}
+        return dataclasses.replace(prompt, text=None, token_ids=ids, media=media, extras={})
+
+    @staticmethod
+    def image_prompt_ids(index: int, text: str, count: int, model: Any, settings: SiglipSettings) -> list[int]:
+        """PaliGemma's token ids of a prompt with ``count`` images: ``<image>`` × ``image_seq_length``
+        per image, ``<bos>`` after the last image, the text and ``"\\n"``; a text without
+        placeholders gets all its images in front.
+
+        Raises:
+            InvalidRequest: the text has placeholders, but not one per image.
+        """
+        tok = model.tokenizer
+        image_id = int(vlm_config(model.hf_config).image_token_id)
+        bos = tok.bos_token_id
+        if bos is None:
+            raise InvalidRequest(f"model '{model.name}': its tokenizer has no BOS token, which PaliGemma prompts need")
+        parts = text.split(IMAGE_TOKEN)
+        if len(parts) == 1:
+            parts = [""] * count + [text]
+        elif len(parts) - 1 != count:
+            raise InvalidRequest(
+                f"prompt {index} has {_count(len(parts) - 1, 'image placeholder')} ({IMAGE_TOKEN}) for "
+                f"{_count(count, 'image')}; put one {IMAGE_TOKEN} where each image goes, or none to put them all first"
+            )
+        ids: list[int] = []
+        run = [image_id] * settings.image_seq_length
+        for part in parts[:-1]:
+            if part:
+                ids.extend(tok(part, add_special_tokens=False)["input_ids"])
+            ids.extend(run)
+        ids.append(int(bos))
+        ids.extend(tok(parts[-1] + "\n", add_special_tokens=False)["input_ids"])
+        return ids
+
+    def settings(self, model: Any) -> SiglipSettings:
+        """The model's pixel settings, read once per model directory."""
+        key = str(Path(model.path).resolve())
+        with self._lock:
+            found = self._settings.get(key)
+            if found is None:
+                found = self._settings[key] = read_siglip_settings(Path(model.path), vlm_config(model.hf_config))
+        return found
+
+
+def query_ids(model: Any, prefix: str, text: str, add_special_tokens: bool) -> list[int]:
+    """A ColVision query's token ids: ``prefix``, the text, ten padding tokens and ``"\\n"``.
+
+    Raises:
+        InvalidRequest: the tokenizer has no padding token to augment the query with.
+    """
+    tok = model.tokenizer
+    if tok.pad_token is None:
+        raise InvalidRequest(f"model '{model.name}': its tokenizer has no padding token to augment queries with")
+    return tok(f"{prefix}{text}{tok.pad_token * QUERY_AUGMENTATION}\n", add_special_tokens=add_special_tokens)["input_ids"]
+
+
+class ColPaliProcessor(PaliGemmaProcessor):
+    """``ColPaliForRetrieval``'s prompts, as transformers' ``ColPaliProcessor`` writes them: a query
+    is ``<bos>Question: {text}`` + ten ``<pad>`` + ``"\\n"``; a page is its image tokens,
+    ``<bos>Describe the image.`` and ``"\\n"``."""
+
+    reads_text = True
+    visual_prompt = "Describe the image."
+    query_prefix = "Question: "
+
+    def text_prompt(self, index: int, prompt: Prompt, model: Any) -> Prompt:
+        if prompt.text is None:
+            return prompt
+        bos = model.tokenizer.bos_token or ""
+        ids = query_ids(model, f"{bos}{prompt.prompt_prefix or ''}{self.query_prefix}", prompt.text, add_special_tokens=False)
+        return dataclasses.replace(prompt, text=None, token_ids=ids, prompt_prefix=None)
+
+
+class _RetrieverView:
+    """A loaded ``ColQwen2ForRetrieval`` as the ``qwen2_vl`` processor reads a Qwen2-VL model: the
+    same model, its config the retriever's ``vlm_config``."""
+
+    def __init__(self, model: Any) -> None:
+        self._model = model
+        self.hf_config = model.hf_config.vlm_config
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+
+class ColQwen2Processor(QwenVLProcessor):
+    """``ColQwen2ForRetrieval``'s prompts, as transformers' ``ColQwen2Processor`` writes them: a
+    query is ``Query: {text}`` + ten ``<|endoftext|>`` + ``"\\n"``; a page is the visual prompt
+    ``<|im_start|>user\\n<|vision_start|><|image_pad|><|vision_end|>Describe the image.<|im_end|><|endoftext|>``.
+    Positions are plain (``0, 1, 2, ...`` on all three rotary axes), as transformers runs it."""
+
+    reads_text = True
+    query_prefix = "Query: "
+    visual_prompt = (
+        "<|im_start|>user\n{images}Describe the image.<|im_end|><|endoftext|>",
+        "<|vision_start|><|image_pad|><|vision_end|>",
+    )
+
+    def pre_process(self, data: Any, request_id: str | None = None) -> Sequence[Prompt]:
+        data = self.parse_data(data)
+        model = data["model"]
+        template, image = self.visual_prompt
+        prompts = []
+        for i, prompt in enumerate(data["prompts"]):
+            if "video" in prompt.extras:
+                raise InvalidRequest(f"prompt {i}: model '{model.name}' takes no videos; pass images")
+            if "image" in prompt.extras and not prompt.text:
+                given = prompt.extras["image"]
+                count = len(given) if isinstance(given, (list, tuple)) else 1
+                prompt = dataclasses.replace(prompt, text=template.format(images=image * count))
+            elif "image" not in prompt.extras and prompt.text is not None:
+                text = f"{prompt.prompt_prefix or ''}{self.query_prefix}"
+                ids = query_ids(model, text, prompt.text, add_special_tokens=prompt.add_special_tokens)
+                prompt = dataclasses.replace(prompt, text=None, token_ids=ids, prompt_prefix=None)
+            prompts.append(prompt)
+        made = super().pre_process({**data, "prompts": prompts, "model": _RetrieverView(model)}, request_id)
+        for prompt in made:
+            if prompt.media is not None:
+                n = len(prompt.token_ids)
+                prompt.media["positions"] = torch.arange(n).expand(3, n).contiguous()
+        return made
 
 
 @hookimpl
 def poolkit_register_io_processors(register):
-    pass
+    register("paligemma", PaliGemmaProcessor)
+    register("colpali", ColPaliProcessor)
+    register("colqwen2", ColQwen2Processor)
