@@ -405,3 +405,20 @@ def test_each_timed_pass_starts_on_a_quiet_machine(monkeypatch):
     monkeypatch.setattr(measure, "settle", lambda: calls.append("settle"))
     measure._interleave(2, lambda: calls.append("ours"), lambda: calls.append("theirs"))
     assert calls == ["ours", "theirs"] + ["settle", "ours", "settle", "theirs"] * 2
+
+
+def test_image_workload_smoke_json(tmp_path, monkeypatch):
+    """``-w I``: a vision-language preset against transformers' own model, parity reported with the speed."""
+    monkeypatch.setenv("POOLKIT_BENCH_CACHE", str(tmp_path))
+    result = CliRunner().invoke(_app(), ["bench", "--smoke", "--json", "-w", "I", "-m", "tiny-vl", "--image-size", "112", "--dtype", "float32"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["workload"] == "I" and report["images"] == 2 and report["image_size"] == 112
+    assert report["tokens_per_image"] == (112 // 28) ** 2 + 4  # 4 x 4 merged patches, vision start and end, [CLS] and [SEP]
+    assert report["least_cosine"] >= 0.99999
+    assert report["poolkit_images_per_s"] > 0 and report["transformers_images_per_s"] > 0 and report["speedup"] > 0
+
+
+def test_image_workload_refuses_a_text_model(minilm_dir):
+    result = CliRunner().invoke(_app(), ["bench", "--smoke", "-w", "I", "-m", str(minilm_dir)])
+    assert result.exit_code == 1 and "workload I needs a model that reads text and images" in result.output

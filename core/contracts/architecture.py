@@ -55,6 +55,11 @@ class Architecture(torch.nn.Module):
     #: sequence, in batch order). ``None`` (the default): image prompts are image-only and run as
     #: one-token sequences (CLIP, SigLIP).
     media_processor: ClassVar[str | None] = None
+    #: Architectures this one stands in for where poolkit cannot run them (checkpoints that ship
+    #: only remote code, which poolkit never runs), each with a checkpoint to suggest: the error
+    #: that refuses such a model names this architecture and that checkpoint. For instance
+    #: ``{"Phi3VForCausalLM": "Qwen/Qwen3-VL-Embedding-2B"}``.
+    alternative_for: ClassVar[Mapping[str, str]] = {}
     #: The tasks this architecture may serve, or ``None`` for all whose heads it can feed (a
     #: late-interaction model offers ``token_embed`` only, say).
     pooling_tasks: ClassVar[frozenset[str] | None] = None

@@ -85,6 +85,17 @@ def _pick_architecture(
     )
 
 
+def _alternatives(names: list[str]) -> str | None:
+    """What the registered architectures suggest instead of ``names`` (:attr:`Architecture.alternative_for`), or ``None``."""
+    archs = registry("architecture")
+    for name in names:
+        for entry in archs.entries():
+            checkpoint = getattr(entry.obj, "alternative_for", {}).get(name)
+            if checkpoint:
+                return f"{name} is not supported; use {entry.name} instead, such as {checkpoint}"
+    return None
+
+
 def _max_model_len(architecture: Architecture, tokenizer: Any, st: STConfig | None, requested: int | None) -> Setting:
     limit = architecture.max_positions
     tok_max = getattr(tokenizer, "model_max_length", None)
@@ -135,9 +146,10 @@ def load_model(args: Any) -> PoolingModel:
         arch_name, arch_cls = _pick_architecture(arch_names, conversion, hf_config, args.model_impl)
     except ModelLoadError:
         if getattr(hf_config, "auto_map", None):
+            instead = _alternatives(arch_names)
             raise ModelLoadError(
                 f"model '{name}' needs remote code (auto_map in config.json), which poolkit never runs; "
-                "use a checkpoint whose architecture poolkit or an installed plugin implements"
+                + (instead or "use a checkpoint whose architecture poolkit or an installed plugin implements")
             ) from None
         raise
     refused = arch_cls.unsupported_dtypes.get(str(torch_dtype).removeprefix("torch."))

@@ -86,12 +86,24 @@ def poolkit_register_commands(app):
             "llm", "--api",
             help="How poolkit is called: llm (vLLM's LLM API) or sentence-transformers (the drop-in classes, poolkit.SentenceTransformer ...).",
         ),
+        image_count: int = typer.Option(8, "--images", help="Workload I: images per pass."),
+        image_size: int = typer.Option(448, "--image-size", help="Workload I: each image's width and height in pixels."),
         as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     ) -> None:
-        """Benchmark poolkit against sentence-transformers (or its own transformers fallback) on the same weights, interleaved."""
+        """Benchmark poolkit against sentence-transformers (or its own transformers fallback) on the same weights, interleaved.
+
+        ``-w I`` alone benchmarks image embeddings of a vision-language model (a path, or the presets
+        qwen2-vl-2b and tiny-vl) against transformers' own model.
+        """
         with errors():
             setup_logging(True, False)
             names = [w.strip().upper() for w in workloads.split(",") if w.strip()]
+            if names == ["I"]:  # images: a vision-language model against transformers' own
+                from .images import format_image_bench, run_image_bench
+
+                report = run_image_bench(args, images=2 if smoke else image_count, size=image_size, rounds=1 if smoke else rounds)
+                typer.echo(json.dumps(report, indent=2) if as_json else format_image_bench(report))
+                return
             unknown = [w for w in names if w not in WORKLOADS]
             if unknown:
                 from ...contracts.errors import InvalidRequest
