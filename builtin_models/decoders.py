@@ -333,14 +333,27 @@ class DecoderModel(Quantizable, Architecture):
         positions; a multimodal model passes its own ``(cos, sin)`` to :meth:`decode` instead."""
         return {t: rotary_cos_sin(inv_freq, positions, dtype, scaling) for t, (inv_freq, scaling) in self._rotary_parameters.items()}
 
-    def decode(self, x: torch.Tensor, batch: PackedBatch, rotary: dict[str, Rotary]) -> torch.Tensor:
+    def decode(
+        self,
+        x: torch.Tensor,
+        batch: PackedBatch,
+        rotary: dict[str, Rotary],
+        after_layer: Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+    ) -> torch.Tensor:
         """The layers and the final norm over input embeddings ``x`` (``[T, H]``: :meth:`embed`'s,
-        or a vision-language model's with image features in place) and ``rotary`` (per layer type)."""
+        or a vision-language model's with image features in place) and ``rotary`` (per layer type).
+
+        ``after_layer(i, x, delta)``, when given, runs after layer ``i`` on its residual stream
+        ``x`` and output ``delta`` (the hidden states are ``x + delta``) and returns them, changed
+        as it likes: Qwen3-VL's deepstack adds vision features to the first layers' outputs.
+        """
         attention = kernel_for(self, self._attention_op, batch.device)
         linear = kernel_for(self, "linear_act", batch.device)
         delta = None
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
             x, delta = layer(x, delta, rotary[layer.self_attn.layer_type], batch, attention, linear)
+            if after_layer is not None:
+                x, delta = after_layer(i, x, delta)
         return self.norm(x) if delta is None else self.norm.add(delta, x)[1]
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:

@@ -1,14 +1,17 @@
 """Qwen2-VL: a vision tower feeding poolkit's Qwen2 decoder, on packed batches.
 
-A prompt of text and images reaches the model as token ids in which each image is a run of
-``<|image_pad|>`` placeholders, one per merged patch, with the image's patches and its
-multimodal rotary positions in ``batch.extras["media"]`` (made by the ``qwen2_vl`` IO processor,
-:mod:`poolkit.io_processors.qwen_vl`). The forward pass runs every image of the batch through
-the vision tower at once — patch embedding, pre-LayerNorm blocks with 2-D rotary attention
-within each image, the patch merger that joins each 2×2 block of patches into one token — puts
-the features where the placeholders are, and runs the decoder layers with M-RoPE: each rotary
-frequency reads the temporal, height or width position of its token (``mrope_section``), which
-for text is its plain position, so text-only prompts run exactly as a Qwen2 model would.
+A prompt of text, images and videos reaches the model as token ids in which each image is a run
+of ``<|image_pad|>`` placeholders (each video of ``<|video_pad|>``), one per merged patch, with
+the patches and the multimodal rotary positions in ``batch.extras["media"]`` (made by the
+``qwen2_vl`` IO processor, :mod:`poolkit.io_processors.qwen_vl`). The forward pass runs every
+image and video of the batch through the vision tower at once — patch embedding, pre-LayerNorm
+blocks with 2-D rotary attention within each image (each temporal patch of a video: two frames),
+the patch merger that joins each 2×2 block of patches into one token — puts the features where
+the placeholders are, and runs the decoder layers with M-RoPE: each rotary frequency reads the
+temporal, height or width position of its token (``mrope_section``), which for text is its plain
+position, so text-only prompts run exactly as a Qwen2 model would. Qwen2.5-VL and Qwen3-VL
+(:mod:`poolkit.builtin_models.qwen3_vl`) subclass this with their own towers; a tower may return
+deepstack features, which the decoder's ``after_layer`` hook adds to its first layers' outputs.
 
 Checkpoints load in both layouts: transformers 5's (``model.visual.*``,
 ``model.language_model.*``) and the published one (``visual.*``, ``model.*``); ``lm_head`` is not
@@ -84,6 +87,28 @@ def vision_rotary(grids: list[tuple[int, int, int]], merge: int, head_dim: int, 
     angles = (pos.unsqueeze(-1).float() * quarter.to(device)).flatten(1)  # [N, 2 * head_dim // 4]
     angles = torch.cat((angles, angles), dim=-1)
     return angles.cos(), angles.sin()
+
+
+#: A vision tower's output: one row per merged patch, and the deepstack features (Qwen3-VL) that
+#: join the first decoder layers' outputs at the same rows (empty for the other families).
+VisionFeatures = tuple[torch.Tensor, list[torch.Tensor]]
+
+
+def frame_lengths(grids: list[tuple[int, int, int]]) -> list[int]:
+    """The patches of each frame (each image, each temporal patch of a video): the runs a vision
+    tower attends within."""
+    return [h * w for t, h, w in grids for _ in range(t)]
+
+
+def attend_within(attention: Callable, lengths: list[int], device: torch.device) -> Callable:
+    """Bidirectional attention of the ``varlen_attention`` op within consecutive runs of
+    ``lengths`` rows (frames, or Qwen2.5-VL's windows)."""
+    batch = PackedBatch(torch.zeros(sum(lengths), dtype=torch.long, device=device), lengths)
+
+    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return attention(q, k, v, batch, causal=False)
+
+    return attend
 
 
 def rotate_half_fp32(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -184,21 +209,15 @@ class Qwen2VisionTower(nn.Module):
         weight = self.patch_embed.proj.weight
         return linear_act(pixels.to(weight.dtype), weight.reshape(weight.shape[0], -1), None, "none")
 
-    def forward(self, pixels: torch.Tensor, grids: list[tuple[int, int, int]]) -> torch.Tensor:
+    def forward(self, pixels: torch.Tensor, grids: list[tuple[int, int, int]]) -> VisionFeatures:
         device = pixels.device
         linear_act = kernel_for(self, "linear_act", device)
-        attention = kernel_for(self, "varlen_attention", device)
-        frames = [h * w for t, h, w in grids for _ in range(t)]
-        batch = PackedBatch(torch.zeros(sum(frames), dtype=torch.long, device=device), frames)
-
-        def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            return attention(q, k, v, batch, causal=False)
-
+        attend = attend_within(kernel_for(self, "varlen_attention", device), frame_lengths(grids), device)
         rotary = vision_rotary(grids, self.merge, self.head_dim, self.theta, device)
         x = self.patches(pixels, linear_act).float()
         for block in self.blocks:
             x = block(x, rotary, attend, linear_act)
-        return self.merger(x, linear_act)
+        return self.merger(x, linear_act), []
 
 
 class Qwen2VLForConditionalGeneration(Architecture):
@@ -212,8 +231,11 @@ class Qwen2VLForConditionalGeneration(Architecture):
     """
 
     default_pooling_type: ClassVar[str | None] = "LAST"
-    input_modalities: ClassVar[tuple[str, ...]] = ("text", "image")
+    input_modalities: ClassVar[tuple[str, ...]] = ("text", "image", "video")
     media_processor: ClassVar[str | None] = "qwen2_vl"
+    #: How the ``qwen2_vl`` IO processor treats this family's pixels and video positions
+    #: (:data:`poolkit.io_processors.qwen_vl.FAMILIES`).
+    media_family: ClassVar[str] = "qwen2_vl"
     #: The decoder family of the language model.
     language_model_class: ClassVar[type[Qwen2Model]] = Qwen2Model
     #: The vision tower's class.
@@ -272,16 +294,18 @@ class Qwen2VLForConditionalGeneration(Architecture):
         x = lm.embed(batch.input_ids)
         positions = batch.positions.unsqueeze(0).expand(3, -1)
         media = batch.extras.get("media")
+        after_layer = None
         if media is not None and any(m is not None for m in media):
-            x, positions = self._merge_media(x, positions, batch, media)
+            x, positions, after_layer = self._merge_media(x, positions, batch, media)
         rotary = mrope_cos_sin(self._inv_freq, self._axes, positions, x.dtype)
-        return lm.decode(x, batch, {kind: rotary for kind in lm._rotary_parameters})
+        return lm.decode(x, batch, {kind: rotary for kind in lm._rotary_parameters}, after_layer)
 
     def _merge_media(
         self, x: torch.Tensor, positions: torch.Tensor, batch: PackedBatch, media: list[dict | None]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The embeddings with each placeholder row replaced by its media feature, and the
-        positions with each media sequence's own."""
+    ) -> tuple[torch.Tensor, torch.Tensor, Callable | None]:
+        """The embeddings with each placeholder row replaced by its media feature, the positions
+        with each media sequence's own, and the decoder's ``after_layer`` hook that adds the
+        deepstack features to the first layers' outputs at those rows (``None`` without them)."""
         positions = positions.clone()
         starts = batch.cu_seqlens.tolist()
         pixels: list[torch.Tensor] = []
@@ -299,13 +323,22 @@ class Qwen2VLForConditionalGeneration(Architecture):
                 pixels.append(m[f"{kind}_pixels"])
                 grids.extend(tuple(g) for g in m[f"{kind}_grid_thw"].tolist())
                 rows.append(a + torch.nonzero(ids == token).flatten())
-        if pixels:
-            features = self.visual(torch.cat(pixels), grids)
-            index = torch.cat(rows)
-            if index.numel() != features.shape[0]:
-                raise ModelLoadError(f"{index.numel()} placeholder tokens for {features.shape[0]} media features")
-            x = x.index_copy(0, index, features.to(x.dtype))
-        return x, positions
+        if not pixels:
+            return x, positions, None
+        features, deepstack = self.visual(torch.cat(pixels), grids)
+        index = torch.cat(rows)
+        if index.numel() != features.shape[0]:
+            raise ModelLoadError(f"{index.numel()} placeholder tokens for {features.shape[0]} media features")
+        x = x.index_copy(0, index, features.to(x.dtype))
+        if not deepstack:
+            return x, positions, None
+
+        def after_layer(i: int, stream: torch.Tensor, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            if i < len(deepstack):
+                stream = stream.index_add(0, index, deepstack[i].to(stream.dtype))
+            return stream, delta
+
+        return x, positions, after_layer
 
     # -- weights -------------------------------------------------------------------------------
 

@@ -1,13 +1,23 @@
-"""The ``qwen2_vl`` media IO processor: prompts of text and images for Qwen2-VL-style models.
+"""The ``qwen2_vl`` media IO processor: prompts of text, images and videos for the Qwen-VL
+families (Qwen2-VL, Qwen2.5-VL, Qwen3-VL).
 
 Each image is decoded under the image IO processor's limits, resized to the model's pixel budget
 (``min_pixels`` / ``max_pixels``, sides multiples of ``patch_size × merge_size``), rescaled,
 normalised and cut into flattened patches, in the order transformers' Qwen2-VL image processor
 gives them (``merge × merge`` blocks of patches, each patch repeated over ``temporal_patch_size``
-frames). The prompt's text is tokenized and each ``<|image_pad|>`` placeholder becomes one token per
-merged patch; the multimodal rotary positions (temporal, height, width) are counted as
-transformers' ``get_rope_index`` counts them. A prompt with images and no text gets one
-``<|vision_start|><|image_pad|><|vision_end|>`` per image.
+frames). A video (a list of PIL images, or a uint8 array ``[T, H, W, C]``) is pre-processed as
+transformers' video processors do it: every frame resized alike (bicubic with antialiasing, as
+torchvision resizes; Qwen3-VL's budget counts the whole video), the frames padded to a multiple
+of ``temporal_patch_size`` by repeating the last, each ``temporal_patch_size`` frames one
+temporal patch. Every frame given is used (no frame sampling); a video of raw frames is taken to
+run at 24 frames a second, transformers' assumption when it has no metadata.
+
+The prompt's text is tokenized and each ``<|image_pad|>`` / ``<|video_pad|>`` placeholder becomes
+one token per merged patch — for Qwen3-VL a video becomes, per temporal patch, its ``<t seconds>``
+timestamp, ``<|vision_start|>``, the placeholders and ``<|vision_end|>``, as Qwen3-VL's processor
+writes it. The multimodal rotary positions (temporal, height, width) are counted as transformers'
+``get_rope_index`` counts them, Qwen2.5-VL's video temporal positions in ``tokens_per_second``
+steps. A prompt with media and no text gets one ``<|vision_start|>…<|vision_end|>`` per item.
 
 Pre-processing is NumPy and Pillow in one pass per image (Pillow's resize, then one fused
 rescale-normalise and one transpose), without transformers' per-image processor objects.
@@ -24,6 +34,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from poolkit.contracts.errors import InvalidRequest
 from poolkit.contracts.hookspecs import hookimpl
@@ -33,8 +44,16 @@ from poolkit.io_processors.image import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, PREPR
 #: OpenAI CLIP's normalisation, Qwen2-VL's default.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+#: transformers' IMAGENET_STANDARD_MEAN / _STD, Qwen3-VL's default.
+HALF = (0.5, 0.5, 0.5)
 #: Most images (and videos) one prompt may carry unless the load setting says otherwise.
 MAX_MEDIA_PER_PROMPT = 16
+#: Most frames one video may have (transformers' ``max_frames``), unless ``POOLKIT_MAX_VIDEO_FRAMES`` says otherwise.
+MAX_VIDEO_FRAMES = 768
+#: The frame rate of a video given as frames, which carries none (transformers assumes the same).
+VIDEO_FPS = 24.0
+VIDEO_PROCESSOR_CONFIG = "video_preprocessor_config.json"
+MEDIA_TOKENS = {"image": "<|image_pad|>", "video": "<|video_pad|>"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +73,44 @@ class VisionSettings:
     @property
     def factor(self) -> int:
         return self.patch_size * self.merge_size
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """What the Qwen-VL families' pre-processing does differently (``Architecture.media_family``).
+
+    Attributes:
+        image: image settings where the checkpoint's processor config names none.
+        video: video settings where the checkpoint's video processor config names none.
+        video_budget: ``"frame"``: ``min_pixels`` / ``max_pixels`` bound each frame (Qwen2-VL's
+            video processor); ``"video"``: all frames together (Qwen3-VL's).
+        video_time: a video's temporal rotary positions: ``"patches"`` (0, 1, 2, ... per temporal
+            patch: Qwen2-VL), ``"seconds"`` (``tokens_per_second`` per second: Qwen2.5-VL) or
+            ``"timestamps"`` (each temporal patch its own run after a ``<t seconds>`` text: Qwen3-VL).
+    """
+
+    image: VisionSettings
+    video: VisionSettings
+    video_budget: str = "frame"
+    video_time: str = "patches"
+
+
+_QWEN2_VIDEO = VisionSettings(min_pixels=128 * 28 * 28, max_pixels=28 * 28 * 768)
+FAMILIES = {
+    "qwen2_vl": Family(VisionSettings(), _QWEN2_VIDEO),
+    "qwen2_5_vl": Family(VisionSettings(), _QWEN2_VIDEO, video_time="seconds"),
+    "qwen3_vl": Family(
+        VisionSettings(patch_size=16, min_pixels=65536, max_pixels=16777216, mean=HALF, std=HALF),
+        VisionSettings(patch_size=16, min_pixels=128 * 32 * 32, max_pixels=32 * 32 * 768, mean=HALF, std=HALF),
+        video_budget="video",
+        video_time="timestamps",
+    ),
+}
+
+
+def family(model: Any) -> Family:
+    """The pre-processing rules of ``model``'s architecture."""
+    return FAMILIES[getattr(model.architecture, "media_family", "qwen2_vl")]
 
 
 def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
@@ -109,17 +166,130 @@ def patchify(image: Any, settings: VisionSettings, frames: int = 1) -> tuple[np.
     return flat, (max(1, frames // t) if frames > 1 else 1, gh, gw)
 
 
+def video_smart_resize(
+    frames: int, height: int, width: int, temporal: int, factor: int, min_pixels: int, max_pixels: int
+) -> tuple[int, int]:
+    """The size every frame of a video is resized to when its budget counts all ``frames``
+    together (Qwen3-VL's rule: small frames first scaled up to ``factor``).
+
+    Raises:
+        InvalidRequest: fewer frames than one temporal patch, or an aspect ratio of 200 or more.
+    """
+    if frames < temporal:
+        raise InvalidRequest(f"a video needs at least {temporal} frames, got {frames}")
+    if height < factor or width < factor:
+        scale = max(factor / height, factor / width)
+        height, width = int(height * scale), int(width * scale)
+    if max(height, width) / min(height, width) > 200:
+        raise InvalidRequest(f"the video's aspect ratio must be below 200, got {max(height, width) / min(height, width):.0f}")
+    h = round(height / factor) * factor
+    w = round(width / factor) * factor
+    t = round(frames / temporal) * temporal
+    if t * h * w > max_pixels:
+        beta = math.sqrt(frames * height * width / max_pixels)
+        h = max(factor, math.floor(height / beta / factor) * factor)
+        w = max(factor, math.floor(width / beta / factor) * factor)
+    elif t * h * w < min_pixels:
+        beta = math.sqrt(min_pixels / (frames * height * width))
+        h = math.ceil(height * beta / factor) * factor
+        w = math.ceil(width * beta / factor) * factor
+    return h, w
+
+
+def load_video(index: int, value: Any, max_pixels: int, max_frames: int) -> np.ndarray:
+    """One video as uint8 RGB frames ``[T, H, W, 3]``: a list of PIL images (converted as images
+    are) or of ``[H, W, C]`` arrays, or one ``[T, H, W, C]`` array (C 3, or 1 for grey).
+
+    Raises:
+        InvalidRequest: not a video of that kind, frames of different sizes, too many frames or pixels.
+    """
+    where = f"prompt {index}"
+    if isinstance(value, np.ndarray) and value.ndim == 4:
+        frames = list(value)
+    elif isinstance(value, (list, tuple)) and value:
+        frames = list(value)
+    else:
+        raise InvalidRequest(f"{where}: a video must be a list of PIL images or a uint8 array [frames, height, width, channels]")
+    if len(frames) > max_frames:
+        raise InvalidRequest(f"{where}: the video has {len(frames)} frames, more than the limit of {max_frames}")
+    arrays = []
+    for frame in frames:
+        if isinstance(frame, np.ndarray):
+            if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[-1] not in (1, 3):
+                raise InvalidRequest(f"{where}: video frames must be uint8 [height, width, 3] arrays, got {frame.dtype} {list(frame.shape)}")
+            arrays.append(np.repeat(frame, 3, axis=-1) if frame.shape[-1] == 1 else frame)
+        elif hasattr(frame, "mode") and hasattr(frame, "size"):
+            arrays.append(np.asarray(to_rgb(frame), dtype=np.uint8))
+        else:
+            raise InvalidRequest(f"{where}: a video frame must be a PIL image or a uint8 array, got {type(frame).__name__}")
+    if len({a.shape for a in arrays}) != 1:
+        raise InvalidRequest(f"{where}: the video's frames differ in size; give every frame the same height and width")
+    height, width = arrays[0].shape[:2]
+    if height * width > max_pixels or height < 1 or width < 1:
+        raise InvalidRequest(f"{where}: the video's frames are too large ({width}x{height} pixels, limit {max_pixels})")
+    return np.stack(arrays)
+
+
+def patchify_video(
+    frames: np.ndarray, settings: VisionSettings, budget: str = "frame"
+) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """A video's frames (uint8 ``[T, H, W, 3]``) as flattened patches ``[t·h·w, C·T·P·P]`` float32
+    and its patch grid ``(t, h, w)``, as transformers' Qwen2-VL / Qwen3-VL video processors give
+    them (``budget``: ``"frame"`` or ``"video"``, see :class:`Family`)."""
+    count, height, width = frames.shape[:3]
+    p, m, tp = settings.patch_size, settings.merge_size, settings.temporal_patch_size
+    if budget == "video":
+        h, w = video_smart_resize(count, height, width, tp, settings.factor, settings.min_pixels, settings.max_pixels)
+    else:
+        h, w = smart_resize(height, width, settings.factor, settings.min_pixels, settings.max_pixels)
+    video = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
+    if (h, w) != (height, width):  # torchvision's resize of uint8 frames on the CPU: bicubic, antialiased, uint8 out
+        video = F.interpolate(video, size=(h, w), mode="bicubic", antialias=True, align_corners=False)
+    # transformers' fused rescale-normalise: (x - mean / rescale) / (std / rescale), float32
+    mean = torch.tensor(settings.mean, dtype=torch.float32) * (1.0 / settings.rescale)
+    std = torch.tensor(settings.std, dtype=torch.float32) * (1.0 / settings.rescale)
+    pixels = ((video.float() - mean[:, None, None]) / std[:, None, None]).numpy()  # [T, C, H, W]
+    if pad := -count % tp:
+        pixels = np.concatenate([pixels, np.repeat(pixels[-1:], pad, axis=0)])
+    gt, gh, gw = pixels.shape[0] // tp, h // p, w // p
+    blocks = pixels.reshape(gt, tp, 3, gh // m, m, p, gw // m, m, p).transpose(0, 3, 6, 4, 7, 2, 1, 5, 8)
+    return np.ascontiguousarray(blocks).reshape(gt * gh * gw, 3 * tp * p * p), (gt, gh, gw)
+
+
+def frame_timestamps(frames: int, temporal: int, fps: float = VIDEO_FPS) -> list[float]:
+    """Qwen3-VL's timestamp of each temporal patch: the mean time of its first and last frame
+    (the frame list padded with its last frame, as the processor pads it)."""
+    indices = list(range(frames)) + [frames - 1] * (-frames % temporal)
+    seconds = [i / fps for i in indices]
+    return [(seconds[i] + seconds[i + temporal - 1]) / 2 for i in range(0, len(seconds), temporal)]
+
+
+def split_videos(value: Any) -> list[Any]:
+    """A prompt's ``video`` value as a list of videos: one video (a list of frames, or a 4-D
+    array) or a list of them."""
+    if value is None:
+        return []
+    if isinstance(value, np.ndarray):
+        return [value] if value.ndim == 4 else list(value) if value.ndim == 5 else [value]
+    if isinstance(value, (list, tuple)):
+        if value and all(isinstance(v, (list, tuple)) or (isinstance(v, np.ndarray) and v.ndim == 4) for v in value):
+            return list(value)
+        return [value]
+    return [value]
+
+
 class QwenVLProcessor(IOProcessor):
-    """Prompts with images for Qwen2-VL-style architectures (``media_processor = "qwen2_vl"``).
+    """Prompts with images and videos for Qwen-VL architectures (``media_processor = "qwen2_vl"``).
 
     ``pre_process`` takes what the image IO processor takes (``{"prompts", "model",
     "allow_local_files"}``) and returns the prompts, each prompt with media as token ids with
-    :attr:`Prompt.media`: ``image_pixels`` ``[patches, C·T·P·P]``, ``image_grid_thw`` ``[images, 3]``
-    and ``positions`` ``[3, tokens]``.
+    :attr:`Prompt.media`: ``image_pixels`` ``[patches, C·T·P·P]`` and ``image_grid_thw``
+    ``[images, 3]`` (``video_pixels`` and ``video_grid_thw`` likewise) and ``positions``
+    ``[3, tokens]``.
     """
 
     def __init__(self) -> None:
-        self._settings: dict[str, VisionSettings] = {}
+        self._settings: dict[tuple[str, str], VisionSettings] = {}
         self._lock = threading.Lock()
 
     def parse_data(self, data: Any) -> dict[str, Any]:
@@ -129,73 +299,134 @@ class QwenVLProcessor(IOProcessor):
         data = self.parse_data(data)
         model = data["model"]
         allow_files = bool(data.get("allow_local_files", True))
-        settings = self.settings(model)
         limits = (_limit("POOLKIT_MAX_IMAGE_PIXELS", MAX_IMAGE_PIXELS), _limit("POOLKIT_MAX_IMAGE_BYTES", MAX_IMAGE_BYTES))
-        per_prompt = media_per_prompt(model, "image")
         out = []
         for i, prompt in enumerate(data["prompts"]):
             if "image" not in prompt.extras and "video" not in prompt.extras:
                 out.append(prompt)
                 continue
-            if "video" in prompt.extras:
-                raise InvalidRequest(f"prompt {i}: model '{model.name}' takes no videos; pass images")
-            images = prompt.extras["image"]
-            images = list(images) if isinstance(images, (list, tuple)) else [images]
-            if len(images) > per_prompt:
-                raise InvalidRequest(f"prompt {i}: {len(images)} images, more than the limit of {per_prompt} per prompt")
-            out.append(self._prompt(i, prompt, images, model, settings, limits, allow_files))
+            images = prompt.extras.get("image")
+            images = [] if images is None else list(images) if isinstance(images, (list, tuple)) else [images]
+            videos = split_videos(prompt.extras.get("video"))
+            for kind, items in (("image", images), ("video", videos)):
+                per_prompt = media_per_prompt(model, kind)
+                if len(items) > per_prompt:
+                    raise InvalidRequest(f"prompt {i}: {len(items)} {kind}s, more than the limit of {per_prompt} per prompt")
+            out.append(self._prompt(i, prompt, images, videos, model, limits, allow_files))
         return out
 
     def _prompt(
-        self, index: int, prompt: Prompt, images: list[Any], model: Any, settings: VisionSettings,
+        self, index: int, prompt: Prompt, images: list[Any], videos: list[Any], model: Any,
         limits: tuple[int, int], allow_files: bool,
     ) -> Prompt:
         config = model.hf_config
-        patches, grids = [], []
-        for image in images:
-            decoded = ImageProcessor.load_image(index, image, *limits, allow_files)
-            try:
-                flat, grid = patchify(decoded, settings)
-            except InvalidRequest as exc:
-                raise InvalidRequest(f"prompt {index}: {exc}") from None
-            finally:
-                if decoded is not image:
-                    decoded.close()
-            patches.append(flat)
-            grids.append(grid)
+        rules = family(model)
+        media: dict[str, torch.Tensor] = {}
+        grids: dict[str, list[tuple[int, int, int]]] = {"image": [], "video": []}
+        if images:
+            settings = self.settings(model, "image")
+            patches = []
+            for image in images:
+                decoded = ImageProcessor.load_image(index, image, *limits, allow_files)
+                try:
+                    flat, grid = patchify(decoded, settings)
+                except InvalidRequest as exc:
+                    raise InvalidRequest(f"prompt {index}: {exc}") from None
+                finally:
+                    if decoded is not image:
+                        decoded.close()
+                patches.append(flat)
+                grids["image"].append(grid)
+            media["image_pixels"] = torch.from_numpy(np.concatenate(patches))
+            media["image_grid_thw"] = torch.tensor(grids["image"], dtype=torch.long)
+        frames_per_video: list[int] = []
+        if videos:
+            settings = self.settings(model, "video")
+            max_frames = _limit("POOLKIT_MAX_VIDEO_FRAMES", MAX_VIDEO_FRAMES)
+            patches = []
+            for video in videos:
+                frames = load_video(index, video, limits[0], max_frames)
+                try:
+                    flat, grid = patchify_video(frames, settings, rules.video_budget)
+                except InvalidRequest as exc:
+                    raise InvalidRequest(f"prompt {index}: {exc}") from None
+                patches.append(flat)
+                grids["video"].append(grid)
+                frames_per_video.append(frames.shape[0])
+            media["video_pixels"] = torch.from_numpy(np.concatenate(patches))
+            media["video_grid_thw"] = torch.tensor(grids["video"], dtype=torch.long)
         tok = model.tokenizer
         text = prompt.text
         if not text:
-            text = "<|vision_start|><|image_pad|><|vision_end|>" * len(images)
+            text = "".join(f"<|vision_start|>{MEDIA_TOKENS[kind]}<|vision_end|>" * len(grids[kind]) for kind in ("image", "video"))
         ids = tok(text, add_special_tokens=prompt.add_special_tokens)["input_ids"]
-        token = int(config.image_token_id)
-        found = sum(1 for t in ids if t == token)
-        if found != len(images):
-            name = tok.convert_ids_to_tokens(token)
-            raise InvalidRequest(
-                f"prompt {index} has {found} image placeholder{'s' if found != 1 else ''} ({name}) for {len(images)} "
-                f"image{'s' if len(images) != 1 else ''}; put one {name} (in <|vision_start|>...<|vision_end|>) where each image goes"
-            )
-        merge = settings.merge_size
-        counts = iter(t * h * w // (merge * merge) for t, h, w in grids)
-        expanded: list[int] = []
-        for t in ids:
-            expanded.extend([token] * next(counts) if t == token else [t])
-        media = {
-            "image_pixels": torch.from_numpy(np.concatenate(patches)),
-            "image_grid_thw": torch.tensor(grids, dtype=torch.long),
-            "positions": torch.from_numpy(rope_positions(expanded, token, grids, merge)),
-        }
+        tokens = {"image": int(config.image_token_id), "video": int(config.video_token_id)}
+        for kind, token in tokens.items():
+            found = sum(1 for t in ids if t == token)
+            given = len(grids[kind])
+            if found != given:
+                name = tok.convert_ids_to_tokens(token)
+                raise InvalidRequest(
+                    f"prompt {index} has {found} {kind} placeholder{'s' if found != 1 else ''} ({name}) for {given} "
+                    f"{kind}{'s' if given != 1 else ''}; put one {name} (in <|vision_start|>...<|vision_end|>) where each {kind} goes"
+                )
+        expanded, spans = self._expand(ids, tokens, grids, frames_per_video, model, rules)
+        media["positions"] = torch.from_numpy(rope_positions(len(expanded), spans))
         return dataclasses.replace(prompt, text=None, token_ids=expanded, media=media, extras={})
 
-    def settings(self, model: Any) -> VisionSettings:
-        """The model's pixel settings, read once per model directory, with the load setting
-        ``mm_processor_kwargs`` (``min_pixels``, ``max_pixels``) over the checkpoint's."""
-        key = str(Path(model.path).resolve())
+    def _expand(
+        self, ids: list[int], tokens: dict[str, int], grids: dict[str, list[tuple[int, int, int]]],
+        frames_per_video: list[int], model: Any, rules: Family,
+    ) -> tuple[list[int], list[tuple[int, int, int, int, Any]]]:
+        """The token ids with each placeholder expanded, and the media runs in them as
+        ``(start, t, h, w, time step)`` for :func:`rope_positions` (merged-grid sizes)."""
+        config = model.hf_config
+        merge = int(config.vision_config.spatial_merge_size)
+        left = {kind: iter(g) for kind, g in grids.items()}
+        frames_left = iter(frames_per_video)
+        kinds = {token: kind for kind, token in tokens.items()}
+        expanded: list[int] = []
+        spans: list[tuple[int, int, int, int, Any]] = []
+        for t in ids:
+            kind = kinds.get(t)
+            if kind is None:
+                expanded.append(t)
+                continue
+            gt, gh, gw = next(left[kind])
+            gh, gw = gh // merge, gw // merge
+            if kind == "video" and rules.video_time == "timestamps":
+                tok = model.tokenizer
+                start, end = (tok.convert_tokens_to_ids(x) for x in ("<|vision_start|>", "<|vision_end|>"))
+                temporal = int(config.vision_config.temporal_patch_size)
+                for stamp in frame_timestamps(next(frames_left), temporal):
+                    expanded.extend(tok(f"<{stamp:.1f} seconds>", add_special_tokens=False)["input_ids"])
+                    expanded.append(start)
+                    spans.append((len(expanded), 1, gh, gw, 1))
+                    expanded.extend([t] * (gh * gw))
+                    expanded.append(end)
+                continue
+            step: Any = 1
+            if kind == "video" and rules.video_time == "seconds":
+                temporal = int(config.vision_config.temporal_patch_size)
+                per_second = int(getattr(config.vision_config, "tokens_per_second", 1) or 1)
+                step = per_second * torch.tensor(temporal / VIDEO_FPS, dtype=torch.float32)
+            spans.append((len(expanded), gt, gh, gw, step))
+            expanded.extend([t] * (gt * gh * gw))
+        return expanded, spans
+
+    def settings(self, model: Any, kind: str = "image") -> VisionSettings:
+        """The model's pixel settings for images or videos, read once per model directory, with
+        the load setting ``mm_processor_kwargs`` (``min_pixels``, ``max_pixels``) over the checkpoint's."""
+        key = (str(Path(model.path).resolve()), kind)
         with self._lock:
             found = self._settings.get(key)
             if found is None:
-                found = self._settings[key] = read_settings(Path(model.path), model.hf_config)
+                rules = family(model)
+                if kind == "video":
+                    found = read_settings(Path(model.path), model.hf_config, rules.video, (VIDEO_PROCESSOR_CONFIG, PREPROCESSOR_CONFIG))
+                else:
+                    found = read_settings(Path(model.path), model.hf_config, rules.image)
+                self._settings[key] = found
         kwargs = getattr(model, "mm_processor_kwargs", None) or {}
         budget = {k: int(kwargs[k]) for k in ("min_pixels", "max_pixels") if kwargs.get(k) is not None}
         return dataclasses.replace(found, **budget) if budget else found
@@ -210,18 +441,24 @@ def media_per_prompt(model: Any, kind: str) -> int:
     return _limit("POOLKIT_MAX_IMAGES_PER_PROMPT", MAX_MEDIA_PER_PROMPT)
 
 
-def read_settings(path: Path, config: Any) -> VisionSettings:
-    """:class:`VisionSettings` from ``preprocessor_config.json`` (when there is one) and the vision config."""
+def read_settings(
+    path: Path, config: Any, defaults: VisionSettings | None = None, files: Sequence[str] = (PREPROCESSOR_CONFIG,)
+) -> VisionSettings:
+    """:class:`VisionSettings` from the first of ``files`` the model directory has (when it has
+    one), the vision config, then ``defaults`` (Qwen2-VL's image settings unless given)."""
     raw: dict[str, Any] = {}
-    file = path / PREPROCESSOR_CONFIG
-    if file.is_file():
+    for name in files:
+        file = path / name
+        if not file.is_file():
+            continue
         try:
             raw = json.loads(file.read_text())
         except (OSError, ValueError) as exc:
             raise InvalidRequest(f"cannot read {file.name}: {exc}") from None
+        break
     vision = config.vision_config
     size = raw.get("size") or {}
-    defaults = VisionSettings()
+    defaults = defaults or VisionSettings()
     return VisionSettings(
         patch_size=int(raw.get("patch_size") or vision.patch_size),
         temporal_patch_size=int(raw.get("temporal_patch_size") or vision.temporal_patch_size),
@@ -235,33 +472,24 @@ def read_settings(path: Path, config: Any) -> VisionSettings:
     )
 
 
-def rope_positions(ids: list[int], token: int, grids: list[tuple[int, int, int]], merge: int) -> np.ndarray:
-    """The ``[3, len(ids)]`` multimodal rotary positions of a prompt whose runs of ``token`` are
-    its images, in order: text counts on from the last position on all three axes; an image's
-    tokens get the start plus their (frame, row, column) in the merged grid, and the text after
-    it starts past the image's longer side."""
-    out = np.empty((3, len(ids)), dtype=np.int64)
-    arr = np.asarray(ids)
-    is_media = arr == token
-    grids_left = iter(grids)
+def rope_positions(length: int, spans: list[tuple[int, int, int, int, Any]]) -> np.ndarray:
+    """The ``[3, length]`` multimodal rotary positions of a prompt whose media runs are ``spans``
+    (``(start, t, h, w, step)`` in merged patches, in order): text counts on from the last
+    position on all three axes; a run's tokens get the start plus their (temporal patch × step,
+    row, column), and the text after it starts past the run's longer side, as transformers'
+    ``get_rope_index`` counts."""
+    out = np.empty((3, length), dtype=np.int64)
     at, pos = 0, 0
-    n = len(ids)
-    while at < n:
-        end = at
-        if is_media[at]:
-            t, h, w = next(grids_left)
-            gh, gw = h // merge, w // merge
-            count = t * gh * gw
-            tt, hh, ww = np.meshgrid(np.arange(t), np.arange(gh), np.arange(gw), indexing="ij")
-            out[:, at : at + count] = np.stack([tt.ravel(), hh.ravel(), ww.ravel()]) + pos
-            at += count
-            pos += max(gh, gw)
-            continue
-        while end < n and not is_media[end]:
-            end += 1
-        out[:, at:end] = np.arange(pos, pos + end - at)
-        pos += end - at
-        at = end
+    for start, t, h, w, step in spans:
+        out[:, at:start] = np.arange(pos, pos + start - at)
+        pos += start - at
+        temporal = (torch.arange(t) * step).long().numpy() if isinstance(step, torch.Tensor) else np.arange(t) * step
+        tt, hh, ww = np.meshgrid(temporal, np.arange(h), np.arange(w), indexing="ij")
+        count = t * h * w
+        out[:, start : start + count] = np.stack([tt.ravel(), hh.ravel(), ww.ravel()]) + pos
+        at = start + count
+        pos += max(h, w)
+    out[:, at:] = np.arange(pos, pos + length - at)
     return out
 
 

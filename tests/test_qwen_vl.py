@@ -133,7 +133,7 @@ def test_bfloat16_stays_close(model_dir, hf):
     [
         ({"prompt": "no placeholder here", "multi_modal_data": {"image": "IMG"}}, "prompt 0 has 0 image placeholders (<|image_pad|>) for 1 image"),
         ({"prompt": f"{IMAGE}{IMAGE}", "multi_modal_data": {"image": "IMG"}}, "prompt 0 has 2 image placeholders (<|image_pad|>) for 1 image"),
-        ({"prompt": IMAGE, "multi_modal_data": {"video": ["IMG"]}}, "takes no videos"),
+        ({"prompt": IMAGE, "multi_modal_data": {"video": ["IMG"]}}, "prompt 0 has 1 image placeholder (<|image_pad|>) for 0 images"),
         ({"prompt": IMAGE, "multi_modal_data": {"image": "https://example.com/a.png"}}, "remote image URLs are disabled"),
         ({"prompt": IMAGE, "multi_modal_data": {"image": []}}, "empty list of images"),
         ({"prompt": IMAGE, "multi_modal_data": {"audio": b""}}, "unsupported multi_modal_data audio"),
@@ -144,6 +144,36 @@ def test_bad_prompts_are_one_line_errors(llm, prompt, message):
     with pytest.raises(InvalidRequest) as info:
         llm.embed([prompt])
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+VIDEO = "<|vision_start|><|video_pad|><|vision_end|>"
+VIDEO_CASES = {
+    "video only": ("", [], [[picture(32, 32, 20 + i) for i in range(4)]]),
+    "image and video, resized and padded": (
+        f"{IMAGE} and {VIDEO} too", [picture(40, 24, 1)],
+        [np.random.default_rng(21).integers(0, 256, (3, 30, 21, 3), dtype=np.uint8)],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(VIDEO_CASES))
+def test_video_embedding_matches_transformers(llm, hf, case):
+    """Videos (frames two at a time as temporal patches, ``<|video_pad|>`` placeholders, video
+    M-RoPE positions) against transformers' model fed poolkit's video pixels: its video
+    processor needs torchvision (see tests/test_qwen3_vl.py for the pixels' own check)."""
+    from tiny_qwen_vl import hf_embedding
+
+    from poolkit.io_processors.qwen_vl import QwenVLProcessor, load_video, patchify_video
+
+    text, images, videos = VIDEO_CASES[case]
+    media = {"video": videos[0]} | ({"image": images[0]} if images else {})
+    (out,) = llm.embed([{"prompt": text, "multi_modal_data": media}])
+    settings = QwenVLProcessor().settings(llm.model, "video")
+    inputs = []
+    for video in videos:
+        frames = load_video(0, video, 10**8, 768)
+        inputs.append((*patchify_video(frames, settings), frames.shape[0]))
+    assert_close(out.outputs.embedding, hf_embedding(hf, text, images, inputs))
 
 
 def test_too_many_images_per_prompt(llm, monkeypatch):
