@@ -41,11 +41,14 @@ from ..runtime.estimates import estimate_costs, estimate_pair_tokens
 from ..runtime.progress import progress_bar
 from .entities import Entities, group_entities
 from .model_config import ModelConfig, model_config
-from .pairs import check_side_limit, cut_sides, pair, score_side
+from .pairs import MediaItem, check_side_limit, cut_sides, has_media, pair, score_side
 from .params import check_params
 from .plugin_io import PluginIO
 
 logger = logging.getLogger(__name__)
+
+#: Tokens an image is guessed at before it is decoded (the score routes' token limit).
+IMAGE_TOKEN_GUESS = 256
 
 
 class LLM:
@@ -80,6 +83,10 @@ class LLM:
             cosine similarity of at least 0.9995 to the float model's on the calibration texts
             (docs/performance.md); native families only.
         calibration: a text file (one text a line) to calibrate on instead of the built-in texts.
+        limit_mm_per_prompt: most media items one prompt may carry, per kind (vLLM's):
+            ``{"image": 4}``; default 16 images (``POOLKIT_MAX_IMAGES_PER_PROMPT``).
+        mm_processor_kwargs: settings of a vision-language model's media processor over its
+            ``preprocessor_config.json`` (vLLM's): ``{"min_pixels": ..., "max_pixels": ...}``.
 
     Example:
         >>> llm = LLM(model="sentence-transformers/all-MiniLM-L6-v2", runner="pooling")
@@ -108,6 +115,8 @@ class LLM:
         io_processor_plugin: str | None = None,
         quantization: str | None = None,
         calibration: str | None = None,
+        limit_mm_per_prompt: dict[str, int] | None = None,
+        mm_processor_kwargs: dict[str, Any] | None = None,
         **engine_kwargs: Any,
     ) -> None:
         args = EngineArgs.build(
@@ -129,6 +138,8 @@ class LLM:
             io_processor_plugin=io_processor_plugin,
             quantization=quantization,
             calibration=calibration,
+            limit_mm_per_prompt=limit_mm_per_prompt,
+            mm_processor_kwargs=mm_processor_kwargs,
         )
         ignored = sorted(set(engine_kwargs) & IGNORED_ENGINE_ARGS)
         if ignored:
@@ -539,9 +550,14 @@ class LLM:
         """
         return pair(first, second)
 
-    def estimate_pair_tokens(self, first: Sequence[str], second: Sequence[str]) -> int:
-        """Tokens of scoring ``first`` against ``second``, estimated before tokenizing (the server's limits)."""
-        return estimate_pair_tokens(first, second, self.model.max_model_len.value)
+    def estimate_pair_tokens(self, first: Sequence[Any], second: Sequence[Any]) -> int:
+        """Tokens of scoring ``first`` against ``second``, estimated before tokenizing (the server's
+        limits); an input with images counts its text and :data:`IMAGE_TOKEN_GUESS` tokens an image."""
+        if not has_media(first, second):
+            return estimate_pair_tokens(first, second, self.model.max_model_len.value)
+        images = sum(len(x.images) for x in (first if len(first) > 1 else first * len(second)) + list(second) if isinstance(x, MediaItem))
+        texts = [[x if isinstance(x, str) else x.text or "" for x in side] for side in (first, second)]
+        return estimate_pair_tokens(*texts, None) + IMAGE_TOKEN_GUESS * images
 
     def score(
         self,
@@ -560,6 +576,12 @@ class LLM:
         reads each pair together; an embedding model scores the cosine similarity of the two
         embeddings; a late-interaction model (ColBERT) the MaxSim of their token vectors.
 
+        A side may hold images for a model that reads them, as vLLM's multimodal score input:
+        ``{"content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}, ...]}``
+        (each part one input), or a list of strings and ``{"content": [parts]}`` inputs (the parts
+        of each one input); ``image_url`` may also name a file, and ``{"type": "image_pil",
+        "image_pil": img}`` passes a PIL image (:func:`poolkit.api.pairs.score_side`).
+
         Args:
             chat_template: a score template (Jinja text or a file) rendering each (query,
                 document) pair into one prompt, for LLM rerankers; a model recognised as one
@@ -568,6 +590,8 @@ class LLM:
         """
         first, second = cut_sides(self.engine, *pair(data_1, data_2), pooling_params)
         scorer = self.scorer
+        if has_media(first, second):
+            self._check_media_scoring(scorer)
         templated = chat_template is not None or instruction is not None
         if not scorer.takes_template and (templated or score_extra(pooling_params).get("chat_template_kwargs") is not None):
             takers = [e.name for e in registry("scorer").entries() if e.obj.takes_template]
@@ -587,6 +611,18 @@ class LLM:
             ScoringRequestOutput(str(next(self._request_ids)), ScoringOutput(score), ids, truncated=bool(cut and cut[0]))
             for score, ids, *cut in scored
         ]
+
+    def _check_media_scoring(self, scorer: Scorer) -> None:
+        """Refuse score inputs with images for a model that reads no images (vLLM's words), or whose
+        scorer reads each pair as one text (a cross-encoder)."""
+        arch = self.model.architecture
+        if getattr(arch, "media_processor", None) is None and "image" not in getattr(arch, "input_modalities", ("text",)):
+            raise InvalidRequest(f"MultiModalParam is not supported for {self.model.architecture_name}")
+        if scorer.takes_template:
+            raise InvalidRequest(
+                f"model '{self.model.name}' scores with the {scorer.name}, which reads each pair as one text; inputs with "
+                "images need a model that embeds each side (bi-encoder cosine or late interaction)"
+            )
 
     def rerank(
         self,
@@ -657,5 +693,7 @@ class _ScoreRunner:
     def prepare(
         self, texts: Sequence[str], pooling_params: Any, task_name: str, tokenization_kwargs: dict[str, Any] | None = None
     ) -> tuple[Task, Sequence[Prompt], list[PoolingParams]]:
-        """Texts as :meth:`LLM.encode` prepares them, with the task and verified parameters."""
-        return self._prepare(list(texts), pooling_params, pooling_task=task_name, tokenization_kwargs=tokenization_kwargs)
+        """Texts as :meth:`LLM.encode` prepares them, with the task and verified parameters; an
+        input with images (:class:`~poolkit.api.pairs.MediaItem`) is prepared as its prompt with images."""
+        prompts = [t.prompt() if isinstance(t, MediaItem) else t for t in texts]
+        return self._prepare(prompts, pooling_params, pooling_task=task_name, tokenization_kwargs=tokenization_kwargs)

@@ -1,5 +1,9 @@
 """A score request's two sides: checked, paired and cut, with vLLM's rules and wording.
 
+A side's inputs are texts, or :class:`MediaItem` for inputs with images (vLLM's multimodal score
+input, ``{"content": [{"type": "image_url", "image_url": {"url": ...}}]}``); any scorer that embeds
+each side (bi-encoder cosine, late interaction) reads them through ``ScoreRunner.prepare``.
+
 ``LLM.score``, ``LLM.rerank`` and the server's score routes take their sides through these
 functions, so pairing (1:1, 1:N, N:N) and the per-side token limits (``max_tokens_per_query`` /
 ``max_tokens_per_doc``) have one home.
@@ -7,7 +11,8 @@ functions, so pairing (1:1, 1:N, N:N) and the per-side token limits (``max_token
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Sequence
 
 from ..contracts.errors import InvalidRequest
 from ..contracts.scoring import score_extra
@@ -19,24 +24,103 @@ if TYPE_CHECKING:
 SIDE_LIMITS = ("max_tokens_per_query", "max_tokens_per_doc")
 
 
-def score_side(data: Any, what: str) -> list[str]:
-    """One side of a score request as a list of strings (a string is a list of one).
+#: Content part types that carry an image: vLLM's ``image_url`` (a data URI, a file path or, on
+#: the server, fetched bytes) and its offline ``image_pil`` (a PIL image).
+IMAGE_PARTS = ("image_url", "image_pil")
+
+
+@dataclass(frozen=True, eq=False)
+class MediaItem:
+    """One input of a score request with images: a document (or query) of ``images`` and,
+    optionally, ``text`` (vLLM's ``ScoreMultiModalParam`` content). Hashed by identity, so a
+    scorer that embeds each distinct input once embeds a broadcast query once.
+
+    Attributes:
+        text: the text parts, joined by new lines, or ``None``. With images, a vision-language
+            model reads it as the prompt, which then carries its image placeholders.
+        images: the images, each what ``multi_modal_data["image"]`` takes.
+    """
+
+    text: str | None
+    images: tuple[Any, ...]
+
+    def prompt(self) -> dict[str, Any]:
+        """The input as ``LLM.embed`` takes it: ``{"prompt", "multi_modal_data": {"image": [...]}}``."""
+        return {"prompt": self.text or "", "multi_modal_data": {"image": list(self.images)}}
+
+    def __repr__(self) -> str:
+        return f"MediaItem(text={self.text!r}, images={len(self.images)})"
+
+
+def _part(part: Any, where: str) -> tuple[str, Any]:
+    """A content part as ``("text", str)`` or ``("image", value)``."""
+    kind = part.get("type") if isinstance(part, dict) else None
+    if kind == "text" and isinstance(part.get("text"), str):
+        return "text", part["text"]
+    if kind in IMAGE_PARTS or (kind is None and isinstance(part, dict) and "image_url" in part):
+        value = part.get(kind or "image_url")
+        value = value.get("url") if isinstance(value, dict) else value
+        if value is None or (isinstance(value, str) and not value):
+            raise InvalidRequest(f"{where}: an {kind or 'image_url'} part needs its image ({{'url': ...}})")
+        return "image", value
+    raise InvalidRequest(
+        f"{where}: a content part must be {{'type': 'text', 'text': ...}} or {{'type': 'image_url', 'image_url': {{'url': ...}}}}, "
+        f"got {('type ' + repr(kind)) if kind else type(part).__name__}"
+    )
+
+
+def _content(parts: Any, where: str, names: list[str] | None = None) -> str | MediaItem:
+    """One input of several content parts (named ``names``, else ``where.content[j]``): their
+    text, or a :class:`MediaItem` when one is an image."""
+    if not isinstance(parts, (list, tuple)) or not parts:
+        raise InvalidRequest(f"{where}: 'content' must be a non-empty list of content parts")
+    found = [_part(p, names[j] if names else f"{where}.content[{j}]") for j, p in enumerate(parts)]
+    texts = [v for kind, v in found if kind == "text"]
+    images = tuple(v for kind, v in found if kind == "image")
+    return MediaItem("\n".join(texts) or None, images) if images else "\n".join(texts)
+
+
+def score_side(data: Any, what: str) -> list[Any]:
+    """One side of a score request as a list of inputs: strings, and :class:`MediaItem` for inputs
+    with images.
+
+    A side is a string, a list of strings, vLLM's multimodal ``{"content": [parts]}`` (each part
+    one input: an image document, or a text), or a list mixing strings, ``{"content": [parts]}``
+    (all its parts one input) and single parts.
 
     Raises:
-        InvalidRequest: not a string or a list of strings, or an empty list (vLLM's wording).
+        InvalidRequest: another shape, an unknown content part, or an empty list (vLLM's wording).
     """
-    items = [data] if isinstance(data, str) else data
+    if isinstance(data, dict) and "content" in data:
+        parts = data["content"]
+        if not isinstance(parts, (list, tuple)):
+            raise InvalidRequest(f"{what}: 'content' must be a list of content parts, got {type(parts).__name__}")
+        items: Any = [_content([p], what, [f"{what}.content[{j}]"]) for j, p in enumerate(parts)]
+    else:
+        items = [data] if isinstance(data, (str, MediaItem)) else data
     if items is None or not isinstance(items, (list, tuple)):
         raise InvalidRequest(f"score inputs must be a string or a list of strings, got {type(data).__name__}")
     if not items:
         raise InvalidRequest(f"At least one {what} element must be given")
+    out = []
     for i, item in enumerate(items):
-        if not isinstance(item, str):
+        if isinstance(item, (str, MediaItem)):
+            out.append(item)
+        elif isinstance(item, dict) and "content" in item:
+            out.append(_content(item["content"], f"{what} {i}"))
+        elif isinstance(item, dict) and "type" in item:
+            out.append(_content([item], what, [f"{what} {i}"]))
+        else:
             raise InvalidRequest(f"{what} {i} must be a string, got {type(item).__name__}")
-    return list(items)
+    return out
 
 
-def pair(first: Any, second: Any) -> tuple[list[str], list[str]]:
+def has_media(*sides: Sequence[Any]) -> bool:
+    """Whether any input of the sides has images."""
+    return any(isinstance(item, MediaItem) for side in sides for item in side)
+
+
+def pair(first: Any, second: Any) -> tuple[list[Any], list[Any]]:
     """Both sides as equal-length lists: 1:1, one against N (1:N), or N:N.
 
     Raises:
@@ -61,9 +145,10 @@ def check_side_limit(name: str, limit: Any, max_model_len: int | None) -> None:
         raise InvalidRequest(f"{name} ({limit}) must be less than max_model_len ({max_model_len})")
 
 
-def cut_sides(engine: Engine, first: list[str], second: list[str], pooling_params: Any) -> tuple[list[str], list[str]]:
+def cut_sides(engine: Engine, first: list[Any], second: list[Any], pooling_params: Any) -> tuple[list[Any], list[Any]]:
     """Queries and documents cut to ``max_tokens_per_query`` / ``max_tokens_per_doc`` tokens of
-    their own (``PoolingParams.extra_kwargs``, as in vLLM), before any template or pairing.
+    their own (``PoolingParams.extra_kwargs``, as in vLLM), before any template or pairing; an
+    input with images is never cut (the engine refuses to truncate one).
 
     Raises:
         InvalidRequest: a limit that is not a positive integer below ``max_model_len``.
@@ -76,5 +161,5 @@ def cut_sides(engine: Engine, first: list[str], second: list[str], pooling_param
             out.append(texts)
             continue
         check_side_limit(name, limit, engine.model.max_model_len.value)
-        out.append([engine.cut_text(text, limit) for text in texts])
+        out.append([engine.cut_text(text, limit) if isinstance(text, str) else text for text in texts])
     return out[0], out[1]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import sys
 import warnings
 from typing import Any, Callable, Iterator, Sequence
 
@@ -232,11 +233,46 @@ class _Model:
         not added again), cut at ``max_seq_length``."""
         from ..contracts.io import Prompt
 
+        if any(_is_media(i) for i in inputs):
+            inputs = [self._media_prompt(i) if _is_media(i) else i for i in inputs]
         if any(isinstance(i, (tuple, list)) for i in inputs):
             inputs = [Prompt(text=i[0], text_pair=i[1]) if isinstance(i, (tuple, list)) else Prompt(text=i) for i in inputs]
         task, parsed, checked = self.llm.prepare(inputs, params, pooling_task=pooling_task, tokenization_kwargs=self._cut())
         parsed.set_prefix(prefix or None)
         return self.llm.run(task, parsed, checked)
+
+    def _media_prompt(self, item: Any) -> Any:
+        """A PIL image, or sentence-transformers' multimodal dict (``{"text": ..., "image": ...}``,
+        ``"image"`` one image or a list), as a prompt with images.
+
+        As sentence-transformers turns such inputs into one chat message whose content parts follow
+        the dict's keys, a vision-language model with a chat template reads that message rendered;
+        without one, an image alone gets the media processor's placeholders and a text is the prompt
+        (carrying the model's image placeholders). A dual encoder (CLIP) takes an image alone.
+        """
+        from ..contracts.io import Prompt
+
+        typed = dict(item) if isinstance(item, dict) else {"image": item}
+        unknown = sorted(str(k) for k in typed if k not in ("text", "image"))
+        if unknown:
+            raise InvalidRequest(f"a multimodal input takes 'text' and 'image' keys, got {', '.join(unknown)}")
+        images = typed.get("image")
+        images = list(images) if isinstance(images, (list, tuple)) else [images] if images is not None else []
+        text = typed.get("text")
+        if text is not None and not isinstance(text, str):
+            raise InvalidRequest(f"a multimodal input's 'text' must be a string, got {type(text).__name__}")
+        if not images:
+            return text if text is not None else ""
+        arch = self.llm.model.architecture
+        template = getattr(self.tokenizer, "chat_template", None)
+        if getattr(arch, "media_processor", None) is None or not template:
+            return {"prompt": text or "", "multi_modal_data": {"image": images if len(images) > 1 else images[0]}}
+        content = [
+            {"type": "text", "text": text} if key == "text" else {"type": "image"}
+            for key in typed for _ in ([None] if key == "text" else images)
+        ]
+        rendered = self.tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False)
+        return Prompt(text=rendered, extras={"image": images}, add_special_tokens=False)
 
     def _matrix(self, pooling_task: str, inputs: list[Any], params: PoolingParams | None = None, prefix: str | None = None) -> torch.Tensor:
         """:meth:`_run`'s results as one float32 row per input."""
@@ -256,8 +292,9 @@ class _Model:
 
     @staticmethod
     def _inputs(inputs: Any) -> tuple[list[Any], bool]:
-        """``inputs`` as a list, and whether they were one input."""
-        if isinstance(inputs, str) or (isinstance(inputs, tuple) and len(inputs) == 2 and all(isinstance(i, str) for i in inputs)):
+        """``inputs`` as a list, and whether they were one input (a string, a pair, a PIL image or a
+        multimodal dict is one)."""
+        if isinstance(inputs, (str, dict)) or _is_image(inputs) or (isinstance(inputs, tuple) and len(inputs) == 2 and all(isinstance(i, str) for i in inputs)):
             return [inputs], True
         if isinstance(inputs, np.ndarray):
             listed = inputs.tolist()
@@ -453,6 +490,8 @@ class SentenceTransformer(_Embedder):
         """``output_value=None``: each input's tokenizer tensors (padded within its batch of
         ``batch_size``, batches of inputs sorted by length as sentence-transformers makes them),
         token embeddings (padded with zeros) and sentence embedding, and ``prompt_length``."""
+        if any(_is_media(t) for t in texts):
+            raise InvalidRequest("output_value=None takes texts; encode images with output_value='sentence_embedding'")
         tokens = self._token_embeddings(texts, prompt)
         order = sorted(range(len(texts)), key=lambda i: -len(tokens[i]))
         items: list[dict[str, Any]] = [{} for _ in texts]
@@ -708,3 +747,15 @@ class SparseEncoder(_Embedder):
         active = (dense != 0).sum(dim=1).float().mean().item()
         return {"active_dims": active, "sparsity_ratio": 1.0 - active / dense.shape[1]}
 
+
+def _is_image(value: Any) -> bool:
+    """Whether ``value`` is a PIL image (without importing Pillow when it is not loaded)."""
+    image = sys.modules.get("PIL.Image")
+    return image is not None and isinstance(value, image.Image)
+
+
+def _is_media(value: Any) -> bool:
+    """Whether an ``encode`` input is an image or a multimodal dict (sentence-transformers' shapes)."""
+    if isinstance(value, dict):  # {"text", "image"} (more keys are refused by name); vLLM's prompt dicts are not
+        return bool(set(value) & {"text", "image"}) and not set(value) & {"prompt", "prompt_token_ids", "multi_modal_data"}
+    return _is_image(value)

@@ -34,6 +34,10 @@ DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 RUNNERS = ("auto", "pooling")
 #: Values of the ``quantization`` setting (vLLM's name for it).
 QUANTIZATIONS = ("int8",)
+#: The media kinds ``limit_mm_per_prompt`` bounds (vLLM's ``multi_modal_data`` keys poolkit reads).
+MEDIA_KINDS = ("image", "video")
+#: The ``mm_processor_kwargs`` keys of a pixel budget, checked here (others are the processor's own).
+PIXEL_BUDGET = ("min_pixels", "max_pixels")
 
 #: vLLM engine arguments that mean nothing for poolkit; accepted so vLLM code runs unchanged.
 IGNORED_ENGINE_ARGS = frozenset(
@@ -62,7 +66,7 @@ class EngineArgs(BaseModel):
     """Every setting that decides how a model loads and runs.
 
     Values arrive as Python objects or as the strings a command line gives (JSON for
-    ``pooler_config`` and ``hf_overrides``) and are validated on construction: a bad value
+    ``pooler_config``, ``hf_overrides``, ``limit_mm_per_prompt`` and ``mm_processor_kwargs``) and are validated on construction: a bad value
     raises :class:`poolkit.InvalidRequest` with a one-line message naming the setting.
     """
 
@@ -105,6 +109,16 @@ class EngineArgs(BaseModel):
     )
     calibration: Optional[str] = Field(
         None, description="Text file (one text a line) to calibrate quantization on, instead of the built-in texts."
+    )
+    limit_mm_per_prompt: Optional[dict[str, int]] = Field(
+        None,
+        description='Most media items one prompt may carry, as JSON: {"image": 4, "video": 1} (vLLM\'s; default 16 '
+        "images, or POOLKIT_MAX_IMAGES_PER_PROMPT).",
+    )
+    mm_processor_kwargs: Optional[dict[str, Any]] = Field(
+        None,
+        description='Settings of the model\'s media processor over its preprocessor_config.json, as JSON: '
+        '{"min_pixels": 3136, "max_pixels": 1003520} (vLLM\'s).',
     )
 
     def __init__(self, **data: Any) -> None:
@@ -168,6 +182,34 @@ class EngineArgs(BaseModel):
                 raise ValueError(f"hf_overrides is not valid JSON: {exc.msg}") from None
         if value is not None and not isinstance(value, dict):
             raise ValueError(f"hf_overrides must be a dict, got {type(value).__name__}")
+        return value
+
+    @field_validator("limit_mm_per_prompt", mode="before")
+    @classmethod
+    def _limit_mm_per_prompt(cls, value: Any) -> Any:
+        value = _json_dict("limit_mm_per_prompt", value)
+        if value is None:
+            return None
+        for kind, limit in value.items():
+            if kind not in MEDIA_KINDS:
+                raise ValueError(f"limit_mm_per_prompt: unknown media kind {str(kind)!r}; use {' or '.join(map(repr, MEDIA_KINDS))}")
+            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+                raise ValueError(f"limit_mm_per_prompt: the limit of {kind!r} must be a whole number of 0 or more, got {limit!r}")
+        return value
+
+    @field_validator("mm_processor_kwargs", mode="before")
+    @classmethod
+    def _mm_processor_kwargs(cls, value: Any) -> Any:
+        value = _json_dict("mm_processor_kwargs", value)
+        if value is None:
+            return None
+        for key in PIXEL_BUDGET:
+            given = value.get(key)
+            if given is not None and (isinstance(given, bool) or not isinstance(given, int) or given < 1):
+                raise ValueError(f"mm_processor_kwargs: {key} must be a positive whole number of pixels, got {given!r}")
+        low, high = (value.get(key) for key in PIXEL_BUDGET)
+        if low is not None and high is not None and low > high:
+            raise ValueError(f"mm_processor_kwargs: min_pixels ({low}) is more than max_pixels ({high})")
         return value
 
     @field_validator("dtype", mode="before")
@@ -235,6 +277,20 @@ class EngineArgs(BaseModel):
     def identity(self) -> dict[str, Any]:
         """What makes two loads the same model, as JSON-ready data (corpus jobs' manifests)."""
         return self.model_dump(mode="json", exclude_defaults=True)
+
+
+def _json_dict(name: str, value: Any) -> dict[str, Any] | None:
+    """A dict setting given as a dict or as JSON text (the command line's form)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{name} is not valid JSON: {exc.msg}") from None
+    if value is not None and not isinstance(value, dict):
+        raise ValueError(f"{name} must be a dict (a JSON object), got {type(value).__name__}")
+    if value is not None and not all(isinstance(k, str) for k in value):
+        raise ValueError(f"{name} must have string keys")
+    return value
 
 
 def _one_line(exc: ValidationError) -> str:

@@ -114,6 +114,41 @@ def _check_texts(value: Any, handler: Any) -> Any:
     raise PydanticCustomError("texts_type", "must be a string or a list of strings")
 
 
+def _check_score_side(value: Any, handler: Any) -> Any:
+    """``str | list[str]``, vLLM's multimodal ``{"content": [parts]}``, or a list of strings and such inputs."""
+    def one(v: Any) -> bool:
+        return isinstance(v, str) or (isinstance(v, dict) and ("content" in v or "type" in v))
+
+    if isinstance(value, str) or (isinstance(value, dict) and "content" in value) or (isinstance(value, list) and all(map(one, value))):
+        return value
+    raise PydanticCustomError(
+        "score_input_type", "must be a string, a list of strings, or {'content': [text and image_url parts]} (or a list of those)"
+    )
+
+
+#: A content part of a multimodal input: a text, or an image as a data URI (remote URLs only
+#: where the server allows their host).
+CONTENT_PART = {
+    "oneOf": [
+        {"type": "object", "required": ["type", "text"], "properties": {"type": {"const": "text"}, "text": TEXT}},
+        {
+            "type": "object",
+            "required": ["type", "image_url"],
+            "properties": {
+                "type": {"const": "image_url"},
+                "image_url": {
+                    "anyOf": [
+                        {"type": "string", "pattern": "^data:"},
+                        {"type": "object", "required": ["url"], "properties": {"url": {"type": "string", "pattern": "^data:"}}},
+                    ]
+                },
+            },
+        },
+    ]
+}
+#: vLLM's ``ScoreMultiModalParam``: content parts, each one input (text or ``image_url``).
+MULTIMODAL_CONTENT = {"type": "object", "required": ["content"], "properties": {"content": list_of(CONTENT_PART)}}
+
 PromptInput = Annotated[
     Union[StrictStr, List[StrictStr], List[StrictInt], List[List[StrictInt]]],
     WrapValidator(_check_prompt_input),
@@ -121,6 +156,11 @@ PromptInput = Annotated[
 ]
 TextInput = Annotated[
     Union[StrictStr, List[StrictStr]], WrapValidator(_check_texts), schema({"anyOf": [TEXT, list_of(TEXT)]})
+]
+ScoreInput = Annotated[
+    Union[StrictStr, Dict[str, Any], List[Union[StrictStr, Dict[str, Any]]]],
+    WrapValidator(_check_score_side),
+    schema({"anyOf": [TEXT, list_of(TEXT), MULTIMODAL_CONTENT, list_of({"anyOf": [TEXT, MULTIMODAL_CONTENT]})]}),
 ]
 Text = Annotated[StrictStr, schema(TEXT)]
 Positive = Annotated[StrictInt, schema(POSITIVE)]
@@ -291,13 +331,13 @@ class ScoreRequest(_Body, _Tokenization, _Activation, _ScoreLimits, _ScoreTempla
         }
     )
 
-    text_1: Optional[TextInput] = None
-    text_2: Optional[TextInput] = None
-    data_1: Optional[TextInput] = None
-    data_2: Optional[TextInput] = None
-    queries: Optional[TextInput] = None
-    documents: Optional[TextInput] = None
-    items: Optional[TextInput] = None
+    text_1: Optional[ScoreInput] = None
+    text_2: Optional[ScoreInput] = None
+    data_1: Optional[ScoreInput] = None
+    data_2: Optional[ScoreInput] = None
+    queries: Optional[ScoreInput] = None
+    documents: Optional[ScoreInput] = None
+    items: Optional[ScoreInput] = None
     instruction: Optional[StrictStr] = None
 
 
@@ -349,7 +389,9 @@ class CohereContent(BaseModel):
 class CohereInput(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    content: Annotated[List[CohereContent], Field(json_schema_extra={"minItems": 1, "maxItems": 1})]
+    content: Annotated[List[CohereContent], Field(json_schema_extra={"minItems": 1})] = Field(
+        description="One text or image_url part; a vision-language model also takes text and images together."
+    )
 
 
 class CohereEmbedRequest(_Body):

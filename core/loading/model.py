@@ -80,6 +80,18 @@ class PoolingModel:
 
     # -- settings ------------------------------------------------------------------------------
 
+    @property
+    def limit_mm_per_prompt(self) -> dict[str, int]:
+        """Most media items of each kind one prompt may carry (the load setting, vLLM's
+        ``limit_mm_per_prompt``); a kind it leaves out has the media processor's default."""
+        return dict(getattr(self.args, "limit_mm_per_prompt", None) or {})
+
+    @property
+    def mm_processor_kwargs(self) -> dict[str, Any]:
+        """The load setting ``mm_processor_kwargs`` (vLLM's): what the media IO processor reads
+        over the checkpoint's ``preprocessor_config.json`` (a pixel budget, say)."""
+        return dict(getattr(self.args, "mm_processor_kwargs", None) or {})
+
     def pooling_type(self, task: Task) -> Setting:
         """The upper-case names of the poolers ``task`` pools with here (several, outputs concatenated,
         for a sentence-transformers config's modes), and their source; :meth:`poolers` looks them up.

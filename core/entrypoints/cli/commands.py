@@ -223,13 +223,26 @@ def _params(**values: Any) -> dict[str, Any]:
 
 def _embed_images(args: EngineArgs, images: list[str], texts: list[str], input_file: Optional[str],
                   dimensions: Optional[int], fmt: Format, quiet: bool, verbose: bool) -> None:
-    """``poolkit embed --image FILE ...``: one record per image, with its index and embedding."""
+    """``poolkit embed --image FILE ...``: one record per image, with its index and embedding; for a
+    vision-language model (an architecture with a ``media_processor``) a text argument and the
+    images form one prompt, the text carrying the model's image placeholders."""
     setup_logging(quiet, verbose)
-    if texts or input_file:
-        raise InvalidRequest("pass --image files or texts (arguments or -i FILE), not both")
+    texts = list(texts or [])
+    if input_file:
+        raise InvalidRequest("pass --image files with at most one text argument, not -i FILE")
+    if len(texts) > 1:
+        raise InvalidRequest(f"--image takes at most one text argument (the prompt the images go in), got {len(texts)}")
     llm = load(args)
+    reads_media = getattr(llm.model.architecture, "media_processor", None) is not None
+    if texts and not reads_media:
+        raise InvalidRequest(
+            f"pass --image files or texts, not both: model '{llm.model.name}' embeds each image alone (one record per --image)"
+        )
     params = PoolingParams(dimensions=dimensions) if dimensions is not None else None
-    prompts = [{"prompt": "", "multi_modal_data": {"image": image}} for image in images]
+    if texts:
+        prompts: list[Any] = [{"prompt": texts[0], "multi_modal_data": {"image": list(images)}}]
+    else:
+        prompts = [{"prompt": "", "multi_modal_data": {"image": image}} for image in images]
     outputs = llm.embed(prompts, params, use_tqdm=not quiet)
     emit([{"index": i, "embedding": out.outputs.embedding} for i, out in enumerate(outputs)], fmt, "embedding")
 
@@ -239,7 +252,7 @@ def _embed_images(args: EngineArgs, images: list[str], texts: list[str], input_f
 def embed(
     args: EngineArgs,
     texts: List[str] = typer.Argument(None, help="Texts to embed."),
-    images: List[str] = typer.Option(None, "--image", help="An image file to embed (repeatable; models that read images, such as CLIP)."),
+    images: List[str] = typer.Option(None, "--image", help="An image file to embed (repeatable; models that read images): one record per image, or, for a vision-language model, one prompt of a text argument and every --image."),
     input_file: Optional[str] = InputOpt,
     fmt: Format = FormatOpt,
     dimensions: Optional[int] = DimensionsOpt,
@@ -257,6 +270,9 @@ def embed(
     verbose: bool = VerboseOpt,
 ) -> None:
     """Embed texts, or images with --image: one record per input with its index (or id) and embedding.
+
+    A vision-language model takes one text argument with the images: one prompt, its image
+    placeholders where the images go (no text: one record per image, as for CLIP).
 
     With -o OUTPUT, a resumable corpus job: -i INPUT (JSON Lines, text, CSV or Parquet) is embedded
     into OUTPUT (JSON Lines, Parquet or .npy); run the same command again after a kill to resume.

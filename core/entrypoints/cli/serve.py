@@ -37,6 +37,7 @@ def serve(
     cache_max_bytes: int = typer.Option(256 * 1024 * 1024, "--cache-max-bytes", help="Bytes the cache of each model may hold (its results, token ids and inputs); the least recently used entries go first."),
     auto_truncate: bool = typer.Option(False, "--auto-truncate", help="TEI's routes: truncate inputs longer than the model's limit unless a request says truncate: false."),
     default_prompt_name: Optional[str] = typer.Option(None, "--default-prompt-name", help="TEI's routes: the prompt of the model's sentence-transformers config used when a request names none."),
+    allowed_media_domains: Optional[list[str]] = typer.Option(None, "--allowed-media-domains", help="Hosts whose http(s) image URLs requests may name (repeatable or comma-separated, vLLM's option); they are fetched with a size cap (POOLKIT_MAX_IMAGE_BYTES) and a deadline (POOLKIT_MEDIA_FETCH_TIMEOUT, 5 s). Default: none, images come as data: URIs."),
     api_server_count: int = typer.Option(1, "--api-server-count", help="API server processes (vLLM's option): above 1, the models load first and that many processes parse, validate and answer requests, one of them running the models; for many small requests on a host with cores to spare."),
     quiet: bool = QuietOpt,
     verbose: bool = VerboseOpt,
@@ -76,6 +77,9 @@ def serve(
             from ...contracts.errors import InvalidRequest
 
             raise InvalidRequest(f"--api-server-count must be at least 1, got {api_server_count}")
+        from ..server.media import MediaPolicy
+
+        MediaPolicy.of(allowed_media_domains)  # a bad host name is an error before the model loads
         chat_template = _template(chat_template, "--chat-template")
         score_template = _template(score_template, "--score-template")
         setup_logging(quiet, verbose)
@@ -96,7 +100,8 @@ def serve(
         run(loaders if len(loaders) > 1 else loaders[0], host=host, port=port, served_model_name=names if len(names) > 1 else names[0],
             api_key=api_key, limits=limits, chat_template=chat_template, score_template=score_template, cache_size=cache_size,
             cache_max_bytes=cache_max_bytes, auto_truncate=auto_truncate, default_prompt_name=default_prompt_name,
-            log_level="warning" if quiet else "info", access_log=verbose, api_server_count=api_server_count)
+            log_level="warning" if quiet else "info", access_log=verbose, api_server_count=api_server_count,
+            allowed_media_domains=allowed_media_domains)
 
 
 def _loader(args: EngineArgs) -> Callable[[], Any]:

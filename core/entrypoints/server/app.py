@@ -17,6 +17,7 @@ from .errors import install_error_handlers
 from .front import front_protocol
 from .guard import INFERENCE_ROUTES, TEI_ALIASES, Guard, StrictRoute
 from .lane import Lane
+from .media import MediaPolicy
 from .openapi import install_openapi
 from .state import MiB, ModelState, ServerLimits, ServerState
 
@@ -38,6 +39,7 @@ def create_app(
     cache_max_bytes: int = 256 * MiB,
     auto_truncate: bool = False,
     default_prompt_name: str | None = None,
+    allowed_media_domains: Sequence[str] | None = None,
 ) -> FastAPI:
     """The FastAPI application serving ``llm``, or several models.
 
@@ -63,6 +65,9 @@ def create_app(
             ``truncate: false`` (TEI's ``--auto-truncate``); otherwise they refuse them.
         default_prompt_name: the prompt of the model's sentence-transformers config that TEI's
             routes use when a request names none (TEI's ``--default-prompt-name``).
+        allowed_media_domains: hosts whose ``http(s)`` image URLs requests may name (vLLM's
+            ``--allowed-media-domains``); they are fetched with a size cap and a deadline. By
+            default none: images come as ``data:`` URIs (:mod:`poolkit.entrypoints.server.media`).
 
     Example:
         >>> from fastapi.testclient import TestClient
@@ -81,7 +86,7 @@ def create_app(
         raise InvalidRequest(f"the cache size must be 0 (no cache) or more, got {cache_size}")
     if cache_max_bytes <= 0:
         raise InvalidRequest(f"the cache's byte limit must be positive, got {cache_max_bytes}")
-    st = ServerState(api_key, limits or ServerLimits())
+    st = ServerState(api_key, limits or ServerLimits(), MediaPolicy.of(allowed_media_domains))
     loaders: list[tuple[ModelState, Callable[[], Any]]] = []
     for one, name in zip(llms, names):
         model = st.add_model(

@@ -8,7 +8,7 @@ model makes of a valid request is the :class:`poolkit.LLM`'s decision.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Callable
 
 from fastapi import Request
 
@@ -17,6 +17,7 @@ from ...contracts.errors import InvalidRequest
 from ...contracts.params import PoolingParams
 from ...runtime.estimates import tokens_of_text
 from ..protocol import RESERVED_TEMPLATE_KWARGS
+from . import media
 from .errors import ApiError, short
 from .state import ModelState
 from .work import until_done
@@ -120,7 +121,8 @@ def pooling_params(**fields: Any) -> PoolingParams:
 
 
 async def prompts_of(request: Request, st: ModelState, llm: Any, body: Any) -> list[Any]:
-    """The prompts of a request with ``input`` or chat ``messages`` (``/v1/embeddings``, ``/classify``, ``/pooling``).
+    """The prompts of a request with ``input`` or chat ``messages`` (``/v1/embeddings``, ``/classify``, ``/pooling``);
+    a conversation with ``image_url`` parts is a prompt with images (:func:`chat_prompt`).
 
     ``add_special_tokens`` is vLLM's: with ``input`` it defaults to true, and ``false`` tokenizes
     the texts without the tokenizer's special tokens (see :func:`special_tokens`); with
@@ -134,7 +136,7 @@ async def prompts_of(request: Request, st: ModelState, llm: Any, body: Any) -> l
         check_count(st, len(conversations), "messages")
         prompts = []
         for i, messages in enumerate(conversations):
-            ids = await chat_token_ids(
+            prompt = await chat_prompt(
                 request, st, llm, messages,
                 add_generation_prompt=body.add_generation_prompt,
                 continue_final_message=body.continue_final_message,
@@ -142,7 +144,7 @@ async def prompts_of(request: Request, st: ModelState, llm: Any, body: Any) -> l
                 where=f"messages[{i}]" if batched else "messages",
                 template_kwargs=body.chat_template_kwargs,
             )
-            prompts.append({"prompt_token_ids": ids})
+            prompts.append(prompt)
         return prompts
     return prompt_items(st, body.input)
 
@@ -175,6 +177,71 @@ async def chat_token_ids(
     The messages are checked here; the template is rendered (with ``template_kwargs``, vLLM's
     ``chat_template_kwargs``) and tokenized on the worker thread.
     """
+    render = chat_renderer(
+        st, llm, messages, add_generation_prompt=add_generation_prompt, continue_final_message=continue_final_message,
+        where=where, instead=instead, template_kwargs=template_kwargs,
+    )
+    tok = llm.get_tokenizer()
+    size = sum(len(json.dumps(m)) for m in messages)
+    ids = await until_done(
+        request, st, st.batcher.call(lambda: tok(render(), add_special_tokens=add_special_tokens)["input_ids"], tokens_of_text(size))
+    )
+    if not ids:
+        raise ApiError(400, "the rendered chat has no tokens", param=where)
+    return ids
+
+
+async def chat_prompt(
+    request: Request,
+    st: ModelState,
+    llm: Any,
+    messages: list[dict[str, Any]],
+    *,
+    add_generation_prompt: bool,
+    continue_final_message: bool,
+    add_special_tokens: bool,
+    where: str = "messages",
+    template_kwargs: dict[str, Any] | None = None,
+) -> Any:
+    """One conversation as a prompt: its token ids, or, with ``image_url`` parts, a
+    :class:`~poolkit.contracts.io.Prompt` of the rendered text and its images
+    (:mod:`poolkit.entrypoints.server.media`), which the model's media IO processor reads."""
+    kwargs = dict(add_generation_prompt=add_generation_prompt, continue_final_message=continue_final_message,
+                  where=where, template_kwargs=template_kwargs)
+    if not media.has_images(messages):
+        return {"prompt_token_ids": await chat_token_ids(request, st, llm, messages, add_special_tokens=add_special_tokens, **kwargs)}
+    check_count(st, len(messages), where)
+    rendered, urls, texts = media.chat_parts(messages, where)
+    media.check_image_count(llm, len(urls), where)
+    if not media.reads_media(llm):  # a dual encoder: one image, no text, no template
+        media.image_prompt(llm, "\n".join(texts), [None] * len(urls), where)
+        images = await media.image_values(urls, st.server.media)
+        return media.image_prompt(llm, None, images, where)
+    render = chat_renderer(st, llm, rendered, **kwargs)
+    images = await media.image_values(urls, st.server.media)
+    size = sum(len(json.dumps(m)) for m in rendered)
+    text = await until_done(request, st, st.batcher.call(render, tokens_of_text(size)))
+    return media.image_prompt(llm, text, images, where, add_special_tokens=add_special_tokens)
+
+
+def chat_renderer(
+    st: ModelState,
+    llm: Any,
+    messages: list[dict[str, Any]],
+    *,
+    add_generation_prompt: bool,
+    continue_final_message: bool,
+    where: str = "messages",
+    instead: str = "input",
+    template_kwargs: dict[str, Any] | None = None,
+) -> Callable[[], str]:
+    """Check ``messages`` and the template settings; return the rendering of the chat as text, to
+    run on the worker thread.
+
+    Raises:
+        ApiError: no chat template, reserved ``template_kwargs``, contradictory flags, or a message
+            without a string role or with content that is neither a string nor a list of parts.
+    """
     tok = llm.get_tokenizer()
     template = chat_template(st, llm)
     if not template:
@@ -197,11 +264,10 @@ async def chat_token_ids(
                 check_text(content, f"{where}[{i}].content")
         elif not isinstance(content, list):
             raise ApiError(400, f"{where}[{i}].content must be a string or a list of parts", param=f"{where}[{i}].content")
-    size = sum(len(json.dumps(m)) for m in messages)
 
-    def render() -> list[int]:
+    def render() -> str:
         try:
-            text = tok.apply_chat_template(
+            return tok.apply_chat_template(
                 messages,
                 chat_template=template,
                 tokenize=False,
@@ -212,9 +278,5 @@ async def chat_token_ids(
         except Exception as exc:  # jinja2 errors, bad message shapes
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise InvalidRequest(f"cannot apply the chat template: {short(reason, 200)}") from None
-        return tok(text, add_special_tokens=add_special_tokens)["input_ids"]
 
-    ids = await until_done(request, st, st.batcher.call(render, tokens_of_text(size)))
-    if not ids:
-        raise ApiError(400, "the rendered chat has no tokens", param=where)
-    return ids
+    return render

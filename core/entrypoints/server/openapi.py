@@ -25,7 +25,7 @@ from fastapi.openapi.utils import get_openapi
 
 from ...api.pairs import SIDE_LIMITS
 from ...contracts.errors import PoolkitError
-from ..protocol import SCORE_PAIRS, given
+from ..protocol import SCORE_PAIRS, TEXT, given, list_of
 from .guard import INFERENCE_ROUTES, PROTECTED_ROUTES, SHARED_ROUTES, TEI_ALIASES, TEI_ROUTES
 
 if TYPE_CHECKING:
@@ -241,6 +241,8 @@ def _answers(path: str, method: str, operation: dict[str, Any], st: "ServerState
 # -- the loaded model's bounds ---------------------------------------------------------------------
 
 _NULL = {"type": "null"}
+#: The fields of a score request's two sides.
+SCORE_SIDES = frozenset(name for pair in SCORE_PAIRS for name in pair)
 #: The request schemas of TEI's routes, whose fields (``inputs``, ``ids``, ``prompt_name``,
 #: ``sentences``) get the model's bounds.
 TEI_SCHEMAS = frozenset(
@@ -262,6 +264,7 @@ def _bound(doc: dict[str, Any], st: "ModelState") -> None:
     options, params = _task_fields(llm, tasks)
     templated = _takes_score_template(llm)
     images = "image" in getattr(llm.model.architecture, "input_modalities", ("text",))
+    reads_media = getattr(llm.model.architecture, "media_processor", None) is not None
     known_input_types = input_types(llm)
     prompts = sorted(llm.model.prompts or {})
     for name, schema in doc["components"]["schemas"].items():
@@ -292,6 +295,10 @@ def _bound(doc: dict[str, Any], st: "ModelState") -> None:
                 props[field] = _NULL
             elif field == "type" and name == "CohereContent" and not images:
                 props[field] = {"const": "text"}
+            elif field == "content" and name == "CohereInput" and not reads_media:  # one part: text or image alone
+                _each(sub, lambda s: s.get("type") == "array" and s.update(maxItems=1), depth=0)
+            elif field in SCORE_SIDES and name == "ScoreRequest" and not (images and not templated):
+                props[field] = {"anyOf": [TEXT, list_of(TEXT), _NULL]}  # images need a model that embeds each side
             elif field in ("instruction", "chat_template_kwargs") and name in ("ScoreRequest", "RerankRequest") and not templated:
                 props[field] = _NULL
             elif field == "input_type":

@@ -1,4 +1,9 @@
-"""Cohere route: ``POST /v2/embed`` (Embed v2: texts, data-URI images, float/binary/ubinary/base64)."""
+"""Cohere route: ``POST /v2/embed`` (Embed v2: texts, data-URI images, float/binary/ubinary/base64).
+
+A dual encoder (CLIP, SigLIP) embeds each image alone (one content part per input); a
+vision-language model (an architecture with a ``media_processor``) also takes inputs of text and
+images together (:func:`_media_prompts`).
+"""
 
 from __future__ import annotations
 
@@ -15,10 +20,11 @@ from ..protocol import CohereEmbedRequest
 from .deps import Model, State
 from .errors import ApiError, short
 from .guard import StrictRoute
-from .inputs import check_count, check_dimensions, check_model, check_text, pooling_params
+from . import media
+from .inputs import chat_prompt, chat_template, check_count, check_dimensions, check_model, check_text, pooling_params
 from .state import ModelState
 from .wire import JSON_NUMBER_BYTES, check_finite, request_id, respond
-from .work import check_response, check_tokens, check_truncation, until_done
+from .work import check_response, check_tokens, check_truncation, run_media, until_done
 
 router = APIRouter(route_class=StrictRoute)
 
@@ -37,7 +43,7 @@ _TYPE_BYTES = {"float": JSON_NUMBER_BYTES, "base64": 16 / 3, "binary": 0.5, "ubi
 @router.post("/v2/embed", summary="Embeddings (Cohere Embed v2): float, binary, ubinary, base64.")
 async def cohere_embed(body: CohereEmbedRequest, request: Request, st: State, llm: Model) -> Response:
     check_model(st, body.model)
-    items = _items(st, body)
+    items = _items(st, body, media.reads_media(llm))
     prompt_name, prefix = _input_type(llm, body.input_type)
     types = list(dict.fromkeys(body.embedding_types))
     if not types:
@@ -61,25 +67,19 @@ async def cohere_embed(body: CohereEmbedRequest, request: Request, st: State, ll
         truncate_prompt_tokens=truncate,
         truncation_side={"START": "left", "END": "right"}.get(body.truncate),
     )
-    raw = [(prefix + value if prefix else value) if kind == "text" else "" for kind, value in items]
-    task, prompts, checked = llm.prepare(raw, params, pooling_task="embed", prompt_name=prompt_name)
-    images = [i for i, (kind, _) in enumerate(items) if kind == "image"]
-    tokens = llm.estimate_tokens(prompts, checked)
-    check_tokens(st, tokens)
     check_response(st, len(items) * (width or 0), sum(_TYPE_BYTES[kind] for kind in types), estimated=True)
-    if images or body.truncate == "NONE":
-        untruncated = body.truncate == "NONE"
-        work = _work(
-            st, task, prompts, checked, [(i, items[i][1]) for i in images], untruncated, body.max_tokens if untruncated else None
-        )
-        results = await until_done(request, st, st.batcher.call(work, tokens + 256 * len(images)))
+    images = [i for i, (kind, _) in enumerate(items) if kind in ("image", "media")]
+    if any(kind == "media" for kind, _ in items):
+        raw = await _media_prompts(request, st, llm, items, prefix or _prompt_text(llm, prompt_name))
+        check = (lambda prompts: _check_untruncated(st, prompts, body.max_tokens)) if body.truncate == "NONE" else None
+        _, results = await run_media(request, st, llm, "embed", raw, params, check=check)
     else:
-        results = await until_done(request, st, st.batcher.submit(task, prompts, checked))
+        results = await _run(request, st, llm, body, items, prefix, prompt_name, params, images)
     image_set = set(images)
+
     # An image runs as one sequence without text tokens: it is billed as one token.
     counts = [max(1, len(ids)) if i in image_set else len(ids) for i, (_, ids) in enumerate(results)]
     input_tokens = sum(counts)
-    st.metrics.answered(len(results), input_tokens)
     rid = request_id(request, "embd")
 
     def build() -> dict:
@@ -97,19 +97,79 @@ async def cohere_embed(body: CohereEmbedRequest, request: Request, st: State, ll
     return await respond(build, sum(t.numel() for t, _ in results) * len(types))
 
 
-def _items(st: ModelState, body: CohereEmbedRequest) -> list[tuple[str, str]]:
-    """The request's inputs as ``("text", text)`` / ``("image", data URI)``, checked."""
+async def _run(
+    request: Request, st: ModelState, llm: Any, body: CohereEmbedRequest, items: list[tuple[str, Any]], prefix: str | None,
+    prompt_name: str | None, params: PoolingParams, images: list[int],
+) -> Any:
+    """Texts, and a dual encoder's images (one image, no text, each), prepared and run."""
+    raw = [(prefix + value if prefix else value) if kind == "text" else "" for kind, value in items]
+    task, prompts, checked = llm.prepare(raw, params, pooling_task="embed", prompt_name=prompt_name)
+    tokens = llm.estimate_tokens(prompts, checked)
+    check_tokens(st, tokens)
+    if images or body.truncate == "NONE":
+        untruncated = body.truncate == "NONE"
+        work = _work(
+            st, task, prompts, checked, [(i, items[i][1]) for i in images], untruncated, body.max_tokens if untruncated else None
+        )
+        results = await until_done(request, st, st.batcher.call(work, tokens + 256 * len(images)))
+    else:
+        results = await until_done(request, st, st.batcher.submit(task, prompts, checked))
+    st.metrics.answered(len(results), sum(max(1, len(ids)) for _, ids in results))
+    return results
+
+
+def _prompt_text(llm: Any, prompt_name: str | None) -> str | None:
+    return llm.model.prompts.get(prompt_name) if prompt_name else None
+
+
+async def _media_prompts(request: Request, st: ModelState, llm: Any, items: list[tuple[str, Any]], prefix: str | None) -> list[Any]:
+    """A vision-language model's inputs: texts (with the ``input_type`` prefix), and inputs with
+    images as prompts with images. With a chat template each of those is a chat of one user
+    message (the prefix a system message before it), as vLLM renders them; without one, an
+    image-only input is the images alone (the media processor places them) and a text part is
+    the prompt, which then carries the model's image placeholders."""
+    has_template = bool(chat_template(st, llm))
+    raw: list[Any] = []
+    for i, (kind, value) in enumerate(items):
+        where = f"inputs[{i}]"
+        if kind == "text":
+            raw.append(prefix + value if prefix else value)
+            continue
+        media.check_image_count(llm, sum(1 for part, _ in value if part == "image"), where)
+        if has_template:
+            content = [{"type": "text", "text": v} if part == "text" else {"type": "image_url", "image_url": {"url": v}} for part, v in value]
+            messages = ([{"role": "system", "content": prefix}] if prefix else []) + [{"role": "user", "content": content}]
+            raw.append(await chat_prompt(
+                request, st, llm, messages, add_generation_prompt=False, continue_final_message=False, add_special_tokens=False, where=where,
+            ))
+            continue
+        texts = [v for part, v in value if part == "text"]
+        if prefix and not texts:
+            raise ApiError(400, f"{where}: input_type with image-only inputs needs a chat template (serve the model with --chat-template)",
+                           param="input_type")
+        urls = [(v, where) for part, v in value if part == "image"]
+        text = "\n".join(texts) if texts else None
+        raw.append(media.image_prompt(llm, (prefix or "") + text if text else None, await media.image_values(urls, st.server.media), where))
+    return raw
+
+
+def _items(st: ModelState, body: CohereEmbedRequest, reads_media: bool = False) -> list[tuple[str, Any]]:
+    """The request's inputs as ``("text", text)`` / ``("image", data URI)``, checked; for a
+    vision-language model (``reads_media``) every input with an image is ``("media", parts)``,
+    its ``("text", text)`` and ``("image", url)`` parts in order."""
     given = [name for name in ("texts", "images", "inputs") if getattr(body, name) is not None]
     if not given:
         raise ApiError(400, "One of texts, images, or inputs must be provided", param="texts")
     if len(given) > 1:
         raise ApiError(400, f"send only one of texts, images or inputs, got {' and '.join(given)}", param=given[1])
     name = given[0]
-    items: list[tuple[str, str]] = []
+    items: list[tuple[str, Any]] = []
     if name == "texts":
         items = [("text", t) for t in body.texts]
     elif name == "images":
-        items = [("image", u) for u in body.images]
+        items = [("media", [("image", u)]) if reads_media else ("image", u) for u in body.images]
+    elif reads_media:
+        items = [_media_input(i, entry) for i, entry in enumerate(body.inputs)]
     else:
         for i, entry in enumerate(body.inputs):
             if len(entry.content) != 1:
@@ -134,9 +194,34 @@ def _items(st: ModelState, body: CohereEmbedRequest) -> list[tuple[str, str]]:
         where = f"{name}[{i}]"
         if kind == "text":
             check_text(value, where)
-        elif not value.startswith("data:"):
+        elif kind == "image" and not value.startswith("data:"):
             raise ApiError(400, f"{where}: images must be data:image/...;base64 URIs (URLs and files are not fetched)", param=where)
+        elif kind == "media":
+            for part, v in value:
+                if part == "text":
+                    check_text(v, f"{where}.content")
+                else:
+                    media.check_image_url(v, where, st.server.media)
     return items
+
+
+def _media_input(index: int, entry: Any) -> tuple[str, Any]:
+    """One Cohere input of a vision-language model: ``("text", text)`` for a single text part, else
+    ``("media", parts)`` (any number of text and ``image_url`` parts, in order)."""
+    parts: list[tuple[str, str]] = []
+    for part in entry.content:
+        if part.type == "text":
+            if part.text is None:
+                raise ApiError(400, f"inputs[{index}]: a text part needs 'text'", param=f"inputs[{index}].content")
+            parts.append(("text", part.text))
+        else:
+            url = part.image_url.url if hasattr(part.image_url, "url") else part.image_url
+            if url is None:
+                raise ApiError(400, f"inputs[{index}]: an image_url part needs 'image_url'", param=f"inputs[{index}].content")
+            parts.append(("image", url))
+    if len(parts) == 1 and parts[0][0] == "text":
+        return parts[0]
+    return "media", parts
 
 
 def _instructions(llm: Any) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 
-from ...api.pairs import SIDE_LIMITS
+from ...api.pairs import SIDE_LIMITS, MediaItem, has_media, score_side
 from ...contracts.errors import InvalidRequest, UnknownName
 from ...contracts.params import PoolingParams
 from ...contracts.scoring import check_template_kwargs
@@ -30,6 +30,7 @@ from ..protocol import (
     ScoreRequest,
     TokenizeRequest,
 )
+from . import media
 from .deps import Model, State
 from .errors import ApiError, short, validation_message
 from .guard import StrictRoute
@@ -167,6 +168,34 @@ def _texts(value: Any, what: str, where: str) -> list[str]:
     return items
 
 
+async def _score_side(st: ModelState, llm: Any, value: Any, what: str, where: str) -> list[Any]:
+    """One side of a score request: texts, or inputs with images (vLLM's multimodal score input,
+    :func:`poolkit.api.pairs.score_side`) whose images are data URIs, or remote URLs the server may
+    fetch (``--allowed-media-domains``); never files."""
+    if isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+        return _texts(value, what, where)
+    try:
+        items = score_side(value, what)
+    except InvalidRequest as exc:
+        raise ApiError(400, str(exc), param=where) from None
+    check_count(st, len(items), where)
+    if has_media(items) and not media.takes_images(llm):
+        raise ApiError(400, f"MultiModalParam is not supported for {llm.model.architecture_name}", param=where)
+    out: list[Any] = []
+    for i, item in enumerate(items):
+        at = f"{where}[{i}]"
+        if isinstance(item, str):
+            check_text(item, at)
+            out.append(item)
+            continue
+        if any(not isinstance(image, str) for image in item.images):
+            raise ApiError(400, f"{at}: an image_url part takes {{'url': 'data:image/...;base64,...'}}", param=at)
+        media.check_image_count(llm, len(item.images), at)
+        images = await media.image_values([(url, at) for url in item.images], st.server.media)
+        out.append(MediaItem(item.text, tuple(images)))
+    return out
+
+
 def _score_params(llm: Any, body: Any) -> PoolingParams:
     """The pooling parameters of a score or rerank request; its score options ride in
     ``extra_kwargs``, as in vLLM. ``truncate_prompt_tokens: null`` sent explicitly stays set: it
@@ -249,8 +278,8 @@ async def score(body: ScoreRequest, request: Request, st: State, llm: Model) -> 
     if len(firsts) != 1 or len(seconds) != 1 or (firsts[0][0], seconds[0][0]) not in SCORE_PAIRS:
         raise ApiError(400, "send one pair of inputs: text_1 and text_2 (or data_1 and data_2, or queries and documents)", param="text_1")
     (name_1, value_1), (name_2, value_2) = firsts[0], seconds[0]
-    first = _texts(value_1, "text", name_1)
-    second = _texts(value_2, "text_pair", name_2)
+    first = await _score_side(st, llm, value_1, "text", name_1)
+    second = await _score_side(st, llm, value_2, "text_pair", name_2)
     try:
         pairs = llm.pair(first, second)
     except InvalidRequest as exc:
@@ -302,7 +331,7 @@ SCORE_PATHS = ("/score", "/v1/score")
 RERANK_PATHS = ("/rerank", "/v1/rerank", "/v2/rerank")
 
 for _path in SCORE_PATHS:
-    router.post(_path, summary="Scores of text pairs, 1:1, 1:N or N:N (vLLM).")(score)
+    router.post(_path, summary="Scores of pairs, 1:1, 1:N or N:N (vLLM); a side may hold images ({'content': [image_url parts]}).")(score)
 for _path in RERANK_PATHS:
     router.post(_path, summary="Documents ranked by relevance to a query (Jina / Cohere).")(rerank)
 

@@ -17,6 +17,7 @@ from typing import Any, Callable
 from ...contracts.errors import InvalidRequest
 from ...runtime.batching import Batcher
 from .cache import EmbeddingCache
+from .media import MediaPolicy
 from .metrics import ModelMetrics, ServerMetrics
 
 MiB = 1024 * 1024
@@ -196,9 +197,11 @@ class ServerState:
         in_flight: inference requests being handled (admitted by the middleware).
     """
 
-    def __init__(self, api_key: str | None, limits: ServerLimits) -> None:
+    def __init__(self, api_key: str | None, limits: ServerLimits, media: MediaPolicy | None = None) -> None:
         self.key_digest = hashlib.sha256(api_key.encode()).digest() if api_key else None
         self.limits = limits
+        #: The remote images requests may name (``--allowed-media-domains``); none by default.
+        self.media = media or MediaPolicy()
         self.models: list[ModelState] = []
         self.metrics = ServerMetrics(self)
         self.draining = False

@@ -7,20 +7,24 @@ thread. A client that goes away while its work waits cancels it before it runs.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable
+from typing import Any, Awaitable, Callable
 
 import numpy as np
 import torch
 from fastapi import Request
 
 from ...contracts.errors import InvalidRequest
+from ...contracts.io import Prompt
 from ...contracts.params import PoolingParams
 from ...runtime.columns import Results
+from ...runtime.estimates import estimate_costs
 from .cache import packed, unpacked
 from .errors import ApiError, ClientGone
 from .state import ModelState
 from .wire import JSON_NUMBER_BYTES
 
+#: Tokens an image is guessed at before it is decoded (the batcher's cost, the token limit's first check).
+IMAGE_TOKEN_GUESS = 256
 #: The ASGI scope key of a future the server's HTTP front sets when the client goes away
 #: (:mod:`poolkit.entrypoints.server.front`): awaited instead of watching ``receive`` for a disconnect.
 DISCONNECTED = "poolkit.disconnected"
@@ -138,12 +142,15 @@ async def run_task(
     ``number_bytes`` bytes per number of the route's encoding), estimated before the work and
     counted again after it. With an embedding cache (``--cache-size``), inputs it holds are not
     run again. ``add_special_tokens=False`` marks the text prompts to be tokenized without special
-    tokens (:attr:`poolkit.contracts.io.Prompt.add_special_tokens`).
+    tokens (:attr:`poolkit.contracts.io.Prompt.add_special_tokens`). Prompts with images
+    (:class:`~poolkit.contracts.io.Prompt` objects) run through :func:`run_media`.
 
     Returns:
         The task and, per input, its result tensor and prompt token ids.
     """
     check_truncation(llm, params.truncate_prompt_tokens)
+    if any(isinstance(p, Prompt) for p in raw):
+        return await run_media(request, st, llm, task_name, raw, params, prompt_name, add_special_tokens, number_bytes)
     task, prompts, checked = llm.prepare(raw, params, pooling_task=task_name, prompt_name=prompt_name)
     if not add_special_tokens:
         prompts.set_add_special_tokens(False)
@@ -155,6 +162,55 @@ async def run_task(
     results = await _cached(request, st, llm, task, raw, prompts, checked, tokens, params, prompt_name, add_special_tokens)
     check_response(st, result_numbers(task, llm.model, results), number_bytes, estimated=False)
     return task, results
+
+
+async def run_media(
+    request: Request,
+    st: ModelState,
+    llm: Any,
+    task_name: str,
+    raw: list[Any],
+    params: PoolingParams,
+    prompt_name: str | None = None,
+    add_special_tokens: bool = True,
+    number_bytes: float = JSON_NUMBER_BYTES,
+    check: Callable[[Any], None] | None = None,
+) -> tuple[Any, Results]:
+    """:func:`run_task` for prompts with images: decoding and pre-processing the images is work for
+    the worker thread, so the prompts are prepared there, checked against the token and response
+    limits once their token counts are known, and run (never cached). ``check``, if given, sees
+    the prepared prompts before they run."""
+    images = sum(len(p.extras["image"]) if isinstance(p.extras.get("image"), list) else 1
+                 for p in raw if isinstance(p, Prompt) and "image" in p.extras)
+    guess = sum(estimate_costs([_as_prompt(p) for p in raw])) + IMAGE_TOKEN_GUESS * images
+    check_tokens(st, guess)
+
+    def work() -> tuple[Any, Results]:
+        task, prompts, checked = llm.prepare(raw, params, pooling_task=task_name, prompt_name=prompt_name)
+        if not add_special_tokens:
+            prompts.set_add_special_tokens(False)
+        tokens = llm.estimate_tokens(prompts, checked)
+        check_tokens(st, tokens)
+        expected = expected_numbers(task, llm.model, len(raw), tokens)
+        if expected is not None:
+            check_response(st, expected, number_bytes, estimated=True)
+        if check is not None:
+            check(prompts)
+        return task, llm.run(task, list(prompts), checked)
+
+    task, results = await until_done(request, st, st.batcher.call(work, guess))
+    st.metrics.answered(len(results), results.num_tokens)
+    check_response(st, result_numbers(task, llm.model, results), number_bytes, estimated=False)
+    return task, results
+
+
+def _as_prompt(raw: Any) -> Prompt:
+    """A raw input (a text, ``{"prompt_token_ids": [...]}`` or a prompt) as a prompt, for estimates."""
+    if isinstance(raw, Prompt):
+        return raw
+    if isinstance(raw, dict) and isinstance(raw.get("prompt_token_ids"), list):
+        return Prompt(token_ids=raw["prompt_token_ids"])
+    return Prompt(text=raw if isinstance(raw, str) else "")
 
 
 async def _cached(
