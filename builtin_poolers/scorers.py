@@ -191,6 +191,8 @@ class LateInteractionScorer(Scorer):
         return model.st is not None and model.st.late_interaction and "token_embed" in model.supported_tasks()
 
     def score(self, runner, first, second, pooling_params, *, use_tqdm, tokenization_kwargs, chat_template, instruction):
+        if getattr(runner.model.architecture, "media_processor", None) is not None:
+            return self._score_media(runner, first, second, pooling_params, use_tqdm, tokenization_kwargs)
         colbert = registry("io_processor").get("colbert")
         queries = list(dict.fromkeys(first))
         docs = list(dict.fromkeys(second))
@@ -214,6 +216,28 @@ class LateInteractionScorer(Scorer):
             scores = maxsim(q_vectors[query][0], torch.cat(doc_rows), cu)
             for i, score in zip(members, scores.tolist()):
                 out[i] = (score, q_vectors[query][1] + pad + d_vectors[second[i]][1], cut["q", query] or cut["d", second[i]])
+        return out
+
+
+    @staticmethod
+    def _score_media(runner, first, second, pooling_params, use_tqdm, tokenization_kwargs):
+        """MaxSim for a model whose media processor shapes its prompts (a visual retriever: a text is
+        a query in its template, an image a page in its visual prompt): every token vector scored."""
+        unique = list(dict.fromkeys(first + second))
+        task, prompts, params = runner.prepare(unique, pooling_params, "token_embed", tokenization_kwargs)
+        results = runner.run(task, prompts, params, use_tqdm=use_tqdm)
+        rows = dict(zip(unique, zip(results, results.truncated.tolist())))
+        pad = _separator(runner.model)
+        maxsim = select_kernel("maxsim", results[0][0].device if results else "cpu")
+        out: list[tuple[float, list[int], bool] | None] = [None] * len(first)
+        for query in dict.fromkeys(first):
+            members = [i for i, q in enumerate(first) if q == query]
+            (q_vectors, q_ids), q_cut = rows[query]
+            docs = [rows[second[i]] for i in members]
+            cu = torch.tensor([0] + [len(d[0][0]) for d in docs]).cumsum(0)
+            scores = maxsim(q_vectors, torch.cat([d[0][0] for d in docs]), cu)
+            for i, score, ((_, d_ids), d_cut) in zip(members, scores.tolist(), docs):
+                out[i] = (score, q_ids + pad + d_ids, q_cut or d_cut)
         return out
 
 

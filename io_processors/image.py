@@ -92,14 +92,17 @@ class ImageProcessor(IOProcessor):
     def pre_process(self, data: Any, request_id: str | None = None) -> Sequence[Prompt]:
         data = self.parse_data(data)
         prompts: list[Prompt] = list(data["prompts"])
-        if not any("image" in p.extras or "video" in p.extras for p in prompts):
-            return prompts
+        with_media = any("image" in p.extras or "video" in p.extras for p in prompts)
         model = data["model"]
         media_processor = getattr(model.architecture, "media_processor", None)
         if media_processor is not None:  # a vision-language model: its own processor reads text and media
             from poolkit.plugins.manager import registry
 
-            return registry("io_processor").get(media_processor).pre_process(data, request_id)
+            processor = registry("io_processor").get(media_processor)
+            if with_media or processor.reads_text:
+                return processor.pre_process(data, request_id)
+        if not with_media:
+            return prompts
         allow_files = bool(data.get("allow_local_files", True))
         processor = self._image_processor(model)
         for i, prompt in enumerate(prompts):

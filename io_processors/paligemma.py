@@ -115,9 +115,6 @@ class PaliGemmaProcessor(IOProcessor):
     :meth:`text_prompt` (unchanged here).
     """
 
-    #: Whether text prompts without images take this processor's own form (a retriever's queries):
-    #: a front end routes a model's text prompts here when its media processor says so.
-    reads_text: bool = False
     #: The text of a prompt with images and no text of its own (``None``: none).
     visual_prompt: str | None = None
 

@@ -109,7 +109,6 @@ def test_a_query_beside_a_page_is_augmented(llm, hf):
     assert_close(vectors(out[:1])[0], reference(hf, queries=QUERIES[:1])[0])
 
 
-@pytest.mark.xfail(reason="a text-only call never reaches the media IO processor: needs the core to route text prompts to processors with reads_text")
 def test_a_plain_text_query_is_augmented(llm, hf):
     (out,) = llm.encode([QUERIES[0]], pooling_task="token_embed")
     assert out.prompt_token_ids == hf[1].process_queries([QUERIES[0]])["input_ids"][0].tolist()
@@ -206,3 +205,12 @@ def test_bad_inputs_are_one_line_errors(llm, prompt, message):
 def test_other_tasks_are_refused(llm):
     with pytest.raises(Exception, match="embed"):
         llm.embed(["x"])
+
+
+def test_llm_score_of_a_query_against_page_images_is_score_retrieval(llm, hf):
+    """vLLM's multimodal score input: each image part of the documents' content is one page, scored by MaxSim."""
+    assert llm.score_type == "late-interaction"
+    pages = {"content": [{"type": "image_pil", "image_pil": image} for image in PAGES]}
+    got = [out.outputs.score for out in llm.score(QUERIES[0], pages)]
+    want = hf[1].score_retrieval(reference(hf, queries=QUERIES[:1]), reference(hf, images=PAGES))[0]
+    torch.testing.assert_close(torch.tensor(got), want.float(), atol=1e-4, rtol=1e-5)

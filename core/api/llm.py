@@ -200,7 +200,9 @@ class LLM:
 
     def _prompts(self, prompts: Any, prompt_name: str | None) -> PromptBatch:
         parsed = PromptBatch.of(registry("io_processor").get("text").pre_process(prompts))
-        if not parsed.columnar and any("image" in p.extras or "video" in p.extras for p in parsed):
+        media = getattr(self.model.architecture, "media_processor", None)
+        reads_text = media is not None and registry("io_processor").get(media).reads_text
+        if reads_text or not parsed.columnar and any("image" in p.extras or "video" in p.extras for p in parsed):
             parsed = PromptBatch.of(registry("io_processor").get("image").pre_process({"prompts": list(parsed), "model": self.model}))
         prefix = self._prompt_prefix(prompt_name)
         if prefix:

@@ -220,6 +220,10 @@ class IOProcessor:
 
     #: The model this processor serves (an :class:`IOContext`); ``None`` until :meth:`bind`.
     context: IOContext | None = None
+    #: For a model's media processor (:attr:`poolkit.Architecture.media_processor`): whether text
+    #: prompts without images take this processor's form too (a visual retriever's query template),
+    #: so that every prompt of the model reaches it, not only those with images.
+    reads_text: bool = False
 
     def bind(self, context: IOContext) -> "IOProcessor":
         """The processor to run for the model that ``context`` describes.
