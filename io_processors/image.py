@@ -20,7 +20,7 @@ import os
 import re
 import threading
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from poolkit.contracts.errors import InvalidRequest
 from poolkit.contracts.hookspecs import hookimpl
@@ -214,6 +214,46 @@ class ImageProcessor(IOProcessor):
             f"{where}: an image must be a PIL image, a file path, bytes or a data:image/...;base64 URI, "
             f"got {type(value).__name__}"
         )
+
+
+#: Most images (or videos) one prompt of a vision-language model may carry unless the load setting
+#: ``limit_mm_per_prompt`` or ``POOLKIT_MAX_IMAGES_PER_PROMPT`` says otherwise.
+MAX_MEDIA_PER_PROMPT = 16
+
+
+def media_per_prompt(model: Any, kind: str) -> int:
+    """Most images (``kind="image"``) or videos one prompt may carry: the load setting
+    ``limit_mm_per_prompt`` (vLLM's), else ``POOLKIT_MAX_IMAGES_PER_PROMPT``, else 16."""
+    limits = getattr(model, "limit_mm_per_prompt", None) or {}
+    if limits.get(kind) is not None:
+        return int(limits[kind])
+    return _limit("POOLKIT_MAX_IMAGES_PER_PROMPT", MAX_MEDIA_PER_PROMPT)
+
+
+class MediaProcessor(IOProcessor):
+    """What every vision-language model's media IO processor (:attr:`poolkit.Architecture.media_processor`)
+    shares: the image IO processor's data (``{"prompts", "model", "allow_local_files"}``), its
+    decoding limits, and the model's pre-processing settings read once per model directory."""
+
+    def __init__(self) -> None:
+        self._settings: dict[tuple[str, Any], Any] = {}
+        self._lock = threading.Lock()
+
+    def parse_data(self, data: Any) -> dict[str, Any]:
+        return ImageProcessor().parse_data(data)
+
+    @staticmethod
+    def decode_limits() -> tuple[int, int]:
+        """The most pixels and bytes an image may have (``load_image``'s ``max_pixels``, ``max_bytes``)."""
+        return _limit("POOLKIT_MAX_IMAGE_PIXELS", MAX_IMAGE_PIXELS), _limit("POOLKIT_MAX_IMAGE_BYTES", MAX_IMAGE_BYTES)
+
+    def cached(self, model: Any, key: Any, read: Callable[[], Any]) -> Any:
+        """``read()``'s result for this model's directory and ``key``, read on the first call only."""
+        full = (str(Path(model.path).resolve()), key)
+        with self._lock:
+            if full not in self._settings:
+                self._settings[full] = read()
+            return self._settings[full]
 
 
 def _data_uri(where: str, uri: str, max_bytes: int) -> bytes:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import threading
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -28,9 +27,9 @@ import torch
 
 from poolkit.contracts.errors import InvalidRequest
 from poolkit.contracts.hookspecs import hookimpl
-from poolkit.contracts.io import IOProcessor, Prompt
-from poolkit.io_processors.image import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, PREPROCESSOR_CONFIG, ImageProcessor, _limit
-from poolkit.io_processors.qwen_vl import CLIP_MEAN, CLIP_STD, media_per_prompt, to_rgb
+from poolkit.contracts.io import Prompt
+from poolkit.io_processors.image import PREPROCESSOR_CONFIG, ImageProcessor, MediaProcessor, media_per_prompt
+from poolkit.io_processors.qwen_vl import CLIP_MEAN, CLIP_STD, to_rgb
 
 #: transformers' default pinpoints (``LlavaNextConfig``), for a checkpoint that names none.
 DEFAULT_PINPOINTS = ((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008))
@@ -161,7 +160,7 @@ def tile_image(image: Any, settings: TileSettings) -> tuple[np.ndarray, tuple[in
     return np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)), (rows, cols), (height, width)
 
 
-class LlavaNextProcessor(IOProcessor):
+class LlavaNextProcessor(MediaProcessor):
     """Prompts with images for LLaVA-NeXT architectures (``media_processor = "llava_next"``).
 
     ``pre_process`` takes what the image IO processor takes (``{"prompts", "model",
@@ -170,19 +169,12 @@ class LlavaNextProcessor(IOProcessor):
     (tile rows and columns) and ``image_sizes`` ``[images, 2]`` (height and width).
     """
 
-    def __init__(self) -> None:
-        self._settings: dict[str, TileSettings] = {}
-        self._lock = threading.Lock()
-
-    def parse_data(self, data: Any) -> dict[str, Any]:
-        return ImageProcessor().parse_data(data)
-
     def pre_process(self, data: Any, request_id: str | None = None) -> Sequence[Prompt]:
         data = self.parse_data(data)
         model = data["model"]
         allow_files = bool(data.get("allow_local_files", True))
         settings = self.settings(model)
-        limits = (_limit("POOLKIT_MAX_IMAGE_PIXELS", MAX_IMAGE_PIXELS), _limit("POOLKIT_MAX_IMAGE_BYTES", MAX_IMAGE_BYTES))
+        limits = self.decode_limits()
         per_prompt = media_per_prompt(model, "image")
         out = []
         for i, prompt in enumerate(data["prompts"]):
@@ -237,12 +229,7 @@ class LlavaNextProcessor(IOProcessor):
 
     def settings(self, model: Any) -> TileSettings:
         """The model's tile settings, read once per model directory."""
-        key = str(Path(model.path).resolve())
-        with self._lock:
-            found = self._settings.get(key)
-            if found is None:
-                found = self._settings[key] = read_settings(Path(model.path), model.hf_config)
-        return found
+        return self.cached(model, "image", lambda: read_settings(Path(model.path), model.hf_config))
 
 
 def read_settings(path: Path, config: Any) -> TileSettings:

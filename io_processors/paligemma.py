@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import threading
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -29,9 +28,9 @@ import torch
 
 from poolkit.contracts.errors import InvalidRequest
 from poolkit.contracts.hookspecs import hookimpl
-from poolkit.contracts.io import IOProcessor, Prompt
-from poolkit.io_processors.image import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, PREPROCESSOR_CONFIG, ImageProcessor, _limit
-from poolkit.io_processors.qwen_vl import QwenVLProcessor, media_per_prompt, to_rgb
+from poolkit.contracts.io import Prompt
+from poolkit.io_processors.image import PREPROCESSOR_CONFIG, ImageProcessor, MediaProcessor, media_per_prompt
+from poolkit.io_processors.qwen_vl import QwenVLProcessor, to_rgb
 
 IMAGE_TOKEN = "<image>"
 #: How many padding tokens end a ColVision query (the processors' ``query_augmentation_token * 10``).
@@ -106,7 +105,7 @@ def _count(n: int, word: str) -> str:
     return f"{n} {word}{'s' if n != 1 else ''}"
 
 
-class PaliGemmaProcessor(IOProcessor):
+class PaliGemmaProcessor(MediaProcessor):
     """Prompts with images for PaliGemma-style architectures: ``<image>`` tokens, ``<bos>``, the text.
 
     ``pre_process`` takes what the image IO processor takes (``{"prompts", "model",
@@ -118,18 +117,11 @@ class PaliGemmaProcessor(IOProcessor):
     #: The text of a prompt with images and no text of its own (``None``: none).
     visual_prompt: str | None = None
 
-    def __init__(self) -> None:
-        self._settings: dict[str, SiglipSettings] = {}
-        self._lock = threading.Lock()
-
-    def parse_data(self, data: Any) -> dict[str, Any]:
-        return ImageProcessor().parse_data(data)
-
     def pre_process(self, data: Any, request_id: str | None = None) -> Sequence[Prompt]:
         data = self.parse_data(data)
         model = data["model"]
         allow_files = bool(data.get("allow_local_files", True))
-        limits = (_limit("POOLKIT_MAX_IMAGE_PIXELS", MAX_IMAGE_PIXELS), _limit("POOLKIT_MAX_IMAGE_BYTES", MAX_IMAGE_BYTES))
+        limits = self.decode_limits()
         per_prompt = media_per_prompt(model, "image")
         out = []
         for i, prompt in enumerate(data["prompts"]):
@@ -199,12 +191,7 @@ class PaliGemmaProcessor(IOProcessor):
 
     def settings(self, model: Any) -> SiglipSettings:
         """The model's pixel settings, read once per model directory."""
-        key = str(Path(model.path).resolve())
-        with self._lock:
-            found = self._settings.get(key)
-            if found is None:
-                found = self._settings[key] = read_siglip_settings(Path(model.path), vlm_config(model.hf_config))
-        return found
+        return self.cached(model, "image", lambda: read_siglip_settings(Path(model.path), vlm_config(model.hf_config)))
 
 
 def query_ids(model: Any, prefix: str, text: str, add_special_tokens: bool) -> list[int]:

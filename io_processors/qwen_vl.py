@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import threading
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -38,16 +37,14 @@ import torch.nn.functional as F
 
 from poolkit.contracts.errors import InvalidRequest
 from poolkit.contracts.hookspecs import hookimpl
-from poolkit.contracts.io import IOProcessor, Prompt
-from poolkit.io_processors.image import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, PREPROCESSOR_CONFIG, ImageProcessor, _limit
+from poolkit.contracts.io import Prompt
+from poolkit.io_processors.image import PREPROCESSOR_CONFIG, ImageProcessor, MediaProcessor, _limit, media_per_prompt
 
 #: OpenAI CLIP's normalisation, Qwen2-VL's default.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 #: transformers' IMAGENET_STANDARD_MEAN / _STD, Qwen3-VL's default.
 HALF = (0.5, 0.5, 0.5)
-#: Most images (and videos) one prompt may carry unless the load setting says otherwise.
-MAX_MEDIA_PER_PROMPT = 16
 #: Most frames one video may have (transformers' ``max_frames``), unless ``POOLKIT_MAX_VIDEO_FRAMES`` says otherwise.
 MAX_VIDEO_FRAMES = 768
 #: The frame rate of a video given as frames, which carries none (transformers assumes the same).
@@ -278,7 +275,7 @@ def split_videos(value: Any) -> list[Any]:
     return [value]
 
 
-class QwenVLProcessor(IOProcessor):
+class QwenVLProcessor(MediaProcessor):
     """Prompts with images and videos for Qwen-VL architectures (``media_processor = "qwen2_vl"``).
 
     ``pre_process`` takes what the image IO processor takes (``{"prompts", "model",
@@ -288,18 +285,11 @@ class QwenVLProcessor(IOProcessor):
     ``[3, tokens]``.
     """
 
-    def __init__(self) -> None:
-        self._settings: dict[tuple[str, str], VisionSettings] = {}
-        self._lock = threading.Lock()
-
-    def parse_data(self, data: Any) -> dict[str, Any]:
-        return ImageProcessor().parse_data(data)
-
     def pre_process(self, data: Any, request_id: str | None = None) -> Sequence[Prompt]:
         data = self.parse_data(data)
         model = data["model"]
         allow_files = bool(data.get("allow_local_files", True))
-        limits = (_limit("POOLKIT_MAX_IMAGE_PIXELS", MAX_IMAGE_PIXELS), _limit("POOLKIT_MAX_IMAGE_BYTES", MAX_IMAGE_BYTES))
+        limits = self.decode_limits()
         out = []
         for i, prompt in enumerate(data["prompts"]):
             if "image" not in prompt.extras and "video" not in prompt.extras:
@@ -417,28 +407,16 @@ class QwenVLProcessor(IOProcessor):
     def settings(self, model: Any, kind: str = "image") -> VisionSettings:
         """The model's pixel settings for images or videos, read once per model directory, with
         the load setting ``mm_processor_kwargs`` (``min_pixels``, ``max_pixels``) over the checkpoint's."""
-        key = (str(Path(model.path).resolve()), kind)
-        with self._lock:
-            found = self._settings.get(key)
-            if found is None:
-                rules = family(model)
-                if kind == "video":
-                    found = read_settings(Path(model.path), model.hf_config, rules.video, (VIDEO_PROCESSOR_CONFIG, PREPROCESSOR_CONFIG))
-                else:
-                    found = read_settings(Path(model.path), model.hf_config, rules.image)
-                self._settings[key] = found
+        def read() -> VisionSettings:
+            rules = family(model)
+            if kind == "video":
+                return read_settings(Path(model.path), model.hf_config, rules.video, (VIDEO_PROCESSOR_CONFIG, PREPROCESSOR_CONFIG))
+            return read_settings(Path(model.path), model.hf_config, rules.image)
+
+        found = self.cached(model, kind, read)
         kwargs = getattr(model, "mm_processor_kwargs", None) or {}
         budget = {k: int(kwargs[k]) for k in ("min_pixels", "max_pixels") if kwargs.get(k) is not None}
         return dataclasses.replace(found, **budget) if budget else found
-
-
-def media_per_prompt(model: Any, kind: str) -> int:
-    """Most images (``kind="image"``) or videos one prompt may carry: the load setting
-    ``limit_mm_per_prompt`` (vLLM's), else ``POOLKIT_MAX_IMAGES_PER_PROMPT``, else 16."""
-    limits = getattr(model, "limit_mm_per_prompt", None) or {}
-    if limits.get(kind) is not None:
-        return int(limits[kind])
-    return _limit("POOLKIT_MAX_IMAGES_PER_PROMPT", MAX_MEDIA_PER_PROMPT)
 
 
 def read_settings(
