@@ -113,6 +113,9 @@ def _setting_cases(root):
         "model_impl": (bert, {"model_impl": "transformers"}, "embed", False),
         "quantization": (bert, {"quantization": "int8"}, "embed", True),
         "calibration": (bert, {"quantization": "int8", "calibration": str(calibration)}, "embed", True),
+        # a vision-language model's limits: they travel with llm.args; a text job's output is the same
+        "limit_mm_per_prompt": (bert, {"limit_mm_per_prompt": {"image": 2}}, "embed", False),
+        "mm_processor_kwargs": (bert, {"mm_processor_kwargs": {"max_pixels": 50176}}, "embed", False),
     }
 
 
@@ -133,7 +136,7 @@ def test_every_load_setting_has_a_ray_case(setting_cases):
 @pytest.mark.parametrize("setting", ["model", "tokenizer", "runner", "convert", "pooler_config", "hf_overrides", "dtype",
                                      "device", "allow_pickle", "allow_external_symlinks", "trust_remote_code",
                                      "max_model_len", "max_batch_tokens", "io_processor_plugin", "model_impl",
-                                     "quantization", "calibration"])
+                                     "quantization", "calibration", "limit_mm_per_prompt", "mm_processor_kwargs"])
 def test_ray_honours_each_load_setting(local_ray, setting_cases, setting):
     """The Ray engine loads with llm.args, so every setting gives the local engine's output."""
     from poolkit import LLM

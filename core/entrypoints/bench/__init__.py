@@ -93,7 +93,7 @@ def poolkit_register_commands(app):
         """Benchmark poolkit against sentence-transformers (or its own transformers fallback) on the same weights, interleaved.
 
         ``-w I`` alone benchmarks image embeddings of a vision-language model (a path, or the presets
-        qwen2-vl-2b and tiny-vl) against transformers' own model.
+        qwen2-vl-2b, qwen3-vl-2b and tiny-vl) against transformers' own model.
         """
         with errors():
             setup_logging(True, False)

@@ -23,8 +23,9 @@ import numpy as np
 from ...config.settings import EngineArgs
 from .measure import _interleave, _median_ratio
 
-#: Vision-language configurations as published (their transformers config fields), for speed-only
-#: runs with random weights: ``qwen2-vl-2b`` is the backbone of ColQwen2 and DSE-Qwen2.
+#: Vision-language configurations as published (their transformers config fields, and the image
+#: processor's where it is not Qwen2-VL's default), for speed-only runs with random weights:
+#: ``qwen2-vl-2b`` is the backbone of ColQwen2 and DSE-Qwen2, ``qwen3-vl-2b`` Qwen3-VL-Embedding-2B's.
 IMAGE_PRESETS: dict[str, dict[str, Any]] = {
     "qwen2-vl-2b": {
         "model_type": "qwen2_vl", "architectures": ["Qwen2VLForConditionalGeneration"],
@@ -37,6 +38,23 @@ IMAGE_PRESETS: dict[str, dict[str, Any]] = {
         "vision_config": {
             "depth": 32, "embed_dim": 1280, "hidden_size": 1536, "num_heads": 16, "mlp_ratio": 4, "patch_size": 14,
             "spatial_merge_size": 2, "temporal_patch_size": 2, "hidden_act": "quick_gelu",
+        },
+    },
+    "qwen3-vl-2b": {
+        "model_type": "qwen3_vl", "architectures": ["Qwen3VLForConditionalGeneration"],
+        "processor": {"patch_size": 16, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
+                      "size": {"shortest_edge": 65536, "longest_edge": 16777216}},
+        "text_config": {
+            "vocab_size": 151936, "hidden_size": 2048, "intermediate_size": 6144, "num_hidden_layers": 28,
+            "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 128, "max_position_embeddings": 262144,
+            "rms_norm_eps": 1e-6, "tie_word_embeddings": True,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 5000000.0, "mrope_section": [24, 20, 20],
+                                "mrope_interleaved": True},
+        },
+        "vision_config": {
+            "depth": 24, "hidden_size": 1024, "intermediate_size": 4096, "num_heads": 16, "out_hidden_size": 2048,
+            "patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2, "num_position_embeddings": 2304,
+            "deepstack_visual_indexes": [5, 11, 17], "hidden_act": "gelu_pytorch_tanh",
         },
     },
     "tiny-vl": {  # the smoke run's: seconds, not minutes
@@ -80,13 +98,14 @@ def _build(name: str, root: Path) -> None:
     tok.add_tokens(list(_VISION_TOKENS.values()), special_tokens=True)
     ids = {name: tok.convert_tokens_to_ids(text) for name, text in _VISION_TOKENS.items()}
     fields = dict(IMAGE_PRESETS[name])
+    processor = fields.pop("processor", {})
     config = transformers.AutoConfig.for_model(fields.pop("model_type"), **fields, **ids)
     torch.manual_seed(0)
     model = getattr(transformers, fields["architectures"][0])(config).to(torch.bfloat16)
     tmp = root.with_name(root.name + ".partial")
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
-    transformers.Qwen2VLImageProcessorPil().save_pretrained(tmp)
+    transformers.Qwen2VLImageProcessorPil(**processor).save_pretrained(tmp)
     if root.exists():
         shutil.rmtree(root)
     tmp.rename(root)
