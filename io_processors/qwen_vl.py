@@ -240,8 +240,11 @@ def patchify_video(
     else:
         h, w = smart_resize(height, width, settings.factor, settings.min_pixels, settings.max_pixels)
     video = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
-    if (h, w) != (height, width):  # torchvision's resize of uint8 frames on the CPU: bicubic, antialiased, uint8 out
-        video = F.interpolate(video, size=(h, w), mode="bicubic", antialias=True, align_corners=False)
+    if (h, w) != (height, width):
+        # torchvision's bicubic resize of uint8 frames (which transformers' video processors call): in float32,
+        # antialiased, clamped, rounded back to uint8 (its native uint8 kernel, bilinear only, is not used)
+        resized = F.interpolate(video.float(), size=(h, w), mode="bicubic", antialias=True, align_corners=False)
+        video = resized.clamp_(0, 255).round_().to(torch.uint8)
     # transformers' fused rescale-normalise: (x - mean / rescale) / (std / rescale), float32
     mean = torch.tensor(settings.mean, dtype=torch.float32) * (1.0 / settings.rescale)
     std = torch.tensor(settings.std, dtype=torch.float32) * (1.0 / settings.rescale)

@@ -16,16 +16,15 @@ import transformers as T
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from tolerances import assert_bf16_as_close_as_the_reference
 from poolkit import LLM
 from poolkit.contracts.errors import InvalidRequest
 from poolkit.contracts.io import Prompt
 from poolkit.plugins.lookup import select_kernel
 from poolkit.plugins.manager import registry
 
-#: fp32 parity (DESIGN.md §7); bf16 per-token cosine: this tiny random PaliGemma (every token
-#: attending to its whole prompt) loses more in bf16 than ColQwen2's: transformers' own bf16 run is
-#: at a worst per-token cosine of 0.9977 to its fp32 one, poolkit's bf16 at 0.9953.
-ATOL, MIN_COS, BF16_COS = 1e-4, 0.99999, 0.99
+#: fp32 parity (DESIGN.md §7).
+ATOL, MIN_COS = 1e-4, 0.99999
 QUERIES = ["is paris the capital of france?", "berlin", "what is the capital of france? no, of germany"]
 
 
@@ -160,11 +159,14 @@ def test_text_with_an_image_is_laid_out_as_paligemma_does(llm, model_dir):
         assert out.prompt_token_ids == want
 
 
-def test_bfloat16_stays_close(model_dir, hf):
+def test_bfloat16_as_close_as_transformers_own(model_dir, hf):
+    """Every token's bf16 vector within the issue's 0.9999 on average, or where transformers' own bf16
+    model misses that on this tiny random model, no further from the fp32 reference than it."""
+    hf16 = (type(hf[0]).from_pretrained(model_dir, dtype=torch.bfloat16).eval(), hf[1])
     llm16 = LLM(str(model_dir), dtype="bfloat16")
-    got = vectors(llm16.encode(query_prompts(llm16, QUERIES) + [page(image) for image in PAGES], pooling_task="token_embed"))
-    for g, want in zip(got, reference(hf, queries=QUERIES) + reference(hf, images=PAGES)):
-        assert_close(g, want, min_cos=BF16_COS, atol=None)
+    ours = vectors(llm16.encode(query_prompts(llm16, QUERIES) + [page(image) for image in PAGES], pooling_task="token_embed"))
+    theirs = reference(hf16, queries=QUERIES) + reference(hf16, images=PAGES)
+    assert_bf16_as_close_as_the_reference(ours, theirs, reference(hf, queries=QUERIES) + reference(hf, images=PAGES))
 
 
 #: Checkpoint layouts of ColPali: transformers 5's saves (as built), the published ``-hf`` one

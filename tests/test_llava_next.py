@@ -14,6 +14,7 @@ import torch
 import transformers as T
 from PIL import Image
 
+from tolerances import assert_bf16_as_close_as_the_reference
 from poolkit import LLM
 from poolkit.contracts.errors import InvalidRequest, ModelLoadError
 
@@ -147,15 +148,14 @@ def test_batch_of_mixed_sizes_equals_one_at_a_time(llm):
         assert cos >= MIN_COS
 
 
-def test_bfloat16_stays_close(model_dir, hf):
-    """bf16 against the fp32 reference. Measured: cosine 0.99980 to 0.99996 over the cases, where
-    transformers' own bf16 model gives 0.99958 to 0.99995 on this tiny random model, so 0.9999 is
-    out of reach for both; 0.9995 still catches a feature put in the wrong place."""
+def test_bfloat16_as_close_as_transformers_own(model_dir, hf):
+    """bf16 within the issue's 0.9999, or where transformers' own bf16 model misses that on this tiny
+    random model (0.99958 at worst), no further from the fp32 reference than it."""
+    hf16 = (type(hf[0]).from_pretrained(model_dir, dtype=torch.bfloat16).eval(), *hf[1:])
     llm16 = LLM(str(model_dir), dtype="bfloat16")
-    for text, images in CASES.values():
-        (out,) = llm16.embed([as_prompt(text, images)])
-        _, cos = measure(out.outputs.embedding, reference(hf, text, images))
-        assert cos >= 0.9995, cos
+    cases = list(CASES.values())
+    ours = [llm16.embed([as_prompt(text, images)])[0].outputs.embedding for text, images in cases]
+    assert_bf16_as_close_as_the_reference(ours, [reference(hf16, *case) for case in cases], [reference(hf, *case) for case in cases])
 
 
 @pytest.mark.parametrize("layout", ["transformers5", "original"])

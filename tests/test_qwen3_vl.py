@@ -17,6 +17,7 @@ import torch
 import transformers as T
 from PIL import Image
 
+from tolerances import assert_bf16_as_close_as_the_reference
 from poolkit import LLM
 from poolkit.contracts.errors import InvalidRequest
 from poolkit.io_processors.qwen_vl import QwenVLProcessor, family, load_video, patchify_video
@@ -155,16 +156,15 @@ def test_batch_of_mixed_sizes_equals_one_at_a_time(llm):
         assert cos >= MIN_COS
 
 
-def test_bfloat16_stays_close(model_dir, hf, llm):
-    """bf16 against the fp32 reference: at worst 0.99925 measured, where transformers' own bf16
-    model reaches 0.99943 on the same tiny random models, so 0.9999 is out of reach for both."""
+def test_bfloat16_as_close_as_transformers_own(model_dir, hf, llm):
+    """bf16 within the issue's 0.9999, or where transformers' own bf16 model misses that on these tiny
+    random models (0.99943 / 0.99959 at worst), no further from the fp32 reference than it."""
+    hf16 = (type(hf[0]).from_pretrained(model_dir, dtype=torch.bfloat16).eval(), *hf[1:])
     llm16 = LLM(str(model_dir), dtype="bfloat16")
-    worst = 1.0
-    for text, images, videos in CASES.values():
-        (out,) = llm16.embed([as_prompt(text, images, videos)])
-        want = reference(hf, llm, text, images, videos)
-        worst = min(worst, float(torch.nn.functional.cosine_similarity(torch.tensor(out.outputs.embedding), want, dim=0)))
-    assert worst >= 0.999
+    cases = list(CASES.values())
+    ours = [llm16.embed([as_prompt(*case)])[0].outputs.embedding for case in cases]
+    theirs = [reference(hf16, llm, *case) for case in cases]
+    assert_bf16_as_close_as_the_reference(ours, theirs, [reference(hf, llm, *case) for case in cases])
 
 
 def test_qwen3_video_has_timestamps(llm):

@@ -13,6 +13,7 @@ import torch
 import transformers as T
 from PIL import Image
 
+from tolerances import assert_bf16_as_close_as_the_reference
 from poolkit import LLM
 from poolkit.contracts.errors import InvalidRequest
 
@@ -120,12 +121,14 @@ def test_batch_of_mixed_sizes_equals_one_at_a_time(llm):
         assert cos >= MIN_COS
 
 
-def test_bfloat16_stays_close(model_dir, hf):
+def test_bfloat16_as_close_as_transformers_own(model_dir, hf):
+    """bf16 within the issue's 0.9999, or where transformers' own bf16 model misses that on this tiny
+    random model, no further from the fp32 reference than it (tolerances.assert_bf16_as_close_as_the_reference)."""
+    hf16 = (type(hf[0]).from_pretrained(model_dir, dtype=torch.bfloat16).eval(), *hf[1:])
     llm16 = LLM(str(model_dir), dtype="bfloat16")
-    for text, images in CASES.values():
-        (out,) = llm16.embed([as_prompt(text, images)])
-        cos = torch.nn.functional.cosine_similarity(torch.tensor(out.outputs.embedding), reference(hf, text, images), dim=0)
-        assert cos >= 0.999
+    cases = list(CASES.values())
+    ours = [llm16.embed([as_prompt(text, images)])[0].outputs.embedding for text, images in cases]
+    assert_bf16_as_close_as_the_reference(ours, [reference(hf16, *case) for case in cases], [reference(hf, *case) for case in cases])
 
 
 @pytest.mark.parametrize(
@@ -188,3 +191,23 @@ def test_a_prompt_with_images_is_never_truncated(llm):
         llm.embed([prompt], pooling_params={"truncate_prompt_tokens": 10})
     (out,) = llm.embed([prompt], pooling_params={"truncate_prompt_tokens": 100})
     assert sum(1 for t in out.prompt_token_ids if t == llm.model.hf_config.image_token_id) == 36  # 48 x 48 pixels: 6 x 6 merged patches
+
+
+def test_video_frames_are_resized_as_torchvision_resizes_uint8(llm):
+    """transformers' video processors resize uint8 frames with torchvision, whose bicubic resize runs in
+    float32 (antialiased), clamps and rounds back to uint8; torch's native uint8 bicubic kernel differs
+    by up to 21 levels. The patches of a resized video are those of frames resized that way."""
+    import torch.nn.functional as F
+
+    from poolkit.io_processors.qwen_vl import QwenVLProcessor, patchify_video
+
+    settings = QwenVLProcessor().settings(llm.model, "video")
+    frames = np.random.default_rng(11).integers(0, 256, (2, 61, 83, 3), dtype=np.uint8)
+    flat, (t, h, w) = patchify_video(frames, settings)
+    size = (h * settings.patch_size, w * settings.patch_size)
+    assert size != frames.shape[1:3]
+    video = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
+    want = F.interpolate(video, size=size, mode="bicubic", antialias=True, align_corners=False).clamp(0, 255).round()
+    resized = np.ascontiguousarray(want.to(torch.uint8).permute(0, 2, 3, 1).numpy())
+    same, _ = patchify_video(resized, settings)  # frames of the target size: no resize
+    np.testing.assert_array_equal(flat, same)

@@ -52,3 +52,26 @@ def gated_linear_bound(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
         gate, up, gate_moved, up_moved = up, gate, up_moved, gate_moved
     activated = act(gate).abs()
     return up.abs() * (ACT_SLOPE * gate_moved + 16 * U32 * gate.abs()) + activated * up_moved + 4 * U32 * activated * up.abs()
+
+
+#: The issue's bf16 bar for vision-language models: cosine ≥ 0.9999 to the fp32 reference.
+BF16_BAR = 1e-4
+
+
+def cosine_errors(rows: list[torch.Tensor], want: list[torch.Tensor]) -> torch.Tensor:
+    """``1 - cos`` of each row (a pooled vector, or each token's of a multi-vector output) to its reference."""
+    return torch.cat([
+        (1 - torch.nn.functional.cosine_similarity(torch.as_tensor(g).float().reshape(-1, w.shape[-1]), w.float().reshape(-1, w.shape[-1]), dim=-1))
+        for g, w in zip(rows, want)
+    ])
+
+
+def assert_bf16_as_close_as_the_reference(ours: list, theirs: list, want: list, slack: float = 1.25) -> None:
+    """poolkit's bf16 outputs (``ours``) against the fp32 reference (``want``): their mean cosine error
+    within the bar of 0.9999, or, where transformers' own bf16 model (``theirs``) does not meet that bar
+    itself, within ``slack`` times its mean error. Tiny random models amplify rounding far more than
+    trained checkpoints do, so the reference's own bf16 error is the bound the arithmetic allows; the
+    mean, not the worst row, since which row rounds worst is chance."""
+    mine, reference = cosine_errors(ours, want).mean(), cosine_errors(theirs, want).mean()
+    bound = max(BF16_BAR, slack * float(reference))
+    assert mine <= bound, f"poolkit's bf16 mean cosine error {float(mine):.2e} > {bound:.2e} (transformers' own bf16: {float(reference):.2e})"

@@ -81,7 +81,7 @@ def resolve_image_model(model: str) -> tuple[str, str]:
     root = Path(os.environ.get("POOLKIT_BENCH_CACHE") or Path.home() / ".cache" / "poolkit" / "bench") / model
     if not (root / "model.safetensors").is_file() and not (root / "model.safetensors.index.json").is_file():
         _build(model, root)
-    return str(root), f"random, with the exact config of {model} (speed only)"
+    return str(root), f"random, with {model}'s configuration (speed only)"
 
 
 def _build(name: str, root: Path) -> None:
