@@ -107,8 +107,7 @@ class ImageProcessor(IOProcessor):
         processor = self._image_processor(model)
         for i, prompt in enumerate(prompts):
             self._check_dual_encoder_prompt(i, prompt, model)
-        max_pixels = _limit("POOLKIT_MAX_IMAGE_PIXELS", MAX_IMAGE_PIXELS)
-        max_bytes = _limit("POOLKIT_MAX_IMAGE_BYTES", MAX_IMAGE_BYTES)
+        max_pixels, max_bytes = decode_limits(model)
         out = []
         for i, prompt in enumerate(prompts):
             if "image" not in prompt.extras:
@@ -216,6 +215,15 @@ class ImageProcessor(IOProcessor):
         )
 
 
+def decode_limits(model: Any) -> tuple[int, int]:
+    """The most pixels and bytes an image given to ``model`` may have (``load_image``'s ``max_pixels``
+    and ``max_bytes``): the load settings ``max_image_pixels`` / ``max_image_bytes``, else
+    ``POOLKIT_MAX_IMAGE_PIXELS`` / ``POOLKIT_MAX_IMAGE_BYTES``, else 40,000,000 pixels and 20 MiB."""
+    pixels = getattr(model, "max_image_pixels", None) or _limit("POOLKIT_MAX_IMAGE_PIXELS", MAX_IMAGE_PIXELS)
+    size = getattr(model, "max_image_bytes", None) or _limit("POOLKIT_MAX_IMAGE_BYTES", MAX_IMAGE_BYTES)
+    return int(pixels), int(size)
+
+
 #: Most images (or videos) one prompt of a vision-language model may carry unless the load setting
 #: ``limit_mm_per_prompt`` or ``POOLKIT_MAX_IMAGES_PER_PROMPT`` says otherwise.
 MAX_MEDIA_PER_PROMPT = 16
@@ -243,9 +251,9 @@ class MediaProcessor(IOProcessor):
         return ImageProcessor().parse_data(data)
 
     @staticmethod
-    def decode_limits() -> tuple[int, int]:
-        """The most pixels and bytes an image may have (``load_image``'s ``max_pixels``, ``max_bytes``)."""
-        return _limit("POOLKIT_MAX_IMAGE_PIXELS", MAX_IMAGE_PIXELS), _limit("POOLKIT_MAX_IMAGE_BYTES", MAX_IMAGE_BYTES)
+    def decode_limits(model: Any) -> tuple[int, int]:
+        """The most pixels and bytes an image of ``model``'s may have (:func:`decode_limits`)."""
+        return decode_limits(model)
 
     def cached(self, model: Any, key: Any, read: Callable[[], Any]) -> Any:
         """``read()``'s result for this model's directory and ``key``, read on the first call only."""

@@ -174,7 +174,7 @@ class LlavaNextProcessor(MediaProcessor):
         model = data["model"]
         allow_files = bool(data.get("allow_local_files", True))
         settings = self.settings(model)
-        limits = self.decode_limits()
+        limits = self.decode_limits(model)
         per_prompt = media_per_prompt(model, "image")
         out = []
         for i, prompt in enumerate(data["prompts"]):

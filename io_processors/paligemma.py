@@ -121,7 +121,7 @@ class PaliGemmaProcessor(MediaProcessor):
         data = self.parse_data(data)
         model = data["model"]
         allow_files = bool(data.get("allow_local_files", True))
-        limits = self.decode_limits()
+        limits = self.decode_limits(model)
         per_prompt = media_per_prompt(model, "image")
         out = []
         for i, prompt in enumerate(data["prompts"]):

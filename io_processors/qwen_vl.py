@@ -292,7 +292,7 @@ class QwenVLProcessor(MediaProcessor):
         data = self.parse_data(data)
         model = data["model"]
         allow_files = bool(data.get("allow_local_files", True))
-        limits = self.decode_limits()
+        limits = self.decode_limits(model)
         out = []
         for i, prompt in enumerate(data["prompts"]):
             if "image" not in prompt.extras and "video" not in prompt.extras:

@@ -116,6 +116,8 @@ def _setting_cases(root):
         # a vision-language model's limits: they travel with llm.args; a text job's output is the same
         "limit_mm_per_prompt": (bert, {"limit_mm_per_prompt": {"image": 2}}, "embed", False),
         "mm_processor_kwargs": (bert, {"mm_processor_kwargs": {"max_pixels": 50176}}, "embed", False),
+        "max_image_pixels": (bert, {"max_image_pixels": 1_000_000}, "embed", False),
+        "max_image_bytes": (bert, {"max_image_bytes": 1_000_000}, "embed", False),
     }
 
 
@@ -136,7 +138,8 @@ def test_every_load_setting_has_a_ray_case(setting_cases):
 @pytest.mark.parametrize("setting", ["model", "tokenizer", "runner", "convert", "pooler_config", "hf_overrides", "dtype",
                                      "device", "allow_pickle", "allow_external_symlinks", "trust_remote_code",
                                      "max_model_len", "max_batch_tokens", "io_processor_plugin", "model_impl",
-                                     "quantization", "calibration", "limit_mm_per_prompt", "mm_processor_kwargs"])
+                                     "quantization", "calibration", "limit_mm_per_prompt", "mm_processor_kwargs",
+                                     "max_image_pixels", "max_image_bytes"])
 def test_ray_honours_each_load_setting(local_ray, setting_cases, setting):
     """The Ray engine loads with llm.args, so every setting gives the local engine's output."""
     from poolkit import LLM

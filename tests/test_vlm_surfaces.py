@@ -421,3 +421,24 @@ def test_sentence_transformer_encodes_images_and_multimodal_dicts(model_dir, llm
     assert_same(chatted, offline(llm, chat(text_part("What?"), {"type": "image_url"}), [RED]))
     with pytest.raises(InvalidRequest, match="a multimodal input takes 'text' and 'image' keys, got video"):
         model.encode({"text": "x", "video": [RED]})
+
+
+def test_pixel_and_byte_caps_are_load_settings(model_dir, tmp_path):
+    """``max_image_pixels`` / ``max_image_bytes`` (load settings, CLI and server flags from them) refuse
+    an image over them in Python, the CLI and over HTTP."""
+    from typer.testing import CliRunner
+
+    picture_file = tmp_path / "red.png"
+    picture_file.write_bytes(png(RED))
+    small = LLM(str(model_dir), max_image_pixels=100, max_image_bytes=10_000)
+    with pytest.raises(InvalidRequest, match=r"prompt 0: the image is too large \(.* pixels, limit 100\)"):
+        small.embed([{"prompt": "", "multi_modal_data": {"image": RED}}])
+    with pytest.raises(InvalidRequest, match="more than the limit of 10"):
+        LLM(str(model_dir), max_image_bytes=10).embed([{"prompt": "", "multi_modal_data": {"image": png(RED)}}])
+    result = CliRunner().invoke(cli, ["embed", "--model", str(model_dir), "--max-image-pixels", "100", "--image", str(picture_file)])
+    assert result.exit_code == 1 and "Error: prompt 0: the image is too large" in result.output
+    with TestClient(create_app(small, served_model_name="vl")) as c:
+        response = c.post("/v2/embed", json={"model": "vl", "images": [data_uri(RED)], "embedding_types": ["float"]})
+    assert response.status_code == 400 and "the image is too large" in error_of(response)
+    with pytest.raises(InvalidRequest, match="max_image_pixels"):
+        LLM(str(model_dir), max_image_pixels=0)

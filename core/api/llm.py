@@ -87,6 +87,10 @@ class LLM:
             ``{"image": 4}``; default 16 images (``POOLKIT_MAX_IMAGES_PER_PROMPT``).
         mm_processor_kwargs: settings of a vision-language model's media processor over its
             ``preprocessor_config.json`` (vLLM's): ``{"min_pixels": ..., "max_pixels": ...}``.
+        max_image_pixels: most pixels an image may have, read from its header before decoding
+            (default 40,000,000, or ``POOLKIT_MAX_IMAGE_PIXELS``).
+        max_image_bytes: most bytes of an image given as bytes, a data URI or a fetched URL
+            (default 20 MiB, or ``POOLKIT_MAX_IMAGE_BYTES``).
 
     Example:
         >>> llm = LLM(model="sentence-transformers/all-MiniLM-L6-v2", runner="pooling")
@@ -117,6 +121,8 @@ class LLM:
         calibration: str | None = None,
         limit_mm_per_prompt: dict[str, int] | None = None,
         mm_processor_kwargs: dict[str, Any] | None = None,
+        max_image_pixels: int | None = None,
+        max_image_bytes: int | None = None,
         **engine_kwargs: Any,
     ) -> None:
         args = EngineArgs.build(
@@ -140,6 +146,8 @@ class LLM:
             calibration=calibration,
             limit_mm_per_prompt=limit_mm_per_prompt,
             mm_processor_kwargs=mm_processor_kwargs,
+            max_image_pixels=max_image_pixels,
+            max_image_bytes=max_image_bytes,
         )
         ignored = sorted(set(engine_kwargs) & IGNORED_ENGINE_ARGS)
         if ignored:

@@ -120,6 +120,16 @@ class EngineArgs(BaseModel):
         description='Settings of the model\'s media processor over its preprocessor_config.json, as JSON: '
         '{"min_pixels": 3136, "max_pixels": 1003520} (vLLM\'s).',
     )
+    max_image_pixels: Optional[int] = Field(
+        None, gt=0,
+        description="Most pixels (width x height) an image given to the model may have, read from its header "
+        "before decoding (default 40,000,000, or POOLKIT_MAX_IMAGE_PIXELS).",
+    )
+    max_image_bytes: Optional[int] = Field(
+        None, gt=0,
+        description="Most bytes of an image given as bytes, a data URI or a fetched URL "
+        "(default 20 MiB, or POOLKIT_MAX_IMAGE_BYTES).",
+    )
 
     def __init__(self, **data: Any) -> None:
         try:

@@ -92,6 +92,18 @@ class PoolingModel:
         over the checkpoint's ``preprocessor_config.json`` (a pixel budget, say)."""
         return dict(getattr(self.args, "mm_processor_kwargs", None) or {})
 
+    @property
+    def max_image_pixels(self) -> int | None:
+        """The load setting ``max_image_pixels``: most pixels an image may have (``None``: the image IO
+        processor's default)."""
+        return getattr(self.args, "max_image_pixels", None)
+
+    @property
+    def max_image_bytes(self) -> int | None:
+        """The load setting ``max_image_bytes``: most bytes of an image given as bytes, a data URI or a
+        fetched URL (``None``: the image IO processor's default)."""
+        return getattr(self.args, "max_image_bytes", None)
+
     def pooling_type(self, task: Task) -> Setting:
         """The upper-case names of the poolers ``task`` pools with here (several, outputs concatenated,
         for a sentence-transformers config's modes), and their source; :meth:`poolers` looks them up.

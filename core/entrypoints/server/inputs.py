@@ -215,10 +215,10 @@ async def chat_prompt(
     media.check_image_count(llm, len(urls), where)
     if not media.reads_media(llm):  # a dual encoder: one image, no text, no template
         media.image_prompt(llm, "\n".join(texts), [None] * len(urls), where)
-        images = await media.image_values(urls, st.server.media)
+        images = await media.image_values(urls, st.server.media, llm)
         return media.image_prompt(llm, None, images, where)
     render = chat_renderer(st, llm, rendered, **kwargs)
-    images = await media.image_values(urls, st.server.media)
+    images = await media.image_values(urls, st.server.media, llm)
     size = sum(len(json.dumps(m)) for m in rendered)
     text = await until_done(request, st, st.batcher.call(render, tokens_of_text(size)))
     return media.image_prompt(llm, text, images, where, add_special_tokens=add_special_tokens)

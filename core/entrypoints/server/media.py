@@ -3,7 +3,7 @@
 An image arrives as a ``data:image/...;base64,`` URI, which the image IO processor decodes under
 its limits (bytes, pixels, formats). A remote ``http(s)`` URL is refused unless the server was
 started with ``--allowed-media-domains`` naming its host (vLLM's option; poolkit fetches nothing by
-default): then it is fetched off the event loop with a size cap (``POOLKIT_MAX_IMAGE_BYTES``) and a
+default): then it is fetched off the event loop with a size cap (``max_image_bytes``) and a
 deadline (``POOLKIT_MEDIA_FETCH_TIMEOUT`` seconds, default 5, vLLM's ``VLLM_IMAGE_FETCH_TIMEOUT``),
 following redirects only to allowed hosts. Files and other schemes are always refused.
 
@@ -102,9 +102,10 @@ def check_image_url(url: str, where: str, policy: MediaPolicy) -> None:
     raise ApiError(400, f"{where}: an image must be a data:image/...;base64 URI (files and other URLs are not read)", param=where)
 
 
-async def image_values(urls: Sequence[tuple[str, str]], policy: MediaPolicy) -> list[str | bytes]:
+async def image_values(urls: Sequence[tuple[str, str]], policy: MediaPolicy, llm: Any = None) -> list[str | bytes]:
     """The images of ``(url, where)`` pairs as the image IO processor takes them: data URIs as they
-    are, allowed remote images fetched (concurrently, off the event loop) as bytes.
+    are, allowed remote images fetched (concurrently, off the event loop) as bytes, each at most the
+    model's ``max_image_bytes`` (load setting; else ``POOLKIT_MAX_IMAGE_BYTES``).
 
     Raises:
         ApiError: 400 for a refused URL or a failed, too large or too slow fetch.
@@ -114,7 +115,8 @@ async def image_values(urls: Sequence[tuple[str, str]], policy: MediaPolicy) -> 
     remote = [(i, url, where) for i, (url, where) in enumerate(urls) if not url.startswith("data:")]
     values: list[str | bytes] = [url for url, _ in urls]
     if remote:
-        max_bytes = int(_env_number("POOLKIT_MAX_IMAGE_BYTES", MAX_IMAGE_BYTES))
+        setting = getattr(getattr(llm, "model", None), "max_image_bytes", None)
+        max_bytes = int(setting or _env_number("POOLKIT_MAX_IMAGE_BYTES", MAX_IMAGE_BYTES))
         timeout = _env_number("POOLKIT_MEDIA_FETCH_TIMEOUT", FETCH_TIMEOUT)
         fetched = await asyncio.gather(*(asyncio.to_thread(fetch, url, where, policy, max_bytes, timeout) for _, url, where in remote))
         for (i, _, _), data in zip(remote, fetched):

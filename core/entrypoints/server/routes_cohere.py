@@ -149,7 +149,7 @@ async def _media_prompts(request: Request, st: ModelState, llm: Any, items: list
                            param="input_type")
         urls = [(v, where) for part, v in value if part == "image"]
         text = "\n".join(texts) if texts else None
-        raw.append(media.image_prompt(llm, (prefix or "") + text if text else None, await media.image_values(urls, st.server.media), where))
+        raw.append(media.image_prompt(llm, (prefix or "") + text if text else None, await media.image_values(urls, st.server.media, llm), where))
     return raw
 
 

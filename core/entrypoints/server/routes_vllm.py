@@ -191,7 +191,7 @@ async def _score_side(st: ModelState, llm: Any, value: Any, what: str, where: st
         if any(not isinstance(image, str) for image in item.images):
             raise ApiError(400, f"{at}: an image_url part takes {{'url': 'data:image/...;base64,...'}}", param=at)
         media.check_image_count(llm, len(item.images), at)
-        images = await media.image_values([(url, at) for url in item.images], st.server.media)
+        images = await media.image_values([(url, at) for url in item.images], st.server.media, llm)
         out.append(MediaItem(item.text, tuple(images)))
     return out
 
