@@ -86,3 +86,12 @@ def _root_logging_restored():
     yield
     root.setLevel(level)
     root.handlers[:] = handlers
+
+
+@pytest.fixture
+def hub_online(monkeypatch):
+    """The test session is offline (HF_HUB_OFFLINE=1), which makes huggingface_hub refuse every
+    request, even to 127.0.0.1: a test whose ``InferenceClient`` reaches only a local server lifts it."""
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)

@@ -89,13 +89,6 @@ def tei_server(minilm_dir, tmp_path_factory):
 
 
 @pytest.fixture
-def hub_online(monkeypatch):
-    """The test session is offline (HF_HUB_OFFLINE=1), which makes huggingface_hub refuse every
-    request, even to 127.0.0.1: the clients here reach only the local server."""
-    monkeypatch.setattr(hf_hub.constants, "HF_HUB_OFFLINE", False)
-
-
-@pytest.fixture
 def hf(tei_server, hub_online):
     return InferenceClient(model=tei_server.url, timeout=60)
 

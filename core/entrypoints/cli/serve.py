@@ -38,6 +38,10 @@ def serve(
     auto_truncate: bool = typer.Option(False, "--auto-truncate", help="TEI's routes: truncate inputs longer than the model's limit unless a request says truncate: false."),
     default_prompt_name: Optional[str] = typer.Option(None, "--default-prompt-name", help="TEI's routes: the prompt of the model's sentence-transformers config used when a request names none."),
     allowed_media_domains: Optional[list[str]] = typer.Option(None, "--allowed-media-domains", help="Hosts whose http(s) image URLs requests may name (repeatable or comma-separated, vLLM's option); they are fetched with a size cap (POOLKIT_MAX_IMAGE_BYTES) and a deadline (POOLKIT_MEDIA_FETCH_TIMEOUT, 5 s). Default: none, images come as data: URIs."),
+    ray_serve: bool = typer.Option(False, "--ray-serve", help="Serve as a Ray Serve deployment: --num-replicas replicas, each loading the model(s) and answering every route, behind Ray Serve's HTTP proxy on --host:--port (needs ray[serve])."),
+    num_replicas: int = typer.Option(2, "--num-replicas", help="With --ray-serve: the replicas to run."),
+    autoscaling_config: Optional[str] = typer.Option(None, "--autoscaling-config", help='With --ray-serve: Ray Serve\'s autoscaling settings as JSON ({"min_replicas": 1, "max_replicas": 8}), instead of --num-replicas.'),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="With --ray-serve: the Ray cluster to join ('auto', or ray://host:port); default: start Ray on this machine."),
     api_server_count: int = typer.Option(1, "--api-server-count", help="API server processes (vLLM's option): above 1, the models load first and that many processes parse, validate and answer requests, one of them running the models; for many small requests on a host with cores to spare."),
     quiet: bool = QuietOpt,
     verbose: bool = VerboseOpt,
@@ -96,12 +100,21 @@ def serve(
         log = logging.getLogger("poolkit.entrypoints.server")
         for path, name in zip(paths, names):
             log.info("serving %s as '%s' on http://%s:%d", path, name, host, port)
+        options = dict(
+            served_model_name=names if len(names) > 1 else names[0], api_key=api_key, limits=limits, chat_template=chat_template,
+            score_template=score_template, cache_size=cache_size, cache_max_bytes=cache_max_bytes, auto_truncate=auto_truncate,
+            default_prompt_name=default_prompt_name, allowed_media_domains=allowed_media_domains,
+        )
+        if ray_serve:
+            from ..integrations import ray_serve as deployment
+
+            scaling = _json_option(autoscaling_config, "--autoscaling-config")
+            deployment.run([args.model_copy(update={"model": path}) for path in paths], host=host, port=port,
+                           ray_address=ray_address, num_replicas=num_replicas, autoscaling_config=scaling, **options)
+            return
         loaders = [_loader(args.model_copy(update={"model": path})) for path in paths]
-        run(loaders if len(loaders) > 1 else loaders[0], host=host, port=port, served_model_name=names if len(names) > 1 else names[0],
-            api_key=api_key, limits=limits, chat_template=chat_template, score_template=score_template, cache_size=cache_size,
-            cache_max_bytes=cache_max_bytes, auto_truncate=auto_truncate, default_prompt_name=default_prompt_name,
-            log_level="warning" if quiet else "info", access_log=verbose, api_server_count=api_server_count,
-            allowed_media_domains=allowed_media_domains)
+        run(loaders if len(loaders) > 1 else loaders[0], host=host, port=port, log_level="warning" if quiet else "info",
+            access_log=verbose, api_server_count=api_server_count, **options)
 
 
 def _loader(args: EngineArgs) -> Callable[[], Any]:
@@ -113,6 +126,23 @@ def _loader(args: EngineArgs) -> Callable[[], Any]:
         return LLM.from_args(args)
 
     return load
+
+
+def _json_option(value: Optional[str], option: str) -> Optional[dict]:
+    """A JSON object given on the command line, or ``None``."""
+    if value is None:
+        return None
+    import json
+
+    from ...contracts.errors import InvalidRequest
+
+    try:
+        parsed = json.loads(value)
+    except ValueError as exc:
+        raise InvalidRequest(f"{option} must be a JSON object: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise InvalidRequest(f"{option} must be a JSON object, got {type(parsed).__name__}")
+    return parsed
 
 
 def _template(value: Optional[str], option: str) -> Optional[str]:
