@@ -69,26 +69,15 @@ def _without_vlm(name: str) -> str:
     return name[4:] if name.startswith("vlm.") else name
 
 
-class ColQwen2ForRetrieval(Qwen2VLForConditionalGeneration):
-    """ColQwen2: Qwen2-VL's hidden states projected and normalised, one vector per token.
-
-    Example:
-        >>> llm = LLM("vidore/colqwen2-v1.0-hf")
-        >>> pages = llm.encode([{"prompt": "", "multi_modal_data": {"image": "page.png"}}], pooling_task="token_embed")
-    """
+class RetrievalHead:
+    """What both retrievers are: a ``token_embed`` model of text and images scored by MaxSim, whose
+    outputs are ``embedding_dim`` wide and whose positions are its backbone's (``vlm_config``)."""
 
     default_pooling_type: ClassVar[str | None] = None
     input_modalities: ClassVar[tuple[str, ...]] = ("text", "image")
     pooling_tasks: ClassVar[frozenset[str] | None] = frozenset({"token_embed"})
     score_type: ClassVar[str | None] = "late-interaction"
-    media_processor: ClassVar[str | None] = "colqwen2"
-
-    def __init__(self, config: Any) -> None:
-        vlm = _vlm_config(type(self), config)
-        super().__init__(vlm)
-        self.config = config
-        self.vlm_config = vlm
-        self.embedding_proj_layer = nn.Linear(int(vlm.text_config.hidden_size), int(config.embedding_dim))
+    config: Any
 
     @property
     def hidden_size(self) -> int:
@@ -96,12 +85,29 @@ class ColQwen2ForRetrieval(Qwen2VLForConditionalGeneration):
 
     @property
     def max_positions(self) -> int | None:
-        n = getattr(self.vlm_config.text_config, "max_position_embeddings", None)
+        n = getattr(self.config.vlm_config.text_config, "max_position_embeddings", None)
         return int(n) if n else None
 
     @property
     def num_labels(self) -> int:
         return 0
+
+
+class ColQwen2ForRetrieval(RetrievalHead, Qwen2VLForConditionalGeneration):
+    """ColQwen2: Qwen2-VL's hidden states projected and normalised, one vector per token.
+
+    Example:
+        >>> llm = LLM("vidore/colqwen2-v1.0-hf")
+        >>> pages = llm.encode([{"prompt": "", "multi_modal_data": {"image": "page.png"}}], pooling_task="token_embed")
+    """
+
+    media_processor: ClassVar[str | None] = "colqwen2"
+
+    def __init__(self, config: Any) -> None:
+        vlm = _vlm_config(type(self), config)
+        super().__init__(vlm)
+        self.config = config
+        self.embedding_proj_layer = nn.Linear(int(vlm.text_config.hidden_size), int(config.embedding_dim))
 
     @classmethod
     def check_config(
@@ -153,7 +159,7 @@ class SiglipVisionTower(nn.Module):
         return fp32_layer_norm(x, self.post_layernorm)
 
 
-class ColPaliForRetrieval(Architecture):
+class ColPaliForRetrieval(RetrievalHead, Architecture):
     """ColPali: PaliGemma's hidden states projected and normalised, one vector per token.
 
     Example:
@@ -161,10 +167,7 @@ class ColPaliForRetrieval(Architecture):
         >>> queries = llm.encode(["what is the revenue in 2023?"], pooling_task="token_embed")
     """
 
-    input_modalities: ClassVar[tuple[str, ...]] = ("text", "image")
     media_processor: ClassVar[str | None] = "colpali"
-    pooling_tasks: ClassVar[frozenset[str] | None] = frozenset({"token_embed"})
-    score_type: ClassVar[str | None] = "late-interaction"
     config_checks: ClassVar[ConfigChecks] = ConfigChecks(
         sizes=tuple(
             "vlm_config." + f
@@ -189,19 +192,6 @@ class ColPaliForRetrieval(Architecture):
         self.embedding_proj_layer = nn.Linear(int(text.hidden_size), int(config.embedding_dim))
         self.image_token_id = int(vlm.image_token_id)
         self.vocab_size = int(text.vocab_size)
-
-    @property
-    def hidden_size(self) -> int:
-        return int(self.config.embedding_dim)
-
-    @property
-    def max_positions(self) -> int | None:
-        n = getattr(self.config.vlm_config.text_config, "max_position_embeddings", None)
-        return int(n) if n else None
-
-    @property
-    def num_labels(self) -> int:
-        return 0
 
     @classmethod
     def check_config(

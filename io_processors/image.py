@@ -16,6 +16,7 @@ import base64
 import binascii
 import dataclasses
 import io
+import json
 import os
 import re
 import threading
@@ -215,6 +216,23 @@ class ImageProcessor(IOProcessor):
         )
 
 
+def read_processor_config(path: Path, files: Sequence[str] = (PREPROCESSOR_CONFIG,)) -> dict[str, Any]:
+    """The first of ``files`` (``preprocessor_config.json``) the model directory ``path`` has, parsed;
+    ``{}`` when it has none.
+
+    Raises:
+        InvalidRequest: the file is unreadable or not JSON.
+    """
+    for name in files:
+        file = path / name
+        if file.is_file():
+            try:
+                return json.loads(file.read_text())
+            except (OSError, ValueError) as exc:
+                raise InvalidRequest(f"cannot read {file.name}: {exc}") from None
+    return {}
+
+
 def decode_limits(model: Any) -> tuple[int, int]:
     """The most pixels and bytes an image given to ``model`` may have (``load_image``'s ``max_pixels``
     and ``max_bytes``): the load settings ``max_image_pixels`` / ``max_image_bytes``, else
@@ -249,11 +267,6 @@ class MediaProcessor(IOProcessor):
 
     def parse_data(self, data: Any) -> dict[str, Any]:
         return ImageProcessor().parse_data(data)
-
-    @staticmethod
-    def decode_limits(model: Any) -> tuple[int, int]:
-        """The most pixels and bytes an image of ``model``'s may have (:func:`decode_limits`)."""
-        return decode_limits(model)
 
     def cached(self, model: Any, key: Any, read: Callable[[], Any]) -> Any:
         """``read()``'s result for this model's directory and ``key``, read on the first call only."""

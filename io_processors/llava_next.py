@@ -17,7 +17,6 @@ Pillow backend's (``LlavaNextImageProcessorPil``).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 from typing import Any, Sequence
@@ -28,7 +27,7 @@ import torch
 from poolkit.contracts.errors import InvalidRequest
 from poolkit.contracts.hookspecs import hookimpl
 from poolkit.contracts.io import Prompt
-from poolkit.io_processors.image import PREPROCESSOR_CONFIG, ImageProcessor, MediaProcessor, media_per_prompt
+from poolkit.io_processors.image import ImageProcessor, MediaProcessor, decode_limits, media_per_prompt, read_processor_config
 from poolkit.io_processors.qwen_vl import CLIP_MEAN, CLIP_STD, to_rgb
 
 #: transformers' default pinpoints (``LlavaNextConfig``), for a checkpoint that names none.
@@ -174,7 +173,7 @@ class LlavaNextProcessor(MediaProcessor):
         model = data["model"]
         allow_files = bool(data.get("allow_local_files", True))
         settings = self.settings(model)
-        limits = self.decode_limits(model)
+        limits = decode_limits(model)
         per_prompt = media_per_prompt(model, "image")
         out = []
         for i, prompt in enumerate(data["prompts"]):
@@ -238,13 +237,7 @@ def read_settings(path: Path, config: Any) -> TileSettings:
     Raises:
         InvalidRequest: the file is unreadable, or its tiles do not fit the vision tower.
     """
-    raw: dict[str, Any] = {}
-    file = path / PREPROCESSOR_CONFIG
-    if file.is_file():
-        try:
-            raw = json.loads(file.read_text())
-        except (OSError, ValueError) as exc:
-            raise InvalidRequest(f"cannot read {file.name}: {exc}") from None
+    raw = read_processor_config(path)
     vision = config.vision_config
     image_size = int(vision.image_size)
     size = raw.get("size") or {"shortest_edge": image_size}

@@ -19,7 +19,6 @@ the text, ten padding tokens (the "query augmentation" buffer whose vectors are 
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -29,7 +28,7 @@ import torch
 from poolkit.contracts.errors import InvalidRequest
 from poolkit.contracts.hookspecs import hookimpl
 from poolkit.contracts.io import Prompt
-from poolkit.io_processors.image import PREPROCESSOR_CONFIG, ImageProcessor, MediaProcessor, media_per_prompt
+from poolkit.io_processors.image import ImageProcessor, MediaProcessor, decode_limits, media_per_prompt, read_processor_config
 from poolkit.io_processors.qwen_vl import QwenVLProcessor, to_rgb
 
 IMAGE_TOKEN = "<image>"
@@ -56,13 +55,7 @@ class SiglipSettings:
 def read_siglip_settings(path: Path, vlm_config: Any) -> SiglipSettings:
     """:class:`SiglipSettings` from ``preprocessor_config.json`` (when there is one), the image
     size and token count otherwise from the vision config (``image_size``, ``num_image_tokens``)."""
-    raw: dict[str, Any] = {}
-    file = path / PREPROCESSOR_CONFIG
-    if file.is_file():
-        try:
-            raw = json.loads(file.read_text())
-        except (OSError, ValueError) as exc:
-            raise InvalidRequest(f"cannot read {file.name}: {exc}") from None
+    raw = read_processor_config(path)
     vision = vlm_config.vision_config
     side = int(vision.image_size)
     size = raw.get("size") or {}
@@ -121,7 +114,7 @@ class PaliGemmaProcessor(MediaProcessor):
         data = self.parse_data(data)
         model = data["model"]
         allow_files = bool(data.get("allow_local_files", True))
-        limits = self.decode_limits(model)
+        limits = decode_limits(model)
         per_prompt = media_per_prompt(model, "image")
         out = []
         for i, prompt in enumerate(data["prompts"]):

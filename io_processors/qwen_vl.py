@@ -26,7 +26,6 @@ rescale-normalise and one transpose), without transformers' per-image processor 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 from typing import Any, Sequence
@@ -38,7 +37,15 @@ import torch.nn.functional as F
 from poolkit.contracts.errors import InvalidRequest
 from poolkit.contracts.hookspecs import hookimpl
 from poolkit.contracts.io import Prompt
-from poolkit.io_processors.image import PREPROCESSOR_CONFIG, ImageProcessor, MediaProcessor, _limit, media_per_prompt
+from poolkit.io_processors.image import (
+    PREPROCESSOR_CONFIG,
+    ImageProcessor,
+    MediaProcessor,
+    _limit,
+    decode_limits,
+    media_per_prompt,
+    read_processor_config,
+)
 
 #: OpenAI CLIP's normalisation, Qwen2-VL's default.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -292,7 +299,7 @@ class QwenVLProcessor(MediaProcessor):
         data = self.parse_data(data)
         model = data["model"]
         allow_files = bool(data.get("allow_local_files", True))
-        limits = self.decode_limits(model)
+        limits = decode_limits(model)
         out = []
         for i, prompt in enumerate(data["prompts"]):
             if "image" not in prompt.extras and "video" not in prompt.extras:
@@ -427,16 +434,7 @@ def read_settings(
 ) -> VisionSettings:
     """:class:`VisionSettings` from the first of ``files`` the model directory has (when it has
     one), the vision config, then ``defaults`` (Qwen2-VL's image settings unless given)."""
-    raw: dict[str, Any] = {}
-    for name in files:
-        file = path / name
-        if not file.is_file():
-            continue
-        try:
-            raw = json.loads(file.read_text())
-        except (OSError, ValueError) as exc:
-            raise InvalidRequest(f"cannot read {file.name}: {exc}") from None
-        break
+    raw = read_processor_config(path, files)
     vision = config.vision_config
     size = raw.get("size") or {}
     defaults = defaults or VisionSettings()

@@ -17,6 +17,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from tolerances import assert_bf16_as_close_as_the_reference
+from tiny_models import picture
 from poolkit import LLM
 from poolkit.contracts.errors import InvalidRequest
 from poolkit.contracts.io import Prompt
@@ -26,12 +27,6 @@ from poolkit.plugins.manager import registry
 #: fp32 parity (DESIGN.md §7).
 ATOL, MIN_COS = 1e-4, 0.99999
 QUERIES = ["is paris the capital of france?", "berlin", "what is the capital of france? no, of germany"]
-
-
-def picture(height: int, width: int, seed: int, mode: str = "RGB") -> Image.Image:
-    channels = {"RGB": 3, "RGBA": 4, "L": 1}[mode]
-    data = np.random.default_rng(seed).integers(0, 256, (height, width, channels), dtype=np.uint8)
-    return Image.fromarray(data.squeeze(-1) if channels == 1 else data, mode)
 
 
 PAGES = [picture(37, 53, 0), picture(48, 48, 1), picture(20, 70, 2), picture(30, 30, 3, "L"), picture(45, 17, 4, "RGBA")]

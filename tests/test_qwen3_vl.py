@@ -18,6 +18,7 @@ import transformers as T
 from PIL import Image
 
 from tolerances import assert_bf16_as_close_as_the_reference
+from tiny_models import picture
 from poolkit import LLM
 from poolkit.contracts.errors import InvalidRequest
 from poolkit.io_processors.qwen_vl import QwenVLProcessor, family, load_video, patchify_video
@@ -30,12 +31,6 @@ FAMILIES = {
     "qwen2_5_vl": ("build_qwen2_5_vl", T.Qwen2_5_VLForConditionalGeneration),
     "qwen3_vl": ("build_qwen3_vl", T.Qwen3VLForConditionalGeneration),
 }
-
-
-def picture(height: int, width: int, seed: int, mode: str = "RGB") -> Image.Image:
-    channels = {"RGB": 3, "RGBA": 4, "L": 1}[mode]
-    data = np.random.default_rng(seed).integers(0, 256, (height, width, channels), dtype=np.uint8)
-    return Image.fromarray(data.squeeze(-1) if channels == 1 else data, mode)
 
 
 def clip(frames: int, height: int, width: int, seed: int) -> list[Image.Image]:

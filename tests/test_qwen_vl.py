@@ -14,18 +14,13 @@ import transformers as T
 from PIL import Image
 
 from tolerances import assert_bf16_as_close_as_the_reference
+from tiny_models import picture
 from poolkit import LLM
 from poolkit.contracts.errors import InvalidRequest
 
 IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
 #: fp32 parity (DESIGN.md §7).
 ATOL, MIN_COS = 1e-4, 0.99999
-
-
-def picture(height: int, width: int, seed: int, mode: str = "RGB") -> Image.Image:
-    channels = {"RGB": 3, "RGBA": 4, "L": 1}[mode]
-    data = np.random.default_rng(seed).integers(0, 256, (height, width, channels), dtype=np.uint8)
-    return Image.fromarray(data.squeeze(-1) if channels == 1 else data, mode)
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 import poolkit  # noqa: E402
+from tiny_models import picture  # noqa: E402
 from poolkit import LLM, EngineArgs, InvalidRequest  # noqa: E402
 from poolkit.entrypoints.cli import app as cli  # noqa: E402
 from poolkit.entrypoints.server import create_app  # noqa: E402
@@ -40,10 +41,6 @@ TEMPLATE = (
     "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
 )
 NO_SPECIALS = {"add_special_tokens": False}
-
-
-def picture(height: int, width: int, seed: int) -> Image.Image:
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
 
 
 def png(image: Image.Image) -> bytes:

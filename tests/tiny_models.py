@@ -754,3 +754,14 @@ def build_qwen2_vl(out: Path, seed: int = 0, patch_size: int = 4, min_pixels: in
         patch_size=patch_size, merge_size=2, temporal_patch_size=2, min_pixels=min_pixels, max_pixels=max_pixels
     ).save_pretrained(out)
     return out
+
+
+def picture(height: int, width: int, seed: int, mode: str = "RGB") -> "Image.Image":
+    """A ``height × width`` image of seeded random pixels (``mode`` ``RGB``, ``RGBA`` or ``L``): every
+    pixel differs from its neighbours, so a misplaced patch or a wrong resize shows."""
+    import numpy as np
+    from PIL import Image
+
+    channels = {"RGB": 3, "RGBA": 4, "L": 1}[mode]
+    data = np.random.default_rng(seed).integers(0, 256, (height, width, channels), dtype=np.uint8)
+    return Image.fromarray(data.squeeze(-1) if channels == 1 else data, mode)

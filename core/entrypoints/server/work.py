@@ -151,14 +151,7 @@ async def run_task(
     check_truncation(llm, params.truncate_prompt_tokens)
     if any(isinstance(p, Prompt) for p in raw):
         return await run_media(request, st, llm, task_name, raw, params, prompt_name, add_special_tokens, number_bytes)
-    task, prompts, checked = llm.prepare(raw, params, pooling_task=task_name, prompt_name=prompt_name)
-    if not add_special_tokens:
-        prompts.set_add_special_tokens(False)
-    tokens = llm.estimate_tokens(prompts, checked)
-    check_tokens(st, tokens)
-    expected = expected_numbers(task, llm.model, len(raw), tokens)
-    if expected is not None:
-        check_response(st, expected, number_bytes, estimated=True)
+    task, prompts, checked, tokens = _prepared(st, llm, task_name, raw, params, prompt_name, add_special_tokens, number_bytes)
     results = await _cached(request, st, llm, task, raw, prompts, checked, tokens, params, prompt_name, add_special_tokens)
     check_response(st, result_numbers(task, llm.model, results), number_bytes, estimated=False)
     return task, results
@@ -186,14 +179,7 @@ async def run_media(
     check_tokens(st, guess)
 
     def work() -> tuple[Any, Results]:
-        task, prompts, checked = llm.prepare(raw, params, pooling_task=task_name, prompt_name=prompt_name)
-        if not add_special_tokens:
-            prompts.set_add_special_tokens(False)
-        tokens = llm.estimate_tokens(prompts, checked)
-        check_tokens(st, tokens)
-        expected = expected_numbers(task, llm.model, len(raw), tokens)
-        if expected is not None:
-            check_response(st, expected, number_bytes, estimated=True)
+        task, prompts, checked, _ = _prepared(st, llm, task_name, raw, params, prompt_name, add_special_tokens, number_bytes)
         if check is not None:
             check(prompts)
         return task, llm.run(task, list(prompts), checked)
@@ -202,6 +188,23 @@ async def run_media(
     st.metrics.answered(len(results), results.num_tokens)
     check_response(st, result_numbers(task, llm.model, results), number_bytes, estimated=False)
     return task, results
+
+
+def _prepared(
+    st: ModelState, llm: Any, task_name: str, raw: list[Any], params: PoolingParams, prompt_name: str | None,
+    add_special_tokens: bool, number_bytes: float,
+) -> tuple[Any, Any, list[PoolingParams], int]:
+    """The request prepared by the LLM (task, prompts, checked parameters) and its token estimate,
+    held to the server's token and (estimated) response limits."""
+    task, prompts, checked = llm.prepare(raw, params, pooling_task=task_name, prompt_name=prompt_name)
+    if not add_special_tokens:
+        prompts.set_add_special_tokens(False)
+    tokens = llm.estimate_tokens(prompts, checked)
+    check_tokens(st, tokens)
+    expected = expected_numbers(task, llm.model, len(raw), tokens)
+    if expected is not None:
+        check_response(st, expected, number_bytes, estimated=True)
+    return task, prompts, checked, tokens
 
 
 def _as_prompt(raw: Any) -> Prompt:
