@@ -220,8 +220,8 @@ def test_other_tasks_are_refused(llm):
 
 
 def test_llm_score_of_a_query_against_page_images_is_score_retrieval(llm, hf):
-    """vLLM's multimodal score input: each image part of the documents' content is one page, scored by MaxSim."""
-    pages = {"content": [{"type": "image_pil", "image_pil": image} for image in PAGES]}
+    """vLLM's multimodal score input: each ``{"content": [...]}`` document is one page, scored by MaxSim."""
+    pages = [{"content": [{"type": "image_pil", "image_pil": image}]} for image in PAGES]
     got = [out.outputs.score for out in llm.score(QUERIES[0], pages)]
     want = hf[1].score_retrieval(reference(hf, queries=QUERIES[:1]), reference(hf, images=PAGES))[0]
     torch.testing.assert_close(torch.tensor(got), want.float(), atol=1e-4, rtol=1e-5)

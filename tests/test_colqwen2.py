@@ -207,16 +207,16 @@ def test_other_tasks_are_refused(llm):
 
 
 def test_llm_score_of_a_query_against_page_images_is_score_retrieval(llm, hf):
-    """vLLM's multimodal score input: each image part of the documents' content is one page, scored by MaxSim."""
+    """vLLM's multimodal score input: each ``{"content": [...]}`` document is one page, scored by MaxSim."""
     assert llm.score_type == "late-interaction"
-    pages = {"content": [{"type": "image_pil", "image_pil": image} for image in PAGES]}
+    pages = [{"content": [{"type": "image_pil", "image_pil": image}]} for image in PAGES]
     got = [out.outputs.score for out in llm.score(QUERIES[0], pages)]
     want = hf[1].score_retrieval(reference(hf, queries=QUERIES[:1]), reference(hf, images=PAGES))[0]
     torch.testing.assert_close(torch.tensor(got), want.float(), atol=1e-4, rtol=1e-5)
 
 
 def test_score_route_of_a_query_against_page_images_is_score_retrieval(llm, hf):
-    """``/score`` with vLLM's multimodal content (data URIs): MaxSim, as offline."""
+    """``/score`` with vLLM's multimodal documents (data URIs): MaxSim, as offline."""
     import base64
     import io
 
@@ -229,7 +229,7 @@ def test_score_route_of_a_query_against_page_images_is_score_retrieval(llm, hf):
         image.save(buf, format="PNG")
         return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
-    docs = {"content": [{"type": "image_url", "image_url": {"url": uri(image)}} for image in PAGES]}
+    docs = [{"content": [{"type": "image_url", "image_url": {"url": uri(image)}}]} for image in PAGES]
     with TestClient(create_app(llm, served_model_name="colqwen2")) as client:
         response = client.post("/score", json={"data_1": QUERIES[0], "data_2": docs})
         assert response.status_code == 200, response.text

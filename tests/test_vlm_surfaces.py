@@ -369,8 +369,10 @@ def test_dual_encoders_keep_refusing_text_with_images(tmp_path):
 
 
 def test_llm_score_text_query_against_image_documents(llm):
-    docs = {"content": [{"type": "image_pil", "image_pil": RED}, {"type": "image_url", "image_url": {"url": data_uri(BLUE)}}]}
+    # vLLM's ScoreMultiModalParam: each {"content": [...]} is one input, all its parts in one prompt
+    docs = [{"content": [{"type": "image_pil", "image_pil": RED}]}, {"content": [{"type": "image_url", "image_url": {"url": data_uri(BLUE)}}]}]
     scores = llm.score("a red picture", docs)
+    assert len(scores) == 2
     query = offline(llm, "a red picture", [], special=True)
     for out, image in zip(scores, (RED, BLUE)):
         want = torch.nn.functional.cosine_similarity(query, offline(llm, "", [image], special=True), dim=0)
@@ -379,16 +381,18 @@ def test_llm_score_text_query_against_image_documents(llm):
     assert len(mixed) == 2
     with pytest.raises(InvalidRequest, match="a content part must be"):
         llm.score("q", {"content": [{"type": "video_url", "video_url": {"url": "x"}}]})
-    with pytest.raises(InvalidRequest, match="At least one text_pair element must be given"):
+    with pytest.raises(InvalidRequest, match="'content' must be a non-empty list of content parts"):
         llm.score("q", {"content": []})
+    both = llm.score("q", {"content": [text_part(f"{IMAGE}{IMAGE} two"), image_part(RED), image_part(BLUE)]})
+    assert len(both) == 1  # one document holding both images
 
 
 def test_score_route_equals_offline(client, llm):
-    docs = {"content": [image_part(RED), image_part(BLUE)]}
+    docs = [{"content": [image_part(RED)]}, {"content": [image_part(BLUE)]}]
     response = client.post("/score", json={"data_1": "a red picture", "data_2": docs})
     assert response.status_code == 200, response.text
-    want = [o.outputs.score for o in llm.score("a red picture", {"content": [
-        {"type": "image_pil", "image_pil": RED}, {"type": "image_pil", "image_pil": BLUE}]})]
+    want = [o.outputs.score for o in llm.score("a red picture", [
+        {"content": [{"type": "image_pil", "image_pil": RED}]}, {"content": [{"type": "image_pil", "image_pil": BLUE}]}])]
     got = [d["score"] for d in response.json()["data"]]
     assert np.allclose(got, want, atol=1e-5)
     listed = client.post("/score", json={"queries": ["a red picture"], "documents": [{"content": [image_part(RED)]}, "text doc"]})

@@ -588,8 +588,8 @@ class LLM:
 
         A side may hold images for a model that reads them, as vLLM's multimodal score input:
         ``{"content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}, ...]}``
-        (each part one input), or a list of strings and ``{"content": [parts]}`` inputs (the parts
-        of each one input); ``image_url`` may also name a file, and ``{"type": "image_pil",
+        is one input, all its parts in one prompt (vLLM's ``ScoreMultiModalParam``), and a side may be
+        a list of strings and such inputs; ``image_url`` may also name a file, and ``{"type": "image_pil",
         "image_pil": img}`` passes a PIL image (:func:`poolkit.api.pairs.score_side`).
 
         Args:

@@ -84,20 +84,15 @@ def score_side(data: Any, what: str) -> list[Any]:
     """One side of a score request as a list of inputs: strings, and :class:`MediaItem` for inputs
     with images.
 
-    A side is a string, a list of strings, vLLM's multimodal ``{"content": [parts]}`` (each part
-    one input: an image document, or a text), or a list mixing strings, ``{"content": [parts]}``
-    (all its parts one input) and single parts.
+    A side is a string, vLLM's multimodal ``{"content": [parts]}`` (one input: all its parts, say an
+    image and a text, in one prompt, as vLLM's ``ScoreMultiModalParam``), or a list mixing strings,
+    ``{"content": [parts]}`` and single parts, one input each.
 
     Raises:
         InvalidRequest: another shape, an unknown content part, or an empty list (vLLM's wording).
     """
-    if isinstance(data, dict) and "content" in data:
-        parts = data["content"]
-        if not isinstance(parts, (list, tuple)):
-            raise InvalidRequest(f"{what}: 'content' must be a list of content parts, got {type(parts).__name__}")
-        items: Any = [_content([p], what, [f"{what}.content[{j}]"]) for j, p in enumerate(parts)]
-    else:
-        items = [data] if isinstance(data, (str, MediaItem)) else data
+    one = isinstance(data, (str, MediaItem)) or (isinstance(data, dict) and "content" in data)
+    items: Any = [data] if one else data
     if items is None or not isinstance(items, (list, tuple)):
         raise InvalidRequest(f"score inputs must be a string or a list of strings, got {type(data).__name__}")
     if not items:
