@@ -6,6 +6,7 @@ results and for errors; pipelined and overlapping requests are answered in order
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import pytest
@@ -176,3 +177,38 @@ def test_what_the_front_reads():
         (b"x-mixed-case", b"v  a\tl"),
         (b"content-length", b"8"),
     ]
+
+
+# -- issue 52, item 1: header lines are read in linear time ----------------------------------------
+
+#: A header value of spaces ending in a byte no header may hold: one pattern for the whole line
+#: backtracked over the spaces (35,000 froze the event loop 8.5 s; this many would take hours).
+HOSTILE = b"X-Pad:" + b" " * 300_000 + b"\x01\r\n"
+
+
+def _finishes(work, guard: float = 60.0) -> bool:
+    """Whether ``work`` returns within ``guard`` seconds (a hang guard: linear work takes milliseconds)."""
+    done = threading.Event()
+    threading.Thread(target=lambda: (work(), done.set()), daemon=True).start()
+    return done.wait(guard)
+
+
+@pytest.mark.parametrize("line", [HOSTILE, b"X-Pad: a" + b" \t" * 150_000 + b"b\x01\r\n", b"X" * 300_000 + b"\x01: v\r\n"])
+def test_a_hostile_header_line_is_left_to_h11_at_once(line):
+    got = []
+    assert _finishes(lambda: got.append(front.read_plain_request(request(b"{}", extra=line))))
+    assert got == [None]
+
+
+def test_a_hostile_header_does_not_hold_the_event_loop(port):
+    """The request is refused (h11's 400) and a /health asked meanwhile is answered."""
+    with connect(port) as hostile, connect(port) as health:
+        hostile.settimeout(60)
+        hostile.sendall(request(EMBED, extra=HOSTILE))
+        health.settimeout(60)
+        health.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, _, _, _ = read_response(health)
+        assert status.startswith("HTTP/1.1 200"), status
+        status, _, body, _ = read_response(hostile)
+        assert status.startswith("HTTP/1.1 400"), (status, body)
+        assert json.loads(body)["error"]["code"] == 400

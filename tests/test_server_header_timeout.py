@@ -127,15 +127,34 @@ def test_the_limit_is_validated_and_on_the_command_line(minilm_dir, monkeypatch)
     import poolkit.entrypoints.server
     from poolkit.entrypoints.cli import app
 
-    for bad in (0, -1.0):
-        with pytest.raises(InvalidRequest, match="header_timeout must be positive"):
+    for bad in (0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(InvalidRequest, match="header_timeout .--header-timeout. must be a positive finite number"):
             ServerLimits(header_timeout=bad)
     assert ServerLimits().header_timeout == 10.0
     runner = CliRunner()
     assert "--header-timeout" in runner.invoke(app, ["serve", "--help"], env={"COLUMNS": "300"}).stdout
     bad = runner.invoke(app, ["serve", str(minilm_dir), "--header-timeout", "0"])
-    assert bad.exit_code == 1 and "header_timeout must be positive" in bad.output
+    assert bad.exit_code == 1 and "header_timeout (--header-timeout) must be a positive finite number" in bad.output
     seen = []
     monkeypatch.setattr(poolkit.entrypoints.server, "run", lambda llm, **kw: seen.append(kw["limits"]))
     assert runner.invoke(app, ["serve", str(minilm_dir), "-q", "--header-timeout", "2.5"]).exit_code == 0
     assert seen[0].header_timeout == 2.5
+
+
+@pytest.mark.parametrize("option", ["--header-timeout", "--body-timeout", "--shutdown-timeout"])
+@pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf"])
+def test_a_limit_that_is_not_a_finite_number_is_refused_before_the_model_loads(minilm_dir, monkeypatch, option, value):
+    """Issue 52, item 3: NaN passed `value <= 0` (every comparison with NaN is false): --header-timeout nan
+    started a server that answered nothing, --body-timeout nan a 408 to any body of two reads,
+    --shutdown-timeout nan a raw ValueError at shutdown."""
+    from typer.testing import CliRunner
+
+    import poolkit.entrypoints.server
+    from poolkit.entrypoints.cli import app
+
+    monkeypatch.setattr(poolkit.entrypoints.server, "run", lambda llm, **kw: pytest.fail("the server started"))
+    result = CliRunner().invoke(app, ["serve", str(minilm_dir), "-q", option, value])
+    name = option[2:].replace("-", "_")
+    assert result.exit_code == 1, result.output
+    assert f"Error: server limit {name} ({option}) must be a positive finite number" in result.output
+    assert "Traceback" not in result.output

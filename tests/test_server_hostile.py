@@ -1,8 +1,8 @@
 """The server under hostile clients (issue 43): what a probe of the TEI routes, several models and
 the cache found, each as the request that showed it.
 
-The key comes before the model a request names; a stalled body loses its admission slot after
-``--body-timeout``; TEI's ``/tokenize`` is linear in the text; a response is bounded by
+The key comes before the model a request names; a stalled body holds no admission slot (issue 52:
+requests are admitted once their body is in) and is closed at ``--body-timeout``; TEI's ``/tokenize`` is linear in the text; a response is bounded by
 ``--max-response-bytes`` (413, before the work where it can be estimated); the cache is bounded in
 bytes; open routes never show a model's directory; TEI's bodies are validated, not coerced, and
 name their model as the other routes do.
@@ -90,18 +90,21 @@ def _post(port: int) -> tuple[str, bytes]:
     return status, answer
 
 
-def test_a_stalled_body_gives_its_slot_back_after_the_body_timeout(minilm):
-    limits = ServerLimits(body_timeout=1.0, max_concurrent_requests=2, shutdown_timeout=2.0)
+def test_stalled_bodies_hold_no_slot_and_are_closed_at_the_body_timeout(minilm):
+    """Issue 52, item 7: admission counts work, not uploads. Eight sockets stalling their bodies on a
+    server of --max-concurrent-requests 2 leave every slot free (before, they held them: a 429 for
+    everyone until --body-timeout); each still gets its 408 at the body deadline."""
+    limits = ServerLimits(body_timeout=1.5, max_concurrent_requests=2, shutdown_timeout=2.0)
     with served(minilm, served_model_name="minilm", limits=limits, log_level="warning") as port:
-        stalled = [connect(port) for _ in range(2)]
+        stalled = [connect(port) for _ in range(8)]
         for sock in stalled:
             sock.sendall(STALL)  # 11 of the 100 bytes, then silence
         time.sleep(0.3)
-        status, answer = _post(port)
-        assert status.startswith("HTTP/1.1 429"), (status, answer)  # both slots are held...
-        start = time.monotonic()
-        for sock in stalled:  # ... until the body deadline: a JSON 408, and the server closes
-            sock.settimeout(10)
+        for _ in range(3):
+            status, answer = _post(port)
+            assert status.startswith("HTTP/1.1 200"), (status, answer)
+        for sock in stalled:  # the body deadline still closes each stalled socket: a JSON 408
+            sock.settimeout(30)
             data = b""
             while chunk := sock.recv(65536):
                 data += chunk
@@ -110,9 +113,6 @@ def test_a_stalled_body_gives_its_slot_back_after_the_body_timeout(minilm):
             error = json.loads(body)["error"]
             assert error["type"] == "RequestTimeoutError" and "--body-timeout" in error["message"]
             sock.close()
-        assert time.monotonic() - start < 5
-        status, answer = _post(port)  # the slots are free again
-        assert status.startswith("HTTP/1.1 200"), (status, answer)
 
 
 def test_a_slow_but_timely_body_is_answered(minilm):

@@ -41,8 +41,11 @@ logger = logging.getLogger(__name__)
 #: The request targets the front reads, as they arrive on the wire.
 _FRONT_PATHS = frozenset(path.encode("ascii") for path in INFERENCE_ROUTES)
 #: A header line h11 takes as it is: a token, a colon, a value of visible characters and inner
-#: spaces or tabs (RFC 9110's field-value; h11 refuses the rest, and then h11 should say so).
-_HEADER_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*((?:[\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff]+)*)?)[ \t]*")
+#: spaces or tabs (RFC 9110's field-value; h11 refuses the rest, and then h11 should say so). The
+#: name and the value are matched apart, each by a pattern without backtracking: one pattern for
+#: the whole line backtracked over runs of spaces, quadratic in their length, on the event loop.
+_HEADER_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_NOT_IN_A_VALUE = re.compile(rb"[^\x21-\x7e\x80-\xff \t]")
 #: Headers whose presence leaves a request to h11 and uvicorn: they change how the body is read,
 #: how the connection ends or who the client is.
 _NOT_THE_FRONTS = frozenset(
@@ -72,10 +75,10 @@ def read_plain_request(data: bytes) -> tuple[bytes, list[tuple[bytes, bytes]], b
     headers: list[tuple[bytes, bytes]] = []
     length = hosts = -1
     for line in lines[1:]:
-        match = _HEADER_LINE.fullmatch(line)
-        if match is None:
+        name, colon, value = line.partition(b":")
+        if not colon or _HEADER_NAME.fullmatch(name) is None or _NOT_IN_A_VALUE.search(value) is not None:
             return None
-        name, value = match.group(1).lower(), match.group(2)
+        name, value = name.lower(), value.strip(b" \t")
         if name == b"content-length":
             if length >= 0 or not value.isdigit():
                 return None

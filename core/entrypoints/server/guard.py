@@ -1,8 +1,9 @@
 """What a request passes before any route sees it: the ASGI middleware and strict JSON.
 
 :class:`Guard` checks, in an order that keeps refusals cheap, the API key (401), readiness and
-admission (503 while loading or draining, 429 when too many requests are in flight), the content
-type (415) and the body size (413, on ``Content-Length`` and while the body streams in). Routes
+readiness (503 while loading or draining), the content type (415), the body size (413, on
+``Content-Length`` and while the body streams in, within ``--body-timeout``) and, once the body is
+in, admission (429 when too many requests are in flight). Routes
 built with :class:`StrictRoute` then parse the body with :func:`strict_json`.
 """
 
@@ -170,6 +171,10 @@ def _parsed(body: bytes) -> tuple[Any] | None:
         return None
 
 
+def _shutting_down() -> ApiError:
+    return ApiError(503, "the server is shutting down", headers={"Retry-After": "5"})
+
+
 def _unready(model: "ModelState") -> ApiError | None:
     """The 503 of a model that is not taking requests (still loading, or failed to load)."""
     if model.load_error is not None:
@@ -219,14 +224,7 @@ class Guard:
         if model is not None and (error := _unready(model)) is not None:
             return error
         if st.draining:
-            return ApiError(503, "the server is shutting down", headers={"Retry-After": "5"})
-        if st.in_flight >= st.limits.max_concurrent_requests:
-            st.metrics.rejected.inc()
-            return ApiError(
-                429,
-                f"the server is busy ({st.in_flight} requests in flight); retry later",
-                headers={"Retry-After": "1"},
-            )
+            return _shutting_down()
         if not _is_json(_header(scope, b"content-type")):
             return ApiError(415, "Unsupported Media Type: Only 'application/json' is allowed")
         length = _header(scope, b"content-length")
@@ -235,6 +233,22 @@ class Guard:
                 return ApiError(400, "invalid Content-Length header")
             if int(length) > st.limits.max_body_bytes:
                 return self._too_large()
+        return None
+
+    def _admit(self) -> ApiError | None:
+        """The 503 of a draining server, or the 429 of one with ``--max-concurrent-requests``
+        requests in flight, for a request whose body is in: a slot counts work, not uploads (TEI
+        takes its permit after the body too), so clients stalling their bodies hold no slot."""
+        st = self.state
+        if st.draining:
+            return _shutting_down()
+        if st.in_flight >= st.limits.max_concurrent_requests:
+            st.metrics.rejected.inc()
+            return ApiError(
+                429,
+                f"the server is busy ({st.in_flight} requests in flight); retry later",
+                headers={"Retry-After": "1"},
+            )
         return None
 
     def _named(self, scope: dict) -> tuple[bool, "ModelState | ApiError | None"]:
@@ -325,12 +339,13 @@ class Guard:
             if error is None:
                 error = model if isinstance(model, ApiError) else self._check(scope, path, method, model)
             if error is None and path in INFERENCE_ROUTES and method == "POST":
-                st.in_flight += 1
-                admitted = True
                 body, error = await self._read_body(scope, receive)
                 if body is None and error is None:
                     status[0] = 499
                     return
+                if error is None and (error := self._admit()) is None:
+                    st.in_flight += 1
+                    admitted = True
                 if error is None and (not named or path in SHARED_ROUTES):
                     payload = _parsed(body)
                     if payload is not None:

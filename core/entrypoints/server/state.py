@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import math
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -58,8 +59,10 @@ class ServerLimits:
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
-            if getattr(self, field.name) <= 0:
-                raise InvalidRequest(f"server limit {field.name} must be positive, got {getattr(self, field.name)!r}")
+            value = getattr(self, field.name)
+            if not (0 < value < math.inf):  # NaN compares false to everything: `value <= 0` let it through
+                option = "--" + field.name.replace("_", "-")
+                raise InvalidRequest(f"server limit {field.name} ({option}) must be a positive finite number, got {value!r}")
 
 
 class ModelState:
