@@ -11,7 +11,9 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shutil
 import signal
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +40,12 @@ def _children(pid: int) -> list[int]:
         return [int(p) for p in f.read().split()]
 
 
+def _fronts(engine: int) -> list[int]:
+    """The API processes in front of the engine process: its keeper's children."""
+    (keeper,) = _children(engine)
+    return _children(keeper)
+
+
 def _post(conn: http.client.HTTPConnection, path: str, body: dict) -> tuple[int, dict]:
     conn.request("POST", path, body=json.dumps(body), headers={"Content-Type": "application/json"})
     response = conn.getresponse()
@@ -51,7 +59,7 @@ def test_two_api_processes_answer_as_one(minilm, minilm_dir, tmp_path):
         served_model_names=["minilm", "ce"], serve_flags=["--api-server-count", "2"],
     )
     try:
-        (front,) = _children(server.proc.pid)
+        (front,) = _fronts(server.proc.pid)
         before = _cpu_seconds(front)
         address = urlparse(server.url)
         local = threading.local()
@@ -93,17 +101,18 @@ def test_two_api_processes_answer_as_one(minilm, minilm_dir, tmp_path):
     finally:
         code = server.stop()
     assert code == 0
-    assert not os.path.exists(f"/proc/{front}")  # ended and reaped by the engine process
+    assert not os.path.exists(f"/proc/{front}")  # ended and reaped by its keeper
 
 
 def test_sigterm_drains_every_process_and_a_front_ends_with_its_engine(minilm_dir, tmp_path):
     """SIGTERM while requests are in flight in both processes (a slow stand-in device holds them
     there): each is answered, both processes end, exit code 0. A front whose engine process is
-    killed outright ends too (it drains: its requests get 503, not a hang)."""
+    killed outright ends too (it drains: its requests get 503, not a hang), and so does its
+    keeper, which removes the engine socket's folder."""
     env = dict(os.environ, POOLKIT_STANDIN_TOKENS_PER_S="100")  # ~0.1 s of device time a text: 1.6 s for the 16
     server = StartedServer(EngineArgs(), str(tmp_path / "server.log"), models=[str(minilm_dir)],
                            serve_flags=["--api-server-count", "2"], env=env)
-    (front,) = _children(server.proc.pid)
+    (front,) = _fronts(server.proc.pid)
     address = urlparse(server.url)
 
     def embed(i: int) -> int:
@@ -119,15 +128,21 @@ def test_sigterm_drains_every_process_and_a_front_ends_with_its_engine(minilm_di
     assert server.proc.wait(60) == 0 and statuses == [200] * 16
     assert not os.path.exists(f"/proc/{front}")
 
-    server = StartedServer(EngineArgs(), str(tmp_path / "server2.log"), models=[str(minilm_dir)],
-                           serve_flags=["--api-server-count", "2"])
-    (front,) = _children(server.proc.pid)
-    server.proc.kill()
-    server.proc.wait()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and _running(front):
-        time.sleep(0.1)
-    assert not _running(front)
+    temp = tempfile.mkdtemp(prefix="pk", dir="/tmp")  # a short path: the engine socket's is at most 107 bytes
+    try:
+        server = StartedServer(EngineArgs(), str(tmp_path / "server2.log"), models=[str(minilm_dir)],
+                               serve_flags=["--api-server-count", "2"], env=dict(os.environ, TMPDIR=temp))
+        (keeper,) = _children(server.proc.pid)
+        (front,) = _children(keeper)
+        server.proc.kill()
+        server.proc.wait()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (_running(front) or _running(keeper)):
+            time.sleep(0.1)
+        assert not _running(front) and not _running(keeper)
+        assert os.listdir(temp) == []  # the keeper cleared the engine socket's folder the engine process left
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def _running(pid: int) -> bool:
@@ -144,12 +159,11 @@ def test_the_engine_link_pipelines_and_carries_errors(tmp_path):
     its own answer; a library error keeps its class, any other failure becomes a 500's, a model
     the engine process lacks and a lost engine process are 503s."""
     import asyncio
-    from multiprocessing.connection import Listener
     from types import SimpleNamespace
 
     from poolkit.contracts.errors import InvalidRequest
     from poolkit.entrypoints.server.errors import status_of
-    from poolkit.entrypoints.server.processes import EngineService, EngineUnavailable, RemoteEngine
+    from poolkit.entrypoints.server.processes import EngineService, EngineUnavailable, RemoteEngine, engine_socket
 
     class SlowThenFast:
         async def submit(self, task, prompts, params):
@@ -161,7 +175,7 @@ def test_the_engine_link_pipelines_and_carries_errors(tmp_path):
             return [p.upper() for p in prompts]
 
     address, key = str(tmp_path / "engine.sock"), b"k" * 32
-    service = EngineService(Listener(address, family="AF_UNIX", authkey=key), lambda i: [SlowThenFast()][i])
+    service = EngineService(engine_socket(address), key, lambda i: [SlowThenFast()][i])
     service.start()
     try:
         task = SimpleNamespace(name="embed")

@@ -226,7 +226,7 @@ def run(
             loaders, api_server_count,
             lambda llms: create_app(llms if many else llms[0], limits=limits, **options),
             lambda app, sock: _serve(app, limits, sockets=[sock], **serving),
-            host=host, port=port,
+            host=host, port=port, shutdown_timeout=limits.shutdown_timeout,
         )
         return
     _serve(create_app(llm, limits=limits, **options), limits, host=host, port=port, **serving)
