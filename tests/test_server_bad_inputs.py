@@ -647,8 +647,8 @@ def test_schema_fuzzing_with_every_check_finds_nothing(minilm):
     seen, operations = fuzz(app, headers=AUTH)
     print(f"\nschemathesis: {sum(seen.values())} requests over {operations} operations, statuses {dict(sorted(seen.items()))}")
     # /classify, TEI's /predict and /embed_sparse are left out: all-MiniLM-L6-v2 neither classifies nor
-    # embeds sparsely; /rerank and /tokenize are vLLM's and TEI's at once
-    assert operations == 20
+    # embeds sparsely; /rerank and /tokenize are vLLM's and TEI's at once; GET / is TEI's health alias
+    assert operations == 21
     assert seen.get(200, 0) > 0 and seen.get(400, 0) > 0 and seen.get(401, 0) > 0 and seen.get(422, 0) > 0
 
 
@@ -663,16 +663,16 @@ def test_schema_fuzzing_of_a_cross_encoder_finds_nothing(cross_encoder):
     """A one-label classifier: /classify, and scoring that takes score templates and instructions."""
     app = create_app(cross_encoder, served_model_name="ce", limits=ServerLimits(max_request_tokens=20_000))
     seen, operations = fuzz(app, examples=10)
-    assert operations == 17  # no /v1/embeddings, /v2/embed, /embed, /embed_all, /similarity: a cross-encoder does not embed
+    assert operations == 18  # no /v1/embeddings, /v2/embed, /embed, /embed_all, /similarity: a cross-encoder does not embed
     assert seen.get(200, 0) > 0 and seen.get(400, 0) > 0
 
 
 def test_schema_fuzzing_of_tei_s_sparse_routes_finds_nothing(splade_dir):
-    """SPLADE: TEI's /embed_sparse, and the root route answering as it."""
+    """SPLADE: TEI's /embed_sparse, and the root route answering as it (and GET /, TEI's health alias)."""
     splade = LLM(str(splade_dir), hf_overrides={"architectures": ["BertSpladeSparseEmbeddingModel"]})
     app = create_app(splade, served_model_name="splade", limits=ServerLimits(max_request_tokens=20_000))
     seen, operations = fuzz(app, examples=15, paths=("/embed_sparse", "/"))
-    assert operations == 2 and seen.get(200, 0) > 0 and seen.get(422, 0) > 0
+    assert operations == 3 and seen.get(200, 0) > 0 and seen.get(422, 0) > 0
 
 
 def _openapi(app) -> dict:

@@ -386,17 +386,19 @@ def test_root_route_of_a_classifier_predicts(cls_client, classifier):
 
 def test_tei_errors_have_teis_types_and_statuses(app_client):
     post = app_client.post
+    # an empty input is TEI's tokenizer's 413 Validation, an empty list a route checks itself a 400 Empty
+    # (tests/test_tei_spec.py has the rest)
     empty = "Input validation error: `inputs` cannot be empty"
-    assert_tei_error(post("/embed", json={"inputs": []}), 400, "Empty", empty)
-    assert_tei_error(post("/embed", json={"inputs": ["a", ""]}), 400, "Empty", empty)
-    assert_tei_error(post("/embed_all", json={"inputs": ""}), 400, "Empty", empty)
+    assert_tei_error(post("/embed", json={"inputs": []}), 413, "Validation", empty)
+    assert_tei_error(post("/embed", json={"inputs": ["a", ""]}), 413, "Validation", empty)
+    assert_tei_error(post("/embed_all", json={"inputs": ""}), 413, "Validation", empty)
     assert_tei_error(post("/rerank", json={"query": "q", "texts": []}), 400, "Empty", "`texts` cannot be empty")
     assert_tei_error(
         post("/similarity", json={"inputs": {"source_sentence": "a", "sentences": []}}),
         400, "Empty", "`inputs.sentences` cannot be empty",
     )
     assert_tei_error(post("/tokenize", json={"inputs": []}), 400, "Empty", "`inputs` cannot be empty")
-    assert_tei_error(post("/decode", json={"ids": []}), 400, "Empty", "Input validation error: `input_ids` cannot be empty")
+    assert_tei_error(post("/decode", json={"ids": []}), 413, "Validation", "Input validation error: `input_ids` cannot be empty")
 
     for body in ({"nope": 1}, {"inputs": 5}, {"inputs": "x", "normalize": None}):
         assert_tei_error(post("/embed", json=body), 422, "Validation")

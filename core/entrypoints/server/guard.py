@@ -209,7 +209,8 @@ class Guard:
     def _unauthorized(self, scope: dict, path: str) -> ApiError | None:
         """The 401 of a protected route without the key: checked before anything else, the model
         a request names included, so that nothing about the server answers a client without it."""
-        if path in PROTECTED_ROUTES and self.state.key_digest is not None and not self._authorized(scope):
+        public = path == "/" and scope["method"] in ("GET", "HEAD")  # TEI's health alias, open as /health
+        if path in PROTECTED_ROUTES and not public and self.state.key_digest is not None and not self._authorized(scope):
             return ApiError(
                 401,
                 "Unauthorized: send the API key as 'Authorization: Bearer <key>'",

@@ -92,10 +92,11 @@ _INFERENCE = (400, 401, 404, 413, 415, 429, 500, 501, 503)
 #: TEI's routes: their statuses and what each means there (TEI's ``ErrorType``s), answered with
 #: TEI's error body ``{"error", "error_type"}``.
 _TEI_ANSWERS = {
-    400: "Empty: an empty input, batch or list of texts.",
+    400: "Empty: an empty list of texts (/rerank's texts, /similarity's sentences, a /tokenize batch).",
     401: "No valid API key: send 'Authorization: Bearer <key>'.",
     404: "The request names a model the server does not serve.",
-    413: "Validation: a batch over --max-client-batch-size, an input over the model's limit without truncation, an "
+    413: "Validation: an empty input (a text, token ids, or a pair whose two sides are empty: a pair with one empty "
+    "side is scored), a batch over --max-client-batch-size, an input over the model's limit without truncation, an "
     "unknown prompt, too many tokens, a body over --payload-limit or a response over --max-response-bytes.",
     415: "Validation: the body is not JSON (Content-Type must be application/json).",
     422: "Validation: the body is not of the route's shape or types.",
@@ -104,7 +105,9 @@ _TEI_ANSWERS = {
     500: "Backend: the server failed.",
     503: "Unhealthy: the model is loading or failed to load, or the server is shutting down.",
 }
-_TEI_OTHERS = {"/info": (401, 404, 503)}
+_TEI_OTHERS = {"/info": (401, 404, 503), "/": (503,)}
+#: Operations open without the API key on paths that need it otherwise: TEI's health alias ``GET /``.
+_PUBLIC = {("/", "get")}
 #: The statuses of the other operations (without the API key's 401, added where it applies).
 _OTHERS = {"/v1/models": (401, 500, 503), "/health": (503,), "/metrics": ()}
 #: Operations whose 200 may carry raw tensors (``encoding_format`` ``bytes`` / ``bytes_only``).
@@ -205,6 +208,8 @@ def _answers(path: str, method: str, operation: dict[str, Any], st: "ServerState
             "description": "Prometheus metrics, text exposition format 0.0.4.",
             "content": {"text/plain": {"schema": {"type": "string"}}},
         }
+    elif (path, method) == ("/", "get"):  # TEI's health alias: an empty body
+        responses["200"].pop("content", None)
     elif path == "/health":
         responses["200"]["content"]["application/json"]["schema"] = {
             "type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}
@@ -219,7 +224,7 @@ def _answers(path: str, method: str, operation: dict[str, Any], st: "ServerState
         statuses = tuple(_TEI_ANSWERS) if inference else _TEI_OTHERS.get(path, ())
     else:
         statuses = _INFERENCE if inference else _OTHERS.get(path, ())
-    protected = (path in PROTECTED_ROUTES or path in TEI_ALIASES) and st.key_digest is not None
+    protected = (path in PROTECTED_ROUTES or path in TEI_ALIASES) and st.key_digest is not None and (path, method) not in _PUBLIC
     for status in statuses:
         if status == 401 and not protected:
             continue
@@ -318,12 +323,13 @@ def _bound(doc: dict[str, Any], st: "ModelState") -> None:
         invocations["requestBody"]["content"]["application/json"]["schema"] = _invocation_body(llm)
     root = doc["paths"].get("/", {}).get("post")
     if root is not None:  # the routes TEI's root answers as for this model
-        from .routes_tei import ANSWERS, ROOT_BODIES, root_paths
+        from .routes_tei import ANSWERS, RERANK_FIELDS, ROOT_BODIES, root_paths
 
         chosen = root_paths(llm)
-        root["requestBody"]["content"]["application/json"]["schema"] = {
-            "anyOf": [{"$ref": f"#/components/schemas/{ROOT_BODIES[path]}"} for path in chosen]
-        }
+        bodies = [{"$ref": f"#/components/schemas/{ROOT_BODIES[path]}"} for path in chosen]
+        if chosen[0] == "/tei/rerank":  # a reranker predicts a body of /predict's shape without rerank's fields
+            bodies[1] = {"allOf": [bodies[1], {"not": {"required": list(RERANK_FIELDS)}}]}
+        root["requestBody"]["content"]["application/json"]["schema"] = {"anyOf": bodies}
         root["responses"]["200"]["content"]["application/json"]["schema"] = {"anyOf": [ANSWERS[path] for path in chosen]}
 
 

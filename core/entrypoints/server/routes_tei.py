@@ -1,11 +1,17 @@
 """Text Embeddings Inference routes: ``/embed``, ``/embed_all``, ``/embed_sparse``, ``/predict``,
-``/rerank``, ``/similarity``, ``/tokenize``, ``/decode``, ``/info`` and the root ``POST /``.
+``/rerank``, ``/similarity``, ``/tokenize``, ``/decode``, ``/info``, the root ``POST /`` and
+``GET /`` (TEI's health alias).
 
 Hugging Face's TEI clients (``huggingface_hub.InferenceClient``, the RAG frameworks' TEI
 integrations) work unchanged: TEI's request fields, response shapes, status codes and error body
 ``{"error": "...", "error_type": "..."}`` (:mod:`poolkit.entrypoints.server.errors`). ``/rerank`` and
 ``/tokenize`` are vLLM's paths too: the guard sends a body with TEI's fields (``texts``,
 ``inputs``) here, anything else to vLLM's routes (:data:`~poolkit.entrypoints.server.guard.SHARED_ROUTES`).
+
+Empty inputs are refused as TEI does (``core/src/tokenization.rs``): an input with nothing in it
+(a text, token ids, a pair whose two sides are empty) is a 413 ``Validation``, an empty list a
+route checks itself (``texts``, ``inputs.sentences``, a ``/tokenize`` batch) a 400 ``Empty``; a
+pair with one empty side (a retrieval pipeline's empty chunk) is scored.
 
 Where TEI refuses what poolkit can do, poolkit does it: ``/rerank`` ranks with any model that
 can score (an embedding model by cosine similarity, as vLLM's ``/rerank``), and the root route
@@ -29,6 +35,7 @@ from ... import __version__
 from ...contracts.params import PoolingParams
 from ...runtime.estimates import tokens_of_text
 from ..protocol import POSITIVE, TEXT, TOKEN_IDS, list_of, schema
+from . import routes_ops
 from .deps import Model, State, loaded_llm
 from .errors import ApiError, validation_message
 from .guard import StrictRoute
@@ -46,6 +53,8 @@ router = APIRouter(route_class=StrictRoute)
 EMBED, TOKEN_EMBED, SPARSE_EMBED, CLASSIFY = "embed", "token_embed", "sparse_embed", "classify"
 #: TEI's error types for what its routes refuse before running anything.
 EMPTY, VALIDATION, BACKEND = (400, "Empty"), (413, "Validation"), (424, "Backend")
+#: Text for a side of a pair, which may be empty when the other side is not (TEI's rule).
+SIDE = {"type": "string"}
 
 
 # -- requests --------------------------------------------------------------------------------------
@@ -76,8 +85,12 @@ Inputs = Annotated[
 ]
 Text = Annotated[str, schema(TEXT)]
 Texts = Annotated[list[str], schema(list_of(TEXT))]
-#: TEI's ``/predict`` inputs: a text, ``[text]`` or a pair ``[text, text]``, or a batch of those.
-_ONE_OR_TWO = {"type": "array", "minItems": 1, "maxItems": 2, "items": TEXT}
+#: TEI's ``/predict`` inputs: a text, ``[text]`` or a pair ``[text, text]`` whose sides are not
+#: both empty, or a batch of those.
+_ONE_OR_TWO = {"anyOf": [
+    {"type": "array", "minItems": 1, "maxItems": 1, "items": TEXT},
+    {"type": "array", "minItems": 2, "maxItems": 2, "items": SIDE, "not": {"items": {"const": ""}}},
+]}
 PredictInputs = Annotated[Union[str, list[str], list[list[str]]], schema({"anyOf": [TEXT, _ONE_OR_TWO, list_of(_ONE_OR_TWO)]})]
 PromptName = Annotated[Optional[str], Field(None, description="A prompt of the model's sentence-transformers config.")]
 
@@ -109,8 +122,13 @@ class PredictRequest(_Truncation):
 
 
 class TeiRerankRequest(_Truncation):
-    query: Text
-    texts: Texts
+    """Either the query or a text of a pair may be empty, not both (TEI's rule)."""
+
+    model_config = ConfigDict(json_schema_extra={"not": {
+        "required": ["query", "texts"], "properties": {"query": {"const": ""}, "texts": {"contains": {"const": ""}}},
+    }})
+    query: Annotated[str, schema(SIDE)]
+    texts: Annotated[list[str], schema(list_of(SIDE))]
     raw_scores: bool = False
     return_text: bool = False
 
@@ -187,7 +205,13 @@ ANSWERS = {
     "/info": _INFO,
 }
 #: The request bodies of TEI's root route, by the route it answers as (see :func:`root_paths`).
-ROOT_BODIES = {"/embed": "EmbedRequest", "/embed_sparse": "EmbedSparseRequest", "/predict": "PredictRequest", "/similarity": "SimilarityRequest"}
+ROOT_BODIES = {
+    "/embed": "EmbedRequest", "/embed_sparse": "EmbedSparseRequest", "/predict": "PredictRequest",
+    "/tei/rerank": "TeiRerankRequest", "/similarity": "SimilarityRequest",
+}
+#: The fields of a rerank body: on a reranker's root route, a body with both reranks, any other
+#: body with ``inputs`` predicts.
+RERANK_FIELDS = ("query", "texts")
 
 
 def _answer(path: str) -> dict[str, Any]:
@@ -211,23 +235,27 @@ def _batch(st: ModelState, n: int, batched: bool) -> None:
         raise ApiError(413, f"batch size {n} > maximum allowed batch size {limit}", param="inputs", tei=VALIDATION)
 
 
-def _empty(what: str = "inputs") -> ApiError:
-    return ApiError(400, f"Input validation error: `{what}` cannot be empty", param=what, tei=EMPTY)
+def _empty_list(what: str) -> ApiError:
+    """TEI's 400 ``Empty``: a list the route checks itself before anything runs has no items."""
+    return ApiError(400, f"`{what}` cannot be empty", param=what, tei=EMPTY)
+
+
+def _empty_input(what: str = "inputs") -> ApiError:
+    """TEI's tokenizer's refusal of an input with nothing in it: a 413 ``Validation``."""
+    return ApiError(413, f"Input validation error: `{what}` cannot be empty", param=what, tei=VALIDATION)
 
 
 def _items(st: ModelState, inputs: Any) -> tuple[list[Any], bool]:
     """The prompts of an ``inputs`` field (a text, token ids, or a batch of them) and whether it was a batch."""
-    if isinstance(inputs, str) or (isinstance(inputs, list) and inputs and all(isinstance(i, int) for i in inputs)):
+    if isinstance(inputs, str) or all(isinstance(i, int) for i in inputs):  # TEI reads [] as no token ids
         items, batched = [inputs], False
     else:
         items, batched = list(inputs), True
-        if not items:
-            raise _empty()
     _batch(st, len(items), batched)
     prompts: list[Any] = []
     for item in items:
         if not item:
-            raise _empty()
+            raise _empty_input()
         if isinstance(item, str):
             check_text(item, "inputs")
             prompts.append(item)
@@ -329,12 +357,12 @@ async def similarity(body: SimilarityRequest, request: Request, st: State, llm: 
     given = body.parameters or SimilarityParameters()
     sentences = body.inputs.sentences
     if not sentences:
-        raise ApiError(400, "`inputs.sentences` cannot be empty", param="inputs.sentences", tei=EMPTY)
+        raise _empty_list("inputs.sentences")
     _batch(st, len(sentences) + 1, True)
     texts = [body.inputs.source_sentence, *sentences]
     for text in texts:
         if not text:
-            raise _empty()
+            raise _empty_input()
         check_text(text, "inputs")
     params = pooling_params(use_activation=False, **_truncation(st, given.truncate, given.truncation_direction))
     rows = await _rows(request, st, llm, EMBED, texts, params, _prompt_name(st, given.prompt_name))
@@ -375,10 +403,11 @@ async def predict(body: PredictRequest, request: Request, st: State, llm: Model)
     _batch(st, len(items), batched)
     prompts: list[Any] = []
     for item in items:
-        if not all(item):  # no empty text, in a pair either (as on every route)
-            raise _empty()
+        if not any(item):  # TEI: a pair is empty when both sides are; one empty side is scored
+            raise _empty_input()
         for text in item:
-            check_text(text, "inputs")
+            if text:
+                check_text(text, "inputs")
         prompts.append(item[0] if len(item) == 1 else Prompt(text=item[0], text_pair=item[1]))
     params = pooling_params(
         use_activation=_activation(llm, CLASSIFY, not body.raw_scores), **_truncation(st, body.truncate, body.truncation_direction)
@@ -401,13 +430,17 @@ async def predict(body: PredictRequest, request: Request, st: State, llm: Model)
 async def rerank(body: TeiRerankRequest, request: Request, st: State, llm: Model) -> Response:
     check_model(st, body.model)
     if not body.texts:
-        raise ApiError(400, "`texts` cannot be empty", param="texts", tei=EMPTY)
+        raise _empty_list("texts")
     if not has_scorer(llm):
         raise ApiError(424, "model is not a re-ranker model", tei=BACKEND)
     _batch(st, len(body.texts), True)
-    check_text(body.query, "query")
+    if body.query:
+        check_text(body.query, "query")
     for text in body.texts:
-        check_text(text, "texts")
+        if text:
+            check_text(text, "texts")
+        elif not body.query:  # TEI: a pair is empty when both sides are; one empty side is scored
+            raise _empty_input()
     params = pooling_params(use_activation=False if body.raw_scores else None, **_truncation(st, body.truncate, body.truncation_direction))
     outputs = await score_pairs(request, st, llm, llm.pair(body.query, body.texts), params, None)
     scores = [float(o.outputs.score) for o in outputs]
@@ -436,11 +469,11 @@ async def tokenize(body: TeiTokenizeRequest, request: Request, st: State, llm: M
     check_model(st, body.model)
     texts = [body.inputs] if isinstance(body.inputs, str) else list(body.inputs)
     if not texts:
-        raise ApiError(400, "`inputs` cannot be empty", param="inputs", tei=EMPTY)
+        raise _empty_list("inputs")
     _batch(st, len(texts), not isinstance(body.inputs, str))
     for text in texts:
         if not text:
-            raise _empty()
+            raise _empty_input()
         check_text(text, "inputs")
     name = _prompt_name(st, body.prompt_name) or llm.model.default_prompt_name  # what /embed prepends
     prompts = llm.model.prompts
@@ -483,8 +516,8 @@ async def decode(body: DecodeRequest, request: Request, st: State, llm: Model) -
     batched = bool(ids) and not all(isinstance(i, int) for i in ids)
     items = list(ids) if batched else [ids]
     _batch(st, len(items), batched)
-    if any(not item for item in items):
-        raise _empty("input_ids")
+    if any(not item for item in items):  # TEI reads [] as no ids, not as an empty batch
+        raise _empty_input("input_ids")
     for item in items:
         check_token_ids(st, item, "ids")
     tok = llm.get_tokenizer()
@@ -537,29 +570,54 @@ async def info(request: Request, st: State, llm: Model) -> Response:
 
 
 def root_paths(llm: Any) -> list[str]:
-    """The routes TEI's root route answers as for ``llm``: TEI's choice by model type, and
-    ``/similarity`` for a body of its shape on a model that embeds."""
+    """The routes TEI's root route answers as for ``llm``, TEI's choice by model type first (its
+    ``server.rs``: a reranker, a classifier of one label, reranks; another classifier predicts; an
+    embedding model with SPLADE pooling embeds sparsely; any other embeds), then poolkit's
+    additions: ``/predict`` for a body of its shape on a reranker, ``/similarity`` for one of its
+    shape on a model that embeds."""
     tasks = llm.supported_tasks
     if CLASSIFY in tasks and (EMBED not in tasks or len(llm.model.id2label) > 1):
-        chosen = "/predict"
-    elif SPARSE_EMBED in tasks:  # TEI: an embedding model with SPLADE pooling
-        chosen = "/embed_sparse"
-    else:
-        chosen = "/embed"
+        return ["/tei/rerank", "/predict"] if len(llm.model.id2label) == 1 else ["/predict"]
+    chosen = "/embed_sparse" if SPARSE_EMBED in tasks else "/embed"
     return [chosen, "/similarity"] if EMBED in tasks else [chosen]
+
+
+def root_route(llm: Any, payload: Any) -> str:
+    """The route of :func:`root_paths` that answers ``payload`` on the root route."""
+    chosen = root_paths(llm)[0]
+    if not isinstance(payload, dict):
+        return chosen
+    inputs = payload.get("inputs")
+    if isinstance(inputs, dict) and "source_sentence" in inputs:
+        return "/similarity"
+    if chosen == "/tei/rerank" and "inputs" in payload and not all(f in payload for f in RERANK_FIELDS):
+        return "/predict"
+    return chosen
 
 
 #: The function and request model of each route the root route can answer as.
 _ROOT_ROUTES = {
     "/embed": (embed, EmbedRequest), "/embed_sparse": (embed_sparse, EmbedSparseRequest),
-    "/predict": (predict, PredictRequest), "/similarity": (similarity, SimilarityRequest),
+    "/predict": (predict, PredictRequest), "/tei/rerank": (rerank, TeiRerankRequest),
+    "/similarity": (similarity, SimilarityRequest),
 }
+
+
+@router.get(
+    "/",
+    response_class=Response,
+    summary="TEI's health alias (as /health): 200 with an empty body when the server takes requests, 503 otherwise.",
+    openapi_extra={"responses": {"200": {"description": "The server takes requests."}}},
+)
+async def root_health(request: Request) -> Response:
+    await routes_ops.health(request)  # its 503s, in TEI's shape on this path
+    return Response(status_code=200)
 
 
 @router.post(
     "/",
-    summary="TEI's root route (huggingface_hub.InferenceClient): the model's type picks /embed, /embed_sparse or "
-    "/predict; a sentence_similarity body goes to /similarity.",
+    summary="TEI's root route (huggingface_hub.InferenceClient): the model's type picks /rerank, /predict, /embed_sparse "
+    "or /embed; a body of /predict's shape on a reranker predicts, a sentence_similarity body goes to /similarity.",
     openapi_extra={
         "requestBody": {"required": True, "content": {"application/json": {"schema": {
             "anyOf": [{"$ref": f"#/components/schemas/{name}"} for name in ROOT_BODIES.values()]
@@ -570,16 +628,16 @@ _ROOT_ROUTES = {
     },
 )
 async def root(request: Request, st: State, llm: Model) -> Response:
-    """As TEI, the model decides: a classifier predicts, a SPLADE model embeds sparsely, any other
-    embeds. poolkit also answers ``InferenceClient.sentence_similarity`` here (TEI does only when
-    started with ``TASK=sentence-similarity``): a body whose ``inputs`` is an object with a
-    ``source_sentence``."""
+    """As TEI, the model decides: a reranker reranks, a classifier predicts, a SPLADE model embeds
+    sparsely, any other embeds. poolkit also answers ``InferenceClient.text_classification`` on a
+    reranker (a body with ``inputs`` and without ``query`` and ``texts``), which TEI refuses, and
+    ``InferenceClient.sentence_similarity`` (a body whose ``inputs`` is an object with a
+    ``source_sentence``), which TEI answers only when started with ``TASK=sentence-similarity``."""
     try:
         payload = await request.json()
     except json.JSONDecodeError as exc:
         raise ApiError(400, f"invalid JSON: {exc.msg}", tei=(400, "Validation")) from None
-    inputs = payload.get("inputs") if isinstance(payload, dict) else None
-    endpoint, model = _ROOT_ROUTES["/similarity" if isinstance(inputs, dict) and "source_sentence" in inputs else root_paths(llm)[0]]
+    endpoint, model = _ROOT_ROUTES[root_route(llm, payload)]
     try:
         body = model.model_validate(payload)
     except ValidationError as exc:
