@@ -811,7 +811,7 @@ def test_a_request_uvicorn_cannot_parse_gets_the_json_error_body(server):
 def test_bench_serve_loads_a_server_and_reads_its_memory(server):
     from poolkit.entrypoints.bench.load import LoadReport, format_load, run_load
 
-    report = run_load(server.url, clients=2, seconds=2, inputs_per_request=2, sample_every=0.5).as_dict()
+    report = run_load(server.url, clients=2, seconds=600, inputs_per_request=2, sample_every=0.5, rounds=10).as_dict()
     assert report["requests"] > 0 and set(report["status_codes"]) == {"200"}
     assert report["p50_ms"] <= report["p99_ms"]
     assert report["rss_mb"]["start"] > 50 and report["rss_mb"]["end"] > 50  # process_resident_memory_bytes on /metrics
@@ -837,12 +837,14 @@ def test_bench_serve_every_route_of_a_served_model(server):
     as skipped with the reason, and TEI's routes name the model in X-Model."""
     from poolkit.entrypoints.bench.load import format_load, run_load
 
-    report = run_load(server.url, clients=4, seconds=3, inputs_per_request=2, routes="every").as_dict()
+    # An amount of work, not of time: each client goes through every route once (the hang guard is long).
+    report = run_load(server.url, clients=4, seconds=600, inputs_per_request=2, routes="every", rounds=1).as_dict()
     routes = report["routes"]
     assert report["server_errors"] == 0 and report["connection_errors"] == 0, report["failures"]
     assert {"POST /v1/embeddings [minilm]", "POST /embed [minilm]", "POST /tokenize (TEI) [minilm]", "GET /metrics"} <= set(routes)
     answered = {label for label, route in routes.items() if route["requests"]}
-    assert answered == set(routes)  # 4 clients start at different entries: 3 s reach every one
+    assert answered == set(routes)
+    assert all(sum(route["status_codes"].values()) == 4 for route in routes.values())  # one round of 4 clients
     assert {label for label, route in routes.items() if set(route["status_codes"]) != {"200"}} == set(), report["refusals"]
     assert report["skipped_routes"]["POST /classify"] == "no served model has task 'classify'"
     assert report["skipped_routes"]["POST /embed_sparse"] == "no served model has task 'sparse_embed'"

@@ -23,6 +23,9 @@ from poolkit.entrypoints.server import ServerLimits  # noqa: E402
 from poolkit.entrypoints.server.errors import error_body  # noqa: E402
 
 TIMEOUT = 1.0
+#: How long a test waits for the 408 before calling it a hang: a deadline, not a measure of speed
+#: (a busy 2-core machine may answer seconds late).
+HANG_GUARD = 60.0
 BODY = b'{"model": "minilm", "input": "hi"}'
 HEAD = b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
 REQUEST = HEAD + b"content-length: %d\r\n\r\n" % len(BODY) + BODY
@@ -82,19 +85,19 @@ def test_headers_sent_a_byte_at_a_time_get_a_json_408_and_the_connection_closed(
     with connect(port) as sock:
         start = time.monotonic()
         sock.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\n")
-        first = _trickle(sock, 0.3, TIMEOUT + 3)
+        first = _trickle(sock, 0.3, HANG_GUARD)
         elapsed = time.monotonic() - start
         assert first.startswith(b"HTTP/1.1 408"), first
-        assert TIMEOUT - 0.1 <= elapsed <= TIMEOUT + 1
+        assert TIMEOUT - 0.1 <= elapsed  # never before the deadline; after it, as soon as the loop gets to it
         _assert_408(sock, first)
 
 
 def test_a_connection_that_sends_nothing_gets_a_408(port):
     with connect(port) as sock:
         start = time.monotonic()
-        sock.settimeout(TIMEOUT + 3)
+        sock.settimeout(HANG_GUARD)
         first = sock.recv(65536)
-        assert TIMEOUT - 0.1 <= time.monotonic() - start <= TIMEOUT + 1
+        assert TIMEOUT - 0.1 <= time.monotonic() - start
         _assert_408(sock, first)
 
 
@@ -118,7 +121,7 @@ def test_normal_keep_alive_and_slow_but_timely_requests_are_answered(port):
         assert _read_response(sock)[0] == "HTTP/1.1 200 OK"
         # The deadline applies again to the next request on the same connection.
         sock.sendall(HEAD)
-        _assert_408(sock, _trickle(sock, 0.3, TIMEOUT + 3))
+        _assert_408(sock, _trickle(sock, 0.3, HANG_GUARD))
 
 
 def test_the_limit_is_validated_and_on_the_command_line(minilm_dir, monkeypatch):

@@ -132,6 +132,11 @@ def poolkit_register_commands(app):
         cache_size: int = typer.Option(0, "--cache-size", help="The started server's --cache-size (0: no cache)."),
         clients: int = typer.Option(16, "--clients", "-c", help="Concurrent closed-loop clients."),
         duration: float = typer.Option(60.0, "--duration", "-d", help="Seconds of load measured, after the warm-up."),
+        rounds: Optional[int] = typer.Option(
+            None, "--rounds",
+            help="An amount of work instead of a duration: each client stops after this many passes over the routes "
+            "(--routes every: every route once a pass; else one request), or at --duration, whichever comes first.",
+        ),
         warmup: float = typer.Option(
             60.0, "--warmup",
             help="Seconds of the same load first, not counted; the server's RSS at its end is the soak's baseline "
@@ -172,7 +177,7 @@ def poolkit_register_commands(app):
             try:
                 report = run_load(
                     url or started.url, clients=clients, seconds=duration, inputs_per_request=inputs,
-                    endpoint=endpoint, routes=routes, warmup=warmup, api_key=api_key,
+                    endpoint=endpoint, routes=routes, warmup=warmup, api_key=api_key, rounds=rounds,
                 ).as_dict()
             finally:
                 if started is not None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import math
 import socket
 import statistics
 import subprocess
@@ -217,6 +218,7 @@ def run_load(
     api_key: str | None = None,
     sample_every: float = 5.0,
     seed: int = 0,
+    rounds: int | None = None,
 ) -> LoadReport:
     """Drive ``url`` with ``clients`` closed-loop clients for ``warmup`` and then ``seconds``; see the module docstring.
 
@@ -226,9 +228,14 @@ def run_load(
             (:func:`.mix.every_route`), built from the server's own list of models.
         warmup: seconds of the same load before the measured phase; the memory once its answers
             are all in is the soak's baseline.
+        rounds: an amount of work instead of a duration: each client stops once it has been
+            through the mix this many times (``--routes every``: every route; else this many
+            requests), or at ``seconds``, whichever comes first.
     """
-    if clients < 1 or seconds <= 0 or inputs_per_request < 1 or warmup < 0:
-        raise InvalidRequest("clients and inputs per request must be positive, the duration above 0 and the warm-up at least 0")
+    if clients < 1 or seconds <= 0 or inputs_per_request < 1 or warmup < 0 or (rounds is not None and rounds < 1):
+        raise InvalidRequest(
+            "clients, inputs per request and rounds must be positive, the duration above 0 and the warm-up at least 0"
+        )
     if routes not in ROUTE_MODES:
         raise InvalidRequest(f"unknown routes mode '{routes}'; choose from {', '.join(ROUTE_MODES)}")
     texts = make_corpus(4096, 40, 0.8, seed)
@@ -271,7 +278,8 @@ def run_load(
     def client(k: int, until: float, warm: bool) -> None:
         conn = _connection(url, 120)
         place = places[k]
-        while time.monotonic() < until:
+        last = math.inf if warm or rounds is None else place[1] + rounds * len(calls)
+        while time.monotonic() < until and place[1] < last:
             call = calls[place[1] % len(calls)]
             batch = [texts[(place[0] + j) % len(texts)] for j in range(inputs_per_request)]
             place[0] += clients * inputs_per_request
