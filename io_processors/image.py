@@ -3,8 +3,8 @@
 An image may be a ``PIL.Image.Image``, a local file path (``str`` or ``pathlib.Path``), raw
 ``bytes``, or a ``data:image/...;base64,`` URI. Remote URLs are refused: poolkit fetches nothing
 named by request data. Decoding is guarded: only common raster formats are opened, the pixel
-count is checked from the header before anything is decoded, and bytes and data URIs have a size
-cap. Pre-processing is the model's own (``preprocessor_config.json``, read with transformers'
+count, the sides and the aspect ratio are checked from the header before anything is decoded, and
+bytes and data URIs have a size cap. Pre-processing is the model's own (``preprocessor_config.json``, read with transformers'
 ``AutoImageProcessor``), so the pixels are exactly what transformers would feed the model.
 
 Needs Pillow: ``pip install 'poolkit[vision]'``.
@@ -31,6 +31,13 @@ from poolkit.contracts.io import IOProcessor, Prompt
 MAX_IMAGE_PIXELS = 40_000_000
 #: Most bytes of an image given as bytes or a data URI (decoded); ``POOLKIT_MAX_IMAGE_BYTES`` overrides it.
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
+#: Most times an image's longer side may be its shorter (Qwen2-VL's ``MAX_RATIO``); a thin strip passes
+#: the pixel cap yet grows without bound where a processor scales its short side up (CLIP's 224).
+#: ``POOLKIT_MAX_IMAGE_ASPECT_RATIO`` overrides it.
+MAX_IMAGE_ASPECT_RATIO = 200
+#: Most pixels either side of an image may have (the largest JPEG, GIF and WebP store is smaller);
+#: ``POOLKIT_MAX_IMAGE_SIDE`` overrides it.
+MAX_IMAGE_SIDE = 65_535
 #: The formats Pillow may open (others, such as EPS which runs Ghostscript, are refused).
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
@@ -39,14 +46,17 @@ _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 _DATA_URI = re.compile(r"^data:(image/[a-zA-Z0-9.+-]+)?((?:;[^;,]*)*),", re.DOTALL)
 
 
-def _limit(env: str, default: int) -> int:
+def _limit(env: str, default: int, positive: bool = False) -> int:
     value = os.environ.get(env)
     if not value:
         return default
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
         raise InvalidRequest(f"{env} must be an integer, got {value!r}") from None
+    if positive and number < 1:
+        raise InvalidRequest(f"{env} must be a positive integer, got {value!r}")
+    return number
 
 
 def _first_line(exc: BaseException) -> str:
@@ -179,7 +189,8 @@ class ImageProcessor(IOProcessor):
 
         Raises:
             InvalidRequest: the value is of an unsupported kind, a remote URL, too large (bytes or
-                pixels), not a file, or not a decodable image of a supported format.
+                pixels), of a shape over the limits (a side, the aspect ratio), not a file, or not a
+                decodable image of a supported format.
         """
         Image = _pil()
         where = f"prompt {index}"
@@ -296,6 +307,9 @@ def _data_uri(where: str, uri: str, max_bytes: int) -> bytes:
 
 
 def _check_pixels(where: str, size: tuple[int, int], max_pixels: int) -> None:
+    """Refuse an image by its size alone (from the header, before decoding): more pixels than
+    ``max_pixels``, an empty one, a side over ``POOLKIT_MAX_IMAGE_SIDE`` or an aspect ratio over
+    ``POOLKIT_MAX_IMAGE_ASPECT_RATIO``."""
     width, height = size
     if width * height > max_pixels:
         raise InvalidRequest(
@@ -303,6 +317,16 @@ def _check_pixels(where: str, size: tuple[int, int], max_pixels: int) -> None:
         )
     if width < 1 or height < 1:
         raise InvalidRequest(f"{where}: the image is empty ({width}x{height})")
+    longer, shorter = max(width, height), min(width, height)
+    max_ratio = _limit("POOLKIT_MAX_IMAGE_ASPECT_RATIO", MAX_IMAGE_ASPECT_RATIO, positive=True)
+    if longer > shorter * max_ratio:
+        raise InvalidRequest(
+            f"{where}: the image is {width}x{height} pixels: its aspect ratio must be at most {max_ratio}, "
+            f"got {round(longer / shorter, 1):g}"
+        )
+    max_side = _limit("POOLKIT_MAX_IMAGE_SIDE", MAX_IMAGE_SIDE, positive=True)
+    if longer > max_side:
+        raise InvalidRequest(f"{where}: the image is {width}x{height} pixels, a side longer than the limit of {max_side}")
 
 
 def _decode(where: str, source: Any, max_pixels: int) -> Any:

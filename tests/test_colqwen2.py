@@ -191,7 +191,7 @@ def test_published_checkpoint_layout(model_dir, llm, tmp_path):
         ({"prompt": "", "multi_modal_data": {"video": ["IMG"]}}, "takes no videos"),
         ({"prompt": "", "multi_modal_data": {"image": "https://example.com/a.png"}}, "remote image URLs are disabled"),
         ({"prompt": "", "multi_modal_data": {"image": b"not an image"}}, "not a decodable image"),
-        ({"prompt": "", "multi_modal_data": {"image": picture(1, 300, 5)}}, "aspect ratio must be below 200"),
+        ({"prompt": "", "multi_modal_data": {"image": picture(1, 300, 5)}}, "the image is 300x1 pixels: its aspect ratio must be at most 200, got 300"),
     ],
 )
 def test_bad_inputs_are_one_line_errors(llm, prompt, message):

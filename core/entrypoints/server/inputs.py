@@ -208,7 +208,7 @@ async def chat_prompt(
     (:mod:`poolkit.entrypoints.server.media`), which the model's media IO processor reads."""
     kwargs = dict(add_generation_prompt=add_generation_prompt, continue_final_message=continue_final_message,
                   where=where, template_kwargs=template_kwargs)
-    if not media.has_images(messages):
+    if not media.has_media_parts(messages):
         return {"prompt_token_ids": await chat_token_ids(request, st, llm, messages, add_special_tokens=add_special_tokens, **kwargs)}
     check_count(st, len(messages), where)
     rendered, urls, texts = media.chat_parts(messages, where)

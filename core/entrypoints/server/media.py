@@ -3,9 +3,12 @@
 An image arrives as a ``data:image/...;base64,`` URI, which the image IO processor decodes under
 its limits (bytes, pixels, formats). A remote ``http(s)`` URL is refused unless the server was
 started with ``--allowed-media-domains`` naming its host (vLLM's option; poolkit fetches nothing by
-default): then it is fetched off the event loop with a size cap (``max_image_bytes``) and a
-deadline (``POOLKIT_MEDIA_FETCH_TIMEOUT`` seconds, default 5, vLLM's ``VLLM_IMAGE_FETCH_TIMEOUT``),
-following redirects only to allowed hosts. Files and other schemes are always refused.
+default): then it is fetched on a thread of its own with a size cap (``max_image_bytes``) and a
+deadline over the whole fetch, headers included (``POOLKIT_MEDIA_FETCH_TIMEOUT`` seconds, default 5,
+vLLM's ``VLLM_IMAGE_FETCH_TIMEOUT``), following redirects only to allowed http(s) hosts; one request
+fetches at most ``POOLKIT_MAX_REQUEST_MEDIA_FETCHES`` images holding at most
+``POOLKIT_MAX_REQUEST_MEDIA_BYTES`` together, a few at a time, so a slow host delays only the
+requests that name it. Files and other schemes are always refused.
 
 Which prompt a request's images make is the model's: a vision-language model (an architecture
 with a ``media_processor``) reads text and images in one prompt, its chat template placing the
@@ -16,13 +19,19 @@ template turns into its own placeholder); a dual encoder (CLIP, SigLIP) reads on
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import dataclasses
+import http.client
+import math
 import os
+import socket
+import threading
 import time
 import urllib.error
 import urllib.request
 from typing import Any, Sequence
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 from ...contracts.errors import InvalidRequest
 from ...contracts.io import Prompt
@@ -35,6 +44,14 @@ FETCH_TIMEOUT = 5.0
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
 #: Redirects a fetch follows, each to an allowed host.
 MAX_REDIRECTS = 3
+#: Most remote images one request may fetch (all its conversations and inputs together) unless
+#: ``POOLKIT_MAX_REQUEST_MEDIA_FETCHES`` says otherwise.
+MAX_REQUEST_MEDIA_FETCHES = 64
+#: Most bytes one request's fetched images may hold together unless ``POOLKIT_MAX_REQUEST_MEDIA_BYTES``
+#: says otherwise.
+MAX_REQUEST_MEDIA_BYTES = 64 * 1024 * 1024
+#: Fetches one request runs at a time, each on a thread of its own.
+FETCHES_AT_ONCE = 8
 #: The content part types that carry an image (OpenAI's chat parts, vLLM's score parts).
 IMAGE_PARTS = ("image_url",)
 #: Tokens an image is guessed at before it is decoded (the batcher's cost, the token limit's estimate).
@@ -65,13 +82,17 @@ class MediaPolicy:
 
 
 def _env_number(name: str, default: float) -> float:
+    """The positive, finite number ``name`` says in the environment, else ``default``."""
     value = os.environ.get(name)
     if not value:
         return default
     try:
-        return float(value)
+        number = float(value)
     except ValueError:
-        raise InvalidRequest(f"{name} must be a number, got {value!r}") from None
+        number = math.nan
+    if not (math.isfinite(number) and number > 0):
+        raise InvalidRequest(f"{name} must be a positive number, got {value!r}")
+    return number
 
 
 def part_image_url(part: dict, where: str) -> str:
@@ -104,11 +125,14 @@ def check_image_url(url: str, where: str, policy: MediaPolicy) -> None:
 
 async def image_values(urls: Sequence[tuple[str, str]], policy: MediaPolicy, llm: Any = None) -> list[str | bytes]:
     """The images of ``(url, where)`` pairs as the image IO processor takes them: data URIs as they
-    are, allowed remote images fetched (concurrently, off the event loop) as bytes, each at most the
-    model's ``max_image_bytes`` (load setting; else ``POOLKIT_MAX_IMAGE_BYTES``).
+    are, allowed remote images fetched as bytes, each at most the model's ``max_image_bytes`` (load
+    setting; else ``POOLKIT_MAX_IMAGE_BYTES``), within the request's fetch limits
+    (:class:`RequestFetches`).
 
     Raises:
-        ApiError: 400 for a refused URL or a failed, too large or too slow fetch.
+        ApiError: 400 for a refused URL, too many remote images in the request, or a failed, too
+            large or too slow fetch; 413 when the request's fetched images together pass
+            ``POOLKIT_MAX_REQUEST_MEDIA_BYTES``.
     """
     for url, where in urls:
         check_image_url(url, where, policy)
@@ -118,47 +142,245 @@ async def image_values(urls: Sequence[tuple[str, str]], policy: MediaPolicy, llm
         setting = getattr(getattr(llm, "model", None), "max_image_bytes", None)
         max_bytes = int(setting or _env_number("POOLKIT_MAX_IMAGE_BYTES", MAX_IMAGE_BYTES))
         timeout = _env_number("POOLKIT_MEDIA_FETCH_TIMEOUT", FETCH_TIMEOUT)
-        fetched = await asyncio.gather(*(asyncio.to_thread(fetch, url, where, policy, max_bytes, timeout) for _, url, where in remote))
+        fetches = RequestFetches.current()
+        fetches.admit([where for _, _, where in remote])
+        jobs = [_Fetch(url, where, policy, max_bytes, timeout, fetches) for _, url, where in remote]
+        tasks = [asyncio.ensure_future(fetches.run(job)) for job in jobs]
+        try:
+            fetched = await asyncio.gather(*tasks)
+        finally:  # one failed (or the request was cancelled): the others stop now, not at their deadlines
+            for task in tasks:
+                task.cancel()
+            for job in jobs:
+                job.abort()
         for (i, _, _), data in zip(remote, fetched):
             values[i] = data
     return values
 
 
-def fetch(url: str, where: str, policy: MediaPolicy, max_bytes: int, timeout: float) -> bytes:
-    """One remote image's bytes, at most ``max_bytes``, within ``timeout`` seconds in all.
+class RequestFetches:
+    """One request's remote images: how many it fetches (``POOLKIT_MAX_REQUEST_MEDIA_FETCHES``), how
+    many bytes they hold together (``POOLKIT_MAX_REQUEST_MEDIA_BYTES``), and the :data:`FETCHES_AT_ONCE`
+    it runs at a time, each on a thread of its own, so a slow host holds its own requests' fetches
+    and no pool other requests wait on.
 
-    Raises:
-        ApiError: 400 for a redirect to a host not allowed, an HTTP error, a failure to connect,
-            more than ``max_bytes`` bytes, or a fetch slower than ``timeout``.
+    A request holds one, in its task's context (:meth:`current`): every ASGI server runs each request
+    in a task of its own, so the conversations and inputs of one request share it.
     """
-    opener = urllib.request.build_opener(_Redirects(policy, where))
-    deadline = time.monotonic() + timeout
-    try:
-        with opener.open(urllib.request.Request(url, headers={"User-Agent": "poolkit"}), timeout=timeout) as response:
-            length = response.headers.get("Content-Length")
-            if length and length.isdigit() and int(length) > max_bytes:
-                raise ApiError(400, f"{where}: the image is {length} bytes, more than the limit of {max_bytes}", param=where)
-            chunks, size = [], 0
-            while True:
-                if time.monotonic() > deadline:
-                    raise ApiError(400, f"{where}: fetching the image took longer than {timeout:g} s", param=where)
-                chunk = response.read1(65536)
-                if not chunk:
-                    break
-                size += len(chunk)
-                if size > max_bytes:
-                    raise ApiError(400, f"{where}: the image is more than the limit of {max_bytes} bytes", param=where)
-                chunks.append(chunk)
-            return b"".join(chunks)
-    except ApiError:
-        raise
-    except urllib.error.HTTPError as exc:
-        raise ApiError(400, f"{where}: fetching the image failed: HTTP {exc.code}", param=where) from None
-    except TimeoutError:
-        raise ApiError(400, f"{where}: fetching the image took longer than {timeout:g} s", param=where) from None
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", None) or exc
-        raise ApiError(400, f"{where}: cannot fetch the image: {short(reason, 120)}", param=where) from None
+
+    def __init__(self, max_fetches: int, max_bytes: int) -> None:
+        self.max_fetches = max_fetches
+        self.max_bytes = max_bytes
+        self.count = 0
+        self.held = 0
+        self._lock = threading.Lock()
+        self._slots = asyncio.Semaphore(FETCHES_AT_ONCE)
+
+    @classmethod
+    def current(cls) -> "RequestFetches":
+        """The running request's fetches (made on its first remote image, under the limits then set)."""
+        fetches = _REQUEST_FETCHES.get()
+        if fetches is None:
+            fetches = cls(
+                int(_env_number("POOLKIT_MAX_REQUEST_MEDIA_FETCHES", MAX_REQUEST_MEDIA_FETCHES)),
+                int(_env_number("POOLKIT_MAX_REQUEST_MEDIA_BYTES", MAX_REQUEST_MEDIA_BYTES)),
+            )
+            _REQUEST_FETCHES.set(fetches)
+        return fetches
+
+    def admit(self, wheres: Sequence[str]) -> None:
+        """Count more remote images (the fields they came from), refusing them, before any is
+        fetched, past the request's limit."""
+        if self.count + len(wheres) > self.max_fetches:
+            where = wheres[max(0, self.max_fetches - self.count)]
+            raise ApiError(
+                400, f"{where}: {self.count + len(wheres)} remote images in one request, more than the limit of "
+                f"{self.max_fetches} (POOLKIT_MAX_REQUEST_MEDIA_FETCHES)", param=where,
+            )
+        self.count += len(wheres)
+
+    def hold(self, size: int, where: str) -> None:
+        """Count ``size`` more fetched bytes (from a fetch's thread), refusing past the request's limit."""
+        with self._lock:
+            self.held += size
+            total = self.held
+        self.check_room(0, where, total)
+
+    def check_room(self, size: int, where: str, held: int | None = None) -> None:
+        """Refuse an image of ``size`` bytes (its ``Content-Length``) that the request has no room
+        for, before it is read."""
+        if (self.held if held is None else held) + size > self.max_bytes:
+            raise ApiError(
+                413, f"{where}: the request's remote images are more than {self.max_bytes} bytes together, the limit "
+                "of one request (POOLKIT_MAX_REQUEST_MEDIA_BYTES)", param=where,
+            )
+
+    async def run(self, job: "_Fetch") -> bytes:
+        """``job``'s bytes, fetched on a thread of its own within its deadline, at most
+        :data:`FETCHES_AT_ONCE` of this request's at a time."""
+        async with self._slots:
+            loop = asyncio.get_running_loop()
+            done: asyncio.Future = loop.create_future()
+            thread = threading.Thread(target=job.run_into, args=(loop, done), name="poolkit-fetch", daemon=True)
+            thread.start()
+            try:
+                return await asyncio.wait_for(done, job.timeout)
+            except asyncio.TimeoutError:
+                raise job.too_slow() from None
+            finally:
+                job.abort()
+
+
+_REQUEST_FETCHES: contextvars.ContextVar[RequestFetches | None] = contextvars.ContextVar("poolkit_request_fetches", default=None)
+
+
+class _Fetch:
+    """One remote image fetched with ``urllib`` (its proxies, TLS and redirects) on a thread, under a
+    deadline over all of it: connecting, the headers, every redirect and the body. Past the deadline
+    (or when the request stops) :meth:`abort` shuts its sockets, which ends a read that a host
+    trickling its headers would otherwise hold."""
+
+    def __init__(self, url: str, where: str, policy: MediaPolicy, max_bytes: int, timeout: float, fetches: RequestFetches) -> None:
+        self.url = url
+        self.where = where
+        self.policy = policy
+        self.max_bytes = max_bytes
+        self.timeout = timeout
+        self.fetches = fetches
+        self._sockets: list[socket.socket] = []
+        self._aborted = False
+        self._lock = threading.Lock()
+
+    def too_slow(self) -> ApiError:
+        return ApiError(400, f"{self.where}: fetching the image took longer than {self.timeout:g} s", param=self.where)
+
+    def track(self, sock: Any) -> Any:
+        """Note a socket this fetch opened (shut at once if the fetch was aborted meanwhile)."""
+        with self._lock:
+            self._sockets.append(sock)
+            aborted = self._aborted
+        if aborted:
+            _shut(sock)
+        return sock
+
+    def abort(self) -> None:
+        """End the fetch: shut its sockets, so its thread's read returns now."""
+        with self._lock:
+            self._aborted = True
+            sockets = list(self._sockets)
+        for sock in sockets:
+            _shut(sock)
+
+    def run_into(self, loop: asyncio.AbstractEventLoop, done: asyncio.Future) -> None:
+        """The thread's work: :meth:`fetch`, its bytes or its error handed to ``done`` on ``loop``."""
+        try:
+            outcome: Any = self.fetch()
+        except BaseException as exc:  # noqa: BLE001 - every failure goes to the waiting request
+            outcome = exc
+        with contextlib.suppress(RuntimeError):  # the loop closed (a server shutting down)
+            loop.call_soon_threadsafe(_settle, done, outcome)
+
+    def fetch(self) -> bytes:
+        """The image's bytes, at most ``max_bytes``, within ``timeout`` seconds in all.
+
+        Raises:
+            ApiError: 400 for a redirect to a host not allowed or a scheme other than http(s), an
+                HTTP error, a failure to connect, more than ``max_bytes`` bytes, or a fetch slower
+                than ``timeout``; 413 past the request's bytes (:meth:`RequestFetches.hold`).
+        """
+        where, max_bytes = self.where, self.max_bytes
+        deadline = time.monotonic() + self.timeout
+        opener = urllib.request.build_opener(_Redirects(self.policy, where), _HTTPHandler(self), _HTTPSHandler(self))
+        try:
+            request = urllib.request.Request(self.url, headers={"User-Agent": "poolkit"})
+            with opener.open(request, timeout=self.timeout) as response:
+                length = response.headers.get("Content-Length")
+                if length and length.isdigit():
+                    if int(length) > max_bytes:
+                        raise ApiError(400, f"{where}: the image is {length} bytes, more than the limit of {max_bytes}", param=where)
+                    self.fetches.check_room(int(length), where)
+                chunks, size = [], 0
+                while True:
+                    if time.monotonic() > deadline or self._aborted:
+                        raise self.too_slow()
+                    chunk = response.read1(65536)
+                    if not chunk:
+                        break
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise ApiError(400, f"{where}: the image is more than the limit of {max_bytes} bytes", param=where)
+                    self.fetches.hold(len(chunk), where)
+                    chunks.append(chunk)
+                return b"".join(chunks)
+        except ApiError:
+            raise
+        except urllib.error.HTTPError as exc:
+            raise ApiError(400, f"{where}: fetching the image failed: HTTP {exc.code}", param=where) from None
+        except TimeoutError:
+            raise self.too_slow() from None
+        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
+            if self._aborted or time.monotonic() > deadline:
+                raise self.too_slow() from None
+            reason = getattr(exc, "reason", None) or exc
+            raise ApiError(400, f"{where}: cannot fetch the image: {short(reason, 120)}", param=where) from None
+
+
+def _settle(done: asyncio.Future, outcome: Any) -> None:
+    if done.done():  # the request stopped waiting (its deadline, a failed sibling, a client gone)
+        return
+    if isinstance(outcome, BaseException):
+        done.set_exception(outcome)
+    else:
+        done.set_result(outcome)
+
+
+def _shut(sock: Any) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+class _Tracked:
+    """A connection whose sockets its fetch knows of, to shut them at its deadline: the TCP socket
+    as soon as it exists (a TLS handshake or a proxy's tunnel may trickle too), then the socket the
+    connection reads (TLS's own)."""
+
+    def __init__(self, *args: Any, fetch: _Fetch, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fetch = fetch
+        create = self._create_connection  # http.client's seam for opening the socket
+        self._create_connection = lambda *a, **k: fetch.track(create(*a, **k))
+
+    def connect(self) -> None:
+        super().connect()
+        self.fetch.track(self.sock)
+
+
+class _TrackedHTTP(_Tracked, http.client.HTTPConnection):
+    pass
+
+
+class _TrackedHTTPS(_Tracked, http.client.HTTPSConnection):
+    pass
+
+
+class _TrackingHandler:
+    """urllib's http(s) handler (its default TLS context), its connections :class:`_Tracked` for ``fetch``."""
+
+    def __init__(self, fetch: _Fetch) -> None:
+        super().__init__()
+        self.fetch = fetch
+
+    def do_open(self, http_class: Any, req: Any, **kwargs: Any) -> Any:
+        tracked = _TrackedHTTPS if issubclass(http_class, http.client.HTTPSConnection) else _TrackedHTTP
+        return super().do_open(lambda host, **kw: tracked(host, fetch=self.fetch, **kw), req, **kwargs)
+
+
+class _HTTPHandler(_TrackingHandler, urllib.request.HTTPHandler):
+    pass
+
+
+class _HTTPSHandler(_TrackingHandler, urllib.request.HTTPSHandler):
+    pass
 
 
 class _Redirects(urllib.request.HTTPRedirectHandler):
@@ -170,9 +392,22 @@ class _Redirects(urllib.request.HTTPRedirectHandler):
         self.policy = policy
         self.where = where
 
+    def http_error_302(self, req: Any, fp: Any, code: int, msg: str, headers: Any) -> Any:
+        location = headers.get("location") or headers.get("uri")
+        scheme = urlsplit(urljoin(req.full_url, location)).scheme.lower() if location else "http"
+        if scheme not in ("http", "https"):  # urllib would follow ftp: itself, or answer other schemes as an HTTP error
+            fp.close()
+            raise ApiError(
+                400, f"{self.where}: the image URL redirects to a '{short(scheme, 20)}:' URL; only http and https images "
+                "are fetched", param=self.where,
+            )
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
     def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> Any:
         target = urlsplit(newurl)
-        if target.scheme not in ("http", "https") or not self.policy.allows(target.hostname):
+        if not self.policy.allows(target.hostname):
             raise ApiError(
                 400, f"{self.where}: the image URL redirects to '{short(target.hostname or newurl, 60)}', which is not in "
                 "--allowed-media-domains", param=self.where,
@@ -193,11 +428,13 @@ def takes_images(llm: Any) -> bool:
     return reads_media(llm) or "image" in getattr(llm.model.architecture, "input_modalities", ("text",))
 
 
-def has_images(messages: Sequence[Any]) -> bool:
-    """Whether chat messages carry an image part."""
+def has_media_parts(messages: Sequence[Any]) -> bool:
+    """Whether chat messages carry a content part other than text: an image, or a part
+    :func:`chat_parts` refuses (a ``video_url``, ``input_audio``, ...), which a chat template
+    would otherwise drop without a word."""
     return any(
         isinstance(m, dict) and isinstance(m.get("content"), list)
-        and any(isinstance(p, dict) and (p.get("type") in IMAGE_PARTS or (p.get("type") is None and "image_url" in p)) for p in m["content"])
+        and any(not (isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)) for p in m["content"])
         for m in messages
     )
 
