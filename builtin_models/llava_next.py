@@ -25,7 +25,6 @@ without ``vision_model.``, ``multi_modal_projector.``, ``language_model.model.``
 
 from __future__ import annotations
 
-import logging
 import re
 from typing import Any, Callable, ClassVar, Collection, Iterable, Mapping
 
@@ -41,10 +40,8 @@ from poolkit.contracts.batch import PackedBatch
 from poolkit.contracts.config_checks import ConfigChecks
 from poolkit.contracts.errors import ModelLoadError
 from poolkit.contracts.hookspecs import hookimpl
-from poolkit.loading.weights import load_into
+from poolkit.loading.weights import load_into, warn_unused
 from poolkit.plugins.lookup import kernel_for
-
-logger = logging.getLogger(__name__)
 
 #: The decoder families a LLaVA-NeXT text config may name (``text_config.model_type``).
 LANGUAGE_MODELS: dict[str, type[DecoderModel]] = {"llama": LlamaModel, "mistral": MistralModel, "qwen2": Qwen2Model}
@@ -287,6 +284,7 @@ class LlavaNextForConditionalGeneration(Architecture):
         language: list[tuple[str, torch.Tensor]] = []
         projector: list[tuple[str, torch.Tensor]] = []
         newline: torch.Tensor | None = None
+        unused: list[str] = []
         built = len(self.vision_tower.encoder.layers)
         for name, tensor in weights:
             if self._SKIPPED.search(name):
@@ -303,7 +301,8 @@ class LlavaNextForConditionalGeneration(Architecture):
             elif self._NEWLINE.match(name):
                 newline = tensor
             else:
-                logger.debug("unused checkpoint tensor: %s", name)
+                unused.append(name)
+        warn_unused(unused, type(self).__name__)
         load_into(self.vision_tower, fuse_projections(self.vision_tower, vision), rename=lambda n: n)
         self.language_model.load_weights(language)
         load_into(self.multi_modal_projector, projector, rename=lambda n: n)

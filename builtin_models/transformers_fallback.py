@@ -32,6 +32,7 @@ from poolkit.contracts.batch import PackedBatch
 from poolkit.contracts.config_checks import ConfigChecks, layers_held, source
 from poolkit.contracts.errors import InvalidRequest, ModelLoadError
 from poolkit.contracts.hookspecs import hookimpl
+from poolkit.loading.weights import warn_unused
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,11 @@ _LOGIT_TRANSFORMS = ("logit_scale", "logits_scaling", "final_logit_softcapping")
 #: The tensors of one layer in transformers checkpoints (``encoder.layer.3.``, ``layers.3.``,
 #: ``h.3.``, ``block.3.``), the layer index the first group.
 _LAYER = r"(?:^|\.)(?:layer|layers|h|block|blocks)\.(\d+)\."
+#: :class:`PoolerConfig` defaults of transformers classes, as vLLM sets them for its own
+#: implementation of each: Jamba's reward model gives its raw logit.
+_POOLER_DEFAULTS: Mapping[str, Mapping[str, Any]] = {"JambaForSequenceClassification": {"use_activation": False}}
+#: Buffers of older checkpoints that transformers rebuilds: never reported as unused.
+_IGNORED = re.compile(r"(?:^|\.)(?:position_ids|inv_freq|masked_bias)$")
 #: Size fields a mismatched dimension is blamed on first, when several have its value.
 _NAMED_SIZES = ("hidden_size", "intermediate_size", "vocab_size", "max_position_embeddings", "num_attention_heads",
                 "num_key_value_heads", "head_dim", "embedding_size", "type_vocab_size")
@@ -223,6 +229,7 @@ class TransformersModel(Architecture):
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         state = dict(weights)
         name = self.hf_class.__name__
+        keys = list(state)
         with _quiet_loading():
             try:
                 model, info = self.hf_class.from_pretrained(
@@ -250,9 +257,9 @@ class TransformersModel(Architecture):
         if missing:
             more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
             raise ModelLoadError(f"checkpoint lacks weights for {', '.join(missing[:5])}{more} ({name})")
-        unexpected = sorted(info.get("unexpected_keys") or [])
-        if unexpected:
-            logger.debug("unused checkpoint tensors for %s: %s", name, ", ".join(unexpected[:20]))
+        heads = _task_heads(model, keys)
+        unexpected = sorted(k for k in info.get("unexpected_keys") or [] if k not in heads and not _IGNORED.search(k))
+        warn_unused(unexpected, name)
         self.hf = model.eval()
 
     # -- forward -------------------------------------------------------------------------------
@@ -529,6 +536,17 @@ def _singles(batch: PackedBatch) -> list[PackedBatch]:
     ]
 
 
+def _task_heads(model: Any, keys: Collection[str]) -> frozenset[str]:
+    """The tensors of a task model's heads when ``model``, a base model, reads that task model's
+    checkpoint (a classifier's checkpoint, to embed): the ``keys`` outside the base-model prefix of
+    a checkpoint that has one. A base model's own checkpoint has no prefix, so a tensor it does not
+    use is no head; nor is one a task model does not use."""
+    prefix = (getattr(model, "base_model_prefix", "") or "") + "."
+    if prefix == "." or model is not model.base_model or not any(key.startswith(prefix) for key in keys):
+        return frozenset()
+    return frozenset(key for key in keys if not key.startswith(prefix))
+
+
 def _describe_mismatch(entry: Any) -> str:
     if isinstance(entry, (tuple, list)) and len(entry) == 3:
         key, ckpt, model = entry
@@ -554,7 +572,12 @@ def _fallback_class(base: type[TransformersModel], hf_class: type) -> type[Trans
     return type(
         f"Transformers{hf_class.__name__}",
         (base,),
-        {"hf_class": hf_class, "__module__": __name__, "__doc__": f"{hf_class.__name__} run by transformers.\n\n{base.__doc__}"},
+        {
+            "hf_class": hf_class,
+            "default_pooler_config": {**base.default_pooler_config, **_POOLER_DEFAULTS.get(hf_class.__name__, {})},
+            "__module__": __name__,
+            "__doc__": f"{hf_class.__name__} run by transformers.\n\n{base.__doc__}",
+        },
     )
 
 

@@ -80,6 +80,26 @@ def _content(parts: Any, where: str, names: list[str] | None = None) -> str | Me
     return MediaItem("\n".join(texts) or None, images) if images else "\n".join(texts)
 
 
+#: The keys of the prompt dicts ``LLM.embed`` takes (vLLM's ``TextPrompt`` / ``TokensPrompt``), which a
+#: score side does not: it takes texts, and images as ``{"content": [...]}``.
+PROMPT_KEYS = ("prompt", "prompt_token_ids", "multi_modal_data")
+
+#: How a score side takes an input with images, for messages that refuse another shape.
+CONTENT_SHAPE = "{'content': [{'type': 'image_url', 'image_url': {'url': ...}}, {'type': 'text', 'text': ...}]}"
+
+
+def _refuse_prompt(item: Any, where: str) -> None:
+    """Refuse ``LLM.embed``'s prompt dict as a score input, saying what scoring takes instead."""
+    if not isinstance(item, dict) or not any(key in item for key in PROMPT_KEYS):
+        return
+    if "multi_modal_data" in item:
+        raise InvalidRequest(
+            f"{where}: scoring takes an input with images as {CONTENT_SHAPE} (vLLM's ScoreMultiModalParam), "
+            "not as {'prompt', 'multi_modal_data'}"
+        )
+    raise InvalidRequest(f"{where}: scoring takes texts as strings, and inputs with images as {CONTENT_SHAPE}, not prompt dicts")
+
+
 def score_side(data: Any, what: str) -> list[Any]:
     """One side of a score request as a list of inputs: strings, and :class:`MediaItem` for inputs
     with images.
@@ -89,9 +109,12 @@ def score_side(data: Any, what: str) -> list[Any]:
     ``{"content": [parts]}`` and single parts, one input each.
 
     Raises:
-        InvalidRequest: another shape, an unknown content part, or an empty list (vLLM's wording).
+        InvalidRequest: another shape (``LLM.embed``'s ``{"prompt", "multi_modal_data"}`` dict: the
+            message shows the ``{"content": [...]}`` shape), an unknown content part, or an empty list
+            (vLLM's wording).
     """
     one = isinstance(data, (str, MediaItem)) or (isinstance(data, dict) and "content" in data)
+    _refuse_prompt(data, what)
     items: Any = [data] if one else data
     if items is None or not isinstance(items, (list, tuple)):
         raise InvalidRequest(f"score inputs must be a string or a list of strings, got {type(data).__name__}")
@@ -106,6 +129,7 @@ def score_side(data: Any, what: str) -> list[Any]:
         elif isinstance(item, dict) and "type" in item:
             out.append(_content([item], what, [f"{what} {i}"]))
         else:
+            _refuse_prompt(item, f"{what} {i}")
             raise InvalidRequest(f"{what} {i} must be a string, got {type(item).__name__}")
     return out
 

@@ -164,6 +164,9 @@ def load_model(args: Any) -> PoolingModel:
         )
     if args.trust_remote_code:
         logger.warning("trust_remote_code is ignored: poolkit never runs code shipped with a model")
+    declared = getattr(hf_config, "use_activation", None)
+    if declared is not None and not isinstance(declared, bool):
+        raise ModelLoadError(f"use_activation in config.json (or hf_overrides) must be true or false, got {declared!r}")
     st = read_st_config(path, args.allow_pickle)
     if st is not None and st.score_outputs is not None:
         hf_config.num_labels = st.score_outputs  # a CrossEncoder's own score modules are its classifier

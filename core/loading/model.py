@@ -1,8 +1,8 @@
 """A loaded model (:class:`PoolingModel`): its network, its tokenizer, and its pooling settings resolved.
 
 Precedence for every pooling setting: the user's ``pooler_config`` > the sentence-transformers
-files > the architecture's default > the task's default. Each resolved value remembers where it
-came from, which ``poolkit info`` shows.
+files > the checkpoint's ``config.json`` (``use_activation``) > the architecture's default > the
+task's default. Each resolved value remembers where it came from, which ``poolkit info`` shows.
 """
 
 from __future__ import annotations
@@ -177,7 +177,10 @@ class PoolingModel:
         return Setting(None, "default")
 
     def use_activation(self, from_st_normalize: bool = True) -> Setting:
-        """Whether heads apply their activation unless a request says otherwise.
+        """Whether heads apply their activation unless a request says otherwise: the user's
+        ``pooler_config``, a sentence-transformers ``Normalize`` (embedding tasks), the checkpoint's
+        ``config.json`` ``use_activation`` (or ``hf_overrides``), the architecture's default (raw
+        rewards of Qwen2-Math-RM and Jamba's reward model, as in vLLM), else true.
 
         Args:
             from_st_normalize: the task's activation is the L2 normalisation that a
@@ -192,6 +195,10 @@ class PoolingModel:
         )
         if from_st_normalize and st_normalize:
             return Setting(st.normalize, "sentence-transformers modules.json (Normalize)")
+        declared = getattr(self.hf_config, "use_activation", None)
+        if declared is not None:  # a bool: load_model checks it
+            overrides = (self.args.hf_overrides or {}) if self.args is not None else {}
+            return Setting(declared, "hf_overrides" if "use_activation" in overrides else "config.json use_activation")
         default = self.config_value("use_activation")
         return default if default.value is not None else Setting(True, "default")
 

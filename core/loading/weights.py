@@ -6,7 +6,7 @@ import json
 import logging
 import re
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 
@@ -113,18 +113,47 @@ def base_model_name(
     return None if unused.search(name) else name
 
 
+#: How many unused tensor names :func:`warn_unused` shows.
+SHOWN_UNUSED = 5
+
+
+def warn_unused(names: Sequence[str], owner: str) -> None:
+    """Warn that checkpoint tensors found no place in ``owner`` and were dropped.
+
+    A checkpoint that carries weights its architecture does not use (a projection saved beside a
+    ``Qwen3Model``'s weights) would otherwise give outputs other than its author's without a word,
+    as transformers and vLLM warn about unexpected keys. Tensors an architecture skips on purpose
+    (rotary ``inv_freq`` buffers, ``position_ids``, heads a base model does not run) never get
+    here: its ``rename`` returns ``None`` for them.
+    """
+    if not names:
+        return
+    shown = ", ".join(names[:SHOWN_UNUSED])
+    more = f" and {len(names) - SHOWN_UNUSED} more" if len(names) > SHOWN_UNUSED else ""
+    logger.warning(
+        "%d checkpoint tensor(s) unused by %s were dropped: %s%s; the outputs may differ from the checkpoint "
+        "author's (does config.json name the right architecture?)",
+        len(names),
+        owner,
+        shown,
+        more,
+    )
+
+
 def load_into(
     module: torch.nn.Module,
     weights: Iterable[tuple[str, torch.Tensor]],
     rename: Callable[[str], str | None] = legacy_norm_name,
     optional: Callable[[str], bool] = lambda name: False,
 ) -> set[str]:
-    """Copy named tensors into ``module``'s parameters and buffers.
+    """Copy named tensors into ``module``'s parameters and buffers; warn about the tensors that
+    ``rename`` keeps but ``module`` has no place for (:func:`warn_unused`).
 
     Args:
         module: the target module.
         weights: ``(checkpoint name, tensor)`` pairs.
-        rename: maps a checkpoint name to a parameter name, or ``None`` to skip the tensor.
+        rename: maps a checkpoint name to a parameter name, or ``None`` to skip the tensor on
+            purpose (quietly).
         optional: parameters that may stay as initialised when the checkpoint lacks them.
 
     Returns:
@@ -153,8 +182,7 @@ def load_into(
         with torch.no_grad():
             target.copy_(tensor.to(target.dtype))
         loaded.add(name)
-    if unused:
-        logger.debug("unused checkpoint tensors: %s", ", ".join(unused[:20]))
+    warn_unused(unused, type(module).__name__)
     missing = sorted(n for n in dict(module.named_parameters()) if n not in loaded and not optional(n))
     if missing:
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""

@@ -494,7 +494,8 @@ def image_prompt(llm: Any, text: str | None, images: list[Any], where: str, add_
     if reads_media(llm):
         return Prompt(text=text or None, extras={"image": list(images)}, add_special_tokens=add_special_tokens)
     if not takes_images(llm):
-        raise ApiError(400, f"{where}: model '{short(llm.model.name, 60)}' reads text only; send no images", param=where)
+        # the whole name, which the error handler replaces with the served one (ModelState.scrub)
+        raise ApiError(400, f"{where}: model '{llm.model.name}' reads text only; send no images", param=where)
     if text or len(images) != 1:
         raise ApiError(
             400, f"{where}: this model (a dual encoder such as CLIP) embeds one image without text, or text without "
