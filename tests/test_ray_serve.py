@@ -1,13 +1,22 @@
 """The server as a Ray Serve deployment: two replicas of a two-model server behind Ray Serve's HTTP
 proxy, driven by the official ``openai`` client and ``huggingface_hub.InferenceClient``, answers equal to offline; the
 server's limits and errors inside each replica; a replica killed mid-load replaced, and every request
-answered once it is back."""
+answered once it is back. ``poolkit serve --ray-serve`` as a process: ``/health`` answers 503 while
+its replica loads, SIGTERM drains the requests in flight and exits 0, and Ctrl-C on a cluster it
+joined deletes its applications and leaves the cluster (and the cluster's other application) running."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import torch
@@ -131,8 +140,10 @@ def test_a_replica_killed_mid_load_is_replaced(served, offline):
     victims = [a for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith("SERVE_REPLICA::")]
     assert len(victims) == 2
     ray.kill(ray.get_actor(victims[0]["name"], namespace=victims[0]["namespace"]), no_restart=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and not (running_replicas() == 2 and victims[0]["name"] not in _replicas_named()):
+    deadline = time.time() + 300  # a hang guard
+    # The controller starts the new replica once it has seen the victim die, so two named replicas
+    # without the victim and two running mean the new one runs (not a stale count of the victim).
+    while time.time() < deadline and not (running_replicas() == 2 and len(_replicas_named() - {victims[0]["name"]}) == 2):
         time.sleep(1)
     back = len(statuses)
     time.sleep(3)
@@ -182,3 +193,212 @@ def test_cli_serve_ray_serve_passes_the_server_options(monkeypatch, minilm_dir):
     assert seen["served_model_name"] == "m" and seen["api_key"] == "k" and seen["limits"].max_inputs_per_request == 5
     bad = CliRunner().invoke(app, ["serve", str(minilm_dir), "--ray-serve", "--autoscaling-config", "[1]"])
     assert bad.exit_code == 1 and "--autoscaling-config must be a JSON object, got list" in bad.output
+
+
+def test_health_replica_says_why_no_replica_runs(monkeypatch):
+    """The ``/health`` deployment's answers, read from Serve's status: the server's JSON 503 while
+    the application is not deployed yet or no replica of it runs, after a failed deployment, while
+    it is deleted or once told to drain; 200 once a replica runs; 405 but for GET, as the server's."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from ray.serve.schema import ApplicationStatus
+
+    from poolkit.entrypoints.integrations import ray_serve
+    from poolkit.entrypoints.server.errors import error_body
+
+    apps: dict = {}
+    monkeypatch.setattr(ray_serve, "_serve", lambda: SimpleNamespace(status=lambda: SimpleNamespace(applications=apps)))
+    health = ray_serve.Health("poolkit")
+
+    def answer(method: str = "GET") -> tuple:
+        response = asyncio.run(health(SimpleNamespace(method=method)))
+        return response.status_code, response.body, response.headers.get("retry-after")
+
+    def app(status: ApplicationStatus, running: int) -> SimpleNamespace:
+        replicas = {"RUNNING": running} if running else {"STARTING": 1}
+        return SimpleNamespace(status=status, deployments={"poolkit": SimpleNamespace(replica_states=replicas)})
+
+    loading = (503, error_body(503, "the model is loading"), "5")
+    assert answer() == loading
+    apps["poolkit"] = app(ApplicationStatus.DEPLOYING, 0)
+    assert answer() == loading
+    apps["poolkit"] = app(ApplicationStatus.DEPLOY_FAILED, 0)
+    assert answer() == (503, error_body(503, "the model failed to load"), None)
+    apps["poolkit"] = app(ApplicationStatus.DELETING, 0)
+    assert answer() == (503, error_body(503, "the server is shutting down"), None)
+    apps["poolkit"] = app(ApplicationStatus.RUNNING, 1)
+    assert answer() == (200, b'{"status":"ok"}', None)
+    assert answer("POST") == (405, error_body(405, "Method Not Allowed"), None)
+    health.poolkit_drain()
+    assert answer() == (503, error_body(503, "the server is shutting down"), None)
+
+# -- `poolkit serve --ray-serve` as a process ------------------------------------------------------
+
+#: A plugin whose model resolver holds the load until a file exists, as a slow download would.
+GATE = """
+import os
+import time
+from pathlib import Path
+
+from poolkit import hookimpl
+
+
+@hookimpl
+def poolkit_resolve_model(name):
+    if name != "gated-minilm":
+        return None
+    deadline = time.monotonic() + 600
+    while not Path(os.environ["GATE_FILE"]).exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return os.environ["GATED_MODEL"]
+"""
+
+#: A Ray cluster that is not poolkit's, with an application of its own at /other; each line on its
+#: stdin prints the applications deployed on it.
+CLUSTER = """
+import json
+import sys
+
+import ray
+from ray import serve
+
+ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+serve.start(http_options={"host": "127.0.0.1", "port": int(sys.argv[1])})
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0})
+def other(request):
+    return "other"
+
+
+serve.run(other.bind(), name="other", route_prefix="/other")
+print(json.dumps(ray.get_runtime_context().gcs_address), flush=True)
+for line in sys.stdin:
+    print(json.dumps(sorted(serve.status().applications)), flush=True)
+"""
+
+
+def serve_process(log: Path, model: str, port: int, *flags: str, env: dict | None = None) -> subprocess.Popen:
+    """``poolkit serve MODEL --ray-serve --num-replicas 1`` on ``port``, in a process group of its own."""
+    cmd = [sys.executable, "-m", "poolkit", "serve", model, "--port", str(port), "--served-model-name", "minilm",
+           "--ray-serve", "--num-replicas", "1", *flags]
+    with open(log, "wb") as out:
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+
+
+def until(check, proc: subprocess.Popen, log: Path, what: str, deadline: float = 600):
+    """Poll ``check()`` until it returns something: a hang guard, not a timing."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise AssertionError(f"the server exited with {proc.returncode} waiting for {what}:\n{log.read_text()[-4000:]}")
+        got = check()
+        if got is not None:
+            return got
+        time.sleep(0.2)
+    raise AssertionError(f"no {what} within {deadline} s:\n{log.read_text()[-4000:]}")
+
+
+def health(url: str, status: int):
+    """``GET /health``'s response when it has ``status``, else ``None`` (nothing listening yet, or
+    Serve's 404 before the health application is deployed). Its timeout is a hang guard."""
+    import httpx
+
+    try:
+        got = httpx.get(f"{url}/health", timeout=120)
+    except httpx.ConnectError:
+        return None
+    return got if got.status_code == status else None
+
+
+def stopped(proc: subprocess.Popen) -> None:
+    """End what is left of a server (its process group: its own Ray too) after a failed test."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def test_health_answers_503_while_loading_and_sigterm_drains_the_requests_in_flight(minilm_dir, tmp_path):
+    """The replica's load held by a resolver plugin: ``/health`` answers the server's JSON 503 (not
+    a wait behind the load); once the replica runs, 200. SIGTERM with four requests in flight (a
+    slow stand-in device holds them in the replica) answers each with a 200, then the process
+    exits 0 (not killed by Ray's signal handlers, which dropped the requests)."""
+    import httpx
+
+    from poolkit.entrypoints.server.errors import error_body
+    from poolkit.plugins.testing import fake_distribution
+
+    site, gate = tmp_path / "site", tmp_path / "gate"
+    fake_distribution(site, "poolkit-gate", "1.0", {"gate": "poolkit_gate"}, {"poolkit_gate": GATE})
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])), "GATE_FILE": str(gate),
+           "GATED_MODEL": str(minilm_dir), "POOLKIT_STANDIN_TOKENS_PER_S": "40"}
+    port, log = free_port(), tmp_path / "serve.log"
+    url = f"http://127.0.0.1:{port}"
+    proc = serve_process(log, "gated-minilm", port, env=env)
+    try:
+        loading = until(lambda: health(url, 503), proc, log, "503 from /health while the replica loads")
+        assert loading.content == error_body(503, "the model is loading") and loading.headers["retry-after"] == "5"
+        assert loading.headers["content-type"] == "application/json"
+        gate.touch()
+        assert until(lambda: health(url, 200), proc, log, "200 from /health").json() == {"status": "ok"}
+
+        def embed(i: int) -> int:
+            texts = [f"request {i} text {j}: the quick brown fox jumps over the lazy dog" for j in range(8)]
+            return httpx.post(f"{url}/v1/embeddings", json={"model": "minilm", "input": texts}, timeout=300).status_code
+
+        def in_flight() -> int | None:
+            metrics = httpx.get(f"{url}/metrics", timeout=120).text
+            line = next(x for x in metrics.splitlines() if x.startswith("poolkit_requests_in_flight "))
+            return 4 if float(line.split()[1]) == 4 else None
+
+        with ThreadPoolExecutor(4) as pool:
+            pending = [pool.submit(embed, i) for i in range(4)]
+            until(in_flight, proc, log, "four requests in flight")
+            proc.send_signal(signal.SIGTERM)
+            statuses = [f.result() for f in pending]
+        code = proc.wait(300)
+        assert statuses == [200] * 4, log.read_text()[-4000:]
+        assert code == 0, log.read_text()[-4000:]
+    finally:
+        stopped(proc)
+
+
+def test_ctrl_c_deletes_the_applications_it_deployed_on_a_cluster_and_leaves_the_cluster(minilm_dir, tmp_path):
+    """``--ray-address`` of a running cluster (one that serves an application of its own): Ctrl-C
+    ends the server with exit code 0, its two applications are gone from the cluster, and the
+    cluster, its Serve and its other application still run (Ray's ``serve run`` shuts Serve down)."""
+    import httpx
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    auth = {"RAY_AUTH_MODE": "token"}  # Ray's token authentication, which a driver given an address must ask for
+    cluster = subprocess.Popen([sys.executable, "-c", CLUSTER, str(port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True, start_new_session=True, env={**os.environ, **auth})
+    proc = None
+    try:
+        address = json.loads(cluster.stdout.readline())
+        assert httpx.get(f"{url}/other", timeout=120).text == "other"
+        log = tmp_path / "serve.log"
+        proc = serve_process(log, str(minilm_dir), port, "--ray-address", address, env=auth)
+        until(lambda: health(url, 200), proc, log, "200 from /health")
+        cluster.stdin.write("\n")
+        cluster.stdin.flush()
+        assert {"other", "poolkit"} <= set(json.loads(cluster.stdout.readline()))
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(300) == 0, log.read_text()[-4000:]
+        cluster.stdin.write("\n")
+        cluster.stdin.flush()
+        assert json.loads(cluster.stdout.readline()) == ["other"]
+        assert httpx.get(f"{url}/other", timeout=120).text == "other"
+        assert httpx.get(f"{url}/health", timeout=120).status_code == 404  # Serve's proxy: no such route now
+    finally:
+        if proc is not None:
+            stopped(proc)
+        cluster.stdin.close()  # the cluster's driver ends, and its Ray with it
+        try:
+            cluster.wait(120)
+        except subprocess.TimeoutExpired:
+            os.killpg(cluster.pid, signal.SIGKILL)
+            cluster.wait()

@@ -41,7 +41,7 @@ def serve(
     ray_serve: bool = typer.Option(False, "--ray-serve", help="Serve as a Ray Serve deployment: --num-replicas replicas, each loading the model(s) and answering every route, behind Ray Serve's HTTP proxy on --host:--port (needs ray[serve])."),
     num_replicas: int = typer.Option(2, "--num-replicas", help="With --ray-serve: the replicas to run."),
     autoscaling_config: Optional[str] = typer.Option(None, "--autoscaling-config", help='With --ray-serve: Ray Serve\'s autoscaling settings as JSON ({"min_replicas": 1, "max_replicas": 8}), instead of --num-replicas.'),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="With --ray-serve: the Ray cluster to join ('auto', or ray://host:port); default: start Ray on this machine."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="With --ray-serve: the Ray cluster to join ('auto', an address, or ray://host:port; or set RAY_ADDRESS); on exit the server deletes the applications it deployed and leaves the cluster running. Default: start a Ray of its own on this machine, stopped on exit."),
     api_server_count: int = typer.Option(1, "--api-server-count", help="API server processes (vLLM's option): above 1, the models load first and that many processes parse, validate and answer requests, one of them running the models; for many small requests on a host with cores to spare."),
     quiet: bool = QuietOpt,
     verbose: bool = VerboseOpt,

@@ -7,26 +7,48 @@ autoscaling configuration says so. A replica takes a GPU where the cluster has G
 otherwise. The single-process ``poolkit serve`` stays the default; this is for traffic that
 outgrows one process or one host.
 
+Ray Serve's proxy routes a request only to a replica that has finished loading, so ``GET /health``
+is answered by a small deployment of its own (:func:`health_application`), which says 503 at once
+while no replica is ready instead of waiting behind the load.
+
 Example:
     >>> from ray import serve
     >>> from poolkit import EngineArgs
-    >>> from poolkit.entrypoints.integrations.ray_serve import build_application
+    >>> from poolkit.entrypoints.integrations.ray_serve import build_application, health_application
     >>> serve.start(http_options={"host": "127.0.0.1", "port": 8000})
-    >>> serve.run(build_application(EngineArgs(model="BAAI/bge-base-en-v1.5"), num_replicas=4), route_prefix="/")
+    >>> serve.run(health_application(), name="poolkit-health", route_prefix="/health")
+    >>> serve.run(build_application(EngineArgs(model="BAAI/bge-base-en-v1.5"), num_replicas=4), name="poolkit", route_prefix="/")
 
 On a Ray cluster, ``poolkit serve MODEL --ray-serve --num-replicas 4 --ray-address auto`` does the
-same from a shell (``docs/server.md``).
+same from a shell (``docs/server.md``), and on SIGTERM or Ctrl-C drains the replicas and deletes
+both applications, leaving the cluster running.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import asyncio
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-from ...config.settings import EngineArgs
 from ...contracts.errors import InvalidRequest, MissingDependency
+
+if TYPE_CHECKING:  # the health replica imports this module: no torch there
+    from ...config.settings import EngineArgs
+
+logger = logging.getLogger("poolkit.entrypoints.server")
 
 #: The name of the deployment and of its application.
 NAME = "poolkit"
+#: What the health application's name adds to the server's.
+HEALTH = "-health"
+#: ``/health``'s answers while no replica is ready (the single-process server's words).
+LOADING, FAILED, STOPPING = "the model is loading", "the model failed to load", "the server is shutting down"
 
 
 def _serve() -> Any:
@@ -42,10 +64,29 @@ def replica_app(settings: Sequence[dict[str, Any]], options: dict[str, Any]) -> 
     server application over them (:func:`poolkit.entrypoints.server.create_app` with ``options``)."""
     from poolkit import LLM
 
+    from ...config.settings import EngineArgs
     from ..server import create_app
 
     llms = [LLM.from_args(EngineArgs(**one)) for one in settings]
     return create_app(llms if len(llms) > 1 else llms[0], **options)
+
+
+class PoolkitReplica:
+    """One replica: a poolkit server over its own engine (the ASGI application is Serve's ``app``)."""
+
+    async def poolkit_drain(self, wait_s: float) -> int:
+        """Stop taking requests (503 from now on, ``/health`` included; those still waiting for
+        their work when ``--shutdown-timeout`` is about to run out answer 503 too), then wait up to
+        ``wait_s`` seconds for the requests in flight; returns how many are left."""
+        st = self.app.state.poolkit  # type: ignore[attr-defined]  # the ASGI app serve.ingress built
+        if not st.draining:
+            st.draining = True
+            timeout = st.limits.shutdown_timeout
+            st.shutdown_deadline(timeout - min(1.0, 0.2 * timeout))  # as the single-process server does
+        end = time.monotonic() + wait_s
+        while (st.in_flight or st.receiving) and time.monotonic() < end:  # bodies arriving are drained too
+            await asyncio.sleep(0.05)
+        return st.in_flight + st.receiving
 
 
 def build_application(
@@ -61,6 +102,10 @@ def build_application(
 ) -> Any:
     """A Ray Serve application of the poolkit server: ``num_replicas`` replicas, each loading the
     model(s) of ``args`` and answering every route as ``poolkit serve`` does.
+
+    A replica that is stopped (the application deleted, scaled down) finishes its requests in
+    flight first, for up to the limits' ``shutdown_timeout`` (Serve's ``graceful_shutdown_timeout_s``).
+    Serve the :func:`health_application` beside it for a ``/health`` that answers while replicas load.
 
     Args:
         args: the load settings of one model, or of several (a list: one server over them all).
@@ -80,6 +125,9 @@ def build_application(
         MissingDependency: Ray Serve is not installed.
         InvalidRequest: a setting that cannot make a deployment.
     """
+    from ...config.settings import EngineArgs
+    from ..server import ServerLimits
+
     serve = _serve()
     many = [args] if isinstance(args, EngineArgs) else list(args)
     if not many:
@@ -90,7 +138,8 @@ def build_application(
     actor: dict[str, Any] = {"num_gpus": gpus} if gpus else {}
     if num_cpus is not None or not gpus:
         actor["num_cpus"] = 1 if num_cpus is None else num_cpus
-    deployment: dict[str, Any] = {"name": name, "ray_actor_options": actor}
+    limits = options.get("limits") or ServerLimits()
+    deployment: dict[str, Any] = {"name": name, "ray_actor_options": actor, "graceful_shutdown_timeout_s": limits.shutdown_timeout}
     if autoscaling_config is not None:
         deployment["autoscaling_config"] = dict(autoscaling_config)
     else:
@@ -102,8 +151,57 @@ def build_application(
     def build() -> Any:  # a function (not a partial): Ray Serve calls it on each replica for the app
         return replica_app(settings, options)
 
-    replica = type("PoolkitReplica", (), {"__doc__": "One replica: a poolkit server over its own engine."})
-    return serve.deployment(serve.ingress(build)(replica), **deployment).bind()
+    return serve.deployment(serve.ingress(build)(PoolkitReplica), **deployment).bind()
+
+
+class Health:
+    """``GET /health`` of the server deployed as ``app_name``, answered without a replica of it:
+    200 once one of its replicas runs, else a JSON 503 at once (loading, failed, shutting down)."""
+
+    def __init__(self, app_name: str) -> None:
+        self.app_name = app_name
+        self.draining = False
+
+    def poolkit_drain(self) -> None:
+        """The server is shutting down: 503 from now on."""
+        self.draining = True
+
+    def unready(self) -> str | None:
+        """Why no replica of the server takes requests, or ``None`` when one does (Serve's status)."""
+        if self.draining:
+            return STOPPING
+        app = _serve().status().applications.get(self.app_name)
+        if app is None:  # not deployed yet (this application goes first)
+            return LOADING
+        deployment = app.deployments.get(self.app_name)
+        if deployment is not None and deployment.replica_states.get("RUNNING", 0) > 0:
+            return None
+        return {"DEPLOY_FAILED": FAILED, "DELETING": STOPPING}.get(app.status, LOADING)  # str enums
+
+    async def __call__(self, request: Any) -> Any:
+        from starlette.responses import Response
+
+        if request.method != "GET":  # as the server's own /health
+            return Response(_error(405, "Method Not Allowed"), 405, {"Allow": "GET"}, media_type="application/json")
+        why = await asyncio.to_thread(self.unready)
+        if why is None:
+            return Response(b'{"status":"ok"}', media_type="application/json")
+        return Response(_error(503, why), 503, {"Retry-After": "5"} if why == LOADING else None, media_type="application/json")
+
+
+def _error(status: int, message: str) -> bytes:
+    """The server's JSON error body (``poolkit.entrypoints.server.errors.error_body``, whose module
+    would bring torch into this small replica)."""
+    kind = {405: "MethodNotAllowedError", 503: "ServiceUnavailableError"}[status]
+    return json.dumps({"error": {"message": message, "type": kind, "param": None, "code": status}}).encode()
+
+
+def health_application(name: str = NAME) -> Any:
+    """A Ray Serve application answering ``/health`` for the server deployed as ``name``: one
+    replica, no CPU reserved; serve it at ``route_prefix="/health"`` beside :func:`build_application`'s."""
+    serve = _serve()
+    options = {"name": name + HEALTH, "num_replicas": 1, "ray_actor_options": {"num_cpus": 0}}
+    return serve.deployment(Health, **options).bind(name)
 
 
 def _gpus(many: Sequence[EngineArgs]) -> float:
@@ -125,13 +223,137 @@ def run(
     **kwargs: Any,
 ) -> Any:
     """Start Ray (or join the cluster at ``ray_address``), Ray Serve's HTTP proxy on ``host:port``,
-    and the deployment (:func:`build_application`'s keywords); with ``blocking`` serve until
-    interrupted. Returns the deployment's handle."""
+    the health application and the deployment (:func:`build_application`'s keywords).
+
+    With ``blocking``, serve until SIGTERM or SIGINT (Ctrl-C), then shut down as ``poolkit serve``
+    does: ``/health`` and every replica answer 503 to new requests while those in flight finish
+    (bounded by the limits' ``shutdown_timeout``), both applications are deleted, and Ray Serve and
+    Ray stop where this call started them; a cluster it joined keeps running (and its Serve, unless
+    this call started it and nothing else is deployed on it). A second Ctrl-C stops at once.
+    Without ``blocking``, returns the deployment's handle and leaves the rest to the caller.
+    """
     import ray
 
     serve = _serve()
+    name = kwargs.get("name", NAME)
+    connected = owns_ray = False
     if not ray.is_initialized():
-        ray.init(address=ray_address, include_dashboard=False, ignore_reinit_error=True)
+        address = ray_address or os.environ.get("RAY_ADDRESS") or "local"  # "local": a Ray of its own
+        ray.init(address=address, include_dashboard=False)
+        connected, owns_ray = True, address == "local"
+    before = serve.status()  # empty where no Serve runs yet
+    serve_was_running = bool(before.proxies or before.applications)
     application = build_application(args, **kwargs)  # after ray.init: the cluster's GPUs are known
     serve.start(http_options={"host": host, "port": port})
-    return serve.run(application, name=kwargs.get("name", NAME), route_prefix="/", blocking=blocking)
+    if not blocking:
+        serve.run(health_application(name), name=name + HEALTH, route_prefix="/health")
+        return serve.run(application, name=name, route_prefix="/")
+    from ..server import ServerLimits
+
+    timeout = (kwargs.get("limits") or ServerLimits()).shutdown_timeout
+    with _ExitSignals() as signals:
+        try:
+            with signals.interruptible():
+                serve.run(health_application(name), name=name + HEALTH, route_prefix="/health")
+                serve.run(application, name=name, route_prefix="/")
+                logger.info("the server is ready")
+            while not signals.received.wait(0.5):  # a timed wait: the signal handler runs meanwhile
+                pass
+        except _Stopped:
+            pass
+        finally:
+            logger.info("shutting down: draining the replicas")
+            try:
+                _shut_down(name, timeout, stop_serve=owns_ray or not serve_was_running)
+            finally:
+                if connected:  # a Ray this call started stops; a cluster it joined only loses this driver
+                    ray.shutdown()
+    return None
+
+
+class _Stopped(BaseException):
+    """SIGTERM or SIGINT arrived while the applications were being deployed (a model loading)."""
+
+
+class _ExitSignals:
+    """SIGTERM and SIGINT while :func:`run` serves (in the main thread; Ray's own SIGTERM handler
+    would exit the process at once): the first starts the shutdown, and interrupts the deployment
+    if it is still loading; a second Ctrl-C raises ``KeyboardInterrupt``."""
+
+    def __init__(self) -> None:
+        self.received = threading.Event()
+        self._deploying = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "_ExitSignals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    @contextmanager
+    def interruptible(self) -> Iterator[None]:
+        """The part a signal interrupts (deploying: a model may load for minutes) instead of
+        letting it finish first."""
+        if self.received.is_set():
+            raise _Stopped
+        self._deploying = True
+        try:
+            yield
+        finally:
+            self._deploying = False
+
+    def _handle(self, sig: int, frame: Any) -> None:
+        if self.received.is_set():
+            if sig == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
+        self.received.set()
+        if self._deploying:
+            raise _Stopped
+
+
+def _shut_down(name: str, timeout: float, stop_serve: bool) -> None:
+    """Drain the replicas of ``name`` (503 to new requests, those in flight answered, at most
+    ``timeout`` seconds), then stop Ray Serve if ``stop_serve`` and nothing else is deployed on it,
+    else delete the two applications."""
+    serve = _serve()
+    try:
+        serve.get_app_handle(name + HEALTH).poolkit_drain.remote().result(timeout_s=10)
+    except Exception as exc:  # noqa: BLE001 - not deployed, or gone: nothing to tell
+        logger.debug("shutdown: the health replica did not answer: %s", exc)
+    _drain(name, time.monotonic() + timeout)
+    ours = {name, name + HEALTH}
+    if stop_serve and set(serve.status().applications) <= ours:
+        serve.shutdown()  # deletes both applications too
+        return
+    for app in sorted(ours):
+        try:
+            serve.delete(app)
+        except Exception as exc:  # noqa: BLE001 - Serve kills a replica it could not stop in time
+            logger.warning("shutdown: deleting the application '%s': %s", app, exc)
+
+
+def _drain(name: str, deadline: float) -> None:
+    """Tell every replica of ``name`` to drain, until none has a request in flight or ``deadline``
+    passes. (A Ray Serve without ``broadcast`` drains each replica as it deletes it instead:
+    ``graceful_shutdown_timeout_s``.)"""
+    handle = _serve().get_deployment_handle(name, app_name=name)
+    if not hasattr(handle, "broadcast"):
+        return
+    while True:
+        wait = min(2.0, max(0.0, deadline - time.monotonic()))
+        try:
+            in_flight = handle.broadcast("poolkit_drain", wait).results(timeout_s=wait + 10)
+        except Exception as exc:  # noqa: BLE001 - no replica running (still loading, or failed)
+            logger.debug("shutdown: no replica to drain: %s", exc)
+            return
+        if not any(in_flight):
+            return
+        if time.monotonic() >= deadline:
+            logger.warning("shutdown: %d requests did not finish within the shutdown timeout", sum(in_flight))
+            return
