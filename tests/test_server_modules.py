@@ -28,6 +28,7 @@ FAMILIES = {
     "poolkit_batches": "counter",
     "poolkit_batch_tokens": "counter",
     "poolkit_requests_in_flight": "gauge",
+    "poolkit_requests_receiving": "gauge",
     "poolkit_queue_depth": "gauge",
     "poolkit_model_ready": "gauge",
     "poolkit_batch_size": "histogram",

@@ -171,10 +171,6 @@ def _parsed(body: bytes) -> tuple[Any] | None:
         return None
 
 
-def _shutting_down() -> ApiError:
-    return ApiError(503, "the server is shutting down", headers={"Retry-After": "5"})
-
-
 def _unready(model: "ModelState") -> ApiError | None:
     """The 503 of a model that is not taking requests (still loading, or failed to load)."""
     if model.load_error is not None:
@@ -209,8 +205,12 @@ class Guard:
     def _unauthorized(self, scope: dict, path: str) -> ApiError | None:
         """The 401 of a protected route without the key: checked before anything else, the model
         a request names included, so that nothing about the server answers a client without it."""
-        public = path == "/" and scope["method"] in ("GET", "HEAD")  # TEI's health alias, open as /health
-        if path in PROTECTED_ROUTES and not public and self.state.key_digest is not None and not self._authorized(scope):
+        if (
+            path in PROTECTED_ROUTES
+            and self.state.key_digest is not None
+            and not (path == "/" and scope["method"] in ("GET", "HEAD"))  # TEI's health alias, open as /health
+            and not self._authorized(scope)
+        ):
             return ApiError(
                 401,
                 "Unauthorized: send the API key as 'Authorization: Bearer <key>'",
@@ -225,7 +225,7 @@ class Guard:
         if model is not None and (error := _unready(model)) is not None:
             return error
         if st.draining:
-            return _shutting_down()
+            return ApiError(503, "the server is shutting down", headers={"Retry-After": "5"})
         if not _is_json(_header(scope, b"content-type")):
             return ApiError(415, "Unsupported Media Type: Only 'application/json' is allowed")
         length = _header(scope, b"content-length")
@@ -237,12 +237,11 @@ class Guard:
         return None
 
     def _admit(self) -> ApiError | None:
-        """The 503 of a draining server, or the 429 of one with ``--max-concurrent-requests``
-        requests in flight, for a request whose body is in: a slot counts work, not uploads (TEI
-        takes its permit after the body too), so clients stalling their bodies hold no slot."""
+        """The 429 of a server with ``--max-concurrent-requests`` requests in flight, for a request
+        whose body is in: a slot counts work, not uploads (TEI takes its permit after the body too),
+        so clients stalling their bodies hold no slot. A request whose headers came before a
+        shutdown began is drained as one already admitted, its body arriving meanwhile."""
         st = self.state
-        if st.draining:
-            return _shutting_down()
         if st.in_flight >= st.limits.max_concurrent_requests:
             st.metrics.rejected.inc()
             return ApiError(
@@ -340,7 +339,11 @@ class Guard:
             if error is None:
                 error = model if isinstance(model, ApiError) else self._check(scope, path, method, model)
             if error is None and path in INFERENCE_ROUTES and method == "POST":
-                body, error = await self._read_body(scope, receive)
+                st.receiving += 1
+                try:
+                    body, error = await self._read_body(scope, receive)
+                finally:
+                    st.receiving -= 1
                 if body is None and error is None:
                     status[0] = 499
                     return

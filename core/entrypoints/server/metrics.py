@@ -47,6 +47,9 @@ class _StateCollector:
                 family.add_metric([_label(m)], getattr(m.batcher.stats, stat) if m.batcher is not None else 0)
             yield family
         yield GaugeMetricFamily("poolkit_requests_in_flight", "Requests being handled.", value=st.in_flight)
+        yield GaugeMetricFamily(
+            "poolkit_requests_receiving", "Requests whose body is still arriving (not yet admitted).", value=st.receiving
+        )
         gauges = (
             ("poolkit_queue_depth", "Requests waiting for the model.", lambda m: m.batcher.queue_depth if m.batcher else 0),
             ("poolkit_model_ready", "1 when the model is loaded and the server takes requests.", lambda m: int(m.accepting)),
@@ -151,7 +154,7 @@ class ServerMetrics:
         """Move each model's batcher's per-batch samples into histograms (so its lists stay short)."""
         for model in self.state.models:
             batcher: Batcher | None = model.batcher
-            if batcher is None:
+            if batcher is None or not (batcher.stats.batch_sizes or batcher.stats.queue_seconds):
                 continue
             stats, label = batcher.stats, _label(model)
             for samples, histogram in ((stats.batch_sizes, self.batch_size), (stats.queue_seconds, self.queue_wait)):

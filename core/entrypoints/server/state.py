@@ -119,13 +119,23 @@ class ModelState:
         self.max_len: int | None = None
         self.vocab: int | None = None
         self.embedding_size: int | None = None
+        self._label: tuple[tuple[Any, ...], str] | None = None  # (every model's served name, the label)
 
     @property
     def label(self) -> str:
         """The model's name on the routes open without the key (``/metrics``, ``/openapi.json``):
         the served name, except that a model served under the path of its local directory (no
         ``--served-model-name``) shows the directory's last part (numbered when two models share
-        it), so that no open route shows where the model lies."""
+        it), so that no open route shows where the model lies.
+
+        Every answered request counts under it: it is worked out again only when a served name
+        changes (a file-system check and paths each time cost the single-text path measurably)."""
+        names = tuple(m.served for m in self.server.models)
+        if self._label is None or self._label[0] != names:
+            self._label = (names, self._public_label())
+        return self._label[1]
+
+    def _public_label(self) -> str:
         def public(model: ModelState) -> str:
             name = str(model.served or "")
             if name and (os.path.isabs(name) or os.path.exists(name)):
@@ -197,7 +207,9 @@ class ServerState:
         limits: the server's limits (the body size and concurrency are the server's; each model
             keeps its own batch and queue budgets).
         draining: the server is shutting down; ``drained``: its batchers were drained.
-        in_flight: inference requests being handled (admitted by the middleware).
+        in_flight: inference requests being handled (admitted by the middleware once their body
+            is in); ``receiving``: requests whose body is still arriving (counted apart: they hold
+            no admission slot).
     """
 
     def __init__(self, api_key: str | None, limits: ServerLimits, media: MediaPolicy | None = None) -> None:
@@ -210,6 +222,7 @@ class ServerState:
         self.draining = False
         self.drained = False
         self.in_flight = 0
+        self.receiving = 0
         self.request_exit: Callable[[], None] = lambda: None
         #: With several API processes (:mod:`~poolkit.entrypoints.server.processes`), the engine
         #: process's: stop the fronts when SIGTERM arrives, and wait for them before draining.
