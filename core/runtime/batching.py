@@ -10,11 +10,16 @@ pipeline of two threads: the worker takes and tokenizes the next merged batch wh
 thread runs the one before and answers its requests (:meth:`poolkit.runtime.engine.Engine.staged`),
 one batch waiting between them at most; otherwise the device would wait for every batch's
 tokenization. On the CPU both would share the same cores, and one thread does both.
+
+A batcher built with ``traced=True`` (a server exporting traces, :mod:`poolkit.entrypoints.server.tracing`)
+stamps the work of each traced request with the times of its phases (:class:`WorkTimes`);
+otherwise nothing is stamped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import queue
 import threading
@@ -48,6 +53,62 @@ TRIM_INTERVAL = 1.0
 
 
 @dataclass(eq=False)
+class WorkTimes:
+    """When one piece of a traced request's work entered the queue, was taken from it, was
+    tokenized and had run (``time.time_ns()``; 0: not reached). Work that tokenizes inside its
+    run (a whole call, :meth:`Batcher.call`; images; chunked inputs) leaves ``tokenized`` at 0.
+
+    Attributes:
+        inputs: the prompts of this work; ``task``: their task's name (``None`` for a call).
+        batch_inputs: the prompts of the merged batch it ran in.
+    """
+
+    queued: int
+    inputs: int = 0
+    task: str | None = None
+    taken: int = 0
+    tokenized: int = 0
+    ran: int = 0
+    batch_inputs: int = 0
+
+
+#: The list a traced request's work appends its :class:`WorkTimes` to: set by the server for
+#: each request it traces, read when the work is queued (by a batcher built with ``traced=True``).
+TRACED_WORK: contextvars.ContextVar[list[WorkTimes] | None] = contextvars.ContextVar("poolkit_traced_work", default=None)
+
+
+def _note(work: _Work) -> None:
+    """Give ``work`` its :class:`WorkTimes` when its request is traced (:data:`TRACED_WORK` is set)."""
+    owner = TRACED_WORK.get()
+    if owner is not None:
+        work.times = WorkTimes(time.time_ns(), len(work.prompts), work.task.name if work.task is not None else None)
+        owner.append(work.times)
+
+
+def _stamp(batch: list[_Work], phase: str, inputs: int = 0) -> None:
+    """Note the time the traced work of ``batch`` reached ``phase`` (a :class:`WorkTimes` field);
+    ``inputs``: the prompts of the merged batch, noted when it is taken."""
+    now = time.time_ns()
+    for work in batch:
+        if work.times is not None:
+            setattr(work.times, phase, now)
+            if inputs:
+                work.times.batch_inputs = inputs
+
+
+def _timed(batch: list[_Work], run: Callable[[], Any]) -> Callable[[], Any]:
+    """``run``, noting when it ends as the time the traced work of ``batch`` had run."""
+
+    def timed() -> Any:
+        try:
+            return run()
+        finally:
+            _stamp(batch, "ran")
+
+    return timed
+
+
+@dataclass(eq=False)
 class _Work:
     task: Task | None
     prompts: PromptBatch
@@ -58,6 +119,8 @@ class _Work:
     enqueued: float = field(default_factory=time.monotonic)
     #: A whole call to run on the worker thread instead of prompts to merge (score, rerank).
     call: Callable[[], Any] | None = None
+    #: Its phases' times, when its request is traced.
+    times: WorkTimes | None = None
 
 
 @dataclass
@@ -93,10 +156,14 @@ class Batcher:
         llm: the loaded :class:`poolkit.LLM`.
         max_batch_tokens: estimated tokens merged into one engine call.
         max_queue_tokens: estimated tokens allowed to wait; beyond it :class:`QueueFull`.
+        traced: stamp the work queued under a :data:`TRACED_WORK` list with its phases' times.
     """
 
-    def __init__(self, llm: Any, max_batch_tokens: int = 16384, max_queue_tokens: int = 1_000_000) -> None:
+    def __init__(
+        self, llm: Any, max_batch_tokens: int = 16384, max_queue_tokens: int = 1_000_000, traced: bool = False
+    ) -> None:
         self.llm = llm
+        self.traced = traced
         self.max_batch_tokens = max_batch_tokens
         self.max_queue_tokens = max_queue_tokens
         self.stats = BatcherStats()
@@ -146,6 +213,8 @@ class Batcher:
     ) -> Any:
         loop = asyncio.get_running_loop()
         work = _Work(task, prompts, params, cost, loop.create_future(), loop, call=call)
+        if self.traced:
+            _note(work)
         with self._cond:
             if self._closing:
                 raise ShuttingDown("the server is shutting down")
@@ -233,13 +302,21 @@ class Batcher:
         prompts = PromptBatch.concat([w.prompts for w in batch])
         params = [p for w in batch for p in w.params]
         now = time.monotonic()
+        if self.traced:
+            _stamp(batch, "taken", len(prompts))
         try:
             run = self.llm.engine.staged(batch[0].task, prompts, params)
         except Exception:
             return _Staged(batch, lambda: [self._run([work]) for work in batch])
+        launches = hasattr(run, "launch")  # else it tokenizes when it runs
+        answer, finish = run, getattr(run, "finish", None)
+        if self.traced:
+            if launches:
+                _stamp(batch, "tokenized")
+            answer, finish = _timed(batch, run), finish and _timed(batch, finish)
         return _Staged(
-            batch, lambda: self._answer(batch, prompts, now, run),
-            run if hasattr(run, "launch") else None, lambda: self._answer(batch, prompts, now, run.finish),
+            batch, lambda: self._answer(batch, prompts, now, answer),
+            run if launches else None, lambda: self._answer(batch, prompts, now, finish),
         )
 
     def _device_loop(self) -> None:
@@ -285,6 +362,9 @@ class Batcher:
             self._finished()
 
     def _run(self, batch: list[_Work]) -> None:
+        if self.traced:
+            self._run_traced(batch)
+            return
         if batch[0].call is not None:
             try:
                 self._resolve(batch[0], result=batch[0].call())
@@ -294,6 +374,33 @@ class Batcher:
         prompts = PromptBatch.concat([w.prompts for w in batch])
         params = [p for w in batch for p in w.params]
         self._answer(batch, prompts, time.monotonic(), lambda: self.llm.run(batch[0].task, prompts, params))
+
+    def _run_traced(self, batch: list[_Work]) -> None:
+        """:meth:`_run`, noting when the batch was taken, tokenized and had run (:class:`WorkTimes`):
+        its prompts are tokenized first (:meth:`~poolkit.runtime.engine.Engine.staged`), then run,
+        which is what :meth:`poolkit.LLM.run` does in one call."""
+        first = batch[0]
+        if first.call is not None:
+            _stamp(batch, "taken")
+            try:
+                self._resolve(first, result=_timed(batch, first.call)())
+            except Exception as exc:
+                self._resolve(first, exception=exc)
+            return
+        prompts = PromptBatch.concat([w.prompts for w in batch])
+        params = [p for w in batch for p in w.params]
+        _stamp(batch, "taken", len(prompts))
+        engine = getattr(self.llm, "engine", None)
+
+        def run() -> Results:
+            if not hasattr(engine, "staged"):
+                return self.llm.run(first.task, prompts, params)
+            staged = engine.staged(first.task, prompts, params)
+            if hasattr(staged, "launch"):  # tokenized now, else when it runs
+                _stamp(batch, "tokenized")
+            return staged()
+
+        self._answer(batch, prompts, time.monotonic(), _timed(batch, run))
 
     def _answer(self, batch: list[_Work], prompts: PromptBatch, now: float, run: Callable[[], Results]) -> None:
         """Run a merged batch (``run``) and give each request its share of the results."""

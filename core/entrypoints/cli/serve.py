@@ -42,6 +42,7 @@ def serve(
     num_replicas: int = typer.Option(2, "--num-replicas", help="With --ray-serve: the replicas to run."),
     autoscaling_config: Optional[str] = typer.Option(None, "--autoscaling-config", help='With --ray-serve: Ray Serve\'s autoscaling settings as JSON ({"min_replicas": 1, "max_replicas": 8}), instead of --num-replicas.'),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="With --ray-serve: the Ray cluster to join ('auto', an address, or ray://host:port; or set RAY_ADDRESS); on exit the server deletes the applications it deployed and leaves the cluster running. Default: start a Ray of its own on this machine, stopped on exit."),
+    otlp_traces_endpoint: Optional[str] = typer.Option(None, "--otlp-traces-endpoint", envvar="OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", help="Export an OpenTelemetry trace of each inference request (queue, tokenize, run, respond; the caller's traceparent honoured) to this OTLP/HTTP collector URL, e.g. http://localhost:4318/v1/traces (vLLM's option; or set OTEL_EXPORTER_OTLP_TRACES_ENDPOINT); needs poolkit[otel]. Default: no tracing."),
     api_server_count: int = typer.Option(1, "--api-server-count", help="API server processes (vLLM's option): above 1, the models load first and that many processes parse, validate and answer requests, one of them running the models; for many small requests on a host with cores to spare."),
     quiet: bool = QuietOpt,
     verbose: bool = VerboseOpt,
@@ -84,6 +85,10 @@ def serve(
         from ..server.media import MediaPolicy
 
         MediaPolicy.of(allowed_media_domains)  # a bad host name is an error before the model loads
+        if otlp_traces_endpoint is not None:  # so are a bad URL and a missing OpenTelemetry
+            from ..server.tracing import check_endpoint
+
+            otlp_traces_endpoint = check_endpoint(otlp_traces_endpoint)
         chat_template = _template(chat_template, "--chat-template")
         score_template = _template(score_template, "--score-template")
         setup_logging(quiet, verbose)
@@ -104,6 +109,7 @@ def serve(
             served_model_name=names if len(names) > 1 else names[0], api_key=api_key, limits=limits, chat_template=chat_template,
             score_template=score_template, cache_size=cache_size, cache_max_bytes=cache_max_bytes, auto_truncate=auto_truncate,
             default_prompt_name=default_prompt_name, allowed_media_domains=allowed_media_domains,
+            otlp_traces_endpoint=otlp_traces_endpoint,
         )
         if ray_serve:
             from ..integrations import ray_serve as deployment

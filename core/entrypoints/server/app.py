@@ -20,6 +20,7 @@ from .lane import Lane
 from .media import MediaPolicy
 from .openapi import install_openapi
 from .state import MiB, ModelState, ServerLimits, ServerState
+from .tracing import Traced, Tracing, check_endpoint
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ def create_app(
     auto_truncate: bool = False,
     default_prompt_name: str | None = None,
     allowed_media_domains: Sequence[str] | None = None,
+    otlp_traces_endpoint: str | None = None,
 ) -> FastAPI:
     """The FastAPI application serving ``llm``, or several models.
 
@@ -68,6 +70,9 @@ def create_app(
         allowed_media_domains: hosts whose ``http(s)`` image URLs requests may name (vLLM's
             ``--allowed-media-domains``); they are fetched with a size cap and a deadline. By
             default none: images come as ``data:`` URIs (:mod:`poolkit.entrypoints.server.media`).
+        otlp_traces_endpoint: the OTLP collector URL each inference request's spans are exported
+            to (vLLM's ``--otlp-traces-endpoint``, :mod:`poolkit.entrypoints.server.tracing`); by
+            default none: no tracing, and OpenTelemetry is not imported.
 
     Example:
         >>> from fastapi.testclient import TestClient
@@ -87,6 +92,8 @@ def create_app(
     if cache_max_bytes <= 0:
         raise InvalidRequest(f"the cache's byte limit must be positive, got {cache_max_bytes}")
     st = ServerState(api_key, limits or ServerLimits(), MediaPolicy.of(allowed_media_domains))
+    if otlp_traces_endpoint is not None:  # before any batcher is made: they stamp traced work
+        st.tracing = Tracing(otlp_traces_endpoint)
     loaders: list[tuple[ModelState, Callable[[], Any]]] = []
     for one, name in zip(llms, names):
         model = st.add_model(
@@ -122,6 +129,8 @@ def create_app(
                 done = await asyncio.to_thread(batcher.drain, st.limits.shutdown_timeout)
                 if not done:
                     logger.warning("shutdown: queued work did not finish within %.0f s", st.limits.shutdown_timeout)
+        if st.tracing is not None:  # the last requests' spans
+            await asyncio.to_thread(st.tracing.flush)
 
     app = FastAPI(
         title="poolkit",
@@ -133,6 +142,8 @@ def create_app(
     app.router.route_class = StrictRoute
     app.state.poolkit = st
     app.add_middleware(Guard, state=st)
+    if st.tracing is not None:  # around the guard: traces what it refuses too
+        app.add_middleware(Traced, state=st, paths=INFERENCE_ROUTES)
     install_error_handlers(app)
     for router in ROUTERS:
         _mount(app, router)
@@ -216,6 +227,8 @@ def run(
     except ImportError:
         raise MissingDependency("the HTTP server needs FastAPI and uvicorn: pip install 'poolkit[serve]'") from None
     limits = options.pop("limits", None) or ServerLimits()
+    if options.get("otlp_traces_endpoint") is not None:  # refused before any model loads
+        options["otlp_traces_endpoint"] = check_endpoint(options["otlp_traces_endpoint"])
     serving = dict(log_level=log_level, access_log=access_log)
     if api_server_count != 1:
         from .processes import serve_processes

@@ -20,6 +20,7 @@ from ...runtime.batching import Batcher
 from .cache import EmbeddingCache
 from .media import MediaPolicy
 from .metrics import ModelMetrics, ServerMetrics
+from .tracing import TracedMetrics
 
 MiB = 1024 * 1024
 
@@ -110,7 +111,7 @@ class ModelState:
         self.chat_template = chat_template
         self.score_template = score_template
         self.cache = EmbeddingCache(cache_size, cache_max_bytes) if cache_size > 0 else None
-        self.metrics = ModelMetrics(server.metrics, self)
+        self.metrics = (ModelMetrics if server.tracing is None else TracedMetrics)(server.metrics, self)
         self.llm: Any = None
         self.batcher: Batcher | None = None
         self.ready = False
@@ -184,8 +185,11 @@ class ModelState:
         self.ready = True
 
     def new_batcher(self) -> Batcher:
-        """A batcher for the attached model with this model's token budgets."""
-        return Batcher(self.llm, self.limits.max_batch_tokens, self.limits.max_queue_tokens)
+        """A batcher for the attached model with this model's token budgets (stamping the phases of
+        traced requests' work when the server exports traces)."""
+        return Batcher(
+            self.llm, self.limits.max_batch_tokens, self.limits.max_queue_tokens, traced=self.server.tracing is not None
+        )
 
     def score_template_for(self, scorer: Any) -> str | None:
         """The template ``/score`` and ``/rerank`` give a scorer that takes one, else ``None``.
@@ -236,7 +240,10 @@ class ServerState:
         self.lane: Any = None
         #: The application's :class:`~poolkit.entrypoints.server.guard.Guard`, once the application has built its
         #: middleware: the HTTP front (:mod:`poolkit.entrypoints.server.front`) hands it the requests it reads.
+        #: With tracing on, the :class:`~poolkit.entrypoints.server.tracing.Traced` middleware around the guard.
         self.guard: Any = None
+        #: The server's :class:`~poolkit.entrypoints.server.tracing.Tracing` (``--otlp-traces-endpoint``), else ``None``.
+        self.tracing: Any = None
 
     def add_model(self, served_model_name: str | None, **options: Any) -> ModelState:
         """A new served model with this server's limits (``options``: :class:`ModelState`'s)."""
