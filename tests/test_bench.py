@@ -371,6 +371,32 @@ def test_host_workload_times_each_stage_against_the_tokenizer():
     assert stages["engine_tokenize_long_us_per_text"] > stages["engine_tokenize_us_per_text"]
     assert row["peer_items_per_s"] == pytest.approx(1e6 / stages["encode_batch_us_per_text"], rel=0.2)
     assert stages["serve_single_text_requests_per_s"] > 0
+    # Issue 52, item 13: the single-text path's guard, in Python calls (counted, not timed)
+    assert 100 < stages["serve_calls_per_request"] and 100 < stages["engine_calls_per_batch"]
+    assert stages["serve_us_per_request"] > 0
+    assert "Python calls: serve_calls_per_request" in row["notes"] and "engine_calls_per_batch" in row["notes"]
+
+
+def test_the_host_guard_names_the_counts_over_their_budgets(monkeypatch):
+    from poolkit.entrypoints.bench import host_calls
+
+    assert host_calls.over_budget({"serve_calls_per_request": 10, "engine_calls_per_batch": 10}) == []
+    monkeypatch.setitem(host_calls.BUDGETS, "engine_calls_per_batch", 5)
+    assert host_calls.over_budget({"serve_calls_per_request": 10, "engine_calls_per_batch": 10}) == ["engine_calls_per_batch 10 > 5"]
+
+
+def test_the_engine_asks_the_kernel_registry_once_not_per_batch(minilm, monkeypatch):
+    """Issue 52, item 13: the rows a batch is padded to were planned from the kernel registry on every
+    batch (about 0.1 ms, a single-text request's batch included); the engine plans them once."""
+    import poolkit.runtime.engine as engine_module
+
+    asked = []
+    real = engine_module.row_planner
+    monkeypatch.setattr(engine_module, "row_planner", lambda device: asked.append(device) or real(device))
+    minilm.engine.__dict__.pop("_rows_for", None)
+    for text in ("one", "two", "three"):
+        minilm.embed([text], use_tqdm=False)
+    assert len(asked) == 1
 
 
 def test_each_timed_pass_starts_on_a_quiet_machine(monkeypatch):

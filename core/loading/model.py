@@ -214,9 +214,10 @@ class PoolingModel:
             return None
         return torch.nn.Sequential(*(d.build() for d in self.st.dense)).to(self.device).eval()
 
-    @property
+    @cached_property
     def embedding_size(self) -> int:
-        """Width of an embedding: the last sentence-transformers Dense output, else ``hidden_size``."""
+        """Width of an embedding: the last sentence-transformers Dense output, else ``hidden_size``
+        (read once: the server sizes every response by it, and config reads are not free)."""
         if self.st is not None and self.st.dense:
             return int(self.st.dense[-1].weight.shape[0])
         return self.architecture.hidden_size

@@ -14,6 +14,7 @@ import time
 from typing import Any, Callable
 
 from ...config.settings import EngineArgs
+from . import host_calls
 from .corpus import make_corpus
 from .measure import TRUNCATE, Result, _interleave, _median_ratio, gemm_peak_gflops, model_flops, peak_rss_mb
 from .peers import PEERS, SkipWorkload, check_peer, poolkit_cold_start
@@ -437,6 +438,8 @@ class Bench:
         requests = self._serve_rate()
         if requests is not None:
             result.stages["serve_single_text_requests_per_s"] = requests
+        result.stages.update(self._host_calls())
+        over = host_calls.over_budget(result.stages)
         result.notes = ", ".join(
             f"{name} {result.stages[name + '_us_per_text']:.1f} us ({result.stages[name + '_vs_floor']:.2f}x)"
             for name in stages if name not in long
@@ -444,8 +447,23 @@ class Bench:
             f"{name} {result.stages[name + '_us_per_text']:.1f} us ({result.stages[name + '_vs_floor']:.2f}x)" for name in sorted(long)
         ) + "; host work alone (less the model's forward passes and heads): " + ", ".join(
             f"{name} {result.stages[name + '_host_us_per_text']:.1f} us" for name in host
-        ) + (f"; serve: {requests:.0f} single-text requests/s from 32 clients" if requests is not None else "")
+        ) + (f"; serve: {requests:.0f} single-text requests/s from 32 clients" if requests is not None else "") + (
+            "; Python calls: " + ", ".join(f"{name} {result.stages[name]:.0f} (budget {budget})"
+                                           for name, budget in host_calls.BUDGETS.items() if name in result.stages)
+            + (f" -- OVER BUDGET: {'; '.join(over)}" if over else "")
+        )
         return result
+
+    def _host_calls(self) -> dict[str, float]:
+        """The single-text path's Python calls (:mod:`~poolkit.entrypoints.bench.host_calls`): the
+        engine's always, the server's with the server extra."""
+        counts = {"engine_calls_per_batch": host_calls.engine_calls(self.llm)}
+        try:
+            import fastapi  # noqa: F401
+            import uvicorn  # noqa: F401
+        except ImportError:
+            return counts
+        return {**counts, **host_calls.serve_calls(self.llm)}
 
     def _serve_rate(self, clients: int = 32) -> float | None:
         """Single-text requests per second to ``poolkit serve`` on the bench's model; ``None`` without the server extra."""
