@@ -31,24 +31,9 @@ pytest.importorskip("uvicorn")
 from poolkit.config.settings import EngineArgs  # noqa: E402
 from poolkit.entrypoints.bench.load import StartedServer  # noqa: E402
 from poolkit.entrypoints.bench.standin import _cpu_seconds  # noqa: E402
+from test_server_processes import _children, _running  # noqa: E402
 
 HANG_GUARD = 120  # seconds: only so that a hang fails the test instead of stalling it
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(p) for p in f.read().split()]
-    except FileNotFoundError:
-        return []
-
-
-def _running(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
-    except FileNotFoundError:
-        return False
 
 
 def _fronts(engine: int) -> list[int]:

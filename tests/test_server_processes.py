@@ -36,8 +36,12 @@ TEXTS = [f"text number {i} about {'cats' if i % 2 else 'the weather'}" for i in 
 
 
 def _children(pid: int) -> list[int]:
-    with open(f"/proc/{pid}/task/{pid}/children") as f:
-        return [int(p) for p in f.read().split()]
+    """A process's children; none once it has ended."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except FileNotFoundError:
+        return []
 
 
 def _fronts(engine: int) -> list[int]:

@@ -722,15 +722,6 @@ class Engine:
             last.read()
         return [c.result() for c in collectors]
 
-    def _row_planner(self) -> Callable[[int], int]:
-        """:func:`~poolkit.plugins.lookup.row_planner` for the model's device, asked once per engine,
-        as the layers pick their kernels once (:func:`~poolkit.plugins.lookup.kernel_for`): asking
-        the registries and every kernel's ``is_available()`` was about 0.1 ms of every batch."""
-        planner = self.__dict__.get("_rows_for")
-        if planner is None:
-            planner = self._rows_for = row_planner(self.model.device)
-        return planner
-
     def _launch(
         self,
         head: Callable,
@@ -749,7 +740,9 @@ class Engine:
         Each batch is gathered from the part's one flat array of token ids.
         """
         arch = self.model.architecture
-        rows_for = self._row_planner() if arch.accepts_filler else None
+        if arch.accepts_filler and "_rows_for" not in self.__dict__:  # planned once, as layers pick kernels once:
+            self._rows_for = row_planner(self.model.device)  # asking the registry was ~0.1 ms of every batch
+        rows_for = self._rows_for if arch.accepts_filler else None
         shared = params[0] if params and all(p is params[0] for p in params) else None
         types = tokens.flat_types if self.uses_token_type_ids else None
         skip = np.asarray(tokens.pool_skip, dtype=np.int64) if tokens.pool_skip is not None else None

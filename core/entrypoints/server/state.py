@@ -20,7 +20,6 @@ from ...runtime.batching import Batcher
 from .cache import EmbeddingCache
 from .media import MediaPolicy
 from .metrics import ModelMetrics, ServerMetrics
-from .tracing import TracedMetrics
 
 MiB = 1024 * 1024
 
@@ -111,7 +110,7 @@ class ModelState:
         self.chat_template = chat_template
         self.score_template = score_template
         self.cache = EmbeddingCache(cache_size, cache_max_bytes) if cache_size > 0 else None
-        self.metrics = (ModelMetrics if server.tracing is None else TracedMetrics)(server.metrics, self)
+        self.metrics = (ModelMetrics if server.tracing is None else server.tracing.metrics)(server.metrics, self)
         self.llm: Any = None
         self.batcher: Batcher | None = None
         self.ready = False

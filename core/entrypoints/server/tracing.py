@@ -177,6 +177,10 @@ class Tracing:
         MissingDependency: OpenTelemetry is not installed.
     """
 
+    #: The model metrics of a traced server (:class:`~poolkit.entrypoints.server.state.ModelState`
+    #: makes its own from here, so that the state module need not import this one).
+    metrics = TracedMetrics
+
     def __init__(self, endpoint: str) -> None:
         self.endpoint = check_endpoint(endpoint)
         exporter = _exporter(protocol())
@@ -276,7 +280,7 @@ class Traced:
     """
 
     def __init__(self, app: Any, state: Any, paths: Collection[str]) -> None:
-        from .deps import CHOSEN_MODEL  # not at the top: deps imports state, which imports this module
+        from .deps import CHOSEN_MODEL
 
         self.app = app
         self.tracing: Tracing = state.tracing
