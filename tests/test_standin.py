@@ -40,39 +40,82 @@ def test_the_stand_in_gives_the_cpu_s_results(tiny_encoders) -> None:
 
 def test_each_slice_is_tokenized_while_the_device_runs_the_one_before(tiny_encoders, monkeypatch) -> None:
     """As on a GPU: the first slice (one token budget) is tokenized before any device work; each
-    later one, on the worker thread, is done before the device has finished the slice before it,
-    and its first batch is queued before that slice's last batch is back, so the device never
-    waits for the tokenizer nor drains between slices (its clock at 10,000 tokens/s: a slice of 8
-    budgets of 128 tokens is about 0.1 s of device time, its tokenization a few ms)."""
+    later one, on the worker thread, is tokenized while the slice before it is still on the device,
+    and its first batch is queued before that slice's last batch is back, so the device never waits
+    for the tokenizer nor drains between slices.
+
+    Bounded by work, not time (issue 52, item 12): the results of each slice's last batch are held
+    until the next slice's tokens are ready. An engine that tokenized a slice only once the one
+    before had come back would wait on itself there, and the hang guard fails it; the order of
+    launches and fetches is read from the engine's own sequence of calls, whatever the machine's speed."""
     llm = LLM(str(tiny_encoders["bert"]), max_batch_tokens=128)
-    device = attach(llm, 10_000, keep_log=True)
-    tokenized: list[tuple[float, str]] = []  # when each slice's tokens were ready, and where
-    batches: list[int] = []  # each slice's number of batches, in order
+    device = attach(llm, 1e9, keep_log=True)  # a clock far faster than the host: the order is what counts
     engine = llm.engine
-    tokenize, plan = engine._tokenized, engine.batches
+    tokenize, plan, launch, delayed = engine._tokenized, engine.batches, device.launch, device.delayed
+    changed = threading.Condition()
+    tokenized: list[str] = []  # the thread each slice was tokenized on, in order
+    batches: list[int] = []  # each slice's number of batches, in order
+    events: list[tuple[str, int]] = []  # ("tokenized", slice), ("launched", batch), ("fetched", batch)
+    slices = None  # known after a first run: the last slice holds its results for nothing
+
+    def note(event: tuple[str, int]) -> None:
+        with changed:
+            events.append(event)
+            changed.notify_all()
 
     def recorded_tokenize(*args, **kwargs):
         try:
             return tokenize(*args, **kwargs)
         finally:
-            tokenized.append((time.perf_counter(), threading.current_thread().name))
+            tokenized.append(threading.current_thread().name)
+            note(("tokenized", len(tokenized) - 1))
 
     def recorded_batches(*args, **kwargs):
         planned = plan(*args, **kwargs)
         batches.append(len(planned))
         return planned
 
+    def recorded_launch(tokens, since=None):
+        ready = launch(tokens, since)
+        note(("launched", len(device.log) - 1))
+        return ready
+
+    def held_delayed(fetch, ready):
+        batch = len(device.log) - 1  # launched just before
+
+        def fetch_when_the_next_slice_is_tokenized():
+            ends = list(itertools.accumulate(batches))
+            if slices is not None and batch + 1 in ends and ends.index(batch + 1) + 1 < slices:
+                following = ends.index(batch + 1) + 1
+                with changed:
+                    assert changed.wait_for(lambda: len(tokenized) > following, 60), (
+                        f"slice {following} was not tokenized while slice {following - 1} was on the device"
+                    )
+            result = delayed(fetch, ready)()
+            note(("fetched", batch))
+            return result
+
+        return fetch_when_the_next_slice_is_tokenized
+
     monkeypatch.setattr(engine, "_tokenized", recorded_tokenize)
     monkeypatch.setattr(engine, "batches", recorded_batches)
+    monkeypatch.setattr(device, "launch", recorded_launch)
+    monkeypatch.setattr(device, "delayed", held_delayed)
     _embed(llm)
-    assert len(tokenized) == len(batches) >= 3 and sum(batches) == len(device.log), (tokenized, batches)
-    assert all(name.startswith("poolkit-tokenize") for _, name in tokenized)
-    assert tokenized[0][0] <= device.log[0][0]  # nothing to run before the first slice
-    last = [n - 1 for n in itertools.accumulate(batches)]  # each slice's last batch in the device's log
-    for k in range(1, len(batches)):
-        finished = device.log[last[k - 1]][1]
-        assert tokenized[k][0] < finished, f"slice {k} was tokenized after the device finished slice {k - 1}"
-        assert device.log[last[k - 1] + 1][0] < finished, f"slice {k}'s first batch waited for slice {k - 1} to drain"
+    slices = len(batches)
+    assert slices >= 3, batches
+    for record in (tokenized, batches, events, device.log):
+        record.clear()
+    _embed(llm)
+    assert len(tokenized) == len(batches) == slices and sum(batches) == len(device.log), (tokenized, batches)
+    assert all(name.startswith("poolkit-tokenize") for name in tokenized)
+    assert events.index(("tokenized", 0)) < events.index(("launched", 0))  # nothing to run before the first slice
+    last = [n - 1 for n in itertools.accumulate(batches)]  # each slice's last batch
+    for k in range(1, slices):
+        assert events.index(("tokenized", k)) < events.index(("fetched", last[k - 1])), f"slice {k} tokenized late"
+        assert events.index(("launched", last[k - 1] + 1)) < events.index(("fetched", last[k - 1])), (
+            f"slice {k}'s first batch waited for slice {k - 1} to drain"
+        )
 
 
 def test_the_environment_gives_every_engine_a_stand_in(tiny_encoders, monkeypatch) -> None:
