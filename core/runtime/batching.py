@@ -362,45 +362,34 @@ class Batcher:
             self._finished()
 
     def _run(self, batch: list[_Work]) -> None:
-        if self.traced:
-            self._run_traced(batch)
-            return
-        if batch[0].call is not None:
-            try:
-                self._resolve(batch[0], result=batch[0].call())
-            except Exception as exc:
-                self._resolve(batch[0], exception=exc)
-            return
-        prompts = PromptBatch.concat([w.prompts for w in batch])
-        params = [p for w in batch for p in w.params]
-        self._answer(batch, prompts, time.monotonic(), lambda: self.llm.run(batch[0].task, prompts, params))
-
-    def _run_traced(self, batch: list[_Work]) -> None:
-        """:meth:`_run`, noting when the batch was taken, tokenized and had run (:class:`WorkTimes`):
-        its prompts are tokenized first (:meth:`~poolkit.runtime.engine.Engine.staged`), then run,
-        which is what :meth:`poolkit.LLM.run` does in one call."""
         first = batch[0]
         if first.call is not None:
-            _stamp(batch, "taken")
+            if self.traced:
+                _stamp(batch, "taken")
             try:
-                self._resolve(first, result=_timed(batch, first.call)())
+                self._resolve(first, result=(_timed(batch, first.call) if self.traced else first.call)())
             except Exception as exc:
                 self._resolve(first, exception=exc)
             return
         prompts = PromptBatch.concat([w.prompts for w in batch])
         params = [p for w in batch for p in w.params]
-        _stamp(batch, "taken", len(prompts))
+        if self.traced:
+            _stamp(batch, "taken", len(prompts))
+            run = _timed(batch, lambda: self._run_staged(batch, prompts, params))
+        else:
+            run = lambda: self.llm.run(first.task, prompts, params)  # noqa: E731
+        self._answer(batch, prompts, time.monotonic(), run)
+
+    def _run_staged(self, batch: list[_Work], prompts: PromptBatch, params: list[PoolingParams]) -> Results:
+        """A traced batch's run: its prompts tokenized first (:meth:`~poolkit.runtime.engine.Engine.staged`,
+        the tokenizing time noted), then run, which is what :meth:`poolkit.LLM.run` does in one call."""
         engine = getattr(self.llm, "engine", None)
-
-        def run() -> Results:
-            if not hasattr(engine, "staged"):
-                return self.llm.run(first.task, prompts, params)
-            staged = engine.staged(first.task, prompts, params)
-            if hasattr(staged, "launch"):  # tokenized now, else when it runs
-                _stamp(batch, "tokenized")
-            return staged()
-
-        self._answer(batch, prompts, time.monotonic(), _timed(batch, run))
+        if not hasattr(engine, "staged"):
+            return self.llm.run(batch[0].task, prompts, params)
+        staged = engine.staged(batch[0].task, prompts, params)
+        if hasattr(staged, "launch"):  # tokenized now, else when it runs
+            _stamp(batch, "tokenized")
+        return staged()
 
     def _answer(self, batch: list[_Work], prompts: PromptBatch, now: float, run: Callable[[], Results]) -> None:
         """Run a merged batch (``run``) and give each request its share of the results."""

@@ -27,7 +27,7 @@ import time
 from typing import Any
 
 #: The most calls each count may reach before the bench calls it a regression: the counts measured
-#: when this guard was written and about a tenth more (issue 52, Python 3.11: 510 a request and
+#: when this guard was written and about a tenth more (issue 52, Python 3.11: 514 a request and
 #: 463-476 a batch on a tiny BERT and all-MiniLM-L6-v2; the release before had 497 and 1,096, the
 #: kernel registry asked again on every batch).
 BUDGETS = {"serve_calls_per_request": 560, "engine_calls_per_batch": 520}
@@ -37,7 +37,7 @@ def serve_calls(llm: Any, requests: int = 400, clients: int = 8) -> dict[str, fl
     """The server's event-loop calls (and wall microseconds, without the profiler) per single-text
     request on ``llm``, in this process (no sockets): see the module."""
     from ..server import create_app
-    from ..server.work import DISCONNECTED
+    from ..server.front import plain_scope, whole_body
 
     app = create_app(llm, served_model_name="bench")
     app.middleware_stack = app.build_middleware_stack()  # the guard is made with the middleware
@@ -45,29 +45,15 @@ def serve_calls(llm: Any, requests: int = 400, clients: int = 8) -> dict[str, fl
     headers = [(b"host", b"x"), (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
 
     async def one() -> None:
-        loop = asyncio.get_running_loop()
-        scope = {
-            "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
-            "server": ("127.0.0.1", 8000), "client": ("127.0.0.1", 50000), "scheme": "http", "method": "POST",
-            "root_path": "", "path": "/v1/embeddings", "raw_path": b"/v1/embeddings", "query_string": b"",
-            "headers": headers, "state": {}, "app": app, DISCONNECTED: loop.create_future(),
-        }
-        given = False
+        gone = asyncio.get_running_loop().create_future()
         status: list[int] = []
-
-        async def receive() -> dict:
-            nonlocal given
-            if not given:
-                given = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            await scope[DISCONNECTED]
-            return {"type": "http.disconnect"}
 
         async def send(message: dict) -> None:
             if message["type"] == "http.response.start":
                 status.append(message["status"])
 
-        await app.state.poolkit.guard(scope, receive, send)
+        scope = plain_scope(app, b"/v1/embeddings", headers, gone, server=("127.0.0.1", 8000), client=("127.0.0.1", 50000))
+        await app.state.poolkit.guard(scope, whole_body(body, gone), send)
         if status != [200]:
             raise RuntimeError(f"the bench's request was answered {status}")
 

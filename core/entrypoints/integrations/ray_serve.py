@@ -79,10 +79,7 @@ class PoolkitReplica:
         their work when ``--shutdown-timeout`` is about to run out answer 503 too), then wait up to
         ``wait_s`` seconds for the requests in flight; returns how many are left."""
         st = self.app.state.poolkit  # type: ignore[attr-defined]  # the ASGI app serve.ingress built
-        if not st.draining:
-            st.draining = True
-            timeout = st.limits.shutdown_timeout
-            st.shutdown_deadline(timeout - min(1.0, 0.2 * timeout))  # as the single-process server does
+        st.begin_draining()  # as the single-process server does
         end = time.monotonic() + wait_s
         while (st.in_flight or st.receiving) and time.monotonic() < end:  # bodies arriving are drained too
             await asyncio.sleep(0.05)

@@ -263,11 +263,8 @@ def _serve(app: FastAPI, limits: ServerLimits, *, sockets: list[Any] | None = No
     class _Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:
             # Drain instead of re-raising the signal once stopped (uvicorn's default), so SIGTERM exits 0.
-            if not st.draining:  # answer what is still waiting just before uvicorn closes its connections
-                st.shutdown_deadline(limits.shutdown_timeout - min(1.0, 0.2 * limits.shutdown_timeout))
-                if st.on_exit_signal is not None:
-                    st.on_exit_signal()
-            st.draining = True
+            if st.begin_draining() and st.on_exit_signal is not None:
+                st.on_exit_signal()
             if self.should_exit and sig == signal.SIGINT:  # a second Ctrl-C forces the exit
                 self.force_exit = True
             self.should_exit = True

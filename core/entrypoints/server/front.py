@@ -94,6 +94,47 @@ def read_plain_request(data: bytes) -> tuple[bytes, list[tuple[bytes, bytes]], b
     return target, headers, body
 
 
+def plain_scope(
+    app: Any, target: bytes, headers: list[tuple[bytes, bytes]], gone: asyncio.Future, *, asgi_version: str = "3.0",
+    server: tuple[str, int] | None = None, client: tuple[str, int] | None = None, scheme: str = "http",
+    root_path: str = "", state: dict | None = None,
+) -> dict[str, Any]:
+    """The ASGI scope of a plain request the front read (:func:`read_plain_request`): ``gone`` is
+    the future set when its client goes away (the scope's :data:`~poolkit.entrypoints.server.work.DISCONNECTED`)."""
+    return {
+        "type": "http",
+        "asgi": {"version": asgi_version, "spec_version": "2.3"},
+        "http_version": "1.1",
+        "server": server,
+        "client": client,
+        "scheme": scheme,
+        "method": "POST",
+        "root_path": root_path,
+        "path": root_path + target.decode("ascii"),
+        "raw_path": root_path.encode("ascii") + target,
+        "query_string": b"",
+        "headers": headers,
+        "state": state if state is not None else {},
+        "app": app,  # as Starlette sets it: the application's error handlers read its state
+        DISCONNECTED: gone,
+    }
+
+
+def whole_body(body: bytes, gone: asyncio.Future) -> Any:
+    """The ``receive`` of a request whose body is all in: the body, then the disconnect once ``gone`` is set."""
+    sent = False
+
+    async def receive() -> dict:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await asyncio.shield(gone)
+        return {"type": "http.disconnect"}
+
+    return receive
+
+
 class OneSendPerTurn:
     """A transport whose writes of one event-loop turn leave in one ``send``.
 
@@ -216,41 +257,19 @@ def front_protocol(app: Any) -> type:
         # -- the front's requests -------------------------------------------------------------
 
         def _take(self, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
-            path = target.decode("ascii")
-            scope = {
-                "type": "http",
-                "asgi": {"version": self.asgi_version, "spec_version": "2.3"},
-                "http_version": "1.1",
-                "server": self.server,
-                "client": self.client,
-                "scheme": self.scheme,
-                "method": "POST",
-                "root_path": self.root_path,
-                "path": self.root_path + path,
-                "raw_path": self.root_path.encode("ascii") + target,
-                "query_string": b"",
-                "headers": headers,
-                "state": self.app_state.copy(),
-                "app": app,  # as Starlette sets it: the application's error handlers read its state
-            }
-            self._gone = scope[DISCONNECTED] = self.loop.create_future()
+            self._gone = self.loop.create_future()
+            scope = plain_scope(
+                app, target, headers, self._gone, asgi_version=self.asgi_version, server=self.server, client=self.client,
+                scheme=self.scheme, root_path=self.root_path, state=self.app_state.copy(),
+            )
             task = self.loop.create_task(self._answer(scope, body, self._gone))
             task.add_done_callback(self.tasks.discard)
             self.tasks.add(task)
             self._front = task
 
         async def _answer(self, scope: dict, body: bytes, gone: asyncio.Future) -> None:
-            sent_body = False
             response: dict[str, Any] = {}
             chunks: list[bytes] = []
-
-            async def receive() -> dict:
-                nonlocal sent_body
-                if not sent_body:
-                    sent_body = True
-                    return {"type": "http.request", "body": body, "more_body": False}
-                await asyncio.shield(gone)
-                return {"type": "http.disconnect"}
 
             async def send(message: dict) -> None:
                 if message["type"] == "http.response.start":
@@ -261,7 +280,7 @@ def front_protocol(app: Any) -> type:
                         self._write(scope, response, b"".join(chunks))
 
             try:
-                await st.guard(scope, receive, send)
+                await st.guard(scope, whole_body(body, gone), send)
             except BaseException:
                 self.transport.close()
                 raise

@@ -303,6 +303,17 @@ class ServerState:
         self._loop = asyncio.get_running_loop()
         self.give_up = self._loop.create_future()
 
+    def begin_draining(self) -> bool:
+        """Stop taking requests (503 from now on); the first time, give the requests still waiting
+        for their work until just before ``shutdown_timeout`` runs out (:meth:`shutdown_deadline`),
+        so they are answered before their connections close. Whether this call began it."""
+        if self.draining:
+            return False
+        timeout = self.limits.shutdown_timeout
+        self.shutdown_deadline(timeout - min(1.0, 0.2 * timeout))
+        self.draining = True
+        return True
+
     def shutdown_deadline(self, seconds: float) -> None:
         """From any thread: in ``seconds``, requests still waiting for their work give up with a
         503, answered before the server closes their connections."""
