@@ -105,13 +105,6 @@ class ImageProcessor(IOProcessor):
         prompts: list[Prompt] = list(data["prompts"])
         with_media = any("image" in p.extras or "video" in p.extras for p in prompts)
         model = data["model"]
-        media_processor = getattr(model.architecture, "media_processor", None)
-        if media_processor is not None:  # a vision-language model: its own processor reads text and media
-            from poolkit.plugins.manager import registry
-
-            processor = registry("io_processor").get(media_processor)
-            if with_media or processor.reads_text:
-                return processor.pre_process(data, request_id)
         if not with_media:
             return prompts
         allow_files = bool(data.get("allow_local_files", True))

@@ -29,7 +29,7 @@ from test_vlm_surfaces import TEMPLATE, data_uri, png, text_part  # noqa: E402
 from tiny_models import picture  # noqa: E402
 from poolkit import LLM, InvalidRequest  # noqa: E402
 from poolkit.entrypoints.server import create_app  # noqa: E402
-from poolkit.entrypoints.server.media import MAX_REQUEST_MEDIA_FETCHES  # noqa: E402
+from poolkit.inputs.media import MAX_REQUEST_MEDIA_FETCHES  # noqa: E402
 
 #: The hang guard of every wait below: far beyond the work, reached only when something hangs.
 HANG_GUARD = 60

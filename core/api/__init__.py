@@ -1,11 +1,12 @@
 """API: the Python surface: vLLM's ``LLM`` and sentence-transformers' classes on the runtime.
 
 ``llm`` is the façade (``LLM.embed``, ``classify``, ``score``, ``encode``...), which prepares
-requests and runs them on the runtime; what it applies has a module each: ``params`` (a request's
-pooling parameters checked and completed), ``pairs`` (a score request's two sides), ``plugin_io``
+requests, has the model's renderer (``inputs/``) turn their inputs into prompts and runs them on the
+runtime; what it applies has a module each: ``params`` (a request's pooling parameters checked and
+completed), ``plugin_io``
 (the IO processor plugin of ``pooling_task="plugin"``), ``entities`` (token labels grouped into
 entities) and ``model_config`` (vLLM's view of the loaded model). ``st_compat``,
 ``st_multivector`` and ``st_functions`` are sentence-transformers' API on it.
 
-May import: ``contracts/``, ``plugins/``, ``config/``, ``loading/``, ``runtime/``.
+May import: ``contracts/``, ``plugins/``, ``config/``, ``loading/``, ``runtime/``, ``inputs/``.
 """

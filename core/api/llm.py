@@ -39,16 +39,17 @@ from ..runtime.columns import Results
 from ..runtime.engine import Engine
 from ..runtime.estimates import estimate_costs, estimate_pair_tokens
 from ..runtime.progress import progress_bar
+from ..inputs import Renderer, conversations
+from ..inputs.media import IMAGE_TOKEN_GUESS
+from ..inputs.pairs import MediaItem, check_side_limit, cut_sides, has_media, pair, score_side
 from .entities import Entities, group_entities
 from .model_config import ModelConfig, model_config
-from .pairs import MediaItem, check_side_limit, cut_sides, has_media, pair, score_side
 from .params import check_params
 from .plugin_io import PluginIO
 
 logger = logging.getLogger(__name__)
 
 #: Tokens an image is guessed at before it is decoded (the score routes' token limit).
-IMAGE_TOKEN_GUESS = 256
 
 
 class LLM:
@@ -206,26 +207,10 @@ class LLM:
 
     # -- inputs --------------------------------------------------------------------------------
 
-    def _prompts(self, prompts: Any, prompt_name: str | None) -> PromptBatch:
-        parsed = PromptBatch.of(registry("io_processor").get("text").pre_process(prompts))
-        media = getattr(self.model.architecture, "media_processor", None)
-        reads_text = media is not None and registry("io_processor").get(media).reads_text
-        if reads_text or not parsed.columnar and any("image" in p.extras or "video" in p.extras for p in parsed):
-            parsed = PromptBatch.of(registry("io_processor").get("image").pre_process({"prompts": list(parsed), "model": self.model}))
-        prefix = self._prompt_prefix(prompt_name)
-        if prefix:
-            parsed.set_prefix(prefix)
-        return parsed
-
-    def _prompt_prefix(self, prompt_name: str | None) -> str | None:
-        prompts = self.model.prompts
-        if prompt_name is None:
-            name = self.model.default_prompt_name
-            return prompts.get(name) if name else None
-        if prompt_name not in prompts:
-            known = ", ".join(sorted(prompts)) or "none"
-            raise InvalidRequest(f"unknown prompt_name '{prompt_name}'; the model's prompts: {known}")
-        return prompts[prompt_name]
+    @cached_property
+    def renderer(self) -> Renderer:
+        """The model's :class:`~poolkit.inputs.Renderer`: what turns every input into a prompt."""
+        return Renderer(self.model)
 
     def check_truncation(self, truncate_prompt_tokens: int | None) -> None:
         """Refuse a truncation longer than the model's limit (vLLM's wording).
@@ -278,19 +263,22 @@ class LLM:
 
     def encode(
         self,
-        prompts: Any,
+        prompts: Any = None,
         pooling_params: Any = None,
         *,
         pooling_task: str | None = None,
         use_tqdm: bool = False,
         tokenization_kwargs: dict[str, Any] | None = None,
         prompt_name: str | None = None,
+        messages: Any = None,
+        chat_template: str | None = None,
     ) -> list[PoolingRequestOutput[PoolingOutput]]:
         """Run any pooling task; ``outputs.data`` holds each input's tensor.
 
         Args:
-            prompts: a string, a list of strings, or ``{"prompt": ...}`` /
-                ``{"prompt_token_ids": [...]}`` dicts.
+            prompts: a string, a list of strings, ``{"prompt": ...}`` /
+                ``{"prompt_token_ids": [...]}`` dicts, or chat inputs (``{"messages": [...]}``,
+                :class:`poolkit.inputs.Chat`) rendered with the model's chat template.
             pooling_params: one :class:`PoolingParams` for all prompts, or one per prompt.
             pooling_task: the task name (``"embed"``, ``"token_embed"``, ...); by default the
                 model's default task (:attr:`default_task`), with a warning, as vLLM does.
@@ -298,7 +286,13 @@ class LLM:
             tokenization_kwargs: ``truncate_prompt_tokens`` / ``truncation_side`` defaults, and
                 ``add_special_tokens`` (``False``: tokenize without the tokenizer's special tokens).
             prompt_name: a prompt from the model's sentence-transformers config to prepend.
+            messages: instead of ``prompts``, one conversation (a list of chat messages) or a list
+                of conversations, each rendered with the chat template as one prompt (vLLM's
+                chat-style input; ``{"messages": ..., "add_generation_prompt": ...}`` in ``prompts``
+                sets the other chat fields).
+            chat_template: the template ``messages`` are rendered with instead of the tokenizer's.
         """
+        prompts = conversations(prompts, messages, chat_template)
         if pooling_task is None:
             pooling_task = self.default_task
             if pooling_task is None:
@@ -357,7 +351,7 @@ class LLM:
         runs them later, merged with others, through ``engine.run``.
         """
         task = self.model.task(pooling_task)
-        parsed = self._prompts(prompts, prompt_name)
+        parsed = self.renderer.prompts(prompts, prompt_name)
         kwargs = dict(tokenization_kwargs or {})
         input_type = kwargs.pop("input_type", None)
         if input_type is not None:
@@ -413,15 +407,18 @@ class LLM:
 
     def embed(
         self,
-        prompts: Any,
+        prompts: Any = None,
         pooling_params: Any = None,
         *,
         use_tqdm: bool = False,
         tokenization_kwargs: dict[str, Any] | None = None,
         prompt_name: str | None = None,
+        messages: Any = None,
+        chat_template: str | None = None,
     ) -> list[EmbeddingRequestOutput]:
-        """One embedding per input; ``outputs.embedding`` is a list of floats."""
-        results, _, _ = self._results(prompts, pooling_params, "embed", use_tqdm, tokenization_kwargs, prompt_name)
+        """One embedding per input; ``outputs.embedding`` is a list of floats. ``messages`` (or chat
+        inputs in ``prompts``) are rendered with the chat template, as in :meth:`encode`."""
+        results, _, _ = self._results(conversations(prompts, messages, chat_template), pooling_params, "embed", use_tqdm, tokenization_kwargs, prompt_name)
         request_ids = self._new_request_ids(len(results))
         if isinstance(results.data, torch.Tensor):  # one tensor of rows: the floats read in one call
             return EmbeddingRequestOutput.from_rows(request_ids, results.data, results.token_ids, results.truncated.tolist())
@@ -473,15 +470,19 @@ class LLM:
 
     def classify(
         self,
-        prompts: Any,
+        prompts: Any = None,
         pooling_params: Any = None,
         *,
         use_tqdm: bool = False,
         tokenization_kwargs: dict[str, Any] | None = None,
+        messages: Any = None,
+        chat_template: str | None = None,
     ) -> list[ClassificationRequestOutput]:
-        """Class probabilities per input; ``outputs.label`` names the top class (``id2label``)."""
+        """Class probabilities per input; ``outputs.label`` names the top class (``id2label``).
+        ``messages`` (or chat inputs in ``prompts``) are rendered with the chat template, as in :meth:`encode`."""
         outputs = self.encode(
-            prompts, pooling_params, pooling_task="classify", use_tqdm=use_tqdm, tokenization_kwargs=tokenization_kwargs
+            prompts, pooling_params, pooling_task="classify", use_tqdm=use_tqdm, tokenization_kwargs=tokenization_kwargs,
+            messages=messages, chat_template=chat_template,
         )
         return [ClassificationRequestOutput.from_base(o, self.model.id2label) for o in outputs]
 
@@ -553,7 +554,7 @@ class LLM:
 
     def pair(self, first: Any, second: Any) -> tuple[list[str], list[str]]:
         """Both sides of a score request as equal-length lists: 1:1, one against N (1:N), or N:N
-        (:func:`poolkit.api.pairs.pair`).
+        (:func:`poolkit.inputs.pairs.pair`).
 
         Raises:
             InvalidRequest: with vLLM's wording, for an empty side or lengths that do not pair.
@@ -590,7 +591,7 @@ class LLM:
         ``{"content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}, ...]}``
         is one input, all its parts in one prompt (vLLM's ``ScoreMultiModalParam``), and a side may be
         a list of strings and such inputs; ``image_url`` may also name a file, and ``{"type": "image_pil",
-        "image_pil": img}`` passes a PIL image (:func:`poolkit.api.pairs.score_side`).
+        "image_pil": img}`` passes a PIL image (:func:`poolkit.inputs.pairs.score_side`).
 
         Args:
             chat_template: a score template (Jinja text or a file) rendering each (query,
@@ -625,8 +626,7 @@ class LLM:
     def _check_media_scoring(self, scorer: Scorer) -> None:
         """Refuse score inputs with images for a model that reads no images (vLLM's words), or whose
         scorer reads each pair as one text (a cross-encoder)."""
-        arch = self.model.architecture
-        if getattr(arch, "media_processor", None) is None and "image" not in getattr(arch, "input_modalities", ("text",)):
+        if not self.renderer.takes_images:
             raise InvalidRequest(f"MultiModalParam is not supported for {self.model.architecture_name}")
         if scorer.takes_template:
             raise InvalidRequest(
@@ -677,7 +677,7 @@ class LLM:
 
     def check_score_limit(self, name: str, limit: Any) -> None:
         """Check a ``max_tokens_per_query`` / ``max_tokens_per_doc`` value (vLLM's wording;
-        :func:`poolkit.api.pairs.check_side_limit`).
+        :func:`poolkit.inputs.pairs.check_side_limit`).
 
         Raises:
             InvalidRequest: not a positive integer, or not below the model's ``max_model_len``.
@@ -704,6 +704,6 @@ class _ScoreRunner:
         self, texts: Sequence[str], pooling_params: Any, task_name: str, tokenization_kwargs: dict[str, Any] | None = None
     ) -> tuple[Task, Sequence[Prompt], list[PoolingParams]]:
         """Texts as :meth:`LLM.encode` prepares them, with the task and verified parameters; an
-        input with images (:class:`~poolkit.api.pairs.MediaItem`) is prepared as its prompt with images."""
+        input with images (:class:`~poolkit.inputs.pairs.MediaItem`) is prepared as its prompt with images."""
         prompts = [t.prompt() if isinstance(t, MediaItem) else t for t in texts]
         return self._prepare(prompts, pooling_params, pooling_task=task_name, tokenization_kwargs=tokenization_kwargs)

@@ -27,6 +27,7 @@ import torch
 
 from ..contracts.errors import InvalidRequest
 from ..contracts.params import PoolingParams
+from ..inputs import Chat
 from .st_functions import PRECISIONS, SIMILARITY, pairwise_similarity, quantize_embeddings, similarity_name
 
 logger = logging.getLogger(__name__)
@@ -250,8 +251,6 @@ class _Model:
         without one, an image alone gets the media processor's placeholders and a text is the prompt
         (carrying the model's image placeholders). A dual encoder (CLIP) takes an image alone.
         """
-        from ..contracts.io import Prompt
-
         typed = dict(item) if isinstance(item, dict) else {"image": item}
         unknown = sorted(str(k) for k in typed if k not in ("text", "image"))
         if unknown:
@@ -263,16 +262,14 @@ class _Model:
             raise InvalidRequest(f"a multimodal input's 'text' must be a string, got {type(text).__name__}")
         if not images:
             return text if text is not None else ""
-        arch = self.llm.model.architecture
-        template = getattr(self.tokenizer, "chat_template", None)
-        if getattr(arch, "media_processor", None) is None or not template:
+        renderer = self.llm.renderer
+        if not renderer.reads_media or not renderer.chat_template:
             return {"prompt": text or "", "multi_modal_data": {"image": images if len(images) > 1 else images[0]}}
         content = [
-            {"type": "text", "text": text} if key == "text" else {"type": "image"}
-            for key in typed for _ in ([None] if key == "text" else images)
+            {"type": "text", "text": text} if key == "text" else {"type": "image_pil", "image_pil": image}
+            for key in typed for image in ([None] if key == "text" else images)
         ]
-        rendered = self.tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False)
-        return Prompt(text=rendered, extras={"image": images}, add_special_tokens=False)
+        return renderer.chat_prompt(Chat([{"role": "user", "content": content}], where="inputs"))
 
     def _matrix(self, pooling_task: str, inputs: list[Any], params: PoolingParams | None = None, prefix: str | None = None) -> torch.Tensor:
         """:meth:`_run`'s results as one float32 row per input."""

@@ -21,7 +21,19 @@ class ModelLoadError(PoolkitError):
 
 
 class InvalidRequest(PoolkitError, ValueError):
-    """The inputs or parameters of a call are not acceptable."""
+    """The inputs or parameters of a call are not acceptable.
+
+    Args:
+        message: one line that names the input at fault.
+        param: the request field at fault, where the input came from a request (the server's error
+            body names it).
+        status: the HTTP status a server answers with: 400, or 413 for inputs too large together.
+    """
+
+    def __init__(self, message: str = "", *, param: str | None = None, status: int = 400) -> None:
+        super().__init__(message)
+        self.param = param
+        self.status = status
 
 
 class MissingDependency(PoolkitError, ImportError):
@@ -33,3 +45,9 @@ class UnknownName(PoolkitError, LookupError):
 
     A ``LookupError`` rather than a ``KeyError``, so the message prints without quotes.
     """
+
+
+def short(value: object, width: int = 80) -> str:
+    """``value`` as text of at most ``width`` characters, for quoting a user's input in a message."""
+    text = str(value)
+    return text if len(text) <= width else text[: width - 3] + "..."

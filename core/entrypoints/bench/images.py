@@ -137,7 +137,7 @@ def run_image_bench(args: EngineArgs, images: int, size: int, rounds: int) -> di
     llm = LLM.from_args(args.model_copy(update={"model": path}))
     dtype = llm.model.dtype
     arch = llm.model.architecture
-    if getattr(arch, "media_processor", None) is None:
+    if not llm.renderer.reads_media:
         from ...contracts.errors import InvalidRequest
 
         raise InvalidRequest(f"workload I needs a model that reads text and images; '{args.model}' does not")

@@ -224,7 +224,7 @@ def _params(**values: Any) -> dict[str, Any]:
 def _embed_images(args: EngineArgs, images: list[str], texts: list[str], input_file: Optional[str],
                   dimensions: Optional[int], fmt: Format, quiet: bool, verbose: bool) -> None:
     """``poolkit embed --image FILE ...``: one record per image, with its index and embedding; for a
-    vision-language model (an architecture with a ``media_processor``) a text argument and the
+    vision-language model (one whose renderer reads media) a text argument and the
     images form one prompt, the text carrying the model's image placeholders."""
     setup_logging(quiet, verbose)
     texts = list(texts or [])
@@ -233,8 +233,7 @@ def _embed_images(args: EngineArgs, images: list[str], texts: list[str], input_f
     if len(texts) > 1:
         raise InvalidRequest(f"--image takes at most one text argument (the prompt the images go in), got {len(texts)}")
     llm = load(args)
-    reads_media = getattr(llm.model.architecture, "media_processor", None) is not None
-    if texts and not reads_media:
+    if texts and not llm.renderer.reads_media:
         raise InvalidRequest(
             f"pass --image files or texts, not both: model '{llm.model.name}' embeds each image alone (one record per --image)"
         )

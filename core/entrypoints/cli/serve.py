@@ -82,7 +82,7 @@ def serve(
             from ...contracts.errors import InvalidRequest
 
             raise InvalidRequest(f"--api-server-count must be at least 1, got {api_server_count}")
-        from ..server.media import MediaPolicy
+        from ...inputs.media import MediaPolicy
 
         MediaPolicy.of(allowed_media_domains)  # a bad host name is an error before the model loads
         if otlp_traces_endpoint is not None:  # so are a bad URL and a missing OpenTelemetry

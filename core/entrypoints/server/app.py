@@ -17,7 +17,7 @@ from .errors import install_error_handlers
 from .front import front_protocol
 from .guard import INFERENCE_ROUTES, TEI_ALIASES, Guard, StrictRoute
 from .lane import Lane
-from .media import MediaPolicy
+from ...inputs.media import MediaPolicy
 from .openapi import install_openapi
 from .state import MiB, ModelState, ServerLimits, ServerState
 from .tracing import Traced, Tracing, check_endpoint
@@ -69,7 +69,7 @@ def create_app(
             routes use when a request names none (TEI's ``--default-prompt-name``).
         allowed_media_domains: hosts whose ``http(s)`` image URLs requests may name (vLLM's
             ``--allowed-media-domains``); they are fetched with a size cap and a deadline. By
-            default none: images come as ``data:`` URIs (:mod:`poolkit.entrypoints.server.media`).
+            default none: images come as ``data:`` URIs (:mod:`poolkit.inputs.media`).
         otlp_traces_endpoint: the OTLP collector URL each inference request's spans are exported
             to (vLLM's ``--otlp-traces-endpoint``, :mod:`poolkit.entrypoints.server.tracing`); by
             default none: no tracing, and OpenTelemetry is not imported.

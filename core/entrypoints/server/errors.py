@@ -18,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ...contracts.errors import MissingDependency, ModelLoadError, PluginError, PoolkitError
+from ...contracts.errors import MissingDependency, ModelLoadError, PluginError, PoolkitError, short  # noqa: F401 - short: the routes quote input with it
 from ...runtime.batching import QueueFull, ShuttingDown
 
 logger = logging.getLogger(__name__)
@@ -80,12 +80,6 @@ class ClientGone(Exception):
     """The client disconnected before its response was ready (logged as 499)."""
 
 
-def short(value: Any, width: int = 80) -> str:
-    """``value`` as text of at most ``width`` characters, for quoting client input in messages."""
-    text = str(value)
-    return text if len(text) <= width else text[: width - 3] + "..."
-
-
 def tei_status(status: int) -> tuple[int, str]:
     """The status and ``error_type`` TEI answers an error of ``status`` with."""
     status = _TEI_STATUS.get(status, status)
@@ -141,7 +135,7 @@ def status_of(exc: PoolkitError) -> int:
         return 501
     if isinstance(exc, (ModelLoadError, PluginError)):
         return 500
-    return 400
+    return getattr(exc, "status", 400)
 
 
 _PARAM_HINTS = (
@@ -230,7 +224,8 @@ async def _poolkit_error(request: Request, exc: PoolkitError) -> Response:
         logger.error("%s on %s: %s", type(exc).__name__, request.url.path, exc)
     headers = {"Retry-After": "1"} if status in (429, 503) else None
     message = str(exc) or type(exc).__name__
-    return _response(request, status, message, guess_param(message) if status == 400 else None, headers)
+    param = getattr(exc, "param", None) or (guess_param(message) if status == 400 else None)
+    return _response(request, status, message, param, headers)
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> Response:

@@ -7,17 +7,14 @@ model makes of a valid request is the :class:`poolkit.LLM`'s decision.
 
 from __future__ import annotations
 
-import json
-from typing import Any, Callable
+from typing import Any
 
 from fastapi import Request
 
 from ...contracts import io
 from ...contracts.errors import InvalidRequest
 from ...contracts.params import PoolingParams
-from ...runtime.estimates import tokens_of_text
-from ..protocol import RESERVED_TEMPLATE_KWARGS
-from . import media
+from ...inputs import Chat
 from .errors import ApiError, short
 from .state import ModelState
 from .work import until_done
@@ -121,8 +118,8 @@ def pooling_params(**fields: Any) -> PoolingParams:
 
 
 async def prompts_of(request: Request, st: ModelState, llm: Any, body: Any) -> list[Any]:
-    """The prompts of a request with ``input`` or chat ``messages`` (``/v1/embeddings``, ``/classify``, ``/pooling``);
-    a conversation with ``image_url`` parts is a prompt with images (:func:`chat_prompt`).
+    """The prompts of a request with ``input`` or chat ``messages`` (``/v1/embeddings``, ``/classify``, ``/pooling``),
+    each conversation rendered by the model's renderer (:meth:`poolkit.inputs.Renderer.chat_prompt_async`).
 
     ``add_special_tokens`` is vLLM's: with ``input`` it defaults to true, and ``false`` tokenizes
     the texts without the tokenizer's special tokens (see :func:`special_tokens`); with
@@ -134,18 +131,14 @@ async def prompts_of(request: Request, st: ModelState, llm: Any, body: Any) -> l
         batched = bool(body.messages) and all(isinstance(m, list) for m in body.messages)
         conversations = body.messages if batched else [body.messages]
         check_count(st, len(conversations), "messages")
-        prompts = []
-        for i, messages in enumerate(conversations):
-            prompt = await chat_prompt(
-                request, st, llm, messages,
-                add_generation_prompt=body.add_generation_prompt,
-                continue_final_message=body.continue_final_message,
-                add_special_tokens=bool(body.add_special_tokens),
+        return [
+            await render_chat(request, st, Chat(
+                messages, add_generation_prompt=body.add_generation_prompt, continue_final_message=body.continue_final_message,
+                template_kwargs=body.chat_template_kwargs, add_special_tokens=bool(body.add_special_tokens),
                 where=f"messages[{i}]" if batched else "messages",
-                template_kwargs=body.chat_template_kwargs,
-            )
-            prompts.append(prompt)
-        return prompts
+            ))
+            for i, messages in enumerate(conversations)
+        ]
     return prompt_items(st, body.input)
 
 
@@ -154,129 +147,7 @@ def special_tokens(body: Any) -> bool:
     return body.messages is not None or body.add_special_tokens is not False
 
 
-def chat_template(st: ModelState, llm: Any) -> str | None:
-    """The chat template ``messages`` are rendered with: ``--chat-template``, else the tokenizer's."""
-    return st.chat_template or getattr(llm.get_tokenizer(), "chat_template", None) or None
-
-
-async def chat_token_ids(
-    request: Request,
-    st: ModelState,
-    llm: Any,
-    messages: list[dict[str, Any]],
-    *,
-    add_generation_prompt: bool,
-    continue_final_message: bool,
-    add_special_tokens: bool,
-    where: str = "messages",
-    instead: str = "input",
-    template_kwargs: dict[str, Any] | None = None,
-) -> list[int]:
-    """Chat ``messages`` rendered with the chat template and tokenized, as one prompt's token ids.
-
-    The messages are checked here; the template is rendered (with ``template_kwargs``, vLLM's
-    ``chat_template_kwargs``) and tokenized on the worker thread.
-    """
-    render = chat_renderer(
-        st, llm, messages, add_generation_prompt=add_generation_prompt, continue_final_message=continue_final_message,
-        where=where, instead=instead, template_kwargs=template_kwargs,
-    )
-    tok = llm.get_tokenizer()
-    size = sum(len(json.dumps(m)) for m in messages)
-    ids = await until_done(
-        request, st, st.batcher.call(lambda: tok(render(), add_special_tokens=add_special_tokens)["input_ids"], tokens_of_text(size))
-    )
-    if not ids:
-        raise ApiError(400, "the rendered chat has no tokens", param=where)
-    return ids
-
-
-async def chat_prompt(
-    request: Request,
-    st: ModelState,
-    llm: Any,
-    messages: list[dict[str, Any]],
-    *,
-    add_generation_prompt: bool,
-    continue_final_message: bool,
-    add_special_tokens: bool,
-    where: str = "messages",
-    template_kwargs: dict[str, Any] | None = None,
-) -> Any:
-    """One conversation as a prompt: its token ids, or, with ``image_url`` parts, a
-    :class:`~poolkit.contracts.io.Prompt` of the rendered text and its images
-    (:mod:`poolkit.entrypoints.server.media`), which the model's media IO processor reads."""
-    kwargs = dict(add_generation_prompt=add_generation_prompt, continue_final_message=continue_final_message,
-                  where=where, template_kwargs=template_kwargs)
-    if not media.has_media_parts(messages):
-        return {"prompt_token_ids": await chat_token_ids(request, st, llm, messages, add_special_tokens=add_special_tokens, **kwargs)}
-    check_count(st, len(messages), where)
-    rendered, urls, texts = media.chat_parts(messages, where)
-    media.check_image_count(llm, len(urls), where)
-    if not media.reads_media(llm):  # a dual encoder: one image, no text, no template
-        media.image_prompt(llm, "\n".join(texts), [None] * len(urls), where)
-        images = await media.image_values(urls, st.server.media, llm)
-        return media.image_prompt(llm, None, images, where)
-    render = chat_renderer(st, llm, rendered, **kwargs)
-    images = await media.image_values(urls, st.server.media, llm)
-    size = sum(len(json.dumps(m)) for m in rendered)
-    text = await until_done(request, st, st.batcher.call(render, tokens_of_text(size)))
-    return media.image_prompt(llm, text, images, where, add_special_tokens=add_special_tokens)
-
-
-def chat_renderer(
-    st: ModelState,
-    llm: Any,
-    messages: list[dict[str, Any]],
-    *,
-    add_generation_prompt: bool,
-    continue_final_message: bool,
-    where: str = "messages",
-    instead: str = "input",
-    template_kwargs: dict[str, Any] | None = None,
-) -> Callable[[], str]:
-    """Check ``messages`` and the template settings; return the rendering of the chat as text, to
-    run on the worker thread.
-
-    Raises:
-        ApiError: no chat template, reserved ``template_kwargs``, contradictory flags, or a message
-            without a string role or with content that is neither a string nor a list of parts.
-    """
-    tok = llm.get_tokenizer()
-    template = chat_template(st, llm)
-    if not template:
-        raise ApiError(
-            400, f"model '{st.served}' has no chat template: send '{instead}' instead of '{where}', or serve it with --chat-template",
-            param=where,
-        )
-    reserved = sorted(set(template_kwargs or {}) & set(RESERVED_TEMPLATE_KWARGS))
-    if reserved:
-        raise ApiError(400, f"chat_template_kwargs may not set {', '.join(reserved)}", param="chat_template_kwargs")
-    if add_generation_prompt and continue_final_message:
-        raise ApiError(400, "Cannot set both `continue_final_message` and `add_generation_prompt` to True.", param=where)
-    check_count(st, len(messages), where)
-    for i, message in enumerate(messages):
-        if not isinstance(message.get("role"), str):
-            raise ApiError(400, f"{where}[{i}] needs a string 'role'", param=f"{where}[{i}].role")
-        content = message.get("content")
-        if isinstance(content, str):
-            if content:
-                check_text(content, f"{where}[{i}].content")
-        elif not isinstance(content, list):
-            raise ApiError(400, f"{where}[{i}].content must be a string or a list of parts", param=f"{where}[{i}].content")
-
-    def render() -> str:
-        try:
-            return tok.apply_chat_template(
-                messages,
-                chat_template=template,
-                tokenize=False,
-                add_generation_prompt=add_generation_prompt,
-                continue_final_message=continue_final_message,
-                **(template_kwargs or {}),
-            )
-        except Exception as exc:  # jinja2 errors, bad message shapes
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise InvalidRequest(f"cannot apply the chat template: {short(reason, 200)}") from None
-
-    return render
+async def render_chat(request: Request, st: ModelState, chat: Chat) -> Any:
+    """One conversation as a prompt (its token ids, or its text with its media), by the model's renderer:
+    remote media fetched under ``--allowed-media-domains``, the template rendered and tokenized on the worker thread."""
+    return await st.renderer.chat_prompt_async(chat, lambda work, cost: until_done(request, st, st.batcher.call(work, cost)))

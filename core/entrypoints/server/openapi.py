@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from ...api.pairs import SIDE_LIMITS
+from ...inputs.pairs import SIDE_LIMITS
 from ...contracts.errors import PoolkitError
 from ..protocol import SCORE_PAIRS, TEXT, given, list_of
 from .guard import INFERENCE_ROUTES, PROTECTED_ROUTES, SHARED_ROUTES, TEI_ALIASES, TEI_ROUTES
@@ -269,7 +269,7 @@ def _bound(doc: dict[str, Any], st: "ModelState") -> None:
     options, params = _task_fields(llm, tasks)
     templated = _takes_score_template(llm)
     images = "image" in getattr(llm.model.architecture, "input_modalities", ("text",))
-    reads_media = getattr(llm.model.architecture, "media_processor", None) is not None
+    reads_media = st.renderer.reads_media
     known_input_types = input_types(llm)
     prompts = sorted(llm.model.prompts or {})
     for name, schema in doc["components"]["schemas"].items():
@@ -380,9 +380,7 @@ def _takes_score_template(llm: Any) -> bool:
 
 
 def _has_chat_template(st: "ModelState", llm: Any) -> bool:
-    from .inputs import chat_template
-
-    return bool(chat_template(st, llm))
+    return bool(st.renderer.chat_template)
 
 
 def _task_fields(llm: Any, tasks: list[str]) -> tuple[set[str], set[str]]:

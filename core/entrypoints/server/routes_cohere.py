@@ -1,7 +1,7 @@
 """Cohere route: ``POST /v2/embed`` (Embed v2: texts, data-URI images, float/binary/ubinary/base64).
 
 A dual encoder (CLIP, SigLIP) embeds each image alone (one content part per input); a
-vision-language model (an architecture with a ``media_processor``) also takes inputs of text and
+vision-language model (one whose renderer reads media) also takes inputs of text and
 images together (:func:`_media_prompts`).
 """
 
@@ -15,13 +15,13 @@ from fastapi.responses import Response
 from ...contracts.errors import InvalidRequest
 from ...contracts.io import Prompt
 from ...contracts.params import PoolingParams
+from ...inputs import Chat
 from ..encodings import binary, cohere_base64, ubinary
 from ..protocol import CohereEmbedRequest
 from .deps import Model, State
 from .errors import ApiError, short
 from .guard import StrictRoute
-from . import media
-from .inputs import chat_prompt, chat_template, check_count, check_dimensions, check_model, check_text, pooling_params
+from .inputs import check_count, check_dimensions, check_model, check_text, pooling_params, render_chat
 from .state import ModelState
 from .wire import JSON_NUMBER_BYTES, check_finite, request_id, respond
 from .work import check_response, check_tokens, check_truncation, run_media, until_done
@@ -43,7 +43,7 @@ _TYPE_BYTES = {"float": JSON_NUMBER_BYTES, "base64": 16 / 3, "binary": 0.5, "ubi
 @router.post("/v2/embed", summary="Embeddings (Cohere Embed v2): float, binary, ubinary, base64.")
 async def cohere_embed(body: CohereEmbedRequest, request: Request, st: State, llm: Model) -> Response:
     check_model(st, body.model)
-    items = _items(st, body, media.reads_media(llm))
+    items = _items(st, body, st.renderer.reads_media)
     prompt_name, prefix = _input_type(llm, body.input_type)
     types = list(dict.fromkeys(body.embedding_types))
     if not types:
@@ -128,28 +128,27 @@ async def _media_prompts(request: Request, st: ModelState, llm: Any, items: list
     message (the prefix a system message before it), as vLLM renders them; without one, an
     image-only input is the images alone (the media processor places them) and a text part is
     the prompt, which then carries the model's image placeholders."""
-    has_template = bool(chat_template(st, llm))
+    has_template = bool(st.renderer.chat_template)
     raw: list[Any] = []
     for i, (kind, value) in enumerate(items):
         where = f"inputs[{i}]"
         if kind == "text":
             raw.append(prefix + value if prefix else value)
             continue
-        media.check_image_count(llm, sum(1 for part, _ in value if part == "image"), where)
+        st.renderer.check_media_count([part for part, _ in value if part != "text"], where)
         if has_template:
-            content = [{"type": "text", "text": v} if part == "text" else {"type": "image_url", "image_url": {"url": v}} for part, v in value]
+            content = [{"type": "text", "text": v} if part == "text" else {"type": f"{part}_url", f"{part}_url": {"url": v}} for part, v in value]
             messages = ([{"role": "system", "content": prefix}] if prefix else []) + [{"role": "user", "content": content}]
-            raw.append(await chat_prompt(
-                request, st, llm, messages, add_generation_prompt=False, continue_final_message=False, add_special_tokens=False, where=where,
-            ))
+            raw.append(await render_chat(request, st, Chat(messages, where=where)))
             continue
         texts = [v for part, v in value if part == "text"]
         if prefix and not texts:
             raise ApiError(400, f"{where}: input_type with image-only inputs needs a chat template (serve the model with --chat-template)",
                            param="input_type")
-        urls = [(v, where) for part, v in value if part == "image"]
+        kinds = [part for part, _ in value if part != "text"]
+        values = await st.renderer.media_values([(v, where) for part, v in value if part != "text"])
         text = "\n".join(texts) if texts else None
-        raw.append(media.image_prompt(llm, (prefix or "") + text if text else None, await media.image_values(urls, st.server.media, llm), where))
+        raw.append(st.renderer.media_prompt((prefix or "") + text if text else None, values, where, kinds=kinds))
     return raw
 
 
@@ -201,7 +200,7 @@ def _items(st: ModelState, body: CohereEmbedRequest, reads_media: bool = False) 
                 if part == "text":
                     check_text(v, f"{where}.content")
                 else:
-                    media.check_image_url(v, where, st.server.media)
+                    st.renderer.check_media_url(v, where)
     return items
 
 
@@ -270,12 +269,7 @@ def _work(
     def work() -> Any:
         batch = list(prompts)
         if images:
-            from ...plugins.manager import registry
-
-            processor = registry("io_processor").get("image")
-            decoded = processor.pre_process(
-                {"prompts": [Prompt(extras={"image": uri}) for _, uri in images], "model": llm.model, "allow_local_files": False}
-            )
+            decoded = st.renderer.image_prompts([uri for _, uri in images], allow_local_files=False)
             for (i, _), prompt in zip(images, decoded):
                 batch[i] = prompt
         if untruncated:

@@ -12,11 +12,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 
-from ...api.pairs import SIDE_LIMITS, MediaItem, has_media, score_side
 from ...contracts.errors import InvalidRequest, UnknownName
 from ...contracts.params import PoolingParams
 from ...contracts.scoring import check_template_kwargs
 from ...contracts.tasks import stray_options
+from ...inputs import Chat
+from ...inputs.pairs import SIDE_LIMITS, MediaItem, has_media, score_side
 from ...plugins.lookup import option_owners
 from ...runtime.estimates import tokens_of_text
 from ..protocol import (
@@ -30,12 +31,10 @@ from ..protocol import (
     ScoreRequest,
     TokenizeRequest,
 )
-from . import media
 from .deps import Model, State
 from .errors import ApiError, short, validation_message
 from .guard import StrictRoute
 from .inputs import (
-    chat_token_ids,
     check_count,
     check_dimensions,
     check_model,
@@ -43,6 +42,7 @@ from .inputs import (
     check_token_ids,
     pooling_params,
     prompts_of,
+    render_chat,
     special_tokens,
 )
 from .routes_openai import embeddings
@@ -170,7 +170,7 @@ def _texts(value: Any, what: str, where: str) -> list[str]:
 
 async def _score_side(st: ModelState, llm: Any, value: Any, what: str, where: str) -> list[Any]:
     """One side of a score request: texts, or inputs with images (vLLM's multimodal score input,
-    :func:`poolkit.api.pairs.score_side`) whose images are data URIs, or remote URLs the server may
+    :func:`poolkit.inputs.pairs.score_side`) whose images are data URIs, or remote URLs the server may
     fetch (``--allowed-media-domains``); never files."""
     if isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value)):
         return _texts(value, what, where)
@@ -179,7 +179,7 @@ async def _score_side(st: ModelState, llm: Any, value: Any, what: str, where: st
     except InvalidRequest as exc:
         raise ApiError(400, str(exc), param=where) from None
     check_count(st, len(items), where)
-    if has_media(items) and not media.takes_images(llm):
+    if has_media(items) and not st.renderer.takes_images:
         raise ApiError(400, f"MultiModalParam is not supported for {llm.model.architecture_name}", param=where)
     out: list[Any] = []
     for i, item in enumerate(items):
@@ -190,8 +190,8 @@ async def _score_side(st: ModelState, llm: Any, value: Any, what: str, where: st
             continue
         if any(not isinstance(image, str) for image in item.images):
             raise ApiError(400, f"{at}: an image_url part takes {{'url': 'data:image/...;base64,...'}}", param=at)
-        media.check_image_count(llm, len(item.images), at)
-        images = await media.image_values([(url, at) for url in item.images], st.server.media, llm)
+        st.renderer.check_media_count(["image"] * len(item.images), at)
+        images = await st.renderer.media_values([(url, at) for url in item.images])
         out.append(MediaItem(item.text, tuple(images)))
     return out
 
@@ -349,13 +349,17 @@ async def tokenize(body: TokenizeRequest, request: Request, st: State, llm: Mode
     tok = llm.get_tokenizer()
     if body.messages is not None:
         continuing = body.continue_final_message
-        ids = await chat_token_ids(
-            request, st, llm, body.messages,
+        chat = Chat(
+            body.messages,
             add_generation_prompt=(not continuing) if body.add_generation_prompt is None else body.add_generation_prompt,
-            continue_final_message=continuing,
-            add_special_tokens=bool(body.add_special_tokens),
-            instead="prompt",
+            continue_final_message=continuing, add_special_tokens=bool(body.add_special_tokens), instead="prompt",
         )
+        prompt = await render_chat(request, st, chat)
+        if isinstance(prompt, dict):
+            ids = prompt["prompt_token_ids"]
+        else:  # with media: their placeholders expanded as the model's media processor does
+            cost = st.renderer.media_cost([prompt])
+            ids = await until_done(request, st, st.batcher.call(lambda: st.renderer.token_ids(prompt, "messages"), cost))
     else:
         prompt = body.prompt
         check_text(prompt, "prompt")

@@ -18,7 +18,7 @@ from typing import Any, Callable
 from ...contracts.errors import InvalidRequest
 from ...runtime.batching import Batcher
 from .cache import EmbeddingCache
-from .media import MediaPolicy
+from ...inputs.media import MediaPolicy
 from .metrics import ModelMetrics, ServerMetrics
 
 MiB = 1024 * 1024
@@ -112,6 +112,8 @@ class ModelState:
         self.cache = EmbeddingCache(cache_size, cache_max_bytes) if cache_size > 0 else None
         self.metrics = (ModelMetrics if server.tracing is None else server.tracing.metrics)(server.metrics, self)
         self.llm: Any = None
+        #: The model's renderer with this server's settings (chat template, media policy, names), once loaded.
+        self.renderer: Any = None
         self.batcher: Batcher | None = None
         self.ready = False
         self.load_error: BaseException | None = None
@@ -180,6 +182,10 @@ class ModelState:
             self.served = model.name
         self.scrub = sorted({(str(model.name), self.served), (str(model.path), self.served)}, key=lambda p: -len(p[0]))
         self.llm = llm
+        self.renderer = llm.renderer.configured(
+            chat_template=self.chat_template, media_policy=self.server.media, served=self.served,
+            max_messages=self.limits.max_inputs_per_request, template_hint=", or serve it with --chat-template",
+        )
         self.batcher = self.new_batcher()
         self.ready = True
 

@@ -23,8 +23,6 @@ from .errors import ApiError, ClientGone
 from .state import ModelState
 from .wire import JSON_NUMBER_BYTES
 
-#: Tokens an image is guessed at before it is decoded (the batcher's cost, the token limit's first check).
-IMAGE_TOKEN_GUESS = 256
 #: The ASGI scope key of a future the server's HTTP front sets when the client goes away
 #: (:mod:`poolkit.entrypoints.server.front`): awaited instead of watching ``receive`` for a disconnect.
 DISCONNECTED = "poolkit.disconnected"
@@ -173,9 +171,7 @@ async def run_media(
     the worker thread, so the prompts are prepared there, checked against the token and response
     limits once their token counts are known, and run (never cached). ``check``, if given, sees
     the prepared prompts before they run."""
-    images = sum(len(p.extras["image"]) if isinstance(p.extras.get("image"), list) else 1
-                 for p in raw if isinstance(p, Prompt) and "image" in p.extras)
-    guess = sum(estimate_costs([_as_prompt(p) for p in raw])) + IMAGE_TOKEN_GUESS * images
+    guess = sum(estimate_costs([_as_prompt(p) for p in raw])) + st.renderer.media_cost(raw)
     check_tokens(st, guess)
 
     def work() -> tuple[Any, Results]:

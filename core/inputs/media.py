@@ -1,6 +1,7 @@
-"""Images in requests: chat ``image_url`` parts, Cohere's and the Scoring API's image inputs.
+"""Media URLs in requests: their policy and their fetching (chat ``image_url`` / ``video_url`` parts,
+Cohere's and the Scoring API's image inputs).
 
-An image arrives as a ``data:image/...;base64,`` URI, which the image IO processor decodes under
+An image (or a video) arrives as a ``data:image/...;base64,`` URI, which the image IO processor decodes under
 its limits (bytes, pixels, formats). A remote ``http(s)`` URL is refused unless the server was
 started with ``--allowed-media-domains`` naming its host (vLLM's option; poolkit fetches nothing by
 default): then it is fetched on a thread of its own with a size cap (``max_image_bytes``) and a
@@ -9,11 +10,6 @@ vLLM's ``VLLM_IMAGE_FETCH_TIMEOUT``), following redirects only to allowed http(s
 fetches at most ``POOLKIT_MAX_REQUEST_MEDIA_FETCHES`` images holding at most
 ``POOLKIT_MAX_REQUEST_MEDIA_BYTES`` together, a few at a time, so a slow host delays only the
 requests that name it. Files and other schemes are always refused.
-
-Which prompt a request's images make is the model's: a vision-language model (an architecture
-with a ``media_processor``) reads text and images in one prompt, its chat template placing the
-images the way vLLM renders chat content parts (``{"type": "image"}`` for each image, which the
-template turns into its own placeholder); a dual encoder (CLIP, SigLIP) reads one image without text.
 """
 
 from __future__ import annotations
@@ -33,9 +29,7 @@ import urllib.request
 from typing import Any, Sequence
 from urllib.parse import urljoin, urlsplit
 
-from ...contracts.errors import InvalidRequest
-from ...contracts.io import Prompt
-from .errors import ApiError, short
+from ..contracts.errors import InvalidRequest, short
 
 #: Seconds a remote image may take to arrive in full (vLLM's ``VLLM_IMAGE_FETCH_TIMEOUT``).
 FETCH_TIMEOUT = 5.0
@@ -52,8 +46,6 @@ MAX_REQUEST_MEDIA_FETCHES = 64
 MAX_REQUEST_MEDIA_BYTES = 64 * 1024 * 1024
 #: Fetches one request runs at a time, each on a thread of its own.
 FETCHES_AT_ONCE = 8
-#: The content part types that carry an image (OpenAI's chat parts, vLLM's score parts).
-IMAGE_PARTS = ("image_url",)
 #: Tokens an image is guessed at before it is decoded (the batcher's cost, the token limit's estimate).
 IMAGE_TOKEN_GUESS = 256
 
@@ -95,15 +87,6 @@ def _env_number(name: str, default: float) -> float:
     return number
 
 
-def part_image_url(part: dict, where: str) -> str:
-    """The URL of an ``image_url`` part: ``{"image_url": {"url": ...}}`` or ``{"image_url": "..."}``."""
-    value = part.get("image_url")
-    url = value.get("url") if isinstance(value, dict) else value
-    if not isinstance(url, str) or not url:
-        raise ApiError(400, f"{where}: an image_url part needs 'image_url': {{'url': 'data:image/...;base64,...'}}", param=where)
-    return url
-
-
 def check_image_url(url: str, where: str, policy: MediaPolicy) -> None:
     """Refuse, before any work, an image URL the server will not read: a remote URL whose host is not
     in ``--allowed-media-domains``, a file, or any other scheme."""
@@ -118,19 +101,19 @@ def check_image_url(url: str, where: str, policy: MediaPolicy) -> None:
                 if not policy.allowed_domains
                 else f"'{short(parts.hostname or '', 60)}' is not in --allowed-media-domains"
             )
-            raise ApiError(400, f"{where}: remote image URLs are refused: {hint}", param=where)
+            raise InvalidRequest(f"{where}: remote image URLs are refused: {hint}", param=where)
         return
-    raise ApiError(400, f"{where}: an image must be a data:image/...;base64 URI (files and other URLs are not read)", param=where)
+    raise InvalidRequest(f"{where}: an image must be a data:image/...;base64 URI (files and other URLs are not read)", param=where)
 
 
-async def image_values(urls: Sequence[tuple[str, str]], policy: MediaPolicy, llm: Any = None) -> list[str | bytes]:
-    """The images of ``(url, where)`` pairs as the image IO processor takes them: data URIs as they
-    are, allowed remote images fetched as bytes, each at most the model's ``max_image_bytes`` (load
-    setting; else ``POOLKIT_MAX_IMAGE_BYTES``), within the request's fetch limits
+async def image_values(urls: Sequence[tuple[str, str]], policy: MediaPolicy, max_image_bytes: int | None = None) -> list[str | bytes]:
+    """The images (or videos) of ``(url, where)`` pairs as the media IO processors take them: data
+    URIs as they are, allowed remote ones fetched as bytes, each at most ``max_image_bytes`` (the
+    model's load setting; else ``POOLKIT_MAX_IMAGE_BYTES``), within the request's fetch limits
     (:class:`RequestFetches`).
 
     Raises:
-        ApiError: 400 for a refused URL, too many remote images in the request, or a failed, too
+        InvalidRequest: (status 400) a refused URL, too many remote images in the request, or a failed, too
             large or too slow fetch; 413 when the request's fetched images together pass
             ``POOLKIT_MAX_REQUEST_MEDIA_BYTES``.
     """
@@ -139,8 +122,7 @@ async def image_values(urls: Sequence[tuple[str, str]], policy: MediaPolicy, llm
     remote = [(i, url, where) for i, (url, where) in enumerate(urls) if not url.startswith("data:")]
     values: list[str | bytes] = [url for url, _ in urls]
     if remote:
-        setting = getattr(getattr(llm, "model", None), "max_image_bytes", None)
-        max_bytes = int(setting or _env_number("POOLKIT_MAX_IMAGE_BYTES", MAX_IMAGE_BYTES))
+        max_bytes = int(max_image_bytes or _env_number("POOLKIT_MAX_IMAGE_BYTES", MAX_IMAGE_BYTES))
         timeout = _env_number("POOLKIT_MEDIA_FETCH_TIMEOUT", FETCH_TIMEOUT)
         fetches = RequestFetches.current()
         fetches.admit([where for _, _, where in remote])
@@ -193,8 +175,7 @@ class RequestFetches:
         fetched, past the request's limit."""
         if self.count + len(wheres) > self.max_fetches:
             where = wheres[max(0, self.max_fetches - self.count)]
-            raise ApiError(
-                400, f"{where}: {self.count + len(wheres)} remote images in one request, more than the limit of "
+            raise InvalidRequest(f"{where}: {self.count + len(wheres)} remote images in one request, more than the limit of "
                 f"{self.max_fetches} (POOLKIT_MAX_REQUEST_MEDIA_FETCHES)", param=where,
             )
         self.count += len(wheres)
@@ -210,9 +191,9 @@ class RequestFetches:
         """Refuse an image of ``size`` bytes (its ``Content-Length``) that the request has no room
         for, before it is read."""
         if (self.held if held is None else held) + size > self.max_bytes:
-            raise ApiError(
-                413, f"{where}: the request's remote images are more than {self.max_bytes} bytes together, the limit "
-                "of one request (POOLKIT_MAX_REQUEST_MEDIA_BYTES)", param=where,
+            raise InvalidRequest(
+                f"{where}: the request's remote images are more than {self.max_bytes} bytes together, the limit "
+                "of one request (POOLKIT_MAX_REQUEST_MEDIA_BYTES)", param=where, status=413,
             )
 
     async def run(self, job: "_Fetch") -> bytes:
@@ -251,8 +232,8 @@ class _Fetch:
         self._aborted = False
         self._lock = threading.Lock()
 
-    def too_slow(self) -> ApiError:
-        return ApiError(400, f"{self.where}: fetching the image took longer than {self.timeout:g} s", param=self.where)
+    def too_slow(self) -> InvalidRequest:
+        return InvalidRequest(f"{self.where}: fetching the image took longer than {self.timeout:g} s", param=self.where)
 
     def track(self, sock: Any) -> Any:
         """Note a socket this fetch opened (shut at once if the fetch was aborted meanwhile)."""
@@ -284,7 +265,7 @@ class _Fetch:
         """The image's bytes, at most ``max_bytes``, within ``timeout`` seconds in all.
 
         Raises:
-            ApiError: 400 for a redirect to a host not allowed or a scheme other than http(s), an
+            InvalidRequest: (status 400) a redirect to a host not allowed or a scheme other than http(s), an
                 HTTP error, a failure to connect, more than ``max_bytes`` bytes, or a fetch slower
                 than ``timeout``; 413 past the request's bytes (:meth:`RequestFetches.hold`).
         """
@@ -297,7 +278,7 @@ class _Fetch:
                 length = response.headers.get("Content-Length")
                 if length and length.isdigit():
                     if int(length) > max_bytes:
-                        raise ApiError(400, f"{where}: the image is {length} bytes, more than the limit of {max_bytes}", param=where)
+                        raise InvalidRequest(f"{where}: the image is {length} bytes, more than the limit of {max_bytes}", param=where)
                     self.fetches.check_room(int(length), where)
                 chunks, size = [], 0
                 while True:
@@ -308,21 +289,21 @@ class _Fetch:
                         break
                     size += len(chunk)
                     if size > max_bytes:
-                        raise ApiError(400, f"{where}: the image is more than the limit of {max_bytes} bytes", param=where)
+                        raise InvalidRequest(f"{where}: the image is more than the limit of {max_bytes} bytes", param=where)
                     self.fetches.hold(len(chunk), where)
                     chunks.append(chunk)
                 return b"".join(chunks)
-        except ApiError:
+        except InvalidRequest:
             raise
         except urllib.error.HTTPError as exc:
-            raise ApiError(400, f"{where}: fetching the image failed: HTTP {exc.code}", param=where) from None
+            raise InvalidRequest(f"{where}: fetching the image failed: HTTP {exc.code}", param=where) from None
         except TimeoutError:
             raise self.too_slow() from None
         except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
             if self._aborted or time.monotonic() > deadline:
                 raise self.too_slow() from None
             reason = getattr(exc, "reason", None) or exc
-            raise ApiError(400, f"{where}: cannot fetch the image: {short(reason, 120)}", param=where) from None
+            raise InvalidRequest(f"{where}: cannot fetch the image: {short(reason, 120)}", param=where) from None
 
 
 def _settle(done: asyncio.Future, outcome: Any) -> None:
@@ -397,8 +378,7 @@ class _Redirects(urllib.request.HTTPRedirectHandler):
         scheme = urlsplit(urljoin(req.full_url, location)).scheme.lower() if location else "http"
         if scheme not in ("http", "https"):  # urllib would follow ftp: itself, or answer other schemes as an HTTP error
             fp.close()
-            raise ApiError(
-                400, f"{self.where}: the image URL redirects to a '{short(scheme, 20)}:' URL; only http and https images "
+            raise InvalidRequest(f"{self.where}: the image URL redirects to a '{short(scheme, 20)}:' URL; only http and https images "
                 "are fetched", param=self.where,
             )
         return super().http_error_302(req, fp, code, msg, headers)
@@ -408,97 +388,7 @@ class _Redirects(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> Any:
         target = urlsplit(newurl)
         if not self.policy.allows(target.hostname):
-            raise ApiError(
-                400, f"{self.where}: the image URL redirects to '{short(target.hostname or newurl, 60)}', which is not in "
+            raise InvalidRequest(f"{self.where}: the image URL redirects to '{short(target.hostname or newurl, 60)}', which is not in "
                 "--allowed-media-domains", param=self.where,
             )
         return super().redirect_request(req, fp, code, msg, headers, newurl)
-
-
-# -- what a model makes of images -----------------------------------------------------------------
-
-
-def reads_media(llm: Any) -> bool:
-    """Whether the model reads text and images in one prompt (its architecture names a media processor)."""
-    return getattr(llm.model.architecture, "media_processor", None) is not None
-
-
-def takes_images(llm: Any) -> bool:
-    """Whether the model reads images at all (a vision-language model, or a dual encoder)."""
-    return reads_media(llm) or "image" in getattr(llm.model.architecture, "input_modalities", ("text",))
-
-
-def has_media_parts(messages: Sequence[Any]) -> bool:
-    """Whether chat messages carry a content part other than text: an image, or a part
-    :func:`chat_parts` refuses (a ``video_url``, ``input_audio``, ...), which a chat template
-    would otherwise drop without a word."""
-    return any(
-        isinstance(m, dict) and isinstance(m.get("content"), list)
-        and any(not (isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)) for p in m["content"])
-        for m in messages
-    )
-
-
-def chat_parts(messages: list[dict[str, Any]], where: str) -> tuple[list[dict[str, Any]], list[tuple[str, str]], list[str]]:
-    """Messages as a chat template reads them (vLLM's "openai" content format: each text part
-    ``{"type": "text", "text": ...}``, each image ``{"type": "image"}``), the image URLs in order
-    with the field each came from, and the texts of the messages.
-
-    Raises:
-        ApiError: a part that is neither text nor an image.
-    """
-    rendered: list[dict[str, Any]] = []
-    urls: list[tuple[str, str]] = []
-    texts: list[str] = []
-    for i, message in enumerate(messages):
-        content = message.get("content")
-        if not isinstance(content, list):
-            rendered.append(message)
-            texts += [content] if isinstance(content, str) and content else []
-            continue
-        parts = []
-        for j, part in enumerate(content):
-            at = f"{where}[{i}].content[{j}]"
-            kind = part.get("type") if isinstance(part, dict) else None
-            if isinstance(part, dict) and (kind in IMAGE_PARTS or (kind is None and "image_url" in part)):
-                urls.append((part_image_url(part, at), at))
-                parts.append({"type": "image"})
-            elif isinstance(part, dict) and kind == "text" and isinstance(part.get("text"), str):
-                parts.append({"type": "text", "text": part["text"]})
-                texts += [part["text"]] if part["text"] else []
-            else:
-                raise ApiError(
-                    400, f"{at}: a content part must be {{'type': 'text', 'text': ...}} or {{'type': 'image_url', "
-                    f"'image_url': {{'url': ...}}}}, got type {short(kind, 30)!r}", param=at,
-                )
-        rendered.append({**message, "content": parts})
-    return rendered, urls, texts
-
-
-def check_image_count(llm: Any, count: int, where: str) -> None:
-    """Refuse more images in one prompt than the load setting ``limit_mm_per_prompt`` allows, before
-    any is fetched or decoded (the media IO processor applies its default limit itself)."""
-    limit = llm.model.limit_mm_per_prompt.get("image")
-    if limit is not None and count > limit:
-        raise ApiError(400, f"{where}: {count} images, more than the limit of {limit} per prompt (limit_mm_per_prompt)", param=where)
-
-
-def image_prompt(llm: Any, text: str | None, images: list[Any], where: str, add_special_tokens: bool = True) -> Prompt:
-    """The prompt of ``text`` with ``images`` for the model: a vision-language model reads both (its
-    media IO processor checks the image placeholders); a dual encoder one image and no text (vLLM's
-    rule for CLIP); a text-only model none.
-
-    Raises:
-        ApiError: 400 for images the model does not read.
-    """
-    if reads_media(llm):
-        return Prompt(text=text or None, extras={"image": list(images)}, add_special_tokens=add_special_tokens)
-    if not takes_images(llm):
-        # the whole name, which the error handler replaces with the served one (ModelState.scrub)
-        raise ApiError(400, f"{where}: model '{llm.model.name}' reads text only; send no images", param=where)
-    if text or len(images) != 1:
-        raise ApiError(
-            400, f"{where}: this model (a dual encoder such as CLIP) embeds one image without text, or text without "
-            "images; send them as separate inputs", param=where,
-        )
-    return Prompt(extras={"image": images[0]})

@@ -1,0 +1,217 @@
+"""Chat messages as a prompt: the checks and the chat template's rendering.
+
+A conversation (OpenAI's chat messages, vLLM's chat-style pooling inputs) is rendered with the
+model's chat template (``--chat-template`` / ``LLM.embed(chat_template=...)``, else the
+tokenizer's) into one prompt: its token ids, or, with image or video parts, its text with the
+media, which the model's media processor reads. The checks run before any work, so a bad message
+costs nothing; the rendering itself is work for the thread that tokenizes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from ..contracts.errors import InvalidRequest, short
+from ..contracts.io import check_text
+
+#: ``apply_chat_template`` arguments that the request sets by other fields (or never): not template variables.
+RESERVED_TEMPLATE_KWARGS = (
+    "conversation", "messages", "chat_template", "tools", "documents", "tokenize", "add_generation_prompt",
+    "continue_final_message", "return_dict", "return_tensors", "padding", "truncation", "max_length",
+)
+#: The content part types that carry media, by kind (OpenAI's chat parts, vLLM's ``video_url``, and
+#: offline vLLM's ``image_pil``, whose value is the image itself).
+MEDIA_PARTS = {"image_url": "image", "video_url": "video", "image_pil": "image"}
+
+
+@dataclass(frozen=True)
+class Chat:
+    """One conversation to render as one prompt (vLLM's chat-style pooling input).
+
+    Attributes:
+        messages: ``[{"role": ..., "content": str | [parts]}]``; parts are ``{"type": "text", "text": ...}``,
+            ``{"type": "image_url", "image_url": {"url": ...}}`` and ``{"type": "video_url", "video_url": {"url": ...}}``.
+        add_generation_prompt: end the rendering with the template's assistant header.
+        continue_final_message: leave the last message open (not with ``add_generation_prompt``).
+        template_kwargs: more variables for the template (vLLM's ``chat_template_kwargs``).
+        add_special_tokens: tokenize the rendering with the tokenizer's special tokens (the template
+            writes its own, so vLLM's default is no).
+        where: the request field the conversation came from, for error messages.
+        instead: the field to send instead when the model has no chat template.
+        chat_template: the template to render with instead of the renderer's (vLLM's per-call ``chat_template``).
+    """
+
+    messages: Sequence[Any]
+    add_generation_prompt: bool = False
+    continue_final_message: bool = False
+    template_kwargs: dict[str, Any] | None = None
+    add_special_tokens: bool = False
+    where: str = "messages"
+    instead: str = "input"
+    chat_template: str | None = None
+
+
+def check_chat(chat: Chat, template: str | None, served: str, max_messages: int | None = None, hint: str = "") -> None:
+    """Refuse a conversation before any work: no chat template, reserved ``template_kwargs``,
+    contradictory flags, no messages (or more than ``max_messages``), a message without a string
+    role or with content that is neither a string nor a list of parts. ``hint`` ends the message
+    of a model without a template (the server's ``--chat-template``).
+
+    Raises:
+        InvalidRequest: naming the field at fault.
+    """
+    where = chat.where
+    if not template:
+        raise InvalidRequest(
+            f"model '{served}' has no chat template: send '{chat.instead}' instead of '{where}'{hint}",
+            param=where,
+        )
+    reserved = sorted(set(chat.template_kwargs or {}) & set(RESERVED_TEMPLATE_KWARGS))
+    if reserved:
+        raise InvalidRequest(f"chat_template_kwargs may not set {', '.join(reserved)}", param="chat_template_kwargs")
+    if chat.add_generation_prompt and chat.continue_final_message:
+        raise InvalidRequest("Cannot set both `continue_final_message` and `add_generation_prompt` to True.", param=where)
+    check_messages(chat.messages, where, max_messages)
+    for i, message in enumerate(chat.messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise InvalidRequest(f"{where}[{i}] needs a string 'role'", param=f"{where}[{i}].role")
+        content = message.get("content")
+        if isinstance(content, str):
+            if content:
+                checked_text(content, f"{where}[{i}].content")
+        elif not isinstance(content, list):
+            raise InvalidRequest(f"{where}[{i}].content must be a string or a list of parts", param=f"{where}[{i}].content")
+
+
+def check_messages(messages: Sequence[Any], where: str, limit: int | None) -> None:
+    """Refuse no messages, and more than ``limit`` (the server's ``--max-inputs-per-request``)."""
+    if len(messages) == 0:
+        raise InvalidRequest(f"{where} must not be empty", param=where)
+    if limit is not None and len(messages) > limit:
+        raise InvalidRequest(
+            f"too many inputs: {len(messages)} > {limit} per request (--max-inputs-per-request)", param=where
+        )
+
+
+def checked_text(text: str, where: str) -> None:
+    """:func:`poolkit.contracts.io.check_text` with the field at fault named."""
+    try:
+        check_text(text, where)
+    except InvalidRequest as exc:
+        raise InvalidRequest(str(exc), param=where) from None
+
+
+def renderer(tokenizer: Any, template: str, chat: Chat, messages: Sequence[Any] | None = None) -> Callable[[], str]:
+    """The rendering of ``chat`` (or of ``messages``, its parts already rewritten) as text, to run
+    on the thread that tokenizes.
+
+    Raises:
+        InvalidRequest: when called, a template that fails on these messages.
+    """
+
+    def render() -> str:
+        try:
+            return tokenizer.apply_chat_template(
+                list(chat.messages if messages is None else messages),
+                chat_template=template,
+                tokenize=False,
+                add_generation_prompt=chat.add_generation_prompt,
+                continue_final_message=chat.continue_final_message,
+                **(chat.template_kwargs or {}),
+            )
+        except Exception as exc:  # jinja2 errors, bad message shapes
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise InvalidRequest(f"cannot apply the chat template: {short(reason, 200)}") from None
+
+    return render
+
+
+def has_media_parts(messages: Sequence[Any]) -> bool:
+    """Whether chat messages carry a content part other than text: an image or a video, or a part
+    :func:`media_parts` refuses (``input_audio``, ...), which a chat template would otherwise drop
+    without a word."""
+    return any(
+        isinstance(m, dict) and isinstance(m.get("content"), list)
+        and any(not (isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)) for p in m["content"])
+        for m in messages
+    )
+
+
+def part_url(part: dict, kind: str, where: str) -> str:
+    """The URL of an ``image_url`` / ``video_url`` part: ``{"image_url": {"url": ...}}`` or ``{"image_url": "..."}``."""
+    value = part.get(kind)
+    url = value.get("url") if isinstance(value, dict) else value
+    if not isinstance(url, str) or not url:
+        media = MEDIA_PARTS[kind]
+        raise InvalidRequest(f"{where}: an {kind} part needs '{kind}': {{'url': 'data:{media}/...;base64,...'}}", param=where)
+    return url
+
+
+def media_parts(
+    messages: Sequence[dict[str, Any]], where: str, kinds: Sequence[str] = ("image_url",)
+) -> tuple[list[dict[str, Any]], list[tuple[str, str, str]], list[str]]:
+    """Messages as a chat template reads them (vLLM's "openai" content format: each text part
+    ``{"type": "text", "text": ...}``, each image ``{"type": "image"}``, each video ``{"type": "video"}``),
+    the media in order as ``(kind, url, field)`` (an ``image_pil`` part's image instead of a URL),
+    and the texts of the messages.
+
+    Args:
+        kinds: the media part types the model reads (``image_url``, and ``video_url`` for a model of videos).
+
+    Raises:
+        InvalidRequest: a part that is neither text nor media of ``kinds``.
+    """
+    rendered: list[dict[str, Any]] = []
+    media: list[tuple[str, str, str]] = []
+    texts: list[str] = []
+    for i, message in enumerate(messages):
+        content = message.get("content")
+        if not isinstance(content, list):
+            rendered.append(message)
+            texts += [content] if isinstance(content, str) and content else []
+            continue
+        parts = []
+        for j, part in enumerate(content):
+            at = f"{where}[{i}].content[{j}]"
+            kind = part.get("type") if isinstance(part, dict) else None
+            if isinstance(part, dict) and kind is None and "image_url" in part:
+                kind = "image_url"
+            if isinstance(part, dict) and kind in kinds:
+                value = part.get(kind) if kind == "image_pil" else part_url(part, kind, at)
+                media.append((MEDIA_PARTS[kind], value, at))
+                parts.append({"type": MEDIA_PARTS[kind]})
+            elif isinstance(part, dict) and kind == "text" and isinstance(part.get("text"), str):
+                parts.append({"type": "text", "text": part["text"]})
+                texts += [part["text"]] if part["text"] else []
+            else:
+                allowed = " or ".join(f"{{'type': '{k}', '{k}': {{'url': ...}}}}" for k in kinds)
+                raise InvalidRequest(
+                    f"{at}: a content part must be {{'type': 'text', 'text': ...}} or {allowed}, got type {short(kind, 30)!r}",
+                    param=at,
+                )
+        rendered.append({**message, "content": parts})
+    return rendered, media, texts
+
+
+def conversations(prompts: Any, messages: Any, chat_template: str | None = None) -> Any:
+    """The inputs of a call that takes ``prompts`` or chat ``messages`` (one conversation, a list of
+    chat messages, or a list of conversations) as :class:`Chat` inputs, rendered with
+    ``chat_template`` if given.
+
+    Raises:
+        InvalidRequest: both or neither given, or messages of another shape.
+    """
+    if messages is None:
+        if prompts is None:
+            raise InvalidRequest("pass prompts, or chat messages as messages=")
+        if chat_template is not None:
+            raise InvalidRequest("chat_template goes with messages=")
+        return prompts
+    if prompts is not None:
+        raise InvalidRequest("pass either prompts or messages, not both")
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise InvalidRequest("messages must be a non-empty list of chat messages, or a list of such lists")
+    if all(isinstance(m, (list, tuple)) for m in messages):
+        return [Chat(list(m), where=f"messages[{i}]", instead="prompts", chat_template=chat_template) for i, m in enumerate(messages)]
+    return Chat(list(messages), instead="prompts", chat_template=chat_template)
