@@ -136,7 +136,7 @@ def test_a_failure_after_the_run_is_answered_and_the_worker_lives_on(minilm, mon
     """Anything that goes wrong on the worker thread reaches the requests it took; the thread
     itself never dies and leaves later requests waiting forever."""
     batcher = Batcher(minilm)
-    monkeypatch.setattr(minilm, "run", lambda *args, **kwargs: object())  # no results object at all
+    monkeypatch.setattr(minilm.engine, "run", lambda *args, **kwargs: object())  # no results object at all (the batcher runs the engine)
 
     async def one():
         task, prompts, params = minilm.prepare(["fine"], pooling_task="embed")

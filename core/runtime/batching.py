@@ -31,6 +31,7 @@ from typing import Any, Callable, Sequence
 from ..contracts.errors import PoolkitError
 from ..contracts.io import Prompt, PromptBatch
 from ..contracts.params import PoolingParams
+from ..contracts.serving import EngineOwner
 from ..contracts.tasks import Task
 from .allocator import release_freed_memory
 from .columns import Results
@@ -153,14 +154,15 @@ class Batcher:
     """Merges concurrent requests into engine calls on one worker thread.
 
     Args:
-        llm: the loaded :class:`poolkit.LLM`.
+        llm: what owns the engine the batches run on (the loaded :class:`poolkit.LLM`): its
+            ``engine`` is read at each batch, never its own methods, so the runtime calls down only.
         max_batch_tokens: estimated tokens merged into one engine call.
         max_queue_tokens: estimated tokens allowed to wait; beyond it :class:`QueueFull`.
         traced: stamp the work queued under a :data:`TRACED_WORK` list with its phases' times.
     """
 
     def __init__(
-        self, llm: Any, max_batch_tokens: int = 16384, max_queue_tokens: int = 1_000_000, traced: bool = False
+        self, llm: EngineOwner, max_batch_tokens: int = 16384, max_queue_tokens: int = 1_000_000, traced: bool = False
     ) -> None:
         self.llm = llm
         self.traced = traced
@@ -172,7 +174,7 @@ class Batcher:
         self._cond = threading.Condition()
         self._closing = False
         self._active = 0  # batches taken and not yet answered
-        engine = getattr(llm, "engine", None)
+        engine = llm.engine
         #: Tokenize the next batch while the device runs the last (an accelerator's engine).
         self.pipelined = bool(getattr(engine, "asynchronous", False)) and hasattr(engine, "staged")
         self._handoff: queue.Queue = queue.Queue(maxsize=1)
@@ -377,16 +379,13 @@ class Batcher:
             _stamp(batch, "taken", len(prompts))
             run = _timed(batch, lambda: self._run_staged(batch, prompts, params))
         else:
-            run = lambda: self.llm.run(first.task, prompts, params)  # noqa: E731
+            run = lambda: self.llm.engine.run(first.task, prompts, params)  # noqa: E731
         self._answer(batch, prompts, time.monotonic(), run)
 
     def _run_staged(self, batch: list[_Work], prompts: PromptBatch, params: list[PoolingParams]) -> Results:
         """A traced batch's run: its prompts tokenized first (:meth:`~poolkit.runtime.engine.Engine.staged`,
-        the tokenizing time noted), then run, which is what :meth:`poolkit.LLM.run` does in one call."""
-        engine = getattr(self.llm, "engine", None)
-        if not hasattr(engine, "staged"):
-            return self.llm.run(batch[0].task, prompts, params)
-        staged = engine.staged(batch[0].task, prompts, params)
+        the tokenizing time noted), then run, which is what :meth:`~poolkit.runtime.engine.Engine.run` does in one call."""
+        staged = self.llm.engine.staged(batch[0].task, prompts, params)
         if hasattr(staged, "launch"):  # tokenized now, else when it runs
             _stamp(batch, "tokenized")
         return staged()
