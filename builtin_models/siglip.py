@@ -97,18 +97,21 @@ class SiglipMultiheadAttentionPoolingHead(nn.Module):
 
 
 class SiglipVisionTransformer(nn.Module):
-    """Patch embeddings (no class token), the encoder, post-LayerNorm of every patch, the MAP head."""
+    """Patch embeddings (no class token), the encoder, post-LayerNorm of every patch, the MAP head:
+    ``[n, 3, H, W]`` pixels in, one row per image out. Without the head (``head=False``:
+    PaliGemma's tower, ``vision_use_head: false``), one row per patch: ``[n, patches, hidden]``."""
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: Any, head: bool = True) -> None:
         super().__init__()
         self.embeddings = VisionEmbeddings(config, class_token=False, patch_bias=True)
         self.encoder = Encoder(config)
         self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=float(config.layer_norm_eps))
-        self.head = SiglipMultiheadAttentionPoolingHead(config)
+        self.head = SiglipMultiheadAttentionPoolingHead(config) if head else None
 
     def forward(self, pixel_values: torch.Tensor, linear_act: Callable) -> torch.Tensor:
         x = self.encoder(self.embeddings(pixel_values), dense_attention, linear_act)
-        return self.head(fp32_layer_norm(x, self.post_layernorm), linear_act)
+        x = fp32_layer_norm(x, self.post_layernorm)
+        return x if self.head is None else self.head(x, linear_act)
 
 
 class SiglipTextTransformer(TextTransformer):

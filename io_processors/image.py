@@ -44,6 +44,10 @@ PREPROCESSOR_CONFIG = "preprocessor_config.json"
 
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 _DATA_URI = re.compile(r"^data:(image/[a-zA-Z0-9.+-]+)?((?:;[^;,]*)*),", re.DOTALL)
+_VIDEO_DATA_URI = re.compile(r"^data:((?:video|image)/[a-zA-Z0-9.+-]+)?((?:;[^;,]*)*),", re.DOTALL)
+#: The animated image formats a video may come in (its frames decoded by Pillow); other containers
+#: (mp4, webm, ...) are decoded with PyAV (``pip install 'poolkit[video]'``).
+ANIMATED_FORMATS = ("GIF", "WEBP", "PNG")
 
 
 def _limit(env: str, default: int, positive: bool = False) -> int:
@@ -220,6 +224,83 @@ class ImageProcessor(IOProcessor):
         )
 
 
+def decode_video(index: int, value: Any, max_pixels: int, max_bytes: int, max_frames: int, allow_files: bool = True) -> list[Any]:
+    """Decode a video given as bytes, a ``data:video/...;base64`` (or animated image) URI or a file
+    into its frames (RGB PIL images): an animated GIF, WebP or PNG with Pillow, any other container
+    with PyAV. Each frame's size is checked from the header before it is decoded, and decoding
+    stops past ``max_frames``.
+
+    Raises:
+        InvalidRequest: a value of another kind, too many bytes or frames, frames too large, a
+            container that does not decode, or one that needs PyAV where it is not installed.
+    """
+    where = f"prompt {index}"
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        raw = bytes(value)
+        if len(raw) > max_bytes:
+            raise InvalidRequest(f"{where}: the video is {len(raw)} bytes, more than the limit of {max_bytes}")
+    elif isinstance(value, str) and value.startswith("data:"):
+        raw = _data_uri(where, value, max_bytes, video=True)
+    elif isinstance(value, (str, Path)) and not _SCHEME.match(str(value)):
+        if not allow_files:
+            raise InvalidRequest(f"{where}: local video files are not accepted here; pass bytes or a data: URI")
+        path = Path(value)
+        if not path.is_file() or path.stat().st_size > max_bytes:
+            why = "does not exist" if not path.is_file() else f"is more than the limit of {max_bytes} bytes"
+            raise InvalidRequest(f"{where}: video file '{_short(str(value))}' {why}")
+        raw = path.read_bytes()
+    else:
+        raise InvalidRequest(f"{where}: a video must be a list of frames, bytes, a file path or a data:video/...;base64 URI")
+    Image = _pil()
+    try:
+        animated = Image.open(io.BytesIO(raw), formats=ANIMATED_FORMATS)
+    except Image.UnidentifiedImageError:
+        return _container_frames(where, raw, max_pixels, max_frames)
+    except Exception as exc:
+        raise InvalidRequest(f"{where}: cannot read the video ({_first_line(exc)})") from None
+    with animated:
+        _check_pixels(where, animated.size, max_pixels)
+        count = getattr(animated, "n_frames", 1)
+        if count > max_frames:
+            raise InvalidRequest(f"{where}: the video has {count} frames, more than the limit of {max_frames}")
+        frames = []
+        try:
+            for n in range(count):
+                animated.seek(n)
+                frames.append(animated.convert("RGB"))
+        except Exception as exc:
+            raise InvalidRequest(f"{where}: cannot decode the video ({_first_line(exc)})") from None
+    return frames
+
+
+def _container_frames(where: str, raw: bytes, max_pixels: int, max_frames: int) -> list[Any]:
+    """The frames of a video container (mp4, webm, ...) decoded with PyAV."""
+    try:
+        import av
+    except ImportError:
+        raise InvalidRequest(
+            f"{where}: not an animated GIF, WebP or PNG; other video containers (mp4, webm, ...) need PyAV: "
+            "install `poolkit[video]` (pip install av)"
+        ) from None
+    frames = []
+    try:
+        with av.open(io.BytesIO(raw)) as container:
+            stream = container.streams.video[0]
+            _check_pixels(where, (stream.codec_context.width, stream.codec_context.height), max_pixels)
+            for frame in container.decode(stream):
+                if len(frames) == max_frames:
+                    raise InvalidRequest(f"{where}: the video has more than the limit of {max_frames} frames")
+                _check_pixels(where, (frame.width, frame.height), max_pixels)
+                frames.append(frame.to_image().convert("RGB"))
+    except InvalidRequest:
+        raise
+    except Exception as exc:  # PyAV's errors: not a container it knows, a broken stream
+        raise InvalidRequest(f"{where}: not a decodable video ({_first_line(exc)})") from None
+    if not frames:
+        raise InvalidRequest(f"{where}: the video has no frames")
+    return frames
+
+
 def read_processor_config(path: Path, files: Sequence[str] = (PREPROCESSOR_CONFIG,)) -> dict[str, Any]:
     """The first of ``files`` (``preprocessor_config.json``) the model directory ``path`` has, parsed;
     ``{}`` when it has none.
@@ -281,10 +362,11 @@ class MediaProcessor(IOProcessor):
             return self._settings[full]
 
 
-def _data_uri(where: str, uri: str, max_bytes: int) -> bytes:
-    match = _DATA_URI.match(uri[:512])
+def _data_uri(where: str, uri: str, max_bytes: int, video: bool = False) -> bytes:
+    match = (_VIDEO_DATA_URI if video else _DATA_URI).match(uri[:512])
     if match is None or match.group(1) is None:
-        raise InvalidRequest(f"{where}: a data URI must look like 'data:image/png;base64,...'")
+        example = "data:video/mp4;base64,..." if video else "data:image/png;base64,..."
+        raise InvalidRequest(f"{where}: a data URI must look like '{example}'")
     if "base64" not in [p.strip().lower() for p in match.group(2).split(";")]:
         raise InvalidRequest(f"{where}: the image data URI must be base64-encoded (';base64,')")
     payload = uri[match.end():]

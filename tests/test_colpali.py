@@ -136,7 +136,7 @@ def test_batch_of_mixed_sizes_equals_one_at_a_time(llm):
 
 
 def test_pixels_match_transformers_processor(llm, hf):
-    from poolkit.io_processors.paligemma import read_siglip_settings, siglip_pixels
+    from poolkit.builtin_models.colvision.processor import read_siglip_settings, siglip_pixels
 
     settings = read_siglip_settings(llm.model.path, llm.model.hf_config.vlm_config)
     assert (settings.height, settings.width, settings.image_seq_length) == (32, 32, 16)

@@ -137,7 +137,7 @@ def test_batch_of_mixed_sizes_equals_one_at_a_time(llm):
 
 
 def test_pixels_match_transformers_processor(llm, hf):
-    from poolkit.io_processors.qwen_vl import patchify, read_settings
+    from poolkit.builtin_models.qwen_vl.processor import patchify, read_settings
 
     settings = read_settings(llm.model.path, llm.model.hf_config.vlm_config)
     for image in PAGES:

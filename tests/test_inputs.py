@@ -12,7 +12,7 @@ import torch
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
-from test_vlm_surfaces import BLUE, RED, TEMPLATE, assert_same, chat, image_part, offline, text_part  # noqa: E402
+from test_vlm_surfaces import BLUE, IMAGE as IMAGE_PLACEHOLDER, RED, TEMPLATE, assert_same, chat, image_part, offline, text_part  # noqa: E402
 
 from poolkit import LLM, InvalidRequest  # noqa: E402
 from poolkit.entrypoints.server import create_app  # noqa: E402
@@ -122,3 +122,143 @@ def test_offline_messages_refuse_remote_and_file_images(vl):
     files = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "/etc/passwd"}}]}]
     with pytest.raises(InvalidRequest, match="files and other URLs are not read"):
         vl.embed(messages=files, chat_template=TEMPLATE)
+
+
+# -- proof by use: /tokenize of a conversation with images ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def vl_client(vl):
+    with TestClient(create_app(vl, served_model_name="vl", chat_template=TEMPLATE)) as client:
+        yield client
+
+
+def test_tokenize_of_chat_with_images_expands_the_placeholders(vl, vl_client):
+    parts = [text_part("two: "), image_part(RED), image_part(BLUE)]
+    response = vl_client.post("/tokenize", json={"model": "vl", "messages": [{"role": "user", "content": parts}]})
+    assert response.status_code == 200, response.text
+    want = vl.embed([{"prompt": chat(*parts), "multi_modal_data": {"image": [RED, BLUE]}}],
+                    tokenization_kwargs={"add_special_tokens": False})[0].prompt_token_ids
+    body = response.json()
+    assert body["tokens"] == want and body["count"] == len(want)
+    pad = vl.get_tokenizer().convert_tokens_to_ids("<|image_pad|>")
+    assert body["tokens"].count(pad) > 2  # each image's placeholder became one token per merged patch
+    text_only = vl_client.post("/tokenize", json={"messages": [{"role": "user", "content": "only text"}]})
+    assert text_only.json()["tokens"] == vl.get_tokenizer()(chat(text_part("only text")), add_special_tokens=False)["input_ids"]
+
+
+def test_tokenize_of_chat_with_images_refusals(minilm, vl_client):
+    bad = vl_client.post("/tokenize", json={"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "/etc/passwd"}}]}]})
+    assert bad.status_code == 400 and "files and other URLs are not read" in bad.json()["error"]["message"]
+    with TestClient(create_app(minilm, served_model_name="m", chat_template=TEXT_TEMPLATE)) as client:
+        text_model = client.post("/tokenize", json={"messages": [{"role": "user", "content": [image_part(RED)]}]})
+    assert text_model.status_code == 400, text_model.text
+    assert "reads text only; send no images" in text_model.json()["error"]["message"]
+
+
+# -- proof by use: videos over HTTP ------------------------------------------------------------------
+
+VIDEO = "<|vision_start|><|video_pad|><|vision_end|>"
+#: TEMPLATE's rendering with video parts as the template's video placeholder.
+MEDIA_TEMPLATE = TEMPLATE.replace(
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}",
+    "{% if content['type'] == 'video' %}" + VIDEO + "{% elif content['type'] == 'image' or 'image' in content or 'image_url' in content %}",
+)
+
+
+def frames(n: int = 4, seed: int = 20) -> list:
+    from tiny_models import picture
+
+    return [picture(32, 32, seed + i) for i in range(n)]
+
+
+def gif_uri(images: list) -> tuple[str, list]:
+    """An animated GIF data URI of ``images``, and its frames as a reader decodes them (GIF keeps a palette)."""
+    import base64
+    import io as _io
+
+    from PIL import Image, ImageSequence
+
+    buf = _io.BytesIO()
+    images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], duration=40, loop=0, disposal=2)
+    decoded = [f.convert("RGB") for f in ImageSequence.Iterator(Image.open(_io.BytesIO(buf.getvalue())))]
+    return "data:image/gif;base64," + base64.b64encode(buf.getvalue()).decode(), decoded
+
+
+def mp4_uri(images: list) -> tuple[str, list]:
+    """An MPEG-4 data URI of ``images`` (PyAV), and its frames as PyAV decodes them."""
+    av = pytest.importorskip("av")
+    import base64
+    import io as _io
+
+    buf = _io.BytesIO()
+    with av.open(buf, "w", format="mp4") as out:
+        stream = out.add_stream("mpeg4", rate=24)
+        stream.width, stream.height, stream.pix_fmt = images[0].width, images[0].height, "yuv420p"
+        for image in images:
+            out.mux(stream.encode(av.VideoFrame.from_image(image)))
+        out.mux(stream.encode(None))
+    with av.open(_io.BytesIO(buf.getvalue())) as container:
+        decoded = [f.to_image().convert("RGB") for f in container.decode(video=0)]
+    return "data:video/mp4;base64," + base64.b64encode(buf.getvalue()).decode(), decoded
+
+
+def video_part(uri: str) -> dict:
+    return {"type": "video_url", "video_url": {"url": uri}}
+
+
+@pytest.fixture(scope="module")
+def video_client(vl):
+    with TestClient(create_app(vl, served_model_name="vl", chat_template=MEDIA_TEMPLATE)) as client:
+        yield client
+
+
+def offline_video(vl, text: str, videos: list, images: list = ()) -> list[float]:
+    media = {"video": videos} | ({"image": list(images)} if images else {})
+    return vl.embed([{"prompt": text, "multi_modal_data": media}], tokenization_kwargs={"add_special_tokens": False})[0].outputs.embedding
+
+
+@pytest.mark.parametrize("encode", [gif_uri, mp4_uri], ids=["animated-gif", "mp4"])
+def test_video_url_parts_over_http_equal_offline_frames(vl, video_client, encode):
+    uri, decoded = encode(frames())
+    parts = [text_part("a clip: "), video_part(uri), text_part(" and a picture "), image_part(RED)]
+    messages = [{"role": "user", "content": parts}]
+    rendered = f"<|im_start|>user\na clip: {VIDEO} and a picture {IMAGE_PLACEHOLDER}<|im_end|>\n"
+    want = offline_video(vl, rendered, [decoded], [RED])
+    for path, field in (("/v1/embeddings", "embedding"), ("/pooling", "data")):
+        response = video_client.post(path, json={"messages": messages, **({"task": "embed"} if path == "/pooling" else {})})
+        assert response.status_code == 200, response.text
+        assert_same(response.json()["data"][0][field], want)
+    # the same conversation offline, and /tokenize counting the video's tokens
+    (offline_chat,) = vl.embed(messages=messages, chat_template=MEDIA_TEMPLATE)
+    assert_same(offline_chat.outputs.embedding, want)
+    tokens = video_client.post("/tokenize", json={"messages": messages}).json()["tokens"]
+    assert tokens == offline_chat.prompt_token_ids
+
+
+def test_videos_have_the_limits_images_have(vl, monkeypatch):
+    uri, _ = gif_uri(frames())
+    messages = [{"role": "user", "content": [video_part(uri), video_part(uri)]}]
+    limited = LLM(str(vl.model.path), dtype="float32", limit_mm_per_prompt={"video": 1})
+    with TestClient(create_app(limited, chat_template=MEDIA_TEMPLATE)) as client:
+        too_many = client.post("/v1/embeddings", json={"messages": messages})
+        assert too_many.status_code == 400 and "2 videos, more than the limit of 1 per prompt" in too_many.json()["error"]["message"]
+        remote = client.post("/v1/embeddings", json={"messages": [{"role": "user", "content": [video_part("http://127.0.0.1:9/a.mp4")]}]})
+        assert remote.status_code == 400 and "remote image URLs are refused" in remote.json()["error"]["message"]
+        files = client.post("/v1/embeddings", json={"messages": [{"role": "user", "content": [video_part("/etc/passwd")]}]})
+        assert files.status_code == 400 and "files and other URLs are not read" in files.json()["error"]["message"]
+        monkeypatch.setenv("POOLKIT_MAX_VIDEO_FRAMES", "3")
+        long = client.post("/v1/embeddings", json={"messages": [{"role": "user", "content": [video_part(uri)]}]})
+        assert long.status_code == 400 and "the video has 4 frames, more than the limit of 3" in long.json()["error"]["message"]
+        monkeypatch.delenv("POOLKIT_MAX_VIDEO_FRAMES")
+        junk = client.post("/v1/embeddings", json={"messages": [{"role": "user", "content": [video_part("data:video/mp4;base64,AAAA")]}]})
+        assert junk.status_code == 400 and "video" in junk.json()["error"]["message"]
+
+
+def test_models_without_videos_refuse_video_parts(minilm):
+    uri, _ = gif_uri(frames())
+    with TestClient(create_app(minilm, served_model_name="m", chat_template=TEXT_TEMPLATE)) as client:
+        response = client.post("/v1/embeddings", json={"messages": [{"role": "user", "content": [video_part(uri)]}]})
+    assert response.status_code == 400
+    assert "a content part must be {'type': 'text', 'text': ...} or {'type': 'image_url'" in response.json()["error"]["message"]

@@ -95,7 +95,7 @@ def as_prompt(text: str, images: list) -> object:
 
 
 def test_cases_cover_several_tilings(hf):
-    from poolkit.io_processors.llava_next import best_resolution
+    from poolkit.builtin_models.llava_next.processor import best_resolution
 
     pinpoints = hf[0].config.image_grid_pinpoints
     layouts = {best_resolution(im.height, im.width, pinpoints) for _, images in CASES.values() for im in images}
@@ -121,7 +121,7 @@ def test_placeholders_expand_as_transformers_processor(llm, hf):
 
 
 def test_pixels_match_transformers_processor(llm, hf, model_dir):
-    from poolkit.io_processors.llava_next import read_settings, tile_image
+    from poolkit.builtin_models.llava_next.processor import read_settings, tile_image
 
     settings = read_settings(model_dir, llm.model.hf_config)
     processor = hf[2].image_processor

@@ -21,7 +21,7 @@ from tolerances import assert_bf16_as_close_as_the_reference
 from tiny_models import picture
 from poolkit import LLM
 from poolkit.contracts.errors import InvalidRequest
-from poolkit.io_processors.qwen_vl import QwenVLProcessor, family, load_video, patchify_video
+from poolkit.builtin_models.qwen_vl.processor import QwenVLProcessor, family, load_video, patchify_video
 
 IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
 VIDEO = "<|vision_start|><|video_pad|><|vision_end|>"
@@ -117,7 +117,7 @@ def test_embedding_matches_transformers(llm, hf, case):
 
 
 def test_pixels_match_transformers_processor(llm, hf, model_dir):
-    from poolkit.io_processors.qwen_vl import patchify
+    from poolkit.builtin_models.qwen_vl.processor import patchify
 
     settings = QwenVLProcessor().settings(llm.model, "image")
     assert settings.patch_size == hf[0].config.vision_config.patch_size

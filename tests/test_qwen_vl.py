@@ -86,7 +86,7 @@ def test_embedding_matches_transformers(llm, hf, case):
 
 
 def test_pixels_match_transformers_processor(llm, hf, model_dir):
-    from poolkit.io_processors.qwen_vl import patchify, read_settings
+    from poolkit.builtin_models.qwen_vl.processor import patchify, read_settings
 
     settings = read_settings(model_dir, llm.model.hf_config)
     for _, images in CASES.values():
@@ -98,7 +98,7 @@ def test_pixels_match_transformers_processor(llm, hf, model_dir):
 
 
 def test_pixel_budget_is_the_processor_setting(llm):
-    from poolkit.io_processors.qwen_vl import smart_resize
+    from poolkit.builtin_models.qwen_vl.processor import smart_resize
 
     big = picture(400, 300, 6)  # resized down to the 48 x 48 pixel budget: at most 36 merged patches
     (out,) = llm.embed([{"prompt": "", "multi_modal_data": {"image": big}}])
@@ -161,7 +161,7 @@ def test_video_embedding_matches_transformers(llm, hf, case):
     processor needs torchvision (see tests/test_qwen3_vl.py for the pixels' own check)."""
     from tiny_qwen_vl import hf_embedding
 
-    from poolkit.io_processors.qwen_vl import QwenVLProcessor, load_video, patchify_video
+    from poolkit.builtin_models.qwen_vl.processor import QwenVLProcessor, load_video, patchify_video
 
     text, images, videos = VIDEO_CASES[case]
     media = {"video": videos[0]} | ({"image": images[0]} if images else {})
@@ -194,7 +194,7 @@ def test_video_frames_are_resized_as_torchvision_resizes_uint8(llm):
     by up to 21 levels. The patches of a resized video are those of frames resized that way."""
     import torch.nn.functional as F
 
-    from poolkit.io_processors.qwen_vl import QwenVLProcessor, patchify_video
+    from poolkit.builtin_models.qwen_vl.processor import QwenVLProcessor, patchify_video
 
     settings = QwenVLProcessor().settings(llm.model, "video")
     frames = np.random.default_rng(11).integers(0, 256, (2, 61, 83, 3), dtype=np.uint8)

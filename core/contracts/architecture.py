@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Collection, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Collection, Iterable, Mapping
 
 import torch
 
 from .batch import PackedBatch
 from .config_checks import ConfigChecks
 from .errors import ModelLoadError
+
+if TYPE_CHECKING:
+    from .io import IOProcessor
 
 
 class Architecture(torch.nn.Module):
@@ -48,13 +51,15 @@ class Architecture(torch.nn.Module):
     #: models that read pixels: a dual encoder's image-only prompts (``batch.extras["pixel_values"]``,
     #: CLIP), or a vision-language model's prompts of text and images (see :attr:`media_processor`).
     input_modalities: ClassVar[tuple[str, ...]] = ("text",)
-    #: The registered IO processor that turns this model's prompts with images or videos
+    #: The IO processor class that turns this model's prompts with images or videos
     #: (``extras["image"]`` / ``extras["video"]``) into token ids with their :attr:`Prompt.media`
-    #: tensors: a vision-language model's placeholders expanded, pixels cut into patches. The forward
-    #: pass then finds each sequence's tensors in ``batch.extras["media"]`` (one dict or ``None`` per
-    #: sequence, in batch order). ``None`` (the default): image prompts are image-only and run as
-    #: one-token sequences (CLIP, SigLIP).
-    media_processor: ClassVar[str | None] = None
+    #: tensors: a vision-language model's placeholders expanded, pixels cut into patches. The
+    #: model's renderer makes one instance of it. A ``str`` names a registered IO processor instead
+    #: (an architecture whose processor another plugin provides). The forward pass then finds each
+    #: sequence's tensors in ``batch.extras["media"]`` (one dict or ``None`` per sequence, in batch
+    #: order). ``None`` (the default): image prompts are image-only and run as one-token sequences
+    #: (CLIP, SigLIP).
+    media_processor: ClassVar[type[IOProcessor] | str | None] = None
     #: Architectures this one stands in for where poolkit cannot run them (checkpoints that ship
     #: only remote code, which poolkit never runs), each with a checkpoint to suggest: the error
     #: that refuses such a model names this architecture and that checkpoint. For instance

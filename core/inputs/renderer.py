@@ -49,6 +49,7 @@ class Renderer:
         max_messages: most messages one conversation may have (``--max-inputs-per-request``).
         template_hint: the way out a model without a chat template is told of (the server's
             ``, or serve it with --chat-template``).
+        media_processor: the media processor to use instead of a new one of the architecture's.
     """
 
     def __init__(
@@ -59,6 +60,7 @@ class Renderer:
         served: str | None = None,
         max_messages: int | None = None,
         template_hint: str = "",
+        media_processor: IOProcessor | None = None,
     ) -> None:
         self.model = model
         self.template_hint = template_hint
@@ -66,7 +68,7 @@ class Renderer:
         self.media_policy = media_policy or MediaPolicy()
         self.served = served or model.name
         self.max_messages = max_messages
-        processor = getattr(model.architecture, "media_processor", None)
+        processor = media_processor or getattr(model.architecture, "media_processor", None)
         if isinstance(processor, str):  # a third-party architecture naming a registered IO processor
             processor = registry("io_processor").get(processor)
         elif isinstance(processor, type):
@@ -75,12 +77,13 @@ class Renderer:
         self.media_processor: IOProcessor | None = processor
 
     def configured(self, **settings: Any) -> "Renderer":
-        """A renderer of the same model with other settings (the server's, per served model)."""
+        """A renderer of the same model with other settings (the server's, per served model), sharing
+        this one's media processor (and the settings it read once)."""
         current = dict(
             chat_template=self.chat_template_override, media_policy=self.media_policy, served=self.served,
             max_messages=self.max_messages, template_hint=self.template_hint,
         )
-        return Renderer(self.model, **{**current, **settings})
+        return Renderer(self.model, **{**current, **settings}, media_processor=self.media_processor)
 
     # -- what the model reads --------------------------------------------------------------------
 

@@ -1,5 +1,5 @@
-"""The ``qwen2_vl`` media IO processor: prompts of text, images and videos for the Qwen-VL
-families (Qwen2-VL, Qwen2.5-VL, Qwen3-VL).
+"""The Qwen-VL families' media processor: prompts of text, images and videos for Qwen2-VL,
+Qwen2.5-VL and Qwen3-VL (their architectures' ``media_processor``).
 
 Each image is decoded under the image IO processor's limits, resized to the model's pixel budget
 (``min_pixels`` / ``max_pixels``, sides multiples of ``patch_size × merge_size``), rescaled,
@@ -35,21 +35,20 @@ import torch
 import torch.nn.functional as F
 
 from poolkit.contracts.errors import InvalidRequest
-from poolkit.contracts.hookspecs import hookimpl
 from poolkit.contracts.io import Prompt
 from poolkit.io_processors.image import (
     PREPROCESSOR_CONFIG,
     ImageProcessor,
     MediaProcessor,
     _limit,
+    decode_video,
     decode_limits,
     media_per_prompt,
     read_processor_config,
 )
 
-#: OpenAI CLIP's normalisation, Qwen2-VL's default.
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from ..vision_language import CLIP_MEAN, CLIP_STD, to_rgb
+
 #: transformers' IMAGENET_STANDARD_MEAN / _STD, Qwen3-VL's default.
 HALF = (0.5, 0.5, 0.5)
 #: Most frames one video may have (transformers' ``max_frames``), unless ``POOLKIT_MAX_VIDEO_FRAMES`` says otherwise.
@@ -81,7 +80,7 @@ class VisionSettings:
 
 @dataclasses.dataclass(frozen=True)
 class Family:
-    """What the Qwen-VL families' pre-processing does differently (``Architecture.media_family``).
+    """What the Qwen-VL families' pre-processing does differently (their architecture's ``media_family``).
 
     Attributes:
         image: image settings where the checkpoint's processor config names none.
@@ -100,21 +99,19 @@ class Family:
 
 
 _QWEN2_VIDEO = VisionSettings(min_pixels=128 * 28 * 28, max_pixels=28 * 28 * 768)
-FAMILIES = {
-    "qwen2_vl": Family(VisionSettings(), _QWEN2_VIDEO),
-    "qwen2_5_vl": Family(VisionSettings(), _QWEN2_VIDEO, video_time="seconds"),
-    "qwen3_vl": Family(
-        VisionSettings(patch_size=16, min_pixels=65536, max_pixels=16777216, mean=HALF, std=HALF),
-        VisionSettings(patch_size=16, min_pixels=128 * 32 * 32, max_pixels=32 * 32 * 768, mean=HALF, std=HALF),
-        video_budget="video",
-        video_time="timestamps",
-    ),
-}
+QWEN2_VL = Family(VisionSettings(), _QWEN2_VIDEO)
+QWEN2_5_VL = Family(VisionSettings(), _QWEN2_VIDEO, video_time="seconds")
+QWEN3_VL = Family(
+    VisionSettings(patch_size=16, min_pixels=65536, max_pixels=16777216, mean=HALF, std=HALF),
+    VisionSettings(patch_size=16, min_pixels=128 * 32 * 32, max_pixels=32 * 32 * 768, mean=HALF, std=HALF),
+    video_budget="video",
+    video_time="timestamps",
+)
 
 
 def family(model: Any) -> Family:
-    """The pre-processing rules of ``model``'s architecture."""
-    return FAMILIES[getattr(model.architecture, "media_family", "qwen2_vl")]
+    """The pre-processing rules of ``model``'s architecture (Qwen2-VL's unless it names others)."""
+    return getattr(model.architecture, "media_family", QWEN2_VL)
 
 
 def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
@@ -137,19 +134,6 @@ def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixe
         h = math.ceil(height * beta / factor) * factor
         w = math.ceil(width * beta / factor) * factor
     return h, w
-
-
-def to_rgb(image: Any) -> Any:
-    """The image as RGB, transparency composited onto white (as transformers converts)."""
-    if image.mode == "RGB":
-        return image
-    from PIL import Image
-
-    if image.mode in ("RGBA", "LA", "PA", "P") or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
 
 
 def patchify(image: Any, settings: VisionSettings, frames: int = 1) -> tuple[np.ndarray, tuple[int, int, int]]:
@@ -271,22 +255,31 @@ def frame_timestamps(frames: int, temporal: int, fps: float = VIDEO_FPS) -> list
     return [(seconds[i] + seconds[i + temporal - 1]) / 2 for i in range(0, len(seconds), temporal)]
 
 
+#: A video given whole, as encoded bytes, a data URI or a file (decoded by :func:`poolkit.io_processors.image.decode_video`).
+ENCODED_VIDEO = (str, bytes, bytearray, memoryview, Path)
+
+
 def split_videos(value: Any) -> list[Any]:
-    """A prompt's ``video`` value as a list of videos: one video (a list of frames, or a 4-D
-    array) or a list of them."""
+    """A prompt's ``video`` value as a list of videos: one video (a list of frames, a 4-D array, or
+    encoded: bytes, a data URI, a file) or a list of them."""
     if value is None:
         return []
     if isinstance(value, np.ndarray):
         return [value] if value.ndim == 4 else list(value) if value.ndim == 5 else [value]
     if isinstance(value, (list, tuple)):
-        if value and all(isinstance(v, (list, tuple)) or (isinstance(v, np.ndarray) and v.ndim == 4) for v in value):
+        if value and all(
+            isinstance(v, (list, tuple, *ENCODED_VIDEO)) or (isinstance(v, np.ndarray) and v.ndim == 4) for v in value
+        ):
             return list(value)
         return [value]
     return [value]
 
 
 class QwenVLProcessor(MediaProcessor):
-    """Prompts with images and videos for Qwen-VL architectures (``media_processor = "qwen2_vl"``).
+    """Prompts with images and videos for the Qwen-VL architectures (their ``media_processor``).
+
+    A video is a list of frames, a ``[T, H, W, C]`` array, or encoded: bytes, a
+    ``data:video/...;base64`` URI or a file (an animated GIF, WebP or PNG; mp4, webm, ... with PyAV).
 
     ``pre_process`` takes what the image IO processor takes (``{"prompts", "model",
     "allow_local_files"}``) and returns the prompts, each prompt with media as token ids with
@@ -294,6 +287,9 @@ class QwenVLProcessor(MediaProcessor):
     ``[images, 3]`` (``video_pixels`` and ``video_grid_thw`` likewise) and ``positions``
     ``[3, tokens]``.
     """
+
+    #: Videos are read (chat ``video_url`` parts, ``multi_modal_data={"video": ...}``).
+    reads_videos = True
 
     def pre_process(self, data: Any, request_id: str | None = None) -> Sequence[Prompt]:
         data = self.parse_data(data)
@@ -345,6 +341,8 @@ class QwenVLProcessor(MediaProcessor):
             max_frames = _limit("POOLKIT_MAX_VIDEO_FRAMES", MAX_VIDEO_FRAMES)
             patches = []
             for video in videos:
+                if isinstance(video, ENCODED_VIDEO):
+                    video = decode_video(index, video, limits[0], limits[1], max_frames, allow_files)
                 frames = load_video(index, video, limits[0], max_frames)
                 try:
                     flat, grid = patchify_video(frames, settings, rules.video_budget)
@@ -471,7 +469,3 @@ def rope_positions(length: int, spans: list[tuple[int, int, int, int, Any]]) -> 
     out[:, at:] = np.arange(pos, pos + length - at)
     return out
 
-
-@hookimpl
-def poolkit_register_io_processors(register):
-    register("qwen2_vl", QwenVLProcessor)

@@ -1,18 +1,19 @@
-"""Prompts of PaliGemma and the ColVision retrievers: ``paligemma``, ``colpali`` and ``colqwen2``.
+"""The ColVision retrievers' media processors: PaliGemma's prompts, and ColPali's and ColQwen2's.
 
-``paligemma``: each image is decoded under the image IO processor's limits and pre-processed as
-transformers' SigLIP image processor does it (converted to RGB, resized to the model's square with
-Pillow's bicubic filter, rescaled, normalised), natively in NumPy. A prompt becomes PaliGemma's
-layout: the ``<image>`` tokens first (``image_seq_length`` per image), then ``<bos>``, the text and
-``"\\n"``; a text that already has ``<image>`` placeholders keeps them, ``<bos>`` going after the
-last one, as PaliGemma's processor writes it.
+:class:`PaliGemmaProcessor`: each image is decoded under the image IO processor's limits and
+pre-processed as transformers' SigLIP image processor does it (converted to RGB, resized to the
+model's square with Pillow's bicubic filter, rescaled, normalised), natively in NumPy. A prompt
+becomes PaliGemma's layout: the ``<image>`` tokens first (``image_seq_length`` per image), then
+``<bos>``, the text and ``"\\n"``; a text that already has ``<image>`` placeholders keeps them,
+``<bos>`` going after the last one, as PaliGemma's processor writes it.
 
-``colpali`` (``ColPaliForRetrieval``) and ``colqwen2`` (``ColQwen2ForRetrieval``) build what their
-transformers processors build for retrieval: a page (an image with no text) gets the visual prompt
-(``process_images``); a text without an image is a query (``process_queries``): the query prefix,
-the text, ten padding tokens (the "query augmentation" buffer whose vectors are scored) and
-``"\\n"``. Prompts given as token ids pass through as they are. ColQwen2's images are Qwen2-VL's
-(:mod:`poolkit.io_processors.qwen_vl`), with transformers' plain positions: its
+:class:`ColPaliProcessor` (``ColPaliForRetrieval``'s) and :class:`ColQwen2Processor`
+(``ColQwen2ForRetrieval``'s) build what their transformers processors build for retrieval: a page
+(an image with no text) gets the visual prompt (``process_images``); a text without an image is a
+query (``process_queries``): the query prefix, the text, ten padding tokens (the "query
+augmentation" buffer whose vectors are scored) and ``"\\n"``. Prompts given as token ids pass
+through as they are. ColQwen2's images are Qwen2-VL's
+(:mod:`poolkit.builtin_models.qwen_vl.processor`), with transformers' plain positions: its
 ``ColQwen2ForRetrieval`` runs the decoder without multimodal rotary positions.
 """
 
@@ -26,10 +27,11 @@ import numpy as np
 import torch
 
 from poolkit.contracts.errors import InvalidRequest
-from poolkit.contracts.hookspecs import hookimpl
 from poolkit.contracts.io import Prompt
 from poolkit.io_processors.image import ImageProcessor, MediaProcessor, decode_limits, media_per_prompt, read_processor_config
-from poolkit.io_processors.qwen_vl import QwenVLProcessor, to_rgb
+
+from ..qwen_vl.processor import QwenVLProcessor
+from ..vision_language import to_rgb
 
 IMAGE_TOKEN = "<image>"
 #: How many padding tokens end a ColVision query (the processors' ``query_augmentation_token * 10``).
@@ -217,7 +219,7 @@ class ColPaliProcessor(PaliGemmaProcessor):
 
 
 class _RetrieverView:
-    """A loaded ``ColQwen2ForRetrieval`` as the ``qwen2_vl`` processor reads a Qwen2-VL model: the
+    """A loaded ``ColQwen2ForRetrieval`` as the Qwen-VL processor reads a Qwen2-VL model: the
     same model, its config the retriever's ``vlm_config``."""
 
     def __init__(self, model: Any) -> None:
@@ -265,9 +267,3 @@ class ColQwen2Processor(QwenVLProcessor):
                 prompt.media["positions"] = torch.arange(n).expand(3, n).contiguous()
         return made
 
-
-@hookimpl
-def poolkit_register_io_processors(register):
-    register("paligemma", PaliGemmaProcessor)
-    register("colpali", ColPaliProcessor)
-    register("colqwen2", ColQwen2Processor)

@@ -1,4 +1,4 @@
-"""The ``llava_next`` media IO processor: prompts of text and images for LLaVA-NeXT models (E5-V).
+"""LLaVA-NeXT's media processor: prompts of text and images for LLaVA-NeXT models (E5-V).
 
 Each image is decoded under the image IO processor's limits and tiled as transformers'
 ``LlavaNextImageProcessor`` tiles it: the best of ``image_grid_pinpoints`` is chosen (the most of
@@ -25,10 +25,17 @@ import numpy as np
 import torch
 
 from poolkit.contracts.errors import InvalidRequest
-from poolkit.contracts.hookspecs import hookimpl
 from poolkit.contracts.io import Prompt
-from poolkit.io_processors.image import ImageProcessor, MediaProcessor, decode_limits, media_per_prompt, read_processor_config
-from poolkit.io_processors.qwen_vl import CLIP_MEAN, CLIP_STD, to_rgb
+from poolkit.io_processors.image import (
+    PREPROCESSOR_CONFIG,
+    ImageProcessor,
+    MediaProcessor,
+    decode_limits,
+    media_per_prompt,
+    read_processor_config,
+)
+
+from ..vision_language import CLIP_MEAN, CLIP_STD, to_rgb
 
 #: transformers' default pinpoints (``LlavaNextConfig``), for a checkpoint that names none.
 DEFAULT_PINPOINTS = ((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008))
@@ -160,7 +167,7 @@ def tile_image(image: Any, settings: TileSettings) -> tuple[np.ndarray, tuple[in
 
 
 class LlavaNextProcessor(MediaProcessor):
-    """Prompts with images for LLaVA-NeXT architectures (``media_processor = "llava_next"``).
+    """Prompts with images for LLaVA-NeXT architectures (their ``media_processor``).
 
     ``pre_process`` takes what the image IO processor takes (``{"prompts", "model",
     "allow_local_files"}``) and returns the prompts, each prompt with images as token ids with
@@ -268,12 +275,8 @@ def read_settings(path: Path, config: Any) -> TileSettings:
     )
     if settings.tile != image_size or any(h % image_size or w % image_size for h, w in settings.pinpoints):
         raise InvalidRequest(
-            f"{file.name}'s tiles of {settings.tile} pixels and pinpoints {list(settings.pinpoints)} do not fit the vision "
+            f"{PREPROCESSOR_CONFIG}'s tiles of {settings.tile} pixels and pinpoints {list(settings.pinpoints)} do not fit the vision "
             f"tower's {image_size}-pixel images"
         )
     return settings
 
-
-@hookimpl
-def poolkit_register_io_processors(register):
-    register("llava_next", LlavaNextProcessor)

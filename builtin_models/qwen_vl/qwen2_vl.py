@@ -3,15 +3,16 @@
 A prompt of text, images and videos reaches the model as token ids in which each image is a run
 of ``<|image_pad|>`` placeholders (each video of ``<|video_pad|>``), one per merged patch, with
 the patches and the multimodal rotary positions in ``batch.extras["media"]`` (made by the
-``qwen2_vl`` IO processor, :mod:`poolkit.io_processors.qwen_vl`). The forward pass runs every
+family's processor, :mod:`poolkit.builtin_models.qwen_vl.processor`). The forward pass runs every
 image and video of the batch through the vision tower at once — patch embedding, pre-LayerNorm
 blocks with 2-D rotary attention within each image (each temporal patch of a video: two frames),
 the patch merger that joins each 2×2 block of patches into one token — puts the features where
 the placeholders are, and runs the decoder layers with M-RoPE: each rotary frequency reads the
 temporal, height or width position of its token (``mrope_section``), which for text is its plain
-position, so text-only prompts run exactly as a Qwen2 model would. Qwen2.5-VL and Qwen3-VL
-(:mod:`poolkit.builtin_models.qwen3_vl`) subclass this with their own towers; a tower may return
-deepstack features, which the decoder's ``after_layer`` hook adds to its first layers' outputs.
+position, so text-only prompts run exactly as a Qwen2 model would. Qwen2.5-VL
+(:mod:`~poolkit.builtin_models.qwen_vl.qwen2_5_vl`) and Qwen3-VL
+(:mod:`~poolkit.builtin_models.qwen_vl.qwen3_vl`) subclass this with their own towers; a tower may
+return deepstack features, which the decoder's ``after_layer`` hook adds to its first layers' outputs.
 
 Checkpoints load in both layouts: transformers 5's (``model.visual.*``,
 ``model.language_model.*``) and the published one (``visual.*``, ``model.*``); ``lm_head`` is not
@@ -20,33 +21,39 @@ read. Embeddings pool the last token, as vLLM's Qwen2-VL embedders (DSE, GME) do
 
 from __future__ import annotations
 
-import re
 from typing import Any, Callable, ClassVar, Collection, Iterable, Mapping
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from poolkit.builtin_models.layers import (
-    Rotary,
-    activation_function,
-    fp32_layer_norm,
-    fused_activation,
-    linear,
-    rotary_inv_freq,
-)
-from poolkit.builtin_models.qwen import Qwen2Model
-from poolkit.contracts.architecture import Architecture
 from poolkit.contracts.batch import PackedBatch
 from poolkit.contracts.config_checks import ConfigChecks
 from poolkit.contracts.errors import ModelLoadError
-from poolkit.contracts.hookspecs import hookimpl
 from poolkit.loading.weights import load_into
 from poolkit.plugins.lookup import kernel_for
 
+from ..layers import RMSNorm, Rotary, fp32_layer_norm, linear, rotary_inv_freq
+from ..qwen import Qwen2Model
+from ..vision_language import (
+    CheckpointLayout,
+    FeedForward,
+    VisionLanguageModel,
+    Weights,
+    batch_media,
+    merge_multimodal_embeddings,
+    placeholder_rows,
+)
+from .processor import QWEN2_VL, Family, QwenVLProcessor
+
 #: The media kinds whose features replace placeholder tokens, with their config's token-id fields.
 PLACEHOLDERS = (("image", "image_token_id"), ("video", "video_token_id"))
+#: The checkpoint layouts: transformers 5's ``model.visual.`` / ``model.language_model.``, the
+#: published ``visual.`` / ``model.``; ``lm_head`` is skipped.
+CHECKPOINT = CheckpointLayout(
+    {"visual": r"(?:model\.)?visual\.", "language": r"(?:model\.language_model\.|language_model\.|model\.)?"},
+    skip=r"lm_head\.",
+)
 
 
 def mrope_axes(sections: list[int], interleaved: bool = False) -> torch.Tensor:
@@ -137,36 +144,25 @@ class VisionAttention(nn.Module):
         return linear(attend(q, k, v).flatten(-2), self.proj, linear_act)
 
 
-class VisionMLP(nn.Module):
-    """``fc2(act(fc1(x)))`` (Qwen2-VL's QuickGELU)."""
-
-    def __init__(self, dim: int, hidden: int, act: str) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-        self.act = activation_function(act)
-        self.fused_act = fused_activation(act)
-
-    def forward(self, x: torch.Tensor, linear_act: Callable) -> torch.Tensor:
-        if self.fused_act is None:
-            return linear(self.act(linear(x, self.fc1, linear_act)), self.fc2, linear_act)
-        return linear(linear(x, self.fc1, linear_act, self.fused_act), self.fc2, linear_act)
-
-
 class VisionBlock(nn.Module):
-    """A pre-LayerNorm vision block; the residual stream stays float32 in a bf16 model."""
+    """A pre-norm vision block: attention within each frame (or window), then the feed-forward
+    layer ``mlp``; LayerNorms (Qwen2-VL, Qwen3-VL) or RMSNorms (Qwen2.5-VL), the residual stream
+    float32 in a bf16 model."""
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, dim: int, num_heads: int, mlp: nn.Module, rms_norm: bool = False) -> None:
         super().__init__()
-        dim = int(config.embed_dim)
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = VisionAttention(dim, int(config.num_heads))
-        self.mlp = VisionMLP(dim, int(dim * config.mlp_ratio), config.hidden_act)
+        self.norm1 = RMSNorm(dim, 1e-6) if rms_norm else nn.LayerNorm(dim, eps=1e-6)
+        self.norm2 = RMSNorm(dim, 1e-6) if rms_norm else nn.LayerNorm(dim, eps=1e-6)
+        self.attn = VisionAttention(dim, num_heads)
+        self.mlp = mlp
+
+    @staticmethod
+    def _normed(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
+        return norm(x) if isinstance(norm, RMSNorm) else fp32_layer_norm(x, norm)
 
     def forward(self, x: torch.Tensor, rotary: Rotary, attend: Callable, linear_act: Callable) -> torch.Tensor:
-        x = x + self.attn(fp32_layer_norm(x, self.norm1), rotary, attend, linear_act).float()
-        return x + self.mlp(fp32_layer_norm(x, self.norm2), linear_act).float()
+        x = x + self.attn(self._normed(x, self.norm1), rotary, attend, linear_act).float()
+        return x + self.mlp(self._normed(x, self.norm2), linear_act).float()
 
 
 class PatchMerger(nn.Module):
@@ -186,41 +182,71 @@ class PatchMerger(nn.Module):
 
 class Qwen2VisionTower(nn.Module):
     """Qwen2-VL's vision transformer: flattened patches ``[N, C·T·P·P]`` and each image's
-    ``(t, h, w)`` patch grid in, one row per merged patch (``N / merge²``) out."""
+    ``(t, h, w)`` patch grid in, one row per merged patch (``N / merge²``) out.
+
+    Qwen2.5-VL's and Qwen3-VL's towers are built the same way from their own :meth:`width`,
+    :meth:`block` and :meth:`merger_for` (and :attr:`patch_bias`)."""
+
+    #: Whether the patch embedding (a 3-D convolution) has a bias.
+    patch_bias: ClassVar[bool] = False
 
     def __init__(self, config: Any) -> None:
         super().__init__()
         self.config = config
-        self.embed_dim = int(config.embed_dim)
+        self.embed_dim = self.width(config)
         self.merge = int(config.spatial_merge_size)
-        patch, temporal = int(config.patch_size), int(config.temporal_patch_size)
+        self.patch_size = int(config.patch_size)
+        kernel = (int(config.temporal_patch_size), self.patch_size, self.patch_size)
         self.patch_embed = nn.Module()
-        self.patch_embed.proj = nn.Conv3d(
-            int(config.in_channels), self.embed_dim, (temporal, patch, patch), (temporal, patch, patch), bias=False
-        )
-        self.blocks = nn.ModuleList(VisionBlock(config) for _ in range(int(config.depth)))
-        self.merger = PatchMerger(int(config.hidden_size), self.embed_dim, self.merge)
+        self.patch_embed.proj = nn.Conv3d(int(config.in_channels), self.embed_dim, kernel, kernel, bias=self.patch_bias)
+        self.blocks = nn.ModuleList(self.block(config) for _ in range(int(config.depth)))
+        self.merger = self.merger_for(config)
         self.head_dim = self.embed_dim // int(config.num_heads)
         params = getattr(config, "rope_parameters", None) or {}
         self.theta = float(params.get("rope_theta", 10000.0))
 
+    @staticmethod
+    def width(config: Any) -> int:
+        """The blocks' width."""
+        return int(config.embed_dim)
+
+    def block(self, config: Any) -> nn.Module:
+        """One vision block: LayerNorms, ``fc2(act(fc1(x)))`` of ``mlp_ratio`` times the width."""
+        dim = self.embed_dim
+        return VisionBlock(dim, int(config.num_heads), FeedForward(dim, int(dim * config.mlp_ratio), dim, config.hidden_act))
+
+    def merger_for(self, config: Any) -> nn.Module:
+        """The patch merger to the decoder's width."""
+        return PatchMerger(int(config.hidden_size), self.embed_dim, self.merge)
+
     def patches(self, pixels: torch.Tensor, linear_act: Callable) -> torch.Tensor:
         """The patch embedding: the 3-D convolution over each patch, as one matmul."""
-        weight = self.patch_embed.proj.weight
-        return linear_act(pixels.to(weight.dtype), weight.reshape(weight.shape[0], -1), None, "none")
+        proj = self.patch_embed.proj
+        weight = proj.weight
+        return linear_act(pixels.to(weight.dtype), weight.reshape(weight.shape[0], -1), proj.bias, "none")
+
+    def embed(self, pixels: torch.Tensor, grids: list[tuple[int, int, int]], linear_act: Callable) -> torch.Tensor:
+        """What the first block reads: the patch embeddings, float32."""
+        return self.patches(pixels, linear_act).float()
+
+    def deepstack(self, index: int, x: torch.Tensor, linear_act: Callable) -> list[torch.Tensor]:
+        """The deepstack features of block ``index``'s output ``x`` (Qwen3-VL's; none here)."""
+        return []
 
     def forward(self, pixels: torch.Tensor, grids: list[tuple[int, int, int]]) -> VisionFeatures:
         device = pixels.device
         linear_act = kernel_for(self, "linear_act", device)
         attend = attend_within(kernel_for(self, "varlen_attention", device), frame_lengths(grids), device)
         rotary = vision_rotary(grids, self.merge, self.head_dim, self.theta, device)
-        x = self.patches(pixels, linear_act).float()
-        for block in self.blocks:
+        x = self.embed(pixels, grids, linear_act)
+        deepstack: list[torch.Tensor] = []
+        for i, block in enumerate(self.blocks):
             x = block(x, rotary, attend, linear_act)
-        return self.merger(x, linear_act), []
+            deepstack.extend(self.deepstack(i, x, linear_act))
+        return self.merger(x, linear_act), deepstack
 
 
-class Qwen2VLForConditionalGeneration(Architecture):
+class Qwen2VLForConditionalGeneration(VisionLanguageModel):
     """Qwen2-VL as an embedder: the vision tower's features in the placeholders' rows, the Qwen2
     decoder with M-RoPE over the whole prompt, the last token pooled.
 
@@ -232,10 +258,9 @@ class Qwen2VLForConditionalGeneration(Architecture):
 
     default_pooling_type: ClassVar[str | None] = "LAST"
     input_modalities: ClassVar[tuple[str, ...]] = ("text", "image", "video")
-    media_processor: ClassVar[str | None] = "qwen2_vl"
-    #: How the ``qwen2_vl`` IO processor treats this family's pixels and video positions
-    #: (:data:`poolkit.io_processors.qwen_vl.FAMILIES`).
-    media_family: ClassVar[str] = "qwen2_vl"
+    media_processor: ClassVar[type[QwenVLProcessor] | str | None] = QwenVLProcessor
+    #: How the processor treats this family's pixels and video positions.
+    media_family: ClassVar[Family] = QWEN2_VL
     #: The decoder family of the language model.
     language_model_class: ClassVar[type[Qwen2Model]] = Qwen2Model
     #: The vision tower's class.
@@ -268,22 +293,11 @@ class Qwen2VLForConditionalGeneration(Architecture):
         self._inv_freq = inv_freq
         self._axes = mrope_axes(sections, self.interleaved_mrope)
 
-    @property
-    def hidden_size(self) -> int:
-        return int(self.config.text_config.hidden_size)
-
-    @property
-    def max_positions(self) -> int | None:
-        n = getattr(self.config.text_config, "max_position_embeddings", None)
-        return int(n) if n else None
-
     @classmethod
     def check_config(
         cls, config: Any, shapes: Mapping[str, tuple[int, ...]] | None, overridden: Collection[str] = ()
     ) -> None:
-        for name in ("text_config", "vision_config"):
-            if getattr(config, name, None) is None:
-                raise ModelLoadError(f"the {cls.__name__} config has no {name}")
+        cls.require_sub_configs(config)
         super().check_config(config, None, overridden)
         cls.language_model_class.check_config(config.text_config, None, ())
 
@@ -293,9 +307,9 @@ class Qwen2VLForConditionalGeneration(Architecture):
         lm = self.language_model
         x = lm.embed(batch.input_ids)
         positions = batch.positions.unsqueeze(0).expand(3, -1)
-        media = batch.extras.get("media")
+        media = batch_media(batch)
         after_layer = None
-        if media is not None and any(m is not None for m in media):
+        if media is not None:
             x, positions, after_layer = self._merge_media(x, positions, batch, media)
         rotary = mrope_cos_sin(self._inv_freq, self._axes, positions, x.dtype)
         return lm.decode(x, batch, {kind: rotary for kind in lm._rotary_parameters}, after_layer)
@@ -308,28 +322,15 @@ class Qwen2VLForConditionalGeneration(Architecture):
         deepstack features to the first layers' outputs at those rows (``None`` without them)."""
         positions = positions.clone()
         starts = batch.cu_seqlens.tolist()
-        pixels: list[torch.Tensor] = []
-        grids: list[tuple[int, int, int]] = []
-        rows: list[torch.Tensor] = []
         for i, m in enumerate(media):
-            if m is None:
-                continue
-            a, b = starts[i], starts[i + 1]
-            positions[:, a:b] = m["positions"]
-            ids = batch.input_ids[a:b]
-            for kind, token in self.placeholders.items():
-                if f"{kind}_pixels" not in m:
-                    continue
-                pixels.append(m[f"{kind}_pixels"])
-                grids.extend(tuple(g) for g in m[f"{kind}_grid_thw"].tolist())
-                rows.append(a + torch.nonzero(ids == token).flatten())
-        if not pixels:
+            if m is not None:
+                positions[:, starts[i] : starts[i + 1]] = m["positions"]
+        found = placeholder_rows(batch, media, self.placeholders)
+        if not found:
             return x, positions, None
-        features, deepstack = self.visual(torch.cat(pixels), grids)
-        index = torch.cat(rows)
-        if index.numel() != features.shape[0]:
-            raise ModelLoadError(f"{index.numel()} placeholder tokens for {features.shape[0]} media features")
-        x = x.index_copy(0, index, features.to(x.dtype))
+        grids = [tuple(g) for m, kind, _ in found for g in m[f"{kind}_grid_thw"].tolist()]
+        features, deepstack = self.visual(torch.cat([m[f"{kind}_pixels"] for m, kind, _ in found]), grids)
+        x, index = merge_multimodal_embeddings(x, [rows for _, _, rows in found], features)
         if not deepstack:
             return x, positions, None
 
@@ -342,27 +343,13 @@ class Qwen2VLForConditionalGeneration(Architecture):
 
     # -- weights -------------------------------------------------------------------------------
 
-    #: Checkpoint names: transformers 5's ``model.visual.`` / ``model.language_model.``, the
-    #: published ``visual.`` / ``model.``; ``lm_head`` is skipped.
-    _VISUAL = re.compile(r"^(?:model\.)?visual\.")
-    _LANGUAGE = re.compile(r"^(?:model\.language_model\.|language_model\.|model\.)")
+    #: Where the vision tower and the decoder sit in the checkpoints.
+    checkpoint_layout: ClassVar[CheckpointLayout] = CHECKPOINT
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        visual: list[tuple[str, torch.Tensor]] = []
-        language: list[tuple[str, torch.Tensor]] = []
-        for name, tensor in weights:
-            if name.startswith("lm_head."):
-                continue
-            seen = self._VISUAL.match(name)
-            if seen:
-                visual.append((name[seen.end():], tensor))
-                continue
-            seen = self._LANGUAGE.match(name)
-            language.append((name[seen.end():] if seen else name, tensor))
-        load_into(self.visual, visual, rename=lambda n: n)
-        self.language_model.load_weights(language)
+        self.load_parts(self.checkpoint_layout.split(weights))
 
-
-@hookimpl
-def poolkit_register_architectures(register):
-    register("Qwen2VLForConditionalGeneration", Qwen2VLForConditionalGeneration)
+    def load_parts(self, parts: Mapping[str, Weights]) -> None:
+        """Load the vision tower's and the decoder's tensors (:meth:`CheckpointLayout.split`'s parts)."""
+        load_into(self.visual, parts["visual"], rename=lambda n: n)
+        self.language_model.load_weights(parts["language"])

@@ -2,10 +2,10 @@
 
 A prompt of text and images reaches the model as token ids in which each image is a run of
 ``<image>`` placeholders, one per image feature, with the image's tiles in
-``batch.extras["media"]`` (made by the ``llava_next`` IO processor,
-:mod:`poolkit.io_processors.llava_next`). Any-resolution tiling, as transformers runs it: each image
-is resized into the best of the config's ``image_grid_pinpoints`` and cut into tiles of the vision
-tower's ``image_size``, after a base tile of the whole image. The forward pass runs every tile of the
+``batch.extras["media"]`` (made by the family's processor,
+:mod:`poolkit.builtin_models.llava_next.processor`). Any-resolution tiling, as transformers runs
+it: each image is resized into the best of the config's ``image_grid_pinpoints`` and cut into
+tiles of the vision tower's ``image_size``, after a base tile of the whole image. The forward pass runs every tile of the
 batch through the CLIP vision tower at once, up to ``vision_feature_layer`` (the second-to-last
 layer's output, usually; a list of layers is concatenated), drops each tile's CLS token
 (``vision_feature_select_strategy: "default"``) and projects the patches to the decoder's width
@@ -31,20 +31,40 @@ from typing import Any, Callable, ClassVar, Collection, Iterable, Mapping
 import torch
 from torch import nn
 
-from poolkit.builtin_models.decoders import DecoderModel, LlamaModel, MistralModel
-from poolkit.builtin_models.dual_encoder import EncoderLayer, VisionEmbeddings, dense_attention
-from poolkit.builtin_models.layers import activation_function, fp32_layer_norm, fuse_projections, fused_activation, linear
-from poolkit.builtin_models.qwen import Qwen2Model
-from poolkit.contracts.architecture import Architecture
 from poolkit.contracts.batch import PackedBatch
 from poolkit.contracts.config_checks import ConfigChecks
 from poolkit.contracts.errors import ModelLoadError
-from poolkit.contracts.hookspecs import hookimpl
 from poolkit.loading.weights import load_into, warn_unused
 from poolkit.plugins.lookup import kernel_for
 
+from ..decoders import DecoderModel, LlamaModel, MistralModel
+from ..dual_encoder import EncoderLayer, VisionEmbeddings, dense_attention
+from ..layers import fp32_layer_norm, fuse_projections
+from ..qwen import Qwen2Model
+from ..vision_language import (
+    UNMATCHED,
+    CheckpointLayout,
+    FeedForward,
+    VisionLanguageModel,
+    batch_media,
+    merge_multimodal_embeddings,
+    placeholder_rows,
+)
+from .processor import LlavaNextProcessor
+
 #: The decoder families a LLaVA-NeXT text config may name (``text_config.model_type``).
 LANGUAGE_MODELS: dict[str, type[DecoderModel]] = {"llama": LlamaModel, "mistral": MistralModel, "qwen2": Qwen2Model}
+#: The checkpoint layouts: transformers 5's (``model.`` before each part) and the published one
+#: (``vision_tower.vision_model.``, ``language_model.model.``); ``lm_head`` and id buffers are skipped.
+CHECKPOINT = CheckpointLayout(
+    {
+        "vision": r"(?:model\.)?vision_tower\.(?:vision_model\.)?",
+        "language": r"(?:model\.)?language_model\.(?:model\.)?",
+        "projector": r"(?:model\.)?multi_modal_projector\.",
+        "newline": r"(?:model\.)?image_newline$",
+    },
+    skip=r"(?:.*\.)?lm_head\.|.*\.position_ids$",
+)
 
 
 def feature_layers(config: Any) -> list[int]:
@@ -104,25 +124,16 @@ class LlavaVisionTower(nn.Module):
         return torch.cat([states[i] for i in self.layers_out], dim=-1)
 
 
-class MultiModalProjector(nn.Module):
+class MultiModalProjector(FeedForward):
     """``linear_2(act(linear_1(x)))``: vision features to the decoder's width."""
 
     def __init__(self, config: Any, in_features: int) -> None:
-        super().__init__()
         hidden, bias = int(config.text_config.hidden_size), bool(getattr(config, "multimodal_projector_bias", True))
         act = getattr(config, "projector_hidden_act", None) or "gelu"
-        self.linear_1 = nn.Linear(in_features, hidden, bias=bias)
-        self.linear_2 = nn.Linear(hidden, hidden, bias=bias)
-        self.act = activation_function(act)
-        self.fused_act = fused_activation(act)
-
-    def forward(self, x: torch.Tensor, linear_act: Callable) -> torch.Tensor:
-        if self.fused_act is None:
-            return linear(self.act(linear(x, self.linear_1, linear_act)), self.linear_2, linear_act)
-        return linear(linear(x, self.linear_1, linear_act, self.fused_act), self.linear_2, linear_act)
+        super().__init__(in_features, hidden, hidden, act, names=("linear_1", "linear_2"), bias=bias)
 
 
-class LlavaNextForConditionalGeneration(Architecture):
+class LlavaNextForConditionalGeneration(VisionLanguageModel):
     """LLaVA-NeXT as an embedder (E5-V): tiled CLIP features in the placeholders' rows, the
     Llama / Mistral / Qwen2 decoder over the whole prompt, the last token pooled.
 
@@ -135,7 +146,7 @@ class LlavaNextForConditionalGeneration(Architecture):
 
     default_pooling_type: ClassVar[str | None] = "LAST"
     input_modalities: ClassVar[tuple[str, ...]] = ("text", "image")
-    media_processor: ClassVar[str | None] = "llava_next"
+    media_processor: ClassVar[type[LlavaNextProcessor] | str | None] = LlavaNextProcessor
     config_checks: ClassVar[ConfigChecks] = ConfigChecks(
         sizes=(
             "text_config.hidden_size", "text_config.num_hidden_layers", "text_config.num_attention_heads",
@@ -155,9 +166,7 @@ class LlavaNextForConditionalGeneration(Architecture):
     ) -> None:
         """The declared checks, the text model's own, and what the tiling needs: the ``default``
         feature strategy, feature layers in range, pinpoints that are whole tiles."""
-        for name in ("text_config", "vision_config"):
-            if getattr(config, name, None) is None:
-                raise ModelLoadError(f"the {cls.__name__} config has no {name}")
+        cls.require_sub_configs(config)
         super().check_config(config, None, overridden)
         cls.language_model_class(config).check_config(config.text_config, None, ())
         strategy = getattr(config, "vision_feature_select_strategy", "default")
@@ -200,45 +209,24 @@ class LlavaNextForConditionalGeneration(Architecture):
         self.image_token = int(config.image_token_id)
         self.grid = int(vision.image_size) // int(vision.patch_size)
 
-    @property
-    def hidden_size(self) -> int:
-        return int(self.config.text_config.hidden_size)
-
-    @property
-    def max_positions(self) -> int | None:
-        n = getattr(self.config.text_config, "max_position_embeddings", None)
-        return int(n) if n else None
-
     # -- the forward pass ----------------------------------------------------------------------
 
     def forward(self, batch: PackedBatch) -> torch.Tensor:
         lm = self.language_model
         x = lm.embed(batch.input_ids)
-        media = batch.extras.get("media")
-        if media is not None and any(m is not None for m in media):
+        media = batch_media(batch)
+        if media is not None:
             x = self._merge_images(x, batch, media)
         return lm.decode(x, batch, lm.rotary(batch.positions, x.dtype))
 
     def _merge_images(self, x: torch.Tensor, batch: PackedBatch, media: list[dict | None]) -> torch.Tensor:
         """The embeddings with each ``<image>`` row replaced by its image feature, in order."""
-        starts = batch.cu_seqlens.tolist()
-        pixels: list[torch.Tensor] = []
-        layouts: list[tuple[int, int, int, int]] = []
-        rows: list[torch.Tensor] = []
-        for i, m in enumerate(media):
-            if m is None or "image_pixels" not in m:
-                continue
-            a, b = starts[i], starts[i + 1]
-            pixels.append(m["image_pixels"])
-            layouts.extend(tuple(r) for r in torch.cat((m["image_grid"], m["image_sizes"]), dim=1).tolist())
-            rows.append(a + torch.nonzero(batch.input_ids[a:b] == self.image_token).flatten())
-        if not pixels:
+        found = placeholder_rows(batch, media, {"image": self.image_token})
+        if not found:
             return x
-        features = self.image_features(torch.cat(pixels), layouts)
-        index = torch.cat(rows)
-        if index.numel() != features.shape[0]:
-            raise ModelLoadError(f"{index.numel()} image placeholder tokens for {features.shape[0]} image features")
-        return x.index_copy(0, index, features.to(x.dtype))
+        layouts = [tuple(r) for m, _, _ in found for r in torch.cat((m["image_grid"], m["image_sizes"]), dim=1).tolist()]
+        features = self.image_features(torch.cat([m["image_pixels"] for m, _, _ in found]), layouts)
+        return merge_multimodal_embeddings(x, [rows for _, _, rows in found], features, "image")[0]
 
     def image_features(self, pixels: torch.Tensor, layouts: list[tuple[int, int, int, int]]) -> torch.Tensor:
         """``[features, hidden]`` of all images, one after another: each image's base tile, then its
@@ -270,49 +258,27 @@ class LlavaNextForConditionalGeneration(Architecture):
 
     # -- weights -------------------------------------------------------------------------------
 
-    #: Checkpoint names, in transformers 5's layout and the published one; ``lm_head`` is skipped.
-    _VISION = re.compile(r"^(?:model\.)?vision_tower\.(?:vision_model\.)?")
-    _LANGUAGE = re.compile(r"^(?:model\.)?language_model\.(?:model\.)?")
-    _PROJECTOR = re.compile(r"^(?:model\.)?multi_modal_projector\.")
-    _NEWLINE = re.compile(r"^(?:model\.)?image_newline$")
-    _SKIPPED = re.compile(r"(?:^|\.)lm_head\.|\.position_ids$")
+    #: Where the vision tower, the decoder, the projector and ``image_newline`` sit in the checkpoints.
+    checkpoint_layout: ClassVar[CheckpointLayout] = CHECKPOINT
     #: Vision tensors past the feature layers: the post-LayerNorm and the layers never built.
     _VISION_LAYER = re.compile(r"^encoder\.layers\.(\d+)\.")
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        vision: list[tuple[str, torch.Tensor]] = []
-        language: list[tuple[str, torch.Tensor]] = []
-        projector: list[tuple[str, torch.Tensor]] = []
-        newline: torch.Tensor | None = None
-        unused: list[str] = []
+        parts = self.checkpoint_layout.split(weights)
         built = len(self.vision_tower.encoder.layers)
-        for name, tensor in weights:
-            if self._SKIPPED.search(name):
-                continue
-            if seen := self._VISION.match(name):
-                inner = name[seen.end():]
-                layer = self._VISION_LAYER.match(inner)
-                if not inner.startswith("post_layernorm.") and not (layer and int(layer.group(1)) >= built):
-                    vision.append((inner, tensor))
-            elif seen := self._LANGUAGE.match(name):
-                language.append((name[seen.end():], tensor))
-            elif seen := self._PROJECTOR.match(name):
-                projector.append((name[seen.end():], tensor))
-            elif self._NEWLINE.match(name):
-                newline = tensor
-            else:
-                unused.append(name)
-        warn_unused(unused, type(self).__name__)
+        vision = [
+            (name, tensor)
+            for name, tensor in parts["vision"]
+            if not name.startswith("post_layernorm.")
+            and not ((layer := self._VISION_LAYER.match(name)) and int(layer.group(1)) >= built)
+        ]
+        warn_unused([name for name, _ in parts[UNMATCHED]], type(self).__name__)
         load_into(self.vision_tower, fuse_projections(self.vision_tower, vision), rename=lambda n: n)
-        self.language_model.load_weights(language)
-        load_into(self.multi_modal_projector, projector, rename=lambda n: n)
+        self.language_model.load_weights(parts["language"])
+        load_into(self.multi_modal_projector, parts["projector"], rename=lambda n: n)
+        newline = parts["newline"][-1][1] if parts["newline"] else None
         if newline is None or tuple(newline.shape) != tuple(self.image_newline.shape):
             got = "lacks it" if newline is None else f"has shape {tuple(newline.shape)}"
             raise ModelLoadError(f"image_newline of shape {tuple(self.image_newline.shape)} is needed; the checkpoint {got}")
         with torch.no_grad():
             self.image_newline.copy_(newline.to(self.image_newline.dtype))
-
-
-@hookimpl
-def poolkit_register_architectures(register):
-    register("LlavaNextForConditionalGeneration", LlavaNextForConditionalGeneration)

@@ -1,0 +1,63 @@
+"""ColQwen2 (``ColQwen2ForRetrieval``): poolkit's Qwen2-VL
+(:mod:`~poolkit.builtin_models.qwen_vl.qwen2_vl`) over the ``vlm_config``, every token's hidden
+state projected and normalised (:mod:`.retrieval`). transformers runs its decoder without
+multimodal rotary positions (every token, image tokens too, at its plain position), so its
+processor (:class:`~.processor.ColQwen2Processor`) gives plain positions.
+
+Checkpoints load in transformers 5's layout (``vlm.visual.*``, ``vlm.language_model.*``) and the
+published one (vidore's ``-hf`` checkpoints: ``vlm.model.*``); ``lm_head`` is not read.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Collection, Iterable, Mapping
+
+import torch
+from torch import nn
+
+from poolkit.contracts.batch import PackedBatch
+from poolkit.loading.weights import load_into
+from poolkit.plugins.lookup import kernel_for
+
+from ..qwen_vl.qwen2_vl import Qwen2VLForConditionalGeneration
+from ..vision_language import CheckpointLayout
+from .processor import ColQwen2Processor
+from .retrieval import PROJECTION, RetrievalHead, check_embedding_dim, project, vlm_config
+
+
+class ColQwen2ForRetrieval(RetrievalHead, Qwen2VLForConditionalGeneration):
+    """ColQwen2: Qwen2-VL's hidden states projected and normalised, one vector per token.
+
+    Example:
+        >>> llm = LLM("vidore/colqwen2-v1.0-hf")
+        >>> pages = llm.encode([{"prompt": "", "multi_modal_data": {"image": "page.png"}}], pooling_task="token_embed")
+    """
+
+    media_processor: ClassVar[type[ColQwen2Processor] | str | None] = ColQwen2Processor
+    #: Qwen2-VL's layout under ``vlm.``, and the projection.
+    checkpoint_layout: ClassVar[CheckpointLayout] = Qwen2VLForConditionalGeneration.checkpoint_layout.under(
+        r"(?:vlm\.)?", projection=PROJECTION
+    )
+
+    def __init__(self, config: Any) -> None:
+        vlm = vlm_config(type(self), config)
+        super().__init__(vlm)
+        self.config = config
+        self.embedding_proj_layer = nn.Linear(int(vlm.text_config.hidden_size), int(config.embedding_dim))
+
+    @classmethod
+    def check_config(
+        cls, config: Any, shapes: Mapping[str, tuple[int, ...]] | None, overridden: Collection[str] = ()
+    ) -> None:
+        vlm = vlm_config(cls, config)
+        super().check_config(vlm, None, ())
+        check_embedding_dim(cls, config)
+
+    def forward(self, batch: PackedBatch) -> torch.Tensor:
+        hidden = super().forward(batch)
+        return project(hidden, self.embedding_proj_layer, kernel_for(self, "linear_act", batch.device))
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        parts = self.checkpoint_layout.split(weights)
+        self.load_parts(parts)
+        load_into(self.embedding_proj_layer, parts["projection"], rename=lambda n: n)

@@ -1,0 +1,27 @@
+"""The Qwen-VL family: Qwen2-VL, Qwen2.5-VL and Qwen3-VL as embedders, each model beside the
+processor that makes its prompts.
+
+- :mod:`.qwen2_vl`: the design all three share (a vision tower feeding the decoder with M-RoPE)
+  and Qwen2-VL's own tower;
+- :mod:`.qwen2_5_vl`, :mod:`.qwen3_vl`: their towers (windowed attention; learned positions and
+  deepstack) and decoders;
+- :mod:`.processor`: their media processor (images and videos to patches, placeholders expanded,
+  multimodal rotary positions), which every family's architecture names as its ``media_processor``.
+"""
+
+from __future__ import annotations
+
+from poolkit.contracts.hookspecs import hookimpl
+
+from .qwen2_5_vl import Qwen2_5_VLForConditionalGeneration
+from .qwen2_vl import Qwen2VLForConditionalGeneration
+from .qwen3_vl import Qwen3VLForConditionalGeneration
+
+__all__ = ["Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration", "Qwen3VLForConditionalGeneration"]
+
+
+@hookimpl
+def poolkit_register_architectures(register):
+    register("Qwen2VLForConditionalGeneration", Qwen2VLForConditionalGeneration)
+    register("Qwen2_5_VLForConditionalGeneration", Qwen2_5_VLForConditionalGeneration)
+    register("Qwen3VLForConditionalGeneration", Qwen3VLForConditionalGeneration)

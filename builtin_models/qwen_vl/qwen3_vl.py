@@ -1,0 +1,151 @@
+"""Qwen3-VL: the Qwen2-VL design (:mod:`~poolkit.builtin_models.qwen_vl.qwen2_vl`) with its own
+vision tower and the Qwen3 decoder, on packed batches.
+
+The tower adds learned position embeddings, bilinearly interpolated (corners aligned) from their
+square grid to each image's patch grid, and *deepstack*: the features of some intermediate blocks
+(``deepstack_visual_indexes``), each merged by its own merger, are added to the outputs of the
+first decoder layers at the media rows. The decoder is Qwen3's (q/k norms) with interleaved
+M-RoPE; each temporal patch of a video is its own run of placeholders after a ``<t seconds>``
+timestamp (:mod:`~poolkit.builtin_models.qwen_vl.processor`). Qwen3-VL-Embedding is one, pooled LAST.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, ClassVar, Mapping
+
+import torch
+from torch import nn
+
+from poolkit.contracts.config_checks import ConfigChecks
+from poolkit.contracts.errors import ModelLoadError
+
+from ..layers import fp32_layer_norm
+from ..qwen import Qwen2Model, Qwen3Model
+from ..vision_language import FeedForward
+from .processor import QWEN3_VL, Family
+from .qwen2_5_vl import VISION_SIZES
+from .qwen2_vl import Qwen2VisionTower, Qwen2VLForConditionalGeneration, VisionBlock
+
+
+class Qwen3PatchMerger(FeedForward):
+    """LayerNorm, the join of each ``merge × merge`` block, a two-layer GELU MLP (``linear_fc1``,
+    ``linear_fc2``); the deepstack mergers norm after the join (``postshuffle``), the final one before."""
+
+    def __init__(self, config: Any, postshuffle: bool) -> None:
+        dim = int(config.hidden_size)
+        joined = dim * int(config.spatial_merge_size) ** 2
+        super().__init__(joined, joined, int(config.out_hidden_size), "gelu", names=("linear_fc1", "linear_fc2"))
+        self.joined = joined
+        self.postshuffle = postshuffle
+        self.norm = nn.LayerNorm(joined if postshuffle else dim, eps=1e-6)
+
+    def forward(self, x: torch.Tensor, linear_act: Callable) -> torch.Tensor:
+        x = fp32_layer_norm(x.reshape(-1, self.joined) if self.postshuffle else x, self.norm).reshape(-1, self.joined)
+        return super().forward(x, linear_act)
+
+
+def corner_aligned_weights(size: int, side: int) -> torch.Tensor:
+    """``[size, side]`` float32: how much each of ``side`` learned positions contributes to each of
+    ``size`` patches along one axis (bilinear, corners aligned, as transformers interpolates)."""
+    src = torch.arange(size, dtype=torch.float32) * (side - 1) / max(size - 1, 1)
+    floor = torch.floor(src)
+    out = torch.zeros(size, side, dtype=torch.float32)
+    for offset in (0, 1):
+        weight = (1 - (src - floor - offset).abs()).clamp(min=0)
+        out.index_put_((torch.arange(size), (floor.long() + offset).clamp(0, side - 1)), weight, accumulate=True)
+    return out
+
+
+class Qwen3VisionTower(Qwen2VisionTower):
+    """Qwen3-VL's vision transformer: patches (a biased convolution) plus interpolated learned
+    positions, pre-LayerNorm blocks with 2-D rotary attention within each frame, the final merger
+    and the deepstack ones."""
+
+    patch_bias: ClassVar[bool] = True
+
+    def __init__(self, config: Any) -> None:
+        count = int(config.num_position_embeddings)
+        side = int(count**0.5)
+        if side * side != count:
+            raise ModelLoadError(f"vision_config.num_position_embeddings {count} must be a square")
+        super().__init__(config)
+        self.side = side
+        self.pos_embed = nn.Embedding(count, self.embed_dim)
+        self.deepstack_layers = [int(i) for i in (config.deepstack_visual_indexes or ())]
+        self.deepstack_merger_list = nn.ModuleList(Qwen3PatchMerger(config, postshuffle=True) for _ in self.deepstack_layers)
+
+    @staticmethod
+    def width(config: Any) -> int:
+        return int(config.hidden_size)
+
+    def block(self, config: Any) -> nn.Module:
+        """A pre-LayerNorm block, ``linear_fc2(act(linear_fc1(x)))`` its MLP (GELU-tanh)."""
+        dim = self.embed_dim
+        mlp = FeedForward(dim, int(config.intermediate_size), dim, config.hidden_act, names=("linear_fc1", "linear_fc2"))
+        return VisionBlock(dim, int(config.num_heads), mlp)
+
+    def merger_for(self, config: Any) -> nn.Module:
+        return Qwen3PatchMerger(config, postshuffle=False)
+
+    def positions(self, grids: list[tuple[int, int, int]], device: torch.device) -> torch.Tensor:
+        """The learned position embeddings resampled to each grid, float32, in merge-block order and
+        repeated over each video's temporal patches."""
+        table = self.pos_embed.weight.float().reshape(self.side, self.side, -1)
+        m = self.merge
+        rows = []
+        for t, h, w in grids:
+            across = corner_aligned_weights(h, self.side).to(device)
+            down = corner_aligned_weights(w, self.side).to(device)
+            grid = torch.einsum("hi,ijd,wj->hwd", across, table, down)
+            grid = grid.reshape(h // m, m, w // m, m, -1).transpose(1, 2).reshape(h * w, -1)
+            rows.append(grid.repeat(t, 1) if t > 1 else grid)
+        return torch.cat(rows)
+
+    def embed(self, pixels: torch.Tensor, grids: list[tuple[int, int, int]], linear_act: Callable) -> torch.Tensor:
+        """The patch embeddings plus the learned positions, float32."""
+        return self.patches(pixels, linear_act).float() + self.positions(grids, pixels.device)
+
+    def deepstack(self, index: int, x: torch.Tensor, linear_act: Callable) -> list[torch.Tensor]:
+        if index not in self.deepstack_layers:
+            return []
+        return [self.deepstack_merger_list[self.deepstack_layers.index(index)](x, linear_act)]
+
+
+class Qwen3VLForConditionalGeneration(Qwen2VLForConditionalGeneration):
+    """Qwen3-VL as an embedder (Qwen3-VL-Embedding): the Qwen3 decoder with interleaved M-RoPE and
+    deepstack features in its first layers, the last token pooled.
+
+    Example:
+        >>> llm = LLM("Qwen/Qwen3-VL-Embedding-2B")
+        >>> llm.embed({"prompt": "<|im_start|>user\\n<|vision_start|><|image_pad|><|vision_end|><|im_end|>\\n<|im_start|>assistant\\n",
+        ...            "multi_modal_data": {"image": "cat.png"}})
+    """
+
+    language_model_class: ClassVar[type[Qwen2Model]] = Qwen3Model
+    vision_tower_class: ClassVar[type[nn.Module]] = Qwen3VisionTower
+    interleaved_mrope: ClassVar[bool] = True
+    media_family: ClassVar[Family] = QWEN3_VL
+    #: The multimodal embedders vLLM lists that ship only remote code: Qwen3-VL-Embedding is the one to use instead.
+    alternative_for: ClassVar[Mapping[str, str]] = {
+        "Phi3VForCausalLM": "Qwen/Qwen3-VL-Embedding-2B",
+        "LlamaNemotronVLModel": "Qwen/Qwen3-VL-Embedding-2B",
+    }
+    config_checks: ClassVar[ConfigChecks] = ConfigChecks(
+        sizes=VISION_SIZES + ("vision_config.num_position_embeddings",),
+        multiples=(("vision_config.hidden_size", "vision_config.num_heads"),),
+    )
+
+    def __init__(self, config: Any) -> None:
+        text = config.text_config
+        deepstack = list(getattr(config.vision_config, "deepstack_visual_indexes", None) or ())
+        if len(deepstack) > int(text.num_hidden_layers):
+            raise ModelLoadError(
+                f"{len(deepstack)} deepstack_visual_indexes for {text.num_hidden_layers} decoder layers; there must be at most one per layer"
+            )
+        if any(not 0 <= int(i) < int(config.vision_config.depth) for i in deepstack):
+            raise ModelLoadError(f"deepstack_visual_indexes {deepstack} must name vision blocks below depth {config.vision_config.depth}")
+        params = getattr(text, "rope_parameters", None) or {}
+        if params.get("mrope_interleaved") is False:
+            raise ModelLoadError("Qwen3-VL needs interleaved M-RoPE (mrope_interleaved: true)")
+        super().__init__(config)
+
