@@ -17,12 +17,12 @@ import binascii
 import dataclasses
 import io
 import json
-import os
 import re
 import threading
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from poolkit.config.environment import env_number
 from poolkit.contracts.errors import InvalidRequest
 from poolkit.contracts.hookspecs import hookimpl
 from poolkit.contracts.io import IOProcessor, Prompt
@@ -51,16 +51,8 @@ ANIMATED_FORMATS = ("GIF", "WEBP", "PNG")
 
 
 def _limit(env: str, default: int, positive: bool = False) -> int:
-    value = os.environ.get(env)
-    if not value:
-        return default
-    try:
-        number = int(value)
-    except ValueError:
-        raise InvalidRequest(f"{env} must be an integer, got {value!r}") from None
-    if positive and number < 1:
-        raise InvalidRequest(f"{env} must be a positive integer, got {value!r}")
-    return number
+    """The whole number ``env`` holds, else ``default``."""
+    return env_number(env, default, "a positive integer" if positive else "an integer", integer=True, positive=positive)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -19,8 +19,6 @@ import contextlib
 import contextvars
 import dataclasses
 import http.client
-import math
-import os
 import socket
 import threading
 import time
@@ -29,6 +27,7 @@ import urllib.request
 from typing import Any, Sequence
 from urllib.parse import urljoin, urlsplit
 
+from ..config.environment import env_number
 from ..contracts.errors import InvalidRequest, short
 
 #: Seconds a remote image may take to arrive in full (vLLM's ``VLLM_IMAGE_FETCH_TIMEOUT``).
@@ -75,16 +74,7 @@ class MediaPolicy:
 
 def _env_number(name: str, default: float) -> float:
     """The positive, finite number ``name`` says in the environment, else ``default``."""
-    value = os.environ.get(name)
-    if not value:
-        return default
-    try:
-        number = float(value)
-    except ValueError:
-        number = math.nan
-    if not (math.isfinite(number) and number > 0):
-        raise InvalidRequest(f"{name} must be a positive number, got {value!r}")
-    return number
+    return env_number(name, default)
 
 
 def check_image_url(url: str, where: str, policy: MediaPolicy) -> None:

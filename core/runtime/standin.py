@@ -21,12 +21,12 @@ overlapping the device's work, and batches are queued ahead of their results.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ..config.environment import env_number
 from ..contracts.errors import InvalidRequest
 
 #: The environment variable that gives each engine a stand-in device of this many tokens per second.
@@ -85,14 +85,8 @@ def from_environment() -> StandInDevice | None:
     Raises:
         InvalidRequest: the variable is set but not a positive number.
     """
-    value = os.environ.get(ENV, "").strip()
-    if not value:
-        return None
-    try:
-        rate = float(value)
-    except ValueError:
-        raise InvalidRequest(f"{ENV} must be a number of tokens per second, got '{value}'") from None
-    return StandInDevice(rate)
+    rate = env_number(ENV, None, "a number of tokens per second", positive=False)
+    return None if rate is None else StandInDevice(rate)
 
 
 def attach(llm: Any, rate: float, keep_log: bool = False) -> StandInDevice:
