@@ -17,9 +17,14 @@ from torch import nn
 
 from poolkit.builtin_models.layers import (
     FusedLinear,
+    PooledClassifier,
     TokenClassifier,
+    activated_linear,
     activation_function,
+    add_token_types,
     attention_head_dim,
+    check_positions,
+    encoder_checks,
     fp32_layer_norm,
     fuse_projections,
     fused_activation,
@@ -59,11 +64,7 @@ class BertEmbeddings(nn.Module):
             positions = positions + self.position_offset
         x = F.embedding(batch.input_ids, self.word_embeddings.weight)
         x = x + F.embedding(positions, self.position_embeddings.weight)
-        if batch.token_type_ids is None:
-            x = x + self.token_type_embeddings.weight[0]
-        else:
-            x = x + F.embedding(batch.token_type_ids, self.token_type_embeddings.weight)
-        return post_norm(self, x, None, self.LayerNorm)
+        return post_norm(self, add_token_types(x, batch, self.token_type_embeddings), None, self.LayerNorm)
 
 
 class BertResidualOutput(nn.Module):
@@ -111,9 +112,7 @@ class BertIntermediate(nn.Module):
         self.fused_act = fused_activation(config.hidden_act)
 
     def forward(self, x: torch.Tensor, linear_act: Callable) -> torch.Tensor:
-        if self.fused_act is None:
-            return self.act(linear(x, self.dense, linear_act))
-        return linear(x, self.dense, linear_act, self.fused_act)
+        return activated_linear(x, self.dense, linear_act, self.fused_act, self.act)
 
 
 class BertLayer(nn.Module):
@@ -162,13 +161,9 @@ class BertModel(Quantizable, Architecture):
 
     default_pooling_type: ClassVar[str | None] = "CLS"
     uses_token_type_ids: ClassVar[bool] = True
-    config_checks: ClassVar[ConfigChecks] = ConfigChecks(
-        sizes=(
-            "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size",
-            "max_position_embeddings", "type_vocab_size",
-        ),
-        multiples=(("hidden_size", "num_attention_heads"),),
-        layers={"num_hidden_layers": r"(?:^|\.)encoder\.layer\.(\d+)\."},
+    config_checks: ClassVar[ConfigChecks] = encoder_checks(
+        r"(?:^|\.)encoder\.layer\.(\d+)\.",
+        sizes=("type_vocab_size",),
         shapes={
             "embeddings.word_embeddings.weight": ("vocab_size", "hidden_size"),
             "embeddings.position_embeddings.weight": ("max_position_embeddings", "hidden_size"),
@@ -181,6 +176,8 @@ class BertModel(Quantizable, Architecture):
     checkpoint_prefix: ClassVar[str] = "bert."
     #: Checkpoint name prefixes of the classifiers this class loads itself (none for the bare encoder).
     classifier_prefixes: ClassVar[tuple[str, ...]] = ()
+    #: Checkpoint tensors the encoder does not use (:meth:`parameter_name` skips them).
+    unused_tensors: ClassVar[re.Pattern] = _UNUSED
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
@@ -197,11 +194,7 @@ class BertModel(Quantizable, Architecture):
         return int(self.config.max_position_embeddings) - self.position_offset
 
     def forward(self, batch: PackedBatch) -> torch.Tensor:
-        if batch.max_len > self.max_positions:
-            raise InvalidRequest(
-                f"a sequence of {batch.max_len} tokens is longer than the model's {self.max_positions} positions; "
-                "truncate the input"
-            )
+        check_positions(batch, self.max_positions)
         attention = kernel_for(self, "varlen_attention", batch.device)
         linear_act = kernel_for(self, "linear_act", batch.device)
         x, low = self.embeddings(batch)
@@ -216,7 +209,9 @@ class BertModel(Quantizable, Architecture):
 
     def parameter_name(self, checkpoint_name: str) -> str | None:
         """The Hugging Face base-model name of a checkpoint tensor, or ``None`` to skip it."""
-        return base_model_name(legacy_norm_name(checkpoint_name), self.checkpoint_prefix, self.classifier_prefixes, _UNUSED)
+        return base_model_name(
+            legacy_norm_name(checkpoint_name), self.checkpoint_prefix, self.classifier_prefixes, self.unused_tensors
+        )
 
 
 class RobertaModel(BertModel):
@@ -255,25 +250,13 @@ class BertPooler(nn.Module):
         return torch.tanh(F.linear(x, self.dense.weight, self.dense.bias))
 
 
-class BertForSequenceClassification(BertModel):
+class BertForSequenceClassification(PooledClassifier, BertModel):
     """A BERT cross-encoder / sequence classifier: CLS -> pooler -> ``classifier``.
 
     The ``token_classify`` task applies the bare ``classifier`` to every token, as vLLM does.
     """
 
-    classifier_prefixes: ClassVar[tuple[str, ...]] = ("pooler.", "classifier.")
-
-    def __init__(self, config: Any) -> None:
-        super().__init__(config)
-        self.pooler = BertPooler(config.hidden_size)
-        self.classifier = nn.Linear(config.hidden_size, self.num_labels)
-
-    def sequence_classifier(self) -> nn.Module:
-        """Pooled vector -> BERT pooler (dense, tanh) -> classifier."""
-        return nn.Sequential(self.pooler, self.classifier)
-
-    def token_classifier(self) -> nn.Module:
-        return self.classifier
+    pooler_class: ClassVar[type[nn.Module]] = BertPooler
 
 
 class BertForTokenClassification(TokenClassifier, BertModel):

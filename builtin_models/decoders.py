@@ -39,6 +39,8 @@ from torch import nn
 
 from poolkit.builtin_models.decoder_classifiers import DecoderLMHead, ScoreClassifier, TokenScoreClassifier
 from poolkit.builtin_models.layers import (
+    GLOBAL,
+    SLIDING,
     FusedLinear,
     OffsetRMSNorm,
     RMSNorm,
@@ -62,7 +64,6 @@ from poolkit.plugins.lookup import kernel_for
 
 #: Checkpoint tensors the backbone does not use: the classifiers and LM heads of transformers' task models, rotary caches.
 _UNUSED = re.compile(r"^(lm_head|score|classifier|qa_outputs|v_head)\.|\.rotary_emb\.")
-GLOBAL, SLIDING = "full_attention", "sliding_attention"
 #: vLLM's ``LlamaBidirectionalConfig``: the config's ``pooling`` -> poolkit's pooling type.
 _BIDIRECTIONAL_POOLING = {"avg": "MEAN", "mean": "MEAN", "cls": "CLS", "last": "LAST"}
 

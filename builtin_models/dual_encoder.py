@@ -28,8 +28,10 @@ from torch import nn
 
 from poolkit.builtin_models.layers import (
     FusedLinear,
+    activated_linear,
     activation_function,
     attention_head_dim,
+    check_positions,
     fp32_layer_norm,
     fuse_projections,
     fused_activation,
@@ -125,11 +127,7 @@ class EncoderMLP(nn.Module):
         self.fused_act = fused_activation(config.hidden_act)
 
     def forward(self, x: torch.Tensor, linear_act: Callable) -> torch.Tensor:
-        if self.fused_act is None:
-            hidden = self.act(linear(x, self.fc1, linear_act))
-        else:
-            hidden = linear(x, self.fc1, linear_act, self.fused_act)
-        return linear(hidden, self.fc2, linear_act)
+        return linear(activated_linear(x, self.fc1, linear_act, self.fused_act, self.act), self.fc2, linear_act)
 
 
 class EncoderLayer(nn.Module):
@@ -303,11 +301,7 @@ class DualEncoder(Quantizable, Architecture):
         pixel_values = batch.extras.get("pixel_values")
         if pixel_values is not None:
             return self.image_features(pixel_values, linear_act)
-        if batch.max_len > self.max_positions:
-            raise InvalidRequest(
-                f"a sequence of {batch.max_len} tokens is longer than the model's {self.max_positions} positions; "
-                "truncate the input"
-            )
+        check_positions(batch, self.max_positions)
         return self.text_features(batch, kernel_for(self, "varlen_attention", batch.device), linear_act)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:

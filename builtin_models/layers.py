@@ -1,6 +1,6 @@
 """Layer code the built-in model families share: activations, norms, linears through a kernel,
-rotary positions, projections fused at load time, the token classifier and a causal LM's
-next-token head (``lm_head``).
+rotary positions, token-type embeddings, projections fused at load time, an encoder's config checks
+and position limit, the token and pooled classifiers and a causal LM's next-token head (``lm_head``).
 
 Every family imports these from here, never from another family's module. Compute kernels are
 reached only through the kernel registry (:func:`poolkit.plugins.lookup.kernel_for`): the helpers
@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Iterable, Iterator
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from poolkit.contracts.batch import PackedBatch
-from poolkit.contracts.errors import ModelLoadError
+from poolkit.contracts.config_checks import ConfigChecks, Dim
+from poolkit.contracts.errors import InvalidRequest, ModelLoadError
 from poolkit.plugins.lookup import kernel_for
 from poolkit.plugins.manager import registry
 
@@ -40,6 +41,9 @@ _FUSABLE_ACTIVATIONS: dict[str, tuple[str, Callable[[torch.Tensor], torch.Tensor
 }
 
 Rotary = tuple[torch.Tensor, torch.Tensor]
+#: A layer's attention type (``config.layer_types``), as transformers 5 names them: all positions of the
+#: sequence, or a sliding window (ModernBERT's local attention).
+GLOBAL, SLIDING = "full_attention", "sliding_attention"
 
 #: Called with every layer and input :func:`linear` and :func:`gated_linear` see, while a model is
 #: calibrated for quantization (:mod:`poolkit.builtin_models.quantize`); ``None`` otherwise.
@@ -113,6 +117,36 @@ def fused_activation(name: Any) -> str | None:
     return None if fusable is None else fusable[0]
 
 
+#: The sizes every encoder's config gives, each a positive integer.
+ENCODER_SIZES = (
+    "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size", "max_position_embeddings",
+)
+
+
+def encoder_checks(layers: str, sizes: tuple[str, ...] = (), shapes: Mapping[str, tuple[Dim, ...]] | None = None) -> ConfigChecks:
+    """An encoder's config checks: the :data:`ENCODER_SIZES` and its family's own ``sizes``, attention
+    heads that divide the hidden size, as many layers as the checkpoint tensors ``layers`` finds (a
+    regular expression, its group the layer index), and the tensor ``shapes``."""
+    return ConfigChecks(
+        sizes=ENCODER_SIZES + tuple(sizes),
+        multiples=(("hidden_size", "num_attention_heads"),),
+        layers={"num_hidden_layers": layers},
+        shapes=dict(shapes or {}),
+    )
+
+
+def check_positions(batch: PackedBatch, max_positions: int) -> None:
+    """Refuse a batch whose longest sequence has more tokens than the model has positions.
+
+    Raises:
+        InvalidRequest: naming both lengths.
+    """
+    if batch.max_len > max_positions:
+        raise InvalidRequest(
+            f"a sequence of {batch.max_len} tokens is longer than the model's {max_positions} positions; truncate the input"
+        )
+
+
 def attention_head_dim(hidden_size: int, num_heads: int) -> int:
     """Width of one attention head, ``hidden_size // num_heads``.
 
@@ -138,6 +172,22 @@ def linear(x: torch.Tensor, layer: nn.Linear, kernel: Callable, act: str = "none
     if isinstance(layer, Int8Linear):
         return layer(x, act)
     return kernel(x.to(layer.weight.dtype), layer.weight, layer.bias, act)
+
+
+def activated_linear(
+    x: torch.Tensor, layer: nn.Linear, kernel: Callable, act: str | None, act_fn: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
+    """``act_fn`` of a linear layer's output, fused into the matmul where the ``linear_act`` op has it.
+
+    Args:
+        x, layer, kernel: as :func:`linear`'s.
+        act: the op's name of the activation (:func:`fused_activation`), or ``None`` when the op has
+            none: then the matmul runs alone and ``act_fn`` after it.
+        act_fn: the activation itself (:func:`activation_function`).
+    """
+    if act is None:
+        return act_fn(linear(x, layer, kernel))
+    return linear(x, layer, kernel, act)
 
 
 def gated_linear(
@@ -173,6 +223,14 @@ def gated_linear(
     first, second = plain(x, layer.weight, layer.bias).chunk(2, dim=-1)
     gate, up = (first, second) if gate_first else (second, first)
     return act_fn(gate) * up
+
+
+def add_token_types(x: torch.Tensor, batch: PackedBatch, table: nn.Embedding) -> torch.Tensor:
+    """``x`` plus each token's type embedding from ``table``: type 0's for every token of a batch
+    without type ids (BERT's default)."""
+    if batch.token_type_ids is None:
+        return x + table.weight[0]
+    return x + F.embedding(batch.token_type_ids, table.weight)
 
 
 def _wide(x: torch.Tensor) -> torch.Tensor:
@@ -482,6 +540,27 @@ class TokenClassifier:
 
     def token_classifier(self) -> nn.Module:
         return getattr(self, self.classifier_name)
+
+
+class PooledClassifier:
+    """Mixin: BERT's ``*ForSequenceClassification`` head: the pooled first-token vector through the
+    ``pooler`` (:attr:`pooler_class`: dense and tanh), then ``classifier``; the ``token_classify`` task
+    applies the bare ``classifier`` to every token, as vLLM does."""
+
+    classifier_prefixes: ClassVar[tuple[str, ...]] = ("pooler.", "classifier.")
+    #: The family's pooler module, built with the hidden size.
+    pooler_class: ClassVar[type[nn.Module]]
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self.pooler = self.pooler_class(self.hidden_size)
+        self.classifier = nn.Linear(self.hidden_size, self.num_labels)
+
+    def sequence_classifier(self) -> nn.Module:
+        return nn.Sequential(self.pooler, self.classifier)
+
+    def token_classifier(self) -> nn.Module:
+        return self.classifier
 
 
 class CausalLMHead:

@@ -17,9 +17,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from poolkit.builtin_models.layers import (
+    GLOBAL,
+    SLIDING,
     Rotary,
     activation_function,
     attention_head_dim,
+    encoder_checks,
     fused_activation,
     gated_linear,
     rotary_cos_sin,
@@ -36,8 +39,8 @@ from poolkit.plugins.lookup import kernel_for
 
 #: Checkpoint tensors the encoder does not use: the classifiers and prediction heads (``head.``) of ModernBERT task models.
 _UNUSED = re.compile(r"^(head|decoder|classifier|qa_outputs)\.")
-#: Layer types, named as transformers 5 names them.
-GLOBAL, LOCAL = "full_attention", "sliding_attention"
+#: ModernBERT's local attention layers, in transformers 5's name.
+LOCAL = SLIDING
 #: Rotary bases of configs that name none (transformers' ``ModernBertConfig.default_theta``).
 _DEFAULT_THETA = {GLOBAL: 160_000.0, LOCAL: 10_000.0}
 _POOLING_TYPES = {"cls": "CLS", "mean": "MEAN"}
@@ -173,13 +176,9 @@ class ModernBertModel(Quantizable, Architecture):
     """
 
     default_pooling_type: ClassVar[str | None] = "CLS"
-    config_checks: ClassVar[ConfigChecks] = ConfigChecks(
-        sizes=(
-            "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size",
-            "max_position_embeddings", "local_attention", "global_attn_every_n_layers",
-        ),
-        multiples=(("hidden_size", "num_attention_heads"),),
-        layers={"num_hidden_layers": r"(?:^|\.)layers\.(\d+)\."},
+    config_checks: ClassVar[ConfigChecks] = encoder_checks(
+        r"(?:^|\.)layers\.(\d+)\.",
+        sizes=("local_attention", "global_attn_every_n_layers"),
         shapes={
             "embeddings.tok_embeddings.weight": ("vocab_size", "hidden_size"),
             "layers.0.attn.Wqkv.weight": ((3, "hidden_size"), "hidden_size"),

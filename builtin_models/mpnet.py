@@ -28,6 +28,8 @@ from poolkit.builtin_models.layers import (
     FusedLinear,
     TokenClassifier,
     attention_head_dim,
+    check_positions,
+    encoder_checks,
     linear,
     post_norm,
 )
@@ -35,9 +37,8 @@ from poolkit.builtin_models.quantize import Quantizable
 from poolkit.contracts.architecture import Architecture
 from poolkit.contracts.batch import PackedBatch
 from poolkit.contracts.config_checks import ConfigChecks
-from poolkit.contracts.errors import InvalidRequest, ModelLoadError
+from poolkit.contracts.errors import ModelLoadError
 from poolkit.contracts.hookspecs import hookimpl
-from poolkit.loading.weights import base_model_name, legacy_norm_name
 from poolkit.plugins.lookup import kernel_for
 
 #: Checkpoint tensors the encoder does not use: the classifiers and LM heads of transformers' task models, the position id buffer.
@@ -155,13 +156,9 @@ class MPNetModel(Quantizable, Architecture):
     """
 
     default_pooling_type: ClassVar[str | None] = "CLS"
-    config_checks: ClassVar[ConfigChecks] = ConfigChecks(
-        sizes=(
-            "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size",
-            "max_position_embeddings", "relative_attention_num_buckets",
-        ),
-        multiples=(("hidden_size", "num_attention_heads"),),
-        layers={"num_hidden_layers": r"(?:^|\.)encoder\.layer\.(\d+)\."},
+    config_checks: ClassVar[ConfigChecks] = encoder_checks(
+        r"(?:^|\.)encoder\.layer\.(\d+)\.",
+        sizes=("relative_attention_num_buckets",),
         shapes={
             "embeddings.word_embeddings.weight": ("vocab_size", "hidden_size"),
             "embeddings.position_embeddings.weight": ("max_position_embeddings", "hidden_size"),
@@ -174,6 +171,8 @@ class MPNetModel(Quantizable, Architecture):
     checkpoint_prefix: ClassVar[str] = "mpnet."
     #: Checkpoint name prefixes of the classifiers this class loads itself (none for the bare encoder).
     classifier_prefixes: ClassVar[tuple[str, ...]] = ()
+    #: Checkpoint tensors the encoder does not use (:meth:`parameter_name` skips them).
+    unused_tensors: ClassVar[re.Pattern] = _UNUSED
     #: What is added to a token's position in its sequence to index the position table.
     position_offset: ClassVar[int] = _PADDING_IDX + 1
 
@@ -192,11 +191,7 @@ class MPNetModel(Quantizable, Architecture):
         return int(self.config.max_position_embeddings) - self.position_offset
 
     def forward(self, batch: PackedBatch) -> torch.Tensor:
-        if batch.max_len > self.max_positions:
-            raise InvalidRequest(
-                f"a sequence of {batch.max_len} tokens is longer than the model's {self.max_positions} positions; "
-                "truncate the input"
-            )
+        check_positions(batch, self.max_positions)
         bias = self.encoder.position_bias(batch.max_len, batch.device)
         attention = functools.partial(kernel_for(self, "varlen_attention", batch.device), bias=bias)
         linear_act = kernel_for(self, "linear_act", batch.device)
@@ -207,10 +202,7 @@ class MPNetModel(Quantizable, Architecture):
 
     #: BERT's loading: checkpoint names through :meth:`parameter_name`, q/k/v fused, loaded strictly.
     load_weights = BertModel.load_weights
-
-    def parameter_name(self, checkpoint_name: str) -> str | None:
-        """The Hugging Face base-model name of a checkpoint tensor, or ``None`` to skip it."""
-        return base_model_name(legacy_norm_name(checkpoint_name), self.checkpoint_prefix, self.classifier_prefixes, _UNUSED)
+    parameter_name = BertModel.parameter_name
 
 
 class MPNetForSequenceClassification(MPNetModel):

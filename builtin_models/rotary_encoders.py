@@ -26,12 +26,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from poolkit.builtin_models.layers import (
+    PooledClassifier,
     RMSNorm,
     Rotary,
     RotarySpec,
     TokenClassifier,
+    activated_linear,
     activation_function,
+    add_token_types,
     attention_head_dim,
+    encoder_checks,
     fused_activation,
     gated_linear,
     linear,
@@ -187,10 +191,7 @@ class RotaryEmbeddings(nn.Module):
         """The normed embeddings, float32 and in the weights' dtype (:func:`post_norm`)."""
         x = F.embedding(batch.input_ids, self.word_embeddings.weight)
         if self.token_type_embeddings is not None:
-            if batch.token_type_ids is None:
-                x = x + self.token_type_embeddings.weight[0]
-            else:
-                x = x + F.embedding(batch.token_type_ids, self.token_type_embeddings.weight)
+            x = add_token_types(x, batch, self.token_type_embeddings)
         return post_norm(self, x, None, self.norm)
 
 
@@ -255,11 +256,7 @@ class MLP(nn.Module):
         self.fused_act = fused_activation(spec.activation)
 
     def forward(self, x: torch.Tensor, linear_act: Callable) -> torch.Tensor:
-        if self.fused_act is None:
-            h = self.act(linear(x, self.up, linear_act))
-        else:
-            h = linear(x, self.up, linear_act, self.fused_act)
-        return linear(h, self.down, linear_act)
+        return linear(activated_linear(x, self.up, linear_act, self.fused_act, self.act), self.down, linear_act)
 
 
 class RotaryEncoderLayer(nn.Module):
@@ -628,13 +625,8 @@ class NewModel(RotaryEncoder):
     """
 
     layout: ClassVar[Layout] = NEW_LAYOUT
-    config_checks: ClassVar[ConfigChecks] = ConfigChecks(
-        sizes=(
-            "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size",
-            "max_position_embeddings",
-        ),
-        multiples=(("hidden_size", "num_attention_heads"),),
-        layers={"num_hidden_layers": r"(?:^|\.)encoder\.layer\.(\d+)\."},
+    config_checks: ClassVar[ConfigChecks] = encoder_checks(
+        r"(?:^|\.)encoder\.layer\.(\d+)\.",
         shapes={
             "embeddings.word_embeddings.weight": ("vocab_size", "hidden_size"),
             "embeddings.token_type_embeddings.weight": ("type_vocab_size", "hidden_size"),
@@ -680,24 +672,13 @@ class NewPooler(nn.Module):
         return torch.tanh(self.dense(x.to(self.dense.weight.dtype)))
 
 
-class NewForSequenceClassification(NewModel):
+class NewForSequenceClassification(PooledClassifier, NewModel):
     """A GTE cross-encoder / sequence classifier (gte-multilingual-reranker-base): CLS -> pooler -> ``classifier``.
 
     The ``token_classify`` task applies the bare ``classifier`` to every token, as vLLM does.
     """
 
-    classifier_prefixes: ClassVar[tuple[str, ...]] = ("pooler.", "classifier.")
-
-    def __init__(self, config: Any) -> None:
-        super().__init__(config)
-        self.pooler = NewPooler(self.hidden_size)
-        self.classifier = nn.Linear(self.hidden_size, self.num_labels)
-
-    def sequence_classifier(self) -> nn.Module:
-        return nn.Sequential(self.pooler, self.classifier)
-
-    def token_classifier(self) -> nn.Module:
-        return self.classifier
+    pooler_class: ClassVar[type[nn.Module]] = NewPooler
 
 
 class NewForTokenClassification(TokenClassifier, NewModel):

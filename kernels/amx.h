@@ -43,6 +43,14 @@ static inline void configure_tiles(tile_config *saved) {
     _tile_loadconfig(&cfg);
 }
 
+/* Zero tiles 0-3, the four accumulators of the kernels' 2 x 2 blocks of tile products. */
+static inline void zero_accumulators(void) {
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+}
+
 /* Give the thread back the configuration configure_tiles kept (or release the tiles if it had none). */
 static inline void restore_tiles(const tile_config *saved) {
     if (saved->palette)

@@ -195,6 +195,59 @@ static inline void seen_keys(int64_t q0, int64_t rows, int64_t len, int causal, 
     *last = l > len ? len : l;
 }
 
+/* Eight consecutive S^T rows. */
+static inline void store_rows8(float *out, __m512 s0, __m512 s1, __m512 s2, __m512 s3, __m512 s4, __m512 s5, __m512 s6,
+                               __m512 s7) {
+    _mm512_storeu_ps(out, s0);
+    _mm512_storeu_ps(out + 16, s1);
+    _mm512_storeu_ps(out + 32, s2);
+    _mm512_storeu_ps(out + 48, s3);
+    _mm512_storeu_ps(out + 64, s4);
+    _mm512_storeu_ps(out + 80, s5);
+    _mm512_storeu_ps(out + 96, s6);
+    _mm512_storeu_ps(out + 112, s7);
+}
+
+/* Step 1: S^T rows of the keys [first, last) for the block's packed queries, row j - k0 of scores (k: the
+ * sequence's first key of this head, k_stride in elements). A step of the products is 4 bytes of a key
+ * broadcast against the 16 queries' 64-byte vector of w->query: a bf16 dim pair (vdpbf16ps) or, with `wide`
+ * (a constant where it is inlined), one float32 dim (FMA); 8 keys at a time, then one with two sums. */
+static inline __attribute__((always_inline)) void scores_block(const workspace *w, const void *k, int64_t k_stride,
+                                                               int64_t d, int64_t first, int64_t last, int64_t k0,
+                                                               int wide) {
+    const int64_t steps = wide ? d : d / 2;
+    const int64_t row_bytes = k_stride * (wide ? 4 : 2);
+    const float *query = (const float *)w->query;
+#define KEY(c) _mm512_castsi512_ps(_mm512_set1_epi32(load32(c)))
+#define STEP(s, q, key) s = wide ? _mm512_fmadd_ps(q, key, s) : _mm512_dpbf16_ps(s, (__m512bh)(q), (__m512bh)(key))
+    int64_t j = first;
+    for (; j + 8 <= last; j += 8) {
+        __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0, s4 = s0, s5 = s0, s6 = s0, s7 = s0;
+        const char *r = (const char *)k + j * row_bytes;
+        for (int64_t p = 0; p < steps; p++) {
+            __m512 qp = _mm512_loadu_ps(query + 16 * p);
+            const char *c = r + 4 * p;
+#define DOT(s, n) STEP(s, qp, KEY(c + (n) * row_bytes))
+            DOT(s0, 0); DOT(s1, 1); DOT(s2, 2); DOT(s3, 3); DOT(s4, 4); DOT(s5, 5); DOT(s6, 6); DOT(s7, 7);
+#undef DOT
+        }
+        store_rows8(w->scores + (j - k0) * 16, s0, s1, s2, s3, s4, s5, s6, s7);
+    }
+    for (; j < last; j++) {
+        __m512 s0 = _mm512_setzero_ps(), s1 = s0;
+        const char *r = (const char *)k + j * row_bytes;
+        int64_t p = 0;
+        for (; p + 1 < steps; p += 2) {
+            STEP(s0, _mm512_loadu_ps(query + 16 * p), KEY(r + 4 * p));
+            STEP(s1, _mm512_loadu_ps(query + 16 * p + 16), KEY(r + 4 * p + 4));
+        }
+        if (p < steps) STEP(s0, _mm512_loadu_ps(query + 16 * p), KEY(r + 4 * p));
+        _mm512_storeu_ps(w->scores + (j - k0) * 16, _mm512_add_ps(s0, s1));
+    }
+#undef KEY
+#undef STEP
+}
+
 /* --- AVX512-BF16 products --- */
 
 /* Values of one sequence and key/value head, each pair of keys interleaved dim by dim: 32 bits
@@ -209,53 +262,6 @@ static void pack_value_pairs(const uint16_t *v, int64_t stride, int64_t len, int
             __m512i both = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
             _mm512_storeu_si512((void *)(out + (key / 2) * d + m), interleave_halves(both));
         }
-    }
-}
-
-/* Eight consecutive S^T rows. */
-static inline void store_rows8(float *out, __m512 s0, __m512 s1, __m512 s2, __m512 s3, __m512 s4, __m512 s5, __m512 s6,
-                               __m512 s7) {
-    _mm512_storeu_ps(out, s0);
-    _mm512_storeu_ps(out + 16, s1);
-    _mm512_storeu_ps(out + 32, s2);
-    _mm512_storeu_ps(out + 48, s3);
-    _mm512_storeu_ps(out + 64, s4);
-    _mm512_storeu_ps(out + 80, s5);
-    _mm512_storeu_ps(out + 96, s6);
-    _mm512_storeu_ps(out + 112, s7);
-}
-
-/* Step 1: S^T rows of the keys [first, last) for the block's packed queries, row j - k0 of scores. */
-static void scores_avx512(const workspace *w, const uint16_t *k, int64_t k_stride, int64_t d, int64_t first,
-                          int64_t last, int64_t k0) {
-    const int64_t pairs = d / 2;
-    const __m512bh *query = (const __m512bh *)w->query;
-    int64_t j = first;
-    for (; j + 8 <= last; j += 8) {
-        __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0, s4 = s0, s5 = s0, s6 = s0, s7 = s0;
-        const uint16_t *r = k + j * k_stride;
-        for (int64_t p = 0; p < pairs; p++) {
-            __m512bh qp = (__m512bh)_mm512_loadu_si512((const void *)(query + p));
-            const uint16_t *c = r + 2 * p;
-#define DOT(s, n) s = _mm512_dpbf16_ps(s, qp, (__m512bh)_mm512_set1_epi32(load32(c + (n) * k_stride)))
-            DOT(s0, 0); DOT(s1, 1); DOT(s2, 2); DOT(s3, 3); DOT(s4, 4); DOT(s5, 5); DOT(s6, 6); DOT(s7, 7);
-#undef DOT
-        }
-        store_rows8(w->scores + (j - k0) * 16, s0, s1, s2, s3, s4, s5, s6, s7);
-    }
-    for (; j < last; j++) {
-        __m512 s0 = _mm512_setzero_ps(), s1 = s0;
-        const uint16_t *r = k + j * k_stride;
-        for (int64_t p = 0; p + 1 < pairs; p += 2) {
-            s0 = _mm512_dpbf16_ps(s0, (__m512bh)_mm512_loadu_si512((const void *)(query + p)),
-                                  (__m512bh)_mm512_set1_epi32(load32(r + 2 * p)));
-            s1 = _mm512_dpbf16_ps(s1, (__m512bh)_mm512_loadu_si512((const void *)(query + p + 1)),
-                                  (__m512bh)_mm512_set1_epi32(load32(r + 2 * p + 2)));
-        }
-        if (pairs & 1)
-            s0 = _mm512_dpbf16_ps(s0, (__m512bh)_mm512_loadu_si512((const void *)(query + pairs - 1)),
-                                  (__m512bh)_mm512_set1_epi32(load32(r + 2 * (pairs - 1))));
-        _mm512_storeu_ps(w->scores + (j - k0) * 16, _mm512_add_ps(s0, s1));
     }
 }
 
@@ -284,37 +290,6 @@ static inline __attribute__((always_inline)) void outputs_avx512(const workspace
 }
 
 /* --- float32 products (FMAs) --- */
-
-/* Step 1 in float32: S^T rows of the keys [first, last), each key's dims broadcast against the
- * block's 16 queries (w->query: dim x 16 queries). */
-static void scores_f32(const workspace *w, const float *k, int64_t k_stride, int64_t d, int64_t first, int64_t last,
-                       int64_t k0) {
-    const float *query = (const float *)w->query;
-    int64_t j = first;
-    for (; j + 8 <= last; j += 8) {
-        __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0, s4 = s0, s5 = s0, s6 = s0, s7 = s0;
-        const float *r = k + j * k_stride;
-        for (int64_t i = 0; i < d; i++) {
-            __m512 qi = _mm512_loadu_ps(query + 16 * i);
-            const float *c = r + i;
-#define FMA(s, n) s = _mm512_fmadd_ps(qi, _mm512_set1_ps(c[(n) * k_stride]), s)
-            FMA(s0, 0); FMA(s1, 1); FMA(s2, 2); FMA(s3, 3); FMA(s4, 4); FMA(s5, 5); FMA(s6, 6); FMA(s7, 7);
-#undef FMA
-        }
-        store_rows8(w->scores + (j - k0) * 16, s0, s1, s2, s3, s4, s5, s6, s7);
-    }
-    for (; j < last; j++) {
-        __m512 s0 = _mm512_setzero_ps(), s1 = s0;
-        const float *r = k + j * k_stride;
-        int64_t i = 0;
-        for (; i + 1 < d; i += 2) {
-            s0 = _mm512_fmadd_ps(_mm512_loadu_ps(query + 16 * i), _mm512_set1_ps(r[i]), s0);
-            s1 = _mm512_fmadd_ps(_mm512_loadu_ps(query + 16 * i + 16), _mm512_set1_ps(r[i + 1]), s1);
-        }
-        if (i < d) s0 = _mm512_fmadd_ps(_mm512_loadu_ps(query + 16 * i), _mm512_set1_ps(r[i]), s0);
-        _mm512_storeu_ps(w->scores + (j - k0) * 16, _mm512_add_ps(s0, s1));
-    }
-}
 
 /* Step 3 in float32 for `nq` queries (block rows r0 ..) and `nv` x 16 dims from dim m0: each
  * query's probability broadcast against a key's values, read in place (v: the sequence's first
@@ -351,9 +326,9 @@ static void attend_block_vec(const workspace *w, const void *k, int64_t k_stride
     seen_keys(q0, rows, len, causal, window, &first, &last);
     int64_t k0 = first & ~(int64_t)1, k1 = (last + 1) & ~(int64_t)1;
     if (wide)
-        scores_f32(w, k, k_stride, d, first, last, k0);
+        scores_block(w, k, k_stride, d, first, last, k0, 1);
     else
-        scores_avx512(w, k, k_stride, d, first, last, k0);
+        scores_block(w, k, k_stride, d, first, last, k0, 0);
     float inv[16];
     _mm512_storeu_ps(inv, softmax_block(w, q0, rows, len, scale, causal, window, softcap, first, last, k0, k1, wide));
     float *out32 = (float *)out + q0 * out_stride;
@@ -456,10 +431,7 @@ static void attend_block(const workspace *w, int64_t q0, int64_t rows,
     /* 3. O^T = V^T P^T, 4 x 16 output dims at a time */
     for (int64_t t0 = 0; t0 < dtiles; t0 += 4) {
         int64_t n = dtiles - t0 < 4 ? dtiles - t0 : 4;
-        _tile_zero(0);
-        _tile_zero(1);
-        _tile_zero(2);
-        _tile_zero(3);
+        zero_accumulators();
         for (int64_t g = k0; g < k1; g += 32) {
             const uint16_t *base = w->values + ((g >> 5) * dtiles + t0) * 512;
             _tile_loadd(4, w->probs + (g - k0) * 16, 64);

@@ -343,7 +343,8 @@ def _compiled(fn, q, k, v, batch, causal, scale, window, softcap) -> torch.Tenso
     return out
 
 
-def amx_varlen_attention(
+def _cpu_varlen_attention(
+    kind: str,
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -353,18 +354,22 @@ def amx_varlen_attention(
     window: int | None = None,
     bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """:func:`varlen_attention` as one call of the AMX kernel over the packed tokens (CPU, bf16).
+    """:func:`varlen_attention` as one call of the ``kind`` build of attention.c over the packed tokens.
 
-    Calls it has no fast path for (a ``bias``, other dtypes, head sizes off the 32 grid, gradients)
-    go to :func:`varlen_attention`.
+    ``"amx"``: bf16 products on the AMX tiles (CPU, bf16). ``"avx512"`` (CPUs with AVX512-BF16): in
+    bf16, the AMX kernel's arithmetic with ``vdpbf16ps`` products, for CPUs without AMX; in float32,
+    FMA products and a float32 softmax and probabilities (torch's float32 arithmetic, another
+    summation order). Calls it has no fast path for (a ``bias``, other dtypes, head sizes off the
+    build's grid of 32 or 16, gradients) go to :func:`varlen_attention`.
     """
-    fn = _c_build("amx", q, k, v)
+    fn = _c_build(kind, q, k, v)
     if bias is not None or batch.key_lens is not None or fn is None:
         return varlen_attention(q, k, v, batch, causal, scale, window, bias)
     return _compiled(fn, q, k, v, batch, causal, scale, window, None)
 
 
-def amx_softcap_varlen_attention(
+def _cpu_softcap_varlen_attention(
+    kind: str,
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -374,54 +379,20 @@ def amx_softcap_varlen_attention(
     window: int | None = None,
     softcap: float | None = None,
 ) -> torch.Tensor:
-    """:func:`softcap_varlen_attention` as one call of the AMX kernel (CPU, bf16), the capping
-    computed in float32 on the float32 scores; other calls go to the reference."""
-    fn = _c_build("amx", q, k, v)
+    """:func:`softcap_varlen_attention` as one call of the ``kind`` build of attention.c (as
+    :func:`_cpu_varlen_attention`'s), the capping computed in float32 on the float32 scores; other
+    calls go to the reference."""
+    fn = _c_build(kind, q, k, v)
     if fn is None or batch.key_lens is not None:
         return softcap_varlen_attention(q, k, v, batch, causal, scale, window, softcap)
     return _compiled(fn, q, k, v, batch, causal, scale, window, softcap)
 
 
-def avx512_varlen_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    batch: PackedBatch,
-    causal: bool = False,
-    scale: float | None = None,
-    window: int | None = None,
-    bias: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """:func:`varlen_attention` as one call of the AVX-512 kernel over the packed tokens (CPUs with
-    AVX512-BF16): in bf16, the AMX kernel's arithmetic with ``vdpbf16ps`` products, for CPUs
-    without AMX; in float32, FMA products and a float32 softmax and probabilities (torch's float32
-    arithmetic, another summation order).
-
-    Calls it has no fast path for (a ``bias``, other dtypes, head sizes off the 16 grid, gradients)
-    go to :func:`varlen_attention`.
-    """
-    fn = _c_build("avx512", q, k, v)
-    if bias is not None or batch.key_lens is not None or fn is None:
-        return varlen_attention(q, k, v, batch, causal, scale, window, bias)
-    return _compiled(fn, q, k, v, batch, causal, scale, window, None)
-
-
-def avx512_softcap_varlen_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    batch: PackedBatch,
-    causal: bool = False,
-    scale: float | None = None,
-    window: int | None = None,
-    softcap: float | None = None,
-) -> torch.Tensor:
-    """:func:`softcap_varlen_attention` as one call of the AVX-512 kernel (CPU, bf16 or float32);
-    other calls go to the reference."""
-    fn = _c_build("avx512", q, k, v)
-    if fn is None or batch.key_lens is not None:
-        return softcap_varlen_attention(q, k, v, batch, causal, scale, window, softcap)
-    return _compiled(fn, q, k, v, batch, causal, scale, window, softcap)
+#: The kernels of the two ops on each build of attention.c.
+amx_varlen_attention = functools.partial(_cpu_varlen_attention, "amx")
+amx_softcap_varlen_attention = functools.partial(_cpu_softcap_varlen_attention, "amx")
+avx512_varlen_attention = functools.partial(_cpu_varlen_attention, "avx512")
+avx512_softcap_varlen_attention = functools.partial(_cpu_softcap_varlen_attention, "avx512")
 
 
 def _flash_available() -> bool:

@@ -133,43 +133,39 @@ static void residual_row(const uint16_t *x, const float *residual, const float *
     }
 }
 
-static void rms_row_bf16(const uint16_t *x, const uint16_t *residual, uint16_t *total, const float *w, uint16_t *out,
-                         int64_t n, float eps) {
-    double squares = 0.0;
-    const uint16_t *src = residual ? total : x;
-    for (int64_t k = 0; k < n; k += POOLKIT_FOLD) {
-        __m512 part = _mm512_setzero_ps();
-        for (int64_t j = k; j < n && j < k + POOLKIT_FOLD; j += 16) {
-            __m512 v = bf16x16(x + j);
-            if (residual) {
-                v = round_bf16x16(_mm512_add_ps(v, bf16x16(residual + j)));
-                put_bf16x16(total + j, v);
-            }
-            part = _mm512_fmadd_ps(v, v, part);
-        }
-        squares += _mm512_reduce_add_ps(part);
+/* The sum of a bf16 row and 16 lanes of its residual (NULL: none) at j, written to total: bf16 and rounded with a
+ * bf16 residual; float32, not rounded, with `wide` (a bf16 sublayer output joining a float32 residual stream). */
+static inline __attribute__((always_inline)) __m512 add_residual16(const uint16_t *x, const void *residual, void *total,
+                                                                   int64_t j, int wide) {
+    __m512 v = bf16x16(x + j);
+    if (wide) {
+        v = _mm512_add_ps(v, _mm512_loadu_ps((const float *)residual + j));
+        _mm512_storeu_ps((float *)total + j, v);
+    } else if (residual) {
+        v = round_bf16x16(_mm512_add_ps(v, bf16x16((const uint16_t *)residual + j)));
+        put_bf16x16((uint16_t *)total + j, v);
     }
-    __m512 scale = _mm512_set1_ps(1.0f / sqrtf((float)(squares / (double)n) + eps));
-    for (int64_t j = 0; j < n; j += 16)
-        put_bf16x16(out + j, _mm512_mul_ps(_mm512_mul_ps(bf16x16(src + j), scale), _mm512_loadu_ps(w + j)));
+    return v;
 }
 
-/* A bf16 sublayer output joining a float32 residual stream: the sum stays float32 (not rounded), the norm is bf16. */
-static void rms_row_bf16_wide(const uint16_t *x, const float *residual, float *total, const float *w, uint16_t *out,
-                              int64_t n, float eps) {
+/* One bf16 row's RMSNorm in bf16, after add_residual16 (`wide` a constant where it is inlined). */
+static inline __attribute__((always_inline)) void rms_row_bf16(const uint16_t *x, const void *residual, void *total,
+                                                               int wide, const float *w, uint16_t *out, int64_t n,
+                                                               float eps) {
     double squares = 0.0;
     for (int64_t k = 0; k < n; k += POOLKIT_FOLD) {
         __m512 part = _mm512_setzero_ps();
         for (int64_t j = k; j < n && j < k + POOLKIT_FOLD; j += 16) {
-            __m512 v = _mm512_add_ps(bf16x16(x + j), _mm512_loadu_ps(residual + j));
-            _mm512_storeu_ps(total + j, v);
+            __m512 v = add_residual16(x, residual, total, j, wide);
             part = _mm512_fmadd_ps(v, v, part);
         }
         squares += _mm512_reduce_add_ps(part);
     }
     __m512 scale = _mm512_set1_ps(1.0f / sqrtf((float)(squares / (double)n) + eps));
-    for (int64_t j = 0; j < n; j += 16)
-        put_bf16x16(out + j, _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(total + j), scale), _mm512_loadu_ps(w + j)));
+    for (int64_t j = 0; j < n; j += 16) {
+        __m512 v = wide ? _mm512_loadu_ps((const float *)total + j) : bf16x16((residual ? (const uint16_t *)total : x) + j);
+        put_bf16x16(out + j, _mm512_mul_ps(_mm512_mul_ps(v, scale), _mm512_loadu_ps(w + j)));
+    }
 }
 
 static void rotary_row_bf16(const uint16_t *x, const uint16_t *c, const uint16_t *s, uint16_t *o, int64_t half) {
@@ -200,18 +196,18 @@ static int rms_norm_rows(const void *x, int x_dtype, int64_t inner, int64_t oute
         for (int64_t j = 0; j < n; j++) w[j] += 1.0f;
     }
 #ifdef POOLKIT_AVX512BF16
-    if (x_dtype == 1 && out_dtype == 1 && (!residual || (residual_dtype == 1 && total_dtype == 1)) && n % 16 == 0) {
-        for (int64_t i = row_begin; i < row_end; i++)
-            rms_row_bf16((const uint16_t *)row_at(x, 1, i, inner, outer_stride, inner_stride),
-                         residual ? (const uint16_t *)residual + i * n : NULL, residual ? (uint16_t *)total + i * n : NULL, w,
-                         (uint16_t *)out + i * n, n, eps);
-        free(buf);
-        return 0;
-    }
-    if (x_dtype == 1 && out_dtype == 1 && residual && residual_dtype == 0 && total_dtype == 0 && n % 16 == 0) {
-        for (int64_t i = row_begin; i < row_end; i++)
-            rms_row_bf16_wide((const uint16_t *)row_at(x, 1, i, inner, outer_stride, inner_stride),
-                              (const float *)residual + i * n, (float *)total + i * n, w, (uint16_t *)out + i * n, n, eps);
+    int narrow = !residual || (residual_dtype == 1 && total_dtype == 1); /* a bf16 sum, or none */
+    int wide = residual && residual_dtype == 0 && total_dtype == 0;       /* a float32 sum */
+    if (x_dtype == 1 && out_dtype == 1 && (narrow || wide) && n % 16 == 0) {
+        for (int64_t i = row_begin; i < row_end; i++) {
+            const uint16_t *xi = (const uint16_t *)row_at(x, 1, i, inner, outer_stride, inner_stride);
+            const void *ri = residual ? row_out((void *)residual, residual_dtype, i, n) : NULL;
+            void *ti = residual ? row_out(total, total_dtype, i, n) : NULL;
+            if (wide)
+                rms_row_bf16(xi, ri, ti, 1, w, (uint16_t *)out + i * n, n, eps);
+            else
+                rms_row_bf16(xi, ri, ti, 0, w, (uint16_t *)out + i * n, n, eps);
+        }
         free(buf);
         return 0;
     }

@@ -317,6 +317,21 @@ def residual_norm_c(
     return wide, low
 
 
+def rotary_tables_fit(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> bool:
+    """Whether a one-pass :func:`rotary` kernel reads ``cos`` and ``sin`` as they are: contiguous
+    ``[T, r]`` tables of one shape, a row per token of ``x`` (``[T, ..., d]``), ``r`` even and at most ``d``."""
+    r = cos.shape[-1]
+    return (
+        cos.dim() == 2
+        and cos.shape == sin.shape
+        and cos.shape[0] == x.shape[0]
+        and r % 2 == 0
+        and r <= x.shape[-1]
+        and cos.is_contiguous()
+        and sin.is_contiguous()
+    )
+
+
 def rotary_c(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """:func:`rotary` in one pass (C), computed in float32 and rounded once."""
     lib = _library()
@@ -326,13 +341,8 @@ def rotary_c(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Ten
         lib is None
         or layout is None
         or not _compiled_runs(x, cos, sin)
-        or cos.dim() != 2
-        or cos.shape != sin.shape
         or cos.dtype != sin.dtype
-        or cos.shape[0] != x.shape[0]
-        or r % 2
-        or r > x.shape[-1]
-        or not (cos.is_contiguous() and sin.is_contiguous())
+        or not rotary_tables_fit(x, cos, sin)
     ):
         return rotary(x, cos, sin)
     n = x.shape[-1]

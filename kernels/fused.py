@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from poolkit.contracts.hookspecs import hookimpl
-from poolkit.kernels.elementwise import _row_layout, residual_norm, rms_norm, rotary
+from poolkit.kernels.elementwise import _row_layout, residual_norm, rms_norm, rotary, rotary_tables_fit
 from poolkit.kernels.linear import gated_linear
 from poolkit.kernels.triton_support import triton_available, triton_kernel
 
@@ -219,16 +219,7 @@ def rotary_triton(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torc
     ``[T, H, d]`` view of a packed projection), computed in float32 and rounded once."""
     layout = _rows(x) if x.dim() >= 2 else None
     r = cos.shape[-1]
-    if (
-        not _runs(x, cos, sin)
-        or layout is None
-        or cos.dim() != 2
-        or cos.shape != sin.shape
-        or cos.shape[0] != x.shape[0]
-        or r % 2
-        or r > x.shape[-1]
-        or not (cos.is_contiguous() and sin.is_contiguous())
-    ):
+    if not _runs(x, cos, sin) or layout is None or not rotary_tables_fit(x, cos, sin):
         return rotary(x, cos, sin)
     rows, inner, s_outer, s_inner = layout
     if rows and rows // x.shape[0] != inner:

@@ -483,10 +483,7 @@ static inline __attribute__((always_inline)) void int8_blocks(const int8_layer *
             const int8_t *w = L->packed + j * chunks * 2048;
             for (int64_t m = m0; m < m_end; m += 32) {
                 const uint8_t *a = q + (m - m0) * k;
-                _tile_zero(0);
-                _tile_zero(1);
-                _tile_zero(2);
-                _tile_zero(3);
+                zero_accumulators();
                 for (int64_t c = 0; c < chunks; c++) {
                     _tile_loadd(4, a + c * 64, k);
                     _tile_loadd(6, w + c * 2048, 64);
@@ -504,10 +501,7 @@ static inline __attribute__((always_inline)) void int8_blocks(const int8_layer *
                 _tile_stored(3, p->acc + 512 + 16, 128);
                 if (kk) { /* the float channels' products on bf16 tiles, into the same four */
                     const uint16_t *a2 = crows + (m - m0) * kk, *w2 = L->cpacked + j * (kk / 32) * 1024;
-                    _tile_zero(0);
-                    _tile_zero(1);
-                    _tile_zero(2);
-                    _tile_zero(3);
+                    zero_accumulators();
                     for (int64_t c = 0; c < kk / 32; c++) {
                         _tile_loadd(4, a2 + c * 32, kk * 2);
                         _tile_loadd(6, w2 + c * 1024, 64);
@@ -556,20 +550,7 @@ static int int8_range(const int8_layer *L, int act, int bf16, int64_t group_begi
     /* One instance per activation and output dtype: the epilogue inlined with both constants. */
 #define INT8_CASE(A, B)                                                                                          \
     int8_blocks(L, row_begin, row_end, block_begin, block_end, q, scales, scales + span, crows, scales + 2 * span, A, B)
-#define INT8_ACTS(B)                                                                                             \
-    switch (act) {                                                                                               \
-    case 0: INT8_CASE(0, B); break;                                                                              \
-    case 1: INT8_CASE(1, B); break;                                                                              \
-    case 2: INT8_CASE(2, B); break;                                                                              \
-    case 3: INT8_CASE(3, B); break;                                                                              \
-    default: INT8_CASE(4, B); break;                                                                             \
-    }
-    if (bf16) {
-        INT8_ACTS(1)
-    } else {
-        INT8_ACTS(0)
-    }
-#undef INT8_ACTS
+    ACTIVATION_CASES(INT8_CASE, act, bf16);
 #undef INT8_CASE
     restore_tiles(&saved);
     free(q);

@@ -130,10 +130,7 @@ static inline __attribute__((always_inline)) void linear_blocks(
             for (int64_t m = m0; m < m_end; m += 32) {
                 int64_t rows = m_end - m < 32 ? m_end - m : 32;
                 const uint16_t *a = rows_packed + (m - m0) * k;
-                _tile_zero(0);
-                _tile_zero(1);
-                _tile_zero(2);
-                _tile_zero(3);
+                zero_accumulators();
                 for (int64_t c = 0; c < chunks; c++) {
                     _tile_loadd(4, a + c * 1024, 64);
                     _tile_loadd(6, w + c * 1024, 64);
@@ -186,20 +183,7 @@ static int linear_range(const uint16_t *x, int64_t x_stride, int64_t rows, const
 #define LINEAR_CASE(A, G)                                                                                        \
     linear_blocks(x, x_stride, row_begin, row_end, rows_packed, packed, k, block_begin, block_end, bias, out, out_stride, \
                   chunk_rows, A, G)
-#define LINEAR_ACTS(G)                                                                                           \
-    switch (act) {                                                                                               \
-    case 0: LINEAR_CASE(0, G); break;                                                                            \
-    case 1: LINEAR_CASE(1, G); break;                                                                            \
-    case 2: LINEAR_CASE(2, G); break;                                                                            \
-    case 3: LINEAR_CASE(3, G); break;                                                                            \
-    default: LINEAR_CASE(4, G); break;                                                                           \
-    }
-    if (gated) {
-        LINEAR_ACTS(1)
-    } else {
-        LINEAR_ACTS(0)
-    }
-#undef LINEAR_ACTS
+    ACTIVATION_CASES(LINEAR_CASE, act, gated);
 #undef LINEAR_CASE
     restore_tiles(&saved);
     free(rows_packed);

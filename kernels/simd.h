@@ -116,5 +116,24 @@ static inline __attribute__((always_inline)) __m512 activate16(__m512 x, int act
     }
 }
 
+/* CASE(a, f) with the activation code `act` (0..4, as activate16's) and the 0/1 `flag` as constants: one
+ * instance of an epilogue that inlines activate16 per activation and flag, so neither is a branch in its loops. */
+#define ACTIVATION_CASES(CASE, act, flag)                                                                        \
+    do {                                                                                                         \
+        if (flag) {                                                                                              \
+            ACTIVATION_SWITCH(CASE, act, 1)                                                                      \
+        } else {                                                                                                 \
+            ACTIVATION_SWITCH(CASE, act, 0)                                                                      \
+        }                                                                                                        \
+    } while (0)
+#define ACTIVATION_SWITCH(CASE, act, f)                                                                          \
+    switch (act) {                                                                                               \
+    case 0: CASE(0, f); break;                                                                                   \
+    case 1: CASE(1, f); break;                                                                                   \
+    case 2: CASE(2, f); break;                                                                                   \
+    case 3: CASE(3, f); break;                                                                                   \
+    default: CASE(4, f); break;                                                                                  \
+    }
+
 #endif
 #endif

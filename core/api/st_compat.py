@@ -326,19 +326,30 @@ class _Embedder(_Model):
     #: The similarity function unless the model's config or the constructor names one.
     _default_similarity = "cosine"
 
+    #: The similarity function's name of a name or ``SimilarityFunction`` given (refusing others).
+    _similarity_name = staticmethod(similarity_name)
+
     def _set_similarity(self, given: Any) -> None:
         st = self.llm.model.st
         configured = given if given is not None else (st.similarity_fn_name if st else None)
-        self._similarity_fn_name = similarity_name(configured) if configured is not None else None
+        self._similarity_fn_name = self._similarity_name(configured) if configured is not None else None
 
     @property
     def similarity_fn_name(self) -> str:
-        """The model's similarity function's name (``cosine``, ``dot``, ``euclidean``, ``manhattan``)."""
+        """The model's similarity function's name (``cosine``, ``dot``, ``euclidean``, ``manhattan``; a
+        multi-vector model's ``maxsim`` or ``meanmaxsim``)."""
         return self._similarity_fn_name or self._default_similarity
 
     @similarity_fn_name.setter
     def similarity_fn_name(self, value: Any) -> None:
-        self._similarity_fn_name = similarity_name(value)
+        self._similarity_fn_name = self._similarity_name(value)
+
+    def get_sentence_embedding_dimension(self) -> int | None:
+        """:meth:`get_embedding_dimension`'s old name, with sentence-transformers 6's warning."""
+        warnings.warn(
+            "The `get_sentence_embedding_dimension` method has been renamed to `get_embedding_dimension`.", FutureWarning, stacklevel=2
+        )
+        return self.get_embedding_dimension()
 
     def similarity(self, embeddings1: Any, embeddings2: Any) -> torch.Tensor:
         """The model's similarity of every embedding of ``embeddings1`` with every one of ``embeddings2``."""
@@ -381,13 +392,6 @@ class SentenceTransformer(_Embedder):
         """The length of the embeddings ``encode`` returns (after ``truncate_dim``)."""
         width = self._native_dimension()
         return min(width, self.truncate_dim) if self.truncate_dim else width
-
-    def get_sentence_embedding_dimension(self) -> int | None:
-        """:meth:`get_embedding_dimension`'s old name, with sentence-transformers 6's warning."""
-        warnings.warn(
-            "The `get_sentence_embedding_dimension` method has been renamed to `get_embedding_dimension`.", FutureWarning, stacklevel=2
-        )
-        return self.get_embedding_dimension()
 
     def _native_dimension(self) -> int:
         if not hasattr(self, "_dimension"):
@@ -654,13 +658,6 @@ class SparseEncoder(_Embedder):
     def get_embedding_dimension(self) -> int:
         """The vocabulary size: one dimension per token."""
         return len(self.tokenizer)
-
-    def get_sentence_embedding_dimension(self) -> int:
-        """:meth:`get_embedding_dimension`'s old name, with sentence-transformers 6's warning."""
-        warnings.warn(
-            "The `get_sentence_embedding_dimension` method has been renamed to `get_embedding_dimension`.", FutureWarning, stacklevel=2
-        )
-        return self.get_embedding_dimension()
 
     def encode(
         self,

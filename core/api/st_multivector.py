@@ -46,6 +46,7 @@ class MultiVectorEncoder(_Embedder):
     """
 
     _default_similarity = "maxsim"
+    _similarity_name = staticmethod(multi_vector_similarity_name)
 
     def _attach(self, llm: Any, prompts: dict[str, str] | None, default_prompt_name: str | None, limit: int | None) -> None:
         self._colbert = registry("io_processor").get("colbert")
@@ -81,17 +82,8 @@ class MultiVectorEncoder(_Embedder):
         configured = similarity_fn_name if similarity_fn_name is not None else (st.similarity_fn_name if st else None)
         if configured is not None and similarity_fn_name is None and getattr(configured, "value", configured) not in ("maxsim", "meanmaxsim"):
             configured = None  # a converted single-vector checkpoint's cosine / dot: MaxSim instead
-        self._similarity_fn_name = multi_vector_similarity_name(configured) if configured is not None else None
+        self._similarity_fn_name = self._similarity_name(configured) if configured is not None else None
         self.llm.task("token_embed")  # refuses a model without token vectors
-
-    @property
-    def similarity_fn_name(self) -> str:
-        """``maxsim`` (the default) or ``meanmaxsim`` (MaxSim divided by the query's tokens)."""
-        return self._similarity_fn_name or self._default_similarity
-
-    @similarity_fn_name.setter
-    def similarity_fn_name(self, value: Any) -> None:
-        self._similarity_fn_name = multi_vector_similarity_name(value)
 
     def similarity(self, embeddings1: Any, embeddings2: Any, **kwargs: Any) -> torch.Tensor:
         """MaxSim (or MeanMaxSim) of every query embedding with every document embedding: ``[n1, n2]``."""

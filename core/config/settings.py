@@ -39,6 +39,13 @@ MEDIA_KINDS = ("image", "video")
 #: The ``mm_processor_kwargs`` keys of a pixel budget, checked here (others are the processor's own).
 PIXEL_BUDGET = ("min_pixels", "max_pixels")
 
+#: The settings that take one of a few names: the names, and what an error says of another value.
+_CHOICES = {
+    "runner": (RUNNERS, "is not supported: poolkit runs pooling models (runner 'auto' or 'pooling')"),
+    "convert": (CONVERSIONS, f"is not one of {', '.join(CONVERSIONS)}"),
+    "model_impl": (MODEL_IMPLS, f"is not one of {', '.join(MODEL_IMPLS)}"),
+}
+
 #: vLLM engine arguments that mean nothing for poolkit; accepted so vLLM code runs unchanged.
 IGNORED_ENGINE_ARGS = frozenset(
     {
@@ -153,25 +160,12 @@ class EngineArgs(BaseModel):
     def _path(cls, value: Any) -> Any:
         return str(value) if isinstance(value, Path) else value
 
-    @field_validator("runner")
+    @field_validator(*_CHOICES)
     @classmethod
-    def _runner(cls, value: str) -> str:
-        if value not in RUNNERS:
-            raise ValueError(f"runner '{value}' is not supported: poolkit runs pooling models (runner 'auto' or 'pooling')")
-        return value
-
-    @field_validator("convert")
-    @classmethod
-    def _convert(cls, value: str) -> str:
-        if value not in CONVERSIONS:
-            raise ValueError(f"convert '{value}' is not one of {', '.join(CONVERSIONS)}")
-        return value
-
-    @field_validator("model_impl")
-    @classmethod
-    def _model_impl(cls, value: str) -> str:
-        if value not in MODEL_IMPLS:
-            raise ValueError(f"model_impl '{value}' is not one of {', '.join(MODEL_IMPLS)}")
+    def _choice(cls, value: str, info: Any) -> str:
+        allowed, refusal = _CHOICES[info.field_name]
+        if value not in allowed:
+            raise ValueError(f"{info.field_name} '{value}' {refusal}")
         return value
 
     @field_validator("pooler_config", mode="before")
@@ -185,41 +179,17 @@ class EngineArgs(BaseModel):
     @field_validator("hf_overrides", mode="before")
     @classmethod
     def _hf_overrides(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"hf_overrides is not valid JSON: {exc.msg}") from None
+        value = _json_text("hf_overrides", value)
         if value is not None and not isinstance(value, dict):
             raise ValueError(f"hf_overrides must be a dict, got {type(value).__name__}")
         return value
 
-    @field_validator("limit_mm_per_prompt", mode="before")
+    @field_validator("limit_mm_per_prompt", "mm_processor_kwargs", mode="before")
     @classmethod
-    def _limit_mm_per_prompt(cls, value: Any) -> Any:
-        value = _json_dict("limit_mm_per_prompt", value)
-        if value is None:
-            return None
-        for kind, limit in value.items():
-            if kind not in MEDIA_KINDS:
-                raise ValueError(f"limit_mm_per_prompt: unknown media kind {str(kind)!r}; use {' or '.join(map(repr, MEDIA_KINDS))}")
-            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-                raise ValueError(f"limit_mm_per_prompt: the limit of {kind!r} must be a whole number of 0 or more, got {limit!r}")
-        return value
-
-    @field_validator("mm_processor_kwargs", mode="before")
-    @classmethod
-    def _mm_processor_kwargs(cls, value: Any) -> Any:
-        value = _json_dict("mm_processor_kwargs", value)
-        if value is None:
-            return None
-        for key in PIXEL_BUDGET:
-            given = value.get(key)
-            if given is not None and (isinstance(given, bool) or not isinstance(given, int) or given < 1):
-                raise ValueError(f"mm_processor_kwargs: {key} must be a positive whole number of pixels, got {given!r}")
-        low, high = (value.get(key) for key in PIXEL_BUDGET)
-        if low is not None and high is not None and low > high:
-            raise ValueError(f"mm_processor_kwargs: min_pixels ({low}) is more than max_pixels ({high})")
+    def _media_dict(cls, value: Any, info: Any) -> Any:
+        value = _json_dict(info.field_name, value)
+        if value is not None:
+            _MEDIA_CHECKS[info.field_name](value)
         return value
 
     @field_validator("dtype", mode="before")
@@ -289,18 +259,48 @@ class EngineArgs(BaseModel):
         return self.model_dump(mode="json", exclude_defaults=True)
 
 
+def _json_text(name: str, value: Any) -> Any:
+    """A setting given as JSON text (the command line's form) parsed; any other value as given."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{name} is not valid JSON: {exc.msg}") from None
+
+
 def _json_dict(name: str, value: Any) -> dict[str, Any] | None:
     """A dict setting given as a dict or as JSON text (the command line's form)."""
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{name} is not valid JSON: {exc.msg}") from None
+    value = _json_text(name, value)
     if value is not None and not isinstance(value, dict):
         raise ValueError(f"{name} must be a dict (a JSON object), got {type(value).__name__}")
     if value is not None and not all(isinstance(k, str) for k in value):
         raise ValueError(f"{name} must have string keys")
     return value
+
+
+def _check_media_limits(value: dict[str, Any]) -> None:
+    """``limit_mm_per_prompt``: a whole number of 0 or more per known media kind."""
+    for kind, limit in value.items():
+        if kind not in MEDIA_KINDS:
+            raise ValueError(f"limit_mm_per_prompt: unknown media kind {str(kind)!r}; use {' or '.join(map(repr, MEDIA_KINDS))}")
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ValueError(f"limit_mm_per_prompt: the limit of {kind!r} must be a whole number of 0 or more, got {limit!r}")
+
+
+def _check_pixel_budget(value: dict[str, Any]) -> None:
+    """``mm_processor_kwargs``: its pixel budget, if any, positive whole numbers in order."""
+    for key in PIXEL_BUDGET:
+        given = value.get(key)
+        if given is not None and (isinstance(given, bool) or not isinstance(given, int) or given < 1):
+            raise ValueError(f"mm_processor_kwargs: {key} must be a positive whole number of pixels, got {given!r}")
+    low, high = (value.get(key) for key in PIXEL_BUDGET)
+    if low is not None and high is not None and low > high:
+        raise ValueError(f"mm_processor_kwargs: min_pixels ({low}) is more than max_pixels ({high})")
+
+
+#: The media settings given as JSON objects, and the check of each one's content.
+_MEDIA_CHECKS = {"limit_mm_per_prompt": _check_media_limits, "mm_processor_kwargs": _check_pixel_budget}
 
 
 def _one_line(exc: ValidationError) -> str:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import copy
-import inspect
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
 from .errors import InvalidRequest, PluginError
+from .registration import plugin_instance
 
 if TYPE_CHECKING:
     from .params import PoolingParams
@@ -270,11 +270,7 @@ class IOProcessor:
 
 def check_io_processor(name: str, obj: object) -> IOProcessor:
     """Registry check: an :class:`IOProcessor` instance or subclass (instantiated)."""
-    if inspect.isclass(obj) and issubclass(obj, IOProcessor):
-        obj = obj()
-    if not isinstance(obj, IOProcessor):
-        raise TypeError(f"IO processor '{name}' must be a poolkit.IOProcessor, got {type(obj).__name__}")
-    return obj
+    return plugin_instance(name, obj, IOProcessor, "IO processor")
 
 
 def bind_io_processor(name: str, processor: IOProcessor, context: IOContext) -> IOProcessor:

@@ -8,10 +8,10 @@ another kind the same way, and the API, the CLI and the server use it without ed
 
 from __future__ import annotations
 
-import inspect
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Sequence
 
 from .errors import InvalidRequest
+from .registration import plugin_instance
 
 if TYPE_CHECKING:
     from .io import Prompt
@@ -137,11 +137,7 @@ class Scorer:
 
 def check_scorer(name: str, obj: object) -> Scorer:
     """Registry check: a :class:`Scorer` instance or subclass (instantiated)."""
-    if inspect.isclass(obj) and issubclass(obj, Scorer):
-        obj = obj()
-    if not isinstance(obj, Scorer):
-        raise TypeError(f"scorer '{name}' must be a poolkit.Scorer, got {type(obj).__name__}")
-    return obj
+    return plugin_instance(name, obj, Scorer, "scorer")
 
 
 def score_extra(pooling_params: Any) -> dict[str, Any]:

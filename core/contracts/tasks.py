@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Sequence
 
 import torch
 
 from .batch import PackedBatch
 from .errors import InvalidRequest
+from .registration import plugin_instance
 
 if TYPE_CHECKING:
     from .params import PoolingParams, Setting
@@ -176,10 +176,7 @@ def stray_options(task: Task, options: dict[str, Any]) -> set[str]:
 
 def check_task(name: str, obj: object) -> Task:
     """Registry check: a :class:`Task` instance or subclass (instantiated)."""
-    if inspect.isclass(obj) and issubclass(obj, Task):
-        obj = obj()
-    if not isinstance(obj, Task):
-        raise TypeError(f"task '{name}' must be a poolkit.Task, got {type(obj).__name__}")
+    obj = plugin_instance(name, obj, Task, "task")
     if obj.granularity not in TASK_GRANULARITIES:
         raise TypeError(f"task '{name}' has granularity {obj.granularity!r}; expected one of {TASK_GRANULARITIES}")
     return obj
