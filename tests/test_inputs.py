@@ -76,7 +76,7 @@ def test_offline_classify_takes_messages(tmp_path):
     [
         ({"messages": CONVERSATION}, "has no chat template: send 'prompts' instead of 'messages'$"),
         ({"messages": CONVERSATION, "prompts": "x", "chat_template": TEXT_TEMPLATE}, "either prompts or messages, not both"),
-        ({}, "pass prompts, or chat messages as messages="),
+        ({}, "prompts must be a string or a list of strings, got None"),
         ({"messages": "hi", "chat_template": TEXT_TEMPLATE}, "messages must be a non-empty list"),
         ({"messages": [], "chat_template": TEXT_TEMPLATE}, "messages must be a non-empty list"),
         ({"messages": [{"content": "x"}], "chat_template": TEXT_TEMPLATE}, r"messages\[0\] needs a string 'role'"),

@@ -200,11 +200,9 @@ def conversations(prompts: Any, messages: Any, chat_template: str | None = None)
     ``chat_template`` if given.
 
     Raises:
-        InvalidRequest: both or neither given, or messages of another shape.
+        InvalidRequest: both given, a template without messages, or messages of another shape.
     """
     if messages is None:
-        if prompts is None:
-            raise InvalidRequest("pass prompts, or chat messages as messages=")
         if chat_template is not None:
             raise InvalidRequest("chat_template goes with messages=")
         return prompts
