@@ -147,6 +147,21 @@ MOVED_NAMES = {
         "ModelConfig": ("poolkit.api.model_config", "ModelConfig"),
     },
     "poolkit.conversion": {"has_heads": ("poolkit.config.conversion", "has_classifier")},
+    # the request models moved beside their routes; poolkit.entrypoints.protocol answers them too
+    "poolkit.protocol": {
+        **{name: ("poolkit.entrypoints.server.routes_openai", name) for name in ("EmbeddingRequest",)},
+        **{
+            name: ("poolkit.entrypoints.server.routes_vllm", name)
+            for name in (
+                "ClassificationRequest", "PoolingRequest", "ScoreRequest", "RerankDocument", "RerankRequest",
+                "TokenizeRequest", "DetokenizeRequest", "ScoreInput", "CONTENT_PART", "MULTIMODAL_CONTENT",
+            )
+        },
+        **{
+            name: ("poolkit.entrypoints.server.routes_cohere", name)
+            for name in ("CohereImageUrl", "CohereContent", "CohereInput", "CohereEmbedRequest")
+        },
+    },
 }
 
 

@@ -9,12 +9,18 @@ pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 prometheus_client = pytest.importorskip("prometheus_client")
 
+from fastapi import Request  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-from poolkit.entrypoints.server import INFERENCE_ROUTES, create_app, routes_cohere, routes_openai, routes_ops, routes_tei, routes_vllm  # noqa: E402  # noqa: E402
+from poolkit.entrypoints.server import INFERENCE_ROUTES, create_app  # noqa: E402
 from poolkit.entrypoints.server import app as app_module  # noqa: E402
+from poolkit.entrypoints.server import routes  # noqa: E402
+from poolkit.entrypoints.server.deps import Model, State  # noqa: E402
+from poolkit.entrypoints.server.endpoints import Endpoints  # noqa: E402
 from poolkit.entrypoints.server.guard import TEI_ALIASES  # noqa: E402
+from poolkit.entrypoints.server.lane import Lane  # noqa: E402
+from poolkit.entrypoints.server.routes_openai import EmbeddingRequest  # noqa: E402
 
 #: Every family /metrics exposes, by the name the parser gives it (counters without ``_total``).
 FAMILIES = {
@@ -90,16 +96,51 @@ def test_two_apps_in_one_process_keep_separate_metrics(two_apps):
 
 def test_every_protocol_router_is_mounted(two_apps):
     client, _ = two_apps
-    modules = (routes_ops, routes_openai, routes_vllm, routes_cohere, routes_tei)
-    assert [id(router) for router in app_module.ROUTERS] == [id(module.router) for module in modules]
+    modules = routes.MODULES
+    assert [m.__name__.rpartition(".")[2] for m in modules] == [
+        "routes_ops", "routes_openai", "routes_vllm", "routes_sagemaker", "routes_cohere", "routes_tei"
+    ]
+    assert routes.ENDPOINTS == tuple(endpoint for module in modules for endpoint in module.ENDPOINTS)
     mounted = {(r.path, frozenset(r.methods)): r.endpoint for r in client.app.routes if hasattr(r, "endpoint")}
     for module in modules:
-        assert module.router.routes, module.__name__
-        for route in module.router.routes:
-            assert mounted.get((route.path, frozenset(route.methods))) is route.endpoint, (module.__name__, route.path)
-            assert route.endpoint.__module__ == module.__name__
-    paths = {route.path for module in modules for route in module.router.routes}
+        assert len(module.ENDPOINTS), module.__name__
+        for endpoint in module.ENDPOINTS:
+            assert mounted.get((endpoint.path, frozenset({endpoint.method}))) is endpoint.function, (module.__name__, endpoint.path)
+            assert endpoint.function.__module__ == module.__name__
+    paths = {endpoint.path for module in modules for endpoint in module.ENDPOINTS}
     assert paths == set(INFERENCE_ROUTES) | TEI_ALIASES | {"/v1/models", "/info", "/health", "/metrics"}
+
+
+def test_no_route_module_imports_another_protocols():
+    """Each protocol's routes stand alone: what several share lives in modules of no protocol."""
+    import ast
+    from pathlib import Path
+
+    names = {m.__name__.rpartition(".")[2] for m in routes.MODULES}
+    for module in routes.MODULES:
+        tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))
+        imported = {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        imported |= {a.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and not node.module for a in node.names}
+        assert not {name.rpartition(".")[2] for name in imported} & (names - {module.__name__.rpartition(".")[2]}), module.__name__
+
+
+def test_an_endpoint_asking_for_the_lane_with_another_signature_fails_the_build(monkeypatch, minilm):
+    """The lane calls ``function(body, request, st, llm)``: a route declared for it with other
+    parameters is an error when the application is built, not a silent slow path."""
+    declared = Endpoints()
+
+    @declared.post("/v1/odd", "A route whose parameters the lane cannot call.")
+    async def odd(request: Request, body: EmbeddingRequest, st: State, llm: Model):  # noqa: ARG001
+        raise AssertionError("never called")
+
+    with pytest.raises(TypeError, match=r"POST /v1/odd asks for the fast lane.*it takes \(request, body, st, llm\)"):
+        Lane(declared)
+    monkeypatch.setattr(app_module, "ENDPOINTS", (*routes.ENDPOINTS, *declared))
+    with pytest.raises(TypeError, match="POST /v1/odd asks for the fast lane"):
+        create_app(minilm)
+    declared_off = Endpoints()
+    declared_off.post("/v1/odd", "Not in the lane.", lane=False)(odd)
+    assert "/v1/odd" not in Lane(declared_off).routes
 
 
 def test_routes_read_the_state_of_their_own_app(two_apps):

@@ -1,4 +1,11 @@
-"""Request bodies of the HTTP server (OpenAI, vLLM and Cohere field names).
+"""The pieces the server's request bodies share (OpenAI, vLLM, Cohere and TEI field names).
+
+Each request model lives beside the route that serves it (``EmbeddingRequest`` in
+:mod:`poolkit.entrypoints.server.routes_openai`, vLLM's in ``routes_vllm``, Cohere's in
+``routes_cohere``, TEI's in ``routes_tei``); this module holds what several of them take: the JSON
+schemas of the inputs, the field groups (the model name, truncation, chat messages, the
+activation, the tensor encoding) and the input types with their checks. The old import path of a
+model that moved still gives it (``from poolkit.protocol import EmbeddingRequest``).
 
 The models describe the API in ``/openapi.json`` and do the structural checks: strict types (no
 ``"256"`` for an integer, no ``1.0`` for a boolean), closed value sets (``encoding_format``,
@@ -14,6 +21,7 @@ character, no list without an item, ...), so generated clients refuse what the s
 
 from __future__ import annotations
 
+from importlib import import_module
 from typing import Annotated, Any, Dict, List, Literal, Optional, Union
 
 from pydantic import (
@@ -21,7 +29,6 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictBool,
-    StrictFloat,
     StrictInt,
     StrictStr,
     WithJsonSchema,
@@ -114,41 +121,6 @@ def _check_texts(value: Any, handler: Any) -> Any:
     raise PydanticCustomError("texts_type", "must be a string or a list of strings")
 
 
-def _check_score_side(value: Any, handler: Any) -> Any:
-    """``str | list[str]``, vLLM's multimodal ``{"content": [parts]}``, or a list of strings and such inputs."""
-    def one(v: Any) -> bool:
-        return isinstance(v, str) or (isinstance(v, dict) and ("content" in v or "type" in v))
-
-    if isinstance(value, str) or (isinstance(value, dict) and "content" in value) or (isinstance(value, list) and all(map(one, value))):
-        return value
-    raise PydanticCustomError(
-        "score_input_type", "must be a string, a list of strings, or {'content': [text and image_url parts]} (or a list of those)"
-    )
-
-
-#: A content part of a multimodal input: a text, or an image as a data URI (remote URLs only
-#: where the server allows their host).
-CONTENT_PART = {
-    "oneOf": [
-        {"type": "object", "required": ["type", "text"], "properties": {"type": {"const": "text"}, "text": TEXT}},
-        {
-            "type": "object",
-            "required": ["type", "image_url"],
-            "properties": {
-                "type": {"const": "image_url"},
-                "image_url": {
-                    "anyOf": [
-                        {"type": "string", "pattern": "^data:"},
-                        {"type": "object", "required": ["url"], "properties": {"url": {"type": "string", "pattern": "^data:"}}},
-                    ]
-                },
-            },
-        },
-    ]
-}
-#: vLLM's ``ScoreMultiModalParam``: content parts, each one input (text or ``image_url``).
-MULTIMODAL_CONTENT = {"type": "object", "required": ["content"], "properties": {"content": list_of(CONTENT_PART)}}
-
 PromptInput = Annotated[
     Union[StrictStr, List[StrictStr], List[StrictInt], List[List[StrictInt]]],
     WrapValidator(_check_prompt_input),
@@ -157,16 +129,13 @@ PromptInput = Annotated[
 TextInput = Annotated[
     Union[StrictStr, List[StrictStr]], WrapValidator(_check_texts), schema({"anyOf": [TEXT, list_of(TEXT)]})
 ]
-ScoreInput = Annotated[
-    Union[StrictStr, Dict[str, Any], List[Union[StrictStr, Dict[str, Any]]]],
-    WrapValidator(_check_score_side),
-    schema({"anyOf": [TEXT, list_of(TEXT), MULTIMODAL_CONTENT, list_of({"anyOf": [TEXT, MULTIMODAL_CONTENT]})]}),
-]
 Text = Annotated[StrictStr, schema(TEXT)]
 Positive = Annotated[StrictInt, schema(POSITIVE)]
 
 
-class _Body(BaseModel):
+class BaseRequest(BaseModel):
+    """What every OpenAI, vLLM and Cohere request takes: the served model's name, and vLLM's extras."""
+
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     model: Optional[StrictStr] = Field(None, description="The served model name; any other value is a 404.")
@@ -179,7 +148,9 @@ class _Body(BaseModel):
     )
 
 
-class _Tokenization(BaseModel):
+class TokenizationFields(BaseModel):
+    """Truncation of the inputs (vLLM's ``truncate_prompt_tokens`` and ``truncation_side``)."""
+
     truncate_prompt_tokens: Optional[Annotated[StrictInt, schema(TRUNCATION)]] = Field(
         None,
         description="Keep at most N tokens (-1: the model's limit). Without it (or truncation_side), an input "
@@ -192,7 +163,9 @@ def _is_messages(value: Any) -> bool:
     return isinstance(value, list) and bool(value) and all(isinstance(m, dict) for m in value)
 
 
-class _Chat(BaseModel):
+class ChatFields(BaseModel):
+    """Chat-style inputs (``messages``, or conversations sent as ``input``) and their template's options."""
+
     messages: Annotated[
         Optional[Union[List[Dict[str, Any]], List[List[Dict[str, Any]]]]],
         schema({"anyOf": [CONVERSATION, list_of(CONVERSATION), {"type": "null"}]}),
@@ -227,7 +200,7 @@ class _Chat(BaseModel):
     )
 
 
-class _Activation(BaseModel):
+class ActivationFields(BaseModel):
     """``use_activation``, also read from vLLM's deprecated ``normalize`` / ``softmax`` / ``activation``."""
 
     use_activation: Optional[StrictBool] = None
@@ -254,7 +227,7 @@ class _Activation(BaseModel):
         return data
 
 
-class _Encoding(BaseModel):
+class EncodingFields(BaseModel):
     """How tensors are written; ``null`` is the default, as OpenAI's clients send it for "not given"."""
 
     encoding_format: Optional[Literal["float", "base64", "bytes", "bytes_only"]] = "float"
@@ -267,171 +240,12 @@ class _Encoding(BaseModel):
         return cls.model_fields[info.field_name].default if value is None else value
 
 
-class EmbeddingRequest(_Body, _Tokenization, _Chat, _Encoding, _Activation):
-    """``POST /v1/embeddings`` (OpenAI)."""
+def __getattr__(name: str) -> Any:
+    """A request model that moved beside its route, asked for by this module's path (the names
+    and their homes: ``poolkit.MOVED_NAMES["poolkit.protocol"]``)."""
+    from .. import MOVED_NAMES
 
-    model_config = ConfigDict(json_schema_extra=one_of("input", "messages"))
-
-    input: Optional[PromptInput] = None
-    dimensions: Optional[Positive] = None
-
-
-class ClassificationRequest(_Body, _Tokenization, _Chat, _Activation):
-    """``POST /classify``."""
-
-    model_config = ConfigDict(json_schema_extra=one_of("input", "messages"))
-
-    input: Optional[PromptInput] = None
-
-
-class PoolingRequest(_Body, _Tokenization, _Chat, _Encoding, _Activation):
-    """``POST /pooling``: any task (``task``), or ``data`` for the IO processor plugin task."""
-
-    model_config = ConfigDict(json_schema_extra=one_of("input", "messages", "data"))
-
-    input: Optional[PromptInput] = None
-    data: Optional[Any] = Field(None, description="Input of the IO processor plugin (task 'plugin').")
-    task: Optional[StrictStr] = None
-    dimensions: Optional[Positive] = None
-    step_tag_id: Optional[StrictInt] = Field(None, ge=0, lt=2**31)
-    returned_token_ids: Optional[List[Annotated[StrictInt, Field(ge=0, lt=2**31)]]] = None
-    top_k: Optional[Positive] = Field(None, description="sparse_embed: keep the K strongest weights.")
-    threshold: Optional[Union[StrictFloat, StrictInt]] = Field(None, description="sparse_embed: drop weights below this.")
-    return_tokens: StrictBool = False
-
-
-class _ScoreLimits(BaseModel):
-    max_tokens_per_query: Optional[Positive] = Field(
-        None, description="Cut each query to its first N tokens before scoring (vLLM)."
-    )
-    max_tokens_per_doc: Optional[Positive] = Field(
-        None, description="Cut each document to its first N tokens before scoring (vLLM, Cohere)."
-    )
-
-
-class _ScoreTemplate(BaseModel):
-    chat_template_kwargs: Optional[Dict[str, Any]] = Field(
-        None,
-        description="Variables for the score template (vLLM); for a sentence-transformers CrossEncoder export also "
-        "'prompt' (its prompt text, '' for none), 'prompt_name' (one of its saved prompts) and 'restore_suffix' "
-        "(false: a truncated render keeps its cut instead of getting the template's closing tokens back).",
-    )
-
-
-class ScoreRequest(_Body, _Tokenization, _Activation, _ScoreLimits, _ScoreTemplate):
-    """``POST /score``, ``/v1/score``: one pair of sides, 1:1, 1:N or N:N."""
-
-    model_config = ConfigDict(
-        json_schema_extra={
-            "allOf": [
-                one_of("text_1", "data_1", "queries"),
-                one_of("text_2", "data_2", "documents", "items"),
-                {"anyOf": [given(*pair) for pair in SCORE_PAIRS]},
-            ]
-        }
-    )
-
-    text_1: Optional[ScoreInput] = None
-    text_2: Optional[ScoreInput] = None
-    data_1: Optional[ScoreInput] = None
-    data_2: Optional[ScoreInput] = None
-    queries: Optional[ScoreInput] = None
-    documents: Optional[ScoreInput] = None
-    items: Optional[ScoreInput] = None
-    instruction: Optional[StrictStr] = None
-
-
-class RerankDocument(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    text: Text
-
-
-class RerankRequest(_Body, _Tokenization, _Activation, _ScoreLimits, _ScoreTemplate):
-    """``POST /rerank``, ``/v1/rerank``, ``/v2/rerank`` (Jina / Cohere)."""
-
-    query: Text
-    documents: Annotated[
-        Union[StrictStr, List[Union[StrictStr, RerankDocument]]],
-        schema({"anyOf": [TEXT, list_of({"anyOf": [TEXT, {"type": "object", "required": ["text"], "properties": {"text": TEXT}}]})]}),
-    ] = Field(
-        description="The documents, or one document as a string (vLLM)."
-    )
-    top_n: Annotated[StrictInt, schema({"type": "integer", "minimum": 0})] = Field(0, description="Keep the best N (0: all).")
-    return_documents: StrictBool = True
-    instruction: Optional[StrictStr] = None
-
-
-class CohereImageUrl(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    url: Annotated[StrictStr, schema({"type": "string", "pattern": "^data:"})]
-
-
-class CohereContent(BaseModel):
-    """One part of a Cohere input: ``{"type": "text", "text": ...}`` or ``{"type": "image_url", "image_url": ...}``."""
-
-    model_config = ConfigDict(
-        extra="ignore",
-        json_schema_extra={
-            "oneOf": [
-                {"required": ["type", "text"], "properties": {"type": {"const": "text"}, "text": TEXT}},
-                {"required": ["type", "image_url"], "properties": {"type": {"const": "image_url"}, "image_url": {"not": {"type": "null"}}}},
-            ]
-        },
-    )
-
-    type: Literal["text", "image_url"]
-    text: Optional[StrictStr] = None
-    image_url: Optional[Union[CohereImageUrl, Annotated[StrictStr, schema({"type": "string", "pattern": "^data:"})]]] = None
-
-
-class CohereInput(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    content: Annotated[List[CohereContent], Field(json_schema_extra={"minItems": 1})] = Field(
-        description="One text or image_url part; a vision-language model also takes text and images together."
-    )
-
-
-class CohereEmbedRequest(_Body):
-    """``POST /v2/embed`` (Cohere Embed v2)."""
-
-    model_config = ConfigDict(json_schema_extra=one_of("texts", "images", "inputs"))
-
-    texts: Optional[Annotated[List[StrictStr], schema(list_of(TEXT))]] = None
-    images: Optional[Annotated[List[StrictStr], schema(list_of({"type": "string", "pattern": "^data:"}))]] = Field(
-        None, description="Images as data:image/...;base64 URIs."
-    )
-    inputs: Optional[Annotated[List[CohereInput], Field(json_schema_extra={"minItems": 1})]] = None
-    input_type: Optional[StrictStr] = None
-    embedding_types: Annotated[
-        List[Literal["float", "binary", "ubinary", "base64"]],
-        schema(list_of({"enum": ["float", "binary", "ubinary", "base64"]})),
-    ] = ["float"]
-    output_dimension: Optional[Positive] = None
-    truncate: Literal["NONE", "START", "END"] = "END"
-    max_tokens: Optional[Positive] = None
-
-
-class TokenizeRequest(_Body):
-    """``POST /tokenize`` (vLLM): ``prompt``, or chat ``messages`` rendered with the chat template."""
-
-    model_config = ConfigDict(json_schema_extra=one_of("prompt", "messages"))
-
-    prompt: Optional[Text] = None
-    messages: Annotated[Optional[List[Dict[str, Any]]], schema({"anyOf": [CONVERSATION, {"type": "null"}]})] = None
-    add_special_tokens: Optional[StrictBool] = Field(
-        None, description="Add the tokenizer's special tokens: default true for 'prompt', false for 'messages'."
-    )
-    add_generation_prompt: Optional[StrictBool] = Field(
-        None, description="messages: add the generation prompt (default true, false with continue_final_message)."
-    )
-    continue_final_message: StrictBool = False
-    return_token_strs: Optional[StrictBool] = Field(False, description="Also return the token strings.")
-
-
-class DetokenizeRequest(_Body):
-    """``POST /detokenize`` (vLLM): token ids back to text."""
-
-    tokens: List[Annotated[StrictInt, Field(ge=0, le=2**63 - 1)]]
+    moved = MOVED_NAMES["poolkit.protocol"].get(name)
+    if moved is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(moved[0]), moved[1])

@@ -16,9 +16,12 @@ that goes away cancels its queued work.
 Modules: :mod:`.app` (the factory, loading, :func:`run`), :mod:`.guard` (the middleware and
 strict JSON), :mod:`.errors` (the error body and handlers), :mod:`.metrics` (Prometheus),
 :mod:`.state` (what routes share), :mod:`.deps` (the routes' dependencies), :mod:`.inputs`
-(shape checks), :mod:`.work` (running work on the batcher), :mod:`.wire` (response formats), and
-one router per protocol: :mod:`.routes_openai`, :mod:`.routes_vllm`, :mod:`.routes_cohere`,
-:mod:`.routes_ops` (``/health``, ``/metrics``).
+(shape checks), :mod:`.work` (running work on the batcher), :mod:`.scoring` (what the Scoring
+API's routes share), :mod:`.wire` (response formats), and one route module per protocol, each
+declaring its endpoints (:mod:`.endpoints`: one record per endpoint) beside their functions and
+request models: :mod:`.routes_openai`, :mod:`.routes_vllm`, :mod:`.routes_sagemaker`
+(``/invocations``), :mod:`.routes_cohere`, :mod:`.routes_tei`, :mod:`.routes_ops` (``/health``,
+``/metrics``); :mod:`.routes` gathers them.
 
 Needs the ``serve`` extra: ``pip install 'poolkit[serve]'``.
 """

@@ -9,23 +9,21 @@ import threading
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Callable, Sequence
 
-from fastapi import APIRouter, FastAPI
+from fastapi import FastAPI
 
 from ...contracts.errors import InvalidRequest, MissingDependency
-from . import routes_cohere, routes_openai, routes_ops, routes_tei, routes_vllm
+from .endpoints import Endpoint
 from .errors import install_error_handlers
 from .front import front_protocol
-from .guard import INFERENCE_ROUTES, TEI_ALIASES, Guard, StrictRoute
+from .guard import Guard, StrictRoute
 from .lane import Lane
 from ...inputs.media import MediaPolicy
 from .openapi import install_openapi
+from .routes import ENDPOINTS, INFERENCE_ROUTES
 from .state import MiB, ModelState, ServerLimits, ServerState
 from .tracing import Traced, Tracing, check_endpoint
 
 logger = logging.getLogger(__name__)
-
-#: The routers every application mounts, one module per protocol.
-ROUTERS = (routes_ops.router, routes_openai.router, routes_vllm.router, routes_cohere.router, routes_tei.router)
 
 
 def create_app(
@@ -145,9 +143,9 @@ def create_app(
     if st.tracing is not None:  # around the guard: traces what it refuses too
         app.add_middleware(Traced, state=st, paths=INFERENCE_ROUTES)
     install_error_handlers(app)
-    for router in ROUTERS:
-        _mount(app, router)
-    st.lane = Lane(app.routes, INFERENCE_ROUTES | TEI_ALIASES)
+    _mount(app, ENDPOINTS)
+    st.endpoints = {(endpoint.method, endpoint.path): endpoint for endpoint in ENDPOINTS}
+    st.lane = Lane(ENDPOINTS)
     install_openapi(app, st)
     return app
 
@@ -160,22 +158,18 @@ def _check_names(st: ServerState) -> None:
         raise InvalidRequest(f"two models would be served as '{twice[0]}': give each a --served-model-name")
 
 
-def _mount(app: FastAPI, router: APIRouter) -> None:
-    """Add the path operations of ``router`` to ``app`` itself.
-
-    Unlike ``include_router``, which recent FastAPI versions keep as one nested entry, this
-    leaves every path operation in ``app.routes``, where tools and tests list them.
-    """
-    for route in router.routes:
+def _mount(app: FastAPI, endpoints: Sequence[Endpoint]) -> None:
+    """Add a path operation to ``app`` for each of ``endpoints``, in their order: each a
+    :class:`~poolkit.entrypoints.server.guard.StrictRoute` named after its function."""
+    for endpoint in endpoints:
         app.router.add_api_route(
-            route.path,
-            route.endpoint,
-            methods=sorted(route.methods),
-            name=route.name,
-            summary=route.summary,
-            openapi_extra=route.openapi_extra,
-            include_in_schema=route.include_in_schema,
-            route_class_override=type(route),
+            endpoint.path,
+            endpoint.function,
+            methods=[endpoint.method],
+            name=endpoint.function.__name__,
+            summary=endpoint.summary,
+            openapi_extra=endpoint.openapi_extra,
+            route_class_override=StrictRoute,
         )
 
 

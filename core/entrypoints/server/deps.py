@@ -1,4 +1,5 @@
-"""FastAPI dependencies of the routes: the served model a request chose, and its loaded LLM.
+"""FastAPI dependencies of the routes: the served model a request chose, and its loaded LLM (and
+the server's readiness, which ``/health`` reports).
 
 The middleware (:class:`~poolkit.entrypoints.server.guard.Guard`) picks the model a request names and leaves
 its :class:`~poolkit.entrypoints.server.state.ModelState` in the request's scope; routes take it (``State``)
@@ -7,12 +8,15 @@ and its loaded :class:`poolkit.LLM` (``Model``) as dependencies.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, Request
 
 from .errors import ApiError
 from .state import ModelState
+
+if TYPE_CHECKING:
+    from .state import ServerState
 
 #: The ASGI scope key of the :class:`~poolkit.entrypoints.server.state.ModelState` the guard chose.
 CHOSEN_MODEL = "poolkit.model"
@@ -37,6 +41,17 @@ async def loaded_llm(st: ModelState = Depends(server_state)) -> Any:
     if st.llm is None:
         raise ApiError(503, "the model is loading; retry shortly", headers={"Retry-After": "5"})
     return st.llm
+
+
+def check_serving(server: "ServerState") -> None:
+    """The 503 of a server that takes no requests (``/health``, and TEI's ``GET /`` in TEI's
+    shape): a model failed to load or is loading, or the server is shutting down."""
+    if server.load_error is not None:
+        raise ApiError(503, "the model failed to load")
+    if not server.ready:
+        raise ApiError(503, "the model is loading", headers={"Retry-After": "5"})
+    if server.draining:
+        raise ApiError(503, "the server is shutting down")
 
 
 State = Annotated[ModelState, Depends(server_state)]

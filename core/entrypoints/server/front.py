@@ -30,7 +30,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.utils import get_client_addr
 
 from .errors import error_body
-from .guard import INFERENCE_ROUTES
+from .routes import INFERENCE_ROUTES
 from .work import DISCONNECTED
 
 if TYPE_CHECKING:

@@ -4,7 +4,8 @@
 readiness (503 while loading or draining), the content type (415), the body size (413, on
 ``Content-Length`` and while the body streams in, within ``--body-timeout``) and, once the body is
 in, admission (429 when too many requests are in flight). Routes
-built with :class:`StrictRoute` then parse the body with :func:`strict_json`.
+built with :class:`StrictRoute` then parse the body with :func:`strict_json`. Which paths it
+checks, and how, the endpoints' records say (:mod:`~poolkit.entrypoints.server.routes`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,15 @@ from fastapi.routing import APIRoute
 from .deps import CHOSEN_MODEL
 from .errors import API, ApiError, send_error, short
 from .inputs import served_model
+from .routes import (
+    INFERENCE_ROUTES,
+    OPEN_METHODS,
+    PROTECTED_ROUTES,
+    ROUTE_LABELS,
+    SHARED_ROUTES,
+    TEI_ALIASES,
+    TEI_ROUTES,
+)
 from .work import DISCONNECTED
 
 if TYPE_CHECKING:
@@ -31,45 +41,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: Routes that run the model: they need the API key, admission and a JSON body.
-INFERENCE_ROUTES = frozenset(
-    {
-        "/v1/embeddings",
-        "/pooling",
-        "/classify",
-        "/score",
-        "/v1/score",
-        "/rerank",
-        "/v1/rerank",
-        "/v2/rerank",
-        "/v2/embed",
-        "/tokenize",
-        "/detokenize",
-        "/invocations",
-        "/",
-        "/embed",
-        "/embed_all",
-        "/embed_sparse",
-        "/predict",
-        "/similarity",
-        "/decode",
-    }
-)
-#: Text Embeddings Inference's paths: errors on them have TEI's shape (``{"error", "error_type"}``).
-TEI_ROUTES = frozenset({"/", "/embed", "/embed_all", "/embed_sparse", "/predict", "/similarity", "/decode", "/info"})
-#: Paths TEI shares with vLLM, and the paths of TEI's routes for them: the body's fields decide.
-#: A body with one of TEI's fields and none of vLLM's goes to TEI's route (``path -> (alias, TEI's
-#: fields, vLLM's fields)``); anything else, a body that does not parse included, stays vLLM's.
-SHARED_ROUTES = {
-    "/rerank": ("/tei/rerank", ("texts",), ("documents",)),
-    "/tokenize": ("/tei/tokenize", ("inputs",), ("prompt", "messages")),
-}
-#: The paths of TEI's routes on shared paths: reached only through the path they share.
-TEI_ALIASES = frozenset(alias for alias, _, _ in SHARED_ROUTES.values())
-#: Routes that need the API key when the server has one.
-PROTECTED_ROUTES = INFERENCE_ROUTES | {"/v1/models", "/info"}
-#: The ``route`` label values of the request metrics; any other path counts as ``other``.
-ROUTE_LABELS = PROTECTED_ROUTES | {"/health", "/metrics"}
 #: The ASGI scope key of a body the guard parsed already (:meth:`StrictJSONRequest.json` reuses it).
 PARSED = "poolkit.json"
 
@@ -208,7 +179,7 @@ class Guard:
         if (
             path in PROTECTED_ROUTES
             and self.state.key_digest is not None
-            and not (path == "/" and scope["method"] in ("GET", "HEAD"))  # TEI's health alias, open as /health
+            and (path, scope["method"]) not in OPEN_METHODS  # TEI's health alias GET /, open as /health
             and not self._authorized(scope)
         ):
             return ApiError(

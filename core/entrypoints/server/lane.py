@@ -14,36 +14,40 @@ from __future__ import annotations
 
 import inspect
 import json
-import typing
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import pydantic
-from fastapi.routing import APIRoute
 
+from .endpoints import Endpoint
 from .errors import error_response
 from .guard import PARSED, StrictJSONRequest, strict_json
 
 #: The parameters of a route the lane can call: its request model, the request, the state, the model.
-_LANE_PARAMETERS = ("body", "request", "st", "llm")
+LANE_PARAMETERS = ("body", "request", "st", "llm")
 
 
 class Lane:
-    """The routes of ``routes`` (FastAPI routes) whose function the lane can call itself.
+    """The routes the lane answers: the endpoints of ``endpoints`` that ask for it (``lane``).
 
-    A route qualifies when it is a ``POST`` whose function takes exactly ``(body: <a pydantic
-    model>, request, st, llm)``, as the inference routes do.
+    Raises:
+        TypeError: an endpoint asks for the lane but is not an inference ``POST`` whose function
+            takes ``(body: <a pydantic model>, request, st, llm)``, as the lane calls it. Checked
+            when the application is built, so that no route leaves the lane unseen.
     """
 
-    def __init__(self, routes: Any, paths: Any) -> None:
+    def __init__(self, endpoints: Iterable[Endpoint]) -> None:
         self.routes: dict[str, tuple[type[pydantic.BaseModel], Callable]] = {}
-        for route in routes:
-            if not isinstance(route, APIRoute) or route.path not in paths or "POST" not in route.methods:
+        for endpoint in endpoints:
+            if not endpoint.lane:
                 continue
-            if tuple(inspect.signature(route.endpoint).parameters) != _LANE_PARAMETERS:
-                continue
-            model = typing.get_type_hints(route.endpoint).get("body")
-            if isinstance(model, type) and issubclass(model, pydantic.BaseModel):
-                self.routes[route.path] = (model, route.endpoint)
+            takes = tuple(inspect.signature(endpoint.function).parameters)
+            if not endpoint.inference or endpoint.method != "POST" or takes != LANE_PARAMETERS or endpoint.request is None:
+                raise TypeError(
+                    f"endpoint {endpoint.method} {endpoint.path} asks for the fast lane, which calls an inference POST "
+                    f"as {endpoint.function.__name__}(body: <request model>, request, st, llm); it takes ({', '.join(takes)})"
+                    f"{'' if endpoint.request is not None else ' and no request model'}: give it those, or declare it with lane=False"
+                )
+            self.routes[endpoint.path] = (endpoint.request, endpoint.function)
 
     async def answer(self, st: Any, scope: dict, receive: Any, send: Any, body: bytes) -> bool:
         """Answer the request if it is the lane's (``True``); ``False`` leaves it to the application.

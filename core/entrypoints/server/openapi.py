@@ -1,7 +1,9 @@
 """``/openapi.json``: every operation with what it takes and every answer it can give.
 
-FastAPI derives the request schemas from :mod:`poolkit.entrypoints.protocol`, which states the rules of each
-field. This adds what FastAPI cannot know:
+FastAPI derives the request schemas from the request models (beside their routes, with the pieces
+they share in :mod:`poolkit.entrypoints.protocol`), which state the rules of each field. This adds
+what FastAPI cannot know, most of it from the endpoints' records
+(:class:`~poolkit.entrypoints.server.endpoints.Endpoint`):
 
 - the answers: the error body ``{"error": {...}}`` with the statuses each operation sends (never
   FastAPI's 422: validation failures are 400s), ``Retry-After`` and ``WWW-Authenticate`` where
@@ -9,7 +11,8 @@ field. This adds what FastAPI cannot know:
 - the API key, as a bearer security scheme on the routes that need it;
 - the loaded model's own bounds: its served name, its tasks, its vocabulary, its context length,
   whether it takes ``dimensions``, chat ``messages`` or plugin ``data``, and the request limits.
-  Operations it cannot run are left out (their routes answer 400 or 404 and say why).
+  Operations it cannot run are left out (their routes answer 400 or 404 and say why); an endpoint
+  whose operation depends on the model in other ways says so itself (its ``describe``).
 
 What JSON Schema cannot state is in :data:`UNSTATED_RULES`, each with the words of the error the
 server sends for it, and in the document's description.
@@ -18,15 +21,18 @@ server sends for it, and in the document's description.
 from __future__ import annotations
 
 import copy
+import typing
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
 
 from ...inputs.pairs import SIDE_LIMITS
 from ...contracts.errors import PoolkitError
-from ..protocol import SCORE_PAIRS, TEXT, given, list_of
-from .guard import INFERENCE_ROUTES, PROTECTED_ROUTES, SHARED_ROUTES, TEI_ALIASES, TEI_ROUTES
+from ..protocol import SCORE_PAIRS, TEXT, list_of
+from .endpoints import TEI, Endpoint
+from .routes import ENDPOINTS, SHARED_ROUTES
 
 if TYPE_CHECKING:
     from .state import ModelState, ServerState
@@ -105,13 +111,8 @@ _TEI_ANSWERS = {
     500: "Backend: the server failed.",
     503: "Unhealthy: the model is loading or failed to load, or the server is shutting down.",
 }
-_TEI_OTHERS = {"/info": (401, 404, 503), "/": (503,)}
-#: Operations open without the API key on paths that need it otherwise: TEI's health alias ``GET /``.
-_PUBLIC = {("/", "get")}
-#: The statuses of the other operations (without the API key's 401, added where it applies).
-_OTHERS = {"/v1/models": (401, 500, 503), "/health": (503,), "/metrics": ()}
-#: Operations whose 200 may carry raw tensors (``encoding_format`` ``bytes`` / ``bytes_only``).
-_BYTES = ("/v1/embeddings", "/pooling", "/invocations")
+#: The endpoint of each operation, by path and (lower-case) method.
+_OPERATIONS = {(e.path, e.method.lower()): e for e in ENDPOINTS}
 
 
 def install_openapi(app: FastAPI, st: "ServerState") -> None:
@@ -146,7 +147,11 @@ def openapi_document(app: FastAPI, st: "ServerState") -> dict[str, Any]:
         doc["components"]["securitySchemes"] = {"apiKey": {"type": "http", "scheme": "bearer"}}
     for path, methods in doc["paths"].items():
         for method, operation in methods.items():
-            _answers(path, method, operation, st)
+            endpoint = _OPERATIONS.get((path, method))
+            if endpoint is not None:
+                _answers(endpoint, operation, st)
+            else:  # a route the application's user added
+                operation.setdefault("responses", {}).pop("422", None)
     if len(st.models) == 1 and st.ready:  # several models: each request's model decides
         _bound(doc, st.first)
     _merge_shared(doc)
@@ -154,7 +159,7 @@ def openapi_document(app: FastAPI, st: "ServerState") -> dict[str, Any]:
 
 
 def _merge_shared(doc: dict[str, Any]) -> None:
-    """Describe each path TEI shares with vLLM (:data:`~poolkit.entrypoints.server.guard.SHARED_ROUTES`) as
+    """Describe each path TEI shares with vLLM (:data:`~poolkit.entrypoints.server.routes.SHARED_ROUTES`) as
     one operation: vLLM's body, or TEI's without any of vLLM's fields, and either API's answers."""
     paths = doc["paths"]
     for path, (alias, _, own_fields) in SHARED_ROUTES.items():
@@ -200,31 +205,21 @@ def _description(text: str) -> str:
     )
 
 
-def _answers(path: str, method: str, operation: dict[str, Any], st: "ServerState") -> None:
+def _answers(endpoint: Endpoint, operation: dict[str, Any], st: "ServerState") -> None:
     responses = operation.setdefault("responses", {})
     responses.pop("422", None)
-    if path == "/metrics":
-        responses["200"] = {
-            "description": "Prometheus metrics, text exposition format 0.0.4.",
-            "content": {"text/plain": {"schema": {"type": "string"}}},
-        }
-    elif (path, method) == ("/", "get"):  # TEI's health alias: an empty body
-        responses["200"].pop("content", None)
-    elif path == "/health":
-        responses["200"]["content"]["application/json"]["schema"] = {
-            "type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}
-        }
-    if path in _BYTES:
+    if endpoint.answer is not None:
+        responses["200"] = copy.deepcopy(endpoint.answer)
+    if endpoint.tensors:  # encoding_format bytes / bytes_only
         responses["200"]["content"]["application/octet-stream"] = {
             "schema": {"type": "string", "format": "binary"},
         }
-    tei = path in TEI_ROUTES or path in TEI_ALIASES
-    inference = (path in INFERENCE_ROUTES or path in TEI_ALIASES) and method == "post"
-    if tei:
-        statuses = tuple(_TEI_ANSWERS) if inference else _TEI_OTHERS.get(path, ())
+    tei, inference = endpoint.api == TEI, endpoint.inference
+    if inference:
+        statuses = tuple(_TEI_ANSWERS) if tei else _INFERENCE
     else:
-        statuses = _INFERENCE if inference else _OTHERS.get(path, ())
-    protected = (path in PROTECTED_ROUTES or path in TEI_ALIASES) and st.key_digest is not None and (path, method) not in _PUBLIC
+        statuses = endpoint.errors
+    protected = endpoint.protected and st.key_digest is not None
     for status in statuses:
         if status == 401 and not protected:
             continue
@@ -248,21 +243,28 @@ def _answers(path: str, method: str, operation: dict[str, Any], st: "ServerState
 _NULL = {"type": "null"}
 #: The fields of a score request's two sides.
 SCORE_SIDES = frozenset(name for pair in SCORE_PAIRS for name in pair)
-#: The request schemas of TEI's routes, whose fields (``inputs``, ``ids``, ``prompt_name``,
-#: ``sentences``) get the model's bounds.
-TEI_SCHEMAS = frozenset(
-    {"EmbedRequest", "EmbedAllRequest", "EmbedSparseRequest", "PredictRequest", "TeiRerankRequest", "SimilarityInput",
-     "SimilarityParameters", "TeiTokenizeRequest", "DecodeRequest"}
-)
+
+
+def _models_in(annotation: Any) -> Iterator[type[BaseModel]]:
+    """The pydantic models a field's type holds, and the models their fields hold, to any depth."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        yield annotation
+        for field in annotation.model_fields.values():
+            yield from _models_in(field.annotation)
+    for argument in typing.get_args(annotation):
+        yield from _models_in(argument)
+
+
+#: The request schemas of TEI's routes (their request models and the models inside them), whose
+#: fields (``inputs``, ``ids``, ``prompt_name``, ``sentences``) get the model's bounds.
+TEI_SCHEMAS = frozenset(model.__name__ for e in ENDPOINTS if e.api == TEI for model in _models_in(e.request))
 
 
 def _bound(doc: dict[str, Any], st: "ModelState") -> None:
-    from .routes_cohere import input_types
-
     llm = st.llm
     tasks = list(llm.supported_tasks)
-    served_paths = _served_paths(llm, tasks)
-    doc["paths"] = {path: ops for path, ops in doc["paths"].items() if served_paths(path)}
+    unserved = {e.path for e in ENDPOINTS if not e.served_by(llm)}
+    doc["paths"] = {path: ops for path, ops in doc["paths"].items() if path not in unserved}
     template = _has_chat_template(st, llm)
     plugin = llm.plugin_task if llm.plugin_task in tasks else None
     matryoshka = bool(st.embedding_size) and llm.model.is_matryoshka
@@ -270,7 +272,6 @@ def _bound(doc: dict[str, Any], st: "ModelState") -> None:
     templated = _takes_score_template(llm)
     images = "image" in getattr(llm.model.architecture, "input_modalities", ("text",))
     reads_media = st.renderer.reads_media
-    known_input_types = input_types(llm)
     prompts = sorted(llm.model.prompts or {})
     for name, schema in doc["components"]["schemas"].items():
         props = schema.get("properties", {})
@@ -306,8 +307,6 @@ def _bound(doc: dict[str, Any], st: "ModelState") -> None:
                 props[field] = {"anyOf": [TEXT, list_of(TEXT), _NULL]}  # images need a model that embeds each side
             elif field in ("instruction", "chat_template_kwargs") and name in ("ScoreRequest", "RerankRequest") and not templated:
                 props[field] = _NULL
-            elif field == "input_type":
-                props[field] = {"anyOf": [{"enum": known_input_types}, _NULL]} if known_input_types else _NULL
             elif field == "prompt_name" and name in TEI_SCHEMAS:
                 props[field] = {"anyOf": [{"enum": prompts}, _NULL]} if prompts else _NULL
             elif field in ("inputs", "ids") and name in TEI_SCHEMAS and st.vocab:
@@ -318,58 +317,9 @@ def _bound(doc: dict[str, Any], st: "ModelState") -> None:
                       and s.setdefault("maxItems", limit), depth=1)
             elif field == "sentences" and name in TEI_SCHEMAS:  # with the source sentence, a batch
                 _each(sub, lambda s: s.get("type") == "array" and s.setdefault("maxItems", limit - 1), depth=0)
-    invocations = doc["paths"].get("/invocations", {}).get("post")
-    if invocations is not None:
-        invocations["requestBody"]["content"]["application/json"]["schema"] = _invocation_body(llm)
-    root = doc["paths"].get("/", {}).get("post")
-    if root is not None:  # the routes TEI's root answers as for this model
-        from .routes_tei import ANSWERS, RERANK_FIELDS, ROOT_BODIES, root_paths
-
-        chosen = root_paths(llm)
-        bodies = [{"$ref": f"#/components/schemas/{ROOT_BODIES[path]}"} for path in chosen]
-        if chosen[0] == "/tei/rerank":  # a reranker predicts a body of /predict's shape without rerank's fields
-            bodies[1] = {"allOf": [bodies[1], {"not": {"required": list(RERANK_FIELDS)}}]}
-        root["requestBody"]["content"]["application/json"]["schema"] = {"anyOf": bodies}
-        root["responses"]["200"]["content"]["application/json"]["schema"] = {"anyOf": [ANSWERS[path] for path in chosen]}
-
-
-def _invocation_body(llm: Any) -> dict[str, Any]:
-    """``/invocations``: each request type the model takes, for bodies of its shape that no earlier
-    type takes (the first type whose shape a body has and whose schema it meets answers it)."""
-    from .routes_vllm import invocation_types
-
-    prompted = {"anyOf": [given("input"), given("messages")]}
-    shapes = {
-        "EmbeddingRequest": prompted,
-        "ClassificationRequest": prompted,
-        "RerankRequest": given("query", "documents"),
-        "ScoreRequest": {"anyOf": [given(*pair) for pair in SCORE_PAIRS]},
-        "PoolingRequest": {"anyOf": [given("input"), given("messages"), given("data")]},
-    }
-    branches, earlier = [], []
-    for name, *_ in invocation_types(llm):
-        taken = {"allOf": [{"$ref": f"#/components/schemas/{name}"}, shapes[name]]}
-        branches.append({"allOf": [taken, {"not": {"anyOf": list(earlier)}}]} if earlier else taken)
-        earlier.append(taken)
-    return {"anyOf": branches}
-
-
-def _served_paths(llm: Any, tasks: list[str]) -> Callable[[str], bool]:
-    from .routes_vllm import RERANK_PATHS, SCORE_PATHS, has_scorer
-
-    scores = has_scorer(llm)
-    needs = {
-        "/v1/embeddings": "embed", "/v2/embed": "embed", "/classify": "classify",
-        "/embed": "embed", "/similarity": "embed", "/embed_all": "token_embed", "/embed_sparse": "sparse_embed",
-        "/predict": "classify",
-    }
-
-    def served(path: str) -> bool:
-        if path in (*SCORE_PATHS, *RERANK_PATHS, SHARED_ROUTES["/rerank"][0]):
-            return scores
-        return path not in needs or needs[path] in tasks
-
-    return served
+    for endpoint in ENDPOINTS:
+        if endpoint.describe is not None:
+            endpoint.describe(doc, st)
 
 
 def _takes_score_template(llm: Any) -> bool:

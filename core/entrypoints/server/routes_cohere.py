@@ -7,26 +7,27 @@ images together (:func:`_media_prompts`).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Annotated, Any, Callable, List, Literal, Optional, Sequence, Union
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from ...contracts.errors import InvalidRequest
 from ...contracts.io import Prompt
 from ...contracts.params import PoolingParams
 from ...inputs import Chat
 from ..encodings import binary, cohere_base64, ubinary
-from ..protocol import CohereEmbedRequest
+from ..protocol import TEXT, BaseRequest, Positive, list_of, one_of, schema
 from .deps import Model, State
+from .endpoints import Endpoints
 from .errors import ApiError, short
-from .guard import StrictRoute
 from .inputs import check_count, check_dimensions, check_model, check_text, pooling_params, render_chat
 from .state import ModelState
 from .wire import JSON_NUMBER_BYTES, check_finite, request_id, respond
 from .work import check_response, check_tokens, check_truncation, run_media, until_done
 
-router = APIRouter(route_class=StrictRoute)
+ENDPOINTS = Endpoints()
 
 _ENCODERS: dict[str, Callable[[Any], Any]] = {
     "float": lambda t: t.tolist(),
@@ -40,7 +41,73 @@ _ENCODERS: dict[str, Callable[[Any], Any]] = {
 _TYPE_BYTES = {"float": JSON_NUMBER_BYTES, "base64": 16 / 3, "binary": 0.5, "ubinary": 0.5}
 
 
-@router.post("/v2/embed", summary="Embeddings (Cohere Embed v2): float, binary, ubinary, base64.")
+# -- the request -----------------------------------------------------------------------------------
+
+
+class CohereImageUrl(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    url: Annotated[StrictStr, schema({"type": "string", "pattern": "^data:"})]
+
+
+class CohereContent(BaseModel):
+    """One part of a Cohere input: ``{"type": "text", "text": ...}`` or ``{"type": "image_url", "image_url": ...}``."""
+
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["type", "text"], "properties": {"type": {"const": "text"}, "text": TEXT}},
+                {"required": ["type", "image_url"], "properties": {"type": {"const": "image_url"}, "image_url": {"not": {"type": "null"}}}},
+            ]
+        },
+    )
+
+    type: Literal["text", "image_url"]
+    text: Optional[StrictStr] = None
+    image_url: Optional[Union[CohereImageUrl, Annotated[StrictStr, schema({"type": "string", "pattern": "^data:"})]]] = None
+
+
+class CohereInput(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    content: Annotated[List[CohereContent], Field(json_schema_extra={"minItems": 1})] = Field(
+        description="One text or image_url part; a vision-language model also takes text and images together."
+    )
+
+
+class CohereEmbedRequest(BaseRequest):
+    """``POST /v2/embed`` (Cohere Embed v2)."""
+
+    model_config = ConfigDict(json_schema_extra=one_of("texts", "images", "inputs"))
+
+    texts: Optional[Annotated[List[StrictStr], schema(list_of(TEXT))]] = None
+    images: Optional[Annotated[List[StrictStr], schema(list_of({"type": "string", "pattern": "^data:"}))]] = Field(
+        None, description="Images as data:image/...;base64 URIs."
+    )
+    inputs: Optional[Annotated[List[CohereInput], Field(json_schema_extra={"minItems": 1})]] = None
+    input_type: Optional[StrictStr] = None
+    embedding_types: Annotated[
+        List[Literal["float", "binary", "ubinary", "base64"]],
+        schema(list_of({"enum": ["float", "binary", "ubinary", "base64"]})),
+    ] = ["float"]
+    output_dimension: Optional[Positive] = None
+    truncate: Literal["NONE", "START", "END"] = "END"
+    max_tokens: Optional[Positive] = None
+
+
+def _describe(doc: dict[str, Any], st: ModelState) -> None:
+    """The loaded model's ``input_type`` values in ``/openapi.json`` (none: the field takes only null)."""
+    fields = doc["components"]["schemas"].get(CohereEmbedRequest.__name__, {}).get("properties", {})
+    if "input_type" in fields:
+        known = input_types(st.llm)
+        fields["input_type"] = {"anyOf": [{"enum": known}, {"type": "null"}]} if known else {"type": "null"}
+
+
+# -- the route -------------------------------------------------------------------------------------
+
+
+@ENDPOINTS.post("/v2/embed", "Embeddings (Cohere Embed v2): float, binary, ubinary, base64.", task="embed", describe=_describe)
 async def cohere_embed(body: CohereEmbedRequest, request: Request, st: State, llm: Model) -> Response:
     check_model(st, body.model)
     items = _items(st, body, st.renderer.reads_media)

@@ -3,23 +3,43 @@
 from __future__ import annotations
 
 import time
+from typing import Optional
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import Response
+from pydantic import ConfigDict
 
 from ...contracts.errors import PoolkitError
-from ..protocol import EmbeddingRequest
+from ..protocol import (
+    ActivationFields,
+    BaseRequest,
+    ChatFields,
+    EncodingFields,
+    Positive,
+    PromptInput,
+    TokenizationFields,
+    one_of,
+)
 from .deps import Model, State
-from .guard import StrictRoute
+from .endpoints import Endpoints
 from .inputs import check_dimensions, check_model, pooling_params, prompts_of, special_tokens
 from .state import ModelState
 from .wire import encode_tensor, json_response, list_response, number_bytes
 from .work import run_task
 
-router = APIRouter(route_class=StrictRoute)
+ENDPOINTS = Endpoints()
 
 
-@router.get("/v1/models", summary="The served models (OpenAI).")
+class EmbeddingRequest(BaseRequest, TokenizationFields, ChatFields, EncodingFields, ActivationFields):
+    """``POST /v1/embeddings`` (OpenAI)."""
+
+    model_config = ConfigDict(json_schema_extra=one_of("input", "messages"))
+
+    input: Optional[PromptInput] = None
+    dimensions: Optional[Positive] = None
+
+
+@ENDPOINTS.get("/v1/models", "The served models (OpenAI).", protected=True, errors=(401, 500, 503))
 async def models(request: Request, llm: Model) -> Response:
     created = int(time.time())
     entries = [_model_entry(m, created) for m in request.app.state.poolkit.models if m.llm is not None]
@@ -46,7 +66,7 @@ def _model_entry(st: ModelState, created: int) -> dict:
     return entry
 
 
-@router.post("/v1/embeddings", summary="Embeddings (OpenAI).")
+@ENDPOINTS.post("/v1/embeddings", "Embeddings (OpenAI).", task="embed", tensors=True)
 async def embeddings(body: EmbeddingRequest, request: Request, st: State, llm: Model) -> Response:
     check_model(st, body.model)
     check_dimensions(st, body.dimensions, "dimensions")

@@ -2,29 +2,31 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import Response
 
-from .errors import ApiError
-from .guard import StrictRoute
+from .deps import check_serving
+from .endpoints import Endpoints
 from .metrics import CONTENT_TYPE
 from .wire import json_response
 
-router = APIRouter(route_class=StrictRoute)
+ENDPOINTS = Endpoints()
+
+_HEALTHY = {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}}
 
 
-@router.get("/health", summary="200 when every model is loaded and the server takes requests; 503 otherwise.")
+@ENDPOINTS.get(
+    "/health", "200 when every model is loaded and the server takes requests; 503 otherwise.", errors=(503,),
+    answer={"description": "Successful Response", "content": {"application/json": {"schema": _HEALTHY}}},
+)
 async def health(request: Request) -> Response:
-    st = request.app.state.poolkit
-    if st.load_error is not None:
-        raise ApiError(503, "the model failed to load")
-    if not st.ready:
-        raise ApiError(503, "the model is loading", headers={"Retry-After": "5"})
-    if st.draining:
-        raise ApiError(503, "the server is shutting down")
+    check_serving(request.app.state.poolkit)
     return json_response({"status": "ok"})
 
 
-@router.get("/metrics", summary="Prometheus metrics (text exposition format).")
+@ENDPOINTS.get(
+    "/metrics", "Prometheus metrics (text exposition format).",
+    answer={"description": "Prometheus metrics, text exposition format 0.0.4.", "content": {"text/plain": {"schema": {"type": "string"}}}},
+)
 async def metrics(request: Request) -> Response:
     return Response(request.app.state.poolkit.metrics.exposition(), media_type=CONTENT_TYPE)

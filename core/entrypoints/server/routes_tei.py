@@ -6,7 +6,8 @@ Hugging Face's TEI clients (``huggingface_hub.InferenceClient``, the RAG framewo
 integrations) work unchanged: TEI's request fields, response shapes, status codes and error body
 ``{"error": "...", "error_type": "..."}`` (:mod:`poolkit.entrypoints.server.errors`). ``/rerank`` and
 ``/tokenize`` are vLLM's paths too: the guard sends a body with TEI's fields (``texts``,
-``inputs``) here, anything else to vLLM's routes (:data:`~poolkit.entrypoints.server.guard.SHARED_ROUTES`).
+``inputs``) here, anything else to vLLM's routes (each TEI route's ``shares``,
+:class:`~poolkit.entrypoints.server.endpoints.Shared`).
 
 Empty inputs are refused as TEI does (``core/src/tokenization.rs``): an input with nothing in it
 (a text, token ids, a pair whose two sides are empty) is a 413 ``Validation``, an empty list a
@@ -26,7 +27,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 import numpy as np
 import torch
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import Response
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
@@ -35,19 +36,18 @@ from ... import __version__
 from ...contracts.params import PoolingParams
 from ...runtime.estimates import tokens_of_text
 from ..protocol import POSITIVE, TEXT, TOKEN_IDS, list_of, schema
-from . import routes_ops
-from .deps import Model, State, loaded_llm
+from .deps import Model, State, check_serving, loaded_llm
+from .endpoints import TEI, Endpoints, Shared
 from .errors import ApiError, validation_message
-from .guard import StrictRoute
 from .inputs import check_dimensions, check_model, check_text, check_token_ids, pooling_params, served_model
-from .routes_vllm import has_scorer, score_pairs
+from .scoring import has_scorer, score_pairs
 from .state import ModelState
 from .wire import dump, dump_arrays, respond
 from .work import check_tokens, run_task, until_done
 
-#: In ``/openapi.json`` with TEI's error body (:mod:`poolkit.entrypoints.server.openapi`); the paths
-#: TEI shares with vLLM there describe both APIs' bodies.
-router = APIRouter(route_class=StrictRoute)
+#: TEI's error body and statuses (also in ``/openapi.json``, :mod:`poolkit.entrypoints.server.openapi`,
+#: where the paths TEI shares with vLLM describe both APIs' bodies).
+ENDPOINTS = Endpoints(api=TEI)
 
 #: The task each route runs (TEI's model types in poolkit's task names).
 EMBED, TOKEN_EMBED, SPARSE_EMBED, CLASSIFY = "embed", "token_embed", "sparse_embed", "classify"
@@ -204,11 +204,8 @@ ANSWERS = {
     "/decode": {"type": "array", "items": {"type": "string"}},
     "/info": _INFO,
 }
-#: The request bodies of TEI's root route, by the route it answers as (see :func:`root_paths`).
-ROOT_BODIES = {
-    "/embed": "EmbedRequest", "/embed_sparse": "EmbedSparseRequest", "/predict": "PredictRequest",
-    "/tei/rerank": "TeiRerankRequest", "/similarity": "SimilarityRequest",
-}
+#: The routes TEI's root route can answer as (see :func:`root_paths`).
+ROOT_PATHS = ("/embed", "/embed_sparse", "/predict", "/tei/rerank", "/similarity")
 #: The fields of a rerank body: on a reranker's root route, a body with both reranks, any other
 #: body with ``inputs`` predicts.
 RERANK_FIELDS = ("query", "texts")
@@ -304,7 +301,7 @@ async def _arrays(payload: Any, size: int) -> Response:
 # -- embeddings ------------------------------------------------------------------------------------
 
 
-@router.post("/embed", summary="Embeddings (TEI).", openapi_extra=_answer("/embed"))
+@ENDPOINTS.post("/embed", "Embeddings (TEI).", task=EMBED, openapi_extra=_answer("/embed"))
 async def embed(body: EmbedRequest, request: Request, st: State, llm: Model) -> Response:
     check_model(st, body.model)
     _needs(llm, EMBED, "Model is not an embedding model")
@@ -321,7 +318,7 @@ async def embed(body: EmbedRequest, request: Request, st: State, llm: Model) -> 
     return await _arrays(_floats(rows), sum(r.numel() for r in rows))
 
 
-@router.post("/embed_all", summary="Every token's vector (TEI).", openapi_extra=_answer("/embed_all"))
+@ENDPOINTS.post("/embed_all", "Every token's vector (TEI).", task=TOKEN_EMBED, openapi_extra=_answer("/embed_all"))
 async def embed_all(body: EmbedAllRequest, request: Request, st: State, llm: Model) -> Response:
     check_model(st, body.model)
     _needs(llm, TOKEN_EMBED, "Model is not an embedding model")
@@ -331,7 +328,9 @@ async def embed_all(body: EmbedAllRequest, request: Request, st: State, llm: Mod
     return await _arrays(_floats(rows), sum(r.numel() for r in rows))
 
 
-@router.post("/embed_sparse", summary="Sparse (SPLADE) vectors as index/value pairs (TEI).", openapi_extra=_answer("/embed_sparse"))
+@ENDPOINTS.post(
+    "/embed_sparse", "Sparse (SPLADE) vectors as index/value pairs (TEI).", task=SPARSE_EMBED, openapi_extra=_answer("/embed_sparse")
+)
 async def embed_sparse(body: EmbedSparseRequest, request: Request, st: State, llm: Model) -> Response:
     check_model(st, body.model)
     _needs(llm, SPARSE_EMBED, "Model is not an embedding model with SPLADE pooling")
@@ -350,7 +349,9 @@ async def embed_sparse(body: EmbedSparseRequest, request: Request, st: State, ll
     return await respond(build, sum(r.numel() for r in rows))
 
 
-@router.post("/similarity", summary="Cosine similarity of sentences to a source sentence (TEI).", openapi_extra=_answer("/similarity"))
+@ENDPOINTS.post(
+    "/similarity", "Cosine similarity of sentences to a source sentence (TEI).", task=EMBED, openapi_extra=_answer("/similarity")
+)
 async def similarity(body: SimilarityRequest, request: Request, st: State, llm: Model) -> Response:
     check_model(st, body.model)
     _needs(llm, EMBED, "Model is not an embedding model")
@@ -395,7 +396,7 @@ def _predict_items(inputs: Any) -> tuple[list[Any], bool]:
     return items, batched
 
 
-@router.post("/predict", summary="Class scores of texts or text pairs (TEI).", openapi_extra=_answer("/predict"))
+@ENDPOINTS.post("/predict", "Class scores of texts or text pairs (TEI).", task=CLASSIFY, openapi_extra=_answer("/predict"))
 async def predict(body: PredictRequest, request: Request, st: State, llm: Model) -> Response:
     check_model(st, body.model)
     _needs(llm, CLASSIFY, "Model is not a classifier model")
@@ -426,7 +427,10 @@ async def predict(body: PredictRequest, request: Request, st: State, llm: Model)
     return await respond(build, sum(r.numel() for r in rows))
 
 
-@router.post("/tei/rerank", summary="Texts ranked by relevance to a query (TEI; reached as /rerank).", openapi_extra=_answer("/tei/rerank"))
+@ENDPOINTS.post(
+    "/tei/rerank", "Texts ranked by relevance to a query (TEI; reached as /rerank).", scoring=True,
+    shares=Shared("/rerank", fields=("texts",), unless=("documents",)), openapi_extra=_answer("/tei/rerank"),
+)
 async def rerank(body: TeiRerankRequest, request: Request, st: State, llm: Model) -> Response:
     check_model(st, body.model)
     if not body.texts:
@@ -464,7 +468,10 @@ def utf8_offsets(text: str) -> np.ndarray | None:
 
 
 
-@router.post("/tei/tokenize", summary="Tokens with their text and offsets (TEI; reached as /tokenize).", openapi_extra=_answer("/tei/tokenize"))
+@ENDPOINTS.post(
+    "/tei/tokenize", "Tokens with their text and offsets (TEI; reached as /tokenize).",
+    shares=Shared("/tokenize", fields=("inputs",), unless=("prompt", "messages")), openapi_extra=_answer("/tei/tokenize"),
+)
 async def tokenize(body: TeiTokenizeRequest, request: Request, st: State, llm: Model) -> Response:
     check_model(st, body.model)
     texts = [body.inputs] if isinstance(body.inputs, str) else list(body.inputs)
@@ -509,7 +516,7 @@ async def tokenize(body: TeiTokenizeRequest, request: Request, st: State, llm: M
     return await respond(lambda: result, sum(map(len, result)))
 
 
-@router.post("/decode", summary="The text of token ids (TEI).", openapi_extra=_answer("/decode"))
+@ENDPOINTS.post("/decode", "The text of token ids (TEI).", openapi_extra=_answer("/decode"))
 async def decode(body: DecodeRequest, request: Request, st: State, llm: Model) -> Response:
     check_model(st, body.model)
     ids = body.ids
@@ -532,7 +539,9 @@ async def decode(body: DecodeRequest, request: Request, st: State, llm: Model) -
 # -- the model and the root route ------------------------------------------------------------------
 
 
-@router.get("/info", summary="The served model and the server's limits (TEI).", openapi_extra=_answer("/info"))
+@ENDPOINTS.get(
+    "/info", "The served model and the server's limits (TEI).", protected=True, errors=(401, 404, 503), openapi_extra=_answer("/info")
+)
 async def info(request: Request, st: State, llm: Model) -> Response:
     name = request.headers.get("x-model")
     if name is not None:
@@ -595,37 +604,48 @@ def root_route(llm: Any, payload: Any) -> str:
     return chosen
 
 
-#: The function and request model of each route the root route can answer as.
-_ROOT_ROUTES = {
-    "/embed": (embed, EmbedRequest), "/embed_sparse": (embed_sparse, EmbedSparseRequest),
-    "/predict": (predict, PredictRequest), "/tei/rerank": (rerank, TeiRerankRequest),
-    "/similarity": (similarity, SimilarityRequest),
-}
+#: The endpoints the root route can answer as, by path (:data:`ROOT_PATHS`).
+_ROOT_ROUTES = {path: ENDPOINTS.at(path) for path in ROOT_PATHS}
 
 
-@router.get(
+def _describe_root(doc: dict[str, Any], st: ModelState) -> None:
+    """The loaded model's root route in ``/openapi.json``: the bodies and answers of the routes it
+    answers as for this model (:func:`root_paths`)."""
+    root = doc["paths"].get("/", {}).get("post")
+    if root is None:
+        return
+    chosen = root_paths(st.llm)
+    bodies = [{"$ref": f"#/components/schemas/{_ROOT_ROUTES[path].request.__name__}"} for path in chosen]
+    if chosen[0] == "/tei/rerank":  # a reranker predicts a body of /predict's shape without rerank's fields
+        bodies[1] = {"allOf": [bodies[1], {"not": {"required": list(RERANK_FIELDS)}}]}
+    root["requestBody"]["content"]["application/json"]["schema"] = {"anyOf": bodies}
+    root["responses"]["200"]["content"]["application/json"]["schema"] = {"anyOf": [ANSWERS[path] for path in chosen]}
+
+
+@ENDPOINTS.get(
     "/",
-    response_class=Response,
-    summary="TEI's health alias (as /health): 200 with an empty body when the server takes requests, 503 otherwise.",
-    openapi_extra={"responses": {"200": {"description": "The server takes requests."}}},
+    "TEI's health alias (as /health): 200 with an empty body when the server takes requests, 503 otherwise.",
+    errors=(503,), answer={"description": "The server takes requests."},
 )
 async def root_health(request: Request) -> Response:
-    await routes_ops.health(request)  # its 503s, in TEI's shape on this path
+    check_serving(request.app.state.poolkit)  # /health's 503s, in TEI's shape on this path
     return Response(status_code=200)
 
 
-@router.post(
+@ENDPOINTS.post(
     "/",
-    summary="TEI's root route (huggingface_hub.InferenceClient): the model's type picks /rerank, /predict, /embed_sparse "
+    "TEI's root route (huggingface_hub.InferenceClient): the model's type picks /rerank, /predict, /embed_sparse "
     "or /embed; a body of /predict's shape on a reranker predicts, a sentence_similarity body goes to /similarity.",
+    lane=False,
     openapi_extra={
         "requestBody": {"required": True, "content": {"application/json": {"schema": {
-            "anyOf": [{"$ref": f"#/components/schemas/{name}"} for name in ROOT_BODIES.values()]
+            "anyOf": [{"$ref": f"#/components/schemas/{_ROOT_ROUTES[path].request.__name__}"} for path in ROOT_PATHS]
         }}}},
         "responses": {"200": {"description": "Successful Response", "content": {"application/json": {"schema": {
-            "anyOf": [ANSWERS[path] for path in ROOT_BODIES]
+            "anyOf": [ANSWERS[path] for path in ROOT_PATHS]
         }}}}},
     },
+    describe=_describe_root,
 )
 async def root(request: Request, st: State, llm: Model) -> Response:
     """As TEI, the model decides: a reranker reranks, a classifier predicts, a SPLADE model embeds
@@ -637,11 +657,11 @@ async def root(request: Request, st: State, llm: Model) -> Response:
         payload = await request.json()
     except json.JSONDecodeError as exc:
         raise ApiError(400, f"invalid JSON: {exc.msg}", tei=(400, "Validation")) from None
-    endpoint, model = _ROOT_ROUTES[root_route(llm, payload)]
+    endpoint = _ROOT_ROUTES[root_route(llm, payload)]
     try:
-        body = model.model_validate(payload)
+        body = endpoint.request.model_validate(payload)
     except ValidationError as exc:
         message, param = validation_message(exc.errors())
         raise ApiError(422, message, param, tei=(422, "Validation")) from None
-    return await endpoint(body, request, st, llm)
+    return await endpoint.function(body, request, st, llm)
 

@@ -1,16 +1,18 @@
 """vLLM routes: ``/pooling`` (any task), ``/classify``, ``/score`` and ``/rerank`` (Jina / Cohere),
-``/tokenize`` and ``/detokenize``, and SageMaker's ``/invocations``."""
+``/tokenize`` and ``/detokenize``, with their request models. (SageMaker's ``/invocations``, which
+vLLM serves too, is :mod:`~poolkit.entrypoints.server.routes_sagemaker`.)"""
 
 from __future__ import annotations
 
 import json
 import time
-from typing import Any, Awaitable, Callable
+from typing import Annotated, Any, Dict, List, Optional, Union
 
 import torch
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, WrapValidator
+from pydantic_core import PydanticCustomError
 
 from ...contracts.errors import InvalidRequest, UnknownName
 from ...contracts.params import PoolingParams
@@ -21,19 +23,25 @@ from ...inputs.pairs import SIDE_LIMITS, MediaItem, has_media, score_side
 from ...plugins.lookup import option_owners
 from ...runtime.estimates import tokens_of_text
 from ..protocol import (
+    CONVERSATION,
     SCORE_PAIRS,
-    ClassificationRequest,
-    DetokenizeRequest,
-    EmbeddingRequest,
-    PoolingRequest,
-    RerankDocument,
-    RerankRequest,
-    ScoreRequest,
-    TokenizeRequest,
+    TEXT,
+    ActivationFields,
+    BaseRequest,
+    ChatFields,
+    EncodingFields,
+    Positive,
+    PromptInput,
+    Text,
+    TokenizationFields,
+    given,
+    list_of,
+    one_of,
+    schema,
 )
 from .deps import Model, State
-from .errors import ApiError, short, validation_message
-from .guard import StrictRoute
+from .endpoints import Endpoints
+from .errors import ApiError, short
 from .inputs import (
     check_count,
     check_dimensions,
@@ -45,18 +53,172 @@ from .inputs import (
     render_chat,
     special_tokens,
 )
-from .routes_openai import embeddings
+from .scoring import score_pairs, scorer_of
 from .state import ModelState
 from .wire import JSON_NUMBER_BYTES, check_finite, encode_tensor, jsonable, list_response, number_bytes, request_id, respond, usage
 from .work import check_tokens, check_truncation, run_task, until_done
 
-router = APIRouter(route_class=StrictRoute)
+ENDPOINTS = Endpoints()
+
+
+# -- requests --------------------------------------------------------------------------------------
+
+
+def _check_score_side(value: Any, handler: Any) -> Any:
+    """``str | list[str]``, vLLM's multimodal ``{"content": [parts]}``, or a list of strings and such inputs."""
+    def one(v: Any) -> bool:
+        return isinstance(v, str) or (isinstance(v, dict) and ("content" in v or "type" in v))
+
+    if isinstance(value, str) or (isinstance(value, dict) and "content" in value) or (isinstance(value, list) and all(map(one, value))):
+        return value
+    raise PydanticCustomError(
+        "score_input_type", "must be a string, a list of strings, or {'content': [text and image_url parts]} (or a list of those)"
+    )
+
+
+#: A content part of a multimodal input: a text, or an image as a data URI (remote URLs only
+#: where the server allows their host).
+CONTENT_PART = {
+    "oneOf": [
+        {"type": "object", "required": ["type", "text"], "properties": {"type": {"const": "text"}, "text": TEXT}},
+        {
+            "type": "object",
+            "required": ["type", "image_url"],
+            "properties": {
+                "type": {"const": "image_url"},
+                "image_url": {
+                    "anyOf": [
+                        {"type": "string", "pattern": "^data:"},
+                        {"type": "object", "required": ["url"], "properties": {"url": {"type": "string", "pattern": "^data:"}}},
+                    ]
+                },
+            },
+        },
+    ]
+}
+#: vLLM's ``ScoreMultiModalParam``: content parts, each one input (text or ``image_url``).
+MULTIMODAL_CONTENT = {"type": "object", "required": ["content"], "properties": {"content": list_of(CONTENT_PART)}}
+
+ScoreInput = Annotated[
+    Union[StrictStr, Dict[str, Any], List[Union[StrictStr, Dict[str, Any]]]],
+    WrapValidator(_check_score_side),
+    schema({"anyOf": [TEXT, list_of(TEXT), MULTIMODAL_CONTENT, list_of({"anyOf": [TEXT, MULTIMODAL_CONTENT]})]}),
+]
+
+
+class ClassificationRequest(BaseRequest, TokenizationFields, ChatFields, ActivationFields):
+    """``POST /classify``."""
+
+    model_config = ConfigDict(json_schema_extra=one_of("input", "messages"))
+
+    input: Optional[PromptInput] = None
+
+
+class PoolingRequest(BaseRequest, TokenizationFields, ChatFields, EncodingFields, ActivationFields):
+    """``POST /pooling``: any task (``task``), or ``data`` for the IO processor plugin task."""
+
+    model_config = ConfigDict(json_schema_extra=one_of("input", "messages", "data"))
+
+    input: Optional[PromptInput] = None
+    data: Optional[Any] = Field(None, description="Input of the IO processor plugin (task 'plugin').")
+    task: Optional[StrictStr] = None
+    dimensions: Optional[Positive] = None
+    step_tag_id: Optional[StrictInt] = Field(None, ge=0, lt=2**31)
+    returned_token_ids: Optional[List[Annotated[StrictInt, Field(ge=0, lt=2**31)]]] = None
+    top_k: Optional[Positive] = Field(None, description="sparse_embed: keep the K strongest weights.")
+    threshold: Optional[Union[StrictFloat, StrictInt]] = Field(None, description="sparse_embed: drop weights below this.")
+    return_tokens: StrictBool = False
+
+
+class _ScoreLimits(BaseModel):
+    max_tokens_per_query: Optional[Positive] = Field(
+        None, description="Cut each query to its first N tokens before scoring (vLLM)."
+    )
+    max_tokens_per_doc: Optional[Positive] = Field(
+        None, description="Cut each document to its first N tokens before scoring (vLLM, Cohere)."
+    )
+
+
+class _ScoreTemplate(BaseModel):
+    chat_template_kwargs: Optional[Dict[str, Any]] = Field(
+        None,
+        description="Variables for the score template (vLLM); for a sentence-transformers CrossEncoder export also "
+        "'prompt' (its prompt text, '' for none), 'prompt_name' (one of its saved prompts) and 'restore_suffix' "
+        "(false: a truncated render keeps its cut instead of getting the template's closing tokens back).",
+    )
+
+
+class ScoreRequest(BaseRequest, TokenizationFields, ActivationFields, _ScoreLimits, _ScoreTemplate):
+    """``POST /score``, ``/v1/score``: one pair of sides, 1:1, 1:N or N:N."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "allOf": [
+                one_of("text_1", "data_1", "queries"),
+                one_of("text_2", "data_2", "documents", "items"),
+                {"anyOf": [given(*pair) for pair in SCORE_PAIRS]},
+            ]
+        }
+    )
+
+    text_1: Optional[ScoreInput] = None
+    text_2: Optional[ScoreInput] = None
+    data_1: Optional[ScoreInput] = None
+    data_2: Optional[ScoreInput] = None
+    queries: Optional[ScoreInput] = None
+    documents: Optional[ScoreInput] = None
+    items: Optional[ScoreInput] = None
+    instruction: Optional[StrictStr] = None
+
+
+class RerankDocument(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    text: Text
+
+
+class RerankRequest(BaseRequest, TokenizationFields, ActivationFields, _ScoreLimits, _ScoreTemplate):
+    """``POST /rerank``, ``/v1/rerank``, ``/v2/rerank`` (Jina / Cohere)."""
+
+    query: Text
+    documents: Annotated[
+        Union[StrictStr, List[Union[StrictStr, RerankDocument]]],
+        schema({"anyOf": [TEXT, list_of({"anyOf": [TEXT, {"type": "object", "required": ["text"], "properties": {"text": TEXT}}]})]}),
+    ] = Field(
+        description="The documents, or one document as a string (vLLM)."
+    )
+    top_n: Annotated[StrictInt, schema({"type": "integer", "minimum": 0})] = Field(0, description="Keep the best N (0: all).")
+    return_documents: StrictBool = True
+    instruction: Optional[StrictStr] = None
+
+
+class TokenizeRequest(BaseRequest):
+    """``POST /tokenize`` (vLLM): ``prompt``, or chat ``messages`` rendered with the chat template."""
+
+    model_config = ConfigDict(json_schema_extra=one_of("prompt", "messages"))
+
+    prompt: Optional[Text] = None
+    messages: Annotated[Optional[List[Dict[str, Any]]], schema({"anyOf": [CONVERSATION, {"type": "null"}]})] = None
+    add_special_tokens: Optional[StrictBool] = Field(
+        None, description="Add the tokenizer's special tokens: default true for 'prompt', false for 'messages'."
+    )
+    add_generation_prompt: Optional[StrictBool] = Field(
+        None, description="messages: add the generation prompt (default true, false with continue_final_message)."
+    )
+    continue_final_message: StrictBool = False
+    return_token_strs: Optional[StrictBool] = Field(False, description="Also return the token strings.")
+
+
+class DetokenizeRequest(BaseRequest):
+    """``POST /detokenize`` (vLLM): token ids back to text."""
+
+    tokens: List[Annotated[StrictInt, Field(ge=0, le=2**63 - 1)]]
 
 
 # -- pooling and classification --------------------------------------------------------------------
 
 
-@router.post("/classify", summary="Class probabilities (vLLM).")
+@ENDPOINTS.post("/classify", "Class probabilities (vLLM).", task="classify")
 async def classify(body: ClassificationRequest, request: Request, st: State, llm: Model) -> Response:
     check_model(st, body.model)
     params = pooling_params(
@@ -82,7 +244,7 @@ async def classify(body: ClassificationRequest, request: Request, st: State, llm
     return await respond(build, sum(t.numel() for t, _ in results))
 
 
-@router.post("/pooling", summary="Any pooling task (vLLM): 'task' chooses it per request; 'data' for the plugin task.")
+@ENDPOINTS.post("/pooling", "Any pooling task (vLLM): 'task' chooses it per request; 'data' for the plugin task.", tensors=True)
 async def pooling(body: PoolingRequest, request: Request, st: State, llm: Model) -> Response:
     check_model(st, body.model)
     plugin_task = llm.plugin_task
@@ -224,48 +386,6 @@ def _score_params(llm: Any, body: Any) -> PoolingParams:
     return params
 
 
-def scorer_of(llm: Any) -> Any:
-    """The model's scorer (``LLM.scorer``); a 404 with the LLM's reason when the model cannot score.
-
-    vLLM mounts ``/score`` and ``/rerank`` only for a model with a Scoring API (an embedding
-    model, late interaction, or a classifier with one label): for any other model they are not
-    found. The ``LLM`` says why (``Scoring API is only enabled for num_labels == 1.``).
-    """
-    try:
-        return llm.scorer
-    except (InvalidRequest, UnknownName) as exc:
-        raise ApiError(404, str(exc)) from None
-
-
-def has_scorer(llm: Any) -> bool:
-    """Whether the model has a Scoring API (``/score``, ``/rerank``)."""
-    try:
-        llm.scorer
-    except (InvalidRequest, UnknownName):
-        return False
-    return True
-
-
-async def score_pairs(
-    request: Request, st: ModelState, llm: Any, pairs: tuple[list[str], list[str]], params: PoolingParams, instruction: str | None
-) -> list[Any]:
-    """Score the sides ``LLM.pair`` made of a request with ``LLM.score``, on the worker thread.
-
-    The model's scorer decides whether a score template applies (``--score-template``, else
-    ``--chat-template``, as in vLLM).
-    """
-    first, second = pairs
-    scorer = scorer_of(llm)
-    tokens = llm.estimate_pair_tokens(first, second)
-    check_tokens(st, tokens)
-    template = st.score_template_for(scorer)
-    outputs = await until_done(
-        request, st, st.batcher.call(lambda: llm.score(first, second, params, chat_template=template, instruction=instruction), tokens)
-    )
-    st.metrics.answered(len(outputs), sum(len(o.prompt_token_ids) for o in outputs))
-    return outputs
-
-
 async def score(body: ScoreRequest, request: Request, st: State, llm: Model) -> Response:
     check_model(st, body.model)
     scorer_of(llm)
@@ -331,15 +451,15 @@ SCORE_PATHS = ("/score", "/v1/score")
 RERANK_PATHS = ("/rerank", "/v1/rerank", "/v2/rerank")
 
 for _path in SCORE_PATHS:
-    router.post(_path, summary="Scores of pairs, 1:1, 1:N or N:N (vLLM); a side may hold images ({'content': [image_url parts]}).")(score)
+    ENDPOINTS.post(_path, "Scores of pairs, 1:1, 1:N or N:N (vLLM); a side may hold images ({'content': [image_url parts]}).", scoring=True)(score)
 for _path in RERANK_PATHS:
-    router.post(_path, summary="Documents ranked by relevance to a query (Jina / Cohere).")(rerank)
+    ENDPOINTS.post(_path, "Documents ranked by relevance to a query (Jina / Cohere).", scoring=True)(rerank)
 
 
 # -- tokenization ----------------------------------------------------------------------------------
 
 
-@router.post("/tokenize", summary="Token ids of a prompt or of chat messages (vLLM).")
+@ENDPOINTS.post("/tokenize", "Token ids of a prompt or of chat messages (vLLM).")
 async def tokenize(body: TokenizeRequest, request: Request, st: State, llm: Model) -> Response:
     """vLLM's ``/tokenize``: the ids the model's tokenizer makes of ``prompt`` (special tokens by
     default), or of ``messages`` rendered with the chat template (none added by default)."""
@@ -374,7 +494,7 @@ async def tokenize(body: TokenizeRequest, request: Request, st: State, llm: Mode
     )
 
 
-@router.post("/detokenize", summary="The text of token ids (vLLM).")
+@ENDPOINTS.post("/detokenize", "The text of token ids (vLLM).")
 async def detokenize(body: DetokenizeRequest, request: Request, st: State, llm: Model) -> Response:
     """vLLM's ``/detokenize``: ``tokens`` decoded by the model's tokenizer into ``prompt``."""
     check_model(st, body.model)
@@ -391,99 +511,3 @@ async def detokenize(body: DetokenizeRequest, request: Request, st: State, llm: 
 
     text = await until_done(request, st, st.batcher.call(decode, max(1, len(ids))))
     return await respond(lambda: {"prompt": text}, 1)
-
-
-# -- SageMaker -------------------------------------------------------------------------------------
-
-
-Endpoint = Callable[[Any, Request, Any, Any], Awaitable[Response]]
-InvocationType = tuple[str, type[BaseModel], Endpoint, Callable[[dict], bool]]
-
-
-def _given(body: dict, *names: str) -> bool:
-    return all(body.get(name) is not None for name in names)
-
-
-def _prompted(body: dict) -> bool:
-    return _given(body, "input") or _given(body, "messages")
-
-
-def invocation_types(llm: Any) -> list[InvocationType]:
-    """The request types ``/invocations`` accepts for ``llm``, in vLLM's order of priority.
-
-    As vLLM's SageMaker router (``vllm/entrypoints/sagemaker/api_router.py``, with the pooling
-    types of ``vllm/entrypoints/pooling/factories.py``): ``/v1/embeddings`` (``input`` or
-    ``messages``) when the model has ``embed``; ``/classify`` (the same shape) when it has
-    ``classify``; ``/rerank`` (``query`` and ``documents``), then ``/score`` (a pair of sides)
-    when it has a Scoring API; ``/pooling`` (``input``, ``messages`` or ``data``) when it has any
-    pooling task. Each entry is ``(name, request model, endpoint, shape test)``; which endpoints
-    exist is the model's decision (its supported tasks and its scorer).
-    """
-    tasks = set(llm.supported_tasks)
-    types: list[InvocationType] = []
-    # The task each of the first two endpoints runs (as the routes pass it to run_task).
-    for name, model, endpoint, task in (
-        ("EmbeddingRequest", EmbeddingRequest, embeddings, "embed"),
-        ("ClassificationRequest", ClassificationRequest, classify, "classify"),
-    ):
-        if task in tasks:
-            types.append((name, model, endpoint, _prompted))
-    if has_scorer(llm):
-        types.append(("RerankRequest", RerankRequest, rerank, lambda b: _given(b, "query", "documents")))
-        types.append(("ScoreRequest", ScoreRequest, score, lambda b: any(_given(b, *pair) for pair in SCORE_PAIRS)))
-    if tasks:
-        types.append(("PoolingRequest", PoolingRequest, pooling, lambda b: _prompted(b) or _given(b, "data")))
-    return types
-
-
-_INVOCATION_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "anyOf": [
-                        {"$ref": f"#/components/schemas/{name}"}
-                        for name in ("EmbeddingRequest", "ClassificationRequest", "RerankRequest", "ScoreRequest", "PoolingRequest")
-                    ]
-                }
-            }
-        },
-    }
-}
-
-
-@router.post(
-    "/invocations",
-    summary="SageMaker: the request's shape picks the endpoint (vLLM's dispatch).",
-    openapi_extra=_INVOCATION_BODY,
-)
-async def invocations(request: Request, st: State, llm: Model) -> Response:
-    """The body goes to the first endpoint of :func:`invocation_types` whose shape it has and whose
-    request model it validates as; that endpoint answers as on its own path (same checks, limits
-    and errors). A body whose shape matches but whose fields do not validate gets the first such
-    endpoint's validation message; a body no endpoint takes, vLLM's ``Cannot find suitable
-    handler for request. Expected one of: [...]``.
-    """
-    try:
-        payload = await request.json()
-    except json.JSONDecodeError as exc:
-        raise ApiError(400, f"invalid JSON: {exc.msg}") from None
-    if not isinstance(payload, dict):
-        raise ApiError(400, "the request body must be a JSON object")
-    types = invocation_types(llm)
-    first_error: ValidationError | None = None
-    for _, model, endpoint, shape in types:
-        if not shape(payload):
-            continue
-        try:
-            body = model.model_validate(payload)
-        except ValidationError as exc:
-            first_error = first_error or exc
-            continue
-        return await endpoint(body, request, st, llm)
-    if first_error is not None:
-        message, param = validation_message(first_error.errors())
-        raise ApiError(400, message, param)
-    names = [name for name, *_ in types]
-    raise ApiError(400, f"Cannot find suitable handler for request. Expected one of: {names}")

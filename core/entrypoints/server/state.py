@@ -243,6 +243,9 @@ class ServerState:
         #: The inference routes the guard answers itself (:class:`~poolkit.entrypoints.server.lane.Lane`), set
         #: once the application's routes are mounted.
         self.lane: Any = None
+        #: The application's endpoints (:class:`~poolkit.entrypoints.server.endpoints.Endpoint`) by
+        #: ``(method, path)``, set as they are mounted: ``/invocations`` passes bodies to them.
+        self.endpoints: dict[tuple[str, str], Any] = {}
         #: The application's :class:`~poolkit.entrypoints.server.guard.Guard`, once the application has built its
         #: middleware: the HTTP front (:mod:`poolkit.entrypoints.server.front`) hands it the requests it reads.
         #: With tracing on, the :class:`~poolkit.entrypoints.server.tracing.Traced` middleware around the guard.
