@@ -15,7 +15,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from poolkit.builtin_models.layers import (
+from poolkit.contracts.architecture import Architecture
+from poolkit.contracts.batch import PackedBatch
+from poolkit.contracts.config_checks import ConfigChecks
+from poolkit.contracts.errors import InvalidRequest, ModelLoadError
+from poolkit.contracts.hookspecs import hookimpl
+from poolkit.loading.weights import base_model_name, legacy_norm_name, load_into
+from poolkit.plugins.lookup import kernel_for
+from poolkit.plugins.manager import registry
+
+from .layers import (
     FusedLinear,
     PooledClassifier,
     TokenClassifier,
@@ -31,15 +40,7 @@ from poolkit.builtin_models.layers import (
     linear,
     post_norm,
 )
-from poolkit.builtin_models.quantize import Quantizable
-from poolkit.contracts.architecture import Architecture
-from poolkit.contracts.batch import PackedBatch
-from poolkit.contracts.config_checks import ConfigChecks
-from poolkit.contracts.errors import InvalidRequest, ModelLoadError
-from poolkit.contracts.hookspecs import hookimpl
-from poolkit.loading.weights import base_model_name, legacy_norm_name, load_into
-from poolkit.plugins.lookup import kernel_for
-from poolkit.plugins.manager import registry
+from .quantize import Quantizable
 
 #: Checkpoint tensors the encoder does not use: the classifiers and LM heads of transformers' task models, position/type id buffers.
 _UNUSED = re.compile(r"^(pooler|cls|classifier|lm_head|qa_outputs)\.|^embeddings\.(position_ids|token_type_ids)$")

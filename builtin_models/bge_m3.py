@@ -24,11 +24,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from poolkit.builtin_models.bert import XLMRobertaModel
 from poolkit.contracts.batch import PackedBatch
 from poolkit.contracts.errors import ModelLoadError
 from poolkit.contracts.hookspecs import hookimpl
 from poolkit.contracts.params import PoolingParams
+
+from .bert import XLMRobertaModel
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,11 @@ from typing import Any, Callable, ClassVar
 import torch
 from torch import nn
 
-from poolkit.builtin_models.dual_encoder import (
+from poolkit.contracts.batch import PackedBatch
+from poolkit.contracts.config_checks import ConfigChecks
+from poolkit.contracts.hookspecs import hookimpl
+
+from .dual_encoder import (
     TEXT,
     VISION,
     DualEncoder,
@@ -30,10 +34,7 @@ from poolkit.builtin_models.dual_encoder import (
     dense_attention,
     tower_checks,
 )
-from poolkit.builtin_models.layers import fp32_layer_norm, linear
-from poolkit.contracts.batch import PackedBatch
-from poolkit.contracts.config_checks import ConfigChecks
-from poolkit.contracts.hookspecs import hookimpl
+from .layers import fp32_layer_norm, linear
 
 
 class CLIPVisionTransformer(nn.Module):

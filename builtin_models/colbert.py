@@ -15,11 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from poolkit.builtin_models.bert import BertModel
-from poolkit.builtin_models.modernbert import ModernBertModel
 from poolkit.contracts.batch import PackedBatch
 from poolkit.contracts.errors import ModelLoadError
 from poolkit.contracts.hookspecs import hookimpl
+
+from .bert import BertModel
+from .modernbert import ModernBertModel
 
 _PROJECTIONS = ("linear.weight", "colbert_linear.weight")
 

@@ -18,8 +18,9 @@ from typing import Any, ClassVar, Iterable, Iterator
 import torch
 from torch import nn
 
-from poolkit.builtin_models.layers import CausalLMHead, TokenClassifier
 from poolkit.contracts.errors import ModelLoadError
+
+from .layers import CausalLMHead, TokenClassifier
 
 #: LLM-as-reranker conversions (vLLM's ``SEQ_CLS_LOAD_METHODS``).
 FROM_2_WAY_SOFTMAX, NO_POST_PROCESSING = "from_2_way_softmax", "no_post_processing"

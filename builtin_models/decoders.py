@@ -37,8 +37,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from poolkit.builtin_models.decoder_classifiers import DecoderLMHead, ScoreClassifier, TokenScoreClassifier
-from poolkit.builtin_models.layers import (
+from poolkit.contracts.architecture import Architecture
+from poolkit.contracts.batch import PackedBatch
+from poolkit.contracts.config_checks import ConfigChecks
+from poolkit.contracts.errors import ModelLoadError
+from poolkit.contracts.hookspecs import hookimpl
+from poolkit.loading.weights import base_model_name, load_into
+from poolkit.plugins.lookup import kernel_for
+
+from .decoder_classifiers import DecoderLMHead, ScoreClassifier, TokenScoreClassifier
+from .layers import (
     GLOBAL,
     SLIDING,
     FusedLinear,
@@ -53,14 +61,7 @@ from poolkit.builtin_models.layers import (
     rotary_cos_sin,
     rotary_parameters,
 )
-from poolkit.builtin_models.quantize import Quantizable
-from poolkit.contracts.architecture import Architecture
-from poolkit.contracts.batch import PackedBatch
-from poolkit.contracts.config_checks import ConfigChecks
-from poolkit.contracts.errors import ModelLoadError
-from poolkit.contracts.hookspecs import hookimpl
-from poolkit.loading.weights import base_model_name, load_into
-from poolkit.plugins.lookup import kernel_for
+from .quantize import Quantizable
 
 #: Checkpoint tensors the backbone does not use: the classifiers and LM heads of transformers' task models, rotary caches.
 _UNUSED = re.compile(r"^(lm_head|score|classifier|qa_outputs|v_head)\.|\.rotary_emb\.")

@@ -26,7 +26,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from poolkit.builtin_models.layers import (
+from poolkit.contracts.architecture import Architecture
+from poolkit.contracts.batch import PackedBatch
+from poolkit.contracts.config_checks import ConfigChecks, Dim, config_value, source
+from poolkit.contracts.errors import InvalidRequest, ModelLoadError
+from poolkit.loading.weights import load_into
+from poolkit.plugins.lookup import kernel_for
+
+from .layers import (
     FusedLinear,
     activated_linear,
     activation_function,
@@ -37,13 +44,7 @@ from poolkit.builtin_models.layers import (
     fused_activation,
     linear,
 )
-from poolkit.builtin_models.quantize import Quantizable
-from poolkit.contracts.architecture import Architecture
-from poolkit.contracts.batch import PackedBatch
-from poolkit.contracts.config_checks import ConfigChecks, Dim, config_value, source
-from poolkit.contracts.errors import InvalidRequest, ModelLoadError
-from poolkit.loading.weights import load_into
-from poolkit.plugins.lookup import kernel_for
+from .quantize import Quantizable
 
 TEXT, VISION = "text_config.", "vision_config."
 VISION_POSITIONS = "vision_model.embeddings.position_embedding.weight"

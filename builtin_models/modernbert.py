@@ -16,7 +16,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from poolkit.builtin_models.layers import (
+from poolkit.contracts.architecture import Architecture
+from poolkit.contracts.batch import PackedBatch
+from poolkit.contracts.config_checks import ConfigChecks
+from poolkit.contracts.errors import ModelLoadError
+from poolkit.contracts.hookspecs import hookimpl
+from poolkit.loading.weights import base_model_name, load_into
+from poolkit.plugins.lookup import kernel_for
+
+from .layers import (
     GLOBAL,
     SLIDING,
     Rotary,
@@ -28,14 +36,7 @@ from poolkit.builtin_models.layers import (
     rotary_cos_sin,
     rotary_inv_freq,
 )
-from poolkit.builtin_models.quantize import Quantizable
-from poolkit.contracts.architecture import Architecture
-from poolkit.contracts.batch import PackedBatch
-from poolkit.contracts.config_checks import ConfigChecks
-from poolkit.contracts.errors import ModelLoadError
-from poolkit.contracts.hookspecs import hookimpl
-from poolkit.loading.weights import base_model_name, load_into
-from poolkit.plugins.lookup import kernel_for
+from .quantize import Quantizable
 
 #: Checkpoint tensors the encoder does not use: the classifiers and prediction heads (``head.``) of ModernBERT task models.
 _UNUSED = re.compile(r"^(head|decoder|classifier|qa_outputs)\.")

@@ -23,8 +23,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from poolkit.builtin_models.bert import BertLayer, BertModel, RobertaClassificationHead
-from poolkit.builtin_models.layers import (
+from poolkit.contracts.architecture import Architecture
+from poolkit.contracts.batch import PackedBatch
+from poolkit.contracts.config_checks import ConfigChecks
+from poolkit.contracts.errors import ModelLoadError
+from poolkit.contracts.hookspecs import hookimpl
+from poolkit.plugins.lookup import kernel_for
+
+from .bert import BertLayer, BertModel, RobertaClassificationHead
+from .layers import (
     FusedLinear,
     TokenClassifier,
     attention_head_dim,
@@ -33,13 +40,7 @@ from poolkit.builtin_models.layers import (
     linear,
     post_norm,
 )
-from poolkit.builtin_models.quantize import Quantizable
-from poolkit.contracts.architecture import Architecture
-from poolkit.contracts.batch import PackedBatch
-from poolkit.contracts.config_checks import ConfigChecks
-from poolkit.contracts.errors import ModelLoadError
-from poolkit.contracts.hookspecs import hookimpl
-from poolkit.plugins.lookup import kernel_for
+from .quantize import Quantizable
 
 #: Checkpoint tensors the encoder does not use: the classifiers and LM heads of transformers' task models, the position id buffer.
 _UNUSED = re.compile(r"^(pooler|lm_head|classifier|qa_outputs)\.|^embeddings\.position_ids$")

@@ -29,13 +29,14 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from poolkit.builtin_models import layers
-from poolkit.builtin_models.layers import Int8Linear
 from poolkit.contracts.architecture import Architecture
 from poolkit.contracts.batch import PackedBatch
 from poolkit.contracts.errors import ModelLoadError
 from poolkit.contracts.kernel import hadamard_rows
 from poolkit.plugins.lookup import kernel_for
+
+from . import layers
+from .layers import Int8Linear
 
 logger = logging.getLogger(__name__)
 

@@ -19,16 +19,17 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from poolkit.builtin_models.decoder_classifiers import (
+from poolkit.contracts.config_checks import ConfigChecks
+from poolkit.contracts.hookspecs import hookimpl
+
+from .decoder_classifiers import (
     FROM_2_WAY_SOFTMAX,
     DecoderLMHead,
     ScoreClassifier,
     TokenScoreClassifier,
     check_classifier_tokens,
 )
-from poolkit.builtin_models.decoders import GLOBAL, SLIDING, DecoderModel, check_layer_types, extend_checks
-from poolkit.contracts.config_checks import ConfigChecks
-from poolkit.contracts.hookspecs import hookimpl
+from .decoders import GLOBAL, SLIDING, DecoderModel, check_layer_types, extend_checks
 
 _ORIGINAL_QWEN3_RERANKER_TOKENS = ["no", "yes"]
 #: The token id of ``<extra_0>``, the step tag of Qwen2.5-Math-PRM (vLLM's default ``step_tag_id``).

@@ -25,7 +25,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from poolkit.builtin_models.layers import (
+from poolkit.contracts.architecture import Architecture
+from poolkit.contracts.batch import PackedBatch
+from poolkit.contracts.config_checks import ConfigChecks
+from poolkit.contracts.errors import ModelLoadError
+from poolkit.contracts.hookspecs import hookimpl
+from poolkit.loading.weights import base_model_name, load_into
+from poolkit.plugins.lookup import kernel_for
+
+from .layers import (
     PooledClassifier,
     RMSNorm,
     Rotary,
@@ -42,14 +50,7 @@ from poolkit.builtin_models.layers import (
     post_norm,
     rotate_interleaved,
 )
-from poolkit.builtin_models.quantize import Quantizable
-from poolkit.contracts.architecture import Architecture
-from poolkit.contracts.batch import PackedBatch
-from poolkit.contracts.config_checks import ConfigChecks
-from poolkit.contracts.errors import ModelLoadError
-from poolkit.contracts.hookspecs import hookimpl
-from poolkit.loading.weights import base_model_name, load_into
-from poolkit.plugins.lookup import kernel_for
+from .quantize import Quantizable
 
 #: Checkpoint tensors the encoder does not use: the classifiers and LM heads of transformers' task models, position buffers.
 _UNUSED = re.compile(r"^(pooler|cls|lm_head|classifier)\.|^embeddings\.(position_ids|rotary_emb\.)")

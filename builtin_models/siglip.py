@@ -30,7 +30,12 @@ from typing import Any, Callable, ClassVar, Collection, Mapping
 import torch
 from torch import nn
 
-from poolkit.builtin_models.dual_encoder import (
+from poolkit.contracts.batch import PackedBatch
+from poolkit.contracts.config_checks import ConfigChecks, config_value, source
+from poolkit.contracts.errors import ModelLoadError
+from poolkit.contracts.hookspecs import hookimpl
+
+from .dual_encoder import (
     TEXT,
     VISION,
     DualEncoder,
@@ -41,12 +46,8 @@ from poolkit.builtin_models.dual_encoder import (
     dense_attention,
     tower_checks,
 )
-from poolkit.builtin_models.layers import attention_head_dim, fp32_layer_norm, linear
-from poolkit.builtin_models.spm_tokenizer import read_model, unigram_tokenizer
-from poolkit.contracts.batch import PackedBatch
-from poolkit.contracts.config_checks import ConfigChecks, config_value, source
-from poolkit.contracts.errors import ModelLoadError
-from poolkit.contracts.hookspecs import hookimpl
+from .layers import attention_head_dim, fp32_layer_norm, linear
+from .spm_tokenizer import read_model, unigram_tokenizer
 
 
 def _projection_size(text_config: Any) -> int:

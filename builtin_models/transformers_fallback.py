@@ -24,7 +24,6 @@ from typing import Any, ClassVar, Collection, Iterable, Iterator, Mapping
 import torch
 from torch import nn
 
-from poolkit.builtin_models.layers import CausalLMHead
 from poolkit.config.conversion import CONVERTIBLE_SUFFIXES
 from poolkit.config.model_impl import TRANSFORMERS_IMPLEMENTATION
 from poolkit.contracts.architecture import Architecture
@@ -33,6 +32,8 @@ from poolkit.contracts.config_checks import ConfigChecks, layers_held, source
 from poolkit.contracts.errors import InvalidRequest, ModelLoadError
 from poolkit.contracts.hookspecs import hookimpl
 from poolkit.loading.weights import warn_unused
+
+from .layers import CausalLMHead
 
 logger = logging.getLogger(__name__)
 

@@ -6,11 +6,12 @@ from typing import Callable, Sequence
 
 import torch
 
-from poolkit.builtin_poolers.activations import normalize
-from poolkit.builtin_poolers.poolers import SegmentPooler
 from poolkit.contracts.batch import PackedBatch
 from poolkit.contracts.params import PoolingParams
 from poolkit.contracts.pooling import Pooler
+
+from .activations import normalize
+from .poolers import SegmentPooler
 
 
 class VectorHead:

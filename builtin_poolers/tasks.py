@@ -6,7 +6,6 @@ from typing import Any, Callable
 
 import torch
 
-from poolkit.builtin_poolers.heads import ClassifierHead, LMHeadStepHead, LMHeadTokenHead, LogitScore, VectorHead
 from poolkit.contracts.errors import InvalidRequest, ModelLoadError
 from poolkit.contracts.hookspecs import hookimpl
 from poolkit.contracts.params import LateChunkingParams, PoolingParams, Setting
@@ -14,6 +13,8 @@ from poolkit.contracts.pooling import Pooler
 from poolkit.contracts.tasks import Head, Task
 from poolkit.loading.model import PoolingModel
 from poolkit.plugins.manager import registry
+
+from .heads import ClassifierHead, LMHeadStepHead, LMHeadTokenHead, LogitScore, VectorHead
 
 STEP_PARAMS = frozenset({"step_tag_id", "returned_token_ids"})
 

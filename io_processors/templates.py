@@ -20,7 +20,8 @@ from typing import Any, Sequence
 from poolkit.contracts.errors import InvalidRequest
 from poolkit.contracts.hookspecs import hookimpl
 from poolkit.contracts.io import IOProcessor, Prompt
-from poolkit.io_processors.text import TextPairProcessor
+
+from .text import TextPairProcessor
 
 #: The prompt of Qwen3-Reranker's model card: the model answers "yes" or "no" after it.
 QWEN3_RERANKER_TEMPLATE = (

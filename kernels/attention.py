@@ -52,7 +52,8 @@ import torch.nn.functional as F
 from poolkit.contracts.batch import PackedBatch
 from poolkit.contracts.hookspecs import hookimpl
 from poolkit.contracts.kernel import Kernel
-from poolkit.kernels.compiler import load_typed_library, workers
+
+from .compiler import load_typed_library, workers
 
 SOURCE = Path(__file__).with_name("attention.c")
 

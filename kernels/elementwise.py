@@ -63,7 +63,8 @@ import torch.nn.functional as F
 
 from poolkit.contracts.hookspecs import hookimpl
 from poolkit.contracts.kernel import Kernel
-from poolkit.kernels.compiler import load_typed_library, workers
+
+from .compiler import load_typed_library, workers
 
 SOURCE = Path(__file__).with_name("elementwise.c")
 #: The dtype codes of elementwise.c.

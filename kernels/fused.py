@@ -38,9 +38,10 @@ import torch
 import torch.nn.functional as F
 
 from poolkit.contracts.hookspecs import hookimpl
-from poolkit.kernels.elementwise import _row_layout, residual_norm, rms_norm, rotary, rotary_tables_fit
-from poolkit.kernels.linear import gated_linear
-from poolkit.kernels.triton_support import triton_available, triton_kernel
+
+from .elementwise import _row_layout, residual_norm, rms_norm, rotary, rotary_tables_fit
+from .linear import gated_linear
+from .triton_support import triton_available, triton_kernel
 
 #: The activations the Triton passes compute, by the names of the ``linear_act`` contract.
 _ACT_CODES = {"none": 0, "gelu": 1, "gelu_tanh": 2, "relu": 3, "silu": 4, "tanh": 5, "sigmoid": 6}

@@ -66,8 +66,9 @@ import torch
 
 from poolkit.contracts.hookspecs import hookimpl
 from poolkit.contracts.kernel import Kernel, hadamard_rows
-from poolkit.kernels.compiler import load_typed_library, workers
-from poolkit.kernels.linear import _PARALLEL_MACS, ACTIVATIONS, AMX_ACTIVATIONS, _packed, row_bucket
+
+from .compiler import load_typed_library, workers
+from .linear import _PARALLEL_MACS, ACTIVATIONS, AMX_ACTIVATIONS, _packed, row_bucket
 
 #: The largest magnitude of a quantized weight, where the kernel's arithmetic takes full-range weights.
 LEVELS = 127

@@ -59,8 +59,9 @@ import torch.nn.functional as F
 
 from poolkit.contracts.hookspecs import hookimpl
 from poolkit.contracts.kernel import Kernel
-from poolkit.kernels.compiler import load_c_library, workers
-from poolkit.kernels.elementwise import activation_c, activation_c_runs
+
+from .compiler import load_c_library, workers
+from .elementwise import activation_c, activation_c_runs
 
 SOURCE = Path(__file__).with_name("linear.c")
 
@@ -368,7 +369,7 @@ def _pack(weight: torch.Tensor, layout: tuple) -> torch.Tensor:
         if how is None:
             return torch.ops.onednn.qlinear_prepack(weight.contiguous(), None)
         if how in ("amx", "channels"):
-            from poolkit.kernels.int8 import pack_amx, pack_channels  # noqa: PLC0415 - int8 imports this module
+            from .int8 import pack_amx, pack_channels  # noqa: PLC0415 - int8 imports this module
 
             return pack_amx(weight) if how == "amx" else pack_channels(weight)
         sums = weight.sum(1, dtype=torch.int32)

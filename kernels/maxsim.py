@@ -24,7 +24,8 @@ import torch
 
 from poolkit.contracts.hookspecs import hookimpl
 from poolkit.contracts.kernel import Kernel
-from poolkit.kernels.triton_support import triton_kernel
+
+from .triton_support import triton_kernel
 
 
 def maxsim_reference(query: torch.Tensor, docs: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:

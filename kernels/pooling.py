@@ -28,7 +28,8 @@ import torch.nn.functional as F
 
 from poolkit.contracts.hookspecs import hookimpl
 from poolkit.contracts.kernel import Kernel
-from poolkit.kernels.triton_support import triton_kernel
+
+from .triton_support import triton_kernel
 
 #: Reductions of :func:`segment_pool_reference`, with the Triton kernel's codes.
 MODES = {"mean": 0, "mean_sqrt_len": 1, "max": 2, "sum": 3}

@@ -29,7 +29,8 @@ import torch
 
 from poolkit.contracts.hookspecs import hookimpl
 from poolkit.contracts.kernel import Kernel
-from poolkit.kernels.triton_support import triton_kernel
+
+from .triton_support import triton_kernel
 
 STRATEGIES = ("max", "sum")
 #: ``relu``: ``log1p(relu(x))`` (SPLADE); ``log1p_relu``: ``log1p(log1p(relu(x)))`` (OpenSearch

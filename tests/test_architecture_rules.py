@@ -278,3 +278,44 @@ def test_the_names_a_split_module_held_still_import_from_its_old_path():
         "assert has_heads is has_classifier"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+#: The folders of the built-in plugins, and the core's layers a plugin may use (those below the runtime).
+BUILTIN_FOLDERS = ("builtin_models", "builtin_poolers", "io_processors", "kernels")
+PLUGIN_LAYERS = ("contracts", "plugins", "config", "loading")
+
+
+def _builtin_modules() -> dict[str, Path]:
+    return {name: path for name, path in MODULES.items() if name.split(".")[1:2] and name.split(".")[1] in BUILTIN_FOLDERS}
+
+
+def test_builtins_use_only_the_cores_lower_layers():
+    """A built-in is a plugin: it reaches the core through the contracts, the registries, the settings
+    and the weight loading, as a third-party plugin does, never through the runtime, the inputs, the
+    API or a front end."""
+    above = [
+        f"{name} imports {target}"
+        for name, path in _builtin_modules().items()
+        for target in _imports(name, path)
+        if _layer(target) and _layer(target) not in PLUGIN_LAYERS
+    ]
+    assert _builtin_modules() and above == []
+
+
+def test_builtins_name_each_other_relatively():
+    """Built-in modules import their siblings (and the other built-in folders) relatively, so the tree's
+    own folders show those arrows; only the core is named by its package path (``poolkit.contracts...``)."""
+    absolute = [
+        f"{path.relative_to(ROOT)}:{node.lineno} {node.module}"
+        for name, path in _builtin_modules().items()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").split(".")[:2] in
+        [["poolkit", folder] for folder in BUILTIN_FOLDERS]
+    ]
+    assert absolute == []
+
+
+def test_the_builtin_rules_see_an_upward_import(tmp_path):
+    bad = tmp_path / "model.py"
+    bad.write_text("from poolkit.api.llm import LLM\nfrom poolkit.builtin_models.layers import linear\n")
+    assert _layer("poolkit.api.llm") not in PLUGIN_LAYERS and "poolkit.api.llm" in _imports("poolkit.builtin_models.model", bad)

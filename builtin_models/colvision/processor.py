@@ -28,8 +28,8 @@ import torch
 
 from poolkit.contracts.errors import InvalidRequest
 from poolkit.contracts.io import Prompt
-from poolkit.io_processors.image import ImageProcessor, MediaProcessor, decode_limits, media_per_prompt, read_processor_config
 
+from ...io_processors.image import ImageProcessor, MediaProcessor, decode_limits, media_per_prompt, read_processor_config
 from ..qwen_vl.processor import QwenVLProcessor
 from ..vision_language import to_rgb
 

@@ -26,7 +26,8 @@ import torch
 
 from poolkit.contracts.errors import InvalidRequest
 from poolkit.contracts.io import Prompt
-from poolkit.io_processors.image import (
+
+from ...io_processors.image import (
     PREPROCESSOR_CONFIG,
     ImageProcessor,
     MediaProcessor,
@@ -34,7 +35,6 @@ from poolkit.io_processors.image import (
     media_per_prompt,
     read_processor_config,
 )
-
 from ..vision_language import CLIP_MEAN, CLIP_STD, to_rgb
 
 #: transformers' default pinpoints (``LlavaNextConfig``), for a checkpoint that names none.

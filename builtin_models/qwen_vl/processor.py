@@ -36,7 +36,8 @@ import torch.nn.functional as F
 
 from poolkit.contracts.errors import InvalidRequest
 from poolkit.contracts.io import Prompt
-from poolkit.io_processors.image import (
+
+from ...io_processors.image import (
     PREPROCESSOR_CONFIG,
     ImageProcessor,
     MediaProcessor,
@@ -46,7 +47,6 @@ from poolkit.io_processors.image import (
     media_per_prompt,
     read_processor_config,
 )
-
 from ..vision_language import CLIP_MEAN, CLIP_STD, to_rgb
 
 #: transformers' IMAGENET_STANDARD_MEAN / _STD, Qwen3-VL's default.
