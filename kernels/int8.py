@@ -68,7 +68,7 @@ from poolkit.contracts.hookspecs import hookimpl
 from poolkit.contracts.kernel import Kernel, hadamard_rows
 
 from .compiler import load_typed_library, workers
-from .linear import _PARALLEL_MACS, ACTIVATIONS, AMX_ACTIVATIONS, _packed, row_bucket
+from .linear import _PARALLEL_MACS, ACTIVATIONS, AMX_ACTIVATIONS, INT8_PACKERS, _packed, row_bucket
 
 #: The largest magnitude of a quantized weight, where the kernel's arithmetic takes full-range weights.
 LEVELS = 127
@@ -383,6 +383,9 @@ def pack_amx(weight: torch.Tensor) -> torch.Tensor:
     packed = torch.empty(weight.numel(), dtype=torch.int8)
     _amx_library().poolkit_int8_pack(weight.data_ptr(), weight.shape[1], weight.shape[0], packed.data_ptr())
     return packed
+
+
+INT8_PACKERS.update(amx=pack_amx, channels=pack_channels)
 
 
 @functools.cache

@@ -258,6 +258,11 @@ def _chunk_rows(k: int, n: int) -> int:
     return max(32, min(512, (768 * 1024 // (2 * k)) // 32 * 32))
 
 
+#: The int8 tile layouts ``_packed`` makes by the packer of :mod:`poolkit.kernels.int8`, which adds
+#: them (``"amx"``, ``"channels"``) as it loads: it builds on this module, not this module on it.
+INT8_PACKERS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
+
+
 def _packed_bias(bias: torch.Tensor, gate_first: bool | None) -> torch.Tensor:
     """``bias`` in float32 and in the packed weight's column order (gated: 16 of the gate's, then
     the 16 matching up biases)."""
@@ -368,10 +373,8 @@ def _pack(weight: torch.Tensor, layout: tuple) -> torch.Tensor:
     if kind == "int8":  # an int8 weight for poolkit.kernels.int8: packed for oneDNN or AMX, or its rows' sums
         if how is None:
             return torch.ops.onednn.qlinear_prepack(weight.contiguous(), None)
-        if how in ("amx", "channels"):
-            from .int8 import pack_amx, pack_channels  # noqa: PLC0415 - int8 imports this module
-
-            return pack_amx(weight) if how == "amx" else pack_channels(weight)
+        if how in INT8_PACKERS:  # the AMX-INT8 kernel's own tile layouts, which poolkit.kernels.int8 adds
+            return INT8_PACKERS[how](weight)
         sums = weight.sum(1, dtype=torch.int32)
         return sums if how == "int_sums" else sums.float()
     if kind == "onednn":
