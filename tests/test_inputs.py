@@ -262,3 +262,56 @@ def test_models_without_videos_refuse_video_parts(minilm):
         response = client.post("/v1/embeddings", json={"messages": [{"role": "user", "content": [video_part(uri)]}]})
     assert response.status_code == 400
     assert "a content part must be {'type': 'text', 'text': ...} or {'type': 'image_url'" in response.json()["error"]["message"]
+
+
+# -- proof by use: /rerank with image documents ------------------------------------------------------
+
+
+def test_rerank_image_documents_on_an_embedding_model_equal_offline_scores(vl, vl_client):
+    docs = [{"content": [image_part(RED)]}, "a text document", {"content": [text_part(f"{IMAGE_PLACEHOLDER} a blue one"), image_part(BLUE)]}]
+    offline_docs = [{"content": [{"type": "image_pil", "image_pil": RED}]}, "a text document",
+                    {"content": [text_part(f"{IMAGE_PLACEHOLDER} a blue one"), {"type": "image_pil", "image_pil": BLUE}]}]
+    want = [o.outputs.score for o in vl.score("a red picture", offline_docs)]
+    for path in ("/rerank", "/v1/rerank", "/v2/rerank"):
+        response = vl_client.post(path, json={"model": "vl", "query": "a red picture", "documents": docs})
+        assert response.status_code == 200, response.text
+        results = response.json()["results"]
+        assert [r["index"] for r in results] == sorted(range(3), key=lambda i: -want[i])
+        for r in results:
+            assert abs(r["relevance_score"] - want[r["index"]]) < 1e-5
+            assert r["document"] == ({"text": docs[1]} if r["index"] == 1 else {"multi_modal": docs[r["index"]]})
+    one = vl_client.post("/rerank", json={"query": "q", "documents": {"content": [image_part(RED)]}, "return_documents": False})
+    assert one.status_code == 200 and "document" not in one.json()["results"][0]
+    bad = vl_client.post("/rerank", json={"query": "q", "documents": [{"content": [image_part(RED)]}, {"content": "x"}]})
+    assert bad.status_code == 400 and "must be strings, {'text': ...} or {'content': [text and image_url parts]}" in bad.json()["error"]["message"]
+    bad_part = vl_client.post("/rerank", json={"query": "q", "documents": [{"content": [{"type": "audio"}]}]})
+    assert bad_part.status_code == 400 and "a content part must be" in bad_part.json()["error"]["message"]
+
+
+def test_rerank_image_documents_on_a_late_interaction_model(tmp_path):
+    """ColQwen2 scores each page by MaxSim: /rerank with image documents equals LLM.score offline."""
+    from tiny_colretrieval import build_colqwen2
+
+    llm = LLM(str(build_colqwen2(tmp_path / "colqwen2")), dtype="float32")
+    pages = [RED, BLUE]
+    want = [o.outputs.score for o in llm.score("which page", [{"content": [{"type": "image_pil", "image_pil": p}]} for p in pages])]
+    with TestClient(create_app(llm, served_model_name="colqwen2")) as client:
+        response = client.post("/rerank", json={"query": "which page", "documents": [{"content": [image_part(p)]} for p in pages]})
+        assert response.status_code == 200, response.text
+        got = {r["index"]: r["relevance_score"] for r in response.json()["results"]}
+        assert all(abs(got[i] - want[i]) < 1e-4 for i in range(2))
+        remote = client.post("/rerank", json={"query": "q", "documents": [{"content": [
+            {"type": "image_url", "image_url": {"url": "https://example.com/p.png"}}]}]})
+        assert remote.status_code == 400 and "remote image URLs are refused" in remote.json()["error"]["message"]
+
+
+def test_rerank_image_documents_refused_by_text_models(minilm, tmp_path):
+    docs = [{"content": [image_part(RED)]}]
+    with TestClient(create_app(minilm, served_model_name="m")) as client:
+        response = client.post("/rerank", json={"query": "q", "documents": docs})
+        assert response.status_code == 400
+        assert response.json()["error"]["message"] == "MultiModalParam is not supported for BertModel"
+        schema = client.get("/openapi.json").json()["components"]["schemas"]["RerankRequest"]["properties"]["documents"]
+        assert "content" not in str(schema["anyOf"])  # a text model's document has no image form
+        texts = client.post("/rerank", json={"query": "q", "documents": ["a", {"text": "b"}]})
+        assert texts.status_code == 200 and texts.json()["results"][0]["document"]["text"] in ("a", "b")

@@ -45,6 +45,8 @@ ACTIVATION_ALIASES = ("normalize", "softmax", "activation")
 
 #: A text: not empty (:func:`poolkit.contracts.io.text_problem`).
 TEXT = {"type": "string", "minLength": 1}
+#: A rerank document given as ``{"text": ...}`` (Jina's and Cohere's form).
+TEXT_DOCUMENT = {"type": "object", "required": ["text"], "properties": {"text": TEXT}}
 #: Token ids: not empty, not negative (the vocabulary's size is the loaded model's bound).
 TOKEN_IDS = {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0}}
 #: One chat conversation: messages with a string ``role`` and a string or list ``content``.

@@ -30,7 +30,7 @@ from pydantic import BaseModel
 
 from ...inputs.pairs import SIDE_LIMITS
 from ...contracts.errors import PoolkitError
-from ..protocol import SCORE_PAIRS, TEXT, list_of
+from ..protocol import SCORE_PAIRS, TEXT, TEXT_DOCUMENT, list_of
 from .endpoints import TEI, Endpoint
 from .routes import ENDPOINTS, SHARED_ROUTES
 
@@ -305,6 +305,8 @@ def _bound(doc: dict[str, Any], st: "ModelState") -> None:
                 _each(sub, lambda s: s.get("type") == "array" and s.update(maxItems=1), depth=0)
             elif field in SCORE_SIDES and name == "ScoreRequest" and not (images and not templated):
                 props[field] = {"anyOf": [TEXT, list_of(TEXT), _NULL]}  # images need a model that embeds each side
+            elif field == "documents" and name == "RerankRequest" and not (images and not templated):
+                props[field] = {"anyOf": [TEXT, list_of({"anyOf": [TEXT, TEXT_DOCUMENT]})], "description": sub.get("description", "")}
             elif field in ("instruction", "chat_template_kwargs") and name in ("ScoreRequest", "RerankRequest") and not templated:
                 props[field] = _NULL
             elif field == "prompt_name" and name in TEI_SCHEMAS:

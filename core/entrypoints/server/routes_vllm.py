@@ -26,6 +26,7 @@ from ..protocol import (
     CONVERSATION,
     SCORE_PAIRS,
     TEXT,
+    TEXT_DOCUMENT,
     ActivationFields,
     BaseRequest,
     ChatFields,
@@ -74,6 +75,17 @@ def _check_score_side(value: Any, handler: Any) -> Any:
     raise PydanticCustomError(
         "score_input_type", "must be a string, a list of strings, or {'content': [text and image_url parts]} (or a list of those)"
     )
+
+
+def _documents_with_media(value: Any, handler: Any) -> Any:
+    """Rerank documents with images (vLLM's multimodal score input, ``{"content": [parts]}``, checked
+    by the route) beside strings and ``{"text": ...}``; any other value is validated as text documents."""
+    items = value if isinstance(value, list) else [value]
+    if not any(isinstance(v, dict) and "content" in v for v in items):
+        return handler(value)
+    if all(isinstance(v, str) or (isinstance(v, dict) and (isinstance(v.get("content"), list) or isinstance(v.get("text"), str))) for v in items):
+        return value
+    raise PydanticCustomError("rerank_documents", "must be strings, {'text': ...} or {'content': [text and image_url parts]}")
 
 
 #: A content part of a multimodal input: a text, or an image as a data URI (remote URLs only
@@ -183,9 +195,11 @@ class RerankRequest(BaseRequest, TokenizationFields, ActivationFields, _ScoreLim
     query: Text
     documents: Annotated[
         Union[StrictStr, List[Union[StrictStr, RerankDocument]]],
-        schema({"anyOf": [TEXT, list_of({"anyOf": [TEXT, {"type": "object", "required": ["text"], "properties": {"text": TEXT}}]})]}),
+        WrapValidator(_documents_with_media),
+        schema({"anyOf": [TEXT, MULTIMODAL_CONTENT, list_of({"anyOf": [TEXT, TEXT_DOCUMENT, MULTIMODAL_CONTENT]})]}),
     ] = Field(
-        description="The documents, or one document as a string (vLLM)."
+        description="The documents, or one document as a string (vLLM); a document with images is "
+        "{'content': [parts]} (vLLM's multimodal score input), for a model that embeds each side."
     )
     top_n: Annotated[StrictInt, schema({"type": "integer", "minimum": 0})] = Field(0, description="Keep the best N (0: all).")
     return_documents: StrictBool = True
@@ -421,14 +435,23 @@ async def rerank(body: RerankRequest, request: Request, st: State, llm: Model) -
     check_text(body.query, "query")
     if body.top_n < 0:
         raise ApiError(400, f"top_n must be 0 (all) or a positive number, got {body.top_n}", param="top_n")
-    given = [body.documents] if isinstance(body.documents, str) else body.documents
-    docs = [d.text if isinstance(d, RerankDocument) else d for d in given]
+    given = body.documents if isinstance(body.documents, list) else [body.documents]
+    docs = [d.text if isinstance(d, RerankDocument) else d["text"] if isinstance(d, dict) and "content" not in d else d for d in given]
     if not docs:
         raise ApiError(400, "At least one document element must be given", param="documents")
     check_count(st, len(docs), "documents")
-    for i, doc in enumerate(docs):
-        check_text(doc, f"documents[{i}]")
-    outputs = await score_pairs(request, st, llm, llm.pair(body.query, docs), _score_params(llm, body), body.instruction)
+    if all(isinstance(doc, str) for doc in docs):
+        for i, doc in enumerate(docs):
+            check_text(doc, f"documents[{i}]")
+        inputs = docs
+    else:  # documents with images: the Scoring API's multimodal inputs
+        inputs = await _score_side(st, llm, docs, "document", "documents")
+    params = _score_params(llm, body)
+    try:
+        pairs = llm.pair(body.query, inputs)
+    except InvalidRequest as exc:
+        raise ApiError(400, str(exc), param="documents") from None
+    outputs = await score_pairs(request, st, llm, pairs, params, body.instruction)
     order = sorted(range(len(docs)), key=lambda i: -outputs[i].outputs.score)
     if 0 < body.top_n < len(order):
         order = order[: body.top_n]
@@ -436,7 +459,7 @@ async def rerank(body: RerankRequest, request: Request, st: State, llm: Model) -
     for i in order:
         result: dict[str, Any] = {"index": i, "relevance_score": outputs[i].outputs.score}
         if body.return_documents:
-            result["document"] = {"text": docs[i]}
+            result["document"] = {"text": docs[i]} if isinstance(docs[i], str) else {"multi_modal": docs[i]}
         results.append(result)
     tokens = sum(len(o.prompt_token_ids) for o in outputs)
     rid = request_id(request, "rerank")
