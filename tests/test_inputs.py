@@ -315,3 +315,20 @@ def test_rerank_image_documents_refused_by_text_models(minilm, tmp_path):
         assert "content" not in str(schema["anyOf"])  # a text model's document has no image form
         texts = client.post("/rerank", json={"query": "q", "documents": ["a", {"text": "b"}]})
         assert texts.status_code == 200 and texts.json()["results"][0]["document"]["text"] in ("a", "b")
+
+
+def test_cohere_inputs_take_video_parts(vl, video_client, minilm):
+    uri, decoded = gif_uri(frames())
+    content = [{"type": "text", "text": "a clip: "}, {"type": "video_url", "video_url": {"url": uri}}]
+    response = video_client.post("/v2/embed", json={"inputs": [{"content": content}], "embedding_types": ["float"]})
+    assert response.status_code == 200, response.text
+    want = offline_video(vl, f"<|im_start|>user\na clip: {VIDEO}<|im_end|>\n", [decoded])
+    assert_same(response.json()["embeddings"]["float"][0], want)
+    schema = video_client.get("/openapi.json").json()["components"]["schemas"]["CohereContent"]["properties"]
+    assert "video_url" in str(schema["type"]) and schema["video_url"] != {"type": "null"}
+    with TestClient(create_app(minilm, served_model_name="m")) as client:
+        refused = client.post("/v2/embed", json={"inputs": [{"content": [{"type": "video_url", "video_url": {"url": uri}}]}],
+                                                 "embedding_types": ["float"]})
+        assert refused.status_code == 400 and "reads no videos" in refused.json()["error"]["message"]
+        text_schema = client.get("/openapi.json").json()["components"]["schemas"]["CohereContent"]["properties"]
+        assert text_schema["type"] == {"const": "text"} and text_schema["video_url"] == {"type": "null"}

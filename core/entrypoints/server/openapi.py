@@ -272,6 +272,7 @@ def _bound(doc: dict[str, Any], st: "ModelState") -> None:
     templated = _takes_score_template(llm)
     images = "image" in getattr(llm.model.architecture, "input_modalities", ("text",))
     reads_media = st.renderer.reads_media
+    videos = st.renderer.takes_videos
     prompts = sorted(llm.model.prompts or {})
     for name, schema in doc["components"]["schemas"].items():
         props = schema.get("properties", {})
@@ -299,8 +300,10 @@ def _bound(doc: dict[str, Any], st: "ModelState") -> None:
                 _each(sub, lambda s: s.get("type") == "integer" and s.update(maximum=min(s.get("maximum", st.vocab), st.vocab - 1)))
             elif field in ("images", "image_url") and not images:
                 props[field] = _NULL
-            elif field == "type" and name == "CohereContent" and not images:
-                props[field] = {"const": "text"}
+            elif field == "type" and name == "CohereContent" and not (images and videos):
+                props[field] = {"enum": ["text", "image_url"]} if images else {"const": "text"}
+            elif field == "video_url" and not videos:
+                props[field] = _NULL
             elif field == "content" and name == "CohereInput" and not reads_media:  # one part: text or image alone
                 _each(sub, lambda s: s.get("type") == "array" and s.update(maxItems=1), depth=0)
             elif field in SCORE_SIDES and name == "ScoreRequest" and not (images and not templated):

@@ -51,7 +51,8 @@ class CohereImageUrl(BaseModel):
 
 
 class CohereContent(BaseModel):
-    """One part of a Cohere input: ``{"type": "text", "text": ...}`` or ``{"type": "image_url", "image_url": ...}``."""
+    """One part of a Cohere input: ``{"type": "text", "text": ...}``, ``{"type": "image_url", "image_url": ...}``
+    or, for a model that reads videos, ``{"type": "video_url", "video_url": ...}`` (poolkit's, as vLLM's chat part)."""
 
     model_config = ConfigDict(
         extra="ignore",
@@ -59,13 +60,15 @@ class CohereContent(BaseModel):
             "oneOf": [
                 {"required": ["type", "text"], "properties": {"type": {"const": "text"}, "text": TEXT}},
                 {"required": ["type", "image_url"], "properties": {"type": {"const": "image_url"}, "image_url": {"not": {"type": "null"}}}},
+                {"required": ["type", "video_url"], "properties": {"type": {"const": "video_url"}, "video_url": {"not": {"type": "null"}}}},
             ]
         },
     )
 
-    type: Literal["text", "image_url"]
+    type: Literal["text", "image_url", "video_url"]
     text: Optional[StrictStr] = None
     image_url: Optional[Union[CohereImageUrl, Annotated[StrictStr, schema({"type": "string", "pattern": "^data:"})]]] = None
+    video_url: Optional[Union[CohereImageUrl, Annotated[StrictStr, schema({"type": "string", "pattern": "^data:"})]]] = None
 
 
 class CohereInput(BaseModel):
@@ -221,8 +224,8 @@ async def _media_prompts(request: Request, st: ModelState, llm: Any, items: list
 
 def _items(st: ModelState, body: CohereEmbedRequest, reads_media: bool = False) -> list[tuple[str, Any]]:
     """The request's inputs as ``("text", text)`` / ``("image", data URI)``, checked; for a
-    vision-language model (``reads_media``) every input with an image is ``("media", parts)``,
-    its ``("text", text)`` and ``("image", url)`` parts in order."""
+    vision-language model (``reads_media``) every input with an image (or a video) is ``("media", parts)``,
+    its ``("text", text)``, ``("image", url)`` and ``("video", url)`` parts in order."""
     given = [name for name in ("texts", "images", "inputs") if getattr(body, name) is not None]
     if not given:
         raise ApiError(400, "One of texts, images, or inputs must be provided", param="texts")
@@ -246,6 +249,8 @@ def _items(st: ModelState, body: CohereEmbedRequest, reads_media: bool = False) 
                     param=f"inputs[{i}].content",
                 )
             part = entry.content[0]
+            if part.type == "video_url":
+                raise ApiError(400, f"inputs[{i}]: this model reads no videos; send a text or an image_url", param=f"inputs[{i}].content")
             if part.type == "text":
                 if part.text is None:
                     raise ApiError(400, f"inputs[{i}]: a text part needs 'text'", param=f"inputs[{i}].content")
@@ -266,6 +271,8 @@ def _items(st: ModelState, body: CohereEmbedRequest, reads_media: bool = False) 
             for part, v in value:
                 if part == "text":
                     check_text(v, f"{where}.content")
+                elif part == "video" and not st.renderer.takes_videos:
+                    raise ApiError(400, f"{where}: this model reads no videos; send text and image_url parts", param=f"{where}.content")
                 else:
                     st.renderer.check_media_url(v, where)
     return items
@@ -281,10 +288,11 @@ def _media_input(index: int, entry: Any) -> tuple[str, Any]:
                 raise ApiError(400, f"inputs[{index}]: a text part needs 'text'", param=f"inputs[{index}].content")
             parts.append(("text", part.text))
         else:
-            url = part.image_url.url if hasattr(part.image_url, "url") else part.image_url
+            value = getattr(part, part.type)
+            url = value.url if hasattr(value, "url") else value
             if url is None:
-                raise ApiError(400, f"inputs[{index}]: an image_url part needs 'image_url'", param=f"inputs[{index}].content")
-            parts.append(("image", url))
+                raise ApiError(400, f"inputs[{index}]: an {part.type} part needs '{part.type}'", param=f"inputs[{index}].content")
+            parts.append((part.type[: -len("_url")], url))
     if len(parts) == 1 and parts[0][0] == "text":
         return parts[0]
     return "media", parts
