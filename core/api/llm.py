@@ -39,7 +39,8 @@ from ..runtime.columns import Results
 from ..runtime.engine import Engine
 from ..runtime.estimates import estimate_costs, estimate_pair_tokens
 from ..runtime.progress import progress_bar
-from ..inputs import Renderer, conversations
+from ..inputs.chat import conversations
+from ..inputs.renderer import Renderer
 from ..inputs.media import IMAGE_TOKEN_GUESS
 from ..inputs.pairs import MediaItem, check_side_limit, cut_sides, has_media, pair, score_side
 from .entities import Entities, group_entities
@@ -256,8 +257,9 @@ class LLM:
         self, task: Task, prompts: list[Prompt], params: list[PoolingParams], *, use_tqdm: bool = False
     ) -> list[tuple[torch.Tensor, list[int]]]:
         """Run prepared prompts through the engine: one ``(result, prompt token ids)`` per prompt."""
+        engine: Engine = self.engine
         with progress_bar(len(prompts), enabled=use_tqdm) as advance:
-            return self.engine.run(task, prompts, params, progress=advance)
+            return engine.run(task, prompts, params, progress=advance)
 
     # -- API -----------------------------------------------------------------------------------
 
@@ -351,7 +353,8 @@ class LLM:
         runs them later, merged with others, through ``engine.run``.
         """
         task = self.model.task(pooling_task)
-        parsed = self.renderer.prompts(prompts, prompt_name)
+        renderer: Renderer = self.renderer
+        parsed = renderer.prompts(prompts, prompt_name)
         kwargs = dict(tokenization_kwargs or {})
         input_type = kwargs.pop("input_type", None)
         if input_type is not None:

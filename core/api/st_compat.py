@@ -20,7 +20,7 @@ import inspect
 import logging
 import sys
 import warnings
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -29,6 +29,9 @@ from ..contracts.errors import InvalidRequest
 from ..contracts.params import PoolingParams
 from ..inputs import Chat
 from .st_functions import PRECISIONS, SIMILARITY, pairwise_similarity, quantize_embeddings, similarity_name
+
+if TYPE_CHECKING:
+    from .llm import LLM
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +105,7 @@ class _Model:
         self._configure(**kwargs)
 
     @classmethod
-    def from_llm(cls, llm: Any, **kwargs: Any) -> Any:
+    def from_llm(cls, llm: "LLM", **kwargs: Any) -> Any:
         """The class around a loaded :class:`~poolkit.LLM` (no second load): ``kwargs`` are the
         class's own constructor arguments (``truncate_dim``, ``similarity_fn_name``, ...)."""
         model = cls.__new__(cls)
@@ -110,7 +113,7 @@ class _Model:
         model._configure(**kwargs)
         return model
 
-    def _attach(self, llm: Any, prompts: dict[str, str] | None, default_prompt_name: str | None, limit: int | None) -> None:
+    def _attach(self, llm: "LLM", prompts: dict[str, str] | None, default_prompt_name: str | None, limit: int | None) -> None:
         #: The poolkit engine underneath.
         self.llm = llm
         st = llm.model.st
@@ -128,7 +131,7 @@ class _Model:
         self._max_seq_length: int | None = limit
         self.model_name_or_path = llm.args.model
 
-    def _saved_prompts(self, llm: Any) -> dict[str, str]:
+    def _saved_prompts(self, llm: "LLM") -> dict[str, str]:
         """The prompts saved with the model (``config_sentence_transformers.json``)."""
         return dict(llm.model.st.prompts) if llm.model.st else {}
 

@@ -14,7 +14,7 @@ tensors, not rows padded to a batch.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -23,6 +23,9 @@ from ..contracts.errors import InvalidRequest
 from ..plugins.manager import registry
 from .st_compat import _Embedder
 from .st_functions import maxsim, maxsim_pairwise, multi_vector_similarity_name
+
+if TYPE_CHECKING:
+    from .llm import LLM
 
 #: The checkpoints whose saved prompts sentence-transformers keeps when it loads them as a
 #: MultiVectorEncoder (``model_type``; PyLate 3 saves say ``ColBERT``); it drops other kinds' prompts.
@@ -48,7 +51,7 @@ class MultiVectorEncoder(_Embedder):
     _default_similarity = "maxsim"
     _similarity_name = staticmethod(multi_vector_similarity_name)
 
-    def _attach(self, llm: Any, prompts: dict[str, str] | None, default_prompt_name: str | None, limit: int | None) -> None:
+    def _attach(self, llm: "LLM", prompts: dict[str, str] | None, default_prompt_name: str | None, limit: int | None) -> None:
         self._colbert = registry("io_processor").get("colbert")
         self._settings = self._colbert.settings(llm.model, colbert_ai_defaults=True)
         self._foreign = False
@@ -60,7 +63,7 @@ class MultiVectorEncoder(_Embedder):
         # its own multi-vector saves say whether they have one.
         self._normalize = st is None or st.model_type != "MultiVectorEncoder" or st.normalize
 
-    def _saved_prompts(self, llm: Any) -> dict[str, str]:
+    def _saved_prompts(self, llm: "LLM") -> dict[str, str]:
         """The saved prompts, a colbert-ai or PyLate marker put before the query and document ones
         (sentence-transformers turns those markers into the prompts); none of another kind of
         model's (a SparseEncoder's, say), as sentence-transformers converts it."""

@@ -25,12 +25,15 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from ..contracts.errors import InvalidRequest, MissingDependency
 from ..contracts.io import text_problem
 from ..contracts.params import PoolingParams
 from .encodings import FLOAT_DTYPES, STORED_DTYPES, check_stored_dtype, stored_values
+
+if TYPE_CHECKING:
+    from ..api.llm import LLM
 
 logger = logging.getLogger(__name__)
 
@@ -511,7 +514,7 @@ def _sweep(parts_dir: Path, output: Path) -> None:
 
 
 def run_job(
-    llm: Any,
+    llm: "LLM",
     input_path: str | Path,
     output_path: str | Path,
     *,

@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 from ..config.environment import env_number
 from ..contracts.errors import InvalidRequest
+from ..contracts.serving import EngineOwner
 
 #: The environment variable that gives each engine a stand-in device of this many tokens per second.
 ENV = "POOLKIT_STANDIN_TOKENS_PER_S"
@@ -89,7 +90,7 @@ def from_environment() -> StandInDevice | None:
     return None if rate is None else StandInDevice(rate)
 
 
-def attach(llm: Any, rate: float, keep_log: bool = False) -> StandInDevice:
+def attach(llm: EngineOwner, rate: float, keep_log: bool = False) -> StandInDevice:
     """Give a loaded ``LLM``'s engine a stand-in device of ``rate`` tokens per second; returns it."""
     device = StandInDevice(rate, keep_log)
     llm.engine.standin = device

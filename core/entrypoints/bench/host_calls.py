@@ -24,7 +24,10 @@ import cProfile
 import json
 import pstats
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ...api.llm import LLM
 
 #: The most calls each count may reach before the bench calls it a regression: the counts measured
 #: when this guard was written and about a tenth more (issue 52, Python 3.11: 514 a request and
@@ -33,7 +36,7 @@ from typing import Any
 BUDGETS = {"serve_calls_per_request": 560, "engine_calls_per_batch": 520}
 
 
-def serve_calls(llm: Any, requests: int = 400, clients: int = 8) -> dict[str, float]:
+def serve_calls(llm: "LLM", requests: int = 400, clients: int = 8) -> dict[str, float]:
     """The server's event-loop calls (and wall microseconds, without the profiler) per single-text
     request on ``llm``, in this process (no sockets): see the module."""
     from ..server import create_app
@@ -82,7 +85,7 @@ def serve_calls(llm: Any, requests: int = 400, clients: int = 8) -> dict[str, fl
     return asyncio.run(main())
 
 
-def engine_calls(llm: Any, calls: int = 200) -> float:
+def engine_calls(llm: "LLM", calls: int = 200) -> float:
     """The Python calls of one ``LLM.embed`` of one prompt of token ids, less those of the model's
     forward pass."""
     arch = llm.model.architecture

@@ -25,6 +25,7 @@ from .exports import OnnxInt8Peer, OpenVinoInt8Peer
 from .measure import TRUNCATE, _padding_fraction, peak_rss_mb, peer_model
 
 if TYPE_CHECKING:
+    from ...api.llm import LLM
     from ...config.settings import EngineArgs
 
 #: The ``model_impl`` the fallback peer loads with.
@@ -129,7 +130,7 @@ class PoolkitPeer(FallbackPeer):
 class FallbackModel:
     """A poolkit ``LLM`` on the fallback, with the sentence-transformers methods the workloads call."""
 
-    def __init__(self, llm: Any) -> None:
+    def __init__(self, llm: "LLM") -> None:
         self.llm = llm
 
     def encode(self, texts: str | list[str], batch_size: int = 32, convert_to_tensor: bool = False) -> Any:

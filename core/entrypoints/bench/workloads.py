@@ -11,7 +11,7 @@ import statistics
 import subprocess
 import tempfile
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ...config.settings import EngineArgs
 from . import host_calls
@@ -19,6 +19,9 @@ from .corpus import make_corpus
 from .measure import TRUNCATE, Result, _interleave, _median_ratio, gemm_peak_gflops, model_flops, peak_rss_mb
 from .peers import PEERS, SkipWorkload, check_peer, poolkit_cold_start
 from .presets import resolve_bench_model
+
+if TYPE_CHECKING:
+    from ...api.llm import LLM
 
 #: How the bench calls poolkit (``--api``): vLLM's ``LLM`` API, or the sentence-transformers drop-in classes.
 APIS = ("llm", "sentence-transformers")
@@ -73,7 +76,7 @@ class Bench:
         self.api = api
         self.dropin = self._dropin("SentenceTransformer", self.llm)
 
-    def _dropin(self, cls: str, llm: Any) -> Any:
+    def _dropin(self, cls: str, llm: "LLM") -> Any:
         """poolkit's drop-in class ``cls`` around ``llm`` with ``--api sentence-transformers``; ``None`` otherwise."""
         if self.api != "sentence-transformers":
             return None

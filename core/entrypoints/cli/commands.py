@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from typing import Any, List, Optional
+from typing import TYPE_CHECKING, Any, List, Optional
 
 import typer
 
@@ -44,6 +44,9 @@ from .options import (
 )
 from .records import emit, emit_scores, plugin_data, read_records
 
+if TYPE_CHECKING:
+    from ...api.llm import LLM
+
 #: The CLI's output options, by the task option they set (``--top-k`` sets ``top_k``).
 OUTPUT_FLAGS = {"top_k": "--top-k", "threshold": "--threshold", "entities": "--entities"}
 
@@ -54,7 +57,7 @@ def load(args: EngineArgs) -> Any:
     return LLM.from_args(args)
 
 
-def report_truncated(llm: Any, count: int, total: int, params: PoolingParams | None = None) -> None:
+def report_truncated(llm: "LLM", count: int, total: int, params: PoolingParams | None = None) -> None:
     """Say on stderr that ``count`` of ``total`` inputs were cut to the truncation limit.
 
     The CLI truncates over-long inputs unless told otherwise (:func:`poolkit.entrypoints.jobs.truncating`),
@@ -110,7 +113,7 @@ def _check_output_options(task_name: str, options: dict[str, Any]) -> None:
     task.check_options(options)
 
 
-def _run_plugin(texts: list[str], input_file: Optional[str], llm: Any, fmt: Format, quiet: bool) -> None:
+def _run_plugin(texts: list[str], input_file: Optional[str], llm: "LLM", fmt: Format, quiet: bool) -> None:
     rows = []
     for i, data in enumerate(plugin_data(texts, input_file)):
         (out,) = llm.encode({"data": data}, pooling_task=llm.plugin_task, use_tqdm=not quiet)
@@ -120,7 +123,7 @@ def _run_plugin(texts: list[str], input_file: Optional[str], llm: Any, fmt: Form
     emit(rows, Format.jsonl if fmt is Format.auto else fmt, "data")
 
 
-def _run_job(texts: list[str], input_file: Optional[str], llm: Any, request: Request, job: JobOptions, quiet: bool) -> None:
+def _run_job(texts: list[str], input_file: Optional[str], llm: "LLM", request: Request, job: JobOptions, quiet: bool) -> None:
     """``-o OUTPUT``: a resumable corpus job, locally or on Ray Data."""
     if texts or not input_file or input_file == "-":
         raise InvalidRequest("a corpus job (-o OUTPUT) reads its input from a file: pass -i INPUT")

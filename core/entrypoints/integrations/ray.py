@@ -15,12 +15,15 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...config.settings import EngineArgs
 from ...contracts.errors import InvalidRequest, MissingDependency
 from ...contracts.params import PoolingParams
 from ..jobs import JobSummary, truncating
+
+if TYPE_CHECKING:
+    from ...api.llm import LLM
 
 #: The column that says whether a row's input was cut to the truncation limit.
 TRUNCATED_COLUMN = "truncated"
@@ -149,7 +152,7 @@ def embed_dataset(
 
 
 def run_ray_job(
-    llm: Any,
+    llm: "LLM",
     input_path: str,
     output_path: str,
     *,

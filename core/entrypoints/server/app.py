@@ -7,7 +7,7 @@ import logging
 import signal
 import threading
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Callable, Sequence
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Sequence
 
 from fastapi import FastAPI
 
@@ -23,11 +23,14 @@ from .routes import ENDPOINTS, INFERENCE_ROUTES
 from .state import MiB, ModelState, ServerLimits, ServerState
 from .tracing import Traced, Tracing, check_endpoint
 
+if TYPE_CHECKING:
+    from ...api.llm import LLM
+
 logger = logging.getLogger(__name__)
 
 
 def create_app(
-    llm: Any,
+    llm: LLM,
     *,
     served_model_name: str | Sequence[str | None] | None = None,
     api_key: str | None = None,
@@ -194,7 +197,7 @@ def _load(st: ServerState, loaders: list[tuple[ModelState, Callable[[], Any]]]) 
 
 
 def run(
-    llm: Any,
+    llm: LLM,
     *,
     host: str = "127.0.0.1",
     port: int = 8000,

@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from .scoring import has_scorer
 
 if TYPE_CHECKING:
+    from ...api.llm import LLM
     from .state import ModelState
 
 #: The error shapes an endpoint answers with: OpenAI's ``{"error": {...}}`` (vLLM's and Cohere's
@@ -92,7 +93,7 @@ class Endpoint:
     openapi_extra: dict[str, Any] | None = None
     describe: Callable[[dict[str, Any], "ModelState"], None] | None = None
 
-    def served_by(self, llm: Any) -> bool:
+    def served_by(self, llm: LLM) -> bool:
         """Whether ``llm`` can run this endpoint: it has the endpoint's task and, where the
         endpoint scores, a Scoring API."""
         return (self.task is None or self.task in llm.supported_tasks) and (not self.scoring or has_scorer(llm))

@@ -7,17 +7,21 @@ model makes of a valid request is the :class:`poolkit.LLM`'s decision.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
 
 from ...contracts import io
 from ...contracts.errors import InvalidRequest
 from ...contracts.params import PoolingParams
-from ...inputs import Chat
+from ...inputs.chat import Chat
+from ...inputs.renderer import Renderer
 from .errors import ApiError, short
-from .state import ModelState
+from .state import ModelState, ServerState
 from .work import until_done
+
+if TYPE_CHECKING:
+    from ...api.llm import LLM
 
 
 def check_model(st: ModelState, name: str | None) -> None:
@@ -48,7 +52,7 @@ def check_text(text: str, where: str) -> None:
         raise ApiError(400, str(exc), param=where) from None
 
 
-def check_token_ids(st: ServerState, ids: list[int], where: str) -> None:
+def check_token_ids(st: ModelState, ids: list[int], where: str) -> None:
     """Refuse a token id outside the model's vocabulary, with the field at fault."""
     bad = next((t for t in ids if t < 0 or (st.vocab is not None and t >= st.vocab)), None)
     if bad is not None:
@@ -56,7 +60,7 @@ def check_token_ids(st: ServerState, ids: list[int], where: str) -> None:
         raise ApiError(400, f"{where}: token id {short(bad, 24)} is out of vocabulary{vocab}", param=where)
 
 
-def served_model(server: Any, name: str) -> Any:
+def served_model(server: ServerState, name: str) -> ModelState:
     """The served model called ``name`` (a :class:`~poolkit.entrypoints.server.state.ModelState`); a 404 that
     lists the served models for any other name."""
     model = server.model(name)
@@ -117,7 +121,7 @@ def pooling_params(**fields: Any) -> PoolingParams:
     return PoolingParams(**{k: v for k, v in fields.items() if v is not None})
 
 
-async def prompts_of(request: Request, st: ModelState, llm: Any, body: Any) -> list[Any]:
+async def prompts_of(request: Request, st: ModelState, llm: LLM, body: Any) -> list[Any]:
     """The prompts of a request with ``input`` or chat ``messages`` (``/v1/embeddings``, ``/classify``, ``/pooling``),
     each conversation rendered by the model's renderer (:meth:`poolkit.inputs.Renderer.chat_prompt_async`).
 
@@ -150,4 +154,5 @@ def special_tokens(body: Any) -> bool:
 async def render_chat(request: Request, st: ModelState, chat: Chat) -> Any:
     """One conversation as a prompt (its token ids, or its text with its media), by the model's renderer:
     remote media fetched under ``--allowed-media-domains``, the template rendered and tokenized on the worker thread."""
-    return await st.renderer.chat_prompt_async(chat, lambda work, cost: until_done(request, st, st.batcher.call(work, cost)))
+    renderer: Renderer = st.renderer
+    return await renderer.chat_prompt_async(chat, lambda work, cost: until_done(request, st, st.batcher.call(work, cost)))

@@ -35,6 +35,7 @@ from .endpoints import TEI, Endpoint
 from .routes import ENDPOINTS, SHARED_ROUTES
 
 if TYPE_CHECKING:
+    from ...api.llm import LLM
     from .state import ModelState, ServerState
 
 #: Rules across fields or over the tokens of an input, which a request schema cannot state, and
@@ -327,18 +328,18 @@ def _bound(doc: dict[str, Any], st: "ModelState") -> None:
             endpoint.describe(doc, st)
 
 
-def _takes_score_template(llm: Any) -> bool:
+def _takes_score_template(llm: LLM) -> bool:
     try:
         return bool(llm.scorer.takes_template)
     except (LookupError, PoolkitError):
         return False
 
 
-def _has_chat_template(st: "ModelState", llm: Any) -> bool:
+def _has_chat_template(st: "ModelState", llm: LLM) -> bool:
     return bool(st.renderer.chat_template)
 
 
-def _task_fields(llm: Any, tasks: list[str]) -> tuple[set[str], set[str]]:
+def _task_fields(llm: LLM, tasks: list[str]) -> tuple[set[str], set[str]]:
     """The output options (``top_k``, ...) and the pooling parameters that some task of the model takes."""
     options: set[str] = set()
     params: set[str] = set()

@@ -7,7 +7,7 @@ images together (:func:`_media_prompts`).
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Callable, List, Literal, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Annotated, Any, Callable, List, Literal, Optional, Sequence, Union
 
 from fastapi import Request
 from fastapi.responses import Response
@@ -26,6 +26,9 @@ from .inputs import check_count, check_dimensions, check_model, check_text, pool
 from .state import ModelState
 from .wire import JSON_NUMBER_BYTES, check_finite, request_id, respond
 from .work import check_response, check_tokens, check_truncation, run_media, until_done
+
+if TYPE_CHECKING:
+    from ...api.llm import LLM
 
 ENDPOINTS = Endpoints()
 
@@ -168,7 +171,7 @@ async def cohere_embed(body: CohereEmbedRequest, request: Request, st: State, ll
 
 
 async def _run(
-    request: Request, st: ModelState, llm: Any, body: CohereEmbedRequest, items: list[tuple[str, Any]], prefix: str | None,
+    request: Request, st: ModelState, llm: LLM, body: CohereEmbedRequest, items: list[tuple[str, Any]], prefix: str | None,
     prompt_name: str | None, params: PoolingParams, images: list[int],
 ) -> Any:
     """Texts, and a dual encoder's images (one image, no text, each), prepared and run."""
@@ -188,11 +191,11 @@ async def _run(
     return results
 
 
-def _prompt_text(llm: Any, prompt_name: str | None) -> str | None:
+def _prompt_text(llm: LLM, prompt_name: str | None) -> str | None:
     return llm.model.prompts.get(prompt_name) if prompt_name else None
 
 
-async def _media_prompts(request: Request, st: ModelState, llm: Any, items: list[tuple[str, Any]], prefix: str | None) -> list[Any]:
+async def _media_prompts(request: Request, st: ModelState, llm: LLM, items: list[tuple[str, Any]], prefix: str | None) -> list[Any]:
     """A vision-language model's inputs: texts (with the ``input_type`` prefix), and inputs with
     images as prompts with images. With a chat template each of those is a chat of one user
     message (the prefix a system message before it), as vLLM renders them; without one, an
@@ -298,16 +301,16 @@ def _media_input(index: int, entry: Any) -> tuple[str, Any]:
     return "media", parts
 
 
-def _instructions(llm: Any) -> dict[str, Any]:
+def _instructions(llm: LLM) -> dict[str, Any]:
     return dict(getattr(llm.model.hf_config, "task_instructions", None) or {})
 
 
-def input_types(llm: Any) -> list[str]:
+def input_types(llm: LLM) -> list[str]:
     """The ``input_type`` values a model takes: its sentence-transformers prompts and task instructions."""
     return sorted(set(llm.model.prompts) | set(_instructions(llm)))
 
 
-def _input_type(llm: Any, input_type: str | None) -> tuple[str | None, str | None]:
+def _input_type(llm: LLM, input_type: str | None) -> tuple[str | None, str | None]:
     """``input_type`` -> (a sentence-transformers prompt name, or a task-instruction prefix)."""
     if input_type is None:
         return None, None

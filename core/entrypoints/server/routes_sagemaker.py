@@ -8,7 +8,7 @@ other protocol's routes.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, Mapping, NamedTuple
 
 from fastapi import Request
 from fastapi.responses import Response
@@ -19,6 +19,9 @@ from .deps import Model, State
 from .endpoints import Endpoint, Endpoints
 from .errors import ApiError, validation_message
 from .state import ModelState
+
+if TYPE_CHECKING:
+    from ...api.llm import LLM
 
 ENDPOINTS = Endpoints()
 
@@ -54,7 +57,7 @@ INVOKED = (
 )
 
 
-def invocation_types(llm: Any, endpoints: Mapping[tuple[str, str], Endpoint]) -> list[tuple[Endpoint, Invoked]]:
+def invocation_types(llm: LLM, endpoints: Mapping[tuple[str, str], Endpoint]) -> list[tuple[Endpoint, Invoked]]:
     """The endpoints ``/invocations`` passes bodies to for ``llm``, in vLLM's order of priority
     (:data:`INVOKED`): those the model serves (:meth:`Endpoint.served_by`: its tasks and its
     scorer decide), and one that runs no single task (``/pooling``) when it has any task.

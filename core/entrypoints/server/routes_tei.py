@@ -23,7 +23,7 @@ poolkit's message with TEI's status and type.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional, Union
 
 import numpy as np
 import torch
@@ -31,8 +31,8 @@ from fastapi import Request
 from fastapi.responses import Response
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from ...contracts.io import Prompt
 from ... import __version__
+from ...contracts.io import Prompt
 from ...contracts.params import PoolingParams
 from ...runtime.estimates import tokens_of_text
 from ..protocol import POSITIVE, TEXT, TOKEN_IDS, list_of, schema
@@ -44,6 +44,9 @@ from .scoring import has_scorer, score_pairs
 from .state import ModelState
 from .wire import dump, dump_arrays, respond
 from .work import check_tokens, run_task, until_done
+
+if TYPE_CHECKING:
+    from ...api.llm import LLM
 
 #: TEI's error body and statuses (also in ``/openapi.json``, :mod:`poolkit.entrypoints.server.openapi`,
 #: where the paths TEI shares with vLLM describe both APIs' bodies).
@@ -219,7 +222,7 @@ def _answer(path: str) -> dict[str, Any]:
 # -- shared checks ---------------------------------------------------------------------------------
 
 
-def _needs(llm: Any, task: str, message: str) -> None:
+def _needs(llm: LLM, task: str, message: str) -> None:
     """TEI's 424 for a model of the wrong type for the route."""
     if task not in llm.supported_tasks:
         raise ApiError(424, message, tei=BACKEND)
@@ -269,7 +272,7 @@ def _truncation(st: ModelState, truncate: bool | None, direction: str) -> dict[s
     return {}
 
 
-def _activation(llm: Any, task: str, wanted: bool) -> bool | None:
+def _activation(llm: LLM, task: str, wanted: bool) -> bool | None:
     """``use_activation`` for what a TEI request asks (``normalize``, ``raw_scores``): ``None`` when
     that is the model's default, so that equal requests of every route share cache entries."""
     default = llm.task(task).settings(llm.model).get("use_activation")
@@ -280,7 +283,7 @@ def _prompt_name(st: ModelState, name: str | None) -> str | None:
     return name if name is not None else st.default_prompt_name
 
 
-async def _rows(request: Request, st: ModelState, llm: Any, task: str, prompts: list[Any], params: PoolingParams,
+async def _rows(request: Request, st: ModelState, llm: LLM, task: str, prompts: list[Any], params: PoolingParams,
                 prompt_name: str | None = None) -> list[torch.Tensor]:
     _, results = await run_task(request, st, llm, task, prompts, params, prompt_name=prompt_name)
     rows = results.rows()
@@ -578,7 +581,7 @@ async def info(request: Request, st: State, llm: Model) -> Response:
     return Response(dump(payload), media_type="application/json")
 
 
-def root_paths(llm: Any) -> list[str]:
+def root_paths(llm: LLM) -> list[str]:
     """The routes TEI's root route answers as for ``llm``, TEI's choice by model type first (its
     ``server.rs``: a reranker, a classifier of one label, reranks; another classifier predicts; an
     embedding model with SPLADE pooling embeds sparsely; any other embeds), then poolkit's
@@ -591,7 +594,7 @@ def root_paths(llm: Any) -> list[str]:
     return [chosen, "/similarity"] if EMBED in tasks else [chosen]
 
 
-def root_route(llm: Any, payload: Any) -> str:
+def root_route(llm: LLM, payload: Any) -> str:
     """The route of :func:`root_paths` that answers ``payload`` on the root route."""
     chosen = root_paths(llm)[0]
     if not isinstance(payload, dict):

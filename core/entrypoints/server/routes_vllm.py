@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Annotated, Any, Dict, List, Optional, Union
+from typing import TYPE_CHECKING, Annotated, Any, Dict, List, Optional, Union
 
 import torch
 from fastapi import Request
@@ -58,6 +58,9 @@ from .scoring import score_pairs, scorer_of
 from .state import ModelState
 from .wire import JSON_NUMBER_BYTES, check_finite, encode_tensor, jsonable, list_response, number_bytes, request_id, respond, usage
 from .work import check_tokens, check_truncation, run_task, until_done
+
+if TYPE_CHECKING:
+    from ...api.llm import LLM
 
 ENDPOINTS = Endpoints()
 
@@ -312,7 +315,7 @@ def _listed(names: list[str]) -> str:
     return f"{', '.join(names[:-1])} and {names[-1]}" if len(names) > 1 else names[0]
 
 
-async def _plugin(request: Request, st: ModelState, llm: Any, body: PoolingRequest, task: str | None) -> Response:
+async def _plugin(request: Request, st: ModelState, llm: LLM, body: PoolingRequest, task: str | None) -> Response:
     """``/pooling`` with ``data``: the model's IO processor plugin makes prompts and its own result."""
     plugin_task = llm.plugin_task
     if task is None or task != plugin_task:
@@ -344,7 +347,7 @@ def _texts(value: Any, what: str, where: str) -> list[str]:
     return items
 
 
-async def _score_side(st: ModelState, llm: Any, value: Any, what: str, where: str) -> list[Any]:
+async def _score_side(st: ModelState, llm: LLM, value: Any, what: str, where: str) -> list[Any]:
     """One side of a score request: texts, or inputs with images (vLLM's multimodal score input,
     :func:`poolkit.inputs.pairs.score_side`) whose images are data URIs, or remote URLs the server may
     fetch (``--allowed-media-domains``); never files."""
@@ -372,7 +375,7 @@ async def _score_side(st: ModelState, llm: Any, value: Any, what: str, where: st
     return out
 
 
-def _score_params(llm: Any, body: Any) -> PoolingParams:
+def _score_params(llm: LLM, body: Any) -> PoolingParams:
     """The pooling parameters of a score or rerank request; its score options ride in
     ``extra_kwargs``, as in vLLM. ``truncate_prompt_tokens: null`` sent explicitly stays set: it
     turns off the truncation a CrossEncoder export applies by default (vLLM)."""

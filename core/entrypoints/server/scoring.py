@@ -6,7 +6,7 @@ request the same way; each route keeps its own request checks and answer shape.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
 
@@ -16,8 +16,11 @@ from .errors import ApiError
 from .state import ModelState
 from .work import check_tokens, until_done
 
+if TYPE_CHECKING:
+    from ...api.llm import LLM
 
-def scorer_of(llm: Any) -> Any:
+
+def scorer_of(llm: LLM) -> Any:
     """The model's scorer (``LLM.scorer``); a 404 with the LLM's reason when the model cannot score.
 
     vLLM mounts ``/score`` and ``/rerank`` only for a model with a Scoring API (an embedding
@@ -30,7 +33,7 @@ def scorer_of(llm: Any) -> Any:
         raise ApiError(404, str(exc)) from None
 
 
-def has_scorer(llm: Any) -> bool:
+def has_scorer(llm: LLM) -> bool:
     """Whether the model has a Scoring API (``/score``, ``/rerank``)."""
     try:
         llm.scorer
@@ -40,7 +43,7 @@ def has_scorer(llm: Any) -> bool:
 
 
 async def score_pairs(
-    request: Request, st: ModelState, llm: Any, pairs: tuple[list[str], list[str]], params: PoolingParams, instruction: str | None
+    request: Request, st: ModelState, llm: LLM, pairs: tuple[list[str], list[str]], params: PoolingParams, instruction: str | None
 ) -> list[Any]:
     """Score the sides ``LLM.pair`` made of a request with ``LLM.score``, on the worker thread.
 

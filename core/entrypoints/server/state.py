@@ -13,13 +13,17 @@ import hashlib
 import math
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ...contracts.errors import InvalidRequest
 from ...runtime.batching import Batcher
 from .cache import EmbeddingCache
+from ...inputs import Renderer
 from ...inputs.media import MediaPolicy
 from .metrics import ModelMetrics, ServerMetrics
+
+if TYPE_CHECKING:
+    from ...api.llm import LLM
 
 MiB = 1024 * 1024
 
@@ -111,9 +115,9 @@ class ModelState:
         self.score_template = score_template
         self.cache = EmbeddingCache(cache_size, cache_max_bytes) if cache_size > 0 else None
         self.metrics = (ModelMetrics if server.tracing is None else server.tracing.metrics)(server.metrics, self)
-        self.llm: Any = None
+        self.llm: LLM | None = None
         #: The model's renderer with this server's settings (chat template, media policy, names), once loaded.
-        self.renderer: Any = None
+        self.renderer: Renderer | None = None
         self.batcher: Batcher | None = None
         self.ready = False
         self.load_error: BaseException | None = None
@@ -164,7 +168,7 @@ class ModelState:
         """Whether inference requests are taken: loaded and the server not draining."""
         return self.ready and not self.server.draining
 
-    def attach(self, llm: Any) -> None:
+    def attach(self, llm: LLM) -> None:
         """Take a loaded model: note the sizes the routes check requests against, start the batcher."""
         model = llm.model
         self.max_len = model.max_model_len.value

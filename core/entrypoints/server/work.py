@@ -7,7 +7,7 @@ thread. A client that goes away while its work waits cancels it before it runs.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import numpy as np
 import torch
@@ -22,6 +22,9 @@ from .cache import packed, unpacked
 from .errors import ApiError, ClientGone
 from .state import ModelState
 from .wire import JSON_NUMBER_BYTES
+
+if TYPE_CHECKING:
+    from ...api.llm import LLM
 
 #: The ASGI scope key of a future the server's HTTP front sets when the client goes away
 #: (:mod:`poolkit.entrypoints.server.front`): awaited instead of watching ``receive`` for a disconnect.
@@ -113,7 +116,7 @@ def result_numbers(task: Any, model: Any, results: Results) -> int:
     return 2 * sum(int(torch.count_nonzero(t)) for t in tensors)
 
 
-def check_truncation(llm: Any, truncate: int | None, param: str = "truncate_prompt_tokens") -> None:
+def check_truncation(llm: LLM, truncate: int | None, param: str = "truncate_prompt_tokens") -> None:
     """The LLM's truncation check, run before its other checks, with the request field at fault."""
     try:
         llm.check_truncation(truncate)
@@ -124,7 +127,7 @@ def check_truncation(llm: Any, truncate: int | None, param: str = "truncate_prom
 async def run_task(
     request: Request,
     st: ModelState,
-    llm: Any,
+    llm: LLM,
     task_name: str,
     raw: list[Any],
     params: PoolingParams,
@@ -158,7 +161,7 @@ async def run_task(
 async def run_media(
     request: Request,
     st: ModelState,
-    llm: Any,
+    llm: LLM,
     task_name: str,
     raw: list[Any],
     params: PoolingParams,
@@ -187,7 +190,7 @@ async def run_media(
 
 
 def _prepared(
-    st: ModelState, llm: Any, task_name: str, raw: list[Any], params: PoolingParams, prompt_name: str | None,
+    st: ModelState, llm: LLM, task_name: str, raw: list[Any], params: PoolingParams, prompt_name: str | None,
     add_special_tokens: bool, number_bytes: float,
 ) -> tuple[Any, Any, list[PoolingParams], int]:
     """The request prepared by the LLM (task, prompts, checked parameters) and its token estimate,
@@ -213,7 +216,7 @@ def _as_prompt(raw: Any) -> Prompt:
 
 
 async def _cached(
-    request: Request, st: ModelState, llm: Any, task: Any, raw: list[Any], prompts: Any, checked: Any, tokens: int,
+    request: Request, st: ModelState, llm: LLM, task: Any, raw: list[Any], prompts: Any, checked: Any, tokens: int,
     params: PoolingParams, prompt_name: str | None, add_special_tokens: bool,
 ) -> Results:
     """The results of prepared prompts: from the embedding cache where it holds them, the rest run."""
