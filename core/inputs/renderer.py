@@ -325,6 +325,10 @@ def _items(inputs: Any) -> list[Any]:
 
 
 def _has_chat(inputs: Any) -> bool:
-    if _is_chat(inputs):
-        return True
-    return isinstance(inputs, (list, tuple)) and any(_is_chat(item) for item in inputs)
+    """Whether ``inputs`` hold a conversation; texts and token ids are told apart in bulk (the hot path)."""
+    if not isinstance(inputs, (list, tuple)):
+        return _is_chat(inputs)
+    kinds = set(map(type, inputs))
+    if not kinds & {dict, Chat}:
+        return False
+    return any(isinstance(item, Chat) or (isinstance(item, dict) and "messages" in item) for item in inputs)
