@@ -18,7 +18,8 @@ from ...inputs.chat import Chat
 from ...inputs.renderer import Renderer
 from .errors import ApiError, short
 from .state import ModelState, ServerState
-from .work import until_done
+from .wire import JSON_NUMBER_BYTES
+from .work import run_task, until_done
 
 if TYPE_CHECKING:
     from ...api.llm import LLM
@@ -144,6 +145,26 @@ async def prompts_of(request: Request, st: ModelState, llm: LLM, body: Any) -> l
             for i, messages in enumerate(conversations)
         ]
     return prompt_items(st, body.input)
+
+
+async def run_inputs(
+    request: Request, st: ModelState, llm: LLM, body: Any, task_name: str, number_bytes: float = JSON_NUMBER_BYTES, **fields: Any
+) -> tuple[Any, Any]:
+    """A request of ``input`` or chat ``messages`` (``/v1/embeddings``, ``/pooling``, ``/classify``) run
+    for ``task_name``: its pooling parameters of the fields those requests share (``dimensions`` where
+    the body has it, ``use_activation``, the truncation) and ``fields``, its prompts rendered.
+
+    Returns:
+        :func:`~poolkit.entrypoints.server.work.run_task`'s task and results.
+    """
+    dimensions = getattr(body, "dimensions", None)
+    check_dimensions(st, dimensions, "dimensions")
+    params = pooling_params(
+        dimensions=dimensions, use_activation=body.use_activation, truncate_prompt_tokens=body.truncate_prompt_tokens,
+        truncation_side=body.truncation_side, **fields,
+    )
+    raw = await prompts_of(request, st, llm, body)
+    return await run_task(request, st, llm, task_name, raw, params, add_special_tokens=special_tokens(body), number_bytes=number_bytes)
 
 
 def special_tokens(body: Any) -> bool:

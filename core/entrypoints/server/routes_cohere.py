@@ -25,7 +25,7 @@ from .errors import ApiError, short
 from .inputs import check_count, check_dimensions, check_model, check_text, pooling_params, render_chat
 from .state import ModelState
 from .wire import JSON_NUMBER_BYTES, check_finite, request_id, respond
-from .work import check_response, check_tokens, check_truncation, run_media, until_done
+from .work import check_response, check_tokens, check_truncation, run_task, until_done
 
 if TYPE_CHECKING:
     from ...api.llm import LLM
@@ -145,7 +145,7 @@ async def cohere_embed(body: CohereEmbedRequest, request: Request, st: State, ll
     if any(kind == "media" for kind, _ in items):
         raw = await _media_prompts(request, st, llm, items, prefix or _prompt_text(llm, prompt_name))
         check = (lambda prompts: _check_untruncated(st, prompts, body.max_tokens)) if body.truncate == "NONE" else None
-        _, results = await run_media(request, st, llm, "embed", raw, params, check=check)
+        _, results = await run_task(request, st, llm, "embed", raw, params, check=check)
     else:
         results = await _run(request, st, llm, body, items, prefix, prompt_name, params, images)
     image_set = set(images)

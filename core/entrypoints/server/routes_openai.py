@@ -22,10 +22,9 @@ from ..protocol import (
 )
 from .deps import Model, State
 from .endpoints import Endpoints
-from .inputs import check_dimensions, check_model, pooling_params, prompts_of, special_tokens
+from .inputs import check_model, run_inputs
 from .state import ModelState
 from .wire import encode_tensor, json_response, list_response, number_bytes
-from .work import run_task
 
 ENDPOINTS = Endpoints()
 
@@ -69,17 +68,7 @@ def _model_entry(st: ModelState, created: int) -> dict:
 @ENDPOINTS.post("/v1/embeddings", "Embeddings (OpenAI).", task="embed", tensors=True)
 async def embeddings(body: EmbeddingRequest, request: Request, st: State, llm: Model) -> Response:
     check_model(st, body.model)
-    check_dimensions(st, body.dimensions, "dimensions")
-    params = pooling_params(
-        dimensions=body.dimensions,
-        use_activation=body.use_activation,
-        truncate_prompt_tokens=body.truncate_prompt_tokens,
-        truncation_side=body.truncation_side,
-    )
-    raw = await prompts_of(request, st, llm, body)
-    _, results = await run_task(
-        request, st, llm, "embed", raw, params, add_special_tokens=special_tokens(body), number_bytes=number_bytes(body)
-    )
+    _, results = await run_inputs(request, st, llm, body, "embed", number_bytes(body))
     return await list_response(
         request, body, "embd", st.served, results,
         lambda i, t: {"index": i, "object": "embedding", "embedding": encode_tensor(t, body)}, arrays=True,

@@ -43,21 +43,11 @@ from ..protocol import (
 from .deps import Model, State
 from .endpoints import Endpoints
 from .errors import ApiError, short
-from .inputs import (
-    check_count,
-    check_dimensions,
-    check_model,
-    check_text,
-    check_token_ids,
-    pooling_params,
-    prompts_of,
-    render_chat,
-    special_tokens,
-)
+from .inputs import check_count, check_model, check_text, check_token_ids, pooling_params, render_chat, run_inputs
 from .scoring import score_pairs, scorer_of
 from .state import ModelState
 from .wire import JSON_NUMBER_BYTES, check_finite, encode_tensor, jsonable, list_response, number_bytes, request_id, respond, usage
-from .work import check_tokens, check_truncation, run_task, until_done
+from .work import check_tokens, check_truncation, until_done
 
 if TYPE_CHECKING:
     from ...api.llm import LLM
@@ -238,13 +228,7 @@ class DetokenizeRequest(BaseRequest):
 @ENDPOINTS.post("/classify", "Class probabilities (vLLM).", task="classify")
 async def classify(body: ClassificationRequest, request: Request, st: State, llm: Model) -> Response:
     check_model(st, body.model)
-    params = pooling_params(
-        use_activation=body.use_activation,
-        truncate_prompt_tokens=body.truncate_prompt_tokens,
-        truncation_side=body.truncation_side,
-    )
-    raw = await prompts_of(request, st, llm, body)
-    _, results = await run_task(request, st, llm, "classify", raw, params, add_special_tokens=special_tokens(body))
+    _, results = await run_inputs(request, st, llm, body, "classify")
     rid, created = request_id(request, "classify"), int(time.time())
     tokens = sum(len(ids) for _, ids in results)
     id2label = llm.model.id2label
@@ -287,19 +271,9 @@ async def pooling(body: PoolingRequest, request: Request, st: State, llm: Model)
         raise ApiError(
             400, f"task '{task.name}' returns structured data, not tensors: use encoding_format 'float'", param="encoding_format"
         )
-    check_dimensions(st, body.dimensions, "dimensions")
-    params = pooling_params(
-        dimensions=body.dimensions,
-        use_activation=body.use_activation,
-        truncate_prompt_tokens=body.truncate_prompt_tokens,
-        truncation_side=body.truncation_side,
-        step_tag_id=body.step_tag_id,
-        returned_token_ids=body.returned_token_ids,
-    )
-    raw = await prompts_of(request, st, llm, body)
-    _, results = await run_task(
-        request, st, llm, task.name, raw, params, add_special_tokens=special_tokens(body),
-        number_bytes=number_bytes(body) if task.tensor_output else JSON_NUMBER_BYTES,
+    _, results = await run_inputs(
+        request, st, llm, body, task.name, number_bytes(body) if task.tensor_output else JSON_NUMBER_BYTES,
+        step_tag_id=body.step_tag_id, returned_token_ids=body.returned_token_ids,
     )
 
     def item(i: int, t: torch.Tensor) -> dict:

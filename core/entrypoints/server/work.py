@@ -134,6 +134,7 @@ async def run_task(
     prompt_name: str | None = None,
     add_special_tokens: bool = True,
     number_bytes: float = JSON_NUMBER_BYTES,
+    check: Callable[[Any], None] | None = None,
 ) -> tuple[Any, Results]:
     """Prepare ``raw`` prompts for ``task_name`` with the LLM's checks, then run them on the batcher.
 
@@ -143,48 +144,32 @@ async def run_task(
     ``number_bytes`` bytes per number of the route's encoding), estimated before the work and
     counted again after it. With an embedding cache (``--cache-size``), inputs it holds are not
     run again. ``add_special_tokens=False`` marks the text prompts to be tokenized without special
-    tokens (:attr:`poolkit.contracts.io.Prompt.add_special_tokens`). Prompts with images
-    (:class:`~poolkit.contracts.io.Prompt` objects) run through :func:`run_media`.
+    tokens (:attr:`poolkit.contracts.io.Prompt.add_special_tokens`).
+
+    Prompts with media (:class:`~poolkit.contracts.io.Prompt` objects), and any request with a
+    ``check`` (which sees the prepared prompts before they run), are prepared on the worker thread,
+    where decoding and pre-processing the media is work: checked against the token and response
+    limits once their token counts are known, and run (never cached).
 
     Returns:
         The task and, per input, its result tensor and prompt token ids.
     """
     check_truncation(llm, params.truncate_prompt_tokens)
-    if any(isinstance(p, Prompt) for p in raw):
-        return await run_media(request, st, llm, task_name, raw, params, prompt_name, add_special_tokens, number_bytes)
-    task, prompts, checked, tokens = _prepared(st, llm, task_name, raw, params, prompt_name, add_special_tokens, number_bytes)
-    results = await _cached(request, st, llm, task, raw, prompts, checked, tokens, params, prompt_name, add_special_tokens)
-    check_response(st, result_numbers(task, llm.model, results), number_bytes, estimated=False)
-    return task, results
+    if check is None and not any(isinstance(p, Prompt) for p in raw):
+        task, prompts, checked, tokens = _prepared(st, llm, task_name, raw, params, prompt_name, add_special_tokens, number_bytes)
+        results = await _cached(request, st, llm, task, raw, prompts, checked, tokens, params, prompt_name, add_special_tokens)
+    else:
+        guess = sum(estimate_costs([_as_prompt(p) for p in raw])) + st.renderer.media_cost(raw)
+        check_tokens(st, guess)
 
+        def work() -> tuple[Any, Results]:
+            task, prompts, checked, _ = _prepared(st, llm, task_name, raw, params, prompt_name, add_special_tokens, number_bytes)
+            if check is not None:
+                check(prompts)
+            return task, llm.run(task, list(prompts), checked)
 
-async def run_media(
-    request: Request,
-    st: ModelState,
-    llm: LLM,
-    task_name: str,
-    raw: list[Any],
-    params: PoolingParams,
-    prompt_name: str | None = None,
-    add_special_tokens: bool = True,
-    number_bytes: float = JSON_NUMBER_BYTES,
-    check: Callable[[Any], None] | None = None,
-) -> tuple[Any, Results]:
-    """:func:`run_task` for prompts with images: decoding and pre-processing the images is work for
-    the worker thread, so the prompts are prepared there, checked against the token and response
-    limits once their token counts are known, and run (never cached). ``check``, if given, sees
-    the prepared prompts before they run."""
-    guess = sum(estimate_costs([_as_prompt(p) for p in raw])) + st.renderer.media_cost(raw)
-    check_tokens(st, guess)
-
-    def work() -> tuple[Any, Results]:
-        task, prompts, checked, _ = _prepared(st, llm, task_name, raw, params, prompt_name, add_special_tokens, number_bytes)
-        if check is not None:
-            check(prompts)
-        return task, llm.run(task, list(prompts), checked)
-
-    task, results = await until_done(request, st, st.batcher.call(work, guess))
-    st.metrics.answered(len(results), results.num_tokens)
+        task, results = await until_done(request, st, st.batcher.call(work, guess))
+        st.metrics.answered(len(results), results.num_tokens)
     check_response(st, result_numbers(task, llm.model, results), number_bytes, estimated=False)
     return task, results
 
