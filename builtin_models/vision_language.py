@@ -59,13 +59,9 @@ class VisionLanguageModel(Architecture):
         return self.config.text_config
 
     @property
-    def hidden_size(self) -> int:
-        return int(self.text_config.hidden_size)
-
-    @property
-    def max_positions(self) -> int | None:
-        n = getattr(self.text_config, "max_position_embeddings", None)
-        return int(n) if n else None
+    def size_config(self) -> Any:
+        """The decoder's config gives the sizes (:attr:`hidden_size`, :attr:`max_positions`)."""
+        return self.text_config
 
     @classmethod
     def require_sub_configs(cls, config: Any, where: str = "config") -> None:

@@ -261,18 +261,21 @@ ENCODED_VIDEO = (str, bytes, bytearray, memoryview, Path)
 
 def split_videos(value: Any) -> list[Any]:
     """A prompt's ``video`` value as a list of videos: one video (a list of frames, a 4-D array, or
-    encoded: bytes, a data URI, a file) or a list of them."""
+    encoded: bytes, a data URI, a file) or a list of them (encoded ones as bytes or data URIs)."""
     if value is None:
         return []
     if isinstance(value, np.ndarray):
         return [value] if value.ndim == 4 else list(value) if value.ndim == 5 else [value]
     if isinstance(value, (list, tuple)):
-        if value and all(
-            isinstance(v, (list, tuple, *ENCODED_VIDEO)) or (isinstance(v, np.ndarray) and v.ndim == 4) for v in value
-        ):
+        if value and all(isinstance(v, (list, tuple)) or _encoded(v) or (isinstance(v, np.ndarray) and v.ndim == 4) for v in value):
             return list(value)
         return [value]
     return [value]
+
+
+def _encoded(value: Any) -> bool:
+    """Whether a list item is a whole encoded video (bytes or a data URI); a path in a list is a frame."""
+    return isinstance(value, (bytes, bytearray, memoryview)) or (isinstance(value, str) and value.startswith("data:"))
 
 
 class QwenVLProcessor(MediaProcessor):

@@ -165,14 +165,20 @@ class Architecture(torch.nn.Module):
         self.config = config
 
     @property
+    def size_config(self) -> Any:
+        """The config :attr:`hidden_size` and :attr:`max_positions` read: ``config``, or the part of
+        it that holds the model :meth:`forward` runs (a vision-language model's ``text_config``)."""
+        return self.config
+
+    @property
     def hidden_size(self) -> int:
-        """Width of the hidden states :meth:`forward` returns (``config.hidden_size``)."""
-        return int(self.config.hidden_size)
+        """Width of the hidden states :meth:`forward` returns (``hidden_size`` of :attr:`size_config`)."""
+        return int(self.size_config.hidden_size)
 
     @property
     def max_positions(self) -> int | None:
         """Most tokens one sequence may hold, special tokens included; ``None`` if unbounded."""
-        n = getattr(self.config, "max_position_embeddings", None)
+        n = getattr(self.size_config, "max_position_embeddings", None)
         return int(n) if n else None
 
     @property
