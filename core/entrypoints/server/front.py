@@ -31,7 +31,7 @@ from uvicorn.protocols.utils import get_client_addr
 
 from .errors import error_body
 from .routes import INFERENCE_ROUTES
-from .work import DISCONNECTED
+from .work import DISCONNECTED, body_then
 
 if TYPE_CHECKING:
     from .state import ServerState
@@ -122,17 +122,12 @@ def plain_scope(
 
 def whole_body(body: bytes, gone: asyncio.Future) -> Any:
     """The ``receive`` of a request whose body is all in: the body, then the disconnect once ``gone`` is set."""
-    sent = False
 
-    async def receive() -> dict:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
+    async def disconnect() -> dict:
         await asyncio.shield(gone)
         return {"type": "http.disconnect"}
 
-    return receive
+    return body_then(body, disconnect)
 
 
 class OneSendPerTurn:

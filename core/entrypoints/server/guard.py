@@ -34,7 +34,7 @@ from .routes import (
     TEI_ALIASES,
     TEI_ROUTES,
 )
-from .work import DISCONNECTED
+from .work import DISCONNECTED, body_then
 
 if TYPE_CHECKING:
     from .state import ModelState, ServerState
@@ -118,20 +118,6 @@ def _is_json(content_type: str | None) -> bool:
         return False
     mime = content_type.split(";", 1)[0].strip().lower()
     return mime == "application/json" or (mime.startswith("application/") and mime.endswith("+json"))
-
-
-def _replay(body: bytes, receive: Any) -> Any:
-    """A ``receive`` that hands the body already read to the app, then the client's messages."""
-    sent = False
-
-    async def replay() -> dict:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
 
 
 def _parsed(body: bytes) -> tuple[Any] | None:
@@ -336,7 +322,7 @@ class Guard:
                     scope[CHOSEN_MODEL] = model
                     if st.lane is not None and await st.lane.answer(model, scope, receive, send_wrapper, body):
                         return
-                    receive = _replay(body, receive)
+                    receive = body_then(body, receive)
             if error is not None:
                 await send_error(send_wrapper, error, tei=scope.get(API) == "tei")
             else:

@@ -31,6 +31,20 @@ if TYPE_CHECKING:
 DISCONNECTED = "poolkit.disconnected"
 
 
+def body_then(body: bytes, after: Callable[[], Awaitable[dict]]) -> Callable[[], Awaitable[dict]]:
+    """An ASGI ``receive`` that hands over ``body`` (all of it, read already) once, then whatever ``after`` answers."""
+    sent = False
+
+    async def receive() -> dict:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await after()
+
+    return receive
+
+
 async def _until_disconnect(request: Request) -> None:
     while True:
         message = await request.receive()
