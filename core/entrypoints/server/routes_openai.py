@@ -10,16 +10,7 @@ from fastapi.responses import Response
 from pydantic import ConfigDict
 
 from ...contracts.errors import PoolkitError
-from ..protocol import (
-    ActivationFields,
-    BaseRequest,
-    ChatFields,
-    EncodingFields,
-    Positive,
-    PromptInput,
-    TokenizationFields,
-    one_of,
-)
+from ..protocol import ActivationFields, BaseRequest, ChatFields, EncodingFields, Positive, PromptInput, TokenizationFields, one_of
 from .deps import Model, State
 from .endpoints import Endpoints
 from .inputs import check_model, run_inputs
