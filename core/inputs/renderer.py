@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any, Awaitable, Callable, Sequence
 
-from ..contracts.errors import InvalidRequest
+from ..contracts.errors import InvalidRequest, short
 from ..contracts.io import IOProcessor, Prompt, PromptBatch
 from ..plugins.lookup import registry
 from . import chat as chats
@@ -133,6 +133,34 @@ class Renderer:
     def named_prompt(self, prompt_name: str | None) -> str | None:
         """The text of the prompt ``prompt_name`` names, if the model has it (no default, no error)."""
         return self.model.prompts.get(prompt_name) if prompt_name else None
+
+    @property
+    def input_types(self) -> list[str]:
+        """The retrieval roles a request may name (Cohere's ``input_type``): the model's prompt names
+        and its config's ``task_instructions``."""
+        return sorted(set(self.model.prompts) | set(self._instructions))
+
+    def input_type(self, input_type: str | None) -> tuple[str | None, str | None]:
+        """``input_type`` as a prompt name of the model, or as the text of its task instruction.
+
+        Raises:
+            InvalidRequest: a role the model has neither (Cohere's wording).
+        """
+        if input_type is None:
+            return None, None
+        if input_type in self.model.prompts:
+            return input_type, None
+        if input_type in self._instructions:
+            return None, str(self._instructions[input_type])
+        given = f"Unsupported input_type {short(input_type, 40)!r}."
+        known = self.input_types
+        if not known:
+            raise InvalidRequest(f"{given} This model does not define any input_type task instructions.", param="input_type")
+        raise InvalidRequest(f"{given} Supported values: {', '.join(known)}", param="input_type")
+
+    @property
+    def _instructions(self) -> dict[str, Any]:
+        return dict(getattr(self.model.hf_config, "task_instructions", None) or {})
 
     # -- inputs to prompts -----------------------------------------------------------------------
 

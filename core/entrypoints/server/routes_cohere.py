@@ -21,7 +21,7 @@ from ..encodings import binary, cohere_base64, ubinary
 from ..protocol import TEXT, BaseRequest, Positive, list_of, one_of, schema
 from .deps import Model, State
 from .endpoints import Endpoints
-from .errors import ApiError, short
+from .errors import ApiError
 from .inputs import check_count, check_dimensions, check_model, check_text, pooling_params, render_chat
 from .state import ModelState
 from .wire import JSON_NUMBER_BYTES, check_finite, request_id, respond
@@ -106,7 +106,7 @@ def _describe(doc: dict[str, Any], st: ModelState) -> None:
     """The loaded model's ``input_type`` values in ``/openapi.json`` (none: the field takes only null)."""
     fields = doc["components"]["schemas"].get(CohereEmbedRequest.__name__, {}).get("properties", {})
     if "input_type" in fields:
-        known = input_types(st.llm)
+        known = st.renderer.input_types
         fields["input_type"] = {"anyOf": [{"enum": known}, {"type": "null"}]} if known else {"type": "null"}
 
 
@@ -117,7 +117,7 @@ def _describe(doc: dict[str, Any], st: ModelState) -> None:
 async def cohere_embed(body: CohereEmbedRequest, request: Request, st: State, llm: Model) -> Response:
     check_model(st, body.model)
     items = _items(st, body, st.renderer.reads_media)
-    prompt_name, prefix = _input_type(llm, body.input_type)
+    prompt_name, prefix = st.renderer.input_type(body.input_type)
     types = list(dict.fromkeys(body.embedding_types))
     if not types:
         raise ApiError(400, "embedding_types must not be empty", param="embedding_types")
@@ -143,7 +143,7 @@ async def cohere_embed(body: CohereEmbedRequest, request: Request, st: State, ll
     check_response(st, len(items) * (width or 0), sum(_TYPE_BYTES[kind] for kind in types), estimated=True)
     images = [i for i, (kind, _) in enumerate(items) if kind in ("image", "media")]
     if any(kind == "media" for kind, _ in items):
-        raw = await _media_prompts(request, st, llm, items, prefix or _prompt_text(llm, prompt_name))
+        raw = await _media_prompts(request, st, llm, items, prefix or st.renderer.named_prompt(prompt_name))
         check = (lambda prompts: _check_untruncated(st, prompts, body.max_tokens)) if body.truncate == "NONE" else None
         _, results = await run_task(request, st, llm, "embed", raw, params, check=check)
     else:
@@ -189,10 +189,6 @@ async def _run(
         results = await until_done(request, st, st.batcher.submit(task, prompts, checked))
     st.metrics.answered(len(results), sum(max(1, len(ids)) for _, ids in results))
     return results
-
-
-def _prompt_text(llm: LLM, prompt_name: str | None) -> str | None:
-    return llm.model.prompts.get(prompt_name) if prompt_name else None
 
 
 async def _media_prompts(request: Request, st: ModelState, llm: LLM, items: list[tuple[str, Any]], prefix: str | None) -> list[Any]:
@@ -299,37 +295,6 @@ def _media_input(index: int, entry: Any) -> tuple[str, Any]:
     if len(parts) == 1 and parts[0][0] == "text":
         return parts[0]
     return "media", parts
-
-
-def _instructions(llm: LLM) -> dict[str, Any]:
-    return dict(getattr(llm.model.hf_config, "task_instructions", None) or {})
-
-
-def input_types(llm: LLM) -> list[str]:
-    """The ``input_type`` values a model takes: its sentence-transformers prompts and task instructions."""
-    return sorted(set(llm.model.prompts) | set(_instructions(llm)))
-
-
-def _input_type(llm: LLM, input_type: str | None) -> tuple[str | None, str | None]:
-    """``input_type`` -> (a sentence-transformers prompt name, or a task-instruction prefix)."""
-    if input_type is None:
-        return None, None
-    prompts = llm.model.prompts
-    instructions = _instructions(llm)
-    if input_type in prompts:
-        return input_type, None
-    if input_type in instructions:
-        return None, str(instructions[input_type])
-    known = input_types(llm)
-    if not known:
-        raise ApiError(
-            400,
-            f"Unsupported input_type {short(input_type, 40)!r}. This model does not define any input_type task instructions.",
-            param="input_type",
-        )
-    raise ApiError(
-        400, f"Unsupported input_type {short(input_type, 40)!r}. Supported values: {', '.join(known)}", param="input_type"
-    )
 
 
 def _work(
