@@ -25,6 +25,7 @@ from poolkit.plugins.lookup import kernel_for
 from poolkit.plugins.manager import registry
 
 from .layers import (
+    BERT_LAYOUT_SHAPES,
     FusedLinear,
     PooledClassifier,
     TokenClassifier,
@@ -166,11 +167,9 @@ class BertModel(Quantizable, Architecture):
         r"(?:^|\.)encoder\.layer\.(\d+)\.",
         sizes=("type_vocab_size",),
         shapes={
-            "embeddings.word_embeddings.weight": ("vocab_size", "hidden_size"),
-            "embeddings.position_embeddings.weight": ("max_position_embeddings", "hidden_size"),
+            **BERT_LAYOUT_SHAPES,
             "embeddings.token_type_embeddings.weight": ("type_vocab_size", "hidden_size"),
             "encoder.layer.0.attention.self.query.weight": ("hidden_size", "hidden_size"),
-            "encoder.layer.0.intermediate.dense.weight": ("intermediate_size", "hidden_size"),
         },
     )
     #: Prefix of the encoder's tensors in task-model checkpoints (HF's ``base_model_prefix``).

@@ -123,6 +123,15 @@ ENCODER_SIZES = (
 )
 
 
+#: The tensors of BERT's layout that every encoder keeping it has (BERT, RoBERTa, XLM-R, MPNet), with
+#: their sizes: the token and position embeddings and the first feed-forward layer.
+BERT_LAYOUT_SHAPES: Mapping[str, tuple[Dim, ...]] = {
+    "embeddings.word_embeddings.weight": ("vocab_size", "hidden_size"),
+    "embeddings.position_embeddings.weight": ("max_position_embeddings", "hidden_size"),
+    "encoder.layer.0.intermediate.dense.weight": ("intermediate_size", "hidden_size"),
+}
+
+
 def encoder_checks(layers: str, sizes: tuple[str, ...] = (), shapes: Mapping[str, tuple[Dim, ...]] | None = None) -> ConfigChecks:
     """An encoder's config checks: the :data:`ENCODER_SIZES` and its family's own ``sizes``, attention
     heads that divide the hidden size, as many layers as the checkpoint tensors ``layers`` finds (a

@@ -32,6 +32,7 @@ from poolkit.plugins.lookup import kernel_for
 
 from .bert import BertLayer, BertModel, RobertaClassificationHead
 from .layers import (
+    BERT_LAYOUT_SHAPES,
     FusedLinear,
     TokenClassifier,
     attention_head_dim,
@@ -161,11 +162,9 @@ class MPNetModel(Quantizable, Architecture):
         r"(?:^|\.)encoder\.layer\.(\d+)\.",
         sizes=("relative_attention_num_buckets",),
         shapes={
-            "embeddings.word_embeddings.weight": ("vocab_size", "hidden_size"),
-            "embeddings.position_embeddings.weight": ("max_position_embeddings", "hidden_size"),
+            **BERT_LAYOUT_SHAPES,
             "encoder.relative_attention_bias.weight": ("relative_attention_num_buckets", "num_attention_heads"),
             "encoder.layer.0.attention.attn.q.weight": ("hidden_size", "hidden_size"),
-            "encoder.layer.0.intermediate.dense.weight": ("intermediate_size", "hidden_size"),
         },
     )
     #: Prefix of the encoder's tensors in task-model checkpoints (HF's ``base_model_prefix``).
