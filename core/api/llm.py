@@ -346,15 +346,17 @@ class LLM:
         pooling_task: str,
         tokenization_kwargs: dict[str, Any] | None = None,
         prompt_name: str | None = None,
+        prefix: str | None = None,
     ) -> tuple[Any, list[Prompt], list[PoolingParams]]:
         """Validate a request without running it: the task, its prompts and verified parameters.
 
         The server prepares requests on the event loop (cheap checks only, no tokenization) and
-        runs them later, merged with others, through ``engine.run``.
+        runs them later, merged with others, through ``engine.run``. ``prefix``: a prompt's text to
+        put before each input instead of ``prompt_name``'s (``""``: none, not even the model's default).
         """
         task = self.model.task(pooling_task)
         renderer: Renderer = self.renderer
-        parsed = renderer.prompts(prompts, prompt_name)
+        parsed = renderer.prompts(prompts, prompt_name, prefix=prefix)
         kwargs = dict(tokenization_kwargs or {})
         input_type = kwargs.pop("input_type", None)
         if input_type is not None:

@@ -241,8 +241,7 @@ class _Model:
             inputs = [self._media_prompt(i) if _is_media(i) else i for i in inputs]
         if any(isinstance(i, (tuple, list)) for i in inputs):
             inputs = [Prompt(text=i[0], text_pair=i[1]) if isinstance(i, (tuple, list)) else Prompt(text=i) for i in inputs]
-        task, parsed, checked = self.llm.prepare(inputs, params, pooling_task=pooling_task, tokenization_kwargs=self._cut())
-        parsed.set_prefix(prefix or None)
+        task, parsed, checked = self.llm.prepare(inputs, params, pooling_task=pooling_task, tokenization_kwargs=self._cut(), prefix=prefix or "")
         return self.llm.run(task, parsed, checked)
 
     def _media_prompt(self, item: Any) -> Any:

@@ -164,11 +164,14 @@ class Renderer:
 
     # -- inputs to prompts -----------------------------------------------------------------------
 
-    def prompts(self, inputs: Any, prompt_name: str | None = None, chat_options: dict[str, Any] | None = None) -> PromptBatch:
+    def prompts(
+        self, inputs: Any, prompt_name: str | None = None, chat_options: dict[str, Any] | None = None, prefix: str | None = None
+    ) -> PromptBatch:
         """The prompts of ``inputs`` (what ``LLM.embed`` takes: texts, token ids, ``{"prompt": ...}``,
         ``{"prompt_token_ids": ...}``, prompts with ``multi_modal_data``, :class:`Chat` conversations),
-        the prompt name's prefix set, their media pre-processed by the model's media processor.
-        ``chat_options`` are :class:`Chat`'s fields for ``{"messages": [...]}`` inputs."""
+        the prompt name's prefix set (or ``prefix``, a prompt's text given as it is, ``""`` for none),
+        their media pre-processed by the model's media processor. ``chat_options`` are :class:`Chat`'s
+        fields for ``{"messages": [...]}`` inputs."""
         if _has_chat(inputs):
             inputs = [self.chat_prompt(self.chat(item, chat_options, i)) if _is_chat(item) else item for i, item in enumerate(_items(inputs))]
         parsed = PromptBatch.of(registry("io_processor").get("text").pre_process(inputs))
@@ -178,7 +181,7 @@ class Renderer:
             parsed = PromptBatch.of(media.pre_process({"prompts": list(parsed), "model": self.model}))
         elif with_media:  # a dual encoder's images
             parsed = PromptBatch.of(registry("io_processor").get("image").pre_process({"prompts": list(parsed), "model": self.model}))
-        prefix = self.prefix(prompt_name)
+        prefix = self.prefix(prompt_name) if prefix is None else prefix
         if prefix:
             parsed.set_prefix(prefix)
         return parsed
