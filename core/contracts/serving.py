@@ -10,14 +10,13 @@ API (the :class:`poolkit.LLM` sits above it); the server (``entrypoints/``) prep
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Protocol, Sequence
 
 from .io import Prompt
 from .params import PoolingParams
 from .tasks import Task
 
 
-@runtime_checkable
 class PoolingEngine(Protocol):
     """What runs prepared prompts: :class:`poolkit.runtime.engine.Engine` and what stands in for it."""
 

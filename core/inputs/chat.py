@@ -72,7 +72,7 @@ def check_chat(chat: Chat, template: str | None, served: str, max_messages: int 
         raise InvalidRequest(f"chat_template_kwargs may not set {', '.join(reserved)}", param="chat_template_kwargs")
     if chat.add_generation_prompt and chat.continue_final_message:
         raise InvalidRequest("Cannot set both `continue_final_message` and `add_generation_prompt` to True.", param=where)
-    check_messages(chat.messages, where, max_messages)
+    check_count(len(chat.messages), where, max_messages)
     for i, message in enumerate(chat.messages):
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
             raise InvalidRequest(f"{where}[{i}] needs a string 'role'", param=f"{where}[{i}].role")
@@ -84,14 +84,12 @@ def check_chat(chat: Chat, template: str | None, served: str, max_messages: int 
             raise InvalidRequest(f"{where}[{i}].content must be a string or a list of parts", param=f"{where}[{i}].content")
 
 
-def check_messages(messages: Sequence[Any], where: str, limit: int | None) -> None:
-    """Refuse no messages, and more than ``limit`` (the server's ``--max-inputs-per-request``)."""
-    if len(messages) == 0:
+def check_count(count: int, where: str, limit: int | None) -> None:
+    """Refuse no inputs (messages), and more than ``limit`` (the server's ``--max-inputs-per-request``)."""
+    if count == 0:
         raise InvalidRequest(f"{where} must not be empty", param=where)
-    if limit is not None and len(messages) > limit:
-        raise InvalidRequest(
-            f"too many inputs: {len(messages)} > {limit} per request (--max-inputs-per-request)", param=where
-        )
+    if limit is not None and count > limit:
+        raise InvalidRequest(f"too many inputs: {count} > {limit} per request (--max-inputs-per-request)", param=where)
 
 
 def checked_text(text: str, where: str) -> None:

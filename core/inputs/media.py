@@ -72,11 +72,6 @@ class MediaPolicy:
         return bool(host) and host.lower() in self.allowed_domains
 
 
-def _env_number(name: str, default: float) -> float:
-    """The positive, finite number ``name`` says in the environment, else ``default``."""
-    return env_number(name, default)
-
-
 def check_image_url(url: str, where: str, policy: MediaPolicy) -> None:
     """Refuse, before any work, an image URL the server will not read: a remote URL whose host is not
     in ``--allowed-media-domains``, a file, or any other scheme."""
@@ -112,8 +107,8 @@ async def image_values(urls: Sequence[tuple[str, str]], policy: MediaPolicy, max
     remote = [(i, url, where) for i, (url, where) in enumerate(urls) if not url.startswith("data:")]
     values: list[str | bytes] = [url for url, _ in urls]
     if remote:
-        max_bytes = int(max_image_bytes or _env_number("POOLKIT_MAX_IMAGE_BYTES", MAX_IMAGE_BYTES))
-        timeout = _env_number("POOLKIT_MEDIA_FETCH_TIMEOUT", FETCH_TIMEOUT)
+        max_bytes = int(max_image_bytes or env_number("POOLKIT_MAX_IMAGE_BYTES", MAX_IMAGE_BYTES))
+        timeout = env_number("POOLKIT_MEDIA_FETCH_TIMEOUT", FETCH_TIMEOUT)
         fetches = RequestFetches.current()
         fetches.admit([where for _, _, where in remote])
         jobs = [_Fetch(url, where, policy, max_bytes, timeout, fetches) for _, url, where in remote]
@@ -154,8 +149,8 @@ class RequestFetches:
         fetches = _REQUEST_FETCHES.get()
         if fetches is None:
             fetches = cls(
-                int(_env_number("POOLKIT_MAX_REQUEST_MEDIA_FETCHES", MAX_REQUEST_MEDIA_FETCHES)),
-                int(_env_number("POOLKIT_MAX_REQUEST_MEDIA_BYTES", MAX_REQUEST_MEDIA_BYTES)),
+                int(env_number("POOLKIT_MAX_REQUEST_MEDIA_FETCHES", MAX_REQUEST_MEDIA_FETCHES)),
+                int(env_number("POOLKIT_MAX_REQUEST_MEDIA_BYTES", MAX_REQUEST_MEDIA_BYTES)),
             )
             _REQUEST_FETCHES.set(fetches)
         return fetches

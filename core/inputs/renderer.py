@@ -18,7 +18,8 @@ from ..contracts.io import IOProcessor, Prompt, PromptBatch
 from ..plugins.lookup import registry
 from . import chat as chats
 from .chat import Chat
-from .media import IMAGE_TOKEN_GUESS, MediaPolicy, image_values
+from ..runtime.estimates import tokens_of_text
+from .media import IMAGE_TOKEN_GUESS, MediaPolicy, check_image_url, image_values
 
 #: The chat-style fields of a ``{"messages": [...]}`` input (vLLM's names) and the :class:`Chat` field of each.
 CHAT_FIELDS = {
@@ -230,7 +231,7 @@ class Renderer:
         if not chats.has_media_parts(chat.messages):
             render = self.chat_renderer(chat)
             size = sum(len(json.dumps(m)) for m in chat.messages)
-            return {"prompt_token_ids": await run(lambda: self._token_ids(chat, render()), _tokens(size))}
+            return {"prompt_token_ids": await run(lambda: self._token_ids(chat, render()), tokens_of_text(size))}
         rendered, media, texts = self._media_parts(chat)
         kinds, urls = [kind for kind, _, _ in media], [(url, where) for _, url, where in media]
         if not self.reads_media:  # a dual encoder: one image, no text, no template
@@ -239,7 +240,7 @@ class Renderer:
         render = self.chat_renderer(chat, rendered)
         values = await self.media_values(urls)
         size = sum(len(json.dumps(m)) for m in rendered)
-        text = await run(render, _tokens(size))
+        text = await run(render, tokens_of_text(size))
         return self.media_prompt(text, values, chat.where, add_special_tokens=chat.add_special_tokens, kinds=kinds)
 
     def chat_renderer(self, chat: Chat, messages: Sequence[Any] | None = None) -> Callable[[], str]:
@@ -254,7 +255,7 @@ class Renderer:
         return ids
 
     def _media_parts(self, chat: Chat, offline: bool = False) -> tuple[list[dict[str, Any]], list[tuple[str, Any, str]], list[str]]:
-        chats.check_messages(chat.messages, chat.where, self.max_messages)
+        chats.check_count(len(chat.messages), chat.where, self.max_messages)
         kinds = self.media_part_types + (("image_pil",) if offline else ())
         rendered, media, texts = chats.media_parts(chat.messages, chat.where, kinds)
         self.check_media_count([kind for kind, _, _ in media], chat.where)
@@ -292,8 +293,6 @@ class Renderer:
 
     def check_media_url(self, url: str, where: str) -> None:
         """Refuse, before any work, a media URL the policy will not read (:func:`poolkit.inputs.media.check_image_url`)."""
-        from .media import check_image_url
-
         check_image_url(url, where, self.media_policy)
 
     async def media_values(self, urls: Sequence[tuple[str, str]]) -> list[str | bytes]:
@@ -339,12 +338,6 @@ class Renderer:
                     if kind in p.extras:
                         count += len(p.extras[kind]) if isinstance(p.extras[kind], list) else 1
         return IMAGE_TOKEN_GUESS * count
-
-
-def _tokens(chars: int) -> int:
-    from ..runtime.estimates import tokens_of_text
-
-    return tokens_of_text(chars)
 
 
 def _is_chat(item: Any) -> bool:

@@ -11,10 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
 
-from ...contracts import io
-from ...contracts.errors import InvalidRequest
 from ...contracts.params import PoolingParams
-from ...inputs.chat import Chat
+from ...inputs.chat import Chat, checked_text
+from ...inputs.chat import check_count as count_rule
 from ...inputs.renderer import Renderer
 from .errors import ApiError, short
 from .state import ModelState, ServerState
@@ -44,13 +43,9 @@ def check_model(st: ModelState, name: str | None) -> None:
     raise ApiError(404, f"The model `{short(name)}` does not exist.", param="model")
 
 
-def check_text(text: str, where: str) -> None:
-    """Refuse empty strings and lone surrogates (:func:`poolkit.contracts.io.check_text`, the CLI's and the
-    corpus jobs' rule too), with the field at fault."""
-    try:
-        io.check_text(text, where)
-    except InvalidRequest as exc:
-        raise ApiError(400, str(exc), param=where) from None
+#: Refuse empty strings and lone surrogates (:func:`poolkit.contracts.io.check_text`, the CLI's and the
+#: corpus jobs' rule too), with the field at fault.
+check_text = checked_text
 
 
 def check_token_ids(st: ModelState, ids: list[int], where: str) -> None:
@@ -72,12 +67,7 @@ def served_model(server: ServerState, name: str) -> ModelState:
 
 def check_count(st: ModelState, n: int, where: str) -> None:
     """Refuse no inputs, and more than ``--max-inputs-per-request``."""
-    if n == 0:
-        raise ApiError(400, f"{where} must not be empty", param=where)
-    if n > st.limits.max_inputs_per_request:
-        raise ApiError(
-            400, f"too many inputs: {n} > {st.limits.max_inputs_per_request} per request (--max-inputs-per-request)", param=where
-        )
+    count_rule(n, where, st.limits.max_inputs_per_request)
 
 
 def check_dimensions(st: ModelState, dimensions: int | None, where: str) -> None:
