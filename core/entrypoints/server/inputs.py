@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 from fastapi import Request
 
 from ...contracts.params import PoolingParams
+from ...inputs import chat as chats
 from ...inputs.chat import Chat, checked_text
-from ...inputs.chat import check_count as count_rule
 from ...inputs.renderer import Renderer
 from .errors import ApiError, short
 from .state import ModelState, ServerState
@@ -67,7 +67,7 @@ def served_model(server: ServerState, name: str) -> ModelState:
 
 def check_count(st: ModelState, n: int, where: str) -> None:
     """Refuse no inputs, and more than ``--max-inputs-per-request``."""
-    count_rule(n, where, st.limits.max_inputs_per_request)
+    chats.check_count(n, where, st.limits.max_inputs_per_request)
 
 
 def check_dimensions(st: ModelState, dimensions: int | None, where: str) -> None:
