@@ -25,7 +25,6 @@ from poolkit.plugins.lookup import kernel_for
 from poolkit.plugins.manager import registry
 
 from .layers import (
-    BERT_LAYOUT_SHAPES,
     FusedLinear,
     PooledClassifier,
     TokenClassifier,
@@ -33,8 +32,8 @@ from .layers import (
     activation_function,
     add_token_types,
     attention_head_dim,
+    bert_layout_checks,
     check_positions,
-    encoder_checks,
     fp32_layer_norm,
     fuse_projections,
     fused_activation,
@@ -147,7 +146,41 @@ class BertEncoder(nn.Module):
         self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
 
 
-class BertModel(Quantizable, Architecture):
+class BertLayoutModel(Quantizable, Architecture):
+    """What the encoders laid out as BERT (BERT, RoBERTa, XLM-R, MPNet) share: CLS pooling by
+    default, the checkpoint names they load (a task model's prefix stripped, its heads skipped, q/k/v
+    fused, loaded strictly) and the position table's length."""
+
+    default_pooling_type: ClassVar[str | None] = "CLS"
+    #: Prefix of the encoder's tensors in task-model checkpoints (HF's ``base_model_prefix``).
+    checkpoint_prefix: ClassVar[str] = ""
+    #: Checkpoint name prefixes of the classifiers this class loads itself (none for the bare encoder).
+    classifier_prefixes: ClassVar[tuple[str, ...]] = ()
+    #: Checkpoint tensors the encoder does not use (:meth:`parameter_name` skips them).
+    unused_tensors: ClassVar[re.Pattern] = _UNUSED
+
+    @property
+    def position_offset(self) -> int:
+        """What is added to a token's position in its sequence to index the position table."""
+        return 0
+
+    @property
+    def max_positions(self) -> int | None:
+        return int(self.config.max_position_embeddings) - self.position_offset
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        named = ((self.parameter_name(name), tensor) for name, tensor in weights)
+        fused = fuse_projections(self, ((n, t) for n, t in named if n is not None))
+        load_into(self, fused, rename=lambda name: name)
+
+    def parameter_name(self, checkpoint_name: str) -> str | None:
+        """The Hugging Face base-model name of a checkpoint tensor, or ``None`` to skip it."""
+        return base_model_name(
+            legacy_norm_name(checkpoint_name), self.checkpoint_prefix, self.classifier_prefixes, self.unused_tensors
+        )
+
+
+class BertModel(BertLayoutModel):
     """The BERT encoder: packed token ids in, last-layer hidden states ``[T, H]`` out.
 
     Loads checkpoints of ``BertModel`` itself and of BERT task models (``BertForMaskedLM``,
@@ -161,37 +194,20 @@ class BertModel(Quantizable, Architecture):
         >>> hidden = model(PackedBatch.from_sequences([[101, 7592, 102], [101, 102]]))
     """
 
-    default_pooling_type: ClassVar[str | None] = "CLS"
     uses_token_type_ids: ClassVar[bool] = True
-    config_checks: ClassVar[ConfigChecks] = encoder_checks(
-        r"(?:^|\.)encoder\.layer\.(\d+)\.",
-        sizes=("type_vocab_size",),
-        shapes={
-            **BERT_LAYOUT_SHAPES,
+    config_checks: ClassVar[ConfigChecks] = bert_layout_checks(
+        ("type_vocab_size",),
+        {
             "embeddings.token_type_embeddings.weight": ("type_vocab_size", "hidden_size"),
             "encoder.layer.0.attention.self.query.weight": ("hidden_size", "hidden_size"),
         },
     )
-    #: Prefix of the encoder's tensors in task-model checkpoints (HF's ``base_model_prefix``).
     checkpoint_prefix: ClassVar[str] = "bert."
-    #: Checkpoint name prefixes of the classifiers this class loads itself (none for the bare encoder).
-    classifier_prefixes: ClassVar[tuple[str, ...]] = ()
-    #: Checkpoint tensors the encoder does not use (:meth:`parameter_name` skips them).
-    unused_tensors: ClassVar[re.Pattern] = _UNUSED
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
         self.embeddings = BertEmbeddings(config, self.position_offset)
         self.encoder = BertEncoder(config)
-
-    @property
-    def position_offset(self) -> int:
-        """What is added to a token's position in its sequence to index the position table."""
-        return 0
-
-    @property
-    def max_positions(self) -> int | None:
-        return int(self.config.max_position_embeddings) - self.position_offset
 
     def forward(self, batch: PackedBatch) -> torch.Tensor:
         check_positions(batch, self.max_positions)
@@ -201,17 +217,6 @@ class BertModel(Quantizable, Architecture):
         for layer in self.encoder.layer:
             x, low = layer(x, low, batch, attention, linear_act)
         return x
-
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        named = ((self.parameter_name(name), tensor) for name, tensor in weights)
-        fused = fuse_projections(self, ((n, t) for n, t in named if n is not None))
-        load_into(self, fused, rename=lambda name: name)
-
-    def parameter_name(self, checkpoint_name: str) -> str | None:
-        """The Hugging Face base-model name of a checkpoint tensor, or ``None`` to skip it."""
-        return base_model_name(
-            legacy_norm_name(checkpoint_name), self.checkpoint_prefix, self.classifier_prefixes, self.unused_tensors
-        )
 
 
 class RobertaModel(BertModel):
@@ -275,8 +280,9 @@ class RobertaClassificationHead(nn.Module):
         return self.out_proj(torch.tanh(self.dense(x)))
 
 
-class RobertaForSequenceClassification(RobertaModel):
-    """A RoBERTa cross-encoder / sequence classifier: CLS -> ``classifier`` head."""
+class RobertaHeadClassifier:
+    """Mixed in before an encoder: a sequence classifier with RoBERTa's ``classifier`` head
+    (dense, tanh, ``out_proj``) on the CLS token's state."""
 
     classifier_prefixes: ClassVar[tuple[str, ...]] = ("classifier.",)
 
@@ -286,6 +292,10 @@ class RobertaForSequenceClassification(RobertaModel):
 
     def sequence_classifier(self) -> nn.Module:
         return self.classifier
+
+
+class RobertaForSequenceClassification(RobertaHeadClassifier, RobertaModel):
+    """A RoBERTa cross-encoder / sequence classifier: CLS -> ``classifier`` head."""
 
 
 class RobertaForTokenClassification(TokenClassifier, RobertaModel):

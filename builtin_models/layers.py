@@ -125,7 +125,7 @@ ENCODER_SIZES = (
 
 #: The tensors of BERT's layout that every encoder keeping it has (BERT, RoBERTa, XLM-R, MPNet), with
 #: their sizes: the token and position embeddings and the first feed-forward layer.
-BERT_LAYOUT_SHAPES: Mapping[str, tuple[Dim, ...]] = {
+_BERT_LAYOUT_SHAPES: Mapping[str, tuple[Dim, ...]] = {
     "embeddings.word_embeddings.weight": ("vocab_size", "hidden_size"),
     "embeddings.position_embeddings.weight": ("max_position_embeddings", "hidden_size"),
     "encoder.layer.0.intermediate.dense.weight": ("intermediate_size", "hidden_size"),
@@ -142,6 +142,12 @@ def encoder_checks(layers: str, sizes: tuple[str, ...] = (), shapes: Mapping[str
         layers={"num_hidden_layers": layers},
         shapes=dict(shapes or {}),
     )
+
+
+def bert_layout_checks(sizes: tuple[str, ...], shapes: Mapping[str, tuple[Dim, ...]]) -> ConfigChecks:
+    """:func:`encoder_checks` of an encoder laid out as BERT (layers ``encoder.layer.N.``, the
+    tensors every such checkpoint has), with its family's own ``sizes`` and tensor ``shapes``."""
+    return encoder_checks(r"(?:^|\.)encoder\.layer\.(\d+)\.", sizes, {**_BERT_LAYOUT_SHAPES, **shapes})
 
 
 def check_positions(batch: PackedBatch, max_positions: int) -> None:

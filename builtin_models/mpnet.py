@@ -23,25 +23,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from poolkit.contracts.architecture import Architecture
 from poolkit.contracts.batch import PackedBatch
 from poolkit.contracts.config_checks import ConfigChecks
 from poolkit.contracts.errors import ModelLoadError
 from poolkit.contracts.hookspecs import hookimpl
 from poolkit.plugins.lookup import kernel_for
 
-from .bert import BertLayer, BertModel, RobertaClassificationHead
+from .bert import BertLayer, BertLayoutModel, RobertaHeadClassifier
 from .layers import (
-    BERT_LAYOUT_SHAPES,
     FusedLinear,
     TokenClassifier,
     attention_head_dim,
+    bert_layout_checks,
     check_positions,
-    encoder_checks,
     linear,
     post_norm,
 )
-from .quantize import Quantizable
 
 #: Checkpoint tensors the encoder does not use: the classifiers and LM heads of transformers' task models, the position id buffer.
 _UNUSED = re.compile(r"^(pooler|lm_head|classifier|qa_outputs)\.|^embeddings\.position_ids$")
@@ -144,7 +141,7 @@ class MPNetEncoder(nn.Module):
         return by_distance.unfold(1, length, 1).flip(1).contiguous()
 
 
-class MPNetModel(Quantizable, Architecture):
+class MPNetModel(BertLayoutModel):
     """The MPNet encoder: packed token ids in, last-layer hidden states ``[T, H]`` out.
 
     Loads checkpoints of ``MPNetModel`` and of MPNet task models (``MPNetForMaskedLM``, as
@@ -157,23 +154,15 @@ class MPNetModel(Quantizable, Architecture):
         >>> hidden = model(PackedBatch.from_sequences([[0, 7592, 2], [0, 2]]))
     """
 
-    default_pooling_type: ClassVar[str | None] = "CLS"
-    config_checks: ClassVar[ConfigChecks] = encoder_checks(
-        r"(?:^|\.)encoder\.layer\.(\d+)\.",
-        sizes=("relative_attention_num_buckets",),
-        shapes={
-            **BERT_LAYOUT_SHAPES,
+    config_checks: ClassVar[ConfigChecks] = bert_layout_checks(
+        ("relative_attention_num_buckets",),
+        {
             "encoder.relative_attention_bias.weight": ("relative_attention_num_buckets", "num_attention_heads"),
             "encoder.layer.0.attention.attn.q.weight": ("hidden_size", "hidden_size"),
         },
     )
-    #: Prefix of the encoder's tensors in task-model checkpoints (HF's ``base_model_prefix``).
     checkpoint_prefix: ClassVar[str] = "mpnet."
-    #: Checkpoint name prefixes of the classifiers this class loads itself (none for the bare encoder).
-    classifier_prefixes: ClassVar[tuple[str, ...]] = ()
-    #: Checkpoint tensors the encoder does not use (:meth:`parameter_name` skips them).
     unused_tensors: ClassVar[re.Pattern] = _UNUSED
-    #: What is added to a token's position in its sequence to index the position table.
     position_offset: ClassVar[int] = _PADDING_IDX + 1
 
     def __init__(self, config: Any) -> None:
@@ -186,10 +175,6 @@ class MPNetModel(Quantizable, Architecture):
         self.embeddings = MPNetEmbeddings(config)
         self.encoder = MPNetEncoder(config)
 
-    @property
-    def max_positions(self) -> int | None:
-        return int(self.config.max_position_embeddings) - self.position_offset
-
     def forward(self, batch: PackedBatch) -> torch.Tensor:
         check_positions(batch, self.max_positions)
         bias = self.encoder.position_bias(batch.max_len, batch.device)
@@ -200,26 +185,13 @@ class MPNetModel(Quantizable, Architecture):
             x, low = layer(x, low, batch, attention, linear_act)
         return x
 
-    #: BERT's loading: checkpoint names through :meth:`parameter_name`, q/k/v fused, loaded strictly.
-    load_weights = BertModel.load_weights
-    parameter_name = BertModel.parameter_name
 
-
-class MPNetForSequenceClassification(MPNetModel):
+class MPNetForSequenceClassification(RobertaHeadClassifier, MPNetModel):
     """An MPNet cross-encoder / sequence classifier: CLS -> ``classifier`` (dense, tanh, ``out_proj``).
 
     The ``token_classify`` task applies the same head to every token (``Architecture.token_classifier``'s
     default), as for RoBERTa.
     """
-
-    classifier_prefixes: ClassVar[tuple[str, ...]] = ("classifier.",)
-
-    def __init__(self, config: Any) -> None:
-        super().__init__(config)
-        self.classifier = RobertaClassificationHead(config.hidden_size, self.num_labels)
-
-    def sequence_classifier(self) -> nn.Module:
-        return self.classifier
 
 
 class MPNetForTokenClassification(TokenClassifier, MPNetModel):

@@ -20,7 +20,7 @@ from .lane import Lane
 from ...inputs.media import MediaPolicy
 from .openapi import install_openapi
 from .routes import ENDPOINTS, INFERENCE_ROUTES
-from .state import MiB, ModelState, ServerLimits, ServerState
+from .state import MiB, ModelOptions, ModelState, ServerLimits, ServerState
 from .tracing import Traced, Tracing, check_endpoint
 
 if TYPE_CHECKING:
@@ -88,19 +88,15 @@ def create_app(
     given = [n for n in names if n is not None]
     if len(set(given)) != len(given):
         raise InvalidRequest(f"served model names must differ: {', '.join(given)}")
-    if cache_size < 0:
-        raise InvalidRequest(f"the cache size must be 0 (no cache) or more, got {cache_size}")
-    if cache_max_bytes <= 0:
-        raise InvalidRequest(f"the cache's byte limit must be positive, got {cache_max_bytes}")
+    options = ModelOptions(
+        chat_template, score_template, cache_size, cache_max_bytes, auto_truncate, default_prompt_name
+    )
     st = ServerState(api_key, limits or ServerLimits(), MediaPolicy.of(allowed_media_domains))
     if otlp_traces_endpoint is not None:  # before any batcher is made: they stamp traced work
         st.tracing = Tracing(otlp_traces_endpoint)
     loaders: list[tuple[ModelState, Callable[[], Any]]] = []
     for one, name in zip(llms, names):
-        model = st.add_model(
-            name, chat_template=chat_template, score_template=score_template, cache_size=cache_size,
-            cache_max_bytes=cache_max_bytes, auto_truncate=auto_truncate, default_prompt_name=default_prompt_name,
-        )
+        model = st.add_model(name, options)
         if callable(one) and not hasattr(one, "model"):
             loaders.append((model, one))
         else:

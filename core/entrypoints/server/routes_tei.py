@@ -267,7 +267,7 @@ def _items(st: ModelState, inputs: Any) -> tuple[list[Any], bool]:
 
 def _truncation(st: ModelState, truncate: bool | None, direction: str) -> dict[str, Any]:
     """TEI's ``truncate`` (default ``--auto-truncate``) as pooling parameters: to the model's limit."""
-    if truncate if truncate is not None else st.auto_truncate:
+    if truncate if truncate is not None else st.options.auto_truncate:
         return {"truncate_prompt_tokens": -1, "truncation_side": direction}
     return {}
 
@@ -280,7 +280,7 @@ def _activation(llm: LLM, task: str, wanted: bool) -> bool | None:
 
 
 def _prompt_name(st: ModelState, name: str | None) -> str | None:
-    return name if name is not None else st.default_prompt_name
+    return name if name is not None else st.options.default_prompt_name
 
 
 async def _rows(request: Request, st: ModelState, llm: LLM, task: str, prompts: list[Any], params: PoolingParams,
@@ -572,7 +572,7 @@ async def info(request: Request, st: State, llm: Model) -> Response:
         "max_batch_tokens": limits.max_batch_tokens,
         "max_batch_requests": None,
         "max_client_batch_size": limits.max_inputs_per_request,
-        "auto_truncate": st.auto_truncate,
+        "auto_truncate": st.options.auto_truncate,
         "tokenization_workers": 1,
         "version": __version__,
         "sha": None,

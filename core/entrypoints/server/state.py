@@ -69,6 +69,36 @@ class ServerLimits:
                 raise InvalidRequest(f"server limit {field.name} ({option}) must be a positive finite number, got {value!r}")
 
 
+@dataclasses.dataclass(frozen=True)
+class ModelOptions:
+    """What the command line sets for each served model (:func:`~poolkit.entrypoints.server.create_app`'s
+    arguments of the same names).
+
+    Attributes:
+        chat_template: the chat template ``messages`` are rendered with (``--chat-template``),
+            instead of the tokenizer's.
+        score_template: the score template of ``/score`` and ``/rerank`` (``--score-template``).
+        cache_size, cache_max_bytes: entries and bytes of the model's embedding cache (0 entries: none).
+        auto_truncate: TEI's routes truncate inputs to the model's length unless a request says
+            ``truncate: false`` (TEI's ``--auto-truncate``).
+        default_prompt_name: the prompt TEI's routes use when a request names none
+            (``--default-prompt-name``).
+    """
+
+    chat_template: str | None = None
+    score_template: str | None = None
+    cache_size: int = 0
+    cache_max_bytes: int = 256 * MiB
+    auto_truncate: bool = False
+    default_prompt_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.cache_size < 0:
+            raise InvalidRequest(f"the cache size must be 0 (no cache) or more, got {self.cache_size}")
+        if self.cache_max_bytes <= 0:
+            raise InvalidRequest(f"the cache's byte limit must be positive, got {self.cache_max_bytes}")
+
+
 class ModelState:
     """One served model: its name, the loaded :class:`poolkit.LLM`, its batcher, limits and counters.
 
@@ -83,37 +113,17 @@ class ModelState:
         ready: a model is attached; ``load_error``: why its background load failed, if it did.
         scrub: ``(text, replacement)`` pairs applied to error messages, so that they name the
             served model and never the directory it was read from.
-        chat_template: the chat template ``messages`` are rendered with (``--chat-template``),
-            instead of the tokenizer's.
-        score_template: the score template of ``/score`` and ``/rerank`` (``--score-template``).
+        options: what the command line sets for the model (:class:`ModelOptions`).
         cache: the model's :class:`~poolkit.entrypoints.server.cache.EmbeddingCache`, ``None`` without one.
-        auto_truncate: TEI's routes truncate inputs to the model's length unless a request says
-            ``truncate: false`` (TEI's ``--auto-truncate``).
-        default_prompt_name: the prompt TEI's routes use when a request names none
-            (``--default-prompt-name``).
         metrics: the model's series of the server's metrics (the ``model`` label).
     """
 
-    def __init__(
-        self,
-        server: "ServerState",
-        served_model_name: str | None,
-        limits: ServerLimits,
-        chat_template: str | None = None,
-        score_template: str | None = None,
-        cache_size: int = 0,
-        cache_max_bytes: int = 256 * MiB,
-        auto_truncate: bool = False,
-        default_prompt_name: str | None = None,
-    ) -> None:
+    def __init__(self, server: "ServerState", served_model_name: str | None, limits: ServerLimits, options: ModelOptions) -> None:
         self.server = server
-        self.auto_truncate = auto_truncate
-        self.default_prompt_name = default_prompt_name
         self.served = served_model_name
         self.limits = limits
-        self.chat_template = chat_template
-        self.score_template = score_template
-        self.cache = EmbeddingCache(cache_size, cache_max_bytes) if cache_size > 0 else None
+        self.options = options
+        self.cache = EmbeddingCache(options.cache_size, options.cache_max_bytes) if options.cache_size > 0 else None
         self.metrics = (ModelMetrics if server.tracing is None else server.tracing.metrics)(server.metrics, self)
         self.llm: LLM | None = None
         #: The model's renderer with this server's settings (chat template, media policy, names), once loaded.
@@ -177,9 +187,10 @@ class ModelState:
             self.embedding_size = int(model.embedding_size)
         except Exception:  # noqa: BLE001 - a model without a vector size
             self.embedding_size = None
-        if self.default_prompt_name is not None and self.default_prompt_name not in (model.prompts or {}):
+        prompt_name = self.options.default_prompt_name
+        if prompt_name is not None and prompt_name not in (model.prompts or {}):
             raise InvalidRequest(
-                f"--default-prompt-name '{self.default_prompt_name}' is not a prompt of model '{self.served or model.name}'; "
+                f"--default-prompt-name '{prompt_name}' is not a prompt of model '{self.served or model.name}'; "
                 f"its prompts: {', '.join(model.prompts or {}) or 'none'}"
             )
         if self.served is None:
@@ -187,7 +198,7 @@ class ModelState:
         self.scrub = sorted({(str(model.name), self.served), (str(model.path), self.served)}, key=lambda p: -len(p[0]))
         self.llm = llm
         self.renderer = llm.renderer.configured(
-            chat_template=self.chat_template, media_policy=self.server.media, served=self.served,
+            chat_template=self.options.chat_template, media_policy=self.server.media, served=self.served,
             max_messages=self.limits.max_inputs_per_request, template_hint=", or serve it with --chat-template",
         )
         self.batcher = self.new_batcher()
@@ -209,7 +220,7 @@ class ModelState:
         """
         if not getattr(scorer, "takes_template", False):
             return None
-        return self.score_template or self.chat_template
+        return self.options.score_template or self.options.chat_template
 
 
 class ServerState:
@@ -257,9 +268,9 @@ class ServerState:
         #: The server's :class:`~poolkit.entrypoints.server.tracing.Tracing` (``--otlp-traces-endpoint``), else ``None``.
         self.tracing: Any = None
 
-    def add_model(self, served_model_name: str | None, **options: Any) -> ModelState:
-        """A new served model with this server's limits (``options``: :class:`ModelState`'s)."""
-        model = ModelState(self, served_model_name, dataclasses.replace(self.limits), **options)
+    def add_model(self, served_model_name: str | None, options: ModelOptions) -> ModelState:
+        """A new served model with this server's limits and the command line's ``options``."""
+        model = ModelState(self, served_model_name, dataclasses.replace(self.limits), options)
         self.models.append(model)
         return model
 
