@@ -151,6 +151,8 @@ class BertLayoutModel(Quantizable, Architecture):
     default, the checkpoint names they load (a task model's prefix stripped, its heads skipped, q/k/v
     fused, loaded strictly) and the position table's length."""
 
+    takes_adapters: ClassVar[bool] = True
+
     default_pooling_type: ClassVar[str | None] = "CLS"
     #: Prefix of the encoder's tensors in task-model checkpoints (HF's ``base_model_prefix``).
     checkpoint_prefix: ClassVar[str] = ""

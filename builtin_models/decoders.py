@@ -57,6 +57,7 @@ from .layers import (
     fuse_projections,
     fused_activation,
     gated_linear,
+    linear as linear_layer,
     residual_stream,
     rotary_cos_sin,
     rotary_parameters,
@@ -114,6 +115,7 @@ class DecoderAttention(nn.Module):
             "v_proj": self.num_kv_heads * self.head_dim,
         }
         self.qkv_proj = FusedLinear(hidden, parts, bias=qkv_bias)
+        self.qkv_sizes = list(parts.values())  # the layer may become an int8 one, which has no parts
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden, bias=o_bias)
         norm = model.norm_class()
         self.q_norm = norm(self.head_dim, config.rms_norm_eps) if model.qk_norm else None
@@ -122,8 +124,8 @@ class DecoderAttention(nn.Module):
     def forward(
         self, x: torch.Tensor, rotary: Rotary, batch: PackedBatch, attention: Callable, linear: Callable
     ) -> torch.Tensor:
-        qkv = linear(x, self.qkv_proj.weight, self.qkv_proj.bias)
-        q, k, v = qkv.split(list(self.qkv_proj.parts.values()), dim=-1)
+        qkv = linear_layer(x, self.qkv_proj, linear)
+        q, k, v = qkv.split(self.qkv_sizes, dim=-1)
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
@@ -137,7 +139,7 @@ class DecoderAttention(nn.Module):
             context = attention(q, k, v, batch, causal=self.causal, scale=self.scale, window=self.window, softcap=self.softcap)
         else:
             context = attention(q, k, v, batch, causal=self.causal, scale=self.scale, window=self.window)
-        return linear(context.reshape(x.shape[0], -1), self.o_proj.weight, self.o_proj.bias)
+        return linear_layer(context.reshape(x.shape[0], -1), self.o_proj, linear)
 
 
 class DecoderMLP(nn.Module):
@@ -155,7 +157,7 @@ class DecoderMLP(nn.Module):
     def forward(self, x: torch.Tensor, linear: Callable) -> torch.Tensor:
         gated = kernel_for(self, "gated_linear", x.device)
         h = gated_linear(x, self.gate_up_proj, (gated, linear), self.fused_act, self.act)
-        return linear(h, self.down_proj.weight, self.down_proj.bias)
+        return linear_layer(h, self.down_proj, linear)
 
 
 class DecoderLayer(nn.Module):
@@ -208,6 +210,8 @@ class DecoderModel(Quantizable, Architecture):
 
     Subclasses configure a family with the class attributes and class methods below.
     """
+
+    takes_adapters: ClassVar[bool] = True
 
     default_pooling_type: ClassVar[str | None] = "LAST"
     uses_token_type_ids: ClassVar[bool] = False

@@ -99,6 +99,14 @@ class Int8Linear(nn.Module):
                 f"smoothed={self.inv_smooth is not None}, float_channels={outliers}, rotation={self.rotation}")
 
 
+#: The ``linear_act`` op's activations by its names, computed with torch (where LoRA adapters add
+#: their products between the matmul and the activation).
+_OP_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "none": lambda x: x,
+    **{op: fn for op, fn in _FUSABLE_ACTIVATIONS.values()},
+}
+
+
 def activation_function(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """The function of a config's ``hidden_act``, as transformers' ``ACT2FN`` defines it."""
     if name in _FUSABLE_ACTIVATIONS:
@@ -186,6 +194,10 @@ def linear(x: torch.Tensor, layer: nn.Linear, kernel: Callable, act: str = "none
         observer(layer, x)
     if isinstance(layer, Int8Linear):
         return layer(x, act)
+    adapters = layer.__dict__.get("lora")
+    if adapters is not None and adapters.busy:  # LoRA adapters (poolkit.lora): their products join before the activation
+        x = x.to(layer.weight.dtype)
+        return _OP_ACTIVATIONS[act](adapters.add(x, kernel(x, layer.weight, layer.bias)))
     return kernel(x.to(layer.weight.dtype), layer.weight, layer.bias, act)
 
 
@@ -233,9 +245,12 @@ def gated_linear(
         gate, up = (first, second) if gate_first else (second, first)
         return act_fn(gate) * up
     x = x.to(layer.weight.dtype)
-    if act is not None:
+    adapters = layer.__dict__.get("lora")
+    adapters = adapters if adapters is not None and adapters.busy else None
+    if act is not None and adapters is None:
         return gated(x, layer.weight, layer.bias, act, gate_first)
-    first, second = plain(x, layer.weight, layer.bias).chunk(2, dim=-1)
+    both = plain(x, layer.weight, layer.bias)
+    first, second = (both if adapters is None else adapters.add(x, both)).chunk(2, dim=-1)
     gate, up = (first, second) if gate_first else (second, first)
     return act_fn(gate) * up
 

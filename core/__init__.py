@@ -34,6 +34,7 @@ _LAZY = {
     "PoolingParams": "contracts.params",
     "PoolerConfig": "contracts.params",
     "LateChunkingParams": "contracts.params",
+    "LoRARequest": "lora.request",
     "PoolingModel": "loading.model",
     "Architecture": "contracts.architecture",
     "ConfigChecks": "contracts.config_checks",

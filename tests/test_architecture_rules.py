@@ -142,7 +142,7 @@ def test_models_import_no_pooler_or_kernel_module(folder):
 
 
 #: The core's layers, bottom first: a module imports from its own layer and the layers below it.
-LAYERS = ["contracts", "plugins", "config", "loading", "runtime", "inputs", "api", "entrypoints"]
+LAYERS = ["contracts", "plugins", "config", "loading", "lora", "runtime", "inputs", "api", "entrypoints"]
 
 
 def _layer(module: str) -> str | None:

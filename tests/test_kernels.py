@@ -578,9 +578,10 @@ def test_the_transformers_fallback_gets_no_filler(monkeypatch, tiny_encoders) ->
 
 
 def _builtin_references() -> dict:
-    from poolkit.kernels import attention, elementwise, int8, maxsim, splade
+    from poolkit.kernels import attention, elementwise, int8, lora, maxsim, splade
 
     return {
+        "lora_delta": lora.lora_delta_reference,
         "gated_linear": linear.gated_linear,
         "linear_int8": int8.linear_int8,
         "residual_norm": elementwise.residual_norm,
@@ -631,7 +632,7 @@ def test_kernel_reference_gives_each_builtin_ops_reference() -> None:
             assert entry.obj.reference is references[entry.name.split(":", 1)[0]], entry.name
     assert poolkit.kernel_reference is poolkit.plugins.lookup.kernel_reference
     assert poolkit.select_kernel is select_kernel and poolkit.kernel_table is poolkit.plugins.lookup.kernel_table
-    with pytest.raises(UnknownName, match=r"^unknown kernel op 'segment_pol'; available: gated_linear, linear_act, linear_int8, maxsim, residual_norm, rms_norm, rotary, segment_pool"):
+    with pytest.raises(UnknownName, match=r"^unknown kernel op 'segment_pol'; available: gated_linear, linear_act, linear_int8, lora_delta, maxsim, residual_norm, rms_norm, rotary, segment_pool"):
         poolkit.kernel_reference("segment_pol")
 
 

@@ -8,5 +8,5 @@ completed), ``plugin_io``
 entities) and ``model_config`` (vLLM's view of the loaded model). ``st_compat``,
 ``st_multivector`` and ``st_functions`` are sentence-transformers' API on it.
 
-May import: ``contracts/``, ``plugins/``, ``config/``, ``loading/``, ``runtime/``, ``inputs/``.
+May import: ``contracts/``, ``plugins/``, ``config/``, ``loading/``, ``lora/``, ``runtime/``, ``inputs/``.
 """

@@ -32,6 +32,7 @@ from ..contracts.sparse import SparseEmbeddingRequestOutput, check_pruning
 from ..contracts.tasks import PLUGIN, Task
 from ..loading.load import load_model
 from ..loading.model import PoolingModel
+from ..lora.manager import Adapters, adapted_params
 from ..plugins.lookup import select_scorer
 from ..plugins.manager import registry
 from ..runtime.allocator import freeze_python_heap
@@ -93,6 +94,10 @@ class LLM:
             (default 40,000,000, or ``POOLKIT_MAX_IMAGE_PIXELS``).
         max_image_bytes: most bytes of an image given as bytes, a data URI or a fetched URL
             (default 20 MiB, or ``POOLKIT_MAX_IMAGE_BYTES``).
+        enable_lora: take LoRA adapters (PEFT) per prompt: the methods' ``lora_request`` (vLLM's).
+        max_lora_rank: the highest rank an adapter may have (16).
+        max_loras: the most adapters one batch mixes (1; a batch with more runs in parts).
+        max_cpu_loras: the most adapters kept loaded, least recently used out first (default ``max_loras``).
 
     Example:
         >>> llm = LLM(model="sentence-transformers/all-MiniLM-L6-v2", runner="pooling")
@@ -125,6 +130,10 @@ class LLM:
         mm_processor_kwargs: dict[str, Any] | None = None,
         max_image_pixels: int | None = None,
         max_image_bytes: int | None = None,
+        enable_lora: bool = False,
+        max_lora_rank: int = 16,
+        max_loras: int = 1,
+        max_cpu_loras: int | None = None,
         **engine_kwargs: Any,
     ) -> None:
         args = EngineArgs.build(
@@ -150,6 +159,10 @@ class LLM:
             mm_processor_kwargs=mm_processor_kwargs,
             max_image_pixels=max_image_pixels,
             max_image_bytes=max_image_bytes,
+            enable_lora=enable_lora,
+            max_lora_rank=max_lora_rank,
+            max_loras=max_loras,
+            max_cpu_loras=max_cpu_loras,
         )
         ignored = sorted(set(engine_kwargs) & IGNORED_ENGINE_ARGS)
         if ignored:
@@ -157,6 +170,8 @@ class LLM:
         #: The resolved load settings (:class:`EngineArgs`); pass them on to load the same model elsewhere.
         self.args = args
         self.model: PoolingModel = load_model(args)
+        if args.enable_lora:
+            self.model.adapters = Adapters(self.model, args.max_lora_rank, args.max_loras, args.max_cpu_loras)
         self.engine = Engine(self.model, args.max_batch_tokens)
         self._request_ids = itertools.count()
         self.io_processor_plugin = args.io_processor_plugin or getattr(self.model.hf_config, "io_processor_plugin", None)
@@ -274,6 +289,7 @@ class LLM:
         prompt_name: str | None = None,
         messages: Any = None,
         chat_template: str | None = None,
+        lora_request: Any = None,
     ) -> list[PoolingRequestOutput[PoolingOutput]]:
         """Run any pooling task; ``outputs.data`` holds each input's tensor.
 
@@ -293,6 +309,8 @@ class LLM:
                 chat-style input; ``{"messages": ..., "add_generation_prompt": ...}`` in ``prompts``
                 sets the other chat fields).
             chat_template: the template ``messages`` are rendered with instead of the tokenizer's.
+            lora_request: a :class:`~poolkit.lora.request.LoRARequest` for every prompt, or a list of
+                one per prompt (``None``: the base model); needs ``LLM(enable_lora=True)``.
         """
         prompts = conversations(prompts, messages, chat_template)
         if pooling_task is None:
@@ -307,7 +325,7 @@ class LLM:
             return self._encode_plugin(prompts, pooling_params, use_tqdm, tokenization_kwargs)
         if isinstance(prompts, dict) and "data" in prompts:
             raise InvalidRequest(f"The 'data' field is only supported for the '{self.plugin_task}' pooling task.")
-        results, parsed, params = self._results(prompts, pooling_params, pooling_task, use_tqdm, tokenization_kwargs, prompt_name)
+        results, parsed, params = self._results(prompts, pooling_params, pooling_task, use_tqdm, tokenization_kwargs, prompt_name, lora_request)
         outputs = [
             PoolingRequestOutput(rid, PoolingOutput(data), ids, truncated=cut)
             for rid, data, ids, cut in zip(self._new_request_ids(len(results)), results.rows(), results.token_ids, results.truncated.tolist())
@@ -327,10 +345,12 @@ class LLM:
         use_tqdm: bool,
         tokenization_kwargs: dict[str, Any] | None,
         prompt_name: str | None,
+        lora_request: Any = None,
     ) -> tuple[Results, PromptBatch, list[PoolingParams]]:
         """A task's run over ``prompts``: its results, the prompts and their parameters."""
         task, parsed, params = self.prepare(
-            prompts, pooling_params, pooling_task=pooling_task, tokenization_kwargs=tokenization_kwargs, prompt_name=prompt_name
+            prompts, pooling_params, pooling_task=pooling_task, tokenization_kwargs=tokenization_kwargs, prompt_name=prompt_name,
+            lora_request=lora_request,
         )
         return self.run(task, parsed, params, use_tqdm=use_tqdm), parsed, params
 
@@ -347,12 +367,15 @@ class LLM:
         tokenization_kwargs: dict[str, Any] | None = None,
         prompt_name: str | None = None,
         prefix: str | None = None,
+        lora_request: Any = None,
     ) -> tuple[Any, list[Prompt], list[PoolingParams]]:
         """Validate a request without running it: the task, its prompts and verified parameters.
 
         The server prepares requests on the event loop (cheap checks only, no tokenization) and
         runs them later, merged with others, through ``engine.run``. ``prefix``: a prompt's text to
         put before each input instead of ``prompt_name``'s (``""``: none, not even the model's default).
+        ``lora_request``: the LoRA adapter of every prompt, or a list of one per prompt (read and
+        checked here).
         """
         task = self.model.task(pooling_task)
         renderer: Renderer = self.renderer
@@ -366,7 +389,7 @@ class LLM:
             if not isinstance(special, bool):
                 raise InvalidRequest(f"add_special_tokens must be true or false, got {special!r}")
             parsed.set_add_special_tokens(special)
-        params = self.check_params(pooling_params, len(parsed), task.name, kwargs)
+        params = adapted_params(self.check_params(pooling_params, len(parsed), task.name, kwargs), lora_request, self.model.adapters)
         if any(p.late_chunking_params is not None for p in params):
             for index, (prompt, p) in enumerate(zip(parsed, params)):
                 if p.late_chunking_params is not None and prompt.token_ids is None and not prompt.text:
@@ -420,10 +443,15 @@ class LLM:
         prompt_name: str | None = None,
         messages: Any = None,
         chat_template: str | None = None,
+        lora_request: Any = None,
     ) -> list[EmbeddingRequestOutput]:
         """One embedding per input; ``outputs.embedding`` is a list of floats. ``messages`` (or chat
-        inputs in ``prompts``) are rendered with the chat template, as in :meth:`encode`."""
-        results, _, _ = self._results(conversations(prompts, messages, chat_template), pooling_params, "embed", use_tqdm, tokenization_kwargs, prompt_name)
+        inputs in ``prompts``) are rendered with the chat template, and ``lora_request`` chooses
+        LoRA adapters, as in :meth:`encode`."""
+        results, _, _ = self._results(
+            conversations(prompts, messages, chat_template), pooling_params, "embed", use_tqdm, tokenization_kwargs, prompt_name,
+            lora_request,
+        )
         request_ids = self._new_request_ids(len(results))
         if isinstance(results.data, torch.Tensor):  # one tensor of rows: the floats read in one call
             return EmbeddingRequestOutput.from_rows(request_ids, results.data, results.token_ids, results.truncated.tolist())
@@ -482,12 +510,14 @@ class LLM:
         tokenization_kwargs: dict[str, Any] | None = None,
         messages: Any = None,
         chat_template: str | None = None,
+        lora_request: Any = None,
     ) -> list[ClassificationRequestOutput]:
         """Class probabilities per input; ``outputs.label`` names the top class (``id2label``).
-        ``messages`` (or chat inputs in ``prompts``) are rendered with the chat template, as in :meth:`encode`."""
+        ``messages`` (or chat inputs in ``prompts``) are rendered with the chat template, and
+        ``lora_request`` chooses LoRA adapters, as in :meth:`encode`."""
         outputs = self.encode(
             prompts, pooling_params, pooling_task="classify", use_tqdm=use_tqdm, tokenization_kwargs=tokenization_kwargs,
-            messages=messages, chat_template=chat_template,
+            messages=messages, chat_template=chat_template, lora_request=lora_request,
         )
         return [ClassificationRequestOutput.from_base(o, self.model.id2label) for o in outputs]
 
@@ -498,14 +528,17 @@ class LLM:
         *,
         use_tqdm: bool = False,
         tokenization_kwargs: dict[str, Any] | None = None,
+        lora_request: Any = None,
     ) -> list[PoolingRequestOutput[PoolingOutput]]:
-        """Token-level rewards (``token_classify``): ``outputs.data`` is ``[n_tokens, num_labels]``."""
+        """Token-level rewards (``token_classify``): ``outputs.data`` is ``[n_tokens, num_labels]``;
+        ``lora_request`` as in :meth:`encode`."""
         return self.encode(
             prompts,
             pooling_params,
             pooling_task="token_classify",
             use_tqdm=use_tqdm,
             tokenization_kwargs=tokenization_kwargs,
+            lora_request=lora_request,
         )
 
     def entities(
@@ -585,6 +618,7 @@ class LLM:
         tokenization_kwargs: dict[str, Any] | None = None,
         chat_template: str | None = None,
         instruction: str | None = None,
+        lora_request: Any = None,
     ) -> list[ScoringRequestOutput]:
         """Scores of text pairs: 1:1, one against N (1:N), or pairwise (N:N).
 
@@ -603,6 +637,7 @@ class LLM:
                 document) pair into one prompt, for LLM rerankers; a model recognised as one
                 (Qwen3-Reranker) brings its own.
             instruction: the task instruction a score template shows the model.
+            lora_request: the LoRA adapter every pair runs with (``LLM(enable_lora=True)``).
         """
         first, second = cut_sides(self.engine, *pair(data_1, data_2), pooling_params)
         scorer = self.scorer
@@ -614,7 +649,7 @@ class LLM:
             what = "chat_template and instruction" if templated else "chat_template_kwargs"
             raise InvalidRequest(f"{what} apply to {' or '.join(takers)} scoring only")
         scored = scorer.score(
-            _ScoreRunner(self),
+            _ScoreRunner(self, lora_request),
             first,
             second,
             pooling_params,
@@ -650,6 +685,7 @@ class LLM:
         tokenization_kwargs: dict[str, Any] | None = None,
         chat_template: str | None = None,
         instruction: str | None = None,
+        lora_request: Any = None,
     ) -> list[RerankResult]:
         """Documents sorted by relevance to ``query``, best first, each with its original index.
 
@@ -673,6 +709,7 @@ class LLM:
             tokenization_kwargs=tokenization_kwargs,
             chat_template=chat_template,
             instruction=instruction,
+            lora_request=lora_request,
         )
         ranked = sorted(
             (RerankResult(i, doc, s.outputs.score, s.truncated) for i, (doc, s) in enumerate(zip(docs, scores))),
@@ -696,14 +733,23 @@ class _ScoreRunner:
     prompt preparation (:meth:`LLM.prepare`) and engine run (:meth:`LLM.run`), and nothing else
     of the LLM (a scorer calls no API method back)."""
 
-    __slots__ = ("model", "task", "check_params", "run", "_prepare")
+    __slots__ = ("model", "task", "run", "_llm", "_lora")
 
-    def __init__(self, llm: LLM) -> None:
+    def __init__(self, llm: LLM, lora_request: Any = None) -> None:
+        if isinstance(lora_request, (list, tuple)):
+            raise InvalidRequest("score and rerank take one lora_request for every pair, not a list")
         self.model = llm.model
         self.task = llm.task
-        self.check_params = llm.check_params
         self.run = llm.run
-        self._prepare = llm.prepare
+        self._llm = llm
+        self._lora = lora_request
+
+    def check_params(
+        self, pooling_params: Any, count: int, task_name: str, tokenization_kwargs: dict[str, Any] | None = None
+    ) -> list[PoolingParams]:
+        """:meth:`LLM.check_params`, each prompt with the score's LoRA adapter."""
+        params = self._llm.check_params(pooling_params, count, task_name, tokenization_kwargs)
+        return adapted_params(params, self._lora, self.model.adapters)
 
     def prepare(
         self, texts: Sequence[str], pooling_params: Any, task_name: str, tokenization_kwargs: dict[str, Any] | None = None
@@ -711,4 +757,6 @@ class _ScoreRunner:
         """Texts as :meth:`LLM.encode` prepares them, with the task and verified parameters; an
         input with images (:class:`~poolkit.inputs.pairs.MediaItem`) is prepared as its prompt with images."""
         prompts = [t.prompt() if isinstance(t, MediaItem) else t for t in texts]
-        return self._prepare(prompts, pooling_params, pooling_task=task_name, tokenization_kwargs=tokenization_kwargs)
+        return self._llm.prepare(
+            prompts, pooling_params, pooling_task=task_name, tokenization_kwargs=tokenization_kwargs, lora_request=self._lora
+        )

@@ -138,6 +138,13 @@ class EngineArgs(BaseModel):
         "(default 20 MiB, or POOLKIT_MAX_IMAGE_BYTES).",
     )
 
+    enable_lora: bool = Field(False, description="Serve LoRA adapters (PEFT) on the model, chosen per request (vLLM's).")
+    max_lora_rank: int = Field(16, gt=0, description="The highest rank a LoRA adapter may have.")
+    max_loras: int = Field(1, gt=0, description="The most LoRA adapters one batch mixes.")
+    max_cpu_loras: Optional[int] = Field(
+        None, gt=0, description="The most LoRA adapters kept loaded, least recently used out first (default --max-loras)."
+    )
+
     def __init__(self, **data: Any) -> None:
         try:
             super().__init__(**data)

@@ -104,6 +104,10 @@ class Architecture(torch.nn.Module):
     #: forward contract asks; ``False`` for one that does not use poolkit's kernels (the
     #: transformers fallback pads to shapes of its own).
     accepts_filler: ClassVar[bool] = True
+    #: Whether LoRA adapters (:mod:`poolkit.lora`) may target its linear layers: each layer is an
+    #: ``nn.Linear`` run through the built-in layer helpers (or called as a module), which add the
+    #: adapters' products, and :meth:`parameter_name` maps a checkpoint's names to the model's.
+    takes_adapters: ClassVar[bool] = False
 
     @classmethod
     def check_config(

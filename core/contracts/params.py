@@ -12,7 +12,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, field_validator, model_validator
 
 from .errors import InvalidRequest
 
@@ -235,6 +235,19 @@ class PoolingParams(_Strict):
     late_chunking_params: Optional[LateChunkingParams] = None
     extra_kwargs: Optional[dict[str, Any]] = None
     skip_reading_prefix_cache: Optional[bool] = None
+    #: The LoRA adapter the prompt runs with (``lora_request=`` of the call that prepared it).
+    _lora: Any = PrivateAttr(default=None)
+
+    @property
+    def lora_request(self) -> Any:
+        """The :class:`~poolkit.lora.request.LoRARequest` the prompt runs with, ``None`` for the base model."""
+        return self._lora
+
+    def with_lora(self, request: Any) -> "PoolingParams":
+        """A copy that runs with the LoRA adapter ``request`` (``None``: the base model)."""
+        copy = self.model_copy()
+        copy._lora = request
+        return copy
 
     @model_validator(mode="before")
     @classmethod

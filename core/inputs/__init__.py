@@ -7,7 +7,7 @@ checked and rendered with the chat template), ``media`` (media URLs, their polic
 fetching) and ``pairs`` (a score request's two sides checked, paired and cut). The family's media
 processor (an IO processor) and the text IO processor do the model-specific work.
 
-May import: ``contracts/``, ``plugins/``, ``config/``, ``loading/``, ``runtime/``.
+May import: ``contracts/``, ``plugins/``, ``config/``, ``loading/``, ``lora/``, ``runtime/``.
 """
 
 from .chat import Chat, conversations

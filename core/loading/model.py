@@ -72,6 +72,8 @@ class PoolingModel:
         #: What :meth:`Architecture.quantize` reported (layers in int8 and in float, the measured
         #: cosine), or ``None`` for a model that runs unquantized.
         self.quantization = quantization
+        #: The model's LoRA adapters (:class:`poolkit.lora.manager.Adapters`), ``None`` without ``enable_lora``.
+        self.adapters: Any = None
         self._heads: dict[str, Head | None] = {}
         #: Tasks served by the architecture's own head (:meth:`Architecture.task_head`).
         self._own_heads: set[str] = set()

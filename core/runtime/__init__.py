@@ -5,5 +5,5 @@ the forward pass and the task's head; ``batching`` gathers concurrent server req
 batches; ``columns`` holds the per-input results; ``estimates`` is the one characters-per-token
 rule; ``allocator`` tunes glibc's malloc for CPU inference; ``progress`` is the progress bar.
 
-May import: ``contracts/``, ``plugins/``, ``config/``, ``loading/``.
+May import: ``contracts/``, ``plugins/``, ``config/``, ``loading/``, ``lora/``.
 """

@@ -748,7 +748,8 @@ class Engine:
         skip = np.asarray(tokens.pool_skip, dtype=np.int64) if tokens.pool_skip is not None else None
         keys = np.asarray(tokens.key_lens, dtype=np.int64) if tokens.key_lens is not None else None
         collected = Collector(len(tokens))
-        for members in self.batches(tokens.lens):
+        adapters, batches = self.model.adapters, self.batches(tokens.lens)
+        for members, slots in adapters.plan(batches, params) if adapters is not None else ((m, None) for m in batches):
             seq_lens = tokens.lens[members]
             index = gather_index(tokens.starts[members], seq_lens)
             batch_skip = skip[members].tolist() if skip is not None else None
@@ -763,7 +764,8 @@ class Engine:
                 batch.extras["media"] = [_on_device(tokens.media[i], self.model.device) for i in members.tolist()]
             rows = rows_for(batch.num_tokens) if rows_for is not None else batch.num_tokens
             started = time.perf_counter()
-            with torch.inference_mode(), self._threads_for(batch.num_tokens):
+            active = adapters.active(seq_lens.tolist(), slots) if slots is not None else contextlib.nullcontext()
+            with torch.inference_mode(), self._threads_for(batch.num_tokens), active:
                 hidden = arch(batch.with_filler(rows))[: batch.num_tokens]
                 members_params = [shared] * len(members) if shared is not None else [params[i] for i in members]
                 fetch = to_host(head(hidden, batch, members_params))

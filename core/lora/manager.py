@@ -1,0 +1,407 @@
+"""Adapters bound to a loaded model's layers: loaded once, kept in an LRU, mixed in one batch.
+
+Each linear layer an adapter targets gets a :class:`LayerAdapters`: every loaded adapter's factors
+stacked in slots (``A [slots, R, in]``, ``B [slots, out, R]``; a layer fused from several
+projections, q/k/v or gate/up, holds each part's factors in its own rows and columns). The built-in
+layers add its :meth:`~LayerAdapters.add` to their output (``layer.__dict__["lora"]``, the contract
+in the layers' own code); a layer called as a module gets it from a forward hook. While a
+batch runs, :meth:`Adapters.active` says which tokens (and which pooled rows) each adapter owns:
+the engine orders a batch's sequences by adapter, so each adapter owns one run of tokens, and the
+``lora_delta`` kernel adds ``B (A x)`` run by run. A module of ``modules_to_save`` (a classifier
+head) is swapped row by row for the adapter's copy.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from ..contracts.errors import InvalidRequest
+from ..plugins.lookup import kernel_for
+from .adapter import Adapter, read_adapter
+from .request import LoRARequest
+
+logger = logging.getLogger(__name__)
+
+#: A run of tokens (or pooled rows) that one adapter owns: ``(start, stop, slot)``.
+Segment = tuple[int, int, int]
+
+
+class BatchState:
+    """Which adapter owns which tokens and rows of the batch running now (none between batches)."""
+
+    __slots__ = ("tokens", "rows", "num_tokens", "num_rows")
+
+    def __init__(self) -> None:
+        self.tokens: list[Segment] = []
+        self.rows: list[Segment] = []
+        self.num_tokens = self.num_rows = 0
+
+    def segments(self, rows: int) -> list[Segment]:
+        """The runs of an input of ``rows`` rows: the tokens' (with filler rows after them), or the
+        sequences' (pooled rows); none for anything else."""
+        if not self.tokens:
+            return []
+        if rows >= self.num_tokens:
+            return self.tokens
+        if rows == self.num_rows:
+            return self.rows
+        return []
+
+
+class LayerAdapters:
+    """The adapters of one linear layer, in slots; ``parts``: a fused layer's ``{part: (first output
+    row, rows)}`` (``None`` for a plain layer)."""
+
+    def __init__(self, state: BatchState, layer: nn.Linear, parts: dict[str, tuple[int, int]] | None, slots: int, max_rank: int) -> None:
+        self.state = state
+        self.parts = parts
+        self.max_rank = max_rank
+        width = max_rank * (len(parts) if parts else 1)
+        weight = layer.weight
+        self.a = torch.zeros(slots, width, layer.in_features, dtype=weight.dtype, device=weight.device)
+        self.b = torch.zeros(slots, layer.out_features, width, dtype=weight.dtype, device=weight.device)
+        self.present: set[int] = set()
+        self.kernel = kernel_for(self, "lora_delta", weight.device)
+
+    def put(self, slot: int, part: str | None, a: torch.Tensor, b: torch.Tensor) -> None:
+        """One projection's factors for the adapter in ``slot``."""
+        r = a.shape[0]
+        if part is None:
+            col, row, rows = 0, 0, self.b.shape[1]
+        else:
+            col = list(self.parts).index(part) * self.max_rank
+            row, rows = self.parts[part]
+        self.a[slot, col : col + r] = a.to(self.a.dtype)
+        self.b[slot, row : row + rows, col : col + r] = b.to(self.b.dtype)
+        self.present.add(slot)
+
+    def clear(self, slot: int) -> None:
+        self.a[slot].zero_()
+        self.b[slot].zero_()
+        self.present.discard(slot)
+
+    @property
+    def busy(self) -> bool:
+        """Whether a batch with adapters is running."""
+        return bool(self.state.tokens)
+
+    def add(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """``out`` (the layer's output for ``x``) plus each token's adapter's ``B (A x)``."""
+        segments = [s for s in self.state.segments(x.shape[0]) if s[2] in self.present]
+        if not segments:
+            return out
+        return self.kernel(x.reshape(-1, x.shape[-1]), out.reshape(-1, out.shape[-1]), self.a, self.b, segments).view(out.shape)
+
+    def hook(self, module: nn.Module, inputs: tuple, out: torch.Tensor) -> torch.Tensor:
+        return self.add(inputs[0], out)
+
+
+class SavedModules:
+    """A module of ``modules_to_save`` (a classifier head): each adapter's own copy of its tensors,
+    applied to the rows that adapter owns."""
+
+    def __init__(self, state: BatchState, module: nn.Module) -> None:
+        self.state = state
+        self.module = module
+        self.copies: dict[int, dict[str, torch.Tensor]] = {}
+        self._inside = False
+
+    def hook(self, module: nn.Module, inputs: tuple, out: torch.Tensor) -> torch.Tensor:
+        if self._inside:  # the copy's own call
+            return out
+        segments = [s for s in self.state.segments(inputs[0].shape[0]) if s[2] in self.copies]
+        if not segments:
+            return out
+        out = out.clone()
+        self._inside = True
+        try:
+            for start, stop, slot in segments:
+                out[start:stop] = torch.func.functional_call(module, self.copies[slot], (inputs[0][start:stop],))
+        finally:
+            self._inside = False
+        return out
+
+
+@dataclass
+class Loaded:
+    slot: int
+    adapter: Adapter
+
+
+class Adapters:
+    """The LoRA adapters of one loaded model (``LLM(enable_lora=True)``).
+
+    Args:
+        model: the loaded :class:`~poolkit.loading.model.PoolingModel`.
+        max_lora_rank: the highest rank an adapter may have (vLLM's ``max_lora_rank``).
+        max_loras: the most adapters one batch mixes (vLLM's ``max_loras``); a batch with more runs
+            in parts.
+        max_cpu_loras: the most adapters kept loaded (an LRU; default ``max_loras``).
+    """
+
+    def __init__(self, model: Any, max_lora_rank: int, max_loras: int, max_cpu_loras: int | None) -> None:
+        arch = model.architecture
+        if getattr(model, "quantization", None):
+            raise InvalidRequest("LoRA adapters run on float models; load the model without quantization")
+        if not getattr(arch, "takes_adapters", False) or getattr(arch, "media_processor", None) is not None:
+            raise InvalidRequest(
+                f"architecture {model.architecture_name} does not take LoRA adapters yet; the BERT-layout encoders and the decoders do"
+            )
+        self.model = model
+        self.max_rank = max_lora_rank
+        self.max_loras = max_loras
+        self.capacity = max(max_cpu_loras or max_loras, max_loras)
+        self.state = BatchState()
+        self._loaded: collections.OrderedDict[str, Loaded] = collections.OrderedDict()
+        self._layers: dict[str, LayerAdapters] = {}
+        self._saved: dict[str, SavedModules] = {}
+        self._lock = threading.RLock()
+        self._targets = _targets(arch)
+
+    @property
+    def loaded(self) -> list[LoRARequest]:
+        """The requests of the adapters in memory, least recently used first."""
+        return [entry.adapter.request for entry in self._loaded.values()]
+
+    def slot(self, request: LoRARequest) -> int:
+        """The slot of ``request``'s adapter, read and bound first when it is not loaded (the least
+        recently used one leaves when the LRU is full).
+
+        Raises:
+            InvalidRequest: the adapter cannot be read, or does not fit this model.
+        """
+        with self._lock:
+            entry = self._loaded.get(request.lora_name)
+            if entry is not None:
+                if entry.adapter.request.lora_path != request.lora_path:
+                    raise InvalidRequest(
+                        f"LoRA adapter '{request.lora_name}' is loaded from {entry.adapter.request.lora_path}, not {request.lora_path}"
+                    )
+                self._loaded.move_to_end(request.lora_name)
+                return entry.slot
+            adapter = read_adapter(request, max_rank=self.max_rank, allow_pickle=bool(self.model.allow_pickle))
+            bindings = self._bindings(adapter)
+            used = {e.slot for e in self._loaded.values()}
+            if len(used) >= self.capacity:
+                _, oldest = self._loaded.popitem(last=False)
+                self._unbind(oldest.slot)
+                used.discard(oldest.slot)
+            slot = min(set(range(self.capacity)) - used)
+            self._bind(slot, adapter, bindings)
+            self._loaded[request.lora_name] = Loaded(slot, adapter)
+            return slot
+
+    def remove(self, name: str) -> bool:
+        """Unload adapter ``name``; whether it was loaded."""
+        with self._lock:
+            entry = self._loaded.pop(name, None)
+            if entry is None:
+                return False
+            self._unbind(entry.slot)
+            return True
+
+    def plan(self, batches: list[Any], params: Sequence[Any]) -> Iterator[tuple[Any, list[int] | None]]:
+        """Each batch's members (an index array) with their adapters' slots (``None``: no adapter in
+        the batch): the base model's sequences first, then each adapter's together, so that every
+        adapter owns one run of tokens; a batch mixing more than ``max_loras`` adapters runs in parts."""
+        if all(p.lora_request is None for p in params):
+            for members in batches:
+                yield members, None
+            return
+        for members in batches:
+            requests = [params[i].lora_request for i in members]
+            names = list(dict.fromkeys(r.lora_name for r in requests if r is not None))
+            if not names:
+                yield members, None
+                continue
+            for k in range(0, len(names), self.max_loras):
+                group = set(names[k : k + self.max_loras])
+                chosen = [j for j, r in enumerate(requests) if (r is None and k == 0) or (r is not None and r.lora_name in group)]
+                slots = [self.slot(requests[j]) if requests[j] is not None else -1 for j in chosen]
+                order = sorted(range(len(chosen)), key=slots.__getitem__)
+                yield members[[chosen[j] for j in order]], [slots[j] for j in order]
+
+    @contextlib.contextmanager
+    def active(self, lens: Sequence[int], slots: Sequence[int]) -> Iterator[None]:
+        """Within the block, sequence ``i`` (``lens[i]`` tokens) runs with the adapter in
+        ``slots[i]`` (``-1``: none); sequences of one adapter must be consecutive."""
+        tokens: list[Segment] = []
+        rows: list[Segment] = []
+        start = 0
+        for i, (n, slot) in enumerate(zip(lens, slots)):
+            if slot >= 0:
+                if tokens and tokens[-1][2] == slot and tokens[-1][1] == start:
+                    tokens[-1] = (tokens[-1][0], start + n, slot)
+                    rows[-1] = (rows[-1][0], i + 1, slot)
+                else:
+                    tokens.append((start, start + n, slot))
+                    rows.append((i, i + 1, slot))
+            start += n
+        state = self.state
+        state.tokens, state.rows, state.num_tokens, state.num_rows = tokens, rows, start, len(lens)
+        try:
+            yield
+        finally:
+            state.tokens, state.rows = [], []
+
+    # -- binding -------------------------------------------------------------------------------
+
+    def _bindings(self, adapter: Adapter) -> list[tuple[str, str | None, torch.Tensor, torch.Tensor]]:
+        """Where each of the adapter's layers goes: ``(module path, part, A, B)``, checked."""
+        arch = self.model.architecture
+        name = adapter.name
+        out = []
+        unknown = []
+        for layer, (a, b) in adapter.factors.items():
+            model_name = _model_name(arch, layer)
+            if model_name is None:  # a layer whose weights the model does not use either (BERT's pooler, say)
+                logger.info("LoRA adapter '%s': %s is not used by model '%s'", name, layer, self.model.name)
+                continue
+            target = self._targets.get(model_name)
+            if target is None:
+                unknown.append(layer)
+                continue
+            path, part = target
+            module = arch.get_submodule(path)
+            rows = module.out_features if part is None else module.parts[part]
+            if a.shape[1] != module.in_features or b.shape[0] != rows:
+                raise InvalidRequest(
+                    f"LoRA adapter '{name}' does not fit model '{self.model.name}': its {layer} maps "
+                    f"{a.shape[1]} -> {b.shape[0]} features, the model's layer {module.in_features} -> {rows}"
+                )
+            out.append((path, part, a, b))
+        if unknown:
+            more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
+            raise InvalidRequest(
+                f"LoRA adapter '{name}' targets modules that model '{self.model.name}' ({self.model.architecture_name}) "
+                f"has no linear layer for: {', '.join(unknown[:3])}{more}"
+            )
+        for key, tensor in adapter.saved.items():
+            path, _, kind = key.rpartition(".")
+            module_path = _saved_module(arch, path)
+            if module_path is None:
+                raise InvalidRequest(f"LoRA adapter '{name}' saves module '{path}', which model '{self.model.name}' does not have")
+            param = getattr(arch.get_submodule(module_path), kind, None)
+            if not isinstance(param, torch.Tensor) or param.shape != tensor.shape:
+                have = "none" if not isinstance(param, torch.Tensor) else tuple(param.shape)
+                raise InvalidRequest(
+                    f"LoRA adapter '{name}' does not fit model '{self.model.name}': its {key} is {tuple(tensor.shape)}, the model's {have}"
+                )
+        return out
+
+    def _bind(self, slot: int, adapter: Adapter, bindings: list[tuple[str, str | None, torch.Tensor, torch.Tensor]]) -> None:
+        arch = self.model.architecture
+        for path, part, a, b in bindings:
+            layer = self._layers.get(path)
+            if layer is None:
+                module = arch.get_submodule(path)
+                parts = _part_rows(module)
+                layer = self._layers[path] = LayerAdapters(self.state, module, parts, self.capacity, self.max_rank)
+                module.__dict__["lora"] = layer
+                module.register_forward_hook(layer.hook)
+            layer.put(slot, part, a, b)
+        for key, tensor in adapter.saved.items():
+            path, _, kind = key.rpartition(".")
+            module_path = _saved_module(arch, path)
+            saved = self._saved.get(module_path)
+            if saved is None:
+                module = arch.get_submodule(module_path)
+                saved = self._saved[module_path] = SavedModules(self.state, module)
+                module.register_forward_hook(saved.hook)
+            base = dict(saved.module.named_parameters(recurse=False))
+            copy = saved.copies.setdefault(slot, dict(base))
+            copy[kind] = tensor.to(base[kind].dtype).to(base[kind].device)
+
+    def _unbind(self, slot: int) -> None:
+        for layer in self._layers.values():
+            layer.clear(slot)
+        for saved in self._saved.values():
+            saved.copies.pop(slot, None)
+
+
+def _targets(arch: nn.Module) -> dict[str, tuple[str, str | None]]:
+    """The model's linear layers by the name a checkpoint gives them: ``{name: (module path, part)}``
+    (a part of a layer fused from several projections names it)."""
+    targets: dict[str, tuple[str, str | None]] = {}
+    for path, module in arch.named_modules():
+        if not isinstance(module, nn.Linear):
+            continue
+        parts = getattr(module, "parts", None)
+        if parts:
+            parent = path.rpartition(".")[0]
+            for part in parts:
+                targets[f"{parent}.{part}" if parent else part] = (path, part)
+        else:
+            targets[path] = (path, None)
+    return targets
+
+
+def _part_rows(module: nn.Module) -> dict[str, tuple[int, int]] | None:
+    parts = getattr(module, "parts", None)
+    if not parts:
+        return None
+    rows, start = {}, 0
+    for part, n in parts.items():
+        rows[part] = (start, n)
+        start += n
+    return rows
+
+
+def _model_name(arch: nn.Module, layer: str) -> str | None:
+    """A checkpoint layer's name in the model (a task model's prefix stripped, as its weights are);
+    ``None`` for a layer whose weights the model skips."""
+    rename = getattr(arch, "parameter_name", None)
+    if rename is None:
+        return layer
+    name = rename(layer + ".weight")
+    return None if name is None else name.removesuffix(".weight")
+
+
+def _saved_module(arch: nn.Module, path: str) -> str | None:
+    for candidate in (path, _model_name(arch, path) or path):
+        try:
+            arch.get_submodule(candidate)
+        except AttributeError:
+            continue
+        return candidate
+    return None
+
+
+def adapted_params(params: list[Any], lora_request: Any, adapters: Adapters | None) -> list[Any]:
+    """``params`` (one per prompt) with the LoRA adapters of ``lora_request``: one request for every
+    prompt, or a list of one per prompt (``None``: the base model). Each adapter is read and checked
+    here, before anything runs.
+
+    Raises:
+        InvalidRequest: LoRA is not enabled, the list's length is not the prompts', an item is no
+            :class:`LoRARequest`, or an adapter cannot be read or does not fit the model.
+    """
+    if lora_request is None:
+        return params
+    if adapters is None:
+        raise InvalidRequest(f"Got lora_request {lora_request} but LoRA is not enabled! Load the model with enable_lora=True (--enable-lora)")
+    requests = list(lora_request) if isinstance(lora_request, (list, tuple)) else [lora_request] * len(params)
+    if len(requests) != len(params):
+        raise InvalidRequest(f"Lora request list should be the same length as the prompts ({len(requests)} for {len(params)})")
+    copies: dict[tuple[int, str], Any] = {}
+    out = []
+    for p, request in zip(params, requests):
+        if request is None:
+            out.append(p)
+            continue
+        if not isinstance(request, LoRARequest):
+            raise InvalidRequest(f"lora_request must be a LoRARequest or a list of them, got {type(request).__name__}")
+        key = (id(p), request.lora_name)
+        if key not in copies:
+            adapters.slot(request)
+            copies[key] = p.with_lora(request)
+        out.append(copies[key])
+    return out

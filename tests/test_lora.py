@@ -1,0 +1,230 @@
+"""LoRA adapters (issue: vLLM's LoRA column): PEFT adapters on the encoder, decoder and reranker
+families, each against peft's ``PeftModel`` on transformers' own model, mixed with each other and
+the base model in one call, and the bad adapters refused clearly."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import transformers as T
+
+from poolkit import LLM, LoRARequest
+from poolkit.contracts.errors import InvalidRequest, PoolkitError
+from poolkit.kernels.lora import lora_delta_reference
+from tiny_models import build_classifier, build_encoder, build_mpnet, build_qwen
+
+peft = pytest.importorskip("peft")
+
+TEXTS = ["hello world", "a much longer sentence about many things and more", "x", "the quick brown fox"]
+ATOL = 1e-4  # fp32 (DESIGN.md section 7)
+
+
+def _adapter(base: Path, out: Path, auto: type, seed: int, **config) -> Path:
+    """A PEFT adapter of ``base`` (loaded with transformers' ``auto`` class), its factors random
+    (``init_lora_weights=False``: B is not zero, so the adapter changes the outputs)."""
+    torch.manual_seed(seed)
+    model = auto.from_pretrained(base)
+    settings = dict(r=4, lora_alpha=8, init_lora_weights=False)
+    settings.update(config)
+    peft.get_peft_model(model, peft.LoraConfig(**settings)).save_pretrained(out)
+    return out
+
+
+def _peft(base: Path, adapter: Path | None, auto: type) -> torch.nn.Module:
+    model = auto.from_pretrained(base)
+    return (model if adapter is None else peft.PeftModel.from_pretrained(model, adapter)).eval()
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("lora")
+    bert = build_encoder(root / "bert", "bert")
+    qwen = build_qwen(root / "qwen3", "qwen3")
+    cross = build_classifier(root / "cross", "bert", num_labels=1)
+    mpnet = build_mpnet(root / "mpnet")
+    return {
+        "bert": bert,
+        "bert_a": _adapter(bert, root / "bert_a", T.AutoModel, 1, target_modules=["query", "value", "dense"]),
+        "bert_b": _adapter(bert, root / "bert_b", T.AutoModel, 2, target_modules=["key", "intermediate.dense"], r=8, lora_alpha=4),
+        "bert_c": _adapter(bert, root / "bert_c", T.AutoModel, 3, target_modules=["query"], r=2, use_rslora=True),
+        "qwen3": qwen,
+        "qwen3_a": _adapter(
+            qwen, root / "qwen3_a", T.AutoModel, 4, target_modules=["q_proj", "v_proj", "o_proj", "gate_proj", "down_proj"], use_rslora=True
+        ),
+        "cross": cross,
+        "cross_a": _adapter(cross, root / "cross_a", T.AutoModelForSequenceClassification, 5, task_type="SEQ_CLS", target_modules=["query", "value"]),
+        "mpnet": mpnet,
+        "mpnet_a": _adapter(mpnet, root / "mpnet_a", T.AutoModel, 6, target_modules=["q", "v", "o", "intermediate.dense"]),
+    }
+
+
+def _cls(model: torch.nn.Module, tok, texts) -> torch.Tensor:
+    enc = tok(texts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        return model(**enc).last_hidden_state[:, 0]
+
+
+def _rows(outputs) -> torch.Tensor:
+    return torch.tensor([o.outputs.embedding for o in outputs])
+
+
+@pytest.fixture(scope="module")
+def bert_llm(models) -> LLM:
+    return LLM(str(models["bert"]), enable_lora=True, max_loras=2, pooler_config={"pooling_type": "CLS", "use_activation": False})
+
+
+@pytest.mark.parametrize("name", ["bert_a", "bert_b", "bert_c"])
+def test_an_encoder_adapter_matches_peft(models, bert_llm, name):
+    tok = T.AutoTokenizer.from_pretrained(models["bert"])
+    want = _cls(_peft(models["bert"], models[name], T.AutoModel), tok, TEXTS)
+    got = _rows(bert_llm.embed(TEXTS, lora_request=LoRARequest(name, 1 + len(name), str(models[name]))))
+    torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+    base = _cls(_peft(models["bert"], None, T.AutoModel), tok, TEXTS)
+    assert (want - base).abs().max() > 0.05  # the adapter changes what the test compares
+
+
+def test_mixed_adapters_and_the_base_in_one_call_equal_each_alone(models, bert_llm):
+    requests = {n: LoRARequest(n, i + 1, str(models[n])) for i, n in enumerate(["bert_a", "bert_b", "bert_c"])}
+    plan = [requests["bert_a"], None, requests["bert_b"], requests["bert_c"], None, requests["bert_a"], requests["bert_c"], requests["bert_b"]]
+    texts = (TEXTS * 2)[: len(plan)]
+    mixed = _rows(bert_llm.embed(texts, lora_request=plan))  # three adapters, max_loras=2: two parts
+    for i, (text, request) in enumerate(zip(texts, plan)):
+        alone = _rows(bert_llm.embed([text], lora_request=request))
+        torch.testing.assert_close(mixed[i : i + 1], alone, atol=1e-5, rtol=0)
+
+
+def test_a_decoder_adapter_matches_peft_with_fused_projections_and_rslora(models):
+    llm = LLM(str(models["qwen3"]), enable_lora=True, pooler_config={"pooling_type": "LAST", "use_activation": False})
+    tok = T.AutoTokenizer.from_pretrained(models["qwen3"])
+    reference = _peft(models["qwen3"], models["qwen3_a"], T.AutoModel)
+    want = []
+    for text in TEXTS:
+        with torch.no_grad():
+            want.append(reference(**tok([text], return_tensors="pt")).last_hidden_state[0, -1])
+    request = LoRARequest("qwen3_a", 1, str(models["qwen3_a"]))
+    got = _rows(llm.embed(TEXTS, lora_request=[request, None, request, request]))
+    torch.testing.assert_close(got[[0, 2, 3]], torch.stack(want)[[0, 2, 3]], atol=ATOL, rtol=0)
+    base = _rows(llm.embed(TEXTS[1:2]))
+    torch.testing.assert_close(got[1:2], base, atol=1e-5, rtol=0)
+
+
+def test_a_reranker_adapter_with_its_own_classifier_head_matches_peft(models):
+    llm = LLM(str(models["cross"]), enable_lora=True)
+    tok = T.AutoTokenizer.from_pretrained(models["cross"])
+    request = LoRARequest("cross_a", 1, str(models["cross_a"]))
+    saved = json.loads((models["cross_a"] / "adapter_config.json").read_text())["modules_to_save"]
+    assert "classifier" in saved  # SEQ_CLS adapters save their own head
+    query, docs = "what is this", TEXTS
+    enc = tok([query] * len(docs), docs, return_tensors="pt", padding=True)
+    for adapter, lora in ((models["cross_a"], request), (None, None)):
+        with torch.no_grad():
+            want = torch.sigmoid(_peft(models["cross"], adapter, T.AutoModelForSequenceClassification)(**enc).logits[:, 0])
+        got = torch.tensor([o.outputs.score for o in llm.score(query, docs, lora_request=lora)])
+        torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+    ranked = llm.rerank(query, docs, lora_request=request)
+    assert sorted(r.index for r in ranked) == list(range(len(docs)))
+
+
+def test_mpnet_adapter_matches_peft(models):
+    llm = LLM(str(models["mpnet"]), enable_lora=True, pooler_config={"pooling_type": "CLS", "use_activation": False})
+    tok = T.AutoTokenizer.from_pretrained(models["mpnet"])
+    want = _cls(_peft(models["mpnet"], models["mpnet_a"], T.AutoModel), tok, TEXTS)
+    got = _rows(llm.embed(TEXTS, lora_request=LoRARequest("mpnet_a", 1, str(models["mpnet_a"]))))
+    torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+
+
+def test_the_lru_keeps_max_cpu_loras_and_reads_an_evicted_adapter_again(models):
+    llm = LLM(str(models["bert"]), enable_lora=True, max_cpu_loras=1, pooler_config={"pooling_type": "CLS", "use_activation": False})
+    a, b = (LoRARequest(n, i + 1, str(models[n])) for i, n in enumerate(["bert_a", "bert_b"]))
+    first = _rows(llm.embed(TEXTS, lora_request=a))
+    _rows(llm.embed(TEXTS, lora_request=b))
+    assert [r.lora_name for r in llm.model.adapters.loaded] == ["bert_b"]
+    torch.testing.assert_close(_rows(llm.embed(TEXTS, lora_request=a)), first, atol=1e-6, rtol=0)
+    both = _rows(llm.embed(TEXTS[:2], lora_request=[a, b]))  # one slot: the two run one after the other
+    torch.testing.assert_close(both[:1], first[:1], atol=1e-5, rtol=0)
+
+
+# -- bad adapters and requests -------------------------------------------------------------------
+
+
+def test_lora_request_without_enable_lora_is_refused(models):
+    llm = LLM(str(models["bert"]))
+    with pytest.raises(InvalidRequest, match="but LoRA is not enabled!"):
+        llm.embed(["x"], lora_request=LoRARequest("a", 1, str(models["bert_a"])))
+
+
+def test_a_request_needs_a_positive_id_and_a_path():
+    with pytest.raises(InvalidRequest, match="id must be > 0, got 0"):
+        LoRARequest("a", 0, "/somewhere")
+    with pytest.raises(InvalidRequest, match="lora_path cannot be empty"):
+        LoRARequest("a", 1, "")
+
+
+def test_bad_adapters_are_refused_in_one_line(models, bert_llm, tmp_path):
+    def refused(request, match):
+        with pytest.raises(PoolkitError, match=match) as info:
+            bert_llm.embed(["x"], lora_request=request)
+        assert "\n" not in str(info.value)
+
+    refused(LoRARequest("gone", 9, str(tmp_path / "nowhere")), "Loading lora gone failed: No adapter found for")
+    small = LLM(str(models["bert"]), enable_lora=True, max_lora_rank=4)
+    with pytest.raises(InvalidRequest, match=r"LoRA rank 8 is greater than max_lora_rank 4\."):
+        small.embed(["x"], lora_request=LoRARequest("bert_b", 2, str(models["bert_b"])))
+    # an adapter of another model: the qwen adapter's layers are no layers of BERT
+    refused(LoRARequest("qwen", 3, str(models["qwen3_a"])), "targets modules that model .* has no linear layer for: layers.0")
+    # an adapter of a wider BERT: the shapes do not fit
+    wide = build_encoder(tmp_path / "wide", "bert")
+    config = json.loads((wide / "config.json").read_text())
+    config.update(hidden_size=48, intermediate_size=96)
+    wide_model = T.BertModel(T.BertConfig(**{k: v for k, v in config.items() if k not in ("architectures", "transformers_version")}))
+    wide_model.save_pretrained(wide)
+    refused(LoRARequest("wide", 4, str(_adapter(wide, tmp_path / "wide_a", T.AutoModel, 7, target_modules=["query"]))), "does not fit model")
+    # pickle weights only: refused unless pickles are allowed, as for a model's weights
+    pickled = tmp_path / "pickled"
+    shutil.copytree(models["bert_a"], pickled)
+    from safetensors.torch import load_file
+
+    torch.save(load_file(pickled / "adapter_model.safetensors"), pickled / "adapter_model.bin")
+    (pickled / "adapter_model.safetensors").unlink()
+    refused(LoRARequest("pickled", 5, str(pickled)), "has only pickle weights .* allow_pickle=True")
+    # DoRA is another method
+    dora = tmp_path / "dora"
+    shutil.copytree(models["bert_a"], dora)
+    config = json.loads((dora / "adapter_config.json").read_text())
+    (dora / "adapter_config.json").write_text(json.dumps({**config, "use_dora": True}))
+    refused(LoRARequest("dora", 6, str(dora)), "DoRA adapters .* are not supported")
+    with pytest.raises(InvalidRequest, match="should be the same length as the prompts"):
+        bert_llm.embed(["x", "y"], lora_request=[None])
+
+
+def test_an_architecture_without_adapters_is_refused_at_load(tmp_path):
+    from tiny_models import build_modernbert
+
+    with pytest.raises(InvalidRequest, match="architecture ModernBertModel does not take LoRA adapters yet"):
+        LLM(str(build_modernbert(tmp_path / "modernbert", "embed")), enable_lora=True)
+
+
+def test_settings_of_lora_are_checked():
+    with pytest.raises(InvalidRequest, match="max_lora_rank"):
+        LLM("unused", enable_lora=True, max_lora_rank=0)
+
+
+# -- the kernel -----------------------------------------------------------------------------------
+
+
+def test_lora_delta_reference_adds_each_segments_low_rank_product():
+    torch.manual_seed(0)
+    x, out = torch.randn(10, 6), torch.randn(10, 5)
+    a, b = torch.randn(3, 2, 6), torch.randn(3, 5, 2)
+    segments = [(0, 3, 2), (5, 9, 0)]
+    want = out.clone()
+    for start, stop, slot in segments:
+        for t in range(start, stop):
+            want[t] += b[slot] @ (a[slot] @ x[t])
+    got = lora_delta_reference(x, out.clone(), a, b, segments)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    assert torch.equal(got[3:5], out[3:5]) and torch.equal(got[9:], out[9:])  # rows of no segment: the base's
