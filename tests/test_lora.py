@@ -228,3 +228,83 @@ def test_lora_delta_reference_adds_each_segments_low_rank_product():
     got = lora_delta_reference(x, out.clone(), a, b, segments)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
     assert torch.equal(got[3:5], out[3:5]) and torch.equal(got[9:], out[9:])  # rows of no segment: the base's
+
+
+# -- served: --lora-modules, /v1/models, a request's model, vLLM's load and unload routes ---------
+
+
+@pytest.fixture(scope="module")
+def served(models):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from poolkit.entrypoints.server import create_app
+
+    llm = LLM(str(models["bert"]), enable_lora=True, max_loras=2, pooler_config={"pooling_type": "CLS", "use_activation": False})
+    adapters = [LoRARequest("legal", 1, str(models["bert_a"])), LoRARequest("medical", 2, str(models["bert_b"]))]
+    with TestClient(create_app(llm, served_model_name="base", lora_modules=adapters, cache_size=16)) as client:
+        yield client, llm
+
+
+def test_served_adapters_are_listed_with_their_parent(served):
+    client, _ = served
+    cards = {card["id"]: card for card in client.get("/v1/models").json()["data"]}
+    assert set(cards) == {"base", "legal", "medical"}
+    assert cards["legal"]["parent"] == "base" and cards["legal"]["root"] == "legal" and "parent" not in cards["base"]
+    assert str(Path(cards["legal"]["root"])) == "legal"  # no adapter path shows
+
+
+def test_a_requests_model_runs_its_adapter_on_every_route(served, models):
+    client, llm = served
+    for name, request in (("legal", LoRARequest("legal", 1, str(models["bert_a"]))), ("base", None)):
+        want = _rows(llm.embed(TEXTS[:2], lora_request=request))
+        for _ in range(2):  # the second answer comes from the cache, which keeps adapters apart
+            body = client.post("/v1/embeddings", json={"model": name, "input": TEXTS[:2]}).json()
+            got = torch.tensor([d["embedding"] for d in body["data"]])
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+        assert body["model"] == name
+        pooled = client.post("/pooling", json={"model": name, "input": TEXTS[:1], "task": "embed"}).json()
+        torch.testing.assert_close(torch.tensor(pooled["data"][0]["data"]), want[0], atol=1e-5, rtol=0)
+        cohere = client.post("/v2/embed", json={"model": name, "texts": TEXTS[:1], "embedding_types": ["float"]})
+        assert cohere.status_code == 200, cohere.text
+        torch.testing.assert_close(torch.tensor(cohere.json()["embeddings"]["float"][0]), want[0], atol=1e-5, rtol=0)
+        tei = client.post("/embed", json={"inputs": TEXTS[:1], "normalize": False}, headers={"X-Model": name})
+        torch.testing.assert_close(torch.tensor(tei.json()[0]), want[0], atol=1e-5, rtol=0)
+    missing = client.post("/v1/embeddings", json={"model": "nobody", "input": "x"})
+    assert missing.status_code == 404 and "nobody" in missing.json()["error"]["message"]
+
+
+def test_vllms_load_and_unload_routes_are_off_unless_allowed(served, models, monkeypatch):
+    client, _ = served
+    body = {"lora_name": "fresh", "lora_path": str(models["bert_c"])}
+    assert client.post("/v1/load_lora_adapter", json=body).status_code == 404
+    monkeypatch.setenv("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "True")
+    loaded = client.post("/v1/load_lora_adapter", json=body)
+    assert loaded.status_code == 200 and loaded.text == "Success: LoRA adapter 'fresh' added successfully."
+    again = client.post("/v1/load_lora_adapter", json=body)
+    assert again.status_code == 400 and "The lora adapter 'fresh' has already been loaded." in again.text
+    assert client.post("/v1/embeddings", json={"model": "fresh", "input": "x"}).status_code == 200
+    gone = client.post("/v1/load_lora_adapter", json={"lora_name": "gone", "lora_path": "/no/such/adapter"})
+    assert gone.status_code == 404 and "No adapter found for" in gone.text and "/no/such" not in gone.text  # paths scrubbed
+    assert "gone" not in {c["id"] for c in client.get("/v1/models").json()["data"]}
+    unloaded = client.post("/v1/unload_lora_adapter", json={"lora_name": "fresh"})
+    assert unloaded.status_code == 200 and unloaded.text == "Success: LoRA adapter 'fresh' removed successfully."
+    assert client.post("/v1/embeddings", json={"model": "fresh", "input": "x"}).status_code == 404
+    missing = client.post("/v1/unload_lora_adapter", json={"lora_name": "fresh"})
+    assert missing.status_code == 404 and "The lora adapter 'fresh' cannot be found." in missing.text
+
+
+def test_lora_modules_need_enable_lora_and_a_well_formed_value(models):
+    from typer.testing import CliRunner
+
+    from poolkit.entrypoints.cli import app
+
+    runner = CliRunner()
+    bad = runner.invoke(app, ["serve", str(models["bert"]), "--lora-modules", f"legal={models['bert_a']}"])
+    assert bad.exit_code == 1 and "Error: --lora-modules needs --enable-lora" in bad.output
+    worse = runner.invoke(app, ["serve", str(models["bert"]), "--enable-lora", "--lora-modules", "legal"])
+    assert worse.exit_code == 1 and "Error: --lora-modules takes name=path or a JSON object, got 'legal'" in worse.output
+    with pytest.raises(InvalidRequest, match="but LoRA is not enabled"):
+        from poolkit.entrypoints.server import create_app
+
+        create_app(LLM(str(models["bert"])), lora_modules=[LoRARequest("legal", 1, str(models["bert_a"]))])

@@ -43,6 +43,7 @@ def serve(
     autoscaling_config: Optional[str] = typer.Option(None, "--autoscaling-config", help='With --ray-serve: Ray Serve\'s autoscaling settings as JSON ({"min_replicas": 1, "max_replicas": 8}), instead of --num-replicas.'),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="With --ray-serve: the Ray cluster to join ('auto', an address, or ray://host:port; or set RAY_ADDRESS); on exit the server deletes the applications it deployed and leaves the cluster running. Default: start a Ray of its own on this machine, stopped on exit."),
     otlp_traces_endpoint: Optional[str] = typer.Option(None, "--otlp-traces-endpoint", envvar="OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", help="Export an OpenTelemetry trace of each inference request (queue, tokenize, run, respond; the caller's traceparent honoured) to this OTLP/HTTP collector URL, e.g. http://localhost:4318/v1/traces (vLLM's option; or set OTEL_EXPORTER_OTLP_TRACES_ENDPOINT); needs poolkit[otel]. Default: no tracing."),
+    lora_modules: Optional[list[str]] = typer.Option(None, "--lora-modules", help="A LoRA adapter to serve, as name=path or vLLM's JSON {\"name\": ..., \"path\": ..., \"base_model_name\": ...} (repeatable; needs --enable-lora): a request whose 'model' names it runs with it, and /v1/models lists it with its parent."),
     api_server_count: int = typer.Option(1, "--api-server-count", help="API server processes (vLLM's option): above 1, the models load first and that many processes parse, validate and answer requests, one of them running the models; for many small requests on a host with cores to spare."),
     quiet: bool = QuietOpt,
     verbose: bool = VerboseOpt,
@@ -89,6 +90,11 @@ def serve(
             from ..server.tracing import check_endpoint
 
             otlp_traces_endpoint = check_endpoint(otlp_traces_endpoint)
+        adapters = _lora_modules(lora_modules or [], args)
+        if adapters and api_server_count > 1:
+            from ...contracts.errors import InvalidRequest
+
+            raise InvalidRequest("--lora-modules serves with one API process; leave --api-server-count at 1")
         chat_template = _template(chat_template, "--chat-template")
         score_template = _template(score_template, "--score-template")
         setup_logging(quiet, verbose)
@@ -109,7 +115,7 @@ def serve(
             served_model_name=names if len(names) > 1 else names[0], api_key=api_key, limits=limits, chat_template=chat_template,
             score_template=score_template, cache_size=cache_size, cache_max_bytes=cache_max_bytes, auto_truncate=auto_truncate,
             default_prompt_name=default_prompt_name, allowed_media_domains=allowed_media_domains,
-            otlp_traces_endpoint=otlp_traces_endpoint,
+            otlp_traces_endpoint=otlp_traces_endpoint, lora_modules=adapters,
         )
         if ray_serve:
             from ..integrations import ray_serve as deployment
@@ -132,6 +138,29 @@ def _loader(args: EngineArgs) -> Callable[[], Any]:
         return LLM.from_args(args)
 
     return load
+
+
+def _lora_modules(values: list[str], args: EngineArgs) -> list[Any]:
+    """The adapters of ``--lora-modules``: ``name=path`` or vLLM's JSON form, numbered from 1."""
+    from ...contracts.errors import InvalidRequest
+    from ...lora.request import LoRARequest
+
+    if values and not args.enable_lora:
+        raise InvalidRequest("--lora-modules needs --enable-lora")
+    adapters = []
+    for i, value in enumerate(values, start=1):
+        if value.lstrip().startswith("{"):
+            spec = _json_option(value, "--lora-modules")
+            unknown = set(spec) - {"name", "path", "base_model_name"}
+            if unknown or not isinstance(spec.get("name"), str) or not isinstance(spec.get("path"), str):
+                raise InvalidRequest(f"--lora-modules JSON takes \"name\" and \"path\" (and \"base_model_name\"), got {value}")
+            adapters.append(LoRARequest(spec["name"], i, spec["path"], base_model_name=spec.get("base_model_name")))
+            continue
+        name, sep, path = value.partition("=")
+        if not sep or not name or not path:
+            raise InvalidRequest(f"--lora-modules takes name=path or a JSON object, got '{value}'")
+        adapters.append(LoRARequest(name, i, path))
+    return adapters
 
 
 def _json_option(value: Optional[str], option: str) -> Optional[dict]:

@@ -18,6 +18,7 @@ from .front import front_protocol
 from .guard import Guard, StrictRoute
 from .lane import Lane
 from ...inputs.media import MediaPolicy
+from ...lora.request import LoRARequest
 from .openapi import install_openapi
 from .routes import ENDPOINTS, INFERENCE_ROUTES
 from .state import MiB, ModelOptions, ModelState, ServerLimits, ServerState
@@ -43,6 +44,7 @@ def create_app(
     default_prompt_name: str | None = None,
     allowed_media_domains: Sequence[str] | None = None,
     otlp_traces_endpoint: str | None = None,
+    lora_modules: Sequence[LoRARequest] | None = None,
 ) -> FastAPI:
     """The FastAPI application serving ``llm``, or several models.
 
@@ -74,6 +76,9 @@ def create_app(
         otlp_traces_endpoint: the OTLP collector URL each inference request's spans are exported
             to (vLLM's ``--otlp-traces-endpoint``, :mod:`poolkit.entrypoints.server.tracing`); by
             default none: no tracing, and OpenTelemetry is not imported.
+        lora_modules: LoRA adapters served under their names (vLLM's ``--lora-modules``), each on the
+            model its ``base_model_name`` names (default: the first), which must be loaded with
+            ``enable_lora``; a request whose ``model`` names one runs with it (docs/lora.md).
 
     Example:
         >>> from fastapi.testclient import TestClient
@@ -102,6 +107,10 @@ def create_app(
         else:
             model.attach(one)
     _check_names(st)
+    for lora in lora_modules or ():
+        adapter = st.add_adapter(lora)
+        if adapter.base.llm is not None:  # attached already: the adapter is read and checked now
+            adapter.check()
     loading = [False]
 
     @asynccontextmanager

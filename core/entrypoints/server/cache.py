@@ -77,10 +77,13 @@ class EmbeddingCache:
         return len(self._entries)
 
     @staticmethod
-    def keys(task: str, params: PoolingParams, prompt_name: str | None, special_tokens: bool, prompts: list[Any]) -> list[Hashable] | None:
+    def keys(
+        task: str, params: PoolingParams, prompt_name: str | None, special_tokens: bool, prompts: list[Any], adapter: str | None = None
+    ) -> list[Hashable] | None:
         """The key of each input's result, or ``None`` when an input is one the cache does not hold
-        (an image, a multimodal prompt: anything but a text or a list of token ids)."""
-        settings = (task, json.dumps(params.model_dump(mode="json"), sort_keys=True, default=str), prompt_name, special_tokens)
+        (an image, a multimodal prompt: anything but a text or a list of token ids); ``adapter``:
+        the LoRA adapter the inputs run with."""
+        settings = (task, json.dumps(params.model_dump(mode="json"), sort_keys=True, default=str), prompt_name, special_tokens, adapter)
         keys: list[Hashable] = []
         for prompt in prompts:
             if isinstance(prompt, str):

@@ -215,7 +215,7 @@ class Guard:
         header = _header(scope, b"x-model")
         if header is not None:
             return True, self._model(header)
-        if len(st.models) == 1:
+        if len(st.models) == 1 and not st.adapters:  # else the body's model may name one
             return True, st.first
         return False, None
 

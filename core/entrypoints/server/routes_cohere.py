@@ -176,7 +176,7 @@ async def _run(
 ) -> Any:
     """Texts, and a dual encoder's images (one image, no text, each), prepared and run."""
     raw = [(prefix + value if prefix else value) if kind == "text" else "" for kind, value in items]
-    task, prompts, checked = llm.prepare(raw, params, pooling_task="embed", prompt_name=prompt_name)
+    task, prompts, checked = llm.prepare(raw, params, pooling_task="embed", prompt_name=prompt_name, lora_request=st.lora)
     tokens = llm.estimate_tokens(prompts, checked)
     check_tokens(st, tokens)
     if images or body.truncate == "NONE":

@@ -14,7 +14,7 @@ from ..protocol import ActivationFields, BaseRequest, ChatFields, EncodingFields
 from .deps import Model, State
 from .endpoints import Endpoints
 from .inputs import check_model, run_inputs
-from .state import ModelState
+from .state import AdapterState, ModelState
 from .wire import encode_tensor, json_response, list_response, number_bytes
 
 ENDPOINTS = Endpoints()
@@ -32,11 +32,15 @@ class EmbeddingRequest(BaseRequest, TokenizationFields, ChatFields, EncodingFiel
 @ENDPOINTS.get("/v1/models", "The served models (OpenAI).", protected=True, errors=(401, 500, 503))
 async def models(request: Request, llm: Model) -> Response:
     created = int(time.time())
-    entries = [_model_entry(m, created) for m in request.app.state.poolkit.models if m.llm is not None]
+    server = request.app.state.poolkit
+    entries = [_model_entry(m, created) for m in server.models if m.llm is not None]
+    for adapter in server.adapters.values():  # vLLM's cards of LoRA adapters: the adapter, its parent model
+        if adapter.llm is not None:
+            entries.append({**_model_entry(adapter, created), "root": adapter.served, "parent": adapter.base.served})
     return json_response({"object": "list", "data": entries})
 
 
-def _model_entry(st: ModelState, created: int) -> dict:
+def _model_entry(st: ModelState | AdapterState, created: int) -> dict:
     llm = st.llm
     try:
         score_type = llm.scorer.name

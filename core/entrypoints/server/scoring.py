@@ -56,7 +56,7 @@ async def score_pairs(
     check_tokens(st, tokens)
     template = st.score_template_for(scorer)
     outputs = await until_done(
-        request, st, st.batcher.call(lambda: llm.score(first, second, params, chat_template=template, instruction=instruction), tokens)
+        request, st, st.batcher.call(lambda: llm.score(first, second, params, chat_template=template, instruction=instruction, lora_request=st.lora), tokens)
     )
     st.metrics.answered(len(outputs), sum(len(o.prompt_token_ids) for o in outputs))
     return outputs

@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from ...contracts.errors import InvalidRequest
+from ...contracts.params import PoolingParams
+from ...lora.manager import adapted_params
+from ...lora.request import LoRARequest
 from ...runtime.batching import Batcher
 from .cache import EmbeddingCache
 from ...inputs import Renderer
@@ -118,6 +121,9 @@ class ModelState:
         metrics: the model's series of the server's metrics (the ``model`` label).
     """
 
+    #: The LoRA adapter this name serves (:class:`AdapterState`); ``None``: the model itself.
+    lora: LoRARequest | None = None
+
     def __init__(self, server: "ServerState", served_model_name: str | None, limits: ServerLimits, options: ModelOptions) -> None:
         self.server = server
         self.served = served_model_name
@@ -201,6 +207,9 @@ class ModelState:
             chat_template=self.options.chat_template, media_policy=self.server.media, served=self.served,
             max_messages=self.limits.max_inputs_per_request, template_hint=", or serve it with --chat-template",
         )
+        for adapter in self.server.adapters.values():  # the --lora-modules of this model, read and checked now
+            if adapter.base is self:
+                adapter.check()
         self.batcher = self.new_batcher()
         self.ready = True
 
@@ -223,6 +232,34 @@ class ModelState:
         return self.options.score_template or self.options.chat_template
 
 
+class AdapterState:
+    """A served LoRA adapter (``--lora-modules``): its base model's state (the loaded model, its
+    batcher, limits and cache), answering under the adapter's name, each request run with the
+    adapter. Its requests merge into the base model's batches with the base's and other adapters'.
+
+    Attributes:
+        base: the :class:`ModelState` of the model the adapter belongs to.
+        lora: the adapter's :class:`~poolkit.lora.request.LoRARequest`; ``served``: its name.
+    """
+
+    def __init__(self, base: ModelState, lora: LoRARequest) -> None:
+        self.base = base
+        self.lora = lora
+        self.served = lora.lora_name
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.base, name)
+
+    def check(self) -> None:
+        """Read and check the adapter on the loaded base model.
+
+        Raises:
+            InvalidRequest: the model was loaded without ``--enable-lora``, or the adapter cannot
+                be read or does not fit it.
+        """
+        adapted_params([PoolingParams()], self.lora, self.base.llm.model.adapters)
+
+
 class ServerState:
     """What the whole application shares: its models, the key, admission and shutdown.
 
@@ -242,6 +279,8 @@ class ServerState:
         #: The remote images requests may name (``--allowed-media-domains``); none by default.
         self.media = media or MediaPolicy()
         self.models: list[ModelState] = []
+        #: The served LoRA adapters by name (``--lora-modules``, ``/v1/load_lora_adapter``).
+        self.adapters: dict[str, AdapterState] = {}
         self.metrics = ServerMetrics(self)
         self.draining = False
         self.drained = False
@@ -283,11 +322,25 @@ class ServerState:
         """The served model called ``name`` (the first for ``None``); ``None`` for an unknown name."""
         if name is None:
             return self.first
-        return next((m for m in self.models if m.served == name), None)
+        return next((m for m in self.models if m.served == name), None) or self.adapters.get(name)
 
     @property
     def served_names(self) -> list[str]:
-        return [str(m.served) for m in self.models]
+        return [str(m.served) for m in self.models] + list(self.adapters)
+
+    def add_adapter(self, lora: LoRARequest) -> AdapterState:
+        """Serve ``lora`` under its name, on the model its ``base_model_name`` names (default: the first).
+
+        Raises:
+            InvalidRequest: the name is taken, or no served model has the base model's name.
+        """
+        if self.model(lora.lora_name) is not None:
+            raise InvalidRequest(f"The lora adapter '{lora.lora_name}' has already been loaded.")
+        base = self.model(lora.base_model_name) if lora.base_model_name is not None else self.first
+        if not isinstance(base, ModelState) or base.lora is not None:
+            raise InvalidRequest(f"LoRA adapter '{lora.lora_name}': no served model is called '{lora.base_model_name}'")
+        adapter = self.adapters[lora.lora_name] = AdapterState(base, lora)
+        return adapter
 
     # The first model's, for the single-model code paths (the OpenAPI document, tests).
     @property

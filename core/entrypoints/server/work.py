@@ -194,7 +194,7 @@ def _prepared(
 ) -> tuple[Any, Any, list[PoolingParams], int]:
     """The request prepared by the LLM (task, prompts, checked parameters) and its token estimate,
     held to the server's token and (estimated) response limits."""
-    task, prompts, checked = llm.prepare(raw, params, pooling_task=task_name, prompt_name=prompt_name)
+    task, prompts, checked = llm.prepare(raw, params, pooling_task=task_name, prompt_name=prompt_name, lora_request=st.lora)
     if not add_special_tokens:
         prompts.set_add_special_tokens(False)
     tokens = llm.estimate_tokens(prompts, checked)
@@ -220,7 +220,8 @@ async def _cached(
 ) -> Results:
     """The results of prepared prompts: from the embedding cache where it holds them, the rest run."""
     cache = st.cache
-    keys = cache.keys(task.name, params, prompt_name, add_special_tokens, raw) if cache is not None else None
+    adapter = st.lora.lora_name if st.lora is not None else None
+    keys = cache.keys(task.name, params, prompt_name, add_special_tokens, raw, adapter) if cache is not None else None
     if keys is None:
         return await _run(request, st, task, prompts, checked, tokens)
     entries: list[Any] = [cache.get(key) for key in keys]
@@ -228,7 +229,9 @@ async def _cached(
     st.metrics.cached(len(raw) - len(missing), len(missing))
     if missing:
         if len(missing) < len(raw):
-            _, prompts, checked = llm.prepare([raw[i] for i in missing], params, pooling_task=task.name, prompt_name=prompt_name)
+            _, prompts, checked = llm.prepare(
+                [raw[i] for i in missing], params, pooling_task=task.name, prompt_name=prompt_name, lora_request=st.lora
+            )
             if not add_special_tokens:
                 prompts.set_add_special_tokens(False)
             tokens = llm.estimate_tokens(prompts, checked)

@@ -1,0 +1,90 @@
+"""vLLM's LoRA routes: ``POST /v1/load_lora_adapter`` and ``/v1/unload_lora_adapter``.
+
+As in vLLM, they change the served adapters only where the operator allowed it with
+``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`` (or ``POOLKIT_ALLOW_RUNTIME_LORA_UPDATING``); otherwise
+they answer 404. Like every other inference route they need the API key when the server has one.
+A loaded adapter serves under its name on the model the request chose (the first by default), as
+one of ``--lora-modules`` does (docs/lora.md).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from typing import Optional
+
+from fastapi import Request
+from fastapi.responses import PlainTextResponse, Response
+from pydantic import StrictBool, StrictInt, StrictStr
+
+from ...contracts.errors import InvalidRequest
+from ...lora.request import LoRARequest
+from ..protocol import BaseRequest
+from .deps import Model, State
+from .endpoints import Endpoints
+from .errors import ApiError
+
+ENDPOINTS = Endpoints()
+#: The switches that allow loading and unloading adapters at run time (vLLM's, and poolkit's own).
+RUNTIME_UPDATES = ("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "POOLKIT_ALLOW_RUNTIME_LORA_UPDATING")
+#: Ids of adapters loaded at run time, above any ``--lora-modules`` gives.
+_IDS = itertools.count(1_000_000)
+
+
+class LoadLoRAAdapterRequest(BaseRequest):
+    """``POST /v1/load_lora_adapter`` (vLLM)."""
+
+    lora_name: Optional[StrictStr] = None
+    lora_path: Optional[StrictStr] = None
+    load_inplace: StrictBool = False
+
+
+class UnloadLoRAAdapterRequest(BaseRequest):
+    """``POST /v1/unload_lora_adapter`` (vLLM)."""
+
+    lora_name: Optional[StrictStr] = None
+    lora_int_id: Optional[StrictInt] = None
+
+
+def _allowed() -> None:
+    if not any(os.environ.get(name, "").strip().lower() in ("1", "true") for name in RUNTIME_UPDATES):
+        raise ApiError(404, "Not Found: loading LoRA adapters at run time is off (set VLLM_ALLOW_RUNTIME_LORA_UPDATING=True)")
+
+
+@ENDPOINTS.post("/v1/load_lora_adapter", "Serve a LoRA adapter under its name (vLLM's; VLLM_ALLOW_RUNTIME_LORA_UPDATING).", lane=False)
+async def load_lora_adapter(body: LoadLoRAAdapterRequest, request: Request, st: State, llm: Model) -> Response:
+    _allowed()
+    if not body.lora_name or not body.lora_path:
+        raise ApiError(400, "Both 'lora_name' and 'lora_path' must be provided.", param="lora_name")
+    server = st.server
+    old = server.adapters.get(body.lora_name)
+    if old is not None and not body.load_inplace:
+        raise ApiError(400, f"The lora adapter '{body.lora_name}' has already been loaded.", param="lora_name")
+    base = getattr(st, "base", st)
+    lora = LoRARequest(body.lora_name, next(_IDS), body.lora_path, base_model_name=base.served)
+    if old is not None:  # load_inplace: the new files replace the old under the same name
+        _unload(server, body.lora_name)
+    try:
+        server.add_adapter(lora).check()
+    except InvalidRequest as exc:
+        server.adapters.pop(body.lora_name, None)
+        raise ApiError(exc.status, str(exc), param="lora_path") from None
+    return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' added successfully.")
+
+
+@ENDPOINTS.post("/v1/unload_lora_adapter", "Stop serving a LoRA adapter (vLLM's; VLLM_ALLOW_RUNTIME_LORA_UPDATING).", lane=False)
+async def unload_lora_adapter(body: UnloadLoRAAdapterRequest, request: Request, st: State, llm: Model) -> Response:
+    _allowed()
+    if not body.lora_name:
+        raise ApiError(400, "'lora_name' needs to be provided to unload a LoRA adapter.", param="lora_name")
+    if body.lora_name not in st.server.adapters:
+        raise ApiError(404, f"The lora adapter '{body.lora_name}' cannot be found.", param="lora_name")
+    _unload(st.server, body.lora_name)
+    return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' removed successfully.")
+
+
+def _unload(server, name: str) -> None:
+    adapter = server.adapters.pop(name)
+    adapters = adapter.base.llm.model.adapters
+    if adapters is not None:
+        adapters.remove(name)
