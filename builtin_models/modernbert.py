@@ -33,6 +33,7 @@ from .layers import (
     encoder_checks,
     fused_activation,
     gated_linear,
+    linear as linear_layer,
     rotary_cos_sin,
     rotary_inv_freq,
 )
@@ -115,7 +116,7 @@ class ModernBertAttention(nn.Module):
     def forward(
         self, x: torch.Tensor, rotary: Rotary, batch: PackedBatch, attention: Callable, linear: Callable
     ) -> torch.Tensor:
-        qkv = linear(x, self.Wqkv.weight, self.Wqkv.bias).view(-1, 3, self.num_heads, self.head_dim)
+        qkv = linear_layer(x, self.Wqkv, linear).view(-1, 3, self.num_heads, self.head_dim)
         # As in transformers: cos and sin rounded to the model's dtype, q and k rotated in (at least)
         # float32: the rotary op computes in the promoted dtype of q/k and the float32 cos and sin.
         qk = qkv[:, :2]
@@ -123,7 +124,7 @@ class ModernBertAttention(nn.Module):
             qk = qk.float().double()  # transformers rounds q and k to float32 even in a float64 model
         q, k = kernel_for(self, "rotary", x.device)(qk, *rotary).unbind(1)
         context = attention(q, k, qkv[:, 2], batch, window=self.window)
-        return linear(context.reshape(x.shape), self.Wo.weight, self.Wo.bias)
+        return linear_layer(context.reshape(x.shape), self.Wo, linear)
 
 
 class ModernBertMLP(nn.Module):
@@ -139,7 +140,7 @@ class ModernBertMLP(nn.Module):
     def forward(self, x: torch.Tensor, linear: Callable) -> torch.Tensor:
         # Wi's first half is activated ("input"), its second is the gate it is multiplied by.
         h = gated_linear(x, self.Wi, (kernel_for(self, "gated_linear", x.device), linear), self.fused_act, self.act)
-        return linear(h, self.Wo.weight, self.Wo.bias)
+        return linear_layer(h, self.Wo, linear)
 
 
 class ModernBertLayer(nn.Module):
@@ -177,6 +178,7 @@ class ModernBertModel(Quantizable, Architecture):
     """
 
     default_pooling_type: ClassVar[str | None] = "CLS"
+    takes_adapters: ClassVar[bool] = True
     config_checks: ClassVar[ConfigChecks] = encoder_checks(
         r"(?:^|\.)layers\.(\d+)\.",
         sizes=("local_attention", "global_attn_every_n_layers"),

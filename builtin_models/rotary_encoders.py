@@ -295,6 +295,7 @@ class RotaryEncoder(Quantizable, Architecture):
     """
 
     default_pooling_type: ClassVar[str | None] = "CLS"
+    takes_adapters: ClassVar[bool] = True
     layout: ClassVar[Layout]
     #: Checkpoint name prefixes of the classifiers this class loads itself (none for the bare encoder).
     classifier_prefixes: ClassVar[tuple[str, ...]] = ()
@@ -343,6 +344,15 @@ class RotaryEncoder(Quantizable, Architecture):
         if self._spec.logn_clip:
             scale = scale.clamp(min=1)
         return scale[batch.seq_ids][:, None, None]
+
+    def adapter_target(self, layer: str) -> tuple[str, int, int] | None:
+        """A checkpoint layer under this family's names (:attr:`layout`): GTE's separate q/k/v are
+        pieces of ``qkv``; NomicBERT's ``Wqkv`` is ``qkv`` whole."""
+        name = base_model_name(layer + ".weight", self.layout.prefix, self.classifier_prefixes, _UNUSED)
+        if name is None:
+            return "", 0, 1
+        ours, index, count = self.layout.model_name(name)
+        return ours.removesuffix(".weight"), index, count
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         received: set[str] = set()

@@ -15,14 +15,14 @@ pixel pre-processing shares.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from poolkit.contracts.architecture import Architecture
 from poolkit.contracts.batch import PackedBatch
-from poolkit.contracts.errors import ModelLoadError
+from poolkit.contracts.errors import InvalidRequest, ModelLoadError
 
 from .layers import activation_function, fused_activation, linear
 
@@ -53,6 +53,8 @@ class VisionLanguageModel(Architecture):
     ``text_config`` and a vision tower from its ``vision_config``; the width and the context the
     engine asks for are the decoder's."""
 
+    takes_adapters: ClassVar[bool] = True
+
     @property
     def text_config(self) -> Any:
         """The decoder's config."""
@@ -62,6 +64,37 @@ class VisionLanguageModel(Architecture):
     def size_config(self) -> Any:
         """The decoder's config gives the sizes (:attr:`hidden_size`, :attr:`max_positions`)."""
         return self.text_config
+
+    def adapter_target(self, layer: str) -> tuple[str, int, int] | None:
+        """LoRA adapters apply to the decoder (``language_model``): a checkpoint layer of its part
+        of the :attr:`checkpoint_layout` under the decoder's names (a projection of a fused layer
+        as its piece); one of the vision tower or the projector is refused.
+
+        Raises:
+            InvalidRequest: the adapter targets a layer outside the decoder.
+        """
+        layout = getattr(self, "checkpoint_layout", None)
+        language = getattr(self, "language_model", None)
+        if layout is None or language is None:
+            return None
+        parts = layout.split([(layer + ".weight", None)])
+        part = next((name for name, found in parts.items() if found), UNMATCHED)
+        if part != "language":
+            raise InvalidRequest(
+                f"LoRA on {type(self).__name__}'s {part if part != UNMATCHED else 'other'} layers ({layer}) is not supported; "
+                "adapters apply to the language model"
+            )
+        name = language.parameter_name(parts["language"][0][0])
+        if name is None:
+            return "", 0, 1
+        path = name.removesuffix(".weight")
+        parent, _, leaf = path.rpartition(".")
+        holder = language.get_submodule(parent) if parent else language
+        for child, module in holder.named_children():
+            pieces = getattr(module, "parts", None)
+            if pieces and leaf in pieces:
+                return ".".join(p for p in ("language_model", parent, child) if p), list(pieces).index(leaf), len(pieces)
+        return f"language_model.{path}", 0, 1
 
     @classmethod
     def require_sub_configs(cls, config: Any, where: str = "config") -> None:

@@ -8,6 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import transformers as T
@@ -148,6 +149,67 @@ def test_the_lru_keeps_max_cpu_loras_and_reads_an_evicted_adapter_again(models):
     torch.testing.assert_close(both[:1], first[:1], atol=1e-5, rtol=0)
 
 
+def test_modernbert_adapter_matches_peft(tmp_path):
+    from tiny_models import build_modernbert
+
+    base = build_modernbert(tmp_path / "modernbert", "embed")
+    adapter = _adapter(base, tmp_path / "modernbert_a", T.AutoModel, 8, target_modules=["Wqkv", "Wo", "Wi"])
+    llm = LLM(str(base), enable_lora=True, pooler_config={"pooling_type": "CLS", "use_activation": False})
+    tok = T.AutoTokenizer.from_pretrained(base)
+    texts = [*TEXTS, "a longer input that reaches past the local attention window of eight tokens"]
+    want = [_cls(_peft(base, adapter, T.AutoModel), tok, [t])[0] for t in texts]
+    got = _rows(llm.embed(texts, lora_request=LoRARequest("m", 1, str(adapter))))
+    torch.testing.assert_close(got, torch.stack(want), atol=ATOL, rtol=0)
+
+
+def _merged(base: Path, out: Path, targets: str, seed: int) -> tuple[Path, Path]:
+    """A PEFT-format adapter of ``base`` on the checkpoint's linear layers matching ``targets``
+    (random factors, as vLLM's NomicBERT LoRA test draws them), and the same model with the
+    adapter merged into its weights (``W + alpha / r * B A``): the reference where transformers
+    has no class for the family (NomicBERT, GTE are remote code)."""
+    import re
+
+    from safetensors.torch import load_file, save_file
+
+    r, alpha = 4, 8
+    weights = load_file(base / "model.safetensors")
+    generator = torch.Generator().manual_seed(seed)
+    factors, layers = {}, []
+    for name, tensor in weights.items():
+        if tensor.ndim == 2 and name.endswith(".weight") and re.search(targets, name):
+            layer = name.removesuffix(".weight")
+            a = torch.randn(r, tensor.shape[1], generator=generator) * 0.2
+            b = torch.randn(tensor.shape[0], r, generator=generator) * 0.2
+            factors[f"base_model.model.{layer}.lora_A.weight"] = a
+            factors[f"base_model.model.{layer}.lora_B.weight"] = b
+            weights[name] = tensor + alpha / r * b @ a
+            layers.append(layer.rpartition(".")[2])
+    adapter, merged = out / "adapter", out / "merged"
+    adapter.mkdir(parents=True)
+    save_file(factors, adapter / "adapter_model.safetensors")
+    config = {"peft_type": "LORA", "r": r, "lora_alpha": alpha, "target_modules": sorted(set(layers)), "bias": "none"}
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    shutil.copytree(base, merged)
+    save_file(weights, merged / "model.safetensors")
+    return adapter, merged
+
+
+@pytest.mark.parametrize("family", ["nomic", "gte"])
+def test_rotary_encoder_adapters_equal_their_merged_weights(family, tmp_path):
+    from tiny_rotary_encoders import build_gte, build_nomic
+
+    base = (build_nomic if family == "nomic" else build_gte)(tmp_path / family)
+    adapter, merged = _merged(base, tmp_path / "lora", r"encoder\.layers?\.\d+\.", seed=9)
+    pooling = {"pooling_type": "MEAN", "use_activation": False}
+    want = _rows(LLM(str(merged), pooler_config=pooling, trust_remote_code=True).embed(TEXTS))
+    llm = LLM(str(base), enable_lora=True, pooler_config=pooling, trust_remote_code=True)
+    request = LoRARequest(family, 1, str(adapter))
+    got = _rows(llm.embed(TEXTS, lora_request=[request, request, None, request]))
+    torch.testing.assert_close(got[[0, 1, 3]], want[[0, 1, 3]], atol=ATOL, rtol=0)
+    torch.testing.assert_close(got[2:3], _rows(llm.embed(TEXTS[2:3])), atol=1e-6, rtol=0)
+    assert (want - _rows(llm.embed(TEXTS))).abs().max() > 0.05
+
+
 # -- bad adapters and requests -------------------------------------------------------------------
 
 
@@ -202,10 +264,10 @@ def test_bad_adapters_are_refused_in_one_line(models, bert_llm, tmp_path):
 
 
 def test_an_architecture_without_adapters_is_refused_at_load(tmp_path):
-    from tiny_models import build_modernbert
+    from tiny_models import build_clip
 
-    with pytest.raises(InvalidRequest, match="architecture ModernBertModel does not take LoRA adapters yet"):
-        LLM(str(build_modernbert(tmp_path / "modernbert", "embed")), enable_lora=True)
+    with pytest.raises(InvalidRequest, match="architecture CLIPModel does not take LoRA adapters yet"):
+        LLM(str(build_clip(tmp_path / "clip")), enable_lora=True)
 
 
 def test_settings_of_lora_are_checked():
@@ -308,3 +370,115 @@ def test_lora_modules_need_enable_lora_and_a_well_formed_value(models):
         from poolkit.entrypoints.server import create_app
 
         create_app(LLM(str(models["bert"])), lora_modules=[LoRARequest("legal", 1, str(models["bert_a"]))])
+
+
+# -- sentence-transformers' adapter methods ---------------------------------------------------------
+
+
+def _normalized_cls(model: torch.nn.Module, tok, texts) -> np.ndarray:
+    return torch.nn.functional.normalize(_cls(model, tok, texts), dim=-1).numpy()
+
+
+def test_sentence_transformers_load_adapter_and_set_adapter_match_peft(models):
+    """sentence-transformers' own ``load_adapter`` needs a newer PEFT than PyPI's latest here, so
+    the reference is peft's ``PeftModel`` with the pooling poolkit's class gives a plain
+    transformers directory (CLS, normalised: vLLM's default for BERT), which its base encode pins."""
+    from poolkit import SentenceTransformer
+
+    model = SentenceTransformer(str(models["bert"]))
+    tok = T.AutoTokenizer.from_pretrained(models["bert"])
+    base = model.encode(TEXTS)
+    np.testing.assert_allclose(base, _normalized_cls(_peft(models["bert"], None, T.AutoModel), tok, TEXTS), atol=ATOL)
+    with pytest.raises(InvalidRequest, match="No adapter loaded"):
+        model.active_adapters()
+    model.load_adapter(str(models["bert_a"]))
+    assert model.active_adapters() == ["default"]
+    np.testing.assert_allclose(model.encode(TEXTS), _normalized_cls(_peft(models["bert"], models["bert_a"], T.AutoModel), tok, TEXTS), atol=ATOL)
+    model.load_adapter(str(models["bert_b"]), adapter_name="b")
+    assert model.active_adapters() == ["default"]  # loading another does not switch, as in transformers
+    model.set_adapter("b")
+    np.testing.assert_allclose(model.encode(TEXTS), _normalized_cls(_peft(models["bert"], models["bert_b"], T.AutoModel), tok, TEXTS), atol=ATOL)
+    model.disable_adapters()
+    np.testing.assert_allclose(model.encode(TEXTS), base, atol=1e-6)
+    model.enable_adapters()
+    assert model.active_adapters() == ["b"]
+    with pytest.raises(InvalidRequest, match="Adapter with name b already exists"):
+        model.load_adapter(str(models["bert_b"]), adapter_name="b")
+    with pytest.raises(InvalidRequest, match="Adapter with name nope not found"):
+        model.set_adapter("nope")
+
+
+def test_a_cross_encoder_runs_its_adapter(models):
+    from poolkit import CrossEncoder
+
+    model = CrossEncoder(str(models["cross"]))
+    model.load_adapter(str(models["cross_a"]))
+    tok = T.AutoTokenizer.from_pretrained(models["cross"])
+    pairs = [("what is this", doc) for doc in TEXTS]
+    enc = tok([q for q, _ in pairs], [d for _, d in pairs], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        want = torch.sigmoid(_peft(models["cross"], models["cross_a"], T.AutoModelForSequenceClassification)(**enc).logits[:, 0])
+    np.testing.assert_allclose(model.predict(pairs), want.numpy(), atol=ATOL)
+
+
+def test_lora_delta_triton_matches_the_reference():
+    pytest.importorskip("triton", reason="pip install triton (the gpu extra) to test the Triton kernels")
+    import textwrap
+
+    from suite_device import run_triton_script
+
+    script = textwrap.dedent(
+        """
+        import torch
+        from poolkit.kernels.lora import lora_delta_reference, lora_delta_triton
+        g = torch.Generator().manual_seed(0)
+        for width, features, rank in ((32, 96, 12), (40, 24, 48)):
+            x = torch.randn(70, width, generator=g)
+            out = torch.randn(70, features, generator=g)
+            a, b = torch.randn(3, rank, width, generator=g), torch.randn(3, features, rank, generator=g)
+            for segments in ([(0, 70, 1)], [(2, 19, 0), (19, 20, 2), (33, 70, 1)], []):
+                for dtype in (torch.float32, torch.bfloat16):
+                    want = lora_delta_reference(x.to(dtype), out.to(dtype).clone(), a.to(dtype), b.to(dtype), segments)
+                    got = lora_delta_triton(x.to(dtype), out.to(dtype).clone(), a.to(dtype), b.to(dtype), segments)
+                    tol = 1e-3 if dtype == torch.float32 else 0.25
+                    assert torch.allclose(got.float(), want.float(), atol=tol, rtol=1e-2), (width, segments, dtype)
+        print("ok")
+        """
+    )
+    result = run_triton_script(script)
+    assert result.returncode == 0 and result.stdout.startswith("ok"), result.stderr[-2000:]
+
+
+def test_the_lora_bench_measures_mixes_against_the_base_and_peft(models):
+    from poolkit.config.settings import EngineArgs
+    from poolkit.entrypoints.bench.lora import adapter_counts, format_lora_bench, run_lora_bench
+
+    assert adapter_counts(16) == [1, 4, 16] and adapter_counts(1) == [1] and adapter_counts(6) == [1, 4, 6]
+    report = run_lora_bench(EngineArgs(model=str(models["bert"])), 4, 8, texts=24, rounds=1)
+    assert [row["adapters"] for row in report["rows"]] == [0, 1, 4]
+    assert report["rows"][0]["vs_base"] == 1.0 and all(row["items_per_s"] > 0 for row in report["rows"])
+    assert all(row["peft_items_per_s"] > 0 and row["vs_peft"] > 0 for row in report["rows"][1:])
+    assert report["min_cosine_vs_peft"] > 0.9999  # the mixes agree with peft's
+    assert "least cosine poolkit vs peft" in format_lora_bench(report)
+
+
+def test_a_vision_language_adapter_on_its_language_model_matches_peft(tmp_path):
+    from test_qwen_vl import IMAGE, reference
+    from tiny_models import build_qwen2_vl, picture
+
+    base = build_qwen2_vl(tmp_path / "qwen2-vl")
+    targets = r".*language_model.*\.(q_proj|v_proj|o_proj|gate_proj|down_proj)"
+    adapter = _adapter(base, tmp_path / "qwen2-vl_a", T.Qwen2VLForConditionalGeneration, 10, target_modules=targets)
+    hf = T.Qwen2VLForConditionalGeneration.from_pretrained(base, dtype=torch.float32).eval()
+    peft.PeftModel.from_pretrained(hf, adapter)  # injects the adapter into hf's own modules
+    tools = (hf, T.AutoTokenizer.from_pretrained(base), T.AutoImageProcessor.from_pretrained(base))
+    llm = LLM(str(base), enable_lora=True)
+    request = LoRARequest("vl", 1, str(adapter))
+    cases = [("is paris the capital of france?", []), (f"what is {IMAGE} this?", [picture(40, 24, 1)])]
+    for text, images in cases:
+        prompt = text if not images else {"prompt": text, "multi_modal_data": {"image": images[0]}}
+        (out,) = llm.embed([prompt], lora_request=request)
+        torch.testing.assert_close(torch.tensor(out.outputs.embedding), reference(tools, text, images), atol=ATOL, rtol=0)
+    vision = _adapter(base, tmp_path / "vision_a", T.Qwen2VLForConditionalGeneration, 11, target_modules=["qkv"])
+    with pytest.raises(InvalidRequest, match="LoRA on Qwen2VLForConditionalGeneration's visual layers .* is not supported"):
+        llm.embed(["x"], lora_request=LoRARequest("vision", 2, str(vision)))

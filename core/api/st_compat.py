@@ -28,6 +28,7 @@ import torch
 from ..contracts.errors import InvalidRequest
 from ..contracts.params import PoolingParams
 from ..inputs import Chat
+from .st_adapters import AdapterMethods
 from .st_functions import PRECISIONS, SIMILARITY, pairwise_similarity, quantize_embeddings, similarity_name
 
 if TYPE_CHECKING:
@@ -48,7 +49,7 @@ def _dtype(value: Any) -> str:
     return "auto" if value is None or value == "auto" else str(value).removeprefix("torch.")
 
 
-class _Model:
+class _Model(AdapterMethods):
     """What the three classes share: the constructor, the prompts, the device and dtype settings."""
 
     #: The prompts every model of the class has (empty unless given or saved).
@@ -241,7 +242,9 @@ class _Model:
             inputs = [self._media_prompt(i) if _is_media(i) else i for i in inputs]
         if any(isinstance(i, (tuple, list)) for i in inputs):
             inputs = [Prompt(text=i[0], text_pair=i[1]) if isinstance(i, (tuple, list)) else Prompt(text=i) for i in inputs]
-        task, parsed, checked = self.llm.prepare(inputs, params, pooling_task=pooling_task, tokenization_kwargs=self._cut(), prefix=prefix or "")
+        task, parsed, checked = self.llm.prepare(
+            inputs, params, pooling_task=pooling_task, tokenization_kwargs=self._cut(), prefix=prefix or "", lora_request=self._lora_request()
+        )
         return self.llm.run(task, parsed, checked)
 
     def _media_prompt(self, item: Any) -> Any:
@@ -563,7 +566,8 @@ class CrossEncoder(_Model):
         score templates of LLM rerankers), others as pair classifiers."""
         if self.num_labels == 1:
             scored = self.llm.score(
-                [p[0] for p in pairs], [p[1] for p in pairs], PoolingParams(use_activation=False), tokenization_kwargs=self._cut()
+                [p[0] for p in pairs], [p[1] for p in pairs], PoolingParams(use_activation=False), tokenization_kwargs=self._cut(),
+                lora_request=self._lora_request(),
             )
             return torch.tensor([[s.outputs.score] for s in scored], dtype=torch.float32)
         return self._matrix("classify", pairs, PoolingParams(use_activation=False))

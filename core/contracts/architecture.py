@@ -109,6 +109,16 @@ class Architecture(torch.nn.Module):
     #: adapters' products, and :meth:`parameter_name` maps a checkpoint's names to the model's.
     takes_adapters: ClassVar[bool] = False
 
+    def adapter_target(self, layer: str) -> tuple[str, int, int] | None:
+        """Where a checkpoint's linear layer ``layer`` (its name in the checkpoint, say
+        ``encoder.layers.0.attn.Wqkv``) lives in this model, for LoRA adapters
+        (``takes_adapters``): ``(module path, piece, pieces)``, the layer being piece ``piece`` of
+        ``pieces`` projections of equal size that the module stacks by output rows; a module path
+        ``""`` for a layer the model does not use (skipped, as its weights are). ``None`` (the
+        default) leaves it to the general rule: ``parameter_name`` of ``layer + ".weight"``, and
+        the projections of fused layers (a linear module with ``parts``)."""
+        return None
+
     @classmethod
     def check_config(
         cls, config: Any, shapes: Mapping[str, tuple[int, ...]] | None, overridden: Collection[str] = ()

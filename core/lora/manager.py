@@ -57,28 +57,24 @@ class BatchState:
 
 
 class LayerAdapters:
-    """The adapters of one linear layer, in slots; ``parts``: a fused layer's ``{part: (first output
-    row, rows)}`` (``None`` for a plain layer)."""
+    """The adapters of one linear layer, in slots; ``pieces``: how many projections the layer
+    stacks by output rows (q/k/v fused: 3), each adapter's factors for piece ``i`` in columns
+    ``i * max_rank ...`` of the stacks."""
 
-    def __init__(self, state: BatchState, layer: nn.Linear, parts: dict[str, tuple[int, int]] | None, slots: int, max_rank: int) -> None:
+    def __init__(self, state: BatchState, layer: nn.Linear, pieces: int, slots: int, max_rank: int) -> None:
         self.state = state
-        self.parts = parts
         self.max_rank = max_rank
-        width = max_rank * (len(parts) if parts else 1)
+        width = max_rank * pieces
         weight = layer.weight
         self.a = torch.zeros(slots, width, layer.in_features, dtype=weight.dtype, device=weight.device)
         self.b = torch.zeros(slots, layer.out_features, width, dtype=weight.dtype, device=weight.device)
         self.present: set[int] = set()
         self.kernel = kernel_for(self, "lora_delta", weight.device)
 
-    def put(self, slot: int, part: str | None, a: torch.Tensor, b: torch.Tensor) -> None:
-        """One projection's factors for the adapter in ``slot``."""
-        r = a.shape[0]
-        if part is None:
-            col, row, rows = 0, 0, self.b.shape[1]
-        else:
-            col = list(self.parts).index(part) * self.max_rank
-            row, rows = self.parts[part]
+    def put(self, slot: int, target: Target, a: torch.Tensor, b: torch.Tensor) -> None:
+        """One projection's factors for the adapter in ``slot``: its rows of the layer's output."""
+        r, col = a.shape[0], target.piece * self.max_rank
+        row, rows = target.row, target.rows
         self.a[slot, col : col + r] = a.to(self.a.dtype)
         self.b[slot, row : row + rows, col : col + r] = b.to(self.b.dtype)
         self.present.add(slot)
@@ -130,6 +126,18 @@ class SavedModules:
         return out
 
 
+@dataclass(frozen=True)
+class Target:
+    """Where a checkpoint's linear layer lives in the model: the module, and its output rows there
+    (piece ``piece`` of the ``pieces`` projections the module stacks)."""
+
+    module: str
+    row: int
+    rows: int
+    piece: int = 0
+    pieces: int = 1
+
+
 @dataclass
 class Loaded:
     slot: int
@@ -151,9 +159,9 @@ class Adapters:
         arch = model.architecture
         if getattr(model, "quantization", None):
             raise InvalidRequest("LoRA adapters run on float models; load the model without quantization")
-        if not getattr(arch, "takes_adapters", False) or getattr(arch, "media_processor", None) is not None:
+        if not getattr(arch, "takes_adapters", False):
             raise InvalidRequest(
-                f"architecture {model.architecture_name} does not take LoRA adapters yet; the BERT-layout encoders and the decoders do"
+                f"architecture {model.architecture_name} does not take LoRA adapters yet (docs/lora.md lists the families that do)"
             )
         self.model = model
         self.max_rank = max_lora_rank
@@ -164,7 +172,8 @@ class Adapters:
         self._layers: dict[str, LayerAdapters] = {}
         self._saved: dict[str, SavedModules] = {}
         self._lock = threading.RLock()
-        self._targets = _targets(arch)
+        self._fused = _fused_parts(arch)
+        self._modules = dict(arch.named_modules())
 
     @property
     def loaded(self) -> list[LoRARequest]:
@@ -254,30 +263,53 @@ class Adapters:
 
     # -- binding -------------------------------------------------------------------------------
 
-    def _bindings(self, adapter: Adapter) -> list[tuple[str, str | None, torch.Tensor, torch.Tensor]]:
-        """Where each of the adapter's layers goes: ``(module path, part, A, B)``, checked."""
+    def _target(self, layer: str) -> Target | None:
+        """Where the checkpoint's linear layer ``layer`` lives in the model: the architecture's own
+        answer (:meth:`~poolkit.contracts.architecture.Architecture.adapter_target`) where it gives
+        one, else its checkpoint names (``parameter_name``) and its fused layers' parts; ``None``
+        for a layer the model skips. A ``Target`` whose module is no linear layer is refused."""
+        arch = self.model.architecture
+        placed = arch.adapter_target(layer)
+        if placed is not None:
+            path, piece, pieces = placed
+            if not path:
+                return None
+            module = self._modules.get(path)
+            if not isinstance(module, nn.Linear):
+                return Target("", 0, 0)
+            parts = getattr(module, "parts", None)  # the pieces' sizes where the module says them, else equal
+            sizes = list(parts.values()) if parts and len(parts) == pieces else [module.out_features // pieces] * pieces
+            return Target(path, sum(sizes[:piece]), sizes[piece], piece, pieces)
+        name = _model_name(arch, layer)
+        if name is None:
+            return None
+        fused = self._fused.get(name)
+        if fused is not None:
+            return fused
+        module = self._modules.get(name)
+        return Target(name if module is not None else "", 0, getattr(module, "out_features", 0))
+
+    def _bindings(self, adapter: Adapter) -> list[tuple[Target, torch.Tensor, torch.Tensor]]:
+        """Where each of the adapter's layers goes, with its factors, checked."""
         arch = self.model.architecture
         name = adapter.name
         out = []
         unknown = []
         for layer, (a, b) in adapter.factors.items():
-            model_name = _model_name(arch, layer)
-            if model_name is None:  # a layer whose weights the model does not use either (BERT's pooler, say)
+            target = self._target(layer)
+            if target is None:  # a layer whose weights the model does not use either (BERT's pooler, say)
                 logger.info("LoRA adapter '%s': %s is not used by model '%s'", name, layer, self.model.name)
                 continue
-            target = self._targets.get(model_name)
-            if target is None:
+            module = arch.get_submodule(target.module) if target.module else None
+            if not isinstance(module, nn.Linear):
                 unknown.append(layer)
                 continue
-            path, part = target
-            module = arch.get_submodule(path)
-            rows = module.out_features if part is None else module.parts[part]
-            if a.shape[1] != module.in_features or b.shape[0] != rows:
+            if a.shape[1] != module.in_features or b.shape[0] != target.rows:
                 raise InvalidRequest(
                     f"LoRA adapter '{name}' does not fit model '{self.model.name}': its {layer} maps "
-                    f"{a.shape[1]} -> {b.shape[0]} features, the model's layer {module.in_features} -> {rows}"
+                    f"{a.shape[1]} -> {b.shape[0]} features, the model's layer {module.in_features} -> {target.rows}"
                 )
-            out.append((path, part, a, b))
+            out.append((target, a, b))
         if unknown:
             more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
             raise InvalidRequest(
@@ -297,17 +329,16 @@ class Adapters:
                 )
         return out
 
-    def _bind(self, slot: int, adapter: Adapter, bindings: list[tuple[str, str | None, torch.Tensor, torch.Tensor]]) -> None:
+    def _bind(self, slot: int, adapter: Adapter, bindings: list[tuple[Target, torch.Tensor, torch.Tensor]]) -> None:
         arch = self.model.architecture
-        for path, part, a, b in bindings:
-            layer = self._layers.get(path)
+        for target, a, b in bindings:
+            layer = self._layers.get(target.module)
             if layer is None:
-                module = arch.get_submodule(path)
-                parts = _part_rows(module)
-                layer = self._layers[path] = LayerAdapters(self.state, module, parts, self.capacity, self.max_rank)
+                module = arch.get_submodule(target.module)
+                layer = self._layers[target.module] = LayerAdapters(self.state, module, target.pieces, self.capacity, self.max_rank)
                 module.__dict__["lora"] = layer
                 module.register_forward_hook(layer.hook)
-            layer.put(slot, part, a, b)
+            layer.put(slot, target, a, b)
         for key, tensor in adapter.saved.items():
             path, _, kind = key.rpartition(".")
             module_path = _saved_module(arch, path)
@@ -327,32 +358,20 @@ class Adapters:
             saved.copies.pop(slot, None)
 
 
-def _targets(arch: nn.Module) -> dict[str, tuple[str, str | None]]:
-    """The model's linear layers by the name a checkpoint gives them: ``{name: (module path, part)}``
-    (a part of a layer fused from several projections names it)."""
-    targets: dict[str, tuple[str, str | None]] = {}
+def _fused_parts(arch: nn.Module) -> dict[str, Target]:
+    """The projections of the model's fused linear layers (a module with ``parts``, the built-in
+    ``FusedLinear``: ``{checkpoint name relative to its parent: output rows}``), by the name a
+    checkpoint gives each."""
+    found: dict[str, Target] = {}
     for path, module in arch.named_modules():
-        if not isinstance(module, nn.Linear):
-            continue
         parts = getattr(module, "parts", None)
-        if parts:
-            parent = path.rpartition(".")[0]
-            for part in parts:
-                targets[f"{parent}.{part}" if parent else part] = (path, part)
-        else:
-            targets[path] = (path, None)
-    return targets
-
-
-def _part_rows(module: nn.Module) -> dict[str, tuple[int, int]] | None:
-    parts = getattr(module, "parts", None)
-    if not parts:
-        return None
-    rows, start = {}, 0
-    for part, n in parts.items():
-        rows[part] = (start, n)
-        start += n
-    return rows
+        if not isinstance(module, nn.Linear) or not parts:
+            continue
+        parent, row = path.rpartition(".")[0], 0
+        for piece, (part, rows) in enumerate(parts.items()):
+            found[f"{parent}.{part}" if parent else part] = Target(path, row, rows, piece, len(parts))
+            row += rows
+    return found
 
 
 def _model_name(arch: nn.Module, layer: str) -> str | None:

@@ -16,7 +16,7 @@ same weights (:mod:`.exports`).
 
 The modules: :mod:`.corpus` (the texts), :mod:`.presets` (random-weight models),
 :mod:`.measure` (timings, FLOPs, peak RSS), :mod:`.base`, :mod:`.peers` and :mod:`.exports` (what poolkit is compared with),
-:mod:`.workloads` (W1..W10) and :mod:`.report`;
+:mod:`.workloads` (W1..W10) and :mod:`.report`; :mod:`.lora` is ``--lora N``, adapters mixed against the base and peft;
 :mod:`.load` is ``poolkit bench-serve``, the load and soak test of a server; :mod:`.standin`
 is ``poolkit bench-standin``, the host/device overlap on the CPU stand-in for an accelerator.
 """
@@ -86,6 +86,12 @@ def poolkit_register_commands(app):
             "llm", "--api",
             help="How poolkit is called: llm (vLLM's LLM API) or sentence-transformers (the drop-in classes, poolkit.SentenceTransformer ...).",
         ),
+        lora: int = typer.Option(
+            0, "--lora",
+            help="LoRA: N random adapters mixed in one load (1, 4, ... N of them) against the base model alone and against peft "
+            "on transformers' own model, instead of the workloads.",
+        ),
+        lora_rank: int = typer.Option(16, "--lora-rank", help="With --lora: the adapters' rank."),
         image_count: int = typer.Option(8, "--images", help="Workload I: images per pass."),
         image_size: int = typer.Option(448, "--image-size", help="Workload I: each image's width and height in pixels."),
         as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
@@ -97,6 +103,12 @@ def poolkit_register_commands(app):
         """
         with errors():
             setup_logging(True, False)
+            if lora:
+                from .lora import format_lora_bench, run_lora_bench
+
+                report = run_lora_bench(args, lora, lora_rank, texts=64 if smoke else int(1024 * scale), rounds=1 if smoke else rounds)
+                typer.echo(json.dumps(report, indent=2) if as_json else format_lora_bench(report))
+                return
             names = [w.strip().upper() for w in workloads.split(",") if w.strip()]
             if names == ["I"]:  # images: a vision-language model against transformers' own
                 from .images import format_image_bench, run_image_bench
