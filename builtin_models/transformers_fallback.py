@@ -137,6 +137,8 @@ class TransformersModel(Architecture):
 
     implementation: ClassVar[str] = IMPLEMENTATION
     accepts_filler: ClassVar[bool] = False  # its batches are padded to its own shapes; filler would only cost
+    #: LoRA adapters hook transformers' own linear layers (called as modules), on its padded batches.
+    takes_adapters: ClassVar[bool] = True
     default_pooling_type: ClassVar[str | None] = "CLS"
     #: The transformers class this architecture builds.
     hf_class: ClassVar[type]
@@ -224,6 +226,10 @@ class TransformersModel(Architecture):
             if isinstance(table, nn.Embedding) and table.padding_idx is not None:
                 return int(table.padding_idx) + 1
         return 0
+
+    def adapter_target(self, layer: str) -> tuple[str, int, int] | None:
+        """A checkpoint's layer is transformers' own module of that name (under :attr:`hf`)."""
+        return f"hf.{layer}", 0, 1
 
     # -- weights -------------------------------------------------------------------------------
 

@@ -210,6 +210,29 @@ def test_rotary_encoder_adapters_equal_their_merged_weights(family, tmp_path):
     assert (want - _rows(llm.embed(TEXTS))).abs().max() > 0.05
 
 
+@pytest.mark.parametrize("family", ["bert", "qwen3"])
+def test_bfloat16_adapters_are_as_close_as_peft_in_bfloat16(models, family):
+    """bf16 within the reference's own bf16 error: poolkit's and peft's bf16 runs against peft's fp32."""
+    from tolerances import assert_bf16_as_close_as_the_reference
+
+    base, adapter = models[family], models[f"{family}_a"]
+    tok = T.AutoTokenizer.from_pretrained(base)
+    pooling = "CLS" if family == "bert" else "LAST"
+
+    def reference(dtype):
+        model = peft.PeftModel.from_pretrained(T.AutoModel.from_pretrained(base, dtype=dtype), adapter).eval()
+        rows = []
+        for text in TEXTS:
+            with torch.no_grad():
+                hidden = model(**tok([text], return_tensors="pt")).last_hidden_state[0]
+            rows.append((hidden[0] if pooling == "CLS" else hidden[-1]).float())
+        return rows
+
+    llm = LLM(str(base), enable_lora=True, dtype="bfloat16", pooler_config={"pooling_type": pooling, "use_activation": False})
+    ours = [torch.tensor(o.outputs.embedding) for o in llm.embed(TEXTS, lora_request=LoRARequest(family, 1, str(adapter)))]
+    assert_bf16_as_close_as_the_reference(ours, reference(torch.bfloat16), reference(torch.float32))
+
+
 # -- bad adapters and requests -------------------------------------------------------------------
 
 
@@ -258,7 +281,7 @@ def test_bad_adapters_are_refused_in_one_line(models, bert_llm, tmp_path):
     shutil.copytree(models["bert_a"], dora)
     config = json.loads((dora / "adapter_config.json").read_text())
     (dora / "adapter_config.json").write_text(json.dumps({**config, "use_dora": True}))
-    refused(LoRARequest("dora", 6, str(dora)), "DoRA adapters .* are not supported")
+    refused(LoRARequest("dora", 6, str(dora)), "does not yet support DoRA")
     with pytest.raises(InvalidRequest, match="should be the same length as the prompts"):
         bert_llm.embed(["x", "y"], lora_request=[None])
 
@@ -482,3 +505,21 @@ def test_a_vision_language_adapter_on_its_language_model_matches_peft(tmp_path):
     vision = _adapter(base, tmp_path / "vision_a", T.Qwen2VLForConditionalGeneration, 11, target_modules=["qkv"])
     with pytest.raises(InvalidRequest, match="LoRA on Qwen2VLForConditionalGeneration's visual layers .* is not supported"):
         llm.embed(["x"], lora_request=LoRARequest("vision", 2, str(vision)))
+
+
+def test_the_transformers_fallback_takes_adapters_too(models):
+    """model_impl="transformers": the adapters hook transformers' own layers on its padded batches."""
+    tok = T.AutoTokenizer.from_pretrained(models["bert"])
+    llm = LLM(str(models["bert"]), model_impl="transformers", enable_lora=True, max_loras=2,
+              pooler_config={"pooling_type": "CLS", "use_activation": False})
+    a, b = (LoRARequest(n, i + 1, str(models[n])) for i, n in enumerate(["bert_a", "bert_b"]))
+    got = _rows(llm.embed(TEXTS, lora_request=[a, b, None, a]))
+    for i, (name, request) in enumerate([("bert_a", a), ("bert_b", b), (None, None), ("bert_a", a)]):
+        want = _cls(_peft(models["bert"], None if name is None else models[name], T.AutoModel), tok, [TEXTS[i]])
+        torch.testing.assert_close(got[i : i + 1], want, atol=ATOL, rtol=0)
+    cross = LLM(str(models["cross"]), model_impl="transformers", enable_lora=True)
+    enc = tok(["what is this"] * len(TEXTS), TEXTS, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        want = torch.sigmoid(_peft(models["cross"], models["cross_a"], T.AutoModelForSequenceClassification)(**enc).logits[:, 0])
+    got = torch.tensor([o.outputs.score for o in cross.score("what is this", TEXTS, lora_request=LoRARequest("c", 1, str(models["cross_a"])))])
+    torch.testing.assert_close(got, want, atol=ATOL, rtol=0)

@@ -118,6 +118,11 @@ def _setting_cases(root):
         "mm_processor_kwargs": (bert, {"mm_processor_kwargs": {"max_pixels": 50176}}, "embed", False),
         "max_image_pixels": (bert, {"max_image_pixels": 1_000_000}, "embed", False),
         "max_image_bytes": (bert, {"max_image_bytes": 1_000_000}, "embed", False),
+        # LoRA: adapters are named per request; a job without one gives the base model's output
+        "enable_lora": (bert, {"enable_lora": True}, "embed", False),
+        "max_lora_rank": (bert, {"enable_lora": True, "max_lora_rank": 8}, "embed", False),
+        "max_loras": (bert, {"enable_lora": True, "max_loras": 2}, "embed", False),
+        "max_cpu_loras": (bert, {"enable_lora": True, "max_cpu_loras": 4}, "embed", False),
     }
 
 
@@ -139,7 +144,8 @@ def test_every_load_setting_has_a_ray_case(setting_cases):
                                      "device", "allow_pickle", "allow_external_symlinks", "trust_remote_code",
                                      "max_model_len", "max_batch_tokens", "io_processor_plugin", "model_impl",
                                      "quantization", "calibration", "limit_mm_per_prompt", "mm_processor_kwargs",
-                                     "max_image_pixels", "max_image_bytes"])
+                                     "max_image_pixels", "max_image_bytes", "enable_lora", "max_lora_rank", "max_loras",
+                                     "max_cpu_loras"])
 def test_ray_honours_each_load_setting(local_ray, setting_cases, setting):
     """The Ray engine loads with llm.args, so every setting gives the local engine's output."""
     from poolkit import LLM

@@ -54,7 +54,7 @@ def model_config(model: PoolingModel) -> ModelConfig:
         architectures=list(getattr(model.hf_config, "architectures", None) or [model.architecture_name]),
         hf_config=model.hf_config,
         dtype=model.dtype,
-        head_dtype=head_dtype(model.hf_config, model.dtype),
+        head_dtype=head_dtype(model.hf_config, model.dtype, bool(getattr(model.args, "enable_lora", False))),
         max_model_len=model.max_model_len.value,
         embedding_size=model.embedding_size,
         hidden_size=model.architecture.hidden_size,

@@ -60,10 +60,13 @@ def resolve_device(device: Any) -> torch.device:
         raise InvalidRequest(f"unknown device '{device}'") from None
 
 
-def head_dtype(hf_config: Any, dtype: torch.dtype) -> torch.dtype:
+def head_dtype(hf_config: Any, dtype: torch.dtype, lora: bool = False) -> torch.dtype:
     """The classifiers' dtype: fp32 unless ``config.json`` (or ``hf_overrides``) says
-    ``head_dtype`` (vLLM's key): ``"model"`` for the model's dtype, or a dtype name."""
+    ``head_dtype`` (vLLM's key): ``"model"`` for the model's dtype, or a dtype name. With LoRA
+    adapters (``lora``, whose saved heads are in the model's dtype) the model's dtype, as vLLM does."""
     wanted = getattr(hf_config, "head_dtype", None)
+    if wanted is None and lora:
+        return dtype
     if wanted in (None, "float32", "fp32", "float"):
         return torch.float32
     if wanted == "model":

@@ -181,7 +181,7 @@ def load_model(args: Any) -> PoolingModel:
     architecture.load_weights(iter_tensors(files))
     architecture.load_companion_files(path, args.allow_pickle)
     architecture.to(device=torch_device, dtype=torch_dtype).eval()
-    classifiers_dtype = head_dtype(hf_config, torch_dtype)
+    classifiers_dtype = head_dtype(hf_config, torch_dtype, args.enable_lora)
     if classifiers_dtype != torch_dtype:
         # Classifiers are a sliver of the work: they stay fp32, like pooling and activations.
         for classifier in (architecture.sequence_classifier(), architecture.token_classifier()):

@@ -108,13 +108,15 @@ def _check_config(name: str, config: dict, max_rank: int) -> None:
     if peft_type != "LORA":
         raise InvalidRequest(f"Loading lora {name} failed: a {peft_type} adapter is not a LoRA adapter")
     if config.get("use_dora"):
-        raise InvalidRequest(f"Loading lora {name} failed: DoRA adapters (use_dora) are not supported")
+        raise InvalidRequest(f"Loading lora {name} failed: poolkit does not yet support DoRA (use_dora).")
     if config.get("bias", "none") != "none" or config.get("lora_bias"):
         raise InvalidRequest(f"Loading lora {name} failed: adapters with bias terms (bias={config.get('bias')!r}) are not supported")
     if config.get("layer_replication"):
         raise InvalidRequest(f"Loading lora {name} failed: layer_replication is not supported")
     rank = config.get("r")
-    if isinstance(rank, int) and rank > max_rank:
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
+        raise InvalidRequest(f"Loading lora {name} failed: the LoRA rank r must be a positive integer, got {rank!r}")
+    if rank > max_rank:
         raise InvalidRequest(f"LoRA rank {rank} is greater than max_lora_rank {max_rank}.")
 
 

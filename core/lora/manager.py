@@ -90,10 +90,15 @@ class LayerAdapters:
         return bool(self.state.tokens)
 
     def add(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """``out`` (the layer's output for ``x``) plus each token's adapter's ``B (A x)``."""
+        """``out`` (the layer's output for ``x``) plus each token's adapter's ``B (A x)``: ``x`` is
+        ``[tokens, in]`` (or pooled rows), or a padded ``[sequences, length, in]`` batch (the
+        transformers fallback's), whose runs of sequences are runs of ``length`` rows flattened."""
         segments = [s for s in self.state.segments(x.shape[0]) if s[2] in self.present]
         if not segments:
             return out
+        if x.dim() == 3 and x.shape[0] == self.state.num_rows:
+            length = x.shape[1]
+            segments = [(a * length, b * length, slot) for a, b, slot in segments]
         return self.kernel(x.reshape(-1, x.shape[-1]), out.reshape(-1, out.shape[-1]), self.a, self.b, segments).view(out.shape)
 
     def hook(self, module: nn.Module, inputs: tuple, out: torch.Tensor) -> torch.Tensor:
@@ -385,7 +390,8 @@ def _model_name(arch: nn.Module, layer: str) -> str | None:
 
 
 def _saved_module(arch: nn.Module, path: str) -> str | None:
-    for candidate in (path, _model_name(arch, path) or path):
+    placed = arch.adapter_target(path)
+    for candidate in (path, _model_name(arch, path) or path, *([placed[0]] if placed and placed[0] else [])):
         try:
             arch.get_submodule(candidate)
         except AttributeError:

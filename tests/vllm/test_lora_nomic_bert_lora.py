@@ -1,0 +1,129 @@
+# Port of vllm tests/lora/test_nomic_bert_lora.py
+# nomic-ai/nomic-embed-text-v1 -> a tiny NomicBertModel with its checkpoint layout
+# (tests/tiny_rotary_encoders.py); the synthetic adapters are drawn as vLLM draws them (random
+# factors on every layer's attn.Wqkv and attn.out_proj, B scaled by 0.01), sized to the tiny model.
+# DEPARTURE: poolkit runs in float32 here (vLLM: half); the mixed batch is held to 1e-5, not 1e-3.
+# vLLM's create_new_process_for_each_test is not needed: one LLM per test, in process.
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from poolkit import LLM, LoRARequest
+
+LORA_RANK = 8
+LORA_ALPHA = 16
+TEST_PROMPTS = [
+    "What is machine learning?",
+    "The quick brown fox jumps over the lazy dog.",
+]
+
+
+@pytest.fixture(scope="module")
+def nomic_dir(tmp_path_factory):
+    from tiny_rotary_encoders import build_nomic
+
+    return build_nomic(tmp_path_factory.mktemp("nomic"))
+
+
+def _create_random_nomic_lora(model_dir, save_dir: str, seed: int = 0):
+    """Generate a synthetic PEFT LoRA adapter for NomicBertModel."""
+    config = json.loads((model_dir / "config.json").read_text())
+    hidden, layers = config["n_embd"], config["n_layer"]
+    rng = torch.Generator().manual_seed(seed)
+    lora_weights = {}
+    for i in range(layers):
+        prefix = f"base_model.model.encoder.layers.{i}.attn"
+        lora_weights[f"{prefix}.Wqkv.lora_A.weight"] = torch.randn(LORA_RANK, hidden, generator=rng)
+        lora_weights[f"{prefix}.Wqkv.lora_B.weight"] = torch.randn(3 * hidden, LORA_RANK, generator=rng) * 0.01
+        lora_weights[f"{prefix}.out_proj.lora_A.weight"] = torch.randn(LORA_RANK, hidden, generator=rng)
+        lora_weights[f"{prefix}.out_proj.lora_B.weight"] = torch.randn(hidden, LORA_RANK, generator=rng) * 0.01
+    adapter_config = {
+        "peft_type": "LORA", "auto_mapping": None, "base_model_name_or_path": str(model_dir), "revision": None,
+        "task_type": None, "inference_mode": True, "r": LORA_RANK, "lora_alpha": LORA_ALPHA, "lora_dropout": 0.0,
+        "fan_in_fan_out": False, "bias": "none", "modules_to_save": None, "init_lora_weights": True,
+        "layers_to_transform": None, "layers_pattern": None, "target_modules": ["Wqkv", "out_proj"],
+        "exclude_modules": None, "use_rslora": False, "use_dora": False, "loftq_config": None,
+    }
+    os.makedirs(save_dir, exist_ok=True)
+    with open(os.path.join(save_dir, "adapter_config.json"), "w") as f:
+        json.dump(adapter_config, f, indent=2)
+    save_file(lora_weights, os.path.join(save_dir, "adapter_model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def nomic_lora_adapter_1(nomic_dir, tmp_path_factory):
+    adapter_dir = str(tmp_path_factory.mktemp("nomic_lora_1"))
+    _create_random_nomic_lora(nomic_dir, adapter_dir, seed=42)
+    return adapter_dir
+
+
+@pytest.fixture(scope="module")
+def nomic_lora_adapter_2(nomic_dir, tmp_path_factory):
+    adapter_dir = str(tmp_path_factory.mktemp("nomic_lora_2"))
+    _create_random_nomic_lora(nomic_dir, adapter_dir, seed=123)
+    return adapter_dir
+
+
+def create_nomic_llm(nomic_dir, enable_lora: bool = True, max_loras: int = 4):
+    return LLM(
+        model=str(nomic_dir),
+        enable_lora=enable_lora,
+        max_loras=max_loras if enable_lora else 1,
+        max_lora_rank=LORA_RANK,
+        trust_remote_code=True,
+        hf_overrides={"architectures": ["NomicBertModel"]},
+    )
+
+
+def test_nomic_lora_basic_inference(nomic_dir, nomic_lora_adapter_1):
+    llm = create_nomic_llm(nomic_dir, enable_lora=True)
+    lora_request = LoRARequest(lora_name="adapter-1", lora_int_id=1, lora_path=nomic_lora_adapter_1)
+    outputs = llm.embed(TEST_PROMPTS, lora_request=lora_request)
+    assert len(outputs) == len(TEST_PROMPTS)
+    for output in outputs:
+        embedding = output.outputs.embedding
+        assert len(embedding) > 0
+        assert not all(v == 0.0 for v in embedding)
+
+
+def test_nomic_lora_changes_output(nomic_dir, nomic_lora_adapter_1):
+    llm = create_nomic_llm(nomic_dir, enable_lora=True)
+    base_outputs = llm.embed(TEST_PROMPTS)
+    lora_request = LoRARequest(lora_name="adapter-1", lora_int_id=1, lora_path=nomic_lora_adapter_1)
+    lora_outputs = llm.embed(TEST_PROMPTS, lora_request=lora_request)
+    for base_out, lora_out in zip(base_outputs, lora_outputs):
+        base_emb = np.array(base_out.outputs.embedding)
+        lora_emb = np.array(lora_out.outputs.embedding)
+        cosine_sim = np.dot(base_emb, lora_emb) / (np.linalg.norm(base_emb) * np.linalg.norm(lora_emb))
+        assert cosine_sim < 1.0, "LoRA adapter should produce different embeddings than base model"
+
+
+def test_nomic_multi_lora(nomic_dir, nomic_lora_adapter_1, nomic_lora_adapter_2):
+    llm = create_nomic_llm(nomic_dir, enable_lora=True, max_loras=4)
+    lora_request_1 = LoRARequest(lora_name="adapter-1", lora_int_id=1, lora_path=nomic_lora_adapter_1)
+    lora_request_2 = LoRARequest(lora_name="adapter-2", lora_int_id=2, lora_path=nomic_lora_adapter_2)
+    outputs_1 = llm.embed(TEST_PROMPTS, lora_request=lora_request_1)
+    outputs_2 = llm.embed(TEST_PROMPTS, lora_request=lora_request_2)
+    for out_1, out_2 in zip(outputs_1, outputs_2):
+        emb_1 = np.array(out_1.outputs.embedding)
+        emb_2 = np.array(out_2.outputs.embedding)
+        assert not np.allclose(emb_1, emb_2, atol=1e-5), "Different LoRA adapters should produce different embeddings"
+
+
+def test_nomic_multi_lora_mixed_batch(nomic_dir, nomic_lora_adapter_1, nomic_lora_adapter_2):
+    llm = create_nomic_llm(nomic_dir, enable_lora=True, max_loras=4)
+    lora_request_1 = LoRARequest(lora_name="adapter-1", lora_int_id=1, lora_path=nomic_lora_adapter_1)
+    lora_request_2 = LoRARequest(lora_name="adapter-2", lora_int_id=2, lora_path=nomic_lora_adapter_2)
+    prompt = TEST_PROMPTS[0]
+    ref_1 = llm.embed([prompt], lora_request=lora_request_1)[0]
+    ref_2 = llm.embed([prompt], lora_request=lora_request_2)[0]
+    mixed = llm.embed([prompt, prompt], lora_request=[lora_request_1, lora_request_2])
+    mixed_emb_1 = np.array(mixed[0].outputs.embedding)
+    mixed_emb_2 = np.array(mixed[1].outputs.embedding)
+    np.testing.assert_allclose(mixed_emb_1, np.array(ref_1.outputs.embedding), atol=1e-5)
+    np.testing.assert_allclose(mixed_emb_2, np.array(ref_2.outputs.embedding), atol=1e-5)
+    assert not np.allclose(mixed_emb_1, mixed_emb_2, atol=1e-5), "Different adapters in mixed batch should produce different embeddings"
