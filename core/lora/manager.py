@@ -34,10 +34,9 @@ logger = logging.getLogger(__name__)
 Segment = tuple[int, int, int]
 
 
-class BatchState:
-    """Which adapter owns which tokens and rows of the batch running now (none between batches)."""
-
-    __slots__ = ("tokens", "rows", "num_tokens", "num_rows")
+class BatchState(threading.local):
+    """Which adapter owns which tokens and rows of the batch running now on this thread (none
+    between batches): each thread running the model sees its own batch."""
 
     def __init__(self) -> None:
         self.tokens: list[Segment] = []
@@ -177,6 +176,8 @@ class Adapters:
         self._layers: dict[str, LayerAdapters] = {}
         self._saved: dict[str, SavedModules] = {}
         self._lock = threading.RLock()
+        #: Adapters read and checked but not bound yet (:meth:`check`), by name.
+        self._checked: dict[str, Adapter] = {}
         self._fused = _fused_parts(arch)
         self._modules = dict(arch.named_modules())
 
@@ -185,23 +186,37 @@ class Adapters:
         """The requests of the adapters in memory, least recently used first."""
         return [entry.adapter.request for entry in self._loaded.values()]
 
-    def slot(self, request: LoRARequest) -> int:
-        """The slot of ``request``'s adapter, read and bound first when it is not loaded (the least
-        recently used one leaves when the LRU is full).
+    def check(self, request: LoRARequest) -> None:
+        """Read and check ``request``'s adapter without binding it (nothing a running batch uses
+        changes): what a request's preparation does, on any thread.
 
         Raises:
             InvalidRequest: the adapter cannot be read, or does not fit this model.
         """
         with self._lock:
-            entry = self._loaded.get(request.lora_name)
-            if entry is not None:
-                if entry.adapter.request.lora_path != request.lora_path:
-                    raise InvalidRequest(
-                        f"LoRA adapter '{request.lora_name}' is loaded from {entry.adapter.request.lora_path}, not {request.lora_path}"
-                    )
-                self._loaded.move_to_end(request.lora_name)
-                return entry.slot
+            if self._same(request) or request.lora_name in self._checked:
+                return
             adapter = read_adapter(request, max_rank=self.max_rank, allow_pickle=bool(self.model.allow_pickle))
+            self._bindings(adapter)
+            if len(self._checked) >= self.capacity:  # read again when bound, if it comes to that
+                self._checked.pop(next(iter(self._checked)))
+            self._checked[request.lora_name] = adapter
+
+    def slot(self, request: LoRARequest) -> int:
+        """The slot of ``request``'s adapter, read and bound first when it is not loaded (the least
+        recently used one leaves when the LRU is full). Called where the model's batches run: an
+        adapter leaving zeroes its slot.
+
+        Raises:
+            InvalidRequest: the adapter cannot be read, or does not fit this model.
+        """
+        with self._lock:
+            if self._same(request):
+                self._loaded.move_to_end(request.lora_name)
+                return self._loaded[request.lora_name].slot
+            adapter = self._checked.pop(request.lora_name, None)
+            if adapter is None or adapter.request.lora_path != request.lora_path:
+                adapter = read_adapter(request, max_rank=self.max_rank, allow_pickle=bool(self.model.allow_pickle))
             bindings = self._bindings(adapter)
             used = {e.slot for e in self._loaded.values()}
             if len(used) >= self.capacity:
@@ -213,9 +228,19 @@ class Adapters:
             self._loaded[request.lora_name] = Loaded(slot, adapter)
             return slot
 
+    def _same(self, request: LoRARequest) -> bool:
+        """Whether ``request``'s adapter is bound (a name bound from another path is refused)."""
+        entry = self._loaded.get(request.lora_name)
+        if entry is not None and entry.adapter.request.lora_path != request.lora_path:
+            raise InvalidRequest(
+                f"LoRA adapter '{request.lora_name}' is loaded from {entry.adapter.request.lora_path}, not {request.lora_path}"
+            )
+        return entry is not None
+
     def remove(self, name: str) -> bool:
-        """Unload adapter ``name``; whether it was loaded."""
+        """Unload adapter ``name``; whether it was loaded. Called where the model's batches run."""
         with self._lock:
+            self._checked.pop(name, None)
             entry = self._loaded.pop(name, None)
             if entry is None:
                 return False
@@ -426,7 +451,7 @@ def adapted_params(params: list[Any], lora_request: Any, adapters: Adapters | No
             raise InvalidRequest(f"lora_request must be a LoRARequest or a list of them, got {type(request).__name__}")
         key = (id(p), request.lora_name)
         if key not in copies:
-            adapters.slot(request)
+            adapters.check(request)
             copies[key] = p.with_lora(request)
         out.append(copies[key])
     return out

@@ -636,3 +636,30 @@ def math_step_prompts() -> list[str]:
     answer = "<extra_0>".join(data["response"]) + "<extra_0>"
     prompt = f"<im_start>system\n{data['system']}<im_end>\n<im_start>user\n{data['query']}<im_end>\n<im_start>assistant\n{answer}<im_end><|endoftext|>"  # noqa: E501
     return [prompt]
+
+
+def write_random_lora(
+    save_dir: str | Path, base: str | Path, layers: dict[str, tuple[int, int]], targets: list[str], seed: int,
+    rank: int = 8, alpha: int = 16,
+) -> None:
+    """A synthetic PEFT LoRA adapter as vLLM's LoRA tests of pooling models draw one
+    (tests/lora/test_nomic_bert_lora.py, test_gte_new_lora.py): random factors on each checkpoint
+    layer of ``layers`` (``name: (out, in)``), B scaled by 0.01, and their adapter_config.json."""
+    from safetensors.torch import save_file
+
+    rng = torch.Generator().manual_seed(seed)
+    weights = {}
+    for layer, (rows, cols) in layers.items():
+        weights[f"base_model.model.{layer}.lora_A.weight"] = torch.randn(rank, cols, generator=rng)
+        weights[f"base_model.model.{layer}.lora_B.weight"] = torch.randn(rows, rank, generator=rng) * 0.01
+    config = {
+        "peft_type": "LORA", "auto_mapping": None, "base_model_name_or_path": str(base), "revision": None,
+        "task_type": None, "inference_mode": True, "r": rank, "lora_alpha": alpha, "lora_dropout": 0.0,
+        "fan_in_fan_out": False, "bias": "none", "modules_to_save": None, "init_lora_weights": True,
+        "layers_to_transform": None, "layers_pattern": None, "target_modules": targets,
+        "exclude_modules": None, "use_rslora": False, "use_dora": False, "loftq_config": None,
+    }
+    save_dir = Path(save_dir)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    (save_dir / "adapter_config.json").write_text(json.dumps(config, indent=2))
+    save_file(weights, save_dir / "adapter_model.safetensors")

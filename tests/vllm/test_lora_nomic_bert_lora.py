@@ -5,12 +5,10 @@
 # DEPARTURE: poolkit runs in float32 here (vLLM: half); the mixed batch is held to 1e-5, not 1e-3.
 # vLLM's create_new_process_for_each_test is not needed: one LLM per test, in process.
 import json
-import os
 
 import numpy as np
 import pytest
-import torch
-from safetensors.torch import save_file
+from port_utils import write_random_lora
 
 from poolkit import LLM, LoRARequest
 
@@ -32,26 +30,12 @@ def nomic_dir(tmp_path_factory):
 def _create_random_nomic_lora(model_dir, save_dir: str, seed: int = 0):
     """Generate a synthetic PEFT LoRA adapter for NomicBertModel."""
     config = json.loads((model_dir / "config.json").read_text())
-    hidden, layers = config["n_embd"], config["n_layer"]
-    rng = torch.Generator().manual_seed(seed)
-    lora_weights = {}
-    for i in range(layers):
-        prefix = f"base_model.model.encoder.layers.{i}.attn"
-        lora_weights[f"{prefix}.Wqkv.lora_A.weight"] = torch.randn(LORA_RANK, hidden, generator=rng)
-        lora_weights[f"{prefix}.Wqkv.lora_B.weight"] = torch.randn(3 * hidden, LORA_RANK, generator=rng) * 0.01
-        lora_weights[f"{prefix}.out_proj.lora_A.weight"] = torch.randn(LORA_RANK, hidden, generator=rng)
-        lora_weights[f"{prefix}.out_proj.lora_B.weight"] = torch.randn(hidden, LORA_RANK, generator=rng) * 0.01
-    adapter_config = {
-        "peft_type": "LORA", "auto_mapping": None, "base_model_name_or_path": str(model_dir), "revision": None,
-        "task_type": None, "inference_mode": True, "r": LORA_RANK, "lora_alpha": LORA_ALPHA, "lora_dropout": 0.0,
-        "fan_in_fan_out": False, "bias": "none", "modules_to_save": None, "init_lora_weights": True,
-        "layers_to_transform": None, "layers_pattern": None, "target_modules": ["Wqkv", "out_proj"],
-        "exclude_modules": None, "use_rslora": False, "use_dora": False, "loftq_config": None,
-    }
-    os.makedirs(save_dir, exist_ok=True)
-    with open(os.path.join(save_dir, "adapter_config.json"), "w") as f:
-        json.dump(adapter_config, f, indent=2)
-    save_file(lora_weights, os.path.join(save_dir, "adapter_model.safetensors"))
+    hidden = config["n_embd"]
+    layers = {}
+    for i in range(config["n_layer"]):
+        layers[f"encoder.layers.{i}.attn.Wqkv"] = (3 * hidden, hidden)
+        layers[f"encoder.layers.{i}.attn.out_proj"] = (hidden, hidden)
+    write_random_lora(save_dir, model_dir, layers, ["Wqkv", "out_proj"], seed, LORA_RANK, LORA_ALPHA)
 
 
 @pytest.fixture(scope="module")

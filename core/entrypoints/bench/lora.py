@@ -30,6 +30,8 @@ from .presets import resolve_bench_model
 #: Linear layers of transformer blocks in the common checkpoint layouts (BERT, decoders, NomicBERT, GTE, ModernBERT).
 _BLOCKS = re.compile(r"(^|\.)(layer|layers)\.\d+\.")
 _POOLING = {"pooling_type": "MEAN", "use_activation": False}
+#: Inputs longer than the model's context are cut to it, as the peer's tokenizer cuts them.
+_CUT = {"truncate_prompt_tokens": -1}
 
 
 def adapter_counts(n: int) -> list[int]:
@@ -90,12 +92,12 @@ def run_lora_bench(args: EngineArgs, n: int, rank: int, texts: int, rounds: int,
         reference = _PeftRunner(path, folders, llm.model.dtype) if peer else None
         rows: dict[int, dict[str, Any]] = {k: {"adapters": k, "poolkit_s": [], "peft_s": []} for k in plans}
         for k, plan in plans.items():  # one untimed pass each
-            llm.embed(corpus, lora_request=plan)
+            llm.embed(corpus, _CUT, lora_request=plan)
         for _ in range(rounds):
             for k, plan in plans.items():
                 settle()
                 started = time.perf_counter()
-                llm.embed(corpus, lora_request=plan)
+                llm.embed(corpus, _CUT, lora_request=plan)
                 rows[k]["poolkit_s"].append(time.perf_counter() - started)
                 if reference is not None and k > 0:
                     settle()
@@ -116,7 +118,7 @@ def run_lora_bench(args: EngineArgs, n: int, rank: int, texts: int, rounds: int,
         if reference is not None:
             k = counts[-1]
             sample = corpus[:64]
-            ours = np.array([o.outputs.embedding for o in llm.embed(sample, lora_request=plans[k][:64])])
+            ours = np.array([o.outputs.embedding for o in llm.embed(sample, _CUT, lora_request=plans[k][:64])])
             theirs = reference.embed(sample, [i % k for i in range(len(sample))])
             cosine = float(np.min(np.sum(ours * theirs, 1) / (np.linalg.norm(ours, axis=1) * np.linalg.norm(theirs, axis=1))))
     return {

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from typing import Optional
+from typing import Any, Optional
 
 from fastapi import Request
 from fastapi.responses import PlainTextResponse, Response
@@ -23,6 +23,7 @@ from ..protocol import BaseRequest
 from .deps import Model, State
 from .endpoints import Endpoints
 from .errors import ApiError
+from .work import until_done
 
 ENDPOINTS = Endpoints()
 #: The switches that allow loading and unloading adapters at run time (vLLM's, and poolkit's own).
@@ -63,7 +64,7 @@ async def load_lora_adapter(body: LoadLoRAAdapterRequest, request: Request, st: 
     base = getattr(st, "base", st)
     lora = LoRARequest(body.lora_name, next(_IDS), body.lora_path, base_model_name=base.served)
     if old is not None:  # load_inplace: the new files replace the old under the same name
-        _unload(server, body.lora_name)
+        await _unload(request, server, body.lora_name)
     try:
         server.add_adapter(lora).check()
     except InvalidRequest as exc:
@@ -79,12 +80,14 @@ async def unload_lora_adapter(body: UnloadLoRAAdapterRequest, request: Request, 
         raise ApiError(400, "'lora_name' needs to be provided to unload a LoRA adapter.", param="lora_name")
     if body.lora_name not in st.server.adapters:
         raise ApiError(404, f"The lora adapter '{body.lora_name}' cannot be found.", param="lora_name")
-    _unload(st.server, body.lora_name)
+    await _unload(request, st.server, body.lora_name)
     return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' removed successfully.")
 
 
-def _unload(server, name: str) -> None:
+async def _unload(request: Request, server: Any, name: str) -> None:
+    """Stop serving ``name`` now, and unload it on the base model's batcher thread, between its
+    batches (a batch running with it finishes with it)."""
     adapter = server.adapters.pop(name)
     adapters = adapter.base.llm.model.adapters
     if adapters is not None:
-        adapters.remove(name)
+        await until_done(request, adapter.base, adapter.base.batcher.call(lambda: adapters.remove(name), 0))
