@@ -12,10 +12,10 @@ is what ``poolkit.kernel_reference("lora_delta")`` returns) and :mod:`poolkit.lo
 ``fn(x, out, a, b, segments) -> out``
 
 - ``x``: ``[T, in]`` the layer's inputs; ``out``: ``[T, out]`` its outputs, changed in place;
-- ``a``: ``[S, R, in]``, ``b``: ``[S, out, R]``, the slots' factors in ``out``'s dtype (``b``
-  already times the adapter's scaling; rows and columns an adapter does not use are zeros);
+- ``a``: ``[S, R, in]``, ``b``: ``[S, out, R]``, the slots' factors (float32 as poolkit keeps them;
+  ``b`` already times the adapter's scaling; rows and columns an adapter does not use are zeros);
 - ``segments``: ``(start, stop, slot)`` runs of rows, disjoint, on the host;
-- returns ``out``; the products are computed in the factors' dtype.
+- returns ``out``; the products are computed in float32 (then added in ``out``'s dtype).
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ from .triton_support import triton_kernel
 def lora_delta_reference(
     x: torch.Tensor, out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, segments: Sequence[tuple[int, int, int]]
 ) -> torch.Tensor:
-    """Each segment's ``B (A x)`` added to its rows of ``out`` (pure torch, every device)."""
+    """Each segment's ``B (A x)`` added to its rows of ``out`` (pure torch, every device), in float32."""
     for start, stop, slot in segments:
-        rows = x[start:stop].to(a.dtype)
-        out[start:stop] += ((rows @ a[slot].t()) @ b[slot].t()).to(out.dtype)
+        rows = x[start:stop].float()
+        out[start:stop] += ((rows @ a[slot].float().t()) @ b[slot].float().t()).to(out.dtype)
     return out
 
 
@@ -96,14 +96,14 @@ def _delta_kernel():
                     a_ptr + slot * stride_a_slot + ranks[None, :] * stride_a_rank + ks[:, None],
                     mask=in_rank[None, :] & in_k[:, None], other=0.0,
                 )
-                shrunk += tl.dot(xs.to(tl.float32), a.to(tl.float32))
+                shrunk += tl.dot(xs.to(tl.float32), a.to(tl.float32), input_precision="ieee")  # not TF32
             cols = tl.program_id(2) * BLOCK_N + tl.arange(0, BLOCK_N)
             in_cols = cols < features
             b = tl.load(
                 b_ptr + slot * stride_b_slot + cols[None, :] * stride_b_row + ranks[:, None],
                 mask=in_cols[None, :] & in_rank[:, None], other=0.0,
             )
-            delta = tl.dot(shrunk, b.to(tl.float32))
+            delta = tl.dot(shrunk, b.to(tl.float32), input_precision="ieee")
             where = out_ptr + rows[:, None] * stride_out + cols[None, :]
             mask = in_rows[:, None] & in_cols[None, :]
             tl.store(where, (tl.load(where, mask=mask, other=0.0).to(tl.float32) + delta).to(out_ptr.dtype.element_ty), mask=mask)

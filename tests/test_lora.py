@@ -206,30 +206,38 @@ def test_rotary_encoder_adapters_equal_their_merged_weights(family, tmp_path):
     request = LoRARequest(family, 1, str(adapter))
     got = _rows(llm.embed(TEXTS, lora_request=[request, request, None, request]))
     torch.testing.assert_close(got[[0, 1, 3]], want[[0, 1, 3]], atol=ATOL, rtol=0)
-    torch.testing.assert_close(got[2:3], _rows(llm.embed(TEXTS[2:3])), atol=1e-6, rtol=0)
+    torch.testing.assert_close(got[2:3], _rows(llm.embed(TEXTS[2:3])), atol=1e-5, rtol=0)  # another batch: fp32 order
     assert (want - _rows(llm.embed(TEXTS))).abs().max() > 0.05
 
 
 @pytest.mark.parametrize("family", ["bert", "qwen3"])
-def test_bfloat16_adapters_are_as_close_as_peft_in_bfloat16(models, family):
-    """bf16 within the reference's own bf16 error: poolkit's and peft's bf16 runs against peft's fp32."""
+def test_bfloat16_adapters_are_as_close_as_peft_in_bfloat16(models, family, tmp_path):
+    """bf16 within the reference's own bf16 error: poolkit's bf16 run with the adapter and peft's own
+    bf16 run, each against peft's fp32. The BERT is built with weights at a trained model's scale
+    (init_range 0.1): at the suite's usual 0.5 the tiny model amplifies rounding chaotically, and
+    which of two bf16 runs lands closer is chance."""
     from tolerances import assert_bf16_as_close_as_the_reference
 
-    base, adapter = models[family], models[f"{family}_a"]
+    if family == "bert":
+        base = build_encoder(tmp_path / "bert", "bert", init_range=0.1)
+        adapter = _adapter(base, tmp_path / "bert_a", T.AutoModel, 12, target_modules=["query", "value", "dense"])
+    else:
+        base, adapter = models[family], models[f"{family}_a"]
     tok = T.AutoTokenizer.from_pretrained(base)
     pooling = "CLS" if family == "bert" else "LAST"
+    texts = [*TEXTS, *[f"sentence number {i} about topic {i * 7 % 5}" for i in range(12)]]
 
     def reference(dtype):
         model = peft.PeftModel.from_pretrained(T.AutoModel.from_pretrained(base, dtype=dtype), adapter).eval()
         rows = []
-        for text in TEXTS:
+        for text in texts:
             with torch.no_grad():
                 hidden = model(**tok([text], return_tensors="pt")).last_hidden_state[0]
             rows.append((hidden[0] if pooling == "CLS" else hidden[-1]).float())
         return rows
 
     llm = LLM(str(base), enable_lora=True, dtype="bfloat16", pooler_config={"pooling_type": pooling, "use_activation": False})
-    ours = [torch.tensor(o.outputs.embedding) for o in llm.embed(TEXTS, lora_request=LoRARequest(family, 1, str(adapter)))]
+    ours = [torch.tensor(o.outputs.embedding) for o in llm.embed(texts, lora_request=LoRARequest(family, 1, str(adapter)))]
     assert_bf16_as_close_as_the_reference(ours, reference(torch.bfloat16), reference(torch.float32))
 
 

@@ -58,15 +58,16 @@ class BatchState(threading.local):
 class LayerAdapters:
     """The adapters of one linear layer, in slots; ``pieces``: how many projections the layer
     stacks by output rows (q/k/v fused: 3), each adapter's factors for piece ``i`` in columns
-    ``i * max_rank ...`` of the stacks."""
+    ``i * max_rank ...`` of the stacks. The factors stay float32 whatever the model's dtype: their
+    products are a sliver of the work, and a bf16 model adds them to its float32 accumulators."""
 
     def __init__(self, state: BatchState, layer: nn.Linear, pieces: int, slots: int, max_rank: int) -> None:
         self.state = state
         self.max_rank = max_rank
         width = max_rank * pieces
         weight = layer.weight
-        self.a = torch.zeros(slots, width, layer.in_features, dtype=weight.dtype, device=weight.device)
-        self.b = torch.zeros(slots, layer.out_features, width, dtype=weight.dtype, device=weight.device)
+        self.a = torch.zeros(slots, width, layer.in_features, dtype=torch.float32, device=weight.device)
+        self.b = torch.zeros(slots, layer.out_features, width, dtype=torch.float32, device=weight.device)
         self.present: set[int] = set()
         self.kernel = kernel_for(self, "lora_delta", weight.device)
 
