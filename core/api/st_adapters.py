@@ -20,6 +20,8 @@ from ..lora.request import LoRARequest
 MIN_RANK = 16
 #: Adapters kept loaded (the least recently used one is read again when it is set once more).
 KEPT = 8
+#: transformers' placement arguments of ``load_adapter``, which poolkit's engine decides itself.
+_PLACEMENT = ("device_map", "max_memory", "offload_folder", "offload_index")
 
 
 class AdapterMethods:
@@ -30,14 +32,7 @@ class AdapterMethods:
     def _loaded_adapters(self) -> dict[str, LoRARequest]:
         return self.__dict__.setdefault("_adapters", {})
 
-    def load_adapter(
-        self,
-        peft_model_id: str,
-        adapter_name: str | None = None,
-        revision: str | None = None,
-        token: str | None = None,
-        **kwargs: Any,
-    ) -> None:
+    def load_adapter(self, peft_model_id: str, adapter_name: str | None = None, **kwargs: Any) -> None:
         """Load the PEFT LoRA adapter in directory ``peft_model_id`` as ``adapter_name``
         (``"default"``); the first one loaded becomes the active one, as in transformers.
 
@@ -45,11 +40,9 @@ class AdapterMethods:
             InvalidRequest: the name is taken, the adapter cannot be read or does not fit the
                 model, or an argument poolkit does not take (a revision, a token, a state dict).
         """
-        taken = {k for k, v in kwargs.items() if v is not None and k not in ("device_map", "max_memory", "offload_folder", "offload_index")}
-        if revision is not None or token is not None or taken:
-            raise InvalidRequest(
-                f"load_adapter: poolkit reads a local adapter directory; it takes no {', '.join(sorted(taken | ({'revision'} if revision else set()) | ({'token'} if token else set())))}"
-            )
+        taken = sorted(k for k, v in kwargs.items() if v is not None and k not in _PLACEMENT)
+        if taken:
+            raise InvalidRequest(f"load_adapter: poolkit reads a local adapter directory; it takes no {', '.join(taken)}")
         name = adapter_name or "default"
         loaded = self._loaded_adapters()
         if name in loaded:
