@@ -128,6 +128,19 @@ def test_a_reranker_adapter_with_its_own_classifier_head_matches_peft(models):
         torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
     ranked = llm.rerank(query, docs, lora_request=request)
     assert sorted(r.index for r in ranked) == list(range(len(docs)))
+    # one call mixing the adapter and the base model, one per pair (vLLM's list form)
+    mixed = torch.tensor([o.outputs.score for o in llm.score(query, docs, lora_request=[request, None, request, None])])
+    alone = [llm.score(query, [d], lora_request=r)[0].outputs.score for d, r in zip(docs, [request, None, request, None])]
+    torch.testing.assert_close(mixed, torch.tensor(alone), atol=1e-5, rtol=0)
+    with pytest.raises(InvalidRequest, match="Lora request list should be the same length"):
+        llm.score(query, docs, lora_request=[request])
+
+
+def test_a_per_pair_lora_list_needs_a_cross_encoder(models, bert_llm):
+    request = LoRARequest("bert_a", 1, str(models["bert_a"]))
+    with pytest.raises(InvalidRequest, match="a lora_request per pair takes a cross-encoder"):
+        bert_llm.score("q", ["a", "b"], lora_request=[request, None])
+    assert len(bert_llm.score("q", ["a", "b"], lora_request=request)) == 2
 
 
 def test_mpnet_adapter_matches_peft(models):

@@ -637,7 +637,8 @@ class LLM:
                 document) pair into one prompt, for LLM rerankers; a model recognised as one
                 (Qwen3-Reranker) brings its own.
             instruction: the task instruction a score template shows the model.
-            lora_request: the LoRA adapter every pair runs with (``LLM(enable_lora=True)``).
+            lora_request: the LoRA adapter every pair runs with (``LLM(enable_lora=True)``), or,
+                for a cross-encoder, a list of one per pair (vLLM's), ``None`` for the base model.
         """
         first, second = cut_sides(self.engine, *pair(data_1, data_2), pooling_params)
         scorer = self.scorer
@@ -736,8 +737,6 @@ class _ScoreRunner:
     __slots__ = ("model", "task", "run", "_llm", "_lora")
 
     def __init__(self, llm: LLM, lora_request: Any = None) -> None:
-        if isinstance(lora_request, (list, tuple)):
-            raise InvalidRequest("score and rerank take one lora_request for every pair, not a list")
         self.model = llm.model
         self.task = llm.task
         self.run = llm.run
@@ -756,6 +755,10 @@ class _ScoreRunner:
     ) -> tuple[Task, Sequence[Prompt], list[PoolingParams]]:
         """Texts as :meth:`LLM.encode` prepares them, with the task and verified parameters; an
         input with images (:class:`~poolkit.inputs.pairs.MediaItem`) is prepared as its prompt with images."""
+        if isinstance(self._lora, (list, tuple)):
+            raise InvalidRequest(
+                f"a lora_request per pair takes a cross-encoder; model '{self.model.name}' embeds each side: give one lora_request"
+            )
         prompts = [t.prompt() if isinstance(t, MediaItem) else t for t in texts]
         return self._llm.prepare(
             prompts, pooling_params, pooling_task=task_name, tokenization_kwargs=tokenization_kwargs, lora_request=self._lora
