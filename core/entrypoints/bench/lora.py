@@ -29,6 +29,8 @@ from .presets import resolve_bench_model
 
 #: Linear layers of transformer blocks in the common checkpoint layouts (BERT, decoders, NomicBERT, GTE, ModernBERT).
 _BLOCKS = re.compile(r"(^|\.)(layer|layers)\.\d+\.")
+#: Token and position tables, which an adapter of attention and MLP leaves alone.
+_TABLES = re.compile(r"(^|\.)(embeddings|embed_tokens)\b")
 _POOLING = {"pooling_type": "MEAN", "use_activation": False}
 #: Inputs longer than the model's context are cut to it, as the peer's tokenizer cuts them.
 _CUT = {"truncate_prompt_tokens": -1}
@@ -55,7 +57,7 @@ def write_adapters(model_dir: Path, out: Path, n: int, rank: int, seed: int = 0)
         with safe_open(str(file), framework="pt") as f:
             for name in f.keys():
                 shape = tuple(f.get_slice(name).get_shape())
-                if len(shape) == 2 and name.endswith(".weight") and _BLOCKS.search(name) and "embed" not in name:
+                if len(shape) == 2 and name.endswith(".weight") and _BLOCKS.search(name) and not _TABLES.search(name):
                     shapes[name.removesuffix(".weight")] = shape
     targets = sorted({layer.rpartition(".")[2] for layer in shapes})
     folders = []

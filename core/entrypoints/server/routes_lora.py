@@ -52,7 +52,7 @@ def _allowed() -> None:
         raise ApiError(404, "Not Found: loading LoRA adapters at run time is off (set VLLM_ALLOW_RUNTIME_LORA_UPDATING=True)")
 
 
-@ENDPOINTS.post("/v1/load_lora_adapter", "Serve a LoRA adapter under its name (vLLM's; VLLM_ALLOW_RUNTIME_LORA_UPDATING).", lane=False)
+@ENDPOINTS.post("/v1/load_lora_adapter", "Serve a LoRA adapter under its name (vLLM's; VLLM_ALLOW_RUNTIME_LORA_UPDATING).")
 async def load_lora_adapter(body: LoadLoRAAdapterRequest, request: Request, st: State, llm: Model) -> Response:
     _allowed()
     if not body.lora_name or not body.lora_path:
@@ -73,7 +73,7 @@ async def load_lora_adapter(body: LoadLoRAAdapterRequest, request: Request, st: 
     return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' added successfully.")
 
 
-@ENDPOINTS.post("/v1/unload_lora_adapter", "Stop serving a LoRA adapter (vLLM's; VLLM_ALLOW_RUNTIME_LORA_UPDATING).", lane=False)
+@ENDPOINTS.post("/v1/unload_lora_adapter", "Stop serving a LoRA adapter (vLLM's; VLLM_ALLOW_RUNTIME_LORA_UPDATING).")
 async def unload_lora_adapter(body: UnloadLoRAAdapterRequest, request: Request, st: State, llm: Model) -> Response:
     _allowed()
     if not body.lora_name:
