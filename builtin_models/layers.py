@@ -195,11 +195,9 @@ def linear(x: torch.Tensor, layer: nn.Linear, kernel: Callable, act: str = "none
     if isinstance(layer, Int8Linear):
         return layer(x, act)
     adapters = layer.__dict__.get("lora")
-    if adapters is not None and adapters.busy:
-        # LoRA adapters (poolkit.lora): their products join before the activation, both in float32,
-        # so the output is rounded once, as the fused kernel rounds it
+    if adapters is not None and adapters.busy:  # LoRA adapters (poolkit.lora): their products join before the activation
         x = x.to(layer.weight.dtype)
-        return _OP_ACTIVATIONS[act](adapters.add(x, kernel(x, layer.weight, layer.bias).float())).to(x.dtype)
+        return _OP_ACTIVATIONS[act](adapters.add(x, kernel(x, layer.weight, layer.bias)))
     return kernel(x.to(layer.weight.dtype), layer.weight, layer.bias, act)
 
 
@@ -252,11 +250,9 @@ def gated_linear(
     if act is not None and adapters is None:
         return gated(x, layer.weight, layer.bias, act, gate_first)
     both = plain(x, layer.weight, layer.bias)
-    if adapters is not None:  # in float32 until the product, rounded once (see linear)
-        both = adapters.add(x, both.float())
-    first, second = both.chunk(2, dim=-1)
+    first, second = (both if adapters is None else adapters.add(x, both)).chunk(2, dim=-1)
     gate, up = (first, second) if gate_first else (second, first)
-    return (act_fn(gate) * up).to(x.dtype)
+    return act_fn(gate) * up
 
 
 def add_token_types(x: torch.Tensor, batch: PackedBatch, table: nn.Embedding) -> torch.Tensor:

@@ -12,10 +12,10 @@ is what ``poolkit.kernel_reference("lora_delta")`` returns) and :mod:`poolkit.lo
 ``fn(x, out, a, b, segments) -> out``
 
 - ``x``: ``[T, in]`` the layer's inputs; ``out``: ``[T, out]`` its outputs, changed in place;
-- ``a``: ``[S, R, in]``, ``b``: ``[S, out, R]``, the slots' factors (float32 as poolkit keeps them;
-  ``b`` already times the adapter's scaling; rows and columns an adapter does not use are zeros);
+- ``a``: ``[S, R, in]``, ``b``: ``[S, out, R]``, the slots' factors in the model's dtype (``b``
+  already times the adapter's scaling; rows and columns an adapter does not use are zeros);
 - ``segments``: ``(start, stop, slot)`` runs of rows, disjoint, on the host;
-- returns ``out``; the products are computed in float32 (then added in ``out``'s dtype).
+- returns ``out``; the products are computed in the factors' dtype (at least; a kernel may use float32).
 """
 
 from __future__ import annotations
@@ -34,11 +34,42 @@ from .triton_support import triton_kernel
 def lora_delta_reference(
     x: torch.Tensor, out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, segments: Sequence[tuple[int, int, int]]
 ) -> torch.Tensor:
-    """Each segment's ``B (A x)`` added to its rows of ``out`` (pure torch, every device), in float32."""
+    """Each segment's ``B (A x)`` added to its rows of ``out`` (pure torch, every device), in the
+    factors' dtype."""
+    if len(segments) > 2:
+        return _batched(x, out, a, b, segments)
     for start, stop, slot in segments:
-        rows = x[start:stop].float()
-        out[start:stop] += ((rows @ a[slot].float().t()) @ b[slot].float().t()).to(out.dtype)
+        shrunk = x[start:stop].to(a.dtype) @ a[slot].t()
+        if out.dtype == b.dtype:  # the expand adds into the rows in place, one pass
+            out[start:stop].addmm_(shrunk, b[slot].t())
+        else:
+            out[start:stop] += (shrunk @ b[slot].t()).to(out.dtype)
     return out
+
+
+def _batched(x: torch.Tensor, out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, segments: Sequence[tuple[int, int, int]]) -> torch.Tensor:
+    """Many segments as two batched matmuls over the segments padded to the longest (small matmuls
+    one by one cost more in calls than in arithmetic); each segment's rows added back as a slice."""
+    rows, slots = _gather_plan(tuple(segments), x.device)
+    factors_a, factors_b = (a, b) if slots is None else (a[slots], b[slots])
+    # [S, L, in]; a shorter segment's padding repeats its last row (index_select: advanced indexing is slower on the CPU)
+    gathered = torch.index_select(x.to(a.dtype), 0, rows.flatten()).view(*rows.shape, x.shape[-1])
+    delta = torch.bmm(torch.bmm(gathered, factors_a.transpose(1, 2)), factors_b.transpose(1, 2))  # [S, L, out]
+    for i, (start, stop, _) in enumerate(segments):
+        out[start:stop] += delta[i, : stop - start].to(out.dtype)
+    return out
+
+
+@functools.lru_cache(maxsize=4)
+def _gather_plan(segments: tuple[tuple[int, int, int], ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The rows each padded segment reads (``[S, L]``) and the slots they use (``None`` when the
+    segments use slots ``0..S-1`` in order: the stacks as they are, no copy). Every layer of a
+    batch asks for the same segments: worked out once."""
+    longest = max(stop - start for start, stop, _ in segments)
+    index = torch.arange(longest)
+    rows = torch.stack([(start + index).clamp_max(stop - 1) for start, stop, _ in segments]).to(device)
+    slots = [slot for _, _, slot in segments]
+    return rows, None if slots == list(range(len(slots))) else torch.tensor(slots, device=device)
 
 
 def lora_delta_triton(

@@ -334,6 +334,12 @@ def test_lora_delta_reference_adds_each_segments_low_rank_product():
     got = lora_delta_reference(x, out.clone(), a, b, segments)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
     assert torch.equal(got[3:5], out[3:5]) and torch.equal(got[9:], out[9:])  # rows of no segment: the base's
+    # more than two segments run batched (padded to the longest): slots in order, and out of order
+    for many in ([(0, 2, 0), (2, 7, 1), (7, 8, 2)], [(1, 4, 2), (4, 5, 0), (6, 10, 1)]):
+        want = out.clone()
+        for start, stop, slot in many:
+            want[start:stop] += x[start:stop] @ a[slot].t() @ b[slot].t()
+        torch.testing.assert_close(lora_delta_reference(x, out.clone(), a, b, many), want, atol=1e-5, rtol=0)
 
 
 # -- served: --lora-modules, /v1/models, a request's model, vLLM's load and unload routes ---------

@@ -58,16 +58,16 @@ class BatchState(threading.local):
 class LayerAdapters:
     """The adapters of one linear layer, in slots; ``pieces``: how many projections the layer
     stacks by output rows (q/k/v fused: 3), each adapter's factors for piece ``i`` in columns
-    ``i * max_rank ...`` of the stacks. The factors stay float32 whatever the model's dtype: their
-    products are a sliver of the work, and a bf16 model adds them to its float32 accumulators."""
+    ``i * max_rank ...`` of the stacks, in the model's dtype (the products run at the speed of its
+    matmuls, and add into its outputs in place)."""
 
     def __init__(self, state: BatchState, layer: nn.Linear, pieces: int, slots: int, max_rank: int) -> None:
         self.state = state
         self.max_rank = max_rank
         width = max_rank * pieces
         weight = layer.weight
-        self.a = torch.zeros(slots, width, layer.in_features, dtype=torch.float32, device=weight.device)
-        self.b = torch.zeros(slots, layer.out_features, width, dtype=torch.float32, device=weight.device)
+        self.a = torch.zeros(slots, width, layer.in_features, dtype=weight.dtype, device=weight.device)
+        self.b = torch.zeros(slots, layer.out_features, width, dtype=weight.dtype, device=weight.device)
         self.present: set[int] = set()
         self.kernel = kernel_for(self, "lora_delta", weight.device)
 
@@ -93,7 +93,9 @@ class LayerAdapters:
         """``out`` (the layer's output for ``x``) plus each token's adapter's ``B (A x)``: ``x`` is
         ``[tokens, in]`` (or pooled rows), or a padded ``[sequences, length, in]`` batch (the
         transformers fallback's), whose runs of sequences are runs of ``length`` rows flattened."""
-        segments = [s for s in self.state.segments(x.shape[0]) if s[2] in self.present]
+        segments = self.state.segments(x.shape[0])
+        if any(s[2] not in self.present for s in segments):  # an adapter with no factors here
+            segments = [s for s in segments if s[2] in self.present]
         if not segments:
             return out
         if x.dim() == 3 and x.shape[0] == self.state.num_rows:
