@@ -51,7 +51,8 @@ def _batched(x: torch.Tensor, out: torch.Tensor, a: torch.Tensor, b: torch.Tenso
     """Many segments as two batched matmuls over the segments padded to the longest (small matmuls
     one by one cost more in calls than in arithmetic); each segment's rows added back as a slice."""
     rows, slots = _gather_plan(tuple(segments), x.device)
-    factors_a, factors_b = (a, b) if slots is None else (a[slots], b[slots])
+    count = len(segments)
+    factors_a, factors_b = (a[:count], b[:count]) if slots is None else (a[slots], b[slots])
     # [S, L, in]; a shorter segment's padding repeats its last row (index_select: advanced indexing is slower on the CPU)
     gathered = torch.index_select(x.to(a.dtype), 0, rows.flatten()).view(*rows.shape, x.shape[-1])
     delta = torch.bmm(torch.bmm(gathered, factors_a.transpose(1, 2)), factors_b.transpose(1, 2))  # [S, L, out]
@@ -63,7 +64,7 @@ def _batched(x: torch.Tensor, out: torch.Tensor, a: torch.Tensor, b: torch.Tenso
 @functools.lru_cache(maxsize=4)
 def _gather_plan(segments: tuple[tuple[int, int, int], ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The rows each padded segment reads (``[S, L]``) and the slots they use (``None`` when the
-    segments use slots ``0..S-1`` in order: the stacks as they are, no copy). Every layer of a
+    segments use slots ``0..S-1`` in order: the stacks' first ``S`` slots, no copy). Every layer of a
     batch asks for the same segments: worked out once."""
     longest = max(stop - start for start, stop, _ in segments)
     index = torch.arange(longest)

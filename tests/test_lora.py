@@ -96,6 +96,9 @@ def test_mixed_adapters_and_the_base_in_one_call_equal_each_alone(models, bert_l
     for i, (text, request) in enumerate(zip(texts, plan)):
         alone = _rows(bert_llm.embed([text], lora_request=request))
         torch.testing.assert_close(mixed[i : i + 1], alone, atol=1e-5, rtol=0)
+    # all three in one batch (the kernel's batched form), with slots to spare
+    roomy = LLM(str(models["bert"]), enable_lora=True, max_loras=8, pooler_config={"pooling_type": "CLS", "use_activation": False})
+    torch.testing.assert_close(_rows(roomy.embed(texts, lora_request=plan)), mixed, atol=1e-5, rtol=0)
 
 
 def test_a_decoder_adapter_matches_peft_with_fused_projections_and_rslora(models):
@@ -335,7 +338,8 @@ def test_lora_delta_reference_adds_each_segments_low_rank_product():
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
     assert torch.equal(got[3:5], out[3:5]) and torch.equal(got[9:], out[9:])  # rows of no segment: the base's
     # more than two segments run batched (padded to the longest): slots in order, and out of order
-    for many in ([(0, 2, 0), (2, 7, 1), (7, 8, 2)], [(1, 4, 2), (4, 5, 0), (6, 10, 1)]):
+    a, b = torch.randn(5, 2, 6), torch.randn(5, 5, 2)  # more slots than the segments use
+    for many in ([(0, 2, 0), (2, 7, 1), (7, 8, 2)], [(1, 4, 2), (4, 5, 0), (6, 10, 1)], [(0, 3, 1), (3, 6, 3), (6, 9, 4)]):
         want = out.clone()
         for start, stop, slot in many:
             want[start:stop] += x[start:stop] @ a[slot].t() @ b[slot].t()
