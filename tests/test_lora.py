@@ -554,3 +554,33 @@ def test_the_transformers_fallback_takes_adapters_too(models):
         want = torch.sigmoid(_peft(models["cross"], models["cross_a"], T.AutoModelForSequenceClassification)(**enc).logits[:, 0])
     got = torch.tensor([o.outputs.score for o in cross.score("what is this", TEXTS, lora_request=LoRARequest("c", 1, str(models["cross_a"])))])
     torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+
+
+def test_poolkit_serve_with_lora_modules_lists_and_runs_them(models, tmp_path):
+    """The command line end to end: `poolkit serve MODEL --enable-lora --lora-modules ...` (both of
+    vLLM's forms), driven by the official OpenAI client."""
+    openai = pytest.importorskip("openai")
+    pytest.importorskip("fastapi")
+    from test_server import start_server, stop_server
+
+    spec = json.dumps({"name": "medical", "path": str(models["bert_b"])})
+    server = start_server(
+        models["bert"], tmp_path / "server.log", "--enable-lora", "--max-loras", "2", "--dtype", "float32",
+        "--pooler-config", '{"pooling_type": "CLS", "use_activation": false}',
+        "--lora-modules", f"legal={models['bert_a']}", "--lora-modules", spec,
+    )
+    try:
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=60)
+        cards = {m.id: m for m in client.models.list().data}
+        assert set(cards) == {"minilm", "legal", "medical"}
+        assert cards["legal"].model_extra["parent"] == "minilm"
+        offline = LLM(str(models["bert"]), enable_lora=True, max_loras=2, pooler_config={"pooling_type": "CLS", "use_activation": False})
+        for name, adapter in (("legal", "bert_a"), ("medical", "bert_b"), ("minilm", None)):
+            got = client.embeddings.create(model=name, input=TEXTS[:2]).data
+            request = None if adapter is None else LoRARequest(name, 1, str(models[adapter]))
+            want = _rows(offline.embed(TEXTS[:2], lora_request=request))
+            torch.testing.assert_close(torch.tensor([d.embedding for d in got]), want, atol=1e-5, rtol=0)
+        with pytest.raises(openai.NotFoundError):
+            client.embeddings.create(model="unknown", input="x")
+    finally:
+        assert stop_server(server) == 0, server.logs()
