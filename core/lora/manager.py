@@ -179,8 +179,8 @@ class Adapters:
         self._layers: dict[str, LayerAdapters] = {}
         self._saved: dict[str, SavedModules] = {}
         self._lock = threading.RLock()
-        #: Adapters read and checked but not bound yet (:meth:`check`), by name.
-        self._checked: dict[str, Adapter] = {}
+        #: Adapters read and checked but not bound yet (:meth:`check`), with where they go, by name.
+        self._checked: dict[str, tuple[Adapter, list[tuple[Target, torch.Tensor, torch.Tensor]]]] = {}
         self._fused = _fused_parts(arch)
         self._modules = dict(arch.named_modules())
 
@@ -199,11 +199,10 @@ class Adapters:
         with self._lock:
             if self._same(request) or request.lora_name in self._checked:
                 return
-            adapter = read_adapter(request, max_rank=self.max_rank, allow_pickle=bool(self.model.allow_pickle))
-            self._bindings(adapter)
+            adapter = self._read(request)
             if len(self._checked) >= self.capacity:  # read again when bound, if it comes to that
                 self._checked.pop(next(iter(self._checked)))
-            self._checked[request.lora_name] = adapter
+            self._checked[request.lora_name] = (adapter, self._bindings(adapter))
 
     def slot(self, request: LoRARequest) -> int:
         """The slot of ``request``'s adapter, read and bound first when it is not loaded (the least
@@ -217,10 +216,11 @@ class Adapters:
             if self._same(request):
                 self._loaded.move_to_end(request.lora_name)
                 return self._loaded[request.lora_name].slot
-            adapter = self._checked.pop(request.lora_name, None)
-            if adapter is None or adapter.request.lora_path != request.lora_path:
-                adapter = read_adapter(request, max_rank=self.max_rank, allow_pickle=bool(self.model.allow_pickle))
-            bindings = self._bindings(adapter)
+            checked = self._checked.pop(request.lora_name, None)
+            if checked is None or checked[0].request.lora_path != request.lora_path:
+                adapter = self._read(request)
+                checked = (adapter, self._bindings(adapter))
+            adapter, bindings = checked
             used = {e.slot for e in self._loaded.values()}
             if len(used) >= self.capacity:
                 _, oldest = self._loaded.popitem(last=False)
@@ -230,6 +230,9 @@ class Adapters:
             self._bind(slot, adapter, bindings)
             self._loaded[request.lora_name] = Loaded(slot, adapter)
             return slot
+
+    def _read(self, request: LoRARequest) -> Adapter:
+        return read_adapter(request, max_rank=self.max_rank, allow_pickle=bool(self.model.allow_pickle))
 
     def _same(self, request: LoRARequest) -> bool:
         """Whether ``request``'s adapter is bound (a name bound from another path is refused)."""
@@ -333,7 +336,7 @@ class Adapters:
             if target is None:  # a layer whose weights the model does not use either (BERT's pooler, say)
                 logger.info("LoRA adapter '%s': %s is not used by model '%s'", name, layer, self.model.name)
                 continue
-            module = arch.get_submodule(target.module) if target.module else None
+            module = self._modules.get(target.module)
             if not isinstance(module, nn.Linear):
                 unknown.append(layer)
                 continue
@@ -428,6 +431,17 @@ def _saved_module(arch: nn.Module, path: str) -> str | None:
     return None
 
 
+def enabled(adapters: Adapters | None, lora_request: Any) -> Adapters:
+    """The model's adapters, for ``lora_request``.
+
+    Raises:
+        InvalidRequest: the model was loaded without ``enable_lora`` (vLLM's words).
+    """
+    if adapters is None:
+        raise InvalidRequest(f"Got lora_request {lora_request} but LoRA is not enabled! Load the model with enable_lora=True (--enable-lora)")
+    return adapters
+
+
 def adapted_params(params: list[Any], lora_request: Any, adapters: Adapters | None) -> list[Any]:
     """``params`` (one per prompt) with the LoRA adapters of ``lora_request``: one request for every
     prompt, or a list of one per prompt (``None``: the base model). Each adapter is read and checked
@@ -439,8 +453,7 @@ def adapted_params(params: list[Any], lora_request: Any, adapters: Adapters | No
     """
     if lora_request is None:
         return params
-    if adapters is None:
-        raise InvalidRequest(f"Got lora_request {lora_request} but LoRA is not enabled! Load the model with enable_lora=True (--enable-lora)")
+    adapters = enabled(adapters, lora_request)
     requests = list(lora_request) if isinstance(lora_request, (list, tuple)) else [lora_request] * len(params)
     if len(requests) != len(params):
         raise InvalidRequest(f"Lora request list should be the same length as the prompts ({len(requests)} for {len(params)})")

@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from ...contracts.errors import InvalidRequest
-from ...contracts.params import PoolingParams
-from ...lora.manager import adapted_params
+from ...lora.manager import enabled
 from ...lora.request import LoRARequest
 from ...runtime.batching import Batcher
 from .cache import EmbeddingCache
@@ -257,7 +256,7 @@ class AdapterState:
             InvalidRequest: the model was loaded without ``--enable-lora``, or the adapter cannot
                 be read or does not fit it.
         """
-        adapted_params([PoolingParams()], self.lora, self.base.llm.model.adapters)
+        enabled(self.base.llm.model.adapters, self.lora).check(self.lora)
 
 
 class ServerState:
