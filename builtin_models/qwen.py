@@ -15,11 +15,14 @@ itself (``lm_head()``), which ``STEP`` process rewards read.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Collection, Mapping
 
+import torch
 from torch import nn
 
+from poolkit.contracts.batch import PackedBatch
 from poolkit.contracts.config_checks import ConfigChecks
+from poolkit.contracts.errors import ModelLoadError
 from poolkit.contracts.hookspecs import hookimpl
 
 from .decoder_classifiers import (
@@ -93,6 +96,46 @@ class Qwen3Model(Qwen2Model):
     def attention_biases(cls, config: Any) -> tuple[bool, bool]:
         bias = bool(getattr(config, "attention_bias", False))
         return bias, bias
+
+
+class VoyageQwen3BidirectionalEmbedModel(Qwen3Model):
+    """voyage-4-nano: Qwen3 run bidirectionally, then a per-token ``linear`` (no bias) from the
+    hidden size to ``num_labels``, mean pooling and L2 normalisation, as vLLM's architecture of
+    that name. The embeddings are ``num_labels`` wide (2048 for voyage-4-nano), so
+    :attr:`hidden_size` is that width; the checkpoint keeps the body under ``model.`` and the
+    projection as ``linear.weight``.
+    """
+
+    default_pooling_type: ClassVar[str | None] = "MEAN"
+    classifier_prefixes: ClassVar[tuple[str, ...]] = ("linear.",)
+
+    @classmethod
+    def is_causal(cls, config: Any) -> bool:
+        return False
+
+    @classmethod
+    def check_config(cls, config: Any, shapes: Mapping[str, tuple[int, ...]] | None, overridden: Collection[str] = ()) -> None:
+        """The output width is the checkpoint's ``linear.weight`` rows: ``num_labels`` takes it
+        unless ``hf_overrides`` set it, which must then agree."""
+        super().check_config(config, shapes, overridden)
+        shape = (shapes or {}).get("linear.weight")
+        if shape is None:
+            return
+        if "num_labels" not in overridden:
+            config.num_labels = int(shape[0])
+        elif int(config.num_labels) != int(shape[0]):
+            raise ModelLoadError(f"num_labels {config.num_labels} does not match the checkpoint's linear.weight {tuple(shape)}")
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self.linear = nn.Linear(int(config.hidden_size), self.num_labels, bias=False)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.num_labels
+
+    def forward(self, batch: PackedBatch) -> torch.Tensor:
+        return self.linear(super().forward(batch))
 
 
 # -- heads -----------------------------------------------------------------------------------------
@@ -257,5 +300,6 @@ def poolkit_register_architectures(register):
         Qwen3ForTokenClassification,
         Qwen2ForRewardModel,
         Qwen2ForProcessRewardModel,
+        VoyageQwen3BidirectionalEmbedModel,
     ):
         register(cls.__name__, cls)

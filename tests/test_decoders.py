@@ -316,7 +316,7 @@ def test_hooks_register_architectures() -> None:
     names = [f"{f}{s}" for f in ("Llama", "Mistral", "Gemma", "Gemma2") for s in
              ("Model", "ForCausalLM", "ForSequenceClassification", "ForTokenClassification")]
     names += ["LlamaBidirectionalModel", "LlamaBidirectionalForSequenceClassification", "Gemma3TextModel",
-              "Gemma3ForCausalLM", "Gemma3TextForSequenceClassification"]
+              "Gemma3ForCausalLM", "Gemma3TextForSequenceClassification", "GritLM"]
     assert registered == {n: getattr(decoders, n) for n in names}
     assert all(registry("architecture").entry(n).plugin == "builtin_decoders" for n in names)
 

@@ -268,7 +268,7 @@ def test_hooks_register_architectures() -> None:
     qwen.poolkit_register_architectures(register=registered.__setitem__)
     names = [f"{family}{suffix}" for family in ("Qwen2", "Qwen3") for suffix in
              ("Model", "ForCausalLM", "ForSequenceClassification", "ForTokenClassification")]
-    names += ["Qwen2ForRewardModel", "Qwen2ForProcessRewardModel"]
+    names += ["Qwen2ForRewardModel", "Qwen2ForProcessRewardModel", "VoyageQwen3BidirectionalEmbedModel"]
     assert registered == {n: getattr(qwen, n) for n in names}
     assert all(registry("architecture").entry(n).plugin == "builtin_qwen" for n in names)
 

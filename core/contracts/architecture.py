@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Collection, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Collection, Iterable, Mapping, Sequence
 
 import torch
 
@@ -118,6 +118,15 @@ class Architecture(torch.nn.Module):
         default) leaves it to the general rule: ``parameter_name`` of ``layer + ".weight"``, and
         the projections of fused layers (a linear module with ``parts``)."""
         return None
+
+    def pool_start(self, token_ids: Sequence[int]) -> int:
+        """How many leading tokens of a prompt of ``token_ids`` sequence pooling leaves out (the
+        instruction of an instruction-following embedder, GritLM's ``<|user|>...<|embed|>``);
+        positions and attention still count them. Called once per prompt, after tokenization and
+        truncation, only for an architecture that overrides it; the default leaves out none. A
+        sentence-transformers prompt excluded with ``include_prompt: false`` is left out too
+        (the larger of the two counts)."""
+        return 0
 
     @classmethod
     def check_config(

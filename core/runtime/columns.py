@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from ..contracts.architecture import Architecture
 from ..contracts.batch import flatten_ids
 
 
@@ -59,6 +60,19 @@ class Collector:
             for i, row in zip(members.tolist(), block.unbind(0) if isinstance(block, torch.Tensor) else block):
                 results[i] = row
         return results
+
+
+def skip_instructions(arch: Any, tokens: "Tokens") -> "Tokens":
+    """``tokens`` with each prompt's leading tokens that ``arch`` leaves out of pooling
+    (:meth:`~poolkit.contracts.architecture.Architecture.pool_start`, GritLM's instruction) added
+    to :attr:`Tokens.pool_skip`; unchanged for an architecture that leaves none out. The last
+    token is always pooled."""
+    if getattr(type(arch), "pool_start", None) is Architecture.pool_start:
+        return tokens
+    known = tokens.pool_skip or [0] * len(tokens)
+    skip = [max(k, min(arch.pool_start(ids), len(ids) - 1)) for k, ids in zip(known, tokens.ids)]
+    tokens.pool_skip = skip if any(skip) else None
+    return tokens
 
 
 def gather_index(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:

@@ -27,7 +27,7 @@ from ..contracts.tasks import Task
 from ..loading.model import PoolingModel
 from ..plugins.lookup import row_planner
 from .allocator import tune_allocator
-from .columns import Collector, Encoded, Results, Tokens, gather_index, to_host
+from .columns import Collector, Encoded, Results, Tokens, gather_index, skip_instructions, to_host
 from .inflight import InFlight, Staged
 from .estimates import CHARS_PER_TOKEN_GUESS, char_budget, cut_index
 from .standin import StandInDevice, from_environment
@@ -201,7 +201,7 @@ class Engine:
                     "(or set truncate_prompt_tokens: -1 truncates it to the model's limit)."
                 )
         self.truncated_inputs += tokens.num_truncated
-        return tokens
+        return skip_instructions(self.model.architecture, tokens)
 
     def _tokenize_objects(
         self,

@@ -1,0 +1,211 @@
+"""Rows of vLLM's pooling-model tables built on the decoder family: GritLM and voyage-4-nano,
+each against transformers' own classes on the same tiny random weights, laid out as the
+published checkpoints are (config keys, tensor names, tokenizer), with the pooling written out
+here from the model's published description (fp32: max |diff| <= 1e-4).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+import transformers as T
+from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer, decoders, models, normalizers
+from tiny_models import build_decoder, build_qwen
+
+from poolkit import LLM
+from poolkit.contracts.errors import ModelLoadError
+
+ATOL = 1e-4
+TEXTS = ["paris is the capital of france", "hello", "the quick brown fox jumps over the lazy dog " * 3]
+#: Short enough for a character-level vocabulary.
+GRIT_TEXTS = ["paris is the capital of france", "hello", "the quick brown fox"]
+
+
+def embeddings(llm: LLM, prompts: list) -> torch.Tensor:
+    return torch.tensor([o.outputs.embedding for o in llm.embed(prompts)])
+
+
+# -- GritLM ----------------------------------------------------------------------------------------
+
+#: GritLM's prompt format (the model card's ``gritlm_instruction``).
+def grit_prompt(text: str, instruction: str = "") -> str:
+    return (f"<|user|>\n{instruction}\n<|embed|>\n" if instruction else "<|embed|>\n") + text
+
+
+def mistral_sentencepiece_tokenizer() -> T.PreTrainedTokenizerFast:
+    """A Llama/Mistral-style SentencePiece BPE (a ``▁`` before the text, spaces as ``▁``, byte
+    fallback: a newline is ``<0x0A>``), whose pieces for GritLM's markers are Mistral's: ``▁<``
+    at the start of the text, ``<`` elsewhere, ``|``, ``user``, ``embed``, ``>``."""
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    vocab.update({f"<0x{b:02X}>": 3 + b for b in range(256)})
+    for piece in ["▁", *"abcdefghijklmnopqrstuvwxyz", "<", "|", ">", ",", ".", "?", "▁<", "em", "emb", "embe", "embed", "us", "use", "user"]:
+        vocab.setdefault(piece, len(vocab))
+    merges = [("▁", "<"), ("e", "m"), ("em", "b"), ("emb", "e"), ("embe", "d"), ("u", "s"), ("us", "e"), ("use", "r")]
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True))
+    tk.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tk.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    from tokenizers.processors import TemplateProcessing
+
+    tk.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return T.PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="</s>")
+
+
+@pytest.fixture(scope="module")
+def gritlm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Mistral causal LM saved as parasail-ai/GritLM-7B-vllm is: ``architectures: ["GritLM"]``,
+    ``model_type: mistral`` (with its sliding window), Mistral's SentencePiece pieces."""
+    path = build_decoder(tmp_path_factory.mktemp("gritlm") / "gritlm", "mistral", "lm", seed=3, sliding_window=4)
+    tok = mistral_sentencepiece_tokenizer()
+    tok.save_pretrained(path)
+    raw = json.loads((path / "config.json").read_text())
+    raw.update(architectures=["GritLM"], vocab_size=len(tok), bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    (path / "config.json").write_text(json.dumps(raw))
+    # the tiny model's embedding table is the byte-level tokenizer's: redraw it for this vocabulary
+    tensors = load_file(path / "model.safetensors")
+    g = torch.Generator().manual_seed(5)
+    hidden = tensors["model.embed_tokens.weight"].shape[1]
+    tensors["model.embed_tokens.weight"] = torch.randn(len(tok), hidden, generator=g) * 0.2
+    tensors.pop("lm_head.weight", None)
+    save_file(tensors, path / "model.safetensors")
+    return path
+
+
+def grit_reference(path: Path, prompt: str) -> tuple[torch.Tensor, list[int]]:
+    """transformers' MistralModel run bidirectionally with no sliding window (as vLLM runs GritLM
+    for pooling), the mean over the tokens after ``<|embed|>\\n`` (GritLM's pooling), L2-normalised."""
+    config = T.AutoConfig.from_pretrained(str(path))
+    config.is_causal, config.sliding_window = False, None
+    model = T.MistralModel.from_pretrained(str(path), config=config).eval()
+    tok = T.AutoTokenizer.from_pretrained(str(path))
+    ids = tok(prompt)["input_ids"]
+    marker = "\n<|embed|>\n" if prompt.startswith("<|user|>") else "<|embed|>\n"
+    instruction = len(tok(prompt[: prompt.index(marker) + len(marker)])["input_ids"])
+    with torch.inference_mode():
+        hidden = model(input_ids=torch.tensor([ids])).last_hidden_state[0]
+    return F.normalize(hidden[instruction:].mean(0), dim=-1), ids
+
+
+def test_gritlm_tokens_are_mistrals(gritlm: Path) -> None:
+    tok = T.AutoTokenizer.from_pretrained(str(gritlm))
+    pieces = tok.convert_ids_to_tokens(tok(grit_prompt("hi", "find it"))["input_ids"])
+    assert pieces[:7] == ["<s>", "▁<", "|", "user", "|", ">", "<0x0A>"]
+    assert pieces[-9:-2] == ["<0x0A>", "<", "|", "embed", "|", ">", "<0x0A>"]
+
+
+def test_gritlm_pools_after_the_instruction(gritlm: Path) -> None:
+    llm = LLM(str(gritlm))
+    info = llm.model.describe()
+    assert info["architecture"] == "GritLM" and info["implementation"] == "native"
+    assert not llm.model.architecture.causal
+    prompts = [grit_prompt(GRIT_TEXTS[0], "Given a claim, find what refutes it"), grit_prompt(GRIT_TEXTS[1]),
+               grit_prompt(GRIT_TEXTS[2], "Retrieve passages")]
+    got = embeddings(llm, prompts)
+    for row, prompt in zip(got, prompts):
+        want, ids = grit_reference(gritlm, prompt)
+        assert (row - want).abs().max() <= ATOL, prompt
+    # the instruction is left out: the same text under another instruction pools other states only through attention
+    whole = F.normalize(torch.stack([torch.as_tensor(o.outputs.data).float().mean(0) for o in llm.encode(prompts[:1], pooling_task="token_embed")]), dim=-1)
+    assert (whole[0] - got[0]).abs().max() > 1e-3
+
+
+def test_gritlm_without_marker_or_bos_pools_as_vllm_does(gritlm: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """No ``<|embed|>``: everything but ``<s>`` is pooled; no ``<s>``: everything, each with a warning."""
+    llm = LLM(str(gritlm))
+    config = T.AutoConfig.from_pretrained(str(gritlm))
+    config.is_causal, config.sliding_window = False, None
+    model = T.MistralModel.from_pretrained(str(gritlm), config=config).eval()
+    ids = T.AutoTokenizer.from_pretrained(str(gritlm))(GRIT_TEXTS[0])["input_ids"]
+    with torch.inference_mode():
+        hidden = model(input_ids=torch.tensor([ids])).last_hidden_state[0]
+        no_bos = model(input_ids=torch.tensor([ids[1:]])).last_hidden_state[0]
+    with caplog.at_level(logging.WARNING):
+        got = embeddings(llm, [GRIT_TEXTS[0], {"prompt_token_ids": ids[1:]}])
+    assert (got[0] - F.normalize(hidden[1:].mean(0), dim=-1)).abs().max() <= ATOL
+    assert (got[1] - F.normalize(no_bos.mean(0), dim=-1)).abs().max() <= ATOL
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    assert "no <|embed|> marker" in messages and "no BOS token" in messages
+
+
+def test_gritlm_needs_mistrals_pieces(gritlm: Path, tmp_path: Path) -> None:
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(gritlm, other)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (other / name).unlink(missing_ok=True)
+    from tiny_models import bytelevel_bpe_tokenizer
+
+    tok = bytelevel_bpe_tokenizer()
+    tok.save_pretrained(other)
+    raw = json.loads((other / "config.json").read_text())
+    tensors = load_file(other / "model.safetensors")
+    tensors["model.embed_tokens.weight"] = tensors["model.embed_tokens.weight"][: len(tok)].contiguous()
+    save_file(tensors, other / "model.safetensors")
+    raw.update(vocab_size=len(tok))
+    (other / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(ModelLoadError, match=r"GritLM finds its <\|embed\|> marker .* this tokenizer lacks"):
+        LLM(str(other))
+
+
+# -- voyage-4-nano ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def voyage(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Qwen3 saved as voyage-4-nano is: ``architectures: ["VoyageQwen3BidirectionalEmbedModel"]``,
+    the body under ``model.``, ``linear.weight`` (96 x hidden, no bias), and a config whose
+    ``num_labels`` does not say the width (transformers' default, 2)."""
+    path = build_qwen(tmp_path_factory.mktemp("voyage") / "voyage", "qwen3", "lm", seed=4, tie_word_embeddings=False)
+    tensors = load_file(path / "model.safetensors")
+    tensors.pop("lm_head.weight")
+    hidden = tensors["model.embed_tokens.weight"].shape[1]
+    tensors["linear.weight"] = torch.randn(96, hidden, generator=torch.Generator().manual_seed(9)) * 0.2
+    save_file(tensors, path / "model.safetensors")
+    raw = json.loads((path / "config.json").read_text())
+    raw.update(architectures=["VoyageQwen3BidirectionalEmbedModel"])
+    (path / "config.json").write_text(json.dumps(raw))
+    return path
+
+
+def voyage_reference(path: Path, texts: list[str]) -> torch.Tensor:
+    """transformers' Qwen3Model, bidirectional, then ``linear`` per token, the mean, L2."""
+    config = T.AutoConfig.from_pretrained(str(path))
+    config.is_causal = False
+    model = T.Qwen3Model.from_pretrained(str(path), config=config).eval()
+    linear = load_file(path / "model.safetensors")["linear.weight"]
+    tok = T.AutoTokenizer.from_pretrained(str(path))
+    rows = []
+    with torch.inference_mode():
+        for text in texts:
+            hidden = model(input_ids=torch.tensor([tok(text)["input_ids"]])).last_hidden_state[0]
+            rows.append(F.normalize((hidden @ linear.T).mean(0), dim=-1))
+    return torch.stack(rows)
+
+
+def test_voyage_matches_its_published_math(voyage: Path) -> None:
+    llm = LLM(str(voyage))
+    info = llm.model.describe()
+    assert info["architecture"] == "VoyageQwen3BidirectionalEmbedModel" and info["implementation"] == "native"
+    got = embeddings(llm, TEXTS)
+    assert got.shape == (3, 96)
+    assert (got - voyage_reference(voyage, TEXTS)).abs().max() <= ATOL
+
+
+def test_voyage_width_is_the_checkpoints(voyage: Path) -> None:
+    """``num_labels`` comes from ``linear.weight``; an override that disagrees is refused."""
+    assert LLM(str(voyage)).model.embedding_size == 96
+    with pytest.raises(ModelLoadError, match=r"num_labels 64 does not match the checkpoint's linear.weight \(96, 32\)"):
+        LLM(str(voyage), hf_overrides={"num_labels": 64})
+
+
+def test_voyage_as_plain_qwen3_warns_about_the_projection(voyage: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Read as a bare Qwen3Model (what a user tried before), the dropped projection is named."""
+    with caplog.at_level(logging.WARNING):
+        LLM(str(voyage), hf_overrides={"architectures": ["Qwen3Model"], "is_causal": False})
+    assert any("linear.weight" in r.getMessage() and "unused by" in r.getMessage() for r in caplog.records)
