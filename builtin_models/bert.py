@@ -161,6 +161,19 @@ class BertLayoutModel(Quantizable, Architecture):
     #: Checkpoint tensors the encoder does not use (:meth:`parameter_name` skips them).
     unused_tensors: ClassVar[re.Pattern] = _UNUSED
 
+    @classmethod
+    def configure(cls, config: Any, tokenizer: Any) -> None:
+        """Refuse positions other than a learned table, naming the architecture that has them."""
+        position = getattr(config, "position_embedding_type", "absolute") or "absolute"
+        if position in ("rotary", "rope"):
+            raise ModelLoadError(
+                f"position_embedding_type '{position}' is Jina's rotary XLM-RoBERTa (jina-embeddings-v3), not "
+                f"{cls.__name__}: load it with hf_overrides={{\"architectures\": [\"XLMRobertaLoRA\"]}}"
+            )
+        if position != "absolute":
+            raise ModelLoadError(f"position_embedding_type '{position}' is not supported by {cls.__name__} (only 'absolute')")
+        super().configure(config, tokenizer)
+
     @property
     def position_offset(self) -> int:
         """What is added to a token's position in its sequence to index the position table."""

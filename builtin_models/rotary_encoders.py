@@ -299,6 +299,8 @@ class RotaryEncoder(Quantizable, Architecture):
     layout: ClassVar[Layout]
     #: Checkpoint name prefixes of the classifiers this class loads itself (none for the bare encoder).
     classifier_prefixes: ClassVar[tuple[str, ...]] = ()
+    #: The embeddings module (Jina's calls its tables as modules, for its task adapters).
+    embeddings_class: ClassVar[type[nn.Module]] = RotaryEmbeddings
 
     @classmethod
     def spec(cls, config: Any) -> RotaryEncoderSpec:
@@ -310,7 +312,7 @@ class RotaryEncoder(Quantizable, Architecture):
         spec = self.spec(config)
         self._spec = spec
         self.uses_token_type_ids = spec.type_vocab_size > 1
-        self.embeddings = RotaryEmbeddings(spec)
+        self.embeddings = self.embeddings_class(spec)
         self.layers = nn.ModuleList(RotaryEncoderLayer(spec) for _ in range(spec.num_layers))
 
     @property

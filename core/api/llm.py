@@ -32,7 +32,7 @@ from ..contracts.sparse import SparseEmbeddingRequestOutput, check_pruning
 from ..contracts.tasks import PLUGIN, Task
 from ..loading.load import load_model
 from ..loading.model import PoolingModel
-from ..lora.manager import Adapters, adapted_params
+from ..lora.manager import adapted_params, model_adapters
 from ..plugins.lookup import select_scorer
 from ..plugins.manager import registry
 from ..runtime.allocator import freeze_python_heap
@@ -170,8 +170,7 @@ class LLM:
         #: The resolved load settings (:class:`EngineArgs`); pass them on to load the same model elsewhere.
         self.args = args
         self.model: PoolingModel = load_model(args)
-        if args.enable_lora:
-            self.model.adapters = Adapters(self.model, args.max_lora_rank, args.max_loras, args.max_cpu_loras)
+        self.model.adapters = model_adapters(self.model, args)
         self.engine = Engine(self.model, args.max_batch_tokens)
         self._request_ids = itertools.count()
         self.io_processor_plugin = args.io_processor_plugin or getattr(self.model.hf_config, "io_processor_plugin", None)
@@ -389,6 +388,8 @@ class LLM:
             if not isinstance(special, bool):
                 raise InvalidRequest(f"add_special_tokens must be true or false, got {special!r}")
             parsed.set_add_special_tokens(special)
+        if lora_request is None and self.model.adapters is not None:  # a task the checkpoint carries an adapter for (jina-v3)
+            lora_request = self.model.adapters.own(prompt_name)
         params = adapted_params(self.check_params(pooling_params, len(parsed), task.name, kwargs), lora_request, self.model.adapters)
         if any(p.late_chunking_params is not None for p in params):
             for index, (prompt, p) in enumerate(zip(parsed, params)):

@@ -8,6 +8,7 @@ Adapters are for inference here: ``add_adapter`` (a new, untrained adapter) is t
 
 from __future__ import annotations
 
+import contextvars
 import json
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,10 @@ MIN_RANK = 16
 KEPT = 8
 #: transformers' placement arguments of ``load_adapter``, which poolkit's engine decides itself.
 _PLACEMENT = ("device_map", "max_memory", "offload_folder", "offload_index")
+
+
+#: The prompt name of the call running in this context (set as its prompt is resolved).
+PROMPT_NAME: contextvars.ContextVar[str | None] = contextvars.ContextVar("poolkit_st_prompt_name", default=None)
 
 
 class AdapterMethods:
@@ -93,10 +98,12 @@ class AdapterMethods:
         return bool(getattr(self.llm.model.architecture, "takes_adapters", False))
 
     def _lora_request(self) -> LoRARequest | None:
-        """The active adapter's request (``None``: the base model)."""
+        """The active adapter's request; else the model's own adapter of this call's prompt name
+        (:data:`PROMPT_NAME`, jina-embeddings-v3's tasks); ``None``: the base model."""
         active = self.__dict__.get("_active")
         if active is None or self.__dict__.get("_disabled"):
-            return None
+            adapters = self.llm.model.adapters
+            return adapters.own(PROMPT_NAME.get()) if adapters is not None else None
         return self._loaded_adapters()[active]
 
 

@@ -28,7 +28,7 @@ import torch
 from ..contracts.errors import InvalidRequest
 from ..contracts.params import PoolingParams
 from ..inputs import Chat
-from .st_adapters import AdapterMethods
+from .st_adapters import PROMPT_NAME, AdapterMethods
 from .st_functions import PRECISIONS, SIMILARITY, pairwise_similarity, quantize_embeddings, similarity_name
 
 if TYPE_CHECKING:
@@ -218,6 +218,9 @@ class _Model(AdapterMethods):
         return self._with_dtype("float32")
 
     def _resolve_prompt(self, prompt: str | None, prompt_name: str | None) -> str | None:
+        """The prompt text a call puts before its inputs; the prompt's name also picks the task
+        adapter of a model that carries one per prompt (jina-embeddings-v3), for this call."""
+        PROMPT_NAME.set(prompt_name if prompt is None else None)
         if prompt is not None:
             if prompt_name is not None:
                 logger.warning("Providing both `prompt` and `prompt_name` is not supported: `prompt` wins")

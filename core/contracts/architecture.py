@@ -119,6 +119,20 @@ class Architecture(torch.nn.Module):
         the projections of fused layers (a linear module with ``parts``)."""
         return None
 
+    #: The adapter of :meth:`task_adapters` that a prompt naming no task runs (jina-embeddings-v3:
+    #: ``text-matching``, as vLLM merges it); ``None`` runs the base weights.
+    default_task_adapter: ClassVar[str | None] = None
+
+    def task_adapters(self) -> Mapping[str, Mapping[str, tuple[torch.Tensor, torch.Tensor]]]:
+        """LoRA adapters the checkpoint itself carries, one per task (jina-embeddings-v3's
+        ``retrieval.query``, ``retrieval.passage``, ``separation``, ``classification``,
+        ``text-matching``), kept in memory once and mixed in a batch as any adapter
+        (:mod:`poolkit.lora`): task name -> checkpoint layer name -> ``(A [r, in], B [out, r])``,
+        the layer's scaling folded into ``B``; an embedding table's ``A`` is ``[r, vocab]``. A
+        request picks one by its prompt name (``prompt_name``, the ``task`` of Jina's API). Called
+        once, after :meth:`load_weights`; the default carries none."""
+        return {}
+
     def pool_start(self, token_ids: Sequence[int]) -> int:
         """How many leading tokens of a prompt of ``token_ids`` sequence pooling leaves out (the
         instruction of an instruction-following embedder, GritLM's ``<|user|>...<|embed|>``);

@@ -107,6 +107,37 @@ class LayerAdapters:
         return self.add(inputs[0], out)
 
 
+class EmbeddingAdapters:
+    """The adapters of one embedding table (jina-embeddings-v3's task adapters): each adapter's
+    ``A`` (``[r, vocab]``) kept as rows ``[vocab, R]``, its ``B`` (``[dim, r]``) as ``[R, dim]``, so a
+    token's embedding gains ``B A[:, id]``: the row of ``A`` its id picks, times ``B``."""
+
+    def __init__(self, state: BatchState, layer: nn.Embedding, slots: int, max_rank: int) -> None:
+        self.state = state
+        weight = layer.weight
+        self.a = torch.zeros(slots, layer.num_embeddings, max_rank, dtype=weight.dtype, device=weight.device)
+        self.b = torch.zeros(slots, max_rank, layer.embedding_dim, dtype=weight.dtype, device=weight.device)
+        self.present: set[int] = set()
+
+    def put(self, slot: int, target: Target, a: torch.Tensor, b: torch.Tensor) -> None:
+        r = a.shape[0]
+        self.a[slot, :, :r] = a.T.to(self.a.dtype)
+        self.b[slot, :r] = b.T.to(self.b.dtype)
+        self.present.add(slot)
+
+    def clear(self, slot: int) -> None:
+        self.a[slot].zero_()
+        self.b[slot].zero_()
+        self.present.discard(slot)
+
+    def hook(self, module: nn.Module, inputs: tuple, out: torch.Tensor) -> torch.Tensor:
+        ids = inputs[0]
+        segments = [s for s in self.state.segments(ids.shape[0]) if s[2] in self.present] if ids.dim() == 1 else []
+        for start, stop, slot in segments:
+            out[start:stop] += self.a[slot][ids[start:stop]] @ self.b[slot]
+        return out
+
+
 class SavedModules:
     """A module of ``modules_to_save`` (a classifier head): each adapter's own copy of its tensors,
     applied to the rows that adapter owns."""
@@ -176,13 +207,15 @@ class Adapters:
         self.capacity = max(max_cpu_loras or max_loras, max_loras)
         self.state = BatchState()
         self._loaded: collections.OrderedDict[str, Loaded] = collections.OrderedDict()
-        self._layers: dict[str, LayerAdapters] = {}
+        self._layers: dict[str, LayerAdapters | EmbeddingAdapters] = {}
         self._saved: dict[str, SavedModules] = {}
         self._lock = threading.RLock()
         #: Adapters read and checked but not bound yet (:meth:`check`), with where they go, by name.
         self._checked: dict[str, tuple[Adapter, list[tuple[Target, torch.Tensor, torch.Tensor]]]] = {}
         self._fused = _fused_parts(arch)
         self._modules = dict(arch.named_modules())
+        #: The checkpoint's own adapters (:meth:`add_own`), by name.
+        self._own: dict[str, Adapter] = {}
 
     @property
     def loaded(self) -> list[LoRARequest]:
@@ -231,7 +264,35 @@ class Adapters:
             self._loaded[request.lora_name] = Loaded(slot, adapter)
             return slot
 
+    def add_own(self, name: str, factors: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> LoRARequest:
+        """An adapter the checkpoint itself carries (jina-embeddings-v3's task adapters), kept in
+        memory once: ``factors`` as :class:`Adapter` holds them. Returns the request that names it
+        (:meth:`own`); binding it later reads nothing from disk.
+
+        Raises:
+            InvalidRequest: its rank is above ``max_lora_rank``, or it does not fit the model.
+        """
+        request = LoRARequest(name, 1_000_000 + len(self._own), f"(carried by {self.model.name})")
+        rank = max((a.shape[0] for a, _ in factors.values()), default=0)
+        if rank > self.max_rank:
+            raise InvalidRequest(f"LoRA rank {rank} is greater than max_lora_rank {self.max_rank}.")
+        adapter = Adapter(request, rank, dict(factors))
+        self._bindings(adapter)
+        self._own[name] = adapter
+        return request
+
+    def own(self, name: str | None) -> LoRARequest | None:
+        """The request of the checkpoint's own adapter ``name`` (:meth:`add_own`); for ``None``, its
+        default one (the architecture's ``default_task_adapter``); else ``None``."""
+        if name is None:
+            name = getattr(self.model.architecture, "default_task_adapter", None)
+        adapter = self._own.get(name) if name is not None else None
+        return adapter.request if adapter is not None else None
+
     def _read(self, request: LoRARequest) -> Adapter:
+        own = self._own.get(request.lora_name)
+        if own is not None and own.request.lora_path == request.lora_path:
+            return own
         return read_adapter(request, max_rank=self.max_rank, allow_pickle=bool(self.model.allow_pickle))
 
     def _same(self, request: LoRARequest) -> bool:
@@ -311,6 +372,8 @@ class Adapters:
             if not path:
                 return None
             module = self._modules.get(path)
+            if isinstance(module, nn.Embedding):
+                return Target(path, 0, module.embedding_dim)
             if not isinstance(module, nn.Linear):
                 return Target("", 0, 0)
             parts = getattr(module, "parts", None)  # the pieces' sizes where the module says them, else equal
@@ -337,13 +400,14 @@ class Adapters:
                 logger.info("LoRA adapter '%s': %s is not used by model '%s'", name, layer, self.model.name)
                 continue
             module = self._modules.get(target.module)
-            if not isinstance(module, nn.Linear):
+            if not isinstance(module, (nn.Linear, nn.Embedding)):
                 unknown.append(layer)
                 continue
-            if a.shape[1] != module.in_features or b.shape[0] != target.rows:
+            width = module.in_features if isinstance(module, nn.Linear) else module.num_embeddings
+            if a.shape[1] != width or b.shape[0] != target.rows:
                 raise InvalidRequest(
                     f"LoRA adapter '{name}' does not fit model '{self.model.name}': its {layer} maps "
-                    f"{a.shape[1]} -> {b.shape[0]} features, the model's layer {module.in_features} -> {target.rows}"
+                    f"{a.shape[1]} -> {b.shape[0]} features, the model's layer {width} -> {target.rows}"
                 )
             out.append((target, a, b))
         if unknown:
@@ -371,8 +435,11 @@ class Adapters:
             layer = self._layers.get(target.module)
             if layer is None:
                 module = arch.get_submodule(target.module)
-                layer = self._layers[target.module] = LayerAdapters(self.state, module, target.pieces, self.capacity, self.max_rank)
-                module.__dict__["lora"] = layer
+                if isinstance(module, nn.Embedding):
+                    layer = self._layers[target.module] = EmbeddingAdapters(self.state, module, self.capacity, self.max_rank)
+                else:
+                    layer = self._layers[target.module] = LayerAdapters(self.state, module, target.pieces, self.capacity, self.max_rank)
+                    module.__dict__["lora"] = layer
                 module.register_forward_hook(layer.hook)
             layer.put(slot, target, a, b)
         for key, tensor in adapter.saved.items():
@@ -429,6 +496,21 @@ def _saved_module(arch: nn.Module, path: str) -> str | None:
             continue
         return candidate
     return None
+
+
+def model_adapters(model: Any, args: Any) -> Adapters | None:
+    """The adapters of a loaded model: ``Adapters`` with ``enable_lora``, or when the checkpoint
+    carries adapters of its own (:meth:`~poolkit.contracts.architecture.Architecture.task_adapters`,
+    jina-embeddings-v3's tasks), which are added and may all run in one batch; else ``None``."""
+    own = model.architecture.task_adapters()
+    if not args.enable_lora and not own:
+        return None
+    rank = max((a.shape[0] for factors in own.values() for a, _ in factors.values()), default=0)
+    loras = max(args.max_loras, len(own))
+    adapters = Adapters(model, max(args.max_lora_rank, rank), loras, (args.max_cpu_loras or args.max_loras) + len(own))
+    for name, factors in own.items():
+        adapters.add_own(name, factors)
+    return adapters
 
 
 def enabled(adapters: Adapters | None, lora_request: Any) -> Adapters:

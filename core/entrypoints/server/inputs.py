@@ -138,11 +138,13 @@ async def prompts_of(request: Request, st: ModelState, llm: LLM, body: Any) -> l
 
 
 async def run_inputs(
-    request: Request, st: ModelState, llm: LLM, body: Any, task_name: str, number_bytes: float = JSON_NUMBER_BYTES, **fields: Any
+    request: Request, st: ModelState, llm: LLM, body: Any, task_name: str, number_bytes: float = JSON_NUMBER_BYTES,
+    prompt_name: str | None = None, **fields: Any
 ) -> tuple[Any, Any]:
     """A request of ``input`` or chat ``messages`` (``/v1/embeddings``, ``/pooling``, ``/classify``) run
     for ``task_name``: its pooling parameters of the fields those requests share (``dimensions`` where
-    the body has it, ``use_activation``, the truncation) and ``fields``, its prompts rendered.
+    the body has it, ``use_activation``, the truncation) and ``fields``, its prompts rendered, with the
+    prompt of the model's sentence-transformers config named ``prompt_name`` (Jina's ``task``).
 
     Returns:
         :func:`~poolkit.entrypoints.server.work.run_task`'s task and results.
@@ -154,7 +156,9 @@ async def run_inputs(
         truncation_side=body.truncation_side, **fields,
     )
     raw = await prompts_of(request, st, llm, body)
-    return await run_task(request, st, llm, task_name, raw, params, add_special_tokens=special_tokens(body), number_bytes=number_bytes)
+    return await run_task(
+        request, st, llm, task_name, raw, params, prompt_name, add_special_tokens=special_tokens(body), number_bytes=number_bytes
+    )
 
 
 def special_tokens(body: Any) -> bool:

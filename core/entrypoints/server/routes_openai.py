@@ -7,7 +7,7 @@ from typing import Optional
 
 from fastapi import Request
 from fastapi.responses import Response
-from pydantic import ConfigDict
+from pydantic import ConfigDict, Field, StrictStr
 
 from ...contracts.errors import PoolkitError
 from ..protocol import ActivationFields, BaseRequest, ChatFields, EncodingFields, Positive, PromptInput, TokenizationFields, one_of
@@ -27,6 +27,12 @@ class EmbeddingRequest(BaseRequest, TokenizationFields, ChatFields, EncodingFiel
 
     input: Optional[PromptInput] = None
     dimensions: Optional[Positive] = None
+    task: Optional[StrictStr] = Field(
+        None,
+        description="Jina's API: the task the inputs are embedded for, a prompt name of the model's "
+        "sentence-transformers config (jina-embeddings-v3: retrieval.query, retrieval.passage, separation, "
+        "classification, text-matching, each with its own adapter).",
+    )
 
 
 @ENDPOINTS.get("/v1/models", "The served models (OpenAI).", protected=True, errors=(401, 500, 503))
@@ -63,7 +69,7 @@ def _model_entry(st: ModelState | AdapterState, created: int) -> dict:
 @ENDPOINTS.post("/v1/embeddings", "Embeddings (OpenAI).", task="embed", tensors=True)
 async def embeddings(body: EmbeddingRequest, request: Request, st: State, llm: Model) -> Response:
     check_model(st, body.model)
-    _, results = await run_inputs(request, st, llm, body, "embed", number_bytes(body))
+    _, results = await run_inputs(request, st, llm, body, "embed", number_bytes(body), prompt_name=body.task)
     return await list_response(
         request, body, "embd", st.served, results,
         lambda i, t: {"index": i, "object": "embedding", "embedding": encode_tensor(t, body)}, arrays=True,

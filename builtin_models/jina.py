@@ -1,0 +1,168 @@
+"""Jina's XLM-RoBERTa with rotary positions: jina-embeddings-v3 with its task adapters, and
+jina-colbert-v2.
+
+Jina's "XLM-RoBERTa flash" (``position_embedding_type: "rotary"``) is the post-LayerNorm BERT of
+:mod:`poolkit.builtin_models.rotary_encoders`: word and token-type embeddings, ``emb_ln``, then
+per layer rotary self-attention (``mixer.Wqkv``, ``mixer.out_proj``, rotary on every head
+dimension, base ``rotary_emb_base``, halves rotated), ``norm1``, a GELU feed-forward block
+(``mlp.fc1``, ``mlp.fc2``, biases everywhere) and ``norm2``. poolkit never runs the checkpoint's
+remote code; this follows its published definition, as vLLM's ``JinaRobertaModel`` does.
+
+jina-embeddings-v3 (``XLMRobertaLoRA``) keeps one LoRA adapter per task on every linear and
+embedding layer, saved as torch parametrizations (``<layer>.parametrizations.weight.original``,
+``...weight.0.lora_A`` ``[tasks, r, in]`` and ``lora_B`` ``[tasks, out, r]``; an embedding's
+``lora_A`` is ``[tasks, vocab, r]``, its ``lora_B`` ``[tasks, r, dim]``), scaled by
+``lora_alpha / lora_rank``. vLLM merges the last (``text-matching``) into the weights; here the
+base weights load as they are and the five adapters are the checkpoint's own LoRA adapters
+(:meth:`task_adapters`, :mod:`poolkit.lora`), kept in memory once and mixed in one batch: a
+request picks its task by prompt name (``prompt_name="retrieval.query"``, Jina's API ``task``),
+whose instruction (``task_instructions``) comes first, as Jina's ``encode(task=...)`` does. A
+request naming no task runs ``text-matching``, as vLLM does. Mean pooling.
+
+jina-colbert-v2 (``ColBERTJinaRobertaModel``, chosen with ``hf_overrides``) is the same body, its
+token vectors through ``linear`` (ColBERT, scored by MaxSim).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, ClassVar, Iterable, Iterator, Mapping
+
+import torch
+from torch import nn
+
+from poolkit.contracts.batch import PackedBatch
+from poolkit.contracts.config_checks import ConfigChecks
+from poolkit.contracts.errors import ModelLoadError
+from poolkit.contracts.hookspecs import hookimpl
+
+from .colbert import _ColBERT
+from .layers import RotarySpec, attention_head_dim, encoder_checks, post_norm
+from .rotary_encoders import Layout, RotaryEmbeddings, RotaryEncoder, RotaryEncoderSpec
+
+JINA_LAYOUT = Layout(
+    prefix="roberta.",
+    modules={
+        "embeddings.norm": "emb_ln",
+        "layers.{i}.attn.qkv": "encoder.layers.{i}.mixer.Wqkv",
+        "layers.{i}.attn.out": "encoder.layers.{i}.mixer.out_proj",
+        "layers.{i}.attn_norm": "encoder.layers.{i}.norm1",
+        "layers.{i}.mlp.up": "encoder.layers.{i}.mlp.fc1",
+        "layers.{i}.mlp.down": "encoder.layers.{i}.mlp.fc2",
+        "layers.{i}.mlp_norm": "encoder.layers.{i}.norm2",
+    },
+)
+#: A parametrized tensor: its base weight, or one of its LoRA factors.
+_PARAMETRIZED = re.compile(r"^(?P<layer>.+)\.parametrizations\.weight\.(?:(?P<original>original)|0\.lora_(?P<which>[AB]))$")
+#: The feed-forward activations of Jina's MLP: the tanh GELU for these names, else the exact one.
+_TANH_GELU = ("gelu_new", "gelu_fast", "gelu_pytorch_tanh")
+
+
+class JinaEmbeddings(RotaryEmbeddings):
+    """The embeddings with their tables called as modules, so that task adapters on them add their rows."""
+
+    def forward(self, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.word_embeddings(batch.input_ids)
+        if self.token_type_embeddings is not None:
+            types = batch.token_type_ids if batch.token_type_ids is not None else torch.zeros_like(batch.input_ids)
+            x = x + self.token_type_embeddings(types)
+        return post_norm(self, x, None, self.norm)
+
+
+class JinaRobertaModel(RotaryEncoder):
+    """Jina's rotary XLM-RoBERTa (jina-embeddings-v3's ``XLMRobertaLoRA``): packed token ids in,
+    last-layer hidden states out, the task adapters of the checkpoint as LoRA adapters.
+
+    Example:
+        >>> llm = LLM("jinaai/jina-embeddings-v3")
+        >>> llm.embed(["how do rotary positions work?"], prompt_name="retrieval.query")
+    """
+
+    layout: ClassVar[Layout] = JINA_LAYOUT
+    embeddings_class: ClassVar[type[nn.Module]] = JinaEmbeddings
+    default_pooling_type: ClassVar[str | None] = "MEAN"
+    config_checks: ClassVar[ConfigChecks] = encoder_checks(r"(?:^|\.)encoder\.layers\.(\d+)\.")
+
+    @classmethod
+    def spec(cls, config: Any) -> RotaryEncoderSpec:
+        position = getattr(config, "position_embedding_type", "rotary")
+        if position not in ("rotary", "rope"):
+            raise ModelLoadError(f"position_embedding_type '{position}' is not Jina's rotary XLM-RoBERTa; use XLMRobertaModel")
+        hidden, heads = int(config.hidden_size), int(config.num_attention_heads)
+        head_dim = attention_head_dim(hidden, heads)
+        act = str(getattr(config, "hidden_act", "gelu"))
+        return RotaryEncoderSpec(
+            hidden_size=hidden, num_layers=int(config.num_hidden_layers), num_heads=heads,
+            intermediate_size=int(config.intermediate_size), vocab_size=int(config.vocab_size),
+            type_vocab_size=int(getattr(config, "type_vocab_size", 1) or 0),
+            max_positions=int(config.max_position_embeddings), norm_eps=float(getattr(config, "layer_norm_eps", 1e-5)),
+            rotary=RotarySpec(dim=int(getattr(config, "rotary_emb_dim", None) or head_dim),
+                              theta=float(getattr(config, "rotary_emb_base", None) or 10000.0)),
+            activation="gelu_pytorch_tanh" if act in _TANH_GELU else "gelu", gated=False,
+            qkv_bias=True, out_bias=True, up_bias=True, down_bias=True,
+        )
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self._tasks = list(getattr(config, "lora_adaptations", None) or [])
+        self._lora_scaling = float(getattr(config, "lora_alpha", 1)) / float(getattr(config, "lora_rank", 1) or 1)
+        self._factors: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
+        #: vLLM's choice for a request without a task: the last adaptation (``text-matching``).
+        self.default_task_adapter = self._tasks[-1] if self._tasks else None
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        factors: dict[str, dict[str, torch.Tensor]] = {}
+
+        def base_weights(stream: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
+            for name, tensor in stream:
+                found = _PARAMETRIZED.match(name)
+                if found is None:
+                    yield name, tensor
+                elif found["original"]:
+                    yield found["layer"] + ".weight", tensor
+                else:
+                    factors.setdefault(found["layer"], {})[found["which"]] = tensor
+
+        super().load_weights(base_weights(weights))
+        self._factors = self._task_factors(factors)
+
+    def _task_factors(self, factors: dict[str, dict[str, torch.Tensor]]) -> dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+        """Per task, each layer's ``(A [r, in], B [out, r])`` in PEFT's orientation, scaled."""
+        if not factors:
+            return {}
+        if not self._tasks:
+            raise ModelLoadError("the checkpoint has LoRA parametrizations but config.json names no lora_adaptations")
+        out: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {task: {} for task in self._tasks}
+        for layer, pair in factors.items():
+            if set(pair) != {"A", "B"} or pair["A"].shape[0] != len(self._tasks) or pair["B"].shape[0] != len(self._tasks):
+                raise ModelLoadError(f"the LoRA parametrization of {layer} does not hold lora_A and lora_B for the {len(self._tasks)} lora_adaptations")
+            embedding = ".embeddings." in f".{layer}."
+            for i, task in enumerate(self._tasks):
+                a, b = pair["A"][i].float(), pair["B"][i].float()
+                if embedding:  # x(W + A B): rows of A [vocab, r] picked by the ids, then B [r, dim]
+                    a, b = a.T, b.T
+                out[task][layer] = (a.contiguous(), (b * self._lora_scaling).contiguous())
+        return out
+
+    def task_adapters(self) -> Mapping[str, Mapping[str, tuple[torch.Tensor, torch.Tensor]]]:
+        return self._factors
+
+    def adapter_target(self, layer: str) -> tuple[str, int, int] | None:
+        """The embedding tables too (jina's adapters cover them), under their own names."""
+        name = layer.removeprefix(self.layout.prefix)
+        if name in ("embeddings.word_embeddings", "embeddings.token_type_embeddings"):
+            return name, 0, 1
+        return super().adapter_target(layer)
+
+
+class ColBERTJinaRobertaModel(_ColBERT, JinaRobertaModel):
+    """jina-colbert-v2: Jina's rotary XLM-RoBERTa, every token vector through ``linear``."""
+
+    default_pooling_type: ClassVar[str | None] = "CLS"
+
+
+@hookimpl
+def poolkit_register_architectures(register):
+    register("XLMRobertaLoRA", JinaRobertaModel)
+    register("JinaRobertaModel", JinaRobertaModel)  # vLLM's name
+    register("ColBERTJinaRobertaModel", ColBERTJinaRobertaModel)
