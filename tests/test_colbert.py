@@ -198,3 +198,29 @@ def test_modernbert_colbert_by_override(tmp_path):
     (hidden,) = plain.encode("hello world", pooling_task="token_embed")
     expected = torch.nn.functional.normalize(hidden.outputs.data @ state["linear.weight"].T, dim=-1)
     assert torch.allclose(vectors.outputs.data, expected, atol=1e-5)
+
+
+def test_modernbert_colbert_folder_without_pylate_config_is_normalised(tmp_path):
+    """GTE-ModernColBERT saved with modules.json (Transformer, PyLate's Dense) but no
+    config_sentence_transformers.json, served as ColBERTModernBertModel: unit token vectors, as vLLM."""
+    from tiny_models import build_modernbert
+
+    path = build_modernbert(tmp_path / "mb", "embed")
+    (path / "1_Dense").mkdir()
+    torch.manual_seed(4)
+    weight = torch.randn(8, 32)
+    save_file({"linear.weight": weight}, str(path / "1_Dense" / "model.safetensors"))
+    (path / "1_Dense" / "config.json").write_text(json.dumps(
+        {"in_features": 32, "out_features": 8, "bias": False, "activation_function": "torch.nn.modules.linear.Identity"}))
+    (path / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Dense", "type": "pylate.models.Dense.Dense"},
+    ]))
+    llm = LLM(str(path), hf_overrides={"architectures": ["ColBERTModernBertModel"]})
+    plain = LLM(str(path), hf_overrides={"architectures": ["ModernBertModel"]}, pooler_config={"use_activation": False})
+    (vectors,) = llm.encode("hello world", pooling_task="token_embed")
+    (hidden,) = plain.encode("hello world", pooling_task="token_embed")
+    expected = torch.nn.functional.normalize(hidden.outputs.data, dim=-1)
+    assert hidden.outputs.data.shape[-1] == 8  # the Dense projects in both; only the normalisation differs
+    assert torch.allclose(vectors.outputs.data, expected, atol=1e-5)
+    assert llm.model.describe()["tasks"]["token_embed"]["use_activation"]["value"] is True
