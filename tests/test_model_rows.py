@@ -15,8 +15,7 @@ import torch
 import torch.nn.functional as F
 import transformers as T
 from safetensors.torch import load_file, save_file
-from tokenizers import Tokenizer, decoders, models, normalizers
-from tiny_models import build_decoder, build_qwen
+from tiny_models import build_gritlm, build_qwen
 
 from poolkit import LLM
 from poolkit.contracts.errors import ModelLoadError
@@ -38,42 +37,9 @@ def grit_prompt(text: str, instruction: str = "") -> str:
     return (f"<|user|>\n{instruction}\n<|embed|>\n" if instruction else "<|embed|>\n") + text
 
 
-def mistral_sentencepiece_tokenizer() -> T.PreTrainedTokenizerFast:
-    """A Llama/Mistral-style SentencePiece BPE (a ``▁`` before the text, spaces as ``▁``, byte
-    fallback: a newline is ``<0x0A>``), whose pieces for GritLM's markers are Mistral's: ``▁<``
-    at the start of the text, ``<`` elsewhere, ``|``, ``user``, ``embed``, ``>``."""
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
-    vocab.update({f"<0x{b:02X}>": 3 + b for b in range(256)})
-    for piece in ["▁", *"abcdefghijklmnopqrstuvwxyz", "<", "|", ">", ",", ".", "?", "▁<", "em", "emb", "embe", "embed", "us", "use", "user"]:
-        vocab.setdefault(piece, len(vocab))
-    merges = [("▁", "<"), ("e", "m"), ("em", "b"), ("emb", "e"), ("embe", "d"), ("u", "s"), ("us", "e"), ("use", "r")]
-    tk = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True))
-    tk.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
-    tk.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)])
-    from tokenizers.processors import TemplateProcessing
-
-    tk.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    return T.PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="</s>")
-
-
 @pytest.fixture(scope="module")
 def gritlm(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny Mistral causal LM saved as parasail-ai/GritLM-7B-vllm is: ``architectures: ["GritLM"]``,
-    ``model_type: mistral`` (with its sliding window), Mistral's SentencePiece pieces."""
-    path = build_decoder(tmp_path_factory.mktemp("gritlm") / "gritlm", "mistral", "lm", seed=3, sliding_window=4)
-    tok = mistral_sentencepiece_tokenizer()
-    tok.save_pretrained(path)
-    raw = json.loads((path / "config.json").read_text())
-    raw.update(architectures=["GritLM"], vocab_size=len(tok), bos_token_id=1, eos_token_id=2, pad_token_id=2)
-    (path / "config.json").write_text(json.dumps(raw))
-    # the tiny model's embedding table is the byte-level tokenizer's: redraw it for this vocabulary
-    tensors = load_file(path / "model.safetensors")
-    g = torch.Generator().manual_seed(5)
-    hidden = tensors["model.embed_tokens.weight"].shape[1]
-    tensors["model.embed_tokens.weight"] = torch.randn(len(tok), hidden, generator=g) * 0.2
-    tensors.pop("lm_head.weight", None)
-    save_file(tensors, path / "model.safetensors")
-    return path
+    return build_gritlm(tmp_path_factory.mktemp("gritlm") / "gritlm")
 
 
 def grit_reference(path: Path, prompt: str) -> tuple[torch.Tensor, list[int]]:

@@ -361,6 +361,43 @@ def build_decoder(
     return out
 
 
+def mistral_sentencepiece_tokenizer() -> T.PreTrainedTokenizerFast:
+    """A Llama/Mistral-style SentencePiece BPE (a ``▁`` before the text, spaces as ``▁``, byte
+    fallback: a newline is ``<0x0A>``), whose pieces for GritLM's markers are Mistral's: ``▁<``
+    at the start of the text, ``<`` elsewhere, ``|``, ``user``, ``embed``, ``>``."""
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    vocab.update({f"<0x{b:02X}>": 3 + b for b in range(256)})
+    for piece in ["▁", *"abcdefghijklmnopqrstuvwxyz", "<", "|", ">", ",", ".", "?", "▁<", "em", "emb", "embe", "embed", "us", "use", "user"]:
+        vocab.setdefault(piece, len(vocab))
+    merges = [("▁", "<"), ("e", "m"), ("em", "b"), ("emb", "e"), ("embe", "d"), ("u", "s"), ("us", "e"), ("use", "r")]
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True))
+    tk.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tk.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    tk.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return T.PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="</s>")
+
+
+def build_gritlm(out: Path, seed: int = 3) -> Path:
+    """A tiny Mistral causal LM saved as parasail-ai/GritLM-7B-vllm is: ``architectures: ["GritLM"]``,
+    ``model_type: mistral`` (with its sliding window), Mistral's SentencePiece pieces, 2048 positions."""
+    from safetensors.torch import load_file, save_file
+
+    path = build_decoder(out, "mistral", "lm", seed=seed, sliding_window=4, max_position_embeddings=2048)
+    tok = mistral_sentencepiece_tokenizer()
+    tok.save_pretrained(path)
+    raw = json.loads((path / "config.json").read_text())
+    raw.update(architectures=["GritLM"], vocab_size=len(tok), bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    (path / "config.json").write_text(json.dumps(raw))
+    # the tiny model's embedding table is the byte-level tokenizer's: redraw it for this vocabulary
+    tensors = load_file(path / "model.safetensors")
+    g = torch.Generator().manual_seed(5)
+    hidden = tensors["model.embed_tokens.weight"].shape[1]
+    tensors["model.embed_tokens.weight"] = torch.randn(len(tok), hidden, generator=g) * 0.2
+    tensors.pop("lm_head.weight", None)
+    save_file(tensors, path / "model.safetensors")
+    return path
+
+
 def _transformers_config(family: str, vocab_size: int, pad_token_id: int, init_range: float) -> dict:
     if family == "DistilBert":
         return dict(vocab_size=vocab_size, dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=128,
