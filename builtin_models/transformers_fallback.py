@@ -55,6 +55,9 @@ _LAYER = r"(?:^|\.)(?:layer|layers|h|block|blocks)\.(\d+)\."
 #: :class:`PoolerConfig` defaults of transformers classes, as vLLM sets them for its own
 #: implementation of each: Jamba's reward model gives its raw logit.
 _POOLER_DEFAULTS: Mapping[str, Mapping[str, Any]] = {"JambaForSequenceClassification": {"use_activation": False}}
+#: Default sequence pooling of transformers classes, as vLLM sets it for its own implementation of
+#: each (``@default_pooling_type``): ERNIE's embedding model pools the mean.
+_POOLING_DEFAULTS: Mapping[str, str] = {"ErnieModel": "MEAN"}
 #: Buffers of older checkpoints that transformers rebuilds: never reported as unused.
 _IGNORED = re.compile(r"(?:^|\.)(?:position_ids|inv_freq|masked_bias)$")
 #: Size fields a mismatched dimension is blamed on first, when several have its value.
@@ -582,6 +585,7 @@ def _fallback_class(base: type[TransformersModel], hf_class: type) -> type[Trans
         {
             "hf_class": hf_class,
             "default_pooler_config": {**base.default_pooler_config, **_POOLER_DEFAULTS.get(hf_class.__name__, {})},
+            "default_pooling_type": _POOLING_DEFAULTS.get(hf_class.__name__, base.default_pooling_type),
             "__module__": __name__,
             "__doc__": f"{hf_class.__name__} run by transformers.\n\n{base.__doc__}",
         },

@@ -175,3 +175,30 @@ def test_voyage_as_plain_qwen3_warns_about_the_projection(voyage: Path, caplog: 
     with caplog.at_level(logging.WARNING):
         LLM(str(voyage), hf_overrides={"architectures": ["Qwen3Model"], "is_causal": False})
     assert any("linear.weight" in r.getMessage() and "unused by" in r.getMessage() for r in caplog.records)
+
+
+# -- ERNIE (transformers fallback) -----------------------------------------------------------------
+
+
+def test_ernie_model_pools_the_mean_as_vllm(tmp_path: Path) -> None:
+    """vLLM's ``ErnieModel`` row (``@default_pooling_type("MEAN")``): the fallback runs transformers'
+    ErnieModel and pools the mean of the last hidden states, then L2."""
+    from tiny_models import give_segment_ids, wordpiece_tokenizer
+
+    tok = wordpiece_tokenizer()
+    config = T.ErnieConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                           intermediate_size=64, max_position_embeddings=128, pad_token_id=tok.pad_token_id, initializer_range=0.5)
+    torch.manual_seed(0)
+    T.ErnieModel(config).save_pretrained(tmp_path / "ernie")
+    tok.save_pretrained(tmp_path / "ernie")
+    give_segment_ids(tmp_path / "ernie")
+    llm = LLM(str(tmp_path / "ernie"))
+    info = llm.model.describe()
+    assert info["architecture"] == "ErnieModel" and info["tasks"]["embed"]["pooling_type"]["value"] == "MEAN"
+    model = T.ErnieModel.from_pretrained(str(tmp_path / "ernie")).eval()
+    enc = T.AutoTokenizer.from_pretrained(str(tmp_path / "ernie"))(TEXTS[:2], padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        hidden = model(**enc).last_hidden_state
+    mask = enc["attention_mask"].unsqueeze(-1)
+    want = F.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+    assert (embeddings(llm, TEXTS[:2]) - want).abs().max() <= ATOL

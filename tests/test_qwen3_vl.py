@@ -213,23 +213,34 @@ def test_default_pooling_is_last(llm):
     assert llm.model.architecture.default_pooling_type == "LAST"
 
 
-@pytest.mark.parametrize(
-    "architecture, model_type",
-    [("Phi3VForCausalLM", "phi3_v"), ("LlamaNemotronVLModel", "llama_nemotron_vl")],
-)
-def test_remote_code_vlms_are_refused_naming_the_alternative(tmp_path, architecture, model_type):
-    """TIGER-Lab/VLM2Vec-Full (Phi-3-Vision) and Llama-Nemotron-VL ship only remote code."""
+def test_remote_code_models_are_refused_naming_the_alternative(tmp_path):
+    """A checkpoint that ships only remote code for an architecture poolkit does not run is refused
+    in one line that names what an architecture's ``alternative_for`` suggests (Qwen3-VL named
+    Phi-3-Vision's and Llama-Nemotron-VL's until poolkit ran them natively)."""
     import json
 
-    from poolkit import LLM
+    from poolkit import LLM, hookimpl
+    from poolkit.builtin_models.qwen_vl.qwen3_vl import Qwen3VLForConditionalGeneration
     from poolkit.contracts.errors import ModelLoadError
+    from poolkit.plugins.testing import plugin_registered
+
+    class Suggesting(Qwen3VLForConditionalGeneration):
+        alternative_for = {"RemoteOnlyVLModel": "Qwen/Qwen3-VL-Embedding-2B"}
+
+    class Plugin:
+        @hookimpl
+        def poolkit_register_architectures(self, register):
+            register("SuggestingQwen3VL", Suggesting)
 
     (tmp_path / "config.json").write_text(json.dumps({
-        "architectures": [architecture], "model_type": model_type,
+        "architectures": ["RemoteOnlyVLModel"], "model_type": "remote_only_vl",
         "auto_map": {"AutoConfig": "configuration.Config", "AutoModel": "modeling.Model"},
     }))
     with pytest.raises(ModelLoadError) as info:
         LLM(str(tmp_path))
+    assert "needs remote code" in str(info.value) and "\n" not in str(info.value)
+    with plugin_registered(Plugin(), "suggesting"), pytest.raises(ModelLoadError) as info:
+        LLM(str(tmp_path))
     message = str(info.value)
     assert "needs remote code" in message and "\n" not in message
-    assert f"{architecture} is not supported; use Qwen3VLForConditionalGeneration instead, such as Qwen/Qwen3-VL-Embedding-2B" in message
+    assert "RemoteOnlyVLModel is not supported; use SuggestingQwen3VL instead, such as Qwen/Qwen3-VL-Embedding-2B" in message

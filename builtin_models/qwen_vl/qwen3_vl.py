@@ -11,7 +11,7 @@ timestamp (:mod:`~poolkit.builtin_models.qwen_vl.processor`). Qwen3-VL-Embedding
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, Mapping
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import nn
@@ -125,11 +125,6 @@ class Qwen3VLForConditionalGeneration(Qwen2VLForConditionalGeneration):
     vision_tower_class: ClassVar[type[nn.Module]] = Qwen3VisionTower
     interleaved_mrope: ClassVar[bool] = True
     media_family: ClassVar[Family] = QWEN3_VL
-    #: The multimodal embedders vLLM lists that ship only remote code: Qwen3-VL-Embedding is the one to use instead.
-    alternative_for: ClassVar[Mapping[str, str]] = {
-        "Phi3VForCausalLM": "Qwen/Qwen3-VL-Embedding-2B",
-        "LlamaNemotronVLModel": "Qwen/Qwen3-VL-Embedding-2B",
-    }
     config_checks: ClassVar[ConfigChecks] = ConfigChecks(
         sizes=VISION_SIZES + ("vision_config.num_position_embeddings",),
         multiples=(("vision_config.hidden_size", "vision_config.num_heads"),),

@@ -27,6 +27,9 @@ def load_hf_config(path: Path, overrides: dict[str, Any]) -> Any:
             raw[key] = {**raw[key], **value}
         else:
             raw[key] = value
+    scaling = raw.get("rope_scaling")
+    if isinstance(scaling, dict) and scaling.get("type") == "su":  # LongRoPE's first name (Phi-3 checkpoints), which transformers no longer reads
+        raw["rope_scaling"] = {**scaling, "type": "longrope"}
     model_type = raw.get("model_type")
     check_common_sizes(raw, _attribute_map(model_type), overridden_fields(overrides))
     try:

@@ -191,9 +191,9 @@ class PoolingModel:
         if self.pooler_config.use_activation is not None:
             return Setting(self.pooler_config.use_activation, "pooler_config")
         st = self.st
-        # PyLate normalises in code (also a PyLate folder without its config, served by a late-interaction
-        # architecture, as vLLM normalises it); sentence-transformers' own multi-vector saves have the module
-        late = st is not None and (st.late_interaction or self.architecture.score_type == "late-interaction")
+        # PyLate normalises in code (also a PyLate folder without its config, served by an architecture with a
+        # score type of its own, MaxSim, as vLLM normalises it); sentence-transformers' own multi-vector saves have the module
+        late = st is not None and (st.late_interaction or self.architecture.score_type is not None)
         st_normalize = st is not None and (st.model_type == "MultiVectorEncoder" or (st.model_type in (None, "SentenceTransformer") and not late))
         if from_st_normalize and st_normalize:
             return Setting(st.normalize, "sentence-transformers modules.json (Normalize)")

@@ -289,6 +289,8 @@ def _bound(doc: dict[str, Any], st: "ModelState") -> None:
                 props[field] = _NULL
             elif field == "data" and name == "PoolingRequest" and plugin is None:
                 props[field] = _NULL
+            elif field == "task" and name == "EmbeddingRequest":  # Jina's task: a prompt name
+                props[field] = {"anyOf": [{"enum": prompts}, _NULL], "description": sub.get("description", "")} if prompts else _NULL
             elif field == "task":
                 props[field] = {"anyOf": [{"enum": tasks}, _NULL]}
             elif field in ("top_k", "threshold", "return_tokens") and field not in options:

@@ -10,6 +10,7 @@ from fastapi.responses import Response
 from pydantic import ConfigDict, Field, StrictStr
 
 from ...contracts.errors import PoolkitError
+from ...plugins import registry
 from ..protocol import ActivationFields, BaseRequest, ChatFields, EncodingFields, Positive, PromptInput, TokenizationFields, one_of
 from .deps import Model, State
 from .endpoints import Endpoints
@@ -69,7 +70,10 @@ def _model_entry(st: ModelState | AdapterState, created: int) -> dict:
 @ENDPOINTS.post("/v1/embeddings", "Embeddings (OpenAI).", task="embed", tensors=True)
 async def embeddings(body: EmbeddingRequest, request: Request, st: State, llm: Model) -> Response:
     check_model(st, body.model)
-    _, results = await run_inputs(request, st, llm, body, "embed", number_bytes(body), prompt_name=body.task)
+    # Jina's task names a prompt; a pooling task's name there is vLLM's PoolingRequest field (say from
+    # /invocations, which reads an 'input' body as an embeddings request), which vLLM ignores here
+    task = body.task if body.task is not None and body.task not in registry("task").names() else None
+    _, results = await run_inputs(request, st, llm, body, "embed", number_bytes(body), prompt_name=task)
     return await list_response(
         request, body, "embd", st.served, results,
         lambda i, t: {"index": i, "object": "embedding", "embedding": encode_tensor(t, body)}, arrays=True,
