@@ -319,3 +319,22 @@ def test_xlm_roberta_model_with_rotary_positions_names_jinas(jina: Path, tmp_pat
 
     with pytest.raises(ModelLoadError, match=r"position_embedding_type 'rotary' is Jina's rotary XLM-RoBERTa .*XLMRobertaLoRA"):
         LLM(str(jina), hf_overrides={"architectures": ["XLMRobertaModel"]})
+
+
+def test_bfloat16_follows_float32_with_every_task(jina: Path) -> None:
+    """In bf16 (the adapters' products in bf16 too) each task's embedding stays within cosine
+    0.999 of fp32's reference: the tiny model's random weights are far from a trained model's scale."""
+    llm = LLM(str(jina), dtype="bfloat16")
+    for task in TASKS:
+        got = embed(llm, TEXTS, prompt_name=task)
+        want = reference_embeddings(jina, TEXTS, task)
+        assert torch.isfinite(got).all()
+        assert F.cosine_similarity(got, want).min() >= 0.999, task
+
+
+def test_batch_invariance(jina: Path) -> None:
+    """A text's vector does not depend on what else runs in its batch, or its task's neighbours'."""
+    llm = LLM(str(jina))
+    alone = [embed(llm, [t], prompt_name="retrieval.query")[0] for t in TEXTS]
+    together = embed(llm, TEXTS, prompt_name="retrieval.query")
+    assert (torch.stack(alone) - together).abs().max() <= 1e-5
