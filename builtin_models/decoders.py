@@ -328,7 +328,7 @@ class DecoderModel(Quantizable, Architecture):
 
     def forward(self, batch: PackedBatch) -> torch.Tensor:
         x = self.embed(batch.input_ids)
-        return self.decode(x, batch, self.rotary(batch.positions, x.dtype))
+        return self.decode(x, batch, self.batch_rotary(batch, x.dtype))
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """The token embeddings ``[T, H]`` the layers start from (scaled, for Gemma)."""
@@ -341,6 +341,10 @@ class DecoderModel(Quantizable, Architecture):
         """Each token's cos and sin per layer type, as ``dtype`` (angles in float32), for ``[T]``
         positions; a multimodal model passes its own ``(cos, sin)`` to :meth:`decode` instead."""
         return {t: rotary_cos_sin(inv_freq, positions, dtype, scaling) for t, (inv_freq, scaling) in self._rotary_parameters.items()}
+
+    def batch_rotary(self, batch: PackedBatch, dtype: torch.dtype) -> dict[str, Rotary]:
+        """:meth:`rotary` of a packed batch's positions (Phi-3's LongRoPE also reads each sequence's length)."""
+        return self.rotary(batch.positions, dtype)
 
     def decode(
         self,

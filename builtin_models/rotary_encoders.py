@@ -1,6 +1,7 @@
 """Rotary encoders running on packed batches: NomicBERT and GTE's "new" architecture.
 
-nomic-embed-text (``NomicBertModel``) and Alibaba's gte-v1.5 / gte-multilingual / Snowflake's
+nomic-embed-text (``NomicBertModel``; v2-moe's mixture-of-experts layers are in
+:mod:`poolkit.builtin_models.nomic_moe`) and Alibaba's gte-v1.5 / gte-multilingual / Snowflake's
 arctic-embed-v2 (``NewModel``, ``GteModel``) are one family: a post-LayerNorm BERT whose
 positions are rotary and whose feed-forward block is gated (SwiGLU, GeGLU). They differ only in
 configuration — config field names, tensor names, biases, rotary variants — so one
@@ -50,6 +51,7 @@ from .layers import (
     post_norm,
     rotate_interleaved,
 )
+from .nomic_moe import MoESpec, NomicMoE, moe_spec
 from .quantize import Quantizable
 
 #: Checkpoint tensors the encoder does not use: the classifiers and LM heads of transformers' task models, position buffers.
@@ -72,6 +74,8 @@ class RotaryEncoderSpec:
         logn_positions: GTE's ``logn_attention_scale``: queries are scaled by
             ``log(n) / log(logn_positions)`` for a sequence of ``n`` tokens; ``None`` is off.
         logn_clip: the scale is at least 1 (``logn_attention_clip1``).
+        moe: NomicBERT's mixture of experts (nomic-embed-text-v2-moe): which layers have experts
+            in place of the feed-forward block, and how many; ``None`` for none.
     """
 
     hidden_size: int
@@ -92,6 +96,7 @@ class RotaryEncoderSpec:
     down_bias: bool = False
     logn_positions: int | None = None
     logn_clip: bool = False
+    moe: MoESpec | None = None
 
 
 @dataclass(frozen=True)
@@ -101,8 +106,9 @@ class Layout:
     Attributes:
         prefix: the encoder's prefix in task-model checkpoints (HF's ``base_model_prefix``).
         modules: a module of this implementation (``{i}`` the layer index) -> the checkpoint's
-            module for it, or the checkpoint modules it stacks by output rows. Modules not
-            listed (task heads) have the same name in both.
+            module for it, or the checkpoint modules it stacks by output rows; each tensor of the
+            module (``weight``, ``bias``, or another name) keeps its name. Modules not listed
+            (task heads) have the same name in both.
     """
 
     prefix: str
@@ -134,7 +140,7 @@ class Layout:
 
 
 def _pattern(module: str) -> re.Pattern[str]:
-    return re.compile("^" + re.escape(module).replace(r"\{i\}", r"(\d+)") + r"(\.(?:weight|bias))$")
+    return re.compile("^" + re.escape(module).replace(r"\{i\}", r"(\d+)") + r"(\.[^.]+)$")
 
 
 def _template(module: str) -> str:
@@ -152,6 +158,10 @@ NOMIC_LAYOUT = Layout(
         "layers.{i}.mlp.up": "encoder.layers.{i}.mlp.fc1",
         "layers.{i}.mlp.down": "encoder.layers.{i}.mlp.fc2",
         "layers.{i}.mlp_norm": "encoder.layers.{i}.norm2",
+        # mixture-of-experts layers (nomic_moe): the router, the stacked experts, their shared bias
+        "layers.{i}.mlp.router": "encoder.layers.{i}.mlp.router.layer",
+        "layers.{i}.mlp.experts": "encoder.layers.{i}.mlp.experts.mlp",
+        "layers.{i}.mlp": "encoder.layers.{i}.mlp.experts",
     },
 )
 NEW_LAYOUT = Layout(
@@ -261,13 +271,17 @@ class MLP(nn.Module):
 
 
 class RotaryEncoderLayer(nn.Module):
-    """One post-norm layer: ``norm(x + attn(x))``, then ``norm(x + mlp(x))``."""
+    """One post-norm layer: ``norm(x + attn(x))``, then ``norm(x + mlp(x))``; ``mlp`` is a mixture
+    of experts in the layers ``spec.moe`` gives them (``index`` is the layer's, from 0)."""
 
-    def __init__(self, spec: RotaryEncoderSpec) -> None:
+    def __init__(self, spec: RotaryEncoderSpec, index: int = 0) -> None:
         super().__init__()
         self.attn = RotaryAttention(spec)
         self.attn_norm = _norm(spec)
-        self.mlp = GatedMLP(spec) if spec.gated else MLP(spec)
+        if spec.moe is not None and spec.moe.has_experts(index):
+            self.mlp = NomicMoE(spec.hidden_size, spec.intermediate_size, spec.moe, spec.activation)
+        else:
+            self.mlp = GatedMLP(spec) if spec.gated else MLP(spec)
         self.mlp_norm = _norm(spec)
 
     def forward(
@@ -313,7 +327,7 @@ class RotaryEncoder(Quantizable, Architecture):
         self._spec = spec
         self.uses_token_type_ids = spec.type_vocab_size > 1
         self.embeddings = self.embeddings_class(spec)
-        self.layers = nn.ModuleList(RotaryEncoderLayer(spec) for _ in range(spec.num_layers))
+        self.layers = nn.ModuleList(RotaryEncoderLayer(spec, i) for i in range(spec.num_layers))
 
     @property
     def hidden_size(self) -> int:
@@ -349,7 +363,9 @@ class RotaryEncoder(Quantizable, Architecture):
 
     def adapter_target(self, layer: str) -> tuple[str, int, int] | None:
         """A checkpoint layer under this family's names (:attr:`layout`): GTE's separate q/k/v are
-        pieces of ``qkv``; NomicBERT's ``Wqkv`` is ``qkv`` whole."""
+        pieces of ``qkv``; NomicBERT's ``Wqkv`` is ``qkv`` whole. A mixture-of-experts layer's
+        router (``mlp.router.layer``) takes adapters; its experts (``mlp.experts.mlp``) are no
+        linear layer, and an adapter naming them is refused."""
         name = base_model_name(layer + ".weight", self.layout.prefix, self.classifier_prefixes, _UNUSED)
         if name is None:
             return "", 0, 1
@@ -473,7 +489,6 @@ def _nomic_switches(config: Any) -> None:
         ("prenorm", "poolkit runs NomicBERT's post-norm blocks only"),
         ("rotary_emb_scale_base", "xPos rotary scaling is not supported"),
         ("rotary_head_dim", "rotating over the heads axis is not supported"),
-        ("moe_every_n_layers", "mixture-of-experts NomicBERT is not supported"),
     ):
         value = getattr(config, name, None)
         if value:
@@ -484,7 +499,7 @@ def _nomic_switches(config: Any) -> None:
     fraction = getattr(config, "rotary_emb_fraction", 1.0)
     if not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
         raise _refuse("rotary_emb_fraction", fraction, "NomicBERT without rotary positions is not supported")
-    _nomic_activation(config)
+    moe_spec(config, _nomic_activation(config)[1])
 
 
 def _nomic_checks(hidden: str) -> ConfigChecks:
@@ -503,6 +518,8 @@ def _nomic_checks(hidden: str) -> ConfigChecks:
             "encoder.layers.0.attn.Wqkv.weight": ((3, hidden), hidden),
             "encoder.layers.0.mlp.fc11.weight": ("intermediate_size", hidden),
             "encoder.layers.0.mlp.fc1.weight": ("intermediate_size", hidden),
+            "encoder.layers.1.mlp.router.layer.weight": ("num_experts", hidden),
+            "encoder.layers.1.mlp.experts.mlp.w1": (("num_experts", "intermediate_size"), hidden),
         },
     )
 
@@ -516,7 +533,10 @@ class NomicBertModel(RotaryEncoder):
     for them, and the checkpoint's tensor names (``emb_ln``, ``encoder.layers.N.attn.Wqkv``,
     ``mlp.fc11`` / ``fc12`` / ``fc2``, ``norm1`` / ``norm2``). With ``rotary_scaling_factor`` (as
     nomic's model card sets for 8192 tokens), a sequence longer than ``max_trained_positions``
-    gets dynamic NTK scaling from its own length.
+    gets dynamic NTK scaling from its own length. With ``moe_every_n_layers`` (nomic-embed-text-v2-moe:
+    ``num_experts``, ``moe_top_k``) every such layer's feed-forward block is a mixture of experts
+    (:class:`~poolkit.builtin_models.nomic_moe.NomicMoE`, tensors ``mlp.router.layer``,
+    ``mlp.experts.mlp.w1`` / ``w2``, ``mlp.experts.bias``).
 
     Example:
         >>> model = NomicBertModel(PretrainedConfig.from_dict(json.loads(config_json)))
@@ -586,7 +606,7 @@ class NomicBertModel(RotaryEncoder):
             max_positions=int(_nomic(config, "max_position_embeddings", 2048)),
             norm_eps=float(_nomic(config, "layer_norm_eps", 1e-12)), rotary=rotary, activation=activation, gated=gated,
             qkv_bias=qkv_bias, out_bias=qkv_bias, up_bias=bool(getattr(config, "mlp_fc1_bias", original)),
-            down_bias=bool(getattr(config, "mlp_fc2_bias", original)),
+            down_bias=bool(getattr(config, "mlp_fc2_bias", original)), moe=moe_spec(config, gated),
         )
 
 

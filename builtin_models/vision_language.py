@@ -96,6 +96,22 @@ class VisionLanguageModel(Architecture):
                 return ".".join(p for p in ("language_model", parent, child) if p), list(pieces).index(leaf), len(pieces)
         return f"language_model.{path}", 0, 1
 
+    def forward(self, batch: PackedBatch) -> torch.Tensor:
+        """The decoder over the prompt's token embeddings, the rows of each image's placeholder token
+        (``image_token``) replaced by its features (:meth:`image_features_of`), in order."""
+        lm = self.language_model
+        x = lm.embed(batch.input_ids)
+        media = batch_media(batch)
+        found = placeholder_rows(batch, media, {"image": self.image_token}) if media is not None else []
+        if found:
+            x = merge_multimodal_embeddings(x, [rows for _, _, rows in found], self.image_features_of(found), "image")[0]
+        return lm.decode(x, batch, lm.batch_rotary(batch, x.dtype))
+
+    def image_features_of(self, found: list[tuple[dict, Any, Any]]) -> torch.Tensor:
+        """``[features, hidden]`` of the images of :func:`placeholder_rows`'s ``found`` sequences
+        (each ``(media, sequence, rows)``), one after another, for :meth:`forward`."""
+        raise NotImplementedError
+
     @classmethod
     def require_sub_configs(cls, config: Any, where: str = "config") -> None:
         """Refuse a ``config`` without a ``text_config`` or a ``vision_config``.

@@ -345,6 +345,28 @@ class MediaProcessor(IOProcessor):
     def parse_data(self, data: Any) -> dict[str, Any]:
         return ImageProcessor().parse_data(data)
 
+    def image_prompts(self, data: Any, make: Callable[[int, Prompt, list[Any], Any, bool], Prompt]) -> list[Prompt]:
+        """``pre_process`` of a family that reads images and no videos: text-only prompts as they
+        are; each prompt with images is ``make(index, prompt, images, model, allow_files)``, once
+        videos and more images than the per-prompt limit (:func:`media_per_prompt`) are refused."""
+        data = self.parse_data(data)
+        model = data["model"]
+        allow_files = bool(data.get("allow_local_files", True))
+        per_prompt = media_per_prompt(model, "image")
+        out = []
+        for i, prompt in enumerate(data["prompts"]):
+            if "image" not in prompt.extras and "video" not in prompt.extras:
+                out.append(prompt)
+                continue
+            if "video" in prompt.extras:
+                raise InvalidRequest(f"prompt {i}: model '{model.name}' takes no videos; pass images")
+            images = prompt.extras["image"]
+            images = list(images) if isinstance(images, (list, tuple)) else [images]
+            if len(images) > per_prompt:
+                raise InvalidRequest(f"prompt {i}: {len(images)} images, more than the limit of {per_prompt} per prompt")
+            out.append(make(i, prompt, images, model, allow_files))
+        return out
+
     def cached(self, model: Any, key: Any, read: Callable[[], Any]) -> Any:
         """``read()``'s result for this model's directory and ``key``, read on the first call only."""
         full = (str(Path(model.path).resolve()), key)

@@ -1,11 +1,12 @@
-"""Native NomicBERT and GTE ("new") against their published math, on tiny random checkpoints.
+"""Native NomicBERT (v1.5 and v2-moe) and GTE ("new") against their published math, on tiny random checkpoints.
 
 Both families are remote code on the hub, which poolkit never runs, and transformers' own
 ``NomicBertModel`` / ``GteModel`` cover only part of what their checkpoints configure. So the
 reference here is a plain re-implementation of the published modeling code (nomic-ai's
-``modeling_hf_nomic_bert.py``, Alibaba-NLP's ``new-impl/modeling.py``): one right-padded batch
-with an attention mask, straight from the checkpoint's tensors by their names, nothing shared
-with poolkit's packed code. Where transformers' classes can express a config, they are a second
+``modeling_hf_nomic_bert.py`` with its mixture-of-experts layer, Alibaba-NLP's ``new-impl/modeling.py``):
+one right-padded batch with an attention mask, straight from the checkpoint's tensors by their
+names, nothing shared with poolkit's packed code; the experts are routed token by token there.
+Where transformers' classes can express a config, they are a second
 reference. The checkpoints (``tiny_rotary_encoders``) carry the real config keys and tensor
 names; every batch mixes lengths and holds one long input.
 """
@@ -23,13 +24,13 @@ import torch
 import torch.nn.functional as F
 import transformers as T
 from safetensors.torch import load_file
-from tiny_rotary_encoders import build_gte, build_nomic, nomic_sizes
+from tiny_rotary_encoders import build_gte, build_nomic, nomic_moe_layers, nomic_sizes
 from transformers.activations import ACT2FN
 
-from poolkit import LLM
+from poolkit import LLM, LoRARequest, PoolingParams
 from poolkit.builtin_models import rotary_encoders as rot
 from poolkit.contracts.batch import PackedBatch
-from poolkit.contracts.errors import ModelLoadError
+from poolkit.contracts.errors import InvalidRequest, ModelLoadError
 from poolkit.loading.weights import checkpoint_files, iter_tensors
 from poolkit.plugins import registry
 
@@ -49,6 +50,10 @@ VARIANTS = {
     )),
     "nomic-glu": ("nomic", dict(activation_function="glu", rotary_scaling_factor=4.0, max_trained_positions=32)),
     "nomic-gelu": ("nomic", dict(activation_function="gelu_new", n_inner=48, type_vocab_size=0, mlp_fc1_bias=True)),
+    # nomic-embed-text-v2-moe: layers 1 and 3 route each token to 2 of 4 experts
+    "nomic-moe": ("nomic", dict(moe=True, gain=1.0)),
+    "nomic-moe-top3": ("nomic", dict(moe=True, gain=1.0, num_experts=6, moe_top_k=3, moe_every_n_layers=3,
+                                     rotary_scaling_factor=2.0, max_trained_positions=64)),
     "gte": ("gte", {}),
     "gte-mixed-ntk": ("gte", dict(
         rope_scaling={"type": "ntk", "factor": 4.0, "mixed_b": 0.75}, type_vocab_size=1, layer_norm_type="rms_norm",
@@ -90,8 +95,43 @@ def _attend(q, k, v, mask):
     return (scores.softmax(-1) @ v).transpose(1, 2).flatten(2)
 
 
-def nomic_reference(w: dict, cfg: dict, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """nomic-ai's NomicBertModel (post-norm blocks), as ``modeling_hf_nomic_bert.py`` computes it."""
+#: How :func:`nomic_experts` may route instead of nomic's code, to show the parity test would catch it.
+ROUTING_MISTAKES = ("renormalized", "top-1", "bias-per-expert", "w2-transposed")
+
+
+def nomic_experts(
+    x: torch.Tensor, mask: torch.Tensor, w: dict, p: str, cfg: dict, routing: str = "published"
+) -> torch.Tensor:
+    """nomic's mixture-of-experts layer (``NomicRouter`` + ``NomicExperts``), one token at a time:
+    softmax over every expert in float32 (float64 for a float64 run), the top ``moe_top_k`` kept
+    as they are, each expert ``gelu(x @ w1[e].T) @ w2[e]`` (the configs here are gelu), the shared bias added once.
+    ``routing`` names a mistake of :data:`ROUTING_MISTAKES` to make instead."""
+    experts, k = cfg["num_experts"], cfg["moe_top_k"] if routing != "top-1" else 1
+    hidden = x.shape[-1]
+    w1 = w[p + "mlp.experts.mlp.w1"].view(experts, -1, hidden)
+    w2 = w[p + "mlp.experts.mlp.w2"].view(experts, -1, hidden)
+    router, bias = w[p + "mlp.router.layer.weight"], w[p + "mlp.experts.bias"]
+    wide = torch.promote_types(x.dtype, torch.float32)
+    out = torch.zeros_like(x)
+    for b, t in mask.nonzero().tolist():
+        token = x[b, t]
+        top, chosen = (router @ token).to(wide).softmax(-1).topk(k)
+        if routing == "renormalized":
+            top = top / top.sum()
+        for weight, e in zip(top.tolist(), chosen.tolist()):
+            if routing == "w2-transposed":  # w2 read as [experts, hidden, inner], as a Linear's weight
+                expert = w2.reshape(experts, hidden, -1)[e] @ F.gelu(w1[e] @ token)
+            else:
+                expert = F.gelu(w1[e] @ token) @ w2[e]
+            out[b, t] += weight * (expert + bias if routing == "bias-per-expert" else expert)
+    return out if routing == "bias-per-expert" else out + bias
+
+
+def nomic_reference(
+    w: dict, cfg: dict, ids: torch.Tensor, mask: torch.Tensor, routing: str = "published"
+) -> torch.Tensor:
+    """nomic-ai's NomicBertModel (post-norm blocks), as ``modeling_hf_nomic_bert.py`` computes it;
+    mixture-of-experts layers (:func:`nomic_experts`) where the checkpoint has a router."""
     dtype, eps = w["emb_ln.weight"].dtype, cfg["layer_norm_epsilon"]
     batch, length = ids.shape
     heads = cfg["n_head"]
@@ -132,6 +172,9 @@ def nomic_reference(w: dict, cfg: dict, ids: torch.Tensor, mask: torch.Tensor) -
         qkv = _linear(x, w, p + "attn.Wqkv").view(batch, length, 3, heads, head_dim)
         attn = _linear(_attend(rotary(qkv[:, :, 0]), rotary(qkv[:, :, 1]), qkv[:, :, 2], mask), w, p + "attn.out_proj")
         x = _layer_norm(attn + x, w, p + "norm1", eps)
+        if f"{p}mlp.router.layer.weight" in w:
+            x = _layer_norm(nomic_experts(x, mask, w, p, cfg, routing) + x, w, p + "norm2", eps)
+            continue
         if f"{p}mlp.fc11.weight" in w:
             y, gate = _linear(x, w, p + "mlp.fc11"), _linear(x, w, p + "mlp.fc12")
             h = F.glu(torch.cat([y, gate], dim=-1), dim=-1) if act is torch.sigmoid else y * act(gate)
@@ -200,7 +243,9 @@ def gte_reference(w: dict, cfg: dict, ids: torch.Tensor, mask: torch.Tensor) -> 
     return x
 
 
-def reference_hidden(path: Path, seqs: list[list[int]], dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
+def reference_hidden(
+    path: Path, seqs: list[list[int]], dtype: torch.dtype = torch.float32, **options: str
+) -> list[torch.Tensor]:
     """The published math on one right-padded batch, cut back to each sequence.
 
     NomicBERT's dynamic NTK base depends on the padded length (and, in the published code, on the
@@ -211,16 +256,16 @@ def reference_hidden(path: Path, seqs: list[list[int]], dtype: torch.dtype = tor
     w = {k.removeprefix("new."): v.to(dtype) for k, v in load_file(str(path / "model.safetensors")).items()}
     fn = nomic_reference if "n_embd" in cfg else gte_reference
     if cfg.get("rotary_scaling_factor"):
-        return [r for s in seqs for r in reference_hidden_batch(fn, w, cfg, [s])]
-    return reference_hidden_batch(fn, w, cfg, seqs)
+        return [r for s in seqs for r in reference_hidden_batch(fn, w, cfg, [s], **options)]
+    return reference_hidden_batch(fn, w, cfg, seqs, **options)
 
 
-def reference_hidden_batch(fn, w, cfg, seqs):
+def reference_hidden_batch(fn, w, cfg, seqs, **options):
     width = max(map(len, seqs))
     ids = torch.tensor([s + [0] * (width - len(s)) for s in seqs])
     mask = torch.tensor([[1.0] * len(s) + [0.0] * (width - len(s)) for s in seqs])
     with torch.inference_mode():
-        out = fn(w, cfg, ids, mask)
+        out = fn(w, cfg, ids, mask, **options)
     return [out[i, : len(s)] for i, s in enumerate(seqs)]
 
 
@@ -273,6 +318,164 @@ def test_matches_the_published_math(models: dict[str, Path], name: str) -> None:
     max_diff, min_cos = agreement(run(arch, seqs), reference_hidden(path, seqs))
     assert max_diff <= ATOL, f"{name}: max |diff| {max_diff:.3g}"
     assert min_cos >= MIN_COS, f"{name}: min cosine {min_cos:.7f}"
+
+
+# -- nomic-embed-text-v2-moe ------------------------------------------------------------------------
+
+
+def _routed(arch: rot.RotaryEncoder, seqs: list[list[int]]) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Each mixture-of-experts layer's routing of ``seqs``: ``(top_k probabilities, experts)``, ``[T, k]``."""
+    routes, hooks = {}, []
+    for i, layer in enumerate(arch.layers):
+        if isinstance(layer.mlp, rot.NomicMoE):
+            def keep(module, args, i=i):  # args: the block's input and the linear_act kernel
+                routes[i] = module.route(args[0])
+            hooks.append(layer.mlp.register_forward_pre_hook(keep))
+    run(arch, seqs)
+    for hook in hooks:
+        hook.remove()
+    return routes
+
+
+@pytest.mark.parametrize("name", ["nomic-moe", "nomic-moe-top3"])
+def test_moe_routes_tokens_apart_and_routing_mistakes_show(models: dict[str, Path], name: str) -> None:
+    """The tiny v2-moe routes as the real one must be tested: several experts per token, every
+    expert busy, tokens going to different experts; and each plausible mistake (top-k weights
+    renormalised, top-1, the bias inside each expert, ``w2`` read transposed) moves the output far
+    past the parity tolerance, so the parity test would catch it."""
+    path = models[name]
+    cfg = json.loads((path / "config.json").read_text())
+    arch = load(path)
+    assert [i for i, layer in enumerate(arch.layers) if isinstance(layer.mlp, rot.NomicMoE)] == nomic_moe_layers(cfg)
+    seqs = random_sequences([1, 7, 90, 12, 65], seed=11)
+    routes = _routed(arch, seqs)
+    assert sorted(routes) == nomic_moe_layers(cfg)
+    for top, chosen in routes.values():
+        assert chosen.shape == (sum(map(len, seqs)), cfg["moe_top_k"]) and cfg["moe_top_k"] >= 2
+        assert set(chosen.flatten().tolist()) == set(range(cfg["num_experts"]))
+        assert len({tuple(sorted(row)) for row in chosen.tolist()}) >= cfg["num_experts"]
+        assert (top.sum(-1) < 1 - 1e-3).all()  # the kept probabilities are not renormalised
+    ours = run(arch, seqs)
+    max_diff, _ = agreement(ours, reference_hidden(path, seqs))
+    assert max_diff <= ATOL
+    for mistake in ROUTING_MISTAKES:
+        wrong, _ = agreement(ours, reference_hidden(path, seqs, routing=mistake))
+        assert wrong > 1e-2, (mistake, wrong)
+
+
+def test_moe_embeddings_and_token_states_through_the_api(models: dict[str, Path]) -> None:
+    """nomic-embed-text-v2-moe as its model card runs it: mean pooling, normalised; and every token's state."""
+    path = models["nomic-moe"]
+    llm = LLM(str(path), pooler_config={"pooling_type": "MEAN"})
+    assert llm.model.describe()["implementation"] == "native"
+    tok = llm.model.tokenizer
+    texts = [*TEXTS, "search_query: what is the capital of france?"]
+    seqs = [tok(t)["input_ids"] for t in texts]
+    ref = reference_hidden(path, seqs)
+    want = F.normalize(torch.stack([h.mean(0) for h in ref]), dim=-1)
+    got = torch.tensor([o.outputs.embedding for o in llm.embed(texts)])
+    assert (got - want).abs().max() <= ATOL and F.cosine_similarity(got, want).min() >= MIN_COS
+    states = llm.encode(texts, PoolingParams(use_activation=False), pooling_task="token_embed")
+    max_diff, min_cos = agreement([o.outputs.data for o in states], ref)
+    assert max_diff <= ATOL and min_cos >= MIN_COS, (max_diff, min_cos)
+
+
+@pytest.mark.parametrize("name", ["nomic-moe", "nomic-moe-top3"])
+def test_moe_bfloat16_routes_as_float32_but_for_near_ties(models: dict[str, Path], name: str) -> None:
+    """bf16 against fp32: a token may go to other experts only where its k-th and (k+1)-th experts'
+    fp32 probabilities are within 0.01 of each other (nomic's own bf16 code flips such near ties as
+    well; typical gaps here are 0.04 to 0.09), few tokens do, and the tokens routed alike keep the
+    bf16 bar (mean cosine error to the fp32 reference at most 1e-4)."""
+    from tolerances import BF16_BAR, cosine_errors
+
+    path = models[name]
+    seqs = random_sequences(LENGTHS, seed=6)
+    full, half = load(path), load(path).to(torch.bfloat16)
+    probs, hooks = {}, []
+    for i, layer in enumerate(full.layers):
+        if isinstance(layer.mlp, rot.NomicMoE):
+            def keep(module, args, i=i):
+                probs[i] = F.linear(args[0], module.router.weight).softmax(-1).sort(-1, descending=True).values
+            hooks.append(layer.mlp.register_forward_pre_hook(keep))
+    routes = _routed(full, seqs)
+    for hook in hooks:
+        hook.remove()
+    half_routes = _routed(half, seqs)
+    states = run(half, seqs)
+    assert all(torch.isfinite(h).all() for h in states)
+    rerouted = torch.zeros(sum(map(len, seqs)), dtype=torch.bool)
+    for i, (_, chosen) in routes.items():
+        k = chosen.shape[1]
+        moved = (chosen.sort(-1).values != half_routes[i][1].sort(-1).values).any(-1)
+        gap = probs[i][:, k - 1] - probs[i][:, k]
+        assert (gap[moved] < 0.01).all(), (i, gap[moved])
+        rerouted |= moved
+    assert rerouted.float().mean() <= 0.03, int(rerouted.sum())
+    errors = cosine_errors(states, reference_hidden(path, seqs))
+    assert errors[~rerouted].mean() <= BF16_BAR, float(errors[~rerouted].mean())
+
+
+def _adapter_of(base: Path, out: Path, layers: list[str], seed: int, merge: bool = True) -> tuple[Path, Path]:
+    """A PEFT-format LoRA adapter on the checkpoint's 2-D tensors ``layers`` (random factors), and
+    the checkpoint with it merged (``W + alpha / r * B A``)."""
+    from safetensors.torch import save_file
+
+    r, alpha = 4, 8
+    weights = load_file(str(base / "model.safetensors"))
+    g = torch.Generator().manual_seed(seed)
+    factors = {}
+    for name in layers:
+        tensor = weights[name]
+        layer = name.removesuffix(".weight")
+        a = torch.randn(r, tensor.shape[1], generator=g) * 0.2
+        b = torch.randn(tensor.shape[0], r, generator=g) * 0.2
+        factors[f"base_model.model.{layer}.lora_A.weight"] = a
+        factors[f"base_model.model.{layer}.lora_B.weight"] = b
+        weights[name] = tensor + alpha / r * b @ a
+    adapter, merged = out / "adapter", out / "merged"
+    adapter.mkdir(parents=True)
+    save_file(factors, str(adapter / "adapter_model.safetensors"))
+    targets = sorted({n.removesuffix(".weight").rpartition(".")[2] for n in layers})
+    config = {"peft_type": "LORA", "r": r, "lora_alpha": alpha, "target_modules": targets, "bias": "none"}
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    shutil.copytree(base, merged)
+    save_file(weights, str(merged / "model.safetensors"))
+    return adapter, merged
+
+
+def test_moe_adapters_reach_attention_and_router_and_refuse_the_experts(models: dict[str, Path], tmp_path: Path) -> None:
+    """LoRA on v2-moe: attention, dense feed-forward and router layers take adapters (equal to
+    their merged weights); the experts' stacked ``w1`` / ``w2`` are no linear layers, and an adapter
+    naming them is refused in one line."""
+    base = models["nomic-moe"]
+    layers = ["encoder.layers.1.attn.Wqkv.weight", "encoder.layers.2.mlp.fc1.weight",
+              "encoder.layers.1.mlp.router.layer.weight", "encoder.layers.3.mlp.router.layer.weight"]
+    adapter, merged = _adapter_of(base, tmp_path / "ok", layers, seed=3)
+    pooling = {"pooling_type": "MEAN", "use_activation": False}
+    want = torch.tensor([o.outputs.embedding for o in LLM(str(merged), pooler_config=pooling).embed(TEXTS)])
+    llm = LLM(str(base), enable_lora=True, pooler_config=pooling)
+    request = LoRARequest("moe", 1, str(adapter))
+    got = torch.tensor([o.outputs.embedding for o in llm.embed(TEXTS, lora_request=request)])
+    torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+    plain = torch.tensor([o.outputs.embedding for o in llm.embed(TEXTS)])
+    assert (plain - want).abs().max() > 0.05
+    # the router alone: routing changes, and the adapter still equals its merged weights
+    router, router_merged = _adapter_of(base, tmp_path / "router", layers[2:], seed=4)
+    want = torch.tensor([o.outputs.embedding for o in LLM(str(router_merged), pooler_config=pooling).embed(TEXTS)])
+    got = torch.tensor([o.outputs.embedding for o in llm.embed(TEXTS, lora_request=LoRARequest("router", 2, str(router)))])
+    torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+    # an adapter on the experts' stacked weights
+    experts = tmp_path / "experts"
+    shutil.copytree(adapter, experts)
+    from safetensors.torch import save_file
+
+    save_file({
+        "base_model.model.encoder.layers.1.mlp.experts.mlp.lora_A.weight": torch.randn(4, 32),
+        "base_model.model.encoder.layers.1.mlp.experts.mlp.lora_B.weight": torch.randn(4 * 48, 4),
+    }, str(experts / "adapter_model.safetensors"))
+    with pytest.raises(InvalidRequest, match="has no linear layer for: encoder.layers.1.mlp.experts.mlp") as err:
+        llm.embed(TEXTS[:1], lora_request=LoRARequest("experts", 3, str(experts)))
+    assert "\n" not in str(err.value)
 
 
 def _transformers_nomic(path: Path, out: Path) -> torch.nn.Module:
@@ -353,6 +556,8 @@ def test_the_switches_matter(models: dict[str, Path]) -> None:
                           dict(hidden_act="silu")],
         "gte": [dict(rope_scaling=None)],
         "gte-logn-clip": [dict(logn_attention_clip1=False)],
+        "nomic-moe": [dict(moe_top_k=1), dict(moe_top_k=3)],
+        "nomic-moe-top3": [dict(moe_top_k=2)],
     }
     for name, changes in flips.items():
         theirs = reference_hidden(models[name], seqs)
@@ -361,7 +566,7 @@ def test_the_switches_matter(models: dict[str, Path]) -> None:
             assert max_diff > 1e-3, (name, change)
 
 
-@pytest.mark.parametrize("name", ["nomic-switches", "gte-mixed-ntk"])
+@pytest.mark.parametrize("name", ["nomic-switches", "gte-mixed-ntk", "nomic-moe"])
 def test_batch_invariance(models: dict[str, Path], name: str) -> None:
     arch = load(models[name])
     g = torch.Generator().manual_seed(4)
@@ -460,7 +665,14 @@ def test_sequence_classifier_matches_the_published_head(tmp_path: Path) -> None:
         ("nomic", dict(activation_function="relu"), "activation_function"),
         ("nomic", dict(rotary_emb_fraction=0.0), "rotary_emb_fraction"),
         ("nomic", dict(rotary_emb_fraction=0.3), "rotary_emb_fraction"),
-        ("nomic", dict(moe_every_n_layers=2, num_experts=8), "moe_every_n_layers"),
+        ("nomic", dict(moe_every_n_layers=2, num_experts=8), "moe_top_k"),
+        ("nomic", dict(moe_every_n_layers=2, moe_top_k=2), "num_experts"),
+        ("nomic", dict(moe_every_n_layers=2, num_experts=8, moe_top_k=2), "activation_function"),
+        ("nomic-moe", dict(moe_top_k=5), "moe_top_k"),
+        ("nomic-moe", dict(moe_every_n_layers=-1), "moe_every_n_layers"),
+        ("nomic-moe", dict(moe_normalize_expert_weights=True), "moe_normalize_expert_weights"),
+        ("nomic-moe", dict(num_shared_experts=1), "num_shared_experts"),
+        ("nomic-moe", dict(expert_choice_router=True), "expert_choice_router"),
         ("nomic", dict(num_heads_kv=2), "num_heads_kv"),
         ("gte", dict(rope_scaling={"type": "linear", "factor": 2.0}), "rope_scaling"),
         ("gte", dict(rope_scaling={"type": "dynamic", "factor": 2.0}), "rope_scaling"),
@@ -484,6 +696,9 @@ def test_uncovered_configs_are_refused_naming_the_field(
         ("nomic", "encoder.layers.0.mlp.fc12.weight"),
         ("nomic", "emb_ln.bias"),
         ("nomic-switches", "encoder.layers.1.attn.out_proj.bias"),
+        ("nomic-moe", "encoder.layers.1.mlp.router.layer.weight"),
+        ("nomic-moe", "encoder.layers.3.mlp.experts.mlp.w2"),
+        ("nomic-moe", "encoder.layers.3.mlp.experts.bias"),
         ("gte", "encoder.layer.1.mlp.up_gate_proj.weight"),
         ("gte", "embeddings.LayerNorm.weight"),
     ],
@@ -510,6 +725,8 @@ def test_config_and_checkpoint_must_agree(models: dict[str, Path]) -> None:
         LLM(str(models["nomic"]), hf_overrides={"n_embd": 30})
     with pytest.raises(ModelLoadError, match=r"2 \* intermediate_size is 2 \* 64 = 128, but the weights hold 96"):
         LLM(str(models["gte"]), hf_overrides={"intermediate_size": 64})
+    with pytest.raises(ModelLoadError, match=r"hf_overrides num_experts is 8, but the weights hold 4 \('encoder.layers.1.mlp"):
+        LLM(str(models["nomic-moe"]), hf_overrides={"num_experts": 8})
 
 
 def test_task_checkpoints_load_the_encoder(tmp_path: Path) -> None:

@@ -276,3 +276,18 @@ def test_truncation_switch_in_tokenization_kwargs(cross_encoder):
         llm.score(QUERY, long_doc, tokenization_kwargs={"truncation": "only_first"})
     with pytest.raises(InvalidRequest, match="turns truncation off"):
         llm.score(QUERY, long_doc, tokenization_kwargs={"truncation": False, "truncate_prompt_tokens": 5})
+
+
+def test_string_content_reaches_a_template_that_loops_over_parts():
+    """vLLM's "openai" content format: a template that loops over ``message['content']`` (VLM2Vec's
+    vlm2vec_phi3v.jinja) gets a string content as one text part; other templates get the string."""
+    from poolkit.inputs.chat import content_as_parts
+
+    loops = "{%- for message in messages -%}{%- for part in message['content'] -%}{{ part['text'] }}{%- endfor -%}{%- endfor -%}"
+    dotted = "{% for m in messages %}{% for p in m.content %}{{ p.text }}{% endfor %}{% endfor %}"
+    plain = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    messages = [{"role": "user", "content": "hello"}, {"role": "user", "content": [{"type": "text", "text": "x"}]}]
+    for template in (loops, dotted):
+        assert content_as_parts(template, messages) == [
+            {"role": "user", "content": [{"type": "text", "text": "hello"}]}, messages[1]]
+    assert content_as_parts(plain, messages) == messages

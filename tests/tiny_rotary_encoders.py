@@ -1,4 +1,5 @@
-"""Tiny random NomicBERT and GTE ("new") checkpoints, as their hub repositories lay them out.
+"""Tiny random NomicBERT (v1.5, and v2-moe with its experts) and GTE ("new") checkpoints, as their
+hub repositories lay them out.
 
 transformers has no class for these remote-code checkpoints' own config fields, so the builders
 write ``config.json`` with the real checkpoints' keys (nomic-embed-text-v1.5's ``n_embd``,
@@ -72,6 +73,37 @@ NOMIC_CONFIG = {
     "use_xentropy": True,
 }
 
+#: nomic-ai/nomic-embed-text-v2-moe's config.json, sized down: every second layer (1, 3) a mixture of
+#: four experts, each token going to two; biases everywhere, one token type, the exact GELU.
+NOMIC_MOE_CONFIG = {
+    **NOMIC_CONFIG,
+    "activation_function": "gelu",
+    "embd_pdrop": 0.0,
+    "expert_choice_router": False,
+    "ffn_div": 1,
+    "layer_norm_epsilon": 1e-05,
+    "max_trained_positions": 2048,
+    "mlp_fc1_bias": True,
+    "mlp_fc2_bias": True,
+    "moe_every_n_layers": 2,
+    "moe_impl": "megablocks",
+    "moe_normalize_expert_weights": False,
+    "moe_resid_pdrop": 0.0,
+    "moe_top_k": 2,
+    "n_inner": 48,
+    "n_layer": 4,
+    "n_positions": 2048,
+    "num_experts": 4,
+    "num_shared_experts": 0,
+    "pad_token_id": 1,
+    "qkv_proj_bias": True,
+    "rotary_emb_base": 10000,
+    "router_aux_loss_coef": 0.1,
+    "transformers_version": "4.49.0",
+    "type_vocab_size": 1,
+    "use_rms_norm": None,
+}
+
 #: Alibaba-NLP/gte-base-en-v1.5's config.json, sized down.
 GTE_CONFIG = {
     "architectures": ["NewModel"],
@@ -122,15 +154,20 @@ def nomic_sizes(config: dict) -> tuple[int, int]:
     return vocab, inner
 
 
-def _draw(shapes: dict[str, tuple[int, ...]], seed: int, gain: float) -> dict[str, torch.Tensor]:
-    """Matrices with std ``gain / sqrt(fan_in)``, embeddings with std 1, norm weights around 1 and
-    biases around 0 (std 0.2), so a dropped or misplaced tensor shows."""
+def _draw(
+    shapes: dict[str, tuple[int, ...]], seed: int, gain: float, fan_in: dict[str, int] | None = None
+) -> dict[str, torch.Tensor]:
+    """Matrices with std ``gain / sqrt(fan_in)`` (the columns, unless ``fan_in`` says otherwise),
+    embeddings with std 1, norm weights around 1 and biases around 0 (std 0.2), so a dropped or
+    misplaced tensor shows."""
     g = torch.Generator().manual_seed(seed)
     out = {}
     for name, shape in shapes.items():
         t = torch.randn(shape, generator=g)
         if "embeddings" in name:
             out[name] = t
+        elif name in (fan_in or {}):
+            out[name] = t * gain / fan_in[name] ** 0.5
         elif len(shape) == 2:
             out[name] = t * gain / shape[1] ** 0.5
         elif name.endswith("weight"):
@@ -150,10 +187,21 @@ def _save(out: Path, config: dict, tensors: dict[str, torch.Tensor], tok) -> Pat
     return out
 
 
-def build_nomic(out: Path, seed: int = 0, gain: float = 1.5, prefix: str = "", **overrides: object) -> Path:
-    """A tiny NomicBERT with nomic-embed-text-v1.5's config keys (``overrides`` changed) and tensor names."""
+def nomic_moe_layers(config: dict) -> list[int]:
+    """The layers nomic's code gives experts: index ``i`` with ``i % moe_every_n_layers == 1``."""
+    every = config.get("moe_every_n_layers") or 0
+    return [i for i in range(config["n_layer"]) if every and i % every == 1]
+
+
+def build_nomic(
+    out: Path, seed: int = 0, gain: float = 1.5, prefix: str = "", moe: bool = False, **overrides: object
+) -> Path:
+    """A tiny NomicBERT with nomic-embed-text-v1.5's config keys (``overrides`` changed) and tensor
+    names; with ``moe``, nomic-embed-text-v2-moe's (:data:`NOMIC_MOE_CONFIG`), its mixture-of-experts
+    layers holding ``mlp.router.layer.weight`` ``[experts, hidden]``, ``mlp.experts.mlp.w1`` and
+    ``w2`` ``[experts * inner, hidden]`` and ``mlp.experts.bias`` ``[hidden]`` instead of ``fc1`` / ``fc2``."""
     tok = wordpiece_tokenizer(model_max_length=1024)
-    config = {**NOMIC_CONFIG, "vocab_size": len(tok), **overrides}
+    config = {**(NOMIC_MOE_CONFIG if moe else NOMIC_CONFIG), "vocab_size": len(tok), **overrides}
     vocab, inner = nomic_sizes(config)
     hidden, gated = config["n_embd"], config["activation_function"] in NOMIC_GATED
     shapes: dict[str, tuple[int, ...]] = {
@@ -163,20 +211,32 @@ def build_nomic(out: Path, seed: int = 0, gain: float = 1.5, prefix: str = "", *
     }
     if config["type_vocab_size"]:
         shapes["embeddings.token_type_embeddings.weight"] = (config["type_vocab_size"], hidden)
+    fan_in = {}
     for i in range(config["n_layer"]):
         layer = f"encoder.layers.{i}."
         linears = {"attn.Wqkv": (3 * hidden, hidden, config["qkv_proj_bias"]),
-                   "attn.out_proj": (hidden, hidden, config["qkv_proj_bias"]),
-                   "mlp.fc2": (hidden, inner, config["mlp_fc2_bias"])}
-        for fc in ("fc11", "fc12") if gated else ("fc1",):
-            linears[f"mlp.{fc}"] = (inner, hidden, config["mlp_fc1_bias"])
+                   "attn.out_proj": (hidden, hidden, config["qkv_proj_bias"])}
+        if i in nomic_moe_layers(config):
+            experts = config["num_experts"]
+            shapes[f"{layer}mlp.router.layer.weight"] = (experts, hidden)
+            shapes[f"{layer}mlp.experts.mlp.w1"] = shapes[f"{layer}mlp.experts.mlp.w2"] = (experts * inner, hidden)
+            shapes[f"{layer}mlp.experts.bias"] = (hidden,)
+            fan_in[f"{layer}mlp.experts.mlp.w2"] = inner  # applied untransposed: x @ w2[e]
+        else:
+            linears["mlp.fc2"] = (hidden, inner, config["mlp_fc2_bias"])
+            for fc in ("fc11", "fc12") if gated else ("fc1",):
+                linears[f"mlp.{fc}"] = (inner, hidden, config["mlp_fc1_bias"])
         for name, (rows, cols, bias) in linears.items():
             shapes[f"{layer}{name}.weight"] = (rows, cols)
             if bias:
                 shapes[f"{layer}{name}.bias"] = (rows,)
         for norm in ("norm1", "norm2"):
             shapes[f"{layer}{norm}.weight"] = shapes[f"{layer}{norm}.bias"] = (hidden,)
-    tensors = {prefix + k: v for k, v in _draw(shapes, seed, gain).items()}
+    tensors = _draw(shapes, seed, gain, fan_in)
+    if moe and "embeddings.token_type_embeddings.weight" in tensors:
+        # Small, as trained: at std 1 the one token type every token gets dominates, and all route alike.
+        tensors["embeddings.token_type_embeddings.weight"] *= 0.1
+    tensors = {prefix + k: v for k, v in tensors.items()}
     return _save(out, config, tensors, tok)
 
 

@@ -31,7 +31,6 @@ from typing import Any, Callable, ClassVar, Collection, Iterable, Mapping
 import torch
 from torch import nn
 
-from poolkit.contracts.batch import PackedBatch
 from poolkit.contracts.config_checks import ConfigChecks
 from poolkit.contracts.errors import ModelLoadError
 from poolkit.loading.weights import load_into, warn_unused
@@ -46,9 +45,6 @@ from ..vision_language import (
     CheckpointLayout,
     FeedForward,
     VisionLanguageModel,
-    batch_media,
-    merge_multimodal_embeddings,
-    placeholder_rows,
 )
 from .processor import LlavaNextProcessor
 
@@ -211,22 +207,9 @@ class LlavaNextForConditionalGeneration(VisionLanguageModel):
 
     # -- the forward pass ----------------------------------------------------------------------
 
-    def forward(self, batch: PackedBatch) -> torch.Tensor:
-        lm = self.language_model
-        x = lm.embed(batch.input_ids)
-        media = batch_media(batch)
-        if media is not None:
-            x = self._merge_images(x, batch, media)
-        return lm.decode(x, batch, lm.rotary(batch.positions, x.dtype))
-
-    def _merge_images(self, x: torch.Tensor, batch: PackedBatch, media: list[dict | None]) -> torch.Tensor:
-        """The embeddings with each ``<image>`` row replaced by its image feature, in order."""
-        found = placeholder_rows(batch, media, {"image": self.image_token})
-        if not found:
-            return x
+    def image_features_of(self, found: list[tuple[dict, Any, Any]]) -> torch.Tensor:
         layouts = [tuple(r) for m, _, _ in found for r in torch.cat((m["image_grid"], m["image_sizes"]), dim=1).tolist()]
-        features = self.image_features(torch.cat([m["image_pixels"] for m, _, _ in found]), layouts)
-        return merge_multimodal_embeddings(x, [rows for _, _, rows in found], features, "image")[0]
+        return self.image_features(torch.cat([m["image_pixels"] for m, _, _ in found]), layouts)
 
     def image_features(self, pixels: torch.Tensor, layouts: list[tuple[int, int, int, int]]) -> torch.Tensor:
         """``[features, hidden]`` of all images, one after another: each image's base tile, then its

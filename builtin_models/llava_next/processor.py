@@ -32,7 +32,6 @@ from ...io_processors.image import (
     ImageProcessor,
     MediaProcessor,
     decode_limits,
-    media_per_prompt,
     read_processor_config,
 )
 from ..vision_language import CLIP_MEAN, CLIP_STD, to_rgb
@@ -176,25 +175,11 @@ class LlavaNextProcessor(MediaProcessor):
     """
 
     def pre_process(self, data: Any, request_id: str | None = None) -> Sequence[Prompt]:
-        data = self.parse_data(data)
-        model = data["model"]
-        allow_files = bool(data.get("allow_local_files", True))
-        settings = self.settings(model)
-        limits = decode_limits(model)
-        per_prompt = media_per_prompt(model, "image")
-        out = []
-        for i, prompt in enumerate(data["prompts"]):
-            if "image" not in prompt.extras and "video" not in prompt.extras:
-                out.append(prompt)
-                continue
-            if "video" in prompt.extras:
-                raise InvalidRequest(f"prompt {i}: model '{model.name}' takes no videos; pass images")
-            images = prompt.extras["image"]
-            images = list(images) if isinstance(images, (list, tuple)) else [images]
-            if len(images) > per_prompt:
-                raise InvalidRequest(f"prompt {i}: {len(images)} images, more than the limit of {per_prompt} per prompt")
-            out.append(self._prompt(i, prompt, images, model, settings, limits, allow_files))
-        return out
+        return self.image_prompts(
+            data, lambda i, prompt, images, model, allow_files: self._prompt(
+                i, prompt, images, model, self.settings(model), decode_limits(model), allow_files
+            ),
+        )
 
     def _prompt(
         self, index: int, prompt: Prompt, images: list[Any], model: Any, settings: TileSettings,

@@ -32,7 +32,6 @@ from typing import Any, Callable, ClassVar, Collection, Iterable, Mapping
 import torch
 from torch import nn
 
-from poolkit.contracts.batch import PackedBatch
 from poolkit.contracts.config_checks import ConfigChecks, source
 from poolkit.contracts.errors import ModelLoadError
 from poolkit.loading.weights import load_into, warn_unused
@@ -46,9 +45,6 @@ from ..vision_language import (
     Activation,
     CheckpointLayout,
     VisionLanguageModel,
-    batch_media,
-    merge_multimodal_embeddings,
-    placeholder_rows,
 )
 from .processor import IMG_CONTEXT, LlamaNemotronVLProcessor
 
@@ -258,21 +254,8 @@ class LlamaNemotronVLModel(VisionLanguageModel):
 
     # -- the forward pass ----------------------------------------------------------------------
 
-    def forward(self, batch: PackedBatch) -> torch.Tensor:
-        lm = self.language_model
-        x = lm.embed(batch.input_ids)
-        media = batch_media(batch)
-        if media is not None:
-            x = self._merge_images(x, batch, media)
-        return lm.decode(x, batch, lm.rotary(batch.positions, x.dtype))
-
-    def _merge_images(self, x: torch.Tensor, batch: PackedBatch, media: list[dict | None]) -> torch.Tensor:
-        """The embeddings with each ``<IMG_CONTEXT>`` row replaced by its image feature, in order."""
-        found = placeholder_rows(batch, media, {"image": self.image_token})
-        if not found:
-            return x
-        features = self.image_features(torch.cat([m["image_pixels"] for m, _, _ in found]))
-        return merge_multimodal_embeddings(x, [rows for _, _, rows in found], features, "image")[0]
+    def image_features_of(self, found: list[tuple[dict, Any, Any]]) -> torch.Tensor:
+        return self.image_features(torch.cat([m["image_pixels"] for m, _, _ in found]))
 
     def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """``[features, hidden]`` of ``[tiles, 3, S, S]`` tiles, tile after tile: each tile's

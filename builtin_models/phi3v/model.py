@@ -32,7 +32,6 @@ from typing import Any, Callable, ClassVar, Collection, Iterable, Mapping
 import torch
 from torch import nn
 
-from poolkit.contracts.batch import PackedBatch
 from poolkit.contracts.config_checks import ConfigChecks, layers_held
 from poolkit.contracts.errors import ModelLoadError
 from poolkit.loading.weights import load_into, warn_unused
@@ -45,9 +44,6 @@ from ..vision_language import (
     CheckpointLayout,
     FeedForward,
     VisionLanguageModel,
-    batch_media,
-    merge_multimodal_embeddings,
-    placeholder_rows,
 )
 from .config import ImageSettings, image_settings
 from .processor import Phi3VProcessor
@@ -202,22 +198,9 @@ class Phi3VForCausalLM(VisionLanguageModel):
 
     # -- the forward pass ----------------------------------------------------------------------
 
-    def forward(self, batch: PackedBatch) -> torch.Tensor:
-        lm = self.language_model
-        x = lm.embed(batch.input_ids)
-        media = batch_media(batch)
-        if media is not None:
-            x = self._merge_images(x, batch, media)
-        return lm.decode(x, batch, lm.batch_rotary(batch, x.dtype))
-
-    def _merge_images(self, x: torch.Tensor, batch: PackedBatch, media: list[dict | None]) -> torch.Tensor:
-        """The embeddings with each ``<|image|>`` row replaced by its image feature, in order."""
-        found = placeholder_rows(batch, media, {"image": self.image_token})
-        if not found:
-            return x
+    def image_features_of(self, found: list[tuple[dict, Any, Any]]) -> torch.Tensor:
         grids = [tuple(g) for m, _, _ in found for g in m["image_grid"].tolist()]
-        features = self.image_features(torch.cat([m["image_pixels"] for m, _, _ in found]), grids)
-        return merge_multimodal_embeddings(x, [rows for _, _, rows in found], features, "image")[0]
+        return self.image_features(torch.cat([m["image_pixels"] for m, _, _ in found]), grids)
 
     def image_features(self, pixels: torch.Tensor, grids: list[tuple[int, int]]) -> torch.Tensor:
         """``[features, hidden]`` of all images, one after another, as the HD transform lays them

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from poolkit.contracts.errors import InvalidRequest
 from poolkit.contracts.io import Prompt
 
-from ...io_processors.image import ImageProcessor, MediaProcessor, decode_limits, media_per_prompt, read_processor_config
+from ...io_processors.image import ImageProcessor, MediaProcessor, decode_limits, read_processor_config
 from ..vision_language import CLIP_MEAN, CLIP_STD, to_rgb
 from .config import image_feature_count, image_settings
 
@@ -134,23 +134,7 @@ class Phi3VProcessor(MediaProcessor):
     """
 
     def pre_process(self, data: Any, request_id: str | None = None) -> Sequence[Prompt]:
-        data = self.parse_data(data)
-        model = data["model"]
-        allow_files = bool(data.get("allow_local_files", True))
-        per_prompt = media_per_prompt(model, "image")
-        out = []
-        for i, prompt in enumerate(data["prompts"]):
-            if "image" not in prompt.extras and "video" not in prompt.extras:
-                out.append(prompt)
-                continue
-            if "video" in prompt.extras:
-                raise InvalidRequest(f"prompt {i}: model '{model.name}' takes no videos; pass images")
-            images = prompt.extras["image"]
-            images = list(images) if isinstance(images, (list, tuple)) else [images]
-            if len(images) > per_prompt:
-                raise InvalidRequest(f"prompt {i}: {len(images)} images, more than the limit of {per_prompt} per prompt")
-            out.append(self._prompt(i, prompt, images, model, allow_files))
-        return out
+        return self.image_prompts(data, self._prompt)
 
     def _prompt(self, index: int, prompt: Prompt, images: list[Any], model: Any, allow_files: bool) -> Prompt:
         if prompt.text is None and prompt.token_ids is not None:

@@ -9,6 +9,8 @@ costs nothing; the rendering itself is work for the thread that tokenizes.
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -100,9 +102,27 @@ def checked_text(text: str, where: str) -> None:
         raise InvalidRequest(str(exc), param=where) from None
 
 
+#: A template loop over a message's content (``for part in message['content']`` / ``message.content``):
+#: the template takes OpenAI's list of parts, as vLLM detects its "openai" content format.
+_CONTENT_LOOP = re.compile(r"\{%-?\s*for\s+\w+\s+in\s+\w+\s*(?:\[\s*['\"]content['\"]\s*\]|\.content\b)")
+
+
+def content_as_parts(template: str, messages: Sequence[Any]) -> list[Any]:
+    """``messages`` as ``template`` reads them: a string content becomes one text part when the
+    template loops over each message's parts (vLLM's "openai" content format), so a plain string
+    renders as its text rather than as nothing."""
+    if not _CONTENT_LOOP.search(template):
+        return list(messages)
+    return [
+        {**m, "content": [{"type": "text", "text": m["content"]}]} if isinstance(m, dict) and isinstance(m.get("content"), str) else m
+        for m in messages
+    ]
+
+
 def renderer(tokenizer: Any, template: str, chat: Chat, messages: Sequence[Any] | None = None) -> Callable[[], str]:
     """The rendering of ``chat`` (or of ``messages``, its parts already rewritten) as text, to run
-    on the thread that tokenizes.
+    on the thread that tokenizes; string contents given as parts to a template that loops over
+    them (:func:`content_as_parts`).
 
     Raises:
         InvalidRequest: when called, a template that fails on these messages.
@@ -111,7 +131,7 @@ def renderer(tokenizer: Any, template: str, chat: Chat, messages: Sequence[Any] 
     def render() -> str:
         try:
             return tokenizer.apply_chat_template(
-                list(chat.messages if messages is None else messages),
+                content_as_parts(template, chat.messages if messages is None else messages),
                 chat_template=template,
                 tokenize=False,
                 add_generation_prompt=chat.add_generation_prompt,

@@ -1,12 +1,15 @@
 # Port of vllm tests/entrypoints/pooling/embed/test_online_vision.py
-# TIGER-Lab/VLM2Vec-Full (Phi-3-Vision, remote code: poolkit refuses it, naming Qwen3-VL instead)
-# served with --max-model-len 2048 (here 512, the tiny model's positions), --chat-template
-# vlm2vec_phi3v.jinja and --limit-mm-per-prompt {"image": 2} -> a tiny
-# random Qwen2VLForConditionalGeneration (tests/tiny_models.build_qwen2_vl, 64 wide) with a chat
-# template that writes Qwen2-VL's image placeholder, behind the in-process app. vLLM's usage counts
-# (14, 767) are VLM2Vec's tokenizer and image crops: here the counts of the same rendered prompt with
-# transformers' own Qwen2-VL image processor expanding the placeholder (get_hf_prompt_tokens).
-# The four image assets (a JPEG photo, a grey palette PNG, an RGB PNG, an RGBA PNG) are made here.
+# TIGER-Lab/VLM2Vec-Full (Phi-3.5-Vision, Phi3VForCausalLM, served natively) -> a tiny random
+# VLM2Vec laid out as the published checkpoint (tests/tiny_phi3v.build_phi3v: a 64-wide Phi-3
+# decoder, a CLIP tower on 16-pixel crops, num_crops 4 as VLM2Vec-Full's), served with vLLM's
+# examples/pooling/embed/template/vlm2vec_phi3v.jinja (its text below), --max-num-seqs 5 and
+# --limit-mm-per-prompt {"image": 2} behind the in-process app; --max-model-len 2048 -> 1024, the
+# tiny model's positions. vLLM's usage counts (14, 767) are VLM2Vec's tokenizer and 336-pixel crops:
+# here the counts of the same rendered prompt with the tiny checkpoint's tokenizer, and, with an
+# image, as the published Phi3VProcessor counts it (tests/test_phi3v.Reference.input_ids: every
+# piece tokenized with <s>, <|image_1|> as its crops' features), as vLLM's get_hf_prompt_tokens does.
+# The images (cat_snow.jpg for image_base64, and the four TEST_IMAGE_ASSETS: a JPEG photo, a grey
+# palette PNG, an RGB PNG, an RGBA PNG) are made here; vLLM downloads them.
 # DEPARTURE (test_chat_image_url_request): remote image URLs are refused with a 400 unless the server
 # names their host in --allowed-media-domains (poolkit fetches nothing named by request data by
 # default); the same request with the image as a data URI is test_chat_image_base64_request.
@@ -22,16 +25,29 @@ from PIL import Image
 from poolkit import LLM
 from poolkit.entrypoints.server import create_app
 
-MODEL_NAME = "qwen2-vl-stand-in"
+MODEL_NAME = "vlm2vec-stand-in"
 MAXIMUM_IMAGES = 2
-HIDDEN = 64
-IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
-CHAT_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
-    "{{ message['content'] }}{% else %}{% for content in message['content'] %}"
-    "{% if content['type'] == 'image' %}" + IMAGE + "{% elif content['type'] == 'text' %}{{ content['text'] }}"
-    "{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
-)
+HIDDEN = 64  # the tiny decoder's width (VLM2Vec-Full: 3072)
+
+# vLLM's examples/pooling/embed/template/vlm2vec_phi3v.jinja
+CHAT_TEMPLATE = """\
+{%- if messages | length > 1 -%}
+    {{ raise_exception('Embedding models should only embed one message at a time') }}
+{%- endif -%}
+
+{% set vars = namespace(parts=[], next_image_id=1) %}
+{%- for message in messages -%}
+    {%- for content in message['content'] -%}
+        {%- if content['type'] == 'text' -%}
+            {%- set vars.parts = vars.parts + [content['text']] %}
+        {%- elif content['type'] == 'image' -%}
+            {%- set vars.parts = vars.parts + ['<|image_{i:d}|>'.format(i=vars.next_image_id)] %}
+            {%- set vars.next_image_id = vars.next_image_id + 1 %}
+        {%- endif -%}
+    {%- endfor -%}
+{%- endfor -%}
+{{ vars.parts | join(' ') }}
+"""
 
 input_text = "The best thing about vLLM is that it supports many different models"
 image_url = "https://vllm-public-assets.s3.us-west-2.amazonaws.com/multimodal_asset/cat_snow.jpg"
@@ -48,27 +64,28 @@ def _assets() -> dict[str, str]:
 
     grey = picture(40, 56, 1, "L").convert("P")
     return {
-        "photo.jpg": _uri(picture(48, 64, 0), "JPEG"),
+        "2560px-Gfp-wisconsin-madison-the-nature-boardwalk.jpg": _uri(picture(48, 64, 0), "JPEG"),
         "Grayscale_8bits_palette_sample_image.png": _uri(grey, "PNG"),
-        "Venn_diagram_rgb.png": _uri(picture(30, 70, 2), "PNG"),
+        "1280px-Venn_diagram_rgb.svg.png": _uri(picture(30, 70, 2), "PNG"),
         "RGBA_comp.png": _uri(picture(50, 36, 3, "RGBA"), "PNG"),
     }
 
 
+# Test different image extensions (JPG/PNG) and formats (gray/RGB/RGBA)
 TEST_IMAGE_ASSETS = list(_assets())
 
 
 @pytest.fixture(scope="module")
 def model_dir(vllm_models_root):
-    from tiny_models import build_qwen2_vl
+    from tiny_phi3v import build_phi3v
 
-    return build_qwen2_vl(vllm_models_root / "qwen2-vl")
+    return build_phi3v(vllm_models_root / "vlm2vec-full")
 
 
 @pytest.fixture(scope="module")
 def server(model_dir):
     llm = LLM(
-        str(model_dir), runner="pooling", max_model_len=512, max_num_seqs=5, enforce_eager=True,
+        str(model_dir), runner="pooling", max_model_len=1024, max_num_seqs=5, enforce_eager=True,
         trust_remote_code=True, limit_mm_per_prompt={"image": MAXIMUM_IMAGES},
     )
     with TestClient(create_app(llm, served_model_name=MODEL_NAME, chat_template=CHAT_TEMPLATE)) as client:
@@ -76,34 +93,45 @@ def server(model_dir):
 
 
 @pytest.fixture(scope="module")
+def hf_processor(model_dir):
+    """The published processor's counts, written out in tests/test_phi3v.py (num_crops 4, as vLLM asks)."""
+    from test_phi3v import Reference
+
+    return Reference(model_dir, num_crops=4)
+
+
+@pytest.fixture(scope="module")
 def image_base64():
-    return {"url": _assets()["photo.jpg"]}
+    from tiny_models import picture
+
+    return {"url": _uri(picture(56, 72, 4), "JPEG")}  # cat_snow.jpg's stand-in
 
 
-def get_hf_prompt_tokens(model_dir, messages, image_uri: str | None) -> int:
-    """The rendered prompt's tokens with transformers' Qwen2-VL image processor expanding the placeholder."""
-    from transformers import AutoImageProcessor, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    rendered = [{**m, "content": m["content"] if isinstance(m["content"], str) else [
+def get_hf_prompt_tokens(hf_processor, messages, image_uri: str | None) -> int:
+    """The tokens of the prompt vlm2vec_phi3v.jinja renders: the text alone as the tokenizer cuts it
+    (a chat is tokenized without special tokens), with an image as Phi3VProcessor counts it. A string
+    content is one text part, as vLLM gives it to a template that loops over the parts."""
+    tok = hf_processor.tok
+    rendered = [{**m, "content": [{"type": "text", "text": m["content"]}] if isinstance(m["content"], str) else [
         {"type": "image"} if p["type"] == "image_url" else p for p in m["content"]]} for m in messages]
     text = tok.apply_chat_template(rendered, chat_template=CHAT_TEMPLATE, tokenize=False)
-    n = len(tok(text, add_special_tokens=False)["input_ids"])
     if image_uri is None:
-        return n
+        return len(tok(text, add_special_tokens=False)["input_ids"])
     image = Image.open(io.BytesIO(base64.b64decode(image_uri.split(",", 1)[1])))
-    grid = AutoImageProcessor.from_pretrained(model_dir)(images=[image], return_tensors="pt")["image_grid_thw"][0]
-    return n - 1 + int(grid.prod()) // 4
+    return len(hf_processor.input_ids(text, [hf_processor.pixels(image)[1]]))
 
 
 @pytest.mark.parametrize("model_name", [MODEL_NAME])
-def test_chat_text_request(server, model_dir, model_name: str):
+def test_chat_text_request(server, hf_processor, model_name: str):
     messages = [
         {
             "role": "user",
             "content": input_text,
         },
     ]
+
+    # note: vlm2vec_phi3v.jinja
+    # Embedding models should only embed one message at a time.
 
     response = server.post("v1/embeddings", json={"model": model_name, "messages": messages})
     response.raise_for_status()
@@ -112,7 +140,7 @@ def test_chat_text_request(server, model_dir, model_name: str):
     assert len(output["data"]) == 1
     assert output["model"] == MODEL_NAME
     assert len(output["data"][0]["embedding"]) == HIDDEN
-    assert output["usage"]["prompt_tokens"] == get_hf_prompt_tokens(model_dir, messages, None)
+    assert output["usage"]["prompt_tokens"] == get_hf_prompt_tokens(hf_processor, messages, None)
 
 
 @pytest.mark.parametrize("model_name", [MODEL_NAME])
@@ -134,7 +162,7 @@ def test_chat_image_url_request(server, model_name: str):
 
 
 @pytest.mark.parametrize("model_name", [MODEL_NAME])
-def test_chat_image_base64_request(server, model_dir, model_name: str, image_base64: dict):
+def test_chat_image_base64_request(server, hf_processor, model_name: str, image_base64: dict):
     messages = [
         {
             "role": "user",
@@ -152,7 +180,7 @@ def test_chat_image_base64_request(server, model_dir, model_name: str, image_bas
     assert len(output["data"]) == 1
     assert output["model"] == MODEL_NAME
     assert len(output["data"][0]["embedding"]) == HIDDEN
-    assert output["usage"]["prompt_tokens"] == get_hf_prompt_tokens(model_dir, messages, image_base64["url"])
+    assert output["usage"]["prompt_tokens"] == get_hf_prompt_tokens(hf_processor, messages, image_base64["url"])
 
 
 @pytest.mark.parametrize("model_name", [MODEL_NAME])
@@ -186,7 +214,7 @@ def test_chat_image_with_media_io_kwargs(server, model_name: str):
 
 @pytest.mark.parametrize("model_name", [MODEL_NAME])
 @pytest.mark.parametrize("image_url", TEST_IMAGE_ASSETS)
-def test_image_embedding(server, model_dir, model_name: str, image_url: str):
+def test_image_embedding(server, hf_processor, model_name: str, image_url: str):
     content_text = "Represent the given image."
     uri = _assets()[image_url]
     messages = [
@@ -203,7 +231,7 @@ def test_image_embedding(server, model_dir, model_name: str, image_url: str):
     response.raise_for_status()
     embeddings = response.json()
 
-    hf_prompt_tokens = get_hf_prompt_tokens(model_dir, messages, uri)
+    hf_prompt_tokens = get_hf_prompt_tokens(hf_processor, messages, uri)
 
     assert embeddings["id"] is not None
     assert len(embeddings["data"]) == 1

@@ -1,6 +1,7 @@
 # Port of vllm tests/entrypoints/pooling/reward/test_offline.py
-# internlm/internlm2-1_8b-reward (remote code: InternLM2 + a one-output v_head on every token) ->
-# a tiny Qwen2ForTokenClassification with one label (conftest ``internlm_reward_dir``).
+# internlm/internlm2-1_8b-reward -> a tiny random InternLM2ForRewardModel laid out as the hub's
+# (tests/tiny_internlm2.py: InternLM2's config keys and tensor names, a one-output v_head on every
+# token), which poolkit runs natively; no remote code runs (trust_remote_code is accepted and ignored).
 # Not ported: test_config (asserts vLLM engine settings, llm.llm_engine.vllm_config.cache_config /
 # scheduler_config: prefix caching and chunked prefill, which poolkit's engine does not have).
 import pytest
@@ -13,9 +14,17 @@ prompts = ["The chef prepared a delicious meal."]
 
 
 @pytest.fixture(scope="module")
-def llm(internlm_reward_dir):
+def internlm2_reward_dir(tmp_path_factory):
+    from tiny_internlm2 import build_internlm2_reward
+
+    path, _ = build_internlm2_reward(tmp_path_factory.mktemp("internlm2") / "internlm2-1_8b-reward")
+    return path
+
+
+@pytest.fixture(scope="module")
+def llm(internlm2_reward_dir):
     return LLM(
-        model=str(internlm_reward_dir),
+        model=str(internlm2_reward_dir),
         max_num_batched_tokens=32768,
         tensor_parallel_size=1,
         gpu_memory_utilization=0.75,
