@@ -202,3 +202,32 @@ def test_ernie_model_pools_the_mean_as_vllm(tmp_path: Path) -> None:
     mask = enc["attention_mask"].unsqueeze(-1)
     want = F.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
     assert (embeddings(llm, TEXTS[:2]) - want).abs().max() <= ATOL
+
+
+# -- RoBERTa MLM checkpoints ------------------------------------------------------------------------
+
+
+def test_roberta_for_masked_lm_checkpoint_embeds_with_the_encoder(tmp_path: Path) -> None:
+    """vLLM's ``RobertaForMaskedLM`` row: the checkpoint's encoder (under ``roberta.``, its
+    ``lm_head`` skipped) serves embeddings, CLS pooled, as transformers' RobertaModel computes them."""
+    from tiny_models import wordpiece_tokenizer
+
+    tok = wordpiece_tokenizer()
+    config = T.RobertaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                             intermediate_size=64, max_position_embeddings=130, pad_token_id=tok.pad_token_id, type_vocab_size=1)
+    torch.manual_seed(2)
+    model = T.RobertaForMaskedLM(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 1:
+                p.normal_(1.0 if "LayerNorm.weight" in name else 0.0, 0.5)
+    model.save_pretrained(tmp_path / "roberta-mlm")
+    tok.save_pretrained(tmp_path / "roberta-mlm")
+    llm = LLM(str(tmp_path / "roberta-mlm"))
+    info = llm.model.describe()
+    assert info["implementation"] == "native" and info["architecture"] == "RobertaModel"
+    encoder = model.roberta.eval()
+    enc = T.AutoTokenizer.from_pretrained(str(tmp_path / "roberta-mlm"))(TEXTS[:2], padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        hidden = encoder(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
+    assert (embeddings(llm, TEXTS[:2]) - F.normalize(hidden[:, 0], dim=-1)).abs().max() <= ATOL
