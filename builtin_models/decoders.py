@@ -317,6 +317,8 @@ class DecoderModel(Quantizable, Architecture):
         self._rotary_parameters = {t: rotary_parameters(config, head_dim, t if keyed else None) for t in set(types) or {GLOBAL}}
         softcap = cls.attention_softcap(config)
         self._attention_op = "varlen_attention" if softcap is None else "varlen_attention_softcap"
+        # A prefix's states depend on it alone when attention is causal, windowless and plain.
+        self.shares_prefixes = self.causal and softcap is None and all(layer.self_attn.window is None for layer in self.layers)
 
     @classmethod
     def check_config(
@@ -361,6 +363,8 @@ class DecoderModel(Quantizable, Architecture):
         as it likes: Qwen3-VL's deepstack adds vision features to the first layers' outputs.
         """
         attention = kernel_for(self, self._attention_op, batch.device)
+        if batch.prefix is not None:  # shared prefixes (poolkit.runtime.prefix): their keys and values read, or kept
+            attention = batch.prefix.attention(attention, batch.device)
         linear = kernel_for(self, "linear_act", batch.device)
         delta = None
         for i, layer in enumerate(self.layers):

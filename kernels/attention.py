@@ -49,7 +49,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from poolkit.contracts.batch import PackedBatch
+from poolkit.contracts.batch import PackedBatch, device_tensor
 from poolkit.contracts.hookspecs import hookimpl
 from poolkit.contracts.kernel import Kernel
 
@@ -152,6 +152,61 @@ def _dense(
         enable_gqa=k.shape[2] != q.shape[2],  # the CPU flash kernel reads shared key/value heads in place
     )
     return o.transpose(1, 2)
+
+
+def prefix_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    batch: PackedBatch,
+    prefix_k: torch.Tensor,
+    prefix_v: torch.Tensor,
+    offsets: list[int],
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Causal attention of packed sequences that continue shared prefixes whose keys and values
+    are computed already.
+
+    Sequence ``i`` of ``batch`` holds the tokens after its first ``batch.starts[i]`` positions;
+    those positions' keys and values are rows ``offsets[i] : offsets[i] + batch.starts[i]`` of
+    ``prefix_k`` / ``prefix_v``. Each token attends to its whole prefix and to the tokens of its
+    own sequence up to itself, as it would in the whole sequence. Sequences with one prefix and
+    one length are attended together in one dense call.
+
+    Args:
+        q: ``[T, heads, head_dim]`` queries of the packed suffix tokens.
+        k, v: ``[T, kv_heads, head_dim]`` their keys and values (``kv_heads`` divides ``heads``).
+        batch: the packed suffixes, with :attr:`~poolkit.PackedBatch.starts`.
+        prefix_k, prefix_v: ``[P, kv_heads, head_dim]`` the prefixes' keys and values, packed.
+        offsets: per sequence, where its prefix starts in ``prefix_k`` (any value when its start is 0).
+        scale: factor on ``q @ k^T``; ``None`` is ``head_dim ** -0.5``.
+
+    Returns:
+        ``[T, heads, head_dim]`` in ``q``'s dtype.
+    """
+    starts = batch.starts or [0] * batch.num_seqs
+    groups: dict[tuple[int, int, int], list[int]] = {}
+    for i, (length, start) in enumerate(zip(batch.seq_lens, starts)):
+        groups.setdefault((offsets[i] if start else 0, start, length), []).append(i)
+    first = batch.cu_seqlens[:-1]
+    out = q.new_empty(q.shape)
+    for (offset, start, length), members in groups.items():
+        idx = device_tensor(members, torch.long, q.device)
+        rows = (first[idx].unsqueeze(1) + torch.arange(length, device=q.device)).reshape(-1)
+        qq, kk, vv = (t[rows].unflatten(0, (len(members), length)) for t in (q, k, v))
+        mask = None
+        if start:
+            shape = (len(members), start, *k.shape[1:])
+            kk = torch.cat((prefix_k[offset : offset + start].expand(shape), kk), dim=1)
+            vv = torch.cat((prefix_v[offset : offset + start].expand(shape), vv), dim=1)
+            position = torch.arange(length, device=q.device).unsqueeze(1) + start
+            mask = position >= torch.arange(start + length, device=q.device).unsqueeze(0)
+        o = F.scaled_dot_product_attention(
+            qq.transpose(1, 2), kk.transpose(1, 2), vv.transpose(1, 2), attn_mask=mask, is_causal=mask is None,
+            scale=scale, enable_gqa=k.shape[1] != q.shape[1],
+        )
+        out.index_copy_(0, rows, o.transpose(1, 2).reshape(rows.shape[0], *q.shape[1:]))
+    return out
 
 
 def _band(length: int, window: int, causal: bool, device: torch.device) -> torch.Tensor:
@@ -431,6 +486,10 @@ def poolkit_register_kernels(register):
             priority=5,
             is_available=_avx512_available,
         ),
+    )
+    register(
+        "prefix_attention:torch",
+        Kernel(fn=prefix_attention, reference=prefix_attention, device="any", priority=0),
     )
     register(
         "varlen_attention_softcap:torch",

@@ -123,6 +123,8 @@ def _setting_cases(root):
         "max_lora_rank": (bert, {"enable_lora": True, "max_lora_rank": 8}, "embed", False),
         "max_loras": (bert, {"enable_lora": True, "max_loras": 2}, "embed", False),
         "max_cpu_loras": (bert, {"enable_lora": True, "max_cpu_loras": 4}, "embed", False),
+        # prefix sharing changes no result (and BERT shares none): the job's output is the same
+        "enable_prefix_caching": (bert, {"enable_prefix_caching": False}, "embed", False),
     }
 
 
@@ -145,7 +147,7 @@ def test_every_load_setting_has_a_ray_case(setting_cases):
                                      "max_model_len", "max_batch_tokens", "io_processor_plugin", "model_impl",
                                      "quantization", "calibration", "limit_mm_per_prompt", "mm_processor_kwargs",
                                      "max_image_pixels", "max_image_bytes", "enable_lora", "max_lora_rank", "max_loras",
-                                     "max_cpu_loras"])
+                                     "max_cpu_loras", "enable_prefix_caching"])
 def test_ray_honours_each_load_setting(local_ray, setting_cases, setting):
     """The Ray engine loads with llm.args, so every setting gives the local engine's output."""
     from poolkit import LLM

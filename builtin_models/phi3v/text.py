@@ -144,10 +144,7 @@ class Phi3TextModel(DecoderModel):
         super().__init__(_PlainRotary(config))
         self.config = config
         self._phi3_rotary = rotary
-
-    def forward(self, batch: PackedBatch) -> torch.Tensor:
-        x = self.embed(batch.input_ids)
-        return self.decode(x, batch, self.batch_rotary(batch, x.dtype))
+        self.shares_prefixes = False  # LongRoPE reads each sequence's length
 
     def rotary(self, positions: torch.Tensor, dtype: torch.dtype, long: torch.Tensor | None = None) -> dict[str, Rotary]:
         """Each token's cos and sin per layer type; ``long`` (``[T]``) marks the tokens whose

@@ -94,6 +94,8 @@ class LLM:
             (default 40,000,000, or ``POOLKIT_MAX_IMAGE_PIXELS``).
         max_image_bytes: most bytes of an image given as bytes, a data URI or a fetched URL
             (default 20 MiB, or ``POOLKIT_MAX_IMAGE_BYTES``).
+        enable_prefix_caching: compute a prefix that prompts share once, within a call and across
+            calls (vLLM's): ``None`` (the default) is on for causal decoders; ``False`` turns it off.
         enable_lora: take LoRA adapters (PEFT) per prompt: the methods' ``lora_request`` (vLLM's).
         max_lora_rank: the highest rank an adapter may have (16).
         max_loras: the most adapters one batch mixes (1; a batch with more runs in parts).
@@ -130,6 +132,7 @@ class LLM:
         mm_processor_kwargs: dict[str, Any] | None = None,
         max_image_pixels: int | None = None,
         max_image_bytes: int | None = None,
+        enable_prefix_caching: bool | None = None,
         enable_lora: bool = False,
         max_lora_rank: int = 16,
         max_loras: int = 1,
@@ -159,6 +162,7 @@ class LLM:
             mm_processor_kwargs=mm_processor_kwargs,
             max_image_pixels=max_image_pixels,
             max_image_bytes=max_image_bytes,
+            enable_prefix_caching=enable_prefix_caching,
             enable_lora=enable_lora,
             max_lora_rank=max_lora_rank,
             max_loras=max_loras,
@@ -326,8 +330,10 @@ class LLM:
             raise InvalidRequest(f"The 'data' field is only supported for the '{self.plugin_task}' pooling task.")
         results, parsed, params = self._results(prompts, pooling_params, pooling_task, use_tqdm, tokenization_kwargs, prompt_name, lora_request)
         outputs = [
-            PoolingRequestOutput(rid, PoolingOutput(data), ids, truncated=cut)
-            for rid, data, ids, cut in zip(self._new_request_ids(len(results)), results.rows(), results.token_ids, results.truncated.tolist())
+            PoolingRequestOutput(rid, PoolingOutput(data), ids, num_cached_tokens=cached, truncated=cut)
+            for rid, data, ids, cut, cached in zip(
+                self._new_request_ids(len(results)), results.rows(), results.token_ids, results.truncated.tolist(), results.cached.tolist()
+            )
         ]
         if any(p.late_chunking_params is not None for p in params):
             for prompt, p, out in zip(parsed, params, outputs):

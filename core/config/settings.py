@@ -55,7 +55,6 @@ IGNORED_ENGINE_ARGS = frozenset(
         "gpu_memory_utilization",
         "max_num_seqs",
         "max_num_batched_tokens",
-        "enable_prefix_caching",
         "enable_chunked_prefill",
         "disable_log_stats",
         "swap_space",
@@ -138,6 +137,12 @@ class EngineArgs(BaseModel):
         "(default 20 MiB, or POOLKIT_MAX_IMAGE_BYTES).",
     )
 
+    enable_prefix_caching: Optional[bool] = Field(
+        None,
+        description="Compute a prefix that prompts share once, within a batch and across calls (vLLM's automatic prefix "
+        "caching): on by default for causal decoders, where it cannot change a result; false turns it off. Bidirectional "
+        "models share nothing (a prefix's states depend on what follows).",
+    )
     enable_lora: bool = Field(False, description="Serve LoRA adapters (PEFT) on the model, chosen per request (vLLM's).")
     max_lora_rank: int = Field(16, gt=0, description="The highest rank a LoRA adapter may have.")
     max_loras: int = Field(1, gt=0, description="The most LoRA adapters one batch mixes.")

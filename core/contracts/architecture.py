@@ -119,6 +119,13 @@ class Architecture(torch.nn.Module):
         the projections of fused layers (a linear module with ``parts``)."""
         return None
 
+    #: Whether the states of a prompt's first tokens depend on those tokens alone (causal attention,
+    #: positions from 0, no sliding window, nothing read off a sequence's length), so that prompts
+    #: which begin alike have them computed once (:mod:`poolkit.runtime.prefix`). Such an
+    #: architecture honours :attr:`PackedBatch.starts` (its positions do) and runs its attention
+    #: through ``batch.prefix.attention(op, device)`` when ``batch.prefix`` is set. An instance
+    #: may decide from its config (a decoder with ``is_causal: false`` shares none).
+    shares_prefixes: ClassVar[bool] = False
     #: The adapter of :meth:`task_adapters` that a prompt naming no task runs (jina-embeddings-v3:
     #: ``text-matching``, as vLLM merges it); ``None`` runs the base weights.
     default_task_adapter: ClassVar[str | None] = None

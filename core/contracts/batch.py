@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -59,6 +59,12 @@ class PackedBatch:
     #: Free-form per-batch data an architecture or IO processor may need (pixel values, ...).
     extras: dict = field(default_factory=dict)
     key_lens: list[int] | None = None
+    #: Per sequence, the position of its first token: a suffix whose prefix's states come from
+    #: :attr:`prefix` starts after it; ``None``: every sequence starts at 0.
+    starts: list[int] | None = None
+    #: The keys and values of the prefixes the sequences continue (:mod:`poolkit.runtime.prefix`),
+    #: which an architecture with ``shares_prefixes`` lets its attention read; ``None``: none.
+    prefix: Any = None
 
     @classmethod
     def from_sequences(
@@ -122,11 +128,13 @@ class PackedBatch:
 
     @cached_property
     def positions(self) -> torch.Tensor:
-        """``[T]`` position of each token inside its own sequence, from 0 (counted on the host from
+        """``[T]`` position of each token inside its own sequence, from 0 or its :attr:`starts` (counted on the host from
         the lengths, which are there already: a few microseconds, where torch's ``repeat_interleave``
         took a tenth of a small batch's host time)."""
         lens = np.asarray(self.seq_lens, dtype=np.int64)
         starts = np.repeat(np.cumsum(lens) - lens, lens)
+        if self.starts is not None:
+            starts = starts - np.repeat(np.asarray(self.starts, dtype=np.int64), lens)
         return device_tensor(np.arange(self.num_tokens, dtype=np.int64) - starts, torch.long, self.device)
 
     @cached_property

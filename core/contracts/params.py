@@ -237,6 +237,8 @@ class PoolingParams(_Strict):
     skip_reading_prefix_cache: Optional[bool] = None
     #: The LoRA adapter the prompt runs with (``lora_request=`` of the call that prepared it).
     _lora: Any = PrivateAttr(default=None)
+    #: The request's ``cache_salt`` (:attr:`cache_salt`).
+    _salt: Any = PrivateAttr(default=None)
 
     @property
     def lora_request(self) -> Any:
@@ -247,6 +249,19 @@ class PoolingParams(_Strict):
         """A copy that runs with the LoRA adapter ``request`` (``None``: the base model)."""
         copy = self.model_copy()
         copy._lora = request
+        return copy
+
+    @property
+    def cache_salt(self) -> str | None:
+        """The request's ``cache_salt`` (vLLM's): prompts share prefix states only with prompts of the same salt."""
+        return self._salt
+
+    def with_salt(self, salt: str | None) -> "PoolingParams":
+        """A copy whose prompts share prefix states only under ``salt`` (``None``: the copy is this object)."""
+        if salt is None:
+            return self
+        copy = self.model_copy()
+        copy._salt = salt
         return copy
 
     @model_validator(mode="before")

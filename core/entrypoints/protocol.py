@@ -145,8 +145,8 @@ class BaseRequest(BaseModel):
     cache_salt: Optional[StrictStr] = Field(
         None,
         min_length=1,
-        description="vLLM's prefix-cache key: accepted and checked as vLLM does (not empty); no effect, "
-        "as poolkit keeps no prefix cache.",
+        description="vLLM's prefix-cache key: prompts share computed prefix states (a decoder's shared "
+        "instruction or query) only with prompts of the same salt (on /v1/embeddings, /pooling, /classify).",
     )
 
 

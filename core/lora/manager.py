@@ -352,11 +352,12 @@ class Adapters:
                     rows.append((i, i + 1, slot))
             start += n
         state = self.state
+        before = state.tokens, state.rows, state.num_tokens, state.num_rows  # a pass inside another's block
         state.tokens, state.rows, state.num_tokens, state.num_rows = tokens, rows, start, len(lens)
         try:
             yield
         finally:
-            state.tokens, state.rows = [], []
+            state.tokens, state.rows, state.num_tokens, state.num_rows = before
 
     # -- binding -------------------------------------------------------------------------------
 

@@ -117,6 +117,16 @@ class Tokens:
         self.media = media
         self._lens = lens
         self._flat = flat
+        #: Per prompt, how many of its tokens' states came from a shared prefix (:mod:`.prefix`), or ``None``.
+        self.cached: np.ndarray | None = None
+
+    def note_cached(self, members: np.ndarray, counts: Sequence[int] | None) -> None:
+        """Record how many tokens' states the prompts ``members`` took from a shared prefix."""
+        if counts is None:
+            return
+        if self.cached is None:
+            self.cached = np.zeros(len(self.ids), dtype=np.int64)
+        self.cached[members] = counts
 
     @classmethod
     def of(cls, encoded: Sequence[Encoded]) -> "Tokens":
@@ -175,10 +185,15 @@ class Results(Sequence):
         truncated: per input, whether it was cut to a truncation limit.
     """
 
-    def __init__(self, data: torch.Tensor | list[torch.Tensor], token_ids: list[list[int]], truncated: np.ndarray) -> None:
+    def __init__(
+        self, data: torch.Tensor | list[torch.Tensor], token_ids: list[list[int]], truncated: np.ndarray,
+        cached: np.ndarray | None = None,
+    ) -> None:
         self.data = data
         self.token_ids = token_ids
         self.truncated = np.asarray(truncated, dtype=bool)
+        #: Per input, how many of its tokens' states came from a shared prefix (vLLM's ``num_cached_tokens``).
+        self.cached = np.zeros(len(token_ids), dtype=np.int64) if cached is None else np.asarray(cached, dtype=np.int64)
 
     @staticmethod
     def rows_of(data: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
@@ -196,7 +211,10 @@ class Results(Sequence):
             data: Any = torch.cat([p.data for p in parts])
         else:
             data = [row for p in parts for row in p.rows()]
-        return cls(data, [ids for p in parts for ids in p.token_ids], np.concatenate([p.truncated for p in parts]))
+        return cls(
+            data, [ids for p in parts for ids in p.token_ids], np.concatenate([p.truncated for p in parts]),
+            np.concatenate([p.cached for p in parts]) if parts else None,
+        )
 
     @property
     def num_tokens(self) -> int:
@@ -213,7 +231,7 @@ class Results(Sequence):
 
     def __getitem__(self, index: Any) -> Any:
         if isinstance(index, slice):
-            return Results(self.data[index], self.token_ids[index], self.truncated[index])
+            return Results(self.data[index], self.token_ids[index], self.truncated[index], self.cached[index])
         return self.data[index], self.token_ids[index]
 
     def __iter__(self) -> Any:

@@ -27,10 +27,12 @@ from ..contracts.tasks import Task
 from ..loading.model import PoolingModel
 from ..plugins.lookup import row_planner
 from .allocator import tune_allocator
+from . import prefix
 from .columns import Collector, Encoded, Results, Tokens, gather_index, skip_instructions, to_host
 from .inflight import InFlight, Staged
 from .estimates import CHARS_PER_TOKEN_GUESS, char_budget, cut_index
 from .standin import StandInDevice, from_environment
+from .threads import one_thread
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +71,8 @@ class Engine:
         #: a run's wall time less this is its host work (``poolkit bench``'s workload H).
         self.compute_seconds = 0.0
         self._single_types: bool | None = None
+        #: Shared prefixes computed once (:mod:`poolkit.runtime.prefix`), or ``None`` for a model that cannot share them.
+        self.prefixes = prefix.PrefixSharing.for_model(model, model.args.enable_prefix_caching if model.args else None)
 
     # -- tokenization --------------------------------------------------------------------------
 
@@ -570,7 +574,7 @@ class Engine:
         ranges = self.slices(prompts)
         if len(ranges) == 1:
             tokens = self._tokenized(prompts, params, False, cap)
-            return Results(self._run(head, tokens, params, progress), tokens.ids, tokens.truncated)
+            return Results(self._run(head, tokens, params, progress), tokens.ids, tokens.truncated, tokens.cached)
         tokenized: list[Tokens] = []
         with ThreadPoolExecutor(1, thread_name_prefix="poolkit-tokenize") as pool:
             submit = lambda a, b: pool.submit(self._tokenized, prompts[a:b], params[a:b], False, cap, a)  # noqa: E731
@@ -586,7 +590,7 @@ class Engine:
                     yield tokens, params[a:b]
 
             results = self._run_parts(head, parts(), progress)
-        return Results.concat([Results(r, t.ids, t.truncated) for r, t in zip(results, tokenized)])
+        return Results.concat([Results(r, t.ids, t.truncated, t.cached) for r, t in zip(results, tokenized)])
 
     def chunks(self, encoded: Encoded) -> list[tuple[Encoded, int]]:
         """Split an over-long input into model-sized chunks, each with the input's special tokens.
@@ -765,9 +769,10 @@ class Engine:
             rows = rows_for(batch.num_tokens) if rows_for is not None else batch.num_tokens
             started = time.perf_counter()
             active = adapters.active(seq_lens.tolist(), slots) if slots is not None else contextlib.nullcontext()
+            members_params = [shared] * len(members) if shared is not None else [params[i] for i in members]
             with torch.inference_mode(), self._threads_for(batch.num_tokens), active:
-                hidden = arch(batch.with_filler(rows))[: batch.num_tokens]
-                members_params = [shared] * len(members) if shared is not None else [params[i] for i in members]
+                hidden, cached = prefix.forward(self.prefixes, arch, batch, rows, tokens.flat[index], members_params, adapters, slots)
+                tokens.note_cached(members, cached)
                 fetch = to_host(head(hidden, batch, members_params))
             if self.standin is not None:
                 fetch = self.standin.delayed(fetch, self.standin.launch(batch.num_tokens, started))
@@ -783,18 +788,3 @@ def _on_device(media: dict | None, device: torch.device) -> dict | None:
     if media is None:
         return None
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in media.items()}
-
-
-@contextlib.contextmanager
-def one_thread() -> Any:
-    """Run the block's torch operations on the calling thread alone. The count is the calling
-    thread's own (OpenMP's per-thread setting): other threads keep theirs."""
-    threads = torch.get_num_threads()
-    if threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)

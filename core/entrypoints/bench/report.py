@@ -16,6 +16,9 @@ from .peers import SkipWorkload
 from .workloads import WORKLOADS, Bench
 
 
+#: Workloads whose notes carry a second measurement, printed under their row (P: one prompt per call).
+NOTED = frozenset({"P"})
+
 def run_bench(
     args: EngineArgs, workloads: list[str], rounds: int, scale: float, memory: bool, peer_dtype: str | None = None,
     vs: str = "sentence-transformers", api: str = "llm",
@@ -98,7 +101,7 @@ def format_table(report: dict[str, Any]) -> str:
             f"{fmt(r['poolkit_items_per_s'], ',.1f'):>13} {fmt(r['peer_items_per_s'], ',.1f'):>10} {fmt(r['ratio'], '.2f'):>6} "
             f"{cos:>19} {diff:>19} {rss:>17} {pad:>9} {mfu:>19}  {r['description']}"
         )
-        if r.get("stages"):
+        if r.get("stages") or r["workload"] in NOTED:
             lines.append(f"{'':<5} {r['notes']}")
     lines += [f"{w:<5} skipped: {why}" for w, why in report["skipped"].items()]
     return "\n".join(lines)

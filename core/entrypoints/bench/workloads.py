@@ -18,6 +18,7 @@ from . import host_calls
 from .corpus import make_corpus
 from .measure import TRUNCATE, Result, _interleave, _median_ratio, gemm_peak_gflops, model_flops, peak_rss_mb
 from .peers import PEERS, SkipWorkload, check_peer, poolkit_cold_start
+from .prefix import prefix_workload
 from .presets import resolve_bench_model
 
 if TYPE_CHECKING:
@@ -492,6 +493,6 @@ class Bench:
 
 WORKLOADS = {
     "W1": Bench.w1, "W2": Bench.w2, "W3": Bench.w3, "W4": Bench.w4, "W5": Bench.w5, "W6": Bench.w6, "W7": Bench.w7, "W9": Bench.w9,
-    "W10": Bench.w10, "H": Bench.host,
+    "W10": Bench.w10, "H": Bench.host, "P": prefix_workload,
 }
 

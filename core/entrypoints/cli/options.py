@@ -106,8 +106,8 @@ VLLM_TASKS: tuple[tuple[str, str | None | bool], ...] = (
 #: vLLM's deprecated spellings of load settings: the flag's setting -> the setting it stands for.
 DEPRECATED_SETTINGS = {"override_pooler_config": "pooler_config"}
 #: Which of vLLM's engine options that mean nothing here (``settings.IGNORED_ENGINE_ARGS``) are
-#: on/off flags (``--enforce-eager``, ``--no-enable-prefix-caching``); the others take a value.
-VLLM_IGNORED_FLAGS = frozenset({"enforce_eager", "enable_prefix_caching", "enable_chunked_prefill", "disable_log_stats"})
+#: on/off flags (``--enforce-eager``, ``--no-enable-chunked-prefill``); the others take a value.
+VLLM_IGNORED_FLAGS = frozenset({"enforce_eager", "enable_chunked_prefill", "disable_log_stats"})
 
 
 def warn(message: str) -> None:
@@ -205,7 +205,8 @@ def engine_options(*, model_argument: bool = False, help_overrides: dict[str, st
             else:
                 default = field.default if annotation is bool or field.default is None else None
                 short = EngineArgs.short_flags.get(name)
-                info = typer.Option(default, flag(name), *([short] if short else []), help=help_text, show_default=False)
+                decl = f"{flag(name)}/--no-{flag(name)[2:]}" if annotation is bool and field.default is None else flag(name)  # on, off, unset
+                info = typer.Option(default, decl, *([short] if short else []), help=help_text, show_default=False)
             added.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=annotation))
         taken = {f for p in own + added for f in _long_flags(p)} | {
             d for p in own + added if isinstance(p.default, typer.models.OptionInfo) for d in (p.default.param_decls or ())

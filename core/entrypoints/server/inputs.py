@@ -154,7 +154,7 @@ async def run_inputs(
     params = pooling_params(
         dimensions=dimensions, use_activation=body.use_activation, truncate_prompt_tokens=body.truncate_prompt_tokens,
         truncation_side=body.truncation_side, **fields,
-    )
+    ).with_salt(body.cache_salt)
     raw = await prompts_of(request, st, llm, body)
     return await run_task(
         request, st, llm, task_name, raw, params, prompt_name, add_special_tokens=special_tokens(body), number_bytes=number_bytes

@@ -1,0 +1,375 @@
+"""Shared prefixes computed once: within a batch, and across calls through a bounded cache.
+
+In a causal model the states of a prompt's first ``p`` tokens depend on those tokens alone, so
+prompts that begin alike (an embedder's instruction before each query, a reranker's system text
+and query before each document) need them computed once. For an architecture that says so
+(``shares_prefixes``: causal attention, positions from 0, no sliding window, nothing that reads a
+sequence's length), the engine's forward pass runs in two steps:
+
+1. the prefixes not known yet run as sequences of their own, and every layer's keys and values
+   (after the rotation) and the last layer's states of their tokens are kept;
+2. the prompts run from where their prefix ends (:attr:`~poolkit.PackedBatch.starts`): each
+   token's attention reads its prefix's keys and values, then its own sequence's, causally (the
+   ``prefix_attention`` kernel op).
+
+The prompts' states are then put back together, prefix rows first, so pooling and heads see the
+hidden states of the whole prompts (a mean pools the prefix tokens too; token outputs include them).
+
+Within a batch, prompts are grouped by the longest prefix they share, at any length (at least
+:data:`MIN_PREFIX` tokens, and each prompt keeps a token of its own). Across calls, a
+:class:`PrefixCache` keeps the prefixes' states, least recently used out first, within a byte
+budget: a prompt reuses the longest cached prefix of whole :data:`BLOCK`-token blocks, and the
+prompts that found none leave theirs (in whole blocks) for the next calls. A prefix's key is its
+token ids with its scope: the request's ``cache_salt`` (tenants never share states) and its LoRA
+adapter (states under one adapter are another's). Results equal the unshared run's up to the
+rounding of another summation order (fp32: 1e-5).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import hashlib
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Hashable, Sequence
+
+import numpy as np
+import torch
+
+from ..config.environment import env_number
+from ..contracts.batch import PackedBatch, device_tensor
+from ..plugins.lookup import kernel_for
+
+logger = logging.getLogger(__name__)
+
+#: The shortest prefix shared within a batch: below it, sharing saves less than it costs.
+MIN_PREFIX = 16
+#: Prefixes are cached and found across calls in whole blocks of this many tokens.
+BLOCK = 16
+#: Bytes of prefix states kept across calls unless ``POOLKIT_PREFIX_CACHE_BYTES`` says otherwise.
+DEFAULT_CACHE_BYTES = 512 << 20
+
+Scope = Hashable
+
+
+@dataclass
+class Entry:
+    """One prefix's states: per layer its keys and values ``[n, kv_heads, head_dim]`` (as the
+    attention read them), and the last layer's states ``[n, hidden]``."""
+
+    ids: tuple[int, ...]
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    hidden: torch.Tensor
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values, self.hidden))
+
+
+def _chain(scope: Scope, ids: Sequence[int]) -> list[bytes]:
+    """The digest of each whole block of ``ids`` with everything before it (and the scope)."""
+    digest = hashlib.blake2b(repr(scope).encode(), digest_size=16).digest()
+    out = []
+    for start in range(0, len(ids) - len(ids) % BLOCK, BLOCK):
+        block = np.asarray(ids[start : start + BLOCK], dtype=np.int64).tobytes()
+        digest = hashlib.blake2b(digest + block, digest_size=16).digest()
+        out.append(digest)
+    return out
+
+
+class PrefixCache:
+    """Prefix states kept across calls, least recently used out first, within ``max_bytes``.
+
+    An entry is found by its exact ids (a batch's shared prefix) or, for a single prompt, as the
+    longest run of whole blocks that begins it (each block's digest chains the ones before it).
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._entries: collections.OrderedDict[tuple[Scope, tuple[int, ...]], Entry] = collections.OrderedDict()
+        self._blocks: dict[bytes, tuple[tuple[Scope, tuple[int, ...]], int]] = {}
+        self._lock = threading.Lock()
+        #: Prompt tokens whose states came from the cache, and prompts that looked, so far.
+        self.hits = self.lookups = 0
+
+    def exact(self, scope: Scope, ids: tuple[int, ...]) -> Entry | None:
+        with self._lock:
+            entry = self._entries.get((scope, ids))
+            if entry is not None:
+                self._entries.move_to_end((scope, ids))
+            return entry
+
+    def longest(self, scope: Scope, ids: Sequence[int], limit: int) -> tuple[Entry, int] | None:
+        """The cached entry with the longest run of whole blocks that begins ``ids`` (at most
+        ``limit`` tokens), with that length."""
+        with self._lock:
+            self.lookups += 1
+            found = None
+            for k, digest in enumerate(_chain(scope, ids[:limit])):
+                hit = self._blocks.get(digest)
+                if hit is None or hit[0] not in self._entries:
+                    break
+                found = (hit[0], (k + 1) * BLOCK)
+            if found is None:
+                return None
+            self._entries.move_to_end(found[0])
+            self.hits += found[1]
+            return self._entries[found[0]], found[1]
+
+    def put(self, scope: Scope, entry: Entry) -> None:
+        key = (scope, entry.ids)
+        size = entry.nbytes
+        if size > self.max_bytes:
+            return
+        with self._lock:
+            if key in self._entries:
+                return
+            while self._entries and self.bytes + size > self.max_bytes:
+                _, old = self._entries.popitem(last=False)
+                self.bytes -= old.nbytes
+            self._entries[key] = entry
+            self.bytes += size
+            for k, digest in enumerate(_chain(scope, entry.ids)):
+                self._blocks[digest] = (key, (k + 1) * BLOCK)
+            if len(self._blocks) > 4 * max(1, self.bytes // max(1, size)) * (len(entry.ids) // BLOCK + 1):
+                self._blocks = {d: hit for d, hit in self._blocks.items() if hit[0] in self._entries}
+
+
+class PrefixState:
+    """What :attr:`PackedBatch.prefix` holds for an architecture's attention: the prefixes' keys
+    and values per layer (``None`` in step 1), and which rows' keys and values to keep."""
+
+    def __init__(
+        self,
+        keys: list[torch.Tensor] | None = None,
+        values: list[torch.Tensor] | None = None,
+        offsets: list[int] | None = None,
+        keep: torch.Tensor | None = None,
+    ) -> None:
+        self.keys, self.values, self.offsets, self.keep = keys, values, offsets, keep
+        self.kept: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def attention(self, op: Callable, device: torch.device) -> Callable:
+        """The attention of one forward pass: ``op`` (the architecture's varlen attention) for
+        sequences without a prefix, the ``prefix_attention`` op where they have one; each layer's
+        keys and values of the :attr:`keep` rows kept, in layer order."""
+        layers = iter(range(1 << 30))
+        prefixed = kernel_for(self, "prefix_attention", device) if self.keys is not None else None
+
+        def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: PackedBatch, causal: bool = False,
+                   scale: float | None = None, window: int | None = None, **kwargs: Any) -> torch.Tensor:
+            layer = next(layers)
+            if self.keep is not None:
+                self.kept.append((k.index_select(0, self.keep), v.index_select(0, self.keep)))
+            if prefixed is None:
+                return op(q, k, v, batch, causal=causal, scale=scale, window=window, **kwargs)
+            return prefixed(q, k, v, batch, self.keys[layer], self.values[layer], self.offsets, scale=scale)
+
+        return attend
+
+
+def _shared(a: np.ndarray, b: np.ndarray) -> int:
+    """How many leading tokens ``a`` and ``b`` share."""
+    n = min(len(a), len(b))
+    differ = np.flatnonzero(a[:n] != b[:n])
+    return int(differ[0]) if differ.size else n
+
+
+def _groups(seqs: list[np.ndarray], scopes: list[Scope]) -> dict[int, int]:
+    """Per prompt that shares a prefix of at least :data:`MIN_PREFIX` tokens with others of its
+    scope in this batch, that prefix's length (each prompt keeps one token of its own)."""
+    order = sorted((i for i in range(len(seqs)) if scopes[i] is not None), key=lambda i: (repr(scopes[i]), seqs[i].tobytes()))
+    out: dict[int, int] = {}
+    run = [order[0]] if order else []
+    common = 1 << 62
+    for prev, cur in zip(order, order[1:]):
+        shared = _shared(seqs[prev], seqs[cur]) if scopes[prev] == scopes[cur] else 0
+        if min(common, shared) >= MIN_PREFIX:
+            common = min(common, shared)
+            run.append(cur)
+            continue
+        _close(run, common, seqs, out)
+        run, common = [cur], 1 << 62
+    _close(run, common, seqs, out)
+    return out
+
+
+def _close(run: list[int], common: int, seqs: list[np.ndarray], out: dict[int, int]) -> None:
+    if len(run) < 2:
+        return
+    length = min(common, *(len(seqs[i]) - 1 for i in run))
+    if length >= MIN_PREFIX:
+        out.update({i: length for i in run})
+
+
+def scope_of(params: Any) -> Scope:
+    """What a prompt's prefix states are kept apart by: its ``cache_salt`` and its LoRA adapter;
+    ``None`` for a prompt that reads no shared prefix (vLLM's ``skip_reading_prefix_cache``)."""
+    if getattr(params, "skip_reading_prefix_cache", None):
+        return None
+    lora = getattr(params, "lora_request", None)
+    return (getattr(params, "cache_salt", None), lora.lora_name if lora is not None else None)
+
+
+def forward(
+    sharing: "PrefixSharing | None", arch: Any, batch: PackedBatch, rows: int, flat: np.ndarray, params: Sequence[Any],
+    adapters: Any, slots: Sequence[int] | None,
+) -> tuple[torch.Tensor, list[int] | None]:
+    """The engine's forward pass of ``batch`` (token ids ``flat``, one ``params`` per prompt, the
+    adapters in ``slots``): shared prefixes computed once where ``sharing`` finds any, else the
+    plain pass over the batch padded to ``rows``. Returns the states and, per prompt, how many of
+    its tokens' states came from a shared prefix (``None``: none)."""
+    if sharing is not None:
+        ids = np.split(flat, np.cumsum(batch.seq_lens)[:-1])
+
+        def active(lens: list[int], order: list[int]) -> Any:
+            return adapters.active(lens, [slots[i] for i in order]) if slots is not None else contextlib.nullcontext()
+
+        shared = sharing.forward(arch, batch, ids, [scope_of(p) for p in params], active)
+        if shared is not None:
+            return shared
+    return arch(batch.with_filler(rows))[: batch.num_tokens], None
+
+
+class PrefixSharing:
+    """The shared-prefix forward pass of one loaded model (:func:`for_model`); ``cache`` keeps
+    prefix states across calls, or is ``None``."""
+
+    def __init__(self, cache: PrefixCache | None) -> None:
+        self.cache = cache
+        #: Prompts run, and tokens whose states came from a shared prefix, so far.
+        self.prompts = self.shared_tokens = 0
+
+    @classmethod
+    def for_model(cls, model: Any, enabled: bool | None) -> "PrefixSharing | None":
+        """Sharing for ``model``: ``None`` when its architecture cannot share prefixes, or
+        ``enabled`` is ``False`` (``enable_prefix_caching=False``); on by default otherwise, as
+        vLLM turns prefix caching on for decoders."""
+        if enabled is False or not getattr(model.architecture, "shares_prefixes", False):
+            return None
+        budget = int(env_number("POOLKIT_PREFIX_CACHE_BYTES", DEFAULT_CACHE_BYTES))
+        return cls(PrefixCache(budget) if budget > 0 else None)
+
+    def forward(
+        self, arch: Any, batch: PackedBatch, ids: list[np.ndarray], scopes: list[Scope], active: Callable[[list[int], list[int]], Any]
+    ) -> tuple[torch.Tensor, list[int]] | None:
+        """The last layer's states ``[T, H]`` of ``batch`` (whose prompts' token ids are ``ids``,
+        each in its ``scopes``), shared prefixes computed once, and per prompt how many of its
+        tokens' states came from a shared prefix; ``None`` when nothing is shared or
+        kept, for the caller's plain forward pass. ``active(lens, order)`` is the context under which
+        a pass over sequences of ``lens`` tokens, those of the prompts ``order``, runs (their LoRA adapters)."""
+        if batch.prefix is not None or batch.key_lens is not None or batch.extras.get("media") is not None:
+            return None
+        within = _groups(ids, scopes)
+        self.prompts += len(ids)
+        plan: list[tuple[Entry, int] | None] = [None] * len(ids)
+        missing: dict[tuple[Scope, tuple[int, ...]], list[int]] = {}
+        for i, seq in enumerate(ids):
+            length = within.get(i)
+            if length is not None:
+                key = (scopes[i], tuple(seq[:length].tolist()))
+                entry = self.cache.exact(*key) if self.cache is not None else None
+                if entry is None:
+                    missing.setdefault(key, []).append(i)
+                else:
+                    plan[i] = (entry, length)
+            elif self.cache is not None and len(seq) > BLOCK and scopes[i] is not None:
+                plan[i] = self.cache.longest(scopes[i], seq, len(seq) - 1)
+        if missing:
+            self._compute(arch, batch.device, missing, ids, plan, active)
+        keep = [i for i, p in enumerate(plan) if p is None and self.cache is not None and len(ids[i]) > BLOCK and scopes[i] is not None]
+        if keep:  # no more than the cache holds: a batch of long documents keeps some, not all
+            room = self.cache.max_bytes // self._token_bytes(arch)
+            lengths = np.cumsum([(len(ids[i]) - 1) // BLOCK * BLOCK for i in keep])
+            keep = keep[: int(np.searchsorted(lengths, room, side="right"))]
+        if all(p is None for p in plan) and not keep:
+            return None
+        cached = [p[1] if p is not None else 0 for p in plan]
+        self.shared_tokens += sum(cached)
+        return self._continue(arch, batch, ids, scopes, plan, keep, active), cached
+
+    @staticmethod
+    def _token_bytes(arch: Any) -> int:
+        """At most how many bytes one token's prefix states take: keys and values of every layer
+        (each no wider than the hidden size) and its last states."""
+        layers = len(getattr(arch, "layers", ())) or 1
+        size = next(arch.parameters()).element_size()
+        return (2 * layers + 1) * int(arch.hidden_size) * size
+
+    def _compute(
+        self, arch: Any, device: torch.device, missing: dict[tuple[Scope, tuple[int, ...]], list[int]],
+        ids: list[np.ndarray], plan: list[tuple[Entry, int] | None], active: Callable[[list[int], list[int]], Any],
+    ) -> None:
+        """Step 1: the prefixes not known yet, as sequences of their own, their states kept."""
+        keys = list(missing)
+        lens = [len(prefix) for _, prefix in keys]
+        step = PackedBatch(device_tensor(np.concatenate([np.asarray(p, dtype=np.int64) for _, p in keys]), torch.long, device), lens)
+        step.prefix = PrefixState(keep=torch.arange(step.num_tokens, device=device))
+        with active(lens, [members[0] for members in missing.values()]):
+            hidden = arch(step)
+        bounds = np.cumsum([0, *lens])
+        for n, key in enumerate(keys):
+            a, b = int(bounds[n]), int(bounds[n + 1])
+            entry = Entry(key[1], [k[a:b].clone() for k, _ in step.prefix.kept], [v[a:b].clone() for _, v in step.prefix.kept],
+                          hidden[a:b].clone())
+            if self.cache is not None:
+                self.cache.put(key[0], entry)
+            for i in missing[key]:
+                plan[i] = (entry, b - a)
+
+    def _continue(
+        self, arch: Any, batch: PackedBatch, ids: list[np.ndarray], scopes: list[Scope],
+        plan: list[tuple[Entry, int] | None], keep: list[int], active: Callable[[list[int], list[int]], Any],
+    ) -> torch.Tensor:
+        """Step 2: every prompt from where its prefix ends, then the prompts' states whole."""
+        device = batch.device
+        starts = [p[1] if p is not None else 0 for p in plan]
+        entries: dict[int, tuple[Entry, int]] = {}
+        offsets = []
+        for p in plan:
+            if p is None:
+                offsets.append(0)
+                continue
+            if id(p[0]) not in entries:
+                entries[id(p[0])] = (p[0], sum(len(e.ids) for e, _ in entries.values()))
+            offsets.append(entries[id(p[0])][1])
+        suffixes = [seq[start:] for seq, start in zip(ids, starts)]
+        lens = [len(s) for s in suffixes]
+        step = PackedBatch(device_tensor(np.concatenate(suffixes), torch.long, device), lens, starts=starts)
+        bounds = np.cumsum([0, *lens])
+        kept_rows = np.concatenate([np.arange(bounds[i], bounds[i] + (lens[i] - 1) // BLOCK * BLOCK) for i in keep]) if keep else None
+        used = [e for e, _ in entries.values()]
+        layers = len(used[0].keys) if used else 0
+        step.prefix = PrefixState(
+            [torch.cat([e.keys[layer] for e in used]) for layer in range(layers)] if used else None,
+            [torch.cat([e.values[layer] for e in used]) for layer in range(layers)] if used else None,
+            offsets,
+            device_tensor(kept_rows, torch.long, device) if kept_rows is not None and kept_rows.size else None,
+        )
+        with active(lens, list(range(len(ids)))):
+            hidden = arch(step)
+        if step.prefix.kept and self.cache is not None:
+            at = 0
+            for i in keep:
+                n = (lens[i] - 1) // BLOCK * BLOCK
+                rows = slice(at, at + n)
+                a = int(bounds[i])
+                self.cache.put(scopes[i], Entry(
+                    tuple(ids[i][:n].tolist()), [k[rows].clone() for k, _ in step.prefix.kept],
+                    [v[rows].clone() for _, v in step.prefix.kept], hidden[a : a + n].clone(),
+                ))
+                at += n
+        if not used:
+            return hidden
+        sources = torch.cat([hidden, *(e.hidden for e in used)])
+        base = {id(e): hidden.shape[0] + off for e, off in entries.values()}
+        index = np.concatenate([
+            np.concatenate([np.arange(base[id(p[0])], base[id(p[0])] + p[1]) if p is not None else np.zeros(0, np.int64),
+                            np.arange(bounds[i], bounds[i + 1])])
+            for i, p in enumerate(plan)
+        ])
+        return sources.index_select(0, device_tensor(index, torch.long, device))

@@ -1,0 +1,179 @@
+"""Shared prefixes computed once (poolkit.runtime.prefix): every causal surface gives, with sharing,
+what it gives without (``enable_prefix_caching=False``), in fp32 within 1e-5; and sharing happens
+(the counters say how many tokens' states came from a shared prefix).
+
+The tiny decoders are tests/tiny_models' Qwen3 / Llama checkpoints; the prompts share an
+instruction-like prefix of 40-70 tokens, or a reranker's query, and differ after it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tiny_models import build_decoder, build_qwen
+
+from poolkit import LLM, PoolingParams
+from poolkit.contracts.batch import PackedBatch
+
+ATOL = 1e-5
+PREFIX = "Instruct: given a web search query, retrieve relevant passages that answer the query. Query: "
+TEXTS = [PREFIX + t for t in ("what is the capital of france", "hello", "the quick brown fox jumps over the lazy dog", "paris")]
+
+
+@pytest.fixture(scope="module")
+def qwen(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_qwen(tmp_path_factory.mktemp("prefix") / "qwen3", "qwen3", "lm", max_position_embeddings=512)
+
+
+def rows(outputs: list) -> list[torch.Tensor]:
+    """Each output's numbers: an embedding, class probabilities, or per-token data."""
+    def value(out: object) -> object:
+        for name in ("embedding", "probs", "data"):
+            if hasattr(out, name):
+                return getattr(out, name)
+        raise AttributeError(type(out).__name__)
+
+    return [torch.as_tensor(value(o.outputs)).float() for o in outputs]
+
+
+def assert_same(got: list[torch.Tensor], want: list[torch.Tensor], atol: float = ATOL) -> None:
+    assert len(got) == len(want)
+    for a, b in zip(got, want):
+        assert a.shape == b.shape
+        assert (a - b).abs().max() <= atol, (a - b).abs().max()
+
+
+def test_prefix_attention_equals_attention_over_the_whole_sequence() -> None:
+    """The kernel op: suffix queries over prefix keys + their own, causally, equal the plain causal
+    attention of the whole sequences (grouped-query heads, prefixes of two lengths, one without)."""
+    from poolkit.kernels.attention import prefix_attention, varlen_attention
+
+    g = torch.Generator().manual_seed(0)
+    lens, starts = [9, 7, 5, 6], [4, 4, 0, 11]
+    whole = [n + s for n, s in zip(lens, starts)]
+    q, k, v = (torch.randn(sum(whole), h, 8, generator=g) for h in (4, 2, 2))
+    full = varlen_attention(q, k, v, PackedBatch(torch.zeros(sum(whole), dtype=torch.long), whole), causal=True)
+    bounds = [0, *torch.cumsum(torch.tensor(whole), 0).tolist()]
+    tail = torch.cat([torch.arange(bounds[i] + s, bounds[i + 1]) for i, s in enumerate(starts)])
+    head = torch.cat([torch.arange(bounds[i], bounds[i] + s) for i, s in enumerate(starts)])
+    offsets = [0, 4, 0, 8]  # sequence 1 reads its own prefix rows; 0 and 1 could share, here they do not
+    batch = PackedBatch(torch.zeros(sum(lens), dtype=torch.long), lens, starts=starts)
+    got = prefix_attention(q[tail], k[tail], v[tail], batch, k[head], v[head], offsets)
+    assert (got - full[tail]).abs().max() <= 1e-6
+
+
+def test_batch_positions_start_where_the_prefix_ends() -> None:
+    batch = PackedBatch(torch.zeros(5, dtype=torch.long), [2, 3], starts=[4, 0])
+    assert batch.positions.tolist() == [4, 5, 0, 1, 2]
+
+
+def test_embed_last_and_mean_within_a_call(qwen: Path) -> None:
+    for pooling in ("LAST", "MEAN"):
+        shared = LLM(str(qwen), pooler_config={"pooling_type": pooling})
+        plain = LLM(str(qwen), pooler_config={"pooling_type": pooling}, enable_prefix_caching=False)
+        assert plain.engine.prefixes is None and shared.engine.prefixes is not None
+        assert_same(rows(shared.embed(TEXTS)), rows(plain.embed(TEXTS)))
+        assert shared.engine.prefixes.shared_tokens >= 3 * 16  # the prefix ran once for four prompts
+
+
+def test_token_outputs_include_the_prefix_tokens(qwen: Path) -> None:
+    shared, plain = LLM(str(qwen)), LLM(str(qwen), enable_prefix_caching=False)
+    got, want = rows(shared.encode(TEXTS, pooling_task="token_embed")), rows(plain.encode(TEXTS, pooling_task="token_embed"))
+    assert_same(got, want)
+    assert all(g.shape[0] == len(o.prompt_token_ids) for g, o in zip(got, plain.encode(TEXTS, pooling_task="token_embed")))
+
+
+def test_single_calls_reuse_the_cached_prefix(qwen: Path) -> None:
+    """Across calls: the first prompt leaves its prefix (whole blocks), the next ones find it."""
+    mean = {"pooling_type": "MEAN"}  # the cached prefix's own states are pooled too
+    shared, plain = LLM(str(qwen), pooler_config=mean), LLM(str(qwen), pooler_config=mean, enable_prefix_caching=False)
+    for text in TEXTS:
+        assert_same(rows(shared.embed([text])), rows(plain.embed([text])))
+    cache = shared.engine.prefixes.cache
+    assert cache.hits >= 3 * 16 and cache.bytes > 0
+
+
+def test_cache_salt_and_skip_keep_prefixes_apart(qwen: Path) -> None:
+    shared = LLM(str(qwen))
+    for salt in ("tenant-a", "tenant-b"):
+        params = PoolingParams().with_salt(salt)
+        shared.embed(TEXTS[:1], pooling_params=params)
+    assert shared.engine.prefixes.cache.hits == 0  # another salt's prefix is not read
+    shared.embed(TEXTS[1:2], pooling_params=PoolingParams().with_salt("tenant-a"))
+    assert shared.engine.prefixes.cache.hits > 0
+    before = shared.engine.prefixes.cache.hits
+    shared.embed(TEXTS[2:3], pooling_params=PoolingParams(skip_reading_prefix_cache=True).with_salt("tenant-a"))
+    assert shared.engine.prefixes.cache.hits == before
+
+
+def test_reranker_shares_its_query(tmp_path: Path) -> None:
+    """A decoder reranker's pairs begin with the same query: classify and score match the unshared run."""
+    path = build_qwen(tmp_path / "rerank", "qwen3", "classify", num_labels=1, max_position_embeddings=512)
+    query = PREFIX + "which city is the capital of france?"
+    docs = ["paris is the capital of france", "hello world", "berlin is in germany", "yes"]
+    shared, plain = LLM(str(path)), LLM(str(path), enable_prefix_caching=False)
+    got = [o.outputs.score for o in shared.score(query, docs)]
+    want = [o.outputs.score for o in plain.score(query, docs)]
+    assert max(abs(a - b) for a, b in zip(got, want)) <= ATOL
+    assert_same(rows(shared.classify(TEXTS)), rows(plain.classify(TEXTS)))
+    assert shared.engine.prefixes.shared_tokens > 0
+
+
+def test_step_rewards_off_the_lm_head(qwen: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tag = AutoTokenizer.from_pretrained(str(qwen))(" the")["input_ids"][-1]
+    config = {"pooling_type": "STEP", "step_tag_id": tag, "use_activation": False}
+    shared, plain = LLM(str(qwen), pooler_config=config), LLM(str(qwen), pooler_config=config, enable_prefix_caching=False)
+    assert_same(rows(shared.reward(TEXTS)), rows(plain.reward(TEXTS)))
+
+
+def test_lora_adapters_are_part_of_the_key(qwen: Path, tmp_path: Path) -> None:
+    peft = pytest.importorskip("peft")
+    import transformers as T
+
+    from poolkit import LoRARequest
+
+    requests = []
+    for n, seed in enumerate((1, 2)):
+        torch.manual_seed(seed)
+        base = T.AutoModelForCausalLM.from_pretrained(str(qwen))
+        config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
+        peft.get_peft_model(base, config).save_pretrained(tmp_path / f"a{n}")
+        requests.append(LoRARequest(f"a{n}", n + 1, str(tmp_path / f"a{n}")))
+    shared = LLM(str(qwen), enable_lora=True, max_loras=2)
+    plain = LLM(str(qwen), enable_lora=True, max_loras=2, enable_prefix_caching=False)
+    mixed = [requests[0], requests[1], None, requests[0]]
+    assert_same(rows(shared.embed(TEXTS, lora_request=mixed)), rows(plain.embed(TEXTS, lora_request=mixed)))
+    for request in requests:  # single calls: each adapter's own cached prefix
+        assert_same(rows(shared.embed(TEXTS[1:2], lora_request=request)), rows(plain.embed(TEXTS[1:2], lora_request=request)))
+
+
+def test_bfloat16_stays_within_a_step_of_the_unshared_run(qwen: Path) -> None:
+    shared = LLM(str(qwen), dtype="bfloat16")
+    plain = LLM(str(qwen), dtype="bfloat16", enable_prefix_caching=False)
+    for a, b in zip(rows(shared.embed(TEXTS)), rows(plain.embed(TEXTS))):
+        assert F.cosine_similarity(a, b, dim=0) >= 0.999
+        assert (a - b).abs().max() <= 2 ** -7 * b.abs().max()  # one bf16 step of the largest component
+
+
+def test_bidirectional_and_windowed_models_share_nothing(qwen: Path, tmp_path: Path) -> None:
+    """A prefix's states depend on what follows in a bidirectional model, and a sliding window reads
+    positions relative to each token: neither shares, whatever enable_prefix_caching says."""
+    assert LLM(str(qwen), hf_overrides={"is_causal": False}, enable_prefix_caching=True).engine.prefixes is None
+    mistral = build_decoder(tmp_path / "mistral", "mistral", "embed")
+    assert LLM(str(mistral), enable_prefix_caching=True).engine.prefixes is None
+    llama = build_decoder(tmp_path / "llama", "llama", "embed", max_position_embeddings=512)
+    assert LLM(str(llama)).engine.prefixes is not None
+
+
+def test_the_cache_stays_within_its_bytes(qwen: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POOLKIT_PREFIX_CACHE_BYTES", str(200_000))
+    shared = LLM(str(qwen))
+    for i in range(12):
+        shared.embed([f"document number {i}: " + "some words that make it long " * 3])
+    cache = shared.engine.prefixes.cache
+    assert 0 < cache.bytes <= 200_000
