@@ -1,6 +1,6 @@
 """Attention over packed sequences: each token sees only the tokens of its own sequence.
 
-The contracts of the two ops registered here, which every kernel of the op keeps (same
+The contracts of the three ops registered here, which every kernel of the op keeps (same
 arguments and defaults as the reference, which is what ``poolkit.kernel_reference(op)`` returns)
 and models rely on without importing this module:
 
@@ -26,6 +26,13 @@ and models rely on without importing this module:
 softcap=None) -> out``, as ``varlen_attention`` without ``bias``, each scaled score ``s``
 replaced by ``softcap * tanh(s / softcap)`` before a float32 softmax (Gemma 2); ``softcap=None``
 is plain ``varlen_attention``.
+
+``prefix_attention``: ``fn(q, k, v, batch, prefix_k, prefix_v, offsets, scale=None) -> out``: causal
+attention of sequences that continue shared prefixes (:mod:`poolkit.runtime.prefix`); sequence
+``i`` holds the tokens after its first ``batch.starts[i]`` positions, whose keys and values are
+rows ``offsets[i] : offsets[i] + batch.starts[i]`` of ``prefix_k`` / ``prefix_v``; each token
+attends to its whole prefix and causally to its own sequence. The Triton variant is in
+:mod:`poolkit.kernels.prefix`.
 
 On CPUs with AMX (Intel Sapphire Rapids and later), ``varlen_attention:amx`` and
 ``varlen_attention_softcap:amx`` run the whole packed batch in one call of a C kernel

@@ -14,7 +14,7 @@ import sys
 
 _ON_DEVICE = """
 import torch
-import poolkit.kernels.fused, poolkit.kernels.lora, poolkit.kernels.maxsim, poolkit.kernels.pooling, poolkit.kernels.splade
+import poolkit.kernels.fused, poolkit.kernels.lora, poolkit.kernels.maxsim, poolkit.kernels.pooling, poolkit.kernels.prefix, poolkit.kernels.splade
 
 def _on_device(fn):
     def run(*args, **kwargs):
@@ -24,7 +24,7 @@ def _on_device(fn):
         return tuple(o.cpu() for o in out) if isinstance(out, tuple) else out.cpu()
     return run
 
-for _module in (poolkit.kernels.fused, poolkit.kernels.lora, poolkit.kernels.maxsim, poolkit.kernels.pooling, poolkit.kernels.splade):
+for _module in (poolkit.kernels.fused, poolkit.kernels.lora, poolkit.kernels.maxsim, poolkit.kernels.pooling, poolkit.kernels.prefix, poolkit.kernels.splade):
     for _name in dir(_module):
         if _name.endswith("_triton"):
             setattr(_module, _name, _on_device(getattr(_module, _name)))

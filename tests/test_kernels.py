@@ -593,6 +593,7 @@ def _builtin_references() -> dict:
         "splade_pool": splade.splade_pool_reference,
         "varlen_attention": attention.varlen_attention,
         "varlen_attention_softcap": attention.softcap_varlen_attention,
+        "prefix_attention": attention.prefix_attention,
     }
 
 
@@ -632,7 +633,7 @@ def test_kernel_reference_gives_each_builtin_ops_reference() -> None:
             assert entry.obj.reference is references[entry.name.split(":", 1)[0]], entry.name
     assert poolkit.kernel_reference is poolkit.plugins.lookup.kernel_reference
     assert poolkit.select_kernel is select_kernel and poolkit.kernel_table is poolkit.plugins.lookup.kernel_table
-    with pytest.raises(UnknownName, match=r"^unknown kernel op 'segment_pol'; available: gated_linear, linear_act, linear_int8, lora_delta, maxsim, residual_norm, rms_norm, rotary, segment_pool"):
+    with pytest.raises(UnknownName, match=r"^unknown kernel op 'segment_pol'; available: gated_linear, linear_act, linear_int8, lora_delta, maxsim, prefix_attention, residual_norm, rms_norm, rotary, segment_pool"):
         poolkit.kernel_reference("segment_pol")
 
 

@@ -177,3 +177,37 @@ def test_the_cache_stays_within_its_bytes(qwen: Path, monkeypatch: pytest.Monkey
         shared.embed([f"document number {i}: " + "some words that make it long " * 3])
     cache = shared.engine.prefixes.cache
     assert 0 < cache.bytes <= 200_000
+
+
+def test_prefix_attention_triton_matches_the_reference() -> None:
+    """The Triton variant (interpreted on the CPU, compiled on a GPU suite) against the torch
+    reference: grouped-query heads, prefixes of two lengths shared and not, a sequence without one,
+    sequences longer than a block, float32 and bf16."""
+    pytest.importorskip("triton", reason="pip install triton (the gpu extra) to test the Triton kernels")
+    import textwrap
+
+    from suite_device import run_triton_script
+
+    script = textwrap.dedent(
+        """
+        import torch
+        from poolkit.contracts.batch import PackedBatch
+        from poolkit.kernels.attention import prefix_attention
+        from poolkit.kernels.prefix import prefix_attention_triton
+        g = torch.Generator().manual_seed(0)
+        lens, starts, offsets = [21, 7, 5, 40], [9, 9, 0, 37], [0, 0, 0, 9]
+        for dim in (8, 24):
+            q = torch.randn(sum(lens), 4, dim, generator=g)
+            k, v = torch.randn(sum(lens), 2, dim, generator=g), torch.randn(sum(lens), 2, dim, generator=g)
+            pk, pv = torch.randn(46, 2, dim, generator=g), torch.randn(46, 2, dim, generator=g)
+            batch = PackedBatch(torch.zeros(sum(lens), dtype=torch.long), lens, starts=starts)
+            for dtype in (torch.float32, torch.bfloat16):
+                args = [t.to(dtype) for t in (q, k, v)] + [batch] + [t.to(dtype) for t in (pk, pv)] + [offsets]
+                want, got = prefix_attention(*args, scale=0.3), prefix_attention_triton(*args, scale=0.3)
+                tol = 1e-5 if dtype == torch.float32 else 2e-2
+                assert (got.float() - want.float()).abs().max() <= tol, (dim, dtype, (got.float() - want.float()).abs().max())
+        print("ok")
+        """
+    )
+    result = run_triton_script(script)
+    assert result.returncode == 0 and result.stdout.startswith("ok"), result.stderr[-2000:]
