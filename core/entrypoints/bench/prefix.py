@@ -11,19 +11,17 @@ from the round before; the outputs of both runs are compared.
 from __future__ import annotations
 
 import statistics
-from typing import TYPE_CHECKING
+from typing import Any
 
 from .base import SkipWorkload
 from .measure import Result, _interleave, _median_ratio
-
-if TYPE_CHECKING:
-    from .workloads import Bench
 
 PREFIX_TOKENS = 400
 SUFFIX_TOKENS = 40
 
 
-def prefix_workload(bench: "Bench") -> Result:
+def prefix_workload(bench: Any) -> Result:
+    """Workload P on the :class:`~poolkit.entrypoints.bench.workloads.Bench`'s model."""
     import torch
 
     from poolkit import LLM
