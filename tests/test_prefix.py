@@ -211,3 +211,39 @@ def test_prefix_attention_triton_matches_the_reference() -> None:
     )
     result = run_triton_script(script)
     assert result.returncode == 0 and result.stdout.startswith("ok"), result.stderr[-2000:]
+
+
+def test_chunked_long_inputs_share_their_first_chunk(qwen: Path) -> None:
+    """Long inputs split into chunks (``enable_chunked_processing``): inputs that begin alike have
+    first chunks that begin alike, and the chunks' mean is the unshared run's."""
+    config = {"enable_chunked_processing": True, "pooling_type": "MEAN"}
+    texts = [PREFIX * 3 + t for t in ("alpha beta gamma", "the lazy dog " * 4)]
+    shared, plain = LLM(str(qwen), pooler_config=config), LLM(str(qwen), pooler_config=config, enable_prefix_caching=False)
+    assert max(len(o.prompt_token_ids) for o in plain.embed(texts)) > 128  # longer than the model's 128: chunked
+    assert_same(rows(shared.embed(texts)), rows(plain.embed(texts)))
+    assert shared.engine.prefixes.shared_tokens > 0
+
+
+def test_server_requests_share_through_the_cache_within_their_salt(qwen: Path) -> None:
+    """Single requests through the server (its batcher runs each alone here): the second finds the
+    first's prefix in the cache; a request of another cache_salt does not."""
+    from fastapi.testclient import TestClient
+
+    from poolkit.entrypoints.server import create_app
+
+    llm, plain = LLM(str(qwen)), LLM(str(qwen), enable_prefix_caching=False)
+    sharing = llm.engine.prefixes
+    with TestClient(create_app(llm)) as client:
+        def post(text: str, salt: str | None = None) -> torch.Tensor:
+            body = {"input": [text], **({"cache_salt": salt} if salt else {})}
+            response = client.post("/v1/embeddings", json=body)
+            assert response.status_code == 200, response.text
+            return torch.tensor(response.json()["data"][0]["embedding"])
+
+        post(TEXTS[0], "tenant-a")
+        before = sharing.cache.hits
+        post(TEXTS[1], "tenant-b")
+        assert sharing.cache.hits == before  # another tenant's prefix is not read
+        got = post(TEXTS[2], "tenant-a")
+        assert sharing.cache.hits > before
+        assert (got - torch.tensor(plain.embed(TEXTS[2:3])[0].outputs.embedding)).abs().max() <= ATOL
