@@ -124,6 +124,19 @@ class VisionLanguageModel(Architecture):
                 raise ModelLoadError(f"the {cls.__name__} {where} has no {name}")
 
 
+#: A vision tower's layer tensors (``encoder.layers.N.``), the layer index the group.
+_VISION_LAYER = re.compile(r"^encoder\.layers\.(\d+)\.")
+
+
+def built_layers(weights: Iterable[tuple[str, torch.Tensor]], built: int, skip: str = "\0") -> list[tuple[str, torch.Tensor]]:
+    """A vision tower's checkpoint tensors but those of its layers past the first ``built`` (a tower
+    that stops at its feature layer) and those whose name starts with ``skip``."""
+    return [
+        (name, tensor) for name, tensor in weights
+        if not name.startswith(skip) and not ((layer := _VISION_LAYER.match(name)) and int(layer.group(1)) >= built)
+    ]
+
+
 # -- the placeholder scatter ---------------------------------------------------------------------
 
 

@@ -25,7 +25,6 @@ without ``vision_model.``, ``multi_modal_projector.``, ``language_model.model.``
 
 from __future__ import annotations
 
-import re
 from typing import Any, Callable, ClassVar, Collection, Iterable, Mapping
 
 import torch
@@ -45,6 +44,7 @@ from ..vision_language import (
     CheckpointLayout,
     FeedForward,
     VisionLanguageModel,
+    built_layers,
 )
 from .processor import LlavaNextProcessor
 
@@ -243,18 +243,10 @@ class LlavaNextForConditionalGeneration(VisionLanguageModel):
 
     #: Where the vision tower, the decoder, the projector and ``image_newline`` sit in the checkpoints.
     checkpoint_layout: ClassVar[CheckpointLayout] = CHECKPOINT
-    #: Vision tensors past the feature layers: the post-LayerNorm and the layers never built.
-    _VISION_LAYER = re.compile(r"^encoder\.layers\.(\d+)\.")
-
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         parts = self.checkpoint_layout.split(weights)
-        built = len(self.vision_tower.encoder.layers)
-        vision = [
-            (name, tensor)
-            for name, tensor in parts["vision"]
-            if not name.startswith("post_layernorm.")
-            and not ((layer := self._VISION_LAYER.match(name)) and int(layer.group(1)) >= built)
-        ]
+        # past the feature layers: the post-LayerNorm and the layers never built
+        vision = built_layers(parts["vision"], len(self.vision_tower.encoder.layers), skip="post_layernorm.")
         warn_unused([name for name, _ in parts[UNMATCHED]], type(self).__name__)
         load_into(self.vision_tower, fuse_projections(self.vision_tower, vision), rename=lambda n: n)
         self.language_model.load_weights(parts["language"])

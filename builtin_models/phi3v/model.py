@@ -44,6 +44,7 @@ from ..vision_language import (
     CheckpointLayout,
     FeedForward,
     VisionLanguageModel,
+    built_layers,
 )
 from .config import ImageSettings, image_settings
 from .processor import Phi3VProcessor
@@ -230,17 +231,9 @@ class Phi3VForCausalLM(VisionLanguageModel):
 
     # -- weights -------------------------------------------------------------------------------
 
-    #: Vision tensors past the feature layer: the layers never built.
-    _VISION_LAYER = re.compile(r"^encoder\.layers\.(\d+)\.")
-
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         parts = self.checkpoint_layout.split(weights)
-        built = len(self.vision_tower.encoder.layers)
-        vision = [
-            (name, tensor)
-            for name, tensor in parts["vision"]
-            if not ((layer := self._VISION_LAYER.match(name)) and int(layer.group(1)) >= built)
-        ]
+        vision = built_layers(parts["vision"], len(self.vision_tower.encoder.layers))  # past the feature layer: never built
         separators = dict(parts["separators"])
         unused = [name for name, _ in parts[UNMATCHED]]
         unused += [f"model.vision_embed_tokens.{name}" for name in separators if name not in ("glb_GN", "sub_GN")]
