@@ -1,6 +1,14 @@
-"""The ``prefix_attention`` op's Triton variant: sequences that continue shared prefixes, in one launch.
+"""The ``prefix_attention`` op's fast variants: on the CPU, two flash attentions merged by their
+log-sum-exp; on CUDA, one Triton launch.
 
-A program per (sequence, query head, block of query rows) reads its prefix's keys and values
+On the CPU (``prefix_attention:flash``), each group of sequences that continue one prefix with one
+length runs as two calls of torch's CPU flash attention: the queries of all of them at once against
+the prefix's keys (one long query sequence, no mask, the prefix read once instead of copied per
+sequence), and each sequence's queries against its own keys, causally, both in float32. The two
+partial results are merged by their log-sum-exps, which is the softmax over all the keys, and
+rounded to the model's dtype once.
+
+On CUDA (``prefix_attention:triton``), a program per (sequence, query head, block of query rows) reads its prefix's keys and values
 (rows ``offsets[i] : offsets[i] + starts[i]`` of the packed prefix tensors), then its own sequence's
 up to each query, with an online softmax in float32 (IEEE dots, not TF32). The op's contract and
 its torch reference are :func:`poolkit.kernels.attention.prefix_attention`; the CUDA variant is
@@ -16,9 +24,52 @@ import torch
 
 from poolkit.contracts.batch import PackedBatch, device_tensor
 from poolkit.contracts.hookspecs import hookimpl
+from poolkit.contracts.kernel import Kernel
 
 from .attention import prefix_attention
 from .triton_support import triton_kernel
+
+
+def prefix_attention_flash(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    batch: PackedBatch,
+    prefix_k: torch.Tensor,
+    prefix_v: torch.Tensor,
+    offsets: list[int],
+    scale: float | None = None,
+) -> torch.Tensor:
+    """:func:`~poolkit.kernels.attention.prefix_attention` as two CPU flash attentions per group of
+    sequences, merged by their log-sum-exps."""
+    flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    heads, dim = q.shape[1], q.shape[2]
+    repeat = heads // k.shape[1]
+    starts = batch.starts or [0] * batch.num_seqs
+    groups: dict[tuple[int, int, int], list[int]] = {}
+    for i, (length, start) in enumerate(zip(batch.seq_lens, starts)):
+        groups.setdefault((offsets[i] if start else 0, start, length), []).append(i)
+    first = batch.cu_seqlens[:-1]
+    out = q.new_empty(q.shape)
+    heads_of = lambda t: t.repeat_interleave(repeat, dim=-2) if repeat > 1 else t  # noqa: E731
+    for (offset, start, length), members in groups.items():
+        n = len(members)
+        idx = device_tensor(members, torch.long, q.device)
+        rows = (first[idx].unsqueeze(1) + torch.arange(length, device=q.device)).reshape(-1)
+        qq = q[rows].view(n, length, heads, dim).transpose(1, 2).float()  # each half's output unrounded until the merge
+        kk, vv = (heads_of(t[rows].view(n, length, -1, dim)).transpose(1, 2).float() for t in (k, v))
+        own, own_lse = flash(qq, kk, vv, 0.0, True, scale=scale)
+        if start:
+            pk, pv = (heads_of(t[offset : offset + start]).transpose(0, 1).unsqueeze(0).float() for t in (prefix_k, prefix_v))
+            together = qq.transpose(0, 1).reshape(1, heads, n * length, dim)
+            seen, seen_lse = flash(together, pk, pv, 0.0, False, scale=scale)
+            seen = seen.view(heads, n, length, dim).transpose(0, 1)
+            seen_lse = seen_lse.view(heads, n, length).transpose(0, 1)
+            top = torch.maximum(seen_lse, own_lse)
+            a, b = (seen_lse - top).exp().unsqueeze(-1), (own_lse - top).exp().unsqueeze(-1)
+            own = (seen.float() * a + own.float() * b) / (a + b)
+        out.index_copy_(0, rows, own.transpose(1, 2).reshape(rows.shape[0], heads, dim).to(q.dtype))
+    return out
 
 
 def prefix_attention_triton(
@@ -125,6 +176,14 @@ def _kernel():
     return prefix_attention_kernel
 
 
+def _flash_available() -> bool:
+    return hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu")
+
+
 @hookimpl
 def poolkit_register_kernels(register):
+    register(
+        "prefix_attention:flash",
+        Kernel(fn=prefix_attention_flash, reference=prefix_attention, device="cpu", priority=5, is_available=_flash_available),
+    )
     register("prefix_attention:triton", triton_kernel(prefix_attention_triton, prefix_attention))
