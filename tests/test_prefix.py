@@ -272,3 +272,17 @@ def test_server_requests_share_through_the_cache_within_their_salt(qwen: Path) -
         got = post(TEXTS[2], "tenant-a")
         assert sharing.cache.hits > before
         assert (got - torch.tensor(plain.embed(TEXTS[2:3])[0].outputs.embedding)).abs().max() <= ATOL
+
+
+def test_a_causal_lm_read_as_a_yes_no_reranker_shares_its_query(qwen: Path) -> None:
+    """The LLM-as-reranker form (Qwen3-Reranker: the LM head's "no"/"yes" rows at the last token):
+    its pairs, query first, share the query; the scores are the unshared run's."""
+    overrides = {"classifier_from_token": ["no", "yes"], "method": "from_2_way_softmax"}
+    query = PREFIX + "which city is the capital of france?"
+    docs = ["paris is the capital of france", "hello world", "berlin is in germany", "yes"]
+    shared = LLM(str(qwen), hf_overrides=overrides)
+    plain = LLM(str(qwen), hf_overrides=overrides, enable_prefix_caching=False)
+    got = [o.outputs.score for o in shared.score(query, docs)]
+    want = [o.outputs.score for o in plain.score(query, docs)]
+    assert max(abs(a - b) for a, b in zip(got, want)) <= ATOL
+    assert shared.engine.prefixes.shared_tokens > 0
