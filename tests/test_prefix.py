@@ -286,3 +286,27 @@ def test_a_causal_lm_read_as_a_yes_no_reranker_shares_its_query(qwen: Path) -> N
     want = [o.outputs.score for o in plain.score(query, docs)]
     assert max(abs(a - b) for a, b in zip(got, want)) <= ATOL
     assert shared.engine.prefixes.shared_tokens > 0
+
+
+def test_server_rerank_requests_keep_their_salt(tmp_path: Path) -> None:
+    """/rerank: a decoder reranker's documents share the query within the request; a second request
+    reads the query's states from the cache only under the same cache_salt."""
+    from fastapi.testclient import TestClient
+
+    from poolkit.entrypoints.server import create_app
+
+    path = build_qwen(tmp_path / "rerank", "qwen3", "classify", num_labels=1, max_position_embeddings=512)
+    llm = LLM(str(path))
+    cache = llm.engine.prefixes.cache
+    body = {"query": PREFIX + "which city is the capital of france?", "documents": ["paris", "berlin is in germany", "hello"]}
+    with TestClient(create_app(llm)) as client:
+        def rerank(salt: str) -> list[float]:
+            response = client.post("/rerank", json={**body, "cache_salt": salt})
+            assert response.status_code == 200, response.text
+            return [r["relevance_score"] for r in sorted(response.json()["results"], key=lambda r: r["index"])]
+
+        first = rerank("tenant-a")
+        hits = cache.hits
+        rerank("tenant-b")
+        assert cache.hits == hits
+        assert rerank("tenant-a") == pytest.approx(first, abs=ATOL) and cache.hits > hits

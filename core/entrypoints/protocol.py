@@ -146,7 +146,7 @@ class BaseRequest(BaseModel):
         None,
         min_length=1,
         description="vLLM's prefix-cache key: prompts share computed prefix states (a decoder's shared "
-        "instruction or query) only with prompts of the same salt (on /v1/embeddings, /pooling, /classify).",
+        "instruction or query) only with prompts of the same salt.",
     )
 
 

@@ -97,10 +97,13 @@ class PrefixCache:
         self.hits = self.lookups = 0
 
     def exact(self, scope: Scope, ids: tuple[int, ...]) -> Entry | None:
+        """The cached entry of exactly ``ids`` (a batch's shared prefix), or ``None``."""
         with self._lock:
+            self.lookups += 1
             entry = self._entries.get((scope, ids))
             if entry is not None:
                 self._entries.move_to_end((scope, ids))
+                self.hits += len(ids)
             return entry
 
     def longest(self, scope: Scope, ids: Sequence[int], limit: int) -> tuple[Entry, int] | None:

@@ -139,7 +139,7 @@ async def cohere_embed(body: CohereEmbedRequest, request: Request, st: State, ll
         dimensions=body.output_dimension,
         truncate_prompt_tokens=truncate,
         truncation_side={"START": "left", "END": "right"}.get(body.truncate),
-    )
+    ).with_salt(body.cache_salt)
     check_response(st, len(items) * (width or 0), sum(_TYPE_BYTES[kind] for kind in types), estimated=True)
     images = [i for i, (kind, _) in enumerate(items) if kind in ("image", "media")]
     if any(kind == "media" for kind, _ in items):

@@ -371,7 +371,7 @@ def _score_params(llm: LLM, body: Any) -> PoolingParams:
         truncate_prompt_tokens=body.truncate_prompt_tokens,
         truncation_side=body.truncation_side,
         extra_kwargs=extra or None,
-    )
+    ).with_salt(body.cache_salt)
     if body.truncate_prompt_tokens is None and "truncate_prompt_tokens" in body.model_fields_set:
         params = params.model_copy(update={"truncate_prompt_tokens": None})
     return params
