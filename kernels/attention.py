@@ -161,6 +161,23 @@ def _dense(
     return o.transpose(1, 2)
 
 
+def prefix_groups(batch: PackedBatch, offsets: list[int]) -> list[tuple[int, int, int, int, torch.Tensor]]:
+    """The sequences of ``batch`` that continue one prefix with one length, together: per group its
+    prefix's ``(offset, start)``, the sequences' ``length`` and count ``n``, and their ``[n * length]``
+    token rows, sequence after sequence (``prefix_attention``'s variants attend a group at once)."""
+    starts = batch.starts or [0] * batch.num_seqs
+    groups: dict[tuple[int, int, int], list[int]] = {}
+    for i, (length, start) in enumerate(zip(batch.seq_lens, starts)):
+        groups.setdefault((offsets[i] if start else 0, start, length), []).append(i)
+    first = batch.cu_seqlens[:-1]
+    out = []
+    for (offset, start, length), members in groups.items():
+        idx = device_tensor(members, torch.long, batch.device)
+        rows = (first[idx].unsqueeze(1) + torch.arange(length, device=batch.device)).reshape(-1)
+        out.append((offset, start, length, len(members), rows))
+    return out
+
+
 def prefix_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -191,19 +208,12 @@ def prefix_attention(
     Returns:
         ``[T, heads, head_dim]`` in ``q``'s dtype.
     """
-    starts = batch.starts or [0] * batch.num_seqs
-    groups: dict[tuple[int, int, int], list[int]] = {}
-    for i, (length, start) in enumerate(zip(batch.seq_lens, starts)):
-        groups.setdefault((offsets[i] if start else 0, start, length), []).append(i)
-    first = batch.cu_seqlens[:-1]
     out = q.new_empty(q.shape)
-    for (offset, start, length), members in groups.items():
-        idx = device_tensor(members, torch.long, q.device)
-        rows = (first[idx].unsqueeze(1) + torch.arange(length, device=q.device)).reshape(-1)
-        qq, kk, vv = (t[rows].unflatten(0, (len(members), length)) for t in (q, k, v))
+    for offset, start, length, n, rows in prefix_groups(batch, offsets):
+        qq, kk, vv = (t[rows].unflatten(0, (n, length)) for t in (q, k, v))
         mask = None
         if start:
-            shape = (len(members), start, *k.shape[1:])
+            shape = (n, start, *k.shape[1:])
             kk = torch.cat((prefix_k[offset : offset + start].expand(shape), kk), dim=1)
             vv = torch.cat((prefix_v[offset : offset + start].expand(shape), vv), dim=1)
             position = torch.arange(length, device=q.device).unsqueeze(1) + start

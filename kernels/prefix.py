@@ -26,7 +26,7 @@ from poolkit.contracts.batch import PackedBatch, device_tensor
 from poolkit.contracts.hookspecs import hookimpl
 from poolkit.contracts.kernel import Kernel
 
-from .attention import prefix_attention
+from .attention import prefix_attention, prefix_groups
 from .triton_support import triton_kernel
 
 
@@ -45,17 +45,9 @@ def prefix_attention_flash(
     flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
     heads, dim = q.shape[1], q.shape[2]
     repeat = heads // k.shape[1]
-    starts = batch.starts or [0] * batch.num_seqs
-    groups: dict[tuple[int, int, int], list[int]] = {}
-    for i, (length, start) in enumerate(zip(batch.seq_lens, starts)):
-        groups.setdefault((offsets[i] if start else 0, start, length), []).append(i)
-    first = batch.cu_seqlens[:-1]
     out = q.new_empty(q.shape)
     heads_of = lambda t: t.repeat_interleave(repeat, dim=-2) if repeat > 1 else t  # noqa: E731
-    for (offset, start, length), members in groups.items():
-        n = len(members)
-        idx = device_tensor(members, torch.long, q.device)
-        rows = (first[idx].unsqueeze(1) + torch.arange(length, device=q.device)).reshape(-1)
+    for offset, start, length, n, rows in prefix_groups(batch, offsets):
         qq = q[rows].view(n, length, heads, dim).transpose(1, 2).float()  # each half's output unrounded until the merge
         kk, vv = (heads_of(t[rows].view(n, length, -1, dim)).transpose(1, 2).float() for t in (k, v))
         own, own_lse = flash(qq, kk, vv, 0.0, True, scale=scale)
