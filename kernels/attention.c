@@ -27,6 +27,12 @@
  * accumulation and softmax, bf16 probabilities for the second product), two-pass instead of
  * online: a block's scores for the longest sequence (L x 16 floats) stay in the cache.
  *
+ * poolkit_prefix_attention_avx512 and _f32 (the prefix_attention op) run sequences that continue
+ * prefixes computed already: a sequence's queries sit at the positions after its prefix and attend
+ * causally to the prefix's keys (read in place from the prefix tensors) and then to its own, in the
+ * same three steps; the bf16 build packs a prefix's value pairs once for the sequences that continue
+ * it one after another, and each sequence's own from the prefix's last whole pair on.
+ *
  * Masks are ranges, never tensors: query i of a sequence sees keys [lo_i, hi_i) with
  * lo_i = max(0, i - window) and hi_i = causal ? i + 1 : min(L, i + window + 1) (window < 0: none);
  * keys outside every row's range are skipped (AMX: in 32-key steps, AVX-512: in pairs), keys inside
@@ -250,34 +256,40 @@ static inline __attribute__((always_inline)) void scores_block(const workspace *
 
 /* --- AVX512-BF16 products --- */
 
-/* Values of one sequence and key/value head, each pair of keys interleaved dim by dim: 32 bits
- * (value of key 2p, value of key 2p + 1) for pair p and dim m at out[p * d + m], zero past the
- * sequence. d is a multiple of 16. */
-static void pack_value_pairs(const uint16_t *v, int64_t stride, int64_t len, int64_t d, uint32_t *out) {
-    for (int64_t key = 0; key < len; key += 2) {
-        const uint16_t *even = v + key * stride, *odd = even + stride;
+/* Values of the keys [from, to) of one key/value head, each pair of keys interleaved dim by dim:
+ * 32 bits (value of key 2p, value of key 2p + 1) for pair p and dim m at out[(p - from / 2) * d + m],
+ * zero past `to`. Key j's values are row j of `pre` for j < split (a prefix's keys), else row
+ * j - split of `v` (the sequence's own); strides in elements. from is even; d a multiple of 16. */
+static void pack_value_pairs(const uint16_t *pre, int64_t pre_stride, int64_t split, const uint16_t *v, int64_t stride,
+                             int64_t from, int64_t to, int64_t d, uint32_t *out) {
+    for (int64_t key = from; key < to; key += 2) {
+        const uint16_t *even = key < split ? pre + key * pre_stride : v + (key - split) * stride;
+        const uint16_t *odd = key + 1 < split ? pre + (key + 1) * pre_stride : v + (key + 1 - split) * stride;
         for (int64_t m = 0; m < d; m += 16) {
             __m256i lo = _mm256_loadu_si256((const __m256i *)(even + m));
-            __m256i hi = key + 1 < len ? _mm256_loadu_si256((const __m256i *)(odd + m)) : _mm256_setzero_si256();
+            __m256i hi = key + 1 < to ? _mm256_loadu_si256((const __m256i *)(odd + m)) : _mm256_setzero_si256();
             __m512i both = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-            _mm512_storeu_si512((void *)(out + (key / 2) * d + m), interleave_halves(both));
+            _mm512_storeu_si512((void *)(out + ((key - from) / 2) * d + m), interleave_halves(both));
         }
     }
 }
 
 /* Step 3 for `nq` queries (block rows r0 .. r0 + nq - 1) and `nv` x 16 dims from dim m0: each query's
- * probability pair broadcast against a key pair's values; nq * nv <= 16 accumulators. */
-static inline __attribute__((always_inline)) void outputs_avx512(const workspace *w, int64_t d, int64_t m0, int nv,
-                                                                 int nq, int64_t r0, int64_t rows, int64_t k0,
-                                                                 int64_t k1, const float *inv, uint16_t *out,
-                                                                 int64_t out_stride) {
+ * probability pair broadcast against a key pair's values; nq * nv <= 16 accumulators. Key pair p's
+ * packed values are row p of `pre` for p < split (a prefix's pairs), else row p - split of w->values. */
+static inline __attribute__((always_inline)) void outputs_avx512(const workspace *w, const uint32_t *pre, int64_t split,
+                                                                 int64_t d, int64_t m0, int nv, int nq, int64_t r0,
+                                                                 int64_t rows, int64_t k0, int64_t k1, const float *inv,
+                                                                 uint16_t *out, int64_t out_stride) {
     __m512 acc[16];
     for (int i = 0; i < nq * nv; i++) acc[i] = _mm512_setzero_ps();
     const uint32_t *probs = (const uint32_t *)w->probs + r0;
-    const uint32_t *values = (const uint32_t *)w->values + (k0 / 2) * d + m0;
+    const uint32_t *own = (const uint32_t *)w->values + m0;
     for (int64_t pair = 0; pair < (k1 - k0) / 2; pair++) {
+        int64_t p = k0 / 2 + pair;
+        const uint32_t *values = p < split ? pre + p * d + m0 : own + (p - split) * d;
         __m512bh v[4];
-        for (int t = 0; t < nv; t++) v[t] = (__m512bh)_mm512_loadu_si512((const void *)(values + pair * d + 16 * t));
+        for (int t = 0; t < nv; t++) v[t] = (__m512bh)_mm512_loadu_si512((const void *)(values + 16 * t));
         for (int r = 0; r < nq; r++) {
             __m512bh p = (__m512bh)_mm512_set1_epi32((int32_t)probs[pair * 16 + r]);
             for (int t = 0; t < nv; t++) acc[r * nv + t] = _mm512_dpbf16_ps(acc[r * nv + t], v[t], p);
@@ -292,9 +304,10 @@ static inline __attribute__((always_inline)) void outputs_avx512(const workspace
 /* --- float32 products (FMAs) --- */
 
 /* Step 3 in float32 for `nq` queries (block rows r0 ..) and `nv` x 16 dims from dim m0: each
- * query's probability broadcast against a key's values, read in place (v: the sequence's first
- * value of this head). */
-static inline __attribute__((always_inline)) void outputs_f32(const workspace *w, const float *v, int64_t v_stride,
+ * query's probability broadcast against a key's values, read in place: key j's are row j of `pre`
+ * for j < split (a prefix's keys), else row j - split of `v` (the sequence's own, of this head). */
+static inline __attribute__((always_inline)) void outputs_f32(const workspace *w, const float *pre, int64_t pre_stride,
+                                                              int64_t split, const float *v, int64_t v_stride,
                                                               int64_t m0, int nv, int nq, int64_t r0, int64_t rows,
                                                               int64_t first, int64_t last, int64_t k0, const float *inv,
                                                               float *out, int64_t out_stride) {
@@ -302,8 +315,9 @@ static inline __attribute__((always_inline)) void outputs_f32(const workspace *w
     for (int i = 0; i < nq * nv; i++) acc[i] = _mm512_setzero_ps();
     const float *probs = (const float *)w->probs + r0;
     for (int64_t j = first; j < last; j++) {
+        const float *row = (j < split ? pre + j * pre_stride : v + (j - split) * v_stride) + m0;
         __m512 x[4];
-        for (int t = 0; t < nv; t++) x[t] = _mm512_loadu_ps(v + j * v_stride + m0 + 16 * t);
+        for (int t = 0; t < nv; t++) x[t] = _mm512_loadu_ps(row + 16 * t);
         for (int r = 0; r < nq; r++) {
             __m512 p = _mm512_set1_ps(probs[(j - k0) * 16 + r]);
             for (int t = 0; t < nv; t++) acc[r * nv + t] = _mm512_fmadd_ps(p, x[t], acc[r * nv + t]);
@@ -318,25 +332,31 @@ static inline __attribute__((always_inline)) void outputs_f32(const workspace *w
 /* One block of up to 16 queries (positions q0 .. q0 + rows - 1) of one head against its keys, with
  * AVX-512: bf16 (`wide` 0; values packed by pack_value_pairs) or float32 (`wide` 1; values read in
  * place, v: the sequence's first value of this head). Keys are read in place (k: the sequence's
- * first key of this head); out: the head's output of the sequence's first token. */
+ * first key of this head); out: the head's output of the block's first query. The first `split`
+ * positions are a prefix's (len counts them): their keys are rows of `pk`, their values rows of
+ * `pv` (bf16: its packed pairs, split / 2 of them), and k, v hold the keys from position split on. */
 static void attend_block_vec(const workspace *w, const void *k, int64_t k_stride, const float *v, int64_t v_stride,
+                             const void *pk, int64_t pk_stride, const void *pv, int64_t pv_stride, int64_t split,
                              int64_t q0, int64_t rows, int64_t len, int64_t d, float scale, int causal, int64_t window,
                              float softcap, int wide, void *out, int64_t out_stride) {
     int64_t first, last;
     seen_keys(q0, rows, len, causal, window, &first, &last);
     int64_t k0 = first & ~(int64_t)1, k1 = (last + 1) & ~(int64_t)1;
-    if (wide)
-        scores_block(w, k, k_stride, d, first, last, k0, 1);
-    else
-        scores_block(w, k, k_stride, d, first, last, k0, 0);
+    int64_t mid = last < split ? last : split, lo = first > split ? first : split;
+    if (wide) {
+        if (first < mid) scores_block(w, pk, pk_stride, d, first, mid, k0, 1);
+        if (lo < last) scores_block(w, k, k_stride, d, lo - split, last - split, k0 - split, 1);
+    } else {
+        if (first < mid) scores_block(w, pk, pk_stride, d, first, mid, k0, 0);
+        if (lo < last) scores_block(w, k, k_stride, d, lo - split, last - split, k0 - split, 0);
+    }
     float inv[16];
     _mm512_storeu_ps(inv, softmax_block(w, q0, rows, len, scale, causal, window, softcap, first, last, k0, k1, wide));
-    float *out32 = (float *)out + q0 * out_stride;
-    uint16_t *out16 = (uint16_t *)out + q0 * out_stride;
     /* constant widths (nv x 16 dims for nq queries), so that the accumulators live in registers */
 #define OUTPUTS(nv, nq)                                                                                           \
-    (wide ? outputs_f32(w, v, v_stride, m0, nv, nq, r0, rows, first, last, k0, inv, out32, out_stride)             \
-          : outputs_avx512(w, d, m0, nv, nq, r0, rows, k0, k1, inv, out16, out_stride))
+    (wide ? outputs_f32(w, pv, pv_stride, split, v, v_stride, m0, nv, nq, r0, rows, first, last, k0, inv,          \
+                        (float *)out, out_stride)                                                                 \
+          : outputs_avx512(w, pv, split / 2, d, m0, nv, nq, r0, rows, k0, k1, inv, (uint16_t *)out, out_stride))
     for (int64_t m0 = 0; m0 < d; m0 += 64) {
         int64_t nv = (d - m0) / 16 < 4 ? (d - m0) / 16 : 4;
         int64_t nq = nv == 1 ? 16 : nv == 2 ? 8 : 4;
@@ -473,26 +493,41 @@ static void attend_block(const workspace *w, int64_t q0, int64_t rows,
 
 #ifdef POOLKIT_AVX512BF16
 
+/* A batch's prefixes (prefix_attention): sequence s continues the starts[s] keys and values at rows
+ * offsets[s] .. of pk / pv (token strides in elements, heads d apart); no prefixes where starts is NULL. */
+typedef struct {
+    const void *k, *v;
+    int64_t k_stride, v_stride;
+    const int64_t *starts, *offsets;
+} prefixes;
+
 /* Attention of query heads [h_begin, h_end) of a packed batch in one of the three builds (`mode`);
- * q, k, v, out: bf16, or float32 for AVX512_F32, strides in elements. */
+ * q, k, v, out: bf16, or float32 for AVX512_F32, strides in elements; max_len: the longest sequence
+ * with its prefix. With prefixes (AVX-512 builds only) a sequence's queries sit at the positions
+ * after its prefix, causally: the AVX-512 bf16 build packs a prefix's values once for the sequences
+ * that continue it one after another. */
 static int attend(int mode, const void *q, int64_t q_stride, const void *k, int64_t k_stride, const void *v,
                   int64_t v_stride, void *out, const int64_t *cu, int64_t nseq, int64_t max_len, int64_t heads,
-                  int64_t kv_heads, int64_t d, float scale, int causal, int64_t window, float softcap, int64_t h_begin,
-                  int64_t h_end) {
+                  int64_t kv_heads, int64_t d, float scale, int causal, int64_t window, float softcap,
+                  const prefixes *pre, int64_t h_begin, int64_t h_end) {
     const int64_t size = mode == AVX512_F32 ? 4 : 2; /* bytes an element */
 #define AT(p, i) ((const char *)(p) + (i) * size)
     int64_t padded = (max_len + 31) & ~(int64_t)31;
+    int64_t group = heads / kv_heads, g_begin = h_begin / group, g_end = (h_end - 1) / group + 1;
+    int64_t longest = 0; /* the longest prefix */
+    for (int64_t s = 0; pre->starts && s < nseq; s++) longest = pre->starts[s] > longest ? pre->starts[s] : longest;
     workspace w;
-    size_t sizes[6] = {
+    size_t sizes[7] = {
         mode == AVX512_F32 ? 64 : (size_t)padded * d * sizeof(uint16_t),
         (size_t)d * 16 * sizeof(float),
         mode == AMX_BF16 ? (size_t)padded * d * sizeof(uint16_t) : 64,
         (size_t)padded * 16 * sizeof(float),
         (size_t)padded * 16 * sizeof(float),
         (size_t)16 * 16 * sizeof(float),
+        mode == AVX512_BF16 ? (size_t)(g_end - g_begin) * (size_t)(longest / 2) * (size_t)d * sizeof(uint32_t) + 64 : 64,
     };
-    void *parts[6] = {0};
-    for (int i = 0; i < 6; i++) {
+    void *parts[7] = {0};
+    for (int i = 0; i < 7; i++) {
         if (posix_memalign(&parts[i], 64, sizes[i])) {
             for (int j = 0; j < i; j++) free(parts[j]);
             return 1;
@@ -504,6 +539,8 @@ static int attend(int mode, const void *q, int64_t q_stride, const void *k, int6
     w.scores = parts[3];
     w.probs = parts[4];
     w.acc = parts[5];
+    uint32_t *prefix_pairs = parts[6]; /* per key/value head g_begin .., the packed pairs of the prefix below */
+    int64_t packed_offset = -1, packed_start = -1;
 
 #ifdef POOLKIT_AMX
     /* Keep whatever tile configuration the caller's thread had (oneDNN's, torch's). */
@@ -511,21 +548,30 @@ static int attend(int mode, const void *q, int64_t q_stride, const void *k, int6
     if (mode == AMX_BF16) configure_tiles(&saved);
 #endif
 
-    int64_t group = heads / kv_heads;
     /* the block's queries: 32 bits at a time (a bf16 dim pair, or a float32 dim) from 16 rows */
     const __m512i qrows = byte_offsets(q_stride * size / 2);
     for (int64_t s = 0; s < nseq; s++) {
         int64_t t0 = cu[s], len = cu[s + 1] - cu[s];
+        int64_t start = pre->starts ? pre->starts[s] : 0, offset = start ? pre->offsets[s] : 0;
         if (len <= 0) continue;
-        if (len == 1) {
+        if (len == 1 && start == 0) {
             /* One token sees only itself: its output is its value, exactly (the engine's filler
              * sequences are such tokens). */
             for (int64_t h = h_begin; h < h_end; h++)
                 memcpy((char *)out + (t0 * heads * d + h * d) * size, AT(v, t0 * v_stride + (h / group) * d), (size_t)(d * size));
             continue;
         }
-        for (int64_t g = h_begin / group; g <= (h_end - 1) / group; g++) {
+        if (mode == AVX512_BF16 && start && (offset != packed_offset || start != packed_start)) {
+            for (int64_t g = g_begin; g < g_end; g++)
+                pack_value_pairs((const uint16_t *)AT(pre->v, offset * pre->v_stride + g * d), pre->v_stride, start, NULL, 0, 0,
+                                 start & ~(int64_t)1, d, prefix_pairs + (g - g_begin) * (longest / 2) * d);
+            packed_offset = offset;
+            packed_start = start;
+        }
+        for (int64_t g = g_begin; g < g_end; g++) {
             const void *keys = AT(k, t0 * k_stride + g * d), *values = AT(v, t0 * v_stride + g * d);
+            const void *pk = start ? AT(pre->k, offset * pre->k_stride + g * d) : NULL;
+            const void *pv = start ? AT(pre->v, offset * pre->v_stride + g * d) : NULL;
 #ifdef POOLKIT_AMX
             if (mode == AMX_BF16) {
                 pack_values(values, v_stride, len, d, (len + 31) / 32, w.values);
@@ -533,7 +579,12 @@ static int attend(int mode, const void *q, int64_t q_stride, const void *k, int6
                 memset(w.keys + len * d, 0, (size_t)(((len + 31) & ~(int64_t)31) - len) * d * 2);
             }
 #endif
-            if (mode == AVX512_BF16) pack_value_pairs(values, v_stride, len, d, (uint32_t *)w.values);
+            if (mode == AVX512_BF16) {
+                /* the pairs from the prefix's last whole pair on; those before it are the prefix's, packed above */
+                pack_value_pairs(pv, pre->v_stride, start, values, v_stride, start & ~(int64_t)1, start + len, d,
+                                 (uint32_t *)w.values);
+                pv = prefix_pairs + (g - g_begin) * (longest / 2) * d;
+            }
             int64_t h_lo = g * group > h_begin ? g * group : h_begin;
             int64_t h_hi = (g + 1) * group < h_end ? (g + 1) * group : h_end;
             for (int64_t h = h_lo; h < h_hi; h++) {
@@ -553,8 +604,9 @@ static int attend(int mode, const void *q, int64_t q_stride, const void *k, int6
                         break;
 #endif
                     default:
-                        attend_block_vec(&w, keys, k_stride, values, v_stride, q0, rows, len, d, scale, causal, window,
-                                         softcap, mode == AVX512_F32, o, heads * d);
+                        attend_block_vec(&w, keys, k_stride, values, v_stride, pk, pre->k_stride, pv, pre->v_stride,
+                                         start, start + q0, rows, start + len, d, scale, causal, window, softcap,
+                                         mode == AVX512_F32, o + q0 * heads * d * size, heads * d);
                     }
                 }
             }
@@ -565,7 +617,7 @@ static int attend(int mode, const void *q, int64_t q_stride, const void *k, int6
 #ifdef POOLKIT_AMX
     if (mode == AMX_BF16) restore_tiles(&saved);
 #endif
-    for (int i = 0; i < 6; i++) free(parts[i]);
+    for (int i = 0; i < 7; i++) free(parts[i]);
     return 0;
 }
 
@@ -582,11 +634,11 @@ static int attend(int mode, const void *q, int64_t q_stride, const void *k, int6
     const void *q, int64_t q_stride, const void *k, int64_t k_stride, const void *v, int64_t v_stride, void *out,    \
         const int64_t *cu, int64_t nseq, int64_t max_len, int64_t heads, int64_t kv_heads, int64_t d, \
         float scale, int causal, int64_t window, float softcap, int64_t workers
-#define ATTENTION_SPLIT(mode)                                                                                     \
+#define ATTENTION_SPLIT(mode, prefix)                                                                             \
     int code;                                                                                                     \
     PARALLEL_RANGES(heads, workers, code, begin, end,                                                             \
                     attend(mode, q, q_stride, k, k_stride, v, v_stride, out, cu, nseq, max_len, heads, kv_heads, d, \
-                           scale, causal, window, softcap, begin, end));                                          \
+                           scale, causal, window, softcap, prefix, begin, end));                                  \
     return code
 #define ATTENTION_UNUSED                                                                                          \
     (void)q; (void)q_stride; (void)k; (void)k_stride; (void)v; (void)v_stride; (void)out; (void)cu; (void)nseq;     \
@@ -595,7 +647,8 @@ static int attend(int mode, const void *q, int64_t q_stride, const void *k, int6
 
 int poolkit_varlen_attention(ATTENTION_ARGS) {
 #ifdef POOLKIT_AMX
-    ATTENTION_SPLIT(AMX_BF16);
+    static const prefixes none = {0};
+    ATTENTION_SPLIT(AMX_BF16, &none);
 #else
     ATTENTION_UNUSED;
     return 2;
@@ -604,7 +657,8 @@ int poolkit_varlen_attention(ATTENTION_ARGS) {
 
 int poolkit_varlen_attention_avx512(ATTENTION_ARGS) {
 #ifdef POOLKIT_AVX512BF16
-    ATTENTION_SPLIT(AVX512_BF16);
+    static const prefixes none = {0};
+    ATTENTION_SPLIT(AVX512_BF16, &none);
 #else
     ATTENTION_UNUSED;
     return 2;
@@ -614,9 +668,48 @@ int poolkit_varlen_attention_avx512(ATTENTION_ARGS) {
 /* The same in float32 (q, k, v, out float32; FMA products, float32 probabilities). */
 int poolkit_varlen_attention_f32(ATTENTION_ARGS) {
 #ifdef POOLKIT_AVX512BF16
-    ATTENTION_SPLIT(AVX512_F32);
+    static const prefixes none = {0};
+    ATTENTION_SPLIT(AVX512_F32, &none);
 #else
     ATTENTION_UNUSED;
+    return 2;
+#endif
+}
+
+/* prefix_attention (attention.py's contract): causal attention of sequences that continue prefixes
+ * whose keys and values are computed already; sequence s's first starts[s] positions are rows
+ * offsets[s] .. of pk / pv ([P, kv_heads, d], token strides pk_stride / pv_stride), max_len its
+ * longest sequence with its prefix. Returns as poolkit_varlen_attention. */
+#define PREFIX_ARGS                                                                                               \
+    const void *q, int64_t q_stride, const void *k, int64_t k_stride, const void *v, int64_t v_stride, void *out,    \
+        const int64_t *cu, int64_t nseq, int64_t max_len, int64_t heads, int64_t kv_heads, int64_t d, float scale,  \
+        const void *pk, int64_t pk_stride, const void *pv, int64_t pv_stride, const int64_t *starts,               \
+        const int64_t *offsets, int64_t workers
+#define PREFIX_SPLIT(mode)                                                                                        \
+    const prefixes given = {pk, pv, pk_stride, pv_stride, starts, offsets};                                      \
+    const int causal = 1;                                                                                         \
+    const int64_t window = -1;                                                                                    \
+    const float softcap = 0.0f;                                                                                   \
+    ATTENTION_SPLIT(mode, &given)
+#define PREFIX_UNUSED                                                                                             \
+    (void)q; (void)q_stride; (void)k; (void)k_stride; (void)v; (void)v_stride; (void)out; (void)cu; (void)nseq;     \
+    (void)max_len; (void)heads; (void)kv_heads; (void)d; (void)scale; (void)pk; (void)pk_stride; (void)pv;          \
+    (void)pv_stride; (void)starts; (void)offsets; (void)workers
+
+int poolkit_prefix_attention_avx512(PREFIX_ARGS) {
+#ifdef POOLKIT_AVX512BF16
+    PREFIX_SPLIT(AVX512_BF16);
+#else
+    PREFIX_UNUSED;
+    return 2;
+#endif
+}
+
+int poolkit_prefix_attention_f32(PREFIX_ARGS) {
+#ifdef POOLKIT_AVX512BF16
+    PREFIX_SPLIT(AVX512_F32);
+#else
+    PREFIX_UNUSED;
     return 2;
 #endif
 }

@@ -31,8 +31,10 @@ is plain ``varlen_attention``.
 attention of sequences that continue shared prefixes (:mod:`poolkit.runtime.prefix`); sequence
 ``i`` holds the tokens after its first ``batch.starts[i]`` positions, whose keys and values are
 rows ``offsets[i] : offsets[i] + batch.starts[i]`` of ``prefix_k`` / ``prefix_v``; each token
-attends to its whole prefix and causally to its own sequence. The Triton variant is in
-:mod:`poolkit.kernels.prefix`.
+attends to its whole prefix and causally to its own sequence. ``prefix_attention:avx512`` runs it
+in one call of attention.c's AVX-512 build (below): each sequence's queries at the positions after
+its prefix, the prefix's keys read in place and its values packed once for the sequences that
+continue it; the CPU flash and Triton variants are in :mod:`poolkit.kernels.prefix`.
 
 On CPUs with AMX (Intel Sapphire Rapids and later), ``varlen_attention:amx`` and
 ``varlen_attention_softcap:amx`` run the whole packed batch in one call of a C kernel
@@ -334,12 +336,15 @@ def flash_varlen_attention(
 
 _P, _I = ctypes.c_void_p, ctypes.c_int64
 _ATTENTION = (_P, _I, _P, _I, _P, _I, _P, _P, _I, _I, _I, _I, _I, ctypes.c_float, ctypes.c_int, _I, ctypes.c_float, _I)
+_PREFIX = (_P, _I, _P, _I, _P, _I, _P, _P, _I, _I, _I, _I, _I, ctypes.c_float, _P, _I, _P, _I, _P, _P, _I)
 _SIGNATURES = {
     "poolkit_attention_available": (),
     "poolkit_attention_avx512_available": (),
     "poolkit_varlen_attention": _ATTENTION,
     "poolkit_varlen_attention_avx512": _ATTENTION,
     "poolkit_varlen_attention_f32": _ATTENTION,
+    "poolkit_prefix_attention_avx512": _PREFIX,
+    "poolkit_prefix_attention_f32": _PREFIX,
 }
 
 
@@ -461,6 +466,48 @@ def _cpu_softcap_varlen_attention(
     return _compiled(fn, q, k, v, batch, causal, scale, window, softcap)
 
 
+def avx512_prefix_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    batch: PackedBatch,
+    prefix_k: torch.Tensor,
+    prefix_v: torch.Tensor,
+    offsets: list[int],
+    scale: float | None = None,
+) -> torch.Tensor:
+    """:func:`prefix_attention` as one call of attention.c's AVX-512 build over the packed suffixes.
+
+    Each sequence's queries attend from the positions after its prefix: the prefix's keys are read in
+    place from ``prefix_k``, its values packed once for the sequences that continue it one after
+    another (bf16), the sequence's own keys and values as :func:`avx512_varlen_attention` reads them;
+    the arithmetic is that kernel's (bf16 products, float32 scores and softmax; float32 inputs with
+    FMAs), in the same order but for the keys' grouping by eight. Calls it has no fast path for go to
+    the reference.
+    """
+    fn = None
+    if _c_takes(16, (torch.bfloat16, torch.float32), q, k, v, prefix_k, prefix_v) and _avx512_available():
+        lib = _library()
+        fn = lib.poolkit_prefix_attention_avx512 if q.dtype == torch.bfloat16 else lib.poolkit_prefix_attention_f32
+    if fn is None or batch.key_lens is not None:
+        return prefix_attention(q, k, v, batch, prefix_k, prefix_v, offsets, scale)
+    tokens, heads, d = q.shape
+    out = torch.empty((tokens, heads, d), dtype=q.dtype)
+    starts = batch.starts or [0] * batch.num_seqs
+    cu = batch.cu_seqlens.to(device="cpu", dtype=torch.int64).contiguous()
+    given = torch.tensor([starts, offsets], dtype=torch.int64)
+    longest = max(n + s for n, s in zip(batch.seq_lens, starts))
+    code = fn(
+        q.data_ptr(), q.stride(0), k.data_ptr(), k.stride(0), v.data_ptr(), v.stride(0), out.data_ptr(),
+        cu.data_ptr(), cu.numel() - 1, longest, heads, k.shape[1], d, d**-0.5 if scale is None else scale,
+        prefix_k.data_ptr(), prefix_k.stride(0), prefix_v.data_ptr(), prefix_v.stride(0),
+        given[0].data_ptr(), given[1].data_ptr(), workers(tokens * longest >= 1 << 14),
+    )
+    if code:
+        raise MemoryError("poolkit attention kernel: out of memory for its scratch buffers")
+    return out
+
+
 #: The kernels of the two ops on each build of attention.c.
 amx_varlen_attention = functools.partial(_cpu_varlen_attention, "amx")
 amx_softcap_varlen_attention = functools.partial(_cpu_softcap_varlen_attention, "amx")
@@ -507,6 +554,16 @@ def poolkit_register_kernels(register):
     register(
         "prefix_attention:torch",
         Kernel(fn=prefix_attention, reference=prefix_attention, device="any", priority=0),
+    )
+    register(
+        "prefix_attention:avx512",
+        Kernel(
+            fn=avx512_prefix_attention,
+            reference=prefix_attention,
+            device="cpu",
+            priority=10,
+            is_available=_avx512_available,
+        ),
     )
     register(
         "varlen_attention_softcap:torch",

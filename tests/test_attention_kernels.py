@@ -227,3 +227,93 @@ def test_every_cpu_kernel_hides_the_keys_past_key_lens(op: str, causal: bool, le
         for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 3e-2)):
             got = fn(q.to(dtype), k.to(dtype), v.to(dtype), batch, causal, **kwargs)
             assert torch.allclose(got.double(), expected, atol=tol), (name, dtype)
+
+
+def _prefixed(lens, starts, heads, kv_heads, d, dtype, seed=5):
+    """Whole causal sequences (prefix + own tokens) and the same split: the suffixes packed with
+    ``starts``, their prefixes' keys and values packed one after another (the first two sequences,
+    and the fifth, continue one prefix; the others their own or none)."""
+    g = torch.Generator().manual_seed(seed)
+    whole = [n + s for n, s in zip(lens, starts)]
+    q = torch.randn(sum(whole), heads, d, generator=g).to(dtype)
+    k, v = (torch.randn(sum(whole), kv_heads, d, generator=g).to(dtype) for _ in range(2))
+    bounds = [0, *torch.cumsum(torch.tensor(whole), 0).tolist()]
+    for i in (1, 4):  # the same prefix as sequence 0
+        for t in (q, k, v):
+            t[bounds[i] : bounds[i] + starts[i]] = t[bounds[0] : bounds[0] + starts[0]]
+    tail = torch.cat([torch.arange(bounds[i] + s, bounds[i + 1]) for i, s in enumerate(starts)])
+    heads_of = [torch.arange(bounds[i], bounds[i] + s) for i, s in enumerate(starts) if s and i not in (1, 4)]
+    offsets, at = [], 0
+    for i, s in enumerate(starts):
+        offsets.append(0 if i in (1, 4) else at)
+        at += s if s and i not in (1, 4) else 0
+    head = torch.cat(heads_of)
+    split = PackedBatch(torch.zeros(len(tail), dtype=torch.long), lens, starts=starts)
+    return PackedBatch(torch.zeros(sum(whole), dtype=torch.long), whole), (q, k, v), tail, (q[tail], k[tail], v[tail], split, k[head], v[head], offsets)
+
+
+# Prefixes of odd and even lengths, past a 32-key block, one-token suffixes after a prefix, none.
+PREFIX_LENS, PREFIX_STARTS = [21, 7, 5, 40, 1, 1, 33, 64], [9, 9, 0, 37, 9, 0, 16, 130]
+
+
+@pytest.mark.parametrize("d", [16, 48, 64, 128, 256])
+def test_avx512_prefix_attention_equals_the_whole_sequences_attention(d: int) -> None:
+    """``prefix_attention:avx512``: the suffixes' outputs are the whole causal sequences' rows in
+    float32 (to its rounding against float64, as the whole-sequence kernel's), and in bf16 within a
+    bf16 step of ``varlen_attention:avx512`` on the whole sequences (same products and softmax)."""
+    _kernel("avx512")
+    from poolkit.kernels.attention import avx512_prefix_attention
+
+    heads, kv_heads = (4, 2) if d < 256 else (2, 1)
+    for dtype in (torch.float32, torch.bfloat16):
+        whole, (q, k, v), tail, split = _prefixed(PREFIX_LENS, PREFIX_STARTS, heads, kv_heads, d, dtype)
+        with torch.inference_mode():
+            got = avx512_prefix_attention(*split, scale=0.2)
+            plain = avx512_varlen_attention(q, k, v, whole, causal=True, scale=0.2)[tail]
+            exact = varlen_attention(q.double(), k.double(), v.double(), whole, causal=True, scale=0.2)[tail]
+        assert got.dtype == dtype and got.shape == split[0].shape
+        if dtype == torch.float32:
+            ours, theirs = ((t.double() - exact).abs().max().item() for t in (got, plain))
+            assert ours <= 4 * theirs + 1e-6, (ours, theirs)
+        else:
+            step = 2**-7 * plain.float().abs().clamp_min(2**-6)  # one bf16 step of each component
+            assert ((got.float() - plain.float()).abs() <= step).all()
+            torch.testing.assert_close(got.double(), exact, atol=2e-2, rtol=2e-2)
+
+
+def test_avx512_prefix_attention_is_the_same_on_one_thread_and_two() -> None:
+    _kernel("avx512")
+    from poolkit.kernels.attention import avx512_prefix_attention
+
+    _, _, _, split = _prefixed(PREFIX_LENS, PREFIX_STARTS, 6, 3, 64, torch.bfloat16)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = avx512_prefix_attention(*split)
+        torch.set_num_threads(2)
+        two = avx512_prefix_attention(*split)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)
+
+
+def test_prefix_attention_kernels_rank_and_hand_back(monkeypatch) -> None:
+    """The compiled variant ranks above the CPU flash one and the reference, and hands fp16, head
+    sizes off its grid and gradients to the reference."""
+    from poolkit.kernels.attention import avx512_prefix_attention, prefix_attention
+    from poolkit.kernels.prefix import prefix_attention_flash
+
+    kernels = registry("kernel")
+    compiled, flash = kernels.get("prefix_attention:avx512"), kernels.get("prefix_attention:flash")
+    assert compiled.priority > flash.priority > kernels.get("prefix_attention:torch").priority
+    assert compiled.reference is prefix_attention and compiled.device == "cpu"
+    expected = avx512_prefix_attention if compiled.is_available() else prefix_attention_flash if flash.is_available() else prefix_attention
+    assert select_kernel("prefix_attention", "cpu") is expected
+    calls = []
+    monkeypatch.setattr(attention, "prefix_attention", lambda *a: calls.append(a) or "ref")
+    for dtype, d in ((torch.float16, 64), (torch.bfloat16, 24), (torch.bfloat16, 512)):
+        _, _, _, split = _prefixed([3, 2, 4, 1, 2, 1, 1, 1], [2, 2, 0, 3, 2, 0, 1, 1], 2, 1, d, dtype)
+        assert avx512_prefix_attention(*split) == "ref"
+    _, _, _, (q, *rest) = _prefixed([3, 2, 4, 1, 2, 1, 1, 1], [2, 2, 0, 3, 2, 0, 1, 1], 2, 1, 64, torch.bfloat16)
+    assert avx512_prefix_attention(q.clone().requires_grad_(), *rest) == "ref"
+    assert len(calls) == 4

@@ -25,7 +25,8 @@ TEXTS = [PREFIX + t for t in ("what is the capital of france", "hello", "the qui
 
 @pytest.fixture(scope="module")
 def qwen(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_qwen(tmp_path_factory.mktemp("prefix") / "qwen3", "qwen3", "lm", max_position_embeddings=512)
+    # head_dim 16: the compiled attention kernels take it (multiples of 16), so they run here too
+    return build_qwen(tmp_path_factory.mktemp("prefix") / "qwen3", "qwen3", "lm", max_position_embeddings=512, head_dim=16)
 
 
 def rows(outputs: list) -> list[torch.Tensor]:
@@ -66,13 +67,12 @@ def test_prefix_attention_equals_attention_over_the_whole_sequence() -> None:
 
 
 def test_prefix_attention_cpu_flash_variant_matches_the_reference() -> None:
-    """``prefix_attention:flash`` (two CPU flash attentions merged by log-sum-exp), the CPU's choice,
-    against the reference: shared and separate prefixes, one without, grouped-query heads."""
-    import poolkit
+    """``prefix_attention:flash`` (two CPU flash attentions merged by log-sum-exp), the CPU's choice
+    without AVX512-BF16, against the reference: shared and separate prefixes, one without,
+    grouped-query heads. (The compiled variant: tests/test_attention_kernels.py.)"""
     from poolkit.kernels.attention import prefix_attention
     from poolkit.kernels.prefix import prefix_attention_flash
 
-    assert poolkit.select_kernel("prefix_attention", "cpu") is prefix_attention_flash
     g = torch.Generator().manual_seed(1)
     lens, starts, offsets = [21, 7, 5, 40, 21], [9, 9, 0, 37, 9], [0, 0, 0, 9, 0]
     for dim in (8, 64):
@@ -171,18 +171,20 @@ def test_lora_adapters_are_part_of_the_key(qwen: Path, tmp_path: Path) -> None:
         assert_same(rows(shared.embed(TEXTS[1:2], lora_request=request)), rows(plain.embed(TEXTS[1:2], lora_request=request)))
 
 
-def test_bfloat16_is_as_close_to_float32_as_the_unshared_run(qwen: Path) -> None:
-    """In bf16 the shared run's vectors are no further from the fp32 run's than the unshared bf16
-    run's are (both round in bf16, in other orders: the shared attention merges its halves in
-    float32), and within two bf16 steps of the unshared run's largest component."""
+def test_bfloat16_is_within_one_bf16_step_of_the_unshared_run(qwen: Path) -> None:
+    """In bf16 the shared run's vectors are within one bf16 step (of the largest component) of the
+    unshared bf16 run's, and no further from the fp32 run's. Where the compiled attention runs
+    (``prefix_attention:avx512``, the whole sequences' arithmetic) they are mostly equal."""
     exact = rows(LLM(str(qwen), dtype="float32", enable_prefix_caching=False).embed(TEXTS))
-    shared = rows(LLM(str(qwen), dtype="bfloat16").embed(TEXTS))
+    llm = LLM(str(qwen), dtype="bfloat16")
+    shared = rows(llm.embed(TEXTS))
     plain = rows(LLM(str(qwen), dtype="bfloat16", enable_prefix_caching=False).embed(TEXTS))
+    assert llm.engine.prefixes.shared_tokens > 0
     error = lambda runs: max(float((r - f).abs().max()) for r, f in zip(runs, exact))  # noqa: E731
     assert error(shared) <= 1.25 * error(plain)
     for a, b in zip(shared, plain):
         assert F.cosine_similarity(a, b, dim=0) >= 0.999
-        assert (a - b).abs().max() <= 2 * 2 ** -7 * b.abs().max()
+        assert (a - b).abs().max() <= 2**-7 * b.abs().max()
 
 
 def test_bidirectional_and_windowed_models_share_nothing(qwen: Path, tmp_path: Path) -> None:
