@@ -1,9 +1,10 @@
 """Dynamic batching for the server: concurrent requests merged into token-budget batches.
 
-Requests wait in a queue; one worker thread takes, in arrival order, the requests of one task
-that fit the token budget, runs them through the engine as one call (tokenization included, so
-the event loop never tokenizes or computes), and hands each request its own results. A request
-whose client went away is dropped before it runs; a full queue is refused at once.
+Requests wait in a queue; one worker thread takes the oldest and the later requests of its task
+that fit the token budget (in arrival order; for a model that shares prefixes, those that begin
+like the oldest first), runs them through the engine as one call (tokenization included, so the
+event loop never tokenizes or computes), and hands each request its own results. A request whose
+client went away is dropped before it runs; a full queue is refused at once.
 
 On an accelerator (or the CPU stand-in for one, :mod:`poolkit.runtime.standin`) the work is a
 pipeline of two threads: the worker takes and tokenizes the next merged batch while a device
@@ -124,6 +125,28 @@ class _Work:
     times: WorkTimes | None = None
 
 
+def _lead(work: _Work) -> tuple:
+    """What a request's first prompt begins with, for :meth:`Batcher._take`: its ``cache_salt`` (no
+    prefix is shared across salts) and its token ids, or its instruction and text."""
+    if not len(work.prompts):
+        return None, ""
+    prompt = work.prompts[0]
+    salt = getattr(work.params[0], "cache_salt", None) if work.params else None
+    return salt, prompt.token_ids if prompt.token_ids is not None else (prompt.prompt_prefix or "") + (prompt.text or "")
+
+
+def _shared(a: tuple, b: tuple) -> int:
+    """How many leading tokens or characters two :func:`_lead` values share (0 across salts or kinds)."""
+    if a[0] != b[0] or type(a[1]) is not type(b[1]):
+        return 0
+    n = 0
+    for x, y in zip(a[1], b[1]):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 @dataclass
 class BatcherStats:
     """Counters for ``/metrics``."""
@@ -175,6 +198,8 @@ class Batcher:
         self._closing = False
         self._active = 0  # batches taken and not yet answered
         engine = llm.engine
+        #: Merge the requests that begin alike first (a model that shares prefixes, :meth:`_take`).
+        self.groups_prefixes = getattr(engine, "prefixes", None) is not None
         #: Tokenize the next batch while the device runs the last (an accelerator's engine).
         self.pipelined = bool(getattr(engine, "asynchronous", False)) and hasattr(engine, "staged")
         self._handoff: queue.Queue = queue.Queue(maxsize=1)
@@ -238,14 +263,24 @@ class Batcher:
             raise
 
     def _take(self) -> list[_Work]:
-        """The next batch: the oldest request and the later ones of its task that fit the budget."""
+        """The next batch: the oldest request and the later ones of its task that fit the budget.
+
+        When they do not all fit and the model shares prefixes (:mod:`poolkit.runtime.prefix`),
+        those whose first prompt begins most like the oldest one's go first (in arrival order among
+        equals), so that a shared instruction or query runs once in the batch instead of once in
+        each; the oldest request always goes, so none waits for more than the queue ahead of it.
+        """
         first = self._queue.popleft()
         taken, tokens = [first], first.cost
         if first.call is not None:
             self._queued_tokens -= tokens
             return taken
-        for work in list(self._queue):
-            if work.call is None and work.task is first.task and tokens + work.cost <= self.max_batch_tokens:
+        mates = [w for w in self._queue if w.call is None and w.task is first.task]
+        if self.groups_prefixes and tokens + sum(w.cost for w in mates) > self.max_batch_tokens:
+            lead = _lead(first)
+            mates.sort(key=lambda w: -_shared(lead, _lead(w)))
+        for work in mates:
+            if tokens + work.cost <= self.max_batch_tokens:
                 self._queue.remove(work)
                 taken.append(work)
                 tokens += work.cost
