@@ -52,7 +52,8 @@ class TextProcessor(IOProcessor):
     A string, a list of token ids, a ``{"prompt": str}`` dict, a ``{"prompt_token_ids": [int, ...]}``
     dict, a prompt with media ``{"prompt": ..., "multi_modal_data": {"image": ..., "video": ...}}`` (its
     images and videos left in ``extras`` for the "image" IO processor), a :class:`~poolkit.contracts.io.Prompt` (taken as it
-    is: a text pair, for one), or a list of those. A single input (a
+    is: a text pair, for one), or a list of those; a prompt dict may carry vLLM's ``cache_salt``
+    (kept in the prompt's extras, read by ``LLM.prepare``). A single input (a
     string, a dict, or one flat list of token ids, as vLLM reads ``[101, 7592, 102]``) gives a
     one-element list of prompts.
     """
@@ -90,21 +91,39 @@ class TextProcessor(IOProcessor):
                 raise InvalidRequest(f"prompt {index} must be a list of integer token ids")
             return Prompt(token_ids=list(item))
         if isinstance(item, dict):
+            salt = TextProcessor._salt(index, item)
             if item.get("multi_modal_data") is not None:
-                return TextProcessor._media_prompt(index, item)
+                prompt = TextProcessor._media_prompt(index, item)
+                prompt.extras.update(salt)
+                return prompt
             if isinstance(item.get("prompt"), str):
-                return Prompt(text=item["prompt"])
+                return Prompt(text=item["prompt"], extras=salt)
             ids = item.get("prompt_token_ids")
             if isinstance(ids, (list, tuple)) and _all_tokens(ids):
                 if not ids:
                     raise InvalidRequest(f"prompt {index} has an empty prompt_token_ids list")
-                return Prompt(token_ids=list(ids))
+                return Prompt(token_ids=list(ids), extras=salt)
             raise InvalidRequest(
                 f"prompt {index} must have a string 'prompt' or a list of integer 'prompt_token_ids'"
             )
         raise InvalidRequest(
             f"prompt {index} must be a string (or a dict with 'prompt' or 'prompt_token_ids'), got {_describe(item)}"
         )
+
+    @staticmethod
+    def _salt(index: int, item: dict) -> dict:
+        """A prompt dict's ``cache_salt`` (vLLM's prompt field: the prompt shares prefix states only
+        with prompts of the same salt) as the prompt's extras, ``{}`` without one.
+
+        Raises:
+            InvalidRequest: a salt that is not a non-empty string.
+        """
+        salt = item.get("cache_salt")
+        if salt is None:
+            return {}
+        if not isinstance(salt, str) or not salt:
+            raise InvalidRequest(f"prompt {index}: cache_salt must be a non-empty string, got {salt!r}")
+        return {"cache_salt": salt}
 
     @staticmethod
     def _media_prompt(index: int, item: dict) -> Prompt:

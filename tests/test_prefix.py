@@ -128,6 +128,28 @@ def test_cache_salt_and_skip_keep_prefixes_apart(qwen: Path) -> None:
     assert shared.engine.prefixes.cache.hits == before
 
 
+def test_prompt_dicts_carry_their_cache_salt(qwen: Path) -> None:
+    """vLLM's ``{"prompt": ..., "cache_salt": ...}`` (and with ``prompt_token_ids``): prompts of one
+    salt share their prefix within a call, of two salts do not; results as without sharing; a salt
+    that is not a non-empty string is refused in one line."""
+    from poolkit.contracts.errors import InvalidRequest
+
+    shared, plain = LLM(str(qwen)), LLM(str(qwen), enable_prefix_caching=False)
+    ids = shared.embed(TEXTS[2:3])[0].prompt_token_ids
+    apart = [{"prompt": TEXTS[0], "cache_salt": "a"}, {"prompt": TEXTS[1], "cache_salt": "b"},
+             {"prompt_token_ids": ids, "cache_salt": "c"}]
+    shared.engine.prefixes.cache = None  # within the call only
+    before = shared.engine.prefixes.shared_tokens
+    assert_same(rows(shared.embed(apart)), rows(plain.embed(TEXTS[:3])))
+    assert shared.engine.prefixes.shared_tokens == before
+    together = [dict(p, cache_salt="a") for p in apart]
+    assert_same(rows(shared.embed(together)), rows(plain.embed(TEXTS[:3])))
+    assert shared.engine.prefixes.shared_tokens > before
+    for salt in ("", 3):
+        with pytest.raises(InvalidRequest, match=r"^prompt 0: cache_salt must be a non-empty string"):
+            shared.embed([{"prompt": "x", "cache_salt": salt}])
+
+
 def test_reranker_shares_its_query(tmp_path: Path) -> None:
     """A decoder reranker's pairs begin with the same query: classify and score match the unshared run."""
     path = build_qwen(tmp_path / "rerank", "qwen3", "classify", num_labels=1, max_position_embeddings=512)
