@@ -98,7 +98,9 @@ class VisionLanguageModel(Architecture):
 
     def forward(self, batch: PackedBatch) -> torch.Tensor:
         """The decoder over the prompt's token embeddings, the rows of each image's placeholder token
-        (``image_token``) replaced by its features (:meth:`image_features_of`), in order."""
+        (``image_token``) replaced by its features (:meth:`image_features_of`), in order. A sequence
+        may be part of a prompt (shared prefixes, :attr:`~poolkit.Architecture.placeholder_tokens`):
+        its media then have pixels only where it holds the placeholders."""
         lm = self.language_model
         x = lm.embed(batch.input_ids)
         media = batch_media(batch)
@@ -152,7 +154,8 @@ def placeholder_rows(
 ) -> list[tuple[dict, str, torch.Tensor]]:
     """Where a packed batch's media go, in batch order: for each sequence with media and each kind
     in ``tokens`` whose pixels it has (``"{kind}_pixels"``), the sequence's media, the kind, and
-    the batch rows of that kind's placeholder token (``tokens[kind]``)."""
+    the batch rows of that kind's placeholder token (``tokens[kind]``). A part of a prompt after
+    a shared prefix that held its images has no pixels, and no placeholders either."""
     starts = batch.cu_seqlens.tolist()
     found = []
     for i, m in enumerate(media):

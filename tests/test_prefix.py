@@ -94,8 +94,13 @@ def test_embed_last_and_mean_within_a_call(qwen: Path) -> None:
         shared = LLM(str(qwen), pooler_config={"pooling_type": pooling})
         plain = LLM(str(qwen), pooler_config={"pooling_type": pooling}, enable_prefix_caching=False)
         assert plain.engine.prefixes is None and shared.engine.prefixes is not None
-        assert_same(rows(shared.embed(TEXTS)), rows(plain.embed(TEXTS)))
+        got = shared.embed(TEXTS)
+        assert_same(rows(got), rows(plain.embed(TEXTS)))
         assert shared.engine.prefixes.shared_tokens >= 3 * 16  # the prefix ran once for four prompts
+        # vLLM's num_cached_tokens on every output kind: the prefix's tokens, none without sharing
+        assert all(o.num_cached_tokens >= 16 for o in got)
+        assert all(o.num_cached_tokens == 0 for o in plain.embed(TEXTS))
+        assert all(o.num_cached_tokens >= 16 for o in shared.encode(TEXTS, pooling_task="embed"))
 
 
 def test_token_outputs_include_the_prefix_tokens(qwen: Path) -> None:
@@ -159,8 +164,10 @@ def test_reranker_shares_its_query(tmp_path: Path) -> None:
     got = [o.outputs.score for o in shared.score(query, docs)]
     want = [o.outputs.score for o in plain.score(query, docs)]
     assert max(abs(a - b) for a, b in zip(got, want)) <= ATOL
-    assert_same(rows(shared.classify(TEXTS)), rows(plain.classify(TEXTS)))
+    classified = shared.classify(TEXTS)
+    assert_same(rows(classified), rows(plain.classify(TEXTS)))
     assert shared.engine.prefixes.shared_tokens > 0
+    assert all(o.num_cached_tokens >= 16 for o in classified)
 
 
 def test_step_rewards_off_the_lm_head(qwen: Path) -> None:

@@ -204,6 +204,9 @@ class LlavaNextForConditionalGeneration(VisionLanguageModel):
         self.image_newline = nn.Parameter(torch.zeros(int(config.text_config.hidden_size)))
         self.image_token = int(config.image_token_id)
         self.grid = int(vision.image_size) // int(vision.patch_size)
+        # Prompts share prefixes as the decoder does; a shared prefix holds all of a prompt's images or none.
+        self.shares_prefixes = self.language_model.shares_prefixes
+        self.placeholder_tokens = frozenset({self.image_token})
 
     # -- the forward pass ----------------------------------------------------------------------
 

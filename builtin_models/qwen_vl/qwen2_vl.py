@@ -282,6 +282,10 @@ class Qwen2VLForConditionalGeneration(VisionLanguageModel):
         self.language_model = self.language_model_class(text)
         self.visual = self.vision_tower_class(config.vision_config)
         self.placeholders = {kind: getattr(config, field, None) for kind, field in PLACEHOLDERS}
+        # Prompts share prefixes as the decoder does; a shared prefix holds all of a prompt's media or
+        # none, and each part reads its own columns of the media's positions.
+        self.shares_prefixes = self.language_model.shares_prefixes
+        self.placeholder_tokens = frozenset(int(t) for t in self.placeholders.values() if t is not None)
         head_dim = self.language_model_class.head_dim(text)
         params = getattr(text, "rope_parameters", None) or getattr(text, "rope_scaling", None) or {}
         sections = list(params.get("mrope_section") or [])
@@ -319,7 +323,10 @@ class Qwen2VLForConditionalGeneration(VisionLanguageModel):
     ) -> tuple[torch.Tensor, torch.Tensor, Callable | None]:
         """The embeddings with each placeholder row replaced by its media feature, the positions
         with each media sequence's own, and the decoder's ``after_layer`` hook that adds the
-        deepstack features to the first layers' outputs at those rows (``None`` without them)."""
+        deepstack features to the first layers' outputs at those rows (``None`` without them).
+        A sequence that is part of a prompt (shared prefixes) has the positions of its own tokens,
+        and pixels only where it holds the placeholders: the features and the deepstack rows
+        follow the media into whichever part holds them."""
         positions = positions.clone()
         starts = batch.cu_seqlens.tolist()
         for i, m in enumerate(media):

@@ -463,10 +463,12 @@ class LLM:
         )
         request_ids = self._new_request_ids(len(results))
         if isinstance(results.data, torch.Tensor):  # one tensor of rows: the floats read in one call
-            return EmbeddingRequestOutput.from_rows(request_ids, results.data, results.token_ids, results.truncated.tolist())
+            return EmbeddingRequestOutput.from_rows(
+                request_ids, results.data, results.token_ids, results.truncated.tolist(), results.cached.tolist()
+            )
         return [
-            EmbeddingRequestOutput.from_base(PoolingRequestOutput(rid, PoolingOutput(data), ids, truncated=cut))
-            for rid, data, ids, cut in zip(request_ids, results.data, results.token_ids, results.truncated.tolist())
+            EmbeddingRequestOutput.from_base(PoolingRequestOutput(rid, PoolingOutput(data), ids, n, truncated=cut))
+            for rid, data, ids, cut, n in zip(request_ids, results.data, results.token_ids, results.truncated.tolist(), results.cached.tolist())
         ]
 
     def sparse_embed(

@@ -126,6 +126,14 @@ class Architecture(torch.nn.Module):
     #: through ``batch.prefix.attention(op, device)`` when ``batch.prefix`` is set. An instance
     #: may decide from its config (a decoder with ``is_causal: false`` shares none).
     shares_prefixes: ClassVar[bool] = False
+    #: For a vision-language model with :attr:`shares_prefixes`: the token ids whose rows its media
+    #: features fill (set per instance from its config). Prompts with media then share prefixes
+    #: that never split their media: a prefix ends before a prompt's first such token (text alone,
+    #: run without the media) or holds them all (kept apart by the media). The architecture reads,
+    #: in each sequence's media dict, only what describes that sequence's tokens: a ``positions``
+    #: tensor (``[..., tokens]``) is cut to them, and the other tensors (pixels, grids) are there
+    #: only where the sequence holds the placeholders. Empty (the default): prompts with media share none.
+    placeholder_tokens: ClassVar[frozenset[int]] = frozenset()
     #: The adapter of :meth:`task_adapters` that a prompt naming no task runs (jina-embeddings-v3:
     #: ``text-matching``, as vLLM merges it); ``None`` runs the base weights.
     default_task_adapter: ClassVar[str | None] = None

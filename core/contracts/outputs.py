@@ -160,11 +160,13 @@ class EmbeddingRequestOutput(PoolingRequestOutput[EmbeddingOutput]):
         data = base.outputs.data
         if data.ndim != 1:
             raise ValueError(f"an embedding must be one-dimensional, got shape {tuple(data.shape)}")
-        return cls(base.request_id, EmbeddingOutput(data.tolist()), base.prompt_token_ids, truncated=base.truncated)
+        return cls(base.request_id, EmbeddingOutput(data.tolist()), base.prompt_token_ids, base.num_cached_tokens,
+                   truncated=base.truncated)
 
     @classmethod
     def from_rows(
-        cls, request_ids: Sequence[str], data: torch.Tensor, token_ids: Sequence[list[int]], truncated: Sequence[bool]
+        cls, request_ids: Sequence[str], data: torch.Tensor, token_ids: Sequence[list[int]], truncated: Sequence[bool],
+        cached: Sequence[int],
     ) -> list["EmbeddingRequestOutput"]:
         """One output per row of a ``[N, H]`` tensor of embeddings, each reading its floats from
         its row when first asked (:class:`EmbeddingOutput`)."""
@@ -172,8 +174,8 @@ class EmbeddingRequestOutput(PoolingRequestOutput[EmbeddingOutput]):
             raise ValueError(f"an embedding must be one-dimensional, got shape {tuple(data.shape[1:])}")
         rows = data.numpy() if data.dtype in (torch.float32, torch.float64, torch.float16) else data
         return [
-            cls(rid, vector, ids, truncated=cut)
-            for rid, vector, ids, cut in zip(request_ids, EmbeddingOutput.of_rows(rows), token_ids, truncated)
+            cls(rid, vector, ids, n, truncated=cut)
+            for rid, vector, ids, cut, n in zip(request_ids, EmbeddingOutput.of_rows(rows), token_ids, truncated, cached)
         ]
 
 
@@ -188,7 +190,8 @@ class ClassificationRequestOutput(PoolingRequestOutput[ClassificationOutput]):
         if data.ndim != 1:
             raise ValueError(f"class probabilities must be one-dimensional, got shape {tuple(data.shape)}")
         label = (id2label or {}).get(int(data.argmax())) if data.numel() else None
-        return cls(base.request_id, ClassificationOutput(data.tolist(), label), base.prompt_token_ids, truncated=base.truncated)
+        return cls(base.request_id, ClassificationOutput(data.tolist(), label), base.prompt_token_ids, base.num_cached_tokens,
+                   truncated=base.truncated)
 
 
 class ScoringRequestOutput(PoolingRequestOutput[ScoringOutput]):

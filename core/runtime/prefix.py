@@ -23,6 +23,15 @@ prompts that found none leave theirs (in whole blocks) for the next calls. A pre
 token ids with its scope: the request's ``cache_salt`` (tenants never share states) and its LoRA
 adapter (states under one adapter are another's). Results equal the unshared run's up to the
 rounding of another summation order (fp32: 1e-5).
+
+Prompts with media (a vision-language model's, whose architecture names its
+:attr:`~poolkit.Architecture.placeholder_tokens`) share too, but a prefix never splits a prompt's
+media: it ends before the prompt's first placeholder (text alone: keyed by its token ids, so an
+instruction before different images is shared; it runs without the media) or holds every
+placeholder (keyed by the media too: a digest of its tensors in the scope, and each token's
+``positions`` beside its id, so the same text with another image never shares; it runs with the
+media, and the prompt's rest with its positions only). Each step's sequences read the part of
+their media that describes their tokens (:func:`media_part`).
 """
 
 from __future__ import annotations
@@ -52,6 +61,9 @@ BLOCK = 16
 DEFAULT_CACHE_BYTES = 512 << 20
 
 Scope = Hashable
+#: The media tensor that describes each token (``[..., tokens]``, a multimodal model's rotary
+#: positions): a part of a prompt reads its own columns of it; the other tensors describe the media.
+PER_TOKEN = "positions"
 
 
 @dataclass
@@ -59,7 +71,7 @@ class Entry:
     """One prefix's states: per layer its keys and values ``[n, kv_heads, head_dim]`` (as the
     attention read them), and the last layer's states ``[n, hidden]``."""
 
-    ids: tuple[int, ...]
+    ids: tuple  # token ids, or per token its id and positions (a prefix holding media)
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
     hidden: torch.Tensor
@@ -106,24 +118,30 @@ class PrefixCache:
                 self.hits += len(ids)
             return entry
 
-    def longest(self, scope: Scope, ids: Sequence[int], limit: int) -> tuple[Entry, int] | None:
+    def longest(
+        self, scope: Scope, ids: Sequence[int] | np.ndarray, limit: int, least: int = 1, counted: bool = True
+    ) -> tuple[Entry, int] | None:
         """The cached entry with the longest run of whole blocks that begins ``ids`` (at most
-        ``limit`` tokens), with that length."""
+        ``limit`` tokens, and none if shorter than ``least``), with that length; ``counted``: the
+        lookup counts as a prompt's (not its second try)."""
         with self._lock:
-            self.lookups += 1
+            self.lookups += counted
             found = None
             for k, digest in enumerate(_chain(scope, ids[:limit])):
                 hit = self._blocks.get(digest)
                 if hit is None or hit[0] not in self._entries:
                     break
                 found = (hit[0], (k + 1) * BLOCK)
-            if found is None:
+            if found is None or found[1] < least:
                 return None
             self._entries.move_to_end(found[0])
             self.hits += found[1]
             return self._entries[found[0]], found[1]
 
-    def put(self, scope: Scope, entry: Entry) -> None:
+    def put(self, scope: Scope, entry: Entry, text: tuple[Scope, int] | None = None) -> None:
+        """Keep ``entry`` under ``scope``; ``text``: its first ``n`` tokens (ending before its media)
+        are found by their token ids alone in that scope too (a prefix that holds media serves as
+        the text before them)."""
         key = (scope, entry.ids)
         size = entry.nbytes
         if size > self.max_bytes:
@@ -138,6 +156,10 @@ class PrefixCache:
             self.bytes += size
             for k, digest in enumerate(_chain(scope, entry.ids)):
                 self._blocks[digest] = (key, (k + 1) * BLOCK)
+            if text is not None:
+                ids = np.asarray(entry.ids[: text[1]], dtype=np.int64).reshape(text[1], -1)[:, 0]
+                for k, digest in enumerate(_chain(text[0], ids)):
+                    self._blocks[digest] = (key, (k + 1) * BLOCK)
             if len(self._blocks) > 4 * max(1, self.bytes // max(1, size)) * (len(entry.ids) // BLOCK + 1):
                 self._blocks = {d: hit for d, hit in self._blocks.items() if hit[0] in self._entries}
 
@@ -176,10 +198,84 @@ class PrefixState:
 
 
 def _shared(a: np.ndarray, b: np.ndarray) -> int:
-    """How many leading tokens ``a`` and ``b`` share."""
+    """How many leading tokens ``a`` and ``b`` share (rows of a 2-D array: whole rows)."""
     n = min(len(a), len(b))
-    differ = np.flatnonzero(a[:n] != b[:n])
+    unequal = a[:n] != b[:n]
+    differ = np.flatnonzero(unequal.any(axis=1) if unequal.ndim > 1 else unequal)
     return int(differ[0]) if differ.size else n
+
+
+def _key(seq: np.ndarray) -> tuple:
+    """``seq`` (token ids, or rows of id and positions) as a hashable key."""
+    rows = seq.tolist()
+    return tuple(map(tuple, rows)) if seq.ndim > 1 else tuple(rows)
+
+
+@dataclass
+class PromptMedia:
+    """What prefix sharing reads off a prompt's media: a text-only prefix ends at or before
+    ``first`` (its first placeholder row, or its first position that is not the plain one); a
+    prefix that holds the media goes past ``last`` (its last placeholder row, ``-1``: none) and
+    is kept apart by ``digest`` (its media tensors'), its tokens compared by ``keys`` (each
+    token's id, and its :data:`PER_TOKEN` positions where the media has them)."""
+
+    media: dict
+    first: int
+    last: int
+    digest: str
+    keys: np.ndarray
+
+    @classmethod
+    def of(cls, ids: np.ndarray, media: dict, placeholders: frozenset[int]) -> "PromptMedia | None":
+        """The prompt's media as prefix sharing reads them; ``None`` where they do not describe
+        its tokens (a :data:`PER_TOKEN` tensor of another length)."""
+        rows = np.flatnonzero(np.isin(ids, np.fromiter(placeholders, dtype=np.int64)))
+        first = int(rows[0]) if rows.size else len(ids)
+        keys = ids
+        positions = media.get(PER_TOKEN)
+        if isinstance(positions, torch.Tensor):
+            if positions.ndim == 0 or positions.shape[-1] != len(ids):
+                return None
+            per_token = positions.detach().to("cpu", torch.int64).reshape(-1, len(ids)).T.numpy()
+            keys = np.ascontiguousarray(np.column_stack([ids, per_token]))
+            plain = np.flatnonzero((per_token != np.arange(len(ids))[:, None]).any(axis=1))
+            first = min(first, int(plain[0]) if plain.size else first)
+        return cls(media, first, int(rows[-1]) if rows.size else -1, _digest(media), keys)
+
+    def text_blocks(self, scope: Scope) -> tuple[Scope, int] | None:
+        """For a kept prefix that holds the media: its whole blocks before them, found as text of ``scope``."""
+        n = self.first // BLOCK * BLOCK
+        return (scope, n) if n else None
+
+    def holds_media(self, length: int) -> bool:
+        """Whether a prefix of ``length`` tokens holds the media (else it ends before them)."""
+        return self.last >= 0 and length > self.last
+
+
+def _digest(media: dict) -> str:
+    """A digest of a prompt's media tensors (bytes, dtype and shape, by name) but the per-token one."""
+    h = hashlib.blake2b(digest_size=16)
+    for name in sorted(media):
+        if name == PER_TOKEN:
+            continue
+        value = media[name]
+        h.update(name.encode() + b"\0")
+        if isinstance(value, torch.Tensor):
+            flat = value.detach().to("cpu").contiguous().reshape(-1)
+            h.update(f"{flat.dtype}{tuple(value.shape)}".encode())
+            h.update(flat.view(torch.uint8).numpy().tobytes())
+        else:
+            h.update(repr(value).encode())
+    return h.hexdigest()
+
+
+def media_part(media: dict | None, start: int, stop: int | None, pixels: bool) -> dict | None:
+    """The media of a prompt's tokens ``start:stop``: its :data:`PER_TOKEN` tensor's columns, and
+    the other tensors where ``pixels`` (the part holds the placeholders); ``None`` for none."""
+    if media is None:
+        return None
+    out = {name: value[..., start:stop] if name == PER_TOKEN else value for name, value in media.items() if pixels or name == PER_TOKEN}
+    return out or None
 
 
 def _groups(seqs: list[np.ndarray], scopes: list[Scope]) -> dict[int, int]:
@@ -207,6 +303,27 @@ def _close(run: list[int], common: int, seqs: list[np.ndarray], out: dict[int, i
     length = min(common, *(len(seqs[i]) - 1 for i in run))
     if length >= MIN_PREFIX:
         out.update({i: length for i in run})
+
+
+def _within(
+    ids: list[np.ndarray], scopes: list[Scope], spans: list[PromptMedia | None] | None
+) -> dict[int, tuple[Scope, np.ndarray, int]]:
+    """The prefixes shared within a batch: per prompt that shares one, its scope, the keys its
+    tokens are compared by and its length. Prompts with media first share those that hold the
+    same media whole (scoped by their digest); the others share text that ends before any
+    prompt's media."""
+    if spans is None:
+        return {i: (scopes[i], ids[i], n) for i, n in _groups(ids, scopes).items()}
+    out: dict[int, tuple[Scope, np.ndarray, int]] = {}
+    held = [(scopes[i], s.digest) if s is not None and s.last >= 0 and scopes[i] is not None else None for i, s in enumerate(spans)]
+    keys = [s.keys if s is not None else ids[i] for i, s in enumerate(spans)]
+    found = {i: n for i, n in _groups(keys, held).items() if spans[i].holds_media(n)}
+    members = collections.Counter((held[i], n, keys[i][:n].tobytes()) for i, n in found.items())
+    out.update({i: (held[i], keys[i], n) for i, n in found.items() if members[held[i], n, keys[i][:n].tobytes()] > 1})
+    text = [None if i in out else scopes[i] for i in range(len(ids))]
+    heads = [ids[i] if s is None else ids[i][: s.first + 1] for i, s in enumerate(spans)]
+    out.update({i: (scopes[i], ids[i], n) for i, n in _groups(heads, text).items()})
+    return out
 
 
 def scope_of(params: Any) -> Scope:
@@ -265,54 +382,100 @@ class PrefixSharing:
         tokens' states came from a shared prefix; ``None`` when nothing is shared or
         kept, for the caller's plain forward pass. ``active(lens, order)`` is the context under which
         a pass over sequences of ``lens`` tokens, those of the prompts ``order``, runs (their LoRA adapters)."""
-        if batch.prefix is not None or batch.key_lens is not None or batch.extras.get("media") is not None:
+        if batch.prefix is not None or batch.key_lens is not None:
             return None
-        within = _groups(ids, scopes)
+        media = batch.extras.get("media")
+        spans: list[PromptMedia | None] | None = None
+        if media is not None and any(m is not None for m in media):
+            placeholders = frozenset(getattr(arch, "placeholder_tokens", None) or ())
+            if not placeholders:  # an architecture that cannot say where its media lie shares none
+                return None
+            spans = [PromptMedia.of(seq, m, placeholders) if m is not None else None for seq, m in zip(ids, media)]
+            if any(s is None and m is not None for s, m in zip(spans, media)):
+                return None
+        within = _within(ids, scopes, spans)
         self.prompts += len(ids)
         plan: list[tuple[Entry, int] | None] = [None] * len(ids)
-        missing: dict[tuple[Scope, tuple[int, ...]], list[int]] = {}
+        missing: dict[tuple[Scope, tuple], list[int]] = {}
         for i, seq in enumerate(ids):
-            length = within.get(i)
-            if length is not None:
-                key = (scopes[i], tuple(seq[:length].tolist()))
+            if i in within:
+                scope, keys, length = within[i]
+                key = (scope, _key(keys[:length]))
                 entry = self.cache.exact(*key) if self.cache is not None else None
                 if entry is None:
                     missing.setdefault(key, []).append(i)
                 else:
                     plan[i] = (entry, length)
             elif self.cache is not None and len(seq) > BLOCK and scopes[i] is not None:
-                plan[i] = self.cache.longest(scopes[i], seq, len(seq) - 1)
+                plan[i] = self._lookup(scopes[i], seq, spans[i] if spans is not None else None)
         if missing:
-            self._compute(arch, batch.device, missing, ids, plan, active)
-        keep = [i for i, p in enumerate(plan) if p is None and self.cache is not None and len(ids[i]) > BLOCK and scopes[i] is not None]
+            self._compute(arch, batch.device, missing, ids, spans, plan, active)
+        keep = [k for i, p in enumerate(plan) if (k := self._kept(i, ids[i], scopes[i], spans, p[1] if p else 0)) is not None]
         if keep:  # no more than the cache holds: a batch of long documents keeps some, not all
             room = self.cache.max_bytes // self._token_bytes(arch)
-            lengths = np.cumsum([(len(ids[i]) - 1) // BLOCK * BLOCK for i in keep])
-            keep = keep[: int(np.searchsorted(lengths, room, side="right"))]
+            keep = keep[: int(np.searchsorted(np.cumsum([len(k[2]) for k in keep]), room, side="right"))]
         if all(p is None for p in plan) and not keep:
             return None
         cached = [p[1] if p is not None else 0 for p in plan]
         self.shared_tokens += sum(cached)
-        return self._continue(arch, batch, ids, scopes, plan, keep, active), cached
+        return self._continue(arch, batch, ids, spans, plan, keep, active), cached
+
+    def _lookup(self, scope: Scope, seq: np.ndarray, span: PromptMedia | None) -> tuple[Entry, int] | None:
+        """The longest cached prefix a prompt begins with: one that holds its media (kept apart
+        by them), else one of text that ends before them."""
+        if span is None:
+            return self.cache.longest(scope, seq, len(seq) - 1)
+        if span.last >= 0:
+            found = self.cache.longest((scope, span.digest), span.keys, len(seq) - 1, least=span.last + 1)
+            if found is not None:
+                return found
+        return self.cache.longest(scope, seq, min(len(seq) - 1, span.first), counted=span.last < 0)
+
+    def _kept(
+        self, i: int, seq: np.ndarray, scope: Scope, spans: list[PromptMedia | None] | None, start: int
+    ) -> tuple[int, Scope, np.ndarray, tuple[Scope, int] | None] | None:
+        """What of a prompt is left in the cache, in whole blocks: ``(prompt, scope, keys, text)``
+        (``text``: :meth:`PrefixCache.put`'s); ``None``: nothing. A prompt that found a prefix
+        (of ``start`` tokens) leaves none, but for one whose prefix was text before its media:
+        it leaves its blocks that hold the media, its prefix's states and its own."""
+        if self.cache is None or len(seq) <= BLOCK or scope is None:
+            return None
+        n = (len(seq) - 1) // BLOCK * BLOCK
+        span = spans[i] if spans is not None else None
+        if span is not None and span.holds_media(n) and not span.holds_media(start):
+            return i, (scope, span.digest), span.keys[:n], span.text_blocks(scope)
+        if start:
+            return None
+        if span is None:
+            return i, scope, seq[:n], None
+        n = min(n, span.first // BLOCK * BLOCK)
+        return (i, scope, seq[:n], None) if n else None
 
     @staticmethod
     def _token_bytes(arch: Any) -> int:
         """At most how many bytes one token's prefix states take: keys and values of every layer
         (each no wider than the hidden size) and its last states."""
-        layers = len(getattr(arch, "layers", ())) or 1
+        layers = len(getattr(arch, "layers", None) or getattr(getattr(arch, "language_model", None), "layers", None) or ()) or 1
         size = next(arch.parameters()).element_size()
         return (2 * layers + 1) * int(arch.hidden_size) * size
 
     def _compute(
-        self, arch: Any, device: torch.device, missing: dict[tuple[Scope, tuple[int, ...]], list[int]],
-        ids: list[np.ndarray], plan: list[tuple[Entry, int] | None], active: Callable[[list[int], list[int]], Any],
+        self, arch: Any, device: torch.device, missing: dict[tuple[Scope, tuple], list[int]], ids: list[np.ndarray],
+        spans: list[PromptMedia | None] | None, plan: list[tuple[Entry, int] | None], active: Callable[[list[int], list[int]], Any],
     ) -> None:
-        """Step 1: the prefixes not known yet, as sequences of their own, their states kept."""
+        """Step 1: the prefixes not known yet, as sequences of their own (with the media of those
+        that hold them), their states kept."""
         keys = list(missing)
         lens = [len(prefix) for _, prefix in keys]
-        step = PackedBatch(device_tensor(np.concatenate([np.asarray(p, dtype=np.int64) for _, p in keys]), torch.long, device), lens)
+        firsts = [members[0] for members in missing.values()]
+        step = PackedBatch(device_tensor(np.concatenate([ids[i][:n] for i, n in zip(firsts, lens)]), torch.long, device), lens)
+        if spans is not None:
+            parts = [media_part(s.media, 0, n, True) if (s := spans[i]) is not None and s.holds_media(n) else None
+                     for i, n in zip(firsts, lens)]
+            if any(m is not None for m in parts):
+                step.extras["media"] = parts
         step.prefix = PrefixState(keep=torch.arange(step.num_tokens, device=device))
-        with active(lens, [members[0] for members in missing.values()]):
+        with active(lens, firsts):
             hidden = arch(step)
         bounds = np.cumsum([0, *lens])
         for n, key in enumerate(keys):
@@ -320,15 +483,17 @@ class PrefixSharing:
             entry = Entry(key[1], [k[a:b].clone() for k, _ in step.prefix.kept], [v[a:b].clone() for _, v in step.prefix.kept],
                           hidden[a:b].clone())
             if self.cache is not None:
-                self.cache.put(key[0], entry)
+                span = spans[firsts[n]] if spans is not None else None
+                self.cache.put(key[0], entry, span.text_blocks(key[0][0]) if span is not None and span.holds_media(b - a) else None)
             for i in missing[key]:
                 plan[i] = (entry, b - a)
 
     def _continue(
-        self, arch: Any, batch: PackedBatch, ids: list[np.ndarray], scopes: list[Scope],
-        plan: list[tuple[Entry, int] | None], keep: list[int], active: Callable[[list[int], list[int]], Any],
+        self, arch: Any, batch: PackedBatch, ids: list[np.ndarray], spans: list[PromptMedia | None] | None,
+        plan: list[tuple[Entry, int] | None], keep: list[tuple[int, Scope, np.ndarray, Any]], active: Callable[[list[int], list[int]], Any],
     ) -> torch.Tensor:
-        """Step 2: every prompt from where its prefix ends, then the prompts' states whole."""
+        """Step 2: every prompt from where its prefix ends (with the part of its media that
+        describes its rest: no pixels where the prefix held them), then the prompts' states whole."""
         device = batch.device
         starts = [p[1] if p is not None else 0 for p in plan]
         entries: dict[int, tuple[Entry, int]] = {}
@@ -343,8 +508,13 @@ class PrefixSharing:
         suffixes = [seq[start:] for seq, start in zip(ids, starts)]
         lens = [len(s) for s in suffixes]
         step = PackedBatch(device_tensor(np.concatenate(suffixes), torch.long, device), lens, starts=starts)
+        if spans is not None:
+            step.extras["media"] = [
+                None if s is None else s.media if start == 0 else media_part(s.media, start, None, not s.holds_media(start))
+                for s, start in zip(spans, starts)
+            ]
         bounds = np.cumsum([0, *lens])
-        kept_rows = np.concatenate([np.arange(bounds[i], bounds[i] + (lens[i] - 1) // BLOCK * BLOCK) for i in keep]) if keep else None
+        kept_rows = np.concatenate([np.arange(bounds[i], bounds[i] + len(k) - starts[i]) for i, _, k, _ in keep]) if keep else None
         used = [e for e, _ in entries.values()]
         layers = len(used[0].keys) if used else 0
         step.prefix = PrefixState(
@@ -357,14 +527,18 @@ class PrefixSharing:
             hidden = arch(step)
         if step.prefix.kept and self.cache is not None:
             at = 0
-            for i in keep:
-                n = (lens[i] - 1) // BLOCK * BLOCK
+            for i, scope, keys, text in keep:
+                s, n = starts[i], len(keys) - starts[i]  # the rows of its prefix (text before its media), then its own
                 rows = slice(at, at + n)
                 a = int(bounds[i])
-                self.cache.put(scopes[i], Entry(
-                    tuple(ids[i][:n].tolist()), [k[rows].clone() for k, _ in step.prefix.kept],
-                    [v[rows].clone() for _, v in step.prefix.kept], hidden[a : a + n].clone(),
-                ))
+                own = ([k[rows] for k, _ in step.prefix.kept], [v[rows] for _, v in step.prefix.kept], [hidden[a : a + n]])
+                if plan[i] is None:
+                    own = tuple([t.clone() for t in part] for part in own)
+                else:
+                    head = plan[i][0]
+                    own = tuple([torch.cat([h[:s], t]) for h, t in zip(before, part)]
+                                for before, part in zip((head.keys, head.values, [head.hidden]), own))
+                self.cache.put(scope, Entry(_key(keys), own[0], own[1], own[2][0]), text)
                 at += n
         if not used:
             return hidden
