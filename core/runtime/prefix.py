@@ -205,6 +205,11 @@ def _shared(a: np.ndarray, b: np.ndarray) -> int:
     return int(differ[0]) if differ.size else n
 
 
+def _joined(parts: list[torch.Tensor]) -> torch.Tensor:
+    """The prefixes' keys (or values) of one layer one after another; one prefix's as it is."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
 def _key(seq: np.ndarray) -> tuple:
     """``seq`` (token ids, or rows of id and positions) as a hashable key."""
     rows = seq.tolist()
@@ -518,8 +523,8 @@ class PrefixSharing:
         used = [e for e, _ in entries.values()]
         layers = len(used[0].keys) if used else 0
         step.prefix = PrefixState(
-            [torch.cat([e.keys[layer] for e in used]) for layer in range(layers)] if used else None,
-            [torch.cat([e.values[layer] for e in used]) for layer in range(layers)] if used else None,
+            [_joined([e.keys[layer] for e in used]) for layer in range(layers)] if used else None,
+            [_joined([e.values[layer] for e in used]) for layer in range(layers)] if used else None,
             offsets,
             device_tensor(kept_rows, torch.long, device) if kept_rows is not None and kept_rows.size else None,
         )
