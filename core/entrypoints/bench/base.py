@@ -11,6 +11,12 @@ if TYPE_CHECKING:
     from ...config.settings import EngineArgs
 
 
+#: The transformers auto classes W4 and PR (cross-encoders) and W7 (SPLADE) derive their models with
+#: (:meth:`~poolkit.entrypoints.bench.workloads.Bench._derived_model`).
+SEQUENCE_CLASSIFIER = "AutoModelForSequenceClassification"
+MASKED_LM = "AutoModelForMaskedLM"
+
+
 class SkipWorkload(PoolkitError):
     """A workload that cannot compare poolkit with the peer; the message says why (the report lists it)."""
 

@@ -39,26 +39,11 @@ BUDGETS = {"serve_calls_per_request": 560, "engine_calls_per_batch": 520}
 def serve_calls(llm: "LLM", requests: int = 400, clients: int = 8) -> dict[str, float]:
     """The server's event-loop calls (and wall microseconds, without the profiler) per single-text
     request on ``llm``, in this process (no sockets): see the module."""
-    from ..server import create_app
-    from ..server.front import plain_scope, whole_body
-
-    app = create_app(llm, served_model_name="bench")
-    app.middleware_stack = app.build_middleware_stack()  # the guard is made with the middleware
+    app = in_process_app(llm)
     body = json.dumps({"input": "a short text of about ten words to embed here"}).encode()
-    headers = [(b"host", b"x"), (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
 
     async def one() -> None:
-        gone = asyncio.get_running_loop().create_future()
-        status: list[int] = []
-
-        async def send(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                status.append(message["status"])
-
-        scope = plain_scope(app, b"/v1/embeddings", headers, gone, server=("127.0.0.1", 8000), client=("127.0.0.1", 50000))
-        await app.state.poolkit.guard(scope, whole_body(body, gone), send)
-        if status != [200]:
-            raise RuntimeError(f"the bench's request was answered {status}")
+        await post(app, b"/v1/embeddings", body)
 
     async def drive(n: int) -> None:
         async def client(k: int) -> None:
@@ -83,6 +68,38 @@ def serve_calls(llm: "LLM", requests: int = 400, clients: int = 8) -> dict[str, 
         return {"serve_calls_per_request": _calls(profile) / done, "serve_us_per_request": wall / done * 1e6}
 
     return asyncio.run(main())
+
+
+def in_process_app(llm: "LLM") -> Any:
+    """The server's app on ``llm``, served as ``bench``, for :func:`post` (no sockets)."""
+    from ..server import create_app
+
+    app = create_app(llm, served_model_name="bench")
+    app.middleware_stack = app.build_middleware_stack()  # the guard is made with the middleware
+    return app
+
+
+async def post(app: Any, path: bytes, body: bytes) -> None:
+    """One JSON request to ``app``, handed to the server's guard as its HTTP front hands a plain
+    request, inside the app's lifespan.
+
+    Raises:
+        RuntimeError: the request was not answered 200.
+    """
+    from ..server.front import plain_scope, whole_body
+
+    headers = [(b"host", b"x"), (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    gone = asyncio.get_running_loop().create_future()
+    status: list[int] = []
+
+    async def send(message: dict) -> None:
+        if message["type"] == "http.response.start":
+            status.append(message["status"])
+
+    scope = plain_scope(app, path, headers, gone, server=("127.0.0.1", 8000), client=("127.0.0.1", 50000))
+    await app.state.poolkit.guard(scope, whole_body(body, gone), send)
+    if status != [200]:
+        raise RuntimeError(f"the bench's request was answered {status}")
 
 
 def engine_calls(llm: "LLM", calls: int = 200) -> float:

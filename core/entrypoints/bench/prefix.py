@@ -19,7 +19,7 @@ from __future__ import annotations
 import statistics
 from typing import Any, Callable
 
-from .base import SkipWorkload
+from .base import SEQUENCE_CLASSIFIER, SkipWorkload
 from .measure import Result, _interleave, _median_ratio
 from .peers import VllmCpuPeer
 
@@ -31,21 +31,10 @@ def prefix_workload(bench: Any) -> Result:
     """Workload P on the :class:`~poolkit.entrypoints.bench.workloads.Bench`'s model."""
     import torch
 
-    from ...runtime.prefix import PrefixCache
-
-    sharing = bench.llm.engine.prefixes
-    if sharing is None:
-        raise SkipWorkload("the model shares no prefixes (bidirectional or sliding-window attention, or enable_prefix_caching=False)")
-    vocab = int(bench.config.vocab_size)
-    g = torch.Generator().manual_seed(11)
-    prefix = torch.randint(1000, vocab, (PREFIX_TOKENS,), generator=g).tolist()
-    n = max(4, int(64 * bench.scale))
-    prompts = [{"prompt_token_ids": prefix + torch.randint(1000, vocab, (SUFFIX_TOKENS,), generator=g).tolist()} for _ in range(n)]
-    budget = sharing.cache.max_bytes if sharing.cache is not None else 0
-
-    def fresh() -> None:
-        if sharing.cache is not None:
-            sharing.cache = PrefixCache(budget)
+    sharing = _sharing(bench.llm)
+    prompts = _prompts(bench, 11)
+    n = len(prompts)
+    fresh = _emptier(sharing)
 
     def ours() -> None:
         fresh()
@@ -128,6 +117,131 @@ def _against_vllm(
         f"({per_call['poolkit_s']:.1f} ms vs {per_call['peer_s']:.1f} ms per call)"
     )
     return result
+
+
+def prefix_rerank_workload(bench: Any) -> Result:
+    """Workload PR: a reranker's documents after one long query, with prefix sharing against the
+    same reranker without it. The bench's model under a sequence-classification head of its family
+    (random, as W4's), its prompts the query's 400 tokens then a document's 40 (token ids, as
+    ``score`` tokenizes a pair): in one call, and one document per call."""
+    import tempfile
+
+    import torch
+
+    from poolkit import LLM
+
+    with tempfile.TemporaryDirectory() as tmp:
+        bench._derived_model(tmp, SEQUENCE_CLASSIFIER)
+        reranker = LLM.from_args(bench._settings(tmp))
+        fresh = _emptier(_sharing(reranker))
+        plain = LLM.from_args(bench._settings(tmp).model_copy(update={"enable_prefix_caching": False}))
+        prompts = _prompts(bench, 12)
+        n = len(prompts)
+        rounds = _interleave(bench.rounds, lambda: (fresh(), reranker.classify(prompts)), lambda: plain.classify(prompts))
+        single = _interleave(
+            bench.rounds, lambda: (fresh(), [reranker.classify([p]) for p in prompts]), lambda: [plain.classify([p]) for p in prompts]
+        )
+        fresh()
+        got, want = (torch.tensor([o.outputs.probs for o in llm.classify(prompts)]) for llm in (reranker, plain))
+    result = bench._result("PR", f"a reranker's {n} documents after a {PREFIX_TOKENS}-token query ({SUFFIX_TOKENS} tokens each), one call",
+                           n, n * (PREFIX_TOKENS + SUFFIX_TOKENS), rounds)
+    result.max_abs_diff = float((got - want).abs().max())
+    per_call = _per_call(single, n)
+    result.notes = (
+        f"the peer is the reranker with enable_prefix_caching=False; one document per call: {_median_ratio(single):.2f}x "
+        f"({per_call['poolkit_s']:.1f} ms vs {per_call['peer_s']:.1f} ms per call)"
+    )
+    return result
+
+
+def prefix_server_workload(bench: Any, clients: int = 8) -> Result:
+    """Workload PS: single requests through the server, each one prompt of P (a 400-token shared
+    prefix, 40 tokens of its own) to ``/v1/embeddings``, from ``clients`` clients at once, against
+    a server of the model without prefix sharing. In this process, no sockets (as workload H's
+    server count), both servers up for the whole workload on an event loop of their own: the
+    batcher merges what waits, and the cache serves the rest."""
+    import asyncio
+    import json
+    import threading
+
+    from poolkit import LLM
+
+    from .host_calls import in_process_app, post
+
+    fresh = _emptier(_sharing(bench.llm))
+    prompts = _prompts(bench, 13)
+    n = len(prompts)
+    bodies = [json.dumps({"input": p["prompt_token_ids"]}).encode() for p in prompts]
+    plain = LLM.from_args(bench.args.model_copy(update={"enable_prefix_caching": False}))
+    apps = [in_process_app(bench.llm), in_process_app(plain)]
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, name="poolkit-bench-server", daemon=True).start()
+    run = lambda coroutine: asyncio.run_coroutine_threadsafe(coroutine, loop).result()  # noqa: E731
+
+    async def serve(app: Any) -> None:
+        async def client(k: int) -> None:
+            for body in bodies[k::clients]:
+                await post(app, b"/v1/embeddings", body)
+
+        await asyncio.gather(*(client(k) for k in range(clients)))
+
+    async def up(life: Any, app: Any) -> None:
+        await life.__aenter__()
+        while not app.state.poolkit.first.ready:
+            await asyncio.sleep(0.01)
+
+    lives = [app.router.lifespan_context(app) for app in apps]
+    try:
+        for life, app in zip(lives, apps):
+            run(up(life, app))
+        rounds = _interleave(bench.rounds, lambda: (fresh(), run(serve(apps[0]))), lambda: run(serve(apps[1])))
+    finally:
+        for life in lives:
+            run(life.__aexit__(None, None, None))
+        loop.call_soon_threadsafe(loop.stop)
+    result = bench._result(
+        "PS", f"{n} single requests through the server ({clients} clients): a {PREFIX_TOKENS}-token shared prefix + {SUFFIX_TOKENS} tokens",
+        n, n * (PREFIX_TOKENS + SUFFIX_TOKENS), rounds,
+    )
+    result.notes = "the peer is the server of the model with enable_prefix_caching=False; items/s are requests/s"
+    return result
+
+
+def _sharing(llm: Any) -> Any:
+    """The model's prefix sharing (:class:`~poolkit.runtime.prefix.PrefixSharing`).
+
+    Raises:
+        SkipWorkload: the model shares none.
+    """
+    sharing = llm.engine.prefixes
+    if sharing is None:
+        raise SkipWorkload("the model shares no prefixes (bidirectional or sliding-window attention, or enable_prefix_caching=False)")
+    return sharing
+
+
+def _emptier(sharing: Any) -> Callable[[], None]:
+    """What empties ``sharing``'s cache before a timed pass, so that no pass reads the last one's."""
+    from ...runtime.prefix import PrefixCache
+
+    budget = sharing.cache.max_bytes if sharing.cache is not None else 0
+
+    def fresh() -> None:
+        if sharing.cache is not None:
+            sharing.cache = PrefixCache(budget)
+
+    return fresh
+
+
+def _prompts(bench: Any, seed: int) -> list[dict[str, list[int]]]:
+    """64 prompts (``--scale`` scales the count) of token ids drawn from the vocabulary: a shared
+    prefix of :data:`PREFIX_TOKENS`, then :data:`SUFFIX_TOKENS` of their own."""
+    import torch
+
+    vocab = int(bench.config.vocab_size)
+    g = torch.Generator().manual_seed(seed)
+    prefix = torch.randint(1000, vocab, (PREFIX_TOKENS,), generator=g).tolist()
+    n = max(4, int(64 * bench.scale))
+    return [{"prompt_token_ids": prefix + torch.randint(1000, vocab, (SUFFIX_TOKENS,), generator=g).tolist()} for _ in range(n)]
 
 
 def _description(n: int) -> str:

@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ...config.settings import EngineArgs
 from . import host_calls
+from .base import MASKED_LM, SEQUENCE_CLASSIFIER
 from .corpus import make_corpus
 from .measure import TRUNCATE, Result, _interleave, _median_ratio, gemm_peak_gflops, model_flops, peak_rss_mb
 from .peers import PEERS, SkipWorkload, check_peer, poolkit_cold_start
-from .prefix import prefix_workload
+from .prefix import prefix_rerank_workload, prefix_server_workload, prefix_workload
 from .presets import resolve_bench_model
 
 if TYPE_CHECKING:
@@ -26,9 +27,6 @@ if TYPE_CHECKING:
 
 #: How the bench calls poolkit (``--api``): vLLM's ``LLM`` API, or the sentence-transformers drop-in classes.
 APIS = ("llm", "sentence-transformers")
-#: The transformers auto classes W4 (a cross-encoder) and W7 (SPLADE) derive their models with.
-SEQUENCE_CLASSIFIER = "AutoModelForSequenceClassification"
-MASKED_LM = "AutoModelForMaskedLM"
 
 
 class Bench:
@@ -494,5 +492,6 @@ class Bench:
 WORKLOADS = {
     "W1": Bench.w1, "W2": Bench.w2, "W3": Bench.w3, "W4": Bench.w4, "W5": Bench.w5, "W6": Bench.w6, "W7": Bench.w7, "W9": Bench.w9,
     "W10": Bench.w10, "H": Bench.host, "P": prefix_workload,
+    "PR": prefix_rerank_workload, "PS": prefix_server_workload,
 }
 
