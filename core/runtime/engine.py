@@ -766,12 +766,11 @@ class Engine:
             )
             if tokens.media is not None:
                 batch.extras["media"] = [_on_device(tokens.media[i], self.model.device) for i in members.tolist()]
-            rows = rows_for(batch.num_tokens) if rows_for is not None else batch.num_tokens
             started = time.perf_counter()
             active = adapters.active(seq_lens.tolist(), slots) if slots is not None else contextlib.nullcontext()
             members_params = [shared] * len(members) if shared is not None else [params[i] for i in members]
             with torch.inference_mode(), self._threads_for(batch.num_tokens), active:
-                hidden, cached = prefix.forward(self.prefixes, arch, batch, rows, tokens.flat[index], members_params, adapters, slots)
+                hidden, cached = prefix.forward(self.prefixes, arch, batch, rows_for, tokens.flat[index], members_params, adapters, slots)
                 tokens.note_cached(members, cached)
                 fetch = to_host(head(hidden, batch, members_params))
             if self.standin is not None:

@@ -341,23 +341,36 @@ def scope_of(params: Any) -> Scope:
 
 
 def forward(
-    sharing: "PrefixSharing | None", arch: Any, batch: PackedBatch, rows: int, flat: np.ndarray, params: Sequence[Any],
-    adapters: Any, slots: Sequence[int] | None,
+    sharing: "PrefixSharing | None", arch: Any, batch: PackedBatch, rows_for: Callable[[int], int] | None, flat: np.ndarray,
+    params: Sequence[Any], adapters: Any, slots: Sequence[int] | None,
 ) -> tuple[torch.Tensor, list[int] | None]:
     """The engine's forward pass of ``batch`` (token ids ``flat``, one ``params`` per prompt, the
     adapters in ``slots``): shared prefixes computed once where ``sharing`` finds any, else the
-    plain pass over the batch padded to ``rows``. Returns the states and, per prompt, how many of
-    its tokens' states came from a shared prefix (``None``: none)."""
+    plain pass. Every pass runs padded with one-token filler sequences to ``rows_for(tokens)``
+    rows (the kernels' row bucket, :func:`poolkit.kernel_rows`; ``None``: none), so that no kernel
+    copies its rows to pad them. Returns the states and, per prompt, how many of its tokens'
+    states came from a shared prefix (``None``: none)."""
+
+    def run(step: PackedBatch) -> torch.Tensor:
+        padded = step.with_filler(rows_for(step.num_tokens)) if rows_for is not None else step
+        if padded is not step and step.prefix is not None:  # the filler sequences start at 0 and read no prefix
+            extra = [0] * (padded.num_seqs - step.num_seqs)
+            padded.starts = None if step.starts is None else [*step.starts, *extra]
+            if step.prefix.offsets is not None:
+                step.prefix.offsets = [*step.prefix.offsets, *extra]
+            padded.prefix = step.prefix
+        return arch(padded)[: step.num_tokens]
+
     if sharing is not None:
         ids = np.split(flat, np.cumsum(batch.seq_lens)[:-1])
 
         def active(lens: list[int], order: list[int]) -> Any:
             return adapters.active(lens, [slots[i] for i in order]) if slots is not None else contextlib.nullcontext()
 
-        shared = sharing.forward(arch, batch, ids, [scope_of(p) for p in params], active)
+        shared = sharing.forward(arch, batch, ids, [scope_of(p) for p in params], active, run)
         if shared is not None:
             return shared
-    return arch(batch.with_filler(rows))[: batch.num_tokens], None
+    return run(batch), None
 
 
 class PrefixSharing:
@@ -380,13 +393,15 @@ class PrefixSharing:
         return cls(PrefixCache(budget) if budget > 0 else None)
 
     def forward(
-        self, arch: Any, batch: PackedBatch, ids: list[np.ndarray], scopes: list[Scope], active: Callable[[list[int], list[int]], Any]
+        self, arch: Any, batch: PackedBatch, ids: list[np.ndarray], scopes: list[Scope], active: Callable[[list[int], list[int]], Any],
+        run: Callable[[PackedBatch], torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, list[int]] | None:
         """The last layer's states ``[T, H]`` of ``batch`` (whose prompts' token ids are ``ids``,
         each in its ``scopes``), shared prefixes computed once, and per prompt how many of its
         tokens' states came from a shared prefix; ``None`` when nothing is shared or
         kept, for the caller's plain forward pass. ``active(lens, order)`` is the context under which
-        a pass over sequences of ``lens`` tokens, those of the prompts ``order``, runs (their LoRA adapters)."""
+        a pass over sequences of ``lens`` tokens, those of the prompts ``order``, runs (their LoRA adapters);
+        ``run(step)`` runs a pass of ``arch`` (``None``: ``arch`` itself)."""
         if batch.prefix is not None or batch.key_lens is not None:
             return None
         media = batch.extras.get("media")
@@ -414,7 +429,7 @@ class PrefixSharing:
             elif self.cache is not None and len(seq) > BLOCK and scopes[i] is not None:
                 plan[i] = self._lookup(scopes[i], seq, spans[i] if spans is not None else None)
         if missing:
-            self._compute(arch, batch.device, missing, ids, spans, plan, active)
+            self._compute(run or arch, batch.device, missing, ids, spans, plan, active)
         keep = [k for i, p in enumerate(plan) if (k := self._kept(i, ids[i], scopes[i], spans, p[1] if p else 0)) is not None]
         if keep:  # no more than the cache holds: a batch of long documents keeps some, not all
             room = self.cache.max_bytes // self._token_bytes(arch)
@@ -423,7 +438,7 @@ class PrefixSharing:
             return None
         cached = [p[1] if p is not None else 0 for p in plan]
         self.shared_tokens += sum(cached)
-        return self._continue(arch, batch, ids, spans, plan, keep, active), cached
+        return self._continue(run or arch, batch, ids, spans, plan, keep, active), cached
 
     def _lookup(self, scope: Scope, seq: np.ndarray, span: PromptMedia | None) -> tuple[Entry, int] | None:
         """The longest cached prefix a prompt begins with: one that holds its media (kept apart
@@ -465,8 +480,8 @@ class PrefixSharing:
         return (2 * layers + 1) * int(arch.hidden_size) * size
 
     def _compute(
-        self, arch: Any, device: torch.device, missing: dict[tuple[Scope, tuple], list[int]], ids: list[np.ndarray],
-        spans: list[PromptMedia | None] | None, plan: list[tuple[Entry, int] | None], active: Callable[[list[int], list[int]], Any],
+        self, run: Callable[[PackedBatch], torch.Tensor], device: torch.device, missing: dict[tuple[Scope, tuple], list[int]],
+        ids: list[np.ndarray], spans: list[PromptMedia | None] | None, plan: list[tuple[Entry, int] | None], active: Callable[[list[int], list[int]], Any],
     ) -> None:
         """Step 1: the prefixes not known yet, as sequences of their own (with the media of those
         that hold them), their states kept."""
@@ -481,7 +496,7 @@ class PrefixSharing:
                 step.extras["media"] = parts
         step.prefix = PrefixState(keep=torch.arange(step.num_tokens, device=device))
         with active(lens, firsts):
-            hidden = arch(step)
+            hidden = run(step)
         bounds = np.cumsum([0, *lens])
         for n, key in enumerate(keys):
             a, b = int(bounds[n]), int(bounds[n + 1])
@@ -494,7 +509,8 @@ class PrefixSharing:
                 plan[i] = (entry, b - a)
 
     def _continue(
-        self, arch: Any, batch: PackedBatch, ids: list[np.ndarray], spans: list[PromptMedia | None] | None,
+        self, run: Callable[[PackedBatch], torch.Tensor], batch: PackedBatch, ids: list[np.ndarray],
+        spans: list[PromptMedia | None] | None,
         plan: list[tuple[Entry, int] | None], keep: list[tuple[int, Scope, np.ndarray, Any]], active: Callable[[list[int], list[int]], Any],
     ) -> torch.Tensor:
         """Step 2: every prompt from where its prefix ends (with the part of its media that
@@ -529,7 +545,7 @@ class PrefixSharing:
             device_tensor(kept_rows, torch.long, device) if kept_rows is not None and kept_rows.size else None,
         )
         with active(lens, list(range(len(ids)))):
-            hidden = arch(step)
+            hidden = run(step)
         if step.prefix.kept and self.cache is not None:
             at = 0
             for i, scope, keys, text in keep:
