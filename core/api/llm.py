@@ -397,7 +397,7 @@ class LLM:
         if lora_request is None and self.model.adapters is not None:  # a task the checkpoint carries an adapter for (jina-v3)
             lora_request = self.model.adapters.own(prompt_name)
         params = adapted_params(self.check_params(pooling_params, len(parsed), task.name, kwargs), lora_request, self.model.adapters)
-        if not parsed.columnar and any("cache_salt" in p.extras for p in parsed):  # {"prompt": ..., "cache_salt": ...}
+        if not getattr(parsed, "columnar", False) and any("cache_salt" in p.extras for p in parsed):  # {"prompt": ..., "cache_salt": ...}
             params = [p.with_salt(prompt.extras.get("cache_salt")) for prompt, p in zip(parsed, params)]
         if any(p.late_chunking_params is not None for p in params):
             for index, (prompt, p) in enumerate(zip(parsed, params)):
