@@ -242,6 +242,46 @@ def test_a_text_prompt_with_placeholder_tokens_leaves_no_states_an_image_reads(f
     assert 0 < got.num_cached_tokens <= family.placeholder_rows(got)[0]
 
 
+QWEN_VIDEO = "<|vision_start|><|video_pad|><|vision_end|>"
+
+
+def clip(seed: int, frames: int = 3) -> np.ndarray:
+    """A tiny video: ``frames`` uint8 frames of 30 x 21 (a Qwen-VL processor pairs them in time)."""
+    return np.random.default_rng(seed).integers(0, 256, (frames, 30, 21, 3), dtype=np.uint8)
+
+
+def test_videos_share_as_images_do(family: Family) -> None:
+    """Videos (the Qwen-VL families: ``<|video_pad|>`` placeholders, video M-RoPE positions): an
+    instruction before different videos is shared as text; the same video (with an image) before
+    different texts is shared whole; the same token ids with another video share only the text
+    before it; one call and single calls through the cache equal the unshared run."""
+    if family.image != QWEN_IMAGE or family.task != "embed":
+        pytest.skip("videos: the Qwen-VL embedders")
+
+    def video(text: str, v: np.ndarray, image: object = None) -> dict:
+        media = {"video": v} | ({"image": image} if image is not None else {})
+        return {"prompt": text, "multi_modal_data": media}
+
+    instructed = [video(INSTRUCTION + QWEN_VIDEO + tail, clip(k)) for k, tail in enumerate((" a cat", " what moves here?"))]
+    rows, got = family.rows(instructed)
+    for r, out in zip(rows, got):
+        assert r.size and 16 <= out.num_cached_tokens <= r[0]
+    both = clip(7)
+    together = [video(QWEN_VIDEO + QWEN_IMAGE + AFTER + tail, both, picture(24, 40, 3)) for tail in ("cat", "a dog on a mat")]
+    rows, got = family.rows(together)
+    for r, out in zip(rows, got):
+        assert out.num_cached_tokens > r[-1]
+    apart = [video(INSTRUCTION + QWEN_VIDEO + " what is it? say it in a few words, please.", clip(seed)) for seed in (1, 2)]
+    rows, got = family.rows(apart)
+    assert_differ(*got)
+    for r, out in zip(rows, got):
+        assert out.num_cached_tokens <= r[0]
+    llm = family.fresh()
+    for p in (*together, *apart):
+        (one,), (want,) = family.run(llm, [p]), family.run(family.plain, [p])
+        assert_same([one], [want])
+
+
 def test_prompt_media_cuts_text_prefixes_at_media_and_unplain_positions() -> None:
     """A text prefix ends at the first placeholder, or sooner where the positions stop being the
     plain ones; each part reads its own columns of the positions, pixels only where it holds them."""
