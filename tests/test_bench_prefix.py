@@ -13,6 +13,7 @@ import types
 
 import numpy as np
 import pytest
+from test_bench import fake_vllm_python
 from typer.testing import CliRunner
 
 from poolkit.entrypoints.bench import format_table, vllm_worker
@@ -81,12 +82,7 @@ class LLM:
 
 
 def _fake_vllm_python(tmp_path, monkeypatch) -> None:
-    (tmp_path / "fake" / "vllm").mkdir(parents=True)
-    (tmp_path / "fake" / "vllm" / "__init__.py").write_text(FAKE_VLLM)
-    python = tmp_path / "python"
-    python.write_text(f"#!/bin/sh\nPYTHONPATH={tmp_path / 'fake'} exec {sys.executable} \"$@\"\n")
-    python.chmod(0o755)
-    monkeypatch.setenv("POOLKIT_VLLM_PYTHON", str(python))
+    fake_vllm_python(tmp_path, monkeypatch, FAKE_VLLM)
     monkeypatch.setenv("FAKE_VLLM_CALLS", str(tmp_path / "calls"))
 
 

@@ -394,14 +394,14 @@ class PrefixSharing:
 
     def forward(
         self, arch: Any, batch: PackedBatch, ids: list[np.ndarray], scopes: list[Scope], active: Callable[[list[int], list[int]], Any],
-        run: Callable[[PackedBatch], torch.Tensor] | None = None,
+        run: Callable[[PackedBatch], torch.Tensor],
     ) -> tuple[torch.Tensor, list[int]] | None:
         """The last layer's states ``[T, H]`` of ``batch`` (whose prompts' token ids are ``ids``,
         each in its ``scopes``), shared prefixes computed once, and per prompt how many of its
         tokens' states came from a shared prefix; ``None`` when nothing is shared or
         kept, for the caller's plain forward pass. ``active(lens, order)`` is the context under which
         a pass over sequences of ``lens`` tokens, those of the prompts ``order``, runs (their LoRA adapters);
-        ``run(step)`` runs a pass of ``arch`` (``None``: ``arch`` itself)."""
+        ``run(step)`` runs a pass of ``arch``, padded as the engine pads (:func:`forward`)."""
         if batch.prefix is not None or batch.key_lens is not None:
             return None
         media = batch.extras.get("media")
@@ -429,7 +429,7 @@ class PrefixSharing:
             elif self.cache is not None and len(seq) > BLOCK and scopes[i] is not None:
                 plan[i] = self._lookup(scopes[i], seq, spans[i] if spans is not None else None)
         if missing:
-            self._compute(run or arch, batch.device, missing, ids, spans, plan, active)
+            self._compute(run, batch.device, missing, ids, spans, plan, active)
         keep = [k for i, p in enumerate(plan) if (k := self._kept(i, ids[i], scopes[i], spans, p[1] if p else 0)) is not None]
         if keep:  # no more than the cache holds: a batch of long documents keeps some, not all
             room = self.cache.max_bytes // self._token_bytes(arch)
@@ -438,7 +438,7 @@ class PrefixSharing:
             return None
         cached = [p[1] if p is not None else 0 for p in plan]
         self.shared_tokens += sum(cached)
-        return self._continue(run or arch, batch, ids, spans, plan, keep, active), cached
+        return self._continue(run, batch, ids, spans, plan, keep, active), cached
 
     def _lookup(self, scope: Scope, seq: np.ndarray, span: PromptMedia | None) -> tuple[Entry, int] | None:
         """The longest cached prefix a prompt begins with: one that holds its media (kept apart

@@ -60,11 +60,7 @@ def prefix_workload(bench: Any) -> Result:
     got = our_vectors()
     want = torch.tensor([o.outputs.embedding for o in plain.embed(prompts)])
     _parity(result, got, want)
-    per_call = _per_call(single, n)
-    result.notes = (
-        f"the peer is poolkit with enable_prefix_caching=False; one prompt per call: {_median_ratio(single):.2f}x "
-        f"({per_call['poolkit_s']:.1f} ms vs {per_call['peer_s']:.1f} ms per call)"
-    )
+    result.notes = f"the peer is poolkit with enable_prefix_caching=False; {_per_call_note(single, n, 'prompt')}"
     return result
 
 
@@ -106,15 +102,14 @@ def _against_vllm(
     finally:
         vllm.close()
     per_call = _per_call(single, n)
-    one_each = _median_ratio(single)
     result.stages = {
-        "one_prompt_per_call_ratio": one_each, "poolkit_ms_per_call": per_call["poolkit_s"], "peer_ms_per_call": per_call["peer_s"],
+        "one_prompt_per_call_ratio": _median_ratio(single), "poolkit_ms_per_call": per_call["poolkit_s"],
+        "peer_ms_per_call": per_call["peer_s"],
     }
     state = {True: "on", False: "OFF (vLLM's engine turned it off)", None: "unknown: vLLM's config does not say"}[caching]
     result.notes = (
         f"the peer is vLLM{f' {version}' if version else ''} (CPU build) in {bench.peer_dtype}, enable_prefix_caching=True "
-        f"(prefix caching {state}), its cache emptied before each pass; one prompt per call: {one_each:.2f}x "
-        f"({per_call['poolkit_s']:.1f} ms vs {per_call['peer_s']:.1f} ms per call)"
+        f"(prefix caching {state}), its cache emptied before each pass; {_per_call_note(single, n, 'prompt')}"
     )
     return result
 
@@ -146,11 +141,7 @@ def prefix_rerank_workload(bench: Any) -> Result:
     result = bench._result("PR", f"a reranker's {n} documents after a {PREFIX_TOKENS}-token query ({SUFFIX_TOKENS} tokens each), one call",
                            n, n * (PREFIX_TOKENS + SUFFIX_TOKENS), rounds)
     result.max_abs_diff = float((got - want).abs().max())
-    per_call = _per_call(single, n)
-    result.notes = (
-        f"the peer is the reranker with enable_prefix_caching=False; one document per call: {_median_ratio(single):.2f}x "
-        f"({per_call['poolkit_s']:.1f} ms vs {per_call['peer_s']:.1f} ms per call)"
-    )
+    result.notes = f"the peer is the reranker with enable_prefix_caching=False; {_per_call_note(single, n, 'document')}"
     return result
 
 
@@ -251,6 +242,13 @@ def _description(n: int) -> str:
 def _per_call(single: list[dict[str, float]], n: int) -> dict[str, float]:
     """Median milliseconds per call of the one-prompt-per-call passes, each library."""
     return {k: 1000 * statistics.median(r[k] for r in single) / n for k in single[0]}
+
+
+def _per_call_note(single: list[dict[str, float]], n: int, item: str) -> str:
+    """The notes' words on the one-``item``-per-call passes: their ratio and each library's ms per call."""
+    per_call = _per_call(single, n)
+    return (f"one {item} per call: {_median_ratio(single):.2f}x "
+            f"({per_call['poolkit_s']:.1f} ms vs {per_call['peer_s']:.1f} ms per call)")
 
 
 def _parity(result: Result, got: Any, want: Any) -> None:
