@@ -117,11 +117,13 @@ def reference_hidden(backbone: torch.nn.Module, seqs: list[list[int]], padded: b
 
 
 def run(arch: torch.nn.Module, seqs: list[list[int]]) -> list[torch.Tensor]:
-    batch = PackedBatch.from_sequences(seqs)
+    """The architecture's last hidden states of one packed batch, on the architecture's device
+    (an ``LLM``'s model is on the suite's device), brought back to the CPU beside the references."""
+    batch = PackedBatch.from_sequences(seqs, device=next(arch.parameters()).device)
     with torch.inference_mode():
         hidden = arch(batch)
     assert hidden.shape == (sum(map(len, seqs)), arch.hidden_size)
-    return batch.split(hidden)
+    return batch.split(hidden.cpu())
 
 
 def agreement(ours: list[torch.Tensor], theirs: list[torch.Tensor]) -> tuple[float, float]:

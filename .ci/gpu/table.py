@@ -12,6 +12,8 @@ For each preset and for ~50-token and 512-token texts, tokens/s of:
 - ``hf eager``: transformers' own ``AutoModel`` from token ids, eager attention, padded batches of
   texts sorted by length (the floor poolkit must beat by 1.3x);
 - ``st fp16``: sentence-transformers in fp16 from raw text;
+- ``gpu busy``: the share of three back-to-back ``poolkit text`` calls in which the GPU was busy
+  (NVML's utilization, as nvidia-smi reports it; the issue's goal: >= 80% of a long offline run);
 
 then ``poolkit serve`` on the preset under two loads, each from several client processes so the
 client is not the bottleneck: 64 connections x 32 texts (against offline from text: >= 0.8x) and
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import threading
 import time
 
 import torch
@@ -52,6 +55,35 @@ def _best(fn, device: str, reps: int = 2) -> float:
         _sync(device)
         best = min(best, time.perf_counter() - start)
     return best
+
+
+def _busy(fn, device: str, reps: int = 3) -> float:
+    """The share of ``reps`` back-to-back calls of ``fn`` during which the GPU was busy: NVML's
+    ``utilization.gpu`` (the share of its last sample period in which a kernel ran, as nvidia-smi
+    reports it) read every 20 ms; NaN on the CPU or without NVML."""
+    if not device.startswith("cuda"):
+        return float("nan")
+    try:
+        torch.cuda.utilization()
+    except Exception:  # no NVML (pynvml / nvidia-ml-py) in this environment
+        return float("nan")
+    samples: list[int] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.02):
+            samples.append(torch.cuda.utilization())
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        for _ in range(reps):
+            fn()
+        _sync(device)
+    finally:
+        done.set()
+        thread.join()
+    return sum(samples) / len(samples) / 100 if samples else float("nan")
 
 
 def _hf_eager(path: str, ids: list[list[int]], device: str, dtype: torch.dtype, batch_tokens: int) -> float:
@@ -112,6 +144,7 @@ def offline(preset: str, name: str, texts: list[str], device: str, dtype: str) -
         "poolkit ids": tokens / _best(lambda: llm.embed([{"prompt_token_ids": i} for i in ids]), device),
         "tokenize": tokens / _best(lambda: llm.engine.tokenize(prompts, [params] * len(prompts)), device),
         "encode_batch": tokens / _best(lambda: rust.encode_batch(texts), device),
+        "busy": _busy(lambda: llm.embed(texts, tokenization_kwargs=TRUNCATE), device),
     }
     del llm
     torch_dtype = getattr(torch, dtype)
@@ -176,14 +209,14 @@ def main() -> None:
     columns = ("poolkit text", "poolkit ids", "tokenize", "encode_batch", "hf eager", "st fp16")
     for preset in [p for p in args.presets.split(",") if p]:
         print(f"{preset} ({args.dtype}; tokens/s)", flush=True)
-        print("  " + f"{'texts':6s}" + "".join(f"{c:>14s}" for c in columns) + "   ids/hf  tok/encode  st/text")
+        print("  " + f"{'texts':6s}" + "".join(f"{c:>14s}" for c in columns) + "   ids/hf  tok/encode  st/text  gpu busy")
         for name, texts in corpora.items():
             texts = texts if "qwen" not in preset else texts[: len(texts) // 4]
             row = offline(preset, name, texts, args.device, args.dtype)
             print(
                 "  " + f"{name:6s}" + "".join(f"{row[c] / 1e6:13.3f}M" for c in columns)
                 + f"   {row['poolkit ids'] / row['hf eager']:6.2f}  {row['tokenize'] / row['encode_batch']:10.2f}"
-                + f"  {row['st fp16'] / row['poolkit text']:7.2f}",
+                + f"  {row['st fp16'] / row['poolkit text']:7.2f}  {row['busy']:8.0%}",
                 flush=True,
             )
         if not args.no_server:
