@@ -407,7 +407,7 @@ def test_int8_declines_a_cpu_without_an_int8_dot(minilm_dir, monkeypatch, caplog
     monkeypatch.setattr(int8, "_amx_library", lambda: None)  # AMX-INT8 comes with VNNI: a CPU without has neither
     assert select_kernel("linear_int8", "cpu") is int8.linear_int8_onednn
     with caplog.at_level("WARNING"):
-        llm = LLM(str(minilm_dir), dtype="float32", quantization="int8")
+        llm = LLM(str(minilm_dir), dtype="float32", quantization="int8", device="cpu")  # a CPU's decision, on any suite device
     report = llm.model.quantization
     assert report["declined"] == int8.declines() and "no int8 dot product" in report["declined"]
     assert not report["int8_layers"] and report["float_layers"]

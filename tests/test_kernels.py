@@ -143,7 +143,10 @@ def test_registry_picks_the_fused_kernel_on_cpu(monkeypatch) -> None:
     expected = linear.linear_act_amx if amx else linear_act_onednn if onednn else linear_act
     assert select_kernel("linear_act", "cpu") is expected
     gated = linear.gated_linear_amx if amx else linear.gated_linear_onednn if onednn else linear.gated_linear
-    assert select_kernel("gated_linear", "cpu") is gated and select_kernel("gated_linear", "cuda") is linear.gated_linear
+    from poolkit.kernels import fused
+
+    on_cuda = fused.gated_linear_triton if fused.triton_available() else linear.gated_linear  # Triton where a GPU runs it
+    assert select_kernel("gated_linear", "cpu") is gated and select_kernel("gated_linear", "cuda") is on_cuda
     for capability, priority in (("AVX512", 10), ("AVX2", -10), ("DEFAULT", -10)):
         monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda c=capability: c)
         assert linear._onednn_priority() == priority

@@ -1008,7 +1008,7 @@ def test_a_plugin_sequence_classifier_serves_token_classify_as_built_ins_do(fres
         arch = llm.model.architecture
         with torch.inference_mode():
             hidden = arch(PackedBatch.from_sequences([out.prompt_token_ids], device=llm.model.device))
-            want = torch.softmax(arch.sequence_classifier()(hidden).float(), dim=-1)
+            want = torch.softmax(arch.sequence_classifier()(hidden).float(), dim=-1).cpu()
         assert torch.allclose(out.outputs.data, want, atol=1e-5)
 
 
@@ -1051,7 +1051,7 @@ def test_an_architecture_written_against_the_old_classifier_names_still_serves(f
         assert arch.token_head() is None
         with torch.inference_mode():
             hidden = arch(PackedBatch.from_sequences([out.prompt_token_ids], device=llm.model.device))
-            want = torch.softmax(arch.classifier(hidden[:1]).float(), dim=-1)[0]
+            want = torch.softmax(arch.classifier(hidden[:1]).float(), dim=-1)[0].cpu()
         assert torch.allclose(torch.tensor(out.outputs.probs), want, atol=1e-5)
 
 

@@ -55,9 +55,11 @@ def llm(model_dir):
 
 @pytest.fixture(scope="module")
 def hf(model_dir, llm):
+    # The reference pixels are transformers' PIL backend, which poolkit's resize reproduces; its torchvision
+    # backend (transformers' default where torchvision is installed) rounds some pixels a level of 255 apart.
     cls = FAMILIES[llm.model.hf_config.model_type][1]
     model = cls.from_pretrained(model_dir, dtype=torch.float32).eval()
-    return model, T.AutoTokenizer.from_pretrained(model_dir), T.AutoImageProcessor.from_pretrained(model_dir)
+    return model, T.AutoTokenizer.from_pretrained(model_dir), T.AutoImageProcessor.from_pretrained(model_dir, backend="pil")
 
 
 def video_inputs(llm, videos: list) -> list[tuple]:

@@ -37,8 +37,10 @@ def llm(model_dir):
 
 @pytest.fixture(scope="module")
 def hf(model_dir):
+    # The reference pixels are transformers' PIL backend, which poolkit's resize reproduces; its torchvision
+    # backend (transformers' default where torchvision is installed) rounds some pixels a level of 255 apart.
     model = T.Qwen2VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
-    return model, T.AutoTokenizer.from_pretrained(model_dir), T.AutoImageProcessor.from_pretrained(model_dir)
+    return model, T.AutoTokenizer.from_pretrained(model_dir), T.AutoImageProcessor.from_pretrained(model_dir, backend="pil")
 
 
 def reference(hf, text: str, images: list[Image.Image]) -> torch.Tensor:

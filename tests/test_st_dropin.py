@@ -37,6 +37,23 @@ def test_the_default_dtype_is_poolkits_within_its_tolerance(minilm_dir, minilm_s
     assert torch.nn.functional.cosine_similarity(got, torch.from_numpy(minilm_st.encode(texts))).min() >= 0.9999
 
 
+def test_tensors_come_back_as_sentence_transformers_returns_them(model, minilm_dir):
+    """``convert_to_tensor`` results sit on the model's device in the dtype the user chose
+    (``bfloat16()``, ``half()``, ``model_kwargs``), as sentence-transformers leaves its model's
+    output; under poolkit's own ``auto`` default they are float32, sentence-transformers' default."""
+    texts = ["a first text", "and a second one"]
+    chosen = model.encode(texts, convert_to_tensor=True)
+    assert chosen.dtype == torch.float32 and chosen.device == model.device
+    assert all(row.device == model.device for row in model.encode(texts, convert_to_numpy=False))
+    half = SentenceTransformer(str(minilm_dir), model_kwargs={"dtype": torch.float32}).bfloat16()
+    got = half.encode(texts, convert_to_tensor=True)
+    assert got.dtype == torch.bfloat16 and got.device == half.device
+    assert torch.nn.functional.cosine_similarity(got.float().cpu(), chosen.cpu()).min() >= 0.999
+    assert half.encode([], convert_to_tensor=True).device == half.device
+    auto = SentenceTransformer(str(minilm_dir)).encode(texts, convert_to_tensor=True)
+    assert auto.dtype == torch.float32
+
+
 def test_from_llm_wraps_a_loaded_model_without_loading_it_again(minilm, minilm_st):
     wrapped = SentenceTransformer.from_llm(minilm, truncate_dim=32)
     assert wrapped.llm is minilm

@@ -59,10 +59,16 @@ def pair(request, layouts):
     return poolkit.MultiVectorEncoder(path, model_kwargs=FP32), MultiVectorEncoder(path, device="cpu")
 
 
+def cpu(vectors):
+    """poolkit's tensors, which sit on the model's device as sentence-transformers' do, on the CPU
+    beside the reference's (a list of them, or one)."""
+    return [v.cpu() for v in vectors] if isinstance(vectors, list) else vectors.cpu()
+
+
 def assert_same_vectors(got, expected, atol=1e-4):
     assert [tuple(g.shape) for g in got] == [tuple(e.shape) for e in expected]
     for g, e in zip(got, expected):
-        assert torch.allclose(torch.as_tensor(g), torch.as_tensor(e).float(), atol=atol)
+        assert torch.allclose(torch.as_tensor(g).cpu(), torch.as_tensor(e).float(), atol=atol)
 
 
 def test_token_vectors_equal_sentence_transformers(pair):
@@ -78,7 +84,7 @@ def test_token_vectors_equal_sentence_transformers(pair):
 
 def test_scores_equal_sentence_transformers(pair):
     ours, ref = pair
-    queries, documents = ours.encode_query(QUERIES), ours.encode_document(DOCUMENTS)
+    queries, documents = cpu(ours.encode_query(QUERIES)), cpu(ours.encode_document(DOCUMENTS))
     expected = ref.similarity(ref.encode_query(QUERIES), ref.encode_document(DOCUMENTS))
     assert torch.allclose(ours.similarity(queries, documents), expected, atol=1e-4)
     # The functions themselves agree on the same inputs: lists, padded tensors, numpy arrays, pairs.
@@ -98,7 +104,7 @@ def test_meanmaxsim_by_name(layouts):
     path = str(layouts["colbert-ai"])
     ours = poolkit.MultiVectorEncoder(path, model_kwargs=FP32, similarity_fn_name="meanmaxsim")
     ref = MultiVectorEncoder(path, device="cpu", similarity_fn_name="meanmaxsim")
-    got = ours.similarity(ours.encode_query(QUERIES), ours.encode_document(DOCUMENTS))
+    got = ours.similarity(cpu(ours.encode_query(QUERIES)), cpu(ours.encode_document(DOCUMENTS)))
     assert torch.allclose(got, ref.similarity(ref.encode_query(QUERIES), ref.encode_document(DOCUMENTS)), atol=1e-5)
     assert got.abs().max() <= 1.0 + 1e-5  # normalised token vectors: a mean of cosines
 
@@ -107,7 +113,7 @@ def test_llm_scores_are_the_same_maxsim(layouts):
     """LLM.score on a late-interaction checkpoint is the drop-in's MaxSim (markers, expansion, skiplist)."""
     path = str(layouts["pylate-minilm"])
     model = poolkit.MultiVectorEncoder(path, model_kwargs=FP32)
-    expected = model.similarity(model.encode_query(QUERIES[:1]), model.encode_document(DOCUMENTS))[0]
+    expected = model.similarity(model.encode_query(QUERIES[:1]), model.encode_document(DOCUMENTS))[0].cpu()
     got = [s.outputs.score for s in poolkit.LLM(path, dtype="float32").score(QUERIES[0], DOCUMENTS)]
     assert got == pytest.approx(expected.tolist(), abs=1e-4)
 
@@ -118,7 +124,7 @@ def test_default_dtype_keeps_the_vectors(layouts):
 
     path = str(layouts["pylate-minilm"])
     ours, ref = poolkit.MultiVectorEncoder(path), MultiVectorEncoder(path, device="cpu")
-    for got, expected in zip(ours.encode_document(QUERIES + DOCUMENTS), ref.encode_document(QUERIES + DOCUMENTS)):
+    for got, expected in zip(cpu(ours.encode_document(QUERIES + DOCUMENTS)), ref.encode_document(QUERIES + DOCUMENTS)):
         cos = torch.nn.functional.cosine_similarity(got, expected, dim=-1)
         assert got.dtype == torch.float32 and cos.min() >= 0.9995 and cos.mean() >= 0.9999
 
@@ -126,15 +132,15 @@ def test_default_dtype_keeps_the_vectors(layouts):
 def test_return_types(layouts):
     model = poolkit.MultiVectorEncoder(str(layouts["colbert-ai"]), model_kwargs=FP32)
     one = model.encode_query(QUERIES[0])
-    assert isinstance(one, torch.Tensor) and one.shape == (12, 16)  # the query expanded to query_maxlen
+    assert isinstance(one, torch.Tensor) and one.shape == (12, 16) and one.device == model.device  # the query expanded to query_maxlen
     arrays = model.encode_document(DOCUMENTS, convert_to_numpy=True)
     assert all(isinstance(a, np.ndarray) and a.dtype == np.float32 for a in arrays)
     (raw,) = model.encode_document(DOCUMENTS[2:3], output_value=None)
     assert set(raw) == {"input_ids", "token_embeddings", "attention_mask", "modality"}
     assert raw["attention_mask"].sum() < len(raw["input_ids"])  # the punctuation is not scored
-    assert torch.equal(raw["token_embeddings"][raw["attention_mask"]], model.encode_document(DOCUMENTS[2]))
+    assert torch.equal(raw["token_embeddings"][raw["attention_mask"]].cpu(), model.encode_document(DOCUMENTS[2]).cpu())
     plain = model.encode_document(DOCUMENTS, normalize_embeddings=True)
-    assert all(torch.allclose(v.norm(dim=-1), torch.ones(len(v)), atol=1e-5) for v in plain)
+    assert all(torch.allclose(v.norm(dim=-1).cpu(), torch.ones(len(v)), atol=1e-5) for v in plain)
     assert model.encode_document([]) == []
 
 

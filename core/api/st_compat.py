@@ -154,6 +154,13 @@ class _Model(AdapterMethods):
     def tokenizer(self) -> Any:
         return self.llm.get_tokenizer()
 
+    def _on_model(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A tensor result where sentence-transformers leaves it: on the model's device, and in
+        the model's dtype where the user chose one (``half()``, ``model_kwargs={"dtype": ...}``);
+        under poolkit's own ``auto`` default, float32, sentence-transformers' default dtype."""
+        chosen = tensor.is_floating_point() and self.llm.args.dtype != "auto"
+        return tensor.to(device=self.device, dtype=self.dtype if chosen else None)
+
     @property
     def max_seq_length(self) -> int | None:
         """The longest input in tokens; longer ones are cut. Settable, up to the model's limit."""
@@ -466,7 +473,7 @@ class SentenceTransformer(_Embedder):
         resolved = self._resolve_prompt(prompt, prompt_name)
         truncate_dim = truncate_dim if truncate_dim is not None else self.truncate_dim
         if not texts:
-            result: Any = np.array([]) if convert_to_numpy else (torch.tensor([]) if convert_to_tensor else [])
+            result: Any = np.array([]) if convert_to_numpy else (self._on_model(torch.tensor([])) if convert_to_tensor else [])
             return result
         quantized = precision is not None and precision != "float32"
         if output_value is None and quantized:
@@ -488,11 +495,11 @@ class SentenceTransformer(_Embedder):
         if precision and precision != "float32":
             embeddings = quantize_embeddings(rows, precision)
         if convert_to_tensor:
-            embeddings = torch.as_tensor(embeddings)
+            embeddings = self._on_model(torch.as_tensor(embeddings))
         elif convert_to_numpy:
             embeddings = embeddings.numpy() if isinstance(embeddings, torch.Tensor) else embeddings
         else:
-            embeddings = list(torch.as_tensor(embeddings))
+            embeddings = list(self._on_model(torch.as_tensor(embeddings)))
         return embeddings[0] if single else embeddings
 
     def _all_outputs(self, texts: list[Any], prompt: str | None, rows: torch.Tensor, batch_size: int) -> list[dict[str, Any]]:
@@ -604,7 +611,7 @@ class CrossEncoder(_Model):
             raise InvalidRequest(f"CrossEncoder.predict() got arguments poolkit does not take: {', '.join(sorted(kwargs))}")
         pairs, single = self._pairs(inputs)
         if not pairs:
-            return torch.tensor([]) if convert_to_tensor else (np.array([]) if convert_to_numpy else [])
+            return self._on_model(torch.tensor([])) if convert_to_tensor else (np.array([]) if convert_to_numpy else [])
         scores = self._logits(pairs)
         fn = activation_fn if activation_fn is not None else self.activation_fn
         if fn is not None:
@@ -614,11 +621,11 @@ class CrossEncoder(_Model):
         elif apply_softmax:
             scores = torch.softmax(scores, dim=1)
         if convert_to_tensor:
-            result: Any = scores
+            result: Any = self._on_model(scores)
         elif convert_to_numpy:
             result = scores.numpy()
         else:
-            result = list(scores)
+            result = list(self._on_model(scores))
         return result[0] if single else result
 
     def rank(

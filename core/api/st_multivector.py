@@ -174,4 +174,6 @@ class MultiVectorEncoder(_Embedder):
             out = token_pooling.pool(out, task=task)
         if convert_to_numpy and output_value is not None:
             out = [np.asarray(v.cpu().numpy()) for v in out]
+        elif output_value is not None:
+            out = [self._on_model(v) for v in out]
         return out[0] if single else out
