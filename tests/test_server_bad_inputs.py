@@ -22,7 +22,6 @@ from fastapi.testclient import TestClient  # noqa: E402
 from poolkit import LLM  # noqa: E402
 from poolkit.entrypoints.server import INFERENCE_ROUTES, ServerLimits, create_app, strict_json  # noqa: E402
 from poolkit.entrypoints.server.guard import SHARED_ROUTES, TEI_ALIASES, TEI_ROUTES  # noqa: E402
-from poolkit.runtime.columns import Results  # noqa: E402
 
 KEY = "s3cret-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -422,29 +421,57 @@ def test_39_overload_is_429_with_retry_after(app, client):
     assert r.headers["retry-after"] == "1"
 
 
-def test_39_full_queue_is_429(minilm):
+@pytest.fixture(scope="module")
+def pipelined(minilm_dir):
+    """all-MiniLM-L6-v2 on a stand-in device (:mod:`poolkit.runtime.standin`): its engine runs as on
+    an accelerator, so the server's batcher pipelines as it does on a GPU."""
+    from poolkit.runtime.standin import attach
+
+    llm = LLM(str(minilm_dir))
+    attach(llm, 1e7)
+    return llm
+
+
+@pytest.mark.parametrize("on", ["cpu", "accelerator"])
+def test_39_full_queue_is_429(minilm, on, request):
+    """With the batcher's threads held, requests wait in the queue until it is full: the next one
+    is a 429. Held are the worker thread, and on an accelerator's pipelined batcher the device
+    thread and the one batch handed between them, so the queue fills one to three requests later:
+    requests go one at a time until one is refused, each counted in before the next is sent."""
     import asyncio
 
-    app = create_app(minilm, served_model_name="q", limits=ServerLimits(max_queue_tokens=1))
+    llm = minilm if on == "cpu" else request.getfixturevalue("pipelined")
+    app = create_app(llm, served_model_name="q", limits=ServerLimits(max_queue_tokens=1))
     batcher = app.state.poolkit.batcher
+    assert batcher.pipelined == (on == "accelerator")
     gate = threading.Event()
+    answers: list = []
+    senders: list[threading.Thread] = []
     with TestClient(app) as c:
-        # Hold the worker thread, queue one request behind it: the next one overflows the queue.
-        holder = threading.Thread(target=lambda: asyncio.run(batcher.call(lambda: gate.wait(10), 1)))
+        holder = threading.Thread(target=lambda: asyncio.run(batcher.call(lambda: gate.wait(30), 1)))
         holder.start()
-        time.sleep(0.2)
-        queued = threading.Thread(target=lambda: c.post("/v1/embeddings", json={"input": "first"}))
-        queued.start()
-        deadline = time.monotonic() + 5
-        while batcher.queue_depth < 1 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        r = c.post("/v1/embeddings", json={"input": "second"})
-        gate.set()
-        holder.join()
-        queued.join()
+        try:
+            for i in range(8):
+                seen = batcher.stats.requests + batcher.stats.rejected
+                sender = threading.Thread(target=lambda i=i: answers.append((i, c.post("/v1/embeddings", json={"input": f"text {i}"}))))
+                sender.start()
+                senders.append(sender)
+                deadline = time.monotonic() + 10
+                while batcher.stats.requests + batcher.stats.rejected == seen and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                if batcher.stats.rejected:
+                    sender.join(10)
+                    break
+        finally:
+            gate.set()
+            holder.join()
+            for sender in senders:
+                sender.join()
         assert c.get("/health").status_code == 200
-    error_of(r, 429, contains="too much work is queued")
-    assert r.headers["retry-after"] == "1"
+    refused = [r for _, r in answers if r.status_code != 200]
+    assert len(refused) == 1 and len(answers) == len(senders) <= 4, [(i, r.status_code) for i, r in answers]
+    error_of(refused[0], 429, contains="too much work is queued")
+    assert refused[0].headers["retry-after"] == "1"
 
 
 def test_43_loading_and_draining_are_503(minilm):
@@ -489,15 +516,23 @@ def test_43_a_model_that_fails_to_load(tmp_path):
 # -- 44-47 -----------------------------------------------------------------------------------------
 
 
-def test_44_non_finite_model_output_is_a_500_never_nan_json(app, client, monkeypatch):
-    engine = app.state.poolkit.llm.engine
-    real_run = engine.run
+@pytest.mark.parametrize("on", ["cpu", "accelerator"])
+def test_44_non_finite_model_output_is_a_500_never_nan_json(app, client, monkeypatch, on, request):
+    """The model's hidden states turn NaN on the path every batch takes (the engine's run, and on
+    an accelerator the pipelined batcher's staged one)."""
+    if on == "cpu":
+        _nan_is_a_500(app, client, monkeypatch)
+        return
+    app = create_app(request.getfixturevalue("pipelined"), served_model_name="minilm", api_key=KEY, limits=LIMITS)
+    assert app.state.poolkit.batcher.pipelined
+    with TestClient(app, headers=AUTH) as c:
+        _nan_is_a_500(app, c, monkeypatch)
 
-    def nan_run(task, prompts, params, **kw):
-        done = real_run(task, prompts, params, **kw)
-        return Results([torch.full_like(t, float("nan")) for t in done.rows()], done.token_ids, done.truncated)
 
-    monkeypatch.setattr(engine, "run", nan_run)
+def _nan_is_a_500(app, client, monkeypatch) -> None:
+    arch = app.state.poolkit.llm.model.architecture
+    real_forward = arch.forward
+    monkeypatch.setattr(arch, "forward", lambda *args, **kw: torch.full_like(real_forward(*args, **kw), float("nan")))
     for fmt in ("float", "base64", "bytes"):
         r = post(client, "/v1/embeddings", {"input": "a", "encoding_format": fmt})
         error_of(r, 500, contains="non-finite")

@@ -537,6 +537,8 @@ def test_a_vllm_command_line_serves(minilm_dir, tmp_path, minilm):
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
+    # No answer is timed: a first batch on a GPU compiles its Triton kernels, seconds on a busy machine.
+    client = httpx.Client(base_url=url, timeout=120)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -547,16 +549,17 @@ def test_a_vllm_command_line_serves(minilm_dir, tmp_path, minilm):
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
-        model = httpx.get(f"{url}/v1/models").json()["data"][0]
+        model = client.get("/v1/models").json()["data"][0]
         assert model["id"] == "minilm" and model["max_model_len"] == 128
-        tokens = httpx.post(f"{url}/tokenize", json={"model": "minilm", "prompt": TEXT}).json()
+        tokens = client.post("/tokenize", json={"model": "minilm", "prompt": TEXT}).json()
         assert tokens["tokens"] == minilm.get_tokenizer().encode(TEXT) and tokens["max_model_len"] == 128
-        chat = httpx.post(f"{url}/invocations", json={"model": "minilm", "messages": MESSAGES})
+        chat = client.post("/invocations", json={"model": "minilm", "messages": MESSAGES})
         assert chat.status_code == 200, chat.text
         prompt = minilm.get_tokenizer().apply_chat_template(MESSAGES, chat_template=DUMMY_CHAT_TEMPLATE, tokenize=False)
-        plain = httpx.post(f"{url}/v1/embeddings", json={"input": prompt, "add_special_tokens": False}).json()
+        plain = client.post("/v1/embeddings", json={"input": prompt, "add_special_tokens": False}).json()
         _close(chat.json()["data"][0]["embedding"], plain["data"][0]["embedding"])
     finally:
+        client.close()
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(30)

@@ -144,7 +144,9 @@ class _Model(AdapterMethods):
 
     @property
     def device(self) -> torch.device:
-        return self.llm.model.device
+        """The model's device as its tensors name it (``cuda:0``, as sentence-transformers' reads its parameters')."""
+        device = self.llm.model.device
+        return torch.empty(0, device=device).device if device.index is None and device.type != "cpu" else device
 
     @property
     def dtype(self) -> torch.dtype:
