@@ -24,6 +24,7 @@ TESTS = Path(__file__).parent
 FILES = (
     "test_kernels.py", "test_attention_kernels.py", "test_elementwise.py", "test_inference_mode.py", "test_bfloat16.py",
     "test_masked_lm_token_classify.py", "test_int8.py",
+    "test_prefix.py::test_bfloat16_is_within_the_unshared_runs_own_rounding",  # shared prefixes' bf16 by the kernels a CPU runs
 )
 TIERS = {
     "compiled-kernels-off": {"POOLKIT_C_KERNELS": "0"},

@@ -237,6 +237,8 @@ class PoolingParams(_Strict):
     skip_reading_prefix_cache: Optional[bool] = None
     #: The LoRA adapter the prompt runs with (``lora_request=`` of the call that prepared it).
     _lora: Any = PrivateAttr(default=None)
+    #: Which loaded weights that adapter is (:meth:`poolkit.lora.manager.Adapters.identity`).
+    _lora_identity: Any = PrivateAttr(default=None)
     #: The request's ``cache_salt`` (:attr:`cache_salt`).
     _salt: Any = PrivateAttr(default=None)
 
@@ -245,10 +247,17 @@ class PoolingParams(_Strict):
         """The :class:`~poolkit.lora.request.LoRARequest` the prompt runs with, ``None`` for the base model."""
         return self._lora
 
-    def with_lora(self, request: Any) -> "PoolingParams":
-        """A copy that runs with the LoRA adapter ``request`` (``None``: the base model)."""
+    @property
+    def lora_identity(self) -> Any:
+        """Which loaded weights :attr:`lora_request` names (a number each load of an adapter gets):
+        what cached results of the prompt are kept apart by, never the adapter's name."""
+        return self._lora_identity
+
+    def with_lora(self, request: Any, identity: Any = None) -> "PoolingParams":
+        """A copy that runs with the LoRA adapter ``request`` (``None``: the base model), whose
+        loaded weights are ``identity``."""
         copy = self.model_copy()
-        copy._lora = request
+        copy._lora, copy._lora_identity = request, identity
         return copy
 
     @property

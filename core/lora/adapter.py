@@ -73,7 +73,7 @@ def read_adapter(request: LoRARequest, *, max_rank: int, allow_pickle: bool = Fa
     alpha_pattern = config.get("alpha_pattern") or {}  # ranks come from the tensors (rank_pattern too)
     halves: dict[str, dict[str, torch.Tensor]] = {}
     saved: dict[str, torch.Tensor] = {}
-    for key, tensor in iter_tensors(files):
+    for key, tensor in _tensors(name, files):
         key = key.removeprefix(_PEFT_PREFIX)
         match = _FACTOR.match(key)
         if match is None:
@@ -89,9 +89,16 @@ def read_adapter(request: LoRARequest, *, max_rank: int, allow_pickle: bool = Fa
         if set(pair) != {"A", "B"}:
             raise InvalidRequest(f"Loading lora {name} failed: {layer} has lora_{next(iter(pair))} without its other factor")
         a, b = pair["A"], pair["B"]
+        if a.ndim != 2 or b.ndim != 2 or b.shape[1] != a.shape[0]:
+            raise InvalidRequest(
+                f"Loading lora {name} failed: {files[0].name}: {layer}'s factors {tuple(a.shape)} and {tuple(b.shape)} do not chain"
+            )
         r = a.shape[0]
-        if a.ndim != 2 or b.ndim != 2 or b.shape[1] != r:
-            raise InvalidRequest(f"Loading lora {name} failed: {layer}'s factors {tuple(a.shape)} and {tuple(b.shape)} do not chain")
+        if r < 1:
+            raise InvalidRequest(f"Loading lora {name} failed: {files[0].name}: {layer}'s factors have rank 0")
+        if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+            # refused, not served: an adapter's NaN or inf would reach every vector it computes
+            raise InvalidRequest(f"Loading lora {name} failed: {files[0].name}: {layer}'s factors hold NaN or infinite values")
         if r > max_rank:
             raise InvalidRequest(f"LoRA rank {r} is greater than max_lora_rank {max_rank}.")
         alpha = float(_pattern(alpha_pattern, layer, config.get("lora_alpha", r)))
@@ -103,7 +110,32 @@ def read_adapter(request: LoRARequest, *, max_rank: int, allow_pickle: bool = Fa
     return Adapter(request, rank, factors, saved)
 
 
-def _check_config(name: str, config: dict, max_rank: int) -> None:
+def _tensors(name: str, files: list[Path]) -> list[tuple[str, torch.Tensor]]:
+    """The tensors of an adapter's weight files; a file that is not one (random bytes, cut short)
+    is the request's error, named."""
+    try:
+        return list(iter_tensors(files))
+    except InvalidRequest:
+        raise
+    except Exception as exc:  # safetensors' and torch's errors for a damaged file
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InvalidRequest(f"Loading lora {name} failed: {files[0].name} cannot be read ({reason})") from None
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_config(name: str, config: object, max_rank: int) -> None:
+    if not isinstance(config, dict):
+        raise InvalidRequest(f"Loading lora {name} failed: {CONFIG} holds a JSON {type(config).__name__}, not an object")
+    for key in ("lora_alpha",):
+        if key in config and not _number(config[key]):
+            raise InvalidRequest(f"Loading lora {name} failed: {CONFIG}: {key} must be a number, got {config[key]!r}")
+    for key in ("alpha_pattern", "rank_pattern"):
+        pattern = config.get(key)
+        if pattern is not None and (not isinstance(pattern, dict) or not all(_number(v) for v in pattern.values())):
+            raise InvalidRequest(f"Loading lora {name} failed: {CONFIG}: {key} must map layer names to numbers, got {pattern!r}")
     peft_type = str(config.get("peft_type", "LORA")).upper()
     if peft_type != "LORA":
         raise InvalidRequest(f"Loading lora {name} failed: a {peft_type} adapter is not a LoRA adapter")

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -32,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 #: A run of tokens (or pooled rows) that one adapter owns: ``(start, stop, slot)``.
 Segment = tuple[int, int, int]
+#: The identities of adapter loads (:meth:`Adapters.identity`), unique in the process.
+_IDENTITIES = itertools.count(1)
 
 
 class BatchState(threading.local):
@@ -210,6 +213,14 @@ class Adapters:
         self._layers: dict[str, LayerAdapters | EmbeddingAdapters] = {}
         self._saved: dict[str, SavedModules] = {}
         self._lock = threading.RLock()
+        #: Signalled when a running batch part lets its slots go (:meth:`_pin`).
+        self._freed = threading.Condition(self._lock)
+        #: How many running batch parts use each slot: a pinned slot is never unbound or reused.
+        self._pins: collections.Counter[int] = collections.Counter()
+        #: The identity of each load of an adapter, by ``(name, path)``, until the name is removed.
+        self._identities: dict[tuple[str, str], int] = {}
+        #: Called with an identity when its adapter is removed: the caches drop what it computed.
+        self.forgotten: list[Callable[[int], None]] = []
         #: Adapters read and checked but not bound yet (:meth:`check`), with where they go, by name.
         self._checked: dict[str, tuple[Adapter, list[tuple[Target, torch.Tensor, torch.Tensor]]]] = {}
         self._fused = _fused_parts(arch)
@@ -237,18 +248,71 @@ class Adapters:
                 self._checked.pop(next(iter(self._checked)))
             self._checked[request.lora_name] = (adapter, self._bindings(adapter))
 
+    def validate(self, request: LoRARequest) -> None:
+        """Read and check ``request``'s adapter and keep nothing: whether it could replace the
+        adapter loaded under its name (vLLM's ``load_inplace``), which stays as it is meanwhile.
+
+        Raises:
+            InvalidRequest: the adapter cannot be read, or does not fit this model.
+        """
+        self._bindings(self._read(request))
+
+    def identity(self, request: LoRARequest) -> int:
+        """Which load of an adapter ``request`` runs with: a number given to its name and path at
+        their first use and kept until the name is removed (:meth:`remove`), so that an adapter
+        unloaded and loaded again under its name, from new files or the same path, is another
+        identity. Caches key what an adapter computed by it, never by the name."""
+        with self._lock:
+            key = (request.lora_name, request.lora_path)
+            if key not in self._identities:
+                self._identities[key] = next(_IDENTITIES)
+            return self._identities[key]
+
     def slot(self, request: LoRARequest) -> int:
         """The slot of ``request``'s adapter, read and bound first when it is not loaded (the least
-        recently used one leaves when the LRU is full). Called where the model's batches run: an
-        adapter leaving zeroes its slot.
+        recently used one not in use leaves when the LRU is full). Called where the model's batches
+        run: an adapter leaving zeroes its slot.
 
         Raises:
             InvalidRequest: the adapter cannot be read, or does not fit this model.
         """
         with self._lock:
-            if self._same(request):
-                self._loaded.move_to_end(request.lora_name)
-                return self._loaded[request.lora_name].slot
+            return self._slots([request])[request.lora_name]
+
+    @contextlib.contextmanager
+    def _pinned(self, requests: Sequence[LoRARequest]) -> Iterator[dict[str, int]]:
+        """The slots of the adapters of ``requests`` (by name), bound together and kept from being
+        unbound or reused until the block ends, whichever threads run batches meanwhile; a part
+        that needs more slots than are free or unpinned waits for running parts to end."""
+        with self._freed:
+            while True:
+                slots = self._slots(requests, wait=True)
+                if slots is not None:
+                    break
+                self._freed.wait()
+            self._pins.update(slots.values())
+        try:
+            yield slots
+        finally:
+            with self._freed:
+                self._pins.subtract(slots.values())
+                self._pins += collections.Counter()  # drops the counts that reached zero
+                self._freed.notify_all()
+
+    def _slots(self, requests: Sequence[LoRARequest], wait: bool = False) -> dict[str, int] | None:
+        """Bind the adapters of ``requests`` that are not bound, each into a free slot or the slot
+        of the least recently used adapter that is not pinned nor among ``requests``. With
+        ``wait``, ``None`` (nothing bound) when too few slots are free or unpinned; without, that
+        is an error."""
+        wanted = {r.lora_name: r for r in requests}
+        bound = {name for name, r in wanted.items() if self._same(r)}
+        new = [r for name, r in wanted.items() if name not in bound]
+        spare = [n for n, e in self._loaded.items() if n not in wanted and self._pins[e.slot] == 0]
+        if len(new) > self.capacity - len(self._loaded) + len(spare):
+            if wait:
+                return None
+            raise InvalidRequest(f"all {self.capacity} LoRA slots are in use by running batches")
+        for request in new:
             checked = self._checked.pop(request.lora_name, None)
             if checked is None or checked[0].request.lora_path != request.lora_path:
                 adapter = self._read(request)
@@ -256,13 +320,16 @@ class Adapters:
             adapter, bindings = checked
             used = {e.slot for e in self._loaded.values()}
             if len(used) >= self.capacity:
-                _, oldest = self._loaded.popitem(last=False)
-                self._unbind(oldest.slot)
-                used.discard(oldest.slot)
+                oldest = spare.pop(0)
+                slot = self._loaded.pop(oldest).slot
+                self._unbind(slot)
+                used.discard(slot)
             slot = min(set(range(self.capacity)) - used)
             self._bind(slot, adapter, bindings)
             self._loaded[request.lora_name] = Loaded(slot, adapter)
-            return slot
+        for name in wanted:
+            self._loaded.move_to_end(name)
+        return {name: self._loaded[name].slot for name in wanted}
 
     def add_own(self, name: str, factors: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> LoRARequest:
         """An adapter the checkpoint itself carries (jina-embeddings-v3's task adapters), kept in
@@ -305,14 +372,22 @@ class Adapters:
         return entry is not None
 
     def remove(self, name: str) -> bool:
-        """Unload adapter ``name``; whether it was loaded. Called where the model's batches run."""
-        with self._lock:
+        """Unload adapter ``name``, and forget its loads (:meth:`identity`): the caches drop what
+        they computed (:attr:`forgotten`), and the name loaded again is a new identity. Whether it
+        was loaded. A batch running with it finishes with it first."""
+        with self._freed:
             self._checked.pop(name, None)
+            while name in self._loaded and self._pins[self._loaded[name].slot]:
+                self._freed.wait()
             entry = self._loaded.pop(name, None)
-            if entry is None:
-                return False
-            self._unbind(entry.slot)
-            return True
+            if entry is not None:
+                self._unbind(entry.slot)
+            gone = [key for key in self._identities if key[0] == name]
+            identities = [self._identities.pop(key) for key in gone]
+        for identity in identities:
+            for forget in self.forgotten:
+                forget(identity)
+        return entry is not None
 
     def plan(self, batches: list[Any], params: Sequence[Any]) -> Iterator[tuple[Any, list[int] | None]]:
         """Each batch's members (an index array) with their adapters' slots (``None``: no adapter in
@@ -331,9 +406,10 @@ class Adapters:
             for k in range(0, len(names), self.max_loras):
                 group = set(names[k : k + self.max_loras])
                 chosen = [j for j, r in enumerate(requests) if (r is None and k == 0) or (r is not None and r.lora_name in group)]
-                slots = [self.slot(requests[j]) if requests[j] is not None else -1 for j in chosen]
-                order = sorted(range(len(chosen)), key=slots.__getitem__)
-                yield members[[chosen[j] for j in order]], [slots[j] for j in order]
+                with self._pinned([requests[j] for j in chosen if requests[j] is not None]) as bound:
+                    slots = [bound[requests[j].lora_name] if requests[j] is not None else -1 for j in chosen]
+                    order = sorted(range(len(chosen)), key=slots.__getitem__)
+                    yield members[[chosen[j] for j in order]], [slots[j] for j in order]
 
     @contextlib.contextmanager
     def active(self, lens: Sequence[int], slots: Sequence[int]) -> Iterator[None]:
@@ -551,6 +627,6 @@ def adapted_params(params: list[Any], lora_request: Any, adapters: Adapters | No
         key = (id(p), request.lora_name)
         if key not in copies:
             adapters.check(request)
-            copies[key] = p.with_lora(request)
+            copies[key] = p.with_lora(request, adapters.identity(request))
         out.append(copies[key])
     return out

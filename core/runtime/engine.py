@@ -73,6 +73,8 @@ class Engine:
         self._single_types: bool | None = None
         #: Shared prefixes computed once (:mod:`poolkit.runtime.prefix`), or ``None`` for a model that cannot share them.
         self.prefixes = prefix.PrefixSharing.for_model(model, model.args.enable_prefix_caching if model.args else None)
+        if self.prefixes is not None and getattr(model, "adapters", None) is not None:
+            model.adapters.forgotten.append(self.prefixes.forget)  # an unloaded adapter's states go with it
 
     # -- tokenization --------------------------------------------------------------------------
 

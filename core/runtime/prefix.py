@@ -83,7 +83,7 @@ class Entry:
 
 def _chain(scope: Scope, ids: Sequence[int]) -> list[bytes]:
     """The digest of each whole block of ``ids`` with everything before it (and the scope)."""
-    digest = hashlib.blake2b(repr(scope).encode(), digest_size=16).digest()
+    digest = _digest_of(scope)
     out = []
     for start in range(0, len(ids) - len(ids) % BLOCK, BLOCK):
         block = np.asarray(ids[start : start + BLOCK], dtype=np.int64).tobytes()
@@ -92,31 +92,52 @@ def _chain(scope: Scope, ids: Sequence[int]) -> list[bytes]:
     return out
 
 
+#: Bytes an entry's key costs beside its states: the scope's digest, the key's tuples and the
+#: dictionary slots of the entry and its adapter (``sys.getsizeof`` on CPython 3.11: about 300).
+KEY_OVERHEAD = 384
+
+
+def key_bytes(ids: tuple) -> int:
+    """The memory of an entry's token ids as its key holds them (a pointer and an int each; a
+    prefix holding media keeps a tuple of id and positions per token: counted at four)."""
+    per_token = 36 if not ids or not isinstance(ids[0], tuple) else 4 * 36 + 56
+    return KEY_OVERHEAD + 56 + per_token * len(ids)
+
+
 class PrefixCache:
     """Prefix states kept across calls, least recently used out first, within ``max_bytes``.
 
     An entry is found by its exact ids (a batch's shared prefix) or, for a single prompt, as the
     longest run of whole blocks that begins it (each block's digest chains the ones before it).
+    Keys hold a digest of the scope, never the scope itself, and what a key holds counts in the
+    budget with the states (:func:`key_bytes`): nothing a client sends grows the cache past it.
     """
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.bytes = 0
-        self._entries: collections.OrderedDict[tuple[Scope, tuple[int, ...]], Entry] = collections.OrderedDict()
-        self._blocks: dict[bytes, tuple[tuple[Scope, tuple[int, ...]], int]] = {}
+        self._entries: collections.OrderedDict[tuple[bytes, tuple[int, ...]], tuple[Entry, int]] = collections.OrderedDict()
+        self._blocks: dict[bytes, tuple[tuple[bytes, tuple[int, ...]], int]] = {}
+        #: The adapter identity of each entry that an adapter computed (:meth:`drop_adapter`).
+        self._adapters: dict[tuple[bytes, tuple[int, ...]], Any] = {}
         self._lock = threading.Lock()
         #: Prompt tokens whose states came from the cache, and prompts that looked, so far.
         self.hits = self.lookups = 0
 
+    def __len__(self) -> int:
+        return len(self._entries)
+
     def exact(self, scope: Scope, ids: tuple[int, ...]) -> Entry | None:
         """The cached entry of exactly ``ids`` (a batch's shared prefix), or ``None``."""
+        key = (_digest_of(scope), ids)
         with self._lock:
             self.lookups += 1
-            entry = self._entries.get((scope, ids))
-            if entry is not None:
-                self._entries.move_to_end((scope, ids))
-                self.hits += len(ids)
-            return entry
+            held = self._entries.get(key)
+            if held is None:
+                return None
+            self._entries.move_to_end(key)
+            self.hits += len(ids)
+            return held[0]
 
     def longest(
         self, scope: Scope, ids: Sequence[int] | np.ndarray, limit: int, least: int = 1, counted: bool = True
@@ -136,24 +157,26 @@ class PrefixCache:
                 return None
             self._entries.move_to_end(found[0])
             self.hits += found[1]
-            return self._entries[found[0]], found[1]
+            return self._entries[found[0]][0], found[1]
 
     def put(self, scope: Scope, entry: Entry, text: tuple[Scope, int] | None = None) -> None:
         """Keep ``entry`` under ``scope``; ``text``: its first ``n`` tokens (ending before its media)
         are found by their token ids alone in that scope too (a prefix that holds media serves as
         the text before them)."""
-        key = (scope, entry.ids)
-        size = entry.nbytes
+        key = (_digest_of(scope), entry.ids)
+        size = entry.nbytes + key_bytes(entry.ids)
         if size > self.max_bytes:
             return
         with self._lock:
             if key in self._entries:
                 return
             while self._entries and self.bytes + size > self.max_bytes:
-                _, old = self._entries.popitem(last=False)
-                self.bytes -= old.nbytes
-            self._entries[key] = entry
+                self._pop(next(iter(self._entries)))
+            self._entries[key] = (entry, size)
             self.bytes += size
+            adapter = _adapter_of(scope)
+            if adapter is not None:
+                self._adapters[key] = adapter
             for k, digest in enumerate(_chain(scope, entry.ids)):
                 self._blocks[digest] = (key, (k + 1) * BLOCK)
             if text is not None:
@@ -162,6 +185,17 @@ class PrefixCache:
                     self._blocks[digest] = (key, (k + 1) * BLOCK)
             if len(self._blocks) > 4 * max(1, self.bytes // max(1, size)) * (len(entry.ids) // BLOCK + 1):
                 self._blocks = {d: hit for d, hit in self._blocks.items() if hit[0] in self._entries}
+
+    def drop_adapter(self, identity: Any) -> None:
+        """Forget the states an adapter computed (``identity``: the load it was, unloaded now)."""
+        with self._lock:
+            for key in [k for k, held in self._adapters.items() if held == identity]:
+                self._pop(key)
+
+    def _pop(self, key: tuple[bytes, tuple[int, ...]]) -> None:
+        _, size = self._entries.pop(key)
+        self._adapters.pop(key, None)
+        self.bytes -= size
 
 
 class PrefixState:
@@ -332,12 +366,27 @@ def _within(
 
 
 def scope_of(params: Any) -> Scope:
-    """What a prompt's prefix states are kept apart by: its ``cache_salt`` and its LoRA adapter;
-    ``None`` for a prompt that reads no shared prefix (vLLM's ``skip_reading_prefix_cache``)."""
+    """What a prompt's prefix states are kept apart by: its ``cache_salt`` and the load of its LoRA
+    adapter (its identity, :meth:`poolkit.lora.manager.Adapters.identity`: never its name, which
+    another adapter may take after it); ``None`` for a prompt that reads no shared prefix (vLLM's
+    ``skip_reading_prefix_cache``)."""
     if getattr(params, "skip_reading_prefix_cache", None):
         return None
     lora = getattr(params, "lora_request", None)
-    return (getattr(params, "cache_salt", None), lora.lora_name if lora is not None else None)
+    return (getattr(params, "cache_salt", None), getattr(params, "lora_identity", None) if lora is not None else None)
+
+
+def _adapter_of(scope: Scope) -> Any:
+    """The adapter identity a scope holds (a prefix holding media is scoped ``(scope, digest)``)."""
+    while isinstance(scope, tuple) and len(scope) == 2 and isinstance(scope[0], tuple):
+        scope = scope[0]
+    return scope[1] if isinstance(scope, tuple) and len(scope) == 2 else None
+
+
+def _digest_of(scope: Scope) -> bytes:
+    """What the cache keeps of a scope: a digest, whatever a client put in it (a ``cache_salt`` of
+    a megabyte costs the cache 16 bytes)."""
+    return hashlib.blake2b(repr(scope).encode(), digest_size=16).digest()
 
 
 def forward(
@@ -391,6 +440,11 @@ class PrefixSharing:
             return None
         budget = int(env_number("POOLKIT_PREFIX_CACHE_BYTES", DEFAULT_CACHE_BYTES))
         return cls(PrefixCache(budget) if budget > 0 else None)
+
+    def forget(self, identity: Any) -> None:
+        """Drop the kept states that the adapter load ``identity`` computed (it was unloaded)."""
+        if self.cache is not None:
+            self.cache.drop_adapter(identity)
 
     def forward(
         self, arch: Any, batch: PackedBatch, ids: list[np.ndarray], scopes: list[Scope], active: Callable[[list[int], list[int]], Any],

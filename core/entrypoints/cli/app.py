@@ -2,14 +2,35 @@
 
 Help screens are plain (``rich_markup_mode=None``): Typer's Rich panels show a ``<bool>`` type
 after every flag (``--quiet <bool>``, even ``--help <bool>``), as if the flag took a value.
+
+Every command's arguments pass through :class:`Commands` before they are parsed: click takes one
+value a flag, vLLM's ``serve`` several (``--lora-modules a=/p/a b=/p/b``).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
+
+
+class Commands(typer.core.TyperGroup):
+    """poolkit's commands, built-in or a plugin's, each parsed with vLLM's multi-value flags spread out
+    (:func:`poolkit.entrypoints.cli.options.spread_values`)."""
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> tuple[Any, Any, list[str]]:
+        name, command, rest = super().resolve_command(ctx, args)
+        if command is not None and not isinstance(command, typer.core.TyperGroup):
+            from .options import errors, spread_values
+
+            with errors():
+                rest = spread_values(command, rest)
+        return name, command, rest
+
 
 app = typer.Typer(
     name="poolkit",
+    cls=Commands,
     help="Run pooling models: embeddings, token embeddings, and more through plugins.",
     no_args_is_help=True,
     add_completion=False,

@@ -108,6 +108,17 @@ DEPRECATED_SETTINGS = {"override_pooler_config": "pooler_config"}
 #: Which of vLLM's engine options that mean nothing here (``settings.IGNORED_ENGINE_ARGS``) are
 #: on/off flags (``--enforce-eager``, ``--no-enable-chunked-prefill``); the others take a value.
 VLLM_IGNORED_FLAGS = frozenset({"enforce_eager", "enable_chunked_prefill", "disable_log_stats"})
+#: vLLM's options that take several values after one flag (``nargs="+"``) and that poolkit's commands
+#: take. vLLM's parser gives every list-typed setting ``nargs="+"`` (``vllm/engine/arg_utils.py``,
+#: ``collection_to_kwargs`` in ``_compute_kwargs``): ``--served-model-name``
+#: (``served_model_name: str | list[str] | None``) and ``--allowed-media-domains`` (``list[str] | None``);
+#: ``vllm/entrypoints/openai/cli_args.py``'s ``FrontendArgs`` too: ``--lora-modules``
+#: (``list[LoRAModulePath] | None``, read by its ``LoRAParserAction``) and ``--api-key``
+#: (``list[str] | None``). vLLM's other ones are not poolkit options (``--logits-processors``,
+#: ``--ignore-patterns``, ``--collect-detailed-traces``, ``--cudagraph-capture-sizes``,
+#: ``--lora-target-modules``); ``--middleware`` and ``--allowed-origins/-methods/-headers`` take one
+#: value a flag there.
+VLLM_MULTI_VALUE_FLAGS = frozenset({"--served-model-name", "--allowed-media-domains", "--lora-modules", "--api-key"})
 
 
 def warn(message: str) -> None:
@@ -298,6 +309,56 @@ def _apply_aliases(kwargs: dict[str, Any], aliases: dict[str, tuple[str, str, st
         if kwargs.get(target) not in (default, value, None, [], ()):
             raise InvalidRequest(f"{target_flag} and {alias_flag} are the same option with two values; give it once")
         kwargs[target] = value
+
+
+def spread_values(command: Any, args: list[str]) -> list[str]:
+    """A command's arguments with vLLM's several values after one flag given as the repeated flag.
+
+    ``--lora-modules a=/p/a b=/p/b`` becomes ``--lora-modules a=/p/a --lora-modules b=/p/b`` for
+    each flag of :data:`VLLM_MULTI_VALUE_FLAGS` the command takes (or its underscore spelling), so
+    vLLM's spelling and poolkit's repeated flag mean the same and add up. As in vLLM's parser, a
+    flag's values run to the next option (a word that starts with ``-``) or to ``--``: a MODEL
+    after them is one of them, so MODEL goes first (``poolkit serve MODEL --served-model-name a
+    b``), as vLLM's docs write it. The first value is taken whatever it looks like (click's rule),
+    ``--flag=value`` is one value (argparse's), and the values of the command's other options are
+    never read as flags.
+
+    Raises:
+        InvalidRequest: several values for an option that takes one in poolkit (``--api-key``).
+    """
+    takes: dict[str, Any] = {}  # each flag of the command -> its option
+    for param in command.params:
+        if isinstance(param, typer.core.TyperOption):
+            takes.update(dict.fromkeys([*param.opts, *param.secondary_opts], param))
+    spread: list[str] = []
+    i = 0
+    while i < len(args):
+        token = args[i]
+        if token == "--":
+            return spread + args[i:]
+        option = takes.get(token)
+        if option is None or option.is_flag or option.count:  # not an option, a flag, or --flag=value
+            spread.append(token)
+            i += 1
+            continue
+        if "--" + token[2:].replace("_", "-") not in VLLM_MULTI_VALUE_FLAGS:
+            spread += args[i : i + 1 + max(option.nargs, 1)]  # another option and its value(s)
+            i += 1 + max(option.nargs, 1)
+            continue
+        end = i + 2
+        while end < len(args) and not (args[end].startswith("-") and args[end] != "-"):
+            end += 1
+        values = args[i + 1 : end]
+        if len(values) > 1 and not option.multiple:
+            from ...contracts.errors import InvalidRequest
+
+            raise InvalidRequest(
+                f"{token} takes one value in poolkit {command.name}, got {len(values)}: vLLM's list of several is not "
+                f"supported here (a flag's values run to the next option, so MODEL goes before them)"
+            )
+        spread += [part for value in values for part in (token, value)] or [token]
+        i = end
+    return spread
 
 
 def settings_from_cli(given: dict[str, Any]) -> EngineArgs:

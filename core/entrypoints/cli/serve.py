@@ -20,7 +20,7 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; 0.0.0.0 listens on every interface."),
     port: int = typer.Option(8000, "--port", help="Port to bind."),
     models: Optional[list[str]] = typer.Option(None, "--model", help="Serve this model too (repeatable, after MODEL if one is given): several models in one server, chosen by each request's 'model' (or X-Model header)."),
-    served_model_name: Optional[list[str]] = typer.Option(None, "--served-model-name", help="The name requests give in 'model' (default: the model as given); once per model, in the same order."),
+    served_model_name: Optional[list[str]] = typer.Option(None, "--served-model-name", help="The name requests give in 'model' (default: the model as given); once per model, in the same order (repeatable, or several after one flag as in vLLM)."),
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="POOLKIT_API_KEY", help="Require 'Authorization: Bearer KEY' on every inference route (or set POOLKIT_API_KEY)."),
     max_queue_tokens: int = typer.Option(1_000_000, "--max-queue-tokens", help="Estimated tokens allowed to wait for the model; beyond it 429."),
     max_concurrent_requests: int = typer.Option(512, "--max-concurrent-requests", help="Requests handled at once; beyond it 429."),
@@ -37,13 +37,13 @@ def serve(
     cache_max_bytes: int = typer.Option(256 * 1024 * 1024, "--cache-max-bytes", help="Bytes the cache of each model may hold (its results, token ids and inputs); the least recently used entries go first."),
     auto_truncate: bool = typer.Option(False, "--auto-truncate", help="TEI's routes: truncate inputs longer than the model's limit unless a request says truncate: false."),
     default_prompt_name: Optional[str] = typer.Option(None, "--default-prompt-name", help="TEI's routes: the prompt of the model's sentence-transformers config used when a request names none."),
-    allowed_media_domains: Optional[list[str]] = typer.Option(None, "--allowed-media-domains", help="Hosts whose http(s) image URLs requests may name (repeatable or comma-separated, vLLM's option); they are fetched with a size cap (POOLKIT_MAX_IMAGE_BYTES), a deadline (POOLKIT_MEDIA_FETCH_TIMEOUT, 5 s) and a request's limits (POOLKIT_MAX_REQUEST_MEDIA_FETCHES, 64 images; POOLKIT_MAX_REQUEST_MEDIA_BYTES, 64 MiB). Default: none, images come as data: URIs."),
+    allowed_media_domains: Optional[list[str]] = typer.Option(None, "--allowed-media-domains", help="Hosts whose http(s) image URLs requests may name (repeatable, several after one flag, or comma-separated; vLLM's option); they are fetched with a size cap (POOLKIT_MAX_IMAGE_BYTES), a deadline (POOLKIT_MEDIA_FETCH_TIMEOUT, 5 s) and a request's limits (POOLKIT_MAX_REQUEST_MEDIA_FETCHES, 64 images; POOLKIT_MAX_REQUEST_MEDIA_BYTES, 64 MiB). Default: none, images come as data: URIs."),
     ray_serve: bool = typer.Option(False, "--ray-serve", help="Serve as a Ray Serve deployment: --num-replicas replicas, each loading the model(s) and answering every route, behind Ray Serve's HTTP proxy on --host:--port (needs ray[serve])."),
     num_replicas: int = typer.Option(2, "--num-replicas", help="With --ray-serve: the replicas to run."),
     autoscaling_config: Optional[str] = typer.Option(None, "--autoscaling-config", help='With --ray-serve: Ray Serve\'s autoscaling settings as JSON ({"min_replicas": 1, "max_replicas": 8}), instead of --num-replicas.'),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="With --ray-serve: the Ray cluster to join ('auto', an address, or ray://host:port; or set RAY_ADDRESS); on exit the server deletes the applications it deployed and leaves the cluster running. Default: start a Ray of its own on this machine, stopped on exit."),
     otlp_traces_endpoint: Optional[str] = typer.Option(None, "--otlp-traces-endpoint", envvar="OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", help="Export an OpenTelemetry trace of each inference request (queue, tokenize, run, respond; the caller's traceparent honoured) to this OTLP/HTTP collector URL, e.g. http://localhost:4318/v1/traces (vLLM's option; or set OTEL_EXPORTER_OTLP_TRACES_ENDPOINT); needs poolkit[otel]. Default: no tracing."),
-    lora_modules: Optional[list[str]] = typer.Option(None, "--lora-modules", help="A LoRA adapter to serve, as name=path or vLLM's JSON {\"name\": ..., \"path\": ..., \"base_model_name\": ...} (repeatable; needs --enable-lora): a request whose 'model' names it runs with it, and /v1/models lists it with its parent."),
+    lora_modules: Optional[list[str]] = typer.Option(None, "--lora-modules", help="A LoRA adapter to serve, as name=path or vLLM's JSON {\"name\": ..., \"path\": ..., \"base_model_name\": ...} (repeatable, or several after one flag as in vLLM; needs --enable-lora): a request whose 'model' names it runs with it, and /v1/models lists it with its parent."),
     api_server_count: int = typer.Option(1, "--api-server-count", help="API server processes (vLLM's option): above 1, the models load first and that many processes parse, validate and answer requests, one of them running the models; for many small requests on a host with cores to spare."),
     quiet: bool = QuietOpt,
     verbose: bool = VerboseOpt,
@@ -55,7 +55,9 @@ def serve(
     name none). Binds 127.0.0.1
     unless --host says otherwise. SIGTERM drains in-flight requests and exits 0. --max-batch-tokens
     is also the token budget the server merges concurrent requests up to. vLLM's spellings of the
-    options work too (--max_model_len, --override-pooler-config, --task, ...).
+    options work too (--max_model_len, --override-pooler-config, --task, ...), and so do several
+    values after one flag (--lora-modules a=/p/a b=/p/b): they run to the next option, so MODEL
+    goes first.
     """
     with errors():
         try:
@@ -106,7 +108,13 @@ def serve(
         if len(names) > len(paths):
             from ...contracts.errors import InvalidRequest
 
-            raise InvalidRequest(f"{len(names)} --served-model-name for {len(paths)} models: give at most one per model, in order")
+            given = "model" in args.model_fields_set or models  # else MODEL may be among the names (vLLM refuses that too)
+            raise InvalidRequest(
+                f"{len(names)} --served-model-name for {len(paths)} model{'s' if len(paths) > 1 else ''}: poolkit names each "
+                "model once, in order (vLLM's several names for one model are not supported)"
+                + ("" if given else "; a flag's values run to the next option, so give MODEL first: "
+                   "poolkit serve MODEL --served-model-name NAME")
+            )
         names += paths[len(names):]
         log = logging.getLogger("poolkit.entrypoints.server")
         for path, name in zip(paths, names):
@@ -145,6 +153,7 @@ def _lora_modules(values: list[str], args: EngineArgs) -> list[Any]:
     from ...contracts.errors import InvalidRequest
     from ...lora.request import LoRARequest
 
+    values = [value for value in values if value != ""]  # vLLM's LoRAParserAction skips empty items
     if values and not args.enable_lora:
         raise InvalidRequest("--lora-modules needs --enable-lora")
     adapters = []

@@ -78,11 +78,12 @@ class EmbeddingCache:
 
     @staticmethod
     def keys(
-        task: str, params: PoolingParams, prompt_name: str | None, special_tokens: bool, prompts: list[Any], adapter: str | None = None
+        task: str, params: PoolingParams, prompt_name: str | None, special_tokens: bool, prompts: list[Any], adapter: Any = None
     ) -> list[Hashable] | None:
         """The key of each input's result, or ``None`` when an input is one the cache does not hold
         (an image, a multimodal prompt: anything but a text or a list of token ids); ``adapter``:
-        the LoRA adapter the inputs run with."""
+        the load of the LoRA adapter the inputs run with (its identity,
+        :meth:`poolkit.lora.manager.Adapters.identity`, never its name alone)."""
         settings = (task, json.dumps(params.model_dump(mode="json"), sort_keys=True, default=str), prompt_name, special_tokens, adapter)
         keys: list[Hashable] = []
         for prompt in prompts:
@@ -93,6 +94,11 @@ class EmbeddingCache:
             else:
                 return None
         return keys
+
+    def drop_adapter(self, identity: Any) -> None:
+        """Forget the results of an adapter load (``identity``), unloaded or replaced now."""
+        for key in [k for k in self._entries if isinstance(k, tuple) and k[0][4] == identity]:
+            self.bytes -= self._entries.pop(key)[1]
 
     def get(self, key: Hashable) -> Entry | None:
         held = self._entries.get(key)

@@ -9,6 +9,7 @@ one of ``--lora-modules`` does (docs/lora.md).
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 from typing import Any, Optional
@@ -18,6 +19,7 @@ from fastapi.responses import PlainTextResponse, Response
 from pydantic import StrictBool, StrictInt, StrictStr
 
 from ...contracts.errors import InvalidRequest
+from ...lora.manager import enabled
 from ...lora.request import LoRARequest
 from ..protocol import BaseRequest
 from .deps import Model, State
@@ -58,18 +60,23 @@ async def load_lora_adapter(body: LoadLoRAAdapterRequest, request: Request, st: 
     if not body.lora_name or not body.lora_path:
         raise ApiError(400, "Both 'lora_name' and 'lora_path' must be provided.", param="lora_name")
     server = st.server
-    old = server.adapters.get(body.lora_name)
-    if old is not None and not body.load_inplace:
-        raise ApiError(400, f"The lora adapter '{body.lora_name}' has already been loaded.", param="lora_name")
-    base = getattr(st, "base", st)
-    lora = LoRARequest(body.lora_name, next(_IDS), body.lora_path, base_model_name=base.served)
-    if old is not None:  # load_inplace: the new files replace the old under the same name
-        await _unload(request, server, body.lora_name)
-    try:
-        server.add_adapter(lora).check()
-    except InvalidRequest as exc:
-        server.adapters.pop(body.lora_name, None)
-        raise ApiError(exc.status, str(exc), param="lora_path") from None
+    async with _updating(server):
+        old = server.adapters.get(body.lora_name)
+        if old is not None and not body.load_inplace:
+            raise ApiError(400, f"The lora adapter '{body.lora_name}' has already been loaded.", param="lora_name")
+        base = getattr(st, "base", st)
+        lora = LoRARequest(body.lora_name, next(_IDS), body.lora_path, base_model_name=base.served)
+        try:
+            if old is not None:  # load_inplace: the new files are read and checked before the old adapter goes
+                enabled(old.base.llm.model.adapters, lora).validate(lora)
+                await _unload(request, server, body.lora_name)
+            try:
+                server.add_adapter(lora).check()
+            except BaseException:
+                server.adapters.pop(body.lora_name, None)  # nothing of a refused adapter stays
+                raise
+        except InvalidRequest as exc:
+            raise ApiError(exc.status, str(exc), param="lora_path") from None
     return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' added successfully.")
 
 
@@ -78,16 +85,30 @@ async def unload_lora_adapter(body: UnloadLoRAAdapterRequest, request: Request, 
     _allowed()
     if not body.lora_name:
         raise ApiError(400, "'lora_name' needs to be provided to unload a LoRA adapter.", param="lora_name")
-    if body.lora_name not in st.server.adapters:
-        raise ApiError(404, f"The lora adapter '{body.lora_name}' cannot be found.", param="lora_name")
-    await _unload(request, st.server, body.lora_name)
+    async with _updating(st.server):
+        if body.lora_name not in st.server.adapters:
+            raise ApiError(404, f"The lora adapter '{body.lora_name}' cannot be found.", param="lora_name")
+        await _unload(request, st.server, body.lora_name)
     return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' removed successfully.")
+
+
+def _updating(server: Any) -> asyncio.Lock:
+    """The lock every change of the served adapters holds: loads, unloads and in-place reloads of
+    any name run one at a time, each from start to end, so that the adapters afterwards are
+    what one of the requests left, never a mix of two."""
+    if server.lora_updates is None:
+        server.lora_updates = asyncio.Lock()
+    return server.lora_updates
 
 
 async def _unload(request: Request, server: Any, name: str) -> None:
     """Stop serving ``name`` now, and unload it on the base model's batcher thread, between its
-    batches (a batch running with it finishes with it)."""
+    batches (a batch running with it finishes with it); the results its load computed leave the
+    embedding cache (the prefix states leave with the unload, :attr:`Adapters.forgotten`)."""
     adapter = server.adapters.pop(name)
     adapters = adapter.base.llm.model.adapters
     if adapters is not None:
+        identity = adapters.identity(adapter.lora)
         await until_done(request, adapter.base, adapter.base.batcher.call(lambda: adapters.remove(name), 0))
+        if adapter.base.cache is not None:
+            adapter.base.cache.drop_adapter(identity)

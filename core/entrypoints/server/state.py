@@ -280,6 +280,8 @@ class ServerState:
         self.models: list[ModelState] = []
         #: The served LoRA adapters by name (``--lora-modules``, ``/v1/load_lora_adapter``).
         self.adapters: dict[str, AdapterState] = {}
+        #: Held by each load, unload and in-place reload of an adapter: one at a time, each whole.
+        self.lora_updates: asyncio.Lock | None = None
         self.metrics = ServerMetrics(self)
         self.draining = False
         self.drained = False

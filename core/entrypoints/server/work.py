@@ -220,7 +220,7 @@ async def _cached(
 ) -> Results:
     """The results of prepared prompts: from the embedding cache where it holds them, the rest run."""
     cache = st.cache
-    adapter = st.lora.lora_name if st.lora is not None else None
+    adapter = st.llm.model.adapters.identity(st.lora) if st.lora is not None else None
     keys = cache.keys(task.name, params, prompt_name, add_special_tokens, raw, adapter) if cache is not None else None
     if keys is None:
         return await _run(request, st, task, prompts, checked, tokens)
