@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import queue
 import threading
 import time
 
@@ -217,10 +218,37 @@ def test_on_a_device_the_next_batch_is_tokenized_while_the_last_runs(on_device, 
     assert not cpu._thread.is_alive() and not cpu._device.is_alive()
 
 
-def test_on_a_device_the_next_batch_is_queued_before_the_last_is_answered(minilm):
-    """The device thread queues a waiting merged batch on the device behind the one in flight,
-    and only then reads that one back and answers it: the device never drains between merged
-    batches under load. A lone request, with nothing behind it, is answered at once."""
+def test_the_device_thread_queues_a_waiting_batch_before_answering_the_one_in_flight():
+    """The pipeline's second step on its own, its work handed ahead: each merged batch waiting in
+    the handoff is queued on the device behind the one in flight before that one is read back and
+    answered, so the device never drains between merged batches while work waits; the last is
+    answered once nothing waits. (The order is the code's, not the scheduler's: no thread races.)"""
+    from poolkit.runtime.batching import _Staged
+
+    events: list[tuple] = []
+
+    class Launch:
+        def __init__(self, k: int) -> None:
+            self.k = k
+
+        def launch(self, behind) -> None:
+            events.append(("launch", self.k, None if behind is None else behind.k))
+
+    batcher = Batcher.__new__(Batcher)  # its device loop alone, run on this thread
+    batcher._handoff, batcher._cond, batcher._active = queue.Queue(), threading.Condition(), 3
+    for k in range(3):
+        batcher._handoff.put(_Staged([], lambda: None, Launch(k), lambda k=k: events.append(("answer", k))))
+    batcher._handoff.put(None)
+    batcher._device_loop()
+    assert events == [("launch", 0, None), ("launch", 1, 0), ("answer", 0), ("launch", 2, 1), ("answer", 1), ("answer", 2)]
+    assert batcher._active == 0
+
+
+def test_on_a_device_merged_batches_run_in_turn_and_a_lone_request_is_answered(minilm):
+    """Through the stand-in device, one request a merged batch: every batch runs, each request
+    gets its own answer, and a lone request with nothing behind it is answered (how many batches
+    overlapped depends on how the OS schedules the two threads, and is not asserted: the order
+    that makes them overlap is the test above)."""
     from poolkit.runtime.standin import attach
 
     texts = [TEXTS[k % 3] for k in range(24)]  # the short ones
@@ -239,13 +267,11 @@ def test_on_a_device_the_next_batch_is_queued_before_the_last_is_answered(minilm
         results = asyncio.run(load())
         for ((vector, ids),), out in zip(results, expected):
             assert ids == out.prompt_token_ids and torch.allclose(vector, torch.tensor(out.outputs.embedding), atol=1e-5)
-        log = device.log[: batcher.stats.batches]
-        behind = sum(later[0] < earlier[1] for earlier, later in zip(log, log[1:]))
-        assert batcher.stats.batches == 24 and behind >= len(log) // 2, log  # most were queued while one ran
+        assert batcher.stats.batches == 24 and len(device.log) >= 24
 
         async def alone():
             task, prompts, params = minilm.prepare(["just one"], pooling_task="embed")
-            return await asyncio.wait_for(batcher.submit(task, prompts, params), 5)
+            return await batcher.submit(task, prompts, params)
 
         assert len(asyncio.run(alone())) == 1
         assert batcher.drain(5)
