@@ -11,15 +11,29 @@
 # matryoshka model, remote code) -> all-MiniLM-L6-v2 with hf_overrides={"is_matryoshka": True};
 # jason9693/Qwen2.5-1.5B-apeach, BAAI/bge-reranker-v2-m3, internlm/internlm2-1_8b-reward,
 # answerdotai/answerai-colbert-small-v1 -> the conftest stand-ins; Qwen/Qwen2.5-Math-RM-72B -> a tiny
-# Qwen2ForRewardModel; peiyi9979/math-shepherd-mistral-7b-prm -> a tiny LlamaForCausalLM.
+# Qwen2ForRewardModel; peiyi9979/math-shepherd-mistral-7b-prm -> a tiny LlamaForCausalLM;
+# TIGER-Lab/VLM2Vec-Full -> the tiny Phi3VForCausalLM of tests/tiny_phi3v.py; MrLight/dse-qwen2-2b-mrl-v1
+# -> the tiny Qwen2VLForConditionalGeneration of tests/tiny_models.py.
 # ``vllm serve ...`` lines become ``poolkit serve ...`` through typer's CliRunner with the server's
 # ``run`` and the model load replaced by recorders (the flags are parsed, nothing is served);
 # ``curl`` requests go to the app under FastAPI's TestClient. print() calls are kept.
+# What each example returns is asserted: its size, and its values against a reference on the same
+# weights (sentence-transformers' encode for the embedding model, its CrossEncoder for the reranker,
+# transformers for the classifier and the reward models), within DESIGN.md §7's fp32 bounds.
+import base64
+import io
 import json
+from typing import Literal, Union
 
 import pytest
+import torch
+import torch.nn.functional as F
 from fastapi.testclient import TestClient
-from port_utils import DUMMY_CHAT_TEMPLATE, build_math_prm
+from openai import OpenAI
+from openai._types import NOT_GIVEN, NotGiven
+from openai.types.chat import ChatCompletionMessageParam
+from openai.types.create_embedding_response import CreateEmbeddingResponse
+from port_utils import DUMMY_CHAT_TEMPLATE, HfClassifier, build_math_prm, math_prm_reference_logits, matryoshka_fy, softmax
 from typer.testing import CliRunner
 
 import poolkit.api.llm
@@ -28,6 +42,9 @@ from poolkit.entrypoints.cli import app as cli_app
 from poolkit.entrypoints.server import create_app
 
 MATRYOSHKA = {"is_matryoshka": True}
+#: fp32 parity (DESIGN.md §7): embeddings within 1e-4 and cosine 0.99999, logits and probabilities within 1e-4.
+ATOL, MIN_COS = 1e-4, 0.99999
+HIDDEN = 384  # all-MiniLM-L6-v2's width (e5-small's too)
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -47,6 +64,78 @@ def poolkit_serve(monkeypatch, *argv: str):
     result = CliRunner().invoke(cli_app, ["serve", *argv])
     assert result.exit_code == 0, result.output
     return calls["args"], calls["run"]
+
+
+def assert_embedding_close(got, want) -> None:
+    """One embedding against its reference: same size, within ATOL everywhere and MIN_COS."""
+    got, want = torch.as_tensor(got, dtype=torch.float32), torch.as_tensor(want, dtype=torch.float32)
+    assert got.shape == want.shape, (got.shape, want.shape)
+    diff, cos = float((got - want).abs().max()), float(F.cosine_similarity(got, want, dim=-1))
+    assert diff <= ATOL and cos >= MIN_COS, f"max |diff| {diff:.3g}, cosine {cos:.7f}"
+
+
+def st_embedding(minilm_st, text: str, dimensions: int | None = None) -> torch.Tensor:
+    """sentence-transformers' embedding of ``text`` on the same weights; with ``dimensions``, cut and
+    normalised again as vLLM's matryoshka ``dimensions`` are (vLLM's ``matryoshka_fy``)."""
+    vectors = torch.as_tensor(minilm_st.encode([text]))
+    return (matryoshka_fy(vectors, dimensions) if dimensions else vectors)[0]
+
+
+def assert_classifier_probs(output, apeach_dir, prompt: str) -> None:
+    """The apeach stand-in's two class probabilities: a distribution, and transformers' softmax of
+    its logits on the same weights."""
+    probs = torch.as_tensor(output.outputs.probs, dtype=torch.float32)
+    assert probs.shape == (2,)
+    assert float(probs.sum()) == pytest.approx(1.0, abs=1e-6)
+    (want,) = HfClassifier(apeach_dir).classify([prompt])
+    torch.testing.assert_close(probs, torch.tensor(want), atol=ATOL, rtol=0)
+
+
+def assert_reranker_score(output, bge_reranker_ce, query: str, document: str) -> None:
+    """The bge-reranker stand-in's score of one pair: sentence-transformers' CrossEncoder on the same
+    weights (the sigmoid of the one logit, so within [0, 1])."""
+    score = output.outputs.score
+    assert 0.0 <= score <= 1.0
+    (want,) = bge_reranker_ce.predict([(query, document)]).tolist()
+    assert score == pytest.approx(want, abs=ATOL)
+
+
+def assert_token_rewards(output, internlm_reward_dir, prompt: str) -> None:
+    """The internlm2-reward stand-in's reward of every token (pooling ALL): the prompt's tokens as its
+    tokenizer cuts them, one value each, the sigmoid of transformers' one-label token logits."""
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    ids = AutoTokenizer.from_pretrained(str(internlm_reward_dir))(prompt)["input_ids"]
+    assert list(output.prompt_token_ids) == ids
+    data = torch.as_tensor(output.outputs.data, dtype=torch.float32)
+    assert data.shape == (len(ids), 1)
+    model = AutoModelForTokenClassification.from_pretrained(str(internlm_reward_dir)).eval()
+    with torch.inference_mode():
+        logits = model(input_ids=torch.tensor([ids])).logits[0].float()
+    torch.testing.assert_close(data, softmax(logits), atol=ATOL, rtol=0)
+
+
+def chunked_mean_reference(minilm_dir, max_len: int, text: str) -> tuple[torch.Tensor, int]:
+    """What chunked processing makes of a long ``text``, computed with transformers: its tokens cut
+    into chunks of the model's length (``[CLS]`` + piece + ``[SEP]``), each chunk mean-pooled and
+    normalised as all-MiniLM-L6-v2's modules.json says, the mean of the chunks weighted by their
+    pieces' token counts and not normalised again (vLLM's rule). Also the input's token count."""
+    from transformers import AutoModel, AutoTokenizer
+
+    ids = AutoTokenizer.from_pretrained(str(minilm_dir))(text, verbose=False)["input_ids"]
+    cls, body, sep = ids[:1], ids[1:-1], ids[-1:]
+    size = max_len - 2
+    pieces = [body[k : k + size] for k in range(0, len(body), size)]
+    assert len(pieces) > 2, "the input must need several chunks"
+    model = AutoModel.from_pretrained(str(minilm_dir)).eval()
+    vectors: dict[tuple[int, ...], torch.Tensor] = {}  # a repeated text repeats its chunks: each runs once
+    with torch.inference_mode():
+        for piece in map(tuple, pieces):
+            if piece not in vectors:
+                hidden = model(input_ids=torch.tensor([cls + list(piece) + sep])).last_hidden_state[0]
+                vectors[piece] = F.normalize(hidden.mean(0), dim=-1)
+    weights = torch.tensor([float(len(p)) for p in pieces]).unsqueeze(1)
+    return (torch.stack([vectors[tuple(p)] for p in pieces]) * weights).sum(0) / weights.sum(), len(ids)
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +169,7 @@ def math_rm_dir(vllm_models_root):
 # -- vllm-pooling-overview.md ----------------------------------------------------------------------
 
 
-def test_overview_embedding_models_basic_usage(minilm_dir):
+def test_overview_embedding_models_basic_usage(minilm_dir, minilm_st):
     # vllm-pooling-overview.md, "Embedding models" > "Basic usage"
     from poolkit import LLM
 
@@ -89,10 +178,11 @@ def test_overview_embedding_models_basic_usage(minilm_dir):
 
     embeds = outputs[0].outputs.embedding
     print(f"Embeddings: {embeds!r} (size={len(embeds)})")
-    assert len(embeds) == 384
+    assert len(outputs) == 1 and len(embeds) == HIDDEN
+    assert_embedding_close(embeds, st_embedding(minilm_st, "Hello, my name is"))
 
 
-def test_overview_matryoshka_embeddings(minilm_dir):
+def test_overview_matryoshka_embeddings(minilm_dir, minilm_st):
     # vllm-pooling-overview.md, "Matryoshka embeddings" (jinaai/jina-embeddings-v3 is matryoshka;
     # all-MiniLM-L6-v2 is declared so with the hf_overrides the section names)
     from poolkit import LLM, PoolingParams
@@ -108,7 +198,8 @@ def test_overview_matryoshka_embeddings(minilm_dir):
         pooling_params=PoolingParams(dimensions=32),
     )
     print(outputs[0].outputs)
-    assert len(outputs[0].outputs.embedding) == 32
+    assert len(outputs) == 1 and len(outputs[0].outputs.embedding) == 32
+    assert_embedding_close(outputs[0].outputs.embedding, st_embedding(minilm_st, "Follow the white rabbit.", 32))
 
 
 def test_overview_matryoshka_serve_hf_overrides(monkeypatch, minilm_dir):
@@ -135,10 +226,11 @@ def test_overview_classification_basic_usage(apeach_dir):
 
     probs = outputs[0].outputs.probs
     print(f"Class Probabilities: {probs!r} (size={len(probs)})")
-    assert len(probs) == 2
+    assert len(outputs) == 1 and len(probs) == 2
+    assert_classifier_probs(outputs[0], apeach_dir, "Hello, my name is")
 
 
-def test_overview_cross_encoder_basic_usage(bge_reranker_dir):
+def test_overview_cross_encoder_basic_usage(bge_reranker_dir, bge_reranker_ce):
     # vllm-pooling-overview.md, "Cross-encoder / Reranker models" > "Basic usage"
     from poolkit import LLM
 
@@ -150,7 +242,8 @@ def test_overview_cross_encoder_basic_usage(bge_reranker_dir):
 
     score = outputs[0].outputs.score
     print(f"Score: {score}")
-    assert 0.0 <= score <= 1.0
+    assert len(outputs) == 1
+    assert_reranker_score(outputs[0], bge_reranker_ce, "What is the capital of France?", "The capital of Brazil is Brasilia.")
 
 
 def test_overview_cross_encoder_online_serving(monkeypatch, bge_reranker_dir, reranker_server):
@@ -178,7 +271,8 @@ def test_overview_reward_basic_usage(internlm_reward_dir):
 
     data = outputs[0].outputs.data
     print(f"Data: {data!r}")
-    assert data.shape[-1] == 1
+    assert len(outputs) == 1 and data.shape[-1] == 1
+    assert_token_rewards(outputs[0], internlm_reward_dir, "Hello, my name is")
 
 
 def test_overview_reward_process_supervised_pooler_config(vllm_models_root):
@@ -227,7 +321,7 @@ def test_overview_colbert_serve(monkeypatch, colbert_dir, vllm_models_root, colb
 # -- vllm-pooling-models-stable.md -----------------------------------------------------------------
 
 
-def test_stable_llm_embed(minilm_dir):
+def test_stable_llm_embed(minilm_dir, minilm_st):
     # vllm-pooling-models-stable.md, "Offline Inference" > "LLM.embed"
     from poolkit import LLM
 
@@ -236,7 +330,8 @@ def test_stable_llm_embed(minilm_dir):
 
     embeds = output.outputs.embedding
     print(f"Embeddings: {embeds!r} (size={len(embeds)})")
-    assert len(embeds) == 384
+    assert len(embeds) == HIDDEN
+    assert_embedding_close(embeds, st_embedding(minilm_st, "Hello, my name is"))
 
 
 def test_stable_llm_classify(apeach_dir):
@@ -249,9 +344,10 @@ def test_stable_llm_classify(apeach_dir):
     probs = output.outputs.probs
     print(f"Class Probabilities: {probs!r} (size={len(probs)})")
     assert len(probs) == 2
+    assert_classifier_probs(output, apeach_dir, "Hello, my name is")
 
 
-def test_stable_llm_score(bge_reranker_dir):
+def test_stable_llm_score(bge_reranker_dir, bge_reranker_ce):
     # vllm-pooling-models-stable.md, "Offline Inference" > "LLM.score"
     from poolkit import LLM
 
@@ -263,6 +359,7 @@ def test_stable_llm_score(bge_reranker_dir):
 
     score = output.outputs.score
     print(f"Score: {score}")
+    assert_reranker_score(output, bge_reranker_ce, "What is the capital of France?", "The capital of Brazil is Brasilia.")
 
 
 def test_stable_llm_reward(internlm_reward_dir):
@@ -274,9 +371,10 @@ def test_stable_llm_reward(internlm_reward_dir):
 
     data = output.outputs.data
     print(f"Data: {data!r}")
+    assert_token_rewards(output, internlm_reward_dir, "Hello, my name is")
 
 
-def test_stable_llm_encode(minilm_dir):
+def test_stable_llm_encode(minilm_dir, minilm_st):
     # vllm-pooling-models-stable.md, "Offline Inference" > "LLM.encode"
     from poolkit import LLM
 
@@ -285,7 +383,8 @@ def test_stable_llm_encode(minilm_dir):
 
     data = output.outputs.data
     print(f"Data: {data!r}")
-    assert data.shape == (384,)
+    assert data.shape == (HIDDEN,)
+    assert_embedding_close(data, st_embedding(minilm_st, "Hello, my name is"))
 
 
 def test_stable_online_serving_pooling_api(monkeypatch, minilm_dir, minilm_server):
@@ -320,7 +419,7 @@ def test_stable_matryoshka_serve(monkeypatch, minilm_dir):
     poolkit_serve(monkeypatch, str(minilm_dir), "--hf-overrides", "")
 
 
-def test_stable_matryoshka_offline(minilm_dir):
+def test_stable_matryoshka_offline(minilm_dir, minilm_st):
     # vllm-pooling-models-stable.md, "Matryoshka Embeddings" > "Offline Inference"
     from poolkit import LLM, PoolingParams
 
@@ -335,7 +434,8 @@ def test_stable_matryoshka_offline(minilm_dir):
         pooling_params=PoolingParams(dimensions=32),
     )
     print(outputs[0].outputs)
-    assert len(outputs[0].outputs.embedding) == 32
+    assert len(outputs) == 1 and len(outputs[0].outputs.embedding) == 32
+    assert_embedding_close(outputs[0].outputs.embedding, st_embedding(minilm_st, "Follow the white rabbit.", 32))
 
 
 def test_stable_matryoshka_online(monkeypatch, minilm_dir, minilm_server):
@@ -355,7 +455,7 @@ def test_stable_matryoshka_online(monkeypatch, minilm_dir, minilm_server):
 # -- vllm-pooling-models-2025-09.md ----------------------------------------------------------------
 
 
-def test_2025_09_llm_embed(minilm_dir):
+def test_2025_09_llm_embed(minilm_dir, minilm_st):
     # vllm-pooling-models-2025-09.md, "Offline Inference" > "LLM.embed"
     from poolkit import LLM
 
@@ -364,6 +464,8 @@ def test_2025_09_llm_embed(minilm_dir):
 
     embeds = output.outputs.embedding
     print(f"Embeddings: {embeds!r} (size={len(embeds)})")
+    assert len(embeds) == HIDDEN
+    assert_embedding_close(embeds, st_embedding(minilm_st, "Hello, my name is"))
 
 
 def test_2025_09_llm_classify(apeach_dir):
@@ -375,9 +477,11 @@ def test_2025_09_llm_classify(apeach_dir):
 
     probs = output.outputs.probs
     print(f"Class Probabilities: {probs!r} (size={len(probs)})")
+    assert len(probs) == 2
+    assert_classifier_probs(output, apeach_dir, "Hello, my name is")
 
 
-def test_2025_09_llm_score(bge_reranker_dir):
+def test_2025_09_llm_score(bge_reranker_dir, bge_reranker_ce):
     # vllm-pooling-models-2025-09.md, "Offline Inference" > "LLM.score"
     from poolkit import LLM
 
@@ -387,6 +491,7 @@ def test_2025_09_llm_score(bge_reranker_dir):
 
     score = output.outputs.score
     print(f"Score: {score}")
+    assert_reranker_score(output, bge_reranker_ce, "What is the capital of France?", "The capital of Brazil is Brasilia.")
 
 
 def test_2025_09_llm_reward(internlm_reward_dir):
@@ -398,9 +503,10 @@ def test_2025_09_llm_reward(internlm_reward_dir):
 
     data = output.outputs.data
     print(f"Data: {data!r}")
+    assert_token_rewards(output, internlm_reward_dir, "Hello, my name is")
 
 
-def test_2025_09_llm_encode(minilm_dir):
+def test_2025_09_llm_encode(minilm_dir, minilm_st):
     # vllm-pooling-models-2025-09.md, "Offline Inference" > "LLM.encode"
     from poolkit import LLM
 
@@ -409,6 +515,8 @@ def test_2025_09_llm_encode(minilm_dir):
 
     data = output.outputs.data
     print(f"Data: {data!r}")
+    assert data.shape == (HIDDEN,)
+    assert_embedding_close(data, st_embedding(minilm_st, "Hello, my name is"))
 
 
 def test_2025_09_matryoshka_serve(monkeypatch, minilm_dir):
@@ -418,7 +526,7 @@ def test_2025_09_matryoshka_serve(monkeypatch, minilm_dir):
     assert args.hf_overrides == {"matryoshka_dimensions": [256]}
 
 
-def test_2025_09_matryoshka_offline(minilm_dir):
+def test_2025_09_matryoshka_offline(minilm_dir, minilm_st):
     # vllm-pooling-models-2025-09.md, "Matryoshka Embeddings" > "Offline Inference"
     from poolkit import LLM, PoolingParams
 
@@ -429,6 +537,8 @@ def test_2025_09_matryoshka_offline(minilm_dir):
     outputs = llm.embed(["Follow the white rabbit."],
                         pooling_params=PoolingParams(dimensions=32))
     print(outputs[0].outputs)
+    assert len(outputs) == 1 and len(outputs[0].outputs.embedding) == 32
+    assert_embedding_close(outputs[0].outputs.embedding, st_embedding(minilm_st, "Follow the white rabbit.", 32))
 
 
 def test_2025_09_matryoshka_online(monkeypatch, minilm_dir, minilm_server):
@@ -450,7 +560,7 @@ def test_2025_09_matryoshka_online(monkeypatch, minilm_dir, minilm_server):
 # -- vllm-embedding-usages.md ----------------------------------------------------------------------
 
 
-def test_embedding_usages_llm_embed(minilm_dir):
+def test_embedding_usages_llm_embed(minilm_dir, minilm_st):
     # vllm-embedding-usages.md, "Offline Inference" > "LLM.embed"
     from poolkit import LLM
 
@@ -459,9 +569,11 @@ def test_embedding_usages_llm_embed(minilm_dir):
 
     embeds = output.outputs.embedding
     print(f"Embeddings: {embeds!r} (size={len(embeds)})")
+    assert len(embeds) == HIDDEN
+    assert_embedding_close(embeds, st_embedding(minilm_st, "Hello, my name is"))
 
 
-def test_embedding_usages_llm_encode(minilm_dir):
+def test_embedding_usages_llm_encode(minilm_dir, minilm_st):
     # vllm-embedding-usages.md, "Offline Inference" > "LLM.encode"
     from poolkit import LLM
 
@@ -470,10 +582,13 @@ def test_embedding_usages_llm_encode(minilm_dir):
 
     data = output.outputs.data
     print(f"Data: {data!r}")
+    assert data.shape == (HIDDEN,)
+    assert_embedding_close(data, st_embedding(minilm_st, "Hello, my name is"))
 
 
-def test_embedding_usages_llm_score(minilm_dir):
-    # vllm-embedding-usages.md, "Offline Inference" > "LLM.score" (an embedding model: cosine)
+def test_embedding_usages_llm_score(minilm_dir, minilm_st):
+    # vllm-embedding-usages.md, "Offline Inference" > "LLM.score" (an embedding model: the cosine of
+    # the two texts' embeddings)
     from poolkit import LLM
 
     llm = LLM(model=str(minilm_dir), runner="pooling")
@@ -485,32 +600,31 @@ def test_embedding_usages_llm_score(minilm_dir):
     score = output.outputs.score
     print(f"Score: {score}")
     assert -1.0 <= score <= 1.0
+    want = F.cosine_similarity(
+        st_embedding(minilm_st, "What is the capital of France?"), st_embedding(minilm_st, "The capital of Brazil is Brasilia."), dim=0
+    )
+    assert score == pytest.approx(float(want), abs=ATOL)
+
+
+def create_chat_embeddings(
+    client: OpenAI,
+    *,
+    messages: list[ChatCompletionMessageParam],
+    model: str,
+    encoding_format: Union[Literal["base64", "float"], NotGiven] = NOT_GIVEN,
+) -> CreateEmbeddingResponse:
+    # vllm-embedding-usages.md, "Examples": the page's helper posting chat messages to /v1/embeddings
+    return client.post(
+        "/embeddings",
+        cast_to=CreateEmbeddingResponse,
+        body={"messages": messages, "model": model, "encoding_format": encoding_format},
+    )
 
 
 def test_embedding_usages_chat_embeddings(minilm_dir):
     # vllm-embedding-usages.md, "Examples": create_chat_embeddings with the OpenAI client ("If the
     # model has a chat template": all-MiniLM-L6-v2 is served with vLLM's dummy template).
-    from typing import Literal, Union
-
-    from openai import OpenAI
-    from openai._types import NOT_GIVEN, NotGiven
-    from openai.types.chat import ChatCompletionMessageParam
-    from openai.types.create_embedding_response import CreateEmbeddingResponse
-
     from poolkit import LLM
-
-    def create_chat_embeddings(
-        client: OpenAI,
-        *,
-        messages: list[ChatCompletionMessageParam],
-        model: str,
-        encoding_format: Union[Literal["base64", "float"], NotGiven] = NOT_GIVEN,
-    ) -> CreateEmbeddingResponse:
-        return client.post(
-            "/embeddings",
-            cast_to=CreateEmbeddingResponse,
-            body={"messages": messages, "model": model, "encoding_format": encoding_format},
-        )
 
     app = create_app(LLM(str(minilm_dir)), served_model_name="minilm", chat_template=DUMMY_CHAT_TEMPLATE)
     with TestClient(app) as http:
@@ -523,14 +637,193 @@ def test_embedding_usages_chat_embeddings(minilm_dir):
             encoding_format="float",
         )
         print("Text embedding output:", response.data[0].embedding)
-        assert len(response.data[0].embedding) == 384
+        assert len(response.data) == 1 and len(response.data[0].embedding) == HIDDEN
+    # The reference: the rendered chat tokenized without special tokens (vLLM's default for chat
+    # requests), all-MiniLM-L6-v2's mean pooling and normalisation, with transformers.
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm_dir))
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Represent the given text."}], chat_template=DUMMY_CHAT_TEMPLATE, tokenize=False
+    )
+    assert text == "user: Represent the given text.\n"
+    ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
+    with torch.inference_mode():
+        hidden = AutoModel.from_pretrained(str(minilm_dir)).eval()(input_ids=ids).last_hidden_state[0]
+    assert response.usage.prompt_tokens == ids.shape[1]
+    assert_embedding_close(response.data[0].embedding, F.normalize(hidden.mean(0), dim=-1))
 
 
-@pytest.mark.skip(reason="TIGER-Lab/VLM2Vec-Full and MrLight/dse-qwen2-2b-mrl-v1 (vision-language embedding "
-                  "models, remote code, with their chat templates and a remote image URL) have no offline equivalent")
-def test_embedding_usages_multimodal_inputs():
-    # vllm-embedding-usages.md, "Multi-modal inputs": vllm serve TIGER-Lab/VLM2Vec-Full / MrLight/dse-qwen2-2b-mrl-v1
-    pass
+# vLLM's examples/pooling/embed/template/vlm2vec_phi3v.jinja
+VLM2VEC_TEMPLATE = """\
+{%- if messages | length > 1 -%}
+    {{ raise_exception('Embedding models should only embed one message at a time') }}
+{%- endif -%}
+
+{% set vars = namespace(parts=[], next_image_id=1) %}
+{%- for message in messages -%}
+    {%- for content in message['content'] -%}
+        {%- if content['type'] == 'text' -%}
+            {%- set vars.parts = vars.parts + [content['text']] %}
+        {%- elif content['type'] == 'image' -%}
+            {%- set vars.parts = vars.parts + ['<|image_{i:d}|>'.format(i=vars.next_image_id)] %}
+            {%- set vars.next_image_id = vars.next_image_id + 1 %}
+        {%- endif -%}
+    {%- endfor -%}
+{%- endfor -%}
+{{ vars.parts | join(' ') }}
+"""
+
+# vLLM's examples/pooling/embed/template/dse_qwen2_vl.jinja
+DSE_QWEN2_VL_TEMPLATE = (
+    "{{ bos_token -}}\n"
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}{% raw %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endraw %}{% endif %}<|im_start|>{{ message['role'] }}{% raw %}\n{% endraw %}{% if message['content'] is string %}"
+    "{{ message['content'] }}<|im_end|>{% raw %}\n{% endraw %}{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
+    "<|vision_start|><|image_pad|><|vision_end|>{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
+    "<|vision_start|><|video_pad|><|vision_end|>{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}"
+    "<|im_end|>{% raw %}\n{% endraw %}{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant{% raw %}\n"
+    "{% endraw %}{% endif %}<|endoftext|>"
+)
+
+
+def image_data_uri(image, fmt: str = "PNG") -> str:
+    buf = io.BytesIO()
+    image.save(buf, format=fmt)
+    return f"data:image/{fmt.lower()};base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def image_of(uri: str):
+    """The image a data URI holds, decoded from the same bytes the server decodes."""
+    from PIL import Image
+
+    return Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
+
+
+def rendered_chat(tokenizer, template: str, messages: list) -> str:
+    """What ``template`` renders of ``messages`` (image parts as the template's ``image`` parts),
+    with transformers' ``apply_chat_template`` and no generation prompt, as vLLM's embedding
+    requests render it."""
+    parts = [{**m, "content": [{"type": "image"} if p["type"] == "image_url" else p for p in m["content"]]} for m in messages]
+    return tokenizer.apply_chat_template(parts, chat_template=template, tokenize=False, add_generation_prompt=False)
+
+
+def test_embedding_usages_multimodal_inputs_vlm2vec(monkeypatch, tmp_path, vllm_models_root):
+    # vllm-embedding-usages.md, "Multi-modal inputs": vllm serve TIGER-Lab/VLM2Vec-Full --runner
+    # pooling --trust-remote-code --max-model-len 4096 --chat-template .../vlm2vec_phi3v.jinja, then
+    # create_chat_embeddings with an image part and a text part. TIGER-Lab/VLM2Vec-Full -> the tiny
+    # VLM2Vec of tests/tiny_phi3v.py (Phi3VForCausalLM, served natively; 1024 positions, so
+    # --max-model-len 1024). The reference is tests/test_phi3v.py's, built from transformers' classes
+    # on the same checkpoint: the last token's hidden state, L2-normalised.
+    # DEPARTURE: the page's image is a remote URL, which poolkit refuses unless --allowed-media-domains
+    # names its host (test_embed_online_vision.py::test_chat_image_url_request); a made JPEG goes as a
+    # data URI instead.
+    from test_phi3v import Reference
+    from tiny_models import picture
+    from tiny_phi3v import HIDDEN as VLM2VEC_HIDDEN
+    from tiny_phi3v import build_phi3v
+
+    from poolkit import LLM
+
+    model_dir = build_phi3v(vllm_models_root / "vlm2vec-full-docs")
+    template = tmp_path / "vlm2vec_phi3v.jinja"
+    template.write_text(VLM2VEC_TEMPLATE)
+    args, run = poolkit_serve(
+        monkeypatch, str(model_dir), "--runner", "pooling", "--trust-remote-code", "--max-model-len", "1024", "--chat-template", str(template)
+    )
+    assert args.runner == "pooling" and args.max_model_len == 1024 and run["chat_template"] == VLM2VEC_TEMPLATE
+    llm = LLM(str(model_dir), runner="pooling", trust_remote_code=True, max_model_len=1024)
+
+    image_url = image_data_uri(picture(48, 64, 0), "JPEG")  # 2560px-Gfp-wisconsin-madison-the-nature-boardwalk.jpg
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": image_url}},
+                {"type": "text", "text": "Represent the given image."},
+            ],
+        }
+    ]
+    with TestClient(create_app(llm, served_model_name="TIGER-Lab/VLM2Vec-Full", chat_template=run["chat_template"])) as http:
+        client = OpenAI(base_url="http://testserver/v1", api_key="EMPTY", http_client=http)
+        response = create_chat_embeddings(
+            client,
+            model="TIGER-Lab/VLM2Vec-Full",
+            messages=messages,
+            encoding_format="float",
+        )
+        print("Image embedding output:", response.data[0].embedding)
+
+    ref = Reference(model_dir, num_crops=4)  # VLM2Vec-Full's num_crops, as the tiny checkpoint's
+    text = rendered_chat(ref.tok, VLM2VEC_TEMPLATE, messages)
+    assert text == "<|image_1|> Represent the given image."
+    image = image_of(image_url)
+    assert len(response.data) == 1 and len(response.data[0].embedding) == VLM2VEC_HIDDEN
+    assert response.usage.prompt_tokens == len(ref.input_ids(text, [ref.pixels(image)[1]]))
+    assert_embedding_close(response.data[0].embedding, ref.embed(text, [image]))
+
+
+def test_embedding_usages_multimodal_inputs_dse_qwen2(monkeypatch, tmp_path, vllm_models_root):
+    # vllm-embedding-usages.md, "Multi-modal inputs": vllm serve MrLight/dse-qwen2-2b-mrl-v1 --runner
+    # pooling --trust-remote-code --max-model-len 8192 --chat-template .../dse_qwen2_vl.jinja (the
+    # template ends every prompt with the EOS token the model pools), and the page's "full code
+    # example" (vLLM's examples/pooling/embed/vision_embedding_online.py, run_dse_qwen2_vl): an image
+    # with a question, then a text query with "a placeholder image of the minimum image size" (a
+    # black 56x56 PNG). MrLight/dse-qwen2-2b-mrl-v1 -> tiny_models.build_qwen2_vl (a
+    # Qwen2VLForConditionalGeneration; 512 positions, so --max-model-len 512). The reference is
+    # tests/test_qwen_vl.py's: transformers' own model and image processor, the last token's hidden
+    # state, L2-normalised.
+    # DEPARTURE: the example's remote image URL is replaced by a made JPEG as a data URI (as in
+    # test_embedding_usages_multimodal_inputs_vlm2vec).
+    import transformers as T
+    from PIL import Image
+    from test_qwen_vl import reference
+    from tiny_models import build_qwen2_vl, picture
+
+    from poolkit import LLM
+
+    model_dir = build_qwen2_vl(vllm_models_root / "dse-qwen2-docs")
+    template = tmp_path / "dse_qwen2_vl.jinja"
+    template.write_text(DSE_QWEN2_VL_TEMPLATE)
+    args, run = poolkit_serve(
+        monkeypatch, str(model_dir), "--runner", "pooling", "--trust-remote-code", "--max-model-len", "512", "--chat-template", str(template)
+    )
+    assert args.runner == "pooling" and args.max_model_len == 512 and run["chat_template"] == DSE_QWEN2_VL_TEMPLATE
+    llm = LLM(str(model_dir), runner="pooling", trust_remote_code=True, max_model_len=512)
+
+    image_url = image_data_uri(picture(40, 56, 1), "JPEG")  # Qwen-VL/assets/demo.jpeg
+    placeholder = image_data_uri(Image.new("RGB", (56, 56)))  # the example's minimum-size placeholder
+    requests = [
+        [{"type": "image_url", "image_url": {"url": image_url}}, {"type": "text", "text": "What is shown in this image?"}],
+        [{"type": "image_url", "image_url": {"url": placeholder}}, {"type": "text", "text": "Query: What is the weather like today?"}],
+    ]
+    with TestClient(create_app(llm, served_model_name="MrLight/dse-qwen2-2b-mrl-v1", chat_template=run["chat_template"])) as http:
+        client = OpenAI(base_url="http://testserver/v1", api_key="EMPTY", http_client=http)
+        responses = []
+        for content in requests:
+            response = create_chat_embeddings(
+                client,
+                model="MrLight/dse-qwen2-2b-mrl-v1",
+                messages=[{"role": "user", "content": content}],
+                encoding_format="float",
+            )
+            print("Image embedding output:", response.data[0].embedding)
+            responses.append(response)
+
+    hf = (
+        T.Qwen2VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval(),
+        T.AutoTokenizer.from_pretrained(model_dir),
+        T.AutoImageProcessor.from_pretrained(model_dir, backend="pil"),
+    )
+    for content, response in zip(requests, responses):
+        text = rendered_chat(hf[1], DSE_QWEN2_VL_TEMPLATE, [{"role": "user", "content": content}])
+        assert text.startswith("<|im_start|>system\n") and text.endswith("<|im_end|>\n<|endoftext|>")
+        assert len(response.data) == 1 and len(response.data[0].embedding) == hf[0].config.text_config.hidden_size
+        assert_embedding_close(response.data[0].embedding, reference(hf, text, [image_of(content[0]["image_url"]["url"])]))
 
 
 def test_embedding_usages_cohere_text_embedding(minilm_server):
@@ -583,7 +876,7 @@ def test_embedding_usages_cohere_mixed_inputs(vllm_models_root):
             assert response.status_code == 200, response.text
 
 
-def test_embedding_usages_matryoshka_offline(minilm_dir):
+def test_embedding_usages_matryoshka_offline(minilm_dir, minilm_st):
     # vllm-embedding-usages.md, "Matryoshka Embeddings" > "Offline Inference"
     from poolkit import LLM, PoolingParams
 
@@ -598,6 +891,8 @@ def test_embedding_usages_matryoshka_offline(minilm_dir):
         pooling_params=PoolingParams(dimensions=32),
     )
     print(outputs[0].outputs)
+    assert len(outputs) == 1 and len(outputs[0].outputs.embedding) == 32
+    assert_embedding_close(outputs[0].outputs.embedding, st_embedding(minilm_st, "Follow the white rabbit.", 32))
 
 
 # -- vllm-pooling-models-chunked.md ----------------------------------------------------------------
@@ -613,14 +908,18 @@ def test_chunked_configuration_serve(monkeypatch, minilm_dir):
     assert args.pooler_config.max_embed_len == 3072000
 
 
-def test_chunked_example_usage_basic_configuration(minilm_dir):
+def test_chunked_example_usage_basic_configuration(minilm_dir, minilm_st):
     # vllm-pooling-models-chunked.md, "Example Usage" > "Basic Configuration": the OpenAI client
-    # against a server started as in "Configuration" (here the app under TestClient).
+    # against a server started as in "Configuration" (here the app under TestClient). The page's
+    # "Aggregation Algorithm": the chunks' embeddings averaged, weighted by their token counts.
+    # DEPARTURE: every chunk carries the input's [CLS] ... [SEP] (docs/getting-started.md, "Long
+    # inputs"), which vLLM leaves out; a chunk's weight is its count of the input's own tokens.
     from openai import OpenAI
 
     from poolkit import LLM
 
     llm = LLM(str(minilm_dir), pooler_config=CHUNKED)
+    text = "Very long text that exceeds the model's position embeddings..." * 5000
     with TestClient(create_app(llm, served_model_name="multilingual-e5-large")) as http:
         client = OpenAI(api_key="your-api-key", base_url="http://testserver/v1", http_client=http)
 
@@ -632,7 +931,10 @@ def test_chunked_example_usage_basic_configuration(minilm_dir):
         )
 
         print(f"Embedding dimension: {len(response.data[0].embedding)}")
-        assert len(response.data[0].embedding) == 384
+        assert len(response.data) == 1 and len(response.data[0].embedding) == HIDDEN
+    want, tokens = chunked_mean_reference(minilm_dir, minilm_st.max_seq_length, text)
+    assert response.usage.prompt_tokens == tokens
+    assert_embedding_close(response.data[0].embedding, want)
 
 
 def test_chunked_alternative_model_configurations(monkeypatch, minilm_dir):
@@ -647,7 +949,11 @@ def test_chunked_alternative_model_configurations(monkeypatch, minilm_dir):
 
 def test_chunked_llm_encode(math_rm_dir):
     # vllm-pooling-models-chunked.md, "Offline Inference" > "LLM.encode"
-    # (Qwen/Qwen2.5-Math-RM-72B with task="reward" -> a tiny Qwen2ForRewardModel)
+    # (Qwen/Qwen2.5-Math-RM-72B with task="reward" -> a tiny Qwen2ForRewardModel). "It returns the
+    # extracted hidden states directly": the reward head's raw output on every token (vLLM's
+    # Qwen2ForRewardModel pools ALL, with no activation), here the score MLP on transformers' Qwen2Model.
+    from transformers import AutoTokenizer
+
     from poolkit import LLM
 
     llm = LLM(model=str(math_rm_dir), task="reward")
@@ -655,9 +961,14 @@ def test_chunked_llm_encode(math_rm_dir):
 
     data = output.outputs.data
     print(f"Data: {data!r}")
+    ids = AutoTokenizer.from_pretrained(str(math_rm_dir))("Hello, my name is")["input_ids"]
+    assert list(output.prompt_token_ids) == ids
+    assert data.shape == (len(ids), 1)
+    want = math_prm_reference_logits(math_rm_dir, torch.tensor([ids]))[0]
+    torch.testing.assert_close(torch.as_tensor(data, dtype=torch.float32), want.float(), atol=ATOL, rtol=0)
 
 
-def test_chunked_llm_embed(minilm_dir):
+def test_chunked_llm_embed(minilm_dir, minilm_st):
     # vllm-pooling-models-chunked.md, "Offline Inference" > "LLM.embed" (intfloat/e5-mistral-7b-instruct)
     from poolkit import LLM
 
@@ -666,6 +977,8 @@ def test_chunked_llm_embed(minilm_dir):
 
     embeds = output.outputs.embedding
     print(f"Embeddings: {embeds!r} (size={len(embeds)})")
+    assert len(embeds) == HIDDEN
+    assert_embedding_close(embeds, st_embedding(minilm_st, "Hello, my name is"))
 
 
 def test_chunked_llm_classify(apeach_dir):
@@ -677,9 +990,11 @@ def test_chunked_llm_classify(apeach_dir):
 
     probs = output.outputs.probs
     print(f"Class Probabilities: {probs!r} (size={len(probs)})")
+    assert len(probs) == 2
+    assert_classifier_probs(output, apeach_dir, "Hello, my name is")
 
 
-def test_chunked_llm_score(bge_reranker_dir):
+def test_chunked_llm_score(bge_reranker_dir, bge_reranker_ce):
     # vllm-pooling-models-chunked.md, "Offline Inference" > "LLM.score"
     from poolkit import LLM
 
@@ -689,6 +1004,7 @@ def test_chunked_llm_score(bge_reranker_dir):
 
     score = output.outputs.score
     print(f"Score: {score}")
+    assert_reranker_score(output, bge_reranker_ce, "What is the capital of France?", "The capital of Brazil is Brasilia.")
 
 
 def test_chunked_matryoshka_serve(monkeypatch, minilm_dir):
@@ -698,7 +1014,7 @@ def test_chunked_matryoshka_serve(monkeypatch, minilm_dir):
     assert args.hf_overrides == {"matryoshka_dimensions": [256]}
 
 
-def test_chunked_matryoshka_offline(minilm_dir):
+def test_chunked_matryoshka_offline(minilm_dir, minilm_st):
     # vllm-pooling-models-chunked.md, "Matryoshka Embeddings" > "Offline Inference"
     from poolkit import LLM, PoolingParams
 
@@ -709,6 +1025,8 @@ def test_chunked_matryoshka_offline(minilm_dir):
     outputs = model.embed(["Follow the white rabbit."],
                           pooling_params=PoolingParams(dimensions=32))
     print(outputs[0].outputs)
+    assert len(outputs) == 1 and len(outputs[0].outputs.embedding) == 32
+    assert_embedding_close(outputs[0].outputs.embedding, st_embedding(minilm_st, "Follow the white rabbit.", 32))
 
 
 def test_chunked_matryoshka_online(monkeypatch, minilm_dir, minilm_server):

@@ -2,6 +2,9 @@
 # TencentBAC/Conan-embedding-v1 (a BERT sentence-transformers model: Transformer, mean Pooling and a
 # Dense projector to 1792 dimensions) -> all-MiniLM-L6-v2's Transformer and Pooling saved again by
 # sentence-transformers with a seeded Dense projector (384 -> 256, tanh): the same layout, offline.
+# Not ported: test_embed_models_mteb (an MTEB STS12 evaluation of the trained Conan-embedding-v1: it
+# needs the hub's dataset and the hub-only model, and measures a trained model's quality, which a
+# stand-in does not have).
 import numpy as np
 import pytest
 import torch
@@ -38,13 +41,6 @@ def _get_hf_embeddings(model_dir, test_texts):
     from sentence_transformers import SentenceTransformer
 
     return np.array(SentenceTransformer(str(model_dir), device="cpu").encode(test_texts))
-
-
-@pytest.mark.skip(reason="MTEB STS12 evaluation of TencentBAC/Conan-embedding-v1 needs the hub's dataset and the "
-                  "trained model; no offline equivalent")
-@pytest.mark.parametrize("model_info", ["TencentBAC/Conan-embedding-v1"])
-def test_embed_models_mteb(model_info) -> None:
-    pass
 
 
 @pytest.mark.parametrize("model_info", ["Conan-embedding-v1-stand-in"])
