@@ -233,6 +233,86 @@ def test_health_replica_says_why_no_replica_runs(monkeypatch):
     health.poolkit_drain()
     assert answer() == (503, error_body(503, "the server is shutting down"), None)
 
+
+#: What Ray 2.60's ``ray.init(address=...)`` raises when the cluster has token authentication and
+#: this process is not in RAY_AUTH_MODE=token (ray/_private/worker.py: a ConnectionError from the
+#: RuntimeError of ray/_private/node.py, whose text carries the AuthenticationError of _raylet).
+GCS_REFUSED = (
+    "Failed to connect to GCS. Last connection error: Traceback (most recent call last):\n"
+    '  File "python/ray/includes/common.pxi", line 119, in ray._raylet.check_status\n'
+    "ray.exceptions.AuthenticationError: RPC error: InvalidAuthToken: Authentication token is missing or incorrect. "
+    "Note: RAY_AUTH_MODE is currently 'disabled' (not 'token'). Ensure that the token for the cluster is available in a "
+    "local file (e.g., ~/.ray/auth_token or via RAY_AUTH_TOKEN_PATH) or as the `RAY_AUTH_TOKEN` environment variable.\n"
+)
+
+
+def ray_init_raising(monkeypatch, cause: str) -> list:
+    """``ray.init`` raising as Ray 2.60 does when it cannot join the cluster (``cause``: the text of
+    the RuntimeError under its ConnectionError); returns the addresses it was called with."""
+    calls = []
+
+    def init(address=None, **kwargs):
+        calls.append(address)
+        try:
+            raise RuntimeError(cause)
+        except RuntimeError as exc:
+            raise ConnectionError(f"Failed to connect to Ray cluster at {address}") from exc
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", init)
+    return calls
+
+
+def test_joining_a_cluster_that_asks_for_a_token_says_to_set_ray_auth_mode(monkeypatch, minilm_dir):
+    """An explicit ``--ray-address`` of a cluster with token authentication, without
+    ``RAY_AUTH_MODE=token``: one line naming the address and the variables, not Ray's retries."""
+    from typer.testing import CliRunner
+
+    from poolkit import EngineArgs, PoolkitError
+    from poolkit.entrypoints.cli import app
+    from poolkit.entrypoints.integrations import ray_serve
+
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    calls = ray_init_raising(monkeypatch, GCS_REFUSED)
+    with pytest.raises(PoolkitError) as info:
+        ray_serve.run(EngineArgs(model=str(minilm_dir)), ray_address="10.0.0.7:6379")
+    message = str(info.value)
+    assert calls == ["10.0.0.7:6379"] and isinstance(info.value, ConnectionError) and "\n" not in message
+    assert message.startswith("could not join the Ray cluster at '10.0.0.7:6379': it asks for its authentication token;")
+    assert "set RAY_AUTH_MODE=token" in message and "RAY_AUTH_TOKEN " in message and "RAY_AUTH_TOKEN_PATH" in message
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")  # the mode is on: only the token is left to give
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.8:6379")
+    with pytest.raises(PoolkitError) as info:
+        ray_serve.run(EngineArgs(model=str(minilm_dir)))
+    assert "'10.0.0.8:6379'" in str(info.value) and "set RAY_AUTH_MODE" not in str(info.value)
+    assert "give the cluster's token in RAY_AUTH_TOKEN" in str(info.value)
+
+    monkeypatch.delenv("RAY_AUTH_MODE")
+    monkeypatch.delenv("RAY_ADDRESS")
+    result = CliRunner().invoke(app, ["serve", str(minilm_dir), "--ray-serve", "--ray-address", "10.0.0.7:6379"])
+    assert result.exit_code == 1
+    error = [line for line in result.output.splitlines() if line.startswith("Error: ")]
+    assert error == [f"Error: {message}"], result.output
+
+
+def test_joining_an_unreachable_cluster_names_the_address(monkeypatch, minilm_dir):
+    """Another failure to join (a cause without Ray's authentication marks; its text is a stand-in):
+    Ray's reason, the address, and the token variables as a hint."""
+    from poolkit import EngineArgs, PoolkitError
+    from poolkit.entrypoints.integrations import ray_serve
+
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    ray_init_raising(monkeypatch, "Failed to connect to GCS. Last connection error: RpcError: failed to connect to all addresses")
+    with pytest.raises(PoolkitError) as info:
+        ray_serve.run(EngineArgs(model=str(minilm_dir)), ray_address="10.0.0.9:6379")
+    assert str(info.value).startswith(
+        "could not join the Ray cluster at '10.0.0.9:6379' (Failed to connect to Ray cluster at 10.0.0.9:6379); check the address"
+    )
+    assert "RAY_AUTH_MODE=token" in str(info.value) and "\n" not in str(info.value)
+
+
 # -- `poolkit serve --ray-serve` as a process ------------------------------------------------------
 
 #: A plugin whose model resolver holds the load until a file exists, as a slow download would.

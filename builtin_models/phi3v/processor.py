@@ -11,7 +11,9 @@ with zeros, whose features the model drops; poolkit makes only the real ones.
 
 The text is cut at its placeholders ``<|image_1|>``, ``<|image_2|>``, ... (one per image, in
 order) and each piece is tokenized on its own with the tokenizer's special tokens, so ``<s>`` starts
-every piece, as the published processor (and vLLM, which follows it) writes the prompt. Each
+every piece, as the published processor (and vLLM, which follows it) writes the prompt, whatever the
+prompt's ``add_special_tokens``: vLLM's ``Phi3VMultiModalProcessor`` re-tokenizes every piece with
+them, so a chat rendered by ``vlm2vec_phi3v.jinja`` (``add_special_tokens`` false) gets them too. Each
 placeholder becomes one ``<|image|>`` token per image feature: the crops' merged grid with a
 separator ending each row, one separator, the global image's grid with its row separators
 (:func:`~.config.image_feature_count`). A prompt with images and no text is its placeholders alone;

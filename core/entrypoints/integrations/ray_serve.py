@@ -36,7 +36,7 @@ import time
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-from ...contracts.errors import InvalidRequest, MissingDependency
+from ...contracts.errors import InvalidRequest, MissingDependency, PoolkitError
 
 if TYPE_CHECKING:  # the health replica imports this module: no torch there
     from ...config.settings import EngineArgs
@@ -201,6 +201,44 @@ def health_application(name: str = NAME) -> Any:
     return serve.deployment(Health, **options).bind(name)
 
 
+class RayClusterError(PoolkitError, ConnectionError):
+    """The Ray cluster at ``--ray-address`` (or ``RAY_ADDRESS``) could not be joined."""
+
+
+#: Marks of Ray's refusal by a cluster with token authentication, in the errors ``ray.init`` chains.
+_AUTH_REFUSED = ("InvalidAuthToken", "AuthenticationError", "Token authentication is enabled")
+#: Where Ray reads a cluster's token from (Ray's token-authentication guide).
+_TOKEN = "give the cluster's token in RAY_AUTH_TOKEN (or in a file named by RAY_AUTH_TOKEN_PATH, or in ~/.ray/auth_token)"
+
+
+def _join(ray: Any, address: str) -> None:
+    """``ray.init(address=address)``; its failure becomes one line that names the address and the way out.
+
+    A cluster with token authentication answers only a client in ``RAY_AUTH_MODE=token`` that sends
+    its token, and Ray's client turns that mode on by itself only for ``"auto"``, never for an
+    address given (Ray 2.60): it retries, then says only that it failed to connect.
+
+    Raises:
+        RayClusterError: Ray could not join the cluster at ``address``.
+    """
+    try:
+        ray.init(address=address, include_dashboard=False)
+    except Exception as exc:  # noqa: BLE001 - Ray's ConnectionError (from a RuntimeError), AuthenticationError, ...
+        told, seen = [], exc
+        while seen is not None and len(told) < 8:
+            told.append(f"{type(seen).__name__}: {seen}")
+            seen = seen.__cause__ or seen.__context__
+        if any(mark in text for text in told for mark in _AUTH_REFUSED):
+            mode = os.environ.get("RAY_AUTH_MODE", "").lower() == "token"
+            way_out = _TOKEN if mode else f"set RAY_AUTH_MODE=token (Ray sets it by itself only for 'auto') and {_TOKEN}"
+            raise RayClusterError(f"could not join the Ray cluster at '{address}': it asks for its authentication token; {way_out}") from exc
+        lines = str(exc).strip().splitlines()
+        raise RayClusterError(
+            f"could not join the Ray cluster at '{address}' ({lines[0] if lines else type(exc).__name__}); check the address, "
+            f"and for a cluster with token authentication set RAY_AUTH_MODE=token and {_TOKEN}"
+        ) from exc
+
+
 def _gpus(many: Sequence[EngineArgs]) -> float:
     """1 when the Ray cluster has GPUs and no setting puts its model on the CPU, else 0."""
     import ray
@@ -236,7 +274,10 @@ def run(
     connected = owns_ray = False
     if not ray.is_initialized():
         address = ray_address or os.environ.get("RAY_ADDRESS") or "local"  # "local": a Ray of its own
-        ray.init(address=address, include_dashboard=False)
+        if address == "local":
+            ray.init(address=address, include_dashboard=False)
+        else:
+            _join(ray, address)
         connected, owns_ray = True, address == "local"
     before = serve.status()  # empty where no Serve runs yet
     serve_was_running = bool(before.proxies or before.applications)
