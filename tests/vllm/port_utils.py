@@ -663,3 +663,24 @@ def write_random_lora(
     save_dir.mkdir(parents=True, exist_ok=True)
     (save_dir / "adapter_config.json").write_text(json.dumps(config, indent=2))
     save_file(weights, save_dir / "adapter_model.safetensors")
+
+
+#: vLLM's examples/pooling/embed/template/vlm2vec_phi3v.jinja: VLM2Vec's chat template, one message of text and image parts.
+VLM2VEC_CHAT_TEMPLATE = """\
+{%- if messages | length > 1 -%}
+    {{ raise_exception('Embedding models should only embed one message at a time') }}
+{%- endif -%}
+
+{% set vars = namespace(parts=[], next_image_id=1) %}
+{%- for message in messages -%}
+    {%- for content in message['content'] -%}
+        {%- if content['type'] == 'text' -%}
+            {%- set vars.parts = vars.parts + [content['text']] %}
+        {%- elif content['type'] == 'image' -%}
+            {%- set vars.parts = vars.parts + ['<|image_{i:d}|>'.format(i=vars.next_image_id)] %}
+            {%- set vars.next_image_id = vars.next_image_id + 1 %}
+        {%- endif -%}
+    {%- endfor -%}
+{%- endfor -%}
+{{ vars.parts | join(' ') }}
+"""

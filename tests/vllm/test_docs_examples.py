@@ -33,7 +33,7 @@ from openai import OpenAI
 from openai._types import NOT_GIVEN, NotGiven
 from openai.types.chat import ChatCompletionMessageParam
 from openai.types.create_embedding_response import CreateEmbeddingResponse
-from port_utils import DUMMY_CHAT_TEMPLATE, HfClassifier, build_math_prm, math_prm_reference_logits, matryoshka_fy, softmax
+from port_utils import DUMMY_CHAT_TEMPLATE, VLM2VEC_CHAT_TEMPLATE, HfClassifier, build_math_prm, math_prm_reference_logits, matryoshka_fy, softmax
 from typer.testing import CliRunner
 
 import poolkit.api.llm
@@ -654,25 +654,6 @@ def test_embedding_usages_chat_embeddings(minilm_dir):
     assert_embedding_close(response.data[0].embedding, F.normalize(hidden.mean(0), dim=-1))
 
 
-# vLLM's examples/pooling/embed/template/vlm2vec_phi3v.jinja
-VLM2VEC_TEMPLATE = """\
-{%- if messages | length > 1 -%}
-    {{ raise_exception('Embedding models should only embed one message at a time') }}
-{%- endif -%}
-
-{% set vars = namespace(parts=[], next_image_id=1) %}
-{%- for message in messages -%}
-    {%- for content in message['content'] -%}
-        {%- if content['type'] == 'text' -%}
-            {%- set vars.parts = vars.parts + [content['text']] %}
-        {%- elif content['type'] == 'image' -%}
-            {%- set vars.parts = vars.parts + ['<|image_{i:d}|>'.format(i=vars.next_image_id)] %}
-            {%- set vars.next_image_id = vars.next_image_id + 1 %}
-        {%- endif -%}
-    {%- endfor -%}
-{%- endfor -%}
-{{ vars.parts | join(' ') }}
-"""
 
 # vLLM's examples/pooling/embed/template/dse_qwen2_vl.jinja
 DSE_QWEN2_VL_TEMPLATE = (
@@ -731,11 +712,11 @@ def test_embedding_usages_multimodal_inputs_vlm2vec(monkeypatch, tmp_path, vllm_
 
     model_dir = build_phi3v(vllm_models_root / "vlm2vec-full-docs")
     template = tmp_path / "vlm2vec_phi3v.jinja"
-    template.write_text(VLM2VEC_TEMPLATE)
+    template.write_text(VLM2VEC_CHAT_TEMPLATE)
     args, run = poolkit_serve(
         monkeypatch, str(model_dir), "--runner", "pooling", "--trust-remote-code", "--max-model-len", "1024", "--chat-template", str(template)
     )
-    assert args.runner == "pooling" and args.max_model_len == 1024 and run["chat_template"] == VLM2VEC_TEMPLATE
+    assert args.runner == "pooling" and args.max_model_len == 1024 and run["chat_template"] == VLM2VEC_CHAT_TEMPLATE
     llm = LLM(str(model_dir), runner="pooling", trust_remote_code=True, max_model_len=1024)
 
     image_url = image_data_uri(picture(48, 64, 0), "JPEG")  # 2560px-Gfp-wisconsin-madison-the-nature-boardwalk.jpg
@@ -759,7 +740,7 @@ def test_embedding_usages_multimodal_inputs_vlm2vec(monkeypatch, tmp_path, vllm_
         print("Image embedding output:", response.data[0].embedding)
 
     ref = Reference(model_dir, num_crops=4)  # VLM2Vec-Full's num_crops, as the tiny checkpoint's
-    text = rendered_chat(ref.tok, VLM2VEC_TEMPLATE, messages)
+    text = rendered_chat(ref.tok, VLM2VEC_CHAT_TEMPLATE, messages)
     assert text == "<|image_1|> Represent the given image."
     image = image_of(image_url)
     assert len(response.data) == 1 and len(response.data[0].embedding) == VLM2VEC_HIDDEN

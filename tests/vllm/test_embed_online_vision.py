@@ -21,6 +21,7 @@ import io
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from port_utils import VLM2VEC_CHAT_TEMPLATE
 
 from poolkit import LLM
 from poolkit.entrypoints.server import create_app
@@ -29,25 +30,6 @@ MODEL_NAME = "vlm2vec-stand-in"
 MAXIMUM_IMAGES = 2
 HIDDEN = 64  # the tiny decoder's width (VLM2Vec-Full: 3072)
 
-# vLLM's examples/pooling/embed/template/vlm2vec_phi3v.jinja
-CHAT_TEMPLATE = """\
-{%- if messages | length > 1 -%}
-    {{ raise_exception('Embedding models should only embed one message at a time') }}
-{%- endif -%}
-
-{% set vars = namespace(parts=[], next_image_id=1) %}
-{%- for message in messages -%}
-    {%- for content in message['content'] -%}
-        {%- if content['type'] == 'text' -%}
-            {%- set vars.parts = vars.parts + [content['text']] %}
-        {%- elif content['type'] == 'image' -%}
-            {%- set vars.parts = vars.parts + ['<|image_{i:d}|>'.format(i=vars.next_image_id)] %}
-            {%- set vars.next_image_id = vars.next_image_id + 1 %}
-        {%- endif -%}
-    {%- endfor -%}
-{%- endfor -%}
-{{ vars.parts | join(' ') }}
-"""
 
 input_text = "The best thing about vLLM is that it supports many different models"
 image_url = "https://vllm-public-assets.s3.us-west-2.amazonaws.com/multimodal_asset/cat_snow.jpg"
@@ -88,7 +70,7 @@ def server(model_dir):
         str(model_dir), runner="pooling", max_model_len=1024, max_num_seqs=5, enforce_eager=True,
         trust_remote_code=True, limit_mm_per_prompt={"image": MAXIMUM_IMAGES},
     )
-    with TestClient(create_app(llm, served_model_name=MODEL_NAME, chat_template=CHAT_TEMPLATE)) as client:
+    with TestClient(create_app(llm, served_model_name=MODEL_NAME, chat_template=VLM2VEC_CHAT_TEMPLATE)) as client:
         yield client
 
 
@@ -114,7 +96,7 @@ def get_hf_prompt_tokens(hf_processor, messages, image_uri: str | None) -> int:
     tok = hf_processor.tok
     rendered = [{**m, "content": [{"type": "text", "text": m["content"]}] if isinstance(m["content"], str) else [
         {"type": "image"} if p["type"] == "image_url" else p for p in m["content"]]} for m in messages]
-    text = tok.apply_chat_template(rendered, chat_template=CHAT_TEMPLATE, tokenize=False)
+    text = tok.apply_chat_template(rendered, chat_template=VLM2VEC_CHAT_TEMPLATE, tokenize=False)
     if image_uri is None:
         return len(tok(text, add_special_tokens=False)["input_ids"])
     image = Image.open(io.BytesIO(base64.b64decode(image_uri.split(",", 1)[1])))
