@@ -208,35 +208,19 @@ def test_console_script_refuses_several_keys_before_loading():
 
 def test_a_server_started_with_names_after_one_flag_answers_to_them(minilm_dir, tmp_path):
     """End to end: ``python -m poolkit serve MODEL --model MODEL2 --served-model-name a b``."""
-    import socket
-    import time
-
     httpx = pytest.importorskip("httpx")
     pytest.importorskip("fastapi")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = tmp_path / "server.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "poolkit", "serve", str(minilm_dir), "--model", str(minilm_dir), "--port", str(port),
-             "--served-model-name", "first", "second", "-q"],
-            stdout=out, stderr=subprocess.STDOUT,
-        )
+    from poolkit.entrypoints.bench.load import StartedServer
+    from poolkit.config.settings import EngineArgs
+
+    server = StartedServer(
+        EngineArgs(model=str(minilm_dir)), str(tmp_path / "server.log"), models=[str(minilm_dir)],
+        serve_flags=["--served-model-name", "first", "second", "-q"],  # vLLM's spelling, as given
+    )
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        assert proc.poll() is None, log.read_text()
-        models = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=10).json()["data"]
+        models = httpx.get(f"{server.url}/v1/models", timeout=10).json()["data"]
         assert [m["id"] for m in models] == ["first", "second"]
-        got = httpx.post(f"http://127.0.0.1:{port}/v1/embeddings", json={"model": "second", "input": "hi"}, timeout=60).json()
+        got = httpx.post(f"{server.url}/v1/embeddings", json={"model": "second", "input": "hi"}, timeout=60).json()
         assert got["model"] == "second" and len(got["data"][0]["embedding"]) == 384
     finally:
-        proc.terminate()
-        proc.wait(30)
+        server.stop()

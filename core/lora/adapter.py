@@ -129,9 +129,8 @@ def _number(value: object) -> bool:
 def _check_config(name: str, config: object, max_rank: int) -> None:
     if not isinstance(config, dict):
         raise InvalidRequest(f"Loading lora {name} failed: {CONFIG} holds a JSON {type(config).__name__}, not an object")
-    for key in ("lora_alpha",):
-        if key in config and not _number(config[key]):
-            raise InvalidRequest(f"Loading lora {name} failed: {CONFIG}: {key} must be a number, got {config[key]!r}")
+    if "lora_alpha" in config and not _number(config["lora_alpha"]):
+        raise InvalidRequest(f"Loading lora {name} failed: {CONFIG}: lora_alpha must be a number, got {config['lora_alpha']!r}")
     for key in ("alpha_pattern", "rank_pattern"):
         pattern = config.get(key)
         if pattern is not None and (not isinstance(pattern, dict) or not all(_number(v) for v in pattern.values())):

@@ -213,7 +213,7 @@ class Adapters:
         self._layers: dict[str, LayerAdapters | EmbeddingAdapters] = {}
         self._saved: dict[str, SavedModules] = {}
         self._lock = threading.RLock()
-        #: Signalled when a running batch part lets its slots go (:meth:`_pin`).
+        #: Signalled when a running batch part lets its slots go (:meth:`_pinned`).
         self._freed = threading.Condition(self._lock)
         #: How many running batch parts use each slot: a pinned slot is never unbound or reused.
         self._pins: collections.Counter[int] = collections.Counter()
@@ -295,8 +295,7 @@ class Adapters:
             yield slots
         finally:
             with self._freed:
-                self._pins.subtract(slots.values())
-                self._pins += collections.Counter()  # drops the counts that reached zero
+                self._pins -= collections.Counter(slots.values())  # counts that reach zero go
                 self._freed.notify_all()
 
     def _slots(self, requests: Sequence[LoRARequest], wait: bool = False) -> dict[str, int] | None:

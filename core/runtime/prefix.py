@@ -81,9 +81,9 @@ class Entry:
         return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values, self.hidden))
 
 
-def _chain(scope: Scope, ids: Sequence[int]) -> list[bytes]:
-    """The digest of each whole block of ``ids`` with everything before it (and the scope)."""
-    digest = _digest_of(scope)
+def _chain(digest: bytes, ids: Sequence[int]) -> list[bytes]:
+    """The digest of each whole block of ``ids`` with everything before it (and the scope's
+    ``digest``, :func:`_digest_of`)."""
     out = []
     for start in range(0, len(ids) - len(ids) % BLOCK, BLOCK):
         block = np.asarray(ids[start : start + BLOCK], dtype=np.int64).tobytes()
@@ -148,7 +148,7 @@ class PrefixCache:
         with self._lock:
             self.lookups += counted
             found = None
-            for k, digest in enumerate(_chain(scope, ids[:limit])):
+            for k, digest in enumerate(_chain(_digest_of(scope), ids[:limit])):
                 hit = self._blocks.get(digest)
                 if hit is None or hit[0] not in self._entries:
                     break
@@ -177,11 +177,11 @@ class PrefixCache:
             adapter = _adapter_of(scope)
             if adapter is not None:
                 self._adapters[key] = adapter
-            for k, digest in enumerate(_chain(scope, entry.ids)):
+            for k, digest in enumerate(_chain(key[0], entry.ids)):
                 self._blocks[digest] = (key, (k + 1) * BLOCK)
             if text is not None:
                 ids = np.asarray(entry.ids[: text[1]], dtype=np.int64).reshape(text[1], -1)[:, 0]
-                for k, digest in enumerate(_chain(text[0], ids)):
+                for k, digest in enumerate(_chain(_digest_of(text[0]), ids)):
                     self._blocks[digest] = (key, (k + 1) * BLOCK)
             if len(self._blocks) > 4 * max(1, self.bytes // max(1, size)) * (len(entry.ids) // BLOCK + 1):
                 self._blocks = {d: hit for d, hit in self._blocks.items() if hit[0] in self._entries}

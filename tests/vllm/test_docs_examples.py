@@ -693,6 +693,21 @@ def rendered_chat(tokenizer, template: str, messages: list) -> str:
     return tokenizer.apply_chat_template(parts, chat_template=template, tokenize=False, add_generation_prompt=False)
 
 
+def served_with_chat_template(monkeypatch, path, template: str, model_dir, max_model_len: int):
+    """The page's ``vllm serve MODEL --runner pooling --trust-remote-code --max-model-len N
+    --chat-template PATH`` as ``poolkit serve`` parses it (the template file written first, its
+    settings asserted), and the model loaded with those settings: ``(llm, the serve call's run)``."""
+    from poolkit import LLM
+
+    path.write_text(template)
+    args, run = poolkit_serve(
+        monkeypatch, str(model_dir), "--runner", "pooling", "--trust-remote-code", "--max-model-len", str(max_model_len),
+        "--chat-template", str(path),
+    )
+    assert args.runner == "pooling" and args.max_model_len == max_model_len and run["chat_template"] == template
+    return LLM(str(model_dir), runner="pooling", trust_remote_code=True, max_model_len=max_model_len), run
+
+
 def test_embedding_usages_multimodal_inputs_vlm2vec(monkeypatch, tmp_path, vllm_models_root):
     # vllm-embedding-usages.md, "Multi-modal inputs": vllm serve TIGER-Lab/VLM2Vec-Full --runner
     # pooling --trust-remote-code --max-model-len 4096 --chat-template .../vlm2vec_phi3v.jinja, then
@@ -708,16 +723,9 @@ def test_embedding_usages_multimodal_inputs_vlm2vec(monkeypatch, tmp_path, vllm_
     from tiny_phi3v import HIDDEN as VLM2VEC_HIDDEN
     from tiny_phi3v import build_phi3v
 
-    from poolkit import LLM
 
     model_dir = build_phi3v(vllm_models_root / "vlm2vec-full-docs")
-    template = tmp_path / "vlm2vec_phi3v.jinja"
-    template.write_text(VLM2VEC_CHAT_TEMPLATE)
-    args, run = poolkit_serve(
-        monkeypatch, str(model_dir), "--runner", "pooling", "--trust-remote-code", "--max-model-len", "1024", "--chat-template", str(template)
-    )
-    assert args.runner == "pooling" and args.max_model_len == 1024 and run["chat_template"] == VLM2VEC_CHAT_TEMPLATE
-    llm = LLM(str(model_dir), runner="pooling", trust_remote_code=True, max_model_len=1024)
+    llm, run = served_with_chat_template(monkeypatch, tmp_path / "vlm2vec_phi3v.jinja", VLM2VEC_CHAT_TEMPLATE, model_dir, 1024)
 
     image_url = image_data_uri(picture(48, 64, 0), "JPEG")  # 2560px-Gfp-wisconsin-madison-the-nature-boardwalk.jpg
     messages = [
@@ -765,16 +773,9 @@ def test_embedding_usages_multimodal_inputs_dse_qwen2(monkeypatch, tmp_path, vll
     from test_qwen_vl import reference
     from tiny_models import build_qwen2_vl, picture
 
-    from poolkit import LLM
 
     model_dir = build_qwen2_vl(vllm_models_root / "dse-qwen2-docs")
-    template = tmp_path / "dse_qwen2_vl.jinja"
-    template.write_text(DSE_QWEN2_VL_TEMPLATE)
-    args, run = poolkit_serve(
-        monkeypatch, str(model_dir), "--runner", "pooling", "--trust-remote-code", "--max-model-len", "512", "--chat-template", str(template)
-    )
-    assert args.runner == "pooling" and args.max_model_len == 512 and run["chat_template"] == DSE_QWEN2_VL_TEMPLATE
-    llm = LLM(str(model_dir), runner="pooling", trust_remote_code=True, max_model_len=512)
+    llm, run = served_with_chat_template(monkeypatch, tmp_path / "dse_qwen2_vl.jinja", DSE_QWEN2_VL_TEMPLATE, model_dir, 512)
 
     image_url = image_data_uri(picture(40, 56, 1), "JPEG")  # Qwen-VL/assets/demo.jpeg
     placeholder = image_data_uri(Image.new("RGB", (56, 56)))  # the example's minimum-size placeholder
