@@ -24,23 +24,13 @@ from poolkit.loading.weights import base_model_name, legacy_norm_name, load_into
 from poolkit.plugins.lookup import kernel_for
 from poolkit.plugins.manager import registry
 
-from .layers import (
-    FusedLinear,
-    PooledClassifier,
-    TokenClassifier,
-    activated_linear,
-    activation_function,
-    add_token_types,
-    attention_head_dim,
-    bert_layout_checks,
-    check_positions,
-    fp32_layer_norm,
-    fuse_projections,
-    fused_activation,
-    linear,
-    post_norm,
-)
-from .quantize import Quantizable
+from .blocks.attention import MultiHeadAttention
+from .blocks.checks import bert_layout_checks
+from .blocks.embeddings import add_token_types, check_positions
+from .blocks.heads import PooledClassifier, TokenClassifier
+from .blocks.norms import fp32_layer_norm, post_norm
+from .blocks.quantize import Quantizable
+from .blocks.linear import FusedLinear, activated_linear, activation_function, fuse_projections, fused_activation, linear
 
 #: Checkpoint tensors the encoder does not use: the classifiers and LM heads of transformers' task models, position/type id buffers.
 _UNUSED = re.compile(r"^(pooler|cls|classifier|lm_head|qa_outputs)\.|^embeddings\.(position_ids|token_type_ids)$")
@@ -83,14 +73,12 @@ class BertResidualOutput(nn.Module):
         return post_norm(self, linear(x, self.dense, linear_act), residual, self.LayerNorm)
 
 
-class BertAttention(nn.Module):
+class BertAttention(MultiHeadAttention):
     """Bidirectional self-attention within each sequence, with fused q/k/v projections."""
 
     def __init__(self, config: Any) -> None:
-        super().__init__()
         hidden = config.hidden_size
-        self.num_heads = config.num_attention_heads
-        self.head_dim = attention_head_dim(hidden, self.num_heads)
+        super().__init__(hidden, config.num_attention_heads)
         self.qkv = FusedLinear(hidden, {f"self.{part}": hidden for part in _QKV_PARTS})
         self.output = BertResidualOutput(hidden, hidden, config.layer_norm_eps)
 
@@ -393,10 +381,6 @@ class BertForMaskedLM(BertModel):
     def __init__(self, config: Any) -> None:
         super().__init__(config)
         self.cls: BertOnlyMLMHead | None = BertOnlyMLMHead(config)
-
-    @property
-    def has_mlm_head(self) -> bool:
-        return self.cls is not None
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         aside: dict[str, torch.Tensor] = {}

@@ -8,7 +8,7 @@ out as one projected CLS row per image, which any sequence pooler picks. Both ar
 embedding space, so text and image embeddings compare by cosine.
 
 The towers' layers, and the path from prompts to them, are those CLIP shares with SigLIP
-(:mod:`poolkit.builtin_models.dual_encoder`). The modules keep Hugging Face's parameter names
+(:mod:`poolkit.builtin_models.blocks.dual_encoder`). The modules keep Hugging Face's parameter names
 (``text_model.*``, ``vision_model.*``, ``text_projection``, ``visual_projection``), except that
 each layer's q/k/v projections are fused into one ``self_attn.qkv`` matrix at load time.
 """
@@ -24,7 +24,7 @@ from poolkit.contracts.batch import PackedBatch
 from poolkit.contracts.config_checks import ConfigChecks
 from poolkit.contracts.hookspecs import hookimpl
 
-from .dual_encoder import (
+from .blocks.dual_encoder import (
     TEXT,
     VISION,
     DualEncoder,
@@ -34,7 +34,8 @@ from .dual_encoder import (
     dense_attention,
     tower_checks,
 )
-from .layers import fp32_layer_norm, linear
+from .blocks.norms import fp32_layer_norm
+from .blocks.linear import linear
 
 
 class CLIPVisionTransformer(nn.Module):

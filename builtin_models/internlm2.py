@@ -37,7 +37,8 @@ from poolkit.contracts.errors import InvalidRequest, ModelLoadError
 from poolkit.contracts.hookspecs import hookimpl
 from poolkit.loading.weights import base_model_name
 
-from .decoders import DecoderModel, LlamaModel
+from .decoders.llama import LlamaModel
+from .decoders.model import DecoderModel
 
 #: Checkpoint tensors the reward model does not use: a causal LM's ``output`` head, rotary caches.
 _UNUSED = re.compile(r"^output\.|\.rotary_emb\.")
@@ -115,11 +116,7 @@ class InternLM2ForRewardModel(LlamaModel):
             "v_head.weight": (1, "hidden_size"),
         },
     )
-
-    @classmethod
-    def attention_biases(cls, config: Any) -> tuple[bool, bool]:
-        bias = bool(getattr(config, "bias", True))
-        return bias, bias
+    attention_bias_field: ClassVar[tuple[str, bool]] = ("bias", True)
 
     @classmethod
     def mlp_bias(cls, config: Any) -> bool:

@@ -36,9 +36,12 @@ from poolkit.contracts.config_checks import ConfigChecks
 from poolkit.contracts.errors import ModelLoadError
 from poolkit.contracts.hookspecs import hookimpl
 
+from .blocks.attention import attention_head_dim
+from .blocks.checks import encoder_checks
+from .blocks.norms import post_norm
+from .blocks.rotary import RotarySpec
 from .colbert import _ColBERT
-from .layers import RotarySpec, attention_head_dim, encoder_checks, post_norm
-from .rotary_encoders import Layout, RotaryEmbeddings, RotaryEncoder, RotaryEncoderSpec
+from .rotary_encoders.encoder import Layout, RotaryEmbeddings, RotaryEncoder, RotaryEncoderSpec
 
 JINA_LAYOUT = Layout(
     prefix="roberta.",

@@ -24,20 +24,12 @@ from poolkit.contracts.hookspecs import hookimpl
 from poolkit.loading.weights import base_model_name, load_into
 from poolkit.plugins.lookup import kernel_for
 
-from .layers import (
-    GLOBAL,
-    SLIDING,
-    Rotary,
-    activation_function,
-    attention_head_dim,
-    encoder_checks,
-    fused_activation,
-    gated_linear,
-    linear as linear_layer,
-    rotary_cos_sin,
-    rotary_inv_freq,
-)
-from .quantize import Quantizable
+from .blocks.attention import GLOBAL, SLIDING, MultiHeadAttention
+from .blocks.checks import encoder_checks
+from .blocks.mlp import GatedMLP
+from .blocks.quantize import Quantizable
+from .blocks.rotary import Rotary, rotary_cos_sin, rotary_inv_freq
+from .blocks.linear import activation_function, linear as linear_layer
 
 #: Checkpoint tensors the encoder does not use: the classifiers and prediction heads (``head.``) of ModernBERT task models.
 _UNUSED = re.compile(r"^(head|decoder|classifier|qa_outputs)\.")
@@ -101,14 +93,12 @@ class ModernBertEmbeddings(nn.Module):
         return _layer_norm(F.embedding(batch.input_ids, self.tok_embeddings.weight), self.norm)
 
 
-class ModernBertAttention(nn.Module):
+class ModernBertAttention(MultiHeadAttention):
     """Self-attention within each sequence (or a window of it), with rotary queries and keys."""
 
     def __init__(self, config: Any, window: int | None) -> None:
-        super().__init__()
         hidden = config.hidden_size
-        self.num_heads = config.num_attention_heads
-        self.head_dim = attention_head_dim(hidden, self.num_heads)
+        super().__init__(hidden, config.num_attention_heads)
         self.window = window
         self.Wqkv = nn.Linear(hidden, 3 * hidden, bias=config.attention_bias)
         self.Wo = nn.Linear(hidden, hidden, bias=config.attention_bias)
@@ -127,20 +117,15 @@ class ModernBertAttention(nn.Module):
         return linear_layer(context.reshape(x.shape), self.Wo, linear)
 
 
-class ModernBertMLP(nn.Module):
-    """The GeGLU feed-forward block: ``Wo(act(input) * gate)`` with ``Wi`` giving both halves."""
+class ModernBertMLP(GatedMLP):
+    """The GeGLU feed-forward block: ``Wo(act(input) * gate)`` with ``Wi`` giving both halves
+    (its first half is activated, "input"; its second is the gate it is multiplied by)."""
 
     def __init__(self, config: Any) -> None:
-        super().__init__()
-        self.Wi = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=config.mlp_bias)
-        self.Wo = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
-        self.act = activation_function(config.hidden_activation)
-        self.fused_act = fused_activation(config.hidden_activation)
-
-    def forward(self, x: torch.Tensor, linear: Callable) -> torch.Tensor:
-        # Wi's first half is activated ("input"), its second is the gate it is multiplied by.
-        h = gated_linear(x, self.Wi, (kernel_for(self, "gated_linear", x.device), linear), self.fused_act, self.act)
-        return linear_layer(h, self.Wo, linear)
+        super().__init__(
+            config.hidden_size, config.intermediate_size, config.hidden_activation, ("Wi", "Wo"),
+            (config.mlp_bias, config.mlp_bias), gate_first=True,
+        )
 
 
 class ModernBertLayer(nn.Module):

@@ -30,15 +30,12 @@ from poolkit.contracts.hookspecs import hookimpl
 from poolkit.plugins.lookup import kernel_for
 
 from .bert import BertLayer, BertLayoutModel, RobertaHeadClassifier
-from .layers import (
-    FusedLinear,
-    TokenClassifier,
-    attention_head_dim,
-    bert_layout_checks,
-    check_positions,
-    linear,
-    post_norm,
-)
+from .blocks.attention import MultiHeadAttention
+from .blocks.checks import bert_layout_checks
+from .blocks.embeddings import check_positions
+from .blocks.heads import TokenClassifier
+from .blocks.norms import post_norm
+from .blocks.linear import FusedLinear, linear
 
 #: Checkpoint tensors the encoder does not use: the classifiers and LM heads of transformers' task models, the position id buffer.
 _UNUSED = re.compile(r"^(pooler|lm_head|classifier|qa_outputs)\.|^embeddings\.position_ids$")
@@ -97,7 +94,7 @@ class MPNetSelfAttention(nn.Module):
         self.o = nn.Linear(hidden, hidden)
 
 
-class MPNetAttention(nn.Module):
+class MPNetAttention(MultiHeadAttention):
     """Self-attention within each sequence, then the residual add and LayerNorm.
 
     ``attention`` is the packed attention kernel with the model's position bias already bound
@@ -105,9 +102,7 @@ class MPNetAttention(nn.Module):
     """
 
     def __init__(self, config: Any) -> None:
-        super().__init__()
-        self.num_heads = config.num_attention_heads
-        self.head_dim = attention_head_dim(config.hidden_size, self.num_heads)
+        super().__init__(config.hidden_size, config.num_attention_heads)
         self.attn = MPNetSelfAttention(config)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 

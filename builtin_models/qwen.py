@@ -25,14 +25,16 @@ from poolkit.contracts.config_checks import ConfigChecks
 from poolkit.contracts.errors import ModelLoadError
 from poolkit.contracts.hookspecs import hookimpl
 
-from .decoder_classifiers import (
+from .blocks.attention import GLOBAL, SLIDING
+from .blocks.checks import extend_checks
+from .decoders.heads import (
     FROM_2_WAY_SOFTMAX,
     DecoderLMHead,
     ScoreClassifier,
     TokenScoreClassifier,
     check_classifier_tokens,
 )
-from .decoders import GLOBAL, SLIDING, DecoderModel, check_layer_types, extend_checks
+from .decoders.model import DecoderModel, check_layer_types
 
 _ORIGINAL_QWEN3_RERANKER_TOKENS = ["no", "yes"]
 #: The token id of ``<extra_0>``, the step tag of Qwen2.5-Math-PRM (vLLM's default ``step_tag_id``).

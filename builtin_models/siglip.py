@@ -1,7 +1,7 @@
 """SigLIP (``SiglipModel``: google/siglip-*, and siglip2-* checkpoints of that architecture)
 running on packed batches.
 
-SigLIP is a CLIP-style dual encoder (:mod:`poolkit.builtin_models.dual_encoder`) that differs in
+SigLIP is a CLIP-style dual encoder (:mod:`poolkit.builtin_models.blocks.dual_encoder`) that differs in
 what matters for pooling:
 
 - the text tower is **bidirectional**, and transformers' ``get_text_features`` pools the **last
@@ -34,8 +34,10 @@ from poolkit.contracts.batch import PackedBatch
 from poolkit.contracts.config_checks import ConfigChecks, config_value, source
 from poolkit.contracts.errors import ModelLoadError
 from poolkit.contracts.hookspecs import hookimpl
+from poolkit.loading.spm_tokenizer import read_model, unigram_tokenizer
 
-from .dual_encoder import (
+from .blocks.attention import attention_head_dim
+from .blocks.dual_encoder import (
     TEXT,
     VISION,
     DualEncoder,
@@ -46,8 +48,8 @@ from .dual_encoder import (
     dense_attention,
     tower_checks,
 )
-from .layers import attention_head_dim, fp32_layer_norm, linear
-from .spm_tokenizer import read_model, unigram_tokenizer
+from .blocks.norms import fp32_layer_norm
+from .blocks.linear import linear
 
 
 def _projection_size(text_config: Any) -> int:

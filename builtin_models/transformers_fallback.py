@@ -33,7 +33,7 @@ from poolkit.contracts.errors import InvalidRequest, ModelLoadError
 from poolkit.contracts.hookspecs import hookimpl
 from poolkit.loading.weights import warn_unused
 
-from .layers import CausalLMHead
+from .blocks.heads import CausalLMHead
 
 logger = logging.getLogger(__name__)
 

@@ -18,13 +18,10 @@ from typing import Any
 
 import torch
 
-from poolkit.contracts.errors import InvalidRequest
 from poolkit.contracts.hookspecs import hookimpl
-from poolkit.contracts.io import Prompt
 from poolkit.contracts.params import PoolingParams
-from poolkit.contracts.scoring import CROSS_ENCODER_KEYS, Scorer, template_kwargs
+from poolkit.contracts.scoring import Scorer, template_kwargs
 from poolkit.plugins.lookup import select_kernel
-from poolkit.plugins.manager import registry
 
 
 class CrossEncoderScorer(Scorer):
@@ -47,65 +44,12 @@ class CrossEncoderScorer(Scorer):
         )
 
     def score(self, runner, first, second, pooling_params, *, use_tqdm, tokenization_kwargs, chat_template, instruction):
-        kwargs = template_kwargs(pooling_params)
-        prompts = self._pair_prompts(runner.model, first, second, chat_template, instruction, kwargs)
+        prompts = runner.pair_prompts(first, second, chat_template, instruction, template_kwargs(pooling_params))
         task = runner.task("classify")
         params = runner.check_params(pooling_params, len(prompts), task.name, tokenization_kwargs)
         params = self._default_truncation(runner.model, params)
         results = runner.run(task, prompts, params, use_tqdm=use_tqdm)
         return [(float(data.reshape(-1)[0]), ids, bool(cut)) for (data, ids), cut in zip(results, results.truncated)]
-
-    @staticmethod
-    def _pair_prompts(
-        model: Any,
-        first: list[str],
-        second: list[str],
-        chat_template: str | None,
-        instruction: str | None,
-        kwargs: dict[str, Any] | None = None,
-    ) -> list[Prompt]:
-        """Prompts of (query, document) pairs: through the given score template, a CrossEncoder
-        export's own chat template, the model's score template, or as tokenizer pairs.
-
-        ``kwargs`` are the request's ``chat_template_kwargs``: variables of the template, and the
-        CrossEncoder keys (``prompt``, ``prompt_name``, ``restore_suffix``) where a pair gets the
-        model's sentence-transformers prompt.
-        """
-        processors = registry("io_processor")
-        kwargs = dict(kwargs or {})
-        chosen = {key: kwargs.pop(key) for key in CROSS_ENCODER_KEYS if key in kwargs}
-        restore = chosen.pop("restore_suffix", None)
-        asks_prompt = any(v is not None for v in chosen.values())
-        name = getattr(model.hf_config, "score_template", None)
-        if chat_template is not None or (name and not (model.st is not None and model.st.renders_pairs)):
-            if asks_prompt:
-                raise InvalidRequest(
-                    "chat_template_kwargs prompt and prompt_name choose a sentence-transformers CrossEncoder's "
-                    "prompt; a score template takes instruction"
-                )
-            instruction = instruction if instruction is not None else kwargs.pop("instruction", None)
-            data = (first, second, instruction, kwargs)
-            if chat_template is not None:
-                return list(processors.get("score_template").with_template(chat_template).pre_process(data))
-            return list(processors.get(name).pre_process(data))
-        if asks_prompt and instruction is not None:
-            raise InvalidRequest("send either instruction or chat_template_kwargs prompt / prompt_name, not both")
-        prompt = instruction if instruction is not None else _request_prompt(model, chosen)
-        if model.st is not None and model.st.renders_pairs:
-            data = {"queries": first, "documents": second, "model": model, "prompt": prompt,
-                    "template_kwargs": kwargs, "restore_suffix": restore}
-            return list(processors.get("chat_template_pair").pre_process(data))
-        if instruction is not None:
-            raise InvalidRequest("instruction needs a score template (chat_template=...)")
-        if kwargs:
-            raise InvalidRequest(
-                f"chat_template_kwargs {', '.join(sorted(kwargs))} need a chat template: model '{model.name}' "
-                "scores plain text pairs (pass chat_template=...)"
-            )
-        prompts = list(processors.get("text_pair").pre_process((first, second)))
-        for p in prompts:
-            p.prompt_prefix = prompt  # sentence-transformers puts a pair's prompt before its query
-        return prompts
 
     @staticmethod
     def _default_truncation(model: Any, params: list[PoolingParams]) -> list[PoolingParams]:
@@ -124,24 +68,6 @@ class CrossEncoderScorer(Scorer):
             else p.model_copy(update={"truncate_prompt_tokens": limit})
             for p in params
         ]
-
-
-def _request_prompt(model: Any, chosen: dict[str, Any]) -> str | None:
-    """A pair's sentence-transformers prompt: the request's ``prompt`` (``""``: none), else its
-    ``prompt_name`` among the model's saved prompts, else the saved default, as
-    sentence-transformers resolves them."""
-    if chosen.get("prompt") is not None:
-        return chosen["prompt"]
-    name = chosen.get("prompt_name")
-    if name is None:
-        name = model.default_prompt_name
-        return model.prompts.get(name) if name else None
-    if name not in model.prompts:
-        known = ", ".join(sorted(model.prompts)) or "none"
-        raise InvalidRequest(
-            f"Unknown saved CrossEncoder prompt '{name}' (chat_template_kwargs prompt_name); the model's prompts: {known}"
-        )
-    return model.prompts[name]
 
 
 def _separator(model: Any) -> list[int]:
@@ -191,17 +117,15 @@ class LateInteractionScorer(Scorer):
         return model.st is not None and model.st.late_interaction and "token_embed" in model.supported_tasks()
 
     def score(self, runner, first, second, pooling_params, *, use_tqdm, tokenization_kwargs, chat_template, instruction):
-        if getattr(runner.model.architecture, "media_processor", None) is not None:
+        if runner.model.architecture.media_processor is not None:
             return self._score_media(runner, first, second, pooling_params, use_tqdm, tokenization_kwargs)
-        colbert = registry("io_processor").get("colbert")
         queries = list(dict.fromkeys(first))
         docs = list(dict.fromkeys(second))
-        prompts = list(colbert.pre_process({"texts": queries, "kind": "query", "model": runner.model}))
-        prompts += colbert.pre_process({"texts": docs, "kind": "document", "model": runner.model})
+        prompts = runner.role_prompts(queries, "query") + runner.role_prompts(docs, "document")
         task = runner.task("token_embed")
         params = runner.check_params(pooling_params, len(prompts), task.name, None)
         results = runner.run(task, prompts, params, use_tqdm=use_tqdm)
-        q_skip, d_skip = (colbert.skipped(runner.model, kind) for kind in ("query", "document"))
+        q_skip, d_skip = (runner.skiplist(kind) for kind in ("query", "document"))
         q_vectors = {q: (_scored(row, q_skip), row[1]) for q, row in zip(queries, results[: len(queries)])}
         d_vectors = {d: (_scored(row, d_skip), row[1]) for d, row in zip(docs, results[len(queries) :])}
         cut = dict(zip([("q", q) for q in queries] + [("d", d) for d in docs], results.truncated.tolist()))

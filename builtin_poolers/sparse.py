@@ -16,12 +16,14 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from poolkit.contracts.architecture import LoadedModel
 from poolkit.contracts.batch import PackedBatch
 from poolkit.contracts.errors import ModelLoadError
 from poolkit.contracts.hookspecs import hookimpl
 from poolkit.contracts.params import PoolingParams, Setting
 from poolkit.contracts.sparse import SparseEmbedding, check_pruning
-from poolkit.contracts.tasks import Head, Task
+from poolkit.contracts.pooling import Head
+from poolkit.contracts.tasks import Task
 from poolkit.plugins.lookup import kernel_for
 from poolkit.plugins.manager import registry
 
@@ -127,17 +129,17 @@ class SparseEmbedTask(Task):
     def check_options(self, options: dict[str, Any]) -> None:
         check_pruning(options.get("top_k"), options.get("threshold"))
 
-    def render(self, data: torch.Tensor, model: Any, options: dict[str, Any]) -> dict[str, Any]:
+    def render(self, data: torch.Tensor, model: LoadedModel, options: dict[str, Any]) -> dict[str, Any]:
         """``{indices, values}`` strongest first, ``tokens`` too when ``return_tokens``."""
         tokenizer = model.tokenizer if options.get("return_tokens") else None
         top_k, threshold = options.get("top_k"), options.get("threshold")
         return SparseEmbedding.from_dense(data, top_k=top_k, threshold=threshold, tokenizer=tokenizer).to_dict()
 
-    def record(self, data: torch.Tensor, model: Any, options: dict[str, Any]) -> dict[str, Any]:
+    def record(self, data: torch.Tensor, model: LoadedModel, options: dict[str, Any]) -> dict[str, Any]:
         """Records (CLI, corpus jobs) carry the tokens unless ``return_tokens`` is false."""
         return self.render(data, model, {"return_tokens": True, **{k: v for k, v in options.items() if v is not None}})
 
-    def build(self, model) -> Head | None:
+    def build(self, model: LoadedModel) -> Head | None:
         mlm_logits = model.architecture.lm_head()
         if mlm_logits is None:
             return None
@@ -150,7 +152,7 @@ class SparseEmbedTask(Task):
             use_activation=settings["use_activation"].value,
         )
 
-    def settings(self, model) -> dict[str, Setting]:
+    def settings(self, model: LoadedModel) -> dict[str, Setting]:
         """The SPLADE reduction and activation (the sentence-transformers ``SpladePooling``'s, else
         max and ``relu``); the task pools with no registered pooler."""
         splade = model.st.splade if model.st is not None and model.st.splade is not None else {}
@@ -166,7 +168,7 @@ class SparseEmbedTask(Task):
             "use_activation": model.use_activation(from_st_normalize=False),
         }
 
-    def check_model(self, model) -> None:
+    def check_model(self, model: LoadedModel) -> None:
         """Refuse a sentence-transformers ``SparseEncoder`` whose architecture does not make ``embed``
         the SPLADE vector: its embeddings would be wrong.
 

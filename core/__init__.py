@@ -129,6 +129,12 @@ MOVED = {
     "poolkit.cli": "poolkit.entrypoints.cli",
     "poolkit.bench": "poolkit.entrypoints.bench",
     "poolkit.integrations": "poolkit.entrypoints.integrations",
+    "poolkit.lora.adapter": "poolkit.lora.checkpoint",
+    # the int8 mixin third-party architectures use (docs/plugins.md), among the shared model blocks now
+    "poolkit.builtin_models.quantize": "poolkit.builtin_models.blocks.quantize",
+    # the linear layers third-party architectures run through (docs/plugins.md), and the VLM blocks
+    "poolkit.builtin_models.layers": "poolkit.builtin_models.blocks.linear",
+    "poolkit.builtin_models.vision_language": "poolkit.builtin_models.blocks.vision_language",
 }
 
 #: The names a module of :data:`MOVED` held that live in another module now (``poolkit.model`` was
@@ -148,6 +154,11 @@ MOVED_NAMES = {
         "ModelConfig": ("poolkit.api.model_config", "ModelConfig"),
     },
     "poolkit.conversion": {"has_heads": ("poolkit.config.conversion", "has_classifier")},
+    # the reader of a LoRA adapter's PEFT checkpoint, named for what it reads
+    "poolkit.lora.adapter": {
+        "Adapter": ("poolkit.lora.checkpoint", "PeftCheckpoint"),
+        "read_adapter": ("poolkit.lora.checkpoint", "read_checkpoint"),
+    },
     # the request models moved beside their routes; poolkit.entrypoints.protocol answers them too
     "poolkit.protocol": {
         **{name: ("poolkit.entrypoints.server.routes_openai", name) for name in ("EmbeddingRequest",)},

@@ -6,6 +6,8 @@ named by request data. Decoding is guarded: only common raster formats are opene
 count, the sides and the aspect ratio are checked from the header before anything is decoded, and
 bytes and data URIs have a size cap. Pre-processing is the model's own (``preprocessor_config.json``, read with transformers'
 ``AutoImageProcessor``), so the pixels are exactly what transformers would feed the model.
+The same guarded decoding is the built-in vision-language families' (:class:`MediaProcessor`, the
+core's media processor decoding here).
 
 Needs Pillow: ``pip install 'poolkit[vision]'``.
 """
@@ -20,9 +22,10 @@ import json
 import re
 import threading
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from poolkit.config.environment import env_number
+from poolkit.contracts import media
 from poolkit.contracts.errors import InvalidRequest
 from poolkit.contracts.hookspecs import hookimpl
 from poolkit.contracts.io import IOProcessor, Prompt
@@ -92,9 +95,7 @@ class ImageProcessor(IOProcessor):
         self._lock = threading.Lock()
 
     def parse_data(self, data: Any) -> dict[str, Any]:
-        if not (isinstance(data, dict) and "prompts" in data and "model" in data):
-            raise InvalidRequest("the image IO processor takes {'prompts': [...], 'model': PoolingModel}")
-        return data
+        return media.media_data(data, "the image IO processor")
 
     def pre_process(self, data: Any, request_id: str | None = None) -> Sequence[Prompt]:
         data = self.parse_data(data)
@@ -114,14 +115,11 @@ class ImageProcessor(IOProcessor):
                 out.append(prompt)
                 continue
             given = prompt.extras["image"]
-            image = self.load_image(i, given, max_pixels, max_bytes, allow_files)
-            try:
-                pixels = processor(images=[image], return_tensors="pt")["pixel_values"][0]
-            except Exception as exc:  # the model's own pre-processing refused this image
-                raise InvalidRequest(f"prompt {i}: cannot pre-process the image: {_first_line(exc)}") from None
-            finally:
-                if image is not given:  # opened here: release its file (an animation keeps it open)
-                    image.close()
+            with media.opened(given, self.load_image(i, given, max_pixels, max_bytes, allow_files)) as image:
+                try:
+                    pixels = processor(images=[image], return_tensors="pt")["pixel_values"][0]
+                except Exception as exc:  # the model's own pre-processing refused this image
+                    raise InvalidRequest(f"prompt {i}: cannot pre-process the image: {_first_line(exc)}") from None
             extras = {k: v for k, v in prompt.extras.items() if k != "image"}
             extras["pixel_values"] = pixels.float()
             out.append(dataclasses.replace(prompt, extras=extras))
@@ -149,7 +147,7 @@ class ImageProcessor(IOProcessor):
 
     def _image_processor(self, model: Any) -> Any:
         """The model's transformers image processor, loaded once per model directory."""
-        modalities = getattr(model.architecture, "input_modalities", ("text",))
+        modalities = model.architecture.input_modalities
         path = Path(model.path)
         if "image" not in modalities or not (path / PREPROCESSOR_CONFIG).is_file():
             why = "its architecture reads text only" if "image" not in modalities else f"it has no {PREPROCESSOR_CONFIG}"
@@ -333,47 +331,17 @@ def media_per_prompt(model: Any, kind: str) -> int:
     return _limit("POOLKIT_MAX_IMAGES_PER_PROMPT", MAX_MEDIA_PER_PROMPT)
 
 
-class MediaProcessor(IOProcessor):
-    """What every vision-language model's media IO processor (:attr:`poolkit.Architecture.media_processor`)
-    shares: the image IO processor's data (``{"prompts", "model", "allow_local_files"}``), its
-    decoding limits, and the model's pre-processing settings read once per model directory."""
+class MediaProcessor(media.MediaProcessor):
+    """The built-in vision-language families' media processor (:attr:`poolkit.Architecture.media_processor`):
+    the core's (:class:`poolkit.contracts.media.MediaProcessor`, which runs the steps every family
+    shares), decoding images under this module's guards and limits (:func:`decode_limits`) and
+    taking as many items per prompt as :func:`media_per_prompt` allows."""
 
-    def __init__(self) -> None:
-        self._settings: dict[tuple[str, Any], Any] = {}
-        self._lock = threading.Lock()
+    def load_image(self, index: int, value: Any, model: Any, allow_files: bool) -> Any:
+        return ImageProcessor.load_image(index, value, *decode_limits(model), allow_files)
 
-    def parse_data(self, data: Any) -> dict[str, Any]:
-        return ImageProcessor().parse_data(data)
-
-    def image_prompts(self, data: Any, make: Callable[[int, Prompt, list[Any], Any, bool], Prompt]) -> list[Prompt]:
-        """``pre_process`` of a family that reads images and no videos: text-only prompts as they
-        are; each prompt with images is ``make(index, prompt, images, model, allow_files)``, once
-        videos and more images than the per-prompt limit (:func:`media_per_prompt`) are refused."""
-        data = self.parse_data(data)
-        model = data["model"]
-        allow_files = bool(data.get("allow_local_files", True))
-        per_prompt = media_per_prompt(model, "image")
-        out = []
-        for i, prompt in enumerate(data["prompts"]):
-            if "image" not in prompt.extras and "video" not in prompt.extras:
-                out.append(prompt)
-                continue
-            if "video" in prompt.extras:
-                raise InvalidRequest(f"prompt {i}: model '{model.name}' takes no videos; pass images")
-            images = prompt.extras["image"]
-            images = list(images) if isinstance(images, (list, tuple)) else [images]
-            if len(images) > per_prompt:
-                raise InvalidRequest(f"prompt {i}: {len(images)} images, more than the limit of {per_prompt} per prompt")
-            out.append(make(i, prompt, images, model, allow_files))
-        return out
-
-    def cached(self, model: Any, key: Any, read: Callable[[], Any]) -> Any:
-        """``read()``'s result for this model's directory and ``key``, read on the first call only."""
-        full = (str(Path(model.path).resolve()), key)
-        with self._lock:
-            if full not in self._settings:
-                self._settings[full] = read()
-            return self._settings[full]
+    def limit(self, model: Any, kind: str) -> int:
+        return media_per_prompt(model, kind)
 
 
 def _data_uri(where: str, uri: str, max_bytes: int, video: bool = False) -> bytes:

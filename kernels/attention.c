@@ -648,33 +648,25 @@ static int attend(int mode, const void *q, int64_t q_stride, const void *k, int6
     (void)max_len; (void)heads; (void)kv_heads; (void)d; (void)scale; (void)causal; (void)window; (void)softcap;   \
     (void)workers
 
-int poolkit_varlen_attention(ATTENTION_ARGS) {
+/* An entry point's body where this build has the instruction set its kernel needs, else its
+ * arguments unused (`unused`) and 2: the function exists in every build, its kernel in some. */
 #ifdef POOLKIT_AMX
-    ATTENTION_SPLIT(AMX_BF16, &NO_PREFIXES);
+#define WITH_AMX(body, unused) body
 #else
-    ATTENTION_UNUSED;
-    return 2;
+#define WITH_AMX(body, unused) unused; return 2
 #endif
-}
-
-int poolkit_varlen_attention_avx512(ATTENTION_ARGS) {
 #ifdef POOLKIT_AVX512BF16
-    ATTENTION_SPLIT(AVX512_BF16, &NO_PREFIXES);
+#define WITH_AVX512(body, unused) body
 #else
-    ATTENTION_UNUSED;
-    return 2;
+#define WITH_AVX512(body, unused) unused; return 2
 #endif
-}
+
+int poolkit_varlen_attention(ATTENTION_ARGS) { WITH_AMX(ATTENTION_SPLIT(AMX_BF16, &NO_PREFIXES), ATTENTION_UNUSED); }
+
+int poolkit_varlen_attention_avx512(ATTENTION_ARGS) { WITH_AVX512(ATTENTION_SPLIT(AVX512_BF16, &NO_PREFIXES), ATTENTION_UNUSED); }
 
 /* The same in float32 (q, k, v, out float32; FMA products, float32 probabilities). */
-int poolkit_varlen_attention_f32(ATTENTION_ARGS) {
-#ifdef POOLKIT_AVX512BF16
-    ATTENTION_SPLIT(AVX512_F32, &NO_PREFIXES);
-#else
-    ATTENTION_UNUSED;
-    return 2;
-#endif
-}
+int poolkit_varlen_attention_f32(ATTENTION_ARGS) { WITH_AVX512(ATTENTION_SPLIT(AVX512_F32, &NO_PREFIXES), ATTENTION_UNUSED); }
 
 /* prefix_attention (attention.py's contract): causal attention of sequences that continue prefixes
  * whose keys and values are computed already; sequence s's first starts[s] positions are rows
@@ -696,20 +688,6 @@ int poolkit_varlen_attention_f32(ATTENTION_ARGS) {
     (void)max_len; (void)heads; (void)kv_heads; (void)d; (void)scale; (void)pk; (void)pk_stride; (void)pv;          \
     (void)pv_stride; (void)starts; (void)offsets; (void)workers
 
-int poolkit_prefix_attention_avx512(PREFIX_ARGS) {
-#ifdef POOLKIT_AVX512BF16
-    PREFIX_SPLIT(AVX512_BF16);
-#else
-    PREFIX_UNUSED;
-    return 2;
-#endif
-}
+int poolkit_prefix_attention_avx512(PREFIX_ARGS) { WITH_AVX512(PREFIX_SPLIT(AVX512_BF16), PREFIX_UNUSED); }
 
-int poolkit_prefix_attention_f32(PREFIX_ARGS) {
-#ifdef POOLKIT_AVX512BF16
-    PREFIX_SPLIT(AVX512_F32);
-#else
-    PREFIX_UNUSED;
-    return 2;
-#endif
-}
+int poolkit_prefix_attention_f32(PREFIX_ARGS) { WITH_AVX512(PREFIX_SPLIT(AVX512_F32), PREFIX_UNUSED); }

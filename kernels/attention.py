@@ -517,71 +517,22 @@ def _flash_available() -> bool:
 
 @hookimpl
 def poolkit_register_kernels(register):
-    register(
-        "varlen_attention:torch",
-        Kernel(fn=varlen_attention, reference=varlen_attention, device="any", priority=0),
-    )
+    for op, reference in (
+        ("varlen_attention", varlen_attention),
+        ("varlen_attention_softcap", softcap_varlen_attention),
+        ("prefix_attention", prefix_attention),
+    ):
+        register(f"{op}:torch", Kernel(fn=reference, reference=reference, device="any", priority=0))
     register(
         "varlen_attention:flash",
-        Kernel(
-            fn=flash_varlen_attention,
-            reference=varlen_attention,
-            device="cuda",
-            priority=10,
-            is_available=_flash_available,
-        ),
+        Kernel(fn=flash_varlen_attention, reference=varlen_attention, device="cuda", priority=10, is_available=_flash_available),
     )
-    register(
-        "varlen_attention:amx",
-        Kernel(
-            fn=amx_varlen_attention, reference=varlen_attention, device="cpu", priority=10, is_available=_amx_available
-        ),
-    )
-    register(
-        "varlen_attention:avx512",
-        Kernel(
-            fn=avx512_varlen_attention,
-            reference=varlen_attention,
-            device="cpu",
-            priority=5,
-            is_available=_avx512_available,
-        ),
-    )
-    register(
-        "prefix_attention:torch",
-        Kernel(fn=prefix_attention, reference=prefix_attention, device="any", priority=0),
-    )
-    register(
-        "prefix_attention:avx512",
-        Kernel(
-            fn=avx512_prefix_attention,
-            reference=prefix_attention,
-            device="cpu",
-            priority=10,
-            is_available=_avx512_available,
-        ),
-    )
-    register(
-        "varlen_attention_softcap:torch",
-        Kernel(fn=softcap_varlen_attention, reference=softcap_varlen_attention, device="any", priority=0),
-    )
-    register(
-        "varlen_attention_softcap:amx",
-        Kernel(
-            fn=amx_softcap_varlen_attention,
-            reference=softcap_varlen_attention,
-            device="cpu",
-            priority=10,
-            is_available=_amx_available,
-        ),
-    )
-    register(
-        "varlen_attention_softcap:avx512",
-        Kernel(
-            fn=avx512_softcap_varlen_attention,
-            reference=softcap_varlen_attention,
-            device="cpu",
-            priority=5,
-            is_available=_avx512_available,
-        ),
-    )
+    # attention.c's builds: AMX ahead of AVX-512 where both run; prefix_attention's ahead of its CPU flash variant (5)
+    for name, fn, reference, priority, available in (
+        ("varlen_attention:amx", amx_varlen_attention, varlen_attention, 10, _amx_available),
+        ("varlen_attention:avx512", avx512_varlen_attention, varlen_attention, 5, _avx512_available),
+        ("varlen_attention_softcap:amx", amx_softcap_varlen_attention, softcap_varlen_attention, 10, _amx_available),
+        ("varlen_attention_softcap:avx512", avx512_softcap_varlen_attention, softcap_varlen_attention, 5, _avx512_available),
+        ("prefix_attention:avx512", avx512_prefix_attention, prefix_attention, 10, _avx512_available),
+    ):
+        register(name, Kernel(fn=fn, reference=reference, device="cpu", priority=priority, is_available=available))

@@ -1,5 +1,5 @@
 """An int8 linear layer: weights int8 per output channel, activations int8 per token at run time
-(``quantization="int8"``, :mod:`poolkit.builtin_models.quantize`).
+(``quantization="int8"``, :mod:`poolkit.builtin_models.blocks.quantize`).
 
 Each row of the input (one token) is rounded to 256 levels spanning its own range, so an outlier in
 one token costs no other token its resolution, and a one-sided input (a GELU's output) loses no

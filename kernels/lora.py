@@ -4,11 +4,13 @@
 each ``(start, stop, slot)`` of ``segments``, ``(x[start:stop] @ a[slot].T) @ b[slot].T`` to
 ``out[start:stop]`` (the shrink to rank ``R``, then the expand), in place, and returns ``out``.
 Tokens in no segment (the base model's) are left as they are. The engine orders a batch's
-sequences by adapter, so each adapter in the batch owns one run and the op runs two small matmuls
-per adapter: the segmented form of vLLM's punica kernels (SGMV) on packed tokens.
+sequences by adapter (:mod:`poolkit.runtime.adapter_runs`), so each adapter in the batch owns one
+run and the op runs two small matmuls per adapter: the segmented form of vLLM's punica kernels
+(SGMV) on packed tokens.
 
 The op's contract, which every ``lora_delta`` kernel keeps (same arguments as the reference, which
-is what ``poolkit.kernel_reference("lora_delta")`` returns) and :mod:`poolkit.lora.manager` relies on:
+is what ``poolkit.kernel_reference("lora_delta")`` returns) and the slot stacks of
+:mod:`poolkit.lora.injection` rely on:
 ``fn(x, out, a, b, segments) -> out``
 
 - ``x``: ``[T, in]`` the layer's inputs; ``out``: ``[T, out]`` its outputs, changed in place;

@@ -10,15 +10,14 @@ rounded to the model's dtype once.
 
 On CUDA (``prefix_attention:triton``), a program per (sequence, query head, block of query rows) reads its prefix's keys and values
 (rows ``offsets[i] : offsets[i] + starts[i]`` of the packed prefix tensors), then its own sequence's
-up to each query, with an online softmax in float32 (IEEE dots, not TF32). The op's contract and
+up to each query, with an online softmax in float32 (IEEE dots, not TF32): the program is
+:mod:`poolkit.kernels.prefix_triton`, imported on the first launch. The op's contract and
 its torch reference are :func:`poolkit.kernels.attention.prefix_attention`; the CUDA variant is
 registered through the kernel hook like every kernel, and checked against the reference under
 ``TRITON_INTERPRET=1``.
 """
 
 from __future__ import annotations
-
-import functools
 
 import torch
 
@@ -77,6 +76,8 @@ def prefix_attention_triton(
     """:func:`~poolkit.kernels.attention.prefix_attention` in one Triton launch."""
     import triton
 
+    from .prefix_triton import prefix_attention_kernel
+
     tokens, heads, dim = q.shape
     out = torch.empty_like(q)
     if tokens == 0:
@@ -89,7 +90,7 @@ def prefix_attention_triton(
     prefix_k, prefix_v = (t if t.numel() and t.stride(-1) == 1 else t.contiguous() for t in (prefix_k, prefix_v))
     block_m, block_n = 16, 32
     grid = (batch.num_seqs, heads, triton.cdiv(batch.max_len, block_m))
-    _kernel()[grid](
+    prefix_attention_kernel[grid](
         q, k, v, prefix_k, prefix_v, out, cu, starts, offs,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         prefix_k.stride(0), prefix_k.stride(1), prefix_v.stride(0), prefix_v.stride(1), out.stride(0), out.stride(1),
@@ -97,75 +98,6 @@ def prefix_attention_triton(
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=max(16, triton.next_power_of_2(dim)),
     )
     return out
-
-
-@functools.cache
-def _kernel():
-    """Compile the Triton kernel once (importing triton only when it is used)."""
-    import triton
-    import triton.language as tl
-
-    @triton.jit
-    def prefix_attention_kernel(
-        q_ptr, k_ptr, v_ptr, pk_ptr, pv_ptr, o_ptr, cu_ptr, starts_ptr, offsets_ptr,
-        stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
-        stride_pkt, stride_pkh, stride_pvt, stride_pvh, stride_ot, stride_oh,
-        group, dim, scale,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    ):
-        seq = tl.program_id(0)
-        head = tl.program_id(1)
-        first = tl.program_id(2) * BLOCK_M
-        begin = tl.load(cu_ptr + seq)
-        length = tl.load(cu_ptr + seq + 1) - begin
-        if first < length:
-            prefix = tl.load(starts_ptr + seq)
-            offset = tl.load(offsets_ptr + seq)
-            kv = head // group
-            rows = first + tl.arange(0, BLOCK_M)
-            in_rows = rows < length
-            d = tl.arange(0, BLOCK_D)
-            in_d = d < dim
-            q = tl.load(q_ptr + (begin + rows)[:, None] * stride_qt + head * stride_qh + d[None, :],
-                        mask=in_rows[:, None] & in_d[None, :], other=0.0).to(tl.float32)
-            m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
-            l_i = tl.zeros((BLOCK_M,), tl.float32)
-            acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
-            for n0 in range(0, prefix, BLOCK_N):  # the prefix: every key visible
-                cols = n0 + tl.arange(0, BLOCK_N)
-                in_cols = cols < prefix
-                keys = tl.load(pk_ptr + (offset + cols)[None, :] * stride_pkt + kv * stride_pkh + d[:, None],
-                               mask=in_cols[None, :] & in_d[:, None], other=0.0).to(tl.float32)
-                values = tl.load(pv_ptr + (offset + cols)[:, None] * stride_pvt + kv * stride_pvh + d[None, :],
-                                 mask=in_cols[:, None] & in_d[None, :], other=0.0).to(tl.float32)
-                visible = in_cols[None, :]
-                s = tl.where(visible, tl.dot(q, keys, input_precision="ieee") * scale, float("-inf"))
-                m_new = tl.maximum(m_i, tl.max(s, 1))
-                alpha = tl.exp(m_i - m_new)
-                p = tl.exp(s - m_new[:, None])
-                l_i = l_i * alpha + tl.sum(p, 1)
-                acc = acc * alpha[:, None] + tl.dot(p, values, input_precision="ieee")
-                m_i = m_new
-            for n0 in range(0, first + BLOCK_M, BLOCK_N):  # its own tokens, up to each query
-                cols = n0 + tl.arange(0, BLOCK_N)
-                in_cols = cols < length
-                keys = tl.load(k_ptr + (begin + cols)[None, :] * stride_kt + kv * stride_kh + d[:, None],
-                               mask=in_cols[None, :] & in_d[:, None], other=0.0).to(tl.float32)
-                values = tl.load(v_ptr + (begin + cols)[:, None] * stride_vt + kv * stride_vh + d[None, :],
-                                 mask=in_cols[:, None] & in_d[None, :], other=0.0).to(tl.float32)
-                visible = in_cols[None, :] & (cols[None, :] <= rows[:, None])
-                s = tl.where(visible, tl.dot(q, keys, input_precision="ieee") * scale, float("-inf"))
-                m_new = tl.maximum(m_i, tl.max(s, 1))
-                alpha = tl.exp(m_i - m_new)
-                p = tl.exp(s - m_new[:, None])
-                l_i = l_i * alpha + tl.sum(p, 1)
-                acc = acc * alpha[:, None] + tl.dot(p, values, input_precision="ieee")
-                m_i = m_new
-            out = acc / l_i[:, None]
-            tl.store(o_ptr + (begin + rows)[:, None] * stride_ot + head * stride_oh + d[None, :],
-                     out.to(o_ptr.dtype.element_ty), mask=in_rows[:, None] & in_d[None, :])
-
-    return prefix_attention_kernel
 
 
 def _flash_available() -> bool:

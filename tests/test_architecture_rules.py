@@ -317,5 +317,5 @@ def test_builtins_name_each_other_relatively():
 
 def test_the_builtin_rules_see_an_upward_import(tmp_path):
     bad = tmp_path / "model.py"
-    bad.write_text("from poolkit.api.llm import LLM\nfrom poolkit.builtin_models.layers import linear\n")
+    bad.write_text("from poolkit.api.llm import LLM\nfrom poolkit.builtin_models.blocks.linear import linear\n")
     assert _layer("poolkit.api.llm") not in PLUGIN_LAYERS and "poolkit.api.llm" in _imports("poolkit.builtin_models.model", bad)

@@ -19,12 +19,12 @@ TEXTS = [
 
 def _both(engine, prompts, params):
     fast = engine.tokenize(prompts, params)
-    backend = engine._backend
-    engine.__dict__["_backend"] = None  # transformers' __call__ instead
+    backend = engine.tokenizer._backend
+    engine.tokenizer.__dict__["_backend"] = None  # transformers' __call__ instead
     try:
         slow = engine.tokenize(prompts, params)
     finally:
-        engine.__dict__["_backend"] = backend
+        engine.tokenizer.__dict__["_backend"] = backend
     return fast, slow
 
 
@@ -32,7 +32,7 @@ def _both(engine, prompts, params):
 @pytest.mark.parametrize("special", [True, False])
 def test_the_backend_path_encodes_as_transformers_does(tiny_encoders, side: str, special: bool) -> None:
     llm = LLM(str(tiny_encoders["bert"]), device="cpu")
-    assert llm.engine._backend is not None
+    assert llm.engine.tokenizer._backend is not None
     prompts = [Prompt(text=t, add_special_tokens=special) for t in TEXTS]
     for limit in (-1, 16, 7):
         params = [PoolingParams(truncate_prompt_tokens=limit, truncation_side=side)] * len(prompts)
@@ -65,10 +65,10 @@ def test_a_tokenizer_class_with_its_own_encoding_code_keeps_transformers_call(ti
     own = type("OwnEncoding", (type(tok),), {"_encode_plus": lambda self, *a, **k: super(type(self), self)._encode_plus(*a, **k)})
     tok.__class__ = own
     try:
-        del llm.engine.__dict__["_backend"]
+        del llm.engine.tokenizer.__dict__["_backend"]
     except KeyError:
         pass
-    assert llm.engine._backend is None
+    assert llm.engine.tokenizer._backend is None
     assert llm.engine.tokenize([Prompt(text="hello there")], [PoolingParams()])[0].token_ids
 
 
@@ -80,7 +80,7 @@ def test_a_text_at_the_limit_is_told_cut_by_its_tokens(tmp_path) -> None:
     from tiny_models import build_qwen
 
     llm = LLM(str(build_qwen(tmp_path / "qwen3", "qwen3")), device="cpu")
-    assert llm.engine._backend is not None
+    assert llm.engine.tokenizer._backend is not None
     texts = ["😀😀😀", "😀😀", "ok", "😀😀 a", "a longer text of many more characters than the limit has tokens"]
     counts = [len(llm.model.tokenizer(t)["input_ids"]) for t in texts]
     prompts = [Prompt(text=t) for t in texts]

@@ -194,7 +194,7 @@ def test_converted_architecture(tiny_encoders):
 
 
 def test_default_model_missing_names_the_extra(monkeypatch, tmp_path):
-    import poolkit.builtin_models.sources as sources
+    import poolkit.loading.sources as sources
 
     monkeypatch.setattr(sources, "packaged_model_dir", lambda name: None)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))

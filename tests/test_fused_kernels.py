@@ -205,7 +205,8 @@ def test_the_kernels_hand_what_they_do_not_take_to_the_reference() -> None:
 def test_qwen3_and_bert_forward_through_the_triton_kernels(tmp_path) -> None:
     """Every native family reaches these ops through the kernel registry: with the CUDA choice
     made for the CPU (the interpreter), a tiny Qwen3 (q/k norms, rotary, SwiGLU, pre-norm residual
-    adds) and a tiny BERT (post-norm residual LayerNorms) embed as with the references."""
+    adds) and a tiny BERT (post-norm residual LayerNorms) embed as with the references. The models
+    stay on the CPU on a GPU machine too: there the kernels' wrappers carry their tensors over."""
     from tiny_models import build_encoder, build_qwen
 
     qwen = build_qwen(tmp_path / "qwen3", "qwen3")
@@ -218,7 +219,7 @@ def test_qwen3_and_bert_forward_through_the_triton_kernels(tmp_path) -> None:
         texts = ["a short text", "and a somewhat longer one, to pack two sequences of other lengths"]
         expected = {{}}
         for name, path in (("qwen3", {str(qwen)!r}), ("bert", {str(bert)!r})):
-            expected[name] = torch.tensor([o.outputs.embedding for o in poolkit.LLM(path, dtype="float32").embed(texts)])
+            expected[name] = torch.tensor([o.outputs.embedding for o in poolkit.LLM(path, dtype="float32", device="cpu").embed(texts)])
 
         TRITON = {{"rms_norm": fused.rms_norm_triton, "residual_norm": fused.residual_norm_triton,
                    "rotary": fused.rotary_triton, "gated_linear": fused.gated_linear_triton}}
@@ -232,7 +233,7 @@ def test_qwen3_and_bert_forward_through_the_triton_kernels(tmp_path) -> None:
         lookup.select_kernel = select
 
         for name, path in (("qwen3", {str(qwen)!r}), ("bert", {str(bert)!r})):
-            got = torch.tensor([o.outputs.embedding for o in poolkit.LLM(path, dtype="float32").embed(texts)])
+            got = torch.tensor([o.outputs.embedding for o in poolkit.LLM(path, dtype="float32", device="cpu").embed(texts)])
             torch.testing.assert_close(got, expected[name], atol=1e-5, rtol=1e-5, msg=name)
         assert used == set(TRITON), used
         """

@@ -309,7 +309,7 @@ def test_the_kernels_rotate_the_rows_as_the_reference(kernel, dtype):
 def test_float_channels_widen_no_tokens_range():
     """A layer's largest input channels stay in float: a huge value there leaves the others' levels as
     they were, and the layer's output is the int8 part plus those channels' exact products."""
-    from poolkit.builtin_models.quantize import _rounded
+    from poolkit.builtin_models.blocks.quantize import _rounded
 
     g = torch.Generator().manual_seed(5)
     weight, bias = torch.randn(48, 64, generator=g), torch.randn(48, generator=g)

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from poolkit import LLM, ModelLoadError
-from poolkit.builtin_models import layers
+from poolkit.builtin_models.blocks import linear as layers
 from poolkit.contracts.kernel import LINEAR_ACTIVATIONS
 from poolkit.kernels import linear
 from poolkit.plugins import registry
@@ -89,13 +89,13 @@ def _private_torch_names(path: Path) -> Iterator[tuple[int, str]]:
 
 
 def test_models_import_neither_kernel_modules_nor_builtin_poolers() -> None:
-    files = sorted((ROOT / "builtin_models").glob("*.py"))
+    files = sorted((ROOT / "builtin_models").rglob("*.py"))
     assert files, "builtin_models/ has no modules"
     forbidden = ("poolkit.kernels", "poolkit.builtin_poolers")
     bad = [
-        f"builtin_models/{path.name}:{line} imports {name}"
+        f"{path.relative_to(ROOT)}:{line} imports {name}"
         for path in files
-        for line, name in _imported_modules(path, "poolkit.builtin_models")
+        for line, name in _imported_modules(path, ".".join(["poolkit", *path.relative_to(ROOT).parent.parts]))
         if any(name == prefix or name.startswith(prefix + ".") for prefix in forbidden)
     ]
     assert not bad, (

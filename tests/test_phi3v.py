@@ -204,10 +204,10 @@ def assert_close(got, want) -> None:
 
 
 def test_cases_cover_crop_layouts_and_both_rotary_factors(llm, ref):
-    from poolkit.builtin_models.phi3v.processor import crop_grid, read_settings
+    from poolkit.builtin_models.phi3v.processor import crop_image, read_settings
 
     settings = read_settings(llm.model.path, llm.model.hf_config)
-    grids = {crop_grid(im.height, im.width, settings) for _, images in CASES.values() for im in images}
+    grids = {crop_image(im, settings)[1] for _, images in CASES.values() for im in images}
     assert {(2, 2), (3, 1), (1, 3)} <= grids  # 1x1: test_num_crops_from_mm_processor_kwargs
     lengths = [len(ref.tok(text).input_ids) for text, images in CASES.values() if not images]
     assert min(lengths) <= 48 < max(lengths)  # original_max_position_embeddings: short and long factors

@@ -29,6 +29,7 @@ from transformers.activations import ACT2FN
 
 from poolkit import LLM, LoRARequest, PoolingParams
 from poolkit.builtin_models import rotary_encoders as rot
+from poolkit.builtin_models.blocks.rotary import RotarySpec
 from poolkit.contracts.batch import PackedBatch
 from poolkit.contracts.errors import InvalidRequest, ModelLoadError
 from poolkit.loading.weights import checkpoint_files, iter_tensors
@@ -639,7 +640,7 @@ def test_nomic_config_fields_are_read(models: dict[str, Path]) -> None:
     assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (32, 2, 4)
     assert config.intermediate_size == spec.intermediate_size == 256  # n_inner null, gated: 8/3 * 32 rounded up to 256
     assert config.vocab_size % 64 == 0 and llm.model.max_model_len.value == 1024
-    rotary = rot.RotarySpec(dim=4, theta=10000.0, interleaved=True, dynamic_factor=2.0, trained_positions=64)
+    rotary = RotarySpec(dim=4, theta=10000.0, interleaved=True, dynamic_factor=2.0, trained_positions=64)
     assert spec.rotary == rotary
     assert (spec.qkv_bias, spec.out_bias, spec.up_bias, spec.down_bias, spec.gated) == (True, True, True, True, True)
 

@@ -26,11 +26,11 @@ from poolkit.contracts.errors import ModelLoadError
 from poolkit.loading.weights import load_into
 from poolkit.plugins.lookup import kernel_for
 
-from ..decoders import GemmaModel
-from ..dual_encoder import sub_config
-from ..layers import fuse_projections, linear
+from ..blocks.dual_encoder import sub_config
+from ..decoders.gemma import GemmaModel
+from ..blocks.linear import fuse_projections, linear
 from ..siglip import SiglipVisionTransformer
-from ..vision_language import (
+from ..blocks.vision_language import (
     CheckpointLayout,
     VisionLanguageModel,
     batch_media,

@@ -20,7 +20,7 @@ from poolkit.loading.weights import load_into
 from poolkit.plugins.lookup import kernel_for
 
 from ..qwen_vl.qwen2_vl import Qwen2VLForConditionalGeneration
-from ..vision_language import CheckpointLayout
+from ..blocks.vision_language import CheckpointLayout
 from .processor import ColQwen2Processor
 from .retrieval import PROJECTION, RetrievalHead, check_embedding_dim, project, vlm_config
 

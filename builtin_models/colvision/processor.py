@@ -21,17 +21,18 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from poolkit.contracts.errors import InvalidRequest
 from poolkit.contracts.io import Prompt
+from poolkit.contracts.media import Layout, MediaItem, PromptReplacement, plural
 
-from ...io_processors.image import ImageProcessor, MediaProcessor, decode_limits, media_per_prompt, read_processor_config
+from ...io_processors.image import MediaProcessor, read_processor_config
 from ..qwen_vl.processor import QwenVLProcessor
-from ..vision_language import to_rgb
+from ..blocks.vision_language import to_rgb
 
 IMAGE_TOKEN = "<image>"
 #: How many padding tokens end a ColVision query (the processors' ``query_augmentation_token * 10``).
@@ -96,10 +97,6 @@ def vlm_config(config: Any) -> Any:
     return getattr(config, "vlm_config", None) or config
 
 
-def _count(n: int, word: str) -> str:
-    return f"{n} {word}{'s' if n != 1 else ''}"
-
-
 class PaliGemmaProcessor(MediaProcessor):
     """Prompts with images for PaliGemma-style architectures: ``<image>`` tokens, ``<bos>``, the text.
 
@@ -112,57 +109,23 @@ class PaliGemmaProcessor(MediaProcessor):
     #: The text of a prompt with images and no text of its own (``None``: none).
     visual_prompt: str | None = None
 
-    def pre_process(self, data: Any, request_id: str | None = None) -> Sequence[Prompt]:
-        data = self.parse_data(data)
-        model = data["model"]
-        allow_files = bool(data.get("allow_local_files", True))
-        limits = decode_limits(model)
-        per_prompt = media_per_prompt(model, "image")
-        out = []
-        for i, prompt in enumerate(data["prompts"]):
-            if "video" in prompt.extras:
-                raise InvalidRequest(f"prompt {i}: model '{model.name}' takes no videos; pass images")
-            if "image" not in prompt.extras:
-                out.append(self.text_prompt(i, prompt, model))
-                continue
-            images = prompt.extras["image"]
-            images = list(images) if isinstance(images, (list, tuple)) else [images]
-            if len(images) > per_prompt:
-                raise InvalidRequest(f"prompt {i}: {len(images)} images, more than the limit of {per_prompt} per prompt")
-            out.append(self._image_prompt(i, prompt, images, model, limits, allow_files))
-        return out
+    def replacements(self, model: Any) -> Sequence[PromptReplacement]:
+        """Each image becomes ``image_seq_length`` ``<image>`` tokens (the config's ``image_token_id``)."""
+        return (PromptReplacement("image", int(vlm_config(model.hf_config).image_token_id)),)
 
-    def text_prompt(self, index: int, prompt: Prompt, model: Any) -> Prompt:
-        """A prompt without images, as the model reads it (here: as given)."""
-        return prompt
+    def prompt_text(self, index: int, prompt: Prompt, counts: Mapping[str, int], model: Any) -> str:
+        return prompt.text or self.visual_prompt or ""
 
-    def _image_prompt(
-        self, index: int, prompt: Prompt, images: list[Any], model: Any, limits: tuple[int, int], allow_files: bool
-    ) -> Prompt:
-        settings = self.settings(model)
-        pixels = []
-        for image in images:
-            decoded = ImageProcessor.load_image(index, image, *limits, allow_files)
-            try:
-                pixels.append(siglip_pixels(decoded, settings))
-            finally:
-                if decoded is not image:
-                    decoded.close()
-        ids = self.image_prompt_ids(index, prompt.text or self.visual_prompt or "", len(images), model, settings)
-        media = {"image_pixels": torch.from_numpy(np.stack(pixels))}
-        return dataclasses.replace(prompt, text=None, token_ids=ids, media=media, extras={})
-
-    @staticmethod
-    def image_prompt_ids(index: int, text: str, count: int, model: Any, settings: SiglipSettings) -> list[int]:
-        """PaliGemma's token ids of a prompt with ``count`` images: ``<image>`` × ``image_seq_length``
-        per image, ``<bos>`` after the last image, the text and ``"\\n"``; a text without
-        placeholders gets all its images in front.
+    def layout(self, index: int, text: str, counts: Mapping[str, int], model: Any, add_special_tokens: bool) -> Layout:
+        """PaliGemma's layout of a prompt with images: each image's ``<image>`` tokens where its
+        placeholder is, ``<bos>`` after the last image, then the rest of the text and ``"\\n"``; a
+        text without placeholders gets all its images in front.
 
         Raises:
-            InvalidRequest: the text has placeholders, but not one per image.
+            InvalidRequest: the text has placeholders, but not one per image; a tokenizer without ``<bos>``.
         """
         tok = model.tokenizer
-        image_id = int(vlm_config(model.hf_config).image_token_id)
+        count = counts["image"]
         bos = tok.bos_token_id
         if bos is None:
             raise InvalidRequest(f"model '{model.name}': its tokenizer has no BOS token, which PaliGemma prompts need")
@@ -171,18 +134,16 @@ class PaliGemmaProcessor(MediaProcessor):
             parts = [""] * count + [text]
         elif len(parts) - 1 != count:
             raise InvalidRequest(
-                f"prompt {index} has {_count(len(parts) - 1, 'image placeholder')} ({IMAGE_TOKEN}) for "
-                f"{_count(count, 'image')}; put one {IMAGE_TOKEN} where each image goes, or none to put them all first"
+                f"prompt {index} has {plural(len(parts) - 1, 'image placeholder')} ({IMAGE_TOKEN}) for "
+                f"{plural(count, 'image')}; put one {IMAGE_TOKEN} where each image goes, or none to put them all first"
             )
-        ids: list[int] = []
-        run = [image_id] * settings.image_seq_length
-        for part in parts[:-1]:
-            if part:
-                ids.extend(tok(part, add_special_tokens=False)["input_ids"])
-            ids.extend(run)
-        ids.append(int(bos))
-        ids.extend(tok(parts[-1] + "\n", add_special_tokens=False)["input_ids"])
-        return ids
+        pieces = [tok(part, add_special_tokens=False)["input_ids"] if part else [] for part in parts[:-1]]
+        pieces.append([int(bos), *tok(parts[-1] + "\n", add_special_tokens=False)["input_ids"]])
+        return Layout(pieces, ["image"] * count)
+
+    def process_image(self, image: Any, model: Any) -> MediaItem:
+        settings = self.settings(model)
+        return MediaItem(siglip_pixels(image, settings)[None], settings.image_seq_length)
 
     def settings(self, model: Any) -> SiglipSettings:
         """The model's pixel settings, read once per model directory."""

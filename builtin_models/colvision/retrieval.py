@@ -13,7 +13,7 @@ from torch import nn
 
 from poolkit.contracts.errors import ModelLoadError
 
-from ..layers import linear
+from ..blocks.linear import linear
 
 #: The projection to the retrieval space, read by the retriever itself.
 PROJECTION = r"embedding_proj_layer\."

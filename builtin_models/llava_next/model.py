@@ -15,7 +15,7 @@ image's own aspect ratio), and ``image_newline`` ends each row. These rows repla
 placeholders, and the decoder runs over the whole prompt with its plain rotary positions, so
 text-only prompts run exactly as the Llama model would.
 
-The vision layers are CLIP's (:mod:`poolkit.builtin_models.dual_encoder`); the layers past the
+The vision layers are CLIP's (:mod:`poolkit.builtin_models.blocks.dual_encoder`); the layers past the
 feature layer and the post-LayerNorm are never built. Checkpoints load in both layouts:
 transformers 5's (``model.vision_tower.``, ``model.multi_modal_projector.``,
 ``model.language_model.``, ``model.image_newline``) and the published one (``vision_tower.`` with or
@@ -35,16 +35,20 @@ from poolkit.contracts.errors import ModelLoadError
 from poolkit.loading.weights import load_into, warn_unused
 from poolkit.plugins.lookup import kernel_for
 
-from ..decoders import DecoderModel, LlamaModel, MistralModel
-from ..dual_encoder import EncoderLayer, VisionEmbeddings, dense_attention
-from ..layers import fp32_layer_norm, fuse_projections
+from ..blocks.dual_encoder import EncoderLayer, VisionEmbeddings, dense_attention
+from ..blocks.norms import fp32_layer_norm
+from ..decoders.llama import LlamaModel
+from ..decoders.mistral import MistralModel
+from ..decoders.model import DecoderModel
+from ..blocks.linear import fuse_projections
 from ..qwen import Qwen2Model
-from ..vision_language import (
+from ..blocks.vision_language import (
     UNMATCHED,
     CheckpointLayout,
     FeedForward,
     VisionLanguageModel,
     built_layers,
+    vit_checks,
 )
 from .processor import LlavaNextProcessor
 
@@ -143,18 +147,7 @@ class LlavaNextForConditionalGeneration(VisionLanguageModel):
     default_pooling_type: ClassVar[str | None] = "LAST"
     input_modalities: ClassVar[tuple[str, ...]] = ("text", "image")
     media_processor: ClassVar[type[LlavaNextProcessor] | str | None] = LlavaNextProcessor
-    config_checks: ClassVar[ConfigChecks] = ConfigChecks(
-        sizes=(
-            "text_config.hidden_size", "text_config.num_hidden_layers", "text_config.num_attention_heads",
-            "text_config.vocab_size", "vision_config.hidden_size", "vision_config.num_hidden_layers",
-            "vision_config.num_attention_heads", "vision_config.intermediate_size", "vision_config.image_size",
-            "vision_config.patch_size",
-        ),
-        multiples=(
-            ("vision_config.hidden_size", "vision_config.num_attention_heads"),
-            ("vision_config.image_size", "vision_config.patch_size"),
-        ),
-    )
+    config_checks: ClassVar[ConfigChecks] = vit_checks("text_config")
 
     @classmethod
     def check_config(

@@ -22,19 +22,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 
 from poolkit.contracts.errors import InvalidRequest
-from poolkit.contracts.io import Prompt
+from poolkit.contracts.media import MediaItem, PromptReplacement
 
-from ...io_processors.image import (
-    PREPROCESSOR_CONFIG,
-    ImageProcessor,
-    MediaProcessor,
-    decode_limits,
-    read_processor_config,
-)
-from ..vision_language import CLIP_MEAN, CLIP_STD, to_rgb
+from ...io_processors.image import PREPROCESSOR_CONFIG, MediaProcessor, read_processor_config
+from ..blocks.vision_language import CLIP_MEAN, CLIP_STD, to_rgb
 
 #: transformers' default pinpoints (``LlavaNextConfig``), for a checkpoint that names none.
 DEFAULT_PINPOINTS = ((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008))
@@ -174,49 +167,14 @@ class LlavaNextProcessor(MediaProcessor):
     (tile rows and columns) and ``image_sizes`` ``[images, 2]`` (height and width).
     """
 
-    def pre_process(self, data: Any, request_id: str | None = None) -> Sequence[Prompt]:
-        return self.image_prompts(
-            data, lambda i, prompt, images, model, allow_files: self._prompt(
-                i, prompt, images, model, self.settings(model), decode_limits(model), allow_files
-            ),
-        )
+    def replacements(self, model: Any) -> Sequence[PromptReplacement]:
+        """Each ``<image>`` token (the config's ``image_token_id``) becomes one per image feature."""
+        return (PromptReplacement("image", int(model.hf_config.image_token_id)),)
 
-    def _prompt(
-        self, index: int, prompt: Prompt, images: list[Any], model: Any, settings: TileSettings,
-        limits: tuple[int, int], allow_files: bool,
-    ) -> Prompt:
-        tiles, grids, sizes = [], [], []
-        for image in images:
-            decoded = ImageProcessor.load_image(index, image, *limits, allow_files)
-            try:
-                pixels, grid, size = tile_image(decoded, settings)
-            finally:
-                if decoded is not image:
-                    decoded.close()
-            tiles.append(pixels)
-            grids.append(grid)
-            sizes.append(size)
-        tok = model.tokenizer
-        token = int(model.hf_config.image_token_id)
-        name = tok.convert_ids_to_tokens(token)
-        text = prompt.text or name * len(images)
-        ids = tok(text, add_special_tokens=prompt.add_special_tokens)["input_ids"]
-        found = sum(1 for t in ids if t == token)
-        if found != len(images):
-            raise InvalidRequest(
-                f"prompt {index} has {found} image placeholder{'s' if found != 1 else ''} ({name}) for {len(images)} "
-                f"image{'s' if len(images) != 1 else ''}; put one {name} where each image goes"
-            )
-        counts = iter(feature_count(h, w, settings) for h, w in sizes)
-        expanded: list[int] = []
-        for t in ids:
-            expanded.extend([token] * next(counts) if t == token else [t])
-        media = {
-            "image_pixels": torch.from_numpy(np.concatenate(tiles)),
-            "image_grid": torch.tensor(grids, dtype=torch.long),
-            "image_sizes": torch.tensor(sizes, dtype=torch.long),
-        }
-        return dataclasses.replace(prompt, text=None, token_ids=expanded, media=media, extras={})
+    def process_image(self, image: Any, model: Any) -> MediaItem:
+        settings = self.settings(model)
+        pixels, grid, size = tile_image(image, settings)
+        return MediaItem(pixels, feature_count(*size, settings), {"grid": grid, "sizes": size})
 
     def settings(self, model: Any) -> TileSettings:
         """The model's tile settings, read once per model directory."""

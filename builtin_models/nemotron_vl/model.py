@@ -37,14 +37,16 @@ from poolkit.contracts.errors import ModelLoadError
 from poolkit.loading.weights import load_into, warn_unused
 from poolkit.plugins.lookup import kernel_for
 
-from ..decoders import LlamaBidirectionalModel
-from ..layers import fp32_layer_norm, fuse_projections, linear
+from ..blocks.norms import fp32_layer_norm
+from ..decoders.llama import LlamaBidirectionalModel
+from ..blocks.linear import fuse_projections, linear
 from ..siglip import SiglipVisionTransformer
-from ..vision_language import (
+from ..blocks.vision_language import (
     UNMATCHED,
     Activation,
     CheckpointLayout,
     VisionLanguageModel,
+    vit_checks,
 )
 from .processor import IMG_CONTEXT, LlamaNemotronVLProcessor
 
@@ -151,17 +153,9 @@ class LlamaNemotronVLModel(VisionLanguageModel):
     default_pooling_type: ClassVar[str | None] = "MEAN"
     input_modalities: ClassVar[tuple[str, ...]] = ("text", "image")
     media_processor: ClassVar[type[LlamaNemotronVLProcessor] | str | None] = LlamaNemotronVLProcessor
-    config_checks: ClassVar[ConfigChecks] = ConfigChecks(
-        sizes=(
-            "llm_config.hidden_size", "llm_config.num_hidden_layers", "llm_config.num_attention_heads",
-            "llm_config.vocab_size", "vision_config.hidden_size", "vision_config.num_hidden_layers",
-            "vision_config.num_attention_heads", "vision_config.intermediate_size", "vision_config.image_size",
-            "vision_config.patch_size", "force_image_size",
-        ),
-        multiples=(
-            ("vision_config.hidden_size", "vision_config.num_attention_heads"),
-            ("vision_config.image_size", "vision_config.patch_size"),
-        ),
+    config_checks: ClassVar[ConfigChecks] = vit_checks(
+        "llm_config",
+        "force_image_size",
         layers={
             "llm_config.num_hidden_layers": r"^language_model\.(?:model\.)?layers\.(\d+)\.",
             "vision_config.num_hidden_layers": r"^vision_model\.(?:vision_model\.)?encoder\.layers\.(\d+)\.",

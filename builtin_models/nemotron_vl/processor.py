@@ -27,13 +27,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 
 from poolkit.contracts.errors import InvalidRequest
-from poolkit.contracts.io import Prompt
+from poolkit.contracts.media import MediaItem, PromptReplacement
 
-from ...io_processors.image import ImageProcessor, MediaProcessor, decode_limits, read_processor_config
-from ..vision_language import to_rgb
+from ...io_processors.image import MediaProcessor, read_processor_config
+from ..blocks.vision_language import to_rgb
 
 #: Where an image goes in a prompt's text, and what it becomes: ``<img>``, its features' tokens, ``</img>``.
 IMAGE = "<image>"
@@ -101,12 +100,6 @@ def best_grid(width: int, height: int, settings: TileSettings) -> tuple[int, int
     return best
 
 
-def tile_count(width: int, height: int, settings: TileSettings) -> int:
-    """How many tiles an image of ``width × height`` pixels makes, its thumbnail included."""
-    cols, rows = best_grid(width, height, settings)
-    return cols * rows + int(settings.thumbnail and cols * rows != 1)
-
-
 def tile_image(image: Any, settings: TileSettings) -> np.ndarray:
     """One image as its tiles ``[tiles, 3, S, S]`` float32, row by row, then its thumbnail (if any)."""
     from PIL import Image
@@ -137,48 +130,19 @@ class LlamaNemotronVLProcessor(MediaProcessor):
     ``image_tiles`` ``[images]`` (how many tiles each image has).
     """
 
-    def pre_process(self, data: Any, request_id: str | None = None) -> Sequence[Prompt]:
-        return self.image_prompts(
-            data, lambda i, prompt, images, model, allow_files: self._prompt(
-                i, prompt, images, model, self.settings(model), decode_limits(model), allow_files
+    def replacements(self, model: Any) -> Sequence[PromptReplacement]:
+        """Each ``<image>`` in the text becomes ``<img>``, its features' ``<IMG_CONTEXT>`` and ``</img>``."""
+        return (
+            PromptReplacement(
+                "image", IMAGE, lambda item: image_tokens(item.features),
+                feature_token=int(model.hf_config.img_context_token_id),
             ),
         )
 
-    def _prompt(
-        self, index: int, prompt: Prompt, images: list[Any], model: Any, settings: TileSettings,
-        limits: tuple[int, int], allow_files: bool,
-    ) -> Prompt:
-        text = prompt.text or IMAGE * len(images)
-        found = text.count(IMAGE)
-        if found != len(images):
-            raise InvalidRequest(
-                f"prompt {index} has {found} image placeholder{'s' if found != 1 else ''} ({IMAGE}) for {len(images)} "
-                f"image{'s' if len(images) != 1 else ''}; put one {IMAGE} where each image goes"
-            )
-        tiles = []
-        for image in images:
-            decoded = ImageProcessor.load_image(index, image, *limits, allow_files)
-            try:
-                tiles.append(tile_image(decoded, settings))
-            finally:
-                if decoded is not image:
-                    decoded.close()
-        pieces = text.split(IMAGE)
-        expanded = pieces[0] + "".join(image_tokens(len(t) * settings.features) + piece for t, piece in zip(tiles, pieces[1:]))
-        tok = model.tokenizer
-        ids = tok(expanded, add_special_tokens=prompt.add_special_tokens)["input_ids"]
-        token = int(model.hf_config.img_context_token_id)
-        wanted = sum(len(t) for t in tiles) * settings.features
-        got = sum(1 for t in ids if t == token)
-        if got != wanted:
-            raise InvalidRequest(
-                f"prompt {index} has {got - wanted} {IMG_CONTEXT} tokens of its own; mark each image with {IMAGE} instead"
-            )
-        media = {
-            "image_pixels": torch.from_numpy(np.concatenate(tiles)),
-            "image_tiles": torch.tensor([len(t) for t in tiles], dtype=torch.long),
-        }
-        return dataclasses.replace(prompt, text=None, token_ids=ids, media=media, extras={})
+    def process_image(self, image: Any, model: Any) -> MediaItem:
+        settings = self.settings(model)
+        tiles = tile_image(image, settings)
+        return MediaItem(tiles, len(tiles) * settings.features, {"tiles": len(tiles)})
 
     def settings(self, model: Any) -> TileSettings:
         """The model's tile settings, read once per model directory."""

@@ -37,9 +37,10 @@ from poolkit.contracts.errors import ModelLoadError
 from poolkit.loading.weights import load_into, warn_unused
 from poolkit.plugins.lookup import kernel_for
 
-from ..dual_encoder import EncoderLayer, VisionEmbeddings, dense_attention
-from ..layers import fp32_layer_norm, fuse_projections
-from ..vision_language import (
+from ..blocks.dual_encoder import EncoderLayer, VisionEmbeddings, dense_attention
+from ..blocks.norms import fp32_layer_norm
+from ..blocks.linear import fuse_projections
+from ..blocks.vision_language import (
     UNMATCHED,
     CheckpointLayout,
     FeedForward,

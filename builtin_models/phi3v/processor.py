@@ -32,7 +32,7 @@ import dataclasses
 import math
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -40,9 +40,10 @@ import torch.nn.functional as F
 
 from poolkit.contracts.errors import InvalidRequest
 from poolkit.contracts.io import Prompt
+from poolkit.contracts.media import Layout, MediaItem, PromptReplacement
 
-from ...io_processors.image import ImageProcessor, MediaProcessor, decode_limits, read_processor_config
-from ..vision_language import CLIP_MEAN, CLIP_STD, to_rgb
+from ...io_processors.image import MediaProcessor, read_processor_config
+from ..blocks.vision_language import CLIP_MEAN, CLIP_STD, to_rgb
 from .config import image_feature_count, image_settings
 
 #: A placeholder as the published processor finds it: ``<|image_N|>``, N from 1.
@@ -91,13 +92,6 @@ def hd_layout(height: int, width: int, settings: CropSettings) -> tuple[int, int
     return new_height, new_width, padded, turned
 
 
-def crop_grid(height: int, width: int, settings: CropSettings) -> tuple[int, int]:
-    """The ``(rows, cols)`` of crops an image of ``height × width`` pixels is cut into."""
-    new_height, new_width, padded, turned = hd_layout(height, width, settings)
-    rows, cols = padded // settings.crop, new_width // settings.crop
-    return (cols, rows) if turned else (rows, cols)
-
-
 def hd_image(rgb: np.ndarray, settings: CropSettings) -> np.ndarray:
     """``[H, W, 3]`` uint8 pixels resized and padded by the HD transform (whole crops each way)."""
     from PIL import Image
@@ -135,28 +129,32 @@ class Phi3VProcessor(MediaProcessor):
     crops) and ``image_grid`` ``[images, 2]`` (crop rows and columns).
     """
 
-    def pre_process(self, data: Any, request_id: str | None = None) -> Sequence[Prompt]:
-        return self.image_prompts(data, self._prompt)
+    def replacements(self, model: Any) -> Sequence[PromptReplacement]:
+        """Each ``<|image_N|>`` becomes one ``<|image|>`` (the config's ``image_token_id``) per image feature."""
+        return (PromptReplacement("image", int(model.hf_config.image_token_id)),)
 
-    def _prompt(self, index: int, prompt: Prompt, images: list[Any], model: Any, allow_files: bool) -> Prompt:
+    def prompt_text(self, index: int, prompt: Prompt, counts: Mapping[str, int], model: Any) -> str:
+        """The prompt's text, else ``<|image_1|>`` to ``<|image_N|>``, its placeholders checked
+        (:func:`check_placeholders`) before any image is decoded.
+
+        Raises:
+            InvalidRequest: token ids with images (the placeholders are text), or miscounted placeholders.
+        """
         if prompt.text is None and prompt.token_ids is not None:
             raise InvalidRequest(
                 f"prompt {index}: a prompt with images is text with <|image_1|> where the first image goes, not token ids"
             )
-        text = prompt.text or "".join(f"<|image_{k}|>" for k in range(1, len(images) + 1))
-        check_placeholders(index, text, len(images))
-        settings = self.settings(model)
-        limits = decode_limits(model)
-        pixels, grids = [], []
-        for image in images:
-            decoded = ImageProcessor.load_image(index, image, *limits, allow_files)
-            try:
-                crops, grid = crop_image(decoded, settings)
-            finally:
-                if decoded is not image:
-                    decoded.close()
-            pixels.append(crops)
-            grids.append(grid)
+        text = prompt.text or "".join(f"<|image_{k}|>" for k in range(1, counts["image"] + 1))
+        check_placeholders(index, text, counts["image"])
+        return text
+
+    def layout(self, index: int, text: str, counts: Mapping[str, int], model: Any, add_special_tokens: bool) -> Layout:
+        """The text cut at its ``<|image_N|>``, each piece tokenized on its own with the special
+        tokens, as the published processor writes the prompt.
+
+        Raises:
+            InvalidRequest: a text that holds the image features' token.
+        """
         token = int(model.hf_config.image_token_id)
         pieces = model.tokenizer(_SPLIT.split(text), add_special_tokens=True)["input_ids"]
         if any(token in piece for piece in pieces):
@@ -164,12 +162,12 @@ class Phi3VProcessor(MediaProcessor):
             raise InvalidRequest(
                 f"prompt {index}'s text holds {name}, the token of image features; put <|image_1|> where the first image goes"
             )
-        ids: list[int] = list(pieces[0])
-        for (rows, cols), piece in zip(grids, pieces[1:]):
-            ids += [token] * image_feature_count(rows, cols, settings.merged)
-            ids += piece
-        media = {"image_pixels": torch.cat(pixels), "image_grid": torch.tensor(grids, dtype=torch.long)}
-        return dataclasses.replace(prompt, text=None, token_ids=ids, media=media, extras={})
+        return Layout([list(piece) for piece in pieces], ["image"] * counts["image"])
+
+    def process_image(self, image: Any, model: Any) -> MediaItem:
+        settings = self.settings(model)
+        crops, (rows, cols) = crop_image(image, settings)
+        return MediaItem(crops, image_feature_count(rows, cols, settings.merged), {"grid": (rows, cols)})
 
     def settings(self, model: Any) -> CropSettings:
         """The model's crop settings, read once per model directory, with the load setting

@@ -29,8 +29,9 @@ import torch
 from poolkit.contracts.batch import PackedBatch
 from poolkit.contracts.errors import ModelLoadError
 
-from ..decoders import DecoderModel, check_layer_types
-from ..layers import GLOBAL, SLIDING, Rotary, rope_parameters, rotary_cos_sin
+from ..blocks.attention import GLOBAL, SLIDING
+from ..blocks.rotary import Rotary, rope_parameters, rotary_cos_sin
+from ..decoders.model import DecoderModel, check_layer_types
 
 
 class Phi3Rotary:

@@ -26,6 +26,7 @@ rescale-normalise and one transpose), without transformers' per-image processor 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from pathlib import Path
 from typing import Any, Sequence
@@ -35,19 +36,17 @@ import torch
 import torch.nn.functional as F
 
 from poolkit.contracts.errors import InvalidRequest
-from poolkit.contracts.io import Prompt
+from poolkit.contracts.media import Expansion, MediaItem, PromptReplacement
 
 from ...io_processors.image import (
     PREPROCESSOR_CONFIG,
-    ImageProcessor,
     MediaProcessor,
     _limit,
-    decode_video,
     decode_limits,
-    media_per_prompt,
+    decode_video,
     read_processor_config,
 )
-from ..vision_language import CLIP_MEAN, CLIP_STD, to_rgb
+from ..blocks.vision_language import CLIP_MEAN, CLIP_STD, to_rgb
 
 #: transformers' IMAGENET_STANDARD_MEAN / _STD, Qwen3-VL's default.
 HALF = (0.5, 0.5, 0.5)
@@ -291,129 +290,66 @@ class QwenVLProcessor(MediaProcessor):
     ``[3, tokens]``.
     """
 
-    #: Videos are read (chat ``video_url`` parts, ``multi_modal_data={"video": ...}``).
     reads_videos = True
 
-    def pre_process(self, data: Any, request_id: str | None = None) -> Sequence[Prompt]:
-        data = self.parse_data(data)
-        model = data["model"]
-        allow_files = bool(data.get("allow_local_files", True))
-        limits = decode_limits(model)
-        out = []
-        for i, prompt in enumerate(data["prompts"]):
-            if "image" not in prompt.extras and "video" not in prompt.extras:
-                out.append(prompt)
-                continue
-            images = prompt.extras.get("image")
-            images = [] if images is None else list(images) if isinstance(images, (list, tuple)) else [images]
-            videos = split_videos(prompt.extras.get("video"))
-            for kind, items in (("image", images), ("video", videos)):
-                per_prompt = media_per_prompt(model, kind)
-                if len(items) > per_prompt:
-                    raise InvalidRequest(f"prompt {i}: {len(items)} {kind}s, more than the limit of {per_prompt} per prompt")
-            out.append(self._prompt(i, prompt, images, videos, model, limits, allow_files))
-        return out
+    def replacements(self, model: Any) -> Sequence[PromptReplacement]:
+        """Each ``<|image_pad|>`` / ``<|video_pad|>`` (the config's ``image_token_id`` /
+        ``video_token_id``) becomes one per merged patch; for Qwen3-VL a video becomes, per
+        temporal patch, its ``<t seconds>``, ``<|vision_start|>``, its patches and ``<|vision_end|>``."""
+        config = model.hf_config
+        hint = " (in <|vision_start|>...<|vision_end|>)"
+        video = int(config.video_token_id)
+        timestamps = None
+        if family(model).video_time == "timestamps":
+            timestamps = functools.partial(_timestamped, model.tokenizer, video, int(config.vision_config.temporal_patch_size))
+        return tuple(
+            PromptReplacement(kind, token, replace, default=f"<|vision_start|>{MEDIA_TOKENS[kind]}<|vision_end|>", hint=hint)
+            for kind, token, replace in (("image", int(config.image_token_id), None), ("video", video, timestamps))
+        )
 
-    def _prompt(
-        self, index: int, prompt: Prompt, images: list[Any], videos: list[Any], model: Any,
-        limits: tuple[int, int], allow_files: bool,
-    ) -> Prompt:
+    def split(self, kind: str, value: Any) -> list[Any]:
+        return split_videos(value) if kind == "video" else super().split(kind, value)
+
+    def process_image(self, image: Any, model: Any) -> MediaItem:
+        flat, grid = patchify(image, self.settings(model, "image"))
+        return _item(flat, grid, model)
+
+    def load_video(self, index: int, value: Any, model: Any, allow_files: bool) -> np.ndarray:
+        """A video as uint8 frames ``[T, H, W, 3]`` (:func:`load_video`), an encoded one decoded first."""
+        max_pixels, max_bytes = decode_limits(model)
+        max_frames = _limit("POOLKIT_MAX_VIDEO_FRAMES", MAX_VIDEO_FRAMES)
+        if isinstance(value, ENCODED_VIDEO):
+            value = decode_video(index, value, max_pixels, max_bytes, max_frames, allow_files)
+        return load_video(index, value, max_pixels, max_frames)
+
+    def process_video(self, video: np.ndarray, model: Any) -> MediaItem:
+        flat, grid = patchify_video(video, self.settings(model, "video"), family(model).video_budget)
+        return _item(flat, grid, model, frames=video.shape[0])
+
+    def extra_media(self, expansion: Expansion, model: Any) -> dict[str, torch.Tensor]:
+        """The multimodal rotary positions ``[3, tokens]`` (:func:`rope_positions`)."""
+        return {"positions": torch.from_numpy(rope_positions(len(expansion.ids), self._spans(expansion, model)))}
+
+    def _spans(self, expansion: Expansion, model: Any) -> list[tuple[int, int, int, int, Any]]:
+        """The media runs of the expanded ids as ``(start, t, h, w, time step)`` (merged-grid sizes)."""
         config = model.hf_config
         rules = family(model)
-        media: dict[str, torch.Tensor] = {}
-        grids: dict[str, list[tuple[int, int, int]]] = {"image": [], "video": []}
-        if images:
-            settings = self.settings(model, "image")
-            patches = []
-            for image in images:
-                decoded = ImageProcessor.load_image(index, image, *limits, allow_files)
-                try:
-                    flat, grid = patchify(decoded, settings)
-                except InvalidRequest as exc:
-                    raise InvalidRequest(f"prompt {index}: {exc}") from None
-                finally:
-                    if decoded is not image:
-                        decoded.close()
-                patches.append(flat)
-                grids["image"].append(grid)
-            media["image_pixels"] = torch.from_numpy(np.concatenate(patches))
-            media["image_grid_thw"] = torch.tensor(grids["image"], dtype=torch.long)
-        frames_per_video: list[int] = []
-        if videos:
-            settings = self.settings(model, "video")
-            max_frames = _limit("POOLKIT_MAX_VIDEO_FRAMES", MAX_VIDEO_FRAMES)
-            patches = []
-            for video in videos:
-                if isinstance(video, ENCODED_VIDEO):
-                    video = decode_video(index, video, limits[0], limits[1], max_frames, allow_files)
-                frames = load_video(index, video, limits[0], max_frames)
-                try:
-                    flat, grid = patchify_video(frames, settings, rules.video_budget)
-                except InvalidRequest as exc:
-                    raise InvalidRequest(f"prompt {index}: {exc}") from None
-                patches.append(flat)
-                grids["video"].append(grid)
-                frames_per_video.append(frames.shape[0])
-            media["video_pixels"] = torch.from_numpy(np.concatenate(patches))
-            media["video_grid_thw"] = torch.tensor(grids["video"], dtype=torch.long)
-        tok = model.tokenizer
-        text = prompt.text
-        if not text:
-            text = "".join(f"<|vision_start|>{MEDIA_TOKENS[kind]}<|vision_end|>" * len(grids[kind]) for kind in ("image", "video"))
-        ids = tok(text, add_special_tokens=prompt.add_special_tokens)["input_ids"]
-        tokens = {"image": int(config.image_token_id), "video": int(config.video_token_id)}
-        for kind, token in tokens.items():
-            found = sum(1 for t in ids if t == token)
-            given = len(grids[kind])
-            if found != given:
-                name = tok.convert_ids_to_tokens(token)
-                raise InvalidRequest(
-                    f"prompt {index} has {found} {kind} placeholder{'s' if found != 1 else ''} ({name}) for {given} "
-                    f"{kind}{'s' if given != 1 else ''}; put one {name} (in <|vision_start|>...<|vision_end|>) where each {kind} goes"
-                )
-        expanded, spans = self._expand(ids, tokens, grids, frames_per_video, model, rules)
-        media["positions"] = torch.from_numpy(rope_positions(len(expanded), spans))
-        return dataclasses.replace(prompt, text=None, token_ids=expanded, media=media, extras={})
-
-    def _expand(
-        self, ids: list[int], tokens: dict[str, int], grids: dict[str, list[tuple[int, int, int]]],
-        frames_per_video: list[int], model: Any, rules: Family,
-    ) -> tuple[list[int], list[tuple[int, int, int, int, Any]]]:
-        """The token ids with each placeholder expanded, and the media runs in them as
-        ``(start, t, h, w, time step)`` for :func:`rope_positions` (merged-grid sizes)."""
-        config = model.hf_config
-        merge = int(config.vision_config.spatial_merge_size)
-        left = {kind: iter(g) for kind, g in grids.items()}
-        frames_left = iter(frames_per_video)
-        kinds = {token: kind for kind, token in tokens.items()}
-        expanded: list[int] = []
         spans: list[tuple[int, int, int, int, Any]] = []
-        for t in ids:
-            kind = kinds.get(t)
-            if kind is None:
-                expanded.append(t)
-                continue
-            gt, gh, gw = next(left[kind])
-            gh, gw = gh // merge, gw // merge
-            if kind == "video" and rules.video_time == "timestamps":
-                tok = model.tokenizer
-                start, end = (tok.convert_tokens_to_ids(x) for x in ("<|vision_start|>", "<|vision_end|>"))
-                temporal = int(config.vision_config.temporal_patch_size)
-                for stamp in frame_timestamps(next(frames_left), temporal):
-                    expanded.extend(tok(f"<{stamp:.1f} seconds>", add_special_tokens=False)["input_ids"])
-                    expanded.append(start)
-                    spans.append((len(expanded), 1, gh, gw, 1))
-                    expanded.extend([t] * (gh * gw))
-                    expanded.append(end)
+        for kind, item, start, length in expansion.placements:
+            gt, gh, gw = item.data["grid_thw"]
+            h, w = gh // item.meta["merge"], gw // item.meta["merge"]
+            if kind == "video" and rules.video_time == "timestamps":  # each temporal patch its own run
+                token = int(config.video_token_id)
+                ids = expansion.ids
+                spans += [(at, 1, h, w, 1) for at in range(start, start + length) if ids[at] == token and ids[at - 1] != token]
                 continue
             step: Any = 1
             if kind == "video" and rules.video_time == "seconds":
                 temporal = int(config.vision_config.temporal_patch_size)
                 per_second = int(getattr(config.vision_config, "tokens_per_second", 1) or 1)
                 step = per_second * torch.tensor(temporal / VIDEO_FPS, dtype=torch.float32)
-            spans.append((len(expanded), gt, gh, gw, step))
-            expanded.extend([t] * (gt * gh * gw))
-        return expanded, spans
+            spans.append((start, gt, h, w, step))
+        return spans
 
     def settings(self, model: Any, kind: str = "image") -> VisionSettings:
         """The model's pixel settings for images or videos, read once per model directory, with
@@ -450,6 +386,26 @@ def read_settings(
         rescale=float(raw.get("rescale_factor") or defaults.rescale),
         resample=int(raw.get("resample", defaults.resample)),
     )
+
+
+def _item(flat: np.ndarray, grid: tuple[int, int, int], model: Any, frames: int = 1) -> MediaItem:
+    """An image's or video's patches as a media item: one feature per merged patch."""
+    merge = int(model.hf_config.vision_config.spatial_merge_size)
+    gt, gh, gw = grid
+    return MediaItem(flat, gt * (gh // merge) * (gw // merge), {"grid_thw": grid}, {"merge": merge, "frames": frames})
+
+
+def _timestamped(tok: Any, token: int, temporal: int, item: MediaItem) -> list[int]:
+    """Qwen3-VL's tokens of a video: per temporal patch its ``<t seconds>``, ``<|vision_start|>``,
+    its merged patches and ``<|vision_end|>``, as Qwen3-VL's processor writes them."""
+    start, end = (tok.convert_tokens_to_ids(x) for x in ("<|vision_start|>", "<|vision_end|>"))
+    _, gh, gw = item.data["grid_thw"]
+    run = [token] * ((gh // item.meta["merge"]) * (gw // item.meta["merge"]))
+    ids: list[int] = []
+    for stamp in frame_timestamps(item.meta["frames"], temporal):
+        ids += tok(f"<{stamp:.1f} seconds>", add_special_tokens=False)["input_ids"]
+        ids += [start, *run, end]
+    return ids
 
 
 def rope_positions(length: int, spans: list[tuple[int, int, int, int, Any]]) -> np.ndarray:

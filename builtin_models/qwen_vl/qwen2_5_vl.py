@@ -22,8 +22,9 @@ from poolkit.contracts.config_checks import ConfigChecks
 from poolkit.contracts.errors import ModelLoadError
 from poolkit.plugins.lookup import kernel_for
 
-from ..layers import RMSNorm, linear
-from ..vision_language import Activation
+from ..blocks.norms import RMSNorm
+from ..blocks.linear import linear
+from ..blocks.vision_language import Activation
 from .processor import QWEN2_5_VL, Family
 from .qwen2_vl import (
     PatchMerger,
@@ -43,6 +44,12 @@ VISION_SIZES = (
     "vision_config.intermediate_size", "vision_config.out_hidden_size", "vision_config.patch_size",
     "vision_config.spatial_merge_size", "vision_config.temporal_patch_size",
 )
+
+
+def vision_checks(*sizes: str) -> ConfigChecks:
+    """The config checks of Qwen2.5-VL and Qwen3-VL: :data:`VISION_SIZES` and the family's own
+    ``sizes``, the vision heads dividing its width."""
+    return ConfigChecks(sizes=VISION_SIZES + sizes, multiples=(("vision_config.hidden_size", "vision_config.num_heads"),))
 
 
 class GatedVisionMLP(nn.Module):
@@ -148,10 +155,7 @@ class Qwen2_5_VLForConditionalGeneration(Qwen2VLForConditionalGeneration):
 
     vision_tower_class: ClassVar[type[nn.Module]] = Qwen25VisionTower
     media_family: ClassVar[Family] = QWEN2_5_VL
-    config_checks: ClassVar[ConfigChecks] = ConfigChecks(
-        sizes=VISION_SIZES + ("vision_config.window_size",),
-        multiples=(("vision_config.hidden_size", "vision_config.num_heads"),),
-    )
+    config_checks: ClassVar[ConfigChecks] = vision_checks("vision_config.window_size")
 
     def __init__(self, config: Any) -> None:
         vision = config.vision_config

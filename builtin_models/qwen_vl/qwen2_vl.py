@@ -33,9 +33,11 @@ from poolkit.contracts.errors import ModelLoadError
 from poolkit.loading.weights import load_into
 from poolkit.plugins.lookup import kernel_for
 
-from ..layers import RMSNorm, Rotary, fp32_layer_norm, linear, rotary_inv_freq
+from ..blocks.norms import RMSNorm, fp32_layer_norm
+from ..blocks.rotary import Rotary, rotary_inv_freq
+from ..blocks.linear import linear
 from ..qwen import Qwen2Model
-from ..vision_language import (
+from ..blocks.vision_language import (
     CheckpointLayout,
     FeedForward,
     VisionLanguageModel,

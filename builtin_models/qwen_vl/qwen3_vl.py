@@ -19,11 +19,11 @@ from torch import nn
 from poolkit.contracts.config_checks import ConfigChecks
 from poolkit.contracts.errors import ModelLoadError
 
-from ..layers import fp32_layer_norm
+from ..blocks.norms import fp32_layer_norm
 from ..qwen import Qwen2Model, Qwen3Model
-from ..vision_language import FeedForward
+from ..blocks.vision_language import FeedForward
 from .processor import QWEN3_VL, Family
-from .qwen2_5_vl import VISION_SIZES
+from .qwen2_5_vl import vision_checks
 from .qwen2_vl import Qwen2VisionTower, Qwen2VLForConditionalGeneration, VisionBlock
 
 
@@ -125,10 +125,7 @@ class Qwen3VLForConditionalGeneration(Qwen2VLForConditionalGeneration):
     vision_tower_class: ClassVar[type[nn.Module]] = Qwen3VisionTower
     interleaved_mrope: ClassVar[bool] = True
     media_family: ClassVar[Family] = QWEN3_VL
-    config_checks: ClassVar[ConfigChecks] = ConfigChecks(
-        sizes=VISION_SIZES + ("vision_config.num_position_embeddings",),
-        multiples=(("vision_config.hidden_size", "vision_config.num_heads"),),
-    )
+    config_checks: ClassVar[ConfigChecks] = vision_checks("vision_config.num_position_embeddings")
 
     def __init__(self, config: Any) -> None:
         text = config.text_config

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from functools import cached_property
+from functools import cached_property, partial
 from typing import Any, Sequence
 
 import torch
@@ -43,7 +43,7 @@ from ..runtime.progress import progress_bar
 from ..inputs.chat import conversations
 from ..inputs.renderer import Renderer
 from ..inputs.media import IMAGE_TOKEN_GUESS
-from ..inputs.pairs import MediaItem, check_side_limit, cut_sides, has_media, pair, score_side
+from ..inputs.pairs import MediaItem, check_side_limit, cut_sides, has_media, pair, pair_prompts, score_side, skiplist
 from .entities import Entities, group_entities
 from .model_config import ModelConfig, model_config
 from .params import check_params
@@ -251,11 +251,7 @@ class LLM:
         return total
 
     def check_params(
-        self,
-        pooling_params: Any,
-        count: int,
-        task_name: str,
-        tokenization_kwargs: dict[str, Any] | None = None,
+        self, pooling_params: Any, count: int, task_name: str, tokenization_kwargs: dict[str, Any] | None = None
     ) -> list[PoolingParams]:
         """One verified :class:`PoolingParams` per prompt, the task's defaults filled in.
 
@@ -315,7 +311,6 @@ class LLM:
             lora_request: a :class:`~poolkit.lora.request.LoRARequest` for every prompt, or a list of
                 one per prompt (``None``: the base model); needs ``LLM(enable_lora=True)``.
         """
-        prompts = conversations(prompts, messages, chat_template)
         if pooling_task is None:
             pooling_task = self.default_task
             if pooling_task is None:
@@ -325,10 +320,12 @@ class LLM:
                 "(or call the task's own method) to choose", pooling_task,
             )
         if pooling_task == self.plugin_task:
-            return self._encode_plugin(prompts, pooling_params, use_tqdm, tokenization_kwargs)
+            return self._encode_plugin(conversations(prompts, messages, chat_template), pooling_params, use_tqdm, tokenization_kwargs)
         if isinstance(prompts, dict) and "data" in prompts:
             raise InvalidRequest(f"The 'data' field is only supported for the '{self.plugin_task}' pooling task.")
-        results, parsed, params = self._results(prompts, pooling_params, pooling_task, use_tqdm, tokenization_kwargs, prompt_name, lora_request)
+        results, parsed, params = self._results(
+            prompts, pooling_params, pooling_task, use_tqdm, tokenization_kwargs, prompt_name, lora_request, messages, chat_template
+        )
         outputs = [
             PoolingRequestOutput(rid, PoolingOutput(data), ids, num_cached_tokens=cached, truncated=cut)
             for rid, data, ids, cut, cached in zip(
@@ -351,11 +348,13 @@ class LLM:
         tokenization_kwargs: dict[str, Any] | None,
         prompt_name: str | None,
         lora_request: Any = None,
+        messages: Any = None,
+        chat_template: str | None = None,
     ) -> tuple[Results, PromptBatch, list[PoolingParams]]:
-        """A task's run over ``prompts``: its results, the prompts and their parameters."""
+        """A task's run over ``prompts`` (or chat ``messages``): its results, the prompts and their parameters."""
         task, parsed, params = self.prepare(
             prompts, pooling_params, pooling_task=pooling_task, tokenization_kwargs=tokenization_kwargs, prompt_name=prompt_name,
-            lora_request=lora_request,
+            lora_request=lora_request, messages=messages, chat_template=chat_template,
         )
         return self.run(task, parsed, params, use_tqdm=use_tqdm), parsed, params
 
@@ -373,50 +372,35 @@ class LLM:
         prompt_name: str | None = None,
         prefix: str | None = None,
         lora_request: Any = None,
+        messages: Any = None,
+        chat_template: str | None = None,
     ) -> tuple[Any, list[Prompt], list[PoolingParams]]:
-        """Validate a request without running it: the task, its prompts and verified parameters.
+        """Validate a request without running it: the task, its prompts (the renderer's,
+        :meth:`poolkit.inputs.Renderer.request`) and verified parameters.
 
         The server prepares requests on the event loop (cheap checks only, no tokenization) and
         runs them later, merged with others, through ``engine.run``. ``prefix``: a prompt's text to
         put before each input instead of ``prompt_name``'s (``""``: none, not even the model's default).
         ``lora_request``: the LoRA adapter of every prompt, or a list of one per prompt (read and
-        checked here).
+        checked here). ``messages`` and ``chat_template``: chat messages instead of ``prompts``, as
+        :meth:`encode` takes them.
         """
         task = self.model.task(pooling_task)
         renderer: Renderer = self.renderer
-        parsed = renderer.prompts(prompts, prompt_name, prefix=prefix)
         kwargs = dict(tokenization_kwargs or {})
-        input_type = kwargs.pop("input_type", None)
-        if input_type is not None:
-            parsed = self._role_prompts(task, parsed, input_type)
-        special = kwargs.pop("add_special_tokens", None)
-        if special is not None:
-            if not isinstance(special, bool):
-                raise InvalidRequest(f"add_special_tokens must be true or false, got {special!r}")
-            parsed.set_add_special_tokens(special)
+        parsed = renderer.request(
+            prompts, task, prompt_name=prompt_name, prefix=prefix, input_type=kwargs.pop("input_type", None),
+            add_special_tokens=kwargs.pop("add_special_tokens", None), messages=messages, chat_template=chat_template,
+        )
         if lora_request is None and self.model.adapters is not None:  # a task the checkpoint carries an adapter for (jina-v3)
             lora_request = self.model.adapters.own(prompt_name)
         params = adapted_params(self.check_params(pooling_params, len(parsed), task.name, kwargs), lora_request, self.model.adapters)
-        if not getattr(parsed, "columnar", False) and any("cache_salt" in p.extras for p in parsed):  # {"prompt": ..., "cache_salt": ...}
-            params = [p.with_salt(prompt.extras.get("cache_salt")) for prompt, p in zip(parsed, params)]
+        params = renderer.salted(parsed, params)
         if any(p.late_chunking_params is not None for p in params):
             for index, (prompt, p) in enumerate(zip(parsed, params)):
                 if p.late_chunking_params is not None and prompt.token_ids is None and not prompt.text:
                     raise InvalidRequest(f"prompt {index}: {LateChunkingParams.NEEDS_TEXT}")
         return task, parsed, params
-
-    def _role_prompts(self, task: Task, prompts: list[Prompt], input_type: Any) -> list[Prompt]:
-        """Text prompts in a retrieval role (vLLM's ``input_type``), encoded by the task.
-
-        Raises:
-            InvalidRequest: with vLLM's wording, a task that takes no ``input_type``.
-        """
-        if not task.takes_input_type:
-            takers = [e.name for e in registry("task").entries() if e.obj.takes_input_type]
-            raise InvalidRequest(f"input_type is only supported with task {' or '.join(map(repr, takers))}.")
-        if any(p.text is None or p.prompt_prefix for p in prompts):
-            raise InvalidRequest("input_type takes text prompts (no token ids, images or prompt_name)")
-        return list(task.role_prompts(self.model, [p.text for p in prompts], input_type))
 
     def _encode_plugin(
         self,
@@ -458,8 +442,7 @@ class LLM:
         inputs in ``prompts``) are rendered with the chat template, and ``lora_request`` chooses
         LoRA adapters, as in :meth:`encode`."""
         results, _, _ = self._results(
-            conversations(prompts, messages, chat_template), pooling_params, "embed", use_tqdm, tokenization_kwargs, prompt_name,
-            lora_request,
+            prompts, pooling_params, "embed", use_tqdm, tokenization_kwargs, prompt_name, lora_request, messages, chat_template
         )
         request_ids = self._new_request_ids(len(results))
         if isinstance(results.data, torch.Tensor):  # one tensor of rows: the floats read in one call
@@ -742,17 +725,23 @@ class LLM:
 class _ScoreRunner:
     """The :class:`~poolkit.contracts.scoring.ScoreRunner` :meth:`LLM.score` hands its scorer: the
     LLM's model, task lookup (:meth:`LLM.task`), parameter checks (:meth:`LLM.check_params`),
-    prompt preparation (:meth:`LLM.prepare`) and engine run (:meth:`LLM.run`), and nothing else
-    of the LLM (a scorer calls no API method back)."""
+    prompt preparation (:meth:`LLM.prepare`; pairs and retrieval roles as ``poolkit.inputs`` makes them) and engine
+    run (:meth:`LLM.run`), and nothing else of the LLM (a scorer calls no API method back)."""
 
-    __slots__ = ("model", "task", "run", "_llm", "_lora")
+    __slots__ = ("model", "task", "run", "pair_prompts", "skiplist", "_llm", "_lora")
 
     def __init__(self, llm: LLM, lora_request: Any = None) -> None:
         self.model = llm.model
         self.task = llm.task
         self.run = llm.run
+        self.pair_prompts = partial(pair_prompts, llm.model)
+        self.skiplist = partial(skiplist, llm.model)
         self._llm = llm
         self._lora = lora_request
+
+    def role_prompts(self, texts: list[str], kind: str) -> list[Prompt]:
+        """Texts as the model's queries or documents (:meth:`poolkit.inputs.Renderer.role_prompts` of ``token_embed``)."""
+        return self._llm.renderer.role_prompts(self.task("token_embed"), [Prompt(text=t) for t in texts], kind)
 
     def check_params(
         self, pooling_params: Any, count: int, task_name: str, tokenization_kwargs: dict[str, Any] | None = None

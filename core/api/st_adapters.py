@@ -95,7 +95,7 @@ class AdapterMethods:
         self._disabled = False
 
     def has_peft_compatible_model(self) -> bool:
-        return bool(getattr(self.llm.model.architecture, "takes_adapters", False))
+        return bool(self.llm.model.architecture.takes_adapters)
 
     def _lora_request(self) -> LoRARequest | None:
         """The active adapter's request; else the model's own adapter of this call's prompt name

@@ -27,7 +27,6 @@ import torch
 
 from ..contracts.errors import InvalidRequest
 from ..contracts.params import PoolingParams
-from ..inputs import Chat
 from .st_adapters import PROMPT_NAME, AdapterMethods
 from .st_functions import PRECISIONS, SIMILARITY, pairwise_similarity, quantize_embeddings, similarity_name
 
@@ -280,13 +279,14 @@ class _Model(AdapterMethods):
         if not images:
             return text if text is not None else ""
         renderer = self.llm.renderer
-        if not renderer.reads_media or not renderer.chat_template:
-            return {"prompt": text or "", "multi_modal_data": {"image": images if len(images) > 1 else images[0]}}
         content = [
             {"type": "text", "text": text} if key == "text" else {"type": "image_pil", "image_pil": image}
             for key in typed for image in ([None] if key == "text" else images)
         ]
-        return renderer.chat_prompt(Chat([{"role": "user", "content": content}], where="inputs"))
+        chat = renderer.media_chat(content, "inputs")
+        if chat is None:
+            return {"prompt": text or "", "multi_modal_data": {"image": images if len(images) > 1 else images[0]}}
+        return renderer.chat_prompt(chat)
 
     def _matrix(self, pooling_task: str, inputs: list[Any], params: PoolingParams | None = None, prefix: str | None = None) -> torch.Tensor:
         """:meth:`_run`'s results as one float32 row per input."""
@@ -559,7 +559,7 @@ class CrossEncoder(_Model):
         name = name or (saved.get("activation_fn") if isinstance(saved, dict) else None)
         name = name or getattr(config, "sbert_ce_default_activation_function", None)
         if name:
-            from ..loading.st_config import _torch_activation
+            from ..contracts.sentence_transformers import _torch_activation
 
             return _torch_activation(name)
         return torch.nn.Sigmoid() if self.num_labels == 1 else torch.nn.Identity()

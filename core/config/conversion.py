@@ -31,11 +31,6 @@ class Conversion:
     hidden_states: bool = False
     needs_classifier: bool = False
 
-    @property
-    def needs_head(self) -> bool:
-        """The deprecated old name of :attr:`needs_classifier`."""
-        return self.needs_classifier
-
 
 #: The ``convert`` settings (vLLM's ``--convert``).
 CONVERSIONS = {

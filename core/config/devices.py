@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..contracts.errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 DTYPES = {
     "float32": torch.float32,
@@ -31,7 +34,7 @@ def cpu_multiplies_bf16() -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
-def resolve_dtype(dtype: Any, device: torch.device) -> torch.dtype:
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
     """``"auto"``: bf16 where the hardware multiplies bf16 natively (GPUs, CPUs with AVX512-BF16
     or AMX), fp32 elsewhere. ``POOLKIT_DTYPE`` changes what ``"auto"`` means for the process.
     """
@@ -50,7 +53,7 @@ def resolve_dtype(dtype: Any, device: torch.device) -> torch.dtype:
         raise InvalidRequest(f"unknown dtype '{dtype}'; use auto, {', '.join(DTYPES)}") from None
 
 
-def resolve_device(device: Any) -> torch.device:
+def resolve_device(device: str | torch.device | None) -> torch.device:
     """``None``/``"auto"``: ``POOLKIT_DEVICE`` when set, else a GPU if there is one, else the CPU."""
     if device in (None, "auto"):
         device = os.environ.get("POOLKIT_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -60,7 +63,7 @@ def resolve_device(device: Any) -> torch.device:
         raise InvalidRequest(f"unknown device '{device}'") from None
 
 
-def head_dtype(hf_config: Any, dtype: torch.dtype, lora: bool = False) -> torch.dtype:
+def head_dtype(hf_config: PretrainedConfig, dtype: torch.dtype, lora: bool = False) -> torch.dtype:
     """The classifiers' dtype: fp32 unless ``config.json`` (or ``hf_overrides``) says
     ``head_dtype`` (vLLM's key): ``"model"`` for the model's dtype, or a dtype name. With LoRA
     adapters (``lora``, whose saved heads are in the model's dtype) the model's dtype, as vLLM does."""

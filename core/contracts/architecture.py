@@ -1,19 +1,26 @@
-"""The contract a model architecture fulfils: packed batch in, hidden states out."""
+"""The contract a model architecture fulfils (packed batch in, hidden states out), and the loaded
+model that runs it (:class:`LoadedModel`, what tasks, scorers and :meth:`Architecture.task_head` read)."""
 
 from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Collection, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Collection, Iterable, Mapping, Protocol, Sequence, runtime_checkable
 
 import torch
 
 from .batch import PackedBatch
 from .config_checks import ConfigChecks
 from .errors import ModelLoadError
+from .model import ModelInfo
 
 if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
     from .io import IOProcessor
+    from .model import Tokenizer
+    from .params import Setting
+    from .pooling import Head, Pooler
 
 
 class Architecture(torch.nn.Module):
@@ -159,7 +166,7 @@ class Architecture(torch.nn.Module):
 
     @classmethod
     def check_config(
-        cls, config: Any, shapes: Mapping[str, tuple[int, ...]] | None, overridden: Collection[str] = ()
+        cls, config: PretrainedConfig, shapes: Mapping[str, tuple[int, ...]] | None, overridden: Collection[str] = ()
     ) -> None:
         """Refuse a config that does not fit the checkpoint, before anything is allocated.
 
@@ -180,7 +187,7 @@ class Architecture(torch.nn.Module):
         cls.config_checks.check(config, shapes, overridden)
 
     @classmethod
-    def configure(cls, config: Any, tokenizer: Any) -> None:
+    def configure(cls, config: PretrainedConfig, tokenizer: Tokenizer) -> None:
         """Adjust the config before the model is built, with what only the tokenizer knows.
 
         Called once per load, after ``hf_overrides`` are applied. The default does nothing; a
@@ -191,7 +198,7 @@ class Architecture(torch.nn.Module):
         """
 
     @classmethod
-    def load_tokenizer(cls, path: Path, config: Any) -> Any | None:
+    def load_tokenizer(cls, path: Path, config: PretrainedConfig) -> Tokenizer | None:
         """A fast tokenizer for a checkpoint that transformers gives none for, or ``None``.
 
         Called once per load, before :meth:`configure`, with the tokenizer's directory (the
@@ -207,7 +214,7 @@ class Architecture(torch.nn.Module):
         """
         return None
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         """Build the modules for ``config`` (kept as ``self.config``); called once per load.
 
         Subclasses call ``super().__init__(config)`` first. ``config`` is the Hugging Face config,
@@ -217,7 +224,7 @@ class Architecture(torch.nn.Module):
         self.config = config
 
     @property
-    def size_config(self) -> Any:
+    def size_config(self) -> PretrainedConfig:
         """The config :attr:`hidden_size` and :attr:`max_positions` read: ``config``, or the part of
         it that holds the model :meth:`forward` runs (a vision-language model's ``text_config``)."""
         return self.config
@@ -291,8 +298,9 @@ class Architecture(torch.nn.Module):
         """
         return None
 
-    def task_head(self, task: Any, model: Any) -> Any:
-        """A head of this architecture's own for ``task`` (a :class:`poolkit.contracts.tasks.Task`), or ``None``.
+    def task_head(self, task: TaskSpec, model: LoadedModel) -> Head | None:
+        """A head of this architecture's own for ``task`` (a :class:`poolkit.contracts.tasks.Task`) on
+        ``model`` (whose ``architecture`` is this one), or ``None``.
 
         ``None`` (the default) lets the task build its head from the poolers and the
         classifiers above; a SPLADE model returns the ``sparse_embed`` task's head for ``embed``,
@@ -331,7 +339,7 @@ class Architecture(torch.nn.Module):
         asks for it. ``batches()`` gives calibration batches (the built-in calibration texts or
         ``--calibration FILE``), on the model's device, to measure activations and the error.
         Returns what ``poolkit info`` shows of it. The native families implement it
-        (:mod:`poolkit.builtin_models.quantize`); the default refuses.
+        (:mod:`poolkit.builtin_models.blocks.quantize`); the default refuses.
 
         Raises:
             ModelLoadError: the architecture cannot run ``method``.
@@ -353,6 +361,60 @@ class Architecture(torch.nn.Module):
 
 #: Architecture methods renamed when "head" came to mean a task's head only: old name -> new name (``Architecture.__init_subclass__``).
 _RENAMED_METHODS = {"sequence_head": "sequence_classifier", "token_head": "token_classifier"}
+
+
+class TaskSpec(Protocol):
+    """What a loaded model reads of a task (a :class:`poolkit.contracts.tasks.Task` is one): the
+    granularity and default pooler its pooling settings resolve by, and how it builds its head."""
+
+    @property
+    def name(self) -> str:
+        """The task name users pass (``"embed"``)."""
+        ...
+
+    @property
+    def granularity(self) -> str:
+        """``"sequence"``, ``"token"`` or ``"plugin"``."""
+        ...
+
+    @property
+    def default_pooling_type(self) -> str | None:
+        """The pooler used when nothing else names one; ``None`` for a task that pools with none."""
+        ...
+
+    def build(self, model: LoadedModel) -> Head | None:
+        """The head serving this task on ``model``, or ``None`` if the model cannot serve it."""
+        ...
+
+
+# Beside Architecture, not in model.py: it holds an Architecture and Architecture.task_head takes
+# it, and tasks.py imports it, so one module keeps the contracts free of import cycles.
+@runtime_checkable
+class LoadedModel(ModelInfo, Protocol):
+    """A loaded model as tasks, scorers and :meth:`Architecture.task_head` see it: its settings
+    (:class:`poolkit.contracts.model.ModelInfo`), the architecture that runs it, and the poolers
+    and heads each task runs with on it. :class:`poolkit.loading.model.PoolingModel` is one."""
+
+    #: The loaded module: its classifiers, ``hidden_size``, class attributes.
+    architecture: Architecture
+    #: The registered name of the architecture that serves the model (the base one after a conversion).
+    architecture_name: str
+
+    def pooling_type(self, task: TaskSpec) -> Setting:
+        """The upper-case names of the poolers ``task`` pools with here, and their source."""
+        ...
+
+    def ignored_pooling_type(self, task: TaskSpec) -> str | None:
+        """Why the user's ``pooling_type`` does not apply to ``task``, or ``None``."""
+        ...
+
+    def poolers(self, task: TaskSpec) -> list[Pooler]:
+        """The registered poolers :meth:`pooling_type` names for ``task``, in order."""
+        ...
+
+    def head(self, task: TaskSpec) -> Head | None:
+        """The head serving ``task`` (:meth:`Architecture.task_head`, else the task's), built once."""
+        ...
 
 
 def check_architecture(name: str, obj: object) -> type[Architecture]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -30,6 +30,20 @@ def flatten_ids(sequences: Sequence[Sequence[int]], total: int) -> np.ndarray:
     """The sequences' integers one after another, as int64: read in C, four times faster than
     a flattened Python list handed to ``torch.tensor``."""
     return np.fromiter(itertools.chain.from_iterable(sequences), dtype=np.int64, count=total)
+
+
+class BatchPrefix(Protocol):
+    """What :attr:`PackedBatch.prefix` holds: the shared prefixes a batch's sequences continue
+    (:mod:`poolkit.runtime.prefix` makes it), as an architecture's attention reads them."""
+
+    def attention(self, op: Callable[..., torch.Tensor], device: torch.device) -> Callable[..., torch.Tensor]:
+        """The attention of one forward pass: ``op`` (the architecture's varlen attention) where a
+        sequence has no prefix, attention over its prefix's keys and values where it has one."""
+        ...
+
+    def with_fillers(self, count: int) -> BatchPrefix:
+        """The same prefixes for the batch padded with ``count`` one-token filler sequences."""
+        ...
 
 
 @dataclass(eq=False)
@@ -64,7 +78,7 @@ class PackedBatch:
     starts: list[int] | None = None
     #: The keys and values of the prefixes the sequences continue (:mod:`poolkit.runtime.prefix`),
     #: which an architecture with ``shares_prefixes`` lets its attention read; ``None``: none.
-    prefix: Any = None
+    prefix: BatchPrefix | None = None
 
     @classmethod
     def from_sequences(

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Collection, Mapping, Tuple, Union
+from typing import TYPE_CHECKING, Any, Collection, Mapping, Tuple, Union
 
 from .errors import ModelLoadError
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 #: A dimension of a declared shape: a config field, a fixed size, ``None`` (not checked), or a
 #: tuple of fields and sizes whose product it is.
@@ -38,9 +41,10 @@ COMMON_SIZES = (
 )
 
 
-def config_value(config: Any, name: str) -> Any:
-    """The value of a config field; a dotted name reaches into a sub-config; ``None`` if absent."""
-    value = config
+def config_value(config: PretrainedConfig | Mapping[str, Any], name: str) -> Any:
+    """The value of a config field (of a config object or a raw ``config.json`` dict); a dotted
+    name reaches into a sub-config; ``None`` if absent."""
+    value: Any = config
     for part in name.split("."):
         if value is None:
             return None
@@ -63,7 +67,7 @@ def source(name: str, overridden: Collection[str]) -> str:
     return "hf_overrides" if name in overridden else "config.json"
 
 
-def require_positive(config: Any, name: str, overridden: Collection[str] = ()) -> None:
+def require_positive(config: PretrainedConfig | Mapping[str, Any], name: str, overridden: Collection[str] = ()) -> None:
     """Refuse a size field that is set to anything but a positive integer.
 
     Raises:
@@ -144,7 +148,7 @@ class ConfigChecks:
     layers: Mapping[str, str] = field(default_factory=dict)
     shapes: Mapping[str, Tuple[Dim, ...]] = field(default_factory=dict)
 
-    def check(self, config: Any, shapes: Shapes | None, overridden: Collection[str] = ()) -> None:
+    def check(self, config: PretrainedConfig, shapes: Shapes | None, overridden: Collection[str] = ()) -> None:
         """Refuse ``config`` where it does not fit the checkpoint's tensor ``shapes``.
 
         Args:
@@ -174,7 +178,7 @@ class ConfigChecks:
                     self._check_shape(config, tensor, tuple(shape), dims, overridden)
 
     @staticmethod
-    def _check_layers(config: Any, name: str, held: int, overridden: Collection[str]) -> None:
+    def _check_layers(config: PretrainedConfig, name: str, held: int, overridden: Collection[str]) -> None:
         wanted = config_value(config, name)
         if not isinstance(wanted, int) or wanted == held:
             return
@@ -189,7 +193,7 @@ class ConfigChecks:
 
     @staticmethod
     def _check_shape(
-        config: Any, tensor: str, shape: tuple[int, ...], dims: tuple[Dim, ...], overridden: Collection[str]
+        config: PretrainedConfig, tensor: str, shape: tuple[int, ...], dims: tuple[Dim, ...], overridden: Collection[str]
     ) -> None:
         if len(shape) != len(dims):
             return  # not the tensor the declaration describes; loading the weights will say

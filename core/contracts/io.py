@@ -10,6 +10,9 @@ from .errors import InvalidRequest, PluginError
 from .registration import plugin_instance
 
 if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
+    from .model import ModelInfo, Tokenizer
     from .params import PoolingParams
 
 
@@ -191,14 +194,14 @@ class IOContext:
     """
 
     model_name: str
-    tokenizer: Any
-    config: Any
+    tokenizer: Tokenizer
+    config: PretrainedConfig
     max_model_len: int | None
     supported_tasks: tuple[str, ...]
 
     @classmethod
-    def of(cls, model: Any) -> "IOContext":
-        """The context of a loaded :class:`poolkit.PoolingModel`, with its own copies."""
+    def of(cls, model: ModelInfo) -> "IOContext":
+        """The context of a loaded model (a :class:`poolkit.PoolingModel`), with its own copies."""
         return cls(
             model_name=model.name,
             tokenizer=copy.deepcopy(model.tokenizer),

@@ -1,13 +1,16 @@
-"""The pooler and activation contracts."""
+"""The pooler, head and activation contracts."""
 
 from __future__ import annotations
 
 import inspect
-from typing import Callable, ClassVar
+from typing import TYPE_CHECKING, Callable, ClassVar, Protocol, Sequence
 
 import torch
 
 from .batch import PackedBatch
+
+if TYPE_CHECKING:
+    from .params import PoolingParams
 
 GRANULARITIES = ("sequence", "token")
 
@@ -39,6 +42,17 @@ class Pooler:
     def output_size(self, hidden_size: int) -> int:
         """Width of the pooled vectors for a model of ``hidden_size``."""
         return hidden_size
+
+
+class Head(Protocol):
+    """Turns the hidden states of one packed batch into one result per sequence: a list of
+    tensors, or one ``[B, ...]`` tensor whose row ``i`` is sequence ``i``'s result (what a head
+    whose results all have one shape returns: the engine then keeps a run's results as one tensor,
+    with no object per input)."""
+
+    def __call__(
+        self, hidden: torch.Tensor, batch: PackedBatch, params: Sequence["PoolingParams"]
+    ) -> torch.Tensor | list[torch.Tensor]: ...
 
 
 class FunctionPooler(Pooler):

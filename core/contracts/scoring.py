@@ -14,6 +14,7 @@ from .errors import InvalidRequest
 from .registration import plugin_instance
 
 if TYPE_CHECKING:
+    from .architecture import LoadedModel
     from .io import Prompt
     from .params import PoolingParams
     from .tasks import Task
@@ -36,8 +37,8 @@ class ScoreRunner(Protocol):
     """
 
     @property
-    def model(self) -> Any:
-        """The loaded :class:`poolkit.loading.model.PoolingModel` (read it, don't change it)."""
+    def model(self) -> LoadedModel:
+        """The loaded model, a :class:`poolkit.loading.model.PoolingModel` (read it, don't change it)."""
         ...
 
     def task(self, name: str) -> Task:
@@ -77,6 +78,28 @@ class ScoreRunner(Protocol):
         """
         ...
 
+    def pair_prompts(
+        self, first: list[str], second: list[str], chat_template: str | None, instruction: str | None, kwargs: dict[str, Any] | None
+    ) -> list[Prompt]:
+        """Prompts of (query, document) pairs read together, as the model's renderer makes them: a
+        score template (``chat_template``, ``instruction``), a CrossEncoder export's chat template and
+        prompt, or tokenizer pairs; ``kwargs`` are the request's ``chat_template_kwargs``.
+
+        Raises:
+            InvalidRequest: settings that do not go together, or that the model's way of pairing ignores.
+        """
+        ...
+
+    def role_prompts(self, texts: list[str], kind: str) -> list[Prompt]:
+        """Texts as the model's queries or documents (``kind``), as the renderer makes them for
+        vLLM's ``input_type``: a late-interaction model's markers, lengths and query expansion."""
+        ...
+
+    def skiplist(self, kind: str) -> Any:
+        """The token ids whose vectors a late-interaction model leaves out of MaxSim for ``kind``
+        (``"query"`` / ``"document"``), as a tensor, or ``None``."""
+        ...
+
     def run(self, task: Task, prompts: Sequence[Prompt], params: list[PoolingParams], *, use_tqdm: bool = False) -> Any:
         """Run prepared prompts through the engine: a ``Results``, whose item ``i`` is prompt ``i``'s
         ``(result, prompt token ids)``; ``results.truncated`` says which prompts were cut."""
@@ -88,7 +111,7 @@ class Scorer:
 
     The model's scorer is the one its architecture names in ``score_type``, else the supporting
     scorer with the highest :attr:`priority` (:func:`poolkit.plugins.lookup.select_scorer`). ``model``
-    below is the loaded :class:`poolkit.loading.model.PoolingModel`, ``runner`` the
+    below is the loaded model (a :class:`poolkit.contracts.architecture.LoadedModel`), ``runner`` the
     :class:`ScoreRunner` that runs a score call's work on it.
 
     Attributes:
@@ -101,11 +124,11 @@ class Scorer:
     priority: ClassVar[int] = 0
     takes_template: ClassVar[bool] = False
 
-    def supports(self, model: Any) -> bool:
+    def supports(self, model: LoadedModel) -> bool:
         """Whether this scorer can score with ``model``."""
         raise NotImplementedError
 
-    def refusal(self, model: Any) -> str | None:
+    def refusal(self, model: LoadedModel) -> str | None:
         """Why ``model`` cannot score, when this scorer knows better than the generic message."""
         return None
 

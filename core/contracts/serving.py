@@ -26,9 +26,11 @@ class PoolingEngine(Protocol):
         batcher tokenizes the next batch while this one runs (:meth:`staged`)."""
 
     def run(
-        self, task: Task, prompts: Sequence[Prompt], params: Sequence[PoolingParams], progress: Callable[[int], None] | None = None
+        self, task: Task, prompts: Sequence[Prompt], params: Sequence[PoolingParams],
+        progress: Callable[[int, int], None] | None = None,
     ) -> Any:
-        """The results (:class:`poolkit.runtime.columns.Results`) of ``prompts`` for ``task``, in order."""
+        """The results (:class:`poolkit.runtime.columns.Results`) of ``prompts`` for ``task``, in order;
+        ``progress`` is called with ``(items done, tokens done)`` after each batch."""
 
     def staged(self, task: Task, prompts: Sequence[Prompt], params: Sequence[PoolingParams]) -> Callable[[], Any]:
         """``prompts`` tokenized now, run when the returned callable is called."""

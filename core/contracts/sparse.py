@@ -12,12 +12,15 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .errors import InvalidRequest
 from .outputs import PoolingOutput, PoolingRequestOutput
+
+if TYPE_CHECKING:
+    from .model import Tokenizer
 
 
 def check_pruning(top_k: Any = None, threshold: Any = None) -> None:
@@ -60,7 +63,7 @@ class SparseEmbedding:
         vector: Any,
         top_k: int | None = None,
         threshold: float | None = None,
-        tokenizer: Any = None,
+        tokenizer: Tokenizer | None = None,
     ) -> "SparseEmbedding":
         """The non-zero entries of a dense vector, sorted by weight (descending, ties by id).
 
@@ -125,7 +128,7 @@ class SparseEmbeddingRequestOutput(PoolingRequestOutput[SparseEmbedding]):
         base: PoolingRequestOutput[PoolingOutput],
         top_k: int | None = None,
         threshold: float | None = None,
-        tokenizer: Any = None,
+        tokenizer: Tokenizer | None = None,
     ) -> "SparseEmbeddingRequestOutput":
         sparse = SparseEmbedding.from_dense(base.outputs.data, top_k=top_k, threshold=threshold, tokenizer=tokenizer)
         return cls(base.request_id, sparse, base.prompt_token_ids)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from .batch import PackedBatch
 from .errors import InvalidRequest
+from .pooling import Head
 from .registration import plugin_instance
 
 if TYPE_CHECKING:
+    from .architecture import LoadedModel
+    from .io import Prompt
     from .params import PoolingParams, Setting
 
 TASK_GRANULARITIES = ("sequence", "token", "plugin")
@@ -21,23 +23,13 @@ SEQUENCE, TOKEN, PLUGIN = TASK_GRANULARITIES
 TOKENIZATION_PARAMS = frozenset({"truncate_prompt_tokens", "truncation_side"})
 
 
-class Head(Protocol):
-    """Turns the hidden states of one packed batch into one result per sequence: a list of
-    tensors, or one ``[B, ...]`` tensor whose row ``i`` is sequence ``i``'s result (what a head
-    whose results all have one shape returns: the engine then keeps a run's results as one tensor,
-    with no object per input)."""
-
-    def __call__(
-        self, hidden: torch.Tensor, batch: PackedBatch, params: Sequence["PoolingParams"]
-    ) -> torch.Tensor | list[torch.Tensor]: ...
-
-
 class Task:
     """A pooling task such as ``embed``, ``classify`` or ``token_embed``.
 
     Tasks are registered through ``poolkit_register_tasks``; the Python API, the CLI and the
     server look them up by name, so a plugin adds a task without touching the core. ``model``
-    below is the loaded :class:`poolkit.loading.model.PoolingModel`.
+    below is the loaded model (a :class:`poolkit.contracts.architecture.LoadedModel`, which
+    :class:`poolkit.loading.model.PoolingModel` is).
 
     Attributes:
         name: the task name users pass (``pooling_task="embed"``).
@@ -85,7 +77,7 @@ class Task:
     #: ``"query"`` / ``"document"``).
     takes_input_type: ClassVar[bool] = False
 
-    def role_prompts(self, model: Any, texts: list[str], input_type: Any) -> list[Any]:
+    def role_prompts(self, model: LoadedModel, texts: list[str], input_type: Any) -> list[Prompt]:
         """Prompts encoding ``texts`` as ``model``'s queries or documents (``input_type``), as its
         scorer encodes them; only where :attr:`takes_input_type`.
 
@@ -94,25 +86,25 @@ class Task:
         """
         raise NotImplementedError
 
-    def build(self, model: Any) -> Head | None:
+    def build(self, model: LoadedModel) -> Head | None:
         """The head serving this task on ``model``, or ``None`` if the model cannot serve it."""
         raise NotImplementedError
 
-    def result_width(self, model: Any) -> int | None:
+    def result_width(self, model: LoadedModel) -> int | None:
         """Numbers in one result (a ``sequence`` task) or in one token's row (a ``token`` task) on
         ``model``, at most: what a surface sizes a response by before running it (the server's
         ``--max-response-bytes``). ``None`` (the default): not known ahead, as for sparse results;
         the server then counts the numbers once the results are in."""
         return None
 
-    def check_model(self, model: Any) -> None:
+    def check_model(self, model: LoadedModel) -> None:
         """Refuse a model this task would serve wrongly; called once per task right after loading.
 
         Raises:
             ModelLoadError: the model must not be served at all.
         """
 
-    def render(self, data: torch.Tensor, model: Any, options: dict[str, Any]) -> Any:
+    def render(self, data: torch.Tensor, model: LoadedModel, options: dict[str, Any]) -> Any:
         """One result as JSON-ready data (the ``data`` of vLLM's ``/pooling``).
 
         Args:
@@ -123,7 +115,7 @@ class Task:
         """
         return data.tolist()
 
-    def record(self, data: torch.Tensor, model: Any, options: dict[str, Any]) -> dict[str, Any]:
+    def record(self, data: torch.Tensor, model: LoadedModel, options: dict[str, Any]) -> dict[str, Any]:
         """The fields one result adds to a record of the CLI, a corpus job or a dataset."""
         return {self.output_field: self.render(data, model, options)}
 
@@ -137,7 +129,7 @@ class Task:
             InvalidRequest: with a one-line reason.
         """
 
-    def settings(self, model: Any) -> dict[str, "Setting"]:
+    def settings(self, model: LoadedModel) -> dict[str, "Setting"]:
         """The settings this task applies on ``model``, each resolved with its source, for
         ``poolkit info`` (``model.describe()["tasks"][name]``).
 
@@ -147,11 +139,11 @@ class Task:
         """
         return {"pooling_type": model.pooling_type(self)} if self.default_pooling_type is not None else {}
 
-    def param_defaults(self, model: Any) -> dict[str, object]:
+    def param_defaults(self, model: LoadedModel) -> dict[str, object]:
         """Request parameters a model's configuration fills in when a request leaves them unset."""
         return {}
 
-    def verify(self, params: "PoolingParams", model: Any) -> None:
+    def verify(self, params: "PoolingParams", model: LoadedModel) -> None:
         """Reject parameters this task does not take (see :attr:`params`); subclasses add
         model-specific checks and call ``super().verify(params, model)`` to keep this one.
 

@@ -2,10 +2,12 @@
 
 ``renderer`` is a loaded model's :class:`~poolkit.inputs.renderer.Renderer`: every surface (``LLM``,
 the CLI, the server's routes, corpus jobs, the sentence-transformers classes, Ray) converts its own
-schema into inputs and hands them to it. What it applies has a module each: ``chat`` (chat messages
-checked and rendered with the chat template), ``media`` (media URLs, their policy and their
-fetching) and ``pairs`` (a score request's two sides checked, paired and cut). The family's media
-processor (an IO processor) and the text IO processor do the model-specific work.
+schema into inputs and hands them to it (``LLM.prepare`` is :meth:`~poolkit.inputs.renderer.Renderer.request`
+plus the parameter checks). What it applies has a module each: ``chat`` (chat messages checked and
+rendered with the chat template, and the one parser of content parts), ``media`` (media URLs, their
+policy and their fetching) and ``pairs`` (a score request's two sides checked, paired and cut, and
+the prompts of pairs read together, which scorers get through their ``ScoreRunner``). The family's
+media processor (an IO processor) and the text IO processor do the model-specific work.
 
 May import: ``contracts/``, ``plugins/``, ``config/``, ``loading/``, ``lora/``, ``runtime/``.
 """

@@ -9,13 +9,15 @@ costs nothing; the rendering itself is work for the thread that tokenizes.
 
 from __future__ import annotations
 
+import json
 import re
 
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 from ..contracts.errors import InvalidRequest, short
 from ..contracts.io import check_text
+from ..runtime.estimates import tokens_of_text
 
 #: ``apply_chat_template`` arguments that the request sets by other fields (or never): not template variables.
 RESERVED_TEMPLATE_KWARGS = (
@@ -52,6 +54,31 @@ class Chat:
     where: str = "messages"
     instead: str = "input"
     chat_template: str | None = None
+
+
+#: The chat-style fields of a ``{"messages": [...]}`` input (vLLM's names) and the :class:`Chat` field of each.
+CHAT_FIELDS = {
+    "add_generation_prompt": "add_generation_prompt",
+    "continue_final_message": "continue_final_message",
+    "chat_template_kwargs": "template_kwargs",
+    "add_special_tokens": "add_special_tokens",
+    "chat_template": "chat_template",
+}
+
+
+def chat_of(messages: Any, fields: dict[str, Any], where: str = "messages", instead: str = "input") -> Chat:
+    """The :class:`Chat` of ``messages`` with vLLM's chat-style ``fields`` (:data:`CHAT_FIELDS`;
+    ``None``: the default), from the request field ``where``; ``instead`` is the field to send
+    instead when the model has no chat template.
+
+    Raises:
+        InvalidRequest: a field that is not one of them.
+    """
+    unknown = sorted(set(fields) - set(CHAT_FIELDS))
+    if unknown:
+        raise InvalidRequest(f"a chat input takes 'messages' and {', '.join(CHAT_FIELDS)}; got {', '.join(unknown)}")
+    kwargs = {CHAT_FIELDS[k]: v for k, v in fields.items() if v is not None}
+    return Chat(messages, where=where, instead=instead, **kwargs)
 
 
 def check_chat(chat: Chat, template: str | None, served: str, max_messages: int | None = None, hint: str = "") -> None:
@@ -119,6 +146,11 @@ def content_as_parts(template: str, messages: Sequence[Any]) -> list[Any]:
     ]
 
 
+def rendering_cost(messages: Sequence[Any]) -> int:
+    """Tokens the rendering of chat messages is guessed at (the batcher's cost of the work)."""
+    return tokens_of_text(sum(len(json.dumps(m, default=str)) for m in messages))
+
+
 def renderer(tokenizer: Any, template: str, chat: Chat, messages: Sequence[Any] | None = None) -> Callable[[], str]:
     """The rendering of ``chat`` (or of ``messages``, its parts already rewritten) as text, to run
     on the thread that tokenizes; string contents given as parts to a template that loops over
@@ -145,25 +177,59 @@ def renderer(tokenizer: Any, template: str, chat: Chat, messages: Sequence[Any] 
     return render
 
 
+class Part(NamedTuple):
+    """One content part as :func:`content_part` reads it.
+
+    Attributes:
+        type: the part's type (``"text"``, ``"image_url"``, ``"video_url"``, ``"image_pil"``, ...; a part
+            with an ``image_url`` key and no ``type`` is an ``image_url``), ``None`` for no type at all.
+        value: a text part's text, a media part's URL (``{"url": ...}`` or the string itself) or image;
+            ``None`` where the part lacks it.
+    """
+
+    type: str | None
+    value: Any
+
+
+def content_part(part: Any) -> Part:
+    """The one reading of a content part (OpenAI's chat parts, vLLM's ``video_url`` and offline
+    ``image_pil``, and a score request's ``{"content": [...]}``), for chat messages and score sides alike;
+    each caller words its own refusal of a part it does not take."""
+    if not isinstance(part, dict):
+        return Part(None, None)
+    kind = part.get("type")
+    if kind is None and "image_url" in part:
+        kind = "image_url"
+    if kind == "text":
+        return Part(kind, part["text"] if isinstance(part.get("text"), str) else None)
+    value = part.get(kind) if isinstance(kind, str) else None
+    return Part(kind, value.get("url") if isinstance(value, dict) else value)
+
+
 def has_media_parts(messages: Sequence[Any]) -> bool:
     """Whether chat messages carry a content part other than text: an image or a video, or a part
     :func:`media_parts` refuses (``input_audio``, ...), which a chat template would otherwise drop
     without a word."""
     return any(
         isinstance(m, dict) and isinstance(m.get("content"), list)
-        and any(not (isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)) for p in m["content"])
+        and any(not _is_text(content_part(p)) for p in m["content"])
         for m in messages
     )
 
 
-def part_url(part: dict, kind: str, where: str) -> str:
-    """The URL of an ``image_url`` / ``video_url`` part: ``{"image_url": {"url": ...}}`` or ``{"image_url": "..."}``."""
-    value = part.get(kind)
-    url = value.get("url") if isinstance(value, dict) else value
-    if not isinstance(url, str) or not url:
-        media = MEDIA_PARTS[kind]
-        raise InvalidRequest(f"{where}: an {kind} part needs '{kind}': {{'url': 'data:{media}/...;base64,...'}}", param=where)
-    return url
+def _is_text(part: Part) -> bool:
+    return part.type == "text" and part.value is not None
+
+
+def _url(part: Part, where: str) -> Any:
+    """The URL of an ``image_url`` / ``video_url`` part (``{"image_url": {"url": ...}}`` or
+    ``{"image_url": "..."}``), or an ``image_pil`` part's image."""
+    if part.type == "image_pil":
+        return part.value
+    if not isinstance(part.value, str) or not part.value:
+        media = MEDIA_PARTS[part.type]
+        raise InvalidRequest(f"{where}: an {part.type} part needs '{part.type}': {{'url': 'data:{media}/...;base64,...'}}", param=where)
+    return part.value
 
 
 def media_parts(
@@ -190,18 +256,16 @@ def media_parts(
             texts += [content] if isinstance(content, str) and content else []
             continue
         parts = []
-        for j, part in enumerate(content):
+        for j, raw in enumerate(content):
             at = f"{where}[{i}].content[{j}]"
-            kind = part.get("type") if isinstance(part, dict) else None
-            if isinstance(part, dict) and kind is None and "image_url" in part:
-                kind = "image_url"
-            if isinstance(part, dict) and kind in kinds:
-                value = part.get(kind) if kind == "image_pil" else part_url(part, kind, at)
-                media.append((MEDIA_PARTS[kind], value, at))
+            part = content_part(raw)
+            kind = part.type
+            if kind in kinds:
+                media.append((MEDIA_PARTS[kind], _url(part, at), at))
                 parts.append({"type": MEDIA_PARTS[kind]})
-            elif isinstance(part, dict) and kind == "text" and isinstance(part.get("text"), str):
-                parts.append({"type": "text", "text": part["text"]})
-                texts += [part["text"]] if part["text"] else []
+            elif _is_text(part):
+                parts.append({"type": "text", "text": part.value})
+                texts += [part.value] if part.value else []
             else:
                 allowed = " or ".join(f"{{'type': '{k}', '{k}': {{'url': ...}}}}" for k in kinds)
                 raise InvalidRequest(

@@ -6,7 +6,8 @@ each side (bi-encoder cosine, late interaction) reads them through ``ScoreRunner
 
 ``LLM.score``, ``LLM.rerank`` and the server's score routes take their sides through these
 functions, so pairing (1:1, 1:N, N:N) and the per-side token limits (``max_tokens_per_query`` /
-``max_tokens_per_doc``) have one home.
+``max_tokens_per_doc``) have one home; so do the prompts of pairs read together (a cross-encoder's:
+:func:`pair_prompts`), which every scorer gets through the renderer (its ``ScoreRunner``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
 from ..contracts.errors import InvalidRequest
-from ..contracts.scoring import score_extra
+from ..contracts.io import Prompt
+from ..contracts.scoring import CROSS_ENCODER_KEYS, score_extra
+from ..plugins.lookup import registry
+from .chat import content_part
 
 if TYPE_CHECKING:
     from ..runtime.engine import Engine
@@ -53,15 +57,13 @@ class MediaItem:
 
 
 def _part(part: Any, where: str) -> tuple[str, Any]:
-    """A content part as ``("text", str)`` or ``("image", value)``."""
-    kind = part.get("type") if isinstance(part, dict) else None
-    if kind == "text" and isinstance(part.get("text"), str):
-        return "text", part["text"]
-    if kind in IMAGE_PARTS or (kind is None and isinstance(part, dict) and "image_url" in part):
-        value = part.get(kind or "image_url")
-        value = value.get("url") if isinstance(value, dict) else value
+    """A content part (:func:`~poolkit.inputs.chat.content_part`) as ``("text", str)`` or ``("image", value)``."""
+    kind, value = content_part(part)
+    if kind == "text" and value is not None:
+        return "text", value
+    if kind in IMAGE_PARTS:
         if value is None or (isinstance(value, str) and not value):
-            raise InvalidRequest(f"{where}: an {kind or 'image_url'} part needs its image ({{'url': ...}})")
+            raise InvalidRequest(f"{where}: an {kind} part needs its image ({{'url': ...}})")
         return "image", value
     raise InvalidRequest(
         f"{where}: a content part must be {{'type': 'text', 'text': ...}} or {{'type': 'image_url', 'image_url': {{'url': ...}}}}, "
@@ -182,3 +184,83 @@ def cut_sides(engine: Engine, first: list[Any], second: list[Any], pooling_param
         check_side_limit(name, limit, engine.model.max_model_len.value)
         out.append([engine.cut_text(text, limit) if isinstance(text, str) else text for text in texts])
     return out[0], out[1]
+
+
+def skiplist(model: Any, kind: str) -> Any:
+    """The token ids whose vectors a late-interaction model leaves out of MaxSim for a ``kind``
+    (``"query"`` / ``"document"``) input, as a tensor, or ``None`` (its ColBERT skiplist)."""
+    return registry("io_processor").get("colbert").skipped(model, kind)
+
+
+def pair_prompts(
+    model: Any,
+    first: list[str],
+    second: list[str],
+    chat_template: str | None,
+    instruction: str | None,
+    kwargs: dict[str, Any] | None = None,
+) -> list[Prompt]:
+    """Prompts of (query, document) pairs read together (a cross-encoder's): through the given score
+    template, a sentence-transformers CrossEncoder export's own chat template, the model's score
+    template, or as tokenizer pairs.
+
+    ``kwargs`` are the request's ``chat_template_kwargs``: variables of the template, and the
+    CrossEncoder keys (``prompt``, ``prompt_name``, ``restore_suffix``) where a pair gets the
+    model's sentence-transformers prompt.
+
+    Raises:
+        InvalidRequest: settings that do not go together, or that the model's way of pairing ignores.
+    """
+    processors = registry("io_processor")
+    kwargs = dict(kwargs or {})
+    chosen = {key: kwargs.pop(key) for key in CROSS_ENCODER_KEYS if key in kwargs}
+    restore = chosen.pop("restore_suffix", None)
+    asks_prompt = any(v is not None for v in chosen.values())
+    name = getattr(model.hf_config, "score_template", None)
+    if chat_template is not None or (name and not (model.st is not None and model.st.renders_pairs)):
+        if asks_prompt:
+            raise InvalidRequest(
+                "chat_template_kwargs prompt and prompt_name choose a sentence-transformers CrossEncoder's "
+                "prompt; a score template takes instruction"
+            )
+        instruction = instruction if instruction is not None else kwargs.pop("instruction", None)
+        data = (first, second, instruction, kwargs)
+        if chat_template is not None:
+            return list(processors.get("score_template").with_template(chat_template).pre_process(data))
+        return list(processors.get(name).pre_process(data))
+    if asks_prompt and instruction is not None:
+        raise InvalidRequest("send either instruction or chat_template_kwargs prompt / prompt_name, not both")
+    prompt = instruction if instruction is not None else _request_prompt(model, chosen)
+    if model.st is not None and model.st.renders_pairs:
+        data = {"queries": first, "documents": second, "model": model, "prompt": prompt,
+                "template_kwargs": kwargs, "restore_suffix": restore}
+        return list(processors.get("chat_template_pair").pre_process(data))
+    if instruction is not None:
+        raise InvalidRequest("instruction needs a score template (chat_template=...)")
+    if kwargs:
+        raise InvalidRequest(
+            f"chat_template_kwargs {', '.join(sorted(kwargs))} need a chat template: model '{model.name}' "
+            "scores plain text pairs (pass chat_template=...)"
+        )
+    prompts = list(processors.get("text_pair").pre_process((first, second)))
+    for p in prompts:
+        p.prompt_prefix = prompt  # sentence-transformers puts a pair's prompt before its query
+    return prompts
+
+
+def _request_prompt(model: Any, chosen: dict[str, Any]) -> str | None:
+    """A pair's sentence-transformers prompt: the request's ``prompt`` (``""``: none), else its
+    ``prompt_name`` among the model's saved prompts, else the saved default, as
+    sentence-transformers resolves them."""
+    if chosen.get("prompt") is not None:
+        return chosen["prompt"]
+    name = chosen.get("prompt_name")
+    if name is None:
+        name = model.default_prompt_name
+        return model.prompts.get(name) if name else None
+    if name not in model.prompts:
+        known = ", ".join(sorted(model.prompts)) or "none"
+        raise InvalidRequest(
+            f"Unknown saved CrossEncoder prompt '{name}' (chat_template_kwargs prompt_name); the model's prompts: {known}"
+        )
+    return model.prompts[name]

@@ -10,31 +10,33 @@ family's media processor (the architecture's :attr:`~poolkit.Architecture.media_
 
 from __future__ import annotations
 
-import json
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any, Awaitable, Callable, Coroutine, Sequence
 
 from ..contracts.errors import InvalidRequest, short
 from ..contracts.io import IOProcessor, Prompt, PromptBatch
+from ..contracts.params import PoolingParams
 from ..plugins.lookup import registry
 from . import chat as chats
 from .chat import Chat
-from ..runtime.estimates import tokens_of_text
+from ..runtime.estimates import estimate_costs
 from .media import IMAGE_TOKEN_GUESS, MediaPolicy, check_image_url, image_values
 
-#: The chat-style fields of a ``{"messages": [...]}`` input (vLLM's names) and the :class:`Chat` field of each.
-CHAT_FIELDS = {
-    "add_generation_prompt": "add_generation_prompt",
-    "continue_final_message": "continue_final_message",
-    "chat_template_kwargs": "template_kwargs",
-    "add_special_tokens": "add_special_tokens",
-    "chat_template": "chat_template",
-}
 #: Runs a rendering on the thread that tokenizes, with its cost in tokens (the server's batcher).
 Run = Callable[[Callable[[], Any], int], Awaitable[Any]]
 
 
 async def _inline(work: Callable[[], Any], cost: int) -> Any:
     return work()
+
+
+def _settled(work: Coroutine[Any, Any, Any]) -> Any:
+    """The value of a coroutine that never waits (an offline rendering run inline), without an event loop."""
+    try:
+        work.send(None)
+    except StopIteration as done:
+        return done.value
+    work.close()
+    raise RuntimeError("an offline rendering waited for something")
 
 
 class Renderer:
@@ -69,7 +71,7 @@ class Renderer:
         self.media_policy = media_policy or MediaPolicy()
         self.served = served or model.name
         self.max_messages = max_messages
-        processor = media_processor or getattr(model.architecture, "media_processor", None)
+        processor = media_processor or model.architecture.media_processor
         if isinstance(processor, str):  # a third-party architecture naming a registered IO processor
             processor = registry("io_processor").get(processor)
         elif isinstance(processor, type):
@@ -96,7 +98,7 @@ class Renderer:
     @property
     def takes_images(self) -> bool:
         """Whether the model reads images at all (a vision-language model, or a dual encoder)."""
-        return self.reads_media or "image" in getattr(self.model.architecture, "input_modalities", ("text",))
+        return self.reads_media or "image" in self.model.architecture.input_modalities
 
     @property
     def takes_videos(self) -> bool:
@@ -187,6 +189,66 @@ class Renderer:
             parsed.set_prefix(prefix)
         return parsed
 
+    def request(
+        self,
+        inputs: Any,
+        task: Any,
+        *,
+        prompt_name: str | None = None,
+        prefix: str | None = None,
+        input_type: Any = None,
+        add_special_tokens: Any = None,
+        messages: Any = None,
+        chat_template: str | None = None,
+    ) -> Any:
+        """What a request's ``inputs`` become for ``task`` (``LLM.prepare``'s prompts): with chat
+        ``messages`` instead, their conversations (:func:`poolkit.inputs.chat.conversations`, rendered
+        with ``chat_template`` if given); :meth:`prompts`; with ``input_type``, the texts in that
+        retrieval role (:meth:`role_prompts`); with ``add_special_tokens`` (``True`` / ``False``),
+        tokenized with or without the tokenizer's special tokens.
+
+        Raises:
+            InvalidRequest: ``inputs`` and ``messages`` both, an ``input_type`` the task or the inputs
+                do not take, or an ``add_special_tokens`` that is not a boolean.
+        """
+        parsed = self.prompts(chats.conversations(inputs, messages, chat_template), prompt_name, prefix=prefix)
+        if input_type is not None:
+            parsed = self.role_prompts(task, parsed, input_type)
+        if add_special_tokens is not None:
+            if not isinstance(add_special_tokens, bool):
+                raise InvalidRequest(f"add_special_tokens must be true or false, got {add_special_tokens!r}")
+            parsed.set_add_special_tokens(add_special_tokens)
+        return parsed
+
+    def role_prompts(self, task: Any, prompts: Sequence[Prompt], input_type: Any) -> list[Prompt]:
+        """Text prompts in a retrieval role (vLLM's ``input_type``: ``"query"`` / ``"document"``), as
+        the task encodes them (:meth:`~poolkit.contracts.tasks.Task.role_prompts`: a late-interaction
+        model's markers, lengths and query expansion, as its scorer reads them).
+
+        Raises:
+            InvalidRequest: with vLLM's wording, a task that takes no ``input_type``; prompts that are
+                not plain texts; a model without such roles.
+        """
+        if not task.takes_input_type:
+            takers = [e.name for e in registry("task").entries() if e.obj.takes_input_type]
+            raise InvalidRequest(f"input_type is only supported with task {' or '.join(map(repr, takers))}.")
+        if any(p.text is None or p.prompt_prefix for p in prompts):
+            raise InvalidRequest("input_type takes text prompts (no token ids, images or prompt_name)")
+        return list(task.role_prompts(self.model, [p.text for p in prompts], input_type))
+
+    @staticmethod
+    def salted(prompts: Any, params: list[PoolingParams]) -> list[PoolingParams]:
+        """Each prompt's parameters under its ``cache_salt`` (``{"prompt": ..., "cache_salt": ...}``):
+        prompts share computed prefixes only with prompts of the same salt."""
+        if getattr(prompts, "columnar", False) or not any("cache_salt" in p.extras for p in prompts):
+            return params
+        return [p.with_salt(prompt.extras.get("cache_salt")) for prompt, p in zip(prompts, params)]
+
+    def guess_tokens(self, inputs: Sequence[Any]) -> int:
+        """Tokens of a request's inputs (texts, ``{"prompt_token_ids": [...]}``, prompts with media)
+        guessed before they are prepared: what the server admits work on the worker thread by."""
+        return sum(estimate_costs([_as_prompt(item) for item in inputs])) + self.media_cost(inputs)
+
     @staticmethod
     def chat(item: Any, options: dict[str, Any] | None = None, index: int | None = None) -> Chat:
         """A conversation input: a :class:`Chat`, or ``{"messages": [...], **options}`` (vLLM's
@@ -195,12 +257,8 @@ class Renderer:
         if isinstance(item, Chat):
             return item
         fields = {**(options or {}), **{k: v for k, v in item.items() if k != "messages"}}
-        unknown = sorted(set(fields) - set(CHAT_FIELDS))
-        if unknown:
-            raise InvalidRequest(f"a chat input takes 'messages' and {', '.join(CHAT_FIELDS)}; got {', '.join(unknown)}")
         where = "messages" if index is None else f"prompts[{index}].messages"
-        kwargs = {CHAT_FIELDS[k]: v for k, v in fields.items() if v is not None}
-        return Chat(item["messages"], where=where, instead="prompts", **kwargs)
+        return chats.chat_of(item["messages"], fields, where, instead="prompts")
 
     def check_chat(self, chat: Chat) -> None:
         """Refuse a conversation before any work (:func:`poolkit.inputs.chat.check_chat`)."""
@@ -210,38 +268,55 @@ class Renderer:
         """One conversation as a prompt, rendered here: its token ids (``{"prompt_token_ids": ...}``),
         or with media parts a prompt of its text and media (data URIs and vLLM's offline ``image_pil``
         parts; remote URLs are fetched by the server, :meth:`chat_prompt_async`)."""
+        return _settled(self._chat_prompt(chat, _inline, offline=True))
+
+    async def chat_prompt_async(self, chat: Chat, run: Run = _inline) -> Any:
+        """:meth:`chat_prompt` for the server: every check before any work, remote media fetched
+        under the media policy, the rendering and tokenizing run by ``run`` (on the thread that tokenizes)."""
+        return await self._chat_prompt(chat, run, offline=False)
+
+    async def _chat_prompt(self, chat: Chat, run: Run, offline: bool) -> Any:
+        """The one rendering of a conversation: the checks, the media (``offline``: data URIs and
+        images as given; else fetched under the media policy), then the template and the tokenizer
+        run by ``run``. Offline nothing waits, so :meth:`chat_prompt` runs it without an event loop."""
         if not chats.has_media_parts(chat.messages):
-            return {"prompt_token_ids": self._token_ids(chat, self.chat_renderer(chat)())}
-        rendered, media, texts = self._media_parts(chat, offline=True)
+            render = self.chat_renderer(chat)
+            return {"prompt_token_ids": await run(lambda: self._token_ids(chat, render()), chats.rendering_cost(chat.messages))}
+        rendered, media, texts = self._media_parts(chat, offline)
+        kinds = [kind for kind, _, _ in media]
+        given = self._offline_values(media) if offline else None
+
+        async def values() -> list[Any]:
+            return given if given is not None else await self.media_values([(url, where) for _, url, where in media])
+
+        if not self.reads_media:  # a dual encoder: one image, no text, no template
+            self.media_prompt("\n".join(texts), [None] * len(media), chat.where, kinds=kinds)
+            return self.media_prompt(None, await values(), chat.where, kinds=kinds)
+        render = self.chat_renderer(chat, rendered)
+        fetched = await values()
+        text = await run(render, chats.rendering_cost(rendered))
+        return self.media_prompt(text, fetched, chat.where, add_special_tokens=chat.add_special_tokens, kinds=kinds)
+
+    def _offline_values(self, media: Sequence[tuple[str, Any, str]]) -> list[Any]:
+        """The media of an offline conversation as they are: images, and data URIs the policy reads."""
         for _, url, where in media:
             if isinstance(url, str):
                 self.check_media_url(url, where)
                 if not url.startswith("data:"):
                     raise InvalidRequest(f"{where}: remote media are fetched by the server only; send a data URI", param=where)
-        kinds, values = [kind for kind, _, _ in media], [url for _, url, _ in media]
-        if not self.reads_media:  # a dual encoder: one image, no text, no template
-            self.media_prompt("\n".join(texts), [None] * len(values), chat.where, kinds=kinds)
-            return self.media_prompt(None, values, chat.where, kinds=kinds)
-        text = self.chat_renderer(chat, rendered)()
-        return self.media_prompt(text, values, chat.where, add_special_tokens=chat.add_special_tokens, kinds=kinds)
+        return [url for _, url, _ in media]
 
-    async def chat_prompt_async(self, chat: Chat, run: Run = _inline) -> Any:
-        """:meth:`chat_prompt` for the server: every check before any work, remote media fetched
-        under the media policy, the rendering and tokenizing run by ``run`` (on the thread that tokenizes)."""
-        if not chats.has_media_parts(chat.messages):
-            render = self.chat_renderer(chat)
-            size = sum(len(json.dumps(m)) for m in chat.messages)
-            return {"prompt_token_ids": await run(lambda: self._token_ids(chat, render()), tokens_of_text(size))}
-        rendered, media, texts = self._media_parts(chat)
-        kinds, urls = [kind for kind, _, _ in media], [(url, where) for _, url, where in media]
-        if not self.reads_media:  # a dual encoder: one image, no text, no template
-            self.media_prompt("\n".join(texts), [None] * len(urls), chat.where, kinds=kinds)
-            return self.media_prompt(None, await self.media_values(urls), chat.where, kinds=kinds)
-        render = self.chat_renderer(chat, rendered)
-        values = await self.media_values(urls)
-        size = sum(len(json.dumps(m)) for m in rendered)
-        text = await run(render, tokens_of_text(size))
-        return self.media_prompt(text, values, chat.where, add_special_tokens=chat.add_special_tokens, kinds=kinds)
+    def media_chat(self, content: list[dict[str, Any]], where: str, system: str | None = None) -> Chat | None:
+        """The one rule for an input of text and media together (a sentence-transformers multimodal
+        dict, a Cohere input): a vision-language model with a chat template reads it as one user
+        message of ``content`` (chat content parts, in order), after ``system`` as a system message,
+        rendered with the template, as sentence-transformers and vLLM do. ``None`` for any other
+        model: it reads the input as a prompt whose text carries the model's media placeholders (a
+        dual encoder, an image alone)."""
+        if not (self.reads_media and self.chat_template):
+            return None
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": content}]
+        return Chat(messages, where=where)
 
     def chat_renderer(self, chat: Chat, messages: Sequence[Any] | None = None) -> Callable[[], str]:
         """Check ``chat``; its rendering as text, to run on the thread that tokenizes."""
@@ -338,6 +413,15 @@ class Renderer:
                     if kind in p.extras:
                         count += len(p.extras[kind]) if isinstance(p.extras[kind], list) else 1
         return IMAGE_TOKEN_GUESS * count
+
+
+def _as_prompt(item: Any) -> Prompt:
+    """An input (a text, ``{"prompt_token_ids": [...]}`` or a prompt) as a prompt, for estimates only."""
+    if isinstance(item, Prompt):
+        return item
+    if isinstance(item, dict) and isinstance(item.get("prompt_token_ids"), list):
+        return Prompt(token_ids=item["prompt_token_ids"])
+    return Prompt(text=item if isinstance(item, str) else "")
 
 
 def _is_chat(item: Any) -> bool:

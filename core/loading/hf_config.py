@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..contracts.config_checks import check_common_sizes, overridden_fields
 from ..contracts.errors import ModelLoadError
 from ..plugins.manager import registry
 
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
-def load_hf_config(path: Path, overrides: dict[str, Any]) -> Any:
+
+def load_hf_config(path: Path, overrides: dict[str, Any]) -> PretrainedConfig:
     from transformers import AutoConfig, PretrainedConfig
 
     config_file = path / "config.json"
@@ -55,7 +58,7 @@ def _config_model_type(raw: dict[str, Any]) -> str | None:
     archs = registry("architecture")
     for name in raw.get("architectures") or []:
         if isinstance(name, str) and name in archs:
-            return getattr(archs.get(name), "config_model_type", None)
+            return archs.get(name).config_model_type
     return None
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -22,13 +22,20 @@ from ..contracts.architecture import Architecture, check_architecture
 from ..contracts.batch import PackedBatch
 from ..contracts.config_checks import overridden_fields
 from ..contracts.errors import InvalidRequest, ModelLoadError
+from ..contracts.model import Tokenizer
 from ..contracts.params import PoolerConfig, Setting
+from ..contracts.sentence_transformers import STConfig
 from ..plugins.manager import get_manager, registry
 from .hf_config import load_hf_config, one_line
 from .model import PoolingModel
 from .model_dir import check_symlinks
-from .st_config import STConfig, read_st_config
+from .st_config import read_st_config
 from .weights import checkpoint_files, checkpoint_shapes, iter_tensors
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
+    from ..config.settings import EngineArgs
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +43,7 @@ _HUGE = 10**6
 
 
 def _pick_architecture(
-    names: list[str], conversion: Conversion, config: Any, model_impl: str = "auto"
+    names: list[str], conversion: Conversion, config: PretrainedConfig, model_impl: str = "auto"
 ) -> tuple[str, type[Architecture]]:
     archs = registry("architecture")
     impl = MODEL_IMPLS[model_impl]
@@ -90,13 +97,13 @@ def _alternatives(names: list[str]) -> str | None:
     archs = registry("architecture")
     for name in names:
         for entry in archs.entries():
-            checkpoint = getattr(entry.obj, "alternative_for", {}).get(name)
+            checkpoint = entry.obj.alternative_for.get(name)
             if checkpoint:
                 return f"{name} is not supported; use {entry.name} instead, such as {checkpoint}"
     return None
 
 
-def _max_model_len(architecture: Architecture, tokenizer: Any, st: STConfig | None, requested: int | None) -> Setting:
+def _max_model_len(architecture: Architecture, tokenizer: Tokenizer, st: STConfig | None, requested: int | None) -> Setting:
     limit = architecture.max_positions
     tok_max = getattr(tokenizer, "model_max_length", None)
     if requested is not None:
@@ -116,7 +123,7 @@ def _max_model_len(architecture: Architecture, tokenizer: Any, st: STConfig | No
     return Setting(value, source)
 
 
-def load_model(args: Any) -> PoolingModel:
+def load_model(args: EngineArgs) -> PoolingModel:
     """Resolve ``args.model`` to a directory and build a :class:`PoolingModel` from it.
 
     Args:
@@ -242,13 +249,13 @@ def calibration_texts(path: str | None) -> list[str]:
     return texts
 
 
-def _calibration_batches(tokenizer: Any, texts: list[str], limit: int, device: torch.device) -> list[PackedBatch]:
+def _calibration_batches(tokenizer: Tokenizer, texts: list[str], limit: int, device: torch.device) -> list[PackedBatch]:
     """``texts`` tokenized (cut to ``limit`` tokens) and packed into batches of up to 64 texts."""
     ids = tokenizer(texts, truncation=True, max_length=limit)["input_ids"]
     return [PackedBatch.from_sequences(ids[i : i + 64], device=device) for i in range(0, len(ids), 64)]
 
 
-def _load_tokenizer(path: Path, hf_config: Any) -> Any:
+def _load_tokenizer(path: Path, hf_config: PretrainedConfig) -> Tokenizer:
     from transformers import AutoTokenizer
 
     try:

@@ -11,19 +11,25 @@ import logging
 import warnings
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..config.conversion import CONVERSIONS, Conversion
-from ..contracts.architecture import Architecture
+from ..contracts.architecture import Architecture, TaskSpec
 from ..contracts.errors import InvalidRequest, UnknownName
+from ..contracts.model import Tokenizer
 from ..contracts.params import PoolerConfig, Setting
-from ..contracts.pooling import Pooler
-from ..contracts.tasks import SEQUENCE, TOKEN, Head, Task
+from ..contracts.pooling import Head, Pooler
+from ..contracts.sentence_transformers import STConfig
+from ..contracts.tasks import SEQUENCE, TOKEN, Task
 from ..plugins.lookup import kernel_table
 from ..plugins.manager import registry
-from .st_config import STConfig
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
+    from ..config.settings import EngineArgs
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +38,8 @@ class PoolingModel:
     """A loaded model: architecture, tokenizer and resolved pooling settings.
 
     Built by :func:`load_model`; the engine runs it and the tasks build their heads on it. Tasks
-    and scorers read it and never change it: it is shared by every request.
+    and scorers read it and never change it: it is shared by every request. It is the
+    :class:`~poolkit.contracts.architecture.LoadedModel` the contracts describe.
     """
 
     def __init__(
@@ -40,10 +47,10 @@ class PoolingModel:
         *,
         name: str,
         path: Path,
-        hf_config: Any,
+        hf_config: PretrainedConfig,
         architecture_name: str,
         architecture: Architecture,
-        tokenizer: Any,
+        tokenizer: Tokenizer,
         st: STConfig | None,
         pooler_config: PoolerConfig,
         device: torch.device,
@@ -51,7 +58,7 @@ class PoolingModel:
         max_model_len: Setting,
         allow_pickle: bool = False,
         convert: str = "auto",
-        args: Any = None,
+        args: EngineArgs | None = None,
         quantization: dict[str, Any] | None = None,
     ) -> None:
         self.name = name
@@ -106,7 +113,7 @@ class PoolingModel:
         fetched URL (``None``: the image IO processor's default)."""
         return getattr(self.args, "max_image_bytes", None)
 
-    def pooling_type(self, task: Task) -> Setting:
+    def pooling_type(self, task: TaskSpec) -> Setting:
         """The upper-case names of the poolers ``task`` pools with here (several, outputs concatenated,
         for a sentence-transformers config's modes), and their source; :meth:`poolers` looks them up.
 
@@ -126,7 +133,7 @@ class PoolingModel:
         note = self.ignored_pooling_type(task)
         return Setting(setting.value, f"{setting.source}; {note}") if note else setting
 
-    def ignored_pooling_type(self, task: Task) -> str | None:
+    def ignored_pooling_type(self, task: TaskSpec) -> str | None:
         """Why the user's ``pooling_type`` does not apply to ``task``, or ``None`` when it does or is unset."""
         name = self.pooler_config.pooling_type
         if name is None or task.granularity not in (SEQUENCE, TOKEN):
@@ -139,7 +146,7 @@ class PoolingModel:
             f"{pooler.granularity} tasks only; set seq_pooling_type or tok_pooling_type to choose each"
         )
 
-    def poolers(self, task: Task) -> list[Pooler]:
+    def poolers(self, task: TaskSpec) -> list[Pooler]:
         """The registered poolers :meth:`pooling_type` names for ``task``, in order.
 
         Raises:
@@ -156,7 +163,7 @@ class PoolingModel:
                 )
         return poolers
 
-    def _default_pooling_type(self, task: Task) -> Setting:
+    def _default_pooling_type(self, task: TaskSpec) -> Setting:
         """:meth:`pooling_type` when the user's ``pooler_config`` names no pooler for ``task``."""
         if task.granularity == "sequence":
             if self.st is not None and self.st.pooling_modes:
@@ -303,7 +310,7 @@ class PoolingModel:
             logger.warning("task %s pools with %s: %s", task.name, "+".join(pooling.value), pooling.source)
         return task
 
-    def head(self, task: Task) -> Head | None:
+    def head(self, task: TaskSpec) -> Head | None:
         """The head serving ``task``: the architecture's own, else the task's; ``None`` if neither."""
         if task.name not in self._heads:
             offered = self.architecture.pooling_tasks

@@ -6,7 +6,7 @@ the manager checks registrations with never import it back.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import torch
 
@@ -14,6 +14,10 @@ from ..contracts.errors import InvalidRequest, UnknownName
 from ..contracts.kernel import Kernel, check_kernel
 from .manager import get_manager, registry
 from .registries import Entry
+
+if TYPE_CHECKING:
+    from ..contracts.architecture import LoadedModel
+    from ..contracts.scoring import Scorer
 
 #: ``Kernel`` and ``check_kernel`` are the contract (:mod:`poolkit.contracts.kernel`), named here
 #: too so that ``poolkit.kernel``, the documented path of the kernel names, offers all of them.
@@ -180,7 +184,7 @@ def _selected(op: str, device_type: str) -> Entry | None:
     return next((e for e in _ranked(op, device_type) if e.obj.is_available()), None)
 
 
-def select_scorer(model: Any) -> Any:
+def select_scorer(model: LoadedModel) -> Scorer:
     """The :class:`poolkit.Scorer` a loaded model scores with.
 
     The one its architecture names in ``score_type``, else the supporting scorer of highest

@@ -22,7 +22,7 @@ import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import pluggy
 
@@ -35,6 +35,9 @@ from ..contracts.pooling import check_activation, check_pooler
 from ..contracts.scoring import check_scorer
 from ..contracts.tasks import check_task
 from .registries import RUNTIME_PLUGIN, Registry
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 if sys.version_info >= (3, 10):
     from importlib.metadata import EntryPoint, entry_points
@@ -367,7 +370,9 @@ class PluginManager:
         found = self._resolve("poolkit_resolve_model", name=name)
         return Path(found) if found is not None else None
 
-    def resolve_architecture(self, name: str, config: Any) -> Any:
+    def resolve_architecture(self, name: str, config: PretrainedConfig) -> Any:
+        """The architecture class a ``poolkit_resolve_architecture`` hook offers for ``name`` (the
+        caller checks it), or ``None``."""
         self.load()
         return self._resolve("poolkit_resolve_architecture", name=name, config=config)
 

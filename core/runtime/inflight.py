@@ -51,7 +51,7 @@ class Staged:
 
     def launch(self, behind: Staged | None = None) -> Staged:
         """Queue the batches on the device (``behind``'s last one read once the first is queued)."""
-        self._collected, self._last = self.engine._launch(
+        self._collected, self._last = self.engine.launch(
             self.head, self.tokens, self.params, None, behind._last if behind is not None else None
         )
         return self

@@ -1,7 +1,7 @@
 # Port of vllm tests/lora/test_peft_helper.py
 # llama32_lora_files (a hub adapter of Llama-3.2) -> a PEFT adapter of a tiny Llama that the test
 # writes with peft (rank 8, alpha 32, every attention and MLP projection). vLLM's PEFTHelper reads
-# and checks the adapter; poolkit's reader is poolkit.lora.adapter.read_adapter, and its refusals are
+# and checks the adapter; poolkit's reader is poolkit.lora.checkpoint.read_checkpoint, and its refusals are
 # held to vLLM's words (rank, DoRA, a rank that is no positive integer).
 # DEPARTURE: the ("test_modules_to_save", {"modules_to_save": ["lm_head"]}) error case: poolkit
 # applies modules_to_save (a classifier head an adapter saves whole), so it is no error here.
@@ -19,7 +19,7 @@ import torch
 
 from poolkit import LoRARequest
 from poolkit.contracts.errors import InvalidRequest
-from poolkit.lora.adapter import read_adapter
+from poolkit.lora.checkpoint import read_checkpoint as read_adapter
 
 peft = pytest.importorskip("peft")
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

@@ -19,7 +19,7 @@ import transformers as T
 from scipy.spatial.distance import cosine
 
 from poolkit import LLM
-from poolkit.builtin_models.decoders import _find
+from poolkit.builtin_models.decoders.gritlm import _find
 
 MODEL_NAME = "parasail-ai/GritLM-7B-vllm"
 MAX_MODEL_LEN = 2048

@@ -43,11 +43,6 @@ def check_model(st: ModelState, name: str | None) -> None:
     raise ApiError(404, f"The model `{short(name)}` does not exist.", param="model")
 
 
-#: Refuse empty strings and lone surrogates (:func:`poolkit.contracts.io.check_text`, the CLI's and the
-#: corpus jobs' rule too), with the field at fault.
-check_text = checked_text
-
-
 def check_token_ids(st: ModelState, ids: list[int], where: str) -> None:
     """Refuse a token id outside the model's vocabulary, with the field at fault."""
     bad = next((t for t in ids if t < 0 or (st.vocab is not None and t >= st.vocab)), None)
@@ -97,7 +92,7 @@ def prompt_items(st: ModelState, value: Any, where: str = "input") -> list[Any]:
     for i, item in enumerate(items):
         name = f"{where}[{i}]" if len(items) > 1 or not isinstance(value, str) else where
         if isinstance(item, str):
-            check_text(item, name)
+            checked_text(item, name)
             prompts.append(item)
             continue
         if not item:
@@ -126,12 +121,12 @@ async def prompts_of(request: Request, st: ModelState, llm: LLM, body: Any) -> l
         batched = bool(body.messages) and all(isinstance(m, list) for m in body.messages)
         conversations = body.messages if batched else [body.messages]
         check_count(st, len(conversations), "messages")
+        fields = {
+            "add_generation_prompt": body.add_generation_prompt, "continue_final_message": body.continue_final_message,
+            "chat_template_kwargs": body.chat_template_kwargs, "add_special_tokens": bool(body.add_special_tokens),
+        }
         return [
-            await render_chat(request, st, Chat(
-                messages, add_generation_prompt=body.add_generation_prompt, continue_final_message=body.continue_final_message,
-                template_kwargs=body.chat_template_kwargs, add_special_tokens=bool(body.add_special_tokens),
-                where=f"messages[{i}]" if batched else "messages",
-            ))
+            await render_chat(request, st, chats.chat_of(messages, fields, f"messages[{i}]" if batched else "messages"))
             for i, messages in enumerate(conversations)
         ]
     return prompt_items(st, body.input)

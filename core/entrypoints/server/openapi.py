@@ -271,7 +271,7 @@ def _bound(doc: dict[str, Any], st: "ModelState") -> None:
     matryoshka = bool(st.embedding_size) and llm.model.is_matryoshka
     options, params = _task_fields(llm, tasks)
     templated = _takes_score_template(llm)
-    images = "image" in getattr(llm.model.architecture, "input_modalities", ("text",))
+    images = "image" in llm.model.architecture.input_modalities
     reads_media = st.renderer.reads_media
     videos = st.renderer.takes_videos
     prompts = sorted(llm.model.prompts or {})

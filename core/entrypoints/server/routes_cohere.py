@@ -16,13 +16,13 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr
 from ...contracts.errors import InvalidRequest
 from ...contracts.io import Prompt
 from ...contracts.params import PoolingParams
-from ...inputs import Chat
+from ...inputs.chat import checked_text
 from ..encodings import binary, cohere_base64, ubinary
 from ..protocol import TEXT, BaseRequest, Positive, list_of, one_of, schema
 from .deps import Model, State
 from .endpoints import Endpoints
 from .errors import ApiError
-from .inputs import check_count, check_dimensions, check_model, check_text, pooling_params, render_chat
+from .inputs import check_count, check_dimensions, check_model, pooling_params, render_chat
 from .state import ModelState
 from .wire import JSON_NUMBER_BYTES, check_finite, request_id, respond
 from .work import check_response, check_tokens, check_truncation, run_task, until_done
@@ -197,7 +197,6 @@ async def _media_prompts(request: Request, st: ModelState, llm: LLM, items: list
     message (the prefix a system message before it), as vLLM renders them; without one, an
     image-only input is the images alone (the media processor places them) and a text part is
     the prompt, which then carries the model's image placeholders."""
-    has_template = bool(st.renderer.chat_template)
     raw: list[Any] = []
     for i, (kind, value) in enumerate(items):
         where = f"inputs[{i}]"
@@ -205,10 +204,10 @@ async def _media_prompts(request: Request, st: ModelState, llm: LLM, items: list
             raw.append(prefix + value if prefix else value)
             continue
         st.renderer.check_media_count([part for part, _ in value if part != "text"], where)
-        if has_template:
-            content = [{"type": "text", "text": v} if part == "text" else {"type": f"{part}_url", f"{part}_url": {"url": v}} for part, v in value]
-            messages = ([{"role": "system", "content": prefix}] if prefix else []) + [{"role": "user", "content": content}]
-            raw.append(await render_chat(request, st, Chat(messages, where=where)))
+        content = [{"type": "text", "text": v} if part == "text" else {"type": f"{part}_url", f"{part}_url": {"url": v}} for part, v in value]
+        chat = st.renderer.media_chat(content, where, system=prefix)
+        if chat is not None:
+            raw.append(await render_chat(request, st, chat))
             continue
         texts = [v for part, v in value if part == "text"]
         if prefix and not texts:
@@ -263,13 +262,13 @@ def _items(st: ModelState, body: CohereEmbedRequest, reads_media: bool = False) 
     for i, (kind, value) in enumerate(items):
         where = f"{name}[{i}]"
         if kind == "text":
-            check_text(value, where)
+            checked_text(value, where)
         elif kind == "image" and not value.startswith("data:"):
             raise ApiError(400, f"{where}: images must be data:image/...;base64 URIs (URLs and files are not fetched)", param=where)
         elif kind == "media":
             for part, v in value:
                 if part == "text":
-                    check_text(v, f"{where}.content")
+                    checked_text(v, f"{where}.content")
                 elif part == "video" and not st.renderer.takes_videos:
                     raise ApiError(400, f"{where}: this model reads no videos; send text and image_url parts", param=f"{where}.content")
                 else:
@@ -329,9 +328,7 @@ def _check_untruncated(st: ModelState, prompts: Sequence[Prompt], max_tokens: in
     for i, prompt in enumerate(prompts):
         if prompt.text is None:
             continue
-        text = (prompt.prompt_prefix or "") + prompt.text
-        if model.do_lower_case:
-            text = text.lower()
+        text = st.llm.engine.tokenizer.texts([prompt.text], prompt.prompt_prefix)[0]
         n = len(tok(text, add_special_tokens=True, verbose=False)["input_ids"])
         if max_tokens is not None and n > max_tokens:
             raise InvalidRequest(

@@ -32,14 +32,16 @@ from fastapi.responses import Response
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from ... import __version__
+from ...contracts.errors import InvalidRequest
 from ...contracts.io import Prompt
 from ...contracts.params import PoolingParams
+from ...inputs.chat import checked_text
 from ...runtime.estimates import tokens_of_text
 from ..protocol import POSITIVE, TEXT, TOKEN_IDS, list_of, schema
 from .deps import Model, State, check_serving, loaded_llm
 from .endpoints import TEI, Endpoints, Shared
 from .errors import ApiError, validation_message
-from .inputs import check_dimensions, check_model, check_text, check_token_ids, pooling_params, served_model
+from .inputs import check_dimensions, check_model, check_token_ids, pooling_params, served_model
 from .scoring import has_scorer, score_pairs
 from .state import ModelState
 from .wire import dump, dump_arrays, respond
@@ -257,7 +259,7 @@ def _items(st: ModelState, inputs: Any) -> tuple[list[Any], bool]:
         if not item:
             raise _empty_input()
         if isinstance(item, str):
-            check_text(item, "inputs")
+            checked_text(item, "inputs")
             prompts.append(item)
         else:
             check_token_ids(st, item, "inputs")
@@ -367,7 +369,7 @@ async def similarity(body: SimilarityRequest, request: Request, st: State, llm: 
     for text in texts:
         if not text:
             raise _empty_input()
-        check_text(text, "inputs")
+        checked_text(text, "inputs")
     params = pooling_params(use_activation=False, **_truncation(st, given.truncate, given.truncation_direction))
     rows = await _rows(request, st, llm, EMBED, texts, params, _prompt_name(st, given.prompt_name))
     vectors = torch.stack([r.float() for r in rows])
@@ -411,7 +413,7 @@ async def predict(body: PredictRequest, request: Request, st: State, llm: Model)
             raise _empty_input()
         for text in item:
             if text:
-                check_text(text, "inputs")
+                checked_text(text, "inputs")
         prompts.append(item[0] if len(item) == 1 else Prompt(text=item[0], text_pair=item[1]))
     params = pooling_params(
         use_activation=_activation(llm, CLASSIFY, not body.raw_scores), **_truncation(st, body.truncate, body.truncation_direction)
@@ -442,10 +444,10 @@ async def rerank(body: TeiRerankRequest, request: Request, st: State, llm: Model
         raise ApiError(424, "model is not a re-ranker model", tei=BACKEND)
     _batch(st, len(body.texts), True)
     if body.query:
-        check_text(body.query, "query")
+        checked_text(body.query, "query")
     for text in body.texts:
         if text:
-            check_text(text, "texts")
+            checked_text(text, "texts")
         elif not body.query:  # TEI: a pair is empty when both sides are; one empty side is scored
             raise _empty_input()
     params = pooling_params(use_activation=False if body.raw_scores else None, **_truncation(st, body.truncate, body.truncation_direction))
@@ -484,16 +486,11 @@ async def tokenize(body: TeiTokenizeRequest, request: Request, st: State, llm: M
     for text in texts:
         if not text:
             raise _empty_input()
-        check_text(text, "inputs")
-    name = _prompt_name(st, body.prompt_name) or llm.model.default_prompt_name  # what /embed prepends
-    prompts = llm.model.prompts
-    if name is not None and name not in prompts:
-        raise ApiError(
-            413, f"Input validation error: unknown prompt_name '{name}'; the model's prompts: {', '.join(prompts) or 'none'}",
-            param="prompt_name", tei=VALIDATION,
-        )
-    prefix = prompts[name] if name is not None else ""
-    lower = llm.model.do_lower_case
+        checked_text(text, "inputs")
+    try:  # what /embed prepends
+        prefix = st.renderer.prefix(_prompt_name(st, body.prompt_name)) or ""
+    except InvalidRequest as exc:
+        raise ApiError(413, f"Input validation error: {exc}", param="prompt_name", tei=VALIDATION) from None
     tok = llm.get_tokenizer()
     tokens = sum(tokens_of_text(len(t)) for t in texts)
     check_tokens(st, tokens, "inputs")
@@ -501,8 +498,8 @@ async def tokenize(body: TeiTokenizeRequest, request: Request, st: State, llm: M
     def run() -> list:
         out = []
         for text in texts:
-            full = prefix + text
-            enc = tok(full.lower() if lower else full, add_special_tokens=body.add_special_tokens,
+            full = prefix + text  # what the tokenizer reads is lower case where the model wants it; the offsets are the text's
+            enc = tok(llm.engine.tokenizer.texts([full])[0], add_special_tokens=body.add_special_tokens,
                       return_offsets_mapping=True, return_special_tokens_mask=True)
             offsets = utf8_offsets(full)
             tokens = []

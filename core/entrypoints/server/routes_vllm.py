@@ -18,7 +18,7 @@ from ...contracts.errors import InvalidRequest, UnknownName
 from ...contracts.params import PoolingParams
 from ...contracts.scoring import check_template_kwargs
 from ...contracts.tasks import stray_options
-from ...inputs import Chat
+from ...inputs.chat import chat_of, checked_text
 from ...inputs.pairs import SIDE_LIMITS, MediaItem, has_media, score_side
 from ...plugins.lookup import option_owners
 from ...runtime.estimates import tokens_of_text
@@ -43,7 +43,7 @@ from ..protocol import (
 from .deps import Model, State
 from .endpoints import Endpoints
 from .errors import ApiError, short
-from .inputs import check_count, check_model, check_text, check_token_ids, pooling_params, render_chat, run_inputs
+from .inputs import check_count, check_model, check_token_ids, pooling_params, render_chat, run_inputs
 from .scoring import score_pairs, scorer_of
 from .state import ModelState
 from .wire import JSON_NUMBER_BYTES, check_finite, encode_tensor, jsonable, list_response, number_bytes, request_id, respond, usage
@@ -317,7 +317,7 @@ def _texts(value: Any, what: str, where: str) -> list[str]:
     if not items:
         raise ApiError(400, f"At least one {what} element must be given", param=where)
     for i, text in enumerate(items):
-        check_text(text, f"{where}[{i}]" if not isinstance(value, str) else where)
+        checked_text(text, f"{where}[{i}]" if not isinstance(value, str) else where)
     return items
 
 
@@ -338,7 +338,7 @@ async def _score_side(st: ModelState, llm: LLM, value: Any, what: str, where: st
     for i, item in enumerate(items):
         at = f"{where}[{i}]"
         if isinstance(item, str):
-            check_text(item, at)
+            checked_text(item, at)
             out.append(item)
             continue
         if any(not isinstance(image, str) for image in item.images):
@@ -409,7 +409,7 @@ async def score(body: ScoreRequest, request: Request, st: State, llm: Model) -> 
 async def rerank(body: RerankRequest, request: Request, st: State, llm: Model) -> Response:
     check_model(st, body.model)
     scorer_of(llm)
-    check_text(body.query, "query")
+    checked_text(body.query, "query")
     if body.top_n < 0:
         raise ApiError(400, f"top_n must be 0 (all) or a positive number, got {body.top_n}", param="top_n")
     given = body.documents if isinstance(body.documents, list) else [body.documents]
@@ -419,7 +419,7 @@ async def rerank(body: RerankRequest, request: Request, st: State, llm: Model) -
     check_count(st, len(docs), "documents")
     if all(isinstance(doc, str) for doc in docs):
         for i, doc in enumerate(docs):
-            check_text(doc, f"documents[{i}]")
+            checked_text(doc, f"documents[{i}]")
         inputs = docs
     else:  # documents with images: the Scoring API's multimodal inputs
         inputs = await _score_side(st, llm, docs, "document", "documents")
@@ -469,11 +469,10 @@ async def tokenize(body: TokenizeRequest, request: Request, st: State, llm: Mode
     tok = llm.get_tokenizer()
     if body.messages is not None:
         continuing = body.continue_final_message
-        chat = Chat(
-            body.messages,
-            add_generation_prompt=(not continuing) if body.add_generation_prompt is None else body.add_generation_prompt,
-            continue_final_message=continuing, add_special_tokens=bool(body.add_special_tokens), instead="prompt",
-        )
+        chat = chat_of(body.messages, {
+            "add_generation_prompt": (not continuing) if body.add_generation_prompt is None else body.add_generation_prompt,
+            "continue_final_message": continuing, "add_special_tokens": bool(body.add_special_tokens),
+        }, instead="prompt")
         prompt = await render_chat(request, st, chat)
         if isinstance(prompt, dict):
             ids = prompt["prompt_token_ids"]
@@ -482,11 +481,11 @@ async def tokenize(body: TokenizeRequest, request: Request, st: State, llm: Mode
             ids = await until_done(request, st, st.batcher.call(lambda: st.renderer.token_ids(prompt, "messages"), cost))
     else:
         prompt = body.prompt
-        check_text(prompt, "prompt")
+        checked_text(prompt, "prompt")
         tokens = tokens_of_text(len(prompt))
         check_tokens(st, tokens, "prompt")
         add_special = body.add_special_tokens is not False
-        text = prompt.lower() if llm.model.do_lower_case else prompt
+        text = llm.engine.tokenizer.texts([prompt])[0]
         ids = await until_done(request, st, st.batcher.call(lambda: tok(text, add_special_tokens=add_special)["input_ids"], tokens))
     strs = tok.convert_ids_to_tokens(ids) if body.return_token_strs else None
     return await respond(

@@ -17,7 +17,6 @@ from ...contracts.errors import InvalidRequest
 from ...contracts.io import Prompt
 from ...contracts.params import PoolingParams
 from ...runtime.columns import Results
-from ...runtime.estimates import estimate_costs
 from .cache import packed, unpacked
 from .errors import ApiError, ClientGone
 from .state import ModelState
@@ -173,7 +172,7 @@ async def run_task(
         task, prompts, checked, tokens = _prepared(st, llm, task_name, raw, params, prompt_name, add_special_tokens, number_bytes)
         results = await _cached(request, st, llm, task, raw, prompts, checked, tokens, params, prompt_name, add_special_tokens)
     else:
-        guess = sum(estimate_costs([_as_prompt(p) for p in raw])) + st.renderer.media_cost(raw)
+        guess = st.renderer.guess_tokens(raw)
         check_tokens(st, guess)
 
         def work() -> tuple[Any, Results]:
@@ -194,9 +193,7 @@ def _prepared(
 ) -> tuple[Any, Any, list[PoolingParams], int]:
     """The request prepared by the LLM (task, prompts, checked parameters) and its token estimate,
     held to the server's token and (estimated) response limits."""
-    task, prompts, checked = llm.prepare(raw, params, pooling_task=task_name, prompt_name=prompt_name, lora_request=st.lora)
-    if not add_special_tokens:
-        prompts.set_add_special_tokens(False)
+    task, prompts, checked = _prepare(st, llm, task_name, raw, params, prompt_name, add_special_tokens)
     tokens = llm.estimate_tokens(prompts, checked)
     check_tokens(st, tokens)
     expected = expected_numbers(task, llm.model, len(raw), tokens)
@@ -205,13 +202,15 @@ def _prepared(
     return task, prompts, checked, tokens
 
 
-def _as_prompt(raw: Any) -> Prompt:
-    """A raw input (a text, ``{"prompt_token_ids": [...]}`` or a prompt) as a prompt, for estimates."""
-    if isinstance(raw, Prompt):
-        return raw
-    if isinstance(raw, dict) and isinstance(raw.get("prompt_token_ids"), list):
-        return Prompt(token_ids=raw["prompt_token_ids"])
-    return Prompt(text=raw if isinstance(raw, str) else "")
+def _prepare(
+    st: ModelState, llm: LLM, task_name: str, raw: list[Any], params: PoolingParams, prompt_name: str | None, add_special_tokens: bool
+) -> tuple[Any, Any, list[PoolingParams]]:
+    """:meth:`LLM.prepare` of a request's inputs with the served model's adapter, texts tokenized
+    without special tokens where the request says so (the renderer applies it)."""
+    tokenization = None if add_special_tokens else {"add_special_tokens": False}
+    return llm.prepare(
+        raw, params, pooling_task=task_name, tokenization_kwargs=tokenization, prompt_name=prompt_name, lora_request=st.lora
+    )
 
 
 async def _cached(
@@ -229,11 +228,7 @@ async def _cached(
     st.metrics.cached(len(raw) - len(missing), len(missing))
     if missing:
         if len(missing) < len(raw):
-            _, prompts, checked = llm.prepare(
-                [raw[i] for i in missing], params, pooling_task=task.name, prompt_name=prompt_name, lora_request=st.lora
-            )
-            if not add_special_tokens:
-                prompts.set_add_special_tokens(False)
+            _, prompts, checked = _prepare(st, llm, task.name, [raw[i] for i in missing], params, prompt_name, add_special_tokens)
             tokens = llm.estimate_tokens(prompts, checked)
         ran = await _run(request, st, task, prompts, checked, tokens)
         for i, (tensor, ids), cut in zip(missing, ran, ran.truncated.tolist()):

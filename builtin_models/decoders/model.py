@@ -1,5 +1,6 @@
-"""Llama-style decoders on packed batches: one configurable family for Llama, Mistral, Gemma 1/2/3
-(and Qwen2/3, configured in :mod:`poolkit.builtin_models.qwen`).
+"""The Llama-style decoder on packed batches, :class:`DecoderModel`: one configurable stack that
+Llama, Mistral, Gemma 1/2/3 and GritLM (this package), Qwen2/3 (:mod:`poolkit.builtin_models.qwen`),
+InternLM2 and the vision-language models' language models configure.
 
 Every member is a stack of pre-norm layers — grouped-query self-attention with rotary positions,
 then a gated feed-forward layer ``down(act(gate) * up)`` — between token embeddings and a final
@@ -13,7 +14,7 @@ config by class methods:
   :meth:`DecoderModel.mlp_bias`: Qwen2's biased q/k/v, Llama's ``attention_bias`` / ``mlp_bias``);
 - rotary positions: ``rope_theta`` and ``rope_scaling`` / ``rope_parameters`` (``linear``,
   ``dynamic``, ``yarn``, ``llama3``), per layer type where the config says so (Gemma 3's local
-  and global bases), read by :func:`poolkit.builtin_models.layers.rotary_parameters`;
+  and global bases), read by :func:`poolkit.builtin_models.blocks.rotary.rotary_parameters`;
 - sliding windows on some layers (:meth:`DecoderModel.layer_types`: Mistral's on every layer,
   Gemma 2/3's on their local layers, Qwen2's above ``max_window_layers``);
 - attention scale (Gemma 2/3: ``query_pre_attn_scalar``) and score soft-capping (Gemma 2);
@@ -24,15 +25,13 @@ config by class methods:
 Modules keep Hugging Face's parameter names, so checkpoints load by name, except that each
 layer's q/k/v projections are fused into one ``qkv_proj`` and its gate and up projections into
 one ``gate_up_proj`` at load time: one matmul instead of three or two. Heads are in
-:mod:`poolkit.builtin_models.decoder_classifiers`.
+:mod:`poolkit.builtin_models.decoders.heads`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import logging
 import re
-from typing import Any, Callable, ClassVar, Collection, Iterable, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Collection, Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -42,40 +41,17 @@ from poolkit.contracts.architecture import Architecture
 from poolkit.contracts.batch import PackedBatch
 from poolkit.contracts.config_checks import ConfigChecks
 from poolkit.contracts.errors import ModelLoadError
-from poolkit.contracts.hookspecs import hookimpl
 from poolkit.loading.weights import base_model_name, load_into
 from poolkit.plugins.lookup import kernel_for
 
-from .decoder_classifiers import DecoderLMHead, ScoreClassifier, TokenScoreClassifier
-from .layers import (
-    GLOBAL,
-    SLIDING,
-    FusedLinear,
-    OffsetRMSNorm,
-    RMSNorm,
-    Rotary,
-    activation_function,
-    fuse_projections,
-    fused_activation,
-    gated_linear,
-    linear as linear_layer,
-    residual_stream,
-    rotary_cos_sin,
-    rotary_parameters,
-)
-from .quantize import Quantizable
-
-logger = logging.getLogger(__name__)
+from ..blocks.attention import GLOBAL, SLIDING
+from ..blocks.norms import OffsetRMSNorm, RMSNorm, residual_stream
+from ..blocks.quantize import Quantizable
+from ..blocks.rotary import Rotary, rotary_cos_sin, rotary_parameters
+from ..blocks.linear import FusedLinear, activation_function, fuse_projections, fused_activation, gated_linear, linear as linear_layer
 
 #: Checkpoint tensors the backbone does not use: the classifiers and LM heads of transformers' task models, rotary caches.
 _UNUSED = re.compile(r"^(lm_head|score|classifier|qa_outputs|v_head)\.|\.rotary_emb\.")
-#: vLLM's ``LlamaBidirectionalConfig``: the config's ``pooling`` -> poolkit's pooling type.
-_BIDIRECTIONAL_POOLING = {"avg": "MEAN", "mean": "MEAN", "cls": "CLS", "last": "LAST"}
-
-
-def extend_checks(checks: ConfigChecks, sizes: tuple[str, ...] = (), shapes: Mapping[str, tuple] | None = None) -> ConfigChecks:
-    """``checks`` with more positive sizes and tensor shapes (a family's own fields and tensors)."""
-    return dataclasses.replace(checks, sizes=checks.sizes + sizes, shapes={**checks.shapes, **(shapes or {})})
 
 
 def check_layer_types(config: Any, types: list[str]) -> list[str]:
@@ -244,6 +220,8 @@ class DecoderModel(Quantizable, Architecture):
     sandwich_norms: ClassVar[bool] = False
     #: Gemma: embeddings times ``sqrt(hidden_size)`` (rounded to the model's dtype, as transformers).
     scale_embeddings: ClassVar[bool] = False
+    #: The config field that says whether the attention projections have biases, and its default.
+    attention_bias_field: ClassVar[tuple[str, bool]] = ("attention_bias", False)
 
     # -- what the config says, per family --------------------------------------------------------
 
@@ -262,8 +240,9 @@ class DecoderModel(Quantizable, Architecture):
 
     @classmethod
     def attention_biases(cls, config: Any) -> tuple[bool, bool]:
-        """Whether the q/k/v projections and the output projection have biases."""
-        bias = bool(getattr(config, "attention_bias", False))
+        """Whether the q/k/v projections and the output projection have biases (:attr:`attention_bias_field`)."""
+        field, default = cls.attention_bias_field
+        bias = bool(getattr(config, field, default))
         return bias, bias
 
     @classmethod
@@ -384,297 +363,3 @@ class DecoderModel(Quantizable, Architecture):
     def parameter_name(self, checkpoint_name: str) -> str | None:
         """The Hugging Face base-model name of a checkpoint tensor, or ``None`` to skip it."""
         return base_model_name(checkpoint_name, self.checkpoint_prefix, self.classifier_prefixes, _UNUSED)
-
-
-# -- families --------------------------------------------------------------------------------------
-
-
-class LlamaModel(DecoderModel):
-    """The Llama decoder: RMSNorm, SwiGLU, rotary positions (``llama3``, ``linear``, ``dynamic``,
-    ``yarn`` scaling), optional ``attention_bias`` / ``mlp_bias``.
-
-    Example:
-        >>> model = LlamaModel(transformers.LlamaConfig.from_pretrained(path))
-        >>> model.load_weights(iter_tensors(checkpoint_files(path)))
-        >>> hidden = model(PackedBatch.from_sequences([[1, 15043], [1]]))
-    """
-
-
-class LlamaBidirectionalModel(LlamaModel):
-    """Llama with bidirectional attention (NVIDIA's llama-nemotron embed / rerank checkpoints).
-
-    As vLLM's ``LlamaBidirectionalConfig``: attention is never causal, and the config's
-    ``pooling`` (``avg``, ``cls``, ``last``) is the default pooling type. The checkpoints'
-    ``config.json`` (``model_type: llama_bidirec``, written for remote code) is read as a Llama
-    config, and no remote code runs. A plain Llama checkpoint becomes one with
-    ``hf_overrides={"architectures": ["LlamaBidirectionalModel"]}`` (MEAN pooling unless
-    ``pooling`` says otherwise).
-    """
-
-    default_pooling_type: ClassVar[str | None] = "MEAN"
-    config_model_type: ClassVar[str | None] = "llama"
-
-    @classmethod
-    def is_causal(cls, config: Any) -> bool:
-        return False
-
-    def __init__(self, config: Any) -> None:
-        pooling = getattr(config, "pooling", None)
-        if pooling is not None and str(pooling).lower() not in _BIDIRECTIONAL_POOLING:
-            raise ModelLoadError(
-                f"pooling '{pooling}' of a {type(self).__name__} config is not supported; use one of {', '.join(_BIDIRECTIONAL_POOLING)}"
-            )
-        super().__init__(config)
-        if pooling is not None:
-            self.default_pooling_type = _BIDIRECTIONAL_POOLING[str(pooling).lower()]
-
-
-class MistralModel(LlamaModel):
-    """The Mistral decoder: Llama with a sliding window (``sliding_window``) on every layer."""
-
-    config_checks: ClassVar[ConfigChecks] = extend_checks(DecoderModel.config_checks, sizes=("sliding_window",))
-
-    @classmethod
-    def layer_types(cls, config: Any) -> list[str]:
-        kind = SLIDING if getattr(config, "sliding_window", None) else GLOBAL
-        return check_layer_types(config, [kind] * int(config.num_hidden_layers))
-
-
-class GritLM(MistralModel):
-    """GritLM (parasail-ai/GritLM-7B-vllm): a Mistral body run bidirectionally for embeddings,
-    whose sequence pooling leaves the instruction out, as vLLM's ``GritLM`` does.
-
-    Prompts follow GritLM's format, ``<|user|>\nINSTRUCTION\n<|embed|>\nTEXT`` or
-    ``<|embed|>\nTEXT``, after the tokenizer's ``<s>``; the mean runs over the tokens after
-    ``<|embed|>\n`` (then L2 normalisation). The marker is found by its token ids in Mistral's
-    SentencePiece vocabulary (``▁<`` / ``<``, ``|``, ``embed``, ``|``, ``>``, ``<0x0A>``); a
-    prompt without ``<s>`` pools every token and one without the marker every token but ``<s>``,
-    with a warning, as vLLM does. No sliding window: vLLM drops it for pooling. ``encode``
-    (``token_embed``) returns every token's states.
-    """
-
-    default_pooling_type: ClassVar[str | None] = "MEAN"
-    config_checks: ClassVar[ConfigChecks] = DecoderModel.config_checks
-    #: The SentencePiece pieces of GritLM's markers, as vLLM matches them.
-    _PIECES = ("<s>", "▁<", "<", "|", "embed", ">", "<0x0A>", "user")
-
-    @classmethod
-    def is_causal(cls, config: Any) -> bool:
-        return False
-
-    @classmethod
-    def layer_types(cls, config: Any) -> list[str]:
-        return check_layer_types(config, [GLOBAL] * int(config.num_hidden_layers))
-
-    @classmethod
-    def configure(cls, config: Any, tokenizer: Any) -> None:
-        """Look up the marker pieces' token ids (``config.gritlm_token_ids``); a tokenizer without
-        them is refused."""
-        ids = dict(zip(cls._PIECES, tokenizer.convert_tokens_to_ids(list(cls._PIECES)))) if tokenizer is not None else {}
-        unknown = [p for p in cls._PIECES if ids.get(p) is None or ids[p] == getattr(tokenizer, "unk_token_id", None)]
-        if unknown:
-            raise ModelLoadError(
-                f"GritLM finds its <|embed|> marker by the tokens of Mistral's SentencePiece vocabulary; this tokenizer lacks {', '.join(unknown)}"
-            )
-        config.gritlm_token_ids = ids
-
-    def __init__(self, config: Any) -> None:
-        super().__init__(config)
-        ids = config.gritlm_token_ids
-        self._bos = ids["<s>"]
-        self._user = [ids[p] for p in ("▁<", "|", "user", "|", ">", "<0x0A>")]
-        self._embed = [ids[p] for p in ("▁<", "|", "embed", "|", ">", "<0x0A>")]
-        self._embed_after_user = [ids[p] for p in ("<0x0A>", "<", "|", "embed", "|", ">", "<0x0A>")]
-
-    def pool_start(self, token_ids: Sequence[int]) -> int:
-        """The instruction's length: up to and including ``<|embed|>\n``."""
-        ids = list(token_ids)
-        if not ids or ids[0] != self._bos:
-            logger.warning("GritLM: no BOS token at the start of a prompt, so no instruction is left out of pooling; GritLM expects one")
-            return 0
-        marker = self._embed_after_user if ids[1 : 1 + len(self._user)] == self._user else self._embed
-        found = _find(ids, marker, start=1)
-        if found < 0:
-            logger.warning("GritLM: no <|embed|> marker in a prompt, so only the BOS token is left out of pooling; GritLM expects one")
-            return 1
-        return found + len(marker)
-
-
-def _find(ids: list[int], target: list[int], start: int) -> int:
-    """Where ``target`` first occurs in ``ids`` at or after ``start``, or -1."""
-    n = len(target)
-    first = target[0]
-    for i in range(start, len(ids) - n + 1):
-        if ids[i] == first and ids[i : i + n] == target:
-            return i
-    return -1
-
-
-class GemmaModel(DecoderModel):
-    """The Gemma decoder: ``(1 + weight)`` RMSNorms, GELU-tanh gated feed-forward, embeddings
-    scaled by ``sqrt(hidden_size)``."""
-
-    norm_offset: ClassVar[bool] = True
-    scale_embeddings: ClassVar[bool] = True
-
-    @classmethod
-    def activation(cls, config: Any) -> str:
-        return getattr(config, "hidden_activation", None) or getattr(config, "hidden_act", None) or "gelu_pytorch_tanh"
-
-
-class Gemma2Model(GemmaModel):
-    """The Gemma 2 decoder: Gemma with sandwich norms, scores scaled by ``query_pre_attn_scalar``
-    and soft-capped (``attn_logit_softcapping``), and sliding windows on the local layers
-    (``layer_types``). ``Gemma2ForCausalLM`` soft-caps its logits (``final_logit_softcapping``)."""
-
-    sandwich_norms: ClassVar[bool] = True
-    unsupported_dtypes: ClassVar[Mapping[str, str]] = {
-        "float16": "Numerical instability. Please use bfloat16 or float32 instead."
-    }
-    config_checks: ClassVar[ConfigChecks] = extend_checks(
-        DecoderModel.config_checks,
-        sizes=("sliding_window", "query_pre_attn_scalar"),
-        shapes={"layers.0.pre_feedforward_layernorm.weight": ("hidden_size",)},
-    )
-
-    @classmethod
-    def attention_scale(cls, config: Any, head_dim: int) -> float:
-        return float(getattr(config, "query_pre_attn_scalar", None) or head_dim) ** -0.5
-
-    @classmethod
-    def attention_softcap(cls, config: Any) -> float | None:
-        cap = getattr(config, "attn_logit_softcapping", None)
-        return float(cap) if cap else None
-
-
-class Gemma3TextModel(Gemma2Model):
-    """The Gemma 3 text decoder: Gemma 2 with q/k norms, scores soft-capped only if the config says
-    so, and its own rotary base on local layers (``rope_parameters`` per layer type; ``rope_local_base_freq``).
-
-    ``use_bidirectional_attention: true`` (EmbeddingGemma) makes attention bidirectional, each
-    local token seeing ``sliding_window // 2`` tokens either side, as transformers does.
-    """
-
-    qk_norm: ClassVar[bool] = True
-    config_checks: ClassVar[ConfigChecks] = extend_checks(
-        Gemma2Model.config_checks, shapes={"layers.0.self_attn.q_norm.weight": ("head_dim",)}
-    )
-
-    @classmethod
-    def is_causal(cls, config: Any) -> bool:
-        return super().is_causal(config) and not getattr(config, "use_bidirectional_attention", False)
-
-    @classmethod
-    def window(cls, config: Any, causal: bool) -> int | None:
-        if getattr(config, "use_bidirectional_attention", False):
-            # Gemma3TextConfig has halved the window to ``sliding_window // 2 + 1``, an exclusive bound.
-            return int(config.sliding_window) - 1
-        return super().window(config, causal)
-
-
-# -- task models -----------------------------------------------------------------------------------
-# ``*ForCausalLM``: an embedder (last token) whose LM head ``STEP`` process rewards read, or, when
-# the config names ``classifier_from_token`` and a ``method``, a reranker built from the LM head's
-# rows. ``*ForSequenceClassification``: last token -> ``score``. ``*ForTokenClassification``:
-# ``score`` on every token.
-
-
-class LlamaForCausalLM(DecoderLMHead, ScoreClassifier, LlamaModel):
-    """A Llama causal LM (e5-mistral-style embedders, math-shepherd-style process reward models)."""
-
-    checkpoint_score: ClassVar[bool] = False
-
-
-class LlamaForSequenceClassification(ScoreClassifier, LlamaModel):
-    """A Llama sequence classifier / reranker: last token -> ``score``."""
-
-
-class LlamaForTokenClassification(TokenScoreClassifier, LlamaModel):
-    """A Llama token classifier: ``score`` on every token."""
-
-
-class LlamaBidirectionalForSequenceClassification(ScoreClassifier, LlamaBidirectionalModel):
-    """A bidirectional Llama reranker (llama-nemotron-rerank): the pooled vector (the config's
-    ``pooling``) -> ``score``."""
-
-
-class MistralForCausalLM(DecoderLMHead, ScoreClassifier, MistralModel):
-    """A Mistral causal LM (e5-mistral-7b-instruct, math-shepherd-mistral-7b-prm)."""
-
-    checkpoint_score: ClassVar[bool] = False
-
-
-class MistralForSequenceClassification(ScoreClassifier, MistralModel):
-    """A Mistral sequence classifier / reranker: last token -> ``score``."""
-
-
-class MistralForTokenClassification(TokenScoreClassifier, MistralModel):
-    """A Mistral token classifier: ``score`` on every token."""
-
-
-class GemmaForCausalLM(DecoderLMHead, ScoreClassifier, GemmaModel):
-    """A Gemma causal LM; bge-reranker-v2-gemma is one read as a reranker
-    (``classifier_from_token: ["Yes"]``, ``method: "no_post_processing"``)."""
-
-    checkpoint_score: ClassVar[bool] = False
-
-
-class GemmaForSequenceClassification(ScoreClassifier, GemmaModel):
-    """A Gemma sequence classifier / reranker: last token -> ``score``."""
-
-
-class GemmaForTokenClassification(TokenScoreClassifier, GemmaModel):
-    """A Gemma token classifier: ``score`` on every token."""
-
-
-class Gemma2ForCausalLM(DecoderLMHead, ScoreClassifier, Gemma2Model):
-    """A Gemma 2 causal LM (bge-multilingual-gemma2); its logits are soft-capped."""
-
-    checkpoint_score: ClassVar[bool] = False
-
-
-class Gemma2ForSequenceClassification(ScoreClassifier, Gemma2Model):
-    """A Gemma 2 sequence classifier / reranker: last token -> ``score`` (not soft-capped)."""
-
-
-class Gemma2ForTokenClassification(TokenScoreClassifier, Gemma2Model):
-    """A Gemma 2 token classifier: ``score`` on every token."""
-
-
-class Gemma3ForCausalLM(DecoderLMHead, ScoreClassifier, Gemma3TextModel):
-    """A Gemma 3 text causal LM; its logits are soft-capped when the config says so."""
-
-    checkpoint_score: ClassVar[bool] = False
-
-
-class Gemma3TextForSequenceClassification(ScoreClassifier, Gemma3TextModel):
-    """A Gemma 3 text sequence classifier / reranker: last token -> ``score``."""
-
-
-@hookimpl
-def poolkit_register_architectures(register):
-    for cls in (
-        LlamaModel,
-        LlamaForCausalLM,
-        LlamaForSequenceClassification,
-        LlamaForTokenClassification,
-        LlamaBidirectionalModel,
-        LlamaBidirectionalForSequenceClassification,
-        MistralModel,
-        MistralForCausalLM,
-        MistralForSequenceClassification,
-        MistralForTokenClassification,
-        GritLM,
-        GemmaModel,
-        GemmaForCausalLM,
-        GemmaForSequenceClassification,
-        GemmaForTokenClassification,
-        Gemma2Model,
-        Gemma2ForCausalLM,
-        Gemma2ForSequenceClassification,
-        Gemma2ForTokenClassification,
-        Gemma3TextModel,
-        Gemma3ForCausalLM,
-        Gemma3TextForSequenceClassification,
-    ):
-        register(cls.__name__, cls)

@@ -1,4 +1,4 @@
-"""The classifiers of the Llama-style decoder family (:mod:`poolkit.builtin_models.decoders`) and its LM head.
+"""The heads of the Llama-style decoder family (:mod:`poolkit.builtin_models.decoders`): its classifiers and LM head.
 
 - :class:`ScoreClassifier`: ``*ForSequenceClassification`` (``score`` on the last token), and any LLM
   used as a reranker: ``classifier_from_token`` words plus a ``method`` in the config (or
@@ -20,7 +20,7 @@ from torch import nn
 
 from poolkit.contracts.errors import ModelLoadError
 
-from .layers import CausalLMHead, TokenClassifier
+from ..blocks.heads import CausalLMHead, TokenClassifier
 
 #: LLM-as-reranker conversions (vLLM's ``SEQ_CLS_LOAD_METHODS``).
 FROM_2_WAY_SOFTMAX, NO_POST_PROCESSING = "from_2_way_softmax", "no_post_processing"

@@ -1,8 +1,8 @@
 """``quantization="int8"`` for the native families: their linear layers in int8, calibrated at load.
 
-A model's linear layers (every one that runs through :func:`poolkit.builtin_models.layers.linear`
-or :func:`~poolkit.builtin_models.layers.gated_linear`: attention and feed-forward projections;
-heads and poolers stay float) become :class:`~poolkit.builtin_models.layers.Int8Linear` layers:
+A model's linear layers (every one that runs through :func:`poolkit.builtin_models.blocks.linear.linear`
+or :func:`~poolkit.builtin_models.blocks.linear.gated_linear`: attention and feed-forward projections;
+heads and poolers stay float) become :class:`~poolkit.builtin_models.blocks.linear.Int8Linear` layers:
 weights int8 per output channel, activations int8 per token at run time (the ``linear_int8`` op).
 
 Per-token scales keep one token's outlier from costing the others their resolution, but a
@@ -35,8 +35,8 @@ from poolkit.contracts.errors import ModelLoadError
 from poolkit.contracts.kernel import hadamard_rows
 from poolkit.plugins.lookup import kernel_for
 
-from . import layers
-from .layers import Int8Linear
+from . import linear
+from .linear import Int8Linear
 
 logger = logging.getLogger(__name__)
 
@@ -157,12 +157,12 @@ def _input_maxima(model: nn.Module, batches: list[PackedBatch]) -> dict[nn.Modul
             pick = torch.linspace(0, rows.shape[0] - 1, min(SAMPLE_ROWS, rows.shape[0])).long()
             seen[layer] = (amax, rows[pick].clone())
 
-    layers.observer = observe
+    linear.observer = observe
     try:
         for batch in batches:
             model(batch)
     finally:
-        layers.observer = None
+        linear.observer = None
     return seen
 
 

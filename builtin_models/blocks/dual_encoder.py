@@ -33,17 +33,10 @@ from poolkit.contracts.errors import InvalidRequest, ModelLoadError
 from poolkit.loading.weights import load_into
 from poolkit.plugins.lookup import kernel_for
 
-from .layers import (
-    FusedLinear,
-    activated_linear,
-    activation_function,
-    attention_head_dim,
-    check_positions,
-    fp32_layer_norm,
-    fuse_projections,
-    fused_activation,
-    linear,
-)
+from .linear import FusedLinear, activated_linear, activation_function, fuse_projections, fused_activation, linear
+from .attention import MultiHeadAttention
+from .embeddings import check_positions
+from .norms import at_least_float32, fp32_layer_norm
 from .quantize import Quantizable
 
 TEXT, VISION = "text_config.", "vision_config."
@@ -96,18 +89,12 @@ def sub_config(config: Any, name: str, family: str, hidden_act: str) -> Any:
     return sub
 
 
-def _wide(x: torch.Tensor) -> torch.Tensor:
-    return x if x.dtype in (torch.float32, torch.float64) else x.float()
-
-
-class EncoderAttention(nn.Module):
+class EncoderAttention(MultiHeadAttention):
     """Multi-head self-attention with fused q/k/v; the caller says over which tokens."""
 
     def __init__(self, config: Any) -> None:
-        super().__init__()
         hidden = int(config.hidden_size)
-        self.num_heads = int(config.num_attention_heads)
-        self.head_dim = attention_head_dim(hidden, self.num_heads)
+        super().__init__(hidden, int(config.num_attention_heads))
         self.qkv = FusedLinear(hidden, {"q_proj": hidden, "k_proj": hidden, "v_proj": hidden})
         self.out_proj = nn.Linear(hidden, hidden)
 
@@ -153,7 +140,7 @@ class Encoder(nn.Module):
         self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(int(config.num_hidden_layers)))
 
     def forward(self, x: torch.Tensor, attend: Callable, linear_act: Callable) -> torch.Tensor:
-        x = _wide(x)
+        x = at_least_float32(x)
         for layer in self.layers:
             x = layer(x, attend, linear_act)
         return x
@@ -167,7 +154,7 @@ class TextEmbeddings(nn.Module):
 
     def forward(self, batch: PackedBatch) -> torch.Tensor:
         tokens = F.embedding(batch.input_ids, self.token_embedding.weight)
-        return _wide(tokens) + _wide(F.embedding(batch.positions, self.position_embedding.weight))
+        return at_least_float32(tokens) + at_least_float32(F.embedding(batch.positions, self.position_embedding.weight))
 
 
 class TextTransformer(nn.Module):
@@ -227,10 +214,10 @@ class VisionEmbeddings(nn.Module):
                 f"pixel_values of shape {tuple(pixel_values.shape)} do not fit the model's {size}x{size} images"
             )
         patches = self.patch_embedding(pixel_values.to(self.patch_embedding.weight.dtype))
-        x = _wide(patches.flatten(2).transpose(1, 2))
+        x = at_least_float32(patches.flatten(2).transpose(1, 2))
         if hasattr(self, "class_embedding"):
-            x = torch.cat([_wide(self.class_embedding).expand(x.shape[0], 1, -1), x], dim=1)
-        return x + _wide(self.position_embedding.weight)
+            x = torch.cat([at_least_float32(self.class_embedding).expand(x.shape[0], 1, -1), x], dim=1)
+        return x + at_least_float32(self.position_embedding.weight)
 
 
 def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

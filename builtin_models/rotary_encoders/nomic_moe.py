@@ -1,6 +1,6 @@
 """NomicBERT's mixture-of-experts feed-forward layers (nomic-embed-text-v2-moe), on packed tokens.
 
-nomic-embed-text-v2-moe is NomicBERT (:mod:`poolkit.builtin_models.rotary_encoders`) whose
+nomic-embed-text-v2-moe is NomicBERT (:mod:`~poolkit.builtin_models.rotary_encoders.nomic`) whose
 feed-forward block is, in every ``moe_every_n_layers``-th layer, a mixture of experts: a router
 scores each token against ``num_experts`` experts, the token goes to its ``moe_top_k`` best, and
 their outputs are summed, each weighted by its router probability, plus one bias all experts share.
@@ -32,9 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from poolkit.contracts.errors import ModelLoadError
-
-from .layers import activation_function
+from ..blocks.checks import refuse_switches, unsupported
+from ..blocks.linear import activation_function
 
 
 @dataclass(frozen=True)
@@ -54,10 +53,6 @@ class MoESpec:
     def has_experts(self, index: int) -> bool:
         """Whether layer ``index`` (from 0) is a mixture-of-experts layer, as nomic's code picks them."""
         return index % self.every_n_layers == 1
-
-
-def _refuse(field: str, value: Any, why: str) -> ModelLoadError:
-    return ModelLoadError(f"unsupported {field} {value!r}: {why}")
 
 
 def _positive(value: Any) -> bool:
@@ -80,23 +75,20 @@ def moe_spec(config: Any, gated: bool) -> MoESpec | None:
     if every is None or every is False or every == 0:
         return None
     if not _positive(every):
-        raise _refuse("moe_every_n_layers", every, "it must be a positive integer")
+        raise unsupported("moe_every_n_layers", every, "it must be a positive integer")
     experts, top_k = getattr(config, "num_experts", None), getattr(config, "moe_top_k", None)
     if not _positive(experts):
-        raise _refuse("num_experts", experts, "moe_every_n_layers needs a positive number of experts")
+        raise unsupported("num_experts", experts, "moe_every_n_layers needs a positive number of experts")
     if not _positive(top_k) or top_k > experts:
-        raise _refuse("moe_top_k", top_k, f"each token goes to between 1 and num_experts ({experts}) experts")
-    for name, why in (
+        raise unsupported("moe_top_k", top_k, f"each token goes to between 1 and num_experts ({experts}) experts")
+    refuse_switches(config, (
         ("moe_normalize_expert_weights", "nomic's router keeps the top-k probabilities as they are"),
         ("num_shared_experts", "shared experts are not supported (nomic-embed-text-v2-moe has none)"),
         ("expert_choice_router", "only token-choice routing is supported"),
-    ):
-        value = getattr(config, name, None)
-        if value:
-            raise _refuse(name, value, why)
+    ))
     if gated:
         activation = getattr(config, "activation_function", None)
-        raise _refuse(
+        raise unsupported(
             "activation_function", activation,
             "mixture-of-experts NomicBERT runs plain (non-gated) experts, as nomic-embed-text-v2-moe's gelu",
         )

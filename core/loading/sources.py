@@ -10,8 +10,8 @@ import logging
 import os
 from pathlib import Path
 
-from poolkit.contracts.errors import MissingDependency, ModelLoadError
-from poolkit.contracts.hookspecs import hookimpl
+from ..contracts.errors import MissingDependency, ModelLoadError
+from ..contracts.hookspecs import hookimpl
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from poolkit.contracts.errors import ModelLoadError
+from ..contracts.errors import ModelLoadError
 
 #: SentencePiece's word-boundary marker.
 SPACE = "\u2581"

@@ -8,8 +8,8 @@ each placeholder's row (:func:`merge_multimodal_embeddings`, vLLM's name for it)
 decoder over the whole prompt. This module holds that scatter, the model's view of the text config
 its decoder is built from (:class:`VisionLanguageModel`), the split of a checkpoint's tensor names
 by the part of the model they belong to (:class:`CheckpointLayout`, vLLM's weights mapper), the
-two-layer feed-forward blocks the towers and projectors are made of, and what the families'
-pixel pre-processing shares.
+two-layer feed-forward blocks the towers and projectors are made of, the config checks of a
+decoder beside a ViT (:func:`vit_checks`), and what the families' pixel pre-processing shares.
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ from torch import nn
 
 from poolkit.contracts.architecture import Architecture
 from poolkit.contracts.batch import PackedBatch
+from poolkit.contracts.config_checks import ConfigChecks
 from poolkit.contracts.errors import InvalidRequest, ModelLoadError
 
-from .layers import activation_function, fused_activation, linear
+from .linear import activation_function, fused_activation, linear
 
 #: OpenAI CLIP's normalisation, the default of Qwen2-VL's and LLaVA-NeXT's processors.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -46,6 +47,25 @@ def to_rgb(image: Any) -> Any:
         background = Image.new("RGBA", rgba.size, (255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")
+
+
+def vit_checks(decoder: str, *sizes: str, **checks: Any) -> ConfigChecks:
+    """The config checks of a decoder (its config under ``decoder``: ``text_config``) beside a ViT
+    vision tower (``vision_config``): their sizes, then the family's own ``sizes``; the tower's heads
+    dividing its width and its patches its image; the family's other ``checks`` (:class:`ConfigChecks` fields)."""
+    return ConfigChecks(
+        sizes=tuple(f"{decoder}.{name}" for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size"))
+        + tuple(
+            f"vision_config.{name}"
+            for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "image_size", "patch_size")
+        )
+        + sizes,
+        multiples=(
+            ("vision_config.hidden_size", "vision_config.num_attention_heads"),
+            ("vision_config.image_size", "vision_config.patch_size"),
+        ),
+        **checks,
+    )
 
 
 class VisionLanguageModel(Architecture):

@@ -1,4 +1,5 @@
-"""A PEFT LoRA adapter read from its directory, as people save them (``PeftModel.save_pretrained``).
+"""The PEFT checkpoint of a LoRA adapter, read from its directory as people save them
+(``PeftModel.save_pretrained``) and checked: :class:`PeftCheckpoint`, what :func:`read_checkpoint` returns.
 
 The directory holds ``adapter_config.json`` (``r``, ``lora_alpha``, ``use_rslora``,
 ``target_modules``, ``modules_to_save``, ...) and ``adapter_model.safetensors``, whose tensors are
@@ -32,8 +33,10 @@ _FACTOR = re.compile(r"^(?P<layer>.+)\.lora_(?P<which>A|B)(?:\.default)?\.weight
 
 
 @dataclass
-class Adapter:
-    """One adapter's factors, under the fine-tuned model's layer names.
+class PeftCheckpoint:
+    """A LoRA adapter's PEFT checkpoint, read: its factors under the fine-tuned model's layer names
+    (where the model puts them is :mod:`poolkit.lora.names`'s business; binding them into a slot,
+    the manager's: :class:`poolkit.lora.manager.Adapters`).
 
     Attributes:
         request: the request that named it.
@@ -49,11 +52,12 @@ class Adapter:
 
     @property
     def name(self) -> str:
+        """The adapter's name (its request's ``lora_name``)."""
         return self.request.lora_name
 
 
-def read_adapter(request: LoRARequest, *, max_rank: int, allow_pickle: bool = False) -> Adapter:
-    """Read and check the adapter ``request`` names.
+def read_checkpoint(request: LoRARequest, *, max_rank: int, allow_pickle: bool = False) -> PeftCheckpoint:
+    """Read and check the PEFT checkpoint ``request`` names.
 
     Raises:
         InvalidRequest: no adapter at the path, a setting poolkit does not apply (DoRA, bias
@@ -107,7 +111,7 @@ def read_adapter(request: LoRARequest, *, max_rank: int, allow_pickle: bool = Fa
         rank = max(rank, r)
     if not factors and not saved:
         raise InvalidRequest(f"Loading lora {name} failed: {files[0].name} holds no LoRA weights")
-    return Adapter(request, rank, factors, saved)
+    return PeftCheckpoint(request, rank, factors, saved)
 
 
 def _tensors(name: str, files: list[Path]) -> list[tuple[str, torch.Tensor]]:
