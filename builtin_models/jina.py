@@ -8,7 +8,8 @@ dimension, base ``rotary_emb_base``, halves rotated), ``norm1``, a GELU feed-for
 (``mlp.fc1``, ``mlp.fc2``, biases everywhere) and ``norm2``. poolkit never runs the checkpoint's
 remote code; this follows its published definition, as vLLM's ``JinaRobertaModel`` does.
 
-jina-embeddings-v3 (``XLMRobertaLoRA``) keeps one LoRA adapter per task on every linear and
+jina-embeddings-v3 (published as ``XLMRobertaModel`` with ``position_embedding_type: "rotary"``, which
+this architecture claims; its remote code's class is ``XLMRobertaLoRA``) keeps one LoRA adapter per task on every linear and
 embedding layer, saved as torch parametrizations (``<layer>.parametrizations.weight.original``,
 ``...weight.0.lora_A`` ``[tasks, r, in]`` and ``lora_B`` ``[tasks, out, r]``; an embedding's
 ``lora_A`` is ``[tasks, vocab, r]``, its ``lora_B`` ``[tasks, r, dim]``), scaled by
@@ -82,6 +83,10 @@ class JinaRobertaModel(RotaryEncoder):
     """
 
     layout: ClassVar[Layout] = JINA_LAYOUT
+    #: jina-embeddings-v3 as published: ``"architectures": ["XLMRobertaModel"]`` with rotary positions
+    #: (vLLM's ``RobertaEmbeddingModel`` builds its ``JinaRobertaModel`` on that value, and its
+    #: ``JinaRobertaModelConfig`` is keyed on ``XLMRobertaModel``).
+    claims: ClassVar[Mapping[str, Mapping[str, Any]]] = {"XLMRobertaModel": {"position_embedding_type": "rotary"}}
     embeddings_class: ClassVar[type[nn.Module]] = JinaEmbeddings
     default_pooling_type: ClassVar[str | None] = "MEAN"
     config_checks: ClassVar[ConfigChecks] = encoder_checks(r"(?:^|\.)encoder\.layers\.(\d+)\.")
@@ -162,6 +167,7 @@ class ColBERTJinaRobertaModel(_ColBERT, JinaRobertaModel):
     """jina-colbert-v2: Jina's rotary XLM-RoBERTa, every token vector through ``linear``."""
 
     default_pooling_type: ClassVar[str | None] = "CLS"
+    claims: ClassVar[Mapping[str, Mapping[str, Any]]] = {}  # chosen with hf_overrides only
 
 
 @hookimpl

@@ -66,7 +66,7 @@ from .elementwise import activation_c, activation_c_runs
 SOURCE = Path(__file__).with_name("linear.c")
 
 #: Activations of :func:`linear_act`, by name: exactly the names of the op's contract,
-#: :data:`poolkit.contracts.kernel.LINEAR_ACTIVATIONS`, in its order (tests/test_layering.py checks it).
+#: :data:`poolkit.contracts.kernel.LINEAR_ACTIVATIONS`, in its order (tests/architecture/test_layering.py checks it).
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "none": lambda x: x,
     "gelu": F.gelu,

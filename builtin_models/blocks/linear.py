@@ -21,7 +21,7 @@ from poolkit.plugins.lookup import kernel_for
 _GELU_TANH = functools.partial(F.gelu, approximate="tanh")
 #: transformers' ``hidden_act`` names of the activations that the ``linear_act`` op fuses into its
 #: matmul: the op's name for each (a name of the op's contract,
-#: :data:`poolkit.contracts.kernel.LINEAR_ACTIVATIONS`, which every kernel takes; tests/test_layering.py
+#: :data:`poolkit.contracts.kernel.LINEAR_ACTIVATIONS`, which every kernel takes; tests/architecture/test_layering.py
 #: checks it) and the same activation computed with torch directly, for where the op does not run it.
 #: Other names (the op's ``tanh`` and ``sigmoid`` too) stay unfused, computed by transformers' ``ACT2FN``.
 _FUSABLE_ACTIVATIONS: dict[str, tuple[str, Callable[[torch.Tensor], torch.Tensor]]] = {

@@ -72,6 +72,12 @@ class Architecture(torch.nn.Module):
     #: that refuses such a model names this architecture and that checkpoint. For instance
     #: ``{"Phi3VForCausalLM": "Qwen/Qwen3-VL-Embedding-2B"}``.
     alternative_for: ClassVar[Mapping[str, str]] = {}
+    #: Names registered for other architectures that this one serves when the checkpoint's
+    #: ``config.json`` holds the given values, as published checkpoints of another layout use
+    #: them: ``{"XLMRobertaModel": {"position_embedding_type": "rotary"}}`` (jina-embeddings-v3
+    #: is published as ``XLMRobertaModel``; vLLM builds its Jina model from that name on the same
+    #: config value). A claim wins over the name's own registration.
+    claims: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
     #: The tasks this architecture may serve, or ``None`` for all whose heads it can feed (a
     #: late-interaction model offers ``token_embed`` only, say).
     pooling_tasks: ClassVar[frozenset[str] | None] = None

@@ -25,13 +25,16 @@ import contextlib
 import dataclasses
 import threading
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import torch
 
 from .errors import InvalidRequest
 from .io import IOProcessor, Prompt
+
+if TYPE_CHECKING:
+    from .model import ModelInfo
 
 #: The media kinds a prompt may carry, in the order their placeholders are counted.
 MEDIA_KINDS = ("image", "video")
@@ -190,43 +193,43 @@ class MediaProcessor(IOProcessor):
 
     # -- what a family declares -----------------------------------------------------------------
 
-    def replacements(self, model: Any) -> Sequence[PromptReplacement]:
+    def replacements(self, model: ModelInfo) -> Sequence[PromptReplacement]:
         """The placeholder of each media kind the model reads, and what an item becomes."""
         raise NotImplementedError
 
-    def process_image(self, image: Any, model: Any) -> MediaItem:
+    def process_image(self, image: Any, model: ModelInfo) -> MediaItem:
         """One decoded image (a ``PIL.Image.Image``) as the model reads it."""
         raise NotImplementedError
 
-    def process_video(self, video: Any, model: Any) -> MediaItem:
+    def process_video(self, video: Any, model: ModelInfo) -> MediaItem:
         """One decoded video (what :meth:`load_video` returns) as the model reads it."""
         raise NotImplementedError
 
-    def load_image(self, index: int, value: Any, model: Any, allow_files: bool) -> Any:
+    def load_image(self, index: int, value: Any, model: ModelInfo, allow_files: bool) -> Any:
         """Decode the image ``value`` of prompt ``index`` into a ``PIL.Image.Image`` (the given one
         if it is one: only an image opened here is closed after use)."""
         raise NotImplementedError
 
-    def load_video(self, index: int, value: Any, model: Any, allow_files: bool) -> Any:
+    def load_video(self, index: int, value: Any, model: ModelInfo, allow_files: bool) -> Any:
         """Decode the video ``value`` of prompt ``index`` (for :meth:`process_video`)."""
         raise NotImplementedError
 
-    def limit(self, model: Any, kind: str) -> int:
+    def limit(self, model: ModelInfo, kind: str) -> int:
         """Most items of ``kind`` one prompt may carry."""
         raise NotImplementedError
 
-    def text_prompt(self, index: int, prompt: Prompt, model: Any) -> Prompt:
+    def text_prompt(self, index: int, prompt: Prompt, model: ModelInfo) -> Prompt:
         """A prompt without media, as the model reads it (here: as given)."""
         return prompt
 
-    def prompt_text(self, index: int, prompt: Prompt, counts: Mapping[str, int], model: Any) -> str:
+    def prompt_text(self, index: int, prompt: Prompt, counts: Mapping[str, int], model: ModelInfo) -> str:
         """The text of a prompt with media: its own, else each item's default placeholder."""
         if prompt.text:
             return prompt.text
         defaults = {r.modality: self._default(r, model) for r in self.replacements(model)}
         return "".join(defaults[kind] * counts.get(kind, 0) for kind in MEDIA_KINDS if kind in defaults)
 
-    def layout(self, index: int, text: str, counts: Mapping[str, int], model: Any, add_special_tokens: bool) -> Layout:
+    def layout(self, index: int, text: str, counts: Mapping[str, int], model: ModelInfo, add_special_tokens: bool) -> Layout:
         """``text`` cut at its placeholders, which must be one per item of each kind: tokenized
         first where the targets are tokens, as texts where they are texts (all of one sort).
 
@@ -245,7 +248,7 @@ class MediaProcessor(IOProcessor):
                 raise count_refusal(index, r.modality, found, given, self._name(r, model), r.hint)
         return Layout(pieces, slots, add_special_tokens)
 
-    def extra_media(self, expansion: Expansion, model: Any) -> dict[str, torch.Tensor]:
+    def extra_media(self, expansion: Expansion, model: ModelInfo) -> dict[str, torch.Tensor]:
         """What else the model reads of a prompt with media (multimodal positions); none here."""
         return {}
 
@@ -256,7 +259,7 @@ class MediaProcessor(IOProcessor):
 
     def pre_process(self, data: Any, request_id: str | None = None) -> Sequence[Prompt]:
         data = self.parse_data(data)
-        model = data["model"]
+        model: ModelInfo = data["model"]
         allow_files = bool(data.get("allow_local_files", True))
         out = []
         for i, prompt in enumerate(data["prompts"]):
@@ -264,7 +267,7 @@ class MediaProcessor(IOProcessor):
             out.append(self.media_prompt(i, prompt, given, model, allow_files) if given else self.text_prompt(i, prompt, model))
         return out
 
-    def media_of(self, index: int, prompt: Prompt, model: Any) -> dict[str, list[Any]]:
+    def media_of(self, index: int, prompt: Prompt, model: ModelInfo) -> dict[str, list[Any]]:
         """The items of each kind ``prompt`` carries (``{}``: none), checked against what the model
         reads and the per-prompt limit (:meth:`limit`).
 
@@ -289,7 +292,9 @@ class MediaProcessor(IOProcessor):
         """A prompt's ``kind`` value as a list of items: a list of them, or one."""
         return list(value) if isinstance(value, (list, tuple)) else [value]
 
-    def media_prompt(self, index: int, prompt: Prompt, given: Mapping[str, list[Any]], model: Any, allow_files: bool) -> Prompt:
+    def media_prompt(
+        self, index: int, prompt: Prompt, given: Mapping[str, list[Any]], model: ModelInfo, allow_files: bool
+    ) -> Prompt:
         """One prompt with media: its text, then each item decoded and pre-processed (an item that
         does not decode is refused first), then the placeholders counted and replaced."""
         counts = {kind: len(items) for kind, items in given.items()}
@@ -305,7 +310,7 @@ class MediaProcessor(IOProcessor):
         media.update(self.extra_media(expansion, model))
         return dataclasses.replace(prompt, text=None, token_ids=expansion.ids, media=media, extras={})
 
-    def item(self, index: int, kind: str, value: Any, model: Any, allow_files: bool) -> MediaItem:
+    def item(self, index: int, kind: str, value: Any, model: ModelInfo, allow_files: bool) -> MediaItem:
         """One item decoded, pre-processed by the family and released: the one decode loop.
 
         Raises:
@@ -319,7 +324,7 @@ class MediaProcessor(IOProcessor):
             except InvalidRequest as exc:
                 raise InvalidRequest(f"prompt {index}: {exc}") from None
 
-    def expand(self, index: int, layout: Layout, items: Mapping[str, list[MediaItem]], model: Any) -> Expansion:
+    def expand(self, index: int, layout: Layout, items: Mapping[str, list[MediaItem]], model: ModelInfo) -> Expansion:
         """The prompt's token ids, each placeholder replaced by its item's tokens.
 
         Raises:
@@ -351,7 +356,7 @@ class MediaProcessor(IOProcessor):
             ids += piece
         return Expansion(ids, placements)
 
-    def cached(self, model: Any, key: Any, read: Callable[[], Any]) -> Any:
+    def cached(self, model: ModelInfo, key: Any, read: Callable[[], Any]) -> Any:
         """``read()``'s result for this model's directory and ``key``, read on the first call only."""
         full = (str(Path(model.path).resolve()), key)
         with self._lock:
@@ -360,11 +365,11 @@ class MediaProcessor(IOProcessor):
             return self._settings[full]
 
     @staticmethod
-    def _name(replacement: PromptReplacement, model: Any) -> str:
+    def _name(replacement: PromptReplacement, model: ModelInfo) -> str:
         target = replacement.target
         return target if isinstance(target, str) else model.tokenizer.convert_ids_to_tokens(int(target))
 
-    def _default(self, replacement: PromptReplacement, model: Any) -> str:
+    def _default(self, replacement: PromptReplacement, model: ModelInfo) -> str:
         return replacement.default if replacement.default is not None else self._name(replacement, model)
 
 

@@ -38,6 +38,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from ..inputs.chat import RESERVED_TEMPLATE_KWARGS
+
 #: Older spellings of ``use_activation`` that vLLM clients still send (deprecated in vLLM).
 ACTIVATION_ALIASES = ("normalize", "softmax", "activation")
 
@@ -62,11 +64,6 @@ CONVERSATION = {
 #: ``truncate_prompt_tokens``: -1 (the model's limit) or a positive count.
 TRUNCATION = {"anyOf": [{"const": -1}, {"type": "integer", "minimum": 1}]}
 POSITIVE = {"type": "integer", "minimum": 1}
-#: apply_chat_template arguments the request sets by other fields (or never): not template variables.
-RESERVED_TEMPLATE_KWARGS = (
-    "conversation", "messages", "chat_template", "tools", "documents", "tokenize", "add_generation_prompt",
-    "continue_final_message", "return_dict", "return_tensors", "padding", "truncation", "max_length",
-)
 
 
 def list_of(item: dict) -> dict:

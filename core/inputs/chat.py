@@ -13,17 +13,34 @@ import json
 import re
 
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, NamedTuple, Sequence
 
 from ..contracts.errors import InvalidRequest, short
 from ..contracts.io import check_text
 from ..runtime.estimates import tokens_of_text
+
+if TYPE_CHECKING:
+    from ..contracts.model import Tokenizer
 
 #: ``apply_chat_template`` arguments that the request sets by other fields (or never): not template variables.
 RESERVED_TEMPLATE_KWARGS = (
     "conversation", "messages", "chat_template", "tools", "documents", "tokenize", "add_generation_prompt",
     "continue_final_message", "return_dict", "return_tensors", "padding", "truncation", "max_length",
 )
+
+
+def check_template_kwargs(kwargs: Mapping[str, Any] | None) -> None:
+    """Refuse ``chat_template_kwargs`` that name :data:`RESERVED_TEMPLATE_KWARGS`, whether or not the
+    request has a conversation to render (the request schema states the rule for every request).
+
+    Raises:
+        InvalidRequest: naming the reserved keys.
+    """
+    reserved = sorted(set(kwargs or {}) & set(RESERVED_TEMPLATE_KWARGS))
+    if reserved:
+        raise InvalidRequest(f"chat_template_kwargs may not set {', '.join(reserved)}", param="chat_template_kwargs")
+
+
 #: The content part types that carry media, by kind (OpenAI's chat parts, vLLM's ``video_url``, and
 #: offline vLLM's ``image_pil``, whose value is the image itself).
 MEDIA_PARTS = {"image_url": "image", "video_url": "video", "image_pil": "image"}
@@ -96,9 +113,7 @@ def check_chat(chat: Chat, template: str | None, served: str, max_messages: int 
             f"model '{served}' has no chat template: send '{chat.instead}' instead of '{where}'{hint}",
             param=where,
         )
-    reserved = sorted(set(chat.template_kwargs or {}) & set(RESERVED_TEMPLATE_KWARGS))
-    if reserved:
-        raise InvalidRequest(f"chat_template_kwargs may not set {', '.join(reserved)}", param="chat_template_kwargs")
+    check_template_kwargs(chat.template_kwargs)
     if chat.add_generation_prompt and chat.continue_final_message:
         raise InvalidRequest("Cannot set both `continue_final_message` and `add_generation_prompt` to True.", param=where)
     check_count(len(chat.messages), where, max_messages)
@@ -151,7 +166,7 @@ def rendering_cost(messages: Sequence[Any]) -> int:
     return tokens_of_text(sum(len(json.dumps(m, default=str)) for m in messages))
 
 
-def renderer(tokenizer: Any, template: str, chat: Chat, messages: Sequence[Any] | None = None) -> Callable[[], str]:
+def renderer(tokenizer: Tokenizer, template: str, chat: Chat, messages: Sequence[Any] | None = None) -> Callable[[], str]:
     """The rendering of ``chat`` (or of ``messages``, its parts already rewritten) as text, to run
     on the thread that tokenizes; string contents given as parts to a template that loops over
     them (:func:`content_as_parts`).

@@ -24,7 +24,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from typing import Any, Sequence
+from typing import IO, Any, Sequence
 from urllib.parse import urljoin, urlsplit
 
 from ..config.environment import env_number
@@ -220,7 +220,7 @@ class _Fetch:
     def too_slow(self) -> InvalidRequest:
         return InvalidRequest(f"{self.where}: fetching the image took longer than {self.timeout:g} s", param=self.where)
 
-    def track(self, sock: Any) -> Any:
+    def track(self, sock: socket.socket) -> socket.socket:
         """Note a socket this fetch opened (shut at once if the fetch was aborted meanwhile)."""
         with self._lock:
             self._sockets.append(sock)
@@ -300,7 +300,7 @@ def _settle(done: asyncio.Future, outcome: Any) -> None:
         done.set_result(outcome)
 
 
-def _shut(sock: Any) -> None:
+def _shut(sock: socket.socket) -> None:
     with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
 
@@ -336,7 +336,9 @@ class _TrackingHandler:
         super().__init__()
         self.fetch = fetch
 
-    def do_open(self, http_class: Any, req: Any, **kwargs: Any) -> Any:
+    def do_open(
+        self, http_class: type[http.client.HTTPConnection], req: urllib.request.Request, **kwargs: Any
+    ) -> http.client.HTTPResponse:
         tracked = _TrackedHTTPS if issubclass(http_class, http.client.HTTPSConnection) else _TrackedHTTP
         return super().do_open(lambda host, **kw: tracked(host, fetch=self.fetch, **kw), req, **kwargs)
 
@@ -358,7 +360,9 @@ class _Redirects(urllib.request.HTTPRedirectHandler):
         self.policy = policy
         self.where = where
 
-    def http_error_302(self, req: Any, fp: Any, code: int, msg: str, headers: Any) -> Any:
+    def http_error_302(
+        self, req: urllib.request.Request, fp: IO[bytes], code: int, msg: str, headers: http.client.HTTPMessage
+    ) -> Any:
         location = headers.get("location") or headers.get("uri")
         scheme = urlsplit(urljoin(req.full_url, location)).scheme.lower() if location else "http"
         if scheme not in ("http", "https"):  # urllib would follow ftp: itself, or answer other schemes as an HTTP error
@@ -370,7 +374,9 @@ class _Redirects(urllib.request.HTTPRedirectHandler):
 
     http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
 
-    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> Any:
+    def redirect_request(
+        self, req: urllib.request.Request, fp: IO[bytes], code: int, msg: str, headers: http.client.HTTPMessage, newurl: str
+    ) -> urllib.request.Request | None:
         target = urlsplit(newurl)
         if not self.policy.allows(target.hostname):
             raise InvalidRequest(f"{self.where}: the image URL redirects to '{short(target.hostname or newurl, 60)}', which is not in "

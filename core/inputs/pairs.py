@@ -22,6 +22,9 @@ from ..plugins.lookup import registry
 from .chat import content_part
 
 if TYPE_CHECKING:
+    import torch
+
+    from ..contracts.model import ModelInfo
     from ..runtime.engine import Engine
 
 #: The per-side limits a score request may set in ``PoolingParams.extra_kwargs`` (vLLM's names).
@@ -186,14 +189,14 @@ def cut_sides(engine: Engine, first: list[Any], second: list[Any], pooling_param
     return out[0], out[1]
 
 
-def skiplist(model: Any, kind: str) -> Any:
+def skiplist(model: ModelInfo, kind: str) -> torch.Tensor | None:
     """The token ids whose vectors a late-interaction model leaves out of MaxSim for a ``kind``
     (``"query"`` / ``"document"``) input, as a tensor, or ``None`` (its ColBERT skiplist)."""
     return registry("io_processor").get("colbert").skipped(model, kind)
 
 
 def pair_prompts(
-    model: Any,
+    model: ModelInfo,
     first: list[str],
     second: list[str],
     chat_template: str | None,
@@ -248,7 +251,7 @@ def pair_prompts(
     return prompts
 
 
-def _request_prompt(model: Any, chosen: dict[str, Any]) -> str | None:
+def _request_prompt(model: ModelInfo, chosen: dict[str, Any]) -> str | None:
     """A pair's sentence-transformers prompt: the request's ``prompt`` (``""``: none), else its
     ``prompt_name`` among the model's saved prompts, else the saved default, as
     sentence-transformers resolves them."""

@@ -10,7 +10,7 @@ family's media processor (the architecture's :attr:`~poolkit.Architecture.media_
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Coroutine, Sequence
 
 from ..contracts.errors import InvalidRequest, short
 from ..contracts.io import IOProcessor, Prompt, PromptBatch
@@ -20,6 +20,10 @@ from . import chat as chats
 from .chat import Chat
 from ..runtime.estimates import estimate_costs
 from .media import IMAGE_TOKEN_GUESS, MediaPolicy, check_image_url, image_values
+
+if TYPE_CHECKING:
+    from ..contracts.architecture import LoadedModel
+    from ..contracts.tasks import Task
 
 #: Runs a rendering on the thread that tokenizes, with its cost in tokens (the server's batcher).
 Run = Callable[[Callable[[], Any], int], Awaitable[Any]]
@@ -57,7 +61,7 @@ class Renderer:
 
     def __init__(
         self,
-        model: Any,
+        model: LoadedModel,
         chat_template: str | None = None,
         media_policy: MediaPolicy | None = None,
         served: str | None = None,
@@ -192,7 +196,7 @@ class Renderer:
     def request(
         self,
         inputs: Any,
-        task: Any,
+        task: Task,
         *,
         prompt_name: str | None = None,
         prefix: str | None = None,
@@ -220,7 +224,7 @@ class Renderer:
             parsed.set_add_special_tokens(add_special_tokens)
         return parsed
 
-    def role_prompts(self, task: Any, prompts: Sequence[Prompt], input_type: Any) -> list[Prompt]:
+    def role_prompts(self, task: Task, prompts: Sequence[Prompt], input_type: Any) -> list[Prompt]:
         """Text prompts in a retrieval role (vLLM's ``input_type``: ``"query"`` / ``"document"``), as
         the task encodes them (:meth:`~poolkit.contracts.tasks.Task.role_prompts`: a late-interaction
         model's markers, lengths and query expansion, as its scorer reads them).

@@ -48,7 +48,7 @@ def _pick_architecture(
     archs = registry("architecture")
     impl = MODEL_IMPLS[model_impl]
     for name in names:
-        cls = archs.get(name) if name in archs else None
+        cls = _claimant(name, config) or (archs.get(name) if name in archs else None)
         if cls is not None and impl.allows(cls) and not (conversion.hidden_states and has_classifier(cls)):
             return name, cls
     if conversion.to_base:
@@ -90,6 +90,17 @@ def _pick_architecture(
         f"fallback) accepted it; native: {', '.join(archs.names())}. "
         "Install a plugin that provides it, or set hf_overrides={'architectures': [...]}" + (f". {why}" if why else "")
     )
+
+
+def _claimant(name: str, config: PretrainedConfig) -> type[Architecture] | None:
+    """The registered architecture that claims ``name`` for this config (:attr:`Architecture.claims`), or ``None``."""
+    for entry in registry("architecture").entries():
+        wanted = entry.obj.claims.get(name)
+        if wanted and all(getattr(config, key, None) == value for key, value in wanted.items()):
+            logger.info("serving %s with %s: its config has %s", name, entry.obj.__name__,
+                        ", ".join(f"{k}={v!r}" for k, v in wanted.items()))
+            return entry.obj
+    return None
 
 
 def _alternatives(names: list[str]) -> str | None:

@@ -25,7 +25,7 @@ import collections
 import contextlib
 import itertools
 import threading
-from typing import Any, Callable, Iterator, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple, Sequence
 
 import torch
 from torch import nn
@@ -35,6 +35,11 @@ from .checkpoint import PeftCheckpoint, read_checkpoint
 from .injection import ActiveRuns, EmbeddingSlotStack, SavedModuleCopies, SlotStack, attach, attach_saved
 from .names import CheckpointNames, Placement
 from .request import LoRARequest
+
+if TYPE_CHECKING:
+    from ..config.settings import EngineArgs
+    from ..contracts.architecture import LoadedModel
+    from ..contracts.params import PoolingParams
 
 #: The identities of adapter loads (:meth:`Adapters.identity`), unique in the process.
 _IDENTITIES = itertools.count(1)
@@ -67,9 +72,9 @@ class Adapters:
         max_cpu_loras: the most adapters kept loaded (an LRU; default ``max_loras``).
     """
 
-    def __init__(self, model: Any, max_lora_rank: int, max_loras: int, max_cpu_loras: int | None) -> None:
+    def __init__(self, model: LoadedModel, max_lora_rank: int, max_loras: int, max_cpu_loras: int | None) -> None:
         arch = model.architecture
-        if getattr(model, "quantization", None):
+        if model.quantization:
             raise InvalidRequest("LoRA adapters run on float models; load the model without quantization")
         if not arch.takes_adapters:
             raise InvalidRequest(
@@ -295,7 +300,7 @@ class Adapters:
             saved.copies.pop(slot, None)
 
 
-def model_adapters(model: Any, args: Any) -> Adapters | None:
+def model_adapters(model: LoadedModel, args: EngineArgs) -> Adapters | None:
     """The adapters of a loaded model: ``Adapters`` with ``enable_lora``, or when the checkpoint
     carries adapters of its own (:meth:`~poolkit.contracts.architecture.Architecture.task_adapters`,
     jina-embeddings-v3's tasks), which are added and may all run in one batch; else ``None``."""
@@ -321,7 +326,7 @@ def enabled(adapters: Adapters | None, lora_request: Any) -> Adapters:
     return adapters
 
 
-def adapted_params(params: list[Any], lora_request: Any, adapters: Adapters | None) -> list[Any]:
+def adapted_params(params: list[PoolingParams], lora_request: Any, adapters: Adapters | None) -> list[PoolingParams]:
     """``params`` (one per prompt) with the LoRA adapters of ``lora_request``: one request for every
     prompt, or a list of one per prompt (``None``: the base model). Each adapter is read and checked
     here, before anything runs.
@@ -336,7 +341,7 @@ def adapted_params(params: list[Any], lora_request: Any, adapters: Adapters | No
     requests = list(lora_request) if isinstance(lora_request, (list, tuple)) else [lora_request] * len(params)
     if len(requests) != len(params):
         raise InvalidRequest(f"Lora request list should be the same length as the prompts ({len(requests)} for {len(params)})")
-    copies: dict[tuple[int, str], Any] = {}
+    copies: dict[tuple[int, str], PoolingParams] = {}
     out = []
     for p, request in zip(params, requests):
         if request is None:

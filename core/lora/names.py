@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import nn
 
 from ..contracts.errors import InvalidRequest
 from .checkpoint import PeftCheckpoint
+
+if TYPE_CHECKING:
+    from ..contracts.architecture import Architecture, LoadedModel
 
 logger = logging.getLogger(__name__)
 
@@ -48,9 +51,9 @@ class CheckpointNames:
     """The checkpoint names of one loaded model's layers (``model``: a
     :class:`~poolkit.loading.model.PoolingModel` whose architecture ``takes_adapters``)."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: LoadedModel) -> None:
         self.model = model
-        self.arch: nn.Module = model.architecture
+        self.arch: Architecture = model.architecture
         self.modules = dict(self.arch.named_modules())
         self._fused = _fused_parts(self.arch)
 

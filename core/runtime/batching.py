@@ -37,6 +37,7 @@ from ..contracts.tasks import Task
 from .allocator import release_freed_memory
 from .columns import Results
 from .estimates import estimate_costs
+from .inflight import Staged
 
 logger = logging.getLogger(__name__)
 
@@ -169,7 +170,7 @@ class _Staged:
 
     batch: list[_Work]
     run: Callable[[], Any]
-    staged: Any = None
+    staged: Staged | None = None
     finish: Callable[[], Any] | None = None
 
 
@@ -236,7 +237,7 @@ class Batcher:
         return await self._enqueue(None, PromptBatch(objects=[]), [], cost, fn)
 
     async def _enqueue(
-        self, task: Task | None, prompts: PromptBatch, params: list[PoolingParams], cost: int, call: Any
+        self, task: Task | None, prompts: PromptBatch, params: list[PoolingParams], cost: int, call: Callable[[], Any] | None
     ) -> Any:
         loop = asyncio.get_running_loop()
         work = _Work(task, prompts, params, cost, loop.create_future(), loop, call=call)

@@ -62,12 +62,12 @@ class Collector:
         return results
 
 
-def skip_instructions(arch: Any, tokens: "Tokens") -> "Tokens":
+def skip_instructions(arch: Architecture, tokens: "Tokens") -> "Tokens":
     """``tokens`` with each prompt's leading tokens that ``arch`` leaves out of pooling
     (:meth:`~poolkit.contracts.architecture.Architecture.pool_start`, GritLM's instruction) added
     to :attr:`Tokens.pool_skip`; unchanged for an architecture that leaves none out. The last
     token is always pooled."""
-    if getattr(type(arch), "pool_start", None) is Architecture.pool_start:
+    if type(arch).pool_start is Architecture.pool_start:
         return tokens
     known = tokens.pool_skip or [0] * len(tokens)
     skip = [max(k, min(arch.pool_start(ids), len(ids) - 1)) for k, ids in zip(known, tokens.ids)]

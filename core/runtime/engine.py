@@ -89,7 +89,7 @@ class Engine:
         self.compute_seconds = 0.0
         #: Shared prefixes computed once (:mod:`poolkit.runtime.prefix`), or ``None`` for a model that cannot share them.
         self.prefixes = prefix.PrefixSharing.for_model(model, model.args.enable_prefix_caching if model.args else None)
-        if self.prefixes is not None and getattr(model, "adapters", None) is not None:
+        if self.prefixes is not None and model.adapters is not None:
             model.adapters.forgotten.append(self.prefixes.forget)  # an unloaded adapter's states go with it
 
     @property
@@ -349,7 +349,7 @@ class Engine:
     def _threads_for(self, num_tokens: int) -> Any:
         """The intra-op threads of a batch of ``num_tokens`` on this thread: one for a small CPU
         batch (:data:`ONE_THREAD_WORK`), else as they are."""
-        hidden = getattr(self.model.architecture, "hidden_size", None)
+        hidden = getattr(self.model.architecture, "hidden_size", None)  # a plugin's config may have no hidden_size
         if self.model.device.type != "cpu" or not hidden or num_tokens * hidden**2 >= ONE_THREAD_WORK:
             return contextlib.nullcontext()
         return one_thread()

@@ -9,7 +9,7 @@ the device runs the next merged batch while the host answers the last.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -35,13 +35,25 @@ class InFlight:
             collector.add(self.members, self.fetch, self.tokens, self.progress)
 
 
+class Launcher(Protocol):
+    """What a :class:`Staged` call needs of its engine (:meth:`poolkit.runtime.engine.Engine.launch`):
+    a protocol, as the engine module imports this one."""
+
+    def launch(
+        self, head: Callable, tokens: Tokens, params: Sequence[PoolingParams], progress: Callable[[int, int], None] | None,
+        behind: InFlight | None = None,
+    ) -> tuple[Collector, InFlight | None]:
+        """Queue the batches of ``tokens`` on the device; the part's collector and its last batch in flight."""
+        ...
+
+
 class Staged:
     """Prompts tokenized by :meth:`Engine.staged`: calling it runs their batches and gives their
     :class:`Results`; :meth:`launch` only queues the batches, behind another staged call's last
     batch still in flight, so that a server's device thread can answer one merged batch while
     the device runs the next."""
 
-    def __init__(self, engine: Any, head: Callable, tokens: Tokens, params: Sequence[PoolingParams]) -> None:
+    def __init__(self, engine: Launcher, head: Callable, tokens: Tokens, params: Sequence[PoolingParams]) -> None:
         self.engine, self.head, self.tokens, self.params = engine, head, tokens, params
         self._collected: Collector | None = None
         self._last: InFlight | None = None

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 from functools import cached_property
-from typing import Any, NamedTuple, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 import numpy as np
 
@@ -24,6 +24,9 @@ from ..contracts.tasks import Task
 from ..loading.model import PoolingModel
 from .columns import Tokens, skip_instructions
 from .estimates import char_budget, cut_index
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer as RustTokenizer
 
 
 class Encoding(NamedTuple):
@@ -345,7 +348,7 @@ class PromptTokenizer:
 
     @staticmethod
     def _call_backend(
-        backend: Any,
+        backend: RustTokenizer,
         texts: list[str],
         pairs: list[str | None] | None,
         limit: int | None,
@@ -373,14 +376,14 @@ class PromptTokenizer:
             return Encoding(ids, types, None)
         return Encoding(ids, types, [len(i) == limit and bool(e.overflowing) for i, e in zip(ids, encodings)])
 
-    def _single_text_types(self, backend: Any) -> bool:
+    def _single_text_types(self, backend: RustTokenizer) -> bool:
         """Whether the tokenizer gives a single text segment ids other than 0 (asked once)."""
         if self._single_types is None:
             self._single_types = any(backend.encode("a b", add_special_tokens=True).type_ids)
         return self._single_types
 
     @cached_property
-    def _backend(self) -> Any:
+    def _backend(self) -> RustTokenizer | None:
         """The tokenizer's Rust backend when the tokenizer is a transformers fast tokenizer that
         encodes exactly as its backend does (its class changes none of the encoding methods);
         ``None`` otherwise (slow tokenizers, classes with their own encoding code)."""

@@ -26,7 +26,7 @@ sentence-transformers' hub models and their offline stand-ins:
   (``colbert_mve_model``);
 - PyLate checkpoints (answerdotai/answerai-colbert-small-v1, lightonai/colbertv2.0) -> a PyLate-style
   save of all-MiniLM-L6-v2 plus a 16-wide Dense, ``[unused0] `` / ``[unused1] `` prefixes, 16-token
-  expanded queries, 32-token documents (``pylate_dir``, ``tests/tiny_models.build_pylate_colbert``);
+  expanded queries, 32-token documents (``pylate_dir``, ``tests/support/tiny_models.build_pylate_colbert``);
 - colbert-ai checkpoints (colbert-ir/colbertv2.0, upstream's ``_write_stanford_checkpoint``) -> a tiny
   random ``HF_ColBERT`` checkpoint with ``<s>`` / ``</s>`` markers, 12-token queries, 20-token
   documents, punctuation masked (``stanford_dir``, ``build_stanford_colbert``);

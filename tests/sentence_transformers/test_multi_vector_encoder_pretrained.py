@@ -5,7 +5,7 @@
 # to what sentence-transformers computes on the same stand-in (ADAPTED). The image-document, ColPali
 # and ColQwen2 tests are multimodal (INVENTORY.md).
 #
-# Load paths and their stand-ins (conftest.py, tests/tiny_models.py):
+# Load paths and their stand-ins (conftest.py, tests/support/tiny_models.py):
 # - PyLate v3 (model_type "ColBERT", pylate.models.Dense without module IO names):
 #   lightonai/Reason-ModernColBERT -> "pylate-v3", the tiny random BERT saved so, "<s> " / "</s> " prefixes;
 # - PyLate saved as a SentenceTransformer: answerdotai/answerai-colbert-small-v1, lightonai/colbertv2.0,

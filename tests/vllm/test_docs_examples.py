@@ -12,8 +12,8 @@
 # jason9693/Qwen2.5-1.5B-apeach, BAAI/bge-reranker-v2-m3, internlm/internlm2-1_8b-reward,
 # answerdotai/answerai-colbert-small-v1 -> the conftest stand-ins; Qwen/Qwen2.5-Math-RM-72B -> a tiny
 # Qwen2ForRewardModel; peiyi9979/math-shepherd-mistral-7b-prm -> a tiny LlamaForCausalLM;
-# TIGER-Lab/VLM2Vec-Full -> the tiny Phi3VForCausalLM of tests/tiny_phi3v.py; MrLight/dse-qwen2-2b-mrl-v1
-# -> the tiny Qwen2VLForConditionalGeneration of tests/tiny_models.py.
+# TIGER-Lab/VLM2Vec-Full -> the tiny Phi3VForCausalLM of tests/support/tiny_phi3v.py; MrLight/dse-qwen2-2b-mrl-v1
+# -> the tiny Qwen2VLForConditionalGeneration of tests/support/tiny_models.py.
 # ``vllm serve ...`` lines become ``poolkit serve ...`` through typer's CliRunner with the server's
 # ``run`` and the model load replaced by recorders (the flags are parsed, nothing is served);
 # ``curl`` requests go to the app under FastAPI's TestClient. print() calls are kept.
@@ -712,8 +712,8 @@ def test_embedding_usages_multimodal_inputs_vlm2vec(monkeypatch, tmp_path, vllm_
     # vllm-embedding-usages.md, "Multi-modal inputs": vllm serve TIGER-Lab/VLM2Vec-Full --runner
     # pooling --trust-remote-code --max-model-len 4096 --chat-template .../vlm2vec_phi3v.jinja, then
     # create_chat_embeddings with an image part and a text part. TIGER-Lab/VLM2Vec-Full -> the tiny
-    # VLM2Vec of tests/tiny_phi3v.py (Phi3VForCausalLM, served natively; 1024 positions, so
-    # --max-model-len 1024). The reference is tests/test_phi3v.py's, built from transformers' classes
+    # VLM2Vec of tests/support/tiny_phi3v.py (Phi3VForCausalLM, served natively; 1024 positions, so
+    # --max-model-len 1024). The reference is tests/models/test_phi3v.py's, built from transformers' classes
     # on the same checkpoint: the last token's hidden state, L2-normalised.
     # DEPARTURE: the page's image is a remote URL, which poolkit refuses unless --allowed-media-domains
     # names its host (test_embed_online_vision.py::test_chat_image_url_request); a made JPEG goes as a
@@ -764,7 +764,7 @@ def test_embedding_usages_multimodal_inputs_dse_qwen2(monkeypatch, tmp_path, vll
     # with a question, then a text query with "a placeholder image of the minimum image size" (a
     # black 56x56 PNG). MrLight/dse-qwen2-2b-mrl-v1 -> tiny_models.build_qwen2_vl (a
     # Qwen2VLForConditionalGeneration; 512 positions, so --max-model-len 512). The reference is
-    # tests/test_qwen_vl.py's: transformers' own model and image processor, the last token's hidden
+    # tests/models/test_qwen_vl.py's: transformers' own model and image processor, the last token's hidden
     # state, L2-normalised.
     # DEPARTURE: the example's remote image URL is replaced by a made JPEG as a data URI (as in
     # test_embedding_usages_multimodal_inputs_vlm2vec).

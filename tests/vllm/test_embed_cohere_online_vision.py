@@ -1,6 +1,6 @@
 # Port of vllm tests/entrypoints/pooling/embed/test_cohere_online_vision.py
 # google/siglip-so400m-patch14-384 (text and image towers) served with --max-model-len 64 -> a tiny
-# CLIPModel with a Pillow image processor (tests/tiny_models.build_clip; text context 64).
+# CLIPModel with a Pillow image processor (tests/support/tiny_models.build_clip; text context 64).
 import base64
 import struct
 import zlib

@@ -76,7 +76,7 @@ def server(model_dir):
 
 @pytest.fixture(scope="module")
 def hf_processor(model_dir):
-    """The published processor's counts, written out in tests/test_phi3v.py (num_crops 4, as vLLM asks)."""
+    """The published processor's counts, written out in tests/models/test_phi3v.py (num_crops 4, as vLLM asks)."""
     from test_phi3v import Reference
 
     return Reference(model_dir, num_crops=4)

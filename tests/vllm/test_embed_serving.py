@@ -1,7 +1,7 @@
 # Port of vllm tests/entrypoints/pooling/embed/test_serving.py
 # vLLM unit-tests ServingEmbedding._build_cohere_response_from_ctx with a fake 3-token output for
 # each request shape. poolkit has no such class: the same four Cohere request shapes go to /v2/embed
-# on a tiny CLIP (tests/tiny_models.build_clip), and billed_units is checked against the real
+# on a tiny CLIP (tests/support/tiny_models.build_clip), and billed_units is checked against the real
 # token counts (texts: the tokenizer's; an image: what the server reports as image_tokens).
 import base64
 import io

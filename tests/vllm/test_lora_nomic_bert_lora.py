@@ -1,6 +1,6 @@
 # Port of vllm tests/lora/test_nomic_bert_lora.py
 # nomic-ai/nomic-embed-text-v1 -> a tiny NomicBertModel with its checkpoint layout
-# (tests/tiny_rotary_encoders.py); the synthetic adapters are drawn as vLLM draws them (random
+# (tests/support/tiny_rotary_encoders.py); the synthetic adapters are drawn as vLLM draws them (random
 # factors on every layer's attn.Wqkv and attn.out_proj, B scaled by 0.01), sized to the tiny model.
 # DEPARTURE: poolkit runs in float32 here (vLLM: half); the mixed batch is held to 1e-5, not 1e-3.
 # vLLM's create_new_process_for_each_test is not needed: one LLM per test, in process.

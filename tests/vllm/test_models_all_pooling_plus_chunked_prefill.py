@@ -1,5 +1,5 @@
 # Port of vllm tests/models/language/pooling/test_all_pooling_plus_chunked_prefill.py
-# Qwen/Qwen3-Embedding-0.6B -> a tiny Qwen3Model (tests/tiny_models.build_qwen). vLLM's token prompts
+# Qwen/Qwen3-Embedding-0.6B -> a tiny Qwen3Model (tests/support/tiny_models.build_qwen). vLLM's token prompts
 # are ids 1024.. (Qwen's vocabulary is 151k); the tiny vocabulary has about 400, so the port uses
 # ids 100.. . vLLM schedules them in 10-token chunks with prefix caching (chunked prefill); poolkit
 # runs whole sequences (max_num_batched_tokens / enable_chunked_prefill / enable_prefix_caching are

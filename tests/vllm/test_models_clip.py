@@ -1,12 +1,12 @@
 # Port of vllm tests/models/multimodal/pooling/test_clip.py
-# openai/clip-vit-base-patch32 -> the tiny CLIPModel that tests/tiny_models.build_clip builds (text
+# openai/clip-vit-base-patch32 -> the tiny CLIPModel that tests/support/tiny_models.build_clip builds (text
 # and vision towers, 16-wide projections, a 64-token context: max_model_len=64 where vLLM passes
 # CLIP's 77). vLLM's IMAGE_ASSETS (stop_sign, cherry_blossom, downloaded) -> two generated PIL
 # images of the same subjects. vLLM's HfRunner -> transformers' CLIPModel.get_text_features /
 # get_image_features on the same weights, fed by the checkpoint's own tokenizer and image processor.
 # vLLM's ``vllm_model.embed(texts, images=images)`` -> LLM.embed on the prompts VllmRunner builds
 # (``_vllm_inputs``): a text, or ``{"prompt": text, "multi_modal_data": {"image": image}}``.
-# poolkit's own tests/test_clip.py checks the same things more widely under its own names.
+# poolkit's own tests/models/test_clip.py checks the same things more widely under its own names.
 import pytest
 import torch
 from port_utils import check_embeddings_close

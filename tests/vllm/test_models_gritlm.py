@@ -7,7 +7,7 @@
 # end-index cases and the ValueError are not ported; the start-index cases are, on the same array.
 # DEPARTURE: test_gritlm_offline_embedding / test_gritlm_api_server_embedding check the published
 # model's cosines (0.609, 0.101, 0.120, 0.534); random weights have other values, so each embedding is
-# held to the reference written out in tests/test_model_rows.py (transformers' MistralModel run
+# held to the reference written out in tests/models/test_model_rows.py (transformers' MistralModel run
 # bidirectionally, the mean after the instruction), and the server's to the offline ones.
 # Not ported: test_gritlm_offline_generate, test_gritlm_api_server_generate (text generation; poolkit
 # serves pooling only).

@@ -1,6 +1,6 @@
 # Port of vllm tests/models/language/pooling/test_head_dtype.py
 # nie3e/sentiment-polish-gpt2-small (GPT2ForSequenceClassification) -> a tiny one of the same class
-# (tests/tiny_models.build_transformers_model), run by poolkit's transformers fallback. vLLM reads
+# (tests/support/tiny_models.build_transformers_model), run by poolkit's transformers fallback. vLLM reads
 # the resolved dtypes from llm.llm_engine.model_config; poolkit keeps them on llm.model_config.
 import pytest
 import torch

@@ -1,6 +1,6 @@
 # Port of vllm tests/models/language/pooling/test_mlm.py
 # google-bert/bert-base-uncased (legacy gamma/beta LayerNorm names, NSP head, decoder tied to the
-# input embeddings) -> tests/tiny_models.build_masked_lm(legacy_names=True): a tiny BertForMaskedLM
+# input embeddings) -> tests/support/tiny_models.build_masked_lm(legacy_names=True): a tiny BertForMaskedLM
 # with gamma/beta names and a tied decoder (no NSP head). The HF reference is transformers'
 # AutoModelForMaskedLM with vLLM's softmax over the vocabulary.
 import pytest

@@ -1,11 +1,11 @@
 # Port of vllm tests/models/multimodal/pooling/test_llama_nemotron_vl.py
 # nvidia/llama-nemotron-embed-vl-1b-v2 (LlamaNemotronVLModel, served natively) -> the tiny random
-# Llama-Nemotron-VL that tests/tiny_nemotron_vl.build_nemotron_vl lays out as the published
+# Llama-Nemotron-VL that tests/support/tiny_nemotron_vl.build_nemotron_vl lays out as the published
 # checkpoint (SigLIP tower on 16-pixel tiles, up to 6 tiles and a thumbnail, bidirectional Llama,
 # MEAN pooling). vLLM's IMAGE_ASSETS (stop_sign, cherry_blossom) -> the generated stop-sign /
 # cherry-blossom images of the CLIP port (test_models_clip.py). vLLM's HfRunner (the checkpoint's
 # remote code: encode_queries / encode_documents, which strip and re-add the "query: " / "passage: "
-# prefixes) -> the reference tests/test_nemotron_vl.py builds from transformers' LlamaModel
+# prefixes) -> the reference tests/models/test_nemotron_vl.py builds from transformers' LlamaModel
 # (bidirectional) and SiglipVisionModel on the same weights, with the published tiling, pixel
 # shuffle, mlp1 and <image> expansion written out (test_nemotron_vl.reference), run on the prompt
 # poolkit gets, in the same dtype. dtype: half as in vLLM, both sides; max_model_len 2048 as vLLM's.

@@ -5,7 +5,7 @@
 # special-tokens case -> the generated stop-sign / cherry-blossom images of the CLIP port
 # (test_models_clip.py). vLLM's HfRunner (the checkpoint's remote code, eager attention, the last
 # token's final hidden state, L2-normalised, as VLM2Vec's src/model.py pools) -> the reference
-# tests/test_phi3v.py assembles from transformers' Phi3ForCausalLM and CLIPVisionModel on the same
+# tests/models/test_phi3v.py assembles from transformers' Phi3ForCausalLM and CLIPVisionModel on the same
 # weights, with the published processor's crops and placeholders written out (Reference.embed), run
 # in the same dtype. dtype: half as in vLLM, both sides. vLLM's ``vllm_model.embed(texts,
 # images=images)`` -> LLM.embed on the prompts VllmRunner builds (the CLIP port's ``_vllm_inputs``).

@@ -5,7 +5,7 @@
 #    it) as BertSpladeSparseEmbeddingModel and checks the formula — log1p(relu(MLM logits)), max
 #    over the tokens — against transformers' MLM logits (1e-4); see the DEPARTURE on [CLS]/[SEP].
 # 2) hf-internal-testing/tiny-random-bert with hf_overrides BertSpladeSparseEmbeddingModel ->
-#    tests/tiny_models.build_masked_lm (a tiny random BertForMaskedLM), the same hf_overrides.
+#    tests/support/tiny_models.build_masked_lm (a tiny random BertForMaskedLM), the same hf_overrides.
 import numpy as np
 import pytest
 import torch

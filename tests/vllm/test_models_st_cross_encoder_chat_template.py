@@ -1,6 +1,6 @@
 # Port of vllm tests/models/language/pooling/test_st_cross_encoder_chat_template.py
 # vLLM builds a tiny random single-module sentence-transformers CrossEncoder on Qwen/Qwen3-0.6B's
-# tokenizer (hub); offline the tokenizer is the tiny byte-level BPE of tests/tiny_models (with the
+# tokenizer (hub); offline the tokenizer is the tiny byte-level BPE of tests/support/tiny_models (with the
 # same "<|im_start|>" / "<|im_end|>" specials), everything else as vLLM writes it: a
 # Qwen3ForSequenceClassification, the score template as the default chat template or as a named
 # one ("score"), and the sentence-transformers files declaring the "message" modality.

@@ -1,6 +1,6 @@
 # Port of vllm tests/entrypoints/pooling/reward/test_offline.py
 # internlm/internlm2-1_8b-reward -> a tiny random InternLM2ForRewardModel laid out as the hub's
-# (tests/tiny_internlm2.py: InternLM2's config keys and tensor names, a one-output v_head on every
+# (tests/support/tiny_internlm2.py: InternLM2's config keys and tensor names, a one-output v_head on every
 # token), which poolkit runs natively; no remote code runs (trust_remote_code is accepted and ignored).
 # Not ported: test_config (asserts vLLM engine settings, llm.llm_engine.vllm_config.cache_config /
 # scheduler_config: prefix caching and chunked prefill, which poolkit's engine does not have).

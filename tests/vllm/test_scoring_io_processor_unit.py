@@ -4,7 +4,7 @@
 # from the left must keep its token_type_ids (the query/document segments) aligned with the kept
 # tokens. vLLM checks its internal truncate-and-pad of a hand-made 50-token prompt with
 # TokenizeParams and compress_token_type_ids; the port scores a left-truncated pair through
-# LLM.score on a tiny one-label BertForSequenceClassification (tests/tiny_models.build_classifier;
+# LLM.score on a tiny one-label BertForSequenceClassification (tests/support/tiny_models.build_classifier;
 # BERT reads token_type_ids) and compares the kept tokens and the raw logit with transformers run
 # on the same left-truncated pair, with the tokenizer's own token_type_ids. poolkit packs without
 # padding, so vLLM's pad_prompt_tokens has no counterpart; the pair is truncated by the tokenizer

@@ -1,6 +1,6 @@
 # Port of vllm tests/entrypoints/pooling/scoring/test_late_interaction_offline_vision.py
 # (also at scoring/late_interaction/test_late_interaction_offline_vision.py)
-# vidore/colpali-v1.3-hf -> a tiny random ColPaliForRetrieval (tests/tiny_colretrieval.build_colpali:
+# vidore/colpali-v1.3-hf -> a tiny random ColPaliForRetrieval (tests/support/tiny_colretrieval.build_colpali:
 # SigLIP tower, projector, Gemma decoder, 16-wide projection), its transformers ColPaliProcessor saved
 # beside it. make_base64_image / make_image_mm_param as vLLM's scoring/util.py builds them.
 # ADAPTED: vLLM asserts trained-model orderings (the red image above the blue one for "Describe the

@@ -20,26 +20,19 @@ from ...contracts.params import PoolingParams
 from ..jobs import TRUNCATE_TO_LIMIT, truncating
 from .app import app
 from .options import (
-    ChatTemplateOpt,
-    DimensionsOpt,
-    EmbedDtypeOpt,
-    EngineOpt,
     Format,
     FormatOpt,
-    IdFieldOpt,
     InputOpt,
-    InstructionOpt,
-    OutputOpt,
-    OverwriteOpt,
-    PromptNameOpt,
+    JobOptions,
     QuietOpt,
-    SkipBadOpt,
-    TextFieldOpt,
+    RequestOptions,
+    ScoringOptions,
     TruncateOpt,
     TruncationSideOpt,
     VerboseOpt,
     engine_options,
     errors,
+    option_groups,
     setup_logging,
 )
 from .records import emit, emit_scores, plugin_data, read_records
@@ -83,19 +76,6 @@ class Request:
     params: dict[str, Any]
     prompt_name: Optional[str] = None
     options: Optional[dict[str, Any]] = None
-
-
-@dataclass
-class JobOptions:
-    """What makes a CLI call a file-to-file corpus job."""
-
-    output: Optional[str] = None
-    text_field: str = "text"
-    id_field: str = "id"
-    skip_bad_lines: bool = False
-    overwrite: bool = False
-    engine: str = "local"
-    embed_dtype: Optional[str] = None
 
 
 def _check_output_options(task_name: str, options: dict[str, Any]) -> None:
@@ -220,10 +200,6 @@ def _run_task(
     emit(rows, fmt, task.output_field)
 
 
-def _params(**values: Any) -> dict[str, Any]:
-    return {k: v for k, v in values.items() if v is not None}
-
-
 def _embed_images(args: EngineArgs, images: list[str], texts: list[str], input_file: Optional[str],
                   dimensions: Optional[int], fmt: Format, quiet: bool, verbose: bool) -> None:
     """``poolkit embed --image FILE ...``: one record per image, with its index and embedding; for a
@@ -251,23 +227,15 @@ def _embed_images(args: EngineArgs, images: list[str], texts: list[str], input_f
 
 @app.command()
 @engine_options()
+@option_groups
 def embed(
     args: EngineArgs,
     texts: List[str] = typer.Argument(None, help="Texts to embed."),
     images: List[str] = typer.Option(None, "--image", help="An image file to embed (repeatable; models that read images): one record per image, or, for a vision-language model, one prompt of a text argument and every --image."),
     input_file: Optional[str] = InputOpt,
     fmt: Format = FormatOpt,
-    dimensions: Optional[int] = DimensionsOpt,
-    truncate_prompt_tokens: Optional[int] = TruncateOpt,
-    truncation_side: Optional[str] = TruncationSideOpt,
-    prompt_name: Optional[str] = PromptNameOpt,
-    output: Optional[str] = OutputOpt,
-    text_field: str = TextFieldOpt,
-    id_field: str = IdFieldOpt,
-    skip_bad_lines: bool = SkipBadOpt,
-    overwrite: bool = OverwriteOpt,
-    embed_dtype: Optional[str] = EmbedDtypeOpt,
-    engine: str = EngineOpt,
+    request: RequestOptions = RequestOptions(),
+    job: JobOptions = JobOptions(),
     quiet: bool = QuietOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
@@ -281,37 +249,27 @@ def embed(
     """
     with errors():
         if images:
-            if embed_dtype is not None:
+            if job.embed_dtype is not None:
                 raise InvalidRequest("--embed-dtype applies to corpus jobs (-o OUTPUT) only")
-            _embed_images(args, images, texts, input_file, dimensions, fmt, quiet, verbose)
+            _embed_images(args, images, texts, input_file, request.dimensions, fmt, quiet, verbose)
             return
-        params = _params(dimensions=dimensions, truncate_prompt_tokens=truncate_prompt_tokens, truncation_side=truncation_side)
-        job = JobOptions(output, text_field, id_field, skip_bad_lines, overwrite, engine, embed_dtype)
-        _run_task(args, Request("embed", params, prompt_name), texts, input_file, fmt, quiet, verbose, job)
+        _run_task(args, Request("embed", request.params(), request.prompt_name), texts, input_file, fmt, quiet, verbose, job)
 
 
 @app.command()
 @engine_options()
+@option_groups
 def encode(
     args: EngineArgs,
     texts: List[str] = typer.Argument(None, help="Texts to encode."),
     task: str = typer.Option(..., "--task", "-t", help="Pooling task: embed, classify, token_embed, token_classify, plugin, or one a plugin adds."),
     input_file: Optional[str] = InputOpt,
     fmt: Format = FormatOpt,
-    dimensions: Optional[int] = DimensionsOpt,
-    truncate_prompt_tokens: Optional[int] = TruncateOpt,
-    truncation_side: Optional[str] = TruncationSideOpt,
-    prompt_name: Optional[str] = PromptNameOpt,
+    request: RequestOptions = RequestOptions(),
     top_k: Optional[int] = typer.Option(None, "--top-k", help="sparse_embed: keep the K strongest weights per input."),
     threshold: Optional[float] = typer.Option(None, "--threshold", help="sparse_embed: drop weights below this."),
     entities: bool = typer.Option(False, "--entities", help="token_classify on a NER model: entity spans (label, start, end, text, score) per input."),
-    output: Optional[str] = OutputOpt,
-    text_field: str = TextFieldOpt,
-    id_field: str = IdFieldOpt,
-    skip_bad_lines: bool = SkipBadOpt,
-    overwrite: bool = OverwriteOpt,
-    embed_dtype: Optional[str] = EmbedDtypeOpt,
-    engine: str = EngineOpt,
+    job: JobOptions = JobOptions(),
     quiet: bool = QuietOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
@@ -321,10 +279,8 @@ def encode(
     With -o OUTPUT, a resumable corpus job over -i INPUT, as for embed.
     """
     with errors():
-        params = _params(dimensions=dimensions, truncate_prompt_tokens=truncate_prompt_tokens, truncation_side=truncation_side)
-        request = Request(task, params, prompt_name, {"top_k": top_k, "threshold": threshold, "entities": entities})
-        job = JobOptions(output, text_field, id_field, skip_bad_lines, overwrite, engine, embed_dtype)
-        _run_task(args, request, texts, input_file, fmt, quiet, verbose, job)
+        options = {"top_k": top_k, "threshold": threshold, "entities": entities}
+        _run_task(args, Request(task, request.params(), request.prompt_name, options), texts, input_file, fmt, quiet, verbose, job)
 
 
 @app.command()
@@ -341,79 +297,73 @@ def classify(
 ) -> None:
     """Classify texts: one record per input with its probabilities and top label."""
     with errors():
-        params = _params(truncate_prompt_tokens=truncate_prompt_tokens, truncation_side=truncation_side)
+        params = RequestOptions(truncate_prompt_tokens=truncate_prompt_tokens, truncation_side=truncation_side).params()
         _run_task(args, Request("classify", params), texts, input_file, fmt, quiet, verbose)
+
+
+def _scored(
+    method: str, args: EngineArgs, query: str, label: str, texts: list[str], input_file: Optional[str], first: int,
+    options: ScoringOptions, **extra: Any,
+) -> tuple[list[dict[str, Any]], list[Any]]:
+    """The records and the results of score or rerank (``method``) against the checked query.
+
+    ``first`` is the number of ``texts[0]`` among the TEXT arguments, for errors; ``extra`` goes to
+    the method (rerank's ``top_n``). Over-long inputs are cut to the model's limit, and said so.
+    """
+    setup_logging(options.quiet, options.verbose)
+    check_text(query, label)
+    records = read_records(texts, input_file, first=first)
+    llm = load(args)
+    results = getattr(llm, method)(
+        query, [r["text"] for r in records], **extra, use_tqdm=not options.quiet, tokenization_kwargs=TRUNCATE_TO_LIMIT,
+        chat_template=options.chat_template, instruction=options.instruction,
+    )
+    report_truncated(llm, sum(result.truncated for result in results), len(records))
+    return records, results
 
 
 @app.command()
 @engine_options()
+@option_groups
 def score(
     args: EngineArgs,
     text_1: str = typer.Argument(..., help="The first text (a query)."),
     texts_2: List[str] = typer.Argument(None, help="Texts to score against it."),
     input_file: Optional[str] = InputOpt,
-    fmt: Format = FormatOpt,
-    chat_template: Optional[str] = ChatTemplateOpt,
-    instruction: Optional[str] = InstructionOpt,
-    quiet: bool = QuietOpt,
-    verbose: bool = VerboseOpt,
+    options: ScoringOptions = ScoringOptions(),
 ) -> None:
     """Score TEXT_1 against each text: cross-encoder relevance, or cosine for embedding models."""
     with errors():
-        setup_logging(quiet, verbose)
-        check_text(text_1, "TEXT_1")
-        records = read_records(texts_2, input_file, first=2)
-        llm = load(args)
-        scores = llm.score(
-            text_1, [r["text"] for r in records], use_tqdm=not quiet, tokenization_kwargs=TRUNCATE_TO_LIMIT,
-            chat_template=chat_template, instruction=instruction,
-        )
-        report_truncated(llm, sum(out.truncated for out in scores), len(records))
+        records, scores = _scored("score", args, text_1, "TEXT_1", texts_2, input_file, 2, options)
         rows = []
         for i, (record, out) in enumerate(zip(records, scores)):
             row = {"id": record["id"]} if "id" in record else {"index": i}
             row["score"] = out.outputs.score
             rows.append(row)
-        emit_scores(rows, fmt)
+        emit_scores(rows, options.fmt)
 
 
 @app.command()
 @engine_options()
+@option_groups
 def rerank(
     args: EngineArgs,
     documents: List[str] = typer.Argument(None, help="Documents to rank."),
     query: str = typer.Option(..., "--query", help="The query."),
     input_file: Optional[str] = InputOpt,
     top_n: Optional[int] = typer.Option(None, "--top-n", help="Keep the best N documents."),
-    fmt: Format = FormatOpt,
-    chat_template: Optional[str] = ChatTemplateOpt,
-    instruction: Optional[str] = InstructionOpt,
-    quiet: bool = QuietOpt,
-    verbose: bool = VerboseOpt,
+    options: ScoringOptions = ScoringOptions(),
 ) -> None:
     """Rank documents by relevance to a query, best first, each with its original index (or id)."""
     with errors():
-        setup_logging(quiet, verbose)
-        check_text(query, "--query")
-        records = read_records(documents, input_file)
-        llm = load(args)
-        ranked = llm.rerank(
-            query,
-            [r["text"] for r in records],
-            top_n=top_n,
-            use_tqdm=not quiet,
-            tokenization_kwargs=TRUNCATE_TO_LIMIT,
-            chat_template=chat_template,
-            instruction=instruction,
-        )
-        report_truncated(llm, sum(result.truncated for result in ranked), len(records))
+        records, ranked = _scored("rerank", args, query, "--query", documents, input_file, 1, options, top_n=top_n)
         rows = []
         for result in ranked:
             record = records[result.index]
             row = {"id": record["id"]} if "id" in record else {}
             row.update(index=result.index, relevance_score=result.relevance_score, document=result.document)
             rows.append(row)
-        emit_scores(rows, fmt)
+        emit_scores(rows, options.fmt)
 
 
 @app.command()

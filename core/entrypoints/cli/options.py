@@ -7,6 +7,7 @@ the validated settings object.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import logging
@@ -14,6 +15,7 @@ import os
 import sys
 import typing
 from contextlib import contextmanager
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Callable, Iterator, Optional
 
@@ -81,6 +83,91 @@ ChatTemplateOpt = typer.Option(None, "--chat-template", help="Score template for
 InstructionOpt = typer.Option(None, "--instruction", help="Task instruction shown by a score template.")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bar, errors only.")
 VerboseOpt = typer.Option(False, "--verbose", "-v", help="Log what poolkit decides.")
+
+#: The metadata key under which a record's field keeps its command-line option (:func:`grouped`).
+OPTION = "option"
+
+
+def grouped(info: typer.models.OptionInfo) -> Any:
+    """A record field that is a command-line option: its default is the option's (see :func:`option_groups`)."""
+    return dataclasses.field(default=info.default, metadata={OPTION: info})
+
+
+@dataclass
+class RequestOptions:
+    """What embed and encode ask of each input: the pooling parameters and the prompt."""
+
+    dimensions: Optional[int] = grouped(DimensionsOpt)
+    truncate_prompt_tokens: Optional[int] = grouped(TruncateOpt)
+    truncation_side: Optional[str] = grouped(TruncationSideOpt)
+    prompt_name: Optional[str] = grouped(PromptNameOpt)
+
+    def params(self) -> dict[str, Any]:
+        """The pooling parameters given (the prompt is not one)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None and k != "prompt_name"}
+
+
+@dataclass
+class JobOptions:
+    """What makes a CLI call a file-to-file corpus job."""
+
+    output: Optional[str] = grouped(OutputOpt)
+    text_field: str = grouped(TextFieldOpt)
+    id_field: str = grouped(IdFieldOpt)
+    skip_bad_lines: bool = grouped(SkipBadOpt)
+    overwrite: bool = grouped(OverwriteOpt)
+    embed_dtype: Optional[str] = grouped(EmbedDtypeOpt)
+    engine: str = grouped(EngineOpt)
+
+
+@dataclass
+class ScoringOptions:
+    """The options score and rerank share: the output format, the score template (for LLM
+    rerankers) and the logging."""
+
+    fmt: Format = grouped(FormatOpt)
+    chat_template: Optional[str] = grouped(ChatTemplateOpt)
+    instruction: Optional[str] = grouped(InstructionOpt)
+    quiet: bool = grouped(QuietOpt)
+    verbose: bool = grouped(VerboseOpt)
+
+
+def option_groups(command: Callable) -> Callable:
+    """Give a command one option per field of each record it takes (:class:`JobOptions`, ...).
+
+    A parameter annotated with a record whose fields are all :func:`grouped` options stands, in
+    the command's signature, for those options in the record's field order, at its place, so
+    ``--help`` lists them where the parameter is; the command receives the record (the
+    parameter's own default only keeps the signature valid). Apply it below
+    :func:`engine_options`, which then sees the options as the command's own.
+    """
+    signature = inspect.signature(command)
+    hints = typing.get_type_hints(command)
+    records: dict[str, type] = {}  # the parameter -> its record type
+    parameters: list[inspect.Parameter] = []
+    for p in signature.parameters.values():
+        record = hints.get(p.name, p.annotation)
+        fields = dataclasses.fields(record) if dataclasses.is_dataclass(record) else ()
+        if not fields or not all(OPTION in f.metadata for f in fields):
+            parameters.append(p.replace(annotation=record))
+            continue
+        records[p.name] = record
+        field_types = typing.get_type_hints(record)
+        parameters += [
+            inspect.Parameter(f.name, p.kind, default=f.metadata[OPTION], annotation=field_types[f.name])
+            for f in fields
+        ]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> Any:
+        for name, record in records.items():
+            kwargs[name] = record(**{f.name: kwargs.pop(f.name) for f in dataclasses.fields(record)})
+        return command(**kwargs)
+
+    wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
+    del wrapper.__wrapped__  # Typer and engine_options must read the new signature
+    return wrapper
 
 
 def flag(name: str) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -10,11 +12,28 @@ import typer
 
 from ...config.settings import EngineArgs
 from .app import app
-from .options import QuietOpt, VerboseOpt, engine_options, errors, setup_logging
+from .options import QuietOpt, VerboseOpt, engine_options, errors, grouped, option_groups, setup_logging
+
+
+@dataclass
+class LimitOptions:
+    """The options of the server's limits (``ServerLimits``, by field name); its ``max_batch_tokens``
+    is the load setting ``--max-batch-tokens``."""
+
+    max_queue_tokens: int = grouped(typer.Option(1_000_000, "--max-queue-tokens", help="Estimated tokens allowed to wait for the model; beyond it 429."))
+    max_concurrent_requests: int = grouped(typer.Option(512, "--max-concurrent-requests", help="Requests handled at once; beyond it 429."))
+    max_inputs_per_request: int = grouped(typer.Option(2048, "--max-inputs-per-request", "--max-client-batch-size", help="Inputs (texts, documents, images) in one request (TEI: --max-client-batch-size)."))
+    max_request_tokens: int = grouped(typer.Option(300_000, "--max-request-tokens", help="Tokens in one request (estimated before tokenizing)."))
+    max_body_bytes: int = grouped(typer.Option(16 * 1024 * 1024, "--max-body-bytes", "--payload-limit", help="Largest request body; beyond it 413 (TEI: --payload-limit)."))
+    shutdown_timeout: float = grouped(typer.Option(30.0, "--shutdown-timeout", help="Seconds to finish in-flight work on SIGTERM."))
+    header_timeout: float = grouped(typer.Option(10.0, "--header-timeout", help="Seconds a client has to send a request's headers; beyond it 408 and the connection is closed."))
+    body_timeout: float = grouped(typer.Option(30.0, "--body-timeout", help="Seconds a request has to send its whole body once its headers are in; beyond it 408 and the connection is closed."))
+    max_response_bytes: int = grouped(typer.Option(64 * 1024 * 1024, "--max-response-bytes", help="Largest response, estimated before the work (inputs or tokens times the result's width) and checked before it is written; beyond it 413."))
 
 
 @app.command()
 @engine_options(model_argument=True)
+@option_groups
 def serve(
     args: EngineArgs,
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; 0.0.0.0 listens on every interface."),
@@ -22,15 +41,7 @@ def serve(
     models: Optional[list[str]] = typer.Option(None, "--model", help="Serve this model too (repeatable, after MODEL if one is given): several models in one server, chosen by each request's 'model' (or X-Model header)."),
     served_model_name: Optional[list[str]] = typer.Option(None, "--served-model-name", help="The name requests give in 'model' (default: the model as given); once per model, in the same order (repeatable, or several after one flag as in vLLM)."),
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="POOLKIT_API_KEY", help="Require 'Authorization: Bearer KEY' on every inference route (or set POOLKIT_API_KEY)."),
-    max_queue_tokens: int = typer.Option(1_000_000, "--max-queue-tokens", help="Estimated tokens allowed to wait for the model; beyond it 429."),
-    max_concurrent_requests: int = typer.Option(512, "--max-concurrent-requests", help="Requests handled at once; beyond it 429."),
-    max_inputs_per_request: int = typer.Option(2048, "--max-inputs-per-request", "--max-client-batch-size", help="Inputs (texts, documents, images) in one request (TEI: --max-client-batch-size)."),
-    max_request_tokens: int = typer.Option(300_000, "--max-request-tokens", help="Tokens in one request (estimated before tokenizing)."),
-    max_body_bytes: int = typer.Option(16 * 1024 * 1024, "--max-body-bytes", "--payload-limit", help="Largest request body; beyond it 413 (TEI: --payload-limit)."),
-    shutdown_timeout: float = typer.Option(30.0, "--shutdown-timeout", help="Seconds to finish in-flight work on SIGTERM."),
-    header_timeout: float = typer.Option(10.0, "--header-timeout", help="Seconds a client has to send a request's headers; beyond it 408 and the connection is closed."),
-    body_timeout: float = typer.Option(30.0, "--body-timeout", help="Seconds a request has to send its whole body once its headers are in; beyond it 408 and the connection is closed."),
-    max_response_bytes: int = typer.Option(64 * 1024 * 1024, "--max-response-bytes", help="Largest response, estimated before the work (inputs or tokens times the result's width) and checked before it is written; beyond it 413."),
+    limit_options: LimitOptions = LimitOptions(),
     chat_template: Optional[str] = typer.Option(None, "--chat-template", help="Chat template for 'messages' requests instead of the tokenizer's (a Jinja file or text); a cross-encoder also scores with it unless --score-template is given, as in vLLM."),
     score_template: Optional[str] = typer.Option(None, "--score-template", help="Score template for /score and /rerank with LLM rerankers: a Jinja file or text."),
     cache_size: int = typer.Option(0, "--cache-size", help="Keep the results of up to N embedded inputs per model and answer repeats from them (LRU; 0: no cache)."),
@@ -70,15 +81,7 @@ def serve(
         from ..server import ServerLimits, run
 
         limits = ServerLimits(
-            max_inputs_per_request=max_inputs_per_request,
-            max_request_tokens=max_request_tokens,
-            max_body_bytes=max_body_bytes,
-            max_concurrent_requests=max_concurrent_requests,
-            max_queue_tokens=max_queue_tokens,
-            shutdown_timeout=shutdown_timeout,
-            header_timeout=header_timeout,
-            body_timeout=body_timeout,
-            max_response_bytes=max_response_bytes,
+            **dataclasses.asdict(limit_options),
             **({"max_batch_tokens": args.max_batch_tokens} if args.max_batch_tokens is not None else {}),
         )
         if api_server_count < 1:

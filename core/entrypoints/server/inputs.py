@@ -115,6 +115,7 @@ async def prompts_of(request: Request, st: ModelState, llm: LLM, body: Any) -> l
     the texts without the tokenizer's special tokens (see :func:`special_tokens`); with
     ``messages`` it defaults to false, as the chat template writes them.
     """
+    chats.check_template_kwargs(body.chat_template_kwargs)
     if body.messages is not None:
         if body.input is not None:
             raise ApiError(400, "send either 'input' or 'messages', not both", param="messages")

@@ -16,7 +16,7 @@ from pydantic_core import PydanticCustomError
 
 from ...contracts.errors import InvalidRequest, UnknownName
 from ...contracts.params import PoolingParams
-from ...contracts.scoring import check_template_kwargs
+from ...contracts.scoring import RESERVED_TEMPLATE_KWARGS as RESERVED_SCORE_KWARGS, check_template_kwargs
 from ...contracts.tasks import stray_options
 from ...inputs.chat import chat_of, checked_text
 from ...inputs.pairs import SIDE_LIMITS, MediaItem, has_media, score_side
@@ -145,7 +145,10 @@ class _ScoreLimits(BaseModel):
 
 
 class _ScoreTemplate(BaseModel):
-    chat_template_kwargs: Optional[Dict[str, Any]] = Field(
+    chat_template_kwargs: Annotated[
+        Optional[Dict[str, Any]],
+        schema({"anyOf": [{"type": "object", "propertyNames": {"not": {"enum": sorted(RESERVED_SCORE_KWARGS)}}}, {"type": "null"}]}),
+    ] = Field(
         None,
         description="Variables for the score template (vLLM); for a sentence-transformers CrossEncoder export also "
         "'prompt' (its prompt text, '' for none), 'prompt_name' (one of its saved prompts) and 'restore_suffix' "

@@ -12,10 +12,13 @@ import collections
 import hashlib
 import threading
 from dataclasses import dataclass
-from typing import Any, Hashable, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Hashable, NamedTuple, Sequence
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from ...contracts.params import PoolingParams
 
 #: Prefixes are cached and found across calls in whole blocks of this many tokens.
 BLOCK = 16
@@ -178,7 +181,7 @@ class PrefixCache:
             if len(self._blocks) > 4 * max(1, self.bytes // max(1, size)) * (len(entry.ids) // BLOCK + 1):
                 self._blocks = {d: hit for d, hit in self._blocks.items() if hit.key in self._entries}
 
-    def drop_adapter(self, identity: Any) -> None:
+    def drop_adapter(self, identity: int) -> None:
         """Forget the states an adapter computed (``identity``: the load it was, unloaded now)."""
         with self._lock:
             for key in [k for k, held in self._adapters.items() if held == identity]:
@@ -190,15 +193,14 @@ class PrefixCache:
         self.bytes -= held.size
 
 
-def scope_of(params: Any) -> Scope:
+def scope_of(params: PoolingParams) -> Scope:
     """What a prompt's prefix states are kept apart by: its ``cache_salt`` and the load of its LoRA
     adapter (its identity, :meth:`poolkit.lora.manager.Adapters.identity`: never its name, which
     another adapter may take after it); ``None`` for a prompt that reads no shared prefix (vLLM's
     ``skip_reading_prefix_cache``)."""
-    if getattr(params, "skip_reading_prefix_cache", None):
+    if params.skip_reading_prefix_cache:
         return None
-    lora = getattr(params, "lora_request", None)
-    return (getattr(params, "cache_salt", None), getattr(params, "lora_identity", None) if lora is not None else None)
+    return (params.cache_salt, params.lora_identity if params.lora_request is not None else None)
 
 
 def _adapter_of(scope: Scope) -> Any:

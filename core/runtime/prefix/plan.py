@@ -9,12 +9,15 @@ those that hold the same media whole, the others text that ends before any promp
 from __future__ import annotations
 
 import collections
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from .cache import BLOCK, PrefixCache, Reuse, Scope, TextBlocks
 from .media import PromptMedia
+
+if TYPE_CHECKING:
+    from ...contracts.architecture import Architecture
 
 #: The shortest prefix shared within a batch: below it, sharing saves less than it costs.
 MIN_PREFIX = 16
@@ -134,7 +137,7 @@ def kept(i: int, seq: np.ndarray, scope: Scope, span: PromptMedia | None, start:
     return Kept(i, scope, seq[:n], None) if n else None
 
 
-def token_bytes(arch: Any) -> int:
+def token_bytes(arch: Architecture) -> int:
     """At most how many bytes one token's prefix states take: keys and values of every layer
     (each no wider than the hidden size) and its last states."""
     layers = len(getattr(arch, "layers", None) or getattr(getattr(arch, "language_model", None), "layers", None) or ()) or 1

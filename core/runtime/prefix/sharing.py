@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -20,6 +20,11 @@ from .. import adapter_runs
 from .cache import BLOCK, DEFAULT_CACHE_BYTES, Entry, PrefixCache, Reuse, Scope, scope_of
 from .media import PromptMedia, media_part
 from .plan import Kept, PrefixKey, key_of, kept, lookup, token_bytes, within
+
+if TYPE_CHECKING:
+    from ...contracts.architecture import Architecture, LoadedModel
+    from ...contracts.params import PoolingParams
+    from ...lora.manager import Adapters
 
 #: ``active(lens, order)``: the context under which a pass over sequences of ``lens`` tokens, those
 #: of the prompts ``order``, runs (their LoRA adapters).
@@ -72,8 +77,8 @@ def _joined(parts: list[torch.Tensor]) -> torch.Tensor:
 
 
 def forward(
-    sharing: "PrefixSharing | None", arch: Any, batch: PackedBatch, rows_for: Callable[[int], int] | None, flat: np.ndarray,
-    params: Sequence[Any], adapters: Any, slots: Sequence[int] | None,
+    sharing: "PrefixSharing | None", arch: Architecture, batch: PackedBatch, rows_for: Callable[[int], int] | None,
+    flat: np.ndarray, params: Sequence[PoolingParams], adapters: Adapters | None, slots: Sequence[int] | None,
 ) -> tuple[torch.Tensor, list[int] | None]:
     """The engine's forward pass of ``batch`` (token ids ``flat``, one ``params`` per prompt, the
     adapters in ``slots``): shared prefixes computed once where ``sharing`` finds any, else the
@@ -112,7 +117,7 @@ class PrefixSharing:
         self.prompts = self.shared_tokens = 0
 
     @classmethod
-    def for_model(cls, model: Any, enabled: bool | None) -> "PrefixSharing | None":
+    def for_model(cls, model: LoadedModel, enabled: bool | None) -> "PrefixSharing | None":
         """Sharing for ``model``: ``None`` when its architecture cannot share prefixes, or
         ``enabled`` is ``False`` (``enable_prefix_caching=False``); on by default otherwise, as
         vLLM turns prefix caching on for decoders."""
@@ -121,13 +126,13 @@ class PrefixSharing:
         budget = int(env_number("POOLKIT_PREFIX_CACHE_BYTES", DEFAULT_CACHE_BYTES))
         return cls(PrefixCache(budget) if budget > 0 else None)
 
-    def forget(self, identity: Any) -> None:
+    def forget(self, identity: int) -> None:
         """Drop the kept states that the adapter load ``identity`` computed (it was unloaded)."""
         if self.cache is not None:
             self.cache.drop_adapter(identity)
 
     def forward(
-        self, arch: Any, batch: PackedBatch, ids: list[np.ndarray], scopes: list[Scope], active: Active, run: Run,
+        self, arch: Architecture, batch: PackedBatch, ids: list[np.ndarray], scopes: list[Scope], active: Active, run: Run,
     ) -> tuple[torch.Tensor, list[int]] | None:
         """The last layer's states ``[T, H]`` of ``batch`` (whose prompts' token ids are ``ids``,
         each in its ``scopes``), shared prefixes computed once, and per prompt how many of its

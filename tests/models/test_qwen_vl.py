@@ -160,7 +160,7 @@ VIDEO_CASES = {
 def test_video_embedding_matches_transformers(llm, hf, case):
     """Videos (frames two at a time as temporal patches, ``<|video_pad|>`` placeholders, video
     M-RoPE positions) against transformers' model fed poolkit's video pixels: its video
-    processor needs torchvision (see tests/test_qwen3_vl.py for the pixels' own check)."""
+    processor needs torchvision (see tests/models/test_qwen3_vl.py for the pixels' own check)."""
     from tiny_qwen_vl import hf_embedding
 
     from poolkit.builtin_models.qwen_vl.processor import QwenVLProcessor, load_video, patchify_video

@@ -644,7 +644,7 @@ def test_every_builtin_kernel_op_has_its_contract_documented() -> None:
     """docs/plugins.md has a row per op with the reference's exact signature; the module says the same."""
     from pathlib import Path
 
-    docs = (Path(__file__).resolve().parents[1] / "docs" / "plugins.md").read_text()
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "plugins.md").read_text()
     for op, reference in _builtin_references().items():
         signature = _documented_signature(reference)
         assert f"| `{op}` | `{signature}` |" in docs, (op, signature)

@@ -387,7 +387,7 @@ def test_root_route_of_a_classifier_predicts(cls_client, classifier):
 def test_tei_errors_have_teis_types_and_statuses(app_client):
     post = app_client.post
     # an empty input is TEI's tokenizer's 413 Validation, an empty list a route checks itself a 400 Empty
-    # (tests/test_tei_spec.py has the rest)
+    # (tests/server/test_tei_spec.py has the rest)
     empty = "Input validation error: `inputs` cannot be empty"
     assert_tei_error(post("/embed", json={"inputs": []}), 413, "Validation", empty)
     assert_tei_error(post("/embed", json={"inputs": ["a", ""]}), 413, "Validation", empty)

@@ -251,7 +251,7 @@ def test_unsupported_configs_are_refused(models: dict[str, Path]) -> None:
     raw = json.loads((models["qwen3"] / "config.json").read_text())
     raw.pop("model_type")
     # longrope switches frequencies by the batch's longest sequence (dynamic is plain RoPE within
-    # max_position_embeddings, which poolkit never exceeds: tests/test_decoders.py).
+    # max_position_embeddings, which poolkit never exceeds: tests/models/test_decoders.py).
     longrope = T.Qwen3Config(**{**raw, "rope_parameters": {
         "rope_type": "longrope", "short_factor": [1.0] * 4, "long_factor": [2.0] * 4, "rope_theta": 100.0, "factor": 4.0}})
     with pytest.raises(ModelLoadError, match="unsupported rope_type 'longrope'"):

@@ -42,7 +42,7 @@ from poolkit import LLM  # noqa: E402
 from poolkit.contracts.io import Prompt  # noqa: E402
 from poolkit.entrypoints.server import ServerLimits, create_app  # noqa: E402
 
-TEI_DOCUMENT = Path(__file__).parent / "data" / "tei" / "openapi-1.7.1.json"
+TEI_DOCUMENT = Path(__file__).parents[1] / "data" / "tei" / "openapi-1.7.1.json"
 #: The checks an answer must pass to conform to TEI's document.
 CONFORMANCE = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
                response_schema_conformance]

@@ -29,7 +29,7 @@ from poolkit.contracts.tasks import Task
 from poolkit.loading.model import PoolingModel
 from poolkit.plugins import PluginInfo
 
-DOCS = Path(__file__).resolve().parents[1] / "docs"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 PAGE = DOCS / "plugins.md"
 HOOKS = {name: fn for name, fn in vars(hookspecs).items() if hasattr(fn, "poolkit_spec")}
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 #: source folder -> import name, as pyproject.toml maps them
 PACKAGES = {
     "core": "poolkit",
@@ -68,6 +68,29 @@ def _imports(name: str, path: Path) -> set[str]:
 def test_no_source_module_is_over_800_lines():
     long = {str(p.relative_to(ROOT)): n for p in MODULES.values() if (n := len(p.read_text().splitlines())) > 800}
     assert not long
+
+
+def test_the_runtime_the_adapters_and_the_inputs_hold_no_module_over_500_lines():
+    """The layers a request runs through are read most: each of their modules holds one concern."""
+    long = {
+        str(p.relative_to(ROOT)): n
+        for name, p in MODULES.items()
+        if name.split(".")[1:2] in (["runtime"], ["lora"], ["inputs"]) and (n := len(p.read_text().splitlines())) > 500
+    }
+    assert not long
+
+
+def test_the_tests_mirror_the_layers():
+    """tests/ mirrors the code: no test module at its top; each folder a core layer (the front ends'
+    as cli/, server/, integrations/), the built-in models or kernels, these rules, a peer's ported
+    tests (vllm/, sentence_transformers/), the builders and fixtures (support/) or the data."""
+    tests = ROOT / "tests"
+    assert sorted(p.name for p in tests.glob("test_*.py")) == []
+    expected = set(LAYERS) | {"cli", "server", "integrations", "architecture", "models", "kernels", "vllm",
+                              "sentence_transformers", "support", "data"}
+    folders = {p.name for p in tests.iterdir() if p.is_dir() and not p.name.startswith((".", "__"))}
+    assert folders <= expected, folders - expected
+    assert not list((tests / "support").glob("test_*.py")), "support/ holds builders and fixtures, no tests"
 
 
 def test_the_core_has_no_import_cycles():

@@ -26,7 +26,7 @@ try:
 except ImportError:  # Python < 3.11: pytest depends on tomli there
     import tomli as tomllib
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
 
 #: What ``poolkit plugins new my-pooler`` writes.

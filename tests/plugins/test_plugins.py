@@ -35,7 +35,7 @@ from poolkit.plugins.lookup import select_kernel
 from poolkit.plugins.testing import ENV_VARS, PluginSandbox, plugin_registered
 
 HOOKS = {name: fn for name, fn in vars(hookspecs).items() if hasattr(fn, "poolkit_spec")}
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "plugins.md"
 
 BUILTIN_POOLERS = {"CLS", "LAST", "MEAN", "MEAN_SQRT_LEN", "WEIGHTEDMEAN", "MAX", "ALL"}
 BUILTIN_ACTIVATIONS = {"normalize", "identity", "softmax", "sigmoid"}

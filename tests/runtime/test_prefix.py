@@ -2,7 +2,7 @@
 what it gives without (``enable_prefix_caching=False``), in fp32 within 1e-5; and sharing happens
 (the counters say how many tokens' states came from a shared prefix).
 
-The tiny decoders are tests/tiny_models' Qwen3 / Llama checkpoints; the prompts share an
+The tiny decoders are tests/support/tiny_models' Qwen3 / Llama checkpoints; the prompts share an
 instruction-like prefix of 40-70 tokens, or a reranker's query, and differ after it.
 """
 
@@ -69,7 +69,7 @@ def test_prefix_attention_equals_attention_over_the_whole_sequence() -> None:
 def test_prefix_attention_cpu_flash_variant_matches_the_reference() -> None:
     """``prefix_attention:flash`` (two CPU flash attentions merged by log-sum-exp), the CPU's choice
     without AVX512-BF16, against the reference: shared and separate prefixes, one without,
-    grouped-query heads. (The compiled variant: tests/test_attention_kernels.py.)"""
+    grouped-query heads. (The compiled variant: tests/kernels/test_attention_kernels.py.)"""
     from poolkit.kernels.attention import prefix_attention
     from poolkit.kernels.prefix import prefix_attention_flash
 

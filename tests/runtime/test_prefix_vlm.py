@@ -4,8 +4,8 @@ prefix never splits a prompt's media: it ends before the first placeholder (text
 with other images) or holds every one (kept apart by the media, so the same token ids with another
 image never share it).
 
-The models are the tiny random checkpoints of the families' own tests (tests/tiny_llava.py,
-tests/tiny_models.py, tests/tiny_qwen_vl.py, tests/tiny_colretrieval.py): LLaVA-NeXT (1-D
+The models are the tiny random checkpoints of the families' own tests (tests/support/tiny_llava.py,
+tests/support/tiny_models.py, tests/support/tiny_qwen_vl.py, tests/support/tiny_colretrieval.py): LLaVA-NeXT (1-D
 positions), Qwen2-VL, Qwen2.5-VL and Qwen3-VL (M-RoPE: the text after an image is not at
 ``start + i``; Qwen3-VL's deepstack features join the first layers at the image's rows), and
 ColQwen2 (every token's vector). ``num_cached_tokens`` says how many of a prompt's tokens' states

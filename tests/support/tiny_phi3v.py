@@ -35,11 +35,12 @@ PREPROCESSOR = {
 }
 
 
-def phi3v_tokenizer() -> T.PreTrainedTokenizerFast:
-    """The tiny byte-level BPE tokenizer with :data:`PHI3V_TOKENS`, ``<s>`` before every text as
-    Phi-3's (Llama) tokenizer adds it."""
+def phi3v_tokenizer(image_token: bool = True) -> T.PreTrainedTokenizerFast:
+    """The tiny byte-level BPE tokenizer with :data:`PHI3V_TOKENS` (without ``<|image|>`` unless
+    ``image_token``), ``<s>`` before every text as Phi-3's (Llama) tokenizer adds it."""
     tok = bytelevel_bpe_tokenizer(eos="<|endoftext|>")
-    tok.add_special_tokens({"bos_token": "<s>", "additional_special_tokens": PHI3V_TOKENS})
+    tokens = PHI3V_TOKENS if image_token else [t for t in PHI3V_TOKENS if t != "<|image|>"]
+    tok.add_special_tokens({"bos_token": "<s>", "additional_special_tokens": tokens})
     bos = tok.convert_tokens_to_ids("<s>")
     tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
@@ -57,21 +58,24 @@ def build_phi3v(
     sliding_window: int | None = None,
     order: str = "sub_glb",
     layer_idx: int | None = None,
+    vocab_size: int | None = None,
+    image_token: bool = True,
 ) -> Path:
     """A tiny ``Phi3VForCausalLM`` saved to ``out`` as the published checkpoint is laid out: a
     2-layer Phi-3 decoder (64 wide, 4 query heads sharing 2 key/value heads, LongRoPE with
     ``original_max_position_embeddings`` 48 of 1024 unless ``rope="default"``, the sliding window
     as wide as the context unless ``sliding_window``), the CLIP tower of :data:`VISION`, the
     projector ``img_projection`` (128 -> 64 -> 64), ``glb_GN`` / ``sub_GN``, an ``lm_head``, the
-    tokenizer and ``preprocessor_config.json`` (``num_crops``).
+    tokenizer and ``preprocessor_config.json`` (``num_crops``). ``vocab_size`` widens the token tables
+    (Phi-3's published 32064 rows); without ``image_token`` the tokenizer has no ``<|image|>``.
 
     Every parameter is drawn again (matrices with std ``1.5 / sqrt(fan_in)``, norms around 1, other
     vectors and the separators around 0), so a dropped one or a misplaced image feature shows.
     """
-    tok = phi3v_tokenizer()
+    tok = phi3v_tokenizer(image_token)
     rotated = int(HEAD_DIM * (partial_rotary_factor or 1.0))
     text = dict(
-        vocab_size=len(tok), hidden_size=HIDDEN, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        vocab_size=vocab_size or len(tok), hidden_size=HIDDEN, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=1024, original_max_position_embeddings=ORIGINAL_POSITIONS,
         rope_theta=10000.0, rms_norm_eps=1e-5, hidden_act="silu", sliding_window=sliding_window or 1024,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,

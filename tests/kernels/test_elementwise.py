@@ -330,7 +330,7 @@ _ADD = "int add(int a, int b) { return a + b; }\n"
 def test_load_c_library_builds_once_and_caches_by_content(tmp_path, monkeypatch) -> None:
     if compiler.find_compiler() is None:
         pytest.skip("no C compiler")
-    monkeypatch.delenv("POOLKIT_C_KERNELS", raising=False)  # tests/test_cpu_tiers.py runs this file with them off
+    monkeypatch.delenv("POOLKIT_C_KERNELS", raising=False)  # tests/kernels/test_cpu_tiers.py runs this file with them off
     monkeypatch.setenv("POOLKIT_KERNEL_CACHE", str(tmp_path / "cache"))
     source = tmp_path / "adder.c"
     source.write_text(_ADD)

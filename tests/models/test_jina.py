@@ -82,7 +82,10 @@ def build_jina(out: Path, seed: int = 0, lora: bool = True) -> Path:
     save_file({k: v.contiguous() for k, v in tensors.items()}, out / "model.safetensors")
     tok.save_pretrained(out)
     config = {
-        "architectures": ["XLMRobertaLoRA"], "model_type": "xlm-roberta",
+        # as published: the config names the plain XLMRobertaModel and reaches Jina's classes through
+        # auto_map (remote code); vLLM builds its JinaRobertaModel from XLMRobertaModel when
+        # position_embedding_type is "rotary" (RobertaEmbeddingModel, JinaRobertaModelConfig)
+        "architectures": ["XLMRobertaModel"], "model_type": "xlm-roberta",
         "auto_map": {"AutoConfig": "jinaai/xlm-roberta-flash-implementation--configuration_xlm_roberta.XLMRobertaFlashConfig",
                      "AutoModel": "jinaai/xlm-roberta-flash-implementation--modeling_lora.XLMRobertaLoRA"},
         "vocab_size": vocab, "hidden_size": HIDDEN, "num_hidden_layers": LAYERS, "num_attention_heads": HEADS,
@@ -188,7 +191,7 @@ def embed(llm: LLM, texts: list[str], **kwargs: object) -> torch.Tensor:
 def test_loads_natively_with_its_five_adapters(jina: Path) -> None:
     llm = LLM(str(jina))
     info = llm.model.describe()
-    assert info["architecture"] == "XLMRobertaLoRA" and info["implementation"] == "native"
+    assert info["architecture"] == "XLMRobertaModel" and info["implementation"] == "native"
     assert info["tasks"]["embed"]["pooling_type"]["value"] == "MEAN"
     adapters = llm.model.adapters
     assert [adapters.own(t).lora_name for t in TASKS] == TASKS
@@ -294,6 +297,7 @@ def test_refuses_absolute_positions(jina: Path, tmp_path: Path) -> None:
     shutil.copytree(jina, other)
     raw = json.loads((other / "config.json").read_text())
     raw["position_embedding_type"] = "absolute"
+    raw["architectures"] = ["XLMRobertaLoRA"]  # Jina's own name: XLMRobertaModel with absolute positions is XLM-R's
     (other / "config.json").write_text(json.dumps(raw))
     with pytest.raises(ModelLoadError, match="position_embedding_type 'absolute' is not Jina's rotary XLM-RoBERTa"):
         LLM(str(other))
@@ -313,12 +317,31 @@ def test_adapter_of_another_task_count_is_named(jina: Path, tmp_path: Path) -> N
         LLM(str(other))
 
 
-def test_xlm_roberta_model_with_rotary_positions_names_jinas(jina: Path, tmp_path: Path) -> None:
-    """Read as a plain XLMRobertaModel, the rotary checkpoint is refused with the architecture to use."""
+def test_the_published_name_and_jinas_own_give_the_same_vectors(jina: Path) -> None:
+    """The published ``XLMRobertaModel`` with rotary positions is Jina's model (vLLM's reading): the
+    same vectors, every task, as its remote code's ``XLMRobertaLoRA`` and vLLM's ``JinaRobertaModel``."""
+    published = LLM(str(jina))
+    for name in ("XLMRobertaLoRA", "JinaRobertaModel"):
+        named = LLM(str(jina), hf_overrides={"architectures": [name]})
+        for task in TASKS:
+            assert torch.equal(embed(published, TEXTS, prompt_name=task), embed(named, TEXTS, prompt_name=task)), (name, task)
+
+
+def test_the_seed_documents_line_loads_it(jina: Path) -> None:
+    """vLLM's ``LLM(model="jinaai/jina-embeddings-v3", runner="pooling", trust_remote_code=True)``:
+    the same native model (the remote code is never run), the same vectors."""
+    seed = LLM(str(jina), runner="pooling", trust_remote_code=True)
+    assert seed.model.describe()["implementation"] == "native"
+    assert torch.equal(embed(seed, TEXTS, prompt_name="retrieval.query"), embed(LLM(str(jina)), TEXTS, prompt_name="retrieval.query"))
+
+
+def test_another_encoder_with_rotary_positions_names_jinas(jina: Path) -> None:
+    """A RoBERTa name other than the one Jina publishes under, with rotary positions, is refused
+    with the architecture to use."""
     from poolkit.contracts.errors import ModelLoadError
 
     with pytest.raises(ModelLoadError, match=r"position_embedding_type 'rotary' is Jina's rotary XLM-RoBERTa .*XLMRobertaLoRA"):
-        LLM(str(jina), hf_overrides={"architectures": ["XLMRobertaModel"]})
+        LLM(str(jina), hf_overrides={"architectures": ["RobertaModel"]})
 
 
 def test_bfloat16_follows_float32_with_every_task(jina: Path) -> None:

@@ -259,6 +259,29 @@ def test_vlm2vec_chat_template_renders_the_image_prompt(llm):
     np.testing.assert_allclose(chat.outputs.embedding, plain.outputs.embedding, atol=1e-6)
 
 
+def test_without_an_image_token_the_features_fill_vllms_32044(tmp_path):
+    """VLM2Vec's config names no ``image_token_id``, and vLLM takes Phi-3-Vision's 32044 ("cannot find
+    it from the HF config"): with neither the config nor the tokenizer naming ``<|image|>``, a model
+    with Phi-3's 32064-token vocabulary fills token 32044 with the image features, exactly as the same
+    checkpoint whose config names 32044 does."""
+    import shutil
+
+    from tiny_phi3v import build_phi3v
+
+    bare = build_phi3v(tmp_path / "bare", vocab_size=32064, image_token=False)
+    named = tmp_path / "named"
+    shutil.copytree(bare, named)
+    raw = json.loads((named / "config.json").read_text())
+    raw["image_token_id"] = 32044
+    (named / "config.json").write_text(json.dumps(raw))
+    guessed, told = LLM(str(bare)), LLM(str(named))
+    assert guessed.model.hf_config.image_token_id == 32044
+    prompt = as_prompt(VLM2VEC_IMAGE, [picture(24, 40, 0)])
+    (a,), (b,) = guessed.embed([prompt]), told.embed([prompt])
+    assert list(a.prompt_token_ids) == list(b.prompt_token_ids) and list(a.prompt_token_ids).count(32044) > 0
+    np.testing.assert_array_equal(a.outputs.embedding, b.outputs.embedding)
+
+
 def test_num_crops_from_mm_processor_kwargs(model_dir):
     llm = LLM(str(model_dir), dtype="float32", mm_processor_kwargs={"num_crops": 1})
     ref = Reference(model_dir, num_crops=1)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 if not (ROOT / ".ci" / "readme_commands.py").is_file():  # an installed copy of the tests, without the checkout
     pytest.skip("needs the project's checkout (.ci/, README.md)", allow_module_level=True)
 

@@ -25,7 +25,7 @@ from poolkit.kernels import linear
 from poolkit.plugins import registry
 from poolkit.plugins.lookup import select_kernel
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 #: Folders that hold no poolkit module, or whose modules may use private torch names.
 _SKIPPED = {"tests", "kernels", "build", "dist", "node_modules", "__pycache__"}
 

@@ -372,7 +372,7 @@ PROTECTED = [
     "/tokenize", "/detokenize", "/invocations", "/v1/load_lora_adapter", "/v1/unload_lora_adapter",
     "/v1/models",
 ]
-#: TEI's routes need the key too; their 401 has TEI's shape (tests/test_server_tei.py).
+#: TEI's routes need the key too; their 401 has TEI's shape (tests/server/test_server_tei.py).
 TEI_PROTECTED = ["/", "/embed", "/embed_all", "/embed_sparse", "/predict", "/similarity", "/decode", "/info"]
 
 
