@@ -50,7 +50,8 @@ COMMON = textwrap.dedent(
 )
 
 
-def _run(body: str) -> None:
+def assert_script_passes(body: str) -> None:
+    """Run a check script (its own asserts) on the suite's device; it must end with its "ok"."""
     result = run_triton_script(COMMON + textwrap.dedent(body) + '\nprint("ok")\n')
     assert result.returncode == 0 and result.stdout.rstrip().endswith("ok"), result.stderr[-3000:]
 
@@ -58,7 +59,7 @@ def _run(body: str) -> None:
 def test_rms_norm_triton_with_and_without_residual_on_strided_heads() -> None:
     """Qwen3's q/k norms read per-head rows in place from the packed qkv projection; a pre-norm
     layer's residual add comes back as ``total`` beside the norm."""
-    _run(
+    assert_script_passes(
         """
         qkv = rand(11, 4 * 32 + 2 * 2 * 32, scale=3.0, shift=0.5)
         for dtype in (torch.float32, torch.bfloat16):
@@ -97,7 +98,7 @@ def test_rms_norm_triton_with_and_without_residual_on_strided_heads() -> None:
 def test_residual_norm_triton_writes_the_wide_stream_and_its_low_copy() -> None:
     """A post-norm encoder's ``LayerNorm(x + residual)`` (or RMSNorm) with the float32 residual
     stream and the bf16 copy for the next matmul, from one pass."""
-    _run(
+    assert_script_passes(
         """
         for n in (48, 384, 1000):
             x, residual = rand(29, n, scale=2.0), rand(29, n, seed=1, shift=3.0)
@@ -126,7 +127,7 @@ def test_rotary_triton_rotates_heads_in_place_views_and_partial_dimensions() -> 
     """q and k as strided ``[T, H, d]`` views of the packed projection (or both as one
     ``[T, 2, H, d]`` view); all or part of each head rotated (the rest copied through); a layout
     whose rows of a token are not equally spaced goes to the reference."""
-    _run(
+    assert_script_passes(
         """
         T, H, D = 13, 3, 64
         for dtype in (torch.float32, torch.bfloat16):
@@ -160,7 +161,7 @@ def test_rotary_triton_rotates_heads_in_place_views_and_partial_dimensions() -> 
 
 
 def test_gated_linear_triton_every_activation_either_half_first() -> None:
-    _run(
+    assert_script_passes(
         """
         for dtype in (torch.float32, torch.bfloat16):
             x = rand(2, 5, 32).to(dtype)
@@ -186,7 +187,7 @@ def test_gated_linear_triton_every_activation_either_half_first() -> None:
 
 def test_the_kernels_hand_what_they_do_not_take_to_the_reference() -> None:
     """Autograd and float64 are the reference's."""
-    _run(
+    assert_script_passes(
         """
         x = rand(4, 16)
         w = torch.ones(16)
@@ -211,7 +212,7 @@ def test_qwen3_and_bert_forward_through_the_triton_kernels(tmp_path) -> None:
 
     qwen = build_qwen(tmp_path / "qwen3", "qwen3")
     bert = build_encoder(tmp_path / "bert", "bert")
-    _run(
+    assert_script_passes(
         f"""
         import poolkit
         from poolkit.plugins import lookup
