@@ -20,6 +20,17 @@ request picks its task by prompt name (``prompt_name="retrieval.query"``, Jina's
 whose instruction (``task_instructions``) comes first, as Jina's ``encode(task=...)`` does. A
 request naming no task runs ``text-matching``, as vLLM does. Mean pooling.
 
+jina-embeddings-v3 as transformers ships it (``jinaai/jina-embeddings-v3-hf``,
+``JinaEmbeddingsV3Model``, ``model_type: jina_embeddings_v3``) is the same body and the same five
+adapters, laid out otherwise: its ``model.safetensors`` keeps Jina's tensor names without the
+parametrizations (transformers renames them to its modules on load), its rotary base is
+``rope_parameters.rope_theta``, and each task's adapter is a PEFT adapter in a folder of its own
+(``retrieval_query/``, ``retrieval_passage/``, ``separation/``, ``classification/``,
+``text_matching/``: ``adapter_config.json`` and ``adapter_model.safetensors``) that names
+transformers' modules (``layers.0.self_attn.q_proj``, ``embeddings.word_embeddings``). They are
+the checkpoint's own adapters here too (:class:`JinaEmbeddingsV3Model`), named by Jina's task
+names, mixed in one batch.
+
 jina-colbert-v2 (``ColBERTJinaRobertaModel``, chosen with ``hf_overrides``) is the same body, its
 token vectors through ``linear`` (ColBERT, scored by MaxSim).
 """
@@ -27,6 +38,7 @@ token vectors through ``linear`` (ColBERT, scored by MaxSim).
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any, ClassVar, Iterable, Iterator, Mapping
 
 import torch
@@ -38,6 +50,7 @@ from poolkit.contracts.errors import ModelLoadError
 from poolkit.contracts.hookspecs import hookimpl
 
 from .blocks.attention import attention_head_dim
+from .blocks.adapters import peft_task_adapter
 from .blocks.checks import encoder_checks
 from .blocks.norms import post_norm
 from .blocks.rotary import RotarySpec
@@ -56,6 +69,22 @@ JINA_LAYOUT = Layout(
         "layers.{i}.mlp_norm": "encoder.layers.{i}.norm2",
     },
 )
+#: Where transformers' ``JinaEmbeddingsV3Model`` keeps each module of this implementation: the
+#: names its PEFT adapters give their layers (q, k and v apart, as pieces of ``qkv``).
+HF_MODULES = Layout(
+    prefix="roberta.",
+    modules={
+        "embeddings.norm": "embeddings.LayerNorm",
+        "layers.{i}.attn.qkv": ("layers.{i}.self_attn.q_proj", "layers.{i}.self_attn.k_proj", "layers.{i}.self_attn.v_proj"),
+        "layers.{i}.attn.out": "layers.{i}.self_attn.o_proj",
+        "layers.{i}.attn_norm": "layers.{i}.post_attention_layernorm",
+        "layers.{i}.mlp.up": "layers.{i}.mlp.fc1",
+        "layers.{i}.mlp.down": "layers.{i}.mlp.fc2",
+        "layers.{i}.mlp_norm": "layers.{i}.post_mlp_layernorm",
+    },
+)
+#: jina-embeddings-v3's tasks in its ``lora_adaptations`` order, for a config that does not list them.
+JINA_TASKS = ("retrieval.query", "retrieval.passage", "separation", "classification", "text-matching")
 #: A parametrized tensor: its base weight, or one of its LoRA factors.
 _PARAMETRIZED = re.compile(r"^(?P<layer>.+)\.parametrizations\.weight\.(?:(?P<original>original)|0\.lora_(?P<which>[AB]))$")
 #: The feed-forward activations of Jina's MLP: the tanh GELU for these names, else the exact one.
@@ -104,8 +133,7 @@ class JinaRobertaModel(RotaryEncoder):
             intermediate_size=int(config.intermediate_size), vocab_size=int(config.vocab_size),
             type_vocab_size=int(getattr(config, "type_vocab_size", 1) or 0),
             max_positions=int(config.max_position_embeddings), norm_eps=float(getattr(config, "layer_norm_eps", 1e-5)),
-            rotary=RotarySpec(dim=int(getattr(config, "rotary_emb_dim", None) or head_dim),
-                              theta=float(getattr(config, "rotary_emb_base", None) or 10000.0)),
+            rotary=RotarySpec(dim=int(getattr(config, "rotary_emb_dim", None) or head_dim), theta=_rope_theta(config)),
             activation="gelu_pytorch_tanh" if act in _TANH_GELU else "gelu", gated=False,
             qkv_bias=True, out_bias=True, up_bias=True, down_bias=True,
         )
@@ -163,6 +191,62 @@ class JinaRobertaModel(RotaryEncoder):
         return super().adapter_target(layer)
 
 
+class JinaEmbeddingsV3Model(JinaRobertaModel):
+    """jina-embeddings-v3 as transformers ships it (``jinaai/jina-embeddings-v3-hf``): Jina's body
+    from its original tensor names, each task's adapter from its PEFT folder.
+
+    The adapters are the checkpoint's own (:meth:`task_adapters`), named by Jina's task names
+    (``retrieval.query``: folder ``retrieval_query``), so a request names its task as with the
+    original layout (``prompt_name``, Jina's API ``task``), and tasks mix in one batch. A request
+    naming no task runs ``text-matching``, as for the original layout. Tasks whose folder the
+    checkpoint lacks are not served.
+
+    Example:
+        >>> llm = LLM("jinaai/jina-embeddings-v3-hf")
+        >>> llm.embed(["how do rotary positions work?"], prompt_name="retrieval.query")
+    """
+
+    claims: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self._tasks = list(getattr(config, "lora_adaptations", None) or JINA_TASKS)
+        self.default_task_adapter = None  # set once the adapters are read
+
+    def load_companion_files(self, model_dir: Path, allow_pickle: bool) -> None:
+        """Read each task's PEFT adapter from its folder (the task's name, ``.`` and ``-`` as ``_``)."""
+        for task in self._tasks:
+            folder = model_dir / re.sub(r"[.-]", "_", task)
+            if (folder / "adapter_config.json").is_file():
+                self._factors[task] = peft_task_adapter(folder, task, allow_pickle)
+        default = self._tasks[-1] if self._tasks else None
+        self.default_task_adapter = default if default in self._factors else None
+
+    def adapter_target(self, layer: str) -> tuple[str, int, int] | None:
+        """A layer its adapters name by transformers' module names (``layers.0.self_attn.q_proj``)."""
+        name = layer.removeprefix(HF_MODULES.prefix)
+        ours, index, count = HF_MODULES.model_name(name + ".weight")
+        if ours != name + ".weight":
+            return ours.removesuffix(".weight"), index, count
+        return super().adapter_target(layer)
+
+
+def _rope_theta(config: Any) -> float:
+    """The rotary base: Jina's ``rotary_emb_base``, or transformers' ``rope_parameters.rope_theta``
+    (jina-embeddings-v3-hf); only the default rotary (no scaling) is Jina's.
+
+    Raises:
+        ModelLoadError: ``rope_parameters`` asks for a scaled rotary.
+    """
+    base = getattr(config, "rotary_emb_base", None)
+    if base:
+        return float(base)
+    rope = dict(getattr(config, "rope_parameters", None) or {})
+    if rope.get("rope_type", "default") != "default":
+        raise ModelLoadError(f"rope_parameters rope_type '{rope['rope_type']}' is not Jina's rotary XLM-RoBERTa (only 'default' is)")
+    return float(rope.get("rope_theta") or 10000.0)
+
+
 class ColBERTJinaRobertaModel(_ColBERT, JinaRobertaModel):
     """jina-colbert-v2: Jina's rotary XLM-RoBERTa, every token vector through ``linear``."""
 
@@ -174,4 +258,5 @@ class ColBERTJinaRobertaModel(_ColBERT, JinaRobertaModel):
 def poolkit_register_architectures(register):
     register("XLMRobertaLoRA", JinaRobertaModel)
     register("JinaRobertaModel", JinaRobertaModel)  # vLLM's name
+    register("JinaEmbeddingsV3Model", JinaEmbeddingsV3Model)
     register("ColBERTJinaRobertaModel", ColBERTJinaRobertaModel)

@@ -654,16 +654,25 @@ def _architecture_for(name: str, hf_class: type, config: Any) -> type[Transforme
     )
 
 
+def _remote_model(config: Any) -> bool:
+    """Whether ``config.json``'s ``auto_map`` points a model class (``AutoModel``, ``AutoModelFor...``)
+    at remote code: that code replaces transformers' class of the same name and may compute
+    something else, so the fallback does not stand in for it. A remote config or tokenizer alone
+    (``AutoConfig``, ``AutoTokenizer``) leaves the model transformers' own: the fallback runs it,
+    and the loader says the remote code was refused."""
+    return any(str(key).startswith("AutoModel") for key in (getattr(config, "auto_map", None) or {}))
+
+
 @hookimpl(trylast=True)
 def poolkit_resolve_architecture(name, config):
     """Serve ``name`` with transformers when transformers itself implements it.
 
-    Returns ``None`` for names transformers does not know and for configs that ask for remote
-    code (``auto_map``), which poolkit never runs; the loader then explains. Raises
+    Returns ``None`` for names transformers does not know and for configs whose model is remote
+    code (:func:`_remote_model`), which poolkit never runs; the loader then explains. Raises
     :class:`ModelLoadError` for classes the fallback cannot feed (encoder-decoder or multimodal
     models, question answering heads, a config of another family).
     """
-    if getattr(config, "auto_map", None):
+    if _remote_model(config):
         return None
     hf_class = _transformers_class(name)
     if hf_class is None:

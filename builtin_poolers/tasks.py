@@ -196,10 +196,15 @@ def _classifier_head(model: PoolingModel, head: torch.nn.Module, **kwargs: objec
         head,
         classifier_activation(model),
         model.use_activation(from_st_normalize=False).value,
-        model.pooler_config.logit_mean,
-        model.pooler_config.logit_sigma,
+        *_calibration(model),
         **kwargs,
     )
+
+
+def _calibration(model: PoolingModel) -> tuple[float | None, float | None]:
+    """The classifier's ``logit_mean`` and ``logit_sigma``: the user's ``pooler_config``, else the
+    architecture's defaults (jina-reranker-m0's logit bias, as vLLM sets it for that model)."""
+    return model.config_value("logit_mean").value, model.config_value("logit_sigma").value
 
 
 class ClassifyTask(Task):
@@ -313,8 +318,7 @@ class TokenClassifyTask(Task):
             _vocab_size(model),
             classifier_activation(model),
             model.use_activation(from_st_normalize=False).value,
-            model.pooler_config.logit_mean,
-            model.pooler_config.logit_sigma,
+            *_calibration(model),
         )
 
     def settings(self, model: PoolingModel) -> dict[str, Setting]:

@@ -89,6 +89,7 @@ __all__ = [
 #: same object under both names, so ``isinstance`` checks and monkeypatching see one module.
 MOVED = {
     "poolkit.errors": "poolkit.contracts.errors",
+    "poolkit.api.params": "poolkit.inputs.params",
     "poolkit.hookspecs": "poolkit.contracts.hookspecs",
     "poolkit.batch": "poolkit.contracts.batch",
     "poolkit.outputs": "poolkit.contracts.outputs",

@@ -26,7 +26,7 @@ from ..contracts.outputs import (
     ScoringRequestOutput,
     late_chunking_output,
 )
-from ..contracts.params import LateChunkingParams, PoolingParams
+from ..contracts.params import PoolingParams
 from ..contracts.scoring import Scorer, score_extra
 from ..contracts.sparse import SparseEmbeddingRequestOutput, check_pruning
 from ..contracts.tasks import PLUGIN, Task
@@ -43,10 +43,10 @@ from ..runtime.progress import progress_bar
 from ..inputs.chat import conversations
 from ..inputs.renderer import Renderer
 from ..inputs.media import IMAGE_TOKEN_GUESS
+from ..inputs.params import check_params, prepare
 from ..inputs.pairs import MediaItem, check_side_limit, cut_sides, has_media, pair, pair_prompts, score_side, skiplist
 from .entities import Entities, group_entities
 from .model_config import ModelConfig, model_config
-from .params import check_params
 from .plugin_io import PluginIO
 
 logger = logging.getLogger(__name__)
@@ -356,7 +356,9 @@ class LLM:
             prompts, pooling_params, pooling_task=pooling_task, tokenization_kwargs=tokenization_kwargs, prompt_name=prompt_name,
             lora_request=lora_request, messages=messages, chat_template=chat_template,
         )
-        return self.run(task, parsed, params, use_tqdm=use_tqdm), parsed, params
+        engine: Engine = self.engine  # as run() does, called here: the request goes from the inputs to the engine
+        with progress_bar(len(parsed), enabled=use_tqdm) as advance:
+            return engine.run(task, parsed, params, progress=advance), parsed, params
 
     def _new_request_ids(self, n: int) -> list[str]:
         """The next ``n`` request ids."""
@@ -386,20 +388,10 @@ class LLM:
         :meth:`encode` takes them.
         """
         task = self.model.task(pooling_task)
-        renderer: Renderer = self.renderer
-        kwargs = dict(tokenization_kwargs or {})
-        parsed = renderer.request(
-            prompts, task, prompt_name=prompt_name, prefix=prefix, input_type=kwargs.pop("input_type", None),
-            add_special_tokens=kwargs.pop("add_special_tokens", None), messages=messages, chat_template=chat_template,
+        parsed, params = prepare(
+            self.renderer, self.engine, task, prompts, pooling_params, tokenization_kwargs=tokenization_kwargs,
+            prompt_name=prompt_name, prefix=prefix, lora_request=lora_request, messages=messages, chat_template=chat_template,
         )
-        if lora_request is None and self.model.adapters is not None:  # a task the checkpoint carries an adapter for (jina-v3)
-            lora_request = self.model.adapters.own(prompt_name)
-        params = adapted_params(self.check_params(pooling_params, len(parsed), task.name, kwargs), lora_request, self.model.adapters)
-        params = renderer.salted(parsed, params)
-        if any(p.late_chunking_params is not None for p in params):
-            for index, (prompt, p) in enumerate(zip(parsed, params)):
-                if p.late_chunking_params is not None and prompt.token_ids is None and not prompt.text:
-                    raise InvalidRequest(f"prompt {index}: {LateChunkingParams.NEEDS_TEXT}")
         return task, parsed, params
 
     def _encode_plugin(
@@ -660,10 +652,10 @@ class LLM:
 
     def _check_media_scoring(self, scorer: Scorer) -> None:
         """Refuse score inputs with images for a model that reads no images (vLLM's words), or whose
-        scorer reads each pair as one text (a cross-encoder)."""
+        scorer reads each pair as one text (a cross-encoder) without reading text and images together."""
         if not self.renderer.takes_images:
             raise InvalidRequest(f"MultiModalParam is not supported for {self.model.architecture_name}")
-        if scorer.takes_template:
+        if scorer.takes_template and not self.renderer.reads_media:
             raise InvalidRequest(
                 f"model '{self.model.name}' scores with the {scorer.name}, which reads each pair as one text; inputs with "
                 "images need a model that embeds each side (bi-encoder cosine or late interaction)"
@@ -685,14 +677,15 @@ class LLM:
         """Documents sorted by relevance to ``query``, best first, each with its original index.
 
         Args:
-            query: the query text.
+            query: the query text, or for a model that reads images, an input with images as
+                :meth:`score` takes it (``{"content": [...]}``).
             documents: the texts to rank.
             top_n: keep only the best ``top_n`` (default: all).
             chat_template: a score template, as for :meth:`score`.
             instruction: the task instruction a score template shows the model.
         """
-        if not isinstance(query, str):
-            raise InvalidRequest(f"query must be a string, got {type(query).__name__}")
+        if not isinstance(query, str) and not (isinstance(query, dict) and "content" in query):
+            raise InvalidRequest(f"query must be a string or an input with images ({{'content': [...]}}), got {type(query).__name__}")
         docs = score_side(documents, "document")
         if top_n is not None and (not isinstance(top_n, int) or top_n < 1):
             raise InvalidRequest(f"top_n must be a positive integer, got {top_n!r}")
@@ -734,7 +727,7 @@ class _ScoreRunner:
         self.model = llm.model
         self.task = llm.task
         self.run = llm.run
-        self.pair_prompts = partial(pair_prompts, llm.model)
+        self.pair_prompts = partial(pair_prompts, llm.model, renderer=llm.renderer)
         self.skiplist = partial(skiplist, llm.model)
         self._llm = llm
         self._lora = lora_request

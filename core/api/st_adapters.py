@@ -27,6 +27,8 @@ _PLACEMENT = ("device_map", "max_memory", "offload_folder", "offload_index")
 
 #: The prompt name of the call running in this context (set as its prompt is resolved).
 PROMPT_NAME: contextvars.ContextVar[str | None] = contextvars.ContextVar("poolkit_st_prompt_name", default=None)
+#: The task adapter the call running in this context names (``encode(..., task=...)``), if any.
+TASK: contextvars.ContextVar[str | None] = contextvars.ContextVar("poolkit_st_task", default=None)
 
 
 class AdapterMethods:
@@ -98,13 +100,28 @@ class AdapterMethods:
         return bool(self.llm.model.architecture.takes_adapters)
 
     def _lora_request(self) -> LoRARequest | None:
-        """The active adapter's request; else the model's own adapter of this call's prompt name
-        (:data:`PROMPT_NAME`, jina-embeddings-v3's tasks); ``None``: the base model."""
+        """The active adapter's request; else the model's own adapter of this call's task
+        (:data:`TASK`) or prompt name (:data:`PROMPT_NAME`): jina-embeddings-v3's and v5's tasks;
+        ``None``: the base model."""
         active = self.__dict__.get("_active")
         if active is None or self.__dict__.get("_disabled"):
             adapters = self.llm.model.adapters
-            return adapters.own(PROMPT_NAME.get()) if adapters is not None else None
+            return adapters.own(TASK.get() or PROMPT_NAME.get()) if adapters is not None else None
         return self._loaded_adapters()[active]
+
+    def _task(self, task: str | None) -> str | None:
+        """``encode``'s ``task`` when the model carries task adapters (Jina's modules take it):
+        one of them; else ``None`` (a Router's task is left to it).
+
+        Raises:
+            InvalidRequest: a task the model has no adapter for (the wording of Jina's modules).
+        """
+        tasks = list(self.llm.model.architecture.task_adapters())
+        if task is None or not tasks:
+            return None
+        if task not in tasks:
+            raise InvalidRequest(f"Invalid task: {task}. Must be one of {tasks}.")
+        return task
 
 
 def _rank(folder: Path) -> int:

@@ -27,7 +27,7 @@ import torch
 
 from ..contracts.errors import InvalidRequest
 from ..contracts.params import PoolingParams
-from .st_adapters import PROMPT_NAME, AdapterMethods
+from .st_adapters import PROMPT_NAME, TASK, AdapterMethods
 from .st_functions import PRECISIONS, SIMILARITY, pairwise_similarity, quantize_embeddings, similarity_name
 
 if TYPE_CHECKING:
@@ -132,8 +132,10 @@ class _Model(AdapterMethods):
         self.model_name_or_path = llm.args.model
 
     def _saved_prompts(self, llm: "LLM") -> dict[str, str]:
-        """The prompts saved with the model (``config_sentence_transformers.json``)."""
-        return dict(llm.model.st.prompts) if llm.model.st else {}
+        """The prompts saved with the model (``config_sentence_transformers.json``), and the names of
+        the checkpoint's own tasks (jina-embeddings-v3-hf's adapters, v5's task prompts): the model's
+        :attr:`~poolkit.loading.model.PoolingModel.prompts`."""
+        return llm.model.prompts
 
     def _configure(self) -> None:
         """The class's own constructor arguments (a subclass names them as its parameters)."""
@@ -225,10 +227,12 @@ class _Model(AdapterMethods):
         """The model in float32 (loaded again)."""
         return self._with_dtype("float32")
 
-    def _resolve_prompt(self, prompt: str | None, prompt_name: str | None) -> str | None:
+    def _resolve_prompt(self, prompt: str | None, prompt_name: str | None, task: str | None = None) -> str | None:
         """The prompt text a call puts before its inputs; the prompt's name also picks the task
-        adapter of a model that carries one per prompt (jina-embeddings-v3), for this call."""
+        adapter of a model that carries one per prompt (jina-embeddings-v3), for this call, unless
+        ``task`` (``encode``'s argument of Jina's modules, jina-embeddings-v5) names one."""
         PROMPT_NAME.set(prompt_name if prompt is None else None)
+        TASK.set(self._task(task))
         if prompt is not None:
             if prompt_name is not None:
                 logger.warning("Providing both `prompt` and `prompt_name` is not supported: `prompt` wins")
@@ -472,7 +476,7 @@ class SentenceTransformer(_Embedder):
         if output_value != "sentence_embedding":
             convert_to_tensor = convert_to_numpy = False
         texts, single = self._inputs(inputs)
-        resolved = self._resolve_prompt(prompt, prompt_name)
+        resolved = self._resolve_prompt(prompt, prompt_name, kwargs.get("task"))
         truncate_dim = truncate_dim if truncate_dim is not None else self.truncate_dim
         if not texts:
             result: Any = np.array([]) if convert_to_numpy else (self._on_model(torch.tensor([])) if convert_to_tensor else [])

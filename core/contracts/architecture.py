@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Collection, Iterable, Mapping, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Collection, Iterable, Mapping, NamedTuple, Protocol, Sequence, runtime_checkable
 
 import torch
 
@@ -21,6 +21,40 @@ if TYPE_CHECKING:
     from .model import Tokenizer
     from .params import Setting
     from .pooling import Head, Pooler
+
+
+class TaskPrompt(NamedTuple):
+    """A prompt name a checkpoint's own task answers to (:meth:`Architecture.task_prompts`).
+
+    Attributes:
+        adapter: the adapter of :meth:`Architecture.task_adapters` it runs.
+        prefix: the text it puts before each input (``""``: none).
+    """
+
+    adapter: str
+    prefix: str
+
+
+class ListwiseLayout:
+    """How a listwise reranker lays one query and many documents out in one prompt: what an
+    architecture names in :attr:`Architecture.listwise` for a scorer that reads it.
+
+    Each document's text in the prompt ends with :attr:`doc_token` and the query's with
+    :attr:`query_token`, after the documents; the architecture's ``token_embed`` head returns the
+    vectors at those tokens in prompt order (the documents', then the query's). Before the layout,
+    a query is cut to :attr:`max_query_tokens` tokens and a document to :attr:`max_doc_tokens`
+    (and decoded back); a prompt holds at most :attr:`block_size` documents.
+    """
+
+    doc_token: ClassVar[str] = ""
+    query_token: ClassVar[str] = ""
+    max_query_tokens: ClassVar[int] = 0
+    max_doc_tokens: ClassVar[int] = 0
+    block_size: ClassVar[int] = 0
+
+    def prompt(self, query: str, documents: list[str], instruction: str | None) -> str:
+        """The prompt text of ``query`` with ``documents`` (already cut), and an optional instruction."""
+        raise NotImplementedError
 
 
 class Architecture(torch.nn.Module):
@@ -84,6 +118,9 @@ class Architecture(torch.nn.Module):
     #: How :meth:`LLM.score` compares texts with this model (``"late-interaction"`` for MaxSim),
     #: or ``None`` to derive it from the tasks (cross-encoder, else bi-encoder).
     score_type: ClassVar[str | None] = None
+    #: How a listwise reranker lays a query and many documents out in one prompt (jina-reranker-v3),
+    #: for a scorer that reads it (the built-in ``listwise`` scorer); ``None`` for every other model.
+    listwise: ClassVar[ListwiseLayout | None] = None
     #: Whether :meth:`lm_head` is a masked-LM head, whose logits at a token are a distribution
     #: over what that token itself is (``BertForMaskedLM``). Such a head is the token classifier
     #: of a model with no :meth:`token_classifier`: every token's softmax over the vocabulary, as vLLM
@@ -159,6 +196,15 @@ class Architecture(torch.nn.Module):
         the layer's scaling folded into ``B``; an embedding table's ``A`` is ``[r, vocab]``. A
         request picks one by its prompt name (``prompt_name``, the ``task`` of Jina's API). Called
         once, after :meth:`load_weights`; the default carries none."""
+        return {}
+
+    def task_prompts(self) -> Mapping[str, TaskPrompt]:
+        """The prompt names the checkpoint's own tasks answer to, each with its adapter and the text
+        it puts before an input (jina-embeddings-v5: Jina's API task ``retrieval.query`` runs the
+        ``retrieval`` adapter with ``"Query: "`` first), beside the sentence-transformers prompts
+        (whose text wins for a name in both). A request's ``prompt_name`` (Jina's ``task``) picks
+        one. Called after :meth:`load_companion_files`; the default has none: a prompt name runs
+        the adapter of that name, if any."""
         return {}
 
     def pool_start(self, token_ids: Sequence[int]) -> int:

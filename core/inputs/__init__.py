@@ -2,8 +2,9 @@
 
 ``renderer`` is a loaded model's :class:`~poolkit.inputs.renderer.Renderer`: every surface (``LLM``,
 the CLI, the server's routes, corpus jobs, the sentence-transformers classes, Ray) converts its own
-schema into inputs and hands them to it (``LLM.prepare`` is :meth:`~poolkit.inputs.renderer.Renderer.request`
-plus the parameter checks). What it applies has a module each: ``chat`` (chat messages checked and
+schema into inputs and hands them to it (``LLM.prepare`` is :func:`~poolkit.inputs.params.prepare`: the
+renderer's :meth:`~poolkit.inputs.renderer.Renderer.request` plus ``params``, the pooling parameters
+checked, under their LoRA adapter and salt). What it applies has a module each: ``chat`` (chat messages checked and
 rendered with the chat template, and the one parser of content parts), ``media`` (media URLs, their
 policy and their fetching) and ``pairs`` (a score request's two sides checked, paired and cut, and
 the prompts of pairs read together, which scorers get through their ``ScoreRunner``). The family's

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from ..contracts.model import ModelInfo
     from ..runtime.engine import Engine
+    from .renderer import Renderer
 
 #: The per-side limits a score request may set in ``PoolingParams.extra_kwargs`` (vLLM's names).
 SIDE_LIMITS = ("max_tokens_per_query", "max_tokens_per_doc")
@@ -197,11 +198,12 @@ def skiplist(model: ModelInfo, kind: str) -> torch.Tensor | None:
 
 def pair_prompts(
     model: ModelInfo,
-    first: list[str],
-    second: list[str],
+    first: list[Any],
+    second: list[Any],
     chat_template: str | None,
     instruction: str | None,
     kwargs: dict[str, Any] | None = None,
+    renderer: Renderer | None = None,
 ) -> list[Prompt]:
     """Prompts of (query, document) pairs read together (a cross-encoder's): through the given score
     template, a sentence-transformers CrossEncoder export's own chat template, the model's score
@@ -211,9 +213,92 @@ def pair_prompts(
     CrossEncoder keys (``prompt``, ``prompt_name``, ``restore_suffix``) where a pair gets the
     model's sentence-transformers prompt.
 
+    With the model's ``renderer``, for a model that reads text and images in one prompt (a
+    vision-language cross-encoder), the prompts are made as its renderer makes them, and a side may
+    be a :class:`MediaItem`: its text (its images' placeholders in it) or, without text, one
+    placeholder per image (joined by new lines, as vLLM writes them) fills the template, and the
+    pair's images follow in the order the template places the sides (:func:`_media_pair_prompts`).
+
     Raises:
         InvalidRequest: settings that do not go together, or that the model's way of pairing ignores.
     """
+    if renderer is not None and renderer.reads_media:
+        return list(renderer.prompts(_media_pair_prompts(model, first, second, chat_template, instruction, kwargs, renderer)))
+    return _text_pair_prompts(model, first, second, chat_template, instruction, kwargs)
+
+
+def _media_pair_prompts(
+    model: ModelInfo,
+    first: list[Any],
+    second: list[Any],
+    chat_template: str | None,
+    instruction: str | None,
+    kwargs: dict[str, Any] | None,
+    renderer: Renderer,
+) -> list[Prompt]:
+    """Pair prompts whose sides may hold images: each such side is a mark in the template, then its
+    text, and the images of the marks go to ``Prompt.extras["image"]`` in the order the marks appear.
+
+    Raises:
+        InvalidRequest: a template that leaves out a side with images, or a way of pairing without a
+            template (tokenizer pairs cannot hold images).
+    """
+    marks: dict[str, MediaItem] = {}
+
+    def marked(side: list[Any], role: str) -> list[Any]:
+        out = []
+        for i, item in enumerate(side):
+            if isinstance(item, MediaItem):
+                mark = f"\x00{role}{i}\x00"  # no template writes a NUL: the side's place in the prompt
+                marks[mark] = item
+                item = mark
+            out.append(item)
+        return out
+
+    prompts = _text_pair_prompts(model, marked(first, "q"), marked(second, "d"), chat_template, instruction, kwargs)
+    if not marks:
+        return prompts
+    placeholder = _image_placeholder(renderer)
+    for i, prompt in enumerate(prompts):
+        own = [m for m in (f"\x00q{i}\x00", f"\x00d{i}\x00") if m in marks]
+        if not own:
+            continue
+        if prompt.text is None or prompt.text_pair is not None:
+            raise InvalidRequest(
+                f"model '{model.name}' scores plain text pairs: inputs with images need a score template (chat_template=...)"
+            )
+        if any(m not in prompt.text for m in own):
+            raise InvalidRequest(f"pair {i}: the score template leaves out the input with images")
+        images: list[Any] = []
+        for mark in sorted(own, key=prompt.text.index):
+            item = marks[mark]
+            prompt.text = prompt.text.replace(mark, item.text if item.text is not None else "\n".join([placeholder] * len(item.images)))
+            images += item.images
+        prompt.extras["image"] = images
+    return prompts
+
+
+def _image_placeholder(renderer: Renderer) -> str:
+    """What stands for one image in the model's prompts (its media processor's default placeholder)."""
+    processor = renderer.media_processor
+    for replacement in processor.replacements(renderer.model):
+        if replacement.modality == "image":
+            if replacement.default is not None:
+                return replacement.default
+            target = replacement.target
+            return target if isinstance(target, str) else renderer.model.tokenizer.convert_ids_to_tokens(int(target))
+    raise InvalidRequest(f"model '{renderer.model.name}' takes no images")
+
+
+def _text_pair_prompts(
+    model: ModelInfo,
+    first: list[str],
+    second: list[str],
+    chat_template: str | None,
+    instruction: str | None,
+    kwargs: dict[str, Any] | None = None,
+) -> list[Prompt]:
+    """:func:`pair_prompts` of text pairs."""
     processors = registry("io_processor")
     kwargs = dict(kwargs or {})
     chosen = {key: kwargs.pop(key) for key in CROSS_ENCODER_KEYS if key in kwargs}

@@ -10,7 +10,7 @@ family's media processor (the architecture's :attr:`~poolkit.Architecture.media_
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Coroutine, Protocol, Sequence
 
 from ..contracts.errors import InvalidRequest, short
 from ..contracts.io import IOProcessor, Prompt, PromptBatch
@@ -25,12 +25,19 @@ if TYPE_CHECKING:
     from ..contracts.architecture import LoadedModel
     from ..contracts.tasks import Task
 
-#: Runs a rendering on the thread that tokenizes, with its cost in tokens (the server's batcher).
-Run = Callable[[Callable[[], Any], int], Awaitable[Any]]
+class Worker(Protocol):
+    """Where a conversation's rendering (its template and tokenizer) runs: the server's runs it on the
+    thread that tokenizes, admitted by its cost in tokens."""
+
+    async def run(self, work: Callable[[], Any], cost: int) -> Any:
+        """``work()``'s value, run where this worker runs renderings."""
 
 
-async def _inline(work: Callable[[], Any], cost: int) -> Any:
-    return work()
+class Inline:
+    """The :class:`Worker` of offline renderings: the work runs here, at once."""
+
+    async def run(self, work: Callable[[], Any], cost: int) -> Any:
+        return work()
 
 
 def _settled(work: Coroutine[Any, Any, Any]) -> Any:
@@ -272,20 +279,20 @@ class Renderer:
         """One conversation as a prompt, rendered here: its token ids (``{"prompt_token_ids": ...}``),
         or with media parts a prompt of its text and media (data URIs and vLLM's offline ``image_pil``
         parts; remote URLs are fetched by the server, :meth:`chat_prompt_async`)."""
-        return _settled(self._chat_prompt(chat, _inline, offline=True))
+        return _settled(self._chat_prompt(chat, Inline(), offline=True))
 
-    async def chat_prompt_async(self, chat: Chat, run: Run = _inline) -> Any:
+    async def chat_prompt_async(self, chat: Chat, worker: Worker | None = None) -> Any:
         """:meth:`chat_prompt` for the server: every check before any work, remote media fetched
-        under the media policy, the rendering and tokenizing run by ``run`` (on the thread that tokenizes)."""
-        return await self._chat_prompt(chat, run, offline=False)
+        under the media policy, the rendering and tokenizing run by ``worker`` (on the thread that tokenizes)."""
+        return await self._chat_prompt(chat, worker or Inline(), offline=False)
 
-    async def _chat_prompt(self, chat: Chat, run: Run, offline: bool) -> Any:
+    async def _chat_prompt(self, chat: Chat, worker: Worker, offline: bool) -> Any:
         """The one rendering of a conversation: the checks, the media (``offline``: data URIs and
         images as given; else fetched under the media policy), then the template and the tokenizer
-        run by ``run``. Offline nothing waits, so :meth:`chat_prompt` runs it without an event loop."""
+        run by ``worker``. Offline nothing waits, so :meth:`chat_prompt` runs it without an event loop."""
         if not chats.has_media_parts(chat.messages):
             render = self.chat_renderer(chat)
-            return {"prompt_token_ids": await run(lambda: self._token_ids(chat, render()), chats.rendering_cost(chat.messages))}
+            return {"prompt_token_ids": await worker.run(lambda: self._token_ids(chat, render()), chats.rendering_cost(chat.messages))}
         rendered, media, texts = self._media_parts(chat, offline)
         kinds = [kind for kind, _, _ in media]
         given = self._offline_values(media) if offline else None
@@ -298,7 +305,7 @@ class Renderer:
             return self.media_prompt(None, await values(), chat.where, kinds=kinds)
         render = self.chat_renderer(chat, rendered)
         fetched = await values()
-        text = await run(render, chats.rendering_cost(rendered))
+        text = await worker.run(render, chats.rendering_cost(rendered))
         return self.media_prompt(text, fetched, chat.where, add_special_tokens=chat.add_special_tokens, kinds=kinds)
 
     def _offline_values(self, media: Sequence[tuple[str, Any, str]]) -> list[Any]:
@@ -440,7 +447,7 @@ def _has_chat(inputs: Any) -> bool:
     """Whether ``inputs`` hold a conversation; texts and token ids are told apart in bulk (the hot path)."""
     if not isinstance(inputs, (list, tuple)):
         return _is_chat(inputs)
-    kinds = set(map(type, inputs))
+    kinds = {type(item) for item in inputs}
     if not kinds & {dict, Chat}:
         return False
     return any(isinstance(item, Chat) or (isinstance(item, dict) and "messages" in item) for item in inputs)

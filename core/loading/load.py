@@ -17,7 +17,7 @@ import torch
 
 from ..config.conversion import CONVERSIONS, Conversion, base_architecture, has_classifier, missing_base
 from ..config.devices import head_dtype, resolve_device, resolve_dtype
-from ..config.model_impl import MODEL_IMPLS
+from ..config.model_impl import MODEL_IMPLS, TRANSFORMERS_IMPLEMENTATION
 from ..contracts.architecture import Architecture, check_architecture
 from ..contracts.batch import PackedBatch
 from ..contracts.config_checks import overridden_fields
@@ -114,6 +114,24 @@ def _alternatives(names: list[str]) -> str | None:
     return None
 
 
+def _fallback_reason(name: str, cls: type[Architecture], config: PretrainedConfig, args: EngineArgs) -> str:
+    """Why the transformers fallback serves ``name`` (its ``cls``): no native port, or ``model_impl``
+    asked for it; and the remote code it stands in for, which poolkit refuses to run."""
+    native = name in registry("architecture")
+    if args.model_impl == "transformers":
+        why = "model_impl='transformers' asks for it" + (f" (poolkit has a native port of {name})" if native else "")
+    else:
+        why = f"no native port of {name}"
+    own = getattr(cls, "hf_class", None)
+    runs = f"transformers' own {own.__name__ if own is not None else name} runs the model"
+    remote = sorted(getattr(config, "auto_map", None) or {})
+    if remote:
+        return f"{why}; remote code refused: config.json's auto_map ({', '.join(remote)}) is never run, {runs}"
+    if args.trust_remote_code:
+        return f"{why}; remote code refused: trust_remote_code is ignored, {runs}"
+    return why
+
+
 def _max_model_len(architecture: Architecture, tokenizer: Tokenizer, st: STConfig | None, requested: int | None) -> Setting:
     limit = architecture.max_positions
     tok_max = getattr(tokenizer, "model_max_length", None)
@@ -180,7 +198,12 @@ def load_model(args: EngineArgs) -> PoolingModel:
         raise ModelLoadError(
             f"convert='{args.convert}' needs a checkpoint with a classification head; {arch_name} has none"
         )
-    if args.trust_remote_code:
+    fallback = None
+    if arch_cls.implementation == TRANSFORMERS_IMPLEMENTATION:
+        fallback = f"transformers fallback: {_fallback_reason(arch_name, arch_cls, hf_config, args)}"
+        # Said at warning level unless asked for: the fallback pads its batches and runs slower than a native port.
+        logger.log(logging.INFO if args.model_impl == "transformers" else logging.WARNING, "%s runs on the %s", arch_name, fallback)
+    elif args.trust_remote_code:
         logger.warning("trust_remote_code is ignored: poolkit never runs code shipped with a model")
     declared = getattr(hf_config, "use_activation", None)
     if declared is not None and not isinstance(declared, bool):
@@ -232,6 +255,7 @@ def load_model(args: EngineArgs) -> PoolingModel:
         convert=args.convert,
         args=args,
         quantization=quantization,
+        fallback=fallback,
     )
     for entry in registry("task").entries():
         entry.obj.check_model(pooling_model)

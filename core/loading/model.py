@@ -60,6 +60,7 @@ class PoolingModel:
         convert: str = "auto",
         args: EngineArgs | None = None,
         quantization: dict[str, Any] | None = None,
+        fallback: str | None = None,
     ) -> None:
         self.name = name
         self.path = path
@@ -79,6 +80,9 @@ class PoolingModel:
         #: What :meth:`Architecture.quantize` reported (layers in int8 and in float, the measured
         #: cosine), or ``None`` for a model that runs unquantized.
         self.quantization = quantization
+        #: For a model the transformers fallback runs, ``"transformers fallback: "`` and why (no
+        #: native port, ``model_impl``, the remote code it refused); ``None`` for the others.
+        self.fallback = fallback
         #: The model's LoRA adapters (:class:`poolkit.lora.manager.Adapters`), ``None`` without ``enable_lora``.
         self.adapters: Any = None
         self._heads: dict[str, Head | None] = {}
@@ -201,7 +205,10 @@ class PoolingModel:
         # PyLate normalises in code (also a PyLate folder without its config, served by an architecture with a
         # score type of its own, MaxSim, as vLLM normalises it); sentence-transformers' own multi-vector saves have the module
         late = st is not None and (st.late_interaction or self.architecture.score_type is not None)
-        st_normalize = st is not None and (st.model_type == "MultiVectorEncoder" or (st.model_type in (None, "SentenceTransformer") and not late))
+        # as vLLM, modules.json without a Pooling module (nor Normalize) says nothing of it: a custom module
+        # that pools in code (jina-embeddings-v5's custom_st.Transformer) leaves it to the defaults
+        said = st is not None and bool(st.pooling_modes or st.normalize)
+        st_normalize = st is not None and (st.model_type == "MultiVectorEncoder" or (st.model_type in (None, "SentenceTransformer") and not late and said))
         if from_st_normalize and st_normalize:
             return Setting(st.normalize, "sentence-transformers modules.json (Normalize)")
         declared = getattr(self.hf_config, "use_activation", None)
@@ -274,8 +281,14 @@ class PoolingModel:
 
     @property
     def prompts(self) -> dict[str, str]:
-        """The sentence-transformers prompts by name."""
-        return dict(self.st.prompts) if self.st is not None else {}
+        """The sentence-transformers prompts by name, and the tasks of the checkpoint's own adapters
+        (:meth:`~poolkit.contracts.architecture.Architecture.task_adapters`) that they lack, with no
+        text: a request names its task by prompt name even where the checkpoint ships no prompts
+        (jina-embeddings-v3-hf's PEFT adapters); the architecture's task prompts
+        (:meth:`~poolkit.contracts.architecture.Architecture.task_prompts`) give theirs a text."""
+        prompts = dict(self.st.prompts) if self.st is not None else {}
+        own = {name: prompt.prefix for name, prompt in self.architecture.task_prompts().items()}
+        return {**dict.fromkeys(self.architecture.task_adapters(), ""), **own, **prompts}
 
     @property
     def default_prompt_name(self) -> str | None:
@@ -364,6 +377,7 @@ class PoolingModel:
             "path": str(self.path),
             "architecture": self.architecture_name,
             "implementation": self.architecture.implementation,
+            "fallback": self.fallback,
             "architecture_plugin": self._architecture_plugin(),
             "dtype": str(self.dtype).removeprefix("torch."),
             "device": str(self.device),

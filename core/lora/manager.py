@@ -223,10 +223,15 @@ class Adapters:
         return request
 
     def own(self, name: str | None) -> LoRARequest | None:
-        """The request of the checkpoint's own adapter ``name`` (:meth:`add_own`); for ``None``, its
-        default one (the architecture's ``default_task_adapter``); else ``None``."""
+        """The request of the checkpoint's own adapter ``name`` (:meth:`add_own`), or of the one its
+        task prompt ``name`` runs (the architecture's ``task_prompts``); for ``None``, its default
+        one (the architecture's ``default_task_adapter``); else ``None``."""
+        arch = self.model.architecture
+        prompts = arch.task_prompts()
         if name is None:
-            name = self.model.architecture.default_task_adapter
+            name = arch.default_task_adapter
+        elif name in prompts:
+            name = prompts[name].adapter
         checkpoint = self._own.get(name) if name is not None else None
         return checkpoint.request if checkpoint is not None else None
 

@@ -49,7 +49,7 @@ def test_a_plugin_scorer_takes_over_by_priority(minilm):
         expected = float(torch.dot(raw[0].outputs.data, raw[1].outputs.data))
         assert scored[0].outputs.score == pytest.approx(expected, rel=1e-5)
         assert minilm.rerank("a cat", ["stocks fell", "a cat sat"])[0].index == 1
-        with pytest.raises(InvalidRequest, match="chat_template and instruction apply to cross-encoder scoring only"):
+        with pytest.raises(InvalidRequest, match="chat_template and instruction apply to cross-encoder or listwise scoring only"):
             minilm.score("a", "b", instruction="judge")
     assert minilm.score_type == "bi-encoder"
     assert [o.outputs.score for o in minilm.score("a cat", ["a cat sat", "stocks fell"])] == [o.outputs.score for o in before]

@@ -33,7 +33,8 @@ def classifiers(tmp_path_factory):
     dirs = {}
     for kind in ("bert", "roberta", "xlm-roberta"):
         dirs[kind, 3] = build_classifier(root / f"{kind}-3", kind, 3)
-        dirs[kind, 1] = build_classifier(root / f"{kind}-1", kind, 1)
+        # seed 2 for XLM-R: seed 0's random head saturates its sigmoid, and the scores could not differ
+        dirs[kind, 1] = build_classifier(root / f"{kind}-1", kind, 1, seed=2 if kind == "xlm-roberta" else 0)
         dirs[kind, "ner"] = build_classifier(root / f"{kind}-ner", kind, 5, token=True)
     dirs["regression"] = build_classifier(root / "regression", "bert", 1, problem_type="regression")
     dirs["multi"] = build_classifier(root / "multi", "bert", 4, problem_type="multi_label_classification")

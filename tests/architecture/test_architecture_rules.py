@@ -19,7 +19,7 @@ PACKAGES = {
 #: names of built-in tasks, scorers and model families the core must not branch on
 BUILTIN_NAMES = {
     "embed", "classify", "token_embed", "token_classify", "sparse_embed", "plugin",
-    "cross-encoder", "bi-encoder", "late-interaction",
+    "cross-encoder", "bi-encoder", "late-interaction", "listwise",
     "bert", "roberta", "xlm-roberta", "modernbert", "qwen", "qwen2", "qwen3", "clip", "colbert", "splade",
 }
 

@@ -55,7 +55,7 @@ def test_template_errors(cross_encoder, minilm):
         LLM(str(cross_encoder)).score(QUERY, DOCS, chat_template="{{ query.nope() }}")
     with pytest.raises(InvalidRequest, match="instruction needs a score template"):
         LLM(str(cross_encoder)).score(QUERY, DOCS, instruction="x")
-    with pytest.raises(InvalidRequest, match="cross-encoder scoring only"):
+    with pytest.raises(InvalidRequest, match="cross-encoder or listwise scoring only"):
         minilm.score(QUERY, DOCS, chat_template="{{ query }}")
     with pytest.raises(InvalidRequest, match="sandbox|unsafe|access"):
         LLM(str(cross_encoder)).score(QUERY, DOCS, chat_template="{{ query.__class__.__mro__ }}")
@@ -241,7 +241,7 @@ def test_score_chat_template_kwargs(cross_encoder, minilm, tmp_path):
         (llm, kw({"restore_suffix": "no"}), {}, "restore_suffix must be true or false, got 'no'"),
         (llm, kw({"tokenize": True, "max_length": 3}), {}, "chat_template_kwargs may not set max_length, tokenize"),
         (llm, kw(["prompt"]), {}, "chat_template_kwargs must be an object with string keys, got list"),
-        (minilm, kw({}), {}, "chat_template_kwargs apply to cross-encoder scoring only"),
+        (minilm, kw({}), {}, "chat_template_kwargs apply to cross-encoder or listwise scoring only"),
     ]
     for model, params, extra, match in errors:
         with pytest.raises(InvalidRequest, match=match):

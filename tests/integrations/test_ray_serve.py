@@ -2,7 +2,7 @@
 proxy, driven by the official ``openai`` client and ``huggingface_hub.InferenceClient``, answers equal to offline; the
 server's limits and errors inside each replica; a replica killed mid-load replaced, and every request
 answered once it is back. ``poolkit serve --ray-serve`` as a process: ``/health`` answers 503 while
-its replica loads, SIGTERM drains the requests in flight and exits 0, and Ctrl-C on a cluster it
+its replica loads (and TEI's ``GET /`` with it), SIGTERM drains the requests in flight and exits 0, and Ctrl-C on a cluster it
 joined deletes its applications and leaves the cluster (and the cluster's other application) running."""
 
 from __future__ import annotations
@@ -118,8 +118,9 @@ def test_limits_and_errors_hold_in_each_replica(served):
 
 
 def test_a_replica_killed_mid_load_is_replaced(served, offline):
-    """Load from four threads, kill one replica's actor: Ray Serve starts another; once two replicas
-    run again, no request fails. (While it is down, requests it held may fail: counted, not asserted.)"""
+    """Load from four threads, kill one replica's actor: Ray Serve starts another, and once two
+    replicas run again the requests are answered again, every one of them from then on. (While it is
+    down, and until the proxy has seen it go, requests sent its way may fail: counted, not asserted.)"""
     import httpx
 
     statuses: list[int] = []
@@ -146,14 +147,19 @@ def test_a_replica_killed_mid_load_is_replaced(served, offline):
     while time.time() < deadline and not (running_replicas() == 2 and len(_replicas_named() - {victims[0]["name"]}) == 2):
         time.sleep(1)
     back = len(statuses)
-    time.sleep(3)
+
+    def answered_again() -> bool:  # the last 20 answers since it came back are all 200s
+        tail = statuses[back:][-20:]
+        return len(tail) == 20 and all(code == 200 for code in tail)
+
+    while time.time() < deadline and not answered_again():  # how soon the proxy sees it go is Ray's: not asserted
+        time.sleep(0.5)
     stop.set()
     for t in threads:
         t.join()
     assert running_replicas() == 2
     assert victims[0]["name"] not in _replicas_named()
-    after = statuses[back:]
-    assert after and all(code == 200 for code in after), after
+    assert answered_again(), statuses[back:]
     with httpx.Client(timeout=30) as client:
         got = client.post(f"{served}/v1/embeddings", json={"model": "minilm", "input": TEXTS}).json()
     for item, want in zip(got["data"], offline):
@@ -205,15 +211,18 @@ def test_health_replica_says_why_no_replica_runs(monkeypatch):
     from ray.serve.schema import ApplicationStatus
 
     from poolkit.entrypoints.integrations import ray_serve
-    from poolkit.entrypoints.server.errors import error_body
+    from poolkit.entrypoints.server.errors import error_body, tei_error_body
 
     apps: dict = {}
     monkeypatch.setattr(ray_serve, "_serve", lambda: SimpleNamespace(status=lambda: SimpleNamespace(applications=apps)))
     health = ray_serve.Health("poolkit")
 
-    def answer(method: str = "GET") -> tuple:
-        response = asyncio.run(health(SimpleNamespace(method=method)))
+    def answer(method: str = "GET", headers: dict | None = None) -> tuple:
+        response = asyncio.run(health(SimpleNamespace(method=method, headers=headers or {})))
         return response.status_code, response.body, response.headers.get("retry-after")
+
+    def root() -> tuple:  # TEI's GET /, as the proxy's RootHealth sends it here
+        return answer(headers={"x-poolkit-health-alias": "1"})
 
     def app(status: ApplicationStatus, running: int) -> SimpleNamespace:
         replicas = {"RUNNING": running} if running else {"STARTING": 1}
@@ -221,6 +230,7 @@ def test_health_replica_says_why_no_replica_runs(monkeypatch):
 
     loading = (503, error_body(503, "the model is loading"), "5")
     assert answer() == loading
+    assert root() == (503, tei_error_body("Unhealthy", "the model is loading"), "5")
     apps["poolkit"] = app(ApplicationStatus.DEPLOYING, 0)
     assert answer() == loading
     apps["poolkit"] = app(ApplicationStatus.DEPLOY_FAILED, 0)
@@ -229,9 +239,39 @@ def test_health_replica_says_why_no_replica_runs(monkeypatch):
     assert answer() == (503, error_body(503, "the server is shutting down"), None)
     apps["poolkit"] = app(ApplicationStatus.RUNNING, 1)
     assert answer() == (200, b'{"status":"ok"}', None)
+    assert root() == (200, b"", None)
     assert answer("POST") == (405, error_body(405, "Method Not Allowed"), None)
     health.poolkit_drain()
     assert answer() == (503, error_body(503, "the server is shutting down"), None)
+    assert root() == (503, tei_error_body("Unhealthy", "the server is shutting down"), None)
+
+
+def test_the_proxy_sends_get_root_to_health_and_nothing_else():
+    """Ray Serve's proxy middleware: ``GET /`` goes on as ``GET /health`` marked as TEI's alias;
+    ``POST /`` (TEI's inference route) and other paths pass as they came; a client's own mark is dropped."""
+    import asyncio
+
+    from poolkit.entrypoints.integrations.ray_proxy import CALLBACK, RootHealth, middlewares
+
+    seen = []
+
+    async def app(scope, receive, send):
+        seen.append((scope["method"], scope["path"], scope["raw_path"], scope["headers"]))
+
+    def through(method: str, path: str, headers: list) -> tuple:
+        scope = {"type": "http", "method": method, "path": path, "raw_path": path.encode(), "headers": headers}
+        asyncio.run(RootHealth(app)(scope, None, None))
+        return seen.pop()
+
+    mark = (b"x-poolkit-health-alias", b"1")
+    host = (b"host", b"x")
+    assert through("GET", "/", [host]) == ("GET", "/health", b"/health", [host, mark])
+    assert through("GET", "/", [host, mark]) == ("GET", "/health", b"/health", [host, mark])
+    assert through("POST", "/", [host]) == ("POST", "/", b"/", [host])
+    assert through("GET", "/v1/models", [host]) == ("GET", "/v1/models", b"/v1/models", [host])
+    assert through("GET", "/health", [host, mark]) == ("GET", "/health", b"/health", [host])
+    assert [m.cls for m in middlewares()] == [RootHealth]
+    assert CALLBACK.rsplit(".", 1) == [middlewares.__module__, middlewares.__name__]
 
 
 #: What Ray 2.60's ``ray.init(address=...)`` raises when the cluster has token authentication and
@@ -407,7 +447,7 @@ def test_health_answers_503_while_loading_and_sigterm_drains_the_requests_in_fli
     exits 0 (not killed by Ray's signal handlers, which dropped the requests)."""
     import httpx
 
-    from poolkit.entrypoints.server.errors import error_body
+    from poolkit.entrypoints.server.errors import error_body, tei_error_body
     from poolkit.plugins.testing import fake_distribution
 
     site, gate = tmp_path / "site", tmp_path / "gate"
@@ -421,8 +461,14 @@ def test_health_answers_503_while_loading_and_sigterm_drains_the_requests_in_fli
         loading = until(lambda: health(url, 503), proc, log, "503 from /health while the replica loads")
         assert loading.content == error_body(503, "the model is loading") and loading.headers["retry-after"] == "5"
         assert loading.headers["content-type"] == "application/json"
+        root = httpx.get(f"{url}/", timeout=120)  # TEI's alias, sent to the health replica by the proxy: no wait either
+        assert (root.status_code, root.content) == (503, tei_error_body("Unhealthy", "the model is loading"))
         gate.touch()
         assert until(lambda: health(url, 200), proc, log, "200 from /health").json() == {"status": "ok"}
+        root = httpx.get(f"{url}/", timeout=120)
+        assert (root.status_code, root.content) == (200, b"")
+        inference = httpx.post(f"{url}/", json={"inputs": "the quick brown fox"}, timeout=300)  # TEI's POST /: the server's
+        assert inference.status_code == 200 and len(inference.json()[0]) == 384
 
         def embed(i: int) -> int:
             texts = [f"request {i} text {j}: the quick brown fox jumps over the lazy dog" for j in range(8)]

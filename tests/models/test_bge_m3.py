@@ -50,15 +50,13 @@ def _save_linears(path, fmt: str) -> None:
 
 @pytest.fixture(scope="module")
 def m3_dir(tmp_path_factory):
-    """A tiny XLM-R saved by transformers (config says ``XLMRobertaModel``, as bge-m3's does) with
-    random ``sparse_linear.pt`` (H -> 1) and ``colbert_linear.pt`` (H -> 24) beside it."""
+    """A tiny XLM-R saved by transformers (config says ``XLMRobertaModel``, as bge-m3's does; XLM-R's
+    ``<s>`` / ``</s>`` / ``<pad>`` / ``<unk>``) with random ``sparse_linear.pt`` (H -> 1) and
+    ``colbert_linear.pt`` (H -> 24) beside it, the files and ``torch.save(state_dict())`` format
+    FlagEmbedding's ``BGEM3FlagModel`` loads (its ``load_pooler``)."""
     from tiny_models import build_encoder
-    from transformers import AutoTokenizer
 
     path = build_encoder(tmp_path_factory.mktemp("bge-m3") / "tiny-bge-m3", "xlm-roberta", init_range=0.5)
-    tok = AutoTokenizer.from_pretrained(str(path))
-    tok.bos_token, tok.eos_token = tok.cls_token, tok.sep_token  # XLM-R: <s> is CLS, </s> is EOS
-    tok.save_pretrained(path)
     _save_linears(path, "pt")
     return path
 

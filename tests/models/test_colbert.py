@@ -22,7 +22,8 @@ DOCS = ["paris is the capital of france", "hello world", "the quick brown fox ju
 
 @pytest.fixture(scope="module")
 def colbert_dir(tmp_path_factory):
-    """A tiny BERT + 16-wide linear projection saved as colbert-ai does (``bert.`` + ``linear``)."""
+    """A tiny BERT + 16-wide linear projection saved as colbert-ai does (``bert.`` + ``linear``; the
+    names vLLM's colbert.py loads, see ``tiny_models.build_stanford_colbert``)."""
     from tiny_models import build_stanford_colbert
 
     return build_stanford_colbert(tmp_path_factory.mktemp("colbert") / "tiny-colbert")
@@ -202,7 +203,9 @@ def test_modernbert_colbert_by_override(tmp_path):
 
 def test_modernbert_colbert_folder_without_pylate_config_is_normalised(tmp_path):
     """GTE-ModernColBERT saved with modules.json (Transformer, PyLate's Dense) but no
-    config_sentence_transformers.json, served as ColBERTModernBertModel: unit token vectors, as vLLM."""
+    config_sentence_transformers.json, served as ColBERTModernBertModel: unit token vectors, as vLLM.
+    Layout source: vLLM's sentence-transformers Dense reader (module types ``pylate.models.Dense.Dense``
+    and ``sentence_transformers.models.Dense``, ``<path>/config.json`` and ``model.safetensors``)."""
     from tiny_models import build_modernbert
 
     path = build_modernbert(tmp_path / "mb", "embed")

@@ -415,7 +415,8 @@ def test_step_rewards_read_the_lm_head(models: dict[str, Path], name: str) -> No
 
 def _nemotron_style(source: Path, target: Path, **extra: object) -> Path:
     """A copy of a Llama checkpoint whose config.json is written as llama-nemotron's: model_type
-    ``llama_bidirec``, remote code in ``auto_map``, old-style ``rope_theta`` / ``rope_scaling``."""
+    ``llama_bidirec``, remote code in ``auto_map``, old-style ``rope_theta`` / ``rope_scaling`` (the keys
+    vLLM's ``LlamaBidirectionalConfig`` handling and the publisher's ``llama_bidirectional_model`` read)."""
     shutil.copytree(source, target)
     raw = json.loads((target / "config.json").read_text())
     rope = dict(raw.pop("rope_parameters", None) or {"rope_type": "default", "rope_theta": 10000.0})
@@ -463,7 +464,9 @@ def test_llama_bidirectional_reranker(models: dict[str, Path], tmp_path: Path) -
 
 def test_embeddinggemma_sentence_transformers_directory(tmp_path: Path) -> None:
     """EmbeddingGemma's layout: a bidirectional Gemma3TextModel, then sentence-transformers' MEAN
-    pooling, Dense (up), Dense (down), Normalize — against SentenceTransformer.encode."""
+    pooling, Dense (up), Dense (down), Normalize — against SentenceTransformer.encode. Layout source:
+    google/embeddinggemma-300m's sentence-transformers modules (its two bias-free Dense layers:
+    github.com/ggml-org/llama.cpp/issues/18677), saved here by sentence-transformers itself."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling, Transformer
     from tiny_models import build_decoder

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import shutil
 
 import pytest
@@ -305,3 +306,74 @@ def test_plugin_is_listed(llms):
 
     infos = {i.name: i for i in get_manager().plugin_infos()}
     assert infos["builtin_transformers"].provides["architecture_resolver"] == ["poolkit_resolve_architecture"]
+
+
+# -- the fallback says what it does -----------------------------------------------------------------
+
+LOADER = "poolkit.loading.load"
+
+
+def _fallback_records(caplog) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == LOADER and "transformers fallback" in r.getMessage()]
+
+
+def test_info_and_load_log_say_transformers_fallback_no_native_port(dirs, caplog):
+    """``poolkit info`` and the load log name the fallback and why: DistilBERT has no native port."""
+    from typer.testing import CliRunner
+
+    from poolkit.entrypoints.cli import app
+
+    with caplog.at_level(logging.INFO, logger=LOADER):
+        LLM(str(dirs["distilbert"]))
+    (record,) = _fallback_records(caplog)
+    assert record.levelno == logging.WARNING  # not asked for: said by default
+    assert record.getMessage() == "DistilBertModel runs on the transformers fallback: no native port of DistilBertModel"
+    result = CliRunner().invoke(app, ["info", str(dirs["distilbert"])])  # last: the command sets up logging its own way
+    assert result.exit_code == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["implementation"] == FALLBACK
+    assert info["fallback"] == "transformers fallback: no native port of DistilBertModel"
+    assert "runs on the transformers fallback: no native port of DistilBertModel" in result.stderr
+
+
+def test_native_models_have_no_fallback(tiny_encoders, caplog):
+    with caplog.at_level(logging.INFO, logger=LOADER):
+        assert LLM(str(tiny_encoders["bert"])).model.describe()["fallback"] is None
+    assert not _fallback_records(caplog)
+
+
+def test_fallback_asked_for_with_model_impl_says_the_native_port_was_passed_over(tiny_encoders, caplog):
+    with caplog.at_level(logging.INFO, logger=LOADER):
+        info = LLM(str(tiny_encoders["bert"]), model_impl="transformers").model.describe()
+    assert info["fallback"] == "transformers fallback: model_impl='transformers' asks for it (poolkit has a native port of BertModel)"
+    (record,) = _fallback_records(caplog)
+    assert record.levelno == logging.INFO
+
+
+def test_remote_tokenizer_is_refused_and_transformers_runs_the_model(dirs, tmp_path, caplog):
+    """A config whose ``auto_map`` holds remote code for the config and tokenizer only: the code is
+    never run, transformers' own class runs the model (the same vectors), and the fallback says so."""
+    path = tmp_path / "remote-tokenizer"
+    shutil.copytree(dirs["distilbert"], path)
+    marker = tmp_path / "remote-code-ran"
+    (path / "tokenization_my.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    config = json.loads((path / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "configuration_my.MyConfig", "AutoTokenizer": ["tokenization_my.MyTokenizer", None]}
+    (path / "config.json").write_text(json.dumps(config))
+    with caplog.at_level(logging.INFO, logger=LOADER):
+        llm = LLM(str(path), trust_remote_code=True)
+    assert llm.model.describe()["fallback"] == (
+        "transformers fallback: no native port of DistilBertModel; remote code refused: config.json's auto_map "
+        "(AutoConfig, AutoTokenizer) is never run, transformers' own DistilBertModel runs the model"
+    )
+    assert len(_fallback_records(caplog)) == 1 and not marker.exists()
+    plain = LLM(str(dirs["distilbert"]))
+    assert llm.embed(TEXTS[:2])[0].outputs.embedding == plain.embed(TEXTS[:2])[0].outputs.embedding
+
+
+def test_trust_remote_code_without_remote_code_is_said_refused(dirs):
+    info = LLM(str(dirs["electra"]), trust_remote_code=True).model.describe()
+    assert info["fallback"] == (
+        "transformers fallback: no native port of ElectraModel; remote code refused: trust_remote_code is ignored, "
+        "transformers' own ElectraModel runs the model"
+    )

@@ -13,6 +13,7 @@ published config keys (``position_embedding_type: rotary``, ``rotary_emb_base``,
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -185,6 +186,25 @@ def embed(llm: LLM, texts: list[str], **kwargs: object) -> torch.Tensor:
     return torch.tensor([o.outputs.embedding for o in llm.embed(texts, **kwargs)])
 
 
+def with_config(checkpoint: Path, copy: Path, **changes: object) -> Path:
+    """A copy of ``checkpoint`` at ``copy`` with ``changes`` in its config.json."""
+    shutil.copytree(checkpoint, copy)
+    raw = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**raw, **changes}))
+    return copy
+
+
+def all_tasks_in_one_run(llm: LLM) -> torch.Tensor:
+    """``TEXTS`` for every task, prepared as the server's batcher does and run in one engine run
+    (per-prompt adapters), float32, task after task."""
+    prompts, params = [], []
+    for task in TASKS:
+        _, parsed, checked = llm.prepare(TEXTS, pooling_task="embed", prompt_name=task)
+        prompts += list(parsed)
+        params += checked
+    return torch.stack(llm.run(llm.model.task("embed"), prompts, params).rows()).float()
+
+
 # -- jina-embeddings-v3 ---------------------------------------------------------------------------
 
 
@@ -217,15 +237,9 @@ def test_tasks_mix_in_one_batch(jina: Path) -> None:
     """Five tasks' requests through one call each, then all at once through the server's batcher
     path (one engine run with per-prompt adapters): the same vectors."""
     llm = LLM(str(jina))
-    prompts, params = [], []
-    for task in TASKS:
-        _, parsed, checked = llm.prepare(TEXTS, pooling_task="embed", prompt_name=task)
-        prompts += list(parsed)
-        params += checked
-    task = llm.model.task("embed")
-    together = torch.stack(llm.run(task, prompts, params).rows())
+    together = all_tasks_in_one_run(llm)
     one_by_one = torch.cat([embed(llm, TEXTS, prompt_name=t) for t in TASKS])
-    assert (together.float() - one_by_one).abs().max() <= 1e-5
+    assert (together - one_by_one).abs().max() <= 1e-5
 
 
 def test_sentence_transformers_prompt_name(jina: Path) -> None:
@@ -289,30 +303,18 @@ def test_jina_colbert_v2(tmp_path: Path) -> None:
 
 
 def test_refuses_absolute_positions(jina: Path, tmp_path: Path) -> None:
-    import shutil
-
     from poolkit.contracts.errors import ModelLoadError
 
-    other = tmp_path / "absolute"
-    shutil.copytree(jina, other)
-    raw = json.loads((other / "config.json").read_text())
-    raw["position_embedding_type"] = "absolute"
-    raw["architectures"] = ["XLMRobertaLoRA"]  # Jina's own name: XLMRobertaModel with absolute positions is XLM-R's
-    (other / "config.json").write_text(json.dumps(raw))
+    # Jina's own name: XLMRobertaModel with absolute positions is XLM-R's
+    other = with_config(jina, tmp_path / "absolute", position_embedding_type="absolute", architectures=["XLMRobertaLoRA"])
     with pytest.raises(ModelLoadError, match="position_embedding_type 'absolute' is not Jina's rotary XLM-RoBERTa"):
         LLM(str(other))
 
 
 def test_adapter_of_another_task_count_is_named(jina: Path, tmp_path: Path) -> None:
-    import shutil
-
     from poolkit.contracts.errors import ModelLoadError
 
-    other = tmp_path / "fewer"
-    shutil.copytree(jina, other)
-    raw = json.loads((other / "config.json").read_text())
-    raw["lora_adaptations"] = TASKS[:3]
-    (other / "config.json").write_text(json.dumps(raw))
+    other = with_config(jina, tmp_path / "fewer", lora_adaptations=TASKS[:3])
     with pytest.raises(ModelLoadError, match="does not hold lora_A and lora_B for the 3 lora_adaptations"):
         LLM(str(other))
 
@@ -361,3 +363,135 @@ def test_batch_invariance(jina: Path) -> None:
     alone = [embed(llm, [t], prompt_name="retrieval.query")[0] for t in TEXTS]
     together = embed(llm, TEXTS, prompt_name="retrieval.query")
     assert (torch.stack(alone) - together).abs().max() <= 1e-5
+
+
+# -- jina-embeddings-v3 as transformers ships it (jinaai/jina-embeddings-v3-hf) ----------------------
+#
+# The reference is transformers' own JinaEmbeddingsV3Model (AutoModel, loading the tensors saved
+# under Jina's names through its conversion mapping) with each task's PEFT adapter applied by PEFT,
+# then mean pooling and L2 normalisation, as transformers' documentation of the model embeds a
+# sentence. The checkpoint is laid out as the -hf repository (tests/support/tiny_rotary_encoders.py,
+# build_jina_v3_hf, says where each part of the layout comes from).
+
+
+@pytest.fixture(scope="module")
+def jina_hf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tiny_rotary_encoders import build_jina_v3_hf
+
+    return build_jina_v3_hf(tmp_path_factory.mktemp("jina") / "jina-v3-hf")
+
+
+@pytest.fixture(scope="module")
+def hf_reference(jina_hf: Path) -> dict[str | None, torch.Tensor]:
+    """transformers' and PEFT's embeddings of ``TEXTS``, per Jina task name (``None``: no adapter)."""
+    from peft import PeftModel
+    from tiny_rotary_encoders import JINA_V3_HF_TASKS
+    from transformers import AutoModel, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(jina_hf))
+    batch = tok(TEXTS, padding=True, return_tensors="pt")
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    folders = list(JINA_V3_HF_TASKS.items())
+    model = PeftModel.from_pretrained(AutoModel.from_pretrained(str(jina_hf), dtype=torch.float32), str(jina_hf / folders[0][1]), adapter_name=folders[0][1])
+    for _, folder in folders[1:]:
+        model.load_adapter(str(jina_hf / folder), adapter_name=folder)
+    model.eval()
+
+    def mean_normalized() -> torch.Tensor:
+        with torch.no_grad():
+            hidden = model(**batch).last_hidden_state
+        return F.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+
+    out: dict[str | None, torch.Tensor] = {}
+    for task, folder in folders:
+        model.set_adapter(folder)
+        out[task] = mean_normalized()
+    with model.disable_adapter():
+        out[None] = mean_normalized()
+    return out
+
+
+def test_hf_layout_loads_natively_with_its_five_adapters(jina_hf: Path) -> None:
+    llm = LLM(str(jina_hf))
+    info = llm.model.describe()
+    assert info["architecture"] == "JinaEmbeddingsV3Model" and info["implementation"] == "native"
+    assert [llm.model.adapters.own(t).lora_name for t in TASKS] == TASKS
+    assert llm.model.adapters.own(None).lora_name == "text-matching"
+    assert set(info["prompts"]) == set(TASKS)  # the tasks are its prompt names, with no instruction
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_hf_layout_each_task_matches_transformers_and_peft(jina_hf: Path, hf_reference: dict, task: str) -> None:
+    got = embed(LLM(str(jina_hf)), TEXTS, prompt_name=task)
+    assert (got - hf_reference[task]).abs().max() <= ATOL, task
+    assert min((got - hf_reference[t]).abs().max() for t in [*TASKS, None] if t != task) > 1e-2  # the adapter matters
+
+
+def test_hf_layout_no_task_is_text_matching(jina_hf: Path, hf_reference: dict) -> None:
+    assert (embed(LLM(str(jina_hf)), TEXTS) - hf_reference["text-matching"]).abs().max() <= ATOL
+
+
+def test_hf_layout_sentence_transformers_prompt_name(jina_hf: Path, hf_reference: dict) -> None:
+    """The sentence-transformers drop-in names the -hf checkpoint's tasks by prompt name (or Jina's
+    ``task``), though it ships no prompts: each runs its adapter, with no text before the input."""
+    from poolkit import SentenceTransformer
+
+    model = SentenceTransformer(str(jina_hf))
+    for task in TASKS:
+        got = torch.as_tensor(model.encode(TEXTS, prompt_name=task))
+        assert (got - hf_reference[task]).abs().max() <= ATOL, task
+    by_task = torch.as_tensor(model.encode(TEXTS, task="retrieval.query"))
+    assert (by_task - hf_reference["retrieval.query"]).abs().max() <= ATOL
+
+
+def test_hf_layout_tasks_mix_in_one_batch(jina_hf: Path, hf_reference: dict) -> None:
+    """All five tasks' requests in one engine run (per-prompt adapters): each as transformers gives it."""
+    together = all_tasks_in_one_run(LLM(str(jina_hf)))
+    want = torch.cat([hf_reference[t] for t in TASKS])
+    assert (together - want).abs().max() <= ATOL
+
+
+def test_hf_layout_server_task_field(jina_hf: Path, hf_reference: dict) -> None:
+    """Jina's API ``task`` on ``/v1/embeddings`` picks the -hf checkpoint's adapter too."""
+    from fastapi.testclient import TestClient
+
+    from poolkit.entrypoints.server import create_app
+
+    with TestClient(create_app(LLM(str(jina_hf)))) as client:
+        body = client.post("/v1/embeddings", json={"input": TEXTS, "task": "retrieval.passage"}).json()
+        got = torch.tensor([d["embedding"] for d in body["data"]])
+        assert (got - hf_reference["retrieval.passage"]).abs().max() <= ATOL
+        bad = client.post("/v1/embeddings", json={"input": TEXTS, "task": "retrieval_passage"})
+        assert bad.status_code == 400 and "retrieval_passage" in bad.json()["error"]["message"]
+
+
+def test_hf_layout_without_adapters_is_transformers_base_model(tmp_path: Path, jina_hf: Path, hf_reference: dict) -> None:
+    """The body alone (no adapter folders): transformers' model without an adapter, no task to name."""
+    from tiny_rotary_encoders import JINA_V3_HF_TASKS
+
+    plain = tmp_path / "plain"
+    shutil.copytree(jina_hf, plain, ignore=shutil.ignore_patterns(*JINA_V3_HF_TASKS.values()))
+    llm = LLM(str(plain))
+    assert llm.model.adapters is None and llm.model.describe()["prompts"] == {}
+    assert (embed(llm, TEXTS) - hf_reference[None]).abs().max() <= ATOL
+    with pytest.raises(InvalidRequest, match="retrieval.query"):
+        llm.embed(TEXTS, prompt_name="retrieval.query")
+
+
+def test_hf_layout_refuses_a_scaled_rotary(jina_hf: Path, tmp_path: Path) -> None:
+    from poolkit.contracts.errors import ModelLoadError
+
+    other = with_config(jina_hf, tmp_path / "scaled", rope_parameters={"rope_type": "linear", "rope_theta": 20000.0, "factor": 2.0})
+    with pytest.raises(ModelLoadError, match="rope_type 'linear' is not Jina's rotary XLM-RoBERTa"):
+        LLM(str(other))
+
+
+def test_hf_layout_refuses_an_adapter_that_is_not_plain_lora(jina_hf: Path, tmp_path: Path) -> None:
+    from poolkit.contracts.errors import ModelLoadError
+
+    other = tmp_path / "dora"
+    shutil.copytree(jina_hf, other)
+    config_file = other / "separation" / "adapter_config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "use_dora": True}))
+    with pytest.raises(ModelLoadError, match=r"^the separation adapter in separation/ is not a plain LoRA adapter"):
+        LLM(str(other))

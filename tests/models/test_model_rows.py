@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 import transformers as T
 from safetensors.torch import load_file, save_file
-from tiny_models import build_gritlm, build_qwen
+from tiny_models import build_qwen
+from tiny_published import build_gritlm
 
 from poolkit import LLM
 from poolkit.contracts.errors import ModelLoadError
@@ -126,7 +127,8 @@ def test_gritlm_needs_mistrals_pieces(gritlm: Path, tmp_path: Path) -> None:
 def voyage(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny Qwen3 saved as voyage-4-nano is: ``architectures: ["VoyageQwen3BidirectionalEmbedModel"]``,
     the body under ``model.``, ``linear.weight`` (96 x hidden, no bias), and a config whose
-    ``num_labels`` does not say the width (transformers' default, 2)."""
+    ``num_labels`` does not say the width (transformers' default, 2). Layout source: vLLM's voyage.py
+    ("Linear head: linear.weight", "Weights prefixed with model.", the head ``hidden -> num_labels``)."""
     path = build_qwen(tmp_path_factory.mktemp("voyage") / "voyage", "qwen3", "lm", seed=4, tie_word_embeddings=False)
     tensors = load_file(path / "model.safetensors")
     tensors.pop("lm_head.weight")

@@ -1,5 +1,10 @@
 """Tiny random ColQwen2 and ColPali retrievers, built with transformers' own classes and saved
-with their processors, for parity tests that download nothing."""
+with their processors, for parity tests that download nothing.
+
+Layout: the ``-hf`` checkpoints (vidore/colqwen2-v1.0-hf, vidore/colpali-v1.3-hf) are what
+transformers' ``ColQwen2ForRetrieval`` / ``ColPaliForRetrieval`` save, so ``save_pretrained`` is
+their layout; the tokenizers are tiny stand-ins with the published special-token names.
+"""
 
 from __future__ import annotations
 

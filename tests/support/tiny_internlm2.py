@@ -7,6 +7,10 @@ key-value head, ``attention.wo``, ``feed_forward.w1`` / ``w3`` / ``w2``, ``atten
 ``ffn_norm``, ``model.norm`` — plus a random ``v_head``, with a ``config.json`` of InternLM2's keys
 (``model_type: internlm2``, ``auto_map``, ``bias``, ``rope_scaling``...) sized down. Four query
 heads share two key-value heads, so the grouping of ``wqkv`` matters.
+
+Sources: the published remote code's ``InternLM2ForRewardModel`` (``self.model``, a bias-free
+``v_head``, ``reward_token_id``) as vLLM's, sglang's and lmdeploy's ports read it; the ``wqkv``
+grouping is vLLM's ``InternLM2Attention.split_qkv``.
 """
 
 from __future__ import annotations

@@ -1,5 +1,10 @@
 """Tiny random LLaVA-NeXT checkpoints for the parity tests (no network: built with transformers'
-own config classes and saved with ``save_pretrained``)."""
+own config classes and saved with ``save_pretrained``).
+
+Layouts: ``relayout`` writes both weight layouts vLLM's LLaVA ``hf_to_vllm_mapper`` maps from —
+royokong/e5-v's and llava-hf's uploads (``language_model.model.*``, ``vision_tower.vision_model.*``)
+and transformers 5's (``model.language_model.*``); the config is ``LlavaNextConfig``'s keys.
+"""
 
 from __future__ import annotations
 

@@ -35,21 +35,29 @@ def give_segment_ids(out: Path) -> None:
     tok_config.write_text(json.dumps(saved, indent=2))
 
 
-def wordpiece_tokenizer(model_max_length: int = 128, lowercase: bool = True) -> T.PreTrainedTokenizerFast:
+def _wordpiece(specials: list[str], unk: str, lowercase: bool) -> Tokenizer:
+    """A WordPiece model over ``CORPUS``: ``specials`` first, then characters, ``##`` continuations
+    and the corpus's words, with BERT's normaliser, pre-tokeniser and decoder."""
     chars = "abcdefghijklmnopqrstuvwxyz0123456789"
     words = sorted({w for line in CORPUS for w in line.split()})
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "<s>", "</s>"]
-    vocab += list(chars + ".,!?'-:") + ["##" + c for c in chars] + words
-    tk = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
+    vocab = specials + list(chars + ".,!?'-:") + ["##" + c for c in chars] + words
+    tk = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token=unk))
     tk.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
     tk.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tk.decoder = decoders.WordPiece()
+    return tk
+
+
+def wordpiece_tokenizer(model_max_length: int = 128, lowercase: bool = True) -> T.PreTrainedTokenizerFast:
+    """A BERT WordPiece tokenizer over ``CORPUS``; special tokens, template and segment ids as in
+    all-MiniLM-L6-v2's tokenizer files (which the tests also load for real), ids the tiny vocabulary's."""
+    tk = _wordpiece(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "<s>", "</s>"], "[UNK]", lowercase)
     cls, sep = tk.token_to_id("[CLS]"), tk.token_to_id("[SEP]")
     tk.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
         pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[("[CLS]", cls), ("[SEP]", sep)],
     )
-    tk.decoder = decoders.WordPiece()
     return T.PreTrainedTokenizerFast(
         tokenizer_object=tk,
         unk_token="[UNK]",
@@ -59,6 +67,22 @@ def wordpiece_tokenizer(model_max_length: int = 128, lowercase: bool = True) -> 
         mask_token="[MASK]",
         model_max_length=model_max_length,
     )
+
+
+def fairseq_tokenizer(model_max_length: int = 128, lowercase: bool = True) -> T.PreTrainedTokenizerFast:
+    """A WordPiece tokenizer over ``CORPUS`` with the fairseq special tokens that RoBERTa, XLM-R and
+    MPNet checkpoints ship: ``<s>`` 0, ``<pad>`` 1, ``</s>`` 2, ``<unk>`` 3, ``<mask>``; ``<s> A </s>``
+    and ``<s> A </s></s> B </s>`` templates, no segment ids.
+
+    Source: transformers' ``XLMRobertaTokenizer`` (default vocabulary, post-processor) and the
+    ``RobertaConfig`` / ``XLMRobertaConfig`` defaults (pad 1, bos 0, eos 2); only the pieces differ.
+    """
+    tk = _wordpiece(["<s>", "<pad>", "</s>", "<unk>", "<mask>"], "<unk>", lowercase)
+    tk.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)]
+    )
+    specials = dict(bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>", cls_token="<s>", sep_token="</s>")
+    return T.PreTrainedTokenizerFast(tokenizer_object=tk, mask_token="<mask>", model_max_length=model_max_length, **specials)
 
 
 def _encoder_kwargs(vocab_size: int, init_range: float) -> dict:
@@ -76,16 +100,25 @@ def build_encoder(
     out: Path, kind: str, seed: int = 0, init_range: float = 0.5, lowercase: bool = True, max_len: int = 128
 ) -> Path:
     """A tiny ``BertModel`` / ``RobertaModel`` / ``XLMRobertaModel`` with a tokenizer, saved to ``out``;
-    ``max_len`` tokens of context (position embeddings and the tokenizer's ``model_max_length``)."""
-    tok = wordpiece_tokenizer(model_max_length=max_len, lowercase=lowercase)
+    ``max_len`` tokens of context (position embeddings and the tokenizer's ``model_max_length``).
+
+    Laid out as the published embedders (all-MiniLM-L6-v2, bge-m3): transformers' class with its
+    ``pooler.dense`` saved, as the real all-MiniLM-L6-v2 carries it; RoBERTa / XLM-R with the fairseq
+    special tokens of :func:`fairseq_tokenizer` and ``pad_token_id`` 1 (positions from 2).
+    """
+    fairseq = kind in ("roberta", "xlm-roberta")
+    tok = fairseq_tokenizer(max_len, lowercase) if fairseq else wordpiece_tokenizer(max_len, lowercase)
     kw = _encoder_kwargs(len(tok), init_range)
     torch.manual_seed(seed)  # transformers 5 initialises weights when the model is built
     if kind == "bert":
-        model = T.BertModel(T.BertConfig(**kw, max_position_embeddings=max_len, pad_token_id=tok.pad_token_id), add_pooling_layer=False)
-    elif kind == "roberta":
-        model = T.RobertaModel(T.RobertaConfig(**kw, max_position_embeddings=max_len + 2, pad_token_id=0, type_vocab_size=1), add_pooling_layer=False)
-    elif kind == "xlm-roberta":
-        model = T.XLMRobertaModel(T.XLMRobertaConfig(**kw, max_position_embeddings=max_len + 2, pad_token_id=0, type_vocab_size=1), add_pooling_layer=False)
+        model = T.BertModel(T.BertConfig(**kw, max_position_embeddings=max_len, pad_token_id=tok.pad_token_id))
+    elif fairseq:
+        prefix = "Roberta" if kind == "roberta" else "XLMRoberta"
+        config = getattr(T, f"{prefix}Config")(
+            **kw, max_position_embeddings=max_len + 2, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id, type_vocab_size=1,
+        )
+        model = getattr(T, f"{prefix}Model")(config)
     else:
         raise ValueError(kind)
     torch.manual_seed(seed)
@@ -111,9 +144,11 @@ def build_classifier(
     """A tiny sequence (or token) classifier of the BERT family, saved to ``out``; ``max_len``
     tokens of context.
 
-    A large ``init_range`` keeps scores apart, so rankings and softmaxes are meaningful.
+    A large ``init_range`` keeps scores apart, so rankings and softmaxes are meaningful. Layout:
+    transformers' classes; RoBERTa / XLM-R with the fairseq special tokens and ``pad_token_id`` 1.
     """
-    tok = wordpiece_tokenizer(model_max_length=max_len)
+    fairseq = kind in ("roberta", "xlm-roberta")
+    tok = fairseq_tokenizer(max_len) if fairseq else wordpiece_tokenizer(max_len)
     kw = _encoder_kwargs(len(tok), init_range)
     kw.update(num_labels=num_labels, **config)
     if num_labels > 1 and "id2label" not in config:
@@ -124,9 +159,12 @@ def build_classifier(
     if kind == "bert":
         cfg = T.BertConfig(**kw, max_position_embeddings=max_len, pad_token_id=tok.pad_token_id)
         model = getattr(T, f"BertFor{task}")(cfg)
-    elif kind in ("roberta", "xlm-roberta"):
+    elif fairseq:
         prefix = "Roberta" if kind == "roberta" else "XLMRoberta"
-        cfg = getattr(T, f"{prefix}Config")(**kw, max_position_embeddings=max_len + 2, pad_token_id=0, type_vocab_size=1)
+        cfg = getattr(T, f"{prefix}Config")(
+            **kw, max_position_embeddings=max_len + 2, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id, type_vocab_size=1,
+        )
         model = getattr(T, f"{prefix}For{task}")(cfg)
     else:
         raise ValueError(kind)
@@ -151,7 +189,8 @@ def build_modernbert(
     """A tiny ModernBERT for ``task`` (``embed``, ``classify`` or ``token_classify``), saved to ``out``.
 
     ``embed`` builds a ``ModernBertModel``, the others ``ModernBertFor{Sequence,Token}Classification``
-    with ``num_labels``. Four layers, global attention every second one and an 8-token local
+    with ``num_labels`` (layout: transformers' classes; special-token ids as ``ModernBertConfig``'s
+    defaults pair them, bos = cls, eos = sep). Four layers, global attention every second one and an 8-token local
     window (4 on each side) by default, so inputs longer than 5 tokens see local attention at
     work. LayerNorm weights and biases are randomised too: at their 1/0 init a dropped one would
     go unnoticed.
@@ -204,7 +243,8 @@ def bytelevel_bpe_tokenizer(
     eos: str = "<|endoftext|>", vocab_size: int = 400, padding_side: str = "left"
 ) -> T.PreTrainedTokenizerFast:
     """A Qwen-style byte-level BPE tokenizer trained on ``QWEN_CORPUS``, padding on the left
-    (or on ``padding_side``)."""
+    (or on ``padding_side``); Qwen's special-token names, ``<|endoftext|>`` the pad token
+    (github.com/QwenLM/Qwen3-Embedding/issues/122)."""
     tk = Tokenizer(models.BPE())
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
@@ -236,7 +276,8 @@ def build_qwen(
     ``task``: ``embed`` (``*Model``), ``lm`` (``*ForCausalLM``), ``classify``
     (``*ForSequenceClassification``) or ``token_classify``. Hidden size 32, 4 query heads sharing 2
     key/value heads, so grouped-query attention is exercised; RMSNorm weights and biases are
-    randomised too, so a dropped one would show.
+    randomised too, so a dropped one would show. Layout: transformers' classes (Qwen3-Embedding's
+    own is ``tiny_published.build_qwen3_embedding``).
     """
     tok = bytelevel_bpe_tokenizer()
     kw = dict(
@@ -304,6 +345,7 @@ def build_decoder(
     weights (around 1, or around 0 for Gemma's ``1 + weight`` norms) and biases are randomised too,
     so a dropped one would show. The family's defaults (sliding windows, soft-capping, Gemma 3's
     local/global layers) are small enough for test inputs to feel them; ``config`` overrides them.
+    Layout: transformers' classes; the tokenizer is not Llama's / Gemma's SentencePiece.
     """
     tok = bytelevel_bpe_tokenizer(padding_side=padding_side)
     config_prefix, model_prefix = DECODER_FAMILIES[family]
@@ -359,43 +401,6 @@ def build_decoder(
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
-
-
-def mistral_sentencepiece_tokenizer() -> T.PreTrainedTokenizerFast:
-    """A Llama/Mistral-style SentencePiece BPE (a ``▁`` before the text, spaces as ``▁``, byte
-    fallback: a newline is ``<0x0A>``), whose pieces for GritLM's markers are Mistral's: ``▁<``
-    at the start of the text, ``<`` elsewhere, ``|``, ``user``, ``embed``, ``>``."""
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
-    vocab.update({f"<0x{b:02X}>": 3 + b for b in range(256)})
-    for piece in ["▁", *"abcdefghijklmnopqrstuvwxyz", "<", "|", ">", ",", ".", "?", "▁<", "em", "emb", "embe", "embed", "us", "use", "user"]:
-        vocab.setdefault(piece, len(vocab))
-    merges = [("▁", "<"), ("e", "m"), ("em", "b"), ("emb", "e"), ("embe", "d"), ("u", "s"), ("us", "e"), ("use", "r")]
-    tk = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True))
-    tk.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
-    tk.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)])
-    tk.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    return T.PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="</s>")
-
-
-def build_gritlm(out: Path, seed: int = 3) -> Path:
-    """A tiny Mistral causal LM saved as parasail-ai/GritLM-7B-vllm is: ``architectures: ["GritLM"]``,
-    ``model_type: mistral`` (with its sliding window), Mistral's SentencePiece pieces, 2048 positions."""
-    from safetensors.torch import load_file, save_file
-
-    path = build_decoder(out, "mistral", "lm", seed=seed, sliding_window=4, max_position_embeddings=2048)
-    tok = mistral_sentencepiece_tokenizer()
-    tok.save_pretrained(path)
-    raw = json.loads((path / "config.json").read_text())
-    raw.update(architectures=["GritLM"], vocab_size=len(tok), bos_token_id=1, eos_token_id=2, pad_token_id=2)
-    (path / "config.json").write_text(json.dumps(raw))
-    # the tiny model's embedding table is the byte-level tokenizer's: redraw it for this vocabulary
-    tensors = load_file(path / "model.safetensors")
-    g = torch.Generator().manual_seed(5)
-    hidden = tensors["model.embed_tokens.weight"].shape[1]
-    tensors["model.embed_tokens.weight"] = torch.randn(len(tok), hidden, generator=g) * 0.2
-    tensors.pop("lm_head.weight", None)
-    save_file(tensors, path / "model.safetensors")
-    return path
 
 
 def _transformers_config(family: str, vocab_size: int, pad_token_id: int, init_range: float) -> dict:
@@ -457,7 +462,8 @@ def build_transformers_model(
 
 def build_clip(out: Path, seed: int = 0, gain: float = 2.0, image_size: int = 32, patch_size: int = 8) -> Path:
     """A tiny ``CLIPModel`` (text and vision towers, 16-wide projections) with a WordPiece
-    tokenizer and a Pillow CLIP image processor, saved to ``out``.
+    tokenizer and a Pillow CLIP image processor, saved to ``out`` (weights: transformers' class;
+    CLIP's own tokenizer and legacy ``eos_token_id``: ``tiny_published.build_openai_clip``).
 
     The text config's ``eos_token_id`` is the tokenizer's ``[SEP]`` (not the legacy 2), so
     transformers pools the first ``[SEP]`` of each text, which closes it. Every parameter is drawn
@@ -512,7 +518,8 @@ def build_clip(out: Path, seed: int = 0, gain: float = 2.0, image_size: int = 32
 def build_masked_lm(
     out: Path, seed: int = 0, init_range: float = 0.5, tie_word_embeddings: bool = True, legacy_names: bool = False
 ) -> Path:
-    """A tiny ``BertForMaskedLM`` (a SPLADE-shaped model) with a WordPiece tokenizer, saved to ``out``.
+    """A tiny ``BertForMaskedLM`` (a SPLADE-shaped model) with a WordPiece tokenizer, saved to ``out``
+    (names as in the real SPLADE-tiny the tests load: ``bert.``, ``cls.predictions.*``).
 
     One-dimensional parameters (LayerNorm weights, biases, the MLM bias) are randomised too, so a
     dropped one would show. ``tie_word_embeddings=False`` saves a decoder of its own (weight and
@@ -551,7 +558,8 @@ def build_masked_lm(
 def siglip_tokenizer(model_max_length: int = 64) -> T.PreTrainedTokenizerFast:
     """The WordPiece vocabulary shaped like SigLIP's tokenizer: no leading special token, ``</s>``
     appended to every text, and ``</s>`` also the padding token (SigLIP's own is a SentencePiece
-    model, which needs the ``sentencepiece`` package and has no fast version)."""
+    model, which needs the ``sentencepiece`` package and has no fast version); special tokens as
+    transformers' ``SiglipTokenizer``."""
     tok = wordpiece_tokenizer(model_max_length=model_max_length)
     eos = tok.convert_tokens_to_ids("</s>")
     tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
@@ -569,7 +577,7 @@ def build_siglip(
     processor (resize to ``image_size`` square, bicubic, rescale, normalise with mean and std 0.5),
     saved to ``out``.
 
-    Every parameter is drawn again as :func:`build_clip` does (matrices with std
+    Layout: transformers' class. Every parameter is drawn again as :func:`build_clip` does (matrices with std
     ``gain / sqrt(fan_in)``, embeddings and the probe with std 1, LayerNorm weights around 1 and
     biases around 0 with std 0.2), so different inputs get clearly different embeddings and a
     dropped parameter would show.
@@ -616,33 +624,6 @@ def build_siglip(
     return out
 
 
-def mpnet_tokenizer(model_max_length: int = 128) -> T.PreTrainedTokenizerFast:
-    """An MPNet-style WordPiece tokenizer over ``CORPUS``: ``<s>`` 0, ``<pad>`` 1, ``</s>`` 2,
-    ``<unk>`` 3 as in all-mpnet-base-v2 (transformers' MPNet counts positions from id 1 + 1),
-    ``<s> A </s>`` and ``<s> A </s></s> B </s>`` templates, no segment ids."""
-    chars = "abcdefghijklmnopqrstuvwxyz0123456789"
-    words = sorted({w for line in CORPUS for w in line.split()})
-    vocab = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"] + list(chars + ".,!?'-:") + ["##" + c for c in chars] + words
-    tk = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="<unk>"))
-    tk.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tk.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tk.post_processor = processors.TemplateProcessing(
-        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)]
-    )
-    tk.decoder = decoders.WordPiece()
-    return T.PreTrainedTokenizerFast(
-        tokenizer_object=tk,
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-        cls_token="<s>",
-        sep_token="</s>",
-        mask_token="<mask>",
-        model_max_length=model_max_length,
-    )
-
-
 def build_mpnet(
     out: Path,
     task: str = "embed",
@@ -652,7 +633,7 @@ def build_mpnet(
     max_len: int = 128,
     **config: object,
 ) -> Path:
-    """A tiny MPNet for ``task``, saved to ``out`` with :func:`mpnet_tokenizer`; ``max_len`` tokens
+    """A tiny MPNet for ``task``, saved to ``out`` with :func:`fairseq_tokenizer`; ``max_len`` tokens
     of context (the position table has 2 more rows, as MPNet's counts from ``padding_idx + 1``).
 
     ``task``: ``embed`` (``MPNetModel``), ``masked_lm`` (``MPNetForMaskedLM``, the class
@@ -660,7 +641,7 @@ def build_mpnet(
     (``MPNetFor{Sequence,Token}Classification`` with ``num_labels``). Four heads, so the relative
     position bias differs per head; one-dimensional parameters are randomised too.
     """
-    tok = mpnet_tokenizer(model_max_length=max_len)
+    tok = fairseq_tokenizer(model_max_length=max_len)
     kw = _encoder_kwargs(len(tok), init_range)
     kw.update(
         num_attention_heads=4,
@@ -697,7 +678,7 @@ def build_pylate_colbert(out: Path, backbone: Path, dim: int = 16, seed: int = 2
     """A PyLate-style ColBERT saved by sentence-transformers: ``backbone``'s Transformer and a
     bias-free ``Dense`` to ``dim`` features (no Pooling), with PyLate's keys (``query_prefix``,
     ``document_prefix``, ``query_length``, ``document_length``, ``do_query_expansion``, ...) from
-    ``config`` in ``config_sentence_transformers.json``."""
+    ``config`` in ``config_sentence_transformers.json`` (files: sentence-transformers' own ``save``)."""
     import json
 
     from sentence_transformers import SentenceTransformer
@@ -714,7 +695,8 @@ def build_pylate_colbert(out: Path, backbone: Path, dim: int = 16, seed: int = 2
 
 def build_stanford_colbert(out: Path, metadata: dict | None = None, dim: int = 16, max_len: int = 128) -> Path:
     """A colbert-ai ``HF_ColBERT`` checkpoint: a tiny BERT under ``bert.`` plus a ``dim``-wide
-    ``linear`` projection, with ``metadata`` as its ``artifact.metadata`` (none when ``None``)."""
+    ``linear`` projection, with ``metadata`` as its ``artifact.metadata`` (none when ``None``); names
+    as vLLM's colbert.py ``load_weights`` reads them (``bert.``, bias-free ``linear``, width ``dim``)."""
     import json
 
     from safetensors.torch import load_file, save_file
@@ -749,7 +731,8 @@ def build_qwen2_vl(out: Path, seed: int = 0, patch_size: int = 4, min_pixels: in
     processor with ``patch_size`` 4 (merged patches of 8x8 pixels), saved to ``out``.
 
     Every parameter is drawn again (matrices with std ``1.5 / sqrt(fan_in)``, norms around 1, biases
-    around 0), so a dropped one or a misplaced image feature shows in the embeddings.
+    around 0), so a dropped one or a misplaced image feature shows in the embeddings. Layout:
+    ``save_pretrained`` writes Qwen2-VL's published names back (``model.*``, ``visual.*``, ``lm_head``).
     """
     tok = qwen_vl_tokenizer()
     ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_VL_TOKENS}

@@ -1,7 +1,9 @@
 """Tiny random Llama-Nemotron-VL checkpoints (``LlamaNemotronVLModel``, as
 nvidia/llama-nemotron-embed-vl-1b-v2 ships) for the parity tests: no network, built from
 transformers' own ``LlamaModel`` and ``SiglipVisionModel`` and laid out as the published checkpoint
-(its ``config.json`` keys, weight names, tokenizer image tokens and ``processor_config.json``)."""
+(its ``config.json`` keys, weight names, tokenizer image tokens and ``processor_config.json``). Names
+from the publisher's remote ``LlamaNemotronVLModel``: ``vision_model`` a ``SiglipVisionModel``,
+``language_model`` a ``LlamaBidirectionalModel``, ``mlp1`` LayerNorm / Linear / GELU / Linear."""
 
 from __future__ import annotations
 

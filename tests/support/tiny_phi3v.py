@@ -1,7 +1,12 @@
 """Tiny random Phi-3-Vision (VLM2Vec) checkpoints for the parity tests, laid out as the published one
 (no network: the text model is transformers' own ``Phi3ForCausalLM``, the vision tower its
 ``CLIPVisionModel``, the projector and separators plain tensors, all saved under the published
-names with safetensors; ``config.json`` and ``preprocessor_config.json`` carry the published keys)."""
+names with safetensors; ``config.json`` and ``preprocessor_config.json`` carry the published keys).
+
+Source of the names: vLLM's ``Phi3VForCausalLM.hf_to_vllm_mapper`` (``model.vision_embed_tokens.*``
+with ``img_processor.vision_model``, ``img_projection``, ``glb_GN`` / ``sub_GN``; ``model.*``;
+``lm_head``); VLM2Vec's config names no ``image_token_id`` (vLLM hard-codes 32044).
+"""
 
 from __future__ import annotations
 

@@ -3,6 +3,8 @@ and ``save_pretrained``, with their tokenizer and image (and video) processor co
 
 Every parameter is drawn again (matrices with std ``1.5 / sqrt(fan_in)``, norms around 1, biases
 around 0), so a dropped one, a misplaced feature or a wrong position shows in the embeddings.
+Layout: ``save_pretrained`` writes each family's published names (Qwen2.5-VL: ``model.*`` /
+``visual.*``; Qwen3-VL: ``model.language_model.*`` / ``model.visual.*``).
 """
 
 from __future__ import annotations

@@ -291,3 +291,72 @@ def build_gte(
             label2id={f"class_{i}": i for i in range(num_labels)},
         )
     return _save(out, config, tensors, tok)
+
+
+#: jina-embeddings-v3-hf's tasks: Jina's names (its original config's ``lora_adaptations``) and the
+#: folders its PEFT adapters ship in, as transformers' documentation and its integration test
+#: (``tests/models/jina_embeddings_v3/test_modeling_jina_embeddings_v3.py``) load them:
+#: ``model.load_adapter("jinaai/jina-embeddings-v3-hf", adapter_name=task, adapter_kwargs={"subfolder": task})``
+#: with ``task`` one of ``retrieval_query``, ``retrieval_passage``, ``separation``, ``classification``,
+#: ``text_matching``.
+JINA_V3_HF_TASKS = {
+    "retrieval.query": "retrieval_query",
+    "retrieval.passage": "retrieval_passage",
+    "separation": "separation",
+    "classification": "classification",
+    "text-matching": "text_matching",
+}
+#: The layers jina-embeddings-v3's original checkpoint parametrizes with task LoRA (its remote
+#: ``modeling_lora.py``: every linear and embedding layer of the body), under the names
+#: transformers' ``JinaEmbeddingsV3Model`` gives them, PEFT's ``target_modules``.
+JINA_V3_HF_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2", "word_embeddings", "token_type_embeddings"]
+
+
+def build_jina_v3_hf(out: Path, seed: int = 0, tasks: dict[str, str] | None = None) -> Path:
+    """A tiny jina-embeddings-v3 as transformers ships it (``jinaai/jina-embeddings-v3-hf``).
+
+    The body is transformers' ``JinaEmbeddingsV3Model`` built from ``JinaEmbeddingsV3Config``
+    (``architectures: ["JinaEmbeddingsV3Model"]``, ``model_type: jina_embeddings_v3``,
+    ``rope_parameters`` with theta 20000, XLM-R's ``<s>`` 0 / ``<pad>`` 1 / ``</s>`` 2), every
+    parameter drawn again, and saved with ``save_pretrained``: transformers writes the tensors
+    under Jina's original names (``emb_ln``, ``encoder.layers.N.mixer.Wqkv``...), the reverse of
+    the renaming its ``conversion_mapping.py`` registers for ``jina_embeddings_v3``. Each task's
+    adapter (``tasks``: Jina's name -> folder, default :data:`JINA_V3_HF_TASKS`) is a PEFT LoRA
+    adapter saved with ``PeftModel.save_pretrained`` in its folder, rank 4 and ``lora_alpha`` 1
+    as the original config's ``lora_rank`` / ``lora_alpha``, on :data:`JINA_V3_HF_LORA_TARGETS`.
+    The tokenizer is a small WordPiece one with XLM-R's special tokens and ids
+    (:func:`fairseq_tokenizer`); the repository's own is XLM-R's SentencePiece tokenizer.
+    The -hf repository's ``adapter_config.json`` itself was not found in the sources searched:
+    the adapters' targets follow the original's parametrizations.
+    """
+    from peft import LoraConfig, get_peft_model
+    from tiny_models import fairseq_tokenizer
+    from transformers import JinaEmbeddingsV3Config, JinaEmbeddingsV3Model
+
+    tok = fairseq_tokenizer()
+    config = JinaEmbeddingsV3Config(
+        vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=130, type_vocab_size=1, pad_token_id=tok.pad_token_id, bos_token_id=0, eos_token_id=2,
+    )
+    g = torch.Generator().manual_seed(seed)
+
+    def redraw(module: torch.nn.Module, scale: float) -> None:
+        with torch.no_grad():
+            for name, param in module.named_parameters():
+                noise = torch.randn(param.shape, generator=g) * scale
+                norm_weight = name.endswith("weight") and ("LayerNorm" in name or "layernorm" in name)
+                param.copy_(noise + 1.0 if norm_weight else noise)
+
+    model = JinaEmbeddingsV3Model(config).eval()
+    redraw(model, 0.25)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    for folder in (tasks or JINA_V3_HF_TASKS).values():
+        peft = get_peft_model(JinaEmbeddingsV3Model(config), LoraConfig(r=4, lora_alpha=1, target_modules=JINA_V3_HF_LORA_TARGETS))
+        for name, param in peft.named_parameters():
+            if "lora_" in name:
+                with torch.no_grad():
+                    param.copy_(torch.randn(param.shape, generator=g) * 0.5)
+        peft.save_pretrained(out / folder)
+    return out

@@ -1,5 +1,5 @@
 # Port of vllm tests/models/language/pooling/test_gritlm.py
-# parasail-ai/GritLM-7B-vllm (hub-only, 7B) -> a tiny GritLM laid out as it is (tiny_models.build_gritlm:
+# parasail-ai/GritLM-7B-vllm (hub-only, 7B) -> a tiny GritLM laid out as it is (tiny_published.build_gritlm:
 # "GritLM" on a Mistral body, Mistral's SentencePiece pieces for <|user|> and <|embed|>), with vLLM's
 # queries, documents and instructions (GritLM's README).
 # DEPARTURE: test_find_array: vLLM tests GritLMMeanPool._find_array (start and end indices, a ValueError
@@ -40,7 +40,7 @@ def test_find_array():
 
 @pytest.fixture(scope="module")
 def gritlm(tmp_path_factory):
-    from tiny_models import build_gritlm
+    from tiny_published import build_gritlm
 
     return build_gritlm(tmp_path_factory.mktemp("gritlm") / "GritLM-7B-vllm")
 

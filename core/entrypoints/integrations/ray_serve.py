@@ -9,7 +9,8 @@ outgrows one process or one host.
 
 Ray Serve's proxy routes a request only to a replica that has finished loading, so ``GET /health``
 is answered by a small deployment of its own (:func:`health_application`), which says 503 at once
-while no replica is ready instead of waiting behind the load.
+while no replica is ready instead of waiting behind the load; where ``poolkit serve`` starts Ray, the
+proxy sends TEI's ``GET /`` there too (:mod:`.ray_proxy`).
 
 Example:
     >>> from ray import serve
@@ -37,6 +38,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from ...contracts.errors import InvalidRequest, MissingDependency, PoolkitError
+from .ray_proxy import CALLBACK, ROOT_HEADER
 
 if TYPE_CHECKING:  # the health replica imports this module: no torch there
     from ...config.settings import EngineArgs
@@ -153,7 +155,9 @@ def build_application(
 
 class Health:
     """``GET /health`` of the server deployed as ``app_name``, answered without a replica of it:
-    200 once one of its replicas runs, else a JSON 503 at once (loading, failed, shutting down)."""
+    200 once one of its replicas runs, else a JSON 503 at once (loading, failed, shutting down).
+    TEI's ``GET /``, which the proxy sends here (:mod:`.ray_proxy`), gets that path's answers: an
+    empty 200, TEI's error body on 503."""
 
     def __init__(self, app_name: str) -> None:
         self.app_name = app_name
@@ -181,9 +185,11 @@ class Health:
         if request.method != "GET":  # as the server's own /health
             return Response(_error(405, "Method Not Allowed"), 405, {"Allow": "GET"}, media_type="application/json")
         why = await asyncio.to_thread(self.unready)
+        alias = ROOT_HEADER.decode() in request.headers  # TEI's GET /, sent here by the proxy (ray_proxy)
         if why is None:
-            return Response(b'{"status":"ok"}', media_type="application/json")
-        return Response(_error(503, why), 503, {"Retry-After": "5"} if why == LOADING else None, media_type="application/json")
+            return Response(status_code=200) if alias else Response(b'{"status":"ok"}', media_type="application/json")
+        body = json.dumps({"error": why, "error_type": "Unhealthy"}).encode() if alias else _error(503, why)
+        return Response(body, 503, {"Retry-After": "5"} if why == LOADING else None, media_type="application/json")
 
 
 def _error(status: int, message: str) -> bytes:
@@ -275,6 +281,8 @@ def run(
     if not ray.is_initialized():
         address = ray_address or os.environ.get("RAY_ADDRESS") or "local"  # "local": a Ray of its own
         if address == "local":
+            # the proxy of the Serve this Ray starts answers GET / from /health (ray_proxy); a callback of the user's wins
+            os.environ.setdefault("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", CALLBACK)
             ray.init(address=address, include_dashboard=False)
         else:
             _join(ray, address)

@@ -7,7 +7,7 @@ model makes of a valid request is the :class:`poolkit.LLM`'s decision.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from fastapi import Request
 
@@ -162,8 +162,19 @@ def special_tokens(body: Any) -> bool:
     return body.messages is not None or body.add_special_tokens is not False
 
 
+class BatcherWorker:
+    """The renderer's :class:`~poolkit.inputs.renderer.Worker` in the server: a rendering runs on the
+    batcher's worker thread, admitted by its cost, and is dropped when the client goes."""
+
+    def __init__(self, request: Request, st: ModelState) -> None:
+        self.request, self.st = request, st
+
+    async def run(self, work: Callable[[], Any], cost: int) -> Any:
+        return await until_done(self.request, self.st, self.st.batcher.call(work, cost))
+
+
 async def render_chat(request: Request, st: ModelState, chat: Chat) -> Any:
     """One conversation as a prompt (its token ids, or its text with its media), by the model's renderer:
     remote media fetched under ``--allowed-media-domains``, the template rendered and tokenized on the worker thread."""
     renderer: Renderer = st.renderer
-    return await renderer.chat_prompt_async(chat, lambda work, cost: until_done(request, st, st.batcher.call(work, cost)))
+    return await renderer.chat_prompt_async(chat, BatcherWorker(request, st))
