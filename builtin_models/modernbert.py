@@ -82,15 +82,21 @@ def _layer_norm(x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
 
 
 class ModernBertEmbeddings(nn.Module):
-    """Token embeddings, then LayerNorm (no position embeddings: positions are rotary)."""
+    """Token embeddings, then LayerNorm (no position embeddings: positions are rotary). The
+    LayerNorm is :meth:`forward`'s, apart from the lookup, so that a vision-language model puts its
+    image features among the looked-up rows first."""
 
     def __init__(self, config: Any) -> None:
         super().__init__()
         self.tok_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.norm_eps, bias=config.norm_bias)
 
-    def forward(self, batch: PackedBatch) -> torch.Tensor:
-        return _layer_norm(F.embedding(batch.input_ids, self.tok_embeddings.weight), self.norm)
+    def lookup(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The token embeddings of ``input_ids``, before the LayerNorm."""
+        return F.embedding(input_ids, self.tok_embeddings.weight)
+
+    def forward(self, embedded: torch.Tensor) -> torch.Tensor:
+        return _layer_norm(embedded, self.norm)
 
 
 class ModernBertAttention(MultiHeadAttention):
@@ -189,9 +195,15 @@ class ModernBertModel(Quantizable, Architecture):
         self._inv_freq = {t: rotary_inv_freq(rope_theta(config, t), head_dim) for t in sorted(set(types))}
 
     def forward(self, batch: PackedBatch) -> torch.Tensor:
+        return self.encode(self.embeddings.lookup(batch.input_ids), batch)
+
+    def encode(self, embedded: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+        """The encoder over token embeddings ``[T, H]`` given before the embedding LayerNorm (a
+        vision-language model's, image features in their placeholders' rows), as transformers runs
+        ``inputs_embeds``."""
         attention = kernel_for(self, "varlen_attention", batch.device)
         linear = kernel_for(self, "linear_act", batch.device)
-        x = self.embeddings(batch)
+        x = self.embeddings(embedded)
         # cos and sin rounded to the model's dtype, held in at least float32 (angles in float32)
         rotary = {t: rotary_cos_sin(inv_freq, batch.positions, x.dtype, wide=True) for t, inv_freq in self._inv_freq.items()}
         for layer in self.layers:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Collection, Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from poolkit.contracts.batch import PackedBatch
@@ -69,8 +70,11 @@ class MultiheadAttentionProbe(nn.Module):
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * hidden))
         self.out_proj = nn.Linear(hidden, hidden)
 
-    def forward(self, probe: torch.Tensor, x: torch.Tensor, linear_act: Callable) -> torch.Tensor:
-        """A ``[1, 1, H]`` probe attends to the ``[n, P, H]`` patches of each image: ``[n, 1, H]``."""
+    def forward(
+        self, probe: torch.Tensor, x: torch.Tensor, linear_act: Callable, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """A ``[1, 1, H]`` probe attends to the ``[n, P, H]`` patches of each image: ``[n, 1, H]``;
+        ``mask`` (``[n, P]``, true where a patch is the image's) hides padding patches."""
         weight, bias = self.in_proj_weight, self.in_proj_bias
         hidden = weight.shape[1]
         # The stored [3H, H] matrix whole: its q rows are wasted on the patches, but a kernel that
@@ -79,7 +83,13 @@ class MultiheadAttentionProbe(nn.Module):
         kv = linear_act(x.to(weight.dtype), weight, bias)[..., hidden:]
         k, v = kv.unflatten(-1, (2, self.num_heads, self.head_dim)).unbind(-3)
         q = q.unflatten(-1, (self.num_heads, self.head_dim)).expand(x.shape[0], -1, -1, -1)
-        return linear(dense_attention(q, k, v).flatten(-2), self.out_proj, linear_act)
+        if mask is None:
+            attended = dense_attention(q, k, v)
+        else:  # images of different patch counts side by side (SigLIP 2's NaFlex)
+            attended = F.scaled_dot_product_attention(
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask[:, None, None, :]
+            ).transpose(1, 2)
+        return linear(attended.flatten(-2), self.out_proj, linear_act)
 
 
 class SiglipMultiheadAttentionPoolingHead(nn.Module):
@@ -93,8 +103,9 @@ class SiglipMultiheadAttentionPoolingHead(nn.Module):
         self.layernorm = nn.LayerNorm(hidden, eps=float(config.layer_norm_eps))
         self.mlp = EncoderMLP(config)
 
-    def forward(self, x: torch.Tensor, linear_act: Callable) -> torch.Tensor:
-        pooled = self.attention(self.probe, x, linear_act).float()
+    def forward(self, x: torch.Tensor, linear_act: Callable, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """One row per image of the ``[n, P, H]`` patches (``mask``: which are the image's)."""
+        pooled = self.attention(self.probe, x, linear_act, mask).float()
         pooled = pooled + self.mlp(fp32_layer_norm(pooled, self.layernorm), linear_act)
         return pooled[:, 0]
 

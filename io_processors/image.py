@@ -24,6 +24,8 @@ import threading
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
+
 from poolkit.config.environment import env_number
 from poolkit.contracts import media
 from poolkit.contracts.errors import InvalidRequest
@@ -76,7 +78,9 @@ def _pil() -> Any:
 
 
 class ImageProcessor(IOProcessor):
-    """Turns each prompt's ``extras["image"]`` into ``extras["pixel_values"]`` (``[3, H, W]`` float32).
+    """Turns each prompt's ``extras["image"]`` into ``extras["pixel_values"]`` (``[3, H, W]`` float32),
+    with any other tensor the model's image processor gives beside them (a NaFlex processor's
+    ``spatial_shapes`` and ``pixel_attention_mask``).
 
     ``pre_process`` takes ``{"prompts": [...], "model": PoolingModel}`` (and optionally
     ``"allow_local_files": False``, which a server should pass so request data cannot name files
@@ -117,11 +121,13 @@ class ImageProcessor(IOProcessor):
             given = prompt.extras["image"]
             with media.opened(given, self.load_image(i, given, max_pixels, max_bytes, allow_files)) as image:
                 try:
-                    pixels = processor(images=[image], return_tensors="pt")["pixel_values"][0]
+                    processed = processor(images=[image], return_tensors="pt")
                 except Exception as exc:  # the model's own pre-processing refused this image
                     raise InvalidRequest(f"prompt {i}: cannot pre-process the image: {_first_line(exc)}") from None
             extras = {k: v for k, v in prompt.extras.items() if k != "image"}
-            extras["pixel_values"] = pixels.float()
+            # Every tensor the processor gives goes with the pixels (a NaFlex processor's patch grid and mask).
+            extras.update((k, v[0]) for k, v in processed.items() if isinstance(v, torch.Tensor))
+            extras["pixel_values"] = processed["pixel_values"][0].float()
             out.append(dataclasses.replace(prompt, extras=extras))
         return out
 

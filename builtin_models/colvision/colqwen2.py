@@ -10,22 +10,20 @@ published one (vidore's ``-hf`` checkpoints: ``vlm.model.*``); ``lm_head`` is no
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Collection, Iterable, Mapping
+from typing import ClassVar
 
 import torch
-from torch import nn
 
 from poolkit.contracts.batch import PackedBatch
-from poolkit.loading.weights import load_into
 from poolkit.plugins.lookup import kernel_for
 
 from ..qwen_vl.qwen2_vl import Qwen2VLForConditionalGeneration
 from ..blocks.vision_language import CheckpointLayout
 from .processor import ColQwen2Processor
-from .retrieval import PROJECTION, RetrievalHead, check_embedding_dim, project, vlm_config
+from .retrieval import PROJECTION, ProjectedRetriever, project
 
 
-class ColQwen2ForRetrieval(RetrievalHead, Qwen2VLForConditionalGeneration):
+class ColQwen2ForRetrieval(ProjectedRetriever, Qwen2VLForConditionalGeneration):
     """ColQwen2: Qwen2-VL's hidden states projected and normalised, one vector per token.
 
     Example:
@@ -39,25 +37,6 @@ class ColQwen2ForRetrieval(RetrievalHead, Qwen2VLForConditionalGeneration):
         r"(?:vlm\.)?", projection=PROJECTION
     )
 
-    def __init__(self, config: Any) -> None:
-        vlm = vlm_config(type(self), config)
-        super().__init__(vlm)
-        self.config = config
-        self.embedding_proj_layer = nn.Linear(int(vlm.text_config.hidden_size), int(config.embedding_dim))
-
-    @classmethod
-    def check_config(
-        cls, config: Any, shapes: Mapping[str, tuple[int, ...]] | None, overridden: Collection[str] = ()
-    ) -> None:
-        vlm = vlm_config(cls, config)
-        super().check_config(vlm, None, ())
-        check_embedding_dim(cls, config)
-
     def forward(self, batch: PackedBatch) -> torch.Tensor:
         hidden = super().forward(batch)
         return project(hidden, self.embedding_proj_layer, kernel_for(self, "linear_act", batch.device))
-
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        parts = self.checkpoint_layout.split(weights)
-        self.load_parts(parts)
-        load_into(self.embedding_proj_layer, parts["projection"], rename=lambda n: n)

@@ -5,13 +5,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Collection, Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from poolkit.contracts.errors import ModelLoadError
+from poolkit.loading.weights import load_into
 
 from ..blocks.linear import linear
 
@@ -65,3 +66,30 @@ class RetrievalHead:
     @property
     def num_labels(self) -> int:
         return 0
+
+
+class ProjectedRetriever(RetrievalHead):
+    """A retriever whose backbone is the architecture after it in its bases, built from the
+    ``vlm_config`` (checked as that architecture checks it), with the projection
+    (``embedding_proj_layer``) after it; the checkpoint's tensors go to the backbone's
+    ``load_parts`` and its ``projection`` part to the projection."""
+
+    embedding_proj_layer: nn.Linear
+
+    def __init__(self, config: Any) -> None:
+        vlm = vlm_config(type(self), config)
+        super().__init__(vlm)
+        self.config = config
+        self.embedding_proj_layer = nn.Linear(int(vlm.text_config.hidden_size), int(config.embedding_dim))
+
+    @classmethod
+    def check_config(
+        cls, config: Any, shapes: Mapping[str, tuple[int, ...]] | None, overridden: Collection[str] = ()
+    ) -> None:
+        super().check_config(vlm_config(cls, config), None, ())
+        check_embedding_dim(cls, config)
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        parts = self.checkpoint_layout.split(weights)
+        self.load_parts(parts)
+        load_into(self.embedding_proj_layer, parts["projection"], rename=lambda n: n)

@@ -569,6 +569,22 @@ def siglip_tokenizer(model_max_length: int = 64) -> T.PreTrainedTokenizerFast:
     return tok
 
 
+def redraw_siglip(model: torch.nn.Module, gain: float) -> None:
+    """Draw a SigLIP (or SigLIP 2) model's parameters again, the contrastive ``logit_*`` aside:
+    matrices with std ``gain / sqrt(fan_in)``, token and position embeddings and the probe with
+    std 1, LayerNorm weights around 1 and biases around 0 with std 0.2."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.startswith("logit_"):
+                continue
+            if p.ndim == 1:
+                p.normal_(1.0 if "norm" in name and name.endswith("weight") else 0.0, 0.2)
+            elif name.endswith(("token_embedding.weight", "position_embedding.weight", "head.probe")):
+                p.normal_(0.0, 1.0)
+            else:
+                p.normal_(0.0, gain * p[0].numel() ** -0.5)
+
+
 def build_siglip(
     out: Path, seed: int = 0, gain: float = 2.0, image_size: int = 32, patch_size: int = 8, max_len: int = 64
 ) -> Path:
@@ -607,16 +623,7 @@ def build_siglip(
     )
     torch.manual_seed(seed)  # transformers 5 initialises weights when the model is built
     model = T.SiglipModel(config)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.startswith("logit_"):
-                continue
-            if p.ndim == 1:
-                p.normal_(1.0 if "norm" in name and name.endswith("weight") else 0.0, 0.2)
-            elif name.endswith(("token_embedding.weight", "position_embedding.weight", "head.probe")):
-                p.normal_(0.0, 1.0)
-            else:
-                p.normal_(0.0, gain * p[0].numel() ** -0.5)
+    redraw_siglip(model, gain)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tok.save_pretrained(out)
