@@ -10,7 +10,7 @@
  * passes over the whole input and a uint8 copy.
  *
  * dtype codes: 0 float32, 1 bfloat16. The exported functions return 0, 1 when out of memory, 2 where
- * this build lacks what they need (AVX512-BF16, AMX-INT8), 3 for a bad argument.
+ * this build lacks what they need (AVX-512, VNNI, AMX-INT8), 3 for a bad argument.
  */
 #define _GNU_SOURCE
 #include <float.h>
@@ -25,6 +25,9 @@
 
 #if defined(POOLKIT_AMX) && defined(__AMX_INT8__)
 #define POOLKIT_AMX_INT8 1
+#endif
+#if defined(POOLKIT_AVX512) && defined(__AVX512VNNI__)
+#define POOLKIT_VNNI 1
 #endif
 
 static inline float bf16_value(const uint16_t *p, int64_t i) {
@@ -81,7 +84,7 @@ static inline float input_at(const void *x, int x_dtype, int64_t x_stride, int64
         }                                                                                          \
     } while (0)
 
-#ifdef POOLKIT_AVX512BF16
+#ifdef POOLKIT_AVX512
 /* 16 values' levels: v * inv rounded to the nearest whole number (ties to even: the conversion's
  * default rounding, as rintf's), plus the level of zero, clamped to [0, top], stored as uint8. */
 static inline void put_levels16(uint8_t *out, __m512 v, __m512 inv, __m512i zero, __m512i top) {
@@ -96,7 +99,7 @@ static inline void put_levels16(uint8_t *out, __m512 v, __m512 inv, __m512i zero
  * multiplies the inputs first. */
 static inline void round_row(const void *x, int x_dtype, int64_t x_stride, int64_t r, const float *inv_smooth,
                              int64_t k, int levels, uint8_t *out, float *step, float *zero) {
-#ifdef POOLKIT_AVX512BF16
+#ifdef POOLKIT_AVX512
     if (k % 16 == 0) { /* the same arithmetic in AVX-512, 16 values at a time: 3-4x the compiler's own */
         const char *row = (const char *)x + r * x_stride * (x_dtype ? 2 : 4);
 #define LOAD16(i) (x_dtype ? bf16x16((const uint16_t *)row + (i)) : _mm512_loadu_ps((const float *)row + (i)))
@@ -131,7 +134,7 @@ static inline void round_row(const void *x, int x_dtype, int64_t x_stride, int64
     }
 }
 
-#ifdef POOLKIT_AVX512BF16
+#ifdef POOLKIT_AVX512
 /* The normalized-free Hadamard transform of 16 values in one vector (Sylvester's order: lane i gets
  * sum_j (-1)^popcount(i & j) x_j): four butterfly stages, each a swap of lanes 1, 2, 4, 8 apart and
  * an add or subtract by lane. */
@@ -153,7 +156,7 @@ static inline __m512 hadamard16(__m512 x) {
 static void rotate_row(const void *x, int x_dtype, int64_t x_stride, int64_t r, const float *inv_smooth, int64_t block,
                        int64_t k, float *out) {
     const float norm = 1.0f / sqrtf((float)block);
-#ifdef POOLKIT_AVX512BF16
+#ifdef POOLKIT_AVX512
     if (k % 16 == 0 && block >= 16) {
         const char *row = (const char *)x + r * x_stride * (x_dtype ? 2 : 4);
         const __m512 scale = _mm512_set1_ps(norm);
@@ -183,7 +186,7 @@ static void rotate_row(const void *x, int x_dtype, int64_t x_stride, int64_t r, 
             }
 }
 
-#ifdef POOLKIT_AVX512BF16
+#ifdef POOLKIT_AVX512
 /* rotate_row then round_row for blocks of 64 (k a multiple of 64), in two passes instead of four:
  * each block's four vectors transformed in registers (hadamard16, then the two stages across them)
  * while its range is taken, kept unnormalized in scratch; the normalization (1/8, exact) goes into
@@ -232,7 +235,7 @@ static inline void quantize_row(const void *x, int x_dtype, int64_t x_stride, in
         round_row(x, x_dtype, x_stride, r, inv_smooth, k, levels, out, step, zero);
         return;
     }
-#ifdef POOLKIT_AVX512BF16
+#ifdef POOLKIT_AVX512
     if (rotation == 64) {
         rotate_round_row64(x, x_dtype, x_stride, r, inv_smooth, k, levels, scratch, out, step, zero);
         return;
@@ -299,11 +302,11 @@ static int rescale_rows(float *y, int64_t n, const float *step, const float *zer
 /* rescale_rows, then the activation (act: simd.h's codes, 0 none, 1 silu, 2 gelu tanh, 3 relu, 4 gelu
  * erf), written to out ([m, n] bf16, contiguous) rounded once: a bf16 model's int8 layer in one pass
  * over its output, where the float32 rescale, the activation's pass and the narrowing took three.
- * n a multiple of 16; returns 2 where this build has no AVX512-BF16. */
+ * n a multiple of 16; returns 2 where this build has no AVX-512. */
 static int rescale_rows_bf16(const float *y, int64_t n, const float *step, const float *zero, const float *wsum,
                              const float *bias, const void *x, int x_dtype, int64_t x_stride, const int64_t *cols,
                              const float *eweight, int64_t c, int act, uint16_t *out, int64_t begin, int64_t end) {
-#ifdef POOLKIT_AVX512BF16
+#ifdef POOLKIT_AVX512
     for (int64_t r = begin; r < end; r++) {
         const float *row = y + r * n;
         uint16_t *o = out + r * n;
@@ -373,9 +376,9 @@ void poolkit_int8_pack(const int8_t *w, int64_t k, int64_t n, int8_t *packed) {
     }
 }
 
-#ifdef POOLKIT_AMX_INT8
+#if defined(POOLKIT_AMX_INT8) || defined(POOLKIT_VNNI)
 
-/* One call's layer: its input, weights and output (see poolkit_int8_amx). */
+/* One call's layer: its input, weights and output (see poolkit_int8_amx, poolkit_int8_vnni). */
 typedef struct {
     const void *x;
     int x_dtype;
@@ -391,7 +394,12 @@ typedef struct {
     const uint16_t *cpacked;  /* their weights' bf16 halves in tiles (poolkit_int8_channels in int8.py) */
     void *out;                /* [rows, n], contiguous, float32 or bf16 */
     int64_t chunk_rows;
+    const float *cweight;     /* the float channels' weights [c, n] as they are (the VNNI kernel's) */
 } int8_layer;
+
+#endif
+
+#ifdef POOLKIT_AMX_INT8
 
 /* A 32 x 32 block of int32 sums (and of float channel products) waiting for its epilogue. */
 typedef struct {
@@ -561,6 +569,134 @@ static int int8_range(const int8_layer *L, int act, int bf16, int64_t group_begi
 
 #endif
 
+/* The whole int8 layer with AVX512-VNNI, for CPUs that have it without AMX (Cascade Lake, Ice Lake,
+ * Zen 4): poolkit_int8_amx's arithmetic on the vector units. Each chunk of rows is rounded to uint8
+ * levels (quantize_row) into a scratch buffer, with its float channels' values beside; then for every
+ * block of 32 columns (the weight packed once by poolkit_int8_pack: for each 4 inputs, 16 columns' 4
+ * int8 weights in one 64-byte vector, the layout both TDPBUSD and VPDPBUSD read) VNNI_ROWS rows at a
+ * time sum their exact uint8 x int8 products in 2 x VNNI_ROWS int32 registers (VPDPBUSD: four
+ * products a lane, each row's four levels broadcast from memory), and the epilogue runs on the
+ * registers: each row's zero point taken off in integers, the scales, the bias, the float channels'
+ * products (an FMA each: a few channels against k / 4 products a lane), the activation, one rounding
+ * to the output's dtype. The block's weights (k x 32 bytes) stay in L1 while the chunk's rows pass. */
+
+#ifdef POOLKIT_VNNI
+/* Rows a register block sums: 8 rows x 32 columns of int32 in 16 of the 32 vector registers, enough
+ * independent sums to hide VPDPBUSD's latency, with room for the two weight vectors. */
+#define VNNI_ROWS 8
+
+/* One row's four levels at input 4 g, broadcast, times both weight vectors into its two sums. */
+#define VNNI_ROW(r)                                                                                              \
+    do {                                                                                                         \
+        int32_t four;                                                                                            \
+        memcpy(&four, qc + (r) * k + 4 * g, 4);                                                                  \
+        const __m512i x = _mm512_set1_epi32(four);                                                               \
+        s##r##a = _mm512_dpbusd_epi32(s##r##a, x, w0);                                                           \
+        s##r##b = _mm512_dpbusd_epi32(s##r##b, x, w1);                                                           \
+    } while (0)
+
+/* Rows [row, row + rows) (rows <= VNNI_ROWS; q, step, zero, cvals: theirs, VNNI_ROWS rows of q readable)
+ * against the weight's column block j, written to out. The sums are named registers (an array of them
+ * GCC copied and spilled every step), stored once to acc for the epilogue. */
+static inline __attribute__((always_inline)) void vnni_block(const int8_layer *L, const uint8_t *q, const float *step,
+                                                             const float *zero, const float *cvals, int64_t row,
+                                                             int64_t rows, int64_t j, int32_t *acc, int act, int bf16) {
+    const int64_t k = L->k, chunks = k / 64, col = j * 32;
+    const int8_t *w = L->packed + j * chunks * 2048;
+    __m512i s0a = _mm512_setzero_si512(), s0b = s0a, s1a = s0a, s1b = s0a, s2a = s0a, s2b = s0a, s3a = s0a, s3b = s0a;
+    __m512i s4a = s0a, s4b = s0a, s5a = s0a, s5b = s0a, s6a = s0a, s6b = s0a, s7a = s0a, s7b = s0a;
+    for (int64_t c = 0; c < chunks; c++) {
+        const int8_t *wc = w + c * 2048;
+        const uint8_t *qc = q + c * 64;
+        for (int g = 0; g < 16; g++) {
+            const __m512i w0 = _mm512_loadu_si512(wc + g * 64), w1 = _mm512_loadu_si512(wc + 1024 + g * 64);
+            VNNI_ROW(0); VNNI_ROW(1); VNNI_ROW(2); VNNI_ROW(3); VNNI_ROW(4); VNNI_ROW(5); VNNI_ROW(6); VNNI_ROW(7);
+        }
+    }
+    const __m512i all[VNNI_ROWS][2] = {{s0a, s0b}, {s1a, s1b}, {s2a, s2b}, {s3a, s3b}, {s4a, s4b}, {s5a, s5b}, {s6a, s6b}, {s7a, s7b}};
+    for (int r = 0; r < VNNI_ROWS; r++) {
+        _mm512_store_si512(acc + r * 32, all[r][0]);
+        _mm512_store_si512(acc + r * 32 + 16, all[r][1]);
+    }
+    const float *scale = L->scale + col, *bias = L->bias ? L->bias + col : NULL;
+    const int32_t *sums = L->sums + col;
+    for (int64_t r = 0; r < rows; r++) {
+        const __m512 s = _mm512_set1_ps(step[r]);
+        const __m512i z = _mm512_set1_epi32((int32_t)zero[r]);
+        const int64_t at = (row + r) * L->n + col;
+        for (int h = 0; h < 2; h++) {
+            __m512i exact = _mm512_sub_epi32(_mm512_load_si512(acc + r * 32 + 16 * h), _mm512_mullo_epi32(z, _mm512_loadu_si512(sums + 16 * h)));
+            __m512 a = _mm512_mul_ps(_mm512_cvtepi32_ps(exact), _mm512_loadu_ps(scale + 16 * h));
+            __m512 v = bias ? _mm512_fmadd_ps(s, a, _mm512_loadu_ps(bias + 16 * h)) : _mm512_mul_ps(s, a);
+            for (int64_t ch = 0; ch < L->c; ch++)
+                v = _mm512_fmadd_ps(_mm512_set1_ps(cvals[r * L->c + ch]), _mm512_loadu_ps(L->cweight + ch * L->n + col + 16 * h), v);
+            if (bf16)
+                put_bf16x16((uint16_t *)L->out + at + 16 * h, activate16(v, act));
+            else
+                _mm512_storeu_ps((float *)L->out + at + 16 * h, activate16(v, act));
+        }
+    }
+}
+#undef VNNI_ROW
+
+/* Rows [row_begin, row_end) x column blocks [block_begin, block_end), chunk by chunk; q, step, zero,
+ * cvals: scratch for one chunk (chunk_rows rounded up to 32 rows); scratch: k floats for a rotated row. */
+static inline __attribute__((always_inline)) void vnni_blocks(const int8_layer *L, int64_t row_begin, int64_t row_end,
+                                                              int64_t block_begin, int64_t block_end, uint8_t *q,
+                                                              float *step, float *zero, float *cvals, float *scratch,
+                                                              int act, int bf16) {
+    const int64_t k = L->k;
+    int32_t acc[VNNI_ROWS * 32] __attribute__((aligned(64)));
+    for (int64_t m0 = row_begin; m0 < row_end; m0 += L->chunk_rows) {
+        const int64_t m_end = m0 + L->chunk_rows < row_end ? m0 + L->chunk_rows : row_end;
+        const int64_t padded = (m_end - m0 + VNNI_ROWS - 1) / VNNI_ROWS * VNNI_ROWS;
+        for (int64_t i = 0; i < m_end - m0; i++) {
+            quantize_row(L->x, L->x_dtype, L->x_stride, m0 + i, L->inv_smooth, L->rotation, scratch, k, 255, q + i * k,
+                         step + i, zero + i);
+            for (int64_t ch = 0; ch < L->c; ch++) cvals[i * L->c + ch] = input_at(L->x, L->x_dtype, L->x_stride, m0 + i, L->cols[ch]);
+        }
+        memset(q + (m_end - m0) * k, 0, (size_t)((padded - (m_end - m0)) * k)); /* summed, never written */
+        for (int64_t j = block_begin; j < block_end; j++)
+            for (int64_t m = m0; m < m_end; m += VNNI_ROWS)
+                vnni_block(L, q + (m - m0) * k, step + (m - m0), zero + (m - m0), cvals + (m - m0) * L->c, m,
+                           m_end - m < VNNI_ROWS ? m_end - m : VNNI_ROWS, j, acc, act, bf16);
+    }
+}
+
+/* vnni_blocks over the groups of 32 rows [group_begin, group_end) and the column blocks
+ * [block_begin, block_end). Returns 0, or 1 when out of memory. */
+static int vnni_range(const int8_layer *L, int act, int bf16, int64_t group_begin, int64_t group_end, int64_t block_begin,
+                      int64_t block_end) {
+    int64_t row_begin = group_begin * 32, row_end = group_end * 32 < L->rows ? group_end * 32 : L->rows;
+    if (row_begin >= row_end || block_begin >= block_end) return 0;
+    int64_t span = row_end - row_begin < L->chunk_rows ? row_end - row_begin : L->chunk_rows;
+    span = (span + 31) / 32 * 32;
+    uint8_t *q = NULL;
+    float *scales = malloc((size_t)(span * (2 + L->c) + L->k) * sizeof(float)); /* steps, zeros, channels, a rotated row */
+    if (!scales || posix_memalign((void **)&q, 64, (size_t)(span * L->k))) {
+        free(scales);
+        return 1;
+    }
+#define VNNI_CASE(A, B)                                                                                          \
+    vnni_blocks(L, row_begin, row_end, block_begin, block_end, q, scales, scales + span, scales + 2 * span,          \
+                scales + (2 + L->c) * span, A, B)
+    ACTIVATION_CASES(VNNI_CASE, act, bf16);
+#undef VNNI_CASE
+    free(q);
+    free(scales);
+    return 0;
+}
+#endif
+
+/* 1 when this build has poolkit_int8_vnni (built for a CPU with AVX512-VNNI). */
+int poolkit_int8_vnni_available(void) {
+#ifdef POOLKIT_VNNI
+    return 1;
+#else
+    return 0;
+#endif
+}
+
 /* The exported kernels: each of the functions above over rows [0, rows), split over `workers` threads
  * (parallel.h), in place of its row range. */
 int poolkit_quantize_rows(const void *x, int x_dtype, int64_t x_stride, const float *inv_smooth, int64_t rotation,
@@ -623,6 +759,33 @@ int poolkit_int8_amx(const void *x, int x_dtype, int64_t x_stride, int64_t rows,
     (void)x; (void)x_dtype; (void)x_stride; (void)rows; (void)inv_smooth; (void)rotation; (void)packed; (void)k; (void)n; (void)scale;
     (void)sums; (void)bias; (void)cols; (void)c; (void)cpacked; (void)kk; (void)act; (void)out; (void)out_dtype;
     (void)chunk_rows; (void)by_rows; (void)workers;
+    return 2;
+#endif
+}
+
+/* The int8 layer with AVX512-VNNI (see the section above): poolkit_int8_amx's arguments and result, the
+ * float channels' weights cweight ([c, n] float32) as they are. Returns 2 without AVX512-VNNI. */
+int poolkit_int8_vnni(const void *x, int x_dtype, int64_t x_stride, int64_t rows, const float *inv_smooth,
+                      int64_t rotation, const int8_t *packed, int64_t k, int64_t n, const float *scale, const int32_t *sums,
+                      const float *bias, const int64_t *cols, int64_t c, const float *cweight, int act, void *out, int out_dtype,
+                      int64_t chunk_rows, int by_rows, int64_t workers) {
+#ifdef POOLKIT_VNNI
+    if ((x_dtype != 0 && x_dtype != 1) || (out_dtype != 0 && out_dtype != 1) || act < 0 || act > 4 || k <= 0 || k % 64 ||
+        n <= 0 || n % 32 || chunk_rows <= 0 || chunk_rows % 32 || c < 0 || (c && (!cols || !cweight)) || !rotation_ok(rotation, k))
+        return 3;
+    int8_layer L = {x, x_dtype, x_stride, rows, k, n, inv_smooth, rotation, packed, scale, sums, bias, cols, c, 0, NULL,
+                    out, chunk_rows, cweight};
+    int64_t groups = (rows + 31) / 32, blocks = n / 32;
+    int code;
+    if (by_rows)
+        PARALLEL_RANGES(groups, workers, code, begin, end, vnni_range(&L, act, out_dtype, begin, end, 0, blocks));
+    else
+        PARALLEL_RANGES(blocks, workers, code, begin, end, vnni_range(&L, act, out_dtype, 0, groups, begin, end));
+    return code;
+#else
+    (void)x; (void)x_dtype; (void)x_stride; (void)rows; (void)inv_smooth; (void)rotation; (void)packed; (void)k; (void)n; (void)scale;
+    (void)sums; (void)bias; (void)cols; (void)c; (void)cweight; (void)act; (void)out; (void)out_dtype; (void)chunk_rows;
+    (void)by_rows; (void)workers;
     return 2;
 #endif
 }

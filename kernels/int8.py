@@ -39,7 +39,7 @@ and rescaling the output, are compiled C (``int8.c``, built for this CPU on firs
 :mod:`poolkit.kernels.compiler`): each reads its rows once while they are in cache, where torch
 takes five passes over the input and a uint8 copy; without a compiler torch's passes run, with
 the same arithmetic. In a bf16 model the rescale also applies the activation and writes bf16
-(:func:`rescale_bf16`, with AVX512-BF16): one pass over the output instead of three. On CPUs without VNNI (AVX2,
+(:func:`rescale_bf16`, with AVX-512): one pass over the output instead of three. On CPUs without VNNI (AVX2,
 AVX-512 before Cascade Lake) oneDNN multiplies with ``vpmaddubsw``, which adds two uint8 x int8
 products into a saturating int16: full-range weights overflow it (255 x 127 x 2 > 32767), so there
 the kernel asks for weights within ``[-63, 63]`` (``weight_levels`` 63) and its sums are exact
@@ -185,7 +185,35 @@ def linear_int8_amx(
     compute the next, rounded once to ``x``'s dtype. Takes float32 or bf16 inference on the CPU with
     ``in_features`` a multiple of 64, ``out_features`` of 32 and an activation of
     :data:`~poolkit.kernels.linear.AMX_ACTIVATIONS`; hands any other call to :func:`linear_int8_onednn`."""
-    if not _amx_runs(x, weight, act):
+    return _one_pass("amx", x, weight, scale, bias, act, inv_smooth, outliers, outlier_weight, rotation)
+
+
+def linear_int8_vnni(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    act: str = "none",
+    inv_smooth: torch.Tensor | None = None,
+    outliers: torch.Tensor | None = None,
+    outlier_weight: torch.Tensor | None = None,
+    rotation: int = 0,
+) -> torch.Tensor:
+    """:func:`linear_int8_amx` on a CPU with AVX512-VNNI and no AMX (``poolkit_int8_vnni``): the same
+    one pass, the same packed weight and the same exact integer sums, with ``VPDPBUSD`` on the vector
+    registers in place of the tiles; the float channels' products are FMAs in the epilogue. The same
+    calls go to :func:`linear_int8_onednn`."""
+    return _one_pass("vnni", x, weight, scale, bias, act, inv_smooth, outliers, outlier_weight, rotation)
+
+
+def _one_pass(
+    kind: str, x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, act: str,
+    inv_smooth: torch.Tensor | None, outliers: torch.Tensor | None, outlier_weight: torch.Tensor | None, rotation: int,
+) -> torch.Tensor:
+    """The layer by ``int8.c``'s one-pass kernel of ``kind`` (``"amx"``, ``"vnni"``), or by
+    :func:`linear_int8_onednn` where that kernel does not take the call (:func:`_one_pass_runs`)."""
+    lib = _amx_library() if kind == "amx" else _vnni_library()
+    if not _one_pass_runs(x, weight, act, lib):
         return linear_int8_onednn(x, weight, scale, bias, act, inv_smooth, outliers, outlier_weight, rotation)
     rows = x.reshape(-1, x.shape[-1])
     if rows.stride(-1) != 1:
@@ -195,13 +223,18 @@ def linear_int8_amx(
     if m:
         smooth, scale32, bias32 = (t if t is None else t.float().contiguous() for t in (inv_smooth, scale, bias))
         cols = None if outliers is None else outliers.to(torch.int64).contiguous()
-        tiles = None if outliers is None else _packed(outlier_weight, ("int8", "channels"))
         c = 0 if cols is None else cols.numel()
-        code = _amx_library().poolkit_int8_amx(
+        if kind == "amx":  # the channels' weights as bf16 halves in tiles, and those tiles' width
+            run, held = lib.poolkit_int8_amx, None if cols is None else _packed(outlier_weight, ("int8", "channels"))
+            channels = (None if held is None else held.data_ptr(), _channel_width(c))
+        else:
+            run, held = lib.poolkit_int8_vnni, None if cols is None else outlier_weight.float().contiguous()
+            channels = (None if held is None else held.data_ptr(),)
+        code = run(
             rows.data_ptr(), _DTYPES[rows.dtype], rows.stride(0), m, None if smooth is None else smooth.data_ptr(),
-            rotation, _packed(weight, ("int8", "amx")).data_ptr(), k, n, scale32.data_ptr(),
+            rotation, _packed(weight, ("int8", "dpbusd")).data_ptr(), k, n, scale32.data_ptr(),
             _packed(weight, ("int8", "int_sums")).data_ptr(), None if bias32 is None else bias32.data_ptr(),
-            None if cols is None else cols.data_ptr(), c, None if tiles is None else tiles.data_ptr(), _channel_width(c),
+            None if cols is None else cols.data_ptr(), c, *channels,
             AMX_ACTIVATIONS[act], out.data_ptr(), _DTYPES[x.dtype], _chunk_rows(k, n),
             int(-(-m // 32) >= 2 * torch.get_num_threads()), workers(m * n * k >= _PARALLEL_MACS),
         )
@@ -212,10 +245,10 @@ def linear_int8_amx(
     return out.reshape(*x.shape[:-1], n)
 
 
-def _amx_runs(x: torch.Tensor, weight: torch.Tensor, act: str) -> bool:
-    """Whether the AMX-INT8 kernel takes this call: a float32 or bf16 input on the CPU, an int8
-    weight whose ``in_features`` is a multiple of 64 and ``out_features`` of 32, an activation it
-    applies, a build with AMX-INT8."""
+def _one_pass_runs(x: torch.Tensor, weight: torch.Tensor, act: str, lib: ctypes.CDLL | None) -> bool:
+    """Whether a one-pass kernel (its library ``lib``, ``None`` where this build lacks it) takes this
+    call: a float32 or bf16 input on the CPU, an int8 weight whose ``in_features`` is a multiple of 64
+    and ``out_features`` of 32, an activation it applies."""
     n, k = weight.shape
     return (
         act in AMX_ACTIVATIONS
@@ -227,7 +260,7 @@ def _amx_runs(x: torch.Tensor, weight: torch.Tensor, act: str) -> bool:
         and k % 64 == 0
         and n > 0
         and n % 32 == 0
-        and _amx_library() is not None
+        and lib is not None
     )
 
 
@@ -297,7 +330,7 @@ def rescale_bf16(
 ) -> torch.Tensor | None:
     """:func:`rescale`, then the activation, written as bf16 in the same compiled pass (a bf16
     model's layer: one pass over the output instead of three); ``None`` where that pass does not
-    run (no compiler, no AVX512-BF16, an activation it lacks, a width not a multiple of 16)."""
+    run (no compiler, no AVX-512, an activation it lacks, a width not a multiple of 16)."""
     lib = _library()
     code = AMX_ACTIVATIONS.get(act)
     channels = _channels(extra)
@@ -333,6 +366,11 @@ _SIGNATURES = {
         ctypes.c_int, _I,
     ),
     "poolkit_int8_amx_available": (),
+    "poolkit_int8_vnni": (
+        _P, ctypes.c_int, _I, _I, _P, _I, _P, _I, _I, _P, _P, _P, _P, _I, _P, ctypes.c_int, _P, ctypes.c_int, _I, ctypes.c_int, _I,
+    ),
+    "poolkit_int8_vnni_available": (),
+    "poolkit_int8_pack": (_P, _I, _I, _P),
     "poolkit_quantize_rows": (_P, ctypes.c_int, _I, _P, _I, _I, ctypes.c_int, _P, _P, _P, _I, _I),
     "poolkit_rescale_rows": (_P, _I, _P, _P, _P, _P, _P, ctypes.c_int, _I, _P, _P, _I, _I, _I),
     "poolkit_rescale_rows_bf16": (_P, _I, _P, _P, _P, _P, _P, ctypes.c_int, _I, _P, _P, _I, ctypes.c_int, _P, _I, _I),
@@ -348,11 +386,15 @@ def _library() -> ctypes.CDLL | None:
 def _amx_library() -> ctypes.CDLL | None:
     """int8.c built for this machine, when it has AMX-INT8 and the kernel grants its tiles."""
     lib = _library()
-    if lib is None or not lib.poolkit_int8_amx_available():
-        return None
-    lib.poolkit_int8_pack.argtypes = (_P, _I, _I, _P)
-    lib.poolkit_int8_pack.restype = None
-    return lib
+    return lib if lib is not None and lib.poolkit_int8_amx_available() else None
+
+
+@functools.cache
+def _vnni_library() -> ctypes.CDLL | None:
+    """int8.c built for this machine, when it has AVX512-VNNI (and oneDNN is not capped below it:
+    :func:`has_int8_dot`)."""
+    lib = _library()
+    return lib if lib is not None and lib.poolkit_int8_vnni_available() and has_int8_dot() else None
 
 
 def _channel_width(c: int) -> int:
@@ -377,15 +419,17 @@ def pack_channels(outlier_weight: torch.Tensor) -> torch.Tensor:
     return tiles.contiguous().reshape(-1)
 
 
-def pack_amx(weight: torch.Tensor) -> torch.Tensor:
-    """An int8 weight ``[n, k]`` in the AMX-INT8 kernel's tile layout (``poolkit_int8_pack``)."""
+def pack_dpbusd(weight: torch.Tensor) -> torch.Tensor:
+    """An int8 weight ``[n, k]`` in the one-pass kernels' layout (``poolkit_int8_pack``): for each 4
+    inputs, 16 columns' 4 weights in 64 bytes, what AMX's ``TDPBUSD`` loads as a tile row and
+    ``VPDPBUSD`` as a vector."""
     weight = weight.contiguous()
     packed = torch.empty(weight.numel(), dtype=torch.int8)
-    _amx_library().poolkit_int8_pack(weight.data_ptr(), weight.shape[1], weight.shape[0], packed.data_ptr())
+    _library().poolkit_int8_pack(weight.data_ptr(), weight.shape[1], weight.shape[0], packed.data_ptr())
     return packed
 
 
-INT8_PACKERS.update(amx=pack_amx, channels=pack_channels)
+INT8_PACKERS.update(dpbusd=pack_dpbusd, channels=pack_channels)
 
 
 @functools.cache
@@ -428,8 +472,8 @@ def _onednn_int8_available() -> bool:
 
 linear_int8_onednn.weight_levels = LEVELS if has_int8_dot() else 63
 linear_int8_onednn.declines = declines
-linear_int8_amx.weight_levels = LEVELS
-linear_int8_onednn.rotations = linear_int8_amx.rotations = ROTATIONS
+linear_int8_amx.weight_levels = linear_int8_vnni.weight_levels = LEVELS
+linear_int8_onednn.rotations = linear_int8_amx.rotations = linear_int8_vnni.rotations = ROTATIONS
 
 
 @hookimpl
@@ -443,6 +487,17 @@ def poolkit_register_kernels(register):
             device="cpu",
             priority=10,
             is_available=_onednn_int8_available,
+            row_bucket=row_bucket,
+        ),
+    )
+    register(
+        "linear_int8:vnni",
+        Kernel(
+            fn=linear_int8_vnni,
+            reference=linear_int8,
+            device="cpu",
+            priority=15,
+            is_available=lambda: _onednn_int8_available() and _vnni_library() is not None,
             row_bucket=row_bucket,
         ),
     )

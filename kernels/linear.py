@@ -369,7 +369,7 @@ def _pack(weight: torch.Tensor, layout: tuple) -> torch.Tensor:
     """``weight`` in a kernel's layout: ``("onednn", half)``, oneDNN's blocked layout of the whole
     weight (``half`` ``None``) or of the first or second half of its rows; ``("amx", gate_first)``,
     the AMX kernel's tiles (linear.c) of a plain (``gate_first`` ``None``) or gated layer;
-    ``("int8", None)``, oneDNN's packed int8 weight, ``("int8", "amx")`` the AMX-INT8 kernel's tiles
+    ``("int8", None)``, oneDNN's packed int8 weight, ``("int8", "dpbusd")`` the one-pass int8 kernels' layout
     (``("int8", "channels")``: of a float channels' weight),
     ``("int8", "sums")`` / ``("int8", "int_sums")`` its rows' sums in float32 / int32
     (:mod:`poolkit.kernels.int8`)."""

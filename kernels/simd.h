@@ -1,14 +1,19 @@
-/* AVX-512 helpers shared by poolkit's compiled CPU kernels (elementwise.c, attention.c, linear.c):
- * bf16 loads and stores of 16 lanes, the exponentials and the activations. Defined only where the compiler targets
- * AVX512F and AVX512-BF16 (POOLKIT_AVX512BF16); every function is static inline. A change here
- * rebuilds every kernel: poolkit.kernels.compiler keys its cache on the headers beside a source. */
+/* AVX-512 helpers shared by poolkit's compiled CPU kernels (elementwise.c, attention.c, linear.c, int8.c):
+ * bf16 loads and stores of 16 lanes, the exponentials and the activations. Defined where the compiler targets
+ * AVX512F/BW/DQ/VL (POOLKIT_AVX512: Skylake-SP and later, Zen 4); POOLKIT_AVX512BF16 where it targets AVX512-BF16
+ * too, whose conversion the bf16 stores then use (without it they round in integers, to the same bits). Every
+ * function is static inline. A change here rebuilds every kernel: poolkit.kernels.compiler keys its cache on the
+ * headers beside a source. */
 #ifndef POOLKIT_SIMD_H
 #define POOLKIT_SIMD_H
 
 #include <stdint.h>
-#if defined(__AVX512F__) && defined(__AVX512BF16__)
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && defined(__AVX512VL__)
 #include <immintrin.h>
+#define POOLKIT_AVX512 1
+#if defined(__AVX512BF16__)
 #define POOLKIT_AVX512BF16 1
+#endif
 
 /* 16 bf16 values, widened to float32 (exactly). */
 static inline __m512 bf16x16(const uint16_t *p) {
@@ -16,13 +21,26 @@ static inline __m512 bf16x16(const uint16_t *p) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
-/* 16 floats rounded to bf16 (to nearest even; subnormal results may flush to zero) and stored. */
-static inline void put_bf16x16(uint16_t *p, __m512 v) { _mm256_storeu_si256((__m256i *)p, (__m256i)_mm512_cvtneps_pbh(v)); }
+/* 16 floats rounded to bf16 (to nearest even), as 16-bit lanes: AVX512-BF16's conversion (subnormal results
+ * may flush to zero), else the same rounding in integers (a NaN stays a quiet NaN). */
+static inline __m256i bf16_bits16(__m512 v) {
+#ifdef POOLKIT_AVX512BF16
+    return (__m256i)_mm512_cvtneps_pbh(v);
+#else
+    const __m512i bits = _mm512_castps_si512(v);
+    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+    __m512i rounded = _mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF)));
+    rounded = _mm512_mask_or_epi32(rounded, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), bits, _mm512_set1_epi32(0x400000));
+    return _mm512_cvtepi32_epi16(_mm512_srli_epi32(rounded, 16));
+#endif
+}
+
+/* 16 floats rounded to bf16 and stored. */
+static inline void put_bf16x16(uint16_t *p, __m512 v) { _mm256_storeu_si256((__m256i *)p, bf16_bits16(v)); }
 
 /* 16 floats rounded to bf16 and widened back: the value a bf16 store then load would give. */
 static inline __m512 round_bf16x16(__m512 v) {
-    __m256i h = (__m256i)_mm512_cvtneps_pbh(v);
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bf16_bits16(v)), 16));
 }
 
 static inline __m512 exp16(__m512 x) {

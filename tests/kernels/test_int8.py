@@ -125,20 +125,27 @@ def test_a_bf16_layer_is_rescaled_activated_and_narrowed_in_one_pass(act, monkey
     assert ((one.float() - three.float()).abs() <= bound).all(), (one.float() - three.float()).abs().max()
 
 
-AMX = pytest.mark.skipif(int8._amx_library() is None, reason="no AMX-INT8 here (or no compiler): int8.c's tile kernel does not run")
+#: The one-pass kernels of int8.c, each where this machine builds it: AMX-INT8 tiles, AVX512-VNNI
+#: (a machine with AMX runs both; test_cpu_tiers runs the VNNI one again built for a CPU without AMX).
+ONE_PASS = [
+    pytest.param("amx", marks=pytest.mark.skipif(int8._amx_library() is None, reason="no AMX-INT8 here (or no compiler)")),
+    pytest.param("vnni", marks=pytest.mark.skipif(int8._vnni_library() is None, reason="no AVX512-VNNI here (or no compiler)")),
+]
 
 
-@AMX
+@pytest.mark.parametrize("kind", ONE_PASS)
 @pytest.mark.parametrize("rows,k,n", [(1, 64, 32), (37, 384, 1152), (300, 1536, 384), (600, 1536, 1152)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("channels", [0, 3])
-def test_the_amx_kernel_sums_the_same_integers_as_the_reference(rows, k, n, dtype, channels, monkeypatch):
-    """The whole layer on AMX-INT8 tiles: the same levels (the rounding is the compiled pass's), the
-    same integer sums (its zero points come off in integers, exactly, where the reference's float32
-    sums round), the float channels' products on bf16 tiles as two bf16 halves of each value and
-    weight (within 2^-16 of each product); the 1,536 x 1,152 weight (over 1.5 MiB) goes in chunks of
-    512 rows, and the rows split over two threads both ways (by rows, by columns)."""
-    q, scale, bias = _weights(n, k, int8.linear_int8_amx.weight_levels, seed=k + n)
+def test_the_one_pass_kernels_sum_the_same_integers_as_the_reference(kind, rows, k, n, dtype, channels, monkeypatch):
+    """The whole layer in one pass (AMX-INT8 tiles, or VNNI's vector registers): the same levels (the
+    rounding is the compiled pass's), the same integer sums (its zero points come off in integers,
+    exactly, where the reference's float32 sums round), the float channels' products (AMX: on bf16
+    tiles as two bf16 halves of each value and weight, within 2^-16 of each product; VNNI: float32
+    FMAs); the 1,536 x 1,152 weight (over 1.5 MiB) goes in chunks of 512 rows, and the rows split
+    over two threads both ways (by rows, by columns)."""
+    fn = getattr(int8, f"linear_int8_{kind}")
+    q, scale, bias = _weights(n, k, fn.weight_levels, seed=k + n)
     g = torch.Generator().manual_seed(rows)
     x = (torch.randn(rows, k, generator=g) * torch.linspace(0.1, 30, k)).to(dtype)
     inv_smooth = torch.rand(k, generator=g) + 0.5
@@ -155,35 +162,39 @@ def test_the_amx_kernel_sums_the_same_integers_as_the_reference(rows, k, n, dtyp
         bound = bound + want.abs() * 2.0**-8
     for threads in (1, 2):
         monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
-        got = int8.linear_int8_amx(x, q, scale, bias, "none", inv_smooth, outliers, outlier_weight)
+        got = fn(x, q, scale, bias, "none", inv_smooth, outliers, outlier_weight)
         assert got.dtype == dtype and got.shape == (rows, n)
         assert ((got.double() - want.double()).abs() <= bound).all(), (got.double() - want.double()).abs().max()
 
 
-@AMX
+@pytest.mark.parametrize("kind", ONE_PASS)
 @pytest.mark.parametrize("act", ["gelu", "gelu_tanh", "relu", "silu"])
-def test_the_amx_kernel_applies_the_activation_in_its_epilogue(act):
+def test_the_one_pass_kernels_apply_the_activation_in_their_epilogue(kind, act):
     """The activation comes after the same values, in float32, then one rounding to the output's dtype."""
-    q, scale, bias = _weights(64, 128, int8.linear_int8_amx.weight_levels, seed=9)
+    fn = getattr(int8, f"linear_int8_{kind}")
+    q, scale, bias = _weights(64, 128, fn.weight_levels, seed=9)
     x = torch.randn(50, 128, generator=torch.Generator().manual_seed(9)) * 8
-    plain = int8.linear_int8_amx(x, q, scale, bias, "none")
-    torch.testing.assert_close(int8.linear_int8_amx(x, q, scale, bias, act), ACTIVATIONS[act](plain), atol=1e-5, rtol=1e-5)
-    low = int8.linear_int8_amx(x.bfloat16(), q, scale, bias, act).float()
-    want = ACTIVATIONS[act](int8.linear_int8_amx(x.bfloat16(), q, scale, bias, "none", ).float())
+    plain = fn(x, q, scale, bias, "none")
+    torch.testing.assert_close(fn(x, q, scale, bias, act), ACTIVATIONS[act](plain), atol=1e-5, rtol=1e-5)
+    low = fn(x.bfloat16(), q, scale, bias, act).float()
+    want = ACTIVATIONS[act](fn(x.bfloat16(), q, scale, bias, "none", ).float())
     assert ((low - want).abs() <= want.abs() * 2.0**-7 + 1e-2).all()  # within the plain layer's bf16 step
 
 
-@AMX
-def test_the_amx_kernel_hands_other_shapes_to_onednn():
+@pytest.mark.parametrize("kind", ONE_PASS)
+def test_the_one_pass_kernels_hand_other_shapes_to_onednn(kind):
     """Widths that are not multiples of 64 inputs or 32 outputs, an activation its epilogue lacks:
-    the oneDNN kernel's answer; and it is the kernel a CPU with AMX-INT8 selects."""
-    q, scale, bias = _weights(48, 96, int8.linear_int8_amx.weight_levels, seed=2)
+    the oneDNN kernel's answer; and the CPU selects the AMX-INT8 kernel where it has AMX, the VNNI
+    one where it has VNNI alone."""
+    fn = getattr(int8, f"linear_int8_{kind}")
+    q, scale, bias = _weights(48, 96, fn.weight_levels, seed=2)
     x = torch.randn(3, 96)
-    torch.testing.assert_close(int8.linear_int8_amx(x, q, scale, bias), int8.linear_int8_onednn(x, q, scale, bias))
+    torch.testing.assert_close(fn(x, q, scale, bias), int8.linear_int8_onednn(x, q, scale, bias))
     q, scale, bias = _weights(64, 64, 127, seed=2)
     x = torch.randn(3, 64)
-    torch.testing.assert_close(int8.linear_int8_amx(x, q, scale, bias, "tanh"), int8.linear_int8_onednn(x, q, scale, bias, "tanh"))
-    assert select_kernel("linear_int8", "cpu") is int8.linear_int8_amx
+    torch.testing.assert_close(fn(x, q, scale, bias, "tanh"), int8.linear_int8_onednn(x, q, scale, bias, "tanh"))
+    best = int8.linear_int8_amx if int8._amx_library() is not None else int8.linear_int8_vnni
+    assert select_kernel("linear_int8", "cpu") is best
 
 
 @pytest.mark.skipif(int8._library() is None, reason="no C compiler: int8.c is not built")
@@ -275,17 +286,13 @@ def test_the_compiled_rounding_rotates_rows_as_the_reference(dtype, block):
         int8.round_rows(x, inv_smooth, 64, 48)
 
 
-@pytest.mark.parametrize("kernel", ["onednn", "amx"])
+@pytest.mark.parametrize("kernel", [pytest.param("onednn", marks=ONEDNN), *ONE_PASS])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_the_kernels_rotate_the_rows_as_the_reference(kernel, dtype):
     """A rotated layer (weight rows times H once, the kernel's input rows times H) gives the
     reference's output within the sums' float32 rounding and, where a value rounded to the next
     level, one level's product; and it computes the unrotated layer within the rounding's error."""
     fn = getattr(int8, f"linear_int8_{kernel}")
-    if kernel == "amx" and int8._amx_library() is None:
-        pytest.skip("no AMX-INT8 here")
-    if kernel == "onednn" and not int8._onednn_int8_available():
-        pytest.skip("torch without oneDNN's int8 linear")
     g = torch.Generator().manual_seed(8)
     weight = torch.randn(96, 384, generator=g)
     x = (torch.randn(70, 384, generator=g) * torch.linspace(0.1, 3, 384)).to(dtype)
@@ -405,6 +412,7 @@ def test_int8_declines_a_cpu_without_an_int8_dot(minilm_dir, monkeypatch, caplog
     monkeypatch.setattr(int8.linear_int8_onednn, "declines", int8.declines)
     monkeypatch.setattr(int8, "has_int8_dot", lambda: False)
     monkeypatch.setattr(int8, "_amx_library", lambda: None)  # AMX-INT8 comes with VNNI: a CPU without has neither
+    monkeypatch.setattr(int8, "_vnni_library", lambda: None)
     assert select_kernel("linear_int8", "cpu") is int8.linear_int8_onednn
     with caplog.at_level("WARNING"):
         llm = LLM(str(minilm_dir), dtype="float32", quantization="int8", device="cpu")  # a CPU's decision, on any suite device
