@@ -186,14 +186,16 @@ def colbert_settings(model_dir: Path, colbert_ai_defaults: bool = False) -> Colb
 def split_prefix(prefix: str | None, tok: Any) -> tuple[int | None, str]:
     """A legacy prefix's marker token and the text after it: the whole prefix, else its first
     word, when that is an entry of the vocabulary (as sentence-transformers registers colbert-ai
-    and PyLate markers); ``(None, prefix)`` when neither is."""
+    and PyLate markers); ``(None, prefix)`` when neither is. The text after the marker keeps its
+    space, as in sentence-transformers' ``"[Q] " + text``: a byte-level BPE tokenizer (LFM2's,
+    Qwen's) reads ``" text"`` as other tokens than ``"text"``; WordPiece reads both alike."""
     if not prefix or not prefix.split():
         return None, prefix or ""
     word = prefix.split(None, 1)[0]
     for word, after in ((prefix, ""), (word, prefix.partition(word)[2])):
         marker = tok.convert_tokens_to_ids(word)
         if marker is not None and (marker != tok.unk_token_id or word == tok.unk_token):
-            return marker, after.lstrip()
+            return marker, after
     return None, prefix
 
 

@@ -1,5 +1,5 @@
-/* poolkit's packed (varlen) attention for CPUs with AVX512-BF16, on AMX tiles where the CPU has
- * them (see attention.py for the contract).
+/* poolkit's packed (varlen) attention for CPUs with AVX-512, in bf16 with AVX512-BF16 and on AMX
+ * tiles where the CPU has them (see attention.py for the contract).
  *
  * One call attends every sequence of a packed batch: no padding, no per-length grouping, no
  * concatenation. Plain C on data pointers, compiled once per machine by poolkit.kernels.compiler
@@ -7,8 +7,9 @@
  * poolkit_varlen_attention multiplies on AMX tiles (AMX-BF16, where the Linux kernel grants the tile
  * state: poolkit_attention_available), poolkit_varlen_attention_avx512 with AVX512-BF16's
  * vdpbf16ps (Zen 4, Cooper Lake and later: poolkit_attention_avx512_available) and
- * poolkit_varlen_attention_f32, on the same CPUs, float32 inputs with FMAs, a float32 softmax and
- * float32 probabilities.
+ * poolkit_varlen_attention_f32, on every AVX-512 CPU (Skylake-SP, Cascade Lake, Ice Lake too:
+ * poolkit_attention_f32_available), float32 inputs with FMAs, a float32 softmax and float32
+ * probabilities.
  *
  * For each sequence and key/value head the values are packed once (AMX: transposed into the
  * tiles' layout, the keys copied contiguous; AVX-512: each pair of keys' values interleaved, dim by
@@ -66,7 +67,13 @@ int poolkit_attention_avx512_available(void) {
 #endif
 }
 
-#ifdef POOLKIT_AVX512BF16
+/* 1 when this build has the float32 kernel (AVX-512, with or without AVX512-BF16). */
+int poolkit_attention_f32_available(void) { return POOLKIT_AVX512_BUILT; }
+
+/* The AVX-512 code: the float32 build needs AVX-512 alone; the bf16 builds' products and roundings
+ * (vdpbf16ps, vcvtne2ps2bf16) are compiled where the target has AVX512-BF16, and their entry points
+ * refuse elsewhere (WITH_AVX512), so the `wide` 0 paths below never run in a build without it. */
+#ifdef POOLKIT_AVX512
 
 /* cap * tanh(x / cap) = cap * (1 - 2 / (e^(2x / cap) + 1)), the exponent clamped to +-80. */
 static inline __m512 softcap16(__m512 x, float cap) {
@@ -182,8 +189,10 @@ static inline __attribute__((always_inline)) __m512 softmax_block(const workspac
             _mm512_storeu_ps((float *)w->probs + (j - k0) * 16, e0);
             _mm512_storeu_ps((float *)w->probs + (j + 1 - k0) * 16, e1);
         } else {
+#ifdef POOLKIT_AVX512BF16
             __m512i pair = (__m512i)_mm512_cvtne2ps_pbh(e1, e0); /* e0's 16 bf16, then e1's */
             _mm512_storeu_si512((void *)(w->probs + (j - k0) * 16), interleave_halves(pair));
+#endif
         }
     }
 #undef EDGE_MASK
@@ -225,7 +234,11 @@ static inline __attribute__((always_inline)) void scores_block(const workspace *
     const int64_t row_bytes = k_stride * (wide ? 4 : 2);
     const float *query = (const float *)w->query;
 #define KEY(c) _mm512_castsi512_ps(_mm512_set1_epi32(load32(c)))
+#ifdef POOLKIT_AVX512BF16
 #define STEP(s, q, key) s = wide ? _mm512_fmadd_ps(q, key, s) : _mm512_dpbf16_ps(s, (__m512bh)(q), (__m512bh)(key))
+#else
+#define STEP(s, q, key) s = _mm512_fmadd_ps(q, key, s)
+#endif
     int64_t j = first;
     for (; j + 8 <= last; j += 8) {
         __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0, s4 = s0, s5 = s0, s6 = s0, s7 = s0;
@@ -274,6 +287,7 @@ static void pack_value_pairs(const uint16_t *pre, int64_t pre_stride, int64_t sp
     }
 }
 
+#ifdef POOLKIT_AVX512BF16
 /* Step 3 for `nq` queries (block rows r0 .. r0 + nq - 1) and `nv` x 16 dims from dim m0: each query's
  * probability pair broadcast against a key pair's values; nq * nv <= 16 accumulators. Key pair p's
  * packed values are row p of `pre` for p < split (a prefix's pairs), else row p - split of w->values. */
@@ -300,6 +314,10 @@ static inline __attribute__((always_inline)) void outputs_avx512(const workspace
         for (int t = 0; t < nv; t++) put_bf16x16(out + (r0 + r) * out_stride + m0 + 16 * t, _mm512_mul_ps(acc[r * nv + t], factor));
     }
 }
+#define OUTPUTS_BF16(nv, nq) outputs_avx512(w, pv, split / 2, d, m0, nv, nq, r0, rows, k0, k1, inv, (uint16_t *)out, out_stride)
+#else
+#define OUTPUTS_BF16(nv, nq) (void)0
+#endif
 
 /* --- float32 products (FMAs) --- */
 
@@ -356,7 +374,7 @@ static void attend_block_vec(const workspace *w, const void *k, int64_t k_stride
 #define OUTPUTS(nv, nq)                                                                                           \
     (wide ? outputs_f32(w, pv, pv_stride, split, v, v_stride, m0, nv, nq, r0, rows, first, last, k0, inv,          \
                         (float *)out, out_stride)                                                                 \
-          : outputs_avx512(w, pv, split / 2, d, m0, nv, nq, r0, rows, k0, k1, inv, (uint16_t *)out, out_stride))
+          : OUTPUTS_BF16(nv, nq))
     for (int64_t m0 = 0; m0 < d; m0 += 64) {
         int64_t nv = (d - m0) / 16 < 4 ? (d - m0) / 16 : 4;
         int64_t nq = nv == 1 ? 16 : nv == 2 ? 8 : 4;
@@ -372,7 +390,7 @@ static void attend_block_vec(const workspace *w, const void *k, int64_t k_stride
 #undef OUTPUTS
 }
 
-#endif /* POOLKIT_AVX512BF16 */
+#endif /* POOLKIT_AVX512 */
 
 #ifdef POOLKIT_AMX
 
@@ -491,7 +509,7 @@ static void attend_block(const workspace *w, int64_t q0, int64_t rows,
 
 #endif /* POOLKIT_AMX */
 
-#ifdef POOLKIT_AVX512BF16
+#ifdef POOLKIT_AVX512
 
 /* A batch's prefixes (prefix_attention): sequence s continues the starts[s] keys and values at rows
  * offsets[s] .. of pk / pv (token strides in elements, heads d apart); no prefixes where starts is NULL. */
@@ -624,7 +642,7 @@ static int attend(int mode, const void *q, int64_t q_stride, const void *k, int6
     return 0;
 }
 
-#endif /* POOLKIT_AVX512BF16 */
+#endif /* POOLKIT_AVX512 */
 
 /* Attention of every head of a packed batch of bf16 tokens, the heads split over `workers` threads.
  *
@@ -660,13 +678,18 @@ static int attend(int mode, const void *q, int64_t q_stride, const void *k, int6
 #else
 #define WITH_AVX512(body, unused) unused; return 2
 #endif
+#ifdef POOLKIT_AVX512
+#define WITH_AVX512_F32(body, unused) body
+#else
+#define WITH_AVX512_F32(body, unused) unused; return 2
+#endif
 
 int poolkit_varlen_attention(ATTENTION_ARGS) { WITH_AMX(ATTENTION_SPLIT(AMX_BF16, &NO_PREFIXES), ATTENTION_UNUSED); }
 
 int poolkit_varlen_attention_avx512(ATTENTION_ARGS) { WITH_AVX512(ATTENTION_SPLIT(AVX512_BF16, &NO_PREFIXES), ATTENTION_UNUSED); }
 
 /* The same in float32 (q, k, v, out float32; FMA products, float32 probabilities). */
-int poolkit_varlen_attention_f32(ATTENTION_ARGS) { WITH_AVX512(ATTENTION_SPLIT(AVX512_F32, &NO_PREFIXES), ATTENTION_UNUSED); }
+int poolkit_varlen_attention_f32(ATTENTION_ARGS) { WITH_AVX512_F32(ATTENTION_SPLIT(AVX512_F32, &NO_PREFIXES), ATTENTION_UNUSED); }
 
 /* prefix_attention (attention.py's contract): causal attention of sequences that continue prefixes
  * whose keys and values are computed already; sequence s's first starts[s] positions are rows
@@ -690,4 +713,4 @@ int poolkit_varlen_attention_f32(ATTENTION_ARGS) { WITH_AVX512(ATTENTION_SPLIT(A
 
 int poolkit_prefix_attention_avx512(PREFIX_ARGS) { WITH_AVX512(PREFIX_SPLIT(AVX512_BF16), PREFIX_UNUSED); }
 
-int poolkit_prefix_attention_f32(PREFIX_ARGS) { WITH_AVX512(PREFIX_SPLIT(AVX512_F32), PREFIX_UNUSED); }
+int poolkit_prefix_attention_f32(PREFIX_ARGS) { WITH_AVX512_F32(PREFIX_SPLIT(AVX512_F32), PREFIX_UNUSED); }

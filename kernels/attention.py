@@ -340,6 +340,7 @@ _PREFIX = (_P, _I, _P, _I, _P, _I, _P, _P, _I, _I, _I, _I, _I, ctypes.c_float, _
 _SIGNATURES = {
     "poolkit_attention_available": (),
     "poolkit_attention_avx512_available": (),
+    "poolkit_attention_f32_available": (),
     "poolkit_varlen_attention": _ATTENTION,
     "poolkit_varlen_attention_avx512": _ATTENTION,
     "poolkit_varlen_attention_f32": _ATTENTION,
@@ -363,9 +364,17 @@ def _amx_available() -> bool:
 
 @functools.cache
 def _avx512_available() -> bool:
-    """The build targets AVX512-BF16 (the compiler's ``-march`` has it)."""
+    """The build targets AVX512-BF16 (the compiler's ``-march`` has it): the bf16 AVX-512 build."""
     lib = _library()
     return lib is not None and bool(lib.poolkit_attention_avx512_available())
+
+
+@functools.cache
+def _f32_available() -> bool:
+    """The build targets AVX-512 (with or without AVX512-BF16): the float32 AVX-512 build, the
+    ``avx512`` kernels' calls every AVX-512 CPU runs."""
+    lib = _library()
+    return lib is not None and bool(lib.poolkit_attention_f32_available())
 
 
 def _c_takes(multiple: int, dtypes: tuple[torch.dtype, ...], *tensors: torch.Tensor) -> bool:
@@ -394,12 +403,16 @@ def _c_build(kind: str, q: torch.Tensor, *tensors: torch.Tensor, op: str = "varl
     """The build of attention.c that runs these tensors (``q``, then the keys and values) for the
     ``"amx"`` or ``"avx512"`` kernel of ``op`` (``varlen_attention``; ``prefix_attention``: AVX-512
     only), ``None`` when they are not its calls or this machine has no such build. AMX: bf16, head
-    sizes in steps of 32; AVX-512: bf16 (``vdpbf16ps``) and float32 (FMAs), head sizes in steps of 16."""
+    sizes in steps of 32; AVX-512: bf16 (``vdpbf16ps``, AVX512-BF16) and float32 (FMAs, any AVX-512),
+    head sizes in steps of 16."""
     if kind == "amx":
         if op == "varlen_attention" and _c_takes(32, (torch.bfloat16,), q, *tensors) and _amx_available():
             return _library().poolkit_varlen_attention
-    elif _c_takes(16, (torch.bfloat16, torch.float32), q, *tensors) and _avx512_available():
-        return getattr(_library(), f"poolkit_{op}_{'avx512' if q.dtype == torch.bfloat16 else 'f32'}")
+    elif _c_takes(16, (torch.bfloat16, torch.float32), q, *tensors):
+        if q.dtype == torch.bfloat16 and _avx512_available():
+            return getattr(_library(), f"poolkit_{op}_avx512")
+        if q.dtype == torch.float32 and _f32_available():
+            return getattr(_library(), f"poolkit_{op}_f32")
     return None
 
 
@@ -442,10 +455,10 @@ def _cpu_varlen_attention(
 ) -> torch.Tensor:
     """:func:`varlen_attention` as one call of the ``kind`` build of attention.c over the packed tokens.
 
-    ``"amx"``: bf16 products on the AMX tiles (CPU, bf16). ``"avx512"`` (CPUs with AVX512-BF16): in
-    bf16, the AMX kernel's arithmetic with ``vdpbf16ps`` products, for CPUs without AMX; in float32,
-    FMA products and a float32 softmax and probabilities (torch's float32 arithmetic, another
-    summation order). Calls it has no fast path for (a ``bias``, other dtypes, head sizes off the
+    ``"amx"``: bf16 products on the AMX tiles (CPU, bf16). ``"avx512"``: in bf16 (CPUs with
+    AVX512-BF16), the AMX kernel's arithmetic with ``vdpbf16ps`` products, for CPUs without AMX; in
+    float32 (every AVX-512 CPU), FMA products and a float32 softmax and probabilities (torch's float32
+    arithmetic, another summation order). Calls it has no fast path for (a ``bias``, other dtypes, head sizes off the
     build's grid of 32 or 16, gradients) go to :func:`varlen_attention`.
     """
     fn = _c_build(kind, q, k, v)
@@ -530,9 +543,9 @@ def poolkit_register_kernels(register):
     # attention.c's builds: AMX ahead of AVX-512 where both run; prefix_attention's ahead of its CPU flash variant (5)
     for name, fn, reference, priority, available in (
         ("varlen_attention:amx", amx_varlen_attention, varlen_attention, 10, _amx_available),
-        ("varlen_attention:avx512", avx512_varlen_attention, varlen_attention, 5, _avx512_available),
+        ("varlen_attention:avx512", avx512_varlen_attention, varlen_attention, 5, _f32_available),
         ("varlen_attention_softcap:amx", amx_softcap_varlen_attention, softcap_varlen_attention, 10, _amx_available),
-        ("varlen_attention_softcap:avx512", avx512_softcap_varlen_attention, softcap_varlen_attention, 5, _avx512_available),
-        ("prefix_attention:avx512", avx512_prefix_attention, prefix_attention, 10, _avx512_available),
+        ("varlen_attention_softcap:avx512", avx512_softcap_varlen_attention, softcap_varlen_attention, 5, _f32_available),
+        ("prefix_attention:avx512", avx512_prefix_attention, prefix_attention, 10, _f32_available),
     ):
         register(name, Kernel(fn=fn, reference=reference, device="cpu", priority=priority, is_available=available))

@@ -3,10 +3,10 @@
 ``lora_delta(x [T, in], out [T, out], a [S, R, in], b [S, out, R], segments) -> out`` adds, for
 each ``(start, stop, slot)`` of ``segments``, ``(x[start:stop] @ a[slot].T) @ b[slot].T`` to
 ``out[start:stop]`` (the shrink to rank ``R``, then the expand), in place, and returns ``out``.
-Tokens in no segment (the base model's) are left as they are. The engine orders a batch's
-sequences by adapter (:mod:`poolkit.runtime.adapter_runs`), so each adapter in the batch owns one
-run and the op runs two small matmuls per adapter: the segmented form of vLLM's punica kernels
-(SGMV) on packed tokens.
+Tokens in no segment (the base model's) are left as they are. A batch keeps its length order
+(:mod:`poolkit.runtime.adapter_runs`), so an adapter may own several runs, one per stretch of its
+consecutive sequences: the segmented form of vLLM's punica kernels (SGMV) on packed tokens, every
+segment of a layer in one call.
 
 The op's contract, which every ``lora_delta`` kernel keeps (same arguments as the reference, which
 is what ``poolkit.kernel_reference("lora_delta")`` returns) and the slot stacks of
@@ -18,11 +18,17 @@ is what ``poolkit.kernel_reference("lora_delta")`` returns) and the slot stacks 
   already times the adapter's scaling; rows and columns an adapter does not use are zeros);
 - ``segments``: ``(start, stop, slot)`` runs of rows, disjoint, on the host;
 - returns ``out``; the products are computed in the factors' dtype (at least; a kernel may use float32).
+
+On the CPU the ``:cpu`` kernel runs every segment in one compiled call (``lora.c``, AVX-512): each
+block of a run's rows shrunk and expanded where it lies, the sums in float32, each output rounded
+once; no gather, no padding to the longest run, no call per adapter.
 """
 
 from __future__ import annotations
 
+import ctypes
 import functools
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -30,7 +36,19 @@ import torch
 from poolkit.contracts.hookspecs import hookimpl
 from poolkit.contracts.kernel import Kernel
 
+from .compiler import load_typed_library, workers
 from .triton_support import triton_kernel
+
+SOURCE = Path(__file__).with_name("lora.c")
+#: The dtype codes of lora.c.
+_DTYPES = {torch.float32: 0, torch.bfloat16: 1}
+_P, _I = ctypes.c_void_p, ctypes.c_int64
+_SIGNATURES = {
+    "poolkit_lora_available": (),
+    "poolkit_lora_delta": (_P, _I, _P, _I, ctypes.c_int, _P, _P, _I, _I, _I, _P, _I, _I),
+}
+#: Below this many multiply-adds a call runs on the calling thread alone.
+_PARALLEL_MACS = 1 << 20
 
 
 def lora_delta_reference(
@@ -145,7 +163,62 @@ def _delta_kernel():
     return lora_delta_kernel
 
 
+@functools.cache
+def _library() -> ctypes.CDLL | None:
+    """lora.c built for this machine, where it has AVX-512 (and a C compiler)."""
+    lib = load_typed_library(SOURCE, _SIGNATURES)
+    return lib if lib is not None and lib.poolkit_lora_available() else None
+
+
+def lora_delta_cpu(
+    x: torch.Tensor, out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, segments: Sequence[tuple[int, int, int]]
+) -> torch.Tensor:
+    """:func:`lora_delta_reference` in one compiled call on the CPU (``lora.c``): float32 or bf16,
+    ``x``, ``out`` and the factors of one dtype, rows of unit stride, ``in`` and ``out`` widths
+    multiples of 16; any other call goes to the reference, and so do one or two runs, which the
+    reference multiplies in place with torch's own matmuls (faster than lora.c on one long run:
+    all-MiniLM-L6-v2's layers, 12% against 15% of the base matmuls' time; with 16 adapters over
+    96 sequences lora.c took 19%, the reference 105%)."""
+    if len(segments) <= 2:
+        return lora_delta_reference(x, out, a, b, segments)
+    tokens, width = x.shape
+    rank, features = a.shape[1], out.shape[1]
+    if (
+        _library() is None
+        or x.device.type != "cpu"
+        or not x.dtype == out.dtype == a.dtype == b.dtype
+        or x.dtype not in _DTYPES
+        or width % 16
+        or features % 16
+        or x.stride(1) != 1
+        or out.stride(1) != 1
+        or not (a.is_contiguous() and b.is_contiguous())
+    ):
+        return lora_delta_reference(x, out, a, b, segments)
+    runs = _runs(tuple(segments))
+    rows = sum(stop - start for start, stop, _ in segments)
+    code = _library().poolkit_lora_delta(
+        x.data_ptr(), x.stride(0), out.data_ptr(), out.stride(0), _DTYPES[x.dtype], a.data_ptr(), b.data_ptr(), width,
+        features, rank, runs.data_ptr(), len(segments), workers(rows * rank * (width + features) >= _PARALLEL_MACS),
+    )
+    if code:
+        if code == 1:
+            raise MemoryError("poolkit LoRA kernel: out of memory for its scratch")
+        raise ValueError(f"poolkit LoRA kernel: cannot compute segments {list(segments)[:4]} (code {code})")
+    return out
+
+
+@functools.lru_cache(maxsize=4)
+def _runs(segments: tuple[tuple[int, int, int], ...]) -> torch.Tensor:
+    """The segments as lora.c reads them (``[count, 3]`` int64); every layer of a batch asks for the same."""
+    return torch.tensor(segments, dtype=torch.int64).reshape(-1, 3)
+
+
 @hookimpl
 def poolkit_register_kernels(register):
     register("lora_delta:torch", Kernel(fn=lora_delta_reference, reference=lora_delta_reference, device="any"))
+    register(
+        "lora_delta:cpu",
+        Kernel(fn=lora_delta_cpu, reference=lora_delta_reference, device="cpu", priority=10, is_available=lambda: _library() is not None),
+    )
     register("lora_delta:triton", triton_kernel(lora_delta_triton, lora_delta_reference))

@@ -154,4 +154,11 @@ static inline __attribute__((always_inline)) __m512 activate16(__m512 x, int act
     }
 
 #endif
+
+/* 1 where this build has the AVX-512 code above, else 0: what an AVX-512 kernel's availability function returns. */
+#ifdef POOLKIT_AVX512
+#define POOLKIT_AVX512_BUILT 1
+#else
+#define POOLKIT_AVX512_BUILT 0
+#endif
 #endif

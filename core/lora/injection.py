@@ -81,6 +81,15 @@ class ActiveRuns(threading.local):
             self.tokens, self.rows, self.num_tokens, self.num_rows = before
 
 
+def rows_by_slot(segments: list[Run], device: torch.device) -> dict[int, torch.Tensor]:
+    """The rows of ``segments`` by slot (an adapter's runs together), for a module whose work is one
+    call per adapter however many runs it owns."""
+    rows: dict[int, list[int]] = {}
+    for start, stop, slot in segments:
+        rows.setdefault(slot, []).extend(range(start, stop))
+    return {slot: torch.tensor(r, dtype=torch.long, device=device) for slot, r in rows.items()}
+
+
 class SlotStack:
     """The slots of one linear layer; ``pieces``: how many projections the layer stacks by output
     rows (q/k/v fused: 3), each adapter's factors for piece ``i`` in columns ``i * max_rank ...`` of
@@ -160,8 +169,8 @@ class EmbeddingSlotStack:
         """``out`` (the table's rows for the packed token ids ``ids``) plus each token's adapter's
         ``B A[:, id]``, in place."""
         segments = [s for s in self.runs.segments(ids.shape[0]) if s.slot in self.present] if ids.dim() == 1 else []
-        for start, stop, slot in segments:
-            out[start:stop] += self.a[slot][ids[start:stop]] @ self.b[slot]
+        for slot, rows in rows_by_slot(segments, ids.device).items():
+            out.index_add_(0, rows, self.a[slot][ids[rows]] @ self.b[slot])
         return out
 
 
@@ -185,8 +194,8 @@ class SavedModuleCopies:
         out = out.clone()
         self._inside = True
         try:
-            for start, stop, slot in segments:
-                out[start:stop] = torch.func.functional_call(module, self.copies[slot], (inputs[0][start:stop],))
+            for slot, rows in rows_by_slot(segments, out.device).items():
+                out[rows] = torch.func.functional_call(module, self.copies[slot], (inputs[0][rows],))
         finally:
             self._inside = False
         return out

@@ -6,7 +6,7 @@ accelerator one batch queued behind another (``inflight``); ``prefix`` computes 
 once; ``batching`` gathers concurrent server requests into those
 batches; ``columns`` holds the per-input results; ``estimates`` is the one characters-per-token
 rule; ``allocator`` tunes glibc's malloc for CPU inference; ``progress`` is the progress bar;
-``adapter_runs`` orders a batch by LoRA adapter and tells the layers which tokens each one owns.
+``adapter_runs`` pins a batch's LoRA adapters and tells the layers which tokens each one owns.
 
 May import: ``contracts/``, ``plugins/``, ``config/``, ``loading/``, ``lora/``.
 """

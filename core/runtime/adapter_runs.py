@@ -1,12 +1,15 @@
-"""LoRA adapters in the engine's batches: each batch ordered so that every adapter owns one run of
-tokens, and those runs told to the model's layers while the batch runs.
+"""LoRA adapters in the engine's batches: each sequence's adapter slot, and the runs of tokens each
+adapter owns told to the model's layers while the batch runs.
 
-The engine packs token-budget batches (:meth:`poolkit.runtime.engine.Engine.batches`); with
-adapters, :func:`plan` puts each batch's base-model sequences first, then each adapter's together,
-pins the adapters' slots (:meth:`poolkit.lora.manager.Adapters.pinned`) for as long as the batch runs,
-and splits a batch mixing more than ``max_loras`` adapters into parts. :func:`active` turns a
-planned batch's sequence lengths and slots into the runs the slot stacks read
-(:class:`poolkit.lora.injection.ActiveRuns`): the ``lora_delta`` op adds ``B (A x)`` run by run.
+The engine packs token-budget batches of length-sorted sequences (:meth:`poolkit.runtime.engine.Engine.batches`);
+with adapters, :func:`plan` pins each batch's adapters' slots (:meth:`poolkit.lora.manager.Adapters.pinned`)
+for as long as the batch runs and splits a batch mixing more than ``max_loras`` adapters into parts.
+The sequences keep their order: sequences of one length stay together, so attention reads each
+length's sequences as one slice (ordered by adapter instead, every length was scattered over the
+adapters' runs and attention gathered its rows and copied them back, in every layer), and an
+adapter owns a run wherever its sequences follow each other. :func:`active` turns a planned batch's
+sequence lengths and slots into the runs the slot stacks read (:class:`poolkit.lora.injection.ActiveRuns`):
+the ``lora_delta`` op adds ``B (A x)`` run by run, every run of a layer in one call.
 """
 
 from __future__ import annotations
@@ -28,9 +31,9 @@ class PlannedBatch(NamedTuple):
 
 
 def plan(adapters: Adapters | None, batches: list[Any], params: Sequence[Any]) -> Iterator[PlannedBatch]:
-    """Each batch's members with their adapters' slots: the base model's sequences first, then each
-    adapter's together, so that every adapter owns one run of tokens; a batch mixing more than
-    ``max_loras`` adapters runs in parts. A part's slots stay pinned until the next part is asked for."""
+    """Each batch's members, in the batch's order, with their adapters' slots; a batch mixing more
+    than ``max_loras`` adapters runs in parts (the base model's sequences in the first). A part's
+    slots stay pinned until the next part is asked for."""
     if adapters is None or all(p.lora_request is None for p in params):
         for members in batches:
             yield PlannedBatch(members, None)
@@ -46,13 +49,12 @@ def plan(adapters: Adapters | None, batches: list[Any], params: Sequence[Any]) -
             chosen = [j for j, r in enumerate(requests) if (r is None and k == 0) or (r is not None and r.lora_name in group)]
             with adapters.pinned([requests[j] for j in chosen if requests[j] is not None]) as bound:
                 slots = [bound[requests[j].lora_name] if requests[j] is not None else -1 for j in chosen]
-                order = sorted(range(len(chosen)), key=slots.__getitem__)
-                yield PlannedBatch(members[[chosen[j] for j in order]], [slots[j] for j in order])
+                yield PlannedBatch(members[chosen], slots)
 
 
 def active(adapters: Adapters, lens: Sequence[int], slots: Sequence[int]) -> ContextManager[None]:
     """Within the block, sequence ``i`` (``lens[i]`` tokens) runs with the adapter in ``slots[i]``
-    (``-1``: none); sequences of one adapter must be consecutive."""
+    (``-1``: none): consecutive sequences of one adapter make one run."""
     tokens: list[Run] = []
     rows: list[Run] = []
     start = 0

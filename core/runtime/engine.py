@@ -5,7 +5,7 @@ Prompts are tokenized and truncated by the engine's :class:`PromptTokenizer`
 chunks under chunked processing, sequences sorted by length and packed into batches under a token
 budget with no padding, on an accelerator the next slice tokenized while the device runs this one
 and each batch queued before the previous one is read back (:mod:`poolkit.runtime.inflight`), the
-CPU's threads per batch, LoRA adapters ordered per batch (:mod:`poolkit.runtime.adapter_runs`), and
+CPU's threads per batch, LoRA adapters pinned per batch (:mod:`poolkit.runtime.adapter_runs`), and
 shared prefixes computed once (:mod:`poolkit.runtime.prefix`). Results come back in input order.
 """
 

@@ -39,6 +39,11 @@ def _kernel(name: str):
 
 each_kernel = pytest.mark.parametrize("name", list(KERNELS))
 
+
+def _float32_kernel() -> None:
+    if not attention._f32_available():
+        pytest.skip("no AVX-512 on this CPU, or no C compiler: the float32 kernel does not run")
+
 # Unsorted; single tokens; lengths off and on the 16- and 32-key blocks; one past 512.
 LENGTHS = [17, 1, 64, 5, 33, 2, 513, 16, 100]
 
@@ -90,8 +95,9 @@ def test_compiled_attention_matches_the_float32_reference(name: str, d: int, cau
 )
 def test_avx512_attention_in_float32_is_as_close_to_float64_as_torchs(d: int, causal: bool, window: int | None) -> None:
     """float32 calls: FMA products, a float32 softmax (e^x to 2e-7) and float32 probabilities, so
-    the error against float64 is float32 rounding, of the size of torch's own float32 attention."""
-    _kernel("avx512")
+    the error against float64 is float32 rounding, of the size of torch's own float32 attention. Any
+    AVX-512 CPU runs them, with or without AVX512-BF16."""
+    _float32_kernel()
     heads, kv_heads = (4, 2) if d < 256 else (2, 1)
     batch, q, k, v = _inputs(LENGTHS, heads, kv_heads, d, seed=4)
     q, k, v = q.float() + 0.01 * torch.randn(q.shape), k.float(), v.float()  # off the bf16 grid
@@ -261,11 +267,11 @@ def test_avx512_prefix_attention_equals_the_whole_sequences_attention(d: int) ->
     """``prefix_attention:avx512``: the suffixes' outputs are the whole causal sequences' rows in
     float32 (to its rounding against float64, as the whole-sequence kernel's), and in bf16 within a
     bf16 step of ``varlen_attention:avx512`` on the whole sequences (same products and softmax)."""
-    _kernel("avx512")
+    _float32_kernel()
     from poolkit.kernels.attention import avx512_prefix_attention
 
     heads, kv_heads = (4, 2) if d < 256 else (2, 1)
-    for dtype in (torch.float32, torch.bfloat16):
+    for dtype in (torch.float32, torch.bfloat16) if attention._avx512_available() else (torch.float32,):
         whole, (q, k, v), tail, split = _prefixed(PREFIX_LENS, PREFIX_STARTS, heads, kv_heads, d, dtype)
         with torch.inference_mode():
             got = avx512_prefix_attention(*split, scale=0.2)

@@ -35,8 +35,9 @@ TIERS = {
     # oneDNN held to the same: the int8 kernels such a CPU runs (the VNNI one-pass layer).
     "avx512-vnni-without-bf16": {"POOLKIT_CPU_ARCH": "cascadelake", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE_VNNI"},
 }
-#: The tests a tier runs where not all of FILES: the VNNI tier differs from this machine's build in int8.c alone.
-TIER_FILES = {"avx512-vnni-without-bf16": ("kernels/test_int8.py",)}
+#: The tests a tier runs where not all of FILES: the VNNI tier's build differs from an AVX512-BF16 one's
+#: in int8.c (the VNNI layer, the AVX-512 rounding) and attention.c (the float32 build without AVX512-BF16).
+TIER_FILES = {"avx512-vnni-without-bf16": ("kernels/test_int8.py", "kernels/test_attention_kernels.py")}
 
 
 def _cpu_flags() -> set[str]:
