@@ -397,6 +397,29 @@ typedef struct {
     const float *cweight;     /* the float channels' weights [c, n] as they are (the VNNI kernel's) */
 } int8_layer;
 
+/* Whether the arguments both one-pass kernels read alike are ones they take. */
+static int int8_layer_ok(const int8_layer *L, int act, int out_dtype) {
+    return (L->x_dtype == 0 || L->x_dtype == 1) && (out_dtype == 0 || out_dtype == 1) && act >= 0 && act <= 4 && L->k > 0 &&
+           L->k % 64 == 0 && L->n > 0 && L->n % 32 == 0 && L->chunk_rows > 0 && L->chunk_rows % 32 == 0 && L->c >= 0 &&
+           rotation_ok(L->rotation, L->k);
+}
+
+/* A one-pass kernel's work on groups of 32 rows [group_begin, group_end) x column blocks [block_begin, block_end). */
+typedef int (*int8_range_fn)(const int8_layer *L, int act, int bf16, int64_t group_begin, int64_t group_end,
+                             int64_t block_begin, int64_t block_end);
+
+/* `range` over the whole layer, split over `workers` threads by groups of 32 rows (by_rows) or by blocks
+ * of 32 columns. */
+static int int8_split(const int8_layer *L, int act, int out_dtype, int by_rows, int64_t workers, int8_range_fn range) {
+    int64_t groups = (L->rows + 31) / 32, blocks = L->n / 32;
+    int code;
+    if (by_rows)
+        PARALLEL_RANGES(groups, workers, code, begin, end, range(L, act, out_dtype, begin, end, 0, blocks));
+    else
+        PARALLEL_RANGES(blocks, workers, code, begin, end, range(L, act, out_dtype, 0, groups, begin, end));
+    return code;
+}
+
 #endif
 
 #ifdef POOLKIT_AMX_INT8
@@ -742,19 +765,10 @@ int poolkit_int8_amx(const void *x, int x_dtype, int64_t x_stride, int64_t rows,
                      const int64_t *cols, int64_t c, const uint16_t *cpacked, int64_t kk, int act, void *out, int out_dtype,
                      int64_t chunk_rows, int by_rows, int64_t workers) {
 #ifdef POOLKIT_AMX_INT8
-    if ((x_dtype != 0 && x_dtype != 1) || (out_dtype != 0 && out_dtype != 1) || act < 0 || act > 4 || k <= 0 || k % 64 ||
-        n <= 0 || n % 32 || chunk_rows <= 0 || chunk_rows % 32 || c < 0 || kk % 32 || kk < 3 * c || (c && !cpacked) ||
-        !rotation_ok(rotation, k))
-        return 3;
-    int8_layer L = {x, x_dtype, x_stride, rows, k, n, inv_smooth, rotation, packed, scale, sums, bias, cols, c, c ? kk : 0, cpacked,
-                    out, chunk_rows};
-    int64_t groups = (rows + 31) / 32, blocks = n / 32;
-    int code;
-    if (by_rows)
-        PARALLEL_RANGES(groups, workers, code, begin, end, int8_range(&L, act, out_dtype, begin, end, 0, blocks));
-    else
-        PARALLEL_RANGES(blocks, workers, code, begin, end, int8_range(&L, act, out_dtype, 0, groups, begin, end));
-    return code;
+    const int8_layer L = {x, x_dtype, x_stride, rows, k, n, inv_smooth, rotation, packed, scale, sums, bias, cols, c, c ? kk : 0,
+                          cpacked, out, chunk_rows, NULL};
+    if (!int8_layer_ok(&L, act, out_dtype) || kk % 32 || kk < 3 * c || (c && !cpacked)) return 3;
+    return int8_split(&L, act, out_dtype, by_rows, workers, int8_range);
 #else
     (void)x; (void)x_dtype; (void)x_stride; (void)rows; (void)inv_smooth; (void)rotation; (void)packed; (void)k; (void)n; (void)scale;
     (void)sums; (void)bias; (void)cols; (void)c; (void)cpacked; (void)kk; (void)act; (void)out; (void)out_dtype;
@@ -770,18 +784,10 @@ int poolkit_int8_vnni(const void *x, int x_dtype, int64_t x_stride, int64_t rows
                       const float *bias, const int64_t *cols, int64_t c, const float *cweight, int act, void *out, int out_dtype,
                       int64_t chunk_rows, int by_rows, int64_t workers) {
 #ifdef POOLKIT_VNNI
-    if ((x_dtype != 0 && x_dtype != 1) || (out_dtype != 0 && out_dtype != 1) || act < 0 || act > 4 || k <= 0 || k % 64 ||
-        n <= 0 || n % 32 || chunk_rows <= 0 || chunk_rows % 32 || c < 0 || (c && (!cols || !cweight)) || !rotation_ok(rotation, k))
-        return 3;
-    int8_layer L = {x, x_dtype, x_stride, rows, k, n, inv_smooth, rotation, packed, scale, sums, bias, cols, c, 0, NULL,
-                    out, chunk_rows, cweight};
-    int64_t groups = (rows + 31) / 32, blocks = n / 32;
-    int code;
-    if (by_rows)
-        PARALLEL_RANGES(groups, workers, code, begin, end, vnni_range(&L, act, out_dtype, begin, end, 0, blocks));
-    else
-        PARALLEL_RANGES(blocks, workers, code, begin, end, vnni_range(&L, act, out_dtype, 0, groups, begin, end));
-    return code;
+    const int8_layer L = {x, x_dtype, x_stride, rows, k, n, inv_smooth, rotation, packed, scale, sums, bias, cols, c, 0, NULL,
+                          out, chunk_rows, cweight};
+    if (!int8_layer_ok(&L, act, out_dtype) || (c && (!cols || !cweight))) return 3;
+    return int8_split(&L, act, out_dtype, by_rows, workers, vnni_range);
 #else
     (void)x; (void)x_dtype; (void)x_stride; (void)rows; (void)inv_smooth; (void)rotation; (void)packed; (void)k; (void)n; (void)scale;
     (void)sums; (void)bias; (void)cols; (void)c; (void)cweight; (void)act; (void)out; (void)out_dtype; (void)chunk_rows;
