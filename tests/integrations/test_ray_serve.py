@@ -7,6 +7,7 @@ joined deletes its applications and leaves the cluster (and the cluster's other 
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import signal
@@ -159,7 +160,7 @@ def test_a_replica_killed_mid_load_is_replaced(served, offline):
         t.join()
     assert running_replicas() == 2
     assert victims[0]["name"] not in _replicas_named()
-    assert answered_again(), statuses[back:]
+    assert answered_again(), (collections.Counter(statuses[back:]), statuses[back:][-20:], len(statuses) - back)
     with httpx.Client(timeout=30) as client:
         got = client.post(f"{served}/v1/embeddings", json={"model": "minilm", "input": TEXTS}).json()
     for item, want in zip(got["data"], offline):
