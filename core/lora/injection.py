@@ -84,10 +84,10 @@ class ActiveRuns(threading.local):
 def rows_by_slot(segments: list[Run], device: torch.device) -> dict[int, torch.Tensor]:
     """The rows of ``segments`` by slot (an adapter's runs together), for a module whose work is one
     call per adapter however many runs it owns."""
-    rows: dict[int, list[int]] = {}
+    runs: dict[int, list[torch.Tensor]] = {}
     for start, stop, slot in segments:
-        rows.setdefault(slot, []).extend(range(start, stop))
-    return {slot: torch.tensor(r, dtype=torch.long, device=device) for slot, r in rows.items()}
+        runs.setdefault(slot, []).append(torch.arange(start, stop, device=device))
+    return {slot: torch.cat(parts) for slot, parts in runs.items()}
 
 
 class SlotStack:
