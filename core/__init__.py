@@ -45,6 +45,7 @@ _LAZY = {
     "IOContext": "contracts.io",
     "Prompt": "contracts.io",
     "Kernel": "contracts.kernel",
+    "implements": "contracts.kernel",
     "select_kernel": "plugins.lookup",
     "kernel_for": "plugins.lookup",
     "kernel_reference": "plugins.lookup",

@@ -60,7 +60,7 @@ import torch.nn.functional as F
 
 from poolkit.contracts.batch import PackedBatch, device_tensor
 from poolkit.contracts.hookspecs import hookimpl
-from poolkit.contracts.kernel import Kernel
+from poolkit.contracts.kernel import Kernel, implements
 
 from .compiler import load_typed_library, workers
 
@@ -124,14 +124,8 @@ def varlen_attention(
 
 
 def _dense(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    causal: bool,
-    scale: float | None,
-    window: int | None,
-    bias: torch.Tensor | None = None,
-    seen: torch.Tensor | None = None,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float | None, window: int | None,
+    bias: torch.Tensor | None = None, seen: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Attention on ``[n, L, heads, d]`` inputs, returning ``[n, L, heads, d]``; ``seen``:
     ``[n, L]`` bool, False for keys no query may see."""
@@ -270,14 +264,8 @@ def softcap_varlen_attention(
 
 
 def _softcapped(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    causal: bool,
-    scale: float | None,
-    window: int | None,
-    cap: float,
-    seen: torch.Tensor | None = None,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float | None, window: int | None,
+    cap: float, seen: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Soft-capped attention on ``[n, heads, L, d]`` inputs (``[n, kv_heads, L, d]`` keys and values);
     ``seen`` as :func:`_dense`'s."""
@@ -297,16 +285,8 @@ def _softcapped(
 _FLASH_DTYPES = (torch.float16, torch.bfloat16)
 
 
-def flash_varlen_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    batch: PackedBatch,
-    causal: bool = False,
-    scale: float | None = None,
-    window: int | None = None,
-    bias: torch.Tensor | None = None,
-) -> torch.Tensor:
+@implements(varlen_attention)
+def flash_varlen_attention(q, k, v, batch, causal=False, scale=None, window=None, bias=None) -> torch.Tensor:
     """:func:`varlen_attention` as one FlashAttention varlen call over the packed tokens (CUDA).
 
     The sequences' offsets go to the kernel as ``cu_seqlens``: nothing is padded, grouped or
@@ -404,11 +384,11 @@ def _c_build(kind: str, q: torch.Tensor, *tensors: torch.Tensor, op: str = "varl
     ``"amx"`` or ``"avx512"`` kernel of ``op`` (``varlen_attention``; ``prefix_attention``: AVX-512
     only), ``None`` when they are not its calls or this machine has no such build. AMX: bf16, head
     sizes in steps of 32; AVX-512: bf16 (``vdpbf16ps``, AVX512-BF16) and float32 (FMAs, any AVX-512),
-    head sizes in steps of 16."""
-    if kind == "amx":
-        if op == "varlen_attention" and _c_takes(32, (torch.bfloat16,), q, *tensors) and _amx_available():
-            return _library().poolkit_varlen_attention
-    elif _c_takes(16, (torch.bfloat16, torch.float32), q, *tensors):
+    head sizes in steps of 16, for its own kernel and for the AMX kernel's other calls (an AMX CPU
+    has AVX-512 too: float32, and head sizes of 16 such as 48 or 80, stay compiled)."""
+    if kind == "amx" and op == "varlen_attention" and _c_takes(32, (torch.bfloat16,), q, *tensors) and _amx_available():
+        return _library().poolkit_varlen_attention
+    if _c_takes(16, (torch.bfloat16, torch.float32), q, *tensors):
         if q.dtype == torch.bfloat16 and _avx512_available():
             return getattr(_library(), f"poolkit_{op}_avx512")
         if q.dtype == torch.float32 and _f32_available():
@@ -443,15 +423,8 @@ def _compiled(fn, q, k, v, batch, causal, scale, window, softcap) -> torch.Tenso
 
 
 def _cpu_varlen_attention(
-    kind: str,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    batch: PackedBatch,
-    causal: bool = False,
-    scale: float | None = None,
-    window: int | None = None,
-    bias: torch.Tensor | None = None,
+    kind: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: PackedBatch, causal: bool = False,
+    scale: float | None = None, window: int | None = None, bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """:func:`varlen_attention` as one call of the ``kind`` build of attention.c over the packed tokens.
 
@@ -468,15 +441,8 @@ def _cpu_varlen_attention(
 
 
 def _cpu_softcap_varlen_attention(
-    kind: str,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    batch: PackedBatch,
-    causal: bool = False,
-    scale: float | None = None,
-    window: int | None = None,
-    softcap: float | None = None,
+    kind: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: PackedBatch, causal: bool = False,
+    scale: float | None = None, window: int | None = None, softcap: float | None = None,
 ) -> torch.Tensor:
     """:func:`softcap_varlen_attention` as one call of the ``kind`` build of attention.c (as
     :func:`_cpu_varlen_attention`'s), the capping computed in float32 on the float32 scores; other
@@ -487,16 +453,8 @@ def _cpu_softcap_varlen_attention(
     return _compiled(fn, q, k, v, batch, causal, scale, window, softcap)
 
 
-def avx512_prefix_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    batch: PackedBatch,
-    prefix_k: torch.Tensor,
-    prefix_v: torch.Tensor,
-    offsets: list[int],
-    scale: float | None = None,
-) -> torch.Tensor:
+@implements(prefix_attention)
+def avx512_prefix_attention(q, k, v, batch, prefix_k, prefix_v, offsets, scale=None) -> torch.Tensor:
     """:func:`prefix_attention` as one call of attention.c's AVX-512 build over the packed suffixes.
 
     Each sequence's queries attend from the positions after its prefix: the prefix's keys are read in
@@ -538,7 +496,7 @@ def poolkit_register_kernels(register):
         register(f"{op}:torch", Kernel(fn=reference, reference=reference, device="any", priority=0))
     register(
         "varlen_attention:flash",
-        Kernel(fn=flash_varlen_attention, reference=varlen_attention, device="cuda", priority=10, is_available=_flash_available),
+        Kernel(fn=flash_varlen_attention, device="cuda", priority=10, is_available=_flash_available),
     )
     # attention.c's builds: AMX ahead of AVX-512 where both run; prefix_attention's ahead of its CPU flash variant (5)
     for name, fn, reference, priority, available in (

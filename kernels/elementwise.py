@@ -62,7 +62,7 @@ import torch
 import torch.nn.functional as F
 
 from poolkit.contracts.hookspecs import hookimpl
-from poolkit.contracts.kernel import Kernel
+from poolkit.contracts.kernel import Kernel, implements
 
 from .compiler import load_typed_library, workers
 
@@ -249,9 +249,8 @@ def activation_c(y: torch.Tensor, act: str, gate_first: bool | None = None) -> t
     return out
 
 
-def rms_norm_c(
-    x: torch.Tensor, weight: torch.Tensor, eps: float, offset: bool = False, residual: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
+@implements(rms_norm)
+def rms_norm_c(x, weight, eps, offset=False, residual=None) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`rms_norm` in one pass (C): the residual add, the norm and the scale, rounded once."""
     layout = _row_layout(x)
     lib = _library()
@@ -281,14 +280,8 @@ def rms_norm_c(
     return total, out
 
 
-def residual_norm_c(
-    x: torch.Tensor,
-    residual: torch.Tensor | None,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    eps: float,
-    rms: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
+@implements(residual_norm)
+def residual_norm_c(x, residual, weight, bias, eps, rms=False) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`residual_norm` in one pass (C): the add, the norm and both outputs."""
     lib = _library()
     if (
@@ -333,7 +326,8 @@ def rotary_tables_fit(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> 
     )
 
 
-def rotary_c(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+@implements(rotary)
+def rotary_c(x, cos, sin) -> torch.Tensor:
     """:func:`rotary` in one pass (C), computed in float32 and rounded once."""
     lib = _library()
     layout = _row_layout(x) if x.dim() >= 2 else None
@@ -364,10 +358,6 @@ def rotary_c(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Ten
 
 @hookimpl
 def poolkit_register_kernels(register):
-    for op, reference, compiled in (
-        ("rms_norm", rms_norm, rms_norm_c),
-        ("residual_norm", residual_norm, residual_norm_c),
-        ("rotary", rotary, rotary_c),
-    ):
-        register(f"{op}:torch", Kernel(fn=reference, reference=reference, device="any"))
-        register(f"{op}:c", Kernel(fn=compiled, reference=reference, device="cpu", priority=10, is_available=_compiled_available))
+    for op, compiled in (("rms_norm", rms_norm_c), ("residual_norm", residual_norm_c), ("rotary", rotary_c)):
+        register(f"{op}:torch", Kernel(fn=compiled.reference, reference=compiled.reference, device="any"))
+        register(f"{op}:c", Kernel(fn=compiled, device="cpu", priority=10, is_available=_compiled_available))

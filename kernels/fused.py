@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from poolkit.contracts.hookspecs import hookimpl
+from poolkit.contracts.kernel import implements
 
 from .elementwise import _row_layout, residual_norm, rms_norm, rotary, rotary_tables_fit
 from .linear import gated_linear
@@ -91,9 +92,8 @@ def _block(n: int) -> int:
 # -- the norms -----------------------------------------------------------------------------------
 
 
-def rms_norm_triton(
-    x: torch.Tensor, weight: torch.Tensor, eps: float, offset: bool = False, residual: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
+@implements(rms_norm)
+def rms_norm_triton(x, weight, eps, offset=False, residual=None) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`poolkit.kernels.elementwise.rms_norm` in one pass: ``total`` (in the promoted dtype
     of ``x`` and ``residual``: a float32 residual stream stays float32) and its RMSNorm in ``x``'s
     dtype, computed in float32 and rounded once."""
@@ -125,14 +125,8 @@ def rms_norm_triton(
     return total, out
 
 
-def residual_norm_triton(
-    x: torch.Tensor,
-    residual: torch.Tensor | None,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    eps: float,
-    rms: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
+@implements(residual_norm)
+def residual_norm_triton(x, residual, weight, bias, eps, rms=False) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`poolkit.kernels.elementwise.residual_norm` in one pass: the float32 residual stream
     and, when the weights are narrower, its copy in their dtype, both written by the same program."""
     layout = _rows(x)
@@ -215,7 +209,8 @@ def _norm_kernel():
 # -- rotary positions ----------------------------------------------------------------------------
 
 
-def rotary_triton(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+@implements(rotary)
+def rotary_triton(x, cos, sin) -> torch.Tensor:
     """:func:`poolkit.kernels.elementwise.rotary` in one pass over ``x`` read in place (a strided
     ``[T, H, d]`` view of a packed projection), computed in float32 and rounded once."""
     layout = _rows(x) if x.dim() >= 2 else None
@@ -272,9 +267,8 @@ def _rotary_kernel():
 # -- the gated feed-forward input and the activations --------------------------------------------
 
 
-def gated_linear_triton(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, act: str = "silu", gate_first: bool = True
-) -> torch.Tensor:
+@implements(gated_linear)
+def gated_linear_triton(x, weight, bias, act="silu", gate_first=True) -> torch.Tensor:
     """:func:`poolkit.kernels.linear.gated_linear` as one cuBLAS matmul over both halves and one
     Triton pass writing ``act(gate) * up`` (float32 inside, rounded once)."""
     if not _runs(x, weight, bias) or act not in _ACT_CODES or x.dtype != weight.dtype or weight.shape[0] % 2:
@@ -324,13 +318,13 @@ def _gated_kernel():
 
 @hookimpl
 def poolkit_register_kernels(register):
-    for op, fn, reference in (
-        ("rms_norm", rms_norm_triton, rms_norm),
-        ("residual_norm", residual_norm_triton, residual_norm),
-        ("rotary", rotary_triton, rotary),
-        ("gated_linear", gated_linear_triton, gated_linear),
+    for op, fn in (
+        ("rms_norm", rms_norm_triton),
+        ("residual_norm", residual_norm_triton),
+        ("rotary", rotary_triton),
+        ("gated_linear", gated_linear_triton),
     ):
-        register(f"{op}:triton", triton_kernel(fn, reference))
+        register(f"{op}:triton", triton_kernel(fn))
 
 
 __all__ = [

@@ -404,9 +404,19 @@ static int int8_layer_ok(const int8_layer *L, int act, int out_dtype) {
            rotation_ok(L->rotation, L->k);
 }
 
-/* A one-pass kernel's work on groups of 32 rows [group_begin, group_end) x column blocks [block_begin, block_end). */
-typedef int (*int8_range_fn)(const int8_layer *L, int act, int bf16, int64_t group_begin, int64_t group_end,
+/* A one-pass kernel's work on rows [row_begin, row_end) x column blocks [block_begin, block_end), `span`
+ * the rows of its scratch (a chunk's, rounded up to 32). Returns 0, or 1 when out of memory. */
+typedef int (*int8_range_fn)(const int8_layer *L, int act, int bf16, int64_t row_begin, int64_t row_end, int64_t span,
                              int64_t block_begin, int64_t block_end);
+
+/* `range` on the groups of 32 rows [group_begin, group_end) (the last may be short); nothing when empty. */
+static int int8_groups(const int8_layer *L, int act, int bf16, int8_range_fn range, int64_t group_begin, int64_t group_end,
+                       int64_t block_begin, int64_t block_end) {
+    int64_t row_begin = group_begin * 32, row_end = group_end * 32 < L->rows ? group_end * 32 : L->rows;
+    if (row_begin >= row_end || block_begin >= block_end) return 0;
+    int64_t span = row_end - row_begin < L->chunk_rows ? row_end - row_begin : L->chunk_rows;
+    return range(L, act, bf16, row_begin, row_end, (span + 31) / 32 * 32, block_begin, block_end);
+}
 
 /* `range` over the whole layer, split over `workers` threads by groups of 32 rows (by_rows) or by blocks
  * of 32 columns. */
@@ -414,9 +424,9 @@ static int int8_split(const int8_layer *L, int act, int out_dtype, int by_rows, 
     int64_t groups = (L->rows + 31) / 32, blocks = L->n / 32;
     int code;
     if (by_rows)
-        PARALLEL_RANGES(groups, workers, code, begin, end, range(L, act, out_dtype, begin, end, 0, blocks));
+        PARALLEL_RANGES(groups, workers, code, begin, end, int8_groups(L, act, out_dtype, range, begin, end, 0, blocks));
     else
-        PARALLEL_RANGES(blocks, workers, code, begin, end, range(L, act, out_dtype, 0, groups, begin, end));
+        PARALLEL_RANGES(blocks, workers, code, begin, end, int8_groups(L, act, out_dtype, range, 0, groups, begin, end));
     return code;
 }
 
@@ -559,14 +569,9 @@ static inline __attribute__((always_inline)) void int8_blocks(const int8_layer *
     if (p->rows) int8_finish(L, p, 0, 32, act, bf16);
 }
 
-/* int8_blocks over the groups of 32 rows [group_begin, group_end) and the column blocks
- * [block_begin, block_end). Returns 0, or 1 when out of memory. */
-static int int8_range(const int8_layer *L, int act, int bf16, int64_t group_begin, int64_t group_end, int64_t block_begin,
-                      int64_t block_end) {
-    int64_t row_begin = group_begin * 32, row_end = group_end * 32 < L->rows ? group_end * 32 : L->rows;
-    if (row_begin >= row_end || block_begin >= block_end) return 0;
-    int64_t span = row_end - row_begin < L->chunk_rows ? row_end - row_begin : L->chunk_rows;
-    span = (span + 31) / 32 * 32;
+/* int8_blocks with its scratch: an int8_range_fn. */
+static int int8_range(const int8_layer *L, int act, int bf16, int64_t row_begin, int64_t row_end, int64_t span,
+                      int64_t block_begin, int64_t block_end) {
     uint8_t *q = NULL;
     uint16_t *crows = NULL;
     float *scales = malloc((size_t)(span * 2 + L->k) * sizeof(float)); /* steps, zeros, a rotated row */
@@ -686,14 +691,9 @@ static inline __attribute__((always_inline)) void vnni_blocks(const int8_layer *
     }
 }
 
-/* vnni_blocks over the groups of 32 rows [group_begin, group_end) and the column blocks
- * [block_begin, block_end). Returns 0, or 1 when out of memory. */
-static int vnni_range(const int8_layer *L, int act, int bf16, int64_t group_begin, int64_t group_end, int64_t block_begin,
-                      int64_t block_end) {
-    int64_t row_begin = group_begin * 32, row_end = group_end * 32 < L->rows ? group_end * 32 : L->rows;
-    if (row_begin >= row_end || block_begin >= block_end) return 0;
-    int64_t span = row_end - row_begin < L->chunk_rows ? row_end - row_begin : L->chunk_rows;
-    span = (span + 31) / 32 * 32;
+/* vnni_blocks with its scratch: an int8_range_fn. */
+static int vnni_range(const int8_layer *L, int act, int bf16, int64_t row_begin, int64_t row_end, int64_t span,
+                      int64_t block_begin, int64_t block_end) {
     uint8_t *q = NULL;
     float *scales = malloc((size_t)(span * (2 + L->c) + L->k) * sizeof(float)); /* steps, zeros, channels, a rotated row */
     if (!scales || posix_memalign((void **)&q, 64, (size_t)(span * L->k))) {

@@ -65,7 +65,7 @@ from pathlib import Path
 import torch
 
 from poolkit.contracts.hookspecs import hookimpl
-from poolkit.contracts.kernel import Kernel, hadamard_rows
+from poolkit.contracts.kernel import Kernel, hadamard_rows, implements
 
 from .compiler import load_typed_library, workers
 from .linear import _PARALLEL_MACS, ACTIVATIONS, AMX_ACTIVATIONS, INT8_PACKERS, _packed, row_bucket
@@ -134,16 +134,9 @@ linear_int8.weight_levels = LEVELS
 linear_int8.rotations = ROTATIONS
 
 
+@implements(linear_int8)
 def linear_int8_onednn(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    scale: torch.Tensor,
-    bias: torch.Tensor | None = None,
-    act: str = "none",
-    inv_smooth: torch.Tensor | None = None,
-    outliers: torch.Tensor | None = None,
-    outlier_weight: torch.Tensor | None = None,
-    rotation: int = 0,
+    x, weight, scale, bias=None, act="none", inv_smooth=None, outliers=None, outlier_weight=None, rotation=0
 ) -> torch.Tensor:
     """:func:`linear_int8` with oneDNN's integer matmul (CPU only; another device goes to the
     reference). oneDNN takes one zero point for all rows, so the matmul runs with none and each
@@ -167,16 +160,9 @@ def linear_int8_onednn(
     return ACTIVATIONS[act](y).reshape(*x.shape[:-1], weight.shape[0]).to(x.dtype)
 
 
+@implements(linear_int8)
 def linear_int8_amx(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    scale: torch.Tensor,
-    bias: torch.Tensor | None = None,
-    act: str = "none",
-    inv_smooth: torch.Tensor | None = None,
-    outliers: torch.Tensor | None = None,
-    outlier_weight: torch.Tensor | None = None,
-    rotation: int = 0,
+    x, weight, scale, bias=None, act="none", inv_smooth=None, outliers=None, outlier_weight=None, rotation=0
 ) -> torch.Tensor:
     """:func:`linear_int8` in one pass on AMX-INT8 tiles (``int8.c``, ``poolkit_int8_amx``): each
     chunk of rows rounded to uint8 levels into a scratch buffer, the integer matmul on the tiles,
@@ -188,16 +174,9 @@ def linear_int8_amx(
     return _one_pass("amx", x, weight, scale, bias, act, inv_smooth, outliers, outlier_weight, rotation)
 
 
+@implements(linear_int8)
 def linear_int8_vnni(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    scale: torch.Tensor,
-    bias: torch.Tensor | None = None,
-    act: str = "none",
-    inv_smooth: torch.Tensor | None = None,
-    outliers: torch.Tensor | None = None,
-    outlier_weight: torch.Tensor | None = None,
-    rotation: int = 0,
+    x, weight, scale, bias=None, act="none", inv_smooth=None, outliers=None, outlier_weight=None, rotation=0
 ) -> torch.Tensor:
     """:func:`linear_int8_amx` on a CPU with AVX512-VNNI and no AMX (``poolkit_int8_vnni``): the same
     one pass, the same packed weight and the same exact integer sums, with ``VPDPBUSD`` on the vector
@@ -479,36 +458,13 @@ linear_int8_onednn.rotations = linear_int8_amx.rotations = linear_int8_vnni.rota
 @hookimpl
 def poolkit_register_kernels(register):
     register("linear_int8:torch", Kernel(fn=linear_int8, reference=linear_int8, device="any"))
-    register(
-        "linear_int8:onednn",
-        Kernel(
-            fn=linear_int8_onednn,
-            reference=linear_int8,
-            device="cpu",
-            priority=10,
-            is_available=_onednn_int8_available,
-            row_bucket=row_bucket,
-        ),
-    )
-    register(
-        "linear_int8:vnni",
-        Kernel(
-            fn=linear_int8_vnni,
-            reference=linear_int8,
-            device="cpu",
-            priority=15,
-            is_available=lambda: _onednn_int8_available() and _vnni_library() is not None,
-            row_bucket=row_bucket,
-        ),
-    )
-    register(
-        "linear_int8:amx",
-        Kernel(
-            fn=linear_int8_amx,
-            reference=linear_int8,
-            device="cpu",
-            priority=20,
-            is_available=lambda: _onednn_int8_available() and _amx_library() is not None,
-            row_bucket=row_bucket,
-        ),
-    )
+    # the one-pass kernels ahead of oneDNN's matmul where their library is built: AMX's tiles, then VNNI's registers
+    for impl, fn, priority, available in (
+        ("onednn", linear_int8_onednn, 10, _onednn_int8_available),
+        ("vnni", linear_int8_vnni, 15, lambda: _onednn_int8_available() and _vnni_library() is not None),
+        ("amx", linear_int8_amx, 20, lambda: _onednn_int8_available() and _amx_library() is not None),
+    ):
+        register(
+            f"linear_int8:{impl}",
+            Kernel(fn=fn, device="cpu", priority=priority, is_available=available, row_bucket=row_bucket),
+        )

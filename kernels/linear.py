@@ -58,7 +58,7 @@ import torch
 import torch.nn.functional as F
 
 from poolkit.contracts.hookspecs import hookimpl
-from poolkit.contracts.kernel import Kernel
+from poolkit.contracts.kernel import Kernel, implements
 
 from .compiler import load_c_library, workers
 from .elementwise import activation_c, activation_c_runs
@@ -103,9 +103,8 @@ def linear_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     return ACTIVATIONS[act](F.linear(x, weight, bias))
 
 
-def linear_act_onednn(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, act: str = "none"
-) -> torch.Tensor:
+@implements(linear_act)
+def linear_act_onednn(x, weight, bias, act="none") -> torch.Tensor:
     """:func:`linear_act` as one oneDNN matmul with bias and activation as post-ops, or (bf16 on
     CPUs with AVX512-BF16) a plain one and the compiled activation in place.
 
@@ -140,9 +139,8 @@ def gated_linear(
     return ACTIVATIONS[act](gate) * up
 
 
-def gated_linear_onednn(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, act: str = "silu", gate_first: bool = True
-) -> torch.Tensor:
+@implements(gated_linear)
+def gated_linear_onednn(x, weight, bias, act="silu", gate_first=True) -> torch.Tensor:
     """:func:`gated_linear` as two oneDNN matmuls: the gate's with the activation as its post-op,
     the up projection's with the product by the gate as its post-op; or (bf16 on CPUs with
     AVX512-BF16) one matmul over both halves and the compiled ``act(gate) * up``. Where oneDNN
@@ -174,7 +172,8 @@ _AMX_GATED_ONLY = frozenset({"gelu"})
 _PARALLEL_MACS = 1 << 23
 
 
-def linear_act_amx(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, act: str = "none") -> torch.Tensor:
+@implements(linear_act)
+def linear_act_amx(x, weight, bias, act="none") -> torch.Tensor:
     """:func:`linear_act` in one pass on AMX tiles (linear.c): the matmul, the bias and the
     activation, rounded once to bf16. Takes bf16 inference on the CPU with ``in_features`` and
     ``out_features`` multiples of 32 and an activation of :data:`AMX_ACTIVATIONS`; hands any
@@ -184,9 +183,8 @@ def linear_act_amx(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     return _amx_linear(x, weight, bias, act, None)
 
 
-def gated_linear_amx(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, act: str = "silu", gate_first: bool = True
-) -> torch.Tensor:
+@implements(gated_linear)
+def gated_linear_amx(x, weight, bias, act="silu", gate_first=True) -> torch.Tensor:
     """:func:`gated_linear` in one pass on AMX tiles (linear.c): each block of results holds 16
     gate and the 16 matching up columns, so ``act(gate) * up`` is computed, in float32, before
     anything is written, and rounded once to bf16. Takes what :func:`linear_act_amx` takes with
@@ -449,13 +447,5 @@ def poolkit_register_kernels(register):
             ("amx", amx, 20, _amx_available),
         ):
             register(
-                f"{op}:{impl}",
-                Kernel(
-                    fn=fn,
-                    reference=reference,
-                    device="cpu",
-                    priority=priority,
-                    is_available=available,
-                    row_bucket=row_bucket,
-                ),
+                f"{op}:{impl}", Kernel(fn=fn, device="cpu", priority=priority, is_available=available, row_bucket=row_bucket)
             )

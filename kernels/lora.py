@@ -34,7 +34,7 @@ from typing import Sequence
 import torch
 
 from poolkit.contracts.hookspecs import hookimpl
-from poolkit.contracts.kernel import Kernel
+from poolkit.contracts.kernel import Kernel, implements
 
 from .compiler import load_typed_library, workers
 from .triton_support import triton_kernel
@@ -93,9 +93,8 @@ def _gather_plan(segments: tuple[tuple[int, int, int], ...], device: torch.devic
     return rows, None if slots == list(range(len(slots))) else torch.tensor(slots, device=device)
 
 
-def lora_delta_triton(
-    x: torch.Tensor, out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, segments: Sequence[tuple[int, int, int]]
-) -> torch.Tensor:
+@implements(lora_delta_reference)
+def lora_delta_triton(x, out, a, b, segments) -> torch.Tensor:
     """The same as :func:`lora_delta_reference`, every segment in one Triton launch: a program per
     (segment, block of rows, block of output columns) shrinks its rows to rank ``R`` and expands
     them to its columns, in float32, and adds them to ``out``."""
@@ -170,9 +169,8 @@ def _library() -> ctypes.CDLL | None:
     return lib if lib is not None and lib.poolkit_lora_available() else None
 
 
-def lora_delta_cpu(
-    x: torch.Tensor, out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, segments: Sequence[tuple[int, int, int]]
-) -> torch.Tensor:
+@implements(lora_delta_reference)
+def lora_delta_cpu(x, out, a, b, segments) -> torch.Tensor:
     """:func:`lora_delta_reference` in one compiled call on the CPU (``lora.c``): float32 or bf16,
     ``x``, ``out`` and the factors of one dtype, rows of unit stride, ``in`` and ``out`` widths
     multiples of 16; any other call goes to the reference, and so do one or two runs, which the
@@ -219,6 +217,6 @@ def poolkit_register_kernels(register):
     register("lora_delta:torch", Kernel(fn=lora_delta_reference, reference=lora_delta_reference, device="any"))
     register(
         "lora_delta:cpu",
-        Kernel(fn=lora_delta_cpu, reference=lora_delta_reference, device="cpu", priority=10, is_available=lambda: _library() is not None),
+        Kernel(fn=lora_delta_cpu, device="cpu", priority=10, is_available=lambda: _library() is not None),
     )
-    register("lora_delta:triton", triton_kernel(lora_delta_triton, lora_delta_reference))
+    register("lora_delta:triton", triton_kernel(lora_delta_triton))

@@ -23,7 +23,7 @@ import functools
 import torch
 
 from poolkit.contracts.hookspecs import hookimpl
-from poolkit.contracts.kernel import Kernel
+from poolkit.contracts.kernel import Kernel, implements
 
 from .triton_support import triton_kernel
 
@@ -51,7 +51,8 @@ def maxsim_reference(query: torch.Tensor, docs: torch.Tensor, cu_seqlens: torch.
     return torch.where(torch.isinf(best), torch.zeros_like(best), best).sum(dim=-1)
 
 
-def maxsim_packed(query: torch.Tensor, docs: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+@implements(maxsim_reference)
+def maxsim_packed(query, docs, cu_seqlens) -> torch.Tensor:
     """The same as :func:`maxsim_reference` without padding: one matmul of the query against every
     packed document token, then each document's maximum per query token (a segmented max)."""
     n = cu_seqlens.numel() - 1
@@ -65,7 +66,8 @@ def maxsim_packed(query: torch.Tensor, docs: torch.Tensor, cu_seqlens: torch.Ten
     return torch.where(torch.isinf(best), torch.zeros_like(best), best).sum(dim=-1)
 
 
-def maxsim_triton(query: torch.Tensor, docs: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+@implements(maxsim_reference)
+def maxsim_triton(query, docs, cu_seqlens) -> torch.Tensor:
     """The same as :func:`maxsim_reference`, as one Triton program per document."""
     import triton
 
@@ -115,5 +117,5 @@ def _maxsim_kernel():
 @hookimpl
 def poolkit_register_kernels(register):
     register("maxsim:torch", Kernel(fn=maxsim_reference, reference=maxsim_reference, device="any"))
-    register("maxsim:packed", Kernel(fn=maxsim_packed, reference=maxsim_reference, device="cpu", priority=5))
-    register("maxsim:triton", triton_kernel(maxsim_triton, maxsim_reference))
+    register("maxsim:packed", Kernel(fn=maxsim_packed, device="cpu", priority=5))
+    register("maxsim:triton", triton_kernel(maxsim_triton))

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from poolkit.contracts.hookspecs import hookimpl
-from poolkit.contracts.kernel import Kernel
+from poolkit.contracts.kernel import Kernel, implements
 
 from .triton_support import triton_kernel
 
@@ -74,9 +74,8 @@ def segment_pool_reference(
     return F.normalize(out, p=2, dim=-1, eps=_EPS) if normalize else out
 
 
-def segment_pool_triton(
-    hidden: torch.Tensor, cu_seqlens: torch.Tensor, mode: str = "mean", normalize: bool = False
-) -> torch.Tensor:
+@implements(segment_pool_reference)
+def segment_pool_triton(hidden, cu_seqlens, mode="mean", normalize=False) -> torch.Tensor:
     """The same as :func:`segment_pool_reference`, in one Triton launch (one program per sequence)."""
     import triton
 
@@ -142,4 +141,4 @@ def _pool_kernel():
 @hookimpl
 def poolkit_register_kernels(register):
     register("segment_pool:torch", Kernel(fn=segment_pool_reference, reference=segment_pool_reference, device="any"))
-    register("segment_pool:triton", triton_kernel(segment_pool_triton, segment_pool_reference))
+    register("segment_pool:triton", triton_kernel(segment_pool_triton))

@@ -21,24 +21,16 @@ from __future__ import annotations
 
 import torch
 
-from poolkit.contracts.batch import PackedBatch, device_tensor
+from poolkit.contracts.batch import device_tensor
 from poolkit.contracts.hookspecs import hookimpl
-from poolkit.contracts.kernel import Kernel
+from poolkit.contracts.kernel import Kernel, implements
 
 from .attention import prefix_attention, prefix_groups
 from .triton_support import triton_kernel
 
 
-def prefix_attention_flash(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    batch: PackedBatch,
-    prefix_k: torch.Tensor,
-    prefix_v: torch.Tensor,
-    offsets: list[int],
-    scale: float | None = None,
-) -> torch.Tensor:
+@implements(prefix_attention)
+def prefix_attention_flash(q, k, v, batch, prefix_k, prefix_v, offsets, scale=None) -> torch.Tensor:
     """:func:`~poolkit.kernels.attention.prefix_attention` as two CPU flash attentions per group of
     sequences, merged by their log-sum-exps."""
     flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
@@ -63,16 +55,8 @@ def prefix_attention_flash(
     return out
 
 
-def prefix_attention_triton(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    batch: PackedBatch,
-    prefix_k: torch.Tensor,
-    prefix_v: torch.Tensor,
-    offsets: list[int],
-    scale: float | None = None,
-) -> torch.Tensor:
+@implements(prefix_attention)
+def prefix_attention_triton(q, k, v, batch, prefix_k, prefix_v, offsets, scale=None) -> torch.Tensor:
     """:func:`~poolkit.kernels.attention.prefix_attention` in one Triton launch."""
     import triton
 
@@ -108,6 +92,6 @@ def _flash_available() -> bool:
 def poolkit_register_kernels(register):
     register(
         "prefix_attention:flash",
-        Kernel(fn=prefix_attention_flash, reference=prefix_attention, device="cpu", priority=5, is_available=_flash_available),
+        Kernel(fn=prefix_attention_flash, device="cpu", priority=5, is_available=_flash_available),
     )
-    register("prefix_attention:triton", triton_kernel(prefix_attention_triton, prefix_attention))
+    register("prefix_attention:triton", triton_kernel(prefix_attention_triton))

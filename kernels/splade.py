@@ -28,7 +28,7 @@ import functools
 import torch
 
 from poolkit.contracts.hookspecs import hookimpl
-from poolkit.contracts.kernel import Kernel
+from poolkit.contracts.kernel import Kernel, implements
 
 from .triton_support import triton_kernel
 
@@ -89,9 +89,8 @@ def splade_pool_reference(
     return out
 
 
-def splade_pool_reduce_first(
-    logits: torch.Tensor, segment_ids: torch.Tensor, out: torch.Tensor, strategy: str = "max", activation: str = "relu"
-) -> torch.Tensor:
+@implements(splade_pool_reference)
+def splade_pool_reduce_first(logits, segment_ids, out, strategy="max", activation="relu") -> torch.Tensor:
     """The same as :func:`splade_pool_reference`, with ``max`` taken before the activation.
 
     Every activation is non-decreasing, so the maximum of the activated rows is the activation
@@ -113,9 +112,8 @@ def splade_pool_reduce_first(
     return out
 
 
-def splade_pool_triton(
-    logits: torch.Tensor, segment_ids: torch.Tensor, out: torch.Tensor, strategy: str = "max", activation: str = "relu"
-) -> torch.Tensor:
+@implements(splade_pool_reference)
+def splade_pool_triton(logits, segment_ids, out, strategy="max", activation="relu") -> torch.Tensor:
     """The same as :func:`splade_pool_reference`, fused in one Triton kernel.
 
     Rows are grouped into runs of one segment (packed batches hold each sequence's rows
@@ -200,6 +198,6 @@ def poolkit_register_kernels(register):
     register("splade_pool:torch", Kernel(fn=splade_pool_reference, reference=splade_pool_reference, device="any"))
     register(
         "splade_pool:reduce_first",
-        Kernel(fn=splade_pool_reduce_first, reference=splade_pool_reference, device="cpu", priority=5),
+        Kernel(fn=splade_pool_reduce_first, device="cpu", priority=5),
     )
-    register("splade_pool:triton", triton_kernel(splade_pool_triton, splade_pool_reference))
+    register("splade_pool:triton", triton_kernel(splade_pool_triton))

@@ -15,6 +15,7 @@ def triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None and torch.cuda.is_available()
 
 
-def triton_kernel(fn: Callable, reference: Callable) -> Kernel:
-    """A CUDA kernel written in Triton, preferred over the torch ones wherever Triton runs."""
-    return Kernel(fn=fn, reference=reference, device="cuda", priority=10, is_available=triton_available)
+def triton_kernel(fn: Callable) -> Kernel:
+    """A CUDA kernel written in Triton (declared with :func:`~poolkit.contracts.kernel.implements`), preferred
+    over the torch ones wherever Triton runs."""
+    return Kernel(fn=fn, device="cuda", priority=10, is_available=triton_available)

@@ -7,8 +7,9 @@ importing what queries its registries.
 from __future__ import annotations
 
 import functools
+import inspect
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, TypeVar
 
 import torch
 
@@ -49,7 +50,8 @@ class Kernel:
         reference: a pure-torch implementation with the same signature and defaults; tests
             compare ``fn`` with it. It is not run in ``fn``'s place: an op that must run
             everywhere has a kernel of its own for ``"any"`` device (``poolkit.kernel_reference``
-            returns a built-in op's reference).
+            returns a built-in op's reference). Left out, it is the one ``fn`` was declared
+            against with :func:`implements`.
         device: device type ``fn`` runs on (``"cpu"``, ``"cuda"``) or ``"any"``.
         priority: higher wins among available kernels for the same op and device; on a tie, a
             kernel for the exact device type beats an ``"any"`` one.
@@ -64,11 +66,46 @@ class Kernel:
     """
 
     fn: Callable
-    reference: Callable
+    reference: Callable | None = None
     device: str = "any"
     priority: int = 0
     is_available: Callable[[], bool] = lambda: True
     row_bucket: Callable[[int], int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.reference is None:
+            declared = getattr(self.fn, "reference", None)
+            if declared is None:
+                raise TypeError(f"Kernel({getattr(self.fn, '__qualname__', self.fn)!r}) needs its op's reference: pass "
+                                "reference=, or declare the function with poolkit.implements(reference)")
+            object.__setattr__(self, "reference", declared)
+
+
+F = TypeVar("F", bound=Callable)
+
+
+def implements(reference: Callable) -> Callable[[F], F]:
+    """Declares a function a kernel of ``reference``'s op: the op's contract is typed once, in its
+    reference, and each kernel names the same parameters with the same defaults, which this checks
+    when the kernel is defined (a renamed or reordered parameter, or another default, raises
+    ``TypeError`` at import, not a wrong answer at run time) before giving the kernel the reference's
+    annotations and naming it as ``fn.reference``, the :class:`Kernel` reference it registers with."""
+
+    def declare(fn: F) -> F:
+        if _parameters(fn) != _parameters(reference):
+            raise TypeError(
+                f"kernel {fn.__qualname__}{inspect.signature(fn)} does not take the arguments of its op's "
+                f"reference {reference.__qualname__}{inspect.signature(reference)}"
+            )
+        fn.__annotations__ = dict(reference.__annotations__)
+        fn.reference = reference
+        return fn
+
+    return declare
+
+
+def _parameters(fn: Callable) -> list[tuple[str, object, object]]:
+    return [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values()]
 
 
 def check_kernel(name: str, obj: object) -> Kernel:

@@ -70,6 +70,12 @@ def test_no_source_module_is_over_800_lines():
     assert not long
 
 
+def test_no_test_module_is_over_800_lines():
+    """Issue 64: the tests are held to the same bound, their shared helpers (support/, conftest.py) too."""
+    long = {str(p.relative_to(ROOT)): n for p in (ROOT / "tests").rglob("*.py") if (n := len(p.read_text().splitlines())) > 800}
+    assert not long
+
+
 def test_the_runtime_the_adapters_and_the_inputs_hold_no_module_over_500_lines():
     """The layers a request runs through are read most: each of their modules holds one concern."""
     long = {

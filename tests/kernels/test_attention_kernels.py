@@ -158,25 +158,43 @@ def test_compiled_attention_is_the_same_on_one_thread_and_two(name: str) -> None
 
 @each_kernel
 def test_compiled_attention_hands_what_it_cannot_run_to_the_reference(name: str, monkeypatch) -> None:
-    """fp16 (and float32 on AMX), a bias, head sizes off the kernel's grid (or past 256), and
-    gradients go to the reference."""
-    plain, capped, _, multiple = KERNELS[name]
+    """fp16, a bias, head sizes off the AVX-512 build's grid of 16 (or past 256), and gradients go to
+    the reference."""
+    plain, capped, _, _ = KERNELS[name]
     calls = []
     monkeypatch.setattr(attention, "varlen_attention", lambda *a: calls.append(a) or "ref")
     monkeypatch.setattr(attention, "softcap_varlen_attention", lambda *a: calls.append(a) or "ref")
     batch = PackedBatch.from_sequences([[1, 2, 3], [4, 5]])
     q = torch.randn(5, 2, 64)
-    other = q if name == "amx" else q.half()
+    other = q.half()
     assert plain(other, other, other, batch) == "ref"
     assert capped(other, other, other, batch, softcap=3.0) == "ref"
     b = q.bfloat16()
     assert plain(b, b, b, batch, bias=torch.zeros(2, 3, 3)) == "ref"
-    for d in (multiple + 8, 512):
+    for d in (24, 512):
         odd = torch.randn(5, 2, d).bfloat16()
         assert plain(odd, odd, odd, batch) == "ref"
     wants_grad = b.clone().requires_grad_()
     assert plain(wants_grad, b, b, batch) == "ref"
     assert len(calls) == 6
+
+
+def test_the_amx_kernel_runs_its_other_calls_on_the_avx512_build(monkeypatch) -> None:
+    """What the AMX tiles do not take (float32; bf16 head sizes of 16 that are not of 32, as 48 or
+    80) an AMX CPU still runs compiled: the AVX-512 build's answer to the bit, the reference never called."""
+    _kernel("amx")
+    _float32_kernel()
+    want = {}
+    batch, q, k, v = _inputs([17, 1, 40, 5], 4, 2, 48, seed=5)
+    want["bf16"] = avx512_varlen_attention(q, k, v, batch, causal=True)
+    q32, k32, v32 = (t.float() for t in (q, k, v))
+    want["f32"] = avx512_varlen_attention(q32, k32, v32, batch)
+    want["capped"] = avx512_softcap_varlen_attention(q32, k32, v32, batch, softcap=5.0)
+    monkeypatch.setattr(attention, "varlen_attention", lambda *a: pytest.fail("handed to the reference"))
+    monkeypatch.setattr(attention, "softcap_varlen_attention", lambda *a: pytest.fail("handed to the reference"))
+    assert torch.equal(amx_varlen_attention(q, k, v, batch, causal=True), want["bf16"])
+    assert torch.equal(amx_varlen_attention(q32, k32, v32, batch), want["f32"])
+    assert torch.equal(amx_softcap_varlen_attention(q32, k32, v32, batch, softcap=5.0), want["capped"])
 
 
 @each_kernel

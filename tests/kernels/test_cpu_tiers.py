@@ -24,7 +24,8 @@ import pytest
 TESTS = Path(__file__).parents[1]
 #: The tests of the code that differs by CPU: kernels, their registry's choices, bf16 paths.
 FILES = (
-    "kernels/test_kernels.py", "kernels/test_attention_kernels.py", "kernels/test_elementwise.py",
+    "kernels/test_kernels.py", "kernels/test_kernel_registry.py", "kernels/test_attention_kernels.py",
+    "kernels/test_elementwise.py",
     "runtime/test_inference_mode.py", "models/test_bfloat16.py", "models/test_masked_lm_token_classify.py", "kernels/test_int8.py",
     "runtime/test_prefix.py::test_bfloat16_is_within_the_unshared_runs_own_rounding",  # shared prefixes' bf16 by the kernels a CPU runs
 )

@@ -446,3 +446,17 @@ def pk_stanford(stanford_dir):
 @pytest.fixture(scope="session")
 def ref_stanford(stanford_dir):
     return _ref_mve(stanford_dir)
+
+
+@pytest.fixture(scope="module")
+def saves(tmp_path_factory):
+    """``saves(name, build)``: the directory ``build(path)`` writes, built once per module."""
+    root = tmp_path_factory.mktemp("mve-saves")
+    built: dict[str, Path] = {}
+
+    def get(name: str, build) -> Path:
+        if name not in built:
+            built[name] = Path(build(root / name))
+        return built[name]
+
+    return get

@@ -122,3 +122,18 @@ def encode_reference_or_error(call):
         return "ok", call()
     except Exception as exc:  # noqa: BLE001 - the port compares outcomes, whatever they are
         return "error", type(exc)
+
+
+# -- the MultiVectorEncoder ports (test_multi_vector_encoder*.py) ---------------------------------
+
+
+def _assert_same_vectors(got, ref, atol: float = ATOL) -> None:
+    """Per-input token vectors: the same number of inputs, of rows per input, and the same values."""
+    assert len(got) == len(ref)
+    for got_item, ref_item in zip(got, ref):
+        assert tuple(got_item.shape) == tuple(ref_item.shape), f"{tuple(got_item.shape)} != reference {tuple(ref_item.shape)}"
+        assert_close(got_item, ref_item, atol)
+
+
+def _rows(embeddings) -> list[int]:
+    return [int(e.shape[0]) for e in embeddings]

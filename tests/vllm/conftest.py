@@ -105,3 +105,16 @@ def math_prm_dir(vllm_models_root) -> Path:
 @pytest.fixture(scope="session")
 def example_prompts() -> list[str]:
     return list(port_utils.EXAMPLE_PROMPTS)
+
+
+#: all-MiniLM-L6-v2 served in-process, as a matryoshka model (the documentation examples' server).
+@pytest.fixture(scope="module")
+def minilm_server(minilm_dir):
+    from fastapi.testclient import TestClient
+
+    from poolkit import LLM
+    from poolkit.entrypoints.server import create_app
+
+    llm = LLM(str(minilm_dir), hf_overrides=port_utils.MATRYOSHKA)
+    with TestClient(create_app(llm, served_model_name="minilm")) as c:
+        yield c

@@ -5,6 +5,7 @@ vLLM's own helpers, reproduced so the ported tests read like the originals:
 (the same file: sigmoid for one output, softmax otherwise), ``run_embedding_correctness_test``
 (tests/models/language/pooling/embed_utils.py) and the ``example_prompts`` fixture's texts
 (tests/prompts/example.txt). The model builders make the offline stand-ins for vLLM's hub models.
+The last section holds what the documentation examples' two modules share.
 """
 
 from __future__ import annotations
@@ -684,3 +685,48 @@ VLM2VEC_CHAT_TEMPLATE = """\
 {%- endfor -%}
 {{ vars.parts | join(' ') }}
 """
+
+
+# -- the documentation examples (test_docs_examples*.py) -----------------------------------------
+
+MATRYOSHKA = {"is_matryoshka": True}
+#: fp32 parity (DESIGN.md §7): embeddings within 1e-4 and cosine 0.99999, logits and probabilities within 1e-4.
+ATOL, MIN_COS = 1e-4, 0.99999
+HIDDEN = 384  # all-MiniLM-L6-v2's width (e5-small's too)
+
+
+def poolkit_serve(monkeypatch, *argv: str):
+    """``poolkit serve ARGV`` with uvicorn and the model load replaced: the parsed EngineArgs and
+    the keyword arguments the server would have started with."""
+    from typer.testing import CliRunner
+
+    import poolkit.api.llm
+    import poolkit.entrypoints.server
+    from poolkit.entrypoints.cli import app as cli_app
+
+    calls: dict = {}
+
+    def fake_run(loader, **kwargs):
+        calls["run"] = kwargs
+        loader()
+
+    monkeypatch.setattr(poolkit.entrypoints.server, "run", fake_run)
+    monkeypatch.setattr(poolkit.api.llm.LLM, "from_args", classmethod(lambda cls, args: calls.setdefault("args", args)))
+    result = CliRunner().invoke(cli_app, ["serve", *argv])
+    assert result.exit_code == 0, result.output
+    return calls["args"], calls["run"]
+
+
+def assert_embedding_close(got, want) -> None:
+    """One embedding against its reference: same size, within ATOL everywhere and MIN_COS."""
+    got, want = torch.as_tensor(got, dtype=torch.float32), torch.as_tensor(want, dtype=torch.float32)
+    assert got.shape == want.shape, (got.shape, want.shape)
+    diff, cos = float((got - want).abs().max()), float(F.cosine_similarity(got, want, dim=-1))
+    assert diff <= ATOL and cos >= MIN_COS, f"max |diff| {diff:.3g}, cosine {cos:.7f}"
+
+
+def st_embedding(minilm_st, text: str, dimensions: int | None = None) -> torch.Tensor:
+    """sentence-transformers' embedding of ``text`` on the same weights; with ``dimensions``, cut and
+    normalised again as vLLM's matryoshka ``dimensions`` are (vLLM's ``matryoshka_fy``)."""
+    vectors = torch.as_tensor(minilm_st.encode([text]))
+    return (matryoshka_fy(vectors, dimensions) if dimensions else vectors)[0]

@@ -46,10 +46,8 @@ EXPORT_DTYPES = ("int8", "float32")
 class ExportPeer(Peer):
     """An export of the transformer sentence-transformers loads, run by another runtime."""
 
-    #: The Python modules the export needs.
+    #: The Python modules the export needs, the runtime first (its PyPI name, for the implementation string).
     modules: tuple[str, ...] = ()
-    #: The runtime's PyPI name (for the implementation string).
-    runtime: str
     #: How the int8 export is made, for the report.
     scheme: str
     own_reference = False
@@ -58,6 +56,10 @@ class ExportPeer(Peer):
         "W7": "the sparse (SPLADE) encoder is not exported",
         "W9": "the export is built in the bench's process from the fp32 weights: it has no cold start of its own to time",
     }
+
+    @property
+    def runtime(self) -> str:
+        return self.modules[0]
 
     def default_dtype(self, dtype: str, device_type: str) -> str:
         """int8: the export's point."""
@@ -107,7 +109,6 @@ class OnnxInt8Peer(ExportPeer):
     key = "onnx-int8"
     name = "ONNX Runtime export"
     modules = ("onnxruntime", "onnx")
-    runtime = "onnxruntime"
     scheme = "int8 dynamic (weights per output channel, activations per tensor at run time)"
 
     def build(self, module: Any, model: Any, dtype: str, folder: Path, threads: int) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
@@ -142,7 +143,6 @@ class OpenVinoInt8Peer(ExportPeer):
     key = "openvino-int8"
     name = "OpenVINO export"
     modules = ("openvino", "nncf")
-    runtime = "openvino"
     scheme = "int8 static (NNCF, calibrated on poolkit's calibration texts)"
 
     def build(self, module: Any, model: Any, dtype: str, folder: Path, threads: int) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
