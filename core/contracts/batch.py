@@ -4,11 +4,33 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from functools import cached_property
-from typing import Callable, Protocol, Sequence
+from typing import Any, Callable, Generic, Protocol, Sequence, TypeVar
 
 import numpy as np
 import torch
+
+
+T = TypeVar("T")
+
+
+class cached_property(Generic[T]):
+    """``functools.cached_property`` without its lock: computed on the first read, then an instance
+    attribute. Python 3.11's takes a lock on every first read, which costs a batch's host path a
+    few calls for each of its derived tensors; a batch is read by one thread (two threads racing
+    would compute the same value twice, which is harmless)."""
+
+    def __init__(self, fn: Callable[[Any], T]) -> None:
+        self.fn = fn
+        self.__doc__ = fn.__doc__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> T:
+        if obj is None:
+            return self  # type: ignore[return-value]
+        value = obj.__dict__[self.name] = self.fn(obj)
+        return value
 
 
 def device_tensor(data: Sequence | np.ndarray, dtype: torch.dtype, device: torch.device | str | None) -> torch.Tensor:

@@ -7,14 +7,13 @@ tensor of rows, truncation as one boolean array. Items are made only where a cal
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
 from ..contracts.architecture import Architecture
-from ..contracts.batch import flatten_ids
+from ..contracts.batch import cached_property, flatten_ids
 
 
 @dataclass
@@ -49,7 +48,7 @@ class Collector:
         if isinstance(first, torch.Tensor) and all(
             isinstance(b, torch.Tensor) and b.shape[1:] == first.shape[1:] and b.dtype == first.dtype for _, b in blocks
         ):
-            if len(blocks) == 1 and np.array_equal(blocks[0][0], np.arange(self.n)):
+            if len(blocks) == 1 and len(blocks[0][0]) == self.n and bool((blocks[0][0] == np.arange(self.n)).all()):
                 return first
             data = first.new_empty((self.n, *first.shape[1:]))
             for members, block in blocks:
@@ -77,8 +76,8 @@ def skip_instructions(arch: Architecture, tokens: "Tokens") -> "Tokens":
 
 def gather_index(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
     """Flat indices of the tokens of sequences at ``starts`` of these ``lens``, one after another."""
-    ends = np.cumsum(lens)
-    return np.repeat(starts - (ends - lens), lens) + np.arange(int(ends[-1]) if len(ends) else 0)
+    ends = lens.cumsum()  # the arrays' methods: one Python call each where numpy's functions make three
+    return (starts - (ends - lens)).repeat(lens) + np.arange(int(ends[-1]) if len(ends) else 0)
 
 
 class Tokens:
@@ -160,7 +159,7 @@ class Tokens:
     @cached_property
     def starts(self) -> np.ndarray:
         """``[N]`` where each prompt's tokens start in :attr:`flat`."""
-        return np.cumsum(self.lens) - self.lens
+        return self.lens.cumsum() - self.lens
 
     @cached_property
     def flat(self) -> np.ndarray:

@@ -103,12 +103,12 @@ class Engine:
         """Indices of sequences of these ``lengths``, longest first, packed into batches under the
         token budget (a sequence over the budget is a batch of its own)."""
         lens = np.asarray(lengths, dtype=np.int64)
-        order = np.argsort(-lens, kind="stable")
-        ends = np.cumsum(lens[order])
+        order = (-lens).argsort(kind="stable")
+        ends = lens[order].cumsum()
         batches: list[np.ndarray] = []
         start, done = 0, 0
         while start < len(order):
-            stop = max(int(np.searchsorted(ends, done + self.max_batch_tokens, side="right")), start + 1)
+            stop = max(int(ends.searchsorted(done + self.max_batch_tokens, side="right")), start + 1)
             batches.append(order[start:stop])
             done = int(ends[stop - 1])
             start = stop
@@ -186,7 +186,7 @@ class Engine:
         self, prompts: Sequence[Prompt], params: Sequence[PoolingParams], chunked: bool, cap: int | None, first: int = 0
     ) -> Tokens:
         tokens = self.tokenizer.tokenize(prompts, params, chunked, cap, first)
-        empty = np.flatnonzero(tokens.lens == 0)
+        empty = (tokens.lens == 0).nonzero()[0]
         if empty.size:
             raise InvalidRequest(f"prompt {first + int(empty[0])} has no tokens")
         return tokens

@@ -11,12 +11,11 @@ that calls the model's tokenizer for the engine (:attr:`poolkit.runtime.engine.E
 from __future__ import annotations
 
 import threading
-from functools import cached_property
 from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 import numpy as np
 
-from ..contracts.batch import flatten_ids
+from ..contracts.batch import cached_property, flatten_ids
 from ..contracts.errors import InvalidRequest
 from ..contracts.io import Prompt, PromptBatch
 from ..contracts.params import PoolingParams
@@ -189,7 +188,7 @@ class PromptTokenizer:
             not_asked = np.fromiter((not asked[id(p)] for p in params), dtype=bool, count=n)
         model_max = self._input_max(cap)
         if not_asked is not None and not chunked and model_max is not None:
-            over = np.flatnonzero(not_asked & (tokens.lens > model_max))
+            over = (not_asked & (tokens.lens > model_max)).nonzero()[0]
             if over.size:
                 raise InvalidRequest(
                     f"This model's maximum context length is {model_max} tokens. However, input {first + int(over[0])} has more "

@@ -373,6 +373,8 @@ def test_host_workload_times_each_stage_against_the_tokenizer():
     assert stages["engine_tokenize_long_vs_floor"] > 0 and stages["encode_batch_long_vs_floor"] == 1.0
     assert stages["long_tokens_per_text"] == 256  # all-MiniLM-L6-v2's limit
     assert stages["engine_tokenize_long_us_per_text"] > stages["engine_tokenize_us_per_text"]
+    # LLM.embed on 256 token ids a text, and its host work alone (issue 66, item 4)
+    assert stages["embed_token_ids_256_us_per_text"] > stages["embed_token_ids_256_host_us_per_text"] > 0
     assert row["peer_items_per_s"] == pytest.approx(1e6 / stages["encode_batch_us_per_text"], rel=0.2)
     assert stages["serve_single_text_requests_per_s"] > 0
     # Issue 52, item 13: the single-text path's guard, in Python calls (counted, not timed)

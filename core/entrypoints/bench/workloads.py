@@ -382,7 +382,8 @@ class Bench:
         turn in each round, each embed also less the time inside the model's forward passes and
         heads (``Engine.compute_seconds``: what is left is the host's own work); the engine's
         text path and ``encode_batch`` again on 600-word texts cut at the model's limit (512
-        tokens on the BERT presets: the ``_long`` stages, against their own floor); then
+        tokens on the BERT presets: the ``_long`` stages, against their own floor), and
+        ``LLM.embed`` on their first 256 token ids (``embed_token_ids_256``); then
         single-text requests per second to ``poolkit serve`` from 32 clients on this machine
         (with the server extra).
         """
@@ -405,6 +406,7 @@ class Bench:
         # The long case: 600-word texts cut at the model's limit (512 tokens on the BERT presets),
         # where every text is at the limit and must be told cut or not.
         long_texts = make_corpus(max(2, self._n(2000)), 600, 0.1, seed=12)
+        ids_256 = [{"prompt_token_ids": e.ids[:256]} for e in backend.encode_batch(long_texts)]  # 256 tokens a text
         stages = {
             "encode_batch": lambda: backend.encode_batch(texts),
             "transformers_tokenizer": lambda: tok(texts),
@@ -413,11 +415,12 @@ class Bench:
             "embed_token_ids": lambda: self.llm.embed(ids),
             "encode_batch_long": lambda: backend.encode_batch(long_texts),
             "engine_tokenize_long": lambda: engine_tokenize(long_texts),
+            "embed_token_ids_256": lambda: self.llm.embed(ids_256),
         }
         for run in stages.values():  # warm-up
             run()
         seconds: dict[str, list[float]] = {name: [] for name in stages}
-        host: dict[str, list[float]] = {"embed_texts": [], "embed_token_ids": []}  # wall time less the model's
+        host: dict[str, list[float]] = {"embed_texts": [], "embed_token_ids": [], "embed_token_ids_256": []}  # less the model's
         for _ in range(self.rounds):
             for name, run in stages.items():
                 computed = engine.compute_seconds
@@ -430,13 +433,15 @@ class Bench:
         rounds = [{"poolkit_s": a, "peer_s": b} for a, b in zip(seconds["embed_texts"], seconds["encode_batch"])]
         tokens = sum(len(i["prompt_token_ids"]) for i in ids)
         result = self._result("H", "host work per ~50-token text (floor: tokenizers' encode_batch)", len(texts), tokens, rounds)
-        long = {name for name in stages if name.endswith("_long")}
+        long = {name for name in stages if name.endswith(("_long", "_256"))}  # per text of long_texts
         result.stages = {f"{name}_us_per_text": 1e6 * s / len(long_texts if name in long else texts) for name, s in median.items()}
         result.stages.update({
             f"{name}_vs_floor": s / median["encode_batch_long" if name in long else "encode_batch"] for name, s in median.items()
         })
         result.stages["long_tokens_per_text"] = sum(len(e.ids) for e in backend.encode_batch(long_texts)) / len(long_texts)
-        result.stages.update({f"{name}_host_us_per_text": 1e6 * statistics.median(s) / len(texts) for name, s in host.items()})
+        result.stages.update({
+            f"{name}_host_us_per_text": 1e6 * statistics.median(s) / len(long_texts if name in long else texts) for name, s in host.items()
+        })
         requests = self._serve_rate()
         if requests is not None:
             result.stages["serve_single_text_requests_per_s"] = requests

@@ -94,14 +94,14 @@ class ModelMetrics:
     def answered(self, inputs: int, prompt_tokens: int) -> None:
         """Count the inputs and prompt tokens of a request the model ran."""
         label = _label(self.model)
-        self.metrics.inputs.labels(label).inc(inputs)
-        self.metrics.prompt_tokens.labels(label).inc(prompt_tokens)
+        self.metrics.series(self.metrics.inputs, label).inc(inputs)
+        self.metrics.series(self.metrics.prompt_tokens, label).inc(prompt_tokens)
 
     def cached(self, hits: int, misses: int) -> None:
         """Count the embedding cache's hits and misses of a request."""
         label = _label(self.model)
-        self.metrics.cache_hits.labels(label).inc(hits)
-        self.metrics.cache_misses.labels(label).inc(misses)
+        self.metrics.series(self.metrics.cache_hits, label).inc(hits)
+        self.metrics.series(self.metrics.cache_misses, label).inc(misses)
 
 
 class ServerMetrics:
@@ -144,11 +144,20 @@ class ServerMetrics:
             "poolkit_queue_wait_seconds", "Time requests waited for the model.", ["model"], buckets=_LATENCY_BUCKETS, registry=r
         )
         self._exposed = _WithoutCreated(r)
+        self._series: dict[tuple[Any, tuple[str, ...]], Any] = {}
+
+    def series(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, kept: prometheus_client's lookup is several Python calls,
+        which every request paid for each series it counts (routes, statuses and models are few)."""
+        child = self._series.get((metric, labels))
+        if child is None:
+            child = self._series[(metric, labels)] = metric.labels(*labels)
+        return child
 
     def observe(self, route: str, status: int, seconds: float) -> None:
         """Count a finished request and its latency."""
-        self.requests.labels(route, str(status)).inc()
-        self.duration.labels(route).observe(seconds)
+        self.series(self.requests, route, str(status)).inc()
+        self.series(self.duration, route).observe(seconds)
 
     def fold(self) -> None:
         """Move each model's batcher's per-batch samples into histograms (so its lists stay short)."""
