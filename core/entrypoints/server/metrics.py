@@ -168,7 +168,7 @@ class ServerMetrics:
             stats, label = batcher.stats, _label(model)
             for samples, histogram in ((stats.batch_sizes, self.batch_size), (stats.queue_seconds, self.queue_wait)):
                 n = len(samples)
-                child = histogram.labels(label)
+                child = self.series(histogram, label)
                 for value in samples[:n]:
                     child.observe(value)
                 del samples[:n]
