@@ -12,6 +12,7 @@ from poolkit.contracts.pooling import Pooler
 
 from .activations import normalize
 from .poolers import SegmentPooler
+from .token_pooling import hierarchical_pool
 
 
 class VectorHead:
@@ -85,7 +86,7 @@ class VectorHead:
         if self.projector is not None:
             pooled = [self.projector(t) for t in pooled]
         pooled = [late_chunks(t, p) for t, p in zip(pooled, params)]
-        return [self._finish(t, *s) for t, s in zip(pooled, settings)]
+        return [token_pool(self._finish(t, *s), p) for t, s, p in zip(pooled, settings, params)]
 
 
 def late_chunks(tokens: torch.Tensor, params: PoolingParams) -> torch.Tensor:
@@ -95,6 +96,14 @@ def late_chunks(tokens: torch.Tensor, params: PoolingParams) -> torch.Tensor:
         return tokens
     size = params.late_chunking_params.chunk_size
     return torch.stack([part.float().mean(0) for part in tokens.split(size)])
+
+
+def token_pool(tokens: torch.Tensor, params: PoolingParams) -> torch.Tensor:
+    """Token vectors ``[n, H]`` (finished: truncated and normalised) pooled by the request's
+    ``token_pool_factor`` (:func:`~.token_pooling.hierarchical_pool`), or unchanged without one."""
+    if params.token_pool_factor is None:
+        return tokens
+    return hierarchical_pool(tokens, params.token_pool_factor)
 
 
 class ClassifierHead:

@@ -15,6 +15,7 @@ from poolkit.loading.model import PoolingModel
 from poolkit.plugins.manager import registry
 
 from .heads import ClassifierHead, LMHeadStepHead, LMHeadTokenHead, LogitScore, VectorHead
+from .token_pooling import check_pool_factor
 
 STEP_PARAMS = frozenset({"step_tag_id", "returned_token_ids"})
 
@@ -170,7 +171,7 @@ class TokenEmbedTask(_VectorTask):
     granularity = "token"
     default_pooling_type = "ALL"
     default_rank = 2
-    params = _VectorTask.params | {"late_chunking_params"}
+    params = _VectorTask.params | {"late_chunking_params", "token_pool_factor"}
     takes_input_type = True
 
     def role_prompts(self, model: PoolingModel, texts: list[str], input_type: Any) -> list[Any]:
@@ -182,6 +183,11 @@ class TokenEmbedTask(_VectorTask):
 
     def verify(self, params: PoolingParams, model: PoolingModel) -> None:
         super().verify(params, model)
+        if params.token_pool_factor is not None:
+            try:
+                check_pool_factor(params.token_pool_factor, model.max_model_len.value)
+            except ValueError as exc:
+                raise InvalidRequest(str(exc)) from None
         if params.late_chunking_params is None:
             return
         if model.pooling_type(self).value != ("ALL",):

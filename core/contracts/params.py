@@ -217,6 +217,9 @@ class PoolingParams(_Strict):
     ``extra_kwargs`` carries options for the API that reads them, as in vLLM:
     ``{"max_tokens_per_query": N, "max_tokens_per_doc": N}`` for :meth:`poolkit.LLM.score`.
     ``skip_reading_prefix_cache`` is accepted for vLLM code and has no effect (no prefix cache).
+    ``token_pool_factor`` (``token_embed``, poolkit's own) pools each input's token vectors into
+    about ``1 / factor`` as many, by hierarchical clustering as sentence-transformers 6's
+    ``HierarchicalTokenPooling`` does (``docs/colbert.md``).
 
     Example:
         >>> PoolingParams(dimensions=32, truncate_prompt_tokens=128)
@@ -233,6 +236,7 @@ class PoolingParams(_Strict):
     step_tag_id: Optional[int] = None
     returned_token_ids: Optional[list[int]] = None
     late_chunking_params: Optional[LateChunkingParams] = None
+    token_pool_factor: Optional[float] = None
     extra_kwargs: Optional[dict[str, Any]] = None
     skip_reading_prefix_cache: Optional[bool] = None
     #: The LoRA adapter the prompt runs with (``lora_request=`` of the call that prepared it).

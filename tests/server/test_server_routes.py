@@ -324,6 +324,26 @@ def test_one_server_serves_every_task_of_its_model(app_client, minilm):
     assert unsupported.json()["error"]["message"] == "Unsupported task: 'classify' Supported tasks: ('embed', 'token_embed')"
 
 
+def test_token_pool_factor_on_pooling(app_client, minilm):
+    # The request field pools each input's token vectors as PoolingParams(token_pool_factor=...) does
+    # offline (tests/sentence_transformers/test_token_pooling.py checks that against sentence-transformers).
+    pooled = app_client.post("/pooling", json={"input": TEXTS[:2], "task": "token_embed", "token_pool_factor": 2}).json()
+    expected = minilm.encode(TEXTS[:2], pooling_task="token_embed", pooling_params=PoolingParams(token_pool_factor=2))
+    for item, e in zip(pooled["data"], expected):
+        assert len(item["data"]) == len(e.outputs.data) < len(e.prompt_token_ids)
+        _close(item["data"], e.outputs.data.tolist())
+    for body, message in (
+        ({"task": "token_embed", "token_pool_factor": 0.5}, "token_pool_factor must be >= 1, got 0.5"),
+        ({"task": "embed", "token_pool_factor": 2}, "Task 'embed' only supports ['dimensions', 'use_activation'] parameters, "
+         "does not support ['token_pool_factor'] parameters"),
+    ):
+        refused = app_client.post("/pooling", json={"input": TEXTS[0], **body})
+        assert refused.status_code == 400
+        assert refused.json()["error"]["message"] == message
+    not_a_number = app_client.post("/pooling", json={"input": TEXTS[0], "task": "token_embed", "token_pool_factor": "2"})
+    assert not_a_number.status_code == 400 and "token_pool_factor" in not_a_number.json()["error"]["message"]
+
+
 def test_sparse_embed_on_pooling_is_compact(tmp_path):
     from tiny_models import build_masked_lm
 

@@ -133,6 +133,11 @@ class PoolingRequest(BaseRequest, TokenizationFields, ChatFields, EncodingFields
     top_k: Optional[Positive] = Field(None, description="sparse_embed: keep the K strongest weights.")
     threshold: Optional[Union[StrictFloat, StrictInt]] = Field(None, description="sparse_embed: drop weights below this.")
     return_tokens: StrictBool = False
+    token_pool_factor: Optional[Union[StrictFloat, StrictInt]] = Field(
+        None,
+        description="token_embed: pool each input's token vectors into about 1 / factor as many (hierarchical "
+        "clustering, as sentence-transformers' HierarchicalTokenPooling); at least 1.",
+    )
 
 
 class _ScoreLimits(BaseModel):
@@ -276,7 +281,7 @@ async def pooling(body: PoolingRequest, request: Request, st: State, llm: Model)
         )
     _, results = await run_inputs(
         request, st, llm, body, task.name, number_bytes(body) if task.tensor_output else JSON_NUMBER_BYTES,
-        step_tag_id=body.step_tag_id, returned_token_ids=body.returned_token_ids,
+        step_tag_id=body.step_tag_id, returned_token_ids=body.returned_token_ids, token_pool_factor=body.token_pool_factor,
     )
 
     def item(i: int, t: torch.Tensor) -> dict:
