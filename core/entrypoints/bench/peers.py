@@ -1,6 +1,7 @@
 """What the bench measures poolkit against (``poolkit bench --vs``): sentence-transformers, the
-fallback, poolkit itself unquantized, vLLM's CPU build, or the ONNX Runtime and OpenVINO int8
-exports (:mod:`.exports`).
+fallback, poolkit itself unquantized, vLLM's CPU build, the ONNX Runtime and OpenVINO int8
+exports (:mod:`.exports`), or transformers' own class where the fallback cannot run the model
+(:mod:`.transformers_peer`).
 
 A peer gives the other side of every workload: its model of each kind (``SentenceTransformer``,
 ``CrossEncoder``, ``SparseEncoder``, or an object with the same methods), the padding it computes,
@@ -23,6 +24,7 @@ from ...contracts.errors import InvalidRequest, PoolkitError
 from .base import Peer, SkipWorkload
 from .exports import OnnxInt8Peer, OpenVinoInt8Peer
 from .measure import TRUNCATE, _padding_fraction, peak_rss_mb, peer_model
+from .transformers_peer import TransformersPeer
 
 if TYPE_CHECKING:
     from ...api.llm import LLM
@@ -314,7 +316,7 @@ def poolkit_cold_start(args: EngineArgs) -> list[str]:
 #: The peers ``--vs`` chooses from.
 PEERS: dict[str, type[Peer]] = {
     peer.key: peer
-    for peer in (SentenceTransformersPeer, FallbackPeer, VllmCpuPeer, OnnxInt8Peer, OpenVinoInt8Peer, PoolkitPeer)
+    for peer in (SentenceTransformersPeer, FallbackPeer, VllmCpuPeer, OnnxInt8Peer, OpenVinoInt8Peer, PoolkitPeer, TransformersPeer)
 }
 
 

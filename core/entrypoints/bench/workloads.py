@@ -14,6 +14,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from ...config.settings import EngineArgs
+from ...plugins.manager import registry
 from . import host_calls
 from .base import MASKED_LM, SEQUENCE_CLASSIFIER
 from .corpus import make_corpus
@@ -21,6 +22,7 @@ from .measure import TRUNCATE, Result, _interleave, _median_ratio, gemm_peak_gfl
 from .peers import PEERS, SkipWorkload, check_peer, poolkit_cold_start
 from .prefix import prefix_rerank_workload, prefix_server_workload, prefix_workload
 from .presets import resolve_bench_model
+from .transformers_peer import image_workload
 
 if TYPE_CHECKING:
     from ...api.llm import LLM
@@ -54,7 +56,10 @@ class Bench:
         self.model_dir, self.weights = resolve_bench_model(args.model)
         self.llm = LLM.from_args(args.model_copy(update={"model": self.model_dir}))
         self.device = self.llm.model.device
-        self.config = self.llm.model.hf_config
+        # the text model's config (a vision-language model's text tower): sizes of the matmul peak and W7's head
+        self.config = self.llm.model.hf_config.get_text_config()
+        #: The model's default task: what poolkit returns for a text (a retriever such as ColModernVBERT: a vector per token).
+        self.task = registry("task").get(self.llm.default_task) if self.llm.default_task is not None else None
         self.dtype = str(self.llm.model.dtype).removeprefix("torch.")
         # the other models (derived, child processes) load like this one, on its dtype and device
         self.args = self.llm.args.model_copy(update={"dtype": self.dtype, "device": str(self.device)})
@@ -87,7 +92,25 @@ class Bench:
         """poolkit's embedding call of the bench's API: texts (or one text) to embeddings."""
         if self.dropin is not None:
             return lambda texts: self.dropin.encode(texts, batch_size=32)
-        return lambda texts: self.llm.embed(texts, tokenization_kwargs=TRUNCATE)
+        return self._encode
+
+    def _encode(self, prompts: Any) -> list[Any]:
+        """poolkit's embeddings of ``prompts`` (token vectors where the default task gives them), over-long ones truncated."""
+        if self._per_token():
+            return self.llm.encode(prompts, pooling_task=self.task.name, tokenization_kwargs=TRUNCATE)
+        return self.llm.embed(prompts, tokenization_kwargs=TRUNCATE)
+
+    def _per_token(self) -> bool:
+        """Whether the model's default task gives a vector per token rather than per input."""
+        return self.task is not None and self.task.granularity == "token"
+
+    def _vectors(self, outputs: list[Any]) -> Any:
+        """The float32 rows of poolkit's ``outputs``: one per input, or every input's token rows in turn."""
+        import torch
+
+        if not self._per_token():
+            return torch.tensor([o.outputs.embedding for o in outputs])
+        return torch.cat([torch.as_tensor(o.outputs.data, dtype=torch.float32) for o in outputs])
 
     def _peer(self, cls: str, path: str, dtype: str | None = None) -> Any:
         """The peer's model of kind ``cls`` (a sentence-transformers class name) on the bench's
@@ -108,9 +131,11 @@ class Bench:
         ours = lambda: embed(texts)  # noqa: E731
         theirs = (lambda: self.encoder.encode(texts, batch_size=32)) if self.encoder is not None else None  # noqa: E731
         rounds = _interleave(self.rounds, ours, theirs)
-        outputs = self.llm.embed(texts, tokenization_kwargs=TRUNCATE)
+        outputs = self._encode(texts)
         lengths = [len(o.prompt_token_ids) for o in outputs]
-        result = self._result(name, description, len(texts), sum(lengths), rounds, model_flops(self.llm.model, lengths))
+        # model_flops reads a text model's config; a vision-language model's text tower is not told apart
+        flops = model_flops(self.llm.model, lengths) if self.config is self.llm.model.hf_config else 0.0
+        result = self._result(name, description, len(texts), sum(lengths), rounds, flops)
         result.padding_fraction_peer = self.peer.padding_fraction(lengths)
         sample = texts[: min(len(texts), 256)]
         ref = self._reference(sample)
@@ -118,7 +143,7 @@ class Bench:
             if self.dropin is not None:  # what the drop-in returns is what is compared
                 got = torch.from_numpy(self.dropin.encode(sample))
             else:
-                got = torch.tensor([o.outputs.embedding for o in outputs[: len(sample)]])
+                got = self._vectors(outputs[: len(sample)])
             result.min_cosine = float(torch.nn.functional.cosine_similarity(got, ref).min())
             result.max_abs_diff = float((got - ref).abs().max())
             if self._approximate_peer():  # what its own dtype or export costs the peer, for comparison
@@ -498,6 +523,6 @@ class Bench:
 WORKLOADS = {
     "W1": Bench.w1, "W2": Bench.w2, "W3": Bench.w3, "W4": Bench.w4, "W5": Bench.w5, "W6": Bench.w6, "W7": Bench.w7, "W9": Bench.w9,
     "W10": Bench.w10, "H": Bench.host, "P": prefix_workload,
-    "PR": prefix_rerank_workload, "PS": prefix_server_workload,
+    "PR": prefix_rerank_workload, "PS": prefix_server_workload, "I": image_workload,
 }
 
