@@ -184,10 +184,7 @@ class TokenEmbedTask(_VectorTask):
     def verify(self, params: PoolingParams, model: PoolingModel) -> None:
         super().verify(params, model)
         if params.token_pool_factor is not None:
-            try:
-                check_pool_factor(params.token_pool_factor, model.max_model_len.value)
-            except ValueError as exc:
-                raise InvalidRequest(str(exc)) from None
+            check_pool_factor(params.token_pool_factor, model.max_model_len.value)
         if params.late_chunking_params is None:
             return
         if model.pooling_type(self).value != ("ALL",):

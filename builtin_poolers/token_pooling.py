@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from poolkit.contracts.errors import InvalidRequest
+
 #: Leading tokens kept out of the clustering: a BERT-style model's [CLS] (sentence-transformers' default).
 PROTECTED_TOKENS = 1
 
@@ -28,14 +30,14 @@ def check_pool_factor(pool_factor: float, max_tokens: int | None = None) -> None
     every document would keep a single vector whatever it says.
 
     Raises:
-        ValueError: with a one-line message (callers raise it as their own error type).
+        InvalidRequest: with a one-line message.
     """
     if isinstance(pool_factor, bool) or not isinstance(pool_factor, (int, float)) or not math.isfinite(pool_factor):
-        raise ValueError(f"token_pool_factor must be a number >= 1, got {pool_factor!r}")
+        raise InvalidRequest(f"token_pool_factor must be a number >= 1, got {pool_factor!r}")
     if pool_factor < 1:
-        raise ValueError(f"token_pool_factor must be >= 1, got {pool_factor}")
+        raise InvalidRequest(f"token_pool_factor must be >= 1, got {pool_factor}")
     if max_tokens is not None and pool_factor > max_tokens:
-        raise ValueError(
+        raise InvalidRequest(
             f"token_pool_factor {pool_factor} is above the model's {max_tokens} tokens: every input would keep one vector"
         )
 

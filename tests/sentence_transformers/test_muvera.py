@@ -46,7 +46,7 @@ def _pair(dim: int, setting: tuple[int, int | None, int, int]) -> tuple[Muvera, 
     return Muvera(dim, **params), fastembed_muvera.Muvera(dim, **params)
 
 
-def _same_encodings(ours: Muvera, reference: object, documents: list, queries: list) -> None:
+def _assert_same_encodings(ours: Muvera, reference: object, documents: list, queries: list) -> None:
     assert ours.embedding_size == reference.embedding_size
     for process in ("process_document", "process_query"):
         for vectors in documents if process == "process_document" else queries:
@@ -81,7 +81,7 @@ def random_vectors() -> tuple[list[np.ndarray], list[np.ndarray]]:
 @pytest.mark.parametrize("setting", SETTINGS)
 def test_random_vectors_encode_as_fastembed(random_vectors, setting):
     documents, queries = random_vectors
-    _same_encodings(*_pair(64, setting), documents, queries)
+    _assert_same_encodings(*_pair(64, setting), documents, queries)
 
 
 def test_torch_and_numpy_inputs_encode_alike(random_vectors):
@@ -111,7 +111,7 @@ def real_vectors(minilm_dir) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
 def test_minilm_token_vectors_encode_as_fastembed(real_vectors, setting):
     documents, queries = real_vectors
     assert documents[0].shape[1] == 384
-    _same_encodings(*_pair(384, setting), documents, queries)
+    _assert_same_encodings(*_pair(384, setting), documents, queries)
 
 
 @pytest.mark.parametrize("setting", SETTINGS)

@@ -23,7 +23,7 @@ DOCUMENTS = [
 ]
 
 
-def _same(got: list[torch.Tensor], expected: list[torch.Tensor]) -> None:
+def _assert_same(got: list[torch.Tensor], expected: list[torch.Tensor]) -> None:
     assert [g.shape for g in got] == [e.shape for e in expected]
     for g, e in zip(got, expected):
         torch.testing.assert_close(g, e.to(g.dtype), atol=1e-5, rtol=0)
@@ -38,7 +38,7 @@ def test_the_clustering_equals_sentence_transformers(pool_factor, protected, nor
     documents.append(torch.cat([documents[3][:10], documents[3][:10] + 1e-3 * torch.randn(10, 24, generator=generator)]))
     reference = HierarchicalTokenPooling(pool_factor, num_protected_tokens=protected, normalize_embeddings=normalize)
     got = [hierarchical_pool(d, pool_factor, protected=protected, normalize=normalize) for d in documents]
-    _same(got, reference.pool(documents))
+    _assert_same(got, reference.pool(documents))
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def test_token_pool_factor_pools_as_sentence_transformers(token_model, pool_fact
     # sentence-transformers' module on the unpooled vectors of the same call.
     full = _tokens(token_model, DOCUMENTS)
     pooled = _tokens(token_model, DOCUMENTS, token_pool_factor=pool_factor)
-    _same(pooled, HierarchicalTokenPooling(pool_factor).pool(full))
+    _assert_same(pooled, HierarchicalTokenPooling(pool_factor).pool(full))
     if pool_factor > 1:
         assert sum(len(p) for p in pooled) < sum(len(f) for f in full)
 
@@ -69,14 +69,14 @@ def test_a_colbert_pipeline_pools_its_projected_vectors(colbert_mve_dir):
     full = _tokens(llm, DOCUMENTS)
     pooled = _tokens(llm, DOCUMENTS, token_pool_factor=2)
     assert full[0].shape[1] == 32
-    _same(pooled, HierarchicalTokenPooling(2).pool(full))
+    _assert_same(pooled, HierarchicalTokenPooling(2).pool(full))
 
 
 def test_requests_that_differ_in_the_factor_share_a_batch(token_model):
     full = _tokens(token_model, DOCUMENTS)
     params = [PoolingParams(token_pool_factor=f) for f in (2, 1, 3, 2)]
     mixed = [o.outputs.data for o in token_model.encode(DOCUMENTS, pooling_task="token_embed", pooling_params=params, use_tqdm=False)]
-    _same(mixed, [HierarchicalTokenPooling(p.token_pool_factor).pool([f])[0] for p, f in zip(params, full)])
+    _assert_same(mixed, [HierarchicalTokenPooling(p.token_pool_factor).pool([f])[0] for p, f in zip(params, full)])
 
 
 @pytest.mark.parametrize(
