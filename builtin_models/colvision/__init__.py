@@ -1,5 +1,6 @@
-"""The ColVision retrievers: ColQwen2 (:mod:`.colqwen2`, on Qwen2-VL) and ColPali (:mod:`.colpali`,
-PaliGemma on SigLIP's vision tower), multi-vector models of document pages and queries
+"""The ColVision retrievers: ColQwen2 (:mod:`.colqwen2`, on Qwen2-VL), ColPali (:mod:`.colpali`,
+PaliGemma on SigLIP's vision tower) and ColQwen3.5 (:mod:`.colqwen3_5`, on Qwen3.5, with its
+single-vector sibling BiQwen3.5), multi-vector models of document pages and queries
 (:mod:`.retrieval`), with their media processors (:mod:`.processor`)."""
 
 from __future__ import annotations
@@ -8,15 +9,18 @@ from poolkit.contracts.hookspecs import hookimpl
 
 from .colpali import ColPaliForRetrieval
 from .colqwen2 import ColQwen2ForRetrieval
-from .processor import ColPaliProcessor, ColQwen2Processor
+from .colqwen3_5 import BiQwen3_5, ColQwen3_5
+from .processor import ColPaliProcessor, ColQwen2Processor, ColQwen3_5Processor
 
-__all__ = ["ColPaliForRetrieval", "ColQwen2ForRetrieval"]
+__all__ = ["BiQwen3_5", "ColPaliForRetrieval", "ColQwen2ForRetrieval", "ColQwen3_5"]
 
 
 @hookimpl
 def poolkit_register_architectures(register):
     register("ColQwen2ForRetrieval", ColQwen2ForRetrieval)
     register("ColPaliForRetrieval", ColPaliForRetrieval)
+    register("ColQwen3_5", ColQwen3_5)
+    register("BiQwen3_5", BiQwen3_5)
 
 
 @hookimpl
@@ -24,3 +28,4 @@ def poolkit_register_io_processors(register):
     # The architectures hold their processors themselves; these names are for plugin data and tests.
     register("colpali", ColPaliProcessor)
     register("colqwen2", ColQwen2Processor)
+    register("colqwen3_5", ColQwen3_5Processor)

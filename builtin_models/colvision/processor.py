@@ -1,4 +1,4 @@
-"""The ColVision retrievers' media processors: PaliGemma's prompts, and ColPali's and ColQwen2's.
+"""The ColVision retrievers' media processors: PaliGemma's prompts, and ColPali's, ColQwen2's and ColQwen3.5's.
 
 :class:`PaliGemmaProcessor`: each image is decoded under the image IO processor's limits and
 pre-processed as transformers' SigLIP image processor does it (converted to RGB, resized to the
@@ -15,6 +15,8 @@ augmentation" buffer whose vectors are scored) and ``"\\n"``. Prompts given as t
 through as they are. ColQwen2's images are Qwen2-VL's
 (:mod:`poolkit.builtin_models.qwen_vl.processor`), with transformers' plain positions: its
 ``ColQwen2ForRetrieval`` runs the decoder without multimodal rotary positions.
+:class:`ColQwen3_5Processor` writes colpali-engine's ColQwen3.5 prompts (a query: the text and ten
+``<|endoftext|>``, nothing else), Qwen3-VL's images at Qwen3.5's multimodal rotary positions.
 """
 
 from __future__ import annotations
@@ -150,16 +152,21 @@ class PaliGemmaProcessor(MediaProcessor):
         return self.cached(model, "image", lambda: read_siglip_settings(Path(model.path), vlm_config(model.hf_config)))
 
 
-def query_ids(model: Any, prefix: str, text: str, add_special_tokens: bool) -> list[int]:
-    """A ColVision query's token ids: ``prefix``, the text, ten padding tokens and ``"\\n"``.
+def query_ids(
+    model: Any, prefix: str, text: str, add_special_tokens: bool, augmentation: str | None = None, end: str = "\n"
+) -> list[int]:
+    """A ColVision query's token ids: ``prefix``, the text, ten ``augmentation`` tokens (the
+    tokenizer's padding token unless given) and ``end``.
 
     Raises:
-        InvalidRequest: the tokenizer has no padding token to augment the query with.
+        InvalidRequest: no ``augmentation`` given and the tokenizer has no padding token.
     """
     tok = model.tokenizer
-    if tok.pad_token is None:
-        raise InvalidRequest(f"model '{model.name}': its tokenizer has no padding token to augment queries with")
-    return tok(f"{prefix}{text}{tok.pad_token * QUERY_AUGMENTATION}\n", add_special_tokens=add_special_tokens)["input_ids"]
+    if augmentation is None:
+        if tok.pad_token is None:
+            raise InvalidRequest(f"model '{model.name}': its tokenizer has no padding token to augment queries with")
+        augmentation = tok.pad_token
+    return tok(f"{prefix}{text}{augmentation * QUERY_AUGMENTATION}{end}", add_special_tokens=add_special_tokens)["input_ids"]
 
 
 class ColPaliProcessor(PaliGemmaProcessor):
@@ -203,6 +210,17 @@ class ColQwen2Processor(QwenVLProcessor):
         "<|im_start|>user\n{images}Describe the image.<|im_end|><|endoftext|>",
         "<|vision_start|><|image_pad|><|vision_end|>",
     )
+    #: Pages at plain positions (transformers' ``ColQwen2ForRetrieval``), not the backbone's M-RoPE.
+    plain_positions = True
+
+    def query_token_ids(self, model: Any, prompt: Prompt) -> list[int]:
+        """A text prompt's token ids as a query (``process_queries``)."""
+        prefix = f"{prompt.prompt_prefix or ''}{self.query_prefix}"
+        return query_ids(model, prefix, prompt.text or "", add_special_tokens=prompt.add_special_tokens)
+
+    def backbone(self, model: Any) -> Any:
+        """The loaded retriever as the Qwen-VL processor reads its backbone (its ``vlm_config``)."""
+        return _RetrieverView(model)
 
     def pre_process(self, data: Any, request_id: str | None = None) -> Sequence[Prompt]:
         data = self.parse_data(data)
@@ -217,14 +235,36 @@ class ColQwen2Processor(QwenVLProcessor):
                 count = len(given) if isinstance(given, (list, tuple)) else 1
                 prompt = dataclasses.replace(prompt, text=template.format(images=image * count))
             elif "image" not in prompt.extras and prompt.text is not None:
-                text = f"{prompt.prompt_prefix or ''}{self.query_prefix}"
-                ids = query_ids(model, text, prompt.text, add_special_tokens=prompt.add_special_tokens)
+                ids = self.query_token_ids(model, prompt)
                 prompt = dataclasses.replace(prompt, text=None, token_ids=ids, prompt_prefix=None)
             prompts.append(prompt)
-        made = super().pre_process({**data, "prompts": prompts, "model": _RetrieverView(model)}, request_id)
-        for prompt in made:
-            if prompt.media is not None:
-                n = len(prompt.token_ids)
-                prompt.media["positions"] = torch.arange(n).expand(3, n).contiguous()
+        made = super().pre_process({**data, "prompts": prompts, "model": self.backbone(model)}, request_id)
+        if self.plain_positions:
+            for prompt in made:
+                if prompt.media is not None:
+                    n = len(prompt.token_ids)
+                    prompt.media["positions"] = torch.arange(n).expand(3, n).contiguous()
         return made
 
+
+class ColQwen3_5Processor(ColQwen2Processor):
+    """The prompts of colpali-engine's ``ColQwen3_5Processor`` (and ``BiQwen3_5Processor``), for
+    ``ColQwen3_5`` and ``BiQwen3_5``: a query is the text + ten ``<|endoftext|>`` (its
+    ``query_prefix`` is empty, no ``"\\n"``), tokenized as it is; a page is ColQwen2's visual prompt.
+    Images are Qwen3-VL's, the positions Qwen3.5's M-RoPE (``Qwen3_5Model`` computes them from the
+    image grids)."""
+
+    query_prefix = ""
+    #: colpali-engine's ``query_augmentation_token``.
+    query_augmentation = "<|endoftext|>"
+    plain_positions = False
+
+    def query_token_ids(self, model: Any, prompt: Prompt) -> list[int]:
+        prefix = f"{prompt.prompt_prefix or ''}{self.query_prefix}"
+        return query_ids(
+            model, prefix, prompt.text or "", prompt.add_special_tokens, augmentation=self.query_augmentation, end=""
+        )
+
+    def backbone(self, model: Any) -> Any:
+        """The retriever itself: its config is the backbone's."""
+        return model

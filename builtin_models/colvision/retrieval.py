@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from poolkit.contracts.errors import ModelLoadError
+from poolkit.contracts.io import Prompt
 from poolkit.loading.weights import load_into
 
 from ..blocks.linear import linear
@@ -46,8 +47,9 @@ def project(hidden: torch.Tensor, layer: nn.Linear, linear_act: Callable) -> tor
 
 
 class RetrievalHead:
-    """What both retrievers are: a ``token_embed`` model of text and images scored by MaxSim, whose
-    outputs are ``embedding_dim`` wide and whose decoder is its backbone's (``vlm_config.text_config``)."""
+    """What the retrievers are: a ``token_embed`` model of text and images scored by MaxSim, whose
+    outputs are ``embedding_dim`` wide and whose decoder is its backbone's (``vlm_config.text_config``,
+    or ``text_config`` where the config is the backbone's own, as ColQwen3.5's)."""
 
     default_pooling_type: ClassVar[str | None] = None
     input_modalities: ClassVar[tuple[str, ...]] = ("text", "image")
@@ -57,7 +59,7 @@ class RetrievalHead:
 
     @property
     def text_config(self) -> Any:
-        return self.config.vlm_config.text_config
+        return (getattr(self.config, "vlm_config", None) or self.config).text_config
 
     @property
     def hidden_size(self) -> int:
@@ -66,6 +68,14 @@ class RetrievalHead:
     @property
     def num_labels(self) -> int:
         return 0
+
+    def role_prompts(self, texts: list[str], input_type: str, model: Any) -> list[Prompt]:
+        """A query is the text as the media processor writes a text without an image (the query
+        prefix and augmentation); a text document is the text as the tokenizer encodes it, as
+        colpali-engine's ``process_texts`` does for a corpus of texts (no prefix, no augmentation)."""
+        if input_type == "query":
+            return [Prompt(text=text) for text in texts]
+        return [Prompt(token_ids=list(model.tokenizer(text)["input_ids"])) for text in texts]
 
 
 class ProjectedRetriever(RetrievalHead):
