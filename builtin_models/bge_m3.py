@@ -27,6 +27,7 @@ from torch import nn
 from poolkit.contracts.batch import PackedBatch
 from poolkit.contracts.errors import ModelLoadError
 from poolkit.contracts.hookspecs import hookimpl
+from poolkit.contracts.io import Prompt
 from poolkit.contracts.params import PoolingParams
 
 from .bert import XLMRobertaModel
@@ -190,6 +191,11 @@ class BgeM3EmbeddingModel(XLMRobertaModel):
         self.colbert_linear = build_linear(
             "colbert_linear", read_companion(model_dir, "colbert_linear", allow_pickle), hidden, None
         )
+
+    def role_prompts(self, texts: list[str], input_type: str, model: Any) -> list[Prompt]:
+        """BGE-M3 encodes queries and documents alike (FlagEmbedding's ``encode_queries`` and
+        ``encode_corpus`` differ only in their length limits): the texts as they are, either side."""
+        return [Prompt(text=text) for text in texts]
 
     def special_token_ids(self, tokenizer: Any) -> list[int]:
         """FlagEmbedding's ``unused_tokens`` (CLS, EOS, PAD, UNK ids), plus SEP where it differs."""

@@ -6,11 +6,11 @@ from typing import Any, Callable
 
 import torch
 
-from poolkit.contracts.errors import InvalidRequest, ModelLoadError
+from poolkit.contracts.errors import InvalidRequest, ModelLoadError, short
 from poolkit.contracts.hookspecs import hookimpl
 from poolkit.contracts.params import LateChunkingParams, PoolingParams, Setting
 from poolkit.contracts.pooling import Pooler
-from poolkit.contracts.tasks import Head, Task
+from poolkit.contracts.tasks import ROLES, Head, Task
 from poolkit.loading.model import PoolingModel
 from poolkit.plugins.manager import registry
 
@@ -176,10 +176,24 @@ class TokenEmbedTask(_VectorTask):
 
     def role_prompts(self, model: PoolingModel, texts: list[str], input_type: Any) -> list[Any]:
         """A late-interaction (ColBERT) model's queries or documents: its markers, lengths and
-        query expansion, as its scorer encodes them (vLLM's ``input_type``)."""
-        if not registry("scorer").get("late-interaction").supports(model) and model.architecture.score_type != "late-interaction":
+        query expansion, as its scorer encodes them (vLLM's ``input_type``); a retriever that writes
+        its sides itself (:meth:`poolkit.Architecture.role_prompts`: ColPali, BGE-M3) writes them."""
+        if input_type not in ROLES:
+            raise InvalidRequest(f"input_type must be 'query' or 'document', got {short(input_type, 40)!r}")
+        own = model.architecture.role_prompts(texts, input_type, model)
+        if own is not None:
+            return list(own)
+        if not self.has_roles(model):
             raise InvalidRequest("input_type is only supported for ColBERT models.")
         return list(registry("io_processor").get("colbert").pre_process({"texts": texts, "kind": input_type, "model": model}))
+
+    def has_roles(self, model: PoolingModel) -> bool:
+        """A retriever with sides of its own, or a late-interaction (ColBERT) model."""
+        return (
+            model.architecture.role_prompts([], "query", model) is not None
+            or registry("scorer").get("late-interaction").supports(model)
+            or model.architecture.score_type == "late-interaction"
+        )
 
     def verify(self, params: PoolingParams, model: PoolingModel) -> None:
         super().verify(params, model)

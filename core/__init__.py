@@ -31,6 +31,7 @@ _LAZY = {
     "CrossEncoder": "api.st_compat",
     "SparseEncoder": "api.st_compat",
     "MultiVectorEncoder": "api.st_multivector",
+    "LateInteractionIndex": "api.index",
     "PoolingParams": "contracts.params",
     "PoolerConfig": "contracts.params",
     "LateChunkingParams": "contracts.params",

@@ -6,7 +6,8 @@ runtime; what it applies has a module each: ``params`` (a request's pooling para
 completed), ``plugin_io``
 (the IO processor plugin of ``pooling_task="plugin"``), ``entities`` (token labels grouped into
 entities) and ``model_config`` (vLLM's view of the loaded model). ``st_compat``,
-``st_multivector`` and ``st_functions`` are sentence-transformers' API on it.
+``st_multivector`` and ``st_functions`` are sentence-transformers' API on it; ``index`` is a
+late-interaction index (a LanceDB table of token vectors) built and searched with a model.
 
 May import: ``contracts/``, ``plugins/``, ``config/``, ``loading/``, ``lora/``, ``runtime/``, ``inputs/``.
 """

@@ -198,3 +198,44 @@ def multi_vector_similarity_name(value: Any) -> str:
             "manhattan are defined on single vectors and don't compose with ragged per-token embeddings."
         )
     return name
+
+
+def maxsim_compact(a: Any, b: Any, precision: str, ranges: np.ndarray | None = None) -> torch.Tensor:
+    """MaxSim of every query in ``a`` with every document in ``b`` (``[len(a), len(b)]``, float32)
+    on compact token vectors, each side a list of ``[tokens, width]`` arrays of ``precision``:
+
+    - ``binary`` / ``ubinary`` (signs packed 8 to a byte): a token pair's similarity is the dot
+      product of the ``±1`` vectors, ``dim - 2 * hamming``, counted with XOR and popcount;
+    - ``int8`` / ``uint8`` with ``ranges`` (:func:`quantize_embeddings`' per-dimension buckets):
+      the dot product of the bucket centres;
+    - ``int8`` / ``uint8`` without: the cosine of the rows, each scaled by its own peak as the
+      server's ``embedding_type`` ``int8`` sends them (``uint8`` is ``int8`` plus 128).
+
+    Raises:
+        InvalidRequest: an unknown precision; sides of different widths.
+    """
+    if precision not in PRECISIONS or precision == "float32":
+        raise InvalidRequest(f"compact MaxSim takes one of {PRECISIONS[1:]}, got {precision!r}")
+    queries, docs = [np.asarray(m) for m in a], [np.asarray(m) for m in b]
+    widths = {m.shape[-1] for m in queries + docs}
+    if len(widths) > 1:
+        raise InvalidRequest(f"the token vectors have different widths: {sorted(widths)}")
+    if precision.endswith("binary"):
+        as_bytes = [(m.astype(np.int16) + (128 if precision == "binary" else 0)).astype(np.uint8) for m in queries + docs]
+        qs, ds = as_bytes[: len(queries)], as_bytes[len(queries):]
+        dim = 8 * widths.pop() if widths else 0
+        scores = torch.zeros(len(qs), len(ds), dtype=torch.float32)
+        for i, q in enumerate(qs):
+            for j, d in enumerate(ds):
+                hamming = np.bitwise_count(q[:, None, :] ^ d[None, :, :]).sum(axis=-1, dtype=np.int64)
+                scores[i, j] = float((dim - 2 * hamming).max(axis=1).sum()) if len(d) else EMPTY_DOCUMENT_SCORE
+        return scores
+    levels = [m.astype(np.float32) + (128.0 if precision == "int8" else 0.0) for m in queries + docs]
+    if ranges is not None:
+        ranges = np.asarray(ranges, dtype=np.float32)
+        steps = np.where(ranges[1] == ranges[0], 1, (ranges[1] - ranges[0]) / 255)
+        values = [ranges[0] + (level + 0.5) * steps for level in levels]
+    else:
+        values = [level - 128.0 for level in levels]
+        values = [v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12) for v in values]
+    return maxsim([torch.from_numpy(v) for v in values[: len(queries)]], [torch.from_numpy(v) for v in values[len(queries):]])

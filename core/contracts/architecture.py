@@ -17,7 +17,7 @@ from .model import ModelInfo
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
 
-    from .io import IOProcessor
+    from .io import IOProcessor, Prompt
     from .model import Tokenizer
     from .params import Setting
     from .pooling import Head, Pooler
@@ -206,6 +206,14 @@ class Architecture(torch.nn.Module):
         one. Called after :meth:`load_companion_files`; the default has none: a prompt name runs
         the adapter of that name, if any."""
         return {}
+
+    def role_prompts(self, texts: list[str], input_type: str, model: LoadedModel) -> Sequence[Prompt] | None:
+        """``texts`` as the checkpoint's queries or documents (``input_type``: ``"query"`` or
+        ``"document"``, already checked), for a multi-vector retriever that writes its two sides its own
+        way (ColPali's query prompt and augmentation; BGE-M3, the same text both ways). ``None`` (the
+        default): the model has no sides of its own, and a ColBERT checkpoint's are its IO processor's
+        (markers, lengths, query expansion)."""
+        return None
 
     def pool_start(self, token_ids: Sequence[int]) -> int:
         """How many leading tokens of a prompt of ``token_ids`` sequence pooling leaves out (the

@@ -23,6 +23,10 @@ SEQUENCE, TOKEN, PLUGIN = TASK_GRANULARITIES
 TOKENIZATION_PARAMS = frozenset({"truncate_prompt_tokens", "truncation_side"})
 
 
+#: The retrieval sides a multi-vector model encodes a text in (vLLM's ``input_type``).
+ROLES = ("query", "document")
+
+
 class Task:
     """A pooling task such as ``embed``, ``classify`` or ``token_embed``.
 
@@ -76,6 +80,10 @@ class Task:
     #: Whether :meth:`role_prompts` encodes texts in a retrieval role (vLLM's ``input_type``:
     #: ``"query"`` / ``"document"``).
     takes_input_type: ClassVar[bool] = False
+
+    def has_roles(self, model: LoadedModel) -> bool:
+        """Whether :meth:`role_prompts` encodes ``model``'s texts in retrieval roles (the default: no)."""
+        return False
 
     def role_prompts(self, model: LoadedModel, texts: list[str], input_type: Any) -> list[Prompt]:
         """Prompts encoding ``texts`` as ``model``'s queries or documents (``input_type``), as its

@@ -9,6 +9,9 @@ bit-packed ``binary`` / ``ubinary`` types (one bit per dimension, ``1`` where th
 Corpus jobs store a vector as one of :data:`STORED_DTYPES` (:func:`stored_values`), with the
 same encoders: ``bfloat16`` as the bit patterns of :func:`tensor_bytes` (uint16), ``binary`` /
 ``ubinary`` as above, and Cohere's ``int8`` / ``uint8`` (:func:`int8`, :func:`uint8`).
+
+Multi-vector responses send a matrix of token vectors a row a token in any of those types
+(:func:`token_rows`, :func:`compact_tokens`).
 """
 
 from __future__ import annotations
@@ -55,23 +58,50 @@ def tensor_base64(tensor: torch.Tensor, embed_dtype: str = "float32", endianness
     return base64.b64encode(tensor_bytes(tensor, embed_dtype, endianness)).decode("ascii")
 
 
-def _bits(vector: torch.Tensor) -> np.ndarray:
-    values = vector.detach().to("cpu", torch.float32).numpy().reshape(-1)
-    if values.size % 8:
+def _rows(tensor: torch.Tensor) -> np.ndarray:
+    """``tensor`` as float32 rows (a vector is one row)."""
+    values = tensor.detach().to("cpu", torch.float32).numpy()
+    return values.reshape(1, -1) if values.ndim < 2 else values.reshape(-1, values.shape[-1])
+
+
+def packed_signs(tensor: torch.Tensor) -> np.ndarray:
+    """Each row's sign bits (``1`` where ``>= 0``) packed most significant bit first: ``[rows, dim / 8]``
+    unsigned bytes, Cohere's ``ubinary``.
+
+    Raises:
+        InvalidRequest: a width that is not a multiple of 8.
+    """
+    rows = _rows(tensor)
+    if rows.shape[-1] % 8:
         raise InvalidRequest(
-            f"Embedding dimension must be a multiple of 8 for binary embedding types, but got {values.size}."
+            f"Embedding dimension must be a multiple of 8 for binary embedding types, but got {rows.shape[-1]}."
         )
-    return np.packbits(values >= 0, bitorder="big")
+    return np.packbits(rows >= 0, axis=-1, bitorder="big")
+
+
+def scaled_int8(tensor: torch.Tensor) -> np.ndarray:
+    """Each row scaled so that its largest magnitude is 127, then rounded: ``[rows, dim]`` int8
+    (-127..127), Cohere's ``int8``; a row of zeros (or with a non-finite peak) stays zeros.
+
+    Cohere does not publish its calibration ranges; scaling each vector by its own largest value
+    needs none and keeps the vector's direction, so cosine similarity is preserved (its length is
+    not: compare int8 vectors by cosine).
+    """
+    rows = _rows(tensor)
+    peak = np.abs(rows).max(axis=-1, keepdims=True) if rows.size else np.zeros((rows.shape[0], 1), np.float32)
+    usable = (peak > 0) & np.isfinite(peak)
+    scale = np.where(usable, 127.0 / np.where(usable, peak, 1.0), 0.0)
+    return np.clip(np.rint(np.nan_to_num(rows) * scale), -127, 127).astype(np.int8)
 
 
 def ubinary(vector: torch.Tensor) -> list[int]:
     """Cohere ``ubinary``: the sign bits packed MSB first, as unsigned bytes (0..255)."""
-    return _bits(vector).astype(np.int64).tolist()
+    return packed_signs(vector)[0].astype(np.int64).tolist()
 
 
 def binary(vector: torch.Tensor) -> list[int]:
     """Cohere ``binary``: the ``ubinary`` bytes minus 128 (signed, -128..127)."""
-    return (_bits(vector).astype(np.int64) - 128).tolist()
+    return (packed_signs(vector)[0].astype(np.int64) - 128).tolist()
 
 
 def cohere_base64(vector: torch.Tensor) -> str:
@@ -80,23 +110,45 @@ def cohere_base64(vector: torch.Tensor) -> str:
 
 
 def int8(vector: torch.Tensor) -> list[int]:
-    """Cohere ``int8``: one signed byte per dimension, the vector scaled so that its largest
-    magnitude is 127, then rounded (-127..127).
-
-    Cohere does not publish its calibration ranges; scaling each vector by its own largest
-    value needs none and keeps the vector's direction, so cosine similarity is preserved (its
-    length is not: compare int8 vectors by cosine).
-    """
-    values = vector.detach().to("cpu", torch.float32).numpy().reshape(-1)
-    peak = float(np.abs(values).max()) if values.size else 0.0
-    if peak == 0.0 or not np.isfinite(peak):
-        return np.zeros(values.size, dtype=np.int64).tolist()
-    return np.clip(np.rint(values * (127.0 / peak)), -127, 127).astype(np.int64).tolist()
+    """Cohere ``int8``: one signed byte per dimension (:func:`scaled_int8`)."""
+    return scaled_int8(vector)[0].astype(np.int64).tolist()
 
 
 def uint8(vector: torch.Tensor) -> list[int]:
     """Cohere ``uint8``: the :func:`int8` bytes plus 128 (1..255), as ``ubinary`` is ``binary`` plus 128."""
-    return [v + 128 for v in int8(vector)]
+    return (scaled_int8(vector)[0].astype(np.int64) + 128).tolist()
+
+
+#: The compact types of token vectors (Cohere's and Jina's ``embedding_type`` names) as arrays of
+#: ``[tokens, width]`` from a ``[tokens, dim]`` matrix: bits packed 8 to a byte (``binary`` the
+#: ``ubinary`` byte minus 128), or one byte per dimension (``uint8`` the ``int8`` byte plus 128).
+COMPACT_TYPES = ("binary", "ubinary", "int8", "uint8")
+
+
+def compact_tokens(matrix: torch.Tensor, kind: str) -> np.ndarray:
+    """A ``[tokens, dim]`` matrix of token vectors as one of :data:`COMPACT_TYPES`, a row a token.
+
+    Raises:
+        InvalidRequest: an unknown type; a width not a multiple of 8 for the bit types.
+    """
+    if kind in ("binary", "ubinary"):
+        bits = packed_signs(matrix)
+        return (bits.astype(np.int16) - 128).astype(np.int8) if kind == "binary" else bits
+    if kind in ("int8", "uint8"):
+        values = scaled_int8(matrix)
+        return values if kind == "int8" else (values.astype(np.int16) + 128).astype(np.uint8)
+    raise InvalidRequest(f"compact token types are {', '.join(COMPACT_TYPES)}, got {kind!r}")
+
+
+def token_rows(matrix: torch.Tensor, kind: str) -> list:
+    """A ``[tokens, dim]`` matrix in a multi-vector response's ``embedding_type``: ``float`` (lists of
+    numbers), ``base64`` (one string per token, little-endian float32, as Jina's API sends it) or a
+    compact type (:func:`compact_tokens`, lists of integers)."""
+    if kind == "float":
+        return matrix.detach().to("cpu", torch.float32).tolist()
+    if kind == "base64":
+        return [cohere_base64(row) for row in matrix]
+    return compact_tokens(matrix, kind).tolist()
 
 
 #: How a corpus job stores a vector (``embed_dtype``), and the numpy type of the stored values:

@@ -25,7 +25,7 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Protocol
 
 from ..contracts.errors import InvalidRequest, MissingDependency
 from ..contracts.io import text_problem
@@ -69,6 +69,23 @@ class JobSummary:
     ids_as_strings: bool = False
     #: How the task's vectors are stored (``None``: the task's results are not vectors).
     embed_dtype: str | None = None
+
+
+class JobSink(Protocol):
+    """Where a job's rows go instead of an output file (a late-interaction index's table, say).
+
+    The job keeps its chunk files, manifest and resume rules; once every chunk is done it hands
+    the sink every row, in order, and records the job beside the output as for a file.
+    """
+
+    #: What the manifest records as the output's format.
+    name: str
+
+    def write(self, rows: Iterator[dict[str, Any]], value_key: str) -> None:
+        """Store every row (``id`` and ``value_key``), replacing whatever an interrupted write left."""
+
+    def rows(self) -> int | None:
+        """The rows the finished output holds (``None``: it cannot be read)."""
 
 
 #: Truncation to the model's limit: what the CLI and corpus jobs (local and on Ray Data) ask for
@@ -456,19 +473,21 @@ def _output_rows(output: Path, fmt: str) -> int:
     return lines
 
 
-def _check_finished(output: Path, fmt: str, made: dict[str, Any], source: Path, digest: str) -> None:
+def _check_finished(
+    output: Path, fmt: str, made: dict[str, Any], source: Path, digest: str, sink: JobSink | None = None
+) -> None:
     """Refuse to call a finished output complete when its input changed or it was damaged since."""
     if made.get("input_sha256") != digest:
         raise InvalidRequest(
             f"input '{source.name}' has changed since '{output}' was made from it; pass --overwrite to embed it again"
         )
-    size = output.stat().st_size
+    size = None if sink is not None else output.stat().st_size  # a sink's output is checked by its rows
     problem = None
     if size != made.get("bytes"):
         problem = f"it has {size} bytes"
     else:
         try:
-            rows = _output_rows(output, fmt)
+            rows = sink.rows() if sink is not None else _output_rows(output, fmt)
         except (OSError, ValueError):  # a damaged file fails in its reader's own way
             rows = None
         if rows != made.get("rows"):
@@ -532,6 +551,8 @@ def run_job(
     options: dict[str, Any] | None = None,
     embed_dtype: str | None = None,
     progress: Callable[[int, int], None] | None = None,
+    tokenization_kwargs: dict[str, Any] | None = None,
+    sink: JobSink | None = None,
 ) -> JobSummary:
     """Embed (or encode for ``task``) every row of ``input_path`` into ``output_path``, resumably.
 
@@ -548,13 +569,17 @@ def run_job(
         progress: called as ``progress(rows, tokens)`` after each chunk (rows of chunks finished
             by an earlier run come with 0 tokens); if it has ``set_total`` (a
             :class:`poolkit.runtime.progress.Meter`), that is called first with the input's row count.
+        tokenization_kwargs: passed to ``llm.encode`` (``input_type``: a late-interaction model's
+            query or document side); part of the job's identity.
+        sink: where the rows go instead of a file at ``output_path`` (which then names the sink's
+            output, for the job's records beside it).
 
     Raises:
         InvalidRequest: bad input, an unwritable output (a full disk), an existing job with other
             settings, a finished output whose input changed or that was damaged since.
     """
     source, output = Path(input_path), Path(output_path)
-    out_fmt = _format(output, output_format, OUTPUT_FORMATS, "output")
+    out_fmt = sink.name if sink is not None else _format(output, output_format, OUTPUT_FORMATS, "output")
     task_obj = llm.task(task)
     options = {k: v for k, v in (options or {}).items() if v is not None}
     task_obj.check_options(options)
@@ -582,6 +607,7 @@ def run_job(
         "prompt_name": prompt_name,
         "options": options,
         "settings": settings or {},
+        **({"tokenization_kwargs": tokenization_kwargs} if tokenization_kwargs else {}),  # older jobs keep their id
     }
     job_id = _fingerprint(job)
     summary = JobSummary(output=str(output), embed_dtype=dtype)
@@ -591,14 +617,14 @@ def run_job(
         set_total(total)
     if overwrite:
         shutil.rmtree(parts_dir, ignore_errors=True)
-        output.unlink(missing_ok=True)
+        shutil.rmtree(output) if output.is_dir() else output.unlink(missing_ok=True)
         marker_path.unlink(missing_ok=True)
     manifest = _read_json(manifest_path) if manifest_path.is_file() else None
     unfinished = (manifest or {}).get("job_id")
     if output.exists() and not overwrite:
         made = _read_json(marker_path) if marker_path.is_file() else None
         if made is not None and made.get("job_id") == job_id:
-            _check_finished(output, out_fmt, made, source, digest)
+            _check_finished(output, out_fmt, made, source, digest, sink)
             shutil.rmtree(parts_dir, ignore_errors=True)
             summary.already_complete = True
             return summary
@@ -637,7 +663,9 @@ def run_job(
     chunk_no = 0
 
     def compute(part: Path) -> None:
-        outputs = llm.encode([text for _, text in chunk], params, pooling_task=task, prompt_name=prompt_name)
+        outputs = llm.encode(
+            [text for _, text in chunk], params, pooling_task=task, prompt_name=prompt_name, tokenization_kwargs=tokenization_kwargs
+        )
         summary.truncated += sum(out.truncated for out in outputs)
         rows = []
         for (row_id, _), out in zip(chunk, outputs):
@@ -695,9 +723,13 @@ def run_job(
     summary.ids_as_strings = str in kinds and int in kinds
     if summary.ids_as_strings:
         logger.warning("the ids in '%s' mix strings and integers: every id is written as a string", source.name)
-    _finish(output, out_fmt, used, value_key, dtype, summary.ids_as_strings, summary.rows)
+    if sink is not None:
+        sink.write((row for part in used for row in _part_rows(part, value_key, summary.ids_as_strings)), value_key)
+    else:
+        _finish(output, out_fmt, used, value_key, dtype, summary.ids_as_strings, summary.rows)
     made = {
-        "job_id": job_id, "input_sha256": digest, "rows": summary.rows, "bytes": output.stat().st_size,
+        "job_id": job_id, "input_sha256": digest, "rows": summary.rows,
+        "bytes": None if sink is not None else output.stat().st_size,
         "output_format": out_fmt, "embed_dtype": dtype,
     }
     _atomic_write(marker_path, lambda tmp: tmp.write_text(json.dumps(made, indent=2)))

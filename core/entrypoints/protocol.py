@@ -199,6 +199,17 @@ class ChatFields(BaseModel):
     )
 
 
+class SideFields(BaseModel):
+    """``input_type``: the side a request's texts are encoded in."""
+
+    input_type: Optional[StrictStr] = Field(
+        None,
+        description="token_embed: 'query' or 'document', the retrieval side the texts are encoded in (a ColBERT's "
+        "markers, lengths and query expansion; ColPali's query prompt); other tasks: one of the model's prompt names "
+        "or task instructions, put before each text (vLLM).",
+    )
+
+
 class ActivationFields(BaseModel):
     """``use_activation``, also read from vLLM's deprecated ``normalize`` / ``softmax`` / ``activation``."""
 

@@ -188,16 +188,21 @@ class Renderer:
         fields for ``{"messages": [...]}`` inputs."""
         if _has_chat(inputs):
             inputs = [self.chat_prompt(self.chat(item, chat_options, i)) if _is_chat(item) else item for i, item in enumerate(_items(inputs))]
-        parsed = PromptBatch.of(registry("io_processor").get("text").pre_process(inputs))
-        media = self.media_processor
-        with_media = not parsed.columnar and any("image" in p.extras or "video" in p.extras for p in parsed)
-        if media is not None and (media.reads_text or with_media):  # a vision-language model's processor reads both
-            parsed = PromptBatch.of(media.pre_process({"prompts": list(parsed), "model": self.model}))
-        elif with_media:  # a dual encoder's images
-            parsed = PromptBatch.of(registry("io_processor").get("image").pre_process({"prompts": list(parsed), "model": self.model}))
+        parsed = self._with_media(PromptBatch.of(registry("io_processor").get("text").pre_process(inputs)))
         prefix = self.prefix(prompt_name) if prefix is None else prefix
         if prefix:
             parsed.set_prefix(prefix)
+        return parsed
+
+    def _with_media(self, parsed: PromptBatch) -> PromptBatch:
+        """Prompts with their media pre-processed: by the model's media processor (a vision-language
+        model's reads texts too), or a dual encoder's images by the image processor."""
+        media = self.media_processor
+        with_media = not parsed.columnar and any("image" in p.extras or "video" in p.extras for p in parsed)
+        if media is not None and (media.reads_text or with_media):
+            return PromptBatch.of(media.pre_process({"prompts": list(parsed), "model": self.model}))
+        if with_media:
+            return PromptBatch.of(registry("io_processor").get("image").pre_process({"prompts": list(parsed), "model": self.model}))
         return parsed
 
     def request(
@@ -222,9 +227,14 @@ class Renderer:
             InvalidRequest: ``inputs`` and ``messages`` both, an ``input_type`` the task or the inputs
                 do not take, or an ``add_special_tokens`` that is not a boolean.
         """
-        parsed = self.prompts(chats.conversations(inputs, messages, chat_template), prompt_name, prefix=prefix)
+        inputs = chats.conversations(inputs, messages, chat_template)
         if input_type is not None:
-            parsed = self.role_prompts(task, parsed, input_type)
+            if prompt_name is not None or prefix:
+                raise InvalidRequest("input_type takes text prompts (no token ids, images or prompt_name)")
+            parsed = PromptBatch.of(registry("io_processor").get("text").pre_process(inputs))
+            parsed = self._with_media(PromptBatch.of(self.role_prompts(task, parsed, input_type)))
+        else:
+            parsed = self.prompts(inputs, prompt_name, prefix=prefix)
         if add_special_tokens is not None:
             if not isinstance(add_special_tokens, bool):
                 raise InvalidRequest(f"add_special_tokens must be true or false, got {add_special_tokens!r}")
@@ -243,7 +253,7 @@ class Renderer:
         if not task.takes_input_type:
             takers = [e.name for e in registry("task").entries() if e.obj.takes_input_type]
             raise InvalidRequest(f"input_type is only supported with task {' or '.join(map(repr, takers))}.")
-        if any(p.text is None or p.prompt_prefix for p in prompts):
+        if any(p.text is None or p.prompt_prefix or p.extras for p in prompts):
             raise InvalidRequest("input_type takes text prompts (no token ids, images or prompt_name)")
         return list(task.role_prompts(self.model, [p.text for p in prompts], input_type))
 

@@ -368,7 +368,7 @@ def test_37_cohere_input_shapes(client):
 
 
 PROTECTED = [
-    "/v1/embeddings", "/pooling", "/classify", "/score", "/v1/score", "/rerank", "/v1/rerank", "/v2/rerank", "/v2/embed",
+    "/v1/embeddings", "/pooling", "/classify", "/score", "/v1/score", "/rerank", "/v1/rerank", "/v2/rerank", "/v2/embed", "/v1/multi-vector",
     "/tokenize", "/detokenize", "/invocations", "/v1/load_lora_adapter", "/v1/unload_lora_adapter",
     "/v1/models",
 ]
@@ -684,7 +684,7 @@ def test_schema_fuzzing_with_every_check_finds_nothing(minilm):
     # /classify, TEI's /predict and /embed_sparse are left out: all-MiniLM-L6-v2 neither classifies nor
     # embeds sparsely; /rerank and /tokenize are vLLM's and TEI's at once; GET / is TEI's health alias;
     # vLLM's two LoRA routes answer 404 here (runtime updating is off)
-    assert operations == 23
+    assert operations == 24
     assert seen.get(200, 0) > 0 and seen.get(400, 0) > 0 and seen.get(401, 0) > 0 and seen.get(422, 0) > 0
 
 

@@ -98,7 +98,7 @@ def test_every_protocol_router_is_mounted(two_apps):
     client, _ = two_apps
     modules = routes.MODULES
     assert [m.__name__.rpartition(".")[2] for m in modules] == [
-        "routes_ops", "routes_openai", "routes_vllm", "routes_lora", "routes_sagemaker", "routes_cohere", "routes_tei"
+        "routes_ops", "routes_openai", "routes_vllm", "routes_lora", "routes_sagemaker", "routes_cohere", "routes_jina", "routes_tei"
     ]
     assert routes.ENDPOINTS == tuple(endpoint for module in modules for endpoint in module.ENDPOINTS)
     mounted = {(r.path, frozenset(r.methods)): r.endpoint for r in client.app.routes if hasattr(r, "endpoint")}

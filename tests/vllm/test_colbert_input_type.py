@@ -82,5 +82,5 @@ def test_colbert_input_type_matches_what_score_encodes(colbert):
     assert score.outputs.score == pytest.approx(float(maxsim), rel=1e-4)
     pad = colbert.get_tokenizer().pad_token_id  # vLLM's scoring output joins the sides with the pad token
     assert score.prompt_token_ids == q.prompt_token_ids + [pad] + d.prompt_token_ids
-    with pytest.raises(ValueError, match="ColBERT prompts are 'query' or 'document'"):
+    with pytest.raises(ValueError, match="input_type must be 'query' or 'document'"):
         colbert.encode("x", pooling_task="token_embed", tokenization_kwargs={"input_type": "passage"})

@@ -14,12 +14,13 @@ import typer
 
 from .app import app
 from .commands import classify, embed, encode, info, plugins, rerank, score
+from .index import index, search
 from .options import Format, engine_options, errors, setup_logging
 from .serve import serve
 
 __all__ = [
-    "Format", "app", "classify", "embed", "encode", "engine_options", "errors", "info", "main", "plugins",
-    "rerank", "score", "serve", "setup_logging",
+    "Format", "app", "classify", "embed", "encode", "engine_options", "errors", "index", "info", "main", "plugins",
+    "rerank", "score", "search", "serve", "setup_logging",
 ]
 
 

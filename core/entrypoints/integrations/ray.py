@@ -43,6 +43,7 @@ class PoolkitBatchEncoder:
             (:func:`poolkit.entrypoints.jobs.truncating`).
         prompt_name: a prompt of the model's sentence-transformers config to prepend.
         truncated_column: where to say whether each row's input was cut (``None``: nowhere).
+        tokenization_kwargs: passed to ``encode`` (``input_type``: a late-interaction model's side).
     """
 
     def __init__(
@@ -54,6 +55,7 @@ class PoolkitBatchEncoder:
         pooling_params: dict[str, Any] | None = None,
         prompt_name: str | None = None,
         truncated_column: str | None = TRUNCATED_COLUMN,
+        tokenization_kwargs: dict[str, Any] | None = None,
     ) -> None:
         from poolkit import LLM
 
@@ -66,12 +68,16 @@ class PoolkitBatchEncoder:
         self.pooling_params = truncating(pooling_params)
         self.prompt_name = prompt_name
         self.truncated_column = truncated_column
+        self.tokenization_kwargs = tokenization_kwargs
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         import numpy as np
 
         texts = [str(t) for t in batch[self.text_column]]
-        outputs = self.llm.encode(texts, self.pooling_params, pooling_task=self.task, prompt_name=self.prompt_name)
+        outputs = self.llm.encode(
+            texts, self.pooling_params, pooling_task=self.task, prompt_name=self.prompt_name,
+            tokenization_kwargs=self.tokenization_kwargs,
+        )
         values = [o.outputs.data.float().numpy() for o in outputs]
         if values and all(v.shape == values[0].shape for v in values):
             batch[self.output_column] = np.stack(values)
@@ -98,6 +104,7 @@ def embed_dataset(
     pooling_params: PoolingParams | dict[str, Any] | None = None,
     prompt_name: str | None = None,
     truncated_column: str | None = TRUNCATED_COLUMN,
+    tokenization_kwargs: dict[str, Any] | None = None,
     **llm_kwargs: Any,
 ) -> Any:
     """The dataset with a column of results (the task's output field: ``embedding`` for ``embed``).
@@ -122,6 +129,8 @@ def embed_dataset(
         prompt_name: a prompt of the model's sentence-transformers config to prepend.
         truncated_column: the boolean column saying whether each row's input was cut to the
             truncation limit (``None``: no such column).
+        tokenization_kwargs: passed to every ``encode`` (``{"input_type": "document"}``: a
+            late-interaction model's document side).
         **llm_kwargs: settings for ``poolkit.LLM`` in every actor (``dtype``, ``pooler_config``, ...).
     """
     try:
@@ -143,6 +152,7 @@ def embed_dataset(
             "pooling_params": params,
             "prompt_name": prompt_name,
             "truncated_column": truncated_column,
+            "tokenization_kwargs": tokenization_kwargs,
         },
         batch_size=batch_size,
         batch_format="numpy",
@@ -206,3 +216,64 @@ def _truncated_rows(output: Any) -> int:
     import pyarrow.parquet as pq
 
     return pc.sum(pq.read_table(str(output), columns=[TRUNCATED_COLUMN])[TRUNCATED_COLUMN]).as_py() or 0
+
+
+def run_ray_index_job(
+    llm: "LLM",
+    input_path: str,
+    index_path: str,
+    *,
+    token_pool_factor: float | None = None,
+    ann: bool | None = None,
+    text_field: str = "text",
+    id_field: str = "id",
+    overwrite: bool = False,
+    batch_size: int = 256,
+) -> JobSummary:
+    """``poolkit index --engine ray``: encode a corpus on Ray Data into a late-interaction index.
+
+    The actors encode on the model's document side with the pool factor, as a local index job
+    (:func:`poolkit.entrypoints.index_job.run_index_job`) does, and this process writes their rows
+    into the same table (:meth:`poolkit.api.index.LateInteractionIndex.add_vectors`). The input
+    needs an id column (Ray Data does not keep row order). Ray retries failed tasks; an existing
+    index is refused unless ``overwrite``.
+
+    Raises:
+        InvalidRequest: a missing input, no id column, a bad pool factor, an existing index.
+    """
+    try:
+        import ray
+    except ImportError:
+        raise MissingDependency("Ray Data is not installed: pip install 'poolkit[ray]'") from None
+    from pathlib import Path
+
+    from ...api.index import LateInteractionIndex, has_sides
+
+    source = Path(input_path)
+    if not source.is_file():
+        raise InvalidRequest(f"input '{input_path}' does not exist")
+    readers = {".parquet": ray.data.read_parquet, ".jsonl": ray.data.read_json, ".csv": ray.data.read_csv}
+    if source.suffix not in readers:
+        raise InvalidRequest("--engine ray reads Parquet, JSON Lines or CSV input")
+    params = truncating(PoolingParams(token_pool_factor=token_pool_factor))
+    llm.check_params(params, 1, "token_embed")  # refuse bad parameters before Ray starts
+    index = LateInteractionIndex.create(index_path, llm, token_pool_factor=token_pool_factor, overwrite=overwrite)
+    index.auto_ann = ann is not False
+    ds = readers[source.suffix](str(source))
+    if id_field not in ds.columns():
+        raise InvalidRequest(f"--engine ray needs an id column ('{id_field}') in '{source.name}'")
+    kwargs = {"input_type": "document"} if has_sides(llm) else None
+    out = embed_dataset(ds, text_column=text_field, task="token_embed", args=llm.args, pooling_params=params,
+                        tokenization_kwargs=kwargs, batch_size=batch_size)
+    summary = JobSummary(output=index_path)
+    for batch in out.iter_batches(batch_size=batch_size, batch_format="numpy"):
+        ids = batch[id_field].tolist()
+        index.add_vectors(ids, list(batch["data"]))
+        summary.rows += len(ids)
+        summary.truncated += int(batch[TRUNCATED_COLUMN].sum())
+    if summary.rows == 0:
+        raise InvalidRequest(f"input file '{source.name}' has no rows")
+    summary.written = summary.rows
+    if ann and not index.has_ann_index():
+        index.create_ann_index()
+    return summary

@@ -78,13 +78,14 @@ class EmbeddingCache:
 
     @staticmethod
     def keys(
-        task: str, params: PoolingParams, prompt_name: str | None, special_tokens: bool, prompts: list[Any], adapter: Any = None
+        task: str, params: PoolingParams, prompt_name: str | None, tokenization: Hashable, prompts: list[Any], adapter: Any = None
     ) -> list[Hashable] | None:
         """The key of each input's result, or ``None`` when an input is one the cache does not hold
-        (an image, a multimodal prompt: anything but a text or a list of token ids); ``adapter``:
+        (an image, a multimodal prompt: anything but a text or a list of token ids); ``tokenization``:
+        how the texts are tokenized (special tokens, retrieval side); ``adapter``:
         the load of the LoRA adapter the inputs run with (its identity,
         :meth:`poolkit.lora.manager.Adapters.identity`, never its name alone)."""
-        settings = (task, json.dumps(params.model_dump(mode="json"), sort_keys=True, default=str), prompt_name, special_tokens, adapter)
+        settings = (task, json.dumps(params.model_dump(mode="json"), sort_keys=True, default=str), prompt_name, tokenization, adapter)
         keys: list[Hashable] = []
         for prompt in prompts:
             if isinstance(prompt, str):

@@ -135,12 +135,13 @@ async def prompts_of(request: Request, st: ModelState, llm: LLM, body: Any) -> l
 
 async def run_inputs(
     request: Request, st: ModelState, llm: LLM, body: Any, task_name: str, number_bytes: float = JSON_NUMBER_BYTES,
-    prompt_name: str | None = None, **fields: Any
+    prompt_name: str | None = None, input_type: str | None = None, **fields: Any
 ) -> tuple[Any, Any]:
     """A request of ``input`` or chat ``messages`` (``/v1/embeddings``, ``/pooling``, ``/classify``) run
     for ``task_name``: its pooling parameters of the fields those requests share (``dimensions`` where
     the body has it, ``use_activation``, the truncation) and ``fields``, its prompts rendered, with the
-    prompt of the model's sentence-transformers config named ``prompt_name`` (Jina's ``task``).
+    prompt of the model's sentence-transformers config named ``prompt_name`` (Jina's ``task``), the
+    texts in the retrieval side ``input_type`` (:func:`side`).
 
     Returns:
         :func:`~poolkit.entrypoints.server.work.run_task`'s task and results.
@@ -151,10 +152,45 @@ async def run_inputs(
         dimensions=dimensions, use_activation=body.use_activation, truncate_prompt_tokens=body.truncate_prompt_tokens,
         truncation_side=body.truncation_side, **fields,
     ).with_salt(body.cache_salt)
+    named, prefix, role = side(st, llm, task_name, input_type)
+    if named is not None and prompt_name is not None:
+        raise ApiError(400, "input_type and task both name a prompt: send one", param="input_type")
     raw = await prompts_of(request, st, llm, body)
+    if prefix is not None:
+        raw = instructed(raw, prefix)
     return await run_task(
-        request, st, llm, task_name, raw, params, prompt_name, add_special_tokens=special_tokens(body), number_bytes=number_bytes
+        request, st, llm, task_name, raw, params, prompt_name or named, add_special_tokens=special_tokens(body),
+        number_bytes=number_bytes, input_type=role,
     )
+
+
+def instructed(raw: list[Any], prefix: str) -> list[Any]:
+    """Text inputs with a task instruction before each (an ``input_type`` of the config's
+    ``task_instructions``).
+
+    Raises:
+        ApiError: an input of token ids or a conversation, which a text instruction cannot go before.
+    """
+    if not all(isinstance(item, str) for item in raw):
+        raise ApiError(400, "input_type names a task instruction, which goes before texts: send texts", param="input_type")
+    return [prefix + item for item in raw]
+
+
+def side(st: ModelState, llm: LLM, task_name: str, input_type: str | None) -> tuple[str | None, str | None, str | None]:
+    """A request's ``input_type`` as what runs it: ``(prompt_name, prefix, side)``.
+
+    For a task that takes sides (token vectors, ``token_embed``) it is the retrieval side, ``"query"`` or ``"document"``, as
+    the model encodes it (a ColBERT's markers, lengths and query expansion; ColPali's query prompt:
+    :meth:`poolkit.inputs.Renderer.role_prompts`, which refuses a model without sides); for any
+    other task it names one of the model's prompts or task instructions, as vLLM's and Cohere's
+    ``input_type`` does (:meth:`poolkit.inputs.Renderer.input_type`).
+    """
+    if input_type is None:
+        return None, None, None
+    if llm.task(task_name).takes_input_type:
+        return None, None, input_type
+    prompt_name, prefix = st.renderer.input_type(input_type)
+    return prompt_name, prefix, None
 
 
 def special_tokens(body: Any) -> bool:

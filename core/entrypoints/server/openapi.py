@@ -57,6 +57,9 @@ UNSTATED_RULES = {
     "a response is at most --max-response-bytes (the results' numbers in the request's encoding)": "(--max-response-bytes)",
     "score template variables (chat_template_kwargs besides prompt, prompt_name and restore_suffix) need a template "
     "to fill, which a model scoring plain text pairs has not": "need a chat template",
+    "input_type names what the model has: for token vectors a retrieval side ('query' or 'document') of a model with "
+    "sides, for other tasks one of its prompt names or task instructions (the error lists them), and never a prompt "
+    "beside Jina's task": "input_type",
     "on /invocations a body with messages goes to the first endpoint that takes messages (vLLM's dispatch), which "
     "refuses them on a model without a chat template, whatever other request's fields the body has": "has no chat template",
 }

@@ -7,11 +7,11 @@ below are what the guard, the HTTP front and the tracing middleware look a reque
 
 from __future__ import annotations
 
-from . import routes_cohere, routes_lora, routes_openai, routes_ops, routes_sagemaker, routes_tei, routes_vllm
+from . import routes_cohere, routes_jina, routes_lora, routes_openai, routes_ops, routes_sagemaker, routes_tei, routes_vllm
 from .endpoints import TEI, Endpoint
 
 #: The route modules, one per protocol, in the order their endpoints are mounted.
-MODULES = (routes_ops, routes_openai, routes_vllm, routes_lora, routes_sagemaker, routes_cohere, routes_tei)
+MODULES = (routes_ops, routes_openai, routes_vllm, routes_lora, routes_sagemaker, routes_cohere, routes_jina, routes_tei)
 #: Every endpoint, in the order mounted.
 ENDPOINTS: tuple[Endpoint, ...] = tuple(endpoint for module in MODULES for endpoint in module.ENDPOINTS)
 

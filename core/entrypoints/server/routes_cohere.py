@@ -110,6 +110,20 @@ def _describe(doc: dict[str, Any], st: ModelState) -> None:
         fields["input_type"] = {"anyOf": [{"enum": known}, {"type": "null"}]} if known else {"type": "null"}
 
 
+#: Cohere's retrieval ``input_type`` values, and the prompt names that say the same in a
+#: sentence-transformers config, in order of preference.
+COHERE_SIDES = {"search_query": ("query",), "search_document": ("document", "passage", "corpus")}
+
+
+def _named(st: ModelState, input_type: str | None) -> str | None:
+    """Cohere's ``search_query`` / ``search_document`` as the model's own ``query`` / ``document``
+    (or ``passage``) prompt where it has no prompt of Cohere's name; anything else as it is."""
+    if input_type is None or input_type in st.renderer.input_types:
+        return input_type
+    known = set(st.renderer.input_types)
+    return next((name for name in COHERE_SIDES.get(input_type, ()) if name in known), input_type)
+
+
 # -- the route -------------------------------------------------------------------------------------
 
 
@@ -117,7 +131,7 @@ def _describe(doc: dict[str, Any], st: ModelState) -> None:
 async def cohere_embed(body: CohereEmbedRequest, request: Request, st: State, llm: Model) -> Response:
     check_model(st, body.model)
     items = _items(st, body, st.renderer.reads_media)
-    prompt_name, prefix = st.renderer.input_type(body.input_type)
+    prompt_name, prefix = st.renderer.input_type(_named(st, body.input_type))
     types = list(dict.fromkeys(body.embedding_types))
     if not types:
         raise ApiError(400, "embedding_types must not be empty", param="embedding_types")

@@ -11,7 +11,9 @@ from pydantic import ConfigDict, Field, StrictStr
 
 from ...contracts.errors import PoolkitError
 from ...plugins import registry
-from ..protocol import ActivationFields, BaseRequest, ChatFields, EncodingFields, Positive, PromptInput, TokenizationFields, one_of
+from ..protocol import (
+    ActivationFields, BaseRequest, ChatFields, EncodingFields, Positive, PromptInput, SideFields, TokenizationFields, one_of,
+)
 from .deps import Model, State
 from .endpoints import Endpoints
 from .inputs import check_model, run_inputs
@@ -21,7 +23,7 @@ from .wire import encode_tensor, json_response, list_response, number_bytes
 ENDPOINTS = Endpoints()
 
 
-class EmbeddingRequest(BaseRequest, TokenizationFields, ChatFields, EncodingFields, ActivationFields):
+class EmbeddingRequest(BaseRequest, TokenizationFields, ChatFields, EncodingFields, ActivationFields, SideFields):
     """``POST /v1/embeddings`` (OpenAI)."""
 
     model_config = ConfigDict(json_schema_extra=one_of("input", "messages"))
@@ -73,7 +75,7 @@ async def embeddings(body: EmbeddingRequest, request: Request, st: State, llm: M
     # Jina's task names a prompt; a pooling task's name there is vLLM's PoolingRequest field (say from
     # /invocations, which reads an 'input' body as an embeddings request), which vLLM ignores here
     task = body.task if body.task is not None and body.task not in registry("task").names() else None
-    _, results = await run_inputs(request, st, llm, body, "embed", number_bytes(body), prompt_name=task)
+    _, results = await run_inputs(request, st, llm, body, "embed", number_bytes(body), prompt_name=task, input_type=body.input_type)
     return await list_response(
         request, body, "embd", st.served, results,
         lambda i, t: {"index": i, "object": "embedding", "embedding": encode_tensor(t, body)}, arrays=True,

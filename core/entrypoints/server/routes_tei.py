@@ -35,6 +35,7 @@ from ... import __version__
 from ...contracts.errors import InvalidRequest
 from ...contracts.io import Prompt
 from ...contracts.params import PoolingParams
+from ...contracts.tasks import ROLES
 from ...inputs.chat import checked_text
 from ...runtime.estimates import tokens_of_text
 from ..protocol import POSITIVE, TEXT, TOKEN_IDS, list_of, schema
@@ -286,8 +287,8 @@ def _prompt_name(st: ModelState, name: str | None) -> str | None:
 
 
 async def _rows(request: Request, st: ModelState, llm: LLM, task: str, prompts: list[Any], params: PoolingParams,
-                prompt_name: str | None = None) -> list[torch.Tensor]:
-    _, results = await run_task(request, st, llm, task, prompts, params, prompt_name=prompt_name)
+                prompt_name: str | None = None, input_type: str | None = None) -> list[torch.Tensor]:
+    _, results = await run_task(request, st, llm, task, prompts, params, prompt_name=prompt_name, input_type=input_type)
     rows = results.rows()
     if not all(bool(torch.isfinite(r).all()) for r in rows if r.is_floating_point()):
         raise ApiError(424, "the model produced a non-finite value (NaN or Infinity)", tei=BACKEND)
@@ -329,7 +330,11 @@ async def embed_all(body: EmbedAllRequest, request: Request, st: State, llm: Mod
     _needs(llm, TOKEN_EMBED, "Model is not an embedding model")
     prompts, _ = _items(st, body.inputs)
     params = pooling_params(use_activation=False, **_truncation(st, body.truncate, body.truncation_direction))
-    rows = await _rows(request, st, llm, TOKEN_EMBED, prompts, params, _prompt_name(st, body.prompt_name))
+    prompt_name = _prompt_name(st, body.prompt_name)
+    # TEI names a model's prompts; "query" and "document", where the model has no prompt of that
+    # name, are a multi-vector model's retrieval sides (its markers, lengths, query expansion).
+    role = prompt_name if prompt_name in ROLES and prompt_name not in st.renderer.model.prompts else None
+    rows = await _rows(request, st, llm, TOKEN_EMBED, prompts, params, None if role else prompt_name, role)
     return await _arrays(_floats(rows), sum(r.numel() for r in rows))
 
 

@@ -33,6 +33,7 @@ from ..protocol import (
     EncodingFields,
     Positive,
     PromptInput,
+    SideFields,
     Text,
     TokenizationFields,
     given,
@@ -119,7 +120,7 @@ class ClassificationRequest(BaseRequest, TokenizationFields, ChatFields, Activat
     input: Optional[PromptInput] = None
 
 
-class PoolingRequest(BaseRequest, TokenizationFields, ChatFields, EncodingFields, ActivationFields):
+class PoolingRequest(BaseRequest, TokenizationFields, ChatFields, EncodingFields, ActivationFields, SideFields):
     """``POST /pooling``: any task (``task``), or ``data`` for the IO processor plugin task."""
 
     model_config = ConfigDict(json_schema_extra=one_of("input", "messages", "data"))
@@ -281,7 +282,8 @@ async def pooling(body: PoolingRequest, request: Request, st: State, llm: Model)
         )
     _, results = await run_inputs(
         request, st, llm, body, task.name, number_bytes(body) if task.tensor_output else JSON_NUMBER_BYTES,
-        step_tag_id=body.step_tag_id, returned_token_ids=body.returned_token_ids, token_pool_factor=body.token_pool_factor,
+        input_type=body.input_type, step_tag_id=body.step_tag_id, returned_token_ids=body.returned_token_ids,
+        token_pool_factor=body.token_pool_factor,
     )
 
     def item(i: int, t: torch.Tensor) -> dict:

@@ -7,7 +7,7 @@ thread. A client that goes away while its work waits cancels it before it runs.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -137,6 +137,21 @@ def check_truncation(llm: LLM, truncate: int | None, param: str = "truncate_prom
         raise ApiError(400, str(exc), param=param) from None
 
 
+class Tokenization(NamedTuple):
+    """How a request's texts are tokenized: with the tokenizer's special tokens or not, and in
+    which retrieval side (``None``: as they are). Part of an embedding cache key."""
+
+    add_special_tokens: bool = True
+    input_type: str | None = None
+
+    def kwargs(self) -> dict[str, Any] | None:
+        """The ``tokenization_kwargs`` of :meth:`poolkit.LLM.prepare` that say it."""
+        kwargs: dict[str, Any] = {} if self.add_special_tokens else {"add_special_tokens": False}
+        if self.input_type is not None:
+            kwargs["input_type"] = self.input_type
+        return kwargs or None
+
+
 async def run_task(
     request: Request,
     st: ModelState,
@@ -148,6 +163,7 @@ async def run_task(
     add_special_tokens: bool = True,
     number_bytes: float = JSON_NUMBER_BYTES,
     check: Callable[[Any], None] | None = None,
+    input_type: str | None = None,
 ) -> tuple[Any, Results]:
     """Prepare ``raw`` prompts for ``task_name`` with the LLM's checks, then run them on the batcher.
 
@@ -157,7 +173,8 @@ async def run_task(
     ``number_bytes`` bytes per number of the route's encoding), estimated before the work and
     counted again after it. With an embedding cache (``--cache-size``), inputs it holds are not
     run again. ``add_special_tokens=False`` marks the text prompts to be tokenized without special
-    tokens (:attr:`poolkit.contracts.io.Prompt.add_special_tokens`).
+    tokens (:attr:`poolkit.contracts.io.Prompt.add_special_tokens`); ``input_type`` encodes the
+    texts as the model's queries or documents (:meth:`poolkit.inputs.Renderer.role_prompts`).
 
     Prompts with media (:class:`~poolkit.contracts.io.Prompt` objects), and any request with a
     ``check`` (which sees the prepared prompts before they run), are prepared on the worker thread,
@@ -168,15 +185,16 @@ async def run_task(
         The task and, per input, its result tensor and prompt token ids.
     """
     check_truncation(llm, params.truncate_prompt_tokens)
+    tokenization = Tokenization(add_special_tokens, input_type)
     if check is None and not any(isinstance(p, Prompt) for p in raw):
-        task, prompts, checked, tokens = _prepared(st, llm, task_name, raw, params, prompt_name, add_special_tokens, number_bytes)
-        results = await _cached(request, st, llm, task, raw, prompts, checked, tokens, params, prompt_name, add_special_tokens)
+        task, prompts, checked, tokens = _prepared(st, llm, task_name, raw, params, prompt_name, tokenization, number_bytes)
+        results = await _cached(request, st, llm, task, raw, prompts, checked, tokens, params, prompt_name, tokenization)
     else:
         guess = st.renderer.guess_tokens(raw)
         check_tokens(st, guess)
 
         def work() -> tuple[Any, Results]:
-            task, prompts, checked, _ = _prepared(st, llm, task_name, raw, params, prompt_name, add_special_tokens, number_bytes)
+            task, prompts, checked, _ = _prepared(st, llm, task_name, raw, params, prompt_name, tokenization, number_bytes)
             if check is not None:
                 check(prompts)
             return task, llm.run(task, list(prompts), checked)
@@ -189,11 +207,11 @@ async def run_task(
 
 def _prepared(
     st: ModelState, llm: LLM, task_name: str, raw: list[Any], params: PoolingParams, prompt_name: str | None,
-    add_special_tokens: bool, number_bytes: float,
+    tokenization: Tokenization, number_bytes: float,
 ) -> tuple[Any, Any, list[PoolingParams], int]:
     """The request prepared by the LLM (task, prompts, checked parameters) and its token estimate,
     held to the server's token and (estimated) response limits."""
-    task, prompts, checked = _prepare(st, llm, task_name, raw, params, prompt_name, add_special_tokens)
+    task, prompts, checked = _prepare(st, llm, task_name, raw, params, prompt_name, tokenization)
     tokens = llm.estimate_tokens(prompts, checked)
     check_tokens(st, tokens)
     expected = expected_numbers(task, llm.model, len(raw), tokens)
@@ -203,24 +221,25 @@ def _prepared(
 
 
 def _prepare(
-    st: ModelState, llm: LLM, task_name: str, raw: list[Any], params: PoolingParams, prompt_name: str | None, add_special_tokens: bool
+    st: ModelState, llm: LLM, task_name: str, raw: list[Any], params: PoolingParams, prompt_name: str | None,
+    tokenization: Tokenization,
 ) -> tuple[Any, Any, list[PoolingParams]]:
     """:meth:`LLM.prepare` of a request's inputs with the served model's adapter, texts tokenized
-    without special tokens where the request says so (the renderer applies it)."""
-    tokenization = None if add_special_tokens else {"add_special_tokens": False}
+    without special tokens and in a retrieval side where the request says so (the renderer applies both)."""
     return llm.prepare(
-        raw, params, pooling_task=task_name, tokenization_kwargs=tokenization, prompt_name=prompt_name, lora_request=st.lora
+        raw, params, pooling_task=task_name, tokenization_kwargs=tokenization.kwargs(), prompt_name=prompt_name,
+        lora_request=st.lora,
     )
 
 
 async def _cached(
     request: Request, st: ModelState, llm: LLM, task: Any, raw: list[Any], prompts: Any, checked: Any, tokens: int,
-    params: PoolingParams, prompt_name: str | None, add_special_tokens: bool,
+    params: PoolingParams, prompt_name: str | None, tokenization: Tokenization,
 ) -> Results:
     """The results of prepared prompts: from the embedding cache where it holds them, the rest run."""
     cache = st.cache
     adapter = st.llm.model.adapters.identity(st.lora) if st.lora is not None else None
-    keys = cache.keys(task.name, params, prompt_name, add_special_tokens, raw, adapter) if cache is not None else None
+    keys = cache.keys(task.name, params, prompt_name, tokenization, raw, adapter) if cache is not None else None
     if keys is None:
         return await _run(request, st, task, prompts, checked, tokens)
     entries: list[Any] = [cache.get(key) for key in keys]
@@ -228,7 +247,7 @@ async def _cached(
     st.metrics.cached(len(raw) - len(missing), len(missing))
     if missing:
         if len(missing) < len(raw):
-            _, prompts, checked = _prepare(st, llm, task.name, [raw[i] for i in missing], params, prompt_name, add_special_tokens)
+            _, prompts, checked = _prepare(st, llm, task.name, [raw[i] for i in missing], params, prompt_name, tokenization)
             tokens = llm.estimate_tokens(prompts, checked)
         ran = await _run(request, st, task, prompts, checked, tokens)
         for i, (tensor, ids), cut in zip(missing, ran, ran.truncated.tolist()):

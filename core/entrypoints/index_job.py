@@ -1,0 +1,102 @@
+"""Index jobs: a corpus file encoded on a model's document side into a late-interaction index.
+
+An index job is a corpus job (:func:`poolkit.entrypoints.jobs.run_job`) of the ``token_embed``
+task whose rows go into a :class:`poolkit.api.index.LateInteractionIndex` instead of a file: the
+same chunk files in ``INDEX.parts/``, the same manifest and the same resume rules (a killed job
+run again keeps the chunks it finished; a changed input or other settings are an error unless
+``overwrite``), and ``INDEX.job`` beside the index records what made it. The index's table is
+written once every chunk is done, so a kill while it is written leaves the chunks, and the next
+run writes the table again from them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+from ..api.index import LateInteractionIndex, has_sides
+from ..contracts.errors import InvalidRequest
+from ..contracts.params import PoolingParams
+from .jobs import JobSummary, run_job
+
+if TYPE_CHECKING:
+    from ..api.llm import LLM
+
+#: Documents written to the index's table at a time.
+WRITE_ROWS = 512
+
+
+class IndexSink:
+    """A corpus job's sink (:class:`poolkit.entrypoints.jobs.JobSink`) that writes a new index.
+
+    Args:
+        path: the index's directory.
+        llm: the model the documents were encoded with (its identity goes into the index).
+        token_pool_factor: the pool factor the documents were encoded with.
+        ann: build LanceDB's ANN index once written (``None``: when the collection is large enough,
+            :data:`poolkit.api.index.AUTO_ANN_ROWS`).
+    """
+
+    name = "lancedb-index"
+
+    def __init__(self, path: Path, llm: "LLM", token_pool_factor: float | None, ann: bool | None = None) -> None:
+        self.path = path
+        self.llm = llm
+        self.token_pool_factor = token_pool_factor
+        self.ann = ann
+
+    def write(self, rows: Iterator[dict[str, Any]], value_key: str) -> None:
+        """Write every row into the index, replacing a table an interrupted write left."""
+        index = LateInteractionIndex.create(self.path, self.llm, token_pool_factor=self.token_pool_factor, overwrite=True)
+        index.auto_ann = self.ann is not False
+        ids: list[Any] = []
+        vectors: list[Any] = []
+        for row in rows:
+            ids.append(row["id"])
+            vectors.append(row[value_key])
+            if len(ids) >= WRITE_ROWS:
+                index.add_vectors(ids, vectors)
+                ids, vectors = [], []
+        index.add_vectors(ids, vectors)
+        if self.ann and not index.has_ann_index():
+            index.create_ann_index()
+
+    def rows(self) -> int | None:
+        """The documents the index holds (``None``: no readable index there)."""
+        try:
+            return len(LateInteractionIndex.open(self.path, self.llm))
+        except InvalidRequest:
+            return None
+
+
+def run_index_job(
+    llm: "LLM",
+    input_path: str | Path,
+    index_path: str | Path,
+    *,
+    token_pool_factor: float | None = None,
+    ann: bool | None = None,
+    truncate_prompt_tokens: int | None = None,
+    **job_options: Any,
+) -> JobSummary:
+    """Encode every row of ``input_path`` on ``llm``'s document side into the index at ``index_path``.
+
+    Args:
+        token_pool_factor: pool each document's token vectors by this factor (``None``: keep them all).
+        ann: build LanceDB's ANN index (``None``: once the collection is large enough).
+        truncate_prompt_tokens: cut inputs to this many tokens (default: the model's limit, as jobs do).
+        job_options: :func:`poolkit.entrypoints.jobs.run_job`'s ``text_field``, ``id_field``,
+            ``skip_bad_lines``, ``overwrite``, ``chunk_rows`` and ``progress``.
+
+    Raises:
+        InvalidRequest: bad input (an empty corpus, a missing file), a bad ``token_pool_factor``, an
+            existing index of another job or settings (unless ``overwrite``), a changed input.
+    """
+    params = PoolingParams(token_pool_factor=token_pool_factor, truncate_prompt_tokens=truncate_prompt_tokens)
+    llm.check_params(params, 1, "token_embed")  # a bad factor is refused before the input is read
+    sides = has_sides(llm)
+    return run_job(
+        llm, input_path, index_path, task="token_embed", pooling_params=params,
+        tokenization_kwargs={"input_type": "document"} if sides else None,
+        sink=IndexSink(Path(index_path), llm, token_pool_factor, ann), **job_options,
+    )
