@@ -9,6 +9,7 @@ import torch
 from poolkit.contracts.batch import PackedBatch
 from poolkit.contracts.params import PoolingParams
 from poolkit.contracts.pooling import Pooler
+from poolkit.contracts.sentence_transformers import TokenPoolingSpec
 
 from .activations import normalize
 from .poolers import SegmentPooler
@@ -25,6 +26,8 @@ class VectorHead:
         activation: applied where a request's ``use_activation`` (default below) is true.
         use_activation: the default when a request leaves ``use_activation`` unset.
         dimensions: the default matryoshka width when a request leaves ``dimensions`` unset.
+        token_pooling: the model's token pooling (its protected tokens and normalisation apply to
+            every ``token_pool_factor``), or ``None`` for sentence-transformers' defaults.
     """
 
     def __init__(
@@ -34,8 +37,10 @@ class VectorHead:
         activation: Callable[[torch.Tensor], torch.Tensor],
         use_activation: bool,
         dimensions: int | None = None,
+        token_pooling: TokenPoolingSpec | None = None,
     ) -> None:
         self.poolers = list(poolers)
+        self.token_pooling = token_pooling
         self.granularity = self.poolers[0].granularity
         self.projector = projector
         self.activation = activation
@@ -86,7 +91,7 @@ class VectorHead:
         if self.projector is not None:
             pooled = [self.projector(t) for t in pooled]
         pooled = [late_chunks(t, p) for t, p in zip(pooled, params)]
-        return [token_pool(self._finish(t, *s), p) for t, s, p in zip(pooled, settings, params)]
+        return [token_pool(self._finish(t, *s), p, self.token_pooling) for t, s, p in zip(pooled, settings, params)]
 
 
 def late_chunks(tokens: torch.Tensor, params: PoolingParams) -> torch.Tensor:
@@ -98,12 +103,15 @@ def late_chunks(tokens: torch.Tensor, params: PoolingParams) -> torch.Tensor:
     return torch.stack([part.float().mean(0) for part in tokens.split(size)])
 
 
-def token_pool(tokens: torch.Tensor, params: PoolingParams) -> torch.Tensor:
+def token_pool(tokens: torch.Tensor, params: PoolingParams, spec: TokenPoolingSpec | None = None) -> torch.Tensor:
     """Token vectors ``[n, H]`` (finished: truncated and normalised) pooled by the request's
-    ``token_pool_factor`` (:func:`~.token_pooling.hierarchical_pool`), or unchanged without one."""
+    ``token_pool_factor`` (:func:`~.token_pooling.hierarchical_pool`, with the protected tokens
+    and normalisation of the model's ``spec``), or unchanged without one."""
     if params.token_pool_factor is None:
         return tokens
-    return hierarchical_pool(tokens, params.token_pool_factor)
+    if spec is None:
+        return hierarchical_pool(tokens, params.token_pool_factor)
+    return hierarchical_pool(tokens, params.token_pool_factor, protected=spec.protected, normalize=spec.normalize)
 
 
 class ClassifierHead:

@@ -118,7 +118,9 @@ class _VectorTask(Task):
                     f"sentence-transformers Dense layer takes {expected}"
                 )
         activation = registry("activation").get(self.activation_setting(model).value)
-        return VectorHead(poolers, projector, activation, model.use_activation().value, model.dimensions.value)
+        return VectorHead(
+            poolers, projector, activation, model.use_activation().value, model.dimensions.value, model.token_pooling
+        )
 
     def result_width(self, model: PoolingModel) -> int | None:
         return int(model.embedding_size)
@@ -186,6 +188,17 @@ class TokenEmbedTask(_VectorTask):
         if not self.has_roles(model):
             raise InvalidRequest("input_type is only supported for ColBERT models.")
         return list(registry("io_processor").get("colbert").pre_process({"texts": texts, "kind": input_type, "model": model}))
+
+    def param_defaults(self, model: PoolingModel, input_type: str | None = None) -> dict[str, object]:
+        """The model's document pooling (:attr:`PoolingModel.token_pooling`: ``--token-pool-factor``
+        or the checkpoint's ``HierarchicalTokenPooling``) for inputs on a side it applies to: a
+        document, or, on a model without sides, any input (sentence-transformers counts an input
+        encoded without a task as a document). A query is never pooled unless it asks."""
+        spec = model.token_pooling
+        side = input_type if input_type is not None or self.has_roles(model) else "document"
+        if spec is None or side not in spec.tasks:
+            return {}
+        return {"token_pool_factor": spec.pool_factor}
 
     def has_roles(self, model: PoolingModel) -> bool:
         """A retriever with sides of its own, or a late-interaction (ColBERT) model."""
@@ -346,7 +359,7 @@ class TokenClassifyTask(Task):
         arch = model.architecture
         return arch.num_labels if arch.token_classifier() is not None else _vocab_size(model)
 
-    def param_defaults(self, model: PoolingModel) -> dict[str, object]:
+    def param_defaults(self, model: PoolingModel, input_type: str | None = None) -> dict[str, object]:
         if model.pooling_type(self).value != ("STEP",):
             return {}
         values = {name: model.config_value(name).value for name in STEP_PARAMS}

@@ -8,21 +8,20 @@ performance impact via token pooling", 2024). The clustering is sentence-transfo
 cosine distances of the tokens after the protected leading ones, cut into ``n // pool_factor``
 clusters, each replaced by its mean, then every output vector L2-normalised. The same inputs give
 the same clusters in the same order (scipy's linkage and ``fcluster``, which sentence-transformers
-calls too), so an index pooled here and one pooled there hold the same vectors.
+calls too), so an index pooled here and one pooled there hold the same vectors. The clustering
+itself is the ``token_pool`` kernel (:func:`poolkit.kernels.token_pool.hierarchical_pool`), which
+``MultiVectorEncoder`` calls too.
 """
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-
 from poolkit.contracts.errors import InvalidRequest
 
-#: Leading tokens kept out of the clustering: a BERT-style model's [CLS] (sentence-transformers' default).
-PROTECTED_TOKENS = 1
+from ..kernels.token_pool import PROTECTED_TOKENS, hierarchical_pool
+
+__all__ = ["PROTECTED_TOKENS", "check_pool_factor", "hierarchical_pool"]
 
 
 def check_pool_factor(pool_factor: float, max_tokens: int | None = None) -> None:
@@ -42,42 +41,3 @@ def check_pool_factor(pool_factor: float, max_tokens: int | None = None) -> None
         )
 
 
-def _ward_labels(vectors: torch.Tensor, clusters: int) -> np.ndarray:
-    """Each row's cluster (0-based, in ``fcluster``'s numbering) of Ward's linkage over the cosine
-    distances of ``vectors`` (``[n, d]`` float32, unit rows), cut into at most ``clusters``."""
-    from scipy.cluster.hierarchy import fcluster, linkage
-    from scipy.spatial.distance import squareform
-
-    distances = (1 - vectors @ vectors.T).clamp_(0, 2).numpy()
-    # The condensed upper triangle linkage takes; squareform copies it out 20x faster than an index gather.
-    upper = squareform(distances, checks=False)
-    return fcluster(linkage(upper, method="ward"), t=clusters, criterion="maxclust") - 1
-
-
-def hierarchical_pool(
-    tokens: torch.Tensor, pool_factor: float, protected: int = PROTECTED_TOKENS, normalize: bool = True
-) -> torch.Tensor:
-    """One document's token vectors pooled: the ``protected`` leading rows kept, the rest clustered
-    into ``max(n // pool_factor, 1)`` groups and each replaced by its mean, in the clusters' order.
-
-    Args:
-        tokens: ``[n, d]`` token vectors (unit length, as a late-interaction model returns them).
-        pool_factor: keep about ``1 / pool_factor`` of the tokens; ``1`` clusters nothing.
-        protected: leading rows left as they are ([CLS]).
-        normalize: L2-normalise every output row, the protected ones and the means alike.
-
-    Returns:
-        ``[protected + clusters, d]`` in ``tokens``' dtype and device.
-    """
-    kept, rest = tokens[:protected], tokens[protected:]
-    clusters = max(int(len(rest) // pool_factor), 1)
-    if clusters < len(rest):
-        rest32 = rest.detach().float().cpu()
-        labels, groups = np.unique(_ward_labels(rest32, clusters), return_inverse=True)
-        index = torch.from_numpy(groups.astype(np.int64))
-        sums = torch.zeros(len(labels), rest.shape[1]).index_add_(0, index, rest32)
-        counts = torch.bincount(index, minlength=len(labels)).unsqueeze(1)
-        tokens = torch.cat([kept, (sums / counts).to(device=tokens.device, dtype=tokens.dtype)])
-    if not normalize:
-        return tokens
-    return F.normalize(tokens.float(), dim=-1).to(tokens.dtype)

@@ -198,6 +198,9 @@ class LateInteractionIndex:
         db = lancedb.connect(str(path))
         if _table_in(db) is not None and not overwrite:
             raise InvalidRequest(f"index '{path}' already exists; pass overwrite=True (--overwrite) to build it again")
+        if token_pool_factor is None:  # the model's own document pooling (a checkpoint's module, --token-pool-factor)
+            spec = llm.model.token_pooling
+            token_pool_factor = spec.pool_factor if spec is not None and "document" in spec.tasks else None
         identity = IndexIdentity(
             model=llm.model.name, load=llm.args.identity(), dim=0, token_pool_factor=token_pool_factor, sides=has_sides(llm)
         )

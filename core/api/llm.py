@@ -69,6 +69,9 @@ class LLM:
             ``"transformers"`` (the transformers fallback even for a native family, say to
             measure what the native code gains: ``poolkit bench --vs fallback``).
         pooler_config: a :class:`PoolerConfig`, a dict or a JSON string.
+        token_pool_factor: pool documents' token vectors (``token_embed`` inputs encoded as documents,
+            or any input of a model without query and document sides) by this factor when a request
+            sets none (the pooler configuration's field of that name; never queries).
         hf_overrides: keys patched into the model's ``config.json``.
         dtype: ``"auto"`` (bf16 on GPUs and CPUs with native bf16, else fp32; see
             ``POOLKIT_DTYPE``), ``"float32"`` (strict), ``"bfloat16"``, ...
@@ -117,6 +120,7 @@ class LLM:
         convert: str = "auto",
         model_impl: str = "auto",
         pooler_config: Any = None,
+        token_pool_factor: float | None = None,
         hf_overrides: dict[str, Any] | None = None,
         dtype: Any = "auto",
         device: Any = None,
@@ -147,6 +151,7 @@ class LLM:
             convert=convert,
             model_impl=model_impl,
             pooler_config=pooler_config,
+            token_pool_factor=token_pool_factor,
             hf_overrides=hf_overrides,
             dtype=dtype,
             device=device,

@@ -1,6 +1,7 @@
 """sentence-transformers' functions on embeddings, for the drop-in classes (:mod:`poolkit.api.st_compat`):
 the similarity functions a model names (``cosine``, ``dot``, ``euclidean``, ``manhattan``), all
-pairs and pairwise, and ``quantize_embeddings`` (``precision``), by sentence-transformers' rules."""
+pairs and pairwise, ``quantize_embeddings`` (``precision``), and MaxSim on float and compact token
+vectors, by sentence-transformers' rules."""
 
 from __future__ import annotations
 
@@ -223,13 +224,7 @@ def maxsim_compact(a: Any, b: Any, precision: str, ranges: np.ndarray | None = N
     if precision.endswith("binary"):
         as_bytes = [(m.astype(np.int16) + (128 if precision == "binary" else 0)).astype(np.uint8) for m in queries + docs]
         qs, ds = as_bytes[: len(queries)], as_bytes[len(queries):]
-        dim = 8 * widths.pop() if widths else 0
-        scores = torch.zeros(len(qs), len(ds), dtype=torch.float32)
-        for i, q in enumerate(qs):
-            for j, d in enumerate(ds):
-                hamming = np.bitwise_count(q[:, None, :] ^ d[None, :, :]).sum(axis=-1, dtype=np.int64)
-                scores[i, j] = float((dim - 2 * hamming).max(axis=1).sum()) if len(d) else EMPTY_DOCUMENT_SCORE
-        return scores
+        return _hamming_maxsim(qs, ds, widths.pop() if widths else 0)
     levels = [m.astype(np.float32) + (128.0 if precision == "int8" else 0.0) for m in queries + docs]
     if ranges is not None:
         ranges = np.asarray(ranges, dtype=np.float32)
@@ -239,3 +234,28 @@ def maxsim_compact(a: Any, b: Any, precision: str, ranges: np.ndarray | None = N
         values = [level - 128.0 for level in levels]
         values = [v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12) for v in values]
     return maxsim([torch.from_numpy(v) for v in values[: len(queries)]], [torch.from_numpy(v) for v in values[len(queries):]])
+
+
+#: Document tokens scored against a query at once by :func:`_hamming_maxsim` (bounds its memory).
+_HAMMING_BLOCK = 4096
+
+
+def _hamming_maxsim(queries: list[np.ndarray], docs: list[np.ndarray], width: int) -> torch.Tensor:
+    """MaxSim on sign bits (``[tokens, width]`` uint8 each): every query token against every document
+    token of the corpus at once, in blocks, ``8 * width - 2 * popcount(q ^ d)``; then each
+    document's best per query token (``maximum.reduceat`` over its tokens), summed."""
+    scores = torch.full((len(queries), len(docs)), EMPTY_DOCUMENT_SCORE, dtype=torch.float32)
+    filled = [j for j, d in enumerate(docs) if len(d)]
+    if not queries or not filled:
+        return scores
+    corpus = np.concatenate([docs[j] for j in filled])
+    starts = np.cumsum([0] + [len(docs[j]) for j in filled[:-1]])
+    dim = 8 * width
+    for i, q in enumerate(queries):
+        sims = np.empty((len(q), len(corpus)), dtype=np.int32)
+        for at in range(0, len(corpus), _HAMMING_BLOCK):
+            block = corpus[at : at + _HAMMING_BLOCK]
+            sims[:, at : at + len(block)] = dim - 2 * np.bitwise_count(q[:, None, :] ^ block[None, :, :]).sum(-1, dtype=np.int32)
+        best = np.maximum.reduceat(sims, starts, axis=1) if len(q) else np.zeros((0, len(filled)), np.int32)
+        scores[i, filled] = torch.from_numpy(best.sum(0, dtype=np.int64).astype(np.float32))
+    return scores

@@ -21,6 +21,7 @@ import torch
 
 from ..contracts.errors import InvalidRequest
 from ..plugins.manager import registry
+from ..plugins.lookup import select_kernel
 from .st_compat import _Embedder
 from .st_functions import maxsim, maxsim_pairwise, multi_vector_similarity_name
 
@@ -159,6 +160,10 @@ class MultiVectorEncoder(_Embedder):
         )
         skip = self._colbert.skipped(self.llm.model, kind, settings)
         results = self._run("token_embed", list(prompts)) if texts else []
+        # The checkpoint's token pooling (a HierarchicalTokenPooling module, or --token-pool-factor) on
+        # the side it applies to, after the skiplist, as sentence-transformers' pipeline runs it.
+        spec = self.llm.model.token_pooling
+        pool = select_kernel("token_pool", "cpu") if spec is not None and kind in spec.tasks else None
         out: list[Any] = []
         for vectors, ids in results:
             vectors = vectors.float()
@@ -169,6 +174,8 @@ class MultiVectorEncoder(_Embedder):
                 out.append({"input_ids": torch.tensor(ids), "token_embeddings": vectors, "attention_mask": scored, "modality": "text"})
                 continue
             vectors = vectors[scored]
+            if pool is not None:
+                vectors = pool(vectors, spec.pool_factor, protected=spec.protected, normalize=spec.normalize)
             out.append(torch.nn.functional.normalize(vectors, dim=-1) if normalize_embeddings else vectors)
         if token_pooling is not None and output_value is not None:
             out = token_pooling.pool(out, task=task)

@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from pathlib import Path
 from typing import Any, ClassVar, Optional
@@ -93,6 +94,11 @@ class EngineArgs(BaseModel):
         "vLLM's 'vllm' too) or transformers (the transformers fallback, also for native families).",
     )
     pooler_config: Optional[PoolerConfig] = Field(None, description="PoolerConfig as JSON.")
+    token_pool_factor: Optional[float] = Field(
+        None,
+        description="Pool documents' token vectors (token_embed inputs encoded as documents; on a model "
+        "without query and document sides, every input) by this factor when a request sets none; never queries.",
+    )
     hf_overrides: Optional[dict[str, Any]] = Field(None, description="config.json overrides as JSON.")
     dtype: str = Field("auto", description="auto (bf16 on bf16 hardware), float32, bfloat16, float16.")
     device: Optional[str] = Field(None, description="cpu, cuda, ... (default: GPU if present).")
@@ -246,6 +252,13 @@ class EngineArgs(BaseModel):
             raise ValueError(f"{info.field_name} must be positive, got {value}")
         return value
 
+    @field_validator("token_pool_factor")
+    @classmethod
+    def _pool_factor(cls, value: Optional[float]) -> Optional[float]:
+        if value is not None and not (math.isfinite(value) and value >= 1):
+            raise ValueError(f"token_pool_factor must be >= 1, got {value}")
+        return value
+
     @classmethod
     def build(cls, engine_kwargs: dict[str, Any] | None = None, /, **settings: Any) -> "EngineArgs":
         """Settings from keyword arguments, accepting vLLM's engine arguments that mean nothing here.
@@ -265,6 +278,22 @@ class EngineArgs(BaseModel):
         if unknown:
             raise InvalidRequest(f"unknown LLM argument(s): {', '.join(unknown)}")
         return cls(**settings)
+
+    def pooler_settings(self) -> PoolerConfig:
+        """The pooler configuration the model loads with: ``pooler_config``, with ``token_pool_factor``
+        (the pooler configuration's field of that name) where given.
+
+        Raises:
+            InvalidRequest: both give a token pool factor, and they differ; a factor below 1.
+        """
+        config = self.pooler_config or PoolerConfig()
+        if self.token_pool_factor is None:
+            return config
+        if config.token_pool_factor not in (None, self.token_pool_factor):
+            raise InvalidRequest(
+                f"token_pool_factor {self.token_pool_factor} and pooler_config's {config.token_pool_factor} differ: give one"
+            )
+        return PoolerConfig(**{**config.model_dump(exclude_unset=True), "token_pool_factor": self.token_pool_factor})
 
     def identity(self) -> dict[str, Any]:
         """What makes two loads the same model, as JSON-ready data (corpus jobs' manifests)."""

@@ -8,6 +8,7 @@ The removed vLLM fields ``normalize`` and ``softmax`` are accepted as deprecated
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Optional
@@ -124,6 +125,9 @@ class PoolerConfig(_Strict):
     logit_sigma: Optional[float] = None
     step_tag_id: Optional[int] = None
     returned_token_ids: Optional[list[int]] = None
+    #: poolkit extension: pool documents' token vectors (``token_embed`` inputs encoded as
+    #: documents) by this factor when a request sets none (``--token-pool-factor``); queries never.
+    token_pool_factor: Optional[float] = None
 
     @model_validator(mode="before")
     @classmethod
@@ -157,6 +161,8 @@ class PoolerConfig(_Strict):
             raise ValueError("Dimensions must be greater than 0")
         if self.max_embed_len is not None and self.max_embed_len < 1:
             raise ValueError("max_embed_len must be greater than 0")
+        if self.token_pool_factor is not None and not (math.isfinite(self.token_pool_factor) and self.token_pool_factor >= 1):
+            raise ValueError(f"token_pool_factor must be >= 1, got {self.token_pool_factor}")
         return self
 
 

@@ -37,6 +37,24 @@ class DenseSpec:
         return torch.nn.Sequential(linear, _torch_activation(self.activation))
 
 
+@dataclass(frozen=True)
+class TokenPoolingSpec:
+    """How a multi-vector model pools its documents' token vectors by default: a
+    sentence-transformers ``HierarchicalTokenPooling`` module, or ``--token-pool-factor``.
+
+    Attributes:
+        pool_factor: keep about ``1 / pool_factor`` of each input's token vectors (at least 1).
+        protected: leading tokens kept out of the clustering (the ``[CLS]``).
+        normalize: L2-normalise every output vector.
+        tasks: the sides it applies to (``"document"``: inputs encoded as documents).
+    """
+
+    pool_factor: float
+    protected: int = 1
+    normalize: bool = True
+    tasks: tuple[str, ...] = ("document",)
+
+
 @dataclass
 class STConfig:
     """What a sentence-transformers directory says about pooling, length and prompts."""
@@ -69,6 +87,8 @@ class STConfig:
     #: A CrossEncoder's ``LogitScore``: ``{"true_token_id": int, "false_token_id": int | None,
     #: "path": "<module>/config.json"}``; ``None`` without one.
     logit_score: dict[str, Any] | None = None
+    #: A MultiVectorEncoder's ``HierarchicalTokenPooling`` module; ``None`` without one.
+    token_pooling: TokenPoolingSpec | None = None
 
     @property
     def is_cross_encoder(self) -> bool:

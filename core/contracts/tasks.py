@@ -147,8 +147,9 @@ class Task:
         """
         return {"pooling_type": model.pooling_type(self)} if self.default_pooling_type is not None else {}
 
-    def param_defaults(self, model: LoadedModel) -> dict[str, object]:
-        """Request parameters a model's configuration fills in when a request leaves them unset."""
+    def param_defaults(self, model: LoadedModel, input_type: str | None = None) -> dict[str, object]:
+        """Request parameters a model's configuration fills in when a request leaves them unset;
+        ``input_type``: the retrieval side the request's texts are encoded in (``None``: none named)."""
         return {}
 
     def verify(self, params: "PoolingParams", model: LoadedModel) -> None:

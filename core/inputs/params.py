@@ -59,8 +59,10 @@ def check_params(
     count: int,
     task_name: str,
     tokenization_kwargs: dict[str, Any] | None = None,
+    input_type: str | None = None,
 ) -> list[PoolingParams]:
-    """One verified :class:`PoolingParams` per prompt, the task's defaults filled in (:meth:`LLM.check_params`)."""
+    """One verified :class:`PoolingParams` per prompt, the task's defaults filled in (:meth:`LLM.check_params`)
+    for the retrieval side ``input_type`` the prompts are encoded in."""
     if pooling_params is None or isinstance(pooling_params, (PoolingParams, dict)):
         given = [pooling_params] * count
     elif isinstance(pooling_params, (list, tuple)):
@@ -80,7 +82,7 @@ def check_params(
         raise InvalidRequest(f"unsupported tokenization_kwargs: {', '.join(sorted(unknown))}")
     task = registry("task").get(task_name)
     if count > 1 and all(g is given[0] for g in given):  # one object for every prompt: verified once
-        return check_params(model, engine, given[0], 1, task_name, tokenization_kwargs) * count
+        return check_params(model, engine, given[0], 1, task_name, tokenization_kwargs, input_type) * count
     out = []
     verified: dict[int, PoolingParams] = {}  # one object given for many prompts is verified once
     for given_p in given:
@@ -97,7 +99,7 @@ def check_params(
         if p.task is not None and p.task != task_name:
             raise InvalidRequest(f"You cannot overwrite param.task={p.task!r} with pooling_task={task_name!r}!")
         update = {k: v for k, v in extra.items() if getattr(p, k) is None}
-        for name, default in task.param_defaults(model).items():
+        for name, default in task.param_defaults(model, input_type).items():
             if getattr(p, name) is None:
                 update[name] = default
         p = p.model_copy(update={"task": task_name, **update})
@@ -120,13 +122,15 @@ def prepare(
     ``LLM.prepare``'s)."""
     model: PoolingModel = engine.model
     kwargs = dict(tokenization_kwargs or {})
+    input_type = kwargs.pop("input_type", None)
     parsed = renderer.request(
-        prompts, task, prompt_name=prompt_name, prefix=prefix, input_type=kwargs.pop("input_type", None),
+        prompts, task, prompt_name=prompt_name, prefix=prefix, input_type=input_type,
         add_special_tokens=kwargs.pop("add_special_tokens", None), messages=messages, chat_template=chat_template,
     )
     if lora_request is None and model.adapters is not None:
         lora_request = model.adapters.own(prompt_name)
-    params = adapted_params(check_params(model, engine, pooling_params, len(parsed), task.name, kwargs), lora_request, model.adapters)
+    checked = check_params(model, engine, pooling_params, len(parsed), task.name, kwargs, input_type)
+    params = adapted_params(checked, lora_request, model.adapters)
     params = renderer.salted(parsed, params)
     if any(p.late_chunking_params is not None for p in params):
         for index, (prompt, p) in enumerate(zip(parsed, params)):

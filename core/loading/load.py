@@ -23,7 +23,7 @@ from ..contracts.batch import PackedBatch
 from ..contracts.config_checks import overridden_fields
 from ..contracts.errors import InvalidRequest, ModelLoadError
 from ..contracts.model import Tokenizer
-from ..contracts.params import PoolerConfig, Setting
+from ..contracts.params import Setting
 from ..contracts.sentence_transformers import STConfig
 from ..plugins.manager import get_manager, registry
 from .hf_config import load_hf_config, one_line
@@ -247,7 +247,7 @@ def load_model(args: EngineArgs) -> PoolingModel:
         architecture=architecture,
         tokenizer=tok,
         st=st,
-        pooler_config=args.pooler_config or PoolerConfig(),
+        pooler_config=args.pooler_settings(),
         device=torch_device,
         dtype=torch_dtype,
         max_model_len=_max_model_len(architecture, tok, st, args.max_model_len),

@@ -21,7 +21,7 @@ from ..contracts.errors import InvalidRequest, UnknownName
 from ..contracts.model import Tokenizer
 from ..contracts.params import PoolerConfig, Setting
 from ..contracts.pooling import Head, Pooler
-from ..contracts.sentence_transformers import STConfig
+from ..contracts.sentence_transformers import STConfig, TokenPoolingSpec
 from ..contracts.tasks import SEQUENCE, TOKEN, Task
 from ..plugins.lookup import kernel_table
 from ..plugins.manager import registry
@@ -222,6 +222,16 @@ class PoolingModel:
     def dimensions(self) -> Setting:
         """The default matryoshka width (``pooler_config.dimensions``); ``None``: full width."""
         return Setting(self.pooler_config.dimensions, "pooler_config" if self.pooler_config.dimensions else "default")
+
+    @cached_property
+    def token_pooling(self) -> TokenPoolingSpec | None:
+        """How documents' token vectors are pooled when a request sets no ``token_pool_factor``: the
+        user's ``pooler_config.token_pool_factor`` (``--token-pool-factor``), else the checkpoint's
+        sentence-transformers ``HierarchicalTokenPooling`` module, else ``None`` (not pooled)."""
+        factor = self.pooler_config.token_pool_factor
+        if factor is not None:
+            return TokenPoolingSpec(float(factor))
+        return self.st.token_pooling if self.st is not None else None
 
     @cached_property
     def projector(self) -> torch.nn.Module | None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..contracts.errors import ModelLoadError
-from ..contracts.sentence_transformers import DenseSpec, STConfig
+from ..contracts.sentence_transformers import DenseSpec, STConfig, TokenPoolingSpec
 from .weights import checkpoint_files, iter_tensors
 
 #: sentence-transformers pooling mode -> poolkit pooler name, in ST's concatenation order.
@@ -134,6 +134,26 @@ def _read_dense(model_dir: Path, path: str, allow_pickle: bool) -> DenseSpec:
     return DenseSpec(path, weight.float(), None if bias is None else bias.float(), config.get("activation_function", ""))
 
 
+def parse_token_pooling(config: dict[str, Any], path: str) -> TokenPoolingSpec:
+    """A ``HierarchicalTokenPooling`` module's config (sentence-transformers 6: ``pool_factor``,
+    ``num_protected_tokens``, ``normalize_embeddings``, ``tasks``, with its defaults 1.0, 1, true and
+    ``["document"]``).
+
+    Raises:
+        ModelLoadError: a value sentence-transformers would refuse.
+    """
+    factor, protected = config.get("pool_factor", 1.0), config.get("num_protected_tokens", 1)
+    tasks = config.get("tasks") or ["document"]
+    tasks = [tasks] if isinstance(tasks, str) else tasks
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor >= 1:
+        raise ModelLoadError(f"HierarchicalTokenPooling module {path}: pool_factor must be >= 1, got {factor!r}")
+    if isinstance(protected, bool) or not isinstance(protected, int) or protected < 0:
+        raise ModelLoadError(f"HierarchicalTokenPooling module {path}: num_protected_tokens must be >= 0, got {protected!r}")
+    if not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks):
+        raise ModelLoadError(f"HierarchicalTokenPooling module {path}: tasks must be task names, got {tasks!r}")
+    return TokenPoolingSpec(float(factor), protected, bool(config.get("normalize_embeddings", True)), tuple(tasks))
+
+
 def read_st_config(model_dir: Path, allow_pickle: bool = False) -> STConfig | None:
     """The sentence-transformers settings of ``model_dir``, or ``None`` if it has no modules.json."""
     modules_file = model_dir / "modules.json"
@@ -161,6 +181,8 @@ def read_st_config(model_dir: Path, allow_pickle: bool = False) -> STConfig | No
                 raise ModelLoadError(
                     f"MultiVectorMask module {path} keeps only some token ids (image patches); poolkit does not"
                 )
+        elif kind == "HierarchicalTokenPooling":
+            st.token_pooling = parse_token_pooling(_read_json(model_dir / path / "config.json"), path)
         elif kind == "SpladePooling":
             config_path = model_dir / path / "config.json"
             has_config = bool(path) and config_path.is_file()  # path "" would be the model's own config.json

@@ -144,7 +144,7 @@ def test_errors_are_one_line(model, tmp_path, minilm_dir):
     empty.write_text("")
     assert error(["index", model, "-i", str(empty), "--index", str(tmp_path / "e"), "-q"]) == "Error: input file 'empty.jsonl' has no rows"
     assert error(base + ["--index", str(tmp_path / "p"), "--token-pool-factor", "0.5"]) == (
-        "Error: token_pool_factor must be >= 1, got 0.5"
+        "Error: --token-pool-factor must be >= 1, got 0.5"
     )
     assert runner.invoke(app, base + ["--index", str(tmp_path / "idx")]).exit_code == 0
     other = error(["search", str(minilm_dir), "--index", str(tmp_path / "idx"), "--query", "paris"])

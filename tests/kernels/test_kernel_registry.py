@@ -21,7 +21,7 @@ from poolkit.plugins.lookup import select_kernel
 
 
 def _builtin_references() -> dict:
-    from poolkit.kernels import attention, elementwise, int8, lora, maxsim, splade
+    from poolkit.kernels import attention, elementwise, int8, lora, maxsim, splade, token_pool
 
     return {
         "lora_delta": lora.lora_delta_reference,
@@ -37,6 +37,7 @@ def _builtin_references() -> dict:
         "varlen_attention": attention.varlen_attention,
         "varlen_attention_softcap": attention.softcap_varlen_attention,
         "prefix_attention": attention.prefix_attention,
+        "token_pool": token_pool.hierarchical_pool,
     }
 
 

@@ -295,15 +295,23 @@ def colbert_mve_dir(st_models_root, minilm_dir) -> Path:
     """A ColBERT pipeline built by sentence-transformers on all-MiniLM-L6-v2 and saved: 16-token
     queries expanded with [MASK] (not attended to), 32-token documents, a punctuation skiplist,
     ``[unused0] `` / ``[unused1] `` text prompts, a 32-wide projection."""
-    return save_native_mve(
-        st_models_root / "colbert-mve-minilm",
-        minilm_dir,
-        prompts={"query": "[unused0] ", "document": "[unused1] "},
-        skiplist_words=list(string.punctuation),
-        query_length=16,
-        document_length=32,
-        query_expansion={"strategy": "fixed", "length": 16},
-    )
+    return save_native_mve(st_models_root / "colbert-mve-minilm", minilm_dir, **COLBERT_MVE)
+
+
+#: The ColBERT pipeline of :func:`colbert_mve_dir`: its prompts, skiplist, lengths and query expansion.
+COLBERT_MVE = {
+    "prompts": {"query": "[unused0] ", "document": "[unused1] "},
+    "skiplist_words": list(string.punctuation),
+    "query_length": 16,
+    "document_length": 32,
+    "query_expansion": {"strategy": "fixed", "length": 16},
+}
+
+
+@pytest.fixture(scope="session")
+def colbert_mve_settings() -> dict:
+    """:data:`COLBERT_MVE`, for tests that save variants of that pipeline."""
+    return COLBERT_MVE
 
 
 @pytest.fixture(scope="session")

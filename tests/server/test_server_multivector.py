@@ -202,7 +202,7 @@ def _signs(m: torch.Tensor) -> torch.Tensor:
 def test_binary_maxsim_is_the_float_maxsim_of_the_signs():
     g = torch.Generator().manual_seed(0)
     queries = [torch.randn(n, 64, generator=g) for n in (3, 7)]
-    docs = [torch.randn(n, 64, generator=g) for n in (5, 1, 12)]
+    docs = [torch.randn(n, 64, generator=g) for n in (5, 1, 0, 12)]  # an empty document scores as maxsim scores it
     expected = maxsim([_signs(q) for q in queries], [_signs(d) for d in docs])
     for kind in ("binary", "ubinary"):
         got = maxsim_compact([compact_tokens(q, kind) for q in queries], [compact_tokens(d, kind) for d in docs], kind)

@@ -18,7 +18,7 @@ and images).
 
 The modules: :mod:`.corpus` (the texts), :mod:`.presets` (random-weight models),
 :mod:`.measure` (timings, FLOPs, peak RSS), :mod:`.base`, :mod:`.peers` and :mod:`.exports` (what poolkit is compared with),
-:mod:`.workloads` (W1..W10), :mod:`.prefix` (P, PR and PS: shared prefixes) and :mod:`.report`; :mod:`.lora` is ``--lora N``, adapters mixed against the base and peft;
+:mod:`.workloads` (W1..W10), :mod:`.prefix` (P, PR and PS: shared prefixes), :mod:`.retrieval` (R: what each reduction of stored token vectors costs and keeps) and :mod:`.report`; :mod:`.lora` is ``--lora N``, adapters mixed against the base and peft;
 :mod:`.load` is ``poolkit bench-serve``, the load and soak test of a server; :mod:`.standin`
 is ``poolkit bench-standin``, the host/device overlap on the CPU stand-in for an accelerator.
 """

@@ -22,6 +22,7 @@ from .measure import TRUNCATE, Result, _interleave, _median_ratio, gemm_peak_gfl
 from .peers import PEERS, SkipWorkload, check_peer, poolkit_cold_start
 from .prefix import prefix_rerank_workload, prefix_server_workload, prefix_workload
 from .presets import resolve_bench_model
+from .retrieval import retrieval_workload
 from .transformers_peer import image_workload
 
 if TYPE_CHECKING:
@@ -523,6 +524,6 @@ class Bench:
 WORKLOADS = {
     "W1": Bench.w1, "W2": Bench.w2, "W3": Bench.w3, "W4": Bench.w4, "W5": Bench.w5, "W6": Bench.w6, "W7": Bench.w7, "W9": Bench.w9,
     "W10": Bench.w10, "H": Bench.host, "P": prefix_workload,
-    "PR": prefix_rerank_workload, "PS": prefix_server_workload, "I": image_workload,
+    "PR": prefix_rerank_workload, "PS": prefix_server_workload, "I": image_workload, "R": retrieval_workload,
 }
 

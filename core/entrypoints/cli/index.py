@@ -37,9 +37,6 @@ IndexDirOpt = typer.Option(..., "--index", help="The index's directory (LanceDB)
 CorpusOpt = typer.Option(
     ..., "--input", "--input-file", "-i", help="The corpus: JSON Lines (id/text), text lines, CSV or Parquet."
 )
-TokenPoolFactorOpt = typer.Option(
-    None, "--token-pool-factor", help="Pool each document's token vectors by this factor (>= 1; default: keep them all)."
-)
 AnnOpt = typer.Option(
     None, "--ann/--no-ann",
     help="Build LanceDB's ANN (IVF_PQ) index on the token vectors (default: when the collection has 100,000 documents).",
@@ -52,7 +49,6 @@ def index(
     args: EngineArgs,
     input_file: str = CorpusOpt,
     index_dir: str = IndexDirOpt,
-    token_pool_factor: Optional[float] = TokenPoolFactorOpt,
     ann: Optional[bool] = AnnOpt,
     text_field: str = TextFieldOpt,
     id_field: str = IdFieldOpt,
@@ -67,6 +63,7 @@ def index(
     with errors():
         setup_logging(quiet, verbose)
         llm = load(args)
+        token_pool_factor = args.token_pool_factor  # the documents' factor (--token-pool-factor), the index records it
         if engine == "ray":
             from ..integrations.ray import run_ray_index_job
 

@@ -60,6 +60,8 @@ UNSTATED_RULES = {
     "input_type names what the model has: for token vectors a retrieval side ('query' or 'document') of a model with "
     "sides, for other tasks one of its prompt names or task instructions (the error lists them), and never a prompt "
     "beside Jina's task": "input_type",
+    "a token_pool_factor is at most the model's input limit in tokens, beyond which every input would keep one vector":
+        "every input would keep one vector",
     "on /invocations a body with messages goes to the first endpoint that takes messages (vLLM's dispatch), which "
     "refuses them on a model without a chat template, whatever other request's fields the body has": "has no chat template",
 }
