@@ -34,6 +34,7 @@ import torch
 
 from ..contracts.errors import InvalidRequest, MissingDependency
 from ..contracts.params import PoolingParams
+from .st_functions import compact_tokens, maxsim_compact
 
 if TYPE_CHECKING:
     from .llm import LLM
@@ -50,6 +51,12 @@ ANN_MIN_ROWS = 256
 #: Exhaustive MaxSim over the table is fast up to about 100K rows (LanceDB's vector-index guide);
 #: beyond, the ANN index is built automatically.
 AUTO_ANN_ROWS = 100_000
+
+
+#: How an index stores token vectors: float32 (LanceDB's MaxSim search, an ANN index for large
+#: collections), or a compact type (signs packed 8 to a byte, or int8 scaled by each vector's peak:
+#: :func:`~poolkit.api.st_functions.compact_tokens`), scored exhaustively by Hamming or int8 MaxSim.
+PRECISIONS = ("float32", "binary", "int8")
 
 
 class IndexMismatch(InvalidRequest):
@@ -71,6 +78,9 @@ class IndexIdentity:
     #: Whether documents and queries were encoded on the model's document and query sides.
     sides: bool
     layout: int = LAYOUT
+    #: How each token vector is stored: ``float32``, or a compact type of :data:`PRECISIONS`
+    #: (searched exhaustively by :func:`~poolkit.api.st_functions.maxsim_compact`).
+    precision: str = "float32"
 
     def to_json(self) -> bytes:
         """The identity as the schema metadata value."""
@@ -169,7 +179,7 @@ class LateInteractionIndex:
     @classmethod
     def build(
         cls, path: str | Path, llm: "LLM", texts: Sequence[str], ids: Sequence[int | str] | None = None, *,
-        token_pool_factor: float | None = None, overwrite: bool = False, batch_size: int = 256,
+        token_pool_factor: float | None = None, overwrite: bool = False, batch_size: int = 256, precision: str = "float32",
     ) -> "LateInteractionIndex":
         """A new index at ``path`` of ``texts`` (ids: ``ids``, else their positions) encoded by ``llm``.
 
@@ -179,19 +189,24 @@ class LateInteractionIndex:
         """
         if not texts:
             raise InvalidRequest("no documents to index: pass at least one text")
-        index = cls.create(path, llm, token_pool_factor=token_pool_factor, overwrite=overwrite)
+        index = cls.create(path, llm, token_pool_factor=token_pool_factor, overwrite=overwrite, precision=precision)
         index.add(texts, ids, batch_size=batch_size)
         return index
 
     @classmethod
     def create(
-        cls, path: str | Path, llm: "LLM", *, token_pool_factor: float | None = None, overwrite: bool = False
+        cls, path: str | Path, llm: "LLM", *, token_pool_factor: float | None = None, overwrite: bool = False,
+        precision: str = "float32",
     ) -> "LateInteractionIndex":
-        """An index at ``path`` whose table is written by its first :meth:`add` (or :meth:`add_vectors`).
+        """An index at ``path`` whose table is written by its first :meth:`add` (or :meth:`add_vectors`),
+        storing token vectors in ``precision`` (:data:`PRECISIONS`).
 
         Raises:
-            InvalidRequest: a bad ``token_pool_factor``, or an index already at ``path`` (unless ``overwrite``).
+            InvalidRequest: a bad ``token_pool_factor`` or ``precision``, or an index already at
+                ``path`` (unless ``overwrite``).
         """
+        if precision not in PRECISIONS:
+            raise InvalidRequest(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         lancedb = _lancedb()
         if token_pool_factor is not None:  # refused here, with the task's one-line message, not after a first batch
             llm.check_params(PoolingParams(token_pool_factor=token_pool_factor), 1, "token_embed")
@@ -202,7 +217,8 @@ class LateInteractionIndex:
             spec = llm.model.token_pooling
             token_pool_factor = spec.pool_factor if spec is not None and "document" in spec.tasks else None
         identity = IndexIdentity(
-            model=llm.model.name, load=llm.args.identity(), dim=0, token_pool_factor=token_pool_factor, sides=has_sides(llm)
+            model=llm.model.name, load=llm.args.identity(), dim=0, token_pool_factor=token_pool_factor, sides=has_sides(llm),
+            precision=precision,
         )
         return cls(None, identity, llm, db, overwrite)
 
@@ -269,17 +285,31 @@ class LateInteractionIndex:
         if pa.types.is_integer(id_type) and _id_type(ids) != "int":  # into a string column any id goes, as text
             raise InvalidRequest("the index's ids are integers; these include strings")
         id_array = pa.array([str(i) for i in ids] if pa.types.is_string(id_type) else list(ids), id_type)
-        flat = pa.array(np.concatenate(matrices).ravel(), pa.float32())
-        offsets = pa.array(np.concatenate([[0], np.cumsum([len(m) for m in matrices])]).astype(np.int32))
-        column = pa.ListArray.from_arrays(offsets, pa.FixedSizeListArray.from_arrays(flat, dim), type=_vector_type(pa, dim))
+        stored = [self._stored(m) for m in matrices]
+        width = stored[0].shape[-1]
+        flat = pa.array(np.concatenate(stored).ravel(), _value_type(pa, self.identity.precision))
+        offsets = pa.array(np.concatenate([[0], np.cumsum([len(m) for m in stored])]).astype(np.int32))
+        column = pa.ListArray.from_arrays(
+            offsets, pa.FixedSizeListArray.from_arrays(flat, width), type=_vector_type(pa, width, self.identity.precision)
+        )
         self.table.add(pa.Table.from_arrays([id_array, column], schema=self.table.schema))
-        if self.auto_ann and len(self) >= AUTO_ANN_ROWS and not self.has_ann_index():
+        if self.auto_ann and self.identity.precision == "float32" and len(self) >= AUTO_ANN_ROWS and not self.has_ann_index():
             self.create_ann_index()
+
+    def _stored(self, matrix: np.ndarray) -> np.ndarray:
+        """A document's unit token vectors as the index stores them (its precision)."""
+        if self.identity.precision == "float32":
+            return matrix
+        return compact_tokens(torch.from_numpy(matrix), self.identity.precision)
 
     def _create_table(self, pa: Any, dim: int, id_kind: str) -> None:
         self.identity = IndexIdentity(**{**asdict(self.identity), "dim": dim})
+        width = dim // 8 if self.identity.precision == "binary" else dim
         schema = pa.schema(
-            [pa.field("id", pa.int64() if id_kind == "int" else pa.string()), pa.field("vector", _vector_type(pa, dim))],
+            [
+                pa.field("id", pa.int64() if id_kind == "int" else pa.string()),
+                pa.field("vector", _vector_type(pa, width, self.identity.precision)),
+            ],
             metadata={METADATA_KEY: self.identity.to_json()},
         )
         mode = "overwrite" if self._overwrite else "create"
@@ -304,6 +334,8 @@ class LateInteractionIndex:
         Raises:
             InvalidRequest: fewer than :data:`ANN_MIN_ROWS` documents, too few to train it.
         """
+        if self.identity.precision != "float32":
+            raise InvalidRequest(f"an ANN index is for float32 token vectors; this index stores {self.identity.precision}")
         rows = len(self)
         if rows < ANN_MIN_ROWS:
             raise InvalidRequest(f"an ANN index needs at least {ANN_MIN_ROWS} documents to train on; this index has {rows}")
@@ -329,17 +361,35 @@ class LateInteractionIndex:
         if not len(self):
             raise InvalidRequest("the index holds no documents")
         texts = [queries] if isinstance(queries, str) else list(queries)
-        results = []
-        for matrix in self.encode(texts, "query"):
-            query = _unit(matrix)
+        matrices = [_unit(matrix) for matrix in self.encode(texts, "query")]
+        for query in matrices:
             if query.shape[-1] != self.identity.dim:
                 raise IndexMismatch(f"the index holds {self.identity.dim}-wide token vectors, the model gives {query.shape[-1]}")
+        if self.identity.precision != "float32":
+            return self._search_compact(matrices, top_k)
+        results = []
+        for query in matrices:
             found = self.table.search(query, vector_column_name="vector").distance_type("cosine").limit(top_k)
             rows = (found.bypass_vector_index() if exact else found).to_arrow()
             docs = [np.asarray(v, dtype=np.float32) for v in rows.column("vector").to_pylist()]
             scores = maxsim(torch.from_numpy(query), [torch.from_numpy(d) for d in docs])[0].tolist()
             hits = [Hit(i, s) for i, s in zip(rows.column("id").to_pylist(), scores)]
             results.append(sorted(hits, key=lambda h: -h.score))
+        return results
+
+    def _search_compact(self, queries: list[np.ndarray], top_k: int) -> list[list[Hit]]:
+        """Every document scored by compact MaxSim (Hamming on bits, cosine on int8) with each query's
+        vectors in the index's precision, the ``top_k`` best first."""
+        table = self.table.to_arrow()
+        ids = table.column("id").to_pylist()
+        docs = [np.asarray(v, dtype=np.int8) for v in table.column("vector").to_pylist()]
+        kind = self.identity.precision  # "binary" (Cohere's: the sign bits' byte minus 128) or "int8"
+        coded = [compact_tokens(torch.from_numpy(q), kind) for q in queries]
+        scores = maxsim_compact(coded, docs, kind)
+        results = []
+        for row in scores:
+            best = torch.topk(row, min(top_k, len(ids))).indices.tolist()
+            results.append([Hit(ids[j], float(row[j])) for j in best])
         return results
 
     def _model(self) -> "LLM":
@@ -356,8 +406,12 @@ def _pyarrow() -> Any:
     return pyarrow
 
 
-def _vector_type(pa: Any, dim: int) -> Any:
-    return pa.list_(pa.list_(pa.float32(), dim))
+def _value_type(pa: Any, precision: str) -> Any:
+    return pa.float32() if precision == "float32" else pa.int8()
+
+
+def _vector_type(pa: Any, width: int, precision: str = "float32") -> Any:
+    return pa.list_(pa.list_(_value_type(pa, precision), width))
 
 
 def _open_table(path: str | Path) -> Any:

@@ -1,7 +1,9 @@
 """sentence-transformers' functions on embeddings, for the drop-in classes (:mod:`poolkit.api.st_compat`):
 the similarity functions a model names (``cosine``, ``dot``, ``euclidean``, ``manhattan``), all
 pairs and pairwise, ``quantize_embeddings`` (``precision``), and MaxSim on float and compact token
-vectors, by sentence-transformers' rules."""
+vectors, by sentence-transformers' rules; Cohere's compact types of a vector's rows
+(:func:`compact_tokens`: signs packed to bits, int8 scaled by each row's peak), which the server's
+encodings and the late-interaction index use."""
 
 from __future__ import annotations
 
@@ -199,6 +201,63 @@ def multi_vector_similarity_name(value: Any) -> str:
             "manhattan are defined on single vectors and don't compose with ragged per-token embeddings."
         )
     return name
+
+
+def _rows(tensor: torch.Tensor) -> np.ndarray:
+    """``tensor`` as float32 rows (a vector is one row)."""
+    values = tensor.detach().to("cpu", torch.float32).numpy()
+    return values.reshape(1, -1) if values.ndim < 2 else values.reshape(-1, values.shape[-1])
+
+
+def packed_signs(tensor: torch.Tensor) -> np.ndarray:
+    """Each row's sign bits (``1`` where ``>= 0``) packed most significant bit first: ``[rows, dim / 8]``
+    unsigned bytes, Cohere's ``ubinary``.
+
+    Raises:
+        InvalidRequest: a width that is not a multiple of 8.
+    """
+    rows = _rows(tensor)
+    if rows.shape[-1] % 8:
+        raise InvalidRequest(
+            f"Embedding dimension must be a multiple of 8 for binary embedding types, but got {rows.shape[-1]}."
+        )
+    return np.packbits(rows >= 0, axis=-1, bitorder="big")
+
+
+def scaled_int8(tensor: torch.Tensor) -> np.ndarray:
+    """Each row scaled so that its largest magnitude is 127, then rounded: ``[rows, dim]`` int8
+    (-127..127), Cohere's ``int8``; a row of zeros (or with a non-finite peak) stays zeros.
+
+    Cohere does not publish its calibration ranges; scaling each vector by its own largest value
+    needs none and keeps the vector's direction, so cosine similarity is preserved (its length is
+    not: compare int8 vectors by cosine).
+    """
+    rows = _rows(tensor)
+    peak = np.abs(rows).max(axis=-1, keepdims=True) if rows.size else np.zeros((rows.shape[0], 1), np.float32)
+    usable = (peak > 0) & np.isfinite(peak)
+    scale = np.where(usable, 127.0 / np.where(usable, peak, 1.0), 0.0)
+    return np.clip(np.rint(np.nan_to_num(rows) * scale), -127, 127).astype(np.int8)
+
+
+#: The compact types of token vectors (Cohere's and Jina's ``embedding_type`` names) as arrays of
+#: ``[tokens, width]`` from a ``[tokens, dim]`` matrix: bits packed 8 to a byte (``binary`` the
+#: ``ubinary`` byte minus 128), or one byte per dimension (``uint8`` the ``int8`` byte plus 128).
+COMPACT_TYPES = ("binary", "ubinary", "int8", "uint8")
+
+
+def compact_tokens(matrix: torch.Tensor, kind: str) -> np.ndarray:
+    """A ``[tokens, dim]`` matrix of token vectors as one of :data:`COMPACT_TYPES`, a row a token.
+
+    Raises:
+        InvalidRequest: an unknown type; a width not a multiple of 8 for the bit types.
+    """
+    if kind in ("binary", "ubinary"):
+        bits = packed_signs(matrix)
+        return (bits.astype(np.int16) - 128).astype(np.int8) if kind == "binary" else bits
+    if kind in ("int8", "uint8"):
+        values = scaled_int8(matrix)
+        return values if kind == "int8" else (values.astype(np.int16) + 128).astype(np.uint8)
+    raise InvalidRequest(f"compact token types are {', '.join(COMPACT_TYPES)}, got {kind!r}")
 
 
 def maxsim_compact(a: Any, b: Any, precision: str, ranges: np.ndarray | None = None) -> torch.Tensor:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from ..api.index import LateInteractionIndex, has_sides
+from ..api.index import PRECISIONS, LateInteractionIndex, has_sides
 from ..contracts.errors import InvalidRequest
 from ..contracts.params import PoolingParams
 from .jobs import JobSummary, run_job
@@ -35,19 +35,25 @@ class IndexSink:
         token_pool_factor: the pool factor the documents were encoded with.
         ann: build LanceDB's ANN index once written (``None``: when the collection is large enough,
             :data:`poolkit.api.index.AUTO_ANN_ROWS`).
+        precision: how the index stores token vectors (:data:`poolkit.api.index.PRECISIONS`).
     """
 
     name = "lancedb-index"
 
-    def __init__(self, path: Path, llm: "LLM", token_pool_factor: float | None, ann: bool | None = None) -> None:
+    def __init__(
+        self, path: Path, llm: "LLM", token_pool_factor: float | None, ann: bool | None = None, precision: str = "float32"
+    ) -> None:
         self.path = path
+        self.precision = precision
         self.llm = llm
         self.token_pool_factor = token_pool_factor
         self.ann = ann
 
     def write(self, rows: Iterator[dict[str, Any]], value_key: str) -> None:
         """Write every row into the index, replacing a table an interrupted write left."""
-        index = LateInteractionIndex.create(self.path, self.llm, token_pool_factor=self.token_pool_factor, overwrite=True)
+        index = LateInteractionIndex.create(
+            self.path, self.llm, token_pool_factor=self.token_pool_factor, overwrite=True, precision=self.precision
+        )
         index.auto_ann = self.ann is not False
         ids: list[Any] = []
         vectors: list[Any] = []
@@ -76,6 +82,7 @@ def run_index_job(
     *,
     token_pool_factor: float | None = None,
     ann: bool | None = None,
+    precision: str = "float32",
     truncate_prompt_tokens: int | None = None,
     **job_options: Any,
 ) -> JobSummary:
@@ -84,6 +91,8 @@ def run_index_job(
     Args:
         token_pool_factor: pool each document's token vectors by this factor (``None``: keep them all).
         ann: build LanceDB's ANN index (``None``: once the collection is large enough).
+        precision: how the index stores token vectors: ``float32``, ``binary`` or ``int8``
+            (:data:`poolkit.api.index.PRECISIONS`); part of the job's settings.
         truncate_prompt_tokens: cut inputs to this many tokens (default: the model's limit, as jobs do).
         job_options: :func:`poolkit.entrypoints.jobs.run_job`'s ``text_field``, ``id_field``,
             ``skip_bad_lines``, ``overwrite``, ``chunk_rows`` and ``progress``.
@@ -94,9 +103,12 @@ def run_index_job(
     """
     params = PoolingParams(token_pool_factor=token_pool_factor, truncate_prompt_tokens=truncate_prompt_tokens)
     llm.check_params(params, 1, "token_embed")  # a bad factor is refused before the input is read
+    if precision not in PRECISIONS:
+        raise InvalidRequest(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     sides = has_sides(llm)
     return run_job(
         llm, input_path, index_path, task="token_embed", pooling_params=params,
         tokenization_kwargs={"input_type": "document"} if sides else None,
-        sink=IndexSink(Path(index_path), llm, token_pool_factor, ann), **job_options,
+        settings={"precision": precision}, sink=IndexSink(Path(index_path), llm, token_pool_factor, ann, precision),
+        **job_options,
     )

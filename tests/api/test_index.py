@@ -160,3 +160,31 @@ def test_ann_index_on_request_and_automatically(colbert, tmp_path, monkeypatch):
     query = torch.nn.functional.normalize(q.outputs.data.float(), dim=-1)
     for hit in index.search(QUERIES[:1], top_k=5)[0]:  # approximate ranking, exact scores
         assert hit.score == pytest.approx(maxsim(query, [by_id[hit.id]])[0, 0].item(), abs=1e-5)
+
+
+@pytest.mark.parametrize("precision", ["binary", "int8"])
+def test_a_compact_index_scores_by_compact_maxsim(colbert, tmp_path, precision):
+    # Item 3 of the index: tokens stored as Cohere's binary (a 32nd of the float bytes) or int8 (a
+    # quarter), searched exhaustively by maxsim_compact (Hamming / int8 cosine) over the same
+    # document-side vectors, which the float index stores.
+    from poolkit.api.st_functions import compact_tokens, maxsim_compact
+
+    floats = LateInteractionIndex.build(tmp_path / "float", colbert, DOCS)
+    compact = LateInteractionIndex.build(tmp_path / precision, colbert, DOCS, precision=precision)
+    assert compact.identity.precision == precision and LateInteractionIndex.read_identity(tmp_path / precision).precision == precision
+    ids, vectors = stored(floats)
+    codes = [np.asarray(v, dtype=np.int8) for v in compact.table.to_arrow().column("vector").to_pylist()]
+    for code, vector in zip(codes, vectors):
+        np.testing.assert_array_equal(code, compact_tokens(vector, precision))
+    assert codes[0].nbytes == vectors[0].numel() * 4 // (32 if precision == "binary" else 4)
+    queries = [out.outputs.data for out in colbert.encode(QUERIES, pooling_task="token_embed", tokenization_kwargs={"input_type": "query"})]
+    expected = maxsim_compact([compact_tokens(torch.nn.functional.normalize(q.float(), dim=-1), precision) for q in queries], codes, precision)
+    hits = LateInteractionIndex.open(tmp_path / precision, colbert).search(QUERIES, top_k=5)
+    for found, row in zip(hits, expected):
+        best = torch.topk(row, 5)
+        assert np.allclose([h.score for h in found], best.values.tolist(), atol=1e-5, rtol=0)
+        assert [row[ids.index(h.id)].item() for h in found] == pytest.approx(best.values.tolist(), abs=1e-5)
+    with pytest.raises(InvalidRequest, match="an ANN index is for float32 token vectors"):
+        compact.create_ann_index()
+    with pytest.raises(InvalidRequest, match="precision must be one of float32, binary, int8, got 'int4'"):
+        LateInteractionIndex.create(tmp_path / "bad", colbert, precision="int4")

@@ -108,6 +108,22 @@ def test_cli_index_then_complete_then_changed_input(model, tmp_path):
     assert len(table_rows(tmp_path / "idx", LLM(model, dtype="float32"))) == 31
 
 
+def test_cli_binary_index_searches_as_the_python_call(model, tmp_path):
+    src = corpus(tmp_path / "corpus.jsonl", 30)
+    out = tmp_path / "idx"
+    cmd = ["index", model, "--dtype", "float32", "-i", str(src), "--index", str(out), "--precision", "binary", "-q"]
+    assert runner.invoke(app, cmd).exit_code == 0
+    assert LateInteractionIndex.read_identity(out).precision == "binary"
+    again = runner.invoke(app, cmd[:-2] + ["int8", "-q"])
+    assert again.exit_code == 1 and "different settings" in again.stderr  # the precision is part of the job
+    cli = runner.invoke(app, ["search", "--index", str(out), "--query", "capital of france", "--top-k", "3", "-f", "jsonl"])
+    assert cli.exit_code == 0, cli.stderr
+    expected = LateInteractionIndex.open(out, LLM(model, dtype="float32")).search("capital of france", top_k=3)[0]
+    assert [json.loads(line)["id"] for line in cli.stdout.splitlines()] == [h.id for h in expected]
+    bad = runner.invoke(app, cmd[:-2] + ["int4", "-q"])
+    assert bad.exit_code == 1 and bad.stderr.splitlines()[0] == "Error: precision must be one of float32, binary, int8, got 'int4'"
+
+
 def test_a_kill_while_the_table_is_written_is_finished_by_the_next_run(model, tmp_path, monkeypatch):
     src = corpus(tmp_path / "corpus.jsonl", 60)
     llm = LLM(model, dtype="float32")

@@ -100,6 +100,8 @@ def _setting_cases(root):
         "runner": (bert, {"runner": "pooling"}, "embed", False),
         "convert": (classifier, {"convert": "embed"}, "embed", None),
         "pooler_config": (bert, {"pooler_config": {"pooling_type": "MEAN"}}, "embed", True),
+        # a model without sides pools every input's token vectors by default
+        "token_pool_factor": (bert, {"token_pool_factor": 2}, "token_embed", True),
         "hf_overrides": (bert, {"hf_overrides": {"layer_norm_eps": 0.5}}, "embed", True),
         "dtype": (bert, {"dtype": "bfloat16"}, "embed", True),
         "device": (bert, {"device": "cpu"}, "embed", False),
@@ -142,7 +144,7 @@ def test_every_load_setting_has_a_ray_case(setting_cases):
     assert set(setting_cases) == set(EngineArgs.model_fields)
 
 
-@pytest.mark.parametrize("setting", ["model", "tokenizer", "runner", "convert", "pooler_config", "hf_overrides", "dtype",
+@pytest.mark.parametrize("setting", ["model", "tokenizer", "runner", "convert", "pooler_config", "token_pool_factor", "hf_overrides", "dtype",
                                      "device", "allow_pickle", "allow_external_symlinks", "trust_remote_code",
                                      "max_model_len", "max_batch_tokens", "io_processor_plugin", "model_impl",
                                      "quantization", "calibration", "limit_mm_per_prompt", "mm_processor_kwargs",

@@ -166,6 +166,18 @@ def test_multi_vector_route_types_widths_and_pooling(colbert):
         _close(pooled["data"][0]["embeddings"], e.tolist())
 
 
+@pytest.mark.parametrize("name", ["colbert", "colqwen2", "bge_m3"])
+def test_compact_and_pooled_token_vectors_on_each_retriever(name, request):
+    llm = request.getfixturevalue(name)
+    with TestClient(create_app(llm, served_model_name=name)) as c:
+        body = {"input": DOCUMENTS, "embedding_type": ["ubinary", "int8"], "token_pool_factor": 2}
+        r = c.post("/v1/multi-vector", json=body)
+        assert r.status_code == 200, r.text
+        for item, e in zip(r.json()["data"], _offline(llm, DOCUMENTS, "document", token_pool_factor=2)):
+            assert item["embeddings"]["ubinary"] == compact_tokens(e, "ubinary").tolist()
+            assert item["embeddings"]["int8"] == compact_tokens(e, "int8").tolist()
+
+
 def test_multi_vector_route_bad_inputs(colbert, minilm, tmp_path):
     from tiny_models import build_classifier
 

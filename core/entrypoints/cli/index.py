@@ -37,6 +37,10 @@ IndexDirOpt = typer.Option(..., "--index", help="The index's directory (LanceDB)
 CorpusOpt = typer.Option(
     ..., "--input", "--input-file", "-i", help="The corpus: JSON Lines (id/text), text lines, CSV or Parquet."
 )
+PrecisionOpt = typer.Option(
+    "float32", "--precision",
+    help="How token vectors are stored: float32, binary (signs, 1/32 of the bytes) or int8 (1/4); compact ones are searched exhaustively.",
+)
 AnnOpt = typer.Option(
     None, "--ann/--no-ann",
     help="Build LanceDB's ANN (IVF_PQ) index on the token vectors (default: when the collection has 100,000 documents).",
@@ -50,6 +54,7 @@ def index(
     input_file: str = CorpusOpt,
     index_dir: str = IndexDirOpt,
     ann: Optional[bool] = AnnOpt,
+    precision: str = PrecisionOpt,
     text_field: str = TextFieldOpt,
     id_field: str = IdFieldOpt,
     skip_bad_lines: bool = SkipBadOpt,
@@ -68,7 +73,7 @@ def index(
             from ..integrations.ray import run_ray_index_job
 
             summary = run_ray_index_job(
-                llm, input_file, index_dir, token_pool_factor=token_pool_factor, ann=ann, text_field=text_field,
+                llm, input_file, index_dir, token_pool_factor=token_pool_factor, ann=ann, precision=precision, text_field=text_field,
                 id_field=id_field, overwrite=overwrite,
             )
             typer.echo(f"{summary.rows} documents -> {index_dir} (ray)", err=True)
@@ -80,7 +85,7 @@ def index(
 
         with progress_bar(None, enabled=not quiet, label="index", every=LOG_EVERY) as advance:
             summary = run_index_job(
-                llm, input_file, index_dir, token_pool_factor=token_pool_factor, ann=ann, text_field=text_field,
+                llm, input_file, index_dir, token_pool_factor=token_pool_factor, ann=ann, precision=precision, text_field=text_field,
                 id_field=id_field, skip_bad_lines=skip_bad_lines, overwrite=overwrite,
                 truncate_prompt_tokens=truncate_prompt_tokens, progress=advance,
             )

@@ -225,6 +225,7 @@ def run_ray_index_job(
     *,
     token_pool_factor: float | None = None,
     ann: bool | None = None,
+    precision: str = "float32",
     text_field: str = "text",
     id_field: str = "id",
     overwrite: bool = False,
@@ -257,7 +258,9 @@ def run_ray_index_job(
         raise InvalidRequest("--engine ray reads Parquet, JSON Lines or CSV input")
     params = truncating(PoolingParams(token_pool_factor=token_pool_factor))
     llm.check_params(params, 1, "token_embed")  # refuse bad parameters before Ray starts
-    index = LateInteractionIndex.create(index_path, llm, token_pool_factor=token_pool_factor, overwrite=overwrite)
+    index = LateInteractionIndex.create(
+        index_path, llm, token_pool_factor=token_pool_factor, overwrite=overwrite, precision=precision
+    )
     index.auto_ann = ann is not False
     ds = readers[source.suffix](str(source))
     if id_field not in ds.columns():
