@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Coroutine, Protocol, Sequence
 from ..contracts.errors import InvalidRequest, short
 from ..contracts.io import IOProcessor, Prompt, PromptBatch
 from ..contracts.params import PoolingParams
+from ..contracts.tasks import ROLES
 from ..plugins.lookup import registry
 from . import chat as chats
 from .chat import Chat
@@ -250,12 +251,20 @@ class Renderer:
             InvalidRequest: with vLLM's wording, a task that takes no ``input_type``; prompts that are
                 not plain texts; a model without such roles.
         """
-        if not task.takes_input_type:
+        if not task.takes_input_type and not self.own_sides(input_type):
             takers = [e.name for e in registry("task").entries() if e.obj.takes_input_type]
             raise InvalidRequest(f"input_type is only supported with task {' or '.join(map(repr, takers))}.")
         if any(p.text is None or p.prompt_prefix or p.extras for p in prompts):
             raise InvalidRequest("input_type takes text prompts (no token ids, images or prompt_name)")
-        return list(task.role_prompts(self.model, [p.text for p in prompts], input_type))
+        texts = [p.text for p in prompts]
+        if not task.takes_input_type:  # a retriever's own sides hold for its every task (BGE-M3's dense vectors)
+            return list(self.model.architecture.role_prompts(texts, input_type, self.model))
+        return list(task.role_prompts(self.model, texts, input_type))
+
+    def own_sides(self, input_type: Any) -> bool:
+        """Whether the model's architecture writes ``input_type`` (a retrieval side) itself
+        (:meth:`poolkit.Architecture.role_prompts`), for any of its tasks."""
+        return input_type in ROLES and self.model.architecture.role_prompts([], input_type, self.model) is not None
 
     @staticmethod
     def salted(prompts: Any, params: list[PoolingParams]) -> list[PoolingParams]:

@@ -86,6 +86,23 @@ def test_each_surface_encodes_the_side_the_request_names(name, request):
                 assert len(tei.json()[i]) == len(e)  # TEI's raw vectors: the same tokens, unnormalised
 
 
+def test_bge_m3_takes_a_side_on_the_dense_routes_too(bge_m3):
+    # BGE-M3 writes its sides itself (the same text both ways), so its dense vectors take them on
+    # every surface: as they are, equal to no side at all.
+    expected = [o.outputs.embedding for o in bge_m3.embed(DOCUMENTS)]
+    assert [o.outputs.embedding for o in bge_m3.embed(DOCUMENTS, tokenization_kwargs={"input_type": "query"})] == expected
+    with TestClient(create_app(bge_m3, served_model_name="m3")) as c:
+        for side, cohere in (("query", "search_query"), ("document", "search_document")):
+            openai = c.post("/v1/embeddings", json={"input": DOCUMENTS, "input_type": side})
+            cohere_r = c.post("/v2/embed", json={"texts": DOCUMENTS, "input_type": cohere, "embedding_types": ["float"]})
+            assert openai.status_code == cohere_r.status_code == 200, (openai.text, cohere_r.text)
+            for i, e in enumerate(expected):
+                _close(openai.json()["data"][i]["embedding"], e)
+                _close(cohere_r.json()["embeddings"]["float"][i], e)
+        r = c.post("/v2/embed", json={"texts": DOCUMENTS, "input_type": "classification", "embedding_types": ["float"]})
+        assert r.status_code == 400 and "Unsupported input_type 'classification'" in r.json()["error"]["message"]
+
+
 def test_sides_are_the_models_own(colbert, colqwen2, bge_m3):
     tok = colbert.get_tokenizer()
     (q,) = colbert.encode(["paris"], pooling_task="token_embed", tokenization_kwargs={"input_type": "query"})

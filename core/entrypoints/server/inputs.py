@@ -183,13 +183,15 @@ def side(st: ModelState, llm: LLM, task_name: str, input_type: str | None) -> tu
     the model encodes it (a ColBERT's markers, lengths and query expansion; ColPali's query prompt:
     :meth:`poolkit.inputs.Renderer.role_prompts`, which refuses a model without sides); for any
     other task it names one of the model's prompts or task instructions, as vLLM's and Cohere's
-    ``input_type`` does (:meth:`poolkit.inputs.Renderer.input_type`).
+    ``input_type`` does (:meth:`poolkit.inputs.Renderer.input_type`), or a side of a retriever that
+    writes its sides itself for every task (BGE-M3's dense vectors: :meth:`~poolkit.inputs.Renderer.own_sides`).
     """
     if input_type is None:
         return None, None, None
-    if llm.task(task_name).takes_input_type:
+    renderer = st.renderer
+    if llm.task(task_name).takes_input_type or (input_type not in renderer.input_types and renderer.own_sides(input_type)):
         return None, None, input_type
-    prompt_name, prefix = st.renderer.input_type(input_type)
+    prompt_name, prefix = renderer.input_type(input_type)
     return prompt_name, prefix, None
 
 

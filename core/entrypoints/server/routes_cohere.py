@@ -117,11 +117,15 @@ COHERE_SIDES = {"search_query": ("query",), "search_document": ("document", "pas
 
 def _named(st: ModelState, input_type: str | None) -> str | None:
     """Cohere's ``search_query`` / ``search_document`` as the model's own ``query`` / ``document``
-    (or ``passage``) prompt where it has no prompt of Cohere's name; anything else as it is."""
+    (or ``passage``) prompt where it has no prompt of Cohere's name, or as the retrieval side of a
+    retriever that writes its own (BGE-M3); anything else as it is."""
     if input_type is None or input_type in st.renderer.input_types:
         return input_type
     known = set(st.renderer.input_types)
-    return next((name for name in COHERE_SIDES.get(input_type, ()) if name in known), input_type)
+    names = COHERE_SIDES.get(input_type, ())
+    if names and not known & set(names) and st.renderer.own_sides(names[0]):  # a retriever's own side
+        return names[0]
+    return next((name for name in names if name in known), input_type)
 
 
 # -- the route -------------------------------------------------------------------------------------
@@ -131,7 +135,10 @@ def _named(st: ModelState, input_type: str | None) -> str | None:
 async def cohere_embed(body: CohereEmbedRequest, request: Request, st: State, llm: Model) -> Response:
     check_model(st, body.model)
     items = _items(st, body, st.renderer.reads_media)
-    prompt_name, prefix = st.renderer.input_type(_named(st, body.input_type))
+    named = _named(st, body.input_type)
+    own = named not in st.renderer.input_types and st.renderer.own_sides(named)  # a retriever's own side (BGE-M3)
+    prompt_name, prefix = st.renderer.input_type(None if own else named)
+    side = named if own else None
     types = list(dict.fromkeys(body.embedding_types))
     if not types:
         raise ApiError(400, "embedding_types must not be empty", param="embedding_types")
@@ -156,12 +163,14 @@ async def cohere_embed(body: CohereEmbedRequest, request: Request, st: State, ll
     ).with_salt(body.cache_salt)
     check_response(st, len(items) * (width or 0), sum(_TYPE_BYTES[kind] for kind in types), estimated=True)
     images = [i for i, (kind, _) in enumerate(items) if kind in ("image", "media")]
+    if side is not None and any(kind != "text" for kind, _ in items):
+        raise ApiError(400, f"input_type '{body.input_type}' is a retrieval side of texts: send texts", param="input_type")
     if any(kind == "media" for kind, _ in items):
         raw = await _media_prompts(request, st, llm, items, prefix or st.renderer.named_prompt(prompt_name))
         check = (lambda prompts: _check_untruncated(st, prompts, body.max_tokens)) if body.truncate == "NONE" else None
         _, results = await run_task(request, st, llm, "embed", raw, params, check=check)
     else:
-        results = await _run(request, st, llm, body, items, prefix, prompt_name, params, images)
+        results = await _run(request, st, llm, body, items, prefix, prompt_name, params, images, side)
     image_set = set(images)
 
     # An image runs as one sequence without text tokens: it is billed as one token.
@@ -186,11 +195,15 @@ async def cohere_embed(body: CohereEmbedRequest, request: Request, st: State, ll
 
 async def _run(
     request: Request, st: ModelState, llm: LLM, body: CohereEmbedRequest, items: list[tuple[str, Any]], prefix: str | None,
-    prompt_name: str | None, params: PoolingParams, images: list[int],
+    prompt_name: str | None, params: PoolingParams, images: list[int], side: str | None = None,
 ) -> Any:
-    """Texts, and a dual encoder's images (one image, no text, each), prepared and run."""
+    """Texts (in the retrieval ``side`` of a retriever that writes its own), and a dual encoder's
+    images (one image, no text, each), prepared and run."""
     raw = [(prefix + value if prefix else value) if kind == "text" else "" for kind, value in items]
-    task, prompts, checked = llm.prepare(raw, params, pooling_task="embed", prompt_name=prompt_name, lora_request=st.lora)
+    task, prompts, checked = llm.prepare(
+        raw, params, pooling_task="embed", prompt_name=prompt_name, lora_request=st.lora,
+        tokenization_kwargs={"input_type": side} if side is not None else None,
+    )
     tokens = llm.estimate_tokens(prompts, checked)
     check_tokens(st, tokens)
     if images or body.truncate == "NONE":
