@@ -94,6 +94,28 @@ class VectorHead:
         return [token_pool(self._finish(t, *s), p, self.token_pooling) for t, s, p in zip(pooled, settings, params)]
 
 
+class TokenPooledHead:
+    """An architecture's own token head (BGE-M3's ColBERT vectors) with the request's token pooling
+    after it (:func:`token_pool`), as :class:`VectorHead` pools its own."""
+
+    def __init__(self, head: Callable, spec: TokenPoolingSpec | None) -> None:
+        self.head = head
+        self.spec = spec
+
+    def __call__(
+        self, hidden: torch.Tensor, batch: PackedBatch, params: Sequence[PoolingParams]
+    ) -> torch.Tensor | list[torch.Tensor]:
+        out = self.head(hidden, batch, params)
+        if all(p.token_pool_factor is None for p in params):
+            return out
+        return [token_pool(t, p, self.spec) for t, p in zip(out, params)]
+
+    def __getattr__(self, name: str) -> object:  # the wrapped head's own attributes (granularity, ...)
+        if name == "head":  # not set yet (a copy being made): no recursion
+            raise AttributeError(name)
+        return getattr(self.head, name)
+
+
 def late_chunks(tokens: torch.Tensor, params: PoolingParams) -> torch.Tensor:
     """Token vectors ``[n, H]`` averaged over consecutive chunks of the request's late-chunking
     size (``[ceil(n / size), H]``), or unchanged when the request asks for no late chunking."""

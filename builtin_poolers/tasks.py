@@ -14,7 +14,7 @@ from poolkit.contracts.tasks import ROLES, Head, Task
 from poolkit.loading.model import PoolingModel
 from poolkit.plugins.manager import registry
 
-from .heads import ClassifierHead, LMHeadStepHead, LMHeadTokenHead, LogitScore, VectorHead
+from .heads import ClassifierHead, LMHeadStepHead, LMHeadTokenHead, LogitScore, TokenPooledHead, VectorHead
 from .token_pooling import check_pool_factor
 
 STEP_PARAMS = frozenset({"step_tag_id", "returned_token_ids"})
@@ -199,6 +199,10 @@ class TokenEmbedTask(_VectorTask):
         if spec is None or side not in spec.tasks:
             return {}
         return {"token_pool_factor": spec.pool_factor}
+
+    def own_head(self, head: Head, model: PoolingModel) -> Head:
+        """An architecture's own token head, with the request's (or the model's) token pooling after it."""
+        return TokenPooledHead(head, model.token_pooling)
 
     def has_roles(self, model: PoolingModel) -> bool:
         """A retriever with sides of its own, or a late-interaction (ColBERT) model."""

@@ -25,12 +25,24 @@ from poolkit.contracts.kernel import Kernel
 PROTECTED_TOKENS = 1
 
 
+#: How far from 1 a row's length may be for the rows to count as unit vectors (a model's normalised
+#: token vectors, in any float dtype, are within it).
+_UNIT = 1e-2
+
+
 def _ward_labels(vectors: torch.Tensor, clusters: int) -> np.ndarray:
     """Each row's cluster (0-based, in ``fcluster``'s numbering) of Ward's linkage over the cosine
-    distances of ``vectors`` (``[n, d]`` float32, unit rows), cut into at most ``clusters``."""
+    distances of ``vectors`` (``[n, d]`` float32), cut into at most ``clusters``.
+
+    Unit rows (what a late-interaction model returns) are used as they are, so the distances are
+    sentence-transformers' to the bit; raw rows (TEI's un-normalised ``/embed_all``) are normalised
+    first, where ``1 - dot`` would not be a cosine distance.
+    """
     from scipy.cluster.hierarchy import fcluster, linkage
     from scipy.spatial.distance import squareform
 
+    if (vectors.norm(dim=-1) - 1).abs().max() > _UNIT:
+        vectors = F.normalize(vectors, dim=-1)
     distances = (1 - vectors @ vectors.T).clamp_(0, 2).numpy()
     # The condensed upper triangle linkage takes; squareform copies it out 20x faster than an index gather.
     upper = squareform(distances, checks=False)

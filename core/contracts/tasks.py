@@ -98,6 +98,12 @@ class Task:
         """The head serving this task on ``model``, or ``None`` if the model cannot serve it."""
         raise NotImplementedError
 
+    def own_head(self, head: Head, model: LoadedModel) -> Head:
+        """The architecture's own head for this task (:meth:`poolkit.Architecture.task_head`), as the
+        task serves it: what the task's parameters do after any head (``token_embed``'s token
+        pooling). The default serves it as it is."""
+        return head
+
     def result_width(self, model: LoadedModel) -> int | None:
         """Numbers in one result (a ``sequence`` task) or in one token's row (a ``token`` task) on
         ``model``, at most: what a surface sizes a response by before running it (the server's

@@ -343,6 +343,7 @@ class PoolingModel:
                 own = self.architecture.task_head(task, self)
                 if own is not None:
                     self._own_heads.add(task.name)
+                    own = task.own_head(own, self)
                 self._heads[task.name] = own if own is not None else task.build(self)
         return self._heads[task.name]
 

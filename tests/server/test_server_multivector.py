@@ -190,9 +190,17 @@ def test_compact_and_pooled_token_vectors_on_each_retriever(name, request):
         body = {"input": DOCUMENTS, "embedding_type": ["ubinary", "int8"], "token_pool_factor": 2}
         r = c.post("/v1/multi-vector", json=body)
         assert r.status_code == 200, r.text
-        for item, e in zip(r.json()["data"], _offline(llm, DOCUMENTS, "document", token_pool_factor=2)):
+        pooled = _offline(llm, DOCUMENTS, "document", token_pool_factor=2)
+        for item, e in zip(r.json()["data"], pooled):
             assert item["embeddings"]["ubinary"] == compact_tokens(e, "ubinary").tolist()
             assert item["embeddings"]["int8"] == compact_tokens(e, "int8").tolist()
+        tei = c.post("/embed_all", json={"inputs": DOCUMENTS, "prompt_name": "document", "token_pool_factor": 2})
+        assert tei.status_code == 200 and [len(v) for v in tei.json()] == [len(e) for e in pooled], tei.text
+    # the pooling is sentence-transformers 6's HierarchicalTokenPooling on each retriever's own vectors
+    reference = pytest.importorskip("sentence_transformers.multi_vector_encoder.modules.token_pooling")
+    expected = reference.HierarchicalTokenPooling(2).pool(_offline(llm, DOCUMENTS, "document"))
+    for got, e in zip(pooled, expected):
+        torch.testing.assert_close(got.float(), e.float(), atol=1e-5, rtol=0)
 
 
 def test_multi_vector_route_bad_inputs(colbert, minilm, tmp_path):

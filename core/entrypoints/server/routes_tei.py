@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from fastapi import Request
 from fastapi.responses import Response
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictFloat, StrictInt, ValidationError
 
 from ... import __version__
 from ...contracts.errors import InvalidRequest
@@ -113,13 +113,15 @@ class EmbedRequest(_Truncation):
     dimensions: Optional[Annotated[int, schema(POSITIVE)]] = None
 
 
-class EmbedAllRequest(_Truncation):
+class EmbedSparseRequest(_Truncation):
     inputs: Inputs
     prompt_name: PromptName = None
 
 
-class EmbedSparseRequest(EmbedAllRequest):
-    pass
+class EmbedAllRequest(EmbedSparseRequest):
+    token_pool_factor: Optional[Union[StrictFloat, StrictInt]] = Field(
+        None, description="poolkit: pool each input's token vectors into about 1 / factor as many (as on /pooling); at least 1."
+    )
 
 
 class PredictRequest(_Truncation):
@@ -329,7 +331,9 @@ async def embed_all(body: EmbedAllRequest, request: Request, st: State, llm: Mod
     check_model(st, body.model)
     _needs(llm, TOKEN_EMBED, "Model is not an embedding model")
     prompts, _ = _items(st, body.inputs)
-    params = pooling_params(use_activation=False, **_truncation(st, body.truncate, body.truncation_direction))
+    params = pooling_params(
+        use_activation=False, token_pool_factor=body.token_pool_factor, **_truncation(st, body.truncate, body.truncation_direction)
+    )
     prompt_name = _prompt_name(st, body.prompt_name)
     # TEI names a model's prompts; "query" and "document", where the model has no prompt of that
     # name, are a multi-vector model's retrieval sides (its markers, lengths, query expansion).
