@@ -29,6 +29,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictBool,
+    StrictFloat,
     StrictInt,
     StrictStr,
     WithJsonSchema,
@@ -130,6 +131,8 @@ TextInput = Annotated[
 ]
 Text = Annotated[StrictStr, schema(TEXT)]
 Positive = Annotated[StrictInt, schema(POSITIVE)]
+#: A token pooling factor: a number of at least 1 (the model's input limit bounds it too, beyond the schema).
+PoolFactor = Annotated[Union[StrictFloat, StrictInt], schema({"type": "number", "minimum": 1})]
 
 
 class BaseRequest(BaseModel):

@@ -16,11 +16,11 @@ from typing import Annotated, Any, List, Literal, Optional, Union
 
 from fastapi import Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from ...inputs.chat import checked_text
 from ..encodings import token_rows
-from ..protocol import TEXT, BaseRequest, Positive, schema
+from ..protocol import TEXT, BaseRequest, PoolFactor, Positive, schema
 from .deps import Model, State
 from .endpoints import Endpoints
 from .errors import ApiError
@@ -59,7 +59,7 @@ class MultiVectorRequest(BaseRequest):
         "float", description="float, base64, binary, ubinary, int8 or uint8, or a list of them (then keyed by type)."
     )
     dimensions: Optional[Positive] = Field(None, description="A Matryoshka width of the model (jina-colbert-v2: 128, 96, 64).")
-    token_pool_factor: Optional[Union[StrictFloat, StrictInt]] = Field(
+    token_pool_factor: Optional[PoolFactor] = Field(
         None, description="poolkit: pool each input's token vectors into about 1 / factor as many (as on /pooling); at least 1."
     )
 

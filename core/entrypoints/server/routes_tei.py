@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from fastapi import Request
 from fastapi.responses import Response
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictFloat, StrictInt, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from ... import __version__
 from ...contracts.errors import InvalidRequest
@@ -38,7 +38,7 @@ from ...contracts.params import PoolingParams
 from ...contracts.tasks import ROLES
 from ...inputs.chat import checked_text
 from ...runtime.estimates import tokens_of_text
-from ..protocol import POSITIVE, TEXT, TOKEN_IDS, list_of, schema
+from ..protocol import POSITIVE, TEXT, TOKEN_IDS, PoolFactor, list_of, schema
 from .deps import Model, State, check_serving, loaded_llm
 from .endpoints import TEI, Endpoints, Shared
 from .errors import ApiError, validation_message
@@ -119,7 +119,7 @@ class EmbedSparseRequest(_Truncation):
 
 
 class EmbedAllRequest(EmbedSparseRequest):
-    token_pool_factor: Optional[Union[StrictFloat, StrictInt]] = Field(
+    token_pool_factor: Optional[PoolFactor] = Field(
         None, description="poolkit: pool each input's token vectors into about 1 / factor as many (as on /pooling); at least 1."
     )
 

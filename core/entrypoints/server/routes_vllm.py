@@ -32,6 +32,7 @@ from ..protocol import (
     ChatFields,
     EncodingFields,
     Positive,
+    PoolFactor,
     PromptInput,
     SideFields,
     Text,
@@ -134,7 +135,7 @@ class PoolingRequest(BaseRequest, TokenizationFields, ChatFields, EncodingFields
     top_k: Optional[Positive] = Field(None, description="sparse_embed: keep the K strongest weights.")
     threshold: Optional[Union[StrictFloat, StrictInt]] = Field(None, description="sparse_embed: drop weights below this.")
     return_tokens: StrictBool = False
-    token_pool_factor: Optional[Union[StrictFloat, StrictInt]] = Field(
+    token_pool_factor: Optional[PoolFactor] = Field(
         None,
         description="token_embed: pool each input's token vectors into about 1 / factor as many (hierarchical "
         "clustering, as sentence-transformers' HierarchicalTokenPooling); at least 1.",
