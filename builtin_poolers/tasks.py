@@ -195,8 +195,10 @@ class TokenEmbedTask(_VectorTask):
         document, or, on a model without sides, any input (sentence-transformers counts an input
         encoded without a task as a document). A query is never pooled unless it asks."""
         spec = model.token_pooling
+        if spec is None:  # most models: no side to work out on every request
+            return {}
         side = input_type if input_type is not None or self.has_roles(model) else "document"
-        if spec is None or side not in spec.tasks:
+        if side not in spec.tasks:
             return {}
         return {"token_pool_factor": spec.pool_factor}
 

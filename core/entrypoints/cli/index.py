@@ -68,14 +68,15 @@ def index(
     with errors():
         setup_logging(quiet, verbose)
         llm = load(args)
-        token_pool_factor = args.token_pool_factor  # the documents' factor (--token-pool-factor), the index records it
+        # what both engines take; the documents' factor is --token-pool-factor, which the index records
+        common = {
+            "token_pool_factor": args.token_pool_factor, "ann": ann, "precision": precision, "text_field": text_field,
+            "id_field": id_field, "overwrite": overwrite,
+        }
         if engine == "ray":
             from ..integrations.ray import run_ray_index_job
 
-            summary = run_ray_index_job(
-                llm, input_file, index_dir, token_pool_factor=token_pool_factor, ann=ann, precision=precision, text_field=text_field,
-                id_field=id_field, overwrite=overwrite,
-            )
+            summary = run_ray_index_job(llm, input_file, index_dir, **common)
             typer.echo(f"{summary.rows} documents -> {index_dir} (ray)", err=True)
             return
         if engine != "local":
@@ -85,9 +86,8 @@ def index(
 
         with progress_bar(None, enabled=not quiet, label="index", every=LOG_EVERY) as advance:
             summary = run_index_job(
-                llm, input_file, index_dir, token_pool_factor=token_pool_factor, ann=ann, precision=precision, text_field=text_field,
-                id_field=id_field, skip_bad_lines=skip_bad_lines, overwrite=overwrite,
-                truncate_prompt_tokens=truncate_prompt_tokens, progress=advance,
+                llm, input_file, index_dir, skip_bad_lines=skip_bad_lines, truncate_prompt_tokens=truncate_prompt_tokens,
+                progress=advance, **common,
             )
         if summary.already_complete:
             typer.echo(f"{index_dir} is already complete; nothing to do (--overwrite to build it again)", err=True)
