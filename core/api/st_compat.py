@@ -702,17 +702,19 @@ class SparseEncoder(_Embedder):
         self._check_call(batch_size, kwargs)
         texts, single = self._inputs(inputs)
         resolved = self._resolve_prompt(prompt, prompt_name)
+        # Where sentence-transformers leaves the rows: on the CPU when asked, else on the model's device.
+        place = (lambda rows: rows.cpu()) if save_to_cpu else self._on_model
         if not texts:
             if convert_to_tensor:
                 empty = torch.zeros((0, self.get_embedding_dimension()))
-                return empty.to_sparse() if convert_to_sparse_tensor else torch.tensor([])
+                return place(empty.to_sparse() if convert_to_sparse_tensor else torch.tensor([]))
             return []
         dense = self._matrix("sparse_embed", texts, None, resolved)
         keep = max_active_dims if max_active_dims is not None else self.max_active_dims
         if keep is not None and keep < dense.shape[1]:
             top = dense.topk(keep, dim=1)
             dense = torch.zeros_like(dense).scatter_(1, top.indices, top.values)
-        rows = dense.to_sparse() if convert_to_sparse_tensor else dense
+        rows = place(dense.to_sparse() if convert_to_sparse_tensor else dense)
         if convert_to_tensor:
             return rows[0] if single else rows
         listed = list(rows)

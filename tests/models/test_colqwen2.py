@@ -48,7 +48,12 @@ def llm(model_dir):
 @pytest.fixture(scope="module")
 def hf(model_dir):
     model = T.ColQwen2ForRetrieval.from_pretrained(model_dir, dtype=torch.float32).eval()
-    return model, T.ColQwen2Processor.from_pretrained(model_dir)
+    processor = T.ColQwen2Processor.from_pretrained(model_dir)
+    # transformers' PIL image processor, the one poolkit's pixels follow: where torchvision is
+    # installed transformers picks its torchvision processor, which resizes a few pixels one
+    # level of 255 apart (seen on the GPU machine's image).
+    processor.image_processor = T.AutoImageProcessor.from_pretrained(model_dir, backend="pil")
+    return model, processor
 
 
 def reference(hf, queries: list[str] | None = None, images: list[Image.Image] | None = None) -> list[torch.Tensor]:

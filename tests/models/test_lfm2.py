@@ -153,8 +153,8 @@ def test_the_lm_head_is_the_tied_embeddings(models) -> None:
         want = reference(input_ids=torch.tensor([ids]), use_cache=False).logits[0]
     (hidden,) = llm.encode(TEXTS[0], RAW, pooling_task="token_embed")
     with torch.inference_mode():  # as the tasks that read the head run it
-        logits = arch.lm_head()(hidden.outputs.data)
-    torch.testing.assert_close(logits, want, atol=ATOL, rtol=0)
+        logits = arch.lm_head()(hidden.outputs.data.to(next(arch.parameters()).device))  # the suite's device
+    torch.testing.assert_close(logits.cpu(), want, atol=ATOL, rtol=0)
 
 
 @pytest.fixture(scope="module")
@@ -196,7 +196,7 @@ def test_an_unattended_query_expansion_feeds_no_convolution_window(colbert: Path
         mask = torch.tensor([[1] * attended + [0] * (32 - attended)])
         with torch.no_grad():
             hidden = model(input_ids=torch.tensor([expanded]), attention_mask=mask, use_cache=False).last_hidden_state[0]
-        diff = (torch.as_tensor(got) - F.normalize(hidden @ dense.T, dim=-1)).abs().max().item()
+        diff = (torch.as_tensor(got).cpu() - F.normalize(hidden @ dense.T, dim=-1)).abs().max().item()
         assert (diff <= ATOL) is close, (attended, diff)
 
 

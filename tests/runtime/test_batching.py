@@ -309,14 +309,18 @@ def test_on_a_device_bad_requests_fail_alone_and_failures_reach_their_requests(o
     assert batcher.drain(5)
 
 
-def test_requests_that_begin_alike_are_merged_first_when_not_all_fit(tmp_path):
+@pytest.mark.parametrize("on", ["cpu", "accelerator"])
+def test_requests_that_begin_alike_are_merged_first_when_not_all_fit(tmp_path, on):
     """A model that shares prefixes: of the requests waiting behind the oldest, those whose prompt
     begins like its own go into its batch first (the shared instruction runs once there), the
-    others after, in arrival order; results as from the LLM. Without sharing, arrival order."""
+    others after, in arrival order; results as from the LLM. Without sharing, arrival order. The
+    batches are read where they are formed, so the same holds for an accelerator's pipelined
+    batcher (the CPU's stand-in device here), which runs them through another path."""
     from tiny_models import build_qwen
 
     from poolkit import LLM
     from poolkit.runtime.estimates import estimate_costs
+    from poolkit.runtime.standin import attach
 
     path = build_qwen(tmp_path / "qwen3", "qwen3", "lm", max_position_embeddings=512)
     instructions = ("Instruct: find the passages that answer this question about geography. Query: ",
@@ -324,27 +328,42 @@ def test_requests_that_begin_alike_are_merged_first_when_not_all_fit(tmp_path):
     texts = [instructions[i % 2] + q for i, q in enumerate(("capital of france", "red shoes", "longest river", "blue hats"))]
     for sharing in (True, False):
         llm = LLM(str(path), enable_prefix_caching=sharing)
+        if on == "accelerator":
+            attach(llm, 1e7)
         costs = [sum(estimate_costs(llm.prepare([t], pooling_task="embed")[1])) for t in texts]
         assert 3 * min(costs) > 2 * max(costs)
         batcher = Batcher(llm, max_batch_tokens=2 * max(costs))  # two requests a batch
+        assert batcher.pipelined == (on == "accelerator")
         ran = []
-        run = batcher._run
-        batcher._run = lambda batch: ran.append([w.prompts[0].text for w in batch if w.call is None]) or run(batch)
+        take = batcher._take
+
+        def taken():
+            batch = take()
+            ran.append([w.prompts[0].text for w in batch if w.call is None])
+            return batch
+
+        batcher._take = taken
 
         async def main():
-            hold = asyncio.ensure_future(batcher.call(lambda: time.sleep(0.3), cost=1))  # the others queue meanwhile
-            await asyncio.sleep(0.05)
+            # Hold every thread of the batcher while the four queue: the worker, and on a pipelined
+            # batcher also the device thread and the batch handed between them (three holds).
+            gate = threading.Event()
+            holds = [asyncio.ensure_future(batcher.call(lambda: gate.wait(120), cost=1)) for _ in range(3 if batcher.pipelined else 1)]
+            while batcher.stats.requests < len(holds) or batcher.queue_depth:  # each hold taken
+                await asyncio.sleep(0.01)
             jobs = []
             for text in texts:
                 task, prompts, params = llm.prepare([text], pooling_task="embed")
                 jobs.append(asyncio.ensure_future(batcher.submit(task, prompts, params)))
-                await asyncio.sleep(0.01)
-            await hold
+                while batcher.queue_depth < len(jobs):  # queued in arrival order
+                    await asyncio.sleep(0.01)
+            gate.set()
+            await asyncio.gather(*holds)
             return await asyncio.gather(*jobs)
 
         results = asyncio.run(main())
         order = [[0, 2], [1, 3]] if sharing else [[0, 1], [2, 3]]
-        assert ran[1:] == [[texts[i] for i in pair] for pair in order]
+        assert [r for r in ran if r] == [[texts[i] for i in pair] for pair in order]
         for text, got in zip(texts, results):
             assert torch.allclose(got[0][0], torch.tensor(llm.embed([text])[0].outputs.embedding), atol=1e-5)
         assert batcher.drain(5)

@@ -234,7 +234,9 @@ def test_the_cache_is_bounded_in_bytes_and_keeps_sparse_rows_sparse(splade):
     got = torch.zeros_like(expected)
     for pair in first[-1]:
         got[pair["index"]] = pair["value"]
-    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+    # The row was computed in a batch of 40 and the expectation alone: equal within fp32's batch
+    # invariance (DESIGN §7), which a GPU's GEMMs (another kernel for another batch shape) use.
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
 
 
 def test_an_entry_larger_than_the_whole_cache_is_not_kept(minilm):

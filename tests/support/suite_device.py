@@ -32,13 +32,14 @@ def _on_device(fn):
                 return a.to({device!r})
             key = a.untyped_storage().data_ptr()
             if key not in storages:
-                storages[key] = (a.untyped_storage(), a.untyped_storage().to({device!r}))
+                storages[key] = (a.untyped_storage(), a.untyped_storage().to(device={device!r}))
             return torch.empty(0, dtype=a.dtype, device={device!r}).set_(storages[key][1], a.storage_offset(), a.size(), a.stride())
 
         moved_args = [move(a) for a in args]
         moved_kwargs = {{k: move(v) for k, v in kwargs.items()}}
         out = fn(*moved_args, **moved_kwargs)
-        torch.cuda.synchronize()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
         back = {{dev.data_ptr(): host for host, dev in storages.values()}}
         for host, dev in storages.values():
             host.copy_(dev)
@@ -71,7 +72,10 @@ def suite_device() -> str:
     return os.environ.get("POOLKIT_TEST_DEVICE") or "cpu"
 
 
-def run_triton_script(script: str) -> subprocess.CompletedProcess:
+def run_triton_script(script: str, wrap_on: str | None = None) -> subprocess.CompletedProcess:
+    """Run a check script: compiled on the suite's GPU through the wrapper above, else in Triton's
+    interpreter. ``wrap_on="cpu"`` runs the wrapper's moves and returns around the interpreted
+    kernels, so its own code is checked on a machine without a GPU."""
     device = suite_device()
     env = dict(os.environ)
     if device.startswith("cuda"):
@@ -79,4 +83,6 @@ def run_triton_script(script: str) -> subprocess.CompletedProcess:
         script = _ON_DEVICE.format(device=device) + script
     else:
         env["TRITON_INTERPRET"] = "1"
+        if wrap_on is not None:
+            script = _ON_DEVICE.format(device=wrap_on) + script
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
