@@ -55,6 +55,7 @@ def serve(
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="With --ray-serve: the Ray cluster to join ('auto', an address, or ray://host:port; or set RAY_ADDRESS); on exit the server deletes the applications it deployed and leaves the cluster running. Joining a cluster with token authentication at an address (not 'auto') needs RAY_AUTH_MODE=token and the cluster's token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token). Default: start a Ray of its own on this machine, stopped on exit."),
     otlp_traces_endpoint: Optional[str] = typer.Option(None, "--otlp-traces-endpoint", envvar="OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", help="Export an OpenTelemetry trace of each inference request (queue, tokenize, run, respond; the caller's traceparent honoured) to this OTLP/HTTP collector URL, e.g. http://localhost:4318/v1/traces (vLLM's option; or set OTEL_EXPORTER_OTLP_TRACES_ENDPOINT); needs poolkit[otel]. Default: no tracing."),
     lora_modules: Optional[list[str]] = typer.Option(None, "--lora-modules", help="A LoRA adapter to serve, as name=path or vLLM's JSON {\"name\": ..., \"path\": ..., \"base_model_name\": ...} (repeatable, or several after one flag as in vLLM; needs --enable-lora): a request whose 'model' names it runs with it, and /v1/models lists it with its parent."),
+    grpc_port: Optional[int] = typer.Option(None, "--grpc-port", help="Also serve Text Embeddings Inference's gRPC API (tei.v1: Info, Embed, Predict, Rerank, Tokenize, their streams, and gRPC health) on this port of --host, from the same process, models, limits and API key (metadata 'authorization: Bearer KEY'); the metadata 'x-model' picks a served model. Needs poolkit[grpc]. Default: no gRPC."),
     api_server_count: int = typer.Option(1, "--api-server-count", help="API server processes (vLLM's option): above 1, the models load first and that many processes parse, validate and answer requests, one of them running the models; for many small requests on a host with cores to spare."),
     quiet: bool = QuietOpt,
     verbose: bool = VerboseOpt,
@@ -95,6 +96,15 @@ def serve(
             from ..server.tracing import check_endpoint
 
             otlp_traces_endpoint = check_endpoint(otlp_traces_endpoint)
+        if grpc_port is not None:  # checked before the model loads
+            from ...contracts.errors import InvalidRequest
+            from ..grpc.stubs import tei
+
+            if not 0 < grpc_port < 65536 or grpc_port == port:
+                raise InvalidRequest(f"--grpc-port must be a free port other than --port, from 1 to 65535; got {grpc_port}")
+            if ray_serve or api_server_count > 1:
+                raise InvalidRequest("--grpc-port is served by the process that runs the models: it takes neither --ray-serve nor --api-server-count above 1")
+            tei()
         adapters = _lora_modules(lora_modules or [], args)
         if adapters and api_server_count > 1:
             from ...contracts.errors import InvalidRequest
@@ -122,11 +132,14 @@ def serve(
         log = logging.getLogger("poolkit.entrypoints.server")
         for path, name in zip(paths, names):
             log.info("serving %s as '%s' on http://%s:%d", path, name, host, port)
+        if grpc_port is not None:
+            log.info("serving TEI's gRPC API (tei.v1) on %s:%d", host, grpc_port)
         options = dict(
             served_model_name=names if len(names) > 1 else names[0], api_key=api_key, limits=limits, chat_template=chat_template,
             score_template=score_template, cache_size=cache_size, cache_max_bytes=cache_max_bytes, auto_truncate=auto_truncate,
             default_prompt_name=default_prompt_name, allowed_media_domains=allowed_media_domains,
             otlp_traces_endpoint=otlp_traces_endpoint, lora_modules=adapters,
+            **({"grpc_port": grpc_port} if grpc_port is not None else {}),
         )
         if ray_serve:
             from ..integrations import ray_serve as deployment

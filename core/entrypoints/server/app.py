@@ -45,6 +45,8 @@ def create_app(
     allowed_media_domains: Sequence[str] | None = None,
     otlp_traces_endpoint: str | None = None,
     lora_modules: Sequence[LoRARequest] | None = None,
+    grpc_port: int | None = None,
+    grpc_host: str = "127.0.0.1",
 ) -> FastAPI:
     """The FastAPI application serving ``llm``, or several models.
 
@@ -79,6 +81,9 @@ def create_app(
         lora_modules: LoRA adapters served under their names (vLLM's ``--lora-modules``), each on the
             model its ``base_model_name`` names (default: the first), which must be loaded with
             ``enable_lora``; a request whose ``model`` names one runs with it (docs/lora.md).
+        grpc_port: also serve TEI's gRPC API (:mod:`poolkit.entrypoints.grpc`) on this port of
+            ``grpc_host`` while the application runs (0: a free port, then in the state's
+            ``grpc_port``); by default none. Needs the ``grpc`` extra.
 
     Example:
         >>> from fastapi.testclient import TestClient
@@ -124,8 +129,15 @@ def create_app(
                     model.batcher = model.new_batcher()
             st.drained = st.draining = False
         st.started()
+        if grpc_port is not None:
+            from ..grpc.server import start
+
+            st.grpc_server, st.grpc_port = await start(st, grpc_host, grpc_port)
         yield
         st.draining = True
+        if st.grpc_server is not None:  # new calls are refused; those in flight finish first
+            await st.grpc_server.stop(st.limits.shutdown_timeout)
+            st.grpc_server = None
         if st.before_drain is not None:  # the API processes in front of this one end first
             await asyncio.to_thread(st.before_drain)
         batchers = [m.batcher for m in st.models if m.batcher is not None]
@@ -235,6 +247,9 @@ def run(
     if api_server_count != 1:
         from .processes import serve_processes
 
+        if options.get("grpc_port") is not None:
+            raise InvalidRequest("--grpc-port is served by the process that runs the models; leave --api-server-count at 1")
+
         many = isinstance(llm, (list, tuple))
         loaders = [m if callable(m) and not hasattr(m, "model") else (lambda m=m: m) for m in (llm if many else [llm])]
         serve_processes(
@@ -244,7 +259,7 @@ def run(
             host=host, port=port, shutdown_timeout=limits.shutdown_timeout,
         )
         return
-    _serve(create_app(llm, limits=limits, **options), limits, host=host, port=port, **serving)
+    _serve(create_app(llm, limits=limits, grpc_host=host, **options), limits, host=host, port=port, **serving)
 
 
 def _serve(app: FastAPI, limits: ServerLimits, *, sockets: list[Any] | None = None, **config: Any) -> None:

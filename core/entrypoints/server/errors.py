@@ -86,7 +86,7 @@ def tei_status(status: int) -> tuple[int, str]:
     return status, _TEI_TYPES.get(status, "Validation" if 400 <= status < 500 else "Backend")
 
 
-def _clean(message: str, scrub: Sequence[tuple[str, str]]) -> str:
+def clean_message(message: str, scrub: Sequence[tuple[str, str]]) -> str:
     """Paths replaced, whitespace collapsed, the message bounded."""
     for old, new in scrub:
         if old:
@@ -99,13 +99,13 @@ def _clean(message: str, scrub: Sequence[tuple[str, str]]) -> str:
 
 def error_body(status: int, message: str, param: str | None = None, scrub: Sequence[tuple[str, str]] = ()) -> bytes:
     """The JSON error body: paths replaced, whitespace collapsed, the message bounded."""
-    error = {"message": _clean(message, scrub), "type": _ERROR_TYPES.get(status, "Error"), "param": param, "code": status}
+    error = {"message": clean_message(message, scrub), "type": _ERROR_TYPES.get(status, "Error"), "param": param, "code": status}
     return json.dumps({"error": error}, ensure_ascii=True).encode()
 
 
 def tei_error_body(error_type: str, message: str, scrub: Sequence[tuple[str, str]] = ()) -> bytes:
     """TEI's JSON error body, ``{"error", "error_type"}``."""
-    return json.dumps({"error": _clean(message, scrub), "error_type": error_type}, ensure_ascii=True).encode()
+    return json.dumps({"error": clean_message(message, scrub), "error_type": error_type}, ensure_ascii=True).encode()
 
 
 def _rendered(error: ApiError, tei: bool, scrub: Sequence[tuple[str, str]] = ()) -> tuple[int, bytes]:

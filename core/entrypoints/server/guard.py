@@ -137,6 +137,13 @@ def _unready(model: "ModelState") -> ApiError | None:
     return None
 
 
+def bearer_matches(authorization: str | None, key_digest: bytes) -> bool:
+    """Whether an ``Authorization`` value is ``Bearer <the API key>`` (compared by digest, in constant time)."""
+    scheme, _, token = (authorization or "").partition(" ")
+    digest = hashlib.sha256(token.strip().encode("utf-8", "surrogateescape")).digest()
+    return scheme.lower() == "bearer" and secrets.compare_digest(digest, key_digest)
+
+
 class Guard:
     """ASGI middleware: key, admission, content type and body size before anything is parsed.
 
@@ -154,10 +161,7 @@ class Guard:
         state.guard = self
 
     def _authorized(self, scope: dict) -> bool:
-        given = _header(scope, b"authorization") or ""
-        scheme, _, token = given.partition(" ")
-        digest = hashlib.sha256(token.strip().encode("utf-8", "surrogateescape")).digest()
-        return scheme.lower() == "bearer" and secrets.compare_digest(digest, self.state.key_digest)
+        return bearer_matches(_header(scope, b"authorization"), self.state.key_digest)
 
     def _unauthorized(self, scope: dict, path: str) -> ApiError | None:
         """The 401 of a protected route without the key: checked before anything else, the model

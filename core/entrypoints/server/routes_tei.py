@@ -23,7 +23,7 @@ poolkit's message with TEI's status and type.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple, Optional, Union
 
 import numpy as np
 import torch
@@ -288,13 +288,20 @@ def _prompt_name(st: ModelState, name: str | None) -> str | None:
     return name if name is not None else st.options.default_prompt_name
 
 
+class Rows(NamedTuple):
+    """What a TEI route computed: one result row per input, and the prompt tokens they took."""
+
+    rows: list[torch.Tensor]
+    tokens: int
+
+
 async def _rows(request: Request, st: ModelState, llm: LLM, task: str, prompts: list[Any], params: PoolingParams,
-                prompt_name: str | None = None, input_type: str | None = None) -> list[torch.Tensor]:
+                prompt_name: str | None = None, input_type: str | None = None) -> Rows:
     _, results = await run_task(request, st, llm, task, prompts, params, prompt_name=prompt_name, input_type=input_type)
     rows = results.rows()
     if not all(bool(torch.isfinite(r).all()) for r in rows if r.is_floating_point()):
         raise ApiError(424, "the model produced a non-finite value (NaN or Infinity)", tei=BACKEND)
-    return rows
+    return Rows(rows, results.num_tokens)
 
 
 def _floats(rows: list[torch.Tensor]) -> list[np.ndarray]:
@@ -309,9 +316,12 @@ async def _arrays(payload: Any, size: int) -> Response:
 # -- embeddings ------------------------------------------------------------------------------------
 
 
-@ENDPOINTS.post("/embed", "Embeddings (TEI).", task=EMBED, openapi_extra=_answer("/embed"))
-async def embed(body: EmbedRequest, request: Request, st: State, llm: Model) -> Response:
-    check_model(st, body.model)
+# The routes' work, each a function TEI's gRPC API (poolkit.entrypoints.grpc) calls with the same
+# request bodies, so that both APIs check and compute alike; the routes write JSON of what they return.
+
+
+async def embed_rows(body: EmbedRequest, request: Request, st: ModelState, llm: LLM) -> Rows:
+    """``/embed``: the embeddings of the inputs."""
     _needs(llm, EMBED, "Model is not an embedding model")
     prompts, _ = _items(st, body.inputs)
     if body.dimensions is not None:
@@ -322,13 +332,11 @@ async def embed(body: EmbedRequest, request: Request, st: State, llm: Model) -> 
         dimensions=body.dimensions, use_activation=_activation(llm, EMBED, body.normalize),
         **_truncation(st, body.truncate, body.truncation_direction),
     )
-    rows = await _rows(request, st, llm, EMBED, prompts, params, _prompt_name(st, body.prompt_name))
-    return await _arrays(_floats(rows), sum(r.numel() for r in rows))
+    return await _rows(request, st, llm, EMBED, prompts, params, _prompt_name(st, body.prompt_name))
 
 
-@ENDPOINTS.post("/embed_all", "Every token's vector (TEI).", task=TOKEN_EMBED, openapi_extra=_answer("/embed_all"))
-async def embed_all(body: EmbedAllRequest, request: Request, st: State, llm: Model) -> Response:
-    check_model(st, body.model)
+async def embed_all_rows(body: EmbedAllRequest, request: Request, st: ModelState, llm: LLM) -> Rows:
+    """``/embed_all``: every token's vector of each input."""
     _needs(llm, TOKEN_EMBED, "Model is not an embedding model")
     prompts, _ = _items(st, body.inputs)
     params = pooling_params(
@@ -338,7 +346,34 @@ async def embed_all(body: EmbedAllRequest, request: Request, st: State, llm: Mod
     # TEI names a model's prompts; "query" and "document", where the model has no prompt of that
     # name, are a multi-vector model's retrieval sides (its markers, lengths, query expansion).
     role = prompt_name if prompt_name in ROLES and prompt_name not in st.renderer.model.prompts else None
-    rows = await _rows(request, st, llm, TOKEN_EMBED, prompts, params, None if role else prompt_name, role)
+    return await _rows(request, st, llm, TOKEN_EMBED, prompts, params, None if role else prompt_name, role)
+
+
+async def sparse_rows(body: EmbedSparseRequest, request: Request, st: ModelState, llm: LLM) -> Rows:
+    """``/embed_sparse``: each input's vocabulary-wide weights (dense rows; :func:`nonzero` reads them)."""
+    _needs(llm, SPARSE_EMBED, "Model is not an embedding model with SPLADE pooling")
+    prompts, _ = _items(st, body.inputs)
+    params = pooling_params(**_truncation(st, body.truncate, body.truncation_direction))
+    return await _rows(request, st, llm, SPARSE_EMBED, prompts, params, _prompt_name(st, body.prompt_name))
+
+
+def nonzero(row: torch.Tensor) -> tuple[list[int], list[float]]:
+    """A sparse row's non-zero weights: their indices, ascending, and values (TEI's ``SparseValue``s)."""
+    index = torch.nonzero(row, as_tuple=True)[0]
+    return index.tolist(), row[index].float().numpy().astype(np.float64).tolist()
+
+
+@ENDPOINTS.post("/embed", "Embeddings (TEI).", task=EMBED, openapi_extra=_answer("/embed"))
+async def embed(body: EmbedRequest, request: Request, st: State, llm: Model) -> Response:
+    check_model(st, body.model)
+    rows = (await embed_rows(body, request, st, llm)).rows
+    return await _arrays(_floats(rows), sum(r.numel() for r in rows))
+
+
+@ENDPOINTS.post("/embed_all", "Every token's vector (TEI).", task=TOKEN_EMBED, openapi_extra=_answer("/embed_all"))
+async def embed_all(body: EmbedAllRequest, request: Request, st: State, llm: Model) -> Response:
+    check_model(st, body.model)
+    rows = (await embed_all_rows(body, request, st, llm)).rows
     return await _arrays(_floats(rows), sum(r.numel() for r in rows))
 
 
@@ -347,18 +382,10 @@ async def embed_all(body: EmbedAllRequest, request: Request, st: State, llm: Mod
 )
 async def embed_sparse(body: EmbedSparseRequest, request: Request, st: State, llm: Model) -> Response:
     check_model(st, body.model)
-    _needs(llm, SPARSE_EMBED, "Model is not an embedding model with SPLADE pooling")
-    prompts, _ = _items(st, body.inputs)
-    params = pooling_params(**_truncation(st, body.truncate, body.truncation_direction))
-    rows = await _rows(request, st, llm, SPARSE_EMBED, prompts, params, _prompt_name(st, body.prompt_name))
+    rows = (await sparse_rows(body, request, st, llm)).rows
 
     def build() -> list:
-        out = []
-        for row in rows:
-            index = torch.nonzero(row, as_tuple=True)[0]
-            values = row[index].float().numpy().astype(np.float64).tolist()
-            out.append([{"index": i, "value": v} for i, v in zip(index.tolist(), values)])
-        return out
+        return [[{"index": i, "value": v} for i, v in zip(*nonzero(row))] for row in rows]
 
     return await respond(build, sum(r.numel() for r in rows))
 
@@ -380,7 +407,7 @@ async def similarity(body: SimilarityRequest, request: Request, st: State, llm: 
             raise _empty_input()
         checked_text(text, "inputs")
     params = pooling_params(use_activation=False, **_truncation(st, given.truncate, given.truncation_direction))
-    rows = await _rows(request, st, llm, EMBED, texts, params, _prompt_name(st, given.prompt_name))
+    rows = (await _rows(request, st, llm, EMBED, texts, params, _prompt_name(st, given.prompt_name))).rows
     vectors = torch.stack([r.float() for r in rows])
     scores = torch.nn.functional.cosine_similarity(vectors[:1], vectors[1:], dim=-1)
     return await respond(lambda: scores.double().tolist(), len(sentences))
@@ -410,9 +437,8 @@ def _predict_items(inputs: Any) -> tuple[list[Any], bool]:
     return items, batched
 
 
-@ENDPOINTS.post("/predict", "Class scores of texts or text pairs (TEI).", task=CLASSIFY, openapi_extra=_answer("/predict"))
-async def predict(body: PredictRequest, request: Request, st: State, llm: Model) -> Response:
-    check_model(st, body.model)
+async def predict_rows(body: PredictRequest, request: Request, st: ModelState, llm: LLM) -> tuple[Rows, bool]:
+    """``/predict``: each input's class scores (:func:`predictions` ranks them), and whether the inputs were a batch."""
     _needs(llm, CLASSIFY, "Model is not a classifier model")
     items, batched = _predict_items(body.inputs)
     _batch(st, len(items), batched)
@@ -427,15 +453,23 @@ async def predict(body: PredictRequest, request: Request, st: State, llm: Model)
     params = pooling_params(
         use_activation=_activation(llm, CLASSIFY, not body.raw_scores), **_truncation(st, body.truncate, body.truncation_direction)
     )
-    rows = await _rows(request, st, llm, CLASSIFY, prompts, params)
+    return await _rows(request, st, llm, CLASSIFY, prompts, params), batched
+
+
+def predictions(row: torch.Tensor, id2label: dict[int, str]) -> list[tuple[float, str]]:
+    """One input's ``(score, label)`` for every class, the highest score first (TEI's order)."""
+    scores = row.reshape(-1).double().tolist()
+    return [(scores[i], id2label.get(i, f"LABEL_{i}")) for i in sorted(range(len(scores)), key=lambda i: -scores[i])]
+
+
+@ENDPOINTS.post("/predict", "Class scores of texts or text pairs (TEI).", task=CLASSIFY, openapi_extra=_answer("/predict"))
+async def predict(body: PredictRequest, request: Request, st: State, llm: Model) -> Response:
+    check_model(st, body.model)
+    (rows, _), batched = await predict_rows(body, request, st, llm)
     id2label = llm.model.id2label
 
     def build() -> list:
-        out = []
-        for row in rows:
-            scores = row.reshape(-1).double().tolist()
-            ranked = sorted(range(len(scores)), key=lambda i: -scores[i])
-            out.append([{"score": scores[i], "label": id2label.get(i, f"LABEL_{i}")} for i in ranked])
+        out = [[{"score": score, "label": label} for score, label in predictions(row, id2label)] for row in rows]
         return out if batched else out[0]
 
     return await respond(build, sum(r.numel() for r in rows))
@@ -447,24 +481,35 @@ async def predict(body: PredictRequest, request: Request, st: State, llm: Model)
 )
 async def rerank(body: TeiRerankRequest, request: Request, st: State, llm: Model) -> Response:
     check_model(st, body.model)
-    if not body.texts:
+    ranks, _ = await rerank_pairs(request, st, llm, [body.query], body.texts, body)
+    return await respond(lambda: ranks, len(ranks))
+
+
+async def rerank_pairs(
+    request: Request, st: ModelState, llm: LLM, queries: list[str], texts: list[str], body: TeiRerankRequest
+) -> tuple[list[dict[str, Any]], int]:
+    """``/rerank``: ``texts`` ranked by their score against the query (one query, or one a text), the
+    highest first, and the prompt tokens scored; ``body`` says the rest (``raw_scores``,
+    ``return_text``, the truncation)."""
+    if not texts:
         raise _empty_list("texts")
     if not has_scorer(llm):
         raise ApiError(424, "model is not a re-ranker model", tei=BACKEND)
-    _batch(st, len(body.texts), True)
-    if body.query:
-        checked_text(body.query, "query")
-    for text in body.texts:
+    _batch(st, len(texts), True)
+    for query in set(queries):
+        if query:
+            checked_text(query, "query")
+    for query, text in zip(queries * len(texts) if len(queries) == 1 else queries, texts):
         if text:
             checked_text(text, "texts")
-        elif not body.query:  # TEI: a pair is empty when both sides are; one empty side is scored
+        elif not query:  # TEI: a pair is empty when both sides are; one empty side is scored
             raise _empty_input()
     params = pooling_params(use_activation=False if body.raw_scores else None, **_truncation(st, body.truncate, body.truncation_direction))
-    outputs = await score_pairs(request, st, llm, llm.pair(body.query, body.texts), params, None)
+    outputs = await score_pairs(request, st, llm, llm.pair(queries[0] if len(queries) == 1 else queries, texts), params, None)
     scores = [float(o.outputs.score) for o in outputs]
     order = sorted(range(len(scores)), key=lambda i: -scores[i])
-    ranks = [{"index": i, **({"text": body.texts[i]} if body.return_text else {}), "score": scores[i]} for i in order]
-    return await respond(lambda: ranks, len(ranks))
+    ranks = [{"index": i, **({"text": texts[i]} if body.return_text else {}), "score": scores[i]} for i in order]
+    return ranks, sum(len(o.prompt_token_ids) for o in outputs)
 
 
 # -- tokenizer -------------------------------------------------------------------------------------
@@ -488,6 +533,12 @@ def utf8_offsets(text: str) -> np.ndarray | None:
 )
 async def tokenize(body: TeiTokenizeRequest, request: Request, st: State, llm: Model) -> Response:
     check_model(st, body.model)
+    result = await tokens_of(body, request, st, llm)
+    return await respond(lambda: result, sum(map(len, result)))
+
+
+async def tokens_of(body: TeiTokenizeRequest, request: Request, st: ModelState, llm: LLM) -> list[list[dict[str, Any]]]:
+    """``/tokenize``: each input's tokens, with their text and UTF-8 byte offsets (none for special tokens)."""
     texts = [body.inputs] if isinstance(body.inputs, str) else list(body.inputs)
     if not texts:
         raise _empty_list("inputs")
@@ -521,13 +572,18 @@ async def tokenize(body: TeiTokenizeRequest, request: Request, st: State, llm: M
             out.append(tokens)
         return out
 
-    result = await until_done(request, st, st.batcher.call(run, tokens))
-    return await respond(lambda: result, sum(map(len, result)))
+    return await until_done(request, st, st.batcher.call(run, tokens))
 
 
 @ENDPOINTS.post("/decode", "The text of token ids (TEI).", openapi_extra=_answer("/decode"))
 async def decode(body: DecodeRequest, request: Request, st: State, llm: Model) -> Response:
     check_model(st, body.model)
+    texts = await texts_of(body, request, st, llm)
+    return await respond(lambda: texts, len(texts))
+
+
+async def texts_of(body: DecodeRequest, request: Request, st: ModelState, llm: LLM) -> list[str]:
+    """``/decode``: the text of each list of token ids."""
     ids = body.ids
     batched = bool(ids) and not all(isinstance(i, int) for i in ids)
     items = list(ids) if batched else [ids]
@@ -539,10 +595,9 @@ async def decode(body: DecodeRequest, request: Request, st: State, llm: Model) -
     tok = llm.get_tokenizer()
     count = sum(map(len, items))
     check_tokens(st, count, "ids")
-    texts = await until_done(
+    return await until_done(
         request, st, st.batcher.call(lambda: [tok.decode(item, skip_special_tokens=body.skip_special_tokens) for item in items], count)
     )
-    return await respond(lambda: texts, len(texts))
 
 
 # -- the model and the root route ------------------------------------------------------------------
@@ -556,18 +611,29 @@ async def info(request: Request, st: State, llm: Model) -> Response:
     if name is not None:
         st = served_model(request.app.state.poolkit, name)
         llm = await loaded_llm(st)
+    return Response(dump(info_of(st, llm)), media_type="application/json")
+
+
+def model_kind(llm: LLM) -> str:
+    """TEI's model type of ``llm``: ``"reranker"`` (a classifier of one label), ``"classifier"`` or ``"embedding"``."""
+    if CLASSIFY in llm.supported_tasks and llm.model.id2label:
+        return "reranker" if len(llm.model.id2label) == 1 else "classifier"
+    return "embedding"
+
+
+def info_of(st: ModelState, llm: LLM) -> dict[str, Any]:
+    """``/info``: the served model and the server's limits, in TEI's fields."""
     model = llm.model
     tasks = llm.supported_tasks
     labels = {str(i): label for i, label in sorted(model.id2label.items())} if CLASSIFY in tasks else {}
     if labels:
-        kind = "reranker" if len(labels) == 1 else "classifier"
-        model_type: dict = {kind: {"id2label": labels, "label2id": {label: int(i) for i, label in labels.items()}}}
+        model_type: dict = {model_kind(llm): {"id2label": labels, "label2id": {label: int(i) for i, label in labels.items()}}}
     else:
         pooling = model.pooling_type(llm.task(EMBED)).value if EMBED in tasks and SPARSE_EMBED not in tasks else "splade"
         pooling = pooling[0] if isinstance(pooling, (tuple, list)) and pooling else pooling
         model_type = {"embedding": {"pooling": str(pooling).lower()}}
     limits = st.limits
-    payload = {
+    return {
         "model_id": st.served,
         "model_sha": None,
         "model_dtype": str(model.dtype).removeprefix("torch."),
@@ -584,7 +650,6 @@ async def info(request: Request, st: State, llm: Model) -> Response:
         "sha": None,
         "docker_label": None,
     }
-    return Response(dump(payload), media_type="application/json")
 
 
 def root_paths(llm: LLM) -> list[str]:

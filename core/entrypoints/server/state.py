@@ -307,6 +307,9 @@ class ServerState:
         self.guard: Any = None
         #: The server's :class:`~poolkit.entrypoints.server.tracing.Tracing` (``--otlp-traces-endpoint``), else ``None``.
         self.tracing: Any = None
+        #: TEI's gRPC API while it runs (``--grpc-port``, :mod:`poolkit.entrypoints.grpc`), and its port.
+        self.grpc_server: Any = None
+        self.grpc_port: int | None = None
 
     def add_model(self, served_model_name: str | None, options: ModelOptions) -> ModelState:
         """A new served model with this server's limits and the command line's ``options``."""

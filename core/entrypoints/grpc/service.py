@@ -1,0 +1,403 @@
+"""The RPCs of TEI's five services (``tei.v1``: Info, Embed, Predict, Rerank, Tokenize), each running
+the work of the TEI HTTP route it mirrors (:mod:`poolkit.entrypoints.server.routes_tei`) on the
+server's models and batchers.
+
+What differs from the HTTP routes is what TEI's gRPC API says differently: one input a message;
+proto3's defaults (``truncate`` false whatever ``--auto-truncate`` says, ``normalize`` true when
+unset, ``add_special_tokens`` and ``skip_special_tokens`` false); gRPC status codes for TEI's error
+types (:func:`grpc_status`); the model chosen by the ``x-model`` metadata (the first when absent).
+
+Streams (``EmbedStream``, ``PredictStream``, ...) answer each message as soon as it and those
+before it are done, in order, with up to ``--max-concurrent-requests`` messages of one stream in
+the batcher at once (a stream waits for room instead of being refused); a message that fails ends
+the stream with its status, after the answers before it. ``RerankStream`` collects its messages,
+one (query, text) pair each, and answers once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable
+
+import grpc
+
+from ...contracts.errors import PoolkitError
+from ..server.errors import ApiError, ClientGone, clean_message, status_of, tei_status
+from ..server.guard import bearer_matches
+from ..server.inputs import served_model
+from ..server.routes_tei import (
+    DecodeRequest, EmbedAllRequest, EmbedRequest, EmbedSparseRequest, PredictRequest, TeiRerankRequest,
+    TeiTokenizeRequest, embed_all_rows, embed_rows, info_of, model_kind, nonzero, predict_rows, predictions,
+    rerank_pairs, sparse_rows, texts_of, tokens_of,
+)
+from ..server.work import DISCONNECTED
+
+if TYPE_CHECKING:
+    from ...api.llm import LLM
+    from ..server.state import ModelState, ServerState
+
+logger = logging.getLogger(__name__)
+
+#: The gRPC code of each HTTP status the server's errors carry that names one outright.
+_BY_STATUS = {
+    401: grpc.StatusCode.UNAUTHENTICATED, 404: grpc.StatusCode.NOT_FOUND, 429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    499: grpc.StatusCode.CANCELLED, 500: grpc.StatusCode.INTERNAL, 501: grpc.StatusCode.UNIMPLEMENTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+}
+#: TEI's gRPC code of each of its error types (its ``router/src/grpc/server.rs``).
+_BY_TEI_TYPE = {
+    "Validation": grpc.StatusCode.INVALID_ARGUMENT, "Empty": grpc.StatusCode.INVALID_ARGUMENT,
+    "Backend": grpc.StatusCode.FAILED_PRECONDITION, "Tokenizer": grpc.StatusCode.FAILED_PRECONDITION,
+    "Overloaded": grpc.StatusCode.RESOURCE_EXHAUSTED, "Unhealthy": grpc.StatusCode.UNAVAILABLE,
+}
+#: TEI's ``TruncationDirection`` values.
+_DIRECTIONS = {0: "right", 1: "left"}
+#: TEI's ``ModelType`` values by :func:`~poolkit.entrypoints.server.routes_tei.model_kind`.
+_MODEL_TYPES = {"embedding": 0, "classifier": 1, "reranker": 2}
+
+
+class Refused(Exception):
+    """A call refused before any work: its gRPC code and message."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def grpc_status(exc: BaseException, scrub: list[tuple[str, str]]) -> tuple[grpc.StatusCode, str]:
+    """The gRPC code and message of an error a call raised: the HTTP route's message, with the
+    code TEI's gRPC server gives its error type (``InvalidArgument`` for validation,
+    ``FailedPrecondition`` for a model of the wrong type, ``ResourceExhausted`` when overloaded)."""
+    if isinstance(exc, Refused):
+        return exc.code, exc.message
+    if isinstance(exc, ClientGone):
+        return grpc.StatusCode.CANCELLED, "the client cancelled the call"
+    if isinstance(exc, ApiError):
+        status, kind, message = exc.status, (exc.tei or tei_status(exc.status))[1], exc.message
+    elif isinstance(exc, PoolkitError):
+        status = status_of(exc)
+        kind, message = tei_status(status)[1], str(exc) or type(exc).__name__
+    else:
+        logger.error("gRPC call failed: %r", exc, exc_info=exc)
+        return grpc.StatusCode.INTERNAL, "internal server error"
+    code = _BY_STATUS.get(status) or _BY_TEI_TYPE.get(kind, grpc.StatusCode.INVALID_ARGUMENT)
+    return code, clean_message(message, scrub)
+
+
+class _Call:
+    """What the routes' work reads of a request: a future the call's end sets, so that work still
+    queued for a call that is over (cancelled, or past its deadline) is dropped."""
+
+    def __init__(self, context: grpc.aio.ServicerContext) -> None:
+        gone = asyncio.get_running_loop().create_future()
+        context.add_done_callback(lambda _: gone.done() or gone.set_result(None))
+        self.scope = {DISCONNECTED: gone}
+
+
+def _direction(value: int) -> str:
+    if value not in _DIRECTIONS:
+        raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"truncation_direction must be 0 (right) or 1 (left), got {value}")
+    return _DIRECTIONS[value]
+
+
+def _optional(message: Any, field: str, default: Any = None) -> Any:
+    return getattr(message, field) if message.HasField(field) else default
+
+
+def _streaming(method: str, one: str) -> Callable[..., AsyncIterator[Any]]:
+    """A bidirectional streaming RPC answering each message with the service's method ``one``
+    (an async generator function, as grpc.aio serves streams; the answers' stream is closed with it)."""
+
+    async def rpc(self: TeiService, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async with contextlib.aclosing(self._stream(requests, context, method, getattr(self, one))) as answers:
+            async for answer in answers:
+                yield answer
+
+    return rpc
+
+
+class TeiService:
+    """Every RPC of ``tei.v1``'s services, registered once for each of them.
+
+    Args:
+        state: the HTTP server's state (its models, limits, API key and metrics).
+        pb: TEI's message classes (:func:`~poolkit.entrypoints.grpc.stubs.tei`).
+    """
+
+    def __init__(self, state: ServerState, pb: Any) -> None:
+        self.state = state
+        self.pb = pb
+
+    # -- the call: key, model, admission, status ---------------------------------------------------
+
+    def _model(self, context: grpc.aio.ServicerContext) -> ModelState:
+        """The model a call names (``x-model``), after the key; refusals as TEI's codes."""
+        st = self.state
+        metadata = dict(context.invocation_metadata() or ())
+        if st.key_digest is not None and not bearer_matches(metadata.get("authorization"), st.key_digest):
+            raise Refused(grpc.StatusCode.UNAUTHENTICATED, "No valid auth token")
+        name = metadata.get("x-model")
+        model = served_model(st, name) if name is not None else st.first
+        if model.load_error is not None:
+            raise Refused(grpc.StatusCode.UNAVAILABLE, "the model failed to load")
+        if not model.ready:
+            raise Refused(grpc.StatusCode.UNAVAILABLE, "the model is loading; retry shortly")
+        if st.draining:
+            raise Refused(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
+        return model
+
+    async def _answer(self, context: grpc.aio.ServicerContext, method: str,
+                      work: Callable[[ModelState, LLM, _Call], Awaitable[Any]], admit: bool = True) -> Any:
+        """Run one call's ``work`` as the HTTP guard runs a request: the key and model, then a slot
+        of ``--max-concurrent-requests`` (``ResourceExhausted`` beyond it); counted in ``/metrics``
+        under the method's name and its status code."""
+        st, start, code, failure, admitted = self.state, time.perf_counter(), grpc.StatusCode.OK, None, False
+        try:
+            model = self._model(context)
+            if admit:
+                if st.in_flight >= st.limits.max_concurrent_requests:
+                    st.metrics.rejected.inc()
+                    raise Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, f"the server is busy ({st.in_flight} requests in flight); retry later")
+                st.in_flight += 1
+                admitted = True
+            return await work(model, model.llm, _Call(context))
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception as exc:  # noqa: BLE001 - every error is a status
+            code, message = grpc_status(exc, st.scrub)
+            failure = (code, message)
+        finally:
+            if admitted:
+                st.in_flight -= 1
+                st.metrics.fold()
+            st.metrics.observe(method, code.name, time.perf_counter() - start)
+        await context.abort(*failure)
+
+    async def _stream(self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext, method: str,
+                      one: Callable[[Any, ModelState, LLM, _Call], Awaitable[Any]]) -> AsyncIterator[Any]:
+        """Answer a bidirectional stream: each message as a call of its own, several at once, the
+        answers in the order of the messages; the first failure ends the stream with its status."""
+        st, start, code, failure = self.state, time.perf_counter(), grpc.StatusCode.OK, None
+        pending: asyncio.Queue = asyncio.Queue()  # each message's task, in order; None after the last
+        reader: asyncio.Future | None = None
+        try:
+            model = self._model(context)
+            llm, call = model.llm, _Call(context)
+            slots = asyncio.Semaphore(st.limits.max_concurrent_requests)
+
+            async def run(message: Any) -> Any:
+                st.in_flight += 1
+                try:
+                    return await one(message, model, llm, call)
+                finally:
+                    st.in_flight -= 1
+                    slots.release()
+
+            async def read() -> None:
+                try:
+                    async for message in requests:
+                        await slots.acquire()  # a stream waits for room, it is not refused
+                        pending.put_nowait(asyncio.ensure_future(run(message)))
+                finally:
+                    pending.put_nowait(None)
+
+            reader = asyncio.ensure_future(read())
+            while (task := await pending.get()) is not None:
+                yield await task
+            await reader  # what reading the messages raised, if anything
+        except (asyncio.CancelledError, GeneratorExit):
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception as exc:  # noqa: BLE001 - every error is a status
+            code, message = grpc_status(exc, st.scrub)
+            failure = (code, message)
+        finally:
+            if reader is not None:
+                reader.cancel()
+            while not pending.empty():
+                task = pending.get_nowait()
+                if task is not None:
+                    task.cancel()
+            st.metrics.observe(method, code.name, time.perf_counter() - start)
+        if failure is not None:
+            await context.abort(*failure)
+
+    def _metadata(self, chars: int, tokens: int, start: float) -> Any:
+        return self.pb.Metadata(compute_chars=chars, compute_tokens=tokens, total_time_ns=int((time.perf_counter() - start) * 1e9))
+
+    # -- Info ----------------------------------------------------------------------------------------
+
+    async def Info(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def work(st: ModelState, llm: LLM, call: _Call) -> Any:
+            info = info_of(st, llm)
+            return self.pb.InfoResponse(
+                version=info["version"], model_id=str(info["model_id"]), model_dtype=info["model_dtype"],
+                model_type=_MODEL_TYPES[model_kind(llm)], max_concurrent_requests=info["max_concurrent_requests"],
+                max_input_length=info["max_input_length"] or 0, max_batch_tokens=info["max_batch_tokens"],
+                max_client_batch_size=info["max_client_batch_size"], tokenization_workers=info["tokenization_workers"],
+            )
+
+        return await self._answer(context, "/tei.v1.Info/Info", work, admit=False)
+
+    # -- Embed ---------------------------------------------------------------------------------------
+
+    async def _embed(self, m: Any, st: ModelState, llm: LLM, call: _Call) -> Any:
+        start = time.perf_counter()
+        body = EmbedRequest.model_construct(
+            inputs=m.inputs, truncate=m.truncate, normalize=_optional(m, "normalize", True),
+            truncation_direction=_direction(m.truncation_direction), prompt_name=_optional(m, "prompt_name"),
+            dimensions=_optional(m, "dimensions"),
+        )
+        rows, tokens = await embed_rows(body, call, st, llm)
+        return self.pb.EmbedResponse(embeddings=rows[0].float().tolist(), metadata=self._metadata(len(m.inputs), tokens, start))
+
+    async def _embed_sparse(self, m: Any, st: ModelState, llm: LLM, call: _Call) -> Any:
+        start = time.perf_counter()
+        body = EmbedSparseRequest.model_construct(
+            inputs=m.inputs, truncate=m.truncate, truncation_direction=_direction(m.truncation_direction),
+            prompt_name=_optional(m, "prompt_name"),
+        )
+        rows, tokens = await sparse_rows(body, call, st, llm)
+        values = [self.pb.SparseValue(index=i, value=v) for i, v in zip(*nonzero(rows[0]))]
+        return self.pb.EmbedSparseResponse(sparse_embeddings=values, metadata=self._metadata(len(m.inputs), tokens, start))
+
+    async def _embed_all(self, m: Any, st: ModelState, llm: LLM, call: _Call) -> Any:
+        start = time.perf_counter()
+        body = EmbedAllRequest.model_construct(
+            inputs=m.inputs, truncate=m.truncate, truncation_direction=_direction(m.truncation_direction),
+            prompt_name=_optional(m, "prompt_name"), token_pool_factor=None,
+        )
+        rows, tokens = await embed_all_rows(body, call, st, llm)
+        vectors = [self.pb.TokenEmbedding(embeddings=token) for token in rows[0].float().tolist()]
+        return self.pb.EmbedAllResponse(token_embeddings=vectors, metadata=self._metadata(len(m.inputs), tokens, start))
+
+    async def Embed(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._answer(context, "/tei.v1.Embed/Embed", lambda *a: self._embed(request, *a))
+
+    async def EmbedSparse(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._answer(context, "/tei.v1.Embed/EmbedSparse", lambda *a: self._embed_sparse(request, *a))
+
+    async def EmbedAll(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._answer(context, "/tei.v1.Embed/EmbedAll", lambda *a: self._embed_all(request, *a))
+
+    EmbedStream = _streaming("/tei.v1.Embed/EmbedStream", "_embed")
+
+    EmbedSparseStream = _streaming("/tei.v1.Embed/EmbedSparseStream", "_embed_sparse")
+
+    EmbedAllStream = _streaming("/tei.v1.Embed/EmbedAllStream", "_embed_all")
+
+    # -- Predict -------------------------------------------------------------------------------------
+
+    async def _predict(self, m: Any, st: ModelState, llm: LLM, call: _Call, inputs: Any = None) -> Any:
+        start = time.perf_counter()
+        body = PredictRequest.model_construct(
+            inputs=m.inputs if inputs is None else inputs, truncate=m.truncate, raw_scores=m.raw_scores,
+            truncation_direction=_direction(m.truncation_direction),
+        )
+        ((row,), tokens), _ = await predict_rows(body, call, st, llm)
+        scored = [self.pb.Prediction(score=score, label=label) for score, label in predictions(row, llm.model.id2label)]
+        chars = len(m.inputs) if inputs is None else sum(map(len, inputs))
+        return self.pb.PredictResponse(predictions=scored, metadata=self._metadata(chars, tokens, start))
+
+    async def _predict_pair(self, m: Any, st: ModelState, llm: LLM, call: _Call) -> Any:
+        if not 1 <= len(m.inputs) <= 2:  # TEI's check and words
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"`inputs` must have a single or two elements. Given: {len(m.inputs)}")
+        return await self._predict(m, st, llm, call, list(m.inputs))
+
+    async def Predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._answer(context, "/tei.v1.Predict/Predict", lambda *a: self._predict(request, *a))
+
+    async def PredictPair(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._answer(context, "/tei.v1.Predict/PredictPair", lambda *a: self._predict_pair(request, *a))
+
+    PredictStream = _streaming("/tei.v1.Predict/PredictStream", "_predict")
+
+    PredictPairStream = _streaming("/tei.v1.Predict/PredictPairStream", "_predict_pair")
+
+    # -- Rerank --------------------------------------------------------------------------------------
+
+    async def _rerank(self, first: Any, queries: list[str], texts: list[str], st: ModelState, llm: LLM, call: _Call) -> Any:
+        """Rank ``texts`` against their queries (one, or one a text) with ``first``'s options."""
+        start = time.perf_counter()
+        body = TeiRerankRequest.model_construct(
+            query=queries[0] if queries else "", texts=texts, truncate=first.truncate, raw_scores=first.raw_scores,
+            return_text=first.return_text, truncation_direction=_direction(first.truncation_direction),
+        )
+        ranks, tokens = await rerank_pairs(call, st, llm, queries, texts, body)
+        chars = sum(map(len, texts)) + (len(queries[0]) * len(texts) if len(queries) == 1 else sum(map(len, queries)))
+        return self.pb.RerankResponse(ranks=[self.pb.Rank(**rank) for rank in ranks], metadata=self._metadata(chars, tokens, start))
+
+    async def Rerank(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._answer(
+            context, "/tei.v1.Rerank/Rerank", lambda *a: self._rerank(request, [request.query], list(request.texts), *a)
+        )
+
+    async def RerankStream(self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+        """Each message a (query, text) pair; ``raw_scores``, ``return_text`` and the truncation
+        are the first message's (TEI reads the first two so; poolkit the truncation too)."""
+
+        async def work(st: ModelState, llm: LLM, call: _Call) -> Any:
+            messages = []
+            async for message in requests:
+                messages.append(message)
+                if len(messages) > st.limits.max_inputs_per_request:
+                    break  # refused below as the batch-size rule words it
+            first = messages[0] if messages else self.pb.RerankStreamRequest()
+            return await self._rerank(first, [m.query for m in messages], [m.text for m in messages], st, llm, call)
+
+        return await self._answer(context, "/tei.v1.Rerank/RerankStream", work)
+
+    # -- Tokenize ------------------------------------------------------------------------------------
+
+    async def _tokenize(self, m: Any, st: ModelState, llm: LLM, call: _Call) -> Any:
+        body = TeiTokenizeRequest.model_construct(
+            inputs=m.inputs, add_special_tokens=m.add_special_tokens, prompt_name=_optional(m, "prompt_name")
+        )
+        (tokens,) = await tokens_of(body, call, st, llm)
+        return self.pb.EncodeResponse(tokens=[self.pb.SimpleToken(**{k: v for k, v in t.items() if v is not None}) for t in tokens])
+
+    async def _decode(self, m: Any, st: ModelState, llm: LLM, call: _Call) -> Any:
+        body = DecodeRequest.model_construct(ids=list(m.ids), skip_special_tokens=m.skip_special_tokens)
+        (text,) = await texts_of(body, call, st, llm)
+        return self.pb.DecodeResponse(text=text)
+
+    async def Tokenize(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._answer(context, "/tei.v1.Tokenize/Tokenize", lambda *a: self._tokenize(request, *a))
+
+    async def Decode(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._answer(context, "/tei.v1.Tokenize/Decode", lambda *a: self._decode(request, *a))
+
+    TokenizeStream = _streaming("/tei.v1.Tokenize/TokenizeStream", "_tokenize")
+
+    DecodeStream = _streaming("/tei.v1.Tokenize/DecodeStream", "_decode")
+
+
+def serving(state: ServerState, service: str) -> bool | None:
+    """Whether a ``tei.v1`` service (or the whole server, ``""``) takes calls, for the health
+    service: ``None`` for a name the server does not serve. Embed, Predict and Rerank serve once
+    the default model is loaded, each where that model does its work (Rerank: any model that can
+    score, as the routes)."""
+    from ..server.routes_tei import CLASSIFY, EMBED, SPARSE_EMBED, TOKEN_EMBED
+    from ..server.scoring import has_scorer
+
+    if service not in ("", "tei.v1.Info", "tei.v1.Tokenize", "tei.v1.Embed", "tei.v1.Predict", "tei.v1.Rerank"):
+        return None
+    if state.draining:
+        return False
+    if service in ("", "tei.v1.Info", "tei.v1.Tokenize"):
+        return True
+    model = state.first
+    if not model.ready:
+        return False
+    tasks = model.llm.supported_tasks
+    if service == "tei.v1.Embed":
+        return bool({EMBED, TOKEN_EMBED, SPARSE_EMBED} & set(tasks))
+    if service == "tei.v1.Predict":
+        return CLASSIFY in tasks
+    return has_scorer(model.llm)
+
