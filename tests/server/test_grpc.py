@@ -309,3 +309,62 @@ def test_health_says_which_services_the_default_model_serves(served):
     watched = stub.Watch(health_pb2.HealthCheckRequest(service="tei.v1.Embed"))
     assert next(watched).status == serving
     watched.cancel()
+
+
+def test_reflection_lists_teis_services(served):
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    stub = reflection_pb2_grpc.ServerReflectionStub(served[1])
+    (answer,) = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+    names = {s.name for s in answer.list_services_response.service}
+    assert {"tei.v1.Info", "tei.v1.Embed", "tei.v1.Predict", "tei.v1.Rerank", "tei.v1.Tokenize", "grpc.health.v1.Health"} <= names
+
+
+def test_a_model_still_loading_is_unavailable(minilm, tei):
+    """The server starts before its model has loaded: calls are Unavailable and the model's
+    services not serving until it has."""
+    import threading
+
+    pb, services = tei
+    loaded = threading.Event()
+    app = create_app(lambda: loaded.wait(120) and minilm, served_model_name="minilm", grpc_port=0)
+    with TestClient(app), grpc.insecure_channel(f"127.0.0.1:{app.state.poolkit.grpc_port}") as channel:
+        embed, checks = services.EmbedStub(channel), health.HealthStub(channel)
+        refused(lambda: embed.Embed(pb.EmbedRequest(inputs="x")), grpc.StatusCode.UNAVAILABLE, "loading")
+        status = checks.Check(health_pb2.HealthCheckRequest(service="tei.v1.Embed")).status
+        assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+        loaded.set()
+        watched = checks.Watch(health_pb2.HealthCheckRequest(service="tei.v1.Embed"))
+        statuses = [next(watched).status]
+        if statuses[0] != health_pb2.HealthCheckResponse.SERVING:  # the change is sent when it happens
+            statuses.append(next(watched).status)
+        watched.cancel()
+        assert statuses[-1] == health_pb2.HealthCheckResponse.SERVING
+        assert len(embed.Embed(pb.EmbedRequest(inputs="x")).embeddings) == 384
+
+
+def test_every_error_has_teis_code():
+    """What the routes' work raises, as TEI's gRPC server answers its error types."""
+    from poolkit.contracts.errors import InvalidRequest
+    from poolkit.entrypoints.grpc.service import grpc_status
+    from poolkit.entrypoints.server.errors import ApiError
+    from poolkit.runtime.batching import QueueFull, ShuttingDown
+
+    cases = [
+        (ApiError(413, "Input validation error: `inputs` cannot be empty"), grpc.StatusCode.INVALID_ARGUMENT),
+        (ApiError(400, "`texts` cannot be empty", tei=(400, "Empty")), grpc.StatusCode.INVALID_ARGUMENT),
+        (ApiError(424, "Model is not an embedding model", tei=(424, "Backend")), grpc.StatusCode.FAILED_PRECONDITION),
+        (ApiError(400, "the request has about 400000 tokens (estimated)"), grpc.StatusCode.INVALID_ARGUMENT),
+        (ApiError(404, "The model `x` does not exist."), grpc.StatusCode.NOT_FOUND),
+        (ApiError(503, "the server is shutting down"), grpc.StatusCode.UNAVAILABLE),
+        (InvalidRequest("a prompt of 300 tokens is longer than the model's 256"), grpc.StatusCode.INVALID_ARGUMENT),
+        (QueueFull("the server is busy"), grpc.StatusCode.RESOURCE_EXHAUSTED),
+        (ShuttingDown("the server is shutting down"), grpc.StatusCode.UNAVAILABLE),
+        (RuntimeError("/home/me/secret/path broke"), grpc.StatusCode.INTERNAL),
+    ]
+    for error, code in cases:
+        got, message = grpc_status(error, [("/models/minilm", "minilm")])
+        assert got == code, (error, got)
+        assert "/home/me" not in message
+    assert grpc_status(RuntimeError("x"), [])[1] == "internal server error"
+    assert grpc_status(ApiError(400, "bad /models/minilm/config.json"), [("/models/minilm", "minilm")])[1] == "bad minilm/config.json"

@@ -19,7 +19,8 @@ and images).
 The modules: :mod:`.corpus` (the texts), :mod:`.presets` (random-weight models),
 :mod:`.measure` (timings, FLOPs, peak RSS), :mod:`.base`, :mod:`.peers` and :mod:`.exports` (what poolkit is compared with),
 :mod:`.workloads` (W1..W10), :mod:`.prefix` (P, PR and PS: shared prefixes), :mod:`.retrieval` (R: what each reduction of stored token vectors costs and keeps) and :mod:`.report`; :mod:`.lora` is ``--lora N``, adapters mixed against the base and peft;
-:mod:`.load` is ``poolkit bench-serve``, the load and soak test of a server; :mod:`.standin`
+:mod:`.load` is ``poolkit bench-serve``, the load and soak test of a server, :mod:`.wire` its ``--wire`` mode
+(gRPC, JSON, base64 and raw bytes answers compared on one server); :mod:`.standin`
 is ``poolkit bench-standin``, the host/device overlap on the CPU stand-in for an accelerator.
 """
 
@@ -134,7 +135,9 @@ def poolkit_register_commands(app):
             typer.echo(json.dumps(report, indent=2) if as_json else format_table(report))
 
     @app.command("bench-serve")
-    @engine_options(model_argument=True, help_overrides={"model": "Model the started server loads (without --url)."})
+    @engine_options(model_argument=True, help_overrides={
+        "model": f"Model the started server loads (without --url), or a random-weight preset: {', '.join(PRESETS)}."
+    })
     def bench_serve(
         args: EngineArgs,
         url: Optional[str] = typer.Option(None, "--url", help="A running server; default: start `poolkit serve` on the model(s)."),
@@ -148,16 +151,18 @@ def poolkit_register_commands(app):
         ),
         cache_size: int = typer.Option(0, "--cache-size", help="The started server's --cache-size (0: no cache)."),
         clients: int = typer.Option(16, "--clients", "-c", help="Concurrent closed-loop clients."),
-        duration: float = typer.Option(60.0, "--duration", "-d", help="Seconds of load measured, after the warm-up."),
+        duration: Optional[float] = typer.Option(
+            None, "--duration", "-d", help="Seconds of load measured, after the warm-up (default 60; with --wire: per wire, default 10).",
+        ),
         rounds: Optional[int] = typer.Option(
             None, "--rounds",
             help="An amount of work instead of a duration: each client stops after this many passes over the routes "
             "(--routes every: every route once a pass; else one request), or at --duration, whichever comes first.",
         ),
-        warmup: float = typer.Option(
-            60.0, "--warmup",
-            help="Seconds of the same load first, not counted; the server's RSS at its end is the soak's baseline "
-            "(0: no warm-up, the baseline is the RSS after the first minute).",
+        warmup: Optional[float] = typer.Option(
+            None, "--warmup",
+            help="Seconds of the same load first, not counted (default 60); the server's RSS at its end is the soak's "
+            "baseline (0: no warm-up, the baseline is the RSS after the first minute). With --wire: per wire, default 3.",
         ),
         inputs: int = typer.Option(8, "--inputs", help="Texts per request (on the routes that take a list)."),
         routes: str = typer.Option(
@@ -166,6 +171,17 @@ def poolkit_register_commands(app):
             "server (OpenAI, vLLM, Cohere, TEI, /v1/models, /health, /metrics), once per served model that can run it.",
         ),
         endpoint: str = typer.Option("/v1/embeddings", "--endpoint", help="The route to load with --routes endpoint (OpenAI embeddings shape)."),
+        wire: bool = typer.Option(
+            False, "--wire",
+            help="Instead of the load: the same server over five wires in turn, one text a request -- TEI's gRPC Embed "
+            "(grpc-unary), one EmbedStream per client (grpc-stream), /v1/embeddings as float JSON (http-json), base64 "
+            "(http-base64) and vLLM's bytes (vllm-bytes) -- each client decoding every answer; per wire: requests/s "
+            "(and against http-json), p50/p99 and the server's CPU ms per request. Takes --clients, --duration and "
+            "--warmup per wire; a started server also serves gRPC; with --url, give --grpc-target.",
+        ),
+        grpc_target: Optional[str] = typer.Option(
+            None, "--grpc-target", help="With --wire and --url: the server's gRPC API, HOST:PORT (its --grpc-port).",
+        ),
         api_key: Optional[str] = typer.Option(None, "--api-key", envvar="POOLKIT_API_KEY", help="The server's API key."),
         server_log: Optional[str] = typer.Option(None, "--server-log", help="Where the started server writes its log."),
         as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
@@ -176,30 +192,51 @@ def poolkit_register_commands(app):
         --routes every for every route of several models) passes when no answer is a 5xx or a
         connection error and the server's RSS at the end is within 10% of its RSS after the warm-up.
         """
-        from .load import StartedServer, format_load, run_load
+        from ...contracts.errors import InvalidRequest
+        from .load import StartedServer, format_load, free_port, run_load
         from .mix import ROUTE_MODES
 
         with errors():
             setup_logging(True, False)
-            if routes not in ROUTE_MODES:  # before a server is started for nothing
-                from ...contracts.errors import InvalidRequest
-
+            # Checked before a server is started for nothing.
+            if routes not in ROUTE_MODES:
                 raise InvalidRequest(f"unknown --routes '{routes}'; choose from {', '.join(ROUTE_MODES)}")
+            if wire and routes != "endpoint":
+                raise InvalidRequest("--wire sends single texts to /v1/embeddings and gRPC Embed: it takes no --routes")
+            if wire and url is not None and grpc_target is None:
+                raise InvalidRequest("--wire against --url needs --grpc-target HOST:PORT (the server's --grpc-port)")
             started = None
             if url is None:
+                # A preset of `poolkit bench` (random weights, a published config) is built once and served from its folder.
+                if args.model in PRESETS:
+                    args = args.model_copy(update={"model": resolve_bench_model(args.model)[0]})
+                models = [resolve_bench_model(m)[0] if m in PRESETS else m for m in models or ()]
                 serve_flags = ["--cache-size", str(cache_size)] if cache_size else []
+                if wire:
+                    grpc_port = free_port()
+                    serve_flags += ["--grpc-port", str(grpc_port)]
+                    grpc_target = f"127.0.0.1:{grpc_port}"
                 started = StartedServer(
                     args, server_log, models=models or (), served_model_names=served_model_name or (), serve_flags=serve_flags
                 )
             try:
-                report = run_load(
-                    url or started.url, clients=clients, seconds=duration, inputs_per_request=inputs,
-                    endpoint=endpoint, routes=routes, warmup=warmup, api_key=api_key, rounds=rounds,
-                ).as_dict()
+                if wire:
+                    from .wire import format_wires, run_wires
+
+                    report = run_wires(
+                        url or started.url, grpc_target, clients=clients, seconds=10.0 if duration is None else duration,
+                        warmup=3.0 if warmup is None else warmup, api_key=api_key,
+                    )
+                else:
+                    report = run_load(
+                        url or started.url, clients=clients, seconds=60.0 if duration is None else duration,
+                        inputs_per_request=inputs, endpoint=endpoint, routes=routes,
+                        warmup=60.0 if warmup is None else warmup, api_key=api_key, rounds=rounds,
+                    ).as_dict()
             finally:
                 if started is not None:
                     started.stop()
-            typer.echo(json.dumps(report, indent=2) if as_json else format_load(report))
+            typer.echo(json.dumps(report, indent=2) if as_json else (format_wires(report) if wire else format_load(report)))
 
     @app.command("bench-standin")
     def bench_standin(

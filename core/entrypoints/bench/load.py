@@ -154,20 +154,33 @@ def _connection(url: str, timeout: float) -> http.client.HTTPConnection:
     return cls(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
 
 
-def server_rss_mb(url: str, headers: dict[str, str] | None = None) -> float | None:
-    """The server's resident memory in MiB, from its ``/metrics``; ``None`` if it does not say."""
+def server_metric(url: str, name: str, headers: Mapping[str, str] | None = None) -> float | None:
+    """The value of the unlabelled metric ``name`` in the server's ``/metrics``; ``None`` if it does not say."""
     conn = _connection(url, 10)
     try:
-        conn.request("GET", "/metrics", headers=headers or {})
+        conn.request("GET", "/metrics", headers=dict(headers or {}))
         text = conn.getresponse().read().decode()
     except OSError:
         return None
     finally:
         conn.close()
     for line in text.splitlines():
-        if line.startswith("process_resident_memory_bytes "):
-            return round(float(line.split()[-1]) / 2**20, 1)
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
     return None
+
+
+def server_rss_mb(url: str, headers: dict[str, str] | None = None) -> float | None:
+    """The server's resident memory in MiB, from its ``/metrics``; ``None`` if it does not say."""
+    value = server_metric(url, "process_resident_memory_bytes", headers)
+    return None if value is None else round(value / 2**20, 1)
+
+
+def free_port() -> int:
+    """A local TCP port that was free a moment ago (the OS's pick)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _exchange(
@@ -374,9 +387,7 @@ class StartedServer:
         serve_flags: Sequence[str] = (),
         env: Optional[Mapping[str, str]] = None,
     ) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         positional = [args.model] if "model" in args.model_fields_set or not models else []
         cmd = [

@@ -31,6 +31,11 @@ PRESETS: dict[str, dict[str, Any]] = {
                                                  "num_hidden_layers": 12, "num_attention_heads": 12}},
     "bge-base": {"pooling": "cls", "config": {**_BERT, "hidden_size": 768, "intermediate_size": 3072,
                                                 "num_hidden_layers": 12, "num_attention_heads": 12}},
+    # BAAI/bge-large-en-v1.5's config.json (a 1024-wide BERT, CLS pooling), as copied with its
+    # "_name_or_path" in https://huggingface.co/Qdrant/bge-large-en-v1.5-onnx/blob/4edbfe60e09d92aef82630a7c1474b93c4a4fc76/config.json
+    # (BAAI's own model page, https://huggingface.co/BAAI/bge-large-en-v1.5, was not in reach to read).
+    "bge-large": {"pooling": "cls", "config": {**_BERT, "hidden_size": 1024, "intermediate_size": 4096,
+                                                 "num_hidden_layers": 24, "num_attention_heads": 16}},
     "qwen3-embedding-0.6b": {"pooling": "lasttoken", "config": {
         "model_type": "qwen3", "architectures": ["Qwen3Model"], "vocab_size": 151669, **_QWEN3_SIZES,
         "max_position_embeddings": 32768, "rope_theta": 1000000, "rms_norm_eps": 1e-6,
