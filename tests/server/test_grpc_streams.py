@@ -38,7 +38,7 @@ def served(minilm_dir, splade_dir, tmp_path_factory):
     splade = LLM(str(splade_dir), hf_overrides={"architectures": ["BertSpladeSparseEmbeddingModel"]}, dtype="float32")
     minilm = LLM(str(minilm_dir), dtype="float32")
     app = create_app([minilm, c3, splade], served_model_name=["minilm", "c3", "splade"], grpc_port=0)
-    with TestClient(app) as http:
+    with TestClient(app):
         with grpc.insecure_channel(f"127.0.0.1:{app.state.poolkit.grpc_port}") as channel:
             yield app.state.poolkit, channel
 
