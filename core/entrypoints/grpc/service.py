@@ -29,10 +29,11 @@ from ..server.errors import ApiError, ClientGone, clean_message, status_of, tei_
 from ..server.guard import bearer_matches
 from ..server.inputs import served_model
 from ..server.routes_tei import (
-    DecodeRequest, EmbedAllRequest, EmbedRequest, EmbedSparseRequest, PredictRequest, TeiRerankRequest,
-    TeiTokenizeRequest, embed_all_rows, embed_rows, info_of, model_kind, nonzero, predict_rows, predictions,
-    rerank_pairs, sparse_rows, texts_of, tokens_of,
+    CLASSIFY, EMBED, SPARSE_EMBED, TOKEN_EMBED, DecodeRequest, EmbedAllRequest, EmbedRequest, EmbedSparseRequest,
+    PredictRequest, TeiRerankRequest, TeiTokenizeRequest, embed_all_rows, embed_rows, info_of, model_kind, nonzero,
+    predict_rows, predictions, rerank_pairs, sparse_rows, texts_of, tokens_of,
 )
+from ..server.scoring import has_scorer
 from ..server.work import DISCONNECTED
 
 if TYPE_CHECKING:
@@ -382,9 +383,6 @@ def serving(state: ServerState, service: str) -> bool | None:
     service: ``None`` for a name the server does not serve. Embed, Predict and Rerank serve once
     the default model is loaded, each where that model does its work (Rerank: any model that can
     score, as the routes)."""
-    from ..server.routes_tei import CLASSIFY, EMBED, SPARSE_EMBED, TOKEN_EMBED
-    from ..server.scoring import has_scorer
-
     if service not in ("", "tei.v1.Info", "tei.v1.Tokenize", "tei.v1.Embed", "tei.v1.Predict", "tei.v1.Rerank"):
         return None
     if state.draining:
