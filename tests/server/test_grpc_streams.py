@@ -211,3 +211,23 @@ def test_grpc_port_refusals_before_the_model_loads(tmp_path):
     ):
         result = CliRunner().invoke(app, ["serve", str(tmp_path / "no-such-model"), *args])
         assert result.exit_code == 1 and result.stderr.startswith(f"Error: {message}"), result.output
+
+
+def test_without_the_grpc_extra_serve_says_what_to_install(monkeypatch, tmp_path):
+    import sys
+
+    from typer.testing import CliRunner
+
+    from poolkit.entrypoints.cli import app
+    from poolkit.entrypoints.grpc import stubs
+
+    monkeypatch.setitem(sys.modules, "grpc_tools", None)  # not installed
+    stubs.tei.cache_clear()
+    try:
+        result = CliRunner().invoke(app, ["serve", str(tmp_path / "no-such-model"), "--grpc-port", "9001"])
+    finally:
+        stubs.tei.cache_clear()
+    assert result.exit_code == 1
+    assert result.stderr.splitlines()[0] == (
+        "Error: the gRPC server needs grpcio, grpcio-tools and grpcio-health-checking: pip install 'poolkit[grpc]'"
+    )
