@@ -368,3 +368,29 @@ def test_every_error_has_teis_code():
         assert "/home/me" not in message
     assert grpc_status(RuntimeError("x"), [])[1] == "internal server error"
     assert grpc_status(ApiError(400, "bad /models/minilm/config.json"), [("/models/minilm", "minilm")])[1] == "bad minilm/config.json"
+
+
+def test_x_model_names_a_lora_adapter(tei, tmp_path):
+    """A served LoRA adapter is a model name like another: its calls run with the adapter, as the
+    HTTP routes' requests naming it."""
+    peft = pytest.importorskip("peft")
+    import torch
+    import transformers as T
+    from tiny_models import build_encoder
+
+    from poolkit.lora.request import LoRARequest
+
+    base = build_encoder(tmp_path / "bert", "bert")
+    torch.manual_seed(1)
+    adapter = peft.get_peft_model(T.AutoModel.from_pretrained(base), peft.LoraConfig(
+        r=4, lora_alpha=8, init_lora_weights=False, target_modules=["query", "value"]))
+    adapter.save_pretrained(tmp_path / "legal")
+    pb, services = tei
+    llm = LLM(str(base), enable_lora=True, dtype="float32")
+    app = create_app(llm, served_model_name="base", grpc_port=0, lora_modules=[LoRARequest("legal", 1, str(tmp_path / "legal"))])
+    with TestClient(app) as client, grpc.insecure_channel(f"127.0.0.1:{app.state.poolkit.grpc_port}") as channel:
+        embed = services.EmbedStub(channel)
+        got = {name: list(embed.Embed(pb.EmbedRequest(inputs=TEXTS[1]), metadata=on(name)).embeddings) for name in ("legal", "base")}
+        for name, vector in got.items():
+            assert [vector] == post(client, "/embed", name, {"inputs": TEXTS[1], "truncate": False})
+        assert got["legal"] != got["base"]
