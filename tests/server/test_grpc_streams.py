@@ -10,7 +10,6 @@ import asyncio
 import queue
 import signal
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -22,6 +21,7 @@ pytest.importorskip("grpc_tools.protoc")
 from fastapi.testclient import TestClient  # noqa: E402
 from test_grpc import DOCS, QUERY, TEXTS, on, refused, tei  # noqa: E402,F401 - tei: the generated client (a fixture)
 from test_server import _free_port, start_server, stop_server  # noqa: E402
+from waits import until  # noqa: E402
 
 from poolkit import LLM  # noqa: E402
 from poolkit.entrypoints.server import create_app  # noqa: E402
@@ -134,32 +134,25 @@ def _hold(state):
     return gate, holder
 
 
-def _until(condition, what: str) -> None:
-    deadline = time.monotonic() + 60  # a hang guard, not a duration
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.01)
-
-
 def test_a_deadline_or_a_cancel_drops_the_queued_work(served, stubs):
     state, _ = served
     pb, stub = stubs
     batcher = state.first.batcher
     gate, holder = _hold(state)
     try:
-        _until(lambda: batcher.queue_depth == 0 and batcher.stats.requests >= 1, "the hold taken")
+        until(lambda: batcher.queue_depth == 0 and batcher.stats.requests >= 1, "the hold taken")
         cancelled = batcher.stats.cancelled
         refused(lambda: stub["Embed"].Embed(pb.EmbedRequest(inputs="too late"), metadata=on("minilm"), timeout=0.5),
                 grpc.StatusCode.DEADLINE_EXCEEDED)
-        _until(lambda: batcher.stats.cancelled == cancelled + 1, "the expired call's work dropped")
+        until(lambda: batcher.stats.cancelled == cancelled + 1, "the expired call's work dropped")
         future = stub["Embed"].Embed.future(pb.EmbedRequest(inputs="never mind"), metadata=on("minilm"))
-        _until(lambda: batcher.queue_depth == 1, "the call queued")
+        until(lambda: batcher.queue_depth == 1, "the call queued")
         assert future.cancel()
-        _until(lambda: batcher.stats.cancelled == cancelled + 2, "the cancelled call's work dropped")
+        until(lambda: batcher.stats.cancelled == cancelled + 2, "the cancelled call's work dropped")
         stream = stub["Embed"].EmbedStream(iter([pb.EmbedRequest(inputs=t) for t in MANY[:3]]), metadata=on("minilm"))
-        _until(lambda: batcher.queue_depth == 3, "the stream's messages queued")
+        until(lambda: batcher.queue_depth == 3, "the stream's messages queued")
         stream.cancel()
-        _until(lambda: batcher.stats.cancelled == cancelled + 5, "the cancelled stream's work dropped")
+        until(lambda: batcher.stats.cancelled == cancelled + 5, "the cancelled stream's work dropped")
     finally:
         gate.set()
         holder.join()
@@ -187,7 +180,7 @@ def test_sigterm_lets_the_calls_in_flight_finish(minilm_dir, tei, tmp_path):
             sent.put("before")
             assert len(next(answers).embeddings) == 384
             server.proc.send_signal(signal.SIGTERM)
-            _until(lambda: "shutting down" in server.logs().lower() or server.proc.poll() is not None, "SIGTERM taken")
+            until(lambda: "shutting down" in server.logs().lower() or server.proc.poll() is not None, "SIGTERM taken")
             refused(lambda: embed.Embed(pb.EmbedRequest(inputs="new"), timeout=30), grpc.StatusCode.UNAVAILABLE)
             for text in ("during", "the", "drain"):
                 sent.put(text)
