@@ -12,9 +12,9 @@ thread runs the one before and answers its requests (:meth:`poolkit.runtime.engi
 one batch waiting between them at most; otherwise the device would wait for every batch's
 tokenization. On the CPU both would share the same cores, and one thread does both.
 
-A batcher built with ``traced=True`` (a server exporting traces, :mod:`poolkit.entrypoints.server.tracing`)
-stamps the work of each traced request with the times of its phases (:class:`WorkTimes`);
-otherwise nothing is stamped.
+The work of a request queued under a :data:`TIMED_WORK` list (a traced request,
+:mod:`poolkit.entrypoints.server.tracing`; a TEI route's, :mod:`poolkit.entrypoints.server.compute_times`)
+is stamped with the times of its phases (:class:`WorkTimes`); no other work is.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ TRIM_INTERVAL = 1.0
 
 @dataclass(eq=False)
 class WorkTimes:
-    """When one piece of a traced request's work entered the queue, was taken from it, was
+    """When one piece of a timed request's work entered the queue, was taken from it, was
     tokenized and had run (``time.time_ns()``; 0: not reached). Work that tokenizes inside its
     run (a whole call, :meth:`Batcher.call`; images; chunked inputs) leaves ``tokenized`` at 0.
 
@@ -75,21 +75,21 @@ class WorkTimes:
     batch_inputs: int = 0
 
 
-#: The list a traced request's work appends its :class:`WorkTimes` to: set by the server for
-#: each request it traces, read when the work is queued (by a batcher built with ``traced=True``).
-TRACED_WORK: contextvars.ContextVar[list[WorkTimes] | None] = contextvars.ContextVar("poolkit_traced_work", default=None)
+#: The list a timed request's work appends its :class:`WorkTimes` to: set by the server for each
+#: request it traces or whose phases it reports (TEI's routes), read when the work is queued.
+TIMED_WORK: contextvars.ContextVar[list[WorkTimes] | None] = contextvars.ContextVar("poolkit_timed_work", default=None)
 
 
-def _note(work: _Work) -> None:
-    """Give ``work`` its :class:`WorkTimes` when its request is traced (:data:`TRACED_WORK` is set)."""
-    owner = TRACED_WORK.get()
-    if owner is not None:
-        work.times = WorkTimes(time.time_ns(), len(work.prompts), work.task.name if work.task is not None else None)
-        owner.append(work.times)
+def _timed_in(batch: list[_Work]) -> bool:
+    """Whether any work of ``batch`` is timed (its phases to be stamped)."""
+    for work in batch:
+        if work.times is not None:
+            return True
+    return False
 
 
 def _stamp(batch: list[_Work], phase: str, inputs: int = 0) -> None:
-    """Note the time the traced work of ``batch`` reached ``phase`` (a :class:`WorkTimes` field);
+    """Note the time the timed work of ``batch`` reached ``phase`` (a :class:`WorkTimes` field);
     ``inputs``: the prompts of the merged batch, noted when it is taken."""
     now = time.time_ns()
     for work in batch:
@@ -100,7 +100,7 @@ def _stamp(batch: list[_Work], phase: str, inputs: int = 0) -> None:
 
 
 def _timed(batch: list[_Work], run: Callable[[], Any]) -> Callable[[], Any]:
-    """``run``, noting when it ends as the time the traced work of ``batch`` had run."""
+    """``run``, noting when it ends as the time the timed work of ``batch`` had run."""
 
     def timed() -> Any:
         try:
@@ -122,7 +122,7 @@ class _Work:
     enqueued: float = field(default_factory=time.monotonic)
     #: A whole call to run on the worker thread instead of prompts to merge (score, rerank).
     call: Callable[[], Any] | None = None
-    #: Its phases' times, when its request is traced.
+    #: Its phases' times, when its request is timed.
     times: WorkTimes | None = None
 
 
@@ -182,14 +182,10 @@ class Batcher:
             ``engine`` is read at each batch, never its own methods, so the runtime calls down only.
         max_batch_tokens: estimated tokens merged into one engine call.
         max_queue_tokens: estimated tokens allowed to wait; beyond it :class:`QueueFull`.
-        traced: stamp the work queued under a :data:`TRACED_WORK` list with its phases' times.
     """
 
-    def __init__(
-        self, llm: EngineOwner, max_batch_tokens: int = 16384, max_queue_tokens: int = 1_000_000, traced: bool = False
-    ) -> None:
+    def __init__(self, llm: EngineOwner, max_batch_tokens: int = 16384, max_queue_tokens: int = 1_000_000) -> None:
         self.llm = llm
-        self.traced = traced
         self.max_batch_tokens = max_batch_tokens
         self.max_queue_tokens = max_queue_tokens
         self.stats = BatcherStats()
@@ -241,8 +237,9 @@ class Batcher:
     ) -> Any:
         loop = asyncio.get_running_loop()
         work = _Work(task, prompts, params, cost, loop.create_future(), loop, call=call)
-        if self.traced:
-            _note(work)
+        if (owner := TIMED_WORK.get()) is not None:  # a timed request's work: its phases are stamped
+            work.times = WorkTimes(time.time_ns(), len(prompts), task.name if task is not None else None)
+            owner.append(work.times)
         with self._cond:
             if self._closing:
                 raise ShuttingDown("the server is shutting down")
@@ -340,7 +337,7 @@ class Batcher:
         prompts = PromptBatch.concat([w.prompts for w in batch])
         params = [p for w in batch for p in w.params]
         now = time.monotonic()
-        if self.traced:
+        if timed := _timed_in(batch):
             _stamp(batch, "taken", len(prompts))
         try:
             run = self.llm.engine.staged(batch[0].task, prompts, params)
@@ -348,7 +345,7 @@ class Batcher:
             return _Staged(batch, lambda: [self._run([work]) for work in batch])
         launches = hasattr(run, "launch")  # else it tokenizes when it runs
         answer, finish = run, getattr(run, "finish", None)
-        if self.traced:
+        if timed:
             if launches:
                 _stamp(batch, "tokenized")
             answer, finish = _timed(batch, run), finish and _timed(batch, finish)
@@ -401,17 +398,18 @@ class Batcher:
 
     def _run(self, batch: list[_Work]) -> None:
         first = batch[0]
+        timed = _timed_in(batch)
         if first.call is not None:
-            if self.traced:
+            if timed:
                 _stamp(batch, "taken")
             try:
-                self._resolve(first, result=(_timed(batch, first.call) if self.traced else first.call)())
+                self._resolve(first, result=(_timed(batch, first.call) if timed else first.call)())
             except Exception as exc:
                 self._resolve(first, exception=exc)
             return
         prompts = PromptBatch.concat([w.prompts for w in batch])
         params = [p for w in batch for p in w.params]
-        if self.traced:
+        if timed:
             _stamp(batch, "taken", len(prompts))
             run = _timed(batch, lambda: self._run_staged(batch, prompts, params))
         else:
@@ -419,7 +417,7 @@ class Batcher:
         self._answer(batch, prompts, time.monotonic(), run)
 
     def _run_staged(self, batch: list[_Work], prompts: PromptBatch, params: list[PoolingParams]) -> Results:
-        """A traced batch's run: its prompts tokenized first (:meth:`~poolkit.runtime.engine.Engine.staged`,
+        """A timed batch's run: its prompts tokenized first (:meth:`~poolkit.runtime.engine.Engine.staged`,
         the tokenizing time noted), then run, which is what :meth:`~poolkit.runtime.engine.Engine.run` does in one call."""
         staged = self.llm.engine.staged(batch[0].task, prompts, params)
         if hasattr(staged, "launch"):  # tokenized now, else when it runs

@@ -298,13 +298,14 @@ def test_the_kernels_rotate_the_rows_as_the_reference(kernel, dtype):
     x = (torch.randn(70, 384, generator=g) * torch.linspace(0.1, 3, 384)).to(dtype)
     x[:, 9] *= 50
     rotated = hadamard_rows(weight, 64)
-    scale = rotated.abs().amax(1) / 127
+    levels = fn.weight_levels  # 63 where oneDNN's sums are saturating int16 (no VNNI)
+    scale = rotated.abs().amax(1) / levels
     q = torch.round(rotated / scale[:, None]).to(torch.int8)
     bias = torch.randn(96, generator=g)
     want = int8.linear_int8(x, q, scale, bias, "none", None, None, None, 64).double()
     got = fn(x, q, scale, bias, "none", None, None, None, 64).double()
     _, step, _ = int8.quantize_rows(x, None, 255, 64)
-    one_level = 2 * step.double() * scale.double() * 127  # two values a level off, at most, in a row
+    one_level = 2 * step.double() * scale.double() * levels  # two values a level off, at most, in a row
     bound = _bound(hadamard_rows(x.float(), 64), q, scale, bias, None) + one_level
     if dtype == torch.bfloat16:
         bound = bound + want.abs() * 2.0**-8
@@ -323,7 +324,8 @@ def test_float_channels_widen_no_tokens_range():
     x = torch.randn(9, 64, generator=g)
     x[:, 7] *= 1000  # an outlier channel
     input_max = x.abs().amax(0)
-    layer = _rounded(weight, bias, input_max, 0.5, 127, outliers=torch.tensor([7]))
+    levels = select_kernel("linear_int8", "cpu").weight_levels  # the kernel layer(x) runs
+    layer = _rounded(weight, bias, input_max, 0.5, levels, outliers=torch.tensor([7]))
     assert layer.inv_smooth[7] == 0 and not layer.qweight[:, 7].any()
     int8_part = int8.linear_int8(x, layer.qweight, layer.scale, bias, "none", layer.inv_smooth)
     calm = x.clone()
@@ -377,13 +379,16 @@ def test_minilm_int8_stays_within_its_budget_of_sentence_transformers(minilm_int
 
 def test_minilm_int8_holds_its_cosine_on_long_documents(minilm_int8, minilm_st):
     """Documents cut at the model's 256 tokens (the calibration texts are sentences): without the
-    rotation every-layer int8 fell to 0.9987 here."""
+    rotation every-layer int8 fell to 0.9987 here. Where the kernel takes weights of 63 levels (no
+    VNNI: such a CPU declines int8 unless a test makes it run), each weight's rounding error is
+    127/63 times as large and the cosine's shortfall, quadratic in the error, at most its square."""
     from poolkit.entrypoints.bench.corpus import make_corpus
 
     documents = make_corpus(16, 600, 0.05, seed=12)
     want = torch.from_numpy(minilm_st.encode(documents, convert_to_numpy=True))
     got = torch.tensor([o.outputs.embedding for o in minilm_int8.embed(documents, tokenization_kwargs={"truncate_prompt_tokens": -1})])
-    assert torch.nn.functional.cosine_similarity(got, want).min() >= 0.999
+    shortfall = 1e-3 * (127 / minilm_int8.model.quantization["weight_levels"]) ** 2
+    assert torch.nn.functional.cosine_similarity(got, want).min() >= 1 - shortfall
 
 
 def test_the_bench_counts_the_int8_layers_flops(minilm_int8, minilm):

@@ -230,6 +230,36 @@ def test_tokenize_and_decode_equal_the_http_routes(http, stubs, add_special_toke
             assert [decoded.text] == post(http, "/decode", "minilm", {"ids": ids, "skip_special_tokens": skip})
 
 
+def test_the_metadata_and_the_headers_say_what_the_work_took(http, stubs, models):
+    """TEI's gRPC ``Metadata`` and its HTTP routes' ``x-compute-*`` headers on the same request: the
+    same characters (a text's, a pair's both, the query once a text) and tokens, and the times of the
+    phases of work that ran in the batcher, each within the request's total."""
+    pb, stub = stubs
+    pair = [QUERY, DOCS[0]]
+    cases = [  # (RPC, its request, the model, the HTTP route and body, the characters)
+        (stub["Embed"].Embed, pb.EmbedRequest(inputs=TEXTS[2]), "minilm", "/embed", {"inputs": TEXTS[2]}, 14),
+        (stub["Embed"].EmbedAll, pb.EmbedAllRequest(inputs=TEXTS[0]), "minilm", "/embed_all", {"inputs": TEXTS[0]}, 17),
+        (stub["Embed"].EmbedSparse, pb.EmbedSparseRequest(inputs=TEXTS[1]), "splade", "/embed_sparse", {"inputs": TEXTS[1]}, 31),
+        (stub["Predict"].PredictPair, pb.PredictPairRequest(inputs=pair), "c3", "/predict", {"inputs": pair}, 29 + 30),
+        (stub["Rerank"].Rerank, pb.RerankRequest(query=QUERY, texts=DOCS), "r1", "/rerank", {"query": QUERY, "texts": DOCS},
+         3 * 29 + 30 + 20 + 15),
+    ]
+    for rpc, request, model, path, body, chars in cases:
+        metadata = rpc(request, metadata=on(model)).metadata
+        r = http.post(path, json={**body, "truncate": False}, headers={"X-Model": model})
+        assert r.status_code == 200, r.text
+        headers = {k: v for k, v in r.headers.items() if k.startswith("x-") and k.endswith(("-time", "-type", "-characters", "-tokens"))}
+        assert metadata.compute_chars == int(headers["x-compute-characters"]) == chars, path
+        assert metadata.compute_tokens == int(headers["x-compute-tokens"]) > 0, path
+        assert metadata.inference_time_ns > 0, path  # the batcher ran it: the phases are measured, not left at 0
+        phases = metadata.tokenization_time_ns + metadata.queue_time_ns + metadata.inference_time_ns
+        assert phases <= metadata.total_time_ns, path
+        milliseconds = sum(int(headers[f"x-{phase}-time"]) for phase in ("tokenization", "queue", "inference"))
+        assert milliseconds <= int(headers["x-total-time"]) == int(headers["x-compute-time"]), headers
+        assert headers["x-compute-type"] == ("cpu" if models[model].model.device.type == "cpu" else "gpu+optimized")
+        assert len(headers) == 8, headers
+
+
 # -- bad inputs, TEI's status codes --------------------------------------------------------------
 
 

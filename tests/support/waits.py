@@ -13,3 +13,13 @@ def until(condition: Callable[[], object], what: str, guard: float = 60.0) -> No
     while not condition():
         assert time.monotonic() < deadline, f"waited {guard:g} s for {what}"
         time.sleep(0.01)
+
+
+async def until_async(condition: Callable[[], object], what: str, guard: float = 60.0) -> None:
+    """:func:`until` inside an event loop: the loop runs while it waits."""
+    import asyncio
+
+    deadline = time.monotonic() + guard
+    while not condition():
+        assert time.monotonic() < deadline, f"waited {guard:g} s for {what}"
+        await asyncio.sleep(0.01)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable
 import grpc
 
 from ...contracts.errors import PoolkitError
+from ..server.compute_times import ComputeTimes, characters
 from ..server.errors import ApiError, ClientGone, clean_message, status_of, tei_status
 from ..server.guard import bearer_matches
 from ..server.inputs import served_model
@@ -228,9 +229,6 @@ class TeiService:
         if failure is not None:
             await context.abort(*failure)
 
-    def _metadata(self, chars: int, tokens: int, start: float) -> Any:
-        return self.pb.Metadata(compute_chars=chars, compute_tokens=tokens, total_time_ns=int((time.perf_counter() - start) * 1e9))
-
     # -- Info ----------------------------------------------------------------------------------------
 
     async def Info(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -248,34 +246,38 @@ class TeiService:
     # -- Embed ---------------------------------------------------------------------------------------
 
     async def _embed(self, m: Any, st: ModelState, llm: LLM, call: _Call) -> Any:
-        start = time.perf_counter()
+        times = ComputeTimes()
         body = EmbedRequest.model_construct(
             inputs=m.inputs, truncate=m.truncate, normalize=_optional(m, "normalize", True),
             truncation_direction=_direction(m.truncation_direction), prompt_name=_optional(m, "prompt_name"),
             dimensions=_optional(m, "dimensions"),
         )
-        rows, tokens = await embed_rows(body, call, st, llm)
-        return self.pb.EmbedResponse(embeddings=rows[0].float().tolist(), metadata=self._metadata(len(m.inputs), tokens, start))
+        with times:
+            rows, tokens = await embed_rows(body, call, st, llm)
+        metadata = times.metadata(self.pb, len(m.inputs), tokens)
+        return self.pb.EmbedResponse(embeddings=rows[0].float().tolist(), metadata=metadata)
 
     async def _embed_sparse(self, m: Any, st: ModelState, llm: LLM, call: _Call) -> Any:
-        start = time.perf_counter()
+        times = ComputeTimes()
         body = EmbedSparseRequest.model_construct(
             inputs=m.inputs, truncate=m.truncate, truncation_direction=_direction(m.truncation_direction),
             prompt_name=_optional(m, "prompt_name"),
         )
-        rows, tokens = await sparse_rows(body, call, st, llm)
+        with times:
+            rows, tokens = await sparse_rows(body, call, st, llm)
         values = [self.pb.SparseValue(index=i, value=v) for i, v in zip(*nonzero(rows[0]))]
-        return self.pb.EmbedSparseResponse(sparse_embeddings=values, metadata=self._metadata(len(m.inputs), tokens, start))
+        return self.pb.EmbedSparseResponse(sparse_embeddings=values, metadata=times.metadata(self.pb, len(m.inputs), tokens))
 
     async def _embed_all(self, m: Any, st: ModelState, llm: LLM, call: _Call) -> Any:
-        start = time.perf_counter()
+        times = ComputeTimes()
         body = EmbedAllRequest.model_construct(
             inputs=m.inputs, truncate=m.truncate, truncation_direction=_direction(m.truncation_direction),
             prompt_name=_optional(m, "prompt_name"), token_pool_factor=None,
         )
-        rows, tokens = await embed_all_rows(body, call, st, llm)
+        with times:
+            rows, tokens = await embed_all_rows(body, call, st, llm)
         vectors = [self.pb.TokenEmbedding(embeddings=token) for token in rows[0].float().tolist()]
-        return self.pb.EmbedAllResponse(token_embeddings=vectors, metadata=self._metadata(len(m.inputs), tokens, start))
+        return self.pb.EmbedAllResponse(token_embeddings=vectors, metadata=times.metadata(self.pb, len(m.inputs), tokens))
 
     async def Embed(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return await self._answer(context, "/tei.v1.Embed/Embed", lambda *a: self._embed(request, *a))
@@ -295,15 +297,16 @@ class TeiService:
     # -- Predict -------------------------------------------------------------------------------------
 
     async def _predict(self, m: Any, st: ModelState, llm: LLM, call: _Call, inputs: Any = None) -> Any:
-        start = time.perf_counter()
+        times = ComputeTimes()
         body = PredictRequest.model_construct(
             inputs=m.inputs if inputs is None else inputs, truncate=m.truncate, raw_scores=m.raw_scores,
             truncation_direction=_direction(m.truncation_direction),
         )
-        ((row,), tokens), _ = await predict_rows(body, call, st, llm)
+        with times:
+            ((row,), tokens), _ = await predict_rows(body, call, st, llm)
         scored = [self.pb.Prediction(score=score, label=label) for score, label in predictions(row, llm.model.id2label)]
-        chars = len(m.inputs) if inputs is None else sum(map(len, inputs))
-        return self.pb.PredictResponse(predictions=scored, metadata=self._metadata(chars, tokens, start))
+        chars = characters(m.inputs if inputs is None else inputs)
+        return self.pb.PredictResponse(predictions=scored, metadata=times.metadata(self.pb, chars, tokens))
 
     async def _predict_pair(self, m: Any, st: ModelState, llm: LLM, call: _Call) -> Any:
         if not 1 <= len(m.inputs) <= 2:  # TEI's check and words
@@ -324,14 +327,16 @@ class TeiService:
 
     async def _rerank(self, first: Any, queries: list[str], texts: list[str], st: ModelState, llm: LLM, call: _Call) -> Any:
         """Rank ``texts`` against their queries (one, or one a text) with ``first``'s options."""
-        start = time.perf_counter()
+        times = ComputeTimes()
         body = TeiRerankRequest.model_construct(
             query=queries[0] if queries else "", texts=texts, truncate=first.truncate, raw_scores=first.raw_scores,
             return_text=first.return_text, truncation_direction=_direction(first.truncation_direction),
         )
-        ranks, tokens = await rerank_pairs(call, st, llm, queries, texts, body)
-        chars = sum(map(len, texts)) + (len(queries[0]) * len(texts) if len(queries) == 1 else sum(map(len, queries)))
-        return self.pb.RerankResponse(ranks=[self.pb.Rank(**rank) for rank in ranks], metadata=self._metadata(chars, tokens, start))
+        with times:
+            ranks, tokens = await rerank_pairs(call, st, llm, queries, texts, body)
+        chars = characters(texts) + characters(queries * len(texts) if len(queries) == 1 else queries)
+        ranked = [self.pb.Rank(**rank) for rank in ranks]
+        return self.pb.RerankResponse(ranks=ranked, metadata=times.metadata(self.pb, chars, tokens))
 
     async def Rerank(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return await self._answer(

@@ -102,7 +102,7 @@ def create_app(
         chat_template, score_template, cache_size, cache_max_bytes, auto_truncate, default_prompt_name
     )
     st = ServerState(api_key, limits or ServerLimits(), MediaPolicy.of(allowed_media_domains))
-    if otlp_traces_endpoint is not None:  # before any batcher is made: they stamp traced work
+    if otlp_traces_endpoint is not None:  # before any model is added: its metrics note traced requests
         st.tracing = Tracing(otlp_traces_endpoint)
     loaders: list[tuple[ModelState, Callable[[], Any]]] = []
     for one, name in zip(llms, names):

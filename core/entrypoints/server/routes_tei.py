@@ -39,6 +39,7 @@ from ...contracts.tasks import ROLES
 from ...inputs.chat import checked_text
 from ...runtime.estimates import tokens_of_text
 from ..protocol import POSITIVE, TEXT, TOKEN_IDS, PoolFactor, list_of, schema
+from .compute_times import ComputeTimes, characters
 from .deps import Model, State, check_serving, loaded_llm
 from .endpoints import TEI, Endpoints, Shared
 from .errors import ApiError, validation_message
@@ -309,8 +310,13 @@ def _floats(rows: list[torch.Tensor]) -> list[np.ndarray]:
     return [r.float().numpy().astype(np.float64) for r in rows]
 
 
-async def _arrays(payload: Any, size: int) -> Response:
-    return await respond(lambda: payload, size, serialise=dump_arrays)
+async def _arrays(payload: Any, size: int, headers: dict[str, str]) -> Response:
+    return await respond(lambda: payload, size, headers, serialise=dump_arrays)
+
+
+def _computed(times: ComputeTimes, llm: LLM, inputs: Any, tokens: int) -> dict[str, str]:
+    """TEI's ``x-compute-*`` headers of a request on ``inputs`` that took ``tokens``."""
+    return times.headers(characters(inputs), tokens, llm.model.device.type)
 
 
 # -- embeddings ------------------------------------------------------------------------------------
@@ -366,15 +372,17 @@ def nonzero(row: torch.Tensor) -> tuple[list[int], list[float]]:
 @ENDPOINTS.post("/embed", "Embeddings (TEI).", task=EMBED, openapi_extra=_answer("/embed"))
 async def embed(body: EmbedRequest, request: Request, st: State, llm: Model) -> Response:
     check_model(st, body.model)
-    rows = (await embed_rows(body, request, st, llm)).rows
-    return await _arrays(_floats(rows), sum(r.numel() for r in rows))
+    with ComputeTimes() as times:
+        rows, tokens = await embed_rows(body, request, st, llm)
+    return await _arrays(_floats(rows), sum(r.numel() for r in rows), _computed(times, llm, body.inputs, tokens))
 
 
 @ENDPOINTS.post("/embed_all", "Every token's vector (TEI).", task=TOKEN_EMBED, openapi_extra=_answer("/embed_all"))
 async def embed_all(body: EmbedAllRequest, request: Request, st: State, llm: Model) -> Response:
     check_model(st, body.model)
-    rows = (await embed_all_rows(body, request, st, llm)).rows
-    return await _arrays(_floats(rows), sum(r.numel() for r in rows))
+    with ComputeTimes() as times:
+        rows, tokens = await embed_all_rows(body, request, st, llm)
+    return await _arrays(_floats(rows), sum(r.numel() for r in rows), _computed(times, llm, body.inputs, tokens))
 
 
 @ENDPOINTS.post(
@@ -382,12 +390,13 @@ async def embed_all(body: EmbedAllRequest, request: Request, st: State, llm: Mod
 )
 async def embed_sparse(body: EmbedSparseRequest, request: Request, st: State, llm: Model) -> Response:
     check_model(st, body.model)
-    rows = (await sparse_rows(body, request, st, llm)).rows
+    with ComputeTimes() as times:
+        rows, tokens = await sparse_rows(body, request, st, llm)
 
     def build() -> list:
         return [[{"index": i, "value": v} for i, v in zip(*nonzero(row))] for row in rows]
 
-    return await respond(build, sum(r.numel() for r in rows))
+    return await respond(build, sum(r.numel() for r in rows), _computed(times, llm, body.inputs, tokens))
 
 
 @ENDPOINTS.post(
@@ -465,14 +474,15 @@ def predictions(row: torch.Tensor, id2label: dict[int, str]) -> list[tuple[float
 @ENDPOINTS.post("/predict", "Class scores of texts or text pairs (TEI).", task=CLASSIFY, openapi_extra=_answer("/predict"))
 async def predict(body: PredictRequest, request: Request, st: State, llm: Model) -> Response:
     check_model(st, body.model)
-    (rows, _), batched = await predict_rows(body, request, st, llm)
+    with ComputeTimes() as times:
+        (rows, tokens), batched = await predict_rows(body, request, st, llm)
     id2label = llm.model.id2label
 
     def build() -> list:
         out = [[{"score": score, "label": label} for score, label in predictions(row, id2label)] for row in rows]
         return out if batched else out[0]
 
-    return await respond(build, sum(r.numel() for r in rows))
+    return await respond(build, sum(r.numel() for r in rows), _computed(times, llm, body.inputs, tokens))
 
 
 @ENDPOINTS.post(
@@ -481,8 +491,10 @@ async def predict(body: PredictRequest, request: Request, st: State, llm: Model)
 )
 async def rerank(body: TeiRerankRequest, request: Request, st: State, llm: Model) -> Response:
     check_model(st, body.model)
-    ranks, _ = await rerank_pairs(request, st, llm, [body.query], body.texts, body)
-    return await respond(lambda: ranks, len(ranks))
+    with ComputeTimes() as times:
+        ranks, tokens = await rerank_pairs(request, st, llm, [body.query], body.texts, body)
+    computed = _computed(times, llm, [body.query] * len(body.texts) + list(body.texts), tokens)  # TEI: the query a pair
+    return await respond(lambda: ranks, len(ranks), computed)
 
 
 async def rerank_pairs(

@@ -213,11 +213,8 @@ class ModelState:
         self.ready = True
 
     def new_batcher(self) -> Batcher:
-        """A batcher for the attached model with this model's token budgets (stamping the phases of
-        traced requests' work when the server exports traces)."""
-        return Batcher(
-            self.llm, self.limits.max_batch_tokens, self.limits.max_queue_tokens, traced=self.server.tracing is not None
-        )
+        """A batcher for the attached model with this model's token budgets."""
+        return Batcher(self.llm, self.limits.max_batch_tokens, self.limits.max_queue_tokens)
 
     def score_template_for(self, scorer: Any) -> str | None:
         """The template ``/score`` and ``/rerank`` give a scorer that takes one, else ``None``.

@@ -34,7 +34,7 @@ from typing import Any, Collection
 from urllib.parse import urlsplit
 
 from ...contracts.errors import InvalidRequest, MissingDependency
-from ...runtime.batching import TRACED_WORK, WorkTimes
+from ...runtime.batching import TIMED_WORK, WorkTimes
 from .metrics import ModelMetrics
 
 logger = logging.getLogger(__name__)
@@ -301,13 +301,13 @@ class Traced:
             if message["type"] == "http.response.body" and not message.get("more_body", False):
                 request.end = time.time_ns()
 
-        works = TRACED_WORK.set(request.works)
+        works = TIMED_WORK.set(request.works)
         current = REQUEST_TRACE.set(request)
         try:
             await self.app(scope, receive, traced_send)
         finally:
             REQUEST_TRACE.reset(current)
-            TRACED_WORK.reset(works)
+            TIMED_WORK.reset(works)
             model = scope.get(self._chosen)
             if model is not None and (request.works or not 400 <= request.status < 500):
                 request.model = model.served  # not for a refusal before any work: it may name another
