@@ -246,35 +246,32 @@ class TeiService:
     # -- Embed ---------------------------------------------------------------------------------------
 
     async def _embed(self, m: Any, st: ModelState, llm: LLM, call: _Call) -> Any:
-        times = ComputeTimes()
         body = EmbedRequest.model_construct(
             inputs=m.inputs, truncate=m.truncate, normalize=_optional(m, "normalize", True),
             truncation_direction=_direction(m.truncation_direction), prompt_name=_optional(m, "prompt_name"),
             dimensions=_optional(m, "dimensions"),
         )
-        with times:
+        with ComputeTimes() as times:
             rows, tokens = await embed_rows(body, call, st, llm)
         metadata = times.metadata(self.pb, len(m.inputs), tokens)
         return self.pb.EmbedResponse(embeddings=rows[0].float().tolist(), metadata=metadata)
 
     async def _embed_sparse(self, m: Any, st: ModelState, llm: LLM, call: _Call) -> Any:
-        times = ComputeTimes()
         body = EmbedSparseRequest.model_construct(
             inputs=m.inputs, truncate=m.truncate, truncation_direction=_direction(m.truncation_direction),
             prompt_name=_optional(m, "prompt_name"),
         )
-        with times:
+        with ComputeTimes() as times:
             rows, tokens = await sparse_rows(body, call, st, llm)
         values = [self.pb.SparseValue(index=i, value=v) for i, v in zip(*nonzero(rows[0]))]
         return self.pb.EmbedSparseResponse(sparse_embeddings=values, metadata=times.metadata(self.pb, len(m.inputs), tokens))
 
     async def _embed_all(self, m: Any, st: ModelState, llm: LLM, call: _Call) -> Any:
-        times = ComputeTimes()
         body = EmbedAllRequest.model_construct(
             inputs=m.inputs, truncate=m.truncate, truncation_direction=_direction(m.truncation_direction),
             prompt_name=_optional(m, "prompt_name"), token_pool_factor=None,
         )
-        with times:
+        with ComputeTimes() as times:
             rows, tokens = await embed_all_rows(body, call, st, llm)
         vectors = [self.pb.TokenEmbedding(embeddings=token) for token in rows[0].float().tolist()]
         return self.pb.EmbedAllResponse(token_embeddings=vectors, metadata=times.metadata(self.pb, len(m.inputs), tokens))
@@ -297,12 +294,11 @@ class TeiService:
     # -- Predict -------------------------------------------------------------------------------------
 
     async def _predict(self, m: Any, st: ModelState, llm: LLM, call: _Call, inputs: Any = None) -> Any:
-        times = ComputeTimes()
         body = PredictRequest.model_construct(
             inputs=m.inputs if inputs is None else inputs, truncate=m.truncate, raw_scores=m.raw_scores,
             truncation_direction=_direction(m.truncation_direction),
         )
-        with times:
+        with ComputeTimes() as times:
             ((row,), tokens), _ = await predict_rows(body, call, st, llm)
         scored = [self.pb.Prediction(score=score, label=label) for score, label in predictions(row, llm.model.id2label)]
         chars = characters(m.inputs if inputs is None else inputs)
@@ -327,12 +323,11 @@ class TeiService:
 
     async def _rerank(self, first: Any, queries: list[str], texts: list[str], st: ModelState, llm: LLM, call: _Call) -> Any:
         """Rank ``texts`` against their queries (one, or one a text) with ``first``'s options."""
-        times = ComputeTimes()
         body = TeiRerankRequest.model_construct(
             query=queries[0] if queries else "", texts=texts, truncate=first.truncate, raw_scores=first.raw_scores,
             return_text=first.return_text, truncation_direction=_direction(first.truncation_direction),
         )
-        with times:
+        with ComputeTimes() as times:
             ranks, tokens = await rerank_pairs(call, st, llm, queries, texts, body)
         chars = characters(texts) + characters(queries * len(texts) if len(queries) == 1 else queries)
         ranked = [self.pb.Rank(**rank) for rank in ranks]
