@@ -36,6 +36,20 @@ class InvalidRequest(PoolkitError, ValueError):
         self.status = status
 
 
+class InputTooLong(InvalidRequest):
+    """An input has more tokens than the model takes, and truncation was not asked for.
+
+    Args:
+        limit: the model's limit; ``given``: the input's tokens; ``index``: its place in the call.
+    """
+
+    def __init__(self, message: str, *, limit: int, given: int, index: int) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.given = given
+        self.index = index
+
+
 class MissingDependency(PoolkitError, ImportError):
     """An optional dependency (an extra) is needed for what was asked."""
 

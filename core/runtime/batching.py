@@ -36,6 +36,7 @@ from ..contracts.serving import EngineOwner
 from ..contracts.tasks import Task
 from .allocator import release_freed_memory
 from .columns import Results
+from .engine import noting_tokenized
 from .estimates import estimate_costs
 from .inflight import Staged
 
@@ -100,11 +101,13 @@ def _stamp(batch: list[_Work], phase: str, inputs: int = 0) -> None:
 
 
 def _timed(batch: list[_Work], run: Callable[[], Any]) -> Callable[[], Any]:
-    """``run``, noting when it ends as the time the timed work of ``batch`` had run."""
+    """``run``, noting when the timed work of ``batch`` first tokenized (if not before) and had run."""
+    first = lambda: any(w.times is not None and not w.times.tokenized for w in batch) and _stamp(batch, "tokenized")  # noqa: E731
 
     def timed() -> Any:
         try:
-            return run()
+            with noting_tokenized(first):
+                return run()
         finally:
             _stamp(batch, "ran")
 

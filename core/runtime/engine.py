@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -49,6 +50,21 @@ OVERLAP_BATCHES = 8
 #: than they save there, and a server of single-text requests, whose batches are that small,
 #: keeps the cores for its event loop and tokenizer instead (issue 29, docs/performance.md).
 ONE_THREAD_WORK = 1 << 22
+
+
+#: What to call on this thread once prompts are tokenized (:func:`noting_tokenized`).
+_TOKENIZED = threading.local()
+
+
+@contextlib.contextmanager
+def noting_tokenized(note: Callable[[], None]) -> Iterator[None]:
+    """Call ``note()`` each time this thread tokenizes prompts, while inside: the batcher notes when
+    work that tokenizes inside its run (a whole ``LLM.score`` call, text pairs) was tokenized."""
+    _TOKENIZED.note = note
+    try:
+        yield
+    finally:
+        _TOKENIZED.note = None
 
 
 class Engine:
@@ -186,6 +202,8 @@ class Engine:
         self, prompts: Sequence[Prompt], params: Sequence[PoolingParams], chunked: bool, cap: int | None, first: int = 0
     ) -> Tokens:
         tokens = self.tokenizer.tokenize(prompts, params, chunked, cap, first)
+        if (note := getattr(_TOKENIZED, "note", None)) is not None:
+            note()
         empty = (tokens.lens == 0).nonzero()[0]
         if empty.size:
             raise InvalidRequest(f"prompt {first + int(empty[0])} has no tokens")

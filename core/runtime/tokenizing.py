@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, NamedTuple, Sequence
 import numpy as np
 
 from ..contracts.batch import cached_property, flatten_ids
-from ..contracts.errors import InvalidRequest
+from ..contracts.errors import InputTooLong, InvalidRequest
 from ..contracts.io import Prompt, PromptBatch
 from ..contracts.params import PoolingParams
 from ..contracts.tasks import Task
@@ -35,6 +35,10 @@ class Encoding(NamedTuple):
     ids: list[list[int]]
     types: list[list[int]] | None
     beyond: list[bool] | None
+
+
+#: Set on a thread while :meth:`PromptTokenizer._whole_length` reads an input whole.
+_MEASURING = threading.local()
 
 
 class PromptTokenizer:
@@ -74,6 +78,8 @@ class PromptTokenizer:
         refused), or whole.
         """
         model_max = self._input_max(cap)
+        if getattr(_MEASURING, "on", False):
+            return None
         requested = params.truncate_prompt_tokens
         if chunked and requested is None:
             max_embed_len = self.model.pooler_config.max_embed_len
@@ -187,16 +193,27 @@ class PromptTokenizer:
             tokens = self._tokenize_objects(list(prompts), params, settings, first)
             not_asked = np.fromiter((not asked[id(p)] for p in params), dtype=bool, count=n)
         model_max = self._input_max(cap)
-        if not_asked is not None and not chunked and model_max is not None:
+        if not_asked is not None and not chunked and model_max is not None and not getattr(_MEASURING, "on", False):
             over = (not_asked & (tokens.lens > model_max)).nonzero()[0]
             if over.size:
-                raise InvalidRequest(
-                    f"This model's maximum context length is {model_max} tokens. However, input {first + int(over[0])} has more "
+                index = first + int(over[0])
+                raise InputTooLong(
+                    f"This model's maximum context length is {model_max} tokens. However, input {index} has more "
                     "tokens than that. Please reduce the length of the input prompt "
-                    "(or set truncate_prompt_tokens: -1 truncates it to the model's limit)."
+                    "(or set truncate_prompt_tokens: -1 truncates it to the model's limit).",
+                    limit=model_max, given=self._whole_length(prompts, params, int(over[0])), index=index,
                 )
         self.truncated_inputs += tokens.num_truncated
         return skip_instructions(self.model.architecture, tokens)
+
+    def _whole_length(self, prompts: Sequence[Prompt], params: Sequence[PoolingParams], i: int) -> int:
+        """The tokens of ``prompts[i]`` read whole (an input over the limit is read only one token past
+        it): for the error that refuses it, which says how long it is, as TEI's does."""
+        _MEASURING.on = True
+        try:
+            return int(self.tokenize(prompts[i : i + 1], params[i : i + 1]).lens[0])
+        finally:
+            _MEASURING.on = False
 
     def _tokenize_objects(
         self,

@@ -291,11 +291,11 @@ def test_an_overloaded_server_is_resource_exhausted(served, stubs):
     pb, stub = stubs
     http = served[0]
     state = http.app.state.poolkit
-    state.in_flight += state.limits.max_concurrent_requests
+    state.admission.in_flight += state.limits.max_concurrent_requests
     try:
         refused(lambda: stub["Embed"].Embed(pb.EmbedRequest(inputs="x"), metadata=on("minilm")), grpc.StatusCode.RESOURCE_EXHAUSTED, "busy")
     finally:
-        state.in_flight -= state.limits.max_concurrent_requests
+        state.admission.in_flight -= state.limits.max_concurrent_requests
     assert stub["Embed"].Embed(pb.EmbedRequest(inputs="x"), metadata=on("minilm")).embeddings
 
 

@@ -414,11 +414,11 @@ def test_38_the_right_key_works_everywhere(client):
 
 def test_39_overload_is_429_with_retry_after(app, client):
     state = app.state.poolkit
-    state.in_flight += LIMITS.max_concurrent_requests
+    state.admission.in_flight += LIMITS.max_concurrent_requests
     try:
         r = post(client, "/v1/embeddings", {"input": "a"})
     finally:
-        state.in_flight -= LIMITS.max_concurrent_requests
+        state.admission.in_flight -= LIMITS.max_concurrent_requests
     error_of(r, 429, contains="busy")
     assert r.headers["retry-after"] == "1"
 

@@ -233,8 +233,8 @@ def test_a_scoring_call_runs_as_one_phase_and_counts_its_tokens(minilm, collecto
         r = client.post("/score", json={"model": "minilm", "text_1": "a query", "text_2": ["one document", "another"]})
         assert r.status_code == 200
         span = collector.request_span("/score")
-        kids = collector.wait(lambda _: (k := collector.children(span)) and len(k) == 3 and k, "the score's phases")
-    assert set(kids) == {"queue", "run", "respond"}  # LLM.score tokenizes inside its run
+        kids = collector.wait(lambda _: (k := collector.children(span)) and len(k) == 4 and k, "the score's phases")
+    assert set(kids) == {"queue", "tokenize", "run", "respond"}  # LLM.score's run noted where its tokenizing ended
     assert span["attributes"]["gen_ai.usage.prompt_tokens"] == r.json()["usage"]["prompt_tokens"] > 0
     assert span["attributes"]["poolkit.inputs"] == 2
 

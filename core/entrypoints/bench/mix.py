@@ -74,6 +74,11 @@ class Route:
     texts: Optional[int] = None
 
 
+def _tei_embed(m: ServedModel, texts: list[str]) -> dict[str, Any]:
+    """TEI's ``/embed``: a SPLADE model's vector is unnormalized only (TEI refuses ``normalize``)."""
+    return {"inputs": texts, "truncate": True, **({"normalize": False} if _has("sparse_embed")(m) else {})}
+
+
 def _has(task: str) -> Callable[[ServedModel], bool]:
     return lambda m: task in m.tasks
 
@@ -144,7 +149,7 @@ ROUTES: tuple[Route, ...] = (
     Route("POST /v2/embed", "POST", "/v2/embed", _has("embed"), "task 'embed'",
           lambda m, t: {"model": m.name, "texts": t, "embedding_types": ["float"]}),
     # TEI
-    Route("POST /embed", "POST", "/embed", _has("embed"), "task 'embed'", lambda m, t: {"inputs": t, "truncate": True}, tei=True),
+    Route("POST /embed", "POST", "/embed", _has("embed"), "task 'embed'", lambda m, t: _tei_embed(m, t), tei=True),
     Route("POST /embed_all", "POST", "/embed_all", _has("token_embed"), "task 'token_embed'",
           lambda m, t: {"inputs": t, "truncate": True}, tei=True, texts=1),
     Route("POST /embed_sparse", "POST", "/embed_sparse", _has("sparse_embed"), "task 'sparse_embed'",

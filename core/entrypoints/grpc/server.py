@@ -15,6 +15,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
 from ...contracts.errors import InvalidRequest, MissingDependency
+from .guard import CallGuard
 from .service import TeiService, serving
 from .stubs import NEEDS, tei
 
@@ -77,8 +78,8 @@ async def start(state: ServerState, host: str, port: int) -> tuple[grpc.aio.Serv
 
     pb, services = tei()
     limits = state.limits
-    server = grpc.aio.server(options=[
-        ("grpc.max_receive_message_length", limits.max_body_bytes),
+    server = grpc.aio.server(interceptors=[CallGuard(state)], options=[
+        ("grpc.max_receive_message_length", limits.max_body_bytes),  # a message is at most an HTTP body
         ("grpc.max_send_message_length", limits.max_response_bytes),
         ("grpc.so_reuseport", 0),  # a port in use is an error, as for the HTTP server
     ])

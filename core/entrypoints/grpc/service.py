@@ -7,11 +7,16 @@ proto3's defaults (``truncate`` false whatever ``--auto-truncate`` says, ``norma
 unset, ``add_special_tokens`` and ``skip_special_tokens`` false); gRPC status codes for TEI's error
 types (:func:`grpc_status`); the model chosen by the ``x-model`` metadata (the first when absent).
 
+The key and the wire's bytes are checked before an RPC runs (:class:`~poolkit.entrypoints.grpc.guard.CallGuard`).
 Streams (``EmbedStream``, ``PredictStream``, ...) answer each message as soon as it and those
-before it are done, in order, with up to ``--max-concurrent-requests`` messages of one stream in
-the batcher at once (a stream waits for room instead of being refused); a message that fails ends
-the stream with its status, after the answers before it. ``RerankStream`` collects its messages,
-one (query, text) pair each, and answers once.
+before it are done, in order; each message takes a slot of the server's one admission limit
+(:mod:`~poolkit.entrypoints.server.admission`: it waits for room instead of being refused), at most
+:data:`~poolkit.entrypoints.server.admission.STREAM_WINDOW` of a stream's messages are taken and not
+yet sent (a client that stops reading stops the stream), and the model or LoRA adapter ``x-model``
+names is resolved again for each message (an adapter unloaded meanwhile ends the stream with
+``NotFound``; one reloaded answers with its new weights). A message that fails ends the stream with
+its status, after the answers before it. ``RerankStream`` collects its messages, one (query, text)
+pair each, within the HTTP body limit in all, checking each as it arrives, and answers once.
 """
 
 from __future__ import annotations
@@ -25,17 +30,18 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable
 import grpc
 
 from ...contracts.errors import PoolkitError
-from ..server.compute_times import ComputeTimes, characters
+from ..server.admission import STREAM_WINDOW
+from ..server.compute_times import ComputeTimes, characters, metadata_headers
 from ..server.errors import ApiError, ClientGone, clean_message, status_of, tei_status
-from ..server.guard import bearer_matches
 from ..server.inputs import served_model
 from ..server.routes_tei import (
     CLASSIFY, EMBED, SPARSE_EMBED, TOKEN_EMBED, DecodeRequest, EmbedAllRequest, EmbedRequest, EmbedSparseRequest,
-    PredictRequest, TeiRerankRequest, TeiTokenizeRequest, embed_all_rows, embed_rows, info_of, model_kind, nonzero,
-    predict_rows, predictions, rerank_pairs, sparse_rows, texts_of, tokens_of,
+    PredictRequest, TeiRerankRequest, TeiTokenizeRequest, batch_too_large, check_pair, embed_all_rows, embed_rows, info_of,
+    model_kind, nonzero, predict_rows, predictions, rerank_pairs, sparse_rows, texts_of, tokens_of,
 )
 from ..server.scoring import has_scorer
 from ..server.work import DISCONNECTED
+from .guard import Refused
 
 if TYPE_CHECKING:
     from ...api.llm import LLM
@@ -59,15 +65,6 @@ _BY_TEI_TYPE = {
 _DIRECTIONS = {0: "right", 1: "left"}
 #: TEI's ``ModelType`` values by :func:`~poolkit.entrypoints.server.routes_tei.model_kind`.
 _MODEL_TYPES = {"embedding": 0, "classifier": 1, "reranker": 2}
-
-
-class Refused(Exception):
-    """A call refused before any work: its gRPC code and message."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 def grpc_status(exc: BaseException, scrub: list[tuple[str, str]]) -> tuple[grpc.StatusCode, str]:
@@ -136,37 +133,40 @@ class TeiService:
 
     # -- the call: key, model, admission, status ---------------------------------------------------
 
-    def _model(self, context: grpc.aio.ServicerContext) -> ModelState:
-        """The model a call names (``x-model``), after the key; refusals as TEI's codes."""
+    def _model(self, context: grpc.aio.ServicerContext, opening: bool = True) -> ModelState:
+        """The model or adapter a call names (``x-model``; the key was checked before the call
+        reached its RPC); refusals as TEI's codes. A stream open before a shutdown began
+        (``opening`` false: its later messages) is drained to its end."""
         st = self.state
-        metadata = dict(context.invocation_metadata() or ())
-        if st.key_digest is not None and not bearer_matches(metadata.get("authorization"), st.key_digest):
-            raise Refused(grpc.StatusCode.UNAUTHENTICATED, "No valid auth token")
-        name = metadata.get("x-model")
+        name = dict(context.invocation_metadata() or ()).get("x-model")
         model = served_model(st, name) if name is not None else st.first
         if model.load_error is not None:
             raise Refused(grpc.StatusCode.UNAVAILABLE, "the model failed to load")
         if not model.ready:
             raise Refused(grpc.StatusCode.UNAVAILABLE, "the model is loading; retry shortly")
-        if st.draining:
+        if opening and st.draining:
             raise Refused(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
         return model
 
+    def _busy(self) -> Refused:
+        return Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, f"the server is busy ({self.state.in_flight} requests in flight); retry later")
+
     async def _answer(self, context: grpc.aio.ServicerContext, method: str,
                       work: Callable[[ModelState, LLM, _Call], Awaitable[Any]], admit: bool = True) -> Any:
-        """Run one call's ``work`` as the HTTP guard runs a request: the key and model, then a slot
-        of ``--max-concurrent-requests`` (``ResourceExhausted`` beyond it); counted in ``/metrics``
+        """Run one call's ``work`` as the HTTP guard runs a request: the model, then a slot of the
+        server's admission limit (``ResourceExhausted`` when none is free); counted in ``/metrics``
         under the method's name and its status code."""
         st, start, code, failure, admitted = self.state, time.perf_counter(), grpc.StatusCode.OK, None, False
         try:
             model = self._model(context)
             if admit:
-                if st.in_flight >= st.limits.max_concurrent_requests:
-                    st.metrics.rejected.inc()
-                    raise Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, f"the server is busy ({st.in_flight} requests in flight); retry later")
-                st.in_flight += 1
+                if not st.admission.try_admit():
+                    raise self._busy()
                 admitted = True
-            return await work(model, model.llm, _Call(context))
+            answer = await work(model, model.llm, _Call(context))
+            if answer.DESCRIPTOR.fields_by_name.get("metadata") is not None:  # TEI's x-compute-* headers, as HTTP's
+                await context.send_initial_metadata(tuple(metadata_headers(answer.metadata, model.llm.model.device.type).items()))
+            return answer
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
             raise
@@ -175,8 +175,7 @@ class TeiService:
             failure = (code, message)
         finally:
             if admitted:
-                st.in_flight -= 1
-                st.metrics.fold()
+                st.admission.release()
             st.metrics.observe(method, code.name, time.perf_counter() - start)
         await context.abort(*failure)
 
@@ -185,25 +184,31 @@ class TeiService:
         """Answer a bidirectional stream: each message as a call of its own, several at once, the
         answers in the order of the messages; the first failure ends the stream with its status."""
         st, start, code, failure = self.state, time.perf_counter(), grpc.StatusCode.OK, None
+        admission = st.admission
         pending: asyncio.Queue = asyncio.Queue()  # each message's task, in order; None after the last
+        window = asyncio.Semaphore(STREAM_WINDOW)  # messages taken and not yet sent
         reader: asyncio.Future | None = None
         try:
-            model = self._model(context)
-            llm, call = model.llm, _Call(context)
-            slots = asyncio.Semaphore(st.limits.max_concurrent_requests)
+            self._model(context)  # an unknown model or a server not serving ends the stream at once
+            call = _Call(context)
 
             async def run(message: Any) -> Any:
-                st.in_flight += 1
                 try:
-                    return await one(message, model, llm, call)
+                    model = self._model(context, opening=False)  # now: the adapter may have been unloaded or reloaded
+                    return await one(message, model, model.llm, call)
                 finally:
-                    st.in_flight -= 1
-                    slots.release()
+                    admission.release(streamed=True)
 
             async def read() -> None:
+                messages = requests.__aiter__()
                 try:
-                    async for message in requests:
-                        await slots.acquire()  # a stream waits for room, it is not refused
+                    while True:
+                        await window.acquire()  # a client that stops reading stops the stream here
+                        try:
+                            message = await messages.__anext__()
+                        except StopAsyncIteration:
+                            return
+                        await admission.admit_message()  # a stream waits for room, it is not refused
                         pending.put_nowait(asyncio.ensure_future(run(message)))
                 finally:
                     pending.put_nowait(None)
@@ -211,6 +216,7 @@ class TeiService:
             reader = asyncio.ensure_future(read())
             while (task := await pending.get()) is not None:
                 yield await task
+                window.release()
             await reader  # what reading the messages raised, if anything
         except (asyncio.CancelledError, GeneratorExit):
             code = grpc.StatusCode.CANCELLED
@@ -340,18 +346,31 @@ class TeiService:
 
     async def RerankStream(self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
         """Each message a (query, text) pair; ``raw_scores``, ``return_text`` and the truncation
-        are the first message's (TEI reads the first two so; poolkit the truncation too)."""
+        are the first message's (TEI reads the first two so; poolkit the truncation too). The
+        messages are checked as they arrive and held within ``--max-body-bytes`` in all, as one
+        HTTP body; the slot of the admission limit is taken once they are in, as HTTP's."""
+        st = self.state
 
-        async def work(st: ModelState, llm: LLM, call: _Call) -> Any:
-            messages = []
+        async def work(model: ModelState, llm: LLM, call: _Call) -> Any:
+            limits, messages, size = st.limits, [], 0
             async for message in requests:
+                size += message.ByteSize()
+                if size > limits.max_body_bytes:
+                    raise Refused(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                  f"the stream's messages are larger than the limit of {limits.max_body_bytes} bytes")
+                if len(messages) == limits.max_inputs_per_request:
+                    raise batch_too_large(model, len(messages) + 1)
+                check_pair(message.query, message.text)
                 messages.append(message)
-                if len(messages) > st.limits.max_inputs_per_request:
-                    break  # refused below as the batch-size rule words it
-            first = messages[0] if messages else self.pb.RerankStreamRequest()
-            return await self._rerank(first, [m.query for m in messages], [m.text for m in messages], st, llm, call)
+            if not st.admission.try_admit():
+                raise self._busy()
+            try:
+                first = messages[0] if messages else self.pb.RerankStreamRequest()
+                return await self._rerank(first, [m.query for m in messages], [m.text for m in messages], model, llm, call)
+            finally:
+                st.admission.release()
 
-        return await self._answer(context, "/tei.v1.Rerank/RerankStream", work)
+        return await self._answer(context, "/tei.v1.Rerank/RerankStream", work, admit=False)
 
     # -- Tokenize ------------------------------------------------------------------------------------
 

@@ -32,6 +32,10 @@ def characters(inputs: Any) -> int:
 
 #: TEI's word for an accelerator's work (its ``x-compute-type``; poolkit says ``cpu`` on a CPU).
 _ACCELERATED = "gpu+optimized"
+#: poolkit's ``x-compute-type`` of an answer no work computed: every input came from the embedding
+#: cache (``--cache-size``), so the phases are 0 and the total is the request's own time. The times
+#: of the work that once computed them are not told to another client.
+CACHED = "cache"
 
 
 class ComputeTimes:
@@ -81,16 +85,9 @@ class ComputeTimes:
         return time.time_ns() - self.start
 
     def headers(self, chars: int, tokens: int, device: str) -> dict[str, str]:
-        """TEI's response headers: ``x-compute-type`` (``cpu``, else TEI's ``gpu+optimized``), the
-        characters and tokens computed, and the times in whole milliseconds."""
-        tokenization, queued, inference = self.phases()
-        total = str(self.total() // 1_000_000)
-        return {
-            "x-compute-type": "cpu" if device == "cpu" else _ACCELERATED, "x-compute-time": total,
-            "x-compute-characters": str(chars), "x-compute-tokens": str(tokens), "x-total-time": total,
-            "x-tokenization-time": str(tokenization // 1_000_000), "x-queue-time": str(queued // 1_000_000),
-            "x-inference-time": str(inference // 1_000_000),
-        }
+        """TEI's response headers (:func:`headers`) of this request: ``x-compute-type`` is
+        :data:`CACHED` where no work ran for it (every input answered from ``--cache-size``'s cache)."""
+        return headers(chars, tokens, device if any(w.ran for w in self.works) else CACHED, self.total(), *self.phases())
 
     def metadata(self, pb: Any, chars: int, tokens: int) -> Any:
         """TEI's gRPC ``Metadata`` (of ``pb``, the generated ``tei.v1`` messages) with these times."""
@@ -99,3 +96,24 @@ class ComputeTimes:
             compute_chars=chars, compute_tokens=tokens, total_time_ns=self.total(), tokenization_time_ns=tokenization,
             queue_time_ns=queued, inference_time_ns=inference,
         )
+
+
+def headers(chars: int, tokens: int, device: str, total: int, tokenization: int, queued: int, inference: int) -> dict[str, str]:
+    """TEI's response headers: ``x-compute-type`` (``cpu``, else TEI's ``gpu+optimized``), the
+    characters and tokens computed, and the times (given in nanoseconds) in whole milliseconds; its
+    HTTP routes send them as headers, its unary RPCs as the answer's initial metadata."""
+    ms = str(total // 1_000_000)
+    return {
+        "x-compute-type": device if device in ("cpu", CACHED) else _ACCELERATED, "x-compute-time": ms,
+        "x-compute-characters": str(chars), "x-compute-tokens": str(tokens), "x-total-time": ms,
+        "x-tokenization-time": str(tokenization // 1_000_000), "x-queue-time": str(queued // 1_000_000),
+        "x-inference-time": str(inference // 1_000_000),
+    }
+
+
+def metadata_headers(metadata: Any, device: str) -> dict[str, str]:
+    """:func:`headers` of a TEI gRPC answer's ``Metadata`` (:data:`CACHED` where no phase took time:
+    no work ran)."""
+    ran = metadata.tokenization_time_ns or metadata.queue_time_ns or metadata.inference_time_ns
+    return headers(metadata.compute_chars, metadata.compute_tokens, device if ran else CACHED, metadata.total_time_ns,
+                   metadata.tokenization_time_ns, metadata.queue_time_ns, metadata.inference_time_ns)

@@ -201,10 +201,10 @@ class Guard:
         """The 429 of a server with ``--max-concurrent-requests`` requests in flight, for a request
         whose body is in: a slot counts work, not uploads (TEI takes its permit after the body too),
         so clients stalling their bodies hold no slot. A request whose headers came before a
-        shutdown began is drained as one already admitted, its body arriving meanwhile."""
+        shutdown began is drained as one already admitted, its body arriving meanwhile. The slot is
+        the server's one limit (:mod:`~poolkit.entrypoints.server.admission`), shared with gRPC."""
         st = self.state
-        if st.in_flight >= st.limits.max_concurrent_requests:
-            st.metrics.rejected.inc()
+        if not st.admission.try_admit():
             return ApiError(
                 429,
                 f"the server is busy ({st.in_flight} requests in flight); retry later",
@@ -309,7 +309,6 @@ class Guard:
                     status[0] = 499
                     return
                 if error is None and (error := self._admit()) is None:
-                    st.in_flight += 1
                     admitted = True
                 if error is None and (not named or path in SHARED_ROUTES):
                     payload = _parsed(body)
@@ -337,6 +336,5 @@ class Guard:
                 await send_error(send_wrapper, ApiError(500, "internal server error"), tei=scope.get(API) == "tei")
         finally:
             if admitted:
-                st.in_flight -= 1
-                st.metrics.fold()
+                st.admission.release()
             st.metrics.observe(route, status[0] or 500, time.perf_counter() - start)

@@ -22,6 +22,7 @@ poolkit's message with TEI's status and type.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple, Optional, Union
 
@@ -32,7 +33,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from ... import __version__
-from ...contracts.errors import InvalidRequest
+from ...contracts.errors import InputTooLong, InvalidRequest
 from ...contracts.io import Prompt
 from ...contracts.params import PoolingParams
 from ...contracts.tasks import ROLES
@@ -43,9 +44,11 @@ from .compute_times import ComputeTimes, characters
 from .deps import Model, State, check_serving, loaded_llm
 from .endpoints import TEI, Endpoints, Shared
 from .errors import ApiError, validation_message
-from .inputs import check_dimensions, check_model, check_token_ids, pooling_params, served_model
+from .inputs import check_model, check_token_ids, pooling_params, served_model
 from .scoring import has_scorer, score_pairs
 from .state import ModelState
+from .tei_answers import ANSWERS
+from .tei_answers import answer as _answer
 from .wire import dump, dump_arrays, respond
 from .work import check_tokens, run_task, until_done
 
@@ -171,58 +174,11 @@ class DecodeRequest(_Tei):
     skip_special_tokens: bool = True
 
 
-# -- answers, for /openapi.json --------------------------------------------------------------------
-
-_NUMBERS = {"type": "array", "items": {"type": "number"}}
-_SPARSE = {
-    "type": "array",
-    "items": {"type": "object", "required": ["index", "value"],
-              "properties": {"index": {"type": "integer", "minimum": 0}, "value": {"type": "number"}}},
-}
-_PREDICTIONS = {
-    "type": "array",
-    "items": {"type": "object", "required": ["score", "label"], "properties": {"score": {"type": "number"}, "label": {"type": "string"}}},
-}
-_TOKEN = {
-    "type": "object",
-    "required": ["id", "text", "special", "start", "stop"],
-    "properties": {
-        "id": {"type": "integer"}, "text": {"type": "string"}, "special": {"type": "boolean"},
-        "start": {"type": ["integer", "null"]}, "stop": {"type": ["integer", "null"]},
-    },
-}
-_RANKS = {
-    "type": "array",
-    "items": {"type": "object", "required": ["index", "score"],
-              "properties": {"index": {"type": "integer", "minimum": 0}, "text": {"type": "string"}, "score": {"type": "number"}}},
-}
-_INFO = {
-    "type": "object",
-    "required": ["model_id", "model_dtype", "model_type", "max_input_length", "max_client_batch_size", "auto_truncate", "version"],
-    "properties": {"model_type": {"type": "object"}, "max_input_length": {"type": ["integer", "null"]}},
-}
-#: What each TEI operation answers with 200 (TEI's ``router/src/http/types.rs``).
-ANSWERS = {
-    "/embed": {"type": "array", "items": _NUMBERS},
-    "/embed_all": {"type": "array", "items": {"type": "array", "items": _NUMBERS}},
-    "/embed_sparse": {"type": "array", "items": _SPARSE},
-    "/predict": {"anyOf": [_PREDICTIONS, {"type": "array", "items": _PREDICTIONS}]},
-    "/tei/rerank": _RANKS,
-    "/similarity": _NUMBERS,
-    "/tei/tokenize": {"type": "array", "items": {"type": "array", "items": _TOKEN}},
-    "/decode": {"type": "array", "items": {"type": "string"}},
-    "/info": _INFO,
-}
 #: The routes TEI's root route can answer as (see :func:`root_paths`).
 ROOT_PATHS = ("/embed", "/embed_sparse", "/predict", "/tei/rerank", "/similarity")
 #: The fields of a rerank body: on a reranker's root route, a body with both reranks, any other
 #: body with ``inputs`` predicts.
 RERANK_FIELDS = ("query", "texts")
-
-
-def _answer(path: str) -> dict[str, Any]:
-    """The operation's ``openapi_extra``: its 200's schema."""
-    return {"responses": {"200": {"description": "Successful Response", "content": {"application/json": {"schema": ANSWERS[path]}}}}}
 
 
 # -- shared checks ---------------------------------------------------------------------------------
@@ -236,9 +192,8 @@ def _needs(llm: LLM, task: str, message: str) -> None:
 
 def _batch(st: ModelState, n: int, batched: bool) -> None:
     """TEI's batch-size rule (``--max-client-batch-size``, poolkit's ``--max-inputs-per-request``)."""
-    limit = st.limits.max_inputs_per_request
-    if batched and n > limit:
-        raise ApiError(413, f"batch size {n} > maximum allowed batch size {limit}", param="inputs", tei=VALIDATION)
+    if batched and n > st.limits.max_inputs_per_request:
+        raise batch_too_large(st, n)
 
 
 def _empty_list(what: str) -> ApiError:
@@ -296,9 +251,23 @@ class Rows(NamedTuple):
     tokens: int
 
 
+@contextlib.contextmanager
+def _tei_lengths() -> Any:
+    """An input over the model's length, without ``truncate``, refused in TEI's words (its
+    ``core/src/tokenization.rs``) instead of vLLM's."""
+    try:
+        yield
+    except InputTooLong as exc:
+        raise ApiError(
+            413, f"Input validation error: `inputs` must have less than {exc.limit} tokens. Given: {exc.given}",
+            param="inputs", tei=VALIDATION,
+        ) from None
+
+
 async def _rows(request: Request, st: ModelState, llm: LLM, task: str, prompts: list[Any], params: PoolingParams,
                 prompt_name: str | None = None, input_type: str | None = None) -> Rows:
-    _, results = await run_task(request, st, llm, task, prompts, params, prompt_name=prompt_name, input_type=input_type)
+    with _tei_lengths():
+        _, results = await run_task(request, st, llm, task, prompts, params, prompt_name=prompt_name, input_type=input_type)
     rows = results.rows()
     if not all(bool(torch.isfinite(r).all()) for r in rows if r.is_floating_point()):
         raise ApiError(424, "the model produced a non-finite value (NaN or Infinity)", tei=BACKEND)
@@ -327,18 +296,38 @@ def _computed(times: ComputeTimes, llm: LLM, inputs: Any, tokens: int) -> dict[s
 
 
 async def embed_rows(body: EmbedRequest, request: Request, st: ModelState, llm: LLM) -> Rows:
-    """``/embed``: the embeddings of the inputs."""
+    """``/embed``: the embeddings of the inputs.
+
+    As TEI (``core/src/infer.rs``, ``embed_pooled``): a SPLADE model embeds its vocabulary-wide
+    vector, unnormalized only (``normalize`` is refused); ``dimensions`` cuts any model's vectors
+    (then normalized, where asked), a matryoshka model's or not, up to their width.
+    """
     _needs(llm, EMBED, "Model is not an embedding model")
+    splade = SPARSE_EMBED in llm.supported_tasks
+    if body.normalize and splade:
+        raise ApiError(424, "`normalize` is not available for SPLADE models", tei=BACKEND)
     prompts, _ = _items(st, body.inputs)
-    if body.dimensions is not None:
-        if body.dimensions < 1:
+    dimensions = body.dimensions
+    if dimensions is not None:
+        if dimensions < 1:
             raise ApiError(413, "Input validation error: `dimensions` should be positive", param="dimensions", tei=VALIDATION)
-        check_dimensions(st, body.dimensions, "dimensions")
-    params = pooling_params(
-        dimensions=body.dimensions, use_activation=_activation(llm, EMBED, body.normalize),
-        **_truncation(st, body.truncate, body.truncation_direction),
-    )
-    return await _rows(request, st, llm, EMBED, prompts, params, _prompt_name(st, body.prompt_name))
+        if st.embedding_size and dimensions > st.embedding_size:
+            raise ApiError(413, "Input validation error: `dimensions` should be smaller than the maximum embedding dimension.",
+                           param="dimensions", tei=VALIDATION)
+    cut = dimensions is not None and (splade or not llm.model.is_matryoshka)  # cut here: the LLM refuses to (vLLM's rule)
+    truncation = _truncation(st, body.truncate, body.truncation_direction)
+    if splade:  # TEI pools a SPLADE model's embedding with its SPLADE pooling
+        params = pooling_params(**truncation)
+    else:
+        params = pooling_params(
+            dimensions=None if cut else dimensions, use_activation=False if cut else _activation(llm, EMBED, body.normalize), **truncation
+        )
+    rows, tokens = await _rows(request, st, llm, SPARSE_EMBED if splade else EMBED, prompts, params, _prompt_name(st, body.prompt_name))
+    if cut:
+        rows = [row[:dimensions] for row in rows]
+        if body.normalize:
+            rows = [torch.nn.functional.normalize(row.double(), dim=-1).to(row.dtype) for row in rows]
+    return Rows(rows, tokens)
 
 
 async def embed_all_rows(body: EmbedAllRequest, request: Request, st: ModelState, llm: LLM) -> Rows:
@@ -349,9 +338,12 @@ async def embed_all_rows(body: EmbedAllRequest, request: Request, st: ModelState
         use_activation=False, token_pool_factor=body.token_pool_factor, **_truncation(st, body.truncate, body.truncation_direction)
     )
     prompt_name = _prompt_name(st, body.prompt_name)
-    # TEI names a model's prompts; "query" and "document", where the model has no prompt of that
-    # name, are a multi-vector model's retrieval sides (its markers, lengths, query expansion).
-    role = prompt_name if prompt_name in ROLES and prompt_name not in st.renderer.model.prompts else None
+    # TEI names a model's prompts; "query" and "document" are a multi-vector model's retrieval sides
+    # (its markers, lengths, query expansion) where it has sides or no prompt of that name: PyLate and
+    # sentence-transformers 6 saves always carry prompts so named ("" or "[Q] ", the side's marker),
+    # and PyLate encodes the side, as LLM.encode's input_type does.
+    sides = prompt_name in ROLES and (prompt_name not in st.renderer.model.prompts or llm.task(TOKEN_EMBED).has_roles(llm.model))
+    role = prompt_name if sides else None
     return await _rows(request, st, llm, TOKEN_EMBED, prompts, params, None if role else prompt_name, role)
 
 
@@ -497,6 +489,22 @@ async def rerank(body: TeiRerankRequest, request: Request, st: State, llm: Model
     return await respond(lambda: ranks, len(ranks), computed)
 
 
+def check_pair(query: str, text: str, query_checked: bool = False) -> None:
+    """Refuse a (query, text) pair TEI's rerank refuses: both sides empty, or a side that is not text."""
+    if query and not query_checked:
+        checked_text(query, "query")
+    if text:
+        checked_text(text, "texts")
+    elif not query:  # TEI: a pair is empty when both sides are; one empty side is scored
+        raise _empty_input()
+
+
+def batch_too_large(st: ModelState, n: int) -> ApiError:
+    """TEI's refusal of more inputs than ``--max-client-batch-size`` (poolkit's ``--max-inputs-per-request``)."""
+    limit = st.limits.max_inputs_per_request
+    return ApiError(413, f"batch size {n} > maximum allowed batch size {limit}", param="inputs", tei=VALIDATION)
+
+
 async def rerank_pairs(
     request: Request, st: ModelState, llm: LLM, queries: list[str], texts: list[str], body: TeiRerankRequest
 ) -> tuple[list[dict[str, Any]], int]:
@@ -512,12 +520,10 @@ async def rerank_pairs(
         if query:
             checked_text(query, "query")
     for query, text in zip(queries * len(texts) if len(queries) == 1 else queries, texts):
-        if text:
-            checked_text(text, "texts")
-        elif not query:  # TEI: a pair is empty when both sides are; one empty side is scored
-            raise _empty_input()
+        check_pair(query, text, query_checked=True)
     params = pooling_params(use_activation=False if body.raw_scores else None, **_truncation(st, body.truncate, body.truncation_direction))
-    outputs = await score_pairs(request, st, llm, llm.pair(queries[0] if len(queries) == 1 else queries, texts), params, None)
+    with _tei_lengths():
+        outputs = await score_pairs(request, st, llm, llm.pair(queries[0] if len(queries) == 1 else queries, texts), params, None)
     scores = [float(o.outputs.score) for o in outputs]
     order = sorted(range(len(scores)), key=lambda i: -scores[i])
     ranks = [{"index": i, **({"text": texts[i]} if body.return_text else {}), "score": scores[i]} for i in order]

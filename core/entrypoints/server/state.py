@@ -19,6 +19,7 @@ from ...contracts.errors import InvalidRequest
 from ...lora.manager import enabled
 from ...lora.request import LoRARequest
 from ...runtime.batching import Batcher
+from .admission import Admission
 from .cache import EmbeddingCache
 from ...inputs import Renderer
 from ...inputs.media import MediaPolicy
@@ -282,7 +283,8 @@ class ServerState:
         self.metrics = ServerMetrics(self)
         self.draining = False
         self.drained = False
-        self.in_flight = 0
+        #: The one limit on work in flight, for HTTP requests, gRPC calls and stream messages alike.
+        self.admission = Admission(self)
         self.receiving = 0
         self.request_exit: Callable[[], None] = lambda: None
         #: With several API processes (:mod:`~poolkit.entrypoints.server.processes`), the engine
@@ -313,6 +315,11 @@ class ServerState:
         model = ModelState(self, served_model_name, dataclasses.replace(self.limits), options)
         self.models.append(model)
         return model
+
+    @property
+    def in_flight(self) -> int:
+        """Requests, gRPC calls and stream messages holding an admission slot."""
+        return self.admission.in_flight
 
     @property
     def first(self) -> ModelState:
