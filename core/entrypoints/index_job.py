@@ -7,6 +7,12 @@ run again keeps the chunks it finished; a changed input or other settings are an
 ``overwrite``), and ``INDEX.job`` beside the index records what made it. The index's table is
 written once every chunk is done, so a kill while it is written leaves the chunks, and the next
 run writes the table again from them.
+
+The job holds ``INDEX.lock`` while it runs (a second job into the same index is refused at once,
+:class:`poolkit.api.index.IndexBusy`); ``overwrite`` replaces only what an index job makes (its
+table, its chunks and record), never the directory or a file at that path; a finished index is
+called complete only once every row reads back as written (their count and digest, recorded in
+``INDEX.job``), and is named damaged otherwise.
 """
 
 from __future__ import annotations
@@ -14,7 +20,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from ..api.index import PRECISIONS, LateInteractionIndex, has_sides
+from ..api.index import (
+    LAYOUT,
+    PRECISIONS,
+    UNPOOLED,
+    LateInteractionIndex,
+    check_index_path,
+    document_pooling,
+    drop_index,
+    has_sides,
+    index_lock,
+    table_digest,
+    token_vectors,
+)
 from ..contracts.errors import InvalidRequest
 from ..contracts.params import PoolingParams
 from .jobs import JobSummary, run_job
@@ -48,6 +66,19 @@ class IndexSink:
         self.llm = llm
         self.token_pool_factor = token_pool_factor
         self.ann = ann
+        self.pooling = document_pooling(llm, token_pool_factor)
+
+    def values(self, outputs: list[Any]) -> list[Any]:
+        """A chunk's (unpooled) outputs as the index keeps them: less the skiplist's tokens, then pooled."""
+        return token_vectors(self.llm, outputs, "document", self.pooling)
+
+    def exists(self) -> bool:
+        """Whether the directory holds the index's table."""
+        return self.path.is_dir() and LateInteractionIndex.exists(self.path)
+
+    def clear(self) -> None:
+        """Drop the index's table (``overwrite``), never the directory or another table in it."""
+        drop_index(self.path)
 
     def write(self, rows: Iterator[dict[str, Any]], value_key: str) -> None:
         """Write every row into the index, replacing a table an interrupted write left."""
@@ -66,12 +97,13 @@ class IndexSink:
         index.add_vectors(ids, vectors)
         if self.ann and not index.has_ann_index():
             index.create_ann_index()
+        index.settle()
 
-    def rows(self) -> int | None:
-        """The documents the index holds (``None``: no readable index there)."""
+    def digest(self) -> tuple[int, str] | None:
+        """Every document read back: how many, and their digest (``None``: the index cannot be read)."""
         try:
-            return len(LateInteractionIndex.open(self.path, self.llm))
-        except InvalidRequest:
+            return table_digest(LateInteractionIndex.open(self.path, self.llm).table)
+        except (InvalidRequest, OSError, RuntimeError, ValueError):  # LanceDB's IO errors: a cut or missing file
             return None
 
 
@@ -99,16 +131,23 @@ def run_index_job(
 
     Raises:
         InvalidRequest: bad input (an empty corpus, a missing file), a bad ``token_pool_factor``, an
-            existing index of another job or settings (unless ``overwrite``), a changed input.
+            existing index of another job or settings (unless ``overwrite``), a changed input, a
+            file at ``index_path``, a finished index that no longer reads back as written.
+        IndexBusy: another job is writing the index.
     """
     params = PoolingParams(token_pool_factor=token_pool_factor, truncate_prompt_tokens=truncate_prompt_tokens)
     llm.check_params(params, 1, "token_embed")  # a bad factor is refused before the input is read
     if precision not in PRECISIONS:
         raise InvalidRequest(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    sides = has_sides(llm)
-    return run_job(
-        llm, input_path, index_path, task="token_embed", pooling_params=params,
-        tokenization_kwargs={"input_type": "document"} if sides else None,
-        settings={"precision": precision}, sink=IndexSink(Path(index_path), llm, token_pool_factor, ann, precision),
-        **job_options,
-    )
+    check_index_path(index_path)
+    sink = IndexSink(Path(index_path), llm, token_pool_factor, ann, precision)
+    pooling = sink.pooling.pool_factor if sink.pooling is not None else None
+    # The engine hands back every token's vector (a factor of 1); the sink drops the skiplist's, then pools.
+    unpooled = params.model_copy(update={"token_pool_factor": UNPOOLED})
+    with index_lock(index_path):
+        return run_job(
+            llm, input_path, index_path, task="token_embed", pooling_params=unpooled,
+            tokenization_kwargs={"input_type": "document"} if has_sides(llm) else None,
+            settings={"precision": precision, "token_pool_factor": pooling, "index_layout": LAYOUT}, sink=sink,
+            **job_options,
+        )

@@ -75,17 +75,29 @@ class JobSink(Protocol):
     """Where a job's rows go instead of an output file (a late-interaction index's table, say).
 
     The job keeps its chunk files, manifest and resume rules; once every chunk is done it hands
-    the sink every row, in order, and records the job beside the output as for a file.
+    the sink every row, in order, and records the job beside the output as for a file, with the
+    sink's digest of what it holds, which a later run compares before calling the job complete.
     """
 
     #: What the manifest records as the output's format.
     name: str
 
+    def values(self, outputs: list[Any]) -> list[Any]:
+        """A chunk's encoded outputs as the sink stores them (one value per output)."""
+
+    def exists(self) -> bool:
+        """Whether the sink's output is there (other things at the output path are not its own)."""
+
+    def clear(self) -> None:
+        """Remove the sink's output (``overwrite``) and nothing else; refuse (``InvalidRequest``)
+        where what is there is not what the sink writes."""
+
     def write(self, rows: Iterator[dict[str, Any]], value_key: str) -> None:
         """Store every row (``id`` and ``value_key``), replacing whatever an interrupted write left."""
 
-    def rows(self) -> int | None:
-        """The rows the finished output holds (``None``: it cannot be read)."""
+    def digest(self) -> tuple[int, str] | None:
+        """Every row of the finished output read back: how many, and a digest of them (``None``:
+        it cannot be read)."""
 
 
 #: Truncation to the model's limit: what the CLI and corpus jobs (local and on Ray Data) ask for
@@ -483,11 +495,19 @@ def _check_finished(
         )
     size = None if sink is not None else output.stat().st_size  # a sink's output is checked by its rows
     problem = None
-    if size != made.get("bytes"):
+    if sink is not None:
+        found = sink.digest()
+        if found is None:
+            problem = "it cannot be read"
+        elif found[0] != made.get("rows"):
+            problem = f"it has {found[0]} rows"
+        elif found[1] != made.get("digest"):
+            problem = "its rows differ from those written"
+    elif size != made.get("bytes"):
         problem = f"it has {size} bytes"
     else:
         try:
-            rows = sink.rows() if sink is not None else _output_rows(output, fmt)
+            rows = _output_rows(output, fmt)
         except (OSError, ValueError):  # a damaged file fails in its reader's own way
             rows = None
         if rows != made.get("rows"):
@@ -589,6 +609,10 @@ def run_job(
     params = truncating(llm.check_params(pooling_params, 1, task_obj.name)[0])
     if not source.is_file():
         raise InvalidRequest(f"input file '{source}' does not exist or is not a file")
+    if output.exists() and output.resolve() == source.resolve():
+        raise InvalidRequest(f"output '{output}' is the input file: write the results to another file")
+    if sink is None and output.is_dir():  # a job writes a file: a folder there is not its output to replace
+        raise InvalidRequest(f"output '{output}' is a folder: name a file to write the results to")
     in_fmt = _format(source, input_format, INPUT_FORMATS, "input")
     parts_dir = output.with_name(output.name + ".parts")
     manifest_path = parts_dir / _MANIFEST
@@ -616,12 +640,15 @@ def run_job(
     if set_total is not None:
         set_total(total)
     if overwrite:
+        if sink is not None:  # what the sink writes, and nothing else that is there
+            sink.clear()
+        else:
+            output.unlink(missing_ok=True)
         shutil.rmtree(parts_dir, ignore_errors=True)
-        shutil.rmtree(output) if output.is_dir() else output.unlink(missing_ok=True)
         marker_path.unlink(missing_ok=True)
     manifest = _read_json(manifest_path) if manifest_path.is_file() else None
     unfinished = (manifest or {}).get("job_id")
-    if output.exists() and not overwrite:
+    if (sink.exists() if sink is not None else output.exists()) and not overwrite:
         made = _read_json(marker_path) if marker_path.is_file() else None
         if made is not None and made.get("job_id") == job_id:
             _check_finished(output, out_fmt, made, source, digest, sink)
@@ -667,9 +694,10 @@ def run_job(
             [text for _, text in chunk], params, pooling_task=task, prompt_name=prompt_name, tokenization_kwargs=tokenization_kwargs
         )
         summary.truncated += sum(out.truncated for out in outputs)
+        values = sink.values(outputs) if sink is not None else [out.outputs.data for out in outputs]
         rows = []
-        for (row_id, _), out in zip(chunk, outputs):
-            record = task_obj.record(out.outputs.data, llm.model, options)
+        for (row_id, _), value in zip(chunk, values):
+            record = task_obj.record(value, llm.model, options)
             if dtype is not None:
                 import torch
 
@@ -732,6 +760,9 @@ def run_job(
         "bytes": None if sink is not None else output.stat().st_size,
         "output_format": out_fmt, "embed_dtype": dtype,
     }
+    if sink is not None:
+        written = sink.digest()
+        made["digest"] = written[1] if written is not None else None
     _atomic_write(marker_path, lambda tmp: tmp.write_text(json.dumps(made, indent=2)))
     shutil.rmtree(parts_dir, ignore_errors=True)
     return summary

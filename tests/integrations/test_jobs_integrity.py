@@ -441,3 +441,17 @@ def test_cli_embed_dtype(model, tmp_path):
     assert vectors.shape == (20, 4) and meta[b"embed_dtype"] == b"ubinary"
     bad = runner.invoke(app, ["embed", "--model", model, "--embed-dtype", "int8", "hello"])
     assert bad.exit_code == 1 and bad.stderr.startswith("Error: --embed-dtype applies to corpus jobs (-o OUTPUT)")
+
+
+def test_overwrite_never_deletes_the_input_or_a_folder(model, tmp_path):
+    """``-o`` naming the input file, or a folder, is refused before anything is removed, with or
+    without --overwrite (it used to delete the corpus, or the whole folder)."""
+    src = write_corpus(tmp_path / "corpus.jsonl", 5)
+    folder = tmp_path / "results.jsonl"  # a folder named as an output file
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    for output, message in ((src, "is the input file"), (folder, "is a folder")):
+        for extra in ([], ["--overwrite"]):
+            result = runner.invoke(app, ["embed", "--model", model, "-i", str(src), "-o", str(output), "-q", *extra])
+            assert result.exit_code == 1 and result.stderr.startswith("Error: output ") and message in result.stderr.splitlines()[0]
+    assert len(src.read_text().splitlines()) == 5 and (folder / "notes.txt").read_text() == "mine"

@@ -2,8 +2,9 @@
 
 ``index`` is a corpus job (:func:`poolkit.entrypoints.index_job.run_index_job`, or Ray Data with
 ``--engine ray``): run it again after a kill and it resumes. ``search`` encodes its queries on the
-query side of the model that built the index (the index records it; another ``MODEL`` is refused)
-and prints the hits, best first.
+query side of the model that built the index (the index records its folder and a digest of its
+files, so it loads that model from any folder; another ``MODEL`` is refused) and prints the hits,
+best first.
 """
 
 from __future__ import annotations
@@ -74,9 +75,11 @@ def index(
             "id_field": id_field, "overwrite": overwrite,
         }
         if engine == "ray":
+            from ...api.index import index_lock
             from ..integrations.ray import run_ray_index_job
 
-            summary = run_ray_index_job(llm, input_file, index_dir, **common)
+            with index_lock(index_dir):
+                summary = run_ray_index_job(llm, input_file, index_dir, **common)
             typer.echo(f"{summary.rows} documents -> {index_dir} (ray)", err=True)
             return
         if engine != "local":
@@ -109,7 +112,8 @@ def search(
 ) -> None:
     """Search an index: one record per hit (query, rank, id, MaxSim score), best first.
 
-    MODEL defaults to the model that built the index (its load settings are recorded there).
+    MODEL defaults to the model that built the index, loaded from the folder it was built from
+    (recorded there with its load settings), wherever the search runs.
     """
     with errors():
         from ...api.index import LateInteractionIndex
@@ -117,7 +121,8 @@ def search(
         setup_logging(True, verbose)
         identity = LateInteractionIndex.read_identity(index_dir)
         if "model" not in args.model_fields_set:
-            args = EngineArgs(**{**identity.load, **args.model_dump(exclude_unset=True)})
+            built = {"model": identity.source["path"]} if identity.source else {}
+            args = EngineArgs(**{**identity.load, **built, **args.model_dump(exclude_unset=True)})
         found = LateInteractionIndex.open(index_dir, load(args)).search(queries, top_k=top_k, exact=exact)
         rows = [
             {"query": q, "rank": rank, "id": hit.id, "score": hit.score}

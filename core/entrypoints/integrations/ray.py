@@ -248,7 +248,7 @@ def run_ray_index_job(
         raise MissingDependency("Ray Data is not installed: pip install 'poolkit[ray]'") from None
     from pathlib import Path
 
-    from ...api.index import LateInteractionIndex, has_sides
+    from ...api.index import UNPOOLED, LateInteractionIndex, has_sides
 
     source = Path(input_path)
     if not source.is_file():
@@ -266,6 +266,9 @@ def run_ray_index_job(
     if id_field not in ds.columns():
         raise InvalidRequest(f"--engine ray needs an id column ('{id_field}') in '{source.name}'")
     kwargs = {"input_type": "document"} if has_sides(llm) else None
+    # The index's own factor, or 1 (nothing clustered): either way the engine leaves the skiplist's
+    # tokens out first, so the rows are what LLM.score scores (unpooled output keeps every token).
+    params = params.model_copy(update={"token_pool_factor": index.identity.token_pool_factor or UNPOOLED})
     out = embed_dataset(ds, text_column=text_field, task="token_embed", args=llm.args, pooling_params=params,
                         tokenization_kwargs=kwargs, batch_size=batch_size)
     summary = JobSummary(output=index_path)
@@ -279,4 +282,5 @@ def run_ray_index_job(
     summary.written = summary.rows
     if ann and not index.has_ann_index():
         index.create_ann_index()
+    index.settle()  # an overwritten table's older versions go
     return summary
