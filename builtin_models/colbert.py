@@ -54,6 +54,13 @@ class _ColBERT:
             with torch.no_grad():
                 self.linear.weight.copy_(weight)
 
+    @property
+    def hidden_size(self) -> int:
+        """The width of the vectors :meth:`forward` returns: the projection's outputs where the
+        checkpoint has one (what a response holds a number of per token, and its limit counts)."""
+        linear = getattr(self, "linear", None)
+        return int(linear.out_features) if linear is not None else super().hidden_size
+
     def forward(self, batch: PackedBatch) -> torch.Tensor:
         hidden = super().forward(batch)
         if self.linear is None:

@@ -54,12 +54,6 @@ class JinaRerankerV3Layout(ListwiseLayout):
     max_doc_tokens: ClassVar[int] = 2048
     block_size: ClassVar[int] = 125
 
-    def sanitize(self, text: str) -> str:
-        """``text`` without the two embed tokens, which would add vectors of their own."""
-        for token in (self.query_token, self.doc_token):
-            text = text.replace(token, "")
-        return text
-
     def prompt(self, query: str, documents: list[str], instruction: str | None) -> str:
         query = self.sanitize(query)
         user = (

@@ -9,11 +9,10 @@ import torch
 from poolkit.contracts.batch import PackedBatch
 from poolkit.contracts.params import PoolingParams
 from poolkit.contracts.pooling import Pooler
-from poolkit.contracts.sentence_transformers import TokenPoolingSpec
 
 from .activations import normalize
 from .poolers import SegmentPooler
-from .token_pooling import hierarchical_pool
+from .token_pooling import TokenPooling, pool_tokens
 
 
 class VectorHead:
@@ -26,8 +25,8 @@ class VectorHead:
         activation: applied where a request's ``use_activation`` (default below) is true.
         use_activation: the default when a request leaves ``use_activation`` unset.
         dimensions: the default matryoshka width when a request leaves ``dimensions`` unset.
-        token_pooling: the model's token pooling (its protected tokens and normalisation apply to
-            every ``token_pool_factor``), or ``None`` for sentence-transformers' defaults.
+        token_pooling: the model's token pooling (its protected tokens, normalisation and skiplists
+            apply to every ``token_pool_factor``), or ``None`` for sentence-transformers' defaults.
     """
 
     def __init__(
@@ -37,7 +36,7 @@ class VectorHead:
         activation: Callable[[torch.Tensor], torch.Tensor],
         use_activation: bool,
         dimensions: int | None = None,
-        token_pooling: TokenPoolingSpec | None = None,
+        token_pooling: TokenPooling | None = None,
     ) -> None:
         self.poolers = list(poolers)
         self.token_pooling = token_pooling
@@ -90,25 +89,22 @@ class VectorHead:
             return [self._finish(row, *s) for row, s in zip(pooled.unbind(0), settings)]
         if self.projector is not None:
             pooled = [self.projector(t) for t in pooled]
-        pooled = [late_chunks(t, p) for t, p in zip(pooled, params)]
-        return [token_pool(self._finish(t, *s), p, self.token_pooling) for t, s, p in zip(pooled, settings, params)]
+        pooled = [self._finish(late_chunks(t, p), *s) for t, s, p in zip(pooled, settings, params)]
+        return token_pool(pooled, batch, params, self.token_pooling)
 
 
 class TokenPooledHead:
     """An architecture's own token head (BGE-M3's ColBERT vectors) with the request's token pooling
     after it (:func:`token_pool`), as :class:`VectorHead` pools its own."""
 
-    def __init__(self, head: Callable, spec: TokenPoolingSpec | None) -> None:
+    def __init__(self, head: Callable, pooling: TokenPooling | None) -> None:
         self.head = head
-        self.spec = spec
+        self.pooling = pooling
 
     def __call__(
         self, hidden: torch.Tensor, batch: PackedBatch, params: Sequence[PoolingParams]
     ) -> torch.Tensor | list[torch.Tensor]:
-        out = self.head(hidden, batch, params)
-        if all(p.token_pool_factor is None for p in params):
-            return out
-        return [token_pool(t, p, self.spec) for t, p in zip(out, params)]
+        return token_pool(self.head(hidden, batch, params), batch, params, self.pooling)
 
     def __getattr__(self, name: str) -> object:  # the wrapped head's own attributes (granularity, ...)
         if name == "head":  # not set yet (a copy being made): no recursion
@@ -125,15 +121,24 @@ def late_chunks(tokens: torch.Tensor, params: PoolingParams) -> torch.Tensor:
     return torch.stack([part.float().mean(0) for part in tokens.split(size)])
 
 
-def token_pool(tokens: torch.Tensor, params: PoolingParams, spec: TokenPoolingSpec | None = None) -> torch.Tensor:
-    """Token vectors ``[n, H]`` (finished: truncated and normalised) pooled by the request's
-    ``token_pool_factor`` (:func:`~.token_pooling.hierarchical_pool`, with the protected tokens
-    and normalisation of the model's ``spec``), or unchanged without one."""
-    if params.token_pool_factor is None:
+def token_pool(
+    tokens: list[torch.Tensor], batch: PackedBatch, params: Sequence[PoolingParams], pooling: TokenPooling | None = None
+) -> list[torch.Tensor]:
+    """Each sequence's token vectors ``[n, H]`` (finished: truncated and normalised) pooled by its
+    request's ``token_pool_factor`` as sentence-transformers pools them (:class:`~.token_pooling.TokenPooling`:
+    the model's protected tokens, normalisation and skiplist of the sequence's side), or unchanged without one."""
+    if all(p.token_pool_factor is None for p in params):
         return tokens
-    if spec is None:
-        return hierarchical_pool(tokens, params.token_pool_factor)
-    return hierarchical_pool(tokens, params.token_pool_factor, protected=spec.protected, normalize=spec.normalize)
+    ids = batch.split(batch.input_ids)
+    out = []
+    for t, i, p in zip(tokens, ids, params):
+        if p.token_pool_factor is None:
+            out.append(t)
+        elif pooling is None:
+            out.append(pool_tokens(t, p.token_pool_factor))
+        else:
+            out.append(pooling(t, p.token_pool_factor, i, p.side))
+    return out
 
 
 class ClassifierHead:

@@ -15,7 +15,7 @@ from poolkit.loading.model import PoolingModel
 from poolkit.plugins.manager import registry
 
 from .heads import ClassifierHead, LMHeadStepHead, LMHeadTokenHead, LogitScore, TokenPooledHead, VectorHead
-from .token_pooling import check_pool_factor
+from .token_pooling import TokenPooling, check_pool_factor
 
 STEP_PARAMS = frozenset({"step_tag_id", "returned_token_ids"})
 
@@ -119,7 +119,7 @@ class _VectorTask(Task):
                 )
         activation = registry("activation").get(self.activation_setting(model).value)
         return VectorHead(
-            poolers, projector, activation, model.use_activation().value, model.dimensions.value, model.token_pooling
+            poolers, projector, activation, model.use_activation().value, model.dimensions.value, TokenPooling(model)
         )
 
     def result_width(self, model: PoolingModel) -> int | None:
@@ -165,6 +165,14 @@ class EmbedTask(_VectorTask):
     output_field = "embedding"
     default_rank = 0
 
+    def build(self, model: PoolingModel) -> Head | None:
+        """No head for a late-interaction save (PyLate's, sentence-transformers' ``MultiVectorEncoder``):
+        PyLate encodes only token vectors and vLLM's ColBERT pooler serves ``token_embed`` only, so a
+        pooled vector of its projected tokens would be a sentence embedding no reference computes."""
+        if model.st is not None and model.st.late_interaction:
+            return None
+        return super().build(model)
+
 
 class TokenEmbedTask(_VectorTask):
     """One vector per input token (multi-vector retrieval)."""
@@ -204,7 +212,7 @@ class TokenEmbedTask(_VectorTask):
 
     def own_head(self, head: Head, model: PoolingModel) -> Head:
         """An architecture's own token head, with the request's (or the model's) token pooling after it."""
-        return TokenPooledHead(head, model.token_pooling)
+        return TokenPooledHead(head, TokenPooling(model))
 
     def has_roles(self, model: PoolingModel) -> bool:
         """A retriever with sides of its own, or a late-interaction (ColBERT) model."""
@@ -213,6 +221,16 @@ class TokenEmbedTask(_VectorTask):
             or registry("scorer").get("late-interaction").supports(model)
             or model.architecture.score_type == "late-interaction"
         )
+
+    def check_model(self, model: PoolingModel) -> None:
+        """Refuse the model's own document pooling (``token_pool_factor``, ``--token-pool-factor``, a
+        checkpoint's module) where every request would refuse it: above the model's input limit."""
+        spec = model.token_pooling
+        if spec is not None:
+            try:
+                check_pool_factor(spec.pool_factor, model.max_model_len.value)
+            except InvalidRequest as exc:
+                raise ModelLoadError(f"{exc} (the model's token_pool_factor, --token-pool-factor)") from None
 
     def verify(self, params: PoolingParams, model: PoolingModel) -> None:
         super().verify(params, model)

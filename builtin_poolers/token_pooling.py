@@ -9,8 +9,11 @@ cosine distances of the tokens after the protected leading ones, cut into ``n //
 clusters, each replaced by its mean, then every output vector L2-normalised. The same inputs give
 the same clusters in the same order (scipy's linkage and ``fcluster``, which sentence-transformers
 calls too), so an index pooled here and one pooled there hold the same vectors. The clustering
-itself is the ``token_pool`` kernel (:func:`poolkit.kernels.token_pool.hierarchical_pool`), which
-``MultiVectorEncoder`` calls too.
+itself is the ``token_pool`` kernel (:func:`poolkit.kernels.token_pool.hierarchical_pool`).
+
+What is clustered is what sentence-transformers' pipeline and PyLate cluster: a document's vectors
+less those of its skiplist tokens. That rule is :func:`poolkit.loading.token_pooling.pool_tokens`,
+which the task heads here and ``MultiVectorEncoder`` both call.
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ from __future__ import annotations
 import math
 
 from poolkit.contracts.errors import InvalidRequest
+from poolkit.loading.token_pooling import TokenPooling, kept, pool_tokens
 
 from ..kernels.token_pool import PROTECTED_TOKENS, hierarchical_pool
 
-__all__ = ["PROTECTED_TOKENS", "check_pool_factor", "hierarchical_pool"]
+__all__ = ["PROTECTED_TOKENS", "TokenPooling", "check_pool_factor", "hierarchical_pool", "kept", "pool_tokens"]
 
 
 def check_pool_factor(pool_factor: float, max_tokens: int | None = None) -> None:

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from ..contracts.errors import InvalidRequest
+from ..loading.token_pooling import kept, pool_tokens
 from ..plugins.manager import registry
-from ..plugins.lookup import select_kernel
 from .st_compat import _Embedder
 from .st_functions import maxsim, maxsim_pairwise, multi_vector_similarity_name
 
@@ -161,21 +161,19 @@ class MultiVectorEncoder(_Embedder):
         skip = self._colbert.skipped(self.llm.model, kind, settings)
         results = self._run("token_embed", list(prompts)) if texts else []
         # The checkpoint's token pooling (a HierarchicalTokenPooling module, or --token-pool-factor) on
-        # the side it applies to, after the skiplist, as sentence-transformers' pipeline runs it.
+        # the side it applies to, after the skiplist, as sentence-transformers' pipeline runs it (and LLM's heads).
         spec = self.llm.model.token_pooling
-        pool = select_kernel("token_pool", "cpu") if spec is not None and kind in spec.tasks else None
+        pooled = spec is not None and kind in spec.tasks
         out: list[Any] = []
         for vectors, ids in results:
             vectors = vectors.float()
             if self._normalize:
                 vectors = torch.nn.functional.normalize(vectors, dim=-1)
-            scored = torch.ones(len(ids), dtype=torch.bool) if skip is None else ~torch.isin(torch.tensor(ids), skip)
+            scored = kept(ids, skip)
             if output_value is None:
                 out.append({"input_ids": torch.tensor(ids), "token_embeddings": vectors, "attention_mask": scored, "modality": "text"})
                 continue
-            vectors = vectors[scored]
-            if pool is not None:
-                vectors = pool(vectors, spec.pool_factor, protected=spec.protected, normalize=spec.normalize)
+            vectors = pool_tokens(vectors, spec.pool_factor, spec, ids, skip) if pooled else vectors[scored]
             out.append(torch.nn.functional.normalize(vectors, dim=-1) if normalize_embeddings else vectors)
         if token_pooling is not None and output_value is not None:
             out = token_pooling.pool(out, task=task)

@@ -17,6 +17,8 @@ from .model import ModelInfo
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
 
+    from .checkpoint import Checkpoint
+
     from .io import IOProcessor, Prompt
     from .model import Tokenizer
     from .params import Setting
@@ -53,8 +55,37 @@ class ListwiseLayout:
     block_size: ClassVar[int] = 0
 
     def prompt(self, query: str, documents: list[str], instruction: str | None) -> str:
-        """The prompt text of ``query`` with ``documents`` (already cut), and an optional instruction."""
+        """The prompt text of ``query`` with ``documents`` (already cut), and an optional instruction;
+        each text passed through :meth:`sanitize`."""
         raise NotImplementedError
+
+    @property
+    def special_tokens(self) -> tuple[str, ...]:
+        """The tokens whose vectors the head returns, which no input text may hold."""
+        return tuple(t for t in (self.doc_token, self.query_token) if t)
+
+    def sanitize(self, text: str) -> str:
+        """``text`` with no :attr:`special_tokens` left in it, each of which would add a vector of its
+        own and shift every score of its prompt.
+
+        Removed to a fixed point, not once: removing a nested token (``<|embed<|embed_token|>_token|>``)
+        joins the text around it into another. Linear in the text, however deep the nesting.
+        """
+        tokens = self.special_tokens
+        for token in tokens:  # the usual case: no token, or tokens that removing once does away with
+            text = text.replace(token, "")
+        if not any(token in text for token in tokens):
+            return text
+        ends = {token[-1] for token in tokens}
+        out: list[str] = []  # holds no token at any step: one can only end at the character just added
+        for char in text:
+            out.append(char)
+            if char in ends:
+                for token in tokens:
+                    if len(out) >= len(token) and "".join(out[-len(token):]) == token:
+                        del out[-len(token):]
+                        break
+        return "".join(out)
 
 
 class Architecture(torch.nn.Module):
@@ -245,6 +276,30 @@ class Architecture(torch.nn.Module):
             ModelLoadError: naming the field that does not fit.
         """
         cls.config_checks.check(config, shapes, overridden)
+
+    @classmethod
+    def inspect_checkpoint(cls, config: PretrainedConfig, checkpoint: Checkpoint) -> list[str]:
+        """Read what the checkpoint ships beside ``config.json`` into the config: the hub id it was
+        fetched as, its model card, its sentence-transformers files (a causal LM published as a
+        reranker, say, which only these tell from an embedder).
+
+        Called once per load, after ``hf_overrides`` are applied and before :meth:`configure`. The
+        default reads nothing.
+
+        Returns:
+            Warnings about how the checkpoint will be served that no setting shows (a causal LM
+            with no pooling files served as an embedder): logged at load, listed by ``poolkit info``.
+
+        Raises:
+            ModelLoadError: the checkpoint contradicts itself.
+        """
+        return []
+
+    def describe(self) -> dict[str, Any]:
+        """What ``poolkit info`` shows of this architecture beyond the settings every model has (a
+        causal LM read as a publisher's reranker: which, and recognised from what), each entry a
+        ``{"value", "source"}`` pair like the settings. The default shows nothing."""
+        return {}
 
     @classmethod
     def configure(cls, config: PretrainedConfig, tokenizer: Tokenizer) -> None:

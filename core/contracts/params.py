@@ -251,6 +251,8 @@ class PoolingParams(_Strict):
     _lora_identity: Any = PrivateAttr(default=None)
     #: The request's ``cache_salt`` (:attr:`cache_salt`).
     _salt: Any = PrivateAttr(default=None)
+    #: The retrieval side the prompt is encoded in (:attr:`side`).
+    _side: Any = PrivateAttr(default=None)
 
     @property
     def lora_request(self) -> Any:
@@ -281,6 +283,21 @@ class PoolingParams(_Strict):
             return self
         copy = self.model_copy()
         copy._salt = salt
+        return copy
+
+    @property
+    def side(self) -> str | None:
+        """The retrieval side (``input_type``: ``"query"`` / ``"document"``) the prompt was encoded
+        in, set when its parameters are checked; ``None``: the text as given. Token pooling reads it
+        (a document's skiplist tokens are left out before pooling)."""
+        return self._side
+
+    def on_side(self, side: str | None) -> "PoolingParams":
+        """A copy for a prompt encoded in the retrieval ``side`` (this object when it says so already)."""
+        if side == self._side:
+            return self
+        copy = self.model_copy()
+        copy._side = side
         return copy
 
     @model_validator(mode="before")

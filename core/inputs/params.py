@@ -102,7 +102,7 @@ def check_params(
         for name, default in task.param_defaults(model, input_type).items():
             if getattr(p, name) is None:
                 update[name] = default
-        p = p.model_copy(update={"task": task_name, **update})
+        p = p.model_copy(update={"task": task_name, **update}).on_side(input_type)
         task.verify(p, model)
         engine.check_truncation(p.truncate_prompt_tokens)
         verified[id(given_p)] = p

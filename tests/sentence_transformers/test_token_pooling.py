@@ -5,6 +5,8 @@ inputs, refused before anything runs."""
 
 from __future__ import annotations
 
+import string
+
 import pytest
 import torch
 
@@ -63,12 +65,15 @@ def test_token_pool_factor_pools_as_sentence_transformers(token_model, pool_fact
 
 
 def test_a_colbert_pipeline_pools_its_projected_vectors(colbert_mve_dir):
-    # A sentence-transformers ColBERT save (skiplist, 32-wide projection): the pooled vectors are
-    # the projected, normalised ones the model returns.
+    # A sentence-transformers ColBERT save (punctuation skiplist, 32-wide projection): the pooled
+    # vectors are the projected, normalised ones the model returns, less its skiplist tokens'
+    # (sentence-transformers' MultiVectorMask drops them before its pooling module runs).
     llm = LLM(str(colbert_mve_dir))
-    full = _tokens(llm, DOCUMENTS)
+    skip = set(llm.get_tokenizer().convert_tokens_to_ids(list(string.punctuation)))
+    outputs = llm.encode(DOCUMENTS, pooling_task="token_embed", use_tqdm=False)
+    full = [o.outputs.data[torch.tensor([t not in skip for t in o.prompt_token_ids])] for o in outputs]
     pooled = _tokens(llm, DOCUMENTS, token_pool_factor=2)
-    assert full[0].shape[1] == 32
+    assert full[0].shape[1] == 32 and sum(map(len, full)) < sum(len(o.outputs.data) for o in outputs)
     _assert_same(pooled, HierarchicalTokenPooling(2).pool(full))
 
 

@@ -60,8 +60,9 @@ def test_llm_and_the_server_pool_the_documents_of_a_checkpoint_with_the_module(p
 
     from poolkit.entrypoints.server import create_app
 
+    from sentence_transformers import MultiVectorEncoder as Reference
+
     llm = LLM(str(pooled_save), dtype="float32")
-    spec = llm.model.token_pooling
     plain = LLM(str(pooled_save), dtype="float32", pooler_config={"token_pool_factor": 1})
 
     def encode(model: LLM, side: str, **params) -> list[torch.Tensor]:
@@ -69,10 +70,8 @@ def test_llm_and_the_server_pool_the_documents_of_a_checkpoint_with_the_module(p
         outputs = model.encode(DOCUMENTS, pooling_task="token_embed", tokenization_kwargs={"input_type": side}, pooling_params=pooling)
         return [o.outputs.data for o in outputs]
 
-    full = encode(plain, "document")
-    from poolkit.kernels.token_pool import hierarchical_pool
-
-    expected = [hierarchical_pool(f, spec.pool_factor, protected=spec.protected, normalize=spec.normalize) for f in full]
+    # sentence-transformers' pipeline: the skiplist (punctuation) left out, then the module's pooling
+    expected = Reference(str(pooled_save), device="cpu").encode_document(DOCUMENTS)
     _close(encode(llm, "document"), expected)
     _close(encode(llm, "query"), encode(plain, "query"))  # a query is not pooled by default
     asked = encode(llm, "query", token_pool_factor=2)  # ... unless it asks
@@ -121,3 +120,24 @@ def test_bad_defaults_are_refused(minilm_dir, pooled_save, tmp_path):
     (folder / "config.json").write_text(json.dumps({**config, "pool_factor": 0.5}))
     with pytest.raises(ModelLoadError, match="pool_factor must be >= 1, got 0.5"):
         LLM(str(broken))
+
+
+def test_a_factor_every_request_would_refuse_is_refused_at_load(minilm_dir):
+    """A default factor above the model's input limit (1e308 on all-MiniLM-L6-v2's 256 tokens) is
+    refused when the model loads, not on every token request afterwards, blaming a factor the
+    request never sent; ``poolkit serve --token-pool-factor`` exits with the same one line."""
+    import re
+
+    from typer.testing import CliRunner
+
+    from poolkit.entrypoints.cli import app
+
+    message = "token_pool_factor 1e+308 is above the model's 256 tokens"
+    with pytest.raises(ModelLoadError, match=re.escape(message)):
+        LLM(str(minilm_dir), token_pool_factor=1e308)
+    with pytest.raises(ModelLoadError, match=re.escape(message)):
+        LLM(str(minilm_dir), pooler_config={"token_pool_factor": 1e308})
+    result = CliRunner().invoke(app, ["serve", str(minilm_dir), "--token-pool-factor", "1e308", "--port", "0"])
+    assert result.exit_code == 1, result.output
+    assert f"\nError: {message}" in result.stderr, result.stderr  # the server stops once the model fails to load
+    assert LLM(str(minilm_dir), token_pool_factor=256).args.pooler_settings().token_pool_factor == 256  # the limit itself loads

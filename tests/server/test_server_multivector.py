@@ -21,7 +21,7 @@ from offline_parity import _close  # noqa: E402
 
 from poolkit import LLM, PoolingParams  # noqa: E402
 from poolkit.entrypoints.encodings import compact_tokens  # noqa: E402
-from poolkit.entrypoints.server import create_app  # noqa: E402
+from poolkit.entrypoints.server import ServerLimits, create_app  # noqa: E402
 from poolkit.st_functions import maxsim, maxsim_compact  # noqa: E402
 
 QUERIES = ["what is the capital of france?", "paris"]
@@ -201,6 +201,30 @@ def test_compact_and_pooled_token_vectors_on_each_retriever(name, request):
     expected = reference.HierarchicalTokenPooling(2).pool(_offline(llm, DOCUMENTS, "document"))
     for got, e in zip(pooled, expected):
         torch.testing.assert_close(got.float(), e.float(), atol=1e-5, rtol=0)
+
+
+def test_the_response_limit_counts_every_type_sent(colbert):
+    # Six types answer each vector six times: the limit counts them all, not the widest alone, and
+    # what is answered under a limit fits in it, one type or several.
+    types = ["float", "base64", "binary", "ubinary", "int8", "uint8"]
+    body = {"input": [f"{DOCUMENTS[i % 2]} {i}" for i in range(32)], "embedding_type": types}
+    with TestClient(create_app(colbert, served_model_name="c")) as c:
+        full = c.post("/v1/multi-vector", json=body)
+        assert full.status_code == 200, full.text
+    floats = 24 * 16 * full.json()["usage"]["total_tokens"]  # 16 JSON numbers a token: the widest type's estimate
+    assert len(full.content) > 1.2 * floats
+    for limit in (int(1.2 * floats), int(1.25 * len(full.content))):
+        with TestClient(create_app(colbert, served_model_name="c", limits=ServerLimits(max_response_bytes=limit))) as c:
+            for kind in [types, *types]:
+                r = c.post("/v1/multi-vector", json={**body, "embedding_type": kind})
+                assert r.status_code in (200, 413), r.text
+                assert r.status_code == 413 or len(r.content) <= limit, (kind, limit, len(r.content))
+                if kind == types:
+                    assert r.status_code == (413 if limit < len(full.content) else 200), r.text
+                    if r.status_code == 413:
+                        assert "--max-response-bytes" in r.json()["error"]["message"]
+                elif kind == "float":
+                    assert r.status_code == 200, r.text
 
 
 def test_multi_vector_route_bad_inputs(colbert, minilm, tmp_path):

@@ -24,7 +24,7 @@ from .endpoints import Endpoints
 from .errors import ApiError
 from .inputs import check_count, check_dimensions, check_model, pooling_params, render_chat
 from .state import ModelState
-from .wire import JSON_NUMBER_BYTES, check_finite, request_id, respond
+from .wire import check_finite, request_id, respond, types_bytes
 from .work import check_response, check_tokens, check_truncation, run_task, until_done
 
 if TYPE_CHECKING:
@@ -38,11 +38,6 @@ _ENCODERS: dict[str, Callable[[Any], Any]] = {
     "ubinary": ubinary,
     "base64": cohere_base64,
 }
-
-#: Bytes a dimension takes in the response in each type, about (``binary``: a number of up to four
-#: characters per eight dimensions).
-_TYPE_BYTES = {"float": JSON_NUMBER_BYTES, "base64": 16 / 3, "binary": 0.5, "ubinary": 0.5}
-
 
 # -- the request -----------------------------------------------------------------------------------
 
@@ -161,7 +156,7 @@ async def cohere_embed(body: CohereEmbedRequest, request: Request, st: State, ll
         truncate_prompt_tokens=truncate,
         truncation_side={"START": "left", "END": "right"}.get(body.truncate),
     ).with_salt(body.cache_salt)
-    check_response(st, len(items) * (width or 0), sum(_TYPE_BYTES[kind] for kind in types), estimated=True)
+    check_response(st, len(items) * (width or 0), types_bytes(types, width), estimated=True)
     images = [i for i, (kind, _) in enumerate(items) if kind in ("image", "media")]
     if side is not None and any(kind != "text" for kind, _ in items):
         raise ApiError(400, f"input_type '{body.input_type}' is a retrieval side of texts: send texts", param="input_type")

@@ -25,7 +25,7 @@ from .deps import Model, State
 from .endpoints import Endpoints
 from .errors import ApiError
 from .inputs import check_count, check_dimensions, check_model, pooling_params
-from .wire import JSON_NUMBER_BYTES, check_finite, request_id, respond
+from .wire import check_finite, request_id, respond, types_bytes
 from .work import run_task
 
 ENDPOINTS = Endpoints()
@@ -33,8 +33,6 @@ ENDPOINTS = Endpoints()
 TOKEN_EMBED = "token_embed"
 
 EmbeddingType = Literal["float", "base64", "binary", "ubinary", "int8", "uint8"]
-#: Bytes a dimension takes in the response in each type, about.
-_TYPE_BYTES = {"float": JSON_NUMBER_BYTES, "base64": 16 / 3, "binary": 0.5, "ubinary": 0.5, "int8": 4, "uint8": 4}
 
 
 Text = Annotated[StrictStr, schema(TEXT)]
@@ -93,9 +91,8 @@ async def multi_vector(body: MultiVectorRequest, request: Request, st: State, ll
                        param="embedding_type")
     # Jina's default side is "document": a model without sides encodes its texts as they are then.
     side = body.input_type if "input_type" in body.model_fields_set or llm.task(TOKEN_EMBED).has_roles(llm.model) else None
-    _, results = await run_task(
-        request, st, llm, TOKEN_EMBED, texts, params, number_bytes=max(_TYPE_BYTES[t] for t in types), input_type=side
-    )
+    # Each type asked for is written: the response-bytes limit counts them all.
+    _, results = await run_task(request, st, llm, TOKEN_EMBED, texts, params, number_bytes=types_bytes(types, width), input_type=side)
     rid, tokens = request_id(request, "mv"), results.num_tokens
 
     def build() -> dict:
@@ -107,4 +104,4 @@ async def multi_vector(body: MultiVectorRequest, request: Request, st: State, ll
             data.append({"object": "embeddings", "index": i, "embeddings": embeddings})
         return {"id": rid, "object": "list", "model": st.served, "data": data, "usage": {"total_tokens": tokens}}
 
-    return await respond(build, sum(int(m.numel()) for m, _ in results))
+    return await respond(build, sum(int(m.numel()) for m, _ in results) * len(types))

@@ -18,7 +18,7 @@ import dataclasses
 import json
 import random
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import orjson
@@ -40,6 +40,22 @@ _NON_FINITE = "the model produced a non-finite value (NaN or Infinity); no resul
 #: Bytes of one number in a JSON response, at most about: a float32 result written as the
 #: shortest float64 that reads back the same (``-0.012345678901234567``) and its comma.
 JSON_NUMBER_BYTES = 24
+
+#: Bytes of one result number in a response, at most about, in each embedding type of Cohere's and
+#: Jina's APIs: a JSON number; base64 of a float32 (4 bytes in 16/3 characters); signs packed 8 to a
+#: byte written as a JSON integer (``-128,`` for ``binary``, ``255,`` for ``ubinary``: 5/8 and 4/8
+#: of a byte a number); ``int8`` / ``uint8`` one JSON integer a number (``-128,``, ``255,``).
+TYPE_BYTES = {"float": JSON_NUMBER_BYTES, "base64": 16 / 3, "binary": 5 / 8, "ubinary": 4 / 8, "int8": 5, "uint8": 4}
+#: Bytes around one row of numbers in each type: its brackets (or quotes and base64's padding) and comma.
+ROW_BYTES = 5
+
+
+def types_bytes(types: Iterable[str], width: int | None = None) -> float:
+    """Bytes of one result number in a response that sends it in each of ``types`` (Cohere's
+    ``embedding_types``, Jina's list of ``embedding_type``): every type is written, so their sum,
+    with each type's share of what surrounds a row of ``width`` numbers (a vector, or a token's)."""
+    types = list(types)
+    return sum(TYPE_BYTES[kind] for kind in types) + (len(types) * ROW_BYTES / width if width else 0)
 
 
 def number_bytes(body: Any) -> float:
