@@ -8,8 +8,9 @@ sequence, or bidirectional when the config says ``is_causal: false`` (gte-Qwen2 
 
 Heads: ``*ForSequenceClassification`` (``score`` on the last token), ``*ForTokenClassification``,
 Qwen2 reward and process reward models (a ``score`` MLP on every token), LLM-as-reranker
-checkpoints (the family-wide ``classifier_from_token``, and the original Qwen3-Reranker,
-recognised by its name or ``is_original_qwen3_reranker``), and the LM head of ``*ForCausalLM``
+checkpoints (the family-wide ``classifier_from_token``, the original Qwen3-Reranker declared with
+``is_original_qwen3_reranker``, and Qwen3-Reranker, mxbai-rerank-v2 and zerank recognised from what
+they ship: :mod:`~poolkit.builtin_models.decoders.rerankers`), and the LM head of ``*ForCausalLM``
 itself (``lm_head()``), which ``STEP`` process rewards read.
 """
 
@@ -35,8 +36,7 @@ from .decoders.heads import (
     check_classifier_tokens,
 )
 from .decoders.model import DecoderModel, check_layer_types
-
-_ORIGINAL_QWEN3_RERANKER_TOKENS = ["no", "yes"]
+from .decoders.rerankers import MXBAI_RERANK_V2, QWEN3_RERANKER, TEMPLATES, ZERANK, LLMReranker
 #: The token id of ``<extra_0>``, the step tag of Qwen2.5-Math-PRM (vLLM's default ``step_tag_id``).
 PRM_STEP_TAG_ID = 151651
 
@@ -143,26 +143,19 @@ class VoyageQwen3BidirectionalEmbedModel(Qwen3Model):
 # -- heads -----------------------------------------------------------------------------------------
 
 
-def is_qwen3_reranker_checkpoint(config: Any) -> bool:
-    """An unmodified Qwen3-Reranker checkpoint: a Qwen3 causal LM whose name says so."""
-    name = str(getattr(config, "name_or_path", "") or "").lower()
-    archs = getattr(config, "architectures", None) or []
-    return "qwen3-reranker" in name and "Qwen3ForCausalLM" in archs
-
-
 def classifier_tokens(config: Any) -> tuple[list[str], str] | None:
-    """The ``classifier_from_token`` words and ``method`` of an LLM-as-reranker config, or ``None``.
+    """The ``classifier_from_token`` words and ``method`` of an LLM-as-reranker config declared
+    vLLM's way, or ``None``.
 
-    ``is_original_qwen3_reranker: true`` (or a Qwen3-Reranker checkpoint recognised by its name)
-    means ``["no", "yes"]`` (unless given) and ``from_2_way_softmax``.
+    ``is_original_qwen3_reranker: true`` means ``["no", "yes"]`` (unless given) and ``from_2_way_softmax``.
 
     Raises:
         ModelLoadError: the words or the method are missing or do not fit together.
     """
     tokens = getattr(config, "classifier_from_token", None)
     method = getattr(config, "method", None)
-    if _declared_original(config) or is_qwen3_reranker_checkpoint(config):
-        tokens = list(tokens or _ORIGINAL_QWEN3_RERANKER_TOKENS)
+    if _declared_original(config):
+        tokens = list(tokens or QWEN3_RERANKER.tokens)
         method = FROM_2_WAY_SOFTMAX
     return check_classifier_tokens(tokens, method)
 
@@ -172,40 +165,35 @@ def _declared_original(config: Any) -> bool:
     return bool(getattr(config, "is_original_qwen3_reranker", False) or getattr(config, "is_qwen3_reranker", False))
 
 
-class _QwenScoreClassifier(ScoreClassifier):
-    """Mixin: the family's ``score`` head, knowing the original Qwen3-Reranker layout too."""
+class QwenScoreClassifier(ScoreClassifier):
+    """Mixin: the family's ``score`` head, knowing vLLM's spelling of the original Qwen3-Reranker too
+    (``is_original_qwen3_reranker``), which scores the plain pair as vLLM does: its prompt comes
+    with a score template (``chat_template=``). A Qwen3-Reranker recognised from what it ships
+    (:attr:`llm_rerankers`) gets the model card's prompt, which vLLM would not know to apply."""
+
+    @classmethod
+    def declares_reranker(cls, config: Any) -> bool:
+        return _declared_original(config) or super().declares_reranker(config)
+
+    @classmethod
+    def declines_reranker(cls, config: Any) -> bool:
+        return getattr(config, "is_original_qwen3_reranker", None) is False or super().declines_reranker(config)
 
     @classmethod
     def classifier_tokens(cls, config: Any) -> tuple[list[str], str] | None:
-        return classifier_tokens(config)
-
-    @classmethod
-    def configure(cls, config: Any, tokenizer: Any) -> None:
-        """Look up the ``classifier_from_token`` ids and set ``num_labels`` to match.
-
-        A Qwen3-Reranker declared the vLLM way (``is_original_qwen3_reranker``, or
-        ``classifier_from_token``) scores the plain pair, as vLLM does: its prompt comes with a
-        score template (``chat_template=``). One recognised by its name alone gets the model
-        card's prompt (the ``qwen3_reranker`` template), which vLLM would not know to apply.
-        """
-        if classifier_tokens(config) is not None:
-            original = _declared_original(config)
-            declared = original or getattr(config, "classifier_from_token", None)
-            if original or is_qwen3_reranker_checkpoint(config):
-                config.is_original_qwen3_reranker = True
-                if not declared and getattr(config, "score_template", None) is None:
-                    config.score_template = "qwen3_reranker"
-        super().configure(config, tokenizer)
+        if cls.declares_reranker(config):
+            return classifier_tokens(config)
+        return super().classifier_tokens(config)
 
 
-class Qwen2ForSequenceClassification(_QwenScoreClassifier, Qwen2Model):
+class Qwen2ForSequenceClassification(QwenScoreClassifier, Qwen2Model):
     """A Qwen2 sequence classifier / reranker: last token -> ``score`` (no bias).
 
     The ``token_classify`` task applies ``score`` to every token, as vLLM does.
     """
 
 
-class Qwen3ForSequenceClassification(_QwenScoreClassifier, Qwen3Model):
+class Qwen3ForSequenceClassification(QwenScoreClassifier, Qwen3Model):
     """A Qwen3 sequence classifier / reranker: last token -> ``score``.
 
     Also the original Qwen3-Reranker with ``hf_overrides={"architectures":
@@ -214,9 +202,10 @@ class Qwen3ForSequenceClassification(_QwenScoreClassifier, Qwen3Model):
     """
 
 
-class Qwen2ForCausalLM(DecoderLMHead, _QwenScoreClassifier, Qwen2Model):
+class Qwen2ForCausalLM(DecoderLMHead, QwenScoreClassifier, Qwen2Model):
     """A Qwen2 language model served as an embedder, or, when its config names
-    ``classifier_from_token`` and a ``method``, as a reranker built from the LM head's rows.
+    ``classifier_from_token`` and a ``method`` or it is recognised as mxbai-rerank-v2, as a
+    reranker built from the LM head's rows.
 
     Its LM head is :meth:`lm_head` (kept as loaded until read): with ``pooler_config``
     ``{"pooling_type": "STEP", "step_tag_id": ..., "returned_token_ids": [...]}`` the
@@ -224,15 +213,18 @@ class Qwen2ForCausalLM(DecoderLMHead, _QwenScoreClassifier, Qwen2Model):
     """
 
     checkpoint_score: ClassVar[bool] = False
+    llm_rerankers: ClassVar[tuple[LLMReranker, ...]] = (MXBAI_RERANK_V2,)
 
 
-class Qwen3ForCausalLM(DecoderLMHead, _QwenScoreClassifier, Qwen3Model):
+class Qwen3ForCausalLM(DecoderLMHead, QwenScoreClassifier, Qwen3Model):
     """A Qwen3 language model served as an embedder (Qwen3-Embedding), or, when its config names
     ``classifier_from_token`` and a ``method`` (Qwen3-Reranker), as a reranker; its LM head serves
-    ``STEP`` process rewards as :class:`Qwen2ForCausalLM`'s does.
+    ``STEP`` process rewards as :class:`Qwen2ForCausalLM`'s does. Recognised from what they ship,
+    Qwen3-Reranker and zerank are rerankers too.
     """
 
     checkpoint_score: ClassVar[bool] = False
+    llm_rerankers: ClassVar[tuple[LLMReranker, ...]] = (ZERANK, QWEN3_RERANKER)
 
 
 class Qwen2ForTokenClassification(TokenScoreClassifier, Qwen2Model):
@@ -305,3 +297,12 @@ def poolkit_register_architectures(register):
         VoyageQwen3BidirectionalEmbedModel,
     ):
         register(cls.__name__, cls)
+
+
+@hookimpl
+def poolkit_register_io_processors(register):
+    from ..io_processors.templates import ScoreTemplateProcessor
+
+    for name, template in TEMPLATES.items():
+        # The publisher's prompt exactly, final newline included.
+        register(name, ScoreTemplateProcessor(template, keep_trailing_newline=True))

@@ -13,7 +13,8 @@ The mixins go before the decoder class in the bases (``class X(ScoreClassifier, 
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Iterable, Iterator
+import logging
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -21,6 +22,13 @@ from torch import nn
 from poolkit.contracts.errors import ModelLoadError
 
 from ..blocks.heads import CausalLMHead, TokenClassifier
+
+if TYPE_CHECKING:
+    from poolkit.contracts.checkpoint import Checkpoint
+
+    from .rerankers import LLMReranker
+
+logger = logging.getLogger(__name__)
 
 #: LLM-as-reranker conversions (vLLM's ``SEQ_CLS_LOAD_METHODS``).
 FROM_2_WAY_SOFTMAX, NO_POST_PROCESSING = "from_2_way_softmax", "no_post_processing"
@@ -73,36 +81,122 @@ class ScoreClassifier:
     + ``method`` in the config), from the LM head's rows of those tokens: ``from_2_way_softmax``
     gives one output ``W[true] - W[false]`` (its sigmoid is the softmax of the two next-token
     logits), ``no_post_processing`` one output per token.
+
+    A causal LM (``checkpoint_score`` false) published as a reranker declares none of this: it is
+    recognised from what it ships (:meth:`inspect_checkpoint`) as one of :attr:`llm_rerankers`, whose
+    tokens, method, score template and calibration it then gets. One that is not, and ships no
+    sentence-transformers files, is an embedder of its last token, and the load says so.
     """
 
     classifier_prefixes: ClassVar[tuple[str, ...]] = ("score.",)
     #: Whether the checkpoint carries ``score`` when the config names no classifier tokens.
     checkpoint_score: ClassVar[bool] = True
+    #: Publishers' reranker layouts this architecture's checkpoints may have
+    #: (:class:`~.rerankers.LLMReranker`), recognised by :meth:`inspect_checkpoint`.
+    llm_rerankers: ClassVar[tuple[LLMReranker, ...]] = ()
+    #: Whether a checkpoint recognised as none of them is warned of as an embedder of its last
+    #: token (a causal LM's is suspect; a vision-language family's are mostly published embedders).
+    warns_as_embedder: ClassVar[bool] = True
+
+    @classmethod
+    def declares_reranker(cls, config: Any) -> bool:
+        """Whether the config (or ``hf_overrides``) asks for a reranker itself, vLLM's way."""
+        return bool(getattr(config, "classifier_from_token", None))
+
+    @classmethod
+    def declines_reranker(cls, config: Any) -> bool:
+        """Whether the config (or ``hf_overrides``) says the checkpoint is no reranker
+        (``llm_reranker: false``): it is served as an embedder, unrecognised and unwarned."""
+        return getattr(config, "llm_reranker", None) is False
+
+    @classmethod
+    def llm_reranker(cls, config: Any) -> LLMReranker | None:
+        """The layout :meth:`inspect_checkpoint` recognised (``config.llm_reranker``), or ``None``."""
+        name = getattr(config, "llm_reranker", None)
+        return next((layout for layout in cls.llm_rerankers if layout.name == name), None) if name else None
+
+    @classmethod
+    def inspect_checkpoint(cls, config: Any, checkpoint: Checkpoint) -> list[str]:
+        """Recognise a causal LM published as a reranker; warn of one served as an embedder.
+
+        Nothing to recognise when the config declares the reranker (``classifier_from_token``) or the
+        checkpoint ships sentence-transformers files (they say how it pools or scores).
+        """
+        warnings = list(super().inspect_checkpoint(config, checkpoint))  # type: ignore[misc]
+        if cls.checkpoint_score or cls.declares_reranker(config) or checkpoint.st is not None or cls.declines_reranker(config):
+            return warnings
+        from .rerankers import recognise
+
+        found = recognise(config, checkpoint, cls.llm_rerankers)
+        if found is not None:
+            layout, evidence = found
+            config.llm_reranker, config.llm_reranker_source = layout.name, evidence
+            logger.info("serving %s as the %s reranker (recognised from its %s)", checkpoint.name, layout.name, evidence)
+            return warnings
+        if not cls.warns_as_embedder:
+            return warnings
+        tokens = '"classifier_from_token": ["no", "yes"], "method": "from_2_way_softmax"'
+        warnings.append(
+            f"{cls.__name__} '{checkpoint.name}' ships no pooling files (sentence-transformers modules.json) and is "
+            "no reranker poolkit recognises: it is served as an embedder of its last token, and score/rerank "
+            f"compare cosines. If it is an LLM reranker, load it with hf_overrides={{{tokens}}} "
+            "(its false and true answer tokens) and pass its prompt as chat_template"
+        )
+        return warnings
 
     @classmethod
     def classifier_tokens(cls, config: Any) -> tuple[list[str], str] | None:
-        """The ``classifier_from_token`` words and ``method`` of the config, or ``None``.
+        """The ``classifier_from_token`` words and ``method`` of the config, else those of the
+        recognised :meth:`llm_reranker`, or ``None``.
 
         Raises:
             ModelLoadError: the words or the method are missing or do not fit together.
         """
+        layout = cls.llm_reranker(config)
+        if layout is not None and not cls.declares_reranker(config):
+            return list(layout.tokens), layout.method
         return check_classifier_tokens(getattr(config, "classifier_from_token", None), getattr(config, "method", None))
 
     @classmethod
     def configure(cls, config: Any, tokenizer: Any) -> None:
-        """Look up the ``classifier_from_token`` ids and set ``num_labels`` to match."""
+        """Look up the ``classifier_from_token`` ids and set ``num_labels`` to match; a recognised
+        :meth:`llm_reranker` gets its publisher's prompt as the score template unless the config names one."""
         found = cls.classifier_tokens(config)
         if found is None:
             return
         tokens, method = found
+        layout = cls.llm_reranker(config)
+        if layout is not None and not cls.declares_reranker(config) and getattr(config, "score_template", None) is None:
+            config.score_template = layout.template
         config.classifier_from_token_ids = [token_id(tokenizer, t) for t in tokens]
         config.method = method
         config.num_labels = 1 if method == FROM_2_WAY_SOFTMAX else len(tokens)
+
+    def describe(self) -> dict[str, Any]:
+        """``llm_reranker``: how the LM head scores (the layout or ``classifier_from_token``), when it does."""
+        if self.classifier_token_ids is None:
+            return {}
+        layout = self.llm_reranker(self.config)
+        found = self.classifier_tokens(self.config)
+        shown = {
+            "tokens": found[0] if found else None,
+            "method": self.method,
+            "score_template": getattr(self.config, "score_template", None),
+        }
+        if layout is not None and not self.declares_reranker(self.config):
+            calibration = {"pooler_defaults": dict(layout.pooler_defaults)} if layout.pooler_defaults else {}
+            return {"llm_reranker": {"value": layout.name, "source": self.config.llm_reranker_source, **shown, **calibration,
+                                     "layout_source": layout.source}}
+        return {"llm_reranker": {"value": "classifier_from_token", "source": "config.json or hf_overrides", **shown}}
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
         found = self.classifier_tokens(config)
         self.method = found[1] if found else None
+        layout = self.llm_reranker(config)
+        if found is not None and layout is not None and layout.pooler_defaults:
+            # The layout's calibration (zerank's logit / 5) as this instance's pooler defaults.
+            self.default_pooler_config = {**type(self).default_pooler_config, **layout.pooler_defaults}
         self.classifier_token_ids: list[int] | None = None
         if found is not None:
             ids = getattr(config, "classifier_from_token_ids", None)
@@ -120,9 +214,19 @@ class ScoreClassifier:
     def sequence_classifier(self) -> nn.Module | None:
         return self.score
 
+    def load_backbone(self, weights: Iterable[tuple[str, torch.Tensor]], optional: Callable[[str], bool]) -> None:
+        """Load the model's own tensors, ``score`` included when it has one; ``optional`` names the
+        parameters that may stay as initialised. The decoder's loading; a vision-language model
+        loads its parts."""
+        self._load(weights, optional=optional)
+
+    def tied_input_embeddings(self) -> torch.Tensor | None:
+        """The input embeddings, the LM head's weight when the config ties them; ``None`` when it does not."""
+        return self.embed_tokens.weight.detach() if getattr(self.config, "tie_word_embeddings", False) else None
+
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         if self.classifier_token_ids is None:
-            self._load(weights, optional=lambda name: name == "score.bias")
+            self.load_backbone(weights, optional=lambda name: name == "score.bias")
             return
         ids = self.classifier_token_ids
         captured: dict[str, torch.Tensor] = {}
@@ -134,15 +238,16 @@ class ScoreClassifier:
                 elif not name.startswith("score."):
                     yield name, tensor
 
-        self._load(lm_head_rows(weights), optional=lambda name: name.startswith("score."))
+        self.load_backbone(lm_head_rows(weights), optional=lambda name: name.startswith("score."))
         rows = captured.get("rows")
         if rows is None:
-            if not getattr(self.config, "tie_word_embeddings", False):
+            tied = self.tied_input_embeddings()
+            if tied is None:
                 raise ModelLoadError(
                     "checkpoint lacks weights for lm_head.weight, which classifier_from_token reads "
                     "(and tie_word_embeddings is off)"
                 )
-            rows = self.embed_tokens.weight.detach()[ids].float()
+            rows = tied[ids].float()
         weight = (rows[1] - rows[0]).unsqueeze(0) if self.method == FROM_2_WAY_SOFTMAX else rows
         with torch.no_grad():
             self.score.weight.copy_(weight)

@@ -7,24 +7,31 @@ square grid to each image's patch grid, and *deepstack*: the features of some in
 first decoder layers at the media rows. The decoder is Qwen3's (q/k norms) with interleaved
 M-RoPE; each temporal patch of a video is its own run of placeholders after a ``<t seconds>``
 timestamp (:mod:`~poolkit.builtin_models.qwen_vl.processor`). Qwen3-VL-Embedding is one, pooled LAST.
+
+Qwen3-VL-Reranker ships as the same architecture, the LM head kept: recognised from what it ships
+(:data:`~poolkit.builtin_models.decoders.rerankers.QWEN3_VL_RERANKER`), or declared vLLM's way
+(``Qwen3VLForSequenceClassification``), it scores as its publisher's script does, the LM head's
+"yes" row minus its "no" row read at the last token (:class:`~poolkit.builtin_models.decoders.heads.ScoreClassifier`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Iterable
 
 import torch
 from torch import nn
 
 from poolkit.contracts.config_checks import ConfigChecks
 from poolkit.contracts.errors import ModelLoadError
+from poolkit.loading.weights import load_into
 
 from ..blocks.norms import fp32_layer_norm
-from ..qwen import Qwen2Model, Qwen3Model
-from ..blocks.vision_language import FeedForward
+from ..blocks.vision_language import CheckpointLayout, FeedForward
+from ..decoders.rerankers import QWEN3_VL_RERANKER, LLMReranker
+from ..qwen import Qwen2Model, Qwen3Model, QwenScoreClassifier
 from .processor import QWEN3_VL, Family
 from .qwen2_5_vl import vision_checks
-from .qwen2_vl import Qwen2VisionTower, Qwen2VLForConditionalGeneration, VisionBlock
+from .qwen2_vl import CHECKPOINT, Qwen2VisionTower, Qwen2VLForConditionalGeneration, VisionBlock
 
 
 class Qwen3PatchMerger(FeedForward):
@@ -111,15 +118,26 @@ class Qwen3VisionTower(Qwen2VisionTower):
         return [self.deepstack_merger_list[self.deepstack_layers.index(index)](x, linear_act)]
 
 
-class Qwen3VLForConditionalGeneration(Qwen2VLForConditionalGeneration):
+class Qwen3VLForConditionalGeneration(QwenScoreClassifier, Qwen2VLForConditionalGeneration):
     """Qwen3-VL as an embedder (Qwen3-VL-Embedding): the Qwen3 decoder with interleaved M-RoPE and
     deepstack features in its first layers, the last token pooled.
+
+    Qwen3-VL-Reranker, recognised from its hub id, its scoring script, its model card or its
+    folder's name, is a reranker instead: its publisher's prompt as the score template, the score
+    ``sigmoid((lm_head["yes"] - lm_head["no"]) · h)`` at the last token. ``classifier_from_token``
+    and ``method`` in ``hf_overrides`` make any checkpoint of it a reranker the same way. A
+    checkpoint recognised as none is an embedder, unwarned: the family's are published embedders.
 
     Example:
         >>> llm = LLM("Qwen/Qwen3-VL-Embedding-2B")
         >>> llm.embed({"prompt": "<|im_start|>user\\n<|vision_start|><|image_pad|><|vision_end|><|im_end|>\\n<|im_start|>assistant\\n",
         ...            "multi_modal_data": {"image": "cat.png"}})
+        >>> LLM("Qwen/Qwen3-VL-Reranker-2B").rerank("a dog on a beach", ["a golden retriever at sunset", "a tax form"])
     """
+
+    checkpoint_score: ClassVar[bool] = False
+    llm_rerankers: ClassVar[tuple[LLMReranker, ...]] = (QWEN3_VL_RERANKER,)
+    warns_as_embedder: ClassVar[bool] = False
 
     language_model_class: ClassVar[type[Qwen2Model]] = Qwen3Model
     vision_tower_class: ClassVar[type[nn.Module]] = Qwen3VisionTower
@@ -141,3 +159,28 @@ class Qwen3VLForConditionalGeneration(Qwen2VLForConditionalGeneration):
             raise ModelLoadError("Qwen3-VL needs interleaved M-RoPE (mrope_interleaved: true)")
         super().__init__(config)
 
+    def load_backbone(self, weights: Iterable[tuple[str, torch.Tensor]], optional: Callable[[str], bool]) -> None:
+        self.load_parts(self.checkpoint_layout.split(weights))
+
+    def tied_input_embeddings(self) -> torch.Tensor | None:
+        tied = getattr(self.config, "tie_word_embeddings", False) or getattr(self.text_config, "tie_word_embeddings", False)
+        return self.language_model.embed_tokens.weight.detach() if tied else None
+
+
+class Qwen3VLForSequenceClassification(Qwen3VLForConditionalGeneration):
+    """vLLM's name of Qwen3-VL as a classifier: a ``score`` Linear on the last token, from the
+    checkpoint's ``score`` tensors, or, as vLLM serves Qwen3-VL-Reranker, from the LM head's rows:
+    ``hf_overrides={"architectures": ["Qwen3VLForSequenceClassification"], "classifier_from_token":
+    ["no", "yes"], "is_original_qwen3_reranker": true}``. Declared so, the pair is scored plain as
+    vLLM scores it; its prompt comes with a score template (``chat_template=``).
+    """
+
+    checkpoint_score: ClassVar[bool] = True
+    #: Qwen3-VL's layout, and a converted checkpoint's ``score``.
+    checkpoint_layout: ClassVar[CheckpointLayout] = CHECKPOINT.under("", score=r"score\.")
+
+    def load_backbone(self, weights: Iterable[tuple[str, torch.Tensor]], optional: Callable[[str], bool]) -> None:
+        parts = self.checkpoint_layout.split(weights)
+        self.load_parts(parts)
+        if self.classifier_token_ids is None:
+            load_into(self.score, parts["score"], rename=lambda n: n, optional=lambda n: optional(f"score.{n}"))

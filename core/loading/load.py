@@ -20,6 +20,7 @@ from ..config.devices import head_dtype, resolve_device, resolve_dtype
 from ..config.model_impl import MODEL_IMPLS, TRANSFORMERS_IMPLEMENTATION
 from ..contracts.architecture import Architecture, check_architecture
 from ..contracts.batch import PackedBatch
+from ..contracts.checkpoint import Checkpoint
 from ..contracts.config_checks import overridden_fields
 from ..contracts.errors import InvalidRequest, ModelLoadError
 from ..contracts.model import Tokenizer
@@ -213,6 +214,9 @@ def load_model(args: EngineArgs) -> PoolingModel:
         hf_config.num_labels = st.score_outputs  # a CrossEncoder's own score modules are its classifier
     tokenizer_dir = Path(args.tokenizer) if args.tokenizer else path
     tok = arch_cls.load_tokenizer(tokenizer_dir, hf_config) or _load_tokenizer(tokenizer_dir, hf_config)
+    load_warnings = list(arch_cls.inspect_checkpoint(hf_config, Checkpoint(name, path, st)))
+    for warning in load_warnings:
+        logger.warning("%s", warning)
     arch_cls.configure(hf_config, tok)
 
     files = checkpoint_files(path, args.allow_pickle)
@@ -256,6 +260,7 @@ def load_model(args: EngineArgs) -> PoolingModel:
         args=args,
         quantization=quantization,
         fallback=fallback,
+        warnings=load_warnings,
     )
     for entry in registry("task").entries():
         entry.obj.check_model(pooling_model)

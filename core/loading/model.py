@@ -61,6 +61,7 @@ class PoolingModel:
         args: EngineArgs | None = None,
         quantization: dict[str, Any] | None = None,
         fallback: str | None = None,
+        warnings: list[str] | None = None,
     ) -> None:
         self.name = name
         self.path = path
@@ -83,6 +84,8 @@ class PoolingModel:
         #: For a model the transformers fallback runs, ``"transformers fallback: "`` and why (no
         #: native port, ``model_impl``, the remote code it refused); ``None`` for the others.
         self.fallback = fallback
+        #: What :meth:`Architecture.inspect_checkpoint` warned of at load (a causal LM served as an embedder).
+        self.warnings = list(warnings or [])
         #: The model's LoRA adapters (:class:`poolkit.lora.manager.Adapters`), ``None`` without ``enable_lora``.
         self.adapters: Any = None
         self._heads: dict[str, Head | None] = {}
@@ -390,6 +393,8 @@ class PoolingModel:
             "implementation": self.architecture.implementation,
             "fallback": self.fallback,
             "architecture_plugin": self._architecture_plugin(),
+            **self.architecture.describe(),
+            "warnings": self.warnings,
             "dtype": str(self.dtype).removeprefix("torch."),
             "device": str(self.device),
             "hidden_size": self.architecture.hidden_size,

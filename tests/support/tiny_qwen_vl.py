@@ -121,8 +121,9 @@ def _fill(text: str, pad: str, replacements: list[str]) -> str:
     return parts[0] + "".join(r + p for r, p in zip(replacements, parts[1:]))
 
 
-def hf_embedding(hf: tuple, text: str, images: list, videos: list[tuple]) -> torch.Tensor:
-    """transformers' pooled embedding (the last token's final hidden state, L2-normalised), its
+def hf_embedding(hf: tuple, text: str, images: list, videos: list[tuple], normalize: bool = True) -> torch.Tensor:
+    """transformers' pooled embedding (the last token's final hidden state, L2-normalised unless
+    ``normalize`` is false), its
     prompt written the way transformers' processors write it: images through its image processor,
     each placeholder replaced by the grid's count in the text (for Qwen3-VL a video's temporal
     patches each after its ``<t seconds>`` timestamp, 24 frames a second), M-RoPE by the model's
@@ -156,4 +157,4 @@ def hf_embedding(hf: tuple, text: str, images: list, videos: list[tuple]) -> tor
     kwargs["mm_token_type_ids"] = ((input_ids == config.image_token_id).int() + 2 * (input_ids == config.video_token_id).int())
     with torch.no_grad():
         hidden = model.model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs).last_hidden_state
-    return torch.nn.functional.normalize(hidden[0, -1], dim=-1)
+    return torch.nn.functional.normalize(hidden[0, -1], dim=-1) if normalize else hidden[0, -1]
