@@ -13,6 +13,9 @@ if os.environ.get("POOLKIT_TEST_DEVICE"):
 # The suite loads hundreds of models in one process: each load would collect and freeze the heap
 # (poolkit.runtime.allocator.freeze_python_heap), freezing earlier tests' garbage with it. Tested apart.
 os.environ.setdefault("POOLKIT_GC_FREEZE", "0")
+# The bench's smoke tests check what it reports, not its figures: no waiting for a quiet machine
+# before each timed pass (up to 5 s each on a machine busy with other work).
+os.environ.setdefault("POOLKIT_BENCH_SETTLE", "0")
 # Parity tests hold fp32 to 1e-4; dtype="auto" (bf16 on bf16 hardware) is tested explicitly.
 os.environ.setdefault("POOLKIT_DTYPE", "float32")
 

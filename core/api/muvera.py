@@ -70,7 +70,7 @@ class Muvera:
 
     Example:
         >>> from poolkit import LLM
-        >>> from poolkit.builtin_poolers.muvera import Muvera
+        >>> from poolkit.api.muvera import Muvera
         >>> llm = LLM("answerdotai/answerai-colbert-small-v1")
         >>> tokens = [o.outputs.data for o in llm.encode(texts, pooling_task="token_embed")]
         >>> muvera = Muvera(dim=tokens[0].shape[1])

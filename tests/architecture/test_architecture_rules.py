@@ -331,6 +331,27 @@ def test_builtins_use_only_the_cores_lower_layers():
     assert _builtin_modules() and above == []
 
 
+def test_the_core_imports_no_builtin():
+    """The core finds the built-ins as it finds any plugin, through their entry points and the
+    registries they fill: no core module imports one (a function-level import included), so a
+    built-in could be left out, or replaced by a third-party plugin, as the design says."""
+    builtins = set(_builtin_modules())
+    imports = [
+        f"{name} imports {target}"
+        for name, path in MODULES.items()
+        if name not in builtins
+        for target in _imports(name, path)
+        if target in builtins
+    ]
+    assert imports == []
+
+
+def test_the_core_rule_sees_a_function_level_import_of_a_builtin(tmp_path):
+    bench = tmp_path / "retrieval.py"
+    bench.write_text("def run():\n    from poolkit.builtin_poolers.token_pooling import pool_tokens\n")
+    assert "poolkit.builtin_poolers.token_pooling" in _imports("poolkit.entrypoints.bench.retrieval", bench)
+
+
 def test_builtins_name_each_other_relatively():
     """Built-in modules import their siblings (and the other built-in folders) relatively, so the tree's
     own folders show those arrows; only the core is named by its package path (``poolkit.contracts...``)."""

@@ -424,6 +424,7 @@ def test_each_timed_pass_starts_on_a_quiet_machine(monkeypatch):
     """vLLM's engine keeps a core busy for about a second after a pass returns: the bench waits for
     the machine to be quiet before timing the next pass (poolkit measured 0.68x of itself right
     after a vLLM pass), for a few seconds at most on a machine that stays busy."""
+    from poolkit import InvalidRequest
     from poolkit.entrypoints.bench import measure
 
     ticks = {"total": 0, "idle": 0}
@@ -439,14 +440,23 @@ def test_each_timed_pass_starts_on_a_quiet_machine(monkeypatch):
 
     monkeypatch.setattr(measure, "_cpu_times", fake_times)
     monkeypatch.setattr(measure.time, "sleep", fake_sleep)
-    measure.settle()
+    measure.settle(limit=5.0)
     assert next(busy_windows, "spent") == "spent"  # it waited out the three busy windows, then the quiet one
     busy_windows = iter(lambda: 1.0, None)  # a machine that never quiets down
     clock = iter(range(100))
     monkeypatch.setattr(measure.time, "perf_counter", lambda: next(clock))
     assert measure.settle(limit=5.0) >= 5
     monkeypatch.setattr(measure, "_cpu_times", lambda: None)  # no /proc/stat: no waiting
-    assert measure.settle() == 1
+    assert measure.settle(limit=5.0) == 1
+    monkeypatch.setattr(measure, "_cpu_times", lambda: pytest.fail("POOLKIT_BENCH_SETTLE=0 samples nothing"))
+    monkeypatch.setenv("POOLKIT_BENCH_SETTLE", "0")  # the suite's setting: the smoke tests time at once
+    assert measure.settle() == 0
+    monkeypatch.setenv("POOLKIT_BENCH_SETTLE", "2.5")
+    assert measure.settle_limit() == 2.5
+    for bad in ("-1", "soon", "inf"):
+        monkeypatch.setenv("POOLKIT_BENCH_SETTLE", bad)
+        with pytest.raises(InvalidRequest, match="POOLKIT_BENCH_SETTLE must be a number of seconds, 0 or more"):
+            measure.settle_limit()
 
     calls = []
     monkeypatch.setattr(measure, "settle", lambda: calls.append("settle"))

@@ -1,4 +1,4 @@
-"""MUVERA fixed-dimensional encodings (``poolkit.builtin_poolers.muvera.Muvera``) against fastembed's
+"""MUVERA fixed-dimensional encodings (``poolkit.api.muvera.Muvera``) against fastembed's
 ``Muvera`` on the same token vectors and seed: the same encodings within 1e-5, on random unit vectors
 and on all-MiniLM-L6-v2's real token vectors, for several parameter settings; a query's and a
 document's encodings score as their MaxSim does; and its bad inputs, refused in one line."""
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from poolkit import LLM
-from poolkit.builtin_poolers.muvera import Muvera
+from poolkit.api.muvera import Muvera
 from poolkit.contracts.errors import InvalidRequest
 
 fastembed_muvera = pytest.importorskip("fastembed.postprocess.muvera")

@@ -208,10 +208,8 @@ def retrieval_workload(bench: Any) -> Result:
     import numpy as np
     import torch
 
+    from poolkit.api.muvera import Muvera
     from poolkit.api.st_functions import maxsim, maxsim_compact
-    # MUVERA is the built-in poolers' Python API, reached by no registry: the bench measures it as a
-    # user's script calls it.
-    from poolkit.builtin_poolers.muvera import Muvera
 
     from ...contracts.errors import PoolkitError
     from ...plugins.lookup import select_kernel
