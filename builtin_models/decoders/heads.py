@@ -22,16 +22,12 @@ from torch import nn
 from poolkit.contracts.errors import ModelLoadError
 
 from ..blocks.heads import CausalLMHead, TokenClassifier
+from .rerankers import FROM_2_WAY_SOFTMAX, NO_POST_PROCESSING, LLMReranker, recognise
 
 if TYPE_CHECKING:
     from poolkit.contracts.checkpoint import Checkpoint
 
-    from .rerankers import LLMReranker
-
 logger = logging.getLogger(__name__)
-
-#: LLM-as-reranker conversions (vLLM's ``SEQ_CLS_LOAD_METHODS``).
-FROM_2_WAY_SOFTMAX, NO_POST_PROCESSING = "from_2_way_softmax", "no_post_processing"
 
 
 def check_classifier_tokens(tokens: Any, method: Any) -> tuple[list[str], str] | None:
@@ -125,8 +121,6 @@ class ScoreClassifier:
         warnings = list(super().inspect_checkpoint(config, checkpoint))  # type: ignore[misc]
         if cls.checkpoint_score or cls.declares_reranker(config) or checkpoint.st is not None or cls.declines_reranker(config):
             return warnings
-        from .rerankers import recognise
-
         found = recognise(config, checkpoint, cls.llm_rerankers)
         if found is not None:
             layout, evidence = found

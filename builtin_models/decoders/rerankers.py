@@ -21,7 +21,8 @@ from typing import Any, Mapping, Sequence
 
 from poolkit.contracts.checkpoint import Checkpoint
 
-from .heads import FROM_2_WAY_SOFTMAX, NO_POST_PROCESSING
+#: LLM-as-reranker conversions (vLLM's ``SEQ_CLS_LOAD_METHODS``).
+FROM_2_WAY_SOFTMAX, NO_POST_PROCESSING = "from_2_way_softmax", "no_post_processing"
 
 
 @dataclass(frozen=True)

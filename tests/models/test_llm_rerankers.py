@@ -37,29 +37,13 @@ def build_causal_lm(out: Path, family: str, *, extra_tokens: tuple[str, ...] = (
     """A tiny ``Qwen2ForCausalLM`` / ``Qwen3ForCausalLM`` (``family``) saved as a hub repository holds
     it: weights, ``config.json`` (plus ``config``), the tokenizer (with ``extra_tokens`` and Qwen3's
     chat template), and ``card`` as its ``README.md``."""
-    from tiny_models import bytelevel_bpe_tokenizer
+    from tiny_models import build_qwen, bytelevel_bpe_tokenizer
 
     tok = bytelevel_bpe_tokenizer()
     tok.add_tokens(list(extra_tokens))
     tok.chat_template = CHATML
     tok.model_max_length = 1024
-    kw = dict(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=1024, pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id, tie_word_embeddings=True, initializer_range=1.0,
-    )
-    if family == "qwen3":
-        kw["head_dim"] = 8
-    prefix = {"qwen2": "Qwen2", "qwen3": "Qwen3"}[family]
-    torch.manual_seed(seed)
-    model = getattr(T, f"{prefix}ForCausalLM")(getattr(T, f"{prefix}Config")(**kw))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.ndim == 1:
-                p.normal_(1.0 if name.endswith("norm.weight") else 0.0, 0.5)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
+    build_qwen(out, family, task="lm", seed=seed, init_range=1.0, tokenizer=tok, max_position_embeddings=1024)
     if config:
         raw = json.loads((out / "config.json").read_text())
         (out / "config.json").write_text(json.dumps({**raw, **config}, indent=2))

@@ -269,9 +269,11 @@ def build_qwen(
     num_labels: int = 1,
     seed: int = 0,
     init_range: float = 0.2,
+    tokenizer: T.PreTrainedTokenizerFast | None = None,
     **config: object,
 ) -> Path:
-    """A tiny Qwen2 / Qwen3 (``family``) for ``task``, saved to ``out`` with a byte-level BPE tokenizer.
+    """A tiny Qwen2 / Qwen3 (``family``) for ``task``, saved to ``out`` with a byte-level BPE tokenizer
+    (or ``tokenizer``, whose vocabulary sizes the model).
 
     ``task``: ``embed`` (``*Model``), ``lm`` (``*ForCausalLM``), ``classify``
     (``*ForSequenceClassification``) or ``token_classify``. Hidden size 32, 4 query heads sharing 2
@@ -279,7 +281,7 @@ def build_qwen(
     randomised too, so a dropped one would show. Layout: transformers' classes (Qwen3-Embedding's
     own is ``tiny_published.build_qwen3_embedding``).
     """
-    tok = bytelevel_bpe_tokenizer()
+    tok = tokenizer if tokenizer is not None else bytelevel_bpe_tokenizer()
     kw = dict(
         vocab_size=len(tok),
         hidden_size=32,
