@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from poolkit.bench.corpus import make_corpus
+from poolkit.entrypoints.bench.corpus import make_corpus
 
 
 def _poolkit(texts: list[str]):

@@ -16,9 +16,9 @@ import os
 import statistics
 import sys
 
-from poolkit.bench.load import StartedServer, run_load
-from poolkit.bench.presets import resolve_bench_model
-from poolkit.settings import EngineArgs
+from poolkit.config.settings import EngineArgs
+from poolkit.entrypoints.bench.load import StartedServer, run_load
+from poolkit.entrypoints.bench.presets import resolve_bench_model
 
 
 def main() -> None:

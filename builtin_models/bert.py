@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any, Callable, ClassVar, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, ClassVar, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +17,7 @@ from torch import nn
 
 from poolkit.contracts.architecture import Architecture
 from poolkit.contracts.batch import PackedBatch
+from poolkit.contracts.capabilities import MaskedLMHead, TakesTokenTypes
 from poolkit.contracts.config_checks import ConfigChecks
 from poolkit.contracts.errors import InvalidRequest, ModelLoadError
 from poolkit.contracts.hookspecs import hookimpl
@@ -32,6 +33,13 @@ from .blocks.norms import fp32_layer_norm, post_norm
 from .blocks.quantize import Quantizable
 from .blocks.linear import FusedLinear, activated_linear, activation_function, fuse_projections, fused_activation, linear
 
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
+    from poolkit.contracts.architecture import LoadedModel, TaskSpec
+    from poolkit.contracts.model import Tokenizer
+    from poolkit.contracts.pooling import Head
+
 #: Checkpoint tensors the encoder does not use: the classifiers and LM heads of transformers' task models, position/type id buffers.
 _UNUSED = re.compile(r"^(pooler|cls|classifier|lm_head|qa_outputs)\.|^embeddings\.(position_ids|token_type_ids)$")
 _QKV_PARTS = ("query", "key", "value")
@@ -40,7 +48,7 @@ _QKV_PARTS = ("query", "key", "value")
 class BertEmbeddings(nn.Module):
     """Word + position + token type embeddings, then LayerNorm."""
 
-    def __init__(self, config: Any, position_offset: int) -> None:
+    def __init__(self, config: PretrainedConfig, position_offset: int) -> None:
         super().__init__()
         self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
@@ -76,7 +84,7 @@ class BertResidualOutput(nn.Module):
 class BertAttention(MultiHeadAttention):
     """Bidirectional self-attention within each sequence, with fused q/k/v projections."""
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         hidden = config.hidden_size
         super().__init__(hidden, config.num_attention_heads)
         self.qkv = FusedLinear(hidden, {f"self.{part}": hidden for part in _QKV_PARTS})
@@ -94,7 +102,7 @@ class BertAttention(MultiHeadAttention):
 class BertIntermediate(nn.Module):
     """The feed-forward expansion and its activation, fused into one kernel where it can be."""
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
         self.act = activation_function(config.hidden_act)
@@ -113,7 +121,7 @@ class BertLayer(nn.Module):
     the weights' dtype, the matmuls' input: both come out of each norm at once.
     """
 
-    def __init__(self, config: Any, attention: nn.Module | None = None) -> None:
+    def __init__(self, config: PretrainedConfig, attention: nn.Module | None = None) -> None:
         super().__init__()
         self.attention = BertAttention(config) if attention is None else attention
         self.intermediate = BertIntermediate(config)
@@ -129,7 +137,7 @@ class BertLayer(nn.Module):
 class BertEncoder(nn.Module):
     """The stack of layers, named as in Hugging Face checkpoints (``encoder.layer.N``)."""
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__()
         self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
 
@@ -150,7 +158,7 @@ class BertLayoutModel(Quantizable, Architecture):
     unused_tensors: ClassVar[re.Pattern] = _UNUSED
 
     @classmethod
-    def configure(cls, config: Any, tokenizer: Any) -> None:
+    def configure(cls, config: PretrainedConfig, tokenizer: Tokenizer) -> None:
         """Refuse positions other than a learned table, naming the architecture that has them."""
         position = getattr(config, "position_embedding_type", "absolute") or "absolute"
         if position in ("rotary", "rope"):
@@ -168,7 +176,7 @@ class BertLayoutModel(Quantizable, Architecture):
         return 0
 
     @property
-    def max_positions(self) -> int | None:
+    def max_positions(self) -> int:
         return int(self.config.max_position_embeddings) - self.position_offset
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
@@ -183,7 +191,7 @@ class BertLayoutModel(Quantizable, Architecture):
         )
 
 
-class BertModel(BertLayoutModel):
+class BertModel(BertLayoutModel, TakesTokenTypes):
     """The BERT encoder: packed token ids in, last-layer hidden states ``[T, H]`` out.
 
     Loads checkpoints of ``BertModel`` itself and of BERT task models (``BertForMaskedLM``,
@@ -197,7 +205,6 @@ class BertModel(BertLayoutModel):
         >>> hidden = model(PackedBatch.from_sequences([[101, 7592, 102], [101, 102]]))
     """
 
-    uses_token_type_ids: ClassVar[bool] = True
     config_checks: ClassVar[ConfigChecks] = bert_layout_checks(
         ("type_vocab_size",),
         {
@@ -207,7 +214,7 @@ class BertModel(BertLayoutModel):
     )
     checkpoint_prefix: ClassVar[str] = "bert."
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__(config)
         self.embeddings = BertEmbeddings(config, self.position_offset)
         self.encoder = BertEncoder(config)
@@ -229,10 +236,10 @@ class RobertaModel(BertModel):
     RoBERTa checkpoints have one); loads ``RobertaFor*`` checkpoints (``roberta.`` prefix).
     """
 
-    uses_token_type_ids: ClassVar[bool] = False
+    uses_token_type_ids = False
     checkpoint_prefix: ClassVar[str] = "roberta."
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__(config)
         if config.type_vocab_size > 1:
             self.uses_token_type_ids = True
@@ -283,13 +290,19 @@ class RobertaClassificationHead(nn.Module):
         return self.out_proj(torch.tanh(self.dense(x)))
 
 
-class RobertaHeadClassifier:
+if TYPE_CHECKING:
+    _Encoder = BertLayoutModel  # what the mixin below is mixed into, for the type checker
+else:
+    _Encoder = object
+
+
+class RobertaHeadClassifier(_Encoder):
     """Mixed in before an encoder: a sequence classifier with RoBERTa's ``classifier`` head
     (dense, tanh, ``out_proj``) on the CLS token's state."""
 
     classifier_prefixes: ClassVar[tuple[str, ...]] = ("classifier.",)
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__(config)
         self.classifier = RobertaClassificationHead(config.hidden_size, self.num_labels)
 
@@ -322,7 +335,7 @@ _DECODER_BIAS = "cls.predictions.decoder.bias"
 class BertPredictionHeadTransform(nn.Module):
     """HF's MLM transform: dense, ``hidden_act``, LayerNorm."""
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
@@ -339,7 +352,7 @@ class BertLMPredictionHead(nn.Module):
     ``decoder`` exists only for checkpoints whose decoder weight is not tied to the embeddings.
     """
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__()
         self.transform = BertPredictionHeadTransform(config)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
@@ -349,12 +362,12 @@ class BertLMPredictionHead(nn.Module):
 class BertOnlyMLMHead(nn.Module):
     """The ``cls`` module of HF's ``BertForMaskedLM``."""
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__()
         self.predictions = BertLMPredictionHead(config)
 
 
-class BertForMaskedLM(BertModel):
+class BertForMaskedLM(BertModel, MaskedLMHead):
     """BERT with its masked-language-model head, which SPLADE models are.
 
     ``embed`` and ``token_embed`` pool the encoder's hidden states as for ``BertModel`` (CLS by
@@ -374,11 +387,10 @@ class BertForMaskedLM(BertModel):
     """
 
     classifier_prefixes: ClassVar[tuple[str, ...]] = ("cls.predictions.",)
-    masked_lm_head: ClassVar[bool] = True
     #: Whether ``embed`` is the SPLADE vector whatever the sentence-transformers config says.
     splade: ClassVar[bool] = False
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__(config)
         self.cls: BertOnlyMLMHead | None = BertOnlyMLMHead(config)
 
@@ -424,7 +436,7 @@ class BertForMaskedLM(BertModel):
             linear = nn.Linear(self.hidden_size, expected[0], bias=False)
             with torch.no_grad():
                 linear.weight.copy_(decoder)
-            self.cls.predictions.decoder = linear
+            self.get_submodule("cls.predictions").decoder = linear
         elif decoder is None and not tied:
             _mlm_logger.warning("the checkpoint has no %s; using the word embeddings (tied)", _DECODER_WEIGHT)
 
@@ -448,12 +460,12 @@ class BertForMaskedLM(BertModel):
     def lm_head(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
         return self.mlm_logits if self.cls is not None else None
 
-    def is_splade(self, model: Any) -> bool:
+    def is_splade(self, model: LoadedModel) -> bool:
         """Whether ``embed`` on ``model`` (the loaded :class:`PoolingModel`) is the SPLADE vector."""
         st = getattr(model, "st", None)
         return self.cls is not None and (self.splade or (st is not None and st.splade is not None))
 
-    def task_head(self, task: Any, model: Any) -> Any:
+    def task_head(self, task: TaskSpec, model: LoadedModel) -> Head | None:
         """For ``embed`` on a SPLADE model, the ``sparse_embed`` task's head (found by its registry key)."""
         if task.name != "embed" or not self.is_splade(model):
             return None

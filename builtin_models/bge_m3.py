@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import TYPE_CHECKING, ClassVar, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +31,13 @@ from poolkit.contracts.io import Prompt
 from poolkit.contracts.params import PoolingParams
 
 from .bert import XLMRobertaModel
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
+    from poolkit.contracts.architecture import LoadedModel, TaskSpec
+    from poolkit.contracts.model import Tokenizer
+    from poolkit.contracts.pooling import Head
 
 logger = logging.getLogger(__name__)
 
@@ -177,7 +184,7 @@ class BgeM3EmbeddingModel(XLMRobertaModel):
 
     pooling_tasks: ClassVar[frozenset[str] | None] = frozenset({"embed", "sparse_embed", "token_embed"})
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__(config)
         self.sparse_linear: nn.Linear | None = None
         self.colbert_linear: nn.Linear | None = None
@@ -192,18 +199,18 @@ class BgeM3EmbeddingModel(XLMRobertaModel):
             "colbert_linear", read_companion(model_dir, "colbert_linear", allow_pickle), hidden, None
         )
 
-    def role_prompts(self, texts: list[str], input_type: str, model: Any) -> list[Prompt]:
+    def role_prompts(self, texts: list[str], input_type: str, model: LoadedModel) -> list[Prompt]:
         """BGE-M3 encodes queries and documents alike (FlagEmbedding's ``encode_queries`` and
         ``encode_corpus`` differ only in their length limits): the texts as they are, either side."""
         return [Prompt(text=text) for text in texts]
 
-    def special_token_ids(self, tokenizer: Any) -> list[int]:
+    def special_token_ids(self, tokenizer: Tokenizer) -> list[int]:
         """FlagEmbedding's ``unused_tokens`` (CLS, EOS, PAD, UNK ids), plus SEP where it differs."""
         names = ("cls_token_id", "eos_token_id", "pad_token_id", "unk_token_id", "sep_token_id")
         ids = [getattr(tokenizer, name, None) for name in names]
         return [int(i) for i in ids if isinstance(i, int)]
 
-    def task_head(self, task: Any, model: Any) -> Any:
+    def task_head(self, task: TaskSpec, model: LoadedModel) -> Head | None:
         if task.name == "sparse_embed" and self.sparse_linear is not None:
             return LexicalWeightsHead(
                 self.sparse_linear,

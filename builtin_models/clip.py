@@ -15,7 +15,7 @@ each layer's q/k/v projections are fused into one ``self_attn.qkv`` matrix at lo
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Callable, ClassVar
 
 import torch
 from torch import nn
@@ -37,11 +37,14 @@ from .blocks.dual_encoder import (
 from .blocks.norms import fp32_layer_norm
 from .blocks.linear import linear
 
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
 
 class CLIPVisionTransformer(nn.Module):
     """Patch and class embeddings, pre-LayerNorm, the encoder, and post-LayerNorm of the CLS token."""
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__()
         eps = float(config.layer_norm_eps)
         self.embeddings = VisionEmbeddings(config, class_token=True, patch_bias=False)
@@ -77,7 +80,7 @@ class CLIPModel(DualEncoder):
         },
     )
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__(config)
         self.projection_dim = int(config.projection_dim)
         self.text_model = TextTransformer(self.text_config, causal=True)

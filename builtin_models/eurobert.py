@@ -12,12 +12,13 @@ masked LM (the class the published base checkpoints name) has an ``lm_head``.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Sequence
+from typing import TYPE_CHECKING, ClassVar, Sequence
 
 import torch
 from torch import nn
 
 from poolkit.contracts.batch import PackedBatch
+from poolkit.contracts.capabilities import MaskedLMHead
 from poolkit.contracts.errors import ModelLoadError
 from poolkit.contracts.hookspecs import hookimpl
 from poolkit.contracts.params import PoolingParams
@@ -27,6 +28,11 @@ from .blocks.heads import TokenClassifier
 from .decoders.heads import DecoderLMHead
 from .decoders.model import DecoderModel
 
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
+    from poolkit.contracts.architecture import LoadedModel, TaskSpec
+
 #: ``classifier_pooling`` -> the pooler of the classifier's input; ``late`` pools the head's
 #: activations (its last layer is linear, so the mean of its logits is the logits of that mean).
 _POOLING_TYPES = {"bos": "CLS", "mean": "MEAN", "late": "MEAN"}
@@ -34,7 +40,7 @@ _POOLING_TYPES = {"bos": "CLS", "mean": "MEAN", "late": "MEAN"}
 DEFAULT_CLASSIFIER_POOLING = "late"
 
 
-def classifier_pooling(config: Any) -> str:
+def classifier_pooling(config: PretrainedConfig) -> str:
     """The sequence classifier's pooling: ``classifier_pooling``, or, where that is transformers'
     default, the ``clf_pooling`` of configs written for the publisher's remote code (which read
     that name; transformers ignores it, and would pool such a ``bos`` classifier ``late``)."""
@@ -58,11 +64,11 @@ class EuroBertModel(DecoderModel):
     default_pooling_type: ClassVar[str | None] = "MEAN"
 
     @classmethod
-    def is_causal(cls, config: Any) -> bool:
+    def is_causal(cls, config: PretrainedConfig) -> bool:
         return False
 
 
-class EuroBertForMaskedLM(DecoderLMHead, EuroBertModel):
+class EuroBertForMaskedLM(DecoderLMHead, EuroBertModel, MaskedLMHead):
     """EuroBERT with its masked-language-model head (``lm_head``, biased as the MLP is): the
     published base checkpoints name this class.
 
@@ -72,7 +78,6 @@ class EuroBertForMaskedLM(DecoderLMHead, EuroBertModel):
     embeddings uses those; a checkpoint with no head serves the hidden-state tasks only.
     """
 
-    masked_lm_head: ClassVar[bool] = True
     lm_head_tensors: ClassVar[dict[str, str]] = {"weight": "lm_head.weight", "bias": "lm_head.bias"}
     #: A masked LM's head serves every task that reads one.
     not_lm_head_tasks: ClassVar[frozenset[str]] = frozenset()
@@ -104,7 +109,7 @@ class EuroBertForSequenceClassification(EuroBertModel):
 
     classifier_prefixes: ClassVar[tuple[str, ...]] = ("dense.", "classifier.")
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__(config)
         pooling = classifier_pooling(config)
         if pooling not in _POOLING_TYPES:
@@ -128,7 +133,7 @@ class EuroBertForSequenceClassification(EuroBertModel):
     def token_classifier(self) -> nn.Module:
         return nn.Sequential(self.dense, nn.GELU(), self.classifier)
 
-    def task_head(self, task: Any, model: Any) -> Any:
+    def task_head(self, task: TaskSpec, model: LoadedModel) -> Head | None:
         """For ``classify`` with ``late`` pooling, the task's head over the head's activations."""
         if task.name != "classify" or self.classifier_pooling != "late":
             return None

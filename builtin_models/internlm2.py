@@ -27,11 +27,12 @@ LoRA adapters may target ``wo``, ``w1``, ``w2`` and ``w3``; one on the grouped `
 from __future__ import annotations
 
 import re
-from typing import Any, ClassVar, Collection, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, ClassVar, Collection, Iterable, Iterator, Mapping
 
 import torch
 from torch import nn
 
+from poolkit.contracts.capabilities import BorrowsConfig
 from poolkit.contracts.config_checks import ConfigChecks, source
 from poolkit.contracts.errors import InvalidRequest, ModelLoadError
 from poolkit.contracts.hookspecs import hookimpl
@@ -39,6 +40,11 @@ from poolkit.loading.weights import base_model_name
 
 from .decoders.llama import LlamaModel
 from .decoders.model import DecoderModel
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
+    from poolkit.contracts.model import Tokenizer
 
 #: Checkpoint tensors the reward model does not use: a causal LM's ``output`` head, rotary caches.
 _UNUSED = re.compile(r"^output\.|\.rotary_emb\.")
@@ -92,7 +98,7 @@ def ungroup_qkv(tensor: torch.Tensor, num_heads: int, num_kv_heads: int, head_di
     return torch.cat([t.reshape(-1, *tensor.shape[1:]) for t in (q, k, v)])
 
 
-class InternLM2ForRewardModel(LlamaModel):
+class InternLM2ForRewardModel(LlamaModel, BorrowsConfig):
     """An InternLM2 reward model: the Llama-shaped decoder under InternLM2's names, and ``v_head``
     (hidden -> 1, no bias) on every token, through ``token_classify`` / ``LLM.reward``.
 
@@ -119,17 +125,17 @@ class InternLM2ForRewardModel(LlamaModel):
     attention_bias_field: ClassVar[tuple[str, bool]] = ("bias", True)
 
     @classmethod
-    def mlp_bias(cls, config: Any) -> bool:
+    def mlp_bias(cls, config: PretrainedConfig) -> bool:
         return False
 
     @classmethod
-    def configure(cls, config: Any, tokenizer: Any) -> None:
+    def configure(cls, config: PretrainedConfig, tokenizer: Tokenizer) -> None:
         """One reward per token, whatever ``num_labels`` the config carries."""
         config.num_labels = 1
 
     @classmethod
     def check_config(
-        cls, config: Any, shapes: Mapping[str, tuple[int, ...]] | None, overridden: Collection[str] = ()
+        cls, config: PretrainedConfig, shapes: Mapping[str, tuple[int, ...]] | None, overridden: Collection[str] = ()
     ) -> None:
         """The Llama checks, and ``wqkv``'s rows against the heads."""
         super().check_config(config, shapes, overridden)
@@ -145,7 +151,7 @@ class InternLM2ForRewardModel(LlamaModel):
                     f"{cls.head_dim(config)} = {rows}, but the weights hold {shape[0]} ('{name}' has shape {tuple(shape)})"
                 )
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__(config)
         self.v_head = nn.Linear(self.hidden_size, 1, bias=False)
 

@@ -39,12 +39,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Iterator, Mapping
 
 import torch
 from torch import nn
 
 from poolkit.contracts.batch import PackedBatch
+from poolkit.contracts.capabilities import ClaimsNames, TaskAdapters
 from poolkit.contracts.config_checks import ConfigChecks
 from poolkit.contracts.errors import ModelLoadError
 from poolkit.contracts.hookspecs import hookimpl
@@ -56,6 +57,9 @@ from .blocks.norms import post_norm
 from .blocks.rotary import RotarySpec
 from .colbert import _ColBERT
 from .rotary_encoders.encoder import Layout, RotaryEmbeddings, RotaryEncoder, RotaryEncoderSpec
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 JINA_LAYOUT = Layout(
     prefix="roberta.",
@@ -102,7 +106,7 @@ class JinaEmbeddings(RotaryEmbeddings):
         return post_norm(self, x, None, self.norm)
 
 
-class JinaRobertaModel(RotaryEncoder):
+class JinaRobertaModel(RotaryEncoder, TaskAdapters, ClaimsNames):
     """Jina's rotary XLM-RoBERTa (jina-embeddings-v3's ``XLMRobertaLoRA``): packed token ids in,
     last-layer hidden states out, the task adapters of the checkpoint as LoRA adapters.
 
@@ -121,7 +125,7 @@ class JinaRobertaModel(RotaryEncoder):
     config_checks: ClassVar[ConfigChecks] = encoder_checks(r"(?:^|\.)encoder\.layers\.(\d+)\.")
 
     @classmethod
-    def spec(cls, config: Any) -> RotaryEncoderSpec:
+    def spec(cls, config: PretrainedConfig) -> RotaryEncoderSpec:
         position = getattr(config, "position_embedding_type", "rotary")
         if position not in ("rotary", "rope"):
             raise ModelLoadError(f"position_embedding_type '{position}' is not Jina's rotary XLM-RoBERTa; use XLMRobertaModel")
@@ -138,7 +142,7 @@ class JinaRobertaModel(RotaryEncoder):
             qkv_bias=True, out_bias=True, up_bias=True, down_bias=True,
         )
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__(config)
         self._tasks = list(getattr(config, "lora_adaptations", None) or [])
         self._lora_scaling = float(getattr(config, "lora_alpha", 1)) / float(getattr(config, "lora_rank", 1) or 1)
@@ -208,7 +212,7 @@ class JinaEmbeddingsV3Model(JinaRobertaModel):
 
     claims: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__(config)
         self._tasks = list(getattr(config, "lora_adaptations", None) or JINA_TASKS)
         self.default_task_adapter = None  # set once the adapters are read
@@ -231,7 +235,7 @@ class JinaEmbeddingsV3Model(JinaRobertaModel):
         return super().adapter_target(layer)
 
 
-def _rope_theta(config: Any) -> float:
+def _rope_theta(config: PretrainedConfig) -> float:
     """The rotary base: Jina's ``rotary_emb_base``, or transformers' ``rope_parameters.rope_theta``
     (jina-embeddings-v3-hf); only the default rotary (no scaling) is Jina's.
 

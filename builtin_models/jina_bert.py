@@ -24,13 +24,14 @@ from __future__ import annotations
 import functools
 import math
 import re
-from typing import Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from poolkit.contracts.batch import PackedBatch
+from poolkit.contracts.capabilities import TakesTokenTypes
 from poolkit.contracts.config_checks import ConfigChecks
 from poolkit.contracts.hookspecs import hookimpl
 from poolkit.plugins.lookup import kernel_for
@@ -40,6 +41,11 @@ from .blocks.checks import encoder_checks, unsupported
 from .blocks.embeddings import add_token_types, check_positions
 from .blocks.mlp import GatedMLP
 from .blocks.norms import post_norm
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
+    from poolkit.contracts.model import Tokenizer
 
 #: Checkpoint tensors the encoder does not use: the pooler and MLM head of ``JinaBertForMaskedLM``, id buffers.
 _UNUSED = re.compile(r"^(pooler|cls|classifier)\.|^embeddings\.(position_ids|token_type_ids)$")
@@ -74,7 +80,7 @@ def alibi_bias(slopes: torch.Tensor, length: int, device: torch.device) -> torch
 class JinaBertEmbeddings(nn.Module):
     """Word + token type embeddings, then LayerNorm: positions are ALiBi's, in attention."""
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__()
         self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
@@ -89,7 +95,7 @@ class JinaBertEmbeddings(nn.Module):
 class JinaBertGLU(GatedMLP):
     """The gated feed-forward block with its residual add and post-LayerNorm (``mlp.layernorm``)."""
 
-    def __init__(self, config: Any, activation: str) -> None:
+    def __init__(self, config: PretrainedConfig, activation: str) -> None:
         super().__init__(config.hidden_size, config.intermediate_size, activation, ("gated_layers", "wo"),
                          (False, True), gate_first=True)
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
@@ -104,7 +110,7 @@ class JinaBertGLU(GatedMLP):
 class JinaBertLayer(nn.Module):
     """BERT's attention block (with the ALiBi bias bound into ``attention``), then the gated block."""
 
-    def __init__(self, config: Any, activation: str) -> None:
+    def __init__(self, config: PretrainedConfig, activation: str) -> None:
         super().__init__()
         self.attention = BertAttention(config)
         self.mlp = JinaBertGLU(config, activation)
@@ -119,12 +125,12 @@ class JinaBertLayer(nn.Module):
 class JinaBertEncoder(nn.Module):
     """The stack of layers, named as in the published checkpoints (``encoder.layer.N``)."""
 
-    def __init__(self, config: Any, activation: str) -> None:
+    def __init__(self, config: PretrainedConfig, activation: str) -> None:
         super().__init__()
         self.layer = nn.ModuleList(JinaBertLayer(config, activation) for _ in range(config.num_hidden_layers))
 
 
-class JinaBertModel(BertLayoutModel):
+class JinaBertModel(BertLayoutModel, TakesTokenTypes):
     """jina-embeddings-v2's encoder: packed token ids in, last-layer hidden states ``[T, H]`` out.
 
     Loads the published checkpoints (``JinaBertForMaskedLM``'s tensors, with or without a
@@ -137,7 +143,6 @@ class JinaBertModel(BertLayoutModel):
     """
 
     default_pooling_type: ClassVar[str | None] = "MEAN"
-    uses_token_type_ids: ClassVar[bool] = True
     config_checks: ClassVar[ConfigChecks] = encoder_checks(
         r"(?:^|\.)encoder\.layer\.(\d+)\.",
         ("type_vocab_size",),
@@ -152,14 +157,14 @@ class JinaBertModel(BertLayoutModel):
     unused_tensors: ClassVar[re.Pattern] = _UNUSED
 
     @classmethod
-    def configure(cls, config: Any, tokenizer: Any) -> None:
+    def configure(cls, config: PretrainedConfig, tokenizer: Tokenizer) -> None:
         """Refuse positions other than ALiBi (BertLayoutModel's check, which wants a learned table, is skipped)."""
         position = getattr(config, "position_embedding_type", "alibi")
         if position != "alibi":
             raise unsupported("position_embedding_type", position, f"{cls.__name__} takes ALiBi positions only")
         super(BertLayoutModel, cls).configure(config, tokenizer)
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__(config)
         forward_type = getattr(config, "feed_forward_type", "geglu")
         if forward_type not in _GLU_ACTIVATIONS:

@@ -10,26 +10,33 @@ its vector with the query's. vLLM's newest ``JinaForRanking`` runs the same layo
 
 Here the body is :class:`poolkit.builtin_models.qwen.Qwen3Model`, the model serves ``token_embed``
 (the projected vectors at the embed tokens, documents first, then the query), and
-:attr:`JinaForRanking.listwise` tells the ``listwise`` scorer the published prompt and its limits,
+:attr:`JinaForRanking.listwise` (a :class:`~poolkit.contracts.capabilities.ListwiseReranker`'s layout) tells the ``listwise`` scorer the published prompt and its limits,
 so that ``LLM.score`` / ``LLM.rerank`` and the servers' score and rerank routes split many
 documents into prompts as Jina's ``rerank`` does.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Collection, Mapping, Sequence
+from typing import TYPE_CHECKING, ClassVar, Collection, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from poolkit.contracts.batch import PackedBatch
+from poolkit.contracts.capabilities import ListwiseLayout, ListwiseReranker
 from poolkit.contracts.errors import ModelLoadError
 from poolkit.contracts.hookspecs import hookimpl
 from poolkit.contracts.params import PoolingParams
-from poolkit.contracts.architecture import ListwiseLayout
 
 from .qwen import Qwen3Model
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
+    from poolkit.contracts.architecture import LoadedModel, TaskSpec
+    from poolkit.contracts.model import Tokenizer
+    from poolkit.contracts.pooling import Head
 
 #: The width of the projected vectors: Jina's ``modeling.py`` fixes ``projector_dim = 512`` (vLLM
 #: sets ``embedding_size`` to it); a checkpoint's ``projector.2.weight`` says its own.
@@ -93,7 +100,7 @@ class EmbedTokenVectorsHead:
         return out
 
 
-class JinaForRanking(Qwen3Model):
+class JinaForRanking(Qwen3Model, ListwiseReranker):
     """jina-reranker-v3: the Qwen3 body, then the ``projector`` at the embed tokens.
 
     The checkpoint keeps the body under ``model.`` and the projector as ``projector.0.weight`` /
@@ -104,11 +111,11 @@ class JinaForRanking(Qwen3Model):
 
     pooling_tasks: ClassVar[frozenset[str] | None] = frozenset({"token_embed"})
     score_type: ClassVar[str | None] = "listwise"
-    listwise: ClassVar[ListwiseLayout | None] = JinaRerankerV3Layout()
+    listwise: ClassVar[ListwiseLayout] = JinaRerankerV3Layout()
     classifier_prefixes: ClassVar[tuple[str, ...]] = ("projector.",)
 
     @classmethod
-    def configure(cls, config: Any, tokenizer: Any) -> None:
+    def configure(cls, config: PretrainedConfig, tokenizer: Tokenizer) -> None:
         """Look up the ids of the document and query embed tokens.
 
         Raises:
@@ -124,7 +131,7 @@ class JinaForRanking(Qwen3Model):
         config.doc_embed_token_id, config.query_embed_token_id = ids
 
     @classmethod
-    def check_config(cls, config: Any, shapes: Mapping[str, tuple[int, ...]] | None, overridden: Collection[str] = ()) -> None:
+    def check_config(cls, config: PretrainedConfig, shapes: Mapping[str, tuple[int, ...]] | None, overridden: Collection[str] = ()) -> None:
         """The projector's shapes: ``hidden -> hidden / 2 -> embedding_size`` (the checkpoint's width,
         512 when no checkpoint shapes are known).
 
@@ -145,7 +152,7 @@ class JinaForRanking(Qwen3Model):
             raise ModelLoadError(f"embedding_size {config.embedding_size} does not match the projector's {width} outputs")
         config.embedding_size = width
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__(config)
         hidden = int(config.hidden_size)
         width = int(getattr(config, "embedding_size", PROJECTOR_DIM))
@@ -159,7 +166,7 @@ class JinaForRanking(Qwen3Model):
         """The width of the vectors the model returns: the projector's outputs."""
         return int(self.projector[2].out_features)
 
-    def task_head(self, task: Any, model: Any) -> Any:
+    def task_head(self, task: TaskSpec, model: LoadedModel) -> Head | None:
         if task.name == "token_embed":
             return EmbedTokenVectorsHead(self.projector, self.embed_token_ids, model.use_activation().value)
         return None

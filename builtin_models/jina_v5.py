@@ -26,16 +26,21 @@ refused with its reason.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import TYPE_CHECKING, ClassVar, Mapping
 
 import torch
 
-from poolkit.contracts.architecture import TaskPrompt
+from poolkit.contracts.capabilities import BorrowsConfig, TaskAdapters, TaskPrompt
 from poolkit.contracts.errors import ModelLoadError
 from poolkit.contracts.hookspecs import hookimpl
 
 from .blocks.adapters import peft_task_adapter
 from .qwen import Qwen3Model
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
+    from poolkit.contracts.model import Tokenizer
 
 #: The texts the publisher's ``encode`` puts first (``modeling_jina_embeddings_v5.py``; the same as
 #: the prompts of its ``config_sentence_transformers.json``): a query's, and anything else's.
@@ -50,7 +55,7 @@ ADAPTERS_FOLDER = "adapters"
 ADAPTER_CONFIG = "adapter_config.json"
 
 
-class JinaEmbeddingsV5Model(Qwen3Model):
+class JinaEmbeddingsV5Model(Qwen3Model, TaskAdapters, BorrowsConfig):
     """jina-embeddings-v5-text-small: Qwen3, its task adapters mixed per request, the last token
     L2-normalised.
 
@@ -62,7 +67,7 @@ class JinaEmbeddingsV5Model(Qwen3Model):
     config_model_type: ClassVar[str | None] = "qwen3"
 
     @classmethod
-    def configure(cls, config: Any, tokenizer: Any) -> None:
+    def configure(cls, config: PretrainedConfig, tokenizer: Tokenizer) -> None:
         """Refuse the EuroBERT body (jina-embeddings-v5-text-nano) and a config without tasks; let
         requests ask for any width (the publisher's ``truncate_dim`` cuts to any)."""
         if getattr(config, "is_decoder", True) is False:
@@ -80,7 +85,7 @@ class JinaEmbeddingsV5Model(Qwen3Model):
             config.is_matryoshka = True
         super().configure(config, tokenizer)
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__(config)
         self._tasks = list(config.task_names)
         # vLLM's hf_overrides={"jina_task": ...} names the task it merges: here, the one a request naming none runs

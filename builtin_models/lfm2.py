@@ -21,7 +21,8 @@ The final norm is called ``embedding_norm``. ``layer_types`` (or, in older confi
   transformers does when ``block_auto_adjust_ff_dim`` is set (two thirds, times
   ``block_ffn_dim_multiplier``, rounded up to a multiple of ``block_multiple_of``).
 
-Prompts that begin alike are not computed once (no ``shares_prefixes``): each sequence runs from
+Prompts that begin alike are not computed once (``shares_prefixes`` is ``False``: a short
+convolution's state would have to be kept with a prefix's keys and values): each sequence runs from
 its first token. Embeddings pool the last token by default, as the decoders' do. LFM2-ColBERT-350M
 is a PyLate save of ``Lfm2Model`` (its ``1_Dense`` projects the token vectors, read by the
 sentence-transformers machinery); vLLM's ``ColBERTLfm2Model`` (chosen with ``hf_overrides``)
@@ -32,7 +33,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Collection, Iterable, Mapping
+from typing import TYPE_CHECKING, Callable, ClassVar, Collection, Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +56,9 @@ from .colbert import _ColBERT
 from .decoders.heads import DecoderLMHead
 from .decoders.model import DecoderAttention, DecoderMLP, DecoderModel
 
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
 #: The two kinds of LFM2 layer, as ``layer_types`` names them.
 FULL_ATTENTION, CONV = GLOBAL, "conv"
 #: Checkpoint tensors the backbone does not use: a causal LM's head, rotary caches.
@@ -70,7 +74,7 @@ _RENAMES = (
 )
 
 
-def layer_types(config: Any) -> list[str]:
+def layer_types(config: PretrainedConfig) -> list[str]:
     """Each layer's kind, ``"full_attention"`` or ``"conv"``: the config's ``layer_types``, else
     attention at ``full_attn_idxs`` (every layer when neither is given, as transformers reads it).
 
@@ -89,7 +93,7 @@ def layer_types(config: Any) -> list[str]:
     return types
 
 
-def feed_forward_size(config: Any) -> int:
+def feed_forward_size(config: PretrainedConfig) -> int:
     """The feed-forward width: ``intermediate_size``, adjusted when ``block_auto_adjust_ff_dim`` is set."""
     size = int(config.intermediate_size)
     if not getattr(config, "block_auto_adjust_ff_dim", False):
@@ -142,7 +146,7 @@ class BlockSizes:
     rms_norm_eps: float
 
     @classmethod
-    def of(cls, config: Any) -> BlockSizes:
+    def of(cls, config: PretrainedConfig) -> BlockSizes:
         """The sizes of an LFM2 config."""
         heads = int(config.num_attention_heads)
         return cls(
@@ -202,7 +206,7 @@ class Lfm2ShortConv(nn.Module):
 class Lfm2Layer(nn.Module):
     """One pre-norm LFM2 layer: attention (``self_attn``) or short convolution (``conv``), then the feed-forward."""
 
-    def __init__(self, config: Any, sizes: BlockSizes, layer_type: str) -> None:
+    def __init__(self, config: PretrainedConfig, sizes: BlockSizes, layer_type: str) -> None:
         super().__init__()
         self.operator_norm = RMSNorm(sizes.hidden_size, sizes.rms_norm_eps)
         self.ffn_norm = RMSNorm(sizes.hidden_size, sizes.rms_norm_eps)
@@ -241,6 +245,8 @@ class Lfm2Model(Quantizable, Architecture):
 
     takes_adapters: ClassVar[bool] = True
     default_pooling_type: ClassVar[str | None] = "LAST"
+    #: No :class:`~poolkit.contracts.capabilities.SharesPrefixes`: the convolutions carry state past a prefix.
+    shares_prefixes: ClassVar[bool] = False
     config_checks: ClassVar[ConfigChecks] = ConfigChecks(
         sizes=(
             "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size",
@@ -258,7 +264,7 @@ class Lfm2Model(Quantizable, Architecture):
     #: Prefix of the backbone's tensors in ``Lfm2ForCausalLM`` checkpoints.
     checkpoint_prefix: ClassVar[str] = "model."
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__(config)
         sizes = BlockSizes.of(config)
         self.embed_tokens = nn.Embedding(int(config.vocab_size), sizes.hidden_size)
@@ -269,7 +275,7 @@ class Lfm2Model(Quantizable, Architecture):
 
     @classmethod
     def check_config(
-        cls, config: Any, shapes: Mapping[str, tuple[int, ...]] | None, overridden: Collection[str] = ()
+        cls, config: PretrainedConfig, shapes: Mapping[str, tuple[int, ...]] | None, overridden: Collection[str] = ()
     ) -> None:
         super().check_config(config, shapes, overridden)
         layer_types(config)

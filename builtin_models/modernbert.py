@@ -10,7 +10,7 @@ checkpoints load by name.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, ClassVar, Iterable
+from typing import TYPE_CHECKING, Callable, ClassVar, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +31,9 @@ from .blocks.quantize import Quantizable
 from .blocks.rotary import Rotary, rotary_cos_sin, rotary_inv_freq
 from .blocks.linear import activation_function, linear as linear_layer
 
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
 #: Checkpoint tensors the encoder does not use: the classifiers and prediction heads (``head.``) of ModernBERT task models.
 _UNUSED = re.compile(r"^(head|decoder|classifier|qa_outputs)\.")
 #: ModernBERT's local attention layers, in transformers 5's name.
@@ -40,7 +43,7 @@ _DEFAULT_THETA = {GLOBAL: 160_000.0, LOCAL: 10_000.0}
 _POOLING_TYPES = {"cls": "CLS", "mean": "MEAN"}
 
 
-def layer_types(config: Any) -> list[str]:
+def layer_types(config: PretrainedConfig) -> list[str]:
     """Each layer's attention, ``"full_attention"`` or ``"sliding_attention"``.
 
     transformers 5 configs list them in ``layer_types``; older ones give only
@@ -59,7 +62,7 @@ def layer_types(config: Any) -> list[str]:
     return [LOCAL if i % every else GLOBAL for i in range(config.num_hidden_layers)]
 
 
-def rope_theta(config: Any, layer_type: str) -> float:
+def rope_theta(config: PretrainedConfig, layer_type: str) -> float:
     """The rotary base of one kind of layer.
 
     transformers 5 configs keep it in ``rope_parameters[layer_type]["rope_theta"]``; older ones
@@ -86,7 +89,7 @@ class ModernBertEmbeddings(nn.Module):
     LayerNorm is :meth:`forward`'s, apart from the lookup, so that a vision-language model puts its
     image features among the looked-up rows first."""
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__()
         self.tok_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.norm_eps, bias=config.norm_bias)
@@ -102,7 +105,7 @@ class ModernBertEmbeddings(nn.Module):
 class ModernBertAttention(MultiHeadAttention):
     """Self-attention within each sequence (or a window of it), with rotary queries and keys."""
 
-    def __init__(self, config: Any, window: int | None) -> None:
+    def __init__(self, config: PretrainedConfig, window: int | None) -> None:
         hidden = config.hidden_size
         super().__init__(hidden, config.num_attention_heads)
         self.window = window
@@ -127,7 +130,7 @@ class ModernBertMLP(GatedMLP):
     """The GeGLU feed-forward block: ``Wo(act(input) * gate)`` with ``Wi`` giving both halves
     (its first half is activated, "input"; its second is the gate it is multiplied by)."""
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__(
             config.hidden_size, config.intermediate_size, config.hidden_activation, ("Wi", "Wo"),
             (config.mlp_bias, config.mlp_bias), gate_first=True,
@@ -137,7 +140,7 @@ class ModernBertMLP(GatedMLP):
 class ModernBertLayer(nn.Module):
     """One pre-LayerNorm encoder layer; the first layer has no attention norm (the embeddings' norm serves)."""
 
-    def __init__(self, config: Any, index: int, layer_type: str) -> None:
+    def __init__(self, config: PretrainedConfig, index: int, layer_type: str) -> None:
         super().__init__()
         self.layer_type = layer_type
         hidden = config.hidden_size
@@ -184,7 +187,7 @@ class ModernBertModel(Quantizable, Architecture):
     #: Checkpoint name prefixes of the classifiers this class loads itself (none for the bare encoder).
     classifier_prefixes: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__(config)
         types = layer_types(config)
         self.embeddings = ModernBertEmbeddings(config)
@@ -221,7 +224,7 @@ class ModernBertModel(Quantizable, Architecture):
 class ModernBertPredictionHead(nn.Module):
     """HF's ModernBERT head: dense, ``classifier_activation``, LayerNorm."""
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__()
         hidden = config.hidden_size
         self.dense = nn.Linear(hidden, hidden, bias=config.classifier_bias)
@@ -242,7 +245,7 @@ class ModernBertForSequenceClassification(ModernBertModel):
 
     classifier_prefixes: ClassVar[tuple[str, ...]] = ("head.", "classifier.")
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__(config)
         pooling = getattr(config, "classifier_pooling", "cls")
         if pooling not in _POOLING_TYPES:
@@ -261,7 +264,7 @@ class ModernBertForTokenClassification(ModernBertModel):
     default_pooling_type: ClassVar[str | None] = None
     classifier_prefixes: ClassVar[tuple[str, ...]] = ("head.", "classifier.")
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__(config)
         self.head = ModernBertPredictionHead(config)
         self.classifier = nn.Linear(config.hidden_size, self.num_labels)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import math
 import re
-from typing import Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +36,9 @@ from .blocks.embeddings import check_positions
 from .blocks.heads import TokenClassifier
 from .blocks.norms import post_norm
 from .blocks.linear import FusedLinear, linear
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 #: Checkpoint tensors the encoder does not use: the classifiers and LM heads of transformers' task models, the position id buffer.
 _UNUSED = re.compile(r"^(pooler|lm_head|classifier|qa_outputs)\.|^embeddings\.position_ids$")
@@ -71,7 +74,7 @@ def relative_position_bucket(
 class MPNetEmbeddings(nn.Module):
     """Word + position embeddings, then LayerNorm (no token types)."""
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__()
         self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
@@ -87,7 +90,7 @@ class MPNetEmbeddings(nn.Module):
 class MPNetSelfAttention(nn.Module):
     """The projections of HF's ``attention.attn``: fused ``q``/``k``/``v`` and the output ``o``."""
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__()
         hidden = config.hidden_size
         self.qkv = FusedLinear(hidden, {part: hidden for part in ("q", "k", "v")})
@@ -101,7 +104,7 @@ class MPNetAttention(MultiHeadAttention):
     (:meth:`MPNetModel.forward`), so the layer is BERT's :class:`BertLayer` with this block.
     """
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__(config.hidden_size, config.num_attention_heads)
         self.attn = MPNetSelfAttention(config)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
@@ -118,7 +121,7 @@ class MPNetAttention(MultiHeadAttention):
 class MPNetEncoder(nn.Module):
     """The layers and the relative position bias they share, named as in HF checkpoints."""
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__()
         self.layer = nn.ModuleList(BertLayer(config, MPNetAttention(config)) for _ in range(config.num_hidden_layers))
         self.relative_attention_bias = nn.Embedding(config.relative_attention_num_buckets, config.num_attention_heads)
@@ -160,7 +163,7 @@ class MPNetModel(BertLayoutModel):
     unused_tensors: ClassVar[re.Pattern] = _UNUSED
     position_offset: ClassVar[int] = _PADDING_IDX + 1
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__(config)
         buckets = int(config.relative_attention_num_buckets)
         if buckets < _NUM_BUCKETS:

@@ -16,7 +16,7 @@ itself (``lm_head()``), which ``STEP`` process rewards read.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Collection, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Collection, Mapping
 
 import torch
 from torch import nn
@@ -37,11 +37,17 @@ from .decoders.heads import (
 )
 from .decoders.model import DecoderModel, check_layer_types
 from .decoders.rerankers import MXBAI_RERANK_V2, QWEN3_RERANKER, TEMPLATES, ZERANK, LLMReranker
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
+    from poolkit.contracts.model import Tokenizer
+
 #: The token id of ``<extra_0>``, the step tag of Qwen2.5-Math-PRM (vLLM's default ``step_tag_id``).
 PRM_STEP_TAG_ID = 151651
 
 
-def layer_types(config: Any) -> list[str]:
+def layer_types(config: PretrainedConfig) -> list[str]:
     """Each layer's attention: the config's ``layer_types``, else ``"sliding_attention"`` from
     ``max_window_layers`` on when ``use_sliding_window`` is set."""
     n = int(config.num_hidden_layers)
@@ -70,15 +76,15 @@ class Qwen2Model(DecoderModel):
     """
 
     @classmethod
-    def attention_biases(cls, config: Any) -> tuple[bool, bool]:
+    def attention_biases(cls, config: PretrainedConfig) -> tuple[bool, bool]:
         return True, False
 
     @classmethod
-    def mlp_bias(cls, config: Any) -> bool:
+    def mlp_bias(cls, config: PretrainedConfig) -> bool:
         return False
 
     @classmethod
-    def layer_types(cls, config: Any) -> list[str]:
+    def layer_types(cls, config: PretrainedConfig) -> list[str]:
         return layer_types(config)
 
 
@@ -95,7 +101,7 @@ class Qwen3Model(Qwen2Model):
     )
 
     @classmethod
-    def attention_biases(cls, config: Any) -> tuple[bool, bool]:
+    def attention_biases(cls, config: PretrainedConfig) -> tuple[bool, bool]:
         bias = bool(getattr(config, "attention_bias", False))
         return bias, bias
 
@@ -112,11 +118,11 @@ class VoyageQwen3BidirectionalEmbedModel(Qwen3Model):
     classifier_prefixes: ClassVar[tuple[str, ...]] = ("linear.",)
 
     @classmethod
-    def is_causal(cls, config: Any) -> bool:
+    def is_causal(cls, config: PretrainedConfig) -> bool:
         return False
 
     @classmethod
-    def check_config(cls, config: Any, shapes: Mapping[str, tuple[int, ...]] | None, overridden: Collection[str] = ()) -> None:
+    def check_config(cls, config: PretrainedConfig, shapes: Mapping[str, tuple[int, ...]] | None, overridden: Collection[str] = ()) -> None:
         """The output width is the checkpoint's ``linear.weight`` rows: ``num_labels`` takes it
         unless ``hf_overrides`` set it, which must then agree."""
         super().check_config(config, shapes, overridden)
@@ -128,7 +134,7 @@ class VoyageQwen3BidirectionalEmbedModel(Qwen3Model):
         elif int(config.num_labels) != int(shape[0]):
             raise ModelLoadError(f"num_labels {config.num_labels} does not match the checkpoint's linear.weight {tuple(shape)}")
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__(config)
         self.linear = nn.Linear(int(config.hidden_size), self.num_labels, bias=False)
 
@@ -143,7 +149,7 @@ class VoyageQwen3BidirectionalEmbedModel(Qwen3Model):
 # -- heads -----------------------------------------------------------------------------------------
 
 
-def classifier_tokens(config: Any) -> tuple[list[str], str] | None:
+def classifier_tokens(config: PretrainedConfig) -> tuple[list[str], str] | None:
     """The ``classifier_from_token`` words and ``method`` of an LLM-as-reranker config declared
     vLLM's way, or ``None``.
 
@@ -160,7 +166,7 @@ def classifier_tokens(config: Any) -> tuple[list[str], str] | None:
     return check_classifier_tokens(tokens, method)
 
 
-def _declared_original(config: Any) -> bool:
+def _declared_original(config: PretrainedConfig) -> bool:
     # ``is_qwen3_reranker`` is vLLM's earlier name of ``is_original_qwen3_reranker``.
     return bool(getattr(config, "is_original_qwen3_reranker", False) or getattr(config, "is_qwen3_reranker", False))
 
@@ -172,15 +178,15 @@ class QwenScoreClassifier(ScoreClassifier):
     (:attr:`llm_rerankers`) gets the model card's prompt, which vLLM would not know to apply."""
 
     @classmethod
-    def declares_reranker(cls, config: Any) -> bool:
+    def declares_reranker(cls, config: PretrainedConfig) -> bool:
         return _declared_original(config) or super().declares_reranker(config)
 
     @classmethod
-    def declines_reranker(cls, config: Any) -> bool:
+    def declines_reranker(cls, config: PretrainedConfig) -> bool:
         return getattr(config, "is_original_qwen3_reranker", None) is False or super().declines_reranker(config)
 
     @classmethod
-    def classifier_tokens(cls, config: Any) -> tuple[list[str], str] | None:
+    def classifier_tokens(cls, config: PretrainedConfig) -> tuple[list[str], str] | None:
         if cls.declares_reranker(config):
             return classifier_tokens(config)
         return super().classifier_tokens(config)
@@ -249,10 +255,10 @@ class Qwen2ForRewardModel(Qwen2Model):
     reward_labels: ClassVar[int] = 1
 
     @classmethod
-    def configure(cls, config: Any, tokenizer: Any) -> None:
+    def configure(cls, config: PretrainedConfig, tokenizer: Tokenizer) -> None:
         config.num_labels = cls.reward_labels
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__(config)
         hidden = self.hidden_size
         self.score = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, self.reward_labels))
@@ -277,7 +283,7 @@ class Qwen2ForProcessRewardModel(Qwen2ForRewardModel):
     default_pooler_config: ClassVar[dict[str, Any]] = {"step_tag_id": PRM_STEP_TAG_ID}
 
     @classmethod
-    def configure(cls, config: Any, tokenizer: Any) -> None:
+    def configure(cls, config: PretrainedConfig, tokenizer: Tokenizer) -> None:
         config.num_labels = cls.reward_labels
 
 

@@ -25,7 +25,7 @@ import json
 import re
 import string
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Collection, Mapping
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Collection, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -52,8 +52,11 @@ from .blocks.dual_encoder import (
 from .blocks.norms import fp32_layer_norm
 from .blocks.linear import linear
 
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
-def _projection_size(text_config: Any) -> int:
+
+def _projection_size(text_config: PretrainedConfig) -> int:
     """The text head's width: ``projection_size``, which older configs leave to ``hidden_size``."""
     return int(getattr(text_config, "projection_size", None) or text_config.hidden_size)
 
@@ -95,7 +98,7 @@ class MultiheadAttentionProbe(nn.Module):
 class SiglipMultiheadAttentionPoolingHead(nn.Module):
     """MAP: a learned probe attends to the patches; LayerNorm, MLP and a residual; one row per image."""
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__()
         hidden = int(config.hidden_size)
         self.probe = nn.Parameter(torch.zeros(1, 1, hidden))
@@ -115,7 +118,7 @@ class SiglipVisionTransformer(nn.Module):
     ``[n, 3, H, W]`` pixels in, one row per image out. Without the head (``head=False``:
     PaliGemma's tower, ``vision_use_head: false``), one row per patch: ``[n, patches, hidden]``."""
 
-    def __init__(self, config: Any, head: bool = True) -> None:
+    def __init__(self, config: PretrainedConfig, head: bool = True) -> None:
         super().__init__()
         self.embeddings = VisionEmbeddings(config, class_token=False, patch_bias=True)
         self.encoder = Encoder(config)
@@ -131,7 +134,7 @@ class SiglipVisionTransformer(nn.Module):
 class SiglipTextTransformer(TextTransformer):
     """The bidirectional text tower and its ``head`` (linear, with bias) to ``projection_size``."""
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__(config, causal=False)
         self.head = nn.Linear(config.hidden_size, _projection_size(config))
 
@@ -163,7 +166,7 @@ class SiglipModel(DualEncoder):
 
     @classmethod
     def check_config(
-        cls, config: Any, shapes: Mapping[str, tuple[int, ...]] | None, overridden: Collection[str] = ()
+        cls, config: PretrainedConfig, shapes: Mapping[str, tuple[int, ...]] | None, overridden: Collection[str] = ()
     ) -> None:
         """The declared checks, the positions, that the vision tower has its pooling head, and
         that text and image embeddings are of one width."""
@@ -183,14 +186,14 @@ class SiglipModel(DualEncoder):
             )
 
     @classmethod
-    def load_tokenizer(cls, path: Path, config: Any) -> Any | None:
+    def load_tokenizer(cls, path: Path, config: PretrainedConfig) -> Any | None:
         """``spiece.model`` as a fast tokenizer, for the checkpoints that ship no ``tokenizer.json``
         (google/siglip-*); ``None`` (transformers loads it) for those that do (SigLIP2)."""
         if (path / "tokenizer.json").is_file() or not (path / "spiece.model").is_file():
             return None
         return siglip_tokenizer(path)
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__(config)
         self.text_model = SiglipTextTransformer(self.text_config)
         self.vision_model = SiglipVisionTransformer(self.vision_config)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Callable, ClassVar, Collection, Mapping
+from typing import TYPE_CHECKING, Callable, ClassVar, Collection, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +39,9 @@ from .blocks.dual_encoder import VISION, DualEncoder, Encoder
 from .blocks.linear import linear
 from .blocks.norms import at_least_float32, fp32_layer_norm
 from .siglip import SiglipModel, SiglipMultiheadAttentionPoolingHead, SiglipTextTransformer
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 POSITIONS = "vision_model.embeddings.position_embedding.weight"
 
@@ -59,7 +62,7 @@ def _checks() -> ConfigChecks:
 class Siglip2VisionEmbeddings(nn.Module):
     """The linear patch embedding and the square grid of learned positions, resized per image."""
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__()
         channels, patch = int(getattr(config, "num_channels", 3)), int(config.patch_size)
         self.patch_embedding = nn.Linear(channels * patch * patch, config.hidden_size)
@@ -88,7 +91,7 @@ class Siglip2VisionEmbeddings(nn.Module):
 class Siglip2VisionTransformer(nn.Module):
     """NaFlex patches in, packed per image through the encoder, post-LayerNorm, the MAP head: one row per image."""
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__()
         self.embeddings = Siglip2VisionEmbeddings(config)
         self.encoder = Encoder(config)
@@ -130,7 +133,7 @@ class Siglip2Model(SiglipModel):
 
     @classmethod
     def check_config(
-        cls, config: Any, shapes: Mapping[str, tuple[int, ...]] | None, overridden: Collection[str] = ()
+        cls, config: PretrainedConfig, shapes: Mapping[str, tuple[int, ...]] | None, overridden: Collection[str] = ()
     ) -> None:
         """SigLIP's checks, and that ``num_patches`` positions make a square grid."""
         super().check_config(config, shapes, overridden)
@@ -141,7 +144,7 @@ class Siglip2Model(SiglipModel):
                 "number: the positions are a square grid"
             )
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         DualEncoder.__init__(self, config)  # SigLIP's towers but its vision tower: no fixed image_size to build
         self.text_model = SiglipTextTransformer(self.text_config)
         self.vision_model = Siglip2VisionTransformer(self.vision_config)

@@ -19,7 +19,7 @@ import functools
 import inspect
 import logging
 import re
-from typing import Any, ClassVar, Collection, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Collection, Iterable, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -28,12 +28,18 @@ from poolkit.config.conversion import CONVERTIBLE_SUFFIXES
 from poolkit.config.model_impl import TRANSFORMERS_IMPLEMENTATION
 from poolkit.contracts.architecture import Architecture
 from poolkit.contracts.batch import PackedBatch
+from poolkit.contracts.capabilities import TakesTokenTypes
 from poolkit.contracts.config_checks import ConfigChecks, layers_held, source
 from poolkit.contracts.errors import InvalidRequest, ModelLoadError
 from poolkit.contracts.hookspecs import hookimpl
 from poolkit.loading.weights import warn_unused
 
 from .blocks.heads import CausalLMHead
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
+    from poolkit.contracts.architecture import LoadedModel
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +71,7 @@ _NAMED_SIZES = ("hidden_size", "intermediate_size", "vocab_size", "max_position_
                 "num_key_value_heads", "head_dim", "embedding_size", "type_vocab_size")
 
 
-def _text_config(config: Any) -> Any:
+def _text_config(config: PretrainedConfig) -> Any:
     get = getattr(config, "get_text_config", None)
     return get() if callable(get) else config
 
@@ -119,7 +125,7 @@ class _Passthrough(nn.Module):
         return x
 
 
-class TransformersModel(Architecture):
+class TransformersModel(Architecture, TakesTokenTypes):
     """A transformers base model (``DistilBertModel``, ``LlamaModel``, ...) as a poolkit architecture.
 
     ``forward`` pads the packed batch on the right (``input_ids`` with the pad token,
@@ -152,7 +158,7 @@ class TransformersModel(Architecture):
 
     @classmethod
     def check_config(
-        cls, config: Any, shapes: Mapping[str, tuple[int, ...]] | None, overridden: Collection[str] = ()
+        cls, config: PretrainedConfig, shapes: Mapping[str, tuple[int, ...]] | None, overridden: Collection[str] = ()
     ) -> None:
         """The sizes, the layer count, then every parameter's shape against the checkpoint's.
 
@@ -195,7 +201,7 @@ class TransformersModel(Architecture):
                         f"('{tensor}' has shape {tuple(shapes[tensor])})"
                     )
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__(config)
         self.decoder = is_decoder(config)
         text = _text_config(config)
@@ -330,7 +336,7 @@ class TransformersForSequenceClassification(TransformersModel):
 
     default_pooling_type: ClassVar[str | None] = "CLS"
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__(config)
         self.default_pooling_type = "CLS"
 
@@ -374,7 +380,7 @@ class TransformersDecoderForSequenceClassification(TransformersModel):
 
     default_pooling_type: ClassVar[str | None] = "LAST"
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__(config)
         self.default_pooling_type = "LAST"
 
@@ -395,7 +401,7 @@ class TransformersForTokenClassification(TransformersModel):
 
     default_pooling_type: ClassVar[str | None] = None
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__(config)
         self.default_pooling_type = None
 
@@ -425,7 +431,7 @@ class TransformersForCausalLM(CausalLMHead, TransformersModel):
     #: The transformers causal LM class whose head this architecture exposes.
     lm_class: ClassVar[type]
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__(config)
         self.lm_head_tensors: dict[str, str] = {}
         self._tied = False
@@ -546,7 +552,7 @@ def _singles(batch: PackedBatch) -> list[PackedBatch]:
     ]
 
 
-def _task_heads(model: Any, keys: Collection[str]) -> frozenset[str]:
+def _task_heads(model: LoadedModel, keys: Collection[str]) -> frozenset[str]:
     """The tensors of a task model's heads when ``model``, a base model, reads that task model's
     checkpoint (a classifier's checkpoint, to embed): the ``keys`` outside the base-model prefix of
     a checkpoint that has one. A base model's own checkpoint has no prefix, so a tensor it does not
@@ -564,7 +570,7 @@ def _describe_mismatch(entry: Any) -> str:
     return str(entry)
 
 
-def is_decoder(config: Any) -> bool:
+def is_decoder(config: PretrainedConfig) -> bool:
     """Whether a config's family is a decoder: ``is_decoder``, or a causal LM and no masked LM."""
     if getattr(config, "is_decoder", False):
         return True
@@ -621,7 +627,7 @@ def _transformers_class(name: str) -> type | None:
     return cls if isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel) else None
 
 
-def _base_class(name: str, config: Any) -> type:
+def _base_class(name: str, config: PretrainedConfig) -> type:
     from transformers import MODEL_MAPPING
 
     try:
@@ -630,7 +636,7 @@ def _base_class(name: str, config: Any) -> type:
         raise ModelLoadError(f"transformers has no base model for {name} (model_type '{config.model_type}')") from None
 
 
-def _architecture_for(name: str, hf_class: type, config: Any) -> type[TransformersModel]:
+def _architecture_for(name: str, hf_class: type, config: PretrainedConfig) -> type[TransformersModel]:
     if name.endswith("ForSequenceClassification"):
         try:
             from transformers.modeling_layers import GenericForSequenceClassification as generic
@@ -654,7 +660,7 @@ def _architecture_for(name: str, hf_class: type, config: Any) -> type[Transforme
     )
 
 
-def _remote_model(config: Any) -> bool:
+def _remote_model(config: PretrainedConfig) -> bool:
     """Whether ``config.json``'s ``auto_map`` points a model class (``AutoModel``, ``AutoModelFor...``)
     at remote code: that code replaces transformers' class of the same name and may compute
     something else, so the fallback does not stand in for it. A remote config or tokenizer alone

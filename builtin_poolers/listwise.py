@@ -1,7 +1,7 @@
 """The ``listwise`` scorer: a query and many documents read in one prompt (jina-reranker-v3).
 
-A model whose architecture names a :class:`~poolkit.contracts.architecture.ListwiseLayout`
-(``Architecture.listwise``) scores this way, following Jina's published ``rerank``:
+A model whose architecture is a :class:`~poolkit.contracts.capabilities.ListwiseReranker` (its
+:class:`~poolkit.contracts.capabilities.ListwiseLayout` in ``listwise``) scores this way, following Jina's published ``rerank``:
 
 1. the pairs of a call are grouped by query (``LLM.rerank`` and a 1:N score are one group; N:N
    pairs with N different queries are N groups of one document);
@@ -32,8 +32,10 @@ import torch.nn.functional as F
 from poolkit.contracts.errors import InvalidRequest
 from poolkit.contracts.hookspecs import hookimpl
 from poolkit.contracts.io import Prompt
-from poolkit.contracts.architecture import ListwiseLayout
-from poolkit.contracts.scoring import Scorer, template_kwargs
+from poolkit.contracts.model import Tokenizer
+from poolkit.contracts.architecture import LoadedModel
+from poolkit.contracts.capabilities import ListwiseLayout, ListwiseReranker
+from poolkit.contracts.scoring import Scorer, ScoreRunner, template_kwargs
 
 
 @dataclass
@@ -45,14 +47,14 @@ class _Text:
     cut: bool
 
 
-def _cut(tokenizer: Any, texts: list[str], limit: int) -> list[_Text]:
+def _cut(tokenizer: Tokenizer, texts: list[str], limit: int) -> list[_Text]:
     """``texts`` cut to ``limit`` tokens each and decoded back, as Jina's ``_truncate_texts``."""
     if not texts:
         return []
     out = []
     for text, ids in zip(texts, tokenizer(texts, truncation=True, max_length=limit)["input_ids"]):
         cut = len(ids) >= limit
-        out.append(_Text(tokenizer.decode(ids) if cut else text, len(ids), cut))
+        out.append(_Text(str(tokenizer.decode(ids)) if cut else text, len(ids), cut))
     return out
 
 
@@ -84,6 +86,12 @@ def merged_scores(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tenso
     return F.cosine_similarity(docs, merged.unsqueeze(0), dim=-1)
 
 
+def _layout(model: LoadedModel) -> ListwiseLayout | None:
+    """The listwise layout of ``model``'s architecture, or ``None`` for a model that is no listwise reranker."""
+    arch = model.architecture
+    return arch.listwise if isinstance(arch, ListwiseReranker) else None
+
+
 class ListwiseScorer(Scorer):
     """Documents scored within prompts that hold many of them, by the model's listwise layout."""
 
@@ -92,12 +100,25 @@ class ListwiseScorer(Scorer):
     # The call's instruction (and chat_template_kwargs) reach the scorer; a score template is refused.
     takes_template = True
 
-    def supports(self, model: Any) -> bool:
-        return model.architecture.listwise is not None and "token_embed" in model.supported_tasks()
+    def supports(self, model: LoadedModel) -> bool:
+        return _layout(model) is not None and "token_embed" in model.supported_tasks()
 
-    def score(self, runner, first, second, pooling_params, *, use_tqdm, tokenization_kwargs, chat_template, instruction):
+    def score(
+        self,
+        runner: ScoreRunner,
+        first: list[str],
+        second: list[str],
+        pooling_params: Any,
+        *,
+        use_tqdm: bool,
+        tokenization_kwargs: dict[str, Any] | None,
+        chat_template: str | None,
+        instruction: str | None,
+    ) -> list[tuple[float, list[int], bool]]:
         model = runner.model
-        layout: ListwiseLayout = model.architecture.listwise
+        layout = _layout(model)
+        if layout is None:
+            raise InvalidRequest(f"model '{model.name}' is no listwise reranker; its architecture names no listwise layout")
         if chat_template is not None:
             raise InvalidRequest(
                 f"model '{model.name}' ranks with its own listwise prompt; a chat_template does not apply (send instruction)"
@@ -128,12 +149,12 @@ class ListwiseScorer(Scorer):
                 raise RuntimeError(f"a listwise prompt of {len(block)} documents holds {vectors.shape[0]} embed tokens")
             parts[q].append((vectors[:-1].float(), vectors[-1].float()))
             read.update((i, (ids, bool(prompt_cut or queries[q].cut or docs[i].cut))) for i in block)
-        out: list[tuple[float, list[int], bool] | None] = [None] * len(first)
+        out: dict[int, tuple[float, list[int], bool]] = {}
         for q, members in groups.items():
             # A group's blocks hold its members in order, so the merged scores come in that order.
             for i, score in zip(members, merged_scores(parts[q]).tolist()):
                 out[i] = (score, *read[i])
-        return out
+        return [out[i] for i in range(len(first))]
 
     @staticmethod
     def _instruction(instruction: str | None, pooling_params: Any) -> str | None:

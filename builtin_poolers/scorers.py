@@ -18,9 +18,10 @@ from typing import Any
 
 import torch
 
+from poolkit.contracts.architecture import LoadedModel
 from poolkit.contracts.hookspecs import hookimpl
 from poolkit.contracts.params import PoolingParams
-from poolkit.contracts.scoring import Scorer, template_kwargs
+from poolkit.contracts.scoring import Scorer, ScoreRunner, template_kwargs
 from poolkit.plugins.lookup import select_kernel
 
 
@@ -31,10 +32,10 @@ class CrossEncoderScorer(Scorer):
     priority = 20
     takes_template = True
 
-    def supports(self, model: Any) -> bool:
+    def supports(self, model: LoadedModel) -> bool:
         return "classify" in model.supported_tasks() and model.architecture.num_labels == 1
 
-    def refusal(self, model: Any) -> str | None:
+    def refusal(self, model: LoadedModel) -> str | None:
         if "classify" not in model.supported_tasks():
             return None
         # vLLM's words first (its LLM.score, and its server, which then mounts no /score or /rerank).
@@ -43,7 +44,18 @@ class CrossEncoderScorer(Scorer):
             f"{model.architecture.num_labels} labels: scoring needs a classifier with one output (use LLM.classify)"
         )
 
-    def score(self, runner, first, second, pooling_params, *, use_tqdm, tokenization_kwargs, chat_template, instruction):
+    def score(
+        self,
+        runner: ScoreRunner,
+        first: list[str],
+        second: list[str],
+        pooling_params: Any,
+        *,
+        use_tqdm: bool,
+        tokenization_kwargs: dict[str, Any] | None,
+        chat_template: str | None,
+        instruction: str | None,
+    ) -> list[tuple[float, list[int], bool]]:
         prompts = runner.pair_prompts(first, second, chat_template, instruction, template_kwargs(pooling_params))
         task = runner.task("classify")
         params = runner.check_params(pooling_params, len(prompts), task.name, tokenization_kwargs)
@@ -52,7 +64,7 @@ class CrossEncoderScorer(Scorer):
         return [(float(data.reshape(-1)[0]), ids, bool(cut)) for (data, ids), cut in zip(results, results.truncated)]
 
     @staticmethod
-    def _default_truncation(model: Any, params: list[PoolingParams]) -> list[PoolingParams]:
+    def _default_truncation(model: LoadedModel, params: list[PoolingParams]) -> list[PoolingParams]:
         """A CrossEncoder export cuts over-long pairs (``longest_first``) as sentence-transformers
         does, rather than refusing them, unless a request says how to truncate: a truncation side,
         a number of tokens, or ``truncate_prompt_tokens`` set to ``None`` explicitly (vLLM's opt-out:
@@ -70,7 +82,7 @@ class CrossEncoderScorer(Scorer):
         ]
 
 
-def _separator(model: Any) -> list[int]:
+def _separator(model: LoadedModel) -> list[int]:
     """What joins a pair's query and document tokens when they are encoded apart: the pad token,
     as vLLM's scoring output (and so its usage) counts it; nothing for a tokenizer without one."""
     pad = getattr(model.tokenizer, "pad_token_id", None)
@@ -83,16 +95,27 @@ class BiEncoderScorer(Scorer):
     name = "bi-encoder"
     priority = 10
 
-    def supports(self, model: Any) -> bool:
+    def supports(self, model: LoadedModel) -> bool:
         return "embed" in model.supported_tasks()
 
-    def score(self, runner, first, second, pooling_params, *, use_tqdm, tokenization_kwargs, chat_template, instruction):
+    def score(
+        self,
+        runner: ScoreRunner,
+        first: list[str],
+        second: list[str],
+        pooling_params: Any,
+        *,
+        use_tqdm: bool,
+        tokenization_kwargs: dict[str, Any] | None,
+        chat_template: str | None,
+        instruction: str | None,
+    ) -> list[tuple[float, list[int], bool]]:
         unique = list(dict.fromkeys(first + second))
         task, prompts, params = runner.prepare(unique, pooling_params, "embed", tokenization_kwargs)
         results = runner.run(task, prompts, params, use_tqdm=use_tqdm)
         vectors = dict(zip(unique, zip(results, results.truncated.tolist())))
         pad = _separator(runner.model)
-        out = []
+        out: list[tuple[float, list[int], bool]] = []
         for a, b in zip(first, second):
             ((da, ia), ca), ((db, ib), cb) = vectors[a], vectors[b]
             score = torch.nn.functional.cosine_similarity(da.float(), db.float(), dim=0)
@@ -113,10 +136,21 @@ class LateInteractionScorer(Scorer):
     name = "late-interaction"
     priority = 30
 
-    def supports(self, model: Any) -> bool:
+    def supports(self, model: LoadedModel) -> bool:
         return model.st is not None and model.st.late_interaction and "token_embed" in model.supported_tasks()
 
-    def score(self, runner, first, second, pooling_params, *, use_tqdm, tokenization_kwargs, chat_template, instruction):
+    def score(
+        self,
+        runner: ScoreRunner,
+        first: list[str],
+        second: list[str],
+        pooling_params: Any,
+        *,
+        use_tqdm: bool,
+        tokenization_kwargs: dict[str, Any] | None,
+        chat_template: str | None,
+        instruction: str | None,
+    ) -> list[tuple[float, list[int], bool]]:
         if runner.model.architecture.media_processor is not None:
             return self._score_media(runner, first, second, pooling_params, use_tqdm, tokenization_kwargs)
         queries = list(dict.fromkeys(first))
@@ -132,7 +166,7 @@ class LateInteractionScorer(Scorer):
         pad = _separator(runner.model)
         # Results come back on the host: score them there, whatever device the model runs on.
         maxsim = select_kernel("maxsim", results[0][0].device if results else "cpu")
-        out: list[tuple[float, list[int], bool] | None] = [None] * len(first)
+        out: dict[int, tuple[float, list[int], bool]] = {}
         for query in queries:
             members = [i for i, q in enumerate(first) if q == query]
             doc_rows = [d_vectors[second[i]][0] for i in members]
@@ -140,11 +174,18 @@ class LateInteractionScorer(Scorer):
             scores = maxsim(q_vectors[query][0], torch.cat(doc_rows), cu)
             for i, score in zip(members, scores.tolist()):
                 out[i] = (score, q_vectors[query][1] + pad + d_vectors[second[i]][1], cut["q", query] or cut["d", second[i]])
-        return out
+        return [out[i] for i in range(len(first))]
 
 
     @staticmethod
-    def _score_media(runner, first, second, pooling_params, use_tqdm, tokenization_kwargs):
+    def _score_media(
+        runner: ScoreRunner,
+        first: list[str],
+        second: list[str],
+        pooling_params: Any,
+        use_tqdm: bool,
+        tokenization_kwargs: dict[str, Any] | None,
+    ) -> list[tuple[float, list[int], bool]]:
         """MaxSim for a model whose media processor shapes its prompts (a visual retriever: a text is
         a query in its template, an image a page in its visual prompt): every token vector scored."""
         unique = list(dict.fromkeys(first + second))
@@ -153,7 +194,7 @@ class LateInteractionScorer(Scorer):
         rows = dict(zip(unique, zip(results, results.truncated.tolist())))
         pad = _separator(runner.model)
         maxsim = select_kernel("maxsim", results[0][0].device if results else "cpu")
-        out: list[tuple[float, list[int], bool] | None] = [None] * len(first)
+        out: dict[int, tuple[float, list[int], bool]] = {}
         for query in dict.fromkeys(first):
             members = [i for i, q in enumerate(first) if q == query]
             (q_vectors, q_ids), q_cut = rows[query]
@@ -162,7 +203,7 @@ class LateInteractionScorer(Scorer):
             scores = maxsim(q_vectors, torch.cat([d[0][0] for d in docs]), cu)
             for i, score, ((_, d_ids), d_cut) in zip(members, scores.tolist(), docs):
                 out[i] = (score, q_ids + pad + d_ids, q_cut or d_cut)
-        return out
+        return [out[i] for i in range(len(first))]
 
 
 @hookimpl

@@ -99,7 +99,7 @@ class SpladeHead:
         for begin in range(0, batch.num_tokens, step):
             logits = self.mlm_logits(hidden[begin : begin + step])
             segments = seq_ids[begin : begin + step]
-            if not mixed:
+            if activated is None:  # every sequence alike
                 kernel(logits, segments, out, self.strategy, self.activation if flags[0] else "none")
                 continue
             rows = activated[segments]

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
+from poolkit.config.conversion import CONVERSIONS
+from poolkit.contracts.architecture import LoadedModel
+from poolkit.contracts.capabilities import MaskedLMHead
 from poolkit.contracts.errors import InvalidRequest, ModelLoadError, short
 from poolkit.contracts.hookspecs import hookimpl
+from poolkit.contracts.io import Prompt
 from poolkit.contracts.params import LateChunkingParams, PoolingParams, Setting
 from poolkit.contracts.pooling import Pooler
 from poolkit.contracts.tasks import ROLES, Head, Task
-from poolkit.loading.model import PoolingModel
 from poolkit.plugins.manager import registry
 
 from .heads import ClassifierHead, LMHeadStepHead, LMHeadTokenHead, LogitScore, TokenPooledHead, VectorHead
@@ -20,7 +23,7 @@ from .token_pooling import TokenPooling, check_pool_factor
 STEP_PARAMS = frozenset({"step_tag_id", "returned_token_ids"})
 
 
-def _poolers(task: Task, model: PoolingModel) -> tuple[tuple[str, ...], list[Pooler]]:
+def _poolers(task: Task, model: LoadedModel) -> tuple[tuple[str, ...], list[Pooler]]:
     """The names and the poolers a task uses on a model, checked against the task's granularity."""
     return model.pooling_type(task).value, model.poolers(task)
 
@@ -29,7 +32,7 @@ def _poolers(task: Task, model: PoolingModel) -> tuple[tuple[str, ...], list[Poo
 DEFAULT_CLASSIFIER_ACTIVATION = "default: sigmoid for one output, softmax for several"
 
 
-def classifier_activation_setting(model: PoolingModel) -> Setting:
+def classifier_activation_setting(model: LoadedModel) -> Setting:
     """The classifier's activation and its source, chosen as transformers' loss and
     sentence-transformers do: the user's ``activation_fn``, ``problem_type``, then a
     sentence-transformers CrossEncoder's ``activation_fn``.
@@ -76,7 +79,7 @@ def classifier_activation_setting(model: PoolingModel) -> Setting:
     return Setting(name, source)
 
 
-def classifier_activation(model: PoolingModel) -> Callable[[torch.Tensor], torch.Tensor] | None:
+def classifier_activation(model: LoadedModel) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """The activation of a classifier (:func:`classifier_activation_setting`); ``None`` means the
     default: sigmoid for one output, softmax for several."""
     setting = classifier_activation_setting(model)
@@ -87,7 +90,7 @@ def classifier_activation(model: PoolingModel) -> Callable[[torch.Tensor], torch
     return registry("activation").get(setting.value)
 
 
-def _classifier_settings(model: PoolingModel, outputs: int) -> dict[str, Setting]:
+def _classifier_settings(model: LoadedModel, outputs: int) -> dict[str, Setting]:
     """A classifier's activation settings for ``poolkit info``, the default shown as the one
     ``outputs`` columns get."""
     activation = classifier_activation_setting(model)
@@ -102,14 +105,14 @@ class _VectorTask(Task):
     params = frozenset({"dimensions", "use_activation"})
     api_name = "Embedding"
 
-    def build(self, model: PoolingModel) -> Head | None:
+    def build(self, model: LoadedModel) -> Head | None:
         arch = model.architecture
         scores = model.st is not None and model.st.score_outputs is not None  # a CrossEncoder export's score modules
-        if (arch.sequence_classifier() is not None or arch.token_classifier() is not None or scores) and not model.conversion.hidden_states:
+        if (arch.sequence_classifier() is not None or arch.token_classifier() is not None or scores) and not CONVERSIONS[model.convert].hidden_states:
             return None  # a classifier's hidden states are no embedding unless asked (convert="embed")
         names, poolers = _poolers(self, model)
         projector = model.projector
-        if projector is not None:
+        if projector is not None and model.st is not None:  # a sentence-transformers Dense stack
             width = sum(p.output_size(model.architecture.hidden_size) for p in poolers)
             expected = model.st.dense[0].weight.shape[1]
             if width != expected:
@@ -122,20 +125,20 @@ class _VectorTask(Task):
             poolers, projector, activation, model.use_activation().value, model.dimensions.value, TokenPooling(model)
         )
 
-    def result_width(self, model: PoolingModel) -> int | None:
+    def result_width(self, model: LoadedModel) -> int | None:
         return int(model.embedding_size)
 
-    def activation_setting(self, model: PoolingModel) -> Setting:
+    def activation_setting(self, model: LoadedModel) -> Setting:
         """The activation applied to the vectors: the user's ``activation_fn``, else L2 normalisation."""
         if model.pooler_config.activation_fn:
             return Setting(model.pooler_config.activation_fn, "pooler_config")
         return Setting("normalize", f"task default ({self.name})")
 
-    def settings(self, model: PoolingModel) -> dict[str, Setting]:
+    def settings(self, model: LoadedModel) -> dict[str, Setting]:
         activation = {"activation_fn": self.activation_setting(model), "use_activation": model.use_activation()}
         return {**super().settings(model), **activation}
 
-    def verify(self, params: PoolingParams, model: PoolingModel) -> None:
+    def verify(self, params: PoolingParams, model: LoadedModel) -> None:
         super().verify(params, model)
         dims = params.dimensions
         if dims is None:
@@ -165,7 +168,7 @@ class EmbedTask(_VectorTask):
     output_field = "embedding"
     default_rank = 0
 
-    def build(self, model: PoolingModel) -> Head | None:
+    def build(self, model: LoadedModel) -> Head | None:
         """No head for a late-interaction save (PyLate's, sentence-transformers' ``MultiVectorEncoder``):
         PyLate encodes only token vectors and vLLM's ColBERT pooler serves ``token_embed`` only, so a
         pooled vector of its projected tokens would be a sentence embedding no reference computes."""
@@ -184,7 +187,7 @@ class TokenEmbedTask(_VectorTask):
     params = _VectorTask.params | {"late_chunking_params", "token_pool_factor"}
     takes_input_type = True
 
-    def role_prompts(self, model: PoolingModel, texts: list[str], input_type: Any) -> list[Any]:
+    def role_prompts(self, model: LoadedModel, texts: list[str], input_type: Any) -> list[Prompt]:
         """A late-interaction (ColBERT) model's queries or documents: its markers, lengths and
         query expansion, as its scorer encodes them (vLLM's ``input_type``); a retriever that writes
         its sides itself (:meth:`poolkit.Architecture.role_prompts`: ColPali, BGE-M3) writes them."""
@@ -197,8 +200,8 @@ class TokenEmbedTask(_VectorTask):
             raise InvalidRequest("input_type is only supported for ColBERT models.")
         return list(registry("io_processor").get("colbert").pre_process({"texts": texts, "kind": input_type, "model": model}))
 
-    def param_defaults(self, model: PoolingModel, input_type: str | None = None) -> dict[str, object]:
-        """The model's document pooling (:attr:`PoolingModel.token_pooling`: ``--token-pool-factor``
+    def param_defaults(self, model: LoadedModel, input_type: str | None = None) -> dict[str, object]:
+        """The model's document pooling (:attr:`LoadedModel.token_pooling`: ``--token-pool-factor``
         or the checkpoint's ``HierarchicalTokenPooling``) for inputs on a side it applies to: a
         document, or, on a model without sides, any input (sentence-transformers counts an input
         encoded without a task as a document). A query is never pooled unless it asks."""
@@ -210,11 +213,11 @@ class TokenEmbedTask(_VectorTask):
             return {}
         return {"token_pool_factor": spec.pool_factor}
 
-    def own_head(self, head: Head, model: PoolingModel) -> Head:
+    def own_head(self, head: Head, model: LoadedModel) -> Head:
         """An architecture's own token head, with the request's (or the model's) token pooling after it."""
         return TokenPooledHead(head, TokenPooling(model))
 
-    def has_roles(self, model: PoolingModel) -> bool:
+    def has_roles(self, model: LoadedModel) -> bool:
         """A retriever with sides of its own, or a late-interaction (ColBERT) model."""
         return (
             model.architecture.role_prompts([], "query", model) is not None
@@ -222,7 +225,7 @@ class TokenEmbedTask(_VectorTask):
             or model.architecture.score_type == "late-interaction"
         )
 
-    def check_model(self, model: PoolingModel) -> None:
+    def check_model(self, model: LoadedModel) -> None:
         """Refuse the model's own document pooling (``token_pool_factor``, ``--token-pool-factor``, a
         checkpoint's module) where every request would refuse it: above the model's input limit."""
         spec = model.token_pooling
@@ -232,7 +235,7 @@ class TokenEmbedTask(_VectorTask):
             except InvalidRequest as exc:
                 raise ModelLoadError(f"{exc} (the model's token_pool_factor, --token-pool-factor)") from None
 
-    def verify(self, params: PoolingParams, model: PoolingModel) -> None:
+    def verify(self, params: PoolingParams, model: LoadedModel) -> None:
         super().verify(params, model)
         if params.token_pool_factor is not None:
             check_pool_factor(params.token_pool_factor, model.max_model_len.value)
@@ -244,18 +247,21 @@ class TokenEmbedTask(_VectorTask):
             raise InvalidRequest(LateChunkingParams.TEXT_CHANGES)
 
 
-def _classifier_head(model: PoolingModel, head: torch.nn.Module, **kwargs: object) -> ClassifierHead:
+def _classifier_head(
+    model: LoadedModel, head: torch.nn.Module, poolers: Sequence[Pooler] | None = None, step: bool = False
+) -> ClassifierHead:
     """A classifier head with the model's activation, default and calibration."""
     return ClassifierHead(
         head,
         classifier_activation(model),
         model.use_activation(from_st_normalize=False).value,
         *_calibration(model),
-        **kwargs,
+        poolers=poolers,
+        step=step,
     )
 
 
-def _calibration(model: PoolingModel) -> tuple[float | None, float | None]:
+def _calibration(model: LoadedModel) -> tuple[float | None, float | None]:
     """The classifier's ``logit_mean`` and ``logit_sigma``: the user's ``pooler_config``, else the
     architecture's defaults (jina-reranker-m0's logit bias, as vLLM sets it for that model)."""
     return model.config_value("logit_mean").value, model.config_value("logit_sigma").value
@@ -276,20 +282,20 @@ class ClassifyTask(Task):
     output_field = "probs"
     default_rank = 1
 
-    def record(self, data: torch.Tensor, model: PoolingModel, options: dict[str, Any]) -> dict[str, Any]:
+    def record(self, data: torch.Tensor, model: LoadedModel, options: dict[str, Any]) -> dict[str, Any]:
         """The probabilities and the top class's name (``id2label``)."""
         row: dict[str, Any] = {"probs": data.tolist()}
         if model.id2label and data.numel():
             row["label"] = model.id2label.get(int(data.argmax()))
         return row
 
-    def settings(self, model: PoolingModel) -> dict[str, Setting]:
+    def settings(self, model: LoadedModel) -> dict[str, Setting]:
         return {**super().settings(model), **_classifier_settings(model, model.architecture.num_labels)}
 
-    def result_width(self, model: PoolingModel) -> int | None:
+    def result_width(self, model: LoadedModel) -> int | None:
         return max(1, int(model.architecture.num_labels or 1))
 
-    def build(self, model: PoolingModel) -> Head | None:
+    def build(self, model: LoadedModel) -> Head | None:
         head = cross_encoder_classifier(model)
         if head is None:
             head = model.architecture.sequence_classifier()
@@ -301,7 +307,7 @@ class ClassifyTask(Task):
             _, poolers = _poolers(self, model)
         return _classifier_head(model, head, poolers=poolers)
 
-    def check_model(self, model: PoolingModel) -> None:
+    def check_model(self, model: LoadedModel) -> None:
         """Refuse a ``LogitScore`` export whose LM head is missing or lacks its token ids."""
         logit_score = model.st.logit_score if model.st is not None else None
         if logit_score is None:
@@ -318,7 +324,7 @@ class ClassifyTask(Task):
                 raise ModelLoadError(f"LogitScore {name} {token} is outside the vocabulary (0..{vocab - 1})")
 
 
-def cross_encoder_classifier(model: PoolingModel) -> torch.nn.Module | None:
+def cross_encoder_classifier(model: LoadedModel) -> torch.nn.Module | None:
     """A sentence-transformers CrossEncoder export's own score modules as a classifier of pooled
     vectors (the Dense stack, or ``LogitScore``), or ``None`` when it has none."""
     st = model.st
@@ -340,7 +346,7 @@ class TokenClassifyTask(Task):
     LM head (a causal LM such as math-shepherd-mistral-7b-prm) is classified by its LM head: the
     columns are token ids, and ``returned_token_ids`` are checked against the vocabulary.
 
-    A masked LM with no token classifier (``BertForMaskedLM``: ``Architecture.masked_lm_head``)
+    A masked LM with no token classifier (``BertForMaskedLM``: a ``MaskedLMHead``)
     classifies every token by its MLM head, as vLLM does: ``[n_tokens, vocab_size]`` rows, the
     softmax over the vocabulary unless ``use_activation`` is false.
     """
@@ -354,7 +360,7 @@ class TokenClassifyTask(Task):
     output_options = frozenset({"entities"})
     params = frozenset({"use_activation"}) | STEP_PARAMS
 
-    def build(self, model: PoolingModel) -> Head | None:
+    def build(self, model: LoadedModel) -> Head | None:
         head = model.architecture.token_classifier()
         if head is not None:
             names, _ = _poolers(self, model)
@@ -375,21 +381,21 @@ class TokenClassifyTask(Task):
             *_calibration(model),
         )
 
-    def settings(self, model: PoolingModel) -> dict[str, Setting]:
+    def settings(self, model: LoadedModel) -> dict[str, Setting]:
         return {**super().settings(model), **_classifier_settings(model, self.result_width(model))}
 
-    def result_width(self, model: PoolingModel) -> int | None:
+    def result_width(self, model: LoadedModel) -> int:
         """The token classifier's labels, else the LM head's vocabulary (STEP rows keep fewer)."""
         arch = model.architecture
         return arch.num_labels if arch.token_classifier() is not None else _vocab_size(model)
 
-    def param_defaults(self, model: PoolingModel, input_type: str | None = None) -> dict[str, object]:
+    def param_defaults(self, model: LoadedModel, input_type: str | None = None) -> dict[str, object]:
         if model.pooling_type(self).value != ("STEP",):
             return {}
         values = {name: model.config_value(name).value for name in STEP_PARAMS}
         return {name: value for name, value in values.items() if value is not None}
 
-    def verify(self, params: PoolingParams, model: PoolingModel) -> None:
+    def verify(self, params: PoolingParams, model: LoadedModel) -> None:
         step = model.pooling_type(self).value == ("STEP",)
         invalid = params.set_fields() & STEP_PARAMS
         if invalid and not step:
@@ -407,20 +413,21 @@ class TokenClassifyTask(Task):
             raise InvalidRequest(f"returned_token_ids {bad} are outside the {what} {labels} outputs")
 
 
-def _step_lm_head(task: Task, model: PoolingModel) -> Callable[[torch.Tensor], torch.Tensor] | None:
+def _step_lm_head(task: Task, model: LoadedModel) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """The LM head that classifies tokens for ``task`` on ``model``: only with ``STEP`` pooling."""
     if model.pooling_type(task).value != ("STEP",):
         return None
     return model.architecture.lm_head()
 
 
-def _masked_lm_head(model: PoolingModel) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """The masked-LM head that classifies every token of a model without a token classifier, or ``None``."""
+def _masked_lm_head(model: LoadedModel) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The masked-LM head that classifies every token of a model without a token classifier
+    (:class:`~poolkit.contracts.capabilities.MaskedLMHead`), or ``None``."""
     arch = model.architecture
-    return arch.lm_head() if arch.masked_lm_head else None
+    return arch.lm_head() if isinstance(arch, MaskedLMHead) and arch.masked_lm_head else None
 
 
-def _vocab_size(model: PoolingModel) -> int:
+def _vocab_size(model: LoadedModel) -> int:
     """Width of the LM head's logits: the (text) config's ``vocab_size``."""
     config = model.architecture.config
     text = config.get_text_config() if callable(getattr(config, "get_text_config", None)) else config
@@ -438,7 +445,7 @@ class PluginTask(Task):
     name = "plugin"
     granularity = "plugin"
 
-    def build(self, model: PoolingModel) -> Head | None:
+    def build(self, model: LoadedModel) -> Head | None:
         return None
 
 
@@ -450,7 +457,7 @@ class RewardAlias(Task):
     granularity = "token"
     alias_of = "token_classify"
 
-    def build(self, model: PoolingModel) -> Head | None:
+    def build(self, model: LoadedModel) -> Head | None:
         return None
 
 

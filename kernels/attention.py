@@ -58,9 +58,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from poolkit.config import cpu
 from poolkit.contracts.batch import PackedBatch, device_tensor
 from poolkit.contracts.hookspecs import hookimpl
-from poolkit.contracts.kernel import Kernel, implements
+from poolkit.contracts.kernel import Kernel, KernelPriority, implements
 
 from .compiler import load_typed_library, workers
 
@@ -337,23 +338,25 @@ def _library() -> ctypes.CDLL | None:
 
 @functools.cache
 def _amx_available() -> bool:
-    """The build has the AMX kernel and the Linux kernel grants this process the tiles."""
-    lib = _library()
+    """The CPU has AMX-BF16 (:mod:`poolkit.config.cpu`), the build has the AMX kernel and the Linux
+    kernel grants this process the tiles."""
+    lib = _library() if cpu.cpu_features().amx_bf16 else None
     return lib is not None and bool(lib.poolkit_attention_available())
 
 
 @functools.cache
 def _avx512_available() -> bool:
-    """The build targets AVX512-BF16 (the compiler's ``-march`` has it): the bf16 AVX-512 build."""
-    lib = _library()
+    """The CPU has AVX512-BF16 and the build targets it (the compiler's ``-march`` has it): the bf16
+    AVX-512 build."""
+    lib = _library() if cpu.cpu_features().avx512_bf16 else None
     return lib is not None and bool(lib.poolkit_attention_avx512_available())
 
 
 @functools.cache
 def _f32_available() -> bool:
-    """The build targets AVX-512 (with or without AVX512-BF16): the float32 AVX-512 build, the
-    ``avx512`` kernels' calls every AVX-512 CPU runs."""
-    lib = _library()
+    """The CPU has AVX-512 and the build targets it (with or without AVX512-BF16): the float32 AVX-512
+    build, the ``avx512`` kernels' calls every AVX-512 CPU runs."""
+    lib = _library() if cpu.cpu_features().avx512f else None
     return lib is not None and bool(lib.poolkit_attention_f32_available())
 
 
@@ -493,17 +496,19 @@ def poolkit_register_kernels(register):
         ("varlen_attention_softcap", softcap_varlen_attention),
         ("prefix_attention", prefix_attention),
     ):
-        register(f"{op}:torch", Kernel(fn=reference, reference=reference, device="any", priority=0))
+        register(f"{op}:torch", Kernel(fn=reference, reference=reference, device="any", priority=KernelPriority.REFERENCE))
     register(
         "varlen_attention:flash",
-        Kernel(fn=flash_varlen_attention, device="cuda", priority=10, is_available=_flash_available),
+        Kernel(fn=flash_varlen_attention, device="cuda", priority=KernelPriority.COMPILED, is_available=_flash_available),
     )
-    # attention.c's builds: AMX ahead of AVX-512 where both run; prefix_attention's ahead of its CPU flash variant (5)
+    # attention.c's builds: AMX ahead of AVX-512 where both run; prefix_attention's ahead of its CPU flash variant
     for name, fn, reference, priority, available in (
-        ("varlen_attention:amx", amx_varlen_attention, varlen_attention, 10, _amx_available),
-        ("varlen_attention:avx512", avx512_varlen_attention, varlen_attention, 5, _f32_available),
-        ("varlen_attention_softcap:amx", amx_softcap_varlen_attention, softcap_varlen_attention, 10, _amx_available),
-        ("varlen_attention_softcap:avx512", avx512_softcap_varlen_attention, softcap_varlen_attention, 5, _f32_available),
-        ("prefix_attention:avx512", avx512_prefix_attention, prefix_attention, 10, _f32_available),
+        ("varlen_attention:amx", amx_varlen_attention, varlen_attention, KernelPriority.COMPILED, _amx_available),
+        ("varlen_attention:avx512", avx512_varlen_attention, varlen_attention, KernelPriority.FAST_PATH, _f32_available),
+        ("varlen_attention_softcap:amx", amx_softcap_varlen_attention, softcap_varlen_attention,
+         KernelPriority.COMPILED, _amx_available),
+        ("varlen_attention_softcap:avx512", avx512_softcap_varlen_attention, softcap_varlen_attention,
+         KernelPriority.FAST_PATH, _f32_available),
+        ("prefix_attention:avx512", avx512_prefix_attention, prefix_attention, KernelPriority.COMPILED, _f32_available),
     ):
         register(name, Kernel(fn=fn, reference=reference, device="cpu", priority=priority, is_available=available))

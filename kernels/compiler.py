@@ -5,7 +5,8 @@ No build step at install time and no torch headers: the source is plain C workin
 pointers, so it compiles in well under a second, and a machine without a compiler simply does
 not have the kernels (their ``is_available()`` says so and the registry selects the torch
 reference instead). The shared library is cached, keyed by the source (with the headers beside
-it, which it may include), the compiler and the CPU's flags, in ``$POOLKIT_KERNEL_CACHE``, else
+it, which it may include), the compiler and the CPU (its model and flags:
+:func:`poolkit.config.cpu.cpu_features`), in ``$POOLKIT_KERNEL_CACHE``, else
 ``$XDG_CACHE_HOME/poolkit/kernels``, else ``~/.cache/poolkit/kernels``; ``POOLKIT_C_KERNELS=0``
 turns compiled kernels off, ``CC`` picks the compiler, and ``POOLKIT_CPU_ARCH`` builds for an older
 CPU than this one (``-march=x86-64-v3``: AVX2 without AVX-512 or AMX, the path such CPUs take), so
@@ -20,13 +21,14 @@ import functools
 import hashlib
 import logging
 import os
-import platform
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
 import torch
+
+from poolkit.config import cpu
 
 logger = logging.getLogger(__name__)
 
@@ -64,22 +66,6 @@ def find_compiler() -> str | None:
         if path:
             return path
     return None
-
-
-@functools.cache
-def _cpu_signature() -> str:
-    """What ``-march=native`` depends on: the machine and, on Linux, the CPU's model and flags."""
-    parts = [platform.machine(), platform.system()]
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
-            for line in info:
-                if line.startswith(("model name", "flags", "Features", "CPU part")):
-                    parts.append(line.strip())
-                if line.strip() == "":
-                    break  # the first processor describes them all
-    except OSError:
-        pass
-    return "\n".join(parts)
 
 
 def _compiler_version(compiler: str) -> str:
@@ -130,7 +116,7 @@ def load_c_library(source: str | os.PathLike) -> ctypes.CDLL | None:
         key = hashlib.sha256()
         headers = [h.read_bytes() for h in sorted(path.parent.glob("*.h"))]
         for part in (path.read_bytes(), *headers, compiler.encode(), _compiler_version(compiler).encode(),
-                     _cpu_signature().encode(), " ".join(CFLAGS + OPENMP + arch_flags()).encode()):
+                     cpu.cpu_features().signature.encode(), " ".join(CFLAGS + OPENMP + arch_flags()).encode()):
             key.update(part)
             key.update(b"\0")
         target = cache_dir() / f"{path.stem}-{key.hexdigest()[:20]}.so"

@@ -61,8 +61,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from poolkit.config import cpu
 from poolkit.contracts.hookspecs import hookimpl
-from poolkit.contracts.kernel import Kernel, implements
+from poolkit.contracts.kernel import Kernel, KernelPriority, implements
 
 from .compiler import load_typed_library, workers
 
@@ -216,7 +217,8 @@ C_ACTIVATIONS = {"silu": 1, "gelu_tanh": 2}
 
 @functools.cache
 def _has_activation() -> bool:
-    lib = _library()
+    """The CPU has AVX512-BF16 (:mod:`poolkit.config.cpu`) and the build holds the activation pass."""
+    lib = _library() if cpu.cpu_features().avx512_bf16 else None
     return lib is not None and bool(lib.poolkit_has_activation())
 
 
@@ -360,4 +362,6 @@ def rotary_c(x, cos, sin) -> torch.Tensor:
 def poolkit_register_kernels(register):
     for op, compiled in (("rms_norm", rms_norm_c), ("residual_norm", residual_norm_c), ("rotary", rotary_c)):
         register(f"{op}:torch", Kernel(fn=compiled.reference, reference=compiled.reference, device="any"))
-        register(f"{op}:c", Kernel(fn=compiled, device="cpu", priority=10, is_available=_compiled_available))
+        register(
+            f"{op}:c", Kernel(fn=compiled, device="cpu", priority=KernelPriority.COMPILED, is_available=_compiled_available)
+        )

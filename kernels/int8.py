@@ -64,8 +64,9 @@ from pathlib import Path
 
 import torch
 
+from poolkit.config import cpu
 from poolkit.contracts.hookspecs import hookimpl
-from poolkit.contracts.kernel import Kernel, hadamard_rows, implements
+from poolkit.contracts.kernel import Kernel, KernelPriority, hadamard_rows, implements
 
 from .compiler import load_typed_library, workers
 from .linear import _PARALLEL_MACS, ACTIVATIONS, AMX_ACTIVATIONS, INT8_PACKERS, _packed, row_bucket
@@ -363,16 +364,17 @@ def _library() -> ctypes.CDLL | None:
 
 @functools.cache
 def _amx_library() -> ctypes.CDLL | None:
-    """int8.c built for this machine, when it has AMX-INT8 and the kernel grants its tiles."""
-    lib = _library()
+    """int8.c built for this machine, when the CPU has AMX-INT8 (:mod:`poolkit.config.cpu`), the build
+    holds the AMX kernel and the kernel grants its tiles."""
+    lib = _library() if cpu.cpu_features().amx_int8 else None
     return lib if lib is not None and lib.poolkit_int8_amx_available() else None
 
 
 @functools.cache
 def _vnni_library() -> ctypes.CDLL | None:
-    """int8.c built for this machine, when it has AVX512-VNNI (and oneDNN is not capped below it:
-    :func:`has_int8_dot`)."""
-    lib = _library()
+    """int8.c built for this machine, when the CPU has AVX512-VNNI (:mod:`poolkit.config.cpu`), the
+    build holds the VNNI kernel and oneDNN is not capped below it (:func:`has_int8_dot`)."""
+    lib = _library() if cpu.cpu_features().avx512_vnni else None
     return lib if lib is not None and lib.poolkit_int8_vnni_available() and has_int8_dot() else None
 
 
@@ -422,17 +424,11 @@ _ISAS_WITHOUT_VNNI = frozenset({"SSE41", "AVX", "AVX2", "AVX512_CORE"})
 
 @functools.cache
 def has_int8_dot() -> bool:
-    """Whether this CPU adds uint8 x int8 products into int32 directly (VNNI, AMX-INT8), and oneDNN
-    may use it (``ONEDNN_MAX_CPU_ISA`` / ``DNNL_MAX_CPU_ISA`` can cap it below VNNI)."""
+    """Whether this CPU adds uint8 x int8 products into int32 directly (VNNI, AMX-INT8:
+    :attr:`poolkit.config.cpu.CpuFeatures.int8_dot`), and oneDNN may use it (``ONEDNN_MAX_CPU_ISA`` /
+    ``DNNL_MAX_CPU_ISA`` can cap it below VNNI)."""
     cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").strip().upper()
-    if cap in _ISAS_WITHOUT_VNNI:
-        return False
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
-            flags = next((line for line in info if line.startswith("flags")), "").split()
-    except OSError:
-        return False
-    return any(flag in flags for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
+    return cap not in _ISAS_WITHOUT_VNNI and cpu.cpu_features().int8_dot
 
 
 def declines() -> str | None:
@@ -460,9 +456,10 @@ def poolkit_register_kernels(register):
     register("linear_int8:torch", Kernel(fn=linear_int8, reference=linear_int8, device="any"))
     # the one-pass kernels ahead of oneDNN's matmul where their library is built: AMX's tiles, then VNNI's registers
     for impl, fn, priority, available in (
-        ("onednn", linear_int8_onednn, 10, _onednn_int8_available),
-        ("vnni", linear_int8_vnni, 15, lambda: _onednn_int8_available() and _vnni_library() is not None),
-        ("amx", linear_int8_amx, 20, lambda: _onednn_int8_available() and _amx_library() is not None),
+        ("onednn", linear_int8_onednn, KernelPriority.COMPILED, _onednn_int8_available),
+        ("vnni", linear_int8_vnni, KernelPriority.SPECIALIZED,
+         lambda: _onednn_int8_available() and _vnni_library() is not None),
+        ("amx", linear_int8_amx, KernelPriority.TOP, lambda: _onednn_int8_available() and _amx_library() is not None),
     ):
         register(
             f"linear_int8:{impl}",

@@ -57,8 +57,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from poolkit.config import cpu
 from poolkit.contracts.hookspecs import hookimpl
-from poolkit.contracts.kernel import Kernel, implements
+from poolkit.contracts.kernel import Kernel, KernelPriority, implements
 
 from .compiler import load_c_library, workers
 from .elementwise import activation_c, activation_c_runs
@@ -274,8 +275,9 @@ def _packed_bias(bias: torch.Tensor, gate_first: bool | None) -> torch.Tensor:
 
 @functools.cache
 def _amx_library() -> ctypes.CDLL | None:
-    """linear.c built for this machine, when it has AMX and the kernel grants its tiles."""
-    lib = load_c_library(SOURCE)
+    """linear.c built for this machine, when the CPU has AMX-BF16 (:mod:`poolkit.config.cpu`), the build
+    holds the kernel and the kernel grants its tiles."""
+    lib = load_c_library(SOURCE) if cpu.cpu_features().amx_bf16 else None
     if lib is None or not lib.poolkit_linear_available():
         return None
     p, i = ctypes.c_void_p, ctypes.c_int64
@@ -432,7 +434,7 @@ def _onednn_priority() -> int:
     was faster end to end: 1.14x on all-MiniLM-L6-v2 and 1.20-1.25x on a bge-base-shaped encoder,
     alternating in one process on an AMD EPYC with AVX2 (docs/performance.md, issue 30). They still
     run when asked for by name, and their tests still run there."""
-    return 10 if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else -10
+    return KernelPriority.COMPILED if cpu.cpu_features().avx512_dispatch else KernelPriority.BELOW_REFERENCE
 
 
 @hookimpl
@@ -444,7 +446,7 @@ def poolkit_register_kernels(register):
         register(f"{op}:torch", Kernel(fn=reference, reference=reference, device="any"))
         for impl, fn, priority, available in (
             ("onednn", onednn, _onednn_priority(), _onednn_available),
-            ("amx", amx, 20, _amx_available),
+            ("amx", amx, KernelPriority.TOP, _amx_available),
         ):
             register(
                 f"{op}:{impl}", Kernel(fn=fn, device="cpu", priority=priority, is_available=available, row_bucket=row_bucket)

@@ -33,8 +33,9 @@ from typing import Sequence
 
 import torch
 
+from poolkit.config import cpu
 from poolkit.contracts.hookspecs import hookimpl
-from poolkit.contracts.kernel import Kernel, implements
+from poolkit.contracts.kernel import Kernel, KernelPriority, implements
 
 from .compiler import load_typed_library, workers
 from .triton_support import triton_kernel
@@ -164,8 +165,9 @@ def _delta_kernel():
 
 @functools.cache
 def _library() -> ctypes.CDLL | None:
-    """lora.c built for this machine, where it has AVX-512 (and a C compiler)."""
-    lib = load_typed_library(SOURCE, _SIGNATURES)
+    """lora.c built for this machine, where the CPU has AVX-512 (:mod:`poolkit.config.cpu`), the build
+    holds its AVX-512 code (and there is a C compiler)."""
+    lib = load_typed_library(SOURCE, _SIGNATURES) if cpu.cpu_features().avx512f else None
     return lib if lib is not None and lib.poolkit_lora_available() else None
 
 
@@ -217,6 +219,8 @@ def poolkit_register_kernels(register):
     register("lora_delta:torch", Kernel(fn=lora_delta_reference, reference=lora_delta_reference, device="any"))
     register(
         "lora_delta:cpu",
-        Kernel(fn=lora_delta_cpu, device="cpu", priority=10, is_available=lambda: _library() is not None),
+        Kernel(
+            fn=lora_delta_cpu, device="cpu", priority=KernelPriority.COMPILED, is_available=lambda: _library() is not None
+        ),
     )
     register("lora_delta:triton", triton_kernel(lora_delta_triton))

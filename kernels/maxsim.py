@@ -23,7 +23,7 @@ import functools
 import torch
 
 from poolkit.contracts.hookspecs import hookimpl
-from poolkit.contracts.kernel import Kernel, implements
+from poolkit.contracts.kernel import Kernel, KernelPriority, implements
 
 from .triton_support import triton_kernel
 
@@ -117,5 +117,5 @@ def _maxsim_kernel():
 @hookimpl
 def poolkit_register_kernels(register):
     register("maxsim:torch", Kernel(fn=maxsim_reference, reference=maxsim_reference, device="any"))
-    register("maxsim:packed", Kernel(fn=maxsim_packed, device="cpu", priority=5))
+    register("maxsim:packed", Kernel(fn=maxsim_packed, device="cpu", priority=KernelPriority.FAST_PATH))
     register("maxsim:triton", triton_kernel(maxsim_triton))

@@ -23,7 +23,7 @@ import torch
 
 from poolkit.contracts.batch import device_tensor
 from poolkit.contracts.hookspecs import hookimpl
-from poolkit.contracts.kernel import Kernel, implements
+from poolkit.contracts.kernel import Kernel, KernelPriority, implements
 
 from .attention import prefix_attention, prefix_groups
 from .triton_support import triton_kernel
@@ -92,6 +92,6 @@ def _flash_available() -> bool:
 def poolkit_register_kernels(register):
     register(
         "prefix_attention:flash",
-        Kernel(fn=prefix_attention_flash, device="cpu", priority=5, is_available=_flash_available),
+        Kernel(fn=prefix_attention_flash, device="cpu", priority=KernelPriority.FAST_PATH, is_available=_flash_available),
     )
     register("prefix_attention:triton", triton_kernel(prefix_attention_triton))

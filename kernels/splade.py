@@ -28,7 +28,7 @@ import functools
 import torch
 
 from poolkit.contracts.hookspecs import hookimpl
-from poolkit.contracts.kernel import Kernel, implements
+from poolkit.contracts.kernel import Kernel, KernelPriority, implements
 
 from .triton_support import triton_kernel
 
@@ -198,6 +198,6 @@ def poolkit_register_kernels(register):
     register("splade_pool:torch", Kernel(fn=splade_pool_reference, reference=splade_pool_reference, device="any"))
     register(
         "splade_pool:reduce_first",
-        Kernel(fn=splade_pool_reduce_first, device="cpu", priority=5),
+        Kernel(fn=splade_pool_reduce_first, device="cpu", priority=KernelPriority.FAST_PATH),
     )
     register("splade_pool:triton", triton_kernel(splade_pool_triton))

@@ -7,7 +7,7 @@ from typing import Callable
 
 import torch
 
-from poolkit.contracts.kernel import Kernel
+from poolkit.contracts.kernel import Kernel, KernelPriority
 
 
 def triton_available() -> bool:
@@ -18,4 +18,4 @@ def triton_available() -> bool:
 def triton_kernel(fn: Callable) -> Kernel:
     """A CUDA kernel written in Triton (declared with :func:`~poolkit.contracts.kernel.implements`), preferred
     over the torch ones wherever Triton runs."""
-    return Kernel(fn=fn, device="cuda", priority=10, is_available=triton_available)
+    return Kernel(fn=fn, device="cuda", priority=KernelPriority.COMPILED, is_available=triton_available)

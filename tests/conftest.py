@@ -98,3 +98,13 @@ def hub_online(monkeypatch):
     import huggingface_hub
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    """One local Ray instance for every test that needs one (``pytest.mark.ray``): starting one
+    costs tens of seconds on a busy machine, so the session starts it once, when first asked."""
+    ray = pytest.importorskip("ray", reason="pip install 'poolkit[ray]'")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    yield ray
+    ray.shutdown()

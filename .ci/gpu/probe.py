@@ -19,9 +19,9 @@ import warnings
 import torch
 
 from poolkit import LLM
-from poolkit.bench.corpus import make_corpus
-from poolkit.bench.presets import resolve_bench_model
-from poolkit.io import Prompt
+from poolkit.contracts.io import Prompt
+from poolkit.entrypoints.bench.corpus import make_corpus
+from poolkit.entrypoints.bench.presets import resolve_bench_model
 
 TRUNCATE = {"truncation": True}
 

@@ -32,9 +32,9 @@ import time
 import torch
 
 from poolkit import LLM
-from poolkit.bench.corpus import make_corpus
-from poolkit.bench.presets import resolve_bench_model
-from poolkit.io import Prompt
+from poolkit.contracts.io import Prompt
+from poolkit.entrypoints.bench.corpus import make_corpus
+from poolkit.entrypoints.bench.presets import resolve_bench_model
 from poolkit import PoolingParams
 
 TRUNCATE = {"truncate_prompt_tokens": -1}
@@ -156,7 +156,7 @@ def offline(preset: str, name: str, texts: list[str], device: str, dtype: str) -
 
 
 def _client(args: tuple) -> dict:
-    from poolkit.bench.load import run_load
+    from poolkit.entrypoints.bench.load import run_load
 
     url, clients, seconds, inputs, seed = args
     return run_load(url, clients=clients, seconds=seconds, inputs_per_request=inputs, seed=seed).as_dict()
@@ -165,8 +165,8 @@ def _client(args: tuple) -> dict:
 def served(preset: str, device: str, dtype: str, seconds: float, api_servers: int = 1, processes: int = 4) -> list[str]:
     """``poolkit serve`` (``--api-server-count api_servers``) under the issue's two loads, each from
     ``processes`` client processes."""
-    from poolkit.bench.load import StartedServer
     from poolkit.config.settings import EngineArgs
+    from poolkit.entrypoints.bench.load import StartedServer
 
     path, _ = resolve_bench_model(preset)
     server = StartedServer(EngineArgs(model=path, device=device, dtype=dtype), serve_flags=["--api-server-count", str(api_servers)])

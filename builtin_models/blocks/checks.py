@@ -5,10 +5,13 @@ not cover."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from poolkit.contracts.config_checks import ConfigChecks, Dim
 from poolkit.contracts.errors import ModelLoadError
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 #: The sizes every encoder's config gives, each a positive integer.
 ENCODER_SIZES = (
@@ -53,7 +56,7 @@ def unsupported(field: str, value: Any, why: str) -> ModelLoadError:
     return ModelLoadError(f"unsupported {field} {value!r}: {why}")
 
 
-def refuse_switches(config: Any, reasons: Iterable[tuple[str, str]]) -> None:
+def refuse_switches(config: PretrainedConfig, reasons: Iterable[tuple[str, str]]) -> None:
     """Refuse a config that sets any of the fields ``reasons`` names, each with why it is not supported.
 
     Raises:

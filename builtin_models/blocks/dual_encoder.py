@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Any, Callable, ClassVar, Collection, Iterable, Mapping
+from typing import TYPE_CHECKING, Callable, ClassVar, Collection, Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +38,10 @@ from .attention import MultiHeadAttention
 from .embeddings import check_positions
 from .norms import at_least_float32, fp32_layer_norm
 from .quantize import Quantizable
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
 
 TEXT, VISION = "text_config.", "vision_config."
 VISION_POSITIONS = "vision_model.embeddings.position_embedding.weight"
@@ -74,7 +78,7 @@ def tower_checks(
     )
 
 
-def sub_config(config: Any, name: str, family: str, hidden_act: str) -> Any:
+def sub_config(config: PretrainedConfig, name: str, family: str, hidden_act: str) -> PretrainedConfig:
     """``config.<name>`` (``text_config``, ``vision_config``) as a config object; ``hidden_act``
     is the family's default activation, for a sub-config that does not say."""
     sub = getattr(config, name, None)
@@ -92,7 +96,7 @@ def sub_config(config: Any, name: str, family: str, hidden_act: str) -> Any:
 class EncoderAttention(MultiHeadAttention):
     """Multi-head self-attention with fused q/k/v; the caller says over which tokens."""
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         hidden = int(config.hidden_size)
         super().__init__(hidden, int(config.num_attention_heads))
         self.qkv = FusedLinear(hidden, {"q_proj": hidden, "k_proj": hidden, "v_proj": hidden})
@@ -107,7 +111,7 @@ class EncoderAttention(MultiHeadAttention):
 class EncoderMLP(nn.Module):
     """``fc2(act(fc1(x)))``; the activation is fused into ``fc1``'s matmul where the kernel can."""
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__()
         self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
         self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
@@ -121,7 +125,7 @@ class EncoderMLP(nn.Module):
 class EncoderLayer(nn.Module):
     """One pre-LayerNorm transformer layer (both towers, both families)."""
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__()
         eps = float(config.layer_norm_eps)
         self.self_attn = EncoderAttention(config)
@@ -135,7 +139,7 @@ class EncoderLayer(nn.Module):
 
 
 class Encoder(nn.Module):
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__()
         self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(int(config.num_hidden_layers)))
 
@@ -147,7 +151,7 @@ class Encoder(nn.Module):
 
 
 class TextEmbeddings(nn.Module):
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__()
         self.token_embedding = nn.Embedding(config.vocab_size, config.hidden_size)
         self.position_embedding = nn.Embedding(config.max_position_embeddings, config.hidden_size)
@@ -165,7 +169,7 @@ class TextTransformer(nn.Module):
         causal: each token sees only itself and earlier tokens (CLIP), or its whole sequence (SigLIP).
     """
 
-    def __init__(self, config: Any, causal: bool) -> None:
+    def __init__(self, config: PretrainedConfig, causal: bool) -> None:
         super().__init__()
         self.causal = causal
         self.embeddings = TextEmbeddings(config)
@@ -186,7 +190,7 @@ class VisionEmbeddings(nn.Module):
         patch_bias: whether the patch convolution has a bias (SigLIP's has, CLIP's has not).
     """
 
-    def __init__(self, config: Any, class_token: bool, patch_bias: bool) -> None:
+    def __init__(self, config: PretrainedConfig, class_token: bool, patch_bias: bool) -> None:
         super().__init__()
         self.image_size = int(config.image_size)
         self.patch_size = int(config.patch_size)
@@ -248,7 +252,7 @@ class DualEncoder(Quantizable, Architecture):
 
     @classmethod
     def check_config(
-        cls, config: Any, shapes: Mapping[str, tuple[int, ...]] | None, overridden: Collection[str] = ()
+        cls, config: PretrainedConfig, shapes: Mapping[str, tuple[int, ...]] | None, overridden: Collection[str] = ()
     ) -> None:
         """The declared checks, and that the image and patch sizes give the checkpoint's positions."""
         super().check_config(config, shapes, overridden)
@@ -263,7 +267,7 @@ class DualEncoder(Quantizable, Architecture):
                     f"('{VISION_POSITIONS}' has shape {tuple(held)})"
                 )
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__(config)
         self.text_config = sub_config(config, "text_config", self.family, self.default_hidden_act)
         self.vision_config = sub_config(config, "vision_config", self.family, self.default_hidden_act)

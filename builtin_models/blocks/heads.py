@@ -3,13 +3,16 @@ pooled sequence classifier, and a causal LM's next-token head (``lm_head``)."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, ClassVar, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from poolkit.plugins.manager import registry
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 
 class TokenClassifier:
@@ -21,7 +24,7 @@ class TokenClassifier:
     classifier_name: ClassVar[str] = "classifier"
     classifier_prefixes: ClassVar[tuple[str, ...]] = ("classifier.",)
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__(config)
         setattr(self, self.classifier_name, nn.Linear(self.hidden_size, self.num_labels))
 
@@ -38,7 +41,7 @@ class PooledClassifier:
     #: The family's pooler module, built with the hidden size.
     pooler_class: ClassVar[type[nn.Module]]
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__(config)
         self.pooler = self.pooler_class(self.hidden_size)
         self.classifier = nn.Linear(self.hidden_size, self.num_labels)
@@ -74,7 +77,7 @@ class CausalLMHead:
     #: Tasks a next-token head must not serve.
     not_lm_head_tasks: ClassVar[frozenset[str]] = frozenset({"sparse_embed"})
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__(config)
         self._lm_tensors: dict[str, torch.Tensor] = {}
         self._lm_copies: dict[tuple[torch.device, torch.dtype], dict[str, torch.Tensor]] = {}

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -14,6 +14,9 @@ from poolkit.contracts.batch import PackedBatch
 from poolkit.contracts.errors import ModelLoadError
 
 from .norms import at_least_float32
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 #: Each token's ``cos`` and ``sin``, ``[T, rotary dim]``.
 Rotary = tuple[torch.Tensor, torch.Tensor]
@@ -24,7 +27,7 @@ Rotary = tuple[torch.Tensor, torch.Tensor]
 ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3")
 
 
-def rope_parameters(config: Any, layer_type: str | None = None) -> dict[str, Any]:
+def rope_parameters(config: PretrainedConfig, layer_type: str | None = None) -> dict[str, Any]:
     """The rotary parameters of a layer type: ``rope_parameters`` (transformers 5, per layer type
     for Gemma 3) or ``rope_theta`` / ``rope_scaling`` (older configs), as one dict."""
     params = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
@@ -33,7 +36,7 @@ def rope_parameters(config: Any, layer_type: str | None = None) -> dict[str, Any
     return dict(params)
 
 
-def rotary_parameters(config: Any, head_dim: int, layer_type: str | None = None) -> tuple[torch.Tensor, float]:
+def rotary_parameters(config: PretrainedConfig, head_dim: int, layer_type: str | None = None) -> tuple[torch.Tensor, float]:
     """The rotary inverse frequencies (float32, ``[head_dim // 2]``) and the cos/sin scaling of a
     layer type. Scaled types come from transformers' own ``ROPE_INIT_FUNCTIONS``, so they match it.
 

@@ -15,7 +15,7 @@ decoder beside a ViT (:func:`vit_checks`), and what the families' pixel pre-proc
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -26,6 +26,9 @@ from poolkit.contracts.config_checks import ConfigChecks
 from poolkit.contracts.errors import InvalidRequest, ModelLoadError
 
 from .linear import activation_function, fused_activation, linear
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 #: OpenAI CLIP's normalisation, the default of Qwen2-VL's and LLaVA-NeXT's processors.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -119,7 +122,7 @@ class VisionLanguageModel(Architecture):
     def forward(self, batch: PackedBatch) -> torch.Tensor:
         """The decoder over the prompt's token embeddings, the rows of each image's placeholder token
         (``image_token``) replaced by its features (:meth:`image_features_of`), in order. A sequence
-        may be part of a prompt (shared prefixes, :attr:`~poolkit.Architecture.placeholder_tokens`):
+        may be part of a prompt (shared prefixes, :class:`~poolkit.contracts.capabilities.MediaPlaceholders`):
         its media then have pixels only where it holds the placeholders."""
         lm = self.language_model
         x = lm.embed(batch.input_ids)
@@ -135,7 +138,7 @@ class VisionLanguageModel(Architecture):
         raise NotImplementedError
 
     @classmethod
-    def require_sub_configs(cls, config: Any, where: str = "config") -> None:
+    def require_sub_configs(cls, config: PretrainedConfig, where: str = "config") -> None:
         """Refuse a ``config`` without a ``text_config`` or a ``vision_config``.
 
         Raises:

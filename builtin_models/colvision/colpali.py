@@ -15,7 +15,7 @@ Checkpoints load in transformers 5's layout (``vlm.vision_tower.*``, ``vlm.multi
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, Collection, Iterable, Mapping
+from typing import TYPE_CHECKING, Callable, ClassVar, Collection, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -40,6 +40,9 @@ from ..blocks.vision_language import (
 from .processor import ColPaliProcessor
 from .retrieval import RetrievalHead, check_embedding_dim, project, vlm_config
 
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
 #: The checkpoint layouts, ``vlm.`` and ``model.`` before each part or not; the rest is the
 #: retriever's own (the projector, the projection).
 CHECKPOINT = CheckpointLayout(
@@ -53,7 +56,7 @@ class PrefixGemmaModel(GemmaModel):
     """Gemma whose tokens attend to their whole sequence: a PaliGemma prompt that is all prefix."""
 
     @classmethod
-    def is_causal(cls, config: Any) -> bool:
+    def is_causal(cls, config: PretrainedConfig) -> bool:
         return False
 
 
@@ -79,7 +82,7 @@ class ColPaliForRetrieval(RetrievalHead, VisionLanguageModel):
     )
     checkpoint_layout: ClassVar[CheckpointLayout] = CHECKPOINT
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__(config)
         vlm = vlm_config(type(self), config)
         text = vlm.text_config
@@ -94,7 +97,7 @@ class ColPaliForRetrieval(RetrievalHead, VisionLanguageModel):
 
     @classmethod
     def check_config(
-        cls, config: Any, shapes: Mapping[str, tuple[int, ...]] | None, overridden: Collection[str] = ()
+        cls, config: PretrainedConfig, shapes: Mapping[str, tuple[int, ...]] | None, overridden: Collection[str] = ()
     ) -> None:
         vlm = vlm_config(cls, config)
         cls.require_sub_configs(vlm, "vlm_config")

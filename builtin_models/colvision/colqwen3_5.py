@@ -19,7 +19,7 @@ bidirectional`` is refused.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Collection, Iterable, Mapping
+from typing import TYPE_CHECKING, ClassVar, Collection, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -34,11 +34,14 @@ from ..qwen3_5 import Qwen3_5ForConditionalGeneration
 from .processor import ColQwen3_5Processor
 from .retrieval import RetrievalHead, project
 
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
 #: The width of ``custom_text_proj`` when the config names no ``dim`` (colpali-engine's default).
 DEFAULT_DIM = 128
 
 
-def retrieval_dim(cls: type, config: Any) -> int:
+def retrieval_dim(cls: type, config: PretrainedConfig) -> int:
     """The width of the retrieval space: the config's ``dim``, else :data:`DEFAULT_DIM`.
 
     Raises:
@@ -52,7 +55,7 @@ def retrieval_dim(cls: type, config: Any) -> int:
     return dim
 
 
-def check_causal(cls: type, config: Any) -> None:
+def check_causal(cls: type, config: PretrainedConfig) -> None:
     """Refuse a config that declares bidirectional attention (``retrieval_attention_contract``):
     colpali-engine's classes, the reference, run Qwen3.5's causal attention."""
     contract = getattr(config, "retrieval_attention_contract", None)
@@ -78,7 +81,7 @@ class BiQwen3_5(Qwen3_5ForConditionalGeneration):
 
     @classmethod
     def check_config(
-        cls, config: Any, shapes: Mapping[str, tuple[int, ...]] | None, overridden: Collection[str] = ()
+        cls, config: PretrainedConfig, shapes: Mapping[str, tuple[int, ...]] | None, overridden: Collection[str] = ()
     ) -> None:
         super().check_config(config, shapes, overridden)
         check_causal(cls, config)
@@ -102,7 +105,7 @@ class ColQwen3_5(RetrievalHead, BiQwen3_5):
 
     projected: ClassVar[bool] = True
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__(config)
         self.custom_text_proj = nn.Linear(int(config.text_config.hidden_size), retrieval_dim(type(self), config))
 

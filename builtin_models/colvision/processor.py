@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -35,6 +35,11 @@ from poolkit.contracts.media import Layout, MediaItem, PromptReplacement, plural
 from ...io_processors.image import MediaProcessor, read_processor_config
 from ..qwen_vl.processor import QwenVLProcessor
 from ..blocks.vision_language import to_rgb
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
+    from poolkit.contracts.model import ModelInfo
 
 IMAGE_TOKEN = "<image>"
 #: How many padding tokens end a ColVision query (the processors' ``query_augmentation_token * 10``).
@@ -57,7 +62,7 @@ class SiglipSettings:
     do_normalize: bool = True
 
 
-def read_siglip_settings(path: Path, vlm_config: Any) -> SiglipSettings:
+def read_siglip_settings(path: Path, vlm_config: PretrainedConfig) -> SiglipSettings:
     """:class:`SiglipSettings` from ``preprocessor_config.json`` (when there is one), the image
     size and token count otherwise from the vision config (``image_size``, ``num_image_tokens``)."""
     raw = read_processor_config(path)
@@ -94,7 +99,7 @@ def siglip_pixels(image: Any, settings: SiglipSettings) -> np.ndarray:
     return np.ascontiguousarray(pixels.transpose(2, 0, 1))
 
 
-def vlm_config(config: Any) -> Any:
+def vlm_config(config: PretrainedConfig) -> PretrainedConfig:
     """The vision-language config: a retriever's ``vlm_config``, else the config itself (PaliGemma's)."""
     return getattr(config, "vlm_config", None) or config
 
@@ -111,14 +116,14 @@ class PaliGemmaProcessor(MediaProcessor):
     #: The text of a prompt with images and no text of its own (``None``: none).
     visual_prompt: str | None = None
 
-    def replacements(self, model: Any) -> Sequence[PromptReplacement]:
+    def replacements(self, model: ModelInfo) -> Sequence[PromptReplacement]:
         """Each image becomes ``image_seq_length`` ``<image>`` tokens (the config's ``image_token_id``)."""
         return (PromptReplacement("image", int(vlm_config(model.hf_config).image_token_id)),)
 
-    def prompt_text(self, index: int, prompt: Prompt, counts: Mapping[str, int], model: Any) -> str:
+    def prompt_text(self, index: int, prompt: Prompt, counts: Mapping[str, int], model: ModelInfo) -> str:
         return prompt.text or self.visual_prompt or ""
 
-    def layout(self, index: int, text: str, counts: Mapping[str, int], model: Any, add_special_tokens: bool) -> Layout:
+    def layout(self, index: int, text: str, counts: Mapping[str, int], model: ModelInfo, add_special_tokens: bool) -> Layout:
         """PaliGemma's layout of a prompt with images: each image's ``<image>`` tokens where its
         placeholder is, ``<bos>`` after the last image, then the rest of the text and ``"\\n"``; a
         text without placeholders gets all its images in front.
@@ -143,17 +148,17 @@ class PaliGemmaProcessor(MediaProcessor):
         pieces.append([int(bos), *tok(parts[-1] + "\n", add_special_tokens=False)["input_ids"]])
         return Layout(pieces, ["image"] * count)
 
-    def process_image(self, image: Any, model: Any) -> MediaItem:
+    def process_image(self, image: Any, model: ModelInfo) -> MediaItem:
         settings = self.settings(model)
         return MediaItem(siglip_pixels(image, settings)[None], settings.image_seq_length)
 
-    def settings(self, model: Any) -> SiglipSettings:
+    def settings(self, model: ModelInfo) -> SiglipSettings:
         """The model's pixel settings, read once per model directory."""
         return self.cached(model, "image", lambda: read_siglip_settings(Path(model.path), vlm_config(model.hf_config)))
 
 
 def query_ids(
-    model: Any, prefix: str, text: str, add_special_tokens: bool, augmentation: str | None = None, end: str = "\n"
+    model: ModelInfo, prefix: str, text: str, add_special_tokens: bool, augmentation: str | None = None, end: str = "\n"
 ) -> list[int]:
     """A ColVision query's token ids: ``prefix``, the text, ten ``augmentation`` tokens (the
     tokenizer's padding token unless given) and ``end``.
@@ -178,7 +183,7 @@ class ColPaliProcessor(PaliGemmaProcessor):
     visual_prompt = "Describe the image."
     query_prefix = "Question: "
 
-    def text_prompt(self, index: int, prompt: Prompt, model: Any) -> Prompt:
+    def text_prompt(self, index: int, prompt: Prompt, model: ModelInfo) -> Prompt:
         if prompt.text is None:
             return prompt
         bos = model.tokenizer.bos_token or ""
@@ -190,7 +195,7 @@ class _RetrieverView:
     """A loaded ``ColQwen2ForRetrieval`` as the Qwen-VL processor reads a Qwen2-VL model: the
     same model, its config the retriever's ``vlm_config``."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: ModelInfo) -> None:
         self._model = model
         self.hf_config = model.hf_config.vlm_config
 
@@ -213,12 +218,12 @@ class ColQwen2Processor(QwenVLProcessor):
     #: Pages at plain positions (transformers' ``ColQwen2ForRetrieval``), not the backbone's M-RoPE.
     plain_positions = True
 
-    def query_token_ids(self, model: Any, prompt: Prompt) -> list[int]:
+    def query_token_ids(self, model: ModelInfo, prompt: Prompt) -> list[int]:
         """A text prompt's token ids as a query (``process_queries``)."""
         prefix = f"{prompt.prompt_prefix or ''}{self.query_prefix}"
         return query_ids(model, prefix, prompt.text or "", add_special_tokens=prompt.add_special_tokens)
 
-    def backbone(self, model: Any) -> Any:
+    def backbone(self, model: ModelInfo) -> Any:
         """The loaded retriever as the Qwen-VL processor reads its backbone (its ``vlm_config``)."""
         return _RetrieverView(model)
 
@@ -259,12 +264,12 @@ class ColQwen3_5Processor(ColQwen2Processor):
     query_augmentation = "<|endoftext|>"
     plain_positions = False
 
-    def query_token_ids(self, model: Any, prompt: Prompt) -> list[int]:
+    def query_token_ids(self, model: ModelInfo, prompt: Prompt) -> list[int]:
         prefix = f"{prompt.prompt_prefix or ''}{self.query_prefix}"
         return query_ids(
             model, prefix, prompt.text or "", prompt.add_special_tokens, augmentation=self.query_augmentation, end=""
         )
 
-    def backbone(self, model: Any) -> Any:
+    def backbone(self, model: ModelInfo) -> Any:
         """The retriever itself: its config is the backbone's."""
         return model

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, Collection, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Collection, Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -17,11 +17,16 @@ from poolkit.loading.weights import load_into
 
 from ..blocks.linear import linear
 
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
+    from poolkit.contracts.architecture import LoadedModel
+
 #: The projection to the retrieval space, read by the retriever itself.
 PROJECTION = r"embedding_proj_layer\."
 
 
-def vlm_config(cls: type, config: Any) -> Any:
+def vlm_config(cls: type, config: PretrainedConfig) -> Any:
     """The retriever's backbone config.
 
     Raises:
@@ -33,7 +38,7 @@ def vlm_config(cls: type, config: Any) -> Any:
     return vlm
 
 
-def check_embedding_dim(cls: type, config: Any) -> None:
+def check_embedding_dim(cls: type, config: PretrainedConfig) -> None:
     """Refuse an ``embedding_dim`` that is not a positive integer."""
     dim = getattr(config, "embedding_dim", None)
     if not isinstance(dim, int) or dim < 1:
@@ -55,7 +60,7 @@ class RetrievalHead:
     input_modalities: ClassVar[tuple[str, ...]] = ("text", "image")
     pooling_tasks: ClassVar[frozenset[str] | None] = frozenset({"token_embed"})
     score_type: ClassVar[str | None] = "late-interaction"
-    config: Any
+    config: PretrainedConfig
 
     @property
     def text_config(self) -> Any:
@@ -69,7 +74,7 @@ class RetrievalHead:
     def num_labels(self) -> int:
         return 0
 
-    def role_prompts(self, texts: list[str], input_type: str, model: Any) -> list[Prompt]:
+    def role_prompts(self, texts: list[str], input_type: str, model: LoadedModel) -> list[Prompt]:
         """A query is the text as the media processor writes a text without an image (the query
         prefix and augmentation); a text document is the text as the tokenizer encodes it, as
         colpali-engine's ``process_texts`` does for a corpus of texts (no prefix, no augmentation)."""
@@ -86,7 +91,7 @@ class ProjectedRetriever(RetrievalHead):
 
     embedding_proj_layer: nn.Linear
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         vlm = vlm_config(type(self), config)
         super().__init__(vlm)
         self.config = config
@@ -94,7 +99,7 @@ class ProjectedRetriever(RetrievalHead):
 
     @classmethod
     def check_config(
-        cls, config: Any, shapes: Mapping[str, tuple[int, ...]] | None, overridden: Collection[str] = ()
+        cls, config: PretrainedConfig, shapes: Mapping[str, tuple[int, ...]] | None, overridden: Collection[str] = ()
     ) -> None:
         super().check_config(vlm_config(cls, config), None, ())
         check_embedding_dim(cls, config)

@@ -4,13 +4,17 @@ and their task models."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from typing import TYPE_CHECKING, ClassVar, Mapping
 
+from poolkit.contracts.capabilities import RefusesDtypes
 from poolkit.contracts.config_checks import ConfigChecks
 
 from ..blocks.checks import extend_checks
 from .heads import DecoderLMHead, ScoreClassifier, TokenScoreClassifier
 from .model import DecoderModel
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 
 class GemmaModel(DecoderModel):
@@ -21,11 +25,11 @@ class GemmaModel(DecoderModel):
     scale_embeddings: ClassVar[bool] = True
 
     @classmethod
-    def activation(cls, config: Any) -> str:
+    def activation(cls, config: PretrainedConfig) -> str:
         return getattr(config, "hidden_activation", None) or getattr(config, "hidden_act", None) or "gelu_pytorch_tanh"
 
 
-class Gemma2Model(GemmaModel):
+class Gemma2Model(GemmaModel, RefusesDtypes):
     """The Gemma 2 decoder: Gemma with sandwich norms, scores scaled by ``query_pre_attn_scalar``
     and soft-capped (``attn_logit_softcapping``), and sliding windows on the local layers
     (``layer_types``). ``Gemma2ForCausalLM`` soft-caps its logits (``final_logit_softcapping``)."""
@@ -41,11 +45,11 @@ class Gemma2Model(GemmaModel):
     )
 
     @classmethod
-    def attention_scale(cls, config: Any, head_dim: int) -> float:
+    def attention_scale(cls, config: PretrainedConfig, head_dim: int) -> float:
         return float(getattr(config, "query_pre_attn_scalar", None) or head_dim) ** -0.5
 
     @classmethod
-    def attention_softcap(cls, config: Any) -> float | None:
+    def attention_softcap(cls, config: PretrainedConfig) -> float | None:
         cap = getattr(config, "attn_logit_softcapping", None)
         return float(cap) if cap else None
 
@@ -64,11 +68,11 @@ class Gemma3TextModel(Gemma2Model):
     )
 
     @classmethod
-    def is_causal(cls, config: Any) -> bool:
+    def is_causal(cls, config: PretrainedConfig) -> bool:
         return super().is_causal(config) and not getattr(config, "use_bidirectional_attention", False)
 
     @classmethod
-    def window(cls, config: Any, causal: bool) -> int | None:
+    def window(cls, config: PretrainedConfig, causal: bool) -> int | None:
         if getattr(config, "use_bidirectional_attention", False):
             # Gemma3TextConfig has halved the window to ``sliding_window // 2 + 1``, an exclusive bound.
             return int(config.sliding_window) - 1

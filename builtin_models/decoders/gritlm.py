@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, ClassVar, Sequence
+from typing import TYPE_CHECKING, ClassVar, Sequence
 
+from poolkit.contracts.capabilities import SkipsInstruction
 from poolkit.contracts.config_checks import ConfigChecks
 from poolkit.contracts.errors import ModelLoadError
 
@@ -12,10 +13,15 @@ from ..blocks.attention import GLOBAL
 from .mistral import MistralModel
 from .model import DecoderModel, check_layer_types
 
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
+    from poolkit.contracts.model import Tokenizer
+
 logger = logging.getLogger(__name__)
 
 
-class GritLM(MistralModel):
+class GritLM(MistralModel, SkipsInstruction):
     """GritLM (parasail-ai/GritLM-7B-vllm): a Mistral body run bidirectionally for embeddings,
     whose sequence pooling leaves the instruction out, as vLLM's ``GritLM`` does.
 
@@ -34,15 +40,15 @@ class GritLM(MistralModel):
     _PIECES = ("<s>", "▁<", "<", "|", "embed", ">", "<0x0A>", "user")
 
     @classmethod
-    def is_causal(cls, config: Any) -> bool:
+    def is_causal(cls, config: PretrainedConfig) -> bool:
         return False
 
     @classmethod
-    def layer_types(cls, config: Any) -> list[str]:
+    def layer_types(cls, config: PretrainedConfig) -> list[str]:
         return check_layer_types(config, [GLOBAL] * int(config.num_hidden_layers))
 
     @classmethod
-    def configure(cls, config: Any, tokenizer: Any) -> None:
+    def configure(cls, config: PretrainedConfig, tokenizer: Tokenizer) -> None:
         """Look up the marker pieces' token ids (``config.gritlm_token_ids``); a tokenizer without
         them is refused."""
         ids = dict(zip(cls._PIECES, tokenizer.convert_tokens_to_ids(list(cls._PIECES)))) if tokenizer is not None else {}
@@ -53,7 +59,7 @@ class GritLM(MistralModel):
             )
         config.gritlm_token_ids = ids
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__(config)
         ids = config.gritlm_token_ids
         self._bos = ids["<s>"]

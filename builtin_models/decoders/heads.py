@@ -25,7 +25,10 @@ from ..blocks.heads import CausalLMHead, TokenClassifier
 from .rerankers import FROM_2_WAY_SOFTMAX, NO_POST_PROCESSING, LLMReranker, recognise
 
 if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
     from poolkit.contracts.checkpoint import Checkpoint
+    from poolkit.contracts.model import Tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +54,7 @@ def check_classifier_tokens(tokens: Any, method: Any) -> tuple[list[str], str] |
     return list(tokens), method
 
 
-def token_id(tokenizer: Any, word: str) -> int:
+def token_id(tokenizer: Tokenizer, word: str) -> int:
     """The id of ``word`` as one token: the vocabulary entry, else its encoding if that is one token.
 
     Raises:
@@ -95,24 +98,24 @@ class ScoreClassifier:
     warns_as_embedder: ClassVar[bool] = True
 
     @classmethod
-    def declares_reranker(cls, config: Any) -> bool:
+    def declares_reranker(cls, config: PretrainedConfig) -> bool:
         """Whether the config (or ``hf_overrides``) asks for a reranker itself, vLLM's way."""
         return bool(getattr(config, "classifier_from_token", None))
 
     @classmethod
-    def declines_reranker(cls, config: Any) -> bool:
+    def declines_reranker(cls, config: PretrainedConfig) -> bool:
         """Whether the config (or ``hf_overrides``) says the checkpoint is no reranker
         (``llm_reranker: false``): it is served as an embedder, unrecognised and unwarned."""
         return getattr(config, "llm_reranker", None) is False
 
     @classmethod
-    def llm_reranker(cls, config: Any) -> LLMReranker | None:
+    def llm_reranker(cls, config: PretrainedConfig) -> LLMReranker | None:
         """The layout :meth:`inspect_checkpoint` recognised (``config.llm_reranker``), or ``None``."""
         name = getattr(config, "llm_reranker", None)
         return next((layout for layout in cls.llm_rerankers if layout.name == name), None) if name else None
 
     @classmethod
-    def inspect_checkpoint(cls, config: Any, checkpoint: Checkpoint) -> list[str]:
+    def inspect_checkpoint(cls, config: PretrainedConfig, checkpoint: Checkpoint) -> list[str]:
         """Recognise a causal LM published as a reranker; warn of one served as an embedder.
 
         Nothing to recognise when the config declares the reranker (``classifier_from_token``) or the
@@ -139,7 +142,7 @@ class ScoreClassifier:
         return warnings
 
     @classmethod
-    def classifier_tokens(cls, config: Any) -> tuple[list[str], str] | None:
+    def classifier_tokens(cls, config: PretrainedConfig) -> tuple[list[str], str] | None:
         """The ``classifier_from_token`` words and ``method`` of the config, else those of the
         recognised :meth:`llm_reranker`, or ``None``.
 
@@ -152,7 +155,7 @@ class ScoreClassifier:
         return check_classifier_tokens(getattr(config, "classifier_from_token", None), getattr(config, "method", None))
 
     @classmethod
-    def configure(cls, config: Any, tokenizer: Any) -> None:
+    def configure(cls, config: PretrainedConfig, tokenizer: Tokenizer) -> None:
         """Look up the ``classifier_from_token`` ids and set ``num_labels`` to match; a recognised
         :meth:`llm_reranker` gets its publisher's prompt as the score template unless the config names one."""
         found = cls.classifier_tokens(config)
@@ -183,7 +186,7 @@ class ScoreClassifier:
                                      "layout_source": layout.source}}
         return {"llm_reranker": {"value": "classifier_from_token", "source": "config.json or hf_overrides", **shown}}
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__(config)
         found = self.classifier_tokens(config)
         self.method = found[1] if found else None

@@ -3,12 +3,16 @@ bidirectional variant (NVIDIA's llama-nemotron embed / rerank), and its task mod
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
+from poolkit.contracts.capabilities import BorrowsConfig
 from poolkit.contracts.errors import ModelLoadError
 
 from .heads import DecoderLMHead, ScoreClassifier, TokenScoreClassifier
 from .model import DecoderModel
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 #: vLLM's ``LlamaBidirectionalConfig``: the config's ``pooling`` -> poolkit's pooling type.
 _BIDIRECTIONAL_POOLING = {"avg": "MEAN", "mean": "MEAN", "cls": "CLS", "last": "LAST"}
@@ -25,7 +29,7 @@ class LlamaModel(DecoderModel):
     """
 
 
-class LlamaBidirectionalModel(LlamaModel):
+class LlamaBidirectionalModel(LlamaModel, BorrowsConfig):
     """Llama with bidirectional attention (NVIDIA's llama-nemotron embed / rerank checkpoints).
 
     As vLLM's ``LlamaBidirectionalConfig``: attention is never causal, and the config's
@@ -40,10 +44,10 @@ class LlamaBidirectionalModel(LlamaModel):
     config_model_type: ClassVar[str | None] = "llama"
 
     @classmethod
-    def is_causal(cls, config: Any) -> bool:
+    def is_causal(cls, config: PretrainedConfig) -> bool:
         return False
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         pooling = getattr(config, "pooling", None)
         if pooling is not None and str(pooling).lower() not in _BIDIRECTIONAL_POOLING:
             raise ModelLoadError(

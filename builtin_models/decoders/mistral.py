@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from poolkit.contracts.config_checks import ConfigChecks
 
@@ -12,6 +12,9 @@ from .heads import DecoderLMHead, ScoreClassifier, TokenScoreClassifier
 from .llama import LlamaModel
 from .model import DecoderModel, check_layer_types
 
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
 
 class MistralModel(LlamaModel):
     """The Mistral decoder: Llama with a sliding window (``sliding_window``) on every layer."""
@@ -19,7 +22,7 @@ class MistralModel(LlamaModel):
     config_checks: ClassVar[ConfigChecks] = extend_checks(DecoderModel.config_checks, sizes=("sliding_window",))
 
     @classmethod
-    def layer_types(cls, config: Any) -> list[str]:
+    def layer_types(cls, config: PretrainedConfig) -> list[str]:
         kind = SLIDING if getattr(config, "sliding_window", None) else GLOBAL
         return check_layer_types(config, [kind] * int(config.num_hidden_layers))
 

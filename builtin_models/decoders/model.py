@@ -31,7 +31,7 @@ one ``gate_up_proj`` at load time: one matmul instead of three or two. Heads are
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, ClassVar, Collection, Iterable, Mapping
+from typing import TYPE_CHECKING, Callable, ClassVar, Collection, Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +39,7 @@ from torch import nn
 
 from poolkit.contracts.architecture import Architecture
 from poolkit.contracts.batch import PackedBatch
+from poolkit.contracts.capabilities import SharesPrefixes
 from poolkit.contracts.config_checks import ConfigChecks
 from poolkit.contracts.errors import ModelLoadError
 from poolkit.loading.weights import base_model_name, load_into
@@ -50,11 +51,14 @@ from ..blocks.quantize import Quantizable
 from ..blocks.rotary import Rotary, rotary_cos_sin, rotary_parameters
 from ..blocks.linear import FusedLinear, activation_function, fuse_projections, fused_activation, gated_linear, linear as linear_layer
 
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
 #: Checkpoint tensors the backbone does not use: the classifiers and LM heads of transformers' task models, rotary caches.
 _UNUSED = re.compile(r"^(lm_head|score|classifier|qa_outputs|v_head)\.|\.rotary_emb\.")
 
 
-def check_layer_types(config: Any, types: list[str]) -> list[str]:
+def check_layer_types(config: PretrainedConfig, types: list[str]) -> list[str]:
     """``types``, checked: one known attention type per layer, and a window for sliding ones.
 
     Raises:
@@ -72,7 +76,7 @@ class DecoderAttention(nn.Module):
     """Grouped-query self-attention within each sequence; ``qkv_proj`` holds the checkpoint's
     ``q_proj``, ``k_proj`` and ``v_proj`` one after the other."""
 
-    def __init__(self, model: type[DecoderModel], config: Any, layer_type: str, causal: bool) -> None:
+    def __init__(self, model: type[DecoderModel], config: PretrainedConfig, layer_type: str, causal: bool) -> None:
         super().__init__()
         hidden = config.hidden_size
         self.num_heads = int(config.num_attention_heads)
@@ -124,7 +128,7 @@ class DecoderAttention(nn.Module):
 class DecoderMLP(nn.Module):
     """Gated feed-forward: ``down_proj(act(gate) * up)``; ``gate_up_proj`` holds ``gate_proj`` then ``up_proj``."""
 
-    def __init__(self, model: type[DecoderModel], config: Any) -> None:
+    def __init__(self, model: type[DecoderModel], config: PretrainedConfig) -> None:
         super().__init__()
         bias = model.mlp_bias(config)
         parts = {"gate_proj": int(config.intermediate_size), "up_proj": int(config.intermediate_size)}
@@ -143,7 +147,7 @@ class DecoderLayer(nn.Module):
     """One pre-norm decoder layer; with sandwich norms (Gemma 2/3) the attention and feed-forward
     outputs are normed too before they join the residual stream."""
 
-    def __init__(self, model: type[DecoderModel], config: Any, layer_type: str, causal: bool) -> None:
+    def __init__(self, model: type[DecoderModel], config: PretrainedConfig, layer_type: str, causal: bool) -> None:
         super().__init__()
         norm, size, eps = model.norm_class(), config.hidden_size, config.rms_norm_eps
         self.input_layernorm = norm(size, eps)
@@ -177,7 +181,7 @@ class DecoderLayer(nn.Module):
         return x, self.post_feedforward_layernorm(self.mlp(h, linear))
 
 
-class DecoderModel(Quantizable, Architecture):
+class DecoderModel(Quantizable, Architecture, SharesPrefixes):
     """A Llama-style decoder: packed token ids in, final-norm hidden states ``[T, H]`` out.
 
     Loads checkpoints of the base model and of its task models (``*ForCausalLM``,
@@ -193,6 +197,7 @@ class DecoderModel(Quantizable, Architecture):
     takes_adapters: ClassVar[bool] = True
 
     default_pooling_type: ClassVar[str | None] = "LAST"
+    #: No segment ids (not a :class:`~poolkit.contracts.capabilities.TakesTokenTypes`; said for readers of any model).
     uses_token_type_ids: ClassVar[bool] = False
     config_checks: ClassVar[ConfigChecks] = ConfigChecks(
         sizes=(
@@ -230,47 +235,47 @@ class DecoderModel(Quantizable, Architecture):
         return OffsetRMSNorm if cls.norm_offset else RMSNorm
 
     @classmethod
-    def head_dim(cls, config: Any) -> int:
+    def head_dim(cls, config: PretrainedConfig) -> int:
         return int(getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
 
     @classmethod
-    def activation(cls, config: Any) -> str:
+    def activation(cls, config: PretrainedConfig) -> str:
         """The feed-forward activation's name (``hidden_act``; Gemma 2/3 ``hidden_activation``)."""
         return getattr(config, "hidden_act", None) or "silu"
 
     @classmethod
-    def attention_biases(cls, config: Any) -> tuple[bool, bool]:
+    def attention_biases(cls, config: PretrainedConfig) -> tuple[bool, bool]:
         """Whether the q/k/v projections and the output projection have biases (:attr:`attention_bias_field`)."""
         field, default = cls.attention_bias_field
         bias = bool(getattr(config, field, default))
         return bias, bias
 
     @classmethod
-    def mlp_bias(cls, config: Any) -> bool:
+    def mlp_bias(cls, config: PretrainedConfig) -> bool:
         return bool(getattr(config, "mlp_bias", False))
 
     @classmethod
-    def attention_scale(cls, config: Any, head_dim: int) -> float:
+    def attention_scale(cls, config: PretrainedConfig, head_dim: int) -> float:
         return head_dim**-0.5
 
     @classmethod
-    def attention_softcap(cls, config: Any) -> float | None:
+    def attention_softcap(cls, config: PretrainedConfig) -> float | None:
         """The cap of the attention scores (Gemma 2's ``attn_logit_softcapping``), or ``None``."""
         return None
 
     @classmethod
-    def is_causal(cls, config: Any) -> bool:
+    def is_causal(cls, config: PretrainedConfig) -> bool:
         return bool(getattr(config, "is_causal", True))
 
     @classmethod
-    def layer_types(cls, config: Any) -> list[str]:
+    def layer_types(cls, config: PretrainedConfig) -> list[str]:
         """Each layer's attention, ``"full_attention"`` or ``"sliding_attention"``: the config's
         ``layer_types``, else full attention everywhere."""
         types = getattr(config, "layer_types", None)
         return check_layer_types(config, list(types) if types else [GLOBAL] * int(config.num_hidden_layers))
 
     @classmethod
-    def window(cls, config: Any, causal: bool) -> int | None:
+    def window(cls, config: PretrainedConfig, causal: bool) -> int | None:
         """How far a sliding layer sees, in tokens either side (``varlen_attention``'s ``window``).
 
         transformers: a causal window holds ``sliding_window`` tokens, itself included; a
@@ -280,7 +285,7 @@ class DecoderModel(Quantizable, Architecture):
 
     # -- the model -------------------------------------------------------------------------------
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__(config)
         cls = type(self)
         self.causal = cls.is_causal(config)
@@ -301,7 +306,7 @@ class DecoderModel(Quantizable, Architecture):
 
     @classmethod
     def check_config(
-        cls, config: Any, shapes: Mapping[str, tuple[int, ...]] | None, overridden: Collection[str] = ()
+        cls, config: PretrainedConfig, shapes: Mapping[str, tuple[int, ...]] | None, overridden: Collection[str] = ()
     ) -> None:
         super().check_config(config, shapes, overridden)
         if not getattr(config, "head_dim", None):  # the heads split hidden_size between them

@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from poolkit.contracts.checkpoint import Checkpoint
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 #: LLM-as-reranker conversions (vLLM's ``SEQ_CLS_LOAD_METHODS``).
 FROM_2_WAY_SOFTMAX, NO_POST_PROCESSING = "from_2_way_softmax", "no_post_processing"
@@ -62,7 +65,7 @@ class LLMReranker:
     source: str = ""
 
 
-def recognise(config: Any, checkpoint: Checkpoint, layouts: Sequence[LLMReranker]) -> tuple[LLMReranker, str] | None:
+def recognise(config: PretrainedConfig, checkpoint: Checkpoint, layouts: Sequence[LLMReranker]) -> tuple[LLMReranker, str] | None:
     """The layout of ``layouts`` the checkpoint has, with what showed it, or ``None``."""
     auto_map = getattr(config, "auto_map", None) or {}
     for layout in layouts:

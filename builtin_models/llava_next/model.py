@@ -25,11 +25,12 @@ without ``vision_model.``, ``multi_modal_projector.``, ``language_model.model.``
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, Collection, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Collection, Iterable, Mapping
 
 import torch
 from torch import nn
 
+from poolkit.contracts.capabilities import MediaPlaceholders, SharesPrefixes
 from poolkit.contracts.config_checks import ConfigChecks
 from poolkit.contracts.errors import ModelLoadError
 from poolkit.loading.weights import load_into, warn_unused
@@ -52,6 +53,9 @@ from ..blocks.vision_language import (
 )
 from .processor import LlavaNextProcessor
 
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
 #: The decoder families a LLaVA-NeXT text config may name (``text_config.model_type``).
 LANGUAGE_MODELS: dict[str, type[DecoderModel]] = {"llama": LlamaModel, "mistral": MistralModel, "qwen2": Qwen2Model}
 #: The checkpoint layouts: transformers 5's (``model.`` before each part) and the published one
@@ -67,7 +71,7 @@ CHECKPOINT = CheckpointLayout(
 )
 
 
-def feature_layers(config: Any) -> list[int]:
+def feature_layers(config: PretrainedConfig) -> list[int]:
     """The vision tower's hidden states the image features are made of, as indices into
     ``[embeddings, layer 1, ..., layer N]`` (``vision_feature_layer``: one index or a list, negative
     ones counted from the end, as transformers reads ``hidden_states``).
@@ -106,7 +110,7 @@ class LlavaVisionTower(nn.Module):
     pre-LayerNorm, and the encoder layers the features need (``[tiles, 3, S, S]`` pixels in,
     ``[tiles, 1 + patches, width × len(layers)]`` out, fp32 at least)."""
 
-    def __init__(self, config: Any, layers: list[int]) -> None:
+    def __init__(self, config: PretrainedConfig, layers: list[int]) -> None:
         super().__init__()
         eps = float(config.layer_norm_eps)
         self.layers_out = layers
@@ -127,13 +131,13 @@ class LlavaVisionTower(nn.Module):
 class MultiModalProjector(FeedForward):
     """``linear_2(act(linear_1(x)))``: vision features to the decoder's width."""
 
-    def __init__(self, config: Any, in_features: int) -> None:
+    def __init__(self, config: PretrainedConfig, in_features: int) -> None:
         hidden, bias = int(config.text_config.hidden_size), bool(getattr(config, "multimodal_projector_bias", True))
         act = getattr(config, "projector_hidden_act", None) or "gelu"
         super().__init__(in_features, hidden, hidden, act, names=("linear_1", "linear_2"), bias=bias)
 
 
-class LlavaNextForConditionalGeneration(VisionLanguageModel):
+class LlavaNextForConditionalGeneration(VisionLanguageModel, SharesPrefixes, MediaPlaceholders):
     """LLaVA-NeXT as an embedder (E5-V): tiled CLIP features in the placeholders' rows, the
     Llama / Mistral / Qwen2 decoder over the whole prompt, the last token pooled.
 
@@ -151,7 +155,7 @@ class LlavaNextForConditionalGeneration(VisionLanguageModel):
 
     @classmethod
     def check_config(
-        cls, config: Any, shapes: Mapping[str, tuple[int, ...]] | None, overridden: Collection[str] = ()
+        cls, config: PretrainedConfig, shapes: Mapping[str, tuple[int, ...]] | None, overridden: Collection[str] = ()
     ) -> None:
         """The declared checks, the text model's own, and what the tiling needs: the ``default``
         feature strategy, feature layers in range, pinpoints that are whole tiles."""
@@ -173,7 +177,7 @@ class LlavaNextForConditionalGeneration(VisionLanguageModel):
             )
 
     @classmethod
-    def language_model_class(cls, config: Any) -> type[DecoderModel]:
+    def language_model_class(cls, config: PretrainedConfig) -> type[DecoderModel]:
         """The decoder family of ``text_config.model_type``.
 
         Raises:
@@ -187,7 +191,7 @@ class LlavaNextForConditionalGeneration(VisionLanguageModel):
             )
         return found
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__(config)
         vision = config.vision_config
         layers = feature_layers(config)
@@ -198,7 +202,7 @@ class LlavaNextForConditionalGeneration(VisionLanguageModel):
         self.image_token = int(config.image_token_id)
         self.grid = int(vision.image_size) // int(vision.patch_size)
         # Prompts share prefixes as the decoder does; a shared prefix holds all of a prompt's images or none.
-        self.shares_prefixes = self.language_model.shares_prefixes
+        self.shares_prefixes = isinstance(self.language_model, SharesPrefixes) and self.language_model.shares_prefixes
         self.placeholder_tokens = frozenset({self.image_token})
 
     # -- the forward pass ----------------------------------------------------------------------

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -28,6 +28,11 @@ from poolkit.contracts.media import MediaItem, PromptReplacement
 
 from ...io_processors.image import PREPROCESSOR_CONFIG, MediaProcessor, read_processor_config
 from ..blocks.vision_language import CLIP_MEAN, CLIP_STD, to_rgb
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
+    from poolkit.contracts.model import ModelInfo
 
 #: transformers' default pinpoints (``LlavaNextConfig``), for a checkpoint that names none.
 DEFAULT_PINPOINTS = ((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008))
@@ -167,21 +172,21 @@ class LlavaNextProcessor(MediaProcessor):
     (tile rows and columns) and ``image_sizes`` ``[images, 2]`` (height and width).
     """
 
-    def replacements(self, model: Any) -> Sequence[PromptReplacement]:
+    def replacements(self, model: ModelInfo) -> Sequence[PromptReplacement]:
         """Each ``<image>`` token (the config's ``image_token_id``) becomes one per image feature."""
         return (PromptReplacement("image", int(model.hf_config.image_token_id)),)
 
-    def process_image(self, image: Any, model: Any) -> MediaItem:
+    def process_image(self, image: Any, model: ModelInfo) -> MediaItem:
         settings = self.settings(model)
         pixels, grid, size = tile_image(image, settings)
         return MediaItem(pixels, feature_count(*size, settings), {"grid": grid, "sizes": size})
 
-    def settings(self, model: Any) -> TileSettings:
+    def settings(self, model: ModelInfo) -> TileSettings:
         """The model's tile settings, read once per model directory."""
         return self.cached(model, "image", lambda: read_settings(Path(model.path), model.hf_config))
 
 
-def read_settings(path: Path, config: Any) -> TileSettings:
+def read_settings(path: Path, config: PretrainedConfig) -> TileSettings:
     """:class:`TileSettings` from ``preprocessor_config.json`` (when there is one) and the model config.
 
     Raises:

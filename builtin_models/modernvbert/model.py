@@ -18,7 +18,7 @@ head (``vision_model.head.*``) and the masked-LM head are not read.
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, Collection, Iterable, Mapping
+from typing import TYPE_CHECKING, Callable, ClassVar, Collection, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -36,6 +36,9 @@ from ..colvision.retrieval import ProjectedRetriever, project
 from ..modernbert import ModernBertModel
 from ..siglip import SiglipVisionTransformer
 from .processor import ColModernVBertProcessor, ModernVBertProcessor
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 #: The checkpoint layouts: each part under ``vlm.`` (a retriever's) or ``model.`` (a task model's,
 #: the published merged retriever's) or nothing (``ModernVBertModel``'s own).
@@ -87,7 +90,7 @@ class ModernVBertModel(VisionLanguageModel):
         ),
     )
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__(config)
         vision = sub_config(config, "vision_config", "ModernVBERT", "gelu_pytorch_tanh")
         text = config.text_config
@@ -107,7 +110,7 @@ class ModernVBertModel(VisionLanguageModel):
 
     @classmethod
     def check_config(
-        cls, config: Any, shapes: Mapping[str, tuple[int, ...]] | None, overridden: Collection[str] = ()
+        cls, config: PretrainedConfig, shapes: Mapping[str, tuple[int, ...]] | None, overridden: Collection[str] = ()
     ) -> None:
         cls.require_sub_configs(config)
         kind = getattr(config.text_config, "model_type", None)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
@@ -31,6 +31,9 @@ from poolkit.contracts.media import MediaItem, PromptReplacement
 
 from ...io_processors.image import MediaProcessor, read_processor_config
 from ..blocks.vision_language import to_rgb
+
+if TYPE_CHECKING:
+    from poolkit.contracts.model import ModelInfo
 
 IMAGE_TOKEN = "<image>"
 FAKE_IMAGE_TOKEN = "<fake_token_around_image>"
@@ -170,7 +173,7 @@ class ModernVBertProcessor(MediaProcessor):
     image's tiles (an image-only prompt: one ``<image>`` per image); ``pre_process`` returns
     token ids with :attr:`Prompt.media` ``image_pixels`` (``[tiles, 3, S, S]``)."""
 
-    def replacements(self, model: Any) -> Sequence[PromptReplacement]:
+    def replacements(self, model: ModelInfo) -> Sequence[PromptReplacement]:
         settings = self.settings(model)
         return (
             PromptReplacement(
@@ -185,16 +188,16 @@ class ModernVBertProcessor(MediaProcessor):
         """The image in RGB, as the processor converts it."""
         return to_rgb(image)
 
-    def process_image(self, image: Any, model: Any) -> MediaItem:
+    def process_image(self, image: Any, model: ModelInfo) -> MediaItem:
         settings = self.settings(model)
         tiles, rows, cols = image_tiles(self.rgb(image), settings)
         return MediaItem(tile_pixels(tiles, settings), len(tiles) * settings.image_seq_len, meta={"rows": rows, "cols": cols})
 
-    def vlm(self, model: Any) -> Any:
+    def vlm(self, model: ModelInfo) -> Any:
         """The ModernVBERT config: a retriever's ``vlm_config``, else the model's own."""
         return getattr(model.hf_config, "vlm_config", None) or model.hf_config
 
-    def settings(self, model: Any) -> TileSettings:
+    def settings(self, model: ModelInfo) -> TileSettings:
         """The model's image and prompt settings, read once per model directory."""
         return self.cached(model, "tiles", lambda: read_tile_settings(Path(model.path), self.vlm(model)))
 
@@ -211,10 +214,10 @@ class ColModernVBertProcessor(ModernVBertProcessor):
         # process_images converts pages with Pillow's plain convert (transparency dropped, not composited)
         return image.convert("RGB")
 
-    def prompt_text(self, index: int, prompt: Prompt, counts: Mapping[str, int], model: Any) -> str:
+    def prompt_text(self, index: int, prompt: Prompt, counts: Mapping[str, int], model: ModelInfo) -> str:
         return prompt.text or self.settings(model).visual_prompt
 
-    def text_prompt(self, index: int, prompt: Prompt, model: Any) -> Prompt:
+    def text_prompt(self, index: int, prompt: Prompt, model: ModelInfo) -> Prompt:
         if prompt.text is None:
             return prompt
         text = f"{prompt.prompt_prefix or ''}{self.settings(model).query_prefix}{prompt.text}"

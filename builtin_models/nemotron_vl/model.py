@@ -27,7 +27,7 @@ decoder under ``language_model.`` with or without ``model.``, and the projector 
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, ClassVar, Collection, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Collection, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -50,6 +50,11 @@ from ..blocks.vision_language import (
 )
 from .processor import IMG_CONTEXT, LlamaNemotronVLProcessor
 
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
+    from poolkit.contracts.model import Tokenizer
+
 #: The transformers ``model_type`` each sub-config is read as.
 SUB_CONFIGS = {"llm_config": "llama", "vision_config": "siglip_vision_model"}
 #: vLLM's ``LlamaNemotronVLConfig``: the config's ``pooling`` -> poolkit's pooling type.
@@ -68,7 +73,7 @@ CHECKPOINT = CheckpointLayout(
 )
 
 
-def read_sub_configs(config: Any) -> None:
+def read_sub_configs(config: PretrainedConfig) -> None:
     """Make ``config.llm_config`` a Llama config and ``config.vision_config`` a SigLIP vision config
     (transformers' classes, their defaults filled in), in place; a config read already is left as it is.
 
@@ -97,7 +102,7 @@ def read_sub_configs(config: Any) -> None:
         setattr(config, name, sub)
 
 
-def pooling_type(config: Any) -> str:
+def pooling_type(config: PretrainedConfig) -> str:
     """The pooling the config asks for: its ``pooling``, else ``llm_config``'s, else ``avg`` (MEAN).
 
     Raises:
@@ -164,7 +169,7 @@ class LlamaNemotronVLModel(VisionLanguageModel):
     )
 
     @classmethod
-    def configure(cls, config: Any, tokenizer: Any) -> None:
+    def configure(cls, config: PretrainedConfig, tokenizer: Tokenizer) -> None:
         """Read the sub-configs, and take ``img_context_token_id`` from the tokenizer's
         ``<IMG_CONTEXT>`` (the token the processor writes), checking the config's against it.
 
@@ -184,7 +189,7 @@ class LlamaNemotronVLModel(VisionLanguageModel):
 
     @classmethod
     def check_config(
-        cls, config: Any, shapes: Mapping[str, tuple[int, ...]] | None, overridden: Collection[str] = ()
+        cls, config: PretrainedConfig, shapes: Mapping[str, tuple[int, ...]] | None, overridden: Collection[str] = ()
     ) -> None:
         """The declared checks, the decoder's own, and what the image features need: the last vision
         layer, tiles of the vision tower's size, a whole pixel-shuffle block count, a known pooling,
@@ -228,7 +233,7 @@ class LlamaNemotronVLModel(VisionLanguageModel):
                         f"make {shape}"
                     )
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         read_sub_configs(config)
         super().__init__(config)
         vision = config.vision_config

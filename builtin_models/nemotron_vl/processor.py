@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -33,6 +33,11 @@ from poolkit.contracts.media import MediaItem, PromptReplacement
 
 from ...io_processors.image import MediaProcessor, read_processor_config
 from ..blocks.vision_language import to_rgb
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
+    from poolkit.contracts.model import ModelInfo
 
 #: Where an image goes in a prompt's text, and what it becomes: ``<img>``, its features' tokens, ``</img>``.
 IMAGE = "<image>"
@@ -130,7 +135,7 @@ class LlamaNemotronVLProcessor(MediaProcessor):
     ``image_tiles`` ``[images]`` (how many tiles each image has).
     """
 
-    def replacements(self, model: Any) -> Sequence[PromptReplacement]:
+    def replacements(self, model: ModelInfo) -> Sequence[PromptReplacement]:
         """Each ``<image>`` in the text becomes ``<img>``, its features' ``<IMG_CONTEXT>`` and ``</img>``."""
         return (
             PromptReplacement(
@@ -139,17 +144,17 @@ class LlamaNemotronVLProcessor(MediaProcessor):
             ),
         )
 
-    def process_image(self, image: Any, model: Any) -> MediaItem:
+    def process_image(self, image: Any, model: ModelInfo) -> MediaItem:
         settings = self.settings(model)
         tiles = tile_image(image, settings)
         return MediaItem(tiles, len(tiles) * settings.features, {"tiles": len(tiles)})
 
-    def settings(self, model: Any) -> TileSettings:
+    def settings(self, model: ModelInfo) -> TileSettings:
         """The model's tile settings, read once per model directory."""
         return self.cached(model, "image", lambda: read_settings(Path(model.path), model.hf_config))
 
 
-def read_settings(path: Path, config: Any) -> TileSettings:
+def read_settings(path: Path, config: PretrainedConfig) -> TileSettings:
     """:class:`TileSettings` from ``processor_config.json`` (when there is one) and the model config,
     as vLLM reads them.
 

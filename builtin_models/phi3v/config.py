@@ -15,9 +15,12 @@ hard-codes CLIP ViT-L/14 at 336 pixels; poolkit does too, and reads other CLIP s
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from poolkit.contracts.errors import ModelLoadError
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 #: The vision tower every published Phi-3-Vision checkpoint has (``openai/clip-vit-large-patch14-336``).
 CLIP_VIT_L_14_336 = dict(
@@ -78,7 +81,7 @@ def _vision_config(img: dict[str, Any]) -> Any:
         raise ModelLoadError(f"img_processor.vision_config is not a valid CLIP vision config: {type(exc).__name__}: {exc}") from None
 
 
-def image_settings(config: Any) -> ImageSettings:
+def image_settings(config: PretrainedConfig) -> ImageSettings:
     """The :class:`ImageSettings` of a Phi-3-Vision config, checked against what the published
     model runs.
 

@@ -27,11 +27,12 @@ last token and normalise, as vLLM's VLM2Vec does.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, ClassVar, Collection, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Collection, Iterable, Mapping
 
 import torch
 from torch import nn
 
+from poolkit.contracts.capabilities import BorrowsConfig
 from poolkit.contracts.config_checks import ConfigChecks, layers_held
 from poolkit.contracts.errors import ModelLoadError
 from poolkit.loading.weights import load_into, warn_unused
@@ -50,6 +51,11 @@ from ..blocks.vision_language import (
 from .config import ImageSettings, image_settings
 from .processor import Phi3VProcessor
 from .text import Phi3TextModel
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
+    from poolkit.contracts.model import Tokenizer
 
 #: The published checkpoint layout: the vision tower, projector and separators under
 #: ``model.vision_embed_tokens.``, the decoder under ``model.``; ``lm_head``, the tower's
@@ -74,7 +80,7 @@ IMAGE_TOKEN_ID = 32044
 IMAGE_TOKEN = "<|image|>"
 
 
-def _image_token(config: Any, tokenizer: Any) -> int:
+def _image_token(config: PretrainedConfig, tokenizer: Tokenizer) -> int:
     """The token whose rows the image features fill: the config's ``image_token_id``, else the
     tokenizer's ``<|image|>``, else vLLM's 32044 where the vocabulary is that large.
 
@@ -98,7 +104,7 @@ class Phi3VisionTower(nn.Module):
     and the encoder layers the features need (``[crops, 3, S, S]`` pixels in, ``[crops, 1 +
     patches, width]`` out, fp32 at least)."""
 
-    def __init__(self, config: Any, layers: int) -> None:
+    def __init__(self, config: PretrainedConfig, layers: int) -> None:
         super().__init__()
         self.embeddings = VisionEmbeddings(config, class_token=True, patch_bias=False)
         self.pre_layrnorm = nn.LayerNorm(config.hidden_size, eps=float(config.layer_norm_eps))
@@ -112,7 +118,7 @@ class Phi3VisionTower(nn.Module):
         return x
 
 
-class Phi3VForCausalLM(VisionLanguageModel):
+class Phi3VForCausalLM(VisionLanguageModel, BorrowsConfig):
     """Phi-3-Vision as an embedder (VLM2Vec): HD-transformed CLIP features in the placeholders'
     rows, the Phi-3 decoder over the whole prompt, the last token pooled.
 
@@ -145,7 +151,7 @@ class Phi3VForCausalLM(VisionLanguageModel):
 
     @classmethod
     def check_config(
-        cls, config: Any, shapes: Mapping[str, tuple[int, ...]] | None, overridden: Collection[str] = ()
+        cls, config: PretrainedConfig, shapes: Mapping[str, tuple[int, ...]] | None, overridden: Collection[str] = ()
     ) -> None:
         """The declared checks, the image settings (:func:`~.config.image_settings`), the text
         model's heads, and the vision tower's layers and patch embedding against the checkpoint."""
@@ -177,11 +183,11 @@ class Phi3VForCausalLM(VisionLanguageModel):
                 )
 
     @classmethod
-    def configure(cls, config: Any, tokenizer: Any) -> None:
+    def configure(cls, config: PretrainedConfig, tokenizer: Tokenizer) -> None:
         """Find the placeholder token of image features (``config.image_token_id``)."""
         config.image_token_id = _image_token(config, tokenizer)
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__(config)
         self.image: ImageSettings = image_settings(config)
         vision = self.image.vision

@@ -32,7 +32,7 @@ import dataclasses
 import math
 import re
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -45,6 +45,11 @@ from poolkit.contracts.media import Layout, MediaItem, PromptReplacement
 from ...io_processors.image import MediaProcessor, read_processor_config
 from ..blocks.vision_language import CLIP_MEAN, CLIP_STD, to_rgb
 from .config import image_feature_count, image_settings
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
+    from poolkit.contracts.model import ModelInfo
 
 #: A placeholder as the published processor finds it: ``<|image_N|>``, N from 1.
 PLACEHOLDER = re.compile(r"<\|image_(\d+)\|>")
@@ -129,11 +134,11 @@ class Phi3VProcessor(MediaProcessor):
     crops) and ``image_grid`` ``[images, 2]`` (crop rows and columns).
     """
 
-    def replacements(self, model: Any) -> Sequence[PromptReplacement]:
+    def replacements(self, model: ModelInfo) -> Sequence[PromptReplacement]:
         """Each ``<|image_N|>`` becomes one ``<|image|>`` (the config's ``image_token_id``) per image feature."""
         return (PromptReplacement("image", int(model.hf_config.image_token_id)),)
 
-    def prompt_text(self, index: int, prompt: Prompt, counts: Mapping[str, int], model: Any) -> str:
+    def prompt_text(self, index: int, prompt: Prompt, counts: Mapping[str, int], model: ModelInfo) -> str:
         """The prompt's text, else ``<|image_1|>`` to ``<|image_N|>``, its placeholders checked
         (:func:`check_placeholders`) before any image is decoded.
 
@@ -148,7 +153,7 @@ class Phi3VProcessor(MediaProcessor):
         check_placeholders(index, text, counts["image"])
         return text
 
-    def layout(self, index: int, text: str, counts: Mapping[str, int], model: Any, add_special_tokens: bool) -> Layout:
+    def layout(self, index: int, text: str, counts: Mapping[str, int], model: ModelInfo, add_special_tokens: bool) -> Layout:
         """The text cut at its ``<|image_N|>``, each piece tokenized on its own with the special
         tokens, as the published processor writes the prompt.
 
@@ -164,12 +169,12 @@ class Phi3VProcessor(MediaProcessor):
             )
         return Layout([list(piece) for piece in pieces], ["image"] * counts["image"])
 
-    def process_image(self, image: Any, model: Any) -> MediaItem:
+    def process_image(self, image: Any, model: ModelInfo) -> MediaItem:
         settings = self.settings(model)
         crops, (rows, cols) = crop_image(image, settings)
         return MediaItem(crops, image_feature_count(rows, cols, settings.merged), {"grid": (rows, cols)})
 
-    def settings(self, model: Any) -> CropSettings:
+    def settings(self, model: ModelInfo) -> CropSettings:
         """The model's crop settings, read once per model directory, with the load setting
         ``mm_processor_kwargs`` (``num_crops``) over ``preprocessor_config.json``'s."""
         found = self.cached(model, "image", lambda: read_settings(Path(model.path), model.hf_config))
@@ -201,7 +206,7 @@ def check_placeholders(index: int, text: str, count: int) -> None:
         raise InvalidRequest(f"prompt {index}'s image placeholders must be <|image_1|> to <|image_{count}|> in order, each once; got {got}")
 
 
-def read_settings(path: Path, config: Any) -> CropSettings:
+def read_settings(path: Path, config: PretrainedConfig) -> CropSettings:
     """:class:`CropSettings` from ``preprocessor_config.json`` (when there is one) and the model config.
 
     Raises:

@@ -22,7 +22,7 @@ rotary reader does not take, Phi-3 adds here:
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -32,6 +32,9 @@ from poolkit.contracts.errors import ModelLoadError
 from ..blocks.attention import GLOBAL, SLIDING
 from ..blocks.rotary import Rotary, rope_parameters, rotary_cos_sin
 from ..decoders.model import DecoderModel, check_layer_types
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 
 class Phi3Rotary:
@@ -49,7 +52,7 @@ class Phi3Rotary:
             not fit the rotated dimensions.
     """
 
-    def __init__(self, config: Any, head_dim: int) -> None:
+    def __init__(self, config: PretrainedConfig, head_dim: int) -> None:
         params = rope_parameters(config)
         kind = params.get("rope_type", params.get("type")) or "default"
         partial = params.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", None)) or 1.0
@@ -112,7 +115,7 @@ class _PlainRotary:
     partial_rotary_factor = 1.0
     rope_scaling = None
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         self._config = config
         self.rope_parameters = {"rope_type": "default", "rope_theta": 10_000.0}
 
@@ -133,14 +136,14 @@ class Phi3TextModel(DecoderModel):
     """
 
     @classmethod
-    def layer_types(cls, config: Any) -> list[str]:
+    def layer_types(cls, config: PretrainedConfig) -> list[str]:
         """A sliding window on every layer when ``sliding_window`` is shorter than the context."""
         window = getattr(config, "sliding_window", None)
         positions = getattr(config, "max_position_embeddings", None)
         sliding = bool(window) and not (positions and int(window) >= int(positions))
         return check_layer_types(config, [SLIDING if sliding else GLOBAL] * int(config.num_hidden_layers))
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         rotary = Phi3Rotary(config, type(self).head_dim(config))
         super().__init__(_PlainRotary(config))
         self.config = config

@@ -25,7 +25,7 @@ recurrent state is not something the shared-prefix cache keeps.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Callable, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +46,9 @@ from ..decoders.heads import DecoderLMHead, ScoreClassifier
 from ..decoders.model import DecoderMLP, DecoderModel
 from .delta_rule import gated_delta_rule_chunked, packed_causal_conv, sequence_offsets
 
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
 LINEAR, FULL = "linear_attention", "full_attention"
 #: What the decoder family's ``decode`` may run after each layer: ``(i, stream, output) -> (stream, output)``.
 AfterLayer = Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -54,7 +57,7 @@ AfterLayer = Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, tor
 _UNUSED = re.compile(r"^(lm_head|score|classifier|mtp)\.|\.rotary_emb\.")
 
 
-def layer_types(config: Any) -> list[str]:
+def layer_types(config: PretrainedConfig) -> list[str]:
     """Each layer's token mixer, ``linear_attention`` or ``full_attention`` (the config's ``layer_types``).
 
     Raises:
@@ -67,12 +70,12 @@ def layer_types(config: Any) -> list[str]:
     return types
 
 
-def attention_head_dim(config: Any) -> int:
+def attention_head_dim(config: PretrainedConfig) -> int:
     """The width of each full-attention head (``head_dim``, else ``hidden_size / num_attention_heads``)."""
     return int(getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
 
 
-def rotary_dims(config: Any, head_dim: int) -> tuple[int, float]:
+def rotary_dims(config: PretrainedConfig, head_dim: int) -> tuple[int, float]:
     """How many leading dimensions of each attention head rotate, and the rotary base.
 
     Raises:
@@ -95,7 +98,7 @@ class GatedAttention(nn.Module):
     """Causal grouped-query attention with an output gate; ``qkv_proj`` holds the checkpoint's
     ``q_proj`` (each head's query then its gate), ``k_proj`` and ``v_proj`` one after the other."""
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__()
         hidden, eps = int(config.hidden_size), float(config.rms_norm_eps)
         self.num_heads = int(config.num_attention_heads)
@@ -132,7 +135,7 @@ class GatedDeltaNet(nn.Module):
     """The gated delta-net token mixer; ``in_proj`` holds the checkpoint's ``in_proj_qkv``,
     ``in_proj_z``, ``in_proj_b`` and ``in_proj_a`` one after the other."""
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__()
         hidden = int(config.hidden_size)
         self.k_heads, self.v_heads = int(config.linear_num_key_heads), int(config.linear_num_value_heads)
@@ -184,7 +187,7 @@ class LayerContext(NamedTuple):
 class Qwen3_5Layer(nn.Module):
     """One pre-norm layer: a gated delta-net or gated attention, then the SwiGLU feed-forward layer."""
 
-    def __init__(self, model: type[Qwen3_5TextModel], config: Any, layer_type: str) -> None:
+    def __init__(self, model: type[Qwen3_5TextModel], config: PretrainedConfig, layer_type: str) -> None:
         super().__init__()
         size, eps = int(config.hidden_size), float(config.rms_norm_eps)
         self.layer_type = layer_type
@@ -229,6 +232,8 @@ class Qwen3_5TextModel(Architecture):
     #: No one-token filler sequences: the delta rule's work is per chunk of each sequence, so each
     #: filler would cost a whole chunk (the linear layers pad their own rows to their buckets).
     accepts_filler: ClassVar[bool] = False
+    #: No :class:`~poolkit.contracts.capabilities.SharesPrefixes`: the delta rule carries state past a prefix.
+    shares_prefixes: ClassVar[bool] = False
     config_checks: ClassVar[ConfigChecks] = ConfigChecks(
         sizes=(
             "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
@@ -248,15 +253,15 @@ class Qwen3_5TextModel(Architecture):
     classifier_prefixes: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
-    def activation(cls, config: Any) -> str:
+    def activation(cls, config: PretrainedConfig) -> str:
         """The feed-forward activation's name (``hidden_act``)."""
         return getattr(config, "hidden_act", None) or "silu"
 
     @classmethod
-    def mlp_bias(cls, config: Any) -> bool:
+    def mlp_bias(cls, config: PretrainedConfig) -> bool:
         return False
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__(config)
         types = layer_types(config)
         self.embed_tokens = nn.Embedding(int(config.vocab_size), int(config.hidden_size))
@@ -268,7 +273,7 @@ class Qwen3_5TextModel(Architecture):
         self._rotary_parameters = {FULL: (rotary_inv_freq(theta, dim), 1.0)}
 
     @classmethod
-    def head_dim(cls, config: Any) -> int:
+    def head_dim(cls, config: PretrainedConfig) -> int:
         """The rotated width of each attention head (its first ``partial_rotary_factor``): what a
         vision-language wrapper's M-RoPE sections split, as they split a whole head of the other decoders."""
         return rotary_dims(config, attention_head_dim(config))[0]

@@ -12,10 +12,13 @@ Qwen3.5 ships Qwen3-VL's processor), each temporal patch of a video after its ``
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from ..qwen_vl.qwen3_vl import Qwen3VLForConditionalGeneration
 from .model import Qwen3_5TextModel
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 
 class Qwen3_5ForConditionalGeneration(Qwen3VLForConditionalGeneration):
@@ -36,7 +39,7 @@ class Qwen3_5ForConditionalGeneration(Qwen3VLForConditionalGeneration):
     #: No filler sequences, as for the text model: each would cost the delta rule a whole chunk.
     accepts_filler: ClassVar[bool] = False
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         # Qwen3-VL's tower reads its deepstack taps off the vision config; Qwen3.5's has none.
         if getattr(config.vision_config, "deepstack_visual_indexes", None) is None:
             config.vision_config.deepstack_visual_indexes = []

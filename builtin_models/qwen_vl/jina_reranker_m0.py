@@ -19,7 +19,7 @@ before the query's, as the publisher's ``compute_score`` orders them. A score re
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 import torch
 from torch import nn
@@ -32,6 +32,11 @@ from ...io_processors.templates import ScoreTemplateProcessor
 from ..blocks.vision_language import CheckpointLayout, Weights
 from .processor import QwenVLProcessor
 from .qwen2_vl import CHECKPOINT, Qwen2VLForConditionalGeneration
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
+    from poolkit.contracts.model import ModelInfo, Tokenizer
 
 #: The token every prompt is scored at (the publisher's ``score_token_id``; vLLM's ``post_process_tokens``).
 SCORE_TOKEN_ID = 100
@@ -61,7 +66,7 @@ class JinaRerankerM0Processor(QwenVLProcessor):
     reads_text = True
     reads_videos = False
 
-    def text_prompt(self, index: int, prompt: Prompt, model: Any) -> Prompt:
+    def text_prompt(self, index: int, prompt: Prompt, model: ModelInfo) -> Prompt:
         if prompt.text_pair is not None:
             raise InvalidRequest(f"prompt {index}: model '{model.name}' reads a (query, document) pair as one prompt; use LLM.score")
         if prompt.token_ids is not None:
@@ -76,7 +81,7 @@ class JinaRerankerM0Processor(QwenVLProcessor):
         return dataclasses.replace(prompt, text=None, prompt_prefix=None, token_ids=ids, keep_suffix=[SCORE_TOKEN_ID])
 
     def media_prompt(
-        self, index: int, prompt: Prompt, given: Mapping[str, list[Any]], model: Any, allow_files: bool
+        self, index: int, prompt: Prompt, given: Mapping[str, list[Any]], model: ModelInfo, allow_files: bool
     ) -> Prompt:
         made = super().media_prompt(index, prompt, given, model, allow_files)
         ids = list(made.token_ids or [])
@@ -104,7 +109,7 @@ class JinaVLForRanking(Qwen2VLForConditionalGeneration):
     checkpoint_layout: ClassVar[CheckpointLayout] = CHECKPOINT.under("", score=r"score\.")
 
     @classmethod
-    def configure(cls, config: Any, tokenizer: Any) -> None:
+    def configure(cls, config: PretrainedConfig, tokenizer: Tokenizer) -> None:
         """One output, as vLLM sets it whatever the config says; the publisher's pair prompt unless
         the config names a score template.
 
@@ -118,7 +123,7 @@ class JinaVLForRanking(Qwen2VLForConditionalGeneration):
         if getattr(config, "score_template", None) is None:
             config.score_template = SCORE_TEMPLATE_NAME
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__(config)
         hidden = self.hidden_size
         self.score = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))

@@ -29,7 +29,7 @@ import dataclasses
 import functools
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
@@ -47,6 +47,11 @@ from ...io_processors.image import (
     read_processor_config,
 )
 from ..blocks.vision_language import CLIP_MEAN, CLIP_STD, to_rgb
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
+    from poolkit.contracts.model import ModelInfo
 
 #: transformers' IMAGENET_STANDARD_MEAN / _STD, Qwen3-VL's default.
 HALF = (0.5, 0.5, 0.5)
@@ -108,9 +113,10 @@ QWEN3_VL = Family(
 )
 
 
-def family(model: Any) -> Family:
-    """The pre-processing rules of ``model``'s architecture (Qwen2-VL's unless it names others)."""
-    return getattr(model.architecture, "media_family", QWEN2_VL)
+def family(model: ModelInfo) -> Family:
+    """The pre-processing rules of ``model``'s architecture (Qwen2-VL's unless it names others; a
+    loaded model is a :class:`~poolkit.contracts.architecture.LoadedModel`, which has one)."""
+    return getattr(getattr(model, "architecture", None), "media_family", QWEN2_VL)
 
 
 def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
@@ -292,7 +298,7 @@ class QwenVLProcessor(MediaProcessor):
 
     reads_videos = True
 
-    def replacements(self, model: Any) -> Sequence[PromptReplacement]:
+    def replacements(self, model: ModelInfo) -> Sequence[PromptReplacement]:
         """Each ``<|image_pad|>`` / ``<|video_pad|>`` (the config's ``image_token_id`` /
         ``video_token_id``) becomes one per merged patch; for Qwen3-VL a video becomes, per
         temporal patch, its ``<t seconds>``, ``<|vision_start|>``, its patches and ``<|vision_end|>``."""
@@ -310,11 +316,11 @@ class QwenVLProcessor(MediaProcessor):
     def split(self, kind: str, value: Any) -> list[Any]:
         return split_videos(value) if kind == "video" else super().split(kind, value)
 
-    def process_image(self, image: Any, model: Any) -> MediaItem:
+    def process_image(self, image: Any, model: ModelInfo) -> MediaItem:
         flat, grid = patchify(image, self.settings(model, "image"))
         return _item(flat, grid, model)
 
-    def load_video(self, index: int, value: Any, model: Any, allow_files: bool) -> np.ndarray:
+    def load_video(self, index: int, value: Any, model: ModelInfo, allow_files: bool) -> np.ndarray:
         """A video as uint8 frames ``[T, H, W, 3]`` (:func:`load_video`), an encoded one decoded first."""
         max_pixels, max_bytes = decode_limits(model)
         max_frames = _limit("POOLKIT_MAX_VIDEO_FRAMES", MAX_VIDEO_FRAMES)
@@ -322,15 +328,15 @@ class QwenVLProcessor(MediaProcessor):
             value = decode_video(index, value, max_pixels, max_bytes, max_frames, allow_files)
         return load_video(index, value, max_pixels, max_frames)
 
-    def process_video(self, video: np.ndarray, model: Any) -> MediaItem:
+    def process_video(self, video: np.ndarray, model: ModelInfo) -> MediaItem:
         flat, grid = patchify_video(video, self.settings(model, "video"), family(model).video_budget)
         return _item(flat, grid, model, frames=video.shape[0])
 
-    def extra_media(self, expansion: Expansion, model: Any) -> dict[str, torch.Tensor]:
+    def extra_media(self, expansion: Expansion, model: ModelInfo) -> dict[str, torch.Tensor]:
         """The multimodal rotary positions ``[3, tokens]`` (:func:`rope_positions`)."""
         return {"positions": torch.from_numpy(rope_positions(len(expansion.ids), self._spans(expansion, model)))}
 
-    def _spans(self, expansion: Expansion, model: Any) -> list[tuple[int, int, int, int, Any]]:
+    def _spans(self, expansion: Expansion, model: ModelInfo) -> list[tuple[int, int, int, int, Any]]:
         """The media runs of the expanded ids as ``(start, t, h, w, time step)`` (merged-grid sizes)."""
         config = model.hf_config
         rules = family(model)
@@ -351,7 +357,7 @@ class QwenVLProcessor(MediaProcessor):
             spans.append((start, gt, h, w, step))
         return spans
 
-    def settings(self, model: Any, kind: str = "image") -> VisionSettings:
+    def settings(self, model: ModelInfo, kind: str = "image") -> VisionSettings:
         """The model's pixel settings for images or videos, read once per model directory, with
         the load setting ``mm_processor_kwargs`` (``min_pixels``, ``max_pixels``) over the checkpoint's."""
         def read() -> VisionSettings:
@@ -367,7 +373,7 @@ class QwenVLProcessor(MediaProcessor):
 
 
 def read_settings(
-    path: Path, config: Any, defaults: VisionSettings | None = None, files: Sequence[str] = (PREPROCESSOR_CONFIG,)
+    path: Path, config: PretrainedConfig, defaults: VisionSettings | None = None, files: Sequence[str] = (PREPROCESSOR_CONFIG,)
 ) -> VisionSettings:
     """:class:`VisionSettings` from the first of ``files`` the model directory has (when it has
     one), the vision config, then ``defaults`` (Qwen2-VL's image settings unless given)."""
@@ -388,7 +394,7 @@ def read_settings(
     )
 
 
-def _item(flat: np.ndarray, grid: tuple[int, int, int], model: Any, frames: int = 1) -> MediaItem:
+def _item(flat: np.ndarray, grid: tuple[int, int, int], model: ModelInfo, frames: int = 1) -> MediaItem:
     """An image's or video's patches as a media item: one feature per merged patch."""
     merge = int(model.hf_config.vision_config.spatial_merge_size)
     gt, gh, gw = grid

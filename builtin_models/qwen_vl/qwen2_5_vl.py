@@ -12,7 +12,7 @@ its own pooling config; the architecture's default stays LAST, as vLLM's.
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Callable, ClassVar
 
 import numpy as np
 import torch
@@ -36,6 +36,9 @@ from .qwen2_vl import (
     frame_lengths,
     vision_rotary,
 )
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 #: The sizes a Qwen2.5-VL or Qwen3-VL config must give (their vision configs name them alike).
 VISION_SIZES = (
@@ -106,21 +109,21 @@ def window_order(
 class Qwen25VisionTower(Qwen2VisionTower):
     """Qwen2.5-VL's vision transformer: windowed attention on all blocks but the full-attention ones."""
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__(config)
         self.window = int(config.window_size)
         self.full_blocks = frozenset(int(i) for i in (config.fullatt_block_indexes or ()))
 
     @staticmethod
-    def width(config: Any) -> int:
+    def width(config: PretrainedConfig) -> int:
         return int(config.hidden_size)
 
-    def block(self, config: Any) -> nn.Module:
+    def block(self, config: PretrainedConfig) -> nn.Module:
         """A pre-RMSNorm block with a gated feed-forward layer."""
         mlp = GatedVisionMLP(self.embed_dim, int(config.intermediate_size), config.hidden_act)
         return VisionBlock(self.embed_dim, int(config.num_heads), mlp, rms_norm=True)
 
-    def merger_for(self, config: Any) -> nn.Module:
+    def merger_for(self, config: PretrainedConfig) -> nn.Module:
         return RMSPatchMerger(int(config.out_hidden_size), self.embed_dim, self.merge)
 
     def forward(self, pixels: torch.Tensor, grids: list[tuple[int, int, int]]) -> VisionFeatures:
@@ -157,7 +160,7 @@ class Qwen2_5_VLForConditionalGeneration(Qwen2VLForConditionalGeneration):
     media_family: ClassVar[Family] = QWEN2_5_VL
     config_checks: ClassVar[ConfigChecks] = vision_checks("vision_config.window_size")
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         vision = config.vision_config
         if int(vision.out_hidden_size) != int(config.text_config.hidden_size):
             raise ModelLoadError(

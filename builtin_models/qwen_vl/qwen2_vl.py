@@ -21,13 +21,14 @@ read. Embeddings pool the last token, as vLLM's Qwen2-VL embedders (DSE, GME) do
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, Collection, Iterable, Mapping
+from typing import TYPE_CHECKING, Callable, ClassVar, Collection, Iterable, Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
 from poolkit.contracts.batch import PackedBatch
+from poolkit.contracts.capabilities import MediaPlaceholders, SharesPrefixes
 from poolkit.contracts.config_checks import ConfigChecks
 from poolkit.contracts.errors import ModelLoadError
 from poolkit.loading.weights import load_into
@@ -47,6 +48,9 @@ from ..blocks.vision_language import (
     placeholder_rows,
 )
 from .processor import QWEN2_VL, Family, QwenVLProcessor
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 #: The media kinds whose features replace placeholder tokens, with their config's token-id fields.
 PLACEHOLDERS = (("image", "image_token_id"), ("video", "video_token_id"))
@@ -192,7 +196,7 @@ class Qwen2VisionTower(nn.Module):
     #: Whether the patch embedding (a 3-D convolution) has a bias.
     patch_bias: ClassVar[bool] = False
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__()
         self.config = config
         self.embed_dim = self.width(config)
@@ -208,16 +212,16 @@ class Qwen2VisionTower(nn.Module):
         self.theta = float(params.get("rope_theta", 10000.0))
 
     @staticmethod
-    def width(config: Any) -> int:
+    def width(config: PretrainedConfig) -> int:
         """The blocks' width."""
         return int(config.embed_dim)
 
-    def block(self, config: Any) -> nn.Module:
+    def block(self, config: PretrainedConfig) -> nn.Module:
         """One vision block: LayerNorms, ``fc2(act(fc1(x)))`` of ``mlp_ratio`` times the width."""
         dim = self.embed_dim
         return VisionBlock(dim, int(config.num_heads), FeedForward(dim, int(dim * config.mlp_ratio), dim, config.hidden_act))
 
-    def merger_for(self, config: Any) -> nn.Module:
+    def merger_for(self, config: PretrainedConfig) -> nn.Module:
         """The patch merger to the decoder's width."""
         return PatchMerger(int(config.hidden_size), self.embed_dim, self.merge)
 
@@ -248,7 +252,7 @@ class Qwen2VisionTower(nn.Module):
         return self.merger(x, linear_act), deepstack
 
 
-class Qwen2VLForConditionalGeneration(VisionLanguageModel):
+class Qwen2VLForConditionalGeneration(VisionLanguageModel, SharesPrefixes, MediaPlaceholders):
     """Qwen2-VL as an embedder: the vision tower's features in the placeholders' rows, the Qwen2
     decoder with M-RoPE over the whole prompt, the last token pooled.
 
@@ -278,7 +282,7 @@ class Qwen2VLForConditionalGeneration(VisionLanguageModel):
         multiples=(("vision_config.embed_dim", "vision_config.num_heads"),),
     )
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__(config)
         text = config.text_config
         self.language_model = self.language_model_class(text)
@@ -286,7 +290,7 @@ class Qwen2VLForConditionalGeneration(VisionLanguageModel):
         self.placeholders = {kind: getattr(config, field, None) for kind, field in PLACEHOLDERS}
         # Prompts share prefixes as the decoder does; a shared prefix holds all of a prompt's media or
         # none, and each part reads its own columns of the media's positions.
-        self.shares_prefixes = self.language_model.shares_prefixes
+        self.shares_prefixes = isinstance(self.language_model, SharesPrefixes) and self.language_model.shares_prefixes
         self.placeholder_tokens = frozenset(int(t) for t in self.placeholders.values() if t is not None)
         head_dim = self.language_model_class.head_dim(text)
         params = getattr(text, "rope_parameters", None) or getattr(text, "rope_scaling", None) or {}
@@ -301,7 +305,7 @@ class Qwen2VLForConditionalGeneration(VisionLanguageModel):
 
     @classmethod
     def check_config(
-        cls, config: Any, shapes: Mapping[str, tuple[int, ...]] | None, overridden: Collection[str] = ()
+        cls, config: PretrainedConfig, shapes: Mapping[str, tuple[int, ...]] | None, overridden: Collection[str] = ()
     ) -> None:
         cls.require_sub_configs(config)
         super().check_config(config, None, overridden)

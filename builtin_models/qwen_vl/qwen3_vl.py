@@ -16,7 +16,7 @@ Qwen3-VL-Reranker ships as the same architecture, the LM head kept: recognised f
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, Iterable
+from typing import TYPE_CHECKING, Callable, ClassVar, Iterable
 
 import torch
 from torch import nn
@@ -33,12 +33,15 @@ from .processor import QWEN3_VL, Family
 from .qwen2_5_vl import vision_checks
 from .qwen2_vl import CHECKPOINT, Qwen2VisionTower, Qwen2VLForConditionalGeneration, VisionBlock
 
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
 
 class Qwen3PatchMerger(FeedForward):
     """LayerNorm, the join of each ``merge × merge`` block, a two-layer GELU MLP (``linear_fc1``,
     ``linear_fc2``); the deepstack mergers norm after the join (``postshuffle``), the final one before."""
 
-    def __init__(self, config: Any, postshuffle: bool) -> None:
+    def __init__(self, config: PretrainedConfig, postshuffle: bool) -> None:
         dim = int(config.hidden_size)
         joined = dim * int(config.spatial_merge_size) ** 2
         super().__init__(joined, joined, int(config.out_hidden_size), "gelu", names=("linear_fc1", "linear_fc2"))
@@ -70,7 +73,7 @@ class Qwen3VisionTower(Qwen2VisionTower):
 
     patch_bias: ClassVar[bool] = True
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         count = int(config.num_position_embeddings)
         side = int(count**0.5)
         if side * side != count:
@@ -82,16 +85,16 @@ class Qwen3VisionTower(Qwen2VisionTower):
         self.deepstack_merger_list = nn.ModuleList(Qwen3PatchMerger(config, postshuffle=True) for _ in self.deepstack_layers)
 
     @staticmethod
-    def width(config: Any) -> int:
+    def width(config: PretrainedConfig) -> int:
         return int(config.hidden_size)
 
-    def block(self, config: Any) -> nn.Module:
+    def block(self, config: PretrainedConfig) -> nn.Module:
         """A pre-LayerNorm block, ``linear_fc2(act(linear_fc1(x)))`` its MLP (GELU-tanh)."""
         dim = self.embed_dim
         mlp = FeedForward(dim, int(config.intermediate_size), dim, config.hidden_act, names=("linear_fc1", "linear_fc2"))
         return VisionBlock(dim, int(config.num_heads), mlp)
 
-    def merger_for(self, config: Any) -> nn.Module:
+    def merger_for(self, config: PretrainedConfig) -> nn.Module:
         return Qwen3PatchMerger(config, postshuffle=False)
 
     def positions(self, grids: list[tuple[int, int, int]], device: torch.device) -> torch.Tensor:
@@ -145,7 +148,7 @@ class Qwen3VLForConditionalGeneration(QwenScoreClassifier, Qwen2VLForConditional
     media_family: ClassVar[Family] = QWEN3_VL
     config_checks: ClassVar[ConfigChecks] = vision_checks("vision_config.num_position_embeddings")
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         text = config.text_config
         deepstack = list(getattr(config.vision_config, "deepstack_visual_indexes", None) or ())
         if len(deepstack) > int(text.num_hidden_layers):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Callable, ClassVar, Iterable, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +15,7 @@ from torch import nn
 
 from poolkit.contracts.architecture import Architecture
 from poolkit.contracts.batch import PackedBatch
+from poolkit.contracts.capabilities import TakesTokenTypes
 from poolkit.contracts.errors import ModelLoadError
 from poolkit.loading.weights import base_model_name, load_into
 from poolkit.plugins.lookup import kernel_for
@@ -27,6 +28,9 @@ from ..blocks.quantize import Quantizable
 from ..blocks.rotary import Rotary, RotarySpec, rotate_interleaved
 from ..blocks.linear import activated_linear, activation_function, fused_activation, linear
 from .nomic_moe import MoESpec, NomicMoE
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 #: Checkpoint tensors the encoder does not use: the classifiers and LM heads of transformers' task models, position buffers.
 _UNUSED = re.compile(r"^(pooler|cls|lm_head|classifier)\.|^embeddings\.(position_ids|rotary_emb\.)")
@@ -226,7 +230,7 @@ class RotaryEncoderLayer(nn.Module):
         return post_norm(self, self.mlp(low, linear_act), x, self.mlp_norm)
 
 
-class RotaryEncoder(Quantizable, Architecture):
+class RotaryEncoder(Quantizable, Architecture, TakesTokenTypes):
     """A rotary, gated, post-norm encoder: packed token ids in, last-layer hidden states ``[T, H]`` out.
 
     Subclasses read a :class:`RotaryEncoderSpec` off their config (:meth:`spec`) and say where
@@ -244,11 +248,11 @@ class RotaryEncoder(Quantizable, Architecture):
     embeddings_class: ClassVar[type[nn.Module]] = RotaryEmbeddings
 
     @classmethod
-    def spec(cls, config: Any) -> RotaryEncoderSpec:
+    def spec(cls, config: PretrainedConfig) -> RotaryEncoderSpec:
         """The encoder a config describes; a :class:`ModelLoadError` names a field this code does not cover."""
         raise NotImplementedError
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__(config)
         spec = self.spec(config)
         self._spec = spec

@@ -3,7 +3,7 @@ rotary encoder as Alibaba-NLP's ``new-impl`` ``modeling.py`` builds it, with its
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import nn
@@ -15,6 +15,11 @@ from ..blocks.checks import encoder_checks, unsupported
 from ..blocks.heads import PooledClassifier, TokenClassifier
 from ..blocks.rotary import RotarySpec
 from .encoder import Layout, RotaryEncoder, RotaryEncoderSpec
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
+    from poolkit.contracts.model import Tokenizer
 
 NEW_LAYOUT = Layout(
     prefix="new.",
@@ -33,7 +38,7 @@ NEW_LAYOUT = Layout(
 _GTE_NORMS = {"layer_norm": False, "rms_norm": True}
 
 
-def _gte_switches(config: Any) -> None:
+def _gte_switches(config: PretrainedConfig) -> None:
     """Refuse, naming the field, the GTE variants this implementation does not cover (rotary: :func:`gte_rotary`)."""
     position = getattr(config, "position_embedding_type", "rope")
     if position != "rope":
@@ -45,7 +50,7 @@ def _gte_switches(config: Any) -> None:
         raise unsupported("layer_norm_type", norm, f"GTE's norms are {' or '.join(_GTE_NORMS)}")
 
 
-def gte_rotary(config: Any, head_dim: int) -> RotarySpec:
+def gte_rotary(config: PretrainedConfig, head_dim: int) -> RotarySpec:
     """GTE's rotary positions from ``rope_theta`` / ``rope_scaling`` (or transformers' ``rope_parameters``);
     a scaling other than GTE's ``ntk`` is refused."""
     legacy = getattr(config, "rope_scaling", None) or {}
@@ -87,13 +92,13 @@ class NewModel(RotaryEncoder):
     )
 
     @classmethod
-    def configure(cls, config: Any, tokenizer: Any) -> None:
+    def configure(cls, config: PretrainedConfig, tokenizer: Tokenizer) -> None:
         """Refuse what this implementation does not cover, before the sizes are checked."""
         _gte_switches(config)
         gte_rotary(config, head_dim=2)  # its rope type: the head size is checked later
 
     @classmethod
-    def spec(cls, config: Any) -> RotaryEncoderSpec:
+    def spec(cls, config: PretrainedConfig) -> RotaryEncoderSpec:
         _gte_switches(config)
         norm = getattr(config, "layer_norm_type", "layer_norm")
         hidden, heads = int(config.hidden_size), int(config.num_attention_heads)

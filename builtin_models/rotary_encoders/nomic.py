@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from poolkit.contracts.config_checks import ConfigChecks
 from poolkit.contracts.errors import ModelLoadError
@@ -14,6 +14,11 @@ from ..blocks.checks import refuse_switches, unsupported
 from ..blocks.rotary import RotarySpec
 from .encoder import Layout, RotaryEncoder, RotaryEncoderSpec
 from .nomic_moe import moe_spec
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
+    from poolkit.contracts.model import Tokenizer
 
 NOMIC_LAYOUT = Layout(
     prefix="bert.",
@@ -50,7 +55,7 @@ _NOMIC_ACTIVATIONS = {
 }
 
 
-def _nomic(config: Any, standard: str, default: Any = None) -> Any:
+def _nomic(config: PretrainedConfig, standard: str, default: Any = None) -> Any:
     """A NomicBERT config value: its GPT-2-style field if the config has one, else the standard field."""
     legacy = _NOMIC_FIELDS.get(standard)
     value = getattr(config, legacy, None) if legacy else None
@@ -63,7 +68,7 @@ def _positive_ints(*values: Any) -> bool:
     return all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)
 
 
-def _nomic_activation(config: Any) -> tuple[str, bool]:
+def _nomic_activation(config: PretrainedConfig) -> tuple[str, bool]:
     if getattr(config, "n_embd", None) is None and getattr(config, "activation_function", None) is None:
         # transformers' own NomicBertConfig: a gated MLP with hidden_act.
         return str(getattr(config, "hidden_act", "silu")), True
@@ -75,7 +80,7 @@ def _nomic_activation(config: Any) -> tuple[str, bool]:
     return _NOMIC_ACTIVATIONS[name]
 
 
-def _nomic_intermediate(config: Any) -> int | None:
+def _nomic_intermediate(config: PretrainedConfig) -> int | None:
     """The feed-forward width NomicBERT builds: ``n_inner`` (default ``4 * n_embd``, or ``8/3 * n_embd``
     gated), rounded up to a multiple of 256 when gated; transformers' config gives it as is."""
     hidden = _nomic(config, "hidden_size")
@@ -94,13 +99,13 @@ def _nomic_intermediate(config: Any) -> int | None:
     return (inner + 255) // 256 * 256
 
 
-def _nomic_vocab(config: Any) -> int | None:
+def _nomic_vocab(config: PretrainedConfig) -> int | None:
     """The vocabulary NomicBERT builds: ``vocab_size`` rounded up to ``pad_vocab_size_multiple``."""
     vocab, multiple = getattr(config, "vocab_size", None), getattr(config, "pad_vocab_size_multiple", None) or 1
     return (vocab + multiple - 1) // multiple * multiple if _positive_ints(vocab, multiple) else None
 
 
-def _nomic_switches(config: Any) -> None:
+def _nomic_switches(config: PretrainedConfig) -> None:
     """Refuse, naming the field, the NomicBERT variants this implementation does not cover."""
     refuse_switches(config, (
         ("prenorm", "poolkit runs NomicBERT's post-norm blocks only"),
@@ -161,13 +166,13 @@ class NomicBertModel(RotaryEncoder):
     config_checks: ClassVar[ConfigChecks] = _nomic_checks("hidden_size")
 
     @classmethod
-    def check_config(cls, config: Any, shapes: Any, overridden: Any = ()) -> None:
+    def check_config(cls, config: PretrainedConfig, shapes: Any, overridden: Any = ()) -> None:
         """:attr:`config_checks`, naming ``n_embd`` rather than ``hidden_size`` in a config that has it."""
         checks = cls.config_checks if getattr(config, "n_embd", None) is None else _nomic_checks("n_embd")
         checks.check(config, shapes, overridden)
 
     @classmethod
-    def configure(cls, config: Any, tokenizer: Any) -> None:
+    def configure(cls, config: PretrainedConfig, tokenizer: Tokenizer) -> None:
         """Refuse what this implementation does not cover, and give the GPT-2-style fields their
         standard names too (``n_embd`` is ``hidden_size``...), with the feed-forward width and the
         padded vocabulary NomicBERT builds."""
@@ -187,7 +192,7 @@ class NomicBertModel(RotaryEncoder):
             config.head_dim = hidden // heads
 
     @classmethod
-    def spec(cls, config: Any) -> RotaryEncoderSpec:
+    def spec(cls, config: PretrainedConfig) -> RotaryEncoderSpec:
         _nomic_switches(config)
         hidden, heads = int(_nomic(config, "hidden_size")), int(_nomic(config, "num_attention_heads"))
         head_dim = attention_head_dim(hidden, heads)

@@ -26,7 +26,7 @@ depends on the token alone, so results never depend on the rest of the batch.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +34,9 @@ from torch import nn
 
 from ..blocks.checks import refuse_switches, unsupported
 from ..blocks.linear import activation_function
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,7 @@ def _positive(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
-def moe_spec(config: Any, gated: bool) -> MoESpec | None:
+def moe_spec(config: PretrainedConfig, gated: bool) -> MoESpec | None:
     """The mixture of experts a NomicBERT config asks for, or ``None`` (no ``moe_every_n_layers``).
 
     Args:

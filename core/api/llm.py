@@ -30,6 +30,12 @@ from ..contracts.params import PoolingParams
 from ..contracts.scoring import Scorer, score_extra
 from ..contracts.sparse import SparseEmbeddingRequestOutput, check_pruning
 from ..contracts.tasks import PLUGIN, Task
+from ..inputs.chat import conversations
+from ..inputs.media import IMAGE_TOKEN_GUESS
+from ..inputs.pairs import MediaItem, check_side_limit, cut_sides, has_media, pair, pair_prompts, score_side, skiplist
+from ..inputs.params import check_params
+from ..inputs.renderer import Renderer
+from ..inputs.request import PoolRequest, Rendered
 from ..loading.load import load_model
 from ..loading.model import PoolingModel
 from ..lora.manager import adapted_params, model_adapters
@@ -40,11 +46,6 @@ from ..runtime.columns import Results
 from ..runtime.engine import Engine
 from ..runtime.estimates import estimate_costs, estimate_pair_tokens
 from ..runtime.progress import progress_bar
-from ..inputs.chat import conversations
-from ..inputs.renderer import Renderer
-from ..inputs.media import IMAGE_TOKEN_GUESS
-from ..inputs.params import check_params, prepare
-from ..inputs.pairs import MediaItem, check_side_limit, cut_sides, has_media, pair, pair_prompts, score_side, skiplist
 from .entities import Entities, group_entities
 from .model_config import ModelConfig, model_config
 from .plugin_io import PluginIO
@@ -392,12 +393,15 @@ class LLM:
         checked here). ``messages`` and ``chat_template``: chat messages instead of ``prompts``, as
         :meth:`encode` takes them.
         """
-        task = self.model.task(pooling_task)
-        parsed, params = prepare(
-            self.renderer, self.engine, task, prompts, pooling_params, tokenization_kwargs=tokenization_kwargs,
-            prompt_name=prompt_name, prefix=prefix, lora_request=lora_request, messages=messages, chat_template=chat_template,
-        )
-        return task, parsed, params
+        return self.render(PoolRequest.of(
+            prompts, pooling_params, task=pooling_task, tokenization_kwargs=tokenization_kwargs, prompt_name=prompt_name,
+            prefix=prefix, lora_request=lora_request, messages=messages, chat_template=chat_template,
+        ))
+
+    def render(self, request: PoolRequest) -> Rendered:
+        """A :class:`~poolkit.inputs.request.PoolRequest` through the renderer's door
+        (:meth:`poolkit.inputs.Renderer.render`): its task, prompts and verified parameters, not run."""
+        return self.renderer.render(request, self.engine)
 
     def _encode_plugin(
         self,
@@ -758,6 +762,6 @@ class _ScoreRunner:
                 f"a lora_request per pair takes a cross-encoder; model '{self.model.name}' embeds each side: give one lora_request"
             )
         prompts = [t.prompt() if isinstance(t, MediaItem) else t for t in texts]
-        return self._llm.prepare(
-            prompts, pooling_params, pooling_task=task_name, tokenization_kwargs=tokenization_kwargs, lora_request=self._lora
+        return self._llm.render(
+            PoolRequest.of(prompts, pooling_params, task=task_name, tokenization_kwargs=tokenization_kwargs, lora_request=self._lora)
         )

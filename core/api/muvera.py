@@ -25,7 +25,6 @@ from typing import Union
 import numpy as np
 import scipy.sparse
 import torch
-
 from poolkit.contracts.errors import InvalidRequest
 
 #: Token vectors ``[n, dim]`` as a torch tensor (any device, any floating dtype) or a numpy array.

@@ -116,7 +116,8 @@ class AdapterMethods:
         Raises:
             InvalidRequest: a task the model has no adapter for (the wording of Jina's modules).
         """
-        tasks = list(self.llm.model.architecture.task_adapters())
+        adapters = self.llm.model.adapters
+        tasks = adapters.own_names() if adapters is not None else []
         if task is None or not tasks:
             return None
         if task not in tasks:

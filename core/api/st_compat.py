@@ -27,6 +27,7 @@ import torch
 
 from ..contracts.errors import InvalidRequest
 from ..contracts.params import PoolingParams
+from ..inputs.request import PoolRequest
 from .st_adapters import PROMPT_NAME, TASK, AdapterMethods
 from .st_functions import PRECISIONS, SIMILARITY, pairwise_similarity, quantize_embeddings, similarity_name
 
@@ -257,9 +258,9 @@ class _Model(AdapterMethods):
             inputs = [self._media_prompt(i) if _is_media(i) else i for i in inputs]
         if any(isinstance(i, (tuple, list)) for i in inputs):
             inputs = [Prompt(text=i[0], text_pair=i[1]) if isinstance(i, (tuple, list)) else Prompt(text=i) for i in inputs]
-        task, parsed, checked = self.llm.prepare(
-            inputs, params, pooling_task=pooling_task, tokenization_kwargs=self._cut(), prefix=prefix or "", lora_request=self._lora_request()
-        )
+        task, parsed, checked = self.llm.render(PoolRequest(
+            inputs, task=pooling_task, params=params, truncation=self._cut(), prefix=prefix or "", lora_request=self._lora_request()
+        ))
         return self.llm.run(task, parsed, checked)
 
     def _media_prompt(self, item: Any) -> Any:

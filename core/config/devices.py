@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..contracts.errors import InvalidRequest
+from . import cpu
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
@@ -24,19 +25,10 @@ DTYPES = {
 }
 
 
-def cpu_multiplies_bf16() -> bool:
-    """Whether this CPU has native bf16 matrix instructions (AVX512-BF16 or AMX)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = set(f.read().split())
-    except OSError:
-        return False
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
-
-
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
     """``"auto"``: bf16 where the hardware multiplies bf16 natively (GPUs, CPUs with AVX512-BF16
-    or AMX), fp32 elsewhere. ``POOLKIT_DTYPE`` changes what ``"auto"`` means for the process.
+    or AMX: :func:`poolkit.config.cpu.cpu_features`), fp32 elsewhere. ``POOLKIT_DTYPE`` changes what
+    ``"auto"`` means for the process.
     """
     if isinstance(dtype, torch.dtype):
         return dtype
@@ -44,7 +36,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
         override = os.environ.get("POOLKIT_DTYPE", "auto")
         if override not in ("", "auto"):
             return resolve_dtype(override, device)
-        if device.type == "cuda" or (device.type == "cpu" and cpu_multiplies_bf16()):
+        if device.type == "cuda" or (device.type == "cpu" and cpu.cpu_features().multiplies_bf16):
             return torch.bfloat16
         return torch.float32
     try:

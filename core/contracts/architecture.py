@@ -1,15 +1,21 @@
 """The contract a model architecture fulfils (packed batch in, hidden states out), and the loaded
-model that runs it (:class:`LoadedModel`, what tasks, scorers and :meth:`Architecture.task_head` read)."""
+model that runs it (:class:`LoadedModel`, what tasks, scorers and :meth:`Architecture.task_head` read).
+
+What a family does beyond that is a capability it opts into (:mod:`poolkit.contracts.capabilities`).
+:class:`~poolkit.contracts.capabilities.TaskPrompt` and
+:class:`~poolkit.contracts.capabilities.ListwiseLayout`, which lived here, are importable from here still.
+"""
 
 from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Collection, Iterable, Mapping, NamedTuple, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Collection, Iterable, Mapping, Protocol, Sequence, runtime_checkable
 
 import torch
 
 from .batch import PackedBatch
+from .capabilities import ListwiseLayout, TaskPrompt  # noqa: F401 - moved there, importable here still
 from .config_checks import ConfigChecks
 from .errors import ModelLoadError
 from .model import ModelInfo
@@ -23,69 +29,7 @@ if TYPE_CHECKING:
     from .model import Tokenizer
     from .params import Setting
     from .pooling import Head, Pooler
-
-
-class TaskPrompt(NamedTuple):
-    """A prompt name a checkpoint's own task answers to (:meth:`Architecture.task_prompts`).
-
-    Attributes:
-        adapter: the adapter of :meth:`Architecture.task_adapters` it runs.
-        prefix: the text it puts before each input (``""``: none).
-    """
-
-    adapter: str
-    prefix: str
-
-
-class ListwiseLayout:
-    """How a listwise reranker lays one query and many documents out in one prompt: what an
-    architecture names in :attr:`Architecture.listwise` for a scorer that reads it.
-
-    Each document's text in the prompt ends with :attr:`doc_token` and the query's with
-    :attr:`query_token`, after the documents; the architecture's ``token_embed`` head returns the
-    vectors at those tokens in prompt order (the documents', then the query's). Before the layout,
-    a query is cut to :attr:`max_query_tokens` tokens and a document to :attr:`max_doc_tokens`
-    (and decoded back); a prompt holds at most :attr:`block_size` documents.
-    """
-
-    doc_token: ClassVar[str] = ""
-    query_token: ClassVar[str] = ""
-    max_query_tokens: ClassVar[int] = 0
-    max_doc_tokens: ClassVar[int] = 0
-    block_size: ClassVar[int] = 0
-
-    def prompt(self, query: str, documents: list[str], instruction: str | None) -> str:
-        """The prompt text of ``query`` with ``documents`` (already cut), and an optional instruction;
-        each text passed through :meth:`sanitize`."""
-        raise NotImplementedError
-
-    @property
-    def special_tokens(self) -> tuple[str, ...]:
-        """The tokens whose vectors the head returns, which no input text may hold."""
-        return tuple(t for t in (self.doc_token, self.query_token) if t)
-
-    def sanitize(self, text: str) -> str:
-        """``text`` with no :attr:`special_tokens` left in it, each of which would add a vector of its
-        own and shift every score of its prompt.
-
-        Removed to a fixed point, not once: removing a nested token (``<|embed<|embed_token|>_token|>``)
-        joins the text around it into another. Linear in the text, however deep the nesting.
-        """
-        tokens = self.special_tokens
-        for token in tokens:  # the usual case: no token, or tokens that removing once does away with
-            text = text.replace(token, "")
-        if not any(token in text for token in tokens):
-            return text
-        ends = {token[-1] for token in tokens}
-        out: list[str] = []  # holds no token at any step: one can only end at the character just added
-        for char in text:
-            out.append(char)
-            if char in ends:
-                for token in tokens:
-                    if len(out) >= len(token) and "".join(out[-len(token):]) == token:
-                        del out[-len(token):]
-                        break
-        return "".join(out)
+    from .sentence_transformers import TokenPoolingSpec
 
 
 class Architecture(torch.nn.Module):
@@ -96,7 +40,9 @@ class Architecture(torch.nn.Module):
     and task heads take it from there.
 
     Subclasses set the class attributes that describe them and implement ``load_weights`` and
-    ``forward``.
+    ``forward``; what a family does beyond that (sharing prefixes, carrying task adapters, a
+    listwise layout, ...) is a capability it opts into by naming it among its bases
+    (:mod:`poolkit.contracts.capabilities`).
 
     Example:
         >>> class StaticModel(Architecture):
@@ -117,8 +63,6 @@ class Architecture(torch.nn.Module):
     #: Defaults for :class:`PoolerConfig` fields the user leaves unset (say ``step_tag_id`` of a
     #: process reward model, or ``use_activation: False`` for raw rewards).
     default_pooler_config: ClassVar[dict[str, Any]] = {}
-    #: Whether the model consumes token type (segment) ids.
-    uses_token_type_ids: ClassVar[bool] = False
     #: What prompts the model reads: ``"text"`` (token ids), and ``"image"`` (or ``"video"``) for
     #: models that read pixels: a dual encoder's image-only prompts (``batch.extras["pixel_values"]``,
     #: CLIP), or a vision-language model's prompts of text and images (see :attr:`media_processor`).
@@ -132,32 +76,12 @@ class Architecture(torch.nn.Module):
     #: order). ``None`` (the default): image prompts are image-only and run as one-token sequences
     #: (CLIP, SigLIP).
     media_processor: ClassVar[type[IOProcessor] | str | None] = None
-    #: Architectures this one stands in for where poolkit cannot run them (checkpoints that ship
-    #: only remote code, which poolkit never runs), each with a checkpoint to suggest: the error
-    #: that refuses such a model names this architecture and that checkpoint. For instance
-    #: ``{"Phi3VForCausalLM": "Qwen/Qwen3-VL-Embedding-2B"}``.
-    alternative_for: ClassVar[Mapping[str, str]] = {}
-    #: Names registered for other architectures that this one serves when the checkpoint's
-    #: ``config.json`` holds the given values, as published checkpoints of another layout use
-    #: them: ``{"XLMRobertaModel": {"position_embedding_type": "rotary"}}`` (jina-embeddings-v3
-    #: is published as ``XLMRobertaModel``; vLLM builds its Jina model from that name on the same
-    #: config value). A claim wins over the name's own registration.
-    claims: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
     #: The tasks this architecture may serve, or ``None`` for all whose heads it can feed (a
     #: late-interaction model offers ``token_embed`` only, say).
     pooling_tasks: ClassVar[frozenset[str] | None] = None
     #: How :meth:`LLM.score` compares texts with this model (``"late-interaction"`` for MaxSim),
     #: or ``None`` to derive it from the tasks (cross-encoder, else bi-encoder).
     score_type: ClassVar[str | None] = None
-    #: How a listwise reranker lays a query and many documents out in one prompt (jina-reranker-v3),
-    #: for a scorer that reads it (the built-in ``listwise`` scorer); ``None`` for every other model.
-    listwise: ClassVar[ListwiseLayout | None] = None
-    #: Whether :meth:`lm_head` is a masked-LM head, whose logits at a token are a distribution
-    #: over what that token itself is (``BertForMaskedLM``). Such a head is the token classifier
-    #: of a model with no :meth:`token_classifier`: every token's softmax over the vocabulary, as vLLM
-    #: serves a masked LM's token task. A causal LM's next-token head is none (``False``, the
-    #: default): only ``STEP`` process rewards read it.
-    masked_lm_head: ClassVar[bool] = False
     #: How the model runs, for ``poolkit info``: ``"native"`` (packed, poolkit's own code) or,
     #: for instance, ``"fallback (transformers)"``.
     implementation: ClassVar[str] = "native"
@@ -171,13 +95,6 @@ class Architecture(torch.nn.Module):
     #: ``<Prefix>ForMaskedLM``, ``<Prefix>ForCausalLM`` and the other suffixes of
     #: :data:`poolkit.config.conversion.CONVERTIBLE_SUFFIXES`.
     base_architecture: ClassVar[str | None] = None
-    #: The transformers ``model_type`` whose config class reads this architecture's ``config.json``
-    #: when the file names a ``model_type`` transformers does not know (a checkpoint written for
-    #: remote code, such as ``llama_bidirec`` read as ``llama``); ``None`` reads it as a plain config.
-    config_model_type: ClassVar[str | None] = None
-    #: Dtypes this architecture refuses to run in, by name (``"float16"``), with the reason the
-    #: error gives (Gemma 2 and 3 overflow in fp16, as vLLM says).
-    unsupported_dtypes: ClassVar[Mapping[str, str]] = {}
     #: Whether the engine may pad a packed batch with one-token filler sequences
     #: (:meth:`PackedBatch.with_filler`) to the row count the kernels ask for
     #: (:func:`poolkit.kernel_rows`), taking back only the first ``num_tokens`` rows of the
@@ -200,44 +117,6 @@ class Architecture(torch.nn.Module):
         the projections of fused layers (a linear module with ``parts``)."""
         return None
 
-    #: Whether the states of a prompt's first tokens depend on those tokens alone (causal attention,
-    #: positions from 0, no sliding window, nothing read off a sequence's length), so that prompts
-    #: which begin alike have them computed once (:mod:`poolkit.runtime.prefix`). Such an
-    #: architecture honours :attr:`PackedBatch.starts` (its positions do) and runs its attention
-    #: through ``batch.prefix.attention(op, device)`` when ``batch.prefix`` is set. An instance
-    #: may decide from its config (a decoder with ``is_causal: false`` shares none).
-    shares_prefixes: ClassVar[bool] = False
-    #: For a vision-language model with :attr:`shares_prefixes`: the token ids whose rows its media
-    #: features fill (set per instance from its config). Prompts with media then share prefixes
-    #: that never split their media: a prefix ends before a prompt's first such token (text alone,
-    #: run without the media) or holds them all (kept apart by the media). The architecture reads,
-    #: in each sequence's media dict, only what describes that sequence's tokens: a ``positions``
-    #: tensor (``[..., tokens]``) is cut to them, and the other tensors (pixels, grids) are there
-    #: only where the sequence holds the placeholders. Empty (the default): prompts with media share none.
-    placeholder_tokens: ClassVar[frozenset[int]] = frozenset()
-    #: The adapter of :meth:`task_adapters` that a prompt naming no task runs (jina-embeddings-v3:
-    #: ``text-matching``, as vLLM merges it); ``None`` runs the base weights.
-    default_task_adapter: ClassVar[str | None] = None
-
-    def task_adapters(self) -> Mapping[str, Mapping[str, tuple[torch.Tensor, torch.Tensor]]]:
-        """LoRA adapters the checkpoint itself carries, one per task (jina-embeddings-v3's
-        ``retrieval.query``, ``retrieval.passage``, ``separation``, ``classification``,
-        ``text-matching``), kept in memory once and mixed in a batch as any adapter
-        (:mod:`poolkit.lora`): task name -> checkpoint layer name -> ``(A [r, in], B [out, r])``,
-        the layer's scaling folded into ``B``; an embedding table's ``A`` is ``[r, vocab]``. A
-        request picks one by its prompt name (``prompt_name``, the ``task`` of Jina's API). Called
-        once, after :meth:`load_weights`; the default carries none."""
-        return {}
-
-    def task_prompts(self) -> Mapping[str, TaskPrompt]:
-        """The prompt names the checkpoint's own tasks answer to, each with its adapter and the text
-        it puts before an input (jina-embeddings-v5: Jina's API task ``retrieval.query`` runs the
-        ``retrieval`` adapter with ``"Query: "`` first), beside the sentence-transformers prompts
-        (whose text wins for a name in both). A request's ``prompt_name`` (Jina's ``task``) picks
-        one. Called after :meth:`load_companion_files`; the default has none: a prompt name runs
-        the adapter of that name, if any."""
-        return {}
-
     def role_prompts(self, texts: list[str], input_type: str, model: LoadedModel) -> Sequence[Prompt] | None:
         """``texts`` as the checkpoint's queries or documents (``input_type``: ``"query"`` or
         ``"document"``, already checked), for a multi-vector retriever that writes its two sides its own
@@ -245,15 +124,6 @@ class Architecture(torch.nn.Module):
         default): the model has no sides of its own, and a ColBERT checkpoint's are its IO processor's
         (markers, lengths, query expansion)."""
         return None
-
-    def pool_start(self, token_ids: Sequence[int]) -> int:
-        """How many leading tokens of a prompt of ``token_ids`` sequence pooling leaves out (the
-        instruction of an instruction-following embedder, GritLM's ``<|user|>...<|embed|>``);
-        positions and attention still count them. Called once per prompt, after tokenization and
-        truncation, only for an architecture that overrides it; the default leaves out none. A
-        sentence-transformers prompt excluded with ``include_prompt: false`` is left out too
-        (the larger of the two counts)."""
-        return 0
 
     @classmethod
     def check_config(
@@ -408,8 +278,9 @@ class Architecture(torch.nn.Module):
         the checkpoint has none (the default).
 
         The logits are ``config.vocab_size`` wide. Their presence makes the ``sparse_embed`` task
-        (SPLADE) available: the task builds its head from them. With :attr:`masked_lm_head` they
-        also classify tokens when the model has no :meth:`token_classifier`.
+        (SPLADE) available: the task builds its head from them. On a
+        :class:`~poolkit.contracts.capabilities.MaskedLMHead` they also classify tokens when the
+        model has no :meth:`token_classifier`.
         """
         return None
 
@@ -529,6 +400,12 @@ class LoadedModel(ModelInfo, Protocol):
 
     def head(self, task: TaskSpec) -> Head | None:
         """The head serving ``task`` (:meth:`Architecture.task_head`, else the task's), built once."""
+        ...
+
+    @property
+    def token_pooling(self) -> TokenPoolingSpec | None:
+        """How documents' token vectors are pooled when a request sets no ``token_pool_factor``
+        (``--token-pool-factor``, else the checkpoint's ``HierarchicalTokenPooling``), or ``None``."""
         ...
 
 

@@ -126,7 +126,7 @@ class PromptBatch(Sequence[Prompt]):
                 prefix = self.prompt_prefix
                 self._objects = [Prompt(text=t, prompt_prefix=prefix, add_special_tokens=special) for t in self.texts]
             else:
-                self._objects = [Prompt(token_ids=ids, add_special_tokens=special) for ids in self.token_ids]
+                self._objects = [Prompt(token_ids=ids, add_special_tokens=special) for ids in self.token_ids or ()]
             self.texts = self.token_ids = None
         return self._objects
 
@@ -136,7 +136,7 @@ class PromptBatch(Sequence[Prompt]):
             if self.texts is not None:
                 self.prompt_prefix = prefix
             return
-        for p in self._objects:
+        for p in self.objects():
             if p.text is not None:
                 p.prompt_prefix = prefix
 
@@ -145,7 +145,7 @@ class PromptBatch(Sequence[Prompt]):
         if self.columnar:
             self.add_special_tokens = special
             return
-        for p in self._objects:
+        for p in self.objects():
             p.add_special_tokens = special
 
     def __len__(self) -> int:

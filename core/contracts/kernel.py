@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import inspect
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import Callable, TypeVar
 
 import torch
@@ -41,6 +42,31 @@ def _hadamard(block: int, device: torch.device) -> torch.Tensor:
     return ((1 - 2 * parity).float() / block**0.5).to(device)
 
 
+class KernelPriority(IntEnum):
+    """The ranks the built-in kernels take among the kernels of an op (:attr:`Kernel.priority`), named for
+    what puts a kernel there. ``Kernel`` takes any int: a plugin places its kernel at, between or above
+    these (``poolkit plugins --all`` shows every kernel's rank and what it is selected for)."""
+
+    #: Runs and is tested, but is slower than the reference on this CPU, so only a call by name takes it
+    #: (oneDNN's ``linear_act`` and ``gated_linear`` where torch does not dispatch to AVX-512).
+    BELOW_REFERENCE = -10
+    #: The pure-torch reference, registered for ``"any"`` device: what runs where nothing ranks higher.
+    REFERENCE = 0
+    #: Faster than the reference on the CPU, and below any compiled kernel of its op that runs: torch's ops
+    #: arranged better (packed MaxSim, SPLADE's maximum before its activation, prefix attention as two flash
+    #: attentions), or a compiled kernel's lesser build (attention on AVX-512's vector units, below AMX's tiles).
+    FAST_PATH = 5
+    #: A compiled kernel or a library's: C built for this CPU (``kernels/*.c``), oneDNN, Triton and
+    #: FlashAttention on CUDA.
+    COMPILED = 10
+    #: A compiled kernel for a CPU tier that beats a library's general code there, below the top tier (the
+    #: int8 layer on AVX512-VNNI, over oneDNN's int8 matmul).
+    SPECIALIZED = 15
+    #: The top of an op: the AMX tiles' layers, over oneDNN's and VNNI's; where the example plugin puts its
+    #: override of ``segment_pool``, above that op's built-ins.
+    TOP = 20
+
+
 @dataclass(frozen=True)
 class Kernel:
     """One implementation of an op.
@@ -54,7 +80,8 @@ class Kernel:
             against with :func:`implements`.
         device: device type ``fn`` runs on (``"cpu"``, ``"cuda"``) or ``"any"``.
         priority: higher wins among available kernels for the same op and device; on a tie, a
-            kernel for the exact device type beats an ``"any"`` one.
+            kernel for the exact device type beats an ``"any"`` one. The built-in kernels rank at a
+            :class:`KernelPriority`; kept as a plain ``int``.
         is_available: whether ``fn`` can run in this process (a library is installed, ...).
         row_bucket: the row count (first dimension) this kernel would rather see than ``n``,
             at least ``n``; ``None`` takes any count. A kernel that compiles or caches per input
@@ -68,11 +95,12 @@ class Kernel:
     fn: Callable
     reference: Callable | None = None
     device: str = "any"
-    priority: int = 0
+    priority: int = KernelPriority.REFERENCE
     is_available: Callable[[], bool] = lambda: True
     row_bucket: Callable[[int], int] | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "priority", int(self.priority))
         if self.reference is None:
             declared = getattr(self.fn, "reference", None)
             if declared is None:
@@ -98,7 +126,7 @@ def implements(reference: Callable) -> Callable[[F], F]:
                 f"reference {reference.__qualname__}{inspect.signature(reference)}"
             )
         fn.__annotations__ = dict(reference.__annotations__)
-        fn.reference = reference
+        setattr(fn, "reference", reference)
         return fn
 
     return declare

@@ -237,8 +237,9 @@ class MediaProcessor(IOProcessor):
             InvalidRequest: a kind's placeholders miscounted.
         """
         replacements = self.replacements(model)
+        pieces: list[Any]
         if all(isinstance(r.target, str) for r in replacements):
-            pieces, slots = _split_text(text, {r.target: r.modality for r in replacements})
+            pieces, slots = _split_text(text, {str(r.target): r.modality for r in replacements})
         else:
             ids = model.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
             pieces, slots = _split_ids(ids, {int(r.target): r.modality for r in replacements})
@@ -367,7 +368,7 @@ class MediaProcessor(IOProcessor):
     @staticmethod
     def _name(replacement: PromptReplacement, model: ModelInfo) -> str:
         target = replacement.target
-        return target if isinstance(target, str) else model.tokenizer.convert_ids_to_tokens(int(target))
+        return target if isinstance(target, str) else str(model.tokenizer.convert_ids_to_tokens(int(target)))
 
     def _default(self, replacement: PromptReplacement, model: ModelInfo) -> str:
         return replacement.default if replacement.default is not None else self._name(replacement, model)
@@ -389,7 +390,9 @@ def _split_ids(ids: Sequence[int], targets: Mapping[int, str]) -> tuple[list[lis
 
 def _split_text(text: str, targets: Mapping[str, str]) -> tuple[list[str], list[str]]:
     """A text cut at the target texts: the pieces between them and the kind of each target."""
-    pieces, slots, at = [], [], 0
+    pieces: list[str] = []
+    slots: list[str] = []
+    at = 0
     while True:
         found = [(text.find(target, at), target) for target in targets]
         found = [(pos, target) for pos, target in found if pos >= 0]

@@ -4,8 +4,7 @@ Each request model lives beside the route that serves it (``EmbeddingRequest`` i
 :mod:`poolkit.entrypoints.server.routes_openai`, vLLM's in ``routes_vllm``, Cohere's in
 ``routes_cohere``, TEI's in ``routes_tei``); this module holds what several of them take: the JSON
 schemas of the inputs, the field groups (the model name, truncation, chat messages, the
-activation, the tensor encoding) and the input types with their checks. The old import path of a
-model that moved still gives it (``from poolkit.protocol import EmbeddingRequest``).
+activation, the tensor encoding) and the input types with their checks.
 
 The models describe the API in ``/openapi.json`` and do the structural checks: strict types (no
 ``"256"`` for an integer, no ``1.0`` for a boolean), closed value sets (``encoding_format``,
@@ -21,7 +20,6 @@ character, no list without an item, ...), so generated clients refuse what the s
 
 from __future__ import annotations
 
-from importlib import import_module
 from typing import Annotated, Any, Dict, List, Literal, Optional, Union
 
 from pydantic import (
@@ -251,14 +249,3 @@ class EncodingFields(BaseModel):
     @classmethod
     def _null_is_default(cls, value: Optional[str], info: Any) -> str:
         return cls.model_fields[info.field_name].default if value is None else value
-
-
-def __getattr__(name: str) -> Any:
-    """A request model that moved beside its route, asked for by this module's path (the names
-    and their homes: ``poolkit.MOVED_NAMES["poolkit.protocol"]``)."""
-    from .. import MOVED_NAMES
-
-    moved = MOVED_NAMES["poolkit.protocol"].get(name)
-    if moved is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(import_module(moved[0]), moved[1])

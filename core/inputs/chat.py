@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import json
 import re
-
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Mapping, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Coroutine, Mapping, NamedTuple, Protocol, Sequence
 
 from ..contracts.errors import InvalidRequest, short
-from ..contracts.io import check_text
+from ..contracts.io import Prompt, check_text
 from ..runtime.estimates import tokens_of_text
 
 if TYPE_CHECKING:
@@ -310,3 +309,60 @@ def conversations(prompts: Any, messages: Any, chat_template: str | None = None)
     if all(isinstance(m, (list, tuple)) for m in messages):
         return [Chat(list(m), where=f"messages[{i}]", instead="prompts", chat_template=chat_template) for i, m in enumerate(messages)]
     return Chat(list(messages), instead="prompts", chat_template=chat_template)
+
+
+# -- where conversations render, and telling them from other inputs ------------------------------
+
+
+class Worker(Protocol):
+    """Where a conversation's rendering (its template and tokenizer) runs: the server's runs it on the
+    thread that tokenizes, admitted by its cost in tokens."""
+
+    async def run(self, work: Callable[[], Any], cost: int) -> Any:
+        """``work()``'s value, run where this worker runs renderings."""
+
+
+class Inline:
+    """The :class:`Worker` of offline renderings: the work runs here, at once."""
+
+    async def run(self, work: Callable[[], Any], cost: int) -> Any:
+        return work()
+
+
+def settled(work: Coroutine[Any, Any, Any]) -> Any:
+    """The value of a coroutine that never waits (an offline rendering run inline), without an event loop."""
+    try:
+        work.send(None)
+    except StopIteration as done:
+        return done.value
+    work.close()
+    raise RuntimeError("an offline rendering waited for something")
+
+
+def as_prompt(item: Any) -> Prompt:
+    """An input (a text, ``{"prompt_token_ids": [...]}`` or a prompt) as a prompt, for estimates only."""
+    if isinstance(item, Prompt):
+        return item
+    if isinstance(item, dict) and isinstance(item.get("prompt_token_ids"), list):
+        return Prompt(token_ids=item["prompt_token_ids"])
+    return Prompt(text=item if isinstance(item, str) else "")
+
+
+def is_chat(item: Any) -> bool:
+    """Whether an input is a conversation: a :class:`Chat`, or ``{"messages": [...]}``."""
+    return isinstance(item, Chat) or (isinstance(item, dict) and "messages" in item)
+
+
+def chat_items(inputs: Any) -> list[Any]:
+    """Inputs as a list: one conversation alone, or the items given."""
+    return [inputs] if is_chat(inputs) else list(inputs)
+
+
+def has_chat(inputs: Any) -> bool:
+    """Whether ``inputs`` hold a conversation; texts and token ids are told apart in bulk (the hot path)."""
+    if not isinstance(inputs, (list, tuple)):
+        return is_chat(inputs)
+    kinds = {type(item) for item in inputs}
+    if not kinds & {dict, Chat}:
+        return False
+    return any(isinstance(item, Chat) or (isinstance(item, dict) and "messages" in item) for item in inputs)

@@ -1,22 +1,17 @@
 """Per-request parameters: what ``pooling_params`` and ``tokenization_kwargs`` a caller gave, turned
 into one verified :class:`~poolkit.contracts.params.PoolingParams` per prompt (``LLM.check_params``),
-and :func:`prepare`, a request's prompts and their parameters together (``LLM.prepare``)."""
+the one rule both the renderer's door (:meth:`poolkit.inputs.Renderer.render`) and
+``LLM.check_params`` apply."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any
 
 from ..contracts.errors import InvalidRequest
-from ..contracts.io import Prompt
 from ..contracts.params import LateChunkingParams, PoolingParams
-from ..contracts.tasks import Task
 from ..loading.model import PoolingModel
-from ..lora.manager import adapted_params
 from ..plugins.manager import registry
 from ..runtime.engine import Engine
-
-if TYPE_CHECKING:
-    from .renderer import Renderer
 
 _TOKENIZATION_KWARGS = ("truncate_prompt_tokens", "truncation_side")
 
@@ -108,32 +103,3 @@ def check_params(
         verified[id(given_p)] = p
         out.append(p)
     return out
-
-
-
-def prepare(
-    renderer: Renderer, engine: Engine, task: Task, prompts: Any, pooling_params: Any = None, *,
-    tokenization_kwargs: dict[str, Any] | None = None, prompt_name: str | None = None, prefix: str | None = None,
-    lora_request: Any = None, messages: Any = None, chat_template: str | None = None,
-) -> tuple[Sequence[Prompt], list[PoolingParams]]:
-    """A request's prompts (:meth:`Renderer.request`) and one verified :class:`PoolingParams` each,
-    under its LoRA adapter (a task the checkpoint carries an adapter for picks it, jina-v3) and its
-    ``cache_salt``: everything ``LLM.prepare`` does but finding the task (its arguments are
-    ``LLM.prepare``'s)."""
-    model: PoolingModel = engine.model
-    kwargs = dict(tokenization_kwargs or {})
-    input_type = kwargs.pop("input_type", None)
-    parsed = renderer.request(
-        prompts, task, prompt_name=prompt_name, prefix=prefix, input_type=input_type,
-        add_special_tokens=kwargs.pop("add_special_tokens", None), messages=messages, chat_template=chat_template,
-    )
-    if lora_request is None and model.adapters is not None:
-        lora_request = model.adapters.own(prompt_name)
-    checked = check_params(model, engine, pooling_params, len(parsed), task.name, kwargs, input_type)
-    params = adapted_params(checked, lora_request, model.adapters)
-    params = renderer.salted(parsed, params)
-    if any(p.late_chunking_params is not None for p in params):
-        for index, (prompt, p) in enumerate(zip(parsed, params)):
-            if p.late_chunking_params is not None and prompt.token_ids is None and not prompt.text:
-                raise InvalidRequest(f"prompt {index}: {LateChunkingParams.NEEDS_TEXT}")
-    return parsed, params

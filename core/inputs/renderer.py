@@ -10,46 +10,26 @@ family's media processor (the architecture's :attr:`~poolkit.Architecture.media_
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Coroutine, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from ..contracts.errors import InvalidRequest, short
 from ..contracts.io import IOProcessor, Prompt, PromptBatch
-from ..contracts.params import PoolingParams
+from ..contracts.params import LateChunkingParams, PoolingParams
 from ..contracts.tasks import ROLES
+from ..lora.manager import adapted_params
 from ..plugins.lookup import registry
-from . import chat as chats
-from .chat import Chat
 from ..runtime.estimates import estimate_costs
+from ..runtime.tokenizing import as_read
+from . import chat as chats
+from .chat import Chat, Worker
 from .media import IMAGE_TOKEN_GUESS, MediaPolicy, check_image_url, image_values
+from .params import check_params
+from .request import PoolRequest, Rendered, Side
 
 if TYPE_CHECKING:
     from ..contracts.architecture import LoadedModel
     from ..contracts.tasks import Task
-
-class Worker(Protocol):
-    """Where a conversation's rendering (its template and tokenizer) runs: the server's runs it on the
-    thread that tokenizes, admitted by its cost in tokens."""
-
-    async def run(self, work: Callable[[], Any], cost: int) -> Any:
-        """``work()``'s value, run where this worker runs renderings."""
-
-
-class Inline:
-    """The :class:`Worker` of offline renderings: the work runs here, at once."""
-
-    async def run(self, work: Callable[[], Any], cost: int) -> Any:
-        return work()
-
-
-def _settled(work: Coroutine[Any, Any, Any]) -> Any:
-    """The value of a coroutine that never waits (an offline rendering run inline), without an event loop."""
-    try:
-        work.send(None)
-    except StopIteration as done:
-        return done.value
-    work.close()
-    raise RuntimeError("an offline rendering waited for something")
-
+    from ..runtime.engine import Engine
 
 class Renderer:
     """Turns a loaded model's inputs into its prompts.
@@ -99,6 +79,54 @@ class Renderer:
             max_messages=self.max_messages, template_hint=self.template_hint,
         )
         return Renderer(self.model, **{**current, **settings}, media_processor=self.media_processor)
+
+    # -- the door --------------------------------------------------------------------------------
+
+    def render(self, request: PoolRequest, engine: Engine) -> Rendered:
+        """The door: a request's prompts (:meth:`request`) and one :class:`PoolingParams` each,
+        checked for its task and side, under its LoRA adapter (or the one the checkpoint carries for
+        its prompt name, jina-v3) and each prompt's ``cache_salt``, for ``engine`` to run."""
+        model = engine.model
+        task = model.task(request.task)
+        parsed = self.request(
+            request.inputs, task, prompt_name=request.prompt_name, prefix=request.prefix, input_type=request.input_type,
+            add_special_tokens=request.add_special_tokens, messages=request.messages, chat_template=request.chat_template,
+        )
+        lora_request = request.lora_request
+        if lora_request is None and model.adapters is not None:
+            lora_request = model.adapters.own(request.prompt_name)
+        checked = check_params(model, engine, request.params, len(parsed), task.name, request.truncation, request.input_type)
+        params = self.salted(parsed, adapted_params(checked, lora_request, model.adapters))
+        if any(p.late_chunking_params is not None for p in params):
+            for index, (prompt, p) in enumerate(zip(parsed, params)):
+                if p.late_chunking_params is not None and prompt.token_ids is None and not prompt.text:
+                    raise InvalidRequest(f"prompt {index}: {LateChunkingParams.NEEDS_TEXT}")
+        return Rendered(task, parsed, params)
+
+    # -- the tokenizer's door (the tokenize and detokenize routes) ------------------------------
+
+    def tokenize(self, text: str, *, add_special_tokens: bool = True, prefix: str | None = None, offsets: bool = False) -> Any:
+        """The tokenizer's encoding of ``text`` as the model reads it (``prefix`` before it, lower
+        case where the model wants it: :func:`~poolkit.runtime.tokenizing.as_read`), its
+        ``input_ids`` and, with ``offsets``, each token's character span and whether it is special."""
+        read = as_read(self.model, [text], prefix)[0]
+        extra = {"return_offsets_mapping": True, "return_special_tokens_mask": True} if offsets else {}
+        return self.model.tokenizer(read, add_special_tokens=add_special_tokens, verbose=False, **extra)
+
+    def token_strings(self, ids: Sequence[int]) -> list[str]:
+        """The tokenizer's string of each token id."""
+        return list(self.model.tokenizer.convert_ids_to_tokens(list(ids)))
+
+    def detokenize(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+        """The text of token ids.
+
+        Raises:
+            InvalidRequest: ids the tokenizer cannot map.
+        """
+        try:
+            return self.model.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
+        except (OverflowError, ValueError, TypeError) as exc:
+            raise InvalidRequest(f"cannot decode the tokens: {short(exc, 200)}") from None
 
     # -- what the model reads --------------------------------------------------------------------
 
@@ -173,6 +201,32 @@ class Renderer:
             raise InvalidRequest(f"{given} This model does not define any input_type task instructions.", param="input_type")
         raise InvalidRequest(f"{given} Supported values: {', '.join(known)}", param="input_type")
 
+    def side(self, task: Task, input_type: str | None, aliases: Sequence[str] = ()) -> Side:
+        """A request's ``input_type`` as what runs it, the one rule of every surface.
+
+        For a task that takes sides (token vectors, ``token_embed``) it is the retrieval side,
+        ``"query"`` or ``"document"``, as the model encodes it (:meth:`role_prompts`); for any other
+        task it names one of the model's prompts or task instructions, as vLLM's and Cohere's
+        ``input_type`` does (:meth:`input_type`), or a side of a retriever that writes its sides
+        itself for every task (BGE-M3's dense vectors: :meth:`own_sides`). ``aliases``: the names
+        that say the same in a sentence-transformers config, in order of preference, for an
+        ``input_type`` the model does not know (Cohere's ``search_query``: ``query``).
+
+        Raises:
+            InvalidRequest: a role the model has neither (Cohere's wording).
+        """
+        if input_type is None:
+            return Side(None, None, None)
+        known = self.input_types
+        if aliases and input_type not in known:
+            if not set(known) & set(aliases) and self.own_sides(aliases[0]):  # a retriever's own side
+                input_type = aliases[0]
+            else:
+                input_type = next((name for name in aliases if name in known), input_type)
+        if task.takes_input_type or (input_type not in known and self.own_sides(input_type)):
+            return Side(None, None, input_type)
+        return Side(*self.input_type(input_type), None)
+
     @property
     def _instructions(self) -> dict[str, Any]:
         return dict(getattr(self.model.hf_config, "task_instructions", None) or {})
@@ -187,8 +241,8 @@ class Renderer:
         the prompt name's prefix set (or ``prefix``, a prompt's text given as it is, ``""`` for none),
         their media pre-processed by the model's media processor. ``chat_options`` are :class:`Chat`'s
         fields for ``{"messages": [...]}`` inputs."""
-        if _has_chat(inputs):
-            inputs = [self.chat_prompt(self.chat(item, chat_options, i)) if _is_chat(item) else item for i, item in enumerate(_items(inputs))]
+        if chats.has_chat(inputs):
+            inputs = [self.chat_prompt(self.chat(item, chat_options, i)) if chats.is_chat(item) else item for i, item in enumerate(chats.chat_items(inputs))]
         parsed = self._with_media(PromptBatch.of(registry("io_processor").get("text").pre_process(inputs)))
         prefix = self.prefix(prompt_name) if prefix is None else prefix
         if prefix:
@@ -277,7 +331,7 @@ class Renderer:
     def guess_tokens(self, inputs: Sequence[Any]) -> int:
         """Tokens of a request's inputs (texts, ``{"prompt_token_ids": [...]}``, prompts with media)
         guessed before they are prepared: what the server admits work on the worker thread by."""
-        return sum(estimate_costs([_as_prompt(item) for item in inputs])) + self.media_cost(inputs)
+        return sum(estimate_costs([chats.as_prompt(item) for item in inputs])) + self.media_cost(inputs)
 
     @staticmethod
     def chat(item: Any, options: dict[str, Any] | None = None, index: int | None = None) -> Chat:
@@ -298,12 +352,12 @@ class Renderer:
         """One conversation as a prompt, rendered here: its token ids (``{"prompt_token_ids": ...}``),
         or with media parts a prompt of its text and media (data URIs and vLLM's offline ``image_pil``
         parts; remote URLs are fetched by the server, :meth:`chat_prompt_async`)."""
-        return _settled(self._chat_prompt(chat, Inline(), offline=True))
+        return chats.settled(self._chat_prompt(chat, chats.Inline(), offline=True))
 
     async def chat_prompt_async(self, chat: Chat, worker: Worker | None = None) -> Any:
         """:meth:`chat_prompt` for the server: every check before any work, remote media fetched
         under the media policy, the rendering and tokenizing run by ``worker`` (on the thread that tokenizes)."""
-        return await self._chat_prompt(chat, worker or Inline(), offline=False)
+        return await self._chat_prompt(chat, worker or chats.Inline(), offline=False)
 
     async def _chat_prompt(self, chat: Chat, worker: Worker, offline: bool) -> Any:
         """The one rendering of a conversation: the checks, the media (``offline``: data URIs and
@@ -443,30 +497,3 @@ class Renderer:
                     if kind in p.extras:
                         count += len(p.extras[kind]) if isinstance(p.extras[kind], list) else 1
         return IMAGE_TOKEN_GUESS * count
-
-
-def _as_prompt(item: Any) -> Prompt:
-    """An input (a text, ``{"prompt_token_ids": [...]}`` or a prompt) as a prompt, for estimates only."""
-    if isinstance(item, Prompt):
-        return item
-    if isinstance(item, dict) and isinstance(item.get("prompt_token_ids"), list):
-        return Prompt(token_ids=item["prompt_token_ids"])
-    return Prompt(text=item if isinstance(item, str) else "")
-
-
-def _is_chat(item: Any) -> bool:
-    return isinstance(item, Chat) or (isinstance(item, dict) and "messages" in item)
-
-
-def _items(inputs: Any) -> list[Any]:
-    return [inputs] if _is_chat(inputs) else list(inputs)
-
-
-def _has_chat(inputs: Any) -> bool:
-    """Whether ``inputs`` hold a conversation; texts and token ids are told apart in bulk (the hot path)."""
-    if not isinstance(inputs, (list, tuple)):
-        return _is_chat(inputs)
-    kinds = {type(item) for item in inputs}
-    if not kinds & {dict, Chat}:
-        return False
-    return any(isinstance(item, Chat) or (isinstance(item, dict) and "messages" in item) for item in inputs)

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..contracts.capabilities import BorrowsConfig
 from ..contracts.config_checks import check_common_sizes, overridden_fields
 from ..contracts.errors import ModelLoadError
 from ..plugins.manager import registry
@@ -54,11 +55,13 @@ def load_hf_config(path: Path, overrides: dict[str, Any]) -> PretrainedConfig:
 
 
 def _config_model_type(raw: dict[str, Any]) -> str | None:
-    """The ``config_model_type`` of the first registered architecture ``raw`` names, if any."""
+    """The ``config_model_type`` of the first registered architecture ``raw`` names, if it is a
+    :class:`~poolkit.contracts.capabilities.BorrowsConfig`."""
     archs = registry("architecture")
     for name in raw.get("architectures") or []:
         if isinstance(name, str) and name in archs:
-            return archs.get(name).config_model_type
+            cls = archs.get(name)
+            return cls.config_model_type if isinstance(cls, BorrowsConfig) else None
     return None
 
 

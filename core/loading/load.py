@@ -20,6 +20,7 @@ from ..config.devices import head_dtype, resolve_device, resolve_dtype
 from ..config.model_impl import MODEL_IMPLS, TRANSFORMERS_IMPLEMENTATION
 from ..contracts.architecture import Architecture, check_architecture
 from ..contracts.batch import PackedBatch
+from ..contracts.capabilities import ClaimsNames, RefusesDtypes, StandsIn
 from ..contracts.checkpoint import Checkpoint
 from ..contracts.config_checks import overridden_fields
 from ..contracts.errors import InvalidRequest, ModelLoadError
@@ -94,9 +95,10 @@ def _pick_architecture(
 
 
 def _claimant(name: str, config: PretrainedConfig) -> type[Architecture] | None:
-    """The registered architecture that claims ``name`` for this config (:attr:`Architecture.claims`), or ``None``."""
+    """The registered architecture that claims ``name`` for this config
+    (:class:`~poolkit.contracts.capabilities.ClaimsNames`), or ``None``."""
     for entry in registry("architecture").entries():
-        wanted = entry.obj.claims.get(name)
+        wanted = entry.obj.claims.get(name) if isinstance(entry.obj, ClaimsNames) else None
         if wanted and all(getattr(config, key, None) == value for key, value in wanted.items()):
             logger.info("serving %s with %s: its config has %s", name, entry.obj.__name__,
                         ", ".join(f"{k}={v!r}" for k, v in wanted.items()))
@@ -105,11 +107,12 @@ def _claimant(name: str, config: PretrainedConfig) -> type[Architecture] | None:
 
 
 def _alternatives(names: list[str]) -> str | None:
-    """What the registered architectures suggest instead of ``names`` (:attr:`Architecture.alternative_for`), or ``None``."""
+    """What the registered architectures suggest instead of ``names``
+    (:class:`~poolkit.contracts.capabilities.StandsIn`), or ``None``."""
     archs = registry("architecture")
     for name in names:
         for entry in archs.entries():
-            checkpoint = entry.obj.alternative_for.get(name)
+            checkpoint = entry.obj.alternative_for.get(name) if isinstance(entry.obj, StandsIn) else None
             if checkpoint:
                 return f"{name} is not supported; use {entry.name} instead, such as {checkpoint}"
     return None
@@ -189,7 +192,7 @@ def load_model(args: EngineArgs) -> PoolingModel:
                 + (instead or "use a checkpoint whose architecture poolkit or an installed plugin implements")
             ) from None
         raise
-    refused = arch_cls.unsupported_dtypes.get(str(torch_dtype).removeprefix("torch."))
+    refused = arch_cls.unsupported_dtypes.get(str(torch_dtype).removeprefix("torch.")) if isinstance(arch_cls, RefusesDtypes) else None
     if refused:
         raise ModelLoadError(
             f"The model type '{getattr(hf_config, 'model_type', arch_name)}' does not support "

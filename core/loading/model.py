@@ -294,14 +294,13 @@ class PoolingModel:
 
     @property
     def prompts(self) -> dict[str, str]:
-        """The sentence-transformers prompts by name, and the tasks of the checkpoint's own adapters
-        (:meth:`~poolkit.contracts.architecture.Architecture.task_adapters`) that they lack, with no
-        text: a request names its task by prompt name even where the checkpoint ships no prompts
-        (jina-embeddings-v3-hf's PEFT adapters); the architecture's task prompts
-        (:meth:`~poolkit.contracts.architecture.Architecture.task_prompts`) give theirs a text."""
+        """The sentence-transformers prompts by name, and the prompt names of the checkpoint's own
+        task adapters that they lack (:meth:`poolkit.lora.manager.Adapters.own_prompts`): a request
+        names its task by prompt name even where the checkpoint ships no prompts
+        (jina-embeddings-v3-hf's PEFT adapters)."""
         prompts = dict(self.st.prompts) if self.st is not None else {}
-        own = {name: prompt.prefix for name, prompt in self.architecture.task_prompts().items()}
-        return {**dict.fromkeys(self.architecture.task_adapters(), ""), **own, **prompts}
+        own = self.adapters.own_prompts() if self.adapters is not None else {}
+        return {**own, **prompts}
 
     @property
     def default_prompt_name(self) -> str | None:

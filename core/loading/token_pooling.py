@@ -13,7 +13,7 @@ Unpooled token vectors keep every token, as vLLM returns them.
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -21,6 +21,9 @@ from ..contracts.sentence_transformers import TokenPoolingSpec
 from ..contracts.tasks import ROLES
 from ..plugins.lookup import select_kernel
 from ..plugins.manager import registry
+
+if TYPE_CHECKING:
+    from ..contracts.architecture import LoadedModel
 
 __all__ = ["TokenPooling", "kept", "pool_tokens"]
 
@@ -59,7 +62,7 @@ class TokenPooling:
     An input encoded without a side counts as a document, as sentence-transformers counts one.
     """
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: LoadedModel) -> None:
         self.model = model
 
     @property

@@ -25,11 +25,12 @@ import collections
 import contextlib
 import itertools
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 
 import torch
 from torch import nn
 
+from ..contracts.capabilities import TaskAdapters
 from ..contracts.errors import InvalidRequest
 from .checkpoint import PeftCheckpoint, read_checkpoint
 from .injection import ActiveRuns, EmbeddingSlotStack, SavedModuleCopies, SlotStack, attach, attach_saved
@@ -205,7 +206,7 @@ class Adapters:
             self._loaded.move_to_end(name)
         return {name: self._loaded[name].slot for name in wanted}
 
-    def add_own(self, name: str, factors: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> LoRARequest:
+    def add_own(self, name: str, factors: Mapping[str, tuple[torch.Tensor, torch.Tensor]]) -> LoRARequest:
         """An adapter the model's checkpoint itself carries (jina-embeddings-v3's task adapters),
         kept in memory once: ``factors`` as :class:`PeftCheckpoint` holds them. Returns the request
         that names it (:meth:`own`); binding it later reads nothing from disk.
@@ -222,11 +223,25 @@ class Adapters:
         self._own[name] = checkpoint
         return request
 
+    def own_names(self) -> list[str]:
+        """The names of the checkpoint's own adapters (its tasks, jina-embeddings-v3's), in order."""
+        return list(self._own)
+
+    def own_prompts(self) -> dict[str, str]:
+        """The prompt names the checkpoint's own adapters answer to, each with the text it puts before
+        an input: every adapter's name (no text), and the architecture's task prompts
+        (:class:`~poolkit.contracts.capabilities.TaskAdapters`, jina-embeddings-v5's)."""
+        arch = self.model.architecture
+        prompts = arch.task_prompts() if isinstance(arch, TaskAdapters) else {}
+        return {**dict.fromkeys(self._own, ""), **{name: prompt.prefix for name, prompt in prompts.items()}}
+
     def own(self, name: str | None) -> LoRARequest | None:
         """The request of the checkpoint's own adapter ``name`` (:meth:`add_own`), or of the one its
         task prompt ``name`` runs (the architecture's ``task_prompts``); for ``None``, its default
         one (the architecture's ``default_task_adapter``); else ``None``."""
         arch = self.model.architecture
+        if not isinstance(arch, TaskAdapters):
+            return None
         prompts = arch.task_prompts()
         if name is None:
             name = arch.default_task_adapter
@@ -307,9 +322,10 @@ class Adapters:
 
 def model_adapters(model: LoadedModel, args: EngineArgs) -> Adapters | None:
     """The adapters of a loaded model: ``Adapters`` with ``enable_lora``, or when the checkpoint
-    carries adapters of its own (:meth:`~poolkit.contracts.architecture.Architecture.task_adapters`,
+    carries adapters of its own (:class:`~poolkit.contracts.capabilities.TaskAdapters`,
     jina-embeddings-v3's tasks), which are added and may all run in one batch; else ``None``."""
-    own = model.architecture.task_adapters()
+    arch = model.architecture
+    own = arch.task_adapters() if isinstance(arch, TaskAdapters) else {}
     if not args.enable_lora and not own:
         return None
     rank = max((a.shape[0] for factors in own.values() for a, _ in factors.values()), default=0)

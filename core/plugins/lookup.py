@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 import torch
 
 from ..contracts.errors import InvalidRequest, UnknownName
-from ..contracts.kernel import Kernel, check_kernel
+from ..contracts.kernel import Kernel, KernelPriority, check_kernel
 from .manager import get_manager, registry
 from .registries import Entry
 
@@ -19,10 +19,10 @@ if TYPE_CHECKING:
     from ..contracts.architecture import LoadedModel
     from ..contracts.scoring import Scorer
 
-#: ``Kernel`` and ``check_kernel`` are the contract (:mod:`poolkit.contracts.kernel`), named here
-#: too so that ``poolkit.kernel``, the documented path of the kernel names, offers all of them.
+#: ``Kernel``, ``KernelPriority`` and ``check_kernel`` are the contract (:mod:`poolkit.contracts.kernel`),
+#: named here too so that this module, the documented path of the kernel names, offers all of them.
 __all__ = [
-    "Kernel", "check_kernel", "kernel_for", "kernel_ops", "kernel_reference", "kernel_rows", "kernel_table",
+    "Kernel", "KernelPriority", "check_kernel", "kernel_for", "kernel_ops", "kernel_reference", "kernel_rows", "kernel_table",
     "option_owners", "row_planner", "select_kernel", "select_scorer",
 ]
 
@@ -117,7 +117,8 @@ def kernel_reference(op: str) -> Callable:
         UnknownName: no kernel of ``op`` is registered; the message lists the known ops.
 
     Example:
-        >>> Kernel(fn=my_segment_pool, reference=kernel_reference("segment_pool"), device="cpu", priority=20)
+        >>> Kernel(fn=my_segment_pool, reference=kernel_reference("segment_pool"), device="cpu",
+        ...        priority=KernelPriority.TOP)
     """
     entries = _op_entries(op)
     if not entries:

@@ -11,7 +11,7 @@ Three ways to put a plugin in front of poolkit, from lightest to most real:
   discovered plugin manager, undoing it all afterwards.
 
 With pytest installed this module also provides the ``fresh_plugins`` fixture; enable it with
-``pytest_plugins = ["poolkit.testing"]`` in a ``conftest.py``. Importing this module never
+``pytest_plugins = ["poolkit.plugins.testing"]`` in a ``conftest.py``. Importing this module never
 requires pytest.
 
 Example:

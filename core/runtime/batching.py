@@ -13,7 +13,7 @@ one batch waiting between them at most; otherwise the device would wait for ever
 tokenization. On the CPU both would share the same cores, and one thread does both.
 
 The work of a request queued under a :data:`TIMED_WORK` list (a traced request,
-:mod:`poolkit.entrypoints.server.tracing`; a TEI route's, :mod:`poolkit.entrypoints.server.compute_times`)
+:mod:`poolkit.entrypoints.server.tracing`; a TEI route's, :mod:`poolkit.entrypoints.serving.compute_times`)
 is stamped with the times of its phases (:class:`WorkTimes`); no other work is.
 """
 

@@ -14,6 +14,7 @@ import torch
 
 from ..contracts.architecture import Architecture
 from ..contracts.batch import cached_property, flatten_ids
+from ..contracts.capabilities import SkipsInstruction
 
 
 @dataclass
@@ -63,10 +64,10 @@ class Collector:
 
 def skip_instructions(arch: Architecture, tokens: "Tokens") -> "Tokens":
     """``tokens`` with each prompt's leading tokens that ``arch`` leaves out of pooling
-    (:meth:`~poolkit.contracts.architecture.Architecture.pool_start`, GritLM's instruction) added
+    (:class:`~poolkit.contracts.capabilities.SkipsInstruction`, GritLM's instruction) added
     to :attr:`Tokens.pool_skip`; unchanged for an architecture that leaves none out. The last
     token is always pooled."""
-    if type(arch).pool_start is Architecture.pool_start:
+    if not isinstance(arch, SkipsInstruction):
         return tokens
     known = tokens.pool_skip or [0] * len(tokens)
     skip = [max(k, min(arch.pool_start(ids), len(ids) - 1)) for k, ids in zip(known, tokens.ids)]

@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING, NamedTuple, Sequence
 import numpy as np
 
 from ..contracts.batch import cached_property, flatten_ids
+from ..contracts.capabilities import TakesTokenTypes
 from ..contracts.errors import InputTooLong, InvalidRequest
 from ..contracts.io import Prompt, PromptBatch
+from ..contracts.model import ModelInfo
 from ..contracts.params import PoolingParams
 from ..contracts.tasks import Task
 from ..loading.model import PoolingModel
@@ -41,6 +43,15 @@ class Encoding(NamedTuple):
 _MEASURING = threading.local()
 
 
+def as_read(model: ModelInfo, texts: list[str], prefix: str | None = None) -> list[str]:
+    """What a model's tokenizer reads of ``texts``: the instruction prefix, then lower case if the
+    model wants it. The one home of that rule: the engine's tokenizer and the renderer's tokenize
+    door (:meth:`poolkit.inputs.Renderer.tokenize`, vLLM's and TEI's ``/tokenize``) read it here."""
+    if prefix:
+        texts = [prefix + t for t in texts]
+    return [t.lower() for t in texts] if model.do_lower_case else texts
+
+
 class PromptTokenizer:
     """Tokenizes and truncates prompts for one loaded model, under one lock (a tokenizer is not
     safe to share across threads, and the engine tokenizes on a worker thread while it runs).
@@ -59,9 +70,11 @@ class PromptTokenizer:
 
     @property
     def uses_token_type_ids(self) -> bool:
-        """Segment ids are fed when the model takes them and its tokenizer produces them."""
+        """Segment ids are fed when the model takes them
+        (:class:`~poolkit.contracts.capabilities.TakesTokenTypes`) and its tokenizer produces them."""
+        arch = self.model.architecture
         names = getattr(self.model.tokenizer, "model_input_names", None) or []
-        return bool(self.model.architecture.uses_token_type_ids) and "token_type_ids" in names
+        return isinstance(arch, TakesTokenTypes) and bool(arch.uses_token_type_ids) and "token_type_ids" in names
 
     # -- limits ----------------------------------------------------------------------------------
 
@@ -135,18 +148,14 @@ class PromptTokenizer:
         return self._prompt_lengths[key]
 
     def texts(self, texts: list[str], prefix: str | None = None) -> list[str]:
-        """What the tokenizer reads of ``texts``: the instruction prefix, then lower case if the model
-        wants it. The one home of that rule: the routes that tokenize a text themselves (vLLM's and
-        TEI's ``/tokenize``, Cohere's ``truncate=NONE`` check) read it here too.
+        """What the tokenizer reads of ``texts`` (:func:`as_read`).
 
         Applied here, to every prompt that reaches the engine, rather than where prompts are made:
         prompts come from several places besides the renderer (score pairs, templates, the
         server's and the sentence-transformers classes' own), and the prompt's ``text`` without its
         prefix is what token estimates and a retrieval role's prompts read.
         """
-        if prefix:
-            texts = [prefix + t for t in texts]
-        return [t.lower() for t in texts] if self.model.do_lower_case else texts
+        return as_read(self.model, texts, prefix)
 
     def _text(self, prompt: Prompt) -> str:
         return self.texts([prompt.text or ""], prompt.prompt_prefix)[0]

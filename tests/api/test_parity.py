@@ -311,11 +311,11 @@ def test_token_id_prompts(minilm):
 
 
 def test_auto_dtype_is_bf16_on_bf16_hardware_and_close_to_fp32(minilm_dir, minilm_st, monkeypatch):
-    from poolkit.config.devices import cpu_multiplies_bf16
+    from poolkit.config.cpu import cpu_features
 
     monkeypatch.setenv("POOLKIT_DTYPE", "auto")
     llm = LLM(str(minilm_dir))
-    expected = torch.bfloat16 if cpu_multiplies_bf16() else torch.float32
+    expected = torch.bfloat16 if cpu_features().multiplies_bf16 else torch.float32
     assert llm.model.dtype == expected
     texts = corpus(120, seed=9)
     got = torch.tensor([o.outputs.embedding for o in llm.embed(texts, tokenization_kwargs=TRUNCATE)])

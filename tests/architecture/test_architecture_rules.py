@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import ast
+import functools
+import importlib
+import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -261,52 +265,99 @@ def test_the_entry_point_check_sees_a_missing_line(tmp_path):
     assert "poolkit.builtin_poolers.extra" not in _entry_points().values()
 
 
-def test_the_paths_of_earlier_releases_name_the_same_modules():
-    """``poolkit.batch``, ``poolkit.cli``, ... (docs/plugins.md, the example plugins) are the layers' modules."""
-    import importlib
-    import subprocess
-    import sys
-
-    import poolkit
-
-    assert set(poolkit.MOVED) >= {"poolkit.batch", "poolkit.pooling", "poolkit.architecture", "poolkit.weights", "poolkit.cli"}
-    for old, new in poolkit.MOVED.items():
-        module = importlib.import_module(old)
-        assert module is importlib.import_module(new), old
-        assert module.__spec__.name == new, old
-    from poolkit.cli import errors  # noqa: F401 (a name of a moved package)
-    from poolkit.kernel import Kernel, select_kernel  # noqa: F401
-    import poolkit.server.lane as old_lane
-    import poolkit.entrypoints.server.lane as lane
-
-    assert old_lane is lane
-    # first imported by its old path, in a fresh interpreter
-    code = "import poolkit.batch as b, poolkit.contracts.batch as c; assert b is c; from poolkit.pooling import Pooler"
-    subprocess.run([sys.executable, "-c", code], check=True)
+#: Where poolkit is imported from outside the package: the example plugins, the tests, the CI scripts,
+#: the docs and README (their examples), and the project template ``poolkit plugins new`` renders.
+IMPORTING = (
+    *(p for p in (ROOT / "plugins").rglob("*.py") if "build" not in p.parts and "egg-info" not in str(p)),
+    *(ROOT / "tests").rglob("*.py"),
+    *(p for p in (ROOT / ".ci").rglob("*") if p.is_file()),
+    *(ROOT / "docs").glob("*.md"),
+    ROOT / "README.md",
+    *(ROOT / "core" / "entrypoints" / "cli" / "plugin-template").rglob("*.tmpl"),
+)
+_FROM = re.compile(r"\bfrom\s+(poolkit(?:\.\w+)*)\s+import\s+(\([^)]*\)|[^\n`#]+)")
+_IMPORT = re.compile(r"\bimport\s+(poolkit(?:\.\w+)+)\b")
 
 
-def test_the_names_a_split_module_held_still_import_from_its_old_path():
-    """``poolkit.model`` was split across the layers: ``from poolkit.model import load_model`` and the
-    other names it held give the objects their new homes hold (poolkit.MOVED_NAMES)."""
-    import importlib
-    import subprocess
-    import sys
+def _written_imports(text: str) -> Iterator[tuple[str, list[str]]]:
+    """Every absolute import of poolkit in ``text``, in code or in a string or a doc that shows code:
+    ``(module, names)``, the names ``from module import`` takes (none for ``import module``)."""
+    for match in _FROM.finditer(text):
+        names = [re.match(r"\s*\(?\s*(\w+|\*)", piece) for piece in match.group(2).split(",")]
+        yield match.group(1), [name.group(1) for name in names if name and name.group(1) != "*"]
+    for match in _IMPORT.finditer(text):
+        yield match.group(1), []
 
-    import poolkit
 
-    for old, names in poolkit.MOVED_NAMES.items():
-        module = importlib.import_module(old)
-        for name, (home, new_name) in names.items():
-            assert getattr(module, name) is getattr(importlib.import_module(home), new_name), f"{old}.{name}"
-        with pytest.raises(AttributeError, match="no attribute 'nothing_of_the_kind'"):
-            module.nothing_of_the_kind
-    code = (
-        "from poolkit.model import load_model, PoolingModel, resolve_dtype, ModelConfig; "
-        "from poolkit.loading.load import load_model as new; assert load_model is new; "
-        "from poolkit.conversion import has_heads; from poolkit.config.conversion import has_classifier; "
-        "assert has_heads is has_classifier"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True)
+def _relative_imports(name: str, path: Path) -> Iterator[tuple[str, list[str]]]:
+    """The package module ``name``'s relative imports, made absolute: ``(module, names)``."""
+    is_package = path.name == "__init__.py"
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = name.split(".") if is_package else name.split(".")[:-1]
+            base = base[: len(base) - (node.level - 1)]
+            yield ".".join(base + ([node.module] if node.module else [])), [a.name for a in node.names if a.name != "*"]
+
+
+@functools.cache
+def _defined_names(module: str) -> set[str] | None:
+    """The names ``module`` binds at its top level (under a top-level ``if``/``try`` too), read from its
+    source; ``None`` for a module with a module ``__getattr__``, whose names only importing it tells."""
+    body = list(ast.parse(MODULES[module].read_text(encoding="utf-8")).body)
+    for node in list(body):
+        if isinstance(node, (ast.If, ast.Try)):
+            body.extend(node.body + node.orelse + [n for h in getattr(node, "handlers", []) for n in h.body])
+    names: set[str] = set()
+    for node in body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names |= {n.id for t in node.targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+    return None if "__getattr__" in names else names
+
+
+def _missing(module: str, names: list[str]) -> list[str]:
+    """What of ``from module import names`` (``import module`` without names) does not exist."""
+    if module not in MODULES:
+        return [module]
+    defined = _defined_names(module)
+    if defined is None:
+        imported = importlib.import_module(module)
+        defined = {n for n in names if hasattr(imported, n)}
+    return [f"{module}.{n}" for n in names if n not in defined and f"{module}.{n}" not in MODULES]
+
+
+def _missing_imports() -> list[str]:
+    found = [(path, imported) for path in IMPORTING for imported in _written_imports(path.read_text(encoding="utf-8"))]
+    for name, path in MODULES.items():
+        found += [(path, imported) for imported in _written_imports(path.read_text(encoding="utf-8"))]
+        found += [(path, imported) for imported in _relative_imports(name, path)]
+    return sorted({f"{path.relative_to(ROOT)}: {gone}" for path, imported in found for gone in _missing(*imported)})
+
+
+def test_every_import_of_poolkit_names_a_module_and_a_name_that_exist():
+    """Each module has one import path, its layer's: the package, the example plugins, the tests, the
+    CI scripts, the docs and the plugin template import nothing by a path that does not exist (the
+    short paths of the modules before the layers, ``poolkit.batch``, ``poolkit.model``, ... are gone).
+    A path is found as ``importlib.util.find_spec`` would find it in the built package, from the
+    source tree that pyproject.toml maps (no module imported), so an import inside a function or a
+    string of code (a plugin a test writes, a script it runs) is checked too."""
+    assert _missing_imports() == []
+
+
+def test_the_import_check_sees_a_path_that_does_not_exist(tmp_path):
+    gone = "poolkit" + ".batch"  # spelled apart, so this file does not import it
+    text = f"from {gone} import PackedBatch\nimport {gone}\nfrom poolkit.contracts.batch import PackedBatch, Nothing\n"
+    missing = [m for imported in _written_imports(text) for m in _missing(*imported)]
+    assert missing == ["poolkit.batch", "poolkit.contracts.batch.Nothing", "poolkit.batch"]
+    module = tmp_path / "sneaky.py"
+    module.write_text("from .layers import linear\nfrom .blocks.linear import linear\n")
+    relative = [m for imported in _relative_imports("poolkit.builtin_models.sneaky", module) for m in _missing(*imported)]
+    assert relative == ["poolkit.builtin_models.layers"]
 
 
 #: The folders of the built-in plugins, and the core's layers a plugin may use (those below the runtime).

@@ -224,3 +224,28 @@ def test_sparse_encoder_without_a_splade_head_is_refused_by_the_sparse_task(tiny
     with pytest.raises(ModelLoadError, match=refused):
         LLM(str(path))
     assert "check_model" in vars(type(registry("task").get("sparse_embed")))
+
+
+
+def _type_checking_lines(path: Path) -> set[int]:
+    """The lines of ``path``'s ``if TYPE_CHECKING:`` blocks (imports for annotations only)."""
+    lines: set[int] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            lines.update(range(node.lineno, max(n.end_lineno or n.lineno for n in node.body) + 1))
+    return lines
+
+
+def test_the_serving_layer_knows_no_protocol():
+    """The serving layer (what the server does for a request, ``core/entrypoints/serving``) imports
+    neither door nor a web or RPC framework at run time, and TEI's gRPC door imports nothing from
+    the HTTP door: both pass the same checks and run the same work (issue 81)."""
+    doors = ("poolkit.entrypoints.server", "poolkit.entrypoints.grpc", "fastapi", "starlette", "grpc", "uvicorn")
+    serving = ROOT / "core" / "entrypoints" / "serving"
+    for path in sorted(serving.glob("*.py")):
+        annotations_only = _type_checking_lines(path)
+        found = [(line, m) for line, m in _imported_modules(path, "poolkit.entrypoints.serving") if line not in annotations_only]
+        assert not [(line, m) for line, m in found if m.startswith(doors)], path.name
+    for path in sorted((ROOT / "core" / "entrypoints" / "grpc").glob("*.py")):
+        found = [(line, m) for line, m in _imported_modules(path, "poolkit.entrypoints.grpc") if m.startswith("poolkit.entrypoints.server")]
+        assert not found, (path.name, found)

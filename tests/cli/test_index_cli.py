@@ -168,27 +168,22 @@ def test_errors_are_one_line(model, tmp_path, minilm_dir):
 
 
 @pytest.mark.ray
-def test_ray_engine_writes_the_same_table(model, tmp_path):
+def test_ray_engine_writes_the_same_table(model, tmp_path, local_ray):
     """Pooled or not, Ray's actors give the index the rows a local job stores: the skiplist's tokens
     (punctuation, in every text here) left out, as LLM.score leaves them."""
-    ray = pytest.importorskip("ray", reason="pip install 'poolkit[ray]'")
     src = corpus(tmp_path / "corpus.jsonl", 24)
     src.write_text(src.read_text().replace('"}', ', and more."}'))
     llm = LLM(model, dtype="float32")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
-    try:
-        for name, pooling in (("pooled", ["--token-pool-factor", "2"]), ("unpooled", [])):
-            run_index_job(llm, src, tmp_path / f"local-{name}", token_pool_factor=2 if pooling else None)
-            args = ["index", model, "--dtype", "float32", "-i", str(src), "--index", str(tmp_path / f"ray-{name}"),
-                    "--engine", "ray", *pooling, "-q"]
-            result = runner.invoke(app, args)
-            assert result.exit_code == 0, result.stderr
-            local, remote = table_rows(tmp_path / f"local-{name}", llm), table_rows(tmp_path / f"ray-{name}", llm)
-            assert sorted(local) == sorted(remote)
-            for key, vectors in local.items():
-                assert np.allclose(vectors, remote[key], atol=1e-6)
-    finally:
-        ray.shutdown()
+    for name, pooling in (("pooled", ["--token-pool-factor", "2"]), ("unpooled", [])):
+        run_index_job(llm, src, tmp_path / f"local-{name}", token_pool_factor=2 if pooling else None)
+        args = ["index", model, "--dtype", "float32", "-i", str(src), "--index", str(tmp_path / f"ray-{name}"),
+                "--engine", "ray", *pooling, "-q"]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.stderr
+        local, remote = table_rows(tmp_path / f"local-{name}", llm), table_rows(tmp_path / f"ray-{name}", llm)
+        assert sorted(local) == sorted(remote)
+        for key, vectors in local.items():
+            assert np.allclose(vectors, remote[key], atol=1e-6)
     unpooled = table_rows(tmp_path / "ray-unpooled", llm)["doc-0"]
     tokens = llm.encode([json.loads(src.read_text().splitlines()[0])["text"]], pooling_task="token_embed",
                         tokenization_kwargs={"input_type": "document"})[0]

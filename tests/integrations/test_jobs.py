@@ -43,7 +43,7 @@ JOB_SCRIPT = textwrap.dedent(
     """
     import sys
     from poolkit import LLM
-    from poolkit.jobs import run_job
+    from poolkit.entrypoints.jobs import run_job
     model, src, out = sys.argv[1:4]
     summary = run_job(LLM(model, dtype="float32"), src, out, chunk_rows=250, settings={"model": model})
     print("resumed", summary.resumed_rows, "written", summary.written)

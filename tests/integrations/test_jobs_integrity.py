@@ -14,7 +14,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from poolkit import LLM, InvalidRequest, jobs
+from poolkit import LLM, InvalidRequest
+from poolkit.entrypoints import jobs
 from poolkit.entrypoints.cli import app
 from poolkit.entrypoints.encodings import binary, ubinary
 from poolkit.entrypoints.jobs import run_job

@@ -10,13 +10,6 @@ ray = pytest.importorskip("ray", reason="pip install 'poolkit[ray]'")
 pytestmark = pytest.mark.ray
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
-    yield
-    ray.shutdown()
-
-
 def test_embed_dataset_equals_the_python_api(local_ray, tiny_encoders):
     from poolkit import LLM
     from poolkit.entrypoints.integrations.ray import embed_dataset
@@ -144,13 +137,46 @@ def test_every_load_setting_has_a_ray_case(setting_cases):
     assert set(setting_cases) == set(EngineArgs.model_fields)
 
 
+class _ShippedDataset:
+    """A stand-in for a Ray dataset that runs ``map_batches`` as Ray does, in this process: the
+    constructor's keyword arguments pickled and unpickled (what Ray ships to each actor), the actor
+    built from them, numpy batches of ``batch_size`` rows. Each load setting is checked through it;
+    a few go through a real Ray job (:data:`THROUGH_RAY`), whose transport is the same for all."""
+
+    def __init__(self, rows: list[dict]) -> None:
+        self.rows, self.mapped = rows, None
+
+    def map_batches(self, fn, *, fn_constructor_kwargs, batch_size, batch_format, **_):
+        import pickle
+
+        assert batch_format == "numpy"
+        self.mapped = (fn, pickle.loads(pickle.dumps(fn_constructor_kwargs)), batch_size)
+        return self
+
+    def take_all(self) -> list[dict]:
+        import numpy as np
+
+        fn, kwargs, size = self.mapped
+        actor, out = fn(**kwargs), []
+        for start in range(0, len(self.rows), size):
+            chunk = self.rows[start : start + size]
+            batch = actor({key: np.array([row[key] for row in chunk]) for key in chunk[0]})
+            out += [{key: batch[key][i] for key in batch} for i in range(len(chunk))]
+        return out
+
+
+#: The settings also run as a real Ray job: the model itself, a pooling choice, a quantized and a
+#: length-limited engine (each changes the output); the others run through :class:`_ShippedDataset`.
+THROUGH_RAY = ("model", "pooler_config", "quantization", "max_model_len")
+
+
 @pytest.mark.parametrize("setting", ["model", "tokenizer", "runner", "convert", "pooler_config", "token_pool_factor", "hf_overrides", "dtype",
                                      "device", "allow_pickle", "allow_external_symlinks", "trust_remote_code",
                                      "max_model_len", "max_batch_tokens", "io_processor_plugin", "model_impl",
                                      "quantization", "calibration", "limit_mm_per_prompt", "mm_processor_kwargs",
                                      "max_image_pixels", "max_image_bytes", "enable_lora", "max_lora_rank", "max_loras",
                                      "max_cpu_loras", "enable_prefix_caching"])
-def test_ray_honours_each_load_setting(local_ray, setting_cases, setting):
+def test_ray_honours_each_load_setting(request, setting_cases, setting):
     """The Ray engine loads with llm.args, so every setting gives the local engine's output."""
     from poolkit import LLM
     from poolkit.entrypoints.integrations.ray import embed_dataset
@@ -161,7 +187,12 @@ def test_ray_honours_each_load_setting(local_ray, setting_cases, setting):
     assert all(getattr(llm.args, k) is not None for k in values)
     truncate = {"truncate_prompt_tokens": -1}  # max_model_len's case has inputs longer than the limit
     expected = [o.outputs.data.float() for o in llm.encode(SETTING_TEXTS, truncate, pooling_task=task)]
-    ds = ray.data.from_items([{"id": i, "text": t} for i, t in enumerate(SETTING_TEXTS)])
+    items = [{"id": i, "text": t} for i, t in enumerate(SETTING_TEXTS)]
+    if setting in THROUGH_RAY:
+        request.getfixturevalue("local_ray")
+        ds = ray.data.from_items(items)
+    else:
+        ds = _ShippedDataset(items)
     rows = embed_dataset(ds, task=task, args=llm.args, batch_size=8, pooling_params=truncate).take_all()
     column = llm.task(task).output_field
     assert sorted(r["id"] for r in rows) == list(range(len(SETTING_TEXTS)))

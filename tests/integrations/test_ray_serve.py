@@ -49,14 +49,13 @@ def classifier(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def served(minilm_dir, classifier):
+def served(minilm_dir, classifier, local_ray):
     """Two replicas of the server over two models (all-MiniLM-L6-v2 and a tiny three-label
     classifier) on a local Ray, the proxy on 127.0.0.1."""
     from poolkit import EngineArgs
     from poolkit.entrypoints.integrations.ray_serve import build_application
     from poolkit.entrypoints.server import ServerLimits
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     app = build_application(
@@ -66,7 +65,6 @@ def served(minilm_dir, classifier):
     serve.run(app, name="poolkit", route_prefix="/")
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from poolkit.config.cpu import cpu_features
+
 TESTS = Path(__file__).parents[1]
 #: The tests of the code that differs by CPU: kernels, their registry's choices, bf16 paths.
 FILES = (
@@ -41,19 +43,11 @@ TIERS = {
 TIER_FILES = {"avx512-vnni-without-bf16": ("kernels/test_int8.py", "kernels/test_attention_kernels.py")}
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
-            return set(next((line for line in info if line.startswith("flags")), "").split())
-    except OSError:
-        return set()
-
-
 @pytest.mark.parametrize("tier", sorted(TIERS))
 def test_the_kernel_tests_pass_on_a_lesser_cpu(tier: str, tmp_path: Path) -> None:
     if tier.startswith("avx") and platform.machine().lower() not in ("x86_64", "amd64"):
         pytest.skip("x86-64 tiers")
-    if tier.startswith("avx512-vnni") and "avx512_vnni" not in _cpu_flags():
+    if tier.startswith("avx512-vnni") and not cpu_features().avx512_vnni:
         pytest.skip("a CPU without AVX512-VNNI cannot run Cascade Lake's code")
     env = {**os.environ, **TIERS[tier], "POOLKIT_KERNEL_CACHE": str(tmp_path / "kernels")}
     files = TIER_FILES.get(tier, FILES)

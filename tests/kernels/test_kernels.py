@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import textwrap
 
 import pytest
@@ -10,6 +11,7 @@ from suite_device import run_triton_script
 from tolerances import assert_within_order_bound, gated_linear_bound, linear_act_bound, order_bound
 
 from poolkit import Kernel
+from poolkit.config import cpu
 from poolkit.contracts.hookspecs import hookimpl
 from poolkit.kernels import linear, pooling
 from poolkit.kernels.linear import ACTIVATIONS, linear_act, linear_act_onednn
@@ -146,7 +148,8 @@ def test_registry_picks_the_fused_kernel_on_cpu(monkeypatch) -> None:
     on_cuda = fused.gated_linear_triton if fused.triton_available() else linear.gated_linear  # Triton where a GPU runs it
     assert select_kernel("gated_linear", "cpu") is gated and select_kernel("gated_linear", "cuda") is on_cuda
     for capability, priority in (("AVX512", 10), ("AVX2", -10), ("DEFAULT", -10)):
-        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda c=capability: c)
+        features = dataclasses.replace(cpu.cpu_features(), capability=capability)
+        monkeypatch.setattr(cpu, "cpu_features", lambda f=features: f)
         assert linear._onednn_priority() == priority
 
 

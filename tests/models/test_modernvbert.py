@@ -25,7 +25,7 @@ from poolkit.plugins.lookup import select_kernel
 
 # The ColVision tests' helpers: transformers' vectors of a (model, processor) pair, one input at a
 # time (``reference``), page prompts, output vectors and the fp32 parity check.
-from test_colqwen2 import QUERIES, assert_close, page, reference, vectors  # noqa: E402
+from test_colvision_families import QUERIES, assert_close, page, reference, vectors  # noqa: E402
 
 #: Pages of 3×3 tiles (37×53 → 56×80 → 96×96; a grey one, an RGBA one), 3×1 (80×20 → 80×20 → 96×32) and 1×3.
 PAGES = [picture(37, 53, 0), picture(80, 20, 1), picture(20, 70, 2), picture(30, 30, 3, "L"), picture(45, 40, 4, "RGBA")]

@@ -16,18 +16,18 @@ from pathlib import Path
 
 import pytest
 
-from poolkit import hookspecs, testing
+from poolkit.contracts import hookspecs
 from poolkit.contracts.architecture import Architecture
 from poolkit.contracts.batch import PackedBatch
 from poolkit.contracts.config_checks import ConfigChecks
 from poolkit.contracts.io import IOContext, IOProcessor, Prompt
-from poolkit.contracts.kernel import Kernel
+from poolkit.contracts.kernel import Kernel, KernelPriority
 from poolkit.contracts.params import Setting
 from poolkit.contracts.pooling import Pooler
 from poolkit.contracts.scoring import Scorer
 from poolkit.contracts.tasks import Task
 from poolkit.loading.model import PoolingModel
-from poolkit.plugins import PluginInfo
+from poolkit.plugins import PluginInfo, testing
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 PAGE = DOCS / "plugins.md"
@@ -129,6 +129,7 @@ CONTRACTS = {
     IOContext: IO,
     Prompt: IO,
     Kernel: _heading("poolkit_register_kernels"),
+    KernelPriority: _heading("poolkit_register_kernels"),
     Task: _heading("poolkit_register_tasks"),
     Scorer: _heading("poolkit_register_scorers"),
     PackedBatch: "## Packed batches: `poolkit.PackedBatch`",

@@ -367,7 +367,7 @@ def test_strict_mode_off_with_zero(fresh_plugins, monkeypatch):
 @pytest.mark.parametrize("override", [False, True])
 def test_registering_a_taken_name_needs_override(fresh_plugins, caplog, override):
     body = f"""
-    from poolkit.pooling import Pooler
+    from poolkit.contracts.pooling import Pooler
 
 
     class MyMean(Pooler):

@@ -44,7 +44,7 @@ BUILTIN_ARCHITECTURES = {"BertModel", "RobertaModel", "XLMRobertaModel"}
 
 DOUBLE_CLS = """
 from poolkit import hookimpl
-from poolkit.pooling import Pooler
+from poolkit.contracts.pooling import Pooler
 
 
 class DoubleCls(Pooler):
@@ -113,12 +113,12 @@ def test_every_hook_works_from_an_installed_plugin(fresh_plugins, tmp_path):
     source = plugin_source(
         f"""
         import torch
-        from poolkit.architecture import Architecture
-        from poolkit.io import IOProcessor, Prompt
-        from poolkit.kernel import Kernel
-        from poolkit.pooling import Pooler
-        from poolkit.scoring import Scorer
-        from poolkit.tasks import Task
+        from poolkit.contracts.architecture import Architecture
+        from poolkit.contracts.io import IOProcessor, Prompt
+        from poolkit.contracts.kernel import Kernel
+        from poolkit.contracts.pooling import Pooler
+        from poolkit.contracts.scoring import Scorer
+        from poolkit.contracts.tasks import Task
 
 
         class Echo(Architecture):

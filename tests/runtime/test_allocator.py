@@ -37,7 +37,8 @@ PROBE = textwrap.dedent(
         return after > before
 
     first = mapped()
-    from poolkit import LLM, allocator
+    from poolkit import LLM
+    from poolkit.runtime import allocator
     LLM(sys.argv[1])
     print(json.dumps({"before": first, "after": mapped(), "tuned": allocator.tune_allocator()}))
     """

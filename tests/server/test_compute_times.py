@@ -1,4 +1,4 @@
-"""TEI's compute times (:mod:`poolkit.entrypoints.server.compute_times`): the batcher stamps the
+"""TEI's compute times (:mod:`poolkit.entrypoints.serving.compute_times`): the batcher stamps the
 phases of a timed request's work in order, on one thread and in the pipeline of a device, and no
 other work; the phases are the mean over a request's inputs, as TEI's; the headers are TEI's. The
 routes' headers and the gRPC ``Metadata`` on both wires: test_grpc.py."""
@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from poolkit.entrypoints.server.compute_times import ComputeTimes, characters
+from poolkit.entrypoints.serving.compute_times import ComputeTimes, characters
 from poolkit.runtime.batching import TIMED_WORK, Batcher, WorkTimes
 from waits import until_async
 

@@ -377,7 +377,7 @@ def test_every_error_has_teis_code():
     """What the routes' work raises, as TEI's gRPC server answers its error types."""
     from poolkit.contracts.errors import InvalidRequest
     from poolkit.entrypoints.grpc.service import grpc_status
-    from poolkit.entrypoints.server.errors import ApiError
+    from poolkit.entrypoints.serving.errors import ApiError
     from poolkit.runtime.batching import QueueFull, ShuttingDown
 
     cases = [

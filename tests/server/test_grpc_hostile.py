@@ -22,7 +22,7 @@ from waits import until  # noqa: E402
 
 from poolkit import LLM  # noqa: E402
 from poolkit.entrypoints.server import ServerLimits, create_app  # noqa: E402
-from poolkit.entrypoints.server.admission import STREAM_WINDOW, stream_share  # noqa: E402
+from poolkit.entrypoints.serving.admission import STREAM_WINDOW, stream_share  # noqa: E402
 
 KEY = [("authorization", "Bearer s3cret")]
 WRONG = [("authorization", "Bearer wrong")]

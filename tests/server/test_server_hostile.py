@@ -30,8 +30,8 @@ from tiny_models import build_classifier  # noqa: E402
 
 from poolkit import LLM, PoolingParams  # noqa: E402
 from poolkit.entrypoints.server import ServerLimits, create_app  # noqa: E402
-from poolkit.entrypoints.server.cache import ENTRY_OVERHEAD, entry_bytes  # noqa: E402
-from poolkit.entrypoints.server.routes_tei import utf8_offsets  # noqa: E402
+from poolkit.entrypoints.serving.cache import ENTRY_OVERHEAD, entry_bytes  # noqa: E402
+from poolkit.entrypoints.serving.tei import utf8_offsets  # noqa: E402
 
 KEY = "s3cret"
 AUTH = {"Authorization": f"Bearer {KEY}"}

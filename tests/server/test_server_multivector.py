@@ -1,7 +1,7 @@
 """Multi-vector retrieval on every surface: the query and document sides (``input_type``) of a
 ColBERT, ColQwen2 and BGE-M3 equal to ``LLM.encode`` with the same side offline; Jina's
 ``/v1/multi-vector`` route (its types, widths, sides and bad inputs); compact token vectors and
-their MaxSim (``poolkit.st_functions.maxsim_compact``) against the float MaxSim of the same vectors."""
+their MaxSim (``poolkit.api.st_functions.maxsim_compact``) against the float MaxSim of the same vectors."""
 
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ from fastapi.testclient import TestClient  # noqa: E402
 from offline_parity import _close  # noqa: E402
 
 from poolkit import LLM, PoolingParams  # noqa: E402
+from poolkit.api.st_functions import maxsim, maxsim_compact  # noqa: E402
 from poolkit.entrypoints.encodings import compact_tokens  # noqa: E402
 from poolkit.entrypoints.server import ServerLimits, create_app  # noqa: E402
-from poolkit.st_functions import maxsim, maxsim_compact  # noqa: E402
 
 QUERIES = ["what is the capital of france?", "paris"]
 DOCUMENTS = ["paris is the capital of france", "the quick brown fox jumps over the lazy dog"]

@@ -166,7 +166,7 @@ def test_the_engine_link_pipelines_and_carries_errors(tmp_path):
     from types import SimpleNamespace
 
     from poolkit.contracts.errors import InvalidRequest
-    from poolkit.entrypoints.server.errors import status_of
+    from poolkit.entrypoints.serving.errors import status_of
     from poolkit.entrypoints.server.processes import EngineService, EngineUnavailable, RemoteEngine, engine_socket
 
     class SlowThenFast:

@@ -130,7 +130,6 @@ def run_image_bench(args: EngineArgs, images: int, size: int, rounds: int) -> di
     """Workload I on the model ``args`` load: poolkit's and transformers' images/s, ratio and least cosine."""
     import torch
     import transformers
-
     from poolkit import LLM
 
     path, weights = resolve_image_model(args.model)

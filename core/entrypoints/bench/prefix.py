@@ -122,7 +122,6 @@ def prefix_rerank_workload(bench: Any) -> Result:
     import tempfile
 
     import torch
-
     from poolkit import LLM
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -15,7 +15,6 @@ from ...config.settings import EngineArgs
 from .peers import SkipWorkload
 from .workloads import WORKLOADS, Bench
 
-
 #: Workloads whose notes carry a second measurement, printed under their row (P: one prompt per call).
 NOTED = frozenset({"P"})
 

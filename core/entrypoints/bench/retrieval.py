@@ -207,7 +207,6 @@ def retrieval_workload(bench: Any) -> Result:
     """
     import numpy as np
     import torch
-
     from poolkit.api.muvera import Muvera
     from poolkit.api.st_functions import maxsim, maxsim_compact
 

@@ -347,7 +347,6 @@ class Bench:
     def w7(self) -> Result:
         """SPLADE on short sentences: sparse vectors of a masked-LM of the model's shape vs ``SparseEncoder``."""
         import torch
-
         from poolkit import LLM
 
         texts = make_corpus(self._n(1000), 22, 0.35, seed=7)

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable
 
 import grpc
 
-from ..server.guard import bearer_matches
+from ..serving.door import bearer_matches
 
 if TYPE_CHECKING:
-    from ..server.state import ServerState
+    from ..serving.state import ServerState
 
 #: The services a call needs no key for: health checks and reflection (for tools such as grpcurl).
 OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")

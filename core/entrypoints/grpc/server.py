@@ -22,7 +22,7 @@ from .stubs import NEEDS, tei
 if TYPE_CHECKING:
     import grpc
 
-    from ..server.state import ServerState
+    from ..serving.state import ServerState
 
 #: How often a health ``Watch`` looks at the server's state for a change to send.
 WATCH_INTERVAL = 0.25

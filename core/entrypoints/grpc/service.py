@@ -1,6 +1,6 @@
-"""The RPCs of TEI's five services (``tei.v1``: Info, Embed, Predict, Rerank, Tokenize), each running
-the work of the TEI HTTP route it mirrors (:mod:`poolkit.entrypoints.server.routes_tei`) on the
-server's models and batchers.
+"""The RPCs of TEI's five services (``tei.v1``: Info, Embed, Predict, Rerank, Tokenize): each reads
+its message into TEI's request (:mod:`poolkit.entrypoints.serving.tei`), runs the work TEI's HTTP
+routes run too, on the server's models and batchers, and writes TEI's message of the result.
 
 What differs from the HTTP routes is what TEI's gRPC API says differently: one input a message;
 proto3's defaults (``truncate`` false whatever ``--auto-truncate`` says, ``normalize`` true when
@@ -10,8 +10,8 @@ types (:func:`grpc_status`); the model chosen by the ``x-model`` metadata (the f
 The key and the wire's bytes are checked before an RPC runs (:class:`~poolkit.entrypoints.grpc.guard.CallGuard`).
 Streams (``EmbedStream``, ``PredictStream``, ...) answer each message as soon as it and those
 before it are done, in order; each message takes a slot of the server's one admission limit
-(:mod:`~poolkit.entrypoints.server.admission`: it waits for room instead of being refused), at most
-:data:`~poolkit.entrypoints.server.admission.STREAM_WINDOW` of a stream's messages are taken and not
+(:mod:`~poolkit.entrypoints.serving.admission`: it waits for room instead of being refused), at most
+:data:`~poolkit.entrypoints.serving.admission.STREAM_WINDOW` of a stream's messages are taken and not
 yet sent (a client that stops reading stops the stream), and the model or LoRA adapter ``x-model``
 names is resolved again for each message (an adapter unloaded meanwhile ends the stream with
 ``NotFound``; one reloaded answers with its new weights). A message that fails ends the stream with
@@ -30,22 +30,19 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable
 import grpc
 
 from ...contracts.errors import PoolkitError
-from ..server.admission import STREAM_WINDOW
-from ..server.compute_times import ComputeTimes, characters, metadata_headers
-from ..server.errors import ApiError, ClientGone, clean_message, status_of, tei_status
-from ..server.inputs import served_model
-from ..server.routes_tei import (
-    CLASSIFY, EMBED, SPARSE_EMBED, TOKEN_EMBED, DecodeRequest, EmbedAllRequest, EmbedRequest, EmbedSparseRequest,
-    PredictRequest, TeiRerankRequest, TeiTokenizeRequest, batch_too_large, check_pair, embed_all_rows, embed_rows, info_of,
-    model_kind, nonzero, predict_rows, predictions, rerank_pairs, sparse_rows, texts_of, tokens_of,
-)
-from ..server.scoring import has_scorer
-from ..server.work import DISCONNECTED
+from ..serving import tei
+from ..serving.admission import STREAM_WINDOW
+from ..serving.call import Call
+from ..serving.compute_times import ComputeTimes, characters, metadata_headers
+from ..serving.door import ready_model
+from ..serving.errors import ApiError, ClientGone, clean_message, status_of, tei_status
+from ..serving.scoring import has_scorer
+from ..serving.tei import CLASSIFY, EMBED, SPARSE_EMBED, TOKEN_EMBED
 from .guard import Refused
 
 if TYPE_CHECKING:
     from ...api.llm import LLM
-    from ..server.state import ModelState, ServerState
+    from ..serving.state import ModelState, ServerState
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +60,7 @@ _BY_TEI_TYPE = {
 }
 #: TEI's ``TruncationDirection`` values.
 _DIRECTIONS = {0: "right", 1: "left"}
-#: TEI's ``ModelType`` values by :func:`~poolkit.entrypoints.server.routes_tei.model_kind`.
+#: TEI's ``ModelType`` values by :func:`~poolkit.entrypoints.serving.tei.model_kind`.
 _MODEL_TYPES = {"embedding": 0, "classifier": 1, "reranker": 2}
 
 
@@ -85,16 +82,6 @@ def grpc_status(exc: BaseException, scrub: list[tuple[str, str]]) -> tuple[grpc.
         return grpc.StatusCode.INTERNAL, "internal server error"
     code = _BY_STATUS.get(status) or _BY_TEI_TYPE.get(kind, grpc.StatusCode.INVALID_ARGUMENT)
     return code, clean_message(message, scrub)
-
-
-class _Call:
-    """What the routes' work reads of a request: a future the call's end sets, so that work still
-    queued for a call that is over (cancelled, or past its deadline) is dropped."""
-
-    def __init__(self, context: grpc.aio.ServicerContext) -> None:
-        gone = asyncio.get_running_loop().create_future()
-        context.add_done_callback(lambda _: gone.done() or gone.set_result(None))
-        self.scope = {DISCONNECTED: gone}
 
 
 def _direction(value: int) -> str:
@@ -134,25 +121,17 @@ class TeiService:
     # -- the call: key, model, admission, status ---------------------------------------------------
 
     def _model(self, context: grpc.aio.ServicerContext, opening: bool = True) -> ModelState:
-        """The model or adapter a call names (``x-model``; the key was checked before the call
-        reached its RPC); refusals as TEI's codes. A stream open before a shutdown began
+        """The model or adapter a call names (``x-model``, the first when absent), resolved now
+        and taking requests (:func:`~poolkit.entrypoints.serving.door.ready_model`; the key was
+        checked before the call reached its RPC). A stream open before a shutdown began
         (``opening`` false: its later messages) is drained to its end."""
-        st = self.state
-        name = dict(context.invocation_metadata() or ()).get("x-model")
-        model = served_model(st, name) if name is not None else st.first
-        if model.load_error is not None:
-            raise Refused(grpc.StatusCode.UNAVAILABLE, "the model failed to load")
-        if not model.ready:
-            raise Refused(grpc.StatusCode.UNAVAILABLE, "the model is loading; retry shortly")
-        if opening and st.draining:
-            raise Refused(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
-        return model
+        return ready_model(self.state, dict(context.invocation_metadata() or ()).get("x-model"), opening)
 
     def _busy(self) -> Refused:
         return Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, f"the server is busy ({self.state.in_flight} requests in flight); retry later")
 
     async def _answer(self, context: grpc.aio.ServicerContext, method: str,
-                      work: Callable[[ModelState, LLM, _Call], Awaitable[Any]], admit: bool = True) -> Any:
+                      work: Callable[[ModelState, LLM, Call], Awaitable[Any]], admit: bool = True) -> Any:
         """Run one call's ``work`` as the HTTP guard runs a request: the model, then a slot of the
         server's admission limit (``ResourceExhausted`` when none is free); counted in ``/metrics``
         under the method's name and its status code."""
@@ -163,7 +142,7 @@ class TeiService:
                 if not st.admission.try_admit():
                     raise self._busy()
                 admitted = True
-            answer = await work(model, model.llm, _Call(context))
+            answer = await work(model, model.llm, Call.of_rpc(context))
             if answer.DESCRIPTOR.fields_by_name.get("metadata") is not None:  # TEI's x-compute-* headers, as HTTP's
                 await context.send_initial_metadata(tuple(metadata_headers(answer.metadata, model.llm.model.device.type).items()))
             return answer
@@ -180,7 +159,7 @@ class TeiService:
         await context.abort(*failure)
 
     async def _stream(self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext, method: str,
-                      one: Callable[[Any, ModelState, LLM, _Call], Awaitable[Any]]) -> AsyncIterator[Any]:
+                      one: Callable[[Any, ModelState, LLM, Call], Awaitable[Any]]) -> AsyncIterator[Any]:
         """Answer a bidirectional stream: each message as a call of its own, several at once, the
         answers in the order of the messages; the first failure ends the stream with its status."""
         st, start, code, failure = self.state, time.perf_counter(), grpc.StatusCode.OK, None
@@ -190,7 +169,7 @@ class TeiService:
         reader: asyncio.Future | None = None
         try:
             self._model(context)  # an unknown model or a server not serving ends the stream at once
-            call = _Call(context)
+            call = Call.of_rpc(context)
 
             async def run(message: Any) -> Any:
                 try:
@@ -238,11 +217,11 @@ class TeiService:
     # -- Info ----------------------------------------------------------------------------------------
 
     async def Info(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        async def work(st: ModelState, llm: LLM, call: _Call) -> Any:
-            info = info_of(st, llm)
+        async def work(st: ModelState, llm: LLM, call: Call) -> Any:
+            info = tei.info_of(st, llm)
             return self.pb.InfoResponse(
                 version=info["version"], model_id=str(info["model_id"]), model_dtype=info["model_dtype"],
-                model_type=_MODEL_TYPES[model_kind(llm)], max_concurrent_requests=info["max_concurrent_requests"],
+                model_type=_MODEL_TYPES[tei.model_kind(llm)], max_concurrent_requests=info["max_concurrent_requests"],
                 max_input_length=info["max_input_length"] or 0, max_batch_tokens=info["max_batch_tokens"],
                 max_client_batch_size=info["max_client_batch_size"], tokenization_workers=info["tokenization_workers"],
             )
@@ -251,34 +230,34 @@ class TeiService:
 
     # -- Embed ---------------------------------------------------------------------------------------
 
-    async def _embed(self, m: Any, st: ModelState, llm: LLM, call: _Call) -> Any:
-        body = EmbedRequest.model_construct(
+    async def _embed(self, m: Any, st: ModelState, llm: LLM, call: Call) -> Any:
+        asked = tei.Embed(
             inputs=m.inputs, truncate=m.truncate, normalize=_optional(m, "normalize", True),
             truncation_direction=_direction(m.truncation_direction), prompt_name=_optional(m, "prompt_name"),
             dimensions=_optional(m, "dimensions"),
         )
         with ComputeTimes() as times:
-            rows, tokens = await embed_rows(body, call, st, llm)
+            rows, tokens = await tei.embed_rows(asked, call, st, llm)
         metadata = times.metadata(self.pb, len(m.inputs), tokens)
         return self.pb.EmbedResponse(embeddings=rows[0].float().tolist(), metadata=metadata)
 
-    async def _embed_sparse(self, m: Any, st: ModelState, llm: LLM, call: _Call) -> Any:
-        body = EmbedSparseRequest.model_construct(
+    async def _embed_sparse(self, m: Any, st: ModelState, llm: LLM, call: Call) -> Any:
+        asked = tei.EmbedSparse(
             inputs=m.inputs, truncate=m.truncate, truncation_direction=_direction(m.truncation_direction),
             prompt_name=_optional(m, "prompt_name"),
         )
         with ComputeTimes() as times:
-            rows, tokens = await sparse_rows(body, call, st, llm)
-        values = [self.pb.SparseValue(index=i, value=v) for i, v in zip(*nonzero(rows[0]))]
+            rows, tokens = await tei.sparse_rows(asked, call, st, llm)
+        values = [self.pb.SparseValue(index=i, value=v) for i, v in zip(*tei.nonzero(rows[0]))]
         return self.pb.EmbedSparseResponse(sparse_embeddings=values, metadata=times.metadata(self.pb, len(m.inputs), tokens))
 
-    async def _embed_all(self, m: Any, st: ModelState, llm: LLM, call: _Call) -> Any:
-        body = EmbedAllRequest.model_construct(
+    async def _embed_all(self, m: Any, st: ModelState, llm: LLM, call: Call) -> Any:
+        asked = tei.EmbedAll(
             inputs=m.inputs, truncate=m.truncate, truncation_direction=_direction(m.truncation_direction),
-            prompt_name=_optional(m, "prompt_name"), token_pool_factor=None,
+            prompt_name=_optional(m, "prompt_name"),
         )
         with ComputeTimes() as times:
-            rows, tokens = await embed_all_rows(body, call, st, llm)
+            rows, tokens = await tei.embed_all_rows(asked, call, st, llm)
         vectors = [self.pb.TokenEmbedding(embeddings=token) for token in rows[0].float().tolist()]
         return self.pb.EmbedAllResponse(token_embeddings=vectors, metadata=times.metadata(self.pb, len(m.inputs), tokens))
 
@@ -299,18 +278,18 @@ class TeiService:
 
     # -- Predict -------------------------------------------------------------------------------------
 
-    async def _predict(self, m: Any, st: ModelState, llm: LLM, call: _Call, inputs: Any = None) -> Any:
-        body = PredictRequest.model_construct(
+    async def _predict(self, m: Any, st: ModelState, llm: LLM, call: Call, inputs: Any = None) -> Any:
+        asked = tei.Predict(
             inputs=m.inputs if inputs is None else inputs, truncate=m.truncate, raw_scores=m.raw_scores,
             truncation_direction=_direction(m.truncation_direction),
         )
         with ComputeTimes() as times:
-            ((row,), tokens), _ = await predict_rows(body, call, st, llm)
-        scored = [self.pb.Prediction(score=score, label=label) for score, label in predictions(row, llm.model.id2label)]
+            ((row,), tokens), _ = await tei.predict_rows(asked, call, st, llm)
+        scored = [self.pb.Prediction(score=score, label=label) for score, label in tei.predictions(row, llm.model.id2label)]
         chars = characters(m.inputs if inputs is None else inputs)
         return self.pb.PredictResponse(predictions=scored, metadata=times.metadata(self.pb, chars, tokens))
 
-    async def _predict_pair(self, m: Any, st: ModelState, llm: LLM, call: _Call) -> Any:
+    async def _predict_pair(self, m: Any, st: ModelState, llm: LLM, call: Call) -> Any:
         if not 1 <= len(m.inputs) <= 2:  # TEI's check and words
             raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"`inputs` must have a single or two elements. Given: {len(m.inputs)}")
         return await self._predict(m, st, llm, call, list(m.inputs))
@@ -327,14 +306,14 @@ class TeiService:
 
     # -- Rerank --------------------------------------------------------------------------------------
 
-    async def _rerank(self, first: Any, queries: list[str], texts: list[str], st: ModelState, llm: LLM, call: _Call) -> Any:
+    async def _rerank(self, first: Any, queries: list[str], texts: list[str], st: ModelState, llm: LLM, call: Call) -> Any:
         """Rank ``texts`` against their queries (one, or one a text) with ``first``'s options."""
-        body = TeiRerankRequest.model_construct(
-            query=queries[0] if queries else "", texts=texts, truncate=first.truncate, raw_scores=first.raw_scores,
-            return_text=first.return_text, truncation_direction=_direction(first.truncation_direction),
+        asked = tei.Rerank(
+            truncate=first.truncate, raw_scores=first.raw_scores, return_text=first.return_text,
+            truncation_direction=_direction(first.truncation_direction),
         )
         with ComputeTimes() as times:
-            ranks, tokens = await rerank_pairs(call, st, llm, queries, texts, body)
+            ranks, tokens = await tei.rerank_pairs(call, st, llm, queries, texts, asked)
         chars = characters(texts) + characters(queries * len(texts) if len(queries) == 1 else queries)
         ranked = [self.pb.Rank(**rank) for rank in ranks]
         return self.pb.RerankResponse(ranks=ranked, metadata=times.metadata(self.pb, chars, tokens))
@@ -351,7 +330,7 @@ class TeiService:
         HTTP body; the slot of the admission limit is taken once they are in, as HTTP's."""
         st = self.state
 
-        async def work(model: ModelState, llm: LLM, call: _Call) -> Any:
+        async def work(model: ModelState, llm: LLM, call: Call) -> Any:
             limits, messages, size = st.limits, [], 0
             async for message in requests:
                 size += message.ByteSize()
@@ -359,8 +338,8 @@ class TeiService:
                     raise Refused(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                   f"the stream's messages are larger than the limit of {limits.max_body_bytes} bytes")
                 if len(messages) == limits.max_inputs_per_request:
-                    raise batch_too_large(model, len(messages) + 1)
-                check_pair(message.query, message.text)
+                    raise tei.batch_too_large(model, len(messages) + 1)
+                tei.check_pair(message.query, message.text)
                 messages.append(message)
             if not st.admission.try_admit():
                 raise self._busy()
@@ -374,16 +353,13 @@ class TeiService:
 
     # -- Tokenize ------------------------------------------------------------------------------------
 
-    async def _tokenize(self, m: Any, st: ModelState, llm: LLM, call: _Call) -> Any:
-        body = TeiTokenizeRequest.model_construct(
-            inputs=m.inputs, add_special_tokens=m.add_special_tokens, prompt_name=_optional(m, "prompt_name")
-        )
-        (tokens,) = await tokens_of(body, call, st, llm)
+    async def _tokenize(self, m: Any, st: ModelState, llm: LLM, call: Call) -> Any:
+        asked = tei.Tokenize(inputs=m.inputs, add_special_tokens=m.add_special_tokens, prompt_name=_optional(m, "prompt_name"))
+        (tokens,) = await tei.tokens_of(asked, call, st, llm)
         return self.pb.EncodeResponse(tokens=[self.pb.SimpleToken(**{k: v for k, v in t.items() if v is not None}) for t in tokens])
 
-    async def _decode(self, m: Any, st: ModelState, llm: LLM, call: _Call) -> Any:
-        body = DecodeRequest.model_construct(ids=list(m.ids), skip_special_tokens=m.skip_special_tokens)
-        (text,) = await texts_of(body, call, st, llm)
+    async def _decode(self, m: Any, st: ModelState, llm: LLM, call: Call) -> Any:
+        (text,) = await tei.texts_of(tei.Decode(ids=list(m.ids), skip_special_tokens=m.skip_special_tokens), call, st, llm)
         return self.pb.DecodeResponse(text=text)
 
     async def Tokenize(self, request: Any, context: grpc.aio.ServicerContext) -> Any:

@@ -39,9 +39,9 @@ except ImportError as exc:  # pragma: no cover - exercised by the CLI test with 
         "the HTTP server needs FastAPI, uvicorn, orjson and prometheus-client: pip install 'poolkit[serve]'"
     ) from exc
 
+from ..serving.errors import ApiError  # noqa: E402
+from ..serving.state import ServerLimits  # noqa: E402
 from .app import create_app, run  # noqa: E402
-from .errors import ApiError  # noqa: E402
 from .guard import INFERENCE_ROUTES, strict_json  # noqa: E402
-from .state import ServerLimits  # noqa: E402
 
 __all__ = ["INFERENCE_ROUTES", "ApiError", "ServerLimits", "create_app", "run", "strict_json"]

@@ -12,16 +12,16 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Sequence
 from fastapi import FastAPI
 
 from ...contracts.errors import InvalidRequest, MissingDependency
+from ...inputs.media import MediaPolicy
+from ...lora.request import LoRARequest
+from ..serving.state import MiB, ModelOptions, ModelState, ServerLimits, ServerState
 from .endpoints import Endpoint
 from .errors import install_error_handlers
 from .front import front_protocol
 from .guard import Guard, StrictRoute
 from .lane import Lane
-from ...inputs.media import MediaPolicy
-from ...lora.request import LoRARequest
 from .openapi import install_openapi
 from .routes import ENDPOINTS, INFERENCE_ROUTES
-from .state import MiB, ModelOptions, ModelState, ServerLimits, ServerState
 from .tracing import Traced, Tracing, check_endpoint
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ def create_app(
             scores with it, unless ``score_template`` is given.
         score_template: the score template (Jinja text) of ``/score`` and ``/rerank`` for a model
             whose scorer takes one.
-        cache_size: entries of each model's embedding cache (:mod:`poolkit.entrypoints.server.cache`); 0: none.
+        cache_size: entries of each model's embedding cache (:mod:`poolkit.entrypoints.serving.cache`); 0: none.
         cache_max_bytes: bytes each model's cache may hold (results, token ids and inputs).
         auto_truncate: TEI's routes truncate inputs that are too long unless a request says
             ``truncate: false`` (TEI's ``--auto-truncate``); otherwise they refuse them.

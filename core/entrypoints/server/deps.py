@@ -2,7 +2,7 @@
 the server's readiness, which ``/health`` reports).
 
 The middleware (:class:`~poolkit.entrypoints.server.guard.Guard`) picks the model a request names and leaves
-its :class:`~poolkit.entrypoints.server.state.ModelState` in the request's scope; routes take it (``State``)
+its :class:`~poolkit.entrypoints.serving.state.ModelState` in the request's scope; routes take it (``State``)
 and its loaded :class:`poolkit.LLM` (``Model``) as dependencies.
 """
 
@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, Request
 
-from .errors import ApiError
-from .state import ModelState
+from ..serving.errors import ApiError
+from ..serving.state import ModelState
 
 if TYPE_CHECKING:
-    from .state import ServerState
+    from ..serving.state import ServerState
 
-#: The ASGI scope key of the :class:`~poolkit.entrypoints.server.state.ModelState` the guard chose.
+#: The ASGI scope key of the :class:`~poolkit.entrypoints.serving.state.ModelState` the guard chose.
 CHOSEN_MODEL = "poolkit.model"
 
 

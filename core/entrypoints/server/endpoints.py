@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from pydantic import BaseModel
 
-from .scoring import has_scorer
+from ..serving.scoring import has_scorer
 
 if TYPE_CHECKING:
     from ...api.llm import LLM
-    from .state import ModelState
+    from ..serving.state import ModelState
 
 #: The error shapes an endpoint answers with: OpenAI's ``{"error": {...}}`` (vLLM's and Cohere's
 #: routes too) and Text Embeddings Inference's ``{"error", "error_type"}`` with TEI's statuses.

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from typing import Any, Awaitable, Callable, Sequence
 
 from fastapi import FastAPI, Request
@@ -18,8 +17,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ...contracts.errors import MissingDependency, ModelLoadError, PluginError, PoolkitError, short  # noqa: F401 - short: the routes quote input with it
-from ...runtime.batching import QueueFull, ShuttingDown
+from ...contracts.errors import PoolkitError, short
+from ..serving.errors import ApiError, ClientGone, clean_message, status_of, tei_status
 
 logger = logging.getLogger(__name__)
 
@@ -37,64 +36,8 @@ _ERROR_TYPES = {
     501: "NotImplementedError",
     503: "ServiceUnavailableError",
 }
-#: TEI's ``error_type`` of each status it sends (``router/src/lib.rs``: ``ErrorType``).
-_TEI_TYPES = {400: "Empty", 413: "Validation", 422: "Tokenizer", 424: "Backend", 429: "Overloaded", 503: "Unhealthy"}
-#: The status TEI gives the errors poolkit words with another one: a request TEI's rules refuse is
-#: a validation error (413) there, a body that does not deserialise a 422.
-_TEI_STATUS = {400: 413}
-_MAX_MESSAGE = 500
 #: The ASGI scope key saying which API answers a request (``"tei"``: TEI's error shape).
 API = "poolkit.api"
-_PATH = re.compile(r"(?<![\w:/.])(?:/[\w.@+-]+){3,}/?")
-
-
-class ApiError(Exception):
-    """An HTTP error with the OpenAI/vLLM error body.
-
-    Args:
-        status: the HTTP status (repeated as ``code`` in the body).
-        message: one line for the client.
-        param: the request field at fault, if one is.
-        headers: extra response headers (``Retry-After``, ``WWW-Authenticate``).
-        tei: the status and ``error_type`` TEI's routes answer with instead, when they differ from
-            :func:`tei_status`'s (``(400, "empty")`` for TEI's empty batch).
-    """
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        param: str | None = None,
-        headers: dict[str, str] | None = None,
-        tei: tuple[int, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.param = param
-        self.headers = headers or {}
-        self.tei = tei
-
-
-class ClientGone(Exception):
-    """The client disconnected before its response was ready (logged as 499)."""
-
-
-def tei_status(status: int) -> tuple[int, str]:
-    """The status and ``error_type`` TEI answers an error of ``status`` with."""
-    status = _TEI_STATUS.get(status, status)
-    return status, _TEI_TYPES.get(status, "Validation" if 400 <= status < 500 else "Backend")
-
-
-def clean_message(message: str, scrub: Sequence[tuple[str, str]]) -> str:
-    """Paths replaced, whitespace collapsed, the message bounded."""
-    for old, new in scrub:
-        if old:
-            message = message.replace(old, new)
-    message = " ".join(_PATH.sub("<path>", message).split())
-    if len(message) > _MAX_MESSAGE:
-        message = message[: _MAX_MESSAGE - 3] + "..."
-    return message
 
 
 def error_body(status: int, message: str, param: str | None = None, scrub: Sequence[tuple[str, str]] = ()) -> bytes:
@@ -123,19 +66,6 @@ async def send_error(send: Any, error: ApiError, scrub: Sequence[tuple[str, str]
     headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
-
-
-def status_of(exc: PoolkitError) -> int:
-    """The HTTP status of a library error: a client's mistake is 400, overload 429, draining 503."""
-    if isinstance(exc, QueueFull):
-        return 429
-    if isinstance(exc, ShuttingDown):
-        return 503
-    if isinstance(exc, MissingDependency):
-        return 501
-    if isinstance(exc, (ModelLoadError, PluginError)):
-        return 500
-    return getattr(exc, "status", 400)
 
 
 _PARAM_HINTS = (

@@ -29,12 +29,13 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.utils import get_client_addr
 
+from ..serving.call import DISCONNECTED
 from .errors import error_body
+from .guard import body_then
 from .routes import INFERENCE_ROUTES
-from .work import DISCONNECTED, body_then
 
 if TYPE_CHECKING:
-    from .state import ServerState
+    from ..serving.state import ServerState
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ def plain_scope(
     root_path: str = "", state: dict | None = None,
 ) -> dict[str, Any]:
     """The ASGI scope of a plain request the front read (:func:`read_plain_request`): ``gone`` is
-    the future set when its client goes away (the scope's :data:`~poolkit.entrypoints.server.work.DISCONNECTED`)."""
+    the future set when its client goes away (the scope's :data:`~poolkit.entrypoints.serving.call.DISCONNECTED`)."""
     return {
         "type": "http",
         "asgi": {"version": asgi_version, "spec_version": "2.3"},

@@ -11,10 +11,8 @@ checks, and how, the endpoints' records say (:mod:`~poolkit.entrypoints.server.r
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
-import secrets
 import time
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
@@ -22,9 +20,12 @@ from fastapi import Request
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
 
+from ...contracts.errors import short
+from ..serving.call import DISCONNECTED
+from ..serving.door import bearer_matches, draining, served_model, unready
+from ..serving.errors import ApiError
 from .deps import CHOSEN_MODEL
-from .errors import API, ApiError, send_error, short
-from .inputs import served_model
+from .errors import API, send_error
 from .routes import (
     INFERENCE_ROUTES,
     OPEN_METHODS,
@@ -34,10 +35,9 @@ from .routes import (
     TEI_ALIASES,
     TEI_ROUTES,
 )
-from .work import DISCONNECTED, body_then
 
 if TYPE_CHECKING:
-    from .state import ModelState, ServerState
+    from ..serving.state import ModelState, ServerState
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +103,20 @@ class StrictRoute(APIRoute):
         return route_handler
 
 
+def body_then(body: bytes, after: Callable[[], Awaitable[dict]]) -> Callable[[], Awaitable[dict]]:
+    """An ASGI ``receive`` that hands over ``body`` (all of it, read already) once, then whatever ``after`` answers."""
+    sent = False
+
+    async def receive() -> dict:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await after()
+
+    return receive
+
+
 # -- the middleware --------------------------------------------------------------------------------
 
 
@@ -128,22 +142,6 @@ def _parsed(body: bytes) -> tuple[Any] | None:
         return None
 
 
-def _unready(model: "ModelState") -> ApiError | None:
-    """The 503 of a model that is not taking requests (still loading, or failed to load)."""
-    if model.load_error is not None:
-        return ApiError(503, "the model failed to load")
-    if not model.ready:
-        return ApiError(503, "the model is loading; retry shortly", headers={"Retry-After": "5"})
-    return None
-
-
-def bearer_matches(authorization: str | None, key_digest: bytes) -> bool:
-    """Whether an ``Authorization`` value is ``Bearer <the API key>`` (compared by digest, in constant time)."""
-    scheme, _, token = (authorization or "").partition(" ")
-    digest = hashlib.sha256(token.strip().encode("utf-8", "surrogateescape")).digest()
-    return scheme.lower() == "bearer" and secrets.compare_digest(digest, key_digest)
-
-
 class Guard:
     """ASGI middleware: key, admission, content type and body size before anything is parsed.
 
@@ -152,7 +150,7 @@ class Guard:
 
     Args:
         app: the ASGI application it wraps.
-        state: the application's :class:`~poolkit.entrypoints.server.state.ServerState`.
+        state: the application's :class:`~poolkit.entrypoints.serving.state.ServerState`.
     """
 
     def __init__(self, app: Any, state: "ServerState") -> None:
@@ -183,10 +181,10 @@ class Guard:
         st = self.state
         if path not in INFERENCE_ROUTES or method != "POST":
             return None
-        if model is not None and (error := _unready(model)) is not None:
+        if model is not None and (error := unready(model)) is not None:
             return error
-        if st.draining:
-            return ApiError(503, "the server is shutting down", headers={"Retry-After": "5"})
+        if (error := draining(st)) is not None:
+            return error
         if not _is_json(_header(scope, b"content-type")):
             return ApiError(415, "Unsupported Media Type: Only 'application/json' is allowed")
         length = _header(scope, b"content-length")
@@ -202,7 +200,7 @@ class Guard:
         whose body is in: a slot counts work, not uploads (TEI takes its permit after the body too),
         so clients stalling their bodies hold no slot. A request whose headers came before a
         shutdown began is drained as one already admitted, its body arriving meanwhile. The slot is
-        the server's one limit (:mod:`~poolkit.entrypoints.server.admission`), shared with gRPC."""
+        the server's one limit (:mod:`~poolkit.entrypoints.serving.admission`), shared with gRPC."""
         st = self.state
         if not st.admission.try_admit():
             return ApiError(
@@ -319,7 +317,7 @@ class Guard:
                         path = scope["path"] = self._fork(scope, path, value)
                     if not named:
                         chosen = self._model(value.get("model") if isinstance(value, dict) else None)
-                        error = chosen if isinstance(chosen, ApiError) else _unready(chosen)
+                        error = chosen if isinstance(chosen, ApiError) else unready(chosen)
                         model = None if isinstance(chosen, ApiError) else chosen
                 if error is None:
                     scope[CHOSEN_MODEL] = model

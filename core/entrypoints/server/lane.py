@@ -52,7 +52,7 @@ class Lane:
     async def answer(self, st: Any, scope: dict, receive: Any, send: Any, body: bytes) -> bool:
         """Answer the request if it is the lane's (``True``); ``False`` leaves it to the application.
 
-        ``st`` is the :class:`~poolkit.entrypoints.server.state.ModelState` the request chose; ``receive`` is
+        ``st`` is the :class:`~poolkit.entrypoints.serving.state.ModelState` the request chose; ``receive`` is
         the client's, past the body the guard read.
         """
         taken = self.routes.get(scope["path"])

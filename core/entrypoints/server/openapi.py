@@ -28,15 +28,15 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
-from ...inputs.pairs import SIDE_LIMITS
 from ...contracts.errors import PoolkitError
+from ...inputs.pairs import SIDE_LIMITS
 from ..protocol import SCORE_PAIRS, TEXT, TEXT_DOCUMENT, list_of
 from .endpoints import TEI, Endpoint
 from .routes import ENDPOINTS, SHARED_ROUTES
 
 if TYPE_CHECKING:
     from ...api.llm import LLM
-    from .state import ModelState, ServerState
+    from ..serving.state import ModelState, ServerState
 
 #: Rules across fields or over the tokens of an input, which a request schema cannot state, and
 #: the words of the 400 that each one gets; the rest of a request's rules are in its schema.

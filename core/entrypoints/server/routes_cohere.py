@@ -17,15 +17,16 @@ from ...contracts.errors import InvalidRequest
 from ...contracts.io import Prompt
 from ...contracts.params import PoolingParams
 from ...inputs.chat import checked_text
+from ...inputs.request import PoolRequest
 from ..encodings import binary, cohere_base64, ubinary
 from ..protocol import TEXT, BaseRequest, Positive, list_of, one_of, schema
+from ..serving.errors import ApiError
+from ..serving.inputs import check_count, check_dimensions, check_model, pooling_params, render_chat
+from ..serving.state import ModelState
+from ..serving.work import check_response, check_tokens, check_truncation, run_task, until_done
 from .deps import Model, State
 from .endpoints import Endpoints
-from .errors import ApiError
-from .inputs import check_count, check_dimensions, check_model, pooling_params, render_chat
-from .state import ModelState
 from .wire import check_finite, request_id, respond, types_bytes
-from .work import check_response, check_tokens, check_truncation, run_task, until_done
 
 if TYPE_CHECKING:
     from ...api.llm import LLM
@@ -110,19 +111,6 @@ def _describe(doc: dict[str, Any], st: ModelState) -> None:
 COHERE_SIDES = {"search_query": ("query",), "search_document": ("document", "passage", "corpus")}
 
 
-def _named(st: ModelState, input_type: str | None) -> str | None:
-    """Cohere's ``search_query`` / ``search_document`` as the model's own ``query`` / ``document``
-    (or ``passage``) prompt where it has no prompt of Cohere's name, or as the retrieval side of a
-    retriever that writes its own (BGE-M3); anything else as it is."""
-    if input_type is None or input_type in st.renderer.input_types:
-        return input_type
-    known = set(st.renderer.input_types)
-    names = COHERE_SIDES.get(input_type, ())
-    if names and not known & set(names) and st.renderer.own_sides(names[0]):  # a retriever's own side
-        return names[0]
-    return next((name for name in names if name in known), input_type)
-
-
 # -- the route -------------------------------------------------------------------------------------
 
 
@@ -130,10 +118,7 @@ def _named(st: ModelState, input_type: str | None) -> str | None:
 async def cohere_embed(body: CohereEmbedRequest, request: Request, st: State, llm: Model) -> Response:
     check_model(st, body.model)
     items = _items(st, body, st.renderer.reads_media)
-    named = _named(st, body.input_type)
-    own = named not in st.renderer.input_types and st.renderer.own_sides(named)  # a retriever's own side (BGE-M3)
-    prompt_name, prefix = st.renderer.input_type(None if own else named)
-    side = named if own else None
+    prompt_name, prefix, side = st.renderer.side(llm.task("embed"), body.input_type, COHERE_SIDES.get(body.input_type or "", ()))
     types = list(dict.fromkeys(body.embedding_types))
     if not types:
         raise ApiError(400, "embedding_types must not be empty", param="embedding_types")
@@ -195,9 +180,8 @@ async def _run(
     """Texts (in the retrieval ``side`` of a retriever that writes its own), and a dual encoder's
     images (one image, no text, each), prepared and run."""
     raw = [(prefix + value if prefix else value) if kind == "text" else "" for kind, value in items]
-    task, prompts, checked = llm.prepare(
-        raw, params, pooling_task="embed", prompt_name=prompt_name, lora_request=st.lora,
-        tokenization_kwargs={"input_type": side} if side is not None else None,
+    task, prompts, checked = llm.render(
+        PoolRequest(raw, task="embed", params=params, prompt_name=prompt_name, input_type=side, lora_request=st.lora)
     )
     tokens = llm.estimate_tokens(prompts, checked)
     check_tokens(st, tokens)
@@ -345,13 +329,10 @@ def _work(
 
 def _check_untruncated(st: ModelState, prompts: Sequence[Prompt], max_tokens: int | None) -> None:
     """``truncate=NONE``: an input longer than the model's limit (or ``max_tokens``) is an error."""
-    model = st.llm.model
-    tok = model.tokenizer
     for i, prompt in enumerate(prompts):
         if prompt.text is None:
             continue
-        text = st.llm.engine.tokenizer.texts([prompt.text], prompt.prompt_prefix)[0]
-        n = len(tok(text, add_special_tokens=True, verbose=False)["input_ids"])
+        n = len(st.renderer.tokenize(prompt.text, prefix=prompt.prompt_prefix)["input_ids"])
         if max_tokens is not None and n > max_tokens:
             raise InvalidRequest(
                 f"Input of {n} tokens exceeds max_tokens={max_tokens} with truncate=NONE. "

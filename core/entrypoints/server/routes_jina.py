@@ -21,12 +21,12 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr
 from ...inputs.chat import checked_text
 from ..encodings import token_rows
 from ..protocol import TEXT, BaseRequest, PoolFactor, Positive, schema
+from ..serving.errors import ApiError
+from ..serving.inputs import check_count, check_dimensions, check_model, pooling_params
+from ..serving.work import run_task
 from .deps import Model, State
 from .endpoints import Endpoints
-from .errors import ApiError
-from .inputs import check_count, check_dimensions, check_model, pooling_params
 from .wire import check_finite, request_id, respond, types_bytes
-from .work import run_task
 
 ENDPOINTS = Endpoints()
 #: The task the route serves: every token's vector.
@@ -53,7 +53,7 @@ class MultiVectorRequest(BaseRequest):
     input_type: Literal["query", "document"] = Field(
         "document", description="The retrieval side the texts are encoded in (Jina's default: document)."
     )
-    embedding_type: Union[EmbeddingType, List[EmbeddingType]] = Field(
+    embedding_type: Union[EmbeddingType, Annotated[List[EmbeddingType], Field(json_schema_extra={"minItems": 1})]] = Field(
         "float", description="float, base64, binary, ubinary, int8 or uint8, or a list of them (then keyed by type)."
     )
     dimensions: Optional[Positive] = Field(None, description="A Matryoshka width of the model (jina-colbert-v2: 128, 96, 64).")

@@ -22,10 +22,10 @@ from ...contracts.errors import InvalidRequest
 from ...lora.manager import enabled
 from ...lora.request import LoRARequest
 from ..protocol import BaseRequest
+from ..serving.errors import ApiError
+from ..serving.work import until_done
 from .deps import Model, State
 from .endpoints import Endpoints
-from .errors import ApiError
-from .work import until_done
 
 ENDPOINTS = Endpoints()
 #: The switches that allow loading and unloading adapters at run time (vLLM's, and poolkit's own).

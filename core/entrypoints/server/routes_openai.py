@@ -12,12 +12,20 @@ from pydantic import ConfigDict, Field, StrictStr
 from ...contracts.errors import PoolkitError
 from ...plugins import registry
 from ..protocol import (
-    ActivationFields, BaseRequest, ChatFields, EncodingFields, Positive, PromptInput, SideFields, TokenizationFields, one_of,
+    ActivationFields,
+    BaseRequest,
+    ChatFields,
+    EncodingFields,
+    Positive,
+    PromptInput,
+    SideFields,
+    TokenizationFields,
+    one_of,
 )
+from ..serving.inputs import check_model, run_inputs
+from ..serving.state import AdapterState, ModelState
 from .deps import Model, State
 from .endpoints import Endpoints
-from .inputs import check_model, run_inputs
-from .state import AdapterState, ModelState
 from .wire import encode_tensor, json_response, list_response, number_bytes
 
 ENDPOINTS = Endpoints()

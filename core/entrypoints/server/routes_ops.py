@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import Request
 from fastapi.responses import Response
 
+from ..serving.metrics import CONTENT_TYPE
 from .deps import check_serving
 from .endpoints import Endpoints
-from .metrics import CONTENT_TYPE
 from .wire import json_response
 
 ENDPOINTS = Endpoints()

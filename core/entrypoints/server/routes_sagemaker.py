@@ -1,7 +1,7 @@
 """SageMaker's ``POST /invocations``, as vLLM serves it: the request's shape picks the endpoint.
 
 The endpoints it passes bodies to are looked up among the application's own
-(:attr:`~poolkit.entrypoints.server.state.ServerState.endpoints`) by path: this module imports no
+(:attr:`~poolkit.entrypoints.serving.state.ServerState.endpoints`) by path: this module imports no
 other protocol's routes.
 """
 
@@ -15,10 +15,11 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 
 from ..protocol import SCORE_PAIRS, given
+from ..serving.errors import ApiError
+from ..serving.state import ModelState
 from .deps import Model, State
 from .endpoints import Endpoint, Endpoints
-from .errors import ApiError, validation_message
-from .state import ModelState
+from .errors import validation_message
 
 if TYPE_CHECKING:
     from ...api.llm import LLM

@@ -14,9 +14,10 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, WrapValidator
 from pydantic_core import PydanticCustomError
 
-from ...contracts.errors import InvalidRequest, UnknownName
+from ...contracts.errors import InvalidRequest, UnknownName, short
 from ...contracts.params import PoolingParams
-from ...contracts.scoring import RESERVED_TEMPLATE_KWARGS as RESERVED_SCORE_KWARGS, check_template_kwargs
+from ...contracts.scoring import RESERVED_TEMPLATE_KWARGS as RESERVED_SCORE_KWARGS
+from ...contracts.scoring import check_template_kwargs
 from ...contracts.tasks import stray_options
 from ...inputs.chat import chat_of, checked_text
 from ...inputs.pairs import SIDE_LIMITS, MediaItem, has_media, score_side
@@ -31,8 +32,8 @@ from ..protocol import (
     BaseRequest,
     ChatFields,
     EncodingFields,
-    Positive,
     PoolFactor,
+    Positive,
     PromptInput,
     SideFields,
     Text,
@@ -42,14 +43,14 @@ from ..protocol import (
     one_of,
     schema,
 )
+from ..serving.errors import ApiError
+from ..serving.inputs import check_count, check_model, check_token_ids, pooling_params, render_chat, run_inputs
+from ..serving.scoring import score_pairs, scorer_of
+from ..serving.state import ModelState
+from ..serving.work import JSON_NUMBER_BYTES, check_tokens, check_truncation, until_done
 from .deps import Model, State
 from .endpoints import Endpoints
-from .errors import ApiError, short
-from .inputs import check_count, check_model, check_token_ids, pooling_params, render_chat, run_inputs
-from .scoring import score_pairs, scorer_of
-from .state import ModelState
-from .wire import JSON_NUMBER_BYTES, check_finite, encode_tensor, jsonable, list_response, number_bytes, request_id, respond, usage
-from .work import check_tokens, check_truncation, until_done
+from .wire import check_finite, encode_tensor, jsonable, list_response, number_bytes, request_id, respond, usage
 
 if TYPE_CHECKING:
     from ...api.llm import LLM
@@ -477,7 +478,6 @@ async def tokenize(body: TokenizeRequest, request: Request, st: State, llm: Mode
     check_model(st, body.model)
     if (body.prompt is None) == (body.messages is None):
         raise ApiError(400, "send either 'prompt' or 'messages'", param="prompt")
-    tok = llm.get_tokenizer()
     if body.messages is not None:
         continuing = body.continue_final_message
         chat = chat_of(body.messages, {
@@ -496,9 +496,8 @@ async def tokenize(body: TokenizeRequest, request: Request, st: State, llm: Mode
         tokens = tokens_of_text(len(prompt))
         check_tokens(st, tokens, "prompt")
         add_special = body.add_special_tokens is not False
-        text = llm.engine.tokenizer.texts([prompt])[0]
-        ids = await until_done(request, st, st.batcher.call(lambda: tok(text, add_special_tokens=add_special)["input_ids"], tokens))
-    strs = tok.convert_ids_to_tokens(ids) if body.return_token_strs else None
+        ids = await until_done(request, st, st.batcher.call(lambda: st.renderer.tokenize(prompt, add_special_tokens=add_special)["input_ids"], tokens))
+    strs = st.renderer.token_strings(ids) if body.return_token_strs else None
     return await respond(
         lambda: {"count": len(ids), "max_model_len": st.max_len, "tokens": ids, "token_strs": strs}, len(ids)
     )
@@ -511,13 +510,5 @@ async def detokenize(body: DetokenizeRequest, request: Request, st: State, llm: 
     ids = list(body.tokens)
     check_token_ids(st, ids, "tokens")
     check_tokens(st, len(ids), "tokens")
-    tok = llm.get_tokenizer()
-
-    def decode() -> str:
-        try:
-            return tok.decode(ids)
-        except (OverflowError, ValueError, TypeError) as exc:  # ids the tokenizer cannot map
-            raise InvalidRequest(f"cannot decode the tokens: {short(exc, 200)}") from None
-
-    text = await until_done(request, st, st.batcher.call(decode, max(1, len(ids))))
+    text = await until_done(request, st, st.batcher.call(lambda: st.renderer.detokenize(ids), max(1, len(ids))))
     return await respond(lambda: {"prompt": text}, 1)

@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 
 from ...contracts.errors import InvalidRequest, MissingDependency
 from ...runtime.batching import TIMED_WORK, WorkTimes
-from .metrics import ModelMetrics
+from ..serving.metrics import ModelMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ class Tracing:
         MissingDependency: OpenTelemetry is not installed.
     """
 
-    #: The model metrics of a traced server (:class:`~poolkit.entrypoints.server.state.ModelState`
+    #: The model metrics of a traced server (:class:`~poolkit.entrypoints.serving.state.ModelState`
     #: makes its own from here, so that the state module need not import this one).
     metrics = TracedMetrics
 
@@ -271,11 +271,11 @@ class Traced:
     :class:`RequestTrace` of each inference request and records it once the response is sent.
 
     Built after the guard it wraps, it takes the guard's place as the entry the HTTP front hands
-    its requests to (:attr:`ServerState.guard <poolkit.entrypoints.server.state.ServerState>`).
+    its requests to (:attr:`ServerState.guard <poolkit.entrypoints.serving.state.ServerState>`).
 
     Args:
         app: the ASGI application it wraps (the guard).
-        state: the application's :class:`~poolkit.entrypoints.server.state.ServerState` (its ``tracing`` set).
+        state: the application's :class:`~poolkit.entrypoints.serving.state.ServerState` (its ``tracing`` set).
         paths: the paths whose ``POST`` requests are traced.
     """
 

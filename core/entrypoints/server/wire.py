@@ -28,7 +28,8 @@ from fastapi.responses import Response
 
 from ...runtime.columns import Results
 from ..encodings import EMBED_DTYPES, tensor_base64, tensor_bytes
-from .errors import ApiError
+from ..serving.errors import ApiError
+from ..serving.work import JSON_NUMBER_BYTES
 
 # Bodies built from more numbers than this are built on a worker thread.
 _OFF_LOOP = 32768
@@ -37,9 +38,6 @@ _NUMPY_FLOATS = (torch.float16, torch.float32, torch.float64)
 _NON_FINITE = "the model produced a non-finite value (NaN or Infinity); no result was returned"
 
 
-#: Bytes of one number in a JSON response, at most about: a float32 result written as the
-#: shortest float64 that reads back the same (``-0.012345678901234567``) and its comma.
-JSON_NUMBER_BYTES = 24
 
 #: Bytes of one result number in a response, at most about, in each embedding type of Cohere's and
 #: Jina's APIs: a JSON number; base64 of a float32 (4 bytes in 16/3 characters); signs packed 8 to a

@@ -3,8 +3,8 @@
 In a causal model the states of a prompt's first ``p`` tokens depend on those tokens alone, so
 prompts that begin alike (an embedder's instruction before each query, a reranker's system text
 and query before each document) need them computed once. For an architecture that says so
-(``shares_prefixes``: causal attention, positions from 0, no sliding window, nothing that reads a
-sequence's length), the engine's forward pass runs in two steps:
+(:class:`~poolkit.contracts.capabilities.SharesPrefixes`: causal attention, positions from 0, no
+sliding window, nothing that reads a sequence's length), the engine's forward pass runs in two steps:
 
 1. the prefixes not known yet run as sequences of their own, and every layer's keys and values
    (after the rotation) and the last layer's states of their tokens are kept;
@@ -24,8 +24,8 @@ token ids with its scope: the request's ``cache_salt`` (tenants never share stat
 adapter (states under one adapter are another's). Results equal the unshared run's up to the
 rounding of another summation order (fp32: 1e-5).
 
-Prompts with media (a vision-language model's, whose architecture names its
-:attr:`~poolkit.Architecture.placeholder_tokens`) share too, but a prefix never splits a prompt's
+Prompts with media (a vision-language model's, whose architecture names its placeholder tokens:
+:class:`~poolkit.contracts.capabilities.MediaPlaceholders`) share too, but a prefix never splits a prompt's
 media: it ends before the prompt's first placeholder (text alone: keyed by its token ids, so an
 instruction before different images is shared; it runs without the media) or holds every
 placeholder (keyed by the media too: a digest of its tensors in the scope, and each token's

@@ -15,6 +15,7 @@ import torch
 
 from ...config.environment import env_number
 from ...contracts.batch import PackedBatch, device_tensor
+from ...contracts.capabilities import MediaPlaceholders, SharesPrefixes
 from ...plugins.lookup import kernel_for
 from .. import adapter_runs
 from .cache import BLOCK, DEFAULT_CACHE_BYTES, Entry, PrefixCache, Reuse, Scope, scope_of
@@ -118,10 +119,12 @@ class PrefixSharing:
 
     @classmethod
     def for_model(cls, model: LoadedModel, enabled: bool | None) -> "PrefixSharing | None":
-        """Sharing for ``model``: ``None`` when its architecture cannot share prefixes, or
+        """Sharing for ``model``: ``None`` when its architecture cannot share prefixes (is no
+        :class:`~poolkit.contracts.capabilities.SharesPrefixes`, or says so for its config), or
         ``enabled`` is ``False`` (``enable_prefix_caching=False``); on by default otherwise, as
         vLLM turns prefix caching on for decoders."""
-        if enabled is False or not model.architecture.shares_prefixes:
+        arch = model.architecture
+        if enabled is False or not (isinstance(arch, SharesPrefixes) and arch.shares_prefixes):
             return None
         budget = int(env_number("POOLKIT_PREFIX_CACHE_BYTES", DEFAULT_CACHE_BYTES))
         return cls(PrefixCache(budget) if budget > 0 else None)
@@ -145,7 +148,7 @@ class PrefixSharing:
         media = batch.extras.get("media")
         spans: list[PromptMedia | None] | None = None
         if media is not None and any(m is not None for m in media):
-            placeholders = frozenset(arch.placeholder_tokens)
+            placeholders = frozenset(arch.placeholder_tokens) if isinstance(arch, MediaPlaceholders) else frozenset()
             if not placeholders:  # an architecture that cannot say where its media lie shares none
                 return None
             spans = [PromptMedia.of(seq, m, placeholders) if m is not None else None for seq, m in zip(ids, media)]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from poolkit.batch import PackedBatch
-from poolkit.pooling import Pooler
+from poolkit.contracts.batch import PackedBatch
+from poolkit.contracts.pooling import Pooler
 
 
 class FirstLastAvgPooler(Pooler):

@@ -13,9 +13,9 @@ from typing import Any, ClassVar, Iterable
 import torch
 import torch.nn.functional as F
 
-from poolkit.architecture import Architecture
-from poolkit.batch import PackedBatch
-from poolkit.weights import load_into
+from poolkit.contracts.architecture import Architecture
+from poolkit.contracts.batch import PackedBatch
+from poolkit.loading.weights import load_into
 
 MODEL_TYPE = "poolkit-static"
 UNK = "[UNK]"

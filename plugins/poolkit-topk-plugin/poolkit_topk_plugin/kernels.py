@@ -1,7 +1,8 @@
 """An override of a built-in kernel: ``segment_pool`` on the CPU through running sums.
 
 What an override takes: a kernel registered under a name of its own (``segment_pool:topk_cumsum``)
-for the built-in op, with a priority above the built-in kernels', the op's reference reused
+for the built-in op, with a priority above the built-in kernels' (``KernelPriority.TOP``, above
+``segment_pool``'s ``REFERENCE`` and ``COMPILED``), the op's reference reused
 through ``poolkit.kernel_reference`` (what tests compare with, and what the modes this kernel
 does not handle go to), and an ``is_available`` that poolkit asks on every lookup. Here that is
 an opt-in switch, ``POOLKIT_TOPK_SEGMENT_POOL=1``, so that installing the example changes no
@@ -15,7 +16,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from poolkit import Kernel, hookimpl, kernel_reference
+from poolkit import Kernel, KernelPriority, hookimpl, kernel_reference
 
 __all__ = ["SWITCH", "segment_pool_cumsum"]
 
@@ -55,7 +56,7 @@ def poolkit_register_kernels(register):
             fn=segment_pool_cumsum,
             reference=kernel_reference("segment_pool"),
             device="cpu",
-            priority=20,
+            priority=KernelPriority.TOP,
             is_available=_switched_on,
         ),
     )

@@ -5,7 +5,7 @@ pooling parameters (all of them, not a chosen few, so a new parameter can never 
 the key), the prompt name, whether special tokens were added, and the exact input (its text or
 its token ids). The cache is bounded in entries (``--cache-size``) and in bytes
 (``--cache-max-bytes``). Each served model has its own cache; every route that runs inputs through
-:func:`~poolkit.entrypoints.server.work.run_task` shares it. Least recently used entries go first.
+:func:`~poolkit.entrypoints.serving.work.run_task` shares it. Least recently used entries go first.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ _BUCKET_LABELS = re.compile(rb'^(\w+_bucket\{)(le="[^"]*"),([^\n]+)\}', re.MULTI
 
 class _StateCollector:
     """The batcher's counters and the server's gauges, read at scrape time from the app's
-    :class:`~poolkit.entrypoints.server.state.ServerState`."""
+    :class:`~poolkit.entrypoints.serving.state.ServerState`."""
 
     def __init__(self, state: Any) -> None:
         self.state = state

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from fastapi import Request
-
 from ...contracts.errors import InvalidRequest, UnknownName
 from ...contracts.params import PoolingParams
+from .call import Call
 from .errors import ApiError
 from .state import ModelState
 from .work import check_tokens, until_done
 
 if TYPE_CHECKING:
+    from starlette.requests import Request
+
     from ...api.llm import LLM
 
 
@@ -43,7 +44,7 @@ def has_scorer(llm: LLM) -> bool:
 
 
 async def score_pairs(
-    request: Request, st: ModelState, llm: LLM, pairs: tuple[list[str], list[str]], params: PoolingParams, instruction: str | None
+    call: Call | Request, st: ModelState, llm: LLM, pairs: tuple[list[str], list[str]], params: PoolingParams, instruction: str | None
 ) -> list[Any]:
     """Score the sides ``LLM.pair`` made of a request with ``LLM.score``, on the worker thread.
 
@@ -56,7 +57,7 @@ async def score_pairs(
     check_tokens(st, tokens)
     template = st.score_template_for(scorer)
     outputs = await until_done(
-        request, st, st.batcher.call(lambda: llm.score(first, second, params, chat_template=template, instruction=instruction, lora_request=st.lora), tokens)
+        call, st, st.batcher.call(lambda: llm.score(first, second, params, chat_template=template, instruction=instruction, lora_request=st.lora), tokens)
     )
     st.metrics.answered(len(outputs), sum(len(o.prompt_token_ids) for o in outputs))
     return outputs

@@ -9,18 +9,20 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
 
-from fastapi import Request
-
+from ...contracts.errors import short
 from ...contracts.params import PoolingParams
 from ...inputs import chat as chats
 from ...inputs.chat import Chat, checked_text
 from ...inputs.renderer import Renderer
-from .errors import ApiError, short
-from .state import ModelState, ServerState
-from .wire import JSON_NUMBER_BYTES
-from .work import run_task, until_done
+from .call import Call
+from .door import served_model
+from .errors import ApiError
+from .state import ModelState
+from .work import JSON_NUMBER_BYTES, run_task, until_done
 
 if TYPE_CHECKING:
+    from starlette.requests import Request
+
     from ...api.llm import LLM
 
 
@@ -49,15 +51,6 @@ def check_token_ids(st: ModelState, ids: list[int], where: str) -> None:
     if bad is not None:
         vocab = f" (0..{st.vocab - 1})" if st.vocab is not None else ""
         raise ApiError(400, f"{where}: token id {short(bad, 24)} is out of vocabulary{vocab}", param=where)
-
-
-def served_model(server: ServerState, name: str) -> ModelState:
-    """The served model called ``name`` (a :class:`~poolkit.entrypoints.server.state.ModelState`); a 404 that
-    lists the served models for any other name."""
-    model = server.model(name)
-    if model is None:
-        raise ApiError(404, f"The model `{short(name)}` does not exist. Served models: {', '.join(server.served_names)}", param="model")
-    return model
 
 
 def check_count(st: ModelState, n: int, where: str) -> None:
@@ -107,7 +100,7 @@ def pooling_params(**fields: Any) -> PoolingParams:
     return PoolingParams(**{k: v for k, v in fields.items() if v is not None})
 
 
-async def prompts_of(request: Request, st: ModelState, llm: LLM, body: Any) -> list[Any]:
+async def prompts_of(call: Call | Request, st: ModelState, llm: LLM, body: Any) -> list[Any]:
     """The prompts of a request with ``input`` or chat ``messages`` (``/v1/embeddings``, ``/classify``, ``/pooling``),
     each conversation rendered by the model's renderer (:meth:`poolkit.inputs.Renderer.chat_prompt_async`).
 
@@ -127,24 +120,24 @@ async def prompts_of(request: Request, st: ModelState, llm: LLM, body: Any) -> l
             "chat_template_kwargs": body.chat_template_kwargs, "add_special_tokens": bool(body.add_special_tokens),
         }
         return [
-            await render_chat(request, st, chats.chat_of(messages, fields, f"messages[{i}]" if batched else "messages"))
+            await render_chat(call, st, chats.chat_of(messages, fields, f"messages[{i}]" if batched else "messages"))
             for i, messages in enumerate(conversations)
         ]
     return prompt_items(st, body.input)
 
 
 async def run_inputs(
-    request: Request, st: ModelState, llm: LLM, body: Any, task_name: str, number_bytes: float = JSON_NUMBER_BYTES,
+    call: Call | Request, st: ModelState, llm: LLM, body: Any, task_name: str, number_bytes: float = JSON_NUMBER_BYTES,
     prompt_name: str | None = None, input_type: str | None = None, **fields: Any
 ) -> tuple[Any, Any]:
     """A request of ``input`` or chat ``messages`` (``/v1/embeddings``, ``/pooling``, ``/classify``) run
     for ``task_name``: its pooling parameters of the fields those requests share (``dimensions`` where
     the body has it, ``use_activation``, the truncation) and ``fields``, its prompts rendered, with the
     prompt of the model's sentence-transformers config named ``prompt_name`` (Jina's ``task``), the
-    texts in the retrieval side ``input_type`` (:func:`side`).
+    texts in the retrieval side ``input_type`` (:meth:`poolkit.inputs.Renderer.side`).
 
     Returns:
-        :func:`~poolkit.entrypoints.server.work.run_task`'s task and results.
+        :func:`~poolkit.entrypoints.serving.work.run_task`'s task and results.
     """
     dimensions = getattr(body, "dimensions", None)
     check_dimensions(st, dimensions, "dimensions")
@@ -152,14 +145,14 @@ async def run_inputs(
         dimensions=dimensions, use_activation=body.use_activation, truncate_prompt_tokens=body.truncate_prompt_tokens,
         truncation_side=body.truncation_side, **fields,
     ).with_salt(body.cache_salt)
-    named, prefix, role = side(st, llm, task_name, input_type)
+    named, prefix, role = st.renderer.side(llm.task(task_name), input_type)
     if named is not None and prompt_name is not None:
         raise ApiError(400, "input_type and task both name a prompt: send one", param="input_type")
-    raw = await prompts_of(request, st, llm, body)
+    raw = await prompts_of(call, st, llm, body)
     if prefix is not None:
         raw = instructed(raw, prefix)
     return await run_task(
-        request, st, llm, task_name, raw, params, prompt_name or named, add_special_tokens=special_tokens(body),
+        call, st, llm, task_name, raw, params, prompt_name or named, add_special_tokens=special_tokens(body),
         number_bytes=number_bytes, input_type=role,
     )
 
@@ -176,43 +169,24 @@ def instructed(raw: list[Any], prefix: str) -> list[Any]:
     return [prefix + item for item in raw]
 
 
-def side(st: ModelState, llm: LLM, task_name: str, input_type: str | None) -> tuple[str | None, str | None, str | None]:
-    """A request's ``input_type`` as what runs it: ``(prompt_name, prefix, side)``.
-
-    For a task that takes sides (token vectors, ``token_embed``) it is the retrieval side, ``"query"`` or ``"document"``, as
-    the model encodes it (a ColBERT's markers, lengths and query expansion; ColPali's query prompt:
-    :meth:`poolkit.inputs.Renderer.role_prompts`, which refuses a model without sides); for any
-    other task it names one of the model's prompts or task instructions, as vLLM's and Cohere's
-    ``input_type`` does (:meth:`poolkit.inputs.Renderer.input_type`), or a side of a retriever that
-    writes its sides itself for every task (BGE-M3's dense vectors: :meth:`~poolkit.inputs.Renderer.own_sides`).
-    """
-    if input_type is None:
-        return None, None, None
-    renderer = st.renderer
-    if llm.task(task_name).takes_input_type or (input_type not in renderer.input_types and renderer.own_sides(input_type)):
-        return None, None, input_type
-    prompt_name, prefix = renderer.input_type(input_type)
-    return prompt_name, prefix, None
-
-
 def special_tokens(body: Any) -> bool:
     """Whether the texts of an ``input`` request are tokenized with special tokens (vLLM's default: yes)."""
     return body.messages is not None or body.add_special_tokens is not False
 
 
 class BatcherWorker:
-    """The renderer's :class:`~poolkit.inputs.renderer.Worker` in the server: a rendering runs on the
+    """The renderer's :class:`~poolkit.inputs.chat.Worker` in the server: a rendering runs on the
     batcher's worker thread, admitted by its cost, and is dropped when the client goes."""
 
-    def __init__(self, request: Request, st: ModelState) -> None:
-        self.request, self.st = request, st
+    def __init__(self, call: Call | Request, st: ModelState) -> None:
+        self.call, self.st = call, st
 
     async def run(self, work: Callable[[], Any], cost: int) -> Any:
-        return await until_done(self.request, self.st, self.st.batcher.call(work, cost))
+        return await until_done(self.call, self.st, self.st.batcher.call(work, cost))
 
 
-async def render_chat(request: Request, st: ModelState, chat: Chat) -> Any:
+async def render_chat(call: Call | Request, st: ModelState, chat: Chat) -> Any:
     """One conversation as a prompt (its token ids, or its text with its media), by the model's renderer:
     remote media fetched under ``--allowed-media-domains``, the template rendered and tokenized on the worker thread."""
     renderer: Renderer = st.renderer
-    return await renderer.chat_prompt_async(chat, BatcherWorker(request, st))
+    return await renderer.chat_prompt_async(chat, BatcherWorker(call, st))

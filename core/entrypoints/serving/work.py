@@ -11,57 +11,36 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, NamedTuple
 
 import numpy as np
 import torch
-from fastapi import Request
 
 from ...contracts.errors import InvalidRequest
 from ...contracts.io import Prompt
 from ...contracts.params import PoolingParams
+from ...inputs.request import PoolRequest
 from ...runtime.columns import Results
 from .cache import packed, unpacked
+from .call import Call
 from .errors import ApiError, ClientGone
 from .state import ModelState
-from .wire import JSON_NUMBER_BYTES
 
 if TYPE_CHECKING:
+    from starlette.requests import Request
+
     from ...api.llm import LLM
 
-#: The ASGI scope key of a future the server's HTTP front sets when the client goes away
-#: (:mod:`poolkit.entrypoints.server.front`): awaited instead of watching ``receive`` for a disconnect.
-DISCONNECTED = "poolkit.disconnected"
+#: Bytes of one number in a JSON response, at most about: a float32 result written as the
+#: shortest float64 that reads back the same (``-0.012345678901234567``) and its comma.
+JSON_NUMBER_BYTES = 24
 
 
-def body_then(body: bytes, after: Callable[[], Awaitable[dict]]) -> Callable[[], Awaitable[dict]]:
-    """An ASGI ``receive`` that hands over ``body`` (all of it, read already) once, then whatever ``after`` answers."""
-    sent = False
-
-    async def receive() -> dict:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await after()
-
-    return receive
-
-
-async def _until_disconnect(request: Request) -> None:
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
-        await asyncio.sleep(0.01)
-
-
-async def until_done(request: Request, st: ModelState, awaitable: Awaitable[Any]) -> Any:
-    """Await work for a request; if the client disconnects first, cancel it (dropping queued work).
+async def until_done(call: Call | Request, st: ModelState, awaitable: Awaitable[Any]) -> Any:
+    """Await work for a call (or an HTTP request's, :meth:`Call.of`); if the client goes away
+    first, cancel it (dropping queued work).
 
     Raises:
         ClientGone: the client went away (counted in ``poolkit_client_disconnects_total``).
     """
     work = asyncio.ensure_future(awaitable)
-    gone = request.scope.get(DISCONNECTED)
-    watcher = asyncio.ensure_future(_until_disconnect(request)) if gone is None else None
-    left = gone if watcher is None else watcher
+    left, watcher = Call.of(call).watch()
     waiters = {work, left} if st.give_up is None else {work, left, st.give_up}
     try:
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
@@ -144,16 +123,9 @@ class Tokenization(NamedTuple):
     add_special_tokens: bool = True
     input_type: str | None = None
 
-    def kwargs(self) -> dict[str, Any] | None:
-        """The ``tokenization_kwargs`` of :meth:`poolkit.LLM.prepare` that say it."""
-        kwargs: dict[str, Any] = {} if self.add_special_tokens else {"add_special_tokens": False}
-        if self.input_type is not None:
-            kwargs["input_type"] = self.input_type
-        return kwargs or None
-
 
 async def run_task(
-    request: Request,
+    call: Call | Request,
     st: ModelState,
     llm: LLM,
     task_name: str,
@@ -188,7 +160,7 @@ async def run_task(
     tokenization = Tokenization(add_special_tokens, input_type)
     if check is None and not any(isinstance(p, Prompt) for p in raw):
         task, prompts, checked, tokens = _prepared(st, llm, task_name, raw, params, prompt_name, tokenization, number_bytes)
-        results = await _cached(request, st, llm, task, raw, prompts, checked, tokens, params, prompt_name, tokenization)
+        results = await _cached(call, st, llm, task, raw, prompts, checked, tokens, params, prompt_name, tokenization)
     else:
         guess = st.renderer.guess_tokens(raw)
         check_tokens(st, guess)
@@ -199,7 +171,7 @@ async def run_task(
                 check(prompts)
             return task, llm.run(task, list(prompts), checked)
 
-        task, results = await until_done(request, st, st.batcher.call(work, guess))
+        task, results = await until_done(call, st, st.batcher.call(work, guess))
         st.metrics.answered(len(results), results.num_tokens)
     check_response(st, result_numbers(task, llm.model, results), number_bytes, estimated=False)
     return task, results
@@ -224,16 +196,16 @@ def _prepare(
     st: ModelState, llm: LLM, task_name: str, raw: list[Any], params: PoolingParams, prompt_name: str | None,
     tokenization: Tokenization,
 ) -> tuple[Any, Any, list[PoolingParams]]:
-    """:meth:`LLM.prepare` of a request's inputs with the served model's adapter, texts tokenized
-    without special tokens and in a retrieval side where the request says so (the renderer applies both)."""
-    return llm.prepare(
-        raw, params, pooling_task=task_name, tokenization_kwargs=tokenization.kwargs(), prompt_name=prompt_name,
-        lora_request=st.lora,
-    )
+    """A request's inputs through the renderer's door (:meth:`LLM.render`) with the served model's
+    adapter, texts tokenized without special tokens and in a retrieval side where the request says so."""
+    return llm.render(PoolRequest(
+        raw, task=task_name, params=params, prompt_name=prompt_name, input_type=tokenization.input_type,
+        add_special_tokens=None if tokenization.add_special_tokens else False, lora_request=st.lora,
+    ))
 
 
 async def _cached(
-    request: Request, st: ModelState, llm: LLM, task: Any, raw: list[Any], prompts: Any, checked: Any, tokens: int,
+    call: Call | Request, st: ModelState, llm: LLM, task: Any, raw: list[Any], prompts: Any, checked: Any, tokens: int,
     params: PoolingParams, prompt_name: str | None, tokenization: Tokenization,
 ) -> Results:
     """The results of prepared prompts: from the embedding cache where it holds them, the rest run."""
@@ -241,7 +213,7 @@ async def _cached(
     adapter = st.llm.model.adapters.identity(st.lora) if st.lora is not None else None
     keys = cache.keys(task.name, params, prompt_name, tokenization, raw, adapter) if cache is not None else None
     if keys is None:
-        return await _run(request, st, task, prompts, checked, tokens)
+        return await _run(call, st, task, prompts, checked, tokens)
     entries: list[Any] = [cache.get(key) for key in keys]
     missing = [i for i, entry in enumerate(entries) if entry is None]
     st.metrics.cached(len(raw) - len(missing), len(missing))
@@ -249,7 +221,7 @@ async def _cached(
         if len(missing) < len(raw):
             _, prompts, checked = _prepare(st, llm, task.name, [raw[i] for i in missing], params, prompt_name, tokenization)
             tokens = llm.estimate_tokens(prompts, checked)
-        ran = await _run(request, st, task, prompts, checked, tokens)
+        ran = await _run(call, st, task, prompts, checked, tokens)
         for i, (tensor, ids), cut in zip(missing, ran, ran.truncated.tolist()):
             entries[i] = (packed(tensor), ids, cut)
             cache.put(keys[i], entries[i])
@@ -259,8 +231,8 @@ async def _cached(
     return Results(data, [ids for _, ids, _ in entries], np.array([cut for _, _, cut in entries], dtype=bool))
 
 
-async def _run(request: Request, st: ModelState, task: Any, prompts: Any, checked: Any, tokens: int) -> Results:
+async def _run(call: Call | Request, st: ModelState, task: Any, prompts: Any, checked: Any, tokens: int) -> Results:
     """Run prepared prompts of about ``tokens`` tokens on the batcher."""
-    results = await until_done(request, st, st.batcher.submit(task, prompts, checked, tokens))
+    results = await until_done(call, st, st.batcher.submit(task, prompts, checked, tokens))
     st.metrics.answered(len(results), results.num_tokens)
     return results

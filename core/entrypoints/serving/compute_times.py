@@ -18,6 +18,7 @@ from typing import Any
 
 from ...runtime.batching import TIMED_WORK, WorkTimes
 
+
 def characters(inputs: Any) -> int:
     """The characters a TEI request computes (its ``compute_chars``): a text's characters, a pair's
     both, a list of token ids its length (TEI counts one an id), summed over a batch."""

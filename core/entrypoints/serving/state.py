@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from ...contracts.errors import InvalidRequest
+from ...inputs import Renderer
+from ...inputs.media import MediaPolicy
 from ...lora.manager import enabled
 from ...lora.request import LoRARequest
 from ...runtime.batching import Batcher
 from .admission import Admission
 from .cache import EmbeddingCache
-from ...inputs import Renderer
-from ...inputs.media import MediaPolicy
 from .metrics import ModelMetrics, ServerMetrics
 
 if TYPE_CHECKING:
@@ -117,7 +117,7 @@ class ModelState:
         scrub: ``(text, replacement)`` pairs applied to error messages, so that they name the
             served model and never the directory it was read from.
         options: what the command line sets for the model (:class:`ModelOptions`).
-        cache: the model's :class:`~poolkit.entrypoints.server.cache.EmbeddingCache`, ``None`` without one.
+        cache: the model's :class:`~poolkit.entrypoints.serving.cache.EmbeddingCache`, ``None`` without one.
         metrics: the model's series of the server's metrics (the ``model`` label).
     """
 

@@ -1,0 +1,79 @@
+"""The request record: what a request asks, whatever surface it came from.
+
+Every surface builds one from its own wire format (``LLM.embed``'s arguments, a route's JSON body, an
+RPC's message, a CLI's options, a corpus job's rows) and hands it to the renderer's one door,
+:meth:`poolkit.inputs.Renderer.render`, which turns it into prompts and verified pooling
+parameters: sides, prompt names, instructions, special tokens, chat templates, media, truncation,
+the adapter and the salt are settled there, once, for every surface.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
+
+if TYPE_CHECKING:
+    from ..contracts.io import Prompt
+    from ..contracts.params import PoolingParams
+    from ..contracts.tasks import Task
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolRequest:
+    """One request, as asked.
+
+    Attributes:
+        inputs: texts, token ids, ``{"prompt": ...}`` / ``{"prompt_token_ids": ...}`` dicts,
+            prompts with media, :class:`~poolkit.inputs.chat.Chat` conversations.
+        task: the pooling task that runs them (``"embed"``, ``"token_embed"``, ...).
+        params: ``None``, one :class:`~poolkit.contracts.params.PoolingParams` (or dict) for every
+            input, or one each.
+        messages: chat messages instead of ``inputs`` (one conversation, or a list of them).
+        chat_template: the template ``messages`` are rendered with instead of the tokenizer's.
+        prompt_name: a prompt of the model's sentence-transformers config to put before each input.
+        prefix: a prompt's text given as it is instead (``""``: none, not even the model's default).
+        input_type: the retrieval side the texts are encoded in (``"query"`` / ``"document"``).
+        add_special_tokens: ``False``: texts tokenized without the tokenizer's special tokens.
+        truncation: ``truncate_prompt_tokens`` / ``truncation_side`` defaults, and vLLM's
+            ``truncation`` switch (``tokenization_kwargs``' other keys).
+        lora_request: the LoRA adapter of every input, or one each (``None``: the base model, or the
+            adapter the checkpoint carries for the prompt name).
+    """
+
+    inputs: Any = None
+    task: str | None = None
+    params: Any = None
+    messages: Any = None
+    chat_template: str | None = None
+    prompt_name: str | None = None
+    prefix: str | None = None
+    input_type: str | None = None
+    add_special_tokens: bool | None = None
+    truncation: dict[str, Any] | None = None
+    lora_request: Any = None
+
+    @classmethod
+    def of(cls, inputs: Any, params: Any = None, *, tokenization_kwargs: dict[str, Any] | None = None, **fields: Any) -> "PoolRequest":
+        """The record of ``LLM``'s arguments: ``tokenization_kwargs`` read into the side, the special
+        tokens and the truncation they hold."""
+        kwargs = dict(tokenization_kwargs or {})
+        side, special = kwargs.pop("input_type", None), kwargs.pop("add_special_tokens", None)
+        return cls(inputs, params=params, input_type=side, add_special_tokens=special, truncation=kwargs or None, **fields)
+
+
+class Rendered(NamedTuple):
+    """What the renderer's door made of a :class:`PoolRequest`: the task, its prompts and one
+    verified :class:`~poolkit.contracts.params.PoolingParams` each."""
+
+    task: Task
+    prompts: Sequence[Prompt]
+    params: list[PoolingParams]
+
+
+class Side(NamedTuple):
+    """A request's ``input_type`` as what runs it (:meth:`poolkit.inputs.Renderer.side`): a prompt
+    name of the model's, a task instruction's text to put before each text, or a retrieval side."""
+
+    prompt_name: str | None
+    prefix: str | None
+    side: str | None
