@@ -36,7 +36,7 @@ def doors(monkeypatch):
 def _reached(seen: list[PoolRequest], task: str = "embed") -> PoolRequest:
     assert seen, "the surface did not pass the renderer's door"
     request = seen[-1]
-    assert request.task == task and list(request.inputs) == [TEXT] or request.inputs == TEXT, request
+    assert request.task == task and (request.inputs == TEXT or list(request.inputs) == [TEXT]), request
     return request
 
 
