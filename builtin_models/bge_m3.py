@@ -199,7 +199,7 @@ class BgeM3EmbeddingModel(XLMRobertaModel):
             "colbert_linear", read_companion(model_dir, "colbert_linear", allow_pickle), hidden, None
         )
 
-    def role_prompts(self, texts: list[str], input_type: str, model: LoadedModel) -> list[Prompt]:
+    def role_prompts(self, texts: list[str], side: str, model: LoadedModel) -> list[Prompt]:
         """BGE-M3 encodes queries and documents alike (FlagEmbedding's ``encode_queries`` and
         ``encode_corpus`` differ only in their length limits): the texts as they are, either side."""
         return [Prompt(text=text) for text in texts]

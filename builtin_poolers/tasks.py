@@ -9,12 +9,12 @@ import torch
 from poolkit.config.conversion import CONVERSIONS
 from poolkit.contracts.architecture import LoadedModel
 from poolkit.contracts.capabilities import MaskedLMHead
-from poolkit.contracts.errors import InvalidRequest, ModelLoadError, short
+from poolkit.contracts.errors import InvalidRequest, ModelLoadError
 from poolkit.contracts.hookspecs import hookimpl
 from poolkit.contracts.io import Prompt
 from poolkit.contracts.params import LateChunkingParams, PoolingParams, Setting
 from poolkit.contracts.pooling import Pooler
-from poolkit.contracts.tasks import ROLES, Head, Task
+from poolkit.contracts.tasks import Head, Task
 from poolkit.plugins.manager import registry
 
 from .heads import ClassifierHead, LMHeadStepHead, LMHeadTokenHead, LogitScore, TokenPooledHead, VectorHead
@@ -185,22 +185,20 @@ class TokenEmbedTask(_VectorTask):
     default_pooling_type = "ALL"
     default_rank = 2
     params = _VectorTask.params | {"late_chunking_params", "token_pool_factor"}
-    takes_input_type = True
+    takes_sides = True
 
-    def role_prompts(self, model: LoadedModel, texts: list[str], input_type: Any) -> list[Prompt]:
+    def role_prompts(self, model: LoadedModel, texts: list[str], side: str) -> list[Prompt] | None:
         """A late-interaction (ColBERT) model's queries or documents: its markers, lengths and
-        query expansion, as its scorer encodes them (vLLM's ``input_type``); a retriever that writes
-        its sides itself (:meth:`poolkit.Architecture.role_prompts`: ColPali, BGE-M3) writes them."""
-        if input_type not in ROLES:
-            raise InvalidRequest(f"input_type must be 'query' or 'document', got {short(input_type, 40)!r}")
-        own = model.architecture.role_prompts(texts, input_type, model)
+        query expansion, as its scorer encodes them; a retriever that writes its sides itself
+        (:meth:`poolkit.Architecture.role_prompts`: ColPali, BGE-M3) writes them."""
+        own = model.architecture.role_prompts(texts, side, model)
         if own is not None:
             return list(own)
         if not self.has_roles(model):
-            raise InvalidRequest("input_type is only supported for ColBERT models.")
-        return list(registry("io_processor").get("colbert").pre_process({"texts": texts, "kind": input_type, "model": model}))
+            return None
+        return list(registry("io_processor").get("colbert").pre_process({"texts": texts, "kind": side, "model": model}))
 
-    def param_defaults(self, model: LoadedModel, input_type: str | None = None) -> dict[str, object]:
+    def param_defaults(self, model: LoadedModel, side: str | None = None) -> dict[str, object]:
         """The model's document pooling (:attr:`LoadedModel.token_pooling`: ``--token-pool-factor``
         or the checkpoint's ``HierarchicalTokenPooling``) for inputs on a side it applies to: a
         document, or, on a model without sides, any input (sentence-transformers counts an input
@@ -208,7 +206,8 @@ class TokenEmbedTask(_VectorTask):
         spec = model.token_pooling
         if spec is None:  # most models: no side to work out on every request
             return {}
-        side = input_type if input_type is not None or self.has_roles(model) else "document"
+        if side is None and not self.has_roles(model):
+            side = "document"
         if side not in spec.tasks:
             return {}
         return {"token_pool_factor": spec.pool_factor}
@@ -389,7 +388,7 @@ class TokenClassifyTask(Task):
         arch = model.architecture
         return arch.num_labels if arch.token_classifier() is not None else _vocab_size(model)
 
-    def param_defaults(self, model: LoadedModel, input_type: str | None = None) -> dict[str, object]:
+    def param_defaults(self, model: LoadedModel, side: str | None = None) -> dict[str, object]:
         if model.pooling_type(self).value != ("STEP",):
             return {}
         values = {name: model.config_value(name).value for name in STEP_PARAMS}

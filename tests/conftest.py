@@ -16,6 +16,11 @@ os.environ.setdefault("POOLKIT_GC_FREEZE", "0")
 # The bench's smoke tests check what it reports, not its figures: no waiting for a quiet machine
 # before each timed pass (up to 5 s each on a machine busy with other work).
 os.environ.setdefault("POOLKIT_BENCH_SETTLE", "0")
+# Ray starts its workers at nice 15 (Ray's worker_niceness), which beside busy processes leaves
+# them a few percent of a core: each Ray job took minutes on a loaded machine. The suite's Ray
+# (and the `poolkit serve --ray-serve` subprocesses the tests start) runs its workers at the
+# tests' own priority, as Ray's job manager does for submitted jobs (RAY_worker_niceness=0).
+os.environ.setdefault("RAY_worker_niceness", "0")
 # Parity tests hold fp32 to 1e-4; dtype="auto" (bf16 on bf16 hardware) is tested explicitly.
 os.environ.setdefault("POOLKIT_DTYPE", "float32")
 

@@ -74,11 +74,11 @@ class RetrievalHead:
     def num_labels(self) -> int:
         return 0
 
-    def role_prompts(self, texts: list[str], input_type: str, model: LoadedModel) -> list[Prompt]:
+    def role_prompts(self, texts: list[str], side: str, model: LoadedModel) -> list[Prompt]:
         """A query is the text as the media processor writes a text without an image (the query
         prefix and augmentation); a text document is the text as the tokenizer encodes it, as
         colpali-engine's ``process_texts`` does for a corpus of texts (no prefix, no augmentation)."""
-        if input_type == "query":
+        if side == "query":
             return [Prompt(text=text) for text in texts]
         return [Prompt(token_ids=list(model.tokenizer(text)["input_ids"])) for text in texts]
 

@@ -1,7 +1,7 @@
 """A late-interaction index: a collection's token vectors in a LanceDB table, searched by MaxSim.
 
-Documents are encoded on the model's document side (``token_embed`` with ``input_type="document"``
-where the model has query and document sides, a ColBERT's markers, say), optionally token-pooled
+Documents are encoded on the model's document side (``token_embed``, where the model has query
+and document sides: a ColBERT's markers, say), optionally token-pooled
 (``token_pool_factor``), and stored one row per document: its id and its ``[tokens, dim]`` matrix
 in a multivector column (``list<fixed_size_list<float32, dim>>``). A search encodes the queries on
 the query side and lets LanceDB rank the documents by MaxSim; the hits are scored again with
@@ -56,6 +56,7 @@ from ..contracts.errors import InvalidRequest, MissingDependency
 from ..contracts.params import PoolingParams
 from ..contracts.sentence_transformers import TokenPoolingSpec
 from ..inputs.pairs import skiplist
+from ..inputs.request import side_kwargs
 from ..loading.token_pooling import kept, pool_tokens
 from .st_functions import compact_tokens, maxsim_compact
 
@@ -139,7 +140,7 @@ def _lancedb() -> Any:
 
 
 def has_sides(llm: "LLM") -> bool:
-    """Whether ``llm`` encodes queries and documents differently (``token_embed``'s ``input_type``)."""
+    """Whether ``llm`` encodes queries and documents differently (``token_embed``'s retrieval sides)."""
     return llm.task("token_embed").has_roles(llm.model)
 
 
@@ -435,7 +436,7 @@ class LateInteractionIndex:
         keeps them: the skiplist's tokens left out, and documents pooled by the index's factor
         (:func:`token_vectors`), so a document's are the vectors ``LLM.score`` scores."""
         llm = self._model()
-        kwargs = {"input_type": side} if self.identity.sides else None
+        kwargs = side_kwargs(side, self.identity.sides)
         params = PoolingParams(token_pool_factor=UNPOOLED)  # pooled below, after the skiplist; queries never
         outputs = llm.encode(list(texts), params, pooling_task="token_embed", tokenization_kwargs=kwargs)
         factor = self.identity.token_pool_factor

@@ -117,8 +117,8 @@ class Architecture(torch.nn.Module):
         the projections of fused layers (a linear module with ``parts``)."""
         return None
 
-    def role_prompts(self, texts: list[str], input_type: str, model: LoadedModel) -> Sequence[Prompt] | None:
-        """``texts`` as the checkpoint's queries or documents (``input_type``: ``"query"`` or
+    def role_prompts(self, texts: list[str], side: str, model: LoadedModel) -> Sequence[Prompt] | None:
+        """``texts`` as the checkpoint's queries or documents (``side``: ``"query"`` or
         ``"document"``, already checked), for a multi-vector retriever that writes its two sides its own
         way (ColPali's query prompt and augmentation; BGE-M3, the same text both ways). ``None`` (the
         default): the model has no sides of its own, and a ColBERT checkpoint's are its IO processor's

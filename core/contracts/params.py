@@ -287,7 +287,7 @@ class PoolingParams(_Strict):
 
     @property
     def side(self) -> str | None:
-        """The retrieval side (``input_type``: ``"query"`` / ``"document"``) the prompt was encoded
+        """The retrieval side (``"query"`` / ``"document"``, the request's) the prompt was encoded
         in, set when its parameters are checked; ``None``: the text as given. Token pooling reads it
         (a document's skiplist tokens are left out before pooling)."""
         return self._side

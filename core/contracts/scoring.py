@@ -70,7 +70,7 @@ class ScoreRunner(Protocol):
         tokenization_kwargs: dict[str, Any] | None = None,
     ) -> tuple[Task, Sequence[Prompt], list[PoolingParams]]:
         """Texts made into prompts as ``LLM.encode`` makes them (the model's default
-        sentence-transformers prompt; ``tokenization_kwargs`` may also set ``input_type`` and
+        sentence-transformers prompt; ``tokenization_kwargs`` may also name a retrieval side and
         ``add_special_tokens``), with the checked task and one verified parameter set per prompt.
 
         Raises:
@@ -91,8 +91,8 @@ class ScoreRunner(Protocol):
         ...
 
     def role_prompts(self, texts: list[str], kind: str) -> list[Prompt]:
-        """Texts as the model's queries or documents (``kind``), as the renderer makes them for
-        vLLM's ``input_type``: a late-interaction model's markers, lengths and query expansion."""
+        """Texts as the model's queries or documents (``kind``), as the renderer makes them for a
+        request's side: a late-interaction model's markers, lengths and query expansion."""
         ...
 
     def skiplist(self, kind: str) -> Any:

@@ -23,7 +23,7 @@ SEQUENCE, TOKEN, PLUGIN = TASK_GRANULARITIES
 TOKENIZATION_PARAMS = frozenset({"truncate_prompt_tokens", "truncation_side"})
 
 
-#: The retrieval sides a multi-vector model encodes a text in (vLLM's ``input_type``).
+#: The retrieval sides a multi-vector model encodes a text in (a request's side: its queries or its documents).
 ROLES = ("query", "document")
 
 
@@ -77,21 +77,17 @@ class Task:
     #: it stands for. Requests naming it run that task, with a deprecation warning; it is never
     #: listed among a model's supported tasks.
     alias_of: ClassVar[str | None] = None
-    #: Whether :meth:`role_prompts` encodes texts in a retrieval role (vLLM's ``input_type``:
-    #: ``"query"`` / ``"document"``).
-    takes_input_type: ClassVar[bool] = False
+    #: Whether :meth:`role_prompts` encodes texts on a retrieval side (one of :data:`ROLES`).
+    takes_sides: ClassVar[bool] = False
 
     def has_roles(self, model: LoadedModel) -> bool:
         """Whether :meth:`role_prompts` encodes ``model``'s texts in retrieval roles (the default: no)."""
         return False
 
-    def role_prompts(self, model: LoadedModel, texts: list[str], input_type: Any) -> list[Prompt]:
-        """Prompts encoding ``texts`` as ``model``'s queries or documents (``input_type``), as its
-        scorer encodes them; only where :attr:`takes_input_type`.
-
-        Raises:
-            InvalidRequest: the model has no such roles, or ``input_type`` is not one of them.
-        """
+    def role_prompts(self, model: LoadedModel, texts: list[str], side: str) -> list[Prompt] | None:
+        """Prompts encoding ``texts`` as ``model``'s queries or documents (``side``, one of
+        :data:`ROLES`: the renderer checks it), as its scorer encodes them, or ``None`` where the
+        model has no sides; only where :attr:`takes_sides`."""
         raise NotImplementedError
 
     def build(self, model: LoadedModel) -> Head | None:
@@ -153,9 +149,9 @@ class Task:
         """
         return {"pooling_type": model.pooling_type(self)} if self.default_pooling_type is not None else {}
 
-    def param_defaults(self, model: LoadedModel, input_type: str | None = None) -> dict[str, object]:
+    def param_defaults(self, model: LoadedModel, side: str | None = None) -> dict[str, object]:
         """Request parameters a model's configuration fills in when a request leaves them unset;
-        ``input_type``: the retrieval side the request's texts are encoded in (``None``: none named)."""
+        ``side``: the retrieval side the request's texts are encoded in (``None``: none named)."""
         return {}
 
     def verify(self, params: "PoolingParams", model: LoadedModel) -> None:

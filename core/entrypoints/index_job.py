@@ -35,6 +35,7 @@ from ..api.index import (
 )
 from ..contracts.errors import InvalidRequest
 from ..contracts.params import PoolingParams
+from ..inputs.request import side_kwargs
 from .jobs import JobSummary, run_job
 
 if TYPE_CHECKING:
@@ -147,7 +148,7 @@ def run_index_job(
     with index_lock(index_path):
         return run_job(
             llm, input_path, index_path, task="token_embed", pooling_params=unpooled,
-            tokenization_kwargs={"input_type": "document"} if has_sides(llm) else None,
+            tokenization_kwargs=side_kwargs("document", has_sides(llm)),
             settings={"precision": precision, "token_pool_factor": pooling, "index_layout": LAYOUT}, sink=sink,
             **job_options,
         )

@@ -589,8 +589,8 @@ def run_job(
         progress: called as ``progress(rows, tokens)`` after each chunk (rows of chunks finished
             by an earlier run come with 0 tokens); if it has ``set_total`` (a
             :class:`poolkit.runtime.progress.Meter`), that is called first with the input's row count.
-        tokenization_kwargs: passed to ``llm.encode`` (``input_type``: a late-interaction model's
-            query or document side); part of the job's identity.
+        tokenization_kwargs: passed to ``llm.encode`` (a late-interaction model's query or
+            document side: :func:`poolkit.inputs.request.side_kwargs`); part of the job's identity.
         sink: where the rows go instead of a file at ``output_path`` (which then names the sink's
             output, for the job's records beside it).
 

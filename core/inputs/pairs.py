@@ -317,7 +317,7 @@ def _text_pair_prompts(
             return list(processors.get("score_template").with_template(chat_template).pre_process(data))
         return list(processors.get(name).pre_process(data))
     if asks_prompt and instruction is not None:
-        raise InvalidRequest("send either instruction or chat_template_kwargs prompt / prompt_name, not both")
+        raise InvalidRequest("send either instruction or chat_template_kwargs prompt / prompt_name, not both", param="instruction")
     prompt = instruction if instruction is not None else _request_prompt(model, chosen)
     if model.st is not None and model.st.renders_pairs:
         data = {"queries": first, "documents": second, "model": model, "prompt": prompt,

@@ -54,10 +54,10 @@ def check_params(
     count: int,
     task_name: str,
     tokenization_kwargs: dict[str, Any] | None = None,
-    input_type: str | None = None,
+    side: str | None = None,
 ) -> list[PoolingParams]:
     """One verified :class:`PoolingParams` per prompt, the task's defaults filled in (:meth:`LLM.check_params`)
-    for the retrieval side ``input_type`` the prompts are encoded in."""
+    for the retrieval ``side`` the prompts are encoded in."""
     if pooling_params is None or isinstance(pooling_params, (PoolingParams, dict)):
         given = [pooling_params] * count
     elif isinstance(pooling_params, (list, tuple)):
@@ -77,7 +77,7 @@ def check_params(
         raise InvalidRequest(f"unsupported tokenization_kwargs: {', '.join(sorted(unknown))}")
     task = registry("task").get(task_name)
     if count > 1 and all(g is given[0] for g in given):  # one object for every prompt: verified once
-        return check_params(model, engine, given[0], 1, task_name, tokenization_kwargs, input_type) * count
+        return check_params(model, engine, given[0], 1, task_name, tokenization_kwargs, side) * count
     out = []
     verified: dict[int, PoolingParams] = {}  # one object given for many prompts is verified once
     for given_p in given:
@@ -94,10 +94,10 @@ def check_params(
         if p.task is not None and p.task != task_name:
             raise InvalidRequest(f"You cannot overwrite param.task={p.task!r} with pooling_task={task_name!r}!")
         update = {k: v for k, v in extra.items() if getattr(p, k) is None}
-        for name, default in task.param_defaults(model, input_type).items():
+        for name, default in task.param_defaults(model, side).items():
             if getattr(p, name) is None:
                 update[name] = default
-        p = p.model_copy(update={"task": task_name, **update}).on_side(input_type)
+        p = p.model_copy(update={"task": task_name, **update}).on_side(side)
         task.verify(p, model)
         engine.check_truncation(p.truncate_prompt_tokens)
         verified[id(given_p)] = p

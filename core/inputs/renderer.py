@@ -89,13 +89,13 @@ class Renderer:
         model = engine.model
         task = model.task(request.task)
         parsed = self.request(
-            request.inputs, task, prompt_name=request.prompt_name, prefix=request.prefix, input_type=request.input_type,
+            request.inputs, task, prompt_name=request.prompt_name, prefix=request.prefix, input_type=request.side,
             add_special_tokens=request.add_special_tokens, messages=request.messages, chat_template=request.chat_template,
         )
         lora_request = request.lora_request
         if lora_request is None and model.adapters is not None:
             lora_request = model.adapters.own(request.prompt_name)
-        checked = check_params(model, engine, request.params, len(parsed), task.name, request.truncation, request.input_type)
+        checked = check_params(model, engine, request.params, len(parsed), task.name, request.truncation, request.side)
         params = self.salted(parsed, adapted_params(checked, lora_request, model.adapters))
         if any(p.late_chunking_params is not None for p in params):
             for index, (prompt, p) in enumerate(zip(parsed, params)):
@@ -170,7 +170,7 @@ class Renderer:
             return prompts.get(name) if name else None
         if prompt_name not in prompts:
             known = ", ".join(sorted(prompts)) or "none"
-            raise InvalidRequest(f"unknown prompt_name '{prompt_name}'; the model's prompts: {known}")
+            raise InvalidRequest(f"unknown prompt_name '{prompt_name}'; the model's prompts: {known}", param="input_type")
         return prompts[prompt_name]
 
     def named_prompt(self, prompt_name: str | None) -> str | None:
@@ -223,7 +223,7 @@ class Renderer:
                 input_type = aliases[0]
             else:
                 input_type = next((name for name in aliases if name in known), input_type)
-        if task.takes_input_type or (input_type not in known and self.own_sides(input_type)):
+        if task.takes_sides or (input_type not in known and self.own_sides(input_type)):
             return Side(None, None, input_type)
         return Side(*self.input_type(input_type), None)
 
@@ -285,7 +285,7 @@ class Renderer:
         inputs = chats.conversations(inputs, messages, chat_template)
         if input_type is not None:
             if prompt_name is not None or prefix:
-                raise InvalidRequest("input_type takes text prompts (no token ids, images or prompt_name)")
+                raise InvalidRequest("input_type takes text prompts (no token ids, images or prompt_name)", param="input_type")
             parsed = PromptBatch.of(registry("io_processor").get("text").pre_process(inputs))
             parsed = self._with_media(PromptBatch.of(self.role_prompts(task, parsed, input_type)))
         else:
@@ -303,17 +303,22 @@ class Renderer:
 
         Raises:
             InvalidRequest: with vLLM's wording, a task that takes no ``input_type``; prompts that are
-                not plain texts; a model without such roles.
+                not plain texts; a side that is neither; a model without such roles.
         """
-        if not task.takes_input_type and not self.own_sides(input_type):
-            takers = [e.name for e in registry("task").entries() if e.obj.takes_input_type]
+        if not task.takes_sides and not self.own_sides(input_type):
+            takers = [e.name for e in registry("task").entries() if e.obj.takes_sides]
             raise InvalidRequest(f"input_type is only supported with task {' or '.join(map(repr, takers))}.")
         if any(p.text is None or p.prompt_prefix or p.extras for p in prompts):
-            raise InvalidRequest("input_type takes text prompts (no token ids, images or prompt_name)")
+            raise InvalidRequest("input_type takes text prompts (no token ids, images or prompt_name)", param="input_type")
         texts = [p.text for p in prompts]
-        if not task.takes_input_type:  # a retriever's own sides hold for its every task (BGE-M3's dense vectors)
-            return list(self.model.architecture.role_prompts(texts, input_type, self.model))
-        return list(task.role_prompts(self.model, texts, input_type))
+        if not task.takes_sides:  # a retriever's own sides hold for its every task (BGE-M3's dense vectors)
+            return list(self.model.architecture.role_prompts(texts, input_type, self.model) or ())
+        if input_type not in ROLES:
+            raise InvalidRequest(f"input_type must be 'query' or 'document', got {short(input_type, 40)!r}")
+        encoded = task.role_prompts(self.model, texts, input_type)
+        if encoded is None:
+            raise InvalidRequest("input_type is only supported for ColBERT models.")
+        return encoded
 
     def own_sides(self, input_type: Any) -> bool:
         """Whether the model's architecture writes ``input_type`` (a retrieval side) itself

@@ -32,7 +32,8 @@ class PoolRequest:
         chat_template: the template ``messages`` are rendered with instead of the tokenizer's.
         prompt_name: a prompt of the model's sentence-transformers config to put before each input.
         prefix: a prompt's text given as it is instead (``""``: none, not even the model's default).
-        input_type: the retrieval side the texts are encoded in (``"query"`` / ``"document"``).
+        side: the retrieval side the texts are encoded in (``"query"`` / ``"document"``), or a
+            request's ``input_type`` naming one of the model's prompts (:meth:`poolkit.inputs.Renderer.side`).
         add_special_tokens: ``False``: texts tokenized without the tokenizer's special tokens.
         truncation: ``truncate_prompt_tokens`` / ``truncation_side`` defaults, and vLLM's
             ``truncation`` switch (``tokenization_kwargs``' other keys).
@@ -47,7 +48,7 @@ class PoolRequest:
     chat_template: str | None = None
     prompt_name: str | None = None
     prefix: str | None = None
-    input_type: str | None = None
+    side: str | None = None
     add_special_tokens: bool | None = None
     truncation: dict[str, Any] | None = None
     lora_request: Any = None
@@ -58,7 +59,13 @@ class PoolRequest:
         tokens and the truncation they hold."""
         kwargs = dict(tokenization_kwargs or {})
         side, special = kwargs.pop("input_type", None), kwargs.pop("add_special_tokens", None)
-        return cls(inputs, params=params, input_type=side, add_special_tokens=special, truncation=kwargs or None, **fields)
+        return cls(inputs, params=params, side=side, add_special_tokens=special, truncation=kwargs or None, **fields)
+
+
+def side_kwargs(side: str, sides: bool = True) -> dict[str, Any] | None:
+    """``tokenization_kwargs`` encoding texts on the retrieval ``side`` (what :meth:`PoolRequest.of`
+    reads back); ``sides=False``, a model without sides: ``None``, the texts as they are."""
+    return {"input_type": side} if sides else None
 
 
 class Rendered(NamedTuple):

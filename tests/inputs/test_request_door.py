@@ -45,7 +45,7 @@ def test_the_record_reads_llm_arguments():
         [TEXT], None, task="embed", prompt_name="query",
         tokenization_kwargs={"input_type": "query", "add_special_tokens": False, "truncate_prompt_tokens": 8},
     )
-    assert (request.input_type, request.add_special_tokens, request.truncation) == ("query", False, {"truncate_prompt_tokens": 8})
+    assert (request.side, request.add_special_tokens, request.truncation) == ("query", False, {"truncate_prompt_tokens": 8})
     assert PoolRequest.of([TEXT], task="embed").truncation is None
     with pytest.raises(Exception, match="frozen|cannot assign"):
         request.task = "classify"  # type: ignore[misc]
@@ -76,7 +76,6 @@ def test_every_surface_passes_the_door(minilm, minilm_dir, doors, tmp_path):
     got["SentenceTransformer.encode"] = SentenceTransformer(str(minilm_dir)).encode([TEXT])[0]
     _reached(doors)
     doors.clear()
-    out = tmp_path / "out.jsonl"
     (tmp_path / "in.txt").write_text(TEXT + "\n")
     result = CliRunner().invoke(cli, ["embed", "--model", str(minilm_dir), "-i", str(tmp_path / "in.txt"), "--format", "jsonl", "-q"])
     assert result.exit_code == 0, result.output

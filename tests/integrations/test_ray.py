@@ -262,19 +262,23 @@ def test_a_long_row_is_truncated_and_flagged_not_fatal(local_ray, minilm_dir):
     for row in rows:
         assert torch.allclose(torch.tensor(row["embedding"]), torch.tensor(expected[row["id"]].outputs.embedding), atol=1e-5)
 
-    named = embed_dataset(ds, args=llm.args, batch_size=2, truncated_column="cut").take_all()
+    # the column's name, or none: the same actor, so these run through the stand-in
+    shipped = _ShippedDataset([{"id": i, "text": t} for i, t in enumerate(texts)])
+    named = embed_dataset(shipped, args=llm.args, batch_size=2, truncated_column="cut").take_all()
     assert {r["id"]: bool(r["cut"]) for r in named} == {0: False, 1: True, 2: False, 3: False}
     assert all("truncated" not in r for r in named)
-    assert all("truncated" not in r for r in embed_dataset(ds, args=llm.args, truncated_column=None).take_all())
+    assert all("truncated" not in r for r in embed_dataset(shipped, args=llm.args, truncated_column=None).take_all())
 
 
-def test_a_chosen_truncation_is_honoured(local_ray, minilm_dir):
+def test_a_chosen_truncation_is_honoured(minilm_dir):
+    """The pooling parameters travel in the actor's constructor arguments (a real Ray job carries
+    them in test_cli_engine_ray_honours_load_and_request_options)."""
     from poolkit import LLM, PoolingParams
     from poolkit.entrypoints.integrations.ray import embed_dataset
 
     llm = LLM(str(minilm_dir))
     texts = ["hi", "one two three four five six seven", LONG]  # 3, 9 and 2002 tokens
-    ds = ray.data.from_items([{"id": i, "text": t} for i, t in enumerate(texts)])
+    ds = _ShippedDataset([{"id": i, "text": t} for i, t in enumerate(texts)])
     rows = embed_dataset(ds, args=llm.args, pooling_params={"truncate_prompt_tokens": 8}).take_all()
     assert {r["id"]: bool(r["truncated"]) for r in rows} == {0: False, 1: True, 2: True}
     expected = llm.embed(texts, PoolingParams(truncate_prompt_tokens=8))

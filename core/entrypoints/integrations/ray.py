@@ -43,7 +43,8 @@ class PoolkitBatchEncoder:
             (:func:`poolkit.entrypoints.jobs.truncating`).
         prompt_name: a prompt of the model's sentence-transformers config to prepend.
         truncated_column: where to say whether each row's input was cut (``None``: nowhere).
-        tokenization_kwargs: passed to ``encode`` (``input_type``: a late-interaction model's side).
+        tokenization_kwargs: passed to ``encode`` (a late-interaction model's side:
+            :func:`poolkit.inputs.request.side_kwargs`).
     """
 
     def __init__(
@@ -129,8 +130,8 @@ def embed_dataset(
         prompt_name: a prompt of the model's sentence-transformers config to prepend.
         truncated_column: the boolean column saying whether each row's input was cut to the
             truncation limit (``None``: no such column).
-        tokenization_kwargs: passed to every ``encode`` (``{"input_type": "document"}``: a
-            late-interaction model's document side).
+        tokenization_kwargs: passed to every ``encode`` (``side_kwargs("document")``: a
+            late-interaction model's document side, :func:`poolkit.inputs.request.side_kwargs`).
         **llm_kwargs: settings for ``poolkit.LLM`` in every actor (``dtype``, ``pooler_config``, ...).
     """
     try:
@@ -249,6 +250,7 @@ def run_ray_index_job(
     from pathlib import Path
 
     from ...api.index import UNPOOLED, LateInteractionIndex, has_sides
+    from ...inputs.request import side_kwargs
 
     source = Path(input_path)
     if not source.is_file():
@@ -265,7 +267,7 @@ def run_ray_index_job(
     ds = readers[source.suffix](str(source))
     if id_field not in ds.columns():
         raise InvalidRequest(f"--engine ray needs an id column ('{id_field}') in '{source.name}'")
-    kwargs = {"input_type": "document"} if has_sides(llm) else None
+    kwargs = side_kwargs("document", has_sides(llm))
     # The index's own factor, or 1 (nothing clustered): either way the engine leaves the skiplist's
     # tokens out first, so the rows are what LLM.score scores (unpooled output keeps every token).
     params = params.model_copy(update={"token_pool_factor": index.identity.token_pool_factor or UNPOOLED})

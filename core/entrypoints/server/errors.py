@@ -72,7 +72,6 @@ _PARAM_HINTS = (
     ("matryoshka", "dimensions"),
     ("imensions", "dimensions"),
     ("truncate_prompt_tokens", "truncate_prompt_tokens"),
-    ("prompt_name", "input_type"),
     ("is not supported by model", "task"),
     ("only supports", "task"),
     ("token id", "input"),

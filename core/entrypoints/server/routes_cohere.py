@@ -181,7 +181,7 @@ async def _run(
     images (one image, no text, each), prepared and run."""
     raw = [(prefix + value if prefix else value) if kind == "text" else "" for kind, value in items]
     task, prompts, checked = llm.render(
-        PoolRequest(raw, task="embed", params=params, prompt_name=prompt_name, input_type=side, lora_request=st.lora)
+        PoolRequest(raw, task="embed", params=params, prompt_name=prompt_name, side=side, lora_request=st.lora)
     )
     tokens = llm.estimate_tokens(prompts, checked)
     check_tokens(st, tokens)

@@ -92,7 +92,7 @@ async def multi_vector(body: MultiVectorRequest, request: Request, st: State, ll
     # Jina's default side is "document": a model without sides encodes its texts as they are then.
     side = body.input_type if "input_type" in body.model_fields_set or llm.task(TOKEN_EMBED).has_roles(llm.model) else None
     # Each type asked for is written: the response-bytes limit counts them all.
-    _, results = await run_task(request, st, llm, TOKEN_EMBED, texts, params, number_bytes=types_bytes(types, width), input_type=side)
+    _, results = await run_task(request, st, llm, TOKEN_EMBED, texts, params, number_bytes=types_bytes(types, width), side=side)
     rid, tokens = request_id(request, "mv"), results.num_tokens
 
     def build() -> dict:

@@ -83,7 +83,7 @@ async def embeddings(body: EmbeddingRequest, request: Request, st: State, llm: M
     # Jina's task names a prompt; a pooling task's name there is vLLM's PoolingRequest field (say from
     # /invocations, which reads an 'input' body as an embeddings request), which vLLM ignores here
     task = body.task if body.task is not None and body.task not in registry("task").names() else None
-    _, results = await run_inputs(request, st, llm, body, "embed", number_bytes(body), prompt_name=task, input_type=body.input_type)
+    _, results = await run_inputs(request, st, llm, body, "embed", number_bytes(body), prompt_name=task)
     return await list_response(
         request, body, "embd", st.served, results,
         lambda i, t: {"index": i, "object": "embedding", "embedding": encode_tensor(t, body)}, arrays=True,

@@ -69,7 +69,7 @@ def _check_score_side(value: Any, handler: Any) -> Any:
     if isinstance(value, str) or (isinstance(value, dict) and "content" in value) or (isinstance(value, list) and all(map(one, value))):
         return value
     raise PydanticCustomError(
-        "score_input_type", "must be a string, a list of strings, or {'content': [text and image_url parts]} (or a list of those)"
+        "score_input", "must be a string, a list of strings, or {'content': [text and image_url parts]} (or a list of those)"
     )
 
 
@@ -284,7 +284,7 @@ async def pooling(body: PoolingRequest, request: Request, st: State, llm: Model)
         )
     _, results = await run_inputs(
         request, st, llm, body, task.name, number_bytes(body) if task.tensor_output else JSON_NUMBER_BYTES,
-        input_type=body.input_type, step_tag_id=body.step_tag_id, returned_token_ids=body.returned_token_ids,
+        step_tag_id=body.step_tag_id, returned_token_ids=body.returned_token_ids,
         token_pool_factor=body.token_pool_factor,
     )
 

@@ -128,13 +128,13 @@ async def prompts_of(call: Call | Request, st: ModelState, llm: LLM, body: Any) 
 
 async def run_inputs(
     call: Call | Request, st: ModelState, llm: LLM, body: Any, task_name: str, number_bytes: float = JSON_NUMBER_BYTES,
-    prompt_name: str | None = None, input_type: str | None = None, **fields: Any
+    prompt_name: str | None = None, **fields: Any
 ) -> tuple[Any, Any]:
     """A request of ``input`` or chat ``messages`` (``/v1/embeddings``, ``/pooling``, ``/classify``) run
     for ``task_name``: its pooling parameters of the fields those requests share (``dimensions`` where
     the body has it, ``use_activation``, the truncation) and ``fields``, its prompts rendered, with the
     prompt of the model's sentence-transformers config named ``prompt_name`` (Jina's ``task``), the
-    texts in the retrieval side ``input_type`` (:meth:`poolkit.inputs.Renderer.side`).
+    texts in the side the body's ``input_type`` names (:meth:`poolkit.inputs.Renderer.side`).
 
     Returns:
         :func:`~poolkit.entrypoints.serving.work.run_task`'s task and results.
@@ -145,7 +145,7 @@ async def run_inputs(
         dimensions=dimensions, use_activation=body.use_activation, truncate_prompt_tokens=body.truncate_prompt_tokens,
         truncation_side=body.truncation_side, **fields,
     ).with_salt(body.cache_salt)
-    named, prefix, role = st.renderer.side(llm.task(task_name), input_type)
+    named, prefix, side = st.renderer.side(llm.task(task_name), getattr(body, "input_type", None))
     if named is not None and prompt_name is not None:
         raise ApiError(400, "input_type and task both name a prompt: send one", param="input_type")
     raw = await prompts_of(call, st, llm, body)
@@ -153,7 +153,7 @@ async def run_inputs(
         raw = instructed(raw, prefix)
     return await run_task(
         call, st, llm, task_name, raw, params, prompt_name or named, add_special_tokens=special_tokens(body),
-        number_bytes=number_bytes, input_type=role,
+        number_bytes=number_bytes, side=side,
     )
 
 

@@ -197,9 +197,9 @@ def _tei_lengths() -> Any:
 
 
 async def rows_of(call: Call, st: ModelState, llm: LLM, task: str, prompts: list[Any], params: PoolingParams,
-                prompt_name: str | None = None, input_type: str | None = None) -> Rows:
+                prompt_name: str | None = None, side: str | None = None) -> Rows:
     with _tei_lengths():
-        _, results = await run_task(call, st, llm, task, prompts, params, prompt_name=prompt_name, input_type=input_type)
+        _, results = await run_task(call, st, llm, task, prompts, params, prompt_name=prompt_name, side=side)
     rows = results.rows()
     if not all(bool(torch.isfinite(r).all()) for r in rows if r.is_floating_point()):
         raise ApiError(424, "the model produced a non-finite value (NaN or Infinity)", tei=BACKEND)
@@ -255,7 +255,7 @@ async def embed_all_rows(body: EmbedAll, call: Call, st: ModelState, llm: LLM) -
     # TEI names a model's prompts; "query" and "document" are a multi-vector model's retrieval sides
     # (its markers, lengths, query expansion) where it has sides or no prompt of that name: PyLate and
     # sentence-transformers 6 saves always carry prompts so named ("" or "[Q] ", the side's marker),
-    # and PyLate encodes the side, as LLM.encode's input_type does.
+    # and PyLate encodes the side, as a request's retrieval side does.
     sides = prompt_name in ROLES and (prompt_name not in st.renderer.model.prompts or llm.task(TOKEN_EMBED).has_roles(llm.model))
     role = prompt_name if sides else None
     return await rows_of(call, st, llm, TOKEN_EMBED, prompts, params, None if role else prompt_name, role)

@@ -121,7 +121,7 @@ class Tokenization(NamedTuple):
     which retrieval side (``None``: as they are). Part of an embedding cache key."""
 
     add_special_tokens: bool = True
-    input_type: str | None = None
+    side: str | None = None
 
 
 async def run_task(
@@ -135,7 +135,7 @@ async def run_task(
     add_special_tokens: bool = True,
     number_bytes: float = JSON_NUMBER_BYTES,
     check: Callable[[Any], None] | None = None,
-    input_type: str | None = None,
+    side: str | None = None,
 ) -> tuple[Any, Results]:
     """Prepare ``raw`` prompts for ``task_name`` with the LLM's checks, then run them on the batcher.
 
@@ -145,7 +145,7 @@ async def run_task(
     ``number_bytes`` bytes per number of the route's encoding), estimated before the work and
     counted again after it. With an embedding cache (``--cache-size``), inputs it holds are not
     run again. ``add_special_tokens=False`` marks the text prompts to be tokenized without special
-    tokens (:attr:`poolkit.contracts.io.Prompt.add_special_tokens`); ``input_type`` encodes the
+    tokens (:attr:`poolkit.contracts.io.Prompt.add_special_tokens`); ``side`` encodes the
     texts as the model's queries or documents (:meth:`poolkit.inputs.Renderer.role_prompts`).
 
     Prompts with media (:class:`~poolkit.contracts.io.Prompt` objects), and any request with a
@@ -157,7 +157,7 @@ async def run_task(
         The task and, per input, its result tensor and prompt token ids.
     """
     check_truncation(llm, params.truncate_prompt_tokens)
-    tokenization = Tokenization(add_special_tokens, input_type)
+    tokenization = Tokenization(add_special_tokens, side)
     if check is None and not any(isinstance(p, Prompt) for p in raw):
         task, prompts, checked, tokens = _prepared(st, llm, task_name, raw, params, prompt_name, tokenization, number_bytes)
         results = await _cached(call, st, llm, task, raw, prompts, checked, tokens, params, prompt_name, tokenization)
@@ -199,7 +199,7 @@ def _prepare(
     """A request's inputs through the renderer's door (:meth:`LLM.render`) with the served model's
     adapter, texts tokenized without special tokens and in a retrieval side where the request says so."""
     return llm.render(PoolRequest(
-        raw, task=task_name, params=params, prompt_name=prompt_name, input_type=tokenization.input_type,
+        raw, task=task_name, params=params, prompt_name=prompt_name, side=tokenization.side,
         add_special_tokens=None if tokenization.add_special_tokens else False, lora_request=st.lora,
     ))
 
