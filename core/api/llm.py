@@ -662,9 +662,9 @@ class LLM:
     def _check_media_scoring(self, scorer: Scorer) -> None:
         """Refuse score inputs with images for a model that reads no images (vLLM's words), or whose
         scorer reads each pair as one text (a cross-encoder) without reading text and images together."""
-        if not self.renderer.takes_images:
+        if not self.renderer.reads.images:
             raise InvalidRequest(f"MultiModalParam is not supported for {self.model.architecture_name}")
-        if scorer.takes_template and not self.renderer.reads_media:
+        if scorer.takes_template and not self.renderer.reads.media:
             raise InvalidRequest(
                 f"model '{self.model.name}' scores with the {scorer.name}, which reads each pair as one text; inputs with "
                 "images need a model that embeds each side (bi-encoder cosine or late interaction)"
@@ -742,8 +742,8 @@ class _ScoreRunner:
         self._lora = lora_request
 
     def role_prompts(self, texts: list[str], kind: str) -> list[Prompt]:
-        """Texts as the model's queries or documents (:meth:`poolkit.inputs.Renderer.role_prompts` of ``token_embed``)."""
-        return self._llm.renderer.role_prompts(self.task("token_embed"), [Prompt(text=t) for t in texts], kind)
+        """Texts as the model's queries or documents: ``token_embed``'s prompts on that side, through the renderer's door."""
+        return list(self._llm.render(PoolRequest(list(texts), task="token_embed", side=kind)).prompts)
 
     def check_params(
         self, pooling_params: Any, count: int, task_name: str, tokenization_kwargs: dict[str, Any] | None = None

@@ -27,6 +27,7 @@ import torch
 
 from ..contracts.errors import InvalidRequest
 from ..contracts.params import PoolingParams
+from ..inputs.chat import settled
 from ..inputs.request import PoolRequest
 from .st_adapters import PROMPT_NAME, TASK, AdapterMethods
 from .st_functions import PRECISIONS, SIMILARITY, pairwise_similarity, quantize_embeddings, similarity_name
@@ -283,15 +284,11 @@ class _Model(AdapterMethods):
             raise InvalidRequest(f"a multimodal input's 'text' must be a string, got {type(text).__name__}")
         if not images:
             return text if text is not None else ""
-        renderer = self.llm.renderer
         content = [
             {"type": "text", "text": text} if key == "text" else {"type": "image_pil", "image_pil": image}
             for key in typed for image in ([None] if key == "text" else images)
         ]
-        chat = renderer.media_chat(content, "inputs")
-        if chat is None:
-            return {"prompt": text or "", "multi_modal_data": {"image": images if len(images) > 1 else images[0]}}
-        return renderer.chat_prompt(chat)
+        return settled(self.llm.renderer.render_input(content, "inputs", offline=True))
 
     def _matrix(self, pooling_task: str, inputs: list[Any], params: PoolingParams | None = None, prefix: str | None = None) -> torch.Tensor:
         """:meth:`_run`'s results as one float32 row per input."""

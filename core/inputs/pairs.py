@@ -222,7 +222,7 @@ def pair_prompts(
     Raises:
         InvalidRequest: settings that do not go together, or that the model's way of pairing ignores.
     """
-    if renderer is not None and renderer.reads_media:
+    if renderer is not None and renderer.reads.media:
         return list(renderer.prompts(_media_pair_prompts(model, first, second, chat_template, instruction, kwargs, renderer)))
     return _text_pair_prompts(model, first, second, chat_template, instruction, kwargs)
 

@@ -18,11 +18,11 @@ from ..contracts.params import LateChunkingParams, PoolingParams
 from ..contracts.tasks import ROLES
 from ..lora.manager import adapted_params
 from ..plugins.lookup import registry
-from ..runtime.estimates import estimate_costs
 from ..runtime.tokenizing import as_read
 from . import chat as chats
 from .chat import Chat, Worker
-from .media import IMAGE_TOKEN_GUESS, MediaPolicy, check_image_url, image_values
+from .content import MediaRules, Reads
+from .media import MediaPolicy
 from .params import check_params
 from .request import PoolRequest, Rendered, Side
 
@@ -70,6 +70,7 @@ class Renderer:
             processor = processor()
         #: The family's media IO processor (a vision-language model's), or ``None``.
         self.media_processor: IOProcessor | None = processor
+        self._media = MediaRules(model, self.media_policy, processor)
 
     def configured(self, **settings: Any) -> "Renderer":
         """A renderer of the same model with other settings (the server's, per served model), sharing
@@ -103,26 +104,94 @@ class Renderer:
                     raise InvalidRequest(f"prompt {index}: {LateChunkingParams.NEEDS_TEXT}")
         return Rendered(task, parsed, params)
 
+    async def render_input(
+        self, item: Chat | Sequence[Any], where: str = "input", *, system: str | None = None,
+        worker: Worker | None = None, offline: bool = False,
+    ) -> Any:
+        """One input that is more than a text, as a prompt: a conversation (:class:`Chat`) rendered
+        with its template; or content parts (chat content parts in order: ``text``, ``image_url``,
+        ``video_url`` and, offline, ``image_pil``) by the one rule for text and media together, which
+        sentence-transformers' multimodal inputs and Cohere's share: a vision-language model with a
+        chat template reads them as one user message, after ``system`` as a system message, rendered
+        with the template, as sentence-transformers and vLLM do; any other model reads a prompt of
+        their text (``system`` before it) and media: a vision-language model's text carries the
+        model's placeholders (the media processor places those of media without text), a dual
+        encoder takes one image alone.
+
+        ``offline``: media as given (data URIs, images), nothing fetched, the rendering run here
+        (:func:`poolkit.inputs.chat.settled` runs it without an event loop); else remote media are
+        fetched under the media policy and the template runs on ``worker`` (the server's tokenizing thread).
+
+        Raises:
+            InvalidRequest: media the model does not read, more than its limit, a URL the policy
+                refuses, a conversation its template refuses.
+        """
+        worker = worker or chats.Inline()
+        if isinstance(item, Chat):
+            return await self._chat_prompt(item, worker, offline)
+        if self._media.reads_media and self.reads.chat_template:
+            messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": list(item)}]
+            return await self._chat_prompt(Chat(messages, where=where), worker, offline)
+        kinds, urls, texts = [], [], []
+        for raw in item:
+            part = chats.content_part(raw)
+            if part.type == "text":
+                texts += [part.value] if part.value else []
+            else:
+                kinds.append(chats.MEDIA_PARTS.get(part.type or "", "image"))
+                urls.append(part.value)
+        self._media.check_count(kinds, where)
+        if system and not texts:
+            raise InvalidRequest(
+                f"{where}: input_type with image-only inputs needs a chat template (serve the model with --chat-template)", param="input_type"
+            )
+        media = [(kind, url, where) for kind, url in zip(kinds, urls)]
+        values = self._media.offline_values(media) if offline else await self._media.values([(url, where) for url in urls])
+        text = "\n".join(texts) if texts else None
+        return self._media.prompt((system or "") + text if text else None, values, where, kinds=kinds)
+
+    async def fetch_media(self, urls: Sequence[str], where: str) -> list[Any]:
+        """The images of one input (a score request's side), checked against the model's limit and
+        the media policy: data URIs as they are, allowed remote ones fetched."""
+        self._media.check_count(["image"] * len(urls), where)
+        return await self._media.values([(url, where) for url in urls])
+
     # -- the tokenizer's door (the tokenize and detokenize routes) ------------------------------
 
-    def tokenize(self, text: str, *, add_special_tokens: bool = True, prefix: str | None = None, offsets: bool = False) -> Any:
-        """The tokenizer's encoding of ``text`` as the model reads it (``prefix`` before it, lower
-        case where the model wants it: :func:`~poolkit.runtime.tokenizing.as_read`), its
-        ``input_ids`` and, with ``offsets``, each token's character span and whether it is special."""
+    def tokenize(
+        self, text: str | Prompt, *, add_special_tokens: bool = True, prompt_name: str | None = None, prefix: str | None = None,
+        offsets: bool = False,
+    ) -> Any:
+        """The tokenizer's encoding of ``text`` as the model reads it (the prompt ``prompt_name``
+        names, or ``prefix``, before it; lower case where the model wants it:
+        :func:`~poolkit.runtime.tokenizing.as_read`), its ``input_ids`` and, with ``offsets``, each
+        token's character span and whether it is special. A prompt with media: its ``input_ids``
+        with each placeholder expanded as the model's media processor expands it (what ``/tokenize``
+        of a conversation with images answers).
+
+        Raises:
+            InvalidRequest: an unknown prompt name; media of a model that reads them apart from text
+                (a dual encoder: they have no token ids).
+        """
+        if isinstance(text, Prompt):
+            (prepared,) = self.prompts([text])
+            if prepared.token_ids is None:
+                raise InvalidRequest(f"messages: model '{self.model.name}' reads images apart from text: they have no token ids", param="messages")
+            return {"input_ids": list(prepared.token_ids)}
+        if prompt_name is not None:
+            prefix = self.prefix(prompt_name)
         read = as_read(self.model, [text], prefix)[0]
         extra = {"return_offsets_mapping": True, "return_special_tokens_mask": True} if offsets else {}
         return self.model.tokenizer(read, add_special_tokens=add_special_tokens, verbose=False, **extra)
 
-    def token_strings(self, ids: Sequence[int]) -> list[str]:
-        """The tokenizer's string of each token id."""
-        return list(self.model.tokenizer.convert_ids_to_tokens(list(ids)))
-
-    def detokenize(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
-        """The text of token ids.
+    def detokenize(self, ids: Sequence[int], skip_special_tokens: bool = False, each: bool = False) -> Any:
+        """The text of token ids; ``each``: the tokenizer's string of each id instead.
 
         Raises:
             InvalidRequest: ids the tokenizer cannot map.
         """
+        if each:
+            return list(self.model.tokenizer.convert_ids_to_tokens(list(ids)))
         try:
             return self.model.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
         except (OverflowError, ValueError, TypeError) as exc:
@@ -131,29 +200,12 @@ class Renderer:
     # -- what the model reads --------------------------------------------------------------------
 
     @property
-    def reads_media(self) -> bool:
-        """Whether the model reads text and media in one prompt (a vision-language model)."""
-        return self.media_processor is not None
-
-    @property
-    def takes_images(self) -> bool:
-        """Whether the model reads images at all (a vision-language model, or a dual encoder)."""
-        return self.reads_media or "image" in self.model.architecture.input_modalities
-
-    @property
-    def takes_videos(self) -> bool:
-        """Whether the model reads videos (its media processor says so)."""
-        return bool(getattr(self.media_processor, "reads_videos", False))
-
-    @property
-    def media_part_types(self) -> tuple[str, ...]:
-        """The chat content part types of media the model reads."""
-        return ("image_url", "video_url") if self.takes_videos else ("image_url",)
-
-    @property
-    def chat_template(self) -> str | None:
-        """The template conversations are rendered with: the override, else the tokenizer's."""
-        return self.chat_template_override or getattr(self.model.tokenizer, "chat_template", None) or None
+    def reads(self) -> Reads:
+        """What the model reads: media with text, images, videos, its chat template, its ``input_type`` names."""
+        media = self._media
+        template = self.chat_template_override or getattr(self.model.tokenizer, "chat_template", None) or None
+        names = sorted(set(self.model.prompts) | set(self._instructions))
+        return Reads(media.reads_media, media.takes_images, media.takes_videos, media.part_types, template, names)
 
     # -- prompt names ----------------------------------------------------------------------------
 
@@ -173,16 +225,6 @@ class Renderer:
             raise InvalidRequest(f"unknown prompt_name '{prompt_name}'; the model's prompts: {known}", param="input_type")
         return prompts[prompt_name]
 
-    def named_prompt(self, prompt_name: str | None) -> str | None:
-        """The text of the prompt ``prompt_name`` names, if the model has it (no default, no error)."""
-        return self.model.prompts.get(prompt_name) if prompt_name else None
-
-    @property
-    def input_types(self) -> list[str]:
-        """The retrieval roles a request may name (Cohere's ``input_type``): the model's prompt names
-        and its config's ``task_instructions``."""
-        return sorted(set(self.model.prompts) | set(self._instructions))
-
     def input_type(self, input_type: str | None) -> tuple[str | None, str | None]:
         """``input_type`` as a prompt name of the model, or as the text of its task instruction.
 
@@ -196,7 +238,7 @@ class Renderer:
         if input_type in self._instructions:
             return None, str(self._instructions[input_type])
         given = f"Unsupported input_type {short(input_type, 40)!r}."
-        known = self.input_types
+        known = self.reads.input_types
         if not known:
             raise InvalidRequest(f"{given} This model does not define any input_type task instructions.", param="input_type")
         raise InvalidRequest(f"{given} Supported values: {', '.join(known)}", param="input_type")
@@ -217,7 +259,7 @@ class Renderer:
         """
         if input_type is None:
             return Side(None, None, None)
-        known = self.input_types
+        known = self.reads.input_types
         if aliases and input_type not in known:
             if not set(known) & set(aliases) and self.own_sides(aliases[0]):  # a retriever's own side
                 input_type = aliases[0]
@@ -225,7 +267,8 @@ class Renderer:
                 input_type = next((name for name in aliases if name in known), input_type)
         if task.takes_sides or (input_type not in known and self.own_sides(input_type)):
             return Side(None, None, input_type)
-        return Side(*self.input_type(input_type), None)
+        name, instruction = self.input_type(input_type)
+        return Side(name, instruction, None, instruction if name is None else self.model.prompts[name])
 
     @property
     def _instructions(self) -> dict[str, Any]:
@@ -333,11 +376,6 @@ class Renderer:
             return params
         return [p.with_salt(prompt.extras.get("cache_salt")) for prompt, p in zip(prompts, params)]
 
-    def guess_tokens(self, inputs: Sequence[Any]) -> int:
-        """Tokens of a request's inputs (texts, ``{"prompt_token_ids": [...]}``, prompts with media)
-        guessed before they are prepared: what the server admits work on the worker thread by."""
-        return sum(estimate_costs([chats.as_prompt(item) for item in inputs])) + self.media_cost(inputs)
-
     @staticmethod
     def chat(item: Any, options: dict[str, Any] | None = None, index: int | None = None) -> Chat:
         """A conversation input: a :class:`Chat`, or ``{"messages": [...], **options}`` (vLLM's
@@ -351,18 +389,13 @@ class Renderer:
 
     def check_chat(self, chat: Chat) -> None:
         """Refuse a conversation before any work (:func:`poolkit.inputs.chat.check_chat`)."""
-        chats.check_chat(chat, chat.chat_template or self.chat_template, self.served, self.max_messages, self.template_hint)
+        chats.check_chat(chat, chat.chat_template or self.reads.chat_template, self.served, self.max_messages, self.template_hint)
 
     def chat_prompt(self, chat: Chat) -> Any:
         """One conversation as a prompt, rendered here: its token ids (``{"prompt_token_ids": ...}``),
         or with media parts a prompt of its text and media (data URIs and vLLM's offline ``image_pil``
-        parts; remote URLs are fetched by the server, :meth:`chat_prompt_async`)."""
+        parts; remote URLs are fetched by the server, :meth:`render_input`)."""
         return chats.settled(self._chat_prompt(chat, chats.Inline(), offline=True))
-
-    async def chat_prompt_async(self, chat: Chat, worker: Worker | None = None) -> Any:
-        """:meth:`chat_prompt` for the server: every check before any work, remote media fetched
-        under the media policy, the rendering and tokenizing run by ``worker`` (on the thread that tokenizes)."""
-        return await self._chat_prompt(chat, worker or chats.Inline(), offline=False)
 
     async def _chat_prompt(self, chat: Chat, worker: Worker, offline: bool) -> Any:
         """The one rendering of a conversation: the checks, the media (``offline``: data URIs and
@@ -373,44 +406,23 @@ class Renderer:
             return {"prompt_token_ids": await worker.run(lambda: self._token_ids(chat, render()), chats.rendering_cost(chat.messages))}
         rendered, media, texts = self._media_parts(chat, offline)
         kinds = [kind for kind, _, _ in media]
-        given = self._offline_values(media) if offline else None
+        given = self._media.offline_values(media) if offline else None
 
         async def values() -> list[Any]:
-            return given if given is not None else await self.media_values([(url, where) for _, url, where in media])
+            return given if given is not None else await self._media.values([(url, where) for _, url, where in media])
 
-        if not self.reads_media:  # a dual encoder: one image, no text, no template
-            self.media_prompt("\n".join(texts), [None] * len(media), chat.where, kinds=kinds)
-            return self.media_prompt(None, await values(), chat.where, kinds=kinds)
+        if not self._media.reads_media:  # a dual encoder: one image, no text, no template
+            self._media.prompt("\n".join(texts), [None] * len(media), chat.where, kinds=kinds)
+            return self._media.prompt(None, await values(), chat.where, kinds=kinds)
         render = self.chat_renderer(chat, rendered)
         fetched = await values()
         text = await worker.run(render, chats.rendering_cost(rendered))
-        return self.media_prompt(text, fetched, chat.where, add_special_tokens=chat.add_special_tokens, kinds=kinds)
-
-    def _offline_values(self, media: Sequence[tuple[str, Any, str]]) -> list[Any]:
-        """The media of an offline conversation as they are: images, and data URIs the policy reads."""
-        for _, url, where in media:
-            if isinstance(url, str):
-                self.check_media_url(url, where)
-                if not url.startswith("data:"):
-                    raise InvalidRequest(f"{where}: remote media are fetched by the server only; send a data URI", param=where)
-        return [url for _, url, _ in media]
-
-    def media_chat(self, content: list[dict[str, Any]], where: str, system: str | None = None) -> Chat | None:
-        """The one rule for an input of text and media together (a sentence-transformers multimodal
-        dict, a Cohere input): a vision-language model with a chat template reads it as one user
-        message of ``content`` (chat content parts, in order), after ``system`` as a system message,
-        rendered with the template, as sentence-transformers and vLLM do. ``None`` for any other
-        model: it reads the input as a prompt whose text carries the model's media placeholders (a
-        dual encoder, an image alone)."""
-        if not (self.reads_media and self.chat_template):
-            return None
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": content}]
-        return Chat(messages, where=where)
+        return self._media.prompt(text, fetched, chat.where, add_special_tokens=chat.add_special_tokens, kinds=kinds)
 
     def chat_renderer(self, chat: Chat, messages: Sequence[Any] | None = None) -> Callable[[], str]:
         """Check ``chat``; its rendering as text, to run on the thread that tokenizes."""
         self.check_chat(chat)
-        return chats.renderer(self.model.tokenizer, chat.chat_template or self.chat_template, chat, messages)
+        return chats.renderer(self.model.tokenizer, chat.chat_template or self.reads.chat_template, chat, messages)
 
     def _token_ids(self, chat: Chat, text: str) -> list[int]:
         ids = self.model.tokenizer(text, add_special_tokens=chat.add_special_tokens)["input_ids"]
@@ -420,85 +432,7 @@ class Renderer:
 
     def _media_parts(self, chat: Chat, offline: bool = False) -> tuple[list[dict[str, Any]], list[tuple[str, Any, str]], list[str]]:
         chats.check_count(len(chat.messages), chat.where, self.max_messages)
-        kinds = self.media_part_types + (("image_pil",) if offline else ())
+        kinds = self._media.part_types + (("image_pil",) if offline else ())
         rendered, media, texts = chats.media_parts(chat.messages, chat.where, kinds)
-        self.check_media_count([kind for kind, _, _ in media], chat.where)
+        self._media.check_count([kind for kind, _, _ in media], chat.where)
         return rendered, media, texts
-
-    def image_prompts(self, images: Sequence[Any], allow_local_files: bool = True) -> list[Prompt]:
-        """Images alone as prompts, decoded and pre-processed (a dual encoder's image inputs)."""
-        data = {"prompts": [Prompt(extras={"image": image}) for image in images], "model": self.model, "allow_local_files": allow_local_files}
-        return list(registry("io_processor").get("image").pre_process(data))
-
-    def token_ids(self, prompt: Prompt, where: str) -> list[int]:
-        """The token ids of a prompt with media, each placeholder expanded as the model's media
-        processor expands it (what ``/tokenize`` of a conversation with images answers).
-
-        Raises:
-            InvalidRequest: a model that reads its images apart from text (a dual encoder).
-        """
-        (prepared,) = self.prompts([prompt])
-        if prepared.token_ids is None:
-            raise InvalidRequest(f"{where}: model '{self.model.name}' reads images apart from text: they have no token ids", param=where)
-        return list(prepared.token_ids)
-
-    # -- media -----------------------------------------------------------------------------------
-
-    def check_media_count(self, kinds: Sequence[str], where: str) -> None:
-        """Refuse more images (or videos) in one prompt than the load setting ``limit_mm_per_prompt``
-        allows, before any is fetched or decoded (the media IO processor applies its default limit itself)."""
-        for kind in ("image", "video"):
-            count = sum(1 for k in kinds if k == kind)
-            limit = self.model.limit_mm_per_prompt.get(kind)
-            if limit is not None and count > limit:
-                raise InvalidRequest(
-                    f"{where}: {count} {kind}s, more than the limit of {limit} per prompt (limit_mm_per_prompt)", param=where
-                )
-
-    def check_media_url(self, url: str, where: str) -> None:
-        """Refuse, before any work, a media URL the policy will not read (:func:`poolkit.inputs.media.check_image_url`)."""
-        check_image_url(url, where, self.media_policy)
-
-    async def media_values(self, urls: Sequence[tuple[str, str]]) -> list[str | bytes]:
-        """The media of ``(url, where)`` pairs: data URIs as they are, allowed remote ones fetched."""
-        return await image_values(urls, self.media_policy, self.model.max_image_bytes)
-
-    def media_prompt(
-        self, text: str | None, media: list[Any], where: str, add_special_tokens: bool = True, kinds: Sequence[str] | None = None
-    ) -> Prompt:
-        """The prompt of ``text`` with ``media`` (images, or videos where ``kinds`` says so) for the
-        model: a vision-language model reads both (its media processor checks the placeholders); a
-        dual encoder one image and no text (vLLM's rule for CLIP); a text-only model none.
-
-        Raises:
-            InvalidRequest: media the model does not read.
-        """
-        kinds = list(kinds) if kinds is not None else ["image"] * len(media)
-        if self.reads_media:
-            extras: dict[str, Any] = {}
-            for kind, value in zip(kinds, media):
-                extras.setdefault(kind, []).append(value)
-            if not extras:
-                extras["image"] = []
-            return Prompt(text=text or None, extras=extras, add_special_tokens=add_special_tokens)
-        if not self.takes_images:
-            # the whole name, which the server's error handler replaces with the served one
-            raise InvalidRequest(f"{where}: model '{self.model.name}' reads text only; send no images", param=where)
-        if "video" in kinds:
-            raise InvalidRequest(f"{where}: model '{self.model.name}' takes no videos; send images", param=where)
-        if text or len(media) != 1:
-            raise InvalidRequest(
-                f"{where}: this model (a dual encoder such as CLIP) embeds one image without text, or text without "
-                "images; send them as separate inputs", param=where,
-            )
-        return Prompt(extras={"image": media[0]})
-
-    def media_cost(self, prompts: Sequence[Any]) -> int:
-        """Tokens the media of ``prompts`` are guessed at before they are decoded."""
-        count = 0
-        for p in prompts:
-            if isinstance(p, Prompt):
-                for kind in ("image", "video"):
-                    if kind in p.extras:
-                        count += len(p.extras[kind]) if isinstance(p.extras[kind], list) else 1
-        return IMAGE_TOKEN_GUESS * count

@@ -79,8 +79,10 @@ class Rendered(NamedTuple):
 
 class Side(NamedTuple):
     """A request's ``input_type`` as what runs it (:meth:`poolkit.inputs.Renderer.side`): a prompt
-    name of the model's, a task instruction's text to put before each text, or a retrieval side."""
+    name of the model's, a task instruction's text to put before each text, or a retrieval side;
+    ``text``, what goes before each input: the instruction's text or the named prompt's."""
 
     prompt_name: str | None
     prefix: str | None
     side: str | None
+    text: str | None = None

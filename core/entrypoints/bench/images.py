@@ -136,7 +136,7 @@ def run_image_bench(args: EngineArgs, images: int, size: int, rounds: int) -> di
     llm = LLM.from_args(args.model_copy(update={"model": path}))
     dtype = llm.model.dtype
     arch = llm.model.architecture
-    if not llm.renderer.reads_media:
+    if not llm.renderer.reads.media:
         from ...contracts.errors import InvalidRequest
 
         raise InvalidRequest(f"workload I needs a model that reads text and images; '{args.model}' does not")

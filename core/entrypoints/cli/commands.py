@@ -212,7 +212,7 @@ def _embed_images(args: EngineArgs, images: list[str], texts: list[str], input_f
     if len(texts) > 1:
         raise InvalidRequest(f"--image takes at most one text argument (the prompt the images go in), got {len(texts)}")
     llm = load(args)
-    if texts and not llm.renderer.reads_media:
+    if texts and not llm.renderer.reads.media:
         raise InvalidRequest(
             f"pass --image files or texts, not both: model '{llm.model.name}' embeds each image alone (one record per --image)"
         )

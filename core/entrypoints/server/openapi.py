@@ -279,8 +279,8 @@ def _bound(doc: dict[str, Any], st: "ModelState") -> None:
     options, params = _task_fields(llm, tasks)
     templated = _takes_score_template(llm)
     images = "image" in llm.model.architecture.input_modalities
-    reads_media = st.renderer.reads_media
-    videos = st.renderer.takes_videos
+    reads = st.renderer.reads
+    reads_media, videos = reads.media, reads.videos
     prompts = sorted(llm.model.prompts or {})
     for name, schema in doc["components"]["schemas"].items():
         props = schema.get("properties", {})
@@ -345,7 +345,7 @@ def _takes_score_template(llm: LLM) -> bool:
 
 
 def _has_chat_template(st: "ModelState", llm: LLM) -> bool:
-    return bool(st.renderer.chat_template)
+    return bool(st.renderer.reads.chat_template)
 
 
 def _task_fields(llm: LLM, tasks: list[str]) -> tuple[set[str], set[str]]:

@@ -2,12 +2,12 @@
 
 A dual encoder (CLIP, SigLIP) embeds each image alone (one content part per input); a
 vision-language model (one whose renderer reads media) also takes inputs of text and
-images together (:func:`_media_prompts`).
+images together (:func:`_prompt`).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, Callable, List, Literal, Optional, Sequence, Union
+from typing import Annotated, Any, Callable, List, Literal, Optional, Sequence, Union
 
 from fastapi import Request
 from fastapi.responses import Response
@@ -15,21 +15,18 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from ...contracts.errors import InvalidRequest
 from ...contracts.io import Prompt
-from ...contracts.params import PoolingParams
 from ...inputs.chat import checked_text
-from ...inputs.request import PoolRequest
+from ...inputs.content import Reads
+from ...inputs.media import check_image_url
 from ..encodings import binary, cohere_base64, ubinary
 from ..protocol import TEXT, BaseRequest, Positive, list_of, one_of, schema
 from ..serving.errors import ApiError
-from ..serving.inputs import check_count, check_dimensions, check_model, pooling_params, render_chat
+from ..serving.inputs import check_count, check_dimensions, check_model, pooling_params, render_input
 from ..serving.state import ModelState
-from ..serving.work import check_response, check_tokens, check_truncation, run_task, until_done
+from ..serving.work import check_response, check_truncation, run_task
 from .deps import Model, State
 from .endpoints import Endpoints
 from .wire import check_finite, request_id, respond, types_bytes
-
-if TYPE_CHECKING:
-    from ...api.llm import LLM
 
 ENDPOINTS = Endpoints()
 
@@ -102,7 +99,7 @@ def _describe(doc: dict[str, Any], st: ModelState) -> None:
     """The loaded model's ``input_type`` values in ``/openapi.json`` (none: the field takes only null)."""
     fields = doc["components"]["schemas"].get(CohereEmbedRequest.__name__, {}).get("properties", {})
     if "input_type" in fields:
-        known = st.renderer.input_types
+        known = st.renderer.reads.input_types
         fields["input_type"] = {"anyOf": [{"enum": known}, {"type": "null"}]} if known else {"type": "null"}
 
 
@@ -117,8 +114,8 @@ COHERE_SIDES = {"search_query": ("query",), "search_document": ("document", "pas
 @ENDPOINTS.post("/v2/embed", "Embeddings (Cohere Embed v2): float, binary, ubinary, base64.", task="embed", describe=_describe)
 async def cohere_embed(body: CohereEmbedRequest, request: Request, st: State, llm: Model) -> Response:
     check_model(st, body.model)
-    items = _items(st, body, st.renderer.reads_media)
-    prompt_name, prefix, side = st.renderer.side(llm.task("embed"), body.input_type, COHERE_SIDES.get(body.input_type or "", ()))
+    items = _items(st, body, st.renderer.reads)
+    prompt_name, prefix, side, before = st.renderer.side(llm.task("embed"), body.input_type, COHERE_SIDES.get(body.input_type or "", ()))
     types = list(dict.fromkeys(body.embedding_types))
     if not types:
         raise ApiError(400, "embedding_types must not be empty", param="embedding_types")
@@ -145,12 +142,15 @@ async def cohere_embed(body: CohereEmbedRequest, request: Request, st: State, ll
     images = [i for i, (kind, _) in enumerate(items) if kind in ("image", "media")]
     if side is not None and any(kind != "text" for kind, _ in items):
         raise ApiError(400, f"input_type '{body.input_type}' is a retrieval side of texts: send texts", param="input_type")
-    if any(kind == "media" for kind, _ in items):
-        raw = await _media_prompts(request, st, llm, items, prefix or st.renderer.named_prompt(prompt_name))
-        check = (lambda prompts: _check_untruncated(st, prompts, body.max_tokens)) if body.truncate == "NONE" else None
-        _, results = await run_task(request, st, llm, "embed", raw, params, check=check)
-    else:
-        results = await _run(request, st, llm, body, items, prefix, prompt_name, params, images, side)
+    check = (lambda prompts: _check_untruncated(st, prompts, body.max_tokens)) if body.truncate == "NONE" else None
+    if any(kind == "media" for kind, _ in items):  # text and media read together: the prompt's text goes before each
+        raw = [await _prompt(request, st, kind, value, i, before) for i, (kind, value) in enumerate(items)]
+        _, results = await run_task(request, st, llm, "embed", raw, params, number_bytes=types_bytes(types, width), check=check)
+    else:  # texts, and a dual encoder's images (one each, no text): the texts under the request's prompt or side
+        raw = [await _prompt(request, st, kind, value, i, prefix) for i, (kind, value) in enumerate(items)]
+        _, results = await run_task(
+            request, st, llm, "embed", raw, params, prompt_name, number_bytes=types_bytes(types, width), check=check, side=side
+        )
     image_set = set(images)
 
     # An image runs as one sequence without text tokens: it is billed as one token.
@@ -173,62 +173,21 @@ async def cohere_embed(body: CohereEmbedRequest, request: Request, st: State, ll
     return await respond(build, sum(t.numel() for t, _ in results) * len(types))
 
 
-async def _run(
-    request: Request, st: ModelState, llm: LLM, body: CohereEmbedRequest, items: list[tuple[str, Any]], prefix: str | None,
-    prompt_name: str | None, params: PoolingParams, images: list[int], side: str | None = None,
-) -> Any:
-    """Texts (in the retrieval ``side`` of a retriever that writes its own), and a dual encoder's
-    images (one image, no text, each), prepared and run."""
-    raw = [(prefix + value if prefix else value) if kind == "text" else "" for kind, value in items]
-    task, prompts, checked = llm.render(
-        PoolRequest(raw, task="embed", params=params, prompt_name=prompt_name, side=side, lora_request=st.lora)
-    )
-    tokens = llm.estimate_tokens(prompts, checked)
-    check_tokens(st, tokens)
-    if images or body.truncate == "NONE":
-        untruncated = body.truncate == "NONE"
-        work = _work(
-            st, task, prompts, checked, [(i, items[i][1]) for i in images], untruncated, body.max_tokens if untruncated else None
-        )
-        results = await until_done(request, st, st.batcher.call(work, tokens + 256 * len(images)))
-    else:
-        results = await until_done(request, st, st.batcher.submit(task, prompts, checked))
-    st.metrics.answered(len(results), sum(max(1, len(ids)) for _, ids in results))
-    return results
+async def _prompt(request: Request, st: ModelState, kind: str, value: Any, index: int, before: str | None) -> Any:
+    """One input as its prompt: a text with ``before`` (the ``input_type``'s text) before it; a dual
+    encoder's image alone, or an input of text and media by the renderer's one rule for them
+    (:meth:`poolkit.inputs.Renderer.render_input`: for a vision-language model with a chat
+    template, a chat of one user message after ``before`` as its system message)."""
+    if kind == "text":
+        return before + value if before else value
+    parts = value if kind == "media" else [("image", value)]
+    content = [{"type": "text", "text": v} if part == "text" else {"type": f"{part}_url", f"{part}_url": {"url": v}} for part, v in parts]
+    return await render_input(request, st, content, f"inputs[{index}]", system=before if kind == "media" else None)
 
 
-async def _media_prompts(request: Request, st: ModelState, llm: LLM, items: list[tuple[str, Any]], prefix: str | None) -> list[Any]:
-    """A vision-language model's inputs: texts (with the ``input_type`` prefix), and inputs with
-    images as prompts with images. With a chat template each of those is a chat of one user
-    message (the prefix a system message before it), as vLLM renders them; without one, an
-    image-only input is the images alone (the media processor places them) and a text part is
-    the prompt, which then carries the model's image placeholders."""
-    raw: list[Any] = []
-    for i, (kind, value) in enumerate(items):
-        where = f"inputs[{i}]"
-        if kind == "text":
-            raw.append(prefix + value if prefix else value)
-            continue
-        st.renderer.check_media_count([part for part, _ in value if part != "text"], where)
-        content = [{"type": "text", "text": v} if part == "text" else {"type": f"{part}_url", f"{part}_url": {"url": v}} for part, v in value]
-        chat = st.renderer.media_chat(content, where, system=prefix)
-        if chat is not None:
-            raw.append(await render_chat(request, st, chat))
-            continue
-        texts = [v for part, v in value if part == "text"]
-        if prefix and not texts:
-            raise ApiError(400, f"{where}: input_type with image-only inputs needs a chat template (serve the model with --chat-template)",
-                           param="input_type")
-        kinds = [part for part, _ in value if part != "text"]
-        values = await st.renderer.media_values([(v, where) for part, v in value if part != "text"])
-        text = "\n".join(texts) if texts else None
-        raw.append(st.renderer.media_prompt((prefix or "") + text if text else None, values, where, kinds=kinds))
-    return raw
-
-
-def _items(st: ModelState, body: CohereEmbedRequest, reads_media: bool = False) -> list[tuple[str, Any]]:
+def _items(st: ModelState, body: CohereEmbedRequest, reads: Reads) -> list[tuple[str, Any]]:
     """The request's inputs as ``("text", text)`` / ``("image", data URI)``, checked; for a
-    vision-language model (``reads_media``) every input with an image (or a video) is ``("media", parts)``,
+    vision-language model (``reads.media``) every input with an image (or a video) is ``("media", parts)``,
     its ``("text", text)``, ``("image", url)`` and ``("video", url)`` parts in order."""
     given = [name for name in ("texts", "images", "inputs") if getattr(body, name) is not None]
     if not given:
@@ -240,8 +199,8 @@ def _items(st: ModelState, body: CohereEmbedRequest, reads_media: bool = False) 
     if name == "texts":
         items = [("text", t) for t in body.texts]
     elif name == "images":
-        items = [("media", [("image", u)]) if reads_media else ("image", u) for u in body.images]
-    elif reads_media:
+        items = [("media", [("image", u)]) if reads.media else ("image", u) for u in body.images]
+    elif reads.media:
         items = [_media_input(i, entry) for i, entry in enumerate(body.inputs)]
     else:
         for i, entry in enumerate(body.inputs):
@@ -275,10 +234,10 @@ def _items(st: ModelState, body: CohereEmbedRequest, reads_media: bool = False) 
             for part, v in value:
                 if part == "text":
                     checked_text(v, f"{where}.content")
-                elif part == "video" and not st.renderer.takes_videos:
+                elif part == "video" and not reads.videos:
                     raise ApiError(400, f"{where}: this model reads no videos; send text and image_url parts", param=f"{where}.content")
                 else:
-                    st.renderer.check_media_url(v, where)
+                    check_image_url(v, where, st.server.media)
     return items
 
 
@@ -300,31 +259,6 @@ def _media_input(index: int, entry: Any) -> tuple[str, Any]:
     if len(parts) == 1 and parts[0][0] == "text":
         return parts[0]
     return "media", parts
-
-
-def _work(
-    st: ModelState,
-    task: Any,
-    prompts: Sequence[Prompt],
-    params: list[PoolingParams],
-    images: list[tuple[int, str]],
-    untruncated: bool,
-    max_tokens: int | None,
-) -> Callable[[], Any]:
-    """Worker-thread work: decode images (never files), check untruncated lengths, run."""
-    llm = st.llm
-
-    def work() -> Any:
-        batch = list(prompts)
-        if images:
-            decoded = st.renderer.image_prompts([uri for _, uri in images], allow_local_files=False)
-            for (i, _), prompt in zip(images, decoded):
-                batch[i] = prompt
-        if untruncated:
-            _check_untruncated(st, batch, max_tokens)
-        return llm.run(task, batch, params)
-
-    return work
 
 
 def _check_untruncated(st: ModelState, prompts: Sequence[Prompt], max_tokens: int | None) -> None:

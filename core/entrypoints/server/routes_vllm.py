@@ -20,6 +20,7 @@ from ...contracts.scoring import RESERVED_TEMPLATE_KWARGS as RESERVED_SCORE_KWAR
 from ...contracts.scoring import check_template_kwargs
 from ...contracts.tasks import stray_options
 from ...inputs.chat import chat_of, checked_text
+from ...inputs.content import media_cost
 from ...inputs.pairs import SIDE_LIMITS, MediaItem, has_media, score_side
 from ...plugins.lookup import option_owners
 from ...runtime.estimates import tokens_of_text
@@ -44,7 +45,7 @@ from ..protocol import (
     schema,
 )
 from ..serving.errors import ApiError
-from ..serving.inputs import check_count, check_model, check_token_ids, pooling_params, render_chat, run_inputs
+from ..serving.inputs import check_count, check_model, check_token_ids, pooling_params, render_input, run_inputs
 from ..serving.scoring import score_pairs, scorer_of
 from ..serving.state import ModelState
 from ..serving.work import JSON_NUMBER_BYTES, check_tokens, check_truncation, until_done
@@ -344,7 +345,7 @@ async def _score_side(st: ModelState, llm: LLM, value: Any, what: str, where: st
     except InvalidRequest as exc:
         raise ApiError(400, str(exc), param=where) from None
     check_count(st, len(items), where)
-    if has_media(items) and not st.renderer.takes_images:
+    if has_media(items) and not st.renderer.reads.images:
         raise ApiError(400, f"MultiModalParam is not supported for {llm.model.architecture_name}", param=where)
     out: list[Any] = []
     for i, item in enumerate(items):
@@ -355,8 +356,7 @@ async def _score_side(st: ModelState, llm: LLM, value: Any, what: str, where: st
             continue
         if any(not isinstance(image, str) for image in item.images):
             raise ApiError(400, f"{at}: an image_url part takes {{'url': 'data:image/...;base64,...'}}", param=at)
-        st.renderer.check_media_count(["image"] * len(item.images), at)
-        images = await st.renderer.media_values([(url, at) for url in item.images])
+        images = await st.renderer.fetch_media(item.images, at)
         out.append(MediaItem(item.text, tuple(images)))
     return out
 
@@ -484,12 +484,12 @@ async def tokenize(body: TokenizeRequest, request: Request, st: State, llm: Mode
             "add_generation_prompt": (not continuing) if body.add_generation_prompt is None else body.add_generation_prompt,
             "continue_final_message": continuing, "add_special_tokens": bool(body.add_special_tokens),
         }, instead="prompt")
-        prompt = await render_chat(request, st, chat)
+        prompt = await render_input(request, st, chat)
         if isinstance(prompt, dict):
             ids = prompt["prompt_token_ids"]
         else:  # with media: their placeholders expanded as the model's media processor does
-            cost = st.renderer.media_cost([prompt])
-            ids = await until_done(request, st, st.batcher.call(lambda: st.renderer.token_ids(prompt, "messages"), cost))
+            cost = media_cost([prompt])
+            ids = await until_done(request, st, st.batcher.call(lambda: st.renderer.tokenize(prompt)["input_ids"], cost))
     else:
         prompt = body.prompt
         checked_text(prompt, "prompt")
@@ -497,7 +497,7 @@ async def tokenize(body: TokenizeRequest, request: Request, st: State, llm: Mode
         check_tokens(st, tokens, "prompt")
         add_special = body.add_special_tokens is not False
         ids = await until_done(request, st, st.batcher.call(lambda: st.renderer.tokenize(prompt, add_special_tokens=add_special)["input_ids"], tokens))
-    strs = st.renderer.token_strings(ids) if body.return_token_strs else None
+    strs = st.renderer.detokenize(ids, each=True) if body.return_token_strs else None
     return await respond(
         lambda: {"count": len(ids), "max_model_len": st.max_len, "tokens": ids, "token_strs": strs}, len(ids)
     )

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from ...contracts.errors import short
 from ...contracts.params import PoolingParams
 from ...inputs import chat as chats
-from ...inputs.chat import Chat, checked_text
+from ...inputs.chat import checked_text
 from ...inputs.renderer import Renderer
 from .call import Call
 from .door import served_model
@@ -102,7 +102,7 @@ def pooling_params(**fields: Any) -> PoolingParams:
 
 async def prompts_of(call: Call | Request, st: ModelState, llm: LLM, body: Any) -> list[Any]:
     """The prompts of a request with ``input`` or chat ``messages`` (``/v1/embeddings``, ``/classify``, ``/pooling``),
-    each conversation rendered by the model's renderer (:meth:`poolkit.inputs.Renderer.chat_prompt_async`).
+    each conversation rendered by the model's renderer (:meth:`poolkit.inputs.Renderer.render_input`).
 
     ``add_special_tokens`` is vLLM's: with ``input`` it defaults to true, and ``false`` tokenizes
     the texts without the tokenizer's special tokens (see :func:`special_tokens`); with
@@ -120,7 +120,7 @@ async def prompts_of(call: Call | Request, st: ModelState, llm: LLM, body: Any) 
             "chat_template_kwargs": body.chat_template_kwargs, "add_special_tokens": bool(body.add_special_tokens),
         }
         return [
-            await render_chat(call, st, chats.chat_of(messages, fields, f"messages[{i}]" if batched else "messages"))
+            await render_input(call, st, chats.chat_of(messages, fields, f"messages[{i}]" if batched else "messages"))
             for i, messages in enumerate(conversations)
         ]
     return prompt_items(st, body.input)
@@ -145,7 +145,7 @@ async def run_inputs(
         dimensions=dimensions, use_activation=body.use_activation, truncate_prompt_tokens=body.truncate_prompt_tokens,
         truncation_side=body.truncation_side, **fields,
     ).with_salt(body.cache_salt)
-    named, prefix, side = st.renderer.side(llm.task(task_name), getattr(body, "input_type", None))
+    named, prefix, side, _ = st.renderer.side(llm.task(task_name), getattr(body, "input_type", None))
     if named is not None and prompt_name is not None:
         raise ApiError(400, "input_type and task both name a prompt: send one", param="input_type")
     raw = await prompts_of(call, st, llm, body)
@@ -185,8 +185,9 @@ class BatcherWorker:
         return await until_done(self.call, self.st, self.st.batcher.call(work, cost))
 
 
-async def render_chat(call: Call | Request, st: ModelState, chat: Chat) -> Any:
-    """One conversation as a prompt (its token ids, or its text with its media), by the model's renderer:
-    remote media fetched under ``--allowed-media-domains``, the template rendered and tokenized on the worker thread."""
+async def render_input(call: Call | Request, st: ModelState, item: Any, where: str = "input", system: str | None = None) -> Any:
+    """One conversation, or one input's content parts, as a prompt (its token ids, or its text with its
+    media), by the model's renderer (:meth:`poolkit.inputs.Renderer.render_input`): remote media fetched
+    under ``--allowed-media-domains``, the template rendered and tokenized on the worker thread."""
     renderer: Renderer = st.renderer
-    return await renderer.chat_prompt_async(chat, BatcherWorker(call, st))
+    return await renderer.render_input(item, where, system=system, worker=BatcherWorker(call, st))

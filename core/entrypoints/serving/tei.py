@@ -256,7 +256,7 @@ async def embed_all_rows(body: EmbedAll, call: Call, st: ModelState, llm: LLM) -
     # (its markers, lengths, query expansion) where it has sides or no prompt of that name: PyLate and
     # sentence-transformers 6 saves always carry prompts so named ("" or "[Q] ", the side's marker),
     # and PyLate encodes the side, as a request's retrieval side does.
-    sides = prompt_name in ROLES and (prompt_name not in st.renderer.model.prompts or llm.task(TOKEN_EMBED).has_roles(llm.model))
+    sides = prompt_name in ROLES and (prompt_name not in llm.model.prompts or llm.task(TOKEN_EMBED).has_roles(llm.model))
     role = prompt_name if sides else None
     return await rows_of(call, st, llm, TOKEN_EMBED, prompts, params, None if role else prompt_name, role)
 
@@ -407,7 +407,7 @@ async def tokens_of(body: Tokenize, call: Call, st: ModelState, llm: LLM) -> lis
             tokens = []
             for token_id, special, (start, stop) in zip(enc["input_ids"], enc["special_tokens_mask"], enc["offset_mapping"]):
                 if special:
-                    tokens.append({"id": token_id, "text": renderer.token_strings([token_id])[0], "special": True, "start": None, "stop": None})
+                    tokens.append({"id": token_id, "text": renderer.detokenize([token_id], each=True)[0], "special": True, "start": None, "stop": None})
                 else:  # TEI's offsets count UTF-8 bytes
                     begin, end = (start, stop) if offsets is None else (int(offsets[start]), int(offsets[stop]))
                     tokens.append({"id": token_id, "text": full[start:stop], "special": False, "start": begin, "stop": end})

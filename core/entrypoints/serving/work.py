@@ -15,6 +15,7 @@ import torch
 from ...contracts.errors import InvalidRequest
 from ...contracts.io import Prompt
 from ...contracts.params import PoolingParams
+from ...inputs.content import guess_tokens
 from ...inputs.request import PoolRequest
 from ...runtime.columns import Results
 from .cache import packed, unpacked
@@ -146,7 +147,7 @@ async def run_task(
     counted again after it. With an embedding cache (``--cache-size``), inputs it holds are not
     run again. ``add_special_tokens=False`` marks the text prompts to be tokenized without special
     tokens (:attr:`poolkit.contracts.io.Prompt.add_special_tokens`); ``side`` encodes the
-    texts as the model's queries or documents (:meth:`poolkit.inputs.Renderer.role_prompts`).
+    texts as the model's queries or documents (:meth:`poolkit.inputs.Renderer.render`).
 
     Prompts with media (:class:`~poolkit.contracts.io.Prompt` objects), and any request with a
     ``check`` (which sees the prepared prompts before they run), are prepared on the worker thread,
@@ -162,7 +163,7 @@ async def run_task(
         task, prompts, checked, tokens = _prepared(st, llm, task_name, raw, params, prompt_name, tokenization, number_bytes)
         results = await _cached(call, st, llm, task, raw, prompts, checked, tokens, params, prompt_name, tokenization)
     else:
-        guess = st.renderer.guess_tokens(raw)
+        guess = guess_tokens(raw)
         check_tokens(st, guess)
 
         def work() -> tuple[Any, Results]:
