@@ -31,8 +31,8 @@ class Reads(NamedTuple):
         part_types: the chat content part types of the media it reads.
         chat_template: the template conversations are rendered with (the override, else the
             tokenizer's), or ``None``.
-        input_types: the names a request's ``input_type`` may give that are not retrieval sides:
-            the model's prompt names and its config's ``task_instructions``.
+        prompt_names: the names a request may give the prompt its inputs are read with, besides
+            the retrieval sides: the model's prompt names and its config's ``task_instructions``.
     """
 
     media: bool
@@ -40,7 +40,7 @@ class Reads(NamedTuple):
     videos: bool
     part_types: tuple[str, ...]
     chat_template: str | None
-    input_types: list[str]
+    prompt_names: list[str]
 
 
 class MediaRules:

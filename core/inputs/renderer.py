@@ -201,7 +201,7 @@ class Renderer:
 
     @property
     def reads(self) -> Reads:
-        """What the model reads: media with text, images, videos, its chat template, its ``input_type`` names."""
+        """What the model reads: media with text, images, videos, its chat template, its prompt names."""
         media = self._media
         template = self.chat_template_override or getattr(self.model.tokenizer, "chat_template", None) or None
         names = sorted(set(self.model.prompts) | set(self._instructions))
@@ -238,12 +238,12 @@ class Renderer:
         if input_type in self._instructions:
             return None, str(self._instructions[input_type])
         given = f"Unsupported input_type {short(input_type, 40)!r}."
-        known = self.reads.input_types
+        known = self.reads.prompt_names
         if not known:
             raise InvalidRequest(f"{given} This model does not define any input_type task instructions.", param="input_type")
         raise InvalidRequest(f"{given} Supported values: {', '.join(known)}", param="input_type")
 
-    def side(self, task: Task, input_type: str | None, aliases: Sequence[str] = ()) -> Side:
+    def side(self, task: Task, input_type: str | None, aliases: Sequence[str] = (), *, prompt_name: str | None = None) -> Side:
         """A request's ``input_type`` as what runs it, the one rule of every surface.
 
         For a task that takes sides (token vectors, ``token_embed``) it is the retrieval side,
@@ -253,13 +253,15 @@ class Renderer:
         itself for every task (BGE-M3's dense vectors: :meth:`own_sides`). ``aliases``: the names
         that say the same in a sentence-transformers config, in order of preference, for an
         ``input_type`` the model does not know (Cohere's ``search_query``: ``query``).
+        ``prompt_name``: the prompt the request names otherwise (Jina's ``task``), which an
+        ``input_type`` naming a prompt too conflicts with.
 
         Raises:
-            InvalidRequest: a role the model has neither (Cohere's wording).
+            InvalidRequest: a role the model has neither (Cohere's wording); two prompts named.
         """
         if input_type is None:
             return Side(None, None, None)
-        known = self.reads.input_types
+        known = self.reads.prompt_names
         if aliases and input_type not in known:
             if not set(known) & set(aliases) and self.own_sides(aliases[0]):  # a retriever's own side
                 input_type = aliases[0]
@@ -268,6 +270,8 @@ class Renderer:
         if task.takes_sides or (input_type not in known and self.own_sides(input_type)):
             return Side(None, None, input_type)
         name, instruction = self.input_type(input_type)
+        if name is not None and prompt_name is not None:
+            raise InvalidRequest("input_type and task both name a prompt: send one", param="input_type")
         return Side(name, instruction, None, instruction if name is None else self.model.prompts[name])
 
     @property

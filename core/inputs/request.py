@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
 
+from ..contracts.errors import InvalidRequest
+
 if TYPE_CHECKING:
     from ..contracts.io import Prompt
     from ..contracts.params import PoolingParams
@@ -86,3 +88,15 @@ class Side(NamedTuple):
     prefix: str | None
     side: str | None
     text: str | None = None
+
+    def instructed(self, inputs: list[Any]) -> list[Any]:
+        """Text inputs with the task instruction (:attr:`prefix`) before each, where there is one.
+
+        Raises:
+            InvalidRequest: an input of token ids or a conversation, which a text instruction cannot go before.
+        """
+        if self.prefix is None:
+            return inputs
+        if not all(isinstance(item, str) for item in inputs):
+            raise InvalidRequest("input_type names a task instruction, which goes before texts: send texts", param="input_type")
+        return [self.prefix + item for item in inputs]

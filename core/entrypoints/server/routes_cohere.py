@@ -99,7 +99,7 @@ def _describe(doc: dict[str, Any], st: ModelState) -> None:
     """The loaded model's ``input_type`` values in ``/openapi.json`` (none: the field takes only null)."""
     fields = doc["components"]["schemas"].get(CohereEmbedRequest.__name__, {}).get("properties", {})
     if "input_type" in fields:
-        known = st.renderer.reads.input_types
+        known = st.renderer.reads.prompt_names
         fields["input_type"] = {"anyOf": [{"enum": known}, {"type": "null"}]} if known else {"type": "null"}
 
 

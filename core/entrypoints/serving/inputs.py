@@ -145,28 +145,13 @@ async def run_inputs(
         dimensions=dimensions, use_activation=body.use_activation, truncate_prompt_tokens=body.truncate_prompt_tokens,
         truncation_side=body.truncation_side, **fields,
     ).with_salt(body.cache_salt)
-    named, prefix, side, _ = st.renderer.side(llm.task(task_name), getattr(body, "input_type", None))
-    if named is not None and prompt_name is not None:
-        raise ApiError(400, "input_type and task both name a prompt: send one", param="input_type")
-    raw = await prompts_of(call, st, llm, body)
-    if prefix is not None:
-        raw = instructed(raw, prefix)
+    resolved = st.renderer.side(llm.task(task_name), getattr(body, "input_type", None), prompt_name=prompt_name)
+    named, side = resolved.prompt_name, resolved.side
+    raw = resolved.instructed(await prompts_of(call, st, llm, body))
     return await run_task(
         call, st, llm, task_name, raw, params, prompt_name or named, add_special_tokens=special_tokens(body),
         number_bytes=number_bytes, side=side,
     )
-
-
-def instructed(raw: list[Any], prefix: str) -> list[Any]:
-    """Text inputs with a task instruction before each (an ``input_type`` of the config's
-    ``task_instructions``).
-
-    Raises:
-        ApiError: an input of token ids or a conversation, which a text instruction cannot go before.
-    """
-    if not all(isinstance(item, str) for item in raw):
-        raise ApiError(400, "input_type names a task instruction, which goes before texts: send texts", param="input_type")
-    return [prefix + item for item in raw]
 
 
 def special_tokens(body: Any) -> bool:
