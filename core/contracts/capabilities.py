@@ -24,6 +24,20 @@ import torch
 #: What :meth:`TaskAdapters.task_adapters` returns: task name -> checkpoint layer name -> ``(A, B)``.
 TaskAdapterFactors = Mapping[str, Mapping[str, tuple[torch.Tensor, torch.Tensor]]]
 
+_CAPABLE: dict[tuple[type, type], bool] = {}
+
+
+def capable(obj: object, capability: type) -> bool:
+    """``isinstance(obj, capability)`` for the checks made on every batch: a structural check walks
+    the capability's members through the class's bases (some fifty Python calls), so the answer is
+    kept per class. For capabilities whose members are methods or class attributes (the same for
+    every instance of a class), not those a family sets per instance."""
+    key = (type(obj), capability)
+    known = _CAPABLE.get(key)
+    if known is None:
+        known = _CAPABLE[key] = isinstance(obj, capability)
+    return known
+
 
 @runtime_checkable
 class SharesPrefixes(Protocol):

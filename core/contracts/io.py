@@ -79,7 +79,7 @@ class PromptBatch(Sequence[Prompt]):
         add_special_tokens: bool = True,
         objects: list[Prompt] | None = None,
     ) -> None:
-        if sum(x is not None for x in (texts, token_ids, objects)) != 1:
+        if (texts is not None) + (token_ids is not None) + (objects is not None) != 1:
             raise ValueError("a PromptBatch holds texts, token ids or Prompt objects: exactly one of them")
         self.texts = texts
         self.token_ids = token_ids

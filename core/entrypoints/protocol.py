@@ -219,7 +219,7 @@ class ActivationFields(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _fold_activation_aliases(cls, data: Any) -> Any:
-        if not isinstance(data, dict) or not any(k in data for k in ACTIVATION_ALIASES):
+        if not isinstance(data, dict) or data.keys().isdisjoint(ACTIVATION_ALIASES):
             return data
         data = dict(data)
         given = {k: data.pop(k) for k in ACTIVATION_ALIASES if k in data}

@@ -243,8 +243,8 @@ class Renderer:
             raise InvalidRequest(f"{given} This model does not define any input_type task instructions.", param="input_type")
         raise InvalidRequest(f"{given} Supported values: {', '.join(known)}", param="input_type")
 
-    def side(self, task: Task, input_type: str | None, aliases: Sequence[str] = (), *, prompt_name: str | None = None) -> Side:
-        """A request's ``input_type`` as what runs it, the one rule of every surface.
+    def side(self, task: str, input_type: str | None, aliases: Sequence[str] = (), *, prompt_name: str | None = None) -> Side:
+        """A request's ``input_type`` as what runs it for the task named ``task``, the one rule of every surface.
 
         For a task that takes sides (token vectors, ``token_embed``) it is the retrieval side,
         ``"query"`` or ``"document"``, as the model encodes it (:meth:`role_prompts`); for any other
@@ -261,13 +261,14 @@ class Renderer:
         """
         if input_type is None:
             return Side(None, None, None)
+        takes_sides = self.model.task(task).takes_sides
         known = self.reads.prompt_names
         if aliases and input_type not in known:
             if not set(known) & set(aliases) and self.own_sides(aliases[0]):  # a retriever's own side
                 input_type = aliases[0]
             else:
                 input_type = next((name for name in aliases if name in known), input_type)
-        if task.takes_sides or (input_type not in known and self.own_sides(input_type)):
+        if takes_sides or (input_type not in known and self.own_sides(input_type)):
             return Side(None, None, input_type)
         name, instruction = self.input_type(input_type)
         if name is not None and prompt_name is not None:

@@ -455,6 +455,9 @@ def reset_manager() -> None:
 
 def registry(kind: str) -> Registry:
     """The registry of ``kind`` (``"pooler"``, ``"activation"``, ``"task"``, ...), plugins loaded."""
+    manager = _manager
+    if manager is not None and manager._loaded and manager._fatal is None:  # every request looks up tasks: no detour
+        return manager.registries[kind]
     return get_manager().registry(kind)
 
 

@@ -82,7 +82,8 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         """The object registered as ``name``; an unknown name lists what could have been meant."""
-        return self.entry(name).obj
+        found = self._entries.get(name) if isinstance(name, str) else None  # a name as registered: no normalizing
+        return found.obj if found is not None else self.entry(name).obj
 
     def entry(self, name: str) -> Entry[T]:
         if not isinstance(name, str):

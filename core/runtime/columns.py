@@ -14,7 +14,7 @@ import torch
 
 from ..contracts.architecture import Architecture
 from ..contracts.batch import cached_property, flatten_ids
-from ..contracts.capabilities import SkipsInstruction
+from ..contracts.capabilities import SkipsInstruction, capable
 
 
 @dataclass
@@ -67,7 +67,7 @@ def skip_instructions(arch: Architecture, tokens: "Tokens") -> "Tokens":
     (:class:`~poolkit.contracts.capabilities.SkipsInstruction`, GritLM's instruction) added
     to :attr:`Tokens.pool_skip`; unchanged for an architecture that leaves none out. The last
     token is always pooled."""
-    if not isinstance(arch, SkipsInstruction):
+    if not capable(arch, SkipsInstruction):
         return tokens
     known = tokens.pool_skip or [0] * len(tokens)
     skip = [max(k, min(arch.pool_start(ids), len(ids) - 1)) for k, ids in zip(known, tokens.ids)]

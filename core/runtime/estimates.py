@@ -7,10 +7,9 @@ they take them from here, so the rule is written once.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
-if TYPE_CHECKING:
-    from ..contracts.io import Prompt
+from ..contracts.io import Prompt, PromptBatch
 
 #: Characters per token assumed for text (English through WordPiece/BPE is about 4).
 CHARS_PER_TOKEN_GUESS = 4
@@ -32,8 +31,6 @@ def estimate_cost(prompt: "Prompt") -> int:
 def estimate_costs(prompts: Sequence["Prompt"]) -> list[int]:
     """:func:`estimate_cost` of each prompt, read from the columns of a columnar
     :class:`~poolkit.contracts.io.PromptBatch` without an object per prompt."""
-    from ..contracts.io import PromptBatch
-
     if isinstance(prompts, PromptBatch) and prompts.columnar:
         if prompts.token_ids is not None:
             return list(map(len, prompts.token_ids))

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, NamedTuple, Sequence
 import numpy as np
 
 from ..contracts.batch import cached_property, flatten_ids
-from ..contracts.capabilities import TakesTokenTypes
+from ..contracts.capabilities import TakesTokenTypes, capable
 from ..contracts.errors import InputTooLong, InvalidRequest
 from ..contracts.io import Prompt, PromptBatch
 from ..contracts.model import ModelInfo
@@ -74,7 +74,7 @@ class PromptTokenizer:
         (:class:`~poolkit.contracts.capabilities.TakesTokenTypes`) and its tokenizer produces them."""
         arch = self.model.architecture
         names = getattr(self.model.tokenizer, "model_input_names", None) or []
-        return isinstance(arch, TakesTokenTypes) and bool(arch.uses_token_type_ids) and "token_type_ids" in names
+        return capable(arch, TakesTokenTypes) and bool(arch.uses_token_type_ids) and "token_type_ids" in names
 
     # -- limits ----------------------------------------------------------------------------------
 

@@ -96,6 +96,24 @@ def test_an_architecture_that_sets_the_old_attribute_has_the_capability():
     assert isinstance(arch, capabilities.SharesPrefixes) and not isinstance(arch, capabilities.TaskAdapters)
 
 
+def test_the_kept_check_answers_as_isinstance_once_per_class():
+    """``capable``: the per-batch checks (token types, a skipped instruction) are kept per class,
+    since a structural isinstance costs tens of Python calls on every batch (workload H's budget)."""
+
+    class Plain(Architecture):
+        pass
+
+    class Typed(Architecture):
+        uses_token_type_ids = True
+
+    plain, typed = Plain(PretrainedConfig()), Typed(PretrainedConfig())
+    for _ in range(2):  # the second answer is the kept one
+        assert capabilities.capable(typed, capabilities.TakesTokenTypes) is True
+        assert capabilities.capable(plain, capabilities.TakesTokenTypes) is False
+        assert capabilities.capable(plain, capabilities.SkipsInstruction) is isinstance(plain, capabilities.SkipsInstruction)
+    assert (Typed, capabilities.TakesTokenTypes) in capabilities._CAPABLE
+
+
 def test_a_family_opts_in_by_naming_the_capability():
     archs = registry("architecture")
     assert isinstance(archs.get("Gemma2Model"), capabilities.RefusesDtypes)

@@ -115,7 +115,7 @@ COHERE_SIDES = {"search_query": ("query",), "search_document": ("document", "pas
 async def cohere_embed(body: CohereEmbedRequest, request: Request, st: State, llm: Model) -> Response:
     check_model(st, body.model)
     items = _items(st, body, st.renderer.reads)
-    prompt_name, prefix, side, before = st.renderer.side(llm.task("embed"), body.input_type, COHERE_SIDES.get(body.input_type or "", ()))
+    prompt_name, prefix, side, before = st.renderer.side("embed", body.input_type, COHERE_SIDES.get(body.input_type or "", ()))
     types = list(dict.fromkeys(body.embedding_types))
     if not types:
         raise ApiError(400, "embedding_types must not be empty", param="embedding_types")

@@ -145,7 +145,8 @@ async def run_inputs(
         dimensions=dimensions, use_activation=body.use_activation, truncate_prompt_tokens=body.truncate_prompt_tokens,
         truncation_side=body.truncation_side, **fields,
     ).with_salt(body.cache_salt)
-    resolved = st.renderer.side(llm.task(task_name), getattr(body, "input_type", None), prompt_name=prompt_name)
+    llm.task(task_name)  # a task the model lacks is refused before any input is read or rendered
+    resolved = st.renderer.side(task_name, getattr(body, "input_type", None), prompt_name=prompt_name)
     named, side = resolved.prompt_name, resolved.side
     raw = resolved.instructed(await prompts_of(call, st, llm, body))
     return await run_task(
