@@ -35,7 +35,7 @@ from poolkit.contracts.io import Prompt
 from poolkit.contracts.model import Tokenizer
 from poolkit.contracts.architecture import LoadedModel
 from poolkit.contracts.capabilities import ListwiseLayout, ListwiseReranker
-from poolkit.contracts.scoring import Scorer, ScoreRunner, template_kwargs
+from poolkit.contracts.scoring import ScoreCall, Scorer, template_kwargs
 
 
 @dataclass
@@ -103,40 +103,30 @@ class ListwiseScorer(Scorer):
     def supports(self, model: LoadedModel) -> bool:
         return _layout(model) is not None and "token_embed" in model.supported_tasks()
 
-    def score(
-        self,
-        runner: ScoreRunner,
-        first: list[str],
-        second: list[str],
-        pooling_params: Any,
-        *,
-        use_tqdm: bool,
-        tokenization_kwargs: dict[str, Any] | None,
-        chat_template: str | None,
-        instruction: str | None,
-    ) -> list[tuple[float, list[int], bool]]:
+    def score_pairs(self, call: ScoreCall) -> list[tuple[float, list[int], bool]]:
+        runner = call.runner
         model = runner.model
         layout = _layout(model)
         if layout is None:
             raise InvalidRequest(f"model '{model.name}' is no listwise reranker; its architecture names no listwise layout")
-        if chat_template is not None:
+        if call.chat_template is not None:
             raise InvalidRequest(
                 f"model '{model.name}' ranks with its own listwise prompt; a chat_template does not apply (send instruction)"
             )
-        instruction = self._instruction(instruction, pooling_params)
+        instruction = self._instruction(call.instruction, call.pooling_params)
         tok = model.tokenizer
         budget = min(int(v) for v in (tok.model_max_length, model.max_model_len.value) if v)
         groups: dict[str, list[int]] = {}
-        for i, query in enumerate(first):
+        for i, query in enumerate(call.first):
             groups.setdefault(query, []).append(i)
         queries = dict(zip(groups, _cut(tok, list(groups), layout.max_query_tokens)))
-        docs = _cut(tok, list(second), layout.max_doc_tokens)
+        docs = _cut(tok, list(call.second), layout.max_doc_tokens)
         blocks = [(q, block) for q, members in groups.items() for block in _blocks(layout, queries[q], members, docs, budget)]
         prompts = [Prompt(text=layout.prompt(queries[q].text, [docs[i].text for i in block], instruction)) for q, block in blocks]
         task = runner.task("token_embed")
-        params = runner.check_params(pooling_params, len(prompts), task.name, tokenization_kwargs)
+        params = runner.check_params(call.pooling_params, len(prompts), task.name, call.tokenization_kwargs)
         params = [p.model_copy(update={"use_activation": False}) for p in params]
-        results = runner.run(task, prompts, params, use_tqdm=use_tqdm)
+        results = runner.run(task, prompts, params, use_tqdm=call.use_tqdm)
         parts: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {q: [] for q in groups}
         read: dict[int, tuple[list[int], bool]] = {}
         for (q, block), (vectors, ids), prompt_cut in zip(blocks, results, results.truncated.tolist()):
@@ -154,7 +144,7 @@ class ListwiseScorer(Scorer):
             # A group's blocks hold its members in order, so the merged scores come in that order.
             for i, score in zip(members, merged_scores(parts[q]).tolist()):
                 out[i] = (score, *read[i])
-        return [out[i] for i in range(len(first))]
+        return [out[i] for i in range(len(call.first))]
 
     @staticmethod
     def _instruction(instruction: str | None, pooling_params: Any) -> str | None:

@@ -14,14 +14,12 @@ the query's, the pad token, then the document's.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from poolkit.contracts.architecture import LoadedModel
 from poolkit.contracts.hookspecs import hookimpl
 from poolkit.contracts.params import PoolingParams
-from poolkit.contracts.scoring import Scorer, ScoreRunner, template_kwargs
+from poolkit.contracts.scoring import ScoreCall, Scorer, template_kwargs
 from poolkit.plugins.lookup import select_kernel
 
 
@@ -44,23 +42,14 @@ class CrossEncoderScorer(Scorer):
             f"{model.architecture.num_labels} labels: scoring needs a classifier with one output (use LLM.classify)"
         )
 
-    def score(
-        self,
-        runner: ScoreRunner,
-        first: list[str],
-        second: list[str],
-        pooling_params: Any,
-        *,
-        use_tqdm: bool,
-        tokenization_kwargs: dict[str, Any] | None,
-        chat_template: str | None,
-        instruction: str | None,
-    ) -> list[tuple[float, list[int], bool]]:
-        prompts = runner.pair_prompts(first, second, chat_template, instruction, template_kwargs(pooling_params))
+    def score_pairs(self, call: ScoreCall) -> list[tuple[float, list[int], bool]]:
+        runner = call.runner
+        kwargs = template_kwargs(call.pooling_params)
+        prompts = runner.pair_prompts(call.first, call.second, call.chat_template, call.instruction, kwargs)
         task = runner.task("classify")
-        params = runner.check_params(pooling_params, len(prompts), task.name, tokenization_kwargs)
+        params = runner.check_params(call.pooling_params, len(prompts), task.name, call.tokenization_kwargs)
         params = self._default_truncation(runner.model, params)
-        results = runner.run(task, prompts, params, use_tqdm=use_tqdm)
+        results = runner.run(task, prompts, params, use_tqdm=call.use_tqdm)
         return [(float(data.reshape(-1)[0]), ids, bool(cut)) for (data, ids), cut in zip(results, results.truncated)]
 
     @staticmethod
@@ -89,6 +78,15 @@ def _separator(model: LoadedModel) -> list[int]:
     return [] if pad is None else [pad]
 
 
+def _each_text(call: ScoreCall, task_name: str) -> dict[str, tuple[tuple[torch.Tensor, list[int]], bool]]:
+    """Each distinct text of the call's pairs run once through ``task_name``, as ``LLM.encode`` runs
+    it: text -> ``((result, prompt token ids), truncated)``."""
+    unique = list(dict.fromkeys(call.first + call.second))
+    task, prompts, params = call.runner.prepare(unique, call.pooling_params, task_name, call.tokenization_kwargs)
+    results = call.runner.run(task, prompts, params, use_tqdm=call.use_tqdm)
+    return dict(zip(unique, zip(results, results.truncated.tolist())))
+
+
 class BiEncoderScorer(Scorer):
     """Cosine similarity of the two texts' embeddings; each distinct text is embedded once."""
 
@@ -98,25 +96,11 @@ class BiEncoderScorer(Scorer):
     def supports(self, model: LoadedModel) -> bool:
         return "embed" in model.supported_tasks()
 
-    def score(
-        self,
-        runner: ScoreRunner,
-        first: list[str],
-        second: list[str],
-        pooling_params: Any,
-        *,
-        use_tqdm: bool,
-        tokenization_kwargs: dict[str, Any] | None,
-        chat_template: str | None,
-        instruction: str | None,
-    ) -> list[tuple[float, list[int], bool]]:
-        unique = list(dict.fromkeys(first + second))
-        task, prompts, params = runner.prepare(unique, pooling_params, "embed", tokenization_kwargs)
-        results = runner.run(task, prompts, params, use_tqdm=use_tqdm)
-        vectors = dict(zip(unique, zip(results, results.truncated.tolist())))
-        pad = _separator(runner.model)
+    def score_pairs(self, call: ScoreCall) -> list[tuple[float, list[int], bool]]:
+        vectors = _each_text(call, "embed")
+        pad = _separator(call.runner.model)
         out: list[tuple[float, list[int], bool]] = []
-        for a, b in zip(first, second):
+        for a, b in zip(call.first, call.second):
             ((da, ia), ca), ((db, ib), cb) = vectors[a], vectors[b]
             score = torch.nn.functional.cosine_similarity(da.float(), db.float(), dim=0)
             out.append((float(score), ia + pad + ib, ca or cb))
@@ -139,26 +123,16 @@ class LateInteractionScorer(Scorer):
     def supports(self, model: LoadedModel) -> bool:
         return model.st is not None and model.st.late_interaction and "token_embed" in model.supported_tasks()
 
-    def score(
-        self,
-        runner: ScoreRunner,
-        first: list[str],
-        second: list[str],
-        pooling_params: Any,
-        *,
-        use_tqdm: bool,
-        tokenization_kwargs: dict[str, Any] | None,
-        chat_template: str | None,
-        instruction: str | None,
-    ) -> list[tuple[float, list[int], bool]]:
+    def score_pairs(self, call: ScoreCall) -> list[tuple[float, list[int], bool]]:
+        runner, first, second = call.runner, call.first, call.second
         if runner.model.architecture.media_processor is not None:
-            return self._score_media(runner, first, second, pooling_params, use_tqdm, tokenization_kwargs)
+            return self._score_media(call)
         queries = list(dict.fromkeys(first))
         docs = list(dict.fromkeys(second))
         prompts = runner.role_prompts(queries, "query") + runner.role_prompts(docs, "document")
         task = runner.task("token_embed")
-        params = runner.check_params(pooling_params, len(prompts), task.name, None)
-        results = runner.run(task, prompts, params, use_tqdm=use_tqdm)
+        params = runner.check_params(call.pooling_params, len(prompts), task.name, None)
+        results = runner.run(task, prompts, params, use_tqdm=call.use_tqdm)
         q_skip, d_skip = (runner.skiplist(kind) for kind in ("query", "document"))
         q_vectors = {q: (_scored(row, q_skip), row[1]) for q, row in zip(queries, results[: len(queries)])}
         d_vectors = {d: (_scored(row, d_skip), row[1]) for d, row in zip(docs, results[len(queries) :])}
@@ -176,24 +150,14 @@ class LateInteractionScorer(Scorer):
                 out[i] = (score, q_vectors[query][1] + pad + d_vectors[second[i]][1], cut["q", query] or cut["d", second[i]])
         return [out[i] for i in range(len(first))]
 
-
     @staticmethod
-    def _score_media(
-        runner: ScoreRunner,
-        first: list[str],
-        second: list[str],
-        pooling_params: Any,
-        use_tqdm: bool,
-        tokenization_kwargs: dict[str, Any] | None,
-    ) -> list[tuple[float, list[int], bool]]:
+    def _score_media(call: ScoreCall) -> list[tuple[float, list[int], bool]]:
         """MaxSim for a model whose media processor shapes its prompts (a visual retriever: a text is
         a query in its template, an image a page in its visual prompt): every token vector scored."""
-        unique = list(dict.fromkeys(first + second))
-        task, prompts, params = runner.prepare(unique, pooling_params, "token_embed", tokenization_kwargs)
-        results = runner.run(task, prompts, params, use_tqdm=use_tqdm)
-        rows = dict(zip(unique, zip(results, results.truncated.tolist())))
-        pad = _separator(runner.model)
-        maxsim = select_kernel("maxsim", results[0][0].device if results else "cpu")
+        first, second = call.first, call.second
+        rows = _each_text(call, "token_embed")
+        pad = _separator(call.runner.model)
+        maxsim = select_kernel("maxsim", next(iter(rows.values()))[0][0].device if rows else "cpu")
         out: dict[int, tuple[float, list[int], bool]] = {}
         for query in dict.fromkeys(first):
             members = [i for i, q in enumerate(first) if q == query]

@@ -8,6 +8,7 @@ another kind the same way, and the API, the CLI and the server use it without ed
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Sequence
 
 from .errors import InvalidRequest
@@ -106,6 +107,20 @@ class ScoreRunner(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class ScoreCall:
+    """The arguments of one :meth:`Scorer.score` call, as :meth:`Scorer.score_pairs` reads them."""
+
+    runner: ScoreRunner
+    first: list[str]
+    second: list[str]
+    pooling_params: Any
+    use_tqdm: bool
+    tokenization_kwargs: dict[str, Any] | None
+    chat_template: str | None
+    instruction: str | None
+
+
 class Scorer:
     """One way of scoring (query, document) pairs with a loaded model.
 
@@ -150,8 +165,14 @@ class Scorer:
 
         ``first`` and ``second`` have the same length (the API has paired them already). The work
         runs through ``runner`` (:class:`ScoreRunner`): ``runner.task``, ``runner.check_params`` or
-        ``runner.prepare``, then ``runner.run``.
+        ``runner.prepare``, then ``runner.run``. A scorer overrides this or :meth:`score_pairs`,
+        which gets the same arguments as one :class:`ScoreCall`.
         """
+        call = ScoreCall(runner, first, second, pooling_params, use_tqdm, tokenization_kwargs, chat_template, instruction)
+        return self.score_pairs(call)
+
+    def score_pairs(self, call: ScoreCall) -> list[tuple[float, list[int]]] | list[tuple[float, list[int], bool]]:
+        """:meth:`score`, its arguments as one record."""
         raise NotImplementedError
 
     def __repr__(self) -> str:

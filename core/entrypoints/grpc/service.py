@@ -41,6 +41,8 @@ from ..serving.tei import CLASSIFY, EMBED, SPARSE_EMBED, TOKEN_EMBED
 from .guard import Refused
 
 if TYPE_CHECKING:
+    import torch
+
     from ...api.llm import LLM
     from ..serving.state import ModelState, ServerState
 
@@ -84,6 +86,33 @@ def grpc_status(exc: BaseException, scrub: list[tuple[str, str]]) -> tuple[grpc.
     return code, clean_message(message, scrub)
 
 
+class _Outcome:
+    """How an RPC ended, counted in ``/metrics`` under its method and status code: an error ends
+    the call with its status (:func:`grpc_status`); an exception of ``cancelled`` counts as
+    ``Cancelled`` and is raised on."""
+
+    def __init__(self, state: ServerState, context: grpc.aio.ServicerContext, method: str,
+                 cancelled: tuple[type[BaseException], ...]) -> None:
+        self.state, self.context, self.method, self.cancelled = state, context, method, cancelled
+        self.start = time.perf_counter()
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None, traceback: Any) -> bool:
+        code, failure = grpc.StatusCode.OK, None
+        if isinstance(exc, self.cancelled):
+            code = grpc.StatusCode.CANCELLED
+        elif isinstance(exc, Exception):  # every error is a status
+            code, message = grpc_status(exc, self.state.scrub)
+            failure = (code, message)
+        self.state.metrics.observe(self.method, code.name, time.perf_counter() - self.start)
+        if failure is None:
+            return False
+        await self.context.abort(*failure)
+        return True
+
+
 def _direction(value: int) -> str:
     if value not in _DIRECTIONS:
         raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"truncation_direction must be 0 (right) or 1 (left), got {value}")
@@ -92,6 +121,15 @@ def _direction(value: int) -> str:
 
 def _optional(message: Any, field: str, default: Any = None) -> Any:
     return getattr(message, field) if message.HasField(field) else default
+
+
+def _unary(method: str, one: str) -> Callable[..., Awaitable[Any]]:
+    """A unary RPC answering its message with the service's method ``one``."""
+
+    async def rpc(self: TeiService, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._answer(context, method, lambda *a: getattr(self, one)(request, *a))
+
+    return rpc
 
 
 def _streaming(method: str, one: str) -> Callable[..., AsyncIterator[Any]]:
@@ -135,84 +173,69 @@ class TeiService:
         """Run one call's ``work`` as the HTTP guard runs a request: the model, then a slot of the
         server's admission limit (``ResourceExhausted`` when none is free); counted in ``/metrics``
         under the method's name and its status code."""
-        st, start, code, failure, admitted = self.state, time.perf_counter(), grpc.StatusCode.OK, None, False
-        try:
-            model = self._model(context)
-            if admit:
-                if not st.admission.try_admit():
-                    raise self._busy()
-                admitted = True
-            answer = await work(model, model.llm, Call.of_rpc(context))
-            if answer.DESCRIPTOR.fields_by_name.get("metadata") is not None:  # TEI's x-compute-* headers, as HTTP's
-                await context.send_initial_metadata(tuple(metadata_headers(answer.metadata, model.llm.model.device.type).items()))
-            return answer
-        except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
-            raise
-        except Exception as exc:  # noqa: BLE001 - every error is a status
-            code, message = grpc_status(exc, st.scrub)
-            failure = (code, message)
-        finally:
-            if admitted:
-                st.admission.release()
-            st.metrics.observe(method, code.name, time.perf_counter() - start)
-        await context.abort(*failure)
+        st, admitted = self.state, False
+        async with _Outcome(st, context, method, cancelled=(asyncio.CancelledError,)):
+            try:
+                model = self._model(context)
+                if admit:
+                    if not st.admission.try_admit():
+                        raise self._busy()
+                    admitted = True
+                answer = await work(model, model.llm, Call.of_rpc(context))
+                if answer.DESCRIPTOR.fields_by_name.get("metadata") is not None:  # TEI's x-compute-* headers, as HTTP's
+                    await context.send_initial_metadata(tuple(metadata_headers(answer.metadata, model.llm.model.device.type).items()))
+                return answer
+            finally:
+                if admitted:
+                    st.admission.release()
 
     async def _stream(self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext, method: str,
                       one: Callable[[Any, ModelState, LLM, Call], Awaitable[Any]]) -> AsyncIterator[Any]:
         """Answer a bidirectional stream: each message as a call of its own, several at once, the
         answers in the order of the messages; the first failure ends the stream with its status."""
-        st, start, code, failure = self.state, time.perf_counter(), grpc.StatusCode.OK, None
+        st = self.state
         admission = st.admission
         pending: asyncio.Queue = asyncio.Queue()  # each message's task, in order; None after the last
         window = asyncio.Semaphore(STREAM_WINDOW)  # messages taken and not yet sent
         reader: asyncio.Future | None = None
-        try:
-            self._model(context)  # an unknown model or a server not serving ends the stream at once
-            call = Call.of_rpc(context)
+        async with _Outcome(st, context, method, cancelled=(asyncio.CancelledError, GeneratorExit)):
+            try:
+                self._model(context)  # an unknown model or a server not serving ends the stream at once
+                call = Call.of_rpc(context)
 
-            async def run(message: Any) -> Any:
-                try:
-                    model = self._model(context, opening=False)  # now: the adapter may have been unloaded or reloaded
-                    return await one(message, model, model.llm, call)
-                finally:
-                    admission.release(streamed=True)
+                async def run(message: Any) -> Any:
+                    try:
+                        model = self._model(context, opening=False)  # now: the adapter may have been unloaded or reloaded
+                        return await one(message, model, model.llm, call)
+                    finally:
+                        admission.release(streamed=True)
 
-            async def read() -> None:
-                messages = requests.__aiter__()
-                try:
-                    while True:
-                        await window.acquire()  # a client that stops reading stops the stream here
-                        try:
-                            message = await messages.__anext__()
-                        except StopAsyncIteration:
-                            return
-                        await admission.admit_message()  # a stream waits for room, it is not refused
-                        pending.put_nowait(asyncio.ensure_future(run(message)))
-                finally:
-                    pending.put_nowait(None)
+                async def read() -> None:
+                    messages = requests.__aiter__()
+                    try:
+                        while True:
+                            await window.acquire()  # a client that stops reading stops the stream here
+                            try:
+                                message = await messages.__anext__()
+                            except StopAsyncIteration:
+                                return
+                            await admission.admit_message()  # a stream waits for room, it is not refused
+                            pending.put_nowait(asyncio.ensure_future(run(message)))
+                    finally:
+                        pending.put_nowait(None)
 
-            reader = asyncio.ensure_future(read())
-            while (task := await pending.get()) is not None:
-                yield await task
-                window.release()
-            await reader  # what reading the messages raised, if anything
-        except (asyncio.CancelledError, GeneratorExit):
-            code = grpc.StatusCode.CANCELLED
-            raise
-        except Exception as exc:  # noqa: BLE001 - every error is a status
-            code, message = grpc_status(exc, st.scrub)
-            failure = (code, message)
-        finally:
-            if reader is not None:
-                reader.cancel()
-            while not pending.empty():
-                task = pending.get_nowait()
-                if task is not None:
-                    task.cancel()
-            st.metrics.observe(method, code.name, time.perf_counter() - start)
-        if failure is not None:
-            await context.abort(*failure)
+                reader = asyncio.ensure_future(read())
+                while (task := await pending.get()) is not None:
+                    yield await task
+                    window.release()
+                await reader  # what reading the messages raised, if anything
+            finally:
+                if reader is not None:
+                    reader.cancel()
+                while not pending.empty():
+                    task = pending.get_nowait()
+                    if task is not None:
+                        task.cancel()
 
     # -- Info ----------------------------------------------------------------------------------------
 
@@ -230,45 +253,39 @@ class TeiService:
 
     # -- Embed ---------------------------------------------------------------------------------------
 
-    async def _embed(self, m: Any, st: ModelState, llm: LLM, call: Call) -> Any:
-        asked = tei.Embed(
-            inputs=m.inputs, truncate=m.truncate, normalize=_optional(m, "normalize", True),
-            truncation_direction=_direction(m.truncation_direction), prompt_name=_optional(m, "prompt_name"),
-            dimensions=_optional(m, "dimensions"),
+    async def _embedding(self, m: Any, st: ModelState, llm: LLM, call: Call, kind: type[tei.EmbedSparse],
+                         rows_of: Callable[..., Awaitable[tei.Rows]], **fields: Any) -> tuple[torch.Tensor, Any]:
+        """The row ``rows_of`` computes for an Embed service message read as TEI's request ``kind``
+        (``fields``: those only ``kind`` has), and the call's metadata."""
+        asked = kind(
+            inputs=m.inputs, truncate=m.truncate, truncation_direction=_direction(m.truncation_direction),
+            prompt_name=_optional(m, "prompt_name"), **fields,
         )
         with ComputeTimes() as times:
-            rows, tokens = await tei.embed_rows(asked, call, st, llm)
-        metadata = times.metadata(self.pb, len(m.inputs), tokens)
-        return self.pb.EmbedResponse(embeddings=rows[0].float().tolist(), metadata=metadata)
+            rows, tokens = await rows_of(asked, call, st, llm)
+        return rows[0], times.metadata(self.pb, len(m.inputs), tokens)
+
+    async def _embed(self, m: Any, st: ModelState, llm: LLM, call: Call) -> Any:
+        row, metadata = await self._embedding(
+            m, st, llm, call, tei.Embed, tei.embed_rows, normalize=_optional(m, "normalize", True), dimensions=_optional(m, "dimensions")
+        )
+        return self.pb.EmbedResponse(embeddings=row.float().tolist(), metadata=metadata)
 
     async def _embed_sparse(self, m: Any, st: ModelState, llm: LLM, call: Call) -> Any:
-        asked = tei.EmbedSparse(
-            inputs=m.inputs, truncate=m.truncate, truncation_direction=_direction(m.truncation_direction),
-            prompt_name=_optional(m, "prompt_name"),
-        )
-        with ComputeTimes() as times:
-            rows, tokens = await tei.sparse_rows(asked, call, st, llm)
-        values = [self.pb.SparseValue(index=i, value=v) for i, v in zip(*tei.nonzero(rows[0]))]
-        return self.pb.EmbedSparseResponse(sparse_embeddings=values, metadata=times.metadata(self.pb, len(m.inputs), tokens))
+        row, metadata = await self._embedding(m, st, llm, call, tei.EmbedSparse, tei.sparse_rows)
+        values = [self.pb.SparseValue(index=i, value=v) for i, v in zip(*tei.nonzero(row))]
+        return self.pb.EmbedSparseResponse(sparse_embeddings=values, metadata=metadata)
 
     async def _embed_all(self, m: Any, st: ModelState, llm: LLM, call: Call) -> Any:
-        asked = tei.EmbedAll(
-            inputs=m.inputs, truncate=m.truncate, truncation_direction=_direction(m.truncation_direction),
-            prompt_name=_optional(m, "prompt_name"),
-        )
-        with ComputeTimes() as times:
-            rows, tokens = await tei.embed_all_rows(asked, call, st, llm)
-        vectors = [self.pb.TokenEmbedding(embeddings=token) for token in rows[0].float().tolist()]
-        return self.pb.EmbedAllResponse(token_embeddings=vectors, metadata=times.metadata(self.pb, len(m.inputs), tokens))
+        row, metadata = await self._embedding(m, st, llm, call, tei.EmbedAll, tei.embed_all_rows)
+        vectors = [self.pb.TokenEmbedding(embeddings=token) for token in row.float().tolist()]
+        return self.pb.EmbedAllResponse(token_embeddings=vectors, metadata=metadata)
 
-    async def Embed(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await self._answer(context, "/tei.v1.Embed/Embed", lambda *a: self._embed(request, *a))
+    Embed = _unary("/tei.v1.Embed/Embed", "_embed")
 
-    async def EmbedSparse(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await self._answer(context, "/tei.v1.Embed/EmbedSparse", lambda *a: self._embed_sparse(request, *a))
+    EmbedSparse = _unary("/tei.v1.Embed/EmbedSparse", "_embed_sparse")
 
-    async def EmbedAll(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await self._answer(context, "/tei.v1.Embed/EmbedAll", lambda *a: self._embed_all(request, *a))
+    EmbedAll = _unary("/tei.v1.Embed/EmbedAll", "_embed_all")
 
     EmbedStream = _streaming("/tei.v1.Embed/EmbedStream", "_embed")
 
@@ -294,11 +311,9 @@ class TeiService:
             raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"`inputs` must have a single or two elements. Given: {len(m.inputs)}")
         return await self._predict(m, st, llm, call, list(m.inputs))
 
-    async def Predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await self._answer(context, "/tei.v1.Predict/Predict", lambda *a: self._predict(request, *a))
+    Predict = _unary("/tei.v1.Predict/Predict", "_predict")
 
-    async def PredictPair(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await self._answer(context, "/tei.v1.Predict/PredictPair", lambda *a: self._predict_pair(request, *a))
+    PredictPair = _unary("/tei.v1.Predict/PredictPair", "_predict_pair")
 
     PredictStream = _streaming("/tei.v1.Predict/PredictStream", "_predict")
 
@@ -362,11 +377,9 @@ class TeiService:
         (text,) = await tei.texts_of(tei.Decode(ids=list(m.ids), skip_special_tokens=m.skip_special_tokens), call, st, llm)
         return self.pb.DecodeResponse(text=text)
 
-    async def Tokenize(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await self._answer(context, "/tei.v1.Tokenize/Tokenize", lambda *a: self._tokenize(request, *a))
+    Tokenize = _unary("/tei.v1.Tokenize/Tokenize", "_tokenize")
 
-    async def Decode(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await self._answer(context, "/tei.v1.Tokenize/Decode", lambda *a: self._decode(request, *a))
+    Decode = _unary("/tei.v1.Tokenize/Decode", "_decode")
 
     TokenizeStream = _streaming("/tei.v1.Tokenize/TokenizeStream", "_tokenize")
 

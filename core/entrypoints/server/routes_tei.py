@@ -22,7 +22,7 @@ poolkit's message with TEI's status and type.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional, Union
+from typing import TYPE_CHECKING, Annotated, Any, Awaitable, Callable, Literal, Optional, Union
 
 import numpy as np
 import torch
@@ -192,20 +192,22 @@ def _computed(times: ComputeTimes, llm: LLM, inputs: Any, tokens: int) -> dict[s
 # -- embeddings ------------------------------------------------------------------------------------
 
 
-@ENDPOINTS.post("/embed", "Embeddings (TEI).", task=EMBED, openapi_extra=_answer("/embed"))
-async def embed(body: EmbedRequest, request: Request, st: State, llm: Model) -> Response:
+async def _vectors(rows_of: Callable[..., Awaitable[tei.Rows]], kind: type[tei.EmbedSparse], body: Any, request: Request, st: ModelState, llm: LLM) -> Response:
+    """TEI's answer of float vectors: the rows ``rows_of`` computes for ``body`` as TEI's ``kind`` of request."""
     check_model(st, body.model)
     with ComputeTimes() as times:
-        rows, tokens = await tei.embed_rows(tei.Embed.of(body), Call.of(request), st, llm)
+        rows, tokens = await rows_of(kind.of(body), Call.of(request), st, llm)
     return await _arrays(_floats(rows), sum(r.numel() for r in rows), _computed(times, llm, body.inputs, tokens))
+
+
+@ENDPOINTS.post("/embed", "Embeddings (TEI).", task=EMBED, openapi_extra=_answer("/embed"))
+async def embed(body: EmbedRequest, request: Request, st: State, llm: Model) -> Response:
+    return await _vectors(tei.embed_rows, tei.Embed, body, request, st, llm)
 
 
 @ENDPOINTS.post("/embed_all", "Every token's vector (TEI).", task=TOKEN_EMBED, openapi_extra=_answer("/embed_all"))
 async def embed_all(body: EmbedAllRequest, request: Request, st: State, llm: Model) -> Response:
-    check_model(st, body.model)
-    with ComputeTimes() as times:
-        rows, tokens = await tei.embed_all_rows(tei.EmbedAll.of(body), Call.of(request), st, llm)
-    return await _arrays(_floats(rows), sum(r.numel() for r in rows), _computed(times, llm, body.inputs, tokens))
+    return await _vectors(tei.embed_all_rows, tei.EmbedAll, body, request, st, llm)
 
 
 @ENDPOINTS.post(
