@@ -10,6 +10,7 @@ family's media processor (the architecture's :attr:`~poolkit.Architecture.media_
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from ..contracts.errors import InvalidRequest, short
@@ -20,11 +21,12 @@ from ..lora.manager import adapted_params
 from ..plugins.lookup import registry
 from ..runtime.tokenizing import as_read
 from . import chat as chats
+from . import shapes
 from .chat import Chat, Worker
 from .content import MediaRules, Reads
 from .media import MediaPolicy
 from .params import check_params
-from .request import PoolRequest, Rendered, Side
+from .request import InputLimits, PoolRequest, Rendered, Side
 
 if TYPE_CHECKING:
     from ..contracts.architecture import LoadedModel
@@ -103,6 +105,34 @@ class Renderer:
                 if p.late_chunking_params is not None and prompt.token_ids is None and not prompt.text:
                     raise InvalidRequest(f"prompt {index}: {LateChunkingParams.NEEDS_TEXT}")
         return Rendered(task, parsed, params)
+
+    async def accept(self, request: PoolRequest, worker: Worker | None = None) -> PoolRequest:
+        """A server's request made ready for the door (:meth:`render`): its ``input_type`` read
+        (:meth:`side`: a prompt name, an instruction put before each text, or a retrieval side), its
+        inputs or chat ``messages`` checked against its ``limits`` (:mod:`poolkit.inputs.shapes`),
+        each conversation rendered (:meth:`render_input`: remote media fetched, the template run by
+        ``worker``), its ``salt`` put on its parameters.
+
+        Raises:
+            InvalidRequest: the field at fault named.
+        """
+        options = request.chat_options or {}
+        resolved = self.side(request.task or "", request.input_type, prompt_name=request.prompt_name)
+        chats.check_template_kwargs(options.get("chat_template_kwargs"))
+        limits = request.limits or InputLimits(None, None)
+        special = request.add_special_tokens
+        if request.messages is not None:
+            if request.inputs is not None:
+                raise InvalidRequest("send either 'input' or 'messages', not both", param="messages")
+            inputs = [await self.render_input(chat, worker=worker) for chat in shapes.message_chats(request.messages, options, limits)]
+            special = None  # the template writes the special tokens; chat_options say whether the tokenizer adds its own
+        else:
+            inputs = shapes.input_items(request.inputs, limits)
+        params = request.params.with_salt(request.salt) if isinstance(request.params, PoolingParams) else request.params
+        return dataclasses.replace(
+            request, inputs=resolved.instructed(inputs), messages=None, chat_options=None, input_type=None, salt=None, limits=None,
+            prompt_name=request.prompt_name or resolved.prompt_name, side=resolved.side, params=params, add_special_tokens=special,
+        )
 
     async def render_input(
         self, item: Chat | Sequence[Any], where: str = "input", *, system: str | None = None,

@@ -20,6 +20,15 @@ if TYPE_CHECKING:
     from ..contracts.tasks import Task
 
 
+class InputLimits(NamedTuple):
+    """A server's limits on a request's inputs, checked before any is rendered
+    (:mod:`poolkit.inputs.shapes`): how many (``--max-inputs-per-request``), and the token ids the
+    model's vocabulary has (``None``: not known)."""
+
+    max_inputs: int | None
+    vocab: int | None
+
+
 @dataclasses.dataclass(frozen=True)
 class PoolRequest:
     """One request, as asked.
@@ -41,6 +50,12 @@ class PoolRequest:
             ``truncation`` switch (``tokenization_kwargs``' other keys).
         lora_request: the LoRA adapter of every input, or one each (``None``: the base model, or the
             adapter the checkpoint carries for the prompt name).
+
+    A server's request carries more, which :meth:`poolkit.inputs.Renderer.accept` reads before the
+    door: ``input_type`` as the wire gives it (a prompt name, an instruction's name or a retrieval
+    side: :meth:`poolkit.inputs.Renderer.side`), ``chat_options`` (vLLM's chat fields of its
+    ``messages``), the ``salt`` of its prompts' shared prefixes, and the ``limits`` its inputs are
+    checked against.
     """
 
     inputs: Any = None
@@ -54,6 +69,10 @@ class PoolRequest:
     add_special_tokens: bool | None = None
     truncation: dict[str, Any] | None = None
     lora_request: Any = None
+    input_type: str | None = None
+    chat_options: dict[str, Any] | None = None
+    salt: str | None = None
+    limits: InputLimits | None = None
 
     @classmethod
     def of(cls, inputs: Any, params: Any = None, *, tokenization_kwargs: dict[str, Any] | None = None, **fields: Any) -> "PoolRequest":

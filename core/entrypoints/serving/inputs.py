@@ -1,19 +1,20 @@
-"""Shape checks of request inputs, shared by the routes of every protocol.
-
-They refuse what is wrong with a request as such (an empty string, too many inputs, a token id
-outside the vocabulary, another model's name) with the field at fault as ``param``; what the
-model makes of a valid request is the :class:`poolkit.LLM`'s decision.
+"""Request inputs in the server, shared by the routes of every protocol: the checks of what is
+wrong with a request as such (another model's name, too many inputs, a token id outside the
+vocabulary) with the field at fault as ``param``, and the record of an ``input`` or ``messages``
+request handed to the renderer (:func:`run_inputs`); what the model makes of a valid request is
+the :class:`poolkit.LLM`'s decision.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
 
-from ...contracts.errors import short
+from ...contracts.errors import InvalidRequest, short
 from ...contracts.params import PoolingParams
 from ...inputs import chat as chats
-from ...inputs.chat import checked_text
+from ...inputs import shapes
 from ...inputs.renderer import Renderer
+from ...inputs.request import PoolRequest
 from .call import Call
 from .door import served_model
 from .errors import ApiError
@@ -47,10 +48,10 @@ def check_model(st: ModelState, name: str | None) -> None:
 
 def check_token_ids(st: ModelState, ids: list[int], where: str) -> None:
     """Refuse a token id outside the model's vocabulary, with the field at fault."""
-    bad = next((t for t in ids if t < 0 or (st.vocab is not None and t >= st.vocab)), None)
-    if bad is not None:
-        vocab = f" (0..{st.vocab - 1})" if st.vocab is not None else ""
-        raise ApiError(400, f"{where}: token id {short(bad, 24)} is out of vocabulary{vocab}", param=where)
+    try:
+        shapes.check_token_ids(ids, st.vocab, where)
+    except InvalidRequest as exc:
+        raise ApiError(400, str(exc), param=where) from None
 
 
 def check_count(st: ModelState, n: int, where: str) -> None:
@@ -70,60 +71,9 @@ def check_dimensions(st: ModelState, dimensions: int | None, where: str) -> None
         )
 
 
-def prompt_items(st: ModelState, value: Any, where: str = "input") -> list[Any]:
-    """The prompts of an ``input`` field, checked: strings or ``{"prompt_token_ids": [...]}``."""
-    if value is None:
-        raise ApiError(400, f"{where} is required", param=where)
-    if isinstance(value, str):
-        items: list[Any] = [value]
-    elif value and all(isinstance(v, int) for v in value):
-        items = [value]
-    else:
-        items = list(value)
-    check_count(st, len(items), where)
-    prompts = []
-    for i, item in enumerate(items):
-        name = f"{where}[{i}]" if len(items) > 1 or not isinstance(value, str) else where
-        if isinstance(item, str):
-            checked_text(item, name)
-            prompts.append(item)
-            continue
-        if not item:
-            raise ApiError(400, f"{name} is an empty list of token ids", param=name)
-        check_token_ids(st, item, name)
-        prompts.append({"prompt_token_ids": item})
-    return prompts
-
-
 def pooling_params(**fields: Any) -> PoolingParams:
     """:class:`PoolingParams` of the fields a request set (``None``: unset)."""
     return PoolingParams(**{k: v for k, v in fields.items() if v is not None})
-
-
-async def prompts_of(call: Call | Request, st: ModelState, llm: LLM, body: Any) -> list[Any]:
-    """The prompts of a request with ``input`` or chat ``messages`` (``/v1/embeddings``, ``/classify``, ``/pooling``),
-    each conversation rendered by the model's renderer (:meth:`poolkit.inputs.Renderer.render_input`).
-
-    ``add_special_tokens`` is vLLM's: with ``input`` it defaults to true, and ``false`` tokenizes
-    the texts without the tokenizer's special tokens (see :func:`special_tokens`); with
-    ``messages`` it defaults to false, as the chat template writes them.
-    """
-    chats.check_template_kwargs(body.chat_template_kwargs)
-    if body.messages is not None:
-        if body.input is not None:
-            raise ApiError(400, "send either 'input' or 'messages', not both", param="messages")
-        batched = bool(body.messages) and all(isinstance(m, list) for m in body.messages)
-        conversations = body.messages if batched else [body.messages]
-        check_count(st, len(conversations), "messages")
-        fields = {
-            "add_generation_prompt": body.add_generation_prompt, "continue_final_message": body.continue_final_message,
-            "chat_template_kwargs": body.chat_template_kwargs, "add_special_tokens": bool(body.add_special_tokens),
-        }
-        return [
-            await render_input(call, st, chats.chat_of(messages, fields, f"messages[{i}]" if batched else "messages"))
-            for i, messages in enumerate(conversations)
-        ]
-    return prompt_items(st, body.input)
 
 
 async def run_inputs(
@@ -131,10 +81,10 @@ async def run_inputs(
     prompt_name: str | None = None, **fields: Any
 ) -> tuple[Any, Any]:
     """A request of ``input`` or chat ``messages`` (``/v1/embeddings``, ``/pooling``, ``/classify``) run
-    for ``task_name``: its pooling parameters of the fields those requests share (``dimensions`` where
-    the body has it, ``use_activation``, the truncation) and ``fields``, its prompts rendered, with the
-    prompt of the model's sentence-transformers config named ``prompt_name`` (Jina's ``task``), the
-    texts in the side the body's ``input_type`` names (:meth:`poolkit.inputs.Renderer.side`).
+    for ``task_name``: its record (:class:`~poolkit.inputs.request.PoolRequest`) of the fields those
+    requests share (``dimensions`` where the body has it, ``use_activation``, the truncation, the
+    ``input_type``, vLLM's chat fields, the salt) and ``fields``, with the prompt of the model's
+    sentence-transformers config named ``prompt_name`` (Jina's ``task``), run by :func:`run_request`.
 
     Returns:
         :func:`~poolkit.entrypoints.serving.work.run_task`'s task and results.
@@ -144,20 +94,30 @@ async def run_inputs(
     params = pooling_params(
         dimensions=dimensions, use_activation=body.use_activation, truncate_prompt_tokens=body.truncate_prompt_tokens,
         truncation_side=body.truncation_side, **fields,
-    ).with_salt(body.cache_salt)
-    llm.task(task_name)  # a task the model lacks is refused before any input is read or rendered
-    resolved = st.renderer.side(task_name, getattr(body, "input_type", None), prompt_name=prompt_name)
-    named, side = resolved.prompt_name, resolved.side
-    raw = resolved.instructed(await prompts_of(call, st, llm, body))
-    return await run_task(
-        call, st, llm, task_name, raw, params, prompt_name or named, add_special_tokens=special_tokens(body),
-        number_bytes=number_bytes, side=side,
     )
+    llm.task(task_name)  # a task the model lacks is refused before any input is read or rendered
+    chat = {
+        "add_generation_prompt": body.add_generation_prompt, "continue_final_message": body.continue_final_message,
+        "chat_template_kwargs": body.chat_template_kwargs, "add_special_tokens": bool(body.add_special_tokens),
+    }
+    request = PoolRequest(
+        body.input, task=task_name, params=params, messages=body.messages, prompt_name=prompt_name,
+        input_type=getattr(body, "input_type", None), add_special_tokens=body.add_special_tokens, chat_options=chat,
+        salt=body.cache_salt, limits=st.input_limits,
+    )
+    return await run_request(call, st, llm, request, number_bytes)
 
 
-def special_tokens(body: Any) -> bool:
-    """Whether the texts of an ``input`` request are tokenized with special tokens (vLLM's default: yes)."""
-    return body.messages is not None or body.add_special_tokens is not False
+async def run_request(call: Call | Request, st: ModelState, llm: LLM, request: PoolRequest, number_bytes: float) -> tuple[Any, Any]:
+    """A server's request record accepted by the renderer (:meth:`poolkit.inputs.Renderer.accept`:
+    its inputs checked, its conversations rendered on the worker thread, its ``input_type`` read),
+    then run (:func:`~poolkit.entrypoints.serving.work.run_task`); texts keep the tokenizer's special
+    tokens unless the request says ``add_special_tokens: false`` (vLLM's default)."""
+    ready = await st.renderer.accept(request, BatcherWorker(call, st))
+    return await run_task(
+        call, st, llm, ready.task or "", list(ready.inputs), ready.params, ready.prompt_name,
+        add_special_tokens=ready.add_special_tokens is not False, number_bytes=number_bytes, side=ready.side,
+    )
 
 
 class BatcherWorker:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from ...contracts.errors import InvalidRequest
 from ...inputs import Renderer
 from ...inputs.media import MediaPolicy
+from ...inputs.request import InputLimits
 from ...lora.manager import enabled
 from ...lora.request import LoRARequest
 from ...runtime.batching import Batcher
@@ -169,6 +170,11 @@ class ModelState:
             return mine
         twins = [m for m in self.server.models if public(m) == mine]
         return mine if len(twins) < 2 else f"{mine}-{twins.index(self) + 1}"
+
+    @property
+    def input_limits(self) -> InputLimits:
+        """The limits a request's inputs are checked against at the renderer (:mod:`poolkit.inputs.shapes`)."""
+        return InputLimits(self.limits.max_inputs_per_request, self.vocab)
 
     @property
     def give_up(self) -> asyncio.Future | None:
