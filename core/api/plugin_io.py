@@ -9,17 +9,16 @@ binding again only when a different processor is registered under that name.
 
 from __future__ import annotations
 
-from typing import Any
-
 from ..contracts.errors import InvalidRequest
 from ..contracts.io import IOContext, IOProcessor, bind_io_processor
+from ..contracts.model import ModelInfo
 from ..plugins.manager import get_manager, registry
 
 
 class PluginIO:
     """The IO processor plugins of one loaded model (:class:`~poolkit.loading.model.PoolingModel`)."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: ModelInfo) -> None:
         self.model = model
         self._context: IOContext | None = None
         #: IO processor name -> (the registered processor, the one bound to this model).

@@ -40,7 +40,7 @@ def input_items(value: Any, limits: InputLimits, where: str = "input") -> list[A
     else:
         items = list(value)
     chats.check_count(len(items), where, limits.max_inputs)
-    prompts = []
+    prompts: list[Any] = []
     for i, item in enumerate(items):
         name = f"{where}[{i}]" if len(items) > 1 or not isinstance(value, str) else where
         if isinstance(item, str):

@@ -9,6 +9,7 @@ from ...contracts.errors import PoolkitError
 
 if TYPE_CHECKING:
     from ...config.settings import EngineArgs
+    from ...contracts.architecture import LoadedModel
 
 
 #: The transformers auto classes W4 and PR (cross-encoders) and W7 (SPLADE) derive their models with
@@ -67,7 +68,7 @@ class Peer:
         """The peer's peak RSS in a child process (see :func:`~poolkit.entrypoints.bench.measure.peak_rss_mb`)."""
         raise NotImplementedError
 
-    def check_ours(self, model: Any) -> str | None:
+    def check_ours(self, model: LoadedModel) -> str | None:
         """Why poolkit's side (``model``, a loaded :class:`~poolkit.loading.model.PoolingModel`) cannot be
         compared with this peer, or ``None``."""
         return None

@@ -35,7 +35,16 @@ from .base import Peer
 from .measure import _padding_fraction, peer_model
 
 if TYPE_CHECKING:
+    from typing import Union
+
+    import torch
+    from sentence_transformers import CrossEncoder, SentenceTransformer
+    from transformers import PreTrainedModel
+
     from ...config.settings import EngineArgs
+
+    #: What an export is made from: the sentence-transformers model of the workload's kind, in fp32.
+    SourceModel = Union[SentenceTransformer, CrossEncoder]
 
 #: The tokenizer outputs the exported graphs take, in this order where present.
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -83,7 +92,7 @@ class ExportPeer(Peer):
         how = self.scheme if dtype == "int8" else "float32, not quantized"
         return ExportedModel(model, run, f"{self.runtime} {version} export, {how}")
 
-    def build(self, module: Any, model: Any, dtype: str, folder: Path, threads: int) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+    def build(self, module: torch.nn.Module, model: SourceModel, dtype: str, folder: Path, threads: int) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
         """The export of ``module`` (the transformer of the sentence-transformers ``model``) in
         ``dtype``, built under ``folder``, as a function of the tokenizer's arrays."""
         raise NotImplementedError
@@ -111,7 +120,7 @@ class OnnxInt8Peer(ExportPeer):
     modules = ("onnxruntime", "onnx")
     scheme = "int8 dynamic (weights per output channel, activations per tensor at run time)"
 
-    def build(self, module: Any, model: Any, dtype: str, folder: Path, threads: int) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+    def build(self, module: torch.nn.Module, model: SourceModel, dtype: str, folder: Path, threads: int) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
         import onnxruntime
         import torch
 
@@ -145,7 +154,7 @@ class OpenVinoInt8Peer(ExportPeer):
     modules = ("openvino", "nncf")
     scheme = "int8 static (NNCF, calibrated on poolkit's calibration texts)"
 
-    def build(self, module: Any, model: Any, dtype: str, folder: Path, threads: int) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+    def build(self, module: torch.nn.Module, model: SourceModel, dtype: str, folder: Path, threads: int) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
         import openvino
         import torch
 
@@ -171,7 +180,7 @@ class OpenVinoInt8Peer(ExportPeer):
         return lambda inputs: compiled(inputs)[0]
 
 
-def _transformer(model: Any) -> Any:
+def _transformer(model: PreTrainedModel) -> torch.nn.Module:
     """The transformer ``model`` of a sentence-transformers model as a module of the tokenizer's
     tensors, returning its first output (the token embeddings, or a cross-encoder's logits)."""
     import torch
@@ -195,7 +204,7 @@ def _arrays(features: dict[str, Any]) -> dict[str, np.ndarray]:
     return {name: features[name].numpy().astype(np.int64) for name in INPUTS if name in features}
 
 
-def _example(model: Any) -> dict[str, np.ndarray]:
+def _example(model: SourceModel) -> dict[str, np.ndarray]:
     """A batch to trace the export with: two texts (or pairs) of different lengths."""
     pair = model[0].module_output_name == "scores"
     texts = [("a query", "a short document"), ("another query", "a document of a few more words")] if pair else ["a text", "a text of a few more words"]
@@ -207,7 +216,7 @@ class ExportedModel:
     methods the workloads call: the tokenization, the length-sorted batches and the modules after
     the transformer stay sentence-transformers' own."""
 
-    def __init__(self, model: Any, run: Callable[[dict[str, np.ndarray]], np.ndarray], implementation: str) -> None:
+    def __init__(self, model: SourceModel, run: Callable[[dict[str, np.ndarray]], np.ndarray], implementation: str) -> None:
         self.model = model
         self.run = run
         self.implementation = implementation

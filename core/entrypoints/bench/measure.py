@@ -21,6 +21,7 @@ from ...contracts.errors import InvalidRequest
 
 if TYPE_CHECKING:
     from ...config.settings import EngineArgs
+    from ...contracts.architecture import LoadedModel
 
 
 #: Every poolkit call of the bench truncates over-long inputs to the model's limit, as
@@ -138,7 +139,7 @@ def _padding_fraction(lengths: list[int], batch_size: int = 32) -> float:
     return 1.0 - sum(lengths) / padded if padded else 0.0
 
 
-def model_flops(model: Any, lengths: list[int], per_token: int = 0) -> float:
+def model_flops(model: LoadedModel, lengths: list[int], per_token: int = 0) -> float:
     """Multiply-add FLOPs of a forward pass over sequences of ``lengths`` (real tokens only).
 
     Per token: twice the weights of every linear layer of the architecture, int8 ones
@@ -152,7 +153,8 @@ def model_flops(model: Any, lengths: list[int], per_token: int = 0) -> float:
     classifiers = (arch.sequence_classifier(), arch.token_classifier())
     excluded = {id(p) for c in classifiers if c is not None for p in c.parameters()}
     weights = sum(m.weight.numel() for m in arch.modules() if isinstance(m, torch.nn.Linear) and id(m.weight) not in excluded)
-    weights += sum(m.qweight.numel() for m in arch.modules() if isinstance(getattr(m, "qweight", None), torch.Tensor))
+    qweights = (getattr(m, "qweight", None) for m in arch.modules())
+    weights += sum(q.numel() for q in qweights if isinstance(q, torch.Tensor))
     config = model.hf_config
     width = int(config.num_attention_heads) * int(
         getattr(config, "head_dim", None) or int(config.hidden_size) // int(config.num_attention_heads)

@@ -29,6 +29,7 @@ from .transformers_peer import TransformersPeer
 if TYPE_CHECKING:
     from ...api.llm import LLM
     from ...config.settings import EngineArgs
+    from ...contracts.architecture import LoadedModel
 
 #: The ``model_impl`` the fallback peer loads with.
 FALLBACK_IMPL = "transformers"
@@ -96,7 +97,7 @@ class FallbackPeer(Peer):
     def peak_rss_mb(self, args: EngineArgs, payload: Any, dtype: str, task: str = "embed") -> float:
         return peak_rss_mb("poolkit", self.settings(args), payload, dtype, task)
 
-    def check_ours(self, model: Any) -> str | None:
+    def check_ours(self, model: LoadedModel) -> str | None:
         if model.architecture.implementation == TRANSFORMERS_IMPLEMENTATION:
             return f"poolkit has no native code for {model.architecture_name}: it runs on the transformers fallback too"
         return None
@@ -122,7 +123,7 @@ class PoolkitPeer(FallbackPeer):
     def padding_fraction(self, lengths: list[int]) -> float:
         return 0.0  # the same packed batches as poolkit's
 
-    def check_ours(self, model: Any) -> str | None:
+    def check_ours(self, model: LoadedModel) -> str | None:
         return None
 
     def implementation(self, encoder: Any) -> str:

@@ -19,20 +19,23 @@ from .images import pages
 from .measure import _interleave, _padding_fraction
 
 if TYPE_CHECKING:
+    from transformers import ColModernVBertForRetrieval, ModernVBertModel, PreTrainedModel, Siglip2Model
+
     from ...config.settings import EngineArgs
+    from ...contracts.architecture import LoadedModel
     from .measure import Result
 
 #: Pixels of each page workload I embeds here (the vision-language workload's default).
 IMAGE_SIZE = 448
 
 
-def _limit(model: Any, processor: Any) -> int:
+def _limit(model: PreTrainedModel, processor: Any) -> int:
     """The most tokens a text keeps, as sentence-transformers caps it: the text model's positions
     or the tokenizer's limit, whichever is smaller."""
     return min(int(model.config.get_text_config().max_position_embeddings), int(processor.tokenizer.model_max_length))
 
 
-def _siglip2_texts(model: Any, processor: Any, texts: list[str]) -> list[Any]:
+def _siglip2_texts(model: Siglip2Model, processor: Any, texts: list[str]) -> list[Any]:
     """``get_text_features`` on a left-padded batch, positions counted from each text's first token:
     its pooled last position is then each text's own last token, as poolkit pools it unpadded."""
     import torch
@@ -46,7 +49,7 @@ def _siglip2_texts(model: Any, processor: Any, texts: list[str]) -> list[Any]:
     return list(torch.nn.functional.normalize(pooled.pooler_output.float(), dim=-1))
 
 
-def _siglip2_images(model: Any, processor: Any, images: list[Any]) -> list[Any]:
+def _siglip2_images(model: Siglip2Model, processor: Any, images: list[Any]) -> list[Any]:
     """``get_image_features`` on one NaFlex batch from the checkpoint's image processor."""
     import torch
 
@@ -55,7 +58,7 @@ def _siglip2_images(model: Any, processor: Any, images: list[Any]) -> list[Any]:
     return list(torch.nn.functional.normalize(model.get_image_features(**inputs).pooler_output.float(), dim=-1))
 
 
-def _real_tokens(model: Any, inputs: Any) -> list[Any]:
+def _real_tokens(model: ColModernVBertForRetrieval, inputs: Any) -> list[Any]:
     """ColModernVBERT's vectors (normalised by its head) of each row's real (unmasked) tokens."""
     inputs = inputs.to(model.device)
     inputs.pop("labels", None)
@@ -65,7 +68,7 @@ def _real_tokens(model: Any, inputs: Any) -> list[Any]:
     return [row[mask.bool()] for row, mask in zip(vectors, inputs["attention_mask"])]
 
 
-def _colmodernvbert_queries(model: Any, processor: Any, texts: list[str]) -> list[Any]:
+def _colmodernvbert_queries(model: ColModernVBertForRetrieval, processor: Any, texts: list[str]) -> list[Any]:
     """``process_queries``' right-padded rows cut to the model's limit: a query's first tokens, as
     poolkit cuts the query's token ids (its augmentation included, the tokenizer's truncation not used)."""
     inputs = processor.process_queries(texts)
@@ -75,7 +78,7 @@ def _colmodernvbert_queries(model: Any, processor: Any, texts: list[str]) -> lis
     return _real_tokens(model, inputs)
 
 
-def _modernvbert_texts(model: Any, processor: Any, texts: list[str]) -> list[Any]:
+def _modernvbert_texts(model: ModernVBertModel, processor: Any, texts: list[str]) -> list[Any]:
     """The encoder's hidden states of a right-padded batch, pooled as the config's ``classifier_pooling``."""
     import torch
 
@@ -168,7 +171,7 @@ class TransformersPeer(Peer):
         "W9": "the cold start of transformers' class is not measured",
     }
 
-    def check_ours(self, model: Any) -> str | None:
+    def check_ours(self, model: LoadedModel) -> str | None:
         """Why transformers' class cannot be compared: none exists, or the fallback runs it."""
         import transformers
 

@@ -26,6 +26,8 @@ from .retrieval import retrieval_workload
 from .transformers_peer import image_workload
 
 if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedModel
+
     from ...api.llm import LLM
 
 #: How the bench calls poolkit (``--api``): vLLM's ``LLM`` API, or the sentence-transformers drop-in classes.
@@ -212,7 +214,7 @@ class Bench:
         transformers.AutoTokenizer.from_pretrained(self.model_dir).save_pretrained(path)
 
     @staticmethod
-    def _calibrate_sparsity(model: Any, config: Any, active: float = 0.01) -> None:
+    def _calibrate_sparsity(model: PreTrainedModel, config: PretrainedConfig, active: float = 0.01) -> None:
         """Shift the MLM output bias so that about ``active`` of the vocabulary scores above zero, as
         in trained SPLADE models (a random head would light up half the vocabulary)."""
         import torch

@@ -10,12 +10,15 @@ nothing is added to the library's global default registry.
 from __future__ import annotations
 
 import re
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from ...runtime.batching import Batcher
+
+if TYPE_CHECKING:
+    from .state import ModelState
 
 #: The content type of :meth:`ServerMetrics.exposition`: Prometheus text format 0.0.4.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -61,7 +64,7 @@ class _StateCollector:
             yield family
 
 
-def _label(model: Any) -> str:
+def _label(model: ModelState) -> str:
     """A model's ``model`` label: its served name, never its directory (``ModelState.label``)."""
     return model.label
 
@@ -83,7 +86,7 @@ class _WithoutCreated:
 class ModelMetrics:
     """One model's series of the server's metrics, labelled with its served name."""
 
-    def __init__(self, metrics: "ServerMetrics", model: Any) -> None:
+    def __init__(self, metrics: "ServerMetrics", model: ModelState) -> None:
         self.metrics = metrics
         self.model = model
 

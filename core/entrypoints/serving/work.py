@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from starlette.requests import Request
 
     from ...api.llm import LLM
+    from ...contracts.architecture import LoadedModel
+    from ...contracts.tasks import Task
 
 #: Bytes of one number in a JSON response, at most about: a float32 result written as the
 #: shortest float64 that reads back the same (``-0.012345678901234567``) and its comma.
@@ -90,7 +92,7 @@ def check_response(st: ModelState, numbers: int, per_number: float, estimated: b
         )
 
 
-def expected_numbers(task: Any, model: Any, inputs: int, tokens: int) -> int | None:
+def expected_numbers(task: Task, model: LoadedModel, inputs: int, tokens: int) -> int | None:
     """The numbers the results of ``inputs`` inputs of about ``tokens`` tokens hold, from the task's
     :meth:`~poolkit.contracts.tasks.Task.result_width`; ``None`` when the task cannot say."""
     width = task.result_width(model)
@@ -99,7 +101,7 @@ def expected_numbers(task: Any, model: Any, inputs: int, tokens: int) -> int | N
     return width * (tokens if task.granularity == "token" else inputs)
 
 
-def result_numbers(task: Any, model: Any, results: Results) -> int:
+def result_numbers(task: Task, model: LoadedModel, results: Results) -> int:
     """The numbers the results hold as a response writes them: every number of dense results, an
     index and a value per non-zero weight of results whose width the task does not declare
     (sparse vectors)."""
