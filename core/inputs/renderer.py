@@ -109,29 +109,47 @@ class Renderer:
     async def accept(self, request: PoolRequest, worker: Worker | None = None) -> PoolRequest:
         """A server's request made ready for the door (:meth:`render`): its ``input_type`` read
         (:meth:`side`: a prompt name, an instruction put before each text, or a retrieval side), its
-        inputs or chat ``messages`` checked against its ``limits`` (:mod:`poolkit.inputs.shapes`),
-        each conversation rendered (:meth:`render_input`: remote media fetched, the template run by
-        ``worker``), its ``salt`` put on its parameters.
+        inputs or chat ``messages`` checked against its ``limits`` (:mod:`poolkit.inputs.shapes`;
+        none: the surface checked them), each conversation and each input of content parts rendered
+        (:meth:`render_input`: remote media fetched, the template run by ``worker``), its ``salt``
+        put on its parameters.
+
+        Inputs of content parts (Cohere's) take the ``input_type``'s text by the one rule for text
+        and media together: for a vision-language model, the prompt's or the instruction's text
+        goes before every text and is every chat's system message; for a dual encoder, whose images
+        are read alone, the texts are instructed or prompted as texts alone are.
 
         Raises:
-            InvalidRequest: the field at fault named.
+            InvalidRequest: the field at fault named; a retrieval side named for inputs with media.
         """
         options = request.chat_options or {}
-        resolved = self.side(request.task or "", request.input_type, prompt_name=request.prompt_name)
+        resolved = self.side(request.task or "", request.input_type, request.input_aliases, prompt_name=request.prompt_name)
         chats.check_template_kwargs(options.get("chat_template_kwargs"))
-        limits = request.limits or InputLimits(None, None)
-        special = request.add_special_tokens
+        special, prompt_name = request.add_special_tokens, request.prompt_name or resolved.prompt_name
         if request.messages is not None:
             if request.inputs is not None:
                 raise InvalidRequest("send either 'input' or 'messages', not both", param="messages")
+            limits = request.limits or InputLimits(None, None)
             inputs = [await self.render_input(chat, worker=worker) for chat in shapes.message_chats(request.messages, options, limits)]
             special = None  # the template writes the special tokens; chat_options say whether the tokenizer adds its own
         else:
-            inputs = shapes.input_items(request.inputs, limits)
+            inputs = shapes.input_items(request.inputs, request.limits) if request.limits is not None else list(request.inputs)
+        parts = [i for i, item in enumerate(inputs) if shapes.is_content(item)]
+        if not parts:
+            inputs = resolved.instructed(inputs)
+        elif resolved.side is not None:
+            raise InvalidRequest(f"input_type '{request.input_type}' is a retrieval side of texts: send texts", param="input_type")
+        else:
+            together = self.reads.media
+            before = resolved.text if together else resolved.prefix
+            inputs = [before + item if before and isinstance(item, str) else item for item in inputs]
+            for i in parts:
+                inputs[i] = await self.render_input(inputs[i], f"inputs[{i}]", system=before if together else None, worker=worker)
+            prompt_name = None if together else prompt_name
         params = request.params.with_salt(request.salt) if isinstance(request.params, PoolingParams) else request.params
         return dataclasses.replace(
-            request, inputs=resolved.instructed(inputs), messages=None, chat_options=None, input_type=None, salt=None, limits=None,
-            prompt_name=request.prompt_name or resolved.prompt_name, side=resolved.side, params=params, add_special_tokens=special,
+            request, inputs=inputs, messages=None, chat_options=None, input_type=None, input_aliases=(), salt=None, limits=None,
+            prompt_name=prompt_name, side=resolved.side, params=params, add_special_tokens=special,
         )
 
     async def render_input(

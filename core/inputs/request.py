@@ -53,7 +53,8 @@ class PoolRequest:
 
     A server's request carries more, which :meth:`poolkit.inputs.Renderer.accept` reads before the
     door: ``input_type`` as the wire gives it (a prompt name, an instruction's name or a retrieval
-    side: :meth:`poolkit.inputs.Renderer.side`), ``chat_options`` (vLLM's chat fields of its
+    side: :meth:`poolkit.inputs.Renderer.side`) and ``input_aliases`` (the names that say the same in a
+    sentence-transformers config: Cohere's ``search_query``, ``query``), ``chat_options`` (vLLM's chat fields of its
     ``messages``), the ``salt`` of its prompts' shared prefixes, and the ``limits`` its inputs are
     checked against.
     """
@@ -70,6 +71,7 @@ class PoolRequest:
     truncation: dict[str, Any] | None = None
     lora_request: Any = None
     input_type: str | None = None
+    input_aliases: tuple[str, ...] = ()
     chat_options: dict[str, Any] | None = None
     salt: str | None = None
     limits: InputLimits | None = None

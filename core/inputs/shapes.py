@@ -54,6 +54,11 @@ def input_items(value: Any, limits: InputLimits, where: str = "input") -> list[A
     return prompts
 
 
+def is_content(item: Any) -> bool:
+    """Whether an input is a list of chat content parts (``{"type": "text", ...}``, ``image_url``, ...)."""
+    return isinstance(item, list) and bool(item) and all(isinstance(part, dict) for part in item)
+
+
 def message_chats(messages: Any, options: dict[str, Any], limits: InputLimits) -> list[Chat]:
     """The conversations of a ``messages`` field (one conversation, or a list of them), each with
     vLLM's chat fields ``options``.

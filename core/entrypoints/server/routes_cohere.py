@@ -2,7 +2,7 @@
 
 A dual encoder (CLIP, SigLIP) embeds each image alone (one content part per input); a
 vision-language model (one whose renderer reads media) also takes inputs of text and
-images together (:func:`_prompt`).
+images together (:meth:`poolkit.inputs.Renderer.accept`).
 """
 
 from __future__ import annotations
@@ -18,12 +18,13 @@ from ...contracts.io import Prompt
 from ...inputs.chat import checked_text
 from ...inputs.content import Reads
 from ...inputs.media import check_image_url
+from ...inputs.request import PoolRequest
 from ..encodings import binary, cohere_base64, ubinary
 from ..protocol import TEXT, BaseRequest, Positive, list_of, one_of, schema
 from ..serving.errors import ApiError
-from ..serving.inputs import check_count, check_dimensions, check_model, pooling_params, render_input
+from ..serving.inputs import check_count, check_dimensions, check_model, pooling_params, run_request
 from ..serving.state import ModelState
-from ..serving.work import check_response, check_truncation, run_task
+from ..serving.work import check_response, check_truncation
 from .deps import Model, State
 from .endpoints import Endpoints
 from .wire import check_finite, request_id, respond, types_bytes
@@ -115,7 +116,6 @@ COHERE_SIDES = {"search_query": ("query",), "search_document": ("document", "pas
 async def cohere_embed(body: CohereEmbedRequest, request: Request, st: State, llm: Model) -> Response:
     check_model(st, body.model)
     items = _items(st, body, st.renderer.reads)
-    prompt_name, prefix, side, before = st.renderer.side("embed", body.input_type, COHERE_SIDES.get(body.input_type or "", ()))
     types = list(dict.fromkeys(body.embedding_types))
     if not types:
         raise ApiError(400, "embedding_types must not be empty", param="embedding_types")
@@ -140,17 +140,13 @@ async def cohere_embed(body: CohereEmbedRequest, request: Request, st: State, ll
     ).with_salt(body.cache_salt)
     check_response(st, len(items) * (width or 0), types_bytes(types, width), estimated=True)
     images = [i for i, (kind, _) in enumerate(items) if kind in ("image", "media")]
-    if side is not None and any(kind != "text" for kind, _ in items):
-        raise ApiError(400, f"input_type '{body.input_type}' is a retrieval side of texts: send texts", param="input_type")
     check = (lambda prompts: _check_untruncated(st, prompts, body.max_tokens)) if body.truncate == "NONE" else None
-    if any(kind == "media" for kind, _ in items):  # text and media read together: the prompt's text goes before each
-        raw = [await _prompt(request, st, kind, value, i, before) for i, (kind, value) in enumerate(items)]
-        _, results = await run_task(request, st, llm, "embed", raw, params, number_bytes=types_bytes(types, width), check=check)
-    else:  # texts, and a dual encoder's images (one each, no text): the texts under the request's prompt or side
-        raw = [await _prompt(request, st, kind, value, i, prefix) for i, (kind, value) in enumerate(items)]
-        _, results = await run_task(
-            request, st, llm, "embed", raw, params, prompt_name, number_bytes=types_bytes(types, width), check=check, side=side
-        )
+    # the input_type, its text before texts and media, and the rule for text and media together: the renderer's
+    record = PoolRequest(
+        [value if kind == "text" else _content(kind, value) for kind, value in items], task="embed", params=params,
+        input_type=body.input_type, input_aliases=COHERE_SIDES.get(body.input_type or "", ()),
+    )
+    _, results = await run_request(request, st, llm, record, types_bytes(types, width), check)
     image_set = set(images)
 
     # An image runs as one sequence without text tokens: it is billed as one token.
@@ -173,16 +169,10 @@ async def cohere_embed(body: CohereEmbedRequest, request: Request, st: State, ll
     return await respond(build, sum(t.numel() for t, _ in results) * len(types))
 
 
-async def _prompt(request: Request, st: ModelState, kind: str, value: Any, index: int, before: str | None) -> Any:
-    """One input as its prompt: a text with ``before`` (the ``input_type``'s text) before it; a dual
-    encoder's image alone, or an input of text and media by the renderer's one rule for them
-    (:meth:`poolkit.inputs.Renderer.render_input`: for a vision-language model with a chat
-    template, a chat of one user message after ``before`` as its system message)."""
-    if kind == "text":
-        return before + value if before else value
+def _content(kind: str, value: Any) -> list[dict[str, Any]]:
+    """An image (a dual encoder's, alone) or an input of text and media as chat content parts, in order."""
     parts = value if kind == "media" else [("image", value)]
-    content = [{"type": "text", "text": v} if part == "text" else {"type": f"{part}_url", f"{part}_url": {"url": v}} for part, v in parts]
-    return await render_input(request, st, content, f"inputs[{index}]", system=before if kind == "media" else None)
+    return [{"type": "text", "text": v} if part == "text" else {"type": f"{part}_url", f"{part}_url": {"url": v}} for part, v in parts]
 
 
 def _items(st: ModelState, body: CohereEmbedRequest, reads: Reads) -> list[tuple[str, Any]]:

@@ -108,15 +108,18 @@ async def run_inputs(
     return await run_request(call, st, llm, request, number_bytes)
 
 
-async def run_request(call: Call | Request, st: ModelState, llm: LLM, request: PoolRequest, number_bytes: float) -> tuple[Any, Any]:
+async def run_request(
+    call: Call | Request, st: ModelState, llm: LLM, request: PoolRequest, number_bytes: float, check: Callable[[Any], None] | None = None
+) -> tuple[Any, Any]:
     """A server's request record accepted by the renderer (:meth:`poolkit.inputs.Renderer.accept`:
     its inputs checked, its conversations rendered on the worker thread, its ``input_type`` read),
     then run (:func:`~poolkit.entrypoints.serving.work.run_task`); texts keep the tokenizer's special
-    tokens unless the request says ``add_special_tokens: false`` (vLLM's default)."""
+    tokens unless the request says ``add_special_tokens: false`` (vLLM's default); ``check`` sees the
+    prepared prompts before they run."""
     ready = await st.renderer.accept(request, BatcherWorker(call, st))
     return await run_task(
         call, st, llm, ready.task or "", list(ready.inputs), ready.params, ready.prompt_name,
-        add_special_tokens=ready.add_special_tokens is not False, number_bytes=number_bytes, side=ready.side,
+        add_special_tokens=ready.add_special_tokens is not False, number_bytes=number_bytes, check=check, side=ready.side,
     )
 
 
