@@ -255,8 +255,9 @@ class _Model(AdapterMethods):
         not added again), cut at ``max_seq_length``."""
         from ..contracts.io import Prompt
 
-        if any(_is_media(i) for i in inputs):
-            inputs = [self._media_prompt(i) if _is_media(i) else i for i in inputs]
+        if any(_is_media(i) for i in inputs):  # made prompts by the renderer's rule for text and media together
+            media = [self._media_parts(i) if _is_media(i) else i for i in inputs]
+            inputs = settled(self.llm.renderer.accept(PoolRequest(media, task=pooling_task), offline=True)).inputs
         if any(isinstance(i, (tuple, list)) for i in inputs):
             inputs = [Prompt(text=i[0], text_pair=i[1]) if isinstance(i, (tuple, list)) else Prompt(text=i) for i in inputs]
         task, parsed, checked = self.llm.render(PoolRequest(
@@ -264,9 +265,9 @@ class _Model(AdapterMethods):
         ))
         return self.llm.run(task, parsed, checked)
 
-    def _media_prompt(self, item: Any) -> Any:
+    def _media_parts(self, item: Any) -> Any:
         """A PIL image, or sentence-transformers' multimodal dict (``{"text": ..., "image": ...}``,
-        ``"image"`` one image or a list), as a prompt with images.
+        ``"image"`` one image or a list), as chat content parts (a text alone as it is).
 
         As sentence-transformers turns such inputs into one chat message whose content parts follow
         the dict's keys, a vision-language model with a chat template reads that message rendered;
@@ -288,7 +289,7 @@ class _Model(AdapterMethods):
             {"type": "text", "text": text} if key == "text" else {"type": "image_pil", "image_pil": image}
             for key in typed for image in ([None] if key == "text" else images)
         ]
-        return settled(self.llm.renderer.render_input(content, "inputs", offline=True))
+        return content
 
     def _matrix(self, pooling_task: str, inputs: list[Any], params: PoolingParams | None = None, prefix: str | None = None) -> torch.Tensor:
         """:meth:`_run`'s results as one float32 row per input."""

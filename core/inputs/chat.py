@@ -35,7 +35,9 @@ def check_template_kwargs(kwargs: Mapping[str, Any] | None) -> None:
     Raises:
         InvalidRequest: naming the reserved keys.
     """
-    reserved = sorted(set(kwargs or {}) & set(RESERVED_TEMPLATE_KWARGS))
+    if not kwargs:  # most requests: nothing to check, on the single-text path's budget
+        return
+    reserved = sorted(set(kwargs) & set(RESERVED_TEMPLATE_KWARGS))
     if reserved:
         raise InvalidRequest(f"chat_template_kwargs may not set {', '.join(reserved)}", param="chat_template_kwargs")
 

@@ -8,7 +8,7 @@ server admits the work of a request's inputs by before they are rendered.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, NamedTuple, Sequence
 
 from ..contracts.errors import InvalidRequest
 from ..contracts.io import IOProcessor, Prompt
@@ -33,6 +33,8 @@ class Reads(NamedTuple):
             tokenizer's), or ``None``.
         prompt_names: the names a request may give the prompt its inputs are read with, besides
             the retrieval sides: the model's prompt names and its config's ``task_instructions``.
+        prompts: the model's prompts (sentence-transformers' ``prompts``: name -> text).
+        default_prompt_name: the prompt put before every input that names none, or ``None``.
     """
 
     media: bool
@@ -41,6 +43,21 @@ class Reads(NamedTuple):
     part_types: tuple[str, ...]
     chat_template: str | None
     prompt_names: list[str]
+    prompts: Mapping[str, str]
+    default_prompt_name: str | None
+
+    def prefix(self, prompt_name: str | None) -> str | None:
+        """The text a prompt name puts before each input; with none, the default prompt's.
+
+        Raises:
+            InvalidRequest: a name the model does not have.
+        """
+        if prompt_name is None:
+            return self.prompts.get(self.default_prompt_name) if self.default_prompt_name else None
+        if prompt_name not in self.prompts:
+            known = ", ".join(sorted(self.prompts)) or "none"
+            raise InvalidRequest(f"unknown prompt_name '{prompt_name}'; the model's prompts: {known}", param="input_type")
+        return self.prompts[prompt_name]
 
 
 class MediaRules:

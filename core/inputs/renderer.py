@@ -10,7 +10,6 @@ family's media processor (the architecture's :attr:`~poolkit.Architecture.media_
 
 from __future__ import annotations
 
-import dataclasses
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from ..contracts.errors import InvalidRequest, short
@@ -26,7 +25,7 @@ from .chat import Chat, Worker
 from .content import MediaRules, Reads
 from .media import MediaPolicy
 from .params import check_params
-from .request import InputLimits, PoolRequest, Rendered, Side
+from .request import Accepted, InputLimits, PoolRequest, Rendered, Side
 
 if TYPE_CHECKING:
     from ..contracts.architecture import LoadedModel
@@ -73,6 +72,21 @@ class Renderer:
         #: The family's media IO processor (a vision-language model's), or ``None``.
         self.media_processor: IOProcessor | None = processor
         self._media = MediaRules(model, self.media_policy, processor)
+        media, instructions = self._media, dict(getattr(model.hf_config, "task_instructions", None) or {})
+        self._reads = Reads(
+            media.reads_media, media.takes_images, media.takes_videos, media.part_types,
+            chat_template or getattr(model.tokenizer, "chat_template", None) or None,
+            sorted(set(model.prompts) | set(instructions)), dict(model.prompts), model.default_prompt_name,
+        )
+
+    @property
+    def reads(self) -> Reads:
+        """What the model reads: media with text, images, videos, its chat template (read again each
+        time: a tokenizer's template may be set after loading), its prompts."""
+        template = self.chat_template_override or getattr(self.model.tokenizer, "chat_template", None) or None
+        if template != self._reads.chat_template:
+            self._reads = self._reads._replace(chat_template=template)
+        return self._reads
 
     def configured(self, **settings: Any) -> "Renderer":
         """A renderer of the same model with other settings (the server's, per served model), sharing
@@ -106,13 +120,14 @@ class Renderer:
                     raise InvalidRequest(f"prompt {index}: {LateChunkingParams.NEEDS_TEXT}")
         return Rendered(task, parsed, params)
 
-    async def accept(self, request: PoolRequest, worker: Worker | None = None) -> PoolRequest:
+    async def accept(self, request: PoolRequest, worker: Worker | None = None, *, offline: bool = False) -> Accepted:
         """A server's request made ready for the door (:meth:`render`): its ``input_type`` read
         (:meth:`side`: a prompt name, an instruction put before each text, or a retrieval side), its
         inputs or chat ``messages`` checked against its ``limits`` (:mod:`poolkit.inputs.shapes`;
         none: the surface checked them), each conversation and each input of content parts rendered
-        (:meth:`render_input`: remote media fetched, the template run by ``worker``), its ``salt``
-        put on its parameters.
+        (:meth:`render_input`: remote media fetched, the template run by ``worker``; ``offline``:
+        media read as given, :func:`poolkit.inputs.chat.settled` runs it), its ``salt`` put on its
+        parameters. An input may also be a :class:`Chat`, rendered as it is.
 
         Inputs of content parts (Cohere's) take the ``input_type``'s text by the one rule for text
         and media together: for a vision-language model, the prompt's or the instruction's text
@@ -134,23 +149,21 @@ class Renderer:
             special = None  # the template writes the special tokens; chat_options say whether the tokenizer adds its own
         else:
             inputs = shapes.input_items(request.inputs, request.limits) if request.limits is not None else list(request.inputs)
-        parts = [i for i, item in enumerate(inputs) if shapes.is_content(item)]
+        parts = [i for i, item in enumerate(inputs) if item.__class__ is Chat or item.__class__ is list and shapes.is_content(item)]
         if not parts:
             inputs = resolved.instructed(inputs)
         elif resolved.side is not None:
             raise InvalidRequest(f"input_type '{request.input_type}' is a retrieval side of texts: send texts", param="input_type")
         else:
-            together = self.reads.media
+            together = self._reads.media
             before = resolved.text if together else resolved.prefix
             inputs = [before + item if before and isinstance(item, str) else item for item in inputs]
             for i in parts:
-                inputs[i] = await self.render_input(inputs[i], f"inputs[{i}]", system=before if together else None, worker=worker)
+                system = before if together else None
+                inputs[i] = await self.render_input(inputs[i], f"inputs[{i}]", system=system, worker=worker, offline=offline)
             prompt_name = None if together else prompt_name
         params = request.params.with_salt(request.salt) if isinstance(request.params, PoolingParams) else request.params
-        return dataclasses.replace(
-            request, inputs=inputs, messages=None, chat_options=None, input_type=None, input_aliases=(), salt=None, limits=None,
-            prompt_name=prompt_name, side=resolved.side, params=params, add_special_tokens=special,
-        )
+        return Accepted(request.task or "", inputs, params, prompt_name, resolved.side, special)
 
     async def render_input(
         self, item: Chat | Sequence[Any], where: str = "input", *, system: str | None = None,
@@ -227,7 +240,7 @@ class Renderer:
                 raise InvalidRequest(f"messages: model '{self.model.name}' reads images apart from text: they have no token ids", param="messages")
             return {"input_ids": list(prepared.token_ids)}
         if prompt_name is not None:
-            prefix = self.prefix(prompt_name)
+            prefix = self._reads.prefix(prompt_name)
         read = as_read(self.model, [text], prefix)[0]
         extra = {"return_offsets_mapping": True, "return_special_tokens_mask": True} if offsets else {}
         return self.model.tokenizer(read, add_special_tokens=add_special_tokens, verbose=False, **extra)
@@ -247,31 +260,7 @@ class Renderer:
 
     # -- what the model reads --------------------------------------------------------------------
 
-    @property
-    def reads(self) -> Reads:
-        """What the model reads: media with text, images, videos, its chat template, its prompt names."""
-        media = self._media
-        template = self.chat_template_override or getattr(self.model.tokenizer, "chat_template", None) or None
-        names = sorted(set(self.model.prompts) | set(self._instructions))
-        return Reads(media.reads_media, media.takes_images, media.takes_videos, media.part_types, template, names)
-
     # -- prompt names ----------------------------------------------------------------------------
-
-    def prefix(self, prompt_name: str | None) -> str | None:
-        """The text a prompt name (sentence-transformers' ``prompts``) puts before each input; with
-        none, the model's default prompt's.
-
-        Raises:
-            InvalidRequest: a name the model does not have.
-        """
-        prompts = self.model.prompts
-        if prompt_name is None:
-            name = self.model.default_prompt_name
-            return prompts.get(name) if name else None
-        if prompt_name not in prompts:
-            known = ", ".join(sorted(prompts)) or "none"
-            raise InvalidRequest(f"unknown prompt_name '{prompt_name}'; the model's prompts: {known}", param="input_type")
-        return prompts[prompt_name]
 
     def input_type(self, input_type: str | None) -> tuple[str | None, str | None]:
         """``input_type`` as a prompt name of the model, or as the text of its task instruction.
@@ -286,7 +275,7 @@ class Renderer:
         if input_type in self._instructions:
             return None, str(self._instructions[input_type])
         given = f"Unsupported input_type {short(input_type, 40)!r}."
-        known = self.reads.prompt_names
+        known = self._reads.prompt_names
         if not known:
             raise InvalidRequest(f"{given} This model does not define any input_type task instructions.", param="input_type")
         raise InvalidRequest(f"{given} Supported values: {', '.join(known)}", param="input_type")
@@ -310,7 +299,7 @@ class Renderer:
         if input_type is None:
             return Side(None, None, None)
         takes_sides = self.model.task(task).takes_sides
-        known = self.reads.prompt_names
+        known = self._reads.prompt_names
         if aliases and input_type not in known:
             if not set(known) & set(aliases) and self.own_sides(aliases[0]):  # a retriever's own side
                 input_type = aliases[0]
@@ -340,7 +329,7 @@ class Renderer:
         if chats.has_chat(inputs):
             inputs = [self.chat_prompt(self.chat(item, chat_options, i)) if chats.is_chat(item) else item for i, item in enumerate(chats.chat_items(inputs))]
         parsed = self._with_media(PromptBatch.of(registry("io_processor").get("text").pre_process(inputs)))
-        prefix = self.prefix(prompt_name) if prefix is None else prefix
+        prefix = self._reads.prefix(prompt_name) if prefix is None else prefix
         if prefix:
             parsed.set_prefix(prefix)
         return parsed

@@ -91,6 +91,20 @@ def side_kwargs(side: str, sides: bool = True) -> dict[str, Any] | None:
     return {"input_type": side} if sides else None
 
 
+class Accepted(NamedTuple):
+    """A server's request as the renderer accepted it (:meth:`poolkit.inputs.Renderer.accept`), ready
+    for the door: its inputs checked and rendered where they needed it, the prompt it names, its
+    retrieval side, its parameters (under its salt) and whether its texts keep the tokenizer's
+    special tokens (``False``: they do not; ``None`` or ``True``: they do)."""
+
+    task: str
+    inputs: list[Any]
+    params: Any
+    prompt_name: str | None
+    side: str | None
+    add_special_tokens: bool | None
+
+
 class Rendered(NamedTuple):
     """What the renderer's door made of a :class:`PoolRequest`: the task, its prompts and one
     verified :class:`~poolkit.contracts.params.PoolingParams` each."""

@@ -22,6 +22,7 @@ from ...contracts.tasks import stray_options
 from ...inputs.chat import chat_of, checked_text
 from ...inputs.content import media_cost
 from ...inputs.pairs import SIDE_LIMITS, MediaItem, has_media, score_side
+from ...inputs.request import PoolRequest
 from ...plugins.lookup import option_owners
 from ...runtime.estimates import tokens_of_text
 from ..protocol import (
@@ -45,7 +46,7 @@ from ..protocol import (
     schema,
 )
 from ..serving.errors import ApiError
-from ..serving.inputs import check_count, check_model, check_token_ids, pooling_params, render_input, run_inputs
+from ..serving.inputs import accepted, check_count, check_model, check_token_ids, pooling_params, run_inputs
 from ..serving.scoring import score_pairs, scorer_of
 from ..serving.state import ModelState
 from ..serving.work import JSON_NUMBER_BYTES, check_tokens, check_truncation, until_done
@@ -484,7 +485,7 @@ async def tokenize(body: TokenizeRequest, request: Request, st: State, llm: Mode
             "add_generation_prompt": (not continuing) if body.add_generation_prompt is None else body.add_generation_prompt,
             "continue_final_message": continuing, "add_special_tokens": bool(body.add_special_tokens),
         }, instead="prompt")
-        prompt = await render_input(request, st, chat)
+        (prompt,) = (await accepted(request, st, PoolRequest([chat]))).inputs
         if isinstance(prompt, dict):
             ids = prompt["prompt_token_ids"]
         else:  # with media: their placeholders expanded as the model's media processor does

@@ -14,7 +14,7 @@ from ...contracts.params import PoolingParams
 from ...inputs import chat as chats
 from ...inputs import shapes
 from ...inputs.renderer import Renderer
-from ...inputs.request import PoolRequest
+from ...inputs.request import Accepted, PoolRequest
 from .call import Call
 from .door import served_model
 from .errors import ApiError
@@ -116,9 +116,9 @@ async def run_request(
     then run (:func:`~poolkit.entrypoints.serving.work.run_task`); texts keep the tokenizer's special
     tokens unless the request says ``add_special_tokens: false`` (vLLM's default); ``check`` sees the
     prepared prompts before they run."""
-    ready = await st.renderer.accept(request, BatcherWorker(call, st))
+    ready = await accepted(call, st, request)
     return await run_task(
-        call, st, llm, ready.task or "", list(ready.inputs), ready.params, ready.prompt_name,
+        call, st, llm, ready.task, ready.inputs, ready.params, ready.prompt_name,
         add_special_tokens=ready.add_special_tokens is not False, number_bytes=number_bytes, check=check, side=ready.side,
     )
 
@@ -134,9 +134,9 @@ class BatcherWorker:
         return await until_done(self.call, self.st, self.st.batcher.call(work, cost))
 
 
-async def render_input(call: Call | Request, st: ModelState, item: Any, where: str = "input", system: str | None = None) -> Any:
-    """One conversation, or one input's content parts, as a prompt (its token ids, or its text with its
-    media), by the model's renderer (:meth:`poolkit.inputs.Renderer.render_input`): remote media fetched
-    under ``--allowed-media-domains``, the template rendered and tokenized on the worker thread."""
+async def accepted(call: Call | Request, st: ModelState, request: PoolRequest) -> Accepted:
+    """``request`` as the model's renderer accepts it (:meth:`poolkit.inputs.Renderer.accept`):
+    remote media fetched under ``--allowed-media-domains``, templates rendered and tokenized on the
+    worker thread, dropped when the client goes."""
     renderer: Renderer = st.renderer
-    return await renderer.render_input(item, where, system=system, worker=BatcherWorker(call, st))
+    return await renderer.accept(request, BatcherWorker(call, st))

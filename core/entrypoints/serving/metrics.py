@@ -10,15 +10,20 @@ nothing is added to the library's global default registry.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from ...runtime.batching import Batcher
 
-if TYPE_CHECKING:
-    from .state import ModelState
+
+class Labelled(Protocol):
+    """A served model as its metrics see it (``ModelState``, which imports this module)."""
+
+    @property
+    def label(self) -> str: ...
+
 
 #: The content type of :meth:`ServerMetrics.exposition`: Prometheus text format 0.0.4.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -64,7 +69,7 @@ class _StateCollector:
             yield family
 
 
-def _label(model: ModelState) -> str:
+def _label(model: Labelled) -> str:
     """A model's ``model`` label: its served name, never its directory (``ModelState.label``)."""
     return model.label
 
@@ -86,7 +91,7 @@ class _WithoutCreated:
 class ModelMetrics:
     """One model's series of the server's metrics, labelled with its served name."""
 
-    def __init__(self, metrics: "ServerMetrics", model: ModelState) -> None:
+    def __init__(self, metrics: "ServerMetrics", model: Labelled) -> None:
         self.metrics = metrics
         self.model = model
 

@@ -391,7 +391,7 @@ async def tokens_of(body: Tokenize, call: Call, st: ModelState, llm: LLM) -> lis
             raise empty_input()
         checked_text(text, "inputs")
     try:  # what /embed prepends
-        prefix = st.renderer.prefix(prompt_name_of(st, body.prompt_name)) or ""
+        prefix = st.renderer.reads.prefix(prompt_name_of(st, body.prompt_name)) or ""
     except InvalidRequest as exc:
         raise ApiError(413, f"Input validation error: {exc}", param="prompt_name", tei=VALIDATION) from None
     renderer = st.renderer
