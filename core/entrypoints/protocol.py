@@ -38,6 +38,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from ..inputs.chat import RESERVED_TEMPLATE_KWARGS
+from ..inputs.request import InputLimits, PoolRequest
 
 #: Older spellings of ``use_activation`` that vLLM clients still send (deprecated in vLLM).
 ACTIVATION_ALIASES = ("normalize", "softmax", "activation")
@@ -249,3 +250,19 @@ class EncodingFields(BaseModel):
     @classmethod
     def _null_is_default(cls, value: Optional[str], info: Any) -> str:
         return cls.model_fields[info.field_name].default if value is None else value
+
+
+def record_of(body: Any, task: str, params: Any, prompt_name: str | None, limits: InputLimits) -> PoolRequest:
+    """The record of an ``input`` or ``messages`` request (``/v1/embeddings``, ``/pooling``,
+    ``/classify``) for ``task``: its inputs or conversations with vLLM's chat fields, its
+    ``input_type`` where the request has one, its special tokens and salt, ``params`` and the
+    server's ``limits`` on its inputs (:meth:`poolkit.inputs.Renderer.accept` reads them)."""
+    chat = {
+        "add_generation_prompt": body.add_generation_prompt, "continue_final_message": body.continue_final_message,
+        "chat_template_kwargs": body.chat_template_kwargs, "add_special_tokens": bool(body.add_special_tokens),
+    }
+    return PoolRequest(
+        body.input, task=task, params=params, messages=body.messages, prompt_name=prompt_name,
+        input_type=getattr(body, "input_type", None), add_special_tokens=body.add_special_tokens, chat_options=chat,
+        salt=body.cache_salt, limits=limits,
+    )

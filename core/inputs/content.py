@@ -8,7 +8,7 @@ server admits the work of a request's inputs by before they are rendered.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from ..contracts.errors import InvalidRequest
 from ..contracts.io import IOProcessor, Prompt
@@ -19,45 +19,6 @@ from .media import IMAGE_TOKEN_GUESS, MediaPolicy, check_image_url, image_values
 
 if TYPE_CHECKING:
     from ..contracts.architecture import LoadedModel
-
-
-class Reads(NamedTuple):
-    """What a loaded model reads, as its renderer says (:attr:`poolkit.inputs.Renderer.reads`).
-
-    Attributes:
-        media: text and media in one prompt (a vision-language model).
-        images: images at all (a vision-language model, or a dual encoder such as CLIP).
-        videos: videos (its media processor says so).
-        part_types: the chat content part types of the media it reads.
-        chat_template: the template conversations are rendered with (the override, else the
-            tokenizer's), or ``None``.
-        prompt_names: the names a request may give the prompt its inputs are read with, besides
-            the retrieval sides: the model's prompt names and its config's ``task_instructions``.
-        prompts: the model's prompts (sentence-transformers' ``prompts``: name -> text).
-        default_prompt_name: the prompt put before every input that names none, or ``None``.
-    """
-
-    media: bool
-    images: bool
-    videos: bool
-    part_types: tuple[str, ...]
-    chat_template: str | None
-    prompt_names: list[str]
-    prompts: Mapping[str, str]
-    default_prompt_name: str | None
-
-    def prefix(self, prompt_name: str | None) -> str | None:
-        """The text a prompt name puts before each input; with none, the default prompt's.
-
-        Raises:
-            InvalidRequest: a name the model does not have.
-        """
-        if prompt_name is None:
-            return self.prompts.get(self.default_prompt_name) if self.default_prompt_name else None
-        if prompt_name not in self.prompts:
-            known = ", ".join(sorted(self.prompts)) or "none"
-            raise InvalidRequest(f"unknown prompt_name '{prompt_name}'; the model's prompts: {known}", param="input_type")
-        return self.prompts[prompt_name]
 
 
 class MediaRules:

@@ -22,10 +22,10 @@ from ..runtime.tokenizing import as_read
 from . import chat as chats
 from . import shapes
 from .chat import Chat, Worker
-from .content import MediaRules, Reads
+from .content import MediaRules
 from .media import MediaPolicy
 from .params import check_params
-from .request import Accepted, InputLimits, PoolRequest, Rendered, Side
+from .request import Accepted, InputLimits, PoolRequest, Reads, Rendered, Side
 
 if TYPE_CHECKING:
     from ..contracts.architecture import LoadedModel

@@ -16,9 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr
 from ...contracts.errors import InvalidRequest
 from ...contracts.io import Prompt
 from ...inputs.chat import checked_text
-from ...inputs.content import Reads
 from ...inputs.media import check_image_url
-from ...inputs.request import PoolRequest
+from ...inputs.request import PoolRequest, Reads
 from ..encodings import binary, cohere_base64, ubinary
 from ..protocol import TEXT, BaseRequest, Positive, list_of, one_of, schema
 from ..serving.errors import ApiError

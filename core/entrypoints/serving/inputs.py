@@ -15,6 +15,7 @@ from ...inputs import chat as chats
 from ...inputs import shapes
 from ...inputs.renderer import Renderer
 from ...inputs.request import Accepted, PoolRequest
+from ..protocol import record_of
 from .call import Call
 from .door import served_model
 from .errors import ApiError
@@ -81,9 +82,9 @@ async def run_inputs(
     prompt_name: str | None = None, **fields: Any
 ) -> tuple[Any, Any]:
     """A request of ``input`` or chat ``messages`` (``/v1/embeddings``, ``/pooling``, ``/classify``) run
-    for ``task_name``: its record (:class:`~poolkit.inputs.request.PoolRequest`) of the fields those
-    requests share (``dimensions`` where the body has it, ``use_activation``, the truncation, the
-    ``input_type``, vLLM's chat fields, the salt) and ``fields``, with the prompt of the model's
+    for ``task_name``: its parameters of the fields those requests share (``dimensions`` where the
+    body has it, ``use_activation``, the truncation) and ``fields``, its record
+    (:func:`poolkit.entrypoints.protocol.record_of`) with the prompt of the model's
     sentence-transformers config named ``prompt_name`` (Jina's ``task``), run by :func:`run_request`.
 
     Returns:
@@ -96,23 +97,14 @@ async def run_inputs(
         truncation_side=body.truncation_side, **fields,
     )
     llm.task(task_name)  # a task the model lacks is refused before any input is read or rendered
-    chat = {
-        "add_generation_prompt": body.add_generation_prompt, "continue_final_message": body.continue_final_message,
-        "chat_template_kwargs": body.chat_template_kwargs, "add_special_tokens": bool(body.add_special_tokens),
-    }
-    request = PoolRequest(
-        body.input, task=task_name, params=params, messages=body.messages, prompt_name=prompt_name,
-        input_type=getattr(body, "input_type", None), add_special_tokens=body.add_special_tokens, chat_options=chat,
-        salt=body.cache_salt, limits=st.input_limits,
-    )
-    return await run_request(call, st, llm, request, number_bytes)
+    return await run_request(call, st, llm, record_of(body, task_name, params, prompt_name, st.input_limits), number_bytes)
 
 
 async def run_request(
     call: Call | Request, st: ModelState, llm: LLM, request: PoolRequest, number_bytes: float, check: Callable[[Any], None] | None = None
 ) -> tuple[Any, Any]:
     """A server's request record accepted by the renderer (:meth:`poolkit.inputs.Renderer.accept`:
-    its inputs checked, its conversations rendered on the worker thread, its ``input_type`` read),
+    its inputs checked, its conversations rendered on the worker thread, its side read),
     then run (:func:`~poolkit.entrypoints.serving.work.run_task`); texts keep the tokenizer's special
     tokens unless the request says ``add_special_tokens: false`` (vLLM's default); ``check`` sees the
     prepared prompts before they run."""
