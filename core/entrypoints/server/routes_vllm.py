@@ -15,13 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 from pydantic_core import PydanticCustomError
 
 from ...contracts.errors import InvalidRequest, UnknownName, short
-from ...contracts.params import PoolingParams
 from ...contracts.scoring import RESERVED_TEMPLATE_KWARGS as RESERVED_SCORE_KWARGS
-from ...contracts.scoring import check_template_kwargs
 from ...contracts.tasks import stray_options
 from ...inputs.chat import chat_of, checked_text
 from ...inputs.content import media_cost
-from ...inputs.pairs import SIDE_LIMITS, MediaItem, has_media, score_side
 from ...inputs.request import PoolRequest
 from ...plugins.lookup import option_owners
 from ...runtime.estimates import tokens_of_text
@@ -45,11 +42,12 @@ from ..protocol import (
     one_of,
     schema,
 )
+from ..serving import scoring
+from ..serving.call import Call
 from ..serving.errors import ApiError
-from ..serving.inputs import accepted, check_count, check_model, check_token_ids, pooling_params, run_inputs
-from ..serving.scoring import score_pairs, scorer_of
+from ..serving.inputs import accepted, check_model, check_token_ids, run_inputs
 from ..serving.state import ModelState
-from ..serving.work import JSON_NUMBER_BYTES, check_tokens, check_truncation, until_done
+from ..serving.work import JSON_NUMBER_BYTES, check_tokens, until_done
 from .deps import Model, State
 from .endpoints import Endpoints
 from .wire import check_finite, encode_tensor, jsonable, list_response, number_bytes, request_id, respond, usage
@@ -326,93 +324,11 @@ async def _plugin(request: Request, st: ModelState, llm: LLM, body: PoolingReque
 # -- scoring ---------------------------------------------------------------------------------------
 
 
-def _texts(value: Any, what: str, where: str) -> list[str]:
-    items = [value] if isinstance(value, str) else list(value)
-    if not items:
-        raise ApiError(400, f"At least one {what} element must be given", param=where)
-    for i, text in enumerate(items):
-        checked_text(text, f"{where}[{i}]" if not isinstance(value, str) else where)
-    return items
-
-
-async def _score_side(st: ModelState, llm: LLM, value: Any, what: str, where: str) -> list[Any]:
-    """One side of a score request: texts, or inputs with images (vLLM's multimodal score input,
-    :func:`poolkit.inputs.pairs.score_side`) whose images are data URIs, or remote URLs the server may
-    fetch (``--allowed-media-domains``); never files."""
-    if isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value)):
-        return _texts(value, what, where)
-    try:
-        items = score_side(value, what)
-    except InvalidRequest as exc:
-        raise ApiError(400, str(exc), param=where) from None
-    check_count(st, len(items), where)
-    if has_media(items) and not st.renderer.reads.images:
-        raise ApiError(400, f"MultiModalParam is not supported for {llm.model.architecture_name}", param=where)
-    out: list[Any] = []
-    for i, item in enumerate(items):
-        at = f"{where}[{i}]"
-        if isinstance(item, str):
-            checked_text(item, at)
-            out.append(item)
-            continue
-        if any(not isinstance(image, str) for image in item.images):
-            raise ApiError(400, f"{at}: an image_url part takes {{'url': 'data:image/...;base64,...'}}", param=at)
-        images = await st.renderer.fetch_media(item.images, at)
-        out.append(MediaItem(item.text, tuple(images)))
-    return out
-
-
-def _score_params(llm: LLM, body: Any) -> PoolingParams:
-    """The pooling parameters of a score or rerank request; its score options ride in
-    ``extra_kwargs``, as in vLLM. ``truncate_prompt_tokens: null`` sent explicitly stays set: it
-    turns off the truncation a CrossEncoder export applies by default (vLLM)."""
-    check_truncation(llm, body.truncate_prompt_tokens)
-    extra: dict[str, Any] = {k: v for k in SIDE_LIMITS if (v := getattr(body, k)) is not None}
-    for name, limit in extra.items():
-        try:
-            llm.check_score_limit(name, limit)
-        except InvalidRequest as exc:
-            raise ApiError(400, str(exc), param=name) from None
-    if body.chat_template_kwargs is not None:
-        try:
-            check_template_kwargs(body.chat_template_kwargs)
-        except InvalidRequest as exc:
-            raise ApiError(400, str(exc), param="chat_template_kwargs") from None
-        extra["chat_template_kwargs"] = body.chat_template_kwargs
-    params = pooling_params(
-        use_activation=body.use_activation,
-        truncate_prompt_tokens=body.truncate_prompt_tokens,
-        truncation_side=body.truncation_side,
-        extra_kwargs=extra or None,
-    ).with_salt(body.cache_salt)
-    if body.truncate_prompt_tokens is None and "truncate_prompt_tokens" in body.model_fields_set:
-        params = params.model_copy(update={"truncate_prompt_tokens": None})
-    return params
-
-
 async def score(body: ScoreRequest, request: Request, st: State, llm: Model) -> Response:
     check_model(st, body.model)
-    scorer_of(llm)
-    firsts = [(n, v) for n, v in (("text_1", body.text_1), ("data_1", body.data_1), ("queries", body.queries)) if v is not None]
-    seconds = [
-        (n, v)
-        for n, v in (("text_2", body.text_2), ("data_2", body.data_2), ("documents", body.documents), ("items", body.items))
-        if v is not None
-    ]
-    if len(firsts) != 1 or len(seconds) != 1 or (firsts[0][0], seconds[0][0]) not in SCORE_PAIRS:
-        raise ApiError(400, "send one pair of inputs: text_1 and text_2 (or data_1 and data_2, or queries and documents)", param="text_1")
-    (name_1, value_1), (name_2, value_2) = firsts[0], seconds[0]
-    first = await _score_side(st, llm, value_1, "text", name_1)
-    second = await _score_side(st, llm, value_2, "text_pair", name_2)
-    try:
-        pairs = llm.pair(first, second)
-    except InvalidRequest as exc:
-        raise ApiError(400, str(exc), param=name_2) from None
-    check_count(st, len(first) + len(second) if len(first) > 1 else len(second), name_2)
-    outputs = await score_pairs(request, st, llm, pairs, _score_params(llm, body), body.instruction)
+    scores, tokens = await scoring.score(scoring.Score.of(body), Call.of(request), st, llm)
     rid, created = request_id(request, "score"), int(time.time())
-    tokens = sum(len(o.prompt_token_ids) for o in outputs)
-    data = [{"index": i, "object": "score", "score": o.outputs.score} for i, o in enumerate(outputs)]
+    data = [{"index": i, "object": "score", "score": s} for i, s in enumerate(scores)]
     return await respond(
         lambda: {"id": rid, "object": "list", "created": created, "model": st.served, "data": data, "usage": usage(tokens)},
         len(data),
@@ -421,37 +337,13 @@ async def score(body: ScoreRequest, request: Request, st: State, llm: Model) -> 
 
 async def rerank(body: RerankRequest, request: Request, st: State, llm: Model) -> Response:
     check_model(st, body.model)
-    scorer_of(llm)
-    checked_text(body.query, "query")
-    if body.top_n < 0:
-        raise ApiError(400, f"top_n must be 0 (all) or a positive number, got {body.top_n}", param="top_n")
-    given = body.documents if isinstance(body.documents, list) else [body.documents]
-    docs = [d.text if isinstance(d, RerankDocument) else d["text"] if isinstance(d, dict) and "content" not in d else d for d in given]
-    if not docs:
-        raise ApiError(400, "At least one document element must be given", param="documents")
-    check_count(st, len(docs), "documents")
-    if all(isinstance(doc, str) for doc in docs):
-        for i, doc in enumerate(docs):
-            checked_text(doc, f"documents[{i}]")
-        inputs = docs
-    else:  # documents with images: the Scoring API's multimodal inputs
-        inputs = await _score_side(st, llm, docs, "document", "documents")
-    params = _score_params(llm, body)
-    try:
-        pairs = llm.pair(body.query, inputs)
-    except InvalidRequest as exc:
-        raise ApiError(400, str(exc), param="documents") from None
-    outputs = await score_pairs(request, st, llm, pairs, params, body.instruction)
-    order = sorted(range(len(docs)), key=lambda i: -outputs[i].outputs.score)
-    if 0 < body.top_n < len(order):
-        order = order[: body.top_n]
+    order, scores, docs, tokens = await scoring.rerank(scoring.Rerank.of(body), Call.of(request), st, llm)
     results = []
     for i in order:
-        result: dict[str, Any] = {"index": i, "relevance_score": outputs[i].outputs.score}
+        result: dict[str, Any] = {"index": i, "relevance_score": scores[i]}
         if body.return_documents:
             result["document"] = {"text": docs[i]} if isinstance(docs[i], str) else {"multi_modal": docs[i]}
         results.append(result)
-    tokens = sum(len(o.prompt_token_ids) for o in outputs)
     rid = request_id(request, "rerank")
     return await respond(
         lambda: {"id": rid, "model": st.served, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}, "results": results},
