@@ -12,7 +12,6 @@ functions, so pairing (1:1, 1:N, N:N) and the per-side token limits (``max_token
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
 from ..contracts.errors import InvalidRequest
@@ -20,6 +19,7 @@ from ..contracts.io import Prompt
 from ..contracts.scoring import CROSS_ENCODER_KEYS, score_extra
 from ..plugins.lookup import registry
 from .chat import content_part
+from .request import MediaItem
 
 if TYPE_CHECKING:
     import torch
@@ -35,29 +35,6 @@ SIDE_LIMITS = ("max_tokens_per_query", "max_tokens_per_doc")
 #: Content part types that carry an image: vLLM's ``image_url`` (a data URI, a file path or, on
 #: the server, fetched bytes) and its offline ``image_pil`` (a PIL image).
 IMAGE_PARTS = ("image_url", "image_pil")
-
-
-@dataclass(frozen=True, eq=False)
-class MediaItem:
-    """One input of a score request with images: a document (or query) of ``images`` and,
-    optionally, ``text`` (vLLM's ``ScoreMultiModalParam`` content). Hashed by identity, so a
-    scorer that embeds each distinct input once embeds a broadcast query once.
-
-    Attributes:
-        text: the text parts, joined by new lines, or ``None``. With images, a vision-language
-            model reads it as the prompt, which then carries its image placeholders.
-        images: the images, each what ``multi_modal_data["image"]`` takes.
-    """
-
-    text: str | None
-    images: tuple[Any, ...]
-
-    def prompt(self) -> dict[str, Any]:
-        """The input as ``LLM.embed`` takes it: ``{"prompt", "multi_modal_data": {"image": [...]}}``."""
-        return {"prompt": self.text or "", "multi_modal_data": {"image": list(self.images)}}
-
-    def __repr__(self) -> str:
-        return f"MediaItem(text={self.text!r}, images={len(self.images)})"
 
 
 def _part(part: Any, where: str) -> tuple[str, Any]:

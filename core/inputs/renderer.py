@@ -2,7 +2,7 @@
 
 Every surface (``LLM``, the CLI, each route of the server, corpus jobs, the sentence-transformers
 classes, Ray) converts its own schema into inputs — texts, token ids, :class:`~poolkit.inputs.chat.Chat`
-conversations, prompts with media (:class:`~poolkit.inputs.pairs.MediaItem`), score pairs, plugin
+conversations, prompts with media (:class:`~poolkit.inputs.request.MediaItem`), score pairs, plugin
 data — and hands them here. The renderer owns what turns them into prompts: the model's prompt
 names and prefixes, its chat template, media parts with their URL policy and fetching, and the
 family's media processor (the architecture's :attr:`~poolkit.Architecture.media_processor`).
@@ -25,12 +25,16 @@ from .chat import Chat, Worker
 from .content import MediaRules
 from .media import MediaPolicy
 from .params import check_params
-from .request import Accepted, InputLimits, PoolRequest, Reads, Rendered, Side
+from .request import Accepted, InputLimits, MediaItem, PoolRequest, Reads, Rendered, Side
 
 if TYPE_CHECKING:
     from ..contracts.architecture import LoadedModel
     from ..contracts.tasks import Task
     from ..runtime.engine import Engine
+
+#: The side of a request that names no ``input_type``.
+NO_SIDE = Side(None, None, None)
+
 
 class Renderer:
     """Turns a loaded model's inputs into its prompts.
@@ -127,7 +131,8 @@ class Renderer:
         none: the surface checked them), each conversation and each input of content parts rendered
         (:meth:`render_input`: remote media fetched, the template run by ``worker``; ``offline``:
         media read as given, :func:`poolkit.inputs.chat.settled` runs it), its ``salt`` put on its
-        parameters. An input may also be a :class:`Chat`, rendered as it is.
+        parameters. An input may also be a :class:`Chat`, rendered as it is, or a score side's
+        :class:`~poolkit.inputs.request.MediaItem`, whose images are fetched.
 
         Inputs of content parts (Cohere's) take the ``input_type``'s text by the one rule for text
         and media together: for a vision-language model, the prompt's or the instruction's text
@@ -138,8 +143,11 @@ class Renderer:
             InvalidRequest: the field at fault named; a retrieval side named for inputs with media.
         """
         options = request.chat_options or {}
-        resolved = self.side(request.task or "", request.input_type, request.input_aliases, prompt_name=request.prompt_name)
-        chats.check_template_kwargs(options.get("chat_template_kwargs"))
+        resolved = NO_SIDE if request.input_type is None else self.side(
+            request.task or "", request.input_type, request.input_aliases, prompt_name=request.prompt_name
+        )
+        if options:
+            chats.check_template_kwargs(options.get("chat_template_kwargs"))
         special, prompt_name = request.add_special_tokens, request.prompt_name or resolved.prompt_name
         if request.messages is not None:
             if request.inputs is not None:
@@ -149,9 +157,12 @@ class Renderer:
             special = None  # the template writes the special tokens; chat_options say whether the tokenizer adds its own
         else:
             inputs = shapes.input_items(request.inputs, request.limits) if request.limits is not None else list(request.inputs)
-        parts = [i for i, item in enumerate(inputs) if item.__class__ is Chat or item.__class__ is list and shapes.is_content(item)]
+        parts = [
+            i for i, item in enumerate(inputs)
+            if item.__class__ in (Chat, MediaItem) or item.__class__ is list and shapes.is_content(item)
+        ]
         if not parts:
-            inputs = resolved.instructed(inputs)
+            inputs = inputs if resolved.prefix is None else resolved.instructed(inputs)
         elif resolved.side is not None:
             raise InvalidRequest(f"input_type '{request.input_type}' is a retrieval side of texts: send texts", param="input_type")
         else:
@@ -159,10 +170,17 @@ class Renderer:
             before = resolved.text if together else resolved.prefix
             inputs = [before + item if before and isinstance(item, str) else item for item in inputs]
             for i in parts:
-                system = before if together else None
-                inputs[i] = await self.render_input(inputs[i], f"inputs[{i}]", system=system, worker=worker, offline=offline)
+                item, at = inputs[i], f"{request.where}[{i}]"
+                if item.__class__ is MediaItem:  # a score side's input: its images fetched, read with its pair later
+                    self._media.check_count(["image"] * len(item.images), at)
+                    inputs[i] = MediaItem(item.text, tuple(await self._media.values([(url, at) for url in item.images])))
+                else:
+                    system = before if together else None
+                    inputs[i] = await self.render_input(item, at, system=system, worker=worker, offline=offline)
             prompt_name = None if together else prompt_name
-        params = request.params.with_salt(request.salt) if isinstance(request.params, PoolingParams) else request.params
+        params = request.params
+        if request.salt is not None and isinstance(params, PoolingParams):
+            params = params.with_salt(request.salt)
         return Accepted(request.task or "", inputs, params, prompt_name, resolved.side, special)
 
     async def render_input(
@@ -210,12 +228,6 @@ class Renderer:
         values = self._media.offline_values(media) if offline else await self._media.values([(url, where) for url in urls])
         text = "\n".join(texts) if texts else None
         return self._media.prompt((system or "") + text if text else None, values, where, kinds=kinds)
-
-    async def fetch_media(self, urls: Sequence[str], where: str) -> list[Any]:
-        """The images of one input (a score request's side), checked against the model's limit and
-        the media policy: data URIs as they are, allowed remote ones fetched."""
-        self._media.check_count(["image"] * len(urls), where)
-        return await self._media.values([(url, where) for url in urls])
 
     # -- the tokenizer's door (the tokenize and detokenize routes) ------------------------------
 
@@ -297,7 +309,7 @@ class Renderer:
             InvalidRequest: a role the model has neither (Cohere's wording); two prompts named.
         """
         if input_type is None:
-            return Side(None, None, None)
+            return NO_SIDE
         takes_sides = self.model.task(task).takes_sides
         known = self._reads.prompt_names
         if aliases and input_type not in known:

@@ -54,7 +54,8 @@ class PoolRequest:
     A server's request carries more, which :meth:`poolkit.inputs.Renderer.accept` reads before the
     door: ``input_type`` as the wire gives it (a prompt name, an instruction's name or a retrieval
     side: :meth:`poolkit.inputs.Renderer.side`) and ``input_aliases`` (the names that say the same in a
-    sentence-transformers config: Cohere's ``search_query``, ``query``), ``chat_options`` (vLLM's chat fields of its
+    sentence-transformers config: Cohere's ``search_query``, ``query``), ``where`` (the field its
+    inputs came in, as its errors name it), ``chat_options`` (vLLM's chat fields of its
     ``messages``), the ``salt`` of its prompts' shared prefixes, and the ``limits`` its inputs are
     checked against.
     """
@@ -72,6 +73,7 @@ class PoolRequest:
     lora_request: Any = None
     input_type: str | None = None
     input_aliases: tuple[str, ...] = ()
+    where: str = "inputs"
     chat_options: dict[str, Any] | None = None
     salt: str | None = None
     limits: InputLimits | None = None
@@ -128,6 +130,29 @@ class Reads(NamedTuple):
             known = ", ".join(sorted(self.prompts)) or "none"
             raise InvalidRequest(f"unknown prompt_name '{prompt_name}'; the model's prompts: {known}", param="input_type")
         return self.prompts[prompt_name]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class MediaItem:
+    """One input of a score request with images: a document (or query) of ``images`` and,
+    optionally, ``text`` (vLLM's ``ScoreMultiModalParam`` content). Hashed by identity, so a
+    scorer that embeds each distinct input once embeds a broadcast query once.
+
+    Attributes:
+        text: the text parts, joined by new lines, or ``None``. With images, a vision-language
+            model reads it as the prompt, which then carries its image placeholders.
+        images: the images, each what ``multi_modal_data["image"]`` takes.
+    """
+
+    text: str | None
+    images: tuple[Any, ...]
+
+    def prompt(self) -> dict[str, Any]:
+        """The input as ``LLM.embed`` takes it: ``{"prompt", "multi_modal_data": {"image": [...]}}``."""
+        return {"prompt": self.text or "", "multi_modal_data": {"image": list(self.images)}}
+
+    def __repr__(self) -> str:
+        return f"MediaItem(text={self.text!r}, images={len(self.images)})"
 
 
 class Accepted(NamedTuple):

@@ -249,3 +249,41 @@ def test_the_serving_layer_knows_no_protocol():
     for path in sorted((ROOT / "core" / "entrypoints" / "grpc").glob("*.py")):
         found = [(line, m) for line, m in _imported_modules(path, "poolkit.entrypoints.grpc") if m.startswith("poolkit.entrypoints.server")]
         assert not found, (path.name, found)
+
+
+#: The package's folders (tests, plugins and .ci are not the package).
+PACKAGE = ("core", "builtin_models", "builtin_poolers", "io_processors", "kernels")
+
+
+def _package_sources() -> Iterator[tuple[Path, str]]:
+    for folder in PACKAGE:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            yield path, path.read_text(encoding="utf-8")
+
+
+def test_the_front_ends_pass_the_renderer_through_six_members():
+    """Every surface builds a request and passes the renderer's door; what lies behind it (sides,
+    prompt names, media, chats) is the renderer's own (issue 81: front ends called 23 members)."""
+    renderer = ROOT / "core" / "inputs" / "renderer.py"
+    tree = ast.parse(renderer.read_text(encoding="utf-8"))
+    (cls,) = [node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "Renderer"]
+    members = {node.name for node in cls.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    members |= {"reads", "model", "media_processor", "media_policy", "served"}
+    called: dict[str, set[str]] = {}
+    for path, text in _package_sources():
+        if path.parent == renderer.parent:
+            continue
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.Attribute) and node.attr in members:
+                owner = node.value
+                name = owner.attr if isinstance(owner, ast.Attribute) else owner.id if isinstance(owner, ast.Name) else ""
+                if name == "renderer":
+                    called.setdefault(node.attr, set()).add(str(path.relative_to(ROOT)))
+    assert len(called) <= 6, called
+
+
+def test_input_type_is_read_at_the_doors_only():
+    """A request's ``input_type`` is a wire field: the wire modules and the renderer's door read it,
+    tasks, architectures and the serving layer speak of a side (issue 81: 22 files read it)."""
+    found = sorted(str(path.relative_to(ROOT)) for path, text in _package_sources() if "input_type" in text)
+    assert len(found) <= 6, found

@@ -67,7 +67,8 @@ class MultiVectorRequest(BaseRequest):
 async def multi_vector(body: MultiVectorRequest, request: Request, st: State, llm: Model) -> Response:
     check_model(st, body.model)
     # Each type asked for is written: the response-bytes limit counts them all.
-    results, types = await jina.multi_vector(jina.MultiVector.of(body), Call.of(request), st, llm, types_bytes)
+    side = body.input_type if "input_type" in body.model_fields_set else None  # Jina's default is "document"
+    results, types = await jina.multi_vector(jina.MultiVector.of(body, side), Call.of(request), st, llm, types_bytes)
     rid, tokens = request_id(request, "mv"), results.num_tokens
 
     def build() -> dict:

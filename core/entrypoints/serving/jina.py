@@ -30,9 +30,10 @@ class MultiVector:
 
     #: A text or a list of texts (a list: a refusal names the item, ``input[i]``).
     input: str | list[str] = ""
-    input_type: str = "document"
-    #: ``input_type`` was sent, not defaulted: then a model without sides gets it too.
-    input_type_sent: bool = False
+    #: The retrieval side the texts are encoded in (Jina's default: a document).
+    side: str = "document"
+    #: The side was asked for, not defaulted: then a model without sides gets it too.
+    side_sent: bool = False
     #: One type (the answer holds that type's rows) or a list (the answer is keyed by type).
     embedding_type: str | list[str] = "float"
     dimensions: int | None = None
@@ -40,14 +41,14 @@ class MultiVector:
     cache_salt: str | None = None
 
     @classmethod
-    def of(cls, body: Any) -> MultiVector:
-        """The request of a body with the same fields (an HTTP route's parsed JSON); an input may be
-        Jina's ``TextDoc``, ``{"text": ...}`` (an object with ``text``)."""
-        fields = {f.name: getattr(body, f.name) for f in dataclasses.fields(cls) if f.name != "input_type_sent"}
+    def of(cls, body: Any, side: str | None) -> MultiVector:
+        """The request of a body with the same fields (an HTTP route's parsed JSON) and the side it
+        asks for (``None``: Jina's default); an input may be Jina's ``TextDoc``, ``{"text": ...}``
+        (an object with ``text``)."""
+        fields = {f.name: getattr(body, f.name) for f in dataclasses.fields(cls) if f.name not in ("side", "side_sent")}
         value = body.input
         texts = [_text(item) for item in value] if isinstance(value, list) else _text(value)
-        sent = "input_type" in getattr(body, "model_fields_set", ())
-        return cls(**{**fields, "input": texts, "input_type_sent": sent})
+        return cls(**{**fields, "input": texts}, side=side or "document", side_sent=side is not None)
 
 
 def _text(item: Any) -> str:
@@ -93,6 +94,6 @@ async def multi_vector(
         raise ApiError(400, f"Embedding dimension must be a multiple of 8 for binary embedding types, but got {width}.",
                        param="embedding_type")
     # Jina's default side is "document": a model without sides encodes its texts as they are then.
-    side = req.input_type if req.input_type_sent or llm.task(TOKEN_EMBED).has_roles(llm.model) else None
+    side = req.side if req.side_sent or llm.task(TOKEN_EMBED).has_roles(llm.model) else None
     _, results = await run_task(call, st, llm, TOKEN_EMBED, texts, params, number_bytes=number_bytes(types, width), side=side)
     return MultiVectors(results, types)

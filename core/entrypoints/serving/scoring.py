@@ -17,7 +17,8 @@ from ...contracts.errors import InvalidRequest, UnknownName
 from ...contracts.params import PoolingParams
 from ...contracts.scoring import check_template_kwargs
 from ...inputs.chat import checked_text
-from ...inputs.pairs import SIDE_LIMITS, MediaItem, has_media, score_side
+from ...inputs.pairs import SIDE_LIMITS, has_media, score_side
+from ...inputs.request import PoolRequest
 from ..protocol import SCORE_PAIRS
 from .call import Call
 from .errors import ApiError
@@ -190,9 +191,9 @@ async def _side(st: ModelState, llm: LLM, value: Any, what: str, where: str) -> 
             continue
         if any(not isinstance(image, str) for image in item.images):
             raise ApiError(400, f"{at}: an image_url part takes {{'url': 'data:image/...;base64,...'}}", param=at)
-        images = await renderer.fetch_media(item.images, at)
-        out.append(MediaItem(item.text, tuple(images)))
-    return out
+        out.append(item)
+    # the images fetched under the media policy, at most the model's limit of them an input
+    return (await renderer.accept(PoolRequest(out, where=where))).inputs
 
 
 def _params(llm: LLM, req: _Scoring) -> PoolingParams:
