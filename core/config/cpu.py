@@ -34,6 +34,11 @@ _DESCRIBING = ("model name", "flags", "Features", "CPU part")
 _LEVEL_FLAGS = (("AVX512", frozenset({"avx2", "avx512f"})), ("AVX2", frozenset({"avx2"})))
 
 
+def _flag(name: str) -> property:
+    """Whether the CPU has the feature flag ``name``."""
+    return property(lambda features: name in features.flags, doc=f"Whether the CPU has {name}.")
+
+
 @dataclass(frozen=True)
 class CpuFeatures:
     """This CPU's instruction sets, as the kernels and the device policy ask for them.
@@ -50,30 +55,16 @@ class CpuFeatures:
     capability: str
     signature: str
 
-    @property
-    def avx512f(self) -> bool:
-        """AVX-512 (its foundation): the compiled kernels' AVX-512 builds run here."""
-        return "avx512f" in self.flags
-
-    @property
-    def avx512_bf16(self) -> bool:
-        """AVX512-BF16 (``vdpbf16ps``; Zen 4, Cooper Lake and later)."""
-        return "avx512_bf16" in self.flags
-
-    @property
-    def avx512_vnni(self) -> bool:
-        """AVX512-VNNI (``vpdpbusd``, uint8 x int8 products summed into int32; Cascade Lake and later)."""
-        return "avx512_vnni" in self.flags
-
-    @property
-    def amx_bf16(self) -> bool:
-        """AMX tiles with bf16 products (Sapphire Rapids and later)."""
-        return "amx_bf16" in self.flags
-
-    @property
-    def amx_int8(self) -> bool:
-        """AMX tiles with int8 products."""
-        return "amx_int8" in self.flags
+    #: AVX-512 (its foundation): the compiled kernels' AVX-512 builds run here.
+    avx512f = _flag("avx512f")
+    #: AVX512-BF16 (``vdpbf16ps``; Zen 4, Cooper Lake and later).
+    avx512_bf16 = _flag("avx512_bf16")
+    #: AVX512-VNNI (``vpdpbusd``, uint8 x int8 products summed into int32; Cascade Lake and later).
+    avx512_vnni = _flag("avx512_vnni")
+    #: AMX tiles with bf16 products (Sapphire Rapids and later).
+    amx_bf16 = _flag("amx_bf16")
+    #: AMX tiles with int8 products.
+    amx_int8 = _flag("amx_int8")
 
     @property
     def avx512_dispatch(self) -> bool:
