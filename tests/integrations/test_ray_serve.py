@@ -424,12 +424,14 @@ def until(check, proc: subprocess.Popen, log: Path, what: str, deadline: float =
 
 def health(url: str, status: int):
     """``GET /health``'s response when it has ``status``, else ``None`` (nothing listening yet, or
-    Serve's 404 before the health application is deployed). Its timeout is a hang guard."""
+    Serve's 404 before the health application is deployed; or, while Ray starts, one of its own
+    services briefly on the port, which answers no HTTP/1.1: once Serve's proxy listens, the port
+    is its, or the server exits and :func:`until` says so). Its timeout is a hang guard."""
     import httpx
 
     try:
         got = httpx.get(f"{url}/health", timeout=120)
-    except httpx.ConnectError:
+    except (httpx.ConnectError, httpx.RemoteProtocolError):
         return None
     return got if got.status_code == status else None
 
