@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from ..contracts.errors import InvalidRequest
 from ..contracts.io import IOProcessor, Prompt
-from ..plugins.lookup import registry
 from ..runtime.estimates import estimate_costs
 from . import chat as chats
 from .media import IMAGE_TOKEN_GUESS, MediaPolicy, check_image_url, image_values
@@ -101,11 +100,6 @@ class MediaRules:
                 "images; send them as separate inputs", param=where,
             )
         return Prompt(extras={"image": media[0]})
-
-    def images(self, images: Sequence[Any], allow_local_files: bool = True) -> list[Prompt]:
-        """Images alone as prompts, decoded and pre-processed (a dual encoder's image inputs)."""
-        data = {"prompts": [Prompt(extras={"image": image}) for image in images], "model": self.model, "allow_local_files": allow_local_files}
-        return list(registry("io_processor").get("image").pre_process(data))
 
 
 def media_cost(prompts: Sequence[Any]) -> int:

@@ -232,27 +232,24 @@ class Renderer:
     # -- the tokenizer's door (the tokenize and detokenize routes) ------------------------------
 
     def tokenize(
-        self, text: str | Prompt, *, add_special_tokens: bool = True, prompt_name: str | None = None, prefix: str | None = None,
-        offsets: bool = False,
+        self, text: str | Prompt, *, add_special_tokens: bool = True, prefix: str | None = None, offsets: bool = False
     ) -> Any:
-        """The tokenizer's encoding of ``text`` as the model reads it (the prompt ``prompt_name``
-        names, or ``prefix``, before it; lower case where the model wants it:
+        """The tokenizer's encoding of ``text`` as the model reads it (``prefix``, a prompt's text,
+        before it; lower case where the model wants it:
         :func:`~poolkit.runtime.tokenizing.as_read`), its ``input_ids`` and, with ``offsets``, each
         token's character span and whether it is special. A prompt with media: its ``input_ids``
         with each placeholder expanded as the model's media processor expands it (what ``/tokenize``
         of a conversation with images answers).
 
         Raises:
-            InvalidRequest: an unknown prompt name; media of a model that reads them apart from text
-                (a dual encoder: they have no token ids).
+            InvalidRequest: media of a model that reads them apart from text (a dual encoder: they
+                have no token ids).
         """
         if isinstance(text, Prompt):
             (prepared,) = self.prompts([text])
             if prepared.token_ids is None:
                 raise InvalidRequest(f"messages: model '{self.model.name}' reads images apart from text: they have no token ids", param="messages")
             return {"input_ids": list(prepared.token_ids)}
-        if prompt_name is not None:
-            prefix = self._reads.prefix(prompt_name)
         read = as_read(self.model, [text], prefix)[0]
         extra = {"return_offsets_mapping": True, "return_special_tokens_mask": True} if offsets else {}
         return self.model.tokenizer(read, add_special_tokens=add_special_tokens, verbose=False, **extra)

@@ -10,16 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from layout import PACKAGES
 
 ROOT = Path(__file__).resolve().parents[2]
-#: source folder -> import name, as pyproject.toml maps them
-PACKAGES = {
-    "core": "poolkit",
-    "builtin_models": "poolkit.builtin_models",
-    "builtin_poolers": "poolkit.builtin_poolers",
-    "io_processors": "poolkit.io_processors",
-    "kernels": "poolkit.kernels",
-}
 #: names of built-in tasks, scorers and model families the core must not branch on
 BUILTIN_NAMES = {
     "embed", "classify", "token_embed", "token_classify", "sparse_embed", "plugin",

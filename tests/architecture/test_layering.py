@@ -17,6 +17,7 @@ from typing import Iterator
 
 import pytest
 import torch
+from layout import PACKAGES
 
 from poolkit import LLM, ModelLoadError
 from poolkit.builtin_models.blocks import linear as layers
@@ -251,12 +252,8 @@ def test_the_serving_layer_knows_no_protocol():
         assert not found, (path.name, found)
 
 
-#: The package's folders (tests, plugins and .ci are not the package).
-PACKAGE = ("core", "builtin_models", "builtin_poolers", "io_processors", "kernels")
-
-
 def _package_sources() -> Iterator[tuple[Path, str]]:
-    for folder in PACKAGE:
+    for folder in PACKAGES:
         for path in sorted((ROOT / folder).rglob("*.py")):
             yield path, path.read_text(encoding="utf-8")
 

@@ -13,16 +13,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+from layout import PACKAGES
 
 ROOT = Path(__file__).resolve().parents[2]
 #: The names pyproject.toml maps to source folders (its ``package-dir``).
-FOLDERS = {
-    "poolkit": "core",
-    "poolkit.builtin_models": "builtin_models",
-    "poolkit.builtin_poolers": "builtin_poolers",
-    "poolkit.io_processors": "io_processors",
-    "poolkit.kernels": "kernels",
-}
+FOLDERS = {name: folder for folder, name in PACKAGES.items()}
 
 
 def _configured(root: Path, monkeypatch: pytest.MonkeyPatch):
