@@ -71,7 +71,7 @@ class MediaRules:
                     raise InvalidRequest(f"{where}: remote media are fetched by the server only; send a data URI", param=where)
         return [url for _, url, _ in media]
 
-    def prompt(
+    def to_prompt(
         self, text: str | None, media: list[Any], where: str, add_special_tokens: bool = True, kinds: Sequence[str] | None = None
     ) -> Prompt:
         """The prompt of ``text`` with ``media`` (images, or videos where ``kinds`` says so) for the

@@ -227,7 +227,7 @@ class Renderer:
         media = [(kind, url, where) for kind, url in zip(kinds, urls)]
         values = self._media.offline_values(media) if offline else await self._media.values([(url, where) for url in urls])
         text = "\n".join(texts) if texts else None
-        return self._media.prompt((system or "") + text if text else None, values, where, kinds=kinds)
+        return self._media.to_prompt((system or "") + text if text else None, values, where, kinds=kinds)
 
     # -- the tokenizer's door (the tokenize and detokenize routes) ------------------------------
 
@@ -463,12 +463,12 @@ class Renderer:
             return given if given is not None else await self._media.values([(url, where) for _, url, where in media])
 
         if not self._media.reads_media:  # a dual encoder: one image, no text, no template
-            self._media.prompt("\n".join(texts), [None] * len(media), chat.where, kinds=kinds)
-            return self._media.prompt(None, await values(), chat.where, kinds=kinds)
+            self._media.to_prompt("\n".join(texts), [None] * len(media), chat.where, kinds=kinds)
+            return self._media.to_prompt(None, await values(), chat.where, kinds=kinds)
         render = self.chat_renderer(chat, rendered)
         fetched = await values()
         text = await worker.run(render, chats.rendering_cost(rendered))
-        return self._media.prompt(text, fetched, chat.where, add_special_tokens=chat.add_special_tokens, kinds=kinds)
+        return self._media.to_prompt(text, fetched, chat.where, add_special_tokens=chat.add_special_tokens, kinds=kinds)
 
     def chat_renderer(self, chat: Chat, messages: Sequence[Any] | None = None) -> Callable[[], str]:
         """Check ``chat``; its rendering as text, to run on the thread that tokenizes."""
