@@ -38,6 +38,7 @@ from poolkit.contracts.errors import InvalidRequest, ModelLoadError
 from poolkit.contracts.hookspecs import hookimpl
 from poolkit.loading.weights import base_model_name
 
+from .blocks.checks import decoder_checks
 from .decoders.llama import LlamaModel
 from .decoders.model import DecoderModel
 
@@ -111,11 +112,9 @@ class InternLM2ForRewardModel(LlamaModel, BorrowsConfig):
     default_pooling_type: ClassVar[str | None] = None
     default_token_pooling_type: ClassVar[str | None] = "ALL"
     classifier_prefixes: ClassVar[tuple[str, ...]] = ("v_head.",)
-    config_checks: ClassVar[ConfigChecks] = ConfigChecks(
-        sizes=DecoderModel.config_checks.sizes,
-        multiples=(("num_attention_heads", "num_key_value_heads"),),
-        layers={"num_hidden_layers": r"(?:^|\.)layers\.(\d+)\."},
-        shapes={
+    config_checks: ClassVar[ConfigChecks] = decoder_checks(
+        DecoderModel.config_checks.sizes,
+        {
             "tok_embeddings.weight": ("vocab_size", "hidden_size"),
             "layers.0.attention.wo.weight": ("hidden_size", ("num_attention_heads", "head_dim")),
             "layers.0.feed_forward.w1.weight": ("intermediate_size", "hidden_size"),

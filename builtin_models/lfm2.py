@@ -48,6 +48,7 @@ from poolkit.loading.weights import base_model_name, load_into
 from poolkit.plugins.lookup import kernel_for
 
 from .blocks.attention import GLOBAL
+from .blocks.checks import decoder_checks
 from .blocks.linear import fuse_projections, linear as linear_layer
 from .blocks.norms import RMSNorm, at_least_float32, residual_stream
 from .blocks.quantize import Quantizable
@@ -247,19 +248,18 @@ class Lfm2Model(Quantizable, Architecture):
     default_pooling_type: ClassVar[str | None] = "LAST"
     #: No :class:`~poolkit.contracts.capabilities.SharesPrefixes`: the convolutions carry state past a prefix.
     shares_prefixes: ClassVar[bool] = False
-    config_checks: ClassVar[ConfigChecks] = ConfigChecks(
-        sizes=(
+    config_checks: ClassVar[ConfigChecks] = decoder_checks(
+        (
             "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size",
             "vocab_size", "max_position_embeddings", "conv_L_cache",
         ),
-        multiples=(("hidden_size", "num_attention_heads"), ("num_attention_heads", "num_key_value_heads")),
-        layers={"num_hidden_layers": r"(?:^|\.)layers\.(\d+)\."},
-        shapes={
+        {
             "embed_tokens.weight": ("vocab_size", "hidden_size"),
             "self_attn.q_proj.weight": ("hidden_size", "hidden_size"),
             "conv.in_proj.weight": ((3, "hidden_size"), "hidden_size"),
             "conv.conv.weight": ("hidden_size", 1, "conv_L_cache"),
         },
+        multiples=(("hidden_size", "num_attention_heads"),),
     )
     #: Prefix of the backbone's tensors in ``Lfm2ForCausalLM`` checkpoints.
     checkpoint_prefix: ClassVar[str] = "model."

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -141,6 +142,7 @@ def token_pool(
     return out
 
 
+@dataclass(eq=False)
 class ClassifierHead:
     """Classifier logits, calibrated ``(x - logit_mean) / logit_sigma``, then the activation.
 
@@ -157,23 +159,16 @@ class ClassifierHead:
         step: a token head keeps only ``step_tag_id`` rows and ``returned_token_ids`` columns.
     """
 
-    def __init__(
-        self,
-        classifier: torch.nn.Module,
-        activation: Callable[[torch.Tensor], torch.Tensor] | None,
-        use_activation: bool,
-        logit_mean: float | None = None,
-        logit_sigma: float | None = None,
-        poolers: Sequence[Pooler] | None = None,
-        step: bool = False,
-    ) -> None:
-        self.classifier = classifier
-        self.activation = activation
-        self.use_activation = use_activation
-        self.logit_mean = logit_mean
-        self.logit_sigma = logit_sigma
-        self.poolers = list(poolers) if poolers else None
-        self.step = step
+    classifier: torch.nn.Module
+    activation: Callable[[torch.Tensor], torch.Tensor] | None
+    use_activation: bool
+    logit_mean: float | None = None
+    logit_sigma: float | None = None
+    poolers: Sequence[Pooler] | None = None
+    step: bool = False
+
+    def __post_init__(self) -> None:
+        self.poolers = list(self.poolers) if self.poolers else None
 
     def _activate(self, logits: torch.Tensor, activate: bool) -> torch.Tensor:
         if self.logit_mean is not None:

@@ -1,5 +1,5 @@
 """Config checks the families share: an encoder's sizes, layer count and tensor shapes, BERT's layout,
-a family's own fields added to another's checks, and the refusal of config switches a family does
+a decoder's layers and heads, a family's own fields added to another's checks, and the refusal of config switches a family does
 not cover."""
 
 from __future__ import annotations
@@ -44,6 +44,24 @@ def bert_layout_checks(sizes: tuple[str, ...], shapes: Mapping[str, tuple[Dim, .
     """:func:`encoder_checks` of an encoder laid out as BERT (layers ``encoder.layer.N.``, the
     tensors every such checkpoint has), with its family's own ``sizes`` and tensor ``shapes``."""
     return encoder_checks(r"(?:^|\.)encoder\.layer\.(\d+)\.", sizes, {**_BERT_LAYOUT_SHAPES, **shapes})
+
+
+#: Where a decoder checkpoint's layers are: ``layers.N.``, under a prefix (``model.``) or none.
+DECODER_LAYERS = r"(?:^|\.)layers\.(\d+)\."
+
+
+def decoder_checks(
+    sizes: tuple[str, ...], shapes: Mapping[str, tuple[Dim, ...]], multiples: tuple[tuple[str, str], ...] = ()
+) -> ConfigChecks:
+    """A decoder's config checks: its ``sizes``, the further ``multiples`` and query heads that
+    share the key/value heads evenly, as many layers as the checkpoint's ``layers.N.`` tensors
+    (:data:`DECODER_LAYERS`), and the tensor ``shapes``."""
+    return ConfigChecks(
+        sizes=sizes,
+        multiples=multiples + (("num_attention_heads", "num_key_value_heads"),),
+        layers={"num_hidden_layers": DECODER_LAYERS},
+        shapes=dict(shapes),
+    )
 
 
 def extend_checks(checks: ConfigChecks, sizes: tuple[str, ...] = (), shapes: Mapping[str, tuple] | None = None) -> ConfigChecks:

@@ -46,6 +46,7 @@ from poolkit.loading.weights import base_model_name, load_into
 from poolkit.plugins.lookup import kernel_for
 
 from ..blocks.attention import GLOBAL, SLIDING
+from ..blocks.checks import decoder_checks
 from ..blocks.norms import OffsetRMSNorm, RMSNorm, residual_stream
 from ..blocks.quantize import Quantizable
 from ..blocks.rotary import Rotary, rotary_cos_sin, rotary_parameters
@@ -199,14 +200,12 @@ class DecoderModel(Quantizable, Architecture, SharesPrefixes):
     default_pooling_type: ClassVar[str | None] = "LAST"
     #: No segment ids (not a :class:`~poolkit.contracts.capabilities.TakesTokenTypes`; said for readers of any model).
     uses_token_type_ids: ClassVar[bool] = False
-    config_checks: ClassVar[ConfigChecks] = ConfigChecks(
-        sizes=(
+    config_checks: ClassVar[ConfigChecks] = decoder_checks(
+        (
             "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
             "intermediate_size", "vocab_size", "max_position_embeddings",
         ),
-        multiples=(("num_attention_heads", "num_key_value_heads"),),
-        layers={"num_hidden_layers": r"(?:^|\.)layers\.(\d+)\."},
-        shapes={
+        {
             "embed_tokens.weight": ("vocab_size", "hidden_size"),
             "layers.0.self_attn.q_proj.weight": (("num_attention_heads", "head_dim"), "hidden_size"),
             "layers.0.self_attn.k_proj.weight": (("num_key_value_heads", "head_dim"), "hidden_size"),

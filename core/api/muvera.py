@@ -123,14 +123,7 @@ class Muvera:
         """A query's encoding: per partition the sum of its tokens (empty partitions stay zero), so
         its inner product with a document's encoding sums one similarity per query token, as MaxSim does.
 
-        Args:
-            vectors: the query's token vectors, ``[n, dim]`` with ``n >= 1``, finite.
-
-        Returns:
-            The encoding, 1-D float32 of length :attr:`embedding_size`.
-
-        Raises:
-            InvalidRequest: vectors that are empty, of another width, not 2-D, not floating-point or not finite.
+        ``vectors`` are the query's token vectors; the shape, the result and the errors are :meth:`process_document`'s.
         """
         return self._encode(self._as_matrix(vectors), document=False)
 

@@ -5,8 +5,9 @@ the hooks below, declared under the entry-point group ``poolkit.plugins``. The b
 poolers, activations, tasks, IO processors and kernels are plugins of exactly this kind.
 
 Every ``register`` callback is ``register(name, obj, override=False) -> None`` and validates
-``obj`` at once, raising ``TypeError`` naming the offender. ``docs/plugins.md`` is the reference
-for each hook and the contract of what it registers.
+``obj`` at once, raising ``TypeError`` naming the offender. The ``poolkit_register_*`` hooks are
+called once each, the first time poolkit looks anything up in a registry. ``docs/plugins.md`` is
+the reference for each hook and the contract of what it registers.
 """
 
 from __future__ import annotations
@@ -28,8 +29,6 @@ def poolkit_register_architectures(register):
             per loaded model). A class with a classification head declares in
             ``base_architecture`` the registered headless architecture that serves its
             checkpoints' hidden states for ``convert="embed"``; ``None`` means ``<Prefix>Model``.
-
-    Called once, the first time poolkit looks anything up in a registry.
     """
 
 
@@ -42,8 +41,6 @@ def poolkit_register_poolers(register):
             ``PoolerConfig(pooling_type=...)`` (matched case-insensitively); ``pooler`` is a
             :class:`poolkit.Pooler` instance (or subclass, instantiated with no arguments), or
             a function ``fn(hidden, batch)`` pooling each sequence to one row.
-
-    Called once, the first time poolkit looks anything up in a registry.
     """
 
 
@@ -56,8 +53,6 @@ def poolkit_register_activations(register):
             ``PoolerConfig(activation_fn=...)`` (matched case-insensitively); ``fn`` maps a
             tensor to a tensor of the same shape along its last dimension (``normalize``,
             ``softmax``, ...), or is a ``torch.nn.Module`` class instantiated with no arguments.
-
-    Called once, the first time poolkit looks anything up in a registry.
     """
 
 
@@ -70,8 +65,6 @@ def poolkit_register_io_processors(register):
             :class:`poolkit.IOProcessor` instance (or subclass, instantiated with no arguments),
             shared by every model; each model runs ``processor.bind(context)``, whose
             ``context`` (a :class:`poolkit.IOContext`) holds that model's tokenizer and config.
-
-    Called once, the first time poolkit looks anything up in a registry.
     """
 
 
@@ -86,8 +79,6 @@ def poolkit_register_kernels(register):
             reference it must match (:func:`poolkit.kernel_reference` gives a built-in op's,
             and may be called inside this hook). :func:`poolkit.select_kernel` picks the best
             available kernel per op and device type on every call.
-
-    Called once, the first time poolkit looks anything up in a registry.
     """
 
 
@@ -100,8 +91,6 @@ def poolkit_register_tasks(register):
             (lower-cased, ``pooling_task=name``); ``task`` is a :class:`poolkit.Task` instance
             (or subclass, instantiated with no arguments): which parameters it accepts, how it
             builds its head for a loaded model, and how it wraps its results.
-
-    Called once, the first time poolkit looks anything up in a registry.
     """
 
 
@@ -114,8 +103,6 @@ def poolkit_register_scorers(register):
             :class:`poolkit.Scorer` instance (or subclass, instantiated with no arguments): which
             models it supports, its priority among the scorers that support a model, and how it
             scores (query, document) pairs.
-
-    Called once, the first time poolkit looks anything up in a registry.
     """
 
 

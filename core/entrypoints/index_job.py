@@ -17,8 +17,9 @@ called complete only once every row reads back as written (their count and diges
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator
 
 from ..api.index import (
     LAYOUT,
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
 WRITE_ROWS = 512
 
 
+@dataclass
 class IndexSink:
     """A corpus job's sink (:class:`poolkit.entrypoints.jobs.JobSink`) that writes a new index.
 
@@ -57,17 +59,16 @@ class IndexSink:
         precision: how the index stores token vectors (:data:`poolkit.api.index.PRECISIONS`).
     """
 
-    name = "lancedb-index"
+    name: ClassVar[str] = "lancedb-index"
 
-    def __init__(
-        self, path: Path, llm: "LLM", token_pool_factor: float | None, ann: bool | None = None, precision: str = "float32"
-    ) -> None:
-        self.path = path
-        self.precision = precision
-        self.llm = llm
-        self.token_pool_factor = token_pool_factor
-        self.ann = ann
-        self.pooling = document_pooling(llm, token_pool_factor)
+    path: Path
+    llm: LLM
+    token_pool_factor: float | None
+    ann: bool | None = None
+    precision: str = "float32"
+
+    def __post_init__(self) -> None:
+        self.pooling = document_pooling(self.llm, self.token_pool_factor)
 
     def values(self, outputs: list[Any]) -> list[Any]:
         """A chunk's (unpooled) outputs as the index keeps them: less the skiplist's tokens, then pooled."""

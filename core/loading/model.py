@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+@dataclass(kw_only=True, eq=False, repr=False)
 class PoolingModel:
     """A loaded model: architecture, tokenizer and resolved pooling settings.
 
@@ -42,57 +44,36 @@ class PoolingModel:
     :class:`~poolkit.contracts.architecture.LoadedModel` the contracts describe.
     """
 
-    def __init__(
-        self,
-        *,
-        name: str,
-        path: Path,
-        hf_config: PretrainedConfig,
-        architecture_name: str,
-        architecture: Architecture,
-        tokenizer: Tokenizer,
-        st: STConfig | None,
-        pooler_config: PoolerConfig,
-        device: torch.device,
-        dtype: torch.dtype,
-        max_model_len: Setting,
-        allow_pickle: bool = False,
-        convert: str = "auto",
-        args: EngineArgs | None = None,
-        quantization: dict[str, Any] | None = None,
-        fallback: str | None = None,
-        warnings: list[str] | None = None,
-    ) -> None:
-        self.name = name
-        self.path = path
-        self.hf_config = hf_config
-        self.architecture_name = architecture_name
-        self.architecture = architecture
-        self.tokenizer = tokenizer
-        self.st = st
-        self.pooler_config = pooler_config
-        self.device = device
-        self.dtype = dtype
-        self.max_model_len = max_model_len
-        self.allow_pickle = allow_pickle
-        self.convert = convert
-        #: The :class:`EngineArgs` the model was loaded with.
-        self.args = args
-        #: What :meth:`Architecture.quantize` reported (layers in int8 and in float, the measured
-        #: cosine), or ``None`` for a model that runs unquantized.
-        self.quantization = quantization
-        #: For a model the transformers fallback runs, ``"transformers fallback: "`` and why (no
-        #: native port, ``model_impl``, the remote code it refused); ``None`` for the others.
-        self.fallback = fallback
-        #: What :meth:`Architecture.inspect_checkpoint` warned of at load (a causal LM served as an embedder).
-        self.warnings = list(warnings or [])
-        #: The model's LoRA adapters (:class:`poolkit.lora.manager.Adapters`), ``None`` without ``enable_lora``.
-        self.adapters: Any = None
-        self._heads: dict[str, Head | None] = {}
-        #: Tasks served by the architecture's own head (:meth:`Architecture.task_head`).
-        self._own_heads: set[str] = set()
-        #: Tasks whose run has logged :meth:`ignored_pooling_type`.
-        self._warned_pooling: set[str] = set()
+    name: str
+    path: Path
+    hf_config: PretrainedConfig
+    architecture_name: str
+    architecture: Architecture
+    tokenizer: Tokenizer
+    st: STConfig | None
+    pooler_config: PoolerConfig
+    device: torch.device
+    dtype: torch.dtype
+    max_model_len: Setting
+    allow_pickle: bool = False
+    convert: str = "auto"
+    #: The :class:`EngineArgs` the model was loaded with.
+    args: EngineArgs | None = None
+    #: What :meth:`Architecture.quantize` reported (layers in int8 and in float, the measured
+    #: cosine), or ``None`` for a model that runs unquantized.
+    quantization: dict[str, Any] | None = None
+    #: For a model the transformers fallback runs, ``"transformers fallback: "`` and why (no
+    #: native port, ``model_impl``, the remote code it refused); ``None`` for the others.
+    fallback: str | None = None
+    #: What :meth:`Architecture.inspect_checkpoint` warned of at load (a causal LM served as an embedder).
+    warnings: list[str] = field(default_factory=list)
+    #: The model's LoRA adapters (:class:`poolkit.lora.manager.Adapters`), ``None`` without ``enable_lora``.
+    adapters: Any = field(default=None, init=False)
+    _heads: dict[str, Head | None] = field(default_factory=dict, init=False)
+    #: Tasks served by the architecture's own head (:meth:`Architecture.task_head`).
+    _own_heads: set[str] = field(default_factory=set, init=False)
+    #: Tasks whose run has logged :meth:`ignored_pooling_type`.
+    _warned_pooling: set[str] = field(default_factory=set, init=False)
 
     # -- settings ------------------------------------------------------------------------------
 
