@@ -40,7 +40,6 @@ from poolkit.loading.weights import base_model_name
 
 from .blocks.checks import decoder_checks
 from .decoders.llama import LlamaModel
-from .decoders.model import DecoderModel
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
@@ -113,13 +112,13 @@ class InternLM2ForRewardModel(LlamaModel, BorrowsConfig):
     default_token_pooling_type: ClassVar[str | None] = "ALL"
     classifier_prefixes: ClassVar[tuple[str, ...]] = ("v_head.",)
     config_checks: ClassVar[ConfigChecks] = decoder_checks(
-        DecoderModel.config_checks.sizes,
         {
             "tok_embeddings.weight": ("vocab_size", "hidden_size"),
             "layers.0.attention.wo.weight": ("hidden_size", ("num_attention_heads", "head_dim")),
             "layers.0.feed_forward.w1.weight": ("intermediate_size", "hidden_size"),
             "v_head.weight": (1, "hidden_size"),
         },
+        ("head_dim",),
     )
     attention_bias_field: ClassVar[tuple[str, bool]] = ("bias", True)
 

@@ -249,16 +249,13 @@ class Lfm2Model(Quantizable, Architecture):
     #: No :class:`~poolkit.contracts.capabilities.SharesPrefixes`: the convolutions carry state past a prefix.
     shares_prefixes: ClassVar[bool] = False
     config_checks: ClassVar[ConfigChecks] = decoder_checks(
-        (
-            "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size",
-            "vocab_size", "max_position_embeddings", "conv_L_cache",
-        ),
         {
             "embed_tokens.weight": ("vocab_size", "hidden_size"),
             "self_attn.q_proj.weight": ("hidden_size", "hidden_size"),
             "conv.in_proj.weight": ((3, "hidden_size"), "hidden_size"),
             "conv.conv.weight": ("hidden_size", 1, "conv_L_cache"),
         },
+        ("conv_L_cache",),
         multiples=(("hidden_size", "num_attention_heads"),),
     )
     #: Prefix of the backbone's tensors in ``Lfm2ForCausalLM`` checkpoints.

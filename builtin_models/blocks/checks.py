@@ -51,13 +51,14 @@ DECODER_LAYERS = r"(?:^|\.)layers\.(\d+)\."
 
 
 def decoder_checks(
-    sizes: tuple[str, ...], shapes: Mapping[str, tuple[Dim, ...]], multiples: tuple[tuple[str, str], ...] = ()
+    shapes: Mapping[str, tuple[Dim, ...]], sizes: tuple[str, ...] = (), multiples: tuple[tuple[str, str], ...] = ()
 ) -> ConfigChecks:
-    """A decoder's config checks: its ``sizes``, the further ``multiples`` and query heads that
-    share the key/value heads evenly, as many layers as the checkpoint's ``layers.N.`` tensors
-    (:data:`DECODER_LAYERS`), and the tensor ``shapes``."""
+    """A decoder's config checks: the :data:`ENCODER_SIZES`, ``num_key_value_heads`` and its family's
+    own ``sizes``, the further ``multiples`` and query heads that share the key/value heads evenly,
+    as many layers as the checkpoint's ``layers.N.`` tensors (:data:`DECODER_LAYERS`), and the
+    tensor ``shapes``."""
     return ConfigChecks(
-        sizes=sizes,
+        sizes=ENCODER_SIZES + ("num_key_value_heads",) + sizes,
         multiples=multiples + (("num_attention_heads", "num_key_value_heads"),),
         layers={"num_hidden_layers": DECODER_LAYERS},
         shapes=dict(shapes),

@@ -201,16 +201,13 @@ class DecoderModel(Quantizable, Architecture, SharesPrefixes):
     #: No segment ids (not a :class:`~poolkit.contracts.capabilities.TakesTokenTypes`; said for readers of any model).
     uses_token_type_ids: ClassVar[bool] = False
     config_checks: ClassVar[ConfigChecks] = decoder_checks(
-        (
-            "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
-            "intermediate_size", "vocab_size", "max_position_embeddings",
-        ),
         {
             "embed_tokens.weight": ("vocab_size", "hidden_size"),
             "layers.0.self_attn.q_proj.weight": (("num_attention_heads", "head_dim"), "hidden_size"),
             "layers.0.self_attn.k_proj.weight": (("num_key_value_heads", "head_dim"), "hidden_size"),
             "layers.0.mlp.gate_proj.weight": ("intermediate_size", "hidden_size"),
         },
+        ("head_dim",),
     )
     #: Prefix of the backbone's tensors in task-model checkpoints (HF's ``base_model_prefix``).
     checkpoint_prefix: ClassVar[str] = "model."

@@ -200,22 +200,22 @@ class RequestFetches:
 _REQUEST_FETCHES: contextvars.ContextVar[RequestFetches | None] = contextvars.ContextVar("poolkit_request_fetches", default=None)
 
 
+@dataclasses.dataclass(eq=False)
 class _Fetch:
     """One remote image fetched with ``urllib`` (its proxies, TLS and redirects) on a thread, under a
     deadline over all of it: connecting, the headers, every redirect and the body. Past the deadline
     (or when the request stops) :meth:`abort` shuts its sockets, which ends a read that a host
     trickling its headers would otherwise hold."""
 
-    def __init__(self, url: str, where: str, policy: MediaPolicy, max_bytes: int, timeout: float, fetches: RequestFetches) -> None:
-        self.url = url
-        self.where = where
-        self.policy = policy
-        self.max_bytes = max_bytes
-        self.timeout = timeout
-        self.fetches = fetches
-        self._sockets: list[socket.socket] = []
-        self._aborted = False
-        self._lock = threading.Lock()
+    url: str
+    where: str
+    policy: MediaPolicy
+    max_bytes: int
+    timeout: float
+    fetches: RequestFetches
+    _sockets: list[socket.socket] = dataclasses.field(default_factory=list, init=False)
+    _aborted: bool = dataclasses.field(default=False, init=False)
+    _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, init=False)
 
     def too_slow(self) -> InvalidRequest:
         return InvalidRequest(f"{self.where}: fetching the image took longer than {self.timeout:g} s", param=self.where)
