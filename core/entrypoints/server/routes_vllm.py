@@ -4,9 +4,8 @@ vLLM serves too, is :mod:`~poolkit.entrypoints.server.routes_sagemaker`.)"""
 
 from __future__ import annotations
 
-import json
 import time
-from typing import TYPE_CHECKING, Annotated, Any, Dict, List, Optional, Union
+from typing import Annotated, Any, Dict, List, Optional, Union
 
 import torch
 from fastapi import Request
@@ -14,14 +13,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, WrapValidator
 from pydantic_core import PydanticCustomError
 
-from ...contracts.errors import InvalidRequest, UnknownName, short
 from ...contracts.scoring import RESERVED_TEMPLATE_KWARGS as RESERVED_SCORE_KWARGS
-from ...contracts.tasks import stray_options
-from ...inputs.chat import chat_of, checked_text
-from ...inputs.content import media_cost
-from ...inputs.request import PoolRequest
-from ...plugins.lookup import option_owners
-from ...runtime.estimates import tokens_of_text
 from ..protocol import (
     CONVERSATION,
     SCORE_PAIRS,
@@ -42,18 +34,14 @@ from ..protocol import (
     one_of,
     schema,
 )
-from ..serving import scoring
+from ..serving import pooling as pool
+from ..serving import scoring, tokens
 from ..serving.call import Call
-from ..serving.errors import ApiError
-from ..serving.inputs import accepted, check_model, check_token_ids, run_inputs
-from ..serving.state import ModelState
-from ..serving.work import JSON_NUMBER_BYTES, check_tokens, until_done
+from ..serving.inputs import check_model, run_inputs
+from ..serving.work import JSON_NUMBER_BYTES
 from .deps import Model, State
 from .endpoints import Endpoints
 from .wire import check_finite, encode_tensor, jsonable, list_response, number_bytes, request_id, respond, usage
-
-if TYPE_CHECKING:
-    from ...api.llm import LLM
 
 ENDPOINTS = Endpoints()
 
@@ -259,28 +247,13 @@ async def classify(body: ClassificationRequest, request: Request, st: State, llm
 @ENDPOINTS.post("/pooling", "Any pooling task (vLLM): 'task' chooses it per request; 'data' for the plugin task.", tensors=True)
 async def pooling(body: PoolingRequest, request: Request, st: State, llm: Model) -> Response:
     check_model(st, body.model)
-    plugin_task = llm.plugin_task
-    name = body.task or (plugin_task if body.data is not None else llm.default_task)
-    # Without an IO processor plugin the plugin task is just unsupported, as vLLM answers it.
-    if body.data is not None or (name is not None and name == plugin_task and plugin_task in llm.supported_tasks):
-        return await _plugin(request, st, llm, body, name)
-    try:
-        task = llm.task(name) if name is not None else None
-    except (InvalidRequest, UnknownName):
-        task = None
-    if task is None:  # vLLM's words
-        tasks = tuple(llm.supported_tasks)
-        raise ApiError(400, f"Unsupported task: {short(name, 40)!r} Supported tasks: {tasks}", param="task")
-    options = {"top_k": body.top_k, "threshold": body.threshold, "return_tokens": body.return_tokens}
-    if stray_options(task, options):
-        owners = option_owners(options)
-        where = f"task {' or '.join(repr(owner) for owner in owners)} only" if owners else "no task"
-        raise ApiError(400, f"{_listed(list(options))} apply to {where}", param="task")
-    options = {k: v for k, v in options.items() if v is not None}
-    task.check_options(options)
-    if not task.tensor_output and body.encoding_format != "float":
-        raise ApiError(
-            400, f"task '{task.name}' returns structured data, not tensors: use encoding_format 'float'", param="encoding_format"
+    req = pool.Pooling.of(body)
+    task, name, options = pool.plan(req, llm)
+    if task is None:
+        result, size = await pool.run_plugin(req, name, Call.of(request), st, llm)
+        rid, created = request_id(request, "pool"), int(time.time())
+        return await respond(
+            lambda: {"id": rid, "object": "list", "created": created, "model": st.served, "data": jsonable(result)}, size
         )
     _, results = await run_inputs(
         request, st, llm, body, task.name, number_bytes(body) if task.tensor_output else JSON_NUMBER_BYTES,
@@ -294,31 +267,6 @@ async def pooling(body: PoolingRequest, request: Request, st: State, llm: Model)
         return {"index": i, "object": "pooling", "data": encode_tensor(t, body), "shape": list(t.shape)}
 
     return await list_response(request, body, "pool", st.served, results, item)
-
-
-def _listed(names: list[str]) -> str:
-    """``a, b and c``."""
-    return f"{', '.join(names[:-1])} and {names[-1]}" if len(names) > 1 else names[0]
-
-
-async def _plugin(request: Request, st: ModelState, llm: LLM, body: PoolingRequest, task: str | None) -> Response:
-    """``/pooling`` with ``data``: the model's IO processor plugin makes prompts and its own result."""
-    plugin_task = llm.plugin_task
-    if task is None or task != plugin_task:
-        raise ApiError(400, f"The 'data' field is only supported for the '{plugin_task}' pooling task.", param="data")
-    if body.data is None:
-        raise ApiError(400, f"task '{task}' takes its input in 'data'", param="data")
-    size = len(json.dumps(body.data))
-    tokens = tokens_of_text(size)
-    check_tokens(st, tokens, "data")
-    data = body.data
-    outputs = await until_done(request, st, st.batcher.call(lambda: llm.encode({"data": data}, pooling_task=task), tokens))
-    rid, created = request_id(request, "pool"), int(time.time())
-    result = outputs[0].outputs if outputs else None
-    return await respond(
-        lambda: {"id": rid, "object": "list", "created": created, "model": st.served, "data": jsonable(result)},
-        size,
-    )
 
 
 # -- scoring ---------------------------------------------------------------------------------------
@@ -369,28 +317,7 @@ async def tokenize(body: TokenizeRequest, request: Request, st: State, llm: Mode
     """vLLM's ``/tokenize``: the ids the model's tokenizer makes of ``prompt`` (special tokens by
     default), or of ``messages`` rendered with the chat template (none added by default)."""
     check_model(st, body.model)
-    if (body.prompt is None) == (body.messages is None):
-        raise ApiError(400, "send either 'prompt' or 'messages'", param="prompt")
-    if body.messages is not None:
-        continuing = body.continue_final_message
-        chat = chat_of(body.messages, {
-            "add_generation_prompt": (not continuing) if body.add_generation_prompt is None else body.add_generation_prompt,
-            "continue_final_message": continuing, "add_special_tokens": bool(body.add_special_tokens),
-        }, instead="prompt")
-        (prompt,) = (await accepted(request, st, PoolRequest([chat]))).inputs
-        if isinstance(prompt, dict):
-            ids = prompt["prompt_token_ids"]
-        else:  # with media: their placeholders expanded as the model's media processor does
-            cost = media_cost([prompt])
-            ids = await until_done(request, st, st.batcher.call(lambda: st.renderer.tokenize(prompt)["input_ids"], cost))
-    else:
-        prompt = body.prompt
-        checked_text(prompt, "prompt")
-        tokens = tokens_of_text(len(prompt))
-        check_tokens(st, tokens, "prompt")
-        add_special = body.add_special_tokens is not False
-        ids = await until_done(request, st, st.batcher.call(lambda: st.renderer.tokenize(prompt, add_special_tokens=add_special)["input_ids"], tokens))
-    strs = st.renderer.detokenize(ids, each=True) if body.return_token_strs else None
+    ids, strs = await tokens.tokenize(tokens.Tokenize.of(body), Call.of(request), st)
     return await respond(
         lambda: {"count": len(ids), "max_model_len": st.max_len, "tokens": ids, "token_strs": strs}, len(ids)
     )
@@ -400,8 +327,5 @@ async def tokenize(body: TokenizeRequest, request: Request, st: State, llm: Mode
 async def detokenize(body: DetokenizeRequest, request: Request, st: State, llm: Model) -> Response:
     """vLLM's ``/detokenize``: ``tokens`` decoded by the model's tokenizer into ``prompt``."""
     check_model(st, body.model)
-    ids = list(body.tokens)
-    check_token_ids(st, ids, "tokens")
-    check_tokens(st, len(ids), "tokens")
-    text = await until_done(request, st, st.batcher.call(lambda: st.renderer.detokenize(ids), max(1, len(ids))))
+    text = await tokens.detokenize(tokens.Detokenize.of(body), Call.of(request), st)
     return await respond(lambda: {"prompt": text}, 1)
