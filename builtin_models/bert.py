@@ -7,9 +7,10 @@ time: one matmul instead of three.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
-from typing import TYPE_CHECKING, Callable, ClassVar, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, ClassVar, Iterable, Iterator, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -46,24 +47,35 @@ _QKV_PARTS = ("query", "key", "value")
 
 
 class BertEmbeddings(nn.Module):
-    """Word + position + token type embeddings, then LayerNorm."""
+    """Word + position + token type embeddings, then LayerNorm, as BERT's layout names them.
 
-    def __init__(self, config: PretrainedConfig, position_offset: int) -> None:
+    Args:
+        position_offset: added to each position before its embedding (RoBERTa's and MPNet's
+            ``padding_idx + 1``); ``None``: no position embeddings (JinaBERT's positions are ALiBi's,
+            in attention).
+        token_types: ``False``: no token type embeddings (MPNet).
+    """
+
+    def __init__(self, config: PretrainedConfig, position_offset: int | None, token_types: bool = True) -> None:
         super().__init__()
         self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
-        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        if position_offset is not None:
+            self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        if token_types:
+            self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.position_offset = position_offset
+        self.token_types = token_types
 
     def forward(self, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """The normed embeddings, fp32 and in the weights' dtype (:func:`post_norm`)."""
-        positions = batch.positions
-        if self.position_offset:
-            positions = positions + self.position_offset
         x = F.embedding(batch.input_ids, self.word_embeddings.weight)
-        x = x + F.embedding(positions, self.position_embeddings.weight)
-        return post_norm(self, add_token_types(x, batch, self.token_type_embeddings), None, self.LayerNorm)
+        if self.position_offset is not None:
+            positions = batch.positions + self.position_offset if self.position_offset else batch.positions
+            x = x + F.embedding(positions, self.position_embeddings.weight)
+        if self.token_types:
+            x = add_token_types(x, batch, self.token_type_embeddings)
+        return post_norm(self, x, None, self.LayerNorm)
 
 
 class BertResidualOutput(nn.Module):
@@ -142,10 +154,17 @@ class BertEncoder(nn.Module):
         self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
 
 
+class LayerStack(Protocol):
+    """An encoder as BERT's layout holds it: its layers in ``layer``."""
+
+    layer: nn.ModuleList
+
+
 class BertLayoutModel(Quantizable, Architecture):
-    """What the encoders laid out as BERT (BERT, RoBERTa, XLM-R, MPNet) share: CLS pooling by
-    default, the checkpoint names they load (a task model's prefix stripped, its heads skipped, q/k/v
-    fused, loaded strictly) and the position table's length."""
+    """What the encoders laid out as BERT (BERT, RoBERTa, XLM-R, MPNet, JinaBERT) share: CLS pooling
+    by default, the checkpoint names they load (a task model's prefix stripped, its heads skipped,
+    q/k/v fused, loaded strictly), the position table's length, and the forward pass (embeddings,
+    then the layers, with a family's own :meth:`attention_bias`)."""
 
     takes_adapters: ClassVar[bool] = True
 
@@ -156,6 +175,9 @@ class BertLayoutModel(Quantizable, Architecture):
     classifier_prefixes: ClassVar[tuple[str, ...]] = ()
     #: Checkpoint tensors the encoder does not use (:meth:`parameter_name` skips them).
     unused_tensors: ClassVar[re.Pattern] = _UNUSED
+    #: A family's embeddings and encoder, which :meth:`forward` runs.
+    embeddings: BertEmbeddings
+    encoder: LayerStack
 
     @classmethod
     def configure(cls, config: PretrainedConfig, tokenizer: Tokenizer) -> None:
@@ -169,6 +191,26 @@ class BertLayoutModel(Quantizable, Architecture):
         if position != "absolute":
             raise ModelLoadError(f"position_embedding_type '{position}' is not supported by {cls.__name__} (only 'absolute')")
         super().configure(config, tokenizer)
+
+    def attention_bias(self, batch: PackedBatch) -> torch.Tensor | None:
+        """What attention adds to its scores by position pair (``varlen_attention``'s ``bias``:
+        MPNet's relative positions, JinaBERT's ALiBi), or ``None``: nothing, the positions are
+        the embeddings'."""
+        return None
+
+    def forward(self, batch: PackedBatch) -> torch.Tensor:
+        """The hidden states of a packed batch: the embeddings (``self.embeddings``), then the
+        layers of ``self.encoder.layer``, attending with :meth:`attention_bias`."""
+        check_positions(batch, self.max_positions)
+        attention = kernel_for(self, "varlen_attention", batch.device)
+        bias = self.attention_bias(batch)
+        if bias is not None:
+            attention = functools.partial(attention, bias=bias)
+        linear_act = kernel_for(self, "linear_act", batch.device)
+        x, low = self.embeddings(batch)
+        for layer in self.encoder.layer:
+            x, low = layer(x, low, batch, attention, linear_act)
+        return x
 
     @property
     def position_offset(self) -> int:
@@ -218,15 +260,6 @@ class BertModel(BertLayoutModel, TakesTokenTypes):
         super().__init__(config)
         self.embeddings = BertEmbeddings(config, self.position_offset)
         self.encoder = BertEncoder(config)
-
-    def forward(self, batch: PackedBatch) -> torch.Tensor:
-        check_positions(batch, self.max_positions)
-        attention = kernel_for(self, "varlen_attention", batch.device)
-        linear_act = kernel_for(self, "linear_act", batch.device)
-        x, low = self.embeddings(batch)
-        for layer in self.encoder.layer:
-            x, low = layer(x, low, batch, attention, linear_act)
-        return x
 
 
 class RobertaModel(BertModel):

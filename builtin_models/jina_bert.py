@@ -21,24 +21,20 @@ Mean pooling (``emb_pooler: "mean"``), 8192 tokens.
 
 from __future__ import annotations
 
-import functools
 import math
 import re
 from typing import TYPE_CHECKING, Callable, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from poolkit.contracts.batch import PackedBatch
 from poolkit.contracts.capabilities import TakesTokenTypes
 from poolkit.contracts.config_checks import ConfigChecks
 from poolkit.contracts.hookspecs import hookimpl
-from poolkit.plugins.lookup import kernel_for
 
-from .bert import BertAttention, BertLayoutModel
+from .bert import BertAttention, BertEmbeddings, BertLayoutModel
 from .blocks.checks import encoder_checks, unsupported
-from .blocks.embeddings import add_token_types, check_positions
 from .blocks.mlp import GatedMLP
 from .blocks.norms import post_norm
 
@@ -75,21 +71,6 @@ def alibi_bias(slopes: torch.Tensor, length: int, device: torch.device) -> torch
     positions = torch.arange(length, device=device)
     distance = (positions[None, :] - positions[:, None]).abs().float()
     return -slopes.to(device)[:, None, None] * distance
-
-
-class JinaBertEmbeddings(nn.Module):
-    """Word + token type embeddings, then LayerNorm: positions are ALiBi's, in attention."""
-
-    def __init__(self, config: PretrainedConfig) -> None:
-        super().__init__()
-        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-
-    def forward(self, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """The normed embeddings, fp32 and in the weights' dtype (:func:`post_norm`)."""
-        x = F.embedding(batch.input_ids, self.word_embeddings.weight)
-        return post_norm(self, add_token_types(x, batch, self.token_type_embeddings), None, self.LayerNorm)
 
 
 class JinaBertGLU(GatedMLP):
@@ -169,20 +150,14 @@ class JinaBertModel(BertLayoutModel, TakesTokenTypes):
         forward_type = getattr(config, "feed_forward_type", "geglu")
         if forward_type not in _GLU_ACTIVATIONS:
             raise unsupported("feed_forward_type", forward_type, f"Jina's gated feed-forward block is {' or '.join(_GLU_ACTIVATIONS)}")
-        self.embeddings = JinaBertEmbeddings(config)
+        self.embeddings = BertEmbeddings(config, None)  # positions are ALiBi's, in attention
         self.encoder = JinaBertEncoder(config, _GLU_ACTIVATIONS[forward_type])
         # float32 whatever the weights' dtype (a buffer would follow ``.to(bfloat16)``), as the published code's slopes are.
         self._slopes = alibi_slopes(int(config.num_attention_heads))
 
-    def forward(self, batch: PackedBatch) -> torch.Tensor:
-        check_positions(batch, self.max_positions)
-        bias = alibi_bias(self._slopes, batch.max_len, batch.device)
-        attention = functools.partial(kernel_for(self, "varlen_attention", batch.device), bias=bias)
-        linear_act = kernel_for(self, "linear_act", batch.device)
-        x, low = self.embeddings(batch)
-        for layer in self.encoder.layer:
-            x, low = layer(x, low, batch, attention, linear_act)
-        return x
+    def attention_bias(self, batch: PackedBatch) -> torch.Tensor:
+        """ALiBi's linear bias by distance."""
+        return alibi_bias(self._slopes, batch.max_len, batch.device)
 
 
 @hookimpl

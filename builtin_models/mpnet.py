@@ -14,7 +14,6 @@ load time. The feed-forward block and the layer are BERT's.
 
 from __future__ import annotations
 
-import functools
 import math
 import re
 from typing import TYPE_CHECKING, Callable, ClassVar
@@ -27,12 +26,10 @@ from poolkit.contracts.batch import PackedBatch
 from poolkit.contracts.config_checks import ConfigChecks
 from poolkit.contracts.errors import ModelLoadError
 from poolkit.contracts.hookspecs import hookimpl
-from poolkit.plugins.lookup import kernel_for
 
-from .bert import BertLayer, BertLayoutModel, RobertaHeadClassifier
+from .bert import BertEmbeddings, BertLayer, BertLayoutModel, RobertaHeadClassifier
 from .blocks.attention import MultiHeadAttention
 from .blocks.checks import bert_layout_checks
-from .blocks.embeddings import check_positions
 from .blocks.heads import TokenClassifier
 from .blocks.norms import post_norm
 from .blocks.linear import FusedLinear, linear
@@ -69,22 +66,6 @@ def relative_position_bucket(
     ).to(torch.long)
     large = large.clamp(max=half - 1)
     return ret + torch.where(n < max_exact, n, large)
-
-
-class MPNetEmbeddings(nn.Module):
-    """Word + position embeddings, then LayerNorm (no token types)."""
-
-    def __init__(self, config: PretrainedConfig) -> None:
-        super().__init__()
-        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-
-    def forward(self, batch: PackedBatch, position_offset: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The normed embeddings, fp32 and in the weights' dtype (:func:`post_norm`)."""
-        x = F.embedding(batch.input_ids, self.word_embeddings.weight)
-        x = x + F.embedding(batch.positions + position_offset, self.position_embeddings.weight)
-        return post_norm(self, x, None, self.LayerNorm)
 
 
 class MPNetSelfAttention(nn.Module):
@@ -170,18 +151,12 @@ class MPNetModel(BertLayoutModel):
             raise ModelLoadError(
                 f"relative_attention_num_buckets is {buckets}, but MPNet's relative positions take {_NUM_BUCKETS} buckets"
             )
-        self.embeddings = MPNetEmbeddings(config)
+        self.embeddings = BertEmbeddings(config, self.position_offset, token_types=False)
         self.encoder = MPNetEncoder(config)
 
-    def forward(self, batch: PackedBatch) -> torch.Tensor:
-        check_positions(batch, self.max_positions)
-        bias = self.encoder.position_bias(batch.max_len, batch.device)
-        attention = functools.partial(kernel_for(self, "varlen_attention", batch.device), bias=bias)
-        linear_act = kernel_for(self, "linear_act", batch.device)
-        x, low = self.embeddings(batch, self.position_offset)
-        for layer in self.encoder.layer:
-            x, low = layer(x, low, batch, attention, linear_act)
-        return x
+    def attention_bias(self, batch: PackedBatch) -> torch.Tensor:
+        """MPNet's relative position bias."""
+        return self.encoder.position_bias(batch.max_len, batch.device)
 
 
 class MPNetForSequenceClassification(RobertaHeadClassifier, MPNetModel):
