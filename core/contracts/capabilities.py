@@ -119,14 +119,15 @@ class ListwiseLayout:
     :attr:`query_token`, after the documents; the architecture's ``token_embed`` head returns the
     vectors at those tokens in prompt order (the documents', then the query's). Before the layout,
     a query is cut to :attr:`max_query_tokens` tokens and a document to :attr:`max_doc_tokens`
-    (and decoded back); a prompt holds at most :attr:`block_size` documents.
+    (and decoded back); a prompt holds at most :attr:`block_size` documents. A layout sets each of
+    these: they have no defaults.
     """
 
-    doc_token: ClassVar[str] = ""
-    query_token: ClassVar[str] = ""
-    max_query_tokens: ClassVar[int] = 0
-    max_doc_tokens: ClassVar[int] = 0
-    block_size: ClassVar[int] = 0
+    doc_token: ClassVar[str]
+    query_token: ClassVar[str]
+    max_query_tokens: ClassVar[int]
+    max_doc_tokens: ClassVar[int]
+    block_size: ClassVar[int]
 
     def prompt(self, query: str, documents: list[str], instruction: str | None) -> str:
         """The prompt text of ``query`` with ``documents`` (already cut), and an optional instruction;
