@@ -37,17 +37,26 @@ class InvalidRequest(PoolkitError, ValueError):
 
 
 class InputTooLong(InvalidRequest):
-    """An input has more tokens than the model takes, and truncation was not asked for.
+    """An input has more tokens than the model takes, and truncation was not asked for; said in
+    vLLM's words, which an API with other words rewords from the fields.
 
     Args:
         limit: the model's limit; ``given``: the input's tokens; ``index``: its place in the call.
     """
 
-    def __init__(self, message: str, *, limit: int, given: int, index: int) -> None:
-        super().__init__(message)
+    def __init__(self, *, limit: int, given: int, index: int) -> None:
+        super().__init__(
+            f"This model's maximum context length is {limit} tokens. However, input {index} has more tokens than "
+            "that. Please reduce the length of the input prompt (or set truncate_prompt_tokens: -1 truncates it to "
+            "the model's limit)."
+        )
         self.limit = limit
         self.given = given
         self.index = index
+
+    def at(self, index: int) -> InputTooLong:
+        """The same refusal of the input at ``index`` of a larger call (a run of some of its inputs)."""
+        return InputTooLong(limit=self.limit, given=self.given, index=index)
 
 
 class MissingDependency(PoolkitError, ImportError):

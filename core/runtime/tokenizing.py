@@ -206,12 +206,7 @@ class PromptTokenizer:
             over = (not_asked & (tokens.lens > model_max)).nonzero()[0]
             if over.size:
                 index = first + int(over[0])
-                raise InputTooLong(
-                    f"This model's maximum context length is {model_max} tokens. However, input {index} has more "
-                    "tokens than that. Please reduce the length of the input prompt "
-                    "(or set truncate_prompt_tokens: -1 truncates it to the model's limit).",
-                    limit=model_max, given=self._whole_length(prompts, params, int(over[0])), index=index,
-                )
+                raise InputTooLong(limit=model_max, given=self._whole_length(prompts, params, int(over[0])), index=index)
         self.truncated_inputs += tokens.num_truncated
         return skip_instructions(self.model.architecture, tokens)
 

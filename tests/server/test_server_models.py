@@ -174,6 +174,23 @@ def test_other_parameters_never_get_a_cached_result(minilm):
         np.testing.assert_allclose(by_ids, normalized, atol=1e-6)
 
 
+def test_an_input_too_long_beside_cached_ones_is_named_by_its_place_in_the_request(minilm):
+    """The cache runs only the inputs it does not hold; a refusal of one of them names the input the
+    client sent (its place in the request), not its place in what ran (a defect: 'input 0' here)."""
+    long = "word " * 600
+    with TestClient(create_app(minilm, served_model_name="m", cache_size=8)) as c:
+        c.post("/v1/embeddings", json={"input": ["alpha", "beta"]})
+        refused = c.post("/v1/embeddings", json={"input": ["alpha", "beta", long]})
+        assert refused.status_code == 400 and _cache_counts(c) == (2, 3)
+        assert "maximum context length is 256 tokens. However, input 2 has more tokens" in refused.json()["error"]["message"]
+        # Cohere's truncate=NONE words the same refusal its own way, with the input's length
+        cohere = c.post("/v2/embed", json={"texts": ["alpha", long], "truncate": "NONE"})
+        message = cohere.json()["error"]["message"]
+        assert cohere.status_code == 400 and "However, input 1 has " in message and "(truncate=NONE)" in message
+        given = int(message.split("input 1 has ")[1].split(" ")[0])
+        assert given == len(minilm.get_tokenizer()(long)["input_ids"])
+
+
 def test_least_recently_used_entries_go_first(minilm):
     app = create_app(minilm, served_model_name="m", cache_size=2)
     with TestClient(app) as c:

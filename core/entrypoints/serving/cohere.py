@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional, Sequence
 
-from ...contracts.errors import InvalidRequest
+from ...contracts.errors import InputTooLong, InvalidRequest
 from ...contracts.io import Prompt
 from ...inputs.chat import checked_text
 from ...inputs.media import check_image_url
@@ -112,12 +112,19 @@ async def embed(req: Embed, call: Call, st: ModelState, llm: LLM, number_bytes: 
     per_number = number_bytes(types, width)
     check_response(st, len(items) * (width or 0), per_number, estimated=True)
     images = {i for i, (kind, _) in enumerate(items) if kind in ("image", "media")}
-    check = (lambda prompts: _check_untruncated(st, renderer, prompts, req.max_tokens)) if req.truncate == "NONE" else None
+    limit = req.max_tokens if req.truncate == "NONE" else None
+    check = (lambda prompts: _check_max_tokens(renderer, prompts, limit)) if limit is not None else None
     # the side, its text before texts and media, and the rule for text and media together: the renderer's
     record = dataclasses.replace(
         req.side, inputs=[value if kind == "text" else _content(kind, value) for kind, value in items], task="embed", params=params
     )
-    _, results = await run_request(call, st, llm, record, per_number, check)
+    try:
+        _, results = await run_request(call, st, llm, record, per_number, check)
+    except InputTooLong as exc:  # truncate=NONE and an input over the model's limit: Cohere's way out
+        raise InvalidRequest(
+            f"This model's maximum context length is {exc.limit} tokens. However, input {exc.index} has {exc.given} tokens "
+            "(truncate=NONE). Please reduce the length of the input, or set truncate to END or START."
+        ) from None
     # An image runs as one sequence without text tokens: it is billed as one token.
     tokens = sum(max(1, len(ids)) if i in images else len(ids) for i, (_, ids) in enumerate(results))
     return Embeddings(results, types, tokens, bool(images))
@@ -203,19 +210,15 @@ def _missing(index: int, kind: str) -> ApiError:
     return ApiError(400, f"inputs[{index}]: {'a' if kind == 'text' else 'an'} {kind} part needs '{kind}'", param=f"inputs[{index}].content")
 
 
-def _check_untruncated(st: ModelState, renderer: Renderer, prompts: Sequence[Prompt], max_tokens: int | None) -> None:
-    """``truncate=NONE``: an input longer than the model's limit (or ``max_tokens``) is an error."""
-    for i, prompt in enumerate(prompts):
+def _check_max_tokens(renderer: Renderer, prompts: Sequence[Prompt], max_tokens: int) -> None:
+    """``truncate=NONE`` with ``max_tokens``: an input longer than that is an error (one longer than
+    the model's limit is the engine's refusal, :class:`~poolkit.contracts.errors.InputTooLong`)."""
+    for prompt in prompts:
         if prompt.text is None:
             continue
         n = len(renderer.tokenize(prompt.text, prefix=prompt.prompt_prefix)["input_ids"])
-        if max_tokens is not None and n > max_tokens:
+        if n > max_tokens:
             raise InvalidRequest(
                 f"Input of {n} tokens exceeds max_tokens={max_tokens} with truncate=NONE. "
                 "Set truncate to END or START to allow truncation."
-            )
-        if st.max_len is not None and n > st.max_len:
-            raise InvalidRequest(
-                f"This model's maximum context length is {st.max_len} tokens. However, input {i} has {n} tokens "
-                "(truncate=NONE). Please reduce the length of the input, or set truncate to END or START."
             )

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, NamedTuple
 import numpy as np
 import torch
 
-from ...contracts.errors import InvalidRequest
+from ...contracts.errors import InputTooLong, InvalidRequest
 from ...contracts.io import Prompt
 from ...contracts.params import PoolingParams
 from ...inputs.content import guess_tokens
@@ -224,7 +224,10 @@ async def _cached(
         if len(missing) < len(raw):
             _, prompts, checked = _prepare(st, llm, task.name, [raw[i] for i in missing], params, prompt_name, tokenization)
             tokens = llm.estimate_tokens(prompts, checked)
-        ran = await _run(call, st, task, prompts, checked, tokens)
+        try:
+            ran = await _run(call, st, task, prompts, checked, tokens)
+        except InputTooLong as exc:  # the run held only the inputs the cache did not: name the request's own
+            raise exc.at(missing[exc.index]) from None
         for i, (tensor, ids), cut in zip(missing, ran, ran.truncated.tolist()):
             entries[i] = (packed(tensor), ids, cut)
             cache.put(keys[i], entries[i])
