@@ -142,7 +142,7 @@ def token_pool(
     return out
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class ClassifierHead:
     """Classifier logits, calibrated ``(x - logit_mean) / logit_sigma``, then the activation.
 

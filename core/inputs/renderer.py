@@ -267,8 +267,6 @@ class Renderer:
         except (OverflowError, ValueError, TypeError) as exc:
             raise InvalidRequest(f"cannot decode the tokens: {short(exc, 200)}") from None
 
-    # -- what the model reads --------------------------------------------------------------------
-
     # -- prompt names ----------------------------------------------------------------------------
 
     def input_type(self, input_type: str | None) -> tuple[str | None, str | None]:

@@ -22,7 +22,7 @@ from ...inputs.request import PoolRequest, Reads
 from ...runtime.columns import Results
 from .call import Call
 from .errors import ApiError
-from .inputs import check_count, check_dimensions, pooling_params, run_request
+from .inputs import check_bit_width, check_count, check_dimensions, pooling_params, run_request
 from .state import ModelState
 from .work import check_response, check_truncation
 
@@ -92,12 +92,7 @@ async def embed(req: Embed, call: Call, st: ModelState, llm: LLM, number_bytes: 
         raise ApiError(400, "embedding_types must not be empty", param="embedding_types")
     check_dimensions(st, req.output_dimension, "output_dimension")
     width = req.output_dimension or st.embedding_size
-    if width and width % 8 and ({"binary", "ubinary"} & set(types)):
-        raise ApiError(
-            400,
-            f"Embedding dimension must be a multiple of 8 for binary embedding types, but got {width}.",
-            param="embedding_types",
-        )
+    check_bit_width(width, types, "embedding_types")
     if req.max_tokens is not None and req.max_tokens < 1:
         raise ApiError(400, f"max_tokens must be a positive number, got {req.max_tokens}", param="max_tokens")
     truncate = None

@@ -7,7 +7,7 @@ the :class:`poolkit.LLM`'s decision.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from ...contracts.errors import InvalidRequest, short
 from ...contracts.params import PoolingParams
@@ -70,6 +70,13 @@ def check_dimensions(st: ModelState, dimensions: int | None, where: str) -> None
         raise ApiError(
             400, f"{where} ({dimensions}) is larger than the model's embedding size ({st.embedding_size})", param=where
         )
+
+
+def check_bit_width(width: int | None, types: Sequence[str], where: str) -> None:
+    """Refuse the bit-packed embedding types (``binary``, ``ubinary``) for rows of a ``width`` that is
+    not a multiple of 8 (Cohere's and Jina's words)."""
+    if width and width % 8 and {"binary", "ubinary"} & set(types):
+        raise ApiError(400, f"Embedding dimension must be a multiple of 8 for binary embedding types, but got {width}.", param=where)
 
 
 def pooling_params(**fields: Any) -> PoolingParams:

@@ -13,7 +13,7 @@ from ...inputs.chat import checked_text
 from ...runtime.columns import Results
 from .call import Call
 from .errors import ApiError
-from .inputs import check_count, check_dimensions, pooling_params
+from .inputs import check_bit_width, check_count, check_dimensions, pooling_params
 from .state import ModelState
 from .work import run_task
 
@@ -90,9 +90,7 @@ async def multi_vector(
     texts = _texts(st, req.input)
     params = pooling_params(dimensions=req.dimensions, token_pool_factor=req.token_pool_factor).with_salt(req.cache_salt)
     width = llm.task(TOKEN_EMBED).result_width(llm.model) if req.dimensions is None else req.dimensions
-    if width and width % 8 and {"binary", "ubinary"} & set(types):
-        raise ApiError(400, f"Embedding dimension must be a multiple of 8 for binary embedding types, but got {width}.",
-                       param="embedding_type")
+    check_bit_width(width, types, "embedding_type")
     # Jina's default side is "document": a model without sides encodes its texts as they are then.
     side = req.side if req.side_sent or llm.task(TOKEN_EMBED).has_roles(llm.model) else None
     _, results = await run_task(call, st, llm, TOKEN_EMBED, texts, params, number_bytes=number_bytes(types, width), side=side)
