@@ -273,13 +273,7 @@ async def rerank(req: Rerank, call: Call, st: ModelState, llm: LLM) -> Ranked:
     if not docs:
         raise ApiError(400, "At least one document element must be given", param="documents")
     check_count(st, len(docs), "documents")
-    inputs: list[Any]
-    if all(isinstance(doc, str) for doc in docs):
-        for i, doc in enumerate(docs):
-            checked_text(doc, f"documents[{i}]")
-        inputs = docs
-    else:  # documents with images: the Scoring API's multimodal inputs
-        inputs = await _side(st, llm, docs, "document", "documents")
+    inputs = await _side(st, llm, docs, "document", "documents")  # texts, or inputs with images
     params = _params(llm, req)
     try:
         pairs = llm.pair(req.query, inputs)
