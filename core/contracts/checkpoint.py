@@ -6,12 +6,14 @@ id it was fetched as, its model card, its sentence-transformers settings, any sm
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from .sentence_transformers import STConfig
 
 #: A hub id: ``org/name`` (letters, digits, ``-``, ``_``, ``.``).
@@ -106,3 +108,43 @@ class Checkpoint:
         """The folder's ``README.md`` (a hub download fetches none), or ``None``."""
         text = self.read_text("README.md")
         return ModelCard.parse(text) if text is not None else None
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a model folder keeps what the loader reads, when that is not a plain Hugging Face
+    folder (``config.json``, the weights and the tokenizer at its top): what a
+    ``poolkit_checkpoint_layout`` hook answers for a folder it recognises.
+
+    Attributes:
+        name: what was recognised, as ``poolkit info`` shows it (``"sentence-transformers
+            StaticEmbedding"``).
+        source: from what (``"modules.json: 0_StaticEmbedding"``).
+        weights: the folder of the weight files (``model.safetensors``, shards, an index).
+        tokenizer: the tokenizer's folder.
+        config: the config ``config.json`` would hold, for a folder that has none; ``None`` reads
+            ``config.json`` of :attr:`config_dir`.
+        config_dir: the folder of ``config.json`` (default: :attr:`weights`).
+        st_dir: the folder whose sentence-transformers files (``modules.json``) and companion files
+            are read (default: the model folder itself).
+        merge: what to do to the architecture (a ``torch.nn.Module``) once its weights are loaded, before it is cast or
+            quantized (an adapter repository's PEFT adapter merged into them), or ``None``.
+    """
+
+    name: str
+    source: str
+    weights: Path
+    tokenizer: Path
+    config: Mapping[str, object] | None = None
+    config_dir: Path | None = None
+    st_dir: Path | None = None
+    merge: Callable[[nn.Module], None] | None = field(default=None, compare=False)
+
+    @classmethod
+    def plain(cls, path: Path) -> "Layout":
+        """A Hugging Face folder: everything at its top."""
+        return cls("Hugging Face folder", "config.json", path, path)
+
+    def shown(self) -> dict[str, str]:
+        """``poolkit info``'s ``layout`` entry."""
+        return {"value": self.name, "source": self.source}

@@ -140,6 +140,24 @@ def poolkit_resolve_model(name):
     """
 
 
+@hookspec(firstresult=True)
+def poolkit_checkpoint_layout(path):
+    """Say where a model folder that is not a plain Hugging Face folder keeps its parts.
+
+    Args:
+        path: the folder ``poolkit_resolve_model`` answered.
+
+    Returns:
+        A :class:`poolkit.contracts.checkpoint.Layout` (its config, weights, tokenizer and any PEFT
+        adapter to merge) for a folder laid out as a publisher ships it (a sentence-transformers
+        module folder, an adapter repository over a base model), or ``None`` to let the next hook
+        try; with no answer the folder is read as a Hugging Face one. Raise
+        :class:`poolkit.ModelLoadError` for a folder recognised but inconsistent.
+
+    Called every time a model is loaded, before ``config.json`` is read.
+    """
+
+
 @hookspec
 def poolkit_register_commands(app):
     """Add sub-commands to the ``poolkit`` command line.

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 from ..contracts.capabilities import BorrowsConfig
 from ..contracts.config_checks import check_common_sizes, overridden_fields
@@ -16,16 +16,21 @@ if TYPE_CHECKING:
     from transformers import PretrainedConfig
 
 
-def load_hf_config(path: Path, overrides: dict[str, Any]) -> PretrainedConfig:
+def load_hf_config(path: Path, overrides: dict[str, Any], given: Mapping[str, Any] | None = None) -> PretrainedConfig:
+    """The config of ``path/config.json``, or ``given`` (what a folder without one stands for:
+    :class:`~poolkit.contracts.checkpoint.Layout`), with ``overrides`` applied."""
     from transformers import AutoConfig, PretrainedConfig
 
     config_file = path / "config.json"
-    if not config_file.is_file():
+    if given is not None:
+        raw = dict(given)
+    elif not config_file.is_file():
         raise ModelLoadError(f"{path} has no config.json; is it a Hugging Face model directory?")
-    try:
-        raw = json.loads(config_file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ModelLoadError(f"{config_file} is not valid JSON: {exc.msg}") from None
+    else:
+        try:
+            raw = json.loads(config_file.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ModelLoadError(f"{config_file} is not valid JSON: {exc.msg}") from None
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(raw.get(key), dict):
             raw[key] = {**raw[key], **value}

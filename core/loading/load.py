@@ -1,7 +1,8 @@
 """The load pipeline: :func:`load_model` turns :class:`~poolkit.config.settings.EngineArgs` into a
 :class:`~poolkit.loading.model.PoolingModel`.
 
-Resolve the directory (``poolkit_resolve_model``), refuse symlinks out of it, read ``config.json``
+Resolve the directory (``poolkit_resolve_model``), refuse symlinks out of it, find its parts
+(``poolkit_checkpoint_layout``: a sentence-transformers module folder, an adapter repository), read ``config.json``
 and the sentence-transformers files, pick the architecture (the registry, ``convert``,
 ``model_impl``, the resolvers), check the config against the safetensors header, build, load the
 weights and the tokenizer, quantize when asked, then let each task check the model.
@@ -179,7 +180,8 @@ def load_model(args: EngineArgs) -> PoolingModel:
         check_symlinks(path)
         if args.tokenizer and Path(args.tokenizer).is_dir():
             check_symlinks(Path(args.tokenizer), "tokenizer")
-    hf_config = load_hf_config(path, args.hf_overrides or {})
+    layout = get_manager().checkpoint_layout(path)
+    hf_config = load_hf_config(layout.config_dir or layout.weights, args.hf_overrides or {}, layout.config)
     hf_config.name_or_path = name
     arch_names = list(getattr(hf_config, "architectures", None) or [])
     try:
@@ -212,22 +214,24 @@ def load_model(args: EngineArgs) -> PoolingModel:
     declared = getattr(hf_config, "use_activation", None)
     if declared is not None and not isinstance(declared, bool):
         raise ModelLoadError(f"use_activation in config.json (or hf_overrides) must be true or false, got {declared!r}")
-    st = read_st_config(path, args.allow_pickle)
+    st = read_st_config(layout.st_dir or path, args.allow_pickle)
     if st is not None and st.score_outputs is not None:
         hf_config.num_labels = st.score_outputs  # a CrossEncoder's own score modules are its classifier
-    tokenizer_dir = Path(args.tokenizer) if args.tokenizer else path
+    tokenizer_dir = Path(args.tokenizer) if args.tokenizer else layout.tokenizer
     tok = arch_cls.load_tokenizer(tokenizer_dir, hf_config) or _load_tokenizer(tokenizer_dir, hf_config)
     load_warnings = list(arch_cls.inspect_checkpoint(hf_config, Checkpoint(name, path, st)))
     for warning in load_warnings:
         logger.warning("%s", warning)
     arch_cls.configure(hf_config, tok)
 
-    files = checkpoint_files(path, args.allow_pickle)
+    files = checkpoint_files(layout.weights, args.allow_pickle)
     # Before the model is built: an absurd config must not allocate gigabytes first.
     arch_cls.check_config(hf_config, checkpoint_shapes(files), overridden_fields(args.hf_overrides))
     architecture = arch_cls(hf_config)
     architecture.load_weights(iter_tensors(files))
-    architecture.load_companion_files(path, args.allow_pickle)
+    architecture.load_companion_files(layout.st_dir or path, args.allow_pickle)
+    if layout.merge is not None:
+        layout.merge(architecture)
     architecture.to(device=torch_device, dtype=torch_dtype).eval()
     classifiers_dtype = head_dtype(hf_config, torch_dtype, args.enable_lora)
     if classifiers_dtype != torch_dtype:
@@ -264,6 +268,7 @@ def load_model(args: EngineArgs) -> PoolingModel:
         quantization=quantization,
         fallback=fallback,
         warnings=load_warnings,
+        layout=layout,
     )
     for entry in registry("task").entries():
         entry.obj.check_model(pooling_model)

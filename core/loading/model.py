@@ -18,6 +18,7 @@ import torch
 
 from ..config.conversion import CONVERSIONS, Conversion
 from ..contracts.architecture import Architecture, TaskSpec
+from ..contracts.checkpoint import Layout
 from ..contracts.errors import InvalidRequest, UnknownName
 from ..contracts.model import Tokenizer
 from ..contracts.params import PoolerConfig, Setting
@@ -67,6 +68,8 @@ class PoolingModel:
     fallback: str | None = None
     #: What :meth:`Architecture.inspect_checkpoint` warned of at load (a causal LM served as an embedder).
     warnings: list[str] = field(default_factory=list)
+    #: Where the folder keeps its parts (``poolkit_checkpoint_layout``), ``None`` read as a plain Hugging Face folder.
+    layout: Layout | None = None
     #: The model's LoRA adapters (:class:`poolkit.lora.manager.Adapters`), ``None`` without ``enable_lora``.
     adapters: Any = field(default=None, init=False)
     _heads: dict[str, Head | None] = field(default_factory=dict, init=False)
@@ -373,7 +376,8 @@ class PoolingModel:
             "implementation": self.architecture.implementation,
             "fallback": self.fallback,
             "architecture_plugin": self._architecture_plugin(),
-            **self.architecture.describe(),
+            "layout": (self.layout or Layout.plain(self.path)).shown(),
+            **self.architecture.describe(),  # an architecture naming the layout it recognised says it here
             "warnings": self.warnings,
             "dtype": str(self.dtype).removeprefix("torch."),
             "device": str(self.device),

@@ -45,7 +45,9 @@ _TOKENIZER_CONFIGS = (
     "sentence_xlm-roberta_config.json",
     "sentence_xlnet_config.json",
 )
-_TRANSFORMER_MODULES = {"Transformer", "MLMTransformer"}
+#: The modules that are the model itself (read from config.json and the weights, or by a layout:
+#: :class:`~poolkit.contracts.checkpoint.Layout`), not settings around it.
+_BODY_MODULES = {"Transformer", "MLMTransformer", "StaticEmbedding"}
 #: ``model_type`` of multi-vector saves: sentence-transformers' own, and PyLate 3's.
 _MULTI_VECTOR_TYPES = frozenset({"MultiVectorEncoder", "ColBERT"})
 #: sentence-transformers ``SpladePooling`` settings poolkit implements.
@@ -164,7 +166,7 @@ def read_st_config(model_dir: Path, allow_pickle: bool = False) -> STConfig | No
     for module in sorted(modules, key=lambda m: m.get("idx", 0)):
         kind = str(module.get("type", "")).rsplit(".", 1)[-1]
         path = module.get("path", "")
-        if kind in _TRANSFORMER_MODULES:
+        if kind in _BODY_MODULES:
             continue
         if kind == "Pooling":
             st.pooling_modes, st.include_prompt = parse_pooling(_read_json(model_dir / path / "config.json"))

@@ -87,7 +87,7 @@ class Adapters:
         self.capacity = max(max_cpu_loras or max_loras, max_loras)
         #: Which tokens each slot owns while a batch runs (set by :mod:`poolkit.runtime.adapter_runs`).
         self.runs = ActiveRuns()
-        self.names = CheckpointNames(model)
+        self.names = CheckpointNames.of(model)
         self._loaded: collections.OrderedDict[str, SlotBinding] = collections.OrderedDict()
         self._stacks: dict[str, SlotStack | EmbeddingSlotStack] = {}
         self._saved: dict[str, SavedModuleCopies] = {}

@@ -48,14 +48,20 @@ class Placement(NamedTuple):
 
 
 class CheckpointNames:
-    """The checkpoint names of one loaded model's layers (``model``: a
-    :class:`~poolkit.loading.model.PoolingModel` whose architecture ``takes_adapters``)."""
+    """The checkpoint names of one model's layers: its architecture (one whose ``takes_adapters``
+    for served adapters), with the model's name and architecture name for the messages."""
 
-    def __init__(self, model: LoadedModel) -> None:
-        self.model = model
-        self.arch: Architecture = model.architecture
+    def __init__(self, arch: Architecture, name: str, architecture_name: str) -> None:
+        self.arch = arch
+        self.name = name
+        self.architecture_name = architecture_name
         self.modules = dict(self.arch.named_modules())
         self._fused = _fused_parts(self.arch)
+
+    @classmethod
+    def of(cls, model: LoadedModel) -> CheckpointNames:
+        """The names of a loaded model's layers."""
+        return cls(model.architecture, model.name, model.architecture_name)
 
     def target(self, layer: str) -> Target | None:
         """Where the checkpoint's linear layer ``layer`` lives in the model: the architecture's own
@@ -109,7 +115,7 @@ class CheckpointNames:
         for layer, (a, b) in checkpoint.factors.items():
             target = self.target(layer)
             if target is None:  # a layer whose weights the model does not use either (BERT's pooler, say)
-                logger.info("LoRA adapter '%s': %s is not used by model '%s'", name, layer, self.model.name)
+                logger.info("LoRA adapter '%s': %s is not used by model '%s'", name, layer, self.name)
                 continue
             module = self.modules.get(target.module)
             if not isinstance(module, (nn.Linear, nn.Embedding)):
@@ -118,26 +124,26 @@ class CheckpointNames:
             width = module.in_features if isinstance(module, nn.Linear) else module.num_embeddings
             if a.shape[1] != width or b.shape[0] != target.rows:
                 raise InvalidRequest(
-                    f"LoRA adapter '{name}' does not fit model '{self.model.name}': its {layer} maps "
+                    f"LoRA adapter '{name}' does not fit model '{self.name}': its {layer} maps "
                     f"{a.shape[1]} -> {b.shape[0]} features, the model's layer {width} -> {target.rows}"
                 )
             out.append(Placement(target, a, b))
         if unknown:
             more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
             raise InvalidRequest(
-                f"LoRA adapter '{name}' targets modules that model '{self.model.name}' ({self.model.architecture_name}) "
+                f"LoRA adapter '{name}' targets modules that model '{self.name}' ({self.architecture_name}) "
                 f"has no linear layer for: {', '.join(unknown[:3])}{more}"
             )
         for key, tensor in checkpoint.saved.items():
             path, _, kind = key.rpartition(".")
             module_path = self.saved_module(path)
             if module_path is None:
-                raise InvalidRequest(f"LoRA adapter '{name}' saves module '{path}', which model '{self.model.name}' does not have")
+                raise InvalidRequest(f"LoRA adapter '{name}' saves module '{path}', which model '{self.name}' does not have")
             param = getattr(self.arch.get_submodule(module_path), kind, None)
             if not isinstance(param, torch.Tensor) or param.shape != tensor.shape:
                 have = "none" if not isinstance(param, torch.Tensor) else tuple(param.shape)
                 raise InvalidRequest(
-                    f"LoRA adapter '{name}' does not fit model '{self.model.name}': its {key} is {tuple(tensor.shape)}, the model's {have}"
+                    f"LoRA adapter '{name}' does not fit model '{self.name}': its {key} is {tuple(tensor.shape)}, the model's {have}"
                 )
         return out
 

@@ -28,6 +28,7 @@ import pluggy
 
 from ..contracts import hookspecs
 from ..contracts.architecture import check_architecture
+from ..contracts.checkpoint import Layout
 from ..contracts.errors import PluginError
 from ..contracts.io import check_io_processor
 from ..contracts.kernel import check_kernel
@@ -269,6 +270,7 @@ class PluginManager:
         for hook_name, what in (
             ("poolkit_resolve_model", "model_resolver"),
             ("poolkit_resolve_architecture", "architecture_resolver"),
+            ("poolkit_checkpoint_layout", "layouts"),
             ("poolkit_register_commands", "commands"),
         ):
             impls = getattr(self.pm.hook, hook_name).get_hookimpls()
@@ -369,6 +371,15 @@ class PluginManager:
         self.load()
         found = self._resolve("poolkit_resolve_model", name=name)
         return Path(found) if found is not None else None
+
+    def checkpoint_layout(self, path: Path) -> Layout:
+        """Where the model folder ``path`` keeps its parts: a ``poolkit_checkpoint_layout`` hook's
+        answer, else a plain Hugging Face folder."""
+        self.load()
+        found = self._resolve("poolkit_checkpoint_layout", path=path)
+        if found is not None and not isinstance(found, Layout):
+            raise PluginError(f"a poolkit_checkpoint_layout hook answered {type(found).__name__}, not a Layout")
+        return found if found is not None else Layout.plain(path)
 
     def resolve_architecture(self, name: str, config: PretrainedConfig) -> Any:
         """The architecture class a ``poolkit_resolve_architecture`` hook offers for ``name`` (the

@@ -197,6 +197,11 @@ def test_every_hook_works_from_an_installed_plugin(fresh_plugins, tmp_path):
 
 
         @hookimpl
+        def poolkit_checkpoint_layout(path):
+            return None
+
+
+        @hookimpl
         def poolkit_register_commands(app):
             @app.command("hello-fake")
             def hello():
@@ -221,6 +226,7 @@ def test_every_hook_works_from_an_installed_plugin(fresh_plugins, tmp_path):
         "scorer": ["overlap"],
         "model_resolver": ["poolkit_resolve_model"],
         "architecture_resolver": ["poolkit_resolve_architecture"],
+        "layouts": ["poolkit_checkpoint_layout"],
         "commands": ["poolkit_register_commands"],
     }
     assert issubclass(registry("architecture").get("EchoModel"), Architecture)
