@@ -9,16 +9,18 @@ from poolkit.contracts.hookspecs import hookimpl
 
 from .colpali import ColPaliForRetrieval
 from .colqwen2 import ColQwen2ForRetrieval
+from .colqwen3 import ColQwen3, ColQwen3Processor
 from .colqwen3_5 import BiQwen3_5, ColQwen3_5
 from .processor import ColPaliProcessor, ColQwen2Processor, ColQwen3_5Processor
 
-__all__ = ["BiQwen3_5", "ColPaliForRetrieval", "ColQwen2ForRetrieval", "ColQwen3_5"]
+__all__ = ["BiQwen3_5", "ColPaliForRetrieval", "ColQwen2ForRetrieval", "ColQwen3", "ColQwen3_5"]
 
 
 @hookimpl
 def poolkit_register_architectures(register):
     register("ColQwen2ForRetrieval", ColQwen2ForRetrieval)
     register("ColPaliForRetrieval", ColPaliForRetrieval)
+    register("ColQwen3", ColQwen3)
     register("ColQwen3_5", ColQwen3_5)
     register("BiQwen3_5", BiQwen3_5)
 
@@ -28,4 +30,5 @@ def poolkit_register_io_processors(register):
     # The architectures hold their processors themselves; these names are for plugin data and tests.
     register("colpali", ColPaliProcessor)
     register("colqwen2", ColQwen2Processor)
+    register("colqwen3", ColQwen3Processor)
     register("colqwen3_5", ColQwen3_5Processor)

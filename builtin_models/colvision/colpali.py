@@ -11,11 +11,19 @@ query prefix and augmentation, the page's visual prompt) are :class:`~.processor
 Checkpoints load in transformers 5's layout (``vlm.vision_tower.*``, ``vlm.multi_modal_projector.*``,
 ``vlm.language_model.*``) and the published one (vidore's ``-hf`` checkpoints:
 ``vlm.language_model.model.*``, ``vision_tower.vision_model.*``); ``lm_head`` is not read.
+
+colpali-engine's own layout loads too (``ColPali`` in ``colpali_engine/models/paligemma/colpali/modeling_colpali.py``,
+the base vidore/colpaligemma-3b-pt-448-base that its adapters such as vidore/colpali-v1.3 are over,
+:mod:`poolkit.lora.repository`): ``config.json`` is PaliGemma's own (``"architectures": ["ColPali"]``,
+``"model_type": "paligemma"``, no ``vlm_config``, the projection ``128`` wide as the class hard-codes
+it), its tensors ``model.language_model.model.*``, ``model.vision_tower.vision_model.*``,
+``model.multi_modal_projector.*`` and ``custom_text_proj.*`` (the projection). An adapter's layers
+are named so too: the decoder's under ``model.language_model.model.``, the projection ``custom_text_proj``.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, ClassVar, Collection, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Collection, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -38,18 +46,43 @@ from ..blocks.vision_language import (
     placeholder_rows,
 )
 from .processor import ColPaliProcessor
-from .retrieval import RetrievalHead, check_embedding_dim, project, vlm_config
+from .retrieval import PROJECTION, RetrievalHead, check_embedding_dim, project, vlm_config
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
 
-#: The checkpoint layouts, ``vlm.`` and ``model.`` before each part or not; the rest is the
-#: retriever's own (the projector, the projection).
+#: colpali-engine's ``ColPali``: its config PaliGemma's own, its projection ``self.dim = 128`` wide.
+ENGINE_ARCHITECTURE, ENGINE_MODEL_TYPE, ENGINE_DIM = "ColPali", "paligemma", 128
+
+#: The checkpoint layouts, ``vlm.`` and ``model.`` before each part or not: the decoder, the vision
+#: tower, the projection (transformers' name or colpali-engine's); the rest is the retriever's own (the projector).
 CHECKPOINT = CheckpointLayout(
-    {"language": r"language_model\.", "vision": r"vision_tower\.(?:vision_model\.)?", "own": ""},
+    {
+        "language": r"language_model\.",
+        "vision": r"vision_tower\.(?:vision_model\.)?",
+        "projection": PROJECTION,
+        "own": "",
+    },
     skip=r"lm_head\.",
     prefix=r"(?:vlm\.)?(?:model\.)?",
 )
+
+
+#: PaliGemma's sizes, checked on the backbone's config.
+PALIGEMMA_CHECKS = ConfigChecks(
+    sizes=(
+        "text_config.hidden_size", "text_config.num_hidden_layers", "text_config.num_attention_heads",
+        "text_config.vocab_size", "vision_config.hidden_size", "vision_config.num_hidden_layers",
+        "vision_config.num_attention_heads", "vision_config.image_size", "vision_config.patch_size",
+    ),
+    multiples=(("vision_config.hidden_size", "vision_config.num_attention_heads"),),
+)
+
+
+def paligemma_config(cls: type, config: PretrainedConfig) -> PretrainedConfig:
+    """The PaliGemma config: the retriever's ``vlm_config`` (transformers' ``ColPaliConfig``), or the
+    config itself where it is PaliGemma's (colpali-engine's ``ColPali``)."""
+    return config if getattr(config, "model_type", None) == ENGINE_MODEL_TYPE else vlm_config(cls, config)
 
 
 class PrefixGemmaModel(GemmaModel):
@@ -69,29 +102,25 @@ class ColPaliForRetrieval(RetrievalHead, VisionLanguageModel):
     """
 
     media_processor: ClassVar[type[ColPaliProcessor] | str | None] = ColPaliProcessor
+    #: colpali-engine's ``ColPali`` checkpoints (:class:`~poolkit.contracts.capabilities.ClaimsNames`).
+    claims: ClassVar[Mapping[str, Mapping[str, Any]]] = {ENGINE_ARCHITECTURE: {"model_type": ENGINE_MODEL_TYPE}}
     config_checks: ClassVar[ConfigChecks] = ConfigChecks(
-        sizes=tuple(
-            "vlm_config." + f
-            for f in (
-                "text_config.hidden_size", "text_config.num_hidden_layers", "text_config.num_attention_heads",
-                "text_config.vocab_size", "vision_config.hidden_size", "vision_config.num_hidden_layers",
-                "vision_config.num_attention_heads", "vision_config.image_size", "vision_config.patch_size",
-            )
-        ),
-        multiples=(("vlm_config.vision_config.hidden_size", "vlm_config.vision_config.num_attention_heads"),),
+        sizes=tuple("vlm_config." + f for f in PALIGEMMA_CHECKS.sizes),
+        multiples=tuple(("vlm_config." + f, "vlm_config." + d) for f, d in PALIGEMMA_CHECKS.multiples),
     )
     checkpoint_layout: ClassVar[CheckpointLayout] = CHECKPOINT
 
     def __init__(self, config: PretrainedConfig) -> None:
         super().__init__(config)
-        vlm = vlm_config(type(self), config)
+        vlm = paligemma_config(type(self), config)
         text = vlm.text_config
         vision = sub_config(vlm, "vision_config", "PaliGemma", "gelu_pytorch_tanh")
         self.language_model = PrefixGemmaModel(text)
         self.vision_tower = SiglipVisionTransformer(vision, head=False)
         self.multi_modal_projector = nn.Module()
         self.multi_modal_projector.linear = nn.Linear(int(vision.hidden_size), int(text.hidden_size))
-        self.embedding_proj_layer = nn.Linear(int(text.hidden_size), int(config.embedding_dim))
+        dim = ENGINE_DIM if vlm is config else int(config.embedding_dim)
+        self.embedding_proj_layer = nn.Linear(int(text.hidden_size), dim)
         self.image_token_id = int(vlm.image_token_id)
         self.vocab_size = int(text.vocab_size)
 
@@ -99,8 +128,8 @@ class ColPaliForRetrieval(RetrievalHead, VisionLanguageModel):
     def check_config(
         cls, config: PretrainedConfig, shapes: Mapping[str, tuple[int, ...]] | None, overridden: Collection[str] = ()
     ) -> None:
-        vlm = vlm_config(cls, config)
-        cls.require_sub_configs(vlm, "vlm_config")
+        vlm = paligemma_config(cls, config)
+        cls.require_sub_configs(vlm, "vlm_config" if vlm is not config else "config")
         kind = getattr(vlm.text_config, "model_type", None)
         if kind != "gemma":
             raise ModelLoadError(
@@ -111,8 +140,16 @@ class ColPaliForRetrieval(RetrievalHead, VisionLanguageModel):
                 f"the vision projection_dim {vlm.vision_config.projection_dim} must equal the text hidden_size {vlm.text_config.hidden_size}"
             )
         super().check_config(config, None, overridden)
-        check_embedding_dim(cls, config)
+        if vlm is config:
+            PALIGEMMA_CHECKS.check(config, None, overridden)
+        else:
+            check_embedding_dim(cls, config)
         GemmaModel.check_config(vlm.text_config, None, ())
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.embedding_proj_layer.out_features)
+
 
     # -- the forward pass ----------------------------------------------------------------------
 
@@ -143,5 +180,9 @@ class ColPaliForRetrieval(RetrievalHead, VisionLanguageModel):
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         parts = self.checkpoint_layout.split(weights)
         load_into(self.vision_tower, fuse_projections(self.vision_tower, parts["vision"]), rename=lambda n: n)
-        load_into(self, parts["own"], rename=lambda n: n, optional=lambda n: n.startswith(("language_model.", "vision_tower.")))
+        load_into(self.embedding_proj_layer, parts["projection"], rename=lambda n: n)
+        load_into(
+            self, parts["own"], rename=lambda n: n,
+            optional=lambda n: n.startswith(("language_model.", "vision_tower.", "embedding_proj_layer.")),
+        )
         self.language_model.load_weights(parts["language"])

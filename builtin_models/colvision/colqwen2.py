@@ -5,7 +5,9 @@ multimodal rotary positions (every token, image tokens too, at its plain positio
 processor (:class:`~.processor.ColQwen2Processor`) gives plain positions.
 
 Checkpoints load in transformers 5's layout (``vlm.visual.*``, ``vlm.language_model.*``) and the
-published one (vidore's ``-hf`` checkpoints: ``vlm.model.*``); ``lm_head`` is not read.
+published one (vidore's ``-hf`` checkpoints: ``vlm.model.*``); ``lm_head`` is not read. The
+projection is ``embedding_proj_layer``, or ``custom_text_proj`` as colpali-engine's classes name it;
+a LoRA adapter (:mod:`poolkit.lora`) may train it under either name.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class ColQwen2ForRetrieval(ProjectedRetriever, Qwen2VLForConditionalGeneration):
     checkpoint_layout: ClassVar[CheckpointLayout] = Qwen2VLForConditionalGeneration.checkpoint_layout.under(
         r"(?:vlm\.)?", projection=PROJECTION
     )
+
 
     def forward(self, batch: PackedBatch) -> torch.Tensor:
         hidden = super().forward(batch)

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Collection, Iterable, Mapping
 
 import torch
@@ -22,8 +23,10 @@ if TYPE_CHECKING:
 
     from poolkit.contracts.architecture import LoadedModel
 
-#: The projection to the retrieval space, read by the retriever itself.
-PROJECTION = r"embedding_proj_layer\."
+#: The projection to the retrieval space, read by the retriever itself: transformers' name, or
+#: colpali-engine's (``custom_text_proj``, the name its classes, checkpoints and adapters use).
+PROJECTION = r"(?:embedding_proj_layer|custom_text_proj)\."
+_PROJECTION_LAYER = re.compile(r"(?:^|\.)(?:embedding_proj_layer|custom_text_proj)$")
 
 
 def vlm_config(cls: type, config: PretrainedConfig) -> Any:
@@ -73,6 +76,14 @@ class RetrievalHead:
     @property
     def num_labels(self) -> int:
         return 0
+
+    def adapter_target(self, layer: str) -> tuple[str, int, int] | None:
+        """The projection under either name (colpali-engine's adapters train ``custom_text_proj``)
+        where the retriever keeps it as ``embedding_proj_layer``; the backbone's layers as the
+        backbone places them."""
+        if _PROJECTION_LAYER.search(layer) and isinstance(getattr(self, "embedding_proj_layer", None), nn.Linear):
+            return "embedding_proj_layer", 0, 1
+        return super().adapter_target(layer)  # type: ignore[misc]
 
     def role_prompts(self, texts: list[str], side: str, model: LoadedModel) -> list[Prompt]:
         """A query is the text as the media processor writes a text without an image (the query

@@ -241,6 +241,17 @@ class BorrowsConfig(Protocol):
 
 
 @runtime_checkable
+class RunsSTModules(Protocol):
+    """The architecture runs sentence-transformers modules of its publisher's own (``modules.json``
+    types such as ``st_quantize.FlexibleQuantizer``, remote code there) itself, in its task head:
+    the sentence-transformers reader (:mod:`poolkit.loading.st_config`) passes over them instead of
+    refusing the model. Read by the loader (:mod:`poolkit.loading.load`), of the class."""
+
+    #: The ``modules.json`` types (as written there) the architecture runs.
+    st_modules: ClassVar[frozenset[str]]
+
+
+@runtime_checkable
 class RefusesDtypes(Protocol):
     """The architecture refuses to run in some dtypes. Read by the loader
     (:mod:`poolkit.loading.load`), of the class, before the tokenizer and the weights load."""

@@ -21,7 +21,7 @@ from ..config.devices import head_dtype, resolve_device, resolve_dtype
 from ..config.model_impl import MODEL_IMPLS, TRANSFORMERS_IMPLEMENTATION
 from ..contracts.architecture import Architecture, check_architecture
 from ..contracts.batch import PackedBatch
-from ..contracts.capabilities import ClaimsNames, RefusesDtypes, StandsIn
+from ..contracts.capabilities import ClaimsNames, RefusesDtypes, RunsSTModules, StandsIn
 from ..contracts.checkpoint import Checkpoint
 from ..contracts.config_checks import overridden_fields
 from ..contracts.errors import InvalidRequest, ModelLoadError
@@ -214,7 +214,8 @@ def load_model(args: EngineArgs) -> PoolingModel:
     declared = getattr(hf_config, "use_activation", None)
     if declared is not None and not isinstance(declared, bool):
         raise ModelLoadError(f"use_activation in config.json (or hf_overrides) must be true or false, got {declared!r}")
-    st = read_st_config(layout.st_dir or path, args.allow_pickle)
+    own_modules = arch_cls.st_modules if isinstance(arch_cls, RunsSTModules) else frozenset()
+    st = read_st_config(layout.st_dir or path, args.allow_pickle, own_modules)
     if st is not None and st.score_outputs is not None:
         hf_config.num_labels = st.score_outputs  # a CrossEncoder's own score modules are its classifier
     tokenizer_dir = Path(args.tokenizer) if args.tokenizer else layout.tokenizer

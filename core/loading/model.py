@@ -356,6 +356,11 @@ class PoolingModel:
             return None
         return archs.entry(self.architecture_name).plugin
 
+    def _folder_layout(self) -> dict[str, Any]:
+        """``describe()``'s ``layout`` entry when a ``poolkit_checkpoint_layout`` hook recognised the folder."""
+        layout = self.layout
+        return {} if layout is None or layout == Layout.plain(self.path) else {"layout": layout.shown()}
+
     def describe(self) -> dict[str, Any]:
         """Every resolved setting with its source, for ``poolkit info``."""
         tasks = {}
@@ -376,8 +381,9 @@ class PoolingModel:
             "implementation": self.architecture.implementation,
             "fallback": self.fallback,
             "architecture_plugin": self._architecture_plugin(),
-            "layout": (self.layout or Layout.plain(self.path)).shown(),
-            **self.architecture.describe(),  # an architecture naming the layout it recognised says it here
+            "layout": Layout.plain(self.path).shown(),
+            **self.architecture.describe(),  # an architecture naming the layout it recognised says it here,
+            **self._folder_layout(),  # and a folder a layout hook recognised says it over both
             "warnings": self.warnings,
             "dtype": str(self.dtype).removeprefix("torch."),
             "device": str(self.device),

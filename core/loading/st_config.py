@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 from ..contracts.errors import ModelLoadError
 from ..contracts.sentence_transformers import DenseSpec, STConfig, TokenPoolingSpec
@@ -156,8 +156,9 @@ def parse_token_pooling(config: dict[str, Any], path: str) -> TokenPoolingSpec:
     return TokenPoolingSpec(float(factor), protected, bool(config.get("normalize_embeddings", True)), tuple(tasks))
 
 
-def read_st_config(model_dir: Path, allow_pickle: bool = False) -> STConfig | None:
-    """The sentence-transformers settings of ``model_dir``, or ``None`` if it has no modules.json."""
+def read_st_config(model_dir: Path, allow_pickle: bool = False, own: Collection[str] = ()) -> STConfig | None:
+    """The sentence-transformers settings of ``model_dir``, or ``None`` if it has no modules.json;
+    the module types in ``own`` are the architecture's to run (its ``st_modules``), passed over."""
     modules_file = model_dir / "modules.json"
     if not modules_file.is_file():
         return None
@@ -166,7 +167,7 @@ def read_st_config(model_dir: Path, allow_pickle: bool = False) -> STConfig | No
     for module in sorted(modules, key=lambda m: m.get("idx", 0)):
         kind = str(module.get("type", "")).rsplit(".", 1)[-1]
         path = module.get("path", "")
-        if kind in _BODY_MODULES:
+        if kind in _BODY_MODULES or module.get("type") in own:
             continue
         if kind == "Pooling":
             st.pooling_modes, st.include_prompt = parse_pooling(_read_json(model_dir / path / "config.json"))

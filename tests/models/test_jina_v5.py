@@ -1,12 +1,16 @@
-"""jina-embeddings-v5-text-small: a Qwen3 body with four task adapters, every task from one model.
+"""jina-embeddings-v5-text-small and -nano: a Qwen3 or a bidirectional EuroBERT body with four task
+adapters, every task from one model.
 
 The reference is the publisher's code written out (``modeling_jina_embeddings_v5.py``'s
 ``from_pretrained`` and ``encode``, ``custom_st.py``'s ``forward``; the nano model's files in the
-mirror ``oaustegard/jina-v5-nano-mirror``, the body being transformers' ``Qwen3Model`` for the
-small model, whose config is a ``Qwen3Config``): the body loaded by transformers, every task's
-adapter loaded by PEFT into one ``PeftMixedModel`` and set per call, ``"Query: "`` or
-``"Document: "`` first, one right-padded batch, the last real token, L2. The checkpoint
-(``tiny_jina_v5.build_jina_v5``) is laid out as published, with the source of every key.
+mirror ``oaustegard/jina-v5-nano-mirror``): the body loaded by transformers (``Qwen3Model`` for the
+small model, whose config is a ``Qwen3Config``; ``EuroBertModel`` for the nano, whose config is an
+``EuroBertConfig`` and whose ``modeling_eurobert.py`` is generated from the same
+``modular_eurobert.py`` as transformers', its rotary ``linear`` with factor 1.0 being the default
+one), every task's adapter loaded by PEFT into one ``PeftMixedModel`` and set per call,
+``"Query: "`` or ``"Document: "`` first, one right-padded batch, the last real token, L2. The
+checkpoints (``tiny_jina_v5.build_jina_v5``, ``build_jina_v5_nano``) are laid out as published,
+with the source of every key. Every test runs on both sizes, but the one that swaps their ``is_decoder``.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
-from tiny_jina_v5 import TASKS, build_jina_v5
+from tiny_jina_v5 import TASKS, build_jina_v5, build_jina_v5_nano
 from tolerances import assert_bf16_as_close_as_the_reference
 
 from poolkit import LLM, PoolingParams
@@ -39,26 +43,48 @@ PROMPT_NAMES = {
 }
 
 
-@pytest.fixture(scope="module")
-def jina(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_jina_v5(tmp_path_factory.mktemp("jina-v5") / "jina-embeddings-v5-text-small")
+#: The two published sizes and their builders.
+BUILDERS = {"small": build_jina_v5, "nano": build_jina_v5_nano}
+#: What ``poolkit info`` says each is (:meth:`JinaV5Tasks.describe`).
+LAYOUTS = {
+    "small": {
+        "value": "jina-embeddings-v5-text-small (Qwen3 body, task adapters retrieval, text-matching, clustering, classification)",
+        "source": "config.json architectures JinaEmbeddingsV5Model, no is_decoder: false; adapters/<task>/adapter_config.json",
+    },
+    "nano": {
+        "value": "jina-embeddings-v5-text-nano (bidirectional EuroBERT body, task adapters retrieval, text-matching, clustering, classification)",
+        "source": "config.json architectures JinaEmbeddingsV5Model, is_decoder: false; adapters/<task>/adapter_config.json",
+    },
+}
+
+
+@pytest.fixture(scope="module", params=list(BUILDERS))
+def jina(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    size = request.param
+    return BUILDERS[size](tmp_path_factory.mktemp(f"jina-v5-{size}") / f"jina-embeddings-v5-text-{size}")
+
+
+def size_of(path: Path) -> str:
+    return path.name.rpartition("-")[2]
 
 
 # -- the reference: the publisher's modeling code ------------------------------------------------
 
 
-@lru_cache(maxsize=2)
+@lru_cache(maxsize=4)
 def publisher_model(path: str, dtype: str = "float32") -> tuple[Any, Any]:
     """``JinaEmbeddingsV5Model.from_pretrained``: the body, then every task's adapter by name (in
-    ``dtype`` too, as poolkit runs them, where PEFT would keep them in float32)."""
+    ``dtype`` too, as poolkit runs them, where PEFT would keep them in float32). The body is the
+    nano's EuroBERT where its config says ``is_decoder: false``, else the small model's Qwen3."""
     from peft import PeftConfig, PeftMixedModel
-    from transformers import AutoTokenizer, Qwen3Config, Qwen3Model
+    from transformers import AutoTokenizer, EuroBertConfig, EuroBertModel, Qwen3Config, Qwen3Model
 
     raw = json.loads((Path(path) / "config.json").read_text())
     task_names = raw["task_names"]
-    for key in ("auto_map", "model_type", "architectures", "task_names"):  # JinaEmbeddingsV5Config is a Qwen3Config
+    for key in ("auto_map", "model_type", "architectures", "task_names"):  # JinaEmbeddingsV5Config is the body's config
         raw.pop(key)
-    base = Qwen3Model.from_pretrained(path, config=Qwen3Config(**raw), dtype=getattr(torch, dtype), attn_implementation="eager")
+    config_class, body = (EuroBertConfig, EuroBertModel) if raw.get("is_decoder") is False else (Qwen3Config, Qwen3Model)
+    base = body.from_pretrained(path, config=config_class(**raw), dtype=getattr(torch, dtype), attn_implementation="eager")
     adapters = {name: str(Path(path) / "adapters" / name) for name in task_names}
     model = PeftMixedModel(base, PeftConfig.from_pretrained(adapters["retrieval"]), adapter_name="retrieval")
     for name in task_names:
@@ -95,6 +121,8 @@ def test_loads_natively_with_its_four_adapters(jina: Path) -> None:
     llm = LLM(str(jina))
     info = llm.model.describe()
     assert info["architecture"] == "JinaEmbeddingsV5Model" and info["implementation"] == "native"
+    assert info["layout"] == LAYOUTS[size_of(jina)]  # poolkit info: which body was recognised, from what
+    assert llm.model.architecture.causal is (size_of(jina) == "small")  # the nano's EuroBERT attends both ways
     assert info["tasks"]["embed"]["pooling_type"]["value"] == "LAST"
     # modules.json has only Jina's custom module, which normalises in code: not read as "no Normalize"
     assert info["tasks"]["embed"]["use_activation"]["value"] is True
@@ -183,14 +211,36 @@ def test_a_missing_adapter_is_named(jina: Path, tmp_path: Path) -> None:
         LLM(str(other))
 
 
-def test_the_eurobert_body_is_refused_with_its_reason(jina: Path, tmp_path: Path) -> None:
-    """jina-embeddings-v5-text-nano is published under the same name with ``is_decoder: false``."""
-    other = tmp_path / "nano"
+def test_an_adapter_for_another_body_is_named(jina: Path, tmp_path: Path) -> None:
+    """A task adapter whose factors sit on a module the body lacks (jina-embeddings-v3's flash
+    ``mixer.Wqkv``, say) is a one-line load error naming the task, the module and the body."""
+    other = tmp_path / "foreign-adapter"
     shutil.copytree(jina, other)
-    raw = json.loads((other / "config.json").read_text())
-    (other / "config.json").write_text(json.dumps({**raw, "is_decoder": False}))
-    with pytest.raises(ModelLoadError, match=r"bidirectional EuroBERT body \(is_decoder: false"):
+    folder = other / "adapters" / "text-matching"
+    (folder / "adapter_config.json").write_text(json.dumps({**json.loads((folder / "adapter_config.json").read_text()), "target_modules": ["Wqkv"]}))
+    layer = "base_model.model.layers.0.mixer.Wqkv"
+    save_file({f"{layer}.lora_A.weight": torch.zeros(4, 32), f"{layer}.lora_B.weight": torch.zeros(96, 4)}, folder / "adapter_model.safetensors")
+    body = {"small": "Qwen3", "nano": "bidirectional EuroBERT"}[size_of(jina)]
+    with pytest.raises(ModelLoadError, match=rf"^the text-matching adapter targets layers\.0\.mixer\.Wqkv, which the {body} body of this JinaEmbeddingsV5Model lacks"):
         LLM(str(other))
+
+
+@pytest.mark.parametrize(
+    "size, is_decoder, message",
+    [
+        # the small model's Qwen3 weights under the nano's is_decoder: false
+        ("small", False, r"config\.json says is_decoder: false .* the weights hold layers\.0\.self_attn\.k_norm\.weight, a Qwen3 body's"),
+        # the nano without it: its keys read as Qwen3's, whose head_dim (128) the weights contradict
+        ("nano", None, r"num_attention_heads \* head_dim is 4 \* 128 = 512, but the weights hold 32"),
+    ],
+)
+def test_a_body_that_contradicts_is_decoder_is_named(tmp_path: Path, size: str, is_decoder: bool | None, message: str) -> None:
+    """``is_decoder`` tells the two bodies apart; weights of the other body are a one-line load error."""
+    path = BUILDERS[size](tmp_path / f"jina-embeddings-v5-text-{size}")
+    raw = {k: v for k, v in json.loads((path / "config.json").read_text()).items() if k != "is_decoder"}
+    (path / "config.json").write_text(json.dumps(raw if is_decoder is None else {**raw, "is_decoder": is_decoder}))
+    with pytest.raises(ModelLoadError, match=message):
+        LLM(str(path))
 
 
 def test_bfloat16_follows_float32_with_every_task(jina: Path) -> None:
