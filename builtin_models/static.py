@@ -55,7 +55,7 @@ from poolkit.contracts.model import Tokenizer
 from poolkit.contracts.params import PoolingParams
 from poolkit.contracts.pooling import Head
 from poolkit.loading.weights import warn_unused
-from poolkit.runtime.threads import one_thread
+from poolkit.config.threads import one_thread
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer as RustTokenizer

@@ -35,7 +35,7 @@ from .columns import Collector, Encoded, Results, Tokens, gather_index, to_host
 from .inflight import InFlight, Staged
 from .estimates import CHARS_PER_TOKEN_GUESS
 from .standin import StandInDevice, from_environment
-from .threads import one_thread
+from ..config.threads import one_thread
 from .tokenizing import PromptTokenizer
 
 logger = logging.getLogger(__name__)

@@ -1,4 +1,5 @@
-"""How many threads torch runs a block's operations on."""
+"""How many threads torch runs a block's operations on: the engine's policy for small CPU batches,
+and a plugin's own for work too small to split (a static model's gather and mean)."""
 
 from __future__ import annotations
 
