@@ -1,4 +1,4 @@
-"""The ColVision retrievers' media processors: PaliGemma's prompts, and ColPali's, ColQwen2's and ColQwen3.5's.
+"""The ColVision retrievers' media processors: PaliGemma's prompts, and ColPali's, ColQwen2's, ColQwen2.5's and ColQwen3.5's.
 
 :class:`PaliGemmaProcessor`: each image is decoded under the image IO processor's limits and
 pre-processed as transformers' SigLIP image processor does it (converted to RGB, resized to the
@@ -17,6 +17,8 @@ through as they are. ColQwen2's images are Qwen2-VL's
 ``ColQwen2ForRetrieval`` runs the decoder without multimodal rotary positions.
 :class:`ColQwen3_5Processor` writes colpali-engine's ColQwen3.5 prompts (a query: the text and ten
 ``<|endoftext|>``, nothing else), Qwen3-VL's images at Qwen3.5's multimodal rotary positions.
+:class:`ColQwen2_5Processor` writes the same prompts, as colpali-engine's ``ColQwen2_5_Processor``
+does, with Qwen2.5-VL's images at Qwen2.5-VL's multimodal rotary positions.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from poolkit.contracts.io import Prompt
 from poolkit.contracts.media import Layout, MediaItem, PromptReplacement, plural
 
 from ...io_processors.image import MediaProcessor, read_processor_config
-from ..qwen_vl.processor import QwenVLProcessor
+from ..qwen_vl.processor import QwenVLProcessor, VisionSettings
 from ..blocks.vision_language import to_rgb
 
 if TYPE_CHECKING:
@@ -44,6 +46,8 @@ if TYPE_CHECKING:
 IMAGE_TOKEN = "<image>"
 #: How many padding tokens end a ColVision query (the processors' ``query_augmentation_token * 10``).
 QUERY_AUGMENTATION = 10
+#: The side in pixels of a visual token in colpali-engine's ``max_num_visual_tokens`` (``* 28 * 28``).
+VISUAL_TOKEN_SIDE = 28
 
 
 @dataclasses.dataclass(frozen=True)
@@ -273,3 +277,30 @@ class ColQwen3_5Processor(ColQwen2Processor):
     def backbone(self, model: ModelInfo) -> Any:
         """The retriever itself: its config is the backbone's."""
         return model
+
+
+class ColQwen2_5Processor(ColQwen3_5Processor):
+    """The prompts of colpali-engine's ``ColQwen2_5_Processor`` (``processing_colqwen2_5.py``), for
+    ``ColQwen2_5``: ColQwen3.5's (a query is the text + ten ``<|endoftext|>``: ``query_prefix`` is
+    empty since colpali-engine 0.3.13, ``"Query: "`` before it; a page is the visual prompt), with
+    Qwen2.5-VL's images at Qwen2.5-VL's M-RoPE positions (``Qwen2_5_VLModel`` computes them from the
+    image grids; colpali-engine's first ``ColQwen2_5`` called ``get_rope_index`` itself).
+
+    The pixel budget is ``preprocessor_config.json``'s, as ``from_pretrained`` leaves it; its
+    ``max_num_visual_tokens`` (the load setting ``mm_processor_kwargs``, unless that gives
+    ``max_pixels`` itself) sets ``max_pixels`` to that many 28 x 28 tiles, colpali-engine's constant."""
+
+    def settings(self, model: ModelInfo, kind: str = "image") -> VisionSettings:
+        """Qwen2.5-VL's settings, ``max_pixels`` from ``max_num_visual_tokens`` when given.
+
+        Raises:
+            InvalidRequest: a ``max_num_visual_tokens`` that is not a positive integer.
+        """
+        found = super().settings(model, kind)
+        given = getattr(model, "mm_processor_kwargs", None) or {}
+        tokens = given.get("max_num_visual_tokens")
+        if tokens is None or given.get("max_pixels") is not None:
+            return found
+        if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
+            raise InvalidRequest(f"mm_processor_kwargs max_num_visual_tokens must be a positive integer, got {tokens!r}")
+        return dataclasses.replace(found, max_pixels=tokens * VISUAL_TOKEN_SIDE**2)

@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 #: The projection to the retrieval space, read by the retriever itself: transformers' name, or
 #: colpali-engine's (``custom_text_proj``, the name its classes, checkpoints and adapters use).
 PROJECTION = r"(?:embedding_proj_layer|custom_text_proj)\."
-_PROJECTION_LAYER = re.compile(r"(?:^|\.)(?:embedding_proj_layer|custom_text_proj)$")
+_PROJECTION_MODULES = ("embedding_proj_layer", "custom_text_proj")
+_PROJECTION_LAYER = re.compile(rf"(?:^|\.)(?:{'|'.join(_PROJECTION_MODULES)})$")
 
 
 def vlm_config(cls: type, config: PretrainedConfig) -> Any:
@@ -78,11 +79,12 @@ class RetrievalHead:
         return 0
 
     def adapter_target(self, layer: str) -> tuple[str, int, int] | None:
-        """The projection under either name (colpali-engine's adapters train ``custom_text_proj``)
-        where the retriever keeps it as ``embedding_proj_layer``; the backbone's layers as the
-        backbone places them."""
-        if _PROJECTION_LAYER.search(layer) and isinstance(getattr(self, "embedding_proj_layer", None), nn.Linear):
-            return "embedding_proj_layer", 0, 1
+        """The projection under either name (colpali-engine's adapters train ``custom_text_proj``),
+        where the retriever keeps it under either; the backbone's layers as the backbone places them."""
+        if _PROJECTION_LAYER.search(layer):
+            own = next((name for name in _PROJECTION_MODULES if isinstance(getattr(self, name, None), nn.Linear)), None)
+            if own is not None:
+                return own, 0, 1
         return super().adapter_target(layer)  # type: ignore[misc]
 
     def role_prompts(self, texts: list[str], side: str, model: LoadedModel) -> list[Prompt]:

@@ -10,6 +10,11 @@ folder>)``: transformers reads ``adapter_config.json``, builds the base named by
 (unmerged LoRA layers, ``W x + B A x * alpha / r``). Its forward pass runs PaliGemma, takes the last
 hidden states through ``custom_text_proj``, L2-normalises and masks them. Its inputs are transformers'
 ``ColPaliProcessor``'s, whose prompts poolkit's ColPali processor follows (``test_colvision_families``).
+vidore/colqwen2.5-v0.2 over vidore/colqwen2.5-base is checked the same way against colpali-engine
+0.3.18's ``ColQwen2_5`` (``colpali_engine/models/qwen2_5/colqwen2_5/modeling_colqwen2_5.py``, written
+out in ``tiny_adapter_repos`` over transformers' ``Qwen2_5_VLModel``), ``ColQwen2_5.from_pretrained(<adapter
+folder>)`` with peft's adapter, fed by ``ColQwen2_5_Processor``'s ``process_queries`` / ``process_images``
+(written out there over transformers' ``Qwen2VLProcessor``), and its MaxSim (``score_multi_vector``).
 A LoRA adapter over transformers' own ``-hf`` ColQwen2 is checked the same way against transformers'
 ``ColQwen2ForRetrieval`` with peft's adapter. Tolerances: DESIGN.md §7 for fp32 embeddings (max |diff| <= 1e-4, cosine >= 0.99999): the merge adds
 ``B A * scaling`` to the weights once, in float32, where peft adds the product at every call; the two
@@ -29,14 +34,19 @@ from tiny_adapter_repos import (
     COLPALI_BASE,
     COLQWEN2_5_BASE,
     ColPali,
+    ColQwen2_5,
     build_colpali_repos,
     build_colqwen2_5_repos,
     build_colqwen2_hf_repos,
+    colqwen2_5_process_images,
+    colqwen2_5_process_queries,
+    colqwen2_5_processor,
     hub_cache,
 )
 from tiny_models import picture
 from poolkit import LLM
-from poolkit.contracts.errors import ModelLoadError
+from poolkit.builtin_models.colvision import ColQwen2_5 as PoolkitColQwen2_5
+from poolkit.contracts.errors import InvalidRequest, ModelLoadError
 
 #: fp32 parity (DESIGN.md §7).
 ATOL, MIN_COS = 1e-4, 0.99999
@@ -220,20 +230,6 @@ def test_a_base_of_another_architecture_is_refused(repos, tmp_path, tiny_encoder
     _refused(adapter, "does not apply to its base", "has no linear layer for", "model.language_model.model.layers.")
 
 
-def test_a_colqwen2_5_adapter_names_the_base_architecture_poolkit_lacks(tmp_path, monkeypatch):
-    """vidore/colqwen2.5-v0.2 over vidore/colqwen2.5-base: the base is found by hub id, but colpali-engine's
-    ``ColQwen2_5`` (Qwen2.5-VL's config at the top, ``custom_text_proj``) has no poolkit architecture yet."""
-    from huggingface_hub import constants
-
-    base, adapter = build_colqwen2_5_repos(tmp_path / "repos", base_id=COLQWEN2_5_BASE)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    hub_cache(tmp_path / "hub", COLQWEN2_5_BASE, base)
-    names = set(load_file(str(adapter / "adapter_model.safetensors")))
-    assert {"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight", "base_model.model.custom_text_proj.lora_B.weight"} <= names
-    _refused(adapter, "no poolkit architecture for ColQwen2_5")
-
-
 def test_a_base_of_other_sizes_is_refused(repos, tmp_path):
     """Factors of another width than the base's layers (an adapter trained on a wider PaliGemma)."""
     layer = "base_model.model.model.language_model.model.layers.0.self_attn.q_proj.lora_A.weight"
@@ -243,3 +239,205 @@ def test_a_base_of_other_sizes_is_refused(repos, tmp_path):
 
     adapter = _edited(repos, tmp_path, tensors=wider)
     _refused(adapter, "does not apply to its base", "model.language_model.model.layers.0.self_attn.q_proj maps 96 -> 64 features")
+
+
+# -- ColQwen2.5: vidore/colqwen2.5-v0.2 over vidore/colqwen2.5-base ---------------------------------
+
+#: Pages of other shapes: 5x7 and 7x5 merged patches (M-RoPE's height and width differ), 4x4, and a capped one.
+COLQWEN2_5_PAGES = [picture(37, 53, 0), picture(53, 37, 1), picture(30, 30, 3, "L"), picture(150, 110, 2)]
+
+
+@pytest.fixture(scope="module")
+def cq_repos(tmp_path_factory):
+    """The tiny base and adapter, the adapter naming the base by its hub id, found in a Hugging Face cache."""
+    return build_colqwen2_5_repos(tmp_path_factory.mktemp("colqwen2_5") / "repos", base_id=COLQWEN2_5_BASE)
+
+
+@pytest.fixture(scope="module")
+def cq_hub(cq_repos, tmp_path_factory):
+    """The Hugging Face cache holding the base under its hub id, offline."""
+    from huggingface_hub import constants
+
+    cache = tmp_path_factory.mktemp("colqwen2_5_hub")
+    hub_cache(cache, COLQWEN2_5_BASE, cq_repos[0])
+    patch = pytest.MonkeyPatch()
+    patch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    patch.setenv("HF_HUB_CACHE", str(cache))
+    patch.setenv("HF_HUB_OFFLINE", "1")
+    yield cache
+    patch.undo()
+
+
+@pytest.fixture(scope="module")
+def cq_llm(cq_repos, cq_hub):
+    return LLM(str(cq_repos[1]), dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def cq_engine(cq_repos, cq_hub):
+    """colpali-engine's ``ColQwen2_5`` from the adapter folder (the base from the cache, peft's adapter) and its processor."""
+    model = ColQwen2_5.from_pretrained(str(cq_repos[1]), dtype=torch.float32).eval()
+    assert sum("lora_B" in name for name, _ in model.named_parameters()) == 15  # 2 layers x 7 projections, and custom_text_proj
+    return model, colqwen2_5_processor(cq_repos[1])
+
+
+def cq_reference(engine, item, **forward) -> tuple[list[int], torch.Tensor]:
+    """colpali-engine's token ids and vectors of one query (a text) or page (an image), padding rows dropped."""
+    model, processor = engine
+    given = colqwen2_5_process_queries(processor, [item]) if isinstance(item, str) else colqwen2_5_process_images(processor, [item])
+    keep = given["attention_mask"][0].bool()
+    with torch.no_grad():
+        out = model(**given, **forward)[0]
+    return given["input_ids"][0][keep].tolist(), out[keep]
+
+
+def cq_prompt(item):
+    return item if isinstance(item, str) else page(item)
+
+
+def test_colqwen2_5_folders_are_laid_out_as_published(cq_repos):
+    base, adapter = cq_repos
+    config = json.loads((base / "config.json").read_text())
+    assert config["architectures"] == ["ColQwen2_5"] and config["model_type"] == "qwen2_5_vl"
+    assert "text_config" not in config and config["hidden_size"] == 64  # transformers 4.49's flat Qwen2.5-VL config
+    tensors = load_file(str(base / "model.safetensors"))
+    assert {"model.embed_tokens.weight", "model.norm.weight", "visual.merger.ln_q.weight", "custom_text_proj.bias"} <= set(tensors)
+    assert tensors["custom_text_proj.weight"].shape == (128, 64)
+    names = set(load_file(str(adapter / "adapter_model.safetensors")))
+    assert {"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight", "base_model.model.custom_text_proj.lora_B.weight"} <= names
+    assert not any("visual" in name for name in names)
+    assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == COLQWEN2_5_BASE
+
+
+def test_colqwen2_5_is_a_late_interaction_retriever(cq_llm):
+    assert type(cq_llm.model.architecture) is PoolkitColQwen2_5
+    assert cq_llm.model.supported_tasks() == ["token_embed"] and cq_llm.score_type == "late-interaction"
+    assert cq_llm.model.architecture.hidden_size == 128
+
+
+def test_colqwen2_5_queries_and_pages_match_colpali_engine_packed(cq_llm, cq_engine):
+    items = QUERIES + COLQWEN2_5_PAGES
+    outs = cq_llm.encode([cq_prompt(item) for item in items], pooling_task="token_embed")
+    for out, item in zip(outs, items):
+        ids, want = cq_reference(cq_engine, item)
+        assert out.prompt_token_ids == ids
+        assert_close(vectors([out])[0], want)
+
+
+def test_colqwen2_5_pages_run_at_multimodal_positions(cq_llm, cq_engine):
+    """A 5x7 page's vectors are colpali-engine's at the M-RoPE positions ``Qwen2_5_VLModel`` computes,
+    not at plain ones (which would move them)."""
+    (out,) = cq_llm.encode([page(COLQWEN2_5_PAGES[0])], pooling_task="token_embed")
+    ids, want = cq_reference(cq_engine, COLQWEN2_5_PAGES[0])
+    plain = torch.arange(len(ids)).expand(3, 1, -1)
+    _, at_plain = cq_reference(cq_engine, COLQWEN2_5_PAGES[0], position_ids=plain)
+    assert_close(vectors([out])[0], want)
+    assert (vectors([out])[0] - at_plain).abs().max() > 10 * ATOL  # rope_theta 1e6 over 16-wide heads turns slowly
+
+
+def test_colqwen2_5_scores_are_maxsim_of_colpali_engine_vectors(cq_llm, cq_engine):
+    documents = [{"content": [{"type": "image_pil", "image_pil": image}]} for image in COLQWEN2_5_PAGES]
+    got = torch.tensor([out.outputs.score for out in cq_llm.score(QUERIES[0], documents)])
+    query = cq_reference(cq_engine, QUERIES[0])[1]
+    # score_multi_vector: per page, the sum over query vectors of the best dot product with the page's
+    want = torch.stack([(query @ cq_reference(cq_engine, image)[1].T).max(dim=1).values.sum() for image in COLQWEN2_5_PAGES])
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-5)
+
+
+def test_colqwen2_5_base_alone_is_colpali_engines_base(cq_repos, cq_llm, cq_engine):
+    base = LLM(str(cq_repos[0]), dtype="float32")
+    base_engine = (ColQwen2_5.from_pretrained(str(cq_repos[0]), dtype=torch.float32).eval(), cq_engine[1])
+    for item in (QUERIES[0], COLQWEN2_5_PAGES[1]):
+        (alone,) = vectors(base.encode([cq_prompt(item)], pooling_task="token_embed"))
+        assert_close(alone, cq_reference(base_engine, item)[1])
+        (adapted,) = vectors(cq_llm.encode([cq_prompt(item)], pooling_task="token_embed"))
+        assert (adapted - alone).abs().max() > 0.05
+
+
+def test_colqwen2_5_base_saved_by_transformers_5_loads_alike(cq_repos, tmp_path):
+    """colpali-engine's ``ColQwen2_5`` of the base saved again with transformers 5 (``text_config`` nested,
+    the tensors named back through ``key_mapping``) is the same model."""
+    import shutil
+
+    ColQwen2_5.from_pretrained(str(cq_repos[0]), dtype=torch.float32).save_pretrained(tmp_path / "resaved")
+    for name in ("tokenizer.json", "tokenizer_config.json", "preprocessor_config.json"):
+        shutil.copy(cq_repos[0] / name, tmp_path / "resaved" / name)
+    assert "text_config" in json.loads((tmp_path / "resaved" / "config.json").read_text())
+    prompts = [QUERIES[0], page(COLQWEN2_5_PAGES[1])]
+    resaved = vectors(LLM(str(tmp_path / "resaved"), dtype="float32").encode(prompts, pooling_task="token_embed"))
+    for got, want in zip(resaved, vectors(LLM(str(cq_repos[0]), dtype="float32").encode(prompts, pooling_task="token_embed"))):
+        assert torch.equal(got, want)
+
+
+def test_colqwen2_5_info_names_the_layouts(cq_repos, cq_llm):
+    """``poolkit info``: the adapter folder as an adapter repository over the base's hub id; the base
+    alone as colpali-engine's ColQwen2_5, with its published tensor names."""
+    from typer.testing import CliRunner
+
+    from poolkit.entrypoints.cli import app
+
+    base, adapter = cq_repos
+    shown = {}
+    for folder in (adapter, base):
+        result = CliRunner().invoke(app, ["info", str(folder)])
+        assert result.exit_code == 0, result.stderr
+        shown[folder] = json.loads(result.stdout)
+    assert shown[adapter]["layout"] == cq_llm.model.describe()["layout"]
+    assert shown[adapter]["layout"]["value"] == f"adapter repository over {COLQWEN2_5_BASE}"
+    assert "models--vidore--colqwen2.5-base" in shown[adapter]["layout"]["source"]
+    assert shown[adapter]["architecture"] == shown[base]["architecture"] == "ColQwen2_5"
+    assert shown[base]["layout"] == {
+        "value": "colpali-engine ColQwen2_5 (published tensor names: model.*, visual.*, 128-wide custom_text_proj)",
+        "source": "config.json architectures (ColQwen2_5), the checkpoint's tensor names",
+    }
+
+
+def test_colqwen2_5_max_num_visual_tokens_caps_pages_as_from_pretrained_does(cq_repos, cq_hub, cq_engine):
+    """``mm_processor_kwargs={"max_num_visual_tokens": 2}`` is ``ColQwen2_5_Processor.from_pretrained(...,
+    max_num_visual_tokens=2)``: ``max_pixels`` 2 x 28 x 28."""
+    few = LLM(str(cq_repos[1]), dtype="float32", mm_processor_kwargs={"max_num_visual_tokens": 2})
+    engine = (cq_engine[0], colqwen2_5_processor(cq_repos[1], max_num_visual_tokens=2))
+    (out,) = few.encode([page(COLQWEN2_5_PAGES[3])], pooling_task="token_embed")
+    ids, want = cq_reference(engine, COLQWEN2_5_PAGES[3])
+    assert out.prompt_token_ids == ids and len(ids) < len(cq_reference(cq_engine, COLQWEN2_5_PAGES[3])[0])
+    assert_close(vectors([out])[0], want)
+
+
+def test_colqwen2_5_a_bad_max_num_visual_tokens_is_refused(cq_repos, cq_hub):
+    llm = LLM(str(cq_repos[1]), dtype="float32", mm_processor_kwargs={"max_num_visual_tokens": 0})
+    with pytest.raises(InvalidRequest, match="max_num_visual_tokens must be a positive integer, got 0"):
+        llm.encode([page(COLQWEN2_5_PAGES[0])], pooling_task="token_embed")
+
+
+def _base_copy(cq_repos, tmp_path, config: dict | None = None, width: int | None = None):
+    """The base folder copied, its ``config.json`` updated by ``config``, ``custom_text_proj`` cut to ``width`` rows."""
+    import shutil
+
+    base = shutil.copytree(cq_repos[0], tmp_path / "base")
+    raw = json.loads((base / "config.json").read_text())
+    (base / "config.json").write_text(json.dumps({**raw, **(config or {})}))
+    if width is not None:
+        tensors = load_file(str(base / "model.safetensors"))
+        for name in ("custom_text_proj.weight", "custom_text_proj.bias"):
+            tensors[name] = tensors[name][:width].contiguous()
+        save_file(tensors, str(base / "model.safetensors"), metadata={"format": "pt"})
+    return base
+
+
+@pytest.mark.parametrize(
+    "config, width, needles",
+    [
+        ({"dim": 64}, None, ("ColQwen2_5 config dim is 64", "custom_text_proj.weight has shape (128, 64), not (64, 64)")),
+        (None, 96, ("ColQwen2_5 config has no dim (colpali-engine's 128)", "custom_text_proj.weight has shape (96, 64), not (128, 64)")),
+        ({"dim": 0}, None, ("the ColQwen2_5 config's dim must be a positive integer, got 0",)),
+    ],
+    ids=["dim-disagrees", "no-dim-and-not-128", "dim-zero"],
+)
+def test_colqwen2_5_a_projection_of_another_width_than_dim_is_refused(cq_repos, tmp_path, config, width, needles):
+    _refused(_base_copy(cq_repos, tmp_path, config, width), *needles)
+
+
+def test_colqwen2_5_a_dim_that_fits_the_projection_is_read(cq_repos, tmp_path, cq_llm):
+    """A config naming the 128 it holds loads as the one without ``dim``."""
+    llm = LLM(str(_base_copy(cq_repos, tmp_path, {"dim": 128})), dtype="float32")
+    assert llm.model.architecture.hidden_size == 128

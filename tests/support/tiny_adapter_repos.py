@@ -9,8 +9,13 @@ Sources (github.com/illuin-tech/colpali unless said otherwise):
   ``PaliGemmaForConditionalGeneration`` as ``model``, ``custom_text_proj`` ``hidden -> 128`` with
   bias, ``self.dim = 128`` hard-coded; its ``_checkpoint_conversion_mapping`` from the published
   names to transformers 5's) and ``colpali_engine/models/qwen2_5/colqwen2_5/modeling_colqwen2_5.py``
-  (``ColQwen2_5``: a ``Qwen2_5_VLModel`` and ``custom_text_proj``; its mapping ``^model.layers ->
-  language_model.layers``).
+  (``ColQwen2_5`` of colpali-engine 0.3.18, the PyPI wheel: a ``Qwen2_5_VLModel`` and
+  ``custom_text_proj``, ``dim`` 128 hard-coded, its ``forward`` unpadding ``pixel_values``, projecting,
+  L2-normalising and masking; its mapping ``^model.layers`` / ``^model.embed_tokens`` /
+  ``^model.norm -> language_model.*``, the last two added after 0.3.14), with its processor's
+  ``process_images`` / ``process_queries`` (``processing_colqwen2_5.py``, ``utils/processing_utils.py``:
+  the visual prompt; ``query_prefix`` "" since 0.3.13, "Query: " before; ten ``<|endoftext|>``;
+  ``max_num_visual_tokens * 28 * 28`` pixels when given) over transformers' ``Qwen2VLProcessor``.
 - The base folders (vidore/colpaligemma-3b-pt-448-base, vidore/colqwen2.5-base) are what
   ``scripts/init_base_model.py`` saves: ``config.json`` of the backbone's config class with the
   colpali-engine class as its architecture (``"architectures": ["ColPali"]``, ``"model_type":
@@ -23,6 +28,12 @@ Sources (github.com/illuin-tech/colpali unless said otherwise):
   ``custom_text_proj.*`` for ColQwen2.5 (the ColNomic loaders in the code corpus read
   ``custom_text_proj.weight``/``.bias`` from the base's index). Tied ``lm_head`` weights are not
   written (``save_pretrained`` drops tied tensors); not confirmed from the published headers.
+  vidore/colqwen2.5-base's ``config.json`` is taken to be Qwen/Qwen2.5-VL-3B-Instruct's (the base of
+  colqwen2.5-v0.2) as transformers 4.49 saved it in February 2025: flat, decoder keys at the top,
+  ``rope_scaling`` ``{"mrope_section", "rope_type": "default", "type": "default"}``, no ``dim``; its
+  ``preprocessor_config.json`` that model's ``Qwen2VLImageProcessor`` (``min_pixels``/``max_pixels``
+  and ``size``); the published files themselves were not reachable, so neither is confirmed, nor
+  whether the published pixel budget is Qwen2.5-VL's (12845056) or training's 768 x 28 x 28.
 - The adapters (vidore/colpali-v1.3, vidore/colqwen2.5-v0.2): ``LoraConfig`` as the training
   configs give it (``scripts/configs/pali/train_colpali_model.yaml``,
   ``scripts/configs/qwen2/train_colqwen25_model.py``: ``r=32``, ``lora_alpha=32``, ``bias="none"``,
@@ -50,7 +61,7 @@ from transformers.models.qwen2_5_vl import Qwen2_5_VLModel
 
 from tiny_colretrieval import _randomise, build_colqwen2, gemma_like_tokenizer
 from tiny_models import qwen_vl_tokenizer
-from tiny_qwen_vl import _text_config, _token_ids
+from tiny_qwen_vl import _token_ids
 
 #: The hub ids the adapters name as their base (their adapter_config.json's ``base_model_name_or_path``).
 COLPALI_BASE = "vidore/colpaligemma-3b-pt-448-base"
@@ -106,15 +117,91 @@ class ColPali(PaliGemmaPreTrainedModel):
         return self.model.model.language_model.get_input_embeddings()
 
 
-class ColQwen2_5(Qwen2_5_VLModel):
-    """colpali-engine's ``ColQwen2_5`` (``modeling_colqwen2_5.py``) as it saves a base:
-    ``Qwen2_5_VLModel`` and ``custom_text_proj`` (``hidden -> 128``, with bias)."""
+class ColQwen2_5(Qwen2_5_VLModel):  # noqa: N801 - colpali-engine's name, which config.json's architectures carry
+    """colpali-engine 0.3.18's ``ColQwen2_5`` (``modeling_colqwen2_5.py``): ``Qwen2_5_VLModel`` (the
+    M-RoPE positions it computes from ``image_grid_thw`` and ``mm_token_type_ids``), ``custom_text_proj``
+    (``hidden -> 128``, with bias), ``proj / proj.norm(-1)`` times the attention mask; its default
+    ``mask_non_image_embeddings=False``. ``forward`` unpads ``pixel_values`` as it does (see
+    :func:`colqwen2_5_process_images`)."""
+
+    main_input_name = "doc_input_ids"
+    _checkpoint_conversion_mapping = {
+        r"^base_model\.model\.custom_text_proj": "custom_text_proj",
+        r"^model\.layers": "language_model.layers",
+        r"^model\.embed_tokens": "language_model.embed_tokens",
+        r"^model\.norm": "language_model.norm",
+    }
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        key_mapping = kwargs.pop("key_mapping", None)
+        if key_mapping is None:
+            key_mapping = dict(getattr(super(), "_checkpoint_conversion_mapping", None) or {})
+            key_mapping.update(cls._checkpoint_conversion_mapping)
+        return super().from_pretrained(*args, **kwargs, key_mapping=key_mapping)
 
     def __init__(self, config: T.Qwen2_5_VLConfig) -> None:
         super().__init__(config=config)
         self.dim = 128
         self.custom_text_proj = nn.Linear(self.config.text_config.hidden_size, self.dim)
+        self.padding_side = "left"
         self.post_init()
+
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        if "pixel_values" in kwargs:
+            offsets = kwargs["image_grid_thw"][:, 1] * kwargs["image_grid_thw"][:, 2]
+            kwargs["pixel_values"] = torch.cat([pixels[:offset] for pixels, offset in zip(kwargs["pixel_values"], offsets)], dim=0)
+        kwargs.pop("return_dict", True)
+        kwargs.pop("output_hidden_states", None)
+        kwargs.pop("use_cache", None)
+        hidden = super().forward(*args, **kwargs, use_cache=False, output_hidden_states=True, return_dict=True).last_hidden_state
+        proj = self.custom_text_proj(hidden)
+        proj = proj / proj.norm(dim=-1, keepdim=True)
+        return proj * kwargs["attention_mask"].unsqueeze(-1)
+
+
+class ImageQwen2VLProcessor(T.Qwen2VLProcessor):
+    """transformers' ``Qwen2VLProcessor`` (the base of colpali-engine's ``ColQwen2_5_Processor``)
+    without a video processor, which needs torchvision to be built; pages and queries never read it."""
+
+    def check_argument_for_proper_class(self, argument_name: str, argument: object) -> None:
+        if argument is not None:
+            super().check_argument_for_proper_class(argument_name, argument)
+
+
+#: ``ColQwen2_5_Processor.visual_prompt_prefix`` and ``query_augmentation_token``.
+COLQWEN2_5_VISUAL_PROMPT = "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Describe the image.<|im_end|><|endoftext|>"
+COLQWEN2_5_AUGMENTATION = "<|endoftext|>"
+
+
+def colqwen2_5_processor(folder: Path, max_num_visual_tokens: int | None = None) -> ImageQwen2VLProcessor:
+    """``ColQwen2_5_Processor.from_pretrained(folder)``: the tokenizer, padding on the left, and the
+    Pillow image processor, ``max_pixels`` and ``size["longest_edge"]`` set to
+    ``max_num_visual_tokens * 28 * 28`` when given."""
+    tok = T.AutoTokenizer.from_pretrained(folder)
+    tok.padding_side = "left"
+    images = T.AutoImageProcessor.from_pretrained(folder, backend="pil")
+    if max_num_visual_tokens is not None:
+        images.max_pixels = max_num_visual_tokens * 28 * 28
+        images.size["longest_edge"] = images.max_pixels
+    return ImageQwen2VLProcessor(image_processor=images, tokenizer=tok, video_processor=None)
+
+
+def colqwen2_5_process_images(processor: ImageQwen2VLProcessor, images: list) -> dict:
+    """``ColQwen2_5_Processor.process_images``: the visual prompt per image, RGB, and ``pixel_values``
+    split per image and padded to ``[images, patches, features]`` (which ``forward`` undoes)."""
+    batch = processor(
+        text=[COLQWEN2_5_VISUAL_PROMPT] * len(images), images=[i.convert("RGB") for i in images], padding="longest", return_tensors="pt"
+    )
+    offsets = batch["image_grid_thw"][:, 1] * batch["image_grid_thw"][:, 2]
+    batch["pixel_values"] = torch.nn.utils.rnn.pad_sequence(list(torch.split(batch["pixel_values"], offsets.tolist())), batch_first=True)
+    return dict(batch)
+
+
+def colqwen2_5_process_queries(processor: ImageQwen2VLProcessor, texts: list[str]) -> dict:
+    """``BaseVisualRetrieverProcessor.process_queries`` (colpali-engine 0.3.13 on): ``query_prefix``
+    (empty) + the text + ten ``query_augmentation_token``, through ``process_texts``."""
+    return dict(processor(text=[t + COLQWEN2_5_AUGMENTATION * 10 for t in texts], padding="longest", return_tensors="pt"))
 
 
 #: transformers 5's names of ``ColPali``'s tensors -> the published ones (the inverse of its mapping;
@@ -222,29 +309,77 @@ def build_colpali_repos(out: Path, seed: int = 0, base_id: str | None = None, im
     return base, adapter
 
 
-def build_colqwen2_5_repos(out: Path, seed: int = 0, base_id: str | None = None) -> tuple[Path, Path]:
-    """A tiny ColQwen2.5 base (``out/base``: Qwen2.5-VL with a 2-block vision tower, the decoder of
-    ``tiny_qwen_vl.build_qwen2_5_vl``) and a colqwen2.5-v0.2-like adapter over it (``out/adapter``),
-    each with the tokenizer and a Pillow Qwen2-VL image processor."""
-    tok = qwen_vl_tokenizer()
-    config = T.Qwen2_5_VLConfig(
-        text_config=_text_config(tok, 2, interleaved=False),
-        vision_config=dict(
-            depth=2, hidden_size=32, out_hidden_size=64, intermediate_size=48, num_heads=2, patch_size=4, spatial_merge_size=2,
-            temporal_patch_size=2, window_size=16, fullatt_block_indexes=[1], tokens_per_second=4, hidden_act="silu",
-        ),
+def colqwen2_5_config(tok: T.PreTrainedTokenizerFast, dim: int | None = None) -> dict:
+    """vidore/colqwen2.5-base's ``config.json``, scaled down: Qwen/Qwen2.5-VL-3B-Instruct's as
+    transformers 4.49 saved a ``Qwen2_5_VLConfig`` (decoder keys flat at the top, ``rope_scaling`` as
+    4.49 rewrote ``"mrope"``, ``vision_config`` with ``in_chans`` / ``spatial_patch_size``), with
+    colpali-engine's class as the architecture; ``dim`` only when given (not a published key)."""
+    config = {
+        "architectures": ["ColQwen2_5"],
+        "model_type": "qwen2_5_vl",
+        "attention_dropout": 0.0,
+        "bos_token_id": tok.eos_token_id,
+        "eos_token_id": tok.eos_token_id,
+        "hidden_act": "silu",
+        "hidden_size": 64,
+        "initializer_range": 0.02,
+        "intermediate_size": 96,
+        "max_position_embeddings": 128000,
+        "max_window_layers": 70,
+        "num_attention_heads": 4,
+        "num_hidden_layers": 2,
+        "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-06,
+        "rope_scaling": {"mrope_section": [2, 3, 3], "rope_type": "default", "type": "default"},
+        "rope_theta": 1000000.0,
+        "sliding_window": 32768,
+        "tie_word_embeddings": True,
+        "torch_dtype": "float32",
+        "use_cache": True,
+        "use_sliding_window": False,
         **_token_ids(tok),
-    )
-    config.architectures = ["ColQwen2_5"]
-    model = ColQwen2_5(config)
+        "vocab_size": len(tok),
+        "vision_config": {
+            "depth": 2, "hidden_act": "silu", "hidden_size": 32, "intermediate_size": 48, "num_heads": 2, "in_chans": 3,
+            "out_hidden_size": 64, "patch_size": 4, "spatial_merge_size": 2, "spatial_patch_size": 4, "window_size": 16,
+            "fullatt_block_indexes": [1], "tokens_per_second": 4, "temporal_patch_size": 2,
+        },
+    }
+    return config if dim is None else {**config, "dim": dim}
+
+
+#: The tiny image processor's pixel budget (4-pixel patches merged 2x2).
+COLQWEN2_5_MIN_PIXELS, COLQWEN2_5_MAX_PIXELS = 8 * 8, 48 * 48
+
+
+def colqwen2_5_preprocessor_config() -> dict:
+    """``preprocessor_config.json`` as transformers 4.49's ``Qwen2VLImageProcessor`` saved
+    Qwen2.5-VL's (``min_pixels`` / ``max_pixels`` and ``size`` alike, CLIP's mean and std), scaled down."""
+    return {
+        "do_convert_rgb": True, "do_normalize": True, "do_rescale": True, "do_resize": True,
+        "image_mean": list(T.image_utils.OPENAI_CLIP_MEAN), "image_std": list(T.image_utils.OPENAI_CLIP_STD),
+        "image_processor_type": "Qwen2VLImageProcessor", "processor_class": "ColQwen2_5_Processor",
+        "min_pixels": COLQWEN2_5_MIN_PIXELS, "max_pixels": COLQWEN2_5_MAX_PIXELS,
+        "size": {"shortest_edge": COLQWEN2_5_MIN_PIXELS, "longest_edge": COLQWEN2_5_MAX_PIXELS},
+        "merge_size": 2, "patch_size": 4, "temporal_patch_size": 2, "resample": 3, "rescale_factor": 1 / 255,
+    }
+
+
+def build_colqwen2_5_repos(out: Path, seed: int = 0, base_id: str | None = None) -> tuple[Path, Path]:
+    """A tiny ColQwen2.5 base (``out/base``: :func:`colqwen2_5_config`, Qwen2.5-VL with a 2-block
+    vision tower and a 2-layer decoder) and a colqwen2.5-v0.2-like adapter over it (``out/adapter``),
+    each with the tokenizer and :func:`colqwen2_5_preprocessor_config`."""
+    tok = qwen_vl_tokenizer()
+    raw = colqwen2_5_config(tok)
+    model = ColQwen2_5(T.Qwen2_5_VLConfig(**raw))
     _randomise(model, seed)
     base = save_base(model, out / "base", COLQWEN2_5_PUBLISHED)
+    (base / "config.json").write_text(json.dumps(raw, indent=2))
     adapter = out / "adapter"
     save_adapter(model, adapter, base_id or str(base), COLQWEN2_5_TARGETS, COLQWEN2_5_PUBLISHED, seed + 1)
-    images = T.Qwen2VLImageProcessorPil(patch_size=4, merge_size=2, temporal_patch_size=2, min_pixels=8 * 8, max_pixels=48 * 48)
     for folder in (base, adapter):
         tok.save_pretrained(folder)
-        images.save_pretrained(folder)
+        (folder / "preprocessor_config.json").write_text(json.dumps(colqwen2_5_preprocessor_config(), indent=2))
     return base, adapter
 
 
