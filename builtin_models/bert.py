@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
-from typing import TYPE_CHECKING, Callable, ClassVar, Iterable, Iterator, Protocol
+from typing import TYPE_CHECKING, Callable, ClassVar, Iterable, Iterator, Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -360,9 +360,6 @@ class XLMRobertaForTokenClassification(RobertaForTokenClassification):
 
 
 _mlm_logger = logging.getLogger(__name__)
-#: Checkpoint names of the MLM decoder, usually absent: tied to the word embeddings and ``bias``.
-_DECODER_WEIGHT = "cls.predictions.decoder.weight"
-_DECODER_BIAS = "cls.predictions.decoder.bias"
 
 
 class BertPredictionHeadTransform(nn.Module):
@@ -400,81 +397,106 @@ class BertOnlyMLMHead(nn.Module):
         self.predictions = BertLMPredictionHead(config)
 
 
-class BertForMaskedLM(BertModel, MaskedLMHead):
-    """BERT with its masked-language-model head, which SPLADE models are.
+class RobertaLMHead(nn.Module):
+    """The ``lm_head`` of HF's ``RobertaForMaskedLM`` (and XLM-R's): dense, GELU (the exact one,
+    whatever ``hidden_act`` says, as transformers' ``RobertaLMHead`` calls ``gelu``), ``layer_norm``,
+    then the vocabulary projection: the word embeddings (tied) plus ``bias``.
 
-    ``embed`` and ``token_embed`` pool the encoder's hidden states as for ``BertModel`` (CLS by
-    default), unless the model is a SPLADE model (:class:`BertSpladeSparseEmbeddingModel`, or a
-    sentence-transformers config with ``SpladePooling``): then ``embed`` is the SPLADE vector.
-    ``sparse_embed`` is always the SPLADE vector, ``log(1 + relu(MLM logits))`` pooled over
-    all tokens: the task builds it from :meth:`lm_head`. ``token_classify`` is the MLM head's
-    softmax over the vocabulary at every token (``[n_tokens, vocab_size]``), as vLLM serves a
-    masked LM.
+    ``decoder`` exists only for checkpoints whose decoder weight is not tied to the embeddings.
+    """
 
-    The head loads from ``cls.predictions.*`` (old ``LayerNorm.gamma``/``beta`` names too); the
-    decoder weight is the word embeddings when the config ties them (the default) or the
-    checkpoint has none; its bias is ``cls.predictions.bias``, or ``decoder.bias`` for an untied
-    decoder (as in transformers, which ties the two only along with the weight). A
-    checkpoint with no MLM head at all (a ``BertModel`` labelled ``BertForMaskedLM``) loads
+    def __init__(self, config: PretrainedConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+        self.decoder: nn.Linear | None = None
+
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = F.linear(x.to(self.dense.weight.dtype), self.dense.weight, self.dense.bias)
+        return fp32_layer_norm(F.gelu(hidden), self.layer_norm)
+
+
+class MaskedLMModel(_Encoder):
+    """Mixed in before an encoder: its masked-language-model head, which SPLADE models are.
+
+    ``embed`` and ``token_embed`` pool the encoder's hidden states as the bare encoder does (CLS by
+    default), unless the model is a SPLADE model (:attr:`splade`, or a sentence-transformers config
+    with ``SpladePooling``): then ``embed`` is the SPLADE vector. ``sparse_embed`` is always the
+    SPLADE vector, ``log(1 + relu(MLM logits))`` pooled over all tokens: the task builds it from
+    :meth:`lm_head`. ``token_classify`` is the MLM head's softmax over the vocabulary at every token
+    (``[n_tokens, vocab_size]``), as vLLM serves a masked LM.
+
+    The head loads from :attr:`mlm_head_path` (``cls.predictions.*``, ``lm_head.*``; old
+    ``LayerNorm.gamma``/``beta`` names too); the decoder weight is the word embeddings when the
+    config ties them (the default) or the checkpoint has none; its bias is the head's ``bias``, or
+    ``decoder.bias`` for an untied decoder (as in transformers, which ties the two only along with
+    the weight). A checkpoint with no MLM head at all (a base model labelled ``*ForMaskedLM``) loads
     without one and serves the hidden-state tasks only.
     """
 
-    classifier_prefixes: ClassVar[tuple[str, ...]] = ("cls.predictions.",)
+    #: Where the head is, as the checkpoint names it; its first part is this model's attribute.
+    mlm_head_path: ClassVar[str]
     #: Whether ``embed`` is the SPLADE vector whatever the sentence-transformers config says.
     splade: ClassVar[bool] = False
 
-    def __init__(self, config: PretrainedConfig) -> None:
-        super().__init__(config)
-        self.cls: BertOnlyMLMHead | None = BertOnlyMLMHead(config)
+    @property
+    def mlm_head(self) -> BertLMPredictionHead | RobertaLMHead | None:
+        """The head (``transform``, ``bias``, ``decoder``), or ``None`` for a checkpoint without one.
+
+        Read from the registered modules: RoBERTa's ``lm_head`` module shares its name with
+        :meth:`lm_head`, which attribute access finds first."""
+        top, _, rest = self.mlm_head_path.partition(".")
+        module = self._modules.get(top)
+        return cast("BertLMPredictionHead | RobertaLMHead", module.get_submodule(rest)) if module is not None else None
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        path = self.mlm_head_path
+        top = path.partition(".")[0] + "."
+        decoder_weight, decoder_bias, head_bias = f"{path}.decoder.weight", f"{path}.decoder.bias", f"{path}.bias"
         aside: dict[str, torch.Tensor] = {}
 
         def named() -> Iterator[tuple[str, torch.Tensor]]:
             for checkpoint_name, tensor in weights:
                 name = self.parameter_name(checkpoint_name)
-                if name in (_DECODER_WEIGHT, _DECODER_BIAS):
+                if name in (decoder_weight, decoder_bias):
                     aside[name] = tensor
                 elif name is not None:
                     yield name, tensor
 
-        loaded = load_into(
-            self, fuse_projections(self, named()), rename=lambda name: name, optional=lambda n: n.startswith("cls.")
-        )
-        head = {name for name, _ in self.named_parameters() if name.startswith("cls.")}
+        loaded = load_into(self, fuse_projections(self, named()), rename=lambda name: name, optional=lambda n: n.startswith(top))
+        head = {name for name, _ in self.named_parameters() if name.startswith(top)}
         tied = bool(getattr(self.config, "tie_word_embeddings", True))
-        # transformers ties decoder.bias to cls.predictions.bias only along with the weight: an
-        # untied decoder adds its own bias.
-        if _DECODER_BIAS in aside and (not tied or "cls.predictions.bias" not in loaded):
-            self._copy("cls.predictions.bias", aside[_DECODER_BIAS])
-            loaded.add("cls.predictions.bias")
+        # transformers ties decoder.bias to the head's bias only along with the weight: an untied
+        # decoder adds its own bias.
+        if decoder_bias in aside and (not tied or head_bias not in loaded):
+            self._copy(head_bias, aside[decoder_bias])
+            loaded.add(head_bias)
         if not (head & loaded) and not aside:
             if self.splade:
-                raise ModelLoadError(
-                    f"{type(self).__name__} needs the checkpoint's MLM head (cls.predictions.*), and it has none"
-                )
-            _mlm_logger.info("the checkpoint has no MLM head (cls.predictions.*): sparse_embed is unavailable")
-            self.cls = None
+                raise ModelLoadError(f"{type(self).__name__} needs the checkpoint's MLM head ({path}.*), and it has none")
+            _mlm_logger.info("the checkpoint has no MLM head (%s.*): sparse_embed is unavailable", path)
+            setattr(self, top[:-1], None)
             return
         missing = sorted(head - loaded)
         if missing:
             raise ModelLoadError(f"checkpoint lacks weights for {', '.join(missing)} (the MLM head)")
-        decoder = aside.get(_DECODER_WEIGHT)
+        decoder = aside.get(decoder_weight)
         if decoder is not None and not tied:
             expected = (int(self.config.vocab_size), self.hidden_size)
             if tuple(decoder.shape) != expected:
                 raise ModelLoadError(
-                    f"checkpoint tensor '{_DECODER_WEIGHT}' has shape {tuple(decoder.shape)}, but the model expects {expected}"
+                    f"checkpoint tensor '{decoder_weight}' has shape {tuple(decoder.shape)}, but the model expects {expected}"
                 )
             linear = nn.Linear(self.hidden_size, expected[0], bias=False)
             with torch.no_grad():
                 linear.weight.copy_(decoder)
-            self.get_submodule("cls.predictions").decoder = linear
+            cast("BertLMPredictionHead | RobertaLMHead", self.mlm_head).decoder = linear
         elif decoder is None and not tied:
-            _mlm_logger.warning("the checkpoint has no %s; using the word embeddings (tied)", _DECODER_WEIGHT)
+            _mlm_logger.warning("the checkpoint has no %s; using the word embeddings (tied)", decoder_weight)
 
     def _copy(self, name: str, tensor: torch.Tensor) -> None:
-        target = self.get_parameter(name)
+        target = dict(self.named_parameters())[name]
         if tuple(target.shape) != tuple(tensor.shape):
             raise ModelLoadError(
                 f"checkpoint tensor for '{name}' has shape {tuple(tensor.shape)}, but the model expects {tuple(target.shape)}"
@@ -484,25 +506,54 @@ class BertForMaskedLM(BertModel, MaskedLMHead):
 
     def mlm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """``[n, H]`` hidden rows -> ``[n, vocab]`` MLM logits, in the model's dtype."""
-        if self.cls is None:
-            raise InvalidRequest("this checkpoint has no MLM head (cls.predictions.*), so it has no MLM logits")
-        head = self.cls.predictions
+        head = self.mlm_head
+        if head is None:
+            raise InvalidRequest(f"this checkpoint has no MLM head ({self.mlm_head_path}.*), so it has no MLM logits")
         weight = head.decoder.weight if head.decoder is not None else self.embeddings.word_embeddings.weight
         return F.linear(head.transform(hidden).to(weight.dtype), weight, head.bias)
 
     def lm_head(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
-        return self.mlm_logits if self.cls is not None else None
+        return self.mlm_logits if self.mlm_head is not None else None
 
     def is_splade(self, model: LoadedModel) -> bool:
         """Whether ``embed`` on ``model`` (the loaded :class:`PoolingModel`) is the SPLADE vector."""
         st = getattr(model, "st", None)
-        return self.cls is not None and (self.splade or (st is not None and st.splade is not None))
+        return self.mlm_head is not None and (self.splade or (st is not None and st.splade is not None))
 
     def task_head(self, task: TaskSpec, model: LoadedModel) -> Head | None:
         """For ``embed`` on a SPLADE model, the ``sparse_embed`` task's head (found by its registry key)."""
         if task.name != "embed" or not self.is_splade(model):
             return None
         return registry("task").get("sparse_embed").build(model)
+
+
+class BertForMaskedLM(MaskedLMModel, BertModel, MaskedLMHead):
+    """BERT with its masked-language-model head (``cls.predictions``), which SPLADE models are
+    (:class:`MaskedLMModel`). Unlike vLLM, the CLS and SEP tokens are pooled too, as
+    sentence-transformers' ``SparseEncoder`` pools them."""
+
+    classifier_prefixes: ClassVar[tuple[str, ...]] = ("cls.predictions.",)
+    mlm_head_path: ClassVar[str] = "cls.predictions"
+
+    def __init__(self, config: PretrainedConfig) -> None:
+        super().__init__(config)
+        self.cls: BertOnlyMLMHead | None = BertOnlyMLMHead(config)
+
+
+class RobertaForMaskedLM(MaskedLMModel, RobertaModel, MaskedLMHead):
+    """RoBERTa with its masked-language-model head (``lm_head``: granite-embedding-30m-sparse, a
+    sentence-transformers ``MLMTransformer`` + ``SpladePooling``), as :class:`MaskedLMModel` serves it."""
+
+    classifier_prefixes: ClassVar[tuple[str, ...]] = ("lm_head.",)
+    mlm_head_path: ClassVar[str] = "lm_head"
+
+    def __init__(self, config: PretrainedConfig) -> None:
+        super().__init__(config)
+        self._modules["lm_head"] = RobertaLMHead(config)  # registered by name: lm_head() is the Architecture's method
+
+
+class XLMRobertaForMaskedLM(RobertaForMaskedLM):
+    """XLM-RoBERTa with its masked-language-model head, identical in structure to RoBERTa's."""
 
 
 class BertSpladeSparseEmbeddingModel(BertForMaskedLM):
@@ -528,4 +579,6 @@ def poolkit_register_architectures(register):
     register("XLMRobertaForSequenceClassification", XLMRobertaForSequenceClassification)
     register("XLMRobertaForTokenClassification", XLMRobertaForTokenClassification)
     register("BertForMaskedLM", BertForMaskedLM)
+    register("RobertaForMaskedLM", RobertaForMaskedLM)
+    register("XLMRobertaForMaskedLM", XLMRobertaForMaskedLM)
     register("BertSpladeSparseEmbeddingModel", BertSpladeSparseEmbeddingModel)

@@ -6,12 +6,15 @@ the sequence's tokens, special tokens included as sentence-transformers' ``Spars
 into one ``[vocab]`` vector with a few dozen non-zero weights.
 
 The task builds the head from the architecture's masked-LM logits (``Architecture.lm_head``),
-so any architecture with an MLM head (``BertForMaskedLM``) serves it; a SPLADE model's
-architecture hands ``embed`` this task's head too.
+so any architecture with an MLM head (``BertForMaskedLM``, ``RobertaForMaskedLM``) serves it; a
+SPLADE model's architecture hands ``embed`` this task's head too. A sentence-transformers ``Router``
+with an inference-free query route (:mod:`.sparse_router`) is recognised here, its layout and its
+architecture registered by this plugin.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
@@ -26,6 +29,8 @@ from poolkit.contracts.pooling import Head
 from poolkit.contracts.tasks import Task
 from poolkit.plugins.lookup import kernel_for
 from poolkit.plugins.manager import registry
+
+from .sparse_router import ARCHITECTURE, InferenceFreeSpladeModel, router_layout
 
 #: Most MLM logits (rows x vocabulary) the SPLADE head holds at once: 2**24 floats (64 MiB in
 #: fp32) is 549 token rows for BERT's 30522-token vocabulary.
@@ -170,21 +175,36 @@ class SparseEmbedTask(Task):
 
     def check_model(self, model: LoadedModel) -> None:
         """Refuse a sentence-transformers ``SparseEncoder`` whose architecture does not make ``embed``
-        the SPLADE vector: its embeddings would be wrong.
+        the SPLADE vector (its embeddings would be wrong), and a ``Router`` whose query table does
+        not weigh its tokenizer's tokens.
 
         Raises:
             ModelLoadError: the model is such a checkpoint.
         """
         if model.st is None or model.st.splade is None:
             return
-        if model.architecture.task_head(registry("task").get("embed"), model) is None:
+        arch = model.architecture
+        if isinstance(arch, InferenceFreeSpladeModel):
+            arch.check_tokenizer(model.tokenizer)
+        if arch.task_head(registry("task").get("embed"), model) is None:
+            name = type(arch.document).__name__ if isinstance(arch, InferenceFreeSpladeModel) else model.architecture_name
             raise ModelLoadError(
                 f"model '{model.name}' is a sentence-transformers SparseEncoder (SpladePooling), but "
-                f"{model.architecture_name} has no SPLADE head in poolkit (BertForMaskedLM has one); its embeddings "
-                "would be wrong, so it is refused"
+                f"{name} has no SPLADE head in poolkit (BertForMaskedLM, RobertaForMaskedLM and "
+                "XLMRobertaForMaskedLM have one); its embeddings would be wrong, so it is refused"
             )
 
 
 @hookimpl
 def poolkit_register_tasks(register):
     register("sparse_embed", SparseEmbedTask)
+
+
+@hookimpl
+def poolkit_register_architectures(register):
+    register(ARCHITECTURE, InferenceFreeSpladeModel)
+
+
+@hookimpl
+def poolkit_checkpoint_layout(path):
+    return router_layout(Path(path))

@@ -27,6 +27,7 @@ import torch
 
 from ..contracts.errors import InvalidRequest
 from ..contracts.params import PoolingParams
+from ..contracts.tasks import ROLES
 from ..inputs.chat import settled
 from ..inputs.request import PoolRequest
 from .st_adapters import PROMPT_NAME, TASK, AdapterMethods
@@ -249,10 +250,12 @@ class _Model(AdapterMethods):
             return self.prompts.get(self.default_prompt_name)
         return None
 
-    def _run(self, pooling_task: str, inputs: list[Any], params: PoolingParams | None = None, prefix: str | None = None) -> Any:
+    def _run(
+        self, pooling_task: str, inputs: list[Any], params: PoolingParams | None = None, prefix: str | None = None, side: str | None = None
+    ) -> Any:
         """The engine's results of ``inputs`` (texts, or ``(text, text)`` pairs) for ``pooling_task``,
         each text after ``prefix`` (the prompt this class resolved: the model's default prompt is
-        not added again), cut at ``max_seq_length``."""
+        not added again), cut at ``max_seq_length``, on the retrieval ``side`` when given."""
         from ..contracts.io import Prompt
 
         if any(_is_media(i) for i in inputs):  # made prompts by the renderer's rule for text and media together
@@ -261,7 +264,7 @@ class _Model(AdapterMethods):
         if any(isinstance(i, (tuple, list)) for i in inputs):
             inputs = [Prompt(text=i[0], text_pair=i[1]) if isinstance(i, (tuple, list)) else Prompt(text=i) for i in inputs]
         task, parsed, checked = self.llm.render(PoolRequest(
-            inputs, task=pooling_task, params=params, truncation=self._cut(), prefix=prefix or "", lora_request=self._lora_request()
+            inputs, task=pooling_task, params=params, truncation=self._cut(), prefix=prefix or "", lora_request=self._lora_request(), side=side
         ))
         return self.llm.run(task, parsed, checked)
 
@@ -291,9 +294,11 @@ class _Model(AdapterMethods):
         ]
         return content
 
-    def _matrix(self, pooling_task: str, inputs: list[Any], params: PoolingParams | None = None, prefix: str | None = None) -> torch.Tensor:
+    def _matrix(
+        self, pooling_task: str, inputs: list[Any], params: PoolingParams | None = None, prefix: str | None = None, side: str | None = None
+    ) -> torch.Tensor:
         """:meth:`_run`'s results as one float32 row per input."""
-        data = self._run(pooling_task, inputs, params, prefix).data
+        data = self._run(pooling_task, inputs, params, prefix, side).data
         return (data if isinstance(data, torch.Tensor) else torch.stack(list(data))).float()
 
     def _check_call(self, batch_size: int, kwargs: dict[str, Any]) -> None:
@@ -708,7 +713,9 @@ class SparseEncoder(_Embedder):
                 empty = torch.zeros((0, self.get_embedding_dimension()))
                 return place(empty.to_sparse() if convert_to_sparse_tensor else torch.tensor([]))
             return []
-        dense = self._matrix("sparse_embed", texts, None, resolved)
+        side = kwargs.get("task")  # encode_query / encode_document's: the route of a model with a Router
+        routed = side in ROLES and self.llm.model.st is not None and self.llm.model.st.router is not None
+        dense = self._matrix("sparse_embed", texts, None, resolved, side if routed else None)
         keep = max_active_dims if max_active_dims is not None else self.max_active_dims
         if keep is not None and keep < dense.shape[1]:
             top = dense.topk(keep, dim=1)
@@ -718,6 +725,14 @@ class SparseEncoder(_Embedder):
             return rows[0] if single else rows
         listed = list(rows)
         return listed[0] if single else listed
+
+    def encode_query(self, inputs: Any, prompt_name: str | None = None, prompt: str | None = None, **kwargs: Any) -> Any:
+        """``encode`` with the ``query`` prompt, on a ``Router``'s query route (``task="query"``)."""
+        return super().encode_query(inputs, prompt_name, prompt, **{"task": "query", **kwargs})
+
+    def encode_document(self, inputs: Any, prompt_name: str | None = None, prompt: str | None = None, **kwargs: Any) -> Any:
+        """``encode`` with the ``document`` prompt, on a ``Router``'s document route (``task="document"``)."""
+        return super().encode_document(inputs, prompt_name, prompt, **{"task": "document", **kwargs})
 
     def decode(self, embeddings: torch.Tensor, top_k: int | None = None) -> Any:
         """``(token, weight)`` pairs of each embedding, strongest first (one embedding gives one list)."""

@@ -111,7 +111,7 @@ def poolkit_resolve_architecture(name, config):
     """Provide an architecture for a name that no plugin registered.
 
     Args:
-        name: the architecture name from ``config.json`` (``"DistilBertModel"``).
+        name: the architecture name from ``config.json`` (``"ElectraModel"``).
         config: the loaded Hugging Face config, ``hf_overrides`` applied; read it, don't change it.
 
     Returns:

@@ -7,6 +7,7 @@ honour sentence-transformers' modules; :mod:`poolkit.loading.st_config` reads it
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -55,6 +56,35 @@ class TokenPoolingSpec:
     tasks: tuple[str, ...] = ("document",)
 
 
+@dataclass(frozen=True)
+class RouterSpec:
+    """A sparse encoder's sentence-transformers ``Router`` (``router_config.json``), as poolkit serves
+    one: an inference-free ``query`` route (``SparseStaticEmbedding``: a weight per token, no forward
+    pass) and a ``document`` route (``MLMTransformer`` + ``SpladePooling``).
+
+    Attributes:
+        path: the Router module's folder (``modules.json``'s ``path``; ``""``: the model folder).
+        default_route: the route of inputs sent with no side (``parameters.default_route``).
+        query: the ``SparseStaticEmbedding``'s folder, relative to the Router's.
+        document: the masked LM's folder, relative to the Router's (``""``: the Router's own, as
+            the published checkpoints keep it).
+        document_type: the masked LM's module class (``MLMTransformer``, or ``Transformer`` with
+            ``transformer_task="fill-mask"``).
+        pooling: the ``SpladePooling``'s folder, relative to the Router's.
+    """
+
+    path: str
+    default_route: str
+    query: str
+    document: str
+    document_type: str
+    pooling: str
+
+    def folder(self, model_dir: Path, module: str) -> Path:
+        """Where ``module`` (one of this Router's folders) is under the model folder ``model_dir``."""
+        return model_dir / self.path / module
+
+
 @dataclass
 class STConfig:
     """What a sentence-transformers directory says about pooling, length and prompts."""
@@ -89,6 +119,8 @@ class STConfig:
     logit_score: dict[str, Any] | None = None
     #: A MultiVectorEncoder's ``HierarchicalTokenPooling`` module; ``None`` without one.
     token_pooling: TokenPoolingSpec | None = None
+    #: A SparseEncoder's ``Router`` (an inference-free query route); ``None`` without one.
+    router: RouterSpec | None = None
 
     @property
     def is_cross_encoder(self) -> bool:

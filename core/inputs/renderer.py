@@ -312,7 +312,10 @@ class Renderer:
                 input_type = aliases[0]
             else:
                 input_type = next((name for name in aliases if name in known), input_type)
-        if takes_sides or (input_type not in known and self.own_sides(input_type)):
+        # a retriever's own side, unless the name is a prompt with text or an instruction (an empty
+        # prompt of the side's name, as sentence-transformers saves carry, says nothing against it)
+        own = self.own_sides(input_type) and not self.model.prompts.get(input_type) and input_type not in self._instructions
+        if takes_sides or own:
             return Side(None, None, input_type)
         name, instruction = self.input_type(input_type)
         if name is not None and prompt_name is not None:

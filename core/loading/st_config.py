@@ -4,8 +4,9 @@
 sentence-transformers' order), ``include_prompt``, Dense layers with their activation,
 Normalize, ``sentence_bert_config.json`` (``max_seq_length``, ``do_lower_case``, the Transformer module's
 "message" modality and ``processing_kwargs``) and the prompts of ``config_sentence_transformers.json``,
-a SparseEncoder's ``SpladePooling`` and a CrossEncoder's ``LogitScore``. A module poolkit cannot
-honour is an error, never silently skipped. What is read fills a
+a SparseEncoder's ``SpladePooling`` (also as the document route of its ``Router``, whose
+``router_config.json`` says which module each route runs: :func:`read_router`) and a CrossEncoder's
+``LogitScore``. A module poolkit cannot honour is an error, never silently skipped. What is read fills a
 :class:`~poolkit.contracts.sentence_transformers.STConfig` (the contract plugins read it by).
 """
 
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any, Collection
 
 from ..contracts.errors import ModelLoadError
-from ..contracts.sentence_transformers import DenseSpec, STConfig, TokenPoolingSpec
+from ..contracts.sentence_transformers import DenseSpec, RouterSpec, STConfig, TokenPoolingSpec
 from .weights import checkpoint_files, iter_tensors
 
 #: sentence-transformers pooling mode -> poolkit pooler name, in ST's concatenation order.
@@ -53,6 +54,12 @@ _MULTI_VECTOR_TYPES = frozenset({"MultiVectorEncoder", "ColBERT"})
 #: sentence-transformers ``SpladePooling`` settings poolkit implements.
 SPLADE_STRATEGIES = ("max", "sum")
 SPLADE_ACTIVATIONS = ("relu", "log1p_relu")
+#: A Router's file of routes (``types``, ``structure``, ``parameters``).
+ROUTER_CONFIG = "router_config.json"
+#: The Routers poolkit serves: route -> the module classes it runs, in order (a masked LM's module
+#: is an ``MLMTransformer``, or a ``Transformer`` with ``transformer_task="fill-mask"``).
+ROUTER_ROUTES = {"query": (("SparseStaticEmbedding",),), "document": (("MLMTransformer", "Transformer"), ("SpladePooling",))}
+_ROUTES_SERVED = "query: SparseStaticEmbedding, document: MLMTransformer + SpladePooling"
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -156,6 +163,50 @@ def parse_token_pooling(config: dict[str, Any], path: str) -> TokenPoolingSpec:
     return TokenPoolingSpec(float(factor), protected, bool(config.get("normalize_embeddings", True)), tuple(tasks))
 
 
+def read_router(model_dir: Path, path: str) -> RouterSpec:
+    """The sentence-transformers ``Router`` of ``model_dir`` whose folder is ``path``: its
+    ``router_config.json`` (or the older ``config.json`` of the same fields), read as
+    sentence-transformers' ``Router.load`` reads it (a module named ``""`` is the Router's own
+    folder, where the published checkpoints keep their masked LM), and its default route as
+    ``Router.__init__`` sets it (``allow_empty_key``: the first route).
+
+    Raises:
+        ModelLoadError: a Router poolkit does not serve (other routes or modules, ``route_mappings``),
+            a module its types do not name or whose folder is missing, no default route.
+    """
+    folder = model_dir / path
+    config = _read_json(folder / ROUTER_CONFIG) if (folder / ROUTER_CONFIG).is_file() else None
+    if config is None and (folder / "config.json").is_file():
+        config = _read_json(folder / "config.json")
+    if not isinstance(config, dict) or not isinstance(config.get("structure"), dict) or not isinstance(config.get("types"), dict):
+        raise ModelLoadError(f"the sentence-transformers Router in {folder} has no {ROUTER_CONFIG} (types, structure)")
+    types, structure, parameters = config["types"], config["structure"], config.get("parameters") or {}
+    if parameters.get("route_mappings"):
+        raise ModelLoadError(f"{ROUTER_CONFIG} routes by route_mappings; poolkit serves a Router of {_ROUTES_SERVED}")
+
+    def kind(module: object) -> str:
+        if not isinstance(module, str) or module not in types:
+            raise ModelLoadError(f"{ROUTER_CONFIG} routes module {module!r}, which its types do not name")
+        if module and not (folder / module).is_dir():
+            raise ModelLoadError(f"{ROUTER_CONFIG} names module '{module}', whose folder {folder / module} is missing")
+        return str(types[module]).rsplit(".", 1)[-1]
+
+    routes = {name: [kind(m) for m in (modules if isinstance(modules, list) else [modules])] for name, modules in structure.items()}
+    served = set(routes) == set(ROUTER_ROUTES) and all(
+        len(routes[name]) == len(allowed) and all(k in a for k, a in zip(routes[name], allowed)) for name, allowed in ROUTER_ROUTES.items()
+    )
+    if not served:
+        shown = "; ".join(f"{name}: {' + '.join(kinds) or 'nothing'}" for name, kinds in routes.items())
+        raise ModelLoadError(f"the sentence-transformers Router's routes are {shown}; poolkit serves a Router of {_ROUTES_SERVED}")
+    default = parameters.get("default_route")
+    if default is None and parameters.get("allow_empty_key", True):
+        default = next(iter(structure))
+    if default not in ROUTER_ROUTES:
+        raise ModelLoadError(f"the sentence-transformers Router's default_route {default!r} is not one of its routes (query, document)")
+    query, document = structure["query"], structure["document"]
+    return RouterSpec(path, default, query[0], document[0], routes["document"][0], document[1])
+
+
 def read_st_config(model_dir: Path, allow_pickle: bool = False, own: Collection[str] = ()) -> STConfig | None:
     """The sentence-transformers settings of ``model_dir``, or ``None`` if it has no modules.json;
     the module types in ``own`` are the architecture's to run (its ``st_modules``), passed over."""
@@ -168,6 +219,12 @@ def read_st_config(model_dir: Path, allow_pickle: bool = False, own: Collection[
         kind = str(module.get("type", "")).rsplit(".", 1)[-1]
         path = module.get("path", "")
         if kind in _BODY_MODULES or module.get("type") in own:
+            continue
+        if kind == "Router":
+            st.router = read_router(model_dir, path)
+            pooling = st.router.folder(model_dir, st.router.pooling) / "config.json"
+            st.splade = parse_splade_pooling(_read_json(pooling) if pooling.is_file() else {})
+            st.splade["path"] = f"{Path(path, st.router.pooling).as_posix()}/config.json" if pooling.is_file() else "defaults"
             continue
         if kind == "Pooling":
             st.pooling_modes, st.include_prompt = parse_pooling(_read_json(model_dir / path / "config.json"))
@@ -196,9 +253,10 @@ def read_st_config(model_dir: Path, allow_pickle: bool = False, own: Collection[
                 f"sentence-transformers module '{module.get('type')}' in {modules_file.name} is not supported; "
                 "poolkit would give different results, so it refuses the model"
             )
+    body = st.router.folder(model_dir, st.router.document) if st.router is not None else model_dir
     for name in _TOKENIZER_CONFIGS:
-        if (model_dir / name).is_file():
-            cfg = _read_json(model_dir / name)
+        if (body / name).is_file():
+            cfg = _read_json(body / name)
             st.max_seq_length = cfg.get("max_seq_length")
             st.do_lower_case = bool(cfg.get("do_lower_case", False))
             st.tokenizer_config_file = name

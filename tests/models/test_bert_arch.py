@@ -252,7 +252,10 @@ def test_hooks_register_architectures_and_kernel() -> None:
     families = ("Bert", "Roberta", "XLMRoberta")
     heads = ("Model", "ForSequenceClassification", "ForTokenClassification")
     expected = {f + h: getattr(bert, f + h) for f in families for h in heads}
-    expected.update(BertForMaskedLM=bert.BertForMaskedLM, BertSpladeSparseEmbeddingModel=bert.BertSpladeSparseEmbeddingModel)
+    expected.update(
+        BertForMaskedLM=bert.BertForMaskedLM, RobertaForMaskedLM=bert.RobertaForMaskedLM, XLMRobertaForMaskedLM=bert.XLMRobertaForMaskedLM,
+        BertSpladeSparseEmbeddingModel=bert.BertSpladeSparseEmbeddingModel,
+    )
     assert registered == expected
     kernels: dict[str, Kernel] = {}
     attention.poolkit_register_kernels(register=kernels.__setitem__)

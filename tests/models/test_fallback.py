@@ -1,7 +1,7 @@
 """The transformers fallback: families with no native code run through transformers, same tasks.
 
-Tiny random DistilBERT, ELECTRA, CamemBERT, Phi-3 and GPT-2 models (no native poolkit code; Llama,
-Mistral and Gemma are native since the decoder family) are compared with
+Tiny random ELECTRA, CamemBERT, Phi-3 and GPT-2 models (no native poolkit code; Llama, Mistral and
+Gemma are native since the decoder family, DistilBERT since its port) are compared with
 transformers (and sentence-transformers' CrossEncoder) on one batch of mixed lengths.
 """
 
@@ -31,18 +31,18 @@ DOCS = ["paris is the capital of france", "hello world", "the quick brown fox", 
 FALLBACK = "fallback (transformers)"
 
 MODELS = {
-    "distilbert": ("DistilBertModel", None, {}),
     "electra": ("ElectraModel", None, {}),
     "camembert": ("CamembertModel", None, {}),
     "phi3": ("Phi3Model", None, {}),
     "gpt2": ("GPT2Model", None, {}),
-    "distilbert-3": ("DistilBertForSequenceClassification", 3, {}),
+    "electra-3": ("ElectraForSequenceClassification", 3, {}),
+    "camembert-3": ("CamembertForSequenceClassification", 3, {}),
     "phi3-3": ("Phi3ForSequenceClassification", 3, {}),
     "gpt2-3": ("GPT2ForSequenceClassification", 3, {}),  # no pad token
     "gpt2-pad-3": ("GPT2ForSequenceClassification", 3, {"pad_token_id": 0}),
     "electra-1": ("ElectraForSequenceClassification", 1, {}),
     "electra-ner": ("ElectraForTokenClassification", 5, {}),
-    "distilbert-ner": ("DistilBertForTokenClassification", 5, {}),
+    "camembert-ner": ("CamembertForTokenClassification", 5, {}),
 }
 
 
@@ -82,7 +82,7 @@ def assert_same_vectors(got, ref):
 def test_max_positions(llms):
     """RoBERTa-style position tables lose pad_token_id + 1 rows; others keep them all."""
     assert llms["camembert"].model.architecture.max_positions == 130 - 0 - 1
-    assert llms["distilbert"].model.architecture.max_positions == 128
+    assert llms["electra"].model.architecture.max_positions == 128
     assert llms["gpt2"].model.architecture.max_positions == 128  # n_positions
 
 
@@ -110,7 +110,7 @@ def test_native_families_are_not_taken_by_the_fallback(name, tmp_path):
         assert registry("architecture").entry(f"{family}ForCausalLM").plugin == "builtin_decoders"
 
 
-@pytest.mark.parametrize("key, default", [("distilbert", "CLS"), ("electra", "CLS"), ("camembert", "CLS"), ("phi3", "LAST"), ("gpt2", "LAST")])
+@pytest.mark.parametrize("key, default", [("electra", "CLS"), ("camembert", "CLS"), ("phi3", "LAST"), ("gpt2", "LAST")])
 @pytest.mark.parametrize("pooling", [None, "MEAN"])
 def test_embed_matches_transformers(dirs, llms, key, default, pooling):
     out, mask = hf_run(dirs[key], "AutoModel", TEXTS)
@@ -153,7 +153,7 @@ def test_tokens_nobody_attends_to(dirs, llms):
     assert_same_vectors(got.outputs.data, F.normalize(hidden.last_hidden_state[0], dim=-1))
 
 
-@pytest.mark.parametrize("key", ["distilbert-3", "phi3-3", "gpt2-pad-3"])
+@pytest.mark.parametrize("key", ["camembert-3", "phi3-3", "gpt2-pad-3"])
 def test_classify_matches_transformers(dirs, llms, key):
     out, _ = hf_run(dirs[key], "AutoModelForSequenceClassification", TEXTS)
     ref = torch.softmax(out.logits, dim=-1)
@@ -190,7 +190,7 @@ def test_classifier_without_pad_token(dirs, llms):
     assert ref.std(0).max() > 0.01, "the tiny model must not be constant"
 
 
-@pytest.mark.parametrize("key", ["electra-ner", "distilbert-ner"])
+@pytest.mark.parametrize("key", ["electra-ner", "camembert-ner"])
 def test_token_classify_matches_transformers(dirs, llms, key):
     out, mask = hf_run(dirs[key], "AutoModelForTokenClassification", TEXTS)
     llm = llms[key]
@@ -215,13 +215,13 @@ def test_decoder_token_classifier_is_score(dirs, llms):
 
 
 def test_classifier_checkpoint_as_base_model(dirs):
-    """A classifier checkpoint loads into the base model: transformers strips ``distilbert.``."""
+    """A classifier checkpoint loads into the base model: transformers strips ``electra.``."""
     import transformers
 
-    llm = LLM(str(dirs["distilbert-3"]), hf_overrides={"architectures": ["DistilBertModel"]})
+    llm = LLM(str(dirs["electra-3"]), hf_overrides={"architectures": ["ElectraModel"]})
     assert llm.model.describe()["implementation"] == FALLBACK
-    base = transformers.DistilBertModel.from_pretrained(str(dirs["distilbert-3"])).eval()
-    tok = transformers.AutoTokenizer.from_pretrained(str(dirs["distilbert-3"]))
+    base = transformers.ElectraModel.from_pretrained(str(dirs["electra-3"])).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(str(dirs["electra-3"]))
     enc = tok(TEXTS, padding=True, return_tensors="pt")
     with torch.no_grad():
         ref = F.normalize(base(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state[:, 0], dim=-1)
@@ -242,7 +242,7 @@ def test_sentence_transformers_model_on_a_fallback_backbone(dirs, tmp_path):
 
 
 def test_convert_embed_on_a_fallback_classifier(dirs):
-    llm = LLM(str(dirs["distilbert-3"]), convert="embed")
+    llm = LLM(str(dirs["electra-3"]), convert="embed")
     assert llm.model.architecture.hidden_size == 32
     assert len(llm.embed("hello")[0].outputs.embedding) == 32
 
@@ -251,33 +251,33 @@ def test_missing_weights_are_an_error(dirs, tmp_path):
     from safetensors.torch import load_file, save_file
 
     path = tmp_path / "broken"
-    shutil.copytree(dirs["distilbert-3"], path)
+    shutil.copytree(dirs["electra-3"], path)
     state = load_file(str(path / "model.safetensors"))
-    del state["pre_classifier.weight"]
+    del state["classifier.dense.weight"]
     save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
-    with pytest.raises(ModelLoadError, match=r"checkpoint lacks weights for pre_classifier\.weight"):
+    with pytest.raises(ModelLoadError, match=r"checkpoint lacks weights for classifier\.dense\.weight"):
         LLM(str(path))
-    state["classifier.weight"] = torch.zeros(4, 32)
-    state["pre_classifier.weight"] = torch.zeros(32, 32)
+    state["classifier.out_proj.weight"] = torch.zeros(4, 32)
+    state["classifier.dense.weight"] = torch.zeros(32, 32)
     save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
-    with pytest.raises(ModelLoadError, match=r"wrong shape .*'classifier\.weight' is \(4, 32\) in the checkpoint, \(3, 32\)"):
+    with pytest.raises(ModelLoadError, match=r"wrong shape .*'classifier\.out_proj\.weight' is \(4, 32\) in the checkpoint, \(3, 32\)"):
         LLM(str(path))
 
 
 def test_unknown_architecture_lists_native_ones(dirs):
     with pytest.raises(ModelLoadError) as err:
-        LLM(str(dirs["distilbert"]), hf_overrides={"architectures": ["NoSuchModel"]})
+        LLM(str(dirs["electra"]), hf_overrides={"architectures": ["NoSuchModel"]})
     message = str(err.value)
     assert message.startswith("no poolkit architecture for NoSuchModel, and no architecture resolver (such as the transformers fallback) accepted it; native: ")
     assert "BertModel" in message and "ModernBertModel" in message
-    assert "DistilBertModel" not in message  # fallback names are not "available" natively
+    assert "ElectraModel" not in message  # fallback names are not "available" natively
     assert "\n" not in message
 
 
-@pytest.mark.parametrize("name", ["MyRemoteModel", "DistilBertModel"])
+@pytest.mark.parametrize("name", ["MyRemoteModel", "ElectraModel"])
 def test_remote_code_is_refused(dirs, tmp_path, name):
     path = tmp_path / "remote"
-    shutil.copytree(dirs["distilbert"], path)
+    shutil.copytree(dirs["electra"], path)
     marker = tmp_path / "remote-code-ran"
     (path / "modeling_my.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
     config = json.loads((path / "config.json").read_text())
@@ -291,14 +291,14 @@ def test_remote_code_is_refused(dirs, tmp_path, name):
 @pytest.mark.parametrize(
     "name, match",
     [
-        ("DistilBertForQuestionAnswering", r"cannot pool.*hf_overrides=\{'architectures': \['DistilBertModel'\]\}"),
-        ("ElectraModel", r"ElectraModel is transformers' class for model_type 'electra', but config.json has model_type 'distilbert'"),
+        ("ElectraForQuestionAnswering", r"cannot pool.*hf_overrides=\{'architectures': \['ElectraModel'\]\}"),
+        ("CamembertModel", r"CamembertModel is transformers' class for model_type 'camembert', but config.json has model_type 'electra'"),
         ("T5Model", r"T5Model is transformers' class for model_type 't5'"),
     ],
 )
 def test_classes_the_fallback_cannot_serve(dirs, name, match):
     with pytest.raises(ModelLoadError, match=match):
-        LLM(str(dirs["distilbert"]), hf_overrides={"architectures": [name]})
+        LLM(str(dirs["electra"]), hf_overrides={"architectures": [name]})
 
 
 def test_plugin_is_listed(llms):
@@ -318,22 +318,22 @@ def _fallback_records(caplog) -> list[logging.LogRecord]:
 
 
 def test_info_and_load_log_say_transformers_fallback_no_native_port(dirs, caplog):
-    """``poolkit info`` and the load log name the fallback and why: DistilBERT has no native port."""
+    """``poolkit info`` and the load log name the fallback and why: ELECTRA has no native port."""
     from typer.testing import CliRunner
 
     from poolkit.entrypoints.cli import app
 
     with caplog.at_level(logging.INFO, logger=LOADER):
-        LLM(str(dirs["distilbert"]))
+        LLM(str(dirs["electra"]))
     (record,) = _fallback_records(caplog)
     assert record.levelno == logging.WARNING  # not asked for: said by default
-    assert record.getMessage() == "DistilBertModel runs on the transformers fallback: no native port of DistilBertModel"
-    result = CliRunner().invoke(app, ["info", str(dirs["distilbert"])])  # last: the command sets up logging its own way
+    assert record.getMessage() == "ElectraModel runs on the transformers fallback: no native port of ElectraModel"
+    result = CliRunner().invoke(app, ["info", str(dirs["electra"])])  # last: the command sets up logging its own way
     assert result.exit_code == 0, result.stderr
     info = json.loads(result.stdout)
     assert info["implementation"] == FALLBACK
-    assert info["fallback"] == "transformers fallback: no native port of DistilBertModel"
-    assert "runs on the transformers fallback: no native port of DistilBertModel" in result.stderr
+    assert info["fallback"] == "transformers fallback: no native port of ElectraModel"
+    assert "runs on the transformers fallback: no native port of ElectraModel" in result.stderr
 
 
 def test_native_models_have_no_fallback(tiny_encoders, caplog):
@@ -354,7 +354,7 @@ def test_remote_tokenizer_is_refused_and_transformers_runs_the_model(dirs, tmp_p
     """A config whose ``auto_map`` holds remote code for the config and tokenizer only: the code is
     never run, transformers' own class runs the model (the same vectors), and the fallback says so."""
     path = tmp_path / "remote-tokenizer"
-    shutil.copytree(dirs["distilbert"], path)
+    shutil.copytree(dirs["electra"], path)
     marker = tmp_path / "remote-code-ran"
     (path / "tokenization_my.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
     config = json.loads((path / "config.json").read_text())
@@ -363,11 +363,11 @@ def test_remote_tokenizer_is_refused_and_transformers_runs_the_model(dirs, tmp_p
     with caplog.at_level(logging.INFO, logger=LOADER):
         llm = LLM(str(path), trust_remote_code=True)
     assert llm.model.describe()["fallback"] == (
-        "transformers fallback: no native port of DistilBertModel; remote code refused: config.json's auto_map "
-        "(AutoConfig, AutoTokenizer) is never run, transformers' own DistilBertModel runs the model"
+        "transformers fallback: no native port of ElectraModel; remote code refused: config.json's auto_map "
+        "(AutoConfig, AutoTokenizer) is never run, transformers' own ElectraModel runs the model"
     )
     assert len(_fallback_records(caplog)) == 1 and not marker.exists()
-    plain = LLM(str(dirs["distilbert"]))
+    plain = LLM(str(dirs["electra"]))
     assert llm.embed(TEXTS[:2])[0].outputs.embedding == plain.embed(TEXTS[:2])[0].outputs.embedding
 
 

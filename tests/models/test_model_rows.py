@@ -210,8 +210,9 @@ def test_ernie_model_pools_the_mean_as_vllm(tmp_path: Path) -> None:
 
 
 def test_roberta_for_masked_lm_checkpoint_embeds_with_the_encoder(tmp_path: Path) -> None:
-    """vLLM's ``RobertaForMaskedLM`` row: the checkpoint's encoder (under ``roberta.``, its
-    ``lm_head`` skipped) serves embeddings, CLS pooled, as transformers' RobertaModel computes them."""
+    """vLLM's ``RobertaForMaskedLM`` row: the checkpoint's encoder (under ``roberta.``) serves
+    embeddings, CLS pooled, as transformers' RobertaModel computes them; its ``lm_head`` is read too
+    (``RobertaForMaskedLM``: ``sparse_embed``, SPLADE on the MLM logits) and changes no embedding."""
     from tiny_models import wordpiece_tokenizer
 
     tok = wordpiece_tokenizer()
@@ -227,7 +228,7 @@ def test_roberta_for_masked_lm_checkpoint_embeds_with_the_encoder(tmp_path: Path
     tok.save_pretrained(tmp_path / "roberta-mlm")
     llm = LLM(str(tmp_path / "roberta-mlm"))
     info = llm.model.describe()
-    assert info["implementation"] == "native" and info["architecture"] == "RobertaModel"
+    assert info["implementation"] == "native" and info["architecture"] == "RobertaForMaskedLM"
     encoder = model.roberta.eval()
     enc = T.AutoTokenizer.from_pretrained(str(tmp_path / "roberta-mlm"))(TEXTS[:2], padding=True, return_tensors="pt")
     with torch.inference_mode():

@@ -91,7 +91,7 @@ def format_table(report: dict[str, Any]) -> str:
         fmt = lambda v, f: "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, f)  # noqa: E731
         rss = f"{fmt(r['poolkit_peak_rss_mb'], '.0f')}/{fmt(r['peer_peak_rss_mb'], '.0f')}"
         pad = fmt(None if r["padding_fraction_peer"] is None else 100 * r["padding_fraction_peer"], ".1f")
-        share = lambda v: None if v is None else 100 * v / peak  # noqa: E731
+        share = lambda v: None if v is None or not peak else 100 * v / peak  # noqa: E731
         mfu = f"{fmt(share(r['poolkit_gflops']), '.0f')}/{fmt(share(r['peer_gflops']), '.0f')}"
         cos = f"{fmt(r['min_cosine'], '.6f')}/{fmt(r['peer_min_cosine'], '.6f')}"
         diff = f"{fmt(r['max_abs_diff'], '.1e')}/{fmt(r['peer_max_abs_diff'], '.1e')}"

@@ -180,7 +180,7 @@ class TransformersPeer(Peer):
             return None
         if getattr(transformers, name, None) is None:
             return f"transformers has no class for {name} (its checkpoints name remote code)"
-        return f"it compares {', '.join(SIDES)}; {name} runs on the transformers fallback: use --vs fallback"
+        return f"it compares {', '.join(SIDES)}; transformers' own {name} is what --vs fallback runs: use --vs fallback"
 
     def model(self, cls: str, path: str, device: str, dtype: str) -> Any:
         if cls != "SentenceTransformer":

@@ -236,7 +236,8 @@ async def embed_rows(body: Embed, call: Call, st: ModelState, llm: LLM) -> Rows:
         params = pooling_params(
             dimensions=None if cut else dimensions, use_activation=False if cut else _activation(llm, EMBED, body.normalize), **truncation
         )
-    rows, tokens = await rows_of(call, st, llm, SPARSE_EMBED if splade else EMBED, prompts, params, prompt_name_of(st, body.prompt_name))
+    task = SPARSE_EMBED if splade else EMBED
+    rows, tokens = await rows_of(call, st, llm, task, prompts, params, *_prompt_or_side(st, llm, task, body.prompt_name))
     if cut:
         rows = [row[:dimensions] for row in rows]
         if body.normalize:
@@ -251,14 +252,7 @@ async def embed_all_rows(body: EmbedAll, call: Call, st: ModelState, llm: LLM) -
     params = pooling_params(
         use_activation=False, token_pool_factor=body.token_pool_factor, **truncated(st, body.truncate, body.truncation_direction)
     )
-    prompt_name = prompt_name_of(st, body.prompt_name)
-    # TEI names a model's prompts; "query" and "document" are a multi-vector model's retrieval sides
-    # (its markers, lengths, query expansion) where it has sides or no prompt of that name: PyLate and
-    # sentence-transformers 6 saves always carry prompts so named ("" or "[Q] ", the side's marker),
-    # and PyLate encodes the side, as a request's retrieval side does.
-    sides = prompt_name in ROLES and (prompt_name not in llm.model.prompts or llm.task(TOKEN_EMBED).has_roles(llm.model))
-    role = prompt_name if sides else None
-    return await rows_of(call, st, llm, TOKEN_EMBED, prompts, params, None if role else prompt_name, role)
+    return await rows_of(call, st, llm, TOKEN_EMBED, prompts, params, *_prompt_or_side(st, llm, TOKEN_EMBED, body.prompt_name))
 
 
 async def sparse_rows(body: EmbedSparse, call: Call, st: ModelState, llm: LLM) -> Rows:
@@ -266,7 +260,27 @@ async def sparse_rows(body: EmbedSparse, call: Call, st: ModelState, llm: LLM) -
     needs(llm, SPARSE_EMBED, "Model is not an embedding model with SPLADE pooling")
     prompts, _ = _items(st, body.inputs)
     params = pooling_params(**truncated(st, body.truncate, body.truncation_direction))
-    return await rows_of(call, st, llm, SPARSE_EMBED, prompts, params, prompt_name_of(st, body.prompt_name))
+    return await rows_of(call, st, llm, SPARSE_EMBED, prompts, params, *_prompt_or_side(st, llm, SPARSE_EMBED, body.prompt_name))
+
+
+def _prompt_or_side(st: ModelState, llm: LLM, task: str, name: str | None) -> tuple[str | None, str | None]:
+    """TEI's ``prompt_name`` as the prompt it names or the retrieval side it names: ``(prompt, side)``.
+
+    TEI names a model's prompts; ``"query"`` and ``"document"`` are a retrieval side where the model
+    writes its sides itself (a sparse ``Router``'s routes) or, for token vectors, where it has sides
+    (a multi-vector model's markers, lengths, query expansion) or no prompt of that name: PyLate and
+    sentence-transformers 6 saves always carry prompts so named (``""`` or ``"[Q] "``, the side's
+    marker), and they encode the side, as a request's retrieval side does.
+    """
+    name = prompt_name_of(st, name)
+    if name not in ROLES:
+        return name, None
+    model = llm.model
+    if model.architecture.role_prompts([], name, model) is not None and not model.prompts.get(name):
+        return None, name
+    if task == TOKEN_EMBED and (name not in model.prompts or llm.task(TOKEN_EMBED).has_roles(model)):
+        return None, name
+    return name, None
 
 
 def nonzero(row: torch.Tensor) -> tuple[list[int], list[float]]:
