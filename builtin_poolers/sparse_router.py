@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Collection, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Collection, Iterable, Mapping, Protocol, Sequence
 
 import torch
 
@@ -47,8 +47,6 @@ if TYPE_CHECKING:
     from poolkit.contracts.architecture import LoadedModel, TaskSpec
     from poolkit.contracts.model import Tokenizer
     from poolkit.contracts.pooling import Head
-
-    from .sparse import SpladeHead
 
 #: The architecture name the layout gives such a model (its document route's architecture follows it).
 ARCHITECTURE = "InferenceFreeSpladeModel"
@@ -239,13 +237,26 @@ class InferenceFreeSpladeModel(Architecture):
             )
 
 
+class SpladeRows(Protocol):
+    """What the router needs of the ``sparse_embed`` task's head (:class:`~.sparse.SpladeHead`): its
+    rows for a batch, their width and its pooling's name."""
+
+    @property
+    def output_size(self) -> int: ...
+
+    @property
+    def pooling_name(self) -> str: ...
+
+    def __call__(self, hidden: torch.Tensor, batch: PackedBatch, params: Sequence[PoolingParams]) -> list[torch.Tensor]: ...
+
+
 class InferenceFreeHead:
     """Each input on its side's route (its :attr:`PoolingParams.side`, else the Router's default):
     a query's vector is the table's weight at each token it holds (sentence-transformers'
     ``SparseStaticEmbedding.forward``: presence times weight); a document's is ``splade`` over the
     masked LM's states, which run for the batch's documents only."""
 
-    def __init__(self, document: Architecture, splade: SpladeHead, query_weights: torch.Tensor, default_side: str) -> None:
+    def __init__(self, document: Architecture, splade: SpladeRows, query_weights: torch.Tensor, default_side: str) -> None:
         self.document = document
         self.splade = splade
         self.query_weights = query_weights

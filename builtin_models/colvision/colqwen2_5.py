@@ -31,21 +31,17 @@ default and in no config) is not ported.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, Collection, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, ClassVar, Collection, Mapping
 
-import torch
 from torch import nn
 
-from poolkit.contracts.batch import PackedBatch
 from poolkit.contracts.errors import ModelLoadError
-from poolkit.loading.weights import load_into
-from poolkit.plugins.lookup import kernel_for
 
 from ..blocks.vision_language import CheckpointLayout
 from ..qwen_vl.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration
 from .colqwen3_5 import DEFAULT_DIM, retrieval_dim
 from .processor import ColQwen2_5Processor
-from .retrieval import RetrievalHead, project
+from .retrieval import ProjectedTokens
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
@@ -54,7 +50,7 @@ if TYPE_CHECKING:
 PROJECTION = "custom_text_proj"
 
 
-class ColQwen2_5(RetrievalHead, Qwen2_5_VLForConditionalGeneration):
+class ColQwen2_5(ProjectedTokens, Qwen2_5_VLForConditionalGeneration):
     """colpali-engine's ColQwen2.5: Qwen2.5-VL's hidden states projected (``custom_text_proj``) and
     normalised, one vector per token.
 
@@ -65,6 +61,11 @@ class ColQwen2_5(RetrievalHead, Qwen2_5_VLForConditionalGeneration):
     """
 
     media_processor: ClassVar[type[ColQwen2_5Processor] | str | None] = ColQwen2_5Processor
+    projection_name: ClassVar[str] = PROJECTION
+    layout: ClassVar[tuple[str, str]] = (
+        f"colpali-engine ColQwen2_5 ({{names}}, {{width}}-wide {PROJECTION})",
+        "config.json architectures (ColQwen2_5), the checkpoint's tensor names",
+    )
     #: Qwen2.5-VL's layouts (published ``model.`` / ``visual.``, transformers 5's), and the projection.
     checkpoint_layout: ClassVar[CheckpointLayout] = Qwen2_5_VLForConditionalGeneration.checkpoint_layout.under(
         "", projection=rf"{PROJECTION}\."
@@ -73,8 +74,6 @@ class ColQwen2_5(RetrievalHead, Qwen2_5_VLForConditionalGeneration):
     def __init__(self, config: PretrainedConfig) -> None:
         super().__init__(config)
         self.custom_text_proj = nn.Linear(int(config.text_config.hidden_size), retrieval_dim(type(self), config))
-        #: The decoder's tensor names :meth:`load_weights` found, for :meth:`describe`.
-        self.tensor_names = "none loaded"
 
     @classmethod
     def check_config(
@@ -95,34 +94,7 @@ class ColQwen2_5(RetrievalHead, Qwen2_5_VLForConditionalGeneration):
                 f"the {cls.__name__} config {given}, but the weights' {PROJECTION}.weight has shape {tuple(held)}, not {wanted}"
             )
 
-    @property
-    def hidden_size(self) -> int:
-        return int(self.custom_text_proj.out_features)
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "layout": {
-                "value": f"colpali-engine ColQwen2_5 ({self.tensor_names}, {self.hidden_size}-wide {PROJECTION})",
-                "source": "config.json architectures (ColQwen2_5), the checkpoint's tensor names",
-            }
-        }
-
-    def forward(self, batch: PackedBatch) -> torch.Tensor:
-        hidden = super().forward(batch)
-        return project(hidden, self.custom_text_proj, kernel_for(self, "linear_act", batch.device))
-
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        tops: set[str] = set()
-
-        def noting(stream: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
-            for name, tensor in stream:
-                tops.add(name.partition(".")[0])
-                yield name, tensor
-
-        parts = self.checkpoint_layout.split(noting(weights))
-        self.load_parts(parts)
-        load_into(self.custom_text_proj, parts["projection"], rename=lambda n: n)
+    def found_names(self, tops: set[str]) -> str:
         if "language_model" in tops:
-            self.tensor_names = "Qwen2_5_VLModel's tensor names: language_model.*, visual.*"
-        else:
-            self.tensor_names = "published tensor names: model.*, visual.*" if "visual" in tops else "transformers 5 tensor names: model.*"
+            return "Qwen2_5_VLModel's tensor names: language_model.*, visual.*"
+        return "published tensor names: model.*, visual.*" if "visual" in tops else "transformers 5 tensor names: model.*"

@@ -27,18 +27,14 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import TYPE_CHECKING, Any, ClassVar, Collection, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Collection, Mapping, Sequence
 
-import torch
 from torch import nn
 
-from poolkit.contracts.batch import PackedBatch
 from poolkit.contracts.capabilities import BorrowsConfig
 from poolkit.contracts.config_checks import ConfigChecks
 from poolkit.contracts.errors import InvalidRequest, ModelLoadError
 from poolkit.contracts.io import Prompt
-from poolkit.loading.weights import load_into
-from poolkit.plugins.lookup import kernel_for
 
 from ..blocks.vision_language import CheckpointLayout
 from ..decoders.rerankers import LLMReranker
@@ -46,7 +42,7 @@ from ..qwen_vl.qwen2_vl import CHECKPOINT
 from ..qwen_vl.processor import MEDIA_TOKENS, VisionSettings
 from ..qwen_vl.qwen3_vl import Qwen3VLForConditionalGeneration
 from .processor import ColQwen3_5Processor, query_ids
-from .retrieval import PROJECTION, RetrievalHead, project
+from .retrieval import PROJECTION, ProjectedTokens
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
@@ -117,7 +113,7 @@ class ColQwen3Processor(ColQwen3_5Processor):
         return dataclasses.replace(found, max_pixels=tokens * found.factor**2)
 
 
-class ColQwen3(RetrievalHead, Qwen3VLForConditionalGeneration, BorrowsConfig):
+class ColQwen3(ProjectedTokens, Qwen3VLForConditionalGeneration, BorrowsConfig):
     """tomoro's ColQwen3: Qwen3-VL's hidden states projected (``embedding_proj_layer``) and
     normalised, one vector per token.
 
@@ -134,13 +130,16 @@ class ColQwen3(RetrievalHead, Qwen3VLForConditionalGeneration, BorrowsConfig):
     llm_rerankers: ClassVar[tuple[LLMReranker, ...]] = ()
     #: Qwen3-VL's layout under ``vlm.`` (or bare), and the projection.
     checkpoint_layout: ClassVar[CheckpointLayout] = CHECKPOINT.under(r"(?:vlm\.)?", projection=PROJECTION)
+    projection_name: ClassVar[str] = "embedding_proj_layer"
+    layout: ClassVar[tuple[str, str]] = (
+        "tomoro-colqwen3 ({names} tensor names, {width}-wide projection)",
+        "config.json architectures (ColQwen3), the checkpoint's tensor names",
+    )
 
     def __init__(self, config: PretrainedConfig) -> None:
         super().__init__(config)
         dim = getattr(config, "embed_dim", None) or DEFAULT_EMBED_DIM
         self.embedding_proj_layer = nn.Linear(int(config.text_config.hidden_size), int(dim))
-        #: The tensor names :meth:`load_weights` found, for :meth:`describe`.
-        self.tensor_names = "none loaded"
 
     @classmethod
     def check_config(
@@ -162,37 +161,10 @@ class ColQwen3(RetrievalHead, Qwen3VLForConditionalGeneration, BorrowsConfig):
                     f"{DEFAULT_EMBED_DIM} wide, but the weights hold {shape[0]} ('{name}' has shape {tuple(shape)})"
                 )
 
-    @property
-    def hidden_size(self) -> int:
-        return int(self.embedding_proj_layer.out_features)
-
     def role_prompts(self, texts: list[str], side: str, model: LoadedModel) -> list[Prompt]:
         """Queries and text documents alike: the processor's text prompt (``process_texts``)."""
         return [Prompt(text=text) for text in texts]
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "layout": {
-                "value": f"tomoro-colqwen3 ({self.tensor_names} tensor names, {self.hidden_size}-wide projection)",
-                "source": "config.json architectures (ColQwen3), the checkpoint's tensor names",
-            }
-        }
-
-    def forward(self, batch: PackedBatch) -> torch.Tensor:
-        hidden = super().forward(batch)
-        return project(hidden, self.embedding_proj_layer, kernel_for(self, "linear_act", batch.device))
-
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        seen: set[str] = set()
-
-        def noted(stream: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
-            for name, tensor in stream:
-                seen.add(name.partition(".")[0])
-                yield name, tensor
-
-        parts = self.checkpoint_layout.split(noted(weights))
-        self.load_parts(parts)
-        load_into(self.embedding_proj_layer, parts["projection"], rename=lambda n: n)
-        backbone = "vlm.model.*" if "vlm" in seen else "bare Qwen3VLModel"
-        projection = "embedding_proj_layer" if "embedding_proj_layer" in seen else "custom_text_proj"
-        self.tensor_names = f"{backbone} and {projection}"
+    def found_names(self, tops: set[str]) -> str:
+        backbone = "vlm.model.*" if "vlm" in tops else "bare Qwen3VLModel"
+        return f"{backbone} and {'embedding_proj_layer' if 'embedding_proj_layer' in tops else 'custom_text_proj'}"

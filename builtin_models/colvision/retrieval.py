@@ -6,15 +6,17 @@
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Collection, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Collection, Iterable, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from poolkit.contracts.batch import PackedBatch
 from poolkit.contracts.errors import ModelLoadError
 from poolkit.contracts.io import Prompt
 from poolkit.loading.weights import load_into
+from poolkit.plugins.lookup import kernel_for
 
 from ..blocks.linear import linear
 
@@ -121,3 +123,50 @@ class ProjectedRetriever(RetrievalHead):
         parts = self.checkpoint_layout.split(weights)
         self.load_parts(parts)
         load_into(self.embedding_proj_layer, parts["projection"], rename=lambda n: n)
+
+
+class ProjectedTokens(RetrievalHead):
+    """A retriever whose backbone is the architecture after it in its bases, every token's final state
+    through its projection (the module :attr:`projection_name`) and L2-normalised; its checkpoint's
+    ``projection`` part loads into that module, and ``poolkit info`` names the tensor names found
+    (:meth:`found_names`) in :attr:`layout` (formatted with ``names`` and ``width``)."""
+
+    #: The projection's module name (``custom_text_proj``, ``embedding_proj_layer``).
+    projection_name: ClassVar[str]
+    #: ``poolkit info``'s layout: its text (``{names}``, ``{width}``) and what recognised it.
+    layout: ClassVar[tuple[str, str]]
+    #: The tensor names :meth:`load_weights` found.
+    tensor_names: str = "none loaded"
+
+    @property
+    def projection(self) -> nn.Linear:
+        return getattr(self, self.projection_name)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.projection.out_features)
+
+    def found_names(self, tops: set[str]) -> str:
+        """The checkpoint's names in words, from the first parts of its tensor names."""
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        text, source = self.layout
+        return {"layout": {"value": text.format(names=self.tensor_names, width=self.hidden_size), "source": source}}
+
+    def forward(self, batch: PackedBatch) -> torch.Tensor:
+        hidden = super().forward(batch)  # type: ignore[misc]
+        return project(hidden, self.projection, kernel_for(self, "linear_act", batch.device))
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        tops: set[str] = set()
+
+        def noting(stream: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
+            for name, tensor in stream:
+                tops.add(name.partition(".")[0])
+                yield name, tensor
+
+        parts = self.checkpoint_layout.split(noting(weights))  # type: ignore[attr-defined]
+        self.load_parts(parts)  # type: ignore[attr-defined]
+        load_into(self.projection, parts["projection"], rename=lambda n: n)
+        self.tensor_names = self.found_names(tops)
