@@ -202,7 +202,7 @@ def _edited(repos, tmp_path, config: dict | None = None, tensors=None):
     return adapter
 
 
-def _refused(adapter, *needles: str) -> str:
+def assert_refused(adapter, *needles: str) -> str:
     with pytest.raises(ModelLoadError) as info:
         LLM(str(adapter), dtype="float32")
     message = str(info.value)
@@ -216,18 +216,18 @@ def test_a_base_missing_offline_is_named(repos, tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     adapter = _edited(repos, tmp_path, {"base_model_name_or_path": COLPALI_BASE})
-    _refused(adapter, f"over the base model '{COLPALI_BASE}', which cannot be found", "HF_HUB_OFFLINE")
+    assert_refused(adapter, f"over the base model '{COLPALI_BASE}', which cannot be found", "HF_HUB_OFFLINE")
 
 
 @pytest.mark.parametrize("base", [None, ""])
 def test_an_adapter_config_without_a_base_is_refused(repos, tmp_path, base):
     adapter = _edited(repos, tmp_path, {"base_model_name_or_path": base})
-    _refused(adapter, "names no base model (base_model_name_or_path)")
+    assert_refused(adapter, "names no base model (base_model_name_or_path)")
 
 
 def test_a_base_of_another_architecture_is_refused(repos, tmp_path, tiny_encoders):
     adapter = _edited(repos, tmp_path, {"base_model_name_or_path": str(tiny_encoders["bert"])})
-    _refused(adapter, "does not apply to its base", "has no linear layer for", "model.language_model.model.layers.")
+    assert_refused(adapter, "does not apply to its base", "has no linear layer for", "model.language_model.model.layers.")
 
 
 def test_a_base_of_other_sizes_is_refused(repos, tmp_path):
@@ -238,7 +238,7 @@ def test_a_base_of_other_sizes_is_refused(repos, tmp_path):
         return {**tensors, layer: torch.randn(tensors[layer].shape[0], 96)}
 
     adapter = _edited(repos, tmp_path, tensors=wider)
-    _refused(adapter, "does not apply to its base", "model.language_model.model.layers.0.self_attn.q_proj maps 96 -> 64 features")
+    assert_refused(adapter, "does not apply to its base", "model.language_model.model.layers.0.self_attn.q_proj maps 96 -> 64 features")
 
 
 # -- ColQwen2.5: vidore/colqwen2.5-v0.2 over vidore/colqwen2.5-base ---------------------------------
@@ -434,7 +434,7 @@ def _base_copy(cq_repos, tmp_path, config: dict | None = None, width: int | None
     ids=["dim-disagrees", "no-dim-and-not-128", "dim-zero"],
 )
 def test_colqwen2_5_a_projection_of_another_width_than_dim_is_refused(cq_repos, tmp_path, config, width, needles):
-    _refused(_base_copy(cq_repos, tmp_path, config, width), *needles)
+    assert_refused(_base_copy(cq_repos, tmp_path, config, width), *needles)
 
 
 def test_colqwen2_5_a_dim_that_fits_the_projection_is_read(cq_repos, tmp_path, cq_llm):

@@ -207,7 +207,7 @@ def edit_router(path: Path, edit) -> None:
     (path / "router_config.json").write_text(json.dumps(config))
 
 
-def refused(path: Path, match: str) -> None:
+def assert_refused(path: Path, match: str) -> None:
     with pytest.raises(ModelLoadError, match=match) as caught:
         LLM(str(path))
     assert "\n" not in str(caught.value)
@@ -216,16 +216,16 @@ def refused(path: Path, match: str) -> None:
 def test_a_route_of_an_unknown_module_is_refused(routers, tmp_path):
     path = copy_of(routers["published"], tmp_path)
     edit_router(path, lambda c: c["types"].update({QUERY: "sentence_transformers.sparse_encoder.models.SparseAutoEncoder"}))
-    refused(path, r"routes are query: SparseAutoEncoder; document: MLMTransformer \+ SpladePooling; poolkit serves")
+    assert_refused(path, r"routes are query: SparseAutoEncoder; document: MLMTransformer \+ SpladePooling; poolkit serves")
 
 
 def test_a_route_naming_a_missing_module_is_refused(routers, tmp_path):
     path = copy_of(routers["published"], tmp_path)
     edit_router(path, lambda c: c["structure"]["document"].append("document_2_Normalize"))
-    refused(path, "routes module 'document_2_Normalize', which its types do not name")
+    assert_refused(path, "routes module 'document_2_Normalize', which its types do not name")
     path = copy_of(routers["saved"], tmp_path / "saved")
     shutil.rmtree(path / QUERY)
-    refused(path, f"names module '{QUERY}', whose folder .* is missing")
+    assert_refused(path, f"names module '{QUERY}', whose folder .* is missing")
 
 
 def test_a_query_table_of_another_size_is_refused(routers, tmp_path):
@@ -233,7 +233,7 @@ def test_a_query_table_of_another_size_is_refused(routers, tmp_path):
     file = path / QUERY / "model.safetensors"
     weight = load_file(str(file))["weight"]
     save_file({"weight": weight[:-5].contiguous()}, str(file))
-    refused(path, f"SparseStaticEmbedding weighs {weight.numel() - 5} tokens, its document route's vocabulary has {weight.numel()}")
+    assert_refused(path, f"SparseStaticEmbedding weighs {weight.numel() - 5} tokens, its document route's vocabulary has {weight.numel()}")
 
 
 def test_a_document_route_without_a_masked_lm_port_is_refused(routers, tmp_path):
@@ -241,11 +241,11 @@ def test_a_document_route_without_a_masked_lm_port_is_refused(routers, tmp_path)
     path = copy_of(routers["distill"], tmp_path)
     config = json.loads((path / "config.json").read_text())
     (path / "config.json").write_text(json.dumps({**config, "architectures": ["DistilBertModel"]}))
-    refused(path, "the Router's document route is DistilBertModel .* no masked-LM head")
+    assert_refused(path, "the Router's document route is DistilBertModel .* no masked-LM head")
 
 
 def test_a_distilbert_body_contradicting_its_weights_is_refused(routers, tmp_path):
     path = copy_of(routers["distill"], tmp_path)
     config = json.loads((path / "config.json").read_text())
     (path / "config.json").write_text(json.dumps({**config, "n_layers": 3}))
-    refused(path, "config.json n_layers is 3, but the weights hold 2 layers")
+    assert_refused(path, "config.json n_layers is 3, but the weights hold 2 layers")
