@@ -22,27 +22,6 @@ from poolkit.entrypoints.cli import app
 LORA_MODULE = {"name": "module2", "path": "/path/to/module2", "base_model_name": "llama"}
 
 
-@pytest.fixture
-def served(monkeypatch):
-    """``poolkit serve`` with ``poolkit.entrypoints.server.run`` replaced: the keyword arguments it
-    gets, and as ``models`` the model each of its loaders loads (nothing is loaded)."""
-    pytest.importorskip("fastapi")
-    import poolkit.entrypoints.server
-
-    from poolkit import LLM
-
-    calls: list[dict] = []
-
-    def fake_run(loaders, **kwargs):
-        with monkeypatch.context() as m:
-            m.setattr(LLM, "from_args", classmethod(lambda cls, args: args))
-            models = [loader().model for loader in (loaders if isinstance(loaders, list) else [loaders])]
-        calls.append({"models": models, **kwargs})
-
-    monkeypatch.setattr(poolkit.entrypoints.server, "run", fake_run)
-    return calls
-
-
 def _serve(*argv: str):
     return CliRunner().invoke(app, ["serve", *argv])
 

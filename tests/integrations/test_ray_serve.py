@@ -459,7 +459,7 @@ def test_health_answers_503_while_loading_and_sigterm_drains_the_requests_in_fli
            "GATED_MODEL": str(minilm_dir), "POOLKIT_STANDIN_TOKENS_PER_S": "40"}
     port, log = free_port(), tmp_path / "serve.log"
     url = f"http://127.0.0.1:{port}"
-    proc = serve_process(log, "gated-minilm", port, env=env)
+    proc = serve_process(log, "gated-minilm", port, "--no-warmup", env=env)  # a warm-up at 40 tokens/s would take minutes
     try:
         loading = until(lambda: health(url, 503), proc, log, "503 from /health while the replica loads")
         assert loading.content == error_body(503, "the model is loading") and loading.headers["retry-after"] == "5"

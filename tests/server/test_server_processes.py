@@ -115,7 +115,7 @@ def test_sigterm_drains_every_process_and_a_front_ends_with_its_engine(minilm_di
     keeper, which removes the engine socket's folder."""
     env = dict(os.environ, POOLKIT_STANDIN_TOKENS_PER_S="100")  # ~0.1 s of device time a text: 1.6 s for the 16
     server = StartedServer(EngineArgs(), str(tmp_path / "server.log"), models=[str(minilm_dir)],
-                           serve_flags=["--api-server-count", "2"], env=env)
+                           serve_flags=["--api-server-count", "2", "--no-warmup"], env=env)  # a warm-up at 100 tokens/s: 80 s
     (front,) = _fronts(server.proc.pid)
     address = urlparse(server.url)
 

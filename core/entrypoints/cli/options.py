@@ -50,9 +50,34 @@ def errors() -> Iterator[None]:
         raise typer.Exit(1) from None
 
 
-def setup_logging(quiet: bool, verbose: bool) -> None:
+class JsonLines(logging.Formatter):
+    """One JSON object a log record, for log collectors (TEI's ``--json-output`` fields: ``timestamp``
+    (UTC, RFC 3339), ``level``, ``message``, ``target`` (the logger), ``filename``, ``line_number``;
+    ``exception`` when the record holds a traceback)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        import datetime
+        import json
+
+        entry = {
+            "timestamp": datetime.datetime.fromtimestamp(record.created, datetime.timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z"),
+            "level": record.levelname,
+            "message": record.getMessage(),
+            "target": record.name,
+            "filename": record.filename,
+            "line_number": record.lineno,
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def setup_logging(quiet: bool, verbose: bool, json_lines: bool = False) -> None:
+    """Log to stderr at the level ``--quiet``/``--verbose`` ask, as text or as :class:`JsonLines`."""
     level = logging.ERROR if quiet else logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s", force=True)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLines() if json_lines else logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
     try:
         import transformers
 

@@ -13,6 +13,7 @@ import typer
 from ...config.settings import EngineArgs
 from .app import app
 from .options import QuietOpt, VerboseOpt, engine_options, errors, grouped, option_groups, setup_logging
+from .sources import SourcedCommand, from_environment
 
 
 @dataclass
@@ -31,7 +32,27 @@ class LimitOptions:
     max_response_bytes: int = grouped(typer.Option(64 * 1024 * 1024, "--max-response-bytes", help="Largest response, estimated before the work (inputs or tokens times the result's width) and checked before it is written; beyond it 413."))
 
 
-@app.command()
+@dataclass
+class DeployOptions:
+    """The options of where the server is deployed (vLLM's spellings): CORS, a path prefix, TLS, the
+    log format and the warm-up (:mod:`poolkit.entrypoints.server.deployment`)."""
+
+    allowed_origins: Optional[list[str]] = grouped(typer.Option(None, "--allowed-origins", help="Origins browsers may call from (CORS): a JSON list as in vLLM ('[\"https://app.example.com\"]'), comma-separated, or repeated; '*' for any. Default: no CORS headers."))
+    allowed_methods: Optional[list[str]] = grouped(typer.Option(None, "--allowed-methods", help="With --allowed-origins: the methods allowed cross-origin (default: any)."))
+    allowed_headers: Optional[list[str]] = grouped(typer.Option(None, "--allowed-headers", help="With --allowed-origins: the request headers allowed cross-origin (default: any)."))
+    allow_credentials: bool = grouped(typer.Option(False, "--allow-credentials", help="With --allowed-origins: allow cookies and Authorization cross-origin."))
+    root_path: Optional[str] = grouped(typer.Option(None, "--root-path", help="The path prefix a proxy serves poolkit under (/embeddings): routes answer with or without it, and the OpenAPI document names it."))
+    ssl_keyfile: Optional[str] = grouped(typer.Option(None, "--ssl-keyfile", help="The private key of --ssl-certfile (PEM), if not in it."))
+    ssl_certfile: Optional[str] = grouped(typer.Option(None, "--ssl-certfile", help="Serve HTTPS (and gRPC over TLS) with this certificate chain (PEM)."))
+    ssl_ca_certs: Optional[str] = grouped(typer.Option(None, "--ssl-ca-certs", help="The authorities client certificates must chain to (PEM)."))
+    ssl_cert_reqs: int = grouped(typer.Option(0, "--ssl-cert-reqs", help="Client certificates: 0 not asked, 1 optional, 2 required (needs --ssl-ca-certs)."))
+    log_format: str = grouped(typer.Option("text", "--log-format", help="text, or json: one JSON object a line (timestamp, level, message, target), for log collectors."))
+    json_output: bool = grouped(typer.Option(False, "--json-output", help="TEI's spelling of --log-format json."))
+    warmup: bool = grouped(typer.Option(True, "--warmup/--no-warmup", help="Run each model once at its largest batch and longest input before /health says ready, and log the rate and peak memory."))
+
+
+@app.command(cls=SourcedCommand)
+@from_environment
 @engine_options(model_argument=True)
 @option_groups
 def serve(
@@ -42,6 +63,7 @@ def serve(
     served_model_name: Optional[list[str]] = typer.Option(None, "--served-model-name", help="The name requests give in 'model' (default: the model as given); once per model, in the same order (repeatable, or several after one flag as in vLLM)."),
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="POOLKIT_API_KEY", help="Require 'Authorization: Bearer KEY' on every inference route (or set POOLKIT_API_KEY)."),
     limit_options: LimitOptions = LimitOptions(),
+    deploy: DeployOptions = DeployOptions(),
     chat_template: Optional[str] = typer.Option(None, "--chat-template", help="Chat template for 'messages' requests instead of the tokenizer's (a Jinja file or text); a cross-encoder also scores with it unless --score-template is given, as in vLLM."),
     score_template: Optional[str] = typer.Option(None, "--score-template", help="Score template for /score and /rerank with LLM rerankers: a Jinja file or text."),
     cache_size: int = typer.Option(0, "--cache-size", help="Keep the results of up to N embedded inputs per model and answer repeats from them (LRU; 0: no cache)."),
@@ -69,7 +91,8 @@ def serve(
     is also the token budget the server merges concurrent requests up to. vLLM's spellings of the
     options work too (--max_model_len, --override-pooler-config, --task, ...), and so do several
     values after one flag (--lora-modules a=/p/a b=/p/b): they run to the next option, so MODEL
-    goes first.
+    goes first. Every option can be set from its POOLKIT_<OPTION> environment variable (shown
+    below) or a --config YAML file; the command line wins, then the environment, then the file.
     """
     with errors():
         try:
@@ -90,8 +113,21 @@ def serve(
 
             raise InvalidRequest(f"--api-server-count must be at least 1, got {api_server_count}")
         from ...inputs.media import MediaPolicy
+        from ..server.deployment import Cors, Tls, root_path_of
 
         MediaPolicy.of(allowed_media_domains)  # a bad host name is an error before the model loads
+        cors = Cors.of(deploy.allowed_origins, deploy.allowed_methods, deploy.allowed_headers, deploy.allow_credentials)
+        tls = Tls.of(deploy.ssl_keyfile, deploy.ssl_certfile, deploy.ssl_ca_certs, deploy.ssl_cert_reqs)
+        root_path = root_path_of(deploy.root_path)
+        log_format = "json" if deploy.json_output else deploy.log_format
+        if log_format not in ("text", "json"):
+            from ...contracts.errors import InvalidRequest
+
+            raise InvalidRequest(f"--log-format takes text or json, got '{log_format}'")
+        if ray_serve and tls is not None:
+            from ...contracts.errors import InvalidRequest
+
+            raise InvalidRequest("--ssl-certfile: Ray Serve's HTTP proxy serves plain HTTP; put TLS in front of it")
         if otlp_traces_endpoint is not None:  # so are a bad URL and a missing OpenTelemetry
             from ..server.tracing import check_endpoint
 
@@ -112,7 +148,7 @@ def serve(
             raise InvalidRequest("--lora-modules serves with one API process; leave --api-server-count at 1")
         chat_template = _template(chat_template, "--chat-template")
         score_template = _template(score_template, "--score-template")
-        setup_logging(quiet, verbose)
+        setup_logging(quiet, verbose, json_lines=log_format == "json")
         if not quiet:
             for logger_name in ("uvicorn", "uvicorn.error", "poolkit.entrypoints.server"):
                 logging.getLogger(logger_name).setLevel(logging.INFO)
@@ -131,14 +167,14 @@ def serve(
         names += paths[len(names):]
         log = logging.getLogger("poolkit.entrypoints.server")
         for path, name in zip(paths, names):
-            log.info("serving %s as '%s' on http://%s:%d", path, name, host, port)
+            log.info("serving %s as '%s' on %s://%s:%d%s", path, name, "https" if tls is not None else "http", host, port, root_path)
         if grpc_port is not None:
-            log.info("serving TEI's gRPC API (tei.v1) on %s:%d", host, grpc_port)
+            log.info("serving TEI's gRPC API (tei.v1) on %s:%d%s", host, grpc_port, " over TLS" if tls is not None else "")
         options = dict(
             served_model_name=names if len(names) > 1 else names[0], api_key=api_key, limits=limits, chat_template=chat_template,
             score_template=score_template, cache_size=cache_size, cache_max_bytes=cache_max_bytes, auto_truncate=auto_truncate,
             default_prompt_name=default_prompt_name, allowed_media_domains=allowed_media_domains,
-            otlp_traces_endpoint=otlp_traces_endpoint, lora_modules=adapters,
+            otlp_traces_endpoint=otlp_traces_endpoint, lora_modules=adapters, cors=cors, root_path=root_path, warmup=deploy.warmup,
             **({"grpc_port": grpc_port} if grpc_port is not None else {}),
         )
         if ray_serve:
@@ -150,7 +186,7 @@ def serve(
             return
         loaders = [_loader(args.model_copy(update={"model": path})) for path in paths]
         run(loaders if len(loaders) > 1 else loaders[0], host=host, port=port, log_level="warning" if quiet else "info",
-            access_log=verbose, api_server_count=api_server_count, **options)
+            access_log=verbose, api_server_count=api_server_count, tls=tls, **options)
 
 
 def _loader(args: EngineArgs) -> Callable[[], Any]:

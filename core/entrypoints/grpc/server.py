@@ -66,9 +66,10 @@ def _health_servicer(state: ServerState) -> Any:
     return Health(), health_pb2_grpc
 
 
-async def start(state: ServerState, host: str, port: int) -> tuple[grpc.aio.Server, int]:
+async def start(state: ServerState, host: str, port: int, credentials: Any = None) -> tuple[grpc.aio.Server, int]:
     """Serve TEI's gRPC API for ``state``'s models on ``host:port`` (0: a free port), on the
-    running event loop; the server and the port it listens on.
+    running event loop; the server and the port it listens on. With ``credentials`` (gRPC's server
+    credentials of the HTTP server's ``--ssl-*`` files), over TLS as HTTPS is.
 
     Raises:
         MissingDependency: the ``grpc`` extra is not installed.
@@ -96,7 +97,7 @@ async def start(state: ServerState, host: str, port: int) -> tuple[grpc.aio.Serv
         reflection.enable_server_reflection((*SERVICES, "grpc.health.v1.Health", reflection.SERVICE_NAME), server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
-        bound = server.add_insecure_port(address)
+        bound = server.add_secure_port(address, credentials) if credentials is not None else server.add_insecure_port(address)
     except RuntimeError:
         bound = 0
     if not bound:

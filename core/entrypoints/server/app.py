@@ -15,6 +15,8 @@ from ...contracts.errors import InvalidRequest, MissingDependency
 from ...inputs.media import MediaPolicy
 from ...lora.request import LoRARequest
 from ..serving.state import MiB, ModelOptions, ModelState, ServerLimits, ServerState
+from ..serving.warmup import warm_up
+from .deployment import Cors, PathPrefix, Tls
 from .endpoints import Endpoint
 from .errors import install_error_handlers
 from .front import front_protocol
@@ -47,6 +49,10 @@ def create_app(
     lora_modules: Sequence[LoRARequest] | None = None,
     grpc_port: int | None = None,
     grpc_host: str = "127.0.0.1",
+    cors: Cors | None = None,
+    root_path: str = "",
+    tls: Tls | None = None,
+    warmup: bool = False,
 ) -> FastAPI:
     """The FastAPI application serving ``llm``, or several models.
 
@@ -84,6 +90,14 @@ def create_app(
         grpc_port: also serve TEI's gRPC API (:mod:`poolkit.entrypoints.grpc`) on this port of
             ``grpc_host`` while the application runs (0: a free port, then in the state's
             ``grpc_port``); by default none. Needs the ``grpc`` extra.
+        cors: the cross-origin policy for browser clients (:class:`~.deployment.Cors`); by default none.
+        root_path: the path prefix a proxy serves the application under (vLLM's ``--root-path``,
+            :class:`~.deployment.PathPrefix`): routes answer with or without it.
+        tls: the server's certificate and key (:class:`~.deployment.Tls`); here for the gRPC port,
+            which then speaks TLS too (:func:`run` gives them to uvicorn for HTTPS).
+        warmup: run each model once at its largest batch of its longest inputs before it takes
+            requests (:mod:`poolkit.entrypoints.serving.warmup`; ``/health`` answers 503 until then),
+            and log the rate and the peak memory; a model given loaded is warmed up here.
 
     Example:
         >>> from fastapi.testclient import TestClient
@@ -110,7 +124,7 @@ def create_app(
         if callable(one) and not hasattr(one, "model"):
             loaders.append((model, one))
         else:
-            model.attach(one)
+            model.attach(_warmed(one, name) if warmup else one)
     _check_names(st)
     for lora in lora_modules or ():
         adapter = st.add_adapter(lora)
@@ -122,7 +136,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if loaders and not loading[0]:
             loading[0] = True
-            threading.Thread(target=_load, args=(st, loaders), name="poolkit-load", daemon=True).start()
+            threading.Thread(target=_load, args=(st, loaders, warmup), name="poolkit-load", daemon=True).start()
         if st.drained:  # started again after a shutdown (tests, embedding servers): fresh batchers
             for model in st.models:
                 if model.llm is not None:
@@ -132,7 +146,8 @@ def create_app(
         if grpc_port is not None:
             from ..grpc.server import start
 
-            st.grpc_server, st.grpc_port = await start(st, grpc_host, grpc_port)
+            credentials = tls.grpc_credentials() if tls is not None else None
+            st.grpc_server, st.grpc_port = await start(st, grpc_host, grpc_port, credentials)
         yield
         st.draining = True
         if st.grpc_server is not None:  # new calls are refused; those in flight finish first
@@ -162,6 +177,10 @@ def create_app(
     app.add_middleware(Guard, state=st)
     if st.tracing is not None:  # around the guard: traces what it refuses too
         app.add_middleware(Traced, state=st, paths=INFERENCE_ROUTES)
+    if cors is not None:  # around the guard: a preflight needs no key, and refusals carry CORS headers
+        cors.install(app)
+    if root_path:  # outermost: every layer sees the route's path
+        app.add_middleware(PathPrefix, root_path=root_path)
     install_error_handlers(app)
     _mount(app, ENDPOINTS)
     st.endpoints = {(endpoint.method, endpoint.path): endpoint for endpoint in ENDPOINTS}
@@ -199,15 +218,25 @@ def _version() -> str:
     return __version__
 
 
-def _load(st: ServerState, loaders: list[tuple[ModelState, Callable[[], Any]]]) -> None:
-    """Load the models one after another; the first that fails stops the server."""
+def _warmed(llm: LLM, name: str | None) -> LLM:
+    """``llm`` after its warm-up, logged."""
+    done = warm_up(llm)
+    if done is not None:
+        logger.info(done.line(name or str(llm.model.name)))
+    return llm
+
+
+def _load(st: ServerState, loaders: list[tuple[ModelState, Callable[[], Any]]], warmup: bool = False) -> None:
+    """Load the models one after another (each warmed up before it is attached, with ``warmup``);
+    the first that fails stops the server."""
     for model, loader in loaders:
         try:
-            model.attach(loader())
+            llm = loader()
+            model.attach(_warmed(llm, model.served) if warmup else llm)
             _check_names(st)
             logger.info("model loaded; serving it as '%s'", model.served)
         except BaseException as exc:  # noqa: BLE001 - reported by run() once the server stops
-            logger.error("the model failed to load: %s", exc)
+            logger.error("the model failed to load or warm up: %s", exc)
             model.load_error = exc
             st.request_exit()
             return
@@ -221,6 +250,7 @@ def run(
     log_level: str = "info",
     access_log: bool = False,
     api_server_count: int = 1,
+    tls: Tls | None = None,
     **options: Any,
 ) -> None:
     """Serve ``llm`` (an :class:`LLM` or a callable loading one, or a list of them) with uvicorn
@@ -230,7 +260,8 @@ def run(
     lets in-flight requests finish and drains the batchers (each bounded by
     ``limits.shutdown_timeout``), then returns, so the process exits 0. ``api_server_count``
     above 1 loads the models first and serves them from that many processes, one of them running
-    the models (:mod:`poolkit.entrypoints.server.processes`).
+    the models (:mod:`poolkit.entrypoints.server.processes`). ``tls``: serve HTTPS (and gRPC over
+    TLS) with these files (:class:`~.deployment.Tls`).
 
     Raises:
         MissingDependency: uvicorn is not installed.
@@ -243,7 +274,7 @@ def run(
     limits = options.pop("limits", None) or ServerLimits()
     if options.get("otlp_traces_endpoint") is not None:  # refused before any model loads
         options["otlp_traces_endpoint"] = check_endpoint(options["otlp_traces_endpoint"])
-    serving = dict(log_level=log_level, access_log=access_log)
+    serving = dict(log_level=log_level, access_log=access_log, **(tls.uvicorn() if tls is not None else {}))
     if api_server_count != 1:
         from .processes import serve_processes
 
@@ -259,7 +290,7 @@ def run(
             host=host, port=port, shutdown_timeout=limits.shutdown_timeout,
         )
         return
-    _serve(create_app(llm, limits=limits, grpc_host=host, **options), limits, host=host, port=port, **serving)
+    _serve(create_app(llm, limits=limits, grpc_host=host, tls=tls, **options), limits, host=host, port=port, **serving)
 
 
 def _serve(app: FastAPI, limits: ServerLimits, *, sockets: list[Any] | None = None, **config: Any) -> None:
