@@ -23,6 +23,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "LLM": "api.llm",
+    "AsyncLLM": "api.async_llm",
     "SentenceTransformer": "api.st_compat",
     "CrossEncoder": "api.st_compat",
     "SparseEncoder": "api.st_compat",

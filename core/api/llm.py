@@ -11,11 +11,9 @@ import logging
 from functools import cached_property, partial
 from typing import Any, Sequence
 
-import torch
-
 from ..config.settings import DEFAULT_MODEL, IGNORED_ENGINE_ARGS, EngineArgs  # noqa: F401 - DEFAULT_MODEL is part of this module's API
 from ..contracts.errors import InvalidRequest
-from ..contracts.io import Prompt, PromptBatch
+from ..contracts.io import Prompt
 from ..contracts.outputs import (
     ClassificationRequestOutput,
     EmbeddingRequestOutput,
@@ -24,7 +22,6 @@ from ..contracts.outputs import (
     RerankResult,
     ScoringOutput,
     ScoringRequestOutput,
-    late_chunking_output,
 )
 from ..contracts.params import PoolingParams
 from ..contracts.scoring import Scorer, score_extra
@@ -32,7 +29,7 @@ from ..contracts.sparse import SparseEmbeddingRequestOutput, check_pruning
 from ..contracts.tasks import PLUGIN, Task
 from ..inputs.chat import conversations
 from ..inputs.media import IMAGE_TOKEN_GUESS
-from ..inputs.pairs import MediaItem, check_side_limit, cut_sides, has_media, pair, pair_prompts, score_side, skiplist
+from ..inputs.pairs import MediaItem, check_side_limit, cut_sides, has_media, pair, pair_prompts, skiplist
 from ..inputs.params import check_params
 from ..inputs.renderer import Renderer
 from ..inputs.request import PoolRequest, Rendered
@@ -46,6 +43,7 @@ from ..runtime.columns import Results
 from ..runtime.engine import Engine
 from ..runtime.estimates import estimate_costs, estimate_pair_tokens
 from ..runtime.progress import progress_bar
+from .calls import classification_outputs, embedding_outputs, encode_task, pooling_outputs, rerank_documents, ranked, sparse_outputs
 from .entities import Entities, group_entities
 from .model_config import ModelConfig, model_config
 from .plugin_io import PluginIO
@@ -273,10 +271,9 @@ class LLM:
         """
         return check_params(self.model, self.engine, pooling_params, count, task_name, tokenization_kwargs)
 
-    def run(
-        self, task: Task, prompts: list[Prompt], params: list[PoolingParams], *, use_tqdm: bool = False
-    ) -> list[tuple[torch.Tensor, list[int]]]:
-        """Run prepared prompts through the engine: one ``(result, prompt token ids)`` per prompt."""
+    def run(self, task: Task, prompts: Sequence[Prompt], params: list[PoolingParams], *, use_tqdm: bool = False) -> Results:
+        """Run prepared prompts through the engine: one ``(result, prompt token ids)`` per prompt (the
+        step :class:`~poolkit.api.async_llm.AsyncLLM` awaits on its batcher instead)."""
         engine: Engine = self.engine
         with progress_bar(len(prompts), enabled=use_tqdm) as advance:
             return engine.run(task, prompts, params, progress=advance)
@@ -317,57 +314,18 @@ class LLM:
             lora_request: a :class:`~poolkit.lora.request.LoRARequest` for every prompt, or a list of
                 one per prompt (``None``: the base model); needs ``LLM(enable_lora=True)``.
         """
-        if pooling_task is None:
-            pooling_task = self.default_task
-            if pooling_task is None:
-                raise InvalidRequest(f"model '{self.model.name}' supports no pooling task; pass pooling_task")
-            logger.warning(
-                "LLM.encode() without pooling_task runs the model's default task '%s'; set pooling_task "
-                "(or call the task's own method) to choose", pooling_task,
-            )
+        pooling_task = encode_task(self, prompts, pooling_task)
         if pooling_task == self.plugin_task:
             return self._encode_plugin(conversations(prompts, messages, chat_template), pooling_params, use_tqdm, tokenization_kwargs)
-        if isinstance(prompts, dict) and "data" in prompts:
-            raise InvalidRequest(f"The 'data' field is only supported for the '{self.plugin_task}' pooling task.")
-        results, parsed, params = self._results(
-            prompts, pooling_params, pooling_task, use_tqdm, tokenization_kwargs, prompt_name, lora_request, messages, chat_template
-        )
-        outputs = [
-            PoolingRequestOutput(rid, PoolingOutput(data), ids, num_cached_tokens=cached, truncated=cut)
-            for rid, data, ids, cut, cached in zip(
-                self._new_request_ids(len(results)), results.rows(), results.token_ids, results.truncated.tolist(), results.cached.tolist()
-            )
-        ]
-        if any(p.late_chunking_params is not None for p in params):
-            for prompt, p, out in zip(parsed, params, outputs):
-                if p.late_chunking_params is not None:
-                    spans = self.engine.char_spans(prompt, out.prompt_token_ids)
-                    out.late_chunking = late_chunking_output(len(out.prompt_token_ids), p.late_chunking_params.chunk_size, spans)
-        return outputs
-
-    def _results(
-        self,
-        prompts: Any,
-        pooling_params: Any,
-        pooling_task: str,
-        use_tqdm: bool,
-        tokenization_kwargs: dict[str, Any] | None,
-        prompt_name: str | None,
-        lora_request: Any = None,
-        messages: Any = None,
-        chat_template: str | None = None,
-    ) -> tuple[Results, PromptBatch, list[PoolingParams]]:
-        """A task's run over ``prompts`` (or chat ``messages``): its results, the prompts and their parameters."""
-        task, parsed, params = self.prepare(
-            prompts, pooling_params, pooling_task=pooling_task, tokenization_kwargs=tokenization_kwargs, prompt_name=prompt_name,
+        rendered = self.render(PoolRequest.of(
+            prompts, pooling_params, task=pooling_task, tokenization_kwargs=tokenization_kwargs, prompt_name=prompt_name,
             lora_request=lora_request, messages=messages, chat_template=chat_template,
-        )
-        engine: Engine = self.engine  # as run() does, called here: the request goes from the inputs to the engine
-        with progress_bar(len(parsed), enabled=use_tqdm) as advance:
-            return engine.run(task, parsed, params, progress=advance), parsed, params
+        ))
+        results = self.run(*rendered, use_tqdm=use_tqdm)
+        return pooling_outputs(self.new_request_ids(len(results)), results, rendered, self.engine)
 
-    def _new_request_ids(self, n: int) -> list[str]:
-        """The next ``n`` request ids."""
+    def new_request_ids(self, n: int) -> list[str]:
+        """The next ``n`` request ids, which number the outputs of every call on this model."""
         return list(map(str, itertools.islice(self._request_ids, n)))
 
     def prepare(
@@ -442,18 +400,12 @@ class LLM:
         """One embedding per input; ``outputs.embedding`` is a list of floats. ``messages`` (or chat
         inputs in ``prompts``) are rendered with the chat template, and ``lora_request`` chooses
         LoRA adapters, as in :meth:`encode`."""
-        results, _, _ = self._results(
-            prompts, pooling_params, "embed", use_tqdm, tokenization_kwargs, prompt_name, lora_request, messages, chat_template
-        )
-        request_ids = self._new_request_ids(len(results))
-        if isinstance(results.data, torch.Tensor):  # one tensor of rows: the floats read in one call
-            return EmbeddingRequestOutput.from_rows(
-                request_ids, results.data, results.token_ids, results.truncated.tolist(), results.cached.tolist()
-            )
-        return [
-            EmbeddingRequestOutput.from_base(PoolingRequestOutput(rid, PoolingOutput(data), ids, n, truncated=cut))
-            for rid, data, ids, cut, n in zip(request_ids, results.data, results.token_ids, results.truncated.tolist(), results.cached.tolist())
-        ]
+        rendered = self.render(PoolRequest.of(
+            prompts, pooling_params, task="embed", tokenization_kwargs=tokenization_kwargs, prompt_name=prompt_name,
+            lora_request=lora_request, messages=messages, chat_template=chat_template,
+        ))
+        results = self.run(*rendered, use_tqdm=use_tqdm)
+        return embedding_outputs(self.new_request_ids(len(results)), results)
 
     def sparse_embed(
         self,
@@ -493,8 +445,7 @@ class LLM:
             tokenization_kwargs=tokenization_kwargs,
             prompt_name=prompt_name,
         )
-        tokenizer = self.model.tokenizer if return_tokens else None
-        return [SparseEmbeddingRequestOutput.from_base(o, top_k, threshold, tokenizer) for o in outputs]
+        return sparse_outputs(outputs, top_k, threshold, self.model.tokenizer if return_tokens else None)
 
     def classify(
         self,
@@ -514,7 +465,7 @@ class LLM:
             prompts, pooling_params, pooling_task="classify", use_tqdm=use_tqdm, tokenization_kwargs=tokenization_kwargs,
             messages=messages, chat_template=chat_template, lora_request=lora_request,
         )
-        return [ClassificationRequestOutput.from_base(o, self.model.id2label) for o in outputs]
+        return classification_outputs(outputs, self.model.id2label)
 
     def reward(
         self,
@@ -693,11 +644,7 @@ class LLM:
             chat_template: a score template, as for :meth:`score`.
             instruction: the task instruction a score template shows the model.
         """
-        if not isinstance(query, str) and not (isinstance(query, dict) and "content" in query):
-            raise InvalidRequest(f"query must be a string or an input with images ({{'content': [...]}}), got {type(query).__name__}")
-        docs = score_side(documents, "document")
-        if top_n is not None and (not isinstance(top_n, int) or top_n < 1):
-            raise InvalidRequest(f"top_n must be a positive integer, got {top_n!r}")
+        docs = rerank_documents(query, documents, top_n)
         scores = self.score(
             query,
             docs,
@@ -708,11 +655,7 @@ class LLM:
             instruction=instruction,
             lora_request=lora_request,
         )
-        ranked = sorted(
-            (RerankResult(i, doc, s.outputs.score, s.truncated) for i, (doc, s) in enumerate(zip(docs, scores))),
-            key=lambda r: -r.relevance_score,
-        )
-        return ranked[:top_n] if top_n else ranked
+        return ranked(docs, scores, top_n)
 
     def check_score_limit(self, name: str, limit: Any) -> None:
         """Check a ``max_tokens_per_query`` / ``max_tokens_per_doc`` value (vLLM's wording;
