@@ -76,6 +76,10 @@ class Renderer:
         #: The family's media IO processor (a vision-language model's), or ``None``.
         self.media_processor: IOProcessor | None = processor
         self._media = MediaRules(model, self.media_policy, processor)
+        #: Whether the architecture writes its own query and document sides, for every task of the
+        #: model (:meth:`poolkit.Architecture.role_prompts`: the ColVision retrievers, BGE-M3, a
+        #: sparse Router): a property of the model, asked once.
+        self.writes_sides = model.architecture.role_prompts([], "query", model) is not None
         media, instructions = self._media, dict(getattr(model.hf_config, "task_instructions", None) or {})
         self._reads = Reads(
             media.reads_media, media.takes_images, media.takes_videos, media.part_types,
@@ -416,9 +420,9 @@ class Renderer:
         return encoded
 
     def own_sides(self, input_type: Any) -> bool:
-        """Whether the model's architecture writes ``input_type`` (a retrieval side) itself
-        (:meth:`poolkit.Architecture.role_prompts`), for any of its tasks."""
-        return input_type in ROLES and self.model.architecture.role_prompts([], input_type, self.model) is not None
+        """Whether ``input_type`` is a retrieval side the model's architecture writes itself
+        (:attr:`writes_sides`), for any of its tasks."""
+        return input_type in ROLES and self.writes_sides
 
     @staticmethod
     def salted(prompts: Any, params: list[PoolingParams]) -> list[PoolingParams]:
