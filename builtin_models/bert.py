@@ -288,14 +288,18 @@ class XLMRobertaModel(RobertaModel):
 
 
 class BertPooler(nn.Module):
-    """HF's BERT pooler: dense + tanh over the (already pooled) first-token vector."""
+    """HF's BERT pooler: dense + tanh over the (already pooled) first-token vector; a family whose
+    classifiers put another activation after the same dense layer says so in :attr:`activation`."""
+
+    #: The function after the dense layer.
+    activation: ClassVar[Callable[[torch.Tensor], torch.Tensor]] = staticmethod(torch.tanh)
 
     def __init__(self, hidden_size: int) -> None:
         super().__init__()
         self.dense = nn.Linear(hidden_size, hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(F.linear(x, self.dense.weight, self.dense.bias))
+        return self.activation(F.linear(x, self.dense.weight, self.dense.bias))
 
 
 class BertForSequenceClassification(PooledClassifier, BertModel):

@@ -40,7 +40,7 @@ from poolkit.contracts.config_checks import ConfigChecks
 from poolkit.contracts.errors import ModelLoadError
 from poolkit.contracts.hookspecs import hookimpl
 
-from .bert import BertEmbeddings, BertEncoder, BertLayoutModel, BertOnlyMLMHead, MaskedLMModel
+from .bert import BertEmbeddings, BertEncoder, BertLayoutModel, BertOnlyMLMHead, BertPooler, MaskedLMModel
 from .blocks.heads import PooledClassifier, TokenClassifier
 from .rotary_encoders.encoder import Layout
 
@@ -176,15 +176,10 @@ class DistilBertForMaskedLM(MaskedLMModel, DistilBertModel, MaskedLMHead):
             super().load_weights(weights)
 
 
-class DistilBertPreClassifier(nn.Module):
+class DistilBertPreClassifier(BertPooler):
     """``pre_classifier`` and its ReLU, where BERT's pooler (dense, tanh) is."""
 
-    def __init__(self, hidden_size: int) -> None:
-        super().__init__()
-        self.dense = nn.Linear(hidden_size, hidden_size)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(F.linear(x, self.dense.weight, self.dense.bias))
+    activation = staticmethod(F.relu)
 
 
 class DistilBertForSequenceClassification(PooledClassifier, DistilBertModel):
