@@ -95,6 +95,7 @@ def test_origins_are_taken_as_vllm_gives_them_or_comma_separated(given, expected
         (["[not json"], None, False, "--allowed-origins takes a JSON list of strings or comma-separated values"),
         (None, ["GET"], False, "need --allowed-origins"),
         (None, None, True, "need --allowed-origins"),
+        (["*"], None, True, "--allow-credentials with --allowed-origins '*' would let any site call"),
     ],
 )
 def test_bad_cors_settings_are_refused_in_one_line(origins, methods, credentials, message):

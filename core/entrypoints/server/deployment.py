@@ -67,7 +67,8 @@ class Cors:
 
         Raises:
             InvalidRequest: a malformed list, an origin that is not ``*`` or ``scheme://host[:port]``,
-                or methods, headers or credentials without origins.
+                methods, headers or credentials without origins, or credentials for any origin
+                (every site could then call the server with its visitors' credentials).
         """
         allowed = listed(origins, "--allowed-origins")
         methods_given, headers_given = listed(methods, "--allowed-methods"), listed(headers, "--allowed-headers")
@@ -79,6 +80,11 @@ class Cors:
             scheme, sep, host = origin.partition("://")
             if origin != "*" and (not sep or scheme not in ("http", "https") or not host or "/" in host):
                 raise InvalidRequest(f"--allowed-origins takes '*' or origins such as https://app.example.com, got '{origin}'")
+        if credentials and "*" in allowed:
+            raise InvalidRequest(
+                "--allow-credentials with --allowed-origins '*' would let any site call the server with its visitors' "
+                "credentials; name the origins"
+            )
         return cls(allowed, methods_given or ("*",), headers_given or ("*",), credentials)
 
     def install(self, app: Any) -> None:
