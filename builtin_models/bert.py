@@ -289,10 +289,7 @@ class XLMRobertaModel(RobertaModel):
 
 class BertPooler(nn.Module):
     """HF's BERT pooler: dense + tanh over the (already pooled) first-token vector; a family whose
-    classifiers put another activation after the same dense layer says so in :attr:`activation`."""
-
-    #: The function after the dense layer.
-    activation: ClassVar[Callable[[torch.Tensor], torch.Tensor]] = staticmethod(torch.tanh)
+    classifiers put another function after the same dense layer overrides :meth:`activation`."""
 
     def __init__(self, hidden_size: int) -> None:
         super().__init__()
@@ -300,6 +297,10 @@ class BertPooler(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.activation(F.linear(x, self.dense.weight, self.dense.bias))
+
+    def activation(self, x: torch.Tensor) -> torch.Tensor:
+        """The function after the dense layer."""
+        return torch.tanh(x)
 
 
 class BertForSequenceClassification(PooledClassifier, BertModel):

@@ -179,7 +179,8 @@ class DistilBertForMaskedLM(MaskedLMModel, DistilBertModel, MaskedLMHead):
 class DistilBertPreClassifier(BertPooler):
     """``pre_classifier`` and its ReLU, where BERT's pooler (dense, tanh) is."""
 
-    activation = staticmethod(F.relu)
+    def activation(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x)
 
 
 class DistilBertForSequenceClassification(PooledClassifier, DistilBertModel):
