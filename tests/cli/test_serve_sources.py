@@ -181,3 +181,50 @@ def test_json_logs_are_one_object_a_line(served, flag):
     serving = next(r for r in records if r["message"].startswith("serving "))
     assert serving["level"] == "INFO" and serving["target"] == "poolkit.entrypoints.server"
     assert {"timestamp", "filename", "line_number"} <= set(serving) and serving["timestamp"].endswith("Z")
+
+
+def test_a_server_started_from_a_file_and_the_environment_answers_as_they_say(minilm_dir, tmp_path):
+    """The real process over real HTTP: the file names the model, its name, a key, JSON logs and no
+    warm-up; the environment gives the port and overrides the file's input limit."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+    from served import _free_port
+    from waits import until
+
+    config = tmp_path / "serve.yaml"
+    config.write_text(
+        f"model: {minilm_dir}\nserved-model-name: cfg-minilm\napi-key: k\nlog-format: json\nwarmup: false\nmax-inputs-per-request: 8\n"
+    )
+    port = _free_port()
+    env = dict(os.environ, POOLKIT_CONFIG=str(config), POOLKIT_PORT=str(port), POOLKIT_MAX_INPUTS_PER_REQUEST="2",
+               HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "poolkit", "serve"], stdout=out, stderr=subprocess.STDOUT, env=env)
+    base = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        assert proc.poll() is None, log.read_text()
+        try:
+            return httpx.get(f"{base}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        until(healthy, "the server to load", guard=120)
+        key = {"Authorization": "Bearer k"}
+        ok = httpx.post(f"{base}/v1/embeddings", json={"model": "cfg-minilm", "input": ["a", "b"]}, headers=key, timeout=30)
+        assert ok.status_code == 200 and len(ok.json()["data"]) == 2, ok.text
+        assert httpx.post(f"{base}/v1/embeddings", json={"model": "cfg-minilm", "input": "a"}, timeout=30).status_code == 401
+        over = httpx.post(f"{base}/v1/embeddings", json={"model": "cfg-minilm", "input": ["a", "b", "c"]}, headers=key, timeout=30)
+        assert over.status_code in (400, 413, 422), over.text  # the environment's 2, not the file's 8
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, log.read_text()
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    assert any(r["message"].startswith("serving ") and "as 'cfg-minilm'" in r["message"] for r in records)
+    assert not any("warm-up of" in r["message"] for r in records)
