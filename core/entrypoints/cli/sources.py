@@ -89,48 +89,40 @@ def _read_config(ctx: typer.Context, param: typer.CallbackParam, value: str | No
         loaded = {}
     if not isinstance(loaded, dict):
         _fail(f"--config {value}: must hold a mapping of option names to values, got {type(loaded).__name__}")
-    names = _long_names(ctx.command)
+    params = _long_names(ctx.command)
     defaults: dict[str, Any] = {}
     for key, setting in loaded.items():
-        name = names.get(str(key).replace("_", "-"))
-        if name is None:
+        target = params.get(str(key).replace("_", "-"))
+        if target is None:
             _fail(f"--config {value}: unknown key '{key}' (not an option of poolkit {ctx.command.name})")
-        if isinstance(setting, bool) and not _is_flag(ctx.command, name):
+        if isinstance(setting, bool) and not getattr(target, "is_flag", False):
             setting = str(setting).lower()
-        multiple = _param(ctx.command, name).multiple if isinstance(_param(ctx.command, name), typer.core.TyperOption) else False
         if isinstance(setting, list):
-            defaults[name] = [str(v) for v in setting]
-        else:
-            defaults[name] = [setting] if multiple else setting
+            setting = [str(v) for v in setting]
+        elif getattr(target, "multiple", False):
+            setting = [setting]
+        defaults[target.name] = setting
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
     ctx.meta[CONFIG_FILE] = value
     return value
 
 
-def _param(command: Any, name: str) -> Any:
-    return next(p for p in command.params if p.name == name)
-
-
-def _long_names(command: Any) -> dict[str, str]:
+def _long_names(command: Any) -> dict[str, Any]:
     """Each visible long option name of ``command`` (without ``--``) -> its parameter; ``model``
-    -> the model argument where the command takes one."""
-    names: dict[str, str] = {}
+    -> the model argument where the command takes one (vLLM's file names the model to serve so,
+    where ``--model`` here adds another)."""
+    names: dict[str, Any] = {}
     for param in command.params:
         if param.name == "config" or getattr(param, "hidden", False):
             continue
         if isinstance(param, typer.core.TyperArgument):
-            names.setdefault(param.name.replace("_", "-"), param.name)
+            names[param.name.replace("_", "-")] = param
             continue
         for opt in param.opts:
             if opt.startswith("--"):
-                names.setdefault(opt[2:], param.name)
-    if any(isinstance(p, typer.core.TyperArgument) and p.name == "model" for p in command.params):
-        names["model"] = "model"  # vLLM's file names the model to serve as 'model'
+                names.setdefault(opt[2:], param)
+    names.update({p.name: p for p in command.params if isinstance(p, typer.core.TyperArgument) and p.name == "model"})
     return names
-
-
-def _is_flag(command: Any, name: str) -> bool:
-    return bool(getattr(_param(command, name), "is_flag", False))
 
 
 def _flag(param: Any) -> str:

@@ -8,7 +8,6 @@ heavy load, whether that batch fits the device's memory. ``/health`` answers 503
 
 from __future__ import annotations
 
-import logging
 import resource
 import sys
 import time
@@ -19,8 +18,6 @@ import torch
 
 if TYPE_CHECKING:
     from ...api.llm import LLM
-
-logger = logging.getLogger("poolkit.entrypoints.server")
 
 #: A word every tokenizer keeps as a few tokens; repeated, it fills any input length.
 FILLER = "warm "
