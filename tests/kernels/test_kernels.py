@@ -40,7 +40,7 @@ def _error(got: torch.Tensor, exact: torch.Tensor) -> float:
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
 def test_fused_linear_equals_reference_in_float32(act: str, bias: bool) -> None:
     x, w, b = _inputs(torch.float32, bias=bias)
-    assert_within_order_bound(linear_act_onednn(x, w, b, act), linear_act(x, w, b, act), linear_act_bound(x, w, b))
+    assert_within_order_bound(linear_act_onednn(x, w, b, act), linear_act(x, w, b, act), linear_act_bound(x, w, b, act))
 
 
 @onednn
@@ -60,9 +60,9 @@ def test_fused_linear_in_bfloat16_is_as_close_to_exact_as_the_reference(act: str
 @onednn
 def test_fused_linear_shapes_and_layouts() -> None:
     x, w, b = _inputs(torch.float32, shape=(2, 5, 48))
-    assert_within_order_bound(linear_act_onednn(x, w, b, "gelu"), linear_act(x, w, b, "gelu"), linear_act_bound(x, w, b))
+    assert_within_order_bound(linear_act_onednn(x, w, b, "gelu"), linear_act(x, w, b, "gelu"), linear_act_bound(x, w, b, "gelu"))
     strided = torch.randn(48, 9).t()  # a non-contiguous [9, 48] view
-    assert_within_order_bound(linear_act_onednn(strided, w, b, "relu"), linear_act(strided, w, b, "relu"), linear_act_bound(strided, w, b))
+    assert_within_order_bound(linear_act_onednn(strided, w, b, "relu"), linear_act(strided, w, b, "relu"), linear_act_bound(strided, w, b, "relu"))
     assert linear_act_onednn(x[0, :0], w, b, "gelu").shape == (0, 72)
 
 
@@ -75,7 +75,7 @@ def test_fused_linear_repacks_a_changed_weight() -> None:
         first = linear_act_onednn(x, layer.weight, layer.bias, "gelu")
         layer.weight.mul_(2)
         assert_within_order_bound(linear_act_onednn(x, layer.weight, layer.bias, "gelu"),
-                                  linear_act(x, layer.weight, layer.bias, "gelu"), linear_act_bound(x, layer.weight, layer.bias))
+                                  linear_act(x, layer.weight, layer.bias, "gelu"), linear_act_bound(x, layer.weight, layer.bias, "gelu"))
         assert not torch.allclose(first, linear_act(x, layer.weight, layer.bias, "gelu"))
         layer.to(torch.bfloat16)  # swaps .data under the same Parameter
         if torch.bfloat16 in linear._onednn_dtypes():
@@ -173,7 +173,7 @@ def test_gated_linear_onednn_equals_reference_in_float32(act: str, bias: bool, g
     with torch.inference_mode():
         got = linear.gated_linear_onednn(x, w, b, act, gate_first)
     assert got.shape == (37, 48)
-    bound = gated_linear_bound(x, w, b, ACTIVATIONS[act], gate_first)
+    bound = gated_linear_bound(x, w, b, act, gate_first)
     assert_within_order_bound(got, linear.gated_linear(x, w, b, act, gate_first), bound)
 
 
@@ -199,14 +199,14 @@ def test_gated_linear_onednn_shapes_repacking_and_fallbacks() -> None:
     layer = torch.nn.Linear(48, 64)
     with torch.inference_mode():
         assert_within_order_bound(linear.gated_linear_onednn(x, w, b), linear.gated_linear(x, w, b),
-                                  gated_linear_bound(x, w, b, ACTIVATIONS["silu"]))
+                                  gated_linear_bound(x, w, b, "silu"))
         assert linear.gated_linear_onednn(x[0, :0], w, b).shape == (0, 32)
     with torch.no_grad():
         first = linear.gated_linear_onednn(x, layer.weight, layer.bias)
         layer.weight.mul_(2)  # the packed halves follow an in-place change of the weight
         again = linear.gated_linear_onednn(x, layer.weight, layer.bias)
         assert_within_order_bound(again, linear.gated_linear(x, layer.weight, layer.bias),
-                                  gated_linear_bound(x, layer.weight, layer.bias, ACTIVATIONS["silu"]))
+                                  gated_linear_bound(x, layer.weight, layer.bias, "silu"))
         assert not torch.allclose(first, again)
     assert (id(layer.weight), ("onednn", 0)) in linear._PACKED and (id(layer.weight), ("onednn", 1)) in linear._PACKED
     x64, w64, b64 = _inputs(torch.float64, out_features=64)  # fp64 and autograd: the reference, exactly

@@ -141,7 +141,7 @@ def _compare(layer: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
     got = linear_act_onednn(x.to(layer.weight.dtype), layer.weight, layer.bias, "gelu")
     want = linear_act(x.to(layer.weight.dtype), layer.weight, layer.bias, "gelu")
     if layer.weight.dtype == torch.float32:
-        assert_within_order_bound(got, want, linear_act_bound(x, layer.weight, layer.bias))
+        assert_within_order_bound(got, want, linear_act_bound(x, layer.weight, layer.bias, "gelu"))
     else:
         torch.testing.assert_close(got, want, atol=0.1, rtol=1e-2)
     return got
@@ -184,4 +184,4 @@ def test_normal_weights_are_repacked_when_changed_in_or_out_of_inference_mode() 
         second = _check(layer, x)
         assert not torch.allclose(first, second)
         layer.weight.mul_(0.5)  # changed inside it: a normal tensor's version counter still moves
-        assert_within_order_bound(_check(layer, x), first, 2 * linear_act_bound(x, layer.weight, layer.bias))
+        assert_within_order_bound(_check(layer, x), first, 2 * linear_act_bound(x, layer.weight, layer.bias, "gelu"))
