@@ -202,8 +202,8 @@ class InferenceFreeSpladeModel(Architecture):
             )
         self.query_weights = weights
 
-    def quantize(self, method: str, batches: Callable[[], Iterable[PackedBatch]]) -> dict[str, Any]:
-        return self.document.quantize(method, batches)
+    def quantize(self, method: str, batches: Callable[[], Iterable[PackedBatch]], budget: float | None = None) -> dict[str, Any]:
+        return self.document.quantize(method, batches, budget)
 
     def forward(self, batch: PackedBatch) -> torch.Tensor:
         """Nothing: the head runs the document route for the documents of the batch."""

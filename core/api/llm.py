@@ -88,6 +88,8 @@ class LLM:
             cosine similarity of at least 0.9995 to the float model's on the calibration texts
             (docs/performance.md); native families only.
         calibration: a text file (one text a line) to calibrate on instead of the built-in texts.
+        quantization_budget: the least cosine similarity to the float model that ``quantization``
+            keeps on the calibration texts (0.9995 unless given); a looser one runs faster.
         limit_mm_per_prompt: most media items one prompt may carry, per kind (vLLM's):
             ``{"image": 4}``; default 16 images (``POOLKIT_MAX_IMAGES_PER_PROMPT``).
         mm_processor_kwargs: settings of a vision-language model's media processor over its
@@ -131,6 +133,7 @@ class LLM:
         io_processor_plugin: str | None = None,
         quantization: str | None = None,
         calibration: str | None = None,
+        quantization_budget: float | None = None,
         limit_mm_per_prompt: dict[str, int] | None = None,
         mm_processor_kwargs: dict[str, Any] | None = None,
         max_image_pixels: int | None = None,
@@ -162,6 +165,7 @@ class LLM:
             io_processor_plugin=io_processor_plugin,
             quantization=quantization,
             calibration=calibration,
+            quantization_budget=quantization_budget,
             limit_mm_per_prompt=limit_mm_per_prompt,
             mm_processor_kwargs=mm_processor_kwargs,
             max_image_pixels=max_image_pixels,

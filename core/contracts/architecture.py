@@ -318,12 +318,14 @@ class Architecture(torch.nn.Module):
             ModelLoadError: a file is missing, malformed, or a pickle without the opt-in.
         """
 
-    def quantize(self, method: str, batches: Callable[[], Iterable[PackedBatch]]) -> dict[str, Any]:
+    def quantize(self, method: str, batches: Callable[[], Iterable[PackedBatch]], budget: float | None = None) -> dict[str, Any]:
         """Run the model quantized (the ``quantization`` setting, vLLM's name: ``"int8"``).
 
         Called once per load, after the model is on its device and in its dtype, when the user
         asks for it. ``batches()`` gives calibration batches (the built-in calibration texts or
-        ``--calibration FILE``), on the model's device, to measure activations and the error.
+        ``--calibration FILE``), on the model's device, to measure activations and the error;
+        ``budget`` is the user's ``quantization_budget`` (the least cosine similarity to the float
+        model to keep on them), ``None`` for the implementation's default.
         Returns what ``poolkit info`` shows of it. The native families implement it
         (:mod:`poolkit.builtin_models.blocks.quantize`); the default refuses.
 

@@ -249,7 +249,7 @@ def load_model(args: EngineArgs) -> PoolingModel:
         texts = calibration_texts(args.calibration)
         limit = min(CALIBRATION_TOKENS, architecture.max_positions or CALIBRATION_TOKENS)
         quantization = architecture.quantize(
-            args.quantization, lambda: _calibration_batches(tok, texts, limit, torch_device)
+            args.quantization, lambda: _calibration_batches(tok, texts, limit, torch_device), args.quantization_budget
         )
     pooling_model = PoolingModel(
         name=name,

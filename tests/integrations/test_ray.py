@@ -108,6 +108,7 @@ def _setting_cases(root):
         "model_impl": (bert, {"model_impl": "transformers"}, "embed", False),
         "quantization": (bert, {"quantization": "int8"}, "embed", True),
         "calibration": (bert, {"quantization": "int8", "calibration": str(calibration)}, "embed", True),
+        "quantization_budget": (bert, {"quantization": "int8", "quantization_budget": 0.99}, "embed", True),
         # a vision-language model's limits: they travel with llm.args; a text job's output is the same
         "limit_mm_per_prompt": (bert, {"limit_mm_per_prompt": {"image": 2}}, "embed", False),
         "mm_processor_kwargs": (bert, {"mm_processor_kwargs": {"max_pixels": 50176}}, "embed", False),
@@ -173,7 +174,7 @@ THROUGH_RAY = ("model", "pooler_config", "quantization", "max_model_len")
 @pytest.mark.parametrize("setting", ["model", "tokenizer", "runner", "convert", "pooler_config", "token_pool_factor", "hf_overrides", "dtype",
                                      "device", "allow_pickle", "allow_external_symlinks", "trust_remote_code",
                                      "max_model_len", "max_batch_tokens", "io_processor_plugin", "model_impl",
-                                     "quantization", "calibration", "limit_mm_per_prompt", "mm_processor_kwargs",
+                                     "quantization", "calibration", "quantization_budget", "limit_mm_per_prompt", "mm_processor_kwargs",
                                      "max_image_pixels", "max_image_bytes", "enable_lora", "max_lora_rank", "max_loras",
                                      "max_cpu_loras", "enable_prefix_caching"])
 def test_ray_honours_each_load_setting(request, setting_cases, setting):

@@ -119,7 +119,7 @@ class PoolkitPeer(FallbackPeer):
 
     def settings(self, args: EngineArgs) -> EngineArgs:
         """``args`` without quantization."""
-        return args.model_copy(update={"quantization": None, "calibration": None})
+        return args.model_copy(update={"quantization": None, "calibration": None, "quantization_budget": None})
 
     def padding_fraction(self, lengths: list[int]) -> float:
         return 0.0  # the same packed batches as poolkit's
