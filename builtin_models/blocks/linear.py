@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from poolkit.contracts.errors import ModelLoadError
+from poolkit.contracts.kernel import LINEAR_PROBE
 from poolkit.plugins.lookup import kernel_for
 
 _GELU_TANH = functools.partial(F.gelu, approximate="tanh")
@@ -32,11 +33,6 @@ _FUSABLE_ACTIVATIONS: dict[str, tuple[str, Callable[[torch.Tensor], torch.Tensor
     "silu": ("silu", F.silu),
     "swish": ("silu", F.silu),
 }
-
-#: Called with every layer and input :func:`linear` and :func:`gated_linear` see, while a model is
-#: calibrated for quantization (:mod:`poolkit.builtin_models.blocks.quantize`); ``None`` otherwise.
-observer: Callable[[nn.Module, torch.Tensor], None] | None = None
-
 
 class Int8Linear(nn.Module):
     """A linear layer quantized to int8 (``quantization="int8"``): its weight rounded per output
@@ -113,7 +109,7 @@ def fused_activation(name: Any) -> str | None:
     return None if fusable is None else fusable[0]
 
 
-def linear(x: torch.Tensor, layer: nn.Linear, kernel: Callable, act: str = "none") -> torch.Tensor:
+def linear(x: torch.Tensor, layer: nn.Linear, kernel: Callable, act: str = "none", probed: bool = False) -> torch.Tensor:
     """A linear layer in its weights' dtype (bf16 matmuls on a bf16 model), input cast to match.
 
     Args:
@@ -121,12 +117,13 @@ def linear(x: torch.Tensor, layer: nn.Linear, kernel: Callable, act: str = "none
         layer: the layer whose weight and bias to apply.
         kernel: the ``linear_act`` kernel the architecture selected (:func:`~poolkit.plugins.lookup.kernel_for`).
         act: an activation of the ``linear_act`` op, fused into the matmul.
+        probed: the call the probe runs (:data:`~poolkit.contracts.kernel.LINEAR_PROBE`), not probed again.
 
     A layer that LoRA adapters target carries their slot stack as its ``lora`` entry: while a batch
     with adapters runs, their products are added to the matmul's output before the activation.
     """
-    if observer is not None:
-        observer(layer, x)
+    if LINEAR_PROBE.current is not None and not probed:
+        return LINEAR_PROBE.current(layer, x, lambda x: linear(x, layer, kernel, act, True))
     if isinstance(layer, Int8Linear):
         return layer(x, act)
     stack = layer.__dict__.get("lora")  # its LoRA slot stack (poolkit.lora.injection): the layer's forward never runs here
@@ -159,6 +156,7 @@ def gated_linear(
     act: str | None,
     act_fn: Callable[[torch.Tensor], torch.Tensor],
     gate_first: bool = True,
+    probed: bool = False,
 ) -> torch.Tensor:
     """``act(gate) * up`` of the two halves of ``layer``'s output (a SwiGLU / GeGLU feed-forward
     input), in the layer's dtype.
@@ -171,10 +169,11 @@ def gated_linear(
             ``None`` when the op has none: then the matmul runs alone and ``act_fn`` after it.
         act_fn: the activation itself (:func:`activation_function`).
         gate_first: the activated half is the first ``inner`` features (else the second).
+        probed: as :func:`linear`'s.
     """
+    if LINEAR_PROBE.current is not None and not probed:
+        return LINEAR_PROBE.current(layer, x, lambda x: gated_linear(x, layer, kernels, act, act_fn, gate_first, True))
     gated, plain = kernels
-    if observer is not None:
-        observer(layer, x)
     if isinstance(layer, Int8Linear):
         first, second = layer(x).chunk(2, dim=-1)
         gate, up = (first, second) if gate_first else (second, first)

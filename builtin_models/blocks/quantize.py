@@ -37,10 +37,9 @@ from torch import nn
 from poolkit.contracts.architecture import Architecture
 from poolkit.contracts.batch import PackedBatch
 from poolkit.contracts.errors import ModelLoadError
-from poolkit.contracts.kernel import hadamard_rows
+from poolkit.contracts.kernel import hadamard_rows, probing
 from poolkit.plugins.lookup import kernel_for
 
-from . import linear
 from .linear import Int8Linear
 
 logger = logging.getLogger(__name__)
@@ -156,23 +155,20 @@ def _input_maxima(model: nn.Module, batches: list[PackedBatch]) -> dict[nn.Modul
     sample of its input rows (:data:`SAMPLE_ROWS`, spread over the first batch)."""
     seen: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def observe(layer: nn.Module, x: torch.Tensor) -> None:
-        if not isinstance(layer, nn.Linear):
-            return
-        rows = x.detach().reshape(-1, x.shape[-1]).float()
-        amax = rows.abs().amax(0)
-        if layer in seen:
-            seen[layer] = (torch.maximum(seen[layer][0], amax), seen[layer][1])
-        else:
-            pick = torch.linspace(0, rows.shape[0] - 1, min(SAMPLE_ROWS, rows.shape[0])).long()
-            seen[layer] = (amax, rows[pick].clone())
+    def observe(layer: nn.Module, x: torch.Tensor, compute: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        if isinstance(layer, nn.Linear):
+            rows = x.detach().reshape(-1, x.shape[-1]).float()
+            amax = rows.abs().amax(0)
+            if layer in seen:
+                seen[layer] = (torch.maximum(seen[layer][0], amax), seen[layer][1])
+            else:
+                pick = torch.linspace(0, rows.shape[0] - 1, min(SAMPLE_ROWS, rows.shape[0])).long()
+                seen[layer] = (amax, rows[pick].clone())
+        return compute(x)
 
-    linear.observer = observe
-    try:
+    with probing(observe):
         for batch in batches:
             model(batch)
-    finally:
-        linear.observer = None
     return seen
 
 

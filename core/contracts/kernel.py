@@ -6,11 +6,12 @@ importing what queries its registries.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Callable, TypeVar
+from typing import Callable, Iterator, TypeVar
 
 import torch
 
@@ -20,6 +21,32 @@ import torch
 #: ``approximate="tanh"``, ``relu``, ``silu``, ``tanh`` and ``sigmoid``, as the op's reference computes them
 #: (:data:`poolkit.kernels.linear.ACTIVATIONS`, which implements exactly these names).
 LINEAR_ACTIVATIONS = ("none", "gelu", "gelu_tanh", "relu", "silu", "tanh", "sigmoid")
+
+
+#: ``probe(layer, x, compute)``: what a linear layer runs instead of ``compute(x)`` (its matmul and
+#: fused epilogue) while a probe is set; it must return ``compute(x)``'s result.
+LinearProbe = Callable[[torch.nn.Module, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]], torch.Tensor]
+
+
+@dataclass
+class _Probe:
+    current: LinearProbe | None = None
+
+
+#: The probe of the linear layers now, read by the native families' linear layers on every call
+#: (``LINEAR_PROBE.current``; ``None``: none). Set it with :func:`probing`.
+LINEAR_PROBE = _Probe()
+
+
+@contextlib.contextmanager
+def probing(probe: LinearProbe) -> Iterator[None]:
+    """Run every linear layer of the native families through ``probe`` inside the block: int8
+    calibration reads each layer's inputs so, and ``poolkit bench --breakdown`` times the matmuls."""
+    previous, LINEAR_PROBE.current = LINEAR_PROBE.current, probe
+    try:
+        yield
+    finally:
+        LINEAR_PROBE.current = previous
 
 
 def hadamard_rows(x: torch.Tensor, block: int) -> torch.Tensor:

@@ -16,7 +16,7 @@ FIELDS = {
     "workload", "description", "items", "tokens", "poolkit_items_per_s", "peer_items_per_s", "poolkit_tokens_per_s",
     "peer_tokens_per_s", "ratio", "rounds", "min_cosine", "max_abs_diff", "poolkit_peak_rss_mb", "peer_peak_rss_mb",
     "padding_fraction_peer", "padding_fraction_poolkit", "poolkit_gflops", "peer_gflops", "notes", "stages",
-    "peer_min_cosine", "peer_max_abs_diff",
+    "peer_min_cosine", "peer_max_abs_diff", "breakdown",
 }
 
 
@@ -49,6 +49,49 @@ def test_bench_smoke_json():
     assert report["results"][2]["max_abs_diff"] < 1e-4
     w7 = report["results"][3]
     assert w7["min_cosine"] > 0.99 and "non-zero terms per text" in w7["notes"]
+
+
+@needs_minilm
+def test_the_breakdown_times_every_linear_layer_and_the_same_matmuls_alone(minilm):
+    """``--breakdown``: the pass's linear layers are all timed (their multiply-adds over the rows the
+    matmuls compute: the batch's tokens padded to the kernels' row bucket), inside the pass's time,
+    and run again alone; the probe is gone afterwards."""
+    import torch
+
+    from poolkit.contracts.kernel import LINEAR_PROBE, probing
+    from poolkit.entrypoints.bench.breakdown import breakdown
+    from poolkit.plugins.lookup import kernel_rows
+
+    texts = ["A short text about the weather.", "Another, longer text about a quiet street lined with old oak trees."] * 4
+    figures = breakdown(lambda: minilm.embed(texts))
+    assert LINEAR_PROBE.current is None
+    plain = minilm.embed(texts)
+    with probing(lambda layer, x, compute: compute(x)):
+        assert [o.outputs.embedding for o in minilm.embed(texts)] == [o.outputs.embedding for o in plain]
+    tokens = sum(len(o.prompt_token_ids) for o in plain)  # one batch
+    layers = [m for n, m in minilm.model.architecture.named_modules() if isinstance(m, torch.nn.Linear) and n.startswith("encoder.")]
+    assert len(layers) == 24  # six layers: the fused QKV, the attention's output, the feed-forward's two
+    assert figures["matmul_flops"] == 2 * kernel_rows(tokens, minilm.model.device) * sum(m.in_features * m.out_features for m in layers)
+    assert 0 < figures["matmul_s"] < figures["wall_s"] and figures["alone_s"] > 0
+
+
+def test_the_breakdown_of_a_model_without_probed_layers_is_empty(tiny_encoders):
+    from poolkit import LLM
+    from poolkit.entrypoints.bench.breakdown import breakdown
+
+    fallback = LLM(str(tiny_encoders["bert"]), model_impl="transformers")  # transformers' own layers
+    assert breakdown(lambda: fallback.embed(["hello world"])) == {}
+
+
+@needs_minilm
+def test_bench_breakdown_reports_the_matmuls_and_the_rest():
+    result = CliRunner().invoke(_app(), ["bench", "--smoke", "--json", "--workloads", "W2", "--breakdown"])
+    assert result.exit_code == 0, result.stderr
+    row = json.loads(result.stdout)["results"][0]
+    assert set(row["breakdown"]) == {"wall_s", "matmul_s", "alone_s", "matmul_flops"}
+    assert 0 < row["breakdown"]["matmul_s"] < row["breakdown"]["wall_s"]
+    table = CliRunner().invoke(_app(), ["bench", "--smoke", "--workloads", "W2", "--breakdown"])
+    assert table.exit_code == 0 and "GFLOP/s in the pass" in table.stdout and "outside the matmuls" in table.stdout
 
 
 def test_bench_rejects_unknown_workloads():

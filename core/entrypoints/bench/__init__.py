@@ -100,6 +100,11 @@ def poolkit_register_commands(app):
         image_count: int = typer.Option(8, "--images", help="Workload I: images per pass."),
         image_size: int = typer.Option(448, "--image-size", help="Workload I: each image's width and height in pixels."),
         as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+        breakdown: bool = typer.Option(
+            False, "--breakdown",
+            help="For the embedding workloads, also break one pass down: the linear layers' GFLOP/s in it against the same "
+            "matmuls run alone and the matmul peak, and the share of the pass outside them.",
+        ),
     ) -> None:
         """Benchmark poolkit against sentence-transformers (or its own transformers fallback) on the same weights, interleaved.
 
@@ -130,7 +135,7 @@ def poolkit_register_commands(app):
             if smoke:
                 rounds, scale = 1, min(scale, 0.02)
             report = run_bench(
-                args, names, rounds, scale, memory if memory is not None else not smoke, peer_dtype, check_peer(vs), api
+                args, names, rounds, scale, memory if memory is not None else not smoke, peer_dtype, check_peer(vs), api, breakdown
             )
             typer.echo(json.dumps(report, indent=2) if as_json else format_table(report))
 

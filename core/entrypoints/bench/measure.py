@@ -57,6 +57,9 @@ class Result:
     notes: str = ""
     #: Workload H: microseconds of host time per text of each stage (and the server's requests/s).
     stages: dict[str, float] = field(default_factory=dict)
+    #: ``--breakdown``: one pass's time inside and outside the linear layers, and the same matmuls alone
+    #: (:mod:`poolkit.entrypoints.bench.breakdown`).
+    breakdown: dict[str, float] = field(default_factory=dict)
 
 
 def _median_ratio(rounds: list[dict[str, float]]) -> float | None:

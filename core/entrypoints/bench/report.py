@@ -12,6 +12,7 @@ from dataclasses import asdict
 from typing import Any
 
 from ...config.settings import EngineArgs
+from .breakdown import describe
 from .peers import SkipWorkload
 from .workloads import WORKLOADS, Bench
 
@@ -20,7 +21,7 @@ NOTED = frozenset({"P"})
 
 def run_bench(
     args: EngineArgs, workloads: list[str], rounds: int, scale: float, memory: bool, peer_dtype: str | None = None,
-    vs: str = "sentence-transformers", api: str = "llm",
+    vs: str = "sentence-transformers", api: str = "llm", breakdown: bool = False,
 ) -> dict[str, Any]:
     """Run the workloads on the model ``args`` load, against the peer ``vs``; the JSON-ready report.
 
@@ -31,7 +32,7 @@ def run_bench(
     import torch
     import transformers
 
-    bench = Bench(args, rounds, scale, memory, peer_dtype, vs, api)
+    bench = Bench(args, rounds, scale, memory, peer_dtype, vs, api, breakdown)
     results, skipped = [], {}
     for w in workloads:
         try:
@@ -102,6 +103,8 @@ def format_table(report: dict[str, Any]) -> str:
         )
         if r.get("stages") or r["workload"] in NOTED:
             lines.append(f"{'':<5} {r['notes']}")
+        if r.get("breakdown"):
+            lines.append(f"{'':<5} {describe(r['breakdown'], peak)}")
     lines += [f"{w:<5} skipped: {why}" for w, why in report["skipped"].items()]
     return "\n".join(lines)
 

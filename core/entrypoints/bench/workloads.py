@@ -17,6 +17,7 @@ from ...config.settings import EngineArgs
 from ...plugins.manager import registry
 from . import host_calls
 from .base import MASKED_LM, SEQUENCE_CLASSIFIER
+from .breakdown import breakdown
 from .corpus import make_corpus
 from .measure import TRUNCATE, Result, _interleave, _median_ratio, gemm_peak_gflops, model_flops, peak_rss_mb
 from .peers import PEERS, SkipWorkload, check_peer, poolkit_cold_start
@@ -50,7 +51,7 @@ class Bench:
 
     def __init__(
         self, args: EngineArgs, rounds: int, scale: float, memory: bool, peer_dtype: str | None = None,
-        vs: str = "sentence-transformers", api: str = "llm",
+        vs: str = "sentence-transformers", api: str = "llm", breakdown: bool = False,
     ) -> None:
         from poolkit import LLM
 
@@ -75,6 +76,8 @@ class Bench:
         self.rounds = rounds
         self.scale = scale
         self.memory = memory and self.device.type == "cpu"
+        #: Whether the embedding workloads also break one pass down (``--breakdown``).
+        self.breakdown = breakdown
         #: The peer's embedding model (``None`` when its library is not installed).
         self.encoder = self._peer("SentenceTransformer", self.model_dir)
         if api not in APIS:
@@ -140,6 +143,8 @@ class Bench:
         flops = model_flops(self.llm.model, lengths) if self.config is self.llm.model.hf_config else 0.0
         result = self._result(name, description, len(texts), sum(lengths), rounds, flops)
         result.padding_fraction_peer = self.peer.padding_fraction(lengths)
+        if self.breakdown:
+            result.breakdown = breakdown(ours)
         sample = texts[: min(len(texts), 256)]
         ref = self._reference(sample)
         if ref is not None:
