@@ -12,6 +12,7 @@ import functools
 import inspect
 import logging
 import os
+import re
 import sys
 import typing
 from contextlib import contextmanager
@@ -482,8 +483,8 @@ def settings_from_cli(given: dict[str, Any]) -> EngineArgs:
         return EngineArgs(**values)
     except InvalidRequest as exc:
         message = str(exc)
-        for name in values:
-            if message.startswith(name):
+        for name in values:  # the whole name: quantization_budget's message is not quantization's
+            if re.match(rf"{name}\b", message):
                 message = flag(name) + message[len(name) :]
                 break
         raise InvalidRequest(message) from None
