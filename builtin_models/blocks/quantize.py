@@ -103,7 +103,7 @@ def quantize_int8(model: Architecture, batches: list[PackedBatch], budget: float
             return {"method": "int8", "declined": reason, "int8_layers": [], "float_layers": list(float_layers)}
         levels = quantized.weight_levels
         reference = [_summary(model(batch), batch) for batch in batches]
-        int8: dict[str, Int8Linear] = {}
+        int8 = {name: _int8_linear(module, *seen[module], quantized, plain=True) for name, module in float_layers.items()}
 
         def cosine(chosen: Iterable[str], some: int | None = None) -> float:
             _swap(model, {name: int8[name] for name in chosen})
@@ -112,7 +112,6 @@ def quantize_int8(model: Architecture, batches: list[PackedBatch], budget: float
             finally:
                 _swap(model, {name: float_layers[name] for name in int8})
 
-        int8 = {name: _int8_linear(module, *seen[module], quantized, plain=True) for name, module in float_layers.items()}
         chosen = list(int8)
         achieved = cosine(chosen)
         if achieved < budget:  # the plain layers miss it: each layer's most accurate configuration

@@ -36,14 +36,8 @@ def breakdown(run: Callable[[], Any], repeats: int = REPEATS) -> dict[str, float
 
     def timed(layer: torch.nn.Module, x: torch.Tensor, compute: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         nonlocal inside, flops
-        sync = torch.cuda.synchronize if x.is_cuda else None
-        if sync is not None:
-            sync()
-        start = time.perf_counter()
-        out = compute(x)
-        if sync is not None:
-            sync()
-        inside += time.perf_counter() - start
+        out, seconds = _timed_call(compute, x)
+        inside += seconds
         flops += 2.0 * (x.numel() // x.shape[-1]) * int(layer.in_features) * int(layer.out_features)
         key = (id(layer), tuple(x.shape), x.dtype)
         if key in calls:
@@ -67,17 +61,21 @@ def breakdown(run: Callable[[], Any], repeats: int = REPEATS) -> dict[str, float
                 inputs[shape, dtype] = torch.randn(shape, device=device).to(dtype)
             x = inputs[shape, dtype]
             compute(x)  # warm: a kernel packs or compiles for a new shape once
-            best = float("inf")
-            for _ in range(repeats):
-                if x.is_cuda:
-                    torch.cuda.synchronize()
-                start = time.perf_counter()
-                compute(x)
-                if x.is_cuda:
-                    torch.cuda.synchronize()
-                best = min(best, time.perf_counter() - start)
-            alone += best * count
+            alone += min(_timed_call(compute, x)[1] for _ in range(repeats)) * count
     return {"wall_s": wall, "matmul_s": inside, "alone_s": alone, "matmul_flops": flops}
+
+
+def _timed_call(compute: Callable[[Any], Any], x: Any) -> tuple[Any, float]:
+    """``compute(x)`` and its seconds, the device's queue drained before and after on a GPU."""
+    import torch
+
+    if x.is_cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    out = compute(x)
+    if x.is_cuda:
+        torch.cuda.synchronize()
+    return out, time.perf_counter() - start
 
 
 def describe(figures: dict[str, float], peak_gflops: float) -> str:
