@@ -178,7 +178,7 @@ class EngineArgs(BaseModel):
             raise ValueError(f"model must be a name or a path, got {value!r}")
         return value
 
-    @field_validator("tokenizer", mode="before")
+    @field_validator("tokenizer", "calibration", mode="before")
     @classmethod
     def _path(cls, value: Any) -> Any:
         return str(value) if isinstance(value, Path) else value
@@ -251,11 +251,6 @@ class EngineArgs(BaseModel):
         if value is not None and not 0.0 < value < 1.0:
             raise ValueError(f"quantization_budget is a cosine similarity between 0 and 1 (exclusive), got {value}")
         return value
-
-    @field_validator("calibration", mode="before")
-    @classmethod
-    def _calibration(cls, value: Any) -> Any:
-        return str(value) if isinstance(value, Path) else value
 
     @field_validator("max_model_len", "max_batch_tokens")
     @classmethod
