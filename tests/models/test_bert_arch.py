@@ -16,6 +16,7 @@ import pytest
 import torch
 import transformers as T
 from safetensors.torch import load_file, save_file
+from hidden_parity import agreement, reference_hidden, run
 
 from poolkit.builtin_models import bert
 from poolkit.contracts.batch import PackedBatch
@@ -117,35 +118,6 @@ def random_sequences(lengths: list[int], seed: int, high: int = VOCAB) -> list[l
     return [torch.randint(5, high, (n,), generator=g).tolist() for n in lengths]
 
 
-def reference_hidden(
-    model: torch.nn.Module, seqs: list[list[int]], types: list[list[int]] | None
-) -> list[torch.Tensor]:
-    """Transformers' last hidden state on one right-padded batch, cut back to each sequence."""
-    width = max(len(s) for s in seqs)
-    pad = model.config.pad_token_id
-    ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs])
-    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
-    kwargs = {}
-    if types is not None:
-        kwargs["token_type_ids"] = torch.tensor([t + [0] * (width - len(t)) for t in types])
-    with torch.inference_mode():
-        out = model(input_ids=ids, attention_mask=mask, **kwargs).last_hidden_state
-    return [out[i, : len(s)] for i, s in enumerate(seqs)]
-
-
-def run(arch: bert.BertModel, seqs: list[list[int]], types: list[list[int]] | None = None) -> list[torch.Tensor]:
-    batch = PackedBatch.from_sequences(seqs, token_type_ids=types)
-    with torch.inference_mode():
-        hidden = arch(batch)
-    assert hidden.shape == (sum(map(len, seqs)), arch.hidden_size)
-    return batch.split(hidden)
-
-
-def agreement(ours: list[torch.Tensor], theirs: list[torch.Tensor]) -> tuple[float, float]:
-    """Largest absolute difference and smallest per-token cosine over all sequences."""
-    a, b = torch.cat(ours).double(), torch.cat(theirs).double()
-    return (a - b).abs().max().item(), torch.nn.functional.cosine_similarity(a, b, dim=-1).min().item()
-
 
 @pytest.mark.parametrize(
     "name", ["bert", "bert-large-init", "roberta", "xlm-roberta", "bert-seqcls", "bert-legacy-names"]
@@ -159,7 +131,7 @@ def test_matches_transformers(tiny_models: dict[str, TinyModel], name: str, with
     g = torch.Generator().manual_seed(2)
     types = [torch.randint(0, 2, (len(s),), generator=g).tolist() for s in seqs] if with_types else None
     arch = load(model)
-    exact = reference_hidden(copy.deepcopy(model.reference).double(), seqs, types)
+    exact = reference_hidden(copy.deepcopy(model.reference).double(), seqs, types=types, pad=model.reference.config.pad_token_id)
 
     # In float64 rounding is out of the way: any difference is a bug.
     max_diff, min_cos = agreement(run(copy.deepcopy(arch).double(), seqs, types), exact)
@@ -167,7 +139,7 @@ def test_matches_transformers(tiny_models: dict[str, TinyModel], name: str, with
 
     # In float32, large random weights amplify rounding: transformers itself then strays from the
     # float64 result by up to a few ATOL, so the bound widens by that much (not at default init).
-    reference = reference_hidden(model.reference, seqs, types)
+    reference = reference_hidden(model.reference, seqs, types=types, pad=model.reference.config.pad_token_id)
     own_error, _ = agreement(reference, exact)
     max_diff, min_cos = agreement(run(arch, seqs, types), reference)
     assert max_diff <= ATOL + 2 * own_error, f"{name}: max |diff| {max_diff:.3g} (HF own error {own_error:.3g})"

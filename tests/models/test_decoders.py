@@ -20,6 +20,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 import transformers as T
+from hidden_parity import agreement, run
+from hidden_parity import reference_hidden as padded_hidden
 
 from poolkit import LLM
 from poolkit.builtin_models import decoders
@@ -105,31 +107,10 @@ def bare(path: Path, **config: object) -> torch.nn.Module:
 def reference_hidden(backbone: torch.nn.Module, seqs: list[list[int]], padded: bool = True) -> list[torch.Tensor]:
     """Transformers' last hidden state on one right-padded batch cut back to each sequence, or
     (``padded=False``) on each sequence alone."""
-    if not padded:
-        with torch.inference_mode():
-            return [backbone(input_ids=torch.tensor([s])).last_hidden_state[0] for s in seqs]
-    width = max(map(len, seqs))
-    ids = torch.tensor([s + [0] * (width - len(s)) for s in seqs])
-    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
+    if padded:
+        return padded_hidden(backbone, seqs, positions=True)
     with torch.inference_mode():
-        out = backbone(input_ids=ids, attention_mask=mask, position_ids=torch.arange(width).expand_as(ids)).last_hidden_state
-    return [out[i, : len(s)] for i, s in enumerate(seqs)]
-
-
-def run(arch: torch.nn.Module, seqs: list[list[int]]) -> list[torch.Tensor]:
-    """The architecture's last hidden states of one packed batch, on the architecture's device
-    (an ``LLM``'s model is on the suite's device), brought back to the CPU beside the references."""
-    batch = PackedBatch.from_sequences(seqs, device=next(arch.parameters()).device)
-    with torch.inference_mode():
-        hidden = arch(batch)
-    assert hidden.shape == (sum(map(len, seqs)), arch.hidden_size)
-    return batch.split(hidden.cpu())
-
-
-def agreement(ours: list[torch.Tensor], theirs: list[torch.Tensor]) -> tuple[float, float]:
-    """Largest absolute difference and smallest per-token cosine over all sequences."""
-    a, b = torch.cat(ours).double(), torch.cat(theirs).double()
-    return (a - b).abs().max().item(), F.cosine_similarity(a, b, dim=-1).min().item()
+        return [backbone(input_ids=torch.tensor([s])).last_hidden_state[0] for s in seqs]
 
 
 def hf_run(model: torch.nn.Module, path: Path, texts: list[str], pairs: list[str] | None = None) -> tuple[object, torch.Tensor]:

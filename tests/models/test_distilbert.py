@@ -32,10 +32,10 @@ import torch.nn.functional as F
 import transformers as T
 from tiny_sparse import build_distilbert
 from typer.testing import CliRunner
+from hidden_parity import agreement, reference_hidden, run
 
 from poolkit import LLM
 from poolkit.builtin_models import distilbert
-from poolkit.contracts.batch import PackedBatch
 from poolkit.contracts.errors import ModelLoadError
 from poolkit.loading.weights import checkpoint_files, iter_tensors
 from poolkit.plugins import registry
@@ -77,28 +77,6 @@ def load(path: Path, arch: type = distilbert.DistilBertModel) -> distilbert.Dist
 def random_sequences(lengths: list[int], seed: int) -> list[list[int]]:
     g = torch.Generator().manual_seed(seed)
     return [torch.randint(5, 100, (n,), generator=g).tolist() for n in lengths]
-
-
-def reference_hidden(encoder: torch.nn.Module, seqs: list[list[int]]) -> list[torch.Tensor]:
-    """transformers' last hidden state on one right-padded batch, cut back to each sequence."""
-    width = max(map(len, seqs))
-    ids = torch.tensor([s + [0] * (width - len(s)) for s in seqs])
-    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
-    with torch.inference_mode():
-        out = encoder(input_ids=ids, attention_mask=mask).last_hidden_state
-    return [out[i, : len(s)] for i, s in enumerate(seqs)]
-
-
-def run(arch: distilbert.DistilBertModel, seqs: list[list[int]]) -> list[torch.Tensor]:
-    batch = PackedBatch.from_sequences(seqs)
-    with torch.inference_mode():
-        hidden = arch(batch)
-    return batch.split(hidden)
-
-
-def agreement(ours: list[torch.Tensor], theirs: list[torch.Tensor]) -> tuple[float, float]:
-    a, b = torch.cat(ours).double(), torch.cat(theirs).double()
-    return (a - b).abs().max().item(), F.cosine_similarity(a, b, dim=-1).min().item()
 
 
 def hf_outputs(model: torch.nn.Module, path: Path, texts: list[str]) -> tuple[object, torch.Tensor]:

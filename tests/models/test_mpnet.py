@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 import transformers as T
 from typer.testing import CliRunner
+from hidden_parity import agreement, reference_hidden, run
 
 from poolkit import LLM
 from poolkit.builtin_models import mpnet
@@ -78,31 +79,6 @@ def random_sequences(lengths: list[int], seed: int) -> list[list[int]]:
     return [torch.randint(5, 100, (n,), generator=g).tolist() for n in lengths]
 
 
-def reference_hidden(encoder: torch.nn.Module, seqs: list[list[int]]) -> list[torch.Tensor]:
-    """Transformers' last hidden state on one right-padded batch, cut back to each sequence."""
-    width = max(map(len, seqs))
-    pad = encoder.config.pad_token_id
-    ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs])
-    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
-    with torch.inference_mode():
-        out = encoder(input_ids=ids, attention_mask=mask).last_hidden_state
-    return [out[i, : len(s)] for i, s in enumerate(seqs)]
-
-
-def run(arch: mpnet.MPNetModel, seqs: list[list[int]]) -> list[torch.Tensor]:
-    batch = PackedBatch.from_sequences(seqs)
-    with torch.inference_mode():
-        hidden = arch(batch)
-    assert hidden.shape == (sum(map(len, seqs)), arch.hidden_size)
-    return batch.split(hidden)
-
-
-def agreement(ours: list[torch.Tensor], theirs: list[torch.Tensor]) -> tuple[float, float]:
-    """Largest absolute difference and smallest per-row cosine over all sequences."""
-    a, b = torch.cat(ours).double(), torch.cat(theirs).double()
-    return (a - b).abs().max().item(), F.cosine_similarity(a, b, dim=-1).min().item()
-
-
 def hf_outputs(model: torch.nn.Module, path: Path, texts: list, pairs: list | None = None) -> tuple[object, torch.Tensor]:
     """Transformers' outputs on one padded batch of tokenized texts, and its attention mask."""
     enc = T.AutoTokenizer.from_pretrained(str(path))(texts, pairs, padding=True, return_tensors="pt")
@@ -123,14 +99,14 @@ def test_matches_transformers(models: dict[str, Path], name: str, order: str) ->
     lengths = [min(n, limit) for n in LENGTHS]
     seqs = random_sequences(sorted(lengths, reverse=True) if order == "sorted" else lengths, seed=1)
     arch = load(path)
-    exact = reference_hidden(copy.deepcopy(encoder).double(), seqs)
+    exact = reference_hidden(copy.deepcopy(encoder).double(), seqs, pad=encoder.config.pad_token_id)
 
     # In float64 rounding is out of the way: any difference is a bug.
     max_diff, _ = agreement(run(copy.deepcopy(arch).double(), seqs), exact)
     assert max_diff <= 1e-9, f"{name} float64: max |diff| {max_diff:.3g}"
 
     # Large random weights amplify fp32 rounding: the bound widens by transformers' own error.
-    theirs = reference_hidden(encoder, seqs)
+    theirs = reference_hidden(encoder, seqs, pad=encoder.config.pad_token_id)
     own_error, _ = agreement(theirs, exact)
     max_diff, min_cos = agreement(run(arch, seqs), theirs)
     assert max_diff <= ATOL + 2 * own_error, f"{name}: max |diff| {max_diff:.3g} (HF own error {own_error:.3g})"
@@ -141,7 +117,8 @@ def test_relative_position_bias_matters(models: dict[str, Path]) -> None:
     """The parity test would catch a dropped bias, or one read the wrong way round (key - query)."""
     path = models["embed"]
     seqs = random_sequences([40, 33], seed=2)
-    theirs = reference_hidden(reference(path), seqs)
+    encoder = reference(path)
+    theirs = reference_hidden(encoder, seqs, pad=encoder.config.pad_token_id)
     zeroed, flipped = load(path), load(path)
     with torch.no_grad():
         zeroed.encoder.relative_attention_bias.weight.zero_()

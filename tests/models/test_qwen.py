@@ -16,10 +16,10 @@ import pytest
 import torch
 import transformers as T
 from safetensors.torch import save_file
+from hidden_parity import agreement, reference_hidden, run
 
 from poolkit import LLM, PoolingParams
 from poolkit.builtin_models import qwen
-from poolkit.contracts.batch import PackedBatch
 from poolkit.contracts.errors import ModelLoadError
 from poolkit.loading.weights import checkpoint_files, iter_tensors
 from poolkit.plugins import registry
@@ -86,30 +86,6 @@ def random_sequences(lengths: list[int], seed: int) -> list[list[int]]:
     return [torch.randint(3, 300, (n,), generator=g).tolist() for n in lengths]
 
 
-def reference_hidden(backbone: torch.nn.Module, seqs: list[list[int]]) -> list[torch.Tensor]:
-    """Transformers' last hidden state on one right-padded batch, cut back to each sequence."""
-    width = max(map(len, seqs))
-    ids = torch.tensor([s + [0] * (width - len(s)) for s in seqs])
-    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
-    with torch.inference_mode():
-        out = backbone(input_ids=ids, attention_mask=mask, position_ids=torch.arange(width).expand_as(ids)).last_hidden_state
-    return [out[i, : len(s)] for i, s in enumerate(seqs)]
-
-
-def run(arch: qwen.Qwen2Model, seqs: list[list[int]]) -> list[torch.Tensor]:
-    batch = PackedBatch.from_sequences(seqs)
-    with torch.inference_mode():
-        hidden = arch(batch)
-    assert hidden.shape == (sum(map(len, seqs)), arch.hidden_size)
-    return batch.split(hidden)
-
-
-def agreement(ours: list[torch.Tensor], theirs: list[torch.Tensor]) -> tuple[float, float]:
-    """Largest absolute difference and smallest per-token cosine over all sequences."""
-    a, b = torch.cat(ours).double(), torch.cat(theirs).double()
-    return (a - b).abs().max().item(), torch.nn.functional.cosine_similarity(a, b, dim=-1).min().item()
-
-
 def hf_run(model: torch.nn.Module, path: Path, texts: list[str], pairs: list[str] | None = None) -> tuple[object, torch.Tensor]:
     """Transformers' outputs on one left-padded batch (positions from 0 in each text), and its mask."""
     enc = T.AutoTokenizer.from_pretrained(str(path))(texts, pairs, padding=True, return_tensors="pt")
@@ -152,10 +128,10 @@ def test_matches_transformers(models: dict[str, Path], name: str) -> None:
 
     # transformers' RMSNorm computes in float32 whatever the dtype; in float64 everything else is
     # exact, so poolkit (doing the same) must agree to rounding.
-    max_diff, _ = agreement(run(copy.deepcopy(arch).double(), seqs), reference_hidden(copy.deepcopy(backbone).double(), seqs))
+    max_diff, _ = agreement(run(copy.deepcopy(arch).double(), seqs), reference_hidden(copy.deepcopy(backbone).double(), seqs, positions=True))
     assert max_diff <= 1e-9, f"{name} float64: max |diff| {max_diff:.3g}"
 
-    max_diff, min_cos = agreement(run(arch, seqs), reference_hidden(backbone, seqs))
+    max_diff, min_cos = agreement(run(arch, seqs), reference_hidden(backbone, seqs, positions=True))
     assert max_diff <= ATOL, f"{name}: max |diff| {max_diff:.3g}"
     assert min_cos >= MIN_COS, f"{name}: min cosine {min_cos:.7f}"
 
@@ -171,7 +147,7 @@ def test_rope_scaling_and_windows_matter(models: dict[str, Path]) -> None:
         raw.pop("model_type")
         config_cls = T.Qwen2Config if name.startswith("qwen2") else T.Qwen3Config
         plain = config_cls(**{**raw, **change})
-        max_diff, _ = agreement(run(load(path, plain, ARCHS[name]), seqs), reference_hidden(bare(path), seqs))
+        max_diff, _ = agreement(run(load(path, plain, ARCHS[name]), seqs), reference_hidden(bare(path), seqs, positions=True))
         assert max_diff > 1e-2, name
 
 
@@ -204,7 +180,7 @@ def test_bidirectional_when_not_causal(models: dict[str, Path], name: str) -> No
     config.is_causal = False
     arch = load(path, config, ARCHS[name])
     assert not arch.causal
-    theirs = reference_hidden(bare(path, is_causal=False), seqs)
+    theirs = reference_hidden(bare(path, is_causal=False), seqs, positions=True)
     if name == "qwen3":
         # transformers' is_causal=False is the plain bidirectional mask, written out here.
         width = max(LENGTHS)

@@ -26,6 +26,7 @@ import transformers as T
 from safetensors.torch import load_file
 from tiny_rotary_encoders import build_gte, build_nomic, nomic_moe_layers, nomic_sizes
 from transformers.activations import ACT2FN
+from hidden_parity import agreement, run
 
 from poolkit import LLM, LoRARequest, PoolingParams
 from poolkit.builtin_models import rotary_encoders as rot
@@ -287,20 +288,6 @@ def load(path: Path, **overrides: object) -> rot.RotaryEncoder:
 def random_sequences(lengths: list[int], seed: int, vocab: int = 100) -> list[list[int]]:
     g = torch.Generator().manual_seed(seed)
     return [torch.randint(5, vocab, (n,), generator=g).tolist() for n in lengths]
-
-
-def run(arch: rot.RotaryEncoder, seqs: list[list[int]]) -> list[torch.Tensor]:
-    batch = PackedBatch.from_sequences(seqs)
-    with torch.inference_mode():
-        hidden = arch(batch)
-    assert hidden.shape == (sum(map(len, seqs)), arch.hidden_size)
-    return batch.split(hidden)
-
-
-def agreement(ours: list[torch.Tensor], theirs: list[torch.Tensor]) -> tuple[float, float]:
-    """Largest absolute difference and smallest per-token cosine over all sequences."""
-    a, b = torch.cat(ours).double(), torch.cat(theirs).double()
-    return (a - b).abs().max().item(), F.cosine_similarity(a, b, dim=-1).min().item()
 
 
 # -- parity -----------------------------------------------------------------------------------------
