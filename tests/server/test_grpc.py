@@ -37,7 +37,7 @@ TEI_PROTO_BLOB = "e02e6651524849e942ac787d5996bcf36bfdcbbd"
 
 def tei_client(out: Path) -> tuple:
     """``tei_pb2`` and ``tei_pb2_grpc`` generated into ``out`` from TEI's proto by protoc."""
-    (out / "tei.proto").write_bytes((importlib.resources.files("poolkit.entrypoints.grpc") / "tei.proto").read_bytes())
+    (out / "tei.proto").write_bytes((importlib.resources.files("poolkit.entrypoints.grpc") / "vendor" / "tei.proto").read_bytes())
     assert protoc.main(["protoc", f"-I{out}", f"--python_out={out}", f"--grpc_python_out={out}", "tei.proto"]) == 0
     for name in ("tei_pb2", "tei_pb2_grpc"):
         sys.modules.pop(name, None)
@@ -112,7 +112,7 @@ def refused(call, code, contains: str | None = None) -> str:
 
 
 def test_the_proto_is_teis_unchanged():
-    data = (importlib.resources.files("poolkit.entrypoints.grpc") / "tei.proto").read_bytes()
+    data = (importlib.resources.files("poolkit.entrypoints.grpc") / "vendor" / "tei.proto").read_bytes()
     assert hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest() == TEI_PROTO_BLOB
 
 

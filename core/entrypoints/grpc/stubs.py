@@ -16,8 +16,8 @@ from types import ModuleType
 
 from ...contracts.errors import MissingDependency
 
-#: TEI's gRPC API definition, as TEI publishes it (PROTO_ORIGIN.md).
-PROTO = Path(__file__).with_name("tei.proto")
+#: TEI's gRPC API definition, as TEI publishes it, in the folder of third-party files (vendor/PROTO_ORIGIN.md).
+PROTO = Path(__file__).parent / "vendor" / "tei.proto"
 #: What the gRPC server needs beyond poolkit's own dependencies.
 NEEDS = "the gRPC server needs grpcio, grpcio-tools and grpcio-health-checking: pip install 'poolkit[grpc]'"
 
