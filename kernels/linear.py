@@ -162,13 +162,11 @@ def gated_linear_onednn(x, weight, bias, act="silu", gate_first=True) -> torch.T
 
 
 #: The activations the AMX kernels apply to their results, by name, with their codes in linear.c;
-#: a call with another one goes to the oneDNN kernel.
+#: a call with another one goes to the oneDNN kernel. The erf GELU of a plain layer too, since simd.h
+#: reads it from a table: 2,048 rows of 384 -> 1,536 take 1.09 ms against oneDNN's 1.40 with its
+#: post-op, 768 -> 3,072 3.43 against 4.42 (with erfc through a reciprocal and e^x it lost, 4.42 ms
+#: against 4.05).
 AMX_ACTIVATIONS = {"none": 0, "silu": 1, "gelu_tanh": 2, "relu": 3, "gelu": 4}
-#: Activations the AMX kernel applies to gated layers only: the erf GELU's epilogue outlasts a
-#: plain 384-input layer's tile products (384 -> 1,536: 4.42 ms against oneDNN's 4.05 with its
-#: post-op), not a gated layer's, which needs it for half the columns computed and which oneDNN
-#: runs as two matmuls with two post-ops.
-_AMX_GATED_ONLY = frozenset({"gelu"})
 #: Below this many multiply-adds a call runs on the calling thread alone.
 _PARALLEL_MACS = 1 << 23
 
@@ -198,11 +196,10 @@ def gated_linear_amx(x, weight, bias, act="silu", gate_first=True) -> torch.Tens
 def _amx_runs(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, act: str, gated: bool) -> bool:
     """Whether the AMX kernel takes this call: bf16 inference on the CPU, ``in_features`` a
     positive multiple of 32, the outputs a positive multiple of 32 (a gated layer's ``inner`` of
-    16), an activation it applies to such a layer, a float bias on the CPU (or none), a build with AMX."""
+    16), an activation it applies, a float bias on the CPU (or none), a build with AMX."""
     width, multiple = (weight.shape[0] // 2, 16) if gated else (weight.shape[0], 32)
     return (
         act in AMX_ACTIVATIONS
-        and (gated or act not in _AMX_GATED_ONLY)
         and x.dtype == torch.bfloat16
         and weight.dtype == torch.bfloat16
         and x.device.type == "cpu"
