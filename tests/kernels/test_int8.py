@@ -4,6 +4,9 @@ float model and sentence-transformers on the same weights, every native family, 
 from __future__ import annotations
 
 import json
+import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -211,6 +214,53 @@ def test_the_compiled_erf_gelu_is_exact_on_both_tails():
     exact = x * torch.special.erfc(-x / 2**0.5) / 2  # not 1 + erf, which cancels on the left tail
     assert ((got[:-1].double() - exact).abs() <= exact.abs() * 2.0**-8 * 1.01 + 3e-36).all()
     assert (got[-1] == float("inf")).all()
+
+
+@pytest.mark.parametrize("kind", ONE_PASS)
+def test_the_compiled_erf_gelu_in_float32_is_exact_on_both_tails(kind):
+    """A float32 layer's GELU (the one-pass kernels' epilogue, simd.h's table) within 1e-5 of
+    float64's relative to itself, from -14 to 14 (past -12.87 it is 0, the true value below 5e-37);
+    NaN and -inf give NaN (x times Phi(x), as torch's), +inf gives +inf (its limit)."""
+    fn = getattr(int8, f"linear_int8_{kind}")
+    q, scale, bias = _weights(32, 64, fn.weight_levels, seed=4)
+    x = torch.randn(256, 64, generator=torch.Generator().manual_seed(4))
+    bias = torch.linspace(-14, 14, 32)  # the outputs spread over both tails
+    plain = fn(x, q, scale, bias, "none").double()
+    exact = plain * torch.special.erfc(-plain / 2**0.5) / 2  # not 1 + erf, which cancels on the left tail
+    got = fn(x, q, scale, bias, "gelu").double()
+    assert plain.min() < -13 and plain.max() > 13
+    assert ((got - exact).abs() <= exact.abs() * 1e-5 + 5e-37).all(), ((got - exact).abs() / exact.abs()).max()
+    special = torch.tensor([float("nan"), float("-inf"), float("inf"), -0.0])
+    y = torch.cat([special, torch.zeros(12)]).reshape(1, 16)
+    ones = torch.ones(1, 1)
+    got = int8.rescale_bf16(y, ones, torch.zeros_like(ones), torch.zeros(16), None, None, "gelu")
+    if got is not None:
+        assert got[0, :2].isnan().all() and got[0, 2] == float("inf") and got[0, 3] == 0
+
+
+def test_the_erf_gelu_table_is_its_fit():
+    """simd.h's erf GELU table is what its comment says it is: per interval of |x|, the degree-4
+    least-squares fit of log2 Phi(-|x|) on 96 Chebyshev nodes, and 2^f's degree-5 fit on 64, to
+    float32's rounding of the coefficients; and the fit is within 3.2e-7 of the logarithm."""
+    numpy = pytest.importorskip("numpy")
+    header = (Path(int8.__file__).with_name("simd.h")).read_text()
+    table = re.search(r"GELU_LOG2_TAIL\[5\]\[16\][^=]*=\s*\{(.*?)\};", header, re.S).group(1)
+    rows = [[float(v.rstrip("f")) for v in row.replace("\n", " ").split(",") if v.strip()] for row in re.findall(r"\{([^{}]*)\}", table)]
+    exp2 = [float(v.strip().rstrip("f")) for v in re.search(r"GELU_EXP2\[6\] = \{([^}]*)\}", header).group(1).split(",")]
+    per_step = float(re.search(r"#define GELU_PER_STEP ([0-9.]+)f", header).group(1))
+    cut = float(re.search(r"#define GELU_CUT ([0-9.]+)f", header).group(1))
+    step = cut / 15.49
+    assert per_step == pytest.approx(1 / step, rel=1e-7)
+    chebyshev = numpy.cos(numpy.pi * (numpy.arange(96) + 0.5) / 96) / 2
+    for i in range(16):
+        log2_tail = [math.log2(math.erfc((i + s) * step / 2**0.5) / 2) for s in chebyshev]
+        fit = numpy.polynomial.polynomial.polyfit(chebyshev, log2_tail, 4)
+        assert [row[i] for row in rows] == pytest.approx(fit, rel=2e-7, abs=1e-12)
+        grid = numpy.linspace(0 if i == 0 else -0.5, min(0.5, cut / step - i), 501)  # |x| from 0 to the cut
+        truth = [math.log2(math.erfc((i + s) * step / 2**0.5) / 2) for s in grid]
+        assert abs(numpy.polynomial.polynomial.polyval(grid, [row[i] for row in rows]) - truth).max() * math.log(2) < 3.2e-7
+    chebyshev = numpy.cos(numpy.pi * (numpy.arange(64) + 0.5) / 64) / 2
+    assert exp2 == pytest.approx(numpy.polynomial.polynomial.polyfit(chebyshev, 2.0**chebyshev, 5), rel=2e-7)
 
 
 @ONEDNN
