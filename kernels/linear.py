@@ -13,12 +13,12 @@ activation does. ReLU's and the erf GELU's post-ops cost less than such a pass: 
 
 On CPUs with AMX, the ``:amx`` kernels (``linear.c``, compiled on first use) run bf16 calls
 themselves: the matmul on AMX tiles over weights packed once into the tiles' layout, with the
-bias, the activation (none, SiLU, tanh GELU, ReLU; the erf GELU in gated layers) and a gated
+bias, the activation (none, SiLU, tanh GELU, ReLU, erf GELU) and a gated
 layer's product by the up half applied to each 32 x 32 block of results while the tiles already
 compute the next, so that nothing but the final bf16 output is written (one thread, 2,048 rows,
 fastest of 25 calls: a SwiGLU layer's 768 -> 2 x 3,072 with its SiLU x up 20.3 -> 16.9 ms
-against oneDNN's matmul and pass; plain 3,072 -> 768 9.41 -> 8.29 ms). Other calls (float32, a
-plain layer's erf GELU, widths that are not multiples of 32) go on to the oneDNN kernels.
+against oneDNN's matmul and pass; plain 3,072 -> 768 9.41 -> 8.29 ms). Other calls (float32,
+``tanh`` and ``sigmoid``, widths that are not multiples of 32) go on to the oneDNN kernels.
 
 The op's contract, which every ``linear_act`` kernel keeps (same arguments and defaults as the
 reference, which is what ``poolkit.kernel_reference("linear_act")`` returns) and models rely on
@@ -44,6 +44,14 @@ NomicBERT's SwiGLU): ``fn(x, weight, bias, act="silu", gate_first=True) -> out``
   activation and the product); the oneDNN kernel applies the activation to one matmul's tile and
   the product to the other's, or (bf16 with AVX512-BF16) both in one pass over the wide output;
   the AMX kernel computes gate and up columns side by side and writes only the product.
+
+The ``gated_activation`` op, the same product for a gate and up projection that a layer of their
+own computed (an int8 ``gate_up_proj``, which ``gated_linear`` cannot take):
+``fn(y, act="silu", gate_first=True) -> out``
+
+- ``y``: ``[..., 2 * inner]``, any float dtype; ``act`` and ``gate_first`` as ``gated_linear``'s;
+- returns ``act(gate) * up``, ``[..., inner]`` in ``y``'s dtype: the reference computes it as torch
+  does in ``y``'s dtype, a kernel may compute in float32 and round once (the compiled pass does).
 """
 
 from __future__ import annotations
@@ -138,6 +146,34 @@ def gated_linear(
     first, second = F.linear(x, weight, bias).chunk(2, dim=-1)
     gate, up = (first, second) if gate_first else (second, first)
     return ACTIVATIONS[act](gate) * up
+
+
+def gated_activation(y: torch.Tensor, act: str = "silu", gate_first: bool = True) -> torch.Tensor:
+    """``act(gate) * up`` of the two halves of ``y``, a gated feed-forward's gate and up projections
+    computed by a layer of their own (an int8 layer's, which has no gated kernel): the reference,
+    in ``y``'s dtype as torch computes it.
+
+    Args:
+        y: ``[..., 2 * inner]`` the gate and up projections side by side.
+        act: a name of :data:`ACTIVATIONS`, for the gate half.
+        gate_first: the gate is the first half (else the second).
+    """
+    first, second = y.chunk(2, dim=-1)
+    gate, up = (first, second) if gate_first else (second, first)
+    return ACTIVATIONS[act](gate) * up
+
+
+@implements(gated_activation)
+def gated_activation_c(y, act="silu", gate_first=True) -> torch.Tensor:
+    """:func:`gated_activation` in one compiled pass (``elementwise.c``), computed in float32 and
+    rounded once, where the pass takes the call (bf16 on a CPU with AVX512-BF16, SiLU or the tanh
+    GELU, ``inner`` a multiple of 16, no autograd): one read of both halves and one write, where
+    torch's activation and product take three passes and two roundings. Other calls: the reference."""
+    inner = y.shape[-1] // 2
+    if y.device.type != "cpu" or torch.is_grad_enabled() or y.shape[-1] % 2 or not activation_c_runs(y.dtype, inner, act):
+        return gated_activation(y, act, gate_first)
+    rows = y.reshape(-1, y.shape[-1])
+    return activation_c(rows if rows.is_contiguous() else rows.contiguous(), act, gate_first).reshape(*y.shape[:-1], inner)
 
 
 @implements(gated_linear)
@@ -448,3 +484,9 @@ def poolkit_register_kernels(register):
             register(
                 f"{op}:{impl}", Kernel(fn=fn, device="cpu", priority=priority, is_available=available, row_bucket=row_bucket)
             )
+    register("gated_activation:torch", Kernel(fn=gated_activation, reference=gated_activation, device="any"))
+    register(  # where the compiled pass is built (AVX512-BF16)
+        "gated_activation:c",
+        Kernel(fn=gated_activation_c, device="cpu", priority=KernelPriority.COMPILED,
+               is_available=lambda: activation_c_runs(torch.bfloat16, 16, "silu")),
+    )

@@ -174,8 +174,11 @@ def gated_linear(
     if LINEAR_PROBE.current is not None and not probed:
         return LINEAR_PROBE.current(layer, x, lambda x: gated_linear(x, layer, kernels, act, act_fn, gate_first, True))
     gated, plain = kernels
-    if isinstance(layer, Int8Linear):
-        first, second = layer(x).chunk(2, dim=-1)
+    if isinstance(layer, Int8Linear):  # its own matmul, then act(gate) * up by the gated_activation op
+        both = layer(x)
+        if act is not None:
+            return kernel_for(layer, "gated_activation", both.device)(both, act, gate_first)
+        first, second = both.chunk(2, dim=-1)
         gate, up = (first, second) if gate_first else (second, first)
         return act_fn(gate) * up
     x = x.to(layer.weight.dtype)

@@ -311,6 +311,30 @@ def test_the_onednn_linear_kernels_take_the_compiled_activation_in_bf16() -> Non
             assert ((gated.double() - exact).norm() / exact.norm()) < 0.01
 
 
+@pytest.mark.parametrize("gate_first", [True, False])
+def test_the_gated_activation_op_is_the_product_of_a_wide_output(gate_first: bool) -> None:
+    """``gated_activation`` (an int8 gated layer's act(gate) * up): the compiled kernel on bf16 where it
+    builds, within one bf16 rounding of float64 and as close as the reference (which rounds twice, in bf16); float32,
+    ``tanh`` and a width the pass cannot take go to the reference, whose bits they keep."""
+    from poolkit.kernels import linear
+    from poolkit.plugins.lookup import select_kernel
+
+    fn = select_kernel("gated_activation", "cpu")
+    assert fn is (linear.gated_activation_c if elementwise._has_activation() else linear.gated_activation)
+    both = _rand(2, 37, 96, scale=3.0).bfloat16()
+    gate, up = (both[..., :48], both[..., 48:]) if gate_first else (both[..., 48:], both[..., :48])
+    with torch.inference_mode():
+        for act in ("silu", "gelu_tanh"):
+            got = linear.gated_activation_c(both, act, gate_first)
+            assert got.shape == (2, 37, 48) and got.dtype == torch.bfloat16
+            exact = _exact_activation(gate, act) * up.double()
+            _within_rounding(got, linear.gated_activation(both, act, gate_first), exact)
+            if elementwise._has_activation():
+                assert ((got.double() - exact).abs() <= exact.abs() * (BF16_ULP / 2) * 1.01 + 1e-37).all(), act
+        for args in ((both.float(), "silu"), (both, "tanh"), (both[..., :80], "silu")):
+            assert torch.equal(linear.gated_activation_c(*args, gate_first), linear.gated_activation(*args, gate_first))
+
+
 def test_the_c_kernels_are_selected_on_the_cpu_when_they_build() -> None:
     import poolkit
 

@@ -572,6 +572,27 @@ def test_every_native_family_runs_int8_within_the_budget(kind, tmp_path):
     assert torch.nn.functional.cosine_similarity(got, want).min() >= 0.999
 
 
+@pytest.mark.parametrize("kind", ["qwen3", "llama"])
+def test_an_int8_gated_layer_in_bf16_takes_the_gated_activation_op(kind, tmp_path):
+    """A SwiGLU model in bf16 and int8: its gate_up layers' act(gate) * up is the gated_activation
+    op's selected kernel (the compiled pass where it builds), within the budget of the bf16 model."""
+    from poolkit.kernels import elementwise, linear
+
+    path = _family(kind, tmp_path / kind)
+    calibration = tmp_path / "calibration.txt"
+    calibration.write_text("\n".join(CORPUS))
+    full = LLM(str(path), dtype="bfloat16")
+    quantized = LLM(str(path), dtype="bfloat16", quantization="int8", calibration=str(calibration))
+    want = torch.tensor([o.outputs.embedding for o in full.embed(CORPUS)])
+    got = torch.tensor([o.outputs.embedding for o in quantized.embed(CORPUS)])
+    assert torch.nn.functional.cosine_similarity(got, want).min() >= 0.999
+    key = ("gated_activation", torch.device("cpu"))
+    gated = [m for m in quantized.model.architecture.modules() if key in m.__dict__.get("_kernels", {})]
+    assert gated, "no int8 gate_up layer ran the gated_activation op"
+    expected = linear.gated_activation_c if elementwise._has_activation() else linear.gated_activation
+    assert all(m._kernels[key] is expected for m in gated)
+
+
 def test_the_cli_takes_quantization_and_info_shows_it(minilm_dir, tmp_path):
     from poolkit.entrypoints.cli import app
 
