@@ -491,6 +491,22 @@ static int int8_layer_ok(const int8_layer *L, int act, int out_dtype) {
            rotation_ok(L->rotation, L->k);
 }
 
+/* One row's 32 finished values of a block written at out + at (elements): bf16 rounded by one
+ * conversion of both halves where the CPU has AVX512-BF16's, or float32. */
+static inline void put_row32(const int8_layer *L, int64_t at, const __m512 v[2], int bf16) {
+    if (bf16) {
+#ifdef POOLKIT_AVX512BF16
+        _mm512_storeu_si512((void *)((uint16_t *)L->out + at), (__m512i)_mm512_cvtne2ps_pbh(v[1], v[0]));
+#else
+        put_bf16x16((uint16_t *)L->out + at, v[0]);
+        put_bf16x16((uint16_t *)L->out + at + 16, v[1]);
+#endif
+    } else {
+        _mm512_storeu_ps((float *)L->out + at, v[0]);
+        _mm512_storeu_ps((float *)L->out + at + 16, v[1]);
+    }
+}
+
 /* A one-pass kernel's work on rows [row_begin, row_end) x column blocks [block_begin, block_end), `span`
  * the rows of its scratch (a chunk's, rounded up to 32). Returns 0, or 1 when out of memory. */
 typedef int (*int8_range_fn)(const int8_layer *L, int act, int bf16, int64_t row_begin, int64_t row_end, int64_t span,
@@ -564,17 +580,16 @@ static inline __attribute__((always_inline)) void int8_finish(const int8_layer *
         const __m512 s = _mm512_set1_ps(p->step[r]);
         const __m512i z = _mm512_set1_epi32((int32_t)p->zero[r]);
         const int64_t at = (p->row + r) * L->n + p->col;
+        __m512 v[2];
         for (int h = 0; h < 2; h++) {
             __m512i exact = _mm512_sub_epi32(_mm512_load_si512(p->acc + r * 32 + 16 * h),
                                              _mm512_mullo_epi32(z, _mm512_loadu_si512(sums + 16 * h)));
             __m512 a = _mm512_mul_ps(_mm512_cvtepi32_ps(exact), _mm512_loadu_ps(scale + 16 * h));
-            __m512 v = bias ? _mm512_fmadd_ps(s, a, _mm512_loadu_ps(bias + 16 * h)) : _mm512_mul_ps(s, a);
-            if (L->kk) v = _mm512_add_ps(v, _mm512_load_ps(p->facc + r * 32 + 16 * h));
-            if (bf16)
-                put_bf16x16((uint16_t *)L->out + at + 16 * h, activate16(v, act));
-            else
-                _mm512_storeu_ps((float *)L->out + at + 16 * h, activate16(v, act));
+            v[h] = bias ? _mm512_fmadd_ps(s, a, _mm512_loadu_ps(bias + 16 * h)) : _mm512_mul_ps(s, a);
+            if (L->kk) v[h] = _mm512_add_ps(v[h], _mm512_load_ps(p->facc + r * 32 + 16 * h));
+            v[h] = activate16(v[h], act);
         }
+        put_row32(L, at, v, bf16);
     }
 }
 
@@ -739,17 +754,16 @@ static inline __attribute__((always_inline)) void vnni_block(const int8_layer *L
         const __m512 s = _mm512_set1_ps(step[r]);
         const __m512i z = _mm512_set1_epi32((int32_t)zero[r]);
         const int64_t at = (row + r) * L->n + col;
+        __m512 v[2];
         for (int h = 0; h < 2; h++) {
             __m512i exact = _mm512_sub_epi32(_mm512_load_si512(acc + r * 32 + 16 * h), _mm512_mullo_epi32(z, _mm512_loadu_si512(sums + 16 * h)));
             __m512 a = _mm512_mul_ps(_mm512_cvtepi32_ps(exact), _mm512_loadu_ps(scale + 16 * h));
-            __m512 v = bias ? _mm512_fmadd_ps(s, a, _mm512_loadu_ps(bias + 16 * h)) : _mm512_mul_ps(s, a);
+            v[h] = bias ? _mm512_fmadd_ps(s, a, _mm512_loadu_ps(bias + 16 * h)) : _mm512_mul_ps(s, a);
             for (int64_t ch = 0; ch < L->c; ch++)
-                v = _mm512_fmadd_ps(_mm512_set1_ps(cvals[r * L->c + ch]), _mm512_loadu_ps(L->cweight + ch * L->n + col + 16 * h), v);
-            if (bf16)
-                put_bf16x16((uint16_t *)L->out + at + 16 * h, activate16(v, act));
-            else
-                _mm512_storeu_ps((float *)L->out + at + 16 * h, activate16(v, act));
+                v[h] = _mm512_fmadd_ps(_mm512_set1_ps(cvals[r * L->c + ch]), _mm512_loadu_ps(L->cweight + ch * L->n + col + 16 * h), v[h]);
+            v[h] = activate16(v[h], act);
         }
+        put_row32(L, at, v, bf16);
     }
 }
 #undef VNNI_ROW
