@@ -44,6 +44,17 @@ static inline float input_at(const void *x, int x_dtype, int64_t x_stride, int64
     return x_dtype == 0 ? ((const float *)x)[row * x_stride + col] : bf16_value((const uint16_t *)x + row * x_stride, col);
 }
 
+/* A row's level width for the range [low, high] (zero included) in `levels` steps, at least the
+ * smallest normal float (whose reciprocal is finite: a row of zeros stays zeros), into *step, and
+ * its level of 0.0 rounded to a whole number into *zero; returns the width. */
+static inline float level_width(float low, float high, int levels, float *step, float *zero) {
+    float s = (high - low) / (float)levels;
+    s = s > FLT_MIN ? s : FLT_MIN;
+    *step = s;
+    *zero = rintf(-low / s);
+    return s;
+}
+
 /* One row's levels: the range of x * inv_smooth (zero included), `levels` steps across it, the level
  * of 0.0 rounded to a whole number, each value rounded to nearest even and clamped to [0, levels]. */
 #define QUANTIZE_ROW(LOAD)                                                                         \
@@ -64,11 +75,7 @@ static inline float input_at(const void *x, int x_dtype, int64_t x_stride, int64
                 high = v > high ? v : high;                                                        \
             }                                                                                      \
         }                                                                                          \
-        float s = (high - low) / (float)levels;                                                    \
-        s = s > FLT_MIN ? s : FLT_MIN; /* a normal float, whose reciprocal is finite */            \
-        float z = rintf(-low / s), inv = 1.0f / s, top = (float)levels;                            \
-        *step = s;                                                                                 \
-        *zero = z;                                                                                 \
+        float inv = 1.0f / level_width(low, high, levels, step, zero), z = *zero, top = (float)levels; \
         if (inv_smooth) {                                                                          \
             _Pragma("omp simd")                                                                    \
             for (int64_t i = 0; i < k; i++) {                                                      \
@@ -95,23 +102,27 @@ static inline void put_levels16(uint8_t *out, __m512 v, __m512 inv, __m512i zero
 #endif
 
 #ifdef POOLKIT_AVX512
-/* 64 values' levels for 255 levels, put_levels16's arithmetic four vectors at a time: the levels before
+/* 64 values' levels for 255 levels, put_levels16's arithmetic four vectors at a time, packed: the levels before
  * the clamp packed to int16 then uint8 with saturation, which is the clamp to [0, 255] (a value past the
  * range's ends by a rounding is -1 or 256; a NaN's conversion, INT_MIN, gives 0, as max(q, 0) does),
  * in place of two clamps and a narrowing per vector. The packs work within 128-bit lanes: lane l of
- * the result holds values 4l .. 4l + 3 of v[0], v[1], v[2], v[3] in turn, which `order` (dwords)
- * puts back in place; v[t] holds values 16 t .. 16 t + 15 of the 64. */
-static inline void put_levels64(uint8_t *out, const __m512 v[4], __m512 inv, __m512i zero) {
-    const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+ * the result holds values 4l .. 4l + 3 of v[0], v[1], v[2], v[3] in turn (v[t] holds values
+ * 16 t .. 16 t + 15 of the 64), which the caller puts back in place. */
+static inline __m512i levels_packed64(const __m512 v[4], __m512 inv, __m512i zero) {
     __m512i q[4];
     for (int t = 0; t < 4; t++) q[t] = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v[t], inv)), zero);
-    __m512i bytes = _mm512_packus_epi16(_mm512_packs_epi32(q[0], q[1]), _mm512_packs_epi32(q[2], q[3]));
-    _mm512_storeu_si512((void *)out, _mm512_permutexvar_epi32(order, bytes));
+    return _mm512_packus_epi16(_mm512_packs_epi32(q[0], q[1]), _mm512_packs_epi32(q[2], q[3]));
+}
+
+/* levels_packed64's bytes put back in place and stored at out. */
+static inline void put_levels64(uint8_t *out, const __m512 v[4], __m512 inv, __m512i zero) {
+    const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    _mm512_storeu_si512((void *)out, _mm512_permutexvar_epi32(order, levels_packed64(v, inv, zero)));
 }
 
 /* round_row for a bf16 row of k (a multiple of 64) into 255 levels, 64 values a step: each 32 bf16
  * loaded at once and widened as its even and its odd values (a shift, a mask) rather than 16 at a
- * time, and put_levels64's packs, whose lanes (even values, then odd) one byte shuffle and one qword
+ * time, and levels_packed64's packs, whose lanes (even values, then odd) one byte shuffle and one qword
  * permute put back in order. The same arithmetic as round_row's, value by value. */
 static inline void round_row_bf16_64(const uint16_t *row, const float *inv_smooth, int64_t k, uint8_t *out, float *step,
                                      float *zero) {
@@ -136,14 +147,8 @@ static inline void round_row_bf16_64(const uint16_t *row, const float *inv_smoot
         low16 = _mm512_min_ps(low16, _mm512_min_ps(e, o));
         high16 = _mm512_max_ps(high16, _mm512_max_ps(e, o));
     }
-    float low = _mm512_reduce_min_ps(low16), high = _mm512_reduce_max_ps(high16);
-    float s = (high - low) / 255.0f;
-    s = s > FLT_MIN ? s : FLT_MIN;
-    float z = rintf(-low / s);
-    *step = s;
-    *zero = z;
-    const __m512 inv = _mm512_set1_ps(1.0f / s);
-    const __m512i z16 = _mm512_set1_epi32((int32_t)z);
+    const __m512 inv = _mm512_set1_ps(1.0f / level_width(_mm512_reduce_min_ps(low16), _mm512_reduce_max_ps(high16), 255, step, zero));
+    const __m512i z16 = _mm512_set1_epi32((int32_t)*zero);
     /* Bytes of a 16-byte lane after the packs: the even values of 8, then the odd; interleaved again. */
     const __m512i interleave = _mm512_broadcast_i32x4(_mm_setr_epi8(0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15));
     const __m512i lanes = _mm512_setr_epi64(0, 2, 4, 6, 1, 3, 5, 7); /* the first 32 values' qwords, then the next 32's */
@@ -151,11 +156,8 @@ static inline void round_row_bf16_64(const uint16_t *row, const float *inv_smoot
         __m512 v[4];
         HALVES(i, v[0], v[1]);
         HALVES(i + 32, v[2], v[3]);
-        __m512i q[4];
-        for (int t = 0; t < 4; t++) q[t] = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v[t], inv)), z16);
-        __m512i bytes = _mm512_packus_epi16(_mm512_packs_epi32(q[0], q[1]), _mm512_packs_epi32(q[2], q[3]));
-        bytes = _mm512_permutexvar_epi64(lanes, _mm512_shuffle_epi8(bytes, interleave));
-        _mm512_storeu_si512((void *)(out + i), bytes);
+        __m512i bytes = _mm512_shuffle_epi8(levels_packed64(v, inv, z16), interleave);
+        _mm512_storeu_si512((void *)(out + i), _mm512_permutexvar_epi64(lanes, bytes));
     }
 #undef HALVES
 }
@@ -180,14 +182,8 @@ static inline void round_row(const void *x, int x_dtype, int64_t x_stride, int64
             low16 = _mm512_min_ps(low16, v);
             high16 = _mm512_max_ps(high16, v);
         }
-        float low = _mm512_reduce_min_ps(low16), high = _mm512_reduce_max_ps(high16);
-        float s = (high - low) / (float)levels;
-        s = s > FLT_MIN ? s : FLT_MIN;
-        float z = rintf(-low / s);
-        *step = s;
-        *zero = z;
-        const __m512 inv = _mm512_set1_ps(1.0f / s);
-        const __m512i z16 = _mm512_set1_epi32((int32_t)z), top = _mm512_set1_epi32(levels);
+        const __m512 inv = _mm512_set1_ps(1.0f / level_width(_mm512_reduce_min_ps(low16), _mm512_reduce_max_ps(high16), levels, step, zero));
+        const __m512i z16 = _mm512_set1_epi32((int32_t)*zero), top = _mm512_set1_epi32(levels);
         int64_t i = 0;
         if (levels == 255) /* a float32 row (a bf16 one of 64s went to round_row_bf16_64) */
             for (; i + 64 <= k; i += 64) {
@@ -294,14 +290,9 @@ static inline void rotate_round_row64(const void *x, int x_dtype, int64_t x_stri
             _mm512_storeu_ps(scratch + i + 16 * t, v[t]);
         }
     }
-    float low = _mm512_reduce_min_ps(low16) * 0.125f, high = _mm512_reduce_max_ps(high16) * 0.125f;
-    float s = (high - low) / (float)levels;
-    s = s > FLT_MIN ? s : FLT_MIN;
-    float z = rintf(-low / s);
-    *step = s;
-    *zero = z;
+    float s = level_width(_mm512_reduce_min_ps(low16) * 0.125f, _mm512_reduce_max_ps(high16) * 0.125f, levels, step, zero);
     const __m512 inv = _mm512_set1_ps(0.125f / s);
-    const __m512i z16 = _mm512_set1_epi32((int32_t)z), top = _mm512_set1_epi32(levels);
+    const __m512i z16 = _mm512_set1_epi32((int32_t)*zero), top = _mm512_set1_epi32(levels);
     if (levels == 255) {
         for (int64_t i = 0; i < k; i += 64) {
             const __m512 v[4] = {_mm512_loadu_ps(scratch + i), _mm512_loadu_ps(scratch + i + 16), _mm512_loadu_ps(scratch + i + 32),
@@ -491,16 +482,10 @@ static int int8_layer_ok(const int8_layer *L, int act, int out_dtype) {
            rotation_ok(L->rotation, L->k);
 }
 
-/* One row's 32 finished values of a block written at out + at (elements): bf16 rounded by one
- * conversion of both halves where the CPU has AVX512-BF16's, or float32. */
+/* One row's 32 finished values of a block written at out + at (elements), in bf16 or float32. */
 static inline void put_row32(const int8_layer *L, int64_t at, const __m512 v[2], int bf16) {
     if (bf16) {
-#ifdef POOLKIT_AVX512BF16
-        _mm512_storeu_si512((void *)((uint16_t *)L->out + at), (__m512i)_mm512_cvtne2ps_pbh(v[1], v[0]));
-#else
-        put_bf16x16((uint16_t *)L->out + at, v[0]);
-        put_bf16x16((uint16_t *)L->out + at + 16, v[1]);
-#endif
+        put_bf16x32((uint16_t *)L->out + at, v[0], v[1]);
     } else {
         _mm512_storeu_ps((float *)L->out + at, v[0]);
         _mm512_storeu_ps((float *)L->out + at + 16, v[1]);

@@ -88,8 +88,7 @@ static inline __attribute__((always_inline)) void finish_rows(pending *p, int64_
         if (gated) {
             put_bf16x16(o, _mm512_mul_ps(activate16(a, act), b));
         } else {
-            put_bf16x16(o, activate16(a, act));
-            put_bf16x16(o + 16, activate16(b, act));
+            put_bf16x32(o, activate16(a, act), activate16(b, act));
         }
     }
 }

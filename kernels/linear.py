@@ -173,7 +173,7 @@ def gated_activation_c(y, act="silu", gate_first=True) -> torch.Tensor:
     if y.device.type != "cpu" or torch.is_grad_enabled() or y.shape[-1] % 2 or not activation_c_runs(y.dtype, inner, act):
         return gated_activation(y, act, gate_first)
     rows = y.reshape(-1, y.shape[-1])
-    return activation_c(rows if rows.is_contiguous() else rows.contiguous(), act, gate_first).reshape(*y.shape[:-1], inner)
+    return activation_c(rows.contiguous(), act, gate_first).reshape(*y.shape[:-1], inner)
 
 
 @implements(gated_linear)

@@ -38,6 +38,17 @@ static inline __m256i bf16_bits16(__m512 v) {
 /* 16 floats rounded to bf16 and stored. */
 static inline void put_bf16x16(uint16_t *p, __m512 v) { _mm256_storeu_si256((__m256i *)p, bf16_bits16(v)); }
 
+/* 32 floats (lo, then hi) rounded to bf16 and stored: one conversion and one store of both where the
+ * CPU has AVX512-BF16's (the same bits), two of each elsewhere. */
+static inline void put_bf16x32(uint16_t *p, __m512 lo, __m512 hi) {
+#ifdef POOLKIT_AVX512BF16
+    _mm512_storeu_si512((void *)p, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+#else
+    put_bf16x16(p, lo);
+    put_bf16x16(p + 16, hi);
+#endif
+}
+
 /* 16 floats rounded to bf16 and widened back: the value a bf16 store then load would give. */
 static inline __m512 round_bf16x16(__m512 v) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bf16_bits16(v)), 16));
