@@ -143,9 +143,7 @@ def gated_linear(
         act: a name of :data:`ACTIVATIONS`, for the gate half.
         gate_first: the gate is the first half of the output features (else the second).
     """
-    first, second = F.linear(x, weight, bias).chunk(2, dim=-1)
-    gate, up = (first, second) if gate_first else (second, first)
-    return ACTIVATIONS[act](gate) * up
+    return gated_activation(F.linear(x, weight, bias), act, gate_first)
 
 
 def gated_activation(y: torch.Tensor, act: str = "silu", gate_first: bool = True) -> torch.Tensor:

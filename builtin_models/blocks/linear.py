@@ -178,16 +178,16 @@ def gated_linear(
         both = layer(x)
         if act is not None:
             return kernel_for(layer, "gated_activation", both.device)(both, act, gate_first)
-        first, second = both.chunk(2, dim=-1)
-        gate, up = (first, second) if gate_first else (second, first)
-        return act_fn(gate) * up
-    x = x.to(layer.weight.dtype)
-    stack = layer.__dict__.get("lora")  # as in linear()
-    stack = stack if stack is not None and stack.busy else None
-    if act is not None and stack is None:
-        return gated(x, layer.weight, layer.bias, act, gate_first)
-    both = plain(x, layer.weight, layer.bias)
-    first, second = (both if stack is None else stack.add(x, both)).chunk(2, dim=-1)
+    else:
+        x = x.to(layer.weight.dtype)
+        stack = layer.__dict__.get("lora")  # as in linear()
+        stack = stack if stack is not None and stack.busy else None
+        if act is not None and stack is None:
+            return gated(x, layer.weight, layer.bias, act, gate_first)
+        both = plain(x, layer.weight, layer.bias)
+        if stack is not None:
+            both = stack.add(x, both)
+    first, second = both.chunk(2, dim=-1)
     gate, up = (first, second) if gate_first else (second, first)
     return act_fn(gate) * up
 

@@ -222,7 +222,7 @@ def test_the_compiled_erf_gelu_in_float32_is_exact_on_both_tails(kind):
     float64's relative to itself, from -14 to 14 (past -12.87 it is 0, the true value below 5e-37);
     NaN and -inf give NaN (x times Phi(x), as torch's), +inf gives +inf (its limit)."""
     fn = getattr(int8, f"linear_int8_{kind}")
-    q, scale, bias = _weights(32, 64, fn.weight_levels, seed=4)
+    q, scale, _ = _weights(32, 64, fn.weight_levels, seed=4)
     x = torch.randn(256, 64, generator=torch.Generator().manual_seed(4))
     bias = torch.linspace(-14, 14, 32)  # the outputs spread over both tails
     plain = fn(x, q, scale, bias, "none").double()
