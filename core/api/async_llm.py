@@ -277,6 +277,11 @@ class AsyncLLM:
         )
         return ranked(docs, scores, top_n)
 
+    async def reset_prefix_cache(self) -> bool:
+        """:meth:`poolkit.LLM.reset_prefix_cache`: forget the prefix states kept across calls; a
+        batch running already keeps those it read."""
+        return self.llm.reset_prefix_cache()
+
     # -- shutting down -------------------------------------------------------------------------
 
     def shutdown(self, timeout: float = 30.0) -> bool:

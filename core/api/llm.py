@@ -670,6 +670,15 @@ class LLM:
         """
         check_side_limit(name, limit, self.model.max_model_len.value)
 
+    def reset_prefix_cache(self) -> bool:
+        """Forget the prefix states kept across calls (vLLM's ``LLM.reset_prefix_cache``), so that
+        the next call computes every prompt's states afresh; True, as vLLM answers when it is done
+        (also for a model that keeps none: bidirectional, or ``enable_prefix_caching=False``)."""
+        sharing = self.engine.prefixes
+        if sharing is not None and sharing.cache is not None:
+            sharing.cache.clear()
+        return True
+
 
 class _ScoreRunner:
     """The :class:`~poolkit.contracts.scoring.ScoreRunner` :meth:`LLM.score` hands its scorer: the

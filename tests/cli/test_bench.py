@@ -208,6 +208,9 @@ class LLM:
         assert tokenization_kwargs == {"truncate_prompt_tokens": -1} and len(queries) == len(documents)
         scores = CrossEncoder(self.model, device="cpu").predict(list(zip(queries, documents)))
         return [SimpleNamespace(outputs=SimpleNamespace(score=float(s))) for s in scores]
+
+    def reset_prefix_cache(self):
+        return True  # a cache that keeps nothing, as vLLM's for an encoder-only model
 """
 
 
@@ -505,6 +508,30 @@ def test_each_timed_pass_starts_on_a_quiet_machine(monkeypatch):
     monkeypatch.setattr(measure, "settle", lambda: calls.append("settle"))
     measure._interleave(2, lambda: calls.append("ours"), lambda: calls.append("theirs"))
     assert calls == ["ours", "theirs"] + ["settle", "ours", "settle", "theirs"] * 2
+
+
+def test_each_timed_pass_starts_with_empty_prefix_caches(monkeypatch):
+    """The rounds repeat the same texts, which a decoder's prefix cache would answer from the round
+    before: every timed pass of either side starts with the caches of the models named emptied,
+    untimed (a model without ``reset_prefix_cache``, or none, is passed over)."""
+    from poolkit.entrypoints.bench import measure
+
+    calls = []
+
+    class Cached:
+        def __init__(self, name):
+            self.name = name
+
+        def reset_prefix_cache(self):
+            calls.append(f"reset {self.name}")
+
+    monkeypatch.setattr(measure, "settle", lambda: calls.append("settle"))
+    clock = iter(range(100))
+    monkeypatch.setattr(measure.time, "perf_counter", lambda: calls.append("clock") or next(clock))
+    cold = (Cached("ours"), object(), None, Cached("theirs"))
+    measure._interleave(1, lambda: calls.append("ours"), lambda: calls.append("theirs"), cold=cold)
+    resets = ["reset ours", "reset theirs"]
+    assert calls == ["ours", "theirs"] + resets + ["settle", "clock", "ours", "clock"] + resets + ["settle", "clock", "theirs", "clock"]
 
 
 @needs_minilm

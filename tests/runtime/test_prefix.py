@@ -120,6 +120,43 @@ def test_single_calls_reuse_the_cached_prefix(qwen: Path) -> None:
     assert cache.hits >= 3 * 16 and cache.bytes > 0
 
 
+def test_reset_prefix_cache_forgets_what_was_kept(qwen: Path) -> None:
+    """vLLM's ``LLM.reset_prefix_cache()``: the next call computes its prompts' states again (the
+    same result), and the counters go on; a model that keeps nothing answers True too."""
+    shared = LLM(str(qwen))
+    first = shared.embed(TEXTS[:1])
+    assert first[0].num_cached_tokens == 0
+    cache = shared.engine.prefixes.cache
+    assert len(cache) == 1 and cache.bytes > 0
+    assert shared.embed(TEXTS[:1])[0].num_cached_tokens >= 16  # kept: the same prompt reads it
+    hits = cache.hits
+    assert shared.reset_prefix_cache() is True
+    assert len(cache) == 0 and cache.bytes == 0 and cache.hits == hits
+    again = shared.embed(TEXTS[:1])
+    assert again[0].num_cached_tokens == 0 and cache.hits == hits
+    assert_same(rows(again), rows(first))
+    assert len(cache) == 1  # it keeps what it computes again
+    assert LLM(str(qwen), enable_prefix_caching=False).reset_prefix_cache() is True
+
+
+def test_async_reset_prefix_cache(qwen: Path) -> None:
+    import asyncio
+
+    from poolkit import AsyncLLM
+
+    engine = AsyncLLM.from_llm(LLM(str(qwen)))
+
+    async def run() -> tuple[int, bool, int]:
+        await engine.embed(TEXTS[:1])
+        kept = len(engine.llm.engine.prefixes.cache)
+        return kept, await engine.reset_prefix_cache(), len(engine.llm.engine.prefixes.cache)
+
+    try:
+        assert asyncio.run(run()) == (1, True, 0)
+    finally:
+        engine.shutdown()
+
+
 def test_cache_salt_and_skip_keep_prefixes_apart(qwen: Path) -> None:
     shared = LLM(str(qwen))
     for salt in ("tenant-a", "tenant-b"):

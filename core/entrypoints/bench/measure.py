@@ -2,7 +2,9 @@
 
 Every workload times both libraries with :func:`_interleave`, so that drifts of the machine
 (thermal, other processes) hit both alike, each timed pass starting on a quiet machine
-(:func:`settle`), and turns the timings into a :class:`Result`. Peak RSS
+(:func:`settle`) and with empty prefix caches (:func:`emptier`: the rounds repeat the same texts,
+which a decoder's cache would otherwise answer from the round before), and turns the timings into
+a :class:`Result`. Peak RSS
 is measured in a fresh child process per library, where the high-water mark is that library's own.
 """
 
@@ -14,7 +16,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from ...config.environment import env_number
 from ...contracts.errors import InvalidRequest
@@ -114,19 +116,38 @@ def settle(window: float = 0.05, quiet: float = 0.25, limit: float | None = None
     return time.perf_counter() - start
 
 
-def _interleave(rounds: int, ours: Callable[[], Any], theirs: Callable[[], Any] | None) -> list[dict[str, float]]:
+def emptier(*models: Any) -> Callable[[], None]:
+    """What empties the prefix caches of ``models`` (poolkit ``LLM``s and peers' models; those with no
+    ``reset_prefix_cache``, or ``None``, pass): a timed pass then computes its texts, as a workload
+    of new texts would, instead of reading the states that the pass before it kept of the same ones."""
+    resets = [m.reset_prefix_cache for m in models if hasattr(m, "reset_prefix_cache")]
+
+    def empty() -> None:
+        for reset in resets:
+            reset()
+
+    return empty
+
+
+def _interleave(
+    rounds: int, ours: Callable[[], Any], theirs: Callable[[], Any] | None, cold: Sequence[Any] = ()
+) -> list[dict[str, float]]:
     """Both libraries' passes alternated ``rounds`` times after one untimed pass each, every timed
-    pass started on a quiet machine (:func:`settle`)."""
+    pass started on a quiet machine (:func:`settle`) and, untimed, with the prefix caches of the
+    models in ``cold`` emptied (:func:`emptier`)."""
+    empty = emptier(*cold)
     ours()
     if theirs is not None:
         theirs()
     out = []
     for _ in range(rounds):
+        empty()
         settle()
         t = time.perf_counter()
         ours()
         row = {"poolkit_s": time.perf_counter() - t}
         if theirs is not None:
+            empty()
             settle()
             t = time.perf_counter()
             theirs()

@@ -137,6 +137,10 @@ class FallbackModel:
     def __init__(self, llm: "LLM") -> None:
         self.llm = llm
 
+    def reset_prefix_cache(self) -> bool:
+        """Empty the model's prefix cache (:meth:`poolkit.LLM.reset_prefix_cache`)."""
+        return self.llm.reset_prefix_cache()
+
     def encode(self, texts: str | list[str], batch_size: int = 32, convert_to_tensor: bool = False) -> Any:
         """Embeddings of ``texts`` (one vector for one string), truncated to the model's limit."""
         import torch

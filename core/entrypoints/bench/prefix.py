@@ -20,7 +20,7 @@ import statistics
 from typing import Any, Callable
 
 from .base import SEQUENCE_CLASSIFIER, SkipWorkload
-from .measure import Result, _interleave, _median_ratio
+from .measure import Result, _interleave, _median_ratio, emptier
 from .peers import VllmCpuPeer
 
 PREFIX_TOKENS = 400
@@ -31,10 +31,9 @@ def prefix_workload(bench: Any) -> Result:
     """Workload P on the :class:`~poolkit.entrypoints.bench.workloads.Bench`'s model."""
     import torch
 
-    sharing = _sharing(bench.llm)
     prompts = _prompts(bench, 11)
     n = len(prompts)
-    fresh = _emptier(sharing)
+    fresh = _emptier(bench.llm)
 
     def ours() -> None:
         fresh()
@@ -127,7 +126,7 @@ def prefix_rerank_workload(bench: Any) -> Result:
     with tempfile.TemporaryDirectory() as tmp:
         bench._derived_model(tmp, SEQUENCE_CLASSIFIER)
         reranker = LLM.from_args(bench._settings(tmp))
-        fresh = _emptier(_sharing(reranker))
+        fresh = _emptier(reranker)
         plain = LLM.from_args(bench._settings(tmp).model_copy(update={"enable_prefix_caching": False}))
         prompts = _prompts(bench, 12)
         n = len(prompts)
@@ -158,7 +157,7 @@ def prefix_server_workload(bench: Any, clients: int = 8) -> Result:
 
     from .host_calls import in_process_app, post
 
-    fresh = _emptier(_sharing(bench.llm))
+    fresh = _emptier(bench.llm)
     prompts = _prompts(bench, 13)
     n = len(prompts)
     bodies = [json.dumps({"input": p["prompt_token_ids"]}).encode() for p in prompts]
@@ -197,29 +196,16 @@ def prefix_server_workload(bench: Any, clients: int = 8) -> Result:
     return result
 
 
-def _sharing(llm: Any) -> Any:
-    """The model's prefix sharing (:class:`~poolkit.runtime.prefix.PrefixSharing`).
+def _emptier(llm: Any) -> Callable[[], None]:
+    """What empties ``llm``'s prefix cache before a timed pass, so that no pass reads the last one's
+    (:func:`~poolkit.entrypoints.bench.measure.emptier`).
 
     Raises:
-        SkipWorkload: the model shares none.
+        SkipWorkload: the model shares no prefixes.
     """
-    sharing = llm.engine.prefixes
-    if sharing is None:
+    if llm.engine.prefixes is None:
         raise SkipWorkload("the model shares no prefixes (bidirectional or sliding-window attention, or enable_prefix_caching=False)")
-    return sharing
-
-
-def _emptier(sharing: Any) -> Callable[[], None]:
-    """What empties ``sharing``'s cache before a timed pass, so that no pass reads the last one's."""
-    from ...runtime.prefix import PrefixCache
-
-    budget = sharing.cache.max_bytes if sharing.cache is not None else 0
-
-    def fresh() -> None:
-        if sharing.cache is not None:
-            sharing.cache = PrefixCache(budget)
-
-    return fresh
+    return emptier(llm)
 
 
 def _prompts(bench: Any, seed: int) -> list[dict[str, list[int]]]:

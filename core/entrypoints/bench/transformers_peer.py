@@ -216,7 +216,7 @@ def image_workload(bench: Any) -> Result:
     theirs = bench.peer.image_side(bench.encoder)  # before anything runs: the peer may have no side
     batch = pages(bench._n(32), IMAGE_SIZE)
     prompts = [{"prompt": "", "multi_modal_data": {"image": image}} for image in batch]
-    rounds = _interleave(bench.rounds, lambda: bench._encode(prompts), lambda: theirs(batch))
+    rounds = _interleave(bench.rounds, lambda: bench._encode(prompts), lambda: theirs(batch), cold=(bench.llm,))
     outputs = bench._encode(prompts)
     tokens = sum(len(o.prompt_token_ids) for o in outputs)
     result = bench._result("I", f"{len(batch)} images of {IMAGE_SIZE}x{IMAGE_SIZE} pixels", len(batch), tokens, rounds)

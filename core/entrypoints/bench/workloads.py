@@ -19,7 +19,7 @@ from . import host_calls
 from .base import MASKED_LM, SEQUENCE_CLASSIFIER
 from .breakdown import breakdown
 from .corpus import make_corpus
-from .measure import TRUNCATE, Result, _interleave, _median_ratio, gemm_peak_gflops, model_flops, peak_rss_mb
+from .measure import TRUNCATE, Result, _interleave, _median_ratio, emptier, gemm_peak_gflops, model_flops, peak_rss_mb
 from .peers import PEERS, SkipWorkload, check_peer, poolkit_cold_start
 from .prefix import prefix_rerank_workload, prefix_server_workload, prefix_workload
 from .presets import resolve_bench_model
@@ -136,7 +136,7 @@ class Bench:
         embed = self._ours_embed()
         ours = lambda: embed(texts)  # noqa: E731
         theirs = (lambda: self.encoder.encode(texts, batch_size=32)) if self.encoder is not None else None  # noqa: E731
-        rounds = _interleave(self.rounds, ours, theirs)
+        rounds = _interleave(self.rounds, ours, theirs, cold=(self.llm, self.encoder))
         outputs = self._encode(texts)
         lengths = [len(o.prompt_token_ids) for o in outputs]
         # model_flops reads a text model's config; a vision-language model's text tower is not told apart
@@ -246,8 +246,10 @@ class Bench:
                 self.encoder.encode(text)
         calls = [embed] + ([self.encoder.encode] if self.encoder is not None else [])
         timings: list[list[float]] = [[] for _ in calls]
+        empty = emptier(self.llm, self.encoder)  # the warm-up's states of the same texts are not read
         for text in texts:
             for call, samples in zip(calls, timings):
+                empty()
                 start = time.perf_counter()
                 call(text)
                 samples.append(1000 * (time.perf_counter() - start))
@@ -286,7 +288,7 @@ class Bench:
                 ours = lambda: [reranker.score(q, docs, tokenization_kwargs=TRUNCATE) for q in queries]  # noqa: E731
             ce = self._peer("CrossEncoder", tmp)
             theirs = (lambda: ce.predict(pairs, batch_size=32)) if ce is not None else None  # noqa: E731
-            rounds = _interleave(self.rounds, ours, theirs)
+            rounds = _interleave(self.rounds, ours, theirs, cold=(reranker, ce))
             scored = [s for q in queries for s in reranker.score(q, docs, tokenization_kwargs=TRUNCATE)]
             lengths = [len(s.prompt_token_ids) for s in scored]
             result = self._result(
@@ -302,7 +304,7 @@ class Bench:
                     result.peer_max_abs_diff = float((torch.tensor(ce.predict(pairs, batch_size=32)) - ref).abs().max())
             single = _interleave(
                 max(3, self.rounds), lambda: reranker.score(queries[0], docs, tokenization_kwargs=TRUNCATE),
-                (lambda: ce.predict(pairs[: len(docs)], batch_size=32)) if ce is not None else None,
+                (lambda: ce.predict(pairs[: len(docs)], batch_size=32)) if ce is not None else None, cold=(reranker, ce),
             )
             latency = {k: 1000 * statistics.median(r[k] for r in single) for k in single[0]}
             result.notes = (
@@ -367,7 +369,7 @@ class Bench:
             else:
                 ours = lambda: llm.sparse_embed(texts, tokenization_kwargs=TRUNCATE)  # noqa: E731
             theirs = (lambda: encoder.encode(texts, batch_size=32)) if encoder is not None else None  # noqa: E731
-            rounds = _interleave(self.rounds, ours, theirs)
+            rounds = _interleave(self.rounds, ours, theirs, cold=(llm, encoder))
             outputs = llm.sparse_embed(texts, tokenization_kwargs=TRUNCATE)
             lengths = [len(o.prompt_token_ids) for o in outputs]
             decoder = 2 * int(self.config.hidden_size) * int(self.config.vocab_size)  # the tied MLM decoder

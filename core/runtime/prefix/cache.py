@@ -181,6 +181,15 @@ class PrefixCache:
             if len(self._blocks) > 4 * max(1, self.bytes // max(1, size)) * (len(entry.ids) // BLOCK + 1):
                 self._blocks = {d: hit for d, hit in self._blocks.items() if hit.key in self._entries}
 
+    def clear(self) -> None:
+        """Forget every kept prefix (vLLM's ``reset_prefix_cache``); the hit and lookup counters go on.
+        States a running batch already read stay with it."""
+        with self._lock:
+            self._entries.clear()
+            self._blocks.clear()
+            self._adapters.clear()
+            self.bytes = 0
+
     def drop_adapter(self, identity: int) -> None:
         """Forget the states an adapter computed (``identity``: the load it was, unloaded now)."""
         with self._lock:
