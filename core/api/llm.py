@@ -674,9 +674,8 @@ class LLM:
         """Forget the prefix states kept across calls (vLLM's ``LLM.reset_prefix_cache``), so that
         the next call computes every prompt's states afresh; True, as vLLM answers when it is done
         (also for a model that keeps none: bidirectional, or ``enable_prefix_caching=False``)."""
-        sharing = self.engine.prefixes
-        if sharing is not None and sharing.cache is not None:
-            sharing.cache.clear()
+        if self.engine.prefixes is not None:
+            self.engine.prefixes.reset()
         return True
 
 

@@ -129,6 +129,11 @@ class PrefixSharing:
         budget = int(env_number("POOLKIT_PREFIX_CACHE_BYTES", DEFAULT_CACHE_BYTES))
         return cls(PrefixCache(budget) if budget > 0 else None)
 
+    def reset(self) -> None:
+        """Forget every kept prefix state (:meth:`poolkit.LLM.reset_prefix_cache`)."""
+        if self.cache is not None:
+            self.cache.clear()
+
     def forget(self, identity: int) -> None:
         """Drop the kept states that the adapter load ``identity`` computed (it was unloaded)."""
         if self.cache is not None:
