@@ -68,6 +68,8 @@ ROTATION = 64
 ROTATION_GAIN = 0.95
 #: Input rows of each layer kept to choose its strength.
 SAMPLE_ROWS = 512
+#: Bytes of the float model's linear outputs :func:`own_costs` keeps, from the first call on.
+REPLAY_BYTES = 1 << 30
 
 
 class Quantizable:
@@ -105,10 +107,10 @@ def quantize_int8(model: Architecture, batches: list[PackedBatch], budget: float
         reference = [_summary(model(batch), batch) for batch in batches]
         int8 = {name: _int8_linear(module, *seen[module], quantized, plain=True) for name, module in float_layers.items()}
 
-        def cosine(chosen: Iterable[str], some: int | None = None) -> float:
+        def cosine(chosen: Iterable[str]) -> float:
             _swap(model, {name: int8[name] for name in chosen})
             try:
-                return min(_cosine(_summary(model(b), b), r) for b, r in list(zip(batches, reference))[:some])
+                return min(_cosine(_summary(model(b), b), r) for b, r in zip(batches, reference))
             finally:
                 _swap(model, {name: float_layers[name] for name in int8})
 
@@ -118,7 +120,7 @@ def quantize_int8(model: Architecture, batches: list[PackedBatch], budget: float
             int8 = {name: _int8_linear(module, *seen[module], quantized) for name, module in float_layers.items()}
             achieved = cosine(chosen)
         if achieved < budget:
-            cost = {name: 1.0 - cosine([name], some=1) for name in int8}  # each layer's own, on the first batch
+            cost = own_costs(model, int8, float_layers, batches[0], reference[0])  # on the first batch
             chosen = sorted(int8, key=cost.__getitem__)
             while chosen and achieved < budget:
                 # the layers whose costs add up to the budget, then one fewer while the whole misses it
@@ -143,6 +145,62 @@ def quantize_int8(model: Architecture, batches: list[PackedBatch], budget: float
         "budget": budget,
         "weight_levels": levels,
     }
+
+
+def own_costs(
+    model: nn.Module, int8: dict[str, Int8Linear], float_layers: dict[str, nn.Module], batch: PackedBatch, reference: torch.Tensor
+) -> dict[str, float]:
+    """Each layer's own cost on ``batch``: one less the least cosine of the model's summary
+    (:func:`_summary`) to ``reference``, the float model's, with that layer alone in int8.
+
+    A layer's run computes what its own layer changes and no more: up to that layer's first call,
+    every linear layer sees the inputs it saw in the float run and gives the outputs it gave there,
+    so the float run's outputs are kept (in call order, up to :data:`REPLAY_BYTES`) and those calls
+    return a copy of theirs instead of running their matmul. Half the model's matmuls on average,
+    the same costs (``test_each_layers_own_cost_is_its_run_alone_in_int8``); the budget itself is
+    checked by whole runs, whatever the costs rank.
+    """
+    kept: list[tuple[nn.Module, torch.Tensor]] = []
+    first: dict[nn.Module, int] = {}
+    room = REPLAY_BYTES
+    calls = 0
+
+    def keep(layer: nn.Module, x: torch.Tensor, compute: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        nonlocal room, calls
+        out = compute(x)
+        first.setdefault(layer, calls)
+        calls += 1
+        size = out.numel() * out.element_size()
+        if len(kept) == calls - 1 and size <= room:  # the kept calls stay the first ones
+            kept.append((layer, out.clone()))
+            room -= size
+        return out
+
+    def replaying(until: int) -> Callable[..., torch.Tensor]:
+        position = 0
+
+        def replay(layer: nn.Module, x: torch.Tensor, compute: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+            nonlocal position, until
+            at, position = position, position + 1
+            if at < until:
+                if kept[at][0] is layer and kept[at][1].shape[:-1] == x.shape[:-1]:
+                    return kept[at][1].clone()  # a copy: the model may write into its layers' outputs
+                until = 0  # not the call the float run made here: this one and the rest run
+            return compute(x)
+
+        return replay
+
+    with probing(keep):
+        model(batch)
+    costs = {}
+    for name, layer in float_layers.items():
+        _swap(model, {name: int8[name]})
+        try:
+            with probing(replaying(min(first.get(layer, 0), len(kept)))):
+                costs[name] = 1.0 - _cosine(_summary(model(batch), batch), reference)
+        finally:
+            _swap(model, {name: layer})
+    return costs
 
 
 def _device(model: nn.Module) -> torch.device:

@@ -24,7 +24,8 @@ LINEAR_ACTIVATIONS = ("none", "gelu", "gelu_tanh", "relu", "silu", "tanh", "sigm
 
 
 #: ``probe(layer, x, compute)``: what a linear layer runs instead of ``compute(x)`` (its matmul and
-#: fused epilogue) while a probe is set; it must return ``compute(x)``'s result.
+#: fused epilogue) while a probe is set; it must return ``compute(x)``'s result, or a tensor equal to it
+#: (int8 calibration gives back the float run's outputs for the layers before the one it measures).
 LinearProbe = Callable[[torch.nn.Module, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]], torch.Tensor]
 
 
@@ -41,7 +42,8 @@ LINEAR_PROBE = _Probe()
 @contextlib.contextmanager
 def probing(probe: LinearProbe) -> Iterator[None]:
     """Run every linear layer of the native families through ``probe`` inside the block: int8
-    calibration reads each layer's inputs so, and ``poolkit bench --breakdown`` times the matmuls."""
+    calibration reads each layer's inputs so (and replays the float run's outputs while it measures each
+    layer's cost), and ``poolkit bench --breakdown`` times the matmuls."""
     previous, LINEAR_PROBE.current = LINEAR_PROBE.current, probe
     try:
         yield

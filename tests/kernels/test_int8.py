@@ -609,3 +609,90 @@ def test_the_cli_takes_quantization_and_info_shows_it(minilm_dir, tmp_path):
     bad = runner.invoke(app, ["embed", "hello", "-m", str(minilm_dir), "--quantization", "int8", "--quantization-budget", "2"])
     assert bad.exit_code == 1
     assert "Error: --quantization-budget is a cosine similarity between 0 and 1 (exclusive), got 2.0" in bad.output
+
+
+def _costs_by_definition(model, int8, layers, batch, reference) -> dict[str, float]:
+    """Each layer's own cost as calibration defines it: the whole model run with that layer alone in int8."""
+    from poolkit.builtin_models.blocks import quantize
+
+    costs = {}
+    for name, layer in layers.items():
+        quantize._swap(model, {name: int8[name]})
+        costs[name] = 1.0 - quantize._cosine(quantize._summary(model(batch), batch), reference)
+        quantize._swap(model, {name: layer})
+    return costs
+
+
+@pytest.mark.parametrize("kind", ["bert", "qwen3"])
+def test_each_layers_own_cost_is_its_run_alone_in_int8(kind, tmp_path, monkeypatch):
+    """``own_costs`` takes the float run's outputs for the calls before a layer's own: the costs of
+    running the model with each layer alone in int8, to the bit, with each layer's run computing
+    only the calls from its own on; where the kept outputs run out midway, the calls past them run."""
+    from poolkit.builtin_models.blocks import quantize
+    from poolkit.contracts.batch import PackedBatch
+
+    llm = LLM(str(_family(kind, tmp_path / kind)), dtype="float32")
+    model = llm.model.architecture
+    batch = PackedBatch.from_sequences(llm.model.tokenizer(CORPUS)["input_ids"])
+    computed: list[tuple[torch.nn.Module, int]] = []  # each matmul run: its layer, its output's bytes
+    real_probing = quantize.probing
+
+    def counting(probe):
+        def run(layer, compute, x):
+            out = compute(x)
+            computed.append((layer, out.numel() * out.element_size()))
+            return out
+
+        return real_probing(lambda layer, x, compute: probe(layer, x, lambda y: run(layer, compute, y)))
+
+    with torch.inference_mode():
+        seen = quantize._input_maxima(model, [batch])
+        names = {module: name for name, module in model.named_modules()}
+        layers = {names[module]: module for module in seen}
+        kernel = select_kernel("linear_int8", torch.device("cpu"))
+        int8 = {name: quantize._int8_linear(layer, *seen[layer], kernel) for name, layer in layers.items()}
+        reference = quantize._summary(model(batch), batch)
+        alone = _costs_by_definition(model, int8, layers, batch, reference)
+        monkeypatch.setattr(quantize, "probing", counting)
+        costs = quantize.own_costs(model, int8, layers, batch, reference)
+        whole = len(computed)
+        order = list(dict.fromkeys(layer for layer, _ in computed[: len(layers)]))  # the float run's calls
+        monkeypatch.setattr(quantize, "REPLAY_BYTES", sum(size for _, size in computed[:3]))
+        partly = quantize.own_costs(model, int8, layers, batch, reference)
+    assert len(order) == len(layers) and costs == alone and partly == alone
+    n = len(layers)
+    assert whole == n + n * (n + 1) // 2  # the float run, then each layer's run from its own call on
+    assert len(computed) - whole == n + sum(n - min(i, 3) for i in range(n))  # three outputs kept
+
+
+def test_own_costs_keep_what_a_model_writes_into_its_layers_outputs():
+    """A model that writes into a layer's output in place (as a hand-fused residual does) changes
+    neither the float run's kept outputs nor, through a replayed copy, the next layer's run."""
+    from poolkit.builtin_models.blocks import quantize
+    from poolkit.builtin_models.blocks.linear import linear
+    from poolkit.contracts.batch import PackedBatch
+
+    class Scribbler(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.first, self.second, self.third = (torch.nn.Linear(32, 32) for _ in range(3))
+            self.kernel = select_kernel("linear_act", "cpu")
+
+        def forward(self, batch: PackedBatch) -> torch.Tensor:
+            x = torch.nn.functional.one_hot(batch.input_ids % 32, 32).float()
+            for layer in (self.first, self.second, self.third):
+                x = linear(x, layer, self.kernel).mul_(2.0).add_(x)
+            return x
+
+    torch.manual_seed(0)
+    model = Scribbler()
+    batch = PackedBatch.from_sequences([[1, 5, 9, 30], [2, 3], [7, 11, 13]])
+    with torch.inference_mode():
+        seen = quantize._input_maxima(model, [batch])
+        layers = {name: getattr(model, name) for name in ("first", "second", "third")}
+        kernel = select_kernel("linear_int8", "cpu")
+        int8 = {name: quantize._int8_linear(layer, *seen[layer], kernel) for name, layer in layers.items()}
+        reference = quantize._summary(model(batch), batch)
+        alone = _costs_by_definition(model, int8, layers, batch, reference)
+        assert quantize.own_costs(model, int8, layers, batch, reference) == alone
+    assert len(set(alone.values())) == 3 and min(alone.values()) > 0
