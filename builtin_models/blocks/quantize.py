@@ -18,7 +18,8 @@ are added in float32. Some layers may still lose too much. Calibration measures 
 drop in cosine similarity of the model's output when that layer alone is int8, and keeps the
 costliest layers in float until the whole model, measured again, meets the error budget:
 :data:`BUDGET`, the least cosine similarity between the int8 and float outputs over the
-calibration texts, mean-pooled and first-token alike, or the user's ``quantization_budget``.
+calibration texts, mean-pooled and first-token alike, or the user's ``quantization_budget``. The
+costs only rank the layers: how many of the cheapest keep the budget together is measured whole.
 
 Float channels and the rotation cost time (the rotation a third more of the rounding), so the
 fastest configuration is tried first: every layer plain (smoothed, no float channels, no
@@ -121,7 +122,7 @@ def quantize_int8(model: Architecture, batches: list[PackedBatch], budget: float
             achieved = cosine(chosen)
         if achieved < budget:
             cost = own_costs(model, int8, float_layers, batches[0], reference[0])  # on the first batch
-            chosen = sorted(int8, key=cost.__getitem__)
+            ranked = chosen = sorted(int8, key=cost.__getitem__)
             while chosen and achieved < budget:
                 # the layers whose costs add up to the budget, then one fewer while the whole misses it
                 total, fits = 0.0, 0
@@ -132,6 +133,7 @@ def quantize_int8(model: Architecture, batches: list[PackedBatch], budget: float
                     fits += 1
                 chosen = chosen[: min(fits, len(chosen) - 1)] if fits else []
                 achieved = cosine(chosen) if chosen else 1.0
+            chosen, achieved = _most_within(ranked, len(chosen), achieved, budget, cosine)
         _swap(model, {name: int8[name] for name in chosen})
     kept = [name for name in int8 if name not in chosen]
     logger.info("int8: %d of %d linear layers, min cosine %.5f on the calibration texts", len(chosen), len(int8), achieved)
@@ -145,6 +147,28 @@ def quantize_int8(model: Architecture, batches: list[PackedBatch], budget: float
         "budget": budget,
         "weight_levels": levels,
     }
+
+
+def _most_within(
+    ranked: list[str], met: int, achieved: float, budget: float, cosine: Callable[[list[str]], float]
+) -> tuple[list[str], float]:
+    """The most of the cheapest layers that keeps the budget, and the least cosine they keep.
+
+    The costs' sum overstates the whole's loss where each layer's own run re-rounds every layer after
+    it (a bf16 stream's rounding, counted once for every layer), so the layers whose costs fit the
+    budget may be far fewer than those that keep it together. Between the first ``met`` of ``ranked``
+    (which kept it, at ``achieved``) and all of them (which did not), the longest start found to keep
+    it by bisection, each count measured whole by ``cosine``.
+    """
+    missed = len(ranked)
+    while missed - met > 1:
+        middle = (met + missed) // 2
+        found = cosine(ranked[:middle])
+        if found >= budget:
+            met, achieved = middle, found
+        else:
+            missed = middle
+    return ranked[:met], achieved
 
 
 def own_costs(

@@ -696,3 +696,51 @@ def test_own_costs_keep_what_a_model_writes_into_its_layers_outputs():
         alone = _costs_by_definition(model, int8, layers, batch, reference)
         assert quantize.own_costs(model, int8, layers, batch, reference) == alone
     assert len(set(alone.values())) == 3 and min(alone.values()) > 0
+
+
+def test_the_most_of_the_cheapest_layers_that_keep_the_budget_are_found_whole():
+    """Between a count that kept the budget and all the layers (which did not), the longest start of the
+    ranking that keeps it, each count measured whole, and the cosine it measured."""
+    from poolkit.builtin_models.blocks.quantize import _most_within
+
+    ranked = [f"layer{i}" for i in range(40)]
+    measured: list[int] = []
+
+    def cosine(chosen: list[str]) -> float:
+        measured.append(len(chosen))
+        return 1.0 - 1e-5 * len(chosen)  # each layer costs the whole 1e-5
+
+    assert _most_within(ranked, 3, 0.99997, 0.9997, cosine) == (ranked[:30], pytest.approx(0.9997))
+    assert len(measured) <= 6 and all(3 < n < 40 for n in measured)
+    measured.clear()
+    assert _most_within(ranked, 39, 0.99961, 0.9997, cosine) == (ranked[:39], 0.99961)  # nothing more to try
+    assert _most_within(ranked, 0, 1.0, 0.999999, cosine) == ([], 1.0)  # not even one layer keeps it
+
+
+def test_overstated_costs_still_put_every_layer_the_budget_allows_in_int8(tmp_path, monkeypatch):
+    """Costs ten times too high (as a bf16 stream's rounding inflates them) fit far fewer layers into
+    the budget than keep it together: calibration measures how many of the cheapest keep it, so the
+    model keeps more layers in int8 than the costs' sum allows, and still its budget."""
+    from poolkit.builtin_models.blocks import quantize
+
+    path = _family("qwen3", tmp_path / "qwen3")
+    calibration = tmp_path / "calibration.txt"
+    calibration.write_text("\n".join(CORPUS))
+    fitted: list[int] = []
+    real_costs = quantize.own_costs
+
+    def overstated(*args):
+        costs = {name: 10 * cost for name, cost in real_costs(*args).items()}
+        total, fits = 0.0, 0
+        for cost in sorted(costs.values()):
+            total += cost
+            fits += total <= 1 - budget
+        fitted.append(fits)
+        return costs
+
+    budget = 0.99999
+    monkeypatch.setattr(quantize, "own_costs", overstated)
+    report = LLM(str(path), dtype="float32", quantization="int8", calibration=str(calibration), quantization_budget=budget).model.quantization
+    assert fitted, "the costs were not needed: every layer kept the budget"
+    assert report["float_layers"] and report["min_cosine"] >= budget
+    assert len(report["int8_layers"]) > fitted[0]
