@@ -50,7 +50,8 @@ On CPUs with AMX-INT8 the ``:amx`` kernel runs the whole layer in one compiled c
 matmul on AMX tiles (``TDPBUSD``: uint8 x int8 into int32) over weights packed once into the tiles'
 layout, and the rescale, bias, float channels and activation applied to each 32 x 32 block of
 results while the tiles compute the next, rounded once to the input's dtype; each row's zero point
-comes off in integers, so its sums are exact where the reference's float32 sums round. The float
+comes off exactly (one float32 FMA up to 512 inputs, where every term is a whole number below 2^24;
+integers beyond), so its sums are exact where the reference's float32 sums round. The float
 channels' products go on bf16 tiles too, each value and weight as two bf16 halves (within 2^-16 of
 each float32 product), where eight FMAs a vector in the epilogue made them the layer's bottleneck.
 """

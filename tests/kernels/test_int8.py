@@ -171,6 +171,32 @@ def test_the_one_pass_kernels_sum_the_same_integers_as_the_reference(kind, rows,
 
 
 @pytest.mark.parametrize("kind", ONE_PASS)
+@pytest.mark.parametrize("k", [512, 576])
+def test_the_one_pass_kernels_take_the_zero_point_off_exactly(kind, k):
+    """Each row's zero point comes off its integer sums exactly: up to 512 inputs with one float32 FMA
+    (every sum, zero * sum and their difference is a whole number below 2^24), beyond in integers.
+    Rows whose sums sit at that edge (levels at 0 under a zero point near 255, levels at 255 over a
+    zero point of 0 or of 23) against full-range weights: the output is the exact sum times the column's
+    scale, then the row's step, as two float32 roundings give it, bit for bit."""
+    fn = getattr(int8, f"linear_int8_{kind}")
+    levels = fn.weight_levels
+    g = torch.Generator().manual_seed(k)
+    q = torch.randint(-levels, levels + 1, (64, k), generator=g, dtype=torch.int8)
+    q[:16], q[16:24] = levels, -levels
+    q[:16, 1:17] -= torch.ones(16, 16, dtype=torch.int8).tril()  # sums of every parity
+    scale = torch.rand(64, generator=g) / 100 + 1e-3
+    x = torch.randn(4, k, generator=g)
+    x[1], x[1, 0] = -1000.0, 1.0  # every level 0 but one, under a zero point of 255 (or 254)
+    x[2], x[2, 0] = 1000.0, -1e-3  # every level 255 over a zero point of 0
+    x[3], x[3, 0] = 1000.0, -100.0  # sums past 2^24 (beyond 512 inputs) under a zero point of 23
+    lv, step, zero = int8.quantize_rows(x)
+    exact = (lv.to(torch.int64) - zero.to(torch.int64)) @ q.to(torch.int64).t()
+    assert exact.abs().max() > 2**23  # at the edge
+    got = fn(x, q, scale)
+    assert torch.equal(got, exact.float() * scale * step)
+
+
+@pytest.mark.parametrize("kind", ONE_PASS)
 @pytest.mark.parametrize("act", ["gelu", "gelu_tanh", "relu", "silu"])
 def test_the_one_pass_kernels_apply_the_activation_in_their_epilogue(kind, act):
     """The activation comes after the same values, in float32, then one rounding to the output's dtype."""
