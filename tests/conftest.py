@@ -10,8 +10,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # (the references stay where each test puts them: transformers and sentence-transformers on the CPU).
 if os.environ.get("POOLKIT_TEST_DEVICE"):
     os.environ["POOLKIT_DEVICE"] = os.environ["POOLKIT_TEST_DEVICE"]
-# The suite loads hundreds of models in one process: each load would collect and freeze the heap
-# (poolkit.runtime.allocator.freeze_python_heap), freezing earlier tests' garbage with it. Tested apart.
+# The suite loads hundreds of models in one process: each load would thaw, collect and freeze the whole
+# heap (poolkit.runtime.allocator.freeze_python_heap), a full collection per load. Tested apart.
 os.environ.setdefault("POOLKIT_GC_FREEZE", "0")
 # The bench's smoke tests check what it reports, not its figures: no waiting for a quiet machine
 # before each timed pass (up to 5 s each on a machine busy with other work).

@@ -187,7 +187,7 @@ class LLM:
         self._request_ids = itertools.count()
         self.io_processor_plugin = args.io_processor_plugin or getattr(self.model.hf_config, "io_processor_plugin", None)
         self._plugin_io = PluginIO(self.model)
-        freeze_python_heap()  # the loaded model's objects leave the collector's full passes
+        freeze_python_heap(self)  # the loaded model's objects leave the collector's full passes until this LLM is freed
 
     @classmethod
     def from_args(cls, args: EngineArgs) -> "LLM":

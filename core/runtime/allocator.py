@@ -22,6 +22,7 @@ model before running a bf16 matmul (the CLI, the server) and changes nothing oth
 Python's own heap: once a model is loaded, :func:`freeze_python_heap` takes every object alive
 then (hundreds of thousands: torch, transformers, the tokenizer's vocabulary) out of the cyclic
 garbage collector's full passes, which otherwise walk all of them a few times per large request.
+The heap thaws again when the ``LLM`` that holds a model is freed, so a dropped model is collected.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import os
+import weakref
 from typing import Any
 
 #: glibc's ``mallopt`` parameters (malloc.h).
@@ -89,7 +91,7 @@ def release_freed_memory() -> None:
         _LIBC.malloc_trim(0)
 
 
-def freeze_python_heap() -> bool:
+def freeze_python_heap(owner: object | None = None) -> bool:
     """Collect garbage once, then move every object alive out of the cyclic collector's reach
     (``gc.freeze``), as vLLM does after loading a model; ``POOLKIT_GC_FREEZE=0`` leaves the
     collector alone. Returns whether it froze.
@@ -99,9 +101,18 @@ def freeze_python_heap() -> bool:
     Frozen objects are still freed when nothing refers to them; they are only never searched for
     reference cycles. ``embed`` of 20,000 short texts on a 1-layer model (the host's share alone,
     one thread): the collector's time 0.69 -> 0.18 s, the call 2.66 -> 1.93 s.
+
+    A loaded model is such a cycle (its modules, its engine and their threads refer to one
+    another), so a frozen model the program has dropped would never be freed: the heap is thawed
+    (``gc.unfreeze``) when ``owner``, the object that holds the model, is freed, and before each
+    collection here. The model is then freed by the next collection: the program's own
+    ``gc.collect()``, the collector's next full pass, or the next load.
     """
     if os.environ.get("POOLKIT_GC_FREEZE", "1") == "0":
         return False
+    gc.unfreeze()
     gc.collect()
     gc.freeze()
+    if owner is not None:
+        weakref.finalize(owner, gc.unfreeze).atexit = False
     return True

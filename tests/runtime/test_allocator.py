@@ -116,6 +116,36 @@ def test_loading_a_model_freezes_the_python_heap(tiny_encoders) -> None:
         assert (frozen > 10_000) is expect_frozen, (setting, frozen)
 
 
+
+def test_a_dropped_model_is_freed_after_the_heap_froze(tiny_encoders) -> None:
+    """In a fresh process with freezing on: a model the program drops is freed by its next
+    collection, or by the next load, while another model loaded beside it keeps working; frozen,
+    its reference cycles would never be collected (each load of a bench's references stayed)."""
+    script = textwrap.dedent(
+        f"""
+        import gc, weakref
+        from poolkit import LLM
+        path = {str(tiny_encoders["bert"])!r}
+        kept = LLM(path, device="cpu")
+        dropped = LLM(path, device="cpu")
+        dropped.embed(["a text"])
+        model = weakref.ref(dropped.model)
+        del dropped
+        gc.collect()
+        collected = model() is None
+        dropped = LLM(path, device="cpu")
+        model = weakref.ref(dropped.model)
+        del dropped
+        again = LLM(path, device="cpu")
+        print(collected, model() is None, gc.get_freeze_count() > 10_000, len(kept.embed(["still here"])[0].outputs.embedding))
+        """
+    )
+    env = {**os.environ, "POOLKIT_GC_FREEZE": "1"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    collected, reloaded, frozen, width = result.stdout.split()
+    assert (collected, reloaded, frozen) == ("True", "True", "True") and int(width) > 0
+
 CACHES = textwrap.dedent(
     """
     import json, os, sys, torch
