@@ -116,7 +116,6 @@ def test_loading_a_model_freezes_the_python_heap(tiny_encoders) -> None:
         assert (frozen > 10_000) is expect_frozen, (setting, frozen)
 
 
-
 def test_a_dropped_model_is_freed_after_the_heap_froze(tiny_encoders) -> None:
     """In a fresh process with freezing on: a model the program drops is freed by its next
     collection, or by the next load, while another model loaded beside it keeps working; frozen,
