@@ -139,7 +139,7 @@ ONE_PASS = [
 @pytest.mark.parametrize("kind", ONE_PASS)
 @pytest.mark.parametrize("rows,k,n", [(1, 64, 32), (37, 384, 1152), (300, 1536, 384), (600, 1536, 1152)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("channels", [0, 3])
+@pytest.mark.parametrize("channels", [0, 3, 12])  # VNNI: up to 8 channels' weights held in registers, more read each row
 def test_the_one_pass_kernels_sum_the_same_integers_as_the_reference(kind, rows, k, n, dtype, channels, monkeypatch):
     """The whole layer in one pass (AMX-INT8 tiles, or VNNI's vector registers): the same levels (the
     rounding is the compiled pass's), the same integer sums (its zero points come off in integers,
@@ -152,7 +152,7 @@ def test_the_one_pass_kernels_sum_the_same_integers_as_the_reference(kind, rows,
     g = torch.Generator().manual_seed(rows)
     x = (torch.randn(rows, k, generator=g) * torch.linspace(0.1, 30, k)).to(dtype)
     inv_smooth = torch.rand(k, generator=g) + 0.5
-    outliers = torch.tensor([3, 40, 63][:channels]) if channels else None
+    outliers = torch.tensor([3, 40, 63, 0, 5, 9, 14, 20, 27, 33, 51, 58][:channels]) if channels else None
     outlier_weight = torch.randn(channels, n, generator=g) if channels else None
     if channels:
         inv_smooth[outliers] = 0
