@@ -102,7 +102,7 @@ def poolkit_register_commands(app):
         as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
         breakdown: bool = typer.Option(
             False, "--breakdown",
-            help="For the embedding workloads, also break one pass down: the linear layers' GFLOP/s in it against the same "
+            help="For the embedding workloads and W4's rerank, also break one pass down: the linear layers' GFLOP/s in it against the same "
             "matmuls run alone and the matmul peak, and the share of the pass outside them.",
         ),
     ) -> None:

@@ -76,7 +76,7 @@ class Bench:
         self.rounds = rounds
         self.scale = scale
         self.memory = memory and self.device.type == "cpu"
-        #: Whether the embedding workloads also break one pass down (``--breakdown``).
+        #: Whether the embedding workloads and W4's rerank also break one pass down (``--breakdown``).
         self.breakdown = breakdown
         #: The peer's embedding model (``None`` when its library is not installed).
         self.encoder = self._peer("SentenceTransformer", self.model_dir)
@@ -296,6 +296,8 @@ class Bench:
                 model_flops(reranker.model, lengths),
             )
             result.padding_fraction_peer = self.peer.padding_fraction(lengths)
+            if self.breakdown:
+                result.breakdown = breakdown(ours)
             if ce is not None:
                 ref = torch.tensor(self._reference_model("CrossEncoder", tmp).predict(pairs, batch_size=32))
                 got = torch.tensor(cross.predict(pairs) if cross is not None else [s.outputs.score for s in scored])
