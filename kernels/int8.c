@@ -471,14 +471,16 @@ typedef struct {
     const int64_t *cols;      /* [c]: the input channels kept in float */
     int64_t c, kk;            /* kk: their tile width, 3 c rounded up to 32 (0 without channels) */
     const uint16_t *cpacked;  /* their weights' bf16 halves in tiles (poolkit_int8_channels in int8.py) */
-    void *out;                /* [rows, n], contiguous, float32 or bf16 */
+    void *out;                /* [rows, n] (gated: [rows, n / 2]), contiguous, float32 or bf16 */
     int64_t chunk_rows;
     const float *cweight;     /* the float channels' weights [c, n] as they are (the VNNI kernel's) */
+    int gated;                /* 1: each block of 32 columns is 16 of a gate and the 16 up columns it multiplies */
 } int8_layer;
 
 /* Whether the arguments both one-pass kernels read alike are ones they take. */
 static int int8_layer_ok(const int8_layer *L, int act, int out_dtype) {
     return (L->x_dtype == 0 || L->x_dtype == 1) && (out_dtype == 0 || out_dtype == 1) && act >= 0 && act <= 4 && L->k > 0 &&
+           (L->gated == 0 || L->gated == 1) &&
            L->k % 64 == 0 && L->n > 0 && L->n % 32 == 0 && L->chunk_rows > 0 && L->chunk_rows % 32 == 0 && L->c >= 0 &&
            rotation_ok(L->rotation, L->k);
 }
@@ -491,6 +493,25 @@ static inline void put_row32(const int8_layer *L, int64_t at, const __m512 v[2],
         _mm512_storeu_ps((float *)L->out + at, v[0]);
         _mm512_storeu_ps((float *)L->out + at + 16, v[1]);
     }
+}
+
+/* Row `row`'s 32 values of the block at column `col`, finished but for the activation: activated
+ * and written; or, in a gated layer (its weight's rows ordered so that each block of 32 columns is
+ * 16 of the gate and the 16 up columns they multiply), act(gate) * up written as 16 values at column
+ * col / 2 of the [rows, n / 2] output. */
+static inline __attribute__((always_inline)) void put_block_row(const int8_layer *L, int64_t row, int64_t col, __m512 v[2],
+                                                                int act, int bf16) {
+    if (L->gated) {
+        const __m512 y = _mm512_mul_ps(activate16(v[0], act), v[1]);
+        const int64_t at = row * (L->n / 2) + col / 2;
+        if (bf16)
+            put_bf16x16((uint16_t *)L->out + at, y);
+        else
+            _mm512_storeu_ps((float *)L->out + at, y);
+        return;
+    }
+    for (int h = 0; h < 2; h++) v[h] = activate16(v[h], act);
+    put_row32(L, row * L->n + col, v, bf16);
 }
 
 /* A one-pass kernel's work on rows [row_begin, row_end) x column blocks [block_begin, block_end), `span`
@@ -572,7 +593,6 @@ static inline __attribute__((always_inline)) void int8_finish(const int8_layer *
         const __m512 s = _mm512_set1_ps(p->step[r]);
         const __m512i z = _mm512_set1_epi32((int32_t)p->zero[r]);
         const __m512 zf = _mm512_set1_ps(p->zero[r]);
-        const int64_t at = (p->row + r) * L->n + p->col;
         __m512 v[2];
         for (int h = 0; h < 2; h++) {
             __m512i acc = _mm512_load_si512(p->acc + r * 32 + 16 * h);
@@ -581,9 +601,8 @@ static inline __attribute__((always_inline)) void int8_finish(const int8_layer *
             __m512 a = _mm512_mul_ps(exact, _mm512_loadu_ps(scale + 16 * h));
             v[h] = bias ? _mm512_fmadd_ps(s, a, _mm512_loadu_ps(bias + 16 * h)) : _mm512_mul_ps(s, a);
             if (L->kk) v[h] = _mm512_add_ps(v[h], _mm512_load_ps(p->facc + r * 32 + 16 * h));
-            v[h] = activate16(v[h], act);
         }
-        put_row32(L, at, v, bf16);
+        put_block_row(L, p->row + r, p->col, v, act, bf16);
     }
 }
 
@@ -757,7 +776,6 @@ static inline __attribute__((always_inline)) void vnni_block(const int8_layer *L
     for (int64_t r = 0; r < rows; r++) {
         const __m512 s = _mm512_set1_ps(step[r]);
         const __m512i z = _mm512_set1_epi32((int32_t)zero[r]);
-        const int64_t at = (row + r) * L->n + col;
         __m512 v[2];
         for (int h = 0; h < 2; h++) {
             __m512i exact = _mm512_sub_epi32(_mm512_load_si512(acc + r * 32 + 16 * h), _mm512_mullo_epi32(z, _mm512_loadu_si512(sums + 16 * h)));
@@ -775,8 +793,7 @@ static inline __attribute__((always_inline)) void vnni_block(const int8_layer *L
                 for (int h = 0; h < 2; h++)
                     v[h] = _mm512_fmadd_ps(_mm512_set1_ps(cvals[r * nc + ch]), _mm512_loadu_ps(L->cweight + ch * L->n + col + 16 * h), v[h]);
         }
-        for (int h = 0; h < 2; h++) v[h] = activate16(v[h], act);
-        put_row32(L, at, v, bf16);
+        put_block_row(L, row + r, col, v, act, bf16);
     }
 }
 #undef VNNI_ROW
@@ -871,22 +888,24 @@ int poolkit_rescale_rows_bf16(const float *y, int64_t n, const float *step, cons
  * int64): the float channels (c may be 0), whose weights e ([c, n]) come as cpacked, kk = 3 c rounded
  * up to 32 rows of bf16 halves in tiles (int8.py's _channel_tiles; 0 without channels); act: simd.h's
  * codes (0 none, 1 silu, 2 gelu tanh, 3 relu, 4 gelu erf); out: [rows, n] contiguous, out_dtype 0
- * float32 or 1 bf16; chunk_rows: rows per cache chunk, a multiple of 32. Split over `workers`
- * threads by groups of 32 rows (by_rows) or by blocks of 32 columns. Returns 0, 1 when out of memory,
- * 2 without AMX-INT8, 3 for a bad argument. */
+ * float32 or 1 bf16; gated: 1 for a gated feed-forward's gate and up projections, their weight rows
+ * (and scale, sums, bias, channel weights) ordered 16 of the gate, then the 16 up rows they multiply,
+ * block after block: out is then [rows, n / 2], act(gate) * up; chunk_rows: rows per cache chunk,
+ * a multiple of 32. Split over `workers` threads by groups of 32 rows (by_rows) or by blocks of 32
+ * columns. Returns 0, 1 when out of memory, 2 without AMX-INT8, 3 for a bad argument. */
 int poolkit_int8_amx(const void *x, int x_dtype, int64_t x_stride, int64_t rows, const float *inv_smooth,
                      int64_t rotation, const int8_t *packed, int64_t k, int64_t n, const float *scale, const int32_t *sums, const float *bias,
                      const int64_t *cols, int64_t c, const uint16_t *cpacked, int64_t kk, int act, void *out, int out_dtype,
-                     int64_t chunk_rows, int by_rows, int64_t workers) {
+                     int gated, int64_t chunk_rows, int by_rows, int64_t workers) {
 #ifdef POOLKIT_AMX_INT8
     const int8_layer L = {x, x_dtype, x_stride, rows, k, n, inv_smooth, rotation, packed, scale, sums, bias, cols, c, c ? kk : 0,
-                          cpacked, out, chunk_rows, NULL};
+                          cpacked, out, chunk_rows, NULL, gated};
     if (!int8_layer_ok(&L, act, out_dtype) || kk % 32 || kk < 3 * c || (c && !cpacked)) return 3;
     return int8_split(&L, act, out_dtype, by_rows, workers, int8_range);
 #else
     (void)x; (void)x_dtype; (void)x_stride; (void)rows; (void)inv_smooth; (void)rotation; (void)packed; (void)k; (void)n; (void)scale;
     (void)sums; (void)bias; (void)cols; (void)c; (void)cpacked; (void)kk; (void)act; (void)out; (void)out_dtype;
-    (void)chunk_rows; (void)by_rows; (void)workers;
+    (void)gated; (void)chunk_rows; (void)by_rows; (void)workers;
     return 2;
 #endif
 }
@@ -896,16 +915,16 @@ int poolkit_int8_amx(const void *x, int x_dtype, int64_t x_stride, int64_t rows,
 int poolkit_int8_vnni(const void *x, int x_dtype, int64_t x_stride, int64_t rows, const float *inv_smooth,
                       int64_t rotation, const int8_t *packed, int64_t k, int64_t n, const float *scale, const int32_t *sums,
                       const float *bias, const int64_t *cols, int64_t c, const float *cweight, int act, void *out, int out_dtype,
-                      int64_t chunk_rows, int by_rows, int64_t workers) {
+                      int gated, int64_t chunk_rows, int by_rows, int64_t workers) {
 #ifdef POOLKIT_VNNI
     const int8_layer L = {x, x_dtype, x_stride, rows, k, n, inv_smooth, rotation, packed, scale, sums, bias, cols, c, 0, NULL,
-                          out, chunk_rows, cweight};
+                          out, chunk_rows, cweight, gated};
     if (!int8_layer_ok(&L, act, out_dtype) || (c && (!cols || !cweight))) return 3;
     return int8_split(&L, act, out_dtype, by_rows, workers, vnni_range);
 #else
     (void)x; (void)x_dtype; (void)x_stride; (void)rows; (void)inv_smooth; (void)rotation; (void)packed; (void)k; (void)n; (void)scale;
-    (void)sums; (void)bias; (void)cols; (void)c; (void)cweight; (void)act; (void)out; (void)out_dtype; (void)chunk_rows;
-    (void)by_rows; (void)workers;
+    (void)sums; (void)bias; (void)cols; (void)c; (void)cweight; (void)act; (void)out; (void)out_dtype; (void)gated;
+    (void)chunk_rows; (void)by_rows; (void)workers;
     return 2;
 #endif
 }

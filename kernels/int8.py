@@ -54,6 +54,24 @@ comes off exactly (one float32 FMA up to 512 inputs, where every term is a whole
 integers beyond), so its sums are exact where the reference's float32 sums round. The float
 channels' products go on bf16 tiles too, each value and weight as two bf16 halves (within 2^-16 of
 each float32 product), where eight FMAs a vector in the epilogue made them the layer's bottleneck.
+
+The ``gated_linear_int8`` op, a gated feed-forward's gate and up projections as one int8 layer and
+their product: ``fn(x, weight, scale, bias=None, act="silu", inv_smooth=None, outliers=None,
+outlier_weight=None, rotation=0, gate_first=True) -> out``
+
+- the arguments as ``linear_int8``'s, for ``weight`` ``[2 * inner, in_features]`` (the gate and up
+  projections stacked by output rows; ``scale``, ``bias`` and ``outlier_weight``'s columns alike);
+  ``act`` is applied to the gate half, the first ``inner`` features when ``gate_first``, else the
+  second; a kernel's ``weight_levels`` and ``rotations`` are those of ``linear_int8``'s kernel of the
+  same kind, whose choice the model's weights were rounded for;
+- returns ``act(gate) * up`` of the layer's output before any activation, ``[..., inner]`` in
+  ``x``'s dtype: the reference computes the layer in float32, then the product, and rounds once.
+
+Its ``:amx`` and ``:vnni`` kernels are the one-pass layers with the weight's rows (and their scales,
+sums, bias and float channels' weights) ordered once so that each block of 32 columns holds 16 gate
+columns and the 16 up columns they multiply: the epilogue computes the product in float32 and writes
+only it, where the plain layer wrote the ``[..., 2 * inner]`` output for a second pass (the
+``gated_activation`` op) to read. ``:onednn`` is ``linear_int8:onednn``'s layer, then that pass.
 """
 
 from __future__ import annotations
@@ -70,7 +88,16 @@ from poolkit.contracts.hookspecs import hookimpl
 from poolkit.contracts.kernel import Kernel, KernelPriority, hadamard_rows, implements
 
 from .compiler import load_typed_library, workers
-from .linear import _PARALLEL_MACS, ACTIVATIONS, AMX_ACTIVATIONS, INT8_PACKERS, _packed, row_bucket
+from .linear import (
+    _PARALLEL_MACS,
+    ACTIVATIONS,
+    AMX_ACTIVATIONS,
+    INT8_PACKERS,
+    _packed,
+    gated_activation,
+    gated_activation_c,
+    row_bucket,
+)
 
 #: The largest magnitude of a quantized weight, where the kernel's arithmetic takes full-range weights.
 LEVELS = 127
@@ -136,6 +163,22 @@ linear_int8.weight_levels = LEVELS
 linear_int8.rotations = ROTATIONS
 
 
+def gated_linear_int8(
+    x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None, act: str = "silu",
+    inv_smooth: torch.Tensor | None = None, outliers: torch.Tensor | None = None,
+    outlier_weight: torch.Tensor | None = None, rotation: int = 0, gate_first: bool = True,
+) -> torch.Tensor:
+    """``act(gate) * up`` of an int8 gated feed-forward's gate and up projections stacked (``weight``
+    ``[2 * inner, in_features]``), the reference: :func:`linear_int8` in float32, then the product,
+    rounded once to ``x``'s dtype."""
+    y = linear_int8(x.float(), weight, scale, bias, "none", inv_smooth, outliers, outlier_weight, rotation)
+    return gated_activation(y, act, gate_first).to(x.dtype)
+
+
+gated_linear_int8.weight_levels = LEVELS
+gated_linear_int8.rotations = ROTATIONS
+
+
 @implements(linear_int8)
 def linear_int8_onednn(
     x, weight, scale, bias=None, act="none", inv_smooth=None, outliers=None, outlier_weight=None, rotation=0
@@ -187,43 +230,89 @@ def linear_int8_vnni(
     return _one_pass("vnni", x, weight, scale, bias, act, inv_smooth, outliers, outlier_weight, rotation)
 
 
+@implements(gated_linear_int8)
+def gated_linear_int8_onednn(
+    x, weight, scale, bias=None, act="silu", inv_smooth=None, outliers=None, outlier_weight=None, rotation=0, gate_first=True
+) -> torch.Tensor:
+    """:func:`gated_linear_int8` as :func:`linear_int8_onednn`'s layer in ``x``'s dtype, then the
+    product by :func:`~poolkit.kernels.linear.gated_activation_c` (one compiled pass in bf16 where it
+    builds, else torch's)."""
+    both = linear_int8_onednn(x, weight, scale, bias, "none", inv_smooth, outliers, outlier_weight, rotation)
+    return gated_activation_c(both, act, gate_first)
+
+
+@implements(gated_linear_int8)
+def gated_linear_int8_amx(
+    x, weight, scale, bias=None, act="silu", inv_smooth=None, outliers=None, outlier_weight=None, rotation=0, gate_first=True
+) -> torch.Tensor:
+    """:func:`gated_linear_int8` in :func:`linear_int8_amx`'s one pass, whose epilogue computes
+    ``act(gate) * up`` in float32 and writes only the product, rounded once: the weight's rows (and
+    their scales, sums, bias and float channels' weights) are ordered once so that each block of 32
+    columns holds 16 gate columns and the 16 up columns they multiply. The wide output, its second
+    pass and its rounding are gone. Calls the pass does not take go to :func:`gated_linear_int8_onednn`."""
+    return _one_pass("amx", x, weight, scale, bias, act, inv_smooth, outliers, outlier_weight, rotation, gate_first)
+
+
+@implements(gated_linear_int8)
+def gated_linear_int8_vnni(
+    x, weight, scale, bias=None, act="silu", inv_smooth=None, outliers=None, outlier_weight=None, rotation=0, gate_first=True
+) -> torch.Tensor:
+    """:func:`gated_linear_int8_amx` with :func:`linear_int8_vnni`'s one pass (AVX512-VNNI without AMX)."""
+    return _one_pass("vnni", x, weight, scale, bias, act, inv_smooth, outliers, outlier_weight, rotation, gate_first)
+
+
 def _one_pass(
     kind: str, x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, act: str,
     inv_smooth: torch.Tensor | None, outliers: torch.Tensor | None, outlier_weight: torch.Tensor | None, rotation: int,
+    gate_first: bool | None = None,
 ) -> torch.Tensor:
     """The layer by ``int8.c``'s one-pass kernel of ``kind`` (``"amx"``, ``"vnni"``), or by
-    :func:`linear_int8_onednn` where that kernel does not take the call (:func:`_one_pass_runs`)."""
+    :func:`linear_int8_onednn` where that kernel does not take the call (:func:`_one_pass_runs`);
+    with ``gate_first`` given, a gated layer's ``act(gate) * up`` (:func:`gated_linear_int8`), by
+    :func:`gated_linear_int8_onednn` where the kernel does not take it."""
     lib = _amx_library() if kind == "amx" else _vnni_library()
     if not _one_pass_runs(x, weight, act, lib):
+        if gate_first is not None:
+            return gated_linear_int8_onednn(x, weight, scale, bias, act, inv_smooth, outliers, outlier_weight, rotation, gate_first)
         return linear_int8_onednn(x, weight, scale, bias, act, inv_smooth, outliers, outlier_weight, rotation)
     rows = x.reshape(-1, x.shape[-1])
     if rows.stride(-1) != 1:
         rows = rows.contiguous()
     (m, k), n = rows.shape, weight.shape[0]
-    out = torch.empty((m, n), dtype=x.dtype)
+    width = n if gate_first is None else n // 2
+    out = torch.empty((m, width), dtype=x.dtype)
     if m:
-        smooth, scale32, bias32 = (t if t is None else t.float().contiguous() for t in (inv_smooth, scale, bias))
+        # the weight and all that goes with its rows as the kernel reads them: a gated layer's in
+        # _gate_order, copied once (a plain layer's float32 tensors as they are: a cached copy that is
+        # the tensor itself would keep it alive)
+        tag = "" if gate_first is None else f"/gated{int(gate_first)}"
+
+        def ordered(t: torch.Tensor | None, what: str) -> torch.Tensor | None:
+            return None if t is None else t.float().contiguous() if not tag else _packed(t, ("int8", what + tag))
+
+        smooth = None if inv_smooth is None else inv_smooth.float().contiguous()
+        scale32, bias32 = ordered(scale, "rows"), ordered(bias, "rows")
         cols = None if outliers is None else outliers.to(torch.int64).contiguous()
         c = 0 if cols is None else cols.numel()
         if kind == "amx":  # the channels' weights as bf16 halves in tiles, and those tiles' width
-            run, held = lib.poolkit_int8_amx, None if cols is None else _packed(outlier_weight, ("int8", "channels"))
+            run, held = lib.poolkit_int8_amx, None if cols is None else _packed(outlier_weight, ("int8", "channels" + tag))
             channels = (None if held is None else held.data_ptr(), _channel_width(c))
         else:
-            run, held = lib.poolkit_int8_vnni, None if cols is None else outlier_weight.float().contiguous()
+            run, held = lib.poolkit_int8_vnni, None if cols is None else ordered(outlier_weight, "columns")
             channels = (None if held is None else held.data_ptr(),)
         code = run(
             rows.data_ptr(), _DTYPES[rows.dtype], rows.stride(0), m, None if smooth is None else smooth.data_ptr(),
-            rotation, _packed(weight, ("int8", "dpbusd")).data_ptr(), k, n, scale32.data_ptr(),
-            _packed(weight, ("int8", "int_sums")).data_ptr(), None if bias32 is None else bias32.data_ptr(),
+            rotation, _packed(weight, ("int8", "dpbusd" + tag)).data_ptr(), k, n, scale32.data_ptr(),
+            _packed(weight, ("int8", "int_sums" + tag)).data_ptr(), None if bias32 is None else bias32.data_ptr(),
             None if cols is None else cols.data_ptr(), c, *channels,
-            AMX_ACTIVATIONS[act], out.data_ptr(), _DTYPES[x.dtype], _chunk_rows(k, n),
+            AMX_ACTIVATIONS[act], out.data_ptr(), _DTYPES[x.dtype], int(gate_first is not None), _chunk_rows(k, n),
             int(-(-m // 32) >= 2 * torch.get_num_threads()), workers(m * n * k >= _PARALLEL_MACS),
         )
         if code:
             if code == 1:
                 raise MemoryError("poolkit int8 kernel: out of memory for its scratch rows")
             raise ValueError(f"poolkit int8 kernel: cannot compute {list(weight.shape)} with {act!r} (code {code})")
-    return out.reshape(*x.shape[:-1], n)
+    return out.reshape(*x.shape[:-1], width)
 
 
 def _one_pass_runs(x: torch.Tensor, weight: torch.Tensor, act: str, lib: ctypes.CDLL | None) -> bool:
@@ -343,12 +432,13 @@ def _channels(extra: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None) -> 
 _P, _I = ctypes.c_void_p, ctypes.c_int64
 _SIGNATURES = {
     "poolkit_int8_amx": (
-        _P, ctypes.c_int, _I, _I, _P, _I, _P, _I, _I, _P, _P, _P, _P, _I, _P, _I, ctypes.c_int, _P, ctypes.c_int, _I,
-        ctypes.c_int, _I,
+        _P, ctypes.c_int, _I, _I, _P, _I, _P, _I, _I, _P, _P, _P, _P, _I, _P, _I, ctypes.c_int, _P, ctypes.c_int,
+        ctypes.c_int, _I, ctypes.c_int, _I,
     ),
     "poolkit_int8_amx_available": (),
     "poolkit_int8_vnni": (
-        _P, ctypes.c_int, _I, _I, _P, _I, _P, _I, _I, _P, _P, _P, _P, _I, _P, ctypes.c_int, _P, ctypes.c_int, _I, ctypes.c_int, _I,
+        _P, ctypes.c_int, _I, _I, _P, _I, _P, _I, _I, _P, _P, _P, _P, _I, _P, ctypes.c_int, _P, ctypes.c_int, ctypes.c_int, _I,
+        ctypes.c_int, _I,
     ),
     "poolkit_int8_vnni_available": (),
     "poolkit_int8_pack": (_P, _I, _I, _P),
@@ -411,7 +501,26 @@ def pack_dpbusd(weight: torch.Tensor) -> torch.Tensor:
     return packed
 
 
+@functools.cache
+def _gate_order(n: int, gate_first: bool) -> torch.Tensor:
+    """The order in which the one-pass kernels read a gated layer's ``n`` output features (the gate
+    the first or the second ``n / 2``): 16 of the gate, then the 16 up features they multiply, block
+    after block (``int8.c``'s ``gated``)."""
+    inner = n // 2
+    gate = torch.arange(inner) + (0 if gate_first else inner)
+    up = torch.arange(inner) + (inner if gate_first else 0)
+    return torch.stack((gate.view(-1, 16), up.view(-1, 16)), 1).reshape(-1)
+
+
 INT8_PACKERS.update(dpbusd=pack_dpbusd, channels=pack_channels)
+for _first in (False, True):  # a gated layer's weight and what goes with it, in _gate_order
+    INT8_PACKERS.update({
+        f"dpbusd/gated{int(_first)}": lambda w, f=_first: pack_dpbusd(w[_gate_order(w.shape[0], f)]),
+        f"int_sums/gated{int(_first)}": lambda w, f=_first: w[_gate_order(w.shape[0], f)].sum(1, dtype=torch.int32),
+        f"rows/gated{int(_first)}": lambda t, f=_first: t[_gate_order(t.shape[0], f)].float().contiguous(),
+        f"channels/gated{int(_first)}": lambda w, f=_first: pack_channels(w[:, _gate_order(w.shape[1], f)]),
+        f"columns/gated{int(_first)}": lambda w, f=_first: w[:, _gate_order(w.shape[1], f)].float().contiguous(),
+    })
 
 
 @functools.cache
@@ -448,21 +557,25 @@ def _onednn_int8_available() -> bool:
 
 linear_int8_onednn.weight_levels = LEVELS if has_int8_dot() else 63
 linear_int8_onednn.declines = declines
+gated_linear_int8_onednn.weight_levels = linear_int8_onednn.weight_levels
 linear_int8_amx.weight_levels = linear_int8_vnni.weight_levels = LEVELS
-linear_int8_onednn.rotations = linear_int8_amx.rotations = linear_int8_vnni.rotations = ROTATIONS
+gated_linear_int8_amx.weight_levels = gated_linear_int8_vnni.weight_levels = LEVELS
+for _kernel in (linear_int8_onednn, linear_int8_amx, linear_int8_vnni, gated_linear_int8_onednn, gated_linear_int8_amx,
+                gated_linear_int8_vnni):
+    _kernel.rotations = ROTATIONS
 
 
 @hookimpl
 def poolkit_register_kernels(register):
-    register("linear_int8:torch", Kernel(fn=linear_int8, reference=linear_int8, device="any"))
-    # the one-pass kernels ahead of oneDNN's matmul where their library is built: AMX's tiles, then VNNI's registers
-    for impl, fn, priority, available in (
-        ("onednn", linear_int8_onednn, KernelPriority.COMPILED, _onednn_int8_available),
-        ("vnni", linear_int8_vnni, KernelPriority.SPECIALIZED,
-         lambda: _onednn_int8_available() and _vnni_library() is not None),
-        ("amx", linear_int8_amx, KernelPriority.TOP, lambda: _onednn_int8_available() and _amx_library() is not None),
+    for op, reference, onednn, vnni, amx in (
+        ("linear_int8", linear_int8, linear_int8_onednn, linear_int8_vnni, linear_int8_amx),
+        ("gated_linear_int8", gated_linear_int8, gated_linear_int8_onednn, gated_linear_int8_vnni, gated_linear_int8_amx),
     ):
-        register(
-            f"linear_int8:{impl}",
-            Kernel(fn=fn, device="cpu", priority=priority, is_available=available, row_bucket=row_bucket),
-        )
+        register(f"{op}:torch", Kernel(fn=reference, reference=reference, device="any"))
+        # the one-pass kernels ahead of oneDNN's matmul where their library is built: AMX's tiles, then VNNI's registers
+        for impl, fn, priority, available in (
+            ("onednn", onednn, KernelPriority.COMPILED, _onednn_int8_available),
+            ("vnni", vnni, KernelPriority.SPECIALIZED, lambda: _onednn_int8_available() and _vnni_library() is not None),
+            ("amx", amx, KernelPriority.TOP, lambda: _onednn_int8_available() and _amx_library() is not None),
+        ):
+            register(f"{op}:{impl}", Kernel(fn=fn, device="cpu", priority=priority, is_available=available, row_bucket=row_bucket))

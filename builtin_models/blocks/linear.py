@@ -77,6 +77,13 @@ class Int8Linear(nn.Module):
         args = (x, self.qweight, self.scale, self.bias, act, self.inv_smooth, self.outliers, self.outlier_weight)
         return fn(*args, rotation=self.rotation) if self.rotation else fn(*args)
 
+    def gated(self, x: torch.Tensor, act: str, gate_first: bool) -> torch.Tensor:
+        """``act(gate) * up`` of this layer's two halves (a gated feed-forward's gate and up
+        projections), by the ``gated_linear_int8`` kernel: one pass where it fuses the product."""
+        fn = kernel_for(self, "gated_linear_int8", x.device)
+        args = (x, self.qweight, self.scale, self.bias, act, self.inv_smooth, self.outliers, self.outlier_weight)
+        return fn(*args, rotation=self.rotation, gate_first=gate_first)
+
     def extra_repr(self) -> str:
         outliers = 0 if self.outliers is None else len(self.outliers)
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -174,10 +181,10 @@ def gated_linear(
     if LINEAR_PROBE.current is not None and not probed:
         return LINEAR_PROBE.current(layer, x, lambda x: gated_linear(x, layer, kernels, act, act_fn, gate_first, True))
     gated, plain = kernels
-    if isinstance(layer, Int8Linear):  # its own matmul, then act(gate) * up by the gated_activation op
-        both = layer(x)
+    if isinstance(layer, Int8Linear):  # the gated_linear_int8 op, or its own matmul then act_fn below
         if act is not None:
-            return kernel_for(layer, "gated_activation", both.device)(both, act, gate_first)
+            return layer.gated(x, act, gate_first)
+        both = layer(x)
     else:
         x = x.to(layer.weight.dtype)
         stack = layer.__dict__.get("lora")  # as in linear()

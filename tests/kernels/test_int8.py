@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from int8_kernels import ONE_PASS, int8_weights
 from tiny_models import CORPUS, build_clip, build_decoder, build_encoder, build_modernbert, build_mpnet, build_qwen
 from tolerances import U32
 from typer.testing import CliRunner
@@ -33,13 +34,6 @@ def _int8_on_every_cpu():
         yield
 
 
-def _weights(n: int, k: int, levels: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    q = torch.randint(-levels, levels + 1, (n, k), generator=g, dtype=torch.int8)
-    q[:, 0], q[:, 1] = levels, -levels  # the extremes, where a saturating int16 sum would overflow
-    return q, torch.rand(n, generator=g) / 100 + 1e-3, torch.randn(n, generator=g)
-
-
 def _bound(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, inv_smooth) -> torch.Tensor:
     """How far two float32 evaluations of the same integer products, rescaled, can be apart: the
     products are exact, their sums and the rescale round within (k + 4) u of the absolute terms."""
@@ -59,7 +53,7 @@ def test_the_onednn_kernel_sums_the_same_integers_as_the_reference(rows, k, n, a
         pytest.skip("no C compiler: int8.c is not built")
     if not compiled:  # a machine without a compiler: torch's passes around the same matmul
         monkeypatch.setattr(int8, "_library", lambda: None)
-    q, scale, bias = _weights(n, k, int8.linear_int8_onednn.weight_levels, seed=k)
+    q, scale, bias = int8_weights(n, k, int8.linear_int8_onednn.weight_levels, seed=k)
     x = torch.randn(rows, k) * torch.linspace(0.1, 30, k)  # channels of very different ranges
     x[:, 3] = x[:, 3].abs() + 5  # a one-sided channel
     inv_smooth = torch.rand(k) + 0.5
@@ -83,7 +77,7 @@ def test_the_float_channels_are_added_in_the_rescale(compiled, dtype, monkeypatc
         pytest.skip("no C compiler: int8.c is not built")
     if not compiled:
         monkeypatch.setattr(int8, "_library", lambda: None)
-    q, scale, bias = _weights(96, 128, int8.linear_int8_onednn.weight_levels, seed=3)
+    q, scale, bias = int8_weights(96, 128, int8.linear_int8_onednn.weight_levels, seed=3)
     g = torch.Generator().manual_seed(3)
     x = torch.randn(45, 128, generator=g).to(dtype)
     outliers = torch.tensor([2, 40, 77])
@@ -107,7 +101,7 @@ def test_a_bf16_layer_is_rescaled_activated_and_narrowed_in_one_pass(act, monkey
     """A bf16 model's int8 layer: the rescale, the float channels, the activation and the bf16
     narrowing in one compiled pass (int8.c's rescale_rows_bf16), within one bf16 rounding of the
     three passes it replaces (float32 rescale, torch's activation, the cast)."""
-    q, scale, bias = _weights(96, 256, int8.linear_int8_onednn.weight_levels, seed=5)
+    q, scale, bias = int8_weights(96, 256, int8.linear_int8_onednn.weight_levels, seed=5)
     g = torch.Generator().manual_seed(5)
     x = (torch.randn(40, 256, generator=g) * 3).bfloat16()
     outliers = torch.tensor([7, 100])
@@ -128,14 +122,6 @@ def test_a_bf16_layer_is_rescaled_activated_and_narrowed_in_one_pass(act, monkey
     assert ((one.float() - three.float()).abs() <= bound).all(), (one.float() - three.float()).abs().max()
 
 
-#: The one-pass kernels of int8.c, each where this machine builds it: AMX-INT8 tiles, AVX512-VNNI
-#: (a machine with AMX runs both; test_cpu_tiers runs the VNNI one again built for a CPU without AMX).
-ONE_PASS = [
-    pytest.param("amx", marks=pytest.mark.skipif(int8._amx_library() is None, reason="no AMX-INT8 here (or no compiler)")),
-    pytest.param("vnni", marks=pytest.mark.skipif(int8._vnni_library() is None, reason="no AVX512-VNNI here (or no compiler)")),
-]
-
-
 @pytest.mark.parametrize("kind", ONE_PASS)
 @pytest.mark.parametrize("rows,k,n", [(1, 64, 32), (37, 384, 1152), (300, 1536, 384), (600, 1536, 1152)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -148,7 +134,7 @@ def test_the_one_pass_kernels_sum_the_same_integers_as_the_reference(kind, rows,
     FMAs); the 1,536 x 1,152 weight (over 1.5 MiB) goes in chunks of 512 rows, and the rows split
     over two threads both ways (by rows, by columns)."""
     fn = getattr(int8, f"linear_int8_{kind}")
-    q, scale, bias = _weights(n, k, fn.weight_levels, seed=k + n)
+    q, scale, bias = int8_weights(n, k, fn.weight_levels, seed=k + n)
     g = torch.Generator().manual_seed(rows)
     x = (torch.randn(rows, k, generator=g) * torch.linspace(0.1, 30, k)).to(dtype)
     inv_smooth = torch.rand(k, generator=g) + 0.5
@@ -201,7 +187,7 @@ def test_the_one_pass_kernels_take_the_zero_point_off_exactly(kind, k):
 def test_the_one_pass_kernels_apply_the_activation_in_their_epilogue(kind, act):
     """The activation comes after the same values, in float32, then one rounding to the output's dtype."""
     fn = getattr(int8, f"linear_int8_{kind}")
-    q, scale, bias = _weights(64, 128, fn.weight_levels, seed=9)
+    q, scale, bias = int8_weights(64, 128, fn.weight_levels, seed=9)
     x = torch.randn(50, 128, generator=torch.Generator().manual_seed(9)) * 8
     plain = fn(x, q, scale, bias, "none")
     torch.testing.assert_close(fn(x, q, scale, bias, act), ACTIVATIONS[act](plain), atol=1e-5, rtol=1e-5)
@@ -216,10 +202,10 @@ def test_the_one_pass_kernels_hand_other_shapes_to_onednn(kind):
     the oneDNN kernel's answer; and the CPU selects the AMX-INT8 kernel where it has AMX, the VNNI
     one where it has VNNI alone."""
     fn = getattr(int8, f"linear_int8_{kind}")
-    q, scale, bias = _weights(48, 96, fn.weight_levels, seed=2)
+    q, scale, bias = int8_weights(48, 96, fn.weight_levels, seed=2)
     x = torch.randn(3, 96)
     torch.testing.assert_close(fn(x, q, scale, bias), int8.linear_int8_onednn(x, q, scale, bias))
-    q, scale, bias = _weights(64, 64, 127, seed=2)
+    q, scale, bias = int8_weights(64, 64, 127, seed=2)
     x = torch.randn(3, 64)
     torch.testing.assert_close(fn(x, q, scale, bias, "tanh"), int8.linear_int8_onednn(x, q, scale, bias, "tanh"))
     best = int8.linear_int8_amx if int8._amx_library() is not None else int8.linear_int8_vnni
@@ -248,7 +234,7 @@ def test_the_compiled_erf_gelu_in_float32_is_exact_on_both_tails(kind):
     float64's relative to itself, from -14 to 14 (past -12.87 it is 0, the true value below 5e-37);
     NaN and -inf give NaN (x times Phi(x), as torch's), +inf gives +inf (its limit)."""
     fn = getattr(int8, f"linear_int8_{kind}")
-    q, scale, _ = _weights(32, 64, fn.weight_levels, seed=4)
+    q, scale, _ = int8_weights(32, 64, fn.weight_levels, seed=4)
     x = torch.randn(256, 64, generator=torch.Generator().manual_seed(4))
     bias = torch.linspace(-14, 14, 32)  # the outputs spread over both tails
     plain = fn(x, q, scale, bias, "none").double()
@@ -291,7 +277,7 @@ def test_the_erf_gelu_table_is_its_fit():
 
 @ONEDNN
 def test_the_onednn_kernel_keeps_the_input_shape_and_dtype():
-    q, scale, bias = _weights(24, 64, int8.linear_int8_onednn.weight_levels, seed=1)
+    q, scale, bias = int8_weights(24, 64, int8.linear_int8_onednn.weight_levels, seed=1)
     x = torch.randn(2, 5, 64, dtype=torch.bfloat16)
     got = int8.linear_int8_onednn(x, q, scale, bias)
     assert got.shape == (2, 5, 24) and got.dtype == torch.bfloat16
@@ -599,11 +585,9 @@ def test_every_native_family_runs_int8_within_the_budget(kind, tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["qwen3", "llama"])
-def test_an_int8_gated_layer_in_bf16_takes_the_gated_activation_op(kind, tmp_path):
-    """A SwiGLU model in bf16 and int8: its gate_up layers' act(gate) * up is the gated_activation
-    op's selected kernel (the compiled pass where it builds), within the budget of the bf16 model."""
-    from poolkit.kernels import elementwise, linear
-
+def test_an_int8_gated_layer_in_bf16_takes_the_gated_linear_int8_op(kind, tmp_path):
+    """A SwiGLU model in bf16 and int8: its gate_up layers' act(gate) * up is the gated_linear_int8
+    op's selected kernel (the one-pass layer where it builds), within the budget of the bf16 model."""
     path = _family(kind, tmp_path / kind)
     calibration = tmp_path / "calibration.txt"
     calibration.write_text("\n".join(CORPUS))
@@ -612,11 +596,13 @@ def test_an_int8_gated_layer_in_bf16_takes_the_gated_activation_op(kind, tmp_pat
     want = torch.tensor([o.outputs.embedding for o in full.embed(CORPUS)])
     got = torch.tensor([o.outputs.embedding for o in quantized.embed(CORPUS)])
     assert torch.nn.functional.cosine_similarity(got, want).min() >= 0.999
-    key = ("gated_activation", torch.device("cpu"))
+    key = ("gated_linear_int8", torch.device("cpu"))
     gated = [m for m in quantized.model.architecture.modules() if key in m.__dict__.get("_kernels", {})]
-    assert gated, "no int8 gate_up layer ran the gated_activation op"
-    expected = linear.gated_activation_c if elementwise._has_activation() else linear.gated_activation
-    assert all(m._kernels[key] is expected for m in gated)
+    assert gated, "no int8 gate_up layer ran the gated_linear_int8 op"
+    assert all(m._kernels[key] is select_kernel("gated_linear_int8", "cpu") for m in gated)
+    # the same kind as the plain layers' kernel (whose weight_levels the weights were rounded to)
+    kind_of_linear = select_kernel("linear_int8", "cpu").__name__.removeprefix("linear_int8")
+    assert select_kernel("gated_linear_int8", "cpu").__name__ == "gated_linear_int8" + kind_of_linear
 
 
 def test_the_cli_takes_quantization_and_info_shows_it(minilm_dir, tmp_path):

@@ -28,6 +28,7 @@ def _builtin_references() -> dict:
         "gated_linear": linear.gated_linear,
         "gated_activation": linear.gated_activation,
         "linear_int8": int8.linear_int8,
+        "gated_linear_int8": int8.gated_linear_int8,
         "residual_norm": elementwise.residual_norm,
         "rms_norm": elementwise.rms_norm,
         "rotary": elementwise.rotary,
@@ -78,7 +79,7 @@ def test_kernel_reference_gives_each_builtin_ops_reference() -> None:
             assert entry.obj.reference is references[entry.name.split(":", 1)[0]], entry.name
     assert poolkit.kernel_reference is poolkit.plugins.lookup.kernel_reference
     assert poolkit.select_kernel is select_kernel and poolkit.kernel_table is poolkit.plugins.lookup.kernel_table
-    with pytest.raises(UnknownName, match=r"^unknown kernel op 'segment_pol'; available: gated_activation, gated_linear, linear_act, linear_int8, lora_delta, maxsim, prefix_attention, residual_norm, rms_norm, rotary, segment_pool"):
+    with pytest.raises(UnknownName, match=r"^unknown kernel op 'segment_pol'; available: gated_activation, gated_linear, gated_linear_int8, linear_act, linear_int8, lora_delta, maxsim, prefix_attention, residual_norm, rms_norm, rotary, segment_pool"):
         poolkit.kernel_reference("segment_pol")
 
 
