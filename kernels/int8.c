@@ -474,13 +474,35 @@ typedef struct {
     void *out;                /* [rows, n] (gated: [rows, n / 2]), contiguous, float32 or bf16 */
     int64_t chunk_rows;
     const float *cweight;     /* the float channels' weights [c, n] as they are (the VNNI kernel's) */
-    int gated;                /* 1: each block of 32 columns is 16 of a gate and the 16 up columns it multiplies */
+    int gated;                /* 0: a plain layer; 1 or 2: a gated one, its gate the first or the second n / 2 columns */
 } int8_layer;
+
+/* The two halves of 16 columns a block of results holds (each half's first column of the n), and its
+ * first column in an output row. A plain layer's block j is columns 32 j .. 32 j + 31, written
+ * there; a gated layer's is the gate's columns 16 j .. 16 j + 15 and the up columns they multiply,
+ * whose product goes to column 16 j of the [rows, n / 2] output. */
+typedef struct {
+    int64_t half[2], out;
+} int8_block;
+
+static inline int8_block block_columns(const int8_layer *L, int64_t j) {
+    const int64_t inner = L->n / 2;
+    const int8_block plain = {{32 * j, 32 * j + 16}, 32 * j};
+    const int8_block gated = {{16 * j + (L->gated == 1 ? 0 : inner), 16 * j + (L->gated == 1 ? inner : 0)}, 16 * j};
+    return L->gated ? gated : plain;
+}
+
+/* The packed weight's tile of the 16 columns from `col` (a multiple of 16) for the first 64 inputs:
+ * poolkit_int8_pack's layout holds, for each block of 32 columns and each 64 inputs, the block's two
+ * 16-column tiles of 1,024 bytes; the next 64 inputs' tile is 2,048 bytes on. */
+static inline const int8_t *weight_tile(const int8_layer *L, int64_t col) {
+    return L->packed + (col / 32) * (L->k / 64) * 2048 + (col / 16 % 2) * 1024;
+}
 
 /* Whether the arguments both one-pass kernels read alike are ones they take. */
 static int int8_layer_ok(const int8_layer *L, int act, int out_dtype) {
     return (L->x_dtype == 0 || L->x_dtype == 1) && (out_dtype == 0 || out_dtype == 1) && act >= 0 && act <= 4 && L->k > 0 &&
-           (L->gated == 0 || L->gated == 1) &&
+           L->gated >= 0 && L->gated <= 2 &&
            L->k % 64 == 0 && L->n > 0 && L->n % 32 == 0 && L->chunk_rows > 0 && L->chunk_rows % 32 == 0 && L->c >= 0 &&
            rotation_ok(L->rotation, L->k);
 }
@@ -495,15 +517,13 @@ static inline void put_row32(const int8_layer *L, int64_t at, const __m512 v[2],
     }
 }
 
-/* Row `row`'s 32 values of the block at column `col`, finished but for the activation: activated
- * and written; or, in a gated layer (its weight's rows ordered so that each block of 32 columns is
- * 16 of the gate and the 16 up columns they multiply), act(gate) * up written as 16 values at column
- * col / 2 of the [rows, n / 2] output. */
-static inline __attribute__((always_inline)) void put_block_row(const int8_layer *L, int64_t row, int64_t col, __m512 v[2],
+/* Row `row`'s 32 values of block b (its two halves), finished but for the activation: activated and
+ * written; or, in a gated layer, act(gate) * up written as 16 values. */
+static inline __attribute__((always_inline)) void put_block_row(const int8_layer *L, int64_t row, int8_block b, __m512 v[2],
                                                                 int act, int bf16) {
     if (L->gated) {
         const __m512 y = _mm512_mul_ps(activate16(v[0], act), v[1]);
-        const int64_t at = row * (L->n / 2) + col / 2;
+        const int64_t at = row * (L->n / 2) + b.out;
         if (bf16)
             put_bf16x16((uint16_t *)L->out + at, y);
         else
@@ -511,7 +531,7 @@ static inline __attribute__((always_inline)) void put_block_row(const int8_layer
         return;
     }
     for (int h = 0; h < 2; h++) v[h] = activate16(v[h], act);
-    put_row32(L, row * L->n + col, v, bf16);
+    put_row32(L, row * L->n + b.out, v, bf16);
 }
 
 /* A one-pass kernel's work on rows [row_begin, row_end) x column blocks [block_begin, block_end), `span`
@@ -548,7 +568,8 @@ static int int8_split(const int8_layer *L, int act, int out_dtype, int by_rows, 
 typedef struct {
     int32_t acc[32 * 32]; /* row r: the first tile's 16 columns, then the second's */
     float facc[32 * 32];  /* the same for the float channels' products */
-    int64_t row, col;     /* the block's first row (in x and out) and first column */
+    int64_t row;          /* the block's first row (in x and out) */
+    int8_block cols;      /* its columns */
     const float *step;    /* its rows' level widths and levels of zero */
     const float *zero;
     int64_t rows; /* rows to write (0: none pending) */
@@ -581,14 +602,14 @@ static inline void channel_row(const int8_layer *L, int64_t r, uint16_t *out) {
 static inline __attribute__((always_inline)) void int8_finish(const int8_layer *L, int8_pending *p, int64_t r0,
                                                               int64_t r1, int act, int bf16) {
     if (r1 > p->rows) r1 = p->rows;
-    const float *scale = L->scale + p->col, *bias = L->bias ? L->bias + p->col : NULL;
-    const int32_t *sums = L->sums + p->col;
+    const int64_t *half = p->cols.half;
     /* Up to 512 inputs every sum, zero * sum and their difference is a whole number below 2^24 in
      * magnitude (255 x 127 x 512), so one float32 FMA takes the zero point off exactly: the same
      * values as the integers' multiply, subtraction and conversion, in two operations instead of four
      * (a 384 -> 1,536 layer with its erf GELU, whose epilogue is longer than its tiles: 1.08-1.18x). */
     const int in_float = L->k <= 512;
-    const __m512 fsums[2] = {_mm512_cvtepi32_ps(_mm512_loadu_si512(sums)), _mm512_cvtepi32_ps(_mm512_loadu_si512(sums + 16))};
+    const __m512 fsums[2] = {_mm512_cvtepi32_ps(_mm512_loadu_si512(L->sums + half[0])),
+                             _mm512_cvtepi32_ps(_mm512_loadu_si512(L->sums + half[1]))};
     for (int64_t r = r0; r < r1; r++) {
         const __m512 s = _mm512_set1_ps(p->step[r]);
         const __m512i z = _mm512_set1_epi32((int32_t)p->zero[r]);
@@ -597,12 +618,12 @@ static inline __attribute__((always_inline)) void int8_finish(const int8_layer *
         for (int h = 0; h < 2; h++) {
             __m512i acc = _mm512_load_si512(p->acc + r * 32 + 16 * h);
             __m512 exact = in_float ? _mm512_fnmadd_ps(zf, fsums[h], _mm512_cvtepi32_ps(acc))
-                                    : _mm512_cvtepi32_ps(_mm512_sub_epi32(acc, _mm512_mullo_epi32(z, _mm512_loadu_si512(sums + 16 * h))));
-            __m512 a = _mm512_mul_ps(exact, _mm512_loadu_ps(scale + 16 * h));
-            v[h] = bias ? _mm512_fmadd_ps(s, a, _mm512_loadu_ps(bias + 16 * h)) : _mm512_mul_ps(s, a);
+                                    : _mm512_cvtepi32_ps(_mm512_sub_epi32(acc, _mm512_mullo_epi32(z, _mm512_loadu_si512(L->sums + half[h]))));
+            __m512 a = _mm512_mul_ps(exact, _mm512_loadu_ps(L->scale + half[h]));
+            v[h] = L->bias ? _mm512_fmadd_ps(s, a, _mm512_loadu_ps(L->bias + half[h])) : _mm512_mul_ps(s, a);
             if (L->kk) v[h] = _mm512_add_ps(v[h], _mm512_load_ps(p->facc + r * 32 + 16 * h));
         }
-        put_block_row(L, p->row + r, p->col, v, act, bf16);
+        put_block_row(L, p->row + r, p->cols, v, act, bf16);
     }
 }
 
@@ -636,14 +657,15 @@ static inline __attribute__((always_inline)) void int8_blocks(const int8_layer *
             }
         }
         for (int64_t j = block_begin; j < block_end; j++) {
-            const int8_t *w = L->packed + j * chunks * 2048;
+            const int8_block b = block_columns(L, j);
+            const int8_t *w0 = weight_tile(L, b.half[0]), *w1 = weight_tile(L, b.half[1]);
             for (int64_t m = m0; m < m_end; m += 32) {
                 const uint8_t *a = q + (m - m0) * k;
                 zero_accumulators();
                 for (int64_t c = 0; c < chunks; c++) {
                     _tile_loadd(4, a + c * 64, k);
-                    _tile_loadd(6, w + c * 2048, 64);
-                    _tile_loadd(7, w + c * 2048 + 1024, 64);
+                    _tile_loadd(6, w0 + c * 2048, 64);
+                    _tile_loadd(7, w1 + c * 2048, 64);
                     _tile_loadd(5, a + 16 * k + c * 64, k);
                     _tile_dpbusd(0, 4, 6);
                     _tile_dpbusd(1, 4, 7);
@@ -656,12 +678,15 @@ static inline __attribute__((always_inline)) void int8_blocks(const int8_layer *
                 _tile_stored(2, p->acc + 512, 128);
                 _tile_stored(3, p->acc + 512 + 16, 128);
                 if (kk) { /* the float channels' products on bf16 tiles, into the same four */
-                    const uint16_t *a2 = crows + (m - m0) * kk, *w2 = L->cpacked + j * (kk / 32) * 1024;
+                    /* the channel tiles' layout is the weight's, in bf16 pairs: 512 elements a tile */
+                    const uint16_t *a2 = crows + (m - m0) * kk;
+                    const uint16_t *c0 = L->cpacked + (b.half[0] / 32) * (kk / 32) * 1024 + (b.half[0] / 16 % 2) * 512;
+                    const uint16_t *c1 = L->cpacked + (b.half[1] / 32) * (kk / 32) * 1024 + (b.half[1] / 16 % 2) * 512;
                     zero_accumulators();
                     for (int64_t c = 0; c < kk / 32; c++) {
                         _tile_loadd(4, a2 + c * 32, kk * 2);
-                        _tile_loadd(6, w2 + c * 1024, 64);
-                        _tile_loadd(7, w2 + c * 1024 + 512, 64);
+                        _tile_loadd(6, c0 + c * 1024, 64);
+                        _tile_loadd(7, c1 + c * 1024, 64);
                         _tile_loadd(5, a2 + 16 * kk + c * 32, kk * 2);
                         _tile_dpbf16ps(0, 4, 6);
                         _tile_dpbf16ps(1, 4, 7);
@@ -674,7 +699,7 @@ static inline __attribute__((always_inline)) void int8_blocks(const int8_layer *
                     _tile_stored(3, p->facc + 512 + 16, 128);
                 }
                 p->row = m;
-                p->col = j * 32;
+                p->cols = b;
                 p->step = step + (m - m0);
                 p->zero = zero + (m - m0);
                 p->rows = m_end - m < 32 ? m_end - m : 32;
@@ -746,15 +771,17 @@ static int int8_range(const int8_layer *L, int act, int bf16, int64_t row_begin,
 static inline __attribute__((always_inline)) void vnni_block(const int8_layer *L, const uint8_t *q, const float *step,
                                                              const float *zero, const float *cvals, int64_t row,
                                                              int64_t rows, int64_t j, int32_t *acc, int act, int bf16) {
-    const int64_t k = L->k, chunks = k / 64, col = j * 32;
-    const int8_t *w = L->packed + j * chunks * 2048;
+    const int64_t k = L->k, chunks = k / 64;
+    const int8_block b = block_columns(L, j);
+    const int64_t *half = b.half;
+    const int8_t *t0 = weight_tile(L, half[0]), *t1 = weight_tile(L, half[1]);
     __m512i s0a = _mm512_setzero_si512(), s0b = s0a, s1a = s0a, s1b = s0a, s2a = s0a, s2b = s0a, s3a = s0a, s3b = s0a;
     __m512i s4a = s0a, s4b = s0a, s5a = s0a, s5b = s0a, s6a = s0a, s6b = s0a, s7a = s0a, s7b = s0a;
     for (int64_t c = 0; c < chunks; c++) {
-        const int8_t *wc = w + c * 2048;
+        const int8_t *c0 = t0 + c * 2048, *c1 = t1 + c * 2048;
         const uint8_t *qc = q + c * 64;
         for (int g = 0; g < 16; g++) {
-            const __m512i w0 = _mm512_loadu_si512(wc + g * 64), w1 = _mm512_loadu_si512(wc + 1024 + g * 64);
+            const __m512i w0 = _mm512_loadu_si512(c0 + g * 64), w1 = _mm512_loadu_si512(c1 + g * 64);
             VNNI_ROW(0); VNNI_ROW(1); VNNI_ROW(2); VNNI_ROW(3); VNNI_ROW(4); VNNI_ROW(5); VNNI_ROW(6); VNNI_ROW(7);
         }
     }
@@ -763,8 +790,6 @@ static inline __attribute__((always_inline)) void vnni_block(const int8_layer *L
         _mm512_store_si512(acc + r * 32, all[r][0]);
         _mm512_store_si512(acc + r * 32 + 16, all[r][1]);
     }
-    const float *scale = L->scale + col, *bias = L->bias ? L->bias + col : NULL;
-    const int32_t *sums = L->sums + col;
     /* Up to VNNI_HELD float channels (the default budget's eight), their weights for the block's 32
      * columns are loaded once and held in registers across its rows, in place of two loads a product
      * (1.05-1.07x on layers with eight); the products are the same FMAs in the same order. */
@@ -772,15 +797,15 @@ static inline __attribute__((always_inline)) void vnni_block(const int8_layer *L
     const int held = nc <= VNNI_HELD;
     __m512 cw[VNNI_HELD][2];
     for (int64_t ch = 0; held && ch < VNNI_HELD; ch++)
-        for (int h = 0; h < 2; h++) cw[ch][h] = ch < nc ? _mm512_loadu_ps(L->cweight + ch * L->n + col + 16 * h) : _mm512_setzero_ps();
+        for (int h = 0; h < 2; h++) cw[ch][h] = ch < nc ? _mm512_loadu_ps(L->cweight + ch * L->n + half[h]) : _mm512_setzero_ps();
     for (int64_t r = 0; r < rows; r++) {
         const __m512 s = _mm512_set1_ps(step[r]);
         const __m512i z = _mm512_set1_epi32((int32_t)zero[r]);
         __m512 v[2];
         for (int h = 0; h < 2; h++) {
-            __m512i exact = _mm512_sub_epi32(_mm512_load_si512(acc + r * 32 + 16 * h), _mm512_mullo_epi32(z, _mm512_loadu_si512(sums + 16 * h)));
-            __m512 a = _mm512_mul_ps(_mm512_cvtepi32_ps(exact), _mm512_loadu_ps(scale + 16 * h));
-            v[h] = bias ? _mm512_fmadd_ps(s, a, _mm512_loadu_ps(bias + 16 * h)) : _mm512_mul_ps(s, a);
+            __m512i exact = _mm512_sub_epi32(_mm512_load_si512(acc + r * 32 + 16 * h), _mm512_mullo_epi32(z, _mm512_loadu_si512(L->sums + half[h])));
+            __m512 a = _mm512_mul_ps(_mm512_cvtepi32_ps(exact), _mm512_loadu_ps(L->scale + half[h]));
+            v[h] = L->bias ? _mm512_fmadd_ps(s, a, _mm512_loadu_ps(L->bias + half[h])) : _mm512_mul_ps(s, a);
         }
         if (held) {
             for (int64_t ch = 0; ch < nc; ch++) {
@@ -791,9 +816,9 @@ static inline __attribute__((always_inline)) void vnni_block(const int8_layer *L
         } else {
             for (int64_t ch = 0; ch < nc; ch++)
                 for (int h = 0; h < 2; h++)
-                    v[h] = _mm512_fmadd_ps(_mm512_set1_ps(cvals[r * nc + ch]), _mm512_loadu_ps(L->cweight + ch * L->n + col + 16 * h), v[h]);
+                    v[h] = _mm512_fmadd_ps(_mm512_set1_ps(cvals[r * nc + ch]), _mm512_loadu_ps(L->cweight + ch * L->n + half[h]), v[h]);
         }
-        put_block_row(L, row + r, col, v, act, bf16);
+        put_block_row(L, row + r, b, v, act, bf16);
     }
 }
 #undef VNNI_ROW
@@ -888,9 +913,10 @@ int poolkit_rescale_rows_bf16(const float *y, int64_t n, const float *step, cons
  * int64): the float channels (c may be 0), whose weights e ([c, n]) come as cpacked, kk = 3 c rounded
  * up to 32 rows of bf16 halves in tiles (int8.py's _channel_tiles; 0 without channels); act: simd.h's
  * codes (0 none, 1 silu, 2 gelu tanh, 3 relu, 4 gelu erf); out: [rows, n] contiguous, out_dtype 0
- * float32 or 1 bf16; gated: 1 for a gated feed-forward's gate and up projections, their weight rows
- * (and scale, sums, bias, channel weights) ordered 16 of the gate, then the 16 up rows they multiply,
- * block after block: out is then [rows, n / 2], act(gate) * up; chunk_rows: rows per cache chunk,
+ * float32 or 1 bf16; gated: 0 for a plain layer, 1 or 2 for a gated feed-forward's gate and up
+ * projections stacked (the gate the first or the second n / 2 rows of the weight): out is then
+ * [rows, n / 2], act(gate) * up, each block of 16 gate columns read beside its 16 up columns from
+ * the same packed weight; chunk_rows: rows per cache chunk,
  * a multiple of 32. Split over `workers` threads by groups of 32 rows (by_rows) or by blocks of 32
  * columns. Returns 0, 1 when out of memory, 2 without AMX-INT8, 3 for a bad argument. */
 int poolkit_int8_amx(const void *x, int x_dtype, int64_t x_stride, int64_t rows, const float *inv_smooth,

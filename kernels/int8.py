@@ -67,11 +67,11 @@ outlier_weight=None, rotation=0, gate_first=True) -> out``
 - returns ``act(gate) * up`` of the layer's output before any activation, ``[..., inner]`` in
   ``x``'s dtype: the reference computes the layer in float32, then the product, and rounds once.
 
-Its ``:amx`` and ``:vnni`` kernels are the one-pass layers with the weight's rows (and their scales,
-sums, bias and float channels' weights) ordered once so that each block of 32 columns holds 16 gate
-columns and the 16 up columns they multiply: the epilogue computes the product in float32 and writes
-only it, where the plain layer wrote the ``[..., 2 * inner]`` output for a second pass (the
-``gated_activation`` op) to read. ``:onednn`` is ``linear_int8:onednn``'s layer, then that pass.
+Its ``:amx`` and ``:vnni`` kernels are the one-pass layers on the same packed weight, each block of
+results 16 gate columns and the 16 up columns they multiply, read side by side: the epilogue
+computes the product in float32 and writes only it, where the plain layer wrote the ``[..., 2 *
+inner]`` output for a second pass (the ``gated_activation`` op) to read. ``:onednn`` is
+``linear_int8:onednn``'s layer, then that pass.
 """
 
 from __future__ import annotations
@@ -245,11 +245,11 @@ def gated_linear_int8_onednn(
 def gated_linear_int8_amx(
     x, weight, scale, bias=None, act="silu", inv_smooth=None, outliers=None, outlier_weight=None, rotation=0, gate_first=True
 ) -> torch.Tensor:
-    """:func:`gated_linear_int8` in :func:`linear_int8_amx`'s one pass, whose epilogue computes
-    ``act(gate) * up`` in float32 and writes only the product, rounded once: the weight's rows (and
-    their scales, sums, bias and float channels' weights) are ordered once so that each block of 32
-    columns holds 16 gate columns and the 16 up columns they multiply. The wide output, its second
-    pass and its rounding are gone. Calls the pass does not take go to :func:`gated_linear_int8_onednn`."""
+    """:func:`gated_linear_int8` in :func:`linear_int8_amx`'s one pass on the same packed weight: each
+    block of results is 16 gate columns and the 16 up columns they multiply, read side by side, and
+    the epilogue computes ``act(gate) * up`` in float32 and writes only the product, rounded once.
+    The wide output, its second pass and its rounding are gone. Calls the pass does not take go to
+    :func:`gated_linear_int8_onednn`."""
     return _one_pass("amx", x, weight, scale, bias, act, inv_smooth, outliers, outlier_weight, rotation, gate_first)
 
 
@@ -282,30 +282,22 @@ def _one_pass(
     width = n if gate_first is None else n // 2
     out = torch.empty((m, width), dtype=x.dtype)
     if m:
-        # the weight and all that goes with its rows as the kernel reads them: a gated layer's in
-        # _gate_order, copied once (a plain layer's float32 tensors as they are: a cached copy that is
-        # the tensor itself would keep it alive)
-        tag = "" if gate_first is None else f"/gated{int(gate_first)}"
-
-        def ordered(t: torch.Tensor | None, what: str) -> torch.Tensor | None:
-            return None if t is None else t.float().contiguous() if not tag else _packed(t, ("int8", what + tag))
-
-        smooth = None if inv_smooth is None else inv_smooth.float().contiguous()
-        scale32, bias32 = ordered(scale, "rows"), ordered(bias, "rows")
+        smooth, scale32, bias32 = (t if t is None else t.float().contiguous() for t in (inv_smooth, scale, bias))
         cols = None if outliers is None else outliers.to(torch.int64).contiguous()
         c = 0 if cols is None else cols.numel()
         if kind == "amx":  # the channels' weights as bf16 halves in tiles, and those tiles' width
-            run, held = lib.poolkit_int8_amx, None if cols is None else _packed(outlier_weight, ("int8", "channels" + tag))
+            run, held = lib.poolkit_int8_amx, None if cols is None else _packed(outlier_weight, ("int8", "channels"))
             channels = (None if held is None else held.data_ptr(), _channel_width(c))
         else:
-            run, held = lib.poolkit_int8_vnni, None if cols is None else ordered(outlier_weight, "columns")
+            run, held = lib.poolkit_int8_vnni, None if cols is None else outlier_weight.float().contiguous()
             channels = (None if held is None else held.data_ptr(),)
         code = run(
             rows.data_ptr(), _DTYPES[rows.dtype], rows.stride(0), m, None if smooth is None else smooth.data_ptr(),
-            rotation, _packed(weight, ("int8", "dpbusd" + tag)).data_ptr(), k, n, scale32.data_ptr(),
-            _packed(weight, ("int8", "int_sums" + tag)).data_ptr(), None if bias32 is None else bias32.data_ptr(),
+            rotation, _packed(weight, ("int8", "dpbusd")).data_ptr(), k, n, scale32.data_ptr(),
+            _packed(weight, ("int8", "int_sums")).data_ptr(), None if bias32 is None else bias32.data_ptr(),
             None if cols is None else cols.data_ptr(), c, *channels,
-            AMX_ACTIVATIONS[act], out.data_ptr(), _DTYPES[x.dtype], int(gate_first is not None), _chunk_rows(k, n),
+            AMX_ACTIVATIONS[act], out.data_ptr(), _DTYPES[x.dtype], 0 if gate_first is None else 1 if gate_first else 2,
+            _chunk_rows(k, n),
             int(-(-m // 32) >= 2 * torch.get_num_threads()), workers(m * n * k >= _PARALLEL_MACS),
         )
         if code:
@@ -501,26 +493,7 @@ def pack_dpbusd(weight: torch.Tensor) -> torch.Tensor:
     return packed
 
 
-@functools.cache
-def _gate_order(n: int, gate_first: bool) -> torch.Tensor:
-    """The order in which the one-pass kernels read a gated layer's ``n`` output features (the gate
-    the first or the second ``n / 2``): 16 of the gate, then the 16 up features they multiply, block
-    after block (``int8.c``'s ``gated``)."""
-    inner = n // 2
-    gate = torch.arange(inner) + (0 if gate_first else inner)
-    up = torch.arange(inner) + (inner if gate_first else 0)
-    return torch.stack((gate.view(-1, 16), up.view(-1, 16)), 1).reshape(-1)
-
-
 INT8_PACKERS.update(dpbusd=pack_dpbusd, channels=pack_channels)
-for _first in (False, True):  # a gated layer's weight and what goes with it, in _gate_order
-    INT8_PACKERS.update({
-        f"dpbusd/gated{int(_first)}": lambda w, f=_first: pack_dpbusd(w[_gate_order(w.shape[0], f)]),
-        f"int_sums/gated{int(_first)}": lambda w, f=_first: w[_gate_order(w.shape[0], f)].sum(1, dtype=torch.int32),
-        f"rows/gated{int(_first)}": lambda t, f=_first: t[_gate_order(t.shape[0], f)].float().contiguous(),
-        f"channels/gated{int(_first)}": lambda w, f=_first: pack_channels(w[:, _gate_order(w.shape[1], f)]),
-        f"columns/gated{int(_first)}": lambda w, f=_first: w[:, _gate_order(w.shape[1], f)].float().contiguous(),
-    })
 
 
 @functools.cache

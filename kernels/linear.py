@@ -402,8 +402,8 @@ def _pack(weight: torch.Tensor, layout: tuple) -> torch.Tensor:
     the AMX kernel's tiles (linear.c) of a plain (``gate_first`` ``None``) or gated layer;
     ``("int8", None)``, oneDNN's packed int8 weight, ``("int8", "dpbusd")`` the one-pass int8 kernels' layout
     (``("int8", "channels")``: of a float channels' weight),
-    ``("int8", "sums")`` / ``("int8", "int_sums")`` its rows' sums in float32 / int32, and a gated
-    layer's of these in the one-pass kernels' order (``"dpbusd/gated1"`` ...; :mod:`poolkit.kernels.int8`)."""
+    ``("int8", "sums")`` / ``("int8", "int_sums")`` its rows' sums in float32 / int32
+    (:mod:`poolkit.kernels.int8`)."""
     kind, how = layout
     if kind == "int8":  # an int8 weight for poolkit.kernels.int8: packed for oneDNN or AMX, or its rows' sums
         if how is None:

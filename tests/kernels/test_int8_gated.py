@@ -18,10 +18,11 @@ from poolkit.plugins.lookup import kernel_reference
 @pytest.mark.parametrize("act,channels,rotation", [("silu", 0, 0), ("silu", 3, 64), ("gelu", 12, 0)])
 def test_the_one_pass_gated_kernels_write_the_product_of_their_own_layer(kind, rows, k, inner, dtype, gate_first, act,
                                                                           channels, rotation, monkeypatch):
-    """The fused kernel reorders the weight's rows (16 gate rows, then the 16 up rows they multiply)
-    and writes act(gate) * up from its epilogue: the same integer sums, scales, bias and float
-    channels as the kernel's own plain layer in float32, whose halves torch then multiplies; one
-    rounding to the output's dtype. A row or column out of order would pair the wrong features.
+    """The fused kernel reads each block's 16 gate columns beside the 16 up columns they multiply
+    from the plain layer's packed weight and writes act(gate) * up from its epilogue: the same integer
+    sums, scales, bias and float channels as the kernel's own plain layer in float32, whose halves
+    torch then multiplies; one rounding to the output's dtype. A column read from the wrong half or
+    block would pair the wrong features.
     The 1,024 x 2,048 weight (over 1.5 MiB) goes in chunks of 512 rows, over one and two threads."""
     fused, plain = getattr(int8, f"gated_linear_int8_{kind}"), getattr(int8, f"linear_int8_{kind}")
     q, scale, bias = int8_weights(2 * inner, k, fused.weight_levels, seed=k + inner)
