@@ -792,7 +792,7 @@ static inline __attribute__((always_inline)) void vnni_block(const int8_layer *L
     }
     /* Up to VNNI_HELD float channels (the default budget's eight), their weights for the block's 32
      * columns are loaded once and held in registers across its rows, in place of two loads a product
-     * (1.05-1.07x on layers with eight); the products are the same FMAs in the same order. */
+     * (1.05-1.09x on layers with eight); the products are the same FMAs in the same order. */
     const int64_t nc = L->c;
     const int held = nc <= VNNI_HELD;
     __m512 cw[VNNI_HELD][2];
