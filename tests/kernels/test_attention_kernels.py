@@ -130,11 +130,15 @@ def test_compiled_softcapped_attention_matches_the_reference(name: str, causal: 
 
 
 @each_kernel
-def test_compiled_attention_reads_strided_views_of_a_fused_projection(name: str) -> None:
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_compiled_attention_reads_strided_views_of_a_fused_projection(name: str, dtype: torch.dtype) -> None:
+    """float32 calls copy each head's keys and values contiguous first (AVX-512's float32 build)."""
+    if dtype == torch.float32:
+        _float32_kernel()
     plain, _ = _kernel(name)
     lens = [40, 3, 77]
     batch = PackedBatch.from_sequences([[0] * n for n in lens])
-    qkv = torch.randn(sum(lens), 3, 4, 64).bfloat16()  # BERT's fused q/k/v output, viewed per head
+    qkv = torch.randn(sum(lens), 3, 4, 64).to(dtype)  # BERT's fused q/k/v output, viewed per head
     q, k, v = qkv.unbind(1)
     assert not q.is_contiguous()
     got = plain(q, k, v, batch)
