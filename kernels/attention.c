@@ -350,9 +350,9 @@ static inline __attribute__((always_inline)) void outputs_f32(const workspace *w
 }
 
 /* One block of up to 16 queries (positions q0 .. q0 + rows - 1) of one head against its keys, with
- * AVX-512: bf16 (`wide` 0; values packed by pack_value_pairs) or float32 (`wide` 1; values read in
- * place, v: the sequence's first value of this head). Keys are read in place (k: the sequence's
- * first key of this head); out: the head's output of the block's first query. The first `split`
+ * AVX-512: bf16 (`wide` 0; values packed by pack_value_pairs) or float32 (`wide` 1; values read
+ * from v, the sequence's first value of this head: attend's contiguous copy without a prefix). Keys
+ * are read from k (the sequence's first key of this head: in place, or that copy); out: the head's output of the block's first query. The first `split`
  * positions are a prefix's (len counts them): their keys are rows of `pk`, their values rows of
  * `pv` (bf16: its packed pairs, split / 2 of them), and k, v hold the keys from position split on. */
 static void attend_block_vec(const workspace *w, const void *k, int64_t k_stride, const float *v, int64_t v_stride,
