@@ -19,7 +19,8 @@
  * query, 32 bits each):
  *   1. the transposed scores S^T = K Q^T in float32, so that one vector holds one key's scores for
  *      the 16 queries (AMX: 32 keys per tile product; AVX-512: one key's dim pair broadcast against
- *      the 16 queries' pairs, 8 keys at a time);
+ *      the 16 queries' pairs, 8 keys at a time; float32 without a mask or a prefix: two blocks of
+ *      queries at a time, each key value broadcast once for both);
  *   2. an exact softmax per query, lane-wise: the maximum over the keys it sees, then
  *      2^((s - max) * scale * log2(e)) and its sum (soft-capping first where asked), the probabilities
  *      rounded to bfloat16 and pair-interleaved, hidden keys written as zeros;
@@ -161,7 +162,7 @@ typedef struct {
     uint16_t *keys;   /* AMX, float32: the sequence's keys of one head, contiguous: keys (AMX: zero-padded to 32) x d */
     uint16_t *values; /* packed values (AMX: blocks32 x d/16 tiles; AVX-512 bf16: key pairs x d pairs; float32: keys x d) */
     uint32_t *query;  /* the block's queries, packed: dim pair x 16 queries (float32: dim x 16 queries) */
-    float *scores;    /* S^T: keys x 16 queries, float32 */
+    float *scores;    /* S^T: keys x 16 queries, float32 (each buffer holds two, the second block's past padded * 16) */
     uint16_t *probs;  /* P^T packed: key pairs x 16 queries x 2, bf16 (float32: keys x 16 queries) */
     float *acc;       /* AMX: 16 x 16 float32 */
 } workspace;
@@ -311,6 +312,38 @@ static inline __attribute__((always_inline)) void scores_block(const workspace *
 #undef STEP
 }
 
+/* Step 1 in float32 for two blocks of queries that see the same keys [first, last) (w's and wb's packed
+ * queries and scores): each key value, broadcast once, multiplies both blocks' query vectors, so that
+ * a step loads 2 + 8 values for 16 FMAs in place of 1 + 8 for 8 (1.05-1.10x the attention). Each
+ * score is scores_block's sum, in the same order. */
+static void scores_pair(const workspace *w, const workspace *wb, const float *k, int64_t k_stride, int64_t d,
+                        int64_t first, int64_t last, int64_t k0) {
+    const float *qa = (const float *)w->query, *qb = (const float *)wb->query;
+    int64_t j = first;
+    for (; j + 8 <= last; j += 8) {
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+        __m512 b0 = a0, b1 = a0, b2 = a0, b3 = a0, b4 = a0, b5 = a0, b6 = a0, b7 = a0;
+        const float *r = k + j * k_stride;
+        for (int64_t p = 0; p < d; p++) {
+            const __m512 x = _mm512_loadu_ps(qa + 16 * p), y = _mm512_loadu_ps(qb + 16 * p);
+#define DOT2(n)                                                                                                   \
+    do {                                                                                                          \
+        const __m512 key = _mm512_set1_ps(r[(n) * k_stride + p]);                                                  \
+        a##n = _mm512_fmadd_ps(x, key, a##n);                                                                    \
+        b##n = _mm512_fmadd_ps(y, key, b##n);                                                                    \
+    } while (0)
+            DOT2(0); DOT2(1); DOT2(2); DOT2(3); DOT2(4); DOT2(5); DOT2(6); DOT2(7);
+#undef DOT2
+        }
+        store_rows8(w->scores + (j - k0) * 16, a0, a1, a2, a3, a4, a5, a6, a7);
+        store_rows8(wb->scores + (j - k0) * 16, b0, b1, b2, b3, b4, b5, b6, b7);
+    }
+    if (j < last) {
+        scores_block(w, k, k_stride, d, j, last, k0, 1);
+        scores_block(wb, k, k_stride, d, j, last, k0, 1);
+    }
+}
+
 /* --- AVX512-BF16 products --- */
 
 /* Values of the keys [from, to) of one key/value head, each pair of keys interleaved dim by dim:
@@ -400,12 +433,14 @@ static inline __attribute__((always_inline)) void outputs_f32(const workspace *w
 static void attend_block_vec(const workspace *w, const void *k, int64_t k_stride, const float *v, int64_t v_stride,
                              const void *pk, int64_t pk_stride, const void *pv, int64_t pv_stride, int64_t split,
                              int64_t q0, int64_t rows, int64_t len, int64_t d, float scale, int causal, int64_t window,
-                             float softcap, int wide, void *out, int64_t out_stride) {
+                             float softcap, int wide, int scored, void *out, int64_t out_stride) {
     int64_t first, last;
     seen_keys(q0, rows, len, causal, window, &first, &last);
     int64_t k0 = first & ~(int64_t)1, k1 = (last + 1) & ~(int64_t)1;
     int64_t mid = last < split ? last : split, lo = first > split ? first : split;
-    if (wide) {
+    if (scored) {
+        /* step 1 done already (scores_pair) */
+    } else if (wide) {
         if (first < mid) scores_block(w, pk, pk_stride, d, first, mid, k0, 1);
         if (lo < last) scores_block(w, k, k_stride, d, lo - split, last - split, k0 - split, 1);
     } else {
@@ -584,9 +619,9 @@ static int attend(int mode, const void *q, int64_t q_stride, const void *k, int6
     workspace w;
     size_t sizes[7] = {
         (size_t)padded * d * size,
-        (size_t)d * 16 * sizeof(float),
+        (size_t)d * 32 * sizeof(float),
         mode != AVX512_BF16 ? (size_t)padded * d * size : 64,
-        (size_t)padded * 16 * sizeof(float),
+        (size_t)padded * 32 * sizeof(float),
         (size_t)padded * 16 * sizeof(float),
         (size_t)16 * 16 * sizeof(float),
         mode == AVX512_BF16 ? (size_t)(g_end - g_begin) * (size_t)(longest / 2) * (size_t)d * sizeof(uint32_t) + 64 : 64,
@@ -667,6 +702,23 @@ static int attend(int mode, const void *q, int64_t q_stride, const void *k, int6
                     pack_queries(AT(q, (t0 + q0) * q_stride + h * d), q_stride * size, rows, mode == AVX512_F32 ? d : d / 2,
                                  w.query);
                     char *o = (char *)out + (t0 * heads * d + h * d) * size;
+                    if (mode == AVX512_F32 && !start && !causal && window < 0 && q0 + 16 < len) {
+                        /* this block and the next see every key: their scores together, then each one's
+                         * softmax and outputs */
+                        int64_t rows_b = len - q0 - 16 < 16 ? len - q0 - 16 : 16;
+                        workspace wb = w;
+                        wb.query = w.query + d * 16;
+                        wb.scores = w.scores + padded * 16;
+                        pack_queries(AT(q, (t0 + q0 + 16) * q_stride + h * d), q_stride * size, rows_b, d, wb.query);
+                        scores_pair(&w, &wb, (const float *)keys, ks, d, 0, len, 0);
+                        attend_block_vec(&w, keys, ks, values, vs, pk, pre->k_stride, pv, pre->v_stride, 0, q0, rows, len,
+                                         d, scale, causal, window, softcap, 1, 1, o + q0 * heads * d * size, heads * d);
+                        attend_block_vec(&wb, keys, ks, values, vs, pk, pre->k_stride, pv, pre->v_stride, 0, q0 + 16,
+                                         rows_b, len, d, scale, causal, window, softcap, 1, 1,
+                                         o + (q0 + 16) * heads * d * size, heads * d);
+                        q0 += 16;
+                        continue;
+                    }
                     switch (mode) {
 #ifdef POOLKIT_AMX
                     case AMX_BF16:
@@ -676,7 +728,7 @@ static int attend(int mode, const void *q, int64_t q_stride, const void *k, int6
                     default:
                         attend_block_vec(&w, keys, ks, values, vs, pk, pre->k_stride, pv, pre->v_stride,
                                          start, start + q0, rows, start + len, d, scale, causal, window, softcap,
-                                         mode == AVX512_F32, o + q0 * heads * d * size, heads * d);
+                                         mode == AVX512_F32, 0, o + q0 * heads * d * size, heads * d);
                     }
                 }
             }
