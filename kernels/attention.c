@@ -15,8 +15,8 @@
  * tiles' layout, the keys copied contiguous; AVX-512: each pair of keys' values interleaved, dim by
  * dim; float32: the keys and the values copied contiguous, d floats a row, where the fused q, k, v
  * rows' stride would put a head's rows in a few of L1's sets: 1.03-1.15x the attention, most at 512
- * tokens and 64 dims). Then for each query head and block of 16 queries, the queries pair-interleaved (dim pair x
- * query, 32 bits each):
+ * tokens and 64 dims). Then for each query head and block of 16 queries, the queries pair-interleaved
+ * (dim pair x query, 32 bits each; loaded by row and transposed in registers, pack_queries):
  *   1. the transposed scores S^T = K Q^T in float32, so that one vector holds one key's scores for
  *      the 16 queries (AMX: 32 keys per tile product; AVX-512: one key's dim pair broadcast against
  *      the 16 queries' pairs, 8 keys at a time; float32 without a mask or a prefix: two blocks of
@@ -161,8 +161,8 @@ enum { AVX512_BF16 = 0, AMX_BF16 = 1, AVX512_F32 = 2 };
 typedef struct {
     uint16_t *keys;   /* AMX, float32: the sequence's keys of one head, contiguous: keys (AMX: zero-padded to 32) x d */
     uint16_t *values; /* packed values (AMX: blocks32 x d/16 tiles; AVX-512 bf16: key pairs x d pairs; float32: keys x d) */
-    uint32_t *query;  /* the block's queries, packed: dim pair x 16 queries (float32: dim x 16 queries) */
-    float *scores;    /* S^T: keys x 16 queries, float32 (each buffer holds two, the second block's past padded * 16) */
+    uint32_t *query;  /* the block's queries, packed: dim pair x 16 queries (float32: dim x 16 queries); room for two */
+    float *scores;    /* S^T: keys x 16 queries, float32; room for two (scores_pair: the second block's from padded * 16) */
     uint16_t *probs;  /* P^T packed: key pairs x 16 queries x 2, bf16 (float32: keys x 16 queries) */
     float *acc;       /* AMX: 16 x 16 float32 */
 } workspace;
@@ -427,9 +427,11 @@ static inline __attribute__((always_inline)) void outputs_f32(const workspace *w
 /* One block of up to 16 queries (positions q0 .. q0 + rows - 1) of one head against its keys, with
  * AVX-512: bf16 (`wide` 0; values packed by pack_value_pairs) or float32 (`wide` 1; values read
  * from v, the sequence's first value of this head: attend's contiguous copy without a prefix). Keys
- * are read from k (the sequence's first key of this head: in place, or that copy); out: the head's output of the block's first query. The first `split`
- * positions are a prefix's (len counts them): their keys are rows of `pk`, their values rows of
- * `pv` (bf16: its packed pairs, split / 2 of them), and k, v hold the keys from position split on. */
+ * are read from k (the sequence's first key of this head: in place, or that copy); out: the head's
+ * output of the block's first query. The first `split` positions are a prefix's (len counts them):
+ * their keys are rows of `pk`, their values rows of `pv` (bf16: its packed pairs, split / 2 of
+ * them), and k, v hold the keys from position split on. `scored`: w->scores holds the block's
+ * scores already (scores_pair), so step 1 is skipped. */
 static void attend_block_vec(const workspace *w, const void *k, int64_t k_stride, const float *v, int64_t v_stride,
                              const void *pk, int64_t pk_stride, const void *pv, int64_t pv_stride, int64_t split,
                              int64_t q0, int64_t rows, int64_t len, int64_t d, float scale, int causal, int64_t window,
