@@ -14,7 +14,7 @@
  * For each sequence and key/value head the values are packed once (AMX: transposed into the
  * tiles' layout, the keys copied contiguous; AVX-512: each pair of keys' values interleaved, dim by
  * dim; float32: the keys and the values copied contiguous, d floats a row, where the fused q, k, v
- * rows' stride would put a head's rows in a few of L1's sets: 1.03-1.15x the attention, most at 512
+ * rows' stride would put a head's rows in a few of L1's sets: 1.00-1.17x the attention, most at 512
  * tokens and 64 dims). Then for each query head and block of 16 queries, the queries pair-interleaved
  * (dim pair x query, 32 bits each; loaded by row and transposed in registers, pack_queries):
  *   1. the transposed scores S^T = K Q^T in float32, so that one vector holds one key's scores for
@@ -314,7 +314,7 @@ static inline __attribute__((always_inline)) void scores_block(const workspace *
 
 /* Step 1 in float32 for two blocks of queries that see the same keys [first, last) (w's and wb's packed
  * queries and scores): each key value, broadcast once, multiplies both blocks' query vectors, so that
- * a step loads 2 + 8 values for 16 FMAs in place of 1 + 8 for 8 (1.05-1.10x the attention). Each
+ * a step loads 2 + 8 values for 16 FMAs in place of 1 + 8 for 8 (1.03-1.10x the attention). Each
  * score is scores_block's sum, in the same order. */
 static void scores_pair(const workspace *w, const workspace *wb, const float *k, int64_t k_stride, int64_t d,
                         int64_t first, int64_t last, int64_t k0) {
