@@ -169,9 +169,9 @@ typedef struct {
 
 /* Step 2 for a block of queries q0 .. q0 + rows - 1 whose scores S^T for the keys [first, last) are
  * in w->scores (row j - k0, k0 even and at most first): the probabilities of the keys [k0, k1) (k1
- * even, at least last) into w->probs (bf16 pair-interleaved; float32 with `wide`, where the
- * exponential is e^x's degree-6 polynomial instead of 2^x's degree-5 one), the keys no query sees
- * as zeros. Returns each query's 1 / (sum of its exponentials), 0 in lanes past the block. Keys in
+ * even, at least last) into w->probs (bf16 pair-interleaved; float32 with `wide`, where 2^x is the
+ * degree-6 polynomial of exp2_16_f32 instead of exp2_16's degree 5), the keys no query sees as
+ * zeros. Returns each query's 1 / (sum of its exponentials), 0 in lanes past the block. Keys in
  * [a, b) are seen by every query of the block and take no mask (lanes past the sequence hold finite
  * scores, never read). */
 static inline __attribute__((always_inline)) __m512 softmax_block(const workspace *w, int64_t q0, int64_t rows,
@@ -210,10 +210,10 @@ static inline __attribute__((always_inline)) __m512 softmax_block(const workspac
     __m512 top = _mm512_max_ps(_mm512_max_ps(top0, top1), _mm512_max_ps(top2, top3));
     top = _mm512_maskz_mov_ps(live, top); /* rows past the sequence: 0, not -inf */
     /* e^((s - max) * step) = 2^(s * step * log2(e) - max * step * log2(e)) */
-    float base = wide ? 1.0f : 1.44269504f;
+    float base = 1.44269504f;
     __m512 scl = _mm512_set1_ps(step * base);
     __m512 shift = _mm512_mul_ps(top, _mm512_set1_ps(-step * base));
-#define EXP(x) (wide ? exp16(x) : exp2_16(x))
+#define EXP(x) (wide ? exp2_16_f32(x) : exp2_16(x))
     __m512 sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps();
     for (j = k0; j < k1; j += 2) {
         __m512 e0, e1;
