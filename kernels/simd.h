@@ -74,40 +74,33 @@ static inline __m512 exp16(__m512 x) {
     return _mm512_scalef_ps(p, n);
 }
 
-static inline __m512 exp2_16(__m512 x) {
-    /* 2^x = 2^n * 2^f, n = round(x), |f| <= 1/2: a degree-5 polynomial (relative error < 4e-6,
-     * far below a bf16 rounding), scaled with vscalefps; x is clamped at -125 (2^-125, not 0: the
-     * softmax's keys are never all that far below its maximum). */
-    x = _mm512_max_ps(x, _mm512_set1_ps(-125.0f));
+/* 2^x = 2^n * 2^f, n = round(x), |f| <= 1/2, 2^f a polynomial in f of `degree` (its coefficients
+ * c[0..degree] from the highest power), scaled with vscalefps; x clamped at `floor` first. */
+static inline __attribute__((always_inline)) __m512 exp2_poly16(__m512 x, float floor, const float *c, int degree) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(floor));
     __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512 f = _mm512_sub_ps(x, n);
-    __m512 p = _mm512_set1_ps(1.3333558e-3f);
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291e-3f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504109e-2f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022651e-1f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718e-1f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+    __m512 p = _mm512_set1_ps(c[0]);
+    for (int i = 1; i <= degree; i++) p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c[i]));
     return _mm512_scalef_ps(p, n);
 }
 
+static inline __m512 exp2_16(__m512 x) {
+    /* 2^x with a degree-5 polynomial (relative error < 4e-6, far below a bf16 rounding); x is
+     * clamped at -125 (2^-125, not 0: the softmax's keys are never all that far below its maximum). */
+    static const float c[6] = {1.3333558e-3f, 9.6181291e-3f, 5.5504109e-2f, 2.4022651e-1f, 6.9314718e-1f, 1.0f};
+    return exp2_poly16(x, -125.0f, c, 5);
+}
+
 static inline __m512 exp2_16_f32(__m512 x) {
-    /* 2^x to float32's precision, for arguments at most a rounding above 0 (a softmax's): 2^n * 2^f,
-     * n = round(x), |f| <= 1/2, a degree-6 Taylor polynomial in f (relative error < 2e-7, as exp16's,
-     * whose e^r with |r| <= ln(2) / 2 it equals), scaled with vscalefps; clamped at -144 (2^-144, as
-     * exp16's e^-100). Without exp16's reduction by ln 2 in two parts and its scaling by log2(e), which
-     * the softmax folds into its own scale: the float32 attention 1.06-1.17x at 110-170 tokens,
-     * 1.03-1.06x at 256 and 512. */
-    x = _mm512_max_ps(x, _mm512_set1_ps(-144.0f));
-    __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 f = _mm512_sub_ps(x, n);
-    __m512 p = _mm512_set1_ps(1.54035304e-4f);
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.33335581e-3f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.61812911e-3f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.55041087e-2f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.40226507e-1f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.93147181e-1f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-    return _mm512_scalef_ps(p, n);
+    /* 2^x to float32's precision, for arguments at most a rounding above 0 (a softmax's): the
+     * degree-6 Taylor polynomial of 2^f (relative error < 2e-7, as exp16's, whose e^r with
+     * |r| <= ln(2) / 2 it equals); clamped at -144 (2^-144, as exp16's e^-100). Without exp16's
+     * reduction by ln 2 in two parts and its scaling by log2(e), which the softmax folds into its own
+     * scale: the float32 attention 1.06-1.17x at 110-170 tokens, 1.03-1.06x at 256 and 512. */
+    static const float c[7] = {1.54035304e-4f, 1.33335581e-3f, 9.61812911e-3f, 5.55041087e-2f,
+                               2.40226507e-1f, 6.93147181e-1f, 1.0f};
+    return exp2_poly16(x, -144.0f, c, 6);
 }
 
 /* x * sigmoid(y) = x / (1 + e^-y), as torch computes it (x / infinity below y = -88). */
