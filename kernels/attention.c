@@ -107,31 +107,6 @@ static inline __m512i interleave_halves(__m512i x) {
     return _mm512_permutexvar_epi16(order, x);
 }
 
-/* r[n] lane p becomes r[p] lane n: sixteen rows of 32-bit values transposed in registers (unpacks of
- * 32 then 64 bits, then two shuffles of 128-bit lanes; moves only, the bits as they are). */
-static inline void transpose16(__m512 r[16]) {
-    __m512 t[16];
-    for (int i = 0; i < 8; i++) {
-        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-    }
-    for (int i = 0; i < 4; i++)
-        for (int h = 0; h < 2; h++) {
-            __m512d a = _mm512_castps_pd(t[4 * i + h]), b = _mm512_castps_pd(t[4 * i + h + 2]);
-            r[4 * i + 2 * h] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
-            r[4 * i + 2 * h + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
-        }
-    for (int i = 0; i < 2; i++)
-        for (int j = 0; j < 4; j++) {
-            t[8 * i + j] = _mm512_shuffle_f32x4(r[8 * i + j], r[8 * i + j + 4], 0x88);
-            t[8 * i + j + 4] = _mm512_shuffle_f32x4(r[8 * i + j], r[8 * i + j + 4], 0xdd);
-        }
-    for (int j = 0; j < 8; j++) {
-        r[j] = _mm512_shuffle_f32x4(t[j], t[j + 8], 0x88);
-        r[j + 8] = _mm512_shuffle_f32x4(t[j], t[j + 8], 0xdd);
-    }
-}
-
 /* A block's queries packed: `units` 32-bit units a query (a float32 dim, or a bf16 dim pair) from
  * `rows` rows `row_bytes` apart, unit p of query n at out[16 p + n], the rows past `rows` zero.
  * Sixteen units at a time are loaded by row and transposed in registers (a gather a unit took some
@@ -456,18 +431,7 @@ static void attend_block_vec(const workspace *w, const void *k, int64_t k_stride
     (wide ? outputs_f32(w, pv, pv_stride, split, v, v_stride, m0, nv, nq, r0, rows, first, last, k0, inv,          \
                         (float *)out, out_stride)                                                                 \
           : OUTPUTS_BF16(nv, nq))
-    for (int64_t m0 = 0; m0 < d; m0 += 64) {
-        int64_t nv = (d - m0) / 16 < 4 ? (d - m0) / 16 : 4;
-        int64_t nq = nv == 1 ? 16 : nv == 2 ? 8 : 4;
-        for (int64_t r0 = 0; r0 < rows; r0 += nq) {
-            switch (nv) {
-            case 1: OUTPUTS(1, 16); break;
-            case 2: OUTPUTS(2, 8); break;
-            case 3: OUTPUTS(3, 4); break;
-            default: OUTPUTS(4, 4); break;
-            }
-        }
-    }
+    OUTPUT_BLOCKS(OUTPUTS, d, rows)
 #undef OUTPUTS
 }
 

@@ -1,8 +1,8 @@
 """Attention over packed sequences: each token sees only the tokens of its own sequence.
 
-The contracts of the three ops registered here, which every kernel of the op keeps (same
-arguments and defaults as the reference, which is what ``poolkit.kernel_reference(op)`` returns)
-and models rely on without importing this module:
+The contracts of the three ops registered here and of ``varlen_attention_int8``, which shares the
+first's, which every kernel of the op keeps (same arguments and defaults as the reference, which is
+what ``poolkit.kernel_reference(op)`` returns) and models rely on without importing this module:
 
 ``varlen_attention``: ``fn(q, k, v, batch, causal=False, scale=None, window=None, bias=None) -> out``
 
@@ -21,6 +21,10 @@ and models rely on without importing this module:
   least the longest sequence, in any float dtype (cast to ``q``'s); ``None`` is none.
 - returns ``[T, heads, head_dim]`` in ``q``'s dtype and device. A kernel without a fast path for
   ``window``, ``bias`` or ``key_lens`` hands such calls to the reference.
+
+``varlen_attention_int8``: ``fn(q, k, v, batch, causal=False, scale=None, window=None, bias=None)
+-> out``, ``varlen_attention``'s contract and reference, its kernels free to round the operands of
+the two products to integers (:mod:`poolkit.kernels.attention_int8`, where int8 calibration uses it).
 
 ``varlen_attention_softcap``: ``fn(q, k, v, batch, causal=False, scale=None, window=None,
 softcap=None) -> out``, as ``varlen_attention`` without ``bias``, each scaled score ``s``

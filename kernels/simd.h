@@ -15,6 +15,49 @@
 #define POOLKIT_AVX512BF16 1
 #endif
 
+/* r[n] lane p becomes r[p] lane n: sixteen rows of 32-bit values transposed in registers (unpacks of
+ * 32 then 64 bits, then two shuffles of 128-bit lanes; moves only, the bits as they are). */
+static inline void transpose16(__m512 r[16]) {
+    __m512 t[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; i++)
+        for (int h = 0; h < 2; h++) {
+            __m512d a = _mm512_castps_pd(t[4 * i + h]), b = _mm512_castps_pd(t[4 * i + h + 2]);
+            r[4 * i + 2 * h] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+            r[4 * i + 2 * h + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+        }
+    for (int i = 0; i < 2; i++)
+        for (int j = 0; j < 4; j++) {
+            t[8 * i + j] = _mm512_shuffle_f32x4(r[8 * i + j], r[8 * i + j + 4], 0x88);
+            t[8 * i + j + 4] = _mm512_shuffle_f32x4(r[8 * i + j], r[8 * i + j + 4], 0xdd);
+        }
+    for (int j = 0; j < 8; j++) {
+        r[j] = _mm512_shuffle_f32x4(t[j], t[j + 8], 0x88);
+        r[j + 8] = _mm512_shuffle_f32x4(t[j], t[j + 8], 0xdd);
+    }
+}
+
+/* OUTPUTS(nv, nq) over a block's outputs, with m0 and r0 in scope: dims [0, d) in widths of nv x 16
+ * (up to 4) and rows [0, rows) nq at a time (16, 8, 4 and 4 for nv 1 to 4: nv x nq accumulators, at
+ * most 16, held in registers), nv and nq constants in each instance. The third step of attention.c's
+ * and attention_int8.c's blocks. */
+#define OUTPUT_BLOCKS(OUTPUTS, d, rows)                                                                           \
+    for (int64_t m0 = 0; m0 < (d); m0 += 64) {                                                                    \
+        int64_t nv = ((d) - m0) / 16 < 4 ? ((d) - m0) / 16 : 4;                                                   \
+        int64_t nq = nv == 1 ? 16 : nv == 2 ? 8 : 4;                                                              \
+        for (int64_t r0 = 0; r0 < (rows); r0 += nq) {                                                             \
+            switch (nv) {                                                                                         \
+            case 1: OUTPUTS(1, 16); break;                                                                        \
+            case 2: OUTPUTS(2, 8); break;                                                                         \
+            case 3: OUTPUTS(3, 4); break;                                                                         \
+            default: OUTPUTS(4, 4); break;                                                                        \
+            }                                                                                                     \
+        }                                                                                                         \
+    }
+
 /* 16 bf16 values, widened to float32 (exactly). */
 static inline __m512 bf16x16(const uint16_t *p) {
     __m256i h = _mm256_loadu_si256((const __m256i *)p);

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 #: named here too so that this module, the documented path of the kernel names, offers all of them.
 __all__ = [
     "Kernel", "KernelPriority", "check_kernel", "kernel_for", "kernel_ops", "kernel_reference", "kernel_rows", "kernel_table",
-    "option_owners", "row_planner", "select_kernel", "select_scorer",
+    "option_owners", "row_planner", "select_kernel", "select_scorer", "use_op",
 ]
 
 
@@ -65,7 +65,8 @@ def kernel_for(owner: Any, op: str, device: torch.device | str) -> Callable:
 
     The memo is a dict kept on the owner, ``owner.__dict__["_kernels"]``, keyed by
     ``(op, torch.device(device))``; a kernel that becomes available later shows in owners made
-    after it. The owner needs a ``__dict__`` (any ``nn.Module``, any plain object).
+    after it. The owner needs a ``__dict__`` (any ``nn.Module``, any plain object). Where
+    :func:`use_op` has the owner ask another op for ``op``, that op's kernel answers.
 
     Example:
         >>> class MeanPool:
@@ -75,8 +76,29 @@ def kernel_for(owner: Any, op: str, device: torch.device | str) -> Callable:
     cache = owner.__dict__.setdefault("_kernels", {})
     key = (op, torch.device(device))
     if key not in cache:
-        cache[key] = select_kernel(op, device)
+        cache[key] = select_kernel(owner.__dict__.get("_kernel_ops", {}).get(op, op), device)
     return cache[key]
+
+
+def use_op(owner: Any, op: str, instead: str | None) -> None:
+    """Have ``owner`` (and, for an ``nn.Module``, every module in it) call ``instead``'s kernel where
+    its code asks :func:`kernel_for` for ``op``: an op with the same contract whose kernels compute it
+    another way (int8 calibration answers a model's ``varlen_attention`` with ``varlen_attention_int8``);
+    ``instead=None`` gives ``op`` back its own. The owners' memos of ``op`` are dropped, so the next
+    call looks up again.
+
+    Example:
+        >>> use_op(model, "varlen_attention", "varlen_attention_int8")
+    """
+    for each in owner.modules() if isinstance(owner, torch.nn.Module) else (owner,):
+        ops = each.__dict__.setdefault("_kernel_ops", {})
+        if instead is None:
+            ops.pop(op, None)
+        else:
+            ops[op] = instead
+        memo = each.__dict__.get("_kernels", {})
+        for key in [key for key in memo if key[0] == op]:
+            del memo[key]
 
 
 def kernel_rows(n: int, device: torch.device | str) -> int:

@@ -15,11 +15,11 @@ from tiny_models import CORPUS, build_clip, build_decoder, build_encoder, build_
 from tolerances import U32
 from typer.testing import CliRunner
 
-from poolkit import LLM, InvalidRequest, ModelLoadError
+from poolkit import LLM, InvalidRequest, ModelLoadError, PackedBatch
 from poolkit.contracts.kernel import hadamard_rows
 from poolkit.kernels import int8
 from poolkit.kernels.linear import ACTIVATIONS
-from poolkit.plugins.lookup import kernel_reference, select_kernel
+from poolkit.plugins.lookup import kernel_for, kernel_reference, select_kernel
 
 ONEDNN = pytest.mark.skipif(not int8._onednn_int8_available(), reason="torch without oneDNN's int8 linear")
 
@@ -437,6 +437,11 @@ def test_minilm_int8_stays_within_its_budget_of_sentence_transformers(minilm_int
     modules = {name: m for name, m in minilm_int8.model.architecture.named_modules() if type(m).__name__ == "Int8Linear"}
     assert set(modules) == set(report["int8_layers"])
     assert report["rotated_layers"] and {n for n, m in modules.items() if m.rotation == 64} == set(report["rotated_layers"])
+    # the attention's products in integers where this CPU's int8 attention kernel runs float32 (VNNI)
+    integer = select_kernel("varlen_attention_int8", "cpu")
+    assert report["int8_attention"] is (torch.float32 in integer.dtypes)
+    asked = select_kernel("varlen_attention_int8" if report["int8_attention"] else "varlen_attention", "cpu")
+    assert kernel_for(minilm_int8.model.architecture, "varlen_attention", "cpu") is asked
 
 
 def test_minilm_int8_holds_its_cosine_on_long_documents(minilm_int8, minilm_st):
@@ -582,6 +587,26 @@ def test_every_native_family_runs_int8_within_the_budget(kind, tmp_path):
     want = torch.tensor([o.outputs.embedding for o in full.embed(CORPUS)])
     got = torch.tensor([o.outputs.embedding for o in quantized.embed(CORPUS)])
     assert torch.nn.functional.cosine_similarity(got, want).min() >= 0.999
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_calibration_takes_the_attention_in_integers_where_it_keeps_the_budget(dtype, tmp_path):
+    """``_integer_attention``: tried only where the int8 attention kernel runs the stream's dtype in
+    integers, kept where the model meets the budget with it, else the model's attention as it was."""
+    from poolkit.builtin_models.blocks import quantize
+
+    model = LLM(str(build_encoder(tmp_path / "bert", "bert")), dtype=dtype).model.architecture
+    batches = [PackedBatch.from_sequences([list(range(5, 45)), list(range(7, 20)), [9, 10, 11]])]
+    reference = [quantize._summary(model(b), b) for b in batches]
+    exact, integer = select_kernel("varlen_attention", "cpu"), select_kernel("varlen_attention_int8", "cpu")
+    assert quantize._integer_attention(model, batches, reference, 1.0) is None  # rounded products never reach 1.0
+    assert kernel_for(model, "varlen_attention", "cpu") is exact
+    kept = quantize._integer_attention(model, batches, reference, 0.99)
+    if dtype in integer.dtypes:
+        assert kept is not None and 0.99 <= kept < 1.0
+        assert all(kernel_for(m, "varlen_attention", "cpu") is integer for m in model.modules())
+    else:
+        assert kept is None and kernel_for(model, "varlen_attention", "cpu") is exact
 
 
 @pytest.mark.parametrize("kind", ["qwen3", "llama"])

@@ -38,6 +38,7 @@ def _builtin_references() -> dict:
         "splade_pool": splade.splade_pool_reference,
         "varlen_attention": attention.varlen_attention,
         "varlen_attention_softcap": attention.softcap_varlen_attention,
+        "varlen_attention_int8": attention.varlen_attention,
         "prefix_attention": attention.prefix_attention,
         "token_pool": token_pool.hierarchical_pool,
     }
