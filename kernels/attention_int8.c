@@ -19,8 +19,9 @@
  * On all-MiniLM-L6-v2 the roundings alone keep a least cosine of 0.99998 (keys and queries) and
  * 0.99999 (probabilities and values) to the float model; int8 calibration measures the whole.
  *
- * Calls: float32 q, k, v and out, no mask (not causal, no window, no bias, no key_lens), d a
- * multiple of 16 up to 256; attention.py hands every other call to the float kernels.
+ * Calls: float32 q, k, v and out, bidirectional or causal (no window, no bias, no key_lens), d a
+ * multiple of 16 up to 256; attention_int8.py hands every other call to the float kernels. Causal
+ * blocks score the keys up to their last query, the last few hidden from the queries before them.
  */
 #define _GNU_SOURCE
 #include <stdint.h>
@@ -151,11 +152,11 @@ static void round_queries(const workspace *w, const float *q, int64_t stride, in
     }
 }
 
-/* Step 1 for keys [0, len): `quads` (d / 4) VPDPBUSD a key, four keys at a time. Returns each
- * query's largest score (the softmax's maximum, taken as the scores are stored). */
-static inline __attribute__((always_inline)) __m512 scores_int8(const workspace *w, int64_t len, int64_t d, int64_t quads) {
+/* Step 1 for keys [j, len) (their scores at rows j ..): `quads` (d / 4) VPDPBUSD a key, four keys
+ * at a time. Returns each query's largest of them (the softmax's maximum, taken as they are stored). */
+static inline __attribute__((always_inline)) __m512 scores_int8(const workspace *w, int64_t j, int64_t len, int64_t d,
+                                                                int64_t quads) {
     __m512 top0 = _mm512_set1_ps(-INFINITY), top1 = top0;
-    int64_t j = 0;
     for (; j + 4 <= len; j += 4) {
         const int32_t *k0 = (const int32_t *)(w->keys + j * d), *k1 = k0 + d / 4, *k2 = k1 + d / 4, *k3 = k2 + d / 4;
         __m512i a0 = _mm512_set1_epi32(w->key_start[j]), a1 = _mm512_set1_epi32(w->key_start[j + 1]);
@@ -253,22 +254,42 @@ static inline __attribute__((always_inline)) void outputs_int(const workspace *w
     }
 }
 
-/* One block of up to 16 queries of one head (rows `q_stride` floats apart) against the sequence's
- * rounded keys and values in w; out: the head's output of the block's first query. */
-static void attend_block_int(const workspace *w, const float *q, int64_t q_stride, int64_t rows, int64_t len, int64_t d,
-                             float scale, float *out, int64_t out_stride) {
+/* Step 1 for the keys [0, seen) the block sees, `full` of them by every query (the rest, causal
+ * attention's last keys up to the block's last query, by the queries at or after them: a hidden
+ * one's score is -inf, which the softmax takes to 0). Returns each query's largest seen score. */
+static inline __attribute__((always_inline)) __m512 scores_seen(const workspace *w, int64_t full, int64_t seen, int64_t q0,
+                                                                int64_t d, int64_t quads) {
+    __m512 top = scores_int8(w, 0, full, d, quads);
+    if (full < seen) {
+        scores_int8(w, full, seen, d, quads);
+        for (int64_t j = full; j < seen; j++) {
+            __mmask16 sees = (__mmask16)(0xffffu << (j - q0)); /* queries q0 + r with r >= j - q0 */
+            __m512 y = _mm512_mask_mov_ps(_mm512_set1_ps(-INFINITY), sees, _mm512_loadu_ps(w->scores + j * 16));
+            _mm512_storeu_ps(w->scores + j * 16, y);
+            top = _mm512_max_ps(top, y);
+        }
+    }
+    return top;
+}
+
+/* One block of up to 16 queries of one head, positions q0 .. (rows `q_stride` floats apart), against
+ * the sequence's rounded keys and values in w, all of them or (`causal`) those up to each query; out:
+ * the head's output of the block's first query. */
+static void attend_block_int(const workspace *w, const float *q, int64_t q_stride, int64_t q0, int64_t rows, int64_t len,
+                             int64_t d, float scale, int causal, float *out, int64_t out_stride) {
     float query_scale[16];
     round_queries(w, q, q_stride, rows, d, query_scale);
+    int64_t seen = causal ? q0 + rows : len, full = causal ? q0 : len;
     __m512 top;
     switch (d) { /* constant counts, so that the queries stay in registers */
-    case 32: top = scores_int8(w, len, d, 8); break;
-    case 64: top = scores_int8(w, len, d, 16); break;
-    default: top = scores_int8(w, len, d, d / 4); break;
+    case 32: top = scores_seen(w, full, seen, q0, d, 8); break;
+    case 64: top = scores_seen(w, full, seen, q0, d, 16); break;
+    default: top = scores_seen(w, full, seen, q0, d, d / 4); break;
     }
     __m512 step = _mm512_mul_ps(_mm512_loadu_ps(query_scale), _mm512_set1_ps(scale * 1.44269504f));
     float inv[16];
-    _mm512_storeu_ps(inv, softmax_int(w, len, top, step));
-    int64_t pairs = (len + 1) / 2;
+    _mm512_storeu_ps(inv, softmax_int(w, seen, top, step));
+    int64_t pairs = (seen + 1) / 2;
 #define OUTPUTS(nv, nq) outputs_int(w, pairs, d, m0, nv, nq, r0, rows, inv, out, out_stride)
     OUTPUT_BLOCKS(OUTPUTS, d, rows)
 #undef OUTPUTS
@@ -277,7 +298,7 @@ static void attend_block_int(const workspace *w, const float *q, int64_t q_strid
 /* Query heads [h_begin, h_end) of a packed batch (the arguments of poolkit_varlen_attention_int8). */
 static int attend_int(const float *q, int64_t q_stride, const float *k, int64_t k_stride, const float *v, int64_t v_stride,
                       float *out, const int64_t *cu, int64_t nseq, int64_t max_len, int64_t heads, int64_t kv_heads, int64_t d,
-                      float scale, int64_t h_begin, int64_t h_end) {
+                      float scale, int causal, int64_t h_begin, int64_t h_end) {
     int64_t padded = (max_len + 1) & ~(int64_t)1, group = heads / kv_heads;
     size_t sizes[9] = {
         (size_t)padded * d,
@@ -313,8 +334,8 @@ static int attend_int(const float *q, int64_t q_stride, const float *k, int64_t 
             int64_t h_hi = (g + 1) * group < h_end ? (g + 1) * group : h_end;
             for (int64_t h = h_lo; h < h_hi; h++)
                 for (int64_t q0 = 0; q0 < len; q0 += 16)
-                    attend_block_int(&w, q + (t0 + q0) * q_stride + h * d, q_stride, len - q0 < 16 ? len - q0 : 16, len, d,
-                                     scale, out + (t0 + q0) * heads * d + h * d, heads * d);
+                    attend_block_int(&w, q + (t0 + q0) * q_stride + h * d, q_stride, q0, len - q0 < 16 ? len - q0 : 16, len,
+                                     d, scale, causal, out + (t0 + q0) * heads * d + h * d, heads * d);
         }
     }
     for (int i = 0; i < 9; i++) free(parts[i]);
@@ -326,20 +347,21 @@ static int attend_int(const float *q, int64_t q_stride, const float *k, int64_t 
 /* Attention of every head of a packed batch of float32 tokens with integer products, the heads
  * split over `workers` threads: q [T, heads, d] with token stride q_stride (floats), heads d apart;
  * k, v [T, kv_heads, d] likewise; out [T, heads, d] contiguous; cu the nseq + 1 offsets of the
- * sequences, max_len the longest; d a multiple of 16 up to 256. No mask.
+ * sequences, max_len the longest; d a multiple of 16 up to 256; causal: each query sees the keys up
+ * to its own position, else all of its sequence's.
  * Returns 0, 1 when out of memory, 2 when this build has no such kernel. */
 int poolkit_varlen_attention_int8(const float *q, int64_t q_stride, const float *k, int64_t k_stride, const float *v,
                                   int64_t v_stride, float *out, const int64_t *cu, int64_t nseq, int64_t max_len,
-                                  int64_t heads, int64_t kv_heads, int64_t d, float scale, int64_t workers) {
+                                  int64_t heads, int64_t kv_heads, int64_t d, float scale, int causal, int64_t workers) {
 #ifdef POOLKIT_VNNI
     int code;
     PARALLEL_RANGES(heads, workers, code, begin, end,
                     attend_int(q, q_stride, k, k_stride, v, v_stride, out, cu, nseq, max_len, heads, kv_heads, d, scale,
-                               begin, end));
+                               causal, begin, end));
     return code;
 #else
     (void)q; (void)q_stride; (void)k; (void)k_stride; (void)v; (void)v_stride; (void)out; (void)cu; (void)nseq;
-    (void)max_len; (void)heads; (void)kv_heads; (void)d; (void)scale; (void)workers;
+    (void)max_len; (void)heads; (void)kv_heads; (void)d; (void)scale; (void)causal; (void)workers;
     return 2;
 #endif
 }

@@ -17,8 +17,8 @@ The contract of the op, which every kernel of it keeps (the arguments and defaul
   ``dtypes`` (those whose calls it runs in integers; none for the reference) include the stream's and
   the model still meets the error budget with it.
 
-On CPUs with AVX512-VNNI, ``varlen_attention_int8:vnni`` runs float32 calls without a mask (not
-causal, no ``window``, ``bias`` or ``key_lens``; head sizes in steps of 16 up to 256) in one call of
+On CPUs with AVX512-VNNI, ``varlen_attention_int8:vnni`` runs float32 calls, bidirectional or causal
+(no ``window``, ``bias`` or ``key_lens``; head sizes in steps of 16 up to 256) in one call of
 ``attention_int8.c``: VPDPBUSD for the scores (4 products a lane, against the FMA's one), VPDPWSSD
 for the outputs (2), the softmax in float32; 1.5-1.7x the float32 build of ``attention.c`` on
 all-MiniLM-L6-v2's and bge-base's shapes at 110-512 tokens, level on 20-40. Its other calls go to
@@ -44,7 +44,7 @@ SOURCE = Path(__file__).with_name("attention_int8.c")
 _P, _I = ctypes.c_void_p, ctypes.c_int64
 _SIGNATURES = {
     "poolkit_attention_int8_available": (),
-    "poolkit_varlen_attention_int8": (_P, _I, _P, _I, _P, _I, _P, _P, _I, _I, _I, _I, _I, ctypes.c_float, _I),
+    "poolkit_varlen_attention_int8": (_P, _I, _P, _I, _P, _I, _P, _P, _I, _I, _I, _I, _I, ctypes.c_float, ctypes.c_int, _I),
 }
 
 
@@ -58,16 +58,17 @@ def _library() -> ctypes.CDLL | None:
 @implements(varlen_attention)
 def vnni_varlen_attention_int8(q, k, v, batch, causal=False, scale=None, window=None, bias=None) -> torch.Tensor:
     """``varlen_attention_int8`` as one call of attention_int8.c over the packed batch, its heads
-    split over torch's threads; masked, bf16 and off-grid calls go to ``varlen_attention:avx512``."""
+    split over torch's threads, bidirectional or causal; windows, biases, ``key_lens``, bf16 and off-grid
+    calls go to ``varlen_attention:avx512``."""
     lib = _library()
-    if causal or window is not None or bias is not None or batch.key_lens is not None or lib is None or not _c_takes(16, (torch.float32,), q, k, v):
+    if window is not None or bias is not None or batch.key_lens is not None or lib is None or not _c_takes(16, (torch.float32,), q, k, v):
         return avx512_varlen_attention(q, k, v, batch, causal, scale, window, bias)
     tokens, heads, d = q.shape
     out = torch.empty((tokens, heads, d), dtype=q.dtype)
     cu = batch.cu_seqlens.to(device="cpu", dtype=torch.int64).contiguous()
     code = lib.poolkit_varlen_attention_int8(
         q.data_ptr(), q.stride(0), k.data_ptr(), k.stride(0), v.data_ptr(), v.stride(0), out.data_ptr(),
-        cu.data_ptr(), cu.numel() - 1, batch.max_len, heads, k.shape[1], d, d**-0.5 if scale is None else scale,
+        cu.data_ptr(), cu.numel() - 1, batch.max_len, heads, k.shape[1], d, d**-0.5 if scale is None else scale, int(causal),
         workers(tokens * batch.max_len >= 1 << 14),
     )
     if code:

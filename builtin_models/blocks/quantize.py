@@ -27,7 +27,7 @@ rotation). Where it meets the budget (a looser one, as OpenVINO's int8 keeps, or
 activations round well) it runs; otherwise each layer takes its most accurate configuration.
 
 Last, the attention's two products are tried in integers (:data:`INTEGER_ATTENTION`, where the CPU's
-kernel of that op runs the stream's dtype so: float32 on CPUs with AVX512-VNNI, calls without a mask):
+kernel of that op runs the stream's dtype so: float32 on CPUs with AVX512-VNNI, calls without a window or bias):
 kept where some of the model's calls ran so and the whole model, its layers as chosen, still meets
 the budget (``int8_attention`` in the report).
 """
@@ -164,7 +164,7 @@ def quantize_int8(model: Architecture, batches: list[PackedBatch], budget: float
 def _integer_attention(model: nn.Module, batches: list[PackedBatch], reference: list[torch.Tensor], budget: float) -> float | None:
     """The model's attention answered by the ``varlen_attention_int8`` op (integer products) where its
     kernel here runs the stream's dtype in integers, some of the model's calls ran so (its outputs
-    moved: a causal decoder's calls go to the float kernel) and the model, its linear layers as chosen,
+    moved: MPNet's calls, with their position bias, go to the float kernel) and the model, its linear layers as chosen,
     still meets ``budget`` with it: the least cosine it keeps then, else ``None`` and the attention as
     it was."""
     parameter = next(model.parameters())

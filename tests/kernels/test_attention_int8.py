@@ -41,16 +41,17 @@ def _rounded(x: torch.Tensor, dim: int, levels: int) -> torch.Tensor:
     return torch.round(x * inv).double() * (top.double() / levels)
 
 
-def _emulated(q, k, v, lens, scale=None):
+def _emulated(q, k, v, lens, causal=False):
     """The kernel's arithmetic in float64: keys and queries rounded per token and head to 127 levels,
     the probabilities (their largest 1) to 4095, the values per dimension of a sequence's head to 1023."""
     d = q.shape[-1]
-    scale = d**-0.5 if scale is None else scale
     out, start = [], 0
     for n in lens:
         qs, ks, vs = (t[start : start + n].transpose(0, 1) for t in (q, k, v))
         ks, vs = (t.repeat_interleave(qs.shape[0] // t.shape[0], 0) for t in (ks, vs))
-        s = _rounded(qs, -1, 127) @ _rounded(ks, -1, 127).transpose(1, 2) * scale
+        s = _rounded(qs, -1, 127) @ _rounded(ks, -1, 127).transpose(1, 2) * d**-0.5
+        if causal:
+            s = s.masked_fill(torch.ones(n, n, dtype=torch.bool).triu(1), -torch.inf)
         p = torch.round(torch.exp(s - s.amax(-1, keepdim=True)) * 4095)
         out.append(((p @ _rounded(vs, 1, 1023)) / p.sum(-1, keepdim=True)).transpose(0, 1))
         start += n
@@ -59,18 +60,19 @@ def _emulated(q, k, v, lens, scale=None):
 
 @pytest.mark.parametrize("d", [16, 32, 48, 64, 128, 256])
 @pytest.mark.parametrize("heads,kv_heads", [(4, 4), (6, 2)], ids=["mha", "gqa"])
-def test_int8_attention_computes_its_roundings(d: int, heads: int, kv_heads: int) -> None:
+@pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
+def test_int8_attention_computes_its_roundings(d: int, heads: int, kv_heads: int, causal: bool) -> None:
     """The emulation's numbers, but where a probability lands near half a level and 2^x's last bits (a
     relative 2.6e-6, a hundredth of a level) or float32's scores round it the other way: one level of
     a probability moves an output by at most 2 max|v| / 4095 (a query's sum is at least its largest
     probability's 4095), so two such flips: within 1e-3 max|v|, where rounding nothing is 2e-2 away."""
     _kernel()
     batch, q, k, v = _inputs(LENGTHS, heads, kv_heads, d)
-    out = vnni_varlen_attention_int8(q, k, v, batch)
-    expected = _emulated(q, k, v, LENGTHS)
+    out = vnni_varlen_attention_int8(q, k, v, batch, causal=causal)
+    expected = _emulated(q, k, v, LENGTHS, causal)
     assert out.dtype == torch.float32 and out.shape == q.shape
     assert (out.double() - expected).abs().max() <= 1e-3 * v.abs().max()
-    assert (varlen_attention(q, k, v, batch).double() - expected).abs().max() > 3e-3 * v.abs().max()
+    assert (varlen_attention(q, k, v, batch, causal=causal).double() - expected).abs().max() > 3e-3 * v.abs().max()
 
 
 def test_int8_attention_stays_close_to_the_exact_attention() -> None:
@@ -129,16 +131,15 @@ def test_int8_attention_gives_single_tokens_their_own_values() -> None:
 @pytest.mark.parametrize(
     "call",
     [
-        dict(causal=True),
         dict(window=3),
         dict(bias=torch.zeros(4, 1100, 1100)),
         dict(dtype=torch.bfloat16),
         dict(key_lens=True),
         dict(d=8),
     ],
-    ids=["causal", "window", "bias", "bf16", "key_lens", "d8"],
+    ids=["window", "bias", "bf16", "key_lens", "d8"],
 )
-def test_int8_attention_hands_masked_and_other_calls_to_the_float_kernel(call: dict) -> None:
+def test_int8_attention_hands_windows_biases_and_other_calls_to_the_float_kernel(call: dict) -> None:
     """What it has no integer path for runs as ``varlen_attention:avx512`` runs it, bit for bit."""
     call = dict(call)
     d, dtype = call.pop("d", 32), call.pop("dtype", torch.float32)
