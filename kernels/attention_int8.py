@@ -37,8 +37,8 @@ from poolkit.config import cpu
 from poolkit.contracts.hookspecs import hookimpl
 from poolkit.contracts.kernel import Kernel, KernelPriority, implements
 
-from .attention import _c_takes, avx512_varlen_attention, varlen_attention
-from .compiler import load_typed_library, workers
+from .attention import _c_takes, _call, avx512_varlen_attention, varlen_attention
+from .compiler import load_typed_library
 
 SOURCE = Path(__file__).with_name("attention_int8.c")
 _P, _I = ctypes.c_void_p, ctypes.c_int64
@@ -63,17 +63,7 @@ def vnni_varlen_attention_int8(q, k, v, batch, causal=False, scale=None, window=
     lib = _library()
     if window is not None or bias is not None or batch.key_lens is not None or lib is None or not _c_takes(16, (torch.float32,), q, k, v):
         return avx512_varlen_attention(q, k, v, batch, causal, scale, window, bias)
-    tokens, heads, d = q.shape
-    out = torch.empty((tokens, heads, d), dtype=q.dtype)
-    cu = batch.cu_seqlens.to(device="cpu", dtype=torch.int64).contiguous()
-    code = lib.poolkit_varlen_attention_int8(
-        q.data_ptr(), q.stride(0), k.data_ptr(), k.stride(0), v.data_ptr(), v.stride(0), out.data_ptr(),
-        cu.data_ptr(), cu.numel() - 1, batch.max_len, heads, k.shape[1], d, d**-0.5 if scale is None else scale, int(causal),
-        workers(tokens * batch.max_len >= 1 << 14),
-    )
-    if code:
-        raise MemoryError("poolkit int8 attention kernel: out of memory for its scratch buffers")
-    return out
+    return _call(lib.poolkit_varlen_attention_int8, q, k, v, batch, batch.max_len, scale, int(causal))
 
 
 #: The stream dtypes whose calls it runs in integers (calibration tries the op only there).
