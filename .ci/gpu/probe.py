@@ -6,12 +6,17 @@ Run on a machine with a CUDA GPU (`.ci/gpu/run` calls it):
 
 For each preset (default: bge-small, bge-base, qwen3-embedding-0.6b) and for ~50-token and
 512-token inputs: tokens/s of ``LLM.embed`` on raw text, of tokenization alone, and of the model on
-token ids; then a torch.profiler table of one bge-base 512-token call.
+token ids; then, for one bge-base call on 10,000 ~50-token texts (issue 85's short-text case), a
+torch.profiler table (device kernels, and the host's operators and launches) and a cProfile of the
+host's Python (where packing, scheduling and launching spend the call). ``PROBE_DTYPES`` (default
+``bfloat16,float16``) chooses the dtypes probed.
 """
 
 from __future__ import annotations
 
+import cProfile
 import os
+import pstats
 import sys
 import time
 import warnings
@@ -84,10 +89,13 @@ def profile(preset: str, texts: list[str]) -> None:
         llm.embed(texts, tokenization_kwargs=TRUNCATE)
         torch.cuda.synchronize()
     print(p.key_averages().table(sort_by="cuda_time_total", row_limit=22, max_name_column_width=60))
-    print(p.key_averages().table(sort_by="cpu_time_total", row_limit=22, max_name_column_width=60))
-    out = os.environ.get("OUT")
-    if out:
-        p.export_chrome_trace(os.path.join(out, f"trace-{preset}.json"))
+    print(p.key_averages().table(sort_by="self_cpu_time_total", row_limit=22, max_name_column_width=60))
+    host = cProfile.Profile()
+    host.enable()
+    llm.embed(texts, tokenization_kwargs=TRUNCATE)
+    torch.cuda.synchronize()
+    host.disable()
+    pstats.Stats(host, stream=sys.stdout).sort_stats("tottime").print_stats(30)
 
 
 def main(argv: list[str]) -> None:
@@ -95,11 +103,11 @@ def main(argv: list[str]) -> None:
     print(torch.__version__, torch.cuda.get_device_name(), flush=True)
     short = make_corpus(40000, 33, 0.1, seed=1)
     long = make_corpus(4000, 600, 0.05, seed=2)
+    profile("bge-base", short[:10000])  # first: on 2026-11-30 the probes left it no time
     for preset in presets:
         corpora = {"~50": short, "512": long} if "qwen" not in preset else {"~50": short[:10000], "512": long[:1000]}
-        for dtype in ("bfloat16", "float16"):
+        for dtype in os.environ.get("PROBE_DTYPES", "bfloat16,float16").split(","):
             probe(preset, dtype, corpora)
-    profile("bge-base", long[:2000])
 
 
 if __name__ == "__main__":

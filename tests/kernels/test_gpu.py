@@ -140,3 +140,30 @@ def test_outputs_on_the_gpu_come_back_in_one_copy() -> None:
     assert all(g.device.type == "cpu" and torch.equal(g, o.cpu()) for g, o in zip(got, outputs))
     mixed = to_host([torch.ones(2, device="cuda"), torch.ones(2, device="cuda", dtype=torch.int64)])()
     assert [m.dtype for m in mixed] == [torch.float32, torch.int64]
+
+
+def test_the_gpu_serve_profile_runs_on_the_cpu_stand_in(tmp_path) -> None:
+    """``.ci/gpu/serve_profile.py`` (the GPU check's ``serve-profile`` step, whose first run on a
+    GPU read nothing useful) on the CPU stand-in: two API processes under load, the samples and CPU
+    times of the engine process and of the front both read back and summed up."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, OUT=str(tmp_path), POOLKIT_STANDIN_TOKENS_PER_S="1000000")
+    done = subprocess.run(
+        [sys.executable, str(root / ".ci" / "gpu" / "serve_profile.py"), "--preset", "host-bert", "--device", "cpu",
+         "--dtype", "float32", "--api-server-counts", "2", "--seconds", "2", "--connections", "8", "--processes", "1"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert any("serve (2 API processes) 8 x 1:" in line and "req/s" in line for line in lines), done.stdout[-2000:]
+    processes = [line for line in lines if line.startswith("process ") and " cores; " in line]
+    # the engine process (its batcher runs the model) and the front it serves beside; the keeper idles
+    assert sum("poolkit-batcher" in line and "MainThread" in line for line in processes) >= 2, done.stdout[-3000:]
+    samples = (tmp_path / "serve-2.txt").read_text().splitlines()
+    assert any(line.startswith("#cpu process ") for line in samples)
+    assert any("Batcher._loop (batching.py)" in line for line in samples)
