@@ -19,8 +19,10 @@
  * On all-MiniLM-L6-v2 the roundings alone keep a least cosine of 0.99998 (keys and queries) and
  * 0.99999 (probabilities and values) to the float model; int8 calibration measures the whole.
  *
- * Calls: float32 q, k, v and out, bidirectional or causal (no window, no bias, no key_lens), d a
- * multiple of 16 up to 256; attention_int8.py hands every other call to the float kernels. Causal
+ * Calls: float32 or bf16 q, k, v and out, bidirectional or causal (no window, no bias, no key_lens), d
+ * a multiple of 16 up to 256; attention_int8.py hands every other call to the float kernels. bf16 is
+ * widened to float32 a sequence's head at a time in the thread's scratch (an int8 model in bf16 on a
+ * CPU whose bf16 attention has no AMX tiles), and the outputs rounded back. Causal
  * blocks score the keys up to their last query, the last few hidden from the queries before them.
  */
 #define _GNU_SOURCE
@@ -295,12 +297,38 @@ static void attend_block_int(const workspace *w, const float *q, int64_t q_strid
 #undef OUTPUTS
 }
 
-/* Query heads [h_begin, h_end) of a packed batch (the arguments of poolkit_varlen_attention_int8). */
-static int attend_int(const float *q, int64_t q_stride, const float *k, int64_t k_stride, const float *v, int64_t v_stride,
-                      float *out, const int64_t *cu, int64_t nseq, int64_t max_len, int64_t heads, int64_t kv_heads, int64_t d,
-                      float scale, int causal, int64_t h_begin, int64_t h_end) {
-    int64_t padded = (max_len + 1) & ~(int64_t)1, group = heads / kv_heads;
-    size_t sizes[9] = {
+/* rows x d bf16 values, `stride` elements apart, widened to float32 rows d apart in dst. */
+static void widen_rows(float *dst, const uint16_t *src, int64_t stride, int64_t rows, int64_t d) {
+    for (int64_t r = 0; r < rows; r++) {
+        if (r + AHEAD < rows) _mm_prefetch((const char *)(src + (r + AHEAD) * stride), _MM_HINT_T0);
+        for (int64_t t = 0; t < d; t += 16) {
+            __m512i x = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(src + r * stride + t)));
+            _mm512_storeu_ps(dst + r * d + t, _mm512_castsi512_ps(_mm512_slli_epi32(x, 16)));
+        }
+    }
+}
+
+/* rows x d float32 values, d apart in src, rounded to bf16 (to nearest, ties to even, as torch
+ * rounds) into rows `stride` elements apart in dst. */
+static void narrow_rows(uint16_t *dst, int64_t stride, const float *src, int64_t rows, int64_t d) {
+    const __m512i one = _mm512_set1_epi32(1), half = _mm512_set1_epi32(0x7FFF);
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t t = 0; t < d; t += 16) {
+            __m512i x = _mm512_castps_si512(_mm512_loadu_ps(src + r * d + t));
+            x = _mm512_add_epi32(x, _mm512_add_epi32(half, _mm512_and_si512(_mm512_srli_epi32(x, 16), one)));
+            _mm256_storeu_si256((__m256i *)(dst + r * stride + t), _mm512_cvtepi32_epi16(_mm512_srli_epi32(x, 16)));
+        }
+}
+
+/* Query heads [h_begin, h_end) of a packed batch (the arguments of poolkit_varlen_attention_int8).
+ * bf16 tensors are read a sequence's head at a time into float32 rows (the keys and values once for
+ * the heads that share them), and each head's outputs rounded back to bf16 from float32 rows. */
+static int attend_int(const void *q, int64_t q_stride, const void *k, int64_t k_stride, const void *v, int64_t v_stride,
+                      void *out, const int64_t *cu, int64_t nseq, int64_t max_len, int64_t heads, int64_t kv_heads, int64_t d,
+                      float scale, int causal, int bf16, int64_t h_begin, int64_t h_end) {
+    int64_t padded = (max_len + 1) & ~(int64_t)1, group = heads / kv_heads, width = bf16 ? 2 : 4;
+    size_t rows = (size_t)padded * d * sizeof(float), wide = bf16 ? rows : 0;
+    size_t sizes[13] = {
         (size_t)padded * d,
         (size_t)padded * sizeof(int32_t),
         (size_t)padded * sizeof(float),
@@ -310,58 +338,78 @@ static int attend_int(const float *q, int64_t q_stride, const float *k, int64_t 
         (size_t)d / 4 * 16 * sizeof(uint32_t),
         (size_t)padded * 16 * sizeof(float),
         (size_t)padded / 2 * 16 * sizeof(uint32_t),
+        wide, wide, wide, wide, /* bf16: a head's queries, keys, values and outputs as float32 rows */
     };
-    void *parts[9] = {0};
-    for (int i = 0; i < 9; i++) {
+    void *parts[13] = {0};
+    for (int i = 0; i < 13; i++) {
         if (posix_memalign(&parts[i], 64, sizes[i] + 64)) {
             for (int j = 0; j < i; j++) free(parts[j]);
             return 1;
         }
     }
     workspace w = {parts[0], parts[1], parts[2], parts[3], parts[4], parts[5], parts[6], parts[7], parts[8]};
+    float *wq = parts[9], *wk = parts[10], *wv = parts[11], *wo = parts[12];
+    const char *qb = q, *kb = k, *vb = v;
+    char *ob = out;
     for (int64_t s = 0; s < nseq; s++) {
         int64_t t0 = cu[s], len = cu[s + 1] - cu[s];
         if (len <= 0) continue;
         if (len == 1) { /* one token sees only itself: its output is its value, exactly */
             for (int64_t h = h_begin; h < h_end; h++)
-                memcpy(out + t0 * heads * d + h * d, v + t0 * v_stride + (h / group) * d, (size_t)d * 4);
+                memcpy(ob + (t0 * heads * d + h * d) * width, vb + (t0 * v_stride + (h / group) * d) * width, (size_t)(d * width));
             continue;
         }
         for (int64_t g = h_begin / group; g <= (h_end - 1) / group; g++) {
-            round_keys(&w, k + t0 * k_stride + g * d, k_stride, len, d);
-            round_values(&w, v + t0 * v_stride + g * d, v_stride, len, d);
+            const float *kk = (const float *)kb + t0 * k_stride + g * d, *vv = (const float *)vb + t0 * v_stride + g * d;
+            int64_t ks = k_stride, vs = v_stride;
+            if (bf16) {
+                widen_rows(wk, (const uint16_t *)kb + t0 * k_stride + g * d, k_stride, len, d);
+                widen_rows(wv, (const uint16_t *)vb + t0 * v_stride + g * d, v_stride, len, d);
+                kk = wk, vv = wv, ks = vs = d;
+            }
+            round_keys(&w, kk, ks, len, d);
+            round_values(&w, vv, vs, len, d);
             int64_t h_lo = g * group > h_begin ? g * group : h_begin;
             int64_t h_hi = (g + 1) * group < h_end ? (g + 1) * group : h_end;
-            for (int64_t h = h_lo; h < h_hi; h++)
+            for (int64_t h = h_lo; h < h_hi; h++) {
+                const float *qq = (const float *)qb + t0 * q_stride + h * d;
+                float *oo = (float *)ob + t0 * heads * d + h * d;
+                int64_t qs = q_stride, os = heads * d;
+                if (bf16) {
+                    widen_rows(wq, (const uint16_t *)qb + t0 * q_stride + h * d, q_stride, len, d);
+                    qq = wq, oo = wo, qs = os = d;
+                }
                 for (int64_t q0 = 0; q0 < len; q0 += 16)
-                    attend_block_int(&w, q + (t0 + q0) * q_stride + h * d, q_stride, q0, len - q0 < 16 ? len - q0 : 16, len,
-                                     d, scale, causal, out + (t0 + q0) * heads * d + h * d, heads * d);
+                    attend_block_int(&w, qq + q0 * qs, qs, q0, len - q0 < 16 ? len - q0 : 16, len, d, scale, causal, oo + q0 * os, os);
+                if (bf16) narrow_rows((uint16_t *)ob + t0 * heads * d + h * d, heads * d, wo, len, d);
+            }
         }
     }
-    for (int i = 0; i < 9; i++) free(parts[i]);
+    for (int i = 0; i < 13; i++) free(parts[i]);
     return 0;
 }
 
 #endif /* POOLKIT_VNNI */
 
-/* Attention of every head of a packed batch of float32 tokens with integer products, the heads
- * split over `workers` threads: q [T, heads, d] with token stride q_stride (floats), heads d apart;
- * k, v [T, kv_heads, d] likewise; out [T, heads, d] contiguous; cu the nseq + 1 offsets of the
- * sequences, max_len the longest; d a multiple of 16 up to 256; causal: each query sees the keys up
- * to its own position, else all of its sequence's.
+/* Attention of every head of a packed batch of float32 (bf16: 1) tokens with integer products, the
+ * heads split over `workers` threads: q [T, heads, d] with token stride q_stride (elements), heads d
+ * apart; k, v [T, kv_heads, d] likewise; out [T, heads, d] contiguous, of the same dtype; cu the
+ * nseq + 1 offsets of the sequences, max_len the longest; d a multiple of 16 up to 256; causal: each
+ * query sees the keys up to its own position, else all of its sequence's.
  * Returns 0, 1 when out of memory, 2 when this build has no such kernel. */
-int poolkit_varlen_attention_int8(const float *q, int64_t q_stride, const float *k, int64_t k_stride, const float *v,
-                                  int64_t v_stride, float *out, const int64_t *cu, int64_t nseq, int64_t max_len,
-                                  int64_t heads, int64_t kv_heads, int64_t d, float scale, int causal, int64_t workers) {
+int poolkit_varlen_attention_int8(const void *q, int64_t q_stride, const void *k, int64_t k_stride, const void *v,
+                                  int64_t v_stride, void *out, const int64_t *cu, int64_t nseq, int64_t max_len,
+                                  int64_t heads, int64_t kv_heads, int64_t d, float scale, int causal, int bf16,
+                                  int64_t workers) {
 #ifdef POOLKIT_VNNI
     int code;
     PARALLEL_RANGES(heads, workers, code, begin, end,
                     attend_int(q, q_stride, k, k_stride, v, v_stride, out, cu, nseq, max_len, heads, kv_heads, d, scale,
-                               causal, begin, end));
+                               causal, bf16, begin, end));
     return code;
 #else
     (void)q; (void)q_stride; (void)k; (void)k_stride; (void)v; (void)v_stride; (void)out; (void)cu; (void)nseq;
-    (void)max_len; (void)heads; (void)kv_heads; (void)d; (void)scale; (void)causal; (void)workers;
+    (void)max_len; (void)heads; (void)kv_heads; (void)d; (void)scale; (void)causal; (void)bf16; (void)workers;
     return 2;
 #endif
 }

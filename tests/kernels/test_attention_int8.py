@@ -11,7 +11,7 @@ import torch
 
 from poolkit import PackedBatch
 from poolkit.kernels import attention_int8
-from poolkit.kernels.attention import avx512_varlen_attention, varlen_attention
+from poolkit.kernels.attention import amx_varlen_attention, avx512_varlen_attention, varlen_attention
 from poolkit.kernels.attention_int8 import vnni_varlen_attention_int8
 from poolkit.plugins.lookup import kernel_for, select_kernel, use_op
 
@@ -133,11 +133,10 @@ def test_int8_attention_gives_single_tokens_their_own_values() -> None:
     [
         dict(window=3),
         dict(bias=torch.zeros(4, 1100, 1100)),
-        dict(dtype=torch.bfloat16),
         dict(key_lens=True),
         dict(d=8),
     ],
-    ids=["window", "bias", "bf16", "key_lens", "d8"],
+    ids=["window", "bias", "key_lens", "d8"],
 )
 def test_int8_attention_hands_windows_biases_and_other_calls_to_the_float_kernel(call: dict) -> None:
     """What it has no integer path for runs as ``varlen_attention:avx512`` runs it, bit for bit."""
@@ -150,10 +149,34 @@ def test_int8_attention_hands_windows_biases_and_other_calls_to_the_float_kernel
     assert torch.equal(vnni_varlen_attention_int8(q, k, v, batch, **call), avx512_varlen_attention(q, k, v, batch, **call))
 
 
+@pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
+@pytest.mark.parametrize("kv_heads", [4, 2], ids=["mha", "gqa"])
+def test_int8_attention_runs_bf16_as_float32_where_no_amx_attention_does(monkeypatch, causal: bool, kv_heads: int) -> None:
+    """Without an AMX bf16 attention (the Zen 4 class) bf16 calls run in integers: exactly the
+    float32 path on the same values, its outputs rounded to bf16 as torch rounds them (the kernel
+    widens a sequence's head at a time and rounds back). With one, bf16 is not run in integers:
+    its calls go to the AMX kernel, and calibration does not try the op on a bf16 stream."""
+    _kernel()
+    batch, q, k, v = _inputs(LENGTHS, 4, kv_heads, 32, seed=5)
+    q, k, v = q.bfloat16(), k.bfloat16(), v.bfloat16()
+    monkeypatch.setattr(attention_int8, "_amx_available", lambda: False)
+    assert torch.bfloat16 in vnni_varlen_attention_int8.dtypes
+    out = vnni_varlen_attention_int8(q, k, v, batch, causal=causal)
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out, vnni_varlen_attention_int8(q.float(), k.float(), v.float(), batch, causal=causal).bfloat16())
+    assert not torch.equal(out, avx512_varlen_attention(q, k, v, batch, causal=causal))  # integer products, not the float kernel's
+    monkeypatch.setattr(attention_int8, "_amx_available", lambda: True)
+    assert tuple(vnni_varlen_attention_int8.dtypes) == (torch.float32,) and torch.bfloat16 not in vnni_varlen_attention_int8.dtypes
+    assert torch.equal(vnni_varlen_attention_int8(q, k, v, batch, causal=causal), amx_varlen_attention(q, k, v, batch, causal=causal))
+
+
 def test_the_int8_attention_kernels_rank_and_declare_their_dtypes() -> None:
     """The reference is the exact attention and runs no dtype in integers; the VNNI kernel, where it
-    builds, is the CPU's choice and runs float32 in integers."""
-    assert getattr(varlen_attention, "dtypes", ()) == () and vnni_varlen_attention_int8.dtypes == (torch.float32,)
+    builds, is the CPU's choice and runs float32 in integers, and bf16 where no AMX bf16 attention runs."""
+    from poolkit.kernels.attention import _amx_available
+
+    expected_dtypes = (torch.float32,) if _amx_available() else (torch.float32, torch.bfloat16)
+    assert getattr(varlen_attention, "dtypes", ()) == () and tuple(vnni_varlen_attention_int8.dtypes) == expected_dtypes
     assert select_kernel("varlen_attention_int8", "meta") is varlen_attention
     expected = vnni_varlen_attention_int8 if attention_int8._library() is not None else varlen_attention
     assert select_kernel("varlen_attention_int8", "cpu") is expected

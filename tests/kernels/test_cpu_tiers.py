@@ -38,12 +38,19 @@ TIERS = {
     # Cascade Lake's instructions: AVX-512 with VNNI, no AVX512-BF16, no AMX (most rented CPUs), with
     # oneDNN held to the same: the int8 kernels such a CPU runs (the VNNI one-pass layer).
     "avx512-vnni-without-bf16": {"POOLKIT_CPU_ARCH": "cascadelake", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE_VNNI"},
+    # Cooper Lake's: AVX512-BF16 and VNNI without AMX (the Zen 4 class), where an int8 model's bf16
+    # attention runs in integers (no AMX bf16 attention outruns them).
+    "avx512-bf16-without-amx": {"POOLKIT_CPU_ARCH": "cooperlake", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"},
 }
 #: The tests a tier runs where not all of FILES: the VNNI tier's build differs from an AVX512-BF16 one's
 #: in int8.c (the VNNI layer, the AVX-512 rounding) and attention.c (the float32 build without AVX512-BF16).
 TIER_FILES = {
     "avx512-vnni-without-bf16": (
         "kernels/test_int8.py", "kernels/test_int8_gated.py", "kernels/test_attention_kernels.py", "kernels/test_attention_int8.py",
+    ),
+    "avx512-bf16-without-amx": (
+        "kernels/test_attention_int8.py",
+        "kernels/test_int8.py::test_calibration_takes_the_attention_in_integers_where_it_keeps_the_budget",
     ),
 }
 
@@ -54,6 +61,8 @@ def test_the_kernel_tests_pass_on_a_lesser_cpu(tier: str, tmp_path: Path) -> Non
         pytest.skip("x86-64 tiers")
     if tier.startswith("avx512-vnni") and not cpu_features().avx512_vnni:
         pytest.skip("a CPU without AVX512-VNNI cannot run Cascade Lake's code")
+    if tier.startswith("avx512-bf16") and not (cpu_features().avx512_bf16 and cpu_features().avx512_vnni):
+        pytest.skip("a CPU without AVX512-BF16 and VNNI cannot run Cooper Lake's code")
     env = {**os.environ, **TIERS[tier], "POOLKIT_KERNEL_CACHE": str(tmp_path / "kernels")}
     files = TIER_FILES.get(tier, FILES)
     done = subprocess.run(
