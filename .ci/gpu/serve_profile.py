@@ -87,10 +87,13 @@ def summarize(path: str, seconds: float, top: int = 20) -> list[str]:
                 for frame in set(calls):
                     inclusive[process][frame] += n
     lines = []
-    for process in sorted(threads, key=lambda p: -sum(cores[p].values())):
+    for process in sorted(threads, key=lambda p: -cores[p].get("(all threads)", sum(cores[p].values()))):
+        whole = cores[process].pop("(all threads)", None)
         names = sorted({t for t, _ in threads[process]} | set(cores[process]))
         busy = sum(own[process].values())
-        lines.append(f"{process}: {sum(cores[process].values()):.2f} cores; " + ", ".join(
+        python = sum(cores[process].values())
+        native = f", native threads {max(0.0, whole - python):.2f}" if whole is not None else ""
+        lines.append(f"{process}: {whole if whole is not None else python:.2f} cores (Python threads {python:.2f}{native}); " + ", ".join(
             f"{t} {cores[process].get(t, 0):.2f} cores "
             f"({threads[process][(t, True)] / max(1, threads[process][(t, True)] + threads[process][(t, False)]):.0%} of samples at work)"
             for t in names if cores[process].get(t, 0) >= 0.005 or threads[process][(t, True)]))

@@ -161,7 +161,7 @@ def test_the_gpu_serve_profile_runs_on_the_cpu_stand_in(tmp_path) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.splitlines()
     assert any("serve (2 API processes) 8 x 1:" in line and "req/s" in line for line in lines), done.stdout[-2000:]
-    processes = [line for line in lines if line.startswith("process ") and " cores; " in line]
+    processes = [line for line in lines if line.startswith("process ") and " cores (Python threads " in line]
     # the engine process (its batcher runs the model) and the front it serves beside; the keeper idles
     assert sum("poolkit-batcher" in line and "MainThread" in line for line in processes) >= 2, done.stdout[-3000:]
     samples = (tmp_path / "serve-2.txt").read_text().splitlines()

@@ -5,7 +5,8 @@ that starts (the engine process) and each one it forks (the keeper and the API p
 the stacks of all its threads every ``POOLKIT_SAMPLE_MS`` milliseconds (default 4) from a thread of
 its own, and rewrites ``<folder>/<pid>.txt`` each second: one line per distinct stack,
 ``thread;frame;frame... count``, outermost frame first, each frame ``function (file)``, then one
-line per thread, ``#cpu thread;seconds``, its CPU time so far (from /proc). Samples are
+line per Python thread, ``#cpu thread;seconds``, its CPU time so far (from /proc), and one for the
+whole process, ``#cpu (all threads);seconds`` (native threads too). Samples are
 wall-clock: a thread waiting (in ``select``, on a lock, in an event loop's C code) is sampled where
 it waits; the CPU times say how busy each thread was. No package is needed (py-spy could not read the
 GPU machine's processes), and sampling starts only when ``POOLKIT_SAMPLE_TO`` is set.
@@ -38,8 +39,12 @@ def _start() -> None:
     tick = os.sysconf("SC_CLK_TCK")
 
     def cpu_seconds() -> dict[str, float]:
-        """Each live thread's CPU time so far (user and system), from /proc."""
-        seconds: dict[str, float] = {}
+        """Each live Python thread's CPU time so far (user and system), from /proc, and the whole
+        process's as ``(all threads)``: the difference is native threads' (the Rust tokenizer's
+        pool, CUDA's and torch's own)."""
+        with open("/proc/self/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+        seconds: dict[str, float] = {"(all threads)": (int(fields[11]) + int(fields[12])) / tick}
         for thread in threading.enumerate():
             # a forked child's main thread (the one that forked) keeps its parent's native_id; its id is the pid
             tid = os.getpid() if thread is threading.main_thread() else thread.native_id
