@@ -7,8 +7,8 @@ For each API-process count, the server runs under 256 connections x 1 text (from
 processes, as ``table.py`` loads it) while ``sampler/sitecustomize.py`` samples the stacks of every
 thread of every server process (the engine process, the keeper and the fronts). The samples taken
 during the load go to ``$OUT/serve-N.txt``, one line per stack: ``process PID;thread;frames count``.
-A summary of each (per thread, the share of samples working; per process, the busiest frames) is
-printed, so the call's output says where the time went even when the files do not come back. On a
+A summary of each (per thread, its CPU time in cores and the share of samples working; per process,
+the busiest frames; with one API process, the batches the engine formed and their size) is printed, so the call's output says where the time went even when the files do not come back. On a
 machine without a GPU, ``POOLKIT_STANDIN_TOKENS_PER_S`` with ``--device cpu`` gives the server the
 CPU stand-in for one (:mod:`poolkit.runtime.standin`).
 """
@@ -49,6 +49,21 @@ def read_samples(folder: str) -> collections.Counter:
                     if n.isdigit():
                         counts[f"process {name[:-4]};{stack}"] += int(n)
     return counts
+
+
+def batch_counters(url: str) -> tuple[float, float]:
+    """The batcher's batches and tokens so far, from ``/metrics`` (one process's: with several API
+    processes, whichever answers)."""
+    import urllib.request
+
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    totals = {"poolkit_batches_total": 0.0, "poolkit_batch_tokens_total": 0.0}
+    for line in text.splitlines():
+        name, _, value = line.partition("{")
+        if name in totals:
+            totals[name] += float(value.rpartition(" ")[2])
+    return totals["poolkit_batches_total"], totals["poolkit_batch_tokens_total"]
 
 
 #: Innermost functions where a thread waits rather than works (the samples are wall-clock);
@@ -131,15 +146,18 @@ def main() -> None:
             # one untimed load: connections opened, the batch shapes seen
             with multiprocessing.get_context("spawn").Pool(options.processes) as pool:
                 pool.map(_client, [(server.url, each, 1.0, options.inputs, k) for k in range(options.processes)])
-            before = read_samples(folder)
+            before, counted = read_samples(folder), batch_counters(server.url)
             with multiprocessing.get_context("spawn").Pool(options.processes) as pool:
                 reports = pool.map(_client, [(server.url, each, options.seconds, options.inputs, k) for k in range(options.processes)])
             time.sleep(1.5)  # each process rewrites its samples every second
             during = read_samples(folder) - before
+            batches, tokens = (b - a for a, b in zip(counted, batch_counters(server.url)))
             requests = sum(r["requests"] for r in reports)
             p99 = max(r["p99_ms"] for r in reports)
             print(f"{options.preset} serve ({count} API processes) {options.connections} x {options.inputs}: "
                   f"{requests / options.seconds:,.0f} req/s, p99 {p99} ms (sampled)", flush=True)
+            if count == 1 and batches:  # one process: its counters are the server's
+                print(f"  {batches:,.0f} batches, {tokens / batches:,.0f} tokens and {requests / batches:,.1f} requests a batch", flush=True)
             with open(samples, "w") as f:
                 f.writelines(f"{stack} {n}\n" for stack, n in during.items())
             print("\n".join(summarize(samples, options.seconds + 1.5)), flush=True)
