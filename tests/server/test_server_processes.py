@@ -106,6 +106,11 @@ def test_two_api_processes_answer_as_one(minilm, minilm_dir, tmp_path):
         code = server.stop()
     assert code == 0
     assert not os.path.exists(f"/proc/{front}")  # ended and reaped by its keeper
+    # The engine process warms each model up once. A front runs no warm-up (each ran one more
+    # through the engine process, and on CUDA read the allocator's counters in a forked process).
+    log = (tmp_path / "server.log").read_text()
+    assert log.count("warm-up of 'minilm'") == 1 and log.count("warm-up of 'ce'") == 1, log[-3000:]
+    assert "an API process failed" not in log, log[-3000:]
 
 
 def test_sigterm_drains_every_process_and_a_front_ends_with_its_engine(minilm_dir, tmp_path):

@@ -322,7 +322,7 @@ def listening_sockets(host: str, port: int, count: int) -> list[socket.socket]:
 def serve_processes(
     loaders: Sequence[Callable[[], Any]],
     count: int,
-    make_app: Callable[[list[Any]], Any],
+    make_app: Callable[[list[Any], bool], Any],
     run_app: Callable[[Any, socket.socket], None],
     *,
     host: str,
@@ -334,7 +334,9 @@ def serve_processes(
     Args:
         loaders: each loads one model (here, before any fork).
         count: API processes in all, this one included (at least 2).
-        make_app: the application over the loaded models (``create_app``).
+        make_app: the application over the loaded models (``create_app``), and whether it is a
+            front's: a front runs no warm-up (the engine process warms the models up, and a process
+            forked from one that holds the accelerator must not touch it).
         run_app: serves an application on the listening socket until it stops.
         shutdown_timeout: how long a front drains on SIGTERM (``limits.shutdown_timeout``); one
             still running 5 s later is killed.
@@ -369,7 +371,7 @@ def serve_processes(
     for sock in sockets[1:]:
         sock.close()  # the keeper's, for its fronts
     logger.info("%d API processes: the engine process %d and %d more, started and kept by process %d", count, os.getpid(), count - 1, keeper)
-    app = make_app(llms)
+    app = make_app(llms, False)
     st = app.state.poolkit
     service = EngineService(listener, authkey, lambda i: st.models[i].batcher)
     service.start()
@@ -427,7 +429,7 @@ class _Keeper:
 
     def __init__(
         self, llms: list[Any], sockets: list[socket.socket], address: str, authkey: bytes,
-        make_app: Callable[[list[Any]], Any], run_app: Callable[[Any, socket.socket], None],
+        make_app: Callable[[list[Any], bool], Any], run_app: Callable[[Any, socket.socket], None],
         *, host: str, port: int, grace: float,
     ) -> None:
         self.llms, self.sockets, self.address, self.authkey = llms, sockets, address, authkey
@@ -540,7 +542,7 @@ class _Keeper:
             _as_front(keeper)
             for index, llm in enumerate(self.llms):
                 llm.engine = RemoteEngine(llm.engine, index, self.address, self.authkey)
-            self.run_app(self.make_app(self.llms), sock)
+            self.run_app(self.make_app(self.llms, True), sock)
             code = 0
         except BaseException:  # noqa: BLE001 - a front reports and ends
             logger.exception("an API process failed")
