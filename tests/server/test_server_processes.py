@@ -215,3 +215,15 @@ def test_the_count_is_checked(minilm_dir):
     result = CliRunner().invoke(app, ["serve", str(minilm_dir), "--api-server-count", "0"])
     assert result.exit_code == 1, result.output
     assert result.stderr.splitlines()[0] == "Error: --api-server-count must be at least 1, got 0"
+
+
+@pytest.mark.parametrize("flags", [["--enable-lora"], ["--enable-lora", "--lora-modules", "a=/nowhere"]], ids=["enable", "modules"])
+def test_adapters_are_refused_with_several_api_processes(minilm_dir, flags):
+    """An adapter loaded at run time (``/v1/load_lora_adapter``) would be the answering process's
+    alone, and a front must not load weights (on a GPU, in a process forked from the one holding
+    it): LoRA serves with one API process, refused before the model loads."""
+    from poolkit.entrypoints.cli import app
+
+    result = CliRunner().invoke(app, ["serve", str(minilm_dir), "--api-server-count", "2", *flags])
+    assert result.exit_code == 1, result.output
+    assert result.stderr.splitlines()[0] == "Error: --enable-lora serves adapters with one API process; leave --api-server-count at 1"

@@ -142,10 +142,10 @@ def serve(
                 raise InvalidRequest("--grpc-port is served by the process that runs the models: it takes neither --ray-serve nor --api-server-count above 1")
             tei()
         adapters = _lora_modules(lora_modules or [], args)
-        if adapters and api_server_count > 1:
+        if args.enable_lora and api_server_count > 1:  # an adapter loaded at run time would be one process's alone
             from ...contracts.errors import InvalidRequest
 
-            raise InvalidRequest("--lora-modules serves with one API process; leave --api-server-count at 1")
+            raise InvalidRequest("--enable-lora serves adapters with one API process; leave --api-server-count at 1")
         chat_template = _template(chat_template, "--chat-template")
         score_template = _template(score_template, "--score-template")
         setup_logging(quiet, verbose, json_lines=log_format == "json")
