@@ -301,23 +301,15 @@ static void attend_block_int(const workspace *w, const float *q, int64_t q_strid
 static void widen_rows(float *dst, const uint16_t *src, int64_t stride, int64_t rows, int64_t d) {
     for (int64_t r = 0; r < rows; r++) {
         if (r + AHEAD < rows) _mm_prefetch((const char *)(src + (r + AHEAD) * stride), _MM_HINT_T0);
-        for (int64_t t = 0; t < d; t += 16) {
-            __m512i x = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(src + r * stride + t)));
-            _mm512_storeu_ps(dst + r * d + t, _mm512_castsi512_ps(_mm512_slli_epi32(x, 16)));
-        }
+        for (int64_t t = 0; t < d; t += 16) _mm512_storeu_ps(dst + r * d + t, bf16x16(src + r * stride + t));
     }
 }
 
-/* rows x d float32 values, d apart in src, rounded to bf16 (to nearest, ties to even, as torch
- * rounds) into rows `stride` elements apart in dst. */
+/* rows x d float32 values, d apart in src, rounded to bf16 (to nearest even, simd.h's rounding)
+ * into rows `stride` elements apart in dst. */
 static void narrow_rows(uint16_t *dst, int64_t stride, const float *src, int64_t rows, int64_t d) {
-    const __m512i one = _mm512_set1_epi32(1), half = _mm512_set1_epi32(0x7FFF);
     for (int64_t r = 0; r < rows; r++)
-        for (int64_t t = 0; t < d; t += 16) {
-            __m512i x = _mm512_castps_si512(_mm512_loadu_ps(src + r * d + t));
-            x = _mm512_add_epi32(x, _mm512_add_epi32(half, _mm512_and_si512(_mm512_srli_epi32(x, 16), one)));
-            _mm256_storeu_si256((__m256i *)(dst + r * stride + t), _mm512_cvtepi32_epi16(_mm512_srli_epi32(x, 16)));
-        }
+        for (int64_t t = 0; t < d; t += 16) put_bf16x16(dst + r * stride + t, _mm512_loadu_ps(src + r * d + t));
 }
 
 /* Query heads [h_begin, h_end) of a packed batch (the arguments of poolkit_varlen_attention_int8).

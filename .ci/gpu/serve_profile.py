@@ -19,6 +19,7 @@ import argparse
 import collections
 import multiprocessing
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -163,6 +164,7 @@ def main() -> None:
             print("\n".join(summarize(samples, options.seconds + 1.5)), flush=True)
         finally:
             server.stop()
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -285,7 +285,7 @@ def run(
         loaders = [m if callable(m) and not hasattr(m, "model") else (lambda m=m: m) for m in (llm if many else [llm])]
         serve_processes(
             loaders, api_server_count,
-            lambda llms, front: create_app(llms if many else llms[0], limits=limits, **{**options, **({"warmup": False} if front else {})}),
+            lambda llms, front: create_app(llms if many else llms[0], limits=limits, **({**options, "warmup": False} if front else options)),
             lambda app, sock: _serve(app, limits, sockets=[sock], **serving),
             host=host, port=port, shutdown_timeout=limits.shutdown_timeout,
         )
