@@ -18,8 +18,9 @@ are added in float32. Some layers may still lose too much. Calibration measures 
 drop in cosine similarity of the model's output when that layer alone is int8, and keeps the
 costliest layers in float until the whole model, measured again, meets the error budget:
 :data:`BUDGET`, the least cosine similarity between the int8 and float outputs over the
-calibration texts, mean-pooled and first-token alike, or the user's ``quantization_budget``. The
-costs only rank the layers: how many of the cheapest keep the budget together is measured whole.
+calibration texts, mean-pooled and first-token alike (and last-token where the architecture pools
+that one), or the user's ``quantization_budget``. The costs only rank the layers: how many of the
+cheapest keep the budget together is measured whole.
 
 Float channels and the rotation cost time (the rotation a third more of the rounding), so the
 fastest configuration is tried first: every layer plain (smoothed, no float channels, no
@@ -114,13 +115,13 @@ def quantize_int8(model: Architecture, batches: list[PackedBatch], budget: float
             logger.warning("quantization 'int8' declined: %s", reason)
             return {"method": "int8", "declined": reason, "int8_layers": [], "float_layers": list(float_layers)}
         levels = quantized.weight_levels
-        reference = [_summary(model(batch), batch) for batch in batches]
+        reference = [_summary(model, batch) for batch in batches]
         int8 = {name: _int8_linear(module, *seen[module], quantized, plain=True) for name, module in float_layers.items()}
 
         def cosine(chosen: Iterable[str]) -> float:
             _swap(model, {name: int8[name] for name in chosen})
             try:
-                return min(_cosine(_summary(model(b), b), r) for b, r in zip(batches, reference))
+                return min(_cosine(_summary(model, b), r) for b, r in zip(batches, reference))
             finally:
                 _swap(model, {name: float_layers[name] for name in int8})
 
@@ -170,9 +171,9 @@ def _integer_attention(model: nn.Module, batches: list[PackedBatch], reference: 
     parameter = next(model.parameters())
     if parameter.dtype not in getattr(select_kernel(INTEGER_ATTENTION, parameter.device), "dtypes", ()):
         return None
-    before = [_summary(model(b), b) for b in batches]
+    before = [_summary(model, b) for b in batches]
     use_op(model, "varlen_attention", INTEGER_ATTENTION)
-    after = [_summary(model(b), b) for b in batches]
+    after = [_summary(model, b) for b in batches]
     if any(not torch.equal(x, y) for x, y in zip(before, after)):
         achieved = min(_cosine(x, r) for x, r in zip(after, reference))
         if achieved >= budget:
@@ -253,7 +254,7 @@ def own_costs(
         _swap(model, {name: int8[name]})
         try:
             with probing(replaying(min(first.get(layer, 0), len(kept)))):
-                costs[name] = 1.0 - _cosine(_summary(model(batch), batch), reference)
+                costs[name] = 1.0 - _cosine(_summary(model, batch), reference)
         finally:
             _swap(model, {name: layer})
     return costs
@@ -337,11 +338,15 @@ def _swap(model: nn.Module, replacements: dict[str, nn.Module]) -> None:
         setattr(model.get_submodule(parent) if parent else model, attribute, module)
 
 
-def _summary(hidden: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
-    """Per sequence, its mean hidden state and its first token's, ``[2 * sequences, hidden]``."""
-    hidden = hidden.float()
+def _summary(model: nn.Module, batch: PackedBatch) -> torch.Tensor:
+    """``model``'s output on ``batch`` as calibration compares it: per sequence, its mean hidden state
+    and its first token's, and its last token's where the architecture pools that one
+    (``default_pooling_type`` ``"LAST"``: the decoders, CLIP's text side, whose first token has read
+    only itself): ``[2 * sequences, hidden]``, or ``3 *``."""
+    hidden = model(batch).float()
     means = torch.stack([part.mean(0) for part in batch.split(hidden)])
-    return torch.cat([means, hidden[batch.first_indices]])
+    ends = [batch.first_indices] + ([batch.last_indices] if getattr(model, "default_pooling_type", None) == "LAST" else [])
+    return torch.cat([means, *(hidden[at] for at in ends)])
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:

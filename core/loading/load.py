@@ -247,9 +247,9 @@ def load_model(args: EngineArgs) -> PoolingModel:
     quantization = None
     if args.quantization is not None:
         texts = calibration_texts(args.calibration)
-        limit = min(CALIBRATION_TOKENS, architecture.max_positions or CALIBRATION_TOKENS)
+        limits = [min(n, architecture.max_positions or n) for n in (CALIBRATION_TOKENS, CALIBRATION_DOCUMENT_TOKENS)]
         quantization = architecture.quantize(
-            args.quantization, lambda: _calibration_batches(tok, texts, limit, torch_device), args.quantization_budget
+            args.quantization, lambda: _calibration_batches(tok, texts, *limits, torch_device), args.quantization_budget
         )
     pooling_model = PoolingModel(
         name=name,
@@ -278,6 +278,10 @@ def load_model(args: EngineArgs) -> PoolingModel:
 
 #: Calibration texts are cut to this many tokens (quantization).
 CALIBRATION_TOKENS = 128
+#: Calibration also runs the texts joined in order into documents of about this many tokens (the
+#: model's limit where lower): the budget then holds at the positions of a document, which short
+#: texts never reach.
+CALIBRATION_DOCUMENT_TOKENS = 256
 #: The built-in calibration texts: a hundred sentences and paragraphs of assorted kinds.
 CALIBRATION_FILE = Path(__file__).with_name("calibration.txt")
 
@@ -298,10 +302,25 @@ def calibration_texts(path: str | None) -> list[str]:
     return texts
 
 
-def _calibration_batches(tokenizer: Tokenizer, texts: list[str], limit: int, device: torch.device) -> list[PackedBatch]:
-    """``texts`` tokenized (cut to ``limit`` tokens) and packed into batches of up to 64 texts."""
+def _calibration_batches(
+    tokenizer: Tokenizer, texts: list[str], limit: int, document_limit: int, device: torch.device
+) -> list[PackedBatch]:
+    """``texts`` tokenized (cut to ``limit`` tokens) and packed into batches of up to 64 texts, then
+    one batch of the texts joined in order into documents of up to ``document_limit`` tokens."""
     ids = tokenizer(texts, truncation=True, max_length=limit)["input_ids"]
-    return [PackedBatch.from_sequences(ids[i : i + 64], device=device) for i in range(0, len(ids), 64)]
+    batches = [PackedBatch.from_sequences(ids[i : i + 64], device=device) for i in range(0, len(ids), 64)]
+    documents: list[list[str]] = [[]]
+    length = 0
+    for text, tokens in zip(texts, ids):
+        if length + len(tokens) > document_limit and documents[-1]:
+            documents.append([])
+            length = 0
+        documents[-1].append(text)
+        length += len(tokens)
+    if len(documents) > 1 or len(texts) > 1:  # a document longer than any one text
+        joined = tokenizer([" ".join(parts) for parts in documents], truncation=True, max_length=document_limit)["input_ids"]
+        batches.append(PackedBatch.from_sequences(joined[:64], device=device))
+    return batches
 
 
 def _load_tokenizer(path: Path, hf_config: PretrainedConfig) -> Tokenizer:

@@ -557,6 +557,43 @@ def test_other_quantizations_are_refused(value):
         LLM("unused", quantization=value)
 
 
+def test_calibration_also_runs_the_texts_joined_into_documents(minilm):
+    """The calibration texts are sentences: after their batches (cut at 128 tokens), one batch of
+    them joined in order into documents of up to 256 tokens, so that the budget holds at the
+    positions of a long input too."""
+    from poolkit.loading.load import CALIBRATION_DOCUMENT_TOKENS, _calibration_batches, calibration_texts
+
+    tokenizer = minilm.model.tokenizer
+    texts = calibration_texts(None)
+    batches = _calibration_batches(tokenizer, texts, 128, CALIBRATION_DOCUMENT_TOKENS, torch.device("cpu"))
+    alone = tokenizer(texts, truncation=True, max_length=128)["input_ids"]
+    assert [len(b.split(b.input_ids)) for b in batches[:-1]] == [min(64, len(texts) - i) for i in range(0, len(texts), 64)]
+    assert batches[0].split(batches[0].input_ids)[0].tolist() == alone[0]
+    documents = [d.tolist() for d in batches[-1].split(batches[-1].input_ids)]
+    longest = max(len(ids) for ids in alone)
+    assert len(documents) > 1 and all(len(d) <= CALIBRATION_DOCUMENT_TOKENS for d in documents)
+    assert min(len(d) for d in documents[:-1]) > max(longest, CALIBRATION_DOCUMENT_TOKENS // 2)
+    words = tokenizer.decode(sum((d[1:-1] for d in documents), []))  # every text, in order, once
+    assert words == tokenizer.decode(sum((ids[1:-1] for ids in alone), []))
+
+
+@pytest.mark.parametrize("kind", ["bert", "qwen3", "clip"])
+def test_calibration_compares_the_last_token_where_the_architecture_pools_it(kind, tmp_path):
+    """A sequence's mean and first token, and its last where the architecture pools that one (a
+    decoder, CLIP's text side: a causal model's first token has read only itself)."""
+    from poolkit.builtin_models.blocks import quantize
+
+    model = LLM(str(_family(kind, tmp_path / kind)), dtype="float32").model.architecture
+    batch = PackedBatch.from_sequences([list(range(5, 45)), list(range(7, 20)), [9, 10, 11]])
+    with torch.inference_mode():
+        hidden = model(batch).float()
+        summary = quantize._summary(model, batch)
+    ends = [batch.first_indices, batch.last_indices] if kind != "bert" else [batch.first_indices]
+    assert (model.default_pooling_type == "LAST") is (kind != "bert")
+    assert torch.equal(summary[3:], torch.cat([hidden[at] for at in ends]))
+    assert torch.allclose(summary[:3], torch.stack([hidden[:40].mean(0), hidden[40:53].mean(0), hidden[53:].mean(0)]))
+
+
 def test_the_transformers_fallback_refuses_int8(tiny_encoders):
     with pytest.raises(ModelLoadError, match="quantization 'int8' is not supported by .*natively"):
         LLM(str(tiny_encoders["bert"]), model_impl="transformers", quantization="int8")
@@ -603,7 +640,7 @@ def test_calibration_takes_the_attention_in_integers_where_it_keeps_the_budget(k
     batches = [PackedBatch.from_sequences([list(range(5, 45)), list(range(7, 20)), [9, 10, 11]])]
     exact, integer = select_kernel("varlen_attention", "cpu"), select_kernel("varlen_attention_int8", "cpu")
     with torch.inference_mode():  # as calibration runs (the kernels hand calls that need gradients back)
-        reference = [quantize._summary(model(b), b) for b in batches]
+        reference = [quantize._summary(model, b) for b in batches]
         assert quantize._integer_attention(model, batches, reference, 1.0) is None  # rounded products never reach 1.0
         assert kernel_for(model, "varlen_attention", "cpu") is exact
         kept = quantize._integer_attention(model, batches, reference, 0.99)
@@ -660,7 +697,7 @@ def _costs_by_definition(model, int8, layers, batch, reference) -> dict[str, flo
     costs = {}
     for name, layer in layers.items():
         quantize._swap(model, {name: int8[name]})
-        costs[name] = 1.0 - quantize._cosine(quantize._summary(model(batch), batch), reference)
+        costs[name] = 1.0 - quantize._cosine(quantize._summary(model, batch), reference)
         quantize._swap(model, {name: layer})
     return costs
 
@@ -693,7 +730,7 @@ def test_each_layers_own_cost_is_its_run_alone_in_int8(kind, tmp_path, monkeypat
         layers = {names[module]: module for module in seen}
         kernel = select_kernel("linear_int8", torch.device("cpu"))
         int8 = {name: quantize._int8_linear(layer, *seen[layer], kernel) for name, layer in layers.items()}
-        reference = quantize._summary(model(batch), batch)
+        reference = quantize._summary(model, batch)
         alone = _costs_by_definition(model, int8, layers, batch, reference)
         monkeypatch.setattr(quantize, "probing", counting)
         costs = quantize.own_costs(model, int8, layers, batch, reference)
@@ -734,7 +771,7 @@ def test_own_costs_keep_what_a_model_writes_into_its_layers_outputs():
         layers = {name: getattr(model, name) for name in ("first", "second", "third")}
         kernel = select_kernel("linear_int8", "cpu")
         int8 = {name: quantize._int8_linear(layer, *seen[layer], kernel) for name, layer in layers.items()}
-        reference = quantize._summary(model(batch), batch)
+        reference = quantize._summary(model, batch)
         alone = _costs_by_definition(model, int8, layers, batch, reference)
         assert quantize.own_costs(model, int8, layers, batch, reference) == alone
     assert len(set(alone.values())) == 3 and min(alone.values()) > 0
