@@ -29,7 +29,7 @@ FILES = (
     "kernels/test_kernels.py", "kernels/test_kernel_registry.py", "kernels/test_attention_kernels.py",
     "kernels/test_elementwise.py",
     "runtime/test_inference_mode.py", "models/test_bfloat16.py", "models/test_masked_lm_token_classify.py", "kernels/test_int8.py",
-    "kernels/test_int8_gated.py", "kernels/test_attention_int8.py",
+    "kernels/test_int8_calibration.py", "kernels/test_int8_gated.py", "kernels/test_attention_int8.py",
     "runtime/test_prefix.py::test_bfloat16_is_within_the_unshared_runs_own_rounding",  # shared prefixes' bf16 by the kernels a CPU runs
 )
 TIERS = {
@@ -46,7 +46,8 @@ TIERS = {
 #: in int8.c (the VNNI layer, the AVX-512 rounding) and attention.c (the float32 build without AVX512-BF16).
 TIER_FILES = {
     "avx512-vnni-without-bf16": (
-        "kernels/test_int8.py", "kernels/test_int8_gated.py", "kernels/test_attention_kernels.py", "kernels/test_attention_int8.py",
+        "kernels/test_int8.py", "kernels/test_int8_calibration.py", "kernels/test_int8_gated.py", "kernels/test_attention_kernels.py",
+        "kernels/test_attention_int8.py",
     ),
     "avx512-bf16-without-amx": (
         "kernels/test_attention_int8.py",

@@ -162,8 +162,9 @@ def test_the_gpu_serve_profile_runs_on_the_cpu_stand_in(tmp_path) -> None:
     lines = done.stdout.splitlines()
     assert any("serve (2 API processes) 8 x 1:" in line and "req/s" in line for line in lines), done.stdout[-2000:]
     processes = [line for line in lines if line.startswith("process ") and " cores (Python threads " in line]
-    # the engine process (its batcher runs the model) and the front it serves beside; the keeper idles
-    assert sum("poolkit-batcher" in line and "MainThread" in line for line in processes) >= 2, done.stdout[-3000:]
+    # each process's samples read back: the engine process (its batcher runs the model), the keeper and
+    # the front (which of its threads show depends on the connections the kernel handed it)
+    assert len(processes) >= 3 and any("poolkit-batcher" in line for line in processes), done.stdout[-3000:]
     samples = (tmp_path / "serve-2.txt").read_text().splitlines()
     assert any(line.startswith("#cpu process ") for line in samples)
     assert any("Batcher._loop (batching.py)" in line for line in samples)

@@ -1,9 +1,13 @@
-"""What the int8 kernel tests share: the one-pass kernels this machine builds, and int8 weights."""
+"""What the int8 kernel tests share: the one-pass kernels this machine builds, int8 weights, and a tiny
+model of each native family."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+from tiny_models import build_clip, build_decoder, build_encoder, build_modernbert, build_mpnet, build_qwen
 
 from poolkit.kernels import int8
 
@@ -22,3 +26,16 @@ def int8_weights(n: int, k: int, levels: int, seed: int) -> tuple[torch.Tensor, 
     q = torch.randint(-levels, levels + 1, (n, k), generator=g, dtype=torch.int8)
     q[:, 0], q[:, 1] = levels, -levels
     return q, torch.rand(n, generator=g) / 100 + 1e-3, torch.randn(n, generator=g)
+
+
+def int8_family(kind: str, root: Path) -> Path:
+    """A tiny random model of each native family the int8 tests run, built under ``root``."""
+    if kind in ("bert", "roberta", "xlm-roberta"):
+        return build_encoder(root, kind)
+    return {
+        "modernbert": lambda: build_modernbert(root, "embed"),
+        "qwen3": lambda: build_qwen(root, "qwen3"),
+        "llama": lambda: build_decoder(root, "llama"),
+        "mpnet": lambda: build_mpnet(root),
+        "clip": lambda: build_clip(root),
+    }[kind]()
