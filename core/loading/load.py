@@ -313,13 +313,15 @@ def _calibration_batches(
     length = 0
     for text, tokens in zip(texts, ids):
         if length + len(tokens) > document_limit and documents[-1]:
+            if len(documents) == 64:  # one batch of them
+                break
             documents.append([])
             length = 0
         documents[-1].append(text)
         length += len(tokens)
-    if len(documents) > 1 or len(texts) > 1:  # a document longer than any one text
+    if len(texts) > 1:  # then a document is longer than any one text
         joined = tokenizer([" ".join(parts) for parts in documents], truncation=True, max_length=document_limit)["input_ids"]
-        batches.append(PackedBatch.from_sequences(joined[:64], device=device))
+        batches.append(PackedBatch.from_sequences(joined, device=device))
     return batches
 
 
